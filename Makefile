@@ -1,0 +1,56 @@
+# tessera: `make run` starts the daemon, `make test` runs the whole suite. Both set everything up first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+PROTO_SRC := $(shell find protos -name '*.proto')
+
+.PHONY: setup run test proto lint format bench clean
+
+setup: $(STAMP)
+
+# Reinstall whenever the packaging or the pins change.
+$(STAMP): pyproject.toml clients/python/pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tessera needs Python 3.11 or newer; set PYTHON=python3.11")'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --disable-pip-version-check -c constraints.txt -e clients/python -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/tesserad serve --listen 127.0.0.1:50051 --data-dir ./var
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Stubs are committed; CI regenerates them and fails on a diff.
+proto: $(STAMP)
+	rm -f clients/python/src/tessera/v1/*_pb2*.py* src/tesserad/oip/*_pb2*.py*
+	$(PY) -m grpc_tools.protoc -I protos \
+		--python_out=clients/python/src --grpc_python_out=clients/python/src \
+		--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
+		--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
+		--mypy_out=clients/python/src --mypy_grpc_out=clients/python/src \
+		$(filter protos/tessera/%,$(PROTO_SRC))
+	$(if $(filter protos/tesserad/%,$(PROTO_SRC)),$(PY) -m grpc_tools.protoc -I protos \
+		--python_out=src --grpc_python_out=src \
+		--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
+		--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
+		--mypy_out=src --mypy_grpc_out=src \
+		$(filter protos/tesserad/%,$(PROTO_SRC)))
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: $(STAMP)
+	for b in bench/*_bench.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
