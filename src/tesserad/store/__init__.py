@@ -1,0 +1,27 @@
+"""Persistence: the LMDB store (tables, key encoding, group commit) and the blob directory."""
+
+from tesserad.store.blobs import BlobRef, BlobStore, BlobWriter, check_sha256
+from tesserad.store.database import ReadTxn, Store, StoreUsage, WriteTxn
+from tesserad.store.keys import Key, pack, prefix_range, unpack
+from tesserad.store.lockfile import DataDirLock
+from tesserad.store.records import decode_metric_point, decode_record, encode_metric_point, encode_record
+
+__all__ = [
+    "BlobRef",
+    "BlobStore",
+    "BlobWriter",
+    "DataDirLock",
+    "Key",
+    "ReadTxn",
+    "Store",
+    "StoreUsage",
+    "WriteTxn",
+    "check_sha256",
+    "decode_metric_point",
+    "decode_record",
+    "encode_metric_point",
+    "encode_record",
+    "pack",
+    "prefix_range",
+    "unpack",
+]

@@ -1,0 +1,228 @@
+"""Content-addressed blobs: artifacts, checkpoints and dataset files by their sha256.
+
+A blob is streamed into a temp file while it is hashed, fsynced, checked against what the
+sender declared, and renamed into `sha256/ab/cdef...` only then; a crash at any point
+leaves either no blob or a whole one. Readers verify the hash as they stream, so a blob
+damaged on disk is reported (`DataLoss`) rather than served.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO
+
+from tesserad.config import format_size
+from tesserad.errors import DataLoss, InvalidArgument, NotFound, ResourceExhausted
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+CHUNK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    sha256: str
+    size: int
+
+
+def check_sha256(value: str, field: str = "sha256") -> str:
+    """A lowercase hex sha256, or InvalidArgument naming the field."""
+    if not _SHA256.match(value):
+        raise InvalidArgument(f"{field} must be 64 lowercase hex digits, got {value[:80]!r}")
+    return value
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class BlobWriter:
+    """Streams one blob in; `commit()` makes it visible, `abort()` (or an exception) drops it."""
+
+    def __init__(self, store: BlobStore, max_size: int | None, limit_name: str) -> None:
+        self._store = store
+        self._max_size = max_size
+        self._limit_name = limit_name
+        fd, name = tempfile.mkstemp(dir=store.tmp_dir, prefix="upload-")
+        self._file: BinaryIO | None = os.fdopen(fd, "wb")
+        self._tmp = Path(name)
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        if self._file is None:
+            raise RuntimeError("blob writer is closed")
+        self.size += len(data)
+        if self._max_size is not None and self.size > self._max_size:
+            self.abort()
+            raise ResourceExhausted(
+                f"the upload is larger than {self._limit_name} ({format_size(self._max_size)}); "
+                "send a smaller file or raise the limit"
+            )
+        self._hash.update(data)
+        self._file.write(data)
+
+    def commit(self, expected_sha256: str | None = None, expected_size: int | None = None) -> BlobRef:
+        """Check what the sender declared, then move the blob into place."""
+        if self._file is None:
+            raise RuntimeError("blob writer is closed")
+        digest = self._hash.hexdigest()
+        if expected_size is not None and expected_size != self.size:
+            self.abort()
+            raise DataLoss(
+                f"received {self.size} bytes but the header declared {expected_size}; send it again"
+            )
+        if expected_sha256 and expected_sha256 != digest:
+            self.abort()
+            raise DataLoss(
+                f"checksum mismatch: received data has sha256 {digest}, the header declared "
+                f"{expected_sha256}; the data was damaged in transit or the declared hash is wrong"
+            )
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
+        final = self._store.path(digest)
+        if final.exists():
+            self._tmp.unlink()
+        else:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self._tmp, final)
+            _fsync_dir(final.parent)
+        return BlobRef(digest, self.size)
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        # Whatever ends the block without a commit (error, cancellation) leaves nothing behind.
+        self.abort()
+
+
+class BlobStore:
+    """The blob directory: `<root>/sha256/ab/cdef...` plus `<root>/tmp` for uploads in flight."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmp_dir = root / "tmp"
+        (root / "sha256").mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        # The data directory lock guarantees no other daemon is mid-upload: what is here is debris.
+        for stale in self.tmp_dir.iterdir():
+            stale.unlink(missing_ok=True)
+
+    def path(self, sha256: str) -> Path:
+        check_sha256(sha256)
+        return self.root / "sha256" / sha256[:2] / sha256[2:]
+
+    def writer(self, max_size: int | None = None, limit_name: str = "the upload limit") -> BlobWriter:
+        return BlobWriter(self, max_size, limit_name)
+
+    def put_bytes(self, data: bytes) -> BlobRef:
+        with self.writer() as writer:
+            writer.write(data)
+            return writer.commit()
+
+    def put_file(self, source: Path) -> BlobRef:
+        with self.writer() as writer, source.open("rb") as file:
+            while chunk := file.read(CHUNK_BYTES):
+                writer.write(chunk)
+            return writer.commit()
+
+    def exists(self, sha256: str) -> bool:
+        return self.path(sha256).is_file()
+
+    def size(self, sha256: str) -> int:
+        try:
+            return self.path(sha256).stat().st_size
+        except FileNotFoundError:
+            raise NotFound(f"blob {sha256} is missing from the blob directory") from None
+
+    def read_chunks(self, sha256: str, chunk_size: int = CHUNK_BYTES) -> Iterator[bytes]:
+        """Stream the blob; the last chunk is held back until the whole hash checks out."""
+        try:
+            file = self.path(sha256).open("rb")
+        except FileNotFoundError:
+            raise DataLoss(f"blob {sha256} is missing from the blob directory") from None
+        digest = hashlib.sha256()
+        with file:
+            previous = file.read(chunk_size)
+            digest.update(previous)
+            while chunk := file.read(chunk_size):
+                digest.update(chunk)
+                yield previous
+                previous = chunk
+        if digest.hexdigest() != sha256:
+            raise DataLoss(f"blob {sha256} is damaged on disk (its content hash no longer matches)")
+        if previous:
+            yield previous
+
+    def read_bytes(self, sha256: str) -> bytes:
+        return b"".join(self.read_chunks(sha256))
+
+    def verify(self, sha256: str) -> bool:
+        try:
+            for _ in self.read_chunks(sha256):
+                pass
+        except DataLoss:
+            return False
+        return True
+
+    @contextlib.contextmanager
+    def open_verified(self, sha256: str) -> Iterator[Path]:
+        """The blob's path after checking its hash, for readers that need a file (numpy, onnxruntime)."""
+        if not self.verify(sha256):
+            raise DataLoss(f"blob {sha256} is missing or damaged in the blob directory")
+        yield self.path(sha256)
+
+    def delete(self, sha256: str) -> bool:
+        try:
+            self.path(sha256).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def all(self) -> Iterator[str]:
+        for shard in sorted((self.root / "sha256").iterdir()):
+            for blob in sorted(shard.iterdir()):
+                yield shard.name + blob.name
+
+    def collect(self, live: set[str], min_age_s: float = 3600.0) -> list[str]:
+        """Delete blobs nothing references; young ones are spared (an upload may be recording them)."""
+        now = time.time()
+        removed = []
+        for sha256 in self.all():
+            path = self.path(sha256)
+            if sha256 not in live and now - path.stat().st_mtime >= min_age_s:
+                path.unlink(missing_ok=True)
+                removed.append(sha256)
+        return removed
+
+    def usage(self) -> int:
+        """Bytes held by blobs."""
+        total = 0
+        for dirpath, _dirs, files in os.walk(self.root):
+            for name in files:
+                with contextlib.suppress(FileNotFoundError):
+                    total += os.stat(os.path.join(dirpath, name)).st_size
+        return total

@@ -1,0 +1,347 @@
+"""The LMDB store: named tables, short transactions, group commit for hot-path writes.
+
+One environment per daemon (the daemon is its only writer). Readers take a snapshot with
+`read()`; `write()` is one atomic transaction; `submit()` queues a small write to be
+committed together with others every `group_commit_interval_s`, so thousands of metric
+points or job events per second cost a handful of fsyncs. Each submitted write runs in
+its own nested transaction: one that fails is rolled back alone and its caller gets the
+error, the others commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import lmdb
+
+from tesserad.config import format_size
+from tesserad.errors import InvalidArgument, ResourceExhausted
+from tesserad.store.keys import Key, pack, prefix_range, unpack
+
+T = TypeVar("T")
+
+# LMDB refuses keys longer than this (its compile-time default).
+MAX_KEY_BYTES = 511
+
+
+@dataclass(frozen=True)
+class StoreUsage:
+    file_bytes: int  # size of the data file on disk
+    used_bytes: int  # pages in use
+    map_size: int  # how far the file may grow
+
+
+def _map_full(map_size: int) -> ResourceExhausted:
+    return ResourceExhausted(
+        f"the store is full (store.map_size = {format_size(map_size)}); raise it with "
+        "TESSERA_STORE_MAP_SIZE or [store] map_size and restart tesserad"
+    )
+
+
+class ReadTxn:
+    """A consistent snapshot of every table; valid only inside its `with` block."""
+
+    def __init__(self, txn: lmdb.Transaction, tables: dict[str, Any]) -> None:
+        self._txn = txn
+        self._tables = tables
+
+    def _db(self, table: str) -> Any:
+        try:
+            return self._tables[table]
+        except KeyError:
+            raise KeyError(f"unknown store table {table!r}; add it to STORE_TABLES") from None
+
+    def get(self, table: str, key: Key) -> bytes | None:
+        return self._txn.get(pack(key), db=self._db(table))
+
+    def exists(self, table: str, key: Key) -> bool:
+        return self.get(table, key) is not None
+
+    def scan(
+        self,
+        table: str,
+        prefix: Key = (),
+        *,
+        start: Key | None = None,
+        after: Key | None = None,
+        reverse: bool = False,
+        limit: int | None = None,
+    ) -> Iterator[tuple[Key, bytes]]:
+        """Keys beginning with `prefix`, in key order (or reversed).
+
+        `start` is an inclusive bound and `after` an exclusive one, both full keys, in the
+        direction of the scan: forward they are lower bounds, reversed upper bounds.
+        """
+        low, high = prefix_range(prefix)
+        if not reverse:
+            if start is not None:
+                low = max(low, pack(start))
+            if after is not None:
+                low = max(low, pack(after) + b"\x00")
+        else:
+            if start is not None:
+                high = min(high, pack(start) + b"\x00")
+            if after is not None:
+                high = min(high, pack(after))
+        yield from self._range(table, low, high, reverse, limit)
+
+    def _range(
+        self, table: str, low: bytes, high: bytes, reverse: bool, limit: int | None
+    ) -> Iterator[tuple[Key, bytes]]:
+        if limit is not None and limit <= 0:
+            return
+        seen = 0
+        with self._txn.cursor(db=self._db(table)) as cursor:
+            if not reverse:
+                if not cursor.set_range(low):
+                    return
+                items = cursor.iternext()
+            else:
+                positioned = cursor.prev() if cursor.set_range(high) else cursor.last()
+                if not positioned:
+                    return
+                items = cursor.iterprev()
+            for raw_key, value in items:
+                if raw_key < low or raw_key >= high:
+                    return
+                yield unpack(raw_key), value
+                seen += 1
+                if limit is not None and seen >= limit:
+                    return
+
+    def count(self, table: str, prefix: Key = ()) -> int:
+        if not prefix:
+            return int(self._txn.stat(self._db(table))["entries"])
+        return sum(1 for _ in self.scan(table, prefix))
+
+
+class WriteTxn(ReadTxn):
+    """A write transaction: everything in it commits together or not at all."""
+
+    def __init__(self, txn: lmdb.Transaction, tables: dict[str, Any], map_size: int) -> None:
+        super().__init__(txn, tables)
+        self._map_size = map_size
+
+    def put(self, table: str, key: Key, value: bytes, *, overwrite: bool = True) -> bool:
+        """Store `value`; with overwrite=False, return False instead if the key exists."""
+        raw = pack(key)
+        if len(raw) > MAX_KEY_BYTES:
+            raise InvalidArgument(
+                f"a key of {len(raw)} bytes is too long for the store (max {MAX_KEY_BYTES})"
+            )
+        try:
+            return bool(self._txn.put(raw, value, db=self._db(table), overwrite=overwrite))
+        except lmdb.MapFullError:
+            raise _map_full(self._map_size) from None
+
+    def delete(self, table: str, key: Key) -> bool:
+        return bool(self._txn.delete(pack(key), db=self._db(table)))
+
+    def delete_range(self, table: str, prefix: Key) -> int:
+        """Delete every key beginning with `prefix`; returns how many went."""
+        keys = [key for key, _ in self.scan(table, prefix)]
+        for key in keys:
+            self.delete(table, key)
+        return len(keys)
+
+
+@dataclass
+class _Pending:
+    work: Callable[[WriteTxn], Any]
+    future: Future[Any]
+
+
+class Store:
+    """An open LMDB environment with its tables and its group-commit thread."""
+
+    def __init__(
+        self,
+        env: lmdb.Environment,
+        tables: dict[str, Any],
+        map_size: int,
+        path: Path,
+        group_commit_interval_s: float,
+        sync_interval_s: float | None,
+    ) -> None:
+        self._env = env
+        self._tables = tables
+        self._map_size = map_size
+        self.path = path
+        self._interval = group_commit_interval_s
+        self._sync_interval = sync_interval_s
+        self._write_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._pending: list[_Pending] = []
+        self._closing = False
+        self.group_commits = 0
+        self._committer = threading.Thread(target=self._run_committer, name="store-group-commit", daemon=True)
+        self._committer.start()
+
+    @classmethod
+    def open(
+        cls,
+        path: Path,
+        *,
+        map_size: int,
+        durability: str = "full",
+        tables: list[str],
+        group_commit_interval_s: float = 0.02,
+        sync_interval_s: float = 1.0,
+        max_readers: int = 256,
+    ) -> Store:
+        """Open (creating if needed) the environment at `path` with the given tables.
+
+        durability "full" fsyncs every commit; "relaxed" leaves commits to the OS and
+        fsyncs every `sync_interval_s` (a daemon crash loses nothing, a power cut may lose
+        the last interval).
+        """
+        if durability not in ("full", "relaxed"):
+            raise ValueError(f"durability must be full or relaxed, not {durability!r}")
+        path.mkdir(parents=True, exist_ok=True)
+        relaxed = durability == "relaxed"
+        env = lmdb.open(
+            str(path),
+            map_size=map_size,
+            max_dbs=max(len(tables), 1) + 4,
+            max_readers=max_readers,
+            sync=not relaxed,
+            metasync=not relaxed,
+            readahead=False,
+        )
+        # Readers left in the lock table by a process that died would pin old pages forever.
+        env.reader_check()
+        try:
+            handles = {name: env.open_db(name.encode(), create=True) for name in tables}
+        except lmdb.MapFullError:
+            env.close()
+            raise _map_full(map_size) from None
+        return cls(
+            env, handles, map_size, path, group_commit_interval_s, sync_interval_s if relaxed else None
+        )
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[ReadTxn]:
+        with self._env.begin(buffers=False) as txn:
+            yield ReadTxn(txn, self._tables)
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[WriteTxn]:
+        """One atomic write transaction; an exception inside rolls everything back."""
+        with self._write_lock:
+            txn = self._env.begin(write=True)
+            try:
+                yield WriteTxn(txn, self._tables, self._map_size)
+            except BaseException:
+                txn.abort()
+                raise
+            try:
+                txn.commit()
+            except lmdb.MapFullError:
+                raise _map_full(self._map_size) from None
+
+    def submit(self, work: Callable[[WriteTxn], T]) -> Future[T]:
+        """Queue `work` for the next group commit; the future resolves once it is durable."""
+        future: Future[T] = Future()
+        with self._cond:
+            if self._closing:
+                raise RuntimeError("the store is closed")
+            self._pending.append(_Pending(work, future))
+            self._cond.notify()
+        return future
+
+    def flush(self) -> None:
+        """Wait until everything submitted so far is committed."""
+        self.submit(lambda _txn: None).result()
+
+    def _run_committer(self) -> None:
+        last_sync = time.monotonic()
+        while True:
+            with self._cond:
+                timeout = self._sync_interval
+                if not self._pending and not self._closing:
+                    self._cond.wait(timeout)
+                if self._pending and not self._closing:
+                    # Let more writes gather, unless the store is closing.
+                    self._cond.wait_for(lambda: self._closing, self._interval)
+                batch, self._pending = self._pending, []
+                closing = self._closing
+            if batch:
+                self._commit_batch(batch)
+            if self._sync_interval is not None and time.monotonic() - last_sync >= self._sync_interval:
+                self._env.sync(True)
+                last_sync = time.monotonic()
+            if closing and not batch:
+                return
+
+    def _commit_batch(self, batch: list[_Pending]) -> None:
+        outcomes: list[tuple[_Pending, Any, BaseException | None]] = []
+        try:
+            with self._write_lock:
+                txn = self._env.begin(write=True)
+                try:
+                    for item in batch:
+                        child = self._env.begin(write=True, parent=txn)
+                        try:
+                            result = item.work(WriteTxn(child, self._tables, self._map_size))
+                        except BaseException as exc:
+                            child.abort()
+                            outcomes.append((item, None, exc))
+                        else:
+                            child.commit()
+                            outcomes.append((item, result, None))
+                    txn.commit()
+                except BaseException:
+                    txn.abort()
+                    raise
+        except lmdb.MapFullError:
+            error = _map_full(self._map_size)
+            for item in batch:
+                item.future.set_exception(error)
+            return
+        except BaseException as exc:
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        self.group_commits += 1
+        for item, result, exc in outcomes:
+            if exc is None:
+                item.future.set_result(result)
+            else:
+                item.future.set_exception(exc)
+
+    def reader_check(self) -> int:
+        """Clear reader slots of dead processes; returns how many were cleared."""
+        return int(self._env.reader_check())
+
+    def usage(self) -> StoreUsage:
+        info = self._env.info()
+        stat = self._env.stat()
+        data_file = self.path / "data.mdb"
+        return StoreUsage(
+            file_bytes=data_file.stat().st_size if data_file.exists() else 0,
+            used_bytes=(int(info["last_pgno"]) + 1) * int(stat["psize"]),
+            map_size=int(info["map_size"]),
+        )
+
+    def table_counts(self) -> dict[str, int]:
+        with self._env.begin() as txn:
+            return {name: int(txn.stat(db)["entries"]) for name, db in self._tables.items()}
+
+    def close(self) -> None:
+        """Commit what is queued, sync and close; safe to call twice."""
+        with self._cond:
+            if self._closing:
+                return
+            self._closing = True
+            self._cond.notify()
+        self._committer.join()
+        self._env.sync(True)
+        self._env.close()

@@ -1,0 +1,91 @@
+"""The blob directory: atomic writes, declared-hash checks, corruption detection."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from tesserad.errors import DataLoss, InvalidArgument, ResourceExhausted
+from tesserad.store import BlobStore
+
+
+def test_write_commit_read(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path)
+    data = b"tessera" * 100_000
+    with blobs.writer() as writer:
+        for i in range(0, len(data), 65536):
+            writer.write(data[i : i + 65536])
+        ref = writer.commit(hashlib.sha256(data).hexdigest(), len(data))
+    assert ref.size == len(data) and blobs.exists(ref.sha256)
+    assert b"".join(blobs.read_chunks(ref.sha256, 4096)) == data
+    assert blobs.path(ref.sha256).parent.name == ref.sha256[:2]
+    assert list(blobs.tmp_dir.iterdir()) == []
+
+
+def test_declared_hash_or_size_mismatch_is_data_loss_and_stores_nothing(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path)
+    with blobs.writer() as writer:
+        writer.write(b"abc")
+        with pytest.raises(DataLoss, match="checksum mismatch"):
+            writer.commit("0" * 64)
+    with blobs.writer() as writer:
+        writer.write(b"abc")
+        with pytest.raises(DataLoss, match="declared 4"):
+            writer.commit(expected_size=4)
+    assert list(blobs.all()) == [] and list(blobs.tmp_dir.iterdir()) == []
+
+
+def test_an_interrupted_write_leaves_nothing(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path)
+    with pytest.raises(KeyboardInterrupt), blobs.writer() as writer:
+        writer.write(b"partial")
+        raise KeyboardInterrupt
+    assert list(blobs.all()) == [] and list(blobs.tmp_dir.iterdir()) == []
+
+
+def test_size_limit_is_resource_exhausted(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path)
+    with blobs.writer(max_size=10, limit_name="limits.max_upload_size") as writer:
+        writer.write(b"0123456789")
+        with pytest.raises(ResourceExhausted, match=r"limits\.max_upload_size"):
+            writer.write(b"x")
+    assert list(blobs.tmp_dir.iterdir()) == []
+
+
+def test_corruption_on_disk_is_data_loss(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path)
+    ref = blobs.put_bytes(b"a" * 10_000)
+    path = blobs.path(ref.sha256)
+    path.chmod(0o644)
+    damaged = bytearray(path.read_bytes())
+    damaged[-1] ^= 1
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(DataLoss, match="damaged"):
+        list(blobs.read_chunks(ref.sha256, 1024))
+    assert not blobs.verify(ref.sha256)
+
+
+def test_hash_names_cannot_escape(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path)
+    for bad in ("../../etc/passwd", "A" * 64, "a" * 63):
+        with pytest.raises(InvalidArgument):
+            blobs.path(bad)
+
+
+def test_collect_spares_live_and_young_blobs(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path)
+    live = blobs.put_bytes(b"live")
+    dead = blobs.put_bytes(b"dead")
+    assert blobs.collect({live.sha256}, min_age_s=3600) == []
+    assert blobs.collect({live.sha256}, min_age_s=0) == [dead.sha256]
+    assert blobs.exists(live.sha256) and not blobs.exists(dead.sha256)
+
+
+def test_stale_uploads_are_cleared_on_open(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path)
+    writer = blobs.writer()
+    writer.write(b"left behind by a crash")
+    assert BlobStore(tmp_path).tmp_dir.exists()
+    assert list(blobs.tmp_dir.iterdir()) == []

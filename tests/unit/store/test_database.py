@@ -1,0 +1,181 @@
+"""The LMDB store: transactions, scans, group commit, durability and a full map."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from tesserad.errors import ResourceExhausted
+from tesserad.store import Store, decode_record, encode_record
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    store = Store.open(tmp_path / "store", map_size=64 * 2**20, tables=["items", "other"])
+    yield store
+    store.close()
+
+
+def test_write_is_atomic(store: Store) -> None:
+    with pytest.raises(RuntimeError), store.write() as txn:
+        txn.put("items", ("a",), b"1")
+        raise RuntimeError("interrupted")
+    with store.read() as txn:
+        assert txn.get("items", ("a",)) is None
+
+
+def test_scan_bounds_and_direction(store: Store) -> None:
+    with store.write() as txn:
+        for run in ("r1", "r2"):
+            for step in range(5):
+                txn.put("items", (run, step), str(step).encode())
+    with store.read() as txn:
+        assert [k[1] for k, _ in txn.scan("items", ("r1",))] == [0, 1, 2, 3, 4]
+        assert [k[1] for k, _ in txn.scan("items", ("r1",), reverse=True, limit=2)] == [4, 3]
+        assert [k[1] for k, _ in txn.scan("items", ("r1",), after=("r1", 2))] == [3, 4]
+        assert [k[1] for k, _ in txn.scan("items", ("r1",), start=("r1", 2))] == [2, 3, 4]
+        assert [k[1] for k, _ in txn.scan("items", ("r2",), after=("r2", 2), reverse=True)] == [1, 0]
+        assert [k[1] for k, _ in txn.scan("items", ("r2",), start=("r2", 2), reverse=True)] == [2, 1, 0]
+        assert txn.count("items") == 10 and txn.count("items", ("r2",)) == 5
+        assert list(txn.scan("items", ("r3",))) == []
+
+
+def test_put_without_overwrite_keeps_the_first(store: Store) -> None:
+    with store.write() as txn:
+        assert txn.put("items", ("k",), b"first", overwrite=False)
+        assert not txn.put("items", ("k",), b"second", overwrite=False)
+    with store.read() as txn:
+        assert txn.get("items", ("k",)) == b"first"
+
+
+def test_delete_range(store: Store) -> None:
+    with store.write() as txn:
+        for i in range(3):
+            txn.put("items", ("x", i), b"")
+        txn.put("items", ("y", 0), b"")
+    with store.write() as txn:
+        assert txn.delete_range("items", ("x",)) == 3
+    with store.read() as txn:
+        assert [k for k, _ in txn.scan("items")] == [("y", 0)]
+
+
+def test_group_commit_batches_writers_and_isolates_failures(store: Store) -> None:
+    def put(i: int):
+        def work(txn):
+            if i == 7:
+                raise ValueError("bad point")
+            txn.put("items", ("p", i), b"v")
+            return i
+
+        return work
+
+    futures = [store.submit(put(i)) for i in range(200)]
+    results = []
+    for i, future in enumerate(futures):
+        if i == 7:
+            with pytest.raises(ValueError, match="bad point"):
+                future.result(timeout=10)
+        else:
+            results.append(future.result(timeout=10))
+    assert results == [i for i in range(200) if i != 7]
+    assert store.group_commits < 20  # 200 writes, a few commits
+    with store.read() as txn:
+        assert txn.count("items", ("p",)) == 199
+
+
+def test_concurrent_writers_from_threads(store: Store) -> None:
+    def writer(n: int) -> None:
+        for i in range(50):
+            store.submit(lambda txn, i=i: txn.put("items", (n, i), b"")).result()
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with store.read() as txn:
+        assert txn.count("items") == 200
+
+
+def test_map_full_is_resource_exhausted_and_loses_nothing(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "s", map_size=1 * 2**20, tables=["items"])
+    try:
+        with store.write() as txn:
+            txn.put("items", ("keep",), b"1")
+        with (
+            pytest.raises(ResourceExhausted, match=r"store.map_size.*TESSERA_STORE_MAP_SIZE"),
+            store.write() as txn,
+        ):
+            for i in range(10_000):
+                txn.put("items", (i,), os.urandom(512))
+        with pytest.raises(ResourceExhausted):
+            store.submit(lambda txn: txn.put("items", ("big",), os.urandom(4 * 2**20))).result()
+        with store.read() as txn:
+            assert txn.get("items", ("keep",)) == b"1" and txn.count("items") == 1
+    finally:
+        store.close()
+
+
+def test_reopen_with_larger_map_size_keeps_data(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "s", map_size=2**20, tables=["items"])
+    with store.write() as txn:
+        txn.put("items", ("a",), b"1")
+    store.close()
+    store = Store.open(tmp_path / "s", map_size=2**24, tables=["items"])
+    try:
+        assert store.usage().map_size == 2**24
+        with store.read() as txn:
+            assert txn.get("items", ("a",)) == b"1"
+    finally:
+        store.close()
+
+
+def test_acknowledged_group_commits_survive_sigkill(tmp_path: Path) -> None:
+    """A write whose future resolved is on disk even if the process is killed right after."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from pathlib import Path
+        from tesserad.store import Store
+        store = Store.open(Path({str(tmp_path / "s")!r}), map_size=2**24, tables=["items"])
+        for i in range(100_000):
+            store.submit(lambda txn, i=i: txn.put("items", (i,), b"x")).result()
+            print(i, flush=True)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    acknowledged = -1
+    for line in proc.stdout:
+        acknowledged = int(line)
+        if acknowledged >= 30:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    store = Store.open(tmp_path / "s", map_size=2**24, tables=["items"])
+    try:
+        with store.read() as txn:
+            for i in range(acknowledged + 1):
+                assert txn.get("items", (i,)) == b"x"
+    finally:
+        store.close()
+
+
+def test_records_round_trip_and_refuse_the_unknown() -> None:
+    from tesserad.errors import DataLoss
+
+    raw = encode_record("model", 1, {"name": "m"})
+    assert decode_record(raw, "model", 1) == (1, {"name": "m"})
+    with pytest.raises(DataLoss, match="upgrade tesserad"):
+        decode_record(encode_record("model", 3, {}), "model", 1)
+    with pytest.raises(DataLoss):
+        decode_record(raw, "dataset", 1)
+    with pytest.raises(DataLoss):
+        decode_record(b"\x80garbage", "model", 1)
