@@ -1,0 +1,1 @@
+"""tessera: the Python SDK for tesserad."""

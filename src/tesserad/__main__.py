@@ -1,0 +1,5 @@
+import sys
+
+from tesserad.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Transport: thin gRPC servicers, proto<->domain conversion, the error table, interceptors."""

@@ -1,0 +1,122 @@
+"""System service: server facts and a live stream of resource use."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+
+from tessera.v1 import system_pb2 as pb
+from tessera.v1 import system_pb2_grpc
+from tesserad.api.convert_common import timestamp
+from tesserad.errors import InvalidArgument, Unavailable
+from tesserad.host import HostSample
+from tesserad.system import ServerFacts, SystemService
+
+MIN_INTERVAL_MS = 100
+MAX_INTERVAL_MS = 60_000
+DEFAULT_INTERVAL_MS = 1000
+
+
+class SystemServicer(system_pb2_grpc.SystemServicer):
+    def __init__(self, system: SystemService, stopping: asyncio.Event) -> None:
+        self._system = system
+        self._stopping = stopping
+
+    async def GetServerInfo(
+        self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerInfo:
+        facts = await asyncio.to_thread(self._system.facts)
+        return server_info_to_proto(facts)
+
+    async def WatchSystem(
+        self, request: pb.WatchSystemRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.SystemSample]:
+        interval_ms = request.interval_ms or DEFAULT_INTERVAL_MS
+        if not MIN_INTERVAL_MS <= interval_ms <= MAX_INTERVAL_MS:
+            raise InvalidArgument(
+                f"interval_ms must be in {MIN_INTERVAL_MS}..{MAX_INTERVAL_MS} (or 0 for {DEFAULT_INTERVAL_MS}), "
+                f"got {interval_ms}"
+            )
+        if request.max_samples < 0:
+            raise InvalidArgument(
+                f"max_samples must be >= 0 (0 streams until cancelled), got {request.max_samples}"
+            )
+        sampler = self._system.sampler()
+        sent = 0
+        while request.max_samples == 0 or sent < request.max_samples:
+            if request.max_samples:
+                # A bounded watch is an in-flight call like any other: shutdown lets it finish
+                # within the grace period.
+                await asyncio.sleep(interval_ms / 1000)
+            elif await _stopped_within(self._stopping, interval_ms / 1000):
+                raise Unavailable("tesserad is shutting down; reconnect to keep watching")
+            yield sample_to_proto(await asyncio.to_thread(sampler.sample))
+            sent += 1
+
+
+async def _stopped_within(stopping: asyncio.Event, seconds: float) -> bool:
+    try:
+        await asyncio.wait_for(stopping.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True
+
+
+def server_info_to_proto(facts: ServerFacts) -> pb.ServerInfo:
+    devices = [
+        pb.Device(
+            id="cpu",
+            kind=pb.DEVICE_KIND_CPU,
+            name=facts.cpu.name,
+            memory_total_bytes=facts.cpu.memory_total_bytes,
+            cores=facts.cpu.cores,
+        )
+    ]
+    devices += [
+        pb.Device(id=g.id, kind=pb.DEVICE_KIND_CUDA, name=g.name, memory_total_bytes=g.memory_total_bytes)
+        for g in facts.gpus
+    ]
+    usage = facts.data_dir
+    return pb.ServerInfo(
+        version=facts.version,
+        started_at=timestamp(facts.started_at),
+        uptime_s=facts.uptime_s,
+        devices=devices,
+        data_dir=pb.DataDirUsage(
+            path=usage.path,
+            store_bytes=usage.store_bytes,
+            store_map_size_bytes=usage.store_map_size_bytes,
+            blob_bytes=usage.blob_bytes,
+            fs_free_bytes=usage.fs_free_bytes,
+            fs_total_bytes=usage.fs_total_bytes,
+        ),
+        services=facts.services,
+        hostname=facts.hostname,
+        pid=facts.pid,
+        runtime_versions=facts.runtime_versions,
+    )
+
+
+def sample_to_proto(sample: HostSample) -> pb.SystemSample:
+    return pb.SystemSample(
+        time=timestamp(sample.time),
+        cpu_percent=sample.cpu_percent,
+        per_cpu_percent=sample.per_cpu_percent,
+        memory_used_bytes=sample.memory_used_bytes,
+        memory_total_bytes=sample.memory_total_bytes,
+        process_cpu_percent=sample.process_cpu_percent,
+        process_rss_bytes=sample.process_rss_bytes,
+        gpus=[
+            pb.GpuSample(
+                id=g.id,
+                utilization_percent=g.utilization_percent,
+                memory_used_bytes=g.memory_used_bytes,
+                memory_total_bytes=g.memory_total_bytes,
+                temperature_c=g.temperature_c,
+                power_w=g.power_w,
+            )
+            for g in sample.gpus
+        ],
+    )

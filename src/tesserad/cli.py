@@ -1,0 +1,92 @@
+"""`tesserad`: the daemon's command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tesserad import __version__
+from tesserad.config import SettingsError, describe_settings, load_settings
+from tesserad.errors import TesseraError
+from tesserad.logs import configure_logging
+
+log = logging.getLogger("tesserad")
+
+# Flags of `tesserad serve` and the setting each one sets.
+SERVE_FLAGS = {
+    "--listen": ("listen", "gRPC address host:port (default 127.0.0.1:50051; port 0 picks a free one)"),
+    "--data-dir": ("data_dir", "directory for the LMDB store and blobs (default ./var)"),
+    "--metrics-listen": ("metrics_listen", "Prometheus /metrics address, or off (default 127.0.0.1:9464)"),
+    "--log-format": ("log_format", "console (default) or json"),
+    "--log-level": ("log_level", "debug, info (default), warning or error"),
+    "--grace-period": (
+        "grace_period_s",
+        "seconds in-flight calls get on SIGTERM before they are cancelled (default 10)",
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tesserad",
+        description="tessera's daemon: model registry, datasets, training and inference over gRPC.",
+    )
+    parser.add_argument("--version", action="version", version=f"tesserad {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the daemon until SIGTERM or SIGINT",
+        description=(
+            "Run the daemon. Settings come from, in rising priority: built-in defaults, the TOML "
+            "file given by --config, TESSERA_* environment variables, these flags. "
+            "`tesserad settings` lists every setting."
+        ),
+    )
+    serve.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file")
+    for flag, (name, help_text) in SERVE_FLAGS.items():
+        serve.add_argument(flag, dest=name.replace(".", "__"), metavar="VALUE", help=help_text)
+
+    commands.add_parser(
+        "settings",
+        help="list every setting with its default and environment variable",
+        description="List every setting: its TOML name, environment variable, default and meaning.",
+    )
+    return parser
+
+
+def _print_settings() -> None:
+    for info in describe_settings():
+        print(f"{info.name}\n    env {info.env}, default {info.default}\n    {info.help}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "settings":
+        _print_settings()
+        return 0
+
+    overrides = {name: getattr(args, name.replace(".", "__")) for name, _ in SERVE_FLAGS.values()}
+    try:
+        settings = load_settings(args.config, overrides=overrides)
+    except SettingsError as exc:
+        print(f"tesserad: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format, settings.log_level)
+
+    from tesserad.server import StartupError, serve
+
+    try:
+        asyncio.run(serve(settings))
+    except (StartupError, TesseraError) as exc:
+        log.error("tesserad cannot start: %s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,302 @@
+"""Daemon settings: defaults < TOML file < TESSERA_* environment < command-line flags.
+
+Every setting has a dotted name (`store.map_size`), a TOML key in its section (`[store]
+map_size = "16GiB"`), an environment variable (`TESSERA_STORE_MAP_SIZE`) and, for the most
+used ones, a flag. All sources are parsed and validated at start; every bad value is
+reported at once, naming the setting and where the value came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "TESSERA_"
+
+
+class SettingsError(Exception):
+    """One or more settings are invalid; the message lists each with what to fix."""
+
+
+@dataclass(frozen=True)
+class Address:
+    """A host and TCP port to listen on; port 0 lets the OS choose."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+# -- value parsers: each takes the raw value (TOML value or string) and returns the typed
+# -- value or raises ValueError with a message that says what is expected.
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(raw: Any) -> int:
+    """Bytes, from an int or a string such as "512MiB", "16GiB", "1.5GB"."""
+    if isinstance(raw, bool):
+        raise ValueError("expected a size such as 16GiB")
+    if isinstance(raw, int):
+        value = raw
+    else:
+        match = _SIZE_RE.match(str(raw))
+        unit = match.group(2).lower() if match else None
+        if match is None or unit not in _SIZE_UNITS:
+            raise ValueError(
+                "expected a size: bytes, or a number with B, KiB, MiB, GiB, TiB, KB, MB, GB or TB"
+            )
+        value = int(float(match.group(1)) * _SIZE_UNITS[unit])
+    if value < 0:
+        raise ValueError("a size cannot be negative")
+    return value
+
+
+def format_size(n: int) -> str:
+    """The largest binary unit that keeps the number readable: 17179869184 -> "16 GiB"."""
+    for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= factor:
+            return f"{n / factor:.3g} {unit}"
+    return f"{n} B"
+
+
+def parse_address(raw: Any) -> Address:
+    """host:port, [v6]:port; port 0..65535."""
+    text = str(raw).strip()
+    match = re.match(r"^\[([0-9a-fA-F:.]+)\]:(\d+)$", text) or re.match(r"^([^:\s\[\]]+):(\d+)$", text)
+    if not match:
+        raise ValueError("expected host:port, e.g. 127.0.0.1:50051 or [::1]:50051")
+    port = int(match.group(2))
+    if port > 65535:
+        raise ValueError(f"port {port} is out of range 0..65535")
+    return Address(match.group(1), port)
+
+
+def parse_optional_address(raw: Any) -> Address | None:
+    """An address, or "" / "off" to disable."""
+    if str(raw).strip().lower() in ("", "off", "none", "disabled"):
+        return None
+    return parse_address(raw)
+
+
+def parse_choice(*choices: str) -> Callable[[Any], str]:
+    def parse(raw: Any) -> str:
+        text = str(raw).strip().lower()
+        if text not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def parse_number(kind: type, low: float, high: float) -> Callable[[Any], Any]:
+    def parse(raw: Any) -> Any:
+        if isinstance(raw, bool):
+            raise ValueError(f"expected a number in {low}..{high}")
+        try:
+            value = kind(raw)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"expected {'an integer' if kind is int else 'a number'} in {low}..{high}"
+            ) from None
+        if (isinstance(value, float) and not math.isfinite(value)) or not low <= value <= high:
+            raise ValueError(f"expected a value in {low}..{high}")
+        return value
+
+    return parse
+
+
+def parse_bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def parse_path(raw: Any) -> Path:
+    text = str(raw).strip()
+    if not text:
+        raise ValueError("expected a path")
+    return Path(text).expanduser()
+
+
+def setting(default: Any, parse: Callable[[Any], Any], help: str) -> Any:
+    """A settings field: its default, its parser and a line of help for --help and errors."""
+    return field(default=default, metadata={"parse": parse, "help": help})
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    map_size: int = setting(
+        16 * 2**30,
+        parse_size,
+        "most the LMDB file may grow to; address space only, disk is used as data arrives",
+    )
+    durability: str = setting(
+        "full",
+        parse_choice("full", "relaxed"),
+        "full: every commit is fsynced before it is acknowledged; relaxed: synced every "
+        "second (a power loss may lose the last second, a daemon crash loses nothing)",
+    )
+    group_commit_interval_ms: float = setting(
+        20.0, parse_number(float, 0.5, 1000.0), "how long hot-path writes (metrics, events) gather per commit"
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: Address = setting(
+        Address("127.0.0.1", 50051), parse_address, "gRPC address; port 0 picks a free port"
+    )
+    data_dir: Path = setting(Path("./var"), parse_path, "where the LMDB store and the blobs live")
+    metrics_listen: Address | None = setting(
+        Address("127.0.0.1", 9464), parse_optional_address, "Prometheus /metrics address; off disables"
+    )
+    log_format: str = setting(
+        "console", parse_choice("console", "json"), "console for people, json for collectors"
+    )
+    log_level: str = setting(
+        "info", parse_choice("debug", "info", "warning", "error"), "least severe level logged"
+    )
+    grace_period_s: float = setting(
+        10.0,
+        parse_number(float, 0.0, 3600.0),
+        "on SIGTERM, how long in-flight calls may run before they are cancelled",
+    )
+    max_message_size: int = setting(
+        64 * 2**20, parse_size, "largest gRPC message accepted or sent (stream artifacts in chunks)"
+    )
+    store: StoreSettings = field(default_factory=StoreSettings)
+
+
+@dataclass(frozen=True)
+class SettingInfo:
+    """One setting's name, where to set it, and its help line."""
+
+    name: str
+    env: str
+    default: Any
+    help: str
+
+
+def describe_settings() -> list[SettingInfo]:
+    """Every setting, for --help texts and docs."""
+    return [
+        SettingInfo(name, _env_name(name), default, f.metadata["help"])
+        for name, f, default in _walk(Settings(), "")
+    ]
+
+
+def load_settings(
+    config_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Layer the sources and validate. `overrides` maps dotted names to raw flag values."""
+    environ = os.environ if env is None else env
+    raw: dict[str, tuple[Any, str]] = {}
+    errors: list[str] = []
+    known = {name for name, _, _ in _walk(Settings(), "")}
+
+    if config_file is not None:
+        try:
+            document = tomllib.loads(config_file.read_text())
+        except FileNotFoundError:
+            raise SettingsError(f"config file {config_file} does not exist") from None
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SettingsError(f"config file {config_file} cannot be read: {exc}") from None
+        for name, value in _flatten(document):
+            if name not in known:
+                errors.append(
+                    f"{name} (in {config_file}): unknown setting; known: {', '.join(sorted(known))}"
+                )
+            else:
+                raw[name] = (value, str(config_file))
+    for name in known:
+        env_name = _env_name(name)
+        if env_name in environ:
+            raw[name] = (environ[env_name], env_name)
+    for name, value in (overrides or {}).items():
+        if name not in known:
+            raise KeyError(f"no setting named {name}")
+        if value is not None:
+            raw[name] = (value, "--" + name.replace("_", "-").replace(".", "-"))
+
+    settings = Settings()
+    for name, f, _ in _walk(settings, ""):
+        if name not in raw:
+            continue
+        value, source = raw[name]
+        try:
+            parsed = f.metadata["parse"](value)
+        except ValueError as exc:
+            errors.append(f"{name} = {value!r} (from {source}): {exc}")
+            continue
+        settings = _replace(settings, name.split("."), parsed)
+    if errors:
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(errors))
+    return settings
+
+
+def _env_name(name: str) -> str:
+    return ENV_PREFIX + name.replace(".", "_").upper()
+
+
+def _walk(obj: Any, prefix: str):
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        name = prefix + f.name
+        if dataclasses.is_dataclass(value) and "parse" not in f.metadata:
+            yield from _walk(value, name + ".")
+        else:
+            yield name, f, value
+
+
+def _flatten(document: Mapping[str, Any], prefix: str = ""):
+    for key, value in document.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield prefix + key, value
+
+
+def _replace(obj: Any, path: list[str], value: Any) -> Any:
+    head, *rest = path
+    new = value if not rest else _replace(getattr(obj, head), rest, value)
+    return dataclasses.replace(obj, **{head: new})

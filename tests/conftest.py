@@ -1,0 +1,185 @@
+"""Fixtures that run a real tesserad: in this process (fast) or as a subprocess (signals, exits)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
+
+from tesserad.config import Settings, load_settings
+from tesserad.server import Daemon, create_server
+
+# CI runs on two busy cores: judge properties, not how fast examples are drawn.
+hypothesis_settings.register_profile("tessera", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+hypothesis_settings.load_profile("tessera")
+
+
+def daemon_settings(data_dir: Path, **overrides: Any) -> Settings:
+    """Settings for a daemon under test: free ports, a small map, a short grace period."""
+    values = {
+        "listen": "127.0.0.1:0",
+        "metrics_listen": "127.0.0.1:0",
+        "data_dir": str(data_dir),
+        "store.map_size": "1GiB",
+        "grace_period_s": 5,
+    }
+    values.update(overrides)
+    return load_settings(env={}, overrides=values)
+
+
+@dataclass
+class InProcessDaemon:
+    """A real Daemon on its own event loop thread, reached over real gRPC on 127.0.0.1."""
+
+    settings: Settings
+    daemon: Daemon = field(init=False)
+    _loop: asyncio.AbstractEventLoop = field(init=False)
+    _thread: threading.Thread = field(init=False)
+    _channels: list[grpc.Channel] = field(default_factory=list)
+
+    def start(self) -> InProcessDaemon:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="tesserad-test-loop", daemon=True)
+        self._thread.start()
+        self.daemon = create_server(self.settings)
+        try:
+            self.run(self.daemon.start())
+        except BaseException:
+            self._stop_loop()
+            raise
+        return self
+
+    def run(self, coro: Any, timeout: float = 60) -> Any:
+        """Run a coroutine on the daemon's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.daemon.port}"
+
+    def channel(self) -> grpc.Channel:
+        channel = grpc.insecure_channel(self.target)
+        self._channels.append(channel)
+        return channel
+
+    def stop(self, grace: float | None = 0) -> None:
+        for channel in self._channels:
+            channel.close()
+        self._channels.clear()
+        try:
+            self.run(self.daemon.stop(grace))
+        finally:
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def daemon(data_dir: Path) -> Iterator[InProcessDaemon]:
+    running = InProcessDaemon(daemon_settings(data_dir)).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def channel(daemon: InProcessDaemon) -> grpc.Channel:
+    return daemon.channel()
+
+
+class DaemonProcess:
+    """`tesserad serve` as a child process with JSON logs, for signal and exit-code tests."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.args = [sys.executable, "-m", "tesserad", "serve", "--log-format", "json", *args]
+        self.process = subprocess.Popen(
+            self.args,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.log: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.put(line)
+        self.lines.put("")
+
+    def wait_for_log(self, message: str, timeout: float = 60) -> dict[str, Any]:
+        """The first JSON log entry whose msg is `message`; fails with the whole log if none comes."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if line == "":
+                break
+            self.log.append(line)
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if entry.get("msg") == message:
+                return entry
+        raise AssertionError(f"no log entry {message!r}; log so far:\n{''.join(self.log)}")
+
+    def wait_serving(self) -> str:
+        return self.wait_for_log("tesserad serving")["address"]
+
+    def output(self, timeout: float = 30) -> str:
+        """Everything the process wrote to stderr, once it has exited."""
+        self.process.wait(timeout)
+        while True:
+            line = self.lines.get(timeout=timeout)
+            if line == "":
+                return "".join(self.log)
+            self.log.append(line)
+
+    def terminate(self, sig: int = signal.SIGTERM) -> None:
+        self.process.send_signal(sig)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+@pytest.fixture
+def spawn_daemon() -> Iterator[Any]:
+    started: list[DaemonProcess] = []
+
+    def spawn(*args: str, env: dict[str, str] | None = None) -> DaemonProcess:
+        process = DaemonProcess(list(args), env)
+        started.append(process)
+        return process
+
+    yield spawn
+    for process in started:
+        process.kill()

@@ -1,0 +1,137 @@
+"""The daemon as a client sees it: health, reflection, System, metrics, errors."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import urllib.request
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from tessera.v1 import registry_pb2, registry_pb2_grpc, system_pb2, system_pb2_grpc
+
+TESSERA_SERVICES = [
+    "tessera.v1.System",
+    "tessera.v1.Registry",
+    "tessera.v1.Datasets",
+    "tessera.v1.Training",
+    "tessera.v1.Inference",
+    "inference.GRPCInferenceService",
+]
+
+
+def test_health_is_serving_for_every_service(channel):
+    stub = health_pb2_grpc.HealthStub(channel)
+    for service in ["", *TESSERA_SERVICES]:
+        response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert response.status == health_pb2.HealthCheckResponse.SERVING, service
+
+
+def test_health_of_an_unknown_service_is_not_found(channel):
+    stub = health_pb2_grpc.HealthStub(channel)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Check(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=5)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_reflection_lists_every_service(channel):
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    names = {s.name for s in next(responses).list_services_response.service}
+    assert set(TESSERA_SERVICES) <= names
+    assert "grpc.health.v1.Health" in names
+
+
+def test_reflection_serves_the_file_descriptors(channel):
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    request = reflection_pb2.ServerReflectionRequest(file_containing_symbol="tessera.v1.Registry")
+    response = next(stub.ServerReflectionInfo(iter([request])))
+    assert response.file_descriptor_response.file_descriptor_proto
+
+
+def test_server_info(channel, data_dir):
+    info = system_pb2_grpc.SystemStub(channel).GetServerInfo(system_pb2.GetServerInfoRequest(), timeout=10)
+    assert re.match(r"^\d+\.\d+", info.version)
+    assert info.uptime_s >= 0
+    cpu = info.devices[0]
+    assert cpu.id == "cpu" and cpu.kind == system_pb2.DEVICE_KIND_CPU
+    assert cpu.cores >= 1 and cpu.memory_total_bytes > 0
+    assert all(d.kind == system_pb2.DEVICE_KIND_CUDA and d.memory_total_bytes > 0 for d in info.devices[1:])
+    assert info.data_dir.path == str(data_dir.resolve())
+    assert info.data_dir.store_bytes > 0
+    assert info.data_dir.store_map_size_bytes == 2**30
+    assert info.data_dir.fs_total_bytes >= info.data_dir.fs_free_bytes > 0
+    assert set(TESSERA_SERVICES) <= set(info.services)
+    assert info.runtime_versions["python"].startswith("3.")
+    assert "torch" in info.runtime_versions and "onnxruntime" in info.runtime_versions
+
+
+def test_watch_system_streams_samples_at_the_interval(channel):
+    stub = system_pb2_grpc.SystemStub(channel)
+    samples = list(
+        stub.WatchSystem(system_pb2.WatchSystemRequest(interval_ms=100, max_samples=3), timeout=10)
+    )
+    assert len(samples) == 3
+    for sample in samples:
+        assert 0 <= sample.cpu_percent <= 100
+        assert len(sample.per_cpu_percent) >= 1
+        assert 0 < sample.memory_used_bytes <= sample.memory_total_bytes
+        assert sample.process_rss_bytes > 0
+    times = [s.time.ToNanoseconds() for s in samples]
+    gaps_ms = [(b - a) / 1e6 for a, b in itertools.pairwise(times)]
+    assert all(gap >= 90 for gap in gaps_ms), gaps_ms
+
+
+def test_watch_system_open_ended_until_cancelled(channel):
+    stream = system_pb2_grpc.SystemStub(channel).WatchSystem(system_pb2.WatchSystemRequest(interval_ms=100))
+    first = next(stream)
+    assert first.memory_total_bytes > 0
+    stream.cancel()
+    with pytest.raises(grpc.RpcError) as err:
+        next(stream)
+    assert err.value.code() == grpc.StatusCode.CANCELLED
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "fragment"),
+    [
+        ({"interval_ms": 5}, "interval_ms must be in 100..60000"),
+        ({"interval_ms": 600_000}, "interval_ms must be in 100..60000"),
+        ({"max_samples": -1}, "max_samples must be >= 0"),
+    ],
+)
+def test_watch_system_rejects_bad_requests(channel, request_fields, fragment):
+    stream = system_pb2_grpc.SystemStub(channel).WatchSystem(system_pb2.WatchSystemRequest(**request_fields))
+    with pytest.raises(grpc.RpcError) as err:
+        next(stream)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert fragment in err.value.details()
+
+
+def test_unbuilt_rpcs_answer_unimplemented_naming_the_feature(channel):
+    with pytest.raises(grpc.RpcError) as err:
+        registry_pb2_grpc.RegistryStub(channel).GetModel(registry_pb2.GetModelRequest(name="m"), timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "Registry.GetModel" in err.value.details()
+    assert "model registry" in err.value.details()
+
+
+def test_metrics_endpoint_counts_calls_by_status(daemon, channel):
+    stub = system_pb2_grpc.SystemStub(channel)
+    stub.GetServerInfo(system_pb2.GetServerInfoRequest(), timeout=10)
+    with pytest.raises(grpc.RpcError):
+        next(stub.WatchSystem(system_pb2.WatchSystemRequest(interval_ms=1)))
+    url = f"http://127.0.0.1:{daemon.daemon.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    assert 'tessera_rpc_total{code="OK",method="GetServerInfo",service="tessera.v1.System"} 1.0' in text
+    assert (
+        'tessera_rpc_total{code="INVALID_ARGUMENT",method="WatchSystem",service="tessera.v1.System"} 1.0'
+        in text
+    )
+    assert (
+        'tessera_rpc_duration_seconds_bucket{le="0.25",method="GetServerInfo",service="tessera.v1.System"}'
+        in text
+    )

@@ -1,0 +1,97 @@
+"""The one error table and the INTERNAL path, through a real grpc.aio server and the daemon's interceptor."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+
+import grpc
+import pytest
+
+from tesserad import errors
+from tesserad.api.errors import STATUS_BY_ERROR
+from tesserad.api.interceptors import CallInterceptor
+from tesserad.metrics import DaemonMetrics
+
+
+class _ErrorServer:
+    """Serves /test.Errors/Raise: raises the domain error named by the request bytes, or a bug."""
+
+    def __init__(self) -> None:
+        self.metrics = DaemonMetrics()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.port = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+
+    async def _start(self) -> int:
+        async def raise_named(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            name = request.decode()
+            if name == "bug":
+                raise KeyError("secret internal detail")
+            raise getattr(errors, name)(f"{name} happened; do this to fix it")
+
+        async def stream_bug(request: bytes, context: grpc.aio.ServicerContext):
+            yield b"first"
+            raise ValueError("secret stream detail")
+
+        handler = grpc.method_handlers_generic_handler(
+            "test.Errors",
+            {
+                "Raise": grpc.unary_unary_rpc_method_handler(raise_named),
+                "StreamBug": grpc.unary_stream_rpc_method_handler(stream_bug),
+            },
+        )
+        self.server = grpc.aio.server(interceptors=[CallInterceptor(self.metrics)])
+        self.server.add_generic_rpc_handlers([handler])
+        port = self.server.add_insecure_port("127.0.0.1:0")
+        await self.server.start()
+        return port
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(0), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def error_channel():
+    server = _ErrorServer()
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    yield channel
+    channel.close()
+    server.close()
+
+
+@pytest.mark.parametrize(("error", "code"), list(STATUS_BY_ERROR.items()))
+def test_each_domain_error_maps_to_its_status_with_its_message(error_channel, error, code):
+    call = error_channel.unary_unary("/test.Errors/Raise")
+    with pytest.raises(grpc.RpcError) as err:
+        call(error.__name__.encode(), timeout=5)
+    assert err.value.code() == code
+    assert err.value.details() == f"{error.__name__} happened; do this to fix it"
+
+
+def test_unexpected_error_is_internal_with_an_id_in_the_log_and_no_detail(error_channel, caplog):
+    call = error_channel.unary_unary("/test.Errors/Raise")
+    with (
+        caplog.at_level(logging.ERROR, logger="tesserad.api.interceptors"),
+        pytest.raises(grpc.RpcError) as err,
+    ):
+        call(b"bug", timeout=5)
+    assert err.value.code() == grpc.StatusCode.INTERNAL
+    assert "secret" not in err.value.details() and "KeyError" not in err.value.details()
+    error_id = re.search(r"id ([0-9a-f]{12})", err.value.details()).group(1)
+    logged = [r for r in caplog.records if getattr(r, "error_id", None) == error_id]
+    assert logged and "secret internal detail" in str(logged[0].exc_info[1])
+
+
+def test_unexpected_error_mid_stream_is_internal(error_channel):
+    stream = error_channel.unary_stream("/test.Errors/StreamBug")(b"", timeout=5)
+    assert next(stream) == b"first"
+    with pytest.raises(grpc.RpcError) as err:
+        next(stream)
+    assert err.value.code() == grpc.StatusCode.INTERNAL
+    assert "secret" not in err.value.details()

@@ -1,0 +1,100 @@
+"""`tesserad serve` as a process: graceful stop on signals, fast and clear failures at start."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import grpc
+import pytest
+
+from tessera.v1 import system_pb2, system_pb2_grpc
+
+
+def _watch(address: str, **fields: int):
+    channel = grpc.insecure_channel(address)
+    return channel, system_pb2_grpc.SystemStub(channel).WatchSystem(system_pb2.WatchSystemRequest(**fields))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_drains_an_in_flight_stream_then_exits_0(spawn_daemon, tmp_path, sig):
+    daemon = spawn_daemon("--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(tmp_path))
+    address = daemon.wait_serving()
+    channel, stream = _watch(address, interval_ms=200, max_samples=5)
+    first = next(stream)
+    daemon.terminate(sig)
+    rest = list(stream)  # raises if the call does not end with OK
+    assert len([first, *rest]) == 5
+    assert daemon.process.wait(30) == 0
+    assert "tesserad stopped" in daemon.output()
+    channel.close()
+
+
+def test_open_ended_watch_is_told_to_reconnect_on_shutdown(spawn_daemon, tmp_path):
+    daemon = spawn_daemon("--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(tmp_path))
+    channel, stream = _watch(daemon.wait_serving(), interval_ms=100)
+    next(stream)
+    daemon.terminate()
+    with pytest.raises(grpc.RpcError) as err:
+        list(stream)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "shutting down" in err.value.details()
+    assert daemon.process.wait(30) == 0
+    channel.close()
+
+
+def test_calls_longer_than_the_grace_period_are_cancelled(spawn_daemon, tmp_path):
+    daemon = spawn_daemon(
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "off",
+        "--data-dir",
+        str(tmp_path),
+        "--grace-period",
+        "0.5",
+    )
+    channel, stream = _watch(daemon.wait_serving(), interval_ms=1000, max_samples=30)
+    next(stream)
+    stopped_at = time.monotonic()
+    daemon.terminate()
+    with pytest.raises(grpc.RpcError):
+        list(stream)
+    assert daemon.process.wait(30) == 0
+    assert time.monotonic() - stopped_at < 10
+    channel.close()
+
+
+def test_second_daemon_on_the_same_data_dir_fails_fast(spawn_daemon, tmp_path):
+    first = spawn_daemon("--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(tmp_path))
+    first.wait_serving()
+    second = spawn_daemon("--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(tmp_path))
+    assert second.process.wait(30) == 1
+    output = second.output()
+    assert f"in use by another tesserad (pid {first.process.pid})" in output
+    assert first.process.poll() is None
+
+
+def test_second_daemon_on_the_same_port_fails_fast(spawn_daemon, tmp_path):
+    first = spawn_daemon(
+        "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(tmp_path / "a")
+    )
+    address = first.wait_serving()
+    second = spawn_daemon("--listen", address, "--metrics-listen", "off", "--data-dir", str(tmp_path / "b"))
+    assert second.process.wait(30) == 1
+    output = second.output()
+    assert f"cannot listen on {address}" in output
+    assert "already in use" in output
+
+
+def test_bad_settings_exit_2_naming_the_setting(spawn_daemon, tmp_path):
+    daemon = spawn_daemon("--data-dir", str(tmp_path), env={"TESSERA_STORE_MAP_SIZE": "huge"})
+    assert daemon.process.wait(30) == 2
+    output = daemon.output()
+    assert "store.map_size = 'huge' (from TESSERA_STORE_MAP_SIZE)" in output
+
+
+def test_bad_flag_value_exit_2(spawn_daemon, tmp_path):
+    daemon = spawn_daemon("--data-dir", str(tmp_path), "--listen", "nowhere")
+    assert daemon.process.wait(30) == 2
+    assert "listen = 'nowhere' (from --listen)" in daemon.output()

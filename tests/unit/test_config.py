@@ -1,0 +1,100 @@
+"""Settings: layering and validation (pure logic, no server)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tesserad.config import Address, SettingsError, describe_settings, load_settings, parse_size
+
+
+def test_defaults():
+    settings = load_settings(env={})
+    assert settings.listen == Address("127.0.0.1", 50051)
+    assert settings.data_dir == Path("./var")
+    assert settings.metrics_listen == Address("127.0.0.1", 9464)
+    assert settings.store.durability == "full"
+
+
+def test_layers_file_then_env_then_flags(tmp_path):
+    config = tmp_path / "tesserad.toml"
+    config.write_text(
+        'listen = "0.0.0.0:6000"\nlog_level = "debug"\n[store]\nmap_size = "2GiB"\ndurability = "relaxed"\n'
+    )
+    env = {"TESSERA_LISTEN": "127.0.0.1:7000", "TESSERA_STORE_MAP_SIZE": "3GiB", "TESSERA_TOKEN": "ignored"}
+    settings = load_settings(config, env=env, overrides={"listen": "127.0.0.1:8000", "log_level": None})
+    assert settings.listen == Address("127.0.0.1", 8000)  # flag beats env beats file
+    assert settings.store.map_size == 3 * 2**30  # env beats file
+    assert settings.store.durability == "relaxed"  # file beats default
+    assert settings.log_level == "debug"  # a flag left unset does not override
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (4096, 4096),
+        ("4096", 4096),
+        ("512MiB", 512 * 2**20),
+        ("1.5GiB", 3 * 2**29),
+        ("2GB", 2 * 10**9),
+        ("1 kib", 1024),
+    ],
+)
+def test_sizes(raw, expected):
+    assert parse_size(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("env", "fragments"),
+    [
+        ({"TESSERA_STORE_MAP_SIZE": "lots"}, ["store.map_size", "TESSERA_STORE_MAP_SIZE", "expected a size"]),
+        ({"TESSERA_LISTEN": "localhost"}, ["listen = 'localhost'", "expected host:port"]),
+        ({"TESSERA_LISTEN": "127.0.0.1:70000"}, ["port 70000 is out of range"]),
+        ({"TESSERA_LOG_FORMAT": "xml"}, ["log_format", "expected one of console, json"]),
+        ({"TESSERA_GRACE_PERIOD_S": "-1"}, ["grace_period_s", "0.0..3600.0"]),
+        ({"TESSERA_STORE_DURABILITY": "maybe"}, ["store.durability", "full, relaxed"]),
+    ],
+)
+def test_bad_values_name_the_setting_and_source(env, fragments):
+    with pytest.raises(SettingsError) as err:
+        load_settings(env=env)
+    for fragment in fragments:
+        assert fragment in str(err.value)
+
+
+def test_every_bad_value_is_reported_at_once(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('log_level = "loud"\n[store]\nmap_size = -5\ncolour = "red"\n')
+    with pytest.raises(SettingsError) as err:
+        load_settings(config, env={})
+    message = str(err.value)
+    assert "log_level" in message and "store.map_size" in message
+    assert "store.colour" in message and "unknown setting" in message
+
+
+def test_unreadable_config_file(tmp_path):
+    with pytest.raises(SettingsError, match="does not exist"):
+        load_settings(tmp_path / "missing.toml", env={})
+    broken = tmp_path / "broken.toml"
+    broken.write_text("listen = \n")
+    with pytest.raises(SettingsError, match="cannot be read"):
+        load_settings(broken, env={})
+
+
+def test_metrics_can_be_turned_off():
+    assert load_settings(env={"TESSERA_METRICS_LISTEN": "off"}).metrics_listen is None
+
+
+def test_ipv6_and_loopback_addresses():
+    settings = load_settings(env={"TESSERA_LISTEN": "[::1]:50051"})
+    assert settings.listen == Address("::1", 50051)
+    assert str(settings.listen) == "[::1]:50051"
+    assert settings.listen.is_loopback
+    assert not Address("0.0.0.0", 1).is_loopback
+
+
+def test_every_setting_is_described_with_its_env_name():
+    described = {info.name: info for info in describe_settings()}
+    assert described["store.map_size"].env == "TESSERA_STORE_MAP_SIZE"
+    assert all(info.help for info in described.values())

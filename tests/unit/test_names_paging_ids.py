@@ -1,0 +1,48 @@
+"""Names, page tokens and ids (pure logic)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tesserad.errors import InvalidArgument
+from tesserad.ids import new_id
+from tesserad.names import validate_name
+from tesserad.paging import MAX_PAGE_SIZE, make_token, page_size, resume_after
+
+
+@pytest.mark.parametrize("name", ["a", "resnet-50", "clips.v2", "x_1", "9", "a" * 128])
+def test_valid_names(name):
+    assert validate_name("model", name) == name
+
+
+@pytest.mark.parametrize("name", ["", "A", "-a", ".hidden", "a b", "a/b", "../etc", "a" * 129, "é"])
+def test_invalid_names_say_what_is_allowed(name):
+    with pytest.raises(InvalidArgument) as err:
+        validate_name("model", name)
+    assert "model" in err.value.message
+
+
+def test_page_size_defaults_and_caps():
+    assert page_size(0) == 100
+    assert page_size(5) == 5
+    assert page_size(10**6) == MAX_PAGE_SIZE
+    with pytest.raises(InvalidArgument, match="page_size must be >= 0"):
+        page_size(-1)
+
+
+def test_page_token_round_trip_and_query_binding():
+    token = make_token(b"\x00key", {"prefix": "a"})
+    assert resume_after(token, {"prefix": "a"}) == b"\x00key"
+    assert resume_after("", {"prefix": "a"}) is None
+    with pytest.raises(InvalidArgument, match="different query"):
+        resume_after(token, {"prefix": "b"})
+    with pytest.raises(InvalidArgument, match="not one this server issued"):
+        resume_after("garbage!", {"prefix": "a"})
+
+
+def test_ids_are_unique_and_time_ordered():
+    ids = [new_id("job") for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert all(i.startswith("job-") and len(i) == 22 for i in ids)
+    first, later = ids[0], new_id("job")
+    assert first[:14] <= later[:14]
