@@ -137,16 +137,30 @@ def test_reopen_with_larger_map_size_keeps_data(tmp_path: Path) -> None:
         store.close()
 
 
-def test_acknowledged_group_commits_survive_sigkill(tmp_path: Path) -> None:
-    """A write whose future resolved is on disk even if the process is killed right after."""
+def test_sigkill_mid_writes_leaves_exactly_the_committed_records(tmp_path: Path) -> None:
+    """Kill a writer in the middle of heavy writes: every acknowledged write is there, and
+    every write is there whole or not at all (each writes ten records)."""
     script = textwrap.dedent(
         f"""
-        import sys
+        import threading
         from pathlib import Path
         from tesserad.store import Store
-        store = Store.open(Path({str(tmp_path / "s")!r}), map_size=2**24, tables=["items"])
+        store = Store.open(Path({str(tmp_path / "s")!r}), map_size=2**26, tables=["items"])
+
+        def work(txn, i):
+            for part in range(10):
+                txn.put("items", (i, part), bytes(200))
+
+        def background():
+            # Unacknowledged writes in flight when the kill lands.
+            for i in range(1_000_000, 2_000_000):
+                future = store.submit(lambda txn, i=i: work(txn, i))
+                if i % 50 == 0:
+                    future.result()
+
+        threading.Thread(target=background, daemon=True).start()
         for i in range(100_000):
-            store.submit(lambda txn, i=i: txn.put("items", (i,), b"x")).result()
+            store.submit(lambda txn, i=i: work(txn, i)).result()
             print(i, flush=True)
         """
     )
@@ -155,15 +169,20 @@ def test_acknowledged_group_commits_survive_sigkill(tmp_path: Path) -> None:
     acknowledged = -1
     for line in proc.stdout:
         acknowledged = int(line)
-        if acknowledged >= 30:
+        if acknowledged >= 20:
             break
+    assert acknowledged >= 20, "the writer died before it was killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    store = Store.open(tmp_path / "s", map_size=2**24, tables=["items"])
+    store = Store.open(tmp_path / "s", map_size=2**26, tables=["items"])
     try:
         with store.read() as txn:
-            for i in range(acknowledged + 1):
-                assert txn.get("items", (i,)) == b"x"
+            parts: dict[int, int] = {}
+            for (i, _part), _ in txn.scan("items"):
+                parts[i] = parts.get(i, 0) + 1
+        assert all(count == 10 for count in parts.values()), "a write was torn"
+        foreground = sorted(i for i in parts if i < 1_000_000)
+        assert foreground[: acknowledged + 1] == list(range(acknowledged + 1))
     finally:
         store.close()
 
