@@ -1,0 +1,265 @@
+"""Registry messages <-> registry domain types (and the Architecture / Signature messages)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import json_format
+
+from tessera.v1 import architecture_pb2, common_pb2, job_spec_pb2
+from tessera.v1 import registry_pb2 as pb
+from tesserad.api.convert_common import timestamp
+from tesserad.errors import InvalidArgument
+from tesserad.registry import (
+    AliasEvent,
+    AliasRecord,
+    Comparison,
+    DatasetLineage,
+    DeploymentRecord,
+    Lineage,
+    ModelRecord,
+    Route,
+    Shadow,
+    Signature,
+    Target,
+    TensorSpec,
+    VersionRecord,
+)
+
+FORMAT_NAMES = {pb.ARTIFACT_FORMAT_SAFETENSORS: "safetensors", pb.ARTIFACT_FORMAT_ONNX: "onnx"}
+FORMAT_VALUES = {name: value for value, name in FORMAT_NAMES.items()}
+_DTYPE_PREFIX = "DATA_TYPE_"
+
+
+def dtype_name(value: int) -> str:
+    """DataType enum -> numpy name ("" for unspecified or unknown)."""
+    if value == common_pb2.DATA_TYPE_UNSPECIFIED:
+        return ""
+    try:
+        return common_pb2.DataType.Name(value).removeprefix(_DTYPE_PREFIX).lower()
+    except ValueError:
+        return ""
+
+
+def dtype_value(name: str) -> int:
+    try:
+        return common_pb2.DataType.Value(_DTYPE_PREFIX + name.upper())
+    except ValueError:
+        return common_pb2.DATA_TYPE_UNSPECIFIED
+
+
+def signature_from_proto(message: common_pb2.Signature) -> Signature:
+    def specs(items: Any) -> tuple[TensorSpec, ...]:
+        return tuple(TensorSpec(t.name, dtype_name(t.dtype), tuple(t.shape)) for t in items)
+
+    return Signature(specs(message.inputs), specs(message.outputs))
+
+
+def signature_to_proto(signature: Signature) -> common_pb2.Signature:
+    def specs(items: tuple[TensorSpec, ...]) -> list[common_pb2.TensorSpec]:
+        return [common_pb2.TensorSpec(name=t.name, dtype=dtype_value(t.dtype), shape=t.shape) for t in items]
+
+    return common_pb2.Signature(inputs=specs(signature.inputs), outputs=specs(signature.outputs))
+
+
+def architecture_to_dict(message: architecture_pb2.Architecture) -> dict[str, Any]:
+    """The tesserad.nn.spec_to_dict form: zero values take their defaults; validated."""
+    from tesserad.nn import spec_from_dict, spec_to_dict
+
+    family = message.WhichOneof("family")
+    if family is None:
+        raise InvalidArgument("architecture needs one family: mlp, cnn2d, cnn4d, lstm or transformer")
+    data: dict[str, Any] = {
+        "family": family,
+        "input_shape": list(message.input_shape),
+        "output_size": message.output_size,
+    }
+    for field, value in getattr(message, family).ListFields():
+        data[field.name] = list(value) if field.is_repeated else value
+    return spec_to_dict(spec_from_dict(data))
+
+
+def architecture_from_dict(data: dict[str, Any]) -> architecture_pb2.Architecture:
+    family = data["family"]
+    body = {k: v for k, v in data.items() if k not in ("family", "input_shape", "output_size")}
+    return json_format.ParseDict(
+        {"input_shape": data["input_shape"], "output_size": data["output_size"], family: body},
+        architecture_pb2.Architecture(),
+        ignore_unknown_fields=True,
+    )
+
+
+def job_spec_to_dict(message: job_spec_pb2.JobSpec) -> dict[str, Any]:
+    """The form a lineage stores a job spec in: protobuf JSON with the .proto field names."""
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def lineage_from_proto(message: pb.Lineage) -> Lineage:
+    return Lineage(
+        run_id=message.run_id,
+        job_id=message.job_id,
+        experiment=message.experiment,
+        datasets=tuple(DatasetLineage(d.name, d.version, d.sha256) for d in message.datasets),
+        parent_version=message.parent_version,
+        parent_model=message.parent_model,
+        job_spec=job_spec_to_dict(message.job_spec) if message.HasField("job_spec") else None,
+    )
+
+
+def lineage_to_proto(lineage: Lineage) -> pb.Lineage:
+    message = pb.Lineage(
+        run_id=lineage.run_id,
+        job_id=lineage.job_id,
+        experiment=lineage.experiment,
+        datasets=[
+            pb.DatasetLineage(name=d.name, version=d.version, sha256=d.sha256) for d in lineage.datasets
+        ],
+        parent_version=lineage.parent_version,
+        parent_model=lineage.parent_model,
+    )
+    if lineage.job_spec is not None:
+        json_format.ParseDict(lineage.job_spec, message.job_spec, ignore_unknown_fields=True)
+    return message
+
+
+def model_to_proto(record: ModelRecord) -> pb.Model:
+    return pb.Model(
+        name=record.name,
+        description=record.description,
+        tags=record.tags,
+        created_at=timestamp(record.created_at),
+        updated_at=timestamp(record.updated_at),
+        latest_version=record.latest_version,
+        version_count=record.version_count,
+        aliases=record.aliases,
+    )
+
+
+def version_to_proto(record: VersionRecord) -> pb.ModelVersion:
+    message = pb.ModelVersion(
+        model=record.model,
+        version=record.version,
+        format=FORMAT_VALUES[record.format],
+        description=record.description,
+        signature=signature_to_proto(record.signature),
+        params=record.params,
+        metrics=record.metrics,
+        tags=record.tags,
+        lineage=lineage_to_proto(record.lineage),
+        sha256=record.sha256,
+        size_bytes=record.size_bytes,
+        created_at=timestamp(record.created_at),
+        created_by=record.created_by,
+        aliases=record.aliases,
+        parameter_count=record.parameter_count,
+    )
+    if record.architecture:
+        message.architecture.CopyFrom(architecture_from_dict(record.architecture))
+    return message
+
+
+def format_from_proto(value: int) -> str:
+    return FORMAT_NAMES.get(value, "")
+
+
+def ref_args(ref: common_pb2.VersionRef) -> tuple[str, int | None, str | None]:
+    """(model, version, alias) of a VersionRef; an unset selector means "latest"."""
+    selector = ref.WhichOneof("selector")
+    if selector == "version" and ref.version <= 0:
+        raise InvalidArgument(f"ref.version must be >= 1, got {ref.version}")
+    return (
+        ref.model,
+        ref.version if selector == "version" else None,
+        ref.alias if selector == "alias" else None,
+    )
+
+
+def alias_to_proto(record: AliasRecord) -> pb.Alias:
+    return pb.Alias(
+        model=record.model,
+        alias=record.alias,
+        version=record.version,
+        updated_at=timestamp(record.updated_at),
+        updated_by=record.updated_by,
+    )
+
+
+def alias_event_to_proto(event: AliasEvent) -> pb.AliasEvent:
+    return pb.AliasEvent(
+        model=event.model,
+        alias=event.alias,
+        from_version=event.from_version,
+        to_version=event.to_version,
+        time=timestamp(event.time),
+        actor=event.actor,
+    )
+
+
+def comparison_to_proto(c: Comparison) -> pb.CompareVersionsResponse:
+    return pb.CompareVersionsResponse(
+        a=version_to_proto(c.a),
+        b=version_to_proto(c.b),
+        params=[
+            pb.ValueDiff(key=d.key, a=d.a, b=d.b, present_a=d.present_a, present_b=d.present_b)
+            for d in c.params
+        ],
+        metrics=[
+            pb.MetricDiff(
+                key=d.key, a=d.a, b=d.b, present_a=d.present_a, present_b=d.present_b, delta=d.delta
+            )
+            for d in c.metrics
+        ],
+        same_signature=c.same_signature,
+        signature_differences=c.signature_differences,
+        size_delta=c.size_delta,
+        lineage=[
+            pb.ValueDiff(key=d.key, a=d.a, b=d.b, present_a=d.present_a, present_b=d.present_b)
+            for d in c.lineage
+        ],
+    )
+
+
+def _target(message: pb.Route | pb.Shadow) -> Target:
+    kind = message.WhichOneof("target")
+    return Target(
+        version=message.version if kind == "version" else 0, alias=message.alias if kind == "alias" else ""
+    )
+
+
+def routes_from_proto(routes: Any) -> list[Route]:
+    return [Route(_target(r), r.weight) for r in routes]
+
+
+def shadow_from_proto(request: pb.DeployRequest) -> Shadow | None:
+    if not request.HasField("shadow"):
+        return None
+    return Shadow(_target(request.shadow), request.shadow.percent or 100)
+
+
+def deployment_to_proto(record: DeploymentRecord) -> pb.Deployment:
+    def route(r: Route) -> pb.Route:
+        message = pb.Route(weight=r.weight, resolved_version=r.resolved_version)
+        if r.target.alias:
+            message.alias = r.target.alias
+        else:
+            message.version = r.target.version
+        return message
+
+    message = pb.Deployment(
+        model=record.model,
+        revision=record.revision,
+        routes=[route(r) for r in record.routes],
+        created_at=timestamp(record.created_at),
+        created_by=record.created_by,
+        comment=record.comment,
+        rolled_back_from=record.rolled_back_from,
+    )
+    if record.shadow is not None:
+        shadow = message.shadow
+        shadow.percent = record.shadow.percent
+        shadow.resolved_version = record.shadow.resolved_version
+        if record.shadow.target.alias:
+            shadow.alias = record.shadow.target.alias
+        else:
+            shadow.version = record.shadow.target.version
+    return message

@@ -1,0 +1,83 @@
+"""The Datasets servicer: proto <-> domain conversion around tesserad.datasets.Datasets."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+
+from tessera.v1 import datasets_pb2 as pb
+from tessera.v1 import datasets_pb2_grpc
+from tesserad.api import convert_datasets as convert
+from tesserad.api.auth import caller
+from tesserad.api.transfers import chunk_size, read_header, receive_chunks, stream_chunks
+from tesserad.datasets import Datasets
+from tesserad.store import BlobStore
+
+
+class DatasetsServicer(datasets_pb2_grpc.DatasetsServicer):
+    def __init__(self, datasets: Datasets, blobs: BlobStore, default_chunk_size: int) -> None:
+        self._datasets = datasets
+        self._blobs = blobs
+        self._chunk_size = default_chunk_size
+
+    async def UploadDataset(
+        self, request_iterator: AsyncIterator[pb.UploadDatasetRequest], context: grpc.aio.ServicerContext
+    ) -> pb.DatasetVersion:
+        spec = convert.upload_spec_from_proto(await read_header(request_iterator))
+        limit = await asyncio.to_thread(self._datasets.upload_limit, spec)
+        with self._blobs.writer(
+            limit, "limits.max_dataset_size or the remaining limits.dataset_quota"
+        ) as writer:
+            blob = await receive_chunks(
+                request_iterator, writer, spec.sha256 or None, spec.size_bytes or None
+            )
+        record = await asyncio.to_thread(self._datasets.register, spec, blob, caller(context))
+        return convert.version_to_proto(record)
+
+    async def GetDataset(
+        self, request: pb.GetDatasetRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Dataset:
+        return convert.dataset_to_proto(await asyncio.to_thread(self._datasets.get_dataset, request.name))
+
+    async def ListDatasets(
+        self, request: pb.ListDatasetsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListDatasetsResponse:
+        page = await asyncio.to_thread(
+            self._datasets.list_datasets, request.name_prefix, request.page_size, request.page_token
+        )
+        return pb.ListDatasetsResponse(
+            datasets=[convert.dataset_to_proto(d) for d in page.items], next_page_token=page.next_page_token
+        )
+
+    async def GetDatasetVersion(
+        self, request: pb.GetDatasetVersionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DatasetVersion:
+        record = await asyncio.to_thread(self._datasets.resolve, request.ref.name, request.ref.version)
+        return convert.version_to_proto(record)
+
+    async def ListDatasetVersions(
+        self, request: pb.ListDatasetVersionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListDatasetVersionsResponse:
+        page = await asyncio.to_thread(
+            self._datasets.list_versions, request.name, request.page_size, request.page_token
+        )
+        return pb.ListDatasetVersionsResponse(
+            versions=[convert.version_to_proto(v) for v in page.items], next_page_token=page.next_page_token
+        )
+
+    async def DeleteDataset(
+        self, request: pb.DeleteDatasetRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteDatasetResponse:
+        deleted = await asyncio.to_thread(self._datasets.delete, request.name, request.version, request.force)
+        return pb.DeleteDatasetResponse(deleted_versions=deleted)
+
+    async def DownloadDataset(
+        self, request: pb.DownloadDatasetRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.DownloadDatasetResponse]:
+        size = chunk_size(request.chunk_size, self._chunk_size)
+        record = await asyncio.to_thread(self._datasets.resolve, request.ref.name, request.ref.version)
+        yield pb.DownloadDatasetResponse(header=convert.version_to_proto(record))
+        async for chunk in stream_chunks(self._datasets.read_chunks(record, size)):
+            yield pb.DownloadDatasetResponse(chunk=chunk)

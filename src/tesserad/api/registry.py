@@ -1,0 +1,264 @@
+"""The Registry servicer: proto <-> domain conversion around tesserad.registry.Registry."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+
+from tessera.v1 import common_pb2, registry_pb2_grpc
+from tessera.v1 import registry_pb2 as pb
+from tesserad.api import convert_registry as convert
+from tesserad.api.auth import caller
+from tesserad.api.transfers import chunk_size, read_header, receive_chunks, stream_chunks
+from tesserad.errors import InvalidArgument
+from tesserad.registry import Registry
+from tesserad.registry.export import export_version
+from tesserad.store import BlobStore, check_sha256
+
+
+class RegistryServicer(registry_pb2_grpc.RegistryServicer):
+    def __init__(self, registry: Registry, blobs: BlobStore, default_chunk_size: int) -> None:
+        self._registry = registry
+        self._blobs = blobs
+        self._chunk_size = default_chunk_size
+
+    # -- models
+
+    async def CreateModel(
+        self, request: pb.CreateModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Model:
+        record = await asyncio.to_thread(
+            self._registry.create_model, request.name, request.description, dict(request.tags)
+        )
+        return convert.model_to_proto(record)
+
+    async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.Model:
+        return convert.model_to_proto(await asyncio.to_thread(self._registry.get_model, request.name))
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        page = await asyncio.to_thread(
+            self._registry.list_models,
+            request.name_prefix,
+            dict(request.tags),
+            request.page_size,
+            request.page_token,
+        )
+        return pb.ListModelsResponse(
+            models=[convert.model_to_proto(m) for m in page.items], next_page_token=page.next_page_token
+        )
+
+    async def UpdateModel(
+        self, request: pb.UpdateModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Model:
+        record = await asyncio.to_thread(
+            self._registry.update_model,
+            request.name,
+            request.description if request.HasField("description") else None,
+            dict(request.set_tags),
+            list(request.remove_tags),
+        )
+        return convert.model_to_proto(record)
+
+    async def DeleteModel(
+        self, request: pb.DeleteModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteModelResponse:
+        deleted = await asyncio.to_thread(self._registry.delete_model, request.name, request.force)
+        return pb.DeleteModelResponse(deleted_versions=deleted)
+
+    # -- versions
+
+    async def UploadVersion(
+        self, request_iterator: AsyncIterator[pb.UploadVersionRequest], context: grpc.aio.ServicerContext
+    ) -> pb.ModelVersion:
+        header: pb.UploadVersionHeader = await read_header(request_iterator)
+        check_sha256(header.sha256, "header.sha256")
+        format = convert.format_from_proto(header.format)
+        signature = convert.signature_from_proto(header.signature)
+        architecture = (
+            convert.architecture_to_dict(header.architecture) if header.HasField("architecture") else None
+        )
+        lineage = convert.lineage_from_proto(header.lineage)
+        await asyncio.to_thread(
+            self._registry.check_upload,
+            header.model,
+            format=format,
+            signature=signature,
+            architecture=architecture,
+            size_bytes=header.size_bytes,
+            create_model_if_missing=header.create_model,
+        )
+        with self._blobs.writer(self._registry.max_artifact_size, "limits.max_artifact_size") as writer:
+            blob = await receive_chunks(request_iterator, writer, header.sha256, header.size_bytes)
+        record = await asyncio.to_thread(
+            lambda: self._registry.register_version(
+                header.model,
+                format=format,
+                blob=blob,
+                signature=signature,
+                architecture=architecture,
+                params=dict(header.params),
+                metrics=dict(header.metrics),
+                tags=dict(header.tags),
+                lineage=lineage,
+                description=header.description,
+                create_model_if_missing=header.create_model,
+                alias=header.alias,
+                actor=caller(context),
+            )
+        )
+        return convert.version_to_proto(record)
+
+    async def DownloadVersion(
+        self, request: pb.DownloadVersionRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.DownloadVersionResponse]:
+        size = chunk_size(request.chunk_size, self._chunk_size)
+        record = await asyncio.to_thread(self._registry.resolve, *convert.ref_args(request.ref))
+        yield pb.DownloadVersionResponse(header=convert.version_to_proto(record))
+        async for chunk in stream_chunks(self._registry.open_artifact(record, size)):
+            yield pb.DownloadVersionResponse(chunk=chunk)
+
+    async def GetVersion(
+        self, request: pb.GetVersionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelVersion:
+        record = await asyncio.to_thread(self._registry.resolve, *convert.ref_args(request.ref))
+        return convert.version_to_proto(record)
+
+    async def ListVersions(
+        self, request: pb.ListVersionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListVersionsResponse:
+        page = await asyncio.to_thread(
+            self._registry.list_versions, request.model, request.page_size, request.page_token
+        )
+        return pb.ListVersionsResponse(
+            versions=[convert.version_to_proto(v) for v in page.items], next_page_token=page.next_page_token
+        )
+
+    async def DeleteVersion(
+        self, request: pb.DeleteVersionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteVersionResponse:
+        if request.version <= 0:
+            raise InvalidArgument(f"version must be >= 1, got {request.version}")
+        await asyncio.to_thread(self._registry.delete_version, request.model, request.version)
+        return pb.DeleteVersionResponse()
+
+    # -- aliases
+
+    async def SetAlias(self, request: pb.SetAliasRequest, context: grpc.aio.ServicerContext) -> pb.Alias:
+        expected = request.expected_version if request.HasField("expected_version") else None
+        record = await asyncio.to_thread(
+            self._registry.set_alias, request.model, request.alias, request.version, caller(context), expected
+        )
+        return convert.alias_to_proto(record)
+
+    async def GetAlias(self, request: pb.GetAliasRequest, context: grpc.aio.ServicerContext) -> pb.Alias:
+        return convert.alias_to_proto(
+            await asyncio.to_thread(self._registry.get_alias, request.model, request.alias)
+        )
+
+    async def ListAliases(
+        self, request: pb.ListAliasesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListAliasesResponse:
+        records = await asyncio.to_thread(self._registry.list_aliases, request.model)
+        return pb.ListAliasesResponse(aliases=[convert.alias_to_proto(a) for a in records])
+
+    async def DeleteAlias(
+        self, request: pb.DeleteAliasRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteAliasResponse:
+        await asyncio.to_thread(self._registry.delete_alias, request.model, request.alias, caller(context))
+        return pb.DeleteAliasResponse()
+
+    async def ListAliasHistory(
+        self, request: pb.ListAliasHistoryRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListAliasHistoryResponse:
+        page = await asyncio.to_thread(
+            self._registry.list_alias_history,
+            request.model,
+            request.alias,
+            request.page_size,
+            request.page_token,
+        )
+        return pb.ListAliasHistoryResponse(
+            events=[convert.alias_event_to_proto(e) for e in page.items], next_page_token=page.next_page_token
+        )
+
+    # -- lineage, comparison, export
+
+    async def GetLineage(
+        self, request: pb.GetLineageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetLineageResponse:
+        record, derived = await asyncio.to_thread(self._registry.get_lineage, *convert.ref_args(request.ref))
+        return pb.GetLineageResponse(
+            version=convert.version_to_proto(record),
+            derived=[common_pb2.VersionRef(model=d.model, version=d.version) for d in derived],
+        )
+
+    async def CompareVersions(
+        self, request: pb.CompareVersionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CompareVersionsResponse:
+        comparison = await asyncio.to_thread(
+            self._registry.compare, convert.ref_args(request.a), convert.ref_args(request.b)
+        )
+        return convert.comparison_to_proto(comparison)
+
+    async def ExportOnnx(
+        self, request: pb.ExportOnnxRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ExportOnnxResponse:
+        source = await asyncio.to_thread(self._registry.resolve, *convert.ref_args(request.source))
+        result = await asyncio.to_thread(
+            lambda: export_version(
+                self._registry,
+                self._blobs,
+                source,
+                opset=request.opset,
+                conv4d=request.conv4d,
+                alias=request.alias,
+                description=request.description,
+                actor=caller(context),
+            )
+        )
+        return pb.ExportOnnxResponse(
+            version=convert.version_to_proto(result.version),
+            opset=result.opset,
+            max_abs_error=result.max_abs_error,
+            conv4d=result.conv4d,
+        )
+
+    # -- deployments
+
+    async def Deploy(self, request: pb.DeployRequest, context: grpc.aio.ServicerContext) -> pb.Deployment:
+        record = await asyncio.to_thread(
+            self._registry.deploy,
+            request.model,
+            convert.routes_from_proto(request.routes),
+            convert.shadow_from_proto(request),
+            request.comment,
+            caller(context),
+        )
+        return convert.deployment_to_proto(record)
+
+    async def GetDeployment(
+        self, request: pb.GetDeploymentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Deployment:
+        return convert.deployment_to_proto(
+            await asyncio.to_thread(self._registry.get_deployment, request.model)
+        )
+
+    async def ListDeployments(
+        self, request: pb.ListDeploymentsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListDeploymentsResponse:
+        page = await asyncio.to_thread(
+            self._registry.list_deployments, request.model, request.page_size, request.page_token
+        )
+        return pb.ListDeploymentsResponse(
+            deployments=[convert.deployment_to_proto(d) for d in page.items],
+            next_page_token=page.next_page_token,
+        )
+
+    async def Rollback(self, request: pb.RollbackRequest, context: grpc.aio.ServicerContext) -> pb.Deployment:
+        return convert.deployment_to_proto(
+            await asyncio.to_thread(self._registry.rollback, request.model, caller(context))
+        )

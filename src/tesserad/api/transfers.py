@@ -1,0 +1,71 @@
+"""Streamed artifact transfer shared by Registry and Datasets: a header message, then chunks.
+
+Chunks go straight into a BlobWriter (a temp file being hashed), so an upload never holds
+more than one chunk in memory; the writer is aborted, leaving nothing, when the stream
+fails, ends early or is cancelled by the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from tesserad.errors import InvalidArgument
+from tesserad.store import BlobRef, BlobWriter
+
+MAX_CHUNK_SIZE = 4 * 2**20
+
+
+async def read_header(messages: AsyncIterator[Any]) -> Any:
+    """The stream's first message, which must be a header."""
+    try:
+        first = await anext(messages)
+    except StopAsyncIteration:
+        raise InvalidArgument("the upload stream is empty: send a header message, then the chunks") from None
+    if first.WhichOneof("part") != "header":
+        raise InvalidArgument("the first message of an upload must be the header; send chunks after it")
+    return first.header
+
+
+async def _write(writer: BlobWriter, chunk: bytes) -> None:
+    future = asyncio.get_running_loop().run_in_executor(None, writer.write, chunk)
+    try:
+        await asyncio.shield(future)
+    except asyncio.CancelledError:
+        # Let the write in flight finish before the writer is aborted under it.
+        with contextlib.suppress(Exception):
+            await future
+        raise
+
+
+async def receive_chunks(
+    messages: AsyncIterator[Any], writer: BlobWriter, expected_sha256: str | None, expected_size: int | None
+) -> BlobRef:
+    """Write every chunk after the header, then commit (DataLoss if size or sha256 differ)."""
+    async for message in messages:
+        if message.WhichOneof("part") != "chunk":
+            raise InvalidArgument(
+                "only the first message of an upload may be a header; the rest must be chunks"
+            )
+        await _write(writer, message.chunk)
+    return await asyncio.to_thread(writer.commit, expected_sha256, expected_size)
+
+
+def chunk_size(requested: int, default: int) -> int:
+    if requested < 0 or requested > MAX_CHUNK_SIZE:
+        raise InvalidArgument(
+            f"chunk_size must be 0 (default {default}) to {MAX_CHUNK_SIZE} bytes, got {requested}"
+        )
+    return requested or default
+
+
+async def stream_chunks(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """Pull a blocking chunk iterator (disk reads, hashing) from a worker thread."""
+    done = object()
+    while True:
+        chunk = await asyncio.to_thread(next, chunks, done)
+        if chunk is done:
+            return
+        yield chunk  # type: ignore[misc]

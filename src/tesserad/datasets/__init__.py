@@ -1,0 +1,36 @@
+"""Datasets domain: named arrays (npy/npz) stored once per content, versioned, split (no gRPC here).
+
+`Datasets` is the entry point (see tesserad.datasets.service for its guarantees);
+`open_arrays(path, format, array_name)` opens a dataset file from its path alone, for
+training worker processes.
+"""
+
+from tesserad.datasets.arrays import ArrayInfo, ArrayStats, open_arrays
+from tesserad.datasets.references import TABLES as REFERENCE_TABLES
+from tesserad.datasets.service import (
+    TABLES,
+    DatasetRecord,
+    Datasets,
+    DatasetVersionRecord,
+    Page,
+    SplitInfo,
+    UploadSpec,
+)
+from tesserad.datasets.splits import FractionSplit, IndexSplit, SplitSpec
+
+__all__ = [
+    "REFERENCE_TABLES",
+    "TABLES",
+    "ArrayInfo",
+    "ArrayStats",
+    "DatasetRecord",
+    "DatasetVersionRecord",
+    "Datasets",
+    "FractionSplit",
+    "IndexSplit",
+    "Page",
+    "SplitInfo",
+    "SplitSpec",
+    "UploadSpec",
+    "open_arrays",
+]

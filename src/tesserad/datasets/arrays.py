@@ -1,0 +1,268 @@
+"""Safe reading of npy/npz files: headers parsed without pickle, every array checked, data
+memory-mapped where the bytes lie uncompressed in the file.
+
+Nothing here touches the store, so training worker processes can open a dataset file from
+its path alone (`open_arrays`). Every problem is InvalidArgument naming the array.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import zipfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from tesserad.errors import InvalidArgument
+
+# numpy dtype names a dataset array may have (tessera.v1.DataType, without bfloat16, which numpy lacks).
+ARRAY_DTYPES = frozenset(
+    {
+        "bool",
+        "uint8",
+        "int8",
+        "uint16",
+        "int16",
+        "uint32",
+        "int32",
+        "uint64",
+        "int64",
+        "float16",
+        "float32",
+        "float64",
+    }
+)
+MAX_CLASSES = 1000
+# Statistics read this many elements at a time, so a large memory-mapped array is never
+# pulled into memory whole.
+_STATS_CHUNK_ELEMENTS = 1 << 20
+_ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")
+
+
+@dataclass(frozen=True)
+class ArrayStats:
+    min: float = 0.0
+    max: float = 0.0
+    mean: float = 0.0
+    std: float = 0.0
+    nonfinite_count: int = 0
+    # Integer arrays with at most MAX_CLASSES distinct values: value -> count.
+    class_counts: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ArrayInfo:
+    name: str
+    dtype: str  # numpy name, e.g. "float32"
+    shape: tuple[int, ...]
+    stats: ArrayStats = field(default_factory=ArrayStats)
+
+
+@dataclass(frozen=True)
+class _Member:
+    """Where one array's data lies: file offset if stored uncompressed, else the zip member."""
+
+    name: str
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+    fortran_order: bool
+    offset: int | None
+    zip_member: str | None = None
+
+
+def _read_header(stream: IO[bytes], array: str) -> tuple[np.dtype[Any], tuple[int, ...], bool, int]:
+    """(dtype, shape, fortran_order, header bytes) of an .npy stream; checks dtype safety."""
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"npy format version {version} is not supported (1.0 and 2.0 are)")
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile, zlib.error) as exc:
+        raise InvalidArgument(f"array {array!r}: not a valid .npy array ({str(exc)[:200]})") from None
+    header_bytes = stream.tell()
+    if dtype.hasobject:
+        raise InvalidArgument(
+            f"array {array!r} holds Python objects (dtype {dtype}), e.g. ragged rows or mixed types; "
+            "objects are never unpickled: store a dense numeric array (pad ragged rows to one length)"
+        )
+    if dtype.names is not None or dtype.name not in ARRAY_DTYPES:
+        raise InvalidArgument(
+            f"array {array!r} has dtype {dtype}, which datasets cannot hold; use bool, "
+            "(u)int8/16/32/64 or float16/32/64"
+        )
+    if dtype.byteorder == ">":
+        raise InvalidArgument(
+            f"array {array!r} is big-endian ({dtype.str}); save it little-endian, e.g. a.astype('{dtype.newbyteorder('<').str}')"
+        )
+    if not shape:
+        raise InvalidArgument(f"array {array!r} is a scalar; every array needs a first (sample) dimension")
+    return dtype, tuple(int(d) for d in shape), bool(fortran_order), header_bytes
+
+
+def _check_length(array: str, dtype: np.dtype[Any], shape: tuple[int, ...], available: int) -> None:
+    expected = math.prod(shape) * dtype.itemsize
+    if available < expected:
+        raise InvalidArgument(
+            f"array {array!r} is truncated: its header says shape {list(shape)} {dtype.name} "
+            f"({expected} bytes of data) but only {available} bytes follow"
+        )
+    if available > expected:
+        raise InvalidArgument(
+            f"array {array!r} has {available - expected} bytes after its data; the file is damaged"
+        )
+
+
+def _npy_members(path: Path, array_name: str) -> list[_Member]:
+    with path.open("rb") as file:
+        dtype, shape, fortran, header = _read_header(file, array_name)
+    _check_length(array_name, dtype, shape, path.stat().st_size - header)
+    return [_Member(array_name, dtype, shape, fortran, header)]
+
+
+def _npz_members(path: Path) -> list[_Member]:
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError):
+        raise InvalidArgument(
+            "the file is not a complete npz archive (no zip directory at its end: truncated, or not an npz)"
+        ) from None
+    members: list[_Member] = []
+    seen: set[str] = set()
+    with archive, path.open("rb") as raw:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                raise InvalidArgument(
+                    f"npz member {info.filename!r} is not a .npy array; an npz holds only arrays"
+                )
+            name = info.filename[: -len(".npy")]
+            if name in seen:
+                raise InvalidArgument(f"array {name!r} appears twice in the npz archive")
+            seen.add(name)
+            if info.flag_bits & 0x1:
+                raise InvalidArgument(f"array {name!r} is encrypted in the archive; upload it unencrypted")
+            try:
+                with archive.open(info) as stream:
+                    dtype, shape, fortran, header = _read_header(stream, name)
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+                raise InvalidArgument(
+                    f"array {name!r}: its archive member is damaged ({str(exc)[:200]})"
+                ) from None
+            _check_length(name, dtype, shape, info.file_size - header)
+            offset = None
+            if info.compress_type == zipfile.ZIP_STORED:
+                raw.seek(info.header_offset)
+                local = raw.read(_ZIP_LOCAL_HEADER.size)
+                if len(local) < _ZIP_LOCAL_HEADER.size:
+                    raise InvalidArgument(f"array {name!r}: the archive is truncated")
+                magic, name_len, extra_len = _ZIP_LOCAL_HEADER.unpack(local)
+                if magic != b"PK\x03\x04":
+                    raise InvalidArgument(f"array {name!r}: the archive's member header is damaged")
+                offset = info.header_offset + _ZIP_LOCAL_HEADER.size + name_len + extra_len + header
+            members.append(_Member(name, dtype, shape, fortran, offset, info.filename))
+    if not members:
+        raise InvalidArgument("the npz archive holds no arrays")
+    return members
+
+
+def _members(path: Path, format: str, array_name: str) -> list[_Member]:
+    if format == "npy":
+        return _npy_members(path, array_name)
+    return _npz_members(path)
+
+
+def _load(path: Path, member: _Member) -> np.ndarray:
+    count = math.prod(member.shape)
+    if member.offset is not None:
+        if count == 0:
+            return np.empty(member.shape, member.dtype)
+        order = "F" if member.fortran_order else "C"
+        return np.memmap(path, member.dtype, "r", member.offset, member.shape, order)
+    with zipfile.ZipFile(path) as archive, archive.open(member.zip_member or "") as stream:
+        try:
+            return np.lib.format.read_array(stream, allow_pickle=False)
+        except (ValueError, zipfile.BadZipFile, zlib.error, EOFError) as exc:
+            raise InvalidArgument(f"array {member.name!r}: cannot be read ({str(exc)[:200]})") from None
+
+
+def open_arrays(path: Path, format: str, array_name: str = "x") -> dict[str, np.ndarray]:
+    """Every array of a dataset file, read-only; memory-mapped unless compressed inside an npz."""
+    return {m.name: _load(path, m) for m in _members(path, format, array_name)}
+
+
+def _chunks(array: np.ndarray) -> Iterator[np.ndarray]:
+    rows = max(1, _STATS_CHUNK_ELEMENTS // max(1, math.prod(array.shape[1:])))
+    for start in range(0, array.shape[0], rows):
+        yield np.asarray(array[start : start + rows])
+
+
+def array_stats(name: str, array: np.ndarray, allow_nonfinite: bool) -> ArrayStats:
+    """min, max, mean, std over finite values (merged chunk by chunk), NaN/Inf count, class counts."""
+    kind = array.dtype.kind
+    count, mean, m2 = 0, 0.0, 0.0
+    low, high = math.inf, -math.inf
+    nonfinite = 0
+    classes: dict[int, int] | None = {} if kind in "iu" else None
+    row = 0
+    for chunk in _chunks(array):
+        values = chunk
+        if kind == "f":
+            finite = np.isfinite(chunk)
+            bad = chunk.size - int(np.count_nonzero(finite))
+            if bad:
+                if not allow_nonfinite:
+                    first = np.argwhere(~finite)[0]
+                    raise InvalidArgument(
+                        f"array {name!r} has NaN or Inf values (the first at index {[row + int(first[0]), *map(int, first[1:])]}); "
+                        "clean them, or set allow_nonfinite to accept them"
+                    )
+                nonfinite += bad
+                values = chunk[finite]
+        row += chunk.shape[0]
+        if values.size == 0:
+            continue
+        as_float = values.astype(np.float64, copy=False).ravel()
+        chunk_mean = float(as_float.mean())
+        chunk_m2 = float(np.square(as_float - chunk_mean).sum())
+        total = count + as_float.size
+        delta = chunk_mean - mean
+        # Chan et al.'s pairwise update keeps the variance exact-ish across chunks.
+        m2 += chunk_m2 + delta * delta * count * as_float.size / total
+        mean += delta * as_float.size / total
+        count = total
+        low = min(low, float(as_float.min()))
+        high = max(high, float(as_float.max()))
+        if classes is not None:
+            uniques, counts = np.unique(values, return_counts=True)
+            for value, n in zip(uniques.tolist(), counts.tolist(), strict=True):
+                classes[int(value)] = classes.get(int(value), 0) + int(n)
+            if len(classes) > MAX_CLASSES:
+                classes = None
+    if count == 0:
+        return ArrayStats(nonfinite_count=nonfinite)
+    return ArrayStats(low, high, mean, math.sqrt(m2 / count), nonfinite, classes or {})
+
+
+def inspect_file(
+    path: Path, format: str, array_name: str, allow_nonfinite: bool
+) -> tuple[list[ArrayInfo], int]:
+    """Check every array of a dataset file; (arrays with statistics, number of samples)."""
+    members = _members(path, format, array_name)
+    first_dims = {m.name: m.shape[0] for m in members}
+    if len(set(first_dims.values())) > 1:
+        listed = ", ".join(f"{name} has {n}" for name, n in first_dims.items())
+        raise InvalidArgument(
+            f"arrays differ in their first (sample) dimension: {listed}; every array needs one row per sample"
+        )
+    infos = [
+        ArrayInfo(m.name, m.dtype.name, m.shape, array_stats(m.name, _load(path, m), allow_nonfinite))
+        for m in members
+    ]
+    return infos, members[0].shape[0]

@@ -1,0 +1,56 @@
+"""Who holds what: blob holders and dataset-version holders, kept inside store transactions.
+
+A blob (artifact, dataset file) may back several records (identical content is stored
+once), so a record that stores a sha256 also writes a holder row in the same transaction,
+and removes it in the transaction that removes the record. A blob with no holder left is
+deleted from disk after that commit. Dataset versions are held the same way by what names
+them (a model version's lineage, a training job), which is what DeleteDataset checks.
+"""
+
+from __future__ import annotations
+
+from tesserad.store import BlobStore, ReadTxn, Store, WriteTxn
+
+BLOB_HOLDERS = "blob_holders"
+DATASET_HOLDERS = "dataset_holders"
+TABLES = [BLOB_HOLDERS, DATASET_HOLDERS]
+
+
+def hold_blob(txn: WriteTxn, sha256: str, holder: str) -> None:
+    txn.put(BLOB_HOLDERS, (sha256, holder), b"")
+
+
+def release_blob(txn: WriteTxn, sha256: str, holder: str) -> None:
+    txn.delete(BLOB_HOLDERS, (sha256, holder))
+
+
+def blob_held(txn: ReadTxn, sha256: str) -> bool:
+    return any(True for _ in txn.scan(BLOB_HOLDERS, (sha256,), limit=1))
+
+
+def delete_unheld_blobs(store: Store, blobs: BlobStore, candidates: set[str]) -> None:
+    """Delete those of `candidates` that nothing holds any more.
+
+    The check runs inside a write transaction, so no other writer can record a new holder
+    between the check and the unlink.
+    """
+    if not candidates:
+        return
+    with store.write() as txn:
+        for sha256 in sorted(candidates):
+            if not blob_held(txn, sha256):
+                blobs.delete(sha256)
+
+
+def hold_dataset(txn: WriteTxn, name: str, version: int, holder: str) -> None:
+    txn.put(DATASET_HOLDERS, (name, version, holder), b"")
+
+
+def release_dataset(txn: WriteTxn, name: str, version: int, holder: str) -> None:
+    txn.delete(DATASET_HOLDERS, (name, version, holder))
+
+
+def dataset_holders(txn: ReadTxn, name: str, version: int | None = None) -> list[str]:
+    """Holders of one version, or of every version of `name` when version is None."""
+    prefix = (name,) if version is None else (name, version)
+    return [f"{key[2]} (v{key[1]})" for key, _ in txn.scan(DATASET_HOLDERS, prefix)]

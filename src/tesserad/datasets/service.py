@@ -1,0 +1,449 @@
+"""Datasets: named arrays uploaded as npy/npz, parsed safely, versioned, split, described.
+
+Guarantees:
+- A version is recorded only after its file is complete in the blob directory, its sha256
+  matches what the sender declared, and every array passed the checks in `arrays.py`
+  (no pickle; no object, ragged, non-numeric or big-endian arrays; one sample dimension;
+  no NaN/Inf unless allowed; nothing truncated). Each mutation is one transaction.
+- Identical content is stored once: versions with the same bytes share one blob, and
+  re-uploading what the newest version already holds (same bytes, splits, flags) returns
+  that version instead of adding one.
+- The dataset quota (limits.dataset_quota) counts each distinct file once.
+- `open_arrays` memory-maps arrays from the verified blob (no copy) where they are stored
+  uncompressed; `split_indices` returns sorted int64 sample indices.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tesserad.config import format_size
+from tesserad.datasets.arrays import ArrayInfo, ArrayStats, inspect_file, open_arrays
+from tesserad.datasets.references import (
+    DATASET_HOLDERS,
+    dataset_holders,
+    delete_unheld_blobs,
+    hold_blob,
+    hold_dataset,
+    release_blob,
+    release_dataset,
+)
+from tesserad.datasets.splits import SplitSpec, compute_splits, validate_split_spec
+from tesserad.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from tesserad.names import validate_name
+from tesserad.paging import make_token, page_size, resume_after
+from tesserad.store import (
+    BlobRef,
+    BlobStore,
+    ReadTxn,
+    Store,
+    WriteTxn,
+    check_sha256,
+    decode_record,
+    encode_record,
+    pack,
+    unpack,
+)
+
+DATASETS = "datasets"
+VERSIONS = "dataset_versions"
+SPLITS = "dataset_splits"
+TABLES = [DATASETS, VERSIONS, SPLITS]
+FORMATS = ("npz", "npy")
+_DATASET_KIND = "dataset"
+_VERSION_KIND = "dataset_version"
+_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class UploadSpec:
+    """An upload's header."""
+
+    name: str
+    format: str  # npz or npy
+    sha256: str = ""
+    size_bytes: int = 0
+    splits: SplitSpec | None = None
+    allow_nonfinite: bool = False
+    array_name: str = "x"  # npy only
+    description: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    name: str
+    count: int
+
+
+@dataclass(frozen=True)
+class DatasetVersionRecord:
+    name: str
+    version: int
+    format: str
+    sha256: str
+    size_bytes: int
+    num_samples: int
+    arrays: tuple[ArrayInfo, ...]
+    splits: tuple[SplitInfo, ...]
+    created_at: float
+    created_by: str
+    description: str
+    tags: dict[str, str]
+    allow_nonfinite: bool
+    array_name: str
+    deduplicated: bool = False
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    name: str
+    latest_version: int
+    version_count: int
+    size_bytes: int  # shared content counted once
+    created_at: float
+    updated_at: float
+
+
+@dataclass
+class Page:
+    items: list[Any] = field(default_factory=list)
+    next_page_token: str = ""
+
+
+def _holder(name: str, version: int) -> str:
+    return f"dataset:{name}:{version}"
+
+
+def _encode_version(record: DatasetVersionRecord) -> bytes:
+    data = asdict(record)
+    for array in data["arrays"]:
+        array["stats"]["class_counts"] = [[k, v] for k, v in array["stats"]["class_counts"].items()]
+    return encode_record(_VERSION_KIND, _SCHEMA, data)
+
+
+def _decode_version(raw: bytes) -> DatasetVersionRecord:
+    data = decode_record(raw, _VERSION_KIND, _SCHEMA)[1]
+    arrays = []
+    for a in data["arrays"]:
+        stats = dict(a["stats"])
+        stats["class_counts"] = {int(k): int(v) for k, v in stats["class_counts"]}
+        arrays.append(ArrayInfo(a["name"], a["dtype"], tuple(a["shape"]), ArrayStats(**stats)))
+    return DatasetVersionRecord(
+        **{
+            **data,
+            "arrays": tuple(arrays),
+            "splits": tuple(SplitInfo(**s) for s in data["splits"]),
+            "deduplicated": False,
+        }
+    )
+
+
+def _missing(name: str) -> NotFound:
+    return NotFound(f"dataset {name!r} does not exist; upload it with UploadDataset")
+
+
+class Datasets:
+    """Dataset versions over a Store and a BlobStore."""
+
+    def __init__(self, store: Store, blobs: BlobStore, *, max_dataset_size: int, quota: int) -> None:
+        self._store = store
+        self._blobs = blobs
+        self.max_dataset_size = max_dataset_size
+        self.quota = quota
+
+    # -- quota -------------------------------------------------------------------------------
+
+    def _usage(self, txn: ReadTxn) -> tuple[int, set[str]]:
+        sizes: dict[str, int] = {}
+        for _, raw in txn.scan(VERSIONS):
+            record = decode_record(raw, _VERSION_KIND, _SCHEMA)[1]
+            sizes[record["sha256"]] = record["size_bytes"]
+        return sum(sizes.values()), set(sizes)
+
+    def _quota_error(self, used: int, size: int) -> ResourceExhausted:
+        return ResourceExhausted(
+            f"the dataset quota is exhausted: datasets use {format_size(used)} ({used} bytes) of "
+            f"limits.dataset_quota {format_size(self.quota)} ({self.quota} bytes) and this upload needs "
+            f"{format_size(size)} ({size} bytes); delete datasets or raise TESSERA_LIMITS_DATASET_QUOTA"
+        )
+
+    def upload_limit(self, spec: UploadSpec) -> int:
+        """Check an upload's header; the most bytes its file may have (size limit and quota)."""
+        validate_name("name", spec.name)
+        if spec.format not in FORMATS:
+            raise InvalidArgument(f"format must be npz or npy, got {spec.format or 'unspecified'}")
+        if spec.format == "npy":
+            validate_name("array_name", spec.array_name)
+        if spec.sha256:
+            check_sha256(spec.sha256)
+        if spec.size_bytes < 0:
+            raise InvalidArgument(f"size_bytes must be >= 0 (0: not declared), got {spec.size_bytes}")
+        validate_split_spec(spec.splits)
+        if spec.size_bytes > self.max_dataset_size:
+            raise ResourceExhausted(
+                f"the dataset file is {format_size(spec.size_bytes)} ({spec.size_bytes} bytes), over "
+                f"limits.max_dataset_size ({format_size(self.max_dataset_size)}); raise the limit "
+                "(TESSERA_LIMITS_MAX_DATASET_SIZE) or split the data"
+            )
+        with self._store.read() as txn:
+            used, _ = self._usage(txn)
+        if used + spec.size_bytes > self.quota:
+            raise self._quota_error(used, spec.size_bytes)
+        return min(self.max_dataset_size, self.quota - used)
+
+    # -- versions ----------------------------------------------------------------------------
+
+    def register(self, spec: UploadSpec, blob: BlobRef, actor: str = "anonymous") -> DatasetVersionRecord:
+        """Parse the stored file and record it as the dataset's next version (all or nothing).
+
+        On any failure the blob is deleted unless another version holds it.
+        """
+        try:
+            return self._register(spec, blob, actor)
+        except BaseException:
+            delete_unheld_blobs(self._store, self._blobs, {blob.sha256})
+            raise
+
+    def _register(self, spec: UploadSpec, blob: BlobRef, actor: str) -> DatasetVersionRecord:
+        self.upload_limit(replace(spec, size_bytes=0))
+        # The blob was hashed as it was written (BlobWriter.commit); no second pass over it here.
+        path = self._blobs.path(blob.sha256)
+        if not path.is_file():
+            raise DataLoss(f"blob {blob.sha256} is missing from the blob directory; upload it again")
+        arrays, num_samples = inspect_file(path, spec.format, spec.array_name, spec.allow_nonfinite)
+        splits = compute_splits(spec.splits, num_samples)
+        with self._store.write() as txn:
+            raw = txn.get(DATASETS, (spec.name,))
+            now = time.time()
+            data = (
+                decode_record(raw, _DATASET_KIND, _SCHEMA)[1]
+                if raw
+                else {
+                    "name": spec.name,
+                    "created_at": now,
+                    "updated_at": now,
+                    "next_version": 1,
+                }
+            )
+            newest = self._newest(txn, spec.name)
+            if newest is not None and self._same_content(txn, newest, blob.sha256, spec, splits):
+                return replace(newest, deduplicated=True)
+            used, stored = self._usage(txn)
+            shared = blob.sha256 in stored
+            if not shared and used + blob.size > self.quota:
+                raise self._quota_error(used, blob.size)
+            number = int(data["next_version"])
+            record = DatasetVersionRecord(
+                name=spec.name,
+                version=number,
+                format=spec.format,
+                sha256=blob.sha256,
+                size_bytes=blob.size,
+                num_samples=num_samples,
+                arrays=tuple(arrays),
+                splits=tuple(SplitInfo(name, int(idx.size)) for name, idx in splits.items()),
+                created_at=now,
+                created_by=actor,
+                description=spec.description,
+                tags=dict(spec.tags),
+                allow_nonfinite=spec.allow_nonfinite,
+                array_name=spec.array_name if spec.format == "npy" else "",
+            )
+            data["next_version"] = number + 1
+            data["updated_at"] = now
+            txn.put(DATASETS, (spec.name,), encode_record(_DATASET_KIND, _SCHEMA, data))
+            txn.put(VERSIONS, (spec.name, number), _encode_version(record))
+            for split_name, indices in splits.items():
+                txn.put(SPLITS, (spec.name, number, split_name), indices.astype("<i8").tobytes())
+            hold_blob(txn, blob.sha256, _holder(spec.name, number))
+        return replace(record, deduplicated=shared)
+
+    def _same_content(
+        self,
+        txn: ReadTxn,
+        newest: DatasetVersionRecord,
+        sha256: str,
+        spec: UploadSpec,
+        splits: dict[str, np.ndarray],
+    ) -> bool:
+        if newest.sha256 != sha256 or newest.allow_nonfinite != spec.allow_nonfinite:
+            return False
+        if [s.name for s in newest.splits] != list(splits):
+            return False
+        return all(
+            txn.get(SPLITS, (newest.name, newest.version, name)) == idx.astype("<i8").tobytes()
+            for name, idx in splits.items()
+        )
+
+    def _newest(self, txn: ReadTxn, name: str) -> DatasetVersionRecord | None:
+        for _, raw in txn.scan(VERSIONS, (name,), reverse=True, limit=1):
+            return _decode_version(raw)
+        return None
+
+    def resolve(self, name: str, version: int | None = None) -> DatasetVersionRecord:
+        """A version by number; the newest when version is None or 0."""
+        validate_name("name", name)
+        with self._store.read() as txn:
+            return self._resolve(txn, name, version)
+
+    def _resolve(self, txn: ReadTxn, name: str, version: int | None) -> DatasetVersionRecord:
+        if version:
+            if version < 0:
+                raise InvalidArgument(f"version must be >= 1 (0: the newest), got {version}")
+            raw = txn.get(VERSIONS, (name, version))
+            if raw is None:
+                if not txn.exists(DATASETS, (name,)):
+                    raise _missing(name)
+                raise NotFound(f"dataset {name!r} has no version {version}")
+            return _decode_version(raw)
+        newest = self._newest(txn, name)
+        if newest is None:
+            raise _missing(name)
+        return newest
+
+    def check_lineage(self, txn: ReadTxn, name: str, version: int, sha256: str) -> None:
+        """For a model version's lineage: the dataset version exists (and has that sha256 if given)."""
+        record = self._resolve(txn, name, version)
+        if sha256 and sha256 != record.sha256:
+            raise InvalidArgument(
+                f"lineage dataset {name!r} v{version} has sha256 {record.sha256}, not {sha256}"
+            )
+
+    def list_versions(self, name: str, page_size_: int = 0, page_token: str = "") -> Page:
+        """Newest first."""
+        validate_name("name", name)
+        limit = page_size(page_size_)
+        query = {"list": "dataset_versions", "name": name}
+        after = resume_after(page_token, query)
+        page = Page()
+        with self._store.read() as txn:
+            if not txn.exists(DATASETS, (name,)):
+                raise _missing(name)
+            rows = list(
+                txn.scan(
+                    VERSIONS, (name,), reverse=True, after=unpack(after) if after else None, limit=limit + 1
+                )
+            )
+            page.items = [_decode_version(raw) for _, raw in rows[:limit]]
+            if len(rows) > limit:
+                page.next_page_token = make_token(pack(rows[limit - 1][0]), query)
+        return page
+
+    def _dataset(self, txn: ReadTxn, name: str) -> DatasetRecord:
+        raw = txn.get(DATASETS, (name,))
+        if raw is None:
+            raise _missing(name)
+        data = decode_record(raw, _DATASET_KIND, _SCHEMA)[1]
+        sizes: dict[str, int] = {}
+        latest = 0
+        for key, raw_version in txn.scan(VERSIONS, (name,)):
+            version = decode_record(raw_version, _VERSION_KIND, _SCHEMA)[1]
+            sizes[version["sha256"]] = version["size_bytes"]
+            latest = int(key[1])
+        return DatasetRecord(
+            name,
+            latest,
+            txn.count(VERSIONS, (name,)),
+            sum(sizes.values()),
+            data["created_at"],
+            data["updated_at"],
+        )
+
+    def get_dataset(self, name: str) -> DatasetRecord:
+        validate_name("name", name)
+        with self._store.read() as txn:
+            return self._dataset(txn, name)
+
+    def list_datasets(self, name_prefix: str = "", page_size_: int = 0, page_token: str = "") -> Page:
+        """Datasets in name order whose name starts with `name_prefix`."""
+        limit = page_size(page_size_)
+        query = {"list": "datasets", "prefix": name_prefix}
+        after = resume_after(page_token, query)
+        page = Page()
+        with self._store.read() as txn:
+            start = (name_prefix,) if name_prefix and after is None else None
+            for key, _ in txn.scan(DATASETS, start=start, after=unpack(after) if after else None):
+                name = str(key[0])
+                if not name.startswith(name_prefix):
+                    break
+                if len(page.items) == limit:
+                    page.next_page_token = make_token(pack((page.items[-1].name,)), query)
+                    break
+                page.items.append(self._dataset(txn, name))
+        return page
+
+    def delete(self, name: str, version: int = 0, force: bool = False) -> int:
+        """Delete one version (or every version when 0); refused while something holds it, unless force."""
+        validate_name("name", name)
+        with self._store.write() as txn:
+            if version:
+                targets = [self._resolve(txn, name, version)]
+            else:
+                if not txn.exists(DATASETS, (name,)):
+                    raise _missing(name)
+                targets = [_decode_version(raw) for _, raw in txn.scan(VERSIONS, (name,))]
+            holders = [h for t in targets for h in dataset_holders(txn, name, t.version)]
+            if holders and not force:
+                raise FailedPrecondition(
+                    f"dataset {name!r} is referenced by {', '.join(holders[:10])}"
+                    f"{' and more' if len(holders) > 10 else ''}; delete those first or pass force"
+                )
+            freed = set()
+            for record in targets:
+                self._delete_rows(txn, record)
+                freed.add(record.sha256)
+            if not any(True for _ in txn.scan(VERSIONS, (name,), limit=1)):
+                txn.delete(DATASETS, (name,))
+        delete_unheld_blobs(self._store, self._blobs, freed)
+        return len(targets)
+
+    def _delete_rows(self, txn: WriteTxn, record: DatasetVersionRecord) -> None:
+        txn.delete(VERSIONS, (record.name, record.version))
+        txn.delete_range(SPLITS, (record.name, record.version))
+        txn.delete_range(DATASET_HOLDERS, (record.name, record.version))
+        release_blob(txn, record.sha256, _holder(record.name, record.version))
+
+    # -- holders (training jobs) -------------------------------------------------------------
+
+    def add_holder(self, name: str, version: int, holder: str) -> None:
+        """Mark a version as in use by `holder` (e.g. "job:job-01..."); DeleteDataset then refuses it."""
+        with self._store.write() as txn:
+            self._resolve(txn, name, version)
+            hold_dataset(txn, name, version, holder)
+
+    def remove_holder(self, name: str, version: int, holder: str) -> None:
+        with self._store.write() as txn:
+            release_dataset(txn, name, version, holder)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def path(self, record: DatasetVersionRecord) -> Path:
+        """The file behind a version after verifying its sha256 (DataLoss if damaged)."""
+        with self._blobs.open_verified(record.sha256) as path:
+            return path
+
+    def open_arrays(self, record: DatasetVersionRecord) -> dict[str, np.ndarray]:
+        """Every array, read-only, memory-mapped where stored uncompressed; from the verified blob."""
+        return open_arrays(self.path(record), record.format, record.array_name or "x")
+
+    def split_indices(self, record: DatasetVersionRecord, split: str) -> np.ndarray:
+        """Sorted int64 sample indices of a split."""
+        with self._store.read() as txn:
+            raw = txn.get(SPLITS, (record.name, record.version, split))
+        if raw is None:
+            names = ", ".join(s.name for s in record.splits)
+            raise NotFound(
+                f"dataset {record.name!r} v{record.version} has no split {split!r}; it has {names}"
+            )
+        return np.frombuffer(raw, dtype="<i8").copy()
+
+    def read_chunks(self, record: DatasetVersionRecord, chunk_size: int) -> Iterator[bytes]:
+        """The stored file in chunks, verified against its sha256 (DataLoss if damaged)."""
+        return self._blobs.read_chunks(record.sha256, chunk_size)

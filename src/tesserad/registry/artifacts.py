@@ -1,0 +1,145 @@
+"""Checks of uploaded artifacts: a safetensors header that adds up, an ONNX graph that passes
+`onnx.checker` and matches the declared signature. Both read from a file, never from a
+whole artifact held in memory (safetensors: only the header is read)."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from pathlib import Path
+
+from tesserad.errors import InvalidArgument
+from tesserad.registry.records import Signature, TensorSpec
+
+# A safetensors header beyond this is not a header (the format caps it at 100 MB).
+_MAX_SAFETENSORS_HEADER = 100_000_000
+
+
+def safetensors_parameter_count(path: Path) -> int:
+    """Validate the header and offsets of a safetensors file; the number of parameters."""
+    size = path.stat().st_size
+    with path.open("rb") as file:
+        prefix = file.read(8)
+        if len(prefix) < 8:
+            raise InvalidArgument("the artifact is not a safetensors file: it is shorter than 8 bytes")
+        (header_len,) = struct.unpack("<Q", prefix)
+        if header_len > min(_MAX_SAFETENSORS_HEADER, size - 8):
+            raise InvalidArgument(
+                f"the artifact is not a safetensors file: its header claims {header_len} bytes, "
+                f"the file has {size}"
+            )
+        try:
+            header = json.loads(file.read(header_len))
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidArgument("the artifact is not a safetensors file: its header is not JSON") from None
+    if not isinstance(header, dict):
+        raise InvalidArgument("the artifact is not a safetensors file: its header is not a JSON object")
+    data_len = size - 8 - header_len
+    count = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            shape = [int(d) for d in info["shape"]]
+            begin, end = (int(x) for x in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise InvalidArgument(
+                f"the artifact is not a valid safetensors file: tensor {name!r} lacks shape or data_offsets"
+            ) from None
+        if not 0 <= begin <= end <= data_len:
+            raise InvalidArgument(
+                f"the safetensors file is truncated or damaged: tensor {name!r} spans bytes "
+                f"{begin}..{end} of a {data_len}-byte data section"
+            )
+        count += math.prod(shape)
+    return count
+
+
+def _onnx_dtype_name(elem_type: int) -> str:
+    import onnx
+    from onnx import helper
+
+    if elem_type == onnx.TensorProto.BFLOAT16:
+        return "bfloat16"
+    try:
+        return str(helper.tensor_dtype_to_np_dtype(elem_type))
+    except (KeyError, ValueError):
+        return f"onnx-type-{elem_type}"
+
+
+def _spec_of(value_info: object) -> TensorSpec:
+    tensor_type = value_info.type.tensor_type  # type: ignore[attr-defined]
+    dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim)
+    return TensorSpec(value_info.name, _onnx_dtype_name(tensor_type.elem_type), dims)  # type: ignore[attr-defined]
+
+
+def check_onnx(path: Path) -> tuple[Signature, int]:
+    """Run onnx.checker; the graph's signature and parameter count (initializer elements)."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path))
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises ValidationError, DecodeError, ... for a bad file
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidArgument(f"the artifact is not a valid ONNX model: {first_line[:300]}") from None
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = tuple(_spec_of(v) for v in model.graph.input if v.name not in initializers)
+    outputs = tuple(_spec_of(v) for v in model.graph.output)
+    parameters = sum(math.prod(init.dims) for init in model.graph.initializer)
+    return Signature(inputs, outputs), parameters
+
+
+def signature_mismatches(declared: Signature, graph: Signature) -> list[str]:
+    """How a declared signature disagrees with the graph's (names, dtypes, ranks, fixed dims)."""
+    problems: list[str] = []
+    for kind, want, have in (
+        ("input", declared.inputs, graph.inputs),
+        ("output", declared.outputs, graph.outputs),
+    ):
+        graph_by_name = {spec.name: spec for spec in have}
+        declared_names = {spec.name for spec in want}
+        for spec in want:
+            actual = graph_by_name.get(spec.name)
+            if actual is None:
+                problems.append(
+                    f"{kind} {spec.name!r} is not in the graph (its {kind}s: "
+                    f"{', '.join(sorted(graph_by_name)) or 'none'})"
+                )
+                continue
+            if spec.dtype != actual.dtype:
+                problems.append(f"{kind} {spec.name!r}: dtype {spec.dtype} vs the graph's {actual.dtype}")
+            if len(spec.shape) != len(actual.shape):
+                problems.append(
+                    f"{kind} {spec.name!r}: rank {len(spec.shape)} vs the graph's {len(actual.shape)}"
+                )
+                continue
+            for axis, (d, g) in enumerate(zip(spec.shape, actual.shape, strict=True)):
+                if g != -1 and d != g:
+                    problems.append(f"{kind} {spec.name!r}: dim {axis} is {d} but the graph fixes it at {g}")
+        problems += [
+            f"the graph's {kind} {name!r} is not in the declared signature"
+            for name in sorted(set(graph_by_name) - declared_names)
+        ]
+    return problems
+
+
+def signature_differences(a: Signature, b: Signature) -> list[str]:
+    """Readable differences between two signatures, e.g. "input 'x': shape [-1, 3] vs [-1, 4]"."""
+    out: list[str] = []
+    for kind, left, right in (("input", a.inputs, b.inputs), ("output", a.outputs, b.outputs)):
+        lmap = {s.name: s for s in left}
+        rmap = {s.name: s for s in right}
+        for name in sorted(set(lmap) | set(rmap)):
+            if name not in rmap:
+                out.append(f"{kind} {name!r}: only in a")
+            elif name not in lmap:
+                out.append(f"{kind} {name!r}: only in b")
+            else:
+                sa, sb = lmap[name], rmap[name]
+                if sa.dtype != sb.dtype:
+                    out.append(f"{kind} {name!r}: dtype {sa.dtype} vs {sb.dtype}")
+                if sa.shape != sb.shape:
+                    out.append(f"{kind} {name!r}: shape {list(sa.shape)} vs {list(sb.shape)}")
+    return out

@@ -1,0 +1,117 @@
+"""ExportOnnx: a safetensors version rebuilt from its architecture and written as ONNX.
+
+The weights load strictly (every tensor present with its shape, nothing extra); the ONNX
+file passes onnx.checker and an onnxruntime-vs-torch parity check before it is registered
+as a new version whose lineage names the source as parent.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from tesserad.errors import FailedPrecondition, InvalidArgument
+from tesserad.registry.records import Signature, TensorSpec, VersionRecord
+from tesserad.registry.service import ANONYMOUS, Registry
+from tesserad.store import BlobStore
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    version: VersionRecord
+    opset: int
+    max_abs_error: float
+    conv4d: str
+
+
+def _load_weights(model: object, path: Path, source: VersionRecord) -> None:
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise InvalidArgument(
+            f"version {source.version}'s weights are not readable safetensors: {exc}"
+        ) from None
+    expected = model.state_dict()  # type: ignore[attr-defined]
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        parts = [f"missing tensor {name!r}" for name in missing[:5]]
+        parts += [f"unexpected tensor {name!r}" for name in unexpected[:5]]
+        raise InvalidArgument(
+            f"the weights of {source.model} v{source.version} do not fit its architecture: "
+            + ", ".join(parts)
+        )
+    for name, tensor in expected.items():
+        if tuple(state[name].shape) != tuple(tensor.shape):
+            raise InvalidArgument(
+                f"the weights of {source.model} v{source.version} do not fit its architecture: tensor {name!r} "
+                f"has shape {list(state[name].shape)}, the architecture needs {list(tensor.shape)}"
+            )
+    with torch.no_grad():
+        model.load_state_dict(state, strict=True)  # type: ignore[attr-defined]
+
+
+def export_version(
+    registry: Registry,
+    blobs: BlobStore,
+    source: VersionRecord,
+    *,
+    opset: int = 0,
+    conv4d: str = "auto",
+    alias: str = "",
+    description: str = "",
+    actor: str = ANONYMOUS,
+) -> ExportResult:
+    """Export `source` (a safetensors version) to ONNX and register it as the model's next version."""
+    from tesserad.nn import build_model, export_onnx, model_signature, spec_from_dict
+
+    if source.format != "safetensors":
+        raise FailedPrecondition(
+            f"{source.model} v{source.version} is already {source.format}; export a safetensors version"
+        )
+    if not source.architecture:
+        raise FailedPrecondition(
+            f"{source.model} v{source.version} has no architecture to rebuild the model from"
+        )
+    if opset < 0:
+        raise InvalidArgument(f"opset must be >= 0 (0: the exporter's default), got {opset}")
+    spec = spec_from_dict(source.architecture)
+    model = build_model(spec)
+    with registry.artifact_path(source) as weights:
+        _load_weights(model, weights, source)
+    model.eval()
+    fd, name = tempfile.mkstemp(dir=blobs.tmp_dir, prefix="export-", suffix=".onnx")
+    os.close(fd)
+    path = Path(name)
+    try:
+        report = export_onnx(
+            model, spec, path, conv4d=conv4d or "auto", opset=opset or None, check_parity=True
+        )  # type: ignore[arg-type]
+        blob = blobs.put_file(path)
+    finally:
+        path.unlink(missing_ok=True)
+    inputs, outputs = model_signature(spec)
+    signature = Signature(
+        tuple(TensorSpec(t.name, t.dtype, tuple(t.shape)) for t in inputs),
+        tuple(TensorSpec(t.name, t.dtype, tuple(t.shape)) for t in outputs),
+    )
+    version = registry.register_version(
+        source.model,
+        format="onnx",
+        blob=blob,
+        signature=signature,
+        params=source.params,
+        metrics=source.metrics,
+        tags=source.tags,
+        lineage=replace(source.lineage, parent_version=source.version, parent_model=""),
+        description=description or f"ONNX export of v{source.version}",
+        alias=alias,
+        actor=actor,
+    )
+    return ExportResult(version, report.opset, report.max_abs_diff or 0.0, report.conv4d_mode)

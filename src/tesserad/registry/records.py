@@ -1,0 +1,277 @@
+"""The registry's domain types and their stored form (versioned JSON records)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from tesserad.store import decode_record, encode_record
+
+ArtifactFormat = Literal["safetensors", "onnx"]
+ARTIFACT_FORMATS: tuple[str, ...] = ("safetensors", "onnx")
+
+# numpy names of the element types a signature may use (tessera.v1.DataType).
+DTYPES: tuple[str, ...] = (
+    "bool",
+    "uint8",
+    "int8",
+    "uint16",
+    "int16",
+    "uint32",
+    "int32",
+    "uint64",
+    "int64",
+    "float16",
+    "bfloat16",
+    "float32",
+    "float64",
+)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output: name, numpy dtype name, shape with -1 for dynamic dims."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Signature:
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class DatasetLineage:
+    name: str
+    version: int
+    sha256: str = ""
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Where a version came from; every field optional."""
+
+    run_id: str = ""
+    job_id: str = ""
+    experiment: str = ""
+    datasets: tuple[DatasetLineage, ...] = ()
+    parent_version: int = 0
+    parent_model: str = ""  # empty: the same model
+    job_spec: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    name: str
+    description: str
+    tags: dict[str, str]
+    created_at: float
+    updated_at: float
+    latest_version: int  # 0 without versions
+    version_count: int
+    aliases: dict[str, int]  # "latest" included when there is a version
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    model: str
+    version: int
+    format: str
+    description: str
+    signature: Signature
+    architecture: dict[str, Any] | None
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    lineage: Lineage
+    sha256: str
+    size_bytes: int
+    created_at: float
+    created_by: str
+    parameter_count: int
+    aliases: tuple[str, ...] = ()  # filled in when read
+
+
+@dataclass(frozen=True)
+class AliasRecord:
+    model: str
+    alias: str
+    version: int
+    updated_at: float
+    updated_by: str
+
+
+@dataclass(frozen=True)
+class AliasEvent:
+    model: str
+    alias: str
+    from_version: int  # 0: created
+    to_version: int  # 0: deleted
+    time: float
+    actor: str
+
+
+@dataclass(frozen=True)
+class Target:
+    """A route or shadow target: a version number or an alias (resolved when read)."""
+
+    version: int = 0
+    alias: str = ""
+
+
+@dataclass(frozen=True)
+class Route:
+    target: Target
+    weight: int
+    resolved_version: int = 0
+
+
+@dataclass(frozen=True)
+class Shadow:
+    target: Target
+    percent: int
+    resolved_version: int = 0
+
+
+@dataclass(frozen=True)
+class DeploymentRecord:
+    model: str
+    revision: int
+    routes: tuple[Route, ...]
+    shadow: Shadow | None
+    created_at: float
+    created_by: str
+    comment: str
+    rolled_back_from: int = 0
+    # The revision a Rollback of this one restores (0: none).
+    previous_revision: int = 0
+
+
+@dataclass(frozen=True)
+class ValueDiff:
+    key: str
+    a: str
+    b: str
+    present_a: bool
+    present_b: bool
+
+
+@dataclass(frozen=True)
+class MetricDiff:
+    key: str
+    a: float
+    b: float
+    present_a: bool
+    present_b: bool
+    delta: float
+
+
+@dataclass(frozen=True)
+class Comparison:
+    a: VersionRecord
+    b: VersionRecord
+    params: list[ValueDiff]
+    metrics: list[MetricDiff]
+    same_signature: bool
+    signature_differences: list[str]
+    size_delta: int
+    lineage: list[ValueDiff]
+
+
+@dataclass(frozen=True)
+class VersionKey:
+    model: str
+    version: int
+
+
+@dataclass
+class Page:
+    items: list[Any] = field(default_factory=list)
+    next_page_token: str = ""
+
+
+# -- stored form ----------------------------------------------------------------------------
+
+MODEL_KIND = "model"
+VERSION_KIND = "model_version"
+ALIAS_KIND = "alias"
+ALIAS_EVENT_KIND = "alias_event"
+DEPLOYMENT_KIND = "deployment"
+SCHEMA = 1
+
+
+def _spec_from(data: dict[str, Any]) -> TensorSpec:
+    return TensorSpec(data["name"], data["dtype"], tuple(data["shape"]))
+
+
+def signature_from_dict(data: dict[str, Any]) -> Signature:
+    return Signature(
+        tuple(_spec_from(s) for s in data.get("inputs", [])),
+        tuple(_spec_from(s) for s in data.get("outputs", [])),
+    )
+
+
+def lineage_from_dict(data: dict[str, Any]) -> Lineage:
+    return Lineage(
+        run_id=data.get("run_id", ""),
+        job_id=data.get("job_id", ""),
+        experiment=data.get("experiment", ""),
+        datasets=tuple(DatasetLineage(**d) for d in data.get("datasets", [])),
+        parent_version=data.get("parent_version", 0),
+        parent_model=data.get("parent_model", ""),
+        job_spec=data.get("job_spec"),
+    )
+
+
+def encode_version(record: VersionRecord) -> bytes:
+    data = asdict(record)
+    data.pop("aliases")
+    return encode_record(VERSION_KIND, SCHEMA, data)
+
+
+def decode_version(raw: bytes) -> VersionRecord:
+    _, data = decode_record(raw, VERSION_KIND, SCHEMA)
+    return VersionRecord(
+        model=data["model"],
+        version=data["version"],
+        format=data["format"],
+        description=data["description"],
+        signature=signature_from_dict(data["signature"]),
+        architecture=data["architecture"],
+        params=data["params"],
+        metrics=data["metrics"],
+        tags=data["tags"],
+        lineage=lineage_from_dict(data["lineage"]),
+        sha256=data["sha256"],
+        size_bytes=data["size_bytes"],
+        created_at=data["created_at"],
+        created_by=data["created_by"],
+        parameter_count=data["parameter_count"],
+    )
+
+
+def _target_from(data: dict[str, Any]) -> Target:
+    return Target(version=data.get("version", 0), alias=data.get("alias", ""))
+
+
+def encode_deployment(record: DeploymentRecord) -> bytes:
+    return encode_record(DEPLOYMENT_KIND, SCHEMA, asdict(record))
+
+
+def decode_deployment(raw: bytes) -> DeploymentRecord:
+    _, data = decode_record(raw, DEPLOYMENT_KIND, SCHEMA)
+    shadow = data["shadow"]
+    return DeploymentRecord(
+        model=data["model"],
+        revision=data["revision"],
+        routes=tuple(Route(_target_from(r["target"]), r["weight"]) for r in data["routes"]),
+        shadow=Shadow(_target_from(shadow["target"]), shadow["percent"]) if shadow else None,
+        created_at=data["created_at"],
+        created_by=data["created_by"],
+        comment=data["comment"],
+        rolled_back_from=data["rolled_back_from"],
+        previous_revision=data["previous_revision"],
+    )

@@ -1,0 +1,43 @@
+"""Split computation and array statistics, without a server."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tesserad.datasets.arrays import array_stats
+from tesserad.datasets.splits import FractionSplit, IndexSplit, compute_splits
+from tesserad.errors import InvalidArgument
+
+
+def test_fraction_splits_partition_every_sample_reproducibly():
+    spec = FractionSplit((("train", 0.7), ("val", 0.2), ("test", 0.1)), seed=3)
+    first, again = compute_splits(spec, 1001), compute_splits(spec, 1001)
+    assert {k: v.size for k, v in first.items()} == {"train": 701, "val": 200, "test": 100}
+    assert sorted(np.concatenate(list(first.values())).tolist()) == list(range(1001))
+    assert all(np.array_equal(first[k], again[k]) for k in first)
+    other_seed = compute_splits(FractionSplit(spec.fractions, seed=4), 1001)
+    assert not np.array_equal(first["val"], other_seed["val"])
+
+
+def test_default_split_and_index_rules():
+    assert compute_splits(None, 5)["train"].tolist() == [0, 1, 2, 3, 4]
+    assert compute_splits(IndexSplit((("a", (4, 0)),)), 5)["a"].tolist() == [0, 4]
+    with pytest.raises(InvalidArgument, match="index -1 is outside"):
+        compute_splits(IndexSplit((("a", (-1,)),)), 5)
+    with pytest.raises(InvalidArgument, match="repeated: a"):
+        compute_splits(IndexSplit((("a", (1,)), ("a", (2,)))), 5)
+
+
+def test_chunked_stats_match_numpy():
+    rng = np.random.default_rng(0)
+    values = rng.normal(3.0, 2.0, size=(3000, 700)).astype(np.float32)  # several stats chunks
+    stats = array_stats("x", values, allow_nonfinite=False)
+    assert stats.mean == pytest.approx(float(values.mean(dtype=np.float64)), rel=1e-9)
+    assert stats.std == pytest.approx(float(values.std(dtype=np.float64)), rel=1e-9)
+    assert (stats.min, stats.max) == (float(values.min()), float(values.max()))
+
+
+def test_class_counts_stop_past_the_limit():
+    assert array_stats("y", np.array([1, 1, 2]), False).class_counts == {1: 2, 2: 1}
+    assert array_stats("y", np.arange(5000), False).class_counts == {}
