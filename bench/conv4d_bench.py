@@ -1,0 +1,395 @@
+"""Conv4d formulations side by side, plus malloc tunables and exported-model latency.
+
+    .venv/bin/python bench/conv4d_bench.py [--quick] [--device cpu|cuda] [--skip-env] [--skip-onnx]
+
+For each shape A-E of issue 7, forward and forward+backward: every formulation in
+``tesserad.nn.conv.ALGORITHMS``, the 'auto' choice and an im2col + GEMM baseline (skipped
+where its column matrix would pass 2 GB), each as ms, GFLOP/s, peak memory above the
+baseline and ratios to the naive loop and to auto; beside a torch.mm of the same FLOP count
+so fractions of the machine's GEMM rate are visible. Writes bench/results/conv4d_<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from tesserad.nn.conv import ALGORITHMS, conv4d, heuristic_algorithm
+
+RESULTS = Path(__file__).resolve().parent / "results"
+IM2COL_LIMIT_BYTES = 2 << 30
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    n: int
+    c_in: int
+    c_out: int
+    size: tuple[int, int, int, int]
+    kernel: int
+    stride: int
+    padding: int
+
+    def out_size(self) -> tuple[int, ...]:
+        return tuple((s + 2 * self.padding - self.kernel) // self.stride + 1 for s in self.size)
+
+    def fwd_flops(self) -> float:
+        return 2.0 * self.n * self.c_out * math.prod(self.out_size()) * self.c_in * self.kernel**4
+
+
+SHAPES = (
+    Shape("A", 8, 8, 16, (16, 16, 16, 16), 3, 1, 1),
+    Shape("B", 4, 32, 32, (16, 16, 16, 16), 3, 1, 1),
+    Shape("C", 8, 1, 8, (16, 16, 16, 16), 3, 1, 1),
+    Shape("D", 1, 8, 16, (16, 16, 16, 16), 3, 1, 1),
+    Shape("E", 8, 16, 32, (16, 16, 16, 16), 3, 2, 1),
+)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class PeakRss:
+    """Peak resident memory above the starting level, sampled every millisecond (CPU)."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self.process = psutil.Process()
+        self.base = self.process.memory_info().rss
+        self.peak = self.base
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self.stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(0.001)
+
+    def __enter__(self) -> PeakRss:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+
+def timed(fn: Callable[[], object], device: torch.device, reps: int) -> tuple[float, float, float]:
+    """(min ms, median ms over ``reps`` after one warm-up, peak MiB above the start).
+
+    Ratios use the minimum: the machine is shared, and other load only ever adds time.
+    """
+    fn()
+    sync(device)
+    times = []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        for _ in range(reps):
+            start = time.perf_counter_ns()
+            fn()
+            sync(device)
+            times.append((time.perf_counter_ns() - start) / 1e6)
+        peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    else:
+        with PeakRss() as rss:
+            for _ in range(reps):
+                start = time.perf_counter_ns()
+                fn()
+                times.append((time.perf_counter_ns() - start) / 1e6)
+        peak = (rss.peak - rss.base) / 2**20
+    return min(times), statistics.median(times), peak
+
+
+def im2col_conv4d(x: torch.Tensor, w: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
+    """Baseline: every kernel tap gathered into a column matrix, then one GEMM."""
+    xp = F.pad(x, (padding,) * 8)
+    k = w.shape[2]
+    outs = [(s - k) // stride + 1 for s in xp.shape[2:]]
+    cols = []
+    for a in range(k):
+        for b in range(k):
+            for c in range(k):
+                for d in range(k):
+                    cols.append(
+                        xp[
+                            :,
+                            :,
+                            a : a + stride * (outs[0] - 1) + 1 : stride,
+                            b : b + stride * (outs[1] - 1) + 1 : stride,
+                            c : c + stride * (outs[2] - 1) + 1 : stride,
+                            d : d + stride * (outs[3] - 1) + 1 : stride,
+                        ]
+                    )
+    col = torch.stack(cols, dim=2).flatten(1, 2).flatten(2)  # (N, C*k^4, positions)
+    out = w.flatten(1) @ col  # (N, C_out, positions)
+    return out.reshape(x.shape[0], w.shape[0], *outs)
+
+
+def gemm_gflops(flops: float, device: torch.device, reps: int) -> float:
+    """torch.mm rate on a square GEMM of (about) the same FLOP count."""
+    n = max(256, round((flops / 2) ** (1 / 3)))
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    ms, _, _ = timed(lambda: torch.mm(a, b), device, max(reps, 3))
+    return 2 * n**3 / (ms / 1e3) / 1e9
+
+
+def step(algo: str, backward: bool, shape: Shape, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> None:
+    """One forward (and backward) of one formulation, on fresh leaf tensors."""
+    xr = x.detach().requires_grad_(backward)
+    wr = w.detach().requires_grad_(backward)
+    br = b.detach().requires_grad_(backward)
+    with torch.set_grad_enabled(backward):
+        if algo == "im2col":
+            y = im2col_conv4d(xr, wr, shape.stride, shape.padding) + br.reshape(1, -1, 1, 1, 1, 1)
+        else:
+            y = conv4d(xr, wr, br, shape.stride, shape.padding, algorithm=algo)  # type: ignore[arg-type]
+        if backward:
+            y.sum().backward()
+
+
+def bench_shapes(device: torch.device, reps: int, shapes: tuple[Shape, ...]) -> list[dict]:
+    rows = []
+    for shape in shapes:
+        torch.manual_seed(0)
+        x = torch.randn(shape.n, shape.c_in, *shape.size, device=device)
+        w = torch.randn(shape.c_out, shape.c_in, *(shape.kernel,) * 4, device=device) * 0.05
+        b = torch.randn(shape.c_out, device=device)
+        for mode in ("fwd", "fwd+bwd"):
+            backward = mode == "fwd+bwd"
+            flops = shape.fwd_flops() * (3 if backward else 1)
+            auto = heuristic_algorithm(shape.kernel, shape.stride, backward)
+            col_bytes = 4 * shape.n * shape.c_in * shape.kernel**4 * math.prod(shape.out_size())
+            results: dict[str, dict] = {}
+            for algo in (*ALGORITHMS, "im2col"):
+                if algo == "im2col" and col_bytes * (3 if backward else 1) > IM2COL_LIMIT_BYTES:
+                    results[algo] = {"skipped": f"column matrix {col_bytes / 2**30:.1f} GiB > 2 GiB"}
+                    continue
+
+                run = functools.partial(step, algo, backward, shape, x, w, b)
+                ms, median, peak = timed(run, device, reps)
+                results[algo] = {
+                    "ms": ms,
+                    "median_ms": median,
+                    "gflops": flops / (ms / 1e3) / 1e9,
+                    "peak_mib": peak,
+                }
+            # 'auto' runs exactly the formulation it picks; timing it again would only add noise.
+            results["auto"] = {**results[auto], "algorithm": auto}
+            loop_ms = results["loop"]["ms"]
+            auto_ms = results["auto"]["ms"]
+            for r in results.values():
+                if "ms" in r:
+                    r["speedup_vs_loop"] = loop_ms / r["ms"]
+                    r["ratio_to_auto"] = r["ms"] / auto_ms
+            gemm = gemm_gflops(flops / (3 if backward else 1), device, reps)
+            best = min((a for a in ALGORITHMS), key=lambda a: results[a]["ms"])
+            row = {
+                "shape": shape.name,
+                "config": {
+                    "n": shape.n,
+                    "c_in": shape.c_in,
+                    "c_out": shape.c_out,
+                    "size": shape.size,
+                    "kernel": shape.kernel,
+                    "stride": shape.stride,
+                    "padding": shape.padding,
+                },
+                "mode": mode,
+                "gflop": flops / 1e9,
+                "auto_choice": auto,
+                "fastest": best,
+                "gemm_gflops": gemm,
+                "auto_fraction_of_gemm": results["auto"]["gflops"] / gemm,
+                "algorithms": results,
+            }
+            rows.append(row)
+            print(
+                f"{shape.name} {mode:8s} auto={auto:9s} fastest={best:9s} "
+                + " ".join(
+                    f"{a}={r['ms']:.0f}ms({r['speedup_vs_loop']:.2f}x)" if "ms" in r else f"{a}=skip"
+                    for a, r in results.items()
+                )
+                + f" gemm={gemm:.0f}GF/s auto={results['auto']['gflops']:.0f}GF/s",
+                flush=True,
+            )
+    return rows
+
+
+_ENV_PROBE = """
+import resource, statistics, time, torch
+from tesserad.nn.conv import conv4d
+torch.manual_seed(0)
+w = (torch.randn(16, 8, 3, 3, 3, 3) * 0.05).requires_grad_({backward})
+ms, faults = [], []
+for _ in range({reps}):
+    x = torch.randn(8, 8, 16, 16, 16, 16)  # a fresh input each step, as a training loop has
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    start = time.perf_counter_ns()
+    y = conv4d(x, w, None, 1, 1)
+    if {backward}:
+        y.sum().backward()
+    ms.append((time.perf_counter_ns() - start) / 1e6)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+    del x, y
+print(statistics.median(ms[1:]), min(ms[1:]), statistics.median(faults[1:]))
+"""
+
+
+def bench_env(reps: int) -> dict:
+    """Shape A (time_fold) fwd and fwd+bwd in a fresh process under each glibc malloc setting.
+
+    Speedups compare the best step (other load on a shared machine only adds time).
+    """
+    from tesserad.runtime_env import worker_environment
+
+    big = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296"
+    variants = {
+        "default": "",
+        "thresholds": big,
+        "hugetlb": "glibc.malloc.hugetlb=1",
+        "hugetlb+thresholds": "glibc.malloc.hugetlb=1:" + big,
+        "no_mmap+trim": "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967296",
+        "worker_environment()": worker_environment().get("GLIBC_TUNABLES", ""),
+    }
+    out: dict[str, dict] = {}
+    for mode in ("fwd", "fwd+bwd"):
+        for name, tunables in variants.items():
+            env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+            if tunables:
+                env["GLIBC_TUNABLES"] = tunables
+            probe = _ENV_PROBE.format(reps=reps + 1, backward=mode == "fwd+bwd")
+            proc = subprocess.run(
+                [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+            )
+            median, best, faults = (float(v) for v in proc.stdout.split())
+            out[f"{mode} {name}"] = {
+                "mode": mode,
+                "tunables": tunables,
+                "median_ms": median,
+                "best_ms": best,
+                "minor_faults_per_step": faults,
+            }
+        base = out[f"{mode} default"]["best_ms"]
+        for key, r in out.items():
+            if r["mode"] == mode:
+                r["speedup_vs_default"] = base / r["best_ms"]
+                print(
+                    f"malloc {key:30s} median={r['median_ms']:.0f}ms best={r['best_ms']:.0f}ms "
+                    f"faults/step={r['minor_faults_per_step']:.0f} speedup={r['speedup_vs_default']:.2f}x",
+                    flush=True,
+                )
+    return out
+
+
+def bench_onnx(reps: int) -> dict:
+    """Exported cnn4d classifier: onnxruntime (decomposed, native) beside torch eager."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from tesserad.nn import Cnn4dSpec, build_model, export_onnx
+
+    spec = Cnn4dSpec(input_shape=(2, 8, 12, 12, 12), output_size=10)
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    out: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        sessions = {}
+        for mode in ("decomposed", "native"):
+            path = Path(tmp) / f"{mode}.onnx"
+            report = export_onnx(model, spec, path, conv4d=mode)
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = torch.get_num_threads()
+            sessions[mode] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            out[f"ort_{mode}"] = {"max_abs_diff": report.max_abs_diff, "opset": report.opset}
+        for batch in (1, 32):
+            x = torch.randn(batch, *spec.input_shape)
+            feed = {"input": x.numpy()}
+            with torch.inference_mode():
+                ms, _, _ = timed(functools.partial(model, x), torch.device("cpu"), reps + 2)
+            out.setdefault("torch_eager", {})[f"batch{batch}_ms"] = ms
+            for mode, sess in sessions.items():
+                ms, _, _ = timed(functools.partial(sess.run, None, feed), torch.device("cpu"), reps + 2)
+                out[f"ort_{mode}"][f"batch{batch}_ms"] = ms
+            np.testing.assert_allclose(
+                sessions["decomposed"].run(None, feed)[0], model(x).detach().numpy(), atol=1e-4
+            )
+    for batch in (1, 32):
+        key = f"batch{batch}_ms"
+        line = " ".join(f"{name}={r[key]:.1f}ms" for name, r in out.items())
+        print(f"onnx cnn4d {key}: {line}", flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--quick", action="store_true", help="one timed repetition, shapes as in full")
+    parser.add_argument("--skip-env", action="store_true", help="skip the malloc tunables runs")
+    parser.add_argument("--skip-onnx", action="store_true", help="skip the onnxruntime latency runs")
+    parser.add_argument("--shapes", default="ABCDE", help="subset of shape letters")
+    args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device: torch.cuda.is_available() is False; nothing to measure")
+        return
+    device = torch.device(args.device)
+    reps = 1 if args.quick else 3
+    shapes = tuple(s for s in SHAPES if s.name in args.shapes)
+    report: dict = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "quick": args.quick,
+        "reps": reps,
+        "shapes": bench_shapes(device, reps, shapes),
+    }
+    if device.type == "cpu" and not args.skip_env:
+        report["malloc_tunables"] = bench_env(max(reps, 3))
+    if device.type == "cpu" and not args.skip_onnx:
+        report["onnx_cnn4d"] = bench_onnx(max(reps, 5))
+    fwd_bwd = [r for r in report["shapes"] if r["mode"] == "fwd+bwd"]
+    report["summary"] = {
+        "geomean_fwd_bwd_speedup_auto_vs_loop": math.exp(
+            statistics.fmean(math.log(r["algorithms"]["auto"]["speedup_vs_loop"]) for r in fwd_bwd)
+        )
+        if fwd_bwd
+        else None,
+        "geomean_all_speedup_auto_vs_loop": math.exp(
+            statistics.fmean(math.log(r["algorithms"]["auto"]["speedup_vs_loop"]) for r in report["shapes"])
+        ),
+        "slowest_auto_vs_loop": min(r["algorithms"]["auto"]["speedup_vs_loop"] for r in report["shapes"]),
+        "auto_is_fastest": sum(r["auto_choice"] == r["fastest"] for r in report["shapes"]),
+        "rows": len(report["shapes"]),
+    }
+    print(json.dumps(report["summary"], indent=2))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"conv4d_{device.type}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

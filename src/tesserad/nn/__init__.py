@@ -1,0 +1,79 @@
+"""Conv4d and friends, architectures built from a spec, ONNX export.
+
+Pure torch: no gRPC or generated protobuf here (the API layer maps its messages onto the
+specs), so training workers import this package alone.
+"""
+
+from tesserad.nn.architectures import build_model, parameter_count
+from tesserad.nn.conv import (
+    ALGORITHMS,
+    Conv4d,
+    ConvTranspose4d,
+    benchmark,
+    benchmark_cache,
+    benchmark_enabled,
+    clear_benchmark_cache,
+    conv4d,
+    conv_transpose4d,
+    heuristic_algorithm,
+    set_benchmark,
+)
+from tesserad.nn.norm4d import BatchNorm4d
+from tesserad.nn.onnx_export import OnnxExportReport, export_onnx
+from tesserad.nn.pool4d import (
+    AdaptiveAvgPool4d,
+    AvgPool4d,
+    MaxPool4d,
+    adaptive_avg_pool4d,
+    avg_pool4d,
+    max_pool4d,
+)
+from tesserad.nn.specs import (
+    ArchitectureSpec,
+    Cnn2dSpec,
+    Cnn4dSpec,
+    LstmSpec,
+    MlpSpec,
+    TensorSpec,
+    TransformerSpec,
+    model_signature,
+    spec_from_dict,
+    spec_to_dict,
+    validate_spec,
+)
+
+__all__ = [
+    "ALGORITHMS",
+    "AdaptiveAvgPool4d",
+    "ArchitectureSpec",
+    "AvgPool4d",
+    "BatchNorm4d",
+    "Cnn2dSpec",
+    "Cnn4dSpec",
+    "Conv4d",
+    "ConvTranspose4d",
+    "LstmSpec",
+    "MaxPool4d",
+    "MlpSpec",
+    "OnnxExportReport",
+    "TensorSpec",
+    "TransformerSpec",
+    "adaptive_avg_pool4d",
+    "avg_pool4d",
+    "benchmark",
+    "benchmark_cache",
+    "benchmark_enabled",
+    "build_model",
+    "clear_benchmark_cache",
+    "conv4d",
+    "conv_transpose4d",
+    "export_onnx",
+    "heuristic_algorithm",
+    "max_pool4d",
+    "model_signature",
+    "parameter_count",
+    "set_benchmark",
+    "spec_from_dict",
+    "spec_to_dict",
+    "validate_spec",
+]

@@ -1,0 +1,597 @@
+"""4-D convolution on (N, C, T, D, H, W) tensors, built from torch's 3-D convolution.
+
+PyTorch has no 4-D convolution, so each formulation here reduces the time axis to
+conv3d calls and differs only in how it batches them:
+
+- ``loop``: one conv3d per output frame and time tap (the usual public Conv4d).
+- ``tap_loop``: one conv3d per time tap, output frames folded into the batch.
+- ``time_fold``: the time taps stacked into input channels (channels-last-3d), one
+  conv3d over batch ``T_out * N``.
+- ``out_stack``: the time taps stacked into output channels, one conv3d over every
+  input frame, then a shifted sum over taps.
+
+All of them are plain differentiable torch ops (no ``as_strided``), so autograd gives the
+gradients and the ONNX exporter sees slices, concats and reshapes with a dynamic batch.
+``algorithm='auto'`` picks one per call with a heuristic measured on 2 CPU cores
+(bench/conv4d_bench.py, bench/results/conv4d_cpu.json); ``set_benchmark(True)`` instead
+times every formulation once per shape and caches the winner, like cudnn.benchmark.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Quad = tuple[int, int, int, int]
+IntOrQuad = int | tuple[int, int, int, int]
+PaddingArg = IntOrQuad | Literal["same", "valid"]
+PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
+Algorithm = Literal["auto", "loop", "tap_loop", "time_fold", "out_stack"]
+
+ALGORITHMS: tuple[str, ...] = ("loop", "tap_loop", "time_fold", "out_stack")
+PADDING_MODES: tuple[str, ...] = ("zeros", "reflect", "replicate", "circular")
+
+
+def quad(value: IntOrQuad, name: str) -> Quad:
+    """An int or a 4-tuple as a 4-tuple of ints (T, D, H, W)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value, value, value, value)
+    if isinstance(value, tuple | list) and len(value) == 4 and all(isinstance(v, int) for v in value):
+        return (int(value[0]), int(value[1]), int(value[2]), int(value[3]))
+    raise ValueError(f"{name} must be an int or a 4-tuple of ints, got {value!r}")
+
+
+def conv_output_size(size: int, kernel: int, stride: int, dilation: int, pad_total: int) -> int:
+    """Output length of one convolved dimension."""
+    return (size + pad_total - dilation * (kernel - 1) - 1) // stride + 1
+
+
+# --------------------------------------------------------------------------------------
+# Padding
+
+
+def _edge_index(size: int, lo: int, hi: int, mode: str) -> list[int]:
+    """Source index of every padded position along one dim for a non-zero padding mode."""
+    index = []
+    for i in range(-lo, size + hi):
+        if mode == "circular":
+            index.append(i % size)
+        elif mode == "replicate":
+            index.append(min(max(i, 0), size - 1))
+        else:  # reflect, without repeating the edge (numpy's "reflect")
+            period = 2 * (size - 1)
+            j = i % period if period else 0
+            index.append(j if j < size else period - j)
+    return index
+
+
+def pad4d(x: Tensor, pads: tuple[tuple[int, int], ...], mode: str) -> Tensor:
+    """Pad the last four dims of ``x`` by ``(lo, hi)`` each with one of PADDING_MODES."""
+    if mode == "zeros":
+        flat = [p for lo_hi in reversed(pads) for p in lo_hi]
+        return F.pad(x, flat) if any(flat) else x
+    # Gather with constant indices: exact for every mode, any dim count, and it exports as
+    # ONNX Gather (F.pad's reflect/replicate stop at three spatial dims).
+    for axis, (lo, hi) in enumerate(pads):
+        if lo == 0 and hi == 0:
+            continue
+        dim = x.dim() - 4 + axis
+        size = x.shape[dim]
+        limit = size - 1 if mode == "reflect" else size
+        if lo > limit or hi > limit:
+            raise ValueError(f"{mode} padding of {max(lo, hi)} is too large for a dimension of size {size}")
+        index = torch.tensor(_edge_index(size, lo, hi, mode), device=x.device)
+        x = x.index_select(dim, index)
+    return x
+
+
+def resolve_padding(
+    padding: PaddingArg, kernel: Quad, stride: Quad, dilation: Quad
+) -> tuple[tuple[int, int], ...]:
+    """``(lo, hi)`` per dim; 'same' pads like torch (the odd extra element on the high side)."""
+    if padding == "valid":
+        return ((0, 0),) * 4
+    if padding == "same":
+        if any(s != 1 for s in stride):
+            raise ValueError("padding='same' needs stride 1 in every dimension")
+        pads = []
+        for k, d in zip(kernel, dilation, strict=True):
+            total = d * (k - 1)
+            pads.append((total // 2, total - total // 2))
+        return tuple(pads)
+    if isinstance(padding, str):
+        raise ValueError(f"padding must be 'same', 'valid', an int or a 4-tuple, got {padding!r}")
+    p = quad(padding, "padding")
+    if any(v < 0 for v in p):
+        raise ValueError(f"padding must be >= 0, got {padding!r}")
+    return tuple((v, v) for v in p)
+
+
+# --------------------------------------------------------------------------------------
+# Formulations. Each takes ``x`` already padded in time (and wherever DHW padding is
+# asymmetric), the symmetric DHW padding for conv3d, and returns (N, C_out, T_out, ...)
+# without bias.
+
+
+def _time_taps(x: Tensor, kt: int, st: int, dt: int, t_out: int, dim: int) -> list[Tensor]:
+    """The input frames each time tap reads, for all output frames: kt strided slices."""
+    span = st * (t_out - 1) + 1
+    return [x.narrow(dim, i * dt, span)[(slice(None),) * dim + (slice(None, None, st),)] for i in range(kt)]
+
+
+def _loop(
+    x: Tensor, w: Tensor, st: int, dt: int, t_out: int, s3: tuple, p3: tuple, d3: tuple, g: int
+) -> Tensor:
+    """One conv3d per (output frame, time tap): the public Conv4d's formulation, kept as the baseline."""
+    frames = []
+    for t in range(t_out):
+        acc: Tensor | None = None
+        for i in range(w.shape[2]):
+            y = F.conv3d(x[:, :, t * st + i * dt], w[:, :, i], None, s3, p3, d3, g)
+            acc = y if acc is None else acc + y
+        assert acc is not None
+        frames.append(acc)
+    return torch.stack(frames, dim=2)
+
+
+def _tap_loop(
+    x: Tensor, w: Tensor, st: int, dt: int, t_out: int, s3: tuple, p3: tuple, d3: tuple, g: int
+) -> Tensor:
+    """One conv3d per time tap over batch N*T_out, summed."""
+    c, d, h, wd = x.shape[1], x.shape[3], x.shape[4], x.shape[5]
+    xl = x.permute(0, 2, 1, 3, 4, 5)  # (N, T, C, D, H, W)
+    acc: Tensor | None = None
+    for i, xi in enumerate(_time_taps(xl, w.shape[2], st, dt, t_out, 1)):
+        y = F.conv3d(xi.reshape(-1, c, d, h, wd), w[:, :, i], None, s3, p3, d3, g)
+        acc = y if acc is None else acc + y
+    assert acc is not None
+    y = acc.reshape(-1, t_out, *acc.shape[1:])  # (N, T_out, C_out, D', H', W')
+    return y.permute(0, 2, 1, 3, 4, 5)
+
+
+def _time_fold(
+    x: Tensor, w: Tensor, st: int, dt: int, t_out: int, s3: tuple, p3: tuple, d3: tuple, g: int
+) -> Tensor:
+    """Time taps stacked into input channels, channels-last-3d: one conv3d over batch N*T_out."""
+    c, d, h, wd = x.shape[1], x.shape[3], x.shape[4], x.shape[5]
+    kt = w.shape[2]
+    xl = x.permute(0, 2, 3, 4, 5, 1)  # (N, T, D, H, W, C): channels last, one copy below
+    xs = torch.stack(_time_taps(xl, kt, st, dt, t_out, 1), dim=-2)  # (N, T_out, D, H, W, kt, C)
+    if g > 1:  # input channels ordered (group, tap, channel) so conv3d's groups still hold
+        xs = xs.reshape(-1, t_out, d, h, wd, kt, g, c // g).transpose(-3, -2)
+    xs = xs.reshape(-1, d, h, wd, kt * c).permute(0, 4, 1, 2, 3)  # (N*T_out, kt*C, D, H, W)
+    wf = w.transpose(1, 2).reshape(w.shape[0], kt * w.shape[1], *w.shape[3:])
+    y = F.conv3d(xs, wf.contiguous(memory_format=torch.channels_last_3d), None, s3, p3, d3, g)
+    y = y.reshape(-1, t_out, *y.shape[1:])  # (N, T_out, C_out, D', H', W')
+    return y.permute(0, 2, 1, 3, 4, 5)
+
+
+def _out_stack(
+    x: Tensor, w: Tensor, st: int, dt: int, t_out: int, s3: tuple, p3: tuple, d3: tuple, g: int
+) -> Tensor:
+    """Time taps stacked into output channels: one conv3d over every input frame, then a shifted sum."""
+    c, t, d, h, wd = x.shape[1:]
+    c_out, cg, kt = w.shape[0], w.shape[1], w.shape[2]
+    xl = x.permute(0, 2, 1, 3, 4, 5).reshape(-1, c, d, h, wd)  # (N*T, C, D, H, W)
+    # output channels ordered (group, tap, channel) so conv3d's groups still hold
+    ws = w.reshape(g, c_out // g, cg, kt, *w.shape[3:]).permute(0, 3, 1, 2, 4, 5, 6)
+    ws = ws.reshape(g * kt * (c_out // g), cg, *w.shape[3:])
+    y = F.conv3d(xl.contiguous(memory_format=torch.channels_last_3d), ws, None, s3, p3, d3, g)
+    y = y.reshape(-1, t, g, kt, c_out // g, *y.shape[2:])  # (N, T, g, kt, C_out/g, D', H', W')
+    acc: Tensor | None = None
+    for i, yi in enumerate(_time_taps(y, kt, st, dt, t_out, 1)):
+        part = yi[:, :, :, i]
+        acc = part if acc is None else acc + part
+    assert acc is not None
+    return acc.reshape(-1, t_out, c_out, *acc.shape[-3:]).permute(0, 2, 1, 3, 4, 5)
+
+
+_FORMULATIONS: dict[str, Callable[..., Tensor]] = {
+    "loop": _loop,
+    "tap_loop": _tap_loop,
+    "time_fold": _time_fold,
+    "out_stack": _out_stack,
+}
+
+
+# --------------------------------------------------------------------------------------
+# Choosing a formulation
+
+
+def heuristic_algorithm(kernel_t: int, stride_t: int, needs_grad: bool) -> str:
+    """The formulation measured fastest for this kind of call (bench/results/conv4d_cpu.json).
+
+    Stacking the time taps into input channels won every forward+backward (2-12x over the
+    loop) and matched or beat the loop on unstrided forwards: one large conv3d beats kt smaller ones, and
+    batch ``T_out * N`` keeps torch on its fast backend even at batch 1 (where the per-frame
+    loop is 9x slower). A forward pass with a time stride is the exception, as the issue's
+    own measurements found: the loop's per-frame buffers are small and reused from the malloc
+    heap, while the stacked input is a large fresh allocation (page faults) that a strided
+    forward, with less compute per input byte and no backward, does not amortise.
+    """
+    if kernel_t > 1 and stride_t > 1 and not needs_grad:
+        return "loop"
+    return "time_fold"
+
+
+class _Benchmark:
+    """Measured selection per shape, cached for the life of the process (like cudnn.benchmark)."""
+
+    def __init__(self) -> None:
+        self.enabled = False
+        self.cache: dict[tuple, str] = {}
+        self.lock = threading.Lock()
+
+
+_BENCHMARK = _Benchmark()
+
+
+def set_benchmark(enabled: bool) -> None:
+    """Time every formulation the first time a shape is seen and use the fastest from then on."""
+    _BENCHMARK.enabled = enabled
+
+
+def benchmark_enabled() -> bool:
+    """Whether measured selection is on."""
+    return _BENCHMARK.enabled
+
+
+@contextmanager
+def benchmark(enabled: bool = True) -> Iterator[None]:
+    """Turn measured selection on (or off) inside a ``with`` block."""
+    previous = _BENCHMARK.enabled
+    _BENCHMARK.enabled = enabled
+    try:
+        yield
+    finally:
+        _BENCHMARK.enabled = previous
+
+
+def clear_benchmark_cache() -> None:
+    """Forget every measured choice."""
+    with _BENCHMARK.lock:
+        _BENCHMARK.cache.clear()
+
+
+def benchmark_cache() -> dict[tuple, str]:
+    """A copy of the measured choices, keyed by shape and configuration."""
+    with _BENCHMARK.lock:
+        return dict(_BENCHMARK.cache)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _measure(
+    run: Callable[[str, Tensor, Tensor], Tensor], needs_grad: bool, x: Tensor, weight: Tensor
+) -> str:
+    """The formulation with the lowest time over one warm-up and two timed calls."""
+    best, best_ns = "time_fold", math.inf
+    for name in ALGORITHMS:
+        times = []
+        for _ in range(3):
+            _sync(x.device)
+            start = time.perf_counter_ns()
+            if needs_grad:
+                xr = x.detach().requires_grad_(x.requires_grad)
+                wr = weight.detach().requires_grad_(True)
+                run(name, xr, wr).sum().backward()
+            else:
+                with torch.no_grad():
+                    run(name, x, weight)
+            _sync(x.device)
+            times.append(time.perf_counter_ns() - start)
+        elapsed = min(times[1:])
+        if elapsed < best_ns:
+            best, best_ns = name, elapsed
+    return best
+
+
+# --------------------------------------------------------------------------------------
+# Functional API
+
+
+def conv4d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: IntOrQuad = 1,
+    padding: PaddingArg = 0,
+    dilation: IntOrQuad = 1,
+    groups: int = 1,
+    padding_mode: PaddingMode = "zeros",
+    algorithm: Algorithm = "auto",
+) -> Tensor:
+    """4-D convolution of ``x`` (N, C_in, T, D, H, W) with ``weight`` (C_out, C_in/groups, kT, kD, kH, kW)."""
+    if x.dim() != 6:
+        raise ValueError(f"conv4d expects input (N, C, T, D, H, W), got shape {tuple(x.shape)}")
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+    if algorithm != "auto" and algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be 'auto' or one of {ALGORITHMS}, got {algorithm!r}")
+    if x.shape[1] != weight.shape[1] * groups:
+        raise ValueError(
+            f"input has {x.shape[1]} channels, weight expects {weight.shape[1] * groups} "
+            f"({weight.shape[1]} per group x {groups} groups)"
+        )
+    kernel = (weight.shape[2], weight.shape[3], weight.shape[4], weight.shape[5])
+    s, dl = quad(stride, "stride"), quad(dilation, "dilation")
+    pads = resolve_padding(padding, kernel, s, dl)
+
+    if padding_mode == "zeros":
+        # conv3d pads D, H, W itself where the padding is symmetric; pad the rest explicitly.
+        p3 = tuple(min(lo, hi) for lo, hi in pads[1:])
+        explicit = (pads[0], *((lo - m, hi - m) for (lo, hi), m in zip(pads[1:], p3, strict=True)))
+    else:
+        p3, explicit = (0, 0, 0), pads
+    xp = pad4d(x, explicit, padding_mode)
+    t_out = conv_output_size(xp.shape[2], kernel[0], s[0], dl[0], 0)
+    for dim, (size, k, st, d) in enumerate(zip(xp.shape[2:], kernel, s, dl, strict=True)):
+        pad_total = 0 if dim == 0 else 2 * p3[dim - 1]
+        if conv_output_size(size, k, st, d, pad_total) < 1:
+            raise ValueError(
+                f"input of shape {tuple(x.shape)} is smaller than the dilated kernel {kernel} (after padding)"
+            )
+    if x.dtype != weight.dtype:
+        raise ValueError(f"input dtype {x.dtype} does not match weight dtype {weight.dtype}")
+
+    s3, d3 = s[1:], dl[1:]
+
+    def run(name: str, xx: Tensor, ww: Tensor) -> Tensor:
+        return _FORMULATIONS[name](xx, ww, s[0], dl[0], t_out, s3, p3, d3, groups)
+
+    needs_grad = torch.is_grad_enabled() and (xp.requires_grad or weight.requires_grad)
+    name = algorithm
+    if name == "auto":
+        if _BENCHMARK.enabled and not _exporting():
+            key = (
+                xp.device.type,
+                xp.dtype,
+                tuple(xp.shape),
+                tuple(weight.shape),
+                s,
+                p3,
+                dl,
+                groups,
+                needs_grad,
+            )
+            with _BENCHMARK.lock:
+                cached = _BENCHMARK.cache.get(key)
+            if cached is None:
+                cached = _measure(run, needs_grad, xp, weight)
+                with _BENCHMARK.lock:
+                    _BENCHMARK.cache[key] = cached
+            name = cached
+        else:
+            name = heuristic_algorithm(kernel[0], s[0], needs_grad)
+    out = run(name, xp, weight)
+    if bias is not None:
+        out = out + bias.reshape(1, -1, 1, 1, 1, 1)  # once, after summing the taps
+    return out
+
+
+def _exporting() -> bool:
+    return torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+
+
+# --------------------------------------------------------------------------------------
+# Module
+
+
+class Conv4d(nn.Module):
+    """4-D convolution layer on (N, C, T, D, H, W), the API of torch.nn.Conv3d with one more dim.
+
+    ``algorithm`` is 'auto' (heuristic, or measured when ``set_benchmark(True)``) or one of
+    ALGORITHMS; every formulation computes the same function.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntOrQuad,
+        stride: IntOrQuad = 1,
+        padding: PaddingArg = 0,
+        dilation: IntOrQuad = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: PaddingMode = "zeros",
+        algorithm: Algorithm = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if groups < 1 or in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"groups={groups} must be >= 1 and divide in_channels={in_channels} "
+                f"and out_channels={out_channels}"
+            )
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        if algorithm != "auto" and algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be 'auto' or one of {ALGORITHMS}, got {algorithm!r}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = quad(kernel_size, "kernel_size")
+        self.stride = quad(stride, "stride")
+        self.dilation = quad(dilation, "dilation")
+        if any(v < 1 for v in (*self.kernel_size, *self.stride, *self.dilation)):
+            raise ValueError("kernel_size, stride and dilation must be >= 1")
+        self.padding: tuple[int, int, int, int] | str = (
+            padding if isinstance(padding, str) else quad(padding, "padding")
+        )
+        resolve_padding(self.padding, self.kernel_size, self.stride, self.dilation)  # validates
+        self.groups = groups
+        self.padding_mode = padding_mode
+        self.algorithm = algorithm
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(
+            torch.empty(out_channels, in_channels // groups, *self.kernel_size, **factory)
+        )
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """torch's ConvNd initialisation: kaiming-uniform weights, bias uniform in +-1/sqrt(fan_in)."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.weight.shape[1] * math.prod(self.kernel_size)
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return conv4d(
+            x,
+            self.weight,
+            self.bias,
+            self.stride,
+            self.padding,  # type: ignore[arg-type]
+            self.dilation,
+            self.groups,
+            self.padding_mode,
+            self.algorithm,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+            f"groups={self.groups}, bias={self.bias is not None}, padding_mode={self.padding_mode!r}, "
+            f"algorithm={self.algorithm!r}"
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Transposed convolution
+
+
+def conv_transpose4d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: IntOrQuad = 1,
+    padding: IntOrQuad = 0,
+    output_padding: IntOrQuad = 0,
+    groups: int = 1,
+    dilation: IntOrQuad = 1,
+) -> Tensor:
+    """Transposed 4-D convolution (the adjoint of conv4d); ``weight`` is (C_in, C_out/groups, kT, kD, kH, kW).
+
+    One conv_transpose3d with the time taps stacked into output channels over batch
+    ``T_in * N``, then each tap's frames spread to their output times (zeros between them
+    for a time stride) and summed; out-of-place ops only, so it differentiates and exports.
+    """
+    if x.dim() != 6:
+        raise ValueError(f"conv_transpose4d expects input (N, C, T, D, H, W), got shape {tuple(x.shape)}")
+    if x.shape[1] != weight.shape[0]:
+        raise ValueError(f"input has {x.shape[1]} channels, weight expects {weight.shape[0]}")
+    s, p, op, dl = (
+        quad(v, name)
+        for v, name in (
+            (stride, "stride"),
+            (padding, "padding"),
+            (output_padding, "output_padding"),
+            (dilation, "dilation"),
+        )
+    )
+    if any(o >= max(st, d) for o, st, d in zip(op, s, dl, strict=True)):
+        raise ValueError("output_padding must be smaller than stride or dilation in every dimension")
+    c_in, cog, kt = weight.shape[0], weight.shape[1], weight.shape[2]
+    n_t, c, d, h, w = x.shape[2], x.shape[1], x.shape[3], x.shape[4], x.shape[5]
+    xl = x.permute(0, 2, 1, 3, 4, 5).reshape(-1, c, d, h, w)  # (N*T_in, C_in, D, H, W)
+    ws = weight.transpose(1, 2).reshape(c_in, kt * cog, *weight.shape[3:])  # out channels (tap, C_out/g)
+    y = F.conv_transpose3d(xl, ws, None, s[1:], p[1:], op[1:], groups, dl[1:])
+    y = y.reshape(-1, n_t, groups, kt, cog, *y.shape[2:])  # (N, T_in, g, kt, C_out/g, D', H', W')
+    spread = (n_t - 1) * s[0] + 1
+    full = spread + dl[0] * (kt - 1) + op[0]
+    acc: Tensor | None = None
+    for i in range(kt):
+        yi = y[:, :, :, i]  # (N, T_in, g, C_out/g, D', H', W')
+        if s[0] > 1:  # put s-1 zero frames after each input frame
+            yi = torch.stack([yi, *([torch.zeros_like(yi)] * (s[0] - 1))], dim=2).flatten(1, 2)
+            yi = yi[:, :spread]
+        yi = F.pad(yi, (0, 0) * 5 + (i * dl[0], full - spread - i * dl[0]))
+        acc = yi if acc is None else acc + yi
+    assert acc is not None
+    t_out = full - 2 * p[0]
+    out = acc[:, p[0] : p[0] + t_out]  # (N, T_out, g, C_out/g, D', H', W')
+    out = out.reshape(-1, t_out, groups * cog, *out.shape[-3:]).permute(0, 2, 1, 3, 4, 5)
+    if bias is not None:
+        out = out + bias.reshape(1, -1, 1, 1, 1, 1)
+    return out
+
+
+class ConvTranspose4d(nn.Module):
+    """Transposed 4-D convolution layer, the API of torch.nn.ConvTranspose3d with one more dim."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntOrQuad,
+        stride: IntOrQuad = 1,
+        padding: IntOrQuad = 0,
+        output_padding: IntOrQuad = 0,
+        groups: int = 1,
+        bias: bool = True,
+        dilation: IntOrQuad = 1,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if groups < 1 or in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"groups={groups} must be >= 1 and divide in_channels={in_channels} "
+                f"and out_channels={out_channels}"
+            )
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = quad(kernel_size, "kernel_size")
+        self.stride = quad(stride, "stride")
+        self.padding = quad(padding, "padding")
+        self.output_padding = quad(output_padding, "output_padding")
+        self.dilation = quad(dilation, "dilation")
+        self.groups = groups
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(
+            torch.empty(in_channels, out_channels // groups, *self.kernel_size, **factory)
+        )
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """torch's ConvTransposeNd initialisation (fan_in taken from weight dim 1, as torch does)."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.weight.shape[1] * math.prod(self.kernel_size)
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return conv_transpose4d(
+            x,
+            self.weight,
+            self.bias,
+            self.stride,
+            self.padding,
+            self.output_padding,
+            self.groups,
+            self.dilation,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, output_padding={self.output_padding}, "
+            f"dilation={self.dilation}, groups={self.groups}, bias={self.bias is not None}"
+        )

@@ -1,0 +1,263 @@
+"""Architecture specs: typed, frozen configs whose fields mirror protos/tessera/v1/architecture.proto.
+
+Each spec carries ``input_shape`` (one sample, without the batch dim) and ``output_size``
+(the proto's ``Architecture`` fields) plus its family's hyperparameters under the proto's
+names. Field defaults are the proto's documented defaults; the API layer maps a proto zero
+value to them, so here every value is explicit and a zero is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from tesserad.errors import InvalidArgument
+
+ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
+# Keeps a spec from a client from asking a worker for an absurd model before anything is built.
+MAX_WIDTH = 1 << 16
+MAX_DEPTH = 64
+
+
+@dataclass(frozen=True)
+class MlpSpec:
+    """Fully connected network over the flattened sample. Input (N, *input_shape)."""
+
+    input_shape: tuple[int, ...]
+    output_size: int
+    hidden_sizes: tuple[int, ...] = (128, 128)
+    activation: str = "relu"
+    dropout: float = 0.0
+    norm: str = "none"  # none, layer, batch
+
+
+@dataclass(frozen=True)
+class Cnn2dSpec:
+    """2-D conv blocks (conv, norm, activation, pool), global average pool, linear head. Input (N, C, H, W)."""
+
+    input_shape: tuple[int, ...]
+    output_size: int
+    channels: tuple[int, ...] = (16, 32)
+    kernel_size: int = 3
+    norm: str = "batch"  # batch, none
+    activation: str = "relu"
+    pool: str = "max"  # max, avg, none
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class Cnn4dSpec:
+    """Conv4d blocks (conv, norm, activation, pool), global average pool, linear head. Input (N, C, T, D, H, W)."""
+
+    input_shape: tuple[int, ...]
+    output_size: int
+    channels: tuple[int, ...] = (8, 16)
+    kernel_size: int = 3
+    norm: str = "batch"
+    activation: str = "relu"
+    pool: str = "max"
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class LstmSpec:
+    """LSTM over a sequence; the head reads the last step. Input (N, T, F)."""
+
+    input_shape: tuple[int, ...]
+    output_size: int
+    hidden_size: int = 64
+    num_layers: int = 1
+    bidirectional: bool = False
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class TransformerSpec:
+    """Transformer encoder: embedding, learned positions, self-attention layers, pooling, head. Input (N, T, F)."""
+
+    input_shape: tuple[int, ...]
+    output_size: int
+    d_model: int = 64
+    num_heads: int = 4
+    num_layers: int = 2
+    dim_feedforward: int = 128
+    dropout: float = 0.0
+    pooling: str = "mean"  # mean, last, cls
+
+
+ArchitectureSpec = MlpSpec | Cnn2dSpec | Cnn4dSpec | LstmSpec | TransformerSpec
+
+FAMILIES: dict[str, type] = {
+    "mlp": MlpSpec,
+    "cnn2d": Cnn2dSpec,
+    "cnn4d": Cnn4dSpec,
+    "lstm": LstmSpec,
+    "transformer": TransformerSpec,
+}
+_FAMILY_OF: dict[type, str] = {cls: name for name, cls in FAMILIES.items()}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named tensor of a model's signature; -1 marks a dynamic dimension."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+def family_of(spec: ArchitectureSpec) -> str:
+    """The family name ("mlp", "cnn2d", ...) of a spec."""
+    try:
+        return _FAMILY_OF[type(spec)]
+    except KeyError:
+        raise InvalidArgument(
+            f"architecture: expected one of {', '.join(FAMILIES)} specs, got {type(spec).__name__}"
+        ) from None
+
+
+# --------------------------------------------------------------------------------------
+# Validation
+
+
+class _Checker:
+    """Builds "architecture.<family>.<field>: ..." messages for one spec."""
+
+    def __init__(self, family: str) -> None:
+        self.family = family
+
+    def fail(self, field: str, what: str) -> InvalidArgument:
+        return InvalidArgument(f"architecture.{self.family}.{field}: {what}")
+
+    def int_range(self, field: str, value: object, low: int, high: int) -> None:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise self.fail(field, f"must be an integer, got {value!r}")
+        if value < low:
+            raise self.fail(field, f"must be >= {low}, got {value}")
+        if value > high:
+            raise self.fail(field, f"must be <= {high}, got {value}")
+
+    def int_list(self, field: str, value: object, high: int) -> None:
+        if not isinstance(value, tuple) or not value:
+            raise self.fail(field, f"must be a non-empty tuple of integers, got {value!r}")
+        if len(value) > MAX_DEPTH:
+            raise self.fail(field, f"must have at most {MAX_DEPTH} entries, got {len(value)}")
+        for i, v in enumerate(value):
+            self.int_range(f"{field}[{i}]", v, 1, high)
+
+    def choice(self, field: str, value: object, allowed: tuple[str, ...]) -> None:
+        if value not in allowed:
+            raise self.fail(field, f"must be one of {', '.join(allowed)}, got {value!r}")
+
+    def probability(self, field: str, value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise self.fail(field, f"must be a number in [0, 1), got {value!r}")
+        if not 0.0 <= value < 1.0:
+            raise self.fail(field, f"must be in [0, 1), got {value}")
+
+    def shape(self, value: object, rank: int | None, layout: str) -> None:
+        if not isinstance(value, tuple) or not value:
+            raise self.fail(
+                "input_shape", f"must be a non-empty tuple {layout} (no batch dim), got {value!r}"
+            )
+        if rank is not None and len(value) != rank:
+            raise self.fail(
+                "input_shape", f"must have {rank} dims {layout} (no batch dim), got {len(value)}: {value}"
+            )
+        for i, v in enumerate(value):
+            self.int_range(f"input_shape[{i}]", v, 1, MAX_WIDTH * 16)
+
+
+def validate_spec(spec: ArchitectureSpec) -> None:
+    """Raise InvalidArgument naming the first bad field ("architecture.<family>.<field>: ...")."""
+    family = family_of(spec)
+    c = _Checker(family)
+    c.int_range("output_size", spec.output_size, 1, MAX_WIDTH)
+    if isinstance(spec, MlpSpec):
+        c.shape(spec.input_shape, None, "of any rank")
+        c.int_list("hidden_sizes", spec.hidden_sizes, MAX_WIDTH)
+        c.choice("activation", spec.activation, ACTIVATIONS)
+        c.probability("dropout", spec.dropout)
+        c.choice("norm", spec.norm, ("none", "layer", "batch"))
+    elif isinstance(spec, Cnn2dSpec | Cnn4dSpec):
+        rank, layout = (3, "(C, H, W)") if isinstance(spec, Cnn2dSpec) else (5, "(C, T, D, H, W)")
+        c.shape(spec.input_shape, rank, layout)
+        c.int_list("channels", spec.channels, MAX_WIDTH)
+        c.int_range("kernel_size", spec.kernel_size, 1, 15)
+        c.choice("norm", spec.norm, ("batch", "none"))
+        c.choice("activation", spec.activation, ACTIVATIONS)
+        c.choice("pool", spec.pool, ("max", "avg", "none"))
+        c.probability("dropout", spec.dropout)
+    elif isinstance(spec, LstmSpec):
+        c.shape(spec.input_shape, 2, "(T, F)")
+        c.int_range("hidden_size", spec.hidden_size, 1, MAX_WIDTH)
+        c.int_range("num_layers", spec.num_layers, 1, MAX_DEPTH)
+        if not isinstance(spec.bidirectional, bool):
+            raise c.fail("bidirectional", f"must be true or false, got {spec.bidirectional!r}")
+        c.probability("dropout", spec.dropout)
+        if spec.dropout > 0 and spec.num_layers == 1:
+            raise c.fail(
+                "dropout", "applies between stacked layers, so it needs num_layers >= 2 (or dropout 0)"
+            )
+    else:
+        c.shape(spec.input_shape, 2, "(T, F)")
+        c.int_range("d_model", spec.d_model, 1, MAX_WIDTH)
+        c.int_range("num_heads", spec.num_heads, 1, 1024)
+        if spec.d_model % spec.num_heads:
+            raise c.fail("d_model", f"must be divisible by num_heads={spec.num_heads}, got {spec.d_model}")
+        c.int_range("num_layers", spec.num_layers, 1, MAX_DEPTH)
+        c.int_range("dim_feedforward", spec.dim_feedforward, 1, MAX_WIDTH * 4)
+        c.probability("dropout", spec.dropout)
+        c.choice("pooling", spec.pooling, ("mean", "last", "cls"))
+
+
+# --------------------------------------------------------------------------------------
+# Signature and dict form
+
+
+def model_signature(spec: ArchitectureSpec) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """(inputs, outputs): "input" float32 (-1, *input_shape) and "output" float32 (-1, output_size)."""
+    validate_spec(spec)
+    return (
+        [TensorSpec("input", "float32", (-1, *spec.input_shape))],
+        [TensorSpec("output", "float32", (-1, spec.output_size))],
+    )
+
+
+def spec_to_dict(spec: ArchitectureSpec) -> dict[str, Any]:
+    """A JSON-able dict with "family" and every field (tuples as lists)."""
+    out: dict[str, Any] = {"family": family_of(spec)}
+    for f in dataclasses.fields(spec):
+        value = getattr(spec, f.name)
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def spec_from_dict(d: dict[str, Any]) -> ArchitectureSpec:
+    """The spec a ``spec_to_dict`` dict describes; missing hyperparameters take their defaults."""
+    if not isinstance(d, dict):
+        raise InvalidArgument(f"architecture: expected a mapping, got {type(d).__name__}")
+    family = d.get("family")
+    if family not in FAMILIES:
+        raise InvalidArgument(f"architecture.family: must be one of {', '.join(FAMILIES)}, got {family!r}")
+    cls = FAMILIES[family]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in d.items():
+        if key == "family":
+            continue
+        if key not in fields:
+            raise InvalidArgument(
+                f"architecture.{family}.{key}: unknown field; {family} takes {', '.join(fields)}"
+            )
+        kwargs[key] = tuple(value) if isinstance(value, list) else value
+    for required in ("input_shape", "output_size"):
+        if required not in kwargs:
+            raise InvalidArgument(f"architecture.{family}.{required}: is required")
+    if isinstance(kwargs.get("dropout"), int) and not isinstance(kwargs["dropout"], bool):
+        kwargs["dropout"] = float(kwargs["dropout"])  # JSON writes 0.0 as 0
+    spec = cls(**kwargs)
+    validate_spec(spec)
+    return spec

@@ -1,0 +1,318 @@
+"""Conv4d against a brute-force numpy reference, its gradients, and the public implementations' bugs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import reference4d as ref
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from tesserad.nn import ALGORITHMS, Conv4d, benchmark, benchmark_cache, clear_benchmark_cache, conv4d
+from tesserad.nn.conv import heuristic_algorithm
+
+MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+@st.composite
+def conv_configs(draw: st.DrawFn) -> dict:
+    groups = draw(st.sampled_from((1, 2)))
+    kernel = tuple(draw(st.integers(1, 3)) for _ in range(4))
+    dilation = tuple(draw(st.integers(1, 2)) for _ in range(4))
+    padding_kind = draw(st.sampled_from(("int", "same", "valid")))
+    stride = (1, 1, 1, 1) if padding_kind == "same" else tuple(draw(st.integers(1, 2)) for _ in range(4))
+    if padding_kind == "same":
+        padding: object = "same"
+        pads = ref.same_pads(kernel, dilation)
+    elif padding_kind == "valid":
+        padding, pads = "valid", [(0, 0)] * 4
+    else:
+        padding = tuple(draw(st.integers(0, 2)) for _ in range(4))
+        pads = [(p, p) for p in padding]
+    mode = draw(st.sampled_from(MODES))
+    size = tuple(draw(st.integers(2, 5)) for _ in range(4))
+    for s, (lo, hi), k, d in zip(size, pads, kernel, dilation, strict=True):
+        assume(s + lo + hi >= d * (k - 1) + 1)
+        assume(mode != "reflect" or max(lo, hi) < s)
+        assume(mode != "circular" or max(lo, hi) <= s)
+    return {
+        "n": draw(st.integers(1, 2)),
+        "c_in": groups * draw(st.integers(1, 2)),
+        "c_out": groups * draw(st.integers(1, 2)),
+        "size": size,
+        "kernel": kernel,
+        "stride": stride,
+        "dilation": dilation,
+        "padding": padding,
+        "pads": pads,
+        "groups": groups,
+        "mode": mode,
+        "bias": draw(st.booleans()),
+    }
+
+
+def _tensors(cfg: dict, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(cfg["n"], cfg["c_in"], *cfg["size"], generator=g, dtype=torch.float64)
+    w = torch.randn(
+        cfg["c_out"], cfg["c_in"] // cfg["groups"], *cfg["kernel"], generator=g, dtype=torch.float64
+    )
+    b = torch.randn(cfg["c_out"], generator=g, dtype=torch.float64) if cfg["bias"] else None
+    return x, w, b
+
+
+def _reference(cfg: dict, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> np.ndarray:
+    return ref.conv4d(
+        x.numpy(),
+        w.numpy(),
+        None if b is None else b.numpy(),
+        cfg["stride"],
+        cfg["pads"],
+        cfg["dilation"],
+        cfg["groups"],
+        cfg["mode"],
+    )
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(conv_configs())
+def test_every_algorithm_matches_the_direct_sum(cfg: dict) -> None:
+    x, w, b = _tensors(cfg)
+    expected = _reference(cfg, x, w, b)
+    for algorithm in (*ALGORITHMS, "auto"):
+        got = conv4d(
+            x, w, b, cfg["stride"], cfg["padding"], cfg["dilation"], cfg["groups"], cfg["mode"], algorithm
+        )
+        assert got.dtype == torch.float64
+        np.testing.assert_allclose(got.numpy(), expected, atol=1e-10, err_msg=algorithm)
+
+
+GRAD_CASES = [
+    # (c_in, c_out, size, kernel, stride, padding, dilation, groups, mode)
+    (2, 2, (4, 3, 3, 3), (2, 2, 1, 2), (1, 1, 1, 1), "same", (1, 1, 1, 1), 1, "zeros"),
+    (2, 4, (5, 3, 4, 3), (3, 2, 2, 1), (2, 1, 2, 1), (1, 0, 1, 0), (1, 1, 1, 1), 2, "reflect"),
+    (2, 2, (5, 4, 3, 3), (2, 2, 2, 2), (1, 1, 1, 1), (1, 1, 0, 1), (2, 1, 1, 1), 1, "circular"),
+    (1, 2, (3, 3, 3, 3), (3, 1, 3, 1), (1, 2, 1, 1), (2, 0, 1, 0), (1, 1, 1, 1), 1, "replicate"),
+]
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("case", GRAD_CASES, ids=lambda c: f"{c[8]}-g{c[7]}")
+def test_gradients_match_finite_differences(algorithm: str, case: tuple) -> None:
+    c_in, c_out, size, kernel, stride, padding, dilation, groups, mode = case
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, c_in, *size, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(c_out, c_in // groups, *kernel, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(c_out, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def f(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return conv4d(x, w, b, stride, padding, dilation, groups, mode, algorithm)
+
+    assert torch.autograd.gradcheck(f, (x, w, b), fast_mode=True)
+
+
+def test_gradients_full_jacobian_time_fold() -> None:
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(1, 2, 3, 3, 2, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 2, 2, 2, 1, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w: conv4d(x, w, None, 1, "same", algorithm="time_fold"), (x, w))
+
+
+@pytest.mark.parametrize("kernel_t", [2, 4])
+def test_even_time_kernels_align_frames_like_the_reference(kernel_t: int) -> None:
+    cfg = {
+        "n": 1,
+        "c_in": 2,
+        "c_out": 3,
+        "size": (7, 3, 3, 3),
+        "kernel": (kernel_t, 1, 3, 1),
+        "stride": (1, 1, 1, 1),
+        "dilation": (1, 1, 1, 1),
+        "padding": "same",
+        "groups": 1,
+        "mode": "zeros",
+        "bias": True,
+        "pads": ref.same_pads((kernel_t, 1, 3, 1), (1, 1, 1, 1)),
+    }
+    x, w, b = _tensors(cfg)
+    layer = Conv4d(2, 3, (kernel_t, 1, 3, 1), padding="same", dtype=torch.float64)
+    with torch.no_grad():
+        layer.weight.copy_(w)
+        layer.bias.copy_(b)
+    out = layer(x)
+    assert out.shape == (1, 3, 7, 3, 3, 3)
+    np.testing.assert_allclose(out.detach().numpy(), _reference(cfg, x, w, b), atol=1e-10)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_bias_is_added_once_not_per_tap(algorithm: str) -> None:
+    layer = Conv4d(2, 3, 3, padding=1, algorithm=algorithm)  # type: ignore[arg-type]
+    with torch.no_grad():
+        layer.weight.zero_()
+    out = layer(torch.randn(2, 2, 4, 4, 4, 4))
+    expected = layer.bias.detach().reshape(1, 3, 1, 1, 1, 1).expand_as(out)
+    torch.testing.assert_close(out.detach(), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_float64_stays_float64(algorithm: str) -> None:
+    layer = Conv4d(2, 2, 3, padding=1, algorithm=algorithm).double()  # type: ignore[arg-type]
+    x = torch.randn(1, 2, 3, 3, 3, 3, dtype=torch.float64)
+    out = layer(x)
+    assert out.dtype == torch.float64
+    expected = ref.conv4d(
+        x.numpy(),
+        layer.weight.detach().numpy(),
+        layer.bias.detach().numpy(),
+        (1,) * 4,
+        [(1, 1)] * 4,
+        (1,) * 4,
+        1,
+    )
+    np.testing.assert_allclose(out.detach().numpy(), expected, rtol=0, atol=1e-12)
+
+
+def test_depthwise_groups() -> None:
+    layer = Conv4d(4, 8, 3, padding=1, groups=4, dtype=torch.float64)
+    x = torch.randn(2, 4, 3, 3, 3, 3, dtype=torch.float64)
+    expected = ref.conv4d(
+        x.numpy(),
+        layer.weight.detach().numpy(),
+        layer.bias.detach().numpy(),
+        (1,) * 4,
+        [(1, 1)] * 4,
+        (1,) * 4,
+        4,
+    )
+    np.testing.assert_allclose(layer(x).detach().numpy(), expected, atol=1e-10)
+
+
+def test_initialisation_matches_torch_convnd() -> None:
+    torch.manual_seed(0)
+    for _ in range(20):
+        layer = Conv4d(3, 5, (2, 3, 1, 3))
+        fan_in = 3 * 2 * 3 * 1 * 3
+        bound = 1 / math.sqrt(fan_in)
+        assert torch.isfinite(layer.weight).all() and torch.isfinite(layer.bias).all()
+        assert layer.weight.abs().max() <= bound and layer.bias.abs().max() <= bound
+    big = Conv4d(16, 32, 3)
+    bound = 1 / math.sqrt(16 * 81)
+    assert big.weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)
+    reference_3d = torch.nn.Conv3d(16, 32, 3)
+    assert reference_3d.weight.abs().max() <= 1 / math.sqrt(16 * 27)
+
+
+def test_output_has_no_nans_without_bias_or_with_it() -> None:
+    for bias in (True, False):
+        out = Conv4d(2, 2, 3, bias=bias)(torch.randn(1, 2, 3, 3, 3, 3))
+        assert torch.isfinite(out).all()
+
+
+def test_benchmark_mode_measures_once_per_shape_and_caches(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tesserad.nn.conv as module
+
+    calls = []
+    real = module._measure
+
+    def counting(*args: object) -> str:
+        calls.append(1)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(module, "_measure", counting)
+    clear_benchmark_cache()
+    x = torch.randn(1, 2, 4, 4, 4, 4, dtype=torch.float64)
+    w = torch.randn(3, 2, 3, 3, 3, 3, dtype=torch.float64)
+    with benchmark():
+        first = conv4d(x, w, None, 1, 1)
+        second = conv4d(x, w, None, 1, 1)
+        conv4d(x[:, :, :3], w, None, 1, 1)
+    assert len(calls) == 2
+    cache = benchmark_cache()
+    assert len(cache) == 2 and set(cache.values()) <= set(ALGORITHMS)
+    torch.testing.assert_close(first, second)
+    expected = ref.conv4d(x.numpy(), w.numpy(), None, (1,) * 4, [(1, 1)] * 4, (1,) * 4, 1)
+    np.testing.assert_allclose(first.numpy(), expected, atol=1e-10)
+    conv4d(x, w, None, 1, 1)  # outside the block: heuristic, no measurement
+    assert len(calls) == 2
+    clear_benchmark_cache()
+
+
+def test_benchmark_mode_with_gradients() -> None:
+    clear_benchmark_cache()
+    x = torch.randn(1, 2, 3, 3, 3, 3, requires_grad=True)
+    layer = Conv4d(2, 2, 3, padding=1)
+    with benchmark():
+        layer(x).sum().backward()
+    assert x.grad is not None and layer.weight.grad is not None
+    assert next(iter(benchmark_cache()))[-1] is True  # keyed as a training call
+    clear_benchmark_cache()
+
+
+def test_heuristic_follows_the_measurements() -> None:
+    # bench/results/conv4d_cpu.json: stacked taps win except a strided forward.
+    assert heuristic_algorithm(3, 1, needs_grad=True) == "time_fold"
+    assert heuristic_algorithm(3, 1, needs_grad=False) == "time_fold"
+    assert heuristic_algorithm(3, 2, needs_grad=True) == "time_fold"
+    assert heuristic_algorithm(3, 2, needs_grad=False) == "loop"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"groups": 3}, "groups"),
+        ({"padding": "same", "stride": 2}, "same"),
+        ({"kernel_size": (3, 3, 3)}, "4-tuple"),
+        ({"padding_mode": "mirror"}, "padding_mode"),
+        ({"algorithm": "fft"}, "algorithm"),
+        ({"kernel_size": 0}, ">= 1"),
+    ],
+)
+def test_bad_layer_arguments_are_rejected(kwargs: dict, match: str) -> None:
+    args = {"in_channels": 2, "out_channels": 4, "kernel_size": 3} | kwargs
+    with pytest.raises(ValueError, match=match):
+        Conv4d(**args)
+
+
+def test_bad_inputs_are_rejected() -> None:
+    layer = Conv4d(2, 2, 3)
+    with pytest.raises(ValueError, match="N, C, T, D, H, W"):
+        layer(torch.randn(2, 2, 4, 4, 4))
+    with pytest.raises(ValueError, match="channels"):
+        layer(torch.randn(1, 3, 4, 4, 4, 4))
+    with pytest.raises(ValueError, match="smaller than the dilated kernel"):
+        layer(torch.randn(1, 2, 2, 4, 4, 4))
+    with pytest.raises(ValueError, match="too large"):
+        Conv4d(2, 2, 3, padding=3, padding_mode="reflect")(torch.randn(1, 2, 3, 3, 3, 3))
+
+
+def test_functional_and_module_agree() -> None:
+    layer = Conv4d(2, 3, (3, 1, 2, 3), stride=(2, 1, 1, 2), padding=(1, 0, 1, 1), padding_mode="circular")
+    x = torch.randn(2, 2, 5, 3, 4, 5)
+    expected = conv4d(x, layer.weight, layer.bias, (2, 1, 1, 2), (1, 0, 1, 1), 1, 1, "circular", "loop")
+    torch.testing.assert_close(layer(x), expected)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_cuda_matches_cpu(algorithm: str) -> None:
+    layer = Conv4d(4, 6, 3, stride=(2, 1, 1, 1), padding=1, groups=2, algorithm=algorithm).double()  # type: ignore[arg-type]
+    x = torch.randn(2, 4, 5, 4, 4, 4, dtype=torch.float64)
+    expected = layer(x)
+    got = layer.cuda()(x.cuda()).cpu()
+    torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_benchmark_mode_and_backward() -> None:
+    clear_benchmark_cache()
+    layer = Conv4d(4, 4, 3, padding=1).cuda()
+    x = torch.randn(2, 4, 4, 4, 4, 4, device="cuda", requires_grad=True)
+    with benchmark():
+        layer(x).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    clear_benchmark_cache()

@@ -1,0 +1,130 @@
+"""ONNX export of every family: checker, opset, and onnxruntime parity at batch 1 and 7 from one file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+import tesserad.nn.onnx_export as onnx_export
+from tesserad.errors import FailedPrecondition, InvalidArgument
+from tesserad.nn import (
+    Cnn2dSpec,
+    Cnn4dSpec,
+    Conv4d,
+    LstmSpec,
+    MlpSpec,
+    TransformerSpec,
+    build_model,
+    export_onnx,
+)
+
+SPECS = {
+    "mlp": MlpSpec(input_shape=(3, 4), output_size=5, hidden_sizes=(16,), norm="batch"),
+    "cnn2d": Cnn2dSpec(input_shape=(2, 8, 7), output_size=4, channels=(4, 8)),
+    "cnn4d": Cnn4dSpec(input_shape=(2, 4, 5, 4, 6), output_size=3, channels=(4, 6)),
+    "lstm": LstmSpec(input_shape=(6, 4), output_size=3, hidden_size=8, num_layers=2, bidirectional=True),
+    "transformer": TransformerSpec(input_shape=(6, 4), output_size=3, d_model=16, num_heads=2, pooling="cls"),
+}
+
+
+def _run(path: Path, x: torch.Tensor) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(["output"], {"input": x.numpy()})[0]
+
+
+def _trained_like(spec: object) -> torch.nn.Module:
+    """A model with non-trivial batch-norm statistics, as after training."""
+    torch.manual_seed(0)
+    model = build_model(spec)  # type: ignore[arg-type]
+    with torch.no_grad():
+        model(torch.randn(8, *spec.input_shape) * 2 + 0.5)  # type: ignore[attr-defined]
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_export_runs_in_onnxruntime_at_batch_1_and_7(name: str, tmp_path: Path) -> None:
+    spec = SPECS[name]
+    model = _trained_like(spec)
+    report = export_onnx(model, spec, tmp_path / "model.onnx")
+    assert report.max_abs_diff is not None and report.max_abs_diff <= 1e-4
+    assert report.input_names == ("input",) and report.output_names == ("output",)
+    assert report.file_size == report.path.stat().st_size > 0
+    proto = onnx.load(str(report.path))
+    onnx.checker.check_model(proto)
+    assert report.opset == next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # the batch dim is symbolic
+    assert not list(tmp_path.glob("*.data"))  # one self-contained file
+    for batch in (1, 7):
+        x = torch.randn(batch, *spec.input_shape)
+        with torch.no_grad():
+            expected = model(x).numpy()
+        np.testing.assert_allclose(_run(report.path, x), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["decomposed", "native"])
+@pytest.mark.parametrize("padding_mode", ["zeros", "circular", "reflect"])
+def test_conv4d_lowerings_agree_with_torch(mode: str, padding_mode: str, tmp_path: Path) -> None:
+    spec = Cnn4dSpec(input_shape=(2, 4, 3, 5, 4), output_size=3, channels=(4,), kernel_size=2)
+    model = _trained_like(spec)
+    for module in model.modules():
+        if isinstance(module, Conv4d):
+            module.padding_mode = padding_mode  # type: ignore[assignment]
+    report = export_onnx(model, spec, tmp_path / "m.onnx", conv4d=mode)  # type: ignore[arg-type]
+    assert report.conv4d_mode == mode
+    graph = onnx.load(str(report.path)).graph
+    weights = {init.name: init.dims for init in graph.initializer}
+    conv_ranks = {len(weights[n.input[1]]) - 2 for n in graph.node if n.op_type == "Conv"}
+    assert conv_ranks == ({4} if mode == "native" else {3})
+    assert not {n.op_type for n in graph.node} & {"Col2Im", "Im2Col"}
+    for batch in (1, 7):
+        x = torch.randn(batch, *spec.input_shape)
+        with torch.no_grad():
+            np.testing.assert_allclose(_run(report.path, x), model(x).numpy(), atol=1e-4)
+
+
+def test_auto_exports_the_decomposed_graph(tmp_path: Path) -> None:
+    spec = SPECS["cnn4d"]
+    report = export_onnx(build_model(spec), spec, tmp_path / "m.onnx", check_parity=False)
+    assert report.conv4d_mode == "decomposed"
+    assert report.max_abs_diff is None
+
+
+def test_export_leaves_the_model_untouched(tmp_path: Path) -> None:
+    spec = SPECS["cnn4d"]
+    model = build_model(spec)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    export_onnx(model, spec, tmp_path / "m.onnx", conv4d="native")
+    assert model.training
+    assert all(
+        isinstance(m.algorithm, str) and m.algorithm == "auto"
+        for m in model.modules()
+        if isinstance(m, Conv4d)
+    )
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+
+
+def test_a_requested_opset_is_honoured_or_reported(tmp_path: Path) -> None:
+    spec = SPECS["mlp"]
+    report = export_onnx(build_model(spec), spec, tmp_path / "m.onnx", opset=18)
+    assert report.opset >= 18
+
+
+def test_parity_failure_is_a_failed_precondition(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = SPECS["mlp"]
+    monkeypatch.setattr(onnx_export, "PARITY_TOLERANCE", -1.0)
+    with pytest.raises(FailedPrecondition, match="differs from torch"):
+        export_onnx(build_model(spec), spec, tmp_path / "m.onnx")
+
+
+def test_bad_lowering_and_bad_spec_are_invalid_arguments(tmp_path: Path) -> None:
+    spec = SPECS["mlp"]
+    with pytest.raises(InvalidArgument, match="conv4d"):
+        export_onnx(build_model(spec), spec, tmp_path / "m.onnx", conv4d="fast")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match=r"architecture\.mlp\.output_size"):
+        export_onnx(build_model(spec), MlpSpec((3, 4), 0), tmp_path / "m.onnx")
