@@ -1,0 +1,321 @@
+"""The Open Inference Protocol (inference.GRPCInferenceService), wire compatible with Triton.
+
+Model names are tessera model names; `model_version` is a version number as a string, or
+empty for what a request without a selector gets (the deployment, else "latest").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import grpc
+
+from tesserad import __version__
+from tesserad.api.convert_tensors import OIP_NAME_BY_DTYPE, oip_inputs_to_arrays, oip_output
+from tesserad.api.inference import answer_stream, deadline_of, predict
+from tesserad.errors import InvalidArgument, NotFound, TesseraError, Unimplemented
+from tesserad.names import validate_name
+from tesserad.oip import grpc_service_pb2 as pb
+from tesserad.oip import grpc_service_pb2_grpc, model_config_pb2
+from tesserad.serving.pool import LoadedVersion, LoadState
+from tesserad.serving.service import InferenceService, Target
+
+# Listed truthfully: perf_analyzer shows the server-side breakdown only with "statistics".
+EXTENSIONS = ["model_repository", "model_configuration", "statistics"]
+_PLATFORMS = {"onnx": "onnxruntime_onnx", "torch": "pytorch_libtorch"}
+_BACKENDS = {"onnx": "onnxruntime", "torch": "pytorch"}
+_CONFIG_DTYPES = {
+    "BOOL": model_config_pb2.TYPE_BOOL,
+    "UINT8": model_config_pb2.TYPE_UINT8,
+    "UINT16": model_config_pb2.TYPE_UINT16,
+    "UINT32": model_config_pb2.TYPE_UINT32,
+    "UINT64": model_config_pb2.TYPE_UINT64,
+    "INT8": model_config_pb2.TYPE_INT8,
+    "INT16": model_config_pb2.TYPE_INT16,
+    "INT32": model_config_pb2.TYPE_INT32,
+    "INT64": model_config_pb2.TYPE_INT64,
+    "FP16": model_config_pb2.TYPE_FP16,
+    "FP32": model_config_pb2.TYPE_FP32,
+    "FP64": model_config_pb2.TYPE_FP64,
+    "BF16": model_config_pb2.TYPE_BF16,
+}
+
+
+def target_of(name: str, version: str) -> Target:
+    validate_name("model_name", name)
+    if not version:
+        return Target(name)
+    if not version.isdigit() or int(version) < 1:
+        raise InvalidArgument(
+            f'model_version must be a version number such as "3", or empty; got {version!r}'
+        )
+    return Target(name, version=int(version))
+
+
+def _duration(count: int, ns: int) -> pb.StatisticDuration:
+    return pb.StatisticDuration(count=count, ns=ns)
+
+
+def statistics_of(entry: LoadedVersion) -> pb.ModelStatistics:
+    s = entry.stats.snapshot()
+    succeeded = s.request_count - s.error_count
+    return pb.ModelStatistics(
+        name=entry.model,
+        version=str(entry.version),
+        last_inference=s.last_inference_ms,
+        inference_count=s.row_count,
+        execution_count=s.execution_count,
+        inference_stats=pb.InferStatistics(
+            success=_duration(succeeded, s.success_ns),
+            fail=_duration(s.error_count, s.fail_ns),
+            queue=_duration(succeeded, s.queue_ns),
+            compute_input=_duration(succeeded, 0),
+            compute_infer=_duration(succeeded, s.compute_ns),
+            compute_output=_duration(succeeded, 0),
+        ),
+        batch_stats=[
+            pb.InferBatchStatistics(
+                batch_size=rows,
+                compute_input=_duration(n, 0),
+                compute_infer=_duration(n, ns),
+                compute_output=_duration(n, 0),
+            )
+            for rows, (n, ns) in s.batches.items()
+        ],
+    )
+
+
+class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, service: InferenceService, stopping: asyncio.Event) -> None:
+        self._service = service
+        self._stopping = stopping
+
+    async def _ready_entry(self, target: Target, *, load: bool) -> LoadedVersion:
+        """The loaded version a target names (autoloading it when `load` and allowed)."""
+        service = self._service
+        version = target.version
+        if version is None:
+            version = (await asyncio.to_thread(service.serving_versions, target.model))[0]
+        entry = service.pool.get(target.model, version)
+        if entry is None and load:
+            entry = await asyncio.to_thread(service.autoload, target.model, version)
+        if entry is None:
+            raise NotFound(f"model {target.model!r} version {version} is not loaded; load it first")
+        return entry
+
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerReadyResponse:
+        # The servicer exists only once the registry is open; shutting down is not ready.
+        return pb.ServerReadyResponse(ready=not self._stopping.is_set())
+
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelReadyResponse:
+        target = target_of(request.name, request.version)
+        try:
+            versions = (
+                [target.version]
+                if target.version is not None
+                else await asyncio.to_thread(self._service.serving_versions, target.model)
+            )
+        except NotFound:
+            return pb.ModelReadyResponse(ready=False)
+        ready = all(
+            (entry := self._service.pool.get(target.model, v)) is not None and entry.state is LoadState.READY
+            for v in versions
+        )
+        return pb.ModelReadyResponse(ready=ready)
+
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name="tesserad", version=__version__, extensions=EXTENSIONS)
+
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        entry = await self._ready_entry(target_of(request.name, request.version), load=True)
+        assert entry.signature is not None
+
+        def tensors(specs):  # type: ignore[no-untyped-def]
+            return [
+                pb.ModelMetadataResponse.TensorMetadata(
+                    name=s.name, datatype=OIP_NAME_BY_DTYPE[s.dtype], shape=s.shape
+                )
+                for s in specs
+            ]
+
+        return pb.ModelMetadataResponse(
+            name=entry.model,
+            versions=[str(v) for v in self._service.pool.ready_versions(entry.model)],
+            platform=_PLATFORMS[entry.config.runtime],
+            inputs=tensors(entry.signature.inputs),
+            outputs=tensors(entry.signature.outputs),
+        )
+
+    async def _infer(self, request: pb.ModelInferRequest, deadline: float | None) -> pb.ModelInferResponse:
+        target = target_of(request.model_name, request.model_version)
+        inputs = oip_inputs_to_arrays(request)
+        output_names = [o.name for o in request.outputs]
+        version, prediction = await predict(self._service, target, inputs, output_names, deadline, request.id)
+        response = pb.ModelInferResponse(model_name=target.model, model_version=str(version), id=request.id)
+        for name, array in prediction.outputs.items():
+            tensor, raw = oip_output(name, array)
+            response.outputs.append(tensor)
+            response.raw_output_contents.append(raw)
+        return response
+
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        return await self._infer(request, deadline_of(context))
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        deadline = deadline_of(context)
+
+        async def answer(request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
+            return pb.ModelStreamInferResponse(infer_response=await self._infer(request, deadline))
+
+        def failed(request: pb.ModelInferRequest, error: TesseraError) -> pb.ModelStreamInferResponse:
+            return pb.ModelStreamInferResponse(
+                error_message=error.message,
+                infer_response=pb.ModelInferResponse(
+                    model_name=request.model_name, model_version=request.model_version, id=request.id
+                ),
+            )
+
+        async for response in answer_stream(request_iterator, answer, failed):
+            yield response
+
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelConfigResponse:
+        entry = await self._ready_entry(target_of(request.name, request.version), load=True)
+        assert entry.signature is not None
+        config = entry.config
+        batchable = entry.signature.batchable
+        kind = (
+            model_config_pb2.ModelInstanceGroup.KIND_CPU
+            if config.device == "cpu"
+            else model_config_pb2.ModelInstanceGroup.KIND_GPU
+        )
+        gpus = [] if config.device == "cpu" else [int(config.device.partition(":")[2] or 0)]
+
+        def dims(shape: tuple[int, ...]) -> list[int]:
+            # With max_batch_size > 0, Triton's dims leave out the batch dimension.
+            return list(shape[1:] if batchable else shape)
+
+        return pb.ModelConfigResponse(
+            config=model_config_pb2.ModelConfig(
+                name=entry.model,
+                platform=_PLATFORMS[config.runtime],
+                backend=_BACKENDS[config.runtime],
+                max_batch_size=config.max_batch_size if batchable else 0,
+                input=[
+                    model_config_pb2.ModelInput(
+                        name=s.name, data_type=_CONFIG_DTYPES[OIP_NAME_BY_DTYPE[s.dtype]], dims=dims(s.shape)
+                    )
+                    for s in entry.signature.inputs
+                ],
+                output=[
+                    model_config_pb2.ModelOutput(
+                        name=s.name, data_type=_CONFIG_DTYPES[OIP_NAME_BY_DTYPE[s.dtype]], dims=dims(s.shape)
+                    )
+                    for s in entry.signature.outputs
+                ],
+                dynamic_batching=model_config_pb2.ModelDynamicBatching(
+                    max_queue_delay_microseconds=config.max_queue_delay_us
+                )
+                if batchable and config.max_batch_size > 1
+                else None,
+                instance_group=[
+                    model_config_pb2.ModelInstanceGroup(count=config.instances, kind=kind, gpus=gpus)
+                ],
+            )
+        )
+
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelStatisticsResponse:
+        pool = self._service.pool
+        if not request.name:
+            entries = pool.list()
+        else:
+            target = target_of(request.name, request.version)
+            entries = [e for e in pool.list(target.model) if target.version in (None, e.version)]
+            if not entries:
+                raise NotFound(
+                    f"model {request.name!r}{' version ' + request.version if request.version else ''} is not loaded"
+                )
+        return pb.ModelStatisticsResponse(model_stats=[statistics_of(e) for e in entries])
+
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        names = await asyncio.to_thread(self._service.model_names)
+        index: list[pb.RepositoryIndexResponse.ModelIndex] = []
+        for name in names:
+            entries = self._service.pool.list(name)
+            for entry in entries:
+                ready = entry.state is LoadState.READY
+                if request.ready and not ready:
+                    continue
+                index.append(
+                    pb.RepositoryIndexResponse.ModelIndex(
+                        name=name,
+                        version=str(entry.version),
+                        state="READY" if ready else "UNAVAILABLE",
+                        reason=entry.error or ("" if ready else entry.state.value),
+                    )
+                )
+            if not entries and not request.ready:
+                index.append(
+                    pb.RepositoryIndexResponse.ModelIndex(name=name, state="UNAVAILABLE", reason="unloaded")
+                )
+        return pb.RepositoryIndexResponse(models=index)
+
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelLoadResponse:
+        validate_name("model_name", request.model_name)
+        await asyncio.to_thread(self._service.load_serving, request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelUnloadResponse:
+        validate_name("model_name", request.model_name)
+        # As in Triton, unloading a model that is not loaded succeeds.
+        with contextlib.suppress(NotFound):
+            await asyncio.to_thread(self._service.unload, Target(request.model_name))
+        return pb.RepositoryModelUnloadResponse()
+
+    async def SystemSharedMemoryStatus(self, request, context):  # type: ignore[no-untyped-def]
+        raise Unimplemented(_NO_SHARED_MEMORY)
+
+    SystemSharedMemoryRegister = SystemSharedMemoryStatus
+    SystemSharedMemoryUnregister = SystemSharedMemoryStatus
+    CudaSharedMemoryStatus = SystemSharedMemoryStatus
+    CudaSharedMemoryRegister = SystemSharedMemoryStatus
+    CudaSharedMemoryUnregister = SystemSharedMemoryStatus
+
+    async def TraceSetting(self, request, context):  # type: ignore[no-untyped-def]
+        raise Unimplemented("tesserad does not support Triton trace settings; use its /metrics and GetStats")
+
+    async def LogSettings(self, request, context):  # type: ignore[no-untyped-def]
+        raise Unimplemented("tesserad does not support Triton log settings; set log_level in its settings")
+
+
+_NO_SHARED_MEMORY = (
+    "tesserad does not support shared-memory tensors; send inputs in raw_input_contents or typed contents"
+)

@@ -1,0 +1,288 @@
+"""The pool of loaded model versions: load and warm up, swap a config in place, drain and free."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, TesseraError
+from tesserad.serving.batcher import DynamicBatcher
+from tesserad.serving.runtimes import OnnxRuntime, Runtime, TorchRuntime, default_device
+from tesserad.serving.signature import Signature, sample_inputs
+from tesserad.serving.stats import ServingMetrics, ServingStats
+
+log = logging.getLogger(__name__)
+
+
+class LoadState(Enum):
+    LOADING = "loading"
+    WARMING = "warming"
+    READY = "ready"
+    DRAINING = "draining"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """How a version runs; zero or empty fields take the pool's defaults."""
+
+    runtime: str = ""  # "onnx", "torch", or "" for the version's format
+    device: str = ""
+    instances: int = 0
+    max_batch_size: int = 0
+    max_queue_delay_us: int = 0
+    max_queue_size: int = 0
+    warmup_runs: int = 0
+    intra_op_threads: int = 0
+
+
+@dataclass(frozen=True)
+class ServingDefaults:
+    instances: int = 1
+    max_batch_size: int = 32
+    max_queue_delay_us: int = 0
+    max_queue_size: int = 1024
+    warmup_runs: int = 2
+    # 0: the runtime's own default (one thread per core).
+    intra_op_threads: int = 0
+    # A lone request runs in the caller's thread only if a batch takes at most this long.
+    inline_max_compute_us: float = 500.0
+    # How long an unloaded or swapped-out version may take to finish its queue.
+    drain_timeout_s: float = 30.0
+
+
+# field -> (low, high): the accepted range of an explicit (non-zero) value.
+_LIMITS = {
+    "instances": (1, 64),
+    "max_batch_size": (1, 65536),
+    "max_queue_delay_us": (0, 10_000_000),
+    "max_queue_size": (1, 1_000_000),
+    "warmup_runs": (0, 1000),
+    "intra_op_threads": (0, 1024),
+}
+
+
+@dataclass(frozen=True)
+class ServableVersion:
+    """What the pool needs to load a version, as the registry describes it."""
+
+    model: str
+    version: int
+    format: str  # "onnx" or "safetensors"
+    # Opens the artifact's file (hash-checked by the registry) for the duration of a load.
+    open_artifact: Callable[[], AbstractContextManager[Path]]
+    signature: Signature | None = None
+    architecture: Mapping[str, Any] | None = None
+
+
+def servable_file(model: str, version: int, format: str, path: Path, **more: Any) -> ServableVersion:
+    """A version whose artifact is a plain file (tests, benchmarks)."""
+    return ServableVersion(model, version, format, lambda: nullcontext(path), **more)
+
+
+def effective_config(config: ServingConfig, defaults: ServingDefaults, format: str) -> ServingConfig:
+    """The config with every default filled in; InvalidArgument for a value out of range."""
+    for name, (low, high) in _LIMITS.items():
+        value = getattr(config, name)
+        if value != 0 and not low <= value <= high:
+            raise InvalidArgument(f"config.{name} must be in {low}..{high} (0 for the default), got {value}")
+    runtime = config.runtime or ("onnx" if format == "onnx" else "torch")
+    if runtime == "onnx" and format != "onnx":
+        raise FailedPrecondition(
+            "the onnx runtime needs an ONNX version; this version is safetensors: export it with "
+            "Registry.ExportOnnx, or load it with runtime torch"
+        )
+    if runtime == "torch" and format != "safetensors":
+        raise FailedPrecondition(
+            "the torch runtime needs a safetensors version with an architecture; load this ONNX "
+            "version with runtime onnx"
+        )
+    filled = {
+        name: getattr(config, name) or getattr(defaults, name)
+        for name in ("instances", "max_batch_size", "max_queue_delay_us", "max_queue_size", "warmup_runs")
+    }
+    return ServingConfig(
+        runtime=runtime,
+        device=config.device or default_device(),
+        intra_op_threads=config.intra_op_threads or defaults.intra_op_threads,
+        **filled,
+    )
+
+
+class LoadedVersion:
+    """A version in the pool; `batcher` is set once it is READY."""
+
+    def __init__(self, model: str, version: int, config: ServingConfig, stats: ServingStats) -> None:
+        self.model = model
+        self.version = version
+        self.config = config
+        self.stats = stats
+        self.state = LoadState.LOADING
+        self.signature: Signature | None = None
+        self.memory_bytes = 0
+        self.loaded_at = time.time()
+        self.error = ""
+        self.batcher: DynamicBatcher | None = None
+
+    @property
+    def label(self) -> str:
+        return f"model {self.model!r} version {self.version}"
+
+
+class ModelPool:
+    def __init__(self, defaults: ServingDefaults, metrics: ServingMetrics | None) -> None:
+        self.defaults = defaults
+        self._metrics = metrics
+        self._lock = threading.Lock()
+        # READY versions, which take traffic.
+        self._ready: dict[tuple[str, int], LoadedVersion] = {}
+        # Every version to list: ready, loading, warming, draining or failed.
+        self._listed: dict[tuple[str, int], LoadedVersion] = {}
+        # Loads of one version are serialised; different versions load in parallel.
+        self._load_locks: dict[tuple[str, int], threading.Lock] = {}
+
+    def get(self, model: str, version: int) -> LoadedVersion | None:
+        """The READY version, or None."""
+        return self._ready.get((model, version))
+
+    def list(self, model: str = "") -> list[LoadedVersion]:
+        with self._lock:
+            entries = list(self._listed.values())
+        return sorted(
+            (e for e in entries if not model or e.model == model), key=lambda e: (e.model, e.version)
+        )
+
+    def ready_versions(self, model: str) -> list[int]:
+        return sorted(v for (m, v) in list(self._ready) if m == model)
+
+    def load(self, servable: ServableVersion, config: ServingConfig) -> LoadedVersion:
+        """Load and warm a version; a loaded version with another config is swapped without a gap."""
+        effective = effective_config(config, self.defaults, servable.format)
+        key = (servable.model, servable.version)
+        with self._lock:
+            load_lock = self._load_locks.setdefault(key, threading.Lock())
+        with load_lock:
+            current = self._ready.get(key)
+            if current is not None and current.config == effective:
+                return current
+            stats = current.stats if current is not None else ServingStats(*key, self._metrics)
+            entry = LoadedVersion(servable.model, servable.version, effective, stats)
+            if current is None:
+                with self._lock:
+                    self._listed[key] = entry
+            try:
+                self._start(entry, servable)
+            except TesseraError as exc:
+                entry.state = LoadState.FAILED
+                entry.error = exc.message
+                log.warning("loading %s failed: %s", entry.label, exc.message)
+                if current is None:
+                    with self._lock:
+                        self._listed[key] = entry
+                raise
+            with self._lock:
+                self._ready[key] = entry
+                self._listed[key] = entry
+            log.info("serving %s", entry.label, extra={"config": dataclasses.asdict(effective)})
+            if current is not None:
+                self._drain(current)
+            return entry
+
+    def unload(self, model: str, version: int) -> LoadedVersion:
+        """Stop routing to the version, let its queue finish, free it."""
+        key = (model, version)
+        with self._lock:
+            entry = self._listed.get(key)
+            if entry is None:
+                loaded = ", ".join(str(v) for m, v in sorted(self._listed) if m == model) or "none"
+                raise NotFound(f"model {model!r} version {version} is not loaded (loaded versions: {loaded})")
+            self._ready.pop(key, None)
+        self._drain(entry)
+        with self._lock:
+            if self._listed.get(key) is entry:
+                del self._listed[key]
+        if self._metrics is not None and key not in self._ready:
+            self._metrics.forget(model, version)
+        return entry
+
+    def close(self) -> None:
+        for entry in self.list():
+            self.unload(entry.model, entry.version)
+
+    def _drain(self, entry: LoadedVersion) -> None:
+        if entry.batcher is None:
+            return
+        entry.state = LoadState.DRAINING
+        entry.batcher.close(self.defaults.drain_timeout_s)
+        entry.batcher = None
+        entry.memory_bytes = 0
+
+    def _start(self, entry: LoadedVersion, servable: ServableVersion) -> None:
+        config = entry.config
+        runtimes: list[Runtime] = []
+        try:
+            for _ in range(config.instances):
+                runtimes.append(self._make_runtime(servable, config))
+            signature = runtimes[0].signature
+            entry.signature = signature
+            entry.memory_bytes = sum(r.memory_bytes for r in runtimes)
+            entry.state = LoadState.WARMING
+            compute_us = max(_warm_up(entry.label, runtime, signature, config) for runtime in runtimes)
+        except BaseException:
+            for runtime in runtimes:
+                runtime.close()
+            raise
+        entry.batcher = DynamicBatcher(
+            entry.label,
+            runtimes,
+            entry.stats,
+            max_batch_size=config.max_batch_size,
+            max_queue_delay_us=config.max_queue_delay_us,
+            max_queue_size=config.max_queue_size,
+            batchable=signature.batchable,
+            inline_max_compute_us=self.defaults.inline_max_compute_us,
+            initial_compute_us=compute_us,
+            output_names=signature.output_names,
+        )
+        entry.state = LoadState.READY
+
+    def _make_runtime(self, servable: ServableVersion, config: ServingConfig) -> Runtime:
+        if config.runtime == "torch" and (servable.architecture is None or servable.signature is None):
+            raise FailedPrecondition(
+                f"model {servable.model!r} version {servable.version} has no architecture or "
+                "signature; the torch runtime needs both"
+            )
+        with servable.open_artifact() as path:
+            if config.runtime == "onnx":
+                return OnnxRuntime(path, config.device, config.intra_op_threads)
+            assert servable.architecture is not None and servable.signature is not None
+            return TorchRuntime(path, servable.architecture, servable.signature, config.device)
+
+
+def _warm_up(label: str, runtime: Runtime, signature: Signature, config: ServingConfig) -> float:
+    """Run random inputs through the runtime; the last one-row run's compute time in us."""
+    rng = np.random.default_rng(0)
+    compute_us = 0.0
+    try:
+        if signature.batchable and config.max_batch_size > 1 and config.warmup_runs:
+            runtime.run(sample_inputs(signature, config.max_batch_size, rng), signature.output_names)
+        one_row = sample_inputs(signature, 1, rng)
+        for _ in range(config.warmup_runs):
+            started = time.perf_counter_ns()
+            runtime.run(one_row, signature.output_names)
+            compute_us = (time.perf_counter_ns() - started) / 1000
+    except Exception as exc:  # the runtime's own error types
+        raise FailedPrecondition(
+            f"warm-up of {label} failed on random inputs of its signature: {exc}"
+        ) from None
+    return compute_us

@@ -1,0 +1,78 @@
+"""The registry as the serving layer's source of versions and deployments."""
+
+from __future__ import annotations
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from tesserad.config import ServingSettings
+from tesserad.errors import NotFound
+from tesserad.registry import Registry, VersionRecord
+from tesserad.registry import Signature as RegistrySignature
+from tesserad.serving.pool import ModelPool, ServableVersion, ServingDefaults
+from tesserad.serving.service import DeploymentPlan, InferenceService
+from tesserad.serving.signature import Signature, TensorSpec
+from tesserad.serving.stats import ServingMetrics
+
+
+def _signature(signature: RegistrySignature) -> Signature | None:
+    if not signature.inputs:
+        return None
+    return Signature(
+        tuple(TensorSpec(s.name, np.dtype(s.dtype), tuple(s.shape)) for s in signature.inputs),
+        tuple(TensorSpec(s.name, np.dtype(s.dtype), tuple(s.shape)) for s in signature.outputs),
+    )
+
+
+class RegistrySource:
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+
+    def servable(self, model: str, version: int | None, alias: str | None) -> ServableVersion:
+        record: VersionRecord = self._registry.resolve(model, version, alias)
+        return ServableVersion(
+            model=record.model,
+            version=record.version,
+            format=record.format,
+            open_artifact=lambda: self._registry.artifact_path(record),
+            signature=_signature(record.signature),
+            architecture=record.architecture,
+        )
+
+    def deployment(self, model: str) -> DeploymentPlan | None:
+        try:
+            deployment = self._registry.get_deployment(model)
+        except NotFound:
+            return None
+        shadow = deployment.shadow
+        return DeploymentPlan(
+            routes=tuple((r.resolved_version, r.weight) for r in deployment.routes),
+            shadow=(shadow.resolved_version, shadow.percent or 100) if shadow else None,
+        )
+
+    def model_names(self) -> list[str]:
+        names: list[str] = []
+        token = ""
+        while True:
+            page = self._registry.list_models(page_size_=1000, page_token=token)
+            names.extend(record.name for record in page.items)
+            token = page.next_page_token
+            if not token:
+                return names
+
+
+def build_inference(
+    registry: Registry, settings: ServingSettings, prometheus: CollectorRegistry
+) -> InferenceService:
+    """The inference service over the registry, with the daemon's serving settings."""
+    defaults = ServingDefaults(
+        max_batch_size=settings.max_batch_size,
+        max_queue_delay_us=settings.max_queue_delay_us,
+        max_queue_size=settings.max_queue_size,
+        warmup_runs=settings.warmup_runs,
+        intra_op_threads=settings.intra_op_threads,
+        inline_max_compute_us=settings.inline_max_compute_us,
+        drain_timeout_s=settings.drain_timeout_s,
+    )
+    pool = ModelPool(defaults, ServingMetrics(prometheus))
+    return InferenceService(RegistrySource(registry), pool, autoload=settings.autoload)

@@ -1,0 +1,153 @@
+"""Runtimes: one loaded model instance that runs a batch of numpy inputs.
+
+`OnnxRuntime` wraps an onnxruntime session (CUDA provider for a "cuda:N" device, else CPU);
+`TorchRuntime` builds the architecture from its spec with tesserad.nn and loads safetensors
+weights (nothing is unpickled).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from tesserad.errors import FailedPrecondition, InvalidArgument
+from tesserad.serving.signature import Signature, TensorSpec
+
+# ONNX element type names (as onnxruntime reports them) -> numpy dtypes.
+_ONNX_DTYPES: dict[str, np.dtype] = {
+    "tensor(bool)": np.dtype(np.bool_),
+    "tensor(uint8)": np.dtype(np.uint8),
+    "tensor(int8)": np.dtype(np.int8),
+    "tensor(uint16)": np.dtype(np.uint16),
+    "tensor(int16)": np.dtype(np.int16),
+    "tensor(uint32)": np.dtype(np.uint32),
+    "tensor(int32)": np.dtype(np.int32),
+    "tensor(uint64)": np.dtype(np.uint64),
+    "tensor(int64)": np.dtype(np.int64),
+    "tensor(float16)": np.dtype(np.float16),
+    "tensor(float)": np.dtype(np.float32),
+    "tensor(double)": np.dtype(np.float64),
+}
+
+
+class Runtime(Protocol):
+    signature: Signature
+    memory_bytes: int
+    device: str
+
+    def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
+        """Outputs by name for one batch; raises any runtime error as it is."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def cuda_available() -> bool:
+    import onnxruntime
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+def default_device() -> str:
+    return "cuda:0" if cuda_available() else "cpu"
+
+
+def _cuda_index(device: str) -> int | None:
+    """None for "cpu", N for "cuda:N" (or "cuda"); InvalidArgument for anything else."""
+    if device == "cpu":
+        return None
+    prefix, _, index = device.partition(":")
+    if prefix == "cuda" and (index == "" or index.isdigit()):
+        return int(index or 0)
+    raise InvalidArgument(f"device must be cpu or cuda:N, got {device!r}")
+
+
+class OnnxRuntime:
+    def __init__(self, path: Path, device: str, intra_op_threads: int) -> None:
+        import onnxruntime
+
+        cuda = _cuda_index(device)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        # Spinning worker threads would take the cores the gRPC threads need between batches.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if cuda is None:
+            providers: list[Any] = ["CPUExecutionProvider"]
+        elif not cuda_available():
+            raise FailedPrecondition(
+                f"device {device} asks for CUDA, but this onnxruntime has no CUDA provider; "
+                "load with device cpu or install onnxruntime-gpu"
+            )
+        else:
+            providers = [("CUDAExecutionProvider", {"device_id": cuda}), "CPUExecutionProvider"]
+        try:
+            self._session = onnxruntime.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types for a bad model
+            raise FailedPrecondition(f"onnxruntime cannot load this model: {exc}") from None
+        self.device = device
+        self.memory_bytes = path.stat().st_size
+        self.signature = Signature(
+            tuple(_onnx_spec(arg) for arg in self._session.get_inputs()),
+            tuple(_onnx_spec(arg) for arg in self._session.get_outputs()),
+        )
+
+    def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
+        names = list(output_names)
+        return dict(zip(names, self._session.run(names, dict(inputs)), strict=True))
+
+    def close(self) -> None:
+        del self._session
+
+
+def _onnx_spec(arg: Any) -> TensorSpec:
+    if arg.type not in _ONNX_DTYPES:
+        raise FailedPrecondition(f"tensor {arg.name!r} has type {arg.type}, which tesserad cannot serve")
+    # Symbolic ("batch") or missing dims are dynamic.
+    shape = tuple(dim if isinstance(dim, int) and dim > 0 else -1 for dim in arg.shape)
+    return TensorSpec(arg.name, _ONNX_DTYPES[arg.type], shape)
+
+
+class TorchRuntime:
+    """A tesserad.nn architecture with safetensors weights, in eval mode."""
+
+    def __init__(
+        self, weights: Path, architecture: Mapping[str, Any], signature: Signature, device: str
+    ) -> None:
+        import torch
+        from safetensors.torch import load_file
+
+        from tesserad.nn.architectures import build_model
+        from tesserad.nn.specs import spec_from_dict
+
+        cuda = _cuda_index(device)
+        if cuda is not None and not torch.cuda.is_available():
+            raise FailedPrecondition(
+                f"device {device} asks for CUDA, but torch sees no GPU; load with device cpu"
+            )
+        self._torch = torch
+        self._device = torch.device("cpu" if cuda is None else f"cuda:{cuda}")
+        model = build_model(spec_from_dict(dict(architecture)))
+        try:
+            model.load_state_dict(load_file(str(weights), device=str(self._device)))
+        except (RuntimeError, OSError) as exc:
+            raise FailedPrecondition(f"the weights do not fit the architecture: {exc}") from None
+        self._model = model.to(self._device).eval()
+        self.device = device
+        self.memory_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        self.signature = signature
+
+    def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
+        torch = self._torch
+        # tesserad.nn architectures take one input and return one output.
+        (array,) = inputs.values()
+        with torch.inference_mode():
+            output = self._model(torch.from_numpy(np.ascontiguousarray(array)).to(self._device))
+        result = output.cpu().numpy()
+        return {name: result for name in output_names}
+
+    def close(self) -> None:
+        del self._model

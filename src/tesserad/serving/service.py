@@ -1,0 +1,409 @@
+"""Inference: routing (version, alias, deployment canary and shadow), autoload, hot swap.
+
+Routing resolves through a cache of alias and deployment targets. When the registry reports a
+change to a model, the cached targets are re-resolved in the background: a new version is
+loaded and warmed with the old one's config first, then the target switches (one dict store),
+then the old version drains and is freed. A request that raced the switch and finds its
+batcher closed is routed again, so no request fails during a swap.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from tesserad.errors import FailedPrecondition, NotFound, TesseraError, Unavailable
+from tesserad.serving.batcher import BatcherClosed, Prediction
+from tesserad.serving.pool import LoadedVersion, ModelPool, ServableVersion, ServingConfig
+from tesserad.serving.signature import validate_request
+
+log = logging.getLogger(__name__)
+
+LATEST = "latest"
+SHADOW_RESULTS_KEPT = 1000
+# A request routed to a version that is swapped out in between is routed again; more than
+# a few rounds means versions are being unloaded faster than requests can find one.
+_MAX_ROUTING_ROUNDS = 5
+
+
+@dataclass(frozen=True)
+class DeploymentPlan:
+    """A model's deployment with every target resolved to a version."""
+
+    routes: tuple[tuple[int, int], ...]  # (version, weight percent)
+    shadow: tuple[int, int] | None = None  # (version, percent of requests copied)
+
+
+class VersionSource(Protocol):
+    """Where versions and deployments come from (the registry)."""
+
+    def servable(self, model: str, version: int | None, alias: str | None) -> ServableVersion: ...
+
+    def deployment(self, model: str) -> DeploymentPlan | None: ...
+
+    def model_names(self) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class Target:
+    model: str
+    version: int | None = None
+    alias: str | None = None
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A queued (or already answered) request, or the version that must be loaded first."""
+
+    version: int
+    entry: LoadedVersion | None
+    future: Future[Prediction] | None
+
+
+@dataclass(frozen=True)
+class ShadowResult:
+    request_id: str
+    model: str
+    primary_version: int
+    shadow_version: int
+    outputs: dict[str, np.ndarray]
+    max_abs_diff: float
+    shadow_total_ns: int
+    time: float
+    error: TesseraError | None
+
+
+class _Router:
+    """A deployment's routes: smooth weighted round robin, so splits match the weights exactly."""
+
+    def __init__(self, plan: DeploymentPlan) -> None:
+        self.plan = plan
+        self._lock = threading.Lock()
+        self._current = [0] * len(plan.routes)
+        self._shadow_credit = 0
+
+    def versions(self) -> set[int]:
+        versions = {version for version, _ in self.plan.routes}
+        if self.plan.shadow is not None:
+            versions.add(self.plan.shadow[0])
+        return versions
+
+    def pick(self) -> tuple[int, int | None]:
+        """(primary version, shadow version or None) for the next request."""
+        routes = self.plan.routes
+        with self._lock:
+            best = 0
+            for i, (_, weight) in enumerate(routes):
+                self._current[i] += weight
+                if self._current[i] > self._current[best]:
+                    best = i
+            self._current[best] -= sum(weight for _, weight in routes)
+            shadow = None
+            if self.plan.shadow is not None:
+                self._shadow_credit += self.plan.shadow[1]
+                if self._shadow_credit >= 100:
+                    self._shadow_credit -= 100
+                    shadow = self.plan.shadow[0]
+        return routes[best][0], shadow
+
+
+class InferenceService:
+    def __init__(self, source: VersionSource, pool: ModelPool, *, autoload: bool) -> None:
+        self.pool = pool
+        self._source = source
+        self._autoload = autoload
+        self._lock = threading.Lock()
+        # (model, alias) -> version, for requests that name an alias (or nothing, without a deployment).
+        self._aliases: dict[tuple[str, str], int] = {}
+        # model -> router, or None when the model has no deployment.
+        self._routers: dict[str, _Router | None] = {}
+        self._shadows: dict[str, deque[ShadowResult]] = {}
+        # Swaps run one at a time, off the registry's commit path.
+        self._swaps = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serving-swap")
+        self._closed = False
+
+    # -- routing ---------------------------------------------------------------------------
+
+    def route(self, target: Target) -> tuple[int, int | None]:
+        """(version, shadow version or None) that serve a request for `target`."""
+        if target.version is not None:
+            return target.version, None
+        if target.alias is not None:
+            return self._alias_version(target.model, target.alias), None
+        router = self._router(target.model)
+        if router is None:
+            return self._alias_version(target.model, LATEST), None
+        return router.pick()
+
+    def resolve_version(self, target: Target) -> int:
+        """The version a target names now (no canary choice): for LoadModel, GetStats, unload."""
+        if target.version is not None:
+            return target.version
+        return self._source.servable(target.model, None, target.alias or LATEST).version
+
+    def serving_versions(self, model: str) -> list[int]:
+        """Every version a request without a selector may go to (deployment routes, else latest)."""
+        router = self._router(model)
+        if router is None:
+            return [self._alias_version(model, LATEST)]
+        return sorted({version for version, _ in router.plan.routes})
+
+    def model_names(self) -> list[str]:
+        return self._source.model_names()
+
+    def load_serving(self, model: str) -> list[LoadedVersion]:
+        """Load every version a request without a selector may go to, shadow included."""
+        versions = set(self.serving_versions(model))
+        router = self._router(model)
+        if router is not None:
+            versions |= router.versions()
+        return [
+            self.pool.load(self._source.servable(model, v, None), ServingConfig()) for v in sorted(versions)
+        ]
+
+    def _alias_version(self, model: str, alias: str) -> int:
+        version = self._aliases.get((model, alias))
+        if version is None:
+            version = self._source.servable(model, None, alias).version
+            self._aliases[(model, alias)] = version
+        return version
+
+    def _router(self, model: str) -> _Router | None:
+        if model in self._routers:
+            return self._routers[model]
+        plan = self._source.deployment(model)
+        router = _Router(plan) if plan is not None and plan.routes else None
+        self._routers[model] = router
+        return router
+
+    # -- requests --------------------------------------------------------------------------
+
+    def submit(
+        self,
+        target: Target,
+        inputs: Mapping[str, np.ndarray],
+        output_names: Sequence[str],
+        deadline: float | None,
+        request_id: str,
+    ) -> Submitted:
+        """Route, validate and queue a request; `future` None means `version` must load first."""
+        for _ in range(_MAX_ROUTING_ROUNDS):
+            version, shadow_version = self.route(target)
+            entry = self.pool.get(target.model, version)
+            if entry is None or entry.batcher is None or entry.signature is None:
+                return Submitted(version, None, None)
+            rows = validate_request(entry.signature, inputs, output_names, entry.label)
+            try:
+                future = entry.batcher.submit(inputs, output_names, rows, deadline)
+            except BatcherClosed:
+                continue
+            if shadow_version is not None:
+                self._shadow(target.model, request_id, version, shadow_version, inputs, future)
+            return Submitted(version, entry, future)
+        raise Unavailable(
+            f"model {target.model!r} is being unloaded or swapped repeatedly; retry the request"
+        )
+
+    def autoload(self, model: str, version: int) -> LoadedVersion:
+        """Load a version a request needs, with the defaults; FailedPrecondition when autoload is off."""
+        if not self._autoload:
+            raise FailedPrecondition(
+                f"model {model!r} version {version} is not loaded; load it with LoadModel "
+                "(or turn on serving.autoload)"
+            )
+        return self.pool.load(self._source.servable(model, version, None), ServingConfig())
+
+    def load(self, target: Target, config: ServingConfig) -> LoadedVersion:
+        servable = self._source.servable(
+            target.model, target.version, target.alias or (None if target.version else LATEST)
+        )
+        return self.pool.load(servable, config)
+
+    def unload(self, target: Target) -> list[LoadedVersion]:
+        if target.version is None and target.alias is None:
+            entries = self.pool.list(target.model)
+            if not entries:
+                raise NotFound(f"model {target.model!r} has no loaded version")
+            return [self.pool.unload(e.model, e.version) for e in entries]
+        return [self.pool.unload(target.model, self.resolve_version(target))]
+
+    def stats_entries(self, target: Target) -> list[LoadedVersion]:
+        if not target.model:
+            return self.pool.list()
+        if target.version is None and target.alias is None:
+            return self.pool.list(target.model)
+        version = self.resolve_version(target)
+        entries = [e for e in self.pool.list(target.model) if e.version == version]
+        if not entries:
+            raise NotFound(f"model {target.model!r} version {version} is not loaded")
+        return entries
+
+    # -- shadow ----------------------------------------------------------------------------
+
+    def _shadow(
+        self,
+        model: str,
+        request_id: str,
+        primary_version: int,
+        shadow_version: int,
+        inputs: Mapping[str, np.ndarray],
+        primary: Future[Prediction],
+    ) -> None:
+        entry = self.pool.get(model, shadow_version)
+        if entry is None or entry.batcher is None or entry.signature is None:
+            if self._autoload and not self._closed:
+                self._swaps.submit(self._load_quietly, model, shadow_version)
+            return
+        started = time.perf_counter_ns()
+        try:
+            rows = validate_request(entry.signature, inputs, (), entry.label)
+            # Never inline: the caller's answer must not wait for the shadow.
+            shadow = entry.batcher.submit(inputs, (), rows, None, shadow=True, allow_inline=False)
+        except (TesseraError, BatcherClosed) as exc:
+            error = exc if isinstance(exc, TesseraError) else Unavailable(f"{entry.label} was unloading")
+            self._record_shadow(
+                ShadowResult(
+                    request_id, model, primary_version, shadow_version, {}, 0.0, 0, time.time(), error
+                )
+            )
+            return
+
+        def record() -> None:
+            total_ns = time.perf_counter_ns() - started
+            error = shadow.exception()
+            if error is not None:
+                result = ShadowResult(
+                    request_id, model, primary_version, shadow_version, {}, 0.0, total_ns, time.time(),
+                    error if isinstance(error, TesseraError) else Unavailable(str(error)),
+                )  # fmt: skip
+            else:
+                outputs = shadow.result().outputs
+                diff = 0.0
+                if not primary.cancelled() and primary.exception() is None:
+                    for name, mine in primary.result().outputs.items():
+                        theirs = outputs.get(name)
+                        if theirs is not None and theirs.shape == mine.shape and mine.size:
+                            delta = np.abs(theirs.astype(np.float64) - mine.astype(np.float64))
+                            diff = max(diff, float(delta.max()))
+                result = ShadowResult(
+                    request_id,
+                    model,
+                    primary_version,
+                    shadow_version,
+                    outputs,
+                    diff,
+                    total_ns,
+                    time.time(),
+                    None,
+                )
+            self._record_shadow(result)
+
+        # Whichever of the two finishes last records the result.
+        once = _Once(record)
+        primary.add_done_callback(once)
+        shadow.add_done_callback(once)
+
+    def _record_shadow(self, result: ShadowResult) -> None:
+        with self._lock:
+            self._shadows.setdefault(result.model, deque(maxlen=SHADOW_RESULTS_KEPT)).appendleft(result)
+
+    def shadow_results(self, model: str, limit: int) -> list[ShadowResult]:
+        with self._lock:
+            return list(self._shadows.get(model, ()))[:limit]
+
+    def _load_quietly(self, model: str, version: int) -> None:
+        if self.pool.get(model, version) is not None:
+            return
+        try:
+            self.autoload(model, version)
+        except TesseraError as exc:
+            log.warning("cannot load shadow version %s of %r: %s", version, model, exc.message)
+
+    # -- hot swap --------------------------------------------------------------------------
+
+    def on_registry_change(self, model: str) -> None:
+        """The registry committed a change to `model`; re-resolve its targets in the background."""
+        if not self._closed:
+            self._swaps.submit(self._refresh, model)
+
+    def _refresh(self, model: str) -> None:
+        try:
+            self._swap_targets(model)
+        except Exception:
+            log.exception("refreshing the serving targets of %r failed", model)
+
+    def _swap_targets(self, model: str) -> None:
+        previously_served: set[int] = set()
+        for (m, alias), old in list(self._aliases.items()):
+            if m != model:
+                continue
+            previously_served.add(old)
+            try:
+                new = self._source.servable(model, None, alias).version
+            except NotFound:
+                self._aliases.pop((m, alias), None)
+                continue
+            if new != old:
+                self._warm_like(model, new, old)
+                self._aliases[(m, alias)] = new
+                log.info("alias %r of %r now serves version %s (was %s)", alias, model, new, old)
+        if model in self._routers:
+            old_router = self._routers[model]
+            plan = self._source.deployment(model)
+            new_router = _Router(plan) if plan is not None and plan.routes else None
+            old_versions = old_router.versions() if old_router else set()
+            previously_served |= old_versions
+            # Deploying a model served by alias until now: warm like its latest version.
+            candidates = sorted(old_versions or previously_served)
+            like = next((v for v in candidates if self.pool.get(model, v)), None)
+            if new_router is not None and like is not None:
+                for version in sorted(new_router.versions() - old_versions):
+                    self._warm_like(model, version, like)
+            self._routers[model] = new_router
+        still_served = {v for (m, _), v in self._aliases.items() if m == model}
+        router = self._routers.get(model)
+        if router is not None:
+            still_served |= router.versions()
+        for version in sorted(previously_served - still_served):
+            if self.pool.get(model, version) is not None:
+                self.pool.unload(model, version)
+                log.info("unloaded version %s of %r after its targets moved", version, model)
+
+    def _warm_like(self, model: str, version: int, like: int) -> None:
+        """Load `version` with the config `like` was loaded with, if `like` is loaded."""
+        current = self.pool.get(model, like)
+        if current is None or self.pool.get(model, version) is not None:
+            return
+        try:
+            self.pool.load(self._source.servable(model, version, None), current.config)
+        except TesseraError as exc:
+            log.warning("cannot warm version %s of %r for a swap: %s", version, model, exc.message)
+
+    def close(self) -> None:
+        self._closed = True
+        self._swaps.shutdown(wait=True, cancel_futures=True)
+        self.pool.close()
+
+
+class _Once:
+    """Calls `fn` with the last of two futures to finish (the first call finds one not done)."""
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self._fn = fn
+        self._lock = threading.Lock()
+        self._calls = 0
+
+    def __call__(self, future: Future[Prediction]) -> None:
+        with self._lock:
+            self._calls += 1
+            last = self._calls == 2
+        if last:
+            self._fn()

@@ -1,0 +1,109 @@
+"""What a served model takes and returns, and the check every request passes before it is queued."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from tesserad.errors import InvalidArgument
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output: name, element type and shape; -1 marks a dynamic dimension."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+    def describe(self) -> str:
+        return f"{self.name} {self.dtype.name}{list(self.shape)}"
+
+
+@dataclass(frozen=True)
+class Signature:
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def batchable(self) -> bool:
+        """True when every tensor's first dimension is dynamic: requests can be stacked as rows."""
+        return all(spec.shape and spec.shape[0] == -1 for spec in (*self.inputs, *self.outputs))
+
+    @property
+    def output_names(self) -> list[str]:
+        return [spec.name for spec in self.outputs]
+
+
+def validate_request(
+    signature: Signature, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], label: str
+) -> int:
+    """Check inputs and wanted outputs against the signature; the request's rows (1 if unbatched).
+
+    Raises InvalidArgument naming the offending input and what `label` (the model version)
+    expects, so the caller can fix the request without reading the model.
+    """
+    specs = {spec.name: spec for spec in signature.inputs}
+    for name in inputs:
+        if name not in specs:
+            raise InvalidArgument(
+                f"input {name!r} is not an input of {label}; its inputs are "
+                + ", ".join(spec.describe() for spec in signature.inputs)
+            )
+    rows: int | None = None
+    batchable = signature.batchable
+    for spec in signature.inputs:
+        array = inputs.get(spec.name)
+        if array is None:
+            raise InvalidArgument(f"input {spec.name!r} is missing; {label} expects {spec.describe()}")
+        if array.dtype != spec.dtype:
+            raise InvalidArgument(
+                f"input {spec.name!r} has dtype {array.dtype.name}; {label} expects {spec.dtype.name}"
+            )
+        if array.ndim != len(spec.shape):
+            raise InvalidArgument(
+                f"input {spec.name!r} has shape {list(array.shape)} (rank {array.ndim}); "
+                f"{label} expects rank {len(spec.shape)}: {list(spec.shape)}"
+            )
+        for axis, (got, expected) in enumerate(zip(array.shape, spec.shape, strict=True)):
+            if expected == -1 and got < 1:
+                raise InvalidArgument(
+                    f"input {spec.name!r} has size {got} in dimension {axis}; it must be at least 1"
+                )
+            if expected != -1 and got != expected:
+                raise InvalidArgument(
+                    f"input {spec.name!r} has size {got} in dimension {axis}; {label} expects "
+                    f"{expected} there (shape {list(spec.shape)}, -1 is any size)"
+                )
+        if batchable:
+            if rows is None:
+                rows = array.shape[0]
+            elif array.shape[0] != rows:
+                raise InvalidArgument(
+                    f"input {spec.name!r} has {array.shape[0]} rows but the other inputs have {rows}; "
+                    "every input's first dimension is the batch and must agree"
+                )
+    known_outputs = signature.output_names
+    for name in output_names:
+        if name not in known_outputs:
+            raise InvalidArgument(
+                f"output {name!r} is not an output of {label}; its outputs are {', '.join(known_outputs)}"
+            )
+    return rows if rows is not None else 1
+
+
+def sample_inputs(signature: Signature, rows: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Inputs of the signature's shape for warm-up: `rows` rows, other dynamic dims 1."""
+    inputs = {}
+    for spec in signature.inputs:
+        shape = [
+            rows if axis == 0 and signature.batchable else max(dim, 1) for axis, dim in enumerate(spec.shape)
+        ]
+        if spec.dtype.kind == "f":
+            inputs[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+        else:
+            # Zeros are a safe index or id for any integer or boolean input.
+            inputs[spec.name] = np.zeros(shape, dtype=spec.dtype)
+    return inputs

@@ -1,0 +1,341 @@
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+from collections import Counter
+
+import grpc
+import numpy as np
+import pytest
+from serving_models import W, linear_model, predict_request, slow_model, tensor, to_array, upload
+
+from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc, registry_pb2
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+X = np.arange(8, dtype=np.float32).reshape(2, 4)
+
+
+def test_predict_autoloads_and_answers_outputs_version_and_times(inference, linear) -> None:
+    response = inference.Predict(predict_request(linear, X, version=1))
+    assert response.version == 1 and response.model == "linear"
+    np.testing.assert_allclose(to_array(response.outputs[0]), X @ W, rtol=1e-6)
+    assert response.batch_rows == 2 and response.compute_time_us >= 0
+    latest = inference.Predict(predict_request(linear, X))
+    assert latest.version == 2  # no selector, no deployment: latest
+    np.testing.assert_allclose(to_array(latest.outputs[0]), X @ W * 2, rtol=1e-6)
+    (loaded_1, loaded_2) = inference.ListLoaded(inference_pb2.ListLoadedRequest(model=linear)).models
+    assert (loaded_1.version, loaded_2.version) == (1, 2)
+    assert loaded_1.state == inference_pb2.LOAD_STATE_READY and loaded_1.config.max_batch_size == 32
+
+
+def test_load_list_unload(inference, linear, rpc_error) -> None:
+    config = inference_pb2.ServingConfig(max_batch_size=8, max_queue_size=10, instances=2)
+    loaded = inference.LoadModel(
+        inference_pb2.LoadModelRequest(
+            target=common_pb2.VersionRef(model=linear, alias="latest"), config=config
+        )
+    )
+    assert (loaded.version, loaded.state, loaded.config.instances) == (2, inference_pb2.LOAD_STATE_READY, 2)
+    assert loaded.config.runtime == inference_pb2.RUNTIME_ONNX and loaded.config.device == "cpu"
+    assert [s.name for s in loaded.signature.inputs] == ["x"] and list(loaded.signature.inputs[0].shape) == [
+        -1,
+        4,
+    ]
+    assert loaded.memory_bytes > 0
+    unloaded = inference.UnloadModel(
+        inference_pb2.UnloadModelRequest(target=common_pb2.VersionRef(model=linear))
+    )
+    assert [m.version for m in unloaded.unloaded] == [2]
+    assert inference.ListLoaded(inference_pb2.ListLoadedRequest()).models == []
+    rpc_error(
+        lambda: inference.UnloadModel(
+            inference_pb2.UnloadModelRequest(target=common_pb2.VersionRef(model=linear))
+        ),
+        grpc.StatusCode.NOT_FOUND,
+        "model 'linear' has no loaded version",
+    )
+    rpc_error(
+        lambda: inference.UnloadModel(
+            inference_pb2.UnloadModelRequest(target=common_pb2.VersionRef(model=linear, version=1))
+        ),
+        grpc.StatusCode.NOT_FOUND,
+        "model 'linear' version 1 is not loaded",
+    )
+
+
+def test_load_bad_paths(inference, linear, rpc_error) -> None:
+    def load(config: inference_pb2.ServingConfig, **target: object) -> object:
+        ref = common_pb2.VersionRef(model=target.pop("model", linear), **target)
+        return lambda: inference.LoadModel(inference_pb2.LoadModelRequest(target=ref, config=config))
+
+    plain = inference_pb2.ServingConfig()
+    rpc_error(load(plain, model="nope"), grpc.StatusCode.NOT_FOUND, "nope")
+    rpc_error(load(plain, version=9), grpc.StatusCode.NOT_FOUND, "no version 9")
+    rpc_error(load(plain, version=-1), INVALID, "target.version must be >= 1")
+    rpc_error(load(plain, model="Bad Name"), INVALID, "target.model 'Bad Name' is not a valid name")
+    rpc_error(
+        load(inference_pb2.ServingConfig(max_queue_size=-5)),
+        INVALID,
+        "config.max_queue_size must be in 1..1000000 (0 for the default), got -5",
+    )
+    rpc_error(
+        load(inference_pb2.ServingConfig(runtime=inference_pb2.RUNTIME_TORCH)),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "the torch runtime needs a safetensors version",
+    )
+    rpc_error(
+        load(inference_pb2.ServingConfig(device="cuda:0")),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "asks for CUDA, but this onnxruntime has no CUDA provider",
+    )
+
+
+def test_bad_inputs_are_invalid_argument_naming_the_input(inference, linear, rpc_error) -> None:
+    def call(*tensors: common_pb2.Tensor, outputs: tuple[str, ...] = ()) -> object:
+        request = inference_pb2.PredictRequest(
+            target=common_pb2.VersionRef(model=linear, version=1), inputs=tensors, output_names=outputs
+        )
+        return lambda: inference.Predict(request)
+
+    good = tensor("x", X)
+    cases = [
+        (call(good, tensor("z", X)), "input 'z' is not an input of model 'linear' version 1; its inputs are x float32[-1, 4]"),
+        (call(), "input 'x' is missing; model 'linear' version 1 expects x float32[-1, 4]"),
+        (call(tensor("x", X.astype(np.float64))), "input 'x' has dtype float64; model 'linear' version 1 expects float32"),
+        (call(tensor("x", X.reshape(8))), "input 'x' has shape [8] (rank 1); model 'linear' version 1 expects rank 2: [-1, 4]"),
+        (call(tensor("x", X.reshape(4, 2))), "input 'x' has size 2 in dimension 1; model 'linear' version 1 expects 4 there"),
+        (call(common_pb2.Tensor(name="x", dtype=common_pb2.DATA_TYPE_FLOAT32, shape=[2, 4], data=b"\0" * 31)),
+         "input 'x' has 31 bytes of data, but shape [2, 4] of DATA_TYPE_FLOAT32 needs 32"),
+        (call(common_pb2.Tensor(name="x", shape=[1, 4], data=b"\0" * 16)), "input 'x' has no dtype"),
+        (call(good, good), "input 'x' is given twice"),
+        (call(good, outputs=("nope",)), "output 'nope' is not an output of model 'linear' version 1; its outputs are y"),
+    ]  # fmt: skip
+    for request, message in cases:
+        rpc_error(request, INVALID, message)
+    assert inference.Predict(predict_request(linear, X, version=1)).version == 1  # still serving
+
+
+def test_autoload_off_is_failed_precondition(start_daemon, rpc_error) -> None:
+    channel = start_daemon(**{"serving.autoload": "false"}).channel()
+    upload(channel, "linear", linear_model(1.0))
+    stub = inference_pb2_grpc.InferenceStub(channel)
+    rpc_error(
+        lambda: stub.Predict(predict_request("linear", X)),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "model 'linear' version 1 is not loaded; load it with LoadModel (or turn on serving.autoload)",
+    )
+
+
+def load_slow(inference, channel, **config: int) -> str:
+    upload(channel, "slow", slow_model())
+    inference.LoadModel(
+        inference_pb2.LoadModelRequest(
+            target=common_pb2.VersionRef(model="slow"), config=inference_pb2.ServingConfig(**config)
+        )
+    )
+    return "slow"
+
+
+def slow_input(rows: int) -> np.ndarray:
+    return np.ones((rows, 384), dtype=np.float32)
+
+
+def test_full_queue_is_resource_exhausted_and_every_accepted_request_answered(inference, channel) -> None:
+    load_slow(inference, channel, max_queue_size=2, max_batch_size=1)
+    # 64-row requests take milliseconds each, so a burst overflows the queue of two.
+    futures = [inference.Predict.future(predict_request("slow", slow_input(64))) for _ in range(24)]
+    codes = Counter()
+    details = set()
+    for future in futures:
+        code = future.code()
+        codes[code.name] += 1
+        if code != grpc.StatusCode.OK:
+            details.add(future.details())
+        else:
+            assert future.result().batch_rows == 64
+    assert set(codes) == {"OK", "RESOURCE_EXHAUSTED"}, codes
+    assert len(details) == 1 and "has 2 requests queued, its max_queue_size" in details.pop()
+    assert codes["OK"] >= 3
+
+
+def _batch_rows(inference) -> set[int]:
+    (stats,) = inference.GetStats(
+        inference_pb2.GetStatsRequest(target=common_pb2.VersionRef(model="slow"))
+    ).stats
+    return {b.rows for b in stats.batch_sizes}
+
+
+def test_deadline_passing_in_the_queue_is_deadline_exceeded_and_never_run(inference, channel) -> None:
+    load_slow(inference, channel, max_batch_size=2048)
+    blocker = inference.Predict.future(predict_request("slow", slow_input(2048)))
+    time.sleep(0.05)
+    with pytest.raises(grpc.RpcError) as raised:
+        inference.Predict(predict_request("slow", slow_input(7)), timeout=0.02)
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    blocker.result(60)
+    inference.Predict(predict_request("slow", slow_input(1)))
+    assert 7 not in _batch_rows(inference)
+    assert 2055 not in _batch_rows(inference)
+
+
+def test_cancelled_request_leaves_the_queue_and_never_runs(inference, channel) -> None:
+    load_slow(inference, channel, max_batch_size=2048)
+    # Three full batches ahead keep the model busy well past the cancel, even on a loaded box.
+    blockers = [inference.Predict.future(predict_request("slow", slow_input(2048))) for _ in range(3)]
+    time.sleep(0.05)
+    cancelled = inference.Predict.future(predict_request("slow", slow_input(5)))
+    time.sleep(0.02)
+    cancelled.cancel()
+    for blocker in blockers:
+        blocker.result(60)
+    inference.Predict(predict_request("slow", slow_input(1)))
+    assert _batch_rows(inference).isdisjoint({5, 2053})
+
+
+def test_concurrent_requests_batch_and_stats_report_them(inference, channel, daemon) -> None:
+    load_slow(inference, channel, max_batch_size=16)
+    futures = [inference.Predict.future(predict_request("slow", slow_input(1))) for _ in range(40)]
+    responses = [f.result(60) for f in futures]
+    assert max(r.batch_rows for r in responses) > 1
+    target = common_pb2.VersionRef(model="slow", version=1)
+    (stats,) = inference.GetStats(inference_pb2.GetStatsRequest(target=target, reset=True)).stats
+    assert (stats.request_count, stats.error_count, stats.row_count) == (40, 0, 40)
+    assert sum(b.rows * b.count for b in stats.batch_sizes) == 40
+    assert (
+        0
+        < stats.total.p50_us
+        <= stats.total.p95_us
+        <= stats.total.p99_us
+        <= stats.total.p999_us
+        <= stats.total.max_us * 1.01
+    )
+    assert stats.compute.count == 40 and stats.queue.count == 40 and stats.throughput_rps > 0
+    (after,) = inference.GetStats(inference_pb2.GetStatsRequest(target=target)).stats
+    assert after.request_count == 0
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{daemon.daemon.metrics_port}/metrics").read().decode()
+    assert (
+        'tessera_inference_latency_seconds_bucket{le="0.001",model="slow",stage="compute",version="1"}'
+        in metrics
+    )
+    assert 'tessera_inference_batch_rows_count{model="slow",version="1"}' in metrics
+
+
+def test_get_stats_of_an_unloaded_version_is_not_found(inference, linear, rpc_error) -> None:
+    rpc_error(
+        lambda: inference.GetStats(
+            inference_pb2.GetStatsRequest(target=common_pb2.VersionRef(model=linear, version=2))
+        ),
+        grpc.StatusCode.NOT_FOUND,
+        "model 'linear' version 2 is not loaded",
+    )
+
+
+def test_predict_stream_answers_each_with_its_id_and_keeps_going_after_errors(inference, linear) -> None:
+    requests = []
+    for i in range(6):
+        request = predict_request(linear, X[:1] + i, version=1)
+        request.request_id = f"r{i}"
+        requests.append(request)
+    requests[3].inputs[0].name = "wrong"
+    responses = {r.request_id: r for r in inference.PredictStream(iter(requests))}
+    assert set(responses) == {f"r{i}" for i in range(6)}
+    assert responses["r3"].status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "input 'wrong' is not an input" in responses["r3"].status.message
+    for i in (0, 1, 2, 4, 5):
+        assert responses[f"r{i}"].status.code == 0
+        np.testing.assert_allclose(to_array(responses[f"r{i}"].outputs[0]), (X[:1] + i) @ W, rtol=1e-6)
+
+
+def _set_alias(registry, model: str, alias: str, version: int) -> None:
+    registry.SetAlias(registry_pb2.SetAliasRequest(model=model, alias=alias, version=version))
+
+
+def test_hot_swap_under_load_fails_no_request(inference, registry, linear) -> None:
+    _set_alias(registry, linear, "production", 1)
+    inference.Predict(predict_request(linear, X, alias="production"))
+    failures: list[str] = []
+    versions: Counter[int] = Counter()
+    stop = threading.Event()
+
+    def traffic() -> None:
+        while not stop.is_set():
+            try:
+                versions[inference.Predict(predict_request(linear, X, alias="production")).version] += 1
+            except grpc.RpcError as exc:
+                failures.append(f"{exc.code()}: {exc.details()}")
+
+    threads = [threading.Thread(target=traffic) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)
+    _set_alias(registry, linear, "production", 2)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and versions[2] < 50:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+    assert failures == []
+    assert versions[1] > 0 and versions[2] >= 50
+    # The old version drained and was freed.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        loaded = [
+            m.version for m in inference.ListLoaded(inference_pb2.ListLoadedRequest(model=linear)).models
+        ]
+        if loaded == [2]:
+            break
+        time.sleep(0.05)
+    assert loaded == [2]
+
+
+def _deploy(registry, model: str, routes: list[tuple[int, int]], shadow: int | None = None) -> None:
+    registry.Deploy(
+        registry_pb2.DeployRequest(
+            model=model,
+            routes=[registry_pb2.Route(version=v, weight=w) for v, w in routes],
+            shadow=registry_pb2.Shadow(version=shadow, percent=100) if shadow else None,
+        )
+    )
+
+
+def test_canary_split_follows_the_weights(inference, registry, linear) -> None:
+    _deploy(registry, linear, [(1, 90), (2, 10)])
+    served = Counter(inference.Predict(predict_request(linear, X[:1])).version for _ in range(2000))
+    assert abs(served[1] / 2000 - 0.90) < 0.03 and abs(served[2] / 2000 - 0.10) < 0.03, served
+
+
+def test_shadow_outputs_are_recorded_and_never_returned(inference, registry, linear, rpc_error) -> None:
+    _deploy(registry, linear, [(1, 100)], shadow=2)
+    inference.LoadModel(inference_pb2.LoadModelRequest(target=common_pb2.VersionRef(model=linear, version=2)))
+    for i in range(20):
+        request = predict_request(linear, X)
+        request.request_id = f"q{i}"
+        response = inference.Predict(request)
+        assert response.version == 1
+        np.testing.assert_allclose(to_array(response.outputs[0]), X @ W, rtol=1e-6)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        results = inference.ListShadowResults(
+            inference_pb2.ListShadowResultsRequest(model=linear, limit=5)
+        ).results
+        if len(results) == 5:
+            break
+        time.sleep(0.05)
+    assert len(results) == 5
+    newest = results[0]
+    assert (newest.primary_version, newest.shadow_version, newest.status.code) == (1, 2, 0)
+    assert newest.request_id.startswith("q")
+    np.testing.assert_allclose(to_array(newest.outputs[0]), X @ W * 2, rtol=1e-6)
+    assert newest.max_abs_diff == pytest.approx(float(np.abs(X @ W).max()), rel=1e-5)
+    (shadow_stats,) = inference.GetStats(
+        inference_pb2.GetStatsRequest(target=common_pb2.VersionRef(model=linear, version=2))
+    ).stats
+    assert shadow_stats.shadow_count >= 5
+    rpc_error(
+        lambda: inference.ListShadowResults(inference_pb2.ListShadowResultsRequest(model=linear, limit=-1)),
+        INVALID,
+        "limit must be >= 0",
+    )

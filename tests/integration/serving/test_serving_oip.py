@@ -1,0 +1,173 @@
+"""The Open Inference Protocol through the generated stubs (what tritonclient sends)."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+from serving_models import W, half_model, upload
+
+from tesserad.oip import grpc_service_pb2 as pb
+from tesserad.oip import model_config_pb2
+
+X = np.arange(8, dtype=np.float32).reshape(2, 4)
+
+
+def infer_request(
+    model: str, x: np.ndarray, version: str = "", raw: bool = True, datatype: str = "FP32"
+) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name=model, model_version=version, id="req-1")
+    tensor = request.inputs.add(name="x", datatype=datatype, shape=x.shape)
+    if raw:
+        request.raw_input_contents.append(x.tobytes())
+    else:
+        tensor.contents.fp32_contents.extend(x.ravel().tolist())
+    request.outputs.add(name="y")
+    return request
+
+
+def output(response: pb.ModelInferResponse, dtype: type = np.float32) -> np.ndarray:
+    return np.frombuffer(response.raw_output_contents[0], dtype=dtype).reshape(response.outputs[0].shape)
+
+
+def test_server_health_and_metadata(oip) -> None:
+    assert oip.ServerLive(pb.ServerLiveRequest()).live
+    assert oip.ServerReady(pb.ServerReadyRequest()).ready
+    metadata = oip.ServerMetadata(pb.ServerMetadataRequest())
+    assert metadata.name == "tesserad" and "statistics" in metadata.extensions
+    assert "model_repository" in metadata.extensions
+
+
+def test_model_ready_only_once_loaded(oip, linear) -> None:
+    assert not oip.ModelReady(pb.ModelReadyRequest(name=linear, version="1")).ready
+    assert not oip.ModelReady(pb.ModelReadyRequest(name="missing")).ready
+    oip.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=linear))
+    assert oip.ModelReady(pb.ModelReadyRequest(name=linear)).ready  # latest (2) is loaded
+    assert not oip.ModelReady(pb.ModelReadyRequest(name=linear, version="1")).ready
+    index = oip.RepositoryIndex(pb.RepositoryIndexRequest()).models
+    assert [(m.name, m.version, m.state) for m in index] == [(linear, "2", "READY")]
+    oip.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name=linear))
+    assert not oip.ModelReady(pb.ModelReadyRequest(name=linear)).ready
+    assert [(m.name, m.state) for m in oip.RepositoryIndex(pb.RepositoryIndexRequest()).models] == [
+        (linear, "UNAVAILABLE")
+    ]
+    assert list(oip.RepositoryIndex(pb.RepositoryIndexRequest(ready=True)).models) == []
+
+
+def test_model_infer_raw_and_typed(oip, linear) -> None:
+    raw = oip.ModelInfer(infer_request(linear, X, version="1"))
+    assert (raw.model_name, raw.model_version, raw.id) == (linear, "1", "req-1")
+    assert (
+        raw.outputs[0].name == "y"
+        and raw.outputs[0].datatype == "FP32"
+        and list(raw.outputs[0].shape) == [2, 3]
+    )
+    np.testing.assert_allclose(output(raw), X @ W, rtol=1e-6)
+    typed = oip.ModelInfer(infer_request(linear, X, version="1", raw=False))
+    np.testing.assert_allclose(output(typed), X @ W, rtol=1e-6)
+    latest = oip.ModelInfer(infer_request(linear, X))
+    assert latest.model_version == "2"
+
+
+def test_model_infer_fp16_raw(oip, channel) -> None:
+    upload(channel, "half", half_model())
+    x = np.array([[1.5, -2.0], [0.25, 3.0]], dtype=np.float16)
+    request = pb.ModelInferRequest(model_name="half")
+    request.inputs.add(name="x", datatype="FP16", shape=x.shape)
+    request.raw_input_contents.append(x.tobytes())
+    response = oip.ModelInfer(request)
+    assert response.outputs[0].datatype == "FP16"
+    np.testing.assert_array_equal(output(response, np.float16), x * 2)
+
+
+def test_model_infer_bad_paths(oip, linear, rpc_error) -> None:
+    invalid = grpc.StatusCode.INVALID_ARGUMENT
+    rpc_error(
+        lambda: oip.ModelInfer(infer_request(linear, X, version="one")),
+        invalid,
+        'model_version must be a version number such as "3"',
+    )
+    rpc_error(
+        lambda: oip.ModelInfer(infer_request(linear, X, datatype="BYTES")),
+        invalid,
+        "input 'x' has datatype 'BYTES'; tesserad serves",
+    )
+    rpc_error(
+        lambda: oip.ModelInfer(infer_request(linear, X, datatype="FP64")),
+        invalid,
+        "input 'x' has 32 bytes of data, but shape [2, 4] of FP64 needs 64",
+    )
+    short = infer_request(linear, X, raw=False)
+    del short.inputs[0].contents.fp32_contents[-1]
+    rpc_error(
+        lambda: oip.ModelInfer(short),
+        invalid,
+        "input 'x' has 7 values in contents.fp32_contents, but shape [2, 4] needs 8",
+    )
+    extra_raw = infer_request(linear, X)
+    extra_raw.raw_input_contents.append(b"")
+    rpc_error(lambda: oip.ModelInfer(extra_raw), invalid, "raw_input_contents has 2 entries for 1 inputs")
+    rpc_error(lambda: oip.ModelInfer(infer_request("missing", X)), grpc.StatusCode.NOT_FOUND, "missing")
+    rpc_error(
+        lambda: oip.ModelInfer(infer_request(linear, X.reshape(4, 2))),
+        invalid,
+        "input 'x' has size 2 in dimension 1; model 'linear' version 2 expects 4 there",
+    )
+
+
+def test_model_stream_infer_reports_errors_in_the_stream(oip, linear) -> None:
+    good = infer_request(linear, X, version="1")
+    bad = infer_request(linear, X.reshape(4, 2), version="1")
+    bad.id = "bad"
+    responses = list(oip.ModelStreamInfer(iter([good, bad, good])))
+    assert len(responses) == 3
+    errors = [r for r in responses if r.error_message]
+    assert len(errors) == 1 and errors[0].infer_response.id == "bad"
+    assert "input 'x' has size 2 in dimension 1" in errors[0].error_message
+    for response in responses:
+        if not response.error_message:
+            np.testing.assert_allclose(output(response.infer_response), X @ W, rtol=1e-6)
+
+
+def test_model_metadata_config_and_statistics(oip, linear) -> None:
+    metadata = oip.ModelMetadata(pb.ModelMetadataRequest(name=linear, version="1"))  # loads it
+    assert metadata.platform == "onnxruntime_onnx" and list(metadata.versions) == ["1"]
+    assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs] == [("x", "FP32", [-1, 4])]
+    assert [(t.name, t.datatype, list(t.shape)) for t in metadata.outputs] == [("y", "FP32", [-1, 3])]
+    config = oip.ModelConfig(pb.ModelConfigRequest(name=linear, version="1")).config
+    assert config.max_batch_size == 32 and config.dynamic_batching.max_queue_delay_microseconds == 0
+    assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [
+        ("x", model_config_pb2.TYPE_FP32, [4])
+    ]
+    assert [(o.name, list(o.dims)) for o in config.output] == [("y", [3])]
+    assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    for _ in range(3):
+        oip.ModelInfer(infer_request(linear, X, version="1"))
+    (stats,) = oip.ModelStatistics(pb.ModelStatisticsRequest(name=linear, version="1")).model_stats
+    assert (stats.name, stats.version, stats.inference_count, stats.execution_count) == (linear, "1", 6, 3)
+    assert stats.inference_stats.success.count == 3 and stats.inference_stats.success.ns > 0
+    assert stats.inference_stats.compute_infer.ns > 0 and stats.last_inference > 0
+    assert [(b.batch_size, b.compute_infer.count) for b in stats.batch_stats] == [(2, 3)]
+
+
+def test_statistics_of_unloaded_model_is_not_found(oip, linear, rpc_error) -> None:
+    rpc_error(
+        lambda: oip.ModelStatistics(pb.ModelStatisticsRequest(name=linear, version="2")),
+        grpc.StatusCode.NOT_FOUND,
+        "model 'linear' version 2 is not loaded",
+    )
+
+
+def test_unsupported_extensions_are_unimplemented_with_a_reason(oip, rpc_error) -> None:
+    unimplemented = grpc.StatusCode.UNIMPLEMENTED
+    rpc_error(
+        lambda: oip.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest()),
+        unimplemented,
+        "shared-memory tensors",
+    )
+    rpc_error(
+        lambda: oip.CudaSharedMemoryRegister(pb.CudaSharedMemoryRegisterRequest()),
+        unimplemented,
+        "raw_input_contents",
+    )
+    rpc_error(lambda: oip.TraceSetting(pb.TraceSettingRequest()), unimplemented, "trace settings")
+    rpc_error(lambda: oip.LogSettings(pb.LogSettingsRequest()), unimplemented, "log settings")

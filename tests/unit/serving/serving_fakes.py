@@ -1,0 +1,51 @@
+"""Helpers for the serving unit tests: ONNX graph saving, weights, and a gated runtime."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from tesserad.serving.signature import Signature, TensorSpec
+
+LINEAR_W = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
+LINEAR_B = np.array([1.0, -1.0, 0.5], dtype=np.float32)
+
+
+def save(graph: onnx.GraphProto, path: Path) -> Path:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+class GatedRuntime:
+    """Doubles its input; each run waits for the gate, so tests control when batches finish."""
+
+    def __init__(self) -> None:
+        self.signature = Signature(
+            (TensorSpec("x", np.dtype(np.float32), (-1, 2)),),
+            (TensorSpec("y", np.dtype(np.float32), (-1, 2)),),
+        )
+        self.memory_bytes = 0
+        self.device = "cpu"
+        self.gate = threading.Event()
+        self.started = threading.Semaphore(0)
+        self.batches: list[int] = []
+        self.closed = False
+
+    def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
+        self.batches.append(len(inputs["x"]))
+        self.started.release()
+        assert self.gate.wait(30)
+        if (inputs["x"] < 0).any():
+            raise RuntimeError("negative input")
+        return {"y": inputs["x"] * 2}
+
+    def close(self) -> None:
+        self.closed = True

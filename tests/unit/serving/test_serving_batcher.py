@@ -1,0 +1,185 @@
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future
+
+import numpy as np
+import pytest
+from serving_fakes import GatedRuntime
+
+from tesserad.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
+from tesserad.serving.batcher import BatcherClosed, DynamicBatcher, Prediction
+from tesserad.serving.stats import ServingStats
+
+
+def make_batcher(runtime: GatedRuntime, **overrides: object) -> DynamicBatcher:
+    options: dict = {
+        "max_batch_size": 8,
+        "max_queue_delay_us": 0,
+        "max_queue_size": 16,
+        "batchable": True,
+        "inline_max_compute_us": 0.0,  # never inline: these tests drive the worker thread
+        "initial_compute_us": 1000.0,
+        "output_names": ["y"],
+    }
+    options.update(overrides)
+    return DynamicBatcher("model 'm' version 1", [runtime], ServingStats("m", 1, None), **options)
+
+
+def rows(n: int, value: float = 1.0) -> dict[str, np.ndarray]:
+    return {"x": np.full((n, 2), value, dtype=np.float32)}
+
+
+def occupy(batcher: DynamicBatcher, runtime: GatedRuntime) -> Future[Prediction]:
+    """Submit one request and wait until the worker is running it (the model is busy)."""
+    future = batcher.submit(rows(1), ["y"], 1)
+    assert runtime.started.acquire(timeout=10)
+    return future
+
+
+def test_requests_queued_while_busy_run_as_one_batch_and_split_back() -> None:
+    runtime = GatedRuntime()
+    batcher = make_batcher(runtime)
+    first = occupy(batcher, runtime)
+    queued = [batcher.submit(rows(n, float(n)), ["y"], n) for n in (1, 2, 3)]
+    runtime.gate.set()
+    assert first.result(10).batch_rows == 1
+    for n, future in zip((1, 2, 3), queued, strict=True):
+        prediction = future.result(10)
+        np.testing.assert_array_equal(prediction.outputs["y"], np.full((n, 2), 2.0 * n))
+        assert prediction.batch_rows == 6
+    assert runtime.batches == [1, 6]
+    batcher.close(5)
+    assert runtime.closed
+
+
+def test_batches_hold_at_most_max_batch_size_rows() -> None:
+    runtime = GatedRuntime()
+    batcher = make_batcher(runtime, max_batch_size=4)
+    occupy(batcher, runtime)
+    futures = [batcher.submit(rows(n), ["y"], n) for n in (3, 2, 2, 6)]
+    runtime.gate.set()
+    for future in futures:
+        future.result(10)
+    # 3 | 2+2 | 6 alone (larger than a batch, it runs by itself)
+    assert runtime.batches == [1, 3, 4, 6]
+    batcher.close(5)
+
+
+def test_bad_request_in_a_batch_fails_alone() -> None:
+    runtime = GatedRuntime()
+    batcher = make_batcher(runtime)
+    occupy(batcher, runtime)
+    good, bad, other = (batcher.submit(rows(1, v), ["y"], 1) for v in (1.0, -1.0, 3.0))
+    runtime.gate.set()
+    assert good.result(10).outputs["y"][0, 0] == 2.0
+    assert other.result(10).outputs["y"][0, 0] == 6.0
+    with pytest.raises(InvalidArgument, match="could not run this request: negative input"):
+        bad.result(10)
+    batcher.close(5)
+
+
+def test_full_queue_is_resource_exhausted_and_accepted_requests_are_answered() -> None:
+    runtime = GatedRuntime()
+    batcher = make_batcher(runtime, max_queue_size=3)
+    first = occupy(batcher, runtime)
+    accepted = [batcher.submit(rows(1), ["y"], 1) for _ in range(3)]
+    with pytest.raises(ResourceExhausted, match="3 requests queued, its max_queue_size"):
+        batcher.submit(rows(1), ["y"], 1)
+    runtime.gate.set()
+    for future in [first, *accepted]:
+        assert future.result(10).outputs["y"].shape == (1, 2)
+    batcher.close(5)
+
+
+def test_expired_request_is_deadline_exceeded_and_never_run() -> None:
+    runtime = GatedRuntime()
+    batcher = make_batcher(runtime)
+    occupy(batcher, runtime)
+    expired = batcher.submit(rows(5), ["y"], 5, deadline=time.monotonic() + 0.01)
+    time.sleep(0.05)
+    runtime.gate.set()
+    with pytest.raises(DeadlineExceeded, match="deadline passed while it was queued"):
+        expired.result(10)
+    batcher.close(5)
+    assert 5 not in runtime.batches
+
+
+def test_cancelled_request_leaves_the_queue() -> None:
+    runtime = GatedRuntime()
+    batcher = make_batcher(runtime)
+    occupy(batcher, runtime)
+    cancelled = batcher.submit(rows(7), ["y"], 7)
+    assert batcher.queued == 1
+    assert cancelled.cancel()
+    assert batcher.queued == 0
+    runtime.gate.set()
+    batcher.close(5)
+    assert runtime.batches == [1]
+
+
+def test_lone_request_runs_inline_when_idle_and_fast() -> None:
+    runtime = GatedRuntime()
+    runtime.gate.set()
+    batcher = make_batcher(runtime, inline_max_compute_us=1e9)
+    future = batcher.submit(rows(2), ["y"], 2)
+    assert future.done()  # answered before submit returned: no thread hop
+    assert future.result().outputs["y"].shape == (2, 2)
+    batcher.close(5)
+
+
+def test_queue_delay_holds_a_batch_open_only_while_idle() -> None:
+    runtime = GatedRuntime()
+    runtime.gate.set()
+    batcher = make_batcher(runtime, max_queue_delay_us=300_000, inline_max_compute_us=1e9)
+    futures = [batcher.submit(rows(1), ["y"], 1) for _ in range(3)]
+    for future in futures:
+        assert future.result(10).batch_rows == 3
+    batcher.close(5)
+
+
+def test_close_drains_queued_requests_then_refuses_new_ones() -> None:
+    runtime = GatedRuntime()
+    batcher = make_batcher(runtime)
+    occupy(batcher, runtime)
+    queued = batcher.submit(rows(2), ["y"], 2)
+    runtime.gate.set()
+    batcher.close(5)
+    assert queued.result(0).batch_rows == 2
+    with pytest.raises(BatcherClosed):
+        batcher.submit(rows(1), ["y"], 1)
+
+
+def test_close_answers_unavailable_for_what_it_cannot_drain_in_time() -> None:
+    runtime = GatedRuntime()
+    batcher = make_batcher(runtime)
+    occupy(batcher, runtime)
+    queued = batcher.submit(rows(2), ["y"], 2)
+    closer = __import__("threading").Thread(target=batcher.close, args=(0.1,))
+    closer.start()
+    time.sleep(0.3)
+    runtime.gate.set()
+    closer.join(10)
+    with pytest.raises(Unavailable, match="unloaded before this request ran"):
+        queued.result(0)
+
+
+def test_stats_count_requests_rows_batches_and_errors() -> None:
+    runtime = GatedRuntime()
+    stats = ServingStats("m", 1, None)
+    batcher = DynamicBatcher(
+        "m", [runtime], stats, max_batch_size=8, max_queue_delay_us=0, max_queue_size=8, batchable=True,
+        inline_max_compute_us=0.0, initial_compute_us=1000.0, output_names=["y"],
+    )  # fmt: skip
+    occupy(batcher, runtime)
+    futures = [batcher.submit(rows(2, v), ["y"], 2) for v in (1.0, -1.0)]
+    runtime.gate.set()
+    for future in futures:
+        future.exception(10)
+    batcher.close(5)
+    snapshot = stats.snapshot(reset=True)
+    assert (snapshot.request_count, snapshot.error_count, snapshot.row_count) == (3, 1, 3)
+    assert snapshot.batches[1][0] == 1
+    assert snapshot.total.count == 2
+    assert snapshot.throughput_rps > 0
+    assert stats.snapshot().request_count == 0

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tesserad.serving.histogram import LogHistogram
+
+
+def test_percentiles_within_one_percent_of_exact() -> None:
+    rng = np.random.default_rng(1)
+    values = rng.lognormal(mean=6, sigma=1.5, size=50_000)  # microseconds, ~400 us median, long tail
+    histogram = LogHistogram()
+    for value in values:
+        histogram.record(float(value))
+    for q, got in zip([0.5, 0.95, 0.99, 0.999], histogram.quantiles([0.5, 0.95, 0.99, 0.999]), strict=True):
+        exact = float(np.quantile(values, q, method="lower"))
+        upper = float(np.quantile(values, q, method="higher"))
+        assert exact * 0.99 <= got <= upper * 1.01, (q, got, exact)
+    summary = histogram.summary()
+    assert summary.count == len(values)
+    assert summary.max == pytest.approx(values.max())
+    assert summary.mean == pytest.approx(values.mean())
+
+
+def test_merge_equals_recording_everything_in_one() -> None:
+    a, b, both = LogHistogram(), LogHistogram(), LogHistogram()
+    for i in range(1, 1000):
+        (a if i % 3 else b).record(i * 1.7)
+        both.record(i * 1.7)
+    a.merge(b)
+    assert a.summary() == both.summary()
+    assert a.buckets() == both.buckets()
+
+
+def test_merge_refuses_a_different_error() -> None:
+    with pytest.raises(ValueError, match="same relative error"):
+        LogHistogram(0.01).merge(LogHistogram(0.02))
+
+
+def test_reset_empties_and_empty_reports_zeros() -> None:
+    histogram = LogHistogram()
+    histogram.record(5.0)
+    histogram.reset()
+    assert histogram.summary().count == 0
+    assert histogram.quantiles([0.5, 0.99]) == [0.0, 0.0]
+
+
+def test_extremes_are_clamped_not_lost() -> None:
+    histogram = LogHistogram()
+    histogram.record(0.0)
+    histogram.record(1e15)
+    assert histogram.count == 2
+    assert histogram.quantiles([0.0])[0] == pytest.approx(0.01, rel=0.02)
+
+
+def test_single_value_is_reported_within_the_error() -> None:
+    histogram = LogHistogram(0.01)
+    histogram.record(1234.0)
+    (p50,) = histogram.quantiles([0.5])
+    assert abs(p50 - 1234.0) / 1234.0 <= 0.01
+
+
+def test_relative_error_must_be_a_fraction() -> None:
+    with pytest.raises(ValueError, match=r"relative_error must be in \(0, 1\)"):
+        LogHistogram(0)

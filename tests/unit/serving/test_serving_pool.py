@@ -1,0 +1,140 @@
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from serving_fakes import LINEAR_B, LINEAR_W
+
+from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound
+from tesserad.serving.pool import (
+    LoadState,
+    ModelPool,
+    ServableVersion,
+    ServingConfig,
+    ServingDefaults,
+    servable_file,
+)
+from tesserad.serving.signature import validate_request
+
+
+def onnx_version(path: Path, version: int = 1) -> ServableVersion:
+    return servable_file("m", version, "onnx", path)
+
+
+@pytest.fixture
+def pool() -> ModelPool:
+    pool = ModelPool(ServingDefaults(intra_op_threads=1), None)
+    yield pool
+    pool.close()
+
+
+def test_load_reads_the_signature_warms_up_and_serves(pool: ModelPool, linear_onnx: Path) -> None:
+    entry = pool.load(onnx_version(linear_onnx), ServingConfig())
+    assert entry.state is LoadState.READY
+    assert (
+        entry.config.max_batch_size == 32 and entry.config.runtime == "onnx" and entry.config.device == "cpu"
+    )
+    assert [(s.name, s.shape) for s in entry.signature.inputs] == [("x", (-1, 4))]
+    assert entry.memory_bytes > 0
+    assert entry.stats.snapshot().request_count == 0  # warm-up is not traffic
+    x = np.ones((2, 4), dtype=np.float32)
+    prediction = entry.batcher.submit({"x": x}, ["y"], 2).result(10)
+    np.testing.assert_allclose(prediction.outputs["y"], x @ LINEAR_W + LINEAR_B, rtol=1e-6)
+
+
+def test_loading_again_with_the_same_config_keeps_the_instance(pool: ModelPool, linear_onnx: Path) -> None:
+    first = pool.load(onnx_version(linear_onnx), ServingConfig())
+    assert pool.load(onnx_version(linear_onnx), ServingConfig(max_batch_size=32)) is first
+
+
+def test_new_config_swaps_without_failing_requests(pool: ModelPool, linear_onnx: Path) -> None:
+    pool.load(onnx_version(linear_onnx), ServingConfig())
+    failures: list[BaseException] = []
+    served = 0
+    stop = threading.Event()
+
+    def load_traffic() -> None:
+        nonlocal served
+        from tesserad.serving.batcher import BatcherClosed
+
+        while not stop.is_set():
+            entry = pool.get("m", 1)
+            try:
+                entry.batcher.submit({"x": np.ones((1, 4), np.float32)}, ["y"], 1).result(10)
+                served += 1
+            except BatcherClosed:
+                continue  # the service routes again; the request has not failed
+            except BaseException as exc:
+                failures.append(exc)
+
+    threads = [threading.Thread(target=load_traffic) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    swapped = pool.load(onnx_version(linear_onnx), ServingConfig(max_batch_size=4, instances=2))
+    stop.set()
+    for thread in threads:
+        thread.join(10)
+    assert failures == []
+    assert served > 0
+    assert pool.get("m", 1) is swapped and swapped.config.instances == 2
+    # The stats carry over the swap.
+    assert swapped.stats.snapshot().request_count == served
+
+
+def test_unload_removes_and_unknown_is_not_found(pool: ModelPool, linear_onnx: Path) -> None:
+    pool.load(onnx_version(linear_onnx), ServingConfig())
+    assert pool.unload("m", 1).state is LoadState.DRAINING
+    assert pool.list() == []
+    with pytest.raises(NotFound, match=r"model 'm' version 1 is not loaded \(loaded versions: none\)"):
+        pool.unload("m", 1)
+
+
+def test_bad_config_values_name_the_field(pool: ModelPool, linear_onnx: Path) -> None:
+    with pytest.raises(
+        InvalidArgument, match=r"config.max_batch_size must be in 1..65536 \(0 for the default\), got -1"
+    ):
+        pool.load(onnx_version(linear_onnx), ServingConfig(max_batch_size=-1))
+    with pytest.raises(FailedPrecondition, match="torch runtime needs a safetensors version"):
+        pool.load(onnx_version(linear_onnx), ServingConfig(runtime="torch"))
+    with pytest.raises(InvalidArgument, match="device must be cpu or cuda:N, got 'tpu'"):
+        pool.load(onnx_version(linear_onnx), ServingConfig(device="tpu"))
+
+
+def test_unloadable_file_is_failed_precondition_and_listed_failed(pool: ModelPool, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(FailedPrecondition, match="onnxruntime cannot load this model"):
+        pool.load(onnx_version(junk, 2), ServingConfig())
+    (listed,) = pool.list("m")
+    assert listed.state is LoadState.FAILED and "cannot load" in listed.error
+    assert pool.get("m", 2) is None
+
+
+def test_runtime_failure_of_one_request_is_its_own(pool: ModelPool, lookup_onnx: Path) -> None:
+    entry = pool.load(onnx_version(lookup_onnx), ServingConfig())
+    ok = entry.batcher.submit({"ids": np.array([1, 4])}, ["rows"], 2).result(10)
+    np.testing.assert_array_equal(ok.outputs["rows"], [[2, 3], [8, 9]])
+    with pytest.raises(InvalidArgument, match="model 'm' version 1 could not run this request"):
+        entry.batcher.submit({"ids": np.array([7])}, ["rows"], 1).result(10)
+
+
+def test_validation_names_the_input_and_what_is_expected(pool: ModelPool, linear_onnx: Path) -> None:
+    signature = pool.load(onnx_version(linear_onnx), ServingConfig()).signature
+    label = "model 'm' version 1"
+    ok = np.zeros((3, 4), np.float32)
+    assert validate_request(signature, {"x": ok}, ["y"], label) == 3
+    cases = [
+        ({"x": ok, "z": ok}, [], "input 'z' is not an input of model 'm' version 1; its inputs are x float32[-1, 4]"),
+        ({}, [], "input 'x' is missing; model 'm' version 1 expects x float32[-1, 4]"),
+        ({"x": ok.astype(np.float64)}, [], "input 'x' has dtype float64; model 'm' version 1 expects float32"),
+        ({"x": np.zeros(4, np.float32)}, [], "input 'x' has shape [4] (rank 1); model 'm' version 1 expects rank 2: [-1, 4]"),
+        ({"x": np.zeros((3, 5), np.float32)}, [], "input 'x' has size 5 in dimension 1; model 'm' version 1 expects 4 there (shape [-1, 4], -1 is any size)"),
+        ({"x": np.zeros((0, 4), np.float32)}, [], "input 'x' has size 0 in dimension 0; it must be at least 1"),
+        ({"x": ok}, ["nope"], "output 'nope' is not an output of model 'm' version 1; its outputs are y"),
+    ]  # fmt: skip
+    for inputs, outputs, message in cases:
+        with pytest.raises(InvalidArgument) as raised:
+            validate_request(signature, inputs, outputs, label)
+        assert raised.value.message.startswith(message)
