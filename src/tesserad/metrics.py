@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -42,9 +43,36 @@ class DaemonMetrics:
             registry=self.registry,
         )
 
-    def observe_rpc(self, service: str, method: str, code: str, seconds: float) -> None:
-        self.rpc_latency.labels(service, method).observe(seconds)
-        self.rpc_total.labels(service, method, code).inc()
+    def rpc_recorder(self, service: str, method: str) -> RpcRecorder:
+        """Records the calls of one RPC; made once per method, so a call pays no label lookup."""
+        return RpcRecorder(self, service, method)
+
+
+class RpcRecorder:
+    """One RPC's latency histogram and per-code counters, with the label lookups done once.
+
+    prometheus_client's `labels()` takes a lock and builds the label tuple on every call (about
+    10 us per call on the dev box, twice per RPC); the children it returns are stable, so they
+    are looked up once and reused.
+    """
+
+    __slots__ = ("_counters", "_method", "_metrics", "_observe", "_service")
+
+    def __init__(self, metrics: DaemonMetrics, service: str, method: str) -> None:
+        self._metrics = metrics
+        self._service = service
+        self._method = method
+        self._observe = metrics.rpc_latency.labels(service, method).observe
+        self._counters: dict[str, Callable[[], None]] = {}
+
+    def record(self, code: str, seconds: float) -> None:
+        self._observe(seconds)
+        count = self._counters.get(code)
+        if count is None:
+            count = self._counters[code] = self._metrics.rpc_total.labels(
+                self._service, self._method, code
+            ).inc
+        count()
 
 
 class MetricsHttpServer:

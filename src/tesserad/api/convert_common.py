@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from tesserad.errors import InvalidArgument
+
+# The range protobuf's Timestamp allows: 0001-01-01 to 9999-12-31.
+_MIN_SECONDS = -62_135_596_800
+_MAX_SECONDS = 253_402_300_799
+
 
 def timestamp(seconds: float) -> Timestamp:
     """A protobuf Timestamp from wall-clock seconds since the epoch."""
@@ -12,5 +18,11 @@ def timestamp(seconds: float) -> Timestamp:
     return ts
 
 
-def seconds(ts: Timestamp) -> float:
+def seconds(ts: Timestamp, field: str = "time") -> float:
+    """Seconds since the epoch from a client's Timestamp, which must be a valid one."""
+    if not _MIN_SECONDS <= ts.seconds <= _MAX_SECONDS or not 0 <= ts.nanos < 1_000_000_000:
+        raise InvalidArgument(
+            f"{field} must be a timestamp between years 1 and 9999 with nanos in [0, 1e9), "
+            f"got seconds={ts.seconds} nanos={ts.nanos}"
+        )
     return ts.ToNanoseconds() / 1e9

@@ -66,6 +66,9 @@ class Submitted:
     version: int
     entry: LoadedVersion | None
     future: Future[Prediction] | None
+    # True when the request waits in its batcher for `entry.batcher.release()`.
+    held: bool = False
+    rows: int = 0
 
 
 @dataclass(frozen=True)
@@ -193,21 +196,28 @@ class InferenceService:
         output_names: Sequence[str],
         deadline: float | None,
         request_id: str,
+        *,
+        hold: bool = False,
     ) -> Submitted:
-        """Route, validate and queue a request; `future` None means `version` must load first."""
+        """Route, validate and queue a request; `future` None means `version` must load first.
+
+        `hold`: more requests are about to be submitted; a batching version queues this one
+        without starting it, and the caller must call `entry.batcher.release()` (Submitted.held).
+        """
         for _ in range(_MAX_ROUTING_ROUNDS):
             version, shadow_version = self.route(target)
             entry = self.pool.get(target.model, version)
             if entry is None or entry.batcher is None or entry.signature is None:
                 return Submitted(version, None, None)
             rows = validate_request(entry.signature, inputs, output_names, entry.label)
+            held = hold and entry.batcher.batches
             try:
-                future = entry.batcher.submit(inputs, output_names, rows, deadline)
+                future = entry.batcher.submit(inputs, output_names, rows, deadline, hold=held)
             except BatcherClosed:
                 continue
             if shadow_version is not None:
                 self._shadow(target.model, request_id, version, shadow_version, inputs, future)
-            return Submitted(version, entry, future)
+            return Submitted(version, entry, future, held, rows)
         raise Unavailable(
             f"model {target.model!r} is being unloaded or swapped repeatedly; retry the request"
         )

@@ -119,6 +119,15 @@ class ServingStats:
         self._lock = threading.Lock()
         self._label = (model, str(version))
         self._metrics = metrics
+        if metrics is not None:
+            # Label lookups take a lock and build a tuple each time: done once, not per request.
+            model, version = self._label
+            self._observe_queue = metrics.latency.labels(model, version, "queue").observe
+            self._observe_compute = metrics.latency.labels(model, version, "compute").observe
+            self._observe_total = metrics.latency.labels(model, version, "total").observe
+            self._count_ok = metrics.requests.labels(model, version, "ok").inc
+            self._count_error = metrics.requests.labels(model, version, "error").inc
+            self._observe_batch = metrics.batch_rows.labels(model, version).observe
         self._reset()
 
     def _reset(self) -> None:
@@ -155,11 +164,10 @@ class ServingStats:
             # Wall clock: Triton reports the last inference as milliseconds since the epoch.
             self._last_inference_ms = int(time.time() * 1000)
         if self._metrics is not None:
-            model, version = self._label
-            self._metrics.latency.labels(model, version, "queue").observe(queue_ns / 1e9)
-            self._metrics.latency.labels(model, version, "compute").observe(compute_ns / 1e9)
-            self._metrics.latency.labels(model, version, "total").observe(total_ns / 1e9)
-            self._metrics.requests.labels(model, version, "ok").inc()
+            self._observe_queue(queue_ns / 1e9)
+            self._observe_compute(compute_ns / 1e9)
+            self._observe_total(total_ns / 1e9)
+            self._count_ok()
 
     def record_failure(self, total_ns: int, shadow: bool) -> None:
         with self._lock:
@@ -169,14 +177,14 @@ class ServingStats:
             self._fail_ns += total_ns
             self._window.add(int(time.monotonic()))
         if self._metrics is not None:
-            self._metrics.requests.labels(*self._label, "error").inc()
+            self._count_error()
 
     def record_batch(self, rows: int, compute_ns: int) -> None:
         with self._lock:
             self._batches[rows] += 1
             self._batch_compute_ns[rows] += compute_ns
         if self._metrics is not None:
-            self._metrics.batch_rows.labels(*self._label).observe(rows)
+            self._observe_batch(rows)
 
     def snapshot(self, reset: bool = False) -> StatsSnapshot:
         with self._lock:

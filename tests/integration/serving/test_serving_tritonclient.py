@@ -1,0 +1,105 @@
+"""Conformance with Triton's own Python client (PyPI `tritonclient[grpc]`).
+
+tritonclient pins protobuf<7 and ships its own `inference` package, so it cannot share this
+process: it runs in a subprocess under the interpreter of its own virtual environment, named by
+TESSERA_TRITONCLIENT_PYTHON (or found at .venv-triton/bin/python in the repository root). Make
+one with: python3 -m venv .venv-triton && .venv-triton/bin/pip install 'tritonclient[grpc]'.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from serving_models import W
+
+REPO = Path(__file__).resolve().parents[3]
+
+# Runs under tritonclient's interpreter; prints one JSON object of what it saw.
+CLIENT_SCRIPT = r"""
+import json, sys
+import numpy as np
+import tritonclient.grpc as tc
+from tritonclient.utils import InferenceServerException
+
+client = tc.InferenceServerClient(sys.argv[1])
+model = sys.argv[2]
+seen = {"live": client.is_server_live(), "ready": client.is_server_ready()}
+seen["ready_before_load"] = client.is_model_ready(model)
+client.load_model(model)
+seen["ready_after_load"] = client.is_model_ready(model)
+seen["extensions"] = list(client.get_server_metadata().extensions)
+metadata = client.get_model_metadata(model, as_json=True)
+seen["inputs"] = [[t["name"], t["datatype"], [int(d) for d in t["shape"]]] for t in metadata["inputs"]]
+config = client.get_model_config(model, as_json=True)["config"]
+seen["max_batch_size"] = config["max_batch_size"]
+
+x = np.arange(8, dtype=np.float32).reshape(2, 4)
+tensor = tc.InferInput("x", [2, 4], "FP32")
+tensor.set_data_from_numpy(x)
+result = client.infer(model, [tensor], outputs=[tc.InferRequestedOutput("y")], request_id="tc-1")
+seen["y"] = result.as_numpy("y").tolist()
+seen["id"] = result.get_response().id
+
+bad = tc.InferInput("x", [2, 5], "FP32")
+bad.set_data_from_numpy(np.zeros((2, 5), dtype=np.float32))
+try:
+    client.infer(model, [bad])
+    seen["bad"] = None
+except InferenceServerException as exc:
+    seen["bad"] = [exc.status(), exc.message()]
+
+stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+seen["success_count"] = int(stats["inference_stats"]["success"]["count"])
+seen["models"] = [[m["name"], m.get("state", "")] for m in client.get_model_repository_index(as_json=True)["models"]]
+client.unload_model(model)
+seen["ready_after_unload"] = client.is_model_ready(model)
+print(json.dumps(seen))
+"""
+
+
+def tritonclient_python() -> Path | None:
+    named = os.environ.get("TESSERA_TRITONCLIENT_PYTHON")
+    if named:
+        return Path(named)
+    default = REPO / ".venv-triton" / "bin" / "python"
+    return default if default.exists() else None
+
+
+def test_tritonclient_talks_to_tesserad(daemon, linear) -> None:
+    python = tritonclient_python()
+    if python is None:
+        pytest.skip(
+            "tritonclient is not installed: set TESSERA_TRITONCLIENT_PYTHON to a python with "
+            "'tritonclient[grpc]' (or create .venv-triton in the repository root)"
+        )
+    run = subprocess.run(
+        [str(python), "-c", CLIENT_SCRIPT, daemon.target, linear],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    seen = json.loads(run.stdout)
+    assert (seen["live"], seen["ready"]) == (True, True)
+    assert (seen["ready_before_load"], seen["ready_after_load"], seen["ready_after_unload"]) == (
+        False,
+        True,
+        False,
+    )
+    assert "model_repository" in seen["extensions"] and "statistics" in seen["extensions"]
+    assert seen["inputs"] == [["x", "FP32", [-1, 4]]]
+    assert seen["max_batch_size"] == 32
+    np.testing.assert_allclose(
+        np.array(seen["y"]), np.arange(8, dtype=np.float32).reshape(2, 4) @ (W * 2), rtol=1e-6
+    )
+    assert seen["id"] == "tc-1"
+    status, message = seen["bad"]
+    assert status == "StatusCode.INVALID_ARGUMENT" and "'x'" in message and "dimension 1" in message
+    assert seen["success_count"] == 1
+    assert [linear, "READY"] in seen["models"]
