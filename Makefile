@@ -22,8 +22,17 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml constraints.txt
 run: $(STAMP)
 	$(VENV)/bin/tesserad serve --listen 127.0.0.1:50051 --data-dir ./var
 
-test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+# Triton's client for the OIP conformance test, in its own venv (see constraints-triton.txt).
+TRITON_VENV := .venv-triton
+TRITON_STAMP := $(TRITON_VENV)/.installed
+
+$(TRITON_STAMP): constraints-triton.txt
+	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install --quiet --disable-pip-version-check -c constraints-triton.txt 'tritonclient[grpc]'
+	touch $(TRITON_STAMP)
+
+test: $(STAMP) $(TRITON_STAMP)
+	TESSERA_TRITONCLIENT_PYTHON=$(CURDIR)/$(TRITON_VENV)/bin/python $(PY) -m pytest $(PYTEST_ARGS)
 
 # Stubs are committed; CI regenerates them and fails on a diff.
 proto: $(STAMP)
@@ -53,4 +62,4 @@ bench: $(STAMP)
 	for b in bench/*_bench.py; do $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(TRITON_VENV) .pytest_cache .ruff_cache .hypothesis

@@ -3,7 +3,7 @@
 tritonclient pins protobuf<7 and ships its own `inference` package, so it cannot share this
 process: it runs in a subprocess under the interpreter of its own virtual environment, named by
 TESSERA_TRITONCLIENT_PYTHON (or found at .venv-triton/bin/python in the repository root). Make
-one with: python3 -m venv .venv-triton && .venv-triton/bin/pip install 'tritonclient[grpc]'.
+one with `make .venv-triton/.installed` (`make test` does).
 """
 
 from __future__ import annotations
