@@ -13,6 +13,7 @@ import torch
 import tesserad.nn.onnx_export as onnx_export
 from tesserad.errors import FailedPrecondition, InvalidArgument
 from tesserad.nn import (
+    BatchNorm4d,
     Cnn2dSpec,
     Cnn4dSpec,
     Conv4d,
@@ -128,3 +129,65 @@ def test_bad_lowering_and_bad_spec_are_invalid_arguments(tmp_path: Path) -> None
         export_onnx(build_model(spec), spec, tmp_path / "m.onnx", conv4d="fast")  # type: ignore[arg-type]
     with pytest.raises(InvalidArgument, match=r"architecture\.mlp\.output_size"):
         export_onnx(build_model(spec), MlpSpec((3, 4), 0), tmp_path / "m.onnx")
+
+
+class _StridedConvNet(torch.nn.Module):
+    """A Conv4d with a time stride and dilation, a folded batch norm, then a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = torch.nn.Sequential(
+            Conv4d(
+                2, 4, (2, 3, 1, 2), stride=(2, 1, 2, 1), padding=(1, 1, 0, 1), dilation=(2, 1, 1, 1), groups=2
+            ),
+            BatchNorm4d(4),
+            torch.nn.ReLU(),
+        )
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3, 4, 5)))
+
+
+@pytest.mark.parametrize(
+    ("conv", "with_norm", "size"),
+    [
+        (Conv4d(2, 6, 3, padding="same"), True, (5, 4, 4, 3)),
+        (Conv4d(4, 6, (2, 3, 2, 1), padding="same", groups=2, bias=False), True, (4, 4, 5, 3)),
+        (Conv4d(2, 3, 3, stride=(2, 1, 1, 2), padding=1, dilation=(2, 1, 2, 1)), False, (7, 5, 5, 4)),
+        (Conv4d(2, 3, 3, padding=1, padding_mode="reflect"), True, (4, 4, 3, 3)),
+        (Conv4d(2, 4, 2, padding=(2, 0, 1, 0), padding_mode="circular", groups=2), False, (3, 3, 3, 3)),
+        (
+            Conv4d(2, 3, (1, 2, 2, 2), stride=(2, 1, 1, 1), padding=1),
+            True,
+            (1, 3, 3, 3),
+        ),  # taps that see only padding
+    ],
+)
+def test_decomposed_lowering_computes_the_same_function(conv: Conv4d, with_norm: bool, size: tuple) -> None:
+    torch.manual_seed(0)
+    layers: list[torch.nn.Module] = [conv]
+    if with_norm:
+        norm = BatchNorm4d(conv.out_channels)
+        with torch.no_grad():
+            norm(torch.randn(4, conv.out_channels, *size) * 3 + 1)
+            norm.weight.uniform_(0.5, 2.0)
+            norm.bias.uniform_(-1.0, 1.0)
+        layers.append(norm)
+    model = torch.nn.Sequential(*layers).eval()
+    lowered = onnx_export._lowered(model, "decomposed")  # a float32 copy, as exported
+    assert not any(isinstance(m, Conv4d | BatchNorm4d) for m in lowered.modules())  # replaced and folded
+    x = torch.randn(3, conv.in_channels, *size)
+    with torch.no_grad():
+        torch.testing.assert_close(lowered(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_decomposed_export_folds_norms_and_handles_time_strides(tmp_path: Path) -> None:
+    spec = Cnn4dSpec(input_shape=(2, 7, 4, 5, 3), output_size=3)
+    model = _StridedConvNet()
+    with torch.no_grad():
+        model(torch.randn(8, *spec.input_shape) * 2 + 0.5)
+    report = export_onnx(model.eval(), spec, tmp_path / "m.onnx")
+    assert report.max_abs_diff is not None and report.max_abs_diff <= 1e-4
+    ops = {n.op_type for n in onnx.load(str(report.path)).graph.node}
+    assert "Conv" in ops and "BatchNormalization" not in ops
