@@ -31,7 +31,14 @@ $(TRITON_STAMP): constraints-triton.txt
 	$(TRITON_VENV)/bin/pip install --quiet --disable-pip-version-check -c constraints-triton.txt 'tritonclient[grpc]'
 	touch $(TRITON_STAMP)
 
-test: $(STAMP) $(TRITON_STAMP)
+# The Node.js client's test needs its packages; without npm that test skips and says why.
+NODE_DEPS := clients/node/node_modules/.package-lock.json
+
+$(NODE_DEPS): clients/node/package-lock.json
+	@if command -v npm >/dev/null; then cd clients/node && npm ci --no-audit --no-fund; \
+	else echo "npm not found: the Node.js client test will be skipped"; fi
+
+test: $(STAMP) $(TRITON_STAMP) $(NODE_DEPS)
 	TESSERA_TRITONCLIENT_PYTHON=$(CURDIR)/$(TRITON_VENV)/bin/python $(PY) -m pytest $(PYTEST_ARGS)
 
 # Stubs are committed; CI regenerates them and fails on a diff.

@@ -1,4 +1,5 @@
-"""`tessera`: the command line for tesserad."""
+"""`tessera`: the command line for tesserad. Tables for people, `--json` for scripts; every
+failure exits non-zero with the daemon's message, never a traceback."""
 
 from __future__ import annotations
 
@@ -6,14 +7,605 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
 
-import grpc
+import numpy as np
 from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+from rich.console import Console
+from rich.table import Table
 
-from tessera.v1 import system_pb2, system_pb2_grpc
+from tessera.client import Client
+from tessera.demo import run_demo
+from tessera.errors import JobFailed, TesseraError
+from tessera.events import JobState
+from tessera.follow import follow
+from tessera.messages import load_toml, to_datetime
+from tessera.tensors import dtype_name
+from tessera.transport import TLS, TOKEN_ENV
+from tessera.v1 import inference_pb2, registry_pb2, training_pb2
 
 DEFAULT_TARGET = "127.0.0.1:50051"
+EXIT_ERROR = 1
+
+
+class Output:
+    """Where a command's results go: rich tables on the terminal, or JSON on stdout."""
+
+    def __init__(self, as_json: bool, console: Console | None = None) -> None:
+        self.as_json = as_json
+        self.console = console or Console(highlight=False, soft_wrap=False)
+
+    def json(self, value: Any) -> None:
+        print(json.dumps(to_plain(value), indent=2))
+
+    def table(self, title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+        table = Table(title=title)
+        for column in columns:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*(str(cell) for cell in row))
+        self.console.print(table)
+
+    def pairs(self, title: str, pairs: Iterable[tuple[str, Any]]) -> None:
+        table = Table(title=title, show_header=False)
+        table.add_column("field", style="bold")
+        table.add_column("value")
+        for key, value in pairs:
+            table.add_row(key, str(value))
+        self.console.print(table)
+
+    def line(self, text: str) -> None:
+        self.console.print(text, markup=False)
+
+
+def to_plain(value: Any) -> Any:
+    """Messages, lists of them and numpy arrays as JSON-ready values."""
+    if isinstance(value, Message):
+        return MessageToDict(value, preserving_proto_field_name=True)
+    if isinstance(value, dict):
+        return {key: to_plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_plain(item) for item in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def selector(text: str | None) -> int | str | None:
+    """A version given on the command line: a number, or else an alias."""
+    if text is None:
+        return None
+    return int(text) if text.isdigit() else text
+
+
+def when(timestamp: Any) -> str:
+    moment = to_datetime(timestamp)
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else "-"
+
+
+def size(num_bytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if num_bytes < 1024 or unit == "GiB":
+            return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
+        num_bytes /= 1024
+    return f"{num_bytes:.1f} GiB"
+
+
+def key_values(items: Sequence[str], what: str) -> dict[str, str]:
+    """["a=1", "b=2"] as a dict; ValueError naming the malformed item."""
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{what} {item!r}: write KEY=VALUE")
+        pairs[key] = value
+    return pairs
+
+
+def shape(dims: Iterable[int]) -> str:
+    return "(" + ", ".join("?" if d < 0 else str(d) for d in dims) + ")"
+
+
+# Commands. Each takes (client, args, out) and prints its result.
+
+
+def cmd_info(client: Client, args: argparse.Namespace, out: Output) -> None:
+    info = client.system.info()
+    if out.as_json:
+        return out.json(info)
+    out.line(f"tesserad {info.version} on {info.hostname} (pid {info.pid}), up {info.uptime_s:.0f} s")
+    out.table(
+        "devices",
+        ["id", "name", "cores", "memory"],
+        [(d.id, d.name, d.cores or "-", size(d.memory_total_bytes)) for d in info.devices],
+    )
+    usage = info.data_dir
+    out.line(
+        f"data {usage.path}: store {size(usage.store_bytes)} of {size(usage.store_map_size_bytes)}, "
+        f"blobs {size(usage.blob_bytes)}, {size(usage.fs_free_bytes)} free"
+    )
+
+
+def cmd_models_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
+    models = list(client.models.list(prefix=args.prefix))
+    if out.as_json:
+        return out.json(models)
+    out.table(
+        "models",
+        ["name", "latest", "versions", "aliases", "updated"],
+        [
+            (
+                m.name,
+                m.latest_version or "-",
+                m.version_count,
+                ", ".join(f"{a}={v}" for a, v in sorted(m.aliases.items()) if a != "latest") or "-",
+                when(m.updated_at),
+            )
+            for m in models
+        ],
+    )
+
+
+def cmd_models_show(client: Client, args: argparse.Namespace, out: Output) -> None:
+    version = client.models.version(args.model, selector(args.version))
+    if out.as_json:
+        return out.json(version)
+    out.pairs(f"{version.model} v{version.version}", version_rows(version))
+
+
+def version_rows(version: registry_pb2.ModelVersion) -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = [
+        ("format", registry_pb2.ArtifactFormat.Name(version.format).removeprefix("ARTIFACT_FORMAT_").lower()),
+        ("size", size(version.size_bytes)),
+        ("sha256", version.sha256),
+        ("parameters", f"{version.parameter_count:,}"),
+        ("aliases", ", ".join(version.aliases) or "-"),
+        ("created", f"{when(version.created_at)} by {version.created_by or '-'}"),
+    ]
+    if version.description:
+        rows.append(("description", version.description))
+    for spec in version.signature.inputs:
+        rows.append((f"input {spec.name}", shape(spec.shape)))
+    for spec in version.signature.outputs:
+        rows.append((f"output {spec.name}", shape(spec.shape)))
+    rows += [(f"metric {k}", f"{v:.5g}") for k, v in sorted(version.metrics.items())]
+    lineage = version.lineage
+    if lineage.job_id:
+        rows.append(("trained by", f"job {lineage.job_id}, run {lineage.run_id}"))
+    for dataset in lineage.datasets:
+        rows.append(("dataset", f"{dataset.name}:{dataset.version}"))
+    if lineage.parent_version:
+        rows.append(("parent", f"{lineage.parent_model or version.model} v{lineage.parent_version}"))
+    return rows
+
+
+def cmd_models_versions(client: Client, args: argparse.Namespace, out: Output) -> None:
+    versions = list(client.models.versions(args.model))
+    if out.as_json:
+        return out.json(versions)
+    out.table(
+        f"{args.model} versions",
+        ["version", "format", "size", "aliases", "created", "description"],
+        [
+            (
+                v.version,
+                registry_pb2.ArtifactFormat.Name(v.format).removeprefix("ARTIFACT_FORMAT_").lower(),
+                size(v.size_bytes),
+                ", ".join(v.aliases) or "-",
+                when(v.created_at),
+                v.description,
+            )
+            for v in versions
+        ],
+    )
+
+
+def cmd_models_push(client: Client, args: argparse.Namespace, out: Output) -> None:
+    architecture = None
+    if args.spec:
+        spec = load_toml(args.spec)
+        architecture = spec.get("architecture", spec)
+    version = client.models.push(
+        args.model,
+        args.file,
+        architecture=architecture,
+        alias=args.alias,
+        description=args.description,
+        progress=None if out.as_json else transfer_progress(out, f"pushing {Path(args.file).name}"),
+    )
+    if out.as_json:
+        return out.json(version)
+    out.line(
+        f"registered {version.model} v{version.version} ({size(version.size_bytes)}, sha256 {version.sha256[:12]})"
+    )
+
+
+def cmd_models_alias(client: Client, args: argparse.Namespace, out: Output) -> None:
+    alias = client.models.set_alias(args.model, args.alias, args.version)
+    if out.as_json:
+        return out.json(alias)
+    out.line(f"{alias.model}: {alias.alias} -> v{alias.version}")
+
+
+def cmd_models_deploy(client: Client, args: argparse.Namespace, out: Output) -> None:
+    routes: dict[int | str, int] = {}
+    for item in args.routes:
+        target, sep, weight = item.partition("=")
+        if not sep or not weight.isdigit():
+            raise ValueError(f"route {item!r}: write VERSION=PERCENT or ALIAS=PERCENT, e.g. 3=90 staging=10")
+        routes[selector(target)] = int(weight)  # type: ignore[index]
+    deployment = client.models.deploy(
+        args.model,
+        routes,
+        shadow=selector(args.shadow),
+        shadow_percent=args.shadow_percent,
+        comment=args.comment,
+    )
+    print_deployment(deployment, out)
+
+
+def cmd_models_rollback(client: Client, args: argparse.Namespace, out: Output) -> None:
+    print_deployment(client.models.rollback(args.model), out)
+
+
+def print_deployment(deployment: registry_pb2.Deployment, out: Output) -> None:
+    if out.as_json:
+        return out.json(deployment)
+    rows = []
+    for route in deployment.routes:
+        target = f"alias {route.alias}" if route.WhichOneof("target") == "alias" else f"v{route.version}"
+        rows.append(
+            (target, f"{route.weight}%", f"v{route.resolved_version}" if route.resolved_version else "-")
+        )
+    if deployment.HasField("shadow") and deployment.shadow.WhichOneof("target"):
+        shadow = deployment.shadow
+        target = f"alias {shadow.alias}" if shadow.WhichOneof("target") == "alias" else f"v{shadow.version}"
+        rows.append((f"shadow {target}", f"{shadow.percent}% copied", f"v{shadow.resolved_version}"))
+    out.table(
+        f"{deployment.model} deployment revision {deployment.revision}",
+        ["route", "traffic", "resolves to"],
+        rows,
+    )
+
+
+def cmd_models_compare(client: Client, args: argparse.Namespace, out: Output) -> None:
+    diff = client.models.compare(args.model, selector(args.a), selector(args.b))  # type: ignore[arg-type]
+    if out.as_json:
+        return out.json(diff)
+    title = f"{args.model}: v{diff.a.version} vs v{diff.b.version}"
+    rows: list[tuple[str, str, str, str]] = []
+    for m in diff.metrics:
+        a = f"{m.a:.5g}" if m.present_a else "-"
+        b = f"{m.b:.5g}" if m.present_b else "-"
+        rows.append((f"metric {m.key}", a, b, f"{m.delta:+.5g}" if m.present_a and m.present_b else ""))
+    for p in diff.params:
+        rows.append((f"param {p.key}", p.a if p.present_a else "-", p.b if p.present_b else "-", ""))
+    for item in diff.lineage:
+        rows.append((f"lineage {item.key}", item.a or "-", item.b or "-", ""))
+    rows.append(("size", size(diff.a.size_bytes), size(diff.b.size_bytes), f"{diff.size_delta:+,} B"))
+    rows.append(
+        ("signature", "", "", "same" if diff.same_signature else "; ".join(diff.signature_differences))
+    )
+    out.table(title, ["", "a", "b", "b - a"], rows)
+
+
+def cmd_models_download(client: Client, args: argparse.Namespace, out: Output) -> None:
+    version = client.models.download(
+        args.model,
+        args.path,
+        selector(args.version),
+        progress=None if out.as_json else transfer_progress(out, f"downloading {args.model}"),
+    )
+    if out.as_json:
+        return out.json({"path": str(args.path), "version": to_plain(version)})
+    out.line(
+        f"wrote {args.path}: {version.model} v{version.version}, {size(version.size_bytes)}, sha256 verified"
+    )
+
+
+def cmd_datasets_push(client: Client, args: argparse.Namespace, out: Output) -> None:
+    splits = {name: float(fraction) for name, fraction in key_values(args.split, "--split").items()}
+    version = client.datasets.push(
+        args.name,
+        args.file,
+        splits=splits or None,
+        seed=args.seed,
+        allow_nonfinite=args.allow_nonfinite,
+        description=args.description,
+        progress=None if out.as_json else transfer_progress(out, f"pushing {Path(args.file).name}"),
+    )
+    if out.as_json:
+        return out.json(version)
+    dedup = " (content already stored; shared)" if version.deduplicated else ""
+    out.line(
+        f"stored {version.name}:{version.version}: {version.num_samples} samples, {size(version.size_bytes)}{dedup}"
+    )
+    print_dataset_version(version, out)
+
+
+def cmd_datasets_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
+    datasets = list(client.datasets.list(prefix=args.prefix))
+    if out.as_json:
+        return out.json(datasets)
+    out.table(
+        "datasets",
+        ["name", "latest", "versions", "size", "updated"],
+        [
+            (d.name, d.latest_version, d.version_count, size(d.size_bytes), when(d.updated_at))
+            for d in datasets
+        ],
+    )
+
+
+def cmd_datasets_show(client: Client, args: argparse.Namespace, out: Output) -> None:
+    version = client.datasets.version(args.ref)
+    if out.as_json:
+        return out.json(version)
+    print_dataset_version(version, out)
+
+
+def print_dataset_version(version: Any, out: Output) -> None:
+    out.table(
+        f"{version.name}:{version.version} ({version.num_samples} samples)",
+        ["array", "dtype", "shape", "min", "max", "mean", "std"],
+        [
+            (
+                a.name,
+                dtype_name(a.dtype),
+                shape(a.shape),
+                f"{a.stats.min:.4g}",
+                f"{a.stats.max:.4g}",
+                f"{a.stats.mean:.4g}",
+                f"{a.stats.std:.4g}",
+            )
+            for a in version.arrays
+        ],
+    )
+    if version.splits:
+        out.line("splits: " + ", ".join(f"{s.name} {s.count}" for s in version.splits))
+
+
+def cmd_train(client: Client, args: argparse.Namespace, out: Output) -> None:
+    job = client.training.submit(load_toml(args.spec))
+    if not args.follow:
+        if out.as_json:
+            return out.json(job.info)
+        out.line(f"submitted job {job.id} ({job.state.value}); follow it with: tessera jobs watch {job.id}")
+        return None
+    if not out.as_json:
+        out.line(f"submitted job {job.id}")
+    finish(follow(job, out.console, out.as_json))
+    return None
+
+
+def finish(job: Any) -> None:
+    """A followed job that did not succeed makes the command fail."""
+    if job.state != JobState.SUCCEEDED:
+        raise JobFailed(
+            job, f"job {job.id} ended {job.state.value}" + (f": {job.info.error}" if job.info.error else "")
+        )
+
+
+def cmd_jobs_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
+    jobs = list(client.training.jobs(states=args.state or ()))
+    if out.as_json:
+        return out.json([job.info for job in jobs])
+    out.table(
+        "jobs",
+        ["id", "state", "experiment", "progress", "epoch", "loss", "created"],
+        [
+            (
+                j.id,
+                j.state.value,
+                j.info.experiment,
+                f"{j.info.progress:.0%}",
+                j.info.epoch,
+                f"{j.info.metrics['train_loss']:.4g}" if "train_loss" in j.info.metrics else "-",
+                when(j.info.created_at),
+            )
+            for j in jobs
+        ],
+    )
+
+
+def cmd_jobs_watch(client: Client, args: argparse.Namespace, out: Output) -> None:
+    job = client.training.job(args.job_id)
+    finish(follow(job, out.console, out.as_json, from_seq=args.from_seq))
+
+
+def cmd_jobs_cancel(client: Client, args: argparse.Namespace, out: Output) -> None:
+    job = client.training.cancel(args.job_id)
+    if out.as_json:
+        return out.json(job.info)
+    out.line(f"job {job.id}: {job.state.value} (stops at its next step)")
+
+
+def cmd_runs_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
+    runs = list(client.training.runs(experiment=args.experiment))
+    if out.as_json:
+        return out.json(runs)
+    out.table(
+        "runs",
+        ["id", "experiment", "name", "status", "metrics", "started"],
+        [
+            (
+                r.run_id,
+                r.experiment,
+                r.name,
+                training_pb2.RunStatus.Name(r.status).removeprefix("RUN_STATUS_").lower(),
+                ", ".join(f"{m.key}={m.last:.4g}" for m in r.metrics),
+                when(r.start_time),
+            )
+            for r in runs
+        ],
+    )
+
+
+def cmd_runs_show(client: Client, args: argparse.Namespace, out: Output) -> None:
+    run = client.training.run(args.run_id)
+    if out.as_json:
+        return out.json(run)
+    rows: list[tuple[str, Any]] = [
+        ("experiment", run.experiment),
+        ("name", run.name),
+        ("job", run.job_id or "-"),
+    ]
+    rows += [(f"param {k}", v) for k, v in sorted(run.params.items())]
+    rows += [
+        (f"metric {m.key}", f"last {m.last:.5g}  min {m.min:.5g}  max {m.max:.5g}  ({m.count} points)")
+        for m in run.metrics
+    ]
+    out.pairs(f"run {run.run_id}", rows)
+
+
+def cmd_runs_leaderboard(client: Client, args: argparse.Namespace, out: Output) -> None:
+    entries = client.training.leaderboard(args.experiment, args.metric, mode=args.mode, limit=args.limit)
+    if out.as_json:
+        return out.json(list(entries))
+    out.table(
+        f"{args.experiment} by {args.metric}",
+        ["rank", args.metric, "run", "name", "params"],
+        [
+            (
+                e.rank,
+                f"{e.value:.5g}",
+                e.run.run_id,
+                e.run.name,
+                ", ".join(f"{k}={v}" for k, v in sorted(e.run.params.items())),
+            )
+            for e in entries
+        ],
+    )
+
+
+def cmd_export_onnx(client: Client, args: argparse.Namespace, out: Output) -> None:
+    result = client.models.export_onnx(
+        args.model, selector(args.version), opset=args.opset, conv4d=args.conv4d, alias=args.alias
+    )
+    if out.as_json:
+        return out.json(result)
+    out.line(
+        f"exported {result.version.model} v{result.version.version} (onnx opset {result.opset}, conv4d "
+        f"{result.conv4d}, max |onnx - torch| {result.max_abs_error:.2e})"
+    )
+
+
+def cmd_predict(client: Client, args: argparse.Namespace, out: Output) -> None:
+    inputs = load_inputs(args.input)
+    prediction = client.inference.predict(
+        args.model, inputs, version=args.version, alias=args.alias, timeout=args.timeout
+    )
+    if args.output:
+        np.savez(args.output, **prediction.outputs)
+    if out.as_json:
+        return out.json(
+            {
+                "model": prediction.model,
+                "version": prediction.version,
+                "queue_time_us": prediction.queue_time_us,
+                "compute_time_us": prediction.compute_time_us,
+                "outputs": {name: array.tolist() for name, array in prediction.outputs.items()},
+            }
+        )
+    out.line(
+        f"{prediction.model} v{prediction.version}: queued {prediction.queue_time_us} us, "
+        f"computed {prediction.compute_time_us} us (batch of {prediction.batch_rows} rows)"
+    )
+    for name, array in prediction.outputs.items():
+        out.line(
+            f"{name} {array.dtype}{list(array.shape)}:\n{np.array2string(array, precision=4, threshold=64)}"
+        )
+    if args.output:
+        out.line(f"wrote {args.output}")
+
+
+def load_inputs(path: str) -> dict[str, np.ndarray]:
+    """Inputs from a .npz (each array by name) or a .npy (the input named "input")."""
+    if path.endswith(".npy"):
+        return {"input": np.load(path, allow_pickle=False)}
+    with np.load(path, allow_pickle=False) as archive:
+        return {name: archive[name] for name in archive.files}
+
+
+def cmd_stats(client: Client, args: argparse.Namespace, out: Output) -> None:
+    stats = client.inference.stats(args.model, selector(args.version), reset=args.reset)
+    if out.as_json:
+        return out.json(list(stats))
+    print_stats(stats, out)
+
+
+def print_stats(stats: Sequence[inference_pb2.ModelStats], out: Output) -> None:
+    rows = []
+    for s in stats:
+        for what, summary in (("queue", s.queue), ("compute", s.compute), ("total", s.total)):
+            rows.append(
+                (
+                    f"{s.model} v{s.version}",
+                    what,
+                    summary.count,
+                    f"{summary.p50_us:.0f}",
+                    f"{summary.p95_us:.0f}",
+                    f"{summary.p99_us:.0f}",
+                    f"{summary.p999_us:.0f}",
+                    f"{summary.max_us:.0f}",
+                )
+            )
+    out.table("latency (us)", ["version", "stage", "count", "p50", "p95", "p99", "p99.9", "max"], rows)
+    for s in stats:
+        batches = ", ".join(f"{b.rows}:{b.count}" for b in s.batch_sizes)
+        out.line(
+            f"{s.model} v{s.version}: {s.request_count} requests ({s.error_count} failed), "
+            f"{s.throughput_rps:.1f} req/s; batch rows:count {batches or '-'}"
+        )
+
+
+def cmd_serve_status(client: Client, args: argparse.Namespace, out: Output) -> None:
+    loaded = client.inference.loaded(args.model)
+    if out.as_json:
+        return out.json(list(loaded))
+    out.table(
+        "loaded models",
+        ["model", "version", "state", "runtime", "device", "max batch", "memory", "loaded"],
+        [
+            (
+                m.model,
+                m.version,
+                inference_pb2.LoadState.Name(m.state).removeprefix("LOAD_STATE_").lower(),
+                inference_pb2.Runtime.Name(m.config.runtime).removeprefix("RUNTIME_").lower(),
+                m.config.device,
+                m.config.max_batch_size,
+                size(m.memory_bytes),
+                when(m.loaded_at),
+            )
+            for m in loaded
+        ],
+    )
+
+
+def cmd_demo(client: Client, args: argparse.Namespace, out: Output) -> None:
+    run_demo(
+        client, out.console, name=args.name, samples=args.samples, epochs=args.epochs, requests=args.requests
+    )
+
+
+def transfer_progress(out: Output, label: str) -> Callable[[int, int], None]:
+    """A progress callback printing whole-percent steps of an upload or download."""
+    shown = {"percent": -1}
+
+    def report(done: int, total: int) -> None:
+        percent = 100 if total == 0 else done * 100 // total
+        if percent // 25 > shown["percent"] // 25 or done == total:
+            if percent != shown["percent"]:
+                out.console.print(f"[dim]{label}: {percent}% of {size(total)}[/dim]")
+            shown["percent"] = percent
+
+    return report
+
+
+# The parser.
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,36 +615,172 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("TESSERA_TARGET", DEFAULT_TARGET),
         help=f"daemon address host:port (env TESSERA_TARGET; default {DEFAULT_TARGET})",
     )
-    parser.add_argument("--json", action="store_true", help="print JSON for scripts instead of text")
+    parser.add_argument("--token", default=None, help=f"bearer token (default: env {TOKEN_ENV})")
+    parser.add_argument("--tls", action="store_true", help="use TLS with the system's CAs")
+    parser.add_argument(
+        "--tls-ca", metavar="FILE", help="CA certificate that signed the daemon's (implies TLS)"
+    )
+    parser.add_argument("--tls-cert", metavar="FILE", help="client certificate for mutual TLS")
+    parser.add_argument("--tls-key", metavar="FILE", help="client private key for mutual TLS")
+    parser.add_argument(
+        "--tls-server-name", metavar="NAME", help="name to check the daemon's certificate against"
+    )
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per call (default 30)")
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts instead of tables")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("info", help="the daemon's version, devices and data directory")
+
+    def command(group: Any, name: str, handler: Callable[..., None], help: str) -> argparse.ArgumentParser:
+        sub = group.add_parser(name, help=help, description=help)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    command(commands, "info", cmd_info, "the daemon's version, devices and data directory")
+
+    models = commands.add_parser("models", help="the model registry").add_subparsers(
+        dest="subcommand", required=True, metavar="SUBCOMMAND"
+    )
+    command(models, "ls", cmd_models_ls, "list models").add_argument("--prefix", default="")
+    sub = command(models, "show", cmd_models_show, "a model version's details")
+    sub.add_argument("model")
+    sub.add_argument("--version", help="number or alias (default latest)")
+    sub = command(
+        models, "push", cmd_models_push, "register an ONNX file, or safetensors weights with --spec"
+    )
+    sub.add_argument("model")
+    sub.add_argument("file", help="model.onnx or weights.safetensors")
+    sub.add_argument("--spec", help="TOML with the [architecture] that built safetensors weights")
+    sub.add_argument("--alias", help="move this alias to the new version")
+    sub.add_argument("--description", default="")
+    command(models, "versions", cmd_models_versions, "a model's versions, newest first").add_argument("model")
+    sub = command(models, "alias", cmd_models_alias, "point an alias at a version")
+    sub.add_argument("model")
+    sub.add_argument("alias")
+    sub.add_argument("version", type=int)
+    sub = command(
+        models, "deploy", cmd_models_deploy, "route traffic: ROUTE is VERSION=PERCENT or ALIAS=PERCENT"
+    )
+    sub.add_argument("model")
+    sub.add_argument("routes", nargs="+", metavar="ROUTE")
+    sub.add_argument("--shadow", help="version or alias that gets a copy of requests")
+    sub.add_argument("--shadow-percent", type=int, default=100)
+    sub.add_argument("--comment", default="")
+    command(models, "rollback", cmd_models_rollback, "restore the previous deployment").add_argument("model")
+    sub = command(models, "compare", cmd_models_compare, "differences between two versions")
+    sub.add_argument("model")
+    sub.add_argument("a", help="version number or alias")
+    sub.add_argument("b", help="version number or alias")
+    sub = command(models, "download", cmd_models_download, "write a version's artifact to a file (verified)")
+    sub.add_argument("model")
+    sub.add_argument("path")
+    sub.add_argument("--version", help="number or alias (default latest)")
+
+    datasets = commands.add_parser("datasets", help="datasets").add_subparsers(
+        dest="subcommand", required=True, metavar="SUBCOMMAND"
+    )
+    sub = command(datasets, "push", cmd_datasets_push, "upload a .npz or .npy file as a new version")
+    sub.add_argument("name")
+    sub.add_argument("file")
+    sub.add_argument("--split", action="append", default=[], metavar="NAME=FRACTION", help="e.g. train=0.8")
+    sub.add_argument("--seed", type=int, default=0, help="seed of the random split")
+    sub.add_argument("--allow-nonfinite", action="store_true", help="accept NaN and Inf")
+    sub.add_argument("--description", default="")
+    command(datasets, "ls", cmd_datasets_ls, "list datasets").add_argument("--prefix", default="")
+    command(
+        datasets, "show", cmd_datasets_show, "arrays, statistics and splits of NAME[:VERSION]"
+    ).add_argument("ref")
+
+    sub = command(commands, "train", cmd_train, "submit a training job from a TOML spec")
+    sub.add_argument("spec", help="SPEC.toml (JobSpec fields)")
+    sub.add_argument("--follow", action="store_true", help="show live progress until the job ends")
+
+    jobs = commands.add_parser("jobs", help="training jobs").add_subparsers(
+        dest="subcommand", required=True, metavar="SUBCOMMAND"
+    )
+    command(jobs, "ls", cmd_jobs_ls, "list jobs, newest first").add_argument(
+        "--state", action="append", help="only jobs in this state (repeatable)"
+    )
+    sub = command(jobs, "watch", cmd_jobs_watch, "follow a job's progress until it ends")
+    sub.add_argument("job_id")
+    sub.add_argument("--from-seq", type=int, default=1, help="replay events from this sequence number")
+    command(jobs, "cancel", cmd_jobs_cancel, "stop a job").add_argument("job_id")
+
+    runs = commands.add_parser("runs", help="experiment runs").add_subparsers(
+        dest="subcommand", required=True, metavar="SUBCOMMAND"
+    )
+    command(runs, "ls", cmd_runs_ls, "list runs").add_argument("--experiment", default="")
+    command(runs, "show", cmd_runs_show, "a run's params and metrics").add_argument("run_id")
+    sub = command(runs, "leaderboard", cmd_runs_leaderboard, "an experiment's runs ranked by a metric")
+    sub.add_argument("experiment")
+    sub.add_argument("metric")
+    sub.add_argument("--mode", choices=["min", "max"], help="which is better (default: by the metric's name)")
+    sub.add_argument("--limit", type=int, default=10)
+
+    export = commands.add_parser("export", help="export a version").add_subparsers(
+        dest="subcommand", required=True, metavar="FORMAT"
+    )
+    sub = command(export, "onnx", cmd_export_onnx, "export a safetensors version to ONNX as a new version")
+    sub.add_argument("model")
+    sub.add_argument("--version", help="number or alias (default latest)")
+    sub.add_argument("--opset", type=int, default=0)
+    sub.add_argument("--conv4d", choices=["auto", "decomposed", "native"], default="auto")
+    sub.add_argument("--alias", help="move this alias to the exported version")
+
+    sub = command(commands, "predict", cmd_predict, "run a model on inputs from a file")
+    sub.add_argument("model")
+    sub.add_argument("--input", required=True, help=".npz with arrays by input name, or .npy for 'input'")
+    pick = sub.add_mutually_exclusive_group()
+    pick.add_argument("--version", type=int)
+    pick.add_argument("--alias")
+    sub.add_argument("--output", help="write the outputs to this .npz")
+
+    sub = command(commands, "stats", cmd_stats, "latency percentiles and throughput of a loaded model")
+    sub.add_argument("model", nargs="?", default="", help="default: every loaded model")
+    sub.add_argument("--version", help="number or alias (default: every loaded version)")
+    sub.add_argument("--reset", action="store_true", help="zero the figures after reading them")
+
+    command(commands, "serve-status", cmd_serve_status, "the loaded model versions").add_argument(
+        "model", nargs="?", default=""
+    )
+
+    sub = command(commands, "demo", cmd_demo, "the whole life cycle on a synthetic spacetime dataset")
+    sub.add_argument("--name", default="demo", help="prefix of the dataset and model names")
+    sub.add_argument("--samples", type=int, default=192)
+    sub.add_argument("--epochs", type=int, default=3)
+    sub.add_argument("--requests", type=int, default=200, help="predict calls for the latency figures")
     return parser
 
 
-def _info(stub: system_pb2_grpc.SystemStub, as_json: bool) -> None:
-    info = stub.GetServerInfo(system_pb2.GetServerInfoRequest(), timeout=10)
-    if as_json:
-        print(json.dumps(MessageToDict(info, preserving_proto_field_name=True), indent=2))
-        return
-    print(f"tesserad {info.version} on {info.hostname} (pid {info.pid}), up {info.uptime_s:.0f} s")
-    for device in info.devices:
-        memory = device.memory_total_bytes / 2**30
-        cores = f", {device.cores} cores" if device.cores else ""
-        print(f"  {device.id:<8} {device.name}{cores}, {memory:.1f} GiB")
-    usage = info.data_dir
-    print(
-        f"  data     {usage.path}: store {usage.store_bytes / 2**20:.1f} MiB, blobs {usage.blob_bytes / 2**20:.1f} MiB"
+def tls_from(args: argparse.Namespace) -> TLS | None:
+    if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key):
+        return None
+    return TLS(
+        ca_file=args.tls_ca, cert_file=args.tls_cert, key_file=args.tls_key, server_name=args.tls_server_name
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:
+    """Run one command; returns the exit status (0 ok, 1 failed, 2 bad usage, 130 interrupted)."""
     args = build_parser().parse_args(argv)
-    with grpc.insecure_channel(args.target) as channel:
-        try:
-            _info(system_pb2_grpc.SystemStub(channel), args.json)
-        except grpc.RpcError as err:
-            print(f"tessera: {err.code().name}: {err.details()}", file=sys.stderr)
-            return 1
+    out = Output(args.json, console)
+    try:
+        with Client(args.target, token=args.token, tls=tls_from(args), timeout=args.timeout) as client:
+            args.handler(client, args, out)
+    except TesseraError as err:
+        print(f"tessera: {err.code}: {err.message}", file=sys.stderr)
+        return EXIT_ERROR
+    except JobFailed as err:
+        print(f"tessera: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except (ValueError, OSError) as err:
+        print(f"tessera: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("tessera: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        # A bug in the CLI itself: still one line, with enough to report it.
+        print(f"tessera: unexpected {type(err).__name__}: {err}; please report this", file=sys.stderr)
+        return EXIT_ERROR
     return 0
 
 

@@ -1,0 +1,50 @@
+#!/usr/bin/env node
+'use strict';
+// tessera-node: `info`, `models [PREFIX]`, `predict MODEL INPUT_JSON [--version N | --alias A]`.
+// Prints JSON on stdout; on failure prints "tessera-node: CODE: message" and exits 1.
+//   node cli.js --target 127.0.0.1:50051 predict affine '{"input": {"dtype": "DATA_TYPE_FLOAT32",
+//     "shape": [1, 4], "values": [1, 2, 3, 4]}}'
+
+const { Client } = require('./tessera');
+
+function parse(argv) {
+  const args = { target: process.env.TESSERA_TARGET || '127.0.0.1:50051', positional: [] };
+  for (let i = 0; i < argv.length; i += 1) {
+    const arg = argv[i];
+    if (arg === '--target') args.target = argv[++i];
+    else if (arg === '--token') args.token = argv[++i];
+    else if (arg === '--version') args.version = Number(argv[++i]);
+    else if (arg === '--alias') args.alias = argv[++i];
+    else args.positional.push(arg);
+  }
+  return args;
+}
+
+async function main() {
+  const args = parse(process.argv.slice(2));
+  const [command, ...rest] = args.positional;
+  const client = new Client(args.target, { token: args.token });
+  try {
+    let result;
+    if (command === 'info') {
+      const info = await client.info();
+      result = { version: info.version, services: info.services };
+    } else if (command === 'models') {
+      const models = await client.listModels(rest[0] || '');
+      result = models.map((m) => ({ name: m.name, latest_version: m.latest_version, aliases: m.aliases }));
+    } else if (command === 'predict') {
+      if (rest.length !== 2) throw new Error('usage: predict MODEL INPUTS_JSON [--version N | --alias A]');
+      result = await client.predict(rest[0], JSON.parse(rest[1]), { version: args.version, alias: args.alias });
+    } else {
+      throw new Error(`unknown command ${command || '(none)'}; use info, models or predict`);
+    }
+    process.stdout.write(`${JSON.stringify(result)}\n`);
+  } finally {
+    client.close();
+  }
+}
+
+main().catch((err) => {
+  process.stderr.write(`tessera-node: ${err.message}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,65 @@
+"""`tessera.Client`: one connection to tesserad with a part per service."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from tessera.datasets import Datasets
+from tessera.inference import Inference
+from tessera.models import Models
+from tessera.system import System
+from tessera.training import Training
+from tessera.transport import DEFAULT_TIMEOUT_S, DEFAULT_TRANSFER_TIMEOUT_S, TLS, Connection, RetryPolicy
+
+
+class Client:
+    """A blocking client for tesserad.
+
+    `target` is "host:port". `token` is sent as `authorization: Bearer <token>` (default: the
+    TESSERA_TOKEN environment variable). `tls` is a `tessera.TLS` (CA file, client cert and
+    key) or True for the system's CAs; None is plaintext. `timeout` is the deadline of every
+    unary call in seconds (per-call `timeout=` overrides it); uploads and downloads use
+    `transfer_timeout`. Idempotent calls that fail UNAVAILABLE are retried per `retry`.
+
+        with tessera.Client("127.0.0.1:50051") as client:
+            print(client.system.info().version)
+    """
+
+    def __init__(
+        self,
+        target: str,
+        token: str | None = None,
+        tls: TLS | bool | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        *,
+        transfer_timeout: float = DEFAULT_TRANSFER_TIMEOUT_S,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self._conn = Connection(target, token, tls, timeout, transfer_timeout, retry)
+        self.models = Models(self._conn)
+        """The registry: models, versions, aliases, lineage, ONNX export, deployments."""
+        self.datasets = Datasets(self._conn)
+        """Datasets: push, list, inspect, download."""
+        self.training = Training(self._conn)
+        """Jobs, experiments, runs, metrics, sweeps."""
+        self.inference = Inference(self._conn)
+        """Predict, streaming predict, load/unload, stats."""
+        self.system = System(self._conn)
+        """Server info and resource use."""
+
+    @property
+    def target(self) -> str:
+        """The daemon address this client talks to."""
+        return self._conn.target
+
+    def close(self) -> None:
+        """Close the channel; calls in flight are cancelled."""
+        self._conn.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

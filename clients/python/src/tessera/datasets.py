@@ -1,0 +1,244 @@
+"""Datasets: named arrays pushed as npz/npy in chunks, versioned, split, described by statistics."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tessera.errors import DataLoss
+from tessera.messages import dataset_ref
+from tessera.transfer import CHUNK_BYTES, DownloadSink, Progress, bytes_chunks, file_chunks, file_digest
+from tessera.transport import Connection, Op, pages
+from tessera.v1 import common_pb2
+from tessera.v1 import datasets_pb2 as pb
+
+S = "Datasets"
+
+Splits = Mapping[str, float] | Mapping[str, Sequence[int]]
+"""Fractions by split name ({"train": 0.8, "val": 0.2}) or explicit sample indices per split."""
+
+
+@dataclass
+class Payload:
+    """What an upload sends: a file on disk or an npz built in memory, with its hash and size."""
+
+    format: int
+    sha256: str
+    size: int
+    path: Path | None = None
+    data: bytes = b""
+
+    def chunks(self, chunk_size: int, progress: Progress | None) -> Iterator[bytes]:
+        if self.path is not None:
+            return file_chunks(self.path, self.size, chunk_size, progress)
+        return bytes_chunks(self.data, chunk_size, progress)
+
+
+def payload(path: str | Path | None, arrays: Mapping[str, np.typing.ArrayLike]) -> Payload:
+    """A .npz/.npy file as it is, or the named arrays written as an uncompressed npz."""
+    if path is not None and arrays:
+        raise ValueError("push: pass a file path or arrays (x=..., y=...), not both")
+    if path is not None:
+        path = Path(path)
+        formats = {".npz": pb.DATASET_FORMAT_NPZ, ".npy": pb.DATASET_FORMAT_NPY}
+        if path.suffix.lower() not in formats:
+            raise ValueError(f"{path}: datasets are .npz or .npy files")
+        sha256, size = file_digest(path)
+        return Payload(formats[path.suffix.lower()], sha256, size, path=path)
+    if not arrays:
+        raise ValueError("push: pass a .npz/.npy path or at least one array, e.g. x=..., y=...")
+    buffer = io.BytesIO()
+    checked = {}
+    for name, value in arrays.items():
+        array = np.asarray(value)
+        if array.dtype.hasobject:
+            raise ValueError(f"array {name!r}: object arrays cannot be stored; convert it to a numeric dtype")
+        checked[name] = array
+    np.savez(buffer, allow_pickle=False, **checked)
+    data = buffer.getvalue()
+    return Payload(pb.DATASET_FORMAT_NPZ, hashlib.sha256(data).hexdigest(), len(data), data=data)
+
+
+def split_spec(splits: Splits | None, seed: int) -> pb.SplitSpec | None:
+    if not splits:
+        return None
+    values = list(splits.values())
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        fractions = [pb.SplitFraction(name=name, fraction=float(f)) for name, f in splits.items()]  # type: ignore[arg-type]
+        return pb.SplitSpec(fractions=pb.FractionSplit(splits=fractions, seed=seed))
+    indices = [pb.SplitIndices(name=name, indices=[int(i) for i in idx]) for name, idx in splits.items()]  # type: ignore[union-attr]
+    return pb.SplitSpec(indices=pb.IndexSplit(splits=indices))
+
+
+def upload_requests(
+    name: str,
+    body: Payload,
+    *,
+    splits: Splits | None,
+    seed: int,
+    array_name: str,
+    allow_nonfinite: bool,
+    description: str,
+    tags: Mapping[str, str] | None,
+    chunk_size: int,
+    progress: Progress | None,
+) -> Iterator[pb.UploadDatasetRequest]:
+    header = pb.UploadDatasetHeader(
+        name=name,
+        format=body.format,
+        sha256=body.sha256,
+        size_bytes=body.size,
+        allow_nonfinite=allow_nonfinite,
+        array_name=array_name,
+        description=description,
+        tags=tags,
+    )
+    spec = split_spec(splits, seed)
+    if spec is not None:
+        header.splits.CopyFrom(spec)
+    yield pb.UploadDatasetRequest(header=header)
+    for chunk in body.chunks(chunk_size, progress):
+        yield pb.UploadDatasetRequest(chunk=chunk)
+
+
+def get_op(name: str) -> Op[pb.Dataset]:
+    return Op(S, "GetDataset", pb.GetDatasetRequest(name=name), True)
+
+
+def list_op(prefix: str, page_size: int, token: str) -> Op[Any]:
+    return Op(
+        S,
+        "ListDatasets",
+        pb.ListDatasetsRequest(name_prefix=prefix, page_size=page_size, page_token=token),
+        True,
+    )
+
+
+def version_op(ref: str | common_pb2.DatasetRef) -> Op[pb.DatasetVersion]:
+    return Op(S, "GetDatasetVersion", pb.GetDatasetVersionRequest(ref=dataset_ref(ref)), True)
+
+
+def versions_op(name: str, page_size: int, token: str) -> Op[Any]:
+    request = pb.ListDatasetVersionsRequest(name=name, page_size=page_size, page_token=token)
+    return Op(S, "ListDatasetVersions", request, True)
+
+
+def delete_op(name: str, version: int, force: bool) -> Op[int]:
+    request = pb.DeleteDatasetRequest(name=name, version=version, force=force)
+    return Op(S, "DeleteDataset", request, False, lambda response: response.deleted_versions)
+
+
+class Datasets:
+    """`client.datasets`: push arrays or npz/npy files, list, inspect, download, delete.
+    A dataset is named "name" (newest version) or "name:version"."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def push(
+        self,
+        name: str,
+        path: str | Path | None = None,
+        *,
+        splits: Splits | None = None,
+        seed: int = 0,
+        array_name: str = "",
+        allow_nonfinite: bool = False,
+        description: str = "",
+        tags: Mapping[str, str] | None = None,
+        progress: Progress | None = None,
+        chunk_size: int = CHUNK_BYTES,
+        timeout: float | None = None,
+        **arrays: np.typing.ArrayLike,
+    ) -> pb.DatasetVersion:
+        """Upload a new version: `push("clips", x=x, y=y, splits={"train": 0.8, "val": 0.2})` or
+        `push("clips", "clips.npz")`. Streamed in chunks; `progress(done, total)` after each.
+        Identical content is stored once (the result has `deduplicated` set)."""
+        body = payload(path, arrays)
+        requests = upload_requests(
+            name,
+            body,
+            splits=splits,
+            seed=seed,
+            array_name=array_name,
+            allow_nonfinite=allow_nonfinite,
+            description=description,
+            tags=tags,
+            chunk_size=chunk_size,
+            progress=progress,
+        )
+        return self._conn.client_stream(S, "UploadDataset", requests, timeout or self._conn.transfer_timeout)
+
+    def get(self, name: str) -> pb.Dataset:
+        """A dataset's summary: latest version, version count, size."""
+        return self._conn.call(get_op(name))
+
+    def list(self, prefix: str = "", page_size: int = 0) -> Iterator[pb.Dataset]:
+        """Every dataset (optionally by name prefix), fetched page by page."""
+        return pages(self._conn, lambda token: list_op(prefix, page_size, token), "datasets")
+
+    def version(self, ref: str | common_pb2.DatasetRef) -> pb.DatasetVersion:
+        """One version ("name" for the newest, "name:3" for version 3): arrays, stats, splits."""
+        return self._conn.call(version_op(ref))
+
+    def versions(self, name: str, page_size: int = 0) -> Iterator[pb.DatasetVersion]:
+        """A dataset's versions, newest first."""
+        return pages(self._conn, lambda token: versions_op(name, page_size, token), "versions")
+
+    def delete(self, name: str, version: int = 0, force: bool = False) -> int:
+        """Delete one version (or all with version 0); returns how many went. FailedPrecondition
+        while a job or a model's lineage uses it, unless `force`."""
+        return self._conn.call(delete_op(name, version, force))
+
+    def download(
+        self,
+        ref: str | common_pb2.DatasetRef,
+        path: str | Path,
+        progress: Progress | None = None,
+        chunk_size: int = CHUNK_BYTES,
+        timeout: float | None = None,
+    ) -> pb.DatasetVersion:
+        """Write a version's stored file to `path`, verified against its sha256."""
+        request = pb.DownloadDatasetRequest(ref=dataset_ref(ref), chunk_size=chunk_size)
+        responses = self._conn.server_stream(
+            S, "DownloadDataset", request, timeout or self._conn.transfer_timeout
+        )
+        header = next(responses).header
+        sink = DownloadSink(Path(path), header.sha256, header.size_bytes, progress)
+        try:
+            for response in responses:
+                sink.write(response.chunk)
+        except BaseException:
+            sink.abort()
+            raise
+        sink.finish()
+        return header
+
+    def load(self, ref: str | common_pb2.DatasetRef, timeout: float | None = None) -> dict[str, np.ndarray]:
+        """A version's arrays in memory, by name (downloaded, verified, parsed without pickle)."""
+        request = pb.DownloadDatasetRequest(ref=dataset_ref(ref))
+        responses = self._conn.server_stream(
+            S, "DownloadDataset", request, timeout or self._conn.transfer_timeout
+        )
+        header = next(responses).header
+        data = b"".join(response.chunk for response in responses)
+        return parse_arrays(header, data)
+
+
+def parse_arrays(header: pb.DatasetVersion, data: bytes) -> dict[str, np.ndarray]:
+    """The arrays of a downloaded dataset file; DataLoss when the bytes do not match the header."""
+    if hashlib.sha256(data).hexdigest() != header.sha256:
+        raise DataLoss(
+            f"dataset {header.name}:{header.version} arrived corrupt (sha256 mismatch); load it again"
+        )
+    if header.format == pb.DATASET_FORMAT_NPY:
+        name = header.arrays[0].name if header.arrays else "x"
+        return {name: np.load(io.BytesIO(data), allow_pickle=False)}
+    with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+        return {name: archive[name] for name in archive.files}

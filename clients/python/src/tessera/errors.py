@@ -1,0 +1,165 @@
+"""One exception per gRPC status code, each carrying the server's message.
+
+Every failed call raises a subclass of `TesseraError`; catch the base class to handle any
+failure, or a subclass (`NotFound`, `InvalidArgument`, ...) for one kind.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class TesseraError(Exception):
+    """A call to tesserad failed; `code` is the gRPC status name, `message` the server's words."""
+
+    code: str = "UNKNOWN"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class Cancelled(TesseraError):
+    """The call was cancelled (by the client, or the server gave up on it)."""
+
+    code = "CANCELLED"
+
+
+class Unknown(TesseraError):
+    """The server failed in a way gRPC could not classify."""
+
+    code = "UNKNOWN"
+
+
+class InvalidArgument(TesseraError):
+    """The request is malformed; the message names the field and what is expected."""
+
+    code = "INVALID_ARGUMENT"
+
+
+class DeadlineExceeded(TesseraError):
+    """The call's deadline passed before the server answered."""
+
+    code = "DEADLINE_EXCEEDED"
+
+
+class NotFound(TesseraError):
+    """A named model, version, dataset, job or run does not exist."""
+
+    code = "NOT_FOUND"
+
+
+class AlreadyExists(TesseraError):
+    """Something with that name already exists."""
+
+    code = "ALREADY_EXISTS"
+
+
+class PermissionDenied(TesseraError):
+    """The caller's token may not do this."""
+
+    code = "PERMISSION_DENIED"
+
+
+class ResourceExhausted(TesseraError):
+    """A quota, size limit or queue is full; the message gives the numbers."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
+class FailedPrecondition(TesseraError):
+    """The system is not in a state that allows the call (e.g. deleting a deployed version)."""
+
+    code = "FAILED_PRECONDITION"
+
+
+class Aborted(TesseraError):
+    """The call was aborted, typically by a concurrent change; retrying may succeed."""
+
+    code = "ABORTED"
+
+
+class OutOfRange(TesseraError):
+    """A value is past the valid range."""
+
+    code = "OUT_OF_RANGE"
+
+
+class Unimplemented(TesseraError):
+    """The daemon does not offer this call (an older version, or a feature not built in)."""
+
+    code = "UNIMPLEMENTED"
+
+
+class Internal(TesseraError):
+    """The daemon hit a bug; the message carries an error id found in the daemon's log."""
+
+    code = "INTERNAL"
+
+
+class Unavailable(TesseraError):
+    """The daemon cannot be reached or is shutting down; retrying later may succeed."""
+
+    code = "UNAVAILABLE"
+
+
+class DataLoss(TesseraError):
+    """Bytes were lost or corrupted (a checksum did not match)."""
+
+    code = "DATA_LOSS"
+
+
+class Unauthenticated(TesseraError):
+    """No valid token was sent; pass `token=` or set TESSERA_TOKEN."""
+
+    code = "UNAUTHENTICATED"
+
+
+class JobFailed(Exception):
+    """`Job.wait()` found the job ended without succeeding; `job` holds its final state."""
+
+    def __init__(self, job: object, message: str) -> None:
+        super().__init__(message)
+        self.job = job
+
+
+ERROR_BY_CODE: dict[grpc.StatusCode, type[TesseraError]] = {
+    grpc.StatusCode.CANCELLED: Cancelled,
+    grpc.StatusCode.UNKNOWN: Unknown,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.ABORTED: Aborted,
+    grpc.StatusCode.OUT_OF_RANGE: OutOfRange,
+    grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
+    grpc.StatusCode.INTERNAL: Internal,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DATA_LOSS: DataLoss,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+}
+
+_CODE_BY_NUMBER: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def error_for(code: grpc.StatusCode, message: str) -> TesseraError:
+    """The exception for a status code (Unknown for a code outside the table)."""
+    return ERROR_BY_CODE.get(code, Unknown)(message)
+
+
+def error_from_rpc(err: grpc.RpcError) -> TesseraError:
+    """The SDK exception for a failed gRPC call (sync or asyncio)."""
+    code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN  # type: ignore[attr-defined]
+    details = err.details() if hasattr(err, "details") else None  # type: ignore[attr-defined]
+    return error_for(code, details or str(code.name if code else "no message"))
+
+
+def error_from_status_number(number: int, message: str) -> TesseraError:
+    """The exception for a status carried inside a message (e.g. a PredictStream item)."""
+    return error_for(_CODE_BY_NUMBER.get(number, grpc.StatusCode.UNKNOWN), message)

@@ -1,0 +1,151 @@
+"""Following a training job in a terminal: a live progress bar, then a summary and loss plot."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from google.protobuf.json_format import MessageToDict
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from tessera.events import (
+    EpochMetrics,
+    JobError,
+    JobEvent,
+    JobState,
+    LogLine,
+    StateChanged,
+    StepMetrics,
+    VersionRegistered,
+)
+from tessera.events import Progress as ProgressEvent
+from tessera.plot import line_plot
+from tessera.training import Job
+
+
+@dataclass
+class Curves:
+    """What a follower keeps of a job's events for its end summary."""
+
+    train_loss: list[tuple[float, float]] = field(default_factory=list)
+    val_loss: list[tuple[float, float]] = field(default_factory=list)
+    last_epoch_metrics: dict[str, float] = field(default_factory=dict)
+    epochs: int = 0
+    samples_per_s: float = 0.0
+    errors: list[str] = field(default_factory=list)
+    registered: str = ""
+
+    def add(self, event: JobEvent) -> None:
+        if isinstance(event, StepMetrics):
+            self.train_loss.append((event.step, event.loss))
+            self.samples_per_s = event.samples_per_s
+        elif isinstance(event, EpochMetrics):
+            self.epochs = max(self.epochs, event.epoch)
+            self.last_epoch_metrics = dict(event.metrics)
+            if "val_loss" in event.metrics:
+                self.val_loss.append((event.step, event.metrics["val_loss"]))
+        elif isinstance(event, JobError):
+            self.errors.append(f"{event.kind}: {event.message}")
+        elif isinstance(event, VersionRegistered):
+            alias = f" (alias {event.alias})" if event.alias else ""
+            self.registered = f"{event.model} v{event.version}{alias}"
+
+
+def event_json(event: JobEvent) -> str:
+    """One event as a JSON line: its kind and fields."""
+    values = {key: value for key, value in vars(event).items()}
+    values["time"] = event.time.isoformat() if event.time else None
+    return json.dumps({"kind": type(event).__name__, **values}, default=str)
+
+
+def follow(job: Job, console: Console, as_json: bool, from_seq: int = 1) -> Job:
+    """Stream a job's events until it ends (JSON lines with `as_json`), then print the summary
+    and, for people, the loss curves. Returns the job with its final state."""
+    started = time.monotonic()
+    curves = Curves()
+    if as_json:
+        for event in job.watch(from_seq=from_seq):
+            curves.add(event)
+            print(event_json(event), flush=True)
+        job.refresh()
+        print(json.dumps({"kind": "Job", **MessageToDict(job.info, preserving_proto_field_name=True)}))
+        return job
+    _live(job.watch(from_seq=from_seq), curves, console)
+    job.refresh()
+    console.print(summary_table(job, curves, time.monotonic() - started))
+    plot = line_plot({"train_loss": curves.train_loss, "val_loss": curves.val_loss})
+    if plot:
+        console.print(plot, markup=False, highlight=False)
+    return job
+
+
+def _live(events: Iterable[JobEvent], curves: Curves, console: Console) -> None:
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[steps]}"),
+        TextColumn("{task.fields[loss]}"),
+        TextColumn("{task.fields[speed]}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("queued", total=None, loss="", speed="", steps="")
+        epoch = 0
+        for event in events:
+            curves.add(event)
+            if isinstance(event, StateChanged):
+                bar.update(task, description=event.state.value)
+                if event.reason:
+                    bar.console.print(f"[dim]{event.state.value}: {event.reason}[/dim]")
+            elif isinstance(event, StepMetrics):
+                epoch = event.epoch
+                bar.update(
+                    task,
+                    description=f"epoch {epoch}",
+                    completed=event.step,
+                    loss=f"loss {event.loss:.4f}",
+                    speed=f"{event.samples_per_s:,.0f} samples/s",
+                )
+            elif isinstance(event, ProgressEvent):
+                bar.update(
+                    task,
+                    completed=event.step,
+                    total=event.total_steps or None,
+                    steps=f"step {event.step}/{event.total_steps}",
+                )
+            elif isinstance(event, EpochMetrics):
+                shown = "  ".join(f"{k} {v:.4g}" for k, v in sorted(event.metrics.items()))
+                bar.console.print(f"epoch {event.epoch}: {shown}  ({event.duration_s:.1f} s)")
+            elif isinstance(event, LogLine) and event.level in ("warning", "error"):
+                bar.console.print(f"[yellow]{event.level}: {event.message}[/yellow]")
+            elif isinstance(event, JobError):
+                bar.console.print(f"[red]error ({event.kind}): {event.message}[/red]")
+
+
+def summary_table(job: Job, curves: Curves, seconds: float) -> Table:
+    """The end-of-job table: state, epochs, steps, final metrics, registered version."""
+    table = Table(title=f"job {job.id}", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    style = "green" if job.state == JobState.SUCCEEDED else "red"
+    table.add_row("state", f"[{style}]{job.state.value}[/{style}]")
+    if job.info.error:
+        table.add_row("error", job.info.error)
+    table.add_row("epochs", str(job.info.epoch or curves.epochs))
+    table.add_row("steps", f"{job.info.step}/{job.info.total_steps}")
+    for key, value in sorted({**curves.last_epoch_metrics, **dict(job.info.metrics)}.items()):
+        table.add_row(key, f"{value:.5g}")
+    if curves.samples_per_s:
+        table.add_row("samples/s", f"{curves.samples_per_s:,.0f}")
+    registered = curves.registered
+    if not registered and job.registered is not None:
+        registered = f"{job.registered.model} v{job.registered.version}"
+    if registered:
+        table.add_row("registered", registered)
+    table.add_row("followed for", f"{seconds:.1f} s")
+    return table

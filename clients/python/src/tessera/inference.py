@@ -1,0 +1,198 @@
+"""Inference: predict with numpy in and out, streaming predict, loading versions, latency stats."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import numpy as np
+
+from tessera.errors import TesseraError, error_from_rpc, error_from_status_number
+from tessera.messages import from_dict, version_ref
+from tessera.models import VersionSelector, ref
+from tessera.tensors import from_tensor, to_tensors
+from tessera.transport import Connection, Op
+from tessera.v1 import inference_pb2 as pb
+
+S = "Inference"
+
+Inputs = Mapping[str, np.typing.ArrayLike] | np.typing.ArrayLike
+"""Input arrays by name, or one array sent as the input named "input". The first dimension is the batch."""
+
+
+@dataclass
+class Prediction:
+    """The outputs of one predict call by name (also reachable as `prediction["output"]`), the
+    version that served it, and where the time went. In a stream, a failed request has `error`
+    set and no outputs."""
+
+    outputs: dict[str, np.ndarray]
+    model: str
+    version: int
+    queue_time_us: int
+    compute_time_us: int
+    batch_rows: int
+    request_id: str = ""
+    error: TesseraError | None = field(default=None)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.outputs[name]
+
+    @classmethod
+    def from_proto(cls, response: pb.PredictResponse) -> Prediction:
+        error = None
+        if response.HasField("status") and response.status.code != 0:
+            error = error_from_status_number(response.status.code, response.status.message)
+        return cls(
+            outputs={tensor.name: from_tensor(tensor) for tensor in response.outputs},
+            model=response.model,
+            version=response.version,
+            queue_time_us=response.queue_time_us,
+            compute_time_us=response.compute_time_us,
+            batch_rows=response.batch_rows,
+            request_id=response.request_id,
+            error=error,
+        )
+
+
+def predict_request(
+    model: str,
+    inputs: Inputs,
+    version: int | None,
+    alias: str | None,
+    outputs: Sequence[str],
+    request_id: str = "",
+) -> pb.PredictRequest:
+    return pb.PredictRequest(
+        target=version_ref(model, version, alias),
+        inputs=to_tensors(inputs),
+        output_names=list(outputs),
+        request_id=request_id,
+    )
+
+
+def predict_op(request: pb.PredictRequest) -> Op[Prediction]:
+    # Predict changes no state, so a call that never reached a ready daemon is safe to resend.
+    return Op(S, "Predict", request, True, Prediction.from_proto)
+
+
+def load_op(model: str, version: VersionSelector | None, config: Mapping[str, Any]) -> Op[pb.LoadedModel]:
+    request = pb.LoadModelRequest(
+        target=ref(model, version), config=from_dict(pb.ServingConfig, config, "config")
+    )
+    return Op(S, "LoadModel", request, True)
+
+
+def unload_op(model: str, version: VersionSelector | None) -> Op[list[pb.LoadedModel]]:
+    request = pb.UnloadModelRequest(target=ref(model, version))
+    return Op(S, "UnloadModel", request, False, lambda response: list(response.unloaded))
+
+
+def loaded_op(model: str) -> Op[list[pb.LoadedModel]]:
+    return Op(
+        S, "ListLoaded", pb.ListLoadedRequest(model=model), True, lambda response: list(response.models)
+    )
+
+
+def stats_op(model: str, version: VersionSelector | None, reset: bool) -> Op[list[pb.ModelStats]]:
+    request = pb.GetStatsRequest(reset=reset)
+    if model:
+        request.target.CopyFrom(ref(model, version))
+    # A reset read is not repeatable: retrying it could lose the figures it reset.
+    return Op(S, "GetStats", request, not reset, lambda response: list(response.stats))
+
+
+def shadow_results_op(model: str, limit: int) -> Op[list[pb.ShadowResult]]:
+    request = pb.ListShadowResultsRequest(model=model, limit=limit)
+    return Op(S, "ListShadowResults", request, True, lambda response: list(response.results))
+
+
+def stream_requests(
+    model: str,
+    items: Iterable[Inputs | tuple[str, Inputs]],
+    version: int | None,
+    alias: str | None,
+    outputs: Sequence[str],
+) -> Iterator[pb.PredictRequest]:
+    """Requests of a stream; items without an id are numbered "0", "1", ... in order."""
+    for index, item in enumerate(items):
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+            request_id, inputs = item
+        else:
+            request_id, inputs = str(index), item
+        yield predict_request(model, inputs, version, alias, outputs, request_id)
+
+
+class Inference:
+    """`client.inference`: predictions and the pool of loaded model versions."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def predict(
+        self,
+        model: str,
+        inputs: Inputs,
+        *,
+        version: int | None = None,
+        alias: str | None = None,
+        outputs: Sequence[str] = (),
+        timeout: float | None = None,
+    ) -> Prediction:
+        """Run the model on a batch: `predict("clf", {"input": x})["output"]`. Without version or
+        alias the model's deployment routes the call ("latest" without one). The deadline also
+        bounds the time queued: an expired request is never run (DeadlineExceeded)."""
+        return self._conn.call(predict_op(predict_request(model, inputs, version, alias, outputs)), timeout)
+
+    def predict_stream(
+        self,
+        model: str,
+        items: Iterable[Inputs | tuple[str, Inputs]],
+        *,
+        version: int | None = None,
+        alias: str | None = None,
+        outputs: Sequence[str] = (),
+        timeout: float | None = None,
+    ) -> Iterator[Prediction]:
+        """Many predictions over one stream. Each item is inputs or (request_id, inputs);
+        results come as each is ready (match them by `request_id`), and a failed one carries
+        `error` while the stream goes on. `timeout` bounds the whole stream (None: none)."""
+        call = self._conn.method(S, "PredictStream")(
+            stream_requests(model, items, version, alias, outputs),
+            timeout=timeout,
+            metadata=self._conn.metadata,
+        )
+        try:
+            for response in call:
+                yield Prediction.from_proto(response)
+        except grpc.RpcError as err:
+            raise error_from_rpc(err) from None
+        finally:
+            call.cancel()
+
+    def load(self, model: str, version: VersionSelector | None = None, **config: Any) -> pb.LoadedModel:
+        """Load and warm up a version (default "latest"); `config` holds ServingConfig fields
+        (runtime="onnx", device="cpu", max_batch_size=8, max_queue_delay_us=500, ...). Loading
+        a loaded version with another config swaps it without dropping requests."""
+        return self._conn.call(load_op(model, version, config), max(self._conn.timeout, 300.0))
+
+    def unload(self, model: str, version: VersionSelector | None = None) -> Sequence[pb.LoadedModel]:
+        """Drain and free a version (every loaded version of the model when None)."""
+        return self._conn.call(unload_op(model, version), max(self._conn.timeout, 120.0))
+
+    def loaded(self, model: str = "") -> Sequence[pb.LoadedModel]:
+        """Loaded versions (of one model, or all), with state, config and signature."""
+        return self._conn.call(loaded_op(model))
+
+    def stats(
+        self, model: str = "", version: VersionSelector | None = None, reset: bool = False
+    ) -> Sequence[pb.ModelStats]:
+        """Latency percentiles (queue, compute, total), batch sizes and throughput per loaded
+        version; `reset` zeroes the figures after reading them."""
+        return self._conn.call(stats_op(model, version, reset))
+
+    def shadow_results(self, model: str, limit: int = 100) -> Sequence[pb.ShadowResult]:
+        """The latest shadow comparisons of a model's deployment, newest first."""
+        return self._conn.call(shadow_results_op(model, limit))

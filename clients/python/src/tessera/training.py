@@ -1,0 +1,386 @@
+"""Training: jobs with live, resumable event streams; experiments, runs, metrics; sweeps."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+from tessera.errors import JobFailed, ResourceExhausted, TesseraError, Unavailable
+from tessera.events import JobEvent, JobState, event_from_proto
+from tessera.messages import from_dict
+from tessera.transport import Connection, Op, RetryPolicy, pages
+from tessera.v1 import common_pb2, job_spec_pb2
+from tessera.v1 import training_pb2 as pb
+
+S = "Training"
+
+JobSpecLike = job_spec_pb2.JobSpec | Mapping[str, Any]
+"""A JobSpec message, or a dict of the same fields (e.g. a parsed TOML file)."""
+
+
+def enum_value(enum: Any, prefix: str, value: str | int) -> int:
+    """An enum number from a short name ("succeeded" -> RUN_STATUS_SUCCEEDED); ValueError if unknown."""
+    if isinstance(value, int):
+        return value
+    name = prefix + value.upper()
+    names = list(enum.keys())
+    if name not in names:
+        choices = ", ".join(k.removeprefix(prefix).lower() for k in names if not k.endswith("UNSPECIFIED"))
+        raise ValueError(f"{value!r} is not one of {choices}")
+    return enum.Value(name)
+
+
+class WatchCursor:
+    """Where a job's event stream has got to, and whether a broken stream should be resumed:
+    UNAVAILABLE (connection cut, daemon restarting) and RESOURCE_EXHAUSTED (watcher too slow)
+    resume from the next sequence number after a backoff."""
+
+    def __init__(self, job_id: str, from_seq: int, retry: RetryPolicy, timeout: float | None) -> None:
+        self.job_id = job_id
+        self.next_seq = max(from_seq, 1)
+        self._retry = retry
+        self._failures = 0
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+
+    def request(self) -> pb.WatchJobRequest:
+        return pb.WatchJobRequest(job_id=self.job_id, from_seq=self.next_seq)
+
+    def remaining(self) -> float | None:
+        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+
+    def accept(self, event: pb.JobEvent) -> bool:
+        """Record a received event; False for a replayed one the caller already has."""
+        if event.seq < self.next_seq:
+            return False
+        self.next_seq = event.seq + 1
+        self._failures = 0
+        return True
+
+    def resume_after(self, error: TesseraError) -> float:
+        """Seconds to wait before resuming; re-raises `error` when it must not be resumed."""
+        if not isinstance(error, Unavailable | ResourceExhausted):
+            raise error
+        self._failures += 1
+        if self._failures >= self._retry.attempts:
+            raise type(error)(
+                f"{error.message} (gave up watching job {self.job_id} after {self._failures} reconnects; "
+                f"watch again from seq {self.next_seq})"
+            )
+        pause = self._retry.backoff_s(self._failures)
+        remaining = self.remaining()
+        if remaining is not None and pause >= remaining:
+            raise error
+        return pause
+
+
+def failure_message(info: pb.Job) -> str:
+    state = JobState.from_proto(info.state)
+    why = f": {info.error}" if info.error else ""
+    return f"job {info.job_id} ended {state.value}{why}"
+
+
+class Job:
+    """A training job on the daemon. `info` is its latest known state (refresh() updates it)."""
+
+    def __init__(self, conn: Connection, info: pb.Job) -> None:
+        self._conn = conn
+        self.info = info
+
+    def __repr__(self) -> str:
+        return f"Job({self.id!r}, state={self.state.value!r}, progress={self.info.progress:.2f})"
+
+    @property
+    def id(self) -> str:
+        """The job id."""
+        return self.info.job_id
+
+    @property
+    def state(self) -> JobState:
+        """The state when `info` was last fetched."""
+        return JobState.from_proto(self.info.state)
+
+    @property
+    def registered(self) -> common_pb2.VersionRef | None:
+        """The model version registered on success, if any."""
+        return self.info.registered if self.info.HasField("registered") else None
+
+    def refresh(self) -> Job:
+        """Fetch the job's current state into `info`; returns self."""
+        self.info = self._conn.call(get_job_op(self.id))
+        return self
+
+    def watch(self, from_seq: int = 1, timeout: float | None = None) -> Iterator[JobEvent]:
+        """The job's events from `from_seq`, then live until the job ends. A cut connection or a
+        daemon restart is resumed from the last event seen, so no event is missed or repeated.
+        `timeout` bounds the whole watch (None: no deadline)."""
+        cursor = WatchCursor(self.id, from_seq, self._conn.retry, timeout)
+        while True:
+            try:
+                for event in self._conn.server_stream(S, "WatchJob", cursor.request(), cursor.remaining()):
+                    if cursor.accept(event):
+                        yield event_from_proto(event)
+                return
+            except TesseraError as error:
+                time.sleep(cursor.resume_after(error))
+
+    def wait(self, timeout: float | None = None, check: bool = True) -> Job:
+        """Block until the job ends; returns self with `info` final. With `check`, raises
+        JobFailed when it did not succeed."""
+        for _ in self.watch(from_seq=max(self.info.last_seq + 1, 1), timeout=timeout):
+            pass
+        self.refresh()
+        if check and self.state != JobState.SUCCEEDED:
+            raise JobFailed(self, failure_message(self.info))
+        return self
+
+    def cancel(self) -> Job:
+        """Ask the job to stop at its next step boundary; returns self, refreshed."""
+        self.info = self._conn.call(cancel_job_op(self.id))
+        return self
+
+
+def submit_op(spec: JobSpecLike) -> Op[pb.Job]:
+    request = pb.SubmitJobRequest(spec=from_dict(job_spec_pb2.JobSpec, spec, "spec"))
+    return Op(S, "SubmitJob", request, False)
+
+
+def get_job_op(job_id: str) -> Op[pb.Job]:
+    return Op(S, "GetJob", pb.GetJobRequest(job_id=job_id), True)
+
+
+def cancel_job_op(job_id: str) -> Op[pb.Job]:
+    return Op(S, "CancelJob", pb.CancelJobRequest(job_id=job_id), False)
+
+
+def list_jobs_op(
+    states: Iterable[str | int], experiment: str, sweep_id: str, page_size: int, token: str
+) -> Op[Any]:
+    request = pb.ListJobsRequest(
+        states=[enum_value(pb.JobState, "JOB_STATE_", s) for s in states],
+        experiment=experiment,
+        sweep_id=sweep_id,
+        page_size=page_size,
+        page_token=token,
+    )
+    return Op(S, "ListJobs", request, True)
+
+
+def create_experiment_op(name: str, description: str, tags: Mapping[str, str] | None) -> Op[pb.Experiment]:
+    request = pb.CreateExperimentRequest(name=name, description=description, tags=tags)
+    return Op(S, "CreateExperiment", request, False)
+
+
+def experiment_op(name: str) -> Op[pb.Experiment]:
+    return Op(S, "GetExperiment", pb.GetExperimentRequest(name=name), True)
+
+
+def experiments_op(prefix: str, page_size: int, token: str) -> Op[Any]:
+    request = pb.ListExperimentsRequest(name_prefix=prefix, page_size=page_size, page_token=token)
+    return Op(S, "ListExperiments", request, True)
+
+
+def create_run_op(
+    experiment: str, name: str, params: Mapping[str, str] | None, tags: Mapping[str, str] | None
+) -> Op[pb.Run]:
+    request = pb.CreateRunRequest(experiment=experiment, name=name, params=params, tags=tags)
+    return Op(S, "CreateRun", request, False)
+
+
+def update_run_op(run_id: str, status: str | int | None, set_tags: Mapping[str, str] | None) -> Op[pb.Run]:
+    request = pb.UpdateRunRequest(run_id=run_id, set_tags=set_tags)
+    if status is not None:
+        request.status = enum_value(pb.RunStatus, "RUN_STATUS_", status)  # type: ignore[assignment]
+    return Op(S, "UpdateRun", request, True)
+
+
+def run_op(run_id: str) -> Op[pb.Run]:
+    return Op(S, "GetRun", pb.GetRunRequest(run_id=run_id), True)
+
+
+def runs_op(
+    experiment: str,
+    statuses: Iterable[str | int],
+    params: Mapping[str, str] | None,
+    metrics: Sequence[pb.MetricFilter],
+    page_size: int,
+    token: str,
+) -> Op[Any]:
+    request = pb.ListRunsRequest(
+        experiment=experiment,
+        statuses=[enum_value(pb.RunStatus, "RUN_STATUS_", s) for s in statuses],
+        params=[pb.ParamFilter(key=k, value=v) for k, v in (params or {}).items()],
+        metrics=list(metrics),
+        page_size=page_size,
+        page_token=token,
+    )
+    return Op(S, "ListRuns", request, True)
+
+
+def compare_runs_op(run_ids: Sequence[str]) -> Op[pb.CompareRunsResponse]:
+    return Op(S, "CompareRuns", pb.CompareRunsRequest(run_ids=list(run_ids)), True)
+
+
+def leaderboard_op(
+    experiment: str, metric: str, mode: str | None, limit: int
+) -> Op[list[pb.LeaderboardEntry]]:
+    request = pb.LeaderboardRequest(experiment=experiment, metric=metric, limit=limit)
+    if mode is not None:
+        request.mode = enum_value(job_spec_pb2.OptimizeMode, "OPTIMIZE_MODE_", mode)  # type: ignore[assignment]
+    return Op(S, "Leaderboard", request, True, lambda response: list(response.entries))
+
+
+def log_params_op(run_id: str, params: Mapping[str, str]) -> Op[None]:
+    request = pb.LogParamsRequest(run_id=run_id, params={k: str(v) for k, v in params.items()})
+    return Op(S, "LogParams", request, True, lambda _: None)
+
+
+def log_metrics_op(run_id: str, metrics: Mapping[str, float], step: int) -> Op[int]:
+    points = [pb.MetricPoint(key=key, value=float(value), step=step) for key, value in metrics.items()]
+    request = pb.LogMetricsRequest(run_id=run_id, points=points)
+    return Op(S, "LogMetrics", request, False, lambda response: response.accepted)
+
+
+def metric_history_op(
+    run_id: str, key: str, max_points: int, start_step: int, end_step: int
+) -> Op[pb.MetricHistory]:
+    request = pb.GetMetricHistoryRequest(
+        run_id=run_id, key=key, max_points=max_points, start_step=start_step, end_step=end_step
+    )
+    return Op(S, "GetMetricHistory", request, True)
+
+
+def submit_sweep_op(spec: pb.SweepSpec | Mapping[str, Any]) -> Op[pb.Sweep]:
+    return Op(S, "SubmitSweep", pb.SubmitSweepRequest(spec=from_dict(pb.SweepSpec, spec, "sweep")), False)
+
+
+def sweep_op(sweep_id: str) -> Op[pb.Sweep]:
+    return Op(S, "GetSweep", pb.GetSweepRequest(sweep_id=sweep_id), True)
+
+
+def sweeps_op(page_size: int, token: str) -> Op[Any]:
+    return Op(S, "ListSweeps", pb.ListSweepsRequest(page_size=page_size, page_token=token), True)
+
+
+def cancel_sweep_op(sweep_id: str) -> Op[pb.Sweep]:
+    return Op(S, "CancelSweep", pb.CancelSweepRequest(sweep_id=sweep_id), False)
+
+
+class Training:
+    """`client.training`: jobs (submit, watch, wait, cancel), experiment tracking, sweeps."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def submit(self, spec: JobSpecLike) -> Job:
+        """Queue a training job; the spec is checked before it is accepted (InvalidArgument or
+        FailedPrecondition naming the field). Enum fields take short names ("regression")."""
+        return Job(self._conn, self._conn.call(submit_op(spec)))
+
+    def job(self, job_id: str) -> Job:
+        """A job by id."""
+        return Job(self._conn, self._conn.call(get_job_op(job_id)))
+
+    def jobs(
+        self, states: Iterable[str | int] = (), experiment: str = "", sweep_id: str = "", page_size: int = 0
+    ) -> Iterator[Job]:
+        """Jobs, newest first, optionally only in `states` ("running", "queued", ...)."""
+        infos = pages(
+            self._conn, lambda token: list_jobs_op(states, experiment, sweep_id, page_size, token), "jobs"
+        )
+        return (Job(self._conn, info) for info in infos)
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a job (FailedPrecondition if it already ended)."""
+        return Job(self._conn, self._conn.call(cancel_job_op(job_id)))
+
+    def watch(self, job_id: str, from_seq: int = 1, timeout: float | None = None) -> Iterator[JobEvent]:
+        """A job's events, resumed across disconnects (see `Job.watch`)."""
+        return Job(self._conn, pb.Job(job_id=job_id)).watch(from_seq, timeout)
+
+    def create_experiment(
+        self, name: str, description: str = "", tags: Mapping[str, str] | None = None
+    ) -> pb.Experiment:
+        """Create an experiment (jobs create theirs on first use)."""
+        return self._conn.call(create_experiment_op(name, description, tags))
+
+    def experiment(self, name: str) -> pb.Experiment:
+        """An experiment with its run count."""
+        return self._conn.call(experiment_op(name))
+
+    def experiments(self, prefix: str = "", page_size: int = 0) -> Iterator[pb.Experiment]:
+        """Every experiment, optionally by name prefix."""
+        return pages(self._conn, lambda token: experiments_op(prefix, page_size, token), "experiments")
+
+    def create_run(
+        self,
+        experiment: str,
+        name: str = "",
+        params: Mapping[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> pb.Run:
+        """Start a run for a training script outside the daemon; log to it, then end it."""
+        return self._conn.call(create_run_op(experiment, name, params, tags))
+
+    def update_run(
+        self, run_id: str, status: str | int | None = None, set_tags: Mapping[str, str] | None = None
+    ) -> pb.Run:
+        """End a run ("succeeded", "failed", "cancelled") or change its tags."""
+        return self._conn.call(update_run_op(run_id, status, set_tags))
+
+    def run(self, run_id: str) -> pb.Run:
+        """A run with its params and metric summaries."""
+        return self._conn.call(run_op(run_id))
+
+    def runs(
+        self,
+        experiment: str = "",
+        statuses: Iterable[str | int] = (),
+        params: Mapping[str, str] | None = None,
+        metrics: Sequence[pb.MetricFilter] = (),
+        page_size: int = 0,
+    ) -> Iterator[pb.Run]:
+        """Runs matching every filter given."""
+        return pages(
+            self._conn, lambda token: runs_op(experiment, statuses, params, metrics, page_size, token), "runs"
+        )
+
+    def compare_runs(self, run_ids: Sequence[str]) -> pb.CompareRunsResponse:
+        """Params and metrics of two or more runs side by side."""
+        return self._conn.call(compare_runs_op(run_ids))
+
+    def leaderboard(
+        self, experiment: str, metric: str, mode: str | None = None, limit: int = 10
+    ) -> Sequence[pb.LeaderboardEntry]:
+        """An experiment's runs ranked by `metric` ("min" or "max" is better; default by name)."""
+        return self._conn.call(leaderboard_op(experiment, metric, mode, limit))
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        """Record params of a run (values as text; a logged param cannot change)."""
+        self._conn.call(log_params_op(run_id, params))
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> int:
+        """Record metric values at a step; returns how many points were accepted."""
+        return self._conn.call(log_metrics_op(run_id, metrics, step))
+
+    def metric_history(
+        self, run_id: str, key: str, max_points: int = 0, start_step: int = 0, end_step: int = 0
+    ) -> pb.MetricHistory:
+        """One metric's points, downsampled by the daemon to `max_points` when set."""
+        return self._conn.call(metric_history_op(run_id, key, max_points, start_step, end_step))
+
+    def submit_sweep(self, spec: pb.SweepSpec | Mapping[str, Any]) -> pb.Sweep:
+        """Start a hyperparameter sweep (grid, random or asha) over a base job spec."""
+        return self._conn.call(submit_sweep_op(spec))
+
+    def sweep(self, sweep_id: str) -> pb.Sweep:
+        """A sweep with its trials."""
+        return self._conn.call(sweep_op(sweep_id))
+
+    def sweeps(self, page_size: int = 0) -> Iterator[pb.Sweep]:
+        """Every sweep."""
+        return pages(self._conn, lambda token: sweeps_op(page_size, token), "sweeps")
+
+    def cancel_sweep(self, sweep_id: str) -> pb.Sweep:
+        """Cancel a sweep and its running trials."""
+        return self._conn.call(cancel_sweep_op(sweep_id))

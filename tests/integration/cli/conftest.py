@@ -1,0 +1,43 @@
+"""Run `tessera` in-process against the real daemon, capturing what it prints."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+
+import pytest
+from rich.console import Console
+
+import tessera
+from tessera.cli import main
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self):
+        return json.loads(self.out)
+
+
+@pytest.fixture
+def tessera_cli(daemon, capsys):
+    """tessera_cli("models", "ls", "--json") -> Result(exit code, stdout + table text, stderr)."""
+
+    def run(*args: str, target: str | None = None) -> Result:
+        screen = io.StringIO()
+        console = Console(file=screen, width=160, force_terminal=False, color_system=None)
+        code = main(["--target", target or daemon.target, *args], console=console)
+        captured = capsys.readouterr()
+        return Result(code, captured.out + screen.getvalue(), captured.err)
+
+    return run
+
+
+@pytest.fixture
+def client(daemon):
+    with tessera.Client(daemon.target) as sdk:
+        yield sdk

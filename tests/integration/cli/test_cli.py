@@ -1,0 +1,197 @@
+"""`tessera` commands against a real daemon: tables for people, --json for scripts, and a
+non-zero exit with the daemon's message (never a traceback) on every failure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tessera.demo import spacetime_clips
+from tests.integration.sdk.affine import affine_onnx
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    return affine_onnx(tmp_path / "affine.onnx")
+
+
+@pytest.fixture
+def dataset_file(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 4)).astype(np.float32)
+    path = tmp_path / "table.npz"
+    np.savez(path, x=x, y=(x[:, 0] > 0).astype(np.int64))
+    return path
+
+
+def assert_failed_cleanly(result, code_name: str, *words: str) -> None:
+    assert result.code == 1
+    assert (
+        result.err.startswith(f"tessera: {code_name}: ") if code_name else result.err.startswith("tessera: ")
+    )
+    assert "Traceback" not in result.err + result.out
+    for word in words:
+        assert word in result.err
+
+
+def test_info_table_and_json(tessera_cli):
+    table = tessera_cli("info")
+    assert table.code == 0 and "tesserad" in table.out and "cpu" in table.out
+    info = tessera_cli("--json", "info").json()
+    assert "tessera.v1.System" in info["services"]
+
+
+def test_an_unreachable_daemon_fails_with_a_message(tessera_cli):
+    result = tessera_cli("--timeout", "2", "info", target="127.0.0.1:1")
+    assert_failed_cleanly(result, "UNAVAILABLE")
+
+
+def test_models_commands(tessera_cli, model_file, tmp_path):
+    pushed = tessera_cli("models", "push", "affine", str(model_file), "--alias", "production")
+    assert pushed.code == 0 and "registered affine v1" in pushed.out
+    assert tessera_cli("--json", "models", "push", "affine", str(model_file)).json()["version"] == "2"
+    listed = tessera_cli("models", "ls")
+    assert "affine" in listed.out and "production=1" in listed.out
+    assert [m["name"] for m in tessera_cli("--json", "models", "ls").json()] == ["affine"]
+    shown = tessera_cli("models", "show", "affine", "--version", "production")
+    assert "affine v1" in shown.out and "input input" in shown.out
+    versions = tessera_cli("--json", "models", "versions", "affine").json()
+    assert [v["version"] for v in versions] == ["2", "1"]
+    assert "staging -> v2" in tessera_cli("models", "alias", "affine", "staging", "2").out
+    compared = tessera_cli("models", "compare", "affine", "1", "staging")
+    assert compared.code == 0 and "v1 vs v2" in compared.out
+    download = tessera_cli("models", "download", "affine", str(tmp_path / "copy.onnx"), "--version", "1")
+    assert download.code == 0 and (tmp_path / "copy.onnx").read_bytes() == model_file.read_bytes()
+    deployed = tessera_cli("models", "deploy", "affine", "1=90", "staging=10", "--shadow", "2")
+    assert deployed.code == 0 and "revision 1" in deployed.out and "90%" in deployed.out
+    assert tessera_cli("--json", "models", "deploy", "affine", "2=100").json()["revision"] == "2"
+    assert "revision 3" in tessera_cli("models", "rollback", "affine").out
+
+
+def test_models_errors(tessera_cli, tmp_path):
+    assert_failed_cleanly(tessera_cli("models", "show", "absent"), "NOT_FOUND", "absent")
+    assert_failed_cleanly(tessera_cli("models", "deploy", "m", "oops"), "", "VERSION=PERCENT")
+    assert_failed_cleanly(tessera_cli("models", "push", "m", str(tmp_path / "none.onnx")), "", "none.onnx")
+
+
+def test_datasets_commands(tessera_cli, dataset_file):
+    pushed = tessera_cli(
+        "datasets", "push", "table", str(dataset_file), "--split", "train=0.75", "--split", "val=0.25"
+    )
+    assert pushed.code == 0 and "stored table:1: 40 samples" in pushed.out and "train 30" in pushed.out
+    assert "table" in tessera_cli("datasets", "ls").out
+    assert tessera_cli("--json", "datasets", "ls").json()[0]["name"] == "table"
+    shown = tessera_cli("datasets", "show", "table:1")
+    assert "float32" in shown.out and "(40, 4)" in shown.out
+    assert tessera_cli("--json", "datasets", "show", "table").json()["num_samples"] == "40"
+    assert_failed_cleanly(tessera_cli("datasets", "show", "absent"), "NOT_FOUND", "absent")
+    assert_failed_cleanly(
+        tessera_cli("datasets", "push", "t", str(dataset_file), "--split", "train"), "", "KEY=VALUE"
+    )
+
+
+def test_predict_stats_and_serve_status(tessera_cli, client, model_file, tmp_path):
+    client.models.push("affine", model_file)
+    client.inference.load("affine")
+    inputs = tmp_path / "inputs.npz"
+    np.savez(inputs, input=np.ones((2, 4), np.float32))
+    predicted = tessera_cli(
+        "predict", "affine", "--input", str(inputs), "--output", str(tmp_path / "out.npz")
+    )
+    assert predicted.code == 0 and "affine v1" in predicted.out
+    with np.load(tmp_path / "out.npz") as out:
+        np.testing.assert_allclose(out["output"], 3.0)
+    as_json = tessera_cli("--json", "predict", "affine", "--input", str(inputs), "--version", "1").json()
+    assert as_json["outputs"]["output"] == [[3.0] * 4] * 2
+    stats = tessera_cli("stats", "affine")
+    assert stats.code == 0 and "p99" in stats.out and "2 requests" in stats.out
+    assert tessera_cli("--json", "stats").json()[0]["request_count"] == "2"
+    status = tessera_cli("serve-status")
+    assert "affine" in status.out and "ready" in status.out
+    assert tessera_cli("--json", "serve-status", "affine").json()[0]["state"] == "LOAD_STATE_READY"
+    np.savez(inputs, input=np.ones((2, 3), np.float32))
+    assert_failed_cleanly(
+        tessera_cli("predict", "affine", "--input", str(inputs)), "INVALID_ARGUMENT", "input"
+    )
+
+
+SPEC = """
+experiment = "cli"
+task = "classification"
+epochs = 2
+batch_size = 8
+log_every_n_steps = 1
+
+[architecture]
+input_shape = [4]
+output_size = 2
+mlp = {{ hidden_sizes = [8] }}
+
+[data]
+dataset = "{dataset}"
+train_split = "train"
+val_split = "val"
+
+[register_as]
+model = "cli-mlp"
+alias = "staging"
+"""
+
+
+def test_train_follow_jobs_runs_and_export(tessera_cli, client, dataset_file, tmp_path):
+    client.datasets.push("table", dataset_file, splits={"train": 0.75, "val": 0.25})
+    spec = tmp_path / "spec.toml"
+    spec.write_text(SPEC.format(dataset="table"))
+    followed = tessera_cli("train", str(spec), "--follow")
+    assert followed.code == 0, followed.err
+    assert "succeeded" in followed.out and "cli-mlp v1" in followed.out and "train_loss" in followed.out
+    job_id = followed.out.split("submitted job ", 1)[1].split()[0]
+    lines = tessera_cli("--json", "jobs", "watch", job_id).out.strip().splitlines()
+    assert '"kind": "StateChanged"' in lines[0] and '"kind": "Job"' in lines[-1]
+    assert job_id in tessera_cli("jobs", "ls").out
+    assert tessera_cli("--json", "jobs", "ls", "--state", "succeeded").json()[0]["job_id"] == job_id
+    submitted = tessera_cli("--json", "train", str(spec)).json()
+    assert submitted["job_id"] != job_id
+    runs = tessera_cli("--json", "runs", "ls", "--experiment", "cli").json()
+    assert len(runs) == 2
+    shown = tessera_cli("runs", "show", runs[0]["run_id"])
+    assert shown.code == 0 and f"run {runs[0]['run_id']}" in shown.out
+    board = tessera_cli("runs", "leaderboard", "cli", "val_loss", "--mode", "min")
+    assert board.code == 0 and "cli by val_loss" in board.out
+    exported = tessera_cli("export", "onnx", "cli-mlp", "--version", "1", "--alias", "production")
+    assert exported.code == 0 and "exported cli-mlp v" in exported.out
+    spec.write_text(SPEC.format(dataset="table").replace("epochs = 2", "epochs = 500"))
+    long_job = tessera_cli("--json", "train", str(spec)).json()["job_id"]
+    cancelled = tessera_cli("jobs", "cancel", long_job)
+    assert cancelled.code == 0 and f"job {long_job}" in cancelled.out
+
+
+def test_train_errors(tessera_cli, tmp_path):
+    spec = tmp_path / "bad.toml"
+    spec.write_text("epochs = [")
+    assert_failed_cleanly(tessera_cli("train", str(spec)), "", "not valid TOML")
+    spec.write_text(SPEC.format(dataset="absent"))
+    result = tessera_cli("train", str(spec))
+    assert result.code == 1 and "absent" in result.err and "Traceback" not in result.err
+    assert_failed_cleanly(tessera_cli("jobs", "watch", "job-nope"), "NOT_FOUND")
+
+
+def test_bad_usage_exits_2(tessera_cli):
+    with pytest.raises(SystemExit) as caught:
+        tessera_cli("models", "frobnicate")
+    assert caught.value.code == 2
+
+
+def test_demo_runs_the_whole_life_cycle(tessera_cli):
+    result = tessera_cli("demo", "--samples", "64", "--epochs", "1", "--requests", "20")
+    assert result.code == 0, result.err
+    for step in ("1/7", "2/7", "3/7", "4/7", "5/7", "6/7", "7/7"):
+        assert step in result.out
+    assert "p99" in result.out and "exported" in result.out
+
+
+def test_synthetic_clips_need_time_to_tell_apart():
+    x, y = spacetime_clips(32)
+    assert x.shape == (32, 1, 4, 4, 4, 4) and set(np.unique(y)) <= {0, 1}
+    # Summed over time, both classes light the same number of voxels: only motion separates them.
+    assert np.isclose((x > 1.0).sum(axis=(1, 2, 3, 4, 5)).mean(), 4, atol=0.5)

@@ -1,0 +1,30 @@
+"""A tiny ONNX model for SDK and CLI tests: output = input * scale + bias."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto, helper
+
+
+def affine_onnx(path: Path, features: int = 4, scale: float = 2.0, bias: float = 1.0) -> Path:
+    """An ONNX model output = input * scale + bias over float32 (batch, features)."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mul", ["input", "scale"], ["scaled"]),
+            helper.make_node("Add", ["scaled", "bias"], ["output"]),
+        ],
+        "affine",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", features])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", features])],
+        initializer=[
+            helper.make_tensor("scale", TensorProto.FLOAT, [1], [scale]),
+            helper.make_tensor("bias", TensorProto.FLOAT, [1], [bias]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path

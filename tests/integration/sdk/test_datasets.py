@@ -1,0 +1,111 @@
+"""client.datasets against a real daemon."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+import tessera
+import tessera.aio
+
+
+def test_push_arrays_with_splits_streams_chunks_and_reports_progress(client, clips):
+    x, y = clips
+    progress: list[tuple[int, int]] = []
+    version = client.datasets.push(
+        "clips",
+        x=x,
+        y=y,
+        splits={"train": 0.5, "val": 0.5},
+        seed=3,
+        chunk_size=1024,
+        progress=lambda done, total: progress.append((done, total)),
+    )
+    assert (version.name, version.version, version.num_samples) == ("clips", 1, 20)
+    assert {s.name: s.count for s in version.splits} == {"train": 10, "val": 10}
+    assert {a.name: list(a.shape) for a in version.arrays} == {"x": [20, 1, 2, 2, 2, 2], "y": [20]}
+    assert len(progress) > 1
+    assert progress[-1][0] == progress[-1][1] == version.size_bytes
+
+
+def test_identical_content_is_deduplicated_and_versions_are_listed_newest_first(client, clips):
+    x, y = clips
+    first = client.datasets.push("clips", x=x, y=y)
+    again = client.datasets.push("clips", x=x, y=y)
+    assert again.deduplicated and again.sha256 == first.sha256
+    second = client.datasets.push("clips", x=x[:10], y=y[:10])
+    assert second.version == 2 and not second.deduplicated
+    assert [v.version for v in client.datasets.versions("clips")] == [2, 1]
+    assert client.datasets.get("clips").latest_version == 2
+    assert [d.name for d in client.datasets.list(prefix="cl")] == ["clips"]
+    assert list(client.datasets.list(prefix="zz")) == []
+
+
+def test_push_npz_and_npy_files_and_load_them_back(client, clips, tmp_path):
+    x, y = clips
+    np.savez(tmp_path / "clips.npz", x=x, y=y)
+    np.save(tmp_path / "frames.npy", x)
+    from_npz = client.datasets.push("from-npz", tmp_path / "clips.npz")
+    from_npy = client.datasets.push("from-npy", tmp_path / "frames.npy", array_name="frames")
+    assert [a.name for a in from_npy.arrays] == ["frames"]
+    loaded = client.datasets.load(f"from-npz:{from_npz.version}")
+    assert np.array_equal(loaded["x"], x) and np.array_equal(loaded["y"], y)
+    assert np.array_equal(client.datasets.load("from-npy")["frames"], x)
+
+
+def test_download_writes_the_verified_file(client, clips, tmp_path):
+    x, y = clips
+    client.datasets.push("clips", x=x, y=y)
+    header = client.datasets.download("clips", tmp_path / "copy.npz")
+    with np.load(tmp_path / "copy.npz") as archive:
+        assert np.array_equal(archive["x"], x)
+    assert header.size_bytes == (tmp_path / "copy.npz").stat().st_size
+    assert not (tmp_path / "copy.npz.partial").exists()
+
+
+def test_delete_and_not_found(client, clips):
+    x, y = clips
+    client.datasets.push("clips", x=x, y=y)
+    assert client.datasets.delete("clips") == 1
+    with pytest.raises(tessera.NotFound, match="clips"):
+        client.datasets.get("clips")
+    with pytest.raises(tessera.NotFound, match="clips"):
+        client.datasets.version("clips:7")
+
+
+def test_nonfinite_values_are_refused_unless_allowed(client):
+    x = np.array([[1.0, np.nan]], dtype=np.float32)
+    with pytest.raises(tessera.InvalidArgument, match="x"):
+        client.datasets.push("nans", x=x)
+    assert client.datasets.push("nans", x=x, allow_nonfinite=True).version == 1
+
+
+def test_bad_inputs_are_refused_before_anything_is_sent(client, tmp_path):
+    with pytest.raises(ValueError, match="object arrays"):
+        client.datasets.push("bad", x=np.array([{}, 1], dtype=object))
+    with pytest.raises(ValueError, match=r"\.npz or \.npy"):
+        client.datasets.push("bad", tmp_path / "data.csv")
+    with pytest.raises(ValueError, match="not both"):
+        client.datasets.push("bad", tmp_path / "x.npz", x=np.zeros(2))
+    with pytest.raises(ValueError, match="name:version"):
+        client.datasets.version("clips:latest")
+    with pytest.raises(tessera.InvalidArgument, match="name"):
+        client.datasets.push("Bad Name", x=np.zeros(2))
+
+
+def test_aio_push_list_and_load(daemon, clips):
+    x, y = clips
+
+    async def scenario():
+        async with tessera.aio.Client(daemon.target) as client:
+            pushed = await client.datasets.push("clips", x=x, y=y, splits={"train": 0.5, "val": 0.5})
+            names = [d.name async for d in client.datasets.list()]
+            versions = [v.version async for v in client.datasets.versions("clips")]
+            arrays = await client.datasets.load("clips")
+            return pushed, names, versions, arrays
+
+    pushed, names, versions, arrays = asyncio.run(scenario())
+    assert pushed.num_samples == 20 and names == ["clips"] and versions == [1]
+    assert np.array_equal(arrays["y"], y)

@@ -1,0 +1,107 @@
+"""client.inference against a real daemon, on small ONNX models."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+import tessera
+import tessera.aio
+
+
+@pytest.fixture
+def served(client, make_onnx):
+    client.models.push("affine", make_onnx("v1", scale=2.0, bias=1.0))
+    client.models.push("affine", make_onnx("v2", scale=3.0, bias=0.0), alias="production")
+    client.inference.load("affine", 1, runtime="onnx", device="cpu", max_batch_size=4)
+    client.inference.load("affine", "production")
+    return "affine"
+
+
+def test_load_reports_the_effective_config_and_signature(client, make_onnx):
+    client.models.push("affine", make_onnx("m"))
+    loaded = client.inference.load("affine", max_batch_size=4, warmup_runs=1)
+    assert (loaded.model, loaded.version, loaded.config.max_batch_size) == ("affine", 1, 4)
+    assert [t.name for t in loaded.signature.inputs] == ["input"]
+    assert [(m.model, m.version) for m in client.inference.loaded("affine")] == [("affine", 1)]
+
+
+def test_predict_takes_and_returns_numpy_by_version_alias_or_latest(client, served):
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    first = client.inference.predict("affine", {"input": x}, version=1)
+    assert first.version == 1 and first.outputs["output"].dtype == np.float32
+    np.testing.assert_allclose(first["output"], x * 2 + 1)
+    np.testing.assert_allclose(client.inference.predict("affine", x, alias="production")["output"], x * 3)
+    assert client.inference.predict("affine", x).version == 2
+    assert first.batch_rows >= 2 and first.compute_time_us >= 0
+
+
+def test_predict_errors_carry_the_daemon_message(client, served):
+    with pytest.raises(tessera.InvalidArgument, match=r"input 'input'.*expects 4"):
+        client.inference.predict("affine", {"input": np.zeros((1, 3), np.float32)}, version=1)
+    with pytest.raises(tessera.InvalidArgument, match=r"float32|FLOAT32"):
+        client.inference.predict("affine", {"input": np.zeros((1, 4), np.float64)}, version=1)
+    with pytest.raises(tessera.NotFound):
+        client.inference.predict("nope", {"input": np.zeros((1, 4), np.float32)})
+    with pytest.raises(ValueError, match="dtype"):
+        client.inference.predict("affine", {"input": np.array(["a"])})
+
+
+def test_predict_stream_answers_each_item_and_goes_on_after_a_bad_one(client, served):
+    good = np.ones((1, 4), np.float32)
+    items = [("a", {"input": good}), ("bad", {"input": np.ones((1, 5), np.float32)}), ("c", good)]
+    results = {p.request_id: p for p in client.inference.predict_stream("affine", items, version=1)}
+    assert set(results) == {"a", "bad", "c"}
+    np.testing.assert_allclose(results["a"]["output"], good * 2 + 1)
+    assert results["a"].error is None and results["c"].error is None
+    assert isinstance(results["bad"].error, tessera.InvalidArgument)
+    assert results["bad"].outputs == {}
+
+
+def test_stats_count_requests_and_reset(client, served):
+    for _ in range(3):
+        client.inference.predict("affine", np.ones((1, 4), np.float32), version=1)
+    (stats,) = client.inference.stats("affine", 1, reset=True)
+    assert stats.request_count == 3 and stats.total.count == 3
+    assert 0 < stats.total.p50_us <= stats.total.p99_us <= stats.total.max_us * 1.01
+    (after,) = client.inference.stats("affine", 1)
+    assert after.request_count == 0
+    assert {(s.model, s.version) for s in client.inference.stats()} == {("affine", 1), ("affine", 2)}
+
+
+def test_unload_frees_versions(client, served):
+    unloaded = client.inference.unload("affine", 1)
+    assert [m.version for m in unloaded] == [1]
+    assert [m.version for m in client.inference.loaded("affine")] == [2]
+    assert [m.version for m in client.inference.unload("affine")] == [2]
+    assert list(client.inference.loaded()) == []
+
+
+def test_shadow_results_follow_a_deployment(client, served):
+    client.models.deploy("affine", {1: 100}, shadow=2)
+    client.inference.predict("affine", np.ones((1, 4), np.float32))
+    results = client.inference.shadow_results("affine")
+    assert all(r.primary_version == 1 and r.shadow_version == 2 for r in results)
+
+
+def test_aio_predict_stream_and_stats(daemon, make_onnx):
+    x = np.ones((2, 4), np.float32)
+
+    async def scenario():
+        async with tessera.aio.Client(daemon.target) as client:
+            await client.models.push("affine", make_onnx("m"))
+            await client.inference.load("affine")
+            one = await client.inference.predict("affine", {"input": x})
+            many = [p async for p in client.inference.predict_stream("affine", [x, x, x])]
+            stats = await client.inference.stats("affine")
+            loaded = await client.inference.loaded()
+            unloaded = await client.inference.unload("affine")
+            return one, many, stats, loaded, unloaded
+
+    one, many, stats, loaded, unloaded = asyncio.run(scenario())
+    np.testing.assert_allclose(one["output"], x * 2 + 1)
+    assert sorted(p.request_id for p in many) == ["0", "1", "2"]
+    assert stats[0].request_count == 4
+    assert len(loaded) == len(unloaded) == 1

@@ -1,0 +1,134 @@
+"""client.models against a real daemon."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import tessera
+import tessera.aio
+
+
+@pytest.fixture
+def two_versions(client, make_onnx):
+    client.models.push("affine", make_onnx("a", scale=2.0), description="first")
+    client.models.push("affine", make_onnx("b", scale=3.0), alias="staging")
+    return "affine"
+
+
+def test_push_registers_an_onnx_version_with_progress_and_alias(client, onnx_file):
+    progress: list[tuple[int, int]] = []
+    version = client.models.push(
+        "affine",
+        onnx_file,
+        alias="production",
+        params={"scale": "2"},
+        chunk_size=64,
+        progress=lambda done, total: progress.append((done, total)),
+    )
+    assert (version.model, version.version) == ("affine", 1)
+    assert "production" in version.aliases
+    assert [t.name for t in version.signature.inputs] == ["input"]
+    assert progress[-1] == (onnx_file.stat().st_size, onnx_file.stat().st_size)
+    assert len(progress) > 1
+
+
+def test_get_list_update_and_versions(client, two_versions):
+    model = client.models.get("affine")
+    assert (model.latest_version, model.version_count, model.aliases["staging"]) == (2, 2, 2)
+    assert [m.name for m in client.models.list(prefix="aff")] == ["affine"]
+    assert [v.version for v in client.models.versions("affine")] == [2, 1]
+    assert client.models.version("affine").version == 2
+    assert client.models.version("affine", 1).description == "first"
+    assert client.models.version("affine", "staging").version == 2
+    updated = client.models.update("affine", description="y = ax + b", set_tags={"team": "ml"})
+    assert updated.description == "y = ax + b" and updated.tags["team"] == "ml"
+    assert [m.name for m in client.models.list(tags={"team": "ml"})] == ["affine"]
+
+
+def test_aliases_move_and_keep_a_history(client, two_versions):
+    assert client.models.set_alias("affine", "production", 1).version == 1
+    assert client.models.set_alias("affine", "production", 2, expected_version=1).version == 2
+    with pytest.raises(tessera.FailedPrecondition):
+        client.models.set_alias("affine", "production", 1, expected_version=1)
+    assert client.models.alias("affine", "production").version == 2
+    assert {a.alias for a in client.models.aliases("affine")} >= {"production", "staging"}
+    history = list(client.models.alias_history("affine", "production"))
+    assert [(e.from_version, e.to_version) for e in history] == [(1, 2), (0, 1)]
+    client.models.delete_alias("affine", "production")
+    with pytest.raises(tessera.NotFound):
+        client.models.alias("affine", "production")
+    with pytest.raises(tessera.InvalidArgument, match="latest"):
+        client.models.set_alias("affine", "latest", 1)
+
+
+def test_compare_lineage_and_download(client, two_versions, tmp_path):
+    diff = client.models.compare("affine", 1, "staging")
+    assert (diff.a.version, diff.b.version) == (1, 2)
+    assert diff.same_signature
+    lineage = client.models.lineage("affine", 2)
+    assert lineage.version.version == 2
+    header = client.models.download("affine", tmp_path / "copy.onnx", version=1)
+    assert header.version == 1
+    assert (tmp_path / "copy.onnx").read_bytes() == (tmp_path / "a.onnx").read_bytes()
+
+
+def test_deploy_rollback_and_their_errors(client, two_versions):
+    with pytest.raises(tessera.NotFound):
+        client.models.deployment("affine")
+    first = client.models.deploy("affine", {1: 100}, comment="v1")
+    second = client.models.deploy("affine", {1: 90, "staging": 10}, shadow=2, shadow_percent=50)
+    assert second.revision == first.revision + 1
+    assert sorted(r.weight for r in client.models.deployment("affine").routes) == [10, 90]
+    assert [d.revision for d in client.models.deployments("affine")] == [second.revision, first.revision]
+    restored = client.models.rollback("affine")
+    assert [r.version for r in restored.routes] == [1]
+    with pytest.raises(tessera.InvalidArgument, match="100"):
+        client.models.deploy("affine", {1: 50})
+
+
+def test_delete_rules_and_not_found_messages(client, two_versions):
+    with pytest.raises(tessera.FailedPrecondition):
+        client.models.delete_version("affine", 2)
+    client.models.delete_version("affine", 1)
+    with pytest.raises(tessera.FailedPrecondition):
+        client.models.delete("affine")
+    assert client.models.delete("affine", force=True) == 1
+    with pytest.raises(tessera.NotFound, match="'affine'"):
+        client.models.get("affine")
+    with pytest.raises(tessera.AlreadyExists):
+        client.models.create("fresh")
+        client.models.create("fresh")
+
+
+def test_bad_uploads_are_refused_with_what_to_fix(client, tmp_path, onnx_file):
+    with pytest.raises(ValueError, match="format"):
+        client.models.push("m", onnx_file.rename(tmp_path / "model.bin"))
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"\0" * 16)
+    with pytest.raises(ValueError, match="architecture"):
+        client.models.push("m", weights)
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    with pytest.raises(tessera.InvalidArgument):
+        client.models.push("m", broken)
+    with pytest.raises(tessera.NotFound):
+        client.models.push("absent", tmp_path / "model.bin", format="onnx", create=False)
+
+
+def test_aio_models(daemon, onnx_file, tmp_path):
+    async def scenario():
+        async with tessera.aio.Client(daemon.target) as client:
+            pushed = await client.models.push("affine", onnx_file, alias="production")
+            names = [m.name async for m in client.models.list()]
+            version = await client.models.version("affine", "production")
+            header = await client.models.download("affine", tmp_path / "copy.onnx")
+            with pytest.raises(tessera.NotFound):
+                await client.models.get("nope")
+            return pushed, names, version, header
+
+    pushed, names, version, header = asyncio.run(scenario())
+    assert pushed.version == version.version == header.version == 1
+    assert names == ["affine"]
+    assert (tmp_path / "copy.onnx").read_bytes() == onnx_file.read_bytes()

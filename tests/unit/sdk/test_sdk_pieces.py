@@ -1,0 +1,154 @@
+"""The SDK's pure parts: tensor encoding, spec parsing, typed events, errors, retries, the plot."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import grpc
+import numpy as np
+import pytest
+
+import tessera
+from tessera.errors import ERROR_BY_CODE, error_from_status_number
+from tessera.events import event_from_proto
+from tessera.messages import dataset_ref, from_dict, version_ref
+from tessera.plot import line_plot
+from tessera.tensors import from_tensor, to_tensor, to_tensors
+from tessera.training import enum_value
+from tessera.v1 import common_pb2, job_spec_pb2, training_pb2
+
+
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        "bool",
+        "uint8",
+        "int8",
+        "uint16",
+        "int16",
+        "uint32",
+        "int32",
+        "uint64",
+        "int64",
+        "float16",
+        "float32",
+        "float64",
+    ],
+)
+def test_tensors_round_trip_every_dtype(dtype):
+    array = (
+        np.arange(24).reshape(2, 3, 4) % 2 if dtype == "bool" else np.arange(24).reshape(2, 3, 4)
+    ).astype(dtype)
+    tensor = to_tensor("x", array)
+    assert list(tensor.shape) == [2, 3, 4] and len(tensor.data) == array.nbytes
+    back = from_tensor(tensor)
+    assert back.dtype == array.dtype and np.array_equal(back, array)
+    back[0, 0, 0] = 1  # a writable copy the caller owns
+
+
+def test_tensors_are_little_endian_and_c_ordered():
+    big_endian = np.arange(6, dtype=">f4").reshape(2, 3).T  # (3, 2), not contiguous
+    tensor = to_tensor("x", big_endian)
+    assert tensor.data == np.ascontiguousarray(big_endian.astype("<f4")).tobytes()
+    assert np.array_equal(from_tensor(tensor), big_endian)
+
+
+def test_scalars_lone_arrays_and_bfloat16():
+    scalar = to_tensor("s", np.float32(2.5))
+    assert list(scalar.shape) == [] and from_tensor(scalar) == np.float32(2.5)
+    assert [t.name for t in to_tensors(np.zeros(2))] == ["input"]
+    bf16 = common_pb2.Tensor(
+        name="b", dtype=common_pb2.DATA_TYPE_BFLOAT16, shape=[2], data=b"\x80\x3f\x00\x40"
+    )
+    assert from_tensor(bf16).tolist() == [1.0, 2.0]
+
+
+def test_unsupported_dtypes_are_refused_naming_the_input():
+    with pytest.raises(ValueError, match="input 'words': dtype <U1"):
+        to_tensor("words", np.array(["a"]))
+    with pytest.raises(ValueError, match="complex"):
+        to_tensor("z", np.zeros(2, np.complex64))
+
+
+def test_specs_from_dicts_take_short_enum_names_and_dataset_strings():
+    spec = from_dict(
+        job_spec_pb2.JobSpec,
+        {
+            "task": "regression",
+            "data": {"dataset": "clips:3"},
+            "early_stopping": {"mode": "max", "patience": 2},
+            "architecture": {"input_shape": [1, 4, 4, 4, 4], "cnn4d": {"channels": [4]}},
+        },
+    )
+    assert spec.task == job_spec_pb2.TASK_REGRESSION
+    assert (spec.data.dataset.name, spec.data.dataset.version) == ("clips", 3)
+    assert spec.early_stopping.mode == job_spec_pb2.OPTIMIZE_MODE_MAX
+    assert list(spec.architecture.cnn4d.channels) == [4]
+    with pytest.raises(ValueError, match=r"spec: .*epoks"):
+        from_dict(job_spec_pb2.JobSpec, {"epoks": 3})
+    assert from_dict(job_spec_pb2.JobSpec, spec) is spec
+
+
+def test_refs_and_enum_names():
+    assert version_ref("m", alias="prod").alias == "prod"
+    assert version_ref("m").WhichOneof("selector") is None
+    with pytest.raises(ValueError, match="not both"):
+        version_ref("m", 1, "prod")
+    assert dataset_ref("clips") == common_pb2.DatasetRef(name="clips", version=0)
+    assert enum_value(training_pb2.RunStatus, "RUN_STATUS_", "failed") == training_pb2.RUN_STATUS_FAILED
+    with pytest.raises(ValueError, match="running, succeeded"):
+        enum_value(training_pb2.RunStatus, "RUN_STATUS_", "done")
+
+
+def test_every_job_event_kind_becomes_its_typed_class():
+    kinds = {
+        "state": (
+            training_pb2.StateChanged(state=training_pb2.JOB_STATE_RUNNING, devices=["cpu:0"]),
+            tessera.StateChanged,
+        ),
+        "step": (training_pb2.StepMetrics(step=3, loss=0.5), tessera.StepMetrics),
+        "epoch": (training_pb2.EpochMetrics(epoch=1, metrics={"val_loss": 0.4}), tessera.EpochMetrics),
+        "progress": (training_pb2.Progress(fraction=0.5, eta_s=3), tessera.Progress),
+        "resources": (training_pb2.ResourceUsage(gpu_memory_bytes={"cuda:0": 7}), tessera.ResourceUsage),
+        "checkpoint": (training_pb2.CheckpointSaved(reason="best"), tessera.CheckpointSaved),
+        "log": (training_pb2.LogLine(level="info", message="hi"), tessera.LogLine),
+        "error": (training_pb2.JobError(kind="crash", message="died"), tessera.JobError),
+        "registered": (training_pb2.VersionRegistered(model="m", version=2), tessera.VersionRegistered),
+    }
+    for seq, (kind, (message, cls)) in enumerate(kinds.items(), start=1):
+        event = event_from_proto(training_pb2.JobEvent(seq=seq, attempt=1, **{kind: message}))
+        assert type(event) is cls and event.seq == seq and event.attempt == 1 and event.time is None
+    state = event_from_proto(training_pb2.JobEvent(seq=1, state=kinds["state"][0]))
+    assert state.state == tessera.JobState.RUNNING and state.devices == ["cpu:0"]
+    assert type(event_from_proto(training_pb2.JobEvent(seq=9))) is tessera.JobEvent
+    assert tessera.JobState.CANCELLED.finished and not tessera.JobState.RUNNING.finished
+
+
+def test_status_numbers_map_like_status_codes():
+    for code, cls in ERROR_BY_CODE.items():
+        assert type(error_from_status_number(code.value[0], "m")) is cls
+    assert type(error_from_status_number(999, "m")) is tessera.Unknown
+    assert issubclass(tessera.NotFound, tessera.TesseraError)
+    assert grpc.StatusCode.OK not in ERROR_BY_CODE
+
+
+def test_backoff_grows_within_its_ceiling():
+    policy = tessera.RetryPolicy(initial_backoff_s=0.1, max_backoff_s=0.5, multiplier=2)
+    for retry, ceiling in ((1, 0.1), (2, 0.2), (3, 0.4), (6, 0.5)):
+        assert ceiling / 2 <= policy.backoff_s(retry) <= ceiling
+
+
+def test_line_plot_draws_each_series_with_its_mark():
+    plot = line_plot({"train_loss": [(0, 2.0), (10, 1.0)], "val_loss": [(10, 1.5)]}, width=20, height=5)
+    lines = plot.splitlines()
+    assert lines[0].strip().startswith("2 │•")
+    assert "x" in plot and "• train_loss" in lines[-1] and "x val_loss" in lines[-1]
+    assert line_plot({"empty": [], "nan": [(1, float("nan"))]}) == ""
+
+
+def test_the_sdk_imports_without_torch_tesserad_or_the_oip_package():
+    blocked = "import sys; [sys.modules.__setitem__(m, None) for m in ('torch', 'tesserad', 'inference')]"
+    code = f"{blocked}; import tessera, tessera.aio, tessera.cli; print('ok')"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
