@@ -1,0 +1,360 @@
+"""Who may call, what they may call, how many calls at once, and what a request must look like.
+
+`AuthInterceptor` runs ahead of every other interceptor, on every RPC:
+- authentication: with a tokens file, every call needs `authorization: Bearer <token>`
+  (UNAUTHENTICATED without one or with an unknown one); health probes stay open by setting;
+- authorization: the caller's role must reach the role the RPC needs (security/roles.py),
+  else PERMISSION_DENIED naming that role. A refused call's request is never read;
+- admission: calls and streams in flight are counted against `limits.*` (RESOURCE_EXHAUSTED
+  naming the setting);
+- decoding: it takes over (de)serialisation, so a request that is not a valid protobuf
+  message is INVALID_ARGUMENT (gRPC itself would answer UNKNOWN and leak the parser's
+  exception), and a response over `max_message_size` is RESOURCE_EXHAUSTED naming it.
+
+Servicers read the caller with `caller(context)`, e.g. for audit logs.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError
+
+from tesserad.config import LimitsSettings, SecuritySettings, format_size
+from tesserad.errors import InvalidArgument, ResourceExhausted
+from tesserad.security import (
+    Identity,
+    MissingRoleError,
+    TokensFileError,
+    TokenTable,
+    required_roles,
+)
+from tesserad.security.limits import ConcurrencyGate
+from tesserad.security.roles import HEALTH_METHODS
+
+ANONYMOUS = "anonymous"
+
+# Each RPC runs in its own asyncio task, whose context is a copy made when the task starts,
+# so a value set here is seen by the servicer (and by asyncio.to_thread calls it makes) and
+# by nothing outside this call.
+_CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("tessera_caller", default=ANONYMOUS)
+
+
+def caller(context: grpc.aio.ServicerContext) -> str:
+    """The identity of the caller of the RPC `context` belongs to, for audit logs.
+
+    The token's name from the tokens file; "cert:<common name>" under mutual TLS without
+    tokens; "anonymous" when the daemon has no authentication (or for open health checks).
+    Call it from inside the servicer method that received `context`.
+    """
+    return _CALLER.get()
+
+
+class AuthSetupError(Exception):
+    """The security settings cannot be used; the message names the setting and the fix."""
+
+
+def authentication_enabled(security: SecuritySettings) -> bool:
+    """Whether a caller must prove who it is: a token, or a client certificate under mutual TLS."""
+    return security.tokens_file is not None or security.tls_client_ca_file is not None
+
+
+def server_credentials(security: SecuritySettings) -> grpc.ServerCredentials | None:
+    """TLS credentials from the settings, or None for plaintext; every file is checked first."""
+    cert, key, client_ca = security.tls_cert_file, security.tls_key_file, security.tls_client_ca_file
+    if cert is None and key is None:
+        if client_ca is not None:
+            raise AuthSetupError(
+                "security.tls_client_ca_file is set but TLS is off: mutual TLS runs on top of TLS, "
+                "so also set security.tls_cert_file and security.tls_key_file"
+            )
+        return None
+    if cert is None or key is None:
+        missing = "security.tls_key_file" if key is None else "security.tls_cert_file"
+        raise AuthSetupError(f"TLS needs both a certificate and its key: set {missing} too")
+    cert_pem = _read_pem("security.tls_cert_file", cert)
+    key_pem = _read_pem("security.tls_key_file", key)
+    ca_pem = None if client_ca is None else _read_pem("security.tls_client_ca_file", client_ca)
+    # gRPC would accept a mismatched pair here and fail every handshake later; the ssl module
+    # checks the pair (and the CA bundle) now, so a bad file stops the daemon at start.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        raise AuthSetupError(
+            f"security.tls_cert_file {cert} and security.tls_key_file {key} are not a usable "
+            f"certificate and matching private key ({exc.reason or exc}); check that the key "
+            "belongs to the certificate and is not encrypted"
+        ) from None
+    if client_ca is not None:
+        try:
+            context.load_verify_locations(cafile=client_ca)
+        except ssl.SSLError as exc:
+            raise AuthSetupError(
+                f"security.tls_client_ca_file {client_ca} holds no usable CA certificate ({exc.reason or exc})"
+            ) from None
+    return grpc.ssl_server_credentials(
+        [(key_pem, cert_pem)], root_certificates=ca_pem, require_client_auth=ca_pem is not None
+    )
+
+
+def _read_pem(setting: str, path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise AuthSetupError(f"{setting} {path} cannot be read: {exc.strerror or exc}") from None
+    if b"-----BEGIN " not in data:
+        raise AuthSetupError(f"{setting} {path} is not a PEM file (no -----BEGIN line)")
+    return data
+
+
+Handler = grpc.RpcMethodHandler
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Authenticates, authorises and admits every call; see the module docstring."""
+
+    def __init__(
+        self,
+        security: SecuritySettings,
+        limits: LimitsSettings,
+        max_message_size: int,
+        services: Iterable[ServiceDescriptor],
+    ) -> None:
+        try:
+            self._roles = required_roles(services)
+            self._tokens = None if security.tokens_file is None else TokenTable.load(security.tokens_file)
+        except (MissingRoleError, TokensFileError) as exc:
+            raise AuthSetupError(str(exc)) from None
+        self._certificates_identify = self._tokens is None and security.tls_client_ca_file is not None
+        self._health_open = security.health_open
+        self._max_message_size = max_message_size
+        self._calls = ConcurrencyGate(limits.max_concurrent_calls, "limits.max_concurrent_calls", "calls")
+        self._streams = ConcurrencyGate(
+            limits.max_concurrent_streams, "limits.max_concurrent_streams", "streaming calls"
+        )
+
+    @property
+    def token_holders(self) -> list[str]:
+        return [] if self._tokens is None else self._tokens.names
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        rpc = method.lstrip("/")
+        required = self._roles.get(method)
+        if required is None:
+            return _refusal(
+                handler,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{rpc} has no role in this tesserad's role table, so no caller may use it",
+            )
+        is_health = method in HEALTH_METHODS
+        if is_health and self._health_open:
+            return self._admitted(handler, method, None, limited=False)
+        if self._tokens is None:
+            return self._admitted(handler, method, None, limited=not is_health)
+
+        token, problem = _bearer_token(handler_call_details.invocation_metadata)
+        identity = None if token is None else self._tokens.identify(token)
+        if identity is None:
+            return _refusal(
+                handler,
+                grpc.StatusCode.UNAUTHENTICATED,
+                problem
+                or "the token is not valid for this tesserad (mistyped, or removed from its tokens "
+                "file); ask the operator for a token made with `tesserad tokens add`",
+            )
+        if identity.role < required:
+            return _refusal(
+                handler,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{rpc} needs the {required.label} role; the token {identity.name!r} has the "
+                f"{identity.role.label} role",
+            )
+        return self._admitted(handler, method, identity, limited=not is_health)
+
+    def _admitted(self, handler: Handler, method: str, identity: Identity | None, limited: bool) -> Handler:
+        """`handler` wrapped to bind the caller, count it against the limits and (de)serialise."""
+        streaming = bool(handler.request_streaming or handler.response_streaming)
+        gates = [self._calls, self._streams] if streaming else [self._calls]
+        deserialize = handler.request_deserializer
+        serialize = handler.response_serializer
+        certificates_identify = self._certificates_identify
+        max_size = self._max_message_size
+
+        async def enter(context: grpc.aio.ServicerContext) -> list[ConcurrencyGate]:
+            if identity is not None:
+                _CALLER.set(identity.name)
+            elif certificates_identify:
+                _CALLER.set(_certificate_name(context))
+            entered: list[ConcurrencyGate] = []
+            if limited:
+                try:
+                    for gate in gates:
+                        gate.enter()
+                        entered.append(gate)
+                except ResourceExhausted as exc:
+                    _leave(entered)
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message)
+            return entered
+
+        async def decode(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return _decode(raw, deserialize, method)
+            except InvalidArgument as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
+
+        async def encode(response: Any, context: grpc.aio.ServicerContext) -> Any:
+            if response is None or serialize is None:
+                return response
+            data = serialize(response)
+            if len(data) > max_size:
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"the response of {method.lstrip('/')} is {format_size(len(data))}, over "
+                    f"max_message_size = {format_size(max_size)}; ask for smaller pages or chunks, "
+                    "or raise max_message_size (env TESSERA_MAX_MESSAGE_SIZE)",
+                )
+            return data
+
+        def decoded_stream(requests: AsyncIterator[bytes]) -> AsyncIterator[Any]:
+            async def generate() -> AsyncIterator[Any]:
+                async for raw in requests:
+                    # Raised inside the servicer's loop; the call interceptor maps it.
+                    yield _decode(raw, deserialize, method)
+
+            return generate()
+
+        if handler.unary_unary is not None:
+            inner_uu = handler.unary_unary
+
+            async def unary_unary(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+                entered = await enter(context)
+                try:
+                    request = await decode(raw, context)
+                    return await encode(await inner_uu(request, context), context)
+                finally:
+                    _leave(entered)
+
+            return grpc.unary_unary_rpc_method_handler(unary_unary)
+
+        if handler.stream_unary is not None:
+            inner_su = handler.stream_unary
+
+            async def stream_unary(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
+                entered = await enter(context)
+                try:
+                    return await encode(await inner_su(decoded_stream(requests), context), context)
+                finally:
+                    _leave(entered)
+
+            return grpc.stream_unary_rpc_method_handler(stream_unary)
+
+        if handler.unary_stream is not None:
+            inner_us = handler.unary_stream
+
+            async def unary_stream(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                entered = await enter(context)
+                try:
+                    request = await decode(raw, context)
+                    async for item in inner_us(request, context):
+                        yield await encode(item, context)
+                finally:
+                    _leave(entered)
+
+            return grpc.unary_stream_rpc_method_handler(unary_stream)
+
+        inner_ss = handler.stream_stream
+
+        async def stream_stream(
+            requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
+            entered = await enter(context)
+            try:
+                async for item in inner_ss(decoded_stream(requests), context):
+                    yield await encode(item, context)
+            finally:
+                _leave(entered)
+
+        return grpc.stream_stream_rpc_method_handler(stream_stream)
+
+
+def _leave(entered: list[ConcurrencyGate]) -> None:
+    for gate in entered:
+        gate.leave()
+    entered.clear()
+
+
+def _decode(raw: bytes, deserialize: Callable[[bytes], Any] | None, method: str) -> Any:
+    if deserialize is None:
+        return raw
+    try:
+        return deserialize(raw)
+    except DecodeError:
+        raise InvalidArgument(
+            f"the request to {method.lstrip('/')} is not a valid protobuf message of its request "
+            "type; check that the client was built from the same .proto files as this tesserad"
+        ) from None
+
+
+def _bearer_token(metadata: Iterable[Any] | None) -> tuple[str | None, str | None]:
+    """(token, None) from `authorization: Bearer <token>`, or (None, what is wrong)."""
+    values = [value for key, value in metadata or () if key == "authorization"]
+    if not values:
+        return None, (
+            "this tesserad needs a token: send the metadata 'authorization: Bearer <token>' "
+            "(tessera CLI: --token or TESSERA_TOKEN)"
+        )
+    scheme, _, token = str(values[0]).strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None, "the authorization metadata must be 'Bearer <token>'"
+    return token.strip(), None
+
+
+def _certificate_name(context: grpc.aio.ServicerContext) -> str:
+    names = context.auth_context().get("x509_common_name") or context.peer_identities() or []
+    return f"cert:{names[0].decode(errors='replace')}" if names else "cert:unknown"
+
+
+def _refusal(handler: Handler, code: grpc.StatusCode, message: str) -> Handler:
+    """A handler of the call's response kind that refuses it without reading the request.
+
+    Declared request-streaming whatever the RPC is, so gRPC never receives or parses the
+    request of a caller we turn away.
+    """
+
+    if handler.response_streaming:
+
+        async def refuse_stream(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+            await context.abort(code, message)
+            yield b""  # unreachable; makes this an async generator, as a streaming handler must be
+
+        return grpc.stream_stream_rpc_method_handler(refuse_stream)
+
+    async def refuse(requests: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(code, message)
+
+    return grpc.stream_unary_rpc_method_handler(refuse)
+
+
+__all__ = [
+    "ANONYMOUS",
+    "AuthInterceptor",
+    "AuthSetupError",
+    "authentication_enabled",
+    "caller",
+    "server_credentials",
+]

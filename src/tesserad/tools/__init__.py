@@ -1,0 +1,1 @@
+"""Operator tools behind `tesserad` subcommands and container health checks."""

@@ -1,0 +1,45 @@
+"""The loopback rule: no listening beyond loopback without authentication, unless --insecure."""
+
+from __future__ import annotations
+
+import json
+
+WARNING = (
+    "serving without authentication on a non-loopback address (--insecure): every caller that can "
+    "reach it has the admin role"
+)
+
+
+def serve_args(tmp_path, listen: str, *extra: str) -> list[str]:
+    return ["--listen", listen, "--metrics-listen", "off", "--data-dir", str(tmp_path / "data"), *extra]
+
+
+def test_a_non_loopback_address_without_authentication_is_refused(spawn_daemon, tmp_path):
+    process = spawn_daemon(*serve_args(tmp_path, "0.0.0.0:0"))
+    output = process.output()
+    assert process.process.returncode == 1
+    assert "refusing to listen on 0.0.0.0:0 without authentication" in output
+    assert "security.tokens_file" in output and "--insecure" in output
+
+
+def test_insecure_serves_beyond_loopback_with_a_warning(spawn_daemon, tmp_path):
+    process = spawn_daemon(*serve_args(tmp_path, "0.0.0.0:0", "--insecure"))
+    warning = process.wait_for_log(WARNING)
+    assert warning["level"] == "warning"
+    assert warning["address"] == "0.0.0.0:0"
+    process.wait_serving()
+
+
+def test_a_tokens_file_allows_a_non_loopback_address(spawn_daemon, tmp_path, tokens):
+    process = spawn_daemon(
+        *serve_args(tmp_path, "0.0.0.0:0"), env={"TESSERA_SECURITY_TOKENS_FILE": str(tokens.file)}
+    )
+    process.wait_serving()
+    assert not any(WARNING in line for line in process.log)
+
+
+def test_loopback_needs_no_authentication_and_logs_no_warning(spawn_daemon, tmp_path):
+    process = spawn_daemon(*serve_args(tmp_path, "127.0.0.1:0"))
+    process.wait_serving()
+    levels = [json.loads(line).get("level") for line in process.log if line.startswith("{")]
+    assert "warning" not in levels

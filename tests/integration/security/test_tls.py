@@ -1,0 +1,128 @@
+"""TLS and mutual TLS with certificates made for the test, and the checks on TLS settings at start."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from tesserad.security import Role
+from tesserad.server import StartupError
+from tests.conftest import InProcessDaemon, daemon_settings
+from tests.integration.security.conftest import Pki, bearer
+
+PATH = "/tessera.v1.System/GetServerInfo"
+
+
+def tls_settings(pki: Pki, mutual: bool = False) -> dict[str, str]:
+    settings = {"security.tls_cert_file": str(pki.server_cert), "security.tls_key_file": str(pki.server_key)}
+    if mutual:
+        settings["security.tls_client_ca_file"] = str(pki.client_ca)
+    return settings
+
+
+def secure_call(port: int, credentials: grpc.ChannelCredentials, metadata=None) -> grpc.StatusCode:
+    with grpc.secure_channel(f"localhost:{port}", credentials) as channel:
+        try:
+            channel.unary_unary(PATH)(b"", metadata=metadata, timeout=10)
+        except grpc.RpcError as exc:
+            return exc.code()
+    return grpc.StatusCode.OK
+
+
+def plaintext_call(port: int) -> grpc.StatusCode:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            channel.unary_unary(PATH)(b"", timeout=10)
+        except grpc.RpcError as exc:
+            return exc.code()
+    return grpc.StatusCode.OK
+
+
+def test_tls_serves_clients_that_trust_the_ca(start_daemon, pki):
+    daemon = start_daemon(**tls_settings(pki))
+    assert secure_call(daemon.daemon.port, pki.channel_credentials()) == grpc.StatusCode.OK
+
+
+def test_tls_refuses_plaintext_clients(start_daemon, pki):
+    daemon = start_daemon(**tls_settings(pki))
+    assert plaintext_call(daemon.daemon.port) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_tls_client_refuses_a_server_signed_by_another_ca(start_daemon, pki):
+    daemon = start_daemon(**tls_settings(pki))
+    wrong_trust = grpc.ssl_channel_credentials(root_certificates=pki.client_ca.read_bytes())
+    assert secure_call(daemon.daemon.port, wrong_trust) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_mutual_tls_admits_a_client_certificate_from_the_client_ca(start_daemon, pki):
+    daemon = start_daemon(**tls_settings(pki, mutual=True))
+    assert secure_call(daemon.daemon.port, pki.channel_credentials("client")) == grpc.StatusCode.OK
+
+
+@pytest.mark.parametrize("client", [None, "rogue"])
+def test_mutual_tls_refuses_clients_without_a_trusted_certificate(start_daemon, pki, client):
+    daemon = start_daemon(**tls_settings(pki, mutual=True))
+    assert secure_call(daemon.daemon.port, pki.channel_credentials(client)) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_mutual_tls_with_tokens_needs_both(start_daemon, pki, tokens):
+    daemon = start_daemon(**tls_settings(pki, mutual=True), **{"security.tokens_file": str(tokens.file)})
+    port = daemon.daemon.port
+    assert secure_call(port, pki.channel_credentials("client")) == grpc.StatusCode.UNAUTHENTICATED
+    assert (
+        secure_call(port, pki.channel_credentials("client"), bearer(tokens.token[Role.READER]))
+        == grpc.StatusCode.OK
+    )
+    assert (
+        secure_call(port, pki.channel_credentials(None), bearer(tokens.token[Role.READER]))
+        == grpc.StatusCode.UNAVAILABLE
+    )
+
+
+def start_fails(data_dir, **overrides: str) -> str:
+    with pytest.raises(StartupError) as err:
+        InProcessDaemon(daemon_settings(data_dir, **overrides)).start()
+    return str(err.value)
+
+
+def test_a_certificate_without_its_key_stops_the_start(data_dir, pki):
+    message = start_fails(data_dir, **{"security.tls_cert_file": str(pki.server_cert)})
+    assert "set security.tls_key_file too" in message
+
+
+def test_a_client_ca_without_tls_stops_the_start(data_dir, pki):
+    message = start_fails(data_dir, **{"security.tls_client_ca_file": str(pki.client_ca)})
+    assert "mutual TLS runs on top of TLS" in message
+
+
+def test_a_key_of_another_certificate_stops_the_start(data_dir, pki):
+    message = start_fails(
+        data_dir,
+        **{"security.tls_cert_file": str(pki.server_cert), "security.tls_key_file": str(pki.client_key)},
+    )
+    assert "not a usable certificate and matching private key" in message
+
+
+def test_a_missing_certificate_file_stops_the_start(data_dir, pki, tmp_path):
+    message = start_fails(
+        data_dir,
+        **{
+            "security.tls_cert_file": str(tmp_path / "nope.pem"),
+            "security.tls_key_file": str(pki.server_key),
+        },
+    )
+    assert f"security.tls_cert_file {tmp_path / 'nope.pem'} cannot be read" in message
+
+
+def test_a_file_that_is_not_pem_stops_the_start(data_dir, pki, tmp_path):
+    (tmp_path / "ca.txt").write_text("not a certificate")
+    message = start_fails(
+        data_dir, **tls_settings(pki), **{"security.tls_client_ca_file": str(tmp_path / "ca.txt")}
+    )
+    assert "is not a PEM file" in message
+
+
+def test_a_bad_tokens_file_stops_the_start(data_dir, tmp_path):
+    (tmp_path / "tokens.toml").write_text('[[tokens]]\nname = "ci"\nrole = "root"\nsha256 = "00"\n')
+    message = start_fails(data_dir, **{"security.tokens_file": str(tmp_path / "tokens.toml")})
+    assert "unknown role 'root'" in message

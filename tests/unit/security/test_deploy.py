@@ -1,0 +1,155 @@
+"""What can be checked of deploy/ without docker, systemd or a cluster: every file parses, and
+ports, probes, paths, users and timeouts agree with each other and with the daemon's settings."""
+
+from __future__ import annotations
+
+import configparser
+import re
+from pathlib import Path
+
+import pytest
+
+from tesserad.config import Settings, load_settings
+
+DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
+DATA_DIR = "/var/lib/tesserad"
+GRPC_PORT = 50051
+METRICS_PORT = 9464
+
+
+def settings_from_toml(text: str, tmp_path: Path) -> Settings:
+    path = tmp_path / "tesserad.toml"
+    path.write_text(text)
+    return load_settings(path, env={})
+
+
+def env_settings(env: dict[str, str]) -> Settings:
+    return load_settings(env={k: v for k, v in env.items() if k.startswith("TESSERA_")})
+
+
+def dockerfile_env(text: str) -> dict[str, str]:
+    block = re.search(r"^ENV (.+?)(?=^\S)", text, re.MULTILINE | re.DOTALL)
+    assert block, "no ENV block"
+    return dict(re.findall(r"(\w+)=(\S+)", block.group(1)))
+
+
+@pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.cuda"])
+def test_dockerfiles_run_non_root_with_a_grpc_health_check(name):
+    text = (DEPLOY / "docker" / name).read_text()
+    runtime = text.rsplit("\nFROM ", 1)[1]
+    assert re.search(r"^USER 10001:10001$", runtime, re.MULTILINE)
+    assert f'VOLUME ["{DATA_DIR}"]' in runtime
+    assert f"EXPOSE {GRPC_PORT} {METRICS_PORT}" in runtime
+    assert f'"tesserad.tools.healthcheck", "--address", "127.0.0.1:{GRPC_PORT}"' in runtime
+    settings = env_settings(dockerfile_env(runtime))
+    assert settings.listen.port == GRPC_PORT and settings.metrics_listen.port == METRICS_PORT
+    assert str(settings.data_dir) == DATA_DIR
+    # Listening on 0.0.0.0 needs authentication; the image turns tokens on.
+    assert not settings.listen.is_loopback and settings.security.tokens_file is not None
+
+
+def test_the_healthcheck_module_the_images_call_exists():
+    from tesserad.tools import healthcheck
+
+    assert callable(healthcheck.main)
+
+
+def test_systemd_unit_is_hardened_and_waits_for_the_drain(tmp_path):
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str
+    unit.read_string((DEPLOY / "systemd" / "tesserad.service").read_text())
+    service = unit["Service"]
+    assert service["User"] == service["Group"] == "tesserad"
+    assert service["ProtectSystem"] == "strict"
+    assert service["NoNewPrivileges"] == "yes"
+    assert service["StateDirectory"] == "tesserad"
+    assert service["ReadWritePaths"] == DATA_DIR
+    assert service["Restart"] == "on-failure"
+    assert service["ExecStart"].startswith(
+        "/opt/tesserad/bin/tesserad serve --config /etc/tesserad/tesserad.toml"
+    )
+    settings = settings_from_toml((DEPLOY / "systemd" / "tesserad.toml").read_text(), tmp_path)
+    assert str(settings.data_dir) == DATA_DIR
+    assert int(service["TimeoutStopSec"]) > settings.grace_period_s
+    assert settings.security.tokens_file == Path("/etc/tesserad/tokens.toml")
+
+
+def load_all(path: Path) -> list[dict]:
+    # PyYAML is not a dependency of tesserad (only of these checks); skip where it is absent.
+    yaml = pytest.importorskip("yaml", reason="PyYAML is needed to check the YAML files under deploy/")
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+
+
+def test_every_yaml_file_parses():
+    files = sorted(DEPLOY.rglob("*.yaml")) + sorted(DEPLOY.rglob("*.yml"))
+    assert len(files) >= 6
+    for path in files:
+        assert load_all(path), path
+
+
+def test_compose_runs_the_daemon_and_prometheus_scrapes_its_metrics_port():
+    compose = load_all(DEPLOY / "compose.yaml")[0]
+    daemon = compose["services"]["tesserad"]
+    assert daemon["build"]["dockerfile"] == "deploy/docker/Dockerfile"
+    assert (DEPLOY / daemon["build"]["context"] / daemon["build"]["dockerfile"]).is_file()
+    settings = env_settings(daemon["environment"])
+    assert daemon["ports"] == [f"127.0.0.1:{settings.listen.port}:{GRPC_PORT}"]
+    assert f"tesserad-data:{settings.data_dir}" in daemon["volumes"]
+    assert int(daemon["stop_grace_period"].rstrip("s")) > settings.grace_period_s
+    assert compose["secrets"]["tesserad-tokens"]["file"] == "./tokens.toml"
+    prometheus = compose["services"]["prometheus"]
+    config_file = DEPLOY / prometheus["volumes"][0].split(":")[0]
+    targets = load_all(config_file)[0]["scrape_configs"][0]["static_configs"][0]["targets"]
+    assert targets == [f"tesserad:{settings.metrics_listen.port}"]
+
+
+def k8s_objects() -> dict[str, dict]:
+    return {
+        f"{doc['kind']}/{doc['metadata']['name']}": doc
+        for path in (DEPLOY / "k8s").glob("*.yaml")
+        for doc in load_all(path)
+    }
+
+
+def test_k8s_statefulset_probes_ports_volumes_and_settings_agree(tmp_path):
+    objects = k8s_objects()
+    sts = objects["StatefulSet/tesserad"]
+    pod = sts["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    settings = settings_from_toml(objects["ConfigMap/tesserad-config"]["data"]["tesserad.toml"], tmp_path)
+
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"grpc": settings.listen.port, "metrics": settings.metrics_listen.port}
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["grpc"]["port"] == settings.listen.port, probe
+    assert container["readinessProbe"]["grpc"]["service"] == "tessera.v1.Inference"
+    # Probes carry no token: health must stay open while tokens are on.
+    assert settings.security.tokens_file is not None and settings.security.health_open
+
+    assert sts["spec"]["replicas"] == 1
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == 1
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["terminationGracePeriodSeconds"] > settings.grace_period_s
+
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["data"] == str(settings.data_dir)
+    assert sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+    assert settings.security.tokens_file.parent == Path(mounts["tokens"])
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["tokens"]["secret"]["secretName"] in {n.split("/")[1] for n in objects}
+    assert volumes["config"]["configMap"]["name"] == "tesserad-config"
+
+
+def test_k8s_service_targets_the_pod_ports():
+    objects = k8s_objects()
+    service = objects["Service/tesserad"]
+    selector = service["spec"]["selector"]
+    labels = objects["StatefulSet/tesserad"]["spec"]["template"]["metadata"]["labels"]
+    assert selector.items() <= labels.items()
+    assert {(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
+        ("grpc", GRPC_PORT, "grpc"),
+        ("metrics", METRICS_PORT, "metrics"),
+    }
+    assert objects["StatefulSet/tesserad"]["spec"]["serviceName"] == "tesserad-headless"
+    assert "Service/tesserad-headless" in objects

@@ -1,0 +1,151 @@
+"""Tokens file parsing, hashing, constant-time lookup, and `tesserad tokens add|hash`."""
+
+from __future__ import annotations
+
+import hmac
+import io
+import stat
+
+import pytest
+
+from tesserad import cli
+from tesserad.errors import ResourceExhausted
+from tesserad.security import Identity, Role, TokensFileError, TokenTable, hash_token, new_token
+from tesserad.security.limits import ConcurrencyGate
+from tesserad.security.tokens import MIN_TOKEN_LENGTH, format_entry
+
+
+def table_of(*entries: tuple[str, Role, str]) -> TokenTable:
+    return TokenTable.parse(
+        {"tokens": [{"name": n, "role": r.label, "sha256": hash_token(t)} for n, r, t in entries]}, "test"
+    )
+
+
+def test_a_token_identifies_its_holder_and_role():
+    alice, bob = new_token(), new_token()
+    table = table_of(("alice", Role.ADMIN, alice), ("bob", Role.READER, bob))
+    assert table.identify(alice) == Identity("alice", Role.ADMIN)
+    assert table.identify(bob) == Identity("bob", Role.READER)
+    assert table.identify(alice[:-1]) is None
+    assert table.identify("") is None
+
+
+def test_new_tokens_are_long_and_distinct():
+    tokens = {new_token() for _ in range(100)}
+    assert len(tokens) == 100
+    assert all(t.startswith("tsr_") and len(t) >= 40 for t in tokens)
+
+
+def test_short_tokens_cannot_be_hashed():
+    with pytest.raises(ValueError, match=f"at least {MIN_TOKEN_LENGTH} characters"):
+        hash_token("password")
+
+
+def test_lookup_compares_every_entry_in_constant_time(monkeypatch):
+    """Which entry matches (first, last, none) does not change the work done."""
+    tokens = [new_token() for _ in range(5)]
+    table = table_of(*((f"h{i}", Role.READER, t) for i, t in enumerate(tokens)))
+    compared: list[int] = []
+    real = hmac.compare_digest
+
+    def counting(a, b):
+        compared.append(1)
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", counting)
+    for presented in (tokens[0], tokens[-1], new_token()):
+        compared.clear()
+        table.identify(presented)
+        assert len(compared) == 5
+
+
+def test_the_file_stores_hashes_only(tmp_path):
+    token = new_token()
+    path = tmp_path / "tokens.toml"
+    path.write_text(format_entry("ci", Role.TRAINER, hash_token(token)))
+    assert token not in path.read_text()
+    assert TokenTable.load(path).identify(token) == Identity("ci", Role.TRAINER)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('[[tokens]]\nname = "ci"\nrole = "root"\nsha256 = "' + "a" * 64 + '"\n', "unknown role 'root'"),
+        ('[[tokens]]\nname = "ci"\nrole = "admin"\nsha256 = "tsr_plaintoken"\n', "never the token itself"),
+        ('[[tokens]]\nname = "ci"\nrole = "admin"\n', "needs exactly the keys name, role and sha256"),
+        ('[[tokens]]\nname = "../x"\nrole = "admin"\nsha256 = "' + "a" * 64 + '"\n', "token name '../x'"),
+        (
+            '[[tokens]]\nname = "a"\nrole = "admin"\nsha256 = "' + "a" * 64 + '"\n'
+            '[[tokens]]\nname = "a"\nrole = "reader"\nsha256 = "' + "b" * 64 + '"\n',
+            "the name is used twice",
+        ),
+        (
+            '[[tokens]]\nname = "a"\nrole = "admin"\nsha256 = "' + "a" * 64 + '"\n'
+            '[[tokens]]\nname = "b"\nrole = "reader"\nsha256 = "' + "a" * 64 + '"\n',
+            "the same token is listed twice",
+        ),
+        ("", "lists no tokens"),
+        ('users = ["x"]\n', "unknown key 'users'"),
+        ("[[tokens]\n", "cannot be read"),
+    ],
+)
+def test_bad_tokens_files_are_refused_saying_what_to_fix(tmp_path, text, problem):
+    path = tmp_path / "tokens.toml"
+    path.write_text(text)
+    with pytest.raises(TokensFileError) as err:
+        TokenTable.load(path)
+    assert problem in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_a_missing_tokens_file_says_how_to_make_one(tmp_path):
+    with pytest.raises(TokensFileError, match="tesserad tokens add --file"):
+        TokenTable.load(tmp_path / "absent.toml")
+
+
+def test_tokens_add_appends_a_hashed_token_and_prints_it_once(tmp_path, capsys):
+    path = tmp_path / "tokens.toml"
+    assert cli.main(["tokens", "add", "--file", str(path), "--name", "alice", "--role", "admin"]) == 0
+    first = capsys.readouterr().out.strip()
+    assert cli.main(["tokens", "add", "--file", str(path), "--name", "ci", "--role", "trainer"]) == 0
+    second = capsys.readouterr().out.strip()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert first not in path.read_text() and second not in path.read_text()
+    table = TokenTable.load(path)
+    assert table.identify(first) == Identity("alice", Role.ADMIN)
+    assert table.identify(second) == Identity("ci", Role.TRAINER)
+
+
+def test_tokens_add_refuses_a_name_already_used(tmp_path, capsys):
+    path = tmp_path / "tokens.toml"
+    cli.main(["tokens", "add", "--file", str(path), "--name", "alice", "--role", "admin"])
+    before = path.read_text()
+    assert cli.main(["tokens", "add", "--file", str(path), "--name", "alice", "--role", "reader"]) == 2
+    assert "already has a token named 'alice'" in capsys.readouterr().err
+    assert path.read_text() == before
+
+
+def test_tokens_hash_reads_the_token_from_stdin(monkeypatch, capsys):
+    token = new_token()
+    monkeypatch.setattr("sys.stdin", io.StringIO(token + "\n"))
+    assert cli.main(["tokens", "hash"]) == 0
+    assert capsys.readouterr().out.strip() == f'sha256 = "{hash_token(token)}"'
+
+
+def test_tokens_hash_refuses_a_short_token(monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
+    assert cli.main(["tokens", "hash"]) == 2
+    assert "at least" in capsys.readouterr().err
+
+
+def test_the_gate_refuses_over_its_limit_and_names_the_setting():
+    gate = ConcurrencyGate(2, "limits.max_concurrent_streams", "streaming calls")
+    gate.enter()
+    gate.enter()
+    with pytest.raises(ResourceExhausted) as err:
+        gate.enter()
+    assert "limits.max_concurrent_streams = 2" in err.value.message
+    assert "TESSERA_LIMITS_MAX_CONCURRENT_STREAMS" in err.value.message
+    gate.leave()
+    gate.enter()
+    assert gate.in_flight == 2
