@@ -2,9 +2,17 @@
 in-process onnxruntime, for a tiny MLP and the exported cnn4d classifier, in one run.
 
 Closed loop: client processes each keep `concurrency / processes` blocking Predict calls in
-flight; one row per request. Writes bench/results/serve_bench.json and prints a table.
+flight; one row per request. Every cell runs `--repeats` times, interleaved (echo, off, on at each
+concurrency, then again), and reports the median of each figure: the machine is shared.
 
-    .venv/bin/python bench/serve_bench.py [--seconds 3] [--concurrency 1 8 32]
+The in-process baseline for batching on is measured at exactly the batch sizes the batcher
+formed (its GetStats batch-size histogram): rows served / the time onnxruntime alone takes to run
+that many batches of each size. `--auth-share` adds tiny-model cells at concurrency 1 on a second
+daemon whose auth interceptor is a pass-through, to measure that interceptor's cost (no tokens).
+Writes bench/results/serve_bench.json and prints a table.
+
+    .venv/bin/python bench/serve_bench.py [--seconds 3] [--repeats 3] [--concurrency 1 8 32]
+        [--models tiny_mlp cnn4d] [--auth-share]
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import threading
@@ -35,19 +44,27 @@ RESULTS = Path(__file__).parent / "results" / "serve_bench.json"
 # -- models ---------------------------------------------------------------------------------
 
 
-def export_models(directory: Path) -> dict[str, Path]:
-    from tesserad.nn.architectures import build_model
-    from tesserad.nn.onnx_export import export_onnx
+def model_specs() -> dict:  # type: ignore[type-arg]
     from tesserad.nn.specs import Cnn4dSpec, MlpSpec
 
-    specs = {
+    return {
         "tiny_mlp": MlpSpec(input_shape=(16,), output_size=4, hidden_sizes=(32,)),
-        "cnn4d": Cnn4dSpec(input_shape=(1, 4, 4, 8, 8), output_size=3, channels=(4, 8)),
+        # A classifier of the size users train on spacetime clips: 1 channel, T=8, 16^3 voxels,
+        # two Conv4d blocks (8 and 16 channels) with pooling, then the head. Its compute
+        # (milliseconds a row on 2 CPU cores) outweighs the per-request gRPC cost, as real models do.
+        "cnn4d": Cnn4dSpec(input_shape=(1, 8, 16, 16, 16), output_size=3, channels=(8, 16)),
     }
+
+
+def export_models(directory: Path, names: list[str]) -> dict[str, Path]:
+    from tesserad.nn.architectures import build_model
+    from tesserad.nn.onnx_export import export_onnx
+
     paths = {}
-    for name, spec in specs.items():
-        paths[name] = directory / f"{name}.onnx"
-        export_onnx(build_model(spec).eval(), spec, paths[name])
+    for name, spec in model_specs().items():
+        if name in names:
+            paths[name] = directory / f"{name}.onnx"
+            export_onnx(build_model(spec).eval(), spec, paths[name])
     return paths
 
 
@@ -170,20 +187,41 @@ def measure(target: str, model: str, shape: list[int], concurrency: int, seconds
     }
 
 
-def in_process_rows_per_s(path: Path, shape: list[int], batch: int, seconds: float = 1.5) -> float:
-    """onnxruntime's own throughput (rows/s) at one batch size, with the daemon's session options."""
+def in_process_seconds_per_batch(path: Path, shape: list[int], batch: int, budget_s: float = 0.5) -> float:
+    """onnxruntime's own time for one batch of `batch` rows, with the daemon's session options
+    (best of a few timed runs, as a floor that the served run is held against)."""
     from tesserad.serving.runtimes import OnnxRuntime
 
     runtime = OnnxRuntime(path, "cpu", 0)
     x = {"input": np.random.default_rng(0).standard_normal([batch, *shape[1:]]).astype(np.float32)}
-    for _ in range(5):
+    for _ in range(3):
         runtime.run(x, ["output"])
-    runs = 0
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds:
+    times: list[float] = []
+    end = time.perf_counter() + budget_s
+    while len(times) < 3 or (time.perf_counter() < end and len(times) < 200):
+        t0 = time.perf_counter()
         runtime.run(x, ["output"])
-        runs += 1
-    return runs * batch / (time.perf_counter() - start)
+        times.append(time.perf_counter() - t0)
+    runtime.close()
+    return statistics.median(times)
+
+
+def in_process_at_histogram(path: Path, shape: list[int], histogram: dict[int, int]) -> float:
+    """Rows/s onnxruntime reaches running exactly the batches the batcher formed (`rows -> count`)."""
+    seconds = sum(
+        count * in_process_seconds_per_batch(path, shape, rows) for rows, count in histogram.items()
+    )
+    return sum(rows * count for rows, count in histogram.items()) / seconds
+
+
+def median_cell(cells: list[dict]) -> dict:
+    """The median of each figure over repeats, with every repeat's throughput kept."""
+    merged = {"concurrency": cells[0]["concurrency"], "repeats": len(cells)}
+    for key in cells[0]:
+        if key != "concurrency":
+            merged[key] = statistics.median(c[key] for c in cells)
+    merged["throughput_rps_each"] = [round(c["throughput_rps"], 1) for c in cells]
+    return merged
 
 
 # -- main -----------------------------------------------------------------------------------
@@ -192,22 +230,112 @@ def in_process_rows_per_s(path: Path, shape: list[int], batch: int, seconds: flo
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--models", nargs="+", default=["tiny_mlp", "cnn4d"], choices=list(model_specs()))
+    parser.add_argument("--auth-share", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
+    paths = export_models(work, args.models)
+    shapes = {"tiny_mlp": [1, 16], "cnn4d": [1, 1, 8, 16, 16, 16]}
+    daemon, file_service = start_file_daemon(work / "data", paths)
+    echo_port, _ = start_echo()
+
+    results: dict = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "load_average_at_start": os.getloadavg(),
+        },
+        "seconds_per_cell": args.seconds,
+        "repeats": args.repeats,
+        "models": {},
+    }
+    for model in args.models:
+        shape = shapes[model]
+        spec = model_specs()[model]
+        row_us = in_process_seconds_per_batch(paths[model], shape, 1, budget_s=1.0) * 1e6
+        print(f"{model}: {spec}; in-process onnxruntime {row_us:.0f} us per single-row run", flush=True)
+        runs: dict = {
+            mode: {c: [] for c in args.concurrency} for mode in ("echo", "batching_off", "batching_on")
+        }
+        histograms: dict[int, dict[int, int]] = {c: {} for c in args.concurrency}
+        for repeat in range(args.repeats):
+            for concurrency in args.concurrency:
+                cell = measure(f"127.0.0.1:{echo_port}", model, shape, concurrency, args.seconds)
+                runs["echo"][concurrency].append(cell)
+                report(model, "echo", repeat, cell)
+                for mode, suffix in (("batching_off", "off"), ("batching_on", "on")):
+                    stats = file_service.pool.get(f"{model}-{suffix}", 1).stats
+                    stats.snapshot(reset=True)
+                    cell = measure(daemon.target, f"{model}-{suffix}", shape, concurrency, args.seconds)
+                    snap = stats.snapshot()
+                    batches = sum(n for n, _ in snap.batches.values())
+                    cell["mean_batch_rows"] = snap.row_count / batches if batches else 0.0
+                    runs[mode][concurrency].append(cell)
+                    report(model, mode, repeat, cell)
+                    if mode == "batching_on":
+                        for rows, (n, _) in snap.batches.items():
+                            histograms[concurrency][rows] = histograms[concurrency].get(rows, 0) + n
+        cells = {mode: [median_cell(runs[mode][c]) for c in args.concurrency] for mode in runs}
+        ratios = []
+        for echo, off, on in zip(cells["echo"], cells["batching_off"], cells["batching_on"], strict=True):
+            histogram = histograms[echo["concurrency"]]
+            in_process = in_process_at_histogram(paths[model], shape, histogram)
+            ratios.append(
+                {
+                    "concurrency": echo["concurrency"],
+                    "p50_off_vs_echo": off["p50_ms"] / echo["p50_ms"],
+                    "p50_on_vs_echo": on["p50_ms"] / echo["p50_ms"],
+                    "p50_on_vs_off": on["p50_ms"] / off["p50_ms"],
+                    "throughput_on_vs_off": on["throughput_rps"] / off["throughput_rps"],
+                    "formed_batch_histogram": {str(rows): n for rows, n in sorted(histogram.items())},
+                    "in_process_rows_per_s_at_formed_batches": in_process,
+                    "served_on_vs_in_process": on["throughput_rps"] / in_process,
+                }
+            )
+        results["models"][model] = {
+            "spec": {"architecture": type(spec).__name__, **{k: v for k, v in vars(spec).items()}},
+            "request_shape": shape,
+            "in_process_us_per_row_at_batch_1": row_us,
+            "cells": cells,
+            "ratios": ratios,
+        }
+        for r in ratios:
+            print(f"{model:9s} c={r['concurrency']:<3d} p50 off/echo {r['p50_off_vs_echo']:.2f}  on/echo {r['p50_on_vs_echo']:.2f}  "
+                  f"thr on/off {r['throughput_on_vs_off']:.2f}  served/in-process {r['served_on_vs_in_process']:.2f}", flush=True)  # fmt: skip
+    daemon.stop()
+    if args.auth_share and "tiny_mlp" in paths:
+        results["auth_interceptor_share"] = auth_share(work, paths, shapes["tiny_mlp"], echo_port, args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.out}")
+
+
+def report(model: str, mode: str, repeat: int, cell: dict) -> None:
+    batch = f"  batch {cell['mean_batch_rows']:.1f}" if "mean_batch_rows" in cell else ""
+    print(f"{model:9s} {mode:13s} #{repeat} c={cell['concurrency']:<3d} {cell['throughput_rps']:8.0f} req/s  "
+          f"p50 {cell['p50_ms']:.3f} ms  p99 {cell['p99_ms']:.3f} ms{batch}", flush=True)  # fmt: skip
+
+
+def start_file_daemon(data_dir: Path, paths: dict[str, Path]):  # type: ignore[no-untyped-def]
+    """A daemon serving the exported files as `<model>-off` (max_batch_size 1) and `<model>-on` (32)."""
     from conftest import InProcessDaemon
 
-    work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
-    paths = export_models(work)
-    shapes = {"tiny_mlp": [1, 16], "cnn4d": [1, 1, 4, 4, 8, 8]}
     settings = load_settings(
-        env={}, overrides={"listen": "127.0.0.1:0", "metrics_listen": "off", "data_dir": str(work / "data")}
+        env={}, overrides={"listen": "127.0.0.1:0", "metrics_listen": "off", "data_dir": str(data_dir)}
     )
     daemon = InProcessDaemon(settings).start()
-    # Serve exported files directly: this measures serving, not the registry.
+    # Serve exported files directly: this measures serving, not the registry. The daemon's own
+    # serving metrics stay on, as in production.
     service: InferenceService = daemon.daemon.inference
-    file_service = InferenceService(FileSource(paths), ModelPool(service.pool.defaults, None), autoload=False)
+    file_service = InferenceService(
+        FileSource(paths), ModelPool(service.pool.defaults, service.pool._metrics), autoload=False
+    )
     daemon.daemon.inference = file_service
     for servicer_service in _servicers_of(daemon):
         servicer_service._service = file_service
@@ -218,58 +346,50 @@ def main() -> None:
         file_service.pool.load(
             servable_file(f"{model}-on", 1, "onnx", paths[model]), ServingConfig(max_batch_size=32)
         )
-    echo_port, _ = start_echo()
+    return daemon, file_service
 
-    results: dict = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
-        "seconds_per_cell": args.seconds,
-        "models": {},
+
+def auth_share(work: Path, paths: dict[str, Path], shape: list[int], echo_port: int, args) -> dict:  # type: ignore[no-untyped-def]
+    """Tiny model, concurrency 1, no tokens: the daemon as configured against one whose auth
+    interceptor only passes calls on (interleaved, medians)."""
+    import tesserad.server
+    from tesserad.api.auth import AuthInterceptor
+
+    class PassThrough(AuthInterceptor):
+        async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+            return await continuation(handler_call_details)
+
+    with_auth, _ = start_file_daemon(work / "data-auth", {"tiny_mlp": paths["tiny_mlp"]})
+    original = tesserad.server.AuthInterceptor
+    tesserad.server.AuthInterceptor = PassThrough  # type: ignore[misc]
+    try:
+        without_auth, _ = start_file_daemon(work / "data-no-auth", {"tiny_mlp": paths["tiny_mlp"]})
+    finally:
+        tesserad.server.AuthInterceptor = original  # type: ignore[misc]
+    runs: dict[str, list[dict]] = {"echo": [], "with_auth_interceptor": [], "pass_through_interceptor": []}
+    for repeat in range(args.repeats):
+        for name, target in (
+            ("echo", f"127.0.0.1:{echo_port}"),
+            ("with_auth_interceptor", with_auth.target),
+            ("pass_through_interceptor", without_auth.target),
+        ):
+            model = "tiny_mlp" if name == "echo" else "tiny_mlp-off"
+            cell = measure(target, model, shape, 1, args.seconds)
+            runs[name].append(cell)
+            report("tiny_mlp", name, repeat, cell)
+    with_auth.stop()
+    without_auth.stop()
+    cells = {name: median_cell(r) for name, r in runs.items()}
+    share = {
+        "cells": cells,
+        "p50_ms_added_by_auth_interceptor": cells["with_auth_interceptor"]["p50_ms"]
+        - cells["pass_through_interceptor"]["p50_ms"],
+        "p50_with_vs_echo": cells["with_auth_interceptor"]["p50_ms"] / cells["echo"]["p50_ms"],
+        "p50_pass_through_vs_echo": cells["pass_through_interceptor"]["p50_ms"] / cells["echo"]["p50_ms"],
     }
-    for model, shape in shapes.items():
-        rows: dict = {"echo": [], "batching_off": [], "batching_on": []}
-        for concurrency in args.concurrency:
-            echo = measure(f"127.0.0.1:{echo_port}", model, shape, concurrency, args.seconds)
-            rows["echo"].append(echo)
-            print(f"{model:9s} {'echo':13s} c={concurrency:<3d} {echo['throughput_rps']:8.0f} req/s  "
-                  f"p50 {echo['p50_ms']:.3f} ms  p99 {echo['p99_ms']:.3f} ms", flush=True)  # fmt: skip
-            for mode, suffix in (("batching_off", "off"), ("batching_on", "on")):
-                name = f"{model}-{suffix}"
-                file_service.pool.get(name, 1).stats.snapshot(reset=True)
-                cell = measure(daemon.target, name, shape, concurrency, args.seconds)
-                snap = file_service.pool.get(name, 1).stats.snapshot()
-                batches = sum(n for n, _ in snap.batches.values())
-                cell["mean_batch_rows"] = snap.row_count / batches if batches else 0.0
-                rows[mode].append(cell)
-                print(f"{model:9s} {mode:13s} c={concurrency:<3d} {cell['throughput_rps']:8.0f} req/s  "
-                      f"p50 {cell['p50_ms']:.3f} ms  p99 {cell['p99_ms']:.3f} ms  batch {cell['mean_batch_rows']:.1f}", flush=True)  # fmt: skip
-        ratios = []
-        for echo, off, on in zip(rows["echo"], rows["batching_off"], rows["batching_on"], strict=True):
-            batch = max(1, round(on["mean_batch_rows"]))
-            in_process = in_process_rows_per_s(paths[model], shape, batch)
-            ratios.append(
-                {
-                    "concurrency": echo["concurrency"],
-                    "p50_off_vs_echo": off["p50_ms"] / echo["p50_ms"],
-                    "p50_on_vs_echo": on["p50_ms"] / echo["p50_ms"],
-                    "throughput_on_vs_off": on["throughput_rps"] / off["throughput_rps"],
-                    "in_process_rows_per_s_at_formed_batch": in_process,
-                    "formed_batch": batch,
-                    "served_on_vs_in_process": on["throughput_rps"] / in_process,
-                }
-            )
-        results["models"][model] = {"cells": rows, "ratios": ratios}
-        for r in ratios:
-            print(f"{model:9s} c={r['concurrency']:<3d} p50 off/echo {r['p50_off_vs_echo']:.2f}  on/echo {r['p50_on_vs_echo']:.2f}  "
-                  f"thr on/off {r['throughput_on_vs_off']:.2f}  served/in-process(batch {r['formed_batch']}) "
-                  f"{r['served_on_vs_in_process']:.2f}", flush=True)  # fmt: skip
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2))
-    print(f"wrote {RESULTS}")
-    daemon.stop()
+    print(f"auth interceptor: p50 +{share['p50_ms_added_by_auth_interceptor'] * 1000:.0f} us; vs echo "
+          f"{share['p50_with_vs_echo']:.2f} with, {share['p50_pass_through_vs_echo']:.2f} pass-through", flush=True)  # fmt: skip
+    return share
 
 
 def _servicers_of(daemon) -> list:  # type: ignore[no-untyped-def]

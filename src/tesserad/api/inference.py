@@ -6,10 +6,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 import grpc
@@ -76,12 +79,42 @@ async def predict(
             loop.call_soon(_release_when_settled, loop, batcher, _MAX_HOLD_TICKS)
         if future.done():  # ran inline
             return submitted.version, future.result()
+        waiter = loop.create_future()
+        future.add_done_callback(functools.partial(_settle, loop, threading.get_ident(), waiter))
         try:
-            return submitted.version, await asyncio.wrap_future(future)
+            return submitted.version, await waiter
         except asyncio.CancelledError:
             future.cancel()  # the client went away: take it off the queue
             raise
     raise Unavailable(f"model {target.model!r} was unloaded while it loaded for this request; retry it")
+
+
+def _settle(
+    loop: asyncio.AbstractEventLoop,
+    loop_thread: int,
+    waiter: asyncio.Future[Prediction],
+    done: Future[Prediction],
+) -> None:
+    """Pass a batcher future's outcome to the handler awaiting it.
+
+    A batch released on the event loop's own thread completes there: setting the waiter
+    directly skips `call_soon_threadsafe`'s self-pipe write and the extra loop wake-up it causes
+    (asyncio.wrap_future pays both for every request).
+    """
+    if threading.get_ident() == loop_thread:
+        _copy_outcome(done, waiter)
+    else:
+        loop.call_soon_threadsafe(_copy_outcome, done, waiter)
+
+
+def _copy_outcome(done: Future[Prediction], waiter: asyncio.Future[Prediction]) -> None:
+    if waiter.done() or done.cancelled():  # the handler was cancelled first
+        return
+    error = done.exception()
+    if error is None:
+        waiter.set_result(done.result())
+    else:
+        waiter.set_exception(error)
 
 
 def _release_when_settled(loop: asyncio.AbstractEventLoop, batcher: DynamicBatcher, ticks: int) -> None:

@@ -144,6 +144,17 @@ class DynamicBatcher:
         """True when requests can be gathered into batches of more than one."""
         return self._max_rows > 1
 
+    def holds(self, rows: int) -> bool:
+        """Whether holding a request of `rows` for its burst pays: only while the held batch would
+        run inline (a fast model). A slow model runs in worker threads, which take everything that
+        queued while they were busy; holding its requests would only leave it idle meanwhile
+        (cnn4d at concurrency 32: 0.81x of batching off with holds)."""
+        return (
+            self._max_rows > 1
+            and self._delay_ns == 0
+            and self._compute_ns_per_row * (self._held_rows + rows) <= self._inline_max_ns
+        )
+
     def submit(
         self,
         inputs: Mapping[str, np.ndarray],

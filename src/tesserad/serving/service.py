@@ -210,7 +210,7 @@ class InferenceService:
             if entry is None or entry.batcher is None or entry.signature is None:
                 return Submitted(version, None, None)
             rows = validate_request(entry.signature, inputs, output_names, entry.label)
-            held = hold and entry.batcher.batches
+            held = hold and entry.batcher.holds(rows)
             try:
                 future = entry.batcher.submit(inputs, output_names, rows, deadline, hold=held)
             except BatcherClosed:
