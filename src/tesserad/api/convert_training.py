@@ -1,0 +1,358 @@
+"""Conversion between tessera.v1 Training messages and the training domain's plain types."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from tessera.v1 import common_pb2, job_spec_pb2
+from tessera.v1 import training_pb2 as pb
+from tesserad.api.convert_common import seconds, timestamp
+from tesserad.api.convert_registry import architecture_to_dict, job_spec_to_dict
+from tesserad.errors import InvalidArgument
+from tesserad.training.events import JobEvent
+from tesserad.training.sweeps import SweepParameter
+from tesserad.training.tracking import Experiment, MetricFilter, MetricPoint, MetricSummary, Run
+
+JOB_STATES = {
+    "queued": pb.JOB_STATE_QUEUED,
+    "running": pb.JOB_STATE_RUNNING,
+    "succeeded": pb.JOB_STATE_SUCCEEDED,
+    "failed": pb.JOB_STATE_FAILED,
+    "cancelled": pb.JOB_STATE_CANCELLED,
+    "interrupted": pb.JOB_STATE_INTERRUPTED,
+}
+_JOB_STATE_NAMES = {v: k for k, v in JOB_STATES.items()}
+RUN_STATUSES = {
+    "running": pb.RUN_STATUS_RUNNING,
+    "succeeded": pb.RUN_STATUS_SUCCEEDED,
+    "failed": pb.RUN_STATUS_FAILED,
+    "cancelled": pb.RUN_STATUS_CANCELLED,
+    "interrupted": pb.RUN_STATUS_INTERRUPTED,
+}
+_RUN_STATUS_NAMES = {v: k for k, v in RUN_STATUSES.items()}
+_COMPARISONS = {
+    pb.COMPARISON_LT: "lt",
+    pb.COMPARISON_LE: "le",
+    pb.COMPARISON_GT: "gt",
+    pb.COMPARISON_GE: "ge",
+    pb.COMPARISON_EQ: "eq",
+}
+_FIELDS = {
+    pb.SUMMARY_FIELD_UNSPECIFIED: "last",
+    pb.SUMMARY_FIELD_LAST: "last",
+    pb.SUMMARY_FIELD_MIN: "min",
+    pb.SUMMARY_FIELD_MAX: "max",
+}
+_MODES = {
+    job_spec_pb2.OPTIMIZE_MODE_UNSPECIFIED: "",
+    job_spec_pb2.OPTIMIZE_MODE_MIN: "min",
+    job_spec_pb2.OPTIMIZE_MODE_MAX: "max",
+}
+_TASKS = {
+    job_spec_pb2.TASK_UNSPECIFIED: "",
+    job_spec_pb2.TASK_CLASSIFICATION: "classification",
+    job_spec_pb2.TASK_REGRESSION: "regression",
+}
+
+
+def _plain(message: Message) -> dict[str, Any]:
+    """Set fields as Python values (ints stay ints); set oneof members appear even when empty."""
+    out: dict[str, Any] = {}
+    for field, value in message.ListFields():
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            out[field.name] = dict(value)
+        elif field.is_repeated:
+            out[field.name] = [_plain(v) if isinstance(v, Message) else v for v in value]
+        elif isinstance(value, Message):
+            out[field.name] = _plain(value)
+        else:
+            out[field.name] = value
+    return out
+
+
+def job_spec_from_proto(spec: job_spec_pb2.JobSpec) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the domain's raw spec, the spec as stored and returned: protobuf JSON field names)."""
+    raw = _plain(spec)
+    raw.pop("architecture", None)
+    if spec.HasField("architecture"):
+        try:
+            raw["architecture"] = architecture_to_dict(spec.architecture)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"spec.{exc.message}") from None
+    raw["task"] = _TASKS.get(spec.task, "")
+    if spec.task not in _TASKS:
+        raise InvalidArgument(f"spec.task: unknown value {spec.task}; use CLASSIFICATION or REGRESSION")
+    for section, field in (("early_stopping", "mode"), ("checkpoints", "keep_best_mode")):
+        if section in raw:
+            value = raw[section].get(field, 0)
+            if value not in _MODES:
+                raise InvalidArgument(f"spec.{section}.{field}: unknown value {value}; use MIN or MAX")
+            raw[section][field] = _MODES[value]
+    return raw, job_spec_to_dict(spec)
+
+
+def job_to_proto(job: dict[str, Any]) -> pb.Job:
+    message = pb.Job(
+        job_id=job["job_id"],
+        state=JOB_STATES[job["state"]],
+        experiment=job["experiment"],
+        run_id=job["run_id"],
+        attempt=job["attempt"],
+        devices=job["devices"],
+        created_at=timestamp(job["created_at"]),
+        progress=job["progress"],
+        epoch=job["epoch"],
+        step=job["step"],
+        total_steps=job["total_steps"],
+        metrics=job["metrics"],
+        error=job["error"]["message"] if job["error"] else "",
+        last_seq=job["last_seq"],
+        created_by=job["created_by"],
+        sweep_id=job["sweep_id"],
+    )
+    json_format.ParseDict(job["spec"], message.spec, ignore_unknown_fields=True)
+    if job["started_at"]:
+        message.started_at.CopyFrom(timestamp(job["started_at"]))
+    if job["ended_at"]:
+        message.ended_at.CopyFrom(timestamp(job["ended_at"]))
+    if job["registered"]:
+        message.registered.CopyFrom(
+            common_pb2.VersionRef(model=job["registered"]["model"], version=job["registered"]["version"])
+        )
+    return message
+
+
+def job_states_from_proto(states: Any) -> list[str]:
+    out = []
+    for value in states:
+        if value not in _JOB_STATE_NAMES:
+            raise InvalidArgument(f"states: unknown job state {value}")
+        out.append(_JOB_STATE_NAMES[value])
+    return out
+
+
+def event_to_proto(event: JobEvent) -> pb.JobEvent:
+    message = pb.JobEvent(seq=event.seq, time=timestamp(event.time), attempt=event.attempt)
+    data = event.data
+    if event.kind == "state":
+        message.state.CopyFrom(
+            pb.StateChanged(state=JOB_STATES[data["state"]], reason=data["reason"], devices=data["devices"])
+        )
+    elif event.kind == "step":
+        message.step.CopyFrom(pb.StepMetrics(**data))
+    elif event.kind == "epoch":
+        message.epoch.CopyFrom(pb.EpochMetrics(**data))
+    elif event.kind == "progress":
+        message.progress.CopyFrom(pb.Progress(**data))
+    elif event.kind == "resources":
+        message.resources.CopyFrom(pb.ResourceUsage(**data))
+    elif event.kind == "checkpoint":
+        message.checkpoint.CopyFrom(pb.CheckpointSaved(**data))
+    elif event.kind == "log":
+        message.log.CopyFrom(pb.LogLine(**data))
+    elif event.kind == "error":
+        message.error.CopyFrom(pb.JobError(**data))
+    elif event.kind == "registered":
+        message.registered.CopyFrom(pb.VersionRegistered(**data))
+    return message
+
+
+def experiment_to_proto(experiment: Experiment) -> pb.Experiment:
+    return pb.Experiment(
+        name=experiment.name,
+        description=experiment.description,
+        tags=experiment.tags,
+        created_at=timestamp(experiment.created_at),
+        run_count=experiment.run_count,
+    )
+
+
+def summary_to_proto(summary: MetricSummary) -> pb.MetricSummary:
+    return pb.MetricSummary(
+        key=summary.key,
+        last=summary.last,
+        min=summary.min,
+        max=summary.max,
+        count=summary.count,
+        last_step=summary.last_step,
+    )
+
+
+def run_to_proto(run: Run) -> pb.Run:
+    message = pb.Run(
+        run_id=run.run_id,
+        experiment=run.experiment,
+        name=run.name,
+        status=RUN_STATUSES[run.status],
+        params=run.params,
+        tags=run.tags,
+        start_time=timestamp(run.start_time),
+        attempts=run.attempts,
+        job_id=run.job_id,
+        metrics=[summary_to_proto(s) for s in run.metrics],
+    )
+    if run.end_time:
+        message.end_time.CopyFrom(timestamp(run.end_time))
+    return message
+
+
+def run_statuses_from_proto(values: Any, field: str = "statuses") -> list[str]:
+    out = []
+    for value in values:
+        if value not in _RUN_STATUS_NAMES:
+            raise InvalidArgument(f"{field}: unknown run status {value}")
+        out.append(_RUN_STATUS_NAMES[value])
+    return out
+
+
+def run_status_from_proto(value: int) -> str | None:
+    """None when unset (the update leaves the status alone)."""
+    if value == pb.RUN_STATUS_UNSPECIFIED:
+        return None
+    return run_statuses_from_proto([value], "status")[0]
+
+
+def metric_filters_from_proto(filters: Any) -> list[MetricFilter]:
+    out = []
+    for i, f in enumerate(filters):
+        if f.op not in _COMPARISONS:
+            raise InvalidArgument(f"metrics[{i}].op: set a comparison (LT, LE, GT, GE or EQ)")
+        if f.field not in _FIELDS:
+            raise InvalidArgument(f"metrics[{i}].field: unknown summary field {f.field}")
+        out.append(MetricFilter(f.key, _FIELDS[f.field], _COMPARISONS[f.op], f.value))
+    return out
+
+
+def mode_from_proto(value: int) -> str | None:
+    if value not in _MODES:
+        raise InvalidArgument(f"mode: unknown value {value}; use MIN or MAX")
+    return _MODES[value] or None
+
+
+def summary_field_from_proto(value: int) -> str | None:
+    if value not in _FIELDS:
+        raise InvalidArgument(f"field: unknown summary field {value}")
+    return None if value == pb.SUMMARY_FIELD_UNSPECIFIED else _FIELDS[value]
+
+
+def points_from_proto(points: Any) -> list[MetricPoint]:
+    return [
+        MetricPoint(
+            p.key, p.value, p.step, seconds(p.time, f"points[{i}].time") if p.HasField("time") else None
+        )
+        for i, p in enumerate(points)
+    ]
+
+
+def point_to_proto(point: MetricPoint) -> pb.MetricPoint:
+    message = pb.MetricPoint(key=point.key, value=point.value, step=point.step)
+    if point.time:
+        message.time.CopyFrom(timestamp(point.time))
+    return message
+
+
+_SWEEP_STATES = {
+    "running": pb.SWEEP_STATE_RUNNING,
+    "succeeded": pb.SWEEP_STATE_SUCCEEDED,
+    "failed": pb.SWEEP_STATE_FAILED,
+    "cancelled": pb.SWEEP_STATE_CANCELLED,
+}
+_STRATEGIES = {
+    pb.SWEEP_STRATEGY_GRID: "grid",
+    pb.SWEEP_STRATEGY_RANDOM: "random",
+    pb.SWEEP_STRATEGY_ASHA: "asha",
+}
+_TRIAL_STATES = {**JOB_STATES, "pending": pb.JOB_STATE_UNSPECIFIED}
+
+
+def sweep_parameters_from_proto(parameters: Any) -> list[SweepParameter]:
+    out = []
+    for i, p in enumerate(parameters):
+        domain = p.WhichOneof("domain")
+        if domain is None:
+            raise InvalidArgument(f"spec.parameters[{i}]: give values or a range for {p.path!r}")
+        if domain == "values":
+            out.append(SweepParameter(p.path, values=list(p.values.values)))
+        else:
+            r = p.range
+            out.append(
+                SweepParameter(p.path, low=r.min, high=r.max, log_scale=r.log_scale, integer=r.integer)
+            )
+    return out
+
+
+def trial_spec(base: job_spec_pb2.JobSpec, values: dict[str, str]) -> job_spec_pb2.JobSpec:
+    """The base spec with each path set to its value, parsed to the field's type."""
+    spec = job_spec_pb2.JobSpec()
+    spec.CopyFrom(base)
+    spec.run_name = ""  # each trial gets its own run
+    for path, text in values.items():
+        _set_path(spec, path, text)
+    return spec
+
+
+def _set_path(spec: job_spec_pb2.JobSpec, path: str, text: str) -> None:
+    where = f"spec.parameters: {path!r}"
+    *parents, leaf = path.split(".")
+    target: Message = spec
+    for part in parents:
+        field = target.DESCRIPTOR.fields_by_name.get(part)
+        if field is None or field.message_type is None or field.is_repeated:
+            raise InvalidArgument(f"{where} does not name a field of JobSpec (at {part!r})")
+        oneof = field.containing_oneof
+        if oneof is not None and target.WhichOneof(oneof.name) not in (None, part):
+            raise InvalidArgument(
+                f"{where}: the base spec sets {oneof.name} to {target.WhichOneof(oneof.name)}, not {part}"
+            )
+        target = getattr(target, part)
+    field = target.DESCRIPTOR.fields_by_name.get(leaf)
+    if field is None or field.message_type is not None or field.is_repeated:
+        raise InvalidArgument(f"{where} does not name a single value field of JobSpec (at {leaf!r})")
+    try:
+        if field.enum_type is not None:
+            value: Any = field.enum_type.values_by_name[text].number
+        elif field.type in (field.TYPE_DOUBLE, field.TYPE_FLOAT):
+            value = float(text)
+        elif field.type == field.TYPE_BOOL:
+            value = {"true": True, "false": False}[text.lower()]
+        elif field.type == field.TYPE_STRING:
+            value = text
+        else:
+            number = float(text)
+            if not number.is_integer():
+                raise ValueError
+            value = int(number)
+    except (KeyError, ValueError):
+        raise InvalidArgument(f"{where}: {text!r} is not a valid value for this field") from None
+    setattr(target, leaf, value)
+
+
+def sweep_to_proto(sweep: dict[str, Any]) -> pb.Sweep:
+    message = pb.Sweep(
+        sweep_id=sweep["sweep_id"],
+        state=_SWEEP_STATES[sweep["state"]],
+        best_job_id=sweep["best_job_id"],
+        created_at=timestamp(sweep["created_at"]),
+        trials=[
+            pb.SweepTrial(
+                job_id=t["job_id"],
+                params=t["params"],
+                state=_TRIAL_STATES[t["state"]],
+                metric=t["metric"],
+                has_metric=t["has_metric"],
+                pruned=t["pruned"],
+            )
+            for t in sweep["trials"]
+        ],
+    )
+    json_format.ParseDict(sweep["document"], message.spec, ignore_unknown_fields=True)
+    return message
+
+
+def sweep_strategy_from_proto(value: int) -> str:
+    if value not in _STRATEGIES:
+        raise InvalidArgument("spec.strategy: set GRID, RANDOM or ASHA")
+    return _STRATEGIES[value]

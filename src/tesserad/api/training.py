@@ -1,0 +1,324 @@
+"""Training service: jobs, live job events, and experiment tracking."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from concurrent.futures import Future
+
+import grpc
+from google.protobuf import json_format
+
+from tessera.v1 import training_pb2 as pb
+from tessera.v1 import training_pb2_grpc
+from tesserad.api.auth import caller
+from tesserad.api.convert_training import (
+    event_to_proto,
+    experiment_to_proto,
+    job_spec_from_proto,
+    job_states_from_proto,
+    job_to_proto,
+    metric_filters_from_proto,
+    mode_from_proto,
+    point_to_proto,
+    points_from_proto,
+    run_status_from_proto,
+    run_statuses_from_proto,
+    run_to_proto,
+    summary_field_from_proto,
+    sweep_parameters_from_proto,
+    sweep_strategy_from_proto,
+    sweep_to_proto,
+    trial_spec,
+)
+from tesserad.errors import InvalidArgument
+from tesserad.training.events import EventLog, raise_if_shutdown
+from tesserad.training.jobs import Jobs
+from tesserad.training.sweeps import Sweeps, plan_trials
+from tesserad.training.tracking import Tracking
+
+# LogMetricsStream keeps at most this many batches waiting for their group commit.
+_MAX_PENDING_BATCHES = 64
+
+
+class TrainingServicer(training_pb2_grpc.TrainingServicer):
+    def __init__(self, jobs: Jobs, events: EventLog, tracking: Tracking, sweeps: Sweeps) -> None:
+        self._jobs = jobs
+        self._sweeps = sweeps
+        self._events = events
+        self._tracking = tracking
+
+    # -- jobs
+
+    async def SubmitJob(self, request: pb.SubmitJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
+        if not request.HasField("spec"):
+            raise InvalidArgument("spec is required")
+        raw, document = job_spec_from_proto(request.spec)
+        job = await asyncio.to_thread(self._jobs.submit, raw, document, caller(context))
+        return job_to_proto(job)
+
+    async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
+        return job_to_proto(await asyncio.to_thread(self._jobs.get, request.job_id))
+
+    async def ListJobs(
+        self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListJobsResponse:
+        jobs, token = await asyncio.to_thread(
+            self._jobs.list,
+            job_states_from_proto(request.states),
+            request.experiment,
+            request.sweep_id,
+            request.page_size,
+            request.page_token,
+        )
+        return pb.ListJobsResponse(jobs=[job_to_proto(j) for j in jobs], next_page_token=token)
+
+    async def CancelJob(self, request: pb.CancelJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
+        return job_to_proto(await asyncio.to_thread(self._jobs.cancel, request.job_id))
+
+    async def WatchJob(
+        self, request: pb.WatchJobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.JobEvent]:
+        if request.from_seq < 0:
+            raise InvalidArgument(f"from_seq must be >= 0, got {request.from_seq}")
+        job_id = request.job_id
+        await asyncio.to_thread(self._jobs.get, job_id)
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+        subscription, newest = self._events.subscribe(job_id, lambda: loop.call_soon_threadsafe(wake.set))
+        next_seq = max(request.from_seq, 1)
+        try:
+            # Replay what was numbered before we subscribed; the subscription has the rest.
+            await asyncio.to_thread(self._events.flush)
+            while next_seq <= newest:
+                batch = await asyncio.to_thread(self._events.read, job_id, next_seq, newest)
+                if not batch:
+                    break
+                for event in batch:
+                    yield event_to_proto(event)
+                next_seq = batch[-1].seq + 1
+            if subscription is None:
+                return
+            while True:
+                wake.clear()
+                # Read before draining: whatever was pushed before the end is then in the buffer.
+                ended = subscription.ended
+                for event in subscription.drain():
+                    if event.seq >= next_seq:
+                        yield event_to_proto(event)
+                        next_seq = event.seq + 1
+                subscription.raise_if_cut(next_seq)
+                raise_if_shutdown(subscription, next_seq)
+                if ended:
+                    return
+                await wake.wait()
+        finally:
+            if subscription is not None:
+                self._events.unsubscribe(job_id, subscription)
+
+    # -- tracking
+
+    async def CreateExperiment(
+        self, request: pb.CreateExperimentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Experiment:
+        experiment = await asyncio.to_thread(
+            self._tracking.create_experiment, request.name, request.description, dict(request.tags)
+        )
+        return experiment_to_proto(experiment)
+
+    async def GetExperiment(
+        self, request: pb.GetExperimentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Experiment:
+        return experiment_to_proto(await asyncio.to_thread(self._tracking.get_experiment, request.name))
+
+    async def ListExperiments(
+        self, request: pb.ListExperimentsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListExperimentsResponse:
+        experiments, token = await asyncio.to_thread(
+            self._tracking.list_experiments, request.name_prefix, request.page_size, request.page_token
+        )
+        return pb.ListExperimentsResponse(
+            experiments=[experiment_to_proto(e) for e in experiments], next_page_token=token
+        )
+
+    async def CreateRun(self, request: pb.CreateRunRequest, context: grpc.aio.ServicerContext) -> pb.Run:
+        run = await asyncio.to_thread(
+            self._tracking.create_run,
+            request.experiment,
+            request.name,
+            dict(request.params),
+            dict(request.tags),
+        )
+        return run_to_proto(run)
+
+    async def UpdateRun(self, request: pb.UpdateRunRequest, context: grpc.aio.ServicerContext) -> pb.Run:
+        run = await asyncio.to_thread(
+            self._tracking.update_run,
+            request.run_id,
+            run_status_from_proto(request.status),
+            dict(request.set_tags),
+        )
+        return run_to_proto(run)
+
+    async def GetRun(self, request: pb.GetRunRequest, context: grpc.aio.ServicerContext) -> pb.Run:
+        return run_to_proto(await asyncio.to_thread(self._tracking.get_run, request.run_id))
+
+    async def ListRuns(
+        self, request: pb.ListRunsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListRunsResponse:
+        params: dict[str, str] = {}
+        for i, p in enumerate(request.params):
+            if p.key in params and params[p.key] != p.value:
+                raise InvalidArgument(f"params[{i}]: {p.key} is filtered twice with different values")
+            params[p.key] = p.value
+        runs, token = await asyncio.to_thread(
+            self._tracking.list_runs,
+            request.experiment,
+            run_statuses_from_proto(request.statuses),
+            params,
+            metric_filters_from_proto(request.metrics),
+            request.page_size,
+            request.page_token,
+        )
+        return pb.ListRunsResponse(runs=[run_to_proto(r) for r in runs], next_page_token=token)
+
+    async def CompareRuns(
+        self, request: pb.CompareRunsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CompareRunsResponse:
+        runs = await asyncio.to_thread(self._tracking.compare_runs, list(request.run_ids))
+        response = pb.CompareRunsResponse(runs=[run_to_proto(r) for r in runs])
+        for key in sorted({k for r in runs for k in r.params}):
+            values = [r.params.get(key) for r in runs]
+            response.params.append(
+                pb.ParamComparison(
+                    key=key,
+                    values=[v or "" for v in values],
+                    present=[v is not None for v in values],
+                    differs=len(set(values)) > 1,
+                )
+            )
+        lasts = [{s.key: s.last for s in r.metrics} for r in runs]
+        for key in sorted({k for m in lasts for k in m}):
+            response.metrics.append(
+                pb.MetricComparison(
+                    key=key, values=[m.get(key, 0.0) for m in lasts], present=[key in m for m in lasts]
+                )
+            )
+        return response
+
+    async def Leaderboard(
+        self, request: pb.LeaderboardRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LeaderboardResponse:
+        ranked = await asyncio.to_thread(
+            self._tracking.leaderboard,
+            request.experiment,
+            request.metric,
+            mode_from_proto(request.mode),
+            summary_field_from_proto(request.field),
+            request.limit,
+        )
+        return pb.LeaderboardResponse(
+            entries=[
+                pb.LeaderboardEntry(rank=i + 1, run=run_to_proto(run), value=value)
+                for i, (run, value) in enumerate(ranked)
+            ]
+        )
+
+    async def LogParams(
+        self, request: pb.LogParamsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LogParamsResponse:
+        await asyncio.to_thread(self._tracking.log_params, request.run_id, dict(request.params))
+        return pb.LogParamsResponse()
+
+    async def LogMetrics(
+        self, request: pb.LogMetricsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LogMetricsResponse:
+        accepted = await asyncio.wrap_future(self._log(request))
+        return pb.LogMetricsResponse(accepted=accepted)
+
+    async def LogMetricsStream(
+        self, request_iterator: AsyncIterator[pb.LogMetricsRequest], context: grpc.aio.ServicerContext
+    ) -> pb.LogMetricsResponse:
+        # Batches are queued for group commit as they arrive and awaited together, so a stream
+        # costs a few commits however many batches it carries.
+        pending: list[asyncio.Future[int]] = []
+        accepted = 0
+        async for request in request_iterator:
+            pending.append(asyncio.wrap_future(self._log(request)))
+            if len(pending) >= _MAX_PENDING_BATCHES:
+                accepted += await pending.pop(0)
+        for future in pending:
+            accepted += await future
+        return pb.LogMetricsResponse(accepted=accepted)
+
+    def _log(self, request: pb.LogMetricsRequest) -> Future[int]:
+        if not request.run_id:
+            raise InvalidArgument("run_id is required")
+        return self._tracking.log_metrics(request.run_id, points_from_proto(request.points))
+
+    async def GetMetricHistory(
+        self, request: pb.GetMetricHistoryRequest, context: grpc.aio.ServicerContext
+    ) -> pb.MetricHistory:
+        points, total, downsampled = await asyncio.to_thread(
+            self._tracking.metric_history,
+            request.run_id,
+            request.key,
+            request.max_points,
+            request.start_step,
+            request.end_step,
+        )
+        return pb.MetricHistory(
+            run_id=request.run_id,
+            key=request.key,
+            points=[point_to_proto(p) for p in points],
+            total_points=total,
+            downsampled=downsampled,
+        )
+
+    # -- sweeps
+
+    async def SubmitSweep(
+        self, request: pb.SubmitSweepRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Sweep:
+        spec = request.spec
+        if not spec.HasField("base"):
+            raise InvalidArgument("spec.base is required: the job spec every trial starts from")
+        strategy = sweep_strategy_from_proto(spec.strategy)
+        if not spec.metric:
+            raise InvalidArgument(
+                "spec.metric is required: the epoch metric that ranks trials, e.g. val_loss"
+            )
+        asha = {"min_epochs": spec.asha.min_epochs or 1, "reduction_factor": spec.asha.reduction_factor or 3}
+        if asha["min_epochs"] < 1 or asha["reduction_factor"] < 2:
+            raise InvalidArgument("spec.asha: min_epochs must be >= 1 and reduction_factor >= 2")
+        plans = plan_trials(
+            strategy, sweep_parameters_from_proto(spec.parameters), spec.max_trials, spec.seed
+        )
+        trials = []
+        for values in plans:
+            raw, document = job_spec_from_proto(trial_spec(spec.base, values))
+            trials.append((values, raw, document))
+        sweep = {
+            "strategy": strategy,
+            "metric": spec.metric,
+            "mode": mode_from_proto(spec.mode) or "",
+            "max_concurrent": spec.max_concurrent,
+            "asha": asha,
+            "document": json_format.MessageToDict(spec, preserving_proto_field_name=True),
+        }
+        result = await asyncio.to_thread(self._sweeps.submit, sweep, trials, caller(context))
+        return sweep_to_proto(result)
+
+    async def GetSweep(self, request: pb.GetSweepRequest, context: grpc.aio.ServicerContext) -> pb.Sweep:
+        return sweep_to_proto(await asyncio.to_thread(self._sweeps.get, request.sweep_id))
+
+    async def ListSweeps(
+        self, request: pb.ListSweepsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListSweepsResponse:
+        sweeps, token = await asyncio.to_thread(self._sweeps.list, request.page_size, request.page_token)
+        return pb.ListSweepsResponse(sweeps=[sweep_to_proto(s) for s in sweeps], next_page_token=token)
+
+    async def CancelSweep(
+        self, request: pb.CancelSweepRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Sweep:
+        return sweep_to_proto(await asyncio.to_thread(self._sweeps.cancel, request.sweep_id))

@@ -1,0 +1,69 @@
+"""Checkpoints as one safetensors file: tensors (weights, optimiser moments, RNG) + JSON metadata.
+
+Nothing is pickled: tensors go in as safetensors, everything else (epoch, step, optimiser
+hyperparameters, early-stopping state) as JSON in the header's metadata, so a checkpoint
+from anywhere can be loaded without running code.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+_META_KEY = "tessera.checkpoint"
+
+
+def _cpu(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to("cpu").contiguous().clone()
+
+
+def weights_bytes(model: torch.nn.Module) -> bytes:
+    """The model's weights alone, as a safetensors file (what gets registered)."""
+    return save_tensors({name: _cpu(t) for name, t in model.state_dict().items()})
+
+
+def checkpoint_bytes(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+) -> bytes:
+    """Model, optimiser, RNG and `state` (epoch, step, loop state) in one safetensors file."""
+    tensors = {f"model.{name}": _cpu(t) for name, t in model.state_dict().items()}
+    optim = optimizer.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, values in optim["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{index}.{key}"] = _cpu(value)
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    tensors["rng.torch"] = torch.get_rng_state()
+    meta = {"state": state, "param_groups": optim["param_groups"], "optim_scalars": scalars}
+    return save_tensors(tensors, metadata={_META_KEY: json.dumps(meta)})
+
+
+def restore(data: bytes, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Load a checkpoint into `model` and `optimizer`, reset the RNG; returns the saved `state`."""
+    tensors = load_tensors(data)
+    meta = json.loads(_metadata(data)[_META_KEY])
+    device = next(model.parameters()).device
+    model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+    optim_state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            # Adam keeps its step count on the CPU; moments live beside the parameters.
+            optim_state.setdefault(int(index), {})[name] = value if name == "step" else value.to(device)
+    for index, values in meta["optim_scalars"].items():
+        optim_state.setdefault(int(index), {}).update(values)
+    optimizer.load_state_dict({"state": optim_state, "param_groups": meta["param_groups"]})
+    torch.set_rng_state(tensors["rng.torch"])
+    return meta["state"]
+
+
+def _metadata(data: bytes) -> dict[str, str]:
+    header_len = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + header_len])
+    return header.get("__metadata__", {})

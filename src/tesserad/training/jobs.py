@@ -1,0 +1,691 @@
+"""Training jobs: submit, queue, run in worker processes, cancel, resume after a daemon crash.
+
+States: QUEUED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED; a daemon that stops (or dies)
+while a job runs leaves it INTERRUPTED, and the next daemon re-queues it to resume from its
+last checkpoint as a new attempt of the same run. Each job runs in its own spawned process
+(one per rank under DDP), supervised by one thread that stores and fans out what the
+worker sends; a worker that dies takes nothing else with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any, Protocol
+
+from tesserad.config import TrainingSettings
+from tesserad.datasets.references import hold_blob, hold_dataset, release_blob
+from tesserad.errors import FailedPrecondition, NotFound
+from tesserad.host import usable_cpu_count
+from tesserad.ids import new_id
+from tesserad.paging import make_token, page_size, resume_after
+from tesserad.store import BlobRef, BlobStore, Store, WriteTxn, decode_record, encode_record, pack, unpack
+from tesserad.training.events import EventLog, JobEvent
+from tesserad.training.scheduler import DeviceInventory, QueuedJob, pick_runnable, queue_position
+from tesserad.training.spec import DatasetFacts, DeviceFacts, normalize_spec
+from tesserad.training.tracking import MetricPoint, Run, Tracking, write_points
+from tesserad.training.worker import DataSource, WorkerPayload, worker_main
+
+log = logging.getLogger(__name__)
+
+TABLES = ["jobs"]
+STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
+ENDED = frozenset({"succeeded", "failed", "cancelled"})
+_POLL_S = 0.25
+
+# Starting a process reads os.environ; the worker's variables are set around the start only.
+_ENV_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class WorkerData:
+    """What a worker needs to read the job's dataset."""
+
+    source: DataSource
+    train_indices: Any
+    val_indices: Any
+
+
+class DatasetAccess(Protocol):
+    def facts(self, name: str, version: int) -> DatasetFacts: ...
+
+    def worker_data(self, data: dict[str, Any]) -> WorkerData: ...
+
+
+class Registration(Protocol):
+    def register(self, job: dict[str, Any], weights: BlobRef) -> dict[str, Any]:
+        """Register the weights per job["config"]["register_as"]; returns {model, version, alias}."""
+        ...
+
+
+def flatten_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """The hyperparameters of a config as run params ("optimizer.lr" -> "0.001")."""
+    out: dict[str, str] = {}
+    for key, value in config.items():
+        if key in ("tags", "register_as", "experiment", "run_name", "priority", "dataset_sha256"):
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten_params(value, name + "."))
+        elif isinstance(value, list):
+            out[name] = ",".join(str(v) for v in value)
+        else:
+            out[name] = str(value)
+    return out
+
+
+@dataclass
+class _Running:
+    """A running job's worker processes and pipes."""
+
+    processes: list[multiprocessing.process.BaseProcess]
+    conns: list[Connection]
+    cancel_deadline: float | None = None
+    stopping_for_shutdown: bool = False
+
+
+class Jobs:
+    def __init__(
+        self,
+        store: Store,
+        blobs: BlobStore,
+        events: EventLog,
+        tracking: Tracking,
+        settings: TrainingSettings,
+        gpu_count: int,
+        datasets: DatasetAccess,
+        registration: Registration,
+        worker_env: dict[str, str],
+    ) -> None:
+        self._store = store
+        self._blobs = blobs
+        self._events = events
+        self._tracking = tracking
+        self._settings = settings
+        self._datasets = datasets
+        self._registration = registration
+        self._worker_env = worker_env
+        self._device_facts = DeviceFacts(settings.cpu_slots, gpu_count)
+        self._inventory = DeviceInventory(settings.cpu_slots, gpu_count)
+        self._threads = settings.threads_per_slot or max(1, usable_cpu_count() // max(settings.cpu_slots, 1))
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._active: dict[str, dict[str, Any]] = {}  # job_id -> record, for every unfinished job
+        self._queue: dict[str, QueuedJob] = {}
+        self._running: dict[str, _Running] = {}
+        self._cancel_pending: set[str] = set()
+        self._listeners: list[Callable[[dict[str, Any], str, dict[str, Any]], None]] = []
+        self._supervisors: list[threading.Thread] = []
+        self._closing = False
+        self._mp = multiprocessing.get_context("spawn")
+        self._scheduler = threading.Thread(target=self._schedule_loop, name="training-scheduler", daemon=True)
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        """Load jobs from the store: RUNNING ones were cut off by a crash; re-queue what did not end."""
+        with self._store.read() as txn:
+            records = [decode_record(raw, "job", 1)[1] for _, raw in txn.scan("jobs")]
+        for job in records:
+            self._events.open_job(job["job_id"], job["last_seq"], job["state"] in ENDED)
+            if job["state"] in ENDED:
+                continue
+            self._active[job["job_id"]] = job
+            if job["state"] == "running":
+                self._set_state(
+                    job,
+                    "interrupted",
+                    "tesserad stopped while the job ran",
+                    ends=True,
+                    also=self._run_status(job, "interrupted"),
+                )
+            if job["state"] == "interrupted":
+                self._events.reopen(job["job_id"])
+                checkpoint = self._resume_checkpoint(job)
+                why = (
+                    f"re-queued to resume from the epoch {checkpoint['epoch']} checkpoint"
+                    if checkpoint
+                    else "re-queued to start again (no checkpoint yet)"
+                )
+                self._set_state(job, "queued", why)
+            self._queue[job["job_id"]] = self._queued(job)
+        self._scheduler.start()
+
+    def close(self) -> None:
+        """Stop scheduling; running jobs are stopped and left INTERRUPTED, to resume next start."""
+        with self._lock:
+            self._closing = True
+            running = list(self._running.values())
+            for run in running:
+                run.stopping_for_shutdown = True
+            self._wake.notify_all()
+        for run in running:
+            for process in run.processes:
+                if process.is_alive():
+                    process.kill()
+        for thread in [self._scheduler, *self._supervisors]:
+            if thread.is_alive():
+                thread.join(timeout=30)
+        self._events.shutdown()
+
+    # -- API
+
+    def add_listener(self, callback: Callable[[dict[str, Any], str, dict[str, Any]], None]) -> None:
+        """Call `callback(job, kind, data)` after each epoch event ("epoch") and when a job ends
+        ("ended"); it runs in the job's supervisor thread, outside every lock of this class."""
+        self._listeners.append(callback)
+
+    def _notify(self, job: dict[str, Any], kind: str, data: dict[str, Any]) -> None:
+        for callback in self._listeners:
+            try:
+                callback(copy.deepcopy(job), kind, data)
+            except Exception:
+                log.exception("a job listener failed", extra={"job_id": job["job_id"]})
+
+    def check(self, raw_spec: dict[str, Any]) -> dict[str, Any]:
+        """The complete config of a spec, or the error SubmitJob would give."""
+        return normalize_spec(raw_spec, self._datasets.facts, self._device_facts)
+
+    def submit(
+        self, raw_spec: dict[str, Any], spec_document: dict[str, Any], actor: str, sweep_id: str = ""
+    ) -> dict[str, Any]:
+        """Check the spec, create the job and its run, queue it."""
+        config = self.check(raw_spec)
+        job_id = new_id("job")
+        document = copy.deepcopy(spec_document)
+        document.setdefault("data", {}).setdefault("dataset", {})["version"] = config["data"]["version"]
+        document["experiment"] = config["experiment"]
+        run = Run(
+            run_id=new_id("run"),
+            experiment=config["experiment"],
+            name=config["run_name"] or job_id,
+            status="running",
+            params=flatten_params(config),
+            tags=config["tags"],
+            start_time=time.time(),
+            end_time=None,
+            attempts=0,
+            job_id=job_id,
+        )
+        document["run_name"] = run.name
+        job: dict[str, Any] = {
+            "job_id": job_id,
+            "spec": document,
+            "config": config,
+            "state": "queued",
+            "experiment": config["experiment"],
+            "run_id": run.run_id,
+            "attempt": 0,
+            "devices": [],
+            "created_at": time.time(),
+            "started_at": None,
+            "ended_at": None,
+            "progress": 0.0,
+            "epoch": 0,
+            "step": 0,
+            "total_steps": 0,
+            "metrics": {},
+            "error": None,
+            "registered": None,
+            "last_seq": 0,
+            "created_by": actor,
+            "sweep_id": sweep_id,
+            "checkpoints": [],
+        }
+        data = config["data"]
+        with self._store.write() as txn:
+            self._tracking.ensure_experiment(txn, config["experiment"])
+            self._tracking.put_new_run(txn, run)
+            hold_dataset(txn, data["dataset"], data["version"], f"job:{job_id}")
+            self._put(txn, job)
+        with self._lock:
+            self._events.open_job(job_id, 0, False)
+            self._active[job_id] = job
+            self._queue[job_id] = self._queued(job)
+            ahead = queue_position(list(self._queue.values()), job_id)
+            self._wake.notify_all()
+        self._set_state(
+            job, "queued", f"queued behind {ahead} job{'s' if ahead != 1 else ''}" if ahead else "queued"
+        )
+        return self.get(job_id)
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        with self._lock:
+            if job_id in self._active:
+                return copy.deepcopy(self._active[job_id])
+        with self._store.read() as txn:
+            raw = txn.get("jobs", (job_id,))
+        if raw is None:
+            raise NotFound(f"job {job_id!r} does not exist")
+        return decode_record(raw, "job", 1)[1]
+
+    def list(
+        self, states: list[str], experiment: str, sweep_id: str, size: int, token: str
+    ) -> tuple[list[dict[str, Any]], str]:
+        """Newest first."""
+        limit = page_size(size)
+        query = {"list": "jobs", "states": sorted(states), "experiment": experiment, "sweep": sweep_id}
+        after = resume_after(token, query)
+        out: list[dict[str, Any]] = []
+        with self._lock:
+            active = copy.deepcopy(self._active)
+        with self._store.read() as txn:
+            for key, raw in txn.scan("jobs", after=unpack(after) if after else None, reverse=True):
+                job = active.get(str(key[0])) or decode_record(raw, "job", 1)[1]
+                if (states and job["state"] not in states) or (
+                    experiment and job["experiment"] != experiment
+                ):
+                    continue
+                if sweep_id and job["sweep_id"] != sweep_id:
+                    continue
+                if len(out) == limit:
+                    return out, make_token(pack((out[-1]["job_id"],)), query)
+                out.append(job)
+        return out, ""
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        with self._lock:
+            job = self._active.get(job_id)
+        if job is None:
+            state = self.get(job_id)["state"]
+            raise FailedPrecondition(f"job {job_id} has already ended ({state.upper()}); nothing to cancel")
+        with self._lock:
+            running = self._running.get(job_id)
+            queued = self._queue.pop(job_id, None) is not None
+            if running is not None:
+                self._request_stop(running)
+            elif not queued and job_id in self._active:
+                # Between the queue and its worker's start: the launch sees this and stops it.
+                self._cancel_pending.add(job_id)
+        if queued:
+            self._finish(job, "cancelled", "cancelled before it started")
+        return self.get(job_id)
+
+    def _request_stop(self, running: _Running) -> None:
+        """Ask the workers to stop at their next step boundary; they are killed after the grace period."""
+        if running.cancel_deadline is not None:
+            return
+        running.cancel_deadline = time.monotonic() + self._settings.cancel_grace_s
+        for conn in running.conns:
+            with contextlib.suppress(OSError):
+                conn.send("cancel")
+
+    # -- scheduling
+
+    def _queued(self, job: dict[str, Any]) -> QueuedJob:
+        return QueuedJob(job["job_id"], job["config"]["priority"], job["job_id"], job["config"]["devices"])
+
+    def _schedule_loop(self) -> None:
+        while True:
+            with self._lock:
+                if self._closing:
+                    return
+                starts = pick_runnable(list(self._queue.values()), self._inventory)
+                for queued, _devices in starts:
+                    del self._queue[queued.job_id]
+                if not starts:
+                    self._wake.wait(timeout=1.0)
+                    continue
+            for queued, devices in starts:
+                thread = threading.Thread(
+                    target=self._supervise,
+                    args=(queued.job_id, devices),
+                    name=f"job-{queued.job_id}",
+                    daemon=True,
+                )
+                self._supervisors = [t for t in self._supervisors if t.is_alive()]
+                self._supervisors.append(thread)
+                thread.start()
+
+    # -- running one job
+
+    def _supervise(self, job_id: str, devices: list[str]) -> None:
+        job = self._active[job_id]
+        try:
+            running = self._launch(job, devices)
+        except Exception as exc:
+            log.exception("job failed to start", extra={"job_id": job_id})
+            self._fail(job, "exception", f"the job could not start: {exc}")
+            self._release(job_id, devices)
+            return
+        try:
+            self._follow(job, running)
+        except Exception:
+            log.exception("job supervisor failed", extra={"job_id": job_id})
+            for process in running.processes:
+                process.kill()
+            self._fail(job, "exception", "the daemon lost track of the job's worker; see the daemon log")
+        finally:
+            for conn in running.conns:
+                conn.close()
+            for process in running.processes:
+                process.join(timeout=10)
+            self._release(job_id, devices)
+
+    def _release(self, job_id: str, devices: list[str]) -> None:
+        with self._lock:
+            self._running.pop(job_id, None)
+            self._inventory.release(devices)
+            self._wake.notify_all()
+
+    def _resume_checkpoint(self, job: dict[str, Any]) -> dict[str, Any] | None:
+        """The checkpoint a resumed attempt starts from: the one at the highest step."""
+        periodic = [c for c in job["checkpoints"] if c["reason"] != "final"]
+        return max(periodic, key=lambda c: c["step"]) if periodic else None
+
+    def _launch(self, job: dict[str, Any], devices: list[str]) -> _Running:
+        config = job["config"]
+        checkpoint = self._resume_checkpoint(job) if job["attempt"] else None
+        data = self._datasets.worker_data(config["data"])
+        job["attempt"] += 1
+        job["devices"] = devices
+        job["started_at"] = job["started_at"] or time.time()
+
+        def start_run(txn: WriteTxn, _event: JobEvent) -> None:
+            run = self._tracking.load_run(txn, job["run_id"])
+            run.status, run.attempts, run.end_time = "running", job["attempt"], None
+            if job["attempt"] == 1:
+                run.start_time = time.time()
+            if checkpoint is not None:
+                self._tracking.truncate_metrics_after(txn, job["run_id"], checkpoint["step"])
+            elif job["attempt"] > 1:
+                self._tracking.truncate_metrics_after(txn, job["run_id"], -1)
+            self._tracking.put_run(txn, run)
+
+        reason = (
+            f"resumed from the epoch {checkpoint['epoch']} checkpoint (attempt {job['attempt']})"
+            if checkpoint
+            else f"started (attempt {job['attempt']})"
+            if job["attempt"] > 1
+            else "started"
+        )
+        self._set_state(job, "running", reason, also=start_run, devices=devices)
+        kind = config["devices"]["kind"]
+        world = len(devices)
+        cuda_indices = [int(d.split(":")[1]) for d in devices] if kind == "cuda" else []
+        port = _free_port() if world > 1 else 0
+        resume_bytes = self._blobs.read_bytes(checkpoint["sha256"]) if checkpoint else b""
+        processes, conns = [], []
+        with _ENV_LOCK:
+            saved = {k: os.environ.get(k) for k in self._worker_env}
+            os.environ.update(self._worker_env)
+            try:
+                for rank in range(world):
+                    parent_end, child_end = self._mp.Pipe()
+                    payload = WorkerPayload(
+                        job_id=job["job_id"],
+                        config=config,
+                        data=data.source,
+                        train_indices=data.train_indices,
+                        val_indices=data.val_indices,
+                        rank=rank,
+                        world=world,
+                        device_kind=kind,
+                        cuda_indices=cuda_indices,
+                        master_port=port,
+                        threads=self._threads,
+                        resume=bool(resume_bytes),
+                        resource_interval_s=self._settings.resource_interval_s,
+                        parent_pid=os.getpid(),
+                    )
+                    process = self._mp.Process(
+                        target=worker_main,
+                        args=(child_end, payload),
+                        name=f"tessera-{job['job_id']}-{rank}",
+                        daemon=True,
+                    )
+                    process.start()
+                    child_end.close()
+                    processes.append(process)
+                    conns.append(parent_end)
+            finally:
+                for key, value in saved.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
+        running = _Running(processes, conns)
+        if resume_bytes:
+            for conn in conns:
+                conn.send_bytes(resume_bytes)
+        with self._lock:
+            self._running[job["job_id"]] = running
+            if self._closing:
+                running.stopping_for_shutdown = True
+                _kill(processes)
+            elif job["job_id"] in self._cancel_pending:
+                self._cancel_pending.discard(job["job_id"])
+                self._request_stop(running)
+        return running
+
+    def _follow(self, job: dict[str, Any], running: _Running) -> None:
+        """Handle worker messages until every process has exited, then settle the job's state."""
+        done: dict[str, Any] | None = None
+        error: tuple[str, str] | None = None
+        crash_code: int | None = None
+        open_conns = list(running.conns)
+        while open_conns or any(p.exitcode is None for p in running.processes):
+            sentinels = [p.sentinel for p in running.processes if p.exitcode is None]
+            for ready in wait([*open_conns, *sentinels], timeout=_POLL_S):
+                if not isinstance(ready, Connection):
+                    continue
+                try:
+                    message = ready.recv()
+                except (EOFError, OSError):
+                    open_conns.remove(ready)
+                    continue
+                if message[0] == "event":
+                    self._on_event(job, message[1], message[2])
+                elif message[0] == "checkpoint":
+                    self._on_checkpoint(job, message[1], message[2])
+                elif message[0] == "done":
+                    done = message[1]
+                elif message[0] == "error" and error is None:
+                    error = (message[1], message[2])
+            if running.cancel_deadline is not None and time.monotonic() > running.cancel_deadline:
+                _kill(running.processes)
+            # A rank that died (after its last words were read) leaves its peers blocked in a
+            # collective: stop them too.
+            for process, conn in zip(running.processes, running.conns, strict=True):
+                if process.exitcode not in (None, 0) and conn not in open_conns:
+                    if crash_code is None:
+                        crash_code = process.exitcode
+                    _kill(running.processes)
+        for process in running.processes:
+            process.join(timeout=10)
+        if running.stopping_for_shutdown:
+            self._set_state(
+                job,
+                "interrupted",
+                "tesserad is shutting down; the job resumes when it starts again",
+                ends=True,
+                also=self._run_status(job, "interrupted"),
+            )
+            return
+        if error is not None:
+            self._fail(job, *error)
+        elif done is not None and done["status"] == "succeeded":
+            self._succeed(job, done)
+        elif done is not None or running.cancel_deadline is not None:
+            self._finish(
+                job,
+                "cancelled",
+                "cancelled at a step boundary"
+                if done is not None
+                else "cancelled: the worker did not stop within "
+                f"training.cancel_grace_s ({self._settings.cancel_grace_s:g} s) and was killed",
+            )
+        else:
+            self._fail(
+                job, *_crash_error(crash_code if crash_code is not None else running.processes[0].exitcode)
+            )
+
+    def _on_event(self, job: dict[str, Any], kind: str, data: dict[str, Any]) -> None:
+        points: list[MetricPoint] = []
+        if kind == "step":
+            job["epoch"], job["step"] = data["epoch"], data["step"]
+            job["metrics"] = {**job["metrics"], "loss": data["loss"]}
+            points = [
+                MetricPoint("loss", data["loss"], data["step"]),
+                MetricPoint("lr", data["lr"], data["step"]),
+            ]
+        elif kind == "epoch":
+            job["epoch"], job["step"] = data["epoch"], data["step"]
+            job["metrics"] = {**job["metrics"], **data["metrics"]}
+            points = [MetricPoint(k, v, data["step"]) for k, v in data["metrics"].items()]
+        elif kind == "progress":
+            job["progress"], job["total_steps"] = data["fraction"], data["total_steps"]
+
+        def also(txn: WriteTxn, event: JobEvent) -> None:
+            if points:
+                write_points(txn, job["run_id"], points, event.time)
+
+        self._append(job, kind, data, also)
+        if kind == "epoch":
+            self._notify(job, "epoch", data)
+
+    def _on_checkpoint(self, job: dict[str, Any], data: bytes, info: dict[str, Any]) -> None:
+        ref = self._blobs.put_bytes(data)
+        entry = {**info, "sha256": ref.sha256, "size_bytes": ref.size}
+        kept = [*job["checkpoints"], entry]
+        policy = job["config"]["checkpoints"]
+        periodic = sorted((c for c in kept if c["periodic"]), key=lambda c: c["step"])[-policy["keep_last"] :]
+        best = [c for c in kept if c["best"]][-1:]
+        final = [c for c in kept if c["reason"] == "final"]
+        retained = {c["sha256"]: c for c in [*periodic, *best, *final, entry]}
+        dropped = {c["sha256"] for c in kept} - set(retained)
+        job["checkpoints"] = sorted(retained.values(), key=lambda c: c["step"])
+        holder = f"job:{job['job_id']}:checkpoint"
+
+        def also(txn: WriteTxn, _event: JobEvent) -> None:
+            hold_blob(txn, ref.sha256, holder)
+            for sha256 in dropped:
+                release_blob(txn, sha256, holder)
+
+        event = {k: info[k] for k in ("epoch", "step", "reason")}
+        self._append(job, "checkpoint", {**event, "size_bytes": ref.size}, also)
+        self._store.flush()
+        for sha256 in dropped:
+            self._blobs.delete(sha256)
+
+    def _succeed(self, job: dict[str, Any], done: dict[str, Any]) -> None:
+        job["metrics"] = {**job["metrics"], **done["metrics"]}
+        if job["config"]["register_as"] and done["weights"]:
+            weights = self._blobs.put_bytes(done["weights"])
+            try:
+                registered = self._registration.register(job, weights)
+            except Exception as exc:
+                log.exception("registering a trained model failed", extra={"job_id": job["job_id"]})
+                message = exc.message if hasattr(exc, "message") else "see the daemon log"
+                self._fail(
+                    job, "registration", f"training succeeded but registering the weights failed: {message}"
+                )
+                return
+            job["registered"] = registered
+            self._append(job, "registered", registered)
+        self._finish(job, "succeeded", "finished")
+
+    def _fail(self, job: dict[str, Any], kind: str, message: str) -> None:
+        job["error"] = {"kind": kind, "message": message}
+        self._append(job, "error", {"kind": kind, "message": message})
+        self._finish(job, "failed", message)
+
+    def _finish(self, job: dict[str, Any], state: str, reason: str) -> None:
+        job["ended_at"] = time.time()
+        self._set_state(job, state, reason, ends=True, also=self._run_status(job, state))
+        with self._lock:
+            self._active.pop(job["job_id"], None)
+        self._notify(job, "ended", {})
+
+    def _run_status(self, job: dict[str, Any], status: str) -> Callable[[WriteTxn, JobEvent], None]:
+        """Moves the job's run to `status` in the transaction of the job's state event."""
+
+        def work(txn: WriteTxn, _event: JobEvent) -> None:
+            run = self._tracking.load_run(txn, job["run_id"])
+            run.status = status
+            run.end_time = time.time() if status in ENDED else None
+            self._tracking.put_run(txn, run)
+
+        return work
+
+    def _set_state(
+        self,
+        job: dict[str, Any],
+        state: str,
+        reason: str,
+        *,
+        ends: bool = False,
+        also: Callable[[WriteTxn, JobEvent], None] | None = None,
+        devices: list[str] | None = None,
+    ) -> None:
+        job["state"] = state
+        if state != "running":
+            job["devices"] = [] if state != "interrupted" else job["devices"]
+        data = {"state": state, "reason": reason, "devices": devices or []}
+        self._append(job, "state", data, also, ends=ends)
+        if ends:
+            self._store.flush()
+
+    def _append(
+        self,
+        job: dict[str, Any],
+        kind: str,
+        data: dict[str, Any],
+        also: Callable[[WriteTxn, JobEvent], None] | None = None,
+        ends: bool = False,
+    ) -> None:
+        # The record as of this event, copied here: the commit runs in the store's thread while
+        # this one goes on changing the job. (Nested values are replaced, never mutated, so
+        # readers copying the live record never see a container change under them.)
+        snapshot = copy.deepcopy(job)
+
+        def write(txn: WriteTxn, event: JobEvent) -> None:
+            snapshot["last_seq"] = event.seq
+            self._put(txn, snapshot)
+            if also is not None:
+                also(txn, event)
+
+        event = self._events.append(job["job_id"], job["attempt"], kind, data, also=write, ends_job=ends)
+        job["last_seq"] = event.seq
+
+    @staticmethod
+    def _put(txn: WriteTxn, job: dict[str, Any]) -> None:
+        txn.put("jobs", (job["job_id"],), encode_record("job", 1, job))
+
+
+def _kill(processes: list[multiprocessing.process.BaseProcess]) -> None:
+    for process in processes:
+        if process.exitcode is None:
+            process.kill()
+
+
+def _crash_error(exitcode: int | None) -> tuple[str, str]:
+    if exitcode is not None and exitcode < 0:
+        number = -exitcode
+        name = (
+            signal.Signals(number).name if number in signal.Signals._value2member_map_ else f"signal {number}"
+        )
+        if number == signal.SIGKILL:
+            return (
+                "out_of_memory",
+                f"the worker process was killed ({name}); the usual cause is the kernel's out-of-memory "
+                "killer: use a smaller batch_size or model",
+            )
+        return "crash", f"the worker process died from {name} (signal {number})"
+    return "crash", f"the worker process exited with code {exitcode} without reporting an error"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

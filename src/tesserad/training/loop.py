@@ -1,0 +1,374 @@
+"""The training loop a worker runs: optimiser, LR schedule, epochs/steps, validation, early
+stopping, checkpoints, and events for the daemon. Runs under torch.distributed when world > 1.
+
+Determinism: the model is initialised from `seed`, epoch e's data order is a permutation drawn
+from `seed` and e alone, and checkpoints carry the RNG state, so the same spec and seed give
+the same loss curve on CPU, across a resume too.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import psutil
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tesserad.nn import build_model, spec_from_dict
+from tesserad.training.checkpoints import checkpoint_bytes, restore, weights_bytes
+from tesserad.training.schedules import lr_at
+
+Emit = Callable[[str, dict[str, Any]], None]
+
+
+class NonFiniteLoss(Exception):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainingData:
+    """Whole arrays plus the sample indices of each split."""
+
+    inputs: np.ndarray
+    targets: np.ndarray
+    train_indices: np.ndarray
+    val_indices: np.ndarray | None
+
+
+@dataclass
+class Distributed:
+    rank: int
+    world: int
+
+    @property
+    def leader(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class Outcome:
+    status: str  # succeeded, cancelled
+    epoch: int
+    step: int
+    metrics: dict[str, float]
+    weights: bytes | None = None
+
+
+def build_optimizer(params: Any, config: dict[str, Any]) -> torch.optim.Optimizer:
+    name, lr, wd = config["name"], config["lr"], config["weight_decay"]
+    if name == "sgd":
+        return torch.optim.SGD(
+            params, lr=lr, momentum=config["momentum"], nesterov=config["nesterov"], weight_decay=wd
+        )
+    betas = (config["beta1"], config["beta2"])
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=betas, eps=config["eps"], weight_decay=wd)
+    return torch.optim.AdamW(params, lr=lr, betas=betas, eps=config["eps"], weight_decay=wd)
+
+
+def loss_function(task: str, loss: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if task == "classification":
+        return F.cross_entropy
+    return {"mse": F.mse_loss, "l1": F.l1_loss, "huber": F.huber_loss}[loss]
+
+
+def epoch_order(seed: int, epoch: int, count: int, dist: Distributed) -> torch.Tensor:
+    """This rank's sample order for `epoch`: a seeded permutation, padded so ranks stay in step."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(count, generator=generator)
+    per_rank = math.ceil(count / dist.world)
+    if per_rank * dist.world > count:
+        order = torch.cat([order, order[: per_rank * dist.world - count]])
+    return order[dist.rank :: dist.world]
+
+
+def improved(value: float, best: float | None, mode: str, min_delta: float) -> bool:
+    if best is None:
+        return True
+    return value < best - min_delta if mode == "min" else value > best + min_delta
+
+
+class Trainer:
+    """One attempt of one job on one rank."""
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        data: TrainingData,
+        device: torch.device,
+        dist: Distributed,
+        emit: Emit,
+        save_checkpoint: Callable[[bytes, dict[str, Any]], None],
+        should_stop: Callable[[], bool],
+        resource_interval_s: float,
+    ) -> None:
+        self.config = config
+        self.device = device
+        self.dist = dist
+        self.emit = emit if dist.leader else (lambda _kind, _data: None)
+        self.save_checkpoint = save_checkpoint
+        self.should_stop = should_stop
+        self.resource_interval_s = resource_interval_s
+        self.task = config["task"]
+        # Copies: the arrays are read-only memory maps of the dataset file.
+        self.inputs = torch.from_numpy(np.array(data.inputs, dtype=np.float32)).to(device)
+        targets = torch.from_numpy(np.array(data.targets))
+        if self.task == "classification":
+            targets = targets.long()
+        else:
+            targets = targets.float()
+            if targets.dim() == 1:
+                targets = targets.unsqueeze(1)  # (N,) -> (N, 1) for output_size 1
+        self.targets = targets.to(device)
+        self.train_indices = torch.as_tensor(data.train_indices, dtype=torch.long)
+        self.val_indices = (
+            torch.as_tensor(data.val_indices, dtype=torch.long) if data.val_indices is not None else None
+        )
+        torch.manual_seed(config["seed"])
+        self.model: nn.Module = build_model(spec_from_dict(config["architecture"])).to(device)
+        self.net: nn.Module = self.model
+        if dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        self.optimizer = build_optimizer(self.net.parameters(), config["optimizer"])
+        self.loss_fn = loss_function(self.task, config["loss"])
+        batch = config["batch_size"]
+        per_rank = math.ceil(len(self.train_indices) / dist.world)
+        self.steps_per_epoch = math.ceil(per_rank / batch)
+        epochs, max_steps = config["epochs"], config["max_steps"]
+        by_epochs = epochs * self.steps_per_epoch if epochs else None
+        self.total_steps = min(s for s in (by_epochs, max_steps or None) if s is not None)
+        self.epochs = epochs or math.ceil(max_steps / self.steps_per_epoch)
+        self.loop_state: dict[str, Any] = {
+            "epoch": 0,
+            "step": 0,
+            "early_best": None,
+            "bad_epochs": 0,
+            "best": None,
+        }
+
+    def resume_from(self, checkpoint: bytes) -> None:
+        self.loop_state = restore(checkpoint, self.model, self.optimizer)
+        self.emit(
+            "log",
+            {
+                "level": "info",
+                "message": f"resumed from the epoch {self.loop_state['epoch']} checkpoint (step {self.loop_state['step']})",
+            },
+        )
+
+    def _stop_requested(self) -> bool:
+        stop = self.should_stop()
+        if self.dist.world > 1:
+            # Every rank must leave at the same step, or the others would wait forever in allreduce.
+            flag = torch.tensor([1.0 if stop else 0.0], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            stop = bool(flag.item())
+        return stop
+
+    def run(self) -> Outcome:
+        config = self.config
+        batch = config["batch_size"]
+        log_every = config["log_every_n_steps"]
+        early = config["early_stopping"]
+        step = self.loop_state["step"]
+        start_step = step
+        started = time.monotonic()
+        window_start, window_samples = started, 0
+        next_resources = started
+        process = psutil.Process()
+        process.cpu_percent()
+        last_metrics: dict[str, float] = {}
+        for epoch in range(self.loop_state["epoch"], self.epochs):
+            epoch_started = time.monotonic()
+            self.net.train()
+            order = epoch_order(config["seed"], epoch, len(self.train_indices), self.dist)
+            loss_sum = torch.zeros((), device=self.device)
+            correct = torch.zeros((), device=self.device)
+            seen = 0
+            for first in range(0, len(order), batch):
+                if step >= self.total_steps:
+                    break
+                if self._stop_requested():
+                    return Outcome("cancelled", epoch, step, last_metrics)
+                index = self.train_indices[order[first : first + batch]].to(self.device)
+                x, y = self.inputs[index], self.targets[index]  # (B, *input_shape), (B,) or (B, out)
+                lr = lr_at(
+                    config["lr_schedule"],
+                    config["optimizer"]["lr"],
+                    step,
+                    self.total_steps,
+                    self.steps_per_epoch,
+                )
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                out = self.net(x)
+                loss = self.loss_fn(out, y)
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise NonFiniteLoss(
+                        f"the training loss became {value} at epoch {epoch + 1}, step {step + 1} (lr {lr:.3g}); "
+                        "lower optimizer.lr, set optimizer.grad_clip_norm, or check the dataset for NaN/inf"
+                    )
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config["optimizer"]["grad_clip_norm"]:
+                    torch.nn.utils.clip_grad_norm_(
+                        self.net.parameters(), config["optimizer"]["grad_clip_norm"]
+                    )
+                self.optimizer.step()
+                step += 1
+                n = len(index)
+                seen += n
+                window_samples += n * self.dist.world
+                loss_sum += loss.detach() * n
+                if self.task == "classification":
+                    correct += (out.detach().argmax(1) == y).sum()
+                if step % log_every == 0 or step == self.total_steps:
+                    now = time.monotonic()
+                    rate = window_samples / max(now - window_start, 1e-9)
+                    window_start, window_samples = now, 0
+                    self.emit(
+                        "step",
+                        {"epoch": epoch + 1, "step": step, "loss": value, "lr": lr, "samples_per_s": rate},
+                    )
+                    done = step - start_step
+                    eta = (now - started) / done * (self.total_steps - step) if done else 0.0
+                    self.emit(
+                        "progress",
+                        {
+                            "fraction": step / self.total_steps,
+                            "eta_s": eta,
+                            "step": step,
+                            "total_steps": self.total_steps,
+                        },
+                    )
+                    if now >= next_resources:
+                        next_resources = now + self.resource_interval_s
+                        self.emit("resources", self._resources(process))
+            metrics = self._epoch_metrics(loss_sum, correct, seen)
+            last_metrics = metrics
+            self.emit(
+                "epoch",
+                {
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "metrics": metrics,
+                    "duration_s": time.monotonic() - epoch_started,
+                },
+            )
+            stop_early = False
+            if early["patience"]:
+                watched = metrics[early["metric"]]
+                if improved(watched, self.loop_state["early_best"], early["mode"], early["min_delta"]):
+                    self.loop_state["early_best"], self.loop_state["bad_epochs"] = watched, 0
+                else:
+                    self.loop_state["bad_epochs"] += 1
+                    stop_early = self.loop_state["bad_epochs"] >= early["patience"]
+            self.loop_state["epoch"], self.loop_state["step"] = epoch + 1, step
+            finished = stop_early or step >= self.total_steps or epoch + 1 == self.epochs
+            self._maybe_checkpoint(epoch + 1, step, metrics, final=finished)
+            if stop_early:
+                self.emit(
+                    "log",
+                    {
+                        "level": "info",
+                        "message": f"early stopping after epoch {epoch + 1}: {early['metric']} did not improve by "
+                        f"more than {early['min_delta']} for {early['patience']} epochs",
+                    },
+                )
+            if finished:
+                break
+        weights = weights_bytes(self.model) if self.dist.leader else None
+        return Outcome("succeeded", self.loop_state["epoch"], step, last_metrics, weights)
+
+    def _maybe_checkpoint(self, epoch: int, step: int, metrics: dict[str, float], final: bool) -> None:
+        policy = self.config["checkpoints"]
+        periodic = epoch % policy["every_n_epochs"] == 0
+        best = False
+        if policy["keep_best_metric"]:
+            value = metrics[policy["keep_best_metric"]]
+            if improved(value, self.loop_state["best"], policy["keep_best_mode"], 0.0):
+                self.loop_state["best"], best = value, True
+        if not (periodic or best or final) or not self.dist.leader:
+            return
+        reason = "final" if final else "best" if best else "periodic"
+        data = checkpoint_bytes(self.model, self.optimizer, self.loop_state)
+        self.save_checkpoint(
+            data,
+            {
+                "epoch": epoch,
+                "step": step,
+                "reason": reason,
+                "periodic": periodic,
+                "best": best,
+                "metrics": metrics,
+            },
+        )
+
+    def _epoch_metrics(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> dict[str, float]:
+        totals = torch.stack(
+            [loss_sum.float(), correct.float(), torch.tensor(float(seen), device=self.device)]
+        )
+        if self.dist.world > 1:
+            torch.distributed.all_reduce(totals)
+        loss_total, correct_total, count = totals.tolist()
+        metrics = {"train_loss": loss_total / max(count, 1)}
+        if self.task == "classification":
+            metrics["train_accuracy"] = correct_total / max(count, 1)
+        if self.val_indices is not None and len(self.val_indices):
+            metrics.update(self._validate())
+        return metrics
+
+    @torch.no_grad()
+    def _validate(self) -> dict[str, float]:
+        """Every rank scores the whole validation split, so all ranks agree on early stopping."""
+        self.model.eval()
+        batch = max(self.config["batch_size"], 256)
+        outs, ys = [], []
+        for first in range(0, len(self.val_indices), batch):
+            index = self.val_indices[first : first + batch].to(self.device)
+            outs.append(self.model(self.inputs[index]))
+            ys.append(self.targets[index])
+        out, y = torch.cat(outs), torch.cat(ys)
+        metrics = {"val_loss": float(self.loss_fn(out, y))}
+        if self.task == "classification":
+            metrics["val_accuracy"] = float((out.argmax(1) == y).float().mean())
+        else:
+            error = out - y
+            metrics["val_mae"] = float(error.abs().mean())
+            metrics["val_rmse"] = float(error.pow(2).mean().sqrt())
+            variance = (y - y.mean(0)).pow(2).sum()
+            metrics["val_r2"] = float(1 - error.pow(2).sum() / variance) if variance > 0 else 0.0
+        return metrics
+
+    def _resources(self, process: psutil.Process) -> dict[str, Any]:
+        gpu: dict[str, int] = {}
+        if self.device.type == "cuda":
+            gpu[f"cuda:{self.device.index}"] = int(torch.cuda.memory_allocated(self.device))
+        return {
+            "cpu_percent": process.cpu_percent(),
+            "rss_bytes": process.memory_info().rss,
+            "gpu_memory_bytes": gpu,
+        }
+
+
+def device_for(kind: str, indices: list[int], rank: int) -> torch.device:
+    if kind == "cuda":
+        return torch.device(f"cuda:{indices[rank]}")
+    return torch.device("cpu")
+
+
+def parent_alive(parent_pid: int) -> bool:
+    """A worker whose daemon died is re-parented; it must stop rather than train unsupervised."""
+    return os.getppid() == parent_pid

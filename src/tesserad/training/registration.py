@@ -1,0 +1,49 @@
+"""Registering a finished job's weights as a new model version, with the job's full lineage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tesserad.nn import model_signature, spec_from_dict
+from tesserad.registry import DatasetLineage, Lineage, Registry, Signature, TensorSpec
+from tesserad.store import BlobRef
+from tesserad.training.jobs import flatten_params
+
+
+class JobRegistration:
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+
+    def register(self, job: dict[str, Any], weights: BlobRef) -> dict[str, Any]:
+        """A new version of register_as.model (created if missing); the alias moves with it."""
+        config = job["config"]
+        target = config["register_as"]
+        inputs, outputs = model_signature(spec_from_dict(config["architecture"]))
+        signature = Signature(
+            tuple(TensorSpec(t.name, t.dtype, tuple(t.shape)) for t in inputs),
+            tuple(TensorSpec(t.name, t.dtype, tuple(t.shape)) for t in outputs),
+        )
+        data = config["data"]
+        lineage = Lineage(
+            run_id=job["run_id"],
+            job_id=job["job_id"],
+            experiment=job["experiment"],
+            datasets=(DatasetLineage(data["dataset"], data["version"], config["dataset_sha256"]),),
+            job_spec=job["spec"],
+        )
+        record = self._registry.register_version(
+            target["model"],
+            format="safetensors",
+            blob=weights,
+            signature=signature,
+            architecture=config["architecture"],
+            params=flatten_params(config),
+            metrics={k: float(v) for k, v in job["metrics"].items()},
+            tags=dict(config["tags"]),
+            lineage=lineage,
+            description=target["description"],
+            create_model_if_missing=True,
+            alias=target["alias"],
+            actor=job["created_by"],
+        )
+        return {"model": record.model, "version": record.version, "alias": target["alias"]}

@@ -1,0 +1,142 @@
+"""The worker process: one per job (one per rank under DDP), started with the spawn method.
+
+It talks to the daemon over a pipe and nothing else: it never opens the store or the blob
+directory. Messages to the daemon are tuples: ("event", kind, data), ("checkpoint", bytes,
+info), ("done", outcome), ("error", kind, message); the daemon stores checkpoints and final
+weights as blobs. A resumed job's worker first receives its checkpoint's bytes; "cancel"
+asks it to stop at the next step boundary.
+
+The daemon sets the worker's environment (tesserad.runtime_env) around the spawn, because
+malloc tunables act only at process start. Torch is imported inside the process only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import traceback
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class DataSource:
+    """Where a worker reads its arrays: the dataset file (npy or npz) and which arrays to use."""
+
+    path: str
+    format: str  # npy or npz
+    array_name: str  # the name of an npy file's single array
+    input_array: str
+    target_array: str
+
+
+@dataclass
+class WorkerPayload:
+    job_id: str
+    config: dict[str, Any]
+    data: DataSource
+    train_indices: Any  # numpy int64 array
+    val_indices: Any  # numpy int64 array or None
+    rank: int = 0
+    world: int = 1
+    device_kind: str = "cpu"  # cpu or cuda
+    cuda_indices: list[int] = field(default_factory=list)
+    master_port: int = 0
+    threads: int = 1
+    resume: bool = False
+    resource_interval_s: float = 5.0
+    parent_pid: int = 0
+
+
+def worker_main(conn: Connection, payload: WorkerPayload) -> None:
+    """Entry point of the spawned process."""
+    try:
+        _run(conn, payload)
+    except BaseException as exc:
+        kind, message = _classify(exc)
+        with contextlib.suppress(OSError):
+            conn.send(("error", kind, message))
+        os._exit(1)
+    conn.close()
+
+
+def _classify(exc: BaseException) -> tuple[str, str]:
+    from tesserad.training.loop import NonFiniteLoss
+
+    if isinstance(exc, NonFiniteLoss):
+        return "nonfinite_loss", str(exc)
+    name = type(exc).__name__
+    if isinstance(exc, MemoryError) or name == "OutOfMemoryError":
+        return "out_of_memory", f"the worker ran out of memory: {exc}; use a smaller batch_size or model"
+    last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+    where = f" (at {Path(last[0].filename).name}:{last[0].lineno})" if last else ""
+    return "exception", f"{name}: {exc}{where}"
+
+
+def _run(conn: Connection, payload: WorkerPayload) -> None:
+    import torch
+
+    from tesserad.datasets.arrays import open_arrays
+    from tesserad.training.loop import Distributed, Trainer, TrainingData, device_for, parent_alive
+
+    torch.set_num_threads(max(payload.threads, 1))
+    dist = Distributed(payload.rank, payload.world)
+    device = device_for(payload.device_kind, payload.cuda_indices, payload.rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if payload.world > 1:
+        torch.distributed.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo",
+            init_method=f"tcp://127.0.0.1:{payload.master_port}",
+            rank=payload.rank,
+            world_size=payload.world,
+        )
+    checkpoint = conn.recv_bytes() if payload.resume else b""
+    cancelled = False
+
+    def should_stop() -> bool:
+        nonlocal cancelled
+        while not cancelled and conn.poll():
+            if conn.recv() == "cancel":
+                cancelled = True
+        return cancelled or not parent_alive(payload.parent_pid)
+
+    def emit(kind: str, data: dict[str, Any]) -> None:
+        conn.send(("event", kind, data))
+
+    def save_checkpoint(data: bytes, info: dict[str, Any]) -> None:
+        conn.send(("checkpoint", data, info))
+
+    arrays = open_arrays(Path(payload.data.path), payload.data.format, payload.data.array_name)
+    data = TrainingData(
+        arrays[payload.data.input_array],
+        arrays[payload.data.target_array],
+        payload.train_indices,
+        payload.val_indices,
+    )
+    trainer = Trainer(
+        payload.config, data, device, dist, emit, save_checkpoint, should_stop, payload.resource_interval_s
+    )
+    threads = f"{payload.threads} thread{'s' if payload.threads != 1 else ''}"
+    where = f"{device}" + (f", rank {payload.rank} of {payload.world}" if payload.world > 1 else "")
+    if dist.leader:
+        emit("log", {"level": "info", "message": f"training on {where} with {threads}"})
+    if checkpoint:
+        trainer.resume_from(checkpoint)
+    outcome = trainer.run()
+    if payload.world > 1:
+        torch.distributed.destroy_process_group()
+    conn.send(
+        (
+            "done",
+            {
+                "status": outcome.status,
+                "epoch": outcome.epoch,
+                "step": outcome.step,
+                "metrics": outcome.metrics,
+                "weights": outcome.weights,
+            },
+        )
+    )

@@ -1,0 +1,150 @@
+"""Training test helpers: one shared daemon per module, tiny datasets, spec builders, event collection."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from tessera.v1 import (
+    architecture_pb2,
+    datasets_pb2,
+    datasets_pb2_grpc,
+    job_spec_pb2,
+    training_pb2,
+    training_pb2_grpc,
+)
+from tests.conftest import InProcessDaemon, daemon_settings
+
+TRAINING_SETTINGS = {
+    "training.cpu_slots": 2,
+    "training.threads_per_slot": 1,
+    "training.cancel_grace_s": 5,
+    "training.resource_interval_s": 0.2,
+}
+
+
+@pytest.fixture(scope="module")
+def training_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessDaemon]:
+    running = InProcessDaemon(
+        daemon_settings(tmp_path_factory.mktemp("training") / "data", **TRAINING_SETTINGS)
+    ).start()
+    channel = running.channel()
+    upload_standard_datasets(channel)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def training(training_daemon: InProcessDaemon) -> training_pb2_grpc.TrainingStub:
+    return training_pb2_grpc.TrainingStub(training_daemon.channel())
+
+
+def upload_dataset(
+    channel: grpc.Channel,
+    name: str,
+    arrays: dict[str, np.ndarray],
+    splits: dict[str, list[int]] | None = None,
+) -> datasets_pb2.DatasetVersion:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    header = datasets_pb2.UploadDatasetHeader(name=name, format=datasets_pb2.DATASET_FORMAT_NPZ)
+    if splits:
+        header.splits.indices.splits.extend(
+            datasets_pb2.SplitIndices(name=k, indices=v) for k, v in splits.items()
+        )
+    data = buffer.getvalue()
+    requests = [datasets_pb2.UploadDatasetRequest(header=header)] + [
+        datasets_pb2.UploadDatasetRequest(chunk=data[i : i + 65536]) for i in range(0, len(data), 65536)
+    ]
+    return datasets_pb2_grpc.DatasetsStub(channel).UploadDataset(iter(requests))
+
+
+def upload_standard_datasets(channel: grpc.Channel) -> None:
+    """Small, learnable datasets for every architecture family, with train/val splits."""
+    rng = np.random.default_rng(0)
+    n = 96
+    split = {"train": list(range(72)), "val": list(range(72, n))}
+    x = rng.normal(size=(n, 6)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+    upload_dataset(
+        channel, "flat", {"x": x, "y": y, "t": (x[:, :2].sum(1, keepdims=True)).astype(np.float32)}, split
+    )
+    seq = rng.normal(size=(n, 5, 3)).astype(np.float32)
+    upload_dataset(channel, "seq", {"x": seq, "y": (seq[:, :, 0].mean(1) > 0).astype(np.int64)}, split)
+    img = rng.normal(size=(n, 1, 6, 6)).astype(np.float32)
+    upload_dataset(channel, "img", {"x": img, "y": (img.mean((1, 2, 3)) > 0).astype(np.int64)}, split)
+    clip = rng.normal(size=(n, 1, 3, 4, 4, 4)).astype(np.float32)
+    upload_dataset(
+        channel, "clips", {"x": clip, "y": (clip.mean((1, 2, 3, 4, 5)) > 0).astype(np.int64)}, split
+    )
+
+
+def architecture(family: str, **fields: Any) -> architecture_pb2.Architecture:
+    shapes = {"mlp": [6], "lstm": [5, 3], "transformer": [5, 3], "cnn2d": [1, 6, 6], "cnn4d": [1, 3, 4, 4, 4]}
+    defaults: dict[str, Any] = {
+        "mlp": {"hidden_sizes": [16]},
+        "lstm": {"hidden_size": 8},
+        "transformer": {"d_model": 8, "num_heads": 2, "num_layers": 1, "dim_feedforward": 16},
+        "cnn2d": {"channels": [4]},
+        "cnn4d": {"channels": [2], "kernel_size": 3},
+    }
+    body = getattr(
+        architecture_pb2,
+        {
+            "mlp": "MlpSpec",
+            "lstm": "LstmSpec",
+            "transformer": "TransformerSpec",
+            "cnn2d": "Cnn2dSpec",
+            "cnn4d": "Cnn4dSpec",
+        }[family],
+    )(**{**defaults[family], **fields})
+    return architecture_pb2.Architecture(input_shape=shapes[family], output_size=2, **{family: body})
+
+
+DATASET_OF = {"mlp": "flat", "lstm": "seq", "transformer": "seq", "cnn2d": "img", "cnn4d": "clips"}
+
+
+def job_spec(family: str = "mlp", **fields: Any) -> job_spec_pb2.JobSpec:
+    spec = job_spec_pb2.JobSpec(
+        experiment="tests",
+        architecture=architecture(family),
+        data=job_spec_pb2.DataSpec(dataset={"name": DATASET_OF[family]}),
+        optimizer=job_spec_pb2.Optimizer(name="adam", lr=0.01),
+        epochs=2,
+        batch_size=24,
+        seed=7,
+        log_every_n_steps=1,
+    )
+    for key, value in fields.items():
+        field = spec.DESCRIPTOR.fields_by_name[key]
+        if field.message_type is not None:
+            getattr(spec, key).CopyFrom(value)
+        else:
+            setattr(spec, key, value)
+    return spec
+
+
+def submit(training: training_pb2_grpc.TrainingStub, spec: job_spec_pb2.JobSpec) -> training_pb2.Job:
+    return training.SubmitJob(training_pb2.SubmitJobRequest(spec=spec))
+
+
+def follow(
+    training: training_pb2_grpc.TrainingStub, job_id: str, from_seq: int = 0
+) -> list[training_pb2.JobEvent]:
+    """Every event from from_seq until the job ends."""
+    return list(
+        training.WatchJob(training_pb2.WatchJobRequest(job_id=job_id, from_seq=from_seq), timeout=120)
+    )
+
+
+def states(events: list[training_pb2.JobEvent]) -> list[int]:
+    return [e.state.state for e in events if e.WhichOneof("event") == "state"]
+
+
+def of_kind(events: list[training_pb2.JobEvent], kind: str) -> list[Any]:
+    return [getattr(e, kind) for e in events if e.WhichOneof("event") == kind]

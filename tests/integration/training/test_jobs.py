@@ -1,0 +1,247 @@
+"""Training jobs through a real daemon: life cycle per architecture, events, cancel, crashes, DDP."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import grpc
+import numpy as np
+import psutil
+import pytest
+
+from tessera.v1 import job_spec_pb2, registry_pb2, registry_pb2_grpc, training_pb2
+from tessera.v1 import training_pb2_grpc as training_grpc
+from tests.integration.training.conftest import (
+    follow,
+    job_spec,
+    of_kind,
+    states,
+    submit,
+    upload_dataset,
+)
+
+S = training_pb2
+FAMILIES = ["mlp", "cnn2d", "cnn4d", "lstm", "transformer"]
+
+
+@pytest.fixture(scope="module")
+def finished(training: training_grpc.TrainingStub) -> dict[str, tuple[S.Job, list[S.JobEvent]]]:
+    """One job per family (plus an identical second mlp job), run two at a time, followed to the end."""
+    jobs = {
+        family: submit(
+            training,
+            job_spec(family, register_as=job_spec_pb2.RegisterAs(model=f"fam-{family}", alias="staging")),
+        )
+        for family in FAMILIES
+    }
+    jobs["mlp-again"] = submit(training, job_spec("mlp"))
+    out = {}
+    for name, job in jobs.items():
+        events = follow(training, job.job_id)
+        out[name] = (training.GetJob(S.GetJobRequest(job_id=job.job_id)), events)
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_family_trains_and_registers_a_version(
+    family: str, finished: dict, training_daemon, training: training_grpc.TrainingStub
+) -> None:
+    job, events = finished[family]
+    assert job.state == S.JOB_STATE_SUCCEEDED, job.error
+    assert states(events) == [S.JOB_STATE_QUEUED, S.JOB_STATE_RUNNING, S.JOB_STATE_SUCCEEDED]
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    steps = of_kind(events, "step")
+    assert [s.step for s in steps] == list(range(1, job.total_steps + 1))
+    assert all(s.lr > 0 and s.samples_per_s > 0 for s in steps)
+    epochs = of_kind(events, "epoch")
+    assert [e.epoch for e in epochs] == [1, 2]
+    assert {"train_loss", "val_loss", "val_accuracy", "train_accuracy"} <= set(epochs[-1].metrics)
+    assert of_kind(events, "progress")[-1].fraction == 1.0
+    assert [c.reason for c in of_kind(events, "checkpoint")] == ["periodic", "final"]
+    assert of_kind(events, "log")[0].message.startswith("training on cpu")
+    registered = of_kind(events, "registered")
+    assert registered == [S.VersionRegistered(model=f"fam-{family}", version=1, alias="staging")]
+    assert job.registered.model == f"fam-{family}" and job.registered.version == 1
+    assert job.progress == 1.0 and job.epoch == 2 and job.attempt == 1 and not job.devices
+    registry = registry_pb2_grpc.RegistryStub(training_daemon.channel())
+    version = registry.GetVersion(
+        registry_pb2.GetVersionRequest(ref={"model": f"fam-{family}", "alias": "staging"})
+    )
+    assert version.version == 1
+    assert version.lineage.job_id == job.job_id and version.lineage.run_id == job.run_id
+    assert version.lineage.datasets[0].name == job.spec.data.dataset.name
+    assert version.lineage.job_spec.architecture.WhichOneof("family") == family
+    assert version.metrics["val_loss"] == pytest.approx(job.metrics["val_loss"])
+    run = training.GetRun(S.GetRunRequest(run_id=job.run_id))
+    assert run.status == S.RUN_STATUS_SUCCEEDED and run.attempts == 1 and run.job_id == job.job_id
+    assert run.params["optimizer.lr"] == "0.01"
+    assert {m.key for m in run.metrics} >= {"loss", "lr", "train_loss", "val_loss"}
+
+
+def test_same_spec_and_seed_give_the_same_loss_curve(
+    finished: dict, training: training_grpc.TrainingStub
+) -> None:
+    curves = []
+    for name in ("mlp", "mlp-again"):
+        job, _ = finished[name]
+        history = training.GetMetricHistory(S.GetMetricHistoryRequest(run_id=job.run_id, key="loss"))
+        curves.append([(p.step, p.value) for p in history.points])
+    assert curves[0] == curves[1]
+    assert len(curves[0]) == finished["mlp"][0].total_steps
+
+
+def test_watch_from_the_middle_of_a_finished_job(
+    finished: dict, training: training_grpc.TrainingStub
+) -> None:
+    job, events = finished["mlp"]
+    replay = follow(training, job.job_id, from_seq=5)
+    assert replay == events[4:]
+    assert follow(training, job.job_id, from_seq=job.last_seq + 10) == []
+
+
+def test_watch_and_get_unknown_job_is_not_found(training: training_grpc.TrainingStub) -> None:
+    for call in (
+        lambda: follow(training, "job-nope"),
+        lambda: training.GetJob(S.GetJobRequest(job_id="job-nope")),
+    ):
+        with pytest.raises(grpc.RpcError) as info:
+            call()
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "job-nope" in info.value.details()
+
+
+def test_list_jobs_filters_and_pages(finished: dict, training: training_grpc.TrainingStub) -> None:
+    done = training.ListJobs(S.ListJobsRequest(states=[S.JOB_STATE_SUCCEEDED], experiment="tests"))
+    ids = [j.job_id for j in done.jobs]
+    assert ids == sorted(ids, reverse=True)  # newest first
+    assert {j for j, _ in [(job.job_id, 0) for job, _ in finished.values()]} <= set(ids)
+    first = training.ListJobs(S.ListJobsRequest(states=[S.JOB_STATE_SUCCEEDED], page_size=2))
+    second = training.ListJobs(
+        S.ListJobsRequest(states=[S.JOB_STATE_SUCCEEDED], page_size=2, page_token=first.next_page_token)
+    )
+    assert len(first.jobs) == 2 and first.next_page_token
+    assert not {j.job_id for j in first.jobs} & {j.job_id for j in second.jobs}
+    with pytest.raises(grpc.RpcError) as info:
+        training.ListJobs(S.ListJobsRequest(page_size=2, page_token=first.next_page_token))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _wait_for(training: training_grpc.TrainingStub, job_id: str, state: int, timeout: float = 60) -> S.Job:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = training.GetJob(S.GetJobRequest(job_id=job_id))
+        if job.state == state and (state != S.JOB_STATE_RUNNING or job.step > 0):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(
+        f"job {job_id} never reached {S.JobState.Name(state)}; it is {S.JobState.Name(job.state)}"
+    )
+
+
+def long_spec(**fields) -> job_spec_pb2.JobSpec:
+    return job_spec("mlp", epochs=0, max_steps=1_000_000, **fields)
+
+
+def test_two_jobs_run_at_once_and_cancel_stops_them(training: training_grpc.TrainingStub) -> None:
+    first, second = submit(training, long_spec()), submit(training, long_spec())
+    queued = submit(training, long_spec(priority=-1))
+    a = _wait_for(training, first.job_id, S.JOB_STATE_RUNNING)
+    b = _wait_for(training, second.job_id, S.JOB_STATE_RUNNING)
+    assert sorted([*a.devices, *b.devices]) == ["cpu:0", "cpu:1"]
+    assert training.GetJob(S.GetJobRequest(job_id=queued.job_id)).state == S.JOB_STATE_QUEUED
+
+    cancelled = training.CancelJob(S.CancelJobRequest(job_id=queued.job_id))
+    assert cancelled.state == S.JOB_STATE_CANCELLED
+    for job in (first, second):
+        training.CancelJob(S.CancelJobRequest(job_id=job.job_id))
+    for job in (first, second):
+        events = follow(training, job.job_id)
+        assert states(events)[-1] == S.JOB_STATE_CANCELLED
+        assert of_kind(events, "state")[-1].reason == "cancelled at a step boundary"
+        run = training.GetRun(
+            S.GetRunRequest(run_id=training.GetJob(S.GetJobRequest(job_id=job.job_id)).run_id)
+        )
+        assert run.status == S.RUN_STATUS_CANCELLED
+    with pytest.raises(grpc.RpcError) as info:
+        training.CancelJob(S.CancelJobRequest(job_id=first.job_id))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "already ended (CANCELLED)" in info.value.details()
+
+
+def _worker_pids() -> set[int]:
+    return {
+        child.pid
+        for child in psutil.Process().children(recursive=True)
+        if "spawn_main" in " ".join(child.cmdline())
+    }
+
+
+@pytest.mark.parametrize(
+    ("sig", "kind", "words"),
+    [
+        (signal.SIGSEGV, "crash", "died from SIGSEGV"),
+        (signal.SIGKILL, "out_of_memory", "out-of-memory killer"),
+    ],
+)
+def test_a_worker_crash_fails_only_its_job(
+    sig: int, kind: str, words: str, training: training_grpc.TrainingStub
+) -> None:
+    before = _worker_pids()
+    victim = submit(training, long_spec())
+    _wait_for(training, victim.job_id, S.JOB_STATE_RUNNING)
+    (pid,) = _worker_pids() - before
+    psutil.Process(pid).send_signal(sig)
+    events = follow(training, victim.job_id)
+    assert states(events)[-1] == S.JOB_STATE_FAILED
+    (error,) = of_kind(events, "error")
+    assert error.kind == kind and words in error.message
+    job = training.GetJob(S.GetJobRequest(job_id=victim.job_id))
+    assert words in job.error and not job.devices
+    if sig == signal.SIGSEGV:
+        # The daemon and the next job are unharmed.
+        after = submit(training, job_spec("mlp", epochs=1))
+        assert states(follow(training, after.job_id))[-1] == S.JOB_STATE_SUCCEEDED
+
+
+def test_nonfinite_loss_fails_the_job_clearly(training_daemon, training: training_grpc.TrainingStub) -> None:
+    huge = np.full((16, 6), 3e38, np.float32)
+    upload_dataset(training_daemon.channel(), "huge", {"x": huge, "t": huge[:, :1]})
+    spec = job_spec("mlp", task=job_spec_pb2.TASK_REGRESSION)
+    spec.architecture.output_size = 1
+    spec.data.dataset.name, spec.data.target_array = "huge", "t"
+    events = follow(training, submit(training, spec).job_id)
+    (error,) = of_kind(events, "error")
+    assert error.kind == "nonfinite_loss"
+    assert "loss became inf at epoch 1, step 1" in error.message and "optimizer.lr" in error.message
+    assert states(events)[-1] == S.JOB_STATE_FAILED
+
+
+def test_ddp_with_gloo_on_two_processes(training: training_grpc.TrainingStub) -> None:
+    spec = job_spec("mlp", epochs=1, devices=job_spec_pb2.DeviceRequest(cpu=True, cpu_processes=2))
+    job = submit(training, spec)
+    events = follow(training, job.job_id)
+    assert states(events)[-1] == S.JOB_STATE_SUCCEEDED, of_kind(events, "error")
+    assert of_kind(events, "state")[1].devices == ["cpu:0", "cpu:1"]
+    assert "rank 0 of 2" in of_kind(events, "log")[0].message
+    # 72 training samples, 24 per process per step: 2 steps per epoch.
+    assert [s.step for s in of_kind(events, "step")] == [1, 2]
+
+
+@pytest.mark.cuda
+def test_cuda_job_trains_on_a_gpu(training: training_grpc.TrainingStub) -> None:
+    pytest.importorskip("torch")
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    spec = job_spec("cnn4d", devices=job_spec_pb2.DeviceRequest(gpu_count=1))
+    events = follow(training, submit(training, spec).job_id)
+    assert states(events)[-1] == S.JOB_STATE_SUCCEEDED
+    assert of_kind(events, "state")[1].devices == ["cuda:0"]
+
+
+def test_cancel_unknown_job_is_not_found(training: training_grpc.TrainingStub) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        training.CancelJob(S.CancelJobRequest(job_id="no-such-job"), timeout=10)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND and "no-such-job" in info.value.details()

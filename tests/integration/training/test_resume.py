@@ -1,0 +1,78 @@
+"""Crash resume: SIGKILL the daemon while a job runs; the next daemon resumes it from its checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from tessera.v1 import job_spec_pb2, training_pb2, training_pb2_grpc
+from tests.integration.training.conftest import job_spec, of_kind, states, upload_standard_datasets
+
+S = training_pb2
+ENV = {"TESSERA_TRAINING_CPU_SLOTS": "1", "TESSERA_TRAINING_THREADS_PER_SLOT": "1"}
+
+
+def _start(spawn_daemon: Any, data_dir: Path) -> tuple[Any, grpc.Channel]:
+    daemon = spawn_daemon(
+        "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(data_dir), env=ENV
+    )
+    channel = grpc.insecure_channel(daemon.wait_serving())
+    return daemon, channel
+
+
+def test_sigkilled_daemon_resumes_the_job_from_its_last_checkpoint(spawn_daemon: Any, tmp_path: Path) -> None:
+    daemon, channel = _start(spawn_daemon, tmp_path)
+    upload_standard_datasets(channel)
+    training = training_pb2_grpc.TrainingStub(channel)
+    spec = job_spec(
+        "mlp", epochs=60, checkpoints=job_spec_pb2.CheckpointPolicy(every_n_epochs=2, keep_last=1)
+    )
+    job = training.SubmitJob(S.SubmitJobRequest(spec=spec))
+    seen = []
+    for event in training.WatchJob(S.WatchJobRequest(job_id=job.job_id), timeout=120):
+        seen.append(event)
+        if event.WhichOneof("event") == "checkpoint" and event.checkpoint.epoch == 4:
+            break
+    daemon.process.kill()
+    daemon.process.wait(10)
+    channel.close()
+
+    _, channel = _start(spawn_daemon, tmp_path)
+    training = training_pb2_grpc.TrainingStub(channel)
+    events = list(training.WatchJob(S.WatchJobRequest(job_id=job.job_id), timeout=120))
+    assert events[: len(seen)] == seen  # the old attempt's events are kept, numbered as before
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert states(events) == [
+        S.JOB_STATE_QUEUED,
+        S.JOB_STATE_RUNNING,
+        S.JOB_STATE_INTERRUPTED,
+        S.JOB_STATE_QUEUED,
+        S.JOB_STATE_RUNNING,
+        S.JOB_STATE_SUCCEEDED,
+    ]
+    resumed = [s for s in of_kind(events, "state") if s.state == S.JOB_STATE_RUNNING][1]
+    checkpoint_epoch = max(c.epoch for c in of_kind(events[: len(seen) + 5], "checkpoint"))
+    assert f"resumed from the epoch {checkpoint_epoch} checkpoint (attempt 2)" in resumed.reason
+    assert {e.attempt for e in events if e.WhichOneof("event") == "step"} == {1, 2}
+
+    final = training.GetJob(S.GetJobRequest(job_id=job.job_id))
+    assert final.state == S.JOB_STATE_SUCCEEDED and final.attempt == 2 and final.epoch == 60
+    run = training.GetRun(S.GetRunRequest(run_id=final.run_id))
+    assert run.attempts == 2 and run.status == S.RUN_STATUS_SUCCEEDED
+    # The resumed attempt superseded the old one's points after the checkpoint: one point per step.
+    history = training.GetMetricHistory(S.GetMetricHistoryRequest(run_id=final.run_id, key="loss"))
+    assert [p.step for p in history.points] == list(range(1, final.total_steps + 1))
+
+    # Same curve as an uninterrupted run of the same spec and seed.
+    again = training.SubmitJob(S.SubmitJobRequest(spec=spec))
+    assert states(list(training.WatchJob(S.WatchJobRequest(job_id=again.job_id), timeout=120)))[-1] == (
+        S.JOB_STATE_SUCCEEDED
+    )
+    reference = training.GetMetricHistory(
+        S.GetMetricHistoryRequest(
+            run_id=training.GetJob(S.GetJobRequest(job_id=again.job_id)).run_id, key="loss"
+        )
+    )
+    assert [p.value for p in history.points] == [p.value for p in reference.points]

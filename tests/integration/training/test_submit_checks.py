@@ -1,0 +1,163 @@
+"""Every spec problem that can be seen before running is refused at SubmitJob, naming the field."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+import pytest
+
+from tessera.v1 import job_spec_pb2, training_pb2, training_pb2_grpc
+from tests.integration.training.conftest import job_spec, submit
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
+
+
+def _no_family(spec: job_spec_pb2.JobSpec) -> None:
+    spec.architecture.ClearField("mlp")
+
+
+def _set(path: str, value: object) -> Callable[[job_spec_pb2.JobSpec], None]:
+    def change(spec: job_spec_pb2.JobSpec) -> None:
+        *parents, leaf = path.split(".")
+        target = spec
+        for part in parents:
+            target = getattr(target, part)
+        if isinstance(value, list):
+            getattr(target, leaf)[:] = value
+        elif hasattr(value, "DESCRIPTOR"):
+            getattr(target, leaf).CopyFrom(value)
+        else:
+            setattr(target, leaf, value)
+
+    return change
+
+
+CASES = [
+    ("no family", _no_family, INVALID, "spec.architecture needs one family"),
+    (
+        "bad hyperparameter",
+        _set("architecture.mlp.activation", "swish"),
+        INVALID,
+        "spec.architecture.mlp.activation",
+    ),
+    ("missing dataset", _set("data.dataset.name", "nope"), PRECONDITION, "spec.data.dataset: dataset 'nope'"),
+    ("missing version", _set("data.dataset.version", 9), PRECONDITION, "spec.data.dataset:"),
+    (
+        "missing input array",
+        _set("data.input_array", "xs"),
+        PRECONDITION,
+        "spec.data.input_array: dataset 'flat' v1 has no array 'xs'; it has t, x, y",
+    ),
+    ("missing target array", _set("data.target_array", "labels"), PRECONDITION, "spec.data.target_array"),
+    (
+        "missing split",
+        _set("data.val_split", "test"),
+        PRECONDITION,
+        "spec.data.val_split: dataset 'flat' v1 has no split 'test'; it has train, val",
+    ),
+    (
+        "input shape",
+        _set("architecture.input_shape", [7]),
+        PRECONDITION,
+        "spec.architecture.input_shape: the model takes samples shaped [7] but array 'x'",
+    ),
+    ("float targets for classification", _set("data.target_array", "t"), PRECONDITION, "use task REGRESSION"),
+    ("regression loss", _set("loss", "hinge"), INVALID, "spec.loss"),
+    (
+        "missing gpu",
+        _set("devices", job_spec_pb2.DeviceRequest(cuda=job_spec_pb2.CudaDevices(indices=[7]))),
+        PRECONDITION,
+        "spec.devices.cuda.indices: cuda:7 does not exist",
+    ),
+    (
+        "too many gpus",
+        _set("devices", job_spec_pb2.DeviceRequest(gpu_count=9)),
+        PRECONDITION,
+        "spec.devices.gpu_count",
+    ),
+    (
+        "too many cpu processes",
+        _set("devices", job_spec_pb2.DeviceRequest(cpu=True, cpu_processes=3)),
+        PRECONDITION,
+        "has 2 CPU slots (training.cpu_slots)",
+    ),
+    (
+        "optimizer",
+        _set("optimizer.name", "lion"),
+        INVALID,
+        "spec.optimizer.name: must be one of sgd, adam, adamw",
+    ),
+    ("negative lr", _set("optimizer.lr", -1.0), INVALID, "spec.optimizer.lr must be > 0"),
+    ("momentum on adam", _set("optimizer.momentum", 0.9), INVALID, "apply to sgd only"),
+    (
+        "cosine min_lr",
+        _set("lr_schedule", job_spec_pb2.LrSchedule(cosine=job_spec_pb2.CosineLr(min_lr=1.0))),
+        INVALID,
+        "spec.lr_schedule.cosine.min_lr",
+    ),
+    (
+        "step size",
+        _set("lr_schedule", job_spec_pb2.LrSchedule(step=job_spec_pb2.StepLr())),
+        INVALID,
+        "spec.lr_schedule.step.step_size",
+    ),
+    ("negative epochs", _set("epochs", -1), INVALID, "spec.epochs must be >= 0"),
+    (
+        "early stopping metric",
+        _set("early_stopping", job_spec_pb2.EarlyStopping(metric="val_f1", patience=2)),
+        PRECONDITION,
+        "spec.early_stopping.metric: this job reports train_loss",
+    ),
+    (
+        "best metric",
+        _set("checkpoints", job_spec_pb2.CheckpointPolicy(keep_best_metric="val_mae")),
+        PRECONDITION,
+        "spec.checkpoints.keep_best_metric",
+    ),
+    (
+        "register name",
+        _set("register_as", job_spec_pb2.RegisterAs(model="Bad Name")),
+        INVALID,
+        "spec.register_as.model",
+    ),
+    (
+        "register latest",
+        _set("register_as", job_spec_pb2.RegisterAs(model="m", alias="latest")),
+        INVALID,
+        "spec.register_as.alias: 'latest' is reserved",
+    ),
+    ("experiment name", _set("experiment", "UPPER"), INVALID, "spec.experiment"),
+]
+
+
+@pytest.mark.parametrize(("change", "code", "words"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_spec_is_refused_at_submit(
+    change: Callable[[job_spec_pb2.JobSpec], None],
+    code: grpc.StatusCode,
+    words: str,
+    training: training_pb2_grpc.TrainingStub,
+) -> None:
+    spec = job_spec("mlp")
+    change(spec)
+    before = len(training.ListJobs(training_pb2.ListJobsRequest()).jobs)
+    with pytest.raises(grpc.RpcError) as info:
+        submit(training, spec)
+    assert info.value.code() == code, info.value.details()
+    assert words in info.value.details()
+    assert len(training.ListJobs(training_pb2.ListJobsRequest()).jobs) == before
+
+
+def test_missing_spec_and_run_name_clash(training: training_pb2_grpc.TrainingStub) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        training.SubmitJob(training_pb2.SubmitJobRequest())
+    assert info.value.code() == INVALID and "spec is required" in info.value.details()
+    spec = job_spec("mlp", run_name="fixed-name", experiment="clash")
+    spec.devices.cpu = True
+    first = submit(training, spec)
+    with pytest.raises(grpc.RpcError) as info:
+        submit(training, spec)
+    assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "already has a run named 'fixed-name'" in info.value.details()
+    training.CancelJob(training_pb2.CancelJobRequest(job_id=first.job_id))

@@ -1,0 +1,147 @@
+"""Sweeps: grid and ASHA trials run as jobs, at most max_concurrent at a time."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+
+from tessera.v1 import training_pb2, training_pb2_grpc
+from tests.integration.training.conftest import job_spec
+
+S = training_pb2
+
+
+def _wait(training: training_pb2_grpc.TrainingStub, sweep_id: str) -> S.Sweep:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        sweep = training.GetSweep(S.GetSweepRequest(sweep_id=sweep_id))
+        if sweep.state != S.SWEEP_STATE_RUNNING:
+            return sweep
+        time.sleep(0.2)
+    raise AssertionError(f"sweep {sweep_id} did not end")
+
+
+def _values(path: str, *values: str) -> S.SweepParameter:
+    return S.SweepParameter(path=path, values=S.SweepValues(values=list(values)))
+
+
+def test_grid_sweep_runs_every_combination(training: training_pb2_grpc.TrainingStub) -> None:
+    spec = S.SweepSpec(
+        base=job_spec("mlp", epochs=1),
+        strategy=S.SWEEP_STRATEGY_GRID,
+        parameters=[
+            _values("optimizer.lr", "0.001", "0.05"),
+            _values("architecture.mlp.activation", "relu", "tanh"),
+        ],
+        max_concurrent=2,
+        metric="val_loss",
+    )
+    submitted = training.SubmitSweep(S.SubmitSweepRequest(spec=spec))
+    assert submitted.state == S.SWEEP_STATE_RUNNING
+    assert sum(1 for t in submitted.trials if t.job_id) == 2  # the others wait their turn
+    sweep = _wait(training, submitted.sweep_id)
+    assert sweep.state == S.SWEEP_STATE_SUCCEEDED
+    assert sorted(
+        (t.params["optimizer.lr"], t.params["architecture.mlp.activation"]) for t in sweep.trials
+    ) == [("0.001", "relu"), ("0.001", "tanh"), ("0.05", "relu"), ("0.05", "tanh")]
+    assert all(t.state == S.JOB_STATE_SUCCEEDED and t.has_metric for t in sweep.trials)
+    best = min(sweep.trials, key=lambda t: t.metric)
+    assert sweep.best_job_id == best.job_id
+    job = training.GetJob(S.GetJobRequest(job_id=best.job_id))
+    assert job.sweep_id == sweep.sweep_id
+    assert job.spec.optimizer.lr == float(best.params["optimizer.lr"])
+    jobs = training.ListJobs(S.ListJobsRequest(sweep_id=sweep.sweep_id)).jobs
+    assert {j.job_id for j in jobs} == {t.job_id for t in sweep.trials}
+    listed = training.ListSweeps(S.ListSweepsRequest())
+    assert sweep.sweep_id in {s.sweep_id for s in listed.sweeps}
+
+
+def test_asha_prunes_trials_that_trail_at_a_rung(training: training_pb2_grpc.TrainingStub) -> None:
+    # Seed 6 draws lr 0.05 first, then 1e-7 twice: the first trial learns, the later two barely
+    # move from the same initial weights, so at the first rung (epoch 1) they trail it.
+    spec = S.SweepSpec(
+        base=job_spec("mlp", epochs=3),
+        strategy=S.SWEEP_STRATEGY_ASHA,
+        parameters=[_values("optimizer.lr", "0.05", "0.0000001")],
+        max_trials=3,
+        max_concurrent=1,
+        seed=6,
+        metric="train_loss",
+        asha=S.AshaSettings(min_epochs=1, reduction_factor=2),
+    )
+    sweep = _wait(training, training.SubmitSweep(S.SubmitSweepRequest(spec=spec)).sweep_id)
+    assert sweep.state == S.SWEEP_STATE_SUCCEEDED
+    assert [t.params["optimizer.lr"] for t in sweep.trials] == ["0.05", "0.0000001", "0.0000001"]
+    assert [(t.pruned, t.state) for t in sweep.trials] == [
+        (False, S.JOB_STATE_SUCCEEDED),
+        (True, S.JOB_STATE_CANCELLED),
+        (True, S.JOB_STATE_CANCELLED),
+    ]
+    assert sweep.best_job_id == sweep.trials[0].job_id
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (lambda s: s.ClearField("base"), "spec.base is required"),
+        (lambda s: setattr(s, "strategy", S.SWEEP_STRATEGY_UNSPECIFIED), "spec.strategy"),
+        (
+            lambda s: s.parameters.add(path="optimizer.nope", values=S.SweepValues(values=["1"])),
+            "'optimizer.nope' does not name",
+        ),
+        (
+            lambda s: s.parameters.add(path="batch_size", values=S.SweepValues(values=["big"])),
+            "'big' is not a valid value",
+        ),
+        (
+            lambda s: s.parameters.add(path="epochs", range=S.SweepRange(min=1, max=3)),
+            "a grid sweep needs explicit values",
+        ),
+        (lambda s: setattr(s, "metric", "val_f1"), "spec.metric: trial 0 reports"),
+        (
+            lambda s: s.parameters.add(
+                path="architecture.lstm.hidden_size", values=S.SweepValues(values=["4"])
+            ),
+            "sets family to mlp, not lstm",
+        ),
+    ],
+)
+def test_bad_sweeps_are_refused(change, words: str, training: training_pb2_grpc.TrainingStub) -> None:
+    spec = S.SweepSpec(
+        base=job_spec("mlp"),
+        strategy=S.SWEEP_STRATEGY_GRID,
+        parameters=[_values("optimizer.lr", "0.01")],
+        metric="val_loss",
+    )
+    change(spec)
+    with pytest.raises(grpc.RpcError) as info:
+        training.SubmitSweep(S.SubmitSweepRequest(spec=spec))
+    assert info.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION)
+    assert words in info.value.details()
+
+
+def test_cancel_sweep_cancels_its_trials(training: training_pb2_grpc.TrainingStub) -> None:
+    spec = S.SweepSpec(
+        base=job_spec("mlp", epochs=0, max_steps=1_000_000),
+        strategy=S.SWEEP_STRATEGY_GRID,
+        parameters=[_values("seed", "1", "2", "3")],
+        max_concurrent=1,
+        metric="train_loss",
+    )
+    sweep = training.SubmitSweep(S.SubmitSweepRequest(spec=spec))
+    cancelled = training.CancelSweep(S.CancelSweepRequest(sweep_id=sweep.sweep_id))
+    assert cancelled.state == S.SWEEP_STATE_CANCELLED
+    assert [t.state for t in cancelled.trials][1:] == [S.JOB_STATE_CANCELLED, S.JOB_STATE_CANCELLED]
+    deadline = time.monotonic() + 60
+    while (
+        training.GetSweep(S.GetSweepRequest(sweep_id=sweep.sweep_id)).trials[0].state != S.JOB_STATE_CANCELLED
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert training.GetJob(S.GetJobRequest(job_id=cancelled.trials[0].job_id)).state == S.JOB_STATE_CANCELLED
+    with pytest.raises(grpc.RpcError) as info:
+        training.CancelSweep(S.CancelSweepRequest(sweep_id=sweep.sweep_id))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "already ended (CANCELLED)" in info.value.details()

@@ -1,0 +1,179 @@
+"""Experiment tracking over gRPC, as an external training script would use it."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from tessera.v1 import job_spec_pb2, training_pb2, training_pb2_grpc
+
+S = training_pb2
+
+
+@pytest.fixture(scope="module")
+def tracker(training_daemon) -> training_pb2_grpc.TrainingStub:
+    return training_pb2_grpc.TrainingStub(training_daemon.channel())
+
+
+def _error(call) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value
+
+
+def _run(tracker, experiment: str, name: str = "", **params: str) -> S.Run:
+    return tracker.CreateRun(S.CreateRunRequest(experiment=experiment, name=name, params=params))
+
+
+def _log(tracker, run_id: str, key: str, values: list[float], first_step: int = 0) -> int:
+    points = [S.MetricPoint(key=key, value=v, step=first_step + i) for i, v in enumerate(values)]
+    return tracker.LogMetrics(S.LogMetricsRequest(run_id=run_id, points=points)).accepted
+
+
+def test_experiments_are_created_listed_and_counted(tracker) -> None:
+    tracker.CreateExperiment(S.CreateExperimentRequest(name="exp-a", description="first", tags={"team": "x"}))
+    assert _error(lambda: tracker.CreateExperiment(S.CreateExperimentRequest(name="exp-a"))).code() == (
+        grpc.StatusCode.ALREADY_EXISTS
+    )
+    _run(tracker, "exp-a")
+    got = tracker.GetExperiment(S.GetExperimentRequest(name="exp-a"))
+    assert got.description == "first" and got.tags == {"team": "x"} and got.run_count == 1
+    _run(tracker, "exp-b")  # created on first use
+    listed = tracker.ListExperiments(S.ListExperimentsRequest(name_prefix="exp-", page_size=1))
+    assert [e.name for e in listed.experiments] == ["exp-a"] and listed.next_page_token
+    rest = tracker.ListExperiments(
+        S.ListExperimentsRequest(name_prefix="exp-", page_token=listed.next_page_token)
+    )
+    assert [e.name for e in rest.experiments] == ["exp-b"] and not rest.next_page_token
+    missing = _error(lambda: tracker.GetExperiment(S.GetExperimentRequest(name="exp-zz")))
+    assert missing.code() == grpc.StatusCode.NOT_FOUND and "exp-zz" in missing.details()
+    bad = _error(lambda: tracker.CreateExperiment(S.CreateExperimentRequest(name="Bad")))
+    assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT and "name 'Bad'" in bad.details()
+
+
+def test_metrics_summaries_and_history(tracker) -> None:
+    run = _run(tracker, "hist", lr="0.1")
+    assert _log(tracker, run.run_id, "loss", [5.0, 3.0, 4.0, 1.0, 2.0]) == 5
+    requests = [
+        S.LogMetricsRequest(run_id=run.run_id, points=[S.MetricPoint(key="acc", value=i / 10, step=i)])
+        for i in range(10)
+    ]
+    assert tracker.LogMetricsStream(iter(requests)).accepted == 10
+    got = tracker.GetRun(S.GetRunRequest(run_id=run.run_id))
+    loss = next(m for m in got.metrics if m.key == "loss")
+    assert (loss.last, loss.min, loss.max, loss.count, loss.last_step) == (2.0, 1.0, 5.0, 5, 4)
+    history = tracker.GetMetricHistory(S.GetMetricHistoryRequest(run_id=run.run_id, key="loss"))
+    assert [(p.step, p.value) for p in history.points] == [(0, 5.0), (1, 3.0), (2, 4.0), (3, 1.0), (4, 2.0)]
+    assert all(p.time.seconds > 0 for p in history.points)
+    ranged = tracker.GetMetricHistory(
+        S.GetMetricHistoryRequest(run_id=run.run_id, key="loss", start_step=1, end_step=3)
+    )
+    assert [p.step for p in ranged.points] == [1, 2, 3] and ranged.total_points == 3
+
+
+def test_history_downsampling_keeps_first_last_and_extremes(tracker) -> None:
+    run = _run(tracker, "hist")
+    values = [float((i * 37) % 101) for i in range(1000)]
+    values[500], values[777] = -50.0, 500.0
+    _log(tracker, run.run_id, "loss", values)
+    history = tracker.GetMetricHistory(
+        S.GetMetricHistoryRequest(run_id=run.run_id, key="loss", max_points=20)
+    )
+    steps = [p.step for p in history.points]
+    assert history.downsampled and history.total_points == 1000 and len(steps) <= 20
+    assert {0, 999, 500, 777} <= set(steps) and steps == sorted(steps)
+    small = _error(
+        lambda: tracker.GetMetricHistory(
+            S.GetMetricHistoryRequest(run_id=run.run_id, key="loss", max_points=3)
+        )
+    )
+    assert small.code() == grpc.StatusCode.INVALID_ARGUMENT and "max_points" in small.details()
+
+
+def test_bad_metrics_and_params_are_refused(tracker) -> None:
+    run = _run(tracker, "bad", lr="0.1")
+    cases = [
+        ([S.MetricPoint(key="", value=1)], "points[0].key"),
+        ([S.MetricPoint(key="a", value=float("nan"))], "points[0].value: a = nan is not a finite number"),
+        ([S.MetricPoint(key="a", value=1, step=-1)], "points[0].step must be >= 0"),
+    ]
+    for points, words in cases:
+        error = _error(lambda p=points: tracker.LogMetrics(S.LogMetricsRequest(run_id=run.run_id, points=p)))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and words in error.details()
+    missing = _error(lambda: _log(tracker, "run-missing", "a", [1.0]))
+    assert missing.code() == grpc.StatusCode.NOT_FOUND and "run-missing" in missing.details()
+    changed = _error(lambda: tracker.LogParams(S.LogParamsRequest(run_id=run.run_id, params={"lr": "0.2"})))
+    assert (
+        changed.code() == grpc.StatusCode.FAILED_PRECONDITION
+        and "already has lr = '0.1'" in changed.details()
+    )
+    tracker.LogParams(S.LogParamsRequest(run_id=run.run_id, params={"lr": "0.1", "batch": "8"}))
+    assert tracker.GetRun(S.GetRunRequest(run_id=run.run_id)).params == {"lr": "0.1", "batch": "8"}
+    ended = tracker.UpdateRun(
+        S.UpdateRunRequest(run_id=run.run_id, status=S.RUN_STATUS_SUCCEEDED, set_tags={"k": "v"})
+    )
+    assert ended.status == S.RUN_STATUS_SUCCEEDED and ended.end_time.seconds > 0 and ended.tags == {"k": "v"}
+    late = _error(lambda: _log(tracker, run.run_id, "a", [1.0]))
+    assert late.code() == grpc.StatusCode.FAILED_PRECONDITION and "has ended (SUCCEEDED)" in late.details()
+    again = _error(
+        lambda: tracker.UpdateRun(S.UpdateRunRequest(run_id=run.run_id, status=S.RUN_STATUS_FAILED))
+    )
+    assert again.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_list_runs_filters_leaderboard_and_compare(tracker) -> None:
+    runs = []
+    for i, (lr, best) in enumerate([("0.1", 0.5), ("0.01", 0.2), ("0.1", 0.9)]):
+        run = _run(tracker, "board", name=f"r{i}", lr=lr, seed=str(i))
+        _log(tracker, run.run_id, "val_loss", [1.0, best])
+        runs.append(run)
+    tracker.UpdateRun(S.UpdateRunRequest(run_id=runs[2].run_id, status=S.RUN_STATUS_FAILED))
+
+    listed = tracker.ListRuns(S.ListRunsRequest(experiment="board"))
+    assert [r.name for r in listed.runs] == ["r2", "r1", "r0"]  # newest first
+    by_param = tracker.ListRuns(
+        S.ListRunsRequest(experiment="board", params=[S.ParamFilter(key="lr", value="0.1")])
+    )
+    assert [r.name for r in by_param.runs] == ["r2", "r0"]
+    both = tracker.ListRuns(
+        S.ListRunsRequest(
+            experiment="board",
+            statuses=[S.RUN_STATUS_RUNNING],
+            params=[S.ParamFilter(key="lr", value="0.1")],
+            metrics=[
+                S.MetricFilter(key="val_loss", field=S.SUMMARY_FIELD_MIN, op=S.COMPARISON_LT, value=0.6)
+            ],
+        )
+    )
+    assert [r.name for r in both.runs] == ["r0"]
+    page = tracker.ListRuns(S.ListRunsRequest(experiment="board", page_size=2))
+    rest = tracker.ListRuns(
+        S.ListRunsRequest(experiment="board", page_size=2, page_token=page.next_page_token)
+    )
+    assert [r.name for r in page.runs] == ["r2", "r1"] and [r.name for r in rest.runs] == ["r0"]
+    no_op = _error(lambda: tracker.ListRuns(S.ListRunsRequest(metrics=[S.MetricFilter(key="val_loss")])))
+    assert no_op.code() == grpc.StatusCode.INVALID_ARGUMENT and "metrics[0].op" in no_op.details()
+
+    board = tracker.Leaderboard(S.LeaderboardRequest(experiment="board", metric="val_loss", limit=2))
+    assert [(e.rank, e.run.name, e.value) for e in board.entries] == [(1, "r1", 0.2), (2, "r0", 0.5)]
+    worst = tracker.Leaderboard(
+        S.LeaderboardRequest(experiment="board", metric="val_loss", mode=job_spec_pb2.OPTIMIZE_MODE_MAX)
+    )
+    assert [e.run.name for e in worst.entries] == ["r0", "r1", "r2"]  # max of each run: 1.0 ties, stable
+
+    compared = tracker.CompareRuns(S.CompareRunsRequest(run_ids=[runs[0].run_id, runs[1].run_id]))
+    params = {p.key: p for p in compared.params}
+    assert params["lr"].values == ["0.1", "0.01"] and params["lr"].differs
+    assert list(compared.metrics[0].values) == [0.5, 0.2]
+    one = _error(lambda: tracker.CompareRuns(S.CompareRunsRequest(run_ids=[runs[0].run_id])))
+    assert one.code() == grpc.StatusCode.INVALID_ARGUMENT and "two or more" in one.details()
+
+
+def test_out_of_range_point_time_is_invalid(tracker) -> None:
+    run = _run(tracker, "times")
+    point = S.MetricPoint(key="a", value=1.0)
+    point.time.seconds = -62135596801
+    error = _error(lambda: tracker.LogMetrics(S.LogMetricsRequest(run_id=run.run_id, points=[point])))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "points[0].time" in error.details()
+    missing = _error(lambda: tracker.LogMetrics(S.LogMetricsRequest(points=[S.MetricPoint(key="a")])))
+    assert missing.code() == grpc.StatusCode.INVALID_ARGUMENT and "run_id is required" in missing.details()

@@ -1,0 +1,153 @@
+"""Pure training logic: LR schedules, queue order and devices, event fan-out, downsampling, spec checks."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from tesserad.store import Store
+from tesserad.training.events import EventLog
+from tesserad.training.scheduler import DeviceInventory, QueuedJob, pick_runnable
+from tesserad.training.schedules import lr_at
+from tesserad.training.spec import DatasetFacts, DeviceFacts, normalize_spec
+from tesserad.training.tracking import MetricPoint, downsample
+
+
+def test_schedules_are_pure_functions_of_the_step() -> None:
+    constant = {"kind": "constant", "warmup_steps": 4}
+    assert [lr_at(constant, 1.0, s, 10, 5) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    step = {"kind": "step", "warmup_steps": 0, "step_size": 2, "gamma": 0.5}
+    assert [lr_at(step, 1.0, s, 30, 5) for s in (0, 9, 10, 20)] == [1.0, 1.0, 0.5, 0.25]
+    cosine = {"kind": "cosine", "warmup_steps": 0, "min_lr": 0.1}
+    assert lr_at(cosine, 1.0, 0, 11, 1) == 1.0 and lr_at(cosine, 1.0, 10, 11, 1) == pytest.approx(0.1)
+    cycle = {"kind": "one_cycle", "warmup_steps": 0, "max_lr": 1.0, "pct_start": 0.3}
+    curve = [lr_at(cycle, 0.1, s, 100, 10) for s in range(100)]
+    peak = curve.index(max(curve))
+    assert curve[0] == pytest.approx(0.04) and max(curve) == pytest.approx(1.0) and 25 <= peak <= 30
+    assert curve[-1] == pytest.approx(4e-6) and all(math.isfinite(v) for v in curve)
+
+
+def test_queue_runs_priority_then_submission_order_on_free_devices() -> None:
+    inventory = DeviceInventory(cpu_slots=2, gpu_count=2)
+    cpu = {"kind": "cpu", "indices": [], "count": 1}
+    queue = [
+        QueuedJob("job-b", 0, "job-b", cpu),
+        QueuedJob("job-a", 0, "job-a", cpu),
+        QueuedJob("job-c", 5, "job-c", cpu),
+        QueuedJob("job-g2", 0, "job-g2", {"kind": "cuda", "indices": [], "count": 2}),
+        QueuedJob("job-g1", 0, "job-g3", {"kind": "cuda", "indices": [0], "count": 1}),
+    ]
+    started = pick_runnable(queue, inventory)
+    assert [(j.job_id, d) for j, d in started] == [
+        ("job-c", ["cpu:0"]),
+        ("job-a", ["cpu:1"]),
+        ("job-g2", ["cuda:0", "cuda:1"]),
+    ]
+    # The exact-GPU job waits, and blocks later GPU jobs; CPU ones still run when a slot frees.
+    inventory.release(["cpu:1"])
+    rest = [QueuedJob("job-g1", 0, "job-g1", {"kind": "cuda", "indices": [0], "count": 1}), queue[0]]
+    assert [(j.job_id, d) for j, d in pick_runnable(rest, inventory)] == [("job-b", ["cpu:1"])]
+
+
+def test_a_slow_watcher_is_cut_with_the_seq_to_resume_from(tmp_path: Path) -> None:
+    store = Store.open(tmp_path, map_size=1 << 24, tables=["job_events"], group_commit_interval_s=0.001)
+    try:
+        log = EventLog(store, watch_buffer=4)
+        log.open_job("job-1", 0, False)
+        slow, newest = log.subscribe("job-1", lambda: None)
+        fast, _ = log.subscribe("job-1", lambda: None)
+        assert slow is not None and fast is not None and newest == 0
+        received = []
+        for i in range(10):
+            log.append("job-1", 1, "log", {"level": "info", "message": str(i)})
+            store.flush()
+            received += fast.drain()
+        assert [e.seq for e in received] == list(range(1, 11))  # the fast one is unaffected
+        with pytest.raises(ResourceExhausted, match="from_seq=1 to resume"):
+            slow.raise_if_cut(1)
+        assert [e.seq for e in log.read("job-1", 3, 6)] == [3, 4, 5, 6]
+        log.append("job-1", 1, "state", {"state": "succeeded", "reason": "", "devices": []}, ends_job=True)
+        store.flush()
+        assert fast.ended and [e.seq for e in fast.drain()] == [11]
+        assert log.subscribe("job-1", lambda: None) == (None, 11)
+    finally:
+        store.close()
+
+
+def test_downsample_keeps_first_last_and_extremes() -> None:
+    points = [MetricPoint("m", float(v), i) for i, v in enumerate([3, 9, 1, 4, 4, 4, 8, 0, 5, 6, 7, 2])]
+    kept = downsample(points, 6)
+    steps = [p.step for p in kept]
+    assert len(kept) <= 6 and {0, 11, 1, 7} <= set(steps) and steps == sorted(steps)
+
+
+FACTS = DatasetFacts(
+    "d",
+    3,
+    "ab" * 32,
+    {"x": ("float32", (10, 4)), "y": ("int64", (10,)), "r": ("float32", (10, 2))},
+    {"train": 8, "val": 2},
+)
+
+
+def _dataset(name: str, version: int) -> DatasetFacts:
+    if name != "d":
+        raise NotFound(f"dataset {name!r} does not exist")
+    return FACTS
+
+
+def _raw(**changes: object) -> dict:
+    raw = {
+        "architecture": {"family": "mlp", "input_shape": [4], "output_size": 2},
+        "data": {"dataset": {"name": "d"}},
+    }
+    raw.update(changes)
+    return raw
+
+
+def test_spec_defaults_are_applied() -> None:
+    config = normalize_spec(_raw(), _dataset, DeviceFacts(cpu_slots=1, gpu_count=0))
+    assert config["experiment"] == "default" and config["task"] == "classification"
+    assert config["data"] == {
+        "dataset": "d",
+        "version": 3,
+        "train_split": "train",
+        "val_split": "val",
+        "input_array": "x",
+        "target_array": "y",
+    }
+    assert config["optimizer"]["name"] == "adam" and config["optimizer"]["lr"] == 1e-3
+    assert (config["epochs"], config["batch_size"], config["log_every_n_steps"]) == (1, 32, 10)
+    assert config["checkpoints"] == {
+        "every_n_epochs": 1,
+        "keep_last": 2,
+        "keep_best_metric": "",
+        "keep_best_mode": "",
+    }
+    assert config["devices"] == {"kind": "cpu", "indices": [], "count": 1}
+    assert config["early_stopping"]["mode"] == "min" and config["register_as"] is None
+
+
+def test_spec_regression_targets_must_fit_the_output() -> None:
+    devices = DeviceFacts(1, 0)
+    config = normalize_spec(
+        _raw(task="regression", data={"dataset": {"name": "d"}, "target_array": "r"}), _dataset, devices
+    )
+    assert config["loss"] == "mse"
+    arch = {"family": "mlp", "input_shape": [4], "output_size": 3}
+    with pytest.raises(FailedPrecondition, match=r"needs targets shaped \(N, 3\)"):
+        normalize_spec(
+            _raw(task="regression", architecture=arch, data={"dataset": {"name": "d"}, "target_array": "r"}),
+            _dataset,
+            devices,
+        )
+    with pytest.raises(
+        FailedPrecondition, match=re.escape("spec.data.dataset: dataset 'e' does not exist; upload it first")
+    ):
+        normalize_spec(_raw(data={"dataset": {"name": "e"}}), _dataset, devices)
+    with pytest.raises(InvalidArgument, match=re.escape("spec.architecture.mlp.hidden_sizes")):
+        normalize_spec(_raw(architecture={**arch, "hidden_sizes": [0]}), _dataset, devices)
