@@ -13,6 +13,7 @@ from tesserad import __version__
 from tesserad.config import SettingsError, describe_settings, load_settings
 from tesserad.errors import TesseraError
 from tesserad.logs import configure_logging
+from tesserad.tools import tokens
 
 log = logging.getLogger("tesserad")
 
@@ -50,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file")
     for flag, (name, help_text) in SERVE_FLAGS.items():
         serve.add_argument(flag, dest=name.replace(".", "__"), metavar="VALUE", help=help_text)
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow listening on a non-loopback address without tokens or mutual TLS (logs a warning)",
+    )
+    tokens.add_parser(commands)
 
     commands.add_parser(
         "settings",
@@ -69,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "settings":
         _print_settings()
         return 0
+    if args.command == "tokens":
+        return tokens.run(args)
 
     overrides = {name: getattr(args, name.replace(".", "__")) for name, _ in SERVE_FLAGS.values()}
     try:
@@ -81,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tesserad.server import StartupError, serve
 
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, insecure=args.insecure))
     except (StartupError, TesseraError) as exc:
         log.error("tesserad cannot start: %s", exc)
         return 1

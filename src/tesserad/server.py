@@ -12,10 +12,11 @@ import errno
 import logging
 import signal
 import socket
+import sys
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from tessera.v1 import (
     datasets_pb2,
@@ -29,20 +30,53 @@ from tessera.v1 import (
     training_pb2,
     training_pb2_grpc,
 )
+from tesserad.api.auth import AuthInterceptor, AuthSetupError, authentication_enabled, server_credentials
+from tesserad.api.datasets import DatasetsServicer
+from tesserad.api.inference import InferenceServicer
 from tesserad.api.interceptors import CallInterceptor
+from tesserad.api.oip import OipServicer
+from tesserad.api.registry import RegistryServicer
 from tesserad.api.system import SystemServicer
-from tesserad.api.unimplemented import unimplemented_servicer
+from tesserad.api.training import TrainingServicer
 from tesserad.config import Address, Settings, format_size
+from tesserad.datasets import REFERENCE_TABLES as DATASET_REFERENCE_TABLES
+from tesserad.datasets import TABLES as DATASET_TABLES
+from tesserad.datasets import Datasets
+from tesserad.datasets.references import collect_unheld_blobs
 from tesserad.host import Gpus
 from tesserad.metrics import DaemonMetrics, MetricsHttpServer
 from tesserad.oip import grpc_service_pb2, grpc_service_pb2_grpc
+from tesserad.registry import TABLES as REGISTRY_TABLES
+from tesserad.registry import Registry
+from tesserad.runtime_env import worker_environment
+from tesserad.serving.registry_source import build_inference
+from tesserad.serving.service import InferenceService
 from tesserad.store import BlobStore, DataDirLock, Store
 from tesserad.system import SystemService
+from tesserad.training import events as training_events
+from tesserad.training import jobs as training_jobs
+from tesserad.training import sweeps as training_sweeps
+from tesserad.training import tracking as training_tracking
+from tesserad.training.data import DatasetAccess
+from tesserad.training.events import EventLog
+from tesserad.training.jobs import Jobs
+from tesserad.training.registration import JobRegistration
+from tesserad.training.sweeps import Sweeps
+from tesserad.training.tracking import Tracking
 
 log = logging.getLogger(__name__)
 
 # Tables of the LMDB store; each domain package adds its own here as it is built.
-STORE_TABLES: list[str] = ["meta"]
+STORE_TABLES: list[str] = [
+    "meta",
+    *REGISTRY_TABLES,
+    *DATASET_TABLES,
+    *DATASET_REFERENCE_TABLES,
+    *training_tracking.TABLES,
+    *training_events.TABLES,
+    *training_jobs.TABLES,
+    *training_sweeps.TABLES,
+]
 
 # The tessera.v1 services, as (generated module, service name).
 _SERVICES = [
@@ -54,20 +88,6 @@ _SERVICES = [
     (grpc_service_pb2, "GRPCInferenceService"),
 ]
 
-# Contract services not built yet: every RPC answers UNIMPLEMENTED naming the feature.
-_PLACEHOLDERS = [
-    (registry_pb2, registry_pb2_grpc, "Registry", "the model registry (issue #3)"),
-    (datasets_pb2, datasets_pb2_grpc, "Datasets", "dataset storage (issue #3)"),
-    (training_pb2, training_pb2_grpc, "Training", "training and tracking (issue #4)"),
-    (inference_pb2, inference_pb2_grpc, "Inference", "inference serving (issue #8)"),
-    (
-        grpc_service_pb2,
-        grpc_service_pb2_grpc,
-        "GRPCInferenceService",
-        "the Open Inference Protocol (issue #8)",
-    ),
-]
-
 
 class StartupError(Exception):
     """The daemon cannot start; the message says why and what to do."""
@@ -76,8 +96,10 @@ class StartupError(Exception):
 class Daemon:
     """A tesserad instance: `await start()`, serve, `await stop()`."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, insecure: bool = False) -> None:
         self.settings = settings
+        # --insecure: the operator accepts listening beyond loopback without authentication.
+        self.insecure = insecure
         self.port: int = 0
         self.metrics_port: int | None = None
         self.metrics = DaemonMetrics()
@@ -88,6 +110,10 @@ class Daemon:
         self._lock: DataDirLock | None = None
         self._store: Store | None = None
         self._gpus: Gpus | None = None
+        self.registry: Registry | None = None
+        self.datasets: Datasets | None = None
+        self.inference: InferenceService | None = None
+        self.training: Jobs | None = None
         self.service_names = [m.DESCRIPTOR.services_by_name[n].full_name for m, n in _SERVICES]
 
     @property
@@ -116,10 +142,25 @@ class Daemon:
             group_commit_interval_s=settings.store.group_commit_interval_ms / 1000,
         )
         blobs = BlobStore(data_dir / "blobs")
+        collected = await asyncio.to_thread(collect_unheld_blobs, self._store, blobs)
+        if collected:
+            log.info("removed blobs nothing holds", extra={"count": len(collected)})
         self._gpus = Gpus()
 
+        _check_exposure(settings, self.insecure)
+        served = [
+            *(m.DESCRIPTOR.services_by_name[n] for m, n in _SERVICES),
+            health_pb2.DESCRIPTOR.services_by_name["Health"],
+            reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+        ]
+        try:
+            credentials = server_credentials(settings.security)
+            auth = AuthInterceptor(settings.security, settings.limits, settings.max_message_size, served)
+        except AuthSetupError as exc:
+            raise StartupError(str(exc)) from None
         server = grpc.aio.server(
-            interceptors=[CallInterceptor(self.metrics)],
+            # Auth first: a refused call reaches nothing else.
+            interceptors=[auth, CallInterceptor(self.metrics)],
             options=[
                 # gRPC sets SO_REUSEPORT by default, which would let a second daemon silently
                 # share the port; a taken port must be an error.
@@ -131,12 +172,52 @@ class Daemon:
         self._server = server
         system = SystemService(data_dir, self._store, blobs, self._gpus, self.service_names)
         system_pb2_grpc.add_SystemServicer_to_server(SystemServicer(system, self._stopping), server)
-        for pb2, pb2_grpc, name, feature in _PLACEHOLDERS:
-            servicer = unimplemented_servicer(
-                getattr(pb2_grpc, f"{name}Servicer"), pb2.DESCRIPTOR.services_by_name[name], feature
-            )
-            getattr(pb2_grpc, f"add_{name}Servicer_to_server")(servicer, server)
-
+        limits = settings.limits
+        self.datasets = Datasets(
+            self._store, blobs, max_dataset_size=limits.max_dataset_size, quota=limits.dataset_quota
+        )
+        self.registry = Registry(
+            self._store,
+            blobs,
+            max_artifact_size=limits.max_artifact_size,
+            dataset_check=self.datasets.check_lineage,
+        )
+        registry_pb2_grpc.add_RegistryServicer_to_server(
+            RegistryServicer(self.registry, blobs, limits.chunk_size), server
+        )
+        datasets_pb2_grpc.add_DatasetsServicer_to_server(
+            DatasetsServicer(self.datasets, blobs, limits.chunk_size), server
+        )
+        if settings.serving.switch_interval_us:
+            # Shorter GIL slices let the gRPC threads answer while batches run (see config).
+            sys.setswitchinterval(settings.serving.switch_interval_us / 1e6)
+        self.inference = build_inference(self.registry, settings.serving, self.metrics.registry)
+        self.registry.add_listener(self.inference.on_registry_change)
+        inference_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(self.inference), server)
+        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            OipServicer(self.inference, self._stopping), server
+        )
+        events = EventLog(self._store, settings.training.watch_buffer_events)
+        tracking = Tracking(self._store)
+        self.training = Jobs(
+            self._store,
+            blobs,
+            events,
+            tracking,
+            settings.training,
+            gpu_count=len(self._gpus.info()),
+            datasets=DatasetAccess(self.datasets),
+            registration=JobRegistration(self.registry),
+            worker_env=worker_environment(),
+        )
+        # Jobs a previous daemon left unfinished are re-queued (those cut off while RUNNING resume
+        # from their last checkpoint).
+        sweeps = Sweeps(self._store, self.training)
+        await asyncio.to_thread(self.training.start)
+        await asyncio.to_thread(sweeps.start)
+        training_pb2_grpc.add_TrainingServicer_to_server(
+            TrainingServicer(self.training, events, tracking, sweeps), server
+        )
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -148,7 +229,7 @@ class Daemon:
             server,
         )
 
-        self.port = _bind(server, settings.listen)
+        self.port = _bind(server, settings.listen, credentials)
         await server.start()
         for name in ("", *self.service_names):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -170,6 +251,8 @@ class Daemon:
                 else "off",
                 "data_dir": str(data_dir.resolve()),
                 "map_size": format_size(settings.store.map_size),
+                "tls": "mutual" if settings.security.tls_client_ca_file else bool(credentials),
+                "tokens": len(auth.token_holders) if settings.security.tokens_file else "off",
             },
         )
 
@@ -180,6 +263,10 @@ class Daemon:
         self._stopping.set()
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
+        if self.training is not None:
+            # Workers stop first (their jobs stay INTERRUPTED and resume at the next start) and
+            # job watchers end with UNAVAILABLE instead of holding the grace period.
+            await asyncio.to_thread(self.training.close)
         if self._server is not None:
             await self._server.stop(grace)
         await self._close_resources()
@@ -190,6 +277,12 @@ class Daemon:
             await self._server.wait_for_termination()
 
     async def _close_resources(self) -> None:
+        if self.training is not None:
+            await asyncio.to_thread(self.training.close)
+            self.training = None
+        if self.inference is not None:
+            await asyncio.to_thread(self.inference.close)
+            self.inference = None
         if self._metrics_http is not None:
             self._metrics_http.close()
             self._metrics_http = None
@@ -204,13 +297,34 @@ class Daemon:
             self._lock = None
 
 
-def create_server(settings: Settings) -> Daemon:
-    return Daemon(settings)
+def create_server(settings: Settings, insecure: bool = False) -> Daemon:
+    return Daemon(settings, insecure)
 
 
-def _bind(server: grpc.aio.Server, address: Address) -> int:
+def _check_exposure(settings: Settings, insecure: bool) -> None:
+    """Refuse to serve beyond loopback without authentication, unless the operator said --insecure."""
+    if settings.listen.is_loopback or authentication_enabled(settings.security):
+        return
+    if not insecure:
+        raise StartupError(
+            f"refusing to listen on {settings.listen} without authentication: anyone who can reach "
+            "it could delete models and submit training jobs. Set security.tokens_file (make tokens "
+            "with `tesserad tokens add`) or security.tls_client_ca_file, listen on 127.0.0.1, or "
+            "pass --insecure if a network boundary you trust already controls access"
+        )
+    log.warning(
+        "serving without authentication on a non-loopback address (--insecure): every caller "
+        "that can reach it has the admin role",
+        extra={"address": str(settings.listen)},
+    )
+
+
+def _bind(server: grpc.aio.Server, address: Address, credentials: grpc.ServerCredentials | None) -> int:
     try:
-        port = server.add_insecure_port(str(address))
+        if credentials is None:
+            port = server.add_insecure_port(str(address))
+        else:
+            port = server.add_secure_port(str(address), credentials)
     except RuntimeError:
         port = 0
     if (port == 0 and address.port != 0) or port < 0:
@@ -235,9 +349,9 @@ def _why_bind_fails(address: Address) -> str:
     return "gRPC refused the address"
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, insecure: bool = False) -> None:
     """Run until SIGTERM or SIGINT, then drain and stop."""
-    daemon = create_server(settings)
+    daemon = create_server(settings, insecure)
     await daemon.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

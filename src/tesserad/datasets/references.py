@@ -42,6 +42,14 @@ def delete_unheld_blobs(store: Store, blobs: BlobStore, candidates: set[str]) ->
                 blobs.delete(sha256)
 
 
+def collect_unheld_blobs(store: Store, blobs: BlobStore) -> list[str]:
+    """At start, delete blobs no record holds: debris of a crash between a blob's rename and
+    the commit that would have recorded it. Only safe while no upload is in flight."""
+    with store.read() as txn:
+        live = {key[0] for key, _ in txn.scan(BLOB_HOLDERS)}
+    return blobs.collect(live, min_age_s=0)
+
+
 def hold_dataset(txn: WriteTxn, name: str, version: int, holder: str) -> None:
     txn.put(DATASET_HOLDERS, (name, version, holder), b"")
 
