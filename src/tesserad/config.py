@@ -264,16 +264,22 @@ class ServingSettings:
     autoload: bool = setting(
         True, parse_bool, "a request for a version that is not loaded loads it with the defaults below"
     )
-    max_batch_size: int = setting(32, parse_number(int, 1, 65536), "default most rows per batch; 1 turns batching off")
+    max_batch_size: int = setting(
+        32, parse_number(int, 1, 65536), "default most rows per batch; 1 turns batching off"
+    )
     max_queue_delay_us: int = setting(
         0,
         parse_number(int, 0, 10_000_000),
         "default longest a request waits for more rows while the model is idle (0: never delay a lone request)",
     )
     max_queue_size: int = setting(
-        1024, parse_number(int, 1, 1_000_000), "default most queued requests per version; beyond: RESOURCE_EXHAUSTED"
+        1024,
+        parse_number(int, 1, 1_000_000),
+        "default most queued requests per version; beyond: RESOURCE_EXHAUSTED",
     )
-    warmup_runs: int = setting(2, parse_number(int, 0, 1000), "default inference runs on random inputs before traffic")
+    warmup_runs: int = setting(
+        2, parse_number(int, 0, 1000), "default inference runs on random inputs before traffic"
+    )
     intra_op_threads: int = setting(
         0, parse_number(int, 0, 1024), "default onnxruntime threads per instance; 0: one per core"
     )
@@ -283,7 +289,9 @@ class ServingSettings:
         "a lone request to an idle model runs on the gRPC thread when a batch takes at most this long",
     )
     drain_timeout_s: float = setting(
-        30.0, parse_number(float, 0.0, 3600.0), "how long an unloaded or swapped-out version may finish its queue"
+        30.0,
+        parse_number(float, 0.0, 3600.0),
+        "how long an unloaded or swapped-out version may finish its queue",
     )
     switch_interval_us: float = setting(
         500.0,
