@@ -182,7 +182,10 @@ class StoreSettings:
         "second (a power loss may lose the last second, a daemon crash loses nothing)",
     )
     group_commit_interval_ms: float = setting(
-        20.0, parse_number(float, 0.5, 1000.0), "how long hot-path writes (metrics, events) gather per commit"
+        0.0,
+        parse_number(float, 0.0, 1000.0),
+        "extra time hot-path writes (metrics, events) wait for others to join their commit; 0: "
+        "commit at once, and writes that arrive during a commit share the next one",
     )
 
 

@@ -1,9 +1,11 @@
 """The LMDB store: named tables, short transactions, group commit for hot-path writes.
 
 One environment per daemon (the daemon is its only writer). Readers take a snapshot with
-`read()`; `write()` is one atomic transaction; `submit()` queues a small write to be
-committed together with others every `group_commit_interval_s`, so thousands of metric
-points or job events per second cost a handful of fsyncs. Each submitted write runs in
+`read()`; `write()` is one atomic transaction; `submit()` queues a small write for the
+committer thread, which commits everything queued in one transaction: a lone write is
+committed at once, and the writes that arrive while a commit (and its fsync) runs share the
+next one, so thousands of metric points or job events per second cost a handful of fsyncs.
+`group_commit_interval_s` adds a wait for more writes to join, for disks where fsync is cheap. Each submitted write runs in
 its own nested transaction: one that fails is rolled back alone and its caller gets the
 error, the others commit.
 """
@@ -192,7 +194,7 @@ class Store:
         map_size: int,
         durability: str = "full",
         tables: list[str],
-        group_commit_interval_s: float = 0.02,
+        group_commit_interval_s: float = 0.0,
         sync_interval_s: float = 1.0,
         max_readers: int = 256,
     ) -> Store:
@@ -267,7 +269,7 @@ class Store:
                 timeout = self._sync_interval
                 if not self._pending and not self._closing:
                     self._cond.wait(timeout)
-                if self._pending and not self._closing:
+                if self._pending and not self._closing and self._interval > 0:
                     # Let more writes gather, unless the store is closing.
                     self._cond.wait_for(lambda: self._closing, self._interval)
                 batch, self._pending = self._pending, []
