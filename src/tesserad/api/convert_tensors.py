@@ -4,6 +4,7 @@ Inference Protocol's tensors (datatype string, typed contents or raw bytes)."""
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 
 import ml_dtypes
@@ -30,6 +31,9 @@ DTYPE_BY_PROTO: dict[int, np.dtype] = {
     common_pb2.DATA_TYPE_FLOAT64: np.dtype(np.float64),
 }
 PROTO_BY_DTYPE: dict[np.dtype, int] = {dtype: proto for proto, dtype in DTYPE_BY_PROTO.items()}
+# Tensors travel little-endian; on a little-endian host (x86, arm64) the bytes are used as they
+# are, with no byte-order dtype built and no astype/copy per request.
+_NATIVE_IS_WIRE = sys.byteorder == "little"
 
 # Open Inference Protocol datatype names, and which typed-contents field carries each.
 OIP_DTYPES: dict[str, np.dtype] = {
@@ -79,7 +83,9 @@ def _from_bytes(
             f"{where} has {len(data)} bytes of data, but shape {list(shape)} of {dtype_name} needs "
             f"{expected} ({dtype.itemsize} bytes per element, little-endian)"
         )
-    return np.frombuffer(data, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False).reshape(shape)
+    if _NATIVE_IS_WIRE:
+        return np.frombuffer(data, dtype=dtype).reshape(shape)
+    return np.frombuffer(data, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
 
 
 def tensor_to_array(tensor: common_pb2.Tensor) -> np.ndarray:
@@ -103,13 +109,24 @@ def tensors_to_arrays(tensors: Sequence[common_pb2.Tensor]) -> dict[str, np.ndar
 
 
 def _little_endian_bytes(array: np.ndarray) -> bytes:
+    if _NATIVE_IS_WIRE and array.dtype.isnative:
+        return array.tobytes()  # C order, whatever the array's layout
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 
 
 def array_to_tensor(name: str, array: np.ndarray) -> common_pb2.Tensor:
-    return common_pb2.Tensor(
-        name=name, dtype=PROTO_BY_DTYPE[array.dtype], shape=array.shape, data=_little_endian_bytes(array)
-    )
+    tensor = common_pb2.Tensor()
+    fill_tensor(tensor, name, array)
+    return tensor
+
+
+def fill_tensor(tensor: common_pb2.Tensor, name: str, array: np.ndarray) -> None:
+    """Write `array` into `tensor` in place, e.g. one made by a response's `outputs.add()`
+    (building a Tensor and passing it to the response copies it)."""
+    tensor.name = name
+    tensor.dtype = PROTO_BY_DTYPE[array.dtype]
+    tensor.shape.extend(array.shape)
+    tensor.data = _little_endian_bytes(array)
 
 
 def spec_to_proto(spec: TensorSpec) -> common_pb2.TensorSpec:

@@ -21,7 +21,12 @@ import numpy as np
 from tessera.v1 import common_pb2, inference_pb2_grpc
 from tessera.v1 import inference_pb2 as pb
 from tesserad.api.convert_common import timestamp
-from tesserad.api.convert_tensors import array_to_tensor, signature_to_proto, tensors_to_arrays
+from tesserad.api.convert_tensors import (
+    array_to_tensor,
+    fill_tensor,
+    signature_to_proto,
+    tensors_to_arrays,
+)
 from tesserad.api.errors import status_for
 from tesserad.errors import InvalidArgument, TesseraError, Unavailable
 from tesserad.names import validate_name
@@ -296,15 +301,18 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         version, prediction = await predict(
             self._service, target, inputs, request.output_names, deadline, request.request_id
         )
-        return pb.PredictResponse(
+        response = pb.PredictResponse(
             request_id=request.request_id,
             model=target.model,
             version=version,
-            outputs=[array_to_tensor(name, array) for name, array in prediction.outputs.items()],
             queue_time_us=prediction.queue_ns // 1000,
             compute_time_us=prediction.compute_ns // 1000,
             batch_rows=prediction.batch_rows,
         )
+        outputs = response.outputs
+        for name, array in prediction.outputs.items():
+            fill_tensor(outputs.add(), name, array)  # in place: no Tensor built and then copied
+        return response
 
     async def Predict(
         self, request: pb.PredictRequest, context: grpc.aio.ServicerContext

@@ -1,20 +1,30 @@
 """Per-version serving statistics: latency histograms, counters, batch sizes, throughput.
 
-`ServingStats` keeps what GetStats and the Open Inference Protocol's ModelStatistics report;
-`ServingMetrics` mirrors the latencies as Prometheus histograms on the daemon's own registry.
+`ServingStats` keeps what GetStats and the Open Inference Protocol's ModelStatistics report,
+and the cumulative Prometheus series of its version; `ServingMetrics` exports those series on
+the daemon's registry when /metrics is scraped.
+
+Recording is on every request's path (on the event loop for a fast model run inline), so a
+request takes one lock and does plain integer and float updates: prometheus_client's Histogram
+and Counter take a lock per sample and per bucket (3 histograms and a counter per request cost
+~4 us of the ~7 us this recording took; measured on the dev box).
 """
 
 from __future__ import annotations
 
-import contextlib
+import math
 import threading
 import time
+from bisect import bisect_left
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
-from prometheus_client import Counter as PromCounter
-from prometheus_client import Histogram as PromHistogram
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 from tesserad.serving.histogram import LogHistogram, Percentiles
 
@@ -26,43 +36,122 @@ LATENCY_BUCKETS_S = (
     0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
 )  # fmt: skip
 BATCH_ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+STAGES = ("queue", "compute", "total")
 
 
-class ServingMetrics:
-    """The serving metrics on the daemon's registry, labelled by model and version."""
+class _PromHistogram:
+    """A Prometheus histogram's state: a count per bucket (the last one +Inf) and the sum.
+    Not thread-safe: the owning ServingStats holds its lock."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        # Prometheus buckets are inclusive (le): the first bound >= value.
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        buckets: list[tuple[str, float]] = []
+        total = 0
+        for bound, count in zip((*self.bounds, math.inf), self.counts, strict=True):
+            total += count
+            buckets.append((floatToGoString(bound), total))
+        return buckets
+
+
+class _PromSeries:
+    """One version's Prometheus series; cumulative for the life of the version (GetStats's reset
+    does not touch them, as a Prometheus counter never goes down)."""
+
+    __slots__ = ("batch_rows", "created", "errors", "latency", "ok")
+
+    def __init__(self) -> None:
+        self.latency = tuple(_PromHistogram(LATENCY_BUCKETS_S) for _ in STAGES)
+        self.batch_rows = _PromHistogram(tuple(float(b) for b in BATCH_ROW_BUCKETS))
+        self.ok = 0
+        self.errors = 0
+        self.created = time.time()
+
+
+class ServingMetrics(Collector):
+    """The serving metrics on the daemon's registry, labelled by model and version.
+
+    A collector: the series live in each version's ServingStats and are read at scrape time.
+    """
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.latency = PromHistogram(
-            "tessera_inference_latency_seconds",
-            "Per request: time queued, in the model, and in total, per served model version.",
-            ["model", "version", "stage"],
-            buckets=LATENCY_BUCKETS_S,
-            registry=registry,
-        )
-        self.batch_rows = PromHistogram(
-            "tessera_inference_batch_rows",
-            "Rows per batch run by the model.",
-            ["model", "version"],
-            buckets=BATCH_ROW_BUCKETS,
-            registry=registry,
-        )
-        self.requests = PromCounter(
-            "tessera_inference_requests",
-            "Answered inference requests per model version and outcome (ok, error).",
-            ["model", "version", "outcome"],
-            registry=registry,
-        )
+        self._lock = threading.Lock()
+        self._served: dict[tuple[str, str], ServingStats] = {}
+        registry.register(self)
+
+    def track(self, stats: ServingStats) -> None:
+        """Export `stats`'s series (replacing an earlier ServingStats of the same version)."""
+        with self._lock:
+            self._served[stats.label] = stats
 
     def forget(self, model: str, version: int) -> None:
         """Drop an unloaded version's series so /metrics lists only what is served."""
-        for metric, label_sets in (
-            (self.latency, [(model, str(version), s) for s in ("queue", "compute", "total")]),
-            (self.batch_rows, [(model, str(version))]),
-            (self.requests, [(model, str(version), o) for o in ("ok", "error")]),
-        ):
-            for labels in label_sets:
-                with contextlib.suppress(KeyError):  # never observed
-                    metric.remove(*labels)
+        with self._lock:
+            self._served.pop((model, str(version)), None)
+
+    def describe(self) -> list[Metric]:
+        return list(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            served = list(self._served.values())
+        return iter(self._families(served))
+
+    def _families(self, served: list[ServingStats] | None = None) -> list[Metric]:
+        latency = HistogramMetricFamily(
+            "tessera_inference_latency_seconds",
+            "Per request: time queued, in the model, and in total, per served model version.",
+            labels=["model", "version", "stage"],
+        )
+        batch_rows = HistogramMetricFamily(
+            "tessera_inference_batch_rows",
+            "Rows per batch run by the model.",
+            labels=["model", "version"],
+        )
+        requests = CounterMetricFamily(
+            "tessera_inference_requests",
+            "Answered inference requests per model version and outcome (ok, error).",
+            labels=["model", "version", "outcome"],
+        )
+        for stats in served or ():
+            model, version = stats.label
+            with stats.lock:
+                series = stats.prometheus
+                stages = [
+                    (stage, h.cumulative(), h.sum) for stage, h in zip(STAGES, series.latency, strict=True)
+                ]
+                rows = (series.batch_rows.cumulative(), series.batch_rows.sum)
+                ok, errors, created = series.ok, series.errors, series.created
+            for stage, buckets, total in stages:
+                _add_histogram(
+                    latency, {"model": model, "version": version, "stage": stage}, buckets, total, created
+                )
+            _add_histogram(batch_rows, {"model": model, "version": version}, rows[0], rows[1], created)
+            requests.add_metric([model, version, "ok"], ok, created=created)
+            requests.add_metric([model, version, "error"], errors, created=created)
+        return [latency, batch_rows, requests]
+
+
+def _add_histogram(
+    family: HistogramMetricFamily,
+    labels: dict[str, str],
+    buckets: list[tuple[str, float]],
+    total: float,
+    created: float,
+) -> None:
+    """One labelled histogram, with the `_created` sample prometheus_client's Histogram exports."""
+    family.add_metric(list(labels.values()), buckets, total)
+    family.samples.append(Sample(f"{family.name}_created", labels, created))
 
 
 @dataclass(frozen=True)
@@ -113,22 +202,16 @@ class _Window:
 
 
 class ServingStats:
-    """Thread-safe: recorded from batcher threads and the event loop, read by GetStats."""
+    """Thread-safe: recorded from batcher threads and the event loop, read by GetStats and by
+    ServingMetrics at scrape time."""
 
     def __init__(self, model: str, version: int, metrics: ServingMetrics | None) -> None:
-        self._lock = threading.Lock()
-        self._label = (model, str(version))
-        self._metrics = metrics
-        if metrics is not None:
-            # Label lookups take a lock and build a tuple each time: done once, not per request.
-            model, version = self._label
-            self._observe_queue = metrics.latency.labels(model, version, "queue").observe
-            self._observe_compute = metrics.latency.labels(model, version, "compute").observe
-            self._observe_total = metrics.latency.labels(model, version, "total").observe
-            self._count_ok = metrics.requests.labels(model, version, "ok").inc
-            self._count_error = metrics.requests.labels(model, version, "error").inc
-            self._observe_batch = metrics.batch_rows.labels(model, version).observe
+        self.lock = threading.Lock()
+        self.label = (model, str(version))
+        self.prometheus = _PromSeries()
         self._reset()
+        if metrics is not None:
+            metrics.track(self)
 
     def _reset(self) -> None:
         self._queue = LogHistogram()
@@ -150,7 +233,12 @@ class ServingStats:
         self._last_inference_ms = 0
 
     def record_success(self, queue_ns: int, compute_ns: int, total_ns: int, rows: int, shadow: bool) -> None:
-        with self._lock:
+        now_s = int(time.monotonic())
+        # Wall clock: Triton reports the last inference as milliseconds since the epoch.
+        wall_ms = int(time.time() * 1000)
+        series = self.prometheus
+        queue_hist, compute_hist, total_hist = series.latency
+        with self.lock:
             self._queue.record(queue_ns / 1000)
             self._compute.record(compute_ns / 1000)
             self._total.record(total_ns / 1000)
@@ -160,34 +248,31 @@ class ServingStats:
             self._success_ns += total_ns
             self._queue_ns += queue_ns
             self._compute_ns += compute_ns
-            self._window.add(int(time.monotonic()))
-            # Wall clock: Triton reports the last inference as milliseconds since the epoch.
-            self._last_inference_ms = int(time.time() * 1000)
-        if self._metrics is not None:
-            self._observe_queue(queue_ns / 1e9)
-            self._observe_compute(compute_ns / 1e9)
-            self._observe_total(total_ns / 1e9)
-            self._count_ok()
+            self._window.add(now_s)
+            self._last_inference_ms = wall_ms
+            queue_hist.observe(queue_ns / 1e9)
+            compute_hist.observe(compute_ns / 1e9)
+            total_hist.observe(total_ns / 1e9)
+            series.ok += 1
 
     def record_failure(self, total_ns: int, shadow: bool) -> None:
-        with self._lock:
+        now_s = int(time.monotonic())
+        with self.lock:
             self._requests += 1
             self._errors += 1
             self._shadows += shadow
             self._fail_ns += total_ns
-            self._window.add(int(time.monotonic()))
-        if self._metrics is not None:
-            self._count_error()
+            self._window.add(now_s)
+            self.prometheus.errors += 1
 
     def record_batch(self, rows: int, compute_ns: int) -> None:
-        with self._lock:
+        with self.lock:
             self._batches[rows] += 1
             self._batch_compute_ns[rows] += compute_ns
-        if self._metrics is not None:
-            self._observe_batch(rows)
+            self.prometheus.batch_rows.observe(rows)
 
     def snapshot(self, reset: bool = False) -> StatsSnapshot:
-        with self._lock:
+        with self.lock:
             snapshot = StatsSnapshot(
                 request_count=self._requests,
                 error_count=self._errors,
