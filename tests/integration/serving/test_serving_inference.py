@@ -168,12 +168,14 @@ def _batch_rows(inference) -> set[int]:
 
 def test_deadline_passing_in_the_queue_is_deadline_exceeded_and_never_run(inference, channel) -> None:
     load_slow(inference, channel, max_batch_size=2048)
-    blocker = inference.Predict.future(predict_request("slow", slow_input(2048)))
-    time.sleep(0.05)
+    # Four full batches ahead keep the model busy far past the deadline, even on an idle box.
+    blockers = [inference.Predict.future(predict_request("slow", slow_input(2048))) for _ in range(4)]
+    time.sleep(0.02)
     with pytest.raises(grpc.RpcError) as raised:
         inference.Predict(predict_request("slow", slow_input(7)), timeout=0.02)
     assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    blocker.result(60)
+    for blocker in blockers:
+        blocker.result(60)
     inference.Predict(predict_request("slow", slow_input(1)))
     assert 7 not in _batch_rows(inference)
     assert 2055 not in _batch_rows(inference)
