@@ -24,10 +24,13 @@ produced (40x slower in onnxruntime).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import math
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -298,6 +301,19 @@ def _lowered(model: nn.Module, mode: str) -> nn.Module:
 # --------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _quiet_exporter_registry() -> Iterator[None]:
+    """The exporter logs a warning per torchvision op it cannot register when torchvision is
+    absent (it always is here); in a daemon's log that is noise about ops no model uses."""
+    registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry_log.level
+    registry_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        registry_log.setLevel(level)
+
+
 def export_onnx(
     model: nn.Module,
     spec: ArchitectureSpec,
@@ -324,7 +340,7 @@ def export_onnx(
     lowered = _lowered(model, mode)
     example = torch.randn(2, *spec.input_shape)
     batch = torch.export.Dim("batch", min=1)
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), _quiet_exporter_registry():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             lowered,
