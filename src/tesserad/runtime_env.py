@@ -13,9 +13,12 @@ a fresh input each step, glibc 2.36, 2 cores). Fault counts are the same in ever
 - forward: 20,482 -> 43-553 minor faults per step;
 - forward + backward: 28,675 -> 1,081 minor faults per step.
 
-Time follows the faults on an idle machine (best step 58 -> 46 ms forward, 1.26x;
-107 -> 92 ms forward+backward, 1.16x); on the shared bench machine, with other jobs
-running, the step times varied more between runs than between settings.
+Time is less clear than faults. One idle run gave best steps 58 -> 46 ms forward (1.26x) and
+107 -> 92 ms forward+backward (1.16x); a later near-idle full run measured this very setting
+twice, as its "hugetlb" row (1.42x / 1.65x) and its "worker_environment()" row (0.89x / 1.03x),
+so on 2 cores the step times vary more between runs than between settings. A training job's
+throughput through the daemon showed no measurable difference with or without it. It stays
+because the fault reduction is certain and no run showed it costing time beyond that noise.
 
 Raising ``mmap_threshold``/``trim_threshold`` alone changed nothing (the large tensors stay
 above the 32 MiB ceiling of the mmap threshold) and added no gain on top of hugetlb;
