@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
 
 import tessera
 import tessera.aio
+from tessera.v1 import registry_pb2, training_pb2
 
 
 def small_spec(dataset: str, **overrides):
@@ -139,3 +141,77 @@ def test_aio_submit_watch_and_wait(daemon, client, table):
     assert job.state == tessera.JobState.SUCCEEDED
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     assert job.id in listed
+
+
+def _sweep_spec(table: str) -> dict:
+    return {
+        "base": small_spec(table, epochs=1, register_as={}),
+        "strategy": "SWEEP_STRATEGY_GRID",
+        "parameters": [{"path": "optimizer.lr", "values": {"values": ["0.001", "0.05"]}}],
+        "max_concurrent": 2,
+        "metric": "val_loss",
+    }
+
+
+def _until_ended(get, sweep_id: str, timeout_s: float = 120):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        sweep = get(sweep_id)
+        if sweep.state != training_pb2.SWEEP_STATE_RUNNING or time.monotonic() > deadline:
+            return sweep
+        time.sleep(0.2)
+
+
+def test_sweeps_submit_get_list_and_cancel(client, table):
+    sweep = client.training.submit_sweep(_sweep_spec(table))
+    assert sweep.sweep_id and len(sweep.trials) == 2
+    done = _until_ended(client.training.sweep, sweep.sweep_id)
+    assert done.state == training_pb2.SWEEP_STATE_SUCCEEDED
+    assert sorted(t.params["optimizer.lr"] for t in done.trials) == ["0.001", "0.05"]
+    assert done.best_job_id in {t.job_id for t in done.trials}
+    assert sweep.sweep_id in [s.sweep_id for s in client.training.sweeps()]
+    with pytest.raises(tessera.FailedPrecondition):
+        client.training.cancel_sweep(sweep.sweep_id)
+    with pytest.raises(tessera.NotFound):
+        client.training.sweep("no-such-sweep")
+    with pytest.raises(tessera.InvalidArgument, match=r"optimizer\.nope"):
+        client.training.submit_sweep(
+            {**_sweep_spec(table), "parameters": [{"path": "optimizer.nope", "values": {"values": ["1"]}}]}
+        )
+
+
+def test_aio_sweeps(daemon, client, table):
+    async def scenario():
+        async with tessera.aio.Client(daemon.target) as aio_client:
+            sweep = await aio_client.training.submit_sweep(_sweep_spec(table))
+            cancelled = await aio_client.training.cancel_sweep(sweep.sweep_id)
+            fetched = await aio_client.training.sweep(sweep.sweep_id)
+            listed = [s.sweep_id async for s in aio_client.training.sweeps()]
+            return sweep, cancelled, fetched, listed
+
+    sweep, cancelled, fetched, listed = asyncio.run(scenario())
+    assert cancelled.state == training_pb2.SWEEP_STATE_CANCELLED
+    assert fetched.state == training_pb2.SWEEP_STATE_CANCELLED
+    assert sweep.sweep_id in listed
+
+
+def test_export_onnx_of_a_trained_version_sync_and_aio(daemon, client, table):
+    job = client.training.submit(small_spec(table)).wait()
+    trained = job.registered.version
+    exported = client.models.export_onnx("tiny", trained)
+    assert exported.version.format == registry_pb2.ARTIFACT_FORMAT_ONNX
+    assert exported.version.lineage.parent_version == trained
+    assert exported.max_abs_error < 1e-4
+    with pytest.raises(tessera.FailedPrecondition, match="onnx"):
+        client.models.export_onnx("tiny", exported.version.version)
+
+    async def scenario():
+        async with tessera.aio.Client(daemon.target) as aio_client:
+            return await aio_client.models.export_onnx("tiny", trained, conv4d="decomposed")
+
+    again = asyncio.run(scenario())
+    assert again.version.version == exported.version.version + 1
+    prediction = client.inference.predict(
+        "tiny", {"input": np.ones((3, 4), np.float32)}, version=again.version.version
+    )
+    assert prediction["output"].shape == (3, 2)
