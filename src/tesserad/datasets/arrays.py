@@ -18,25 +18,11 @@ from typing import IO, Any
 
 import numpy as np
 
+from tesserad.dtypes import TENSOR_DTYPES
 from tesserad.errors import InvalidArgument
 
 # numpy dtype names a dataset array may have (tessera.v1.DataType, without bfloat16, which numpy lacks).
-ARRAY_DTYPES = frozenset(
-    {
-        "bool",
-        "uint8",
-        "int8",
-        "uint16",
-        "int16",
-        "uint32",
-        "int32",
-        "uint64",
-        "int64",
-        "float16",
-        "float32",
-        "float64",
-    }
-)
+ARRAY_DTYPES = frozenset(TENSOR_DTYPES) - {"bfloat16"}
 MAX_CLASSES = 1000
 # Statistics read this many elements at a time, so a large memory-mapped array is never
 # pulled into memory whole.

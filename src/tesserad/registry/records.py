@@ -10,23 +10,6 @@ from tesserad.store import decode_record, encode_record
 ArtifactFormat = Literal["safetensors", "onnx"]
 ARTIFACT_FORMATS: tuple[str, ...] = ("safetensors", "onnx")
 
-# numpy names of the element types a signature may use (tessera.v1.DataType).
-DTYPES: tuple[str, ...] = (
-    "bool",
-    "uint8",
-    "int8",
-    "uint16",
-    "int16",
-    "uint32",
-    "int32",
-    "uint64",
-    "int64",
-    "float16",
-    "bfloat16",
-    "float32",
-    "float64",
-)
-
 
 @dataclass(frozen=True)
 class TensorSpec:

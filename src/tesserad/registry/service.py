@@ -29,6 +29,7 @@ from tesserad.datasets.references import (
     release_blob,
     release_dataset,
 )
+from tesserad.dtypes import TENSOR_DTYPES
 from tesserad.errors import (
     AlreadyExists,
     DataLoss,
@@ -49,7 +50,6 @@ from tesserad.registry.records import (
     ALIAS_EVENT_KIND,
     ALIAS_KIND,
     ARTIFACT_FORMATS,
-    DTYPES,
     MODEL_KIND,
     SCHEMA,
     AliasEvent,
@@ -129,9 +129,9 @@ def validate_signature(signature: Signature, *, required: bool) -> None:
             if spec.name in seen:
                 raise InvalidArgument(f"{where}.name {spec.name!r} appears twice in signature.{kind}")
             seen.add(spec.name)
-            if spec.dtype not in DTYPES:
+            if spec.dtype not in TENSOR_DTYPES:
                 raise InvalidArgument(
-                    f"{where} ({spec.name!r}).dtype is required; one of {', '.join(DTYPES)}"
+                    f"{where} ({spec.name!r}).dtype is required; one of {', '.join(TENSOR_DTYPES)}"
                 )
             bad = [d for d in spec.shape if d != -1 and d < 1]
             if bad:

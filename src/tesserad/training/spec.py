@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from tesserad.dtypes import INTEGER_DTYPES
 from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, TesseraError
 from tesserad.names import RESERVED_ALIASES, validate_name
 from tesserad.nn import spec_from_dict
@@ -20,7 +21,6 @@ from tesserad.nn import spec_from_dict
 OPTIMIZERS = ("sgd", "adam", "adamw")
 REGRESSION_LOSSES = ("mse", "l1", "huber")
 FAMILIES = ("mlp", "cnn2d", "cnn4d", "lstm", "transformer")
-INTEGER_DTYPES = frozenset({"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"})
 
 
 @dataclass(frozen=True)
