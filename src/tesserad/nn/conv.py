@@ -388,6 +388,16 @@ def _exporting() -> bool:
 # Module
 
 
+def _torch_conv_init(weight: Tensor, bias: Tensor | None, kernel_size: tuple[int, ...]) -> None:
+    """torch's conv initialisation: kaiming-uniform weights, bias uniform in +-1/sqrt(fan_in),
+    with fan_in = weight dim 1 times the kernel volume (for transposed convs too, as torch does)."""
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+    if bias is not None:
+        fan_in = weight.shape[1] * math.prod(kernel_size)
+        bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+        nn.init.uniform_(bias, -bound, bound)
+
+
 class Conv4d(nn.Module):
     """4-D convolution layer on (N, C, T, D, H, W), the API of torch.nn.Conv3d with one more dim.
 
@@ -442,12 +452,8 @@ class Conv4d(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """torch's ConvNd initialisation: kaiming-uniform weights, bias uniform in +-1/sqrt(fan_in)."""
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            fan_in = self.weight.shape[1] * math.prod(self.kernel_size)
-            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-            nn.init.uniform_(self.bias, -bound, bound)
+        """torch's ConvNd initialisation."""
+        _torch_conv_init(self.weight, self.bias, self.kernel_size)
 
     def forward(self, x: Tensor) -> Tensor:
         return conv4d(
@@ -570,12 +576,8 @@ class ConvTranspose4d(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """torch's ConvTransposeNd initialisation (fan_in taken from weight dim 1, as torch does)."""
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            fan_in = self.weight.shape[1] * math.prod(self.kernel_size)
-            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-            nn.init.uniform_(self.bias, -bound, bound)
+        """torch's ConvTransposeNd initialisation (fan_in from weight dim 1, as torch does)."""
+        _torch_conv_init(self.weight, self.bias, self.kernel_size)
 
     def forward(self, x: Tensor) -> Tensor:
         return conv_transpose4d(
