@@ -84,6 +84,14 @@ def parse_size(raw: Any) -> int:
     return value
 
 
+def parse_message_size(raw: Any) -> int:
+    """A gRPC message size: at least 256 B, at most 2 GiB - 1 (gRPC's ceiling)."""
+    value = parse_size(raw)
+    if not 256 <= value <= 2**31 - 1:
+        raise ValueError("expected a size from 256B to 2GiB - 1 byte (gRPC's largest message)")
+    return value
+
+
 def format_size(n: int) -> str:
     """The largest binary unit that keeps the number readable: 17179869184 -> "16 GiB"."""
     for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
@@ -325,7 +333,9 @@ class Settings:
         "on SIGTERM, how long in-flight calls may run before they are cancelled",
     )
     max_message_size: int = setting(
-        64 * 2**20, parse_size, "largest gRPC message accepted or sent (stream artifacts in chunks)"
+        64 * 2**20,
+        parse_message_size,
+        "largest gRPC message accepted or sent (stream artifacts in chunks)",
     )
     store: StoreSettings = field(default_factory=StoreSettings)
     serving: ServingSettings = field(default_factory=ServingSettings)

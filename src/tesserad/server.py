@@ -78,6 +78,9 @@ STORE_TABLES: list[str] = [
     *training_sweeps.TABLES,
 ]
 
+# The largest message gRPC can carry (its length prefix is read as a signed 32-bit int).
+GRPC_MESSAGE_SIZE_CEILING = 2**31 - 1
+
 # The tessera.v1 services, as (generated module, service name).
 _SERVICES = [
     (system_pb2, "System"),
@@ -185,7 +188,9 @@ class Daemon:
                 # gRPC sets SO_REUSEPORT by default, which would let a second daemon silently
                 # share the port; a taken port must be an error.
                 ("grpc.so_reuseport", 0),
-                ("grpc.max_receive_message_length", settings.max_message_size),
+                # gRPC's ceiling: AuthInterceptor checks max_message_size itself and names the
+                # setting; gRPC's own check would answer first with a message that does not.
+                ("grpc.max_receive_message_length", GRPC_MESSAGE_SIZE_CEILING),
                 ("grpc.max_send_message_length", settings.max_message_size),
             ],
         )

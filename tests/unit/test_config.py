@@ -54,6 +54,8 @@ def test_sizes(raw, expected):
         ({"TESSERA_LOG_FORMAT": "xml"}, ["log_format", "expected one of console, json"]),
         ({"TESSERA_GRACE_PERIOD_S": "-1"}, ["grace_period_s", "0.0..3600.0"]),
         ({"TESSERA_STORE_DURABILITY": "maybe"}, ["store.durability", "full, relaxed"]),
+        ({"TESSERA_MAX_MESSAGE_SIZE": "4GiB"}, ["max_message_size", "2GiB - 1 byte"]),
+        ({"TESSERA_MAX_MESSAGE_SIZE": "10"}, ["max_message_size", "from 256B"]),
     ],
 )
 def test_bad_values_name_the_setting_and_source(env, fragments):

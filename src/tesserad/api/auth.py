@@ -9,7 +9,9 @@
   naming the setting);
 - decoding: it takes over (de)serialisation, so a request that is not a valid protobuf
   message is INVALID_ARGUMENT (gRPC itself would answer UNKNOWN and leak the parser's
-  exception), and a response over `max_message_size` is RESOURCE_EXHAUSTED naming it.
+  exception), and a request or response over `max_message_size` is RESOURCE_EXHAUSTED naming
+  it (gRPC's own receive limit is set to its ceiling, so its size check, whose message names
+  no setting, never runs first; a refused caller's request is never read at all).
 
 Servicers read the caller with `caller(context)`, e.g. for audit logs.
 """
@@ -245,6 +247,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 gate.leave()
 
         def decode(raw: bytes) -> Any:
+            if len(raw) > max_size:
+                raise ResourceExhausted(
+                    f"the request to {rpc} is {format_size(len(raw))}, over max_message_size = "
+                    f"{format_size(max_size)}; send large data in chunks (the SDK's upload calls do), "
+                    "or ask the operator to raise max_message_size (env TESSERA_MAX_MESSAGE_SIZE)"
+                )
             if deserialize is None:
                 return raw
             try:
@@ -288,6 +296,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                         request = decode(raw)
                     except InvalidArgument as exc:
                         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
+                    except ResourceExhausted as exc:
+                        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message)
                     response = await inner_uu(request, context)
                     try:
                         return encode(response)
@@ -330,6 +340,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                         request = decode(raw)
                     except InvalidArgument as exc:
                         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
+                    except ResourceExhausted as exc:
+                        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message)
                     async for item in inner_us(request, context):
                         try:
                             data = encode(item)

@@ -1,4 +1,4 @@
-"""Each limit answers RESOURCE_EXHAUSTED naming it: calls and streams in flight, message size."""
+"""Each limit answers RESOURCE_EXHAUSTED naming it: calls and streams in flight, message sizes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tessera.v1 import system_pb2, system_pb2_grpc
+from tessera.v1 import system_pb2, system_pb2_grpc, training_pb2, training_pb2_grpc
 
 INFO = "/tessera.v1.System/GetServerInfo"
 
@@ -73,9 +73,44 @@ def test_a_response_over_max_message_size_is_refused_naming_it(start_daemon):
     assert "TESSERA_MAX_MESSAGE_SIZE" in message
 
 
-def test_a_request_over_max_message_size_is_refused_by_grpc_with_the_sizes(start_daemon):
-    """gRPC rejects it before any tesserad code runs; its message gives both sizes, not the setting name."""
+def oversized_points(run_id: str, count: int) -> training_pb2.LogMetricsRequest:
+    return training_pb2.LogMetricsRequest(
+        run_id=run_id,
+        points=[training_pb2.MetricPoint(key="big", value=float(i), step=i) for i in range(count)],
+    )
+
+
+def test_a_request_over_max_message_size_is_refused_naming_it_and_changes_nothing(start_daemon):
     daemon = start_daemon(max_message_size="1KiB")
-    payload = b"\x0a\xa0\x1f" + b"x" * 4000  # one length-delimited field of 4000 bytes
-    message = exhausted(lambda: daemon.channel().unary_unary(INFO)(payload, timeout=10))
-    assert "larger than max" in message and "1024" in message
+    training = training_pb2_grpc.TrainingStub(daemon.channel())
+    training.CreateExperiment(training_pb2.CreateExperimentRequest(name="limits"), timeout=10)
+    run = training.CreateRun(training_pb2.CreateRunRequest(experiment="limits"), timeout=10)
+    request = oversized_points(run.run_id, 200)
+    assert request.ByteSize() > 1024
+
+    message = exhausted(lambda: training.LogMetrics(request, timeout=10))
+    assert "the request to tessera.v1.Training/LogMetrics is" in message
+    assert "over max_message_size = 1 KiB" in message and "TESSERA_MAX_MESSAGE_SIZE" in message
+
+    # One oversized message in a client stream ends the stream the same way.
+    small = training_pb2.LogMetricsRequest(
+        run_id=run.run_id, points=[training_pb2.MetricPoint(key="small", value=1.0, step=1)]
+    )
+    message = exhausted(lambda: training.LogMetricsStream(iter([small, request]), timeout=10))
+    assert "the request to tessera.v1.Training/LogMetricsStream is" in message
+    assert "max_message_size" in message
+
+    history = training.GetMetricHistory(
+        training_pb2.GetMetricHistoryRequest(run_id=run.run_id, key="big"), timeout=10
+    )
+    assert history.total_points == 0
+    # The daemon is unharmed and requests under the limit still pass.
+    assert training.LogMetrics(oversized_points(run.run_id, 3), timeout=10).accepted == 3
+
+
+def test_requests_of_callers_turned_away_are_never_read_whatever_their_size(start_daemon, tokens):
+    daemon = start_daemon(max_message_size="1KiB", **{"security.tokens_file": str(tokens.file)})
+    training = training_pb2_grpc.TrainingStub(daemon.channel())
+    with pytest.raises(grpc.RpcError) as err:
+        training.LogMetrics(oversized_points("r", 200), timeout=10)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
