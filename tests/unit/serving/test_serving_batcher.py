@@ -66,6 +66,34 @@ def test_batches_hold_at_most_max_batch_size_rows() -> None:
     batcher.close(5)
 
 
+def test_idle_instances_share_the_queue_instead_of_one_taking_it_all() -> None:
+    runtimes = [GatedRuntime(), GatedRuntime()]
+    batcher = DynamicBatcher(
+        "model 'm' version 1",
+        runtimes,
+        ServingStats("m", 1, None),
+        max_batch_size=8,
+        max_queue_delay_us=0,
+        max_queue_size=16,
+        batchable=True,
+        inline_max_compute_us=0.0,
+        initial_compute_us=1000.0,
+        output_names=["y"],
+    )
+    # Held submissions queue without waking a worker; release() starts them together.
+    futures = [batcher.submit(rows(1), ["y"], 1, hold=True) for _ in range(6)]
+    batcher.release()
+    for runtime in runtimes:
+        assert runtime.started.acquire(timeout=10)
+    # One instance taking all six would leave the other idle: each took its half.
+    assert runtimes[0].batches == [3] and runtimes[1].batches == [3]
+    for runtime in runtimes:
+        runtime.gate.set()
+    for future in futures:
+        assert future.result(10).batch_rows == 3
+    batcher.close(5)
+
+
 def test_bad_request_in_a_batch_fails_alone() -> None:
     runtime = GatedRuntime()
     batcher = make_batcher(runtime)
