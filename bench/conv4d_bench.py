@@ -4,10 +4,13 @@
     .venv/bin/python bench/conv4d_bench.py --onnx-only   # refresh only that section of the JSON
 
 For each shape A-E of issue 7, forward and forward+backward: every formulation in
-``tesserad.nn.conv.ALGORITHMS``, the 'auto' choice and an im2col + GEMM baseline (skipped
+``tesserad.nn.conv.ALGORITHMS``, the 'auto' choice (heuristic), the choice of measured
+selection (``set_benchmark(True)``, 'auto_measured') and an im2col + GEMM baseline (skipped
 where its column matrix would pass 2 GB), each as ms, GFLOP/s, peak memory above the
 baseline and ratios to the naive loop and to auto; beside a torch.mm of the same FLOP count
-so fractions of the machine's GEMM rate are visible. Writes bench/results/conv4d_<device>.json.
+so fractions of the machine's GEMM rate are visible. The formulations of a row are timed in
+turns (minimum of 5 rounds), so load from other processes hits all of them alike. Writes
+bench/results/conv4d_<device>.json.
 """
 
 from __future__ import annotations
@@ -31,7 +34,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tesserad.nn.conv import ALGORITHMS, conv4d, heuristic_algorithm
+from tesserad.nn.conv import (
+    ALGORITHMS,
+    benchmark,
+    benchmark_cache,
+    clear_benchmark_cache,
+    conv4d,
+    heuristic_algorithm,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 IM2COL_LIMIT_BYTES = 2 << 30
@@ -96,31 +106,19 @@ class PeakRss:
         self.peak = max(self.peak, self.process.memory_info().rss)
 
 
-def timed(fn: Callable[[], object], device: torch.device, reps: int) -> tuple[float, float, float]:
-    """(min ms, median ms over ``reps`` after one warm-up, peak MiB above the start).
-
-    Ratios use the minimum: the machine is shared, and other load only ever adds time.
-    """
+def peak_mib(fn: Callable[[], object], device: torch.device) -> float:
+    """Peak memory of one call above the level before it, in MiB (after one warm-up call)."""
     fn()
     sync(device)
-    times = []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
-        for _ in range(reps):
-            start = time.perf_counter_ns()
-            fn()
-            sync(device)
-            times.append((time.perf_counter_ns() - start) / 1e6)
-        peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    else:
-        with PeakRss() as rss:
-            for _ in range(reps):
-                start = time.perf_counter_ns()
-                fn()
-                times.append((time.perf_counter_ns() - start) / 1e6)
-        peak = (rss.peak - rss.base) / 2**20
-    return min(times), statistics.median(times), peak
+        fn()
+        sync(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    with PeakRss() as rss:
+        fn()
+    return (rss.peak - rss.base) / 2**20
 
 
 def im2col_conv4d(x: torch.Tensor, w: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
@@ -153,7 +151,7 @@ def gemm_gflops(flops: float, device: torch.device, reps: int) -> float:
     n = max(256, round((flops / 2) ** (1 / 3)))
     a = torch.randn(n, n, device=device)
     b = torch.randn(n, n, device=device)
-    ms, _, _ = timed(lambda: torch.mm(a, b), device, max(reps, 3))
+    ms, _ = interleaved({"mm": lambda: torch.mm(a, b)}, max(reps, 3), device)["mm"]
     return 2 * n**3 / (ms / 1e3) / 1e9
 
 
@@ -181,24 +179,23 @@ def bench_shapes(device: torch.device, reps: int, shapes: tuple[Shape, ...]) -> 
         for mode in ("fwd", "fwd+bwd"):
             backward = mode == "fwd+bwd"
             flops = shape.fwd_flops() * (3 if backward else 1)
-            auto = heuristic_algorithm(shape.kernel, shape.stride, backward)
+            auto = heuristic_algorithm(shape.kernel, shape.stride, backward, shape.c_in, shape.n)
             col_bytes = 4 * shape.n * shape.c_in * shape.kernel**4 * math.prod(shape.out_size())
             results: dict[str, dict] = {}
+            runners: dict[str, Callable[[], object]] = {}
             for algo in (*ALGORITHMS, "im2col"):
                 if algo == "im2col" and col_bytes * (3 if backward else 1) > IM2COL_LIMIT_BYTES:
                     results[algo] = {"skipped": f"column matrix {col_bytes / 2**30:.1f} GiB > 2 GiB"}
                     continue
-
-                run = functools.partial(step, algo, backward, shape, x, w, b)
-                ms, median, peak = timed(run, device, reps)
-                results[algo] = {
-                    "ms": ms,
-                    "median_ms": median,
-                    "gflops": flops / (ms / 1e3) / 1e9,
-                    "peak_mib": peak,
-                }
+                runners[algo] = functools.partial(step, algo, backward, shape, x, w, b)
+                results[algo] = {"peak_mib": peak_mib(runners[algo], device)}
+            # Every formulation in turns, so load from other processes hits all of them alike.
+            for algo, (ms, median) in interleaved(runners, reps, device).items():
+                results[algo].update({"ms": ms, "median_ms": median, "gflops": flops / (ms / 1e3) / 1e9})
+            measured = measured_choice(shape, backward, x, w, b)
             # 'auto' runs exactly the formulation it picks; timing it again would only add noise.
             results["auto"] = {**results[auto], "algorithm": auto}
+            results["auto_measured"] = {**results[measured], "algorithm": measured}
             loop_ms = results["loop"]["ms"]
             auto_ms = results["auto"]["ms"]
             for r in results.values():
@@ -221,6 +218,7 @@ def bench_shapes(device: torch.device, reps: int, shapes: tuple[Shape, ...]) -> 
                 "mode": mode,
                 "gflop": flops / 1e9,
                 "auto_choice": auto,
+                "measured_choice": measured,
                 "fastest": best,
                 "gemm_gflops": gemm,
                 "auto_fraction_of_gemm": results["auto"]["gflops"] / gemm,
@@ -306,18 +304,35 @@ def bench_env(reps: int) -> dict:
 
 
 def interleaved(
-    runners: dict[str, Callable[[], object]], rounds: int, clock: Callable[[], int] = time.perf_counter_ns
+    runners: dict[str, Callable[[], object]],
+    rounds: int,
+    device: torch.device | None = None,
+    clock: Callable[[], int] = time.perf_counter_ns,
 ) -> dict[str, tuple[float, float]]:
-    """(min ms, median ms) per runner, timed in turns so load from other processes hits all alike."""
+    """(min ms, median ms) per runner after one warm-up, timed in turns so load from other
+    processes hits all alike. Ratios use the minimum: other load only ever adds time."""
     for run in runners.values():
         run()
     times: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(rounds):
         for name, run in runners.items():
+            if device is not None:
+                sync(device)
             start = clock()
             run()
+            if device is not None:
+                sync(device)
             times[name].append((clock() - start) / 1e6)
     return {name: (min(t), statistics.median(t)) for name, t in times.items()}
+
+
+def measured_choice(shape: Shape, backward: bool, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> str:
+    """The formulation `set_benchmark(True)` picks for this call (its own timing, cache cleared)."""
+    clear_benchmark_cache()
+    with benchmark(True):
+        step("auto", backward, shape, x, w, b)
+    (choice,) = benchmark_cache().values()
+    return choice
 
 
 def bench_onnx(reps: int) -> dict:
@@ -368,7 +383,7 @@ def bench_onnx(reps: int) -> dict:
                 )
                 with torch.inference_mode():
                     np.testing.assert_allclose(runners["ort_decomposed"]()[0], model(x).numpy(), atol=1e-4)
-                    timings = interleaved(runners, reps * (10 if batch == 1 else 3), clock)
+                    timings = interleaved(runners, reps * (10 if batch == 1 else 3), clock=clock)
                 torch_min, torch_median = timings["torch_eager"]
                 for name, (best, median) in timings.items():
                     row = rows[name]
@@ -411,7 +426,7 @@ def main() -> None:
         print("no CUDA device: torch.cuda.is_available() is False; nothing to measure")
         return
     device = torch.device(args.device)
-    reps = 1 if args.quick else 3
+    reps = 1 if args.quick else 5
     shapes = tuple(s for s in SHAPES if s.name in args.shapes)
     report: dict = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
@@ -437,6 +452,9 @@ def main() -> None:
             statistics.fmean(math.log(r["algorithms"]["auto"]["speedup_vs_loop"]) for r in report["shapes"])
         ),
         "slowest_auto_vs_loop": min(r["algorithms"]["auto"]["speedup_vs_loop"] for r in report["shapes"]),
+        "slowest_auto_measured_vs_loop": min(
+            r["algorithms"]["auto_measured"]["speedup_vs_loop"] for r in report["shapes"]
+        ),
         "auto_is_fastest": sum(r["auto_choice"] == r["fastest"] for r in report["shapes"]),
         "rows": len(report["shapes"]),
     }

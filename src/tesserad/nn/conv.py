@@ -206,19 +206,28 @@ _FORMULATIONS: dict[str, Callable[..., Tensor]] = {
 # Choosing a formulation
 
 
-def heuristic_algorithm(kernel_t: int, stride_t: int, needs_grad: bool) -> str:
+def heuristic_algorithm(
+    kernel_t: int, stride_t: int, needs_grad: bool, channels_per_group: int = 1, batch: int = 1
+) -> str:
     """The formulation measured fastest for this kind of call (bench/results/conv4d_cpu.json).
 
     Stacking the time taps into input channels won every forward+backward (2-12x over the
-    loop) and matched or beat the loop on unstrided forwards: one large conv3d beats kt smaller ones, and
-    batch ``T_out * N`` keeps torch on its fast backend even at batch 1 (where the per-frame
-    loop is 9x slower). A forward pass with a time stride is the exception, as the issue's
-    own measurements found: the loop's per-frame buffers are small and reused from the malloc
-    heap, while the stacked input is a large fresh allocation (page faults) that a strided
-    forward, with less compute per input byte and no backward, does not amortise.
+    loop): one large conv3d beats kt smaller ones, and batch ``T_out * N`` keeps torch on its
+    fast backend even at batch 1 (where the per-frame loop is 7-9x slower). Forward passes are
+    closer. With a time stride the loop wins, as the issue's own measurements found: its
+    per-frame buffers are small and reused from the malloc heap, while the stacked input is a
+    large fresh allocation (page faults) that a strided forward, with less compute per input
+    byte and no backward, does not amortise. Unstrided, the loop also matched or beat the
+    stacked taps once each frame's conv3d is wide enough to run well on its own (shape B,
+    32 channels per group, batch 4: the stacked taps at 0.89-1.03x of the loop over five
+    runs, with 65% more peak memory), while with few channels (C, 1 channel: 2.2x) or
+    batch 1 (D: 6.9x) the stacked taps win by far.
     """
-    if kernel_t > 1 and stride_t > 1 and not needs_grad:
-        return "loop"
+    if kernel_t > 1 and not needs_grad:
+        if stride_t > 1:
+            return "loop"
+        if channels_per_group >= 16 and batch >= 2:
+            return "loop"
     return "time_fold"
 
 
@@ -275,26 +284,29 @@ def _sync(device: torch.device) -> None:
 def _measure(
     run: Callable[[str, Tensor, Tensor], Tensor], needs_grad: bool, x: Tensor, weight: Tensor
 ) -> str:
-    """The formulation with the lowest time over one warm-up and two timed calls."""
-    best, best_ns = "time_fold", math.inf
+    """The formulation with the lowest time: one warm-up call each, then three rounds in
+    turns (so a burst of other load hits every formulation alike), minimum per formulation."""
+
+    def once(name: str) -> int:
+        _sync(x.device)
+        start = time.perf_counter_ns()
+        if needs_grad:
+            xr = x.detach().requires_grad_(x.requires_grad)
+            wr = weight.detach().requires_grad_(True)
+            run(name, xr, wr).sum().backward()
+        else:
+            with torch.no_grad():
+                run(name, x, weight)
+        _sync(x.device)
+        return time.perf_counter_ns() - start
+
     for name in ALGORITHMS:
-        times = []
-        for _ in range(3):
-            _sync(x.device)
-            start = time.perf_counter_ns()
-            if needs_grad:
-                xr = x.detach().requires_grad_(x.requires_grad)
-                wr = weight.detach().requires_grad_(True)
-                run(name, xr, wr).sum().backward()
-            else:
-                with torch.no_grad():
-                    run(name, x, weight)
-            _sync(x.device)
-            times.append(time.perf_counter_ns() - start)
-        elapsed = min(times[1:])
-        if elapsed < best_ns:
-            best, best_ns = name, elapsed
-    return best
+        once(name)
+    best_ns = dict.fromkeys(ALGORITHMS, math.inf)
+    for _ in range(3):
+        for name in ALGORITHMS:
+            best_ns[name] = min(best_ns[name], once(name))
+    return min(ALGORITHMS, key=lambda name: best_ns[name])
 
 
 # --------------------------------------------------------------------------------------
@@ -373,7 +385,7 @@ def conv4d(
                     _BENCHMARK.cache[key] = cached
             name = cached
         else:
-            name = heuristic_algorithm(kernel[0], s[0], needs_grad)
+            name = heuristic_algorithm(kernel[0], s[0], needs_grad, weight.shape[1], xp.shape[0])
     out = run(name, xp, weight)
     if bias is not None:
         out = out + bias.reshape(1, -1, 1, 1, 1, 1)  # once, after summing the taps

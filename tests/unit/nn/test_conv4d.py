@@ -252,11 +252,16 @@ def test_benchmark_mode_with_gradients() -> None:
 
 
 def test_heuristic_follows_the_measurements() -> None:
-    # bench/results/conv4d_cpu.json: stacked taps win except a strided forward.
-    assert heuristic_algorithm(3, 1, needs_grad=True) == "time_fold"
-    assert heuristic_algorithm(3, 1, needs_grad=False) == "time_fold"
+    # bench/results/conv4d_cpu.json: stacked taps win every training call; the loop wins a
+    # strided forward and an unstrided forward with wide frames and a real batch.
+    assert heuristic_algorithm(3, 1, needs_grad=True, channels_per_group=32, batch=4) == "time_fold"
     assert heuristic_algorithm(3, 2, needs_grad=True) == "time_fold"
     assert heuristic_algorithm(3, 2, needs_grad=False) == "loop"
+    assert heuristic_algorithm(3, 1, needs_grad=False, channels_per_group=32, batch=4) == "loop"  # B
+    assert heuristic_algorithm(3, 1, needs_grad=False, channels_per_group=8, batch=8) == "time_fold"  # A
+    assert heuristic_algorithm(3, 1, needs_grad=False, channels_per_group=1, batch=8) == "time_fold"  # C
+    assert heuristic_algorithm(3, 1, needs_grad=False, channels_per_group=8, batch=1) == "time_fold"  # D
+    assert heuristic_algorithm(1, 1, needs_grad=False, channels_per_group=32, batch=4) == "time_fold"
 
 
 @pytest.mark.parametrize(
