@@ -218,15 +218,15 @@ def heuristic_algorithm(
     per-frame buffers are small and reused from the malloc heap, while the stacked input is a
     large fresh allocation (page faults) that a strided forward, with less compute per input
     byte and no backward, does not amortise. Unstrided, the loop also matched or beat the
-    stacked taps once each frame's conv3d is wide enough to run well on its own (shape B,
-    32 channels per group, batch 4: the stacked taps at 0.89-1.03x of the loop over five
-    runs, with 65% more peak memory), while with few channels (C, 1 channel: 2.2x) or
-    batch 1 (D: 6.9x) the stacked taps win by far.
+    stacked taps once each frame's conv3d is wide enough to run well on its own: over six
+    runs the stacked taps ran at 0.91-1.66x (median 0.97x) of the loop on shape A (8 channels
+    per group, batch 8) and at 0.89-1.03x on B (32 channels, batch 4, with 65% more peak
+    memory), while with one channel (C: 2.2x) or batch 1 (D: 6.9x) they win by far.
     """
     if kernel_t > 1 and not needs_grad:
         if stride_t > 1:
             return "loop"
-        if channels_per_group >= 16 and batch >= 2:
+        if channels_per_group >= 8 and batch >= 2:
             return "loop"
     return "time_fold"
 

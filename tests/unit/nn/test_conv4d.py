@@ -258,7 +258,8 @@ def test_heuristic_follows_the_measurements() -> None:
     assert heuristic_algorithm(3, 2, needs_grad=True) == "time_fold"
     assert heuristic_algorithm(3, 2, needs_grad=False) == "loop"
     assert heuristic_algorithm(3, 1, needs_grad=False, channels_per_group=32, batch=4) == "loop"  # B
-    assert heuristic_algorithm(3, 1, needs_grad=False, channels_per_group=8, batch=8) == "time_fold"  # A
+    assert heuristic_algorithm(3, 1, needs_grad=False, channels_per_group=8, batch=8) == "loop"  # A
+    assert heuristic_algorithm(3, 1, needs_grad=False, channels_per_group=4, batch=8) == "time_fold"
     assert heuristic_algorithm(3, 1, needs_grad=False, channels_per_group=1, batch=8) == "time_fold"  # C
     assert heuristic_algorithm(3, 1, needs_grad=False, channels_per_group=8, batch=1) == "time_fold"  # D
     assert heuristic_algorithm(1, 1, needs_grad=False, channels_per_group=32, batch=4) == "time_fold"
