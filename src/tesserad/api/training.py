@@ -41,6 +41,11 @@ from tesserad.training.tracking import Tracking
 _MAX_PENDING_BATCHES = 64
 
 
+def _retrieve_outcome(future: asyncio.Future[int]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class TrainingServicer(training_pb2_grpc.TrainingServicer):
     def __init__(self, jobs: Jobs, events: EventLog, tracking: Tracking, sweeps: Sweeps) -> None:
         self._jobs = jobs
@@ -243,12 +248,19 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
         # costs a few commits however many batches it carries.
         pending: list[asyncio.Future[int]] = []
         accepted = 0
-        async for request in request_iterator:
-            pending.append(asyncio.wrap_future(self._log(request)))
-            if len(pending) >= _MAX_PENDING_BATCHES:
+        try:
+            async for request in request_iterator:
+                pending.append(asyncio.wrap_future(self._log(request)))
+                if len(pending) >= _MAX_PENDING_BATCHES:
+                    accepted += await pending.pop(0)
+            while pending:
                 accepted += await pending.pop(0)
-        for future in pending:
-            accepted += await future
+        finally:
+            # When one batch fails the stream ends with its error; the batches still in flight
+            # finish on their own, and their outcome is read here so that a second failure is
+            # not logged by asyncio as an exception nobody retrieved.
+            for future in pending:
+                future.add_done_callback(_retrieve_outcome)
         return pb.LogMetricsResponse(accepted=accepted)
 
     def _log(self, request: pb.LogMetricsRequest) -> Future[int]:

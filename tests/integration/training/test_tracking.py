@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+import logging
+import time
+
 import grpc
 import pytest
 
@@ -69,6 +73,23 @@ def test_metrics_summaries_and_history(tracker) -> None:
         S.GetMetricHistoryRequest(run_id=run.run_id, key="loss", start_step=1, end_step=3)
     )
     assert [p.step for p in ranged.points] == [1, 2, 3] and ranged.total_points == 3
+
+
+def test_a_stream_of_batches_for_an_unknown_run_is_not_found_and_logs_nothing(tracker, caplog) -> None:
+    requests = [
+        S.LogMetricsRequest(run_id="no-such-run", points=[S.MetricPoint(key="loss", value=1.0, step=i)])
+        for i in range(20)
+    ]
+    with caplog.at_level(logging.WARNING):
+        error = _error(lambda: tracker.LogMetricsStream(iter(requests)))
+        assert error.code() == grpc.StatusCode.NOT_FOUND and "no-such-run" in error.details()
+        # An unread failed future is reported when it is collected: let the call's objects go.
+        tracker.ListExperiments(S.ListExperimentsRequest())
+        time.sleep(0.3)
+        gc.collect()
+    # A rejected batch is the client's mistake, answered with a status: no error or traceback
+    # in the daemon's log (asyncio reports futures whose exception nobody read).
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
 def test_history_downsampling_keeps_first_last_and_extremes(tracker) -> None:
