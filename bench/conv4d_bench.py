@@ -8,8 +8,8 @@ For each shape A-E of issue 7, forward and forward+backward: every formulation i
 selection (``set_benchmark(True)``, 'auto_measured') and an im2col + GEMM baseline (skipped
 where its column matrix would pass 2 GB), each as ms, GFLOP/s, peak memory above the
 baseline and ratios to the naive loop and to auto; beside a torch.mm of the same FLOP count
-so fractions of the machine's GEMM rate are visible. The formulations of a row are timed in
-turns (minimum of 5 rounds), so load from other processes hits all of them alike. Writes
+so fractions of the machine's GEMM rate are visible. The formulations of a row and its GEMM
+are timed in turns (minimum of 5 rounds), so load from other processes hits all of them alike. Writes
 bench/results/conv4d_<device>.json.
 """
 
@@ -146,13 +146,12 @@ def im2col_conv4d(x: torch.Tensor, w: torch.Tensor, stride: int, padding: int) -
     return out.reshape(x.shape[0], w.shape[0], *outs)
 
 
-def gemm_gflops(flops: float, device: torch.device, reps: int) -> float:
-    """torch.mm rate on a square GEMM of (about) the same FLOP count."""
+def gemm_runner(flops: float, device: torch.device) -> tuple[Callable[[], object], float]:
+    """A torch.mm of a square GEMM of (about) ``flops``, and its exact FLOP count."""
     n = max(256, round((flops / 2) ** (1 / 3)))
     a = torch.randn(n, n, device=device)
     b = torch.randn(n, n, device=device)
-    ms, _ = interleaved({"mm": lambda: torch.mm(a, b)}, max(reps, 3), device)["mm"]
-    return 2 * n**3 / (ms / 1e3) / 1e9
+    return (lambda: torch.mm(a, b)), 2.0 * n**3
 
 
 def step(algo: str, backward: bool, shape: Shape, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> None:
@@ -189,8 +188,12 @@ def bench_shapes(device: torch.device, reps: int, shapes: tuple[Shape, ...]) -> 
                     continue
                 runners[algo] = functools.partial(step, algo, backward, shape, x, w, b)
                 results[algo] = {"peak_mib": peak_mib(runners[algo], device)}
-            # Every formulation in turns, so load from other processes hits all of them alike.
-            for algo, (ms, median) in interleaved(runners, reps, device).items():
+            # Every formulation and the reference GEMM in turns, so load from other processes
+            # hits all of them alike.
+            gemm_run, gemm_flops = gemm_runner(flops / (3 if backward else 1), device)
+            timings = interleaved({**runners, "gemm": gemm_run}, reps, device)
+            gemm = gemm_flops / (timings.pop("gemm")[0] / 1e3) / 1e9
+            for algo, (ms, median) in timings.items():
                 results[algo].update({"ms": ms, "median_ms": median, "gflops": flops / (ms / 1e3) / 1e9})
             measured = measured_choice(shape, backward, x, w, b)
             # 'auto' runs exactly the formulation it picks; timing it again would only add noise.
@@ -202,7 +205,6 @@ def bench_shapes(device: torch.device, reps: int, shapes: tuple[Shape, ...]) -> 
                 if "ms" in r:
                     r["speedup_vs_loop"] = loop_ms / r["ms"]
                     r["ratio_to_auto"] = r["ms"] / auto_ms
-            gemm = gemm_gflops(flops / (3 if backward else 1), device, reps)
             best = min((a for a in ALGORITHMS), key=lambda a: results[a]["ms"])
             row = {
                 "shape": shape.name,

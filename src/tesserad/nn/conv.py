@@ -116,9 +116,15 @@ def resolve_padding(
 
 
 # --------------------------------------------------------------------------------------
-# Formulations. Each takes ``x`` already padded in time (and wherever DHW padding is
-# asymmetric), the symmetric DHW padding for conv3d, and returns (N, C_out, T_out, ...)
-# without bias.
+# Formulations. Each takes ``x`` padded wherever DHW padding is asymmetric (and in time for
+# the non-zero padding modes), the zero time padding ``tp`` still to apply, the symmetric DHW
+# padding for conv3d, and the bias, added exactly once (in a conv3d call where it can be: no
+# extra pass over the output); returns (N, C_out, T_out, ...).
+
+
+def _pad_time(x: Tensor, tp: tuple[int, int]) -> Tensor:
+    """``x`` with ``tp`` = (before, after) zero frames in time."""
+    return F.pad(x, (0, 0, 0, 0, 0, 0, *tp)) if any(tp) else x
 
 
 def _time_taps(x: Tensor, kt: int, st: int, dt: int, t_out: int, dim: int) -> list[Tensor]:
@@ -128,29 +134,61 @@ def _time_taps(x: Tensor, kt: int, st: int, dt: int, t_out: int, dim: int) -> li
 
 
 def _loop(
-    x: Tensor, w: Tensor, st: int, dt: int, t_out: int, s3: tuple, p3: tuple, d3: tuple, g: int
+    x: Tensor,
+    w: Tensor,
+    b: Tensor | None,
+    tp: tuple[int, int],
+    st: int,
+    dt: int,
+    t_out: int,
+    s3: tuple,
+    p3: tuple,
+    d3: tuple,
+    g: int,
 ) -> Tensor:
-    """One conv3d per (output frame, time tap): the public Conv4d's formulation, kept as the baseline."""
-    frames = []
+    """One conv3d per (output frame, time tap): the public Conv4d's formulation, kept as the baseline.
+
+    Time zero-padding is never materialised: a tap that reads a padding frame adds nothing,
+    so it is skipped (a frame that only reads padding is the bias alone).
+    """
+    frames: list[Tensor | None] = []
+    t_in = x.shape[2]
     for t in range(t_out):
         acc: Tensor | None = None
         for i in range(w.shape[2]):
-            y = F.conv3d(x[:, :, t * st + i * dt], w[:, :, i], None, s3, p3, d3, g)
+            j = t * st + i * dt - tp[0]
+            if not 0 <= j < t_in:
+                continue
+            # The bias rides on each frame's first conv3d: added once, with no extra pass.
+            y = F.conv3d(x[:, :, j], w[:, :, i], b if acc is None else None, s3, p3, d3, g)
             acc = y if acc is None else acc + y
-        assert acc is not None
         frames.append(acc)
-    return torch.stack(frames, dim=2)
+    if any(f is None for f in frames):
+        padding_only = F.conv3d(torch.zeros_like(x[:, :, 0]), w[:, :, 0], b, s3, p3, d3, g)
+        frames = [padding_only if f is None else f for f in frames]
+    return torch.stack(frames, dim=2)  # type: ignore[arg-type]
 
 
 def _tap_loop(
-    x: Tensor, w: Tensor, st: int, dt: int, t_out: int, s3: tuple, p3: tuple, d3: tuple, g: int
+    x: Tensor,
+    w: Tensor,
+    b: Tensor | None,
+    tp: tuple[int, int],
+    st: int,
+    dt: int,
+    t_out: int,
+    s3: tuple,
+    p3: tuple,
+    d3: tuple,
+    g: int,
 ) -> Tensor:
     """One conv3d per time tap over batch N*T_out, summed."""
+    x = _pad_time(x, tp)
     c, d, h, wd = x.shape[1], x.shape[3], x.shape[4], x.shape[5]
     xl = x.permute(0, 2, 1, 3, 4, 5)  # (N, T, C, D, H, W)
     acc: Tensor | None = None
     for i, xi in enumerate(_time_taps(xl, w.shape[2], st, dt, t_out, 1)):
-        y = F.conv3d(xi.reshape(-1, c, d, h, wd), w[:, :, i], None, s3, p3, d3, g)
+        y = F.conv3d(xi.reshape(-1, c, d, h, wd), w[:, :, i], b if i == 0 else None, s3, p3, d3, g)
         acc = y if acc is None else acc + y
     assert acc is not None
     y = acc.reshape(-1, t_out, *acc.shape[1:])  # (N, T_out, C_out, D', H', W')
@@ -158,9 +196,20 @@ def _tap_loop(
 
 
 def _time_fold(
-    x: Tensor, w: Tensor, st: int, dt: int, t_out: int, s3: tuple, p3: tuple, d3: tuple, g: int
+    x: Tensor,
+    w: Tensor,
+    b: Tensor | None,
+    tp: tuple[int, int],
+    st: int,
+    dt: int,
+    t_out: int,
+    s3: tuple,
+    p3: tuple,
+    d3: tuple,
+    g: int,
 ) -> Tensor:
     """Time taps stacked into input channels, channels-last-3d: one conv3d over batch N*T_out."""
+    x = _pad_time(x, tp)
     c, d, h, wd = x.shape[1], x.shape[3], x.shape[4], x.shape[5]
     kt = w.shape[2]
     xl = x.permute(0, 2, 3, 4, 5, 1)  # (N, T, D, H, W, C): channels last, one copy below
@@ -169,15 +218,26 @@ def _time_fold(
         xs = xs.reshape(-1, t_out, d, h, wd, kt, g, c // g).transpose(-3, -2)
     xs = xs.reshape(-1, d, h, wd, kt * c).permute(0, 4, 1, 2, 3)  # (N*T_out, kt*C, D, H, W)
     wf = w.transpose(1, 2).reshape(w.shape[0], kt * w.shape[1], *w.shape[3:])
-    y = F.conv3d(xs, wf.contiguous(memory_format=torch.channels_last_3d), None, s3, p3, d3, g)
+    y = F.conv3d(xs, wf.contiguous(memory_format=torch.channels_last_3d), b, s3, p3, d3, g)
     y = y.reshape(-1, t_out, *y.shape[1:])  # (N, T_out, C_out, D', H', W')
     return y.permute(0, 2, 1, 3, 4, 5)
 
 
 def _out_stack(
-    x: Tensor, w: Tensor, st: int, dt: int, t_out: int, s3: tuple, p3: tuple, d3: tuple, g: int
+    x: Tensor,
+    w: Tensor,
+    b: Tensor | None,
+    tp: tuple[int, int],
+    st: int,
+    dt: int,
+    t_out: int,
+    s3: tuple,
+    p3: tuple,
+    d3: tuple,
+    g: int,
 ) -> Tensor:
     """Time taps stacked into output channels: one conv3d over every input frame, then a shifted sum."""
+    x = _pad_time(x, tp)
     c, t, d, h, wd = x.shape[1:]
     c_out, cg, kt = w.shape[0], w.shape[1], w.shape[2]
     xl = x.permute(0, 2, 1, 3, 4, 5).reshape(-1, c, d, h, wd)  # (N*T, C, D, H, W)
@@ -191,7 +251,9 @@ def _out_stack(
         part = yi[:, :, :, i]
         acc = part if acc is None else acc + part
     assert acc is not None
-    return acc.reshape(-1, t_out, c_out, *acc.shape[-3:]).permute(0, 2, 1, 3, 4, 5)
+    out = acc.reshape(-1, t_out, c_out, *acc.shape[-3:]).permute(0, 2, 1, 3, 4, 5)
+    # The stacked conv3d's outputs are summed across taps, so its bias would count kt times.
+    return out if b is None else out + b.reshape(1, -1, 1, 1, 1, 1)
 
 
 _FORMULATIONS: dict[str, Callable[..., Tensor]] = {
@@ -341,15 +403,17 @@ def conv4d(
     pads = resolve_padding(padding, kernel, s, dl)
 
     if padding_mode == "zeros":
-        # conv3d pads D, H, W itself where the padding is symmetric; pad the rest explicitly.
+        # conv3d pads D, H, W itself where the padding is symmetric; pad the rest of D, H, W
+        # explicitly. Zero time padding is left to the formulation (the loop skips it).
         p3 = tuple(min(lo, hi) for lo, hi in pads[1:])
-        explicit = (pads[0], *((lo - m, hi - m) for (lo, hi), m in zip(pads[1:], p3, strict=True)))
+        tp = pads[0]
+        explicit = ((0, 0), *((lo - m, hi - m) for (lo, hi), m in zip(pads[1:], p3, strict=True)))
     else:
-        p3, explicit = (0, 0, 0), pads
+        p3, tp, explicit = (0, 0, 0), (0, 0), pads
     xp = pad4d(x, explicit, padding_mode)
-    t_out = conv_output_size(xp.shape[2], kernel[0], s[0], dl[0], 0)
+    t_out = conv_output_size(xp.shape[2], kernel[0], s[0], dl[0], sum(tp))
     for dim, (size, k, st, d) in enumerate(zip(xp.shape[2:], kernel, s, dl, strict=True)):
-        pad_total = 0 if dim == 0 else 2 * p3[dim - 1]
+        pad_total = sum(tp) if dim == 0 else 2 * p3[dim - 1]
         if conv_output_size(size, k, st, d, pad_total) < 1:
             raise ValueError(
                 f"input of shape {tuple(x.shape)} is smaller than the dilated kernel {kernel} (after padding)"
@@ -359,8 +423,8 @@ def conv4d(
 
     s3, d3 = s[1:], dl[1:]
 
-    def run(name: str, xx: Tensor, ww: Tensor) -> Tensor:
-        return _FORMULATIONS[name](xx, ww, s[0], dl[0], t_out, s3, p3, d3, groups)
+    def run(name: str, xx: Tensor, ww: Tensor, bb: Tensor | None = None) -> Tensor:
+        return _FORMULATIONS[name](xx, ww, bb, tp, s[0], dl[0], t_out, s3, p3, d3, groups)
 
     needs_grad = torch.is_grad_enabled() and (xp.requires_grad or weight.requires_grad)
     name = algorithm
@@ -372,6 +436,7 @@ def conv4d(
                 tuple(xp.shape),
                 tuple(weight.shape),
                 s,
+                tp,
                 p3,
                 dl,
                 groups,
@@ -386,10 +451,7 @@ def conv4d(
             name = cached
         else:
             name = heuristic_algorithm(kernel[0], s[0], needs_grad, weight.shape[1], xp.shape[0])
-    out = run(name, xp, weight)
-    if bias is not None:
-        out = out + bias.reshape(1, -1, 1, 1, 1, 1)  # once, after summing the taps
-    return out
+    return run(name, xp, weight, bias)
 
 
 def _exporting() -> bool:
