@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -122,6 +122,19 @@ def resolve_padding(
 # extra pass over the output); returns (N, C_out, T_out, ...).
 
 
+class _Geometry(NamedTuple):
+    """How the time axis and conv3d's three axes are convolved, for a formulation."""
+
+    tp: tuple[int, int]  # zero frames to add before and after in time
+    st: int  # time stride
+    dt: int  # time dilation
+    t_out: int
+    s3: tuple[int, int, int]  # conv3d stride, padding, dilation, groups
+    p3: tuple[int, int, int]
+    d3: tuple[int, int, int]
+    g: int
+
+
 def _pad_time(x: Tensor, tp: tuple[int, int]) -> Tensor:
     """``x`` with ``tp`` = (before, after) zero frames in time."""
     return F.pad(x, (0, 0, 0, 0, 0, 0, *tp)) if any(tp) else x
@@ -133,24 +146,13 @@ def _time_taps(x: Tensor, kt: int, st: int, dt: int, t_out: int, dim: int) -> li
     return [x.narrow(dim, i * dt, span)[(slice(None),) * dim + (slice(None, None, st),)] for i in range(kt)]
 
 
-def _loop(
-    x: Tensor,
-    w: Tensor,
-    b: Tensor | None,
-    tp: tuple[int, int],
-    st: int,
-    dt: int,
-    t_out: int,
-    s3: tuple,
-    p3: tuple,
-    d3: tuple,
-    g: int,
-) -> Tensor:
+def _loop(x: Tensor, w: Tensor, b: Tensor | None, geo: _Geometry) -> Tensor:
     """One conv3d per (output frame, time tap): the public Conv4d's formulation, kept as the baseline.
 
     Time zero-padding is never materialised: a tap that reads a padding frame adds nothing,
     so it is skipped (a frame that only reads padding is the bias alone).
     """
+    tp, st, dt, t_out, s3, p3, d3, g = geo
     frames: list[Tensor | None] = []
     t_in = x.shape[2]
     for t in range(t_out):
@@ -169,20 +171,9 @@ def _loop(
     return torch.stack(frames, dim=2)  # type: ignore[arg-type]
 
 
-def _tap_loop(
-    x: Tensor,
-    w: Tensor,
-    b: Tensor | None,
-    tp: tuple[int, int],
-    st: int,
-    dt: int,
-    t_out: int,
-    s3: tuple,
-    p3: tuple,
-    d3: tuple,
-    g: int,
-) -> Tensor:
+def _tap_loop(x: Tensor, w: Tensor, b: Tensor | None, geo: _Geometry) -> Tensor:
     """One conv3d per time tap over batch N*T_out, summed."""
+    tp, st, dt, t_out, s3, p3, d3, g = geo
     x = _pad_time(x, tp)
     c, d, h, wd = x.shape[1], x.shape[3], x.shape[4], x.shape[5]
     xl = x.permute(0, 2, 1, 3, 4, 5)  # (N, T, C, D, H, W)
@@ -195,20 +186,9 @@ def _tap_loop(
     return y.permute(0, 2, 1, 3, 4, 5)
 
 
-def _time_fold(
-    x: Tensor,
-    w: Tensor,
-    b: Tensor | None,
-    tp: tuple[int, int],
-    st: int,
-    dt: int,
-    t_out: int,
-    s3: tuple,
-    p3: tuple,
-    d3: tuple,
-    g: int,
-) -> Tensor:
+def _time_fold(x: Tensor, w: Tensor, b: Tensor | None, geo: _Geometry) -> Tensor:
     """Time taps stacked into input channels, channels-last-3d: one conv3d over batch N*T_out."""
+    tp, st, dt, t_out, s3, p3, d3, g = geo
     x = _pad_time(x, tp)
     c, d, h, wd = x.shape[1], x.shape[3], x.shape[4], x.shape[5]
     kt = w.shape[2]
@@ -223,20 +203,9 @@ def _time_fold(
     return y.permute(0, 2, 1, 3, 4, 5)
 
 
-def _out_stack(
-    x: Tensor,
-    w: Tensor,
-    b: Tensor | None,
-    tp: tuple[int, int],
-    st: int,
-    dt: int,
-    t_out: int,
-    s3: tuple,
-    p3: tuple,
-    d3: tuple,
-    g: int,
-) -> Tensor:
+def _out_stack(x: Tensor, w: Tensor, b: Tensor | None, geo: _Geometry) -> Tensor:
     """Time taps stacked into output channels: one conv3d over every input frame, then a shifted sum."""
+    tp, st, dt, t_out, s3, p3, d3, g = geo
     x = _pad_time(x, tp)
     c, t, d, h, wd = x.shape[1:]
     c_out, cg, kt = w.shape[0], w.shape[1], w.shape[2]
@@ -423,8 +392,10 @@ def conv4d(
 
     s3, d3 = s[1:], dl[1:]
 
+    geometry = _Geometry(tp, s[0], dl[0], t_out, s3, p3, d3, groups)  # type: ignore[arg-type]
+
     def run(name: str, xx: Tensor, ww: Tensor, bb: Tensor | None = None) -> Tensor:
-        return _FORMULATIONS[name](xx, ww, bb, tp, s[0], dl[0], t_out, s3, p3, d3, groups)
+        return _FORMULATIONS[name](xx, ww, bb, geometry)
 
     needs_grad = torch.is_grad_enabled() and (xp.requires_grad or weight.requires_grad)
     name = algorithm
