@@ -80,6 +80,9 @@ def test_idle_instances_share_the_queue_instead_of_one_taking_it_all() -> None:
         initial_compute_us=1000.0,
         output_names=["y"],
     )
+    # Both worker threads must be waiting first: one that starts late would find the queue
+    # filling and take what is there so far.
+    time.sleep(0.2)
     # Held submissions queue without waking a worker; release() starts them together.
     futures = [batcher.submit(rows(1), ["y"], 1, hold=True) for _ in range(6)]
     batcher.release()
