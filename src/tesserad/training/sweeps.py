@@ -4,7 +4,9 @@ A sweep is planned at submit (every trial's spec is checked then, like any job's
 trials are submitted as jobs, at most `max_concurrent` at a time, as earlier ones end. ASHA
 (asynchronous successive halving) watches each trial's epoch metric: at rung epochs
 min_epochs * rf^k a trial continues only while it is in the best 1/rf of the trials that
-reached that rung so far; otherwise it is cancelled and marked pruned.
+reached that rung so far; otherwise it is cancelled and marked pruned. Rung results are
+stored as they arrive, keyed by trial, so they survive a restart of the daemon and a trial's
+resumed attempt that reports a rung again counts once.
 """
 
 from __future__ import annotations
@@ -81,6 +83,36 @@ def plan_trials(
     if len(trials) > MAX_TRIALS:
         raise InvalidArgument(f"the sweep would run {len(trials)} trials; at most {MAX_TRIALS}")
     return trials
+
+
+def asha_prunes(
+    rungs: dict[str, Any],
+    job_id: str,
+    metric: float,
+    epoch: int,
+    min_epochs: int,
+    reduction_factor: int,
+    mode: str,
+) -> bool:
+    """Record trial `job_id`'s `metric` if `epoch` is a rung (min_epochs * rf^k) and say
+    whether the trial trails there: outside the best 1/rf of the trials that reached it.
+
+    `rungs` maps a rung to {job id: metric}, so a trial resumed after a crash that reports a
+    rung again counts once. The first trials at a rung have nothing to trail; they continue.
+    """
+    rung_epochs, rung = min_epochs, 0
+    while rung_epochs < epoch:
+        rung_epochs *= reduction_factor
+        rung += 1
+    if rung_epochs != epoch:
+        return False
+    results = rungs.setdefault(str(rung), {})
+    if isinstance(results, list):  # sweeps recorded before results were keyed by trial
+        results = rungs[str(rung)] = {f"#{i}": value for i, value in enumerate(results)}
+    results[job_id] = metric
+    ranked = sorted(results.values(), reverse=mode == "max")
+    keep = max(1, len(ranked) // reduction_factor)
+    return len(ranked) >= reduction_factor and ranked.index(metric) >= keep
 
 
 def _draw(p: SweepParameter, rng: random.Random) -> str:
@@ -215,9 +247,21 @@ class Sweeps:
                 return
             if kind == "epoch" and sweep["metric"] in data["metrics"]:
                 trial["metric"], trial["has_metric"] = float(data["metrics"][sweep["metric"]]), True
-                if sweep["strategy"] == "asha" and self._asha_prunes(sweep, trial, data["epoch"]):
-                    trial["pruned"] = True
-                    threading.Thread(target=self._prune, args=(job["job_id"],), daemon=True).start()
+                if sweep["strategy"] == "asha":
+                    asha = sweep["asha"]
+                    if asha_prunes(
+                        sweep["rungs"],
+                        job["job_id"],
+                        trial["metric"],
+                        data["epoch"],
+                        asha["min_epochs"],
+                        asha["reduction_factor"],
+                        sweep["mode"],
+                    ):
+                        trial["pruned"] = True
+                        threading.Thread(target=self._prune, args=(job["job_id"],), daemon=True).start()
+                    # Rung results decide later trials' fate: they must survive a restart.
+                    self._save(sweep)
             elif kind == "ended":
                 trial["state"] = job["state"]
                 self._tick(sweep)
@@ -225,21 +269,6 @@ class Sweeps:
     def _prune(self, job_id: str) -> None:
         with contextlib.suppress(FailedPrecondition):  # it may have ended meanwhile
             self._jobs.cancel(job_id)
-
-    def _asha_prunes(self, sweep: dict[str, Any], trial: dict[str, Any], epoch: int) -> bool:
-        asha = sweep["asha"]
-        rf, rung_epochs, rung = asha["reduction_factor"], asha["min_epochs"], 0
-        while rung_epochs < epoch:
-            rung_epochs *= rf
-            rung += 1
-        if rung_epochs != epoch:
-            return False
-        results = sweep["rungs"].setdefault(str(rung), [])
-        results.append(trial["metric"])
-        ranked = sorted(results, reverse=sweep["mode"] == "max")
-        keep = max(1, len(ranked) // rf)
-        # The first trials at a rung have nothing to trail; they continue.
-        return len(ranked) >= rf and ranked.index(trial["metric"]) >= keep
 
     def _tick(self, sweep: dict[str, Any]) -> None:
         """Bring trial states up to date, submit pending trials up to max_concurrent, end when done."""
@@ -266,6 +295,9 @@ class Sweeps:
         if scored:
             pick = min if sweep["mode"] == "min" else max
             sweep["best_job_id"] = pick(scored, key=lambda t: t["metric"])["job_id"]
+        self._save(sweep)
+
+    def _save(self, sweep: dict[str, Any]) -> None:
         with self._store.write() as txn:
             txn.put("sweeps", (sweep["sweep_id"],), encode_record("sweep", 1, sweep))
 

@@ -1,0 +1,42 @@
+"""ASHA's rung bookkeeping (tesserad.training.sweeps.asha_prunes): pure logic."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tesserad.training.sweeps import asha_prunes
+
+
+def report(rungs: dict[str, Any], job: str, loss: float, epoch: int) -> bool:
+    return asha_prunes(rungs, job, loss, epoch, min_epochs=1, reduction_factor=2, mode="min")
+
+
+def test_only_rung_epochs_count_and_trailing_trials_are_pruned() -> None:
+    rungs: dict[str, Any] = {}
+    assert report(rungs, "a", 1.0, 1) is False  # first at rung 0: nothing to trail
+    assert report(rungs, "b", 2.0, 1) is True  # worse than a, outside the best half
+    assert report(rungs, "c", 0.5, 1) is False  # best so far
+    assert report(rungs, "a", 9.0, 3) is False  # epoch 3 is no rung: nothing recorded
+    assert rungs == {"0": {"a": 1.0, "b": 2.0, "c": 0.5}}
+
+
+def test_a_resumed_trial_reporting_its_rung_again_counts_once() -> None:
+    rungs: dict[str, Any] = {}
+    report(rungs, "a", 1.0, 2)
+    report(rungs, "b", 0.5, 2)
+    # "a" crashed and resumed from an earlier checkpoint: its rung is reported again.
+    assert report(rungs, "a", 1.0, 2) is True
+    assert rungs["1"] == {"a": 1.0, "b": 0.5}
+
+
+def test_rung_results_recorded_before_they_were_keyed_by_trial_still_count() -> None:
+    rungs: dict[str, Any] = {"0": [0.1, 0.2]}
+    assert report(rungs, "c", 0.3, 1) is True  # third of three, behind both earlier results
+    assert rungs["0"] == {"#0": 0.1, "#1": 0.2, "c": 0.3}
+
+
+def test_higher_is_better_when_the_mode_is_max() -> None:
+    rungs: dict[str, Any] = {}
+    asha_prunes(rungs, "a", 0.9, 1, min_epochs=1, reduction_factor=2, mode="max")
+    assert asha_prunes(rungs, "b", 0.1, 1, min_epochs=1, reduction_factor=2, mode="max") is True
+    assert asha_prunes(rungs, "c", 0.95, 1, min_epochs=1, reduction_factor=2, mode="max") is False
