@@ -8,7 +8,9 @@ rotates each repeat), and reports the median of each figure: the machine is shar
 
 The in-process baseline for batching on is measured at exactly the batch sizes the batcher
 formed (its GetStats batch-size histogram): rows served / the time onnxruntime alone takes to run
-that many batches of each size. `--auth-share` adds tiny-model cells at concurrency 1 on a second
+that many batches of each size. Beside it, onnxruntime's wall and CPU time per row by batch size
+(`in_process_cost_by_batch`): on a CPU, batching can save work per row or only spread a batch
+over more cores. `--auth-share` adds tiny-model cells at concurrency 1 on a second
 daemon whose auth interceptor is a pass-through, to measure that interceptor's cost (no tokens).
 Writes bench/results/serve_bench.json and prints a table.
 
@@ -263,6 +265,32 @@ def in_process_seconds_per_batch(path: Path, shape: list[int], batch: int, budge
     return statistics.median(times)
 
 
+def in_process_cost_by_batch(
+    path: Path, shape: list[int], batches: tuple[int, ...] = (1, 2, 4, 8, 16)
+) -> dict:
+    """Per row, onnxruntime's wall time and the CPU time it burns (all its threads), by batch
+    size: whether batching saves work per row or only spreads it over more cores."""
+    from tesserad.serving.runtimes import OnnxRuntime
+
+    runtime = OnnxRuntime(path, "cpu", 0)
+    table = {}
+    for batch in batches:
+        x = {"input": np.random.default_rng(0).standard_normal([batch, *shape[1:]]).astype(np.float32)}
+        for _ in range(3):
+            runtime.run(x, ["output"])
+        runs = max(8, 64 // batch)
+        cpu, wall = time.process_time(), time.perf_counter()
+        for _ in range(runs):
+            runtime.run(x, ["output"])
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        table[str(batch)] = {
+            "wall_us_per_row": wall / runs / batch * 1e6,
+            "cpu_us_per_row": cpu / runs / batch * 1e6,
+        }
+    runtime.close()
+    return table
+
+
 def in_process_at_histogram(path: Path, shape: list[int], histogram: dict[int, int]) -> float:
     """Rows/s onnxruntime reaches running exactly the batches the batcher formed (`rows -> count`)."""
     seconds = sum(
@@ -316,6 +344,7 @@ def main() -> None:
         shape = shapes[model]
         spec = model_specs()[model]
         row_us = in_process_seconds_per_batch(paths[model], shape, 1, budget_s=1.0) * 1e6
+        cost_by_batch = in_process_cost_by_batch(paths[model], shape)
         print(f"{model}: {spec}; in-process onnxruntime {row_us:.0f} us per single-row run", flush=True)
         runs: dict = {
             mode: {c: [] for c in args.concurrency} for mode in ("echo", "batching_off", "batching_on")
@@ -365,6 +394,7 @@ def main() -> None:
             "spec": {"architecture": type(spec).__name__, **{k: v for k, v in vars(spec).items()}},
             "request_shape": shape,
             "in_process_us_per_row_at_batch_1": row_us,
+            "in_process_cost_by_batch": cost_by_batch,
             "cells": cells,
             "ratios": ratios,
         }
