@@ -84,10 +84,14 @@ def parse_size(raw: Any) -> int:
     return value
 
 
+# The largest message gRPC can carry (its length prefix is read as a signed 32-bit int).
+GRPC_MESSAGE_SIZE_CEILING = 2**31 - 1
+
+
 def parse_message_size(raw: Any) -> int:
-    """A gRPC message size: at least 256 B, at most 2 GiB - 1 (gRPC's ceiling)."""
+    """A gRPC message size: at least 256 B, at most GRPC_MESSAGE_SIZE_CEILING."""
     value = parse_size(raw)
-    if not 256 <= value <= 2**31 - 1:
+    if not 256 <= value <= GRPC_MESSAGE_SIZE_CEILING:
         raise ValueError("expected a size from 256B to 2GiB - 1 byte (gRPC's largest message)")
     return value
 

@@ -38,7 +38,7 @@ from tesserad.api.oip import OipServicer
 from tesserad.api.registry import RegistryServicer
 from tesserad.api.system import SystemServicer
 from tesserad.api.training import TrainingServicer
-from tesserad.config import Address, Settings, format_size
+from tesserad.config import GRPC_MESSAGE_SIZE_CEILING, Address, Settings, format_size
 from tesserad.datasets import REFERENCE_TABLES as DATASET_REFERENCE_TABLES
 from tesserad.datasets import TABLES as DATASET_TABLES
 from tesserad.datasets import Datasets
@@ -77,9 +77,6 @@ STORE_TABLES: list[str] = [
     *training_jobs.TABLES,
     *training_sweeps.TABLES,
 ]
-
-# The largest message gRPC can carry (its length prefix is read as a signed 32-bit int).
-GRPC_MESSAGE_SIZE_CEILING = 2**31 - 1
 
 # The tessera.v1 services, as (generated module, service name).
 _SERVICES = [

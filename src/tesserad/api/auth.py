@@ -28,6 +28,7 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError
 
+from tesserad.api.errors import status_for
 from tesserad.config import LimitsSettings, SecuritySettings, format_size
 from tesserad.errors import InvalidArgument, ResourceExhausted
 from tesserad.security import (
@@ -294,10 +295,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     try:
                         request = decode(raw)
-                    except InvalidArgument as exc:
-                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
-                    except ResourceExhausted as exc:
-                        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message)
+                    except (InvalidArgument, ResourceExhausted) as exc:
+                        await context.abort(status_for(exc), exc.message)
                     response = await inner_uu(request, context)
                     try:
                         return encode(response)
@@ -338,10 +337,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     try:
                         request = decode(raw)
-                    except InvalidArgument as exc:
-                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
-                    except ResourceExhausted as exc:
-                        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message)
+                    except (InvalidArgument, ResourceExhausted) as exc:
+                        await context.abort(status_for(exc), exc.message)
                     async for item in inner_us(request, context):
                         try:
                             data = encode(item)
