@@ -254,12 +254,8 @@ def heuristic_algorithm(
     per group, batch 8) and at 0.89-1.03x on B (32 channels, batch 4, with 65% more peak
     memory), while with one channel (C: 2.2x) or batch 1 (D: 6.9x) they win by far.
     """
-    if kernel_t > 1 and not needs_grad:
-        if stride_t > 1:
-            return "loop"
-        if channels_per_group >= 8 and batch >= 2:
-            return "loop"
-    return "time_fold"
+    per_frame_wins = stride_t > 1 or (channels_per_group >= 8 and batch >= 2)
+    return "loop" if kernel_t > 1 and not needs_grad and per_frame_wins else "time_fold"
 
 
 class _Benchmark:

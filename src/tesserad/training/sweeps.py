@@ -260,7 +260,8 @@ class Sweeps:
                     ):
                         trial["pruned"] = True
                         threading.Thread(target=self._prune, args=(job["job_id"],), daemon=True).start()
-                    # Rung results decide later trials' fate: they must survive a restart.
+                    # Rung results decide later trials' fate and must survive a restart; the
+                    # trial's latest metric is written with them (one write per epoch).
                     self._save(sweep)
             elif kind == "ended":
                 trial["state"] = job["state"]
