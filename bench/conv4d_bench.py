@@ -9,8 +9,8 @@ selection (``set_benchmark(True)``, 'auto_measured') and an im2col + GEMM baseli
 where its column matrix would pass 2 GB), each as ms, GFLOP/s, peak memory above the
 baseline and ratios to the naive loop and to auto; beside a torch.mm of the same FLOP count
 so fractions of the machine's GEMM rate are visible. The formulations of a row and its GEMM
-are timed in turns (minimum of 5 rounds), so load from other processes hits all of them alike. Writes
-bench/results/conv4d_<device>.json.
+are timed in turns (minimum of 5 rounds), so load from other processes hits all of them
+alike. Writes bench/results/conv4d_<device>.json.
 """
 
 from __future__ import annotations

@@ -31,8 +31,8 @@ import sys
 import tempfile
 import threading
 import time
+from multiprocessing.synchronize import Event
 from pathlib import Path
-from typing import Any
 
 import grpc
 import numpy as np
@@ -125,8 +125,8 @@ def client_process(
     shape: list[int],
     in_flight: int,
     seconds: float,
-    ready: Any,
-    go: Any,
+    ready: Event,
+    go: Event,
     out: mp.Queue,
 ) -> None:
     """`in_flight` closed-loop callers on one asyncio loop, sending one request serialised once.
@@ -134,9 +134,9 @@ def client_process(
     An asyncio client costs about half the CPU per call of blocking calls from threads (GIL
     hand-offs), and that CPU is taken from the server on this shared machine; a lone caller
     makes blocking calls, which have the lowest latency. The request is serialised once, as a
-    load generator should. Measurement starts on `go`, once every client
-    process has started and warmed up: a process still importing would otherwise take CPU from
-    the server during the others' measurement.
+    load generator should. Measurement starts on `go`, once every client process has started
+    and warmed up: a process still importing would otherwise take CPU from the server during
+    the others' measurement.
     """
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     request = inference_pb2.PredictRequest(
@@ -182,7 +182,7 @@ def client_process(
 
 
 def _blocking_caller(
-    target: str, request: bytes, seconds: float, ready: Any, go: Any
+    target: str, request: bytes, seconds: float, ready: Event, go: Event
 ) -> tuple[list[float], int]:
     """One caller making blocking calls: at concurrency 1 the client with the lowest latency."""
     channel = grpc.insecure_channel(target)
