@@ -14,8 +14,11 @@ over more cores. `--auth-share` adds tiny-model cells at concurrency 1 on a seco
 daemon whose auth interceptor is a pass-through, to measure that interceptor's cost (no tokens).
 Writes bench/results/serve_bench.json and prints a table.
 
+`--instances N` serves both modes with N model instances (default: the daemon's, 2 on a CPU);
+the in-process baseline is always one session with onnxruntime's default threads.
+
     .venv/bin/python bench/serve_bench.py [--seconds 3] [--repeats 5] [--concurrency 1 8 32]
-        [--models tiny_mlp cnn4d] [--auth-share]
+        [--models tiny_mlp cnn4d] [--instances N] [--auth-share] [--out FILE]
 """
 
 from __future__ import annotations
@@ -318,6 +321,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--models", nargs="+", default=["tiny_mlp", "cnn4d"], choices=list(model_specs()))
+    parser.add_argument(
+        "--instances", type=int, default=0, help="instances per served version (0: the default)"
+    )
     parser.add_argument("--auth-share", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -326,7 +332,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     paths = export_models(work, args.models)
     shapes = {"tiny_mlp": [1, 16], "cnn4d": [1, 1, 8, 16, 16, 16]}
-    daemon, file_service = start_file_daemon(work / "data", paths)
+    daemon, file_service = start_file_daemon(work / "data", paths, args.instances)
     echo_port, _ = start_echo()
 
     results: dict = {
@@ -337,6 +343,7 @@ def main() -> None:
             "load_average_at_start": os.getloadavg(),
         },
         "seconds_per_cell": args.seconds,
+        "instances": file_service.pool.get(f"{args.models[0]}-on", 1).config.instances,
         "repeats": args.repeats,
         "models": {},
     }
@@ -415,7 +422,7 @@ def report(model: str, mode: str, repeat: int, cell: dict) -> None:
           f"p50 {cell['p50_ms']:.3f} ms  p99 {cell['p99_ms']:.3f} ms{batch}", flush=True)  # fmt: skip
 
 
-def start_file_daemon(data_dir: Path, paths: dict[str, Path]):  # type: ignore[no-untyped-def]
+def start_file_daemon(data_dir: Path, paths: dict[str, Path], instances: int = 0):  # type: ignore[no-untyped-def]
     """A daemon serving the exported files as `<model>-off` (max_batch_size 1) and `<model>-on` (32)."""
     from conftest import InProcessDaemon
 
@@ -434,10 +441,12 @@ def start_file_daemon(data_dir: Path, paths: dict[str, Path]):  # type: ignore[n
         servicer_service._service = file_service
     for model in paths:
         file_service.pool.load(
-            servable_file(f"{model}-off", 1, "onnx", paths[model]), ServingConfig(max_batch_size=1)
+            servable_file(f"{model}-off", 1, "onnx", paths[model]),
+            ServingConfig(max_batch_size=1, instances=instances),
         )
         file_service.pool.load(
-            servable_file(f"{model}-on", 1, "onnx", paths[model]), ServingConfig(max_batch_size=32)
+            servable_file(f"{model}-on", 1, "onnx", paths[model]),
+            ServingConfig(max_batch_size=32, instances=instances),
         )
     return daemon, file_service
 

@@ -279,6 +279,11 @@ class ServingSettings:
     autoload: bool = setting(
         True, parse_bool, "a request for a version that is not loaded loads it with the defaults below"
     )
+    instances: int = setting(
+        0,
+        parse_number(int, 0, 64),
+        "default model instances per loaded version, running batches in parallel; 0: 2 on a CPU, 1 on a GPU",
+    )
     max_batch_size: int = setting(
         32, parse_number(int, 1, 65536), "default most rows per batch; 1 turns batching off"
     )

@@ -66,6 +66,7 @@ def build_inference(
 ) -> InferenceService:
     """The inference service over the registry, with the daemon's serving settings."""
     defaults = ServingDefaults(
+        instances=settings.instances,
         max_batch_size=settings.max_batch_size,
         max_queue_delay_us=settings.max_queue_delay_us,
         max_queue_size=settings.max_queue_size,

@@ -139,7 +139,8 @@ def test_model_metadata_config_and_statistics(oip, linear) -> None:
         ("x", model_config_pb2.TYPE_FP32, [4])
     ]
     assert [(o.name, list(o.dims)) for o in config.output] == [("y", [3])]
-    assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    (group,) = config.instance_group
+    assert (group.kind, group.count) == (model_config_pb2.ModelInstanceGroup.KIND_CPU, 2)  # as Triton's
     for _ in range(3):
         oip.ModelInfer(infer_request(linear, X, version="1"))
     (stats,) = oip.ModelStatistics(pb.ModelStatisticsRequest(name=linear, version="1")).model_stats

@@ -14,6 +14,7 @@ from tesserad.serving.pool import (
     ServableVersion,
     ServingConfig,
     ServingDefaults,
+    effective_config,
     servable_file,
 )
 from tesserad.serving.signature import validate_request
@@ -100,6 +101,21 @@ def test_bad_config_values_name_the_field(pool: ModelPool, linear_onnx: Path) ->
         pool.load(onnx_version(linear_onnx), ServingConfig(runtime="torch"))
     with pytest.raises(InvalidArgument, match="device must be cpu or cuda:N, got 'tpu'"):
         pool.load(onnx_version(linear_onnx), ServingConfig(device="tpu"))
+
+
+@pytest.mark.parametrize(
+    ("defaults", "config", "instances"),
+    [
+        (ServingDefaults(), ServingConfig(), 2),  # a CPU: two, as Triton gives a CPU model
+        (ServingDefaults(), ServingConfig(device="cuda:0"), 1),  # one per GPU
+        (ServingDefaults(instances=3), ServingConfig(), 3),  # the daemon's setting
+        (ServingDefaults(instances=3), ServingConfig(instances=1), 1),  # the load's own
+    ],
+)
+def test_instances_default_to_two_on_a_cpu_and_one_on_a_gpu(
+    defaults: ServingDefaults, config: ServingConfig, instances: int
+) -> None:
+    assert effective_config(config, defaults, "onnx").instances == instances
 
 
 def test_unloadable_file_is_failed_precondition_and_listed_failed(pool: ModelPool, tmp_path: Path) -> None:

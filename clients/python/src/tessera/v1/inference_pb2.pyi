@@ -179,7 +179,9 @@ class ServingConfig(_message.Message):
     device: _builtins.str
     """"cpu" or "cuda:N"; default cuda:0 when a GPU is present, else cpu."""
     instances: _builtins.int
-    """Model instances running batches in parallel; default 1."""
+    """Model instances running batches in parallel; default: the daemon's setting (serving.instances),
+    which is 2 on a CPU and 1 on a GPU unless set.
+    """
     max_batch_size: _builtins.int
     """Most rows per batch; default 32. 1 turns batching off."""
     max_queue_delay_us: _builtins.int
