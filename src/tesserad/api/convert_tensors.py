@@ -31,6 +31,7 @@ DTYPE_BY_PROTO: dict[int, np.dtype] = {
     common_pb2.DATA_TYPE_FLOAT64: np.dtype(np.float64),
 }
 PROTO_BY_DTYPE: dict[np.dtype, int] = {dtype: proto for proto, dtype in DTYPE_BY_PROTO.items()}
+_PROTO_DTYPE_NAMES: dict[int, str] = {value: name for name, value in common_pb2.DataType.items()}
 # Tensors travel little-endian; on a little-endian host (x86, arm64) the bytes are used as they
 # are, with no byte-order dtype built and no astype/copy per request.
 _NATIVE_IS_WIRE = sys.byteorder == "little"
@@ -67,21 +68,24 @@ _OIP_CONTENTS_FIELD = {
 }
 
 
-def _shape(shape: Sequence[int], where: str) -> tuple[int, ...]:
-    if any(dim < 0 for dim in shape):
-        raise InvalidArgument(f"{where} has shape {list(shape)}; dimensions cannot be negative")
+# These run on every request: messages are only formatted for the error.
+
+
+def _shape(shape: Sequence[int], name: str) -> tuple[int, ...]:
+    if min(shape, default=0) < 0:
+        raise InvalidArgument(f"input {name!r} has shape {list(shape)}; dimensions cannot be negative")
     return tuple(shape)
 
 
 def _from_bytes(
-    data: bytes, dtype: np.dtype, shape: tuple[int, ...], where: str, dtype_name: str
+    data: bytes, dtype: np.dtype, shape: tuple[int, ...], name: str, dtype_name: str
 ) -> np.ndarray:
     # math.prod, not np.prod: ~20 us less per request on small shapes (measured).
     expected = math.prod(shape) * dtype.itemsize
     if len(data) != expected:
         raise InvalidArgument(
-            f"{where} has {len(data)} bytes of data, but shape {list(shape)} of {dtype_name} needs "
-            f"{expected} ({dtype.itemsize} bytes per element, little-endian)"
+            f"input {name!r} has {len(data)} bytes of data, but shape {list(shape)} of {dtype_name} "
+            f"needs {expected} ({dtype.itemsize} bytes per element, little-endian)"
         )
     if _NATIVE_IS_WIRE:
         return np.frombuffer(data, dtype=dtype).reshape(shape)
@@ -89,14 +93,13 @@ def _from_bytes(
 
 
 def tensor_to_array(tensor: common_pb2.Tensor) -> np.ndarray:
-    where = f"input {tensor.name!r}"
+    name = tensor.name
     dtype = DTYPE_BY_PROTO.get(tensor.dtype)
     if dtype is None:
         raise InvalidArgument(
-            f"{where} has no dtype; set dtype to one of the DataType values (e.g. DATA_TYPE_FLOAT32)"
+            f"input {name!r} has no dtype; set dtype to one of the DataType values (e.g. DATA_TYPE_FLOAT32)"
         )
-    shape = _shape(tensor.shape, where)
-    return _from_bytes(tensor.data, dtype, shape, where, common_pb2.DataType.Name(tensor.dtype))
+    return _from_bytes(tensor.data, dtype, _shape(tensor.shape, name), name, _PROTO_DTYPE_NAMES[tensor.dtype])
 
 
 def tensors_to_arrays(tensors: Sequence[common_pb2.Tensor]) -> dict[str, np.ndarray]:
@@ -158,9 +161,9 @@ def oip_inputs_to_arrays(request: oip.ModelInferRequest) -> dict[str, np.ndarray
             raise InvalidArgument(
                 f"{where} has datatype {tensor.datatype!r}; tesserad serves {', '.join(OIP_DTYPES)}"
             )
-        shape = _shape(tensor.shape, where)
+        shape = _shape(tensor.shape, tensor.name)
         if raw:
-            arrays[tensor.name] = _from_bytes(raw[index], dtype, shape, where, tensor.datatype)
+            arrays[tensor.name] = _from_bytes(raw[index], dtype, shape, tensor.name, tensor.datatype)
             continue
         field = _OIP_CONTENTS_FIELD.get(tensor.datatype)
         if field is None:

@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -40,8 +40,10 @@ log = logging.getLogger(__name__)
 _EWMA_WEIGHT = 0.1
 
 
-@dataclass(frozen=True)
-class Prediction:
+class Prediction(NamedTuple):
+    """A request's answer (a NamedTuple: one is made per request, and it builds 2x faster than
+    a frozen dataclass)."""
+
     outputs: dict[str, np.ndarray]
     queue_ns: int
     compute_ns: int
@@ -357,44 +359,43 @@ class DynamicBatcher:
 
     def _run(self, runtime: Runtime, batch: list[_Request]) -> None:
         """Run one batch and answer each request; never raises."""
-        names = self._all_outputs if len(batch) > 1 else list(batch[0].output_names)
-        if len(batch) > 1:
+        alone = len(batch) == 1
+        if alone:
+            names = batch[0].output_names
+        else:
             wanted = {n for r in batch for n in r.output_names}
             names = [n for n in self._all_outputs if n in wanted]
         started = time.perf_counter_ns()
         try:
-            if len(batch) == 1:
+            if alone:
                 inputs = batch[0].inputs
             else:
                 inputs = {name: np.concatenate([r.inputs[name] for r in batch]) for name in batch[0].inputs}
             outputs = runtime.run(inputs, names)
         except Exception as exc:  # a runtime's own errors; one bad request must not fail the others
-            if len(batch) > 1:
+            if not alone:
                 for request in batch:
                     self._run(runtime, [request])
                 return
             self._fail(batch[0], exc)
             return
         compute_ns = time.perf_counter_ns() - started
-        rows = sum(r.rows for r in batch)
+        rows = batch[0].rows if alone else sum(r.rows for r in batch)
         self._compute_ns_per_row += _EWMA_WEIGHT * (compute_ns / rows - self._compute_ns_per_row)
-        self._stats.record_batch(rows, compute_ns)
+        answered: list[tuple[int, int, int, bool]] = []
         offset = 0
         for request in batch:
-            if len(batch) == 1:
-                mine = {n: outputs[n] for n in request.output_names}
+            if alone:
+                mine = outputs
             else:
                 mine = {n: outputs[n][offset : offset + request.rows] for n in request.output_names}
             offset += request.rows
             queue_ns = started - request.enqueued_ns
             request.future.set_result(Prediction(mine, queue_ns, compute_ns, rows))
-            self._stats.record_success(
-                queue_ns,
-                compute_ns,
-                time.perf_counter_ns() - request.enqueued_ns,
-                request.rows,
-                request.shadow,
+            answered.append(
+                (queue_ns, time.perf_counter_ns() - request.enqueued_ns, request.rows, request.shadow)
             )
+        self._stats.record_batch(compute_ns, answered)
 
     def _fail(self, request: _Request, exc: Exception) -> None:
         log.warning("%s failed on a request: %s", self.label, exc)

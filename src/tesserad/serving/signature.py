@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
+from types import MappingProxyType
 
 import numpy as np
 
@@ -24,17 +26,23 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class Signature:
+    """Derived views are computed once: every request is checked against them."""
+
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
 
-    @property
+    @cached_property
     def batchable(self) -> bool:
         """True when every tensor's first dimension is dynamic: requests can be stacked as rows."""
         return all(spec.shape and spec.shape[0] == -1 for spec in (*self.inputs, *self.outputs))
 
-    @property
-    def output_names(self) -> list[str]:
-        return [spec.name for spec in self.outputs]
+    @cached_property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(spec.name for spec in self.outputs)
+
+    @cached_property
+    def input_by_name(self) -> Mapping[str, TensorSpec]:
+        return MappingProxyType({spec.name: spec for spec in self.inputs})
 
 
 def validate_request(
@@ -45,7 +53,7 @@ def validate_request(
     Raises InvalidArgument naming the offending input and what `label` (the model version)
     expects, so the caller can fix the request without reading the model.
     """
-    specs = {spec.name: spec for spec in signature.inputs}
+    specs = signature.input_by_name
     for name in inputs:
         if name not in specs:
             raise InvalidArgument(
