@@ -4,7 +4,9 @@ in-process onnxruntime, for a tiny MLP and the exported cnn4d classifier, in one
 Closed loop: two client processes (one at concurrency 1) each keep `concurrency / processes`
 Predict calls in flight on an asyncio loop, all starting together; one row per request. Every
 cell runs `--repeats` times, interleaved (echo, off, on at each concurrency, in an order that
-rotates each repeat), and reports the median of each figure: the machine is shared.
+rotates each repeat), and reports the median of each figure: the machine is shared. Ratios are
+given both as ratios of those medians and as the median of per-repeat ratios (`paired_by_repeat`):
+cells of one repeat run back to back, so a slow spell of the machine moves both sides.
 
 The in-process baseline for batching on is measured at exactly the batch sizes the batcher
 formed (its GetStats batch-size histogram): rows served / the time onnxruntime alone takes to run
@@ -302,6 +304,13 @@ def in_process_at_histogram(path: Path, shape: list[int], histogram: dict[int, i
     return sum(rows * count for rows, count in histogram.items()) / seconds
 
 
+def paired_ratio(cells: list[dict], baselines: list[dict], key: str) -> dict:
+    """`key` of each repeat's cell over its baseline cell of the same repeat (run minutes apart
+    at most, so a slow spell of the shared machine moves both): every ratio and their median."""
+    each = [cell[key] / base[key] for cell, base in zip(cells, baselines, strict=True)]
+    return {"median": statistics.median(each), "each": [round(r, 3) for r in each]}
+
+
 def median_cell(cells: list[dict]) -> dict:
     """The median of each figure over repeats, with every repeat's throughput kept."""
     merged = {"concurrency": cells[0]["concurrency"], "repeats": len(cells)}
@@ -383,15 +392,25 @@ def main() -> None:
         cells = {mode: [median_cell(runs[mode][c]) for c in args.concurrency] for mode in runs}
         ratios = []
         for echo, off, on in zip(cells["echo"], cells["batching_off"], cells["batching_on"], strict=True):
-            histogram = histograms[echo["concurrency"]]
+            concurrency = echo["concurrency"]
+            histogram = histograms[concurrency]
             in_process = in_process_at_histogram(paths[model], shape, histogram)
+            paired = {
+                name: paired_ratio(runs[a][concurrency], runs[b][concurrency], key)
+                for name, a, b, key in (
+                    ("p50_off_vs_echo", "batching_off", "echo", "p50_ms"),
+                    ("p50_on_vs_echo", "batching_on", "echo", "p50_ms"),
+                    ("throughput_on_vs_off", "batching_on", "batching_off", "throughput_rps"),
+                )
+            }
             ratios.append(
                 {
-                    "concurrency": echo["concurrency"],
+                    "concurrency": concurrency,
                     "p50_off_vs_echo": off["p50_ms"] / echo["p50_ms"],
                     "p50_on_vs_echo": on["p50_ms"] / echo["p50_ms"],
                     "p50_on_vs_off": on["p50_ms"] / off["p50_ms"],
                     "throughput_on_vs_off": on["throughput_rps"] / off["throughput_rps"],
+                    "paired_by_repeat": paired,
                     "formed_batch_histogram": {str(rows): n for rows, n in sorted(histogram.items())},
                     "in_process_rows_per_s_at_formed_batches": in_process,
                     "served_on_vs_in_process": on["throughput_rps"] / in_process,
@@ -406,8 +425,11 @@ def main() -> None:
             "ratios": ratios,
         }
         for r in ratios:
+            paired = r["paired_by_repeat"]
             print(f"{model:9s} c={r['concurrency']:<3d} p50 off/echo {r['p50_off_vs_echo']:.2f}  on/echo {r['p50_on_vs_echo']:.2f}  "
-                  f"thr on/off {r['throughput_on_vs_off']:.2f}  served/in-process {r['served_on_vs_in_process']:.2f}", flush=True)  # fmt: skip
+                  f"thr on/off {r['throughput_on_vs_off']:.2f}  served/in-process {r['served_on_vs_in_process']:.2f}  "
+                  f"(paired by repeat: off/echo {paired['p50_off_vs_echo']['median']:.2f}  on/echo "
+                  f"{paired['p50_on_vs_echo']['median']:.2f}  thr on/off {paired['throughput_on_vs_off']['median']:.2f})", flush=True)  # fmt: skip
     daemon.stop()
     if args.auth_share and "tiny_mlp" in paths:
         results["auth_interceptor_share"] = auth_share(work, paths, shapes["tiny_mlp"], echo_port, args)
