@@ -107,8 +107,9 @@ def test_predict_stats_and_serve_status(tessera_cli, client, model_file, tmp_pat
     assert stats.code == 0 and "p99" in stats.out and "2 requests" in stats.out
     assert tessera_cli("--json", "stats").json()[0]["request_count"] == "2"
     status = tessera_cli("serve-status")
-    assert "affine" in status.out and "ready" in status.out
-    assert tessera_cli("--json", "serve-status", "affine").json()[0]["state"] == "LOAD_STATE_READY"
+    assert "affine" in status.out and "ready" in status.out and "instances" in status.out
+    (loaded,) = tessera_cli("--json", "serve-status", "affine").json()
+    assert loaded["state"] == "LOAD_STATE_READY" and loaded["config"]["instances"] == 2  # a CPU's default
     np.savez(inputs, input=np.ones((2, 3), np.float32))
     assert_failed_cleanly(
         tessera_cli("predict", "affine", "--input", str(inputs)), "INVALID_ARGUMENT", "input"

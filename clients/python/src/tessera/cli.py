@@ -568,7 +568,7 @@ def cmd_serve_status(client: Client, args: argparse.Namespace, out: Output) -> N
         return out.json(list(loaded))
     out.table(
         "loaded models",
-        ["model", "version", "state", "runtime", "device", "max batch", "memory", "loaded"],
+        ["model", "version", "state", "runtime", "device", "instances", "max batch", "memory", "loaded"],
         [
             (
                 m.model,
@@ -576,6 +576,7 @@ def cmd_serve_status(client: Client, args: argparse.Namespace, out: Output) -> N
                 inference_pb2.LoadState.Name(m.state).removeprefix("LOAD_STATE_").lower(),
                 inference_pb2.Runtime.Name(m.config.runtime).removeprefix("RUNTIME_").lower(),
                 m.config.device,
+                m.config.instances,
                 m.config.max_batch_size,
                 size(m.memory_bytes),
                 when(m.loaded_at),
