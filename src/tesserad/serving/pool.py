@@ -48,7 +48,7 @@ class ServingConfig:
 
 # Instances per version when neither the load nor the daemon sets them: two on a CPU, as Triton
 # gives a CPU model (cnn4d on 2 cores, concurrency 8 and 32: 1.11-1.24x the requests/s of one
-# instance; a lone request is not slower), and one per GPU.
+# instance; at concurrency 1, 0.95x, within the machine's noise), and one per GPU.
 CPU_INSTANCES = 2
 
 
