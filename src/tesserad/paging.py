@@ -1,4 +1,4 @@
-"""Pagination: page sizes and opaque page tokens shared by every List RPC.
+"""Pagination: page sizes, opaque page tokens and the paged table scan shared by every List RPC.
 
 A token carries the key to resume after plus a fingerprint of the query it belongs to, so a
 token reused with different filters is rejected instead of silently skipping items.
@@ -10,10 +10,14 @@ import base64
 import binascii
 import hashlib
 import json
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 from tesserad.errors import InvalidArgument
+from tesserad.store import Key, ReadTxn, pack, unpack
+
+T = TypeVar("T")
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -63,3 +67,54 @@ def resume_after(token: str, query: Any) -> bytes | None:
             "page_token belongs to a different query; keep the filters the same across pages"
         )
     return after
+
+
+@dataclass
+class Page(Generic[T]):
+    items: list[T] = field(default_factory=list)
+    next_page_token: str = ""
+
+
+def read_page(
+    txn: ReadTxn,
+    table: str,
+    prefix: Key = (),
+    *,
+    query: Mapping[str, Any],
+    page_token: str,
+    requested_size: int,
+    item: Callable[[Key, bytes], T],
+    keep: Callable[[Key, bytes], bool] | None = None,
+    until: Callable[[Key], bool] | None = None,
+    start: Key | None = None,
+    reverse: bool = False,
+) -> Page[T]:
+    """One page of `table`'s rows under `prefix`, in key order (or reversed), as `item(key, value)`.
+
+    `query` identifies the listing (its filters included) for the page token; `keep` skips rows
+    a filter rejects; the scan ends at the first key for which `until` is true; `start` is
+    where a first page begins (a resumed page begins after the token's key). The token points
+    after the page's last row and is issued only when a further row would be kept.
+    """
+    limit = page_size(requested_size)
+    after = resume_after(page_token, query)
+    page: Page[T] = Page()
+    last: Key | None = None
+    rows = txn.scan(
+        table,
+        prefix,
+        start=start if after is None else None,
+        after=unpack(after) if after is not None else None,
+        reverse=reverse,
+    )
+    for key, raw in rows:
+        if until is not None and until(key):
+            break
+        if keep is not None and not keep(key, raw):
+            continue
+        if last is not None and len(page.items) == limit:
+            page.next_page_token = make_token(pack(last), query)
+            break
+        page.items.append(item(key, raw))
+        last = key
+    return page

@@ -19,7 +19,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -37,7 +36,7 @@ from tesserad.datasets.references import (
 from tesserad.datasets.splits import SplitSpec, compute_splits, validate_split_spec
 from tesserad.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from tesserad.names import validate_name
-from tesserad.paging import make_token, page_size, resume_after
+from tesserad.paging import Page, read_page
 from tesserad.store import (
     BlobRef,
     BlobStore,
@@ -47,8 +46,6 @@ from tesserad.store import (
     check_sha256,
     decode_record,
     encode_record,
-    pack,
-    unpack,
 )
 
 DATASETS = "datasets"
@@ -109,12 +106,6 @@ class DatasetRecord:
     size_bytes: int  # shared content counted once
     created_at: float
     updated_at: float
-
-
-@dataclass
-class Page:
-    items: list[Any] = field(default_factory=list)
-    next_page_token: str = ""
 
 
 def _holder(name: str, version: int) -> str:
@@ -316,25 +307,24 @@ class Datasets:
                 f"lineage dataset {name!r} v{version} has sha256 {record.sha256}, not {sha256}"
             )
 
-    def list_versions(self, name: str, page_size_: int = 0, page_token: str = "") -> Page:
+    def list_versions(
+        self, name: str, page_size_: int = 0, page_token: str = ""
+    ) -> Page[DatasetVersionRecord]:
         """Newest first."""
         validate_name("name", name)
-        limit = page_size(page_size_)
-        query = {"list": "dataset_versions", "name": name}
-        after = resume_after(page_token, query)
-        page = Page()
         with self._store.read() as txn:
             if not txn.exists(DATASETS, (name,)):
                 raise _missing(name)
-            rows = list(
-                txn.scan(
-                    VERSIONS, (name,), reverse=True, after=unpack(after) if after else None, limit=limit + 1
-                )
+            return read_page(
+                txn,
+                VERSIONS,
+                (name,),
+                query={"list": "dataset_versions", "name": name},
+                page_token=page_token,
+                requested_size=page_size_,
+                item=lambda _key, raw: _decode_version(raw),
+                reverse=True,
             )
-            page.items = [_decode_version(raw) for _, raw in rows[:limit]]
-            if len(rows) > limit:
-                page.next_page_token = make_token(pack(rows[limit - 1][0]), query)
-        return page
 
     def _dataset(self, txn: ReadTxn, name: str) -> DatasetRecord:
         raw = txn.get(DATASETS, (name,))
@@ -361,23 +351,21 @@ class Datasets:
         with self._store.read() as txn:
             return self._dataset(txn, name)
 
-    def list_datasets(self, name_prefix: str = "", page_size_: int = 0, page_token: str = "") -> Page:
+    def list_datasets(
+        self, name_prefix: str = "", page_size_: int = 0, page_token: str = ""
+    ) -> Page[DatasetRecord]:
         """Datasets in name order whose name starts with `name_prefix`."""
-        limit = page_size(page_size_)
-        query = {"list": "datasets", "prefix": name_prefix}
-        after = resume_after(page_token, query)
-        page = Page()
         with self._store.read() as txn:
-            start = (name_prefix,) if name_prefix and after is None else None
-            for key, _ in txn.scan(DATASETS, start=start, after=unpack(after) if after else None):
-                name = str(key[0])
-                if not name.startswith(name_prefix):
-                    break
-                if len(page.items) == limit:
-                    page.next_page_token = make_token(pack((page.items[-1].name,)), query)
-                    break
-                page.items.append(self._dataset(txn, name))
-        return page
+            return read_page(
+                txn,
+                DATASETS,
+                query={"list": "datasets", "prefix": name_prefix},
+                page_token=page_token,
+                requested_size=page_size_,
+                item=lambda key, _raw: self._dataset(txn, str(key[0])),
+                until=lambda key: not str(key[0]).startswith(name_prefix),
+                start=(name_prefix,) if name_prefix else None,
+            )
 
     def delete(self, name: str, version: int = 0, force: bool = False) -> int:
         """Delete one version (or every version when 0); refused while something holds it, unless force."""
