@@ -1,7 +1,8 @@
 """The model registry domain: models, versions, aliases, lineage, deployments (no gRPC here).
 
-`Registry` is the entry point; see its module docstring (tesserad.registry.service) for what
-it guarantees.
+`Registry` (tesserad.registry.service) is the entry point and says what the registry
+guarantees; each concern lives in its own module: models, versions (uploads, lineage,
+comparison), aliases, deployments; tables holds the reads they share.
 """
 
 from tesserad.registry.records import (
@@ -12,7 +13,6 @@ from tesserad.registry.records import (
     DeploymentRecord,
     Lineage,
     ModelRecord,
-    Page,
     Route,
     Shadow,
     Signature,
@@ -21,7 +21,8 @@ from tesserad.registry.records import (
     VersionKey,
     VersionRecord,
 )
-from tesserad.registry.service import LATEST, TABLES, Registry
+from tesserad.registry.service import Registry
+from tesserad.registry.tables import LATEST, TABLES
 
 __all__ = [
     "LATEST",
@@ -33,7 +34,6 @@ __all__ = [
     "DeploymentRecord",
     "Lineage",
     "ModelRecord",
-    "Page",
     "Registry",
     "Route",
     "Shadow",

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from tesserad.errors import FailedPrecondition, InvalidArgument
 from tesserad.registry.records import Signature, TensorSpec, VersionRecord
-from tesserad.registry.service import ANONYMOUS, Registry
+from tesserad.registry.service import Registry
+from tesserad.registry.tables import ANONYMOUS
 from tesserad.store import BlobStore
 
 

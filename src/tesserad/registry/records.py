@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from tesserad.store import decode_record, encode_record
@@ -168,12 +168,6 @@ class Comparison:
 class VersionKey:
     model: str
     version: int
-
-
-@dataclass
-class Page:
-    items: list[Any] = field(default_factory=list)
-    next_page_token: str = ""
 
 
 # -- stored form ----------------------------------------------------------------------------

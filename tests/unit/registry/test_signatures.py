@@ -7,7 +7,7 @@ import pytest
 from tesserad.errors import InvalidArgument
 from tesserad.registry import Signature, TensorSpec
 from tesserad.registry.artifacts import signature_differences, signature_mismatches
-from tesserad.registry.service import validate_signature
+from tesserad.registry.validation import validate_signature
 
 GRAPH = Signature((TensorSpec("input", "float32", (-1, 3, 8)),), (TensorSpec("output", "float32", (-1, 2)),))
 

@@ -1,0 +1,201 @@
+"""Aliases: names that point at a model's versions ("production", "staging"; "latest" is
+reserved and always names the newest), with an audit log of every move."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, replace
+from typing import Any
+
+from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound
+from tesserad.names import RESERVED_ALIASES, validate_name
+from tesserad.paging import Page, read_page
+from tesserad.registry.deployments import current_deployment, deployment_aliases
+from tesserad.registry.records import (
+    ALIAS_EVENT_KIND,
+    ALIAS_KIND,
+    SCHEMA,
+    AliasEvent,
+    AliasRecord,
+    VersionRecord,
+    decode_version,
+)
+from tesserad.registry.tables import (
+    ALIAS_EVENTS,
+    ALIASES,
+    ANONYMOUS,
+    LATEST,
+    VERSIONS,
+    Notify,
+    latest_version,
+    model_data,
+    put_model_data,
+    resolve_number,
+    stored_alias,
+)
+from tesserad.store import ReadTxn, Store, WriteTxn, decode_record, encode_record
+
+
+def check_settable_alias(alias: str) -> None:
+    validate_name("alias", alias)
+    if alias in RESERVED_ALIASES:
+        raise InvalidArgument(f"alias {alias!r} is reserved: it always names the newest version")
+
+
+def with_aliases(txn: ReadTxn, record: VersionRecord) -> VersionRecord:
+    """The version record with the aliases that point at it now ("latest" included)."""
+    names = [
+        str(key[1])
+        for key, raw in txn.scan(ALIASES, (record.model,))
+        if decode_record(raw, ALIAS_KIND, SCHEMA)[1]["version"] == record.version
+    ]
+    if latest_version(txn, record.model) == record.version:
+        names.append(LATEST)
+    return replace(record, aliases=tuple(names))
+
+
+def move_alias(
+    txn: WriteTxn,
+    model_fields: dict[str, Any],
+    alias: str,
+    version: int,
+    actor: str,
+    expected: int | None,
+) -> AliasEvent:
+    """Point `alias` at `version` (compare-and-set when `expected` is given; 0: must not exist).
+
+    The move is logged when it changes the version; the caller stores `model_fields`, whose
+    event counter this advances.
+    """
+    model = model_fields["name"]
+    stored = stored_alias(txn, model, alias)
+    current = int(stored["version"]) if stored else 0
+    if expected is not None and expected != current:
+        where = f"points at version {current}" if current else "does not exist"
+        raise FailedPrecondition(
+            f"alias {alias!r} of model {model!r} {where}, not {expected if expected else 'absent'} as expected; "
+            "read it again and retry"
+        )
+    event = AliasEvent(model, alias, current, version, time.time(), actor)
+    txn.put(
+        ALIASES,
+        (model, alias),
+        encode_record(
+            ALIAS_KIND, SCHEMA, {"version": version, "updated_at": event.time, "updated_by": actor}
+        ),
+    )
+    if current != version:
+        _log_event(txn, model_fields, event)
+    return event
+
+
+def _log_event(txn: WriteTxn, model_fields: dict[str, Any], event: AliasEvent) -> None:
+    seq = int(model_fields["next_event"])
+    model_fields["next_event"] = seq + 1
+    txn.put(ALIAS_EVENTS, (event.model, seq), encode_record(ALIAS_EVENT_KIND, SCHEMA, asdict(event)))
+
+
+class Aliases:
+    """Set, read, list and delete a model's aliases; their history."""
+
+    def __init__(self, store: Store, notify: Notify) -> None:
+        self._store = store
+        self._notify = notify
+
+    def set_alias(
+        self,
+        model: str,
+        alias: str,
+        version: int,
+        actor: str = ANONYMOUS,
+        expected_version: int | None = None,
+    ) -> AliasRecord:
+        """Create or move an alias (compare-and-set when expected_version is given; 0 = must not exist)."""
+        validate_name("model", model)
+        check_settable_alias(alias)
+        with self._store.write() as txn:
+            fields = model_data(txn, model)
+            if not txn.exists(VERSIONS, (model, version)):
+                raise NotFound(f"model {model!r} has no version {version}")
+            event = move_alias(txn, fields, alias, version, actor, expected_version)
+            put_model_data(txn, fields)
+        self._notify(model)
+        return AliasRecord(model, alias, version, event.time, actor)
+
+    def get_alias(self, model: str, alias: str) -> AliasRecord:
+        validate_name("model", model)
+        validate_name("alias", alias)
+        with self._store.read() as txn:
+            fields = model_data(txn, model)
+            if alias == LATEST:
+                number = resolve_number(txn, model, None, LATEST)
+                created = decode_version(txn.get(VERSIONS, (model, number)) or b"")
+                return AliasRecord(model, LATEST, number, created.created_at, created.created_by)
+            stored = stored_alias(txn, model, alias)
+            if stored is None:
+                raise NotFound(f"model {fields['name']!r} has no alias {alias!r}; set it with SetAlias")
+            return AliasRecord(model, alias, stored["version"], stored["updated_at"], stored["updated_by"])
+
+    def list_aliases(self, model: str) -> list[AliasRecord]:
+        """Every alias of the model, "latest" included when there is a version."""
+        validate_name("model", model)
+        with self._store.read() as txn:
+            model_data(txn, model)
+            out = []
+            for key, raw in txn.scan(ALIASES, (model,)):
+                stored = decode_record(raw, ALIAS_KIND, SCHEMA)[1]
+                out.append(
+                    AliasRecord(
+                        model, str(key[1]), stored["version"], stored["updated_at"], stored["updated_by"]
+                    )
+                )
+            latest = latest_version(txn, model)
+            if latest:
+                newest = decode_version(txn.get(VERSIONS, (model, latest)) or b"")
+                out.append(AliasRecord(model, LATEST, latest, newest.created_at, newest.created_by))
+        return out
+
+    def delete_alias(self, model: str, alias: str, actor: str = ANONYMOUS) -> None:
+        """Refused while the current deployment routes through the alias."""
+        validate_name("model", model)
+        check_settable_alias(alias)
+        with self._store.write() as txn:
+            fields = model_data(txn, model)
+            stored = stored_alias(txn, model, alias)
+            if stored is None:
+                raise NotFound(f"model {model!r} has no alias {alias!r}")
+            deployment = current_deployment(txn, model)
+            if deployment is not None and alias in deployment_aliases(deployment):
+                raise FailedPrecondition(
+                    f"alias {alias!r} is used by deployment revision {deployment.revision} of model {model!r}; "
+                    "deploy without it first"
+                )
+            txn.delete(ALIASES, (model, alias))
+            _log_event(txn, fields, AliasEvent(model, alias, int(stored["version"]), 0, time.time(), actor))
+            put_model_data(txn, fields)
+        self._notify(model)
+
+    def list_alias_history(
+        self, model: str, alias: str = "", page_size_: int = 0, page_token: str = ""
+    ) -> Page[AliasEvent]:
+        """Alias events, newest first; only `alias`'s when given."""
+        validate_name("model", model)
+        if alias:
+            validate_name("alias", alias)
+
+        def event(raw: bytes) -> AliasEvent:
+            return AliasEvent(**decode_record(raw, ALIAS_EVENT_KIND, SCHEMA)[1])
+
+        with self._store.read() as txn:
+            model_data(txn, model)
+            return read_page(
+                txn,
+                ALIAS_EVENTS,
+                (model,),
+                query={"list": "alias_history", "model": model, "alias": alias},
+                page_token=page_token,
+                requested_size=page_size_,
+                item=lambda _key, raw: event(raw),
+                keep=(lambda _key, raw: event(raw).alias == alias) if alias else None,
+                reverse=True,
+            )

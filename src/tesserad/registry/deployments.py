@@ -1,0 +1,209 @@
+"""Deployments: how requests without a version or alias are routed (weighted routes and a
+shadow), kept as a history of revisions with rollback.
+
+Every Deploy and Rollback adds a revision; the newest is the model's deployment.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound
+from tesserad.names import validate_name
+from tesserad.paging import Page, read_page
+from tesserad.registry.records import (
+    DeploymentRecord,
+    Route,
+    Shadow,
+    Target,
+    decode_deployment,
+    encode_deployment,
+)
+from tesserad.registry.tables import (
+    ANONYMOUS,
+    DEPLOYMENTS,
+    VERSIONS,
+    Notify,
+    model_data,
+    resolve_number,
+)
+from tesserad.store import ReadTxn, Store
+
+
+def current_deployment(txn: ReadTxn, model: str) -> DeploymentRecord | None:
+    """The deployment requests follow now (the newest revision); None when there is none."""
+    for _, raw in txn.scan(DEPLOYMENTS, (model,), reverse=True, limit=1):
+        return decode_deployment(raw)
+    return None
+
+
+def deployment_aliases(deployment: DeploymentRecord) -> set[str]:
+    """The aliases its routes and shadow name."""
+    targets = [r.target for r in deployment.routes]
+    if deployment.shadow:
+        targets.append(deployment.shadow.target)
+    return {t.alias for t in targets if t.alias}
+
+
+def deployment_versions(txn: ReadTxn, deployment: DeploymentRecord) -> set[int]:
+    """The versions its routes and shadow resolve to now."""
+    current = resolved(txn, deployment)
+    versions = {r.resolved_version for r in current.routes}
+    if current.shadow:
+        versions.add(current.shadow.resolved_version)
+    return versions
+
+
+def resolved(txn: ReadTxn, deployment: DeploymentRecord) -> DeploymentRecord:
+    """The deployment with each target's version as it resolves now (0: it no longer resolves)."""
+
+    def number(target: Target) -> int:
+        try:
+            return resolve_number(txn, deployment.model, target.version or None, target.alias or None)
+        except NotFound:
+            return 0
+
+    routes = tuple(replace(r, resolved_version=number(r.target)) for r in deployment.routes)
+    shadow = (
+        replace(deployment.shadow, resolved_version=number(deployment.shadow.target))
+        if deployment.shadow
+        else None
+    )
+    return replace(deployment, routes=routes, shadow=shadow)
+
+
+def _check_target(txn: ReadTxn, model: str, target: Target, where: str) -> None:
+    if bool(target.version) == bool(target.alias):
+        raise InvalidArgument(f"{where} needs exactly one of version or alias")
+    if target.version:
+        if not txn.exists(VERSIONS, (model, target.version)):
+            raise NotFound(f"{where}: model {model!r} has no version {target.version}")
+        return
+    validate_name(f"{where}.alias", target.alias)
+    try:
+        resolve_number(txn, model, None, target.alias)
+    except NotFound as exc:
+        raise NotFound(f"{where}: {exc.message}") from None
+
+
+def _check_targets(txn: ReadTxn, deployment: DeploymentRecord, where: str) -> None:
+    for i, route in enumerate(deployment.routes):
+        _check_target(txn, deployment.model, route.target, f"{where}routes[{i}]")
+    if deployment.shadow is not None:
+        _check_target(txn, deployment.model, deployment.shadow.target, f"{where}shadow")
+
+
+class Deployments:
+    """Deploy, read, list and roll back a model's deployment revisions."""
+
+    def __init__(self, store: Store, notify: Notify) -> None:
+        self._store = store
+        self._notify = notify
+
+    def deploy(
+        self,
+        model: str,
+        routes: list[Route],
+        shadow: Shadow | None = None,
+        comment: str = "",
+        actor: str = ANONYMOUS,
+    ) -> DeploymentRecord:
+        """A new deployment revision: weights 1..100 summing to 100, every target resolvable."""
+        validate_name("model", model)
+        if not routes:
+            raise InvalidArgument("routes must name at least one version or alias with a weight")
+        for i, route in enumerate(routes):
+            if not 1 <= route.weight <= 100:
+                raise InvalidArgument(f"routes[{i}].weight must be 1..100, got {route.weight}")
+        total = sum(r.weight for r in routes)
+        if total != 100:
+            raise InvalidArgument(f"route weights must sum to 100, got {total}")
+        if shadow is not None and not 1 <= shadow.percent <= 100:
+            raise InvalidArgument(f"shadow.percent must be 1..100, got {shadow.percent}")
+        with self._store.write() as txn:
+            model_data(txn, model)
+            current = current_deployment(txn, model)
+            record = DeploymentRecord(
+                model=model,
+                revision=(current.revision if current else 0) + 1,
+                routes=tuple(Route(r.target, r.weight) for r in routes),
+                shadow=Shadow(shadow.target, shadow.percent) if shadow else None,
+                created_at=time.time(),
+                created_by=actor,
+                comment=comment,
+                previous_revision=current.revision if current else 0,
+            )
+            _check_targets(txn, record, "")
+            txn.put(DEPLOYMENTS, (model, record.revision), encode_deployment(record))
+            result = resolved(txn, record)
+        self._notify(model)
+        return result
+
+    def get_deployment(self, model: str) -> DeploymentRecord:
+        """The current deployment with each target's resolved version; NotFound when none."""
+        validate_name("model", model)
+        with self._store.read() as txn:
+            model_data(txn, model)
+            current = current_deployment(txn, model)
+            if current is None:
+                raise NotFound(f"model {model!r} has no deployment; create one with Deploy")
+            return resolved(txn, current)
+
+    def list_deployments(
+        self, model: str, page_size_: int = 0, page_token: str = ""
+    ) -> Page[DeploymentRecord]:
+        """Deployment history, newest first."""
+        validate_name("model", model)
+        with self._store.read() as txn:
+            model_data(txn, model)
+            return read_page(
+                txn,
+                DEPLOYMENTS,
+                (model,),
+                query={"list": "deployments", "model": model},
+                page_token=page_token,
+                requested_size=page_size_,
+                item=lambda _key, raw: resolved(txn, decode_deployment(raw)),
+                reverse=True,
+            )
+
+    def rollback(self, model: str, actor: str = ANONYMOUS) -> DeploymentRecord:
+        """Restore the deployment before the current one as a new revision.
+
+        Rolling back again goes one further back (the new revision's predecessor is the
+        restored one's predecessor), so repeated rollbacks walk the history.
+        """
+        validate_name("model", model)
+        with self._store.write() as txn:
+            model_data(txn, model)
+            current = current_deployment(txn, model)
+            if current is None or not current.previous_revision:
+                raise FailedPrecondition(
+                    f"model {model!r} has no earlier deployment to roll back to"
+                    + (
+                        f" (revision {current.revision} is the first)"
+                        if current
+                        else "; it was never deployed"
+                    )
+                )
+            raw = txn.get(DEPLOYMENTS, (model, current.previous_revision))
+            if raw is None:
+                raise FailedPrecondition(
+                    f"deployment revision {current.previous_revision} of {model!r} is gone"
+                )
+            restored = decode_deployment(raw)
+            _check_targets(txn, restored, f"revision {restored.revision} ")
+            record = replace(
+                restored,
+                revision=current.revision + 1,
+                created_at=time.time(),
+                created_by=actor,
+                comment=f"rollback of revision {current.revision} to revision {restored.revision}",
+                rolled_back_from=current.revision,
+                previous_revision=restored.previous_revision,
+            )
+            txn.put(DEPLOYMENTS, (model, record.revision), encode_deployment(record))
+            result = resolved(txn, record)
+        self._notify(model)
+        return result

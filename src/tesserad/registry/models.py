@@ -1,0 +1,151 @@
+"""Models: the named containers of versions, with a description and tags."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from tesserad.datasets.references import delete_unheld_blobs
+from tesserad.errors import AlreadyExists, FailedPrecondition
+from tesserad.names import validate_name
+from tesserad.paging import Page, read_page
+from tesserad.registry.deployments import current_deployment
+from tesserad.registry.records import ALIAS_KIND, MODEL_KIND, SCHEMA, ModelRecord, decode_version
+from tesserad.registry.tables import (
+    ALIAS_EVENTS,
+    ALIASES,
+    DEPLOYMENTS,
+    DERIVED,
+    LATEST,
+    MODELS,
+    VERSIONS,
+    Notify,
+    latest_version,
+    model_data,
+    new_model_data,
+    put_model_data,
+)
+from tesserad.registry.validation import validate_tags
+from tesserad.registry.versions import delete_version_rows
+from tesserad.store import BlobStore, ReadTxn, Store, decode_record
+
+
+def model_record(txn: ReadTxn, fields: dict[str, Any]) -> ModelRecord:
+    """The stored fields with what is derived from the model's versions and aliases."""
+    name = fields["name"]
+    latest = latest_version(txn, name)
+    aliases = {
+        str(key[1]): decode_record(raw, ALIAS_KIND, SCHEMA)[1]["version"]
+        for key, raw in txn.scan(ALIASES, (name,))
+    }
+    if latest:
+        aliases[LATEST] = latest
+    return ModelRecord(
+        name=name,
+        description=fields["description"],
+        tags=dict(fields["tags"]),
+        created_at=fields["created_at"],
+        updated_at=fields["updated_at"],
+        latest_version=latest,
+        version_count=txn.count(VERSIONS, (name,)),
+        aliases=aliases,
+    )
+
+
+class Models:
+    """Create, read, list, update and delete models."""
+
+    def __init__(self, store: Store, blobs: BlobStore, notify: Notify) -> None:
+        self._store = store
+        self._blobs = blobs
+        self._notify = notify
+
+    def create_model(
+        self, name: str, description: str = "", tags: dict[str, str] | None = None
+    ) -> ModelRecord:
+        validate_name("name", name)
+        validate_tags("tags", tags or {})
+        with self._store.write() as txn:
+            if txn.exists(MODELS, (name,)):
+                raise AlreadyExists(f"model {name!r} already exists; pick another name or use UpdateModel")
+            fields = new_model_data(name, description, tags or {})
+            put_model_data(txn, fields)
+            return model_record(txn, fields)
+
+    def get_model(self, name: str) -> ModelRecord:
+        validate_name("name", name)
+        with self._store.read() as txn:
+            return model_record(txn, model_data(txn, name))
+
+    def list_models(
+        self,
+        name_prefix: str = "",
+        tags: dict[str, str] | None = None,
+        page_size_: int = 0,
+        page_token: str = "",
+    ) -> Page[ModelRecord]:
+        """Models in name order whose name starts with `name_prefix` and that carry every tag
+        in `tags` (an empty value matches any value)."""
+        tags = tags or {}
+
+        def tagged(_key: Any, raw: bytes) -> bool:
+            have = decode_record(raw, MODEL_KIND, SCHEMA)[1]["tags"]
+            return all(k in have and (not v or have[k] == v) for k, v in tags.items())
+
+        with self._store.read() as txn:
+            return read_page(
+                txn,
+                MODELS,
+                query={"list": "models", "prefix": name_prefix, "tags": tags},
+                page_token=page_token,
+                requested_size=page_size_,
+                item=lambda _key, raw: model_record(txn, decode_record(raw, MODEL_KIND, SCHEMA)[1]),
+                keep=tagged if tags else None,
+                until=lambda key: not str(key[0]).startswith(name_prefix),
+                start=(name_prefix,) if name_prefix else None,
+            )
+
+    def update_model(
+        self,
+        name: str,
+        description: str | None = None,
+        set_tags: dict[str, str] | None = None,
+        remove_tags: list[str] | tuple[str, ...] = (),
+    ) -> ModelRecord:
+        validate_name("name", name)
+        validate_tags("set_tags", set_tags or {})
+        with self._store.write() as txn:
+            fields = model_data(txn, name)
+            if description is not None:
+                fields["description"] = description
+            fields["tags"].update(set_tags or {})
+            for key in remove_tags:
+                fields["tags"].pop(key, None)
+            fields["updated_at"] = time.time()
+            put_model_data(txn, fields)
+            return model_record(txn, fields)
+
+    def delete_model(self, name: str, force: bool = False) -> int:
+        """Delete a model and its versions; refused while aliases or a deployment point into it."""
+        validate_name("name", name)
+        with self._store.write() as txn:
+            model_data(txn, name)
+            aliases = [str(key[1]) for key, _ in txn.scan(ALIASES, (name,))]
+            deployed = current_deployment(txn, name) is not None
+            if not force and (aliases or deployed):
+                uses = [f"aliases {', '.join(aliases)}"] if aliases else []
+                uses += ["a deployment"] if deployed else []
+                raise FailedPrecondition(
+                    f"model {name!r} is in use by {' and '.join(uses)}; delete those first or pass force"
+                )
+            freed: set[str] = set()
+            deleted = 0
+            for _key, raw in list(txn.scan(VERSIONS, (name,))):
+                freed.add(delete_version_rows(txn, decode_version(raw)))
+                deleted += 1
+            for table in (ALIASES, ALIAS_EVENTS, DEPLOYMENTS, DERIVED):
+                txn.delete_range(table, (name,))
+            txn.delete(MODELS, (name,))
+        delete_unheld_blobs(self._store, self._blobs, freed)
+        self._notify(name)
+        return deleted

@@ -1,0 +1,92 @@
+"""The registry's LMDB tables and the reads every registry concern shares, inside the caller's
+transaction: a model's stored record, its newest version, the version a number or alias names."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tesserad.errors import InvalidArgument, NotFound
+from tesserad.names import validate_name
+from tesserad.registry.records import ALIAS_KIND, MODEL_KIND, SCHEMA
+from tesserad.store import ReadTxn, WriteTxn, decode_record, encode_record
+
+MODELS = "models"
+VERSIONS = "model_versions"
+ALIASES = "model_aliases"
+ALIAS_EVENTS = "model_alias_events"
+DEPLOYMENTS = "deployments"
+DERIVED = "derived_versions"
+TABLES = [MODELS, VERSIONS, ALIASES, ALIAS_EVENTS, DEPLOYMENTS, DERIVED]
+
+LATEST = "latest"
+ANONYMOUS = "anonymous"
+
+# Called with a model's name after a commit that may move where its requests go.
+Notify = Callable[[str], None]
+
+
+def model_missing(name: str) -> NotFound:
+    return NotFound(
+        f"model {name!r} does not exist; create it with CreateModel (or upload with create_model)"
+    )
+
+
+def new_model_data(name: str, description: str, tags: dict[str, str]) -> dict[str, Any]:
+    """A model's stored fields; `next_version` and `next_event` number its versions and alias events."""
+    now = time.time()
+    return {
+        "name": name,
+        "description": description,
+        "tags": dict(tags),
+        "created_at": now,
+        "updated_at": now,
+        "next_version": 1,
+        "next_event": 1,
+    }
+
+
+def model_data(txn: ReadTxn, name: str) -> dict[str, Any]:
+    """The model's stored fields; NotFound when there is no such model."""
+    raw = txn.get(MODELS, (name,))
+    if raw is None:
+        raise model_missing(name)
+    return decode_record(raw, MODEL_KIND, SCHEMA)[1]
+
+
+def put_model_data(txn: WriteTxn, data: dict[str, Any]) -> None:
+    txn.put(MODELS, (data["name"],), encode_record(MODEL_KIND, SCHEMA, data))
+
+
+def latest_version(txn: ReadTxn, model: str) -> int:
+    """The newest version number; 0 when the model has none."""
+    for key, _ in txn.scan(VERSIONS, (model,), reverse=True, limit=1):
+        return int(key[1])
+    return 0
+
+
+def stored_alias(txn: ReadTxn, model: str, alias: str) -> dict[str, Any] | None:
+    """A set alias's stored fields (version, updated_at, updated_by); None when it is not set."""
+    raw = txn.get(ALIASES, (model, alias))
+    return None if raw is None else decode_record(raw, ALIAS_KIND, SCHEMA)[1]
+
+
+def resolve_number(txn: ReadTxn, model: str, version: int | None, alias: str | None) -> int:
+    """The version number a number or an alias names ("latest" when neither is given)."""
+    data = model_data(txn, model)
+    if version:
+        if version < 0:
+            raise InvalidArgument(f"version must be >= 1, got {version}")
+        return version
+    alias = alias or LATEST
+    if alias == LATEST:
+        latest = latest_version(txn, model)
+        if not latest:
+            raise NotFound(f"model {data['name']!r} has no versions yet; upload one with UploadVersion")
+        return latest
+    validate_name("alias", alias)
+    stored = stored_alias(txn, model, alias)
+    if stored is None:
+        raise NotFound(f"model {model!r} has no alias {alias!r}; set it with SetAlias")
+    return int(stored["version"])

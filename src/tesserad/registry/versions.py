@@ -1,0 +1,410 @@
+"""Versions: uploads checked and recorded as immutable numbered versions, reading them back,
+deleting them; their lineage and how two versions differ.
+
+A version is recorded only after its artifact blob is complete and checked; version numbers
+count from 1 per model and are never reused, even after a delete.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from tesserad.config import format_size
+from tesserad.datasets.references import (
+    delete_unheld_blobs,
+    hold_blob,
+    hold_dataset,
+    release_blob,
+    release_dataset,
+)
+from tesserad.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from tesserad.names import validate_name
+from tesserad.paging import Page, read_page
+from tesserad.registry.aliases import check_settable_alias, move_alias, with_aliases
+from tesserad.registry.artifacts import (
+    check_onnx,
+    safetensors_parameter_count,
+    signature_differences,
+    signature_mismatches,
+)
+from tesserad.registry.deployments import current_deployment, deployment_versions
+from tesserad.registry.records import (
+    ARTIFACT_FORMATS,
+    MODEL_KIND,
+    SCHEMA,
+    Comparison,
+    Lineage,
+    MetricDiff,
+    Signature,
+    ValueDiff,
+    VersionKey,
+    VersionRecord,
+    decode_version,
+    encode_version,
+)
+from tesserad.registry.tables import (
+    ANONYMOUS,
+    DERIVED,
+    LATEST,
+    MODELS,
+    VERSIONS,
+    Notify,
+    model_data,
+    model_missing,
+    new_model_data,
+    put_model_data,
+    resolve_number,
+)
+from tesserad.registry.validation import validate_metrics, validate_signature, validate_tags
+from tesserad.store import BlobRef, BlobStore, ReadTxn, Store, WriteTxn, decode_record
+
+# Checks a dataset version named in lineage inside the registering transaction:
+# (txn, name, version, sha256) -> None, raising NotFound / InvalidArgument.
+DatasetCheck = Callable[[ReadTxn, str, int, str], None]
+
+
+def holder(model: str, version: int) -> str:
+    """How a version is named among the holders of its blob and datasets."""
+    return f"model:{model}:{version}"
+
+
+def version_record(txn: ReadTxn, model: str, version: int) -> VersionRecord:
+    """The stored version with its aliases; NotFound naming the model or the version."""
+    raw = txn.get(VERSIONS, (model, version))
+    if raw is None:
+        model_data(txn, model)
+        raise NotFound(f"model {model!r} has no version {version}")
+    return with_aliases(txn, decode_version(raw))
+
+
+def delete_version_rows(txn: WriteTxn, record: VersionRecord) -> str:
+    """Remove the version and release what it held; the sha256 of the blob that may now be unheld."""
+    name = holder(record.model, record.version)
+    txn.delete(VERSIONS, (record.model, record.version))
+    release_blob(txn, record.sha256, name)
+    for ds in record.lineage.datasets:
+        release_dataset(txn, ds.name, ds.version, name)
+    if record.lineage.parent_version:
+        parent = record.lineage.parent_model or record.model
+        txn.delete(DERIVED, (parent, record.lineage.parent_version, record.model, record.version))
+    return record.sha256
+
+
+class Versions:
+    """Upload checks, registration, reads, deletes, lineage and comparison of model versions."""
+
+    def __init__(
+        self,
+        store: Store,
+        blobs: BlobStore,
+        notify: Notify,
+        *,
+        max_artifact_size: int,
+        dataset_check: DatasetCheck | None,
+    ) -> None:
+        self._store = store
+        self._blobs = blobs
+        self._notify = notify
+        self._max_artifact_size = max_artifact_size
+        self._dataset_check = dataset_check
+
+    # -- uploads ---------------------------------------------------------------------------
+
+    def check_upload(
+        self,
+        model: str,
+        *,
+        format: str,
+        signature: Signature,
+        architecture: dict[str, Any] | None,
+        size_bytes: int,
+        create_model_if_missing: bool,
+    ) -> None:
+        """What can be checked from an upload's header, before any byte is stored."""
+        validate_name("model", model)
+        if format not in ARTIFACT_FORMATS:
+            raise InvalidArgument(f"format must be safetensors or onnx, got {format or 'unspecified'}")
+        validate_signature(signature, required=format == "safetensors")
+        if format == "safetensors" and not architecture:
+            raise InvalidArgument(
+                "architecture is required for a safetensors upload (it says how to build the model)"
+            )
+        if size_bytes <= 0:
+            raise InvalidArgument(f"size_bytes must be the artifact's size in bytes (> 0), got {size_bytes}")
+        if size_bytes > self._max_artifact_size:
+            raise ResourceExhausted(
+                f"the artifact is {format_size(size_bytes)} ({size_bytes} bytes), over "
+                f"limits.max_artifact_size ({format_size(self._max_artifact_size)}); raise the limit "
+                "(TESSERA_LIMITS_MAX_ARTIFACT_SIZE) or upload a smaller artifact"
+            )
+        if not create_model_if_missing:
+            with self._store.read() as txn:
+                model_data(txn, model)
+
+    def register_version(
+        self,
+        model: str,
+        *,
+        format: str,
+        blob: BlobRef,
+        signature: Signature | None = None,
+        architecture: dict[str, Any] | None = None,
+        params: dict[str, str] | None = None,
+        metrics: dict[str, float] | None = None,
+        tags: dict[str, str] | None = None,
+        lineage: Lineage | None = None,
+        description: str = "",
+        create_model_if_missing: bool = False,
+        alias: str = "",
+        actor: str = ANONYMOUS,
+    ) -> VersionRecord:
+        """Record a stored blob as the model's next version (all or nothing).
+
+        The artifact is checked first (safetensors header; onnx.checker and, when a signature
+        is given, that it matches the graph; an onnx version without one takes the graph's).
+        On any failure the blob is deleted unless something else holds it.
+        """
+        try:
+            return self._register(
+                model,
+                format=format,
+                blob=blob,
+                signature=signature or Signature(),
+                architecture=architecture,
+                params=params or {},
+                metrics=metrics or {},
+                tags=tags or {},
+                lineage=lineage or Lineage(),
+                description=description,
+                create_model_if_missing=create_model_if_missing,
+                alias=alias,
+                actor=actor,
+            )
+        except BaseException:
+            delete_unheld_blobs(self._store, self._blobs, {blob.sha256})
+            raise
+
+    def _register(
+        self,
+        model: str,
+        *,
+        format: str,
+        blob: BlobRef,
+        signature: Signature,
+        architecture: dict[str, Any] | None,
+        params: dict[str, str],
+        metrics: dict[str, float],
+        tags: dict[str, str],
+        lineage: Lineage,
+        description: str,
+        create_model_if_missing: bool,
+        alias: str,
+        actor: str,
+    ) -> VersionRecord:
+        self.check_upload(
+            model,
+            format=format,
+            signature=signature,
+            architecture=architecture,
+            size_bytes=blob.size,
+            create_model_if_missing=create_model_if_missing,
+        )
+        validate_tags("tags", tags)
+        validate_metrics(metrics)
+        if alias:
+            check_settable_alias(alias)
+        # The blob was hashed as it was written (BlobWriter.commit); hashing it again here would
+        # halve upload throughput (measured with bench/transfer_bench.py).
+        path = self._blobs.path(blob.sha256)
+        if not path.is_file():
+            raise DataLoss(f"blob {blob.sha256} is missing from the blob directory; upload it again")
+        if format == "onnx":
+            graph_signature, parameter_count = check_onnx(path)
+            if signature.inputs or signature.outputs:
+                problems = signature_mismatches(signature, graph_signature)
+                if problems:
+                    raise InvalidArgument(
+                        "the declared signature does not match the ONNX graph: " + "; ".join(problems)
+                    )
+            else:
+                signature = graph_signature
+                validate_signature(signature, required=True)
+        else:
+            parameter_count = safetensors_parameter_count(path)
+        with self._store.write() as txn:
+            raw = txn.get(MODELS, (model,))
+            if raw is None:
+                if not create_model_if_missing:
+                    raise model_missing(model)
+                fields = new_model_data(model, "", {})
+            else:
+                fields = decode_record(raw, MODEL_KIND, SCHEMA)[1]
+            number = int(fields["next_version"])
+            self._check_lineage(txn, model, lineage)
+            record = VersionRecord(
+                model=model,
+                version=number,
+                format=format,
+                description=description,
+                signature=signature,
+                architecture=architecture,
+                params=dict(params),
+                metrics=dict(metrics),
+                tags=dict(tags),
+                lineage=lineage,
+                sha256=blob.sha256,
+                size_bytes=blob.size,
+                created_at=time.time(),
+                created_by=actor,
+                parameter_count=parameter_count,
+            )
+            fields["next_version"] = number + 1
+            fields["updated_at"] = record.created_at
+            txn.put(VERSIONS, (model, number), encode_version(record))
+            hold_blob(txn, blob.sha256, holder(model, number))
+            for ds in lineage.datasets:
+                hold_dataset(txn, ds.name, ds.version, holder(model, number))
+            if lineage.parent_version:
+                txn.put(DERIVED, (lineage.parent_model or model, lineage.parent_version, model, number), b"")
+            if alias:
+                move_alias(txn, fields, alias, number, actor, expected=None)
+            put_model_data(txn, fields)
+            result = with_aliases(txn, record)
+        self._notify(model)
+        return result
+
+    def _check_lineage(self, txn: ReadTxn, model: str, lineage: Lineage) -> None:
+        if lineage.parent_model:
+            validate_name("lineage.parent_model", lineage.parent_model)
+        if lineage.parent_version:
+            parent_model = lineage.parent_model or model
+            if not txn.exists(VERSIONS, (parent_model, lineage.parent_version)):
+                raise NotFound(
+                    f"lineage.parent_version: model {parent_model!r} has no version {lineage.parent_version}"
+                )
+        elif lineage.parent_model:
+            raise InvalidArgument("lineage.parent_model is set without lineage.parent_version")
+        for i, ds in enumerate(lineage.datasets):
+            validate_name(f"lineage.datasets[{i}].name", ds.name)
+            if ds.version < 1:
+                raise InvalidArgument(f"lineage.datasets[{i}].version must be >= 1, got {ds.version}")
+            if self._dataset_check is not None:
+                self._dataset_check(txn, ds.name, ds.version, ds.sha256)
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def resolve(self, model: str, version: int | None = None, alias: str | None = None) -> VersionRecord:
+        """The version named by number, or by alias ("latest", the default, is the newest)."""
+        validate_name("model", model)
+        with self._store.read() as txn:
+            return version_record(txn, model, resolve_number(txn, model, version, alias))
+
+    def get_version(self, model: str, version: int) -> VersionRecord:
+        return self.resolve(model, version=version)
+
+    def list_versions(self, model: str, page_size_: int = 0, page_token: str = "") -> Page[VersionRecord]:
+        """Newest first."""
+        validate_name("model", model)
+        with self._store.read() as txn:
+            model_data(txn, model)
+            return read_page(
+                txn,
+                VERSIONS,
+                (model,),
+                query={"list": "versions", "model": model},
+                page_token=page_token,
+                requested_size=page_size_,
+                item=lambda _key, raw: with_aliases(txn, decode_version(raw)),
+                reverse=True,
+            )
+
+    def open_artifact(self, record: VersionRecord, chunk_size: int) -> Iterator[bytes]:
+        """The artifact's bytes in chunks, verified against its sha256 (DataLoss if damaged)."""
+        return self._blobs.read_chunks(record.sha256, chunk_size)
+
+    def artifact_path(self, record: VersionRecord) -> Any:
+        """The artifact's file after checking its hash: a context manager yielding a Path."""
+        return self._blobs.open_verified(record.sha256)
+
+    # -- deletes ---------------------------------------------------------------------------
+
+    def delete_version(self, model: str, version: int) -> None:
+        """Refused while an alias or the current deployment uses the version."""
+        validate_name("model", model)
+        with self._store.write() as txn:
+            record = version_record(txn, model, version)
+            users = [a for a in record.aliases if a != LATEST]
+            deployment = current_deployment(txn, model)
+            if deployment is not None and version in deployment_versions(txn, deployment):
+                users.append(f"deployment revision {deployment.revision}")
+            if users:
+                raise FailedPrecondition(
+                    f"version {version} of model {model!r} is in use by {', '.join(users)}; "
+                    "move those to another version first"
+                )
+            sha256 = delete_version_rows(txn, record)
+        delete_unheld_blobs(self._store, self._blobs, {sha256})
+        self._notify(model)
+
+    # -- lineage and comparison ------------------------------------------------------------
+
+    def get_lineage(
+        self, model: str, version: int | None = None, alias: str | None = None
+    ) -> tuple[VersionRecord, list[VersionKey]]:
+        """The version (its lineage included) and the versions whose parent it is."""
+        validate_name("model", model)
+        with self._store.read() as txn:
+            record = version_record(txn, model, resolve_number(txn, model, version, alias))
+            derived = [
+                VersionKey(str(k[2]), int(k[3])) for k, _ in txn.scan(DERIVED, (model, record.version))
+            ]
+        return record, derived
+
+    def compare(
+        self, a: tuple[str, int | None, str | None], b: tuple[str, int | None, str | None]
+    ) -> Comparison:
+        """Differences between two versions (any models): params, metrics, signature, size, lineage."""
+        ra = self.resolve(*a)
+        rb = self.resolve(*b)
+        params = [
+            ValueDiff(k, ra.params.get(k, ""), rb.params.get(k, ""), k in ra.params, k in rb.params)
+            for k in sorted(set(ra.params) | set(rb.params))
+            if ra.params.get(k) != rb.params.get(k)
+        ]
+        metrics = []
+        for k in sorted(set(ra.metrics) | set(rb.metrics)):
+            va, vb = ra.metrics.get(k), rb.metrics.get(k)
+            if va != vb:
+                delta = vb - va if va is not None and vb is not None else 0.0
+                metrics.append(MetricDiff(k, va or 0.0, vb or 0.0, va is not None, vb is not None, delta))
+        la, lb = _flat_lineage(ra), _flat_lineage(rb)
+        lineage = [
+            ValueDiff(k, la.get(k, ""), lb.get(k, ""), k in la, k in lb)
+            for k in sorted(set(la) | set(lb))
+            if la.get(k) != lb.get(k)
+        ]
+        differences = signature_differences(ra.signature, rb.signature)
+        return Comparison(
+            ra, rb, params, metrics, not differences, differences, rb.size_bytes - ra.size_bytes, lineage
+        )
+
+
+def _flat_lineage(record: VersionRecord) -> dict[str, str]:
+    lineage = record.lineage
+    flat = {
+        "run_id": lineage.run_id,
+        "job_id": lineage.job_id,
+        "experiment": lineage.experiment,
+        "parent": f"{lineage.parent_model or record.model}:{lineage.parent_version}"
+        if lineage.parent_version
+        else "",
+        "job_spec": json.dumps(lineage.job_spec, sort_keys=True, separators=(",", ":"))
+        if lineage.job_spec
+        else "",
+    }
+    for ds in lineage.datasets:
+        flat[f"dataset.{ds.name}"] = f"v{ds.version} sha256:{ds.sha256}" if ds.sha256 else f"v{ds.version}"
+    return {k: v for k, v in flat.items() if v}
