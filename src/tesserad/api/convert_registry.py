@@ -253,6 +253,7 @@ def deployment_to_proto(record: DeploymentRecord) -> pb.Deployment:
         created_by=record.created_by,
         comment=record.comment,
         rolled_back_from=record.rolled_back_from,
+        undeployed=record.undeployed,
     )
     if record.shadow is not None:
         shadow = message.shadow

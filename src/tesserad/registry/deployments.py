@@ -1,7 +1,9 @@
 """Deployments: how requests without a version or alias are routed (weighted routes and a
 shadow), kept as a history of revisions with rollback.
 
-Every Deploy and Rollback adds a revision; the newest is the model's deployment.
+Every Deploy and Rollback adds a revision; the newest is the model's deployment. Rolling back
+the first deployment adds a revision without routes (`undeployed`): the model then has no
+deployment and requests route as before any, to the latest version.
 """
 
 from __future__ import annotations
@@ -31,11 +33,17 @@ from tesserad.registry.tables import (
 from tesserad.store import ReadTxn, Store
 
 
-def current_deployment(txn: ReadTxn, model: str) -> DeploymentRecord | None:
-    """The deployment requests follow now (the newest revision); None when there is none."""
+def latest_revision(txn: ReadTxn, model: str) -> DeploymentRecord | None:
+    """The newest revision, an undeployed one included; None when the model was never deployed."""
     for _, raw in txn.scan(DEPLOYMENTS, (model,), reverse=True, limit=1):
         return decode_deployment(raw)
     return None
+
+
+def current_deployment(txn: ReadTxn, model: str) -> DeploymentRecord | None:
+    """The deployment requests follow now; None when there is none."""
+    latest = latest_revision(txn, model)
+    return None if latest is None or latest.undeployed else latest
 
 
 def deployment_aliases(deployment: DeploymentRecord) -> set[str]:
@@ -123,16 +131,16 @@ class Deployments:
             raise InvalidArgument(f"shadow.percent must be 1..100, got {shadow.percent}")
         with self._store.write() as txn:
             model_data(txn, model)
-            current = current_deployment(txn, model)
+            latest = latest_revision(txn, model)
             record = DeploymentRecord(
                 model=model,
-                revision=(current.revision if current else 0) + 1,
+                revision=(latest.revision if latest else 0) + 1,
                 routes=tuple(Route(r.target, r.weight) for r in routes),
                 shadow=Shadow(shadow.target, shadow.percent) if shadow else None,
                 created_at=time.time(),
                 created_by=actor,
                 comment=comment,
-                previous_revision=current.revision if current else 0,
+                previous_revision=latest.revision if latest else 0,
             )
             _check_targets(txn, record, "")
             txn.put(DEPLOYMENTS, (model, record.revision), encode_deployment(record))
@@ -145,15 +153,20 @@ class Deployments:
         validate_name("model", model)
         with self._store.read() as txn:
             model_data(txn, model)
-            current = current_deployment(txn, model)
-            if current is None:
+            latest = latest_revision(txn, model)
+            if latest is None:
                 raise NotFound(f"model {model!r} has no deployment; create one with Deploy")
-            return resolved(txn, current)
+            if latest.undeployed:
+                raise NotFound(
+                    f"model {model!r} has no deployment: revision {latest.revision} rolled it back to none, "
+                    "so requests without a version or alias go to its latest version; create one with Deploy"
+                )
+            return resolved(txn, latest)
 
     def list_deployments(
         self, model: str, page_size_: int = 0, page_token: str = ""
     ) -> Page[DeploymentRecord]:
-        """Deployment history, newest first."""
+        """Deployment history, newest first (undeployed revisions included)."""
         validate_name("model", model)
         with self._store.read() as txn:
             model_data(txn, model)
@@ -169,39 +182,50 @@ class Deployments:
             )
 
     def rollback(self, model: str, actor: str = ANONYMOUS) -> DeploymentRecord:
-        """Restore the deployment before the current one as a new revision.
+        """Restore what was deployed before the current revision, as a new revision.
 
-        Rolling back again goes one further back (the new revision's predecessor is the
-        restored one's predecessor), so repeated rollbacks walk the history.
+        Before the first deployment there was none, so rolling it back records an undeployed
+        revision. The new revision's predecessor is the restored one's, so repeated rollbacks
+        walk the history back to no deployment; one more is FailedPrecondition.
         """
         validate_name("model", model)
         with self._store.write() as txn:
             model_data(txn, model)
-            current = current_deployment(txn, model)
-            if current is None or not current.previous_revision:
+            latest = latest_revision(txn, model)
+            if latest is None:
                 raise FailedPrecondition(
-                    f"model {model!r} has no earlier deployment to roll back to"
-                    + (
-                        f" (revision {current.revision} is the first)"
-                        if current
-                        else "; it was never deployed"
+                    f"model {model!r} has no earlier deployment to roll back to; it was never deployed"
+                )
+            if latest.undeployed and not latest.previous_revision:
+                raise FailedPrecondition(
+                    f"model {model!r} has no deployment to roll back: revision {latest.revision} rolled it "
+                    "back to none, and requests without a version or alias go to its latest version"
+                )
+            restored: DeploymentRecord | None = None
+            if latest.previous_revision:
+                raw = txn.get(DEPLOYMENTS, (model, latest.previous_revision))
+                if raw is None:
+                    raise FailedPrecondition(
+                        f"deployment revision {latest.previous_revision} of {model!r} is gone"
                     )
-                )
-            raw = txn.get(DEPLOYMENTS, (model, current.previous_revision))
-            if raw is None:
-                raise FailedPrecondition(
-                    f"deployment revision {current.previous_revision} of {model!r} is gone"
-                )
-            restored = decode_deployment(raw)
-            _check_targets(txn, restored, f"revision {restored.revision} ")
-            record = replace(
-                restored,
-                revision=current.revision + 1,
+                restored = decode_deployment(raw)
+                _check_targets(txn, restored, f"revision {restored.revision} ")
+            if restored is None:
+                to = "no deployment"
+            elif restored.undeployed:
+                to = f"revision {restored.revision} (no deployment)"
+            else:
+                to = f"revision {restored.revision}"
+            record = DeploymentRecord(
+                model=model,
+                revision=latest.revision + 1,
+                routes=restored.routes if restored else (),
+                shadow=restored.shadow if restored else None,
                 created_at=time.time(),
                 created_by=actor,
-                comment=f"rollback of revision {current.revision} to revision {restored.revision}",
-                rolled_back_from=current.revision,
-                previous_revision=restored.previous_revision,
+                comment=f"rollback of revision {latest.revision} to {to}",
+                rolled_back_from=latest.revision,
+                previous_revision=restored.previous_revision if restored else 0,
             )
             txn.put(DEPLOYMENTS, (model, record.revision), encode_deployment(record))
             result = resolved(txn, record)

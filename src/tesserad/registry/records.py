@@ -132,6 +132,11 @@ class DeploymentRecord:
     # The revision a Rollback of this one restores (0: none).
     previous_revision: int = 0
 
+    @property
+    def undeployed(self) -> bool:
+        """A revision that returned the model to no deployment (a rollback past the first one)."""
+        return not self.routes
+
 
 @dataclass(frozen=True)
 class ValueDiff:

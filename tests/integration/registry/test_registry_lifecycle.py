@@ -237,8 +237,6 @@ def test_deployments_rollback_and_guards(stub, weights):
         "shadow"
     )
     assert stub.GetDeployment(R.GetDeploymentRequest(model="mlp")).revision == 3
-    again = rpc_error(stub.Rollback, R.RollbackRequest(model="mlp"))
-    assert again.code() == grpc.StatusCode.FAILED_PRECONDITION and "no earlier deployment" in again.details()
     history = stub.ListDeployments(R.ListDeploymentsRequest(model="mlp"))
     assert [d.revision for d in history.deployments] == [3, 2, 1]
     # Moving the alias moves the traffic.
@@ -246,6 +244,12 @@ def test_deployments_rollback_and_guards(stub, weights):
     assert stub.GetDeployment(R.GetDeploymentRequest(model="mlp")).routes[0].resolved_version == 2
     deployed = rpc_error(stub.DeleteModel, R.DeleteModelRequest(name="mlp"))
     assert deployed.code() == grpc.StatusCode.FAILED_PRECONDITION and "a deployment" in deployed.details()
+    # Revision 3 restored revision 1, the first: rolling it back leaves no deployment.
+    undeployed = stub.Rollback(R.RollbackRequest(model="mlp"))
+    assert (undeployed.revision, undeployed.rolled_back_from, undeployed.undeployed) == (4, 3, True)
+    assert "no deployment" in undeployed.comment
+    in_use = rpc_error(stub.DeleteModel, R.DeleteModelRequest(name="mlp"))
+    assert "aliases production;" in in_use.details() and "deployment" not in in_use.details()
     assert stub.DeleteModel(R.DeleteModelRequest(name="mlp", force=True)).deleted_versions == 2
 
 

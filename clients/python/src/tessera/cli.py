@@ -254,6 +254,11 @@ def cmd_models_rollback(client: Client, args: argparse.Namespace, out: Output) -
 def print_deployment(deployment: registry_pb2.Deployment, out: Output) -> None:
     if out.as_json:
         return out.json(deployment)
+    if deployment.undeployed:
+        return out.line(
+            f"{deployment.model}: no deployment (revision {deployment.revision}: {deployment.comment}); "
+            "requests without a version or alias go to the latest version"
+        )
     rows = []
     for route in deployment.routes:
         target = f"alias {route.alias}" if route.WhichOneof("target") == "alias" else f"v{route.version}"
@@ -665,7 +670,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--shadow", help="version or alias that gets a copy of requests")
     sub.add_argument("--shadow-percent", type=int, default=100)
     sub.add_argument("--comment", default="")
-    command(models, "rollback", cmd_models_rollback, "restore the previous deployment").add_argument("model")
+    command(
+        models,
+        "rollback",
+        cmd_models_rollback,
+        "restore the previous deployment (none before the first: requests then go to the latest version)",
+    ).add_argument("model")
     sub = command(models, "compare", cmd_models_compare, "differences between two versions")
     sub.add_argument("model")
     sub.add_argument("a", help="version number or alias")

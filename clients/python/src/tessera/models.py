@@ -404,5 +404,6 @@ class Models:
         return pages(self._conn, lambda token: deployments_op(name, page_size, token), "deployments")
 
     def rollback(self, name: str) -> pb.Deployment:
-        """Restore the deployment before the current one (as a new revision)."""
+        """Restore the deployment before the current one (as a new revision); rolling back the
+        first leaves none (the returned revision has `undeployed` set)."""
         return self._conn.call(rollback_op(name))

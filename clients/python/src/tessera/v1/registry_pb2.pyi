@@ -1485,6 +1485,7 @@ class Deployment(_message.Message):
     CREATED_BY_FIELD_NUMBER: _builtins.int
     COMMENT_FIELD_NUMBER: _builtins.int
     ROLLED_BACK_FROM_FIELD_NUMBER: _builtins.int
+    UNDEPLOYED_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     revision: _builtins.int
     """Increases by one with every Deploy or Rollback."""
@@ -1492,6 +1493,11 @@ class Deployment(_message.Message):
     comment: _builtins.str
     rolled_back_from: _builtins.int
     """Set when this revision was made by Rollback: the revision it replaced."""
+    undeployed: _builtins.bool
+    """Set on a revision that returned the model to no deployment (a Rollback past the first
+    deployment): it has no routes, and requests without a version or alias go to the
+    latest version, as before any deployment.
+    """
     @_builtins.property
     def routes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Route]: ...
     @_builtins.property
@@ -1509,10 +1515,11 @@ class Deployment(_message.Message):
         created_by: _builtins.str = ...,
         comment: _builtins.str = ...,
         rolled_back_from: _builtins.int = ...,
+        undeployed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "shadow", b"shadow"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "created_at", b"created_at", "created_by", b"created_by", "model", b"model", "revision", b"revision", "rolled_back_from", b"rolled_back_from", "routes", b"routes", "shadow", b"shadow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "created_at", b"created_at", "created_by", b"created_by", "model", b"model", "revision", b"revision", "rolled_back_from", b"rolled_back_from", "routes", b"routes", "shadow", b"shadow", "undeployed", b"undeployed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

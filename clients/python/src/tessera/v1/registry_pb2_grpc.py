@@ -281,7 +281,8 @@ class RegistryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetDeployment(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """NOT_FOUND when the model has no deployment: never deployed, or rolled back to none.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -294,8 +295,10 @@ class RegistryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Rollback(self, request, context):
-        """Restores the deployment before the current one as a new revision; FAILED_PRECONDITION
-        when there is none.
+        """Restores what was deployed before the current revision, as a new revision. Rolling back
+        the first deployment returns the model to no deployment: the new revision has
+        `undeployed` set and no routes, and requests route as before any deployment. Repeated
+        rollbacks walk further back; FAILED_PRECONDITION when the model has no deployment.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

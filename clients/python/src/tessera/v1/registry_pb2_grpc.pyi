@@ -73,11 +73,14 @@ class RegistryStub:
     Deploy: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeployRequest, _registry_pb2.Deployment]
     """Deployments: how Predict calls without a version or alias are routed."""
     GetDeployment: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetDeploymentRequest, _registry_pb2.Deployment]
+    """NOT_FOUND when the model has no deployment: never deployed, or rolled back to none."""
     ListDeployments: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListDeploymentsRequest, _registry_pb2.ListDeploymentsResponse]
     """Deployment history, newest first."""
     Rollback: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RollbackRequest, _registry_pb2.Deployment]
-    """Restores the deployment before the current one as a new revision; FAILED_PRECONDITION
-    when there is none.
+    """Restores what was deployed before the current revision, as a new revision. Rolling back
+    the first deployment returns the model to no deployment: the new revision has
+    `undeployed` set and no routes, and requests route as before any deployment. Repeated
+    rollbacks walk further back; FAILED_PRECONDITION when the model has no deployment.
     """
 
 @_typing.type_check_only
@@ -123,11 +126,14 @@ class RegistryAsyncStub(RegistryStub):
     Deploy: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeployRequest, _registry_pb2.Deployment]  # type: ignore[assignment]
     """Deployments: how Predict calls without a version or alias are routed."""
     GetDeployment: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetDeploymentRequest, _registry_pb2.Deployment]  # type: ignore[assignment]
+    """NOT_FOUND when the model has no deployment: never deployed, or rolled back to none."""
     ListDeployments: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListDeploymentsRequest, _registry_pb2.ListDeploymentsResponse]  # type: ignore[assignment]
     """Deployment history, newest first."""
     Rollback: _aio.UnaryUnaryMultiCallable[_registry_pb2.RollbackRequest, _registry_pb2.Deployment]  # type: ignore[assignment]
-    """Restores the deployment before the current one as a new revision; FAILED_PRECONDITION
-    when there is none.
+    """Restores what was deployed before the current revision, as a new revision. Rolling back
+    the first deployment returns the model to no deployment: the new revision has
+    `undeployed` set and no routes, and requests route as before any deployment. Repeated
+    rollbacks walk further back; FAILED_PRECONDITION when the model has no deployment.
     """
 
 class RegistryServicer(metaclass=_abc_1.ABCMeta):
@@ -289,7 +295,8 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _registry_pb2.GetDeploymentRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_registry_pb2.Deployment, _abc.Awaitable[_registry_pb2.Deployment]]: ...
+    ) -> _typing.Union[_registry_pb2.Deployment, _abc.Awaitable[_registry_pb2.Deployment]]:
+        """NOT_FOUND when the model has no deployment: never deployed, or rolled back to none."""
 
     @_abc_1.abstractmethod
     def ListDeployments(
@@ -305,8 +312,10 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.RollbackRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.Deployment, _abc.Awaitable[_registry_pb2.Deployment]]:
-        """Restores the deployment before the current one as a new revision; FAILED_PRECONDITION
-        when there is none.
+        """Restores what was deployed before the current revision, as a new revision. Rolling back
+        the first deployment returns the model to no deployment: the new revision has
+        `undeployed` set and no routes, and requests route as before any deployment. Repeated
+        rollbacks walk further back; FAILED_PRECONDITION when the model has no deployment.
         """
 
 def add_RegistryServicer_to_server(servicer: RegistryServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
