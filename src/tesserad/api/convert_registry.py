@@ -25,6 +25,7 @@ from tesserad.registry import (
     TensorSpec,
     VersionRecord,
 )
+from tesserad.registry.export import ExportResult
 
 FORMAT_NAMES = {pb.ARTIFACT_FORMAT_SAFETENSORS: "safetensors", pb.ARTIFACT_FORMAT_ONNX: "onnx"}
 FORMAT_VALUES = {name: value for value, name in FORMAT_NAMES.items()}
@@ -193,6 +194,18 @@ def alias_event_to_proto(event: AliasEvent) -> pb.AliasEvent:
         time=timestamp(event.time),
         actor=event.actor,
     )
+
+
+def export_to_proto(result: ExportResult) -> pb.ExportOnnxResponse:
+    message = pb.ExportOnnxResponse(
+        version=version_to_proto(result.version),
+        opset=result.opset,
+        max_abs_error=result.max_abs_error,
+        conv4d=result.conv4d,
+    )
+    if result.version.alias_moved is not None:
+        message.alias_moved.CopyFrom(alias_event_to_proto(result.version.alias_moved))
+    return message
 
 
 def comparison_to_proto(c: Comparison) -> pb.CompareVersionsResponse:

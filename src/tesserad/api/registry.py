@@ -220,12 +220,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
                 actor=caller(context),
             )
         )
-        return pb.ExportOnnxResponse(
-            version=convert.version_to_proto(result.version),
-            opset=result.opset,
-            max_abs_error=result.max_abs_error,
-            conv4d=result.conv4d,
-        )
+        return convert.export_to_proto(result)
 
     # -- deployments
 

@@ -76,6 +76,8 @@ class VersionRecord:
     created_by: str
     parameter_count: int
     aliases: tuple[str, ...] = ()  # filled in when read
+    # Set on the record a registration with an alias returns: how that alias moved.
+    alias_moved: AliasEvent | None = None
 
 
 @dataclass(frozen=True)
@@ -211,6 +213,7 @@ def lineage_from_dict(data: dict[str, Any]) -> Lineage:
 def encode_version(record: VersionRecord) -> bytes:
     data = asdict(record)
     data.pop("aliases")
+    data.pop("alias_moved")
     return encode_record(VERSION_KIND, SCHEMA, data)
 
 

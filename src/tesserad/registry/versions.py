@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 from tesserad.config import format_size
@@ -165,7 +166,8 @@ class Versions:
 
         The artifact is checked first (safetensors header; onnx.checker and, when a signature
         is given, that it matches the graph; an onnx version without one takes the graph's).
-        On any failure the blob is deleted unless something else holds it.
+        On any failure the blob is deleted unless something else holds it. With `alias`, the
+        returned record's `alias_moved` says where the alias pointed before.
         """
         try:
             return self._register(
@@ -269,10 +271,9 @@ class Versions:
                 hold_dataset(txn, ds.name, ds.version, holder(model, number))
             if lineage.parent_version:
                 txn.put(DERIVED, (lineage.parent_model or model, lineage.parent_version, model, number), b"")
-            if alias:
-                move_alias(txn, fields, alias, number, actor, expected=None)
+            moved = move_alias(txn, fields, alias, number, actor, expected=None) if alias else None
             put_model_data(txn, fields)
-            result = with_aliases(txn, record)
+            result = replace(with_aliases(txn, record), alias_moved=moved)
         self._notify(model)
         return result
 

@@ -260,6 +260,8 @@ def test_export_onnx_registers_a_derived_version(stub, weights):
     assert (version.version, version.format) == (2, R.ARTIFACT_FORMAT_ONNX)
     assert version.lineage.parent_version == 1 and version.params == {"lr": "0.1"}
     assert sorted(version.aliases) == ["latest", "serving"]
+    moved = response.alias_moved
+    assert (moved.alias, moved.from_version, moved.to_version) == ("serving", 0, 2)
     assert response.max_abs_error < 1e-4 and response.opset > 0
     assert [
         (d.model, d.version) for d in stub.GetLineage(R.GetLineageRequest(ref=ref("mlp", 1))).derived

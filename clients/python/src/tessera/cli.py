@@ -496,6 +496,10 @@ def cmd_export_onnx(client: Client, args: argparse.Namespace, out: Output) -> No
         f"exported {result.version.model} v{result.version.version} (onnx opset {result.opset}, conv4d "
         f"{result.conv4d}, max |onnx - torch| {result.max_abs_error:.2e})"
     )
+    if result.HasField("alias_moved"):
+        moved = result.alias_moved
+        before = f"v{moved.from_version}" if moved.from_version else "(new)"
+        out.line(f"alias {moved.alias}: {before} -> v{moved.to_version}")
 
 
 def cmd_predict(client: Client, args: argparse.Namespace, out: Output) -> None:

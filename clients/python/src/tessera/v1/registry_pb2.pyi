@@ -1380,12 +1380,19 @@ class ExportOnnxResponse(_message.Message):
     OPSET_FIELD_NUMBER: _builtins.int
     MAX_ABS_ERROR_FIELD_NUMBER: _builtins.int
     CONV4D_FIELD_NUMBER: _builtins.int
+    ALIAS_MOVED_FIELD_NUMBER: _builtins.int
     opset: _builtins.int
     max_abs_error: _builtins.float
     """Largest absolute difference between onnxruntime and torch outputs on random inputs."""
     conv4d: _builtins.str
     @_builtins.property
     def version(self) -> Global___ModelVersion: ...
+    @_builtins.property
+    def alias_moved(self) -> Global___AliasEvent:
+        """Set when the request named an alias: the alias moved from from_version (0: it is new)
+        to the exported version.
+        """
+
     def __init__(
         self,
         *,
@@ -1393,10 +1400,11 @@ class ExportOnnxResponse(_message.Message):
         opset: _builtins.int = ...,
         max_abs_error: _builtins.float = ...,
         conv4d: _builtins.str = ...,
+        alias_moved: Global___AliasEvent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alias_moved", b"alias_moved", "version", b"version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conv4d", b"conv4d", "max_abs_error", b"max_abs_error", "opset", b"opset", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias_moved", b"alias_moved", "conv4d", b"conv4d", "max_abs_error", b"max_abs_error", "opset", b"opset", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

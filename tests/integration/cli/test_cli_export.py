@@ -1,0 +1,28 @@
+"""`tessera export onnx --alias` says where the alias moved."""
+
+from __future__ import annotations
+
+from tests.integration.registry.conftest import mlp_weights
+
+MLP = {"input_shape": [4], "output_size": 2, "mlp": {"hidden_sizes": [8]}}
+MLP_SIGNATURE = {
+    "inputs": [{"name": "input", "dtype": "DATA_TYPE_FLOAT32", "shape": [-1, 4]}],
+    "outputs": [{"name": "output", "dtype": "DATA_TYPE_FLOAT32", "shape": [-1, 2]}],
+}
+
+
+def test_export_with_an_alias_prints_where_the_alias_moved(tessera_cli, client, tmp_path):
+    weights = tmp_path / "mlp.safetensors"
+    weights.write_bytes(mlp_weights())
+    client.models.push("mlp", weights, architecture=MLP, signature=MLP_SIGNATURE)
+    client.models.set_alias("mlp", "staging", 1)
+    exported = tessera_cli("export", "onnx", "mlp", "--version", "1", "--alias", "staging")
+    assert exported.code == 0, exported.err
+    assert "exported mlp v2" in exported.out and "alias staging: v1 -> v2" in exported.out
+    fresh = tessera_cli("export", "onnx", "mlp", "--version", "1", "--alias", "canary")
+    assert "alias canary: (new) -> v3" in fresh.out
+    quiet = tessera_cli("export", "onnx", "mlp", "--version", "1")
+    assert quiet.code == 0 and "alias" not in quiet.out
+    moved = tessera_cli("--json", "export", "onnx", "mlp", "--version", "1", "--alias", "staging").json()
+    assert moved["alias_moved"]["alias"] == "staging"
+    assert (moved["alias_moved"]["from_version"], moved["alias_moved"]["to_version"]) == ("2", "5")
