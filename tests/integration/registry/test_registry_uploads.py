@@ -103,7 +103,9 @@ def test_header_rules(stub, weights):
 def test_garbage_safetensors_is_invalid_argument_and_removed(stub, data_dir):
     data = b"\xff" * 100
     error = rpc_error(upload, stub, safetensors_header("mlp", data), data)
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "not a safetensors file" in error.details()
+    assert (
+        error.code() == grpc.StatusCode.INVALID_ARGUMENT and "not a valid safetensors file" in error.details()
+    )
     assert stored_blobs(data_dir) == []
 
 
