@@ -1,15 +1,21 @@
 """Checks of uploaded artifacts: a safetensors header that adds up, an ONNX graph that passes
-`onnx.checker` and matches the declared signature. Both read from a file, never from a
-whole artifact held in memory (safetensors: only the header, through safetensors' own
-parser); nothing is ever unpickled."""
+`onnx.checker` and matches the declared signature. Both read from a file (safetensors: only
+the header, through safetensors' own parser); nothing is ever unpickled, and no error names
+the file's path on the server."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
+from itertools import chain
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tesserad.errors import InvalidArgument
 from tesserad.registry.records import Signature, TensorSpec
+
+if TYPE_CHECKING:
+    import onnx
 
 # safetensors' reasons (after "Error while deserializing header: ") said in a user's terms.
 _SAFETENSORS_REASONS = {
@@ -57,21 +63,64 @@ def _spec_of(value_info: object) -> TensorSpec:
     return TensorSpec(value_info.name, _onnx_dtype_name(tensor_type.elem_type), dims)  # type: ignore[attr-defined]
 
 
+def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor a graph holds: initializers, sparse ones and node attributes, subgraphs included."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    yield from _node_tensors(graph.node)
+
+
+def _node_tensors(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.TensorProto]:
+    for node in nodes:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            sparse = [attribute.sparse_tensor] if attribute.HasField("sparse_tensor") else []
+            for tensor in [*sparse, *attribute.sparse_tensors]:
+                yield from (tensor.values, tensor.indices)
+            subgraphs = [attribute.g] if attribute.HasField("g") else []
+            for subgraph in [*subgraphs, *attribute.graphs]:
+                yield from _graph_tensors(subgraph)
+
+
 def check_onnx(path: Path) -> tuple[Signature, int]:
-    """Run onnx.checker; the graph's signature and parameter count (initializer elements)."""
+    """Run onnx.checker; the graph's signature and parameter count (initializer elements).
+
+    The checker gets the file's bytes, not its path, so its messages never name the server's
+    path; an artifact is one file, so tensors stored as external data are refused.
+    """
     import onnx
 
+    data = path.read_bytes()
     try:
-        onnx.checker.check_model(str(path))
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises ValidationError, DecodeError, ... for a bad file
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InvalidArgument(f"the artifact is not a valid ONNX model: {first_line[:300]}") from None
+        model = onnx.load_model_from_string(data)
+    except Exception as exc:  # protobuf raises DecodeError (and others) for bytes that are not ONNX
+        raise InvalidArgument(
+            f"the artifact is not a valid ONNX model: it is not an ONNX protobuf ({_one_line(exc)})"
+        ) from None
+    tensors = chain(_graph_tensors(model.graph), *(_node_tensors(f.node) for f in model.functions))
+    external = [t.name for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL]
+    if external:
+        raise InvalidArgument(
+            f"the ONNX model keeps tensor {external[0]!r} in an external data file; upload one "
+            "self-contained file (onnx.save with save_as_external_data=False)"
+        )
+    try:
+        onnx.checker.check_model(data)
+    except Exception as exc:  # onnx raises ValidationError, ValueError, ... for a bad graph
+        raise InvalidArgument(f"the artifact is not a valid ONNX model: {_one_line(exc)}") from None
     initializers = {init.name for init in model.graph.initializer}
     inputs = tuple(_spec_of(v) for v in model.graph.input if v.name not in initializers)
     outputs = tuple(_spec_of(v) for v in model.graph.output)
     parameters = sum(math.prod(init.dims) for init in model.graph.initializer)
     return Signature(inputs, outputs), parameters
+
+
+def _one_line(exc: Exception) -> str:
+    """The exception's text on one line (onnx spreads a node's description over several)."""
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
 
 
 def signature_mismatches(declared: Signature, graph: Signature) -> list[str]:

@@ -34,9 +34,13 @@ def _load_weights(model: object, path: Path, source: VersionRecord) -> None:
 
     try:
         state = load_file(str(path))
-    except (SafetensorError, OSError) as exc:
+    except SafetensorError as exc:
         raise InvalidArgument(
             f"version {source.version}'s weights are not readable safetensors: {exc}"
+        ) from None
+    except OSError as exc:  # str(exc) names the server's path; strerror does not
+        raise InvalidArgument(
+            f"version {source.version}'s weights cannot be read: {exc.strerror or type(exc).__name__}"
         ) from None
     expected = model.state_dict()  # type: ignore[attr-defined]
     missing = sorted(set(expected) - set(state))

@@ -85,7 +85,8 @@ class OnnxRuntime:
         else:
             providers = [("CUDAExecutionProvider", {"device_id": cuda}), "CPUExecutionProvider"]
         try:
-            self._session = onnxruntime.InferenceSession(str(path), options, providers=providers)
+            # From the bytes, not the path: onnxruntime's load errors would name the server's path.
+            self._session = onnxruntime.InferenceSession(path.read_bytes(), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for a bad model
             raise FailedPrecondition(f"onnxruntime cannot load this model: {exc}") from None
         self.device = device
@@ -133,8 +134,12 @@ class TorchRuntime:
         model = build_model(spec_from_dict(dict(architecture)))
         try:
             model.load_state_dict(load_file(str(weights), device=str(self._device)))
-        except (RuntimeError, OSError) as exc:
+        except RuntimeError as exc:
             raise FailedPrecondition(f"the weights do not fit the architecture: {exc}") from None
+        except OSError as exc:  # str(exc) names the server's path; strerror does not
+            raise FailedPrecondition(
+                f"the weights cannot be read: {exc.strerror or type(exc).__name__}"
+            ) from None
         self._model = model.to(self._device).eval()
         self.device = device
         self.memory_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
