@@ -7,10 +7,10 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from tessera.v1 import common_pb2, job_spec_pb2
+from tessera.v1 import architecture_pb2, common_pb2, job_spec_pb2
 from tessera.v1 import training_pb2 as pb
 from tesserad.api.convert_common import seconds, timestamp
-from tesserad.api.convert_registry import architecture_to_dict, job_spec_to_dict
+from tesserad.api.convert_registry import job_spec_to_dict
 from tesserad.errors import InvalidArgument
 from tesserad.training.events import JobEvent
 from tesserad.training.sweeps import SweepParameter
@@ -74,14 +74,14 @@ def _plain(message: Message) -> dict[str, Any]:
 
 
 def job_spec_from_proto(spec: job_spec_pb2.JobSpec) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(the domain's raw spec, the spec as stored and returned: protobuf JSON field names)."""
+    """(the domain's raw spec, the spec as stored and returned: protobuf JSON field names).
+
+    The raw spec is the domain's plain form (training.spec): its values are checked there.
+    """
     raw = _plain(spec)
     raw.pop("architecture", None)
     if spec.HasField("architecture"):
-        try:
-            raw["architecture"] = architecture_to_dict(spec.architecture)
-        except InvalidArgument as exc:
-            raise InvalidArgument(f"spec.{exc.message}") from None
+        raw["architecture"] = _architecture_plain(spec.architecture)
     raw["task"] = _TASKS.get(spec.task, "")
     if spec.task not in _TASKS:
         raise InvalidArgument(f"spec.task: unknown value {spec.task}; use CLASSIFICATION or REGRESSION")
@@ -92,6 +92,16 @@ def job_spec_from_proto(spec: job_spec_pb2.JobSpec) -> tuple[dict[str, Any], dic
                 raise InvalidArgument(f"spec.{section}.{field}: unknown value {value}; use MIN or MAX")
             raw[section][field] = _MODES[value]
     return raw, job_spec_to_dict(spec)
+
+
+def _architecture_plain(message: architecture_pb2.Architecture) -> dict[str, Any]:
+    """The nn package's dict form of an Architecture, as given (the domain checks it)."""
+    plain: dict[str, Any] = {"input_shape": list(message.input_shape), "output_size": message.output_size}
+    family = message.WhichOneof("family")
+    if family is not None:
+        plain["family"] = family
+        plain.update(_plain(getattr(message, family)))
+    return plain
 
 
 def job_to_proto(job: dict[str, Any]) -> pb.Job:
