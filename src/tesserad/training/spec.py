@@ -5,14 +5,17 @@ The API layer turns the JobSpec message into a plain dict with the proto's zero 
 form; `normalize_spec` applies the documented defaults and checks everything that can be
 checked before running: the architecture, the dataset's version, splits and arrays, the
 model's input shape against the data, and the devices. It reports every problem at once, each
-as "spec.<path>: what is wrong", in one error.
+as "spec.<path>: what is wrong", in one error. `SPEC_FIELDS` describes the plain spec's fields
+and their types (what a sweep may set, and how its text values parse).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from tesserad.dtypes import INTEGER_DTYPES
 from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, TesseraError
@@ -56,6 +59,128 @@ def _mode(mode: str, metric: str) -> str:
         return mode
     lowered = metric.lower()
     return "min" if "loss" in lowered or "error" in lowered else "max"
+
+
+# -- the plain spec's fields
+
+
+@dataclass(frozen=True)
+class Choice:
+    """An enum field: its values in the plain spec, and the prefix of the proto's names for
+    them ("regression" is TASK_REGRESSION), so a value may be written either way."""
+
+    values: tuple[str, ...]
+    proto_prefix: str
+
+    def parse(self, text: str) -> str | None:
+        for value in self.values:
+            if text.lower() == value or text.upper() == f"{self.proto_prefix}{value.upper()}":
+                return value
+        return None
+
+
+@dataclass(frozen=True)
+class SpecField:
+    """One field of the plain spec: a single value of `value_type` (int, float, bool, str or a
+    Choice), a message of `fields`, or a list or map."""
+
+    kind: Literal["value", "message", "list"]
+    value_type: type | Choice | None = None
+    fields: Mapping[str, SpecField] = field(default_factory=dict)
+    oneof: str = ""  # the oneof this field is a member of
+    # A message whose `inline` oneof is stored flat: the member's name under this key, its
+    # fields beside the message's own (the architecture's nn dict form: {"family": "mlp", ...}).
+    inline: str = ""
+
+
+def _value(value_type: type | Choice, oneof: str = "") -> SpecField:
+    return SpecField("value", value_type, oneof=oneof)
+
+
+def _message(fields: Mapping[str, SpecField], oneof: str = "", inline: str = "") -> SpecField:
+    return SpecField("message", fields=fields, oneof=oneof, inline=inline)
+
+
+_LIST = SpecField("list")
+_MODE = Choice(("min", "max"), "OPTIMIZE_MODE_")
+
+
+def _architecture_fields() -> dict[str, SpecField]:
+    """The Architecture message, from the nn specs' fields (their defaults give the types)."""
+    families: dict[str, SpecField] = {}
+    for family, cls in ARCHITECTURE_FAMILIES.items():
+        hyperparameters = {
+            f.name: _LIST if isinstance(f.default, tuple) else _value(type(f.default))
+            for f in dataclasses.fields(cls)
+            if f.name not in ("input_shape", "output_size")
+        }
+        families[family] = _message(hyperparameters, oneof="family")
+    return {"input_shape": _LIST, "output_size": _value(int), **families}
+
+
+# Mirrors protos/tessera/v1/job_spec.proto (tests/unit/training compares the two).
+SPEC_FIELDS: Mapping[str, SpecField] = {
+    "experiment": _value(str),
+    "run_name": _value(str),
+    "architecture": _message(_architecture_fields(), inline="family"),
+    "task": _value(Choice(("classification", "regression"), "TASK_")),
+    "loss": _value(str),
+    "data": _message(
+        {
+            "dataset": _message({"name": _value(str), "version": _value(int)}),
+            "train_split": _value(str),
+            "val_split": _value(str),
+            "input_array": _value(str),
+            "target_array": _value(str),
+        }
+    ),
+    "optimizer": _message(
+        {
+            "name": _value(str),
+            **{
+                name: _value(float)
+                for name in ("lr", "weight_decay", "momentum", "beta1", "beta2", "eps", "grad_clip_norm")
+            },
+            "nesterov": _value(bool),
+        }
+    ),
+    "lr_schedule": _message(
+        {
+            "constant": _message({}, oneof="schedule"),
+            "step": _message({"step_size": _value(int), "gamma": _value(float)}, oneof="schedule"),
+            "cosine": _message({"min_lr": _value(float)}, oneof="schedule"),
+            "one_cycle": _message({"max_lr": _value(float), "pct_start": _value(float)}, oneof="schedule"),
+            "warmup_steps": _value(int),
+        }
+    ),
+    "epochs": _value(int),
+    "max_steps": _value(int),
+    "batch_size": _value(int),
+    "seed": _value(int),
+    "early_stopping": _message(
+        {"metric": _value(str), "mode": _value(_MODE), "patience": _value(int), "min_delta": _value(float)}
+    ),
+    "checkpoints": _message(
+        {
+            "every_n_epochs": _value(int),
+            "keep_last": _value(int),
+            "keep_best_metric": _value(str),
+            "keep_best_mode": _value(_MODE),
+        }
+    ),
+    "devices": _message(
+        {
+            "cpu": _value(bool, oneof="kind"),
+            "cuda": _message({"indices": _LIST}, oneof="kind"),
+            "gpu_count": _value(int, oneof="kind"),
+            "cpu_processes": _value(int),
+        }
+    ),
+    "priority": _value(int),
+    "register_as": _message({"model": _value(str), "alias": _value(str), "description": _value(str)}),
+    "log_every_n_steps": _value(int),
+    "tags": _LIST,
+}
 
 
 # -- checking a spec
