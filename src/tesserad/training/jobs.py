@@ -174,6 +174,15 @@ class Jobs:
                     else "re-queued to start again (no checkpoint yet)"
                 )
                 job = self._set_state(job, "queued", why)
+                log.info(
+                    "interrupted job re-queued",
+                    extra={
+                        "job_id": job.job_id,
+                        "attempt": job.attempt + 1,
+                        "from_epoch": checkpoint.epoch if checkpoint else 0,
+                        "from_step": checkpoint.step if checkpoint else 0,
+                    },
+                )
             self._queue[job.job_id] = self._queued(job)
         self._scheduler.start()
 
@@ -433,6 +442,16 @@ class Jobs:
             else "started"
         )
         job = self._set_state(job, "running", reason, also=start_run, devices=devices)
+        if checkpoint is not None:
+            log.info(
+                "job resumed from a checkpoint",
+                extra={
+                    "job_id": job.job_id,
+                    "attempt": attempt,
+                    "epoch": checkpoint.epoch,
+                    "step": checkpoint.step,
+                },
+            )
         kind = config["devices"]["kind"]
         world = len(devices)
         cuda_indices = [int(d.split(":")[1]) for d in devices] if kind == "cuda" else []
