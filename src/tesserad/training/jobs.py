@@ -9,6 +9,7 @@ worker sends; a worker that dies takes nothing else with it.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import logging
@@ -53,6 +54,8 @@ TABLES = ["jobs"]
 STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 ENDED = frozenset({"succeeded", "failed", "cancelled"})
 _POLL_S = 0.25
+# Steps/s is measured over at least this long: step events can arrive in bursts.
+_RATE_WINDOW_S = 1.0
 
 # Starting a process reads os.environ; the worker's variables are set around the start only.
 _ENV_LOCK = threading.Lock()
@@ -98,6 +101,34 @@ def flatten_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+@dataclass(frozen=True)
+class JobThroughput:
+    """A running job's speed: samples/s as its worker measures it, steps/s as the daemon sees
+    its step events arrive (over at least _RATE_WINDOW_S; None until then)."""
+
+    job_id: str
+    samples_per_s: float
+    steps_per_s: float | None
+
+
+@dataclass(frozen=True)
+class TrainingFigures:
+    """What the daemon's metrics show of training, read at one moment."""
+
+    jobs_by_state: dict[str, int]  # every state, ended ones included
+    queue_length: int  # jobs waiting for devices
+    throughput: list[JobThroughput]  # one per running job that has reported a step
+
+
+@dataclass
+class _StepClock:
+    """Where a running job's steps/s is measured from."""
+
+    step: int
+    at: float  # time.monotonic()
+    throughput: JobThroughput
+
+
 @dataclass
 class _Running:
     """A running job's worker processes and pipes."""
@@ -140,6 +171,8 @@ class Jobs:
         self._queue: dict[str, QueuedJob] = {}
         self._running: dict[str, _Running] = {}
         self._cancel_pending: set[str] = set()
+        self._state_counts: collections.Counter[str] = collections.Counter()
+        self._step_clocks: dict[str, _StepClock] = {}
         self._listeners: list[JobListener] = []
         self._supervisors: list[threading.Thread] = []
         self._closing = False
@@ -152,6 +185,7 @@ class Jobs:
         """Load jobs from the store: RUNNING ones were cut off by a crash; re-queue what did not end."""
         with self._store.read() as txn:
             records = [decode_job(raw) for _, raw in txn.scan("jobs")]
+        self._state_counts.update(job.state for job in records)
         for job in records:
             self._events.open_job(job.job_id, job.last_seq, job.state in ENDED)
             if job.state in ENDED:
@@ -276,6 +310,7 @@ class Jobs:
         with self._lock:
             self._events.open_job(job_id, 0, False)
             self._active[job_id] = job
+            self._state_counts[job.state] += 1
             # Until the queued event below is committed, the job is this thread's alone: the
             # scheduler wakes up only then.
             ahead = queue_position([*self._queue.values(), self._queued(job)], job_id)
@@ -286,6 +321,14 @@ class Jobs:
             self._queue[job_id] = self._queued(job)
             self._wake.notify_all()
         return self.get(job_id)
+
+    def figures(self) -> TrainingFigures:
+        with self._lock:
+            return TrainingFigures(
+                jobs_by_state={state: self._state_counts[state] for state in STATES},
+                queue_length=len(self._queue),
+                throughput=[clock.throughput for clock in self._step_clocks.values()],
+            )
 
     def get(self, job_id: str) -> JobRecord:
         with self._lock:
@@ -579,6 +622,7 @@ class Jobs:
             job = replace(
                 job, epoch=data["epoch"], step=data["step"], metrics={**job.metrics, "loss": data["loss"]}
             )
+            self._clock_step(job.job_id, data["step"], data["samples_per_s"])
             points = [
                 MetricPoint("loss", data["loss"], data["step"]),
                 MetricPoint("lr", data["lr"], data["step"]),
@@ -692,12 +736,30 @@ class Jobs:
         devices: list[str] | None = None,
     ) -> JobRecord:
         kept_devices = job.devices if state in ("running", "interrupted") else ()
+        with self._lock:
+            self._state_counts[job.state] -= 1
+            self._state_counts[state] += 1
+            if state != "running":
+                self._step_clocks.pop(job.job_id, None)
         job = replace(job, state=state, devices=kept_devices)
         data = {"state": state, "reason": reason, "devices": devices or []}
         job = self._append(job, "state", data, also, ends=ends)
         if ends:
             self._store.flush()
         return job
+
+    def _clock_step(self, job_id: str, step: int, samples_per_s: float) -> None:
+        now = time.monotonic()
+        with self._lock:
+            clock = self._step_clocks.get(job_id)
+            if clock is None or step < clock.step:  # the first step event of this attempt
+                self._step_clocks[job_id] = _StepClock(step, now, JobThroughput(job_id, samples_per_s, None))
+                return
+            steps_per_s = clock.throughput.steps_per_s
+            if now - clock.at >= _RATE_WINDOW_S:
+                steps_per_s = (step - clock.step) / (now - clock.at)
+                clock.step, clock.at = step, now
+            clock.throughput = JobThroughput(job_id, samples_per_s, steps_per_s)
 
     def _append(
         self,
