@@ -7,11 +7,14 @@ Nothing is registered on prometheus_client's global registry, so two daemons in 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
-from collections.abc import Callable
-from wsgiref.simple_server import WSGIServer
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from tesserad.config import Address
 
@@ -76,15 +79,46 @@ class RpcRecorder:
 
 
 class MetricsHttpServer:
-    """Serves /metrics from a background thread."""
+    """Serves /metrics (and nothing else: 404) from a background thread.
+
+    prometheus_client's own start_http_server answers every path with the metrics; this is the
+    same server with its WSGI app behind a route.
+    """
 
     def __init__(self, registry: CollectorRegistry, address: Address) -> None:
-        self._server: WSGIServer
-        self._thread: threading.Thread
-        self._server, self._thread = start_http_server(address.port, address.host, registry=registry)
+        server_class = _Ipv6Server if ":" in address.host else ThreadingWSGIServer
+        self._server = make_server(
+            address.host, address.port, _metrics_only(make_wsgi_app(registry)), server_class, _QuietHandler
+        )
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
+        self._thread.start()
         self.port: int = self._server.server_port
 
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def _metrics_only(app: WsgiApp) -> WsgiApp:
+    def route(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == "/metrics":
+            return app(environ, start_response)
+        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+        return [b"not found: the metrics are at /metrics\n"]
+
+    return route
+
+
+class _Ipv6Server(ThreadingWSGIServer):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log line per scrape."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return

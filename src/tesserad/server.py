@@ -60,6 +60,7 @@ from tesserad.training import tracking as training_tracking
 from tesserad.training.data import DatasetAccess
 from tesserad.training.events import EventLog
 from tesserad.training.jobs import Jobs
+from tesserad.training.prometheus import TrainingMetrics
 from tesserad.training.registration import JobRegistration
 from tesserad.training.sweeps import Sweeps
 from tesserad.training.tracking import Tracking
@@ -233,6 +234,7 @@ class Daemon:
             registration=JobRegistration(self.registry),
             worker_env=worker_environment(),
         )
+        TrainingMetrics(self.training, self.metrics.registry)
         # Jobs a previous daemon left unfinished are re-queued (those cut off while RUNNING resume
         # from their last checkpoint).
         sweeps = Sweeps(self._store, self.training)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import urllib.error
 import urllib.request
 
 import grpc
@@ -166,3 +167,12 @@ def test_metrics_endpoint_counts_calls_by_status(daemon, channel):
         'tessera_rpc_duration_seconds_bucket{le="0.25",method="GetServerInfo",service="tessera.v1.System"}'
         in text
     )
+
+
+@pytest.mark.parametrize("path", ["/", "/favicon.ico", "/metrics/extra", "/stats?x=1"])
+def test_metrics_port_answers_404_outside_metrics(daemon, path):
+    url = f"http://127.0.0.1:{daemon.daemon.metrics_port}{path}"
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(url, timeout=5)
+    assert info.value.code == 404
+    assert b"tessera_rpc" not in info.value.read()

@@ -7,13 +7,14 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from tessera.v1 import common_pb2, job_spec_pb2
+from tessera.v1 import architecture_pb2, common_pb2, job_spec_pb2
 from tessera.v1 import training_pb2 as pb
 from tesserad.api.convert_common import seconds, timestamp
-from tesserad.api.convert_registry import architecture_to_dict, job_spec_to_dict
+from tesserad.api.convert_registry import job_spec_to_dict
 from tesserad.errors import InvalidArgument
 from tesserad.training.events import JobEvent
-from tesserad.training.sweeps import SweepParameter
+from tesserad.training.job_records import JobRecord
+from tesserad.training.sweeps import AshaSettings, Sweep, SweepParameter, SweepRequest
 from tesserad.training.tracking import Experiment, MetricFilter, MetricPoint, MetricSummary, Run
 
 JOB_STATES = {
@@ -56,6 +57,10 @@ _TASKS = {
     job_spec_pb2.TASK_CLASSIFICATION: "classification",
     job_spec_pb2.TASK_REGRESSION: "regression",
 }
+_TASK_NUMBERS = {v: k for k, v in _TASKS.items()}
+_MODE_NUMBERS = {v: k for k, v in _MODES.items()}
+# The JobSpec's OptimizeMode fields, as (section, field).
+_MODE_FIELDS = (("early_stopping", "mode"), ("checkpoints", "keep_best_mode"))
 
 
 def _plain(message: Message) -> dict[str, Any]:
@@ -74,18 +79,18 @@ def _plain(message: Message) -> dict[str, Any]:
 
 
 def job_spec_from_proto(spec: job_spec_pb2.JobSpec) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(the domain's raw spec, the spec as stored and returned: protobuf JSON field names)."""
+    """(the domain's raw spec, the spec as stored and returned: protobuf JSON field names).
+
+    The raw spec is the domain's plain form (training.spec): its values are checked there.
+    """
     raw = _plain(spec)
     raw.pop("architecture", None)
     if spec.HasField("architecture"):
-        try:
-            raw["architecture"] = architecture_to_dict(spec.architecture)
-        except InvalidArgument as exc:
-            raise InvalidArgument(f"spec.{exc.message}") from None
+        raw["architecture"] = _architecture_plain(spec.architecture)
     raw["task"] = _TASKS.get(spec.task, "")
     if spec.task not in _TASKS:
         raise InvalidArgument(f"spec.task: unknown value {spec.task}; use CLASSIFICATION or REGRESSION")
-    for section, field in (("early_stopping", "mode"), ("checkpoints", "keep_best_mode")):
+    for section, field in _MODE_FIELDS:
         if section in raw:
             value = raw[section].get(field, 0)
             if value not in _MODES:
@@ -94,33 +99,72 @@ def job_spec_from_proto(spec: job_spec_pb2.JobSpec) -> tuple[dict[str, Any], dic
     return raw, job_spec_to_dict(spec)
 
 
-def job_to_proto(job: dict[str, Any]) -> pb.Job:
-    message = pb.Job(
-        job_id=job["job_id"],
-        state=JOB_STATES[job["state"]],
-        experiment=job["experiment"],
-        run_id=job["run_id"],
-        attempt=job["attempt"],
-        devices=job["devices"],
-        created_at=timestamp(job["created_at"]),
-        progress=job["progress"],
-        epoch=job["epoch"],
-        step=job["step"],
-        total_steps=job["total_steps"],
-        metrics=job["metrics"],
-        error=job["error"]["message"] if job["error"] else "",
-        last_seq=job["last_seq"],
-        created_by=job["created_by"],
-        sweep_id=job["sweep_id"],
+def job_spec_document(raw: dict[str, Any]) -> dict[str, Any]:
+    """The stored and returned form of a raw spec (a sweep's trial): job_spec_from_proto turned back."""
+    fields = {k: v for k, v in raw.items() if k not in ("architecture", "task")}
+    for section, field in _MODE_FIELDS:
+        if section in fields:
+            fields[section] = {**fields[section], field: _MODE_NUMBERS[fields[section].get(field, "")]}
+    try:
+        spec = json_format.ParseDict(fields, job_spec_pb2.JobSpec())
+        if "architecture" in raw:
+            spec.architecture.CopyFrom(_architecture_message(raw["architecture"]))
+    except json_format.ParseError as exc:  # a value out of its field's range, e.g. priority 1e12
+        raise InvalidArgument(f"spec.parameters: a value does not fit its field: {exc}") from None
+    spec.task = _TASK_NUMBERS[raw.get("task", "")]
+    return job_spec_to_dict(spec)
+
+
+def _architecture_plain(message: architecture_pb2.Architecture) -> dict[str, Any]:
+    """The nn package's dict form of an Architecture, as given (the domain checks it)."""
+    plain: dict[str, Any] = {"input_shape": list(message.input_shape), "output_size": message.output_size}
+    family = message.WhichOneof("family")
+    if family is not None:
+        plain["family"] = family
+        plain.update(_plain(getattr(message, family)))
+    return plain
+
+
+def _architecture_message(plain: dict[str, Any]) -> architecture_pb2.Architecture:
+    fields = dict(plain)
+    family = fields.pop("family", None)
+    message = architecture_pb2.Architecture(
+        input_shape=fields.pop("input_shape", []), output_size=fields.pop("output_size", 0)
     )
-    json_format.ParseDict(job["spec"], message.spec, ignore_unknown_fields=True)
-    if job["started_at"]:
-        message.started_at.CopyFrom(timestamp(job["started_at"]))
-    if job["ended_at"]:
-        message.ended_at.CopyFrom(timestamp(job["ended_at"]))
-    if job["registered"]:
+    if family is not None:
+        body = getattr(message, family)
+        body.SetInParent()
+        json_format.ParseDict(fields, body)
+    return message
+
+
+def job_to_proto(job: JobRecord) -> pb.Job:
+    message = pb.Job(
+        job_id=job.job_id,
+        state=JOB_STATES[job.state],
+        experiment=job.experiment,
+        run_id=job.run_id,
+        attempt=job.attempt,
+        devices=job.devices,
+        created_at=timestamp(job.created_at),
+        progress=job.progress,
+        epoch=job.epoch,
+        step=job.step,
+        total_steps=job.total_steps,
+        metrics=job.metrics,
+        error=job.error.message if job.error else "",
+        last_seq=job.last_seq,
+        created_by=job.created_by,
+        sweep_id=job.sweep_id,
+    )
+    json_format.ParseDict(job.spec, message.spec, ignore_unknown_fields=True)
+    if job.started_at:
+        message.started_at.CopyFrom(timestamp(job.started_at))
+    if job.ended_at:
+        message.ended_at.CopyFrom(timestamp(job.ended_at))
+    if job.registered:
         message.registered.CopyFrom(
-            common_pb2.VersionRef(model=job["registered"]["model"], version=job["registered"]["version"])
+            common_pb2.VersionRef(model=job.registered.model, version=job.registered.version)
         )
     return message
 
@@ -268,7 +312,21 @@ _STRATEGIES = {
 _TRIAL_STATES = {**JOB_STATES, "pending": pb.JOB_STATE_UNSPECIFIED}
 
 
-def sweep_parameters_from_proto(parameters: Any) -> list[SweepParameter]:
+def sweep_request_from_proto(spec: pb.SweepSpec) -> SweepRequest:
+    return SweepRequest(
+        strategy=sweep_strategy_from_proto(spec.strategy),
+        parameters=_sweep_parameters_from_proto(spec.parameters),
+        max_trials=spec.max_trials,
+        max_concurrent=spec.max_concurrent,
+        metric=spec.metric,
+        mode=mode_from_proto(spec.mode) or "",
+        seed=spec.seed,
+        asha=AshaSettings(spec.asha.min_epochs, spec.asha.reduction_factor),
+        document=json_format.MessageToDict(spec, preserving_proto_field_name=True),
+    )
+
+
+def _sweep_parameters_from_proto(parameters: Any) -> list[SweepParameter]:
     out = []
     for i, p in enumerate(parameters):
         domain = p.WhichOneof("domain")
@@ -284,71 +342,25 @@ def sweep_parameters_from_proto(parameters: Any) -> list[SweepParameter]:
     return out
 
 
-def trial_spec(base: job_spec_pb2.JobSpec, values: dict[str, str]) -> job_spec_pb2.JobSpec:
-    """The base spec with each path set to its value, parsed to the field's type."""
-    spec = job_spec_pb2.JobSpec()
-    spec.CopyFrom(base)
-    spec.run_name = ""  # each trial gets its own run
-    for path, text in values.items():
-        _set_path(spec, path, text)
-    return spec
-
-
-def _set_path(spec: job_spec_pb2.JobSpec, path: str, text: str) -> None:
-    where = f"spec.parameters: {path!r}"
-    *parents, leaf = path.split(".")
-    target: Message = spec
-    for part in parents:
-        field = target.DESCRIPTOR.fields_by_name.get(part)
-        if field is None or field.message_type is None or field.is_repeated:
-            raise InvalidArgument(f"{where} does not name a field of JobSpec (at {part!r})")
-        oneof = field.containing_oneof
-        if oneof is not None and target.WhichOneof(oneof.name) not in (None, part):
-            raise InvalidArgument(
-                f"{where}: the base spec sets {oneof.name} to {target.WhichOneof(oneof.name)}, not {part}"
-            )
-        target = getattr(target, part)
-    field = target.DESCRIPTOR.fields_by_name.get(leaf)
-    if field is None or field.message_type is not None or field.is_repeated:
-        raise InvalidArgument(f"{where} does not name a single value field of JobSpec (at {leaf!r})")
-    try:
-        if field.enum_type is not None:
-            value: Any = field.enum_type.values_by_name[text].number
-        elif field.type in (field.TYPE_DOUBLE, field.TYPE_FLOAT):
-            value = float(text)
-        elif field.type == field.TYPE_BOOL:
-            value = {"true": True, "false": False}[text.lower()]
-        elif field.type == field.TYPE_STRING:
-            value = text
-        else:
-            number = float(text)
-            if not number.is_integer():
-                raise ValueError
-            value = int(number)
-    except (KeyError, ValueError):
-        raise InvalidArgument(f"{where}: {text!r} is not a valid value for this field") from None
-    setattr(target, leaf, value)
-
-
-def sweep_to_proto(sweep: dict[str, Any]) -> pb.Sweep:
+def sweep_to_proto(sweep: Sweep) -> pb.Sweep:
     message = pb.Sweep(
-        sweep_id=sweep["sweep_id"],
-        state=_SWEEP_STATES[sweep["state"]],
-        best_job_id=sweep["best_job_id"],
-        created_at=timestamp(sweep["created_at"]),
+        sweep_id=sweep.sweep_id,
+        state=_SWEEP_STATES[sweep.state],
+        best_job_id=sweep.best_job_id,
+        created_at=timestamp(sweep.created_at),
         trials=[
             pb.SweepTrial(
-                job_id=t["job_id"],
-                params=t["params"],
-                state=_TRIAL_STATES[t["state"]],
-                metric=t["metric"],
-                has_metric=t["has_metric"],
-                pruned=t["pruned"],
+                job_id=t.job_id,
+                params=t.params,
+                state=_TRIAL_STATES[t.state],
+                metric=t.metric,
+                has_metric=t.has_metric,
+                pruned=t.pruned,
             )
-            for t in sweep["trials"]
+            for t in sweep.trials
         ],
     )
-    json_format.ParseDict(sweep["document"], message.spec, ignore_unknown_fields=True)
+    json_format.ParseDict(sweep.document, message.spec, ignore_unknown_fields=True)
     return message
 
 

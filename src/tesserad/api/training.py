@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from concurrent.futures import Future
 
 import grpc
-from google.protobuf import json_format
 
 from tessera.v1 import training_pb2 as pb
 from tessera.v1 import training_pb2_grpc
@@ -15,6 +14,7 @@ from tesserad.api.auth import caller
 from tesserad.api.convert_training import (
     event_to_proto,
     experiment_to_proto,
+    job_spec_document,
     job_spec_from_proto,
     job_states_from_proto,
     job_to_proto,
@@ -26,15 +26,13 @@ from tesserad.api.convert_training import (
     run_statuses_from_proto,
     run_to_proto,
     summary_field_from_proto,
-    sweep_parameters_from_proto,
-    sweep_strategy_from_proto,
+    sweep_request_from_proto,
     sweep_to_proto,
-    trial_spec,
 )
 from tesserad.errors import InvalidArgument
 from tesserad.training.events import EventLog, raise_if_shutdown
 from tesserad.training.jobs import Jobs
-from tesserad.training.sweeps import Sweeps, plan_trials
+from tesserad.training.sweeps import Sweeps
 from tesserad.training.tracking import Tracking
 
 # LogMetricsStream keeps at most this many batches waiting for their group commit.
@@ -292,33 +290,11 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
     async def SubmitSweep(
         self, request: pb.SubmitSweepRequest, context: grpc.aio.ServicerContext
     ) -> pb.Sweep:
-        spec = request.spec
-        if not spec.HasField("base"):
+        if not request.spec.HasField("base"):
             raise InvalidArgument("spec.base is required: the job spec every trial starts from")
-        strategy = sweep_strategy_from_proto(spec.strategy)
-        if not spec.metric:
-            raise InvalidArgument(
-                "spec.metric is required: the epoch metric that ranks trials, e.g. val_loss"
-            )
-        asha = {"min_epochs": spec.asha.min_epochs or 1, "reduction_factor": spec.asha.reduction_factor or 3}
-        if asha["min_epochs"] < 1 or asha["reduction_factor"] < 2:
-            raise InvalidArgument("spec.asha: min_epochs must be >= 1 and reduction_factor >= 2")
-        plans = plan_trials(
-            strategy, sweep_parameters_from_proto(spec.parameters), spec.max_trials, spec.seed
-        )
-        trials = []
-        for values in plans:
-            raw, document = job_spec_from_proto(trial_spec(spec.base, values))
-            trials.append((values, raw, document))
-        sweep = {
-            "strategy": strategy,
-            "metric": spec.metric,
-            "mode": mode_from_proto(spec.mode) or "",
-            "max_concurrent": spec.max_concurrent,
-            "asha": asha,
-            "document": json_format.MessageToDict(spec, preserving_proto_field_name=True),
-        }
-        result = await asyncio.to_thread(self._sweeps.submit, sweep, trials, caller(context))
+        sweep = sweep_request_from_proto(request.spec)
+        base, _ = job_spec_from_proto(request.spec.base)
+        result = await asyncio.to_thread(self._sweeps.submit, sweep, base, caller(context), job_spec_document)
         return sweep_to_proto(result)
 
     async def GetSweep(self, request: pb.GetSweepRequest, context: grpc.aio.ServicerContext) -> pb.Sweep:

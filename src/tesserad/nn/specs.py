@@ -123,55 +123,59 @@ def family_of(spec: ArchitectureSpec) -> str:
 
 
 class _Checker:
-    """Builds "architecture.<family>.<field>: ..." messages for one spec."""
+    """Collects "architecture.<family>.<field>: ..." problems of one spec; each check says
+    whether the value passed, so checks that build on it can be skipped."""
 
     def __init__(self, family: str) -> None:
         self.family = family
+        self.problems: list[str] = []
 
-    def fail(self, field: str, what: str) -> InvalidArgument:
-        return InvalidArgument(f"architecture.{self.family}.{field}: {what}")
+    def fail(self, field: str, what: str) -> bool:
+        self.problems.append(f"architecture.{self.family}.{field}: {what}")
+        return False
 
-    def int_range(self, field: str, value: object, low: int, high: int) -> None:
+    def int_range(self, field: str, value: object, low: int, high: int) -> bool:
         if not isinstance(value, int) or isinstance(value, bool):
-            raise self.fail(field, f"must be an integer, got {value!r}")
+            return self.fail(field, f"must be an integer, got {value!r}")
         if value < low:
-            raise self.fail(field, f"must be >= {low}, got {value}")
+            return self.fail(field, f"must be >= {low}, got {value}")
         if value > high:
-            raise self.fail(field, f"must be <= {high}, got {value}")
+            return self.fail(field, f"must be <= {high}, got {value}")
+        return True
 
-    def int_list(self, field: str, value: object, high: int) -> None:
+    def int_list(self, field: str, value: object, high: int) -> bool:
         if not isinstance(value, tuple) or not value:
-            raise self.fail(field, f"must be a non-empty tuple of integers, got {value!r}")
+            return self.fail(field, f"must be a non-empty tuple of integers, got {value!r}")
         if len(value) > MAX_DEPTH:
-            raise self.fail(field, f"must have at most {MAX_DEPTH} entries, got {len(value)}")
-        for i, v in enumerate(value):
-            self.int_range(f"{field}[{i}]", v, 1, high)
+            return self.fail(field, f"must have at most {MAX_DEPTH} entries, got {len(value)}")
+        return all([self.int_range(f"{field}[{i}]", v, 1, high) for i, v in enumerate(value)])
 
-    def choice(self, field: str, value: object, allowed: tuple[str, ...]) -> None:
+    def choice(self, field: str, value: object, allowed: tuple[str, ...]) -> bool:
         if value not in allowed:
-            raise self.fail(field, f"must be one of {', '.join(allowed)}, got {value!r}")
+            return self.fail(field, f"must be one of {', '.join(allowed)}, got {value!r}")
+        return True
 
-    def probability(self, field: str, value: object) -> None:
+    def probability(self, field: str, value: object) -> bool:
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise self.fail(field, f"must be a number in [0, 1), got {value!r}")
+            return self.fail(field, f"must be a number in [0, 1), got {value!r}")
         if not 0.0 <= value < 1.0:
-            raise self.fail(field, f"must be in [0, 1), got {value}")
+            return self.fail(field, f"must be in [0, 1), got {value}")
+        return True
 
-    def shape(self, value: object, rank: int | None, layout: str) -> None:
+    def shape(self, value: object, rank: int | None, layout: str) -> bool:
         if not isinstance(value, tuple) or not value:
-            raise self.fail(
+            return self.fail(
                 "input_shape", f"must be a non-empty tuple {layout} (no batch dim), got {value!r}"
             )
         if rank is not None and len(value) != rank:
-            raise self.fail(
+            return self.fail(
                 "input_shape", f"must have {rank} dims {layout} (no batch dim), got {len(value)}: {value}"
             )
-        for i, v in enumerate(value):
-            self.int_range(f"input_shape[{i}]", v, 1, MAX_WIDTH * 16)
+        return all([self.int_range(f"input_shape[{i}]", v, 1, MAX_WIDTH * 16) for i, v in enumerate(value)])
 
 
-def validate_spec(spec: ArchitectureSpec) -> None:
-    """Raise InvalidArgument naming the first bad field ("architecture.<family>.<field>: ...")."""
+def spec_problems(spec: ArchitectureSpec) -> list[str]:
+    """Every bad field of `spec`, each as "architecture.<family>.<field>: ..."; empty if it is valid."""
     family = family_of(spec)
     c = _Checker(family)
     c.int_range("output_size", spec.output_size, 1, MAX_WIDTH)
@@ -193,24 +197,29 @@ def validate_spec(spec: ArchitectureSpec) -> None:
     elif isinstance(spec, LstmSpec):
         c.shape(spec.input_shape, 2, "(T, F)")
         c.int_range("hidden_size", spec.hidden_size, 1, MAX_WIDTH)
-        c.int_range("num_layers", spec.num_layers, 1, MAX_DEPTH)
+        layers_ok = c.int_range("num_layers", spec.num_layers, 1, MAX_DEPTH)
         if not isinstance(spec.bidirectional, bool):
-            raise c.fail("bidirectional", f"must be true or false, got {spec.bidirectional!r}")
-        c.probability("dropout", spec.dropout)
-        if spec.dropout > 0 and spec.num_layers == 1:
-            raise c.fail(
-                "dropout", "applies between stacked layers, so it needs num_layers >= 2 (or dropout 0)"
-            )
+            c.fail("bidirectional", f"must be true or false, got {spec.bidirectional!r}")
+        if c.probability("dropout", spec.dropout) and layers_ok and spec.dropout > 0 and spec.num_layers == 1:
+            c.fail("dropout", "applies between stacked layers, so it needs num_layers >= 2 (or dropout 0)")
     else:
         c.shape(spec.input_shape, 2, "(T, F)")
-        c.int_range("d_model", spec.d_model, 1, MAX_WIDTH)
-        c.int_range("num_heads", spec.num_heads, 1, 1024)
-        if spec.d_model % spec.num_heads:
-            raise c.fail("d_model", f"must be divisible by num_heads={spec.num_heads}, got {spec.d_model}")
+        width_ok = c.int_range("d_model", spec.d_model, 1, MAX_WIDTH)
+        heads_ok = c.int_range("num_heads", spec.num_heads, 1, 1024)
+        if width_ok and heads_ok and spec.d_model % spec.num_heads:
+            c.fail("d_model", f"must be divisible by num_heads={spec.num_heads}, got {spec.d_model}")
         c.int_range("num_layers", spec.num_layers, 1, MAX_DEPTH)
         c.int_range("dim_feedforward", spec.dim_feedforward, 1, MAX_WIDTH * 4)
         c.probability("dropout", spec.dropout)
         c.choice("pooling", spec.pooling, ("mean", "last", "cls"))
+    return c.problems
+
+
+def validate_spec(spec: ArchitectureSpec) -> None:
+    """Raise InvalidArgument naming the first bad field ("architecture.<family>.<field>: ...")."""
+    problems = spec_problems(spec)
+    if problems:
+        raise InvalidArgument(problems[0])
 
 
 # --------------------------------------------------------------------------------------
@@ -237,6 +246,14 @@ def spec_to_dict(spec: ArchitectureSpec) -> dict[str, Any]:
 
 def spec_from_dict(d: dict[str, Any]) -> ArchitectureSpec:
     """The spec a ``spec_to_dict`` dict describes; missing hyperparameters take their defaults."""
+    spec = unchecked_spec_from_dict(d)
+    validate_spec(spec)
+    return spec
+
+
+def unchecked_spec_from_dict(d: dict[str, Any]) -> ArchitectureSpec:
+    """Like ``spec_from_dict``, checking only the dict's structure (family, field names); the
+    values are left to ``spec_problems``."""
     if not isinstance(d, dict):
         raise InvalidArgument(f"architecture: expected a mapping, got {type(d).__name__}")
     family = d.get("family")
@@ -258,6 +275,5 @@ def spec_from_dict(d: dict[str, Any]) -> ArchitectureSpec:
             raise InvalidArgument(f"architecture.{family}.{required}: is required")
     if isinstance(kwargs.get("dropout"), int) and not isinstance(kwargs["dropout"], bool):
         kwargs["dropout"] = float(kwargs["dropout"])  # JSON writes 0.0 as 0
-    spec = cls(**kwargs)
-    validate_spec(spec)
+    spec: ArchitectureSpec = cls(**kwargs)
     return spec

@@ -9,6 +9,7 @@ worker sends; a worker that dies takes nothing else with it.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import logging
@@ -19,7 +20,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
 
@@ -29,12 +30,23 @@ from tesserad.errors import FailedPrecondition, NotFound
 from tesserad.host import usable_cpu_count
 from tesserad.ids import new_id
 from tesserad.paging import make_token, page_size, resume_after
-from tesserad.store import BlobRef, BlobStore, Store, WriteTxn, decode_record, encode_record, pack, unpack
+from tesserad.store import BlobRef, BlobStore, Store, WriteTxn, pack, unpack
 from tesserad.training.events import EventLog, JobEvent
+from tesserad.training.job_records import Checkpoint, JobError, JobRecord, Registered, decode_job, encode_job
 from tesserad.training.scheduler import DeviceInventory, QueuedJob, pick_runnable, queue_position
 from tesserad.training.spec import DatasetFacts, DeviceFacts, normalize_spec
 from tesserad.training.tracking import MetricPoint, Run, Tracking, write_points
-from tesserad.training.worker import DataSource, WorkerPayload, worker_main
+from tesserad.training.worker import (
+    CancelMessage,
+    CheckpointMessage,
+    DataSource,
+    DoneMessage,
+    ErrorMessage,
+    EventMessage,
+    WorkerMessage,
+    WorkerPayload,
+    worker_main,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +54,8 @@ TABLES = ["jobs"]
 STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 ENDED = frozenset({"succeeded", "failed", "cancelled"})
 _POLL_S = 0.25
+# Steps/s is measured over at least this long: step events can arrive in bursts.
+_RATE_WINDOW_S = 1.0
 
 # Starting a process reads os.environ; the worker's variables are set around the start only.
 _ENV_LOCK = threading.Lock()
@@ -63,9 +77,12 @@ class DatasetAccess(Protocol):
 
 
 class Registration(Protocol):
-    def register(self, job: dict[str, Any], weights: BlobRef) -> dict[str, Any]:
-        """Register the weights per job["config"]["register_as"]; returns {model, version, alias}."""
+    def register(self, job: JobRecord, weights: BlobRef) -> Registered:
+        """Register the weights per job.config["register_as"]."""
         ...
+
+
+JobListener = Callable[[JobRecord, str, dict[str, Any]], None]
 
 
 def flatten_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -82,6 +99,34 @@ def flatten_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             out[name] = str(value)
     return out
+
+
+@dataclass(frozen=True)
+class JobThroughput:
+    """A running job's speed: samples/s as its worker measures it, steps/s as the daemon sees
+    its step events arrive (over at least _RATE_WINDOW_S; None until then)."""
+
+    job_id: str
+    samples_per_s: float
+    steps_per_s: float | None
+
+
+@dataclass(frozen=True)
+class TrainingFigures:
+    """What the daemon's metrics show of training, read at one moment."""
+
+    jobs_by_state: dict[str, int]  # every state, ended ones included
+    queue_length: int  # jobs waiting for devices
+    throughput: list[JobThroughput]  # one per running job that has reported a step
+
+
+@dataclass
+class _StepClock:
+    """Where a running job's steps/s is measured from."""
+
+    step: int
+    at: float  # time.monotonic()
+    throughput: JobThroughput
 
 
 @dataclass
@@ -120,11 +165,15 @@ class Jobs:
         self._threads = settings.threads_per_slot or max(1, usable_cpu_count() // max(settings.cpu_slots, 1))
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._active: dict[str, dict[str, Any]] = {}  # job_id -> record, for every unfinished job
+        # The newest record of every unfinished job. Each job has one writer at a time: whoever
+        # took it off the queue (its supervisor, or a cancel before it started).
+        self._active: dict[str, JobRecord] = {}
         self._queue: dict[str, QueuedJob] = {}
         self._running: dict[str, _Running] = {}
         self._cancel_pending: set[str] = set()
-        self._listeners: list[Callable[[dict[str, Any], str, dict[str, Any]], None]] = []
+        self._state_counts: collections.Counter[str] = collections.Counter()
+        self._step_clocks: dict[str, _StepClock] = {}
+        self._listeners: list[JobListener] = []
         self._supervisors: list[threading.Thread] = []
         self._closing = False
         self._mp = multiprocessing.get_context("spawn")
@@ -135,30 +184,40 @@ class Jobs:
     def start(self) -> None:
         """Load jobs from the store: RUNNING ones were cut off by a crash; re-queue what did not end."""
         with self._store.read() as txn:
-            records = [decode_record(raw, "job", 1)[1] for _, raw in txn.scan("jobs")]
+            records = [decode_job(raw) for _, raw in txn.scan("jobs")]
+        self._state_counts.update(job.state for job in records)
         for job in records:
-            self._events.open_job(job["job_id"], job["last_seq"], job["state"] in ENDED)
-            if job["state"] in ENDED:
+            self._events.open_job(job.job_id, job.last_seq, job.state in ENDED)
+            if job.state in ENDED:
                 continue
-            self._active[job["job_id"]] = job
-            if job["state"] == "running":
-                self._set_state(
+            self._active[job.job_id] = job
+            if job.state == "running":
+                job = self._set_state(
                     job,
                     "interrupted",
                     "tesserad stopped while the job ran",
                     ends=True,
                     also=self._run_status(job, "interrupted"),
                 )
-            if job["state"] == "interrupted":
-                self._events.reopen(job["job_id"])
+            if job.state == "interrupted":
+                self._events.reopen(job.job_id)
                 checkpoint = self._resume_checkpoint(job)
                 why = (
-                    f"re-queued to resume from the epoch {checkpoint['epoch']} checkpoint"
+                    f"re-queued to resume from the epoch {checkpoint.epoch} checkpoint"
                     if checkpoint
                     else "re-queued to start again (no checkpoint yet)"
                 )
-                self._set_state(job, "queued", why)
-            self._queue[job["job_id"]] = self._queued(job)
+                job = self._set_state(job, "queued", why)
+                log.info(
+                    "interrupted job re-queued",
+                    extra={
+                        "job_id": job.job_id,
+                        "attempt": job.attempt + 1,
+                        "from_epoch": checkpoint.epoch if checkpoint else 0,
+                        "from_step": checkpoint.step if checkpoint else 0,
+                    },
+                )
+            self._queue[job.job_id] = self._queued(job)
         self._scheduler.start()
 
     def close(self) -> None:
@@ -180,17 +239,17 @@ class Jobs:
 
     # -- API
 
-    def add_listener(self, callback: Callable[[dict[str, Any], str, dict[str, Any]], None]) -> None:
+    def add_listener(self, callback: JobListener) -> None:
         """Call `callback(job, kind, data)` after each epoch event ("epoch") and when a job ends
         ("ended"); it runs in the job's supervisor thread, outside every lock of this class."""
         self._listeners.append(callback)
 
-    def _notify(self, job: dict[str, Any], kind: str, data: dict[str, Any]) -> None:
+    def _notify(self, job: JobRecord, kind: str, data: dict[str, Any]) -> None:
         for callback in self._listeners:
             try:
-                callback(copy.deepcopy(job), kind, data)
+                callback(job, kind, data)
             except Exception:
-                log.exception("a job listener failed", extra={"job_id": job["job_id"]})
+                log.exception("a job listener failed", extra={"job_id": job.job_id})
 
     def check(self, raw_spec: dict[str, Any]) -> dict[str, Any]:
         """The complete config of a spec, or the error SubmitJob would give."""
@@ -198,7 +257,7 @@ class Jobs:
 
     def submit(
         self, raw_spec: dict[str, Any], spec_document: dict[str, Any], actor: str, sweep_id: str = ""
-    ) -> dict[str, Any]:
+    ) -> JobRecord:
         """Check the spec, create the job and its run, queue it."""
         config = self.check(raw_spec)
         job_id = new_id("job")
@@ -218,30 +277,30 @@ class Jobs:
             job_id=job_id,
         )
         document["run_name"] = run.name
-        job: dict[str, Any] = {
-            "job_id": job_id,
-            "spec": document,
-            "config": config,
-            "state": "queued",
-            "experiment": config["experiment"],
-            "run_id": run.run_id,
-            "attempt": 0,
-            "devices": [],
-            "created_at": time.time(),
-            "started_at": None,
-            "ended_at": None,
-            "progress": 0.0,
-            "epoch": 0,
-            "step": 0,
-            "total_steps": 0,
-            "metrics": {},
-            "error": None,
-            "registered": None,
-            "last_seq": 0,
-            "created_by": actor,
-            "sweep_id": sweep_id,
-            "checkpoints": [],
-        }
+        job = JobRecord(
+            job_id=job_id,
+            spec=document,
+            config=config,
+            state="queued",
+            experiment=config["experiment"],
+            run_id=run.run_id,
+            attempt=0,
+            devices=(),
+            created_at=time.time(),
+            started_at=None,
+            ended_at=None,
+            progress=0.0,
+            epoch=0,
+            step=0,
+            total_steps=0,
+            metrics={},
+            error=None,
+            registered=None,
+            last_seq=0,
+            created_by=actor,
+            sweep_id=sweep_id,
+            checkpoints=(),
+        )
         data = config["data"]
         with self._store.write() as txn:
             self._tracking.ensure_experiment(txn, config["experiment"])
@@ -251,53 +310,63 @@ class Jobs:
         with self._lock:
             self._events.open_job(job_id, 0, False)
             self._active[job_id] = job
-            self._queue[job_id] = self._queued(job)
-            ahead = queue_position(list(self._queue.values()), job_id)
-            self._wake.notify_all()
+            self._state_counts[job.state] += 1
+            # Until the queued event below is committed, the job is this thread's alone: the
+            # scheduler wakes up only then.
+            ahead = queue_position([*self._queue.values(), self._queued(job)], job_id)
         self._set_state(
             job, "queued", f"queued behind {ahead} job{'s' if ahead != 1 else ''}" if ahead else "queued"
         )
+        with self._lock:
+            self._queue[job_id] = self._queued(job)
+            self._wake.notify_all()
         return self.get(job_id)
 
-    def get(self, job_id: str) -> dict[str, Any]:
+    def figures(self) -> TrainingFigures:
+        with self._lock:
+            return TrainingFigures(
+                jobs_by_state={state: self._state_counts[state] for state in STATES},
+                queue_length=len(self._queue),
+                throughput=[clock.throughput for clock in self._step_clocks.values()],
+            )
+
+    def get(self, job_id: str) -> JobRecord:
         with self._lock:
             if job_id in self._active:
-                return copy.deepcopy(self._active[job_id])
+                return self._active[job_id]
         with self._store.read() as txn:
             raw = txn.get("jobs", (job_id,))
         if raw is None:
             raise NotFound(f"job {job_id!r} does not exist")
-        return decode_record(raw, "job", 1)[1]
+        return decode_job(raw)
 
     def list(
         self, states: list[str], experiment: str, sweep_id: str, size: int, token: str
-    ) -> tuple[list[dict[str, Any]], str]:
+    ) -> tuple[list[JobRecord], str]:
         """Newest first."""
         limit = page_size(size)
         query = {"list": "jobs", "states": sorted(states), "experiment": experiment, "sweep": sweep_id}
         after = resume_after(token, query)
-        out: list[dict[str, Any]] = []
+        out: list[JobRecord] = []
         with self._lock:
-            active = copy.deepcopy(self._active)
+            active = dict(self._active)
         with self._store.read() as txn:
             for key, raw in txn.scan("jobs", after=unpack(after) if after else None, reverse=True):
-                job = active.get(str(key[0])) or decode_record(raw, "job", 1)[1]
-                if (states and job["state"] not in states) or (
-                    experiment and job["experiment"] != experiment
-                ):
+                job = active.get(str(key[0])) or decode_job(raw)
+                if (states and job.state not in states) or (experiment and job.experiment != experiment):
                     continue
-                if sweep_id and job["sweep_id"] != sweep_id:
+                if sweep_id and job.sweep_id != sweep_id:
                     continue
                 if len(out) == limit:
-                    return out, make_token(pack((out[-1]["job_id"],)), query)
+                    return out, make_token(pack((out[-1].job_id,)), query)
                 out.append(job)
         return out, ""
 
-    def cancel(self, job_id: str) -> dict[str, Any]:
+    def cancel(self, job_id: str) -> JobRecord:
         with self._lock:
             job = self._active.get(job_id)
         if job is None:
-            state = self.get(job_id)["state"]
+            state = self.get(job_id).state
             raise FailedPrecondition(f"job {job_id} has already ended ({state.upper()}); nothing to cancel")
         with self._lock:
             running = self._running.get(job_id)
@@ -307,6 +376,8 @@ class Jobs:
             elif not queued and job_id in self._active:
                 # Between the queue and its worker's start: the launch sees this and stops it.
                 self._cancel_pending.add(job_id)
+            # Taken off the queue, the job is this thread's to finish.
+            job = self._active[job_id] if queued else job
         if queued:
             self._finish(job, "cancelled", "cancelled before it started")
         return self.get(job_id)
@@ -318,12 +389,12 @@ class Jobs:
         running.cancel_deadline = time.monotonic() + self._settings.cancel_grace_s
         for conn in running.conns:
             with contextlib.suppress(OSError):
-                conn.send("cancel")
+                conn.send(CancelMessage())
 
     # -- scheduling
 
-    def _queued(self, job: dict[str, Any]) -> QueuedJob:
-        return QueuedJob(job["job_id"], job["config"]["priority"], job["job_id"], job["config"]["devices"])
+    def _queued(self, job: JobRecord) -> QueuedJob:
+        return QueuedJob(job.job_id, job.config["priority"], job.job_id, job.config["devices"])
 
     def _schedule_loop(self) -> None:
         while True:
@@ -350,12 +421,13 @@ class Jobs:
     # -- running one job
 
     def _supervise(self, job_id: str, devices: list[str]) -> None:
-        job = self._active[job_id]
+        with self._lock:
+            job = self._active[job_id]
         try:
-            running = self._launch(job, devices)
+            job, running = self._launch(job, devices)
         except Exception as exc:
             log.exception("job failed to start", extra={"job_id": job_id})
-            self._fail(job, "exception", f"the job could not start: {exc}")
+            self._fail(self.get(job_id), "exception", f"the job could not start: {exc}")
             self._release(job_id, devices)
             return
         try:
@@ -364,7 +436,9 @@ class Jobs:
             log.exception("job supervisor failed", extra={"job_id": job_id})
             for process in running.processes:
                 process.kill()
-            self._fail(job, "exception", "the daemon lost track of the job's worker; see the daemon log")
+            self._fail(
+                self.get(job_id), "exception", "the daemon lost track of the job's worker; see the daemon log"
+            )
         finally:
             for conn in running.conns:
                 conn.close()
@@ -378,43 +452,54 @@ class Jobs:
             self._inventory.release(devices)
             self._wake.notify_all()
 
-    def _resume_checkpoint(self, job: dict[str, Any]) -> dict[str, Any] | None:
+    @staticmethod
+    def _resume_checkpoint(job: JobRecord) -> Checkpoint | None:
         """The checkpoint a resumed attempt starts from: the one at the highest step."""
-        periodic = [c for c in job["checkpoints"] if c["reason"] != "final"]
-        return max(periodic, key=lambda c: c["step"]) if periodic else None
+        periodic = [c for c in job.checkpoints if c.reason != "final"]
+        return max(periodic, key=lambda c: c.step) if periodic else None
 
-    def _launch(self, job: dict[str, Any], devices: list[str]) -> _Running:
-        config = job["config"]
-        checkpoint = self._resume_checkpoint(job) if job["attempt"] else None
+    def _launch(self, job: JobRecord, devices: list[str]) -> tuple[JobRecord, _Running]:
+        config = job.config
+        checkpoint = self._resume_checkpoint(job) if job.attempt else None
         data = self._datasets.worker_data(config["data"])
-        job["attempt"] += 1
-        job["devices"] = devices
-        job["started_at"] = job["started_at"] or time.time()
+        attempt = job.attempt + 1
+        job = replace(job, attempt=attempt, devices=tuple(devices), started_at=job.started_at or time.time())
+        run_id = job.run_id
 
         def start_run(txn: WriteTxn, _event: JobEvent) -> None:
-            run = self._tracking.load_run(txn, job["run_id"])
-            run.status, run.attempts, run.end_time = "running", job["attempt"], None
-            if job["attempt"] == 1:
+            run = self._tracking.load_run(txn, run_id)
+            run.status, run.attempts, run.end_time = "running", attempt, None
+            if attempt == 1:
                 run.start_time = time.time()
             if checkpoint is not None:
-                self._tracking.truncate_metrics_after(txn, job["run_id"], checkpoint["step"])
-            elif job["attempt"] > 1:
-                self._tracking.truncate_metrics_after(txn, job["run_id"], -1)
+                self._tracking.truncate_metrics_after(txn, run_id, checkpoint.step)
+            elif attempt > 1:
+                self._tracking.truncate_metrics_after(txn, run_id, -1)
             self._tracking.put_run(txn, run)
 
         reason = (
-            f"resumed from the epoch {checkpoint['epoch']} checkpoint (attempt {job['attempt']})"
+            f"resumed from the epoch {checkpoint.epoch} checkpoint (attempt {attempt})"
             if checkpoint
-            else f"started (attempt {job['attempt']})"
-            if job["attempt"] > 1
+            else f"started (attempt {attempt})"
+            if attempt > 1
             else "started"
         )
-        self._set_state(job, "running", reason, also=start_run, devices=devices)
+        job = self._set_state(job, "running", reason, also=start_run, devices=devices)
+        if checkpoint is not None:
+            log.info(
+                "job resumed from a checkpoint",
+                extra={
+                    "job_id": job.job_id,
+                    "attempt": attempt,
+                    "epoch": checkpoint.epoch,
+                    "step": checkpoint.step,
+                },
+            )
         kind = config["devices"]["kind"]
         world = len(devices)
         cuda_indices = [int(d.split(":")[1]) for d in devices] if kind == "cuda" else []
         port = _free_port() if world > 1 else 0
-        resume_bytes = self._blobs.read_bytes(checkpoint["sha256"]) if checkpoint else b""
+        resume_bytes = self._blobs.read_bytes(checkpoint.sha256) if checkpoint else b""
         processes, conns = [], []
         with _ENV_LOCK:
             saved = {k: os.environ.get(k) for k in self._worker_env}
@@ -423,7 +508,7 @@ class Jobs:
                 for rank in range(world):
                     parent_end, child_end = self._mp.Pipe()
                     payload = WorkerPayload(
-                        job_id=job["job_id"],
+                        job_id=job.job_id,
                         config=config,
                         data=data.source,
                         train_indices=data.train_indices,
@@ -441,7 +526,7 @@ class Jobs:
                     process = self._mp.Process(
                         target=worker_main,
                         args=(child_end, payload),
-                        name=f"tessera-{job['job_id']}-{rank}",
+                        name=f"tessera-{job.job_id}-{rank}",
                         daemon=True,
                     )
                     process.start()
@@ -459,19 +544,19 @@ class Jobs:
             for conn in conns:
                 conn.send_bytes(resume_bytes)
         with self._lock:
-            self._running[job["job_id"]] = running
+            self._running[job.job_id] = running
             if self._closing:
                 running.stopping_for_shutdown = True
                 _kill(processes)
-            elif job["job_id"] in self._cancel_pending:
-                self._cancel_pending.discard(job["job_id"])
+            elif job.job_id in self._cancel_pending:
+                self._cancel_pending.discard(job.job_id)
                 self._request_stop(running)
-        return running
+        return job, running
 
-    def _follow(self, job: dict[str, Any], running: _Running) -> None:
+    def _follow(self, job: JobRecord, running: _Running) -> None:
         """Handle worker messages until every process has exited, then settle the job's state."""
-        done: dict[str, Any] | None = None
-        error: tuple[str, str] | None = None
+        done: DoneMessage | None = None
+        error: ErrorMessage | None = None
         crash_code: int | None = None
         open_conns = list(running.conns)
         while open_conns or any(p.exitcode is None for p in running.processes):
@@ -480,18 +565,18 @@ class Jobs:
                 if not isinstance(ready, Connection):
                     continue
                 try:
-                    message = ready.recv()
+                    message: WorkerMessage = ready.recv()
                 except (EOFError, OSError):
                     open_conns.remove(ready)
                     continue
-                if message[0] == "event":
-                    self._on_event(job, message[1], message[2])
-                elif message[0] == "checkpoint":
-                    self._on_checkpoint(job, message[1], message[2])
-                elif message[0] == "done":
-                    done = message[1]
-                elif message[0] == "error" and error is None:
-                    error = (message[1], message[2])
+                if isinstance(message, EventMessage):
+                    job = self._on_event(job, message)
+                elif isinstance(message, CheckpointMessage):
+                    job = self._on_checkpoint(job, message)
+                elif isinstance(message, DoneMessage):
+                    done = message
+                elif isinstance(message, ErrorMessage) and error is None:
+                    error = message
             if running.cancel_deadline is not None and time.monotonic() > running.cancel_deadline:
                 _kill(running.processes)
             # A rank that died (after its last words were read) leaves its peers blocked in a
@@ -513,8 +598,8 @@ class Jobs:
             )
             return
         if error is not None:
-            self._fail(job, *error)
-        elif done is not None and done["status"] == "succeeded":
+            self._fail(job, error.kind, error.message)
+        elif done is not None and done.status == "succeeded":
             self._succeed(job, done)
         elif done is not None or running.cancel_deadline is not None:
             self._finish(
@@ -530,88 +615,110 @@ class Jobs:
                 job, *_crash_error(crash_code if crash_code is not None else running.processes[0].exitcode)
             )
 
-    def _on_event(self, job: dict[str, Any], kind: str, data: dict[str, Any]) -> None:
+    def _on_event(self, job: JobRecord, message: EventMessage) -> JobRecord:
+        kind, data = message.kind, message.data
         points: list[MetricPoint] = []
         if kind == "step":
-            job["epoch"], job["step"] = data["epoch"], data["step"]
-            job["metrics"] = {**job["metrics"], "loss": data["loss"]}
+            job = replace(
+                job, epoch=data["epoch"], step=data["step"], metrics={**job.metrics, "loss": data["loss"]}
+            )
+            self._clock_step(job.job_id, data["step"], data["samples_per_s"])
             points = [
                 MetricPoint("loss", data["loss"], data["step"]),
                 MetricPoint("lr", data["lr"], data["step"]),
             ]
         elif kind == "epoch":
-            job["epoch"], job["step"] = data["epoch"], data["step"]
-            job["metrics"] = {**job["metrics"], **data["metrics"]}
+            job = replace(
+                job, epoch=data["epoch"], step=data["step"], metrics={**job.metrics, **data["metrics"]}
+            )
             points = [MetricPoint(k, v, data["step"]) for k, v in data["metrics"].items()]
         elif kind == "progress":
-            job["progress"], job["total_steps"] = data["fraction"], data["total_steps"]
+            job = replace(job, progress=data["fraction"], total_steps=data["total_steps"])
+        run_id = job.run_id
 
         def also(txn: WriteTxn, event: JobEvent) -> None:
             if points:
-                write_points(txn, job["run_id"], points, event.time)
+                write_points(txn, run_id, points, event.time)
 
-        self._append(job, kind, data, also)
+        job = self._append(job, kind, data, also)
         if kind == "epoch":
             self._notify(job, "epoch", data)
+        return job
 
-    def _on_checkpoint(self, job: dict[str, Any], data: bytes, info: dict[str, Any]) -> None:
-        ref = self._blobs.put_bytes(data)
-        entry = {**info, "sha256": ref.sha256, "size_bytes": ref.size}
-        kept = [*job["checkpoints"], entry]
-        policy = job["config"]["checkpoints"]
-        periodic = sorted((c for c in kept if c["periodic"]), key=lambda c: c["step"])[-policy["keep_last"] :]
-        best = [c for c in kept if c["best"]][-1:]
-        final = [c for c in kept if c["reason"] == "final"]
-        retained = {c["sha256"]: c for c in [*periodic, *best, *final, entry]}
-        dropped = {c["sha256"] for c in kept} - set(retained)
-        job["checkpoints"] = sorted(retained.values(), key=lambda c: c["step"])
-        holder = f"job:{job['job_id']}:checkpoint"
+    def _on_checkpoint(self, job: JobRecord, message: CheckpointMessage) -> JobRecord:
+        info = message.info
+        ref = self._blobs.put_bytes(message.data)
+        entry = Checkpoint(
+            epoch=info.epoch,
+            step=info.step,
+            reason=info.reason,
+            periodic=info.periodic,
+            best=info.best,
+            metrics=info.metrics,
+            sha256=ref.sha256,
+            size_bytes=ref.size,
+        )
+        kept = [*job.checkpoints, entry]
+        keep_last = job.config["checkpoints"]["keep_last"]
+        periodic = sorted((c for c in kept if c.periodic), key=lambda c: c.step)[-keep_last:]
+        best = [c for c in kept if c.best][-1:]
+        final = [c for c in kept if c.reason == "final"]
+        retained = {c.sha256: c for c in [*periodic, *best, *final, entry]}
+        dropped = {c.sha256 for c in kept} - set(retained)
+        job = replace(job, checkpoints=tuple(sorted(retained.values(), key=lambda c: c.step)))
+        holder = f"job:{job.job_id}:checkpoint"
 
         def also(txn: WriteTxn, _event: JobEvent) -> None:
             hold_blob(txn, ref.sha256, holder)
             for sha256 in dropped:
                 release_blob(txn, sha256, holder)
 
-        event = {k: info[k] for k in ("epoch", "step", "reason")}
-        self._append(job, "checkpoint", {**event, "size_bytes": ref.size}, also)
+        event = {"epoch": info.epoch, "step": info.step, "reason": info.reason, "size_bytes": ref.size}
+        job = self._append(job, "checkpoint", event, also)
         self._store.flush()
         for sha256 in dropped:
             self._blobs.delete(sha256)
+        return job
 
-    def _succeed(self, job: dict[str, Any], done: dict[str, Any]) -> None:
-        job["metrics"] = {**job["metrics"], **done["metrics"]}
-        if job["config"]["register_as"] and done["weights"]:
-            weights = self._blobs.put_bytes(done["weights"])
+    def _succeed(self, job: JobRecord, done: DoneMessage) -> None:
+        job = replace(job, metrics={**job.metrics, **done.metrics})
+        if job.config["register_as"] and done.weights:
+            weights = self._blobs.put_bytes(done.weights)
             try:
                 registered = self._registration.register(job, weights)
             except Exception as exc:
-                log.exception("registering a trained model failed", extra={"job_id": job["job_id"]})
+                log.exception("registering a trained model failed", extra={"job_id": job.job_id})
                 message = exc.message if hasattr(exc, "message") else "see the daemon log"
                 self._fail(
                     job, "registration", f"training succeeded but registering the weights failed: {message}"
                 )
                 return
-            job["registered"] = registered
-            self._append(job, "registered", registered)
+            job = self._append(
+                replace(job, registered=registered),
+                "registered",
+                {"model": registered.model, "version": registered.version, "alias": registered.alias},
+            )
         self._finish(job, "succeeded", "finished")
 
-    def _fail(self, job: dict[str, Any], kind: str, message: str) -> None:
-        job["error"] = {"kind": kind, "message": message}
-        self._append(job, "error", {"kind": kind, "message": message})
+    def _fail(self, job: JobRecord, kind: str, message: str) -> None:
+        job = self._append(
+            replace(job, error=JobError(kind, message)), "error", {"kind": kind, "message": message}
+        )
         self._finish(job, "failed", message)
 
-    def _finish(self, job: dict[str, Any], state: str, reason: str) -> None:
-        job["ended_at"] = time.time()
-        self._set_state(job, state, reason, ends=True, also=self._run_status(job, state))
+    def _finish(self, job: JobRecord, state: str, reason: str) -> None:
+        job = replace(job, ended_at=time.time())
+        job = self._set_state(job, state, reason, ends=True, also=self._run_status(job, state))
         with self._lock:
-            self._active.pop(job["job_id"], None)
+            self._active.pop(job.job_id, None)
         self._notify(job, "ended", {})
 
-    def _run_status(self, job: dict[str, Any], status: str) -> Callable[[WriteTxn, JobEvent], None]:
+    def _run_status(self, job: JobRecord, status: str) -> Callable[[WriteTxn, JobEvent], None]:
         """Moves the job's run to `status` in the transaction of the job's state event."""
+        run_id = job.run_id
 
         def work(txn: WriteTxn, _event: JobEvent) -> None:
-            run = self._tracking.load_run(txn, job["run_id"])
+            run = self._tracking.load_run(txn, run_id)
             run.status = status
             run.end_time = time.time() if status in ENDED else None
             self._tracking.put_run(txn, run)
@@ -620,47 +727,68 @@ class Jobs:
 
     def _set_state(
         self,
-        job: dict[str, Any],
+        job: JobRecord,
         state: str,
         reason: str,
         *,
         ends: bool = False,
         also: Callable[[WriteTxn, JobEvent], None] | None = None,
         devices: list[str] | None = None,
-    ) -> None:
-        job["state"] = state
-        if state != "running":
-            job["devices"] = [] if state != "interrupted" else job["devices"]
+    ) -> JobRecord:
+        kept_devices = job.devices if state in ("running", "interrupted") else ()
+        with self._lock:
+            self._state_counts[job.state] -= 1
+            self._state_counts[state] += 1
+            if state != "running":
+                self._step_clocks.pop(job.job_id, None)
+        job = replace(job, state=state, devices=kept_devices)
         data = {"state": state, "reason": reason, "devices": devices or []}
-        self._append(job, "state", data, also, ends=ends)
+        job = self._append(job, "state", data, also, ends=ends)
         if ends:
             self._store.flush()
+        return job
+
+    def _clock_step(self, job_id: str, step: int, samples_per_s: float) -> None:
+        now = time.monotonic()
+        with self._lock:
+            clock = self._step_clocks.get(job_id)
+            if clock is None or step < clock.step:  # the first step event of this attempt
+                self._step_clocks[job_id] = _StepClock(step, now, JobThroughput(job_id, samples_per_s, None))
+                return
+            steps_per_s = clock.throughput.steps_per_s
+            if now - clock.at >= _RATE_WINDOW_S:
+                steps_per_s = (step - clock.step) / (now - clock.at)
+                clock.step, clock.at = step, now
+            clock.throughput = JobThroughput(job_id, samples_per_s, steps_per_s)
 
     def _append(
         self,
-        job: dict[str, Any],
+        job: JobRecord,
         kind: str,
         data: dict[str, Any],
         also: Callable[[WriteTxn, JobEvent], None] | None = None,
         ends: bool = False,
-    ) -> None:
-        # The record as of this event, copied here: the commit runs in the store's thread while
-        # this one goes on changing the job. (Nested values are replaced, never mutated, so
-        # readers copying the live record never see a container change under them.)
-        snapshot = copy.deepcopy(job)
+    ) -> JobRecord:
+        """Number, store and fan out one event of `job`, storing `job` (as of this event) with it;
+        returns the record with its new last_seq, which becomes the job's current one."""
 
+        # `job` is immutable, so the commit (in the store's thread) writes it as it is now, with
+        # no copy, while this thread goes on to the job's next record.
         def write(txn: WriteTxn, event: JobEvent) -> None:
-            snapshot["last_seq"] = event.seq
-            self._put(txn, snapshot)
+            self._put(txn, replace(job, last_seq=event.seq))
             if also is not None:
                 also(txn, event)
 
-        event = self._events.append(job["job_id"], job["attempt"], kind, data, also=write, ends_job=ends)
-        job["last_seq"] = event.seq
+        event = self._events.append(job.job_id, job.attempt, kind, data, also=write, ends_job=ends)
+        job = replace(job, last_seq=event.seq)
+        with self._lock:
+            if job.job_id in self._active:
+                self._active[job.job_id] = job
+        return job
 
     @staticmethod
-    def _put(txn: WriteTxn, job: dict[str, Any]) -> None:
-        txn.put("jobs", (job["job_id"],), encode_record("job", 1, job))
+    def _put(txn: WriteTxn, job: JobRecord) -> None:
+        txn.put("jobs", (job.job_id,), encode_job(job))
 
 
 def _kill(processes: list[multiprocessing.process.BaseProcess]) -> None:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from tesserad.nn import model_signature, spec_from_dict
 from tesserad.registry import DatasetLineage, Lineage, Registry, Signature, TensorSpec
 from tesserad.store import BlobRef
+from tesserad.training.job_records import JobRecord, Registered
 from tesserad.training.jobs import flatten_params
 
 
@@ -14,9 +13,9 @@ class JobRegistration:
     def __init__(self, registry: Registry) -> None:
         self._registry = registry
 
-    def register(self, job: dict[str, Any], weights: BlobRef) -> dict[str, Any]:
+    def register(self, job: JobRecord, weights: BlobRef) -> Registered:
         """A new version of register_as.model (created if missing); the alias moves with it."""
-        config = job["config"]
+        config = job.config
         target = config["register_as"]
         inputs, outputs = model_signature(spec_from_dict(config["architecture"]))
         signature = Signature(
@@ -25,11 +24,11 @@ class JobRegistration:
         )
         data = config["data"]
         lineage = Lineage(
-            run_id=job["run_id"],
-            job_id=job["job_id"],
-            experiment=job["experiment"],
+            run_id=job.run_id,
+            job_id=job.job_id,
+            experiment=job.experiment,
             datasets=(DatasetLineage(data["dataset"], data["version"], config["dataset_sha256"]),),
-            job_spec=job["spec"],
+            job_spec=job.spec,
         )
         record = self._registry.register_version(
             target["model"],
@@ -38,12 +37,12 @@ class JobRegistration:
             signature=signature,
             architecture=config["architecture"],
             params=flatten_params(config),
-            metrics={k: float(v) for k, v in job["metrics"].items()},
+            metrics={k: float(v) for k, v in job.metrics.items()},
             tags=dict(config["tags"]),
             lineage=lineage,
             description=target["description"],
             create_model_if_missing=True,
             alias=target["alias"],
-            actor=job["created_by"],
+            actor=job.created_by,
         )
-        return {"model": record.model, "version": record.version, "alias": target["alias"]}
+        return Registered(record.model, record.version, target["alias"])

@@ -4,23 +4,27 @@ The API layer turns the JobSpec message into a plain dict with the proto's zero 
 (enums as lowercase names, "" when unspecified) and the architecture as the nn package's dict
 form; `normalize_spec` applies the documented defaults and checks everything that can be
 checked before running: the architecture, the dataset's version, splits and arrays, the
-model's input shape against the data, and the devices. Errors name the field.
+model's input shape against the data, and the devices. It reports every problem at once, each
+as "spec.<path>: what is wrong", in one error. `SPEC_FIELDS` describes the plain spec's fields
+and their types (what a sweep may set, and how its text values parse).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from tesserad.dtypes import INTEGER_DTYPES
 from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, TesseraError
 from tesserad.names import RESERVED_ALIASES, validate_name
-from tesserad.nn import spec_from_dict
+from tesserad.nn.specs import FAMILIES as ARCHITECTURE_FAMILIES
+from tesserad.nn.specs import ArchitectureSpec, spec_problems, spec_to_dict, unchecked_spec_from_dict
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 REGRESSION_LOSSES = ("mse", "l1", "huber")
-FAMILIES = ("mlp", "cnn2d", "cnn4d", "lstm", "transformer")
 
 
 @dataclass(frozen=True)
@@ -57,166 +61,362 @@ def _mode(mode: str, metric: str) -> str:
     return "min" if "loss" in lowered or "error" in lowered else "max"
 
 
-def _nonneg(value: float, field: str) -> None:
-    if not math.isfinite(value) or value < 0:
-        raise InvalidArgument(f"{field} must be a finite number >= 0, got {value}")
+# -- the plain spec's fields
+
+
+@dataclass(frozen=True)
+class Choice:
+    """An enum field: its values in the plain spec, and the prefix of the proto's names for
+    them ("regression" is TASK_REGRESSION), so a value may be written either way."""
+
+    values: tuple[str, ...]
+    proto_prefix: str
+
+    def parse(self, text: str) -> str | None:
+        for value in self.values:
+            if text.lower() == value or text.upper() == f"{self.proto_prefix}{value.upper()}":
+                return value
+        return None
+
+
+@dataclass(frozen=True)
+class SpecField:
+    """One field of the plain spec: a single value of `value_type` (int, float, bool, str or a
+    Choice), a message of `fields`, or a list or map."""
+
+    kind: Literal["value", "message", "list"]
+    value_type: type | Choice | None = None
+    fields: Mapping[str, SpecField] = field(default_factory=dict)
+    oneof: str = ""  # the oneof this field is a member of
+    # A message whose `inline` oneof is stored flat: the member's name under this key, its
+    # fields beside the message's own (the architecture's nn dict form: {"family": "mlp", ...}).
+    inline: str = ""
+
+
+def _value(value_type: type | Choice, oneof: str = "") -> SpecField:
+    return SpecField("value", value_type, oneof=oneof)
+
+
+def _message(fields: Mapping[str, SpecField], oneof: str = "", inline: str = "") -> SpecField:
+    return SpecField("message", fields=fields, oneof=oneof, inline=inline)
+
+
+_LIST = SpecField("list")
+_MODE = Choice(("min", "max"), "OPTIMIZE_MODE_")
+
+
+def _architecture_fields() -> dict[str, SpecField]:
+    """The Architecture message, from the nn specs' fields (their defaults give the types)."""
+    families: dict[str, SpecField] = {}
+    for family, cls in ARCHITECTURE_FAMILIES.items():
+        hyperparameters = {
+            f.name: _LIST if isinstance(f.default, tuple) else _value(type(f.default))
+            for f in dataclasses.fields(cls)
+            if f.name not in ("input_shape", "output_size")
+        }
+        families[family] = _message(hyperparameters, oneof="family")
+    return {"input_shape": _LIST, "output_size": _value(int), **families}
+
+
+# Mirrors protos/tessera/v1/job_spec.proto (tests/unit/training compares the two).
+SPEC_FIELDS: Mapping[str, SpecField] = {
+    "experiment": _value(str),
+    "run_name": _value(str),
+    "architecture": _message(_architecture_fields(), inline="family"),
+    "task": _value(Choice(("classification", "regression"), "TASK_")),
+    "loss": _value(str),
+    "data": _message(
+        {
+            "dataset": _message({"name": _value(str), "version": _value(int)}),
+            "train_split": _value(str),
+            "val_split": _value(str),
+            "input_array": _value(str),
+            "target_array": _value(str),
+        }
+    ),
+    "optimizer": _message(
+        {
+            "name": _value(str),
+            **{
+                name: _value(float)
+                for name in ("lr", "weight_decay", "momentum", "beta1", "beta2", "eps", "grad_clip_norm")
+            },
+            "nesterov": _value(bool),
+        }
+    ),
+    "lr_schedule": _message(
+        {
+            "constant": _message({}, oneof="schedule"),
+            "step": _message({"step_size": _value(int), "gamma": _value(float)}, oneof="schedule"),
+            "cosine": _message({"min_lr": _value(float)}, oneof="schedule"),
+            "one_cycle": _message({"max_lr": _value(float), "pct_start": _value(float)}, oneof="schedule"),
+            "warmup_steps": _value(int),
+        }
+    ),
+    "epochs": _value(int),
+    "max_steps": _value(int),
+    "batch_size": _value(int),
+    "seed": _value(int),
+    "early_stopping": _message(
+        {"metric": _value(str), "mode": _value(_MODE), "patience": _value(int), "min_delta": _value(float)}
+    ),
+    "checkpoints": _message(
+        {
+            "every_n_epochs": _value(int),
+            "keep_last": _value(int),
+            "keep_best_metric": _value(str),
+            "keep_best_mode": _value(_MODE),
+        }
+    ),
+    "devices": _message(
+        {
+            "cpu": _value(bool, oneof="kind"),
+            "cuda": _message({"indices": _LIST}, oneof="kind"),
+            "gpu_count": _value(int, oneof="kind"),
+            "cpu_processes": _value(int),
+        }
+    ),
+    "priority": _value(int),
+    "register_as": _message({"model": _value(str), "alias": _value(str), "description": _value(str)}),
+    "log_every_n_steps": _value(int),
+    "tags": _LIST,
+}
+
+
+# -- checking a spec
+
+
+class _Problems:
+    """Every problem found in one spec, with the error class each would raise alone."""
+
+    def __init__(self) -> None:
+        self.found: list[tuple[type[TesseraError], str]] = []
+
+    def add(self, kind: type[TesseraError], message: str) -> None:
+        self.found.append((kind, message))
+
+    def invalid(self, path: str, what: str) -> None:
+        self.add(InvalidArgument, f"{path}: {what}")
+
+    def unmet(self, path: str, what: str) -> None:
+        """A problem with what the spec refers to (a dataset, a device): FAILED_PRECONDITION."""
+        self.add(FailedPrecondition, f"{path}: {what}")
+
+    def name(self, path: str, value: str) -> str:
+        try:
+            validate_name(path, value)
+        except InvalidArgument as exc:
+            self.invalid(path, exc.message.removeprefix(path).lstrip())
+        return value
+
+    def nonneg(self, path: str, value: float) -> None:
+        if not math.isfinite(value) or value < 0:
+            self.invalid(path, f"must be a finite number >= 0, got {value}")
+
+    def raise_if_any(self) -> None:
+        """One error for them all: INVALID_ARGUMENT when any problem is with the spec's own values."""
+        if not self.found:
+            return
+        if len(self.found) == 1:
+            kind, message = self.found[0]
+            raise kind(message)
+        kinds = [kind for kind, _ in self.found]
+        kind = InvalidArgument if InvalidArgument in kinds else kinds[0]
+        lines = "\n".join(f"  {message}" for _, message in self.found)
+        raise kind(f"the spec has {len(self.found)} problems:\n{lines}")
 
 
 def normalize_spec(raw: dict[str, Any], dataset: Any, devices: DeviceFacts) -> dict[str, Any]:
-    """The complete job config, or InvalidArgument / FailedPrecondition naming the field.
+    """The complete job config, or InvalidArgument / FailedPrecondition naming every bad field.
 
     `dataset(name, version)` returns DatasetFacts or raises NotFound.
     """
+    problems = _Problems()
     config: dict[str, Any] = {}
-    config["experiment"] = validate_name("spec.experiment", raw.get("experiment") or "default")
+    config["experiment"] = problems.name("spec.experiment", raw.get("experiment") or "default")
     if raw.get("run_name"):
-        validate_name("spec.run_name", raw["run_name"])
+        problems.name("spec.run_name", raw["run_name"])
     config["run_name"] = raw.get("run_name", "")
 
-    arch = raw.get("architecture")
-    if not arch or not arch.get("family"):
-        raise InvalidArgument(f"spec.architecture: set one architecture family ({', '.join(FAMILIES)})")
-    try:
-        arch_spec = spec_from_dict(arch)
-    except InvalidArgument as exc:
-        raise InvalidArgument(f"spec.{exc.message}") from None
-    config["architecture"] = arch
+    arch_spec = _check_architecture(raw.get("architecture") or {}, problems)
+    config["architecture"] = spec_to_dict(arch_spec) if arch_spec is not None else None
 
     task = raw.get("task") or "classification"
     config["task"] = task
     loss = raw.get("loss", "")
     if task == "classification":
         if loss not in ("", "cross_entropy"):
-            raise InvalidArgument(f"spec.loss: classification trains with cross_entropy, got {loss!r}")
+            problems.invalid("spec.loss", f"classification trains with cross_entropy, got {loss!r}")
         loss = "cross_entropy"
     else:
         loss = loss or "mse"
         if loss not in REGRESSION_LOSSES:
-            raise InvalidArgument(
-                f"spec.loss: regression takes one of {', '.join(REGRESSION_LOSSES)}, got {loss!r}"
+            problems.invalid(
+                "spec.loss", f"regression takes one of {', '.join(REGRESSION_LOSSES)}, got {loss!r}"
             )
     config["loss"] = loss
 
-    config["data"], facts = _check_data(raw.get("data") or {}, dataset, arch_spec, task)
-    config["optimizer"] = _check_optimizer(raw.get("optimizer") or {})
-    config["lr_schedule"] = _check_schedule(raw.get("lr_schedule") or {}, config["optimizer"]["lr"])
+    data, facts = _check_data(raw.get("data") or {}, dataset, arch_spec, task, problems)
+    config["data"] = data
+    config["optimizer"] = _check_optimizer(raw.get("optimizer") or {}, problems)
+    config["lr_schedule"] = _check_schedule(raw.get("lr_schedule") or {}, config["optimizer"]["lr"], problems)
 
     epochs, max_steps = int(raw.get("epochs", 0)), int(raw.get("max_steps", 0))
     if epochs < 0:
-        raise InvalidArgument(f"spec.epochs must be >= 0, got {epochs}")
+        problems.invalid("spec.epochs", f"must be >= 0, got {epochs}")
     if max_steps < 0:
-        raise InvalidArgument(f"spec.max_steps must be >= 0, got {max_steps}")
+        problems.invalid("spec.max_steps", f"must be >= 0, got {max_steps}")
     config["epochs"] = epochs if epochs or max_steps else 1
     config["max_steps"] = max_steps
     batch_size = int(raw.get("batch_size", 0)) or 32
     if batch_size < 1:
-        raise InvalidArgument(f"spec.batch_size must be >= 1, got {batch_size}")
+        problems.invalid("spec.batch_size", f"must be >= 1, got {batch_size}")
     config["batch_size"] = batch_size
     config["seed"] = int(raw.get("seed", 0))
     log_every = int(raw.get("log_every_n_steps", 0)) or 10
     if log_every < 1:
-        raise InvalidArgument(f"spec.log_every_n_steps must be >= 1, got {log_every}")
+        problems.invalid("spec.log_every_n_steps", f"must be >= 1, got {log_every}")
     config["log_every_n_steps"] = log_every
 
-    metrics = epoch_metric_names(task, bool(config["data"]["val_split"]))
-    config["early_stopping"] = _check_early_stopping(raw.get("early_stopping") or {}, metrics)
-    config["checkpoints"] = _check_checkpoints(raw.get("checkpoints") or {}, metrics)
-    config["devices"] = _check_devices(raw.get("devices") or {}, devices)
+    # The metrics a job reports depend on its validation split: unknown without the dataset.
+    metrics = epoch_metric_names(task, bool(data["val_split"])) if facts is not None else None
+    config["early_stopping"] = _check_early_stopping(raw.get("early_stopping") or {}, metrics, problems)
+    config["checkpoints"] = _check_checkpoints(raw.get("checkpoints") or {}, metrics, problems)
+    config["devices"] = _check_devices(raw.get("devices") or {}, devices, problems)
     config["priority"] = int(raw.get("priority", 0))
-    config["register_as"] = _check_register_as(raw.get("register_as") or {})
+    config["register_as"] = _check_register_as(raw.get("register_as") or {}, problems)
     config["tags"] = dict(raw.get("tags") or {})
+    problems.raise_if_any()
+    assert facts is not None  # a spec without its dataset has a problem, raised above
     config["dataset_sha256"] = facts.sha256
     return config
 
 
-def _check_data(
-    raw: dict[str, Any], dataset: Any, arch_spec: Any, task: str
-) -> tuple[dict[str, Any], DatasetFacts]:
-    ref = raw.get("dataset") or {}
-    name = ref.get("name", "")
-    validate_name("spec.data.dataset.name", name)
-    version = int(ref.get("version", 0))
-    if version < 0:
-        raise InvalidArgument(f"spec.data.dataset.version must be >= 0 (0 for the newest), got {version}")
+def _check_architecture(raw: dict[str, Any], problems: _Problems) -> ArchitectureSpec | None:
+    """The architecture's spec, or None (with its problems recorded)."""
+    if not raw.get("family"):
+        problems.invalid(
+            "spec.architecture", f"set one architecture family ({', '.join(ARCHITECTURE_FAMILIES)})"
+        )
+        return None
     try:
-        facts: DatasetFacts = dataset(name, version)
-    except NotFound as exc:
-        # A missing dataset is a precondition of this job, not a resource the call names.
-        raise FailedPrecondition(f"spec.data.dataset: {exc.message}; upload it first") from None
-    except TesseraError as exc:
-        raise type(exc)(f"spec.data.dataset: {exc.message}") from None
-    where = f"dataset {name!r} v{facts.version}"
+        arch_spec = unchecked_spec_from_dict(raw)
+    except InvalidArgument as exc:
+        problems.add(InvalidArgument, f"spec.{exc.message}")
+        return None
+    found = spec_problems(arch_spec)
+    for problem in found:
+        problems.add(InvalidArgument, f"spec.{problem}")
+    return None if found else arch_spec
+
+
+def _check_data(
+    raw: dict[str, Any], dataset: Any, arch_spec: ArchitectureSpec | None, task: str, problems: _Problems
+) -> tuple[dict[str, Any], DatasetFacts | None]:
+    """The data section (None for its facts when the dataset is not there: nothing else about
+    it can be checked then)."""
+    ref = raw.get("dataset") or {}
+    name = problems.name("spec.data.dataset.name", ref.get("name", ""))
+    version = int(ref.get("version", 0))
     train_split = raw.get("train_split") or "train"
-    if train_split not in facts.splits:
-        raise FailedPrecondition(
-            f"spec.data.train_split: {where} has no split {train_split!r}; it has "
-            f"{', '.join(sorted(facts.splits)) or 'no splits'}"
-        )
     val_split = raw.get("val_split", "")
-    if val_split and val_split not in facts.splits:
-        raise FailedPrecondition(
-            f"spec.data.val_split: {where} has no split {val_split!r}; it has {', '.join(sorted(facts.splits))}"
-        )
-    if not val_split and "val" in facts.splits:
-        val_split = "val"
-    if facts.splits[train_split] == 0:
-        raise FailedPrecondition(f"spec.data.train_split: split {train_split!r} of {where} is empty")
-    arrays = ", ".join(sorted(facts.arrays))
     input_array = raw.get("input_array") or "x"
     target_array = raw.get("target_array") or "y"
-    for field, array in (("input_array", input_array), ("target_array", target_array)):
-        if array not in facts.arrays:
-            raise FailedPrecondition(f"spec.data.{field}: {where} has no array {array!r}; it has {arrays}")
-    in_dtype, in_shape = facts.arrays[input_array]
-    want = tuple(arch_spec.input_shape)
-    if tuple(in_shape[1:]) != want:
-        raise FailedPrecondition(
-            f"spec.architecture.input_shape: the model takes samples shaped {list(want)} but array "
-            f"{input_array!r} of {where} holds samples shaped {list(in_shape[1:])}; set input_shape to "
-            f"{list(in_shape[1:])}"
-        )
-    if in_dtype == "bool" or not (in_dtype in INTEGER_DTYPES or in_dtype.startswith(("float", "bfloat"))):
-        raise FailedPrecondition(
-            f"spec.data.input_array: array {input_array!r} has dtype {in_dtype}; need numbers"
-        )
-    t_dtype, t_shape = facts.arrays[target_array]
-    if t_shape[:1] != in_shape[:1]:
-        raise FailedPrecondition(
-            f"spec.data.target_array: array {target_array!r} has {t_shape[0] if t_shape else 0} samples but "
-            f"{input_array!r} has {in_shape[0]}"
-        )
-    out = arch_spec.output_size
-    if task == "classification":
-        if t_dtype not in INTEGER_DTYPES or len(t_shape) != 1:
-            raise FailedPrecondition(
-                f"spec.data.target_array: classification needs integer class ids shaped (N,), but "
-                f"{target_array!r} is {t_dtype} shaped {list(t_shape)}; use task REGRESSION for float targets"
-            )
-    else:
-        fits = tuple(t_shape[1:]) == (out,) or (out == 1 and len(t_shape) == 1)
-        if not fits:
-            raise FailedPrecondition(
-                f"spec.data.target_array: regression with output_size {out} needs targets shaped "
-                f"(N, {out}){' or (N,)' if out == 1 else ''}, but {target_array!r} is shaped {list(t_shape)}"
-            )
     data = {
         "dataset": name,
-        "version": facts.version,
+        "version": version,
         "train_split": train_split,
         "val_split": val_split,
         "input_array": input_array,
         "target_array": target_array,
     }
+    if version < 0:
+        problems.invalid("spec.data.dataset.version", f"must be >= 0 (0 for the newest), got {version}")
+    if not name or version < 0:
+        return data, None
+    try:
+        facts: DatasetFacts = dataset(name, version)
+    except NotFound as exc:
+        # A missing dataset is a precondition of this job, not a resource the call names.
+        problems.unmet("spec.data.dataset", f"{exc.message}; upload it first")
+        return data, None
+    except TesseraError as exc:
+        problems.add(type(exc), f"spec.data.dataset: {exc.message}")
+        return data, None
+    data["version"] = facts.version
+    where = f"dataset {name!r} v{facts.version}"
+    splits = ", ".join(sorted(facts.splits)) or "no splits"
+    if train_split not in facts.splits:
+        problems.unmet("spec.data.train_split", f"{where} has no split {train_split!r}; it has {splits}")
+    elif facts.splits[train_split] == 0:
+        problems.unmet("spec.data.train_split", f"split {train_split!r} of {where} is empty")
+    if val_split and val_split not in facts.splits:
+        problems.unmet("spec.data.val_split", f"{where} has no split {val_split!r}; it has {splits}")
+    if not val_split and "val" in facts.splits:
+        data["val_split"] = "val"
+    arrays = ", ".join(sorted(facts.arrays))
+    for field_name, array in (("input_array", input_array), ("target_array", target_array)):
+        if array not in facts.arrays:
+            problems.unmet(f"spec.data.{field_name}", f"{where} has no array {array!r}; it has {arrays}")
+    if input_array in facts.arrays:
+        in_dtype, in_shape = facts.arrays[input_array]
+        if arch_spec is not None and tuple(in_shape[1:]) != tuple(arch_spec.input_shape):
+            want = list(arch_spec.input_shape)
+            problems.unmet(
+                "spec.architecture.input_shape",
+                f"the model takes samples shaped {want} but array {input_array!r} of {where} holds samples "
+                f"shaped {list(in_shape[1:])}; set input_shape to {list(in_shape[1:])}",
+            )
+        if in_dtype == "bool" or not (in_dtype in INTEGER_DTYPES or in_dtype.startswith(("float", "bfloat"))):
+            problems.unmet(
+                "spec.data.input_array", f"array {input_array!r} has dtype {in_dtype}; need numbers"
+            )
+    if target_array in facts.arrays:
+        _check_targets(facts, input_array, target_array, arch_spec, task, problems)
     return data, facts
 
 
-def _check_optimizer(raw: dict[str, Any]) -> dict[str, Any]:
+def _check_targets(
+    facts: DatasetFacts,
+    input_array: str,
+    target_array: str,
+    arch_spec: ArchitectureSpec | None,
+    task: str,
+    problems: _Problems,
+) -> None:
+    t_dtype, t_shape = facts.arrays[target_array]
+    if input_array in facts.arrays:
+        in_shape = facts.arrays[input_array][1]
+        if t_shape[:1] != in_shape[:1]:
+            problems.unmet(
+                "spec.data.target_array",
+                f"array {target_array!r} has {t_shape[0] if t_shape else 0} samples but {input_array!r} has "
+                f"{in_shape[0]}",
+            )
+    if task == "classification":
+        if t_dtype not in INTEGER_DTYPES or len(t_shape) != 1:
+            problems.unmet(
+                "spec.data.target_array",
+                f"classification needs integer class ids shaped (N,), but {target_array!r} is {t_dtype} shaped "
+                f"{list(t_shape)}; use task REGRESSION for float targets",
+            )
+    elif arch_spec is not None:
+        out = arch_spec.output_size
+        if not (tuple(t_shape[1:]) == (out,) or (out == 1 and len(t_shape) == 1)):
+            problems.unmet(
+                "spec.data.target_array",
+                f"regression with output_size {out} needs targets shaped (N, {out})"
+                f"{' or (N,)' if out == 1 else ''}, but {target_array!r} is shaped {list(t_shape)}",
+            )
+
+
+def _check_optimizer(raw: dict[str, Any], problems: _Problems) -> dict[str, Any]:
     name = raw.get("name") or "adam"
     if name not in OPTIMIZERS:
-        raise InvalidArgument(f"spec.optimizer.name: must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
+        problems.invalid("spec.optimizer.name", f"must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
     lr = float(raw.get("lr", 0.0)) or 1e-3
     if not math.isfinite(lr) or lr <= 0:
-        raise InvalidArgument(f"spec.optimizer.lr must be > 0, got {lr}")
+        problems.invalid("spec.optimizer.lr", f"must be > 0, got {lr}")
     config = {
         "name": name,
         "lr": lr,
@@ -228,63 +428,66 @@ def _check_optimizer(raw: dict[str, Any]) -> dict[str, Any]:
         "eps": float(raw.get("eps", 0.0)) or 1e-8,
         "grad_clip_norm": float(raw.get("grad_clip_norm", 0.0)),
     }
-    for field in ("weight_decay", "momentum", "grad_clip_norm", "eps"):
-        _nonneg(config[field], f"spec.optimizer.{field}")
+    for field_name in ("weight_decay", "momentum", "grad_clip_norm", "eps"):
+        problems.nonneg(f"spec.optimizer.{field_name}", config[field_name])
     if name != "sgd" and (config["momentum"] or config["nesterov"]):
-        raise InvalidArgument(f"spec.optimizer.momentum: momentum and nesterov apply to sgd only, not {name}")
-    if config["nesterov"] and not config["momentum"]:
-        raise InvalidArgument("spec.optimizer.nesterov: nesterov needs momentum > 0")
+        problems.invalid("spec.optimizer.momentum", f"momentum and nesterov apply to sgd only, not {name}")
+    elif config["nesterov"] and not config["momentum"]:
+        problems.invalid("spec.optimizer.nesterov", "nesterov needs momentum > 0")
     if config["momentum"] >= 1:
-        raise InvalidArgument(f"spec.optimizer.momentum must be in [0, 1), got {config['momentum']}")
-    for field in ("beta1", "beta2"):
-        if not 0 <= config[field] < 1:
-            raise InvalidArgument(f"spec.optimizer.{field} must be in [0, 1), got {config[field]}")
+        problems.invalid("spec.optimizer.momentum", f"must be in [0, 1), got {config['momentum']}")
+    for field_name in ("beta1", "beta2"):
+        if not 0 <= config[field_name] < 1:
+            problems.invalid(f"spec.optimizer.{field_name}", f"must be in [0, 1), got {config[field_name]}")
     return config
 
 
-def _check_schedule(raw: dict[str, Any], lr: float) -> dict[str, Any]:
+def _check_schedule(raw: dict[str, Any], lr: float, problems: _Problems) -> dict[str, Any]:
     warmup = int(raw.get("warmup_steps", 0))
     if warmup < 0:
-        raise InvalidArgument(f"spec.lr_schedule.warmup_steps must be >= 0, got {warmup}")
+        problems.invalid("spec.lr_schedule.warmup_steps", f"must be >= 0, got {warmup}")
     schedule: dict[str, Any] = {"kind": "constant", "warmup_steps": warmup}
     if "step" in raw:
         step_size = int(raw["step"].get("step_size", 0))
         if step_size < 1:
-            raise InvalidArgument(f"spec.lr_schedule.step.step_size must be >= 1 (epochs), got {step_size}")
+            problems.invalid("spec.lr_schedule.step.step_size", f"must be >= 1 (epochs), got {step_size}")
         gamma = float(raw["step"].get("gamma", 0.0)) or 0.1
         if not 0 < gamma <= 1:
-            raise InvalidArgument(f"spec.lr_schedule.step.gamma must be in (0, 1], got {gamma}")
+            problems.invalid("spec.lr_schedule.step.gamma", f"must be in (0, 1], got {gamma}")
         schedule.update(kind="step", step_size=step_size, gamma=gamma)
     elif "cosine" in raw:
         min_lr = float(raw["cosine"].get("min_lr", 0.0))
         if not 0 <= min_lr < lr:
-            raise InvalidArgument(
-                f"spec.lr_schedule.cosine.min_lr must be in [0, optimizer.lr={lr}), got {min_lr}"
+            problems.invalid(
+                "spec.lr_schedule.cosine.min_lr", f"must be in [0, optimizer.lr={lr}), got {min_lr}"
             )
         schedule.update(kind="cosine", min_lr=min_lr)
     elif "one_cycle" in raw:
         max_lr = float(raw["one_cycle"].get("max_lr", 0.0)) or lr
         pct = float(raw["one_cycle"].get("pct_start", 0.0)) or 0.3
         if not math.isfinite(max_lr) or max_lr <= 0:
-            raise InvalidArgument(f"spec.lr_schedule.one_cycle.max_lr must be > 0, got {max_lr}")
+            problems.invalid("spec.lr_schedule.one_cycle.max_lr", f"must be > 0, got {max_lr}")
         if not 0 < pct < 1:
-            raise InvalidArgument(f"spec.lr_schedule.one_cycle.pct_start must be in (0, 1), got {pct}")
+            problems.invalid("spec.lr_schedule.one_cycle.pct_start", f"must be in (0, 1), got {pct}")
         schedule.update(kind="one_cycle", max_lr=max_lr, pct_start=pct)
     return schedule
 
 
-def _check_early_stopping(raw: dict[str, Any], metrics: list[str]) -> dict[str, Any]:
+def _check_early_stopping(
+    raw: dict[str, Any], metrics: list[str] | None, problems: _Problems
+) -> dict[str, Any]:
     patience = int(raw.get("patience", 0))
     if patience < 0:
-        raise InvalidArgument(f"spec.early_stopping.patience must be >= 0 (0 disables), got {patience}")
-    metric = raw.get("metric") or ("val_loss" if "val_loss" in metrics else "train_loss")
-    if patience and metric not in metrics:
-        raise FailedPrecondition(
-            f"spec.early_stopping.metric: this job reports {', '.join(metrics)} each epoch, not {metric!r}"
-            + ("; validation metrics need a val_split" if metric.startswith("val_") else "")
+        problems.invalid("spec.early_stopping.patience", f"must be >= 0 (0 disables), got {patience}")
+    metric = raw.get("metric") or ("val_loss" if metrics is None or "val_loss" in metrics else "train_loss")
+    if patience and metrics is not None and metric not in metrics:
+        problems.unmet(
+            "spec.early_stopping.metric",
+            f"this job reports {', '.join(metrics)} each epoch, not {metric!r}"
+            + ("; validation metrics need a val_split" if metric.startswith("val_") else ""),
         )
     min_delta = float(raw.get("min_delta", 0.0))
-    _nonneg(min_delta, "spec.early_stopping.min_delta")
+    problems.nonneg("spec.early_stopping.min_delta", min_delta)
     return {
         "metric": metric,
         "mode": _mode(raw.get("mode", ""), metric),
@@ -293,17 +496,18 @@ def _check_early_stopping(raw: dict[str, Any], metrics: list[str]) -> dict[str, 
     }
 
 
-def _check_checkpoints(raw: dict[str, Any], metrics: list[str]) -> dict[str, Any]:
+def _check_checkpoints(raw: dict[str, Any], metrics: list[str] | None, problems: _Problems) -> dict[str, Any]:
     every = int(raw.get("every_n_epochs", 0)) or 1
     keep_last = int(raw.get("keep_last", 0)) or 2
     if every < 1:
-        raise InvalidArgument(f"spec.checkpoints.every_n_epochs must be >= 1, got {every}")
+        problems.invalid("spec.checkpoints.every_n_epochs", f"must be >= 1, got {every}")
     if keep_last < 1:
-        raise InvalidArgument(f"spec.checkpoints.keep_last must be >= 1, got {keep_last}")
+        problems.invalid("spec.checkpoints.keep_last", f"must be >= 1, got {keep_last}")
     best = raw.get("keep_best_metric", "")
-    if best and best not in metrics:
-        raise FailedPrecondition(
-            f"spec.checkpoints.keep_best_metric: this job reports {', '.join(metrics)} each epoch, not {best!r}"
+    if best and metrics is not None and best not in metrics:
+        problems.unmet(
+            "spec.checkpoints.keep_best_metric",
+            f"this job reports {', '.join(metrics)} each epoch, not {best!r}",
         )
     return {
         "every_n_epochs": every,
@@ -313,55 +517,57 @@ def _check_checkpoints(raw: dict[str, Any], metrics: list[str]) -> dict[str, Any
     }
 
 
-def _check_devices(raw: dict[str, Any], devices: DeviceFacts) -> dict[str, Any]:
+def _check_devices(raw: dict[str, Any], devices: DeviceFacts, problems: _Problems) -> dict[str, Any]:
     processes = int(raw.get("cpu_processes", 0))
     if processes < 0:
-        raise InvalidArgument(f"spec.devices.cpu_processes must be >= 0, got {processes}")
+        problems.invalid("spec.devices.cpu_processes", f"must be >= 0, got {processes}")
     if "cuda" in raw or "gpu_count" in raw:
         if processes:
-            raise InvalidArgument("spec.devices.cpu_processes applies to cpu jobs only")
+            problems.invalid("spec.devices.cpu_processes", "applies to cpu jobs only")
         if "cuda" in raw:
             indices = [int(i) for i in raw["cuda"].get("indices", [])]
             if not indices:
-                raise InvalidArgument("spec.devices.cuda.indices: list at least one GPU index, e.g. [0]")
-            if len(set(indices)) != len(indices):
-                raise InvalidArgument(f"spec.devices.cuda.indices: {indices} lists a GPU twice")
+                problems.invalid("spec.devices.cuda.indices", "list at least one GPU index, e.g. [0]")
+            elif len(set(indices)) != len(indices):
+                problems.invalid("spec.devices.cuda.indices", f"{indices} lists a GPU twice")
+            have = ", ".join(f"cuda:{i}" for i in range(devices.gpu_count)) or "no CUDA GPUs"
             for index in indices:
                 if not 0 <= index < devices.gpu_count:
-                    have = ", ".join(f"cuda:{i}" for i in range(devices.gpu_count)) or "no CUDA GPUs"
-                    raise FailedPrecondition(
-                        f"spec.devices.cuda.indices: cuda:{index} does not exist; this host has {have}"
+                    problems.unmet(
+                        "spec.devices.cuda.indices", f"cuda:{index} does not exist; this host has {have}"
                     )
             return {"kind": "cuda", "indices": indices, "count": len(indices)}
         count = int(raw["gpu_count"])
         if count < 1:
-            raise InvalidArgument(f"spec.devices.gpu_count must be >= 1, got {count}")
-        if count > devices.gpu_count:
-            raise FailedPrecondition(
-                f"spec.devices.gpu_count: the job asks for {count} GPUs but this host has {devices.gpu_count}"
+            problems.invalid("spec.devices.gpu_count", f"must be >= 1, got {count}")
+        elif count > devices.gpu_count:
+            problems.unmet(
+                "spec.devices.gpu_count",
+                f"the job asks for {count} GPUs but this host has {devices.gpu_count}",
             )
         return {"kind": "cuda", "indices": [], "count": count}
-    count = processes or 1
+    count = max(processes, 1)
     if count > devices.cpu_slots:
-        raise FailedPrecondition(
-            f"spec.devices: the job asks for {count} CPU process{'es' if count > 1 else ''} but the daemon "
-            f"has {devices.cpu_slots} CPU slot{'s' if devices.cpu_slots != 1 else ''} (training.cpu_slots)"
+        problems.unmet(
+            "spec.devices",
+            f"the job asks for {count} CPU process{'es' if count > 1 else ''} but the daemon has "
+            f"{devices.cpu_slots} CPU slot{'s' if devices.cpu_slots != 1 else ''} (training.cpu_slots)",
         )
     return {"kind": "cpu", "indices": [], "count": count}
 
 
-def _check_register_as(raw: dict[str, Any]) -> dict[str, str] | None:
+def _check_register_as(raw: dict[str, Any], problems: _Problems) -> dict[str, str] | None:
     model = raw.get("model", "")
-    if not model:
-        if raw.get("alias"):
-            raise InvalidArgument("spec.register_as.model: set the model to register to when giving an alias")
-        return None
-    validate_name("spec.register_as.model", model)
     alias = raw.get("alias", "")
+    if not model:
+        if alias:
+            problems.invalid("spec.register_as.model", "set the model to register to when giving an alias")
+        return None
+    problems.name("spec.register_as.model", model)
     if alias:
-        validate_name("spec.register_as.alias", alias)
+        problems.name("spec.register_as.alias", alias)
         if alias in RESERVED_ALIASES:
-            raise InvalidArgument(
-                f"spec.register_as.alias: {alias!r} is reserved and always names the newest version"
+            problems.invalid(
+                "spec.register_as.alias", f"{alias!r} is reserved and always names the newest version"
             )
     return {"model": model, "alias": alias, "description": raw.get("description", "")}

@@ -1,10 +1,10 @@
 """The worker process: one per job (one per rank under DDP), started with the spawn method.
 
 It talks to the daemon over a pipe and nothing else: it never opens the store or the blob
-directory. Messages to the daemon are tuples: ("event", kind, data), ("checkpoint", bytes,
-info), ("done", outcome), ("error", kind, message); the daemon stores checkpoints and final
-weights as blobs. A resumed job's worker first receives its checkpoint's bytes; "cancel"
-asks it to stop at the next step boundary.
+directory. Messages to the daemon are the classes below (EventMessage, CheckpointMessage,
+DoneMessage, ErrorMessage), pickled by the pipe; the daemon stores checkpoints and final
+weights as blobs. A resumed job's worker first receives its checkpoint's bytes; a
+CancelMessage asks it to stop at the next step boundary.
 
 The daemon sets the worker's environment (tesserad.runtime_env) around the spawn, because
 malloc tunables act only at process start. Torch is imported inside the process only.
@@ -32,6 +32,55 @@ class DataSource:
     target_array: str
 
 
+@dataclass(frozen=True)
+class EventMessage:
+    """A job event (tesserad.training.events.KINDS) with its payload."""
+
+    kind: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    epoch: int
+    step: int
+    reason: str  # periodic, best or final
+    periodic: bool
+    best: bool
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class CheckpointMessage:
+    data: bytes  # the checkpoint file (tesserad.training.checkpoints)
+    info: CheckpointInfo
+
+
+@dataclass(frozen=True)
+class DoneMessage:
+    """Training stopped on its own terms: finished ("succeeded") or at a cancel ("cancelled")."""
+
+    status: str
+    epoch: int
+    step: int
+    metrics: dict[str, float]
+    weights: bytes | None  # the leader's trained weights (safetensors); None on other ranks
+
+
+@dataclass(frozen=True)
+class ErrorMessage:
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True)
+class CancelMessage:
+    """From the daemon: stop at the next step boundary."""
+
+
+WorkerMessage = EventMessage | CheckpointMessage | DoneMessage | ErrorMessage
+
+
 @dataclass
 class WorkerPayload:
     job_id: str
@@ -57,7 +106,7 @@ def worker_main(conn: Connection, payload: WorkerPayload) -> None:
     except BaseException as exc:
         kind, message = _classify(exc)
         with contextlib.suppress(OSError):
-            conn.send(("error", kind, message))
+            conn.send(ErrorMessage(kind, message))
         os._exit(1)
     conn.close()
 
@@ -99,15 +148,15 @@ def _run(conn: Connection, payload: WorkerPayload) -> None:
     def should_stop() -> bool:
         nonlocal cancelled
         while not cancelled and conn.poll():
-            if conn.recv() == "cancel":
+            if isinstance(conn.recv(), CancelMessage):
                 cancelled = True
         return cancelled or not parent_alive(payload.parent_pid)
 
     def emit(kind: str, data: dict[str, Any]) -> None:
-        conn.send(("event", kind, data))
+        conn.send(EventMessage(kind, data))
 
     def save_checkpoint(data: bytes, info: dict[str, Any]) -> None:
-        conn.send(("checkpoint", data, info))
+        conn.send(CheckpointMessage(data, CheckpointInfo(**info)))
 
     arrays = open_arrays(Path(payload.data.path), payload.data.format, payload.data.array_name)
     data = TrainingData(
@@ -128,15 +177,4 @@ def _run(conn: Connection, payload: WorkerPayload) -> None:
     outcome = trainer.run()
     if payload.world > 1:
         torch.distributed.destroy_process_group()
-    conn.send(
-        (
-            "done",
-            {
-                "status": outcome.status,
-                "epoch": outcome.epoch,
-                "step": outcome.step,
-                "metrics": outcome.metrics,
-                "weights": outcome.weights,
-            },
-        )
-    )
+    conn.send(DoneMessage(outcome.status, outcome.epoch, outcome.step, outcome.metrics, outcome.weights))

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import signal
 import time
+import urllib.request
 
 import grpc
 import numpy as np
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tessera.v1 import job_spec_pb2, registry_pb2, registry_pb2_grpc, training_pb2
 from tessera.v1 import training_pb2_grpc as training_grpc
@@ -167,6 +169,52 @@ def test_two_jobs_run_at_once_and_cancel_stops_them(training: training_grpc.Trai
         training.CancelJob(S.CancelJobRequest(job_id=first.job_id))
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "already ended (CANCELLED)" in info.value.details()
+
+
+def _scrape(training_daemon) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """The daemon's /metrics: family name -> {sorted labels: value}."""
+    url = f"http://127.0.0.1:{training_daemon.daemon.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    return {
+        family.name: {tuple(sorted(s.labels.items())): s.value for s in family.samples}
+        for family in text_string_to_metric_families(text)
+    }
+
+
+def test_metrics_show_jobs_by_state_the_queue_and_each_running_jobs_speed(
+    training_daemon, training: training_grpc.TrainingStub
+) -> None:
+    ended_before = _scrape(training_daemon)["tessera_training_jobs"][(("state", "cancelled"),)]
+    first, second = submit(training, long_spec()), submit(training, long_spec())
+    queued = submit(training, long_spec(priority=-1))
+    running = {first.job_id, second.job_id}
+    for job_id in running:
+        _wait_for(training, job_id, S.JOB_STATE_RUNNING)
+    deadline = time.monotonic() + 60
+    while True:
+        scraped = _scrape(training_daemon)
+        timed = {dict(labels)["job_id"] for labels in scraped["tessera_training_job_steps_per_second"]}
+        if timed >= running or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert timed == running
+    assert scraped["tessera_training_jobs"][(("state", "running"),)] == 2
+    assert scraped["tessera_training_jobs"][(("state", "queued"),)] == 1
+    assert scraped["tessera_training_queue_length"][()] == 1
+    for job_id in running:
+        assert scraped["tessera_training_job_steps_per_second"][(("job_id", job_id),)] > 0
+        assert scraped["tessera_training_job_samples_per_second"][(("job_id", job_id),)] > 0
+
+    for job in (queued, first, second):
+        training.CancelJob(S.CancelJobRequest(job_id=job.job_id))
+    for job_id in running:
+        follow(training, job_id)
+    scraped = _scrape(training_daemon)
+    assert scraped["tessera_training_job_steps_per_second"] == {}
+    assert scraped["tessera_training_job_samples_per_second"] == {}
+    assert scraped["tessera_training_jobs"][(("state", "running"),)] == 0
+    assert scraped["tessera_training_jobs"][(("state", "cancelled"),)] == ended_before + 3
+    assert scraped["tessera_training_queue_length"][()] == 0
 
 
 def _worker_pids() -> set[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,15 @@ def _start(spawn_daemon: Any, data_dir: Path) -> tuple[Any, grpc.Channel]:
     return daemon, channel
 
 
+def _logged(daemon: Any, message: str) -> dict[str, Any]:
+    """The daemon's first JSON log entry `message`, whether read already or still to come."""
+    for line in daemon.log:
+        entry = json.loads(line) if line.startswith("{") else {}
+        if entry.get("msg") == message:
+            return entry
+    return daemon.wait_for_log(message)
+
+
 def test_sigkilled_daemon_resumes_the_job_from_its_last_checkpoint(spawn_daemon: Any, tmp_path: Path) -> None:
     daemon, channel = _start(spawn_daemon, tmp_path)
     upload_standard_datasets(channel)
@@ -39,7 +49,7 @@ def test_sigkilled_daemon_resumes_the_job_from_its_last_checkpoint(spawn_daemon:
     daemon.process.wait(10)
     channel.close()
 
-    _, channel = _start(spawn_daemon, tmp_path)
+    restarted, channel = _start(spawn_daemon, tmp_path)
     training = training_pb2_grpc.TrainingStub(channel)
     events = list(training.WatchJob(S.WatchJobRequest(job_id=job.job_id), timeout=120))
     assert events[: len(seen)] == seen  # the old attempt's events are kept, numbered as before
@@ -55,6 +65,13 @@ def test_sigkilled_daemon_resumes_the_job_from_its_last_checkpoint(spawn_daemon:
     resumed = [s for s in of_kind(events, "state") if s.state == S.JOB_STATE_RUNNING][1]
     checkpoint_epoch = max(c.epoch for c in of_kind(events[: len(seen) + 5], "checkpoint"))
     assert f"resumed from the epoch {checkpoint_epoch} checkpoint (attempt 2)" in resumed.reason
+    checkpoint_step = max(c.step for c in of_kind(events[: len(seen) + 5], "checkpoint"))
+    requeued = _logged(restarted, "interrupted job re-queued")
+    assert (requeued["job_id"], requeued["attempt"]) == (job.job_id, 2)
+    assert (requeued["from_epoch"], requeued["from_step"]) == (checkpoint_epoch, checkpoint_step)
+    logged = _logged(restarted, "job resumed from a checkpoint")
+    assert (logged["job_id"], logged["attempt"]) == (job.job_id, 2)
+    assert (logged["epoch"], logged["step"]) == (checkpoint_epoch, checkpoint_step)
     assert {e.attempt for e in events if e.WhichOneof("event") == "step"} == {1, 2}
 
     final = training.GetJob(S.GetJobRequest(job_id=job.job_id))

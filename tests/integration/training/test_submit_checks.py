@@ -35,7 +35,7 @@ def _set(path: str, value: object) -> Callable[[job_spec_pb2.JobSpec], None]:
 
 
 CASES = [
-    ("no family", _no_family, INVALID, "spec.architecture needs one family"),
+    ("no family", _no_family, INVALID, "spec.architecture: set one architecture family"),
     (
         "bad hyperparameter",
         _set("architecture.mlp.activation", "swish"),
@@ -89,7 +89,7 @@ CASES = [
         INVALID,
         "spec.optimizer.name: must be one of sgd, adam, adamw",
     ),
-    ("negative lr", _set("optimizer.lr", -1.0), INVALID, "spec.optimizer.lr must be > 0"),
+    ("negative lr", _set("optimizer.lr", -1.0), INVALID, "spec.optimizer.lr: must be > 0"),
     ("momentum on adam", _set("optimizer.momentum", 0.9), INVALID, "apply to sgd only"),
     (
         "cosine min_lr",
@@ -103,7 +103,7 @@ CASES = [
         INVALID,
         "spec.lr_schedule.step.step_size",
     ),
-    ("negative epochs", _set("epochs", -1), INVALID, "spec.epochs must be >= 0"),
+    ("negative epochs", _set("epochs", -1), INVALID, "spec.epochs: must be >= 0"),
     (
         "early stopping metric",
         _set("early_stopping", job_spec_pb2.EarlyStopping(metric="val_f1", patience=2)),
@@ -161,3 +161,34 @@ def test_missing_spec_and_run_name_clash(training: training_pb2_grpc.TrainingStu
     assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
     assert "already has a run named 'fixed-name'" in info.value.details()
     training.CancelJob(training_pb2.CancelJobRequest(job_id=first.job_id))
+
+
+def test_every_problem_of_a_spec_is_reported_at_once(training: training_pb2_grpc.TrainingStub) -> None:
+    spec = job_spec("mlp", epochs=-1)
+    spec.optimizer.lr = -1
+    spec.data.val_split = "test"
+    with pytest.raises(grpc.RpcError) as info:
+        submit(training, spec)
+    # The spec's own values are wrong: INVALID_ARGUMENT, though the split is a precondition.
+    assert info.value.code() == INVALID
+    assert info.value.details().splitlines() == [
+        "the spec has 3 problems:",
+        "  spec.data.val_split: dataset 'flat' v1 has no split 'test'; it has train, val",
+        "  spec.optimizer.lr: must be > 0, got -1.0",
+        "  spec.epochs: must be >= 0, got -1",
+    ]
+
+
+def test_problems_that_are_all_preconditions_are_failed_precondition(
+    training: training_pb2_grpc.TrainingStub,
+) -> None:
+    spec = job_spec("mlp")
+    spec.data.input_array = "xs"
+    spec.devices.gpu_count = 9
+    with pytest.raises(grpc.RpcError) as info:
+        submit(training, spec)
+    assert info.value.code() == PRECONDITION
+    details = info.value.details()
+    assert details.startswith("the spec has 2 problems:")
+    assert "spec.data.input_array: dataset 'flat' v1 has no array 'xs'" in details
+    assert "spec.devices.gpu_count: the job asks for 9 GPUs" in details

@@ -1,0 +1,161 @@
+"""A training job as a typed record, and its stored form (versioned JSON, kind "job", schema 1).
+
+Records are frozen: a change makes a new record (`dataclasses.replace`), so a record handed to
+a reader or queued for a store write never changes under it. Their dict values (`spec`,
+`config`, `metrics`) are shared between successive records and must be replaced, never
+mutated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tesserad.store import decode_record, encode_record
+
+KIND = "job"
+SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class JobError:
+    kind: str  # exception, crash, out_of_memory, nonfinite_loss, registration
+    message: str
+
+
+@dataclass(frozen=True)
+class Registered:
+    """The model version a succeeded job's weights became."""
+
+    model: str
+    version: int
+    alias: str
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint the job keeps: where in training it was taken, why, and its blob."""
+
+    epoch: int
+    step: int
+    reason: str  # periodic, best or final
+    periodic: bool
+    best: bool
+    metrics: dict[str, float]
+    sha256: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    job_id: str
+    spec: dict[str, Any]  # the spec as submitted (the API's form), returned as it was given
+    config: dict[str, Any]  # the checked, complete config (training.spec.normalize_spec)
+    state: str
+    experiment: str
+    run_id: str
+    attempt: int
+    devices: tuple[str, ...]
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+    progress: float
+    epoch: int
+    step: int
+    total_steps: int
+    metrics: dict[str, float]
+    error: JobError | None
+    registered: Registered | None
+    last_seq: int  # the sequence number of the job's newest event
+    created_by: str
+    sweep_id: str
+    checkpoints: tuple[Checkpoint, ...]
+
+
+def encode_job(job: JobRecord) -> bytes:
+    # Built field by field rather than with dataclasses.asdict, which deep-copies spec and config
+    # on every write (a job is written with each of its events).
+    data = {
+        "job_id": job.job_id,
+        "spec": job.spec,
+        "config": job.config,
+        "state": job.state,
+        "experiment": job.experiment,
+        "run_id": job.run_id,
+        "attempt": job.attempt,
+        "devices": list(job.devices),
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "ended_at": job.ended_at,
+        "progress": job.progress,
+        "epoch": job.epoch,
+        "step": job.step,
+        "total_steps": job.total_steps,
+        "metrics": job.metrics,
+        "error": {"kind": job.error.kind, "message": job.error.message} if job.error else None,
+        "registered": (
+            {"model": job.registered.model, "version": job.registered.version, "alias": job.registered.alias}
+            if job.registered
+            else None
+        ),
+        "last_seq": job.last_seq,
+        "created_by": job.created_by,
+        "sweep_id": job.sweep_id,
+        "checkpoints": [
+            {
+                "epoch": c.epoch,
+                "step": c.step,
+                "reason": c.reason,
+                "periodic": c.periodic,
+                "best": c.best,
+                "metrics": c.metrics,
+                "sha256": c.sha256,
+                "size_bytes": c.size_bytes,
+            }
+            for c in job.checkpoints
+        ],
+    }
+    return encode_record(KIND, SCHEMA, data)
+
+
+def decode_job(raw: bytes) -> JobRecord:
+    _, data = decode_record(raw, KIND, SCHEMA)
+    error, registered = data["error"], data["registered"]
+    return JobRecord(
+        job_id=data["job_id"],
+        spec=data["spec"],
+        config=data["config"],
+        state=data["state"],
+        experiment=data["experiment"],
+        run_id=data["run_id"],
+        attempt=data["attempt"],
+        devices=tuple(data["devices"]),
+        created_at=data["created_at"],
+        started_at=data["started_at"],
+        ended_at=data["ended_at"],
+        progress=data["progress"],
+        epoch=data["epoch"],
+        step=data["step"],
+        total_steps=data["total_steps"],
+        metrics=data["metrics"],
+        error=JobError(error["kind"], error["message"]) if error else None,
+        registered=Registered(registered["model"], registered["version"], registered["alias"])
+        if registered
+        else None,
+        last_seq=data["last_seq"],
+        created_by=data["created_by"],
+        sweep_id=data["sweep_id"],
+        checkpoints=tuple(
+            Checkpoint(
+                epoch=c["epoch"],
+                step=c["step"],
+                reason=c["reason"],
+                periodic=c["periodic"],
+                best=c["best"],
+                metrics=c["metrics"],
+                sha256=c["sha256"],
+                size_bytes=c["size_bytes"],
+            )
+            for c in data["checkpoints"]
+        ),
+    )

@@ -1,0 +1,148 @@
+"""Job and sweep records stored by earlier daemons load in this one (versioned JSON, schema 1)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tessera.v1 import training_pb2, training_pb2_grpc
+from tesserad.server import STORE_TABLES
+from tesserad.store import Store
+from tesserad.training.job_records import decode_job, encode_job
+from tests.conftest import InProcessDaemon, daemon_settings
+
+S = training_pb2
+
+JOB_SPEC = {
+    "experiment": "old",
+    "run_name": "run-1",
+    "architecture": {"input_shape": ["6"], "output_size": "2", "mlp": {"hidden_sizes": ["16"]}},
+    "data": {"dataset": {"name": "flat", "version": 1}},
+    "optimizer": {"name": "adam", "lr": 0.01},
+    "epochs": "2",
+}
+# A succeeded job as the daemon wrote it before jobs were typed records: every field of the
+# record, a checkpoint kept, the version it registered.
+JOB = {
+    "job_id": "job-01old",
+    "spec": JOB_SPEC,
+    "config": {"experiment": "old", "priority": 0, "devices": {"kind": "cpu", "indices": [], "count": 1}},
+    "state": "succeeded",
+    "experiment": "old",
+    "run_id": "run-01old",
+    "attempt": 2,
+    "devices": [],
+    "created_at": 1700000000.5,
+    "started_at": 1700000001.0,
+    "ended_at": 1700000060.0,
+    "progress": 1.0,
+    "epoch": 2,
+    "step": 6,
+    "total_steps": 6,
+    "metrics": {"loss": 0.25, "train_loss": 0.3, "val_loss": 0.4},
+    "error": None,
+    "registered": {"model": "m", "version": 3, "alias": "staging"},
+    "last_seq": 41,
+    "created_by": "admin",
+    "sweep_id": "sweep-01old",
+    "checkpoints": [
+        {
+            "epoch": 2,
+            "step": 6,
+            "reason": "final",
+            "periodic": True,
+            "best": False,
+            "metrics": {"train_loss": 0.3},
+            "sha256": "ab" * 32,
+            "size_bytes": 1234,
+        }
+    ],
+}
+FAILED_JOB = {
+    **JOB,
+    "job_id": "job-02old",
+    "state": "failed",
+    "registered": None,
+    "sweep_id": "",
+    "checkpoints": [],
+    "error": {"kind": "crash", "message": "the worker process exited with code 3"},
+}
+SWEEP = {
+    "strategy": "grid",
+    "metric": "val_loss",
+    "mode": "min",
+    "max_concurrent": 1,
+    "asha": {"min_epochs": 1, "reduction_factor": 3},
+    "document": {"base": JOB_SPEC, "strategy": "SWEEP_STRATEGY_GRID", "metric": "val_loss"},
+    "sweep_id": "sweep-01old",
+    "state": "succeeded",
+    "created_at": 1700000000.0,
+    "created_by": "admin",
+    "best_job_id": "job-01old",
+    "rungs": {},
+    "trials": [
+        {
+            "params": {"optimizer.lr": "0.01"},
+            "raw": {"optimizer": {"lr": 0.01}},
+            "document": JOB_SPEC,
+            "job_id": "job-01old",
+            "state": "succeeded",
+            "metric": 0.4,
+            "has_metric": True,
+            "pruned": False,
+        }
+    ],
+}
+
+
+def _record(kind: str, data: dict) -> bytes:
+    return json.dumps({"kind": kind, "schema": 1, "data": data}).encode()
+
+
+def test_records_stored_by_an_earlier_daemon_load(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    store = Store.open(data_dir / "store", map_size=1 << 26, tables=STORE_TABLES)
+    with store.write() as txn:
+        for job in (JOB, FAILED_JOB):
+            txn.put("jobs", (job["job_id"],), _record("job", job))
+        txn.put("sweeps", (SWEEP["sweep_id"],), _record("sweep", SWEEP))
+    store.close()
+
+    daemon = InProcessDaemon(daemon_settings(data_dir)).start()
+    try:
+        training = training_pb2_grpc.TrainingStub(daemon.channel())
+        job = training.GetJob(S.GetJobRequest(job_id="job-01old"))
+        assert (job.state, job.attempt, job.last_seq, job.sweep_id) == (
+            S.JOB_STATE_SUCCEEDED,
+            2,
+            41,
+            "sweep-01old",
+        )
+        assert dict(job.metrics) == JOB["metrics"]
+        assert (job.registered.model, job.registered.version) == ("m", 3)
+        assert (job.spec.experiment, list(job.spec.architecture.mlp.hidden_sizes)) == ("old", [16])
+        failed = training.GetJob(S.GetJobRequest(job_id="job-02old"))
+        assert (failed.state, failed.error) == (S.JOB_STATE_FAILED, "the worker process exited with code 3")
+        listed = training.ListJobs(S.ListJobsRequest(sweep_id="sweep-01old")).jobs
+        assert [j.job_id for j in listed] == ["job-01old"]
+        sweep = training.GetSweep(S.GetSweepRequest(sweep_id="sweep-01old"))
+        assert (sweep.state, sweep.best_job_id, sweep.spec.metric) == (
+            S.SWEEP_STATE_SUCCEEDED,
+            "job-01old",
+            "val_loss",
+        )
+        assert [(t.job_id, dict(t.params), t.metric) for t in sweep.trials] == [
+            ("job-01old", {"optimizer.lr": "0.01"}, 0.4)
+        ]
+    finally:
+        daemon.stop()
+
+    # Read back and written again by this daemon's code, the records keep their stored form.
+    store = Store.open(data_dir / "store", map_size=1 << 26, tables=STORE_TABLES)
+    try:
+        with store.read() as txn:
+            raw = txn.get("jobs", ("job-01old",))
+        assert raw is not None
+        assert json.loads(encode_job(decode_job(raw))) == {"kind": "job", "schema": 1, "data": JOB}
+    finally:
+        store.close()
