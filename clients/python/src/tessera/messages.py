@@ -1,8 +1,12 @@
-"""Building request messages from plain Python values: version refs, specs from dicts/TOML."""
+"""Building request messages from plain Python values: version refs, specs from dicts and TOML
+files, checked with every problem named at once."""
 
 from __future__ import annotations
 
 import datetime as dt
+import difflib
+import json
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,6 +16,7 @@ from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from tessera.toml_lines import KeyPath, TomlSource, key_lines
 from tessera.v1 import common_pb2
 
 M = TypeVar("M", bound=Message)
@@ -45,55 +50,240 @@ def to_datetime(timestamp: timestamp_pb2.Timestamp) -> dt.datetime | None:
     return timestamp.ToDatetime(tzinfo=dt.UTC)
 
 
+class TomlTable(dict[str, Any]):
+    """A table read by `load_toml`: a plain dict that also knows the file it came from and its
+    own place in it, so that `from_dict` can name the line of each problem."""
+
+    source: TomlSource | None = None
+    prefix: KeyPath = ()
+
+
+def load_toml(path: str | Path) -> TomlTable:
+    """A TOML file as a dict (its tables as `TomlTable`s that know their lines); ValueError
+    saying where the syntax is wrong."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        data = tomllib.loads(text)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not valid TOML: not UTF-8 text ({err.reason})") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path}: not valid TOML: {err}") from None
+    return _tables(data, TomlSource(str(path), key_lines(text)), ())
+
+
+def _tables(value: Any, source: TomlSource, prefix: KeyPath) -> Any:
+    if isinstance(value, dict):
+        table = TomlTable({key: _tables(item, source, (*prefix, key)) for key, item in value.items()})
+        table.source, table.prefix = source, prefix
+        return table
+    if isinstance(value, list):
+        return [_tables(item, source, (*prefix, index)) for index, item in enumerate(value)]
+    return value
+
+
 def from_dict(message_type: type[M], data: Mapping[str, Any] | M, what: str = "spec") -> M:
     """A message from a dict (e.g. parsed TOML), with friendly spellings: enum values by their
     short lowercase name ("regression" for TASK_REGRESSION) and datasets as "name[:version]".
-    ValueError names the field that does not fit."""
+
+    Every problem is reported at once in one ValueError: unknown keys (with the nearest known
+    one), values of the wrong type and unknown enum values, each by its dotted snake_case name
+    (`architecture.cnn4d.kernel_size`) and, for a table from `load_toml`, its file and line."""
     if isinstance(data, message_type):
         return data
+    problems: list[tuple[KeyPath, str]] = []
+    plain = _message(message_type.DESCRIPTOR, data, (), problems)
+    if problems:
+        raise ValueError(_report(what, data, problems))
     message = message_type()
     try:
-        json_format.ParseDict(_friendly(message_type.DESCRIPTOR, dict(data)), message)  # type: ignore[arg-type]
+        json_format.ParseDict(plain, message)
     except json_format.ParseError as err:
         raise ValueError(f"{what}: {err}") from None
     return message
 
 
-def load_toml(path: str | Path) -> dict[str, Any]:
-    """A TOML file as a dict; ValueError saying where the syntax is wrong."""
-    try:
-        with open(path, "rb") as file:
-            return tomllib.load(file)
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{path}: not valid TOML: {err}") from None
+def _report(what: str, data: Any, problems: list[tuple[KeyPath, str]]) -> str:
+    """One line per problem, in the file's order when the lines are known."""
+    source = data.source if isinstance(data, TomlTable) else None
+    prefix = data.prefix if isinstance(data, TomlTable) else ()
+    located = []
+    for path, text in problems:
+        full = (*prefix, *path)
+        line = source.line_of(full) if source is not None else None
+        where = f"{source.name}:{line}: " if source is not None and line is not None else ""
+        located.append((line or 0, f"{where}{dotted_name(full)}: {text}"))
+    lines = [text for _, text in sorted(located, key=lambda item: item[0])]
+    origin = source.name if source is not None else what
+    if len(lines) == 1:
+        return lines[0] if lines[0].startswith(f"{origin}:") else f"{origin}: {lines[0]}"
+    return f"{origin} has {len(lines)} problems:\n" + "\n".join(f"  {line}" for line in lines)
 
 
-def _friendly(descriptor: Descriptor, data: dict[str, Any]) -> dict[str, Any]:
+def dotted_name(path: KeyPath) -> str:
+    """("a", "b", 0, "c") as "a.b[0].c", the way TOML spells a key's place."""
+    name = ""
+    for part in path:
+        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else part)
+    return name or "(top level)"
+
+
+def _message(
+    descriptor: Descriptor, data: Any, path: KeyPath, problems: list[tuple[KeyPath, str]]
+) -> dict[str, Any]:
+    """`data` checked against a message type and put in the form json_format reads."""
+    if not isinstance(data, Mapping):
+        problems.append((path, f"expected a table, got {_describe(data)}"))
+        return {}
     out: dict[str, Any] = {}
+    oneof_choice: dict[str, str] = {}
     for key, value in data.items():
+        here = (*path, key)
         field = descriptor.fields_by_name.get(key) or descriptor.fields_by_camelcase_name.get(key)
-        out[key] = value if field is None else _friendly_value(field, value)
+        if field is None:
+            problems.append((here, "unknown key" + _suggestion(str(key), list(descriptor.fields_by_name))))
+            continue
+        if field.name in out:
+            problems.append((here, f"set twice (as {field.name} and {field.json_name})"))
+            continue
+        if value is None:
+            continue
+        oneof = field.containing_oneof
+        if oneof is not None and len(oneof.fields) > 1:
+            if oneof.name in oneof_choice:
+                choices = ", ".join(f.name for f in oneof.fields)
+                problems.append((here, f"{oneof_choice[oneof.name]} is set too; set only one of {choices}"))
+            else:
+                oneof_choice[oneof.name] = field.name
+        out[field.name] = _field(field, value, here, problems)
     return out
 
 
-def _friendly_value(field: FieldDescriptor, value: Any) -> Any:
-    if isinstance(value, list) and field.is_repeated:
-        return [_friendly_scalar(field, item) for item in value]
-    return _friendly_scalar(field, value)
+def _field(field: FieldDescriptor, value: Any, path: KeyPath, problems: list[tuple[KeyPath, str]]) -> Any:
+    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        if not isinstance(value, Mapping):
+            problems.append((path, f"expected a table of names to values, got {_describe(value)}"))
+            return {}
+        entry = field.message_type.fields_by_name["value"]
+        return {key: _single(entry, item, (*path, key), problems) for key, item in value.items()}
+    if field.is_repeated:
+        if not isinstance(value, list | tuple):
+            problems.append((path, f"expected a list, got {_describe(value)}"))
+            return []
+        return [_single(field, item, (*path, index), problems) for index, item in enumerate(value)]
+    return _single(field, value, path, problems)
 
 
-def _friendly_scalar(field: FieldDescriptor, value: Any) -> Any:
-    if field.type == FieldDescriptor.TYPE_ENUM and isinstance(value, str):
-        names = [v.name for v in field.enum_type.values]
+_WHOLE_RANGES = {
+    FieldDescriptor.CPPTYPE_INT32: (-(2**31), 2**31 - 1),
+    FieldDescriptor.CPPTYPE_INT64: (-(2**63), 2**63 - 1),
+    FieldDescriptor.CPPTYPE_UINT32: (0, 2**32 - 1),
+    FieldDescriptor.CPPTYPE_UINT64: (0, 2**64 - 1),
+}
+
+
+def _single(field: FieldDescriptor, value: Any, path: KeyPath, problems: list[tuple[KeyPath, str]]) -> Any:
+    """One value (a list item or a map value too) checked against its field's type."""
+    kind = field.cpp_type
+    if kind == FieldDescriptor.CPPTYPE_MESSAGE:
+        full_name = field.message_type.full_name
+        if full_name == "tessera.v1.DatasetRef" and isinstance(value, str):
+            try:
+                ref = dataset_ref(value)
+            except ValueError as err:
+                problems.append((path, str(err)))
+                return None
+            return {"name": ref.name, "version": ref.version}
+        if full_name.startswith("google.protobuf."):
+            return value  # well-known types keep their JSON spellings (e.g. "1.5s")
+        return _message(field.message_type, value, path, problems)
+    if kind == FieldDescriptor.CPPTYPE_ENUM:
+        return _enum(field, value, path, problems)
+    problem = None
+    if kind == FieldDescriptor.CPPTYPE_STRING:
+        if not isinstance(value, str):
+            problem = f"expected text in quotes, got {_describe(value)}"
+    elif kind == FieldDescriptor.CPPTYPE_BOOL:
+        if not isinstance(value, bool):
+            problem = f"expected true or false, got {_describe(value)}"
+    elif kind in _WHOLE_RANGES:
+        problem = _whole_number_problem(value, *_WHOLE_RANGES[kind])
+    elif not _is_number(value):
+        problem = f"expected a number, got {_describe(value)}"
+    if problem is not None:
+        problems.append((path, problem))
+    return value
+
+
+def _whole_number_problem(value: Any, low: int, high: int) -> str | None:
+    whole = (
+        (isinstance(value, int) and not isinstance(value, bool))
+        or (isinstance(value, float) and value.is_integer())
+        or (isinstance(value, str) and value.strip().lstrip("+-").isdigit())
+    )
+    if not whole:
+        return f"expected a whole number, got {_describe(value)}"
+    if not low <= int(value) <= high:
+        return f"{int(value)} is out of range: expected a whole number from {low} to {high}"
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int | float):
+        return True
+    if isinstance(value, str):  # json_format's spellings: "1e-3", "NaN", "Infinity"
+        try:
+            float(value)
+        except ValueError:
+            return False
+        return True
+    return False
+
+
+def _enum(field: FieldDescriptor, value: Any, path: KeyPath, problems: list[tuple[KeyPath, str]]) -> Any:
+    """An enum value by number, full name or short name ("regression" for TASK_REGRESSION)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    names = [v.name for v in field.enum_type.values]
+    # Values carry their type's name as a prefix: OptimizeMode -> OPTIMIZE_MODE_MAX.
+    prefix = re.sub(r"(?<!^)(?=[A-Z])", "_", field.enum_type.name).upper() + "_"
+    choices = [name.removeprefix(prefix).lower() for name in names if not name.endswith("_UNSPECIFIED")]
+    if isinstance(value, str):
         wanted = value.upper()
         for name in names:
-            if name == wanted or name.endswith("_" + wanted):
+            if name in (wanted, prefix + wanted):
                 return name
-        return value
-    if field.type == FieldDescriptor.TYPE_MESSAGE:
-        if field.message_type.full_name == "tessera.v1.DatasetRef" and isinstance(value, str):
-            ref = dataset_ref(value)
-            return {"name": ref.name, "version": ref.version}
-        if isinstance(value, dict) and not field.message_type.GetOptions().map_entry:
-            return _friendly(field.message_type, value)
+        problems.append(
+            (
+                path,
+                f"{_describe(value)} is not one of {', '.join(choices)}"
+                + _suggestion(value.lower(), choices),
+            )
+        )
+    else:
+        problems.append((path, f"expected one of {', '.join(choices)}, got {_describe(value)}"))
     return value
+
+
+def _suggestion(word: str, known: list[str]) -> str:
+    """ "; did you mean X?" for a near miss, else the known names when they are few."""
+    close = difflib.get_close_matches(word, known, n=1)
+    if close:
+        return f"; did you mean {close[0]}?"
+    return f" (known: {', '.join(known)})" if len(known) <= 8 else ""
+
+
+def _describe(value: Any) -> str:
+    """A value the way its TOML would read."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "a table"
+    return type(value).__name__

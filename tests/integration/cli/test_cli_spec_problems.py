@@ -1,0 +1,48 @@
+"""`tessera train` with a spec full of typos: one failure that lists every problem with its
+line, in the TOML's own names, before anything reaches the daemon."""
+
+from __future__ import annotations
+
+SPEC = """\
+experiment = "typos"
+task = "clasification"
+epochs = 2
+
+[architecture]
+input_shape = [4]
+output_size = 2
+
+[architecture.mlp]
+hiden_sizes = [8]
+
+[data]
+dataset = "table"
+train_split = 0.8
+"""
+
+
+def test_train_reports_every_problem_of_the_spec_with_its_line(tessera_cli, tmp_path):
+    spec = tmp_path / "spec.toml"
+    spec.write_text(SPEC)
+    result = tessera_cli("train", str(spec))
+    assert result.code == 1 and "Traceback" not in result.err
+    assert result.err.splitlines() == [
+        f"tessera: {spec} has 3 problems:",
+        f'  {spec}:2: task: "clasification" is not one of classification, regression; '
+        "did you mean classification?",
+        f"  {spec}:10: architecture.mlp.hiden_sizes: unknown key; did you mean hidden_sizes?",
+        f"  {spec}:14: data.train_split: expected text in quotes, got 0.8",
+    ]
+    assert "hidenSizes" not in result.err and "trainSplit" not in result.err
+
+
+def test_models_push_names_the_architecture_problem_by_its_place_in_the_file(tessera_cli, tmp_path):
+    spec = tmp_path / "model.toml"
+    spec.write_text(SPEC)
+    weights = tmp_path / "weights.safetensors"
+    weights.write_bytes(b"not read: the spec fails first")
+    result = tessera_cli("models", "push", "typos", str(weights), "--spec", str(spec))
+    assert result.code == 1
+    assert result.err.strip() == (
+        f"tessera: {spec}:10: architecture.mlp.hiden_sizes: unknown key; did you mean hidden_sizes?"
+    )

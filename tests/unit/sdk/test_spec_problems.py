@@ -1,0 +1,167 @@
+"""A spec with mistakes names every one of them at once, by the TOML's own dotted names, with
+the file's line when it came from a file and the nearest known name for a near miss."""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+
+from tessera.messages import dotted_name, from_dict, load_toml
+from tessera.toml_lines import key_lines
+from tessera.v1 import architecture_pb2, inference_pb2, job_spec_pb2, training_pb2
+
+SPEC_WITH_MISTAKES = """\
+experiment = "typos"
+task = "regresion"
+epochs = "three"
+
+[architecture]
+input_shape = [4, "x"]
+output_size = 2
+mlp = { hidden_sizes = [8] }
+
+[architecture.cnn4d]
+kernal_size = 3
+
+[data]
+dataset = "table"
+train_splt = "train"
+
+[optimizer]
+lr = true
+"""
+
+
+def problem_lines(error: pytest.ExceptionInfo[ValueError]) -> list[str]:
+    return [line.strip() for line in str(error.value).splitlines()[1:]]
+
+
+def test_every_problem_in_a_toml_file_is_named_with_its_line(tmp_path):
+    path = tmp_path / "spec.toml"
+    path.write_text(SPEC_WITH_MISTAKES)
+    with pytest.raises(ValueError, match=r"spec.toml has 7 problems:\n") as caught:
+        from_dict(job_spec_pb2.JobSpec, load_toml(path))
+    assert problem_lines(caught) == [
+        f'{path}:2: task: "regresion" is not one of classification, regression; did you mean regression?',
+        f'{path}:3: epochs: expected a whole number, got "three"',
+        f'{path}:6: architecture.input_shape[1]: expected a whole number, got "x"',
+        f"{path}:10: architecture.cnn4d: mlp is set too; set only one of mlp, cnn2d, cnn4d, lstm, transformer",
+        f"{path}:11: architecture.cnn4d.kernal_size: unknown key; did you mean kernel_size?",
+        f"{path}:15: data.train_splt: unknown key; did you mean train_split?",
+        f"{path}:18: optimizer.lr: expected a number, got true",
+    ]
+    assert "camel" not in str(caught.value) and "trainSplit" not in str(caught.value)
+
+
+def test_a_table_of_the_file_keeps_its_place_in_it(tmp_path):
+    """`tessera models push --spec` passes the [architecture] table on its own."""
+    path = tmp_path / "model.toml"
+    path.write_text("[architecture]\ninput_shape = [4]\n\n[architecture.mlp]\nhiden_sizes = [8]\n")
+    with pytest.raises(ValueError, match="hiden_sizes") as caught:
+        from_dict(architecture_pb2.Architecture, load_toml(path)["architecture"], "architecture")
+    assert str(caught.value) == (
+        f"{path}:5: architecture.mlp.hiden_sizes: unknown key; did you mean hidden_sizes?"
+    )
+
+
+def test_problems_in_a_dict_are_named_without_lines():
+    with pytest.raises(ValueError, match=r"^spec has 4 problems:\n") as caught:
+        from_dict(
+            job_spec_pb2.JobSpec,
+            {"epoks": 3, "early_stopping": {"mode": "maximum"}, "tags": {"team": 7}, "devices": []},
+        )
+    assert problem_lines(caught) == [
+        "epoks: unknown key; did you mean epochs?",
+        'early_stopping.mode: "maximum" is not one of min, max; did you mean max?',
+        "tags.team: expected text in quotes, got 7",
+        "devices: expected a table, got a list",
+    ]
+    with pytest.raises(
+        ValueError, match=r"^config: runtime: \"onx\" is not one of onnx, torch; did you mean onnx\?$"
+    ):
+        from_dict(inference_pb2.ServingConfig, {"runtime": "onx"}, "config")
+
+
+def test_numbers_out_of_range_and_unknown_keys_far_from_any_name():
+    with pytest.raises(ValueError, match=r"^sweep has 3 problems:\n") as caught:
+        from_dict(
+            training_pb2.SweepSpec, {"max_trials": 2**40, "zzz": 1, "parameters": [{"pth": "x"}]}, "sweep"
+        )
+    assert problem_lines(caught) == [
+        "max_trials: 1099511627776 is out of range: expected a whole number from -2147483648 to 2147483647",
+        "zzz: unknown key",
+        "parameters[0].pth: unknown key; did you mean path?",
+    ]
+
+
+def test_friendly_spellings_still_parse():
+    spec = from_dict(
+        job_spec_pb2.JobSpec,
+        {
+            "task": "Regression",
+            "data": {"dataset": "clips:3"},
+            "early_stopping": {"mode": "OPTIMIZE_MODE_MAX"},
+            "registerAs": {"model": "m"},
+            "epochs": 3.0,
+            "lr_schedule": {"constant": {}},
+        },
+    )
+    assert spec.task == job_spec_pb2.TASK_REGRESSION
+    assert spec.early_stopping.mode == job_spec_pb2.OPTIMIZE_MODE_MAX
+    assert (spec.register_as.model, spec.epochs, spec.data.dataset.version) == ("m", 3, 3)
+    assert spec.lr_schedule.WhichOneof("schedule") == "constant"
+
+
+def test_load_toml_reads_what_tomllib_reads(tmp_path):
+    path = tmp_path / "spec.toml"
+    path.write_text(SPEC_WITH_MISTAKES)
+    assert load_toml(path) == tomllib.loads(SPEC_WITH_MISTAKES)
+    path.write_bytes(b"\xff = 1")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        load_toml(path)
+
+
+def test_key_lines_follow_tables_arrays_of_tables_and_values_over_several_lines():
+    text = """\
+# a comment with key = value
+name = "a = b # not a comment"
+"quoted.key" = 1
+dotted.inner = 2
+list = [
+  1,
+  { key = 3 },
+]
+doc = \"\"\"
+fake = 4
+[fake]
+\"\"\"
+after = 5
+
+[table]
+x = 6
+
+[[runs]]
+y = 7
+
+[[runs]]
+y = 8
+
+[[runs.steps]]
+z = 9
+"""
+    lines = key_lines(text)
+    assert lines[("name",)] == 2
+    assert lines[("quoted.key",)] == 3
+    assert lines[("dotted", "inner")] == 4
+    assert lines[("list",)] == 5 and ("key",) not in lines
+    assert lines[("doc",)] == 9 and ("fake",) not in lines
+    assert lines[("after",)] == 13
+    assert lines[("table", "x")] == 16
+    assert (lines[("runs", 0, "y")], lines[("runs", 1, "y")]) == (19, 22)
+    assert lines[("runs", 1, "steps", 0, "z")] == 25
+
+
+def test_dotted_names_read_like_toml():
+    assert dotted_name(("architecture", "cnn4d", "kernel_size")) == "architecture.cnn4d.kernel_size"
+    assert dotted_name(("parameters", 0, "path")) == "parameters[0].path"
