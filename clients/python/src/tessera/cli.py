@@ -23,6 +23,7 @@ from tessera.errors import JobFailed, TesseraError
 from tessera.events import JobState
 from tessera.follow import follow
 from tessera.messages import load_toml, to_datetime
+from tessera.rpc_commands import in_cli_words
 from tessera.tensors import dtype_name
 from tessera.transport import TLS, TOKEN_ENV
 from tessera.v1 import inference_pb2, registry_pb2, training_pb2
@@ -781,10 +782,10 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
         with Client(args.target, token=args.token, tls=tls_from(args), timeout=args.timeout) as client:
             args.handler(client, args, out)
     except TesseraError as err:
-        print(f"tessera: {err.code}: {err.message}", file=sys.stderr)
+        print(f"tessera: {err.code}: {in_cli_words(err.message)}", file=sys.stderr)
         return EXIT_ERROR
     except JobFailed as err:
-        print(f"tessera: {err}", file=sys.stderr)
+        print(f"tessera: {in_cli_words(str(err))}", file=sys.stderr)
         return EXIT_ERROR
     except (ValueError, OSError) as err:
         print(f"tessera: {err}", file=sys.stderr)

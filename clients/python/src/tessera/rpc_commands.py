@@ -1,0 +1,53 @@
+"""The daemon's messages in a CLI user's words: where a message names an RPC ("create it with
+CreateModel"), the CLI shows the command that does the same. The SDK keeps the API's words."""
+
+from __future__ import annotations
+
+import re
+
+COMMAND_BY_RPC: dict[str, str] = {
+    # Registry
+    "CreateModel": "`tessera models push MODEL FILE`",
+    "UploadVersion": "`tessera models push MODEL FILE`",
+    "ListModels": "`tessera models ls`",
+    "GetVersion": "`tessera models show MODEL`",
+    "ListVersions": "`tessera models versions MODEL`",
+    "DownloadVersion": "`tessera models download MODEL PATH`",
+    "SetAlias": "`tessera models alias MODEL ALIAS VERSION`",
+    "CompareVersions": "`tessera models compare MODEL A B`",
+    "ExportOnnx": "`tessera export onnx MODEL`",
+    "Deploy": "`tessera models deploy MODEL ROUTE...`",
+    "Rollback": "`tessera models rollback MODEL`",
+    "UpdateModel": "the Python SDK's client.models.update()",
+    # Datasets
+    "UploadDataset": "`tessera datasets push NAME FILE`",
+    "ListDatasets": "`tessera datasets ls`",
+    "GetDatasetVersion": "`tessera datasets show NAME[:VERSION]`",
+    # Training
+    "SubmitJob": "`tessera train SPEC.toml`",
+    "ListJobs": "`tessera jobs ls`",
+    "WatchJob": "`tessera jobs watch JOB_ID`",
+    "CancelJob": "`tessera jobs cancel JOB_ID`",
+    "ListRuns": "`tessera runs ls`",
+    "GetRun": "`tessera runs show RUN_ID`",
+    "Leaderboard": "`tessera runs leaderboard EXPERIMENT METRIC`",
+    "CreateRun": "the Python SDK's client.training.create_run()",
+    # Inference
+    "Predict": "`tessera predict MODEL --input FILE`",
+    "GetStats": "`tessera stats MODEL`",
+    "ListLoaded": "`tessera serve-status`",
+    "LoadModel": "the Python SDK's client.inference.load()",
+    # System
+    "GetServerInfo": "`tessera info`",
+}
+"""RPC name -> the `tessera` command that does it (or, where none does, the SDK call)."""
+
+_SERVICES = ("Registry", "Datasets", "Training", "Inference", "System")
+_RPC_WORD = re.compile(
+    rf"\b(?:(?:{'|'.join(_SERVICES)})\.)?({'|'.join(sorted(COMMAND_BY_RPC, key=len, reverse=True))})\b"
+)
+
+
+def in_cli_words(message: str) -> str:
+    """`message` with each RPC it names (bare or as Service.Rpc) replaced by its command."""
+    return _RPC_WORD.sub(lambda match: COMMAND_BY_RPC[match.group(1)], message)

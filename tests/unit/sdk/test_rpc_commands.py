@@ -1,0 +1,97 @@
+"""Every RPC that a daemon error message names has a `tessera` command to show instead: the
+daemon's source is scanned, so a new message naming an RPC fails here until the CLI maps it."""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import inspect
+import re
+from pathlib import Path
+
+import tesserad.errors
+from tessera.cli import build_parser
+from tessera.rpc_commands import COMMAND_BY_RPC, in_cli_words
+from tessera.v1 import datasets_pb2, inference_pb2, registry_pb2, system_pb2, training_pb2
+
+DAEMON_SOURCE = Path(__file__).resolve().parents[3] / "src" / "tesserad"
+
+RPC_NAMES = {
+    method.name
+    for module in (registry_pb2, datasets_pb2, training_pb2, inference_pb2, system_pb2)
+    for service in module.DESCRIPTOR.services_by_name.values()
+    for method in service.methods
+}
+
+ERROR_CLASSES = {
+    name
+    for module in (tesserad.errors, builtins)
+    for name, value in vars(module).items()
+    if inspect.isclass(value) and issubclass(value, BaseException)
+}
+
+
+def rpc_names_in_error_messages(source: str) -> set[str]:
+    """RPC names written in the strings of `raise` statements, of calls that build an error
+    (NotFound(...), ValueError(...)) and of `context.abort(...)`."""
+    word = re.compile(r"\b(" + "|".join(sorted(RPC_NAMES, key=len, reverse=True)) + r")\b")
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call):
+            callee = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
+            if callee not in ERROR_CLASSES and callee != "abort":
+                continue
+        elif not isinstance(node, ast.Raise):
+            continue
+        for part in ast.walk(node):
+            if isinstance(part, ast.Constant) and isinstance(part.value, str):
+                found.update(word.findall(part.value))
+    return found
+
+
+def test_the_scan_finds_rpc_names_in_error_messages_only():
+    source = '''
+def f(name):
+    """GetModel in a docstring is no message."""
+    log.info("ListModels called")
+    if name:
+        raise NotFound(f"model {name!r} does not exist; create it with CreateModel")
+    context.abort(grpc.StatusCode.INTERNAL, "try Registry.Deploy")
+    return FailedPrecondition("load it with " "LoadModel")
+'''
+    assert rpc_names_in_error_messages(source) == {"CreateModel", "Deploy", "LoadModel"}
+
+
+def test_every_rpc_named_in_a_daemon_error_message_has_a_cli_command():
+    named: dict[str, list[str]] = {}
+    for path in sorted(DAEMON_SOURCE.rglob("*.py")):
+        if path.name.endswith(("_pb2.py", "_pb2_grpc.py")):
+            continue
+        for name in rpc_names_in_error_messages(path.read_text(encoding="utf-8")):
+            named.setdefault(name, []).append(str(path.relative_to(DAEMON_SOURCE)))
+    assert named, "the scan found no message naming an RPC: is it still reading the daemon's source?"
+    unmapped = {name: files for name, files in named.items() if name not in COMMAND_BY_RPC}
+    assert not unmapped, f"add these RPCs to tessera.rpc_commands.COMMAND_BY_RPC: {unmapped}"
+
+
+def test_the_table_names_real_rpcs_and_real_commands():
+    assert set(COMMAND_BY_RPC) <= RPC_NAMES
+    parser = build_parser()
+    for command in COMMAND_BY_RPC.values():
+        if command.startswith("`tessera "):
+            words = [word for word in command.strip("`").split()[1:] if word.islower()]
+            # argparse exits on an unknown (sub)command, so each mapped command exists.
+            parser.parse_known_args([*words, "1", "1", "1", "1"])
+
+
+def test_messages_get_cli_words_and_other_words_stay():
+    assert in_cli_words("dataset 'clips' does not exist; upload it with UploadDataset; upload it first") == (
+        "dataset 'clips' does not exist; upload it with `tessera datasets push NAME FILE`; upload it first"
+    )
+    assert in_cli_words("export it with Registry.ExportOnnx, or load it with runtime torch") == (
+        "export it with `tessera export onnx MODEL`, or load it with runtime torch"
+    )
+    assert (
+        in_cli_words("a Deployment, DeployFoo and ExportOnnxes stay")
+        == "a Deployment, DeployFoo and ExportOnnxes stay"
+    )
