@@ -7,13 +7,14 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 
@@ -42,24 +43,72 @@ class Output:
     def json(self, value: Any) -> None:
         print(json.dumps(to_plain(value), indent=2))
 
-    def table(self, title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-        table = Table(title=title)
-        for column in columns:
-            table.add_column(column)
-        for row in rows:
-            table.add_row(*(str(cell) for cell in row))
-        self.console.print(table)
+    def table(
+        self,
+        title: str | None,
+        columns: Sequence[str],
+        rows: Iterable[Sequence[Any]],
+        whole: Collection[str] = (),
+    ) -> None:
+        """A table that fits the console without cutting what people copy: the columns named in
+        `whole` (ids, names, version numbers) are never cut or wrapped; the others wrap, and
+        when even that does not fit, columns are left out from the right (the caption says
+        which). A table whose whole columns alone are too wide is printed wider than the
+        console rather than cut."""
+        cells = [[str(cell) for cell in row] for row in rows]
+        widths = [
+            _column_width(column, [row[i] for row in cells], column in whole)
+            for i, column in enumerate(columns)
+        ]
+        shown = list(range(len(columns)))
+        while _table_width([widths[i] for i in shown]) > self.console.width:
+            droppable = [i for i in shown if columns[i] not in whole]
+            if not droppable:
+                break
+            shown.remove(droppable[-1])
+        left_out = [columns[i] for i in range(len(columns)) if i not in shown]
+        caption = f"left out to fit the width: {', '.join(left_out)} (--json has all)" if left_out else None
+        table = Table(title=title, caption=caption)
+        for i in shown:
+            if columns[i] in whole:
+                table.add_column(columns[i], no_wrap=True, min_width=widths[i])
+            else:
+                table.add_column(columns[i], overflow="fold")
+        for row in cells:
+            table.add_row(*(row[i] for i in shown))
+        self.console.print(
+            table, width=max(self.console.width, _table_width([widths[i] for i in shown])), crop=False
+        )
 
     def pairs(self, title: str, pairs: Iterable[tuple[str, Any]]) -> None:
         table = Table(title=title, show_header=False)
-        table.add_column("field", style="bold")
-        table.add_column("value")
+        table.add_column("field", style="bold", no_wrap=True)
+        table.add_column("value", overflow="fold")
         for key, value in pairs:
             table.add_row(key, str(value))
         self.console.print(table)
 
     def line(self, text: str) -> None:
         self.console.print(text, markup=False)
+
+
+# Below this many cells a wrapped column is left out rather than folded letter by letter.
+_NARROWEST_WRAPPED = 8
+
+
+def _column_width(header: str, cells: Sequence[str], whole: bool) -> int:
+    """The narrowest a column may be: all of its widest cell when whole, else its header's
+    longest word or its cells' (up to _NARROWEST_WRAPPED), whichever is wider."""
+    if whole:
+        return max(cell_len(text) for text in [header, *cells])
+    longest_cell_word = max((cell_len(word) for text in cells for word in text.split()), default=1)
+    longest_header_word = max((cell_len(word) for word in header.split()), default=1)
+    return max(longest_header_word, min(longest_cell_word, _NARROWEST_WRAPPED))
+
+
+def _table_width(column_widths: Sequence[int]) -> int:
+    """Width of a rich table with these columns: a space each side of each, and the rules."""
+    return sum(width + 2 for width in column_widths) + len(column_widths) + 1
 
 
 def to_plain(value: Any) -> Any:
@@ -122,6 +171,7 @@ def cmd_info(client: Client, args: argparse.Namespace, out: Output) -> None:
         "devices",
         ["id", "name", "cores", "memory"],
         [(d.id, d.name, d.cores or "-", size(d.memory_total_bytes)) for d in info.devices],
+        whole=("id", "name"),
     )
     usage = info.data_dir
     out.line(
@@ -147,6 +197,7 @@ def cmd_models_ls(client: Client, args: argparse.Namespace, out: Output) -> None
             )
             for m in models
         ],
+        whole=("name", "latest"),
     )
 
 
@@ -201,6 +252,7 @@ def cmd_models_versions(client: Client, args: argparse.Namespace, out: Output) -
             )
             for v in versions
         ],
+        whole=("version",),
     )
 
 
@@ -274,6 +326,7 @@ def print_deployment(deployment: registry_pb2.Deployment, out: Output) -> None:
         f"{deployment.model} deployment revision {deployment.revision}",
         ["route", "traffic", "resolves to"],
         rows,
+        whole=("route", "resolves to"),
     )
 
 
@@ -343,6 +396,7 @@ def cmd_datasets_ls(client: Client, args: argparse.Namespace, out: Output) -> No
             (d.name, d.latest_version, d.version_count, size(d.size_bytes), when(d.updated_at))
             for d in datasets
         ],
+        whole=("name", "latest"),
     )
 
 
@@ -369,6 +423,7 @@ def print_dataset_version(version: Any, out: Output) -> None:
             )
             for a in version.arrays
         ],
+        whole=("array",),
     )
     if version.splits:
         out.line("splits: " + ", ".join(f"{s.name} {s.count}" for s in version.splits))
@@ -414,6 +469,7 @@ def cmd_jobs_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
             )
             for j in jobs
         ],
+        whole=("id",),
     )
 
 
@@ -447,6 +503,7 @@ def cmd_runs_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
             )
             for r in runs
         ],
+        whole=("id", "experiment", "name"),
     )
 
 
@@ -484,6 +541,7 @@ def cmd_runs_leaderboard(client: Client, args: argparse.Namespace, out: Output) 
             )
             for e in entries
         ],
+        whole=("rank", "run", "name"),
     )
 
 
@@ -563,7 +621,12 @@ def print_stats(stats: Sequence[inference_pb2.ModelStats], out: Output) -> None:
                     f"{summary.max_us:.0f}",
                 )
             )
-    out.table("latency (us)", ["version", "stage", "count", "p50", "p95", "p99", "p99.9", "max"], rows)
+    out.table(
+        "latency (us)",
+        ["version", "stage", "count", "p50", "p95", "p99", "p99.9", "max"],
+        rows,
+        whole=("version",),
+    )
     for s in stats:
         batches = ", ".join(f"{b.rows}:{b.count}" for b in s.batch_sizes)
         out.line(
@@ -593,6 +656,7 @@ def cmd_serve_status(client: Client, args: argparse.Namespace, out: Output) -> N
             )
             for m in loaded
         ],
+        whole=("model", "version"),
     )
 
 

@@ -1,0 +1,45 @@
+"""`tessera jobs ls` and `tessera runs ls` after a real training job: ids are printed whole on
+a narrow or piped console."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from tessera.cli import main
+
+SPEC = {
+    "experiment": "listings",
+    "task": "classification",
+    "epochs": 1,
+    "batch_size": 8,
+    "architecture": {"input_shape": [4], "output_size": 2, "mlp": {"hidden_sizes": [8]}},
+    "data": {"dataset": "table"},
+}
+
+
+@pytest.fixture
+def finished_job(client):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 4)).astype(np.float32)
+    client.datasets.push("table", x=x, y=(x[:, 0] > 0).astype(np.int64), splits={"train": 0.75, "val": 0.25})
+    return client.training.submit(SPEC).wait(timeout=120)
+
+
+def printed(daemon, width: int, *args: str) -> str:
+    screen = io.StringIO()
+    console = Console(file=screen, width=width, force_terminal=False, color_system=None)
+    assert main(["--target", daemon.target, *args], console=console) == 0
+    return screen.getvalue()
+
+
+def test_ids_are_never_cut_on_a_narrow_console(daemon, finished_job):
+    jobs = printed(daemon, 60, "jobs", "ls")
+    assert finished_job.id in jobs and "…" not in jobs
+    assert all(len(line) <= 60 for line in jobs.splitlines())
+    runs = printed(daemon, 60, "runs", "ls")
+    assert finished_job.info.run_id in runs and finished_job.id in runs  # run name: the job id
+    assert "left out to fit the width" in runs and "…" not in runs
