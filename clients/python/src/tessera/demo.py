@@ -66,7 +66,9 @@ def run_demo(client: Client, console: Console, name: str, samples: int, epochs: 
         "register_as": {"model": model, "alias": "staging", "description": "tessera demo"},
     }
     job = client.training.submit(spec)
-    console.print(f"[bold]3/7[/bold] training job {job.id} (cnn4d, {epochs} epochs)")
+    console.print(
+        f"[bold]3/7[/bold] training job {job.id} (cnn4d, {epochs} epoch{'' if epochs == 1 else 's'})"
+    )
     follow(job, console, as_json=False)
     if job.state != JobState.SUCCEEDED or job.registered is None:
         raise JobFailed(

@@ -11,6 +11,7 @@ from google.protobuf.json_format import MessageToDict
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from tessera.events import (
     EpochMetrics,
@@ -100,8 +101,7 @@ def _live(events: Iterable[JobEvent], curves: Curves, console: Console) -> None:
             curves.add(event)
             if isinstance(event, StateChanged):
                 bar.update(task, description=event.state.value)
-                if event.reason:
-                    bar.console.print(f"[dim]{event.state.value}: {event.reason}[/dim]")
+                bar.console.print(Text(state_line(event), style="dim"))
             elif isinstance(event, StepMetrics):
                 epoch = event.epoch
                 bar.update(
@@ -120,11 +120,39 @@ def _live(events: Iterable[JobEvent], curves: Curves, console: Console) -> None:
                 )
             elif isinstance(event, EpochMetrics):
                 shown = "  ".join(f"{k} {v:.4g}" for k, v in sorted(event.metrics.items()))
-                bar.console.print(f"epoch {event.epoch}: {shown}  ({event.duration_s:.1f} s)")
+                bar.console.print(Text(f"epoch {event.epoch}: {shown}  ({event.duration_s:.1f} s)"))
+            # Text, not markup: the worker's words may hold brackets ("[rank 0]").
             elif isinstance(event, LogLine) and event.level in ("warning", "error"):
-                bar.console.print(f"[yellow]{event.level}: {event.message}[/yellow]")
+                bar.console.print(Text(f"{event.level}: {event.message}", style="yellow"))
             elif isinstance(event, JobError):
-                bar.console.print(f"[red]error ({event.kind}): {event.message}[/red]")
+                bar.console.print(Text(f"error ({event.kind}): {event.message}", style="red"))
+
+
+# Words that already say a state: a reason that starts with one is shown alone.
+_STATE_WORDS = {
+    JobState.QUEUED: ("queued", "re-queued"),
+    JobState.RUNNING: ("running", "started", "resumed"),
+    JobState.SUCCEEDED: ("succeeded", "finished"),
+    JobState.FAILED: ("failed",),
+    JobState.CANCELLED: ("cancelled",),
+    JobState.INTERRUPTED: ("interrupted",),
+}
+
+
+def state_line(event: StateChanged) -> str:
+    """A state change in words, the state said once: "queued behind 2 jobs", "started on
+    cpu:0", "failed: CUDA out of memory" (never "queued: queued")."""
+    reason = event.reason.strip()
+    first_word = reason.split(maxsplit=1)[0].lower() if reason else ""
+    if not reason:
+        line = event.state.value
+    elif first_word in _STATE_WORDS.get(event.state, (event.state.value,)):
+        line = reason
+    else:
+        line = f"{event.state.value}: {reason}"
+    if event.state == JobState.RUNNING and event.devices:
+        line += f" on {', '.join(event.devices)}"
+    return line
 
 
 def summary_table(job: Job, curves: Curves, seconds: float) -> Table:
