@@ -44,3 +44,12 @@ def test_whole_columns_too_wide_for_the_console_are_printed_wider_rather_than_cu
 def test_without_whole_columns_an_id_would_have_been_cut():
     """The failure the whole columns prevent: rich's default ellipsis on a narrow console."""
     assert JOB_ID not in printed(60, whole=())
+
+
+def test_cells_are_text_not_markup():
+    """A description such as "[beta] model [/]" is the daemon's text: shown as it is."""
+    screen = io.StringIO()
+    out = Output(as_json=False, console=Console(file=screen, width=80, color_system=None))
+    out.table("versions", ["version", "description"], [(1, "[beta] model [/]")], whole=("version",))
+    out.pairs("v1", [("description", "[bold]not bold[/bold]")])
+    assert "[beta] model [/]" in screen.getvalue() and "[bold]not bold[/bold]" in screen.getvalue()

@@ -17,6 +17,7 @@ from google.protobuf.message import Message
 from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from tessera.client import Client
 from tessera.demo import run_demo
@@ -54,7 +55,7 @@ class Output:
         `whole` (ids, names, version numbers) are never cut or wrapped; the others wrap, and
         when even that does not fit, columns are left out from the right (the caption says
         which). A table whose whole columns alone are too wide is printed wider than the
-        console rather than cut."""
+        console rather than cut. Cells are plain text, never rich markup."""
         cells = [[str(cell) for cell in row] for row in rows]
         widths = [
             _column_width(column, [row[i] for row in cells], column in whole)
@@ -75,7 +76,7 @@ class Output:
             else:
                 table.add_column(columns[i], overflow="fold")
         for row in cells:
-            table.add_row(*(row[i] for i in shown))
+            table.add_row(*(Text(row[i]) for i in shown))
         self.console.print(
             table, width=max(self.console.width, _table_width([widths[i] for i in shown])), crop=False
         )
@@ -85,7 +86,7 @@ class Output:
         table.add_column("field", style="bold", no_wrap=True)
         table.add_column("value", overflow="fold")
         for key, value in pairs:
-            table.add_row(key, str(value))
+            table.add_row(Text(key), Text(str(value)))
         self.console.print(table)
 
     def line(self, text: str) -> None:

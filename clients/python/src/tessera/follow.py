@@ -163,7 +163,7 @@ def summary_table(job: Job, curves: Curves, seconds: float) -> Table:
     style = "green" if job.state == JobState.SUCCEEDED else "red"
     table.add_row("state", f"[{style}]{job.state.value}[/{style}]")
     if job.info.error:
-        table.add_row("error", job.info.error)
+        table.add_row("error", Text(job.info.error))
     table.add_row("epochs", str(job.info.epoch or curves.epochs))
     table.add_row("steps", f"{job.info.step}/{job.info.total_steps}")
     for key, value in sorted({**curves.last_epoch_metrics, **dict(job.info.metrics)}.items()):
