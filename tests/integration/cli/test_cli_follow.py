@@ -12,3 +12,5 @@ def test_the_demo_says_each_state_once(tessera_cli):
     assert "queued" in lines and "started on cpu:0" in lines and "finished" in lines
     for doubled in ("queued: queued", "running: started", "succeeded: finished"):
         assert doubled not in result.out
+    # The summary names the last step's loss apart from the epoch's train_loss.
+    assert "loss (last step)" in result.out and "train_loss" in result.out

@@ -43,3 +43,16 @@ def test_ids_are_never_cut_on_a_narrow_console(daemon, finished_job):
     runs = printed(daemon, 60, "runs", "ls")
     assert finished_job.info.run_id in runs and finished_job.id in runs  # run name: the job id
     assert "left out to fit the width" in runs and "…" not in runs
+
+
+def test_jobs_and_runs_name_their_losses_apart(daemon, finished_job):
+    """A job's "loss" is its last step's; the jobs table shows the last epoch's train_loss, and
+    runs list each metric by its key with its last value."""
+    metrics = finished_job.info.metrics
+    jobs = printed(daemon, 200, "jobs", "ls")
+    header = next(line for line in jobs.splitlines() if " id " in line)
+    assert "train_loss (epoch)" in header and " loss " not in header
+    assert f" {metrics['train_loss']:.4g} " in jobs
+    runs = printed(daemon, 200, "runs", "ls")
+    assert "metrics (last values)" in runs
+    assert f"train_loss={metrics['train_loss']:.4g}" in runs and f"loss={metrics['loss']:.4g}" in runs

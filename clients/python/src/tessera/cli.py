@@ -457,7 +457,7 @@ def cmd_jobs_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
         return out.json([job.info for job in jobs])
     out.table(
         "jobs",
-        ["id", "state", "experiment", "progress", "epoch", "loss", "created"],
+        ["id", "state", "experiment", "progress", "epoch", "train_loss (epoch)", "created"],
         [
             (
                 j.id,
@@ -492,7 +492,7 @@ def cmd_runs_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
         return out.json(runs)
     out.table(
         "runs",
-        ["id", "experiment", "name", "status", "metrics", "started"],
+        ["id", "experiment", "name", "status", "metrics (last values)", "started"],
         [
             (
                 r.run_id,

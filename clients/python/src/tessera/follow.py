@@ -167,7 +167,8 @@ def summary_table(job: Job, curves: Curves, seconds: float) -> Table:
     table.add_row("epochs", str(job.info.epoch or curves.epochs))
     table.add_row("steps", f"{job.info.step}/{job.info.total_steps}")
     for key, value in sorted({**curves.last_epoch_metrics, **dict(job.info.metrics)}.items()):
-        table.add_row(key, f"{value:.5g}")
+        # The job's "loss" is the last step's; the epoch figures are train_loss, val_loss, ...
+        table.add_row("loss (last step)" if key == "loss" else key, f"{value:.5g}")
     if curves.samples_per_s:
         table.add_row("samples/s", f"{curves.samples_per_s:,.0f}")
     registered = curves.registered
