@@ -108,7 +108,7 @@ def upload_requests(
 
 
 def get_op(name: str) -> Op[pb.Dataset]:
-    return Op(S, "GetDataset", pb.GetDatasetRequest(name=name), True)
+    return Op(S, "GetDataset", pb.GetDatasetRequest(name=name))
 
 
 def list_op(prefix: str, page_size: int, token: str) -> Op[Any]:
@@ -116,22 +116,21 @@ def list_op(prefix: str, page_size: int, token: str) -> Op[Any]:
         S,
         "ListDatasets",
         pb.ListDatasetsRequest(name_prefix=prefix, page_size=page_size, page_token=token),
-        True,
     )
 
 
 def version_op(ref: str | common_pb2.DatasetRef) -> Op[pb.DatasetVersion]:
-    return Op(S, "GetDatasetVersion", pb.GetDatasetVersionRequest(ref=dataset_ref(ref)), True)
+    return Op(S, "GetDatasetVersion", pb.GetDatasetVersionRequest(ref=dataset_ref(ref)))
 
 
 def versions_op(name: str, page_size: int, token: str) -> Op[Any]:
     request = pb.ListDatasetVersionsRequest(name=name, page_size=page_size, page_token=token)
-    return Op(S, "ListDatasetVersions", request, True)
+    return Op(S, "ListDatasetVersions", request)
 
 
 def delete_op(name: str, version: int, force: bool) -> Op[int]:
     request = pb.DeleteDatasetRequest(name=name, version=version, force=force)
-    return Op(S, "DeleteDataset", request, False, lambda response: response.deleted_versions)
+    return Op(S, "DeleteDataset", request, lambda response: response.deleted_versions)
 
 
 class Datasets:

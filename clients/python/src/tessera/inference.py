@@ -74,39 +74,35 @@ def predict_request(
 
 
 def predict_op(request: pb.PredictRequest) -> Op[Prediction]:
-    # Predict changes no state, so a call that never reached a ready daemon is safe to resend.
-    return Op(S, "Predict", request, True, Prediction.from_proto)
+    return Op(S, "Predict", request, Prediction.from_proto)
 
 
 def load_op(model: str, version: VersionSelector | None, config: Mapping[str, Any]) -> Op[pb.LoadedModel]:
     request = pb.LoadModelRequest(
         target=ref(model, version), config=from_dict(pb.ServingConfig, config, "config")
     )
-    return Op(S, "LoadModel", request, True)
+    return Op(S, "LoadModel", request)
 
 
 def unload_op(model: str, version: VersionSelector | None) -> Op[list[pb.LoadedModel]]:
     request = pb.UnloadModelRequest(target=ref(model, version))
-    return Op(S, "UnloadModel", request, False, lambda response: list(response.unloaded))
+    return Op(S, "UnloadModel", request, lambda response: list(response.unloaded))
 
 
 def loaded_op(model: str) -> Op[list[pb.LoadedModel]]:
-    return Op(
-        S, "ListLoaded", pb.ListLoadedRequest(model=model), True, lambda response: list(response.models)
-    )
+    return Op(S, "ListLoaded", pb.ListLoadedRequest(model=model), lambda response: list(response.models))
 
 
 def stats_op(model: str, version: VersionSelector | None, reset: bool) -> Op[list[pb.ModelStats]]:
     request = pb.GetStatsRequest(reset=reset)
     if model:
         request.target.CopyFrom(ref(model, version))
-    # A reset read is not repeatable: retrying it could lose the figures it reset.
-    return Op(S, "GetStats", request, not reset, lambda response: list(response.stats))
+    return Op(S, "GetStats", request, lambda response: list(response.stats))
 
 
 def shadow_results_op(model: str, limit: int) -> Op[list[pb.ShadowResult]]:
     request = pb.ListShadowResultsRequest(model=model, limit=limit)
-    return Op(S, "ListShadowResults", request, True, lambda response: list(response.results))
+    return Op(S, "ListShadowResults", request, lambda response: list(response.results))
 
 
 def stream_requests(

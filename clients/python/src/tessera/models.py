@@ -28,16 +28,16 @@ def ref(model: str, selector: VersionSelector | None) -> common_pb2.VersionRef:
 
 
 def create_op(name: str, description: str, tags: Mapping[str, str] | None) -> Op[pb.Model]:
-    return Op(S, "CreateModel", pb.CreateModelRequest(name=name, description=description, tags=tags), False)
+    return Op(S, "CreateModel", pb.CreateModelRequest(name=name, description=description, tags=tags))
 
 
 def get_op(name: str) -> Op[pb.Model]:
-    return Op(S, "GetModel", pb.GetModelRequest(name=name), True)
+    return Op(S, "GetModel", pb.GetModelRequest(name=name))
 
 
 def list_op(prefix: str, tags: Mapping[str, str] | None, page_size: int, token: str) -> Op[Any]:
     request = pb.ListModelsRequest(name_prefix=prefix, tags=tags, page_size=page_size, page_token=token)
-    return Op(S, "ListModels", request, True)
+    return Op(S, "ListModels", request)
 
 
 def update_op(
@@ -46,12 +46,12 @@ def update_op(
     request = pb.UpdateModelRequest(name=name, set_tags=set_tags, remove_tags=list(remove_tags))
     if description is not None:
         request.description = description
-    return Op(S, "UpdateModel", request, True)
+    return Op(S, "UpdateModel", request)
 
 
 def delete_op(name: str, force: bool) -> Op[int]:
     request = pb.DeleteModelRequest(name=name, force=force)
-    return Op(S, "DeleteModel", request, False, lambda response: response.deleted_versions)
+    return Op(S, "DeleteModel", request, lambda response: response.deleted_versions)
 
 
 def upload_header(
@@ -116,56 +116,54 @@ def download_request(
 
 
 def version_op(model: str, selector: VersionSelector | None) -> Op[pb.ModelVersion]:
-    return Op(S, "GetVersion", pb.GetVersionRequest(ref=ref(model, selector)), True)
+    return Op(S, "GetVersion", pb.GetVersionRequest(ref=ref(model, selector)))
 
 
 def versions_op(model: str, page_size: int, token: str) -> Op[Any]:
     request = pb.ListVersionsRequest(model=model, page_size=page_size, page_token=token)
-    return Op(S, "ListVersions", request, True)
+    return Op(S, "ListVersions", request)
 
 
 def delete_version_op(model: str, version: int) -> Op[None]:
     request = pb.DeleteVersionRequest(model=model, version=version)
-    return Op(S, "DeleteVersion", request, False, lambda _: None)
+    return Op(S, "DeleteVersion", request, lambda _: None)
 
 
 def set_alias_op(model: str, alias: str, version: int, expected_version: int | None) -> Op[pb.Alias]:
     request = pb.SetAliasRequest(model=model, alias=alias, version=version)
     if expected_version is not None:
         request.expected_version = expected_version
-    # Setting an alias to a version twice is harmless; a compare-and-set retried after it
-    # succeeded would fail, so only the plain form is retried.
-    return Op(S, "SetAlias", request, expected_version is None)
+    return Op(S, "SetAlias", request)
 
 
 def alias_op(model: str, alias: str) -> Op[pb.Alias]:
-    return Op(S, "GetAlias", pb.GetAliasRequest(model=model, alias=alias), True)
+    return Op(S, "GetAlias", pb.GetAliasRequest(model=model, alias=alias))
 
 
 def aliases_op(model: str) -> Op[list[pb.Alias]]:
     request = pb.ListAliasesRequest(model=model)
-    return Op(S, "ListAliases", request, True, lambda response: list(response.aliases))
+    return Op(S, "ListAliases", request, lambda response: list(response.aliases))
 
 
 def delete_alias_op(model: str, alias: str) -> Op[None]:
     request = pb.DeleteAliasRequest(model=model, alias=alias)
-    return Op(S, "DeleteAlias", request, False, lambda _: None)
+    return Op(S, "DeleteAlias", request, lambda _: None)
 
 
 def alias_history_op(model: str, alias: str, page_size: int, token: str) -> Op[Any]:
     request = pb.ListAliasHistoryRequest(model=model, alias=alias, page_size=page_size, page_token=token)
-    return Op(S, "ListAliasHistory", request, True)
+    return Op(S, "ListAliasHistory", request)
 
 
 def lineage_op(model: str, selector: VersionSelector | None) -> Op[pb.GetLineageResponse]:
-    return Op(S, "GetLineage", pb.GetLineageRequest(ref=ref(model, selector)), True)
+    return Op(S, "GetLineage", pb.GetLineageRequest(ref=ref(model, selector)))
 
 
 def compare_op(
     model: str, a: VersionSelector, b: VersionSelector, model_b: str | None
 ) -> Op[pb.CompareVersionsResponse]:
     request = pb.CompareVersionsRequest(a=ref(model, a), b=ref(model_b or model, b))
-    return Op(S, "CompareVersions", request, True)
+    return Op(S, "CompareVersions", request)
 
 
 def export_onnx_op(
@@ -179,7 +177,7 @@ def export_onnx_op(
     request = pb.ExportOnnxRequest(
         source=ref(model, selector), opset=opset, conv4d=conv4d, alias=alias or "", description=description
     )
-    return Op(S, "ExportOnnx", request, False)
+    return Op(S, "ExportOnnx", request)
 
 
 def deploy_op(
@@ -202,20 +200,20 @@ def deploy_op(
         else:
             request.shadow.version = shadow
         request.shadow.percent = shadow_percent
-    return Op(S, "Deploy", request, False)
+    return Op(S, "Deploy", request)
 
 
 def deployment_op(model: str) -> Op[pb.Deployment]:
-    return Op(S, "GetDeployment", pb.GetDeploymentRequest(model=model), True)
+    return Op(S, "GetDeployment", pb.GetDeploymentRequest(model=model))
 
 
 def deployments_op(model: str, page_size: int, token: str) -> Op[Any]:
     request = pb.ListDeploymentsRequest(model=model, page_size=page_size, page_token=token)
-    return Op(S, "ListDeployments", request, True)
+    return Op(S, "ListDeployments", request)
 
 
 def rollback_op(model: str) -> Op[pb.Deployment]:
-    return Op(S, "Rollback", pb.RollbackRequest(model=model), False)
+    return Op(S, "Rollback", pb.RollbackRequest(model=model))
 
 
 class Models:

@@ -11,7 +11,7 @@ S = "System"
 
 
 def info_op() -> Op[pb.ServerInfo]:
-    return Op(S, "GetServerInfo", pb.GetServerInfoRequest(), True)
+    return Op(S, "GetServerInfo", pb.GetServerInfoRequest())
 
 
 def watch_request(interval_ms: int, max_samples: int) -> pb.WatchSystemRequest:

@@ -142,15 +142,15 @@ class Job:
 
 def submit_op(spec: JobSpecLike) -> Op[pb.Job]:
     request = pb.SubmitJobRequest(spec=from_dict(job_spec_pb2.JobSpec, spec, "spec"))
-    return Op(S, "SubmitJob", request, False)
+    return Op(S, "SubmitJob", request)
 
 
 def get_job_op(job_id: str) -> Op[pb.Job]:
-    return Op(S, "GetJob", pb.GetJobRequest(job_id=job_id), True)
+    return Op(S, "GetJob", pb.GetJobRequest(job_id=job_id))
 
 
 def cancel_job_op(job_id: str) -> Op[pb.Job]:
-    return Op(S, "CancelJob", pb.CancelJobRequest(job_id=job_id), False)
+    return Op(S, "CancelJob", pb.CancelJobRequest(job_id=job_id))
 
 
 def list_jobs_op(
@@ -163,39 +163,39 @@ def list_jobs_op(
         page_size=page_size,
         page_token=token,
     )
-    return Op(S, "ListJobs", request, True)
+    return Op(S, "ListJobs", request)
 
 
 def create_experiment_op(name: str, description: str, tags: Mapping[str, str] | None) -> Op[pb.Experiment]:
     request = pb.CreateExperimentRequest(name=name, description=description, tags=tags)
-    return Op(S, "CreateExperiment", request, False)
+    return Op(S, "CreateExperiment", request)
 
 
 def experiment_op(name: str) -> Op[pb.Experiment]:
-    return Op(S, "GetExperiment", pb.GetExperimentRequest(name=name), True)
+    return Op(S, "GetExperiment", pb.GetExperimentRequest(name=name))
 
 
 def experiments_op(prefix: str, page_size: int, token: str) -> Op[Any]:
     request = pb.ListExperimentsRequest(name_prefix=prefix, page_size=page_size, page_token=token)
-    return Op(S, "ListExperiments", request, True)
+    return Op(S, "ListExperiments", request)
 
 
 def create_run_op(
     experiment: str, name: str, params: Mapping[str, str] | None, tags: Mapping[str, str] | None
 ) -> Op[pb.Run]:
     request = pb.CreateRunRequest(experiment=experiment, name=name, params=params, tags=tags)
-    return Op(S, "CreateRun", request, False)
+    return Op(S, "CreateRun", request)
 
 
 def update_run_op(run_id: str, status: str | int | None, set_tags: Mapping[str, str] | None) -> Op[pb.Run]:
     request = pb.UpdateRunRequest(run_id=run_id, set_tags=set_tags)
     if status is not None:
         request.status = enum_value(pb.RunStatus, "RUN_STATUS_", status)  # type: ignore[assignment]
-    return Op(S, "UpdateRun", request, True)
+    return Op(S, "UpdateRun", request)
 
 
 def run_op(run_id: str) -> Op[pb.Run]:
-    return Op(S, "GetRun", pb.GetRunRequest(run_id=run_id), True)
+    return Op(S, "GetRun", pb.GetRunRequest(run_id=run_id))
 
 
 def runs_op(
@@ -214,11 +214,11 @@ def runs_op(
         page_size=page_size,
         page_token=token,
     )
-    return Op(S, "ListRuns", request, True)
+    return Op(S, "ListRuns", request)
 
 
 def compare_runs_op(run_ids: Sequence[str]) -> Op[pb.CompareRunsResponse]:
-    return Op(S, "CompareRuns", pb.CompareRunsRequest(run_ids=list(run_ids)), True)
+    return Op(S, "CompareRuns", pb.CompareRunsRequest(run_ids=list(run_ids)))
 
 
 def leaderboard_op(
@@ -227,18 +227,18 @@ def leaderboard_op(
     request = pb.LeaderboardRequest(experiment=experiment, metric=metric, limit=limit)
     if mode is not None:
         request.mode = enum_value(job_spec_pb2.OptimizeMode, "OPTIMIZE_MODE_", mode)  # type: ignore[assignment]
-    return Op(S, "Leaderboard", request, True, lambda response: list(response.entries))
+    return Op(S, "Leaderboard", request, lambda response: list(response.entries))
 
 
 def log_params_op(run_id: str, params: Mapping[str, str]) -> Op[None]:
     request = pb.LogParamsRequest(run_id=run_id, params={k: str(v) for k, v in params.items()})
-    return Op(S, "LogParams", request, True, lambda _: None)
+    return Op(S, "LogParams", request, lambda _: None)
 
 
 def log_metrics_op(run_id: str, metrics: Mapping[str, float], step: int) -> Op[int]:
     points = [pb.MetricPoint(key=key, value=float(value), step=step) for key, value in metrics.items()]
     request = pb.LogMetricsRequest(run_id=run_id, points=points)
-    return Op(S, "LogMetrics", request, False, lambda response: response.accepted)
+    return Op(S, "LogMetrics", request, lambda response: response.accepted)
 
 
 def metric_history_op(
@@ -247,23 +247,23 @@ def metric_history_op(
     request = pb.GetMetricHistoryRequest(
         run_id=run_id, key=key, max_points=max_points, start_step=start_step, end_step=end_step
     )
-    return Op(S, "GetMetricHistory", request, True)
+    return Op(S, "GetMetricHistory", request)
 
 
 def submit_sweep_op(spec: pb.SweepSpec | Mapping[str, Any]) -> Op[pb.Sweep]:
-    return Op(S, "SubmitSweep", pb.SubmitSweepRequest(spec=from_dict(pb.SweepSpec, spec, "sweep")), False)
+    return Op(S, "SubmitSweep", pb.SubmitSweepRequest(spec=from_dict(pb.SweepSpec, spec, "sweep")))
 
 
 def sweep_op(sweep_id: str) -> Op[pb.Sweep]:
-    return Op(S, "GetSweep", pb.GetSweepRequest(sweep_id=sweep_id), True)
+    return Op(S, "GetSweep", pb.GetSweepRequest(sweep_id=sweep_id))
 
 
 def sweeps_op(page_size: int, token: str) -> Op[Any]:
-    return Op(S, "ListSweeps", pb.ListSweepsRequest(page_size=page_size, page_token=token), True)
+    return Op(S, "ListSweeps", pb.ListSweepsRequest(page_size=page_size, page_token=token))
 
 
 def cancel_sweep_op(sweep_id: str) -> Op[pb.Sweep]:
-    return Op(S, "CancelSweep", pb.CancelSweepRequest(sweep_id=sweep_id), False)
+    return Op(S, "CancelSweep", pb.CancelSweepRequest(sweep_id=sweep_id))
 
 
 class Training:

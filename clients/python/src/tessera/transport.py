@@ -1,16 +1,16 @@
 """Channels, credentials, deadlines, retries and error mapping, shared by every client part.
 
-One `Op` describes a unary call (service, method, request, whether retrying it is safe, how
-to turn the response into what the caller gets); `Connection` runs it on a blocking channel,
-`AioConnection` on an asyncio one, with the same deadline and retry rules.
+One `Op` describes a unary call (service, method, request, how to turn the response into what
+the caller gets); `Connection` runs it on a blocking channel, `AioConnection` on an asyncio
+one, with the same deadlines. Both channels carry one gRPC service config that retries the
+idempotent calls listed in `RETRIED_METHODS`.
 """
 
 from __future__ import annotations
 
-import asyncio
+import json
 import os
 import random
-import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,13 +73,21 @@ def _read(path: str | Path | None) -> bytes | None:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Retries of idempotent calls that fail UNAVAILABLE: exponential backoff with full jitter,
-    at most `attempts` tries in all, always within the call's deadline."""
+    """Retries of idempotent calls that fail UNAVAILABLE (see `RETRIED_METHODS`): at most
+    `attempts` tries in all (gRPC allows up to 5 for a call), with exponential backoff and
+    jitter, always within the call's deadline. Unary calls are retried by gRPC itself, from
+    the channel's service config; `Job.watch` reconnects a cut stream with the same figures."""
 
     attempts: int = 5
     initial_backoff_s: float = 0.1
     max_backoff_s: float = 2.0
     multiplier: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"RetryPolicy: attempts must be >= 1 (1: no retries), got {self.attempts}")
+        if self.initial_backoff_s <= 0 or self.max_backoff_s <= 0 or self.multiplier <= 0:
+            raise ValueError("RetryPolicy: backoffs and multiplier must be > 0")
 
     def backoff_s(self, retry: int) -> float:
         """Seconds to wait before retry number `retry` (1 for the first retry)."""
@@ -88,7 +96,74 @@ class RetryPolicy:
         return random.uniform(ceiling / 2, ceiling)
 
 
-NO_RETRY = RetryPolicy(attempts=1)
+RETRIED_METHODS: dict[str, tuple[str, ...]] = {
+    # Reads, and calls that set a state to the value given: repeating one after it took
+    # effect changes nothing. SetAlias is left out for its compare-and-set form (a repeat
+    # after success would fail), GetStats for its reset form (a repeat would lose figures):
+    # gRPC's service config chooses per method, not per request.
+    "Registry": (
+        "GetModel",
+        "ListModels",
+        "UpdateModel",
+        "GetVersion",
+        "ListVersions",
+        "GetAlias",
+        "ListAliases",
+        "ListAliasHistory",
+        "GetLineage",
+        "CompareVersions",
+        "GetDeployment",
+        "ListDeployments",
+    ),
+    "Datasets": ("GetDataset", "ListDatasets", "GetDatasetVersion", "ListDatasetVersions"),
+    "Training": (
+        "GetJob",
+        "ListJobs",
+        "GetExperiment",
+        "ListExperiments",
+        "UpdateRun",
+        "GetRun",
+        "ListRuns",
+        "CompareRuns",
+        "Leaderboard",
+        "LogParams",
+        "GetMetricHistory",
+        "GetSweep",
+        "ListSweeps",
+    ),
+    # Predict changes no state, so a call that never reached a ready daemon is safe to resend.
+    "Inference": ("Predict", "LoadModel", "ListLoaded", "ListShadowResults"),
+    "System": ("GetServerInfo",),
+}
+"""The unary calls that are retried on UNAVAILABLE, by service; every other call is tried once."""
+
+
+# gRPC clamps maxAttempts to this (and logs an error); `Job.watch` reconnects take the policy's own.
+GRPC_MAX_ATTEMPTS = 5
+
+
+def service_config(retry: RetryPolicy) -> str:
+    """The channel's gRPC service config: `retry` for the methods in RETRIED_METHODS."""
+    if retry.attempts == 1:
+        return json.dumps({"methodConfig": []})
+    names = [
+        {"service": f"tessera.v1.{service}", "method": method}
+        for service, methods in RETRIED_METHODS.items()
+        for method in methods
+    ]
+    policy = {
+        "maxAttempts": min(retry.attempts, GRPC_MAX_ATTEMPTS),
+        "initialBackoff": _duration(retry.initial_backoff_s),
+        "maxBackoff": _duration(retry.max_backoff_s),
+        "backoffMultiplier": retry.multiplier,
+        "retryableStatusCodes": ["UNAVAILABLE"],
+    }
+    return json.dumps({"methodConfig": [{"name": names, "retryPolicy": policy}]})
+
+
+def _duration(seconds: float) -> str:
+    """Seconds as a protobuf JSON Duration ("0.1s")."""
+    return f"{seconds:.9f}".rstrip("0").rstrip(".") + "s"
 
 
 @dataclass(frozen=True)
@@ -98,7 +173,6 @@ class Op(Generic[T]):
     service: str
     method: str
     request: Message
-    idempotent: bool
     convert: Callable[[Any], T] = field(default=lambda response: response)
 
 
@@ -107,11 +181,16 @@ def resolve_token(token: str | None) -> str | None:
     return token if token is not None else (os.environ.get(TOKEN_ENV) or None)
 
 
-def _channel_options(tls: TLS | None) -> list[tuple[str, Any]]:
+def _channel_options(tls: TLS | None, retry: RetryPolicy) -> list[tuple[str, Any]]:
     options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.primary_user_agent", "tessera-client/0.1"),
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", service_config(retry)),
+        # gRPC keeps a call's request for a retry only up to this size (256 KiB by default):
+        # a large Predict batch is retried like a small one.
+        ("grpc.per_rpc_retry_buffer_size", MAX_MESSAGE_BYTES),
     ]
     if tls is not None and tls.server_name:
         options.append(("grpc.ssl_target_name_override", tls.server_name))
@@ -139,19 +218,7 @@ class _Settings:
         self.timeout = timeout
         self.transfer_timeout = transfer_timeout
         self.retry = retry
-        self.options = _channel_options(self.tls)
-
-    def deadline(self, timeout: float | None, default: float) -> float:
-        return time.monotonic() + (default if timeout is None else timeout)
-
-    def should_retry(self, op: Op[Any], err: grpc.RpcError, tries: int, deadline: float) -> float | None:
-        """Seconds to wait before retrying `op`, or None when it must not be retried."""
-        if not op.idempotent or err.code() != grpc.StatusCode.UNAVAILABLE:  # type: ignore[attr-defined]
-            return None
-        if tries >= self.retry.attempts:
-            return None
-        pause = self.retry.backoff_s(tries)
-        return pause if time.monotonic() + pause < deadline else None
+        self.options = _channel_options(self.tls, retry)
 
 
 class Connection(_Settings):
@@ -177,23 +244,15 @@ class Connection(_Settings):
         return getattr(self._stubs[service], method)
 
     def call(self, op: Op[T], timeout: float | None = None) -> T:
-        """Run a unary op within its deadline, retrying UNAVAILABLE when the op is idempotent."""
-        deadline = self.deadline(timeout, self.timeout)
+        """Run a unary op within its deadline (gRPC retries the RETRIED_METHODS)."""
         rpc = self.method(op.service, op.method)
-        tries = 0
-        while True:
-            tries += 1
-            try:
-                response = rpc(
-                    op.request, timeout=max(0.0, deadline - time.monotonic()), metadata=self.metadata
-                )
-            except grpc.RpcError as err:
-                pause = self.should_retry(op, err, tries, deadline)
-                if pause is None:
-                    raise error_from_rpc(err) from None
-                time.sleep(pause)
-                continue
-            return op.convert(response)
+        try:
+            response = rpc(
+                op.request, timeout=self.timeout if timeout is None else timeout, metadata=self.metadata
+            )
+        except grpc.RpcError as err:
+            raise error_from_rpc(err) from None
+        return op.convert(response)
 
     def server_stream(
         self, service: str, method: str, request: Message, timeout: float | None
@@ -240,23 +299,15 @@ class AioConnection(_Settings):
         return getattr(self._stubs[service], method)
 
     async def call(self, op: Op[T], timeout: float | None = None) -> T:
-        """Run a unary op within its deadline, retrying UNAVAILABLE when the op is idempotent."""
-        deadline = self.deadline(timeout, self.timeout)
+        """Run a unary op within its deadline (gRPC retries the RETRIED_METHODS)."""
         rpc = self.method(op.service, op.method)
-        tries = 0
-        while True:
-            tries += 1
-            try:
-                response = await rpc(
-                    op.request, timeout=max(0.0, deadline - time.monotonic()), metadata=self.metadata
-                )
-            except grpc.RpcError as err:
-                pause = self.should_retry(op, err, tries, deadline)
-                if pause is None:
-                    raise error_from_rpc(err) from None
-                await asyncio.sleep(pause)
-                continue
-            return op.convert(response)
+        try:
+            response = await rpc(
+                op.request, timeout=self.timeout if timeout is None else timeout, metadata=self.metadata
+            )
+        except grpc.RpcError as err:
+            raise error_from_rpc(err) from None
+        return op.convert(response)
 
     async def server_stream(
         self, service: str, method: str, request: Message, timeout: float | None
