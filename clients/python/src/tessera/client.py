@@ -36,15 +36,15 @@ class Client:
         retry: RetryPolicy | None = None,
     ) -> None:
         self._conn = Connection(target, token, tls, timeout, transfer_timeout, retry)
-        self.models = Models(self._conn)
+        self.models: Models[Connection] = Models(self._conn)
         """The registry: models, versions, aliases, lineage, ONNX export, deployments."""
-        self.datasets = Datasets(self._conn)
+        self.datasets: Datasets[Connection] = Datasets(self._conn)
         """Datasets: push, list, inspect, download."""
-        self.training = Training(self._conn)
+        self.training: Training[Connection] = Training(self._conn)
         """Jobs, experiments, runs, metrics, sweeps."""
-        self.inference = Inference(self._conn)
+        self.inference: Inference[Connection] = Inference(self._conn)
         """Predict, streaming predict, load/unload, stats."""
-        self.system = System(self._conn)
+        self.system: System[Connection] = System(self._conn)
         """Server info and resource use."""
 
     @property

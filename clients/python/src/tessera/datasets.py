@@ -7,14 +7,13 @@ import io
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from tessera.calls import C, Download, Op, Pages, Part, Upload, call, stream
 from tessera.errors import DataLoss
 from tessera.messages import dataset_ref
 from tessera.transfer import CHUNK_BYTES, DownloadSink, Progress, bytes_chunks, file_chunks, file_digest
-from tessera.transport import Connection, Op, pages
 from tessera.v1 import common_pb2
 from tessera.v1 import datasets_pb2 as pb
 
@@ -107,39 +106,28 @@ def upload_requests(
         yield pb.UploadDatasetRequest(chunk=chunk)
 
 
-def get_op(name: str) -> Op[pb.Dataset]:
-    return Op(S, "GetDataset", pb.GetDatasetRequest(name=name))
+class ArraysSink:
+    """Keeps a downloaded dataset file in memory; `finish` parses it into its arrays."""
+
+    def __init__(self, header: pb.DatasetVersion) -> None:
+        self._header = header
+        self._chunks: list[bytes] = []
+
+    def write(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+
+    def finish(self) -> dict[str, np.ndarray]:
+        return parse_arrays(self._header, b"".join(self._chunks))
+
+    def abort(self) -> None:
+        self._chunks.clear()
 
 
-def list_op(prefix: str, page_size: int, token: str) -> Op[Any]:
-    return Op(
-        S,
-        "ListDatasets",
-        pb.ListDatasetsRequest(name_prefix=prefix, page_size=page_size, page_token=token),
-    )
-
-
-def version_op(ref: str | common_pb2.DatasetRef) -> Op[pb.DatasetVersion]:
-    return Op(S, "GetDatasetVersion", pb.GetDatasetVersionRequest(ref=dataset_ref(ref)))
-
-
-def versions_op(name: str, page_size: int, token: str) -> Op[Any]:
-    request = pb.ListDatasetVersionsRequest(name=name, page_size=page_size, page_token=token)
-    return Op(S, "ListDatasetVersions", request)
-
-
-def delete_op(name: str, version: int, force: bool) -> Op[int]:
-    request = pb.DeleteDatasetRequest(name=name, version=version, force=force)
-    return Op(S, "DeleteDataset", request, lambda response: response.deleted_versions)
-
-
-class Datasets:
+class Datasets(Part[C]):
     """`client.datasets`: push arrays or npz/npy files, list, inspect, download, delete.
     A dataset is named "name" (newest version) or "name:version"."""
 
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
-
+    @call
     def push(
         self,
         name: str,
@@ -155,46 +143,65 @@ class Datasets:
         chunk_size: int = CHUNK_BYTES,
         timeout: float | None = None,
         **arrays: np.typing.ArrayLike,
-    ) -> pb.DatasetVersion:
+    ) -> Upload[pb.DatasetVersion]:
         """Upload a new version: `push("clips", x=x, y=y, splits={"train": 0.8, "val": 0.2})` or
         `push("clips", "clips.npz")`. Streamed in chunks; `progress(done, total)` after each.
         Identical content is stored once (the result has `deduplicated` set)."""
-        body = payload(path, arrays)
-        requests = upload_requests(
-            name,
-            body,
-            splits=splits,
-            seed=seed,
-            array_name=array_name,
-            allow_nonfinite=allow_nonfinite,
-            description=description,
-            tags=tags,
-            chunk_size=chunk_size,
-            progress=progress,
-        )
-        return self._conn.client_stream(S, "UploadDataset", requests, timeout or self._conn.transfer_timeout)
 
-    def get(self, name: str) -> pb.Dataset:
+        def requests() -> Iterator[pb.UploadDatasetRequest]:
+            return upload_requests(
+                name,
+                payload(path, arrays),
+                splits=splits,
+                seed=seed,
+                array_name=array_name,
+                allow_nonfinite=allow_nonfinite,
+                description=description,
+                tags=tags,
+                chunk_size=chunk_size,
+                progress=progress,
+            )
+
+        return Upload(S, "UploadDataset", requests, timeout or self._conn.transfer_timeout)
+
+    @call
+    def get(self, name: str) -> Op[pb.Dataset]:
         """A dataset's summary: latest version, version count, size."""
-        return self._conn.call(get_op(name))
+        return Op(S, "GetDataset", pb.GetDatasetRequest(name=name))
 
-    def list(self, prefix: str = "", page_size: int = 0) -> Iterator[pb.Dataset]:
+    @stream
+    def list(self, prefix: str = "", page_size: int = 0) -> Pages[pb.Dataset]:
         """Every dataset (optionally by name prefix), fetched page by page."""
-        return pages(self._conn, lambda token: list_op(prefix, page_size, token), "datasets")
 
-    def version(self, ref: str | common_pb2.DatasetRef) -> pb.DatasetVersion:
+        def page(token: str) -> Op[pb.ListDatasetsResponse]:
+            request = pb.ListDatasetsRequest(name_prefix=prefix, page_size=page_size, page_token=token)
+            return Op(S, "ListDatasets", request)
+
+        return Pages(page, "datasets")
+
+    @call
+    def version(self, ref: str | common_pb2.DatasetRef) -> Op[pb.DatasetVersion]:
         """One version ("name" for the newest, "name:3" for version 3): arrays, stats, splits."""
-        return self._conn.call(version_op(ref))
+        return Op(S, "GetDatasetVersion", pb.GetDatasetVersionRequest(ref=dataset_ref(ref)))
 
-    def versions(self, name: str, page_size: int = 0) -> Iterator[pb.DatasetVersion]:
+    @stream
+    def versions(self, name: str, page_size: int = 0) -> Pages[pb.DatasetVersion]:
         """A dataset's versions, newest first."""
-        return pages(self._conn, lambda token: versions_op(name, page_size, token), "versions")
 
-    def delete(self, name: str, version: int = 0, force: bool = False) -> int:
+        def page(token: str) -> Op[pb.ListDatasetVersionsResponse]:
+            request = pb.ListDatasetVersionsRequest(name=name, page_size=page_size, page_token=token)
+            return Op(S, "ListDatasetVersions", request)
+
+        return Pages(page, "versions")
+
+    @call
+    def delete(self, name: str, version: int = 0, force: bool = False) -> Op[int]:
         """Delete one version (or all with version 0); returns how many went. FailedPrecondition
         while a job or a model's lineage uses it, unless `force`."""
-        return self._conn.call(delete_op(name, version, force))
+        request = pb.DeleteDatasetRequest(name=name, version=version, force=force)
+        return Op(S, "DeleteDataset", request, lambda response: response.deleted_versions)
 
+    @call
     def download(
         self,
         ref: str | common_pb2.DatasetRef,
@@ -202,32 +209,24 @@ class Datasets:
         progress: Progress | None = None,
         chunk_size: int = CHUNK_BYTES,
         timeout: float | None = None,
-    ) -> pb.DatasetVersion:
+    ) -> Download[pb.DatasetVersion]:
         """Write a version's stored file to `path`, verified against its sha256."""
         request = pb.DownloadDatasetRequest(ref=dataset_ref(ref), chunk_size=chunk_size)
-        responses = self._conn.server_stream(
-            S, "DownloadDataset", request, timeout or self._conn.transfer_timeout
+        return Download(
+            S,
+            "DownloadDataset",
+            request,
+            timeout or self._conn.transfer_timeout,
+            lambda header: DownloadSink(Path(path), header, progress),
         )
-        header = next(responses).header
-        sink = DownloadSink(Path(path), header.sha256, header.size_bytes, progress)
-        try:
-            for response in responses:
-                sink.write(response.chunk)
-        except BaseException:
-            sink.abort()
-            raise
-        sink.finish()
-        return header
 
-    def load(self, ref: str | common_pb2.DatasetRef, timeout: float | None = None) -> dict[str, np.ndarray]:
+    @call
+    def load(
+        self, ref: str | common_pb2.DatasetRef, timeout: float | None = None
+    ) -> Download[dict[str, np.ndarray]]:
         """A version's arrays in memory, by name (downloaded, verified, parsed without pickle)."""
         request = pb.DownloadDatasetRequest(ref=dataset_ref(ref))
-        responses = self._conn.server_stream(
-            S, "DownloadDataset", request, timeout or self._conn.transfer_timeout
-        )
-        header = next(responses).header
-        data = b"".join(response.chunk for response in responses)
-        return parse_arrays(header, data)
+        return Download(S, "DownloadDataset", request, timeout or self._conn.transfer_timeout, ArraysSink)
 
 
 def parse_arrays(header: pb.DatasetVersion, data: bytes) -> dict[str, np.ndarray]:

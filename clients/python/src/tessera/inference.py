@@ -6,14 +6,13 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
 import numpy as np
 
-from tessera.errors import TesseraError, error_from_rpc, error_from_status_number
+from tessera.calls import BidiStream, C, Op, Part, call, stream
+from tessera.errors import TesseraError, error_from_status_number
 from tessera.messages import from_dict, version_ref
 from tessera.models import VersionSelector, ref
 from tessera.tensors import from_tensor, to_tensors
-from tessera.transport import Connection, Op
 from tessera.v1 import inference_pb2 as pb
 
 S = "Inference"
@@ -73,38 +72,6 @@ def predict_request(
     )
 
 
-def predict_op(request: pb.PredictRequest) -> Op[Prediction]:
-    return Op(S, "Predict", request, Prediction.from_proto)
-
-
-def load_op(model: str, version: VersionSelector | None, config: Mapping[str, Any]) -> Op[pb.LoadedModel]:
-    request = pb.LoadModelRequest(
-        target=ref(model, version), config=from_dict(pb.ServingConfig, config, "config")
-    )
-    return Op(S, "LoadModel", request)
-
-
-def unload_op(model: str, version: VersionSelector | None) -> Op[list[pb.LoadedModel]]:
-    request = pb.UnloadModelRequest(target=ref(model, version))
-    return Op(S, "UnloadModel", request, lambda response: list(response.unloaded))
-
-
-def loaded_op(model: str) -> Op[list[pb.LoadedModel]]:
-    return Op(S, "ListLoaded", pb.ListLoadedRequest(model=model), lambda response: list(response.models))
-
-
-def stats_op(model: str, version: VersionSelector | None, reset: bool) -> Op[list[pb.ModelStats]]:
-    request = pb.GetStatsRequest(reset=reset)
-    if model:
-        request.target.CopyFrom(ref(model, version))
-    return Op(S, "GetStats", request, lambda response: list(response.stats))
-
-
-def shadow_results_op(model: str, limit: int) -> Op[list[pb.ShadowResult]]:
-    request = pb.ListShadowResultsRequest(model=model, limit=limit)
-    return Op(S, "ListShadowResults", request, lambda response: list(response.results))
-
-
 def stream_requests(
     model: str,
     items: Iterable[Inputs | tuple[str, Inputs]],
@@ -121,12 +88,10 @@ def stream_requests(
         yield predict_request(model, inputs, version, alias, outputs, request_id)
 
 
-class Inference:
+class Inference(Part[C]):
     """`client.inference`: predictions and the pool of loaded model versions."""
 
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
-
+    @call
     def predict(
         self,
         model: str,
@@ -136,12 +101,14 @@ class Inference:
         alias: str | None = None,
         outputs: Sequence[str] = (),
         timeout: float | None = None,
-    ) -> Prediction:
+    ) -> Op[Prediction]:
         """Run the model on a batch: `predict("clf", {"input": x})["output"]`. Without version or
         alias the model's deployment routes the call ("latest" without one). The deadline also
         bounds the time queued: an expired request is never run (DeadlineExceeded)."""
-        return self._conn.call(predict_op(predict_request(model, inputs, version, alias, outputs)), timeout)
+        request = predict_request(model, inputs, version, alias, outputs)
+        return Op(S, "Predict", request, Prediction.from_proto, timeout)
 
+    @stream
     def predict_stream(
         self,
         model: str,
@@ -151,44 +118,53 @@ class Inference:
         alias: str | None = None,
         outputs: Sequence[str] = (),
         timeout: float | None = None,
-    ) -> Iterator[Prediction]:
+    ) -> BidiStream[Prediction]:
         """Many predictions over one stream. Each item is inputs or (request_id, inputs);
         results come as each is ready (match them by `request_id`), and a failed one carries
         `error` while the stream goes on. `timeout` bounds the whole stream (None: none)."""
-        call = self._conn.method(S, "PredictStream")(
-            stream_requests(model, items, version, alias, outputs),
-            timeout=timeout,
-            metadata=self._conn.metadata,
-        )
-        try:
-            for response in call:
-                yield Prediction.from_proto(response)
-        except grpc.RpcError as err:
-            raise error_from_rpc(err) from None
-        finally:
-            call.cancel()
+        requests = stream_requests(model, items, version, alias, outputs)
+        return BidiStream(S, "PredictStream", requests, timeout, Prediction.from_proto)
 
-    def load(self, model: str, version: VersionSelector | None = None, **config: Any) -> pb.LoadedModel:
+    @call
+    def load(self, model: str, version: VersionSelector | None = None, **config: Any) -> Op[pb.LoadedModel]:
         """Load and warm up a version (default "latest"); `config` holds ServingConfig fields
         (runtime="onnx", device="cpu", max_batch_size=8, max_queue_delay_us=500, ...). Loading
         a loaded version with another config swaps it without dropping requests."""
-        return self._conn.call(load_op(model, version, config), max(self._conn.timeout, 300.0))
+        request = pb.LoadModelRequest(
+            target=ref(model, version), config=from_dict(pb.ServingConfig, config, "config")
+        )
+        return Op(S, "LoadModel", request, timeout=max(self._conn.timeout, 300.0))
 
-    def unload(self, model: str, version: VersionSelector | None = None) -> Sequence[pb.LoadedModel]:
+    @call
+    def unload(self, model: str, version: VersionSelector | None = None) -> Op[Sequence[pb.LoadedModel]]:
         """Drain and free a version (every loaded version of the model when None)."""
-        return self._conn.call(unload_op(model, version), max(self._conn.timeout, 120.0))
+        request = pb.UnloadModelRequest(target=ref(model, version))
+        return Op(
+            S,
+            "UnloadModel",
+            request,
+            lambda response: list(response.unloaded),
+            max(self._conn.timeout, 120.0),
+        )
 
-    def loaded(self, model: str = "") -> Sequence[pb.LoadedModel]:
+    @call
+    def loaded(self, model: str = "") -> Op[Sequence[pb.LoadedModel]]:
         """Loaded versions (of one model, or all), with state, config and signature."""
-        return self._conn.call(loaded_op(model))
+        return Op(S, "ListLoaded", pb.ListLoadedRequest(model=model), lambda response: list(response.models))
 
+    @call
     def stats(
         self, model: str = "", version: VersionSelector | None = None, reset: bool = False
-    ) -> Sequence[pb.ModelStats]:
+    ) -> Op[Sequence[pb.ModelStats]]:
         """Latency percentiles (queue, compute, total), batch sizes and throughput per loaded
         version; `reset` zeroes the figures after reading them."""
-        return self._conn.call(stats_op(model, version, reset))
+        request = pb.GetStatsRequest(reset=reset)
+        if model:
+            request.target.CopyFrom(ref(model, version))
+        return Op(S, "GetStats", request, lambda response: list(response.stats))
 
-    def shadow_results(self, model: str, limit: int = 100) -> Sequence[pb.ShadowResult]:
+    @call
+    def shadow_results(self, model: str, limit: int = 100) -> Op[Sequence[pb.ShadowResult]]:
         """The latest shadow comparisons of a model's deployment, newest first."""
-        return self._conn.call(shadow_results_op(model, limit))
+        request = pb.ListShadowResultsRequest(model=model, limit=limit)
+        return Op(S, "ListShadowResults", request, lambda response: list(response.results))

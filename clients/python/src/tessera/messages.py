@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from google.protobuf import json_format, timestamp_pb2
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from tessera.toml_lines import KeyPath, TomlSource, key_lines
@@ -91,7 +91,8 @@ def from_dict(message_type: type[M], data: Mapping[str, Any] | M, what: str = "s
     if isinstance(data, message_type):
         return data
     problems: list[tuple[KeyPath, str]] = []
-    plain = _message(message_type.DESCRIPTOR, data, (), problems)
+    descriptor: Descriptor = message_type.DESCRIPTOR  # type: ignore[assignment]  # upb's is the same type
+    plain = _message(descriptor, data, (), problems)
     if problems:
         raise ValueError(_report(what, data, problems))
     message = message_type()
@@ -184,7 +185,7 @@ _WHOLE_RANGES = {
 def _single(field: FieldDescriptor, value: Any, path: KeyPath, problems: list[tuple[KeyPath, str]]) -> Any:
     """One value (a list item or a map value too) checked against its field's type."""
     kind = field.cpp_type
-    if kind == FieldDescriptor.CPPTYPE_MESSAGE:
+    if field.message_type is not None:
         full_name = field.message_type.full_name
         if full_name == "tessera.v1.DatasetRef" and isinstance(value, str):
             try:
@@ -196,8 +197,8 @@ def _single(field: FieldDescriptor, value: Any, path: KeyPath, problems: list[tu
         if full_name.startswith("google.protobuf."):
             return value  # well-known types keep their JSON spellings (e.g. "1.5s")
         return _message(field.message_type, value, path, problems)
-    if kind == FieldDescriptor.CPPTYPE_ENUM:
-        return _enum(field, value, path, problems)
+    if field.enum_type is not None:
+        return _enum(field.enum_type, value, path, problems)
     problem = None
     if kind == FieldDescriptor.CPPTYPE_STRING:
         if not isinstance(value, str):
@@ -241,13 +242,13 @@ def _is_number(value: Any) -> bool:
     return False
 
 
-def _enum(field: FieldDescriptor, value: Any, path: KeyPath, problems: list[tuple[KeyPath, str]]) -> Any:
+def _enum(enum_type: EnumDescriptor, value: Any, path: KeyPath, problems: list[tuple[KeyPath, str]]) -> Any:
     """An enum value by number, full name or short name ("regression" for TASK_REGRESSION)."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    names = [v.name for v in field.enum_type.values]
+    names = [v.name for v in enum_type.values]
     # Values carry their type's name as a prefix: OptimizeMode -> OPTIMIZE_MODE_MAX.
-    prefix = re.sub(r"(?<!^)(?=[A-Z])", "_", field.enum_type.name).upper() + "_"
+    prefix = re.sub(r"(?<!^)(?=[A-Z])", "_", enum_type.name).upper() + "_"
     choices = [name.removeprefix(prefix).lower() for name in names if not name.endswith("_UNSPECIFIED")]
     if isinstance(value, str):
         wanted = value.upper()

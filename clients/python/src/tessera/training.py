@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from tessera.calls import C, Op, Pages, Part, Resumable, Then, call, stream
 from tessera.errors import JobFailed, ResourceExhausted, TesseraError, Unavailable
 from tessera.events import JobEvent, JobState, event_from_proto
 from tessera.messages import from_dict
-from tessera.transport import Connection, Op, RetryPolicy, pages
+from tessera.transport import RetryPolicy
 from tessera.v1 import common_pb2, job_spec_pb2
 from tessera.v1 import training_pb2 as pb
 
@@ -80,11 +81,11 @@ def failure_message(info: pb.Job) -> str:
     return f"job {info.job_id} ended {state.value}{why}"
 
 
-class Job:
+class Job(Part[C]):
     """A training job on the daemon. `info` is its latest known state (refresh() updates it)."""
 
-    def __init__(self, conn: Connection, info: pb.Job) -> None:
-        self._conn = conn
+    def __init__(self, conn: C, info: pb.Job) -> None:
+        Part.__init__(self, conn)
         self.info = info
 
     def __repr__(self) -> str:
@@ -105,233 +106,140 @@ class Job:
         """The model version registered on success, if any."""
         return self.info.registered if self.info.HasField("registered") else None
 
-    def refresh(self) -> Job:
+    @call
+    def refresh(self) -> Op[Job[C]]:
         """Fetch the job's current state into `info`; returns self."""
-        self.info = self._conn.call(get_job_op(self.id))
-        return self
+        return Op(S, "GetJob", pb.GetJobRequest(job_id=self.id), self._updated)
 
-    def watch(self, from_seq: int = 1, timeout: float | None = None) -> Iterator[JobEvent]:
+    @stream
+    def watch(self, from_seq: int = 1, timeout: float | None = None) -> Resumable[JobEvent]:
         """The job's events from `from_seq`, then live until the job ends. A cut connection or a
         daemon restart is resumed from the last event seen, so no event is missed or repeated.
         `timeout` bounds the whole watch (None: no deadline)."""
-        cursor = WatchCursor(self.id, from_seq, self._conn.retry, timeout)
-        while True:
-            try:
-                for event in self._conn.server_stream(S, "WatchJob", cursor.request(), cursor.remaining()):
-                    if cursor.accept(event):
-                        yield event_from_proto(event)
-                return
-            except TesseraError as error:
-                time.sleep(cursor.resume_after(error))
+        return self._events(from_seq, timeout)
 
-    def wait(self, timeout: float | None = None, check: bool = True) -> Job:
+    @call
+    def wait(self, timeout: float | None = None, check: bool = True) -> Then[Job[C]]:
         """Block until the job ends; returns self with `info` final. With `check`, raises
         JobFailed when it did not succeed."""
-        for _ in self.watch(from_seq=max(self.info.last_seq + 1, 1), timeout=timeout):
-            pass
-        self.refresh()
-        if check and self.state != JobState.SUCCEEDED:
-            raise JobFailed(self, failure_message(self.info))
-        return self
 
-    def cancel(self) -> Job:
+        def ended(info: pb.Job) -> Job[C]:
+            self.info = info
+            if check and self.state != JobState.SUCCEEDED:
+                raise JobFailed(self, failure_message(info))
+            return self
+
+        events = self._events(max(self.info.last_seq + 1, 1), timeout)
+        return Then(events, Op(S, "GetJob", pb.GetJobRequest(job_id=self.id), ended))
+
+    @call
+    def cancel(self) -> Op[Job[C]]:
         """Ask the job to stop at its next step boundary; returns self, refreshed."""
-        self.info = self._conn.call(cancel_job_op(self.id))
+        return Op(S, "CancelJob", pb.CancelJobRequest(job_id=self.id), self._updated)
+
+    def _updated(self, info: pb.Job) -> Job[C]:
+        self.info = info
         return self
 
-
-def submit_op(spec: JobSpecLike) -> Op[pb.Job]:
-    request = pb.SubmitJobRequest(spec=from_dict(job_spec_pb2.JobSpec, spec, "spec"))
-    return Op(S, "SubmitJob", request)
-
-
-def get_job_op(job_id: str) -> Op[pb.Job]:
-    return Op(S, "GetJob", pb.GetJobRequest(job_id=job_id))
+    def _events(self, from_seq: int, timeout: float | None) -> Resumable[JobEvent]:
+        cursor = WatchCursor(self.id, from_seq, self._conn.retry, timeout)
+        return Resumable(S, "WatchJob", cursor, event_from_proto)
 
 
-def cancel_job_op(job_id: str) -> Op[pb.Job]:
-    return Op(S, "CancelJob", pb.CancelJobRequest(job_id=job_id))
-
-
-def list_jobs_op(
-    states: Iterable[str | int], experiment: str, sweep_id: str, page_size: int, token: str
-) -> Op[Any]:
-    request = pb.ListJobsRequest(
-        states=[enum_value(pb.JobState, "JOB_STATE_", s) for s in states],
-        experiment=experiment,
-        sweep_id=sweep_id,
-        page_size=page_size,
-        page_token=token,
-    )
-    return Op(S, "ListJobs", request)
-
-
-def create_experiment_op(name: str, description: str, tags: Mapping[str, str] | None) -> Op[pb.Experiment]:
-    request = pb.CreateExperimentRequest(name=name, description=description, tags=tags)
-    return Op(S, "CreateExperiment", request)
-
-
-def experiment_op(name: str) -> Op[pb.Experiment]:
-    return Op(S, "GetExperiment", pb.GetExperimentRequest(name=name))
-
-
-def experiments_op(prefix: str, page_size: int, token: str) -> Op[Any]:
-    request = pb.ListExperimentsRequest(name_prefix=prefix, page_size=page_size, page_token=token)
-    return Op(S, "ListExperiments", request)
-
-
-def create_run_op(
-    experiment: str, name: str, params: Mapping[str, str] | None, tags: Mapping[str, str] | None
-) -> Op[pb.Run]:
-    request = pb.CreateRunRequest(experiment=experiment, name=name, params=params, tags=tags)
-    return Op(S, "CreateRun", request)
-
-
-def update_run_op(run_id: str, status: str | int | None, set_tags: Mapping[str, str] | None) -> Op[pb.Run]:
-    request = pb.UpdateRunRequest(run_id=run_id, set_tags=set_tags)
-    if status is not None:
-        request.status = enum_value(pb.RunStatus, "RUN_STATUS_", status)  # type: ignore[assignment]
-    return Op(S, "UpdateRun", request)
-
-
-def run_op(run_id: str) -> Op[pb.Run]:
-    return Op(S, "GetRun", pb.GetRunRequest(run_id=run_id))
-
-
-def runs_op(
-    experiment: str,
-    statuses: Iterable[str | int],
-    params: Mapping[str, str] | None,
-    metrics: Sequence[pb.MetricFilter],
-    page_size: int,
-    token: str,
-) -> Op[Any]:
-    request = pb.ListRunsRequest(
-        experiment=experiment,
-        statuses=[enum_value(pb.RunStatus, "RUN_STATUS_", s) for s in statuses],
-        params=[pb.ParamFilter(key=k, value=v) for k, v in (params or {}).items()],
-        metrics=list(metrics),
-        page_size=page_size,
-        page_token=token,
-    )
-    return Op(S, "ListRuns", request)
-
-
-def compare_runs_op(run_ids: Sequence[str]) -> Op[pb.CompareRunsResponse]:
-    return Op(S, "CompareRuns", pb.CompareRunsRequest(run_ids=list(run_ids)))
-
-
-def leaderboard_op(
-    experiment: str, metric: str, mode: str | None, limit: int
-) -> Op[list[pb.LeaderboardEntry]]:
-    request = pb.LeaderboardRequest(experiment=experiment, metric=metric, limit=limit)
-    if mode is not None:
-        request.mode = enum_value(job_spec_pb2.OptimizeMode, "OPTIMIZE_MODE_", mode)  # type: ignore[assignment]
-    return Op(S, "Leaderboard", request, lambda response: list(response.entries))
-
-
-def log_params_op(run_id: str, params: Mapping[str, str]) -> Op[None]:
-    request = pb.LogParamsRequest(run_id=run_id, params={k: str(v) for k, v in params.items()})
-    return Op(S, "LogParams", request, lambda _: None)
-
-
-def log_metrics_op(run_id: str, metrics: Mapping[str, float], step: int) -> Op[int]:
-    points = [pb.MetricPoint(key=key, value=float(value), step=step) for key, value in metrics.items()]
-    request = pb.LogMetricsRequest(run_id=run_id, points=points)
-    return Op(S, "LogMetrics", request, lambda response: response.accepted)
-
-
-def metric_history_op(
-    run_id: str, key: str, max_points: int, start_step: int, end_step: int
-) -> Op[pb.MetricHistory]:
-    request = pb.GetMetricHistoryRequest(
-        run_id=run_id, key=key, max_points=max_points, start_step=start_step, end_step=end_step
-    )
-    return Op(S, "GetMetricHistory", request)
-
-
-def submit_sweep_op(spec: pb.SweepSpec | Mapping[str, Any]) -> Op[pb.Sweep]:
-    return Op(S, "SubmitSweep", pb.SubmitSweepRequest(spec=from_dict(pb.SweepSpec, spec, "sweep")))
-
-
-def sweep_op(sweep_id: str) -> Op[pb.Sweep]:
-    return Op(S, "GetSweep", pb.GetSweepRequest(sweep_id=sweep_id))
-
-
-def sweeps_op(page_size: int, token: str) -> Op[Any]:
-    return Op(S, "ListSweeps", pb.ListSweepsRequest(page_size=page_size, page_token=token))
-
-
-def cancel_sweep_op(sweep_id: str) -> Op[pb.Sweep]:
-    return Op(S, "CancelSweep", pb.CancelSweepRequest(sweep_id=sweep_id))
-
-
-class Training:
+class Training(Part[C]):
     """`client.training`: jobs (submit, watch, wait, cancel), experiment tracking, sweeps."""
 
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
-
-    def submit(self, spec: JobSpecLike) -> Job:
+    @call
+    def submit(self, spec: JobSpecLike) -> Op[Job[C]]:
         """Queue a training job; the spec is checked before it is accepted (InvalidArgument or
         FailedPrecondition naming the field). Enum fields take short names ("regression")."""
-        return Job(self._conn, self._conn.call(submit_op(spec)))
+        request = pb.SubmitJobRequest(spec=from_dict(job_spec_pb2.JobSpec, spec, "spec"))
+        return Op(S, "SubmitJob", request, self._job)
 
-    def job(self, job_id: str) -> Job:
+    @call
+    def job(self, job_id: str) -> Op[Job[C]]:
         """A job by id."""
-        return Job(self._conn, self._conn.call(get_job_op(job_id)))
+        return Op(S, "GetJob", pb.GetJobRequest(job_id=job_id), self._job)
 
+    @stream
     def jobs(
         self, states: Iterable[str | int] = (), experiment: str = "", sweep_id: str = "", page_size: int = 0
-    ) -> Iterator[Job]:
+    ) -> Pages[Job[C]]:
         """Jobs, newest first, optionally only in `states` ("running", "queued", ...)."""
-        infos = pages(
-            self._conn, lambda token: list_jobs_op(states, experiment, sweep_id, page_size, token), "jobs"
-        )
-        return (Job(self._conn, info) for info in infos)
 
-    def cancel(self, job_id: str) -> Job:
+        def page(token: str) -> Op[pb.ListJobsResponse]:
+            request = pb.ListJobsRequest(
+                states=[enum_value(pb.JobState, "JOB_STATE_", s) for s in states],
+                experiment=experiment,
+                sweep_id=sweep_id,
+                page_size=page_size,
+                page_token=token,
+            )
+            return Op(S, "ListJobs", request)
+
+        return Pages(page, "jobs", self._job)
+
+    @call
+    def cancel(self, job_id: str) -> Op[Job[C]]:
         """Cancel a job (FailedPrecondition if it already ended)."""
-        return Job(self._conn, self._conn.call(cancel_job_op(job_id)))
+        return Op(S, "CancelJob", pb.CancelJobRequest(job_id=job_id), self._job)
 
-    def watch(self, job_id: str, from_seq: int = 1, timeout: float | None = None) -> Iterator[JobEvent]:
+    @stream
+    def watch(self, job_id: str, from_seq: int = 1, timeout: float | None = None) -> Resumable[JobEvent]:
         """A job's events, resumed across disconnects (see `Job.watch`)."""
-        return Job(self._conn, pb.Job(job_id=job_id)).watch(from_seq, timeout)
+        return Job(self._conn, pb.Job(job_id=job_id))._events(from_seq, timeout)
 
+    @call
     def create_experiment(
         self, name: str, description: str = "", tags: Mapping[str, str] | None = None
-    ) -> pb.Experiment:
+    ) -> Op[pb.Experiment]:
         """Create an experiment (jobs create theirs on first use)."""
-        return self._conn.call(create_experiment_op(name, description, tags))
+        request = pb.CreateExperimentRequest(name=name, description=description, tags=tags)
+        return Op(S, "CreateExperiment", request)
 
-    def experiment(self, name: str) -> pb.Experiment:
+    @call
+    def experiment(self, name: str) -> Op[pb.Experiment]:
         """An experiment with its run count."""
-        return self._conn.call(experiment_op(name))
+        return Op(S, "GetExperiment", pb.GetExperimentRequest(name=name))
 
-    def experiments(self, prefix: str = "", page_size: int = 0) -> Iterator[pb.Experiment]:
+    @stream
+    def experiments(self, prefix: str = "", page_size: int = 0) -> Pages[pb.Experiment]:
         """Every experiment, optionally by name prefix."""
-        return pages(self._conn, lambda token: experiments_op(prefix, page_size, token), "experiments")
 
+        def page(token: str) -> Op[pb.ListExperimentsResponse]:
+            request = pb.ListExperimentsRequest(name_prefix=prefix, page_size=page_size, page_token=token)
+            return Op(S, "ListExperiments", request)
+
+        return Pages(page, "experiments")
+
+    @call
     def create_run(
         self,
         experiment: str,
         name: str = "",
         params: Mapping[str, str] | None = None,
         tags: Mapping[str, str] | None = None,
-    ) -> pb.Run:
+    ) -> Op[pb.Run]:
         """Start a run for a training script outside the daemon; log to it, then end it."""
-        return self._conn.call(create_run_op(experiment, name, params, tags))
+        request = pb.CreateRunRequest(experiment=experiment, name=name, params=params, tags=tags)
+        return Op(S, "CreateRun", request)
 
+    @call
     def update_run(
         self, run_id: str, status: str | int | None = None, set_tags: Mapping[str, str] | None = None
-    ) -> pb.Run:
+    ) -> Op[pb.Run]:
         """End a run ("succeeded", "failed", "cancelled") or change its tags."""
-        return self._conn.call(update_run_op(run_id, status, set_tags))
+        request = pb.UpdateRunRequest(run_id=run_id, set_tags=set_tags)
+        if status is not None:
+            request.status = enum_value(pb.RunStatus, "RUN_STATUS_", status)  # type: ignore[assignment]
+        return Op(S, "UpdateRun", request)
 
-    def run(self, run_id: str) -> pb.Run:
+    @call
+    def run(self, run_id: str) -> Op[pb.Run]:
         """A run with its params and metric summaries."""
-        return self._conn.call(run_op(run_id))
+        return Op(S, "GetRun", pb.GetRunRequest(run_id=run_id))
 
+    @stream
     def runs(
         self,
         experiment: str = "",
@@ -339,48 +247,82 @@ class Training:
         params: Mapping[str, str] | None = None,
         metrics: Sequence[pb.MetricFilter] = (),
         page_size: int = 0,
-    ) -> Iterator[pb.Run]:
+    ) -> Pages[pb.Run]:
         """Runs matching every filter given."""
-        return pages(
-            self._conn, lambda token: runs_op(experiment, statuses, params, metrics, page_size, token), "runs"
-        )
 
-    def compare_runs(self, run_ids: Sequence[str]) -> pb.CompareRunsResponse:
+        def page(token: str) -> Op[pb.ListRunsResponse]:
+            request = pb.ListRunsRequest(
+                experiment=experiment,
+                statuses=[enum_value(pb.RunStatus, "RUN_STATUS_", s) for s in statuses],
+                params=[pb.ParamFilter(key=k, value=v) for k, v in (params or {}).items()],
+                metrics=list(metrics),
+                page_size=page_size,
+                page_token=token,
+            )
+            return Op(S, "ListRuns", request)
+
+        return Pages(page, "runs")
+
+    @call
+    def compare_runs(self, run_ids: Sequence[str]) -> Op[pb.CompareRunsResponse]:
         """Params and metrics of two or more runs side by side."""
-        return self._conn.call(compare_runs_op(run_ids))
+        return Op(S, "CompareRuns", pb.CompareRunsRequest(run_ids=list(run_ids)))
 
+    @call
     def leaderboard(
         self, experiment: str, metric: str, mode: str | None = None, limit: int = 10
-    ) -> Sequence[pb.LeaderboardEntry]:
+    ) -> Op[Sequence[pb.LeaderboardEntry]]:
         """An experiment's runs ranked by `metric` ("min" or "max" is better; default by name)."""
-        return self._conn.call(leaderboard_op(experiment, metric, mode, limit))
+        request = pb.LeaderboardRequest(experiment=experiment, metric=metric, limit=limit)
+        if mode is not None:
+            request.mode = enum_value(job_spec_pb2.OptimizeMode, "OPTIMIZE_MODE_", mode)  # type: ignore[assignment]
+        return Op(S, "Leaderboard", request, lambda response: list(response.entries))
 
-    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+    @call
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> Op[None]:
         """Record params of a run (values as text; a logged param cannot change)."""
-        self._conn.call(log_params_op(run_id, params))
+        request = pb.LogParamsRequest(run_id=run_id, params={k: str(v) for k, v in params.items()})
+        return Op(S, "LogParams", request, lambda _: None)
 
-    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> int:
+    @call
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> Op[int]:
         """Record metric values at a step; returns how many points were accepted."""
-        return self._conn.call(log_metrics_op(run_id, metrics, step))
+        points = [pb.MetricPoint(key=key, value=float(value), step=step) for key, value in metrics.items()]
+        request = pb.LogMetricsRequest(run_id=run_id, points=points)
+        return Op(S, "LogMetrics", request, lambda response: response.accepted)
 
+    @call
     def metric_history(
         self, run_id: str, key: str, max_points: int = 0, start_step: int = 0, end_step: int = 0
-    ) -> pb.MetricHistory:
+    ) -> Op[pb.MetricHistory]:
         """One metric's points, downsampled by the daemon to `max_points` when set."""
-        return self._conn.call(metric_history_op(run_id, key, max_points, start_step, end_step))
+        request = pb.GetMetricHistoryRequest(
+            run_id=run_id, key=key, max_points=max_points, start_step=start_step, end_step=end_step
+        )
+        return Op(S, "GetMetricHistory", request)
 
-    def submit_sweep(self, spec: pb.SweepSpec | Mapping[str, Any]) -> pb.Sweep:
+    @call
+    def submit_sweep(self, spec: pb.SweepSpec | Mapping[str, Any]) -> Op[pb.Sweep]:
         """Start a hyperparameter sweep (grid, random or asha) over a base job spec."""
-        return self._conn.call(submit_sweep_op(spec))
+        return Op(S, "SubmitSweep", pb.SubmitSweepRequest(spec=from_dict(pb.SweepSpec, spec, "sweep")))
 
-    def sweep(self, sweep_id: str) -> pb.Sweep:
+    @call
+    def sweep(self, sweep_id: str) -> Op[pb.Sweep]:
         """A sweep with its trials."""
-        return self._conn.call(sweep_op(sweep_id))
+        return Op(S, "GetSweep", pb.GetSweepRequest(sweep_id=sweep_id))
 
-    def sweeps(self, page_size: int = 0) -> Iterator[pb.Sweep]:
+    @stream
+    def sweeps(self, page_size: int = 0) -> Pages[pb.Sweep]:
         """Every sweep."""
-        return pages(self._conn, lambda token: sweeps_op(page_size, token), "sweeps")
+        return Pages(
+            lambda token: Op(S, "ListSweeps", pb.ListSweepsRequest(page_size=page_size, page_token=token)),
+            "sweeps",
+        )
 
-    def cancel_sweep(self, sweep_id: str) -> pb.Sweep:
+    @call
+    def cancel_sweep(self, sweep_id: str) -> Op[pb.Sweep]:
         """Cancel a sweep and its running trials."""
-        return self._conn.call(cancel_sweep_op(sweep_id))
+        return Op(S, "CancelSweep", pb.CancelSweepRequest(sweep_id=sweep_id))
+
+    def _job(self, info: pb.Job) -> Job[C]:
+        return Job(self._conn, info)

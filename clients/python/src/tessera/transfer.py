@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Generic, Protocol, TypeVar
 
 from tessera.errors import DataLoss
 
@@ -46,16 +47,30 @@ def bytes_chunks(data: bytes, chunk_size: int, progress: Progress | None) -> Ite
             progress(start + len(chunk), len(data))
 
 
-class DownloadSink:
-    """Writes a downloaded stream to `path` (through a temp file), checking size and sha256."""
+class FileHeader(Protocol):
+    """What a download's header (a ModelVersion, a DatasetVersion) says of the file."""
 
-    def __init__(self, path: Path, expected_sha256: str, expected_size: int, progress: Progress | None):
+    @property
+    def sha256(self) -> str: ...
+
+    @property
+    def size_bytes(self) -> int: ...
+
+
+H = TypeVar("H", bound=FileHeader)
+
+
+class DownloadSink(Generic[H]):
+    """Writes a downloaded file to `path` (through a temp file), checking it against the size
+    and sha256 of its `header`; `finish` gives the header."""
+
+    def __init__(self, path: Path, header: H, progress: Progress | None) -> None:
         self.path = path
+        self._header = header
         self._partial = path.with_name(path.name + ".partial")
         self._file = self._partial.open("wb")
         self._digest = hashlib.sha256()
         self._size = 0
-        self._expected = (expected_sha256, expected_size)
         self._progress = progress
 
     def write(self, chunk: bytes) -> None:
@@ -63,12 +78,12 @@ class DownloadSink:
         self._digest.update(chunk)
         self._size += len(chunk)
         if self._progress is not None:
-            self._progress(self._size, self._expected[1])
+            self._progress(self._size, self._header.size_bytes)
 
-    def finish(self) -> None:
+    def finish(self) -> H:
         """Close and move into place; raises DataLoss (and removes the file) on a mismatch."""
         self._file.close()
-        sha256, size = self._expected
+        sha256, size = self._header.sha256, self._header.size_bytes
         if (sha256 and self._digest.hexdigest() != sha256) or (size and self._size != size):
             self._partial.unlink(missing_ok=True)
             raise DataLoss(
@@ -76,6 +91,7 @@ class DownloadSink:
                 f"{self._digest.hexdigest()}, expected {size} bytes with sha256 {sha256}; download it again"
             )
         self._partial.replace(self.path)
+        return self._header
 
     def abort(self) -> None:
         self._file.close()

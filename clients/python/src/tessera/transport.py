@@ -1,8 +1,8 @@
 """Channels, credentials, deadlines, retries and error mapping, shared by every client part.
 
-One `Op` describes a unary call (service, method, request, how to turn the response into what
-the caller gets); `Connection` runs it on a blocking channel, `AioConnection` on an asyncio
-one, with the same deadlines. Both channels carry one gRPC service config that retries the
+`Connection` makes the four kinds of gRPC call on a blocking channel, `AioConnection` on an
+asyncio one, with the same deadlines, metadata and error mapping (`tessera.calls` builds the
+client methods on them). Both channels carry one gRPC service config that retries the
 idempotent calls listed in `RETRIED_METHODS`.
 """
 
@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import grpc
 from google.protobuf.message import Message
@@ -27,8 +28,6 @@ from tessera.v1 import (
     system_pb2_grpc,
     training_pb2_grpc,
 )
-
-T = TypeVar("T")
 
 TOKEN_ENV = "TESSERA_TOKEN"
 DEFAULT_TIMEOUT_S = 30.0
@@ -166,16 +165,6 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.9f}".rstrip("0").rstrip(".") + "s"
 
 
-@dataclass(frozen=True)
-class Op(Generic[T]):
-    """One unary call: `convert` turns the response message into the caller's result."""
-
-    service: str
-    method: str
-    request: Message
-    convert: Callable[[Any], T] = field(default=lambda response: response)
-
-
 def resolve_token(token: str | None) -> str | None:
     """The token given, else TESSERA_TOKEN from the environment, else None."""
     return token if token is not None else (os.environ.get(TOKEN_ENV) or None)
@@ -197,17 +186,18 @@ def _channel_options(tls: TLS | None, retry: RetryPolicy) -> list[tuple[str, Any
     return options
 
 
-class _Settings:
-    """What both connections share: target, metadata, deadlines and the retry policy."""
+class _Channel(ABC):
+    """What both connections share: target, metadata, deadlines, the retry policy, and the
+    stubs on a channel that the subclass opens (blocking or asyncio)."""
 
     def __init__(
         self,
         target: str,
-        token: str | None,
-        tls: TLS | bool | None,
-        timeout: float,
-        transfer_timeout: float,
-        retry: RetryPolicy,
+        token: str | None = None,
+        tls: TLS | bool | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        transfer_timeout: float = DEFAULT_TRANSFER_TIMEOUT_S,
+        retry: RetryPolicy | None = None,
     ) -> None:
         if timeout <= 0 or transfer_timeout <= 0:
             raise ValueError(f"timeouts must be > 0 seconds, got {timeout} and {transfer_timeout}")
@@ -217,47 +207,47 @@ class _Settings:
         self.metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
         self.timeout = timeout
         self.transfer_timeout = transfer_timeout
-        self.retry = retry
-        self.options = _channel_options(self.tls, retry)
-
-
-class Connection(_Settings):
-    """A blocking channel to tesserad with the SDK's call rules."""
-
-    def __init__(
-        self,
-        target: str,
-        token: str | None = None,
-        tls: TLS | bool | None = None,
-        timeout: float = DEFAULT_TIMEOUT_S,
-        transfer_timeout: float = DEFAULT_TRANSFER_TIMEOUT_S,
-        retry: RetryPolicy | None = None,
-    ) -> None:
-        super().__init__(target, token, tls, timeout, transfer_timeout, retry or RetryPolicy())
-        if self.tls is None:
-            self.channel = grpc.insecure_channel(target, options=self.options)
-        else:
-            self.channel = grpc.secure_channel(target, self.tls.credentials(), options=self.options)
+        self.retry = retry or RetryPolicy()
+        options = _channel_options(self.tls, self.retry)
+        credentials = None if self.tls is None else self.tls.credentials()
+        self.channel = self._open(target, credentials, options)
         self._stubs = {name: stub(self.channel) for name, stub in _STUBS.items()}
+
+    @abstractmethod
+    def _open(
+        self, target: str, credentials: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]
+    ) -> Any:
+        """The gRPC channel (credentials None: plaintext)."""
 
     def method(self, service: str, method: str) -> Any:
         return getattr(self._stubs[service], method)
 
-    def call(self, op: Op[T], timeout: float | None = None) -> T:
-        """Run a unary op within its deadline (gRPC retries the RETRIED_METHODS)."""
-        rpc = self.method(op.service, op.method)
+
+class Connection(_Channel):
+    """A blocking channel to tesserad: the four kinds of gRPC call, with the SDK's deadlines,
+    metadata and errors (`tessera.calls` builds every client method on these)."""
+
+    def _open(
+        self, target: str, credentials: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]
+    ) -> Any:
+        if credentials is None:
+            return grpc.insecure_channel(target, options=options)
+        return grpc.secure_channel(target, credentials, options=options)
+
+    def unary(self, service: str, method: str, request: Message, timeout: float | None) -> Any:
+        """The response of a unary call; `timeout` None: the client's (gRPC retries the
+        RETRIED_METHODS within it)."""
         try:
-            response = rpc(
-                op.request, timeout=self.timeout if timeout is None else timeout, metadata=self.metadata
+            return self.method(service, method)(
+                request, timeout=self.timeout if timeout is None else timeout, metadata=self.metadata
             )
         except grpc.RpcError as err:
             raise error_from_rpc(err) from None
-        return op.convert(response)
 
     def server_stream(
         self, service: str, method: str, request: Message, timeout: float | None
     ) -> Iterator[Any]:
-        """The responses of a server stream; errors raise as SDK exceptions; `timeout` None: no deadline."""
+        """The responses of a server stream; `timeout` None: no deadline."""
         call = self.method(service, method)(request, timeout=timeout, metadata=self.metadata)
         try:
             yield from call
@@ -267,52 +257,51 @@ class Connection(_Settings):
             call.cancel()
 
     def client_stream(self, service: str, method: str, requests: Iterable[Message], timeout: float) -> Any:
+        """The response of a client stream fed from `requests`."""
         try:
             return self.method(service, method)(iter(requests), timeout=timeout, metadata=self.metadata)
         except grpc.RpcError as err:
             raise error_from_rpc(err) from None
 
+    def bidi_stream(
+        self, service: str, method: str, requests: Iterable[Message], timeout: float | None
+    ) -> Iterator[Any]:
+        """The responses of a bidirectional stream fed from `requests`; `timeout` None: no deadline."""
+        call = self.method(service, method)(iter(requests), timeout=timeout, metadata=self.metadata)
+        try:
+            yield from call
+        except grpc.RpcError as err:
+            raise error_from_rpc(err) from None
+        finally:
+            call.cancel()
+
     def close(self) -> None:
         self.channel.close()
 
 
-class AioConnection(_Settings):
-    """An asyncio channel to tesserad with the same call rules as `Connection`."""
+class AioConnection(_Channel):
+    """An asyncio channel to tesserad with the same calls and rules as `Connection`."""
 
-    def __init__(
-        self,
-        target: str,
-        token: str | None = None,
-        tls: TLS | bool | None = None,
-        timeout: float = DEFAULT_TIMEOUT_S,
-        transfer_timeout: float = DEFAULT_TRANSFER_TIMEOUT_S,
-        retry: RetryPolicy | None = None,
-    ) -> None:
-        super().__init__(target, token, tls, timeout, transfer_timeout, retry or RetryPolicy())
-        if self.tls is None:
-            self.channel = grpc.aio.insecure_channel(target, options=self.options)
-        else:
-            self.channel = grpc.aio.secure_channel(target, self.tls.credentials(), options=self.options)
-        self._stubs = {name: stub(self.channel) for name, stub in _STUBS.items()}
+    def _open(
+        self, target: str, credentials: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]
+    ) -> Any:
+        if credentials is None:
+            return grpc.aio.insecure_channel(target, options=options)
+        return grpc.aio.secure_channel(target, credentials, options=options)
 
-    def method(self, service: str, method: str) -> Any:
-        return getattr(self._stubs[service], method)
-
-    async def call(self, op: Op[T], timeout: float | None = None) -> T:
-        """Run a unary op within its deadline (gRPC retries the RETRIED_METHODS)."""
-        rpc = self.method(op.service, op.method)
+    async def unary(self, service: str, method: str, request: Message, timeout: float | None) -> Any:
+        """The response of a unary call; `timeout` None: the client's."""
         try:
-            response = await rpc(
-                op.request, timeout=self.timeout if timeout is None else timeout, metadata=self.metadata
+            return await self.method(service, method)(
+                request, timeout=self.timeout if timeout is None else timeout, metadata=self.metadata
             )
         except grpc.RpcError as err:
             raise error_from_rpc(err) from None
-        return op.convert(response)
 
     async def server_stream(
         self, service: str, method: str, request: Message, timeout: float | None
     ) -> AsyncIterator[Any]:
-        """The responses of a server stream; errors raise as SDK exceptions; `timeout` None: no deadline."""
+        """The responses of a server stream; `timeout` None: no deadline."""
         call = self.method(service, method)(request, timeout=timeout, metadata=self.metadata)
         try:
             async for response in call:
@@ -325,33 +314,24 @@ class AioConnection(_Settings):
     async def client_stream(
         self, service: str, method: str, requests: Iterable[Message], timeout: float
     ) -> Any:
+        """The response of a client stream fed from `requests`."""
         try:
             return await self.method(service, method)(iter(requests), timeout=timeout, metadata=self.metadata)
         except grpc.RpcError as err:
             raise error_from_rpc(err) from None
 
+    async def bidi_stream(
+        self, service: str, method: str, requests: Iterable[Message], timeout: float | None
+    ) -> AsyncIterator[Any]:
+        """The responses of a bidirectional stream fed from `requests`; `timeout` None: no deadline."""
+        call = self.method(service, method)(iter(requests), timeout=timeout, metadata=self.metadata)
+        try:
+            async for response in call:
+                yield response
+        except grpc.RpcError as err:
+            raise error_from_rpc(err) from None
+        finally:
+            call.cancel()
+
     async def close(self) -> None:
         await self.channel.close()
-
-
-def pages(conn: Connection, make_op: Callable[[str], Op[Any]], items: str) -> Iterator[Any]:
-    """Every item of a paginated list, fetching the next page only when the caller gets there."""
-    token = ""
-    while True:
-        response = conn.call(make_op(token))
-        yield from getattr(response, items)
-        token = response.next_page_token
-        if not token:
-            return
-
-
-async def aio_pages(conn: AioConnection, make_op: Callable[[str], Op[Any]], items: str) -> AsyncIterator[Any]:
-    """The asyncio twin of `pages`."""
-    token = ""
-    while True:
-        response = await conn.call(make_op(token))
-        for item in getattr(response, items):
-            yield item
-        token = response.next_page_token
-        if not token:
-            return

@@ -1,0 +1,369 @@
+"""SDK methods written once for the blocking and the asyncio client.
+
+A client part's method builds a description of what to do (`Op`: one unary call; `Upload`,
+`Download`, `Then`; or a stream of results: `Pages`, `ServerStream`, `Resumable`,
+`BidiStream`), and each kind of description knows how to run itself on a blocking
+`Connection` and on an asyncio `AioConnection`. The `call` and `stream` decorators make the
+method, on a part holding a `Connection`, return the result (or an iterator of results), and
+on a part holding an `AioConnection`, a coroutine (or an async iterator):
+
+    class System(Part[C]):
+        @call
+        def info(self) -> Op[pb.ServerInfo]:
+            return Op("System", "GetServerInfo", pb.GetServerInfoRequest())
+
+    System(Connection(...)).info()          # a ServerInfo
+    await System(AioConnection(...)).info()  # the same, awaited
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, cast, overload
+
+from google.protobuf.message import Message
+
+from tessera.errors import TesseraError
+from tessera.transport import AioConnection, Connection
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+P = ParamSpec("P")
+C = TypeVar("C", Connection, AioConnection)
+
+
+def _same(response: Any) -> Any:
+    return response
+
+
+class Call(ABC, Generic[T_co]):
+    """Something that gives one result: run on a blocking or an asyncio connection."""
+
+    @abstractmethod
+    def run(self, conn: Connection) -> T_co: ...
+
+    @abstractmethod
+    async def run_async(self, conn: AioConnection) -> T_co: ...
+
+
+class Stream(ABC, Generic[T_co]):
+    """Something that gives results one by one: iterated on a blocking or an asyncio connection."""
+
+    @abstractmethod
+    def iterate(self, conn: Connection) -> Iterator[T_co]: ...
+
+    @abstractmethod
+    def iterate_async(self, conn: AioConnection) -> AsyncIterator[T_co]: ...
+
+
+@dataclass(frozen=True)
+class Op(Call[T_co]):
+    """One unary call; `convert` turns the response message into the caller's result, and
+    `timeout` (None: the client's) bounds it."""
+
+    service: str
+    method: str
+    request: Message
+    convert: Callable[[Any], T_co] = field(default=_same)
+    timeout: float | None = None
+
+    def run(self, conn: Connection) -> T_co:
+        return self.convert(conn.unary(self.service, self.method, self.request, self.timeout))
+
+    async def run_async(self, conn: AioConnection) -> T_co:
+        return self.convert(await conn.unary(self.service, self.method, self.request, self.timeout))
+
+
+@dataclass(frozen=True)
+class Upload(Call[T_co]):
+    """A client stream of `requests()`; the asyncio client calls `requests` in a thread, since
+    preparing them may read and hash a whole file."""
+
+    service: str
+    method: str
+    requests: Callable[[], Iterable[Message]]
+    timeout: float
+    convert: Callable[[Any], T_co] = field(default=_same)
+
+    def run(self, conn: Connection) -> T_co:
+        return self.convert(conn.client_stream(self.service, self.method, self.requests(), self.timeout))
+
+    async def run_async(self, conn: AioConnection) -> T_co:
+        requests = await asyncio.to_thread(self.requests)
+        return self.convert(await conn.client_stream(self.service, self.method, requests, self.timeout))
+
+
+class Sink(Protocol[T_co]):
+    """Where a download's chunks go; `finish` checks them and gives the result."""
+
+    def write(self, chunk: bytes) -> None: ...
+
+    def finish(self) -> T_co: ...
+
+    def abort(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Download(Call[T_co]):
+    """A server stream of a header, then chunks: `sink(header)` makes what they go into."""
+
+    service: str
+    method: str
+    request: Message
+    timeout: float
+    sink: Callable[[Any], Sink[T_co]]
+
+    def run(self, conn: Connection) -> T_co:
+        responses = conn.server_stream(self.service, self.method, self.request, self.timeout)
+        sink = self.sink(next(responses).header)
+        try:
+            for response in responses:
+                sink.write(response.chunk)
+        except BaseException:
+            sink.abort()
+            raise
+        return sink.finish()
+
+    async def run_async(self, conn: AioConnection) -> T_co:
+        responses = conn.server_stream(self.service, self.method, self.request, self.timeout)
+        sink = self.sink((await anext(responses)).header)
+        try:
+            async for response in responses:
+                sink.write(response.chunk)
+        except BaseException:
+            sink.abort()
+            raise
+        return sink.finish()
+
+
+@dataclass(frozen=True)
+class Then(Call[T_co]):
+    """Go through `first` to its end, then make the call `then`."""
+
+    first: Stream[Any]
+    then: Call[T_co]
+
+    def run(self, conn: Connection) -> T_co:
+        for _ in self.first.iterate(conn):
+            pass
+        return self.then.run(conn)
+
+    async def run_async(self, conn: AioConnection) -> T_co:
+        async for _ in self.first.iterate_async(conn):
+            pass
+        return await self.then.run_async(conn)
+
+
+@dataclass(frozen=True)
+class Pages(Stream[T_co]):
+    """Every item of a paginated list: `page(token)` is the call for one page, `items` the
+    response's repeated field; the next page is fetched only when the caller gets there."""
+
+    page: Callable[[str], Op[Any]]
+    items: str
+    convert: Callable[[Any], T_co] = field(default=_same)
+
+    def iterate(self, conn: Connection) -> Iterator[T_co]:
+        token = ""
+        while True:
+            response = self.page(token).run(conn)
+            for item in getattr(response, self.items):
+                yield self.convert(item)
+            token = response.next_page_token
+            if not token:
+                return
+
+    async def iterate_async(self, conn: AioConnection) -> AsyncIterator[T_co]:
+        token = ""
+        while True:
+            response = await self.page(token).run_async(conn)
+            for item in getattr(response, self.items):
+                yield self.convert(item)
+            token = response.next_page_token
+            if not token:
+                return
+
+
+@dataclass(frozen=True)
+class ServerStream(Stream[T_co]):
+    """The responses of a server stream; `timeout` None: no deadline."""
+
+    service: str
+    method: str
+    request: Message
+    timeout: float | None
+    convert: Callable[[Any], T_co] = field(default=_same)
+
+    def iterate(self, conn: Connection) -> Iterator[T_co]:
+        for response in conn.server_stream(self.service, self.method, self.request, self.timeout):
+            yield self.convert(response)
+
+    async def iterate_async(self, conn: AioConnection) -> AsyncIterator[T_co]:
+        async for response in conn.server_stream(self.service, self.method, self.request, self.timeout):
+            yield self.convert(response)
+
+
+@dataclass(frozen=True)
+class BidiStream(Stream[T_co]):
+    """The responses of a bidirectional stream fed from `requests`; `timeout` None: no deadline."""
+
+    service: str
+    method: str
+    requests: Iterable[Message]
+    timeout: float | None
+    convert: Callable[[Any], T_co] = field(default=_same)
+
+    def iterate(self, conn: Connection) -> Iterator[T_co]:
+        for response in conn.bidi_stream(self.service, self.method, self.requests, self.timeout):
+            yield self.convert(response)
+
+    async def iterate_async(self, conn: AioConnection) -> AsyncIterator[T_co]:
+        async for response in conn.bidi_stream(self.service, self.method, self.requests, self.timeout):
+            yield self.convert(response)
+
+
+class Cursor(Protocol):
+    """Where a resumable stream has got to (see `tessera.training.WatchCursor`)."""
+
+    def request(self) -> Message:
+        """The request that resumes the stream from where it got to."""
+        ...
+
+    def remaining(self) -> float | None:
+        """Seconds left of the whole stream's deadline (None: no deadline)."""
+        ...
+
+    def accept(self, response: Any) -> bool:
+        """Record a response; False for one the caller already has."""
+        ...
+
+    def resume_after(self, error: TesseraError) -> float:
+        """Seconds to wait before resuming after `error`; re-raises it when it must not be."""
+        ...
+
+
+@dataclass(frozen=True)
+class Resumable(Stream[T_co]):
+    """A server stream resumed after the errors `cursor` allows, from where it got to."""
+
+    service: str
+    method: str
+    cursor: Cursor
+    convert: Callable[[Any], T_co] = field(default=_same)
+
+    def iterate(self, conn: Connection) -> Iterator[T_co]:
+        while True:
+            try:
+                for response in conn.server_stream(
+                    self.service, self.method, self.cursor.request(), self.cursor.remaining()
+                ):
+                    if self.cursor.accept(response):
+                        yield self.convert(response)
+                return
+            except TesseraError as error:
+                time.sleep(self.cursor.resume_after(error))
+
+    async def iterate_async(self, conn: AioConnection) -> AsyncIterator[T_co]:
+        while True:
+            try:
+                async for response in conn.server_stream(
+                    self.service, self.method, self.cursor.request(), self.cursor.remaining()
+                ):
+                    if self.cursor.accept(response):
+                        yield self.convert(response)
+                return
+            except TesseraError as error:
+                await asyncio.sleep(self.cursor.resume_after(error))
+
+
+class Part(Generic[C]):
+    """A part of a client (models, datasets, ...) on a blocking or an asyncio connection."""
+
+    def __init__(self, conn: C) -> None:
+        self._conn: C = conn
+
+
+class _Method:
+    """What `call` and `stream` share: the wrapped builder's name, doc and signature, and the
+    bound method, made on first use and kept on the part (later lookups skip this)."""
+
+    def __init__(self, build: Callable[..., Any]) -> None:
+        functools.update_wrapper(cast(Any, self), build)
+        self._build = build
+        self._name = build.__name__
+        # What help() and IDEs show: the method's own parameters, without `self`.
+        parameters = list(inspect.signature(build).parameters.values())[1:]
+        self._signature = inspect.Signature(parameters)
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    def _bind(self, part: Part[Any], method: Callable[..., Any]) -> Any:
+        functools.update_wrapper(method, self._build)
+        method.__signature__ = self._signature  # type: ignore[attr-defined]
+        vars(part)[self._name] = method
+        return method
+
+
+class _CallMethod(_Method, Generic[P, T]):
+    @overload
+    def __get__(self, part: None, owner: type) -> _CallMethod[P, T]: ...
+    @overload
+    def __get__(self, part: Part[Connection], owner: type) -> Callable[P, T]: ...
+    @overload
+    def __get__(self, part: Part[AioConnection], owner: type) -> Callable[P, Coroutine[Any, Any, T]]: ...
+    def __get__(self, part: Part[Any] | None, owner: type) -> Any:
+        if part is None:
+            return self
+        build, conn = self._build, part._conn
+        if isinstance(conn, AioConnection):
+
+            async def run_async(*args: Any, **kwargs: Any) -> Any:
+                return await build(part, *args, **kwargs).run_async(conn)
+
+            return self._bind(part, run_async)
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            return build(part, *args, **kwargs).run(conn)
+
+        return self._bind(part, run)
+
+
+class _StreamMethod(_Method, Generic[P, T]):
+    @overload
+    def __get__(self, part: None, owner: type) -> _StreamMethod[P, T]: ...
+    @overload
+    def __get__(self, part: Part[Connection], owner: type) -> Callable[P, Iterator[T]]: ...
+    @overload
+    def __get__(self, part: Part[AioConnection], owner: type) -> Callable[P, AsyncIterator[T]]: ...
+    def __get__(self, part: Part[Any] | None, owner: type) -> Any:
+        if part is None:
+            return self
+        build, conn = self._build, part._conn
+        if isinstance(conn, AioConnection):
+
+            def iterate_async(*args: Any, **kwargs: Any) -> Any:
+                return build(part, *args, **kwargs).iterate_async(conn)
+
+            return self._bind(part, iterate_async)
+
+        def iterate(*args: Any, **kwargs: Any) -> Any:
+            return build(part, *args, **kwargs).iterate(conn)
+
+        return self._bind(part, iterate)
+
+
+def call(build: Callable[Concatenate[Any, P], Call[T]]) -> _CallMethod[P, T]:
+    """A part's method that gives one result: `build` returns the Call to run."""
+    return _CallMethod(build)
+
+
+def stream(build: Callable[Concatenate[Any, P], Stream[T]]) -> _StreamMethod[P, T]:
+    """A part's method that gives results one by one: `build` returns the Stream to iterate."""
+    return _StreamMethod(build)
