@@ -29,7 +29,7 @@ Notify = Callable[[str], None]
 
 def model_missing(name: str) -> NotFound:
     return NotFound(
-        f"model {name!r} does not exist; create it with CreateModel (or upload with create_model)"
+        f"model {name!r} does not exist; create it with CreateModel, or upload a version with create_model set"
     )
 
 

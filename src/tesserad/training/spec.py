@@ -338,7 +338,7 @@ def _check_data(
         facts: DatasetFacts = dataset(name, version)
     except NotFound as exc:
         # A missing dataset is a precondition of this job, not a resource the call names.
-        problems.unmet("spec.data.dataset", f"{exc.message}; upload it first")
+        problems.unmet("spec.data.dataset", exc.message)
         return data, None
     except TesseraError as exc:
         problems.add(type(exc), f"spec.data.dataset: {exc.message}")

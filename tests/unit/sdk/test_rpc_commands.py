@@ -85,8 +85,8 @@ def test_the_table_names_real_rpcs_and_real_commands():
 
 
 def test_messages_get_cli_words_and_other_words_stay():
-    assert in_cli_words("dataset 'clips' does not exist; upload it with UploadDataset; upload it first") == (
-        "dataset 'clips' does not exist; upload it with `tessera datasets push NAME FILE`; upload it first"
+    assert in_cli_words("dataset 'clips' does not exist; upload it with UploadDataset") == (
+        "dataset 'clips' does not exist; upload it with `tessera datasets push NAME FILE`"
     )
     assert in_cli_words("export it with Registry.ExportOnnx, or load it with runtime torch") == (
         "export it with `tessera export onnx MODEL`, or load it with runtime torch"

@@ -145,9 +145,7 @@ def test_spec_regression_targets_must_fit_the_output() -> None:
             _dataset,
             devices,
         )
-    with pytest.raises(
-        FailedPrecondition, match=re.escape("spec.data.dataset: dataset 'e' does not exist; upload it first")
-    ):
+    with pytest.raises(FailedPrecondition, match=re.escape("spec.data.dataset: dataset 'e' does not exist")):
         normalize_spec(_raw(data={"dataset": {"name": "e"}}), _dataset, devices)
     with pytest.raises(InvalidArgument, match=re.escape("spec.architecture.mlp.hidden_sizes")):
         normalize_spec(_raw(architecture={**arch, "hidden_sizes": [0]}), _dataset, devices)
