@@ -56,6 +56,7 @@ from tesserad.registry.tables import (
     model_data,
     model_missing,
     new_model_data,
+    newest_stored_version,
     put_model_data,
     resolve_number,
 )
@@ -264,6 +265,8 @@ class Versions:
                 parameter_count=parameter_count,
             )
             fields["next_version"] = number + 1
+            fields["version_count"] = int(fields["version_count"]) + 1
+            fields["latest_version"] = number
             fields["updated_at"] = record.created_at
             txn.put(VERSIONS, (model, number), encode_version(record))
             hold_blob(txn, blob.sha256, holder(model, number))
@@ -347,6 +350,11 @@ class Versions:
                     "move those to another version first"
                 )
             sha256 = delete_version_rows(txn, record)
+            fields = model_data(txn, model)
+            fields["version_count"] = int(fields["version_count"]) - 1
+            if fields["latest_version"] == version:
+                fields["latest_version"] = newest_stored_version(txn, model)
+            put_model_data(txn, fields)
         delete_unheld_blobs(self._store, self._blobs, {sha256})
         self._notify(model)
 
