@@ -237,7 +237,10 @@ class Versions:
                 validate_signature(signature, required=True)
         else:
             parameter_count = safetensors_parameter_count(path)
-        with self._store.write() as txn:
+
+        # Recorded through the store's group commit: registrations in flight together share one
+        # commit and its fsync, and the result comes back only once that commit is durable.
+        def record_version(txn: WriteTxn) -> VersionRecord:
             raw = txn.get(MODELS, (model,))
             if raw is None:
                 if not create_model_if_missing:
@@ -276,7 +279,9 @@ class Versions:
                 txn.put(DERIVED, (lineage.parent_model or model, lineage.parent_version, model, number), b"")
             moved = move_alias(txn, fields, alias, number, actor, expected=None) if alias else None
             put_model_data(txn, fields)
-            result = replace(with_aliases(txn, record), alias_moved=moved)
+            return replace(with_aliases(txn, record), alias_moved=moved)
+
+        result = self._store.submit(record_version).result()
         self._notify(model)
         return result
 
