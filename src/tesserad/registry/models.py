@@ -20,7 +20,6 @@ from tesserad.registry.tables import (
     MODELS,
     VERSIONS,
     Notify,
-    latest_version,
     model_data,
     new_model_data,
     put_model_data,
@@ -33,7 +32,7 @@ from tesserad.store import BlobStore, ReadTxn, Store, decode_record
 def model_record(txn: ReadTxn, fields: dict[str, Any]) -> ModelRecord:
     """The stored fields with what is derived from the model's versions and aliases."""
     name = fields["name"]
-    latest = latest_version(txn, name)
+    latest = int(fields["latest_version"])
     aliases = {
         str(key[1]): decode_record(raw, ALIAS_KIND, SCHEMA)[1]["version"]
         for key, raw in txn.scan(ALIASES, (name,))
@@ -47,7 +46,7 @@ def model_record(txn: ReadTxn, fields: dict[str, Any]) -> ModelRecord:
         created_at=fields["created_at"],
         updated_at=fields["updated_at"],
         latest_version=latest,
-        version_count=txn.count(VERSIONS, (name,)),
+        version_count=int(fields["version_count"]),
         aliases=aliases,
     )
 

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable
 
 from tesserad.registry.aliases import Aliases
+from tesserad.registry.backfill import backfill_version_counts
 from tesserad.registry.deployments import Deployments
 from tesserad.registry.models import Models
 from tesserad.registry.versions import DatasetCheck, Versions
@@ -39,6 +40,7 @@ class Registry:
         dataset_check: DatasetCheck | None = None,
     ) -> None:
         self.max_artifact_size = max_artifact_size
+        backfill_version_counts(store)
         self._listeners: list[Callable[[str], None]] = []
         models = Models(store, blobs, self._notify)
         versions = Versions(

@@ -34,7 +34,9 @@ def model_missing(name: str) -> NotFound:
 
 
 def new_model_data(name: str, description: str, tags: dict[str, str]) -> dict[str, Any]:
-    """A model's stored fields; `next_version` and `next_event` number its versions and alias events."""
+    """A model's stored fields; `next_version` and `next_event` number its versions and alias
+    events; `version_count` and `latest_version` are kept by each version's register and delete
+    transaction so that reading a model never walks its versions."""
     now = time.time()
     return {
         "name": name,
@@ -44,6 +46,8 @@ def new_model_data(name: str, description: str, tags: dict[str, str]) -> dict[st
         "updated_at": now,
         "next_version": 1,
         "next_event": 1,
+        "version_count": 0,
+        "latest_version": 0,
     }
 
 
@@ -60,7 +64,12 @@ def put_model_data(txn: WriteTxn, data: dict[str, Any]) -> None:
 
 
 def latest_version(txn: ReadTxn, model: str) -> int:
-    """The newest version number; 0 when the model has none."""
+    """The newest version number as the model's record keeps it; 0 when the model has none."""
+    return int(model_data(txn, model)["latest_version"])
+
+
+def newest_stored_version(txn: ReadTxn, model: str) -> int:
+    """The newest version row's number (one cursor step); 0 when the model has none."""
     for key, _ in txn.scan(VERSIONS, (model,), reverse=True, limit=1):
         return int(key[1])
     return 0
@@ -81,7 +90,7 @@ def resolve_number(txn: ReadTxn, model: str, version: int | None, alias: str | N
         return version
     alias = alias or LATEST
     if alias == LATEST:
-        latest = latest_version(txn, model)
+        latest = int(data["latest_version"])
         if not latest:
             raise NotFound(f"model {data['name']!r} has no versions yet; upload one with UploadVersion")
         return latest

@@ -56,6 +56,7 @@ from tesserad.registry.tables import (
     model_data,
     model_missing,
     new_model_data,
+    newest_stored_version,
     put_model_data,
     resolve_number,
 )
@@ -236,7 +237,10 @@ class Versions:
                 validate_signature(signature, required=True)
         else:
             parameter_count = safetensors_parameter_count(path)
-        with self._store.write() as txn:
+
+        # Recorded through the store's group commit: registrations in flight together share one
+        # commit and its fsync, and the result comes back only once that commit is durable.
+        def record_version(txn: WriteTxn) -> VersionRecord:
             raw = txn.get(MODELS, (model,))
             if raw is None:
                 if not create_model_if_missing:
@@ -264,6 +268,8 @@ class Versions:
                 parameter_count=parameter_count,
             )
             fields["next_version"] = number + 1
+            fields["version_count"] = int(fields["version_count"]) + 1
+            fields["latest_version"] = number
             fields["updated_at"] = record.created_at
             txn.put(VERSIONS, (model, number), encode_version(record))
             hold_blob(txn, blob.sha256, holder(model, number))
@@ -273,7 +279,9 @@ class Versions:
                 txn.put(DERIVED, (lineage.parent_model or model, lineage.parent_version, model, number), b"")
             moved = move_alias(txn, fields, alias, number, actor, expected=None) if alias else None
             put_model_data(txn, fields)
-            result = replace(with_aliases(txn, record), alias_moved=moved)
+            return replace(with_aliases(txn, record), alias_moved=moved)
+
+        result = self._store.submit(record_version).result()
         self._notify(model)
         return result
 
@@ -347,6 +355,11 @@ class Versions:
                     "move those to another version first"
                 )
             sha256 = delete_version_rows(txn, record)
+            fields = model_data(txn, model)
+            fields["version_count"] = int(fields["version_count"]) - 1
+            if fields["latest_version"] == version:
+                fields["latest_version"] = newest_stored_version(txn, model)
+            put_model_data(txn, fields)
         delete_unheld_blobs(self._store, self._blobs, {sha256})
         self._notify(model)
 
