@@ -245,6 +245,14 @@ class InferenceService:
             return [self.pool.unload(e.model, e.version) for e in entries]
         return [self.pool.unload(target.model, self.resolve_version(target))]
 
+    def ready_version(self, target: Target) -> LoadedVersion:
+        """The loaded version a request for `target` (a model, and a version or none) finds first:
+        without a version, the lowest a request may go to; autoloaded when not loaded."""
+        version = target.version
+        if version is None:
+            version = self.serving_versions(target.model)[0]
+        return self.pool.get(target.model, version) or self.autoload(target.model, version)
+
     def stats_entries(self, target: Target) -> list[LoadedVersion]:
         if not target.model:
             return self.pool.list()
