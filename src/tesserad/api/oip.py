@@ -236,16 +236,11 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelStatisticsResponse:
-        pool = self._service.pool
-        if not request.name:
-            entries = pool.list()
-        else:
+        if request.name:
             target = target_of(request.name, request.version)
-            entries = [e for e in pool.list(target.model) if target.version in (None, e.version)]
-            if not entries:
-                raise NotFound(
-                    f"model {request.name!r}{' version ' + request.version if request.version else ''} is not loaded"
-                )
+            entries = await asyncio.to_thread(self._service.stats_entries, target)
+        else:
+            entries = self._service.pool.list()
         return pb.ModelStatisticsResponse(model_stats=[statistics_of(e) for e in entries])
 
     async def RepositoryIndex(

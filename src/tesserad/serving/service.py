@@ -254,15 +254,29 @@ class InferenceService:
         return self.pool.get(target.model, version) or self.autoload(target.model, version)
 
     def stats_entries(self, target: Target) -> list[LoadedVersion]:
+        """The loaded versions whose figures a stats call reports: every loaded version without a
+        model; NotFound for a model, version or alias that does not exist or is not loaded."""
         if not target.model:
             return self.pool.list()
+        entries = self.pool.list(target.model)
         if target.version is None and target.alias is None:
-            return self.pool.list(target.model)
+            if not entries:
+                self._source.servable(target.model, None, LATEST)  # NotFound for a model that does not exist
+                raise self._no_stats(f"model {target.model!r} has no loaded version")
+            return entries
         version = self.resolve_version(target)
-        entries = [e for e in self.pool.list(target.model) if e.version == version]
+        entries = [e for e in entries if e.version == version]
         if not entries:
-            raise NotFound(f"model {target.model!r} version {version} is not loaded")
+            self._source.servable(target.model, version, None)  # NotFound for a version that does not exist
+            raise self._no_stats(f"model {target.model!r} version {version} is not loaded")
         return entries
+
+    def _no_stats(self, what: str) -> NotFound:
+        if self._autoload:
+            how = "send it a predict (tessera predict, or Predict) to load it, or load it with LoadModel"
+        else:
+            how = "load it with LoadModel (serving.autoload is off)"
+        return NotFound(f"{what}, so it has no statistics yet; {how}")
 
     # -- shadow ----------------------------------------------------------------------------
 
