@@ -9,6 +9,7 @@ batcher closed is routed again, so no request fails during a swap.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -414,8 +415,11 @@ class InferenceService:
         current = self.pool.get(model, like)
         if current is None or self.pool.get(model, version) is not None:
             return
+        # The runtime follows the new version's format (a canary of an ONNX export beside its
+        # safetensors original runs on torch); everything else is copied.
+        config = dataclasses.replace(current.config, runtime="")
         try:
-            self.pool.load(self._source.servable(model, version, None), current.config)
+            self.pool.load(self._source.servable(model, version, None), config)
         except TesseraError as exc:
             log.warning("cannot warm version %s of %r for a swap: %s", version, model, exc.message)
 
