@@ -173,8 +173,9 @@ def _batch_rows(inference) -> set[int]:
 
 
 def test_deadline_passing_in_the_queue_is_deadline_exceeded_and_never_run(inference, channel) -> None:
-    load_slow(inference, channel, max_batch_size=2048)
-    # Four full batches ahead keep the model busy far past the deadline, even on an idle box.
+    # One instance: four full batches ahead (~40 ms each on an idle dev box) keep it busy far
+    # past the deadline; two instances would run them two at a time.
+    load_slow(inference, channel, max_batch_size=2048, instances=1)
     blockers = [inference.Predict.future(predict_request("slow", slow_input(2048))) for _ in range(4)]
     time.sleep(0.02)
     with pytest.raises(grpc.RpcError) as raised:
@@ -188,9 +189,10 @@ def test_deadline_passing_in_the_queue_is_deadline_exceeded_and_never_run(infere
 
 
 def test_cancelled_request_leaves_the_queue_and_never_runs(inference, channel) -> None:
-    load_slow(inference, channel, max_batch_size=2048)
-    # Three full batches ahead keep the model busy well past the cancel, even on a loaded box.
-    blockers = [inference.Predict.future(predict_request("slow", slow_input(2048))) for _ in range(3)]
+    # One instance and eight full batches ahead (~40 ms each on an idle dev box) keep it busy well
+    # past the cancel; with two instances and three, the five rows sometimes ran before it.
+    load_slow(inference, channel, max_batch_size=2048, instances=1)
+    blockers = [inference.Predict.future(predict_request("slow", slow_input(2048))) for _ in range(8)]
     time.sleep(0.05)
     cancelled = inference.Predict.future(predict_request("slow", slow_input(5)))
     time.sleep(0.02)
