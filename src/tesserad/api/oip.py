@@ -13,13 +13,15 @@ from collections.abc import AsyncIterator
 import grpc
 
 from tesserad import __version__
+from tesserad.api.convert_inference import deadline_of
 from tesserad.api.convert_tensors import OIP_NAME_BY_DTYPE, oip_inputs_to_arrays, oip_output
-from tesserad.api.inference import answer_stream, deadline_of, predict
+from tesserad.api.streams import answer_stream
 from tesserad.errors import InvalidArgument, NotFound, TesseraError, Unimplemented
 from tesserad.names import validate_name
 from tesserad.oip import grpc_service_pb2 as pb
 from tesserad.oip import grpc_service_pb2_grpc, model_config_pb2
 from tesserad.serving.pool import LoadedVersion, LoadState
+from tesserad.serving.predict import predict
 from tesserad.serving.service import InferenceService, Target
 
 # Listed truthfully: perf_analyzer shows the server-side breakdown only with "statistics".
@@ -92,19 +94,6 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         self._service = service
         self._stopping = stopping
 
-    async def _ready_entry(self, target: Target, *, load: bool) -> LoadedVersion:
-        """The loaded version a target names (autoloading it when `load` and allowed)."""
-        service = self._service
-        version = target.version
-        if version is None:
-            version = (await asyncio.to_thread(service.serving_versions, target.model))[0]
-        entry = service.pool.get(target.model, version)
-        if entry is None and load:
-            entry = await asyncio.to_thread(service.autoload, target.model, version)
-        if entry is None:
-            raise NotFound(f"model {target.model!r} version {version} is not loaded; load it first")
-        return entry
-
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerLiveResponse:
@@ -142,7 +131,7 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
-        entry = await self._ready_entry(target_of(request.name, request.version), load=True)
+        entry = await asyncio.to_thread(self._service.ready_version, target_of(request.name, request.version))
         assert entry.signature is not None
 
         def tensors(specs):  # type: ignore[no-untyped-def]
@@ -200,7 +189,7 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelConfig(
         self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelConfigResponse:
-        entry = await self._ready_entry(target_of(request.name, request.version), load=True)
+        entry = await asyncio.to_thread(self._service.ready_version, target_of(request.name, request.version))
         assert entry.signature is not None
         config = entry.config
         batchable = entry.signature.batchable
@@ -247,16 +236,11 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelStatisticsResponse:
-        pool = self._service.pool
-        if not request.name:
-            entries = pool.list()
-        else:
+        if request.name:
             target = target_of(request.name, request.version)
-            entries = [e for e in pool.list(target.model) if target.version in (None, e.version)]
-            if not entries:
-                raise NotFound(
-                    f"model {request.name!r}{' version ' + request.version if request.version else ''} is not loaded"
-                )
+            entries = await asyncio.to_thread(self._service.stats_entries, target)
+        else:
+            entries = self._service.pool.list()
         return pb.ModelStatisticsResponse(model_stats=[statistics_of(e) for e in entries])
 
     async def RepositoryIndex(

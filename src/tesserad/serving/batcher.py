@@ -246,6 +246,13 @@ class DynamicBatcher:
         if self._queue:
             self._cond.notify()
 
+    def _wake_all_if_drained(self) -> None:
+        """Once closed, wake every worker when the queue empties (called holding the lock): one
+        that waits for a runtime while another takes the last request would otherwise never see
+        the queue empty, and never exit. Off the request path: a closed batcher takes no requests."""
+        if self._closed and not self._queue:
+            self._cond.notify_all()
+
     def close(self, timeout: float) -> None:
         """Stop taking requests, finish the queued ones, stop the workers, free the runtimes.
 
@@ -260,6 +267,7 @@ class DynamicBatcher:
         with self._cond:
             left = list(self._queue)
             self._queue.clear()
+            self._wake_all_if_drained()
         for request in left:
             if request.future.set_running_or_notify_cancel():
                 request.future.set_exception(
@@ -277,6 +285,7 @@ class DynamicBatcher:
             for request in self._queue:
                 if request.future is future:
                     self._queue.remove(request)
+                    self._wake_all_if_drained()
                     break
 
     def _work(self) -> None:
@@ -284,6 +293,7 @@ class DynamicBatcher:
             with self._cond:
                 while not (self._queue and self._idle):
                     if self._closed and not self._queue:
+                        self._wake_all_if_drained()
                         return
                     self._cond.wait()
                 runtime = self._idle.pop()

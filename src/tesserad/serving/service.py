@@ -9,6 +9,7 @@ batcher closed is routed again, so no request fails during a swap.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -245,16 +246,38 @@ class InferenceService:
             return [self.pool.unload(e.model, e.version) for e in entries]
         return [self.pool.unload(target.model, self.resolve_version(target))]
 
+    def ready_version(self, target: Target) -> LoadedVersion:
+        """The loaded version a request for `target` (a model, and a version or none) finds first:
+        without a version, the lowest a request may go to; autoloaded when not loaded."""
+        version = target.version
+        if version is None:
+            version = self.serving_versions(target.model)[0]
+        return self.pool.get(target.model, version) or self.autoload(target.model, version)
+
     def stats_entries(self, target: Target) -> list[LoadedVersion]:
+        """The loaded versions whose figures a stats call reports: every loaded version without a
+        model; NotFound for a model, version or alias that does not exist or is not loaded."""
         if not target.model:
             return self.pool.list()
+        entries = self.pool.list(target.model)
         if target.version is None and target.alias is None:
-            return self.pool.list(target.model)
+            if not entries:
+                self._source.servable(target.model, None, LATEST)  # NotFound for a model that does not exist
+                raise self._no_stats(f"model {target.model!r} has no loaded version")
+            return entries
         version = self.resolve_version(target)
-        entries = [e for e in self.pool.list(target.model) if e.version == version]
+        entries = [e for e in entries if e.version == version]
         if not entries:
-            raise NotFound(f"model {target.model!r} version {version} is not loaded")
+            self._source.servable(target.model, version, None)  # NotFound for a version that does not exist
+            raise self._no_stats(f"model {target.model!r} version {version} is not loaded")
         return entries
+
+    def _no_stats(self, what: str) -> NotFound:
+        if self._autoload:
+            how = "send it a predict (tessera predict, or Predict) to load it, or load it with LoadModel"
+        else:
+            how = "load it with LoadModel (serving.autoload is off)"
+        return NotFound(f"{what}, so it has no statistics yet; {how}")
 
     # -- shadow ----------------------------------------------------------------------------
 
@@ -392,8 +415,11 @@ class InferenceService:
         current = self.pool.get(model, like)
         if current is None or self.pool.get(model, version) is not None:
             return
+        # The runtime follows the new version's format (a canary of an ONNX export beside its
+        # safetensors original runs on torch); everything else is copied.
+        config = dataclasses.replace(current.config, runtime="")
         try:
-            self.pool.load(self._source.servable(model, version, None), current.config)
+            self.pool.load(self._source.servable(model, version, None), config)
         except TesseraError as exc:
             log.warning("cannot warm version %s of %r for a swap: %s", version, model, exc.message)
 

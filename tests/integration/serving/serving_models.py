@@ -1,4 +1,5 @@
-"""Models for the serving tests: ONNX graphs built with onnx.helper, uploaded through Registry."""
+"""Models for the serving tests: ONNX graphs built with onnx.helper and tesserad.nn safetensors
+weights, uploaded through Registry."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from tessera.v1 import common_pb2, inference_pb2, registry_pb2, registry_pb2_grpc
+from tessera.v1 import architecture_pb2, common_pb2, inference_pb2, registry_pb2, registry_pb2_grpc
 
 W = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
 
@@ -68,15 +69,62 @@ def half_model() -> bytes:
 
 def upload(channel: grpc.Channel, model: str, artifact: bytes, alias: str = "") -> int:
     """Register an ONNX artifact as a new version of `model` (created if missing)."""
-    stub = registry_pb2_grpc.RegistryStub(channel)
+    header = registry_pb2.UploadVersionHeader(format=registry_pb2.ARTIFACT_FORMAT_ONNX, alias=alias)
+    return _upload(channel, model, artifact, header)
+
+
+# A cnn4d classifier on clips shaped (channel, time, depth, height, width), as the README trains.
+CNN4D_ARCHITECTURE = architecture_pb2.Architecture(
+    input_shape=[1, 3, 4, 4, 4],
+    output_size=2,
+    cnn4d=architecture_pb2.Cnn4dSpec(channels=[2], kernel_size=3),
+)
+CNN4D_SIGNATURE = common_pb2.Signature(
+    inputs=[
+        common_pb2.TensorSpec(name="input", dtype=common_pb2.DATA_TYPE_FLOAT32, shape=[-1, 1, 3, 4, 4, 4])
+    ],
+    outputs=[common_pb2.TensorSpec(name="output", dtype=common_pb2.DATA_TYPE_FLOAT32, shape=[-1, 2])],
+)
+
+
+def cnn4d_weights() -> bytes:
+    """safetensors bytes of the cnn4d CNN4D_ARCHITECTURE builds (seeded)."""
+    import torch
+    from safetensors.torch import save
+
+    from tesserad.nn import build_model, spec_from_dict
+
+    torch.manual_seed(0)
+    spec = {
+        "family": "cnn4d",
+        "input_shape": [1, 3, 4, 4, 4],
+        "output_size": 2,
+        "channels": [2],
+        "kernel_size": 3,
+    }
+    model = build_model(spec_from_dict(spec))
+    return save({k: v.contiguous() for k, v in model.state_dict().items()})
+
+
+def upload_weights(channel: grpc.Channel, model: str, weights: bytes, alias: str = "") -> int:
+    """Register CNN4D_ARCHITECTURE safetensors weights as a new version of `model`."""
     header = registry_pb2.UploadVersionHeader(
-        model=model,
-        create_model=True,
-        format=registry_pb2.ARTIFACT_FORMAT_ONNX,
-        sha256=hashlib.sha256(artifact).hexdigest(),
-        size_bytes=len(artifact),
+        format=registry_pb2.ARTIFACT_FORMAT_SAFETENSORS,
+        architecture=CNN4D_ARCHITECTURE,
+        signature=CNN4D_SIGNATURE,
         alias=alias,
     )
+    return _upload(channel, model, weights, header)
+
+
+def _upload(
+    channel: grpc.Channel, model: str, artifact: bytes, header: registry_pb2.UploadVersionHeader
+) -> int:
+    header.model = model
+    header.create_model = True
+    header.sha256 = hashlib.sha256(artifact).hexdigest()
+    header.size_bytes = len(artifact)
+    stub = registry_pb2_grpc.RegistryStub(channel)
     parts = [registry_pb2.UploadVersionRequest(header=header)]
     parts += [
         registry_pb2.UploadVersionRequest(chunk=artifact[i : i + 65536])

@@ -125,6 +125,12 @@ def test_autoload_off_is_failed_precondition(start_daemon, rpc_error) -> None:
         grpc.StatusCode.FAILED_PRECONDITION,
         "model 'linear' version 1 is not loaded; load it with LoadModel (or turn on serving.autoload)",
     )
+    rpc_error(
+        lambda: stub.GetStats(inference_pb2.GetStatsRequest(target=common_pb2.VersionRef(model="linear"))),
+        grpc.StatusCode.NOT_FOUND,
+        "model 'linear' has no loaded version, so it has no statistics yet; load it with LoadModel "
+        "(serving.autoload is off)",
+    )
 
 
 def load_slow(inference, channel, **config: int) -> str:
@@ -167,8 +173,9 @@ def _batch_rows(inference) -> set[int]:
 
 
 def test_deadline_passing_in_the_queue_is_deadline_exceeded_and_never_run(inference, channel) -> None:
-    load_slow(inference, channel, max_batch_size=2048)
-    # Four full batches ahead keep the model busy far past the deadline, even on an idle box.
+    # One instance: four full batches ahead (~40 ms each on an idle dev box) keep it busy far
+    # past the deadline; two instances would run them two at a time.
+    load_slow(inference, channel, max_batch_size=2048, instances=1)
     blockers = [inference.Predict.future(predict_request("slow", slow_input(2048))) for _ in range(4)]
     time.sleep(0.02)
     with pytest.raises(grpc.RpcError) as raised:
@@ -182,9 +189,10 @@ def test_deadline_passing_in_the_queue_is_deadline_exceeded_and_never_run(infere
 
 
 def test_cancelled_request_leaves_the_queue_and_never_runs(inference, channel) -> None:
-    load_slow(inference, channel, max_batch_size=2048)
-    # Three full batches ahead keep the model busy well past the cancel, even on a loaded box.
-    blockers = [inference.Predict.future(predict_request("slow", slow_input(2048))) for _ in range(3)]
+    # One instance and eight full batches ahead (~40 ms each on an idle dev box) keep it busy well
+    # past the cancel; with two instances and three, the five rows sometimes ran before it.
+    load_slow(inference, channel, max_batch_size=2048, instances=1)
+    blockers = [inference.Predict.future(predict_request("slow", slow_input(2048))) for _ in range(8)]
     time.sleep(0.05)
     cancelled = inference.Predict.future(predict_request("slow", slow_input(5)))
     time.sleep(0.02)
@@ -223,14 +231,37 @@ def test_concurrent_requests_batch_and_stats_report_them(inference, channel, dae
     assert 'tessera_inference_batch_rows_count{model="slow",version="1"}' in metrics
 
 
-def test_get_stats_of_an_unloaded_version_is_not_found(inference, linear, rpc_error) -> None:
+def test_get_stats_of_what_is_not_loaded_is_not_found_saying_how_to_load_it(
+    inference, linear, rpc_error
+) -> None:
+    def stats(**target: object) -> object:
+        request = inference_pb2.GetStatsRequest(target=common_pb2.VersionRef(**target))
+        return lambda: inference.GetStats(request)
+
+    not_found = grpc.StatusCode.NOT_FOUND
+    rpc_error(stats(model="absent"), not_found, "model 'absent' does not exist")
+    rpc_error(stats(model="absent", version=1), not_found, "model 'absent' does not exist")
     rpc_error(
-        lambda: inference.GetStats(
-            inference_pb2.GetStatsRequest(target=common_pb2.VersionRef(model=linear, version=2))
-        ),
-        grpc.StatusCode.NOT_FOUND,
-        "model 'linear' version 2 is not loaded",
+        stats(model=linear),
+        not_found,
+        "model 'linear' has no loaded version, so it has no statistics yet; send it a predict "
+        "(tessera predict, or Predict) to load it, or load it with LoadModel",
     )
+    rpc_error(stats(model=linear, version=9), not_found, "model 'linear' has no version 9")
+    rpc_error(stats(model=linear, alias="production"), not_found, "model 'linear' has no alias 'production'")
+    # Without a model: every loaded version, which may be none.
+    assert list(inference.GetStats(inference_pb2.GetStatsRequest()).stats) == []
+    inference.Predict(predict_request(linear, X, version=1))
+    for request in (inference_pb2.GetStatsRequest(), inference_pb2.GetStatsRequest(target={"model": linear})):
+        assert [(s.model, s.version, s.request_count) for s in inference.GetStats(request).stats] == [
+            (linear, 1, 1)
+        ]
+    rpc_error(
+        stats(model=linear, version=2),
+        not_found,
+        "model 'linear' version 2 is not loaded, so it has no statistics",
+    )
+    rpc_error(stats(model=linear, alias="latest"), not_found, "model 'linear' version 2 is not loaded")
 
 
 def test_predict_stream_answers_each_with_its_id_and_keeps_going_after_errors(inference, linear) -> None:

@@ -150,12 +150,23 @@ def test_model_metadata_config_and_statistics(oip, linear) -> None:
     assert [(b.batch_size, b.compute_infer.count) for b in stats.batch_stats] == [(2, 3)]
 
 
-def test_statistics_of_unloaded_model_is_not_found(oip, linear, rpc_error) -> None:
+def test_statistics_of_unloaded_or_unknown_model_is_not_found(oip, linear, rpc_error) -> None:
     rpc_error(
         lambda: oip.ModelStatistics(pb.ModelStatisticsRequest(name=linear, version="2")),
         grpc.StatusCode.NOT_FOUND,
         "model 'linear' version 2 is not loaded",
     )
+    rpc_error(
+        lambda: oip.ModelStatistics(pb.ModelStatisticsRequest(name=linear)),
+        grpc.StatusCode.NOT_FOUND,
+        "model 'linear' has no loaded version",
+    )
+    rpc_error(
+        lambda: oip.ModelStatistics(pb.ModelStatisticsRequest(name="absent")),
+        grpc.StatusCode.NOT_FOUND,
+        "model 'absent' does not exist",
+    )
+    assert list(oip.ModelStatistics(pb.ModelStatisticsRequest()).model_stats) == []  # all loaded: none
 
 
 def test_unsupported_extensions_are_unimplemented_with_a_reason(oip, rpc_error) -> None:

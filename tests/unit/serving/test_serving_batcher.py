@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import Future
 
@@ -186,13 +187,50 @@ def test_close_answers_unavailable_for_what_it_cannot_drain_in_time() -> None:
     batcher = make_batcher(runtime)
     occupy(batcher, runtime)
     queued = batcher.submit(rows(2), ["y"], 2)
-    closer = __import__("threading").Thread(target=batcher.close, args=(0.1,))
+    closer = threading.Thread(target=batcher.close, args=(0.1,))
     closer.start()
     time.sleep(0.3)
     runtime.gate.set()
     closer.join(10)
     with pytest.raises(Unavailable, match="unloaded before this request ran"):
         queued.result(0)
+
+
+def test_close_returns_once_the_queue_is_drained_whichever_worker_drained_it() -> None:
+    """Both workers wait for a runtime (callers hold both, running inline) while one request
+    queues; after close, the worker that runs it leaves the other waiting on an empty queue,
+    which must still see it and exit (it once waited forever, and so did close)."""
+    runtimes = [GatedRuntime(), GatedRuntime()]
+    batcher = DynamicBatcher(
+        "model 'm' version 1",
+        runtimes,
+        ServingStats("m", 1, None),
+        max_batch_size=8,
+        max_queue_delay_us=0,
+        max_queue_size=16,
+        batchable=True,
+        inline_max_compute_us=1e9,
+        initial_compute_us=1.0,
+        output_names=["y"],
+    )
+    time.sleep(0.2)  # both worker threads waiting
+    inline = []
+    for runtime in reversed(runtimes):  # an inline caller takes the last idle runtime
+        caller = threading.Thread(target=batcher.submit, args=(rows(1), ["y"], 1), daemon=True)
+        caller.start()
+        assert runtime.started.acquire(timeout=10)
+        inline.append(caller)
+    queued = batcher.submit(rows(1), ["y"], 1)
+    closer = threading.Thread(target=batcher.close, args=(30,), daemon=True)
+    closer.start()
+    time.sleep(0.3)  # close has woken the workers; with no idle runtime they wait again
+    runtimes[1].gate.set()  # its caller returns the runtime; a worker runs the queued request on it
+    assert queued.result(10).batch_rows == 1
+    runtimes[0].gate.set()
+    for caller in inline:
+        caller.join(10)
+    closer.join(10)
+    assert not closer.is_alive()
 
 
 def test_stats_count_requests_rows_batches_and_errors() -> None:

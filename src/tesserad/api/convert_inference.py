@@ -1,0 +1,158 @@
+"""Inference messages <-> serving domain types (targets, configs, loaded versions, statistics,
+predictions, shadow results), and a call's deadline as the plain instant the serving layer takes."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from tessera.v1 import common_pb2
+from tessera.v1 import inference_pb2 as pb
+from tesserad.api.convert_common import timestamp
+from tesserad.api.convert_tensors import array_to_tensor, fill_tensor, signature_to_proto
+from tesserad.api.errors import status_for
+from tesserad.errors import InvalidArgument, TesseraError
+from tesserad.names import validate_name
+from tesserad.serving.batcher import Prediction
+from tesserad.serving.histogram import Percentiles
+from tesserad.serving.pool import LoadedVersion, LoadState, ServingConfig
+from tesserad.serving.service import ShadowResult, Target
+
+_RUNTIME_NAMES = {pb.RUNTIME_UNSPECIFIED: "", pb.RUNTIME_ONNX: "onnx", pb.RUNTIME_TORCH: "torch"}
+_RUNTIME_PROTO = {name: proto for proto, name in _RUNTIME_NAMES.items()}
+_STATE_PROTO = {
+    LoadState.LOADING: pb.LOAD_STATE_LOADING,
+    LoadState.WARMING: pb.LOAD_STATE_WARMING,
+    LoadState.READY: pb.LOAD_STATE_READY,
+    LoadState.DRAINING: pb.LOAD_STATE_DRAINING,
+    LoadState.FAILED: pb.LOAD_STATE_FAILED,
+}
+
+
+def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
+    """The call's deadline as a time.monotonic() instant (None without one)."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+def target_from_proto(ref: common_pb2.VersionRef, *, model_required: bool = True) -> Target:
+    if model_required or ref.model:
+        validate_name("target.model", ref.model)
+    selector = ref.WhichOneof("selector")
+    if selector == "version":
+        if ref.version < 1:
+            raise InvalidArgument(f"target.version must be >= 1 (versions count from 1), got {ref.version}")
+        return Target(ref.model, version=ref.version)
+    if selector == "alias":
+        validate_name("target.alias", ref.alias)
+        return Target(ref.model, alias=ref.alias)
+    return Target(ref.model)
+
+
+def config_from_proto(config: pb.ServingConfig) -> ServingConfig:
+    return ServingConfig(
+        runtime=_RUNTIME_NAMES.get(config.runtime, ""),
+        device=config.device,
+        instances=config.instances,
+        max_batch_size=config.max_batch_size,
+        max_queue_delay_us=config.max_queue_delay_us,
+        max_queue_size=config.max_queue_size,
+        warmup_runs=config.warmup_runs,
+        intra_op_threads=config.intra_op_threads,
+    )
+
+
+def loaded_to_proto(entry: LoadedVersion) -> pb.LoadedModel:
+    config = entry.config
+    return pb.LoadedModel(
+        model=entry.model,
+        version=entry.version,
+        state=_STATE_PROTO[entry.state],
+        config=pb.ServingConfig(
+            runtime=_RUNTIME_PROTO[config.runtime],
+            device=config.device,
+            instances=config.instances,
+            max_batch_size=config.max_batch_size,
+            max_queue_delay_us=config.max_queue_delay_us,
+            max_queue_size=config.max_queue_size,
+            warmup_runs=config.warmup_runs,
+            intra_op_threads=config.intra_op_threads,
+        ),
+        signature=signature_to_proto(entry.signature) if entry.signature else None,
+        memory_bytes=entry.memory_bytes,
+        loaded_at=timestamp(entry.loaded_at),
+        error=entry.error,
+    )
+
+
+def prediction_to_proto(
+    request_id: str, model: str, version: int, prediction: Prediction
+) -> pb.PredictResponse:
+    response = pb.PredictResponse(
+        request_id=request_id,
+        model=model,
+        version=version,
+        queue_time_us=prediction.queue_ns // 1000,
+        compute_time_us=prediction.compute_ns // 1000,
+        batch_rows=prediction.batch_rows,
+    )
+    outputs = response.outputs
+    for name, array in prediction.outputs.items():
+        fill_tensor(outputs.add(), name, array)  # in place: no Tensor built and then copied
+    return response
+
+
+def status_to_proto(error: TesseraError) -> common_pb2.Status:
+    return common_pb2.Status(code=status_for(error).value[0], message=error.message)
+
+
+def failed_prediction(request: pb.PredictRequest, error: TesseraError) -> pb.PredictResponse:
+    """A stream's answer to a request that failed: its id, its model and the error."""
+    return pb.PredictResponse(
+        request_id=request.request_id, model=request.target.model, status=status_to_proto(error)
+    )
+
+
+def _latency(summary: Percentiles) -> pb.LatencySummary:
+    return pb.LatencySummary(
+        count=summary.count,
+        mean_us=summary.mean,
+        p50_us=summary.p50,
+        p95_us=summary.p95,
+        p99_us=summary.p99,
+        p999_us=summary.p999,
+        max_us=summary.max,
+    )
+
+
+def stats_to_proto(entry: LoadedVersion, reset: bool) -> pb.ModelStats:
+    s = entry.stats.snapshot(reset)
+    return pb.ModelStats(
+        model=entry.model,
+        version=entry.version,
+        request_count=s.request_count,
+        error_count=s.error_count,
+        row_count=s.row_count,
+        throughput_rps=s.throughput_rps,
+        queue=_latency(s.queue),
+        compute=_latency(s.compute),
+        total=_latency(s.total),
+        batch_sizes=[pb.BatchSizeCount(rows=rows, count=n) for rows, (n, _) in s.batches.items()],
+        since=timestamp(s.since),
+        shadow_count=s.shadow_count,
+    )
+
+
+def shadow_to_proto(result: ShadowResult) -> pb.ShadowResult:
+    return pb.ShadowResult(
+        request_id=result.request_id,
+        model=result.model,
+        primary_version=result.primary_version,
+        shadow_version=result.shadow_version,
+        outputs=[array_to_tensor(name, array) for name, array in result.outputs.items()],
+        max_abs_diff=result.max_abs_diff,
+        shadow_total_time_us=result.shadow_total_ns // 1000,
+        time=timestamp(result.time),
+        status=status_to_proto(result.error) if result.error is not None else None,
+    )

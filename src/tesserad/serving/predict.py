@@ -1,0 +1,111 @@
+"""The request path every inference protocol shares, on the daemon's asyncio loop: route and queue
+a request, hold it while the rest of its burst arrives so they batch, load its version first
+when it is not loaded (and autoload is on), and await the answer.
+
+Protocol-free: the deadline is a time.monotonic() instant and failures are tesserad.errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+
+import numpy as np
+
+from tesserad.errors import Unavailable
+from tesserad.serving.batcher import DynamicBatcher, Prediction
+from tesserad.serving.service import InferenceService, Target
+
+# An autoload that races an unload is retried this many times before the error stands.
+_AUTOLOAD_ROUNDS = 3
+# Held requests wait at most this many event-loop iterations for the rest of their burst; each
+# iteration runs other calls' handlers (tens to hundreds of microseconds).
+_MAX_HOLD_TICKS = 16
+
+
+async def predict(
+    service: InferenceService,
+    target: Target,
+    inputs: Mapping[str, np.ndarray],
+    output_names: Sequence[str],
+    deadline: float | None,
+    request_id: str,
+) -> tuple[int, Prediction]:
+    """(version that served, prediction); loads the version first if needed and allowed.
+
+    `deadline` is a time.monotonic() instant, or None for none.
+    """
+    loop = asyncio.get_running_loop()
+    for _ in range(_AUTOLOAD_ROUNDS):
+        submitted = service.submit(
+            target, inputs, output_names, deadline, request_id, hold=_others_ready(loop)
+        )
+        future = submitted.future
+        if future is None:
+            await asyncio.to_thread(service.autoload, target.model, submitted.version)
+            continue
+        batcher = submitted.entry.batcher if submitted.entry is not None else None
+        if submitted.held and batcher is not None and batcher.held_rows == submitted.rows:
+            # The first held request of a burst schedules the release for all of them.
+            loop.call_soon(_release_when_settled, loop, batcher, _MAX_HOLD_TICKS)
+        if future.done():  # ran inline
+            return submitted.version, future.result()
+        waiter = loop.create_future()
+        future.add_done_callback(functools.partial(_settle, loop, threading.get_ident(), waiter))
+        try:
+            return submitted.version, await waiter
+        except asyncio.CancelledError:
+            future.cancel()  # the client went away: take it off the queue
+            raise
+    raise Unavailable(f"model {target.model!r} was unloaded while it loaded for this request; retry it")
+
+
+def _settle(
+    loop: asyncio.AbstractEventLoop,
+    loop_thread: int,
+    waiter: asyncio.Future[Prediction],
+    done: Future[Prediction],
+) -> None:
+    """Pass a batcher future's outcome to the handler awaiting it.
+
+    A batch released on the event loop's own thread completes there: setting the waiter
+    directly skips `call_soon_threadsafe`'s self-pipe write and the extra loop wake-up it causes
+    (asyncio.wrap_future pays both for every request).
+    """
+    if threading.get_ident() == loop_thread:
+        _copy_outcome(done, waiter)
+    else:
+        loop.call_soon_threadsafe(_copy_outcome, done, waiter)
+
+
+def _copy_outcome(done: Future[Prediction], waiter: asyncio.Future[Prediction]) -> None:
+    if waiter.done() or done.cancelled():  # the handler was cancelled first
+        return
+    error = done.exception()
+    if error is None:
+        waiter.set_result(done.result())
+    else:
+        waiter.set_exception(error)
+
+
+def _release_when_settled(loop: asyncio.AbstractEventLoop, batcher: DynamicBatcher, ticks: int) -> None:
+    """Release `batcher`'s held requests once the loop has run what was ready (the other
+    requests of the burst reach their submit over the next few iterations), or the batch is full."""
+    if ticks > 0 and not batcher.full and _others_ready(loop):
+        loop.call_soon(_release_when_settled, loop, batcher, ticks - 1)
+    else:
+        batcher.release()
+
+
+def _others_ready(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether other callbacks (other calls' handlers, under load) are ready to run on `loop`.
+
+    This is the one reliable sign of load for a fast model: it runs inline on this thread, so
+    each request finds it idle and arrivals look spaced out even at high concurrency. asyncio
+    has no public query for it; its loops keep ready callbacks in `_ready`. On a loop without
+    it (uvloop), requests are never held: served as before, only without batches of a burst.
+    """
+    return bool(getattr(loop, "_ready", None))
