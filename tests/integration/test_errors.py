@@ -11,7 +11,6 @@ import grpc
 import pytest
 
 from tesserad import errors
-from tesserad.api.errors import STATUS_BY_ERROR
 from tesserad.api.interceptors import CallInterceptor
 from tesserad.metrics import DaemonMetrics
 
@@ -65,7 +64,33 @@ def error_channel():
     server.close()
 
 
-@pytest.mark.parametrize(("error", "code"), list(STATUS_BY_ERROR.items()))
+# Written out, not read from the table under test, so a wrong entry there fails here.
+EXPECTED_STATUS = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.DataLoss: grpc.StatusCode.DATA_LOSS,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.Cancelled: grpc.StatusCode.CANCELLED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
+}
+
+
+def test_every_domain_error_has_an_expected_status():
+    declared = {
+        cls
+        for cls in vars(errors).values()
+        if isinstance(cls, type) and issubclass(cls, errors.TesseraError) and cls is not errors.TesseraError
+    }
+    assert declared == set(EXPECTED_STATUS)
+
+
+@pytest.mark.parametrize(("error", "code"), list(EXPECTED_STATUS.items()))
 def test_each_domain_error_maps_to_its_status_with_its_message(error_channel, error, code):
     call = error_channel.unary_unary("/test.Errors/Raise")
     with pytest.raises(grpc.RpcError) as err:

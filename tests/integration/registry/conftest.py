@@ -102,6 +102,7 @@ def upload(stub: registry_pb2_grpc.RegistryStub, header, data: bytes) -> registr
 
 
 def rpc_error(call, *args, **kwargs) -> grpc.RpcError:
+    """The grpc.RpcError that call(*args, **kwargs) raises (fails the test if it raises none)."""
     with pytest.raises(grpc.RpcError) as info:
         call(*args, **kwargs)
     return info.value

@@ -38,7 +38,9 @@ def linear(channel: grpc.Channel) -> str:
 
 
 @pytest.fixture
-def rpc_error() -> Callable[..., Iterator[grpc.RpcError]]:
+def expect_rpc_error() -> Callable[[Callable[[], object], grpc.StatusCode, str], grpc.RpcError]:
+    """expect_rpc_error(call, code, text): asserts call() fails with `code` and a message holding `text`."""
+
     def expect(call: Callable[[], object], code: grpc.StatusCode, text: str) -> grpc.RpcError:
         with pytest.raises(grpc.RpcError) as raised:
             call()

@@ -29,7 +29,7 @@ def test_predict_autoloads_and_answers_outputs_version_and_times(inference, line
     assert loaded_1.state == inference_pb2.LOAD_STATE_READY and loaded_1.config.max_batch_size == 32
 
 
-def test_load_list_unload(inference, linear, rpc_error) -> None:
+def test_load_list_unload(inference, linear, expect_rpc_error) -> None:
     config = inference_pb2.ServingConfig(max_batch_size=8, max_queue_size=10, instances=2)
     loaded = inference.LoadModel(
         inference_pb2.LoadModelRequest(
@@ -48,14 +48,14 @@ def test_load_list_unload(inference, linear, rpc_error) -> None:
     )
     assert [m.version for m in unloaded.unloaded] == [2]
     assert inference.ListLoaded(inference_pb2.ListLoadedRequest()).models == []
-    rpc_error(
+    expect_rpc_error(
         lambda: inference.UnloadModel(
             inference_pb2.UnloadModelRequest(target=common_pb2.VersionRef(model=linear))
         ),
         grpc.StatusCode.NOT_FOUND,
         "model 'linear' has no loaded version",
     )
-    rpc_error(
+    expect_rpc_error(
         lambda: inference.UnloadModel(
             inference_pb2.UnloadModelRequest(target=common_pb2.VersionRef(model=linear, version=1))
         ),
@@ -64,34 +64,34 @@ def test_load_list_unload(inference, linear, rpc_error) -> None:
     )
 
 
-def test_load_bad_paths(inference, linear, rpc_error) -> None:
+def test_load_bad_paths(inference, linear, expect_rpc_error) -> None:
     def load(config: inference_pb2.ServingConfig, **target: object) -> object:
         ref = common_pb2.VersionRef(model=target.pop("model", linear), **target)
         return lambda: inference.LoadModel(inference_pb2.LoadModelRequest(target=ref, config=config))
 
     plain = inference_pb2.ServingConfig()
-    rpc_error(load(plain, model="nope"), grpc.StatusCode.NOT_FOUND, "nope")
-    rpc_error(load(plain, version=9), grpc.StatusCode.NOT_FOUND, "no version 9")
-    rpc_error(load(plain, version=-1), INVALID, "target.version must be >= 1")
-    rpc_error(load(plain, model="Bad Name"), INVALID, "target.model 'Bad Name' is not a valid name")
-    rpc_error(
+    expect_rpc_error(load(plain, model="nope"), grpc.StatusCode.NOT_FOUND, "nope")
+    expect_rpc_error(load(plain, version=9), grpc.StatusCode.NOT_FOUND, "no version 9")
+    expect_rpc_error(load(plain, version=-1), INVALID, "target.version must be >= 1")
+    expect_rpc_error(load(plain, model="Bad Name"), INVALID, "target.model 'Bad Name' is not a valid name")
+    expect_rpc_error(
         load(inference_pb2.ServingConfig(max_queue_size=-5)),
         INVALID,
         "config.max_queue_size must be in 1..1000000 (0 for the default), got -5",
     )
-    rpc_error(
+    expect_rpc_error(
         load(inference_pb2.ServingConfig(runtime=inference_pb2.RUNTIME_TORCH)),
         grpc.StatusCode.FAILED_PRECONDITION,
         "the torch runtime needs a safetensors version",
     )
-    rpc_error(
+    expect_rpc_error(
         load(inference_pb2.ServingConfig(device="cuda:0")),
         grpc.StatusCode.FAILED_PRECONDITION,
         "asks for CUDA, but this onnxruntime has no CUDA provider",
     )
 
 
-def test_bad_inputs_are_invalid_argument_naming_the_input(inference, linear, rpc_error) -> None:
+def test_bad_inputs_are_invalid_argument_naming_the_input(inference, linear, expect_rpc_error) -> None:
     def call(*tensors: common_pb2.Tensor, outputs: tuple[str, ...] = ()) -> object:
         request = inference_pb2.PredictRequest(
             target=common_pb2.VersionRef(model=linear, version=1), inputs=tensors, output_names=outputs
@@ -112,20 +112,20 @@ def test_bad_inputs_are_invalid_argument_naming_the_input(inference, linear, rpc
         (call(good, outputs=("nope",)), "output 'nope' is not an output of model 'linear' version 1; its outputs are y"),
     ]  # fmt: skip
     for request, message in cases:
-        rpc_error(request, INVALID, message)
+        expect_rpc_error(request, INVALID, message)
     assert inference.Predict(predict_request(linear, X, version=1)).version == 1  # still serving
 
 
-def test_autoload_off_is_failed_precondition(start_daemon, rpc_error) -> None:
+def test_autoload_off_is_failed_precondition(start_daemon, expect_rpc_error) -> None:
     channel = start_daemon(**{"serving.autoload": "false"}).channel()
     upload(channel, "linear", linear_model(1.0))
     stub = inference_pb2_grpc.InferenceStub(channel)
-    rpc_error(
+    expect_rpc_error(
         lambda: stub.Predict(predict_request("linear", X)),
         grpc.StatusCode.FAILED_PRECONDITION,
         "model 'linear' version 1 is not loaded; load it with LoadModel (or turn on serving.autoload)",
     )
-    rpc_error(
+    expect_rpc_error(
         lambda: stub.GetStats(inference_pb2.GetStatsRequest(target=common_pb2.VersionRef(model="linear"))),
         grpc.StatusCode.NOT_FOUND,
         "model 'linear' has no loaded version, so it has no statistics yet; load it with LoadModel "
@@ -232,23 +232,23 @@ def test_concurrent_requests_batch_and_stats_report_them(inference, channel, dae
 
 
 def test_get_stats_of_what_is_not_loaded_is_not_found_saying_how_to_load_it(
-    inference, linear, rpc_error
+    inference, linear, expect_rpc_error
 ) -> None:
     def stats(**target: object) -> object:
         request = inference_pb2.GetStatsRequest(target=common_pb2.VersionRef(**target))
         return lambda: inference.GetStats(request)
 
     not_found = grpc.StatusCode.NOT_FOUND
-    rpc_error(stats(model="absent"), not_found, "model 'absent' does not exist")
-    rpc_error(stats(model="absent", version=1), not_found, "model 'absent' does not exist")
-    rpc_error(
+    expect_rpc_error(stats(model="absent"), not_found, "model 'absent' does not exist")
+    expect_rpc_error(stats(model="absent", version=1), not_found, "model 'absent' does not exist")
+    expect_rpc_error(
         stats(model=linear),
         not_found,
         "model 'linear' has no loaded version, so it has no statistics yet; send it a predict "
         "(tessera predict, or Predict) to load it, or load it with LoadModel",
     )
-    rpc_error(stats(model=linear, version=9), not_found, "model 'linear' has no version 9")
-    rpc_error(stats(model=linear, alias="production"), not_found, "model 'linear' has no alias 'production'")
+    expect_rpc_error(stats(model=linear, version=9), not_found, "model 'linear' has no version 9")
+    expect_rpc_error(stats(model=linear, alias="production"), not_found, "model 'linear' has no alias 'production'")
     # Without a model: every loaded version, which may be none.
     assert list(inference.GetStats(inference_pb2.GetStatsRequest()).stats) == []
     inference.Predict(predict_request(linear, X, version=1))
@@ -256,12 +256,12 @@ def test_get_stats_of_what_is_not_loaded_is_not_found_saying_how_to_load_it(
         assert [(s.model, s.version, s.request_count) for s in inference.GetStats(request).stats] == [
             (linear, 1, 1)
         ]
-    rpc_error(
+    expect_rpc_error(
         stats(model=linear, version=2),
         not_found,
         "model 'linear' version 2 is not loaded, so it has no statistics",
     )
-    rpc_error(stats(model=linear, alias="latest"), not_found, "model 'linear' version 2 is not loaded")
+    expect_rpc_error(stats(model=linear, alias="latest"), not_found, "model 'linear' version 2 is not loaded")
 
 
 def test_predict_stream_answers_each_with_its_id_and_keeps_going_after_errors(inference, linear) -> None:
@@ -340,7 +340,7 @@ def test_canary_split_follows_the_weights(inference, registry, linear) -> None:
     assert abs(served[1] / 2000 - 0.90) < 0.03 and abs(served[2] / 2000 - 0.10) < 0.03, served
 
 
-def test_shadow_outputs_are_recorded_and_never_returned(inference, registry, linear, rpc_error) -> None:
+def test_shadow_outputs_are_recorded_and_never_returned(inference, registry, linear, expect_rpc_error) -> None:
     _deploy(registry, linear, [(1, 100)], shadow=2)
     inference.LoadModel(inference_pb2.LoadModelRequest(target=common_pb2.VersionRef(model=linear, version=2)))
     for i in range(20):
@@ -367,7 +367,7 @@ def test_shadow_outputs_are_recorded_and_never_returned(inference, registry, lin
         inference_pb2.GetStatsRequest(target=common_pb2.VersionRef(model=linear, version=2))
     ).stats
     assert shadow_stats.shadow_count >= 5
-    rpc_error(
+    expect_rpc_error(
         lambda: inference.ListShadowResults(inference_pb2.ListShadowResultsRequest(model=linear, limit=-1)),
         INVALID,
         "limit must be >= 0",

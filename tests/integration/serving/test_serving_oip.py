@@ -79,35 +79,35 @@ def test_model_infer_fp16_raw(oip, channel) -> None:
     np.testing.assert_array_equal(output(response, np.float16), x * 2)
 
 
-def test_model_infer_bad_paths(oip, linear, rpc_error) -> None:
+def test_model_infer_bad_paths(oip, linear, expect_rpc_error) -> None:
     invalid = grpc.StatusCode.INVALID_ARGUMENT
-    rpc_error(
+    expect_rpc_error(
         lambda: oip.ModelInfer(infer_request(linear, X, version="one")),
         invalid,
         'model_version must be a version number such as "3"',
     )
-    rpc_error(
+    expect_rpc_error(
         lambda: oip.ModelInfer(infer_request(linear, X, datatype="BYTES")),
         invalid,
         "input 'x' has datatype 'BYTES'; tesserad serves",
     )
-    rpc_error(
+    expect_rpc_error(
         lambda: oip.ModelInfer(infer_request(linear, X, datatype="FP64")),
         invalid,
         "input 'x' has 32 bytes of data, but shape [2, 4] of FP64 needs 64",
     )
     short = infer_request(linear, X, raw=False)
     del short.inputs[0].contents.fp32_contents[-1]
-    rpc_error(
+    expect_rpc_error(
         lambda: oip.ModelInfer(short),
         invalid,
         "input 'x' has 7 values in contents.fp32_contents, but shape [2, 4] needs 8",
     )
     extra_raw = infer_request(linear, X)
     extra_raw.raw_input_contents.append(b"")
-    rpc_error(lambda: oip.ModelInfer(extra_raw), invalid, "raw_input_contents has 2 entries for 1 inputs")
-    rpc_error(lambda: oip.ModelInfer(infer_request("missing", X)), grpc.StatusCode.NOT_FOUND, "missing")
-    rpc_error(
+    expect_rpc_error(lambda: oip.ModelInfer(extra_raw), invalid, "raw_input_contents has 2 entries for 1 inputs")
+    expect_rpc_error(lambda: oip.ModelInfer(infer_request("missing", X)), grpc.StatusCode.NOT_FOUND, "missing")
+    expect_rpc_error(
         lambda: oip.ModelInfer(infer_request(linear, X.reshape(4, 2))),
         invalid,
         "input 'x' has size 2 in dimension 1; model 'linear' version 2 expects 4 there",
@@ -150,18 +150,18 @@ def test_model_metadata_config_and_statistics(oip, linear) -> None:
     assert [(b.batch_size, b.compute_infer.count) for b in stats.batch_stats] == [(2, 3)]
 
 
-def test_statistics_of_unloaded_or_unknown_model_is_not_found(oip, linear, rpc_error) -> None:
-    rpc_error(
+def test_statistics_of_unloaded_or_unknown_model_is_not_found(oip, linear, expect_rpc_error) -> None:
+    expect_rpc_error(
         lambda: oip.ModelStatistics(pb.ModelStatisticsRequest(name=linear, version="2")),
         grpc.StatusCode.NOT_FOUND,
         "model 'linear' version 2 is not loaded",
     )
-    rpc_error(
+    expect_rpc_error(
         lambda: oip.ModelStatistics(pb.ModelStatisticsRequest(name=linear)),
         grpc.StatusCode.NOT_FOUND,
         "model 'linear' has no loaded version",
     )
-    rpc_error(
+    expect_rpc_error(
         lambda: oip.ModelStatistics(pb.ModelStatisticsRequest(name="absent")),
         grpc.StatusCode.NOT_FOUND,
         "model 'absent' does not exist",
@@ -169,17 +169,17 @@ def test_statistics_of_unloaded_or_unknown_model_is_not_found(oip, linear, rpc_e
     assert list(oip.ModelStatistics(pb.ModelStatisticsRequest()).model_stats) == []  # all loaded: none
 
 
-def test_unsupported_extensions_are_unimplemented_with_a_reason(oip, rpc_error) -> None:
+def test_unsupported_extensions_are_unimplemented_with_a_reason(oip, expect_rpc_error) -> None:
     unimplemented = grpc.StatusCode.UNIMPLEMENTED
-    rpc_error(
+    expect_rpc_error(
         lambda: oip.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest()),
         unimplemented,
         "shared-memory tensors",
     )
-    rpc_error(
+    expect_rpc_error(
         lambda: oip.CudaSharedMemoryRegister(pb.CudaSharedMemoryRegisterRequest()),
         unimplemented,
         "raw_input_contents",
     )
-    rpc_error(lambda: oip.TraceSetting(pb.TraceSettingRequest()), unimplemented, "trace settings")
-    rpc_error(lambda: oip.LogSettings(pb.LogSettingsRequest()), unimplemented, "log settings")
+    expect_rpc_error(lambda: oip.TraceSetting(pb.TraceSettingRequest()), unimplemented, "trace settings")
+    expect_rpc_error(lambda: oip.LogSettings(pb.LogSettingsRequest()), unimplemented, "log settings")

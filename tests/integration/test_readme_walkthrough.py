@@ -1,0 +1,128 @@
+"""The README's "Walk through the life cycle", run as written: each of its shell blocks, top to
+bottom, by bash in a fresh directory, with `tessera` on the PATH and TESSERA_TARGET pointing at a
+real `tesserad serve`. The blocks are read from README.md, so the test runs whatever it says."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from markdown_it import MarkdownIt
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+SECTION = "Walk through the life cycle"
+SHELLS = {"sh", "bash", "shell"}
+# bash traces each command it runs with this prefix (PS4), which splits the transcript into steps.
+STEP_MARK = "+walkthrough$ "
+
+
+def shell_blocks(markdown: str, section: str) -> list[str]:
+    """The shell code blocks under the heading `section`, up to the next heading of its level or above."""
+    tokens = MarkdownIt().parse(markdown)
+    blocks: list[str] = []
+    level: int | None = None
+    for i, token in enumerate(tokens):
+        if token.type == "heading_open":
+            depth = int(token.tag[1:])
+            if level is not None and depth <= level:
+                break
+            if level is None and tokens[i + 1].content.strip() == section:
+                level = depth
+        elif level is not None and token.type == "fence" and token.info.partition(" ")[0] in SHELLS:
+            blocks.append(token.content)
+    return blocks
+
+
+@dataclass
+class Step:
+    command: str
+    output: str
+
+
+def run_block(block: str, cwd: Path, env: dict[str, str]) -> tuple[int, list[Step]]:
+    """Run one block as a user would paste it, stopping at the first failing command; return
+    bash's exit status and each traced command with what it printed (stdout and stderr)."""
+    # PS4 is set in the script: bash run as root ignores it in the environment.
+    script = f"PS4='{STEP_MARK}'\nset -x\n{block}"
+    done = subprocess.run(
+        ["bash", "-e", "-c", script],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=240,
+    )
+    steps: list[Step] = []
+    for line in done.stdout.splitlines(keepends=True):
+        if line.startswith(STEP_MARK):
+            steps.append(Step(line.removeprefix(STEP_MARK).strip(), ""))
+        elif steps:
+            steps[-1].output += line
+    return done.returncode, steps
+
+
+def transcript(steps: list[Step]) -> str:
+    return "".join(f"$ {step.command}\n{step.output}" for step in steps)
+
+
+def output_of(steps: list[Step], command: str) -> str:
+    """What the walkthrough's `command` (a prefix of the traced command line) printed."""
+    found = [step.output for step in steps if step.command.startswith(command)]
+    assert found, f"the README walkthrough no longer runs {command!r}; it ran:\n{transcript(steps)}"
+    return found[0]
+
+
+def test_shell_blocks_are_read_from_the_section_only() -> None:
+    markdown = (
+        "# t\n\n## Walk\n\n```sh\none\n```\n\n```python\nskipped\n```\n\n"
+        "### deeper\n\n```bash\ntwo\n# not a heading\n```\n\n## Next\n\n```sh\nthree\n```\n"
+    )
+    assert shell_blocks(markdown, "Walk") == ["one\n", "two\n# not a heading\n"]
+    assert shell_blocks(markdown, "Missing") == []
+
+
+@pytest.mark.slow
+def test_readme_walkthrough_runs_top_to_bottom(spawn_daemon, tmp_path: Path) -> None:
+    blocks = shell_blocks(README.read_text(encoding="utf-8"), SECTION)
+    assert blocks, f"README.md has no shell blocks under {SECTION!r}"
+    daemon = spawn_daemon(
+        "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(tmp_path / "data")
+    )
+    target = daemon.wait_serving()
+    workdir = tmp_path / "walkthrough"
+    workdir.mkdir()
+    # The README activates the venv; its bin holds `tessera` and the `python` with numpy.
+    bin_dir = os.path.dirname(sys.executable)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "TESSERA_TARGET": target}
+
+    steps: list[Step] = []
+    for block in blocks:
+        code, ran = run_block(block, workdir, env)
+        steps += ran
+        assert code == 0, (
+            f"README step `{ran[-1].command if ran else block}` exited {code}; "
+            f"the walkthrough so far:\n{transcript(steps)}"
+        )
+
+    assert "7/7" in output_of(steps, "tessera demo")
+    assert {"clips.npz", "batch.npz", "spec.toml"} <= {p.name for p in workdir.iterdir()}
+    assert "stored clips:1" in output_of(steps, "tessera datasets push clips")
+    trained = output_of(steps, "tessera train spec.toml")
+    assert "succeeded" in trained and "clips-cnn4d v1" in trained
+    versions = output_of(steps, "tessera models versions clips-cnn4d")
+    assert re.search(r"^\W*1\W.*safetensors.*staging", versions, re.MULTILINE), versions
+    assert "exported clips-cnn4d v2" in output_of(steps, "tessera export onnx clips-cnn4d")
+    predicted = output_of(steps, "tessera predict clips-cnn4d")
+    assert "clips-cnn4d v2" in predicted and "output float32[" in predicted, predicted
+    stats = output_of(steps, "tessera stats clips-cnn4d")
+    assert all(p in stats for p in ("p50", "p95", "p99", "p99.9", "clips-cnn4d v2")), stats
+    deployed = output_of(steps, "tessera models deploy clips-cnn4d")
+    assert re.search(r"v2\W+90%", deployed) and re.search(r"v1\W+10%", deployed), deployed
+    rolled_back = output_of(steps, "tessera models rollback clips-cnn4d")
+    assert "clips-cnn4d: no deployment" in rolled_back, rolled_back  # as before the deploy
