@@ -1646,10 +1646,10 @@ class GetMetricHistoryRequest(_message.Message):
     run_id: _builtins.str
     key: _builtins.str
     max_points: _builtins.int
-    """0 returns every point. When the range holds more points, the answer cuts the range into
-    (max_points - 2) / 2 groups of equal step spans and keeps each group's lowest and highest
-    point (the earliest step of equal values), plus the range's first and last point, in step
-    order: at most max_points points, with the curve's shape. Otherwise >= 4.
+    """0 returns every point; otherwise >= 4. When the range holds more than max_points points,
+    the answer cuts it into (max_points - 2) / 2 groups spanning equal step ranges and keeps
+    each group's lowest and highest point (of equal values, the earliest step) and the range's
+    first and last point, in step order: at most max_points points, with the curve's shape.
     """
     start_step: _builtins.int
     """Inclusive step range; 0 and 0 mean all steps."""
