@@ -51,6 +51,11 @@ def make_token(after: bytes, query: Any) -> str:
     return PageToken(after, _fingerprint(query)).encode()
 
 
+def foreign_token() -> InvalidArgument:
+    """The error for a page token this server did not issue."""
+    return InvalidArgument("page_token is not one this server issued; pass next_page_token unchanged")
+
+
 def resume_after(token: str, query: Any) -> bytes | None:
     """The key to resume after, or None for the first page."""
     if not token:
@@ -59,9 +64,7 @@ def resume_after(token: str, query: Any) -> bytes | None:
         decoded = json.loads(base64.urlsafe_b64decode(token.encode()))
         after, fingerprint = bytes.fromhex(decoded["a"]), decoded["q"]
     except (ValueError, KeyError, TypeError, binascii.Error):
-        raise InvalidArgument(
-            "page_token is not one this server issued; pass next_page_token unchanged"
-        ) from None
+        raise foreign_token() from None
     if fingerprint != _fingerprint(query):
         raise InvalidArgument(
             "page_token belongs to a different query; keep the filters the same across pages"

@@ -223,6 +223,7 @@ class Daemon:
         )
         events = EventLog(self._store, settings.training.watch_buffer_events)
         tracking = Tracking(self._store)
+        await asyncio.to_thread(tracking.build_missing_buckets)
         self.training = Jobs(
             self._store,
             blobs,

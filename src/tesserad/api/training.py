@@ -269,20 +269,23 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
     async def GetMetricHistory(
         self, request: pb.GetMetricHistoryRequest, context: grpc.aio.ServicerContext
     ) -> pb.MetricHistory:
-        points, total, downsampled = await asyncio.to_thread(
+        page = await asyncio.to_thread(
             self._tracking.metric_history,
             request.run_id,
             request.key,
             request.max_points,
             request.start_step,
             request.end_step,
+            request.page_size,
+            request.page_token,
         )
         return pb.MetricHistory(
             run_id=request.run_id,
             key=request.key,
-            points=[point_to_proto(p) for p in points],
-            total_points=total,
-            downsampled=downsampled,
+            points=[point_to_proto(p) for p in page.points],
+            total_points=page.total,
+            downsampled=page.downsampled,
+            next_page_token=page.next_token,
         )
 
     # -- sweeps

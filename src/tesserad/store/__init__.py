@@ -2,7 +2,7 @@
 
 from tesserad.store.blobs import BlobRef, BlobStore, BlobWriter, check_sha256
 from tesserad.store.database import ReadTxn, Store, StoreUsage, WriteTxn
-from tesserad.store.keys import Key, pack, prefix_range, unpack
+from tesserad.store.keys import Key, pack, pack_int, prefix_range, trailing_int, unpack
 from tesserad.store.lockfile import DataDirLock
 from tesserad.store.records import decode_metric_point, decode_record, encode_metric_point, encode_record
 
@@ -22,6 +22,8 @@ __all__ = [
     "encode_metric_point",
     "encode_record",
     "pack",
+    "pack_int",
     "prefix_range",
+    "trailing_int",
     "unpack",
 ]

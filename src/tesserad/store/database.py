@@ -63,6 +63,10 @@ class ReadTxn:
     def get(self, table: str, key: Key) -> bytes | None:
         return self._txn.get(pack(key), db=self._db(table))
 
+    def get_packed(self, table: str, key: bytes) -> bytes | None:
+        """`get` for a key already packed (hot paths pack a shared prefix once)."""
+        return self._txn.get(key, db=self._db(table))
+
     def exists(self, table: str, key: Key) -> bool:
         return self.get(table, key) is not None
 
@@ -94,9 +98,23 @@ class ReadTxn:
                 high = min(high, pack(after))
         yield from self._range(table, low, high, reverse, limit)
 
+    def packed_range(
+        self, table: str, first: bytes, last: bytes, *, reverse: bool = False, limit: int | None = None
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Packed keys from `first` to `last` (both included, keys of one shape) with their
+        values: for hot reads that decode only what they need (see `trailing_int`)."""
+        # Of keys shaped like `last`, exactly those <= last sort before last + 0x00.
+        yield from self._packed(table, first, last + b"\x00", reverse, limit)
+
     def _range(
         self, table: str, low: bytes, high: bytes, reverse: bool, limit: int | None
     ) -> Iterator[tuple[Key, bytes]]:
+        for raw_key, value in self._packed(table, low, high, reverse, limit):
+            yield unpack(raw_key), value
+
+    def _packed(
+        self, table: str, low: bytes, high: bytes, reverse: bool, limit: int | None
+    ) -> Iterator[tuple[bytes, bytes]]:
         if limit is not None and limit <= 0:
             return
         seen = 0
@@ -113,7 +131,7 @@ class ReadTxn:
             for raw_key, value in items:
                 if raw_key < low or raw_key >= high:
                     return
-                yield unpack(raw_key), value
+                yield raw_key, value
                 seen += 1
                 if limit is not None and seen >= limit:
                     return
@@ -133,7 +151,10 @@ class WriteTxn(ReadTxn):
 
     def put(self, table: str, key: Key, value: bytes, *, overwrite: bool = True) -> bool:
         """Store `value`; with overwrite=False, return False instead if the key exists."""
-        raw = pack(key)
+        return self.put_packed(table, pack(key), value, overwrite=overwrite)
+
+    def put_packed(self, table: str, raw: bytes, value: bytes, *, overwrite: bool = True) -> bool:
+        """`put` for a key already packed."""
         if len(raw) > MAX_KEY_BYTES:
             raise InvalidArgument(
                 f"a key of {len(raw)} bytes is too long for the store (max {MAX_KEY_BYTES})"
@@ -144,7 +165,11 @@ class WriteTxn(ReadTxn):
             raise _map_full(self._map_size) from None
 
     def delete(self, table: str, key: Key) -> bool:
-        return bool(self._txn.delete(pack(key), db=self._db(table)))
+        return self.delete_packed(table, pack(key))
+
+    def delete_packed(self, table: str, raw: bytes) -> bool:
+        """`delete` for a key already packed."""
+        return bool(self._txn.delete(raw, db=self._db(table)))
 
     def delete_range(self, table: str, prefix: Key) -> int:
         """Delete every key beginning with `prefix`; returns how many went."""

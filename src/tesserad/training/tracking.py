@@ -1,12 +1,14 @@
 """Experiment tracking: experiments, runs, params and metrics.
 
 Metrics are stored as `run | key | step -> (value, timestamp)` with a per-(run, key) summary
-(last, min, max, best, count) updated in the same transaction, through the store's group
-commit, so an ingest of many small batches costs a handful of fsyncs.
+(last, min, max, best, count) and multi-resolution buckets (`metric_buckets`) updated in the
+same transaction, through the store's group commit, so an ingest of many small batches costs a
+handful of fsyncs and a history read costs what it returns.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -17,7 +19,7 @@ from typing import Any, NamedTuple
 from tesserad.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from tesserad.ids import new_id
 from tesserad.names import validate_name
-from tesserad.paging import make_token, page_size, resume_after
+from tesserad.paging import foreign_token, make_token, page_size, resume_after
 from tesserad.store import (
     ReadTxn,
     Store,
@@ -27,16 +29,38 @@ from tesserad.store import (
     encode_metric_point,
     encode_record,
     pack,
+    trailing_int,
     unpack,
 )
+from tesserad.training import metric_buckets
+from tesserad.training.metric_buckets import MAX_STEP, Grouping, Sample, metric_prefix, point_key
 
-TABLES = ["experiments", "runs", "run_names", "experiment_runs", "metrics", "metric_summaries"]
+log = logging.getLogger(__name__)
+
+TABLES = [
+    "experiments",
+    "runs",
+    "run_names",
+    "experiment_runs",
+    "metrics",
+    "metric_summaries",
+    metric_buckets.TABLE,
+]
 
 RUN_STATUSES = ("running", "succeeded", "failed", "cancelled", "interrupted")
 ENDED_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 MAX_KEY_LENGTH = 250
 MAX_PARAM_LENGTH = 6000
 DEFAULT_LEADERBOARD_LIMIT = 10
+DEFAULT_HISTORY_PAGE = 10_000
+MAX_HISTORY_PAGE = 100_000
+# A history page stays within gRPC's default message limit in every language (4 MiB); a point
+# takes at most its key plus 40 bytes on the wire.
+_HISTORY_PAGE_BYTES = 4 * 2**20 - 4096
+_POINT_WIRE_BYTES = 40
+_EVERY_POINT = -1  # the level in a history page token that means "every point, no buckets"
+# In the "meta" table once every metric has its buckets (stores from before them are backfilled).
+BUCKETS_BUILT = ("metric_buckets_built",)
 
 
 def default_mode(metric: str) -> str:
@@ -98,6 +122,24 @@ class MetricFilter:
     field: str  # last, min, max
     op: str  # lt, le, gt, ge, eq
     value: float
+
+
+@dataclass
+class HistoryPage:
+    points: list[MetricPoint]
+    total: int  # points stored in the range
+    downsampled: bool
+    next_token: str
+
+
+def history_page_size(requested: int, key: str) -> int:
+    """Points in one history page: 0 means the default; capped to what fits the byte budget."""
+    if requested < 0:
+        raise InvalidArgument(
+            f"page_size must be >= 0 (0 for the default of {DEFAULT_HISTORY_PAGE} points), got {requested}"
+        )
+    fits = _HISTORY_PAGE_BYTES // (len(key.encode()) + _POINT_WIRE_BYTES)
+    return min(requested or DEFAULT_HISTORY_PAGE, MAX_HISTORY_PAGE, fits)
 
 
 _COMPARE: dict[str, Callable[[float, float], bool]] = {
@@ -443,9 +485,21 @@ class Tracking:
         return self._store.submit(work)
 
     def metric_history(
-        self, run_id: str, key: str, max_points: int, start_step: int, end_step: int
-    ) -> tuple[list[MetricPoint], int, bool]:
-        """(points, total in range, downsampled)."""
+        self,
+        run_id: str,
+        key: str,
+        max_points: int,
+        start_step: int,
+        end_step: int,
+        size: int = 0,
+        token: str = "",
+    ) -> HistoryPage:
+        """One page of a metric's points in a step range: every point, or when the range holds
+        more than `max_points`, the extremes of equal step ranges plus the first and last point.
+
+        The first page fixes the answer (the steps of the range's first and last points, and
+        the bucket level); the token carries it, so pages join into one answer.
+        """
         check_metric_key(key, "key")
         if max_points < 0 or 0 < max_points < 4:
             raise InvalidArgument(
@@ -457,23 +511,39 @@ class Tracking:
                 f"start_step and end_step must be >= 0 with start_step <= end_step (0 and 0 for all), "
                 f"got {start_step} and {end_step}"
             )
+        limit = history_page_size(size, key)
+        query = {"history": run_id, "key": key, "max": max_points, "start": start_step, "end": end_step}
+        after = resume_after(token, query)
+        groups = (max_points - 2) // 2
+        metric = metric_prefix(run_id, key)
         with self._store.read() as txn:
             self.load_run(txn, run_id)
-            scan = txn.scan("metrics", (run_id, key), start=(run_id, key, start_step))
-            points = []
-            for k, raw in scan:
-                step = int(k[2])
-                if end_step and step > end_step:
-                    break
-                value, ts = decode_metric_point(raw)
-                points.append(MetricPoint(key, value, step, ts))
-        total = len(points)
-        if max_points and total > max_points:
-            return downsample(points, max_points), total, True
-        return points, total, False
+            if after is None:
+                ends = metric_buckets.end_steps(txn, metric, start_step, end_step or MAX_STEP)
+                if ends is None:
+                    return HistoryPage([], 0, False, "")
+                first, last = ends
+                total = metric_buckets.count(txn, metric, first, last)
+                if max_points == 0 or total <= max_points:
+                    level, position = _EVERY_POINT, first
+                else:
+                    level, position = Grouping.plan(first, last, groups).level, 0
+            else:
+                level, first, last, position = _history_position(after, groups)
+                total = metric_buckets.count(txn, metric, first, last)
+            if level == _EVERY_POINT:
+                points, position = _every_point(txn, metric, key, position, last, limit)
+            else:
+                grouping = Grouping(first, last, level, groups)
+                stop = min(groups, position + max(1, (limit - 2) // 2))
+                points = _downsampled(txn, metric, key, grouping, position, stop)
+                position = stop if stop < groups else -1
+        next_token = make_token(pack((level, first, last, position)), query) if position >= 0 else ""
+        return HistoryPage(points, total, level != _EVERY_POINT, next_token)
 
     def truncate_metrics_after(self, txn: WriteTxn, run_id: str, step: int) -> None:
-        """Drop every point after `step` (a resumed attempt supersedes them) and rebuild summaries."""
+        """Drop every point after `step` (a resumed attempt supersedes them); buckets and
+        summaries are brought along exactly."""
         for key, _ in list(txn.scan("metric_summaries", (run_id,))):
             metric = str(key[1])
             doomed = [k for k, _ in txn.scan("metrics", (run_id, metric), after=(run_id, metric, step))]
@@ -481,15 +551,53 @@ class Tracking:
                 continue
             for k in doomed:
                 txn.delete("metrics", k)
-            summary: MetricSummary | None = None
-            mode = default_mode(metric)
-            for k, raw in txn.scan("metrics", (run_id, metric)):
-                value, _ = decode_metric_point(raw)
-                summary = _fold(summary, metric, value, int(k[2]), mode)
-            if summary is None:
-                txn.delete("metric_summaries", key)
-            else:
-                txn.put("metric_summaries", key, encode_record("metric_summary", 1, summary.__dict__))
+            metric_buckets.truncate(txn, metric_prefix(run_id, metric), step)
+            _refresh_summary(txn, run_id, metric)
+
+    def build_missing_buckets(self, progress_every_s: float = 5.0) -> None:
+        """Build the buckets of every metric once, for a store written before they existed.
+
+        Runs at start, before anything reads or writes metrics; logs progress every few seconds.
+        An interrupted build starts over at the next start (rebuilding a key is idempotent).
+        """
+        with self._store.read() as txn:
+            if txn.exists("meta", BUCKETS_BUILT):
+                return
+            metrics = txn.count("metric_summaries")
+        if metrics:
+            log.info(
+                "building metric history summaries (once, for a store from an older tesserad)",
+                extra={"metrics": metrics},
+            )
+        started = reported = time.monotonic()
+        done = points = 0
+        after: tuple[str, str] | None = None
+        while True:
+            with self._store.write() as txn:
+                keys = [
+                    (str(k[0]), str(k[1])) for k, _ in txn.scan("metric_summaries", after=after, limit=64)
+                ]
+                for run_id, metric in keys:
+                    points += metric_buckets.rebuild(txn, metric_prefix(run_id, metric))
+                    _refresh_summary(txn, run_id, metric)
+                if not keys:
+                    txn.put(
+                        "meta", BUCKETS_BUILT, encode_record("metric_buckets_built", 1, {"at": time.time()})
+                    )
+                    break
+            done += len(keys)
+            after = keys[-1]
+            if time.monotonic() - reported >= progress_every_s:
+                reported = time.monotonic()
+                log.info(
+                    "building metric history summaries",
+                    extra={"metrics_done": done, "metrics": metrics, "points": points},
+                )
+        if metrics:
+            log.info(
+                "built metric history summaries",
+                extra={"metrics": done, "points": points, "seconds": round(time.monotonic() - started, 1)},
+            )
 
     def _summaries(self, txn: ReadTxn, run_id: str) -> list[MetricSummary]:
         return [
@@ -498,59 +606,94 @@ class Tracking:
         ]
 
 
-def _fold(summary: MetricSummary | None, key: str, value: float, step: int, mode: str) -> MetricSummary:
-    if summary is None:
-        return MetricSummary(key, value, value, value, value, 1, step)
-    summary.count += 1
-    summary.min = min(summary.min, value)
-    summary.max = max(summary.max, value)
-    summary.best = summary.min if mode == "min" else summary.max
-    if step >= summary.last_step:
-        summary.last = value
-        summary.last_step = step
-    return summary
+def _refresh_summary(txn: WriteTxn, run_id: str, key: str) -> None:
+    """Recompute a key's summary from its top-level buckets and its last point."""
+    metric = metric_prefix(run_id, key)
+    totals = metric_buckets.totals(txn, metric)
+    last = metric_buckets.last_point(txn, metric)
+    if totals is None or last is None:
+        txn.delete("metric_summaries", (run_id, key))
+        return
+    low, high = totals.low.value, totals.high.value
+    best = low if default_mode(key) == "min" else high
+    summary = MetricSummary(key, last.value, low, high, best, totals.count, last.step)
+    txn.put("metric_summaries", (run_id, key), encode_record("metric_summary", 1, summary.__dict__))
 
 
 def write_points(txn: WriteTxn, run_id: str, points: list[MetricPoint], now: float) -> None:
-    """Store the points and fold them into their keys' summaries, in `txn`.
+    """Store the points (of points at one step, the last written wins) and update their keys'
+    buckets and summaries, in `txn`.
 
-    Summaries are folded once per key per batch (min/max over the batch's values), which keeps
-    ingest near the cost of the puts themselves.
+    Buckets and summaries are updated once per key per batch, which keeps ingest near the cost
+    of the puts themselves.
     """
-    by_key: dict[str, list[MetricPoint]] = {}
-    put = txn.put
+    by_key: dict[str, dict[int, Sample]] = {}
     for point in points:
-        put("metrics", (run_id, point.key, point.step), encode_metric_point(point.value, point.time or now))
-        by_key.setdefault(point.key, []).append(point)
+        by_key.setdefault(point.key, {})[point.step] = Sample(point.step, point.value, point.time or now)
+    put = txn.put_packed
     for key, batch in by_key.items():
-        raw = txn.get("metric_summaries", (run_id, key))
-        values = [p.value for p in batch]
-        # Of equal steps the batch's last wins, as it does in the store.
-        newest = max(reversed(batch), key=lambda p: p.step)
-        low, high = min(values), max(values)
-        if raw is None:
-            summary = MetricSummary(key, newest.value, low, high, low, len(batch), newest.step)
-        else:
-            summary = _summary_from(decode_record(raw, "metric_summary", 1)[1])
-            summary.count += len(batch)
-            summary.min, summary.max = min(summary.min, low), max(summary.max, high)
-            if newest.step >= summary.last_step:
-                summary.last, summary.last_step = newest.value, newest.step
-        summary.best = summary.min if default_mode(key) == "min" else summary.max
-        txn.put("metric_summaries", (run_id, key), encode_record("metric_summary", 1, summary.__dict__))
+        metric = metric_prefix(run_id, key)
+        rewritten = []
+        for sample in batch.values():
+            raw_key = point_key(metric, sample.step)
+            value = encode_metric_point(sample.value, sample.time)
+            if not put("metrics", raw_key, value, overwrite=False):
+                put("metrics", raw_key, value)
+                rewritten.append(sample.step)
+        metric_buckets.add(txn, metric, list(batch.values()), rewritten)
+        _refresh_summary(txn, run_id, key)
 
 
-def downsample(points: list[MetricPoint], max_points: int) -> list[MetricPoint]:
-    """At most max_points: the first, last, min and max always, then min and max of even buckets."""
-    n = len(points)
-    values = [p.value for p in points]
-    keep = {0, n - 1, values.index(min(values)), values.index(max(values))}
-    buckets = (max_points - len(keep)) // 2
-    for b in range(buckets):
-        lo, hi = b * n // buckets, (b + 1) * n // buckets
-        if lo >= hi:
-            continue
-        chunk = values[lo:hi]
-        keep.add(lo + chunk.index(min(chunk)))
-        keep.add(lo + chunk.index(max(chunk)))
-    return [points[i] for i in sorted(keep)]
+def _history_position(after: bytes, groups: int) -> tuple[int, int, int, int]:
+    """(level, first step, last step, next step or group) from a history page token."""
+    try:
+        position = unpack(after)
+    except (ValueError, IndexError):
+        raise foreign_token() from None
+    if len(position) != 4 or not all(isinstance(part, int) for part in position):
+        raise foreign_token()
+    level, first, last, next_at = (int(part) for part in position)
+    if not 0 <= first <= last <= MAX_STEP:
+        raise foreign_token()
+    if level == _EVERY_POINT:
+        within = first <= next_at <= last
+    else:
+        # The level is the one the first page planned: any other would read more than planned.
+        within = 0 < next_at < groups and level == Grouping.plan(first, last, groups).level
+    if not within:
+        raise foreign_token()
+    return level, first, last, next_at
+
+
+def _every_point(
+    txn: ReadTxn, metric: bytes, key: str, first: int, last: int, limit: int
+) -> tuple[list[MetricPoint], int]:
+    """Up to `limit` points from step `first` to `last`, and the step the next page starts at
+    (-1: none)."""
+    points = []
+    for raw_key, raw in txn.packed_range(
+        "metrics", point_key(metric, first), point_key(metric, last), limit=limit + 1
+    ):
+        step = trailing_int(raw_key)
+        if len(points) == limit:
+            return points, step
+        value, at = decode_metric_point(raw)
+        points.append(MetricPoint(key, value, step, at))
+    return points, -1
+
+
+def _downsampled(
+    txn: ReadTxn, metric: bytes, key: str, grouping: Grouping, start: int, stop: int
+) -> list[MetricPoint]:
+    """Groups start..stop-1 of a downsampled answer: each group's lowest and highest point, and
+    the range's first and last point with the first and last group."""
+    points: list[MetricPoint] = []
+    for group, low, high in grouping.extremes(txn, metric, start, stop):
+        chosen = {low.step: low, high.step: high}
+        for end, wanted in ((grouping.first, group == 0), (grouping.last, group == grouping.groups - 1)):
+            raw = txn.get_packed("metrics", point_key(metric, end)) if wanted else None
+            if raw is not None:
+                value, at = decode_metric_point(raw)
+                chosen[end] = Sample(end, value, at)
+        points.extend(MetricPoint(key, s.value, s.step, s.time) for s in sorted(chosen.values()))
+    return points

@@ -87,9 +87,23 @@ def test_sigkilled_daemon_resumes_the_job_from_its_last_checkpoint(spawn_daemon:
     assert states(list(training.WatchJob(S.WatchJobRequest(job_id=again.job_id), timeout=120)))[-1] == (
         S.JOB_STATE_SUCCEEDED
     )
-    reference = training.GetMetricHistory(
-        S.GetMetricHistoryRequest(
-            run_id=training.GetJob(S.GetJobRequest(job_id=again.job_id)).run_id, key="loss"
-        )
-    )
+    reference_run = training.GetJob(S.GetJobRequest(job_id=again.job_id)).run_id
+    reference = training.GetMetricHistory(S.GetMetricHistoryRequest(run_id=reference_run, key="loss"))
     assert [p.value for p in history.points] == [p.value for p in reference.points]
+    # The resumed attempt truncated the run's summaries with its points: downsampled answers and
+    # summaries are those of the uninterrupted run.
+    for max_points in (6, 40):
+        shapes = [
+            training.GetMetricHistory(S.GetMetricHistoryRequest(run_id=r, key="loss", max_points=max_points))
+            for r in (final.run_id, reference_run)
+        ]
+        assert shapes[0].downsampled and len(shapes[0].points) <= max_points
+        assert [(p.step, p.value) for p in shapes[0].points] == [(p.step, p.value) for p in shapes[1].points]
+    summaries = [
+        {
+            m.key: (m.count, m.min, m.max, m.last, m.last_step)
+            for m in training.GetRun(S.GetRunRequest(run_id=r)).metrics
+        }
+        for r in (final.run_id, reference_run)
+    ]
+    assert summaries[0] == summaries[1]

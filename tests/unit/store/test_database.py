@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tesserad.errors import ResourceExhausted
-from tesserad.store import Store, decode_record, encode_record
+from tesserad.store import Store, decode_record, encode_record, pack, pack_int, trailing_int
 
 
 @pytest.fixture
@@ -46,6 +46,29 @@ def test_scan_bounds_and_direction(store: Store) -> None:
         assert [k[1] for k, _ in txn.scan("items", ("r2",), start=("r2", 2), reverse=True)] == [2, 1, 0]
         assert txn.count("items") == 10 and txn.count("items", ("r2",)) == 5
         assert list(txn.scan("items", ("r3",))) == []
+
+
+def test_packed_keys_and_inclusive_packed_ranges(store: Store) -> None:
+    prefix = pack(("r1",))
+    with store.write() as txn:
+        for run in ("r1", "r2"):
+            for step in (0, 5, 2**63 - 1):
+                txn.put("items", (run, step), str(step).encode())
+        assert not txn.put_packed("items", prefix + pack_int(5), b"again", overwrite=False)
+        assert txn.put_packed("items", prefix + pack_int(7), b"7")
+        assert txn.delete_packed("items", prefix + pack_int(0)) and not txn.delete_packed(
+            "items", prefix + pack_int(0)
+        )
+    with store.read() as txn:
+        assert txn.get_packed("items", prefix + pack_int(5)) == b"5"
+
+        def steps(first: int, last: int, **kwargs) -> list[int]:
+            found = txn.packed_range("items", prefix + pack_int(first), prefix + pack_int(last), **kwargs)
+            return [trailing_int(key) for key, _ in found]
+
+        assert steps(0, 2**63 - 1) == [5, 7, 2**63 - 1]  # the last key itself is in the range
+        assert steps(5, 7) == [5, 7] and steps(6, 6) == []
+        assert steps(0, 2**63 - 1, reverse=True, limit=2) == [2**63 - 1, 7]
 
 
 def test_put_without_overwrite_keeps_the_first(store: Store) -> None:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tesserad.store.keys import pack, prefix_range, unpack
+from tesserad.store.keys import pack, pack_int, prefix_range, trailing_int, unpack
 
 ints = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 # Keep each tuple homogeneous per position, as real keys are (a table's schema fixes the types).
@@ -44,6 +44,12 @@ def test_prefix_range_holds_exactly_the_extensions(head: str, tail: list, other:
     assert low <= pack((head, *tail)) < high
     if other != head:
         assert not low <= pack((other, *tail)) < high
+
+
+@given(st.text(max_size=12), ints)
+def test_an_integer_packed_alone_extends_a_packed_prefix(head: str, value: int) -> None:
+    assert pack((head,)) + pack_int(value) == pack((head, value))
+    assert trailing_int(pack((head, value))) == value
 
 
 def test_negative_integers_sort_first() -> None:

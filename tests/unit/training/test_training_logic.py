@@ -14,7 +14,6 @@ from tesserad.training.events import EventLog
 from tesserad.training.scheduler import DeviceInventory, QueuedJob, pick_runnable
 from tesserad.training.schedules import lr_at
 from tesserad.training.spec import DatasetFacts, DeviceFacts, normalize_spec
-from tesserad.training.tracking import MetricPoint, downsample
 
 
 def test_schedules_are_pure_functions_of_the_step() -> None:
@@ -76,13 +75,6 @@ def test_a_slow_watcher_is_cut_with_the_seq_to_resume_from(tmp_path: Path) -> No
         assert log.subscribe("job-1", lambda: None) == (None, 11)
     finally:
         store.close()
-
-
-def test_downsample_keeps_first_last_and_extremes() -> None:
-    points = [MetricPoint("m", float(v), i) for i, v in enumerate([3, 9, 1, 4, 4, 4, 8, 0, 5, 6, 7, 2])]
-    kept = downsample(points, 6)
-    steps = [p.step for p in kept]
-    assert len(kept) <= 6 and {0, 11, 1, 7} <= set(steps) and steps == sorted(steps)
 
 
 FACTS = DatasetFacts(

@@ -191,6 +191,31 @@ class Pages(Stream[T_co]):
 
 
 @dataclass(frozen=True)
+class JoinedPages(Call[T_co]):
+    """Every page of a paginated answer joined into one message: `page(token)` is the call for
+    one page; repeated fields are concatenated, the others are the last page's."""
+
+    page: Callable[[str], Op[T_co]]
+
+    def run(self, conn: Connection) -> T_co:
+        joined: Any = self.page("").run(conn)
+        while token := joined.next_page_token:
+            self._add(joined, self.page(token).run(conn))
+        return cast(T_co, joined)
+
+    async def run_async(self, conn: AioConnection) -> T_co:
+        joined: Any = await self.page("").run_async(conn)
+        while token := joined.next_page_token:
+            self._add(joined, await self.page(token).run_async(conn))
+        return cast(T_co, joined)
+
+    @staticmethod
+    def _add(joined: Any, page: Any) -> None:
+        joined.MergeFrom(page)  # appends repeated fields; sets the others that are not empty
+        joined.next_page_token = page.next_page_token  # empty on the last page: MergeFrom skips it
+
+
+@dataclass(frozen=True)
 class ServerStream(Stream[T_co]):
     """The responses of a server stream; `timeout` None: no deadline."""
 

@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from tessera.calls import C, Op, Pages, Part, Resumable, Then, call, stream
+from tessera.calls import C, JoinedPages, Op, Pages, Part, Resumable, Then, call, stream
 from tessera.errors import JobFailed, ResourceExhausted, TesseraError, Unavailable
 from tessera.events import JobEvent, JobState, event_from_proto
 from tessera.messages import from_dict
@@ -294,12 +294,22 @@ class Training(Part[C]):
     @call
     def metric_history(
         self, run_id: str, key: str, max_points: int = 0, start_step: int = 0, end_step: int = 0
-    ) -> Op[pb.MetricHistory]:
-        """One metric's points, downsampled by the daemon to `max_points` when set."""
-        request = pb.GetMetricHistoryRequest(
-            run_id=run_id, key=key, max_points=max_points, start_step=start_step, end_step=end_step
-        )
-        return Op(S, "GetMetricHistory", request)
+    ) -> JoinedPages[pb.MetricHistory]:
+        """One metric's points, downsampled by the daemon to `max_points` when set; the daemon's
+        pages are joined into one MetricHistory."""
+
+        def page(token: str) -> Op[pb.MetricHistory]:
+            request = pb.GetMetricHistoryRequest(
+                run_id=run_id,
+                key=key,
+                max_points=max_points,
+                start_step=start_step,
+                end_step=end_step,
+                page_token=token,
+            )
+            return Op(S, "GetMetricHistory", request)
+
+        return JoinedPages(page)
 
     @call
     def submit_sweep(self, spec: pb.SweepSpec | Mapping[str, Any]) -> Op[pb.Sweep]:

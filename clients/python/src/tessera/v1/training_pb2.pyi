@@ -1641,13 +1641,28 @@ class GetMetricHistoryRequest(_message.Message):
     MAX_POINTS_FIELD_NUMBER: _builtins.int
     START_STEP_FIELD_NUMBER: _builtins.int
     END_STEP_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     key: _builtins.str
     max_points: _builtins.int
-    """0 returns every point."""
+    """0 returns every point; otherwise >= 4. When the range holds more than max_points points,
+    the answer cuts it into (max_points - 2) / 2 groups spanning equal step ranges and keeps
+    each group's lowest and highest point (of equal values, the earliest step) and the range's
+    first and last point, in step order: at most max_points points, with the curve's shape.
+    """
     start_step: _builtins.int
     """Inclusive step range; 0 and 0 mean all steps."""
     end_step: _builtins.int
+    page_size: _builtins.int
+    """Points per page: 0 for the default (10,000); at most 100,000, and never more than fit in
+    4 MiB (gRPC's default message limit). A downsampled page holds whole groups, at least one.
+    """
+    page_token: _builtins.str
+    """next_page_token of the previous page, with the other fields unchanged; empty for the first.
+    The first page fixes the answer (the range's first and last step, and the grouping), so
+    the pages join into one answer.
+    """
     def __init__(
         self,
         *,
@@ -1656,10 +1671,12 @@ class GetMetricHistoryRequest(_message.Message):
         max_points: _builtins.int = ...,
         start_step: _builtins.int = ...,
         end_step: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_step", b"end_step", "key", b"key", "max_points", b"max_points", "run_id", b"run_id", "start_step", b"start_step"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_step", b"end_step", "key", b"key", "max_points", b"max_points", "page_size", b"page_size", "page_token", b"page_token", "run_id", b"run_id", "start_step", b"start_step"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1674,12 +1691,18 @@ class MetricHistory(_message.Message):
     POINTS_FIELD_NUMBER: _builtins.int
     TOTAL_POINTS_FIELD_NUMBER: _builtins.int
     DOWNSAMPLED_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     key: _builtins.str
     total_points: _builtins.int
+    """Points stored in the range (the whole answer's, not this page's)."""
     downsampled: _builtins.bool
+    next_page_token: _builtins.str
+    """Empty on the last page."""
     @_builtins.property
-    def points(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricPoint]: ...
+    def points(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricPoint]:
+        """This page's points, in step order."""
+
     def __init__(
         self,
         *,
@@ -1688,10 +1711,11 @@ class MetricHistory(_message.Message):
         points: _abc.Iterable[Global___MetricPoint] | None = ...,
         total_points: _builtins.int = ...,
         downsampled: _builtins.bool = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["downsampled", b"downsampled", "key", b"key", "points", b"points", "run_id", b"run_id", "total_points", b"total_points"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["downsampled", b"downsampled", "key", b"key", "next_page_token", b"next_page_token", "points", b"points", "run_id", b"run_id", "total_points", b"total_points"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

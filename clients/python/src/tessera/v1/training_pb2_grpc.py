@@ -267,7 +267,8 @@ class TrainingServicer:
 
     def GetMetricHistory(self, request, context):
         """One metric's history, downsampled on the server when longer than max_points; the first,
-        the last and the extreme points are always kept.
+        the last and the extreme points are always kept. Pages: a long answer (every point of a
+        long run) comes in pages of page_size points; pass next_page_token until it is empty.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

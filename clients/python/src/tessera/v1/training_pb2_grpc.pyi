@@ -68,7 +68,8 @@ class TrainingStub:
     """Many batches over one call; the response counts every accepted point."""
     GetMetricHistory: _grpc.UnaryUnaryMultiCallable[_training_pb2.GetMetricHistoryRequest, _training_pb2.MetricHistory]
     """One metric's history, downsampled on the server when longer than max_points; the first,
-    the last and the extreme points are always kept.
+    the last and the extreme points are always kept. Pages: a long answer (every point of a
+    long run) comes in pages of page_size points; pass next_page_token until it is empty.
     """
     SubmitSweep: _grpc.UnaryUnaryMultiCallable[_training_pb2.SubmitSweepRequest, _training_pb2.Sweep]
     """Hyperparameter sweeps: many jobs from one base spec."""
@@ -114,7 +115,8 @@ class TrainingAsyncStub(TrainingStub):
     """Many batches over one call; the response counts every accepted point."""
     GetMetricHistory: _aio.UnaryUnaryMultiCallable[_training_pb2.GetMetricHistoryRequest, _training_pb2.MetricHistory]  # type: ignore[assignment]
     """One metric's history, downsampled on the server when longer than max_points; the first,
-    the last and the extreme points are always kept.
+    the last and the extreme points are always kept. Pages: a long answer (every point of a
+    long run) comes in pages of page_size points; pass next_page_token until it is empty.
     """
     SubmitSweep: _aio.UnaryUnaryMultiCallable[_training_pb2.SubmitSweepRequest, _training_pb2.Sweep]  # type: ignore[assignment]
     """Hyperparameter sweeps: many jobs from one base spec."""
@@ -265,7 +267,8 @@ class TrainingServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_training_pb2.MetricHistory, _abc.Awaitable[_training_pb2.MetricHistory]]:
         """One metric's history, downsampled on the server when longer than max_points; the first,
-        the last and the extreme points are always kept.
+        the last and the extreme points are always kept. Pages: a long answer (every point of a
+        long run) comes in pages of page_size points; pass next_page_token until it is empty.
         """
 
     @_abc_1.abstractmethod
