@@ -248,7 +248,9 @@ def test_get_stats_of_what_is_not_loaded_is_not_found_saying_how_to_load_it(
         "(tessera predict, or Predict) to load it, or load it with LoadModel",
     )
     expect_rpc_error(stats(model=linear, version=9), not_found, "model 'linear' has no version 9")
-    expect_rpc_error(stats(model=linear, alias="production"), not_found, "model 'linear' has no alias 'production'")
+    expect_rpc_error(
+        stats(model=linear, alias="production"), not_found, "model 'linear' has no alias 'production'"
+    )
     # Without a model: every loaded version, which may be none.
     assert list(inference.GetStats(inference_pb2.GetStatsRequest()).stats) == []
     inference.Predict(predict_request(linear, X, version=1))
@@ -340,7 +342,9 @@ def test_canary_split_follows_the_weights(inference, registry, linear) -> None:
     assert abs(served[1] / 2000 - 0.90) < 0.03 and abs(served[2] / 2000 - 0.10) < 0.03, served
 
 
-def test_shadow_outputs_are_recorded_and_never_returned(inference, registry, linear, expect_rpc_error) -> None:
+def test_shadow_outputs_are_recorded_and_never_returned(
+    inference, registry, linear, expect_rpc_error
+) -> None:
     _deploy(registry, linear, [(1, 100)], shadow=2)
     inference.LoadModel(inference_pb2.LoadModelRequest(target=common_pb2.VersionRef(model=linear, version=2)))
     for i in range(20):

@@ -105,8 +105,12 @@ def test_model_infer_bad_paths(oip, linear, expect_rpc_error) -> None:
     )
     extra_raw = infer_request(linear, X)
     extra_raw.raw_input_contents.append(b"")
-    expect_rpc_error(lambda: oip.ModelInfer(extra_raw), invalid, "raw_input_contents has 2 entries for 1 inputs")
-    expect_rpc_error(lambda: oip.ModelInfer(infer_request("missing", X)), grpc.StatusCode.NOT_FOUND, "missing")
+    expect_rpc_error(
+        lambda: oip.ModelInfer(extra_raw), invalid, "raw_input_contents has 2 entries for 1 inputs"
+    )
+    expect_rpc_error(
+        lambda: oip.ModelInfer(infer_request("missing", X)), grpc.StatusCode.NOT_FOUND, "missing"
+    )
     expect_rpc_error(
         lambda: oip.ModelInfer(infer_request(linear, X.reshape(4, 2))),
         invalid,
