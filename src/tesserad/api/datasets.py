@@ -23,7 +23,9 @@ class DatasetsServicer(datasets_pb2_grpc.DatasetsServicer):
         self._chunk_size = default_chunk_size
 
     async def UploadDataset(
-        self, request_iterator: AsyncIterator[pb.UploadDatasetRequest], context: grpc.aio.ServicerContext
+        self,
+        request_iterator: AsyncIterator[pb.UploadDatasetRequest],
+        context: grpc.aio.ServicerContext[pb.UploadDatasetRequest, pb.DatasetVersion],
     ) -> pb.DatasetVersion:
         spec = convert.upload_spec_from_proto(await read_header(request_iterator))
         limit = await asyncio.to_thread(self._datasets.upload_limit, spec)
@@ -37,12 +39,16 @@ class DatasetsServicer(datasets_pb2_grpc.DatasetsServicer):
         return convert.version_to_proto(record)
 
     async def GetDataset(
-        self, request: pb.GetDatasetRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.GetDatasetRequest,
+        context: grpc.aio.ServicerContext[pb.GetDatasetRequest, pb.Dataset],
     ) -> pb.Dataset:
         return convert.dataset_to_proto(await asyncio.to_thread(self._datasets.get_dataset, request.name))
 
     async def ListDatasets(
-        self, request: pb.ListDatasetsRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ListDatasetsRequest,
+        context: grpc.aio.ServicerContext[pb.ListDatasetsRequest, pb.ListDatasetsResponse],
     ) -> pb.ListDatasetsResponse:
         page = await asyncio.to_thread(
             self._datasets.list_datasets, request.name_prefix, request.page_size, request.page_token
@@ -52,13 +58,17 @@ class DatasetsServicer(datasets_pb2_grpc.DatasetsServicer):
         )
 
     async def GetDatasetVersion(
-        self, request: pb.GetDatasetVersionRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.GetDatasetVersionRequest,
+        context: grpc.aio.ServicerContext[pb.GetDatasetVersionRequest, pb.DatasetVersion],
     ) -> pb.DatasetVersion:
         record = await asyncio.to_thread(self._datasets.resolve, request.ref.name, request.ref.version)
         return convert.version_to_proto(record)
 
     async def ListDatasetVersions(
-        self, request: pb.ListDatasetVersionsRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ListDatasetVersionsRequest,
+        context: grpc.aio.ServicerContext[pb.ListDatasetVersionsRequest, pb.ListDatasetVersionsResponse],
     ) -> pb.ListDatasetVersionsResponse:
         page = await asyncio.to_thread(
             self._datasets.list_versions, request.name, request.page_size, request.page_token
@@ -68,13 +78,17 @@ class DatasetsServicer(datasets_pb2_grpc.DatasetsServicer):
         )
 
     async def DeleteDataset(
-        self, request: pb.DeleteDatasetRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.DeleteDatasetRequest,
+        context: grpc.aio.ServicerContext[pb.DeleteDatasetRequest, pb.DeleteDatasetResponse],
     ) -> pb.DeleteDatasetResponse:
         deleted = await asyncio.to_thread(self._datasets.delete, request.name, request.version, request.force)
         return pb.DeleteDatasetResponse(deleted_versions=deleted)
 
     async def DownloadDataset(
-        self, request: pb.DownloadDatasetRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.DownloadDatasetRequest,
+        context: grpc.aio.ServicerContext[pb.DownloadDatasetRequest, pb.DownloadDatasetResponse],
     ) -> AsyncIterator[pb.DownloadDatasetResponse]:
         size = chunk_size(request.chunk_size, self._chunk_size)
         record = await asyncio.to_thread(self._datasets.resolve, request.ref.name, request.ref.version)

@@ -42,12 +42,16 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         return prediction_to_proto(request.request_id, target.model, version, prediction)
 
     async def Predict(
-        self, request: pb.PredictRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.PredictRequest,
+        context: grpc.aio.ServicerContext[pb.PredictRequest, pb.PredictResponse],
     ) -> pb.PredictResponse:
         return await self._predict(request, deadline_of(context))
 
     async def PredictStream(
-        self, request_iterator: AsyncIterator[pb.PredictRequest], context: grpc.aio.ServicerContext
+        self,
+        request_iterator: AsyncIterator[pb.PredictRequest],
+        context: grpc.aio.ServicerContext[pb.PredictRequest, pb.PredictResponse],
     ) -> AsyncIterator[pb.PredictResponse]:
         deadline = deadline_of(context)
         answers = answer_stream(request_iterator, lambda r: self._predict(r, deadline), failed_prediction)
@@ -55,21 +59,27 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             yield response
 
     async def LoadModel(
-        self, request: pb.LoadModelRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.LoadModelRequest,
+        context: grpc.aio.ServicerContext[pb.LoadModelRequest, pb.LoadedModel],
     ) -> pb.LoadedModel:
         target = target_from_proto(request.target)
         config = config_from_proto(request.config)
         return loaded_to_proto(await asyncio.to_thread(self._service.load, target, config))
 
     async def UnloadModel(
-        self, request: pb.UnloadModelRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.UnloadModelRequest,
+        context: grpc.aio.ServicerContext[pb.UnloadModelRequest, pb.UnloadModelResponse],
     ) -> pb.UnloadModelResponse:
         target = target_from_proto(request.target)
         unloaded = await asyncio.to_thread(self._service.unload, target)
         return pb.UnloadModelResponse(unloaded=[loaded_to_proto(e) for e in unloaded])
 
     async def ListLoaded(
-        self, request: pb.ListLoadedRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ListLoadedRequest,
+        context: grpc.aio.ServicerContext[pb.ListLoadedRequest, pb.ListLoadedResponse],
     ) -> pb.ListLoadedResponse:
         if request.model:
             validate_name("model", request.model)
@@ -78,14 +88,18 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         )
 
     async def GetStats(
-        self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.GetStatsRequest,
+        context: grpc.aio.ServicerContext[pb.GetStatsRequest, pb.GetStatsResponse],
     ) -> pb.GetStatsResponse:
         target = target_from_proto(request.target, model_required=False)
         entries = await asyncio.to_thread(self._service.stats_entries, target)
         return pb.GetStatsResponse(stats=[stats_to_proto(e, request.reset) for e in entries])
 
     async def ListShadowResults(
-        self, request: pb.ListShadowResultsRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ListShadowResultsRequest,
+        context: grpc.aio.ServicerContext[pb.ListShadowResultsRequest, pb.ListShadowResultsResponse],
     ) -> pb.ListShadowResultsResponse:
         validate_name("model", request.model)
         if request.limit < 0:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 import grpc
 
@@ -23,6 +23,7 @@ from tesserad.oip import grpc_service_pb2_grpc, model_config_pb2
 from tesserad.serving.pool import LoadedVersion, LoadState
 from tesserad.serving.predict import predict
 from tesserad.serving.service import InferenceService, Target
+from tesserad.serving.signature import TensorSpec
 
 # Listed truthfully: perf_analyzer shows the server-side breakdown only with "statistics".
 EXTENSIONS = ["model_repository", "model_configuration", "statistics"]
@@ -95,18 +96,24 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         self._stopping = stopping
 
     async def ServerLive(
-        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ServerLiveRequest,
+        context: grpc.aio.ServicerContext[pb.ServerLiveRequest, pb.ServerLiveResponse],
     ) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(
-        self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ServerReadyRequest,
+        context: grpc.aio.ServicerContext[pb.ServerReadyRequest, pb.ServerReadyResponse],
     ) -> pb.ServerReadyResponse:
         # The servicer exists only once the registry is open; shutting down is not ready.
         return pb.ServerReadyResponse(ready=not self._stopping.is_set())
 
     async def ModelReady(
-        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ModelReadyRequest,
+        context: grpc.aio.ServicerContext[pb.ModelReadyRequest, pb.ModelReadyResponse],
     ) -> pb.ModelReadyResponse:
         target = target_of(request.name, request.version)
         try:
@@ -124,17 +131,21 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         return pb.ModelReadyResponse(ready=ready)
 
     async def ServerMetadata(
-        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ServerMetadataRequest,
+        context: grpc.aio.ServicerContext[pb.ServerMetadataRequest, pb.ServerMetadataResponse],
     ) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name="tesserad", version=__version__, extensions=EXTENSIONS)
 
     async def ModelMetadata(
-        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ModelMetadataRequest,
+        context: grpc.aio.ServicerContext[pb.ModelMetadataRequest, pb.ModelMetadataResponse],
     ) -> pb.ModelMetadataResponse:
         entry = await asyncio.to_thread(self._service.ready_version, target_of(request.name, request.version))
         assert entry.signature is not None
 
-        def tensors(specs):  # type: ignore[no-untyped-def]
+        def tensors(specs: Iterable[TensorSpec]) -> list[pb.ModelMetadataResponse.TensorMetadata]:
             return [
                 pb.ModelMetadataResponse.TensorMetadata(
                     name=s.name, datatype=OIP_NAME_BY_DTYPE[s.dtype], shape=s.shape
@@ -163,12 +174,16 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         return response
 
     async def ModelInfer(
-        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ModelInferRequest,
+        context: grpc.aio.ServicerContext[pb.ModelInferRequest, pb.ModelInferResponse],
     ) -> pb.ModelInferResponse:
         return await self._infer(request, deadline_of(context))
 
     async def ModelStreamInfer(
-        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
+        self,
+        request_iterator: AsyncIterator[pb.ModelInferRequest],
+        context: grpc.aio.ServicerContext[pb.ModelInferRequest, pb.ModelStreamInferResponse],
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         deadline = deadline_of(context)
 
@@ -187,7 +202,9 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             yield response
 
     async def ModelConfig(
-        self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ModelConfigRequest,
+        context: grpc.aio.ServicerContext[pb.ModelConfigRequest, pb.ModelConfigResponse],
     ) -> pb.ModelConfigResponse:
         entry = await asyncio.to_thread(self._service.ready_version, target_of(request.name, request.version))
         assert entry.signature is not None
@@ -234,7 +251,9 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         )
 
     async def ModelStatistics(
-        self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ModelStatisticsRequest,
+        context: grpc.aio.ServicerContext[pb.ModelStatisticsRequest, pb.ModelStatisticsResponse],
     ) -> pb.ModelStatisticsResponse:
         if request.name:
             target = target_of(request.name, request.version)
@@ -244,7 +263,9 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         return pb.ModelStatisticsResponse(model_stats=[statistics_of(e) for e in entries])
 
     async def RepositoryIndex(
-        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.RepositoryIndexRequest,
+        context: grpc.aio.ServicerContext[pb.RepositoryIndexRequest, pb.RepositoryIndexResponse],
     ) -> pb.RepositoryIndexResponse:
         names = await asyncio.to_thread(self._service.model_names)
         index: list[pb.RepositoryIndexResponse.ModelIndex] = []
@@ -269,14 +290,18 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryIndexResponse(models=index)
 
     async def RepositoryModelLoad(
-        self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.RepositoryModelLoadRequest,
+        context: grpc.aio.ServicerContext[pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse],
     ) -> pb.RepositoryModelLoadResponse:
         validate_name("model_name", request.model_name)
         await asyncio.to_thread(self._service.load_serving, request.model_name)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(
-        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.RepositoryModelUnloadRequest,
+        context: grpc.aio.ServicerContext[pb.RepositoryModelUnloadRequest, pb.RepositoryModelUnloadResponse],
     ) -> pb.RepositoryModelUnloadResponse:
         validate_name("model_name", request.model_name)
         # As in Triton, unloading a model that is not loaded succeeds.

@@ -27,18 +27,24 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     # -- models
 
     async def CreateModel(
-        self, request: pb.CreateModelRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.CreateModelRequest,
+        context: grpc.aio.ServicerContext[pb.CreateModelRequest, pb.Model],
     ) -> pb.Model:
         record = await asyncio.to_thread(
             self._registry.create_model, request.name, request.description, dict(request.tags)
         )
         return convert.model_to_proto(record)
 
-    async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.Model:
+    async def GetModel(
+        self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext[pb.GetModelRequest, pb.Model]
+    ) -> pb.Model:
         return convert.model_to_proto(await asyncio.to_thread(self._registry.get_model, request.name))
 
     async def ListModels(
-        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ListModelsRequest,
+        context: grpc.aio.ServicerContext[pb.ListModelsRequest, pb.ListModelsResponse],
     ) -> pb.ListModelsResponse:
         page = await asyncio.to_thread(
             self._registry.list_models,
@@ -52,7 +58,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         )
 
     async def UpdateModel(
-        self, request: pb.UpdateModelRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.UpdateModelRequest,
+        context: grpc.aio.ServicerContext[pb.UpdateModelRequest, pb.Model],
     ) -> pb.Model:
         record = await asyncio.to_thread(
             self._registry.update_model,
@@ -64,7 +72,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         return convert.model_to_proto(record)
 
     async def DeleteModel(
-        self, request: pb.DeleteModelRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.DeleteModelRequest,
+        context: grpc.aio.ServicerContext[pb.DeleteModelRequest, pb.DeleteModelResponse],
     ) -> pb.DeleteModelResponse:
         deleted = await asyncio.to_thread(self._registry.delete_model, request.name, request.force)
         return pb.DeleteModelResponse(deleted_versions=deleted)
@@ -72,7 +82,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     # -- versions
 
     async def UploadVersion(
-        self, request_iterator: AsyncIterator[pb.UploadVersionRequest], context: grpc.aio.ServicerContext
+        self,
+        request_iterator: AsyncIterator[pb.UploadVersionRequest],
+        context: grpc.aio.ServicerContext[pb.UploadVersionRequest, pb.ModelVersion],
     ) -> pb.ModelVersion:
         header: pb.UploadVersionHeader = await read_header(request_iterator)
         check_sha256(header.sha256, "header.sha256")
@@ -113,7 +125,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         return convert.version_to_proto(record)
 
     async def DownloadVersion(
-        self, request: pb.DownloadVersionRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.DownloadVersionRequest,
+        context: grpc.aio.ServicerContext[pb.DownloadVersionRequest, pb.DownloadVersionResponse],
     ) -> AsyncIterator[pb.DownloadVersionResponse]:
         size = chunk_size(request.chunk_size, self._chunk_size)
         record = await asyncio.to_thread(self._registry.resolve, *convert.ref_args(request.ref))
@@ -122,13 +136,17 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
             yield pb.DownloadVersionResponse(chunk=chunk)
 
     async def GetVersion(
-        self, request: pb.GetVersionRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.GetVersionRequest,
+        context: grpc.aio.ServicerContext[pb.GetVersionRequest, pb.ModelVersion],
     ) -> pb.ModelVersion:
         record = await asyncio.to_thread(self._registry.resolve, *convert.ref_args(request.ref))
         return convert.version_to_proto(record)
 
     async def ListVersions(
-        self, request: pb.ListVersionsRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ListVersionsRequest,
+        context: grpc.aio.ServicerContext[pb.ListVersionsRequest, pb.ListVersionsResponse],
     ) -> pb.ListVersionsResponse:
         page = await asyncio.to_thread(
             self._registry.list_versions, request.model, request.page_size, request.page_token
@@ -138,7 +156,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         )
 
     async def DeleteVersion(
-        self, request: pb.DeleteVersionRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.DeleteVersionRequest,
+        context: grpc.aio.ServicerContext[pb.DeleteVersionRequest, pb.DeleteVersionResponse],
     ) -> pb.DeleteVersionResponse:
         if request.version <= 0:
             raise InvalidArgument(f"version must be >= 1, got {request.version}")
@@ -147,32 +167,42 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
 
     # -- aliases
 
-    async def SetAlias(self, request: pb.SetAliasRequest, context: grpc.aio.ServicerContext) -> pb.Alias:
+    async def SetAlias(
+        self, request: pb.SetAliasRequest, context: grpc.aio.ServicerContext[pb.SetAliasRequest, pb.Alias]
+    ) -> pb.Alias:
         expected = request.expected_version if request.HasField("expected_version") else None
         record = await asyncio.to_thread(
             self._registry.set_alias, request.model, request.alias, request.version, caller(context), expected
         )
         return convert.alias_to_proto(record)
 
-    async def GetAlias(self, request: pb.GetAliasRequest, context: grpc.aio.ServicerContext) -> pb.Alias:
+    async def GetAlias(
+        self, request: pb.GetAliasRequest, context: grpc.aio.ServicerContext[pb.GetAliasRequest, pb.Alias]
+    ) -> pb.Alias:
         return convert.alias_to_proto(
             await asyncio.to_thread(self._registry.get_alias, request.model, request.alias)
         )
 
     async def ListAliases(
-        self, request: pb.ListAliasesRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ListAliasesRequest,
+        context: grpc.aio.ServicerContext[pb.ListAliasesRequest, pb.ListAliasesResponse],
     ) -> pb.ListAliasesResponse:
         records = await asyncio.to_thread(self._registry.list_aliases, request.model)
         return pb.ListAliasesResponse(aliases=[convert.alias_to_proto(a) for a in records])
 
     async def DeleteAlias(
-        self, request: pb.DeleteAliasRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.DeleteAliasRequest,
+        context: grpc.aio.ServicerContext[pb.DeleteAliasRequest, pb.DeleteAliasResponse],
     ) -> pb.DeleteAliasResponse:
         await asyncio.to_thread(self._registry.delete_alias, request.model, request.alias, caller(context))
         return pb.DeleteAliasResponse()
 
     async def ListAliasHistory(
-        self, request: pb.ListAliasHistoryRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ListAliasHistoryRequest,
+        context: grpc.aio.ServicerContext[pb.ListAliasHistoryRequest, pb.ListAliasHistoryResponse],
     ) -> pb.ListAliasHistoryResponse:
         page = await asyncio.to_thread(
             self._registry.list_alias_history,
@@ -188,7 +218,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     # -- lineage, comparison, export
 
     async def GetLineage(
-        self, request: pb.GetLineageRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.GetLineageRequest,
+        context: grpc.aio.ServicerContext[pb.GetLineageRequest, pb.GetLineageResponse],
     ) -> pb.GetLineageResponse:
         record, derived = await asyncio.to_thread(self._registry.get_lineage, *convert.ref_args(request.ref))
         return pb.GetLineageResponse(
@@ -197,7 +229,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         )
 
     async def CompareVersions(
-        self, request: pb.CompareVersionsRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.CompareVersionsRequest,
+        context: grpc.aio.ServicerContext[pb.CompareVersionsRequest, pb.CompareVersionsResponse],
     ) -> pb.CompareVersionsResponse:
         comparison = await asyncio.to_thread(
             self._registry.compare, convert.ref_args(request.a), convert.ref_args(request.b)
@@ -205,7 +239,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         return convert.comparison_to_proto(comparison)
 
     async def ExportOnnx(
-        self, request: pb.ExportOnnxRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ExportOnnxRequest,
+        context: grpc.aio.ServicerContext[pb.ExportOnnxRequest, pb.ExportOnnxResponse],
     ) -> pb.ExportOnnxResponse:
         source = await asyncio.to_thread(self._registry.resolve, *convert.ref_args(request.source))
         result = await asyncio.to_thread(
@@ -224,7 +260,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
 
     # -- deployments
 
-    async def Deploy(self, request: pb.DeployRequest, context: grpc.aio.ServicerContext) -> pb.Deployment:
+    async def Deploy(
+        self, request: pb.DeployRequest, context: grpc.aio.ServicerContext[pb.DeployRequest, pb.Deployment]
+    ) -> pb.Deployment:
         record = await asyncio.to_thread(
             self._registry.deploy,
             request.model,
@@ -236,14 +274,18 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         return convert.deployment_to_proto(record)
 
     async def GetDeployment(
-        self, request: pb.GetDeploymentRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.GetDeploymentRequest,
+        context: grpc.aio.ServicerContext[pb.GetDeploymentRequest, pb.Deployment],
     ) -> pb.Deployment:
         return convert.deployment_to_proto(
             await asyncio.to_thread(self._registry.get_deployment, request.model)
         )
 
     async def ListDeployments(
-        self, request: pb.ListDeploymentsRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ListDeploymentsRequest,
+        context: grpc.aio.ServicerContext[pb.ListDeploymentsRequest, pb.ListDeploymentsResponse],
     ) -> pb.ListDeploymentsResponse:
         page = await asyncio.to_thread(
             self._registry.list_deployments, request.model, request.page_size, request.page_token
@@ -253,7 +295,11 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
             next_page_token=page.next_page_token,
         )
 
-    async def Rollback(self, request: pb.RollbackRequest, context: grpc.aio.ServicerContext) -> pb.Deployment:
+    async def Rollback(
+        self,
+        request: pb.RollbackRequest,
+        context: grpc.aio.ServicerContext[pb.RollbackRequest, pb.Deployment],
+    ) -> pb.Deployment:
         return convert.deployment_to_proto(
             await asyncio.to_thread(self._registry.rollback, request.model, caller(context))
         )

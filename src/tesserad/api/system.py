@@ -25,13 +25,17 @@ class SystemServicer(system_pb2_grpc.SystemServicer):
         self._stopping = stopping
 
     async def GetServerInfo(
-        self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.GetServerInfoRequest,
+        context: grpc.aio.ServicerContext[pb.GetServerInfoRequest, pb.ServerInfo],
     ) -> pb.ServerInfo:
         facts = await asyncio.to_thread(self._system.facts)
         return server_info_to_proto(facts)
 
     async def WatchSystem(
-        self, request: pb.WatchSystemRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.WatchSystemRequest,
+        context: grpc.aio.ServicerContext[pb.WatchSystemRequest, pb.SystemSample],
     ) -> AsyncIterator[pb.SystemSample]:
         interval_ms = request.interval_ms or DEFAULT_INTERVAL_MS
         if not MIN_INTERVAL_MS <= interval_ms <= MAX_INTERVAL_MS:

@@ -53,18 +53,24 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
 
     # -- jobs
 
-    async def SubmitJob(self, request: pb.SubmitJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
+    async def SubmitJob(
+        self, request: pb.SubmitJobRequest, context: grpc.aio.ServicerContext[pb.SubmitJobRequest, pb.Job]
+    ) -> pb.Job:
         if not request.HasField("spec"):
             raise InvalidArgument("spec is required")
         raw, document = job_spec_from_proto(request.spec)
         job = await asyncio.to_thread(self._jobs.submit, raw, document, caller(context))
         return job_to_proto(job)
 
-    async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
+    async def GetJob(
+        self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext[pb.GetJobRequest, pb.Job]
+    ) -> pb.Job:
         return job_to_proto(await asyncio.to_thread(self._jobs.get, request.job_id))
 
     async def ListJobs(
-        self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ListJobsRequest,
+        context: grpc.aio.ServicerContext[pb.ListJobsRequest, pb.ListJobsResponse],
     ) -> pb.ListJobsResponse:
         jobs, token = await asyncio.to_thread(
             self._jobs.list,
@@ -76,11 +82,13 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
         )
         return pb.ListJobsResponse(jobs=[job_to_proto(j) for j in jobs], next_page_token=token)
 
-    async def CancelJob(self, request: pb.CancelJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
+    async def CancelJob(
+        self, request: pb.CancelJobRequest, context: grpc.aio.ServicerContext[pb.CancelJobRequest, pb.Job]
+    ) -> pb.Job:
         return job_to_proto(await asyncio.to_thread(self._jobs.cancel, request.job_id))
 
     async def WatchJob(
-        self, request: pb.WatchJobRequest, context: grpc.aio.ServicerContext
+        self, request: pb.WatchJobRequest, context: grpc.aio.ServicerContext[pb.WatchJobRequest, pb.JobEvent]
     ) -> AsyncIterator[pb.JobEvent]:
         if request.from_seq < 0:
             raise InvalidArgument(f"from_seq must be >= 0, got {request.from_seq}")
@@ -122,7 +130,9 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
     # -- tracking
 
     async def CreateExperiment(
-        self, request: pb.CreateExperimentRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.CreateExperimentRequest,
+        context: grpc.aio.ServicerContext[pb.CreateExperimentRequest, pb.Experiment],
     ) -> pb.Experiment:
         experiment = await asyncio.to_thread(
             self._tracking.create_experiment, request.name, request.description, dict(request.tags)
@@ -130,12 +140,16 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
         return experiment_to_proto(experiment)
 
     async def GetExperiment(
-        self, request: pb.GetExperimentRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.GetExperimentRequest,
+        context: grpc.aio.ServicerContext[pb.GetExperimentRequest, pb.Experiment],
     ) -> pb.Experiment:
         return experiment_to_proto(await asyncio.to_thread(self._tracking.get_experiment, request.name))
 
     async def ListExperiments(
-        self, request: pb.ListExperimentsRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ListExperimentsRequest,
+        context: grpc.aio.ServicerContext[pb.ListExperimentsRequest, pb.ListExperimentsResponse],
     ) -> pb.ListExperimentsResponse:
         experiments, token = await asyncio.to_thread(
             self._tracking.list_experiments, request.name_prefix, request.page_size, request.page_token
@@ -144,7 +158,9 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
             experiments=[experiment_to_proto(e) for e in experiments], next_page_token=token
         )
 
-    async def CreateRun(self, request: pb.CreateRunRequest, context: grpc.aio.ServicerContext) -> pb.Run:
+    async def CreateRun(
+        self, request: pb.CreateRunRequest, context: grpc.aio.ServicerContext[pb.CreateRunRequest, pb.Run]
+    ) -> pb.Run:
         run = await asyncio.to_thread(
             self._tracking.create_run,
             request.experiment,
@@ -154,7 +170,9 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
         )
         return run_to_proto(run)
 
-    async def UpdateRun(self, request: pb.UpdateRunRequest, context: grpc.aio.ServicerContext) -> pb.Run:
+    async def UpdateRun(
+        self, request: pb.UpdateRunRequest, context: grpc.aio.ServicerContext[pb.UpdateRunRequest, pb.Run]
+    ) -> pb.Run:
         run = await asyncio.to_thread(
             self._tracking.update_run,
             request.run_id,
@@ -163,11 +181,15 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
         )
         return run_to_proto(run)
 
-    async def GetRun(self, request: pb.GetRunRequest, context: grpc.aio.ServicerContext) -> pb.Run:
+    async def GetRun(
+        self, request: pb.GetRunRequest, context: grpc.aio.ServicerContext[pb.GetRunRequest, pb.Run]
+    ) -> pb.Run:
         return run_to_proto(await asyncio.to_thread(self._tracking.get_run, request.run_id))
 
     async def ListRuns(
-        self, request: pb.ListRunsRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ListRunsRequest,
+        context: grpc.aio.ServicerContext[pb.ListRunsRequest, pb.ListRunsResponse],
     ) -> pb.ListRunsResponse:
         params: dict[str, str] = {}
         for i, p in enumerate(request.params):
@@ -186,7 +208,9 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
         return pb.ListRunsResponse(runs=[run_to_proto(r) for r in runs], next_page_token=token)
 
     async def CompareRuns(
-        self, request: pb.CompareRunsRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.CompareRunsRequest,
+        context: grpc.aio.ServicerContext[pb.CompareRunsRequest, pb.CompareRunsResponse],
     ) -> pb.CompareRunsResponse:
         runs = await asyncio.to_thread(self._tracking.compare_runs, list(request.run_ids))
         response = pb.CompareRunsResponse(runs=[run_to_proto(r) for r in runs])
@@ -210,7 +234,9 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
         return response
 
     async def Leaderboard(
-        self, request: pb.LeaderboardRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.LeaderboardRequest,
+        context: grpc.aio.ServicerContext[pb.LeaderboardRequest, pb.LeaderboardResponse],
     ) -> pb.LeaderboardResponse:
         ranked = await asyncio.to_thread(
             self._tracking.leaderboard,
@@ -228,19 +254,25 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
         )
 
     async def LogParams(
-        self, request: pb.LogParamsRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.LogParamsRequest,
+        context: grpc.aio.ServicerContext[pb.LogParamsRequest, pb.LogParamsResponse],
     ) -> pb.LogParamsResponse:
         await asyncio.to_thread(self._tracking.log_params, request.run_id, dict(request.params))
         return pb.LogParamsResponse()
 
     async def LogMetrics(
-        self, request: pb.LogMetricsRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.LogMetricsRequest,
+        context: grpc.aio.ServicerContext[pb.LogMetricsRequest, pb.LogMetricsResponse],
     ) -> pb.LogMetricsResponse:
         accepted = await asyncio.wrap_future(self._log(request))
         return pb.LogMetricsResponse(accepted=accepted)
 
     async def LogMetricsStream(
-        self, request_iterator: AsyncIterator[pb.LogMetricsRequest], context: grpc.aio.ServicerContext
+        self,
+        request_iterator: AsyncIterator[pb.LogMetricsRequest],
+        context: grpc.aio.ServicerContext[pb.LogMetricsRequest, pb.LogMetricsResponse],
     ) -> pb.LogMetricsResponse:
         # Batches are queued for group commit as they arrive and awaited together, so a stream
         # costs a few commits however many batches it carries.
@@ -267,7 +299,9 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
         return self._tracking.log_metrics(request.run_id, points_from_proto(request.points))
 
     async def GetMetricHistory(
-        self, request: pb.GetMetricHistoryRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.GetMetricHistoryRequest,
+        context: grpc.aio.ServicerContext[pb.GetMetricHistoryRequest, pb.MetricHistory],
     ) -> pb.MetricHistory:
         page = await asyncio.to_thread(
             self._tracking.metric_history,
@@ -291,7 +325,9 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
     # -- sweeps
 
     async def SubmitSweep(
-        self, request: pb.SubmitSweepRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.SubmitSweepRequest,
+        context: grpc.aio.ServicerContext[pb.SubmitSweepRequest, pb.Sweep],
     ) -> pb.Sweep:
         if not request.spec.HasField("base"):
             raise InvalidArgument("spec.base is required: the job spec every trial starts from")
@@ -300,16 +336,22 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
         result = await asyncio.to_thread(self._sweeps.submit, sweep, base, caller(context), job_spec_document)
         return sweep_to_proto(result)
 
-    async def GetSweep(self, request: pb.GetSweepRequest, context: grpc.aio.ServicerContext) -> pb.Sweep:
+    async def GetSweep(
+        self, request: pb.GetSweepRequest, context: grpc.aio.ServicerContext[pb.GetSweepRequest, pb.Sweep]
+    ) -> pb.Sweep:
         return sweep_to_proto(await asyncio.to_thread(self._sweeps.get, request.sweep_id))
 
     async def ListSweeps(
-        self, request: pb.ListSweepsRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ListSweepsRequest,
+        context: grpc.aio.ServicerContext[pb.ListSweepsRequest, pb.ListSweepsResponse],
     ) -> pb.ListSweepsResponse:
         sweeps, token = await asyncio.to_thread(self._sweeps.list, request.page_size, request.page_token)
         return pb.ListSweepsResponse(sweeps=[sweep_to_proto(s) for s in sweeps], next_page_token=token)
 
     async def CancelSweep(
-        self, request: pb.CancelSweepRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.CancelSweepRequest,
+        context: grpc.aio.ServicerContext[pb.CancelSweepRequest, pb.Sweep],
     ) -> pb.Sweep:
         return sweep_to_proto(await asyncio.to_thread(self._sweeps.cancel, request.sweep_id))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import logging
 import threading
@@ -171,7 +172,7 @@ class ModelPool:
             (e for e in entries if not model or e.model == model), key=lambda e: (e.model, e.version)
         )
 
-    def ready_versions(self, model: str) -> list[int]:
+    def ready_versions(self, model: str) -> builtins.list[int]:
         return sorted(v for (m, v) in list(self._ready) if m == model)
 
     def load(self, servable: ServableVersion, config: ServingConfig) -> LoadedVersion:

@@ -57,7 +57,7 @@ def decode_event(raw: bytes) -> JobEvent:
 class Subscription:
     """One watcher's bounded buffer; `wake` is called (from any thread) when something arrives."""
 
-    def __init__(self, after_seq: int, capacity: int, wake: Callable[[], None]) -> None:
+    def __init__(self, after_seq: int, capacity: int, wake: Callable[[], object]) -> None:
         self._lock = threading.Lock()
         self._items: collections.deque[JobEvent] = collections.deque()
         self._capacity = capacity
@@ -164,7 +164,7 @@ class EventLog:
         with self._lock:
             self._channels[job_id].ended = False
 
-    def subscribe(self, job_id: str, wake: Callable[[], None]) -> tuple[Subscription | None, int]:
+    def subscribe(self, job_id: str, wake: Callable[[], object]) -> tuple[Subscription | None, int]:
         """A live subscription (None if the job has ended) and the newest seq at this moment."""
         with self._lock:
             if self._shutdown:

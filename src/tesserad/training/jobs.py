@@ -9,6 +9,7 @@ worker sends; a worker that dies takes nothing else with it.
 
 from __future__ import annotations
 
+import builtins
 import collections
 import contextlib
 import copy
@@ -420,7 +421,7 @@ class Jobs:
 
     # -- running one job
 
-    def _supervise(self, job_id: str, devices: list[str]) -> None:
+    def _supervise(self, job_id: str, devices: builtins.list[str]) -> None:
         with self._lock:
             job = self._active[job_id]
         try:
@@ -446,7 +447,7 @@ class Jobs:
                 process.join(timeout=10)
             self._release(job_id, devices)
 
-    def _release(self, job_id: str, devices: list[str]) -> None:
+    def _release(self, job_id: str, devices: builtins.list[str]) -> None:
         with self._lock:
             self._running.pop(job_id, None)
             self._inventory.release(devices)
@@ -458,7 +459,7 @@ class Jobs:
         periodic = [c for c in job.checkpoints if c.reason != "final"]
         return max(periodic, key=lambda c: c.step) if periodic else None
 
-    def _launch(self, job: JobRecord, devices: list[str]) -> tuple[JobRecord, _Running]:
+    def _launch(self, job: JobRecord, devices: builtins.list[str]) -> tuple[JobRecord, _Running]:
         config = job.config
         checkpoint = self._resume_checkpoint(job) if job.attempt else None
         data = self._datasets.worker_data(config["data"])
@@ -500,7 +501,8 @@ class Jobs:
         cuda_indices = [int(d.split(":")[1]) for d in devices] if kind == "cuda" else []
         port = _free_port() if world > 1 else 0
         resume_bytes = self._blobs.read_bytes(checkpoint.sha256) if checkpoint else b""
-        processes, conns = [], []
+        processes: list[multiprocessing.process.BaseProcess] = []
+        conns: list[Connection] = []
         with _ENV_LOCK:
             saved = {k: os.environ.get(k) for k in self._worker_env}
             os.environ.update(self._worker_env)
@@ -733,7 +735,7 @@ class Jobs:
         *,
         ends: bool = False,
         also: Callable[[WriteTxn, JobEvent], None] | None = None,
-        devices: list[str] | None = None,
+        devices: builtins.list[str] | None = None,
     ) -> JobRecord:
         kept_devices = job.devices if state in ("running", "interrupted") else ()
         with self._lock:
