@@ -14,7 +14,7 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -426,7 +426,7 @@ def _env_name(name: str) -> str:
     return ENV_PREFIX + name.replace(".", "_").upper()
 
 
-def _walk(obj: Any, prefix: str):
+def _walk(obj: Any, prefix: str) -> Iterator[tuple[str, dataclasses.Field[Any], Any]]:
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         name = prefix + f.name
@@ -436,7 +436,7 @@ def _walk(obj: Any, prefix: str):
             yield name, f, value
 
 
-def _flatten(document: Mapping[str, Any], prefix: str = ""):
+def _flatten(document: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
     for key, value in document.items():
         if isinstance(value, dict):
             yield from _flatten(value, f"{prefix}{key}.")

@@ -12,7 +12,10 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Protocol
 
 import psutil
 import pynvml
@@ -121,9 +124,9 @@ class Gpus:
                         memory_used_bytes=int(memory.used),
                         memory_total_bytes=int(memory.total),
                         temperature_c=_optional(
-                            lambda h=handle: pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU)
+                            partial(pynvml.nvmlDeviceGetTemperature, handle, pynvml.NVML_TEMPERATURE_GPU)
                         ),
-                        power_w=_optional(lambda h=handle: pynvml.nvmlDeviceGetPowerUsage(h) / 1000.0),
+                        power_w=_optional(partial(_power_watts, handle)),
                     )
                 )
         return samples
@@ -152,7 +155,12 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _optional(read) -> float:
+def _power_watts(handle: Any) -> float:
+    """NVML reports power in milliwatts."""
+    return float(pynvml.nvmlDeviceGetPowerUsage(handle)) / 1000.0
+
+
+def _optional(read: Callable[[], float]) -> float:
     """Some GPUs do not report temperature or power; 0 then."""
     try:
         return float(read())
@@ -199,9 +207,20 @@ class UsageSampler:
         )
 
 
-def _busy_percent(before, after) -> float:
+class _CpuTimes(Protocol):
+    """psutil's per-CPU times; their fields (iowait among them) differ by platform."""
+
+    @property
+    def idle(self) -> float: ...
+
+    def __iter__(self) -> Iterator[float]: ...
+
+
+def _busy_percent(before: _CpuTimes, after: _CpuTimes) -> float:
     total = sum(after) - sum(before)
     if total <= 0:
         return 0.0
-    idle = (after.idle + getattr(after, "iowait", 0.0)) - (before.idle + getattr(before, "iowait", 0.0))
+    iowait_before: float = getattr(before, "iowait", 0.0)
+    iowait_after: float = getattr(after, "iowait", 0.0)
+    idle = (after.idle + iowait_after) - (before.idle + iowait_before)
     return max(0.0, min(100.0, 100.0 * (total - idle) / total))

@@ -4,6 +4,7 @@ predictions, shadow results), and a call's deadline as the plain instant the ser
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import grpc
 
@@ -30,7 +31,7 @@ _STATE_PROTO = {
 }
 
 
-def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
+def deadline_of(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
     """The call's deadline as a time.monotonic() instant (None without one)."""
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining

@@ -32,7 +32,7 @@ FORMAT_VALUES = {name: value for value, name in FORMAT_NAMES.items()}
 _DTYPE_PREFIX = "DATA_TYPE_"
 
 
-def dtype_name(value: int) -> str:
+def dtype_name(value: common_pb2.DataType.ValueType) -> str:
     """DataType enum -> numpy name ("" for unspecified or unknown)."""
     if value == common_pb2.DATA_TYPE_UNSPECIFIED:
         return ""
@@ -42,7 +42,7 @@ def dtype_name(value: int) -> str:
         return ""
 
 
-def dtype_value(name: str) -> int:
+def dtype_value(name: str) -> common_pb2.DataType.ValueType:
     try:
         return common_pb2.DataType.Value(_DTYPE_PREFIX + name.upper())
     except ValueError:
@@ -159,7 +159,7 @@ def version_to_proto(record: VersionRecord) -> pb.ModelVersion:
     return message
 
 
-def format_from_proto(value: int) -> str:
+def format_from_proto(value: pb.ArtifactFormat.ValueType) -> str:
     return FORMAT_NAMES.get(value, "")
 
 

@@ -15,7 +15,7 @@ from tesserad.errors import InvalidArgument
 from tesserad.oip import grpc_service_pb2 as oip
 from tesserad.serving.signature import Signature, TensorSpec
 
-DTYPE_BY_PROTO: dict[int, np.dtype] = {
+DTYPE_BY_PROTO: dict[common_pb2.DataType.ValueType, np.dtype] = {
     common_pb2.DATA_TYPE_BOOL: np.dtype(np.bool_),
     common_pb2.DATA_TYPE_UINT8: np.dtype(np.uint8),
     common_pb2.DATA_TYPE_INT8: np.dtype(np.int8),
@@ -30,8 +30,8 @@ DTYPE_BY_PROTO: dict[int, np.dtype] = {
     common_pb2.DATA_TYPE_FLOAT32: np.dtype(np.float32),
     common_pb2.DATA_TYPE_FLOAT64: np.dtype(np.float64),
 }
-PROTO_BY_DTYPE: dict[np.dtype, int] = {dtype: proto for proto, dtype in DTYPE_BY_PROTO.items()}
-_PROTO_DTYPE_NAMES: dict[int, str] = {value: name for name, value in common_pb2.DataType.items()}
+PROTO_BY_DTYPE: dict[np.dtype, common_pb2.DataType.ValueType] = {dtype: proto for proto, dtype in DTYPE_BY_PROTO.items()}
+_PROTO_DTYPE_NAMES: dict[common_pb2.DataType.ValueType, str] = {value: name for name, value in common_pb2.DataType.items()}
 # Tensors travel little-endian; on a little-endian host (x86, arm64) the bytes are used as they
 # are, with no byte-order dtype built and no astype/copy per request.
 _NATIVE_IS_WIRE = sys.byteorder == "little"

@@ -270,13 +270,13 @@ def metric_filters_from_proto(filters: Any) -> list[MetricFilter]:
     return out
 
 
-def mode_from_proto(value: int) -> str | None:
+def mode_from_proto(value: job_spec_pb2.OptimizeMode.ValueType) -> str | None:
     if value not in _MODES:
         raise InvalidArgument(f"mode: unknown value {value}; use MIN or MAX")
     return _MODES[value] or None
 
 
-def summary_field_from_proto(value: int) -> str | None:
+def summary_field_from_proto(value: pb.SummaryField.ValueType) -> str | None:
     if value not in _FIELDS:
         raise InvalidArgument(f"field: unknown summary field {value}")
     return None if value == pb.SUMMARY_FIELD_UNSPECIFIED else _FIELDS[value]
@@ -364,7 +364,7 @@ def sweep_to_proto(sweep: Sweep) -> pb.Sweep:
     return message
 
 
-def sweep_strategy_from_proto(value: int) -> str:
+def sweep_strategy_from_proto(value: pb.SweepStrategy.ValueType) -> str:
     if value not in _STRATEGIES:
         raise InvalidArgument("spec.strategy: set GRID, RANDOM or ASHA")
     return _STRATEGIES[value]

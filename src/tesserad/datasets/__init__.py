@@ -12,11 +12,11 @@ from tesserad.datasets.service import (
     DatasetRecord,
     Datasets,
     DatasetVersionRecord,
-    Page,
     SplitInfo,
     UploadSpec,
 )
 from tesserad.datasets.splits import FractionSplit, IndexSplit, SplitSpec
+from tesserad.paging import Page
 
 __all__ = [
     "REFERENCE_TABLES",

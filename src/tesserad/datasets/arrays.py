@@ -14,7 +14,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import numpy as np
 
@@ -169,7 +169,7 @@ def _load(path: Path, member: _Member) -> np.ndarray:
     if member.offset is not None:
         if count == 0:
             return np.empty(member.shape, member.dtype)
-        order = "F" if member.fortran_order else "C"
+        order: Literal["F", "C"] = "F" if member.fortran_order else "C"
         return np.memmap(path, member.dtype, "r", member.offset, member.shape, order)
     with zipfile.ZipFile(path) as archive, archive.open(member.zip_member or "") as stream:
         try:

@@ -46,7 +46,7 @@ def collect_unheld_blobs(store: Store, blobs: BlobStore) -> list[str]:
     """At start, delete blobs no record holds: debris of a crash between a blob's rename and
     the commit that would have recorded it. Only safe while no upload is in flight."""
     with store.read() as txn:
-        live = {key[0] for key, _ in txn.scan(BLOB_HOLDERS)}
+        live = {str(key[0]) for key, _ in txn.scan(BLOB_HOLDERS)}
     return blobs.collect(live, min_age_s=0)
 
 
@@ -61,4 +61,8 @@ def release_dataset(txn: WriteTxn, name: str, version: int, holder: str) -> None
 def dataset_holders(txn: ReadTxn, name: str, version: int | None = None) -> list[str]:
     """Holders of one version, or of every version of `name` when version is None."""
     prefix = (name,) if version is None else (name, version)
-    return [f"{key[2]} (v{key[1]})" for key, _ in txn.scan(DATASET_HOLDERS, prefix)]
+    holders = []
+    for key, _ in txn.scan(DATASET_HOLDERS, prefix):
+        holder, version = str(key[2]), int(key[1])
+        holders.append(f"{holder} (v{version})")
+    return holders

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -213,7 +214,7 @@ class Datasets:
         with self._store.write() as txn:
             raw = txn.get(DATASETS, (spec.name,))
             now = time.time()
-            data = (
+            data: dict[str, Any] = (
                 decode_record(raw, _DATASET_KIND, _SCHEMA)[1]
                 if raw
                 else {

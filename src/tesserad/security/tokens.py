@@ -21,6 +21,7 @@ import re
 import secrets
 import tomllib
 from collections.abc import Sequence
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,7 +104,7 @@ class TokenTable:
         return cls.parse(document, str(path))
 
     @classmethod
-    def parse(cls, document: dict, source: str) -> TokenTable:
+    def parse(cls, document: dict[str, Any], source: str) -> TokenTable:
         raw_entries = document.get("tokens", [])
         unknown = set(document) - {"tokens"}
         problems = [f"unknown key {key!r} (only [[tokens]] tables belong here)" for key in sorted(unknown)]

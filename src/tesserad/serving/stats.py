@@ -60,7 +60,8 @@ class _PromHistogram:
         total = 0
         for bound, count in zip((*self.bounds, math.inf), self.counts, strict=True):
             total += count
-            buckets.append((floatToGoString(bound), total))
+            # prometheus_client leaves floatToGoString unannotated.
+            buckets.append((floatToGoString(bound), total))  # type: ignore[no-untyped-call]
         return buckets
 
 

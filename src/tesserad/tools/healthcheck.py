@@ -37,7 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         channel = grpc.secure_channel(args.address, credentials, options)
     with channel:
         try:
-            response = health_pb2_grpc.HealthStub(channel).Check(
+            # types-grpcio-health-checking declares HealthStub without its Check method.
+            response = health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[attr-defined]
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
             )
         except grpc.RpcError as exc:

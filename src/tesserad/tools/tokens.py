@@ -16,7 +16,7 @@ _HEADER = (
 )
 
 
-def add_parser(commands: argparse._SubParsersAction) -> None:
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     tokens = commands.add_parser(
         "tokens",
         help="make tokens for clients and store their hashes",
