@@ -21,9 +21,9 @@ import re
 import secrets
 import tomllib
 from collections.abc import Sequence
-from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tesserad.security.roles import Role
 
