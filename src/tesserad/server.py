@@ -13,6 +13,8 @@ import logging
 import signal
 import socket
 import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -67,6 +69,8 @@ from tesserad.training.tracking import Tracking
 
 log = logging.getLogger(__name__)
 
+_Servicer = TypeVar("_Servicer")
+
 # Tables of the LMDB store; each domain package adds its own here as it is built.
 STORE_TABLES: list[str] = [
     "meta",
@@ -105,9 +109,20 @@ class _GenericHandlersOnly:
         self._server.add_generic_rpc_handlers(handlers)
 
     def add_registered_method_handlers(
-        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
     ) -> None:
         """Deliberately not registered (see the class docstring)."""
+
+
+def _register(
+    add: Callable[[_Servicer, grpc.aio.Server], None], servicer: _Servicer, routes: _GenericHandlersOnly
+) -> None:
+    """Add one service's handlers to `routes`.
+
+    The generated add_*_to_server functions are typed to take a whole Server, but they call only
+    add_generic_rpc_handlers and add_registered_method_handlers, the two methods routes has.
+    """
+    add(servicer, routes)  # type: ignore[arg-type]
 
 
 class StartupError(Exception):
@@ -195,7 +210,9 @@ class Daemon:
         self._server = server
         routes = _GenericHandlersOnly(server)
         system = SystemService(data_dir, self._store, blobs, self._gpus, self.service_names)
-        system_pb2_grpc.add_SystemServicer_to_server(SystemServicer(system, self._stopping), routes)
+        _register(
+            system_pb2_grpc.add_SystemServicer_to_server, SystemServicer(system, self._stopping), routes
+        )
         limits = settings.limits
         self.datasets = Datasets(
             self._store, blobs, max_dataset_size=limits.max_dataset_size, quota=limits.dataset_quota
@@ -206,20 +223,28 @@ class Daemon:
             max_artifact_size=limits.max_artifact_size,
             dataset_check=self.datasets.check_lineage,
         )
-        registry_pb2_grpc.add_RegistryServicer_to_server(
-            RegistryServicer(self.registry, blobs, limits.chunk_size), routes
+        _register(
+            registry_pb2_grpc.add_RegistryServicer_to_server,
+            RegistryServicer(self.registry, blobs, limits.chunk_size),
+            routes,
         )
-        datasets_pb2_grpc.add_DatasetsServicer_to_server(
-            DatasetsServicer(self.datasets, blobs, limits.chunk_size), routes
+        _register(
+            datasets_pb2_grpc.add_DatasetsServicer_to_server,
+            DatasetsServicer(self.datasets, blobs, limits.chunk_size),
+            routes,
         )
         if settings.serving.switch_interval_us:
             # Shorter GIL slices let the gRPC threads answer while batches run (see config).
             sys.setswitchinterval(settings.serving.switch_interval_us / 1e6)
         self.inference = build_inference(self.registry, settings.serving, self.metrics.registry)
         self.registry.add_listener(self.inference.on_registry_change)
-        inference_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(self.inference), routes)
-        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            OipServicer(self.inference, self._stopping), routes
+        _register(
+            inference_pb2_grpc.add_InferenceServicer_to_server, InferenceServicer(self.inference), routes
+        )
+        _register(
+            grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
+            OipServicer(self.inference, self._stopping),
+            routes,
         )
         events = EventLog(self._store, settings.training.watch_buffer_events)
         tracking = Tracking(self._store)
@@ -241,11 +266,13 @@ class Daemon:
         sweeps = Sweeps(self._store, self.training)
         await asyncio.to_thread(self.training.start)
         await asyncio.to_thread(sweeps.start)
-        training_pb2_grpc.add_TrainingServicer_to_server(
-            TrainingServicer(self.training, events, tracking, sweeps), routes
+        _register(
+            training_pb2_grpc.add_TrainingServicer_to_server,
+            TrainingServicer(self.training, events, tracking, sweeps),
+            routes,
         )
         self._health = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, routes)
+        _register(health_pb2_grpc.add_HealthServicer_to_server, self._health, routes)
         reflection.enable_server_reflection(
             [
                 *self.service_names,
@@ -273,7 +300,7 @@ class Daemon:
             extra={
                 "address": self.address,
                 "metrics": f"{settings.metrics_listen.host}:{self.metrics_port}"
-                if self.metrics_port
+                if settings.metrics_listen and self.metrics_port
                 else "off",
                 "data_dir": str(data_dir.resolve()),
                 "map_size": format_size(settings.store.map_size),
