@@ -50,7 +50,7 @@ def _map_full(map_size: int) -> ResourceExhausted:
 class ReadTxn:
     """A consistent snapshot of every table; valid only inside its `with` block."""
 
-    def __init__(self, txn: lmdb.Transaction, tables: dict[str, Any]) -> None:
+    def __init__(self, txn: lmdb.Transaction[bytes], tables: dict[str, Any]) -> None:
         self._txn = txn
         self._tables = tables
 
@@ -145,7 +145,7 @@ class ReadTxn:
 class WriteTxn(ReadTxn):
     """A write transaction: everything in it commits together or not at all."""
 
-    def __init__(self, txn: lmdb.Transaction, tables: dict[str, Any], map_size: int) -> None:
+    def __init__(self, txn: lmdb.Transaction[bytes], tables: dict[str, Any], map_size: int) -> None:
         super().__init__(txn, tables)
         self._map_size = map_size
 
@@ -338,11 +338,11 @@ class Store:
                     item.future.set_exception(exc)
             return
         self.group_commits += 1
-        for item, result, exc in outcomes:
-            if exc is None:
+        for item, result, failure in outcomes:
+            if failure is None:
                 item.future.set_result(result)
             else:
-                item.future.set_exception(exc)
+                item.future.set_exception(failure)
 
     def reader_check(self) -> int:
         """Clear reader slots of dead processes; returns how many were cleared."""
