@@ -30,8 +30,12 @@ DTYPE_BY_PROTO: dict[common_pb2.DataType.ValueType, np.dtype] = {
     common_pb2.DATA_TYPE_FLOAT32: np.dtype(np.float32),
     common_pb2.DATA_TYPE_FLOAT64: np.dtype(np.float64),
 }
-PROTO_BY_DTYPE: dict[np.dtype, common_pb2.DataType.ValueType] = {dtype: proto for proto, dtype in DTYPE_BY_PROTO.items()}
-_PROTO_DTYPE_NAMES: dict[common_pb2.DataType.ValueType, str] = {value: name for name, value in common_pb2.DataType.items()}
+PROTO_BY_DTYPE: dict[np.dtype, common_pb2.DataType.ValueType] = {
+    dtype: proto for proto, dtype in DTYPE_BY_PROTO.items()
+}
+_PROTO_DTYPE_NAMES: dict[common_pb2.DataType.ValueType, str] = {
+    value: name for name, value in common_pb2.DataType.items()
+}
 # Tensors travel little-endian; on a little-endian host (x86, arm64) the bytes are used as they
 # are, with no byte-order dtype built and no astype/copy per request.
 _NATIVE_IS_WIRE = sys.byteorder == "little"

@@ -33,7 +33,6 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -46,7 +45,6 @@ from tesserad.nn.conv import conv4d as conv4d_function
 from tesserad.nn.norm4d import BatchNorm4d
 from tesserad.nn.specs import ArchitectureSpec, model_signature
 
-Conv4dLowering = Literal["auto", "decomposed", "native"]
 PARITY_TOLERANCE = 1e-4
 PARITY_BATCHES = (1, 7)
 
@@ -319,7 +317,7 @@ def export_onnx(
     spec: ArchitectureSpec,
     path: str | os.PathLike[str],
     *,
-    conv4d: Conv4dLowering = "auto",
+    conv4d: str = "auto",
     opset: int | None = None,
     check_parity: bool = True,
 ) -> OnnxExportReport:
@@ -329,6 +327,7 @@ def export_onnx(
     random inputs at batch 1 and 7 and FailedPrecondition is raised if any output differs
     from torch by more than 1e-4. ``opset`` is what was asked; the report gives the opset the
     file actually imports (the exporter raises it when the graph needs a newer one).
+    ``conv4d`` comes from the caller's request: auto, decomposed or native, else InvalidArgument.
     """
     import onnx
 

@@ -97,7 +97,7 @@ def export_version(
     try:
         report = export_onnx(
             model, spec, path, conv4d=conv4d or "auto", opset=opset or None, check_parity=True
-        )  # type: ignore[arg-type]
+        )
         blob = blobs.put_file(path)
     finally:
         path.unlink(missing_ok=True)
