@@ -60,10 +60,12 @@ def restore(data: bytes, model: torch.nn.Module, optimizer: torch.optim.Optimize
         optim_state.setdefault(int(index), {}).update(values)
     optimizer.load_state_dict({"state": optim_state, "param_groups": meta["param_groups"]})
     torch.set_rng_state(tensors["rng.torch"])
-    return meta["state"]
+    state: dict[str, Any] = meta["state"]
+    return state
 
 
 def _metadata(data: bytes) -> dict[str, str]:
     header_len = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + header_len])
-    return header.get("__metadata__", {})
+    metadata: dict[str, str] = header.get("__metadata__", {})
+    return metadata

@@ -76,7 +76,12 @@ def build_optimizer(params: Any, config: dict[str, Any]) -> torch.optim.Optimize
 def loss_function(task: str, loss: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     if task == "classification":
         return F.cross_entropy
-    return {"mse": F.mse_loss, "l1": F.l1_loss, "huber": F.huber_loss}[loss]
+    regression: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+        "mse": F.mse_loss,
+        "l1": F.l1_loss,
+        "huber": F.huber_loss,
+    }
+    return regression[loss]
 
 
 def epoch_order(seed: int, epoch: int, count: int, dist: Distributed) -> torch.Tensor:
@@ -221,7 +226,8 @@ class Trainer:
                         "lower optimizer.lr, set optimizer.grad_clip_norm, or check the dataset for NaN/inf"
                     )
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                # torch leaves Tensor.backward unannotated.
+                loss.backward()  # type: ignore[no-untyped-call]
                 if config["optimizer"]["grad_clip_norm"]:
                     torch.nn.utils.clip_grad_norm_(
                         self.net.parameters(), config["optimizer"]["grad_clip_norm"]
@@ -327,17 +333,17 @@ class Trainer:
         if self.task == "classification":
             metrics["train_accuracy"] = correct_total / max(count, 1)
         if self.val_indices is not None and len(self.val_indices):
-            metrics.update(self._validate())
+            metrics.update(self._validate(self.val_indices))
         return metrics
 
     @torch.no_grad()
-    def _validate(self) -> dict[str, float]:
+    def _validate(self, val_indices: torch.Tensor) -> dict[str, float]:
         """Every rank scores the whole validation split, so all ranks agree on early stopping."""
         self.model.eval()
         batch = max(self.config["batch_size"], 256)
         outs, ys = [], []
-        for first in range(0, len(self.val_indices), batch):
-            index = self.val_indices[first : first + batch].to(self.device)
+        for first in range(0, len(val_indices), batch):
+            index = val_indices[first : first + batch].to(self.device)
             outs.append(self.model(self.inputs[index]))
             ys.append(self.targets[index])
         out, y = torch.cat(outs), torch.cat(ys)

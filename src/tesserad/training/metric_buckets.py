@@ -58,7 +58,7 @@ class Sample(NamedTuple):
 
 
 class Bucket(NamedTuple):
-    count: int
+    points: int  # how many points the bucket covers
     low: Sample  # the lowest value; of equal values, the earliest step
     high: Sample  # the highest value; of equal values, the earliest step
 
@@ -76,7 +76,7 @@ def _bucket_key(metric: bytes, level: int, index: int) -> bytes:
 
 
 def encode_bucket(bucket: Bucket) -> bytes:
-    return _RECORD.pack(bucket.count, *bucket.low, *bucket.high)
+    return _RECORD.pack(bucket.points, *bucket.low, *bucket.high)
 
 
 def decode_bucket(raw: bytes) -> Bucket:
@@ -89,7 +89,7 @@ def merge(a: Bucket, b: Bucket) -> Bucket:
     al, bl, ah, bh = a.low, b.low, a.high, b.high
     low = al if al.value < bl.value or (al.value == bl.value and al.step <= bl.step) else bl
     high = ah if ah.value > bh.value or (ah.value == bh.value and ah.step <= bh.step) else bh
-    return Bucket(a.count + b.count, low, high)
+    return Bucket(a.points + b.points, low, high)
 
 
 _VALUE = attrgetter("value")
@@ -152,7 +152,9 @@ def _merged(raw: bytes, bucket: Bucket) -> bytes:
         low_step, low_value, low_time = low
     if high.value > high_value or (high.value == high_value and high.step < high_step):
         high_step, high_value, high_time = high
-    return _RECORD.pack(count + bucket.count, low_step, low_value, low_time, high_step, high_value, high_time)
+    return _RECORD.pack(
+        count + bucket.points, low_step, low_value, low_time, high_step, high_value, high_time
+    )
 
 
 def _recompute(txn: ReadTxn, metric: bytes, level: int, index: int) -> Bucket | None:

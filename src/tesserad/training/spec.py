@@ -417,7 +417,7 @@ def _check_optimizer(raw: dict[str, Any], problems: _Problems) -> dict[str, Any]
     lr = float(raw.get("lr", 0.0)) or 1e-3
     if not math.isfinite(lr) or lr <= 0:
         problems.invalid("spec.optimizer.lr", f"must be > 0, got {lr}")
-    config = {
+    config: dict[str, Any] = {
         "name": name,
         "lr": lr,
         "weight_decay": float(raw.get("weight_decay", 0.0)),

@@ -616,7 +616,7 @@ def _refresh_summary(txn: WriteTxn, run_id: str, key: str) -> None:
         return
     low, high = totals.low.value, totals.high.value
     best = low if default_mode(key) == "min" else high
-    summary = MetricSummary(key, last.value, low, high, best, totals.count, last.step)
+    summary = MetricSummary(key, last.value, low, high, best, totals.points, last.step)
     txn.put("metric_summaries", (run_id, key), encode_record("metric_summary", 1, summary.__dict__))
 
 
@@ -670,7 +670,7 @@ def _every_point(
 ) -> tuple[list[MetricPoint], int]:
     """Up to `limit` points from step `first` to `last`, and the step the next page starts at
     (-1: none)."""
-    points = []
+    points: list[MetricPoint] = []
     for raw_key, raw in txn.packed_range(
         "metrics", point_key(metric, first), point_key(metric, last), limit=limit + 1
     ):
