@@ -83,10 +83,13 @@ class _ConvNet(nn.Module):
             window = tuple(2 if s >= 2 else 1 for s in size)
             if spec.pool != "none" and any(w > 1 for w in window):
                 if four_d:
-                    pool = MaxPool4d if spec.pool == "max" else AvgPool4d
+                    pool_4d = MaxPool4d if spec.pool == "max" else AvgPool4d
+                    t, d, h, w = window
+                    blocks.append(pool_4d((t, d, h, w)))
                 else:
-                    pool = nn.MaxPool2d if spec.pool == "max" else nn.AvgPool2d
-                blocks.append(pool(window))
+                    pool_2d = nn.MaxPool2d if spec.pool == "max" else nn.AvgPool2d
+                    h, w = window
+                    blocks.append(pool_2d((h, w)))
                 size = [s // w for s, w in zip(size, window, strict=True)]
             if spec.dropout > 0:
                 blocks.append(nn.Dropout(spec.dropout))
@@ -97,7 +100,8 @@ class _ConvNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         features = self.features(x)  # (N, C, *spatial)
-        return self.head(features.mean(dim=self.spatial_dims))
+        out: Tensor = self.head(features.mean(dim=self.spatial_dims))
+        return out
 
 
 class _Lstm(nn.Module):
@@ -119,7 +123,8 @@ class _Lstm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         _, (h_n, _) = self.lstm(x)  # h_n: (layers * directions, N, hidden)
         last = h_n[-self.directions :].transpose(0, 1).flatten(1)  # (N, directions * hidden)
-        return self.head(last)
+        out: Tensor = self.head(last)
+        return out
 
 
 class _Transformer(nn.Module):
@@ -158,4 +163,5 @@ class _Transformer(nn.Module):
             pooled = h[:, -1]
         else:
             pooled = h[:, 0]
-        return self.head(pooled)
+        out: Tensor = self.head(pooled)
+        return out

@@ -263,7 +263,7 @@ class _Benchmark:
 
     def __init__(self) -> None:
         self.enabled = False
-        self.cache: dict[tuple, str] = {}
+        self.cache: dict[tuple[object, ...], str] = {}
         self.lock = threading.Lock()
 
 
@@ -297,7 +297,7 @@ def clear_benchmark_cache() -> None:
         _BENCHMARK.cache.clear()
 
 
-def benchmark_cache() -> dict[tuple, str]:
+def benchmark_cache() -> dict[tuple[object, ...], str]:
     """A copy of the measured choices, keyed by shape and configuration."""
     with _BENCHMARK.lock:
         return dict(_BENCHMARK.cache)
@@ -320,7 +320,8 @@ def _measure(
         if needs_grad:
             xr = x.detach().requires_grad_(x.requires_grad)
             wr = weight.detach().requires_grad_(True)
-            run(name, xr, wr).sum().backward()
+            # torch leaves Tensor.backward unannotated.
+            run(name, xr, wr).sum().backward()  # type: ignore[no-untyped-call]
         else:
             with torch.no_grad():
                 run(name, x, weight)
@@ -394,7 +395,7 @@ def conv4d(
         return _FORMULATIONS[name](xx, ww, bb, geometry)
 
     needs_grad = torch.is_grad_enabled() and (xp.requires_grad or weight.requires_grad)
-    name = algorithm
+    name: str = algorithm
     if name == "auto":
         if _BENCHMARK.enabled and not _exporting():
             key = (
@@ -485,11 +486,10 @@ class Conv4d(nn.Module):
         self.groups = groups
         self.padding_mode = padding_mode
         self.algorithm = algorithm
-        factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(
-            torch.empty(out_channels, in_channels // groups, *self.kernel_size, **factory)
+            torch.empty(out_channels, in_channels // groups, *self.kernel_size, device=device, dtype=dtype)
         )
-        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self.bias = nn.Parameter(torch.empty(out_channels, device=device, dtype=dtype)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -609,11 +609,10 @@ class ConvTranspose4d(nn.Module):
         self.output_padding = quad(output_padding, "output_padding")
         self.dilation = quad(dilation, "dilation")
         self.groups = groups
-        factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(
-            torch.empty(in_channels, out_channels // groups, *self.kernel_size, **factory)
+            torch.empty(in_channels, out_channels // groups, *self.kernel_size, device=device, dtype=dtype)
         )
-        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self.bias = nn.Parameter(torch.empty(out_channels, device=device, dtype=dtype)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
