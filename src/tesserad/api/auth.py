@@ -28,6 +28,8 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError
 
+from tesserad.api import aio_handlers
+from tesserad.api.aio_handlers import Context, Handler
 from tesserad.api.errors import status_for
 from tesserad.config import LimitsSettings, SecuritySettings, format_size
 from tesserad.errors import InvalidArgument, ResourceExhausted
@@ -49,7 +51,7 @@ ANONYMOUS = "anonymous"
 _CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("tessera_caller", default=ANONYMOUS)
 
 
-def caller(context: grpc.aio.ServicerContext) -> str:
+def caller(context: Context) -> str:
     """The identity of the caller of the RPC `context` belongs to, for audit logs.
 
     The token's name from the tokens file; "cert:<common name>" under mutual TLS without
@@ -117,9 +119,6 @@ def _read_pem(setting: str, path: Path) -> bytes:
     return data
 
 
-Handler = grpc.RpcMethodHandler
-
-
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Authenticates, authorises and admits every call; see the module docstring.
 
@@ -157,9 +156,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler:
+    ) -> Handler | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
@@ -229,7 +228,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         max_size = self._max_message_size
         rpc = method.lstrip("/")
 
-        def enter(context: grpc.aio.ServicerContext) -> None:
+        def enter(context: Context) -> None:
             """Bind the caller and count the call in; ResourceExhausted (nothing counted) when full."""
             if caller_name is not None:
                 _CALLER.set(caller_name)
@@ -284,10 +283,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
             return generate()
 
-        if handler.unary_unary is not None:
-            inner_uu = handler.unary_unary
+        inner_uu = aio_handlers.unary_unary(handler)
+        if inner_uu is not None:
 
-            async def unary_unary(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+            async def unary_unary(raw: bytes, context: Context) -> Any:
                 try:
                     enter(context)
                 except ResourceExhausted as exc:
@@ -307,10 +306,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
             return grpc.unary_unary_rpc_method_handler(unary_unary)
 
-        if handler.stream_unary is not None:
-            inner_su = handler.stream_unary
+        inner_su = aio_handlers.stream_unary(handler)
+        if inner_su is not None:
 
-            async def stream_unary(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
+            async def stream_unary(requests: AsyncIterator[bytes], context: Context) -> Any:
                 try:
                     enter(context)
                 except ResourceExhausted as exc:
@@ -326,10 +325,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
             return grpc.stream_unary_rpc_method_handler(stream_unary)
 
-        if handler.unary_stream is not None:
-            inner_us = handler.unary_stream
+        inner_us = aio_handlers.unary_stream(handler)
+        if inner_us is not None:
 
-            async def unary_stream(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async def unary_stream(raw: bytes, context: Context) -> AsyncIterator[Any]:
                 try:
                     enter(context)
                 except ResourceExhausted as exc:
@@ -350,11 +349,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
             return grpc.unary_stream_rpc_method_handler(unary_stream)
 
-        inner_ss = handler.stream_stream
+        inner_ss = aio_handlers.stream_stream(handler)
+        assert inner_ss is not None, f"{rpc} has no behaviour"
 
-        async def stream_stream(
-            requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
-        ) -> AsyncIterator[Any]:
+        async def stream_stream(requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[Any]:
             try:
                 enter(context)
             except ResourceExhausted as exc:
@@ -386,8 +384,8 @@ def _bearer_token(metadata: Iterable[Any] | None) -> tuple[str | None, str | Non
     return token.strip(), None
 
 
-def _certificate_name(context: grpc.aio.ServicerContext) -> str:
-    names = context.auth_context().get("x509_common_name") or context.peer_identities() or []
+def _certificate_name(context: Context) -> str:
+    names = list(context.auth_context().get("x509_common_name") or context.peer_identities() or [])
     return f"cert:{names[0].decode(errors='replace')}" if names else "cert:unknown"
 
 
@@ -400,13 +398,13 @@ def _refusal(handler: Handler, code: grpc.StatusCode, message: str) -> Handler:
 
     if handler.response_streaming:
 
-        async def refuse_stream(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        async def refuse_stream(requests: Any, context: Context) -> AsyncIterator[bytes]:
             await context.abort(code, message)
             yield b""  # unreachable; makes this an async generator, as a streaming handler must be
 
         return grpc.stream_stream_rpc_method_handler(refuse_stream)
 
-    async def refuse(requests: Any, context: grpc.aio.ServicerContext) -> None:
+    async def refuse(requests: Any, context: Context) -> None:
         await context.abort(code, message)
 
     return grpc.stream_unary_rpc_method_handler(refuse)

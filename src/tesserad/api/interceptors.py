@@ -18,6 +18,8 @@ from typing import Any, NoReturn
 
 import grpc
 
+from tesserad.api import aio_handlers
+from tesserad.api.aio_handlers import Context, Handler
 from tesserad.api.errors import status_for
 from tesserad.errors import TesseraError
 from tesserad.metrics import DaemonMetrics
@@ -35,7 +37,7 @@ def _status_of(exc: Exception) -> grpc.StatusCode:
     return status_for(exc) if isinstance(exc, TesseraError) else grpc.StatusCode.INTERNAL
 
 
-async def _abort_for(exc: Exception, context: grpc.aio.ServicerContext, rpc: str) -> NoReturn:
+async def _abort_for(exc: Exception, context: Context, rpc: str) -> NoReturn:
     """Abort the call with `exc`'s status: a domain error's message, else an error id only."""
     if isinstance(exc, TesseraError):
         await context.abort(status_for(exc), exc.message)
@@ -47,7 +49,7 @@ async def _abort_for(exc: Exception, context: grpc.aio.ServicerContext, rpc: str
     )
 
 
-def _code_name(context: grpc.aio.ServicerContext) -> str:
+def _code_name(context: Context) -> str:
     code = context.code()
     if code is None:
         return "UNKNOWN"
@@ -61,13 +63,13 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: DaemonMetrics) -> None:
         self._metrics = metrics
         # method -> (the handler wrapped, its wrapper)
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
@@ -79,16 +81,16 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         self._wrapped[method] = (handler, wrapper)
         return wrapper
 
-    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    def _wrap(self, handler: Handler, method: str) -> Handler:
         service, name = _split_method(method)
         recorder = self._metrics.rpc_recorder(service, name)
         record = recorder.record
         rpc = f"{service}/{name}"
         clock = time.perf_counter
-        if handler.unary_unary or handler.stream_unary:
-            inner = handler.unary_unary or handler.stream_unary
+        inner = aio_handlers.unary_unary(handler) or aio_handlers.stream_unary(handler)
+        if inner is not None:
 
-            async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def unary_response(request: Any, context: Context) -> Any:
                 start = clock()
                 try:
                     response = await inner(request, context)
@@ -115,9 +117,10 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 response_serializer=handler.response_serializer,
             )
 
-        inner_stream = handler.unary_stream or handler.stream_stream
+        inner_stream = aio_handlers.unary_stream(handler) or aio_handlers.stream_stream(handler)
+        assert inner_stream is not None, f"{method} has no behaviour"
 
-        async def stream_response(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def stream_response(request: Any, context: Context) -> AsyncIterator[Any]:
             start = clock()
             try:
                 async for item in inner_stream(request, context):
