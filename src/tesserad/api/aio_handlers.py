@@ -10,15 +10,16 @@ really runs.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 
-Handler = grpc.RpcMethodHandler[Any, Any]
-Context = grpc.aio.ServicerContext[Any, Any]
+# Strings: grpc's runtime classes are not subscriptable.
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 # The first argument is the request, or an async iterator of requests for request streaming.
-UnaryResponse = Callable[[Any, Context], Awaitable[Any]]
-StreamResponse = Callable[[Any, Context], AsyncIterator[Any]]
+UnaryResponse: TypeAlias = "Callable[[Any, Context], Awaitable[Any]]"
+StreamResponse: TypeAlias = "Callable[[Any, Context], AsyncIterator[Any]]"
 
 
 def unary_unary(handler: Handler) -> UnaryResponse | None:
