@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 PROTO_SRC := $(shell find protos -name '*.proto')
 
-.PHONY: setup run test proto lint format bench clean
+.PHONY: setup run test proto lint typecheck format bench clean
 
 setup: $(STAMP)
 
@@ -60,6 +60,10 @@ proto: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# mypy, strict on src/tesserad (configured in pyproject.toml [tool.mypy])
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
