@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from typing import Any
 
-from tesserad.errors import InvalidArgument
+from tesserad.errors import InvalidArgument, TesseraError
 from tesserad.store import BlobRef, BlobWriter
 
 MAX_CHUNK_SIZE = 4 * 2**20
@@ -27,6 +28,62 @@ async def read_header(messages: AsyncIterator[Any]) -> Any:
     if first.WhichOneof("part") != "header":
         raise InvalidArgument("the first message of an upload must be the header; send chunks after it")
     return first.header
+
+
+@dataclass
+class UploadStart:
+    """The messages read after an upload's header by `read_start`.
+
+    `messages` are as received, not yet checked; `error` is what reading the next one raised
+    (e.g. an undecodable message), held back so that it reaches the caller after the header
+    checks, where a plain streamed upload meets it; `complete` says the stream ended after them.
+    """
+
+    messages: list[Any]
+    error: TesseraError | None
+    complete: bool
+
+    def chunks(self) -> Iterator[bytes]:
+        """The chunks read, with the errors `receive_chunks` would raise for these messages."""
+        for message in self.messages:
+            yield _chunk(message)
+        if self.error is not None:
+            raise self.error
+
+    async def replay(self, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """The messages read, then the rest of the stream: the stream as if never read ahead."""
+        for message in self.messages:
+            yield message
+        if self.error is not None:
+            raise self.error
+        async for message in rest:
+            yield message
+
+
+async def read_start(messages: AsyncIterator[Any], declared_size: int) -> UploadStart:
+    """Read ahead after the header: the first message and, when it is a chunk holding the whole
+    declared size, whether the stream ends there (a small upload, handled in one step).
+
+    At most one chunk is held besides a message past the declared size, so a large upload
+    still never holds more than about one chunk in memory.
+    """
+    start = UploadStart([], None, False)
+    try:
+        start.messages.append(await anext(messages))
+        first = start.messages[0]
+        if first.WhichOneof("part") == "chunk" and len(first.chunk) >= declared_size:
+            start.messages.append(await anext(messages))
+    except StopAsyncIteration:
+        start.complete = True
+    except TesseraError as exc:
+        start.error = exc
+    return start
+
+
+def _chunk(message: Any) -> bytes:
+    if message.WhichOneof("part") != "chunk":
+        raise InvalidArgument("only the first message of an upload may be a header; the rest must be chunks")
+    return message.chunk
 
 
 async def _write(writer: BlobWriter, chunk: bytes) -> None:
@@ -45,11 +102,7 @@ async def receive_chunks(
 ) -> BlobRef:
     """Write every chunk after the header, then commit (DataLoss if size or sha256 differ)."""
     async for message in messages:
-        if message.WhichOneof("part") != "chunk":
-            raise InvalidArgument(
-                "only the first message of an upload may be a header; the rest must be chunks"
-            )
-        await _write(writer, message.chunk)
+        await _write(writer, _chunk(message))
     return await asyncio.to_thread(writer.commit, expected_sha256, expected_size)
 
 

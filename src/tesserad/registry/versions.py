@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -171,6 +171,14 @@ class Versions:
         returned record's `alias_moved` says where the alias pointed before.
         """
         try:
+            self.check_upload(
+                model,
+                format=format,
+                signature=signature or Signature(),
+                architecture=architecture,
+                size_bytes=blob.size,
+                create_model_if_missing=create_model_if_missing,
+            )
             return self._register(
                 model,
                 format=format,
@@ -181,6 +189,65 @@ class Versions:
                 metrics=metrics or {},
                 tags=tags or {},
                 lineage=lineage or Lineage(),
+                description=description,
+                create_model_if_missing=create_model_if_missing,
+                alias=alias,
+                actor=actor,
+            )
+        except BaseException:
+            delete_unheld_blobs(self._store, self._blobs, {blob.sha256})
+            raise
+
+    def upload_version(
+        self,
+        model: str,
+        *,
+        chunks: Iterable[bytes],
+        sha256: str,
+        size_bytes: int,
+        format: str,
+        signature: Signature,
+        architecture: dict[str, Any] | None,
+        params: dict[str, str],
+        metrics: dict[str, float],
+        tags: dict[str, str],
+        lineage: Lineage,
+        description: str,
+        create_model_if_missing: bool,
+        alias: str,
+        actor: str,
+    ) -> VersionRecord:
+        """An upload whose bytes are at hand, checked, stored and registered in one call.
+
+        The same steps, errors and promises as `check_upload`, a blob written through
+        `BlobStore.writer` (DataLoss when `sha256` or `size_bytes` differ from what `chunks`
+        hold) and `register_version`; in one call, because each hand-off to a worker thread
+        cost the daemon's event loop more than storing a small version does. `chunks` is read
+        only after the header checks pass, so an error it raises comes after theirs.
+        """
+        self.check_upload(
+            model,
+            format=format,
+            signature=signature,
+            architecture=architecture,
+            size_bytes=size_bytes,
+            create_model_if_missing=create_model_if_missing,
+        )
+        with self._blobs.writer(self._max_artifact_size, "limits.max_artifact_size") as writer:
+            for chunk in chunks:
+                writer.write(chunk)
+            blob = writer.commit(sha256, size_bytes)
+        try:
+            return self._register(
+                model,
+                format=format,
+                blob=blob,
+                signature=signature,
+                architecture=architecture,
+                params=params,
+                metrics=metrics,
+                tags=tags,
+                lineage=lineage,
                 description=description,
                 create_model_if_missing=create_model_if_missing,
                 alias=alias,
@@ -207,14 +274,7 @@ class Versions:
         alias: str,
         actor: str,
     ) -> VersionRecord:
-        self.check_upload(
-            model,
-            format=format,
-            signature=signature,
-            architecture=architecture,
-            size_bytes=blob.size,
-            create_model_if_missing=create_model_if_missing,
-        )
+        """Register a blob whose header checks (`check_upload`) have passed."""
         validate_tags("tags", tags)
         validate_metrics(metrics)
         if alias:

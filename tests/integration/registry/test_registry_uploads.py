@@ -100,6 +100,29 @@ def test_header_rules(stub, weights):
     assert empty.code() == grpc.StatusCode.INVALID_ARGUMENT and "stream is empty" in empty.details()
 
 
+def test_messages_after_a_whole_artifact_are_refused_after_the_header_checks(stub, weights, data_dir):
+    """An upload whose first chunk holds every declared byte is read ahead to see whether the
+    stream ends there; what follows is still refused as in any upload, and never first."""
+    whole = registry_pb2.UploadVersionRequest(chunk=weights)
+    header = registry_pb2.UploadVersionRequest(header=safetensors_header("mlp", weights))
+    extra = rpc_error(
+        stub.UploadVersion, iter([header, whole, registry_pb2.UploadVersionRequest(chunk=b"x")])
+    )
+    assert extra.code() == grpc.StatusCode.DATA_LOSS
+    assert f"received {len(weights) + 1} bytes but the header declared {len(weights)}" in extra.details()
+    second_header = rpc_error(stub.UploadVersion, iter([header, whole, header]))
+    assert second_header.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "only the first message of an upload may be a header" in second_header.details()
+    bad_header = registry_pb2.UploadVersionRequest(header=safetensors_header("mlp", weights, format=0))
+    both_wrong = rpc_error(stub.UploadVersion, iter([bad_header, whole, header]))
+    assert both_wrong.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "format must be safetensors or onnx" in both_wrong.details()
+    assert version_count(stub, "mlp") == 0
+    assert stored_blobs(data_dir) == []
+    version = stub.UploadVersion(iter([header, whole]), timeout=60)
+    assert (version.version, version.sha256) == (1, hashlib.sha256(weights).hexdigest())
+
+
 def test_garbage_safetensors_is_invalid_argument_and_removed(stub, data_dir):
     data = b"\xff" * 100
     error = rpc_error(upload, stub, safetensors_header("mlp", data), data)
