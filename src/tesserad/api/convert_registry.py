@@ -69,7 +69,8 @@ def architecture_to_dict(message: architecture_pb2.Architecture) -> dict[str, An
     """The tesserad.nn.spec_to_dict form: zero values take their defaults; validated."""
     # A registry sees the same few architectures over and over; building and checking the
     # spec cost ~0.1 ms per upload, a cached result (copied, being mutable) a few us.
-    return json.loads(_architecture_json(message.SerializeToString(deterministic=True)))
+    spec: dict[str, Any] = json.loads(_architecture_json(message.SerializeToString(deterministic=True)))
+    return spec
 
 
 @functools.lru_cache(maxsize=256)

@@ -83,7 +83,8 @@ async def read_start(messages: AsyncIterator[Any], declared_size: int) -> Upload
 def _chunk(message: Any) -> bytes:
     if message.WhichOneof("part") != "chunk":
         raise InvalidArgument("only the first message of an upload may be a header; the rest must be chunks")
-    return message.chunk
+    chunk: bytes = message.chunk
+    return chunk
 
 
 async def _write(writer: BlobWriter, chunk: bytes) -> None:
