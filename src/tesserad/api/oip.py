@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterable
+from typing import NoReturn
 
 import grpc
 
@@ -309,7 +310,7 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             await asyncio.to_thread(self._service.unload, Target(request.model_name))
         return pb.RepositoryModelUnloadResponse()
 
-    async def SystemSharedMemoryStatus(self, request, context):  # type: ignore[no-untyped-def]
+    async def SystemSharedMemoryStatus(self, request: object, context: object) -> NoReturn:
         raise Unimplemented(_NO_SHARED_MEMORY)
 
     SystemSharedMemoryRegister = SystemSharedMemoryStatus
@@ -318,10 +319,10 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     CudaSharedMemoryRegister = SystemSharedMemoryStatus
     CudaSharedMemoryUnregister = SystemSharedMemoryStatus
 
-    async def TraceSetting(self, request, context):  # type: ignore[no-untyped-def]
+    async def TraceSetting(self, request: object, context: object) -> NoReturn:
         raise Unimplemented("tesserad does not support Triton trace settings; use its /metrics and GetStats")
 
-    async def LogSettings(self, request, context):  # type: ignore[no-untyped-def]
+    async def LogSettings(self, request: object, context: object) -> NoReturn:
         raise Unimplemented("tesserad does not support Triton log settings; set log_level in its settings")
 
 

@@ -11,12 +11,16 @@ import os
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tesserad.errors import FailedPrecondition, InvalidArgument
 from tesserad.registry.records import Signature, TensorSpec, VersionRecord
 from tesserad.registry.service import Registry
 from tesserad.registry.tables import ANONYMOUS
 from tesserad.store import BlobStore
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -27,7 +31,7 @@ class ExportResult:
     conv4d: str
 
 
-def _load_weights(model: object, path: Path, source: VersionRecord) -> None:
+def _load_weights(model: nn.Module, path: Path, source: VersionRecord) -> None:
     import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -42,7 +46,7 @@ def _load_weights(model: object, path: Path, source: VersionRecord) -> None:
         raise InvalidArgument(
             f"version {source.version}'s weights cannot be read: {exc.strerror or type(exc).__name__}"
         ) from None
-    expected = model.state_dict()  # type: ignore[attr-defined]
+    expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -59,7 +63,7 @@ def _load_weights(model: object, path: Path, source: VersionRecord) -> None:
                 f"has shape {list(state[name].shape)}, the architecture needs {list(tensor.shape)}"
             )
     with torch.no_grad():
-        model.load_state_dict(state, strict=True)  # type: ignore[attr-defined]
+        model.load_state_dict(state, strict=True)
 
 
 def export_version(
