@@ -24,9 +24,7 @@ import os
 import platform
 import struct
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +33,7 @@ from statistics import median
 from typing import Any
 
 import grpc
+from daemon_process import start_daemon
 
 from tessera.v1 import architecture_pb2, common_pb2, registry_pb2, registry_pb2_grpc
 from tesserad.errors import NotFound
@@ -83,39 +82,6 @@ def upload_requests(model: str, data: bytes) -> Iterator[registry_pb2.UploadVers
 
 
 # -- the daemon --------------------------------------------------------------------------------
-
-
-def start_daemon(data_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tesserad",
-            "serve",
-            "--log-format",
-            "json",
-            "--data-dir",
-            str(data_dir),
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "off",
-            *extra,
-        ],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
-    assert process.stderr is not None
-    for line in process.stderr:
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if entry.get("msg") == "tesserad serving":
-            threading.Thread(target=lambda: process.stderr.read(), daemon=True).start()  # type: ignore[union-attr]
-            return process, entry["address"]
-    raise RuntimeError("tesserad did not start")
 
 
 def stop_daemon(process: subprocess.Popen[str]) -> None:

@@ -34,7 +34,6 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -45,6 +44,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from daemon_process import start_daemon as start_process
 
 import tessera
 from tessera.v1 import (
@@ -133,35 +133,7 @@ class Daemon:
 
 
 def start_daemon(data_dir: Path) -> Daemon:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tesserad",
-            "serve",
-            "--log-format",
-            "json",
-            "--data-dir",
-            str(data_dir),
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "off",
-        ],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
-    assert process.stderr is not None
-    for line in process.stderr:
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if entry.get("msg") == "tesserad serving":
-            threading.Thread(target=lambda: process.stderr.read(), daemon=True).start()  # type: ignore[union-attr]
-            return Daemon(process, entry["address"])
-    raise RuntimeError("tesserad did not start")
+    return Daemon(*start_process(data_dir))
 
 
 def percentile(values: list[float], q: float) -> float:

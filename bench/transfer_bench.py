@@ -17,8 +17,6 @@ import json
 import os
 import shutil
 import struct
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -26,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+from daemon_process import start_daemon
 
 from tessera.v1 import architecture_pb2, common_pb2, registry_pb2, registry_pb2_grpc
 
@@ -86,38 +85,6 @@ class RssPeak:
         self._thread.join()
         self.peak = max(self.peak, rss(self.pid))
         self.growth = self.peak - self.start
-
-
-def start_daemon(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tesserad",
-            "serve",
-            "--log-format",
-            "json",
-            "--data-dir",
-            str(data_dir),
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "off",
-        ],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
-    assert process.stderr is not None
-    for line in process.stderr:
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if entry.get("msg") == "tesserad serving":
-            threading.Thread(target=lambda: process.stderr.read(), daemon=True).start()  # type: ignore[union-attr]
-            return process, entry["address"]
-    raise RuntimeError("tesserad did not start")
 
 
 def requests(

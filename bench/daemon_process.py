@@ -1,0 +1,45 @@
+"""`tesserad serve` as a child process for the benches: JSON logs, free port, no metrics port."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+
+def start_daemon(data_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
+    """The started process and the address it serves on, once its log says it is serving."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tesserad",
+            "serve",
+            "--log-format",
+            "json",
+            "--data-dir",
+            str(data_dir),
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+            *extra,
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    stderr = process.stderr
+    assert stderr is not None
+    for line in stderr:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("msg") == "tesserad serving":
+            # Keep draining the log so the daemon never blocks on a full pipe.
+            threading.Thread(target=stderr.read, daemon=True).start()
+            return process, entry["address"]
+    raise RuntimeError("tesserad did not start")
