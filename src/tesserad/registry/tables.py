@@ -28,9 +28,7 @@ Notify = Callable[[str], None]
 
 
 def model_missing(name: str) -> NotFound:
-    return NotFound(
-        f"model {name!r} does not exist; create it with CreateModel, or upload a version with create_model set"
-    )
+    return NotFound(f"model {name!r} does not exist; create it with CreateModel")
 
 
 def new_model_data(name: str, description: str, tags: dict[str, str]) -> dict[str, Any]:
