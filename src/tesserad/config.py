@@ -272,6 +272,22 @@ class TrainingSettings:
     resource_interval_s: float = setting(
         5.0, parse_number(float, 0.1, 3600.0), "how often a running job reports its CPU and memory use"
     )
+    compile: str = setting(
+        "auto",
+        parse_choice("auto", "on", "off"),
+        "torch.compile the model in training workers; auto: on for CUDA jobs, off on CPU, where "
+        "the cnn4d bench measured compile no faster than eager and a compile costs minutes",
+    )
+
+
+@dataclass(frozen=True)
+class NnSettings:
+    max_workspace: int = setting(
+        0,
+        parse_size,
+        "most scratch memory one Conv4d call may take in training workers; a faster formulation "
+        "that needs more gives way to the next best (logged at debug); 0: no limit",
+    )
 
 
 @dataclass(frozen=True)
@@ -349,6 +365,7 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     serving: ServingSettings = field(default_factory=ServingSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
+    nn: NnSettings = field(default_factory=NnSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
 

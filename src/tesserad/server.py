@@ -259,6 +259,7 @@ class Daemon:
             datasets=DatasetAccess(self.datasets),
             registration=JobRegistration(self.registry),
             worker_env=worker_environment(),
+            nn_max_workspace=settings.nn.max_workspace,
         )
         TrainingMetrics(self.training, self.metrics.registry)
         # Jobs a previous daemon left unfinished are re-queued (those cut off while RUNNING resume

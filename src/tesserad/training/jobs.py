@@ -152,6 +152,7 @@ class Jobs:
         datasets: DatasetAccess,
         registration: Registration,
         worker_env: dict[str, str],
+        nn_max_workspace: int = 0,
     ) -> None:
         self._store = store
         self._blobs = blobs
@@ -161,6 +162,7 @@ class Jobs:
         self._datasets = datasets
         self._registration = registration
         self._worker_env = worker_env
+        self._nn_max_workspace = nn_max_workspace
         self._device_facts = DeviceFacts(settings.cpu_slots, gpu_count)
         self._inventory = DeviceInventory(settings.cpu_slots, gpu_count)
         self._threads = settings.threads_per_slot or max(1, usable_cpu_count() // max(settings.cpu_slots, 1))
@@ -524,6 +526,8 @@ class Jobs:
                         resume=bool(resume_bytes),
                         resource_interval_s=self._settings.resource_interval_s,
                         parent_pid=os.getpid(),
+                        compile=self._settings.compile,
+                        max_workspace=self._nn_max_workspace,
                     )
                     process = self._mp.Process(
                         target=worker_main,

@@ -24,6 +24,7 @@ from tesserad.nn.specs import FAMILIES as ARCHITECTURE_FAMILIES
 from tesserad.nn.specs import ArchitectureSpec, spec_problems, spec_to_dict, unchecked_spec_from_dict
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+PRECISIONS = ("fp32", "bf16", "fp16")
 REGRESSION_LOSSES = ("mse", "l1", "huber")
 
 
@@ -180,6 +181,7 @@ SPEC_FIELDS: Mapping[str, SpecField] = {
     "register_as": _message({"model": _value(str), "alias": _value(str), "description": _value(str)}),
     "log_every_n_steps": _value(int),
     "tags": _LIST,
+    "precision": _value(str),
 }
 
 
@@ -283,6 +285,7 @@ def normalize_spec(raw: dict[str, Any], dataset: Any, devices: DeviceFacts) -> d
     config["early_stopping"] = _check_early_stopping(raw.get("early_stopping") or {}, metrics, problems)
     config["checkpoints"] = _check_checkpoints(raw.get("checkpoints") or {}, metrics, problems)
     config["devices"] = _check_devices(raw.get("devices") or {}, devices, problems)
+    config["precision"] = _check_precision(raw.get("precision") or "fp32", config["devices"], problems)
     config["priority"] = int(raw.get("priority", 0))
     config["register_as"] = _check_register_as(raw.get("register_as") or {}, problems)
     config["tags"] = dict(raw.get("tags") or {})
@@ -554,6 +557,15 @@ def _check_devices(raw: dict[str, Any], devices: DeviceFacts, problems: _Problem
             f"{devices.cpu_slots} CPU slot{'s' if devices.cpu_slots != 1 else ''} (training.cpu_slots)",
         )
     return {"kind": "cpu", "indices": [], "count": count}
+
+
+def _check_precision(precision: str, devices: dict[str, Any], problems: _Problems) -> str:
+    if precision not in PRECISIONS:
+        problems.invalid("spec.precision", f"must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    elif precision == "fp16" and devices["kind"] != "cuda":
+        # CPU float16 kernels are slow or missing and a loss scaler buys nothing there.
+        problems.invalid("spec.precision", "fp16 trains on CUDA devices only; use bf16 on CPU")
+    return precision
 
 
 def _check_register_as(raw: dict[str, Any], problems: _Problems) -> dict[str, str] | None:

@@ -114,6 +114,7 @@ class JobSpec(_message.Message):
     REGISTER_AS_FIELD_NUMBER: _builtins.int
     LOG_EVERY_N_STEPS_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
+    PRECISION_FIELD_NUMBER: _builtins.int
     experiment: _builtins.str
     """Experiment the job's run belongs to; created on first use. Default "default"."""
     run_name: _builtins.str
@@ -136,6 +137,11 @@ class JobSpec(_message.Message):
     """Higher runs first; equal priorities run in submission order."""
     log_every_n_steps: _builtins.int
     """Emit a step-metrics event every N steps; default 10."""
+    precision: _builtins.str
+    """Numeric precision of training: "fp32" (default), "bf16" (autocast to bfloat16, on CPU or
+    CUDA) or "fp16" (autocast to float16 with a dynamic loss scaler; CUDA jobs only).
+    Parameters, optimiser state and checkpoints stay float32.
+    """
     @_builtins.property
     def architecture(self) -> _architecture_pb2.Architecture: ...
     @_builtins.property
@@ -178,10 +184,11 @@ class JobSpec(_message.Message):
         register_as: Global___RegisterAs | None = ...,
         log_every_n_steps: _builtins.int = ...,
         tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        precision: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "checkpoints", b"checkpoints", "data", b"data", "devices", b"devices", "early_stopping", b"early_stopping", "lr_schedule", b"lr_schedule", "optimizer", b"optimizer", "register_as", b"register_as"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "batch_size", b"batch_size", "checkpoints", b"checkpoints", "data", b"data", "devices", b"devices", "early_stopping", b"early_stopping", "epochs", b"epochs", "experiment", b"experiment", "log_every_n_steps", b"log_every_n_steps", "loss", b"loss", "lr_schedule", b"lr_schedule", "max_steps", b"max_steps", "optimizer", b"optimizer", "priority", b"priority", "register_as", b"register_as", "run_name", b"run_name", "seed", b"seed", "tags", b"tags", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "batch_size", b"batch_size", "checkpoints", b"checkpoints", "data", b"data", "devices", b"devices", "early_stopping", b"early_stopping", "epochs", b"epochs", "experiment", b"experiment", "log_every_n_steps", b"log_every_n_steps", "loss", b"loss", "lr_schedule", b"lr_schedule", "max_steps", b"max_steps", "optimizer", b"optimizer", "precision", b"precision", "priority", b"priority", "register_as", b"register_as", "run_name", b"run_name", "seed", b"seed", "tags", b"tags", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
