@@ -1,7 +1,8 @@
 """Conv4d formulations side by side, reduced precision, torch.compile, malloc tunables and exported-model latency.
 
     .venv/bin/python bench/conv4d_bench.py [--quick] [--device cpu|cuda] [--env] [--skip-onnx] [--skip-compile]
-    .venv/bin/python bench/conv4d_bench.py --onnx-only   # refresh only that section of the JSON
+    .venv/bin/python bench/conv4d_bench.py --onnx-only      # refresh only that section of the JSON
+    .venv/bin/python bench/conv4d_bench.py --compile-only   # likewise for torch.compile
 
 For each shape A-E of issue 7, forward and forward+backward: every formulation in
 ``tesserad.nn.conv.ALGORITHMS``, the 'auto' choice (heuristic), 'auto' under autocast to the
@@ -690,13 +691,21 @@ def main() -> None:
         action="store_true",
         help="run only the onnxruntime latency runs and replace that section of the existing CPU results",
     )
+    parser.add_argument(
+        "--compile-only",
+        action="store_true",
+        help="run only the torch.compile probe and replace that section of the existing CPU results",
+    )
     args = parser.parse_args()
-    if args.onnx_only:
+    if args.onnx_only or args.compile_only:
         path = RESULTS / "conv4d_cpu.json"
         report = json.loads(path.read_text())
-        report["onnx_cnn4d"] = bench_onnx(1 if args.quick else 5)
+        if args.onnx_only:
+            report["onnx_cnn4d"] = bench_onnx(1 if args.quick else 5)
+        if args.compile_only:
+            report["compile_cnn4d"] = bench_compile(3 if args.quick else 6, args.compile_timeout)
         path.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"updated onnx_cnn4d in {path}")
+        print(f"updated {path}")
         return
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("no CUDA device: torch.cuda.is_available() is False; nothing to measure")
@@ -718,12 +727,15 @@ def main() -> None:
     path = RESULTS / f"conv4d_{device.type}.json"
     if device.type == "cpu" and args.env:
         report["malloc_tunables"] = bench_env(max(reps, 3))
-    elif path.exists() and "malloc_tunables" in (previous := json.loads(path.read_text())):
-        report["malloc_tunables"] = previous["malloc_tunables"]  # measured by an earlier --env run
     if device.type == "cpu" and not args.skip_onnx:
         report["onnx_cnn4d"] = bench_onnx(max(reps, 5))
     if device.type == "cpu" and not args.skip_compile:
         report["compile_cnn4d"] = bench_compile(max(reps, 3) * 2, args.compile_timeout)
+    # Sections this run skipped keep an earlier run's figures, marked as such.
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    for section in ("malloc_tunables", "onnx_cnn4d", "compile_cnn4d"):
+        if section not in report and section in previous:
+            report[section] = {**previous[section], "from_an_earlier_run": True}
     fwd_bwd = [r for r in report["shapes"] if r["mode"] == "fwd+bwd"]
     report["summary"] = {
         "geomean_fwd_bwd_speedup_auto_vs_loop": math.exp(
