@@ -696,7 +696,16 @@ def main() -> None:
         action="store_true",
         help="run only the torch.compile probe and replace that section of the existing CPU results",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (0: torch's default); 1 keeps a busy shared machine's spinning "
+        "OpenMP waits from swamping the many small calls of the loop",
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.onnx_only or args.compile_only:
         path = RESULTS / "conv4d_cpu.json"
         report = json.loads(path.read_text())

@@ -12,9 +12,13 @@ conv3d calls and differs only in how it batches them:
 
 All of them are plain differentiable torch ops (no ``as_strided``), so autograd gives the
 gradients and the ONNX exporter sees slices, concats and reshapes with a dynamic batch.
-``algorithm='auto'`` picks one per call with a heuristic measured on 2 CPU cores
-(bench/conv4d_bench.py, bench/results/conv4d_cpu.json); ``set_benchmark(True)`` instead
-times every formulation once per shape and caches the winner, like cudnn.benchmark.
+Outside export and torch.compile, ``time_fold`` runs as an autograd Function instead: the
+same conv3d, with the taps folded in one copy and a hand-written backward (see
+_TimeFoldFunction). ``algorithm='auto'`` picks one per call with a heuristic measured on 2 CPU
+cores (bench/conv4d_bench.py, bench/results/conv4d_cpu.json); ``set_benchmark(True)`` instead
+times every formulation once per shape and caches the winner, like cudnn.benchmark. Either
+way ``set_max_workspace`` bounds the scratch memory auto may choose (``workspace_bytes``).
+Every formulation runs under autocast (bfloat16 on CPU, float16 or bfloat16 on CUDA).
 """
 
 from __future__ import annotations
