@@ -276,7 +276,7 @@ class TrainingSettings:
         "auto",
         parse_choice("auto", "on", "off"),
         "torch.compile the model in training workers; auto: on for CUDA jobs, off on CPU, where "
-        "the cnn4d bench measured compile no faster than eager and a compile costs minutes",
+        "the cnn4d bench measured compile at 0.5-1.2x eager's speed after up to minutes of compiling",
     )
 
 

@@ -98,7 +98,7 @@ def test_precision_from_a_spec_dict(client, table):
     assert job.state == tessera.JobState.SUCCEEDED
     logs = [e.message for e in events if isinstance(e, tessera.LogLine)]
     assert any(m.startswith("training on cpu") and "bf16" in m for m in logs), logs
-    with pytest.raises(tessera.InvalidArgument, match="spec.precision: fp16 trains on CUDA devices only"):
+    with pytest.raises(tessera.InvalidArgument, match=r"spec\.precision: fp16 trains on CUDA devices only"):
         client.training.submit(small_spec(table, precision="fp16"))
 
 
