@@ -58,10 +58,12 @@ def _invalid(problems: Problems, path: str, what: str) -> None:
 
 def check_parent(
     raw: dict[str, Any], parents: ParentLookup, problems: Problems
-) -> tuple[ParentFacts | None, dict[str, Any]]:
+) -> tuple[ParentFacts | None, dict[str, Any] | None]:
     """The parent a spec names (None without init_from, or with its problems recorded) and the
-    architecture the job builds: the spec's, else the parent's with replace_head's output_size."""
-    architecture: dict[str, Any] = raw.get("architecture") or {}
+    architecture the job builds: the spec's, else the parent's with replace_head's output_size
+    (None when that parent is not there: its problem says all there is to say)."""
+    given: dict[str, Any] = raw.get("architecture") or {}
+    architecture = given or (None if raw.get("init_from") is not None else given)
     ref = raw.get("init_from")
     if ref is None:
         for key in ("freeze", "replace_head", "backbone_lr_scale"):
@@ -103,8 +105,8 @@ def check_parent(
             f"{parent.label} has no architecture to rebuild the model from; register it with one",
         )
         return None, architecture
-    if architecture:
-        return parent, architecture
+    if given:
+        return parent, given
     output_size = int((raw.get("replace_head") or {}).get("output_size", 0))
     default = dict(parent.architecture)
     if output_size > 0:

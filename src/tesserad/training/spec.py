@@ -253,7 +253,7 @@ def normalize_spec(
     config["run_name"] = raw.get("run_name", "")
 
     parent, architecture = check_parent(raw, parents, problems.found)
-    arch_spec = _check_architecture(architecture, problems)
+    arch_spec = _check_architecture(architecture, problems) if architecture is not None else None
     config["architecture"] = spec_to_dict(arch_spec) if arch_spec is not None else None
     if parent is not None and arch_spec is not None:
         config["fine_tune"] = check_fine_tuning(raw, parent, config["architecture"], problems.found)
