@@ -268,6 +268,9 @@ class Jobs:
         document = copy.deepcopy(spec_document)
         document.setdefault("data", {}).setdefault("dataset", {})["version"] = config["data"]["version"]
         document["experiment"] = config["experiment"]
+        if fine_tune := config.get("fine_tune"):
+            # As the dataset: the version an alias named at submit, so the spec stays reproducible.
+            document["init_from"] = {"model": fine_tune["model"], "version": fine_tune["version"]}
         run = Run(
             run_id=new_id("run"),
             experiment=config["experiment"],
