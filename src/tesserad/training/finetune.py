@@ -136,7 +136,7 @@ def check_fine_tuning(
         _invalid(problems, "spec.backbone_lr_scale", f"must be > 0 (0 for 1), got {scale}")
     shapes, parameters = tensor_layout(architecture)
     head = head_tensors(architecture)
-    _compare_tensors(parent, shapes, head, replace_head is not None, problems)
+    _compare_tensors(parent, architecture, shapes, head, replace_head is not None, problems)
     freeze = [str(pattern) for pattern in raw.get("freeze") or []]
     frozen = frozen_parameters(parameters, freeze, head if replace_head is not None else set())
     for i, pattern in enumerate(freeze):
@@ -161,6 +161,7 @@ def check_fine_tuning(
 
 def _compare_tensors(
     parent: ParentFacts,
+    architecture: dict[str, Any],
     shapes: dict[str, tuple[int, ...]],
     head: set[str],
     replacing: bool,
@@ -168,7 +169,9 @@ def _compare_tensors(
 ) -> None:
     """Every tensor of the job's architecture against the parent's; when the head is replaced,
     the job's new head needs nothing from the parent and the parent's head is left behind."""
-    parent_head = head_tensors(parent.architecture or {})
+    parent_architecture = parent.architecture or {}
+    parent_head = head_tensors(parent_architecture)
+    new_output = parent_architecture.get("output_size") != architecture["output_size"]
     found: list[str] = []
     for name, shape in shapes.items():
         if replacing and name in head:
@@ -177,7 +180,7 @@ def _compare_tensors(
         if stored is None:
             found.append(f"tensor {name!r} {list(shape)} of this job's architecture is not in {parent.label}")
         elif stored != shape:
-            hint = "; set replace_head for a new final layer" if name in parent_head else ""
+            hint = "; set replace_head for a new final layer" if new_output and name in parent_head else ""
             found.append(
                 f"tensor {name!r} has shape {list(stored)} in {parent.label} but {list(shape)} in this job's "
                 f"architecture{hint}"

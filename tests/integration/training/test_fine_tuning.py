@@ -4,6 +4,9 @@ lineage names the parent; and every spec that cannot work is refused at SubmitJo
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import grpc
 import numpy as np
 import pytest
@@ -276,3 +279,69 @@ def test_an_unknown_parent_is_not_found(parent: S.Job, training, ref, message: s
     )
     assert error.code() == grpc.StatusCode.NOT_FOUND
     assert error.details().startswith(message), error.details()
+
+
+def test_a_resumed_fine_tuning_job_keeps_its_backbone_frozen_and_its_curve(
+    spawn_daemon: Any, tmp_path: Path
+) -> None:
+    """SIGKILL the daemon mid fine-tune: the next one resumes from the checkpoint (the parent's
+    weights held meanwhile), freezes the same parameters, restores both optimiser groups, and
+    gives the loss curve of an uninterrupted run."""
+    args = ("--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(tmp_path))
+    env = {"TESSERA_TRAINING_CPU_SLOTS": "1", "TESSERA_TRAINING_THREADS_PER_SLOT": "1"}
+    daemon = spawn_daemon(*args, env=env)
+    channel = grpc.insecure_channel(daemon.wait_serving())
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(N, 8)).astype(np.float32)
+    split = {"train": list(range(TRAIN)), "val": list(range(TRAIN, N))}
+    upload_dataset(channel, "task-a", {"x": x, "y": (x[:, 0] + x[:, 1] > 0).astype(np.int64)}, split)
+    upload_dataset(channel, "task-b", {"x": x, "y": _task_b_labels(x)}, split)
+    training = training_grpc.TrainingStub(channel)
+    _run(
+        training,
+        _spec(
+            "task-a",
+            architecture=_architecture_message(),
+            epochs=2,
+            register_as=job_spec_pb2.RegisterAs(model=PARENT),
+        ),
+    )
+    spec = _spec(
+        "task-b",
+        init_from=common_pb2.VersionRef(model=PARENT, version=1),
+        freeze=["1.weight"],
+        replace_head=job_spec_pb2.ReplaceHead(output_size=3),
+        backbone_lr_scale=0.5,
+        epochs=40,
+        checkpoints=job_spec_pb2.CheckpointPolicy(every_n_epochs=2, keep_last=1),
+        register_as=job_spec_pb2.RegisterAs(model="task-b-mlp"),
+    )
+    job = submit(training, spec)
+    for event in training.WatchJob(S.WatchJobRequest(job_id=job.job_id), timeout=120):
+        if event.WhichOneof("event") == "checkpoint" and event.checkpoint.epoch == 4:
+            break
+    daemon.process.kill()
+    daemon.process.wait(10)
+    channel.close()
+
+    restarted = spawn_daemon(*args, env=env)
+    channel = grpc.insecure_channel(restarted.wait_serving())
+    training = training_grpc.TrainingStub(channel)
+    registry = registry_pb2_grpc.RegistryStub(channel)
+    follow(training, job.job_id)
+    resumed = training.GetJob(S.GetJobRequest(job_id=job.job_id))
+    assert resumed.state == S.JOB_STATE_SUCCEEDED and resumed.attempt == 2, resumed.error
+    before = _weights(registry, PARENT, 1)
+    after = _weights(registry, resumed.registered.model, resumed.registered.version)
+    assert after["1.weight"].numpy().tobytes() == before["1.weight"].numpy().tobytes()
+    assert not torch.equal(after["1.bias"], before["1.bias"])  # not frozen: trains at half the rate
+
+    again = _run(training, spec)
+    curves = [
+        [
+            p.value
+            for p in training.GetMetricHistory(S.GetMetricHistoryRequest(run_id=j.run_id, key="loss")).points
+        ]
+        for j in (resumed, again)
+    ]
+    assert curves[0] == curves[1]
