@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+
 import numpy as np
 from prometheus_client import CollectorRegistry
 
@@ -9,7 +14,7 @@ from tesserad.config import ServingSettings
 from tesserad.errors import FailedPrecondition, NotFound
 from tesserad.registry import Registry, VersionRecord
 from tesserad.registry import Signature as RegistrySignature
-from tesserad.registry.ensembles import parse_ensemble_spec
+from tesserad.registry.ensembles import Member, parse_ensemble_spec
 from tesserad.serving.ensemble import EnsemblePlan
 from tesserad.serving.pool import ModelPool, ServableVersion, ServingDefaults
 from tesserad.serving.service import DeploymentPlan, InferenceService
@@ -49,14 +54,22 @@ class RegistrySource:
         members: list[ServableVersion] = []
         for member in spec.members:
             try:
-                members.append(self.servable(member.model, member.version, None))
+                servable = self.servable(member.model, member.version, None)
             except NotFound as exc:
                 raise FailedPrecondition(
                     f"model {record.model!r} version {record.version} is an ensemble whose member "
                     f"{member.label} no longer exists ({exc.message}); register a new ensemble "
                     "version whose members exist"
                 ) from None
+            # A member unloaded later is loaded again: NotFound then if it was deleted meanwhile.
+            members.append(replace(servable, open_artifact=partial(self._artifact_of, member)))
         return EnsemblePlan(spec, tuple(members))
+
+    def _artifact_of(self, member: Member) -> AbstractContextManager[Path]:
+        opened: AbstractContextManager[Path] = self._registry.artifact_path(
+            self._registry.resolve(member.model, member.version)
+        )
+        return opened
 
     def deployment(self, model: str) -> DeploymentPlan | None:
         try:

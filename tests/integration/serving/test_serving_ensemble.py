@@ -121,7 +121,13 @@ def test_unknown_combine_refused_by_the_daemon(channel, members) -> None:
 
 def test_member_deleted_refused_at_load(client, members) -> None:
     client.models.register_ensemble("ens", members)
+    client.inference.load("ens", 1)
     client.models.delete_version("b", 1)
+    client.inference.unload("b", 1)
+    with pytest.raises(tessera.FailedPrecondition) as raised:
+        client.inference.predict("ens", {"x": X})  # the loaded ensemble cannot load b again
+    assert "ensemble whose member b:1 cannot load: model 'b' has no version 1" in str(raised.value)
+    client.inference.unload("ens", 1)
     with pytest.raises(tessera.FailedPrecondition) as raised:
         client.inference.load("ens", 1)
     assert "member b:1 no longer exists" in str(raised.value)
