@@ -237,8 +237,14 @@ class ModelPool:
             self._metrics.forget(model, version)
         return entry
 
+    def ensemble_members(self) -> set[tuple[str, int]]:
+        """(model, version) of every member of a loaded ensemble."""
+        with self._lock:
+            return {key for entry in self._listed.values() for key in entry.members}
+
     def close(self) -> None:
-        for entry in self.list():
+        # Ensembles first: one still draining would load a member unloaded before it again.
+        for entry in sorted(self.list(), key=lambda e: not e.members):
             self.unload(entry.model, entry.version)
 
     def _drain(self, entry: LoadedVersion) -> None:

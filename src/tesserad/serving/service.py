@@ -411,7 +411,9 @@ class InferenceService:
         router = self._routers.get(model)
         if router is not None:
             still_served |= router.versions()
-        for version in sorted(previously_served - still_served):
+        # A loaded ensemble's member stays: the ensemble would load it again on its next request.
+        in_ensembles = {v for m, v in self.pool.ensemble_members() if m == model}
+        for version in sorted(previously_served - still_served - in_ensembles):
             if self.pool.get(model, version) is not None:
                 self.pool.unload(model, version)
                 log.info("unloaded version %s of %r after its targets moved", version, model)

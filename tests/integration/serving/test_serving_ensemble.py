@@ -3,6 +3,7 @@ registered, aliased, deployed and served (Predict and the Open Inference Protoco
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -189,3 +190,18 @@ def test_aliased_and_deployed_like_any_version(client, channel, members) -> None
     with pytest.raises(tessera.FailedPrecondition) as raised:
         client.models.export_onnx("ens", 2)
     assert "is an ensemble; export each of its members instead" in str(raised.value)
+
+
+def test_a_member_stays_loaded_when_its_alias_moves_on(client, channel, members) -> None:
+    client.models.register_ensemble("ens", members)
+    client.inference.load("ens", 1)
+    upload(channel, "fence", linear_model(1.0))
+    client.inference.predict("a", {"x": X})  # a:1 now also serves a's "latest"
+    client.inference.predict("fence", {"x": X})
+    upload(channel, "a", linear_model(3.0))  # "latest" of a moves to 2: a:1 would be unloaded
+    upload(channel, "fence", linear_model(3.0))  # swapped after a (one swap at a time, in order)
+    deadline = time.monotonic() + 120
+    while ("fence", 2) not in (loaded := {(m.model, m.version) for m in client.inference.loaded()}):
+        assert time.monotonic() < deadline, f"fence v2 was never swapped in: {loaded}"
+        time.sleep(0.05)
+    assert {("a", 1), ("a", 2), ("ens", 1)} <= loaded
