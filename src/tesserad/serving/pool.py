@@ -91,6 +91,8 @@ class ServableVersion:
     open_artifact: Callable[[], AbstractContextManager[Path]]
     signature: Signature | None = None
     architecture: Mapping[str, Any] | None = None
+    # (model, version) its lineage names as parent (an ONNX export's torch source), if any.
+    parent: tuple[str, int] | None = None
 
 
 def servable_file(model: str, version: int, format: str, path: Path, **more: Any) -> ServableVersion:

@@ -10,7 +10,7 @@ from tesserad.errors import NotFound
 from tesserad.registry import Registry, VersionRecord
 from tesserad.registry import Signature as RegistrySignature
 from tesserad.serving.pool import ModelPool, ServableVersion, ServingDefaults
-from tesserad.serving.service import DeploymentPlan, InferenceService
+from tesserad.serving.service import DeploymentPlan, ExplainLimits, InferenceService
 from tesserad.serving.signature import Signature, TensorSpec
 from tesserad.serving.stats import ServingMetrics
 
@@ -37,6 +37,9 @@ class RegistrySource:
             open_artifact=lambda: self._registry.artifact_path(record),
             signature=_signature(record.signature),
             architecture=record.architecture,
+            parent=(lineage.parent_model or record.model, lineage.parent_version)
+            if (lineage := record.lineage).parent_version
+            else None,
         )
 
     def deployment(self, model: str) -> DeploymentPlan | None:
@@ -76,4 +79,11 @@ def build_inference(
         drain_timeout_s=settings.drain_timeout_s,
     )
     pool = ModelPool(defaults, ServingMetrics(prometheus))
-    return InferenceService(RegistrySource(registry), pool, autoload=settings.autoload)
+    return InferenceService(
+        RegistrySource(registry),
+        pool,
+        autoload=settings.autoload,
+        explain_limits=ExplainLimits(
+            settings.explain_threads, settings.explain_queue_size, settings.explain_chunk_rows
+        ),
+    )

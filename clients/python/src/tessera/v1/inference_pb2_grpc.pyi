@@ -56,6 +56,14 @@ class InferenceStub:
     GetStats: _grpc.UnaryUnaryMultiCallable[_inference_pb2.GetStatsRequest, _inference_pb2.GetStatsResponse]
     ListShadowResults: _grpc.UnaryUnaryMultiCallable[_inference_pb2.ListShadowResultsRequest, _inference_pb2.ListShadowResultsResponse]
     """The most recent shadow results of a model's deployment, newest first."""
+    Explain: _grpc.UnaryUnaryMultiCallable[_inference_pb2.ExplainRequest, _inference_pb2.ExplainResponse]
+    """Attributions of a torch version's output to each input position (captum). An ONNX version
+    is explained through the torch version it was exported from (its lineage parent), else
+    FAILED_PRECONDITION. Explanations run on the serving pool's explain threads
+    (serving.explain_threads, default 1) in chunks of serving.explain_chunk_rows model rows,
+    yielding to queued Predict requests between chunks, so a Predict waits behind at most one
+    chunk per explain thread. More than serving.explain_queue_size waiting: RESOURCE_EXHAUSTED.
+    """
 
 @_typing.type_check_only
 class InferenceAsyncStub(InferenceStub):
@@ -80,6 +88,14 @@ class InferenceAsyncStub(InferenceStub):
     GetStats: _aio.UnaryUnaryMultiCallable[_inference_pb2.GetStatsRequest, _inference_pb2.GetStatsResponse]  # type: ignore[assignment]
     ListShadowResults: _aio.UnaryUnaryMultiCallable[_inference_pb2.ListShadowResultsRequest, _inference_pb2.ListShadowResultsResponse]  # type: ignore[assignment]
     """The most recent shadow results of a model's deployment, newest first."""
+    Explain: _aio.UnaryUnaryMultiCallable[_inference_pb2.ExplainRequest, _inference_pb2.ExplainResponse]  # type: ignore[assignment]
+    """Attributions of a torch version's output to each input position (captum). An ONNX version
+    is explained through the torch version it was exported from (its lineage parent), else
+    FAILED_PRECONDITION. Explanations run on the serving pool's explain threads
+    (serving.explain_threads, default 1) in chunks of serving.explain_chunk_rows model rows,
+    yielding to queued Predict requests between chunks, so a Predict waits behind at most one
+    chunk per explain thread. More than serving.explain_queue_size waiting: RESOURCE_EXHAUSTED.
+    """
 
 class InferenceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -143,5 +159,19 @@ class InferenceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_inference_pb2.ListShadowResultsResponse, _abc.Awaitable[_inference_pb2.ListShadowResultsResponse]]:
         """The most recent shadow results of a model's deployment, newest first."""
+
+    @_abc_1.abstractmethod
+    def Explain(
+        self,
+        request: _inference_pb2.ExplainRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.ExplainResponse, _abc.Awaitable[_inference_pb2.ExplainResponse]]:
+        """Attributions of a torch version's output to each input position (captum). An ONNX version
+        is explained through the torch version it was exported from (its lineage parent), else
+        FAILED_PRECONDITION. Explanations run on the serving pool's explain threads
+        (serving.explain_threads, default 1) in chunks of serving.explain_chunk_rows model rows,
+        yielding to queued Predict requests between chunks, so a Predict waits behind at most one
+        chunk per explain thread. More than serving.explain_queue_size waiting: RESOURCE_EXHAUSTED.
+        """
 
 def add_InferenceServicer_to_server(servicer: InferenceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
