@@ -126,3 +126,6 @@ def test_readme_walkthrough_runs_top_to_bottom(spawn_daemon, tmp_path: Path) -> 
     assert re.search(r"v2\W+90%", deployed) and re.search(r"v1\W+10%", deployed), deployed
     rolled_back = output_of(steps, "tessera models rollback clips-cnn4d")
     assert "clips-cnn4d: no deployment" in rolled_back, rolled_back  # as before the deploy
+    explained = output_of(steps, "tessera explain clips-cnn4d")
+    assert "clips-cnn4d v2, explained through torch v1" in explained, explained
+    assert "input[4, 1, 4, 4, 4, 4] row 3, output" in explained and (workdir / "attr.npz").exists(), explained
