@@ -74,7 +74,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         submitted = await asyncio.to_thread(
             self._service.explain, target, inputs, method, output_index, options
         )
-        explanation = await asyncio.wrap_future(submitted.future)
+        try:
+            explanation = await asyncio.wrap_future(submitted.queued.future)
+        except asyncio.CancelledError:  # the client went away or its deadline passed
+            submitted.queued.cancel()
+            raise
         return explanation_to_proto(target.model, submitted, explanation)
 
     async def LoadModel(

@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tesserad.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from tesserad.errors import Cancelled, FailedPrecondition, InvalidArgument, ResourceExhausted
 from tesserad.serving.pool import ServableVersion
-from tesserad.serving.runtimes import TorchRuntime, default_device
+from tesserad.serving.runtimes import TorchRuntime
 from tesserad.serving.signature import validate_request
 
 if TYPE_CHECKING:
@@ -74,6 +74,19 @@ class Explanation:
     compute_ns: int
 
 
+class QueuedExplanation:
+    """An explanation on its way: `future` gives the answer; `cancel()` takes it off the queue,
+    or stops it at its next chunk when it is running (the caller went away)."""
+
+    def __init__(self, future: Future[Explanation], abort: threading.Event) -> None:
+        self.future = future
+        self._abort = abort
+
+    def cancel(self) -> None:
+        self._abort.set()
+        self.future.cancel()
+
+
 @dataclass(frozen=True)
 class _Job:
     servable: ServableVersion
@@ -83,6 +96,7 @@ class _Job:
     options: ExplainOptions
     window: tuple[int, ...]
     stride: tuple[int, ...]
+    abort: threading.Event
 
 
 def default_window(row_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -112,6 +126,14 @@ class Explainer:
         self.peak_running = 0
         self._modules: OrderedDict[tuple[str, int], TorchRuntime] = OrderedDict()
 
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    @property
+    def running(self) -> int:
+        return self._running
+
     def submit(
         self,
         servable: ServableVersion,
@@ -119,7 +141,7 @@ class Explainer:
         method: Method,
         output_index: int | None,
         options: ExplainOptions,
-    ) -> Future[Explanation]:
+    ) -> QueuedExplanation:
         """Check the request and queue it; InvalidArgument for a bad one, ResourceExhausted when
         `queue_size` explanations already wait."""
         job = self._check(servable, inputs, method, output_index, options)
@@ -132,7 +154,15 @@ class Explainer:
                 )
             self._waiting += 1
         enqueued = time.perf_counter_ns()
-        return self._executor.submit(self._run, job, dict(inputs), enqueued)
+        future = self._executor.submit(self._run, job, dict(inputs), enqueued)
+        future.add_done_callback(self._forget_if_cancelled)
+        return QueuedExplanation(future, job.abort)
+
+    def _forget_if_cancelled(self, future: Future[Explanation]) -> None:
+        # A future is only cancelled before it starts, so `_run` never counted it out.
+        if future.cancelled():
+            with self._lock:
+                self._waiting -= 1
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
@@ -154,6 +184,10 @@ class Explainer:
         if signature is None or servable.architecture is None or servable.format != "safetensors":
             raise FailedPrecondition(f"{label} is not a torch version; explanations need one")
         validate_request(signature, inputs, (), label)
+        if len(signature.inputs) != 1 or len(signature.outputs) != 1 or len(signature.outputs[0].shape) != 2:
+            raise FailedPrecondition(
+                f"{label} does not take one input and give one (rows, outputs) output; explanations need that"
+            )
         (spec,) = signature.inputs
         if spec.dtype.kind != "f":
             raise FailedPrecondition(
@@ -161,10 +195,11 @@ class Explainer:
             )
         (output,) = signature.outputs
         outputs = output.shape[-1]
-        if output_index is not None and not 0 <= output_index < outputs:
+        if output_index is not None and (output_index < 0 or (outputs != -1 and output_index >= outputs)):
+            allowed = f"in 0..{outputs - 1}" if outputs != -1 else ">= 0"
             raise InvalidArgument(
-                f"output_index must be in 0..{outputs - 1} (an index into output {output.name!r}, "
-                f"size {outputs}), got {output_index}"
+                f"output_index must be {allowed} (an index into output {output.name!r} of {label}), "
+                f"got {output_index}"
             )
         steps = options.steps
         if not 0 <= steps <= MAX_STEPS:
@@ -185,7 +220,7 @@ class Explainer:
                     f"options.{name} must give a size in 1..dim for each dimension of one row "
                     f"{list(row_shape)}, got {list(sizes)}"
                 )
-        return _Job(servable, row_shape, method, output_index, options, window, stride)
+        return _Job(servable, row_shape, method, output_index, options, window, stride, threading.Event())
 
     # -- running ---------------------------------------------------------------------------
 
@@ -212,8 +247,11 @@ class Explainer:
                 self._modules.move_to_end(key)
                 return runtime.module
         assert servable.architecture is not None and servable.signature is not None
+        import torch
+
+        device = "cuda:0" if torch.cuda.is_available() else "cpu"
         with servable.open_artifact() as path:
-            runtime = TorchRuntime(path, servable.architecture, servable.signature, default_device())
+            runtime = TorchRuntime(path, servable.architecture, servable.signature, device)
         module = runtime.module
         for parameter in module.parameters():
             parameter.requires_grad_(False)  # gradients are wanted for the input only
@@ -237,6 +275,8 @@ class Explainer:
         device = next(iter(module.parameters())).device
 
         def forward(x: torch.Tensor) -> torch.Tensor:
+            if job.abort.is_set():
+                raise Cancelled("the explanation was cancelled: its caller went away")
             self._yield_to_predict()
             result: torch.Tensor = module(x)
             return result

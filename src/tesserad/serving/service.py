@@ -23,7 +23,7 @@ import numpy as np
 
 from tesserad.errors import FailedPrecondition, NotFound, TesseraError, Unavailable
 from tesserad.serving.batcher import BatcherClosed, Prediction
-from tesserad.serving.explain import Explainer, ExplainOptions, Explanation, Method
+from tesserad.serving.explain import Explainer, ExplainOptions, Method, QueuedExplanation
 from tesserad.serving.pool import LoadedVersion, ModelPool, ServableVersion, ServingConfig
 from tesserad.serving.signature import validate_request
 
@@ -69,7 +69,7 @@ class ExplainSubmitted:
 
     version: int
     explained_version: int
-    future: Future[Explanation]
+    queued: QueuedExplanation
 
 
 @dataclass(frozen=True)
@@ -331,8 +331,8 @@ class InferenceService:
         servable = self._source.servable(target.model, version, None)
         if servable.format == "onnx":
             servable = self._torch_parent(servable)
-        future = self.explainer.submit(servable, inputs, method, output_index, options)
-        return ExplainSubmitted(version, servable.version, future)
+        queued = self.explainer.submit(servable, inputs, method, output_index, options)
+        return ExplainSubmitted(version, servable.version, queued)
 
     def _torch_parent(self, onnx: ServableVersion) -> ServableVersion:
         label = f"model {onnx.model!r} version {onnx.version}"

@@ -183,3 +183,33 @@ def test_explanations_are_capped_and_a_full_queue_is_refused_while_predict_is_se
     assert all("serving.explain_queue_size" in refusal and "retry" in refusal for refusal in refusals)
     assert served.daemon.inference.explainer.peak_running == 1
     assert predicted and set(predicted) == {1}
+
+
+def test_an_explanation_whose_caller_went_away_leaves_the_queue(start_daemon, tmp_path):
+    """Two slow explanations whose deadlines pass (one running, one queued) give their places
+    back: the next one is accepted and answered, and nothing is left counted as waiting."""
+    served = start_daemon(
+        **{
+            "serving.explain_threads": 1,
+            "serving.explain_queue_size": 2,
+            "serving.explain_chunk_rows": 1,
+        }
+    )
+    with tessera.Client(served.target, timeout=120) as sdk:
+        push_one_voxel(sdk, tmp_path)
+        slow = clips(64)
+
+        def explain_slowly() -> type[Exception] | None:
+            try:
+                sdk.inference.explain("voxel", slow, "ig", target=1, steps=1024, timeout=0.5)
+            except tessera.TesseraError as exc:
+                return type(exc)
+            return None
+
+        with ThreadPoolExecutor(2) as senders:
+            outcomes = list(senders.map(lambda _: explain_slowly(), range(2)))
+        assert outcomes == [tessera.DeadlineExceeded, tessera.DeadlineExceeded]
+        answered = sdk.inference.explain("voxel", clips(1), "saliency", target=1)
+    assert tessera.top_positions(answered["input"][0], 1)[0][0] == VOXEL
+    explainer = served.daemon.inference.explainer
+    assert (explainer.waiting, explainer.running) == (0, 0)
