@@ -8,8 +8,9 @@ Explanations share the machine with Predict, so they are kept on a short leash:
 - Each explanation calls the model in chunks of at most `chunk_rows` rows (one input row at a
   time; captum's internal batch, perturbations per evaluation or samples per call), and before
   each chunk it yields while Predict requests are queued (up to YIELD_LIMIT_S per chunk, so a
-  steady Predict load slows explanations down but never starves them). A Predict therefore
-  waits behind at most one chunk (forward and backward of `chunk_rows` rows) per explain thread.
+  steady Predict load slows explanations down but never starves them). Once Predict requests
+  queue, no new chunk starts: what a Predict waits for beyond its own queue is at most the chunk
+  in flight on each explain thread (a forward and backward pass of `chunk_rows` rows).
 - The torch module an explanation uses is its own copy (a few are cached), never a serving
   instance: gradients need autograd, serving runs in inference mode.
 """
@@ -313,7 +314,7 @@ class Explainer:
                 x,
                 baselines=baseline,
                 target=index,
-                n_steps=max(steps, 2),
+                n_steps=max(steps, 2),  # captum's path needs two points at least
                 internal_batch_size=chunk,
                 return_convergence_delta=True,
             )
@@ -334,6 +335,7 @@ class Explainer:
         samples = options.steps or DEFAULT_SHAP_SAMPLES
         total = torch.zeros_like(x)
         shap = GradientShap(forward)
+        # Seeded for repeatable answers; fork_rng puts the global generator back afterwards.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(options.seed)
             done = 0

@@ -681,7 +681,9 @@ class ExplainOptions(_message.Message):
     NOISE_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     steps: _builtins.int
-    """Integrated gradients: path steps (default 32). GradientShap: samples (default 16). 1..1024."""
+    """Integrated gradients: path steps (default 32; 1 counts as 2). GradientShap: samples
+    (default 16). 1..1024.
+    """
     baseline: _builtins.float
     """The value the input is compared with (integrated gradients, occlusion, GradientShap); default 0."""
     noise: _builtins.float

@@ -135,9 +135,11 @@ class InferenceServicer:
         """Attributions of a torch version's output to each input position (captum). An ONNX version
         is explained through the torch version it was exported from (its lineage parent), else
         FAILED_PRECONDITION. Explanations run on the serving pool's explain threads
-        (serving.explain_threads, default 1) in chunks of serving.explain_chunk_rows model rows,
-        yielding to queued Predict requests between chunks, so a Predict waits behind at most one
-        chunk per explain thread. More than serving.explain_queue_size waiting: RESOURCE_EXHAUSTED.
+        (serving.explain_threads, default 1) in chunks of serving.explain_chunk_rows model rows
+        (default 8), and start no new chunk while Predict requests are queued, so a Predict waits
+        for at most the chunk in flight on each explain thread. More than serving.explain_queue_size
+        (default 4) waiting: RESOURCE_EXHAUSTED. A call whose deadline passes is taken off the
+        queue, or stopped at its next chunk.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

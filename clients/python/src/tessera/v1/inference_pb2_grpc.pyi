@@ -60,9 +60,11 @@ class InferenceStub:
     """Attributions of a torch version's output to each input position (captum). An ONNX version
     is explained through the torch version it was exported from (its lineage parent), else
     FAILED_PRECONDITION. Explanations run on the serving pool's explain threads
-    (serving.explain_threads, default 1) in chunks of serving.explain_chunk_rows model rows,
-    yielding to queued Predict requests between chunks, so a Predict waits behind at most one
-    chunk per explain thread. More than serving.explain_queue_size waiting: RESOURCE_EXHAUSTED.
+    (serving.explain_threads, default 1) in chunks of serving.explain_chunk_rows model rows
+    (default 8), and start no new chunk while Predict requests are queued, so a Predict waits
+    for at most the chunk in flight on each explain thread. More than serving.explain_queue_size
+    (default 4) waiting: RESOURCE_EXHAUSTED. A call whose deadline passes is taken off the
+    queue, or stopped at its next chunk.
     """
 
 @_typing.type_check_only
@@ -92,9 +94,11 @@ class InferenceAsyncStub(InferenceStub):
     """Attributions of a torch version's output to each input position (captum). An ONNX version
     is explained through the torch version it was exported from (its lineage parent), else
     FAILED_PRECONDITION. Explanations run on the serving pool's explain threads
-    (serving.explain_threads, default 1) in chunks of serving.explain_chunk_rows model rows,
-    yielding to queued Predict requests between chunks, so a Predict waits behind at most one
-    chunk per explain thread. More than serving.explain_queue_size waiting: RESOURCE_EXHAUSTED.
+    (serving.explain_threads, default 1) in chunks of serving.explain_chunk_rows model rows
+    (default 8), and start no new chunk while Predict requests are queued, so a Predict waits
+    for at most the chunk in flight on each explain thread. More than serving.explain_queue_size
+    (default 4) waiting: RESOURCE_EXHAUSTED. A call whose deadline passes is taken off the
+    queue, or stopped at its next chunk.
     """
 
 class InferenceServicer(metaclass=_abc_1.ABCMeta):
@@ -169,9 +173,11 @@ class InferenceServicer(metaclass=_abc_1.ABCMeta):
         """Attributions of a torch version's output to each input position (captum). An ONNX version
         is explained through the torch version it was exported from (its lineage parent), else
         FAILED_PRECONDITION. Explanations run on the serving pool's explain threads
-        (serving.explain_threads, default 1) in chunks of serving.explain_chunk_rows model rows,
-        yielding to queued Predict requests between chunks, so a Predict waits behind at most one
-        chunk per explain thread. More than serving.explain_queue_size waiting: RESOURCE_EXHAUSTED.
+        (serving.explain_threads, default 1) in chunks of serving.explain_chunk_rows model rows
+        (default 8), and start no new chunk while Predict requests are queued, so a Predict waits
+        for at most the chunk in flight on each explain thread. More than serving.explain_queue_size
+        (default 4) waiting: RESOURCE_EXHAUSTED. A call whose deadline passes is taken off the
+        queue, or stopped at its next chunk.
         """
 
 def add_InferenceServicer_to_server(servicer: InferenceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
