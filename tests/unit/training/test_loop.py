@@ -48,9 +48,7 @@ def _data(regression: bool = False) -> TrainingData:
     return TrainingData(x, y, np.arange(30), np.arange(30, 40))
 
 
-def _train(
-    config: dict[str, Any], data: TrainingData, resume: bytes | None = None, compile_setting: str = "off"
-):
+def _train(config: dict[str, Any], data: TrainingData, resume: bytes | None = None):
     events: list[tuple[str, dict]] = []
     checkpoints: list[tuple[bytes, dict]] = []
     trainer = Trainer(
@@ -62,7 +60,6 @@ def _train(
         lambda blob, info: checkpoints.append((blob, info)),
         lambda: False,
         60.0,
-        compile_setting,
     )
     if resume is not None:
         trainer.resume_from(resume)
@@ -148,7 +145,7 @@ def test_bf16_training_converges_on_the_synthetic_clips_like_fp32() -> None:
     assert accuracy["bf16"] >= accuracy["fp32"] - BF16_ACCURACY_MARGIN, accuracy
 
 
-def test_compile_setting_auto_is_off_on_cpu_and_on_compiles() -> None:
+def test_compile_setting_auto_compiles_cuda_jobs_only() -> None:
     from tesserad.training.loop import use_compile
 
     assert use_compile("auto", torch.device("cpu")) is False
