@@ -25,6 +25,7 @@ from tesserad.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFo
 from tesserad.names import validate_name
 from tesserad.paging import Page, read_page
 from tesserad.registry.aliases import check_settable_alias, move_alias, with_aliases
+from tesserad.registry.architectures import architecture_signature, check_weights_fit
 from tesserad.registry.artifacts import (
     check_onnx,
     safetensors_parameter_count,
@@ -137,7 +138,9 @@ class Versions:
             raise InvalidArgument(
                 f"format must be safetensors, onnx or ensemble, got {format or 'unspecified'}"
             )
-        validate_signature(signature, required=format == "safetensors")
+        # A safetensors version sent with no signature takes its architecture's (in _register).
+        unsigned = not signature.inputs and not signature.outputs
+        validate_signature(signature, required=format == "safetensors" and not (architecture and unsigned))
         if format == "safetensors" and not architecture:
             raise InvalidArgument(
                 "architecture is required for a safetensors upload (it says how to build the model)"
@@ -179,8 +182,10 @@ class Versions:
     ) -> VersionRecord:
         """Record a stored blob as the model's next version (all or nothing).
 
-        The artifact is checked first (safetensors header; onnx.checker and, when a signature
-        is given, that it matches the graph; an onnx version without one takes the graph's).
+        The artifact is checked first (safetensors: header, and tensors that fit the
+        architecture; a version without a signature takes the architecture's. onnx:
+        onnx.checker and, when a signature is given, that it matches the graph; a version
+        without one takes the graph's).
         On any failure the blob is deleted unless something else holds it. With `alias`, the
         returned record's `alias_moved` says where the alias pointed before.
         """
@@ -311,6 +316,10 @@ class Versions:
                 validate_signature(signature, required=True)
         elif format == "safetensors":
             parameter_count = safetensors_parameter_count(path)
+            assert architecture  # check_upload requires it
+            check_weights_fit(path, architecture)
+            if not signature.inputs and not signature.outputs:
+                signature = architecture_signature(architecture)
         else:
             ensemble = parse_ensemble_spec(path.read_bytes())
             parameter_count = ensemble.parameter_count
