@@ -16,6 +16,7 @@ from typing import Any
 from tesserad.config import format_size
 from tesserad.datasets.references import (
     delete_unheld_blobs,
+    fine_tuning_jobs,
     hold_blob,
     hold_dataset,
     release_blob,
@@ -433,7 +434,8 @@ class Versions:
     # -- deletes ---------------------------------------------------------------------------
 
     def delete_version(self, model: str, version: int) -> None:
-        """Refused while an alias or the current deployment uses the version."""
+        """Refused while an alias, the current deployment or an unfinished fine-tuning job
+        (its init_from) uses the version."""
         validate_name("model", model)
         with self._store.write() as txn:
             record = version_record(txn, model, version)
@@ -445,6 +447,14 @@ class Versions:
                 raise FailedPrecondition(
                     f"version {version} of model {model!r} is in use by {', '.join(users)}; "
                     "move those to another version first"
+                )
+            jobs = fine_tuning_jobs(txn, record.sha256)
+            if jobs:
+                them = "them" if len(jobs) > 1 else "it"
+                raise FailedPrecondition(
+                    f"version {version} of model {model!r} is the init_from of unfinished training "
+                    f"job{'s' if len(jobs) > 1 else ''} {', '.join(jobs)}; wait for {them} to end "
+                    f"or cancel {them} first"
                 )
             sha256 = delete_version_rows(txn, record)
             fields = model_data(txn, model)
