@@ -711,14 +711,15 @@ class UploadVersionHeader(_message.Message):
     """Optionally move this alias to the new version once stored."""
     @_builtins.property
     def signature(self) -> _common_pb2.Signature:
-        """Required for safetensors; for onnx it must match the graph's inputs and outputs
-        (names, dtypes, ranks and fixed dims), and is taken from the graph when omitted; for an
-        ensemble it is taken from the members (which must agree) and must match theirs when given.
+        """For safetensors it is taken from the architecture when omitted; for onnx it must match
+        the graph's inputs and outputs (names, dtypes, ranks and fixed dims), and is taken from
+        the graph when omitted; for an ensemble it is taken from the members (which must agree)
+        and must match theirs when given.
         """
 
     @_builtins.property
     def architecture(self) -> _architecture_pb2.Architecture:
-        """Required for safetensors."""
+        """Required for safetensors: the weights must be exactly its model's tensors (names, shapes)."""
 
     @_builtins.property
     def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
