@@ -188,6 +188,8 @@ def version_to_proto(record: VersionRecord) -> pb.ModelVersion:
     )
     if record.architecture:
         message.architecture.CopyFrom(architecture_from_dict(record.architecture))
+    if record.alias_moved is not None:
+        message.alias_moved.CopyFrom(alias_event_to_proto(record.alias_moved))
     return message
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from tesserad.config import format_size
 from tesserad.datasets.references import (
     delete_unheld_blobs,
+    fine_tuning_jobs,
     hold_blob,
     hold_dataset,
     release_blob,
@@ -25,6 +26,7 @@ from tesserad.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFo
 from tesserad.names import validate_name
 from tesserad.paging import Page, read_page
 from tesserad.registry.aliases import check_settable_alias, move_alias, with_aliases
+from tesserad.registry.architectures import architecture_signature, check_weights_fit
 from tesserad.registry.artifacts import (
     check_onnx,
     safetensors_parameter_count,
@@ -137,7 +139,9 @@ class Versions:
             raise InvalidArgument(
                 f"format must be safetensors, onnx or ensemble, got {format or 'unspecified'}"
             )
-        validate_signature(signature, required=format == "safetensors")
+        # A safetensors version sent with no signature takes its architecture's (in _register).
+        unsigned = not signature.inputs and not signature.outputs
+        validate_signature(signature, required=format == "safetensors" and not (architecture and unsigned))
         if format == "safetensors" and not architecture:
             raise InvalidArgument(
                 "architecture is required for a safetensors upload (it says how to build the model)"
@@ -179,8 +183,10 @@ class Versions:
     ) -> VersionRecord:
         """Record a stored blob as the model's next version (all or nothing).
 
-        The artifact is checked first (safetensors header; onnx.checker and, when a signature
-        is given, that it matches the graph; an onnx version without one takes the graph's).
+        The artifact is checked first (safetensors: header, and tensors that fit the
+        architecture; a version without a signature takes the architecture's. onnx:
+        onnx.checker and, when a signature is given, that it matches the graph; a version
+        without one takes the graph's).
         On any failure the blob is deleted unless something else holds it. With `alias`, the
         returned record's `alias_moved` says where the alias pointed before.
         """
@@ -311,6 +317,10 @@ class Versions:
                 validate_signature(signature, required=True)
         elif format == "safetensors":
             parameter_count = safetensors_parameter_count(path)
+            assert architecture  # check_upload requires it
+            check_weights_fit(path, architecture)
+            if not signature.inputs and not signature.outputs:
+                signature = architecture_signature(architecture)
         else:
             ensemble = parse_ensemble_spec(path.read_bytes())
             parameter_count = ensemble.parameter_count
@@ -424,7 +434,8 @@ class Versions:
     # -- deletes ---------------------------------------------------------------------------
 
     def delete_version(self, model: str, version: int) -> None:
-        """Refused while an alias or the current deployment uses the version."""
+        """Refused while an alias, the current deployment or an unfinished fine-tuning job
+        (its init_from) uses the version."""
         validate_name("model", model)
         with self._store.write() as txn:
             record = version_record(txn, model, version)
@@ -436,6 +447,14 @@ class Versions:
                 raise FailedPrecondition(
                     f"version {version} of model {model!r} is in use by {', '.join(users)}; "
                     "move those to another version first"
+                )
+            jobs = fine_tuning_jobs(txn, record.sha256)
+            if jobs:
+                them = "them" if len(jobs) > 1 else "it"
+                raise FailedPrecondition(
+                    f"version {version} of model {model!r} is the init_from of unfinished training "
+                    f"job{'s' if len(jobs) > 1 else ''} {', '.join(jobs)}; wait for {them} to end "
+                    f"or cancel {them} first"
                 )
             sha256 = delete_version_rows(txn, record)
             fields = model_data(txn, model)

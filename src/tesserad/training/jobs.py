@@ -26,7 +26,14 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
 
 from tesserad.config import TrainingSettings
-from tesserad.datasets.references import blob_held, delete_unheld_blobs, hold_blob, hold_dataset, release_blob
+from tesserad.datasets.references import (
+    blob_held,
+    delete_unheld_blobs,
+    hold_blob,
+    hold_dataset,
+    init_from_holder,
+    release_blob,
+)
 from tesserad.errors import FailedPrecondition, NotFound
 from tesserad.host import usable_cpu_count
 from tesserad.ids import new_id
@@ -342,7 +349,7 @@ class Jobs:
             raise NotFound(
                 f"spec.init_from: {fine_tune['model']} v{fine_tune['version']} was deleted while the job was submitted"
             )
-        hold_blob(txn, fine_tune["sha256"], f"job:{job.job_id}:init_from")
+        hold_blob(txn, fine_tune["sha256"], init_from_holder(job.job_id))
 
     def figures(self) -> TrainingFigures:
         with self._lock:
@@ -740,7 +747,7 @@ class Jobs:
         job = replace(job, ended_at=time.time())
         run_status = self._run_status(job, state)
         fine_tune = job.config.get("fine_tune")
-        holder = f"job:{job.job_id}:init_from"
+        holder = init_from_holder(job.job_id)
 
         def end(txn: WriteTxn, event: JobEvent) -> None:
             run_status(txn, event)

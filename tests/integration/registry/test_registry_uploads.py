@@ -13,6 +13,7 @@ from tessera.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.registry.conftest import (
     CHUNK,
+    mlp_signature,
     onnx_header,
     onnx_identity,
     rpc_error,
@@ -81,8 +82,8 @@ def test_header_rules(stub, weights):
         (safetensors_header("Bad Name", weights), "model 'Bad Name' is not a valid name"),
         (safetensors_header("mlp", weights, architecture=None), "architecture is required"),
         (
-            safetensors_header("mlp", weights, signature=common_pb2.Signature()),
-            "signature needs at least one input",
+            safetensors_header("mlp", weights, signature=common_pb2.Signature(inputs=mlp_signature().inputs)),
+            "signature needs at least one input and one output",
         ),
         (safetensors_header("mlp", weights, size_bytes=0), "size_bytes must be the artifact's size"),
     ]

@@ -277,6 +277,8 @@ def cmd_models_push(client: Client, args: argparse.Namespace, out: Output) -> No
     out.line(
         f"registered {version.model} v{version.version} ({size(version.size_bytes)}, sha256 {version.sha256[:12]})"
     )
+    if version.HasField("alias_moved"):
+        print_alias_moved(out, version.alias_moved)
 
 
 def cmd_models_ensemble(client: Client, args: argparse.Namespace, out: Output) -> None:
@@ -596,9 +598,12 @@ def cmd_export_onnx(client: Client, args: argparse.Namespace, out: Output) -> No
         f"{result.conv4d}, max |onnx - torch| {result.max_abs_error:.2e})"
     )
     if result.HasField("alias_moved"):
-        moved = result.alias_moved
-        before = f"v{moved.from_version}" if moved.from_version else "(new)"
-        out.line(f"alias {moved.alias}: {before} -> v{moved.to_version}")
+        print_alias_moved(out, result.alias_moved)
+
+
+def print_alias_moved(out: Output, moved: registry_pb2.AliasEvent) -> None:
+    before = f"v{moved.from_version}" if moved.from_version else "(new)"
+    out.line(f"alias {moved.alias}: {before} -> v{moved.to_version}")
 
 
 def cmd_predict(client: Client, args: argparse.Namespace, out: Output) -> None:
