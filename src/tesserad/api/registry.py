@@ -21,8 +21,8 @@ from tesserad.registry.export import export_version
 from tesserad.store import BlobStore, check_sha256
 
 # Threads that store and record uploads. A registration mostly waits on fsyncs (the blob's,
-# then the group commit's); on asyncio's default executor (cpu_count + 4 threads) those waits
-# capped how many registrations could share one group commit, and so the rate.
+# and for a streamed upload the group commit's); on asyncio's default executor (cpu_count + 4
+# threads) those waits capped how many registrations could share one group commit, and so the rate.
 UPLOAD_THREADS = 16
 
 T = TypeVar("T")
@@ -138,13 +138,14 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     async def _upload_in_hand(
         self, header: pb.UploadVersionHeader, chunks: Iterable[bytes], fields: dict[str, Any]
     ) -> pb.ModelVersion:
-        """Check, store and record an artifact whose bytes have all arrived, in one worker-thread hop."""
-        record = await self._in_upload_thread(
-            lambda: self._registry.upload_version(
+        """Check, store and record an artifact whose bytes have all arrived, in one worker-thread
+        hop; the thread is free again while the group commit runs."""
+        committed = await self._in_upload_thread(
+            lambda: self._registry.start_upload(
                 header.model, chunks=chunks, sha256=header.sha256, size_bytes=header.size_bytes, **fields
             )
         )
-        return convert.version_to_proto(record)
+        return convert.version_to_proto(await asyncio.wrap_future(committed))
 
     async def DownloadVersion(
         self,
