@@ -352,6 +352,7 @@ RUNS = {
 
 def registration(root: Path, count: int, concurrency: int, repeats: int) -> dict[str, Any]:
     """Each run of RUNS `repeats` times, interleaved; per run the medians over the repeats."""
+    load_before = os.getloadavg()[0]
     process, address = start_daemon(root / "registration")
     try:
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in RUNS}
@@ -380,6 +381,11 @@ def registration(root: Path, count: int, concurrency: int, repeats: int) -> dict
             },
             "all_versions_per_s": [r["versions_per_s"] for r in results],
         }
+        cpu_ms = out[name]["daemon_cpu_ms_per_registration"] + out[name]["client_cpu_ms_per_registration"]
+        # Where other work shares the machine, the wall rate says more about it than about
+        # tesserad; this is the rate at which daemon and client would keep every CPU busy.
+        out[name]["cpu_bound_versions_per_s"] = round((os.cpu_count() or 1) * 1000 / cpu_ms, 1)
+    out["load_average_1m"] = {"before": load_before, "after": os.getloadavg()[0]}
     out["in_process_without_grpc"] = domain_registration_rate(root, count, concurrency)
     out["connection"] = (
         "one gRPC channel (grpc.aio); concurrent runs keep --concurrency calls in flight on it"
