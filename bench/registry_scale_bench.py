@@ -385,6 +385,13 @@ def registration(root: Path, count: int, concurrency: int, repeats: int) -> dict
         # Where other work shares the machine, the wall rate says more about it than about
         # tesserad; this is the rate at which daemon and client would keep every CPU busy.
         out[name]["cpu_bound_versions_per_s"] = round((os.cpu_count() or 1) * 1000 / cpu_ms, 1)
+    # Runs of one repeat are back to back, so their ratios shift less with the machine's load
+    # than either run's own figures.
+    pairs = list(zip(runs["concurrent"], runs["concurrent_streamed"], strict=True))
+    out["inline_vs_streamed_median_of_repeats"] = {
+        key: round(median(inline[key] / streamed[key] for inline, streamed in pairs), 3)
+        for key in ("versions_per_s", "daemon_cpu_ms_per_registration", "client_cpu_ms_per_registration")
+    }
     out["load_average_1m"] = {"before": load_before, "after": os.getloadavg()[0]}
     out["in_process_without_grpc"] = domain_registration_rate(root, count, concurrency)
     out["connection"] = (
