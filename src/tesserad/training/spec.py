@@ -22,8 +22,10 @@ from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, Tesse
 from tesserad.names import RESERVED_ALIASES, validate_name
 from tesserad.nn.specs import FAMILIES as ARCHITECTURE_FAMILIES
 from tesserad.nn.specs import ArchitectureSpec, spec_problems, spec_to_dict, unchecked_spec_from_dict
+from tesserad.training.finetune import ParentLookup, check_fine_tuning, check_parent
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+PRECISIONS = ("fp32", "bf16", "fp16")
 REGRESSION_LOSSES = ("mse", "l1", "huber")
 
 
@@ -180,6 +182,17 @@ SPEC_FIELDS: Mapping[str, SpecField] = {
     "register_as": _message({"model": _value(str), "alias": _value(str), "description": _value(str)}),
     "log_every_n_steps": _value(int),
     "tags": _LIST,
+    "init_from": _message(
+        {
+            "model": _value(str),
+            "version": _value(int, oneof="selector"),
+            "alias": _value(str, oneof="selector"),
+        }
+    ),
+    "freeze": _LIST,
+    "replace_head": _message({"output_size": _value(int)}),
+    "backbone_lr_scale": _value(float),
+    "precision": _value(str),
 }
 
 
@@ -226,10 +239,13 @@ class _Problems:
         raise kind(f"the spec has {len(self.found)} problems:\n{lines}")
 
 
-def normalize_spec(raw: dict[str, Any], dataset: Any, devices: DeviceFacts) -> dict[str, Any]:
+def normalize_spec(
+    raw: dict[str, Any], dataset: Any, devices: DeviceFacts, parents: ParentLookup
+) -> dict[str, Any]:
     """The complete job config, or InvalidArgument / FailedPrecondition naming every bad field.
 
-    `dataset(name, version)` returns DatasetFacts or raises NotFound.
+    `dataset(name, version)` returns DatasetFacts or raises NotFound; `parents` looks up the
+    version a fine-tuning job starts from (training.finetune).
     """
     problems = _Problems()
     config: dict[str, Any] = {}
@@ -238,8 +254,11 @@ def normalize_spec(raw: dict[str, Any], dataset: Any, devices: DeviceFacts) -> d
         problems.name("spec.run_name", raw["run_name"])
     config["run_name"] = raw.get("run_name", "")
 
-    arch_spec = _check_architecture(raw.get("architecture") or {}, problems)
+    parent, architecture = check_parent(raw, parents, problems.found)
+    arch_spec = _check_architecture(architecture, problems) if architecture is not None else None
     config["architecture"] = spec_to_dict(arch_spec) if arch_spec is not None else None
+    if parent is not None and arch_spec is not None:
+        config["fine_tune"] = check_fine_tuning(raw, parent, config["architecture"], problems.found)
 
     task = raw.get("task") or "classification"
     config["task"] = task
@@ -283,6 +302,7 @@ def normalize_spec(raw: dict[str, Any], dataset: Any, devices: DeviceFacts) -> d
     config["early_stopping"] = _check_early_stopping(raw.get("early_stopping") or {}, metrics, problems)
     config["checkpoints"] = _check_checkpoints(raw.get("checkpoints") or {}, metrics, problems)
     config["devices"] = _check_devices(raw.get("devices") or {}, devices, problems)
+    config["precision"] = _check_precision(raw.get("precision") or "fp32", config["devices"], problems)
     config["priority"] = int(raw.get("priority", 0))
     config["register_as"] = _check_register_as(raw.get("register_as") or {}, problems)
     config["tags"] = dict(raw.get("tags") or {})
@@ -554,6 +574,15 @@ def _check_devices(raw: dict[str, Any], devices: DeviceFacts, problems: _Problem
             f"{devices.cpu_slots} CPU slot{'s' if devices.cpu_slots != 1 else ''} (training.cpu_slots)",
         )
     return {"kind": "cpu", "indices": [], "count": count}
+
+
+def _check_precision(precision: str, devices: dict[str, Any], problems: _Problems) -> str:
+    if precision not in PRECISIONS:
+        problems.invalid("spec.precision", f"must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    elif precision == "fp16" and devices["kind"] != "cuda":
+        # CPU float16 kernels are slow or missing and a loss scaler buys nothing there.
+        problems.invalid("spec.precision", "fp16 trains on CUDA devices only; use bf16 on CPU")
+    return precision
 
 
 def _check_register_as(raw: dict[str, Any], problems: _Problems) -> dict[str, str] | None:
