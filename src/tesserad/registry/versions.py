@@ -8,8 +8,10 @@ count from 1 per model and are never reused, even after a delete.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import replace
 from typing import Any
 
@@ -74,6 +76,8 @@ from tesserad.store import BlobRef, BlobStore, ReadTxn, Store, WriteTxn, decode_
 # Checks a dataset version named in lineage inside the registering transaction:
 # (txn, name, version, sha256) -> None, raising NotFound / InvalidArgument.
 DatasetCheck = Callable[[ReadTxn, str, int, str], None]
+
+log = logging.getLogger(__name__)
 
 
 def holder(model: str, version: int) -> str:
@@ -199,7 +203,7 @@ class Versions:
                 size_bytes=blob.size,
                 create_model_if_missing=create_model_if_missing,
             )
-            return self._register(
+            committed = self._submit(
                 model,
                 format=format,
                 blob=blob,
@@ -217,8 +221,9 @@ class Versions:
         except BaseException:
             delete_unheld_blobs(self._store, self._blobs, {blob.sha256})
             raise
+        return committed.result()
 
-    def upload_version(
+    def start_upload(
         self,
         model: str,
         *,
@@ -236,14 +241,18 @@ class Versions:
         create_model_if_missing: bool,
         alias: str,
         actor: str,
-    ) -> VersionRecord:
-        """An upload whose bytes are at hand, checked, stored and registered in one call.
+    ) -> Future[VersionRecord]:
+        """An upload whose bytes are at hand, checked, stored and submitted for registration.
 
         The same steps, errors and promises as `check_upload`, a blob written through
         `BlobStore.writer` (DataLoss when `sha256` or `size_bytes` differ from what `chunks`
-        hold) and `register_version`; in one call, because each hand-off to a worker thread
+        hold) and `register_version`, in one call because each hand-off to a worker thread
         cost the daemon's event loop more than storing a small version does. `chunks` is read
         only after the header checks pass, so an error it raises comes after theirs.
+
+        Returns once the version is queued for the store's group commit, so that no thread
+        waits out the commit: the future resolves when the version is durable, or fails once
+        what the upload stored is removed again.
         """
         self.check_upload(
             model,
@@ -258,7 +267,7 @@ class Versions:
                 writer.write(chunk)
             blob = writer.commit(sha256, size_bytes)
         try:
-            return self._register(
+            return self._submit(
                 model,
                 format=format,
                 blob=blob,
@@ -277,7 +286,7 @@ class Versions:
             delete_unheld_blobs(self._store, self._blobs, {blob.sha256})
             raise
 
-    def _register(
+    def _submit(
         self,
         model: str,
         *,
@@ -293,8 +302,9 @@ class Versions:
         create_model_if_missing: bool,
         alias: str,
         actor: str,
-    ) -> VersionRecord:
-        """Register a blob whose header checks (`check_upload`) have passed."""
+    ) -> Future[VersionRecord]:
+        """Check the artifact of a blob whose header checks (`check_upload`) have passed and
+        queue its version for the group commit; see `start_upload` for the future."""
         validate_tags("tags", tags)
         validate_metrics(metrics)
         if alias:
@@ -374,9 +384,25 @@ class Versions:
             put_model_data(txn, fields)
             return replace(with_aliases(txn, record), alias_moved=moved)
 
-        result = self._store.submit(record_version).result()
-        self._notify(model)
-        return result
+        settled: Future[VersionRecord] = Future()
+        # Running: a waiter that gives up cannot cancel it, so it always settles.
+        settled.set_running_or_notify_cancel()
+
+        def settle(committed: Future[VersionRecord]) -> None:
+            # In the committing thread, before any waiter sees the outcome.
+            error = committed.exception()
+            if error is None:
+                self._notify(model)
+                settled.set_result(committed.result())
+                return
+            try:
+                delete_unheld_blobs(self._store, self._blobs, {blob.sha256})
+            except Exception:
+                log.exception("removing the blob of a failed registration failed", extra={"model": model})
+            settled.set_exception(error)
+
+        self._store.submit(record_version).add_done_callback(settle)
+        return settled
 
     def _check_lineage(self, txn: ReadTxn, model: str, lineage: Lineage) -> None:
         if lineage.parent_model:

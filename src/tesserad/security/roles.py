@@ -55,6 +55,7 @@ ROLE_TABLE: dict[str, dict[str, Role]] = {
         "UpdateModel": _T,
         "DeleteModel": _A,
         "UploadVersion": _T,
+        "UploadVersionInline": _T,
         "DownloadVersion": _R,
         "GetVersion": _R,
         "ListVersions": _R,

@@ -158,6 +158,10 @@ class InferenceService:
         self._shadows: dict[str, deque[ShadowResult]] = {}
         # Swaps run one at a time, off the registry's commit path.
         self._swaps = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serving-swap")
+        # Models with a refresh queued and not yet started: one refresh covers every change
+        # committed before it starts (registrations commit hundreds a second).
+        self._refresh_queued: set[str] = set()
+        self._refresh_lock = threading.Lock()
         limits = explain_limits or ExplainLimits()
         self.explainer = Explainer(
             threads=limits.threads,
@@ -452,10 +456,18 @@ class InferenceService:
 
     def on_registry_change(self, model: str) -> None:
         """The registry committed a change to `model`; re-resolve its targets in the background."""
-        if not self._closed:
-            self._swaps.submit(self._refresh, model)
+        if self._closed:
+            return
+        with self._refresh_lock:
+            if model in self._refresh_queued:
+                return
+            self._refresh_queued.add(model)
+        self._swaps.submit(self._refresh, model)
 
     def _refresh(self, model: str) -> None:
+        with self._refresh_lock:
+            # From here on a new change queues a new refresh: this one may read too early for it.
+            self._refresh_queued.discard(model)
         try:
             self._swap_targets(model)
         except Exception:

@@ -15,6 +15,10 @@ from tessera.v1 import architecture_pb2, common_pb2
 from tessera.v1 import registry_pb2 as pb
 
 S = "Registry"
+# An artifact up to this size is pushed in one message (UploadVersionInline): a registration of
+# a small version then costs the client and the daemon less than a stream does, and any daemon's
+# max_message_size (64 MiB by default) takes it.
+INLINE_BYTES = 64 * 2**10
 
 _FORMAT_BY_SUFFIX = {".onnx": pb.ARTIFACT_FORMAT_ONNX, ".safetensors": pb.ARTIFACT_FORMAT_SAFETENSORS}
 
@@ -105,11 +109,12 @@ class Models(Part[C]):
         timeout: float | None = None,
     ) -> Upload[pb.ModelVersion]:
         """Register an artifact file as the model's next version: an ONNX model, or safetensors
-        weights with the `architecture` that builds them. Streamed in chunks; `progress(done,
-        total)` is called after each. `alias` moves that alias to the new version."""
+        weights with the `architecture` that builds them. Streamed in chunks, or sent in one
+        message when at most INLINE_BYTES; `progress(done, total)` is called after each chunk
+        read. `alias` moves that alias to the new version."""
         artifact = Path(path)
 
-        def requests() -> Iterator[pb.UploadVersionRequest]:
+        def requests() -> pb.UploadVersionInlineRequest | Iterator[pb.UploadVersionRequest]:
             header = upload_header(
                 name,
                 artifact,
@@ -123,9 +128,18 @@ class Models(Part[C]):
                 metrics=metrics,
                 tags=tags,
             )
+            if header.size_bytes <= INLINE_BYTES:
+                data = b"".join(file_chunks(artifact, header.size_bytes, chunk_size, progress))
+                return pb.UploadVersionInlineRequest(header=header, artifact=data)
             return upload_requests(header, artifact, chunk_size, progress)
 
-        return Upload(S, "UploadVersion", requests, timeout or self._conn.transfer_timeout)
+        return Upload(
+            S,
+            "UploadVersion",
+            requests,
+            timeout or self._conn.transfer_timeout,
+            inline_method="UploadVersionInline",
+        )
 
     @call
     def register_ensemble(

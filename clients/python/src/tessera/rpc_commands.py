@@ -9,6 +9,7 @@ COMMAND_BY_RPC: dict[str, str] = {
     # Registry
     "CreateModel": "`tessera models push MODEL FILE`",
     "UploadVersion": "`tessera models push MODEL FILE`",
+    "UploadVersionInline": "`tessera models push MODEL FILE`",
     "ListModels": "`tessera models ls`",
     "GetVersion": "`tessera models show MODEL`",
     "ListVersions": "`tessera models versions MODEL`",

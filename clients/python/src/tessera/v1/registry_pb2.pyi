@@ -755,6 +755,31 @@ class UploadVersionHeader(_message.Message):
 Global___UploadVersionHeader: _TypeAlias = UploadVersionHeader  # noqa: Y015
 
 @_typing.final
+class UploadVersionInlineRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    ARTIFACT_FIELD_NUMBER: _builtins.int
+    artifact: _builtins.bytes
+    @_builtins.property
+    def header(self) -> Global___UploadVersionHeader:
+        """sha256 and size_bytes declare `artifact`, as in a streamed upload."""
+
+    def __init__(
+        self,
+        *,
+        header: Global___UploadVersionHeader | None = ...,
+        artifact: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "header", b"header"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadVersionInlineRequest: _TypeAlias = UploadVersionInlineRequest  # noqa: Y015
+
+@_typing.final
 class DownloadVersionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
