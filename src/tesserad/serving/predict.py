@@ -38,10 +38,36 @@ async def predict(
 
     `deadline` is a time.monotonic() instant, or None for none.
     """
+    # The sign of load is other requests in flight here (service.in_flight): a fast model runs
+    # inline on this thread, so each request finds it idle and arrivals look spaced out even at
+    # high concurrency. A request that finds none yields once first, so that the handlers of
+    # requests that arrived with it run up to here, find it in flight, and hold for one batch
+    # (one loop iteration, a few microseconds, on each request of a lone caller).
+    if service.in_flight == 0:
+        service.in_flight = 1
+        try:
+            await asyncio.sleep(0)
+        finally:
+            service.in_flight -= 1
+    service.in_flight += 1
+    try:
+        return await _predict(service, target, inputs, output_names, deadline, request_id)
+    finally:
+        service.in_flight -= 1
+
+
+async def _predict(
+    service: InferenceService,
+    target: Target,
+    inputs: Mapping[str, np.ndarray],
+    output_names: Sequence[str],
+    deadline: float | None,
+    request_id: str,
+) -> tuple[int, Prediction]:
     loop = asyncio.get_running_loop()
     for _ in range(_AUTOLOAD_ROUNDS):
         submitted = service.submit(
-            target, inputs, output_names, deadline, request_id, hold=_others_ready(loop)
+            target, inputs, output_names, deadline, request_id, hold=service.in_flight > 1
         )
         future = submitted.future
         if future is None:
@@ -50,7 +76,7 @@ async def predict(
         batcher = submitted.entry.batcher if submitted.entry is not None else None
         if submitted.held and batcher is not None and batcher.held_rows == submitted.rows:
             # The first held request of a burst schedules the release for all of them.
-            loop.call_soon(_release_when_settled, loop, batcher, _MAX_HOLD_TICKS)
+            loop.call_soon(_release_when_settled, loop, batcher, batcher.held_rows, _MAX_HOLD_TICKS)
         if future.done():  # ran inline
             return submitted.version, future.result()
         waiter = loop.create_future()
@@ -91,21 +117,14 @@ def _copy_outcome(done: Future[Prediction], waiter: asyncio.Future[Prediction]) 
         waiter.set_exception(error)
 
 
-def _release_when_settled(loop: asyncio.AbstractEventLoop, batcher: DynamicBatcher, ticks: int) -> None:
-    """Release `batcher`'s held requests once the loop has run what was ready (the other
-    requests of the burst reach their submit over the next few iterations), or the batch is full."""
-    if ticks > 0 and not batcher.full and _others_ready(loop):
-        loop.call_soon(_release_when_settled, loop, batcher, ticks - 1)
+def _release_when_settled(
+    loop: asyncio.AbstractEventLoop, batcher: DynamicBatcher, rows_seen: int, ticks: int
+) -> None:
+    """Release `batcher`'s held requests once an event-loop iteration brought no more of them
+    (the other requests of the burst reach their submit over the next few iterations), or the
+    batch is full."""
+    rows = batcher.held_rows
+    if ticks > 0 and not batcher.full and rows > rows_seen:
+        loop.call_soon(_release_when_settled, loop, batcher, rows, ticks - 1)
     else:
         batcher.release()
-
-
-def _others_ready(loop: asyncio.AbstractEventLoop) -> bool:
-    """Whether other callbacks (other calls' handlers, under load) are ready to run on `loop`.
-
-    This is the one reliable sign of load for a fast model: it runs inline on this thread, so
-    each request finds it idle and arrivals look spaced out even at high concurrency. asyncio
-    has no public query for it; its loops keep ready callbacks in `_ready`. On a loop without
-    it (uvloop), requests are never held: served as before, only without batches of a burst.
-    """
-    return bool(getattr(loop, "_ready", None))

@@ -15,14 +15,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 from tesserad.errors import FailedPrecondition, NotFound, TesseraError, Unavailable
-from tesserad.serving.batcher import BatcherClosed, Prediction
+from tesserad.serving.batcher import Answer, BatcherClosed
 from tesserad.serving.pool import LoadedVersion, ModelPool, ServableVersion, ServingConfig
 from tesserad.serving.signature import validate_request
 
@@ -66,7 +66,7 @@ class Submitted:
 
     version: int
     entry: LoadedVersion | None
-    future: Future[Prediction] | None
+    future: Answer | None
     # True when the request waits in its batcher for `entry.batcher.release()`.
     held: bool = False
     rows: int = 0
@@ -123,6 +123,8 @@ class InferenceService:
     def __init__(self, source: VersionSource, pool: ModelPool, *, autoload: bool) -> None:
         self.pool = pool
         self._source = source
+        # Requests inside serving.predict on the daemon's event loop (touched only there).
+        self.in_flight = 0
         self._autoload = autoload
         self._lock = threading.Lock()
         # (model, alias) -> version, for requests that name an alias (or nothing, without a deployment).
@@ -288,7 +290,7 @@ class InferenceService:
         primary_version: int,
         shadow_version: int,
         inputs: Mapping[str, np.ndarray],
-        primary: Future[Prediction],
+        primary: Answer,
     ) -> None:
         entry = self.pool.get(model, shadow_version)
         if entry is None or entry.batcher is None or entry.signature is None:
@@ -437,7 +439,7 @@ class _Once:
         self._lock = threading.Lock()
         self._calls = 0
 
-    def __call__(self, future: Future[Prediction]) -> None:
+    def __call__(self, future: Answer) -> None:
         with self._lock:
             self._calls += 1
             last = self._calls == 2
