@@ -23,6 +23,7 @@ from tesserad.api.aio_handlers import Context, Handler
 from tesserad.api.errors import status_for
 from tesserad.errors import TesseraError
 from tesserad.metrics import DaemonMetrics
+from tesserad.serving.predict import call_begun
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler | None:
+        call_begun()  # before the request is read: inference batches on it (serving.predict)
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler

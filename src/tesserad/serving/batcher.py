@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -185,9 +186,11 @@ class DynamicBatcher:
         self._inline_max_ns = inline_max_compute_us * 1000
         # Smoothed compute time per row; a request runs inline only if its estimate is small.
         self._compute_ns_per_row = initial_compute_us * 1000
-        # The same for batches of one row and of more (None until one ran): batching_pays's terms.
-        self._single_ns_per_row = initial_compute_us * 1000
-        self._batched_ns_per_row: float | None = None
+        # The same for batches of one row and of more (None until one ran), batching_pays's terms,
+        # smoothed as logarithms (a geometric mean): a run slowed 10x by a busy machine moves
+        # them 1.26x, not 1.9x as it would a plain average.
+        self._single_log_ns = math.log(max(1.0, initial_compute_us * 1000))
+        self._batched_log_ns: float | None = None
         self._pays = True
         self._batches_run = 0
         self._all_outputs = list(output_names)
@@ -420,10 +423,11 @@ class DynamicBatcher:
         """Take the next batch off the queue (called holding the lock); with `share`, at most
         this worker's share of the queued rows."""
         head = self._queue[0]
-        if head.waits and self._delay_ns and not self._closed:
+        gathers = self._row_limit()
+        if head.waits and self._delay_ns and gathers > 1 and not self._closed:
             # The model was idle when the head arrived: hold the batch open up to the delay.
             until_ns = head.enqueued_ns + self._delay_ns
-            while self._queued_rows(head) < self._max_rows and not self._closed:
+            while self._queued_rows(head) < gathers and not self._closed:
                 remaining = until_ns - time.perf_counter_ns()
                 if remaining <= 0:
                     break
@@ -431,7 +435,7 @@ class DynamicBatcher:
                 if not self._queue:
                     return []
                 head = self._queue[0]
-        limit = self._share_rows() if share else self._row_limit()
+        limit = self._share_rows() if share else gathers
         now = time.monotonic()
         batch: list[_Request] = []
         rows = 0
@@ -511,14 +515,15 @@ class DynamicBatcher:
         a lost update among threads only delays the estimates by one batch."""
         self._batches_run += 1
         self._compute_ns_per_row += _EWMA_WEIGHT * (ns_per_row - self._compute_ns_per_row)
+        log_ns = math.log(max(1.0, ns_per_row))
         if rows == 1:
-            self._single_ns_per_row += _EWMA_WEIGHT * (ns_per_row - self._single_ns_per_row)
-        elif self._batched_ns_per_row is None:
-            self._batched_ns_per_row = ns_per_row
+            self._single_log_ns += _EWMA_WEIGHT * (log_ns - self._single_log_ns)
+        elif self._batched_log_ns is None:
+            self._batched_log_ns = log_ns
         else:
-            self._batched_ns_per_row += _EWMA_WEIGHT * (ns_per_row - self._batched_ns_per_row)
-        if self._batched_ns_per_row is not None:
-            self._pays = batching_pays(self._single_ns_per_row, self._batched_ns_per_row)
+            self._batched_log_ns += _EWMA_WEIGHT * (log_ns - self._batched_log_ns)
+        if self._batched_log_ns is not None:
+            self._pays = batching_pays(math.exp(self._single_log_ns), math.exp(self._batched_log_ns))
 
     def _fail(self, request: _Request, exc: Exception) -> None:
         log.warning("%s failed on a request: %s", self.label, exc)
