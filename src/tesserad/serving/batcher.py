@@ -44,8 +44,8 @@ log = logging.getLogger(__name__)
 # Compute-time smoothing for the inline and batching decisions: each batch weighs 10%.
 _EWMA_WEIGHT = 0.1
 # What a request held for its burst costs the daemon beyond its model's time, which the batcher
-# cannot see: the event loop's extra iteration, and the Future and wake-up of a request not
-# answered inline (an estimate: a few microseconds of Python on the 2-core dev box).
+# cannot see: about one event-loop iteration (6 us on the 2-core dev box, serve_bench's
+# tiny_mlp_python_path_stages_us) for its asyncio Future, its wake-up and the release.
 HOLD_COST_NS = 5_000.0
 # Batches must save at least this share of a row's time alone: within it, the estimates' noise
 # (batches run while other instances compete for the cores) could make either answer.

@@ -8,9 +8,7 @@ Protocol-free: the deadline is a time.monotonic() instant and failures are tesse
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
-import sys
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
@@ -26,32 +24,6 @@ _AUTOLOAD_ROUNDS = 3
 # Held requests wait at most this many event-loop iterations for the rest of their burst; each
 # iteration runs other calls' handlers (tens to hundreds of microseconds).
 _MAX_HOLD_TICKS = 16
-
-
-class _CallsBegun:
-    """How many calls the daemon's server has begun, and which one the running task serves.
-
-    A call begins (the API layer calls `call_begun`) before its request is read off the wire;
-    a request that finds calls begun after its own is one of a burst whose others are on their
-    way, and worth holding for them. A fast model runs inline on the event loop's thread, so
-    otherwise each request finds it idle and arrivals look spaced out even at high concurrency.
-    Counted across the process (two daemons in one process hold for each other's calls: at
-    worst a request waits one loop iteration).
-    """
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.mine: contextvars.ContextVar[int] = contextvars.ContextVar("call_begun", default=sys.maxsize)
-
-
-_CALLS = _CallsBegun()
-
-
-def call_begun() -> None:
-    """Note that a call begins; called by the API layer in the call's own task, before its
-    request is read."""
-    _CALLS.count += 1
-    _CALLS.mine.set(_CALLS.count)
 
 
 async def predict(
@@ -93,7 +65,7 @@ async def _predict(
     loop = asyncio.get_running_loop()
     for _ in range(_AUTOLOAD_ROUNDS):
         # Signs of load, both public: other requests waiting here, or calls begun after this one.
-        others = service.in_flight > 1 or _CALLS.count > _CALLS.mine.get()
+        others = service.in_flight > 1 or service.calls.begun_after_this_one()
         submitted = service.submit(target, inputs, output_names, deadline, request_id, hold=others)
         future = submitted.future
         if future is None:

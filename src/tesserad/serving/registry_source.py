@@ -10,7 +10,7 @@ from tesserad.errors import NotFound
 from tesserad.registry import Registry, VersionRecord
 from tesserad.registry import Signature as RegistrySignature
 from tesserad.serving.pool import ModelPool, ServableVersion, ServingDefaults
-from tesserad.serving.service import DeploymentPlan, InferenceService
+from tesserad.serving.service import CallCounter, DeploymentPlan, InferenceService
 from tesserad.serving.signature import Signature, TensorSpec
 from tesserad.serving.stats import ServingMetrics
 
@@ -62,7 +62,7 @@ class RegistrySource:
 
 
 def build_inference(
-    registry: Registry, settings: ServingSettings, prometheus: CollectorRegistry
+    registry: Registry, settings: ServingSettings, prometheus: CollectorRegistry, calls: CallCounter
 ) -> InferenceService:
     """The inference service over the registry, with the daemon's serving settings."""
     defaults = ServingDefaults(
@@ -76,4 +76,4 @@ def build_inference(
         drain_timeout_s=settings.drain_timeout_s,
     )
     pool = ModelPool(defaults, ServingMetrics(prometheus))
-    return InferenceService(RegistrySource(registry), pool, autoload=settings.autoload)
+    return InferenceService(RegistrySource(registry), pool, autoload=settings.autoload, calls=calls)

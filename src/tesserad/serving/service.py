@@ -9,8 +9,10 @@ batcher closed is routed again, so no request fails during a swap.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import logging
+import sys
 import threading
 import time
 from collections import deque
@@ -119,12 +121,43 @@ class _Router:
         return routes[best][0], shadow
 
 
+# Which call (by CallCounter.count) the running task serves; none (never "before" another) outside a call.
+_THIS_CALL: contextvars.ContextVar[int] = contextvars.ContextVar("tesserad_call", default=sys.maxsize)
+
+
+class CallCounter:
+    """How many calls the daemon's server has begun; a sign of load that asyncio does not hide.
+
+    A call begins (the API layer calls `begin` in the call's own task) before its request is
+    read off the wire; a request that finds calls begun after its own is one of a burst whose
+    others are on their way, and worth holding for them. A fast model runs inline on the event
+    loop's thread, so otherwise each request finds it idle and arrivals look spaced out even at
+    high concurrency. Touched only on the event loop's thread.
+    """
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def begin(self) -> None:
+        self.count += 1
+        _THIS_CALL.set(self.count)
+
+    def begun_after_this_one(self) -> bool:
+        return self.count > _THIS_CALL.get()
+
+
 class InferenceService:
-    def __init__(self, source: VersionSource, pool: ModelPool, *, autoload: bool) -> None:
+    def __init__(
+        self, source: VersionSource, pool: ModelPool, *, autoload: bool, calls: CallCounter | None = None
+    ) -> None:
         self.pool = pool
         self._source = source
-        # Requests inside serving.predict on the daemon's event loop (touched only there).
+        # Requests inside serving.predict on the daemon's event loop (touched only there), and the
+        # calls the daemon's server began (counted by its API layer): predict's signs of load.
         self.in_flight = 0
+        self.calls = calls or CallCounter()
         self._autoload = autoload
         self._lock = threading.Lock()
         # (model, alias) -> version, for requests that name an alias (or nothing, without a deployment).
