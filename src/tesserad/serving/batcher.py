@@ -8,9 +8,9 @@
   arrived. With no delay configured and the model idle, a lone request of a fast model runs at
   once in the caller's thread: on the 2-core dev box that cut tiny-model p50 from ~1.5x to
   1.15-1.3x of a bare echo server (handler time 70 us inline vs 246 us with a thread hop).
-- Held submissions: a caller that knows more requests are about to arrive (the API layer sees
-  other requests in flight in its handlers) submits with `hold=True` and calls `release()` once
-  they are all in. Without that, a fast model run inline on the one event-loop thread is always
+- Held submissions: a caller that knows more requests are about to arrive (serving.predict sees
+  other requests waiting in it, or calls the server began after this one) submits with
+  `hold=True` and calls `release()` once they are all in. Without that, a fast model run inline on the one event-loop thread is always
   idle when the next request arrives, and under load no batch ever forms.
 - Batching never loses: the batcher keeps its model's time per row for batches of one row and
   for batches of more, and gathers requests only while `batching_pays` says the batched rows
@@ -46,7 +46,7 @@ _EWMA_WEIGHT = 0.1
 # What a request held for its burst costs the daemon beyond its model's time, which the batcher
 # cannot see: about one event-loop iteration (6 us on the 2-core dev box, serve_bench's
 # tiny_mlp_python_path_stages_us) for its asyncio Future, its wake-up and the release.
-HOLD_COST_NS = 5_000.0
+HOLD_COST_NS = 6_000.0
 # Batches must save at least this share of a row's time alone: within it, the estimates' noise
 # (batches run while other instances compete for the cores) could make either answer.
 PAYS_MARGIN = 0.05
