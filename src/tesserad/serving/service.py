@@ -25,6 +25,7 @@ import numpy as np
 
 from tesserad.errors import FailedPrecondition, NotFound, TesseraError, Unavailable
 from tesserad.serving.batcher import Answer, BatcherClosed
+from tesserad.serving.explain import Explainer, ExplainOptions, Method, QueuedExplanation
 from tesserad.serving.pool import LoadedVersion, ModelPool, ServableVersion, ServingConfig
 from tesserad.serving.signature import validate_request
 
@@ -53,6 +54,24 @@ class VersionSource(Protocol):
     def deployment(self, model: str) -> DeploymentPlan | None: ...
 
     def model_names(self) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class ExplainLimits:
+    """How much of the machine explanations may take (see tesserad.serving.explain)."""
+
+    threads: int = 1
+    queue_size: int = 4
+    chunk_rows: int = 8
+
+
+@dataclass(frozen=True)
+class ExplainSubmitted:
+    """A queued explanation: the version asked for and the torch version it explains."""
+
+    version: int
+    explained_version: int
+    queued: QueuedExplanation
 
 
 @dataclass(frozen=True)
@@ -150,7 +169,13 @@ class CallCounter:
 
 class InferenceService:
     def __init__(
-        self, source: VersionSource, pool: ModelPool, *, autoload: bool, calls: CallCounter | None = None
+        self,
+        source: VersionSource,
+        pool: ModelPool,
+        *,
+        autoload: bool,
+        explain_limits: ExplainLimits | None = None,
+        calls: CallCounter | None = None,
     ) -> None:
         self.pool = pool
         self._source = source
@@ -167,6 +192,13 @@ class InferenceService:
         self._shadows: dict[str, deque[ShadowResult]] = {}
         # Swaps run one at a time, off the registry's commit path.
         self._swaps = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serving-swap")
+        limits = explain_limits or ExplainLimits()
+        self.explainer = Explainer(
+            threads=limits.threads,
+            queue_size=limits.queue_size,
+            chunk_rows=limits.chunk_rows,
+            predict_waiting=self._predict_waiting,
+        )
         self._closed = False
 
     # -- routing ---------------------------------------------------------------------------
@@ -291,7 +323,8 @@ class InferenceService:
 
     def stats_entries(self, target: Target) -> list[LoadedVersion]:
         """The loaded versions whose figures a stats call reports: every loaded version without a
-        model; NotFound for a model, version or alias that does not exist or is not loaded."""
+        model; an ensemble's loaded members after it; NotFound for a model, version or alias that
+        does not exist or is not loaded."""
         if not target.model:
             return self.pool.list()
         entries = self.pool.list(target.model)
@@ -299,13 +332,18 @@ class InferenceService:
             if not entries:
                 self._source.servable(target.model, None, LATEST)  # NotFound for a model that does not exist
                 raise self._no_stats(f"model {target.model!r} has no loaded version")
-            return entries
+            return self._with_members(entries)
         version = self.resolve_version(target)
         entries = [e for e in entries if e.version == version]
         if not entries:
             self._source.servable(target.model, version, None)  # NotFound for a version that does not exist
             raise self._no_stats(f"model {target.model!r} version {version} is not loaded")
-        return entries
+        return self._with_members(entries)
+
+    def _with_members(self, entries: list[LoadedVersion]) -> list[LoadedVersion]:
+        keys = {(e.model, e.version) for e in entries}
+        members = {key for e in entries for key in e.members if key not in keys}
+        return entries + [e for e in self.pool.list() if (e.model, e.version) in members]
 
     def _no_stats(self, what: str) -> NotFound:
         if self._autoload:
@@ -313,6 +351,55 @@ class InferenceService:
         else:
             how = "load it with LoadModel (serving.autoload is off)"
         return NotFound(f"{what}, so it has no statistics yet; {how}")
+
+    # -- explanations ----------------------------------------------------------------------
+
+    def explain(
+        self,
+        target: Target,
+        inputs: Mapping[str, np.ndarray],
+        method: Method,
+        output_index: int | None,
+        options: ExplainOptions,
+    ) -> ExplainSubmitted:
+        """Queue an explanation of the version `target` names (without a version or alias, the
+        version a Predict finds first); an ONNX version is explained through its lineage parent."""
+        if target.version is None and target.alias is None:
+            version = self.serving_versions(target.model)[0]
+        else:
+            version = self.resolve_version(target)
+        servable = self._source.servable(target.model, version, None)
+        if servable.format == "onnx":
+            servable = self._torch_parent(servable)
+        queued = self.explainer.submit(servable, inputs, method, output_index, options)
+        return ExplainSubmitted(version, servable.version, queued)
+
+    def _torch_parent(self, onnx: ServableVersion) -> ServableVersion:
+        label = f"model {onnx.model!r} version {onnx.version}"
+        if onnx.parent is None:
+            raise FailedPrecondition(
+                f"{label} is ONNX and its lineage names no torch version it was exported from; "
+                "explanations need torch weights: explain a safetensors version instead"
+            )
+        parent_model, parent_version = onnx.parent
+        parent_label = f"model {parent_model!r} version {parent_version}"
+        try:
+            parent = self._source.servable(parent_model, parent_version, None)
+        except NotFound:
+            raise FailedPrecondition(
+                f"{label} is ONNX, exported from {parent_label}, which no longer exists; "
+                "explanations need torch weights: explain a safetensors version instead"
+            ) from None
+        if parent.format != "safetensors" or parent.architecture is None:
+            raise FailedPrecondition(
+                f"{label} is ONNX and its lineage parent {parent_label} is not a torch version "
+                "either; explanations need torch weights: explain a safetensors version instead"
+            )
+        return parent
+
+    def _predict_waiting(self) -> bool:
+        """Whether any loaded version has Predict requests queued (explanations yield to them)."""
+        return any((batcher := entry.batcher) is not None and batcher.queued for entry in self.pool.list())
 
     # -- shadow ----------------------------------------------------------------------------
 
@@ -440,7 +527,9 @@ class InferenceService:
         router = self._routers.get(model)
         if router is not None:
             still_served |= router.versions()
-        for version in sorted(previously_served - still_served):
+        # A loaded ensemble's member stays: the ensemble would load it again on its next request.
+        in_ensembles = {v for m, v in self.pool.ensemble_members() if m == model}
+        for version in sorted(previously_served - still_served - in_ensembles):
             if self.pool.get(model, version) is not None:
                 self.pool.unload(model, version)
                 log.info("unloaded version %s of %r after its targets moved", version, model)
@@ -461,6 +550,7 @@ class InferenceService:
     def close(self) -> None:
         self._closed = True
         self._swaps.shutdown(wait=True, cancel_futures=True)
+        self.explainer.close()
         self.pool.close()
 
 

@@ -34,6 +34,7 @@ COMMAND_BY_RPC: dict[str, str] = {
     "CreateRun": "the Python SDK's client.training.create_run()",
     # Inference
     "Predict": "`tessera predict MODEL --input FILE`",
+    "Explain": "`tessera explain MODEL --input FILE`",
     "GetStats": "`tessera stats MODEL`",
     "ListLoaded": "`tessera serve-status`",
     "LoadModel": "the Python SDK's client.inference.load()",
