@@ -496,6 +496,7 @@ class DynamicBatcher:
         rows = batch[0].rows if alone else sum(r.rows for r in batch)
         self._learn(compute_ns / rows, rows)
         answered: list[tuple[int, int, int, bool]] = []
+        predictions: list[Prediction] = []
         offset = 0
         for request in batch:
             if alone:
@@ -504,11 +505,14 @@ class DynamicBatcher:
                 mine = {n: outputs[n][offset : offset + request.rows] for n in request.output_names}
             offset += request.rows
             queue_ns = started - request.enqueued_ns
-            request.future.set_result(Prediction(mine, queue_ns, compute_ns, rows))
+            predictions.append(Prediction(mine, queue_ns, compute_ns, rows))
             answered.append(
                 (queue_ns, time.perf_counter_ns() - request.enqueued_ns, request.rows, request.shadow)
             )
+        # Counted before answered: a caller that reads the stats after its answer finds it there.
         self._stats.record_batch(compute_ns, answered)
+        for request, prediction in zip(batch, predictions, strict=True):
+            request.future.set_result(prediction)
 
     def _learn(self, ns_per_row: float, rows: int) -> None:
         """Update the time-per-row estimates with a batch's, and whether batching pays. Unlocked:
