@@ -52,7 +52,7 @@ from tesserad.registry import TABLES as REGISTRY_TABLES
 from tesserad.registry import Registry
 from tesserad.runtime_env import worker_environment
 from tesserad.serving.registry_source import build_inference
-from tesserad.serving.service import InferenceService
+from tesserad.serving.service import CallCounter, InferenceService
 from tesserad.store import BlobStore, DataDirLock, Store
 from tesserad.system import SystemService
 from tesserad.training import events as training_events
@@ -195,9 +195,10 @@ class Daemon:
             auth = AuthInterceptor(settings.security, settings.limits, settings.max_message_size, served)
         except AuthSetupError as exc:
             raise StartupError(str(exc)) from None
+        calls = CallCounter()
         server = grpc.aio.server(
             # Auth first: a refused call reaches nothing else.
-            interceptors=[auth, CallInterceptor(self.metrics)],
+            interceptors=[auth, CallInterceptor(self.metrics, calls)],
             options=[
                 # gRPC sets SO_REUSEPORT by default, which would let a second daemon silently
                 # share the port; a taken port must be an error.
@@ -237,7 +238,7 @@ class Daemon:
         if settings.serving.switch_interval_us:
             # Shorter GIL slices let the gRPC threads answer while batches run (see config).
             sys.setswitchinterval(settings.serving.switch_interval_us / 1e6)
-        self.inference = build_inference(self.registry, settings.serving, self.metrics.registry)
+        self.inference = build_inference(self.registry, settings.serving, self.metrics.registry, calls)
         self.registry.add_listener(self.inference.on_registry_change)
         _register(
             inference_pb2_grpc.add_InferenceServicer_to_server, InferenceServicer(self.inference), routes

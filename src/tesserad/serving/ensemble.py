@@ -5,7 +5,6 @@ own worker threads, so members run in parallel), and combines their answers."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -13,7 +12,7 @@ import numpy as np
 
 from tesserad.errors import FailedPrecondition, Unavailable
 from tesserad.registry.ensembles import EnsembleSpec
-from tesserad.serving.batcher import BatcherClosed, Prediction
+from tesserad.serving.batcher import Answer, BatcherClosed
 from tesserad.serving.signature import Signature, validate_request
 
 if TYPE_CHECKING:
@@ -59,7 +58,7 @@ class EnsembleRuntime:
 
     def _submit(
         self, member: ServableVersion, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
-    ) -> Future[Prediction]:
+    ) -> Answer:
         for _ in range(_MAX_MEMBER_ROUNDS):
             entry = self._member_entry(member)
             batcher, signature = entry.batcher, entry.signature

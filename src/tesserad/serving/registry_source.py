@@ -17,7 +17,7 @@ from tesserad.registry import Signature as RegistrySignature
 from tesserad.registry.ensembles import Member, parse_ensemble_spec
 from tesserad.serving.ensemble import EnsemblePlan
 from tesserad.serving.pool import ModelPool, ServableVersion, ServingDefaults
-from tesserad.serving.service import DeploymentPlan, ExplainLimits, InferenceService
+from tesserad.serving.service import CallCounter, DeploymentPlan, ExplainLimits, InferenceService
 from tesserad.serving.signature import Signature, TensorSpec
 from tesserad.serving.stats import ServingMetrics
 
@@ -97,7 +97,7 @@ class RegistrySource:
 
 
 def build_inference(
-    registry: Registry, settings: ServingSettings, prometheus: CollectorRegistry
+    registry: Registry, settings: ServingSettings, prometheus: CollectorRegistry, calls: CallCounter
 ) -> InferenceService:
     """The inference service over the registry, with the daemon's serving settings."""
     defaults = ServingDefaults(
@@ -115,6 +115,7 @@ def build_inference(
         RegistrySource(registry),
         pool,
         autoload=settings.autoload,
+        calls=calls,
         explain_limits=ExplainLimits(
             settings.explain_threads, settings.explain_queue_size, settings.explain_chunk_rows
         ),

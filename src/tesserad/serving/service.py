@@ -9,20 +9,22 @@ batcher closed is routed again, so no request fails during a swap.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import logging
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 from tesserad.errors import FailedPrecondition, NotFound, TesseraError, Unavailable
-from tesserad.serving.batcher import BatcherClosed, Prediction
+from tesserad.serving.batcher import Answer, BatcherClosed
 from tesserad.serving.explain import Explainer, ExplainOptions, Method, QueuedExplanation
 from tesserad.serving.pool import LoadedVersion, ModelPool, ServableVersion, ServingConfig
 from tesserad.serving.signature import validate_request
@@ -85,7 +87,7 @@ class Submitted:
 
     version: int
     entry: LoadedVersion | None
-    future: Future[Prediction] | None
+    future: Answer | None
     # True when the request waits in its batcher for `entry.batcher.release()`.
     held: bool = False
     rows: int = 0
@@ -138,6 +140,33 @@ class _Router:
         return routes[best][0], shadow
 
 
+# Which call (by CallCounter.count) the running task serves; none (never "before" another) outside a call.
+_THIS_CALL: contextvars.ContextVar[int] = contextvars.ContextVar("tesserad_call", default=sys.maxsize)
+
+
+class CallCounter:
+    """How many calls the daemon's server has begun; a sign of load that asyncio does not hide.
+
+    A call begins (the API layer calls `begin` in the call's own task) before its request is
+    read off the wire; a request that finds calls begun after its own is one of a burst whose
+    others are on their way, and worth holding for them. A fast model runs inline on the event
+    loop's thread, so otherwise each request finds it idle and arrivals look spaced out even at
+    high concurrency. Touched only on the event loop's thread.
+    """
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def begin(self) -> None:
+        self.count += 1
+        _THIS_CALL.set(self.count)
+
+    def begun_after_this_one(self) -> bool:
+        return self.count > _THIS_CALL.get()
+
+
 class InferenceService:
     def __init__(
         self,
@@ -146,9 +175,14 @@ class InferenceService:
         *,
         autoload: bool,
         explain_limits: ExplainLimits | None = None,
+        calls: CallCounter | None = None,
     ) -> None:
         self.pool = pool
         self._source = source
+        # Requests inside serving.predict on the daemon's event loop (touched only there), and the
+        # calls the daemon's server began (counted by its API layer): predict's signs of load.
+        self.in_flight = 0
+        self.calls = calls or CallCounter()
         self._autoload = autoload
         self._lock = threading.Lock()
         # (model, alias) -> version, for requests that name an alias (or nothing, without a deployment).
@@ -380,7 +414,7 @@ class InferenceService:
         primary_version: int,
         shadow_version: int,
         inputs: Mapping[str, np.ndarray],
-        primary: Future[Prediction],
+        primary: Answer,
     ) -> None:
         entry = self.pool.get(model, shadow_version)
         if entry is None or entry.batcher is None or entry.signature is None:
@@ -540,7 +574,7 @@ class _Once:
         self._lock = threading.Lock()
         self._calls = 0
 
-    def __call__(self, future: Future[Prediction]) -> None:
+    def __call__(self, future: Answer) -> None:
         with self._lock:
             self._calls += 1
             last = self._calls == 2
