@@ -250,10 +250,10 @@ async function jobPage(app, jobId) {
       card("epoch", number(job.epoch)), card("step", `${number(job.step)} / ${number(job.total_steps)}`),
       card("ETA", duration(job.eta_s) || "-"), card("devices", job.devices.join(", ") || "-"),
     );
-    clear(facts).append(`experiment ${job.experiment} · run `, link(`/runs?experiment=${encodeURIComponent(job.experiment)}`, job.run_id),
+    clear(facts).append(el("span", {}, `experiment ${job.experiment} · run `, link(`/runs?experiment=${encodeURIComponent(job.experiment)}`, job.run_id),
       ` · created ${when(job.created_at)} by ${job.created_by}`,
       job.registered ? [" · registered as ", link(`/models/${encodeURIComponent(job.registered.model)}`, `${job.registered.model} v${job.registered.version}`)] : [],
-      job.error ? [" · ", el("span", { class: "problem", text: `${job.error.kind}: ${job.error.message}` })] : []);
+      job.error ? [" · ", el("span", { class: "problem", text: `${job.error.kind}: ${job.error.message}` })] : []));
   };
   showJob();
 
@@ -342,8 +342,9 @@ async function runsPage(app) {
     const ids = Array.from(chosen);
     const key = compareKey.value;
     const histories = await Promise.all(ids.map((id) => api(`/runs/${encodeURIComponent(id)}/metrics/${encodeURIComponent(key)}?max_points=${HISTORY_POINTS}`)));
-    const chart = new Chart(chartBox(compareBox), `${key} by run`, ids);
-    histories.forEach((h, i) => chart.set(ids[i], h.steps, h.values));
+    const labels = ids.map((id) => { const r = runs.find((x) => x.run_id === id); return r.name ? `${r.name} (${id})` : id; });
+    const chart = new Chart(chartBox(compareBox), `${key} by run`, labels);
+    histories.forEach((h, i) => chart.set(labels[i], h.steps, h.values));
   });
   app.append(table, el("div", { class: "filters" }, compareButton, el("label", {}, " metric ", compareKey)), compareBox);
   document.body.dataset.rendered = "1";
@@ -401,12 +402,14 @@ async function modelPage(app, name) {
   const m = data.model;
   app.append(el("h1", {}, "Model ", el("span", { class: "mono", text: m.name })));
   app.append(el("p", { class: "muted", text: m.description }));
+  if (Object.keys(m.tags).length) app.append(el("p", { class: "muted", text: Object.entries(m.tags).map(([k, x]) => `${k}=${x}`).join(", ") }));
   const current = data.deployments.length ? data.deployments[0] : null;  // newest first
   app.append(el("div", { class: "cards" }, card("versions", String(m.version_count)), card("latest", `v${m.latest_version}`),
     card("deployment", current && !current.undeployed ? current.routes.map(routeText).join(", ") + (current.shadow ? `; shadow ${current.shadow.percent}%` : "") : "none")));
   app.append(el("h2", { text: "Versions" }));
-  app.append(plainTable(["version", "format", "aliases", "metrics", "params", "lineage", "size", "created"], data.versions.map((v) => [
-    `v${v.version}`, v.format, v.aliases.join(", "),
+  app.append(plainTable(["version", "format", "aliases", "description", "tags", "metrics", "params", "lineage", "size", "created"], data.versions.map((v) => [
+    `v${v.version}`, v.format, v.aliases.join(", "), v.description,
+    Object.entries(v.tags).map(([k, x]) => `${k}=${x}`).join(", "),
     Object.entries(v.metrics).map(([k, x]) => `${k}=${number(x)}`).join(", "),
     Object.entries(v.params).map(([k, x]) => `${k}=${x}`).join(", "),
     lineageNodes(v), bytes(v.size_bytes), when(v.created_at),
@@ -440,17 +443,37 @@ function lineageNodes(v) {
 async function servingPage(app) {
   app.append(el("h1", { text: "Serving" }));
   const holder = el("div", { id: "serving" });
-  app.append(holder);
+  const chartHolder = el("div", {});
+  app.append(holder, chartHolder);
+  let chart = null, chartNames = "";
+  const started = Date.now() / 1000;
   const refresh = async () => {
     const { loaded } = await api("/serving");
-    const rows = loaded.map((e) => {
-      const s = e.stats;
-      return [`${e.model} v${e.version}`, e.state, String(e.config.instances || ""), String(e.queued), number(s.request_count), number(s.throughput_rps, 3),
-        ...["queue", "compute", "total"].flatMap((k) => [micros(s[k].p50_us), micros(s[k].p95_us), micros(s[k].p99_us)])];
-    });
-    clear(holder).append(loaded.length ? plainTable(["version", "state", "instances", "queued", "requests", "req/s",
-      "queue p50", "queue p95", "queue p99", "compute p50", "compute p95", "compute p99", "total p50", "total p95", "total p99"], rows)
-      : el("p", { class: "muted", text: "Nothing loaded: a prediction loads its model." }));
+    const label = (e) => `${e.model} v${e.version}`;
+    const summary = loaded.map((e) => el("tr", { "data-version": label(e) },
+      el("td", { text: label(e) }), el("td", {}, stateCell(e.state)), el("td", { class: "num", text: String(e.config.instances || "") }),
+      el("td", { class: "num queued", text: String(e.queued) }), el("td", { class: "num requests", text: String(e.stats.request_count) }),
+      el("td", { class: "num", text: number(e.stats.throughput_rps, 3) })));
+    const latency = loaded.flatMap((e) => ["queue", "compute", "total"].map((part) => el("tr", { "data-version": label(e), "data-part": part },
+      el("td", { text: label(e) }), el("td", { text: part }),
+      ["p50_us", "p95_us", "p99_us", "max_us"].map((p) => el("td", { class: `num ${p.slice(0, -3)}`, text: e.stats[part].count ? micros(e.stats[part][p]) : "" })))));
+    clear(holder).append(...(loaded.length ? [
+      el("table", { id: "loaded" }, el("thead", {}, el("tr", {}, ["version", "state", "instances", "queued", "requests", "req/s (1 min)"].map((h) => el("th", { text: h })))), el("tbody", {}, summary)),
+      el("h2", { text: "Latency since load" }),
+      el("table", { id: "latency" }, el("thead", {}, el("tr", {}, ["version", "part", "p50", "p95", "p99", "max"].map((h) => el("th", { text: h })))), el("tbody", {}, latency)),
+    ] : [el("p", { class: "muted", text: "Nothing loaded: a prediction loads its model." })]));
+    const names = loaded.flatMap((e) => [`${label(e)} p50`, `${label(e)} p99`]);
+    if (names.join("|") !== chartNames && names.length) {
+      chartNames = names.join("|");
+      clear(chartHolder);
+      chart = new Chart(chartBox(chartHolder), "total time, ms (seconds since opened)", names);
+    }
+    const t = Math.round(Date.now() / 1000 - started);
+    for (const e of loaded) {
+      if (!chart || !e.stats.total.count) continue;
+      chart.add(`${label(e)} p50`, t, e.stats.total.p50_us / 1000);
+      chart.add(`${label(e)} p99`, t, e.stats.total.p99_us / 1000);
+    }
     document.body.dataset.rendered = "1";
   };
   await refresh();
