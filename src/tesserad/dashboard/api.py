@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ from tesserad.names import validate_name
 from tesserad.registry import Registry
 from tesserad.serving.service import InferenceService
 from tesserad.system import SystemService
-from tesserad.training.events import EventLog
+from tesserad.training.events import EventLog, JobEvent
 from tesserad.training.jobs import Jobs
 from tesserad.training.sweeps import Sweeps
 from tesserad.training.tracking import HistoryPage, MetricFilter, Tracking
@@ -34,6 +35,7 @@ MAX_HISTORY_PAGES = 64
 SYSTEM_INTERVAL_MS = (250, 60_000, 1000)  # least, most, default
 # How often a client whose event stream ended (a reconnect, a cut-off watcher) tries again.
 SSE_RETRY_MS = 1000
+ENCODED_EVENTS = 4096
 _METRIC_FIELDS = ("last", "min", "max")
 _METRIC_OPS = ("lt", "le", "gt", "ge", "eq")
 
@@ -118,6 +120,18 @@ class DashboardApi:
 
     def __init__(self, services: Services) -> None:
         self._s = services
+        # Every open Job page of a job gets the same events: each is encoded once, on the event
+        # loop (so no lock), and the newest ENCODED_EVENTS are kept for the other pages.
+        self._encoded: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+
+    def _event_bytes(self, job_id: str, event: JobEvent) -> bytes:
+        key = (job_id, event.seq)
+        encoded = self._encoded.get(key)
+        if encoded is None:
+            encoded = self._encoded[key] = _sse(event.seq, event.kind, forms.event_json(event))
+            if len(self._encoded) > ENCODED_EVENTS:
+                self._encoded.popitem(last=False)
+        return encoded
 
     def routes(self) -> list[web.RouteDef]:
         get: Callable[[str, Any], web.RouteDef] = web.get
@@ -178,7 +192,7 @@ class DashboardApi:
         response = await self._event_stream(request)
         try:
             async for event in watch_job(self._s.jobs, self._s.events, job_id, from_seq):
-                await response.write(_sse(event.seq, event.kind, forms.event_json(event)))
+                await response.write(self._event_bytes(job_id, event))
             await response.write(_sse(None, "end", {}))
         except (ResourceExhausted, Unavailable):
             # The browser reconnects on its own with the Last-Event-ID it has, and resumes there.

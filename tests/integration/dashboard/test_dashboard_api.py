@@ -219,3 +219,14 @@ def test_tokens_guard_every_page_and_call_and_a_reader_logs_in(tmp_path, tokens_
         assert wrong_login.status == 401 and b"not valid" in wrong_login.body
     finally:
         daemon.stop()
+
+
+def test_a_spawned_daemon_logs_where_its_dashboard_listens(spawn_daemon, tmp_path):
+    process = spawn_daemon(
+        "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--http-listen", "127.0.0.1:0",
+        "--data-dir", str(tmp_path / "data"),
+    )  # fmt: skip
+    serving = process.wait_for_log("tesserad serving")
+    scheme, _, port = serving["dashboard"].rpartition(":")
+    assert scheme == "http://127.0.0.1" and int(port) > 0
+    assert http_get(int(port), "/api/v1/jobs").json() == {"jobs": [], "next_page_token": ""}

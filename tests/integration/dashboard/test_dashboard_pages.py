@@ -147,7 +147,7 @@ def test_serving_page_shows_percentiles_that_move_under_load(dash, client, tmp_p
     screenshot(page, "serving")
 
 
-def test_markup_in_names_renders_as_text(dash, client, tmp_path, page):
+def test_markup_in_names_renders_as_text(dash, client, tmp_path, page, finished_job):
     client.models.create("dash-markup", description=HOSTILE, tags={"note": HOSTILE})
     client.models.push(
         "dash-markup", affine_onnx(tmp_path / "affine.onnx"), description=HOSTILE, tags={"note": HOSTILE}
@@ -157,9 +157,11 @@ def test_markup_in_names_renders_as_text(dash, client, tmp_path, page):
         assert HOSTILE in page.text_content("#app")
         assert page.evaluate("window.__pwned") is None
         assert page.eval_on_selector_all("#app script, #app img", "nodes => nodes.length") == 0
-    screenshot(page, "model")
     open_page(page, dash, "/models")
     screenshot(page, "models")
+    open_page(page, dash, "/models/tiny")  # a trained version: its lineage links its job
+    assert finished_job in page.text_content("#app")
+    screenshot(page, "model")
 
 
 def test_sweeps_and_system_pages(dash, client, table, page):
