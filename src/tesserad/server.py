@@ -315,7 +315,9 @@ class Daemon:
                 system=system,
                 stopping=self._stopping,
             )
-            self._dashboard = DashboardServer(services, settings.http_listen, settings.security)
+            self._dashboard = DashboardServer(
+                services, settings.http_listen, settings.security, settings.limits
+            )
             try:
                 await self._dashboard.start()
             except OSError as exc:

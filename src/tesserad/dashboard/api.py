@@ -8,9 +8,10 @@ Job events and system samples stream as server-sent events.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from tesserad.dashboard import json_forms as forms
 from tesserad.errors import InvalidArgument, ResourceExhausted, Unavailable
 from tesserad.names import validate_name
 from tesserad.registry import Registry
+from tesserad.security.limits import ConcurrencyGate
 from tesserad.serving.service import InferenceService
 from tesserad.system import SystemService
 from tesserad.training.events import EventLog, JobEvent
@@ -118,8 +120,10 @@ def _sse(seq: int | None, kind: str, data: Any) -> bytes:
 class DashboardApi:
     """The /api/v1 routes."""
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, max_streams: int) -> None:
         self._s = services
+        # Event streams are long-lived like gRPC's watch streams, and held to the same setting.
+        self._streams = ConcurrencyGate(max_streams, "limits.max_concurrent_streams", "event streams")
         # Every open Job page of a job gets the same events: each is encoded once, on the event
         # loop (so no lock), and the newest ENCODED_EVENTS are kept for the other pages.
         self._encoded: OrderedDict[tuple[str, int], bytes] = OrderedDict()
@@ -189,16 +193,14 @@ class DashboardApi:
         else:
             from_seq = _int(request, "from_seq", 0, 0, 2**62)
         await asyncio.to_thread(self._s.jobs.get, job_id)
-        response = await self._event_stream(request)
-        try:
-            async for event in watch_job(self._s.jobs, self._s.events, job_id, from_seq):
-                await response.write(self._event_bytes(job_id, event))
-            await response.write(_sse(None, "end", {}))
-        except (ResourceExhausted, Unavailable):
-            # The browser reconnects on its own with the Last-Event-ID it has, and resumes there.
-            pass
-        except ConnectionResetError:
-            pass
+        async with self._event_stream(request) as response:
+            try:
+                async for event in watch_job(self._s.jobs, self._s.events, job_id, from_seq):
+                    await response.write(self._event_bytes(job_id, event))
+                await response.write(_sse(None, "end", {}))
+            except (ResourceExhausted, Unavailable):
+                # The browser reconnects on its own with the Last-Event-ID it has, and resumes there.
+                pass
         return response
 
     async def list_experiments(self, request: web.Request) -> web.Response:
@@ -338,8 +340,7 @@ class DashboardApi:
         low, high, default = SYSTEM_INTERVAL_MS
         interval_s = _int(request, "interval_ms", default, low, high) / 1000
         sampler = self._s.system.sampler()
-        response = await self._event_stream(request)
-        try:
+        async with self._event_stream(request) as response:
             while not self._s.stopping.is_set():
                 sample = await asyncio.to_thread(sampler.sample)
                 await response.write(_sse(None, "sample", forms.sample_json(sample)))
@@ -347,15 +348,20 @@ class DashboardApi:
                     await asyncio.wait_for(self._s.stopping.wait(), interval_s)
                 except TimeoutError:
                     continue
-        except ConnectionResetError:
-            pass
         return response
 
-    @staticmethod
-    async def _event_stream(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        )
-        await response.prepare(request)
-        await response.write(f"retry: {SSE_RETRY_MS}\n\n".encode())
-        return response
+    @contextlib.asynccontextmanager
+    async def _event_stream(self, request: web.Request) -> AsyncIterator[web.StreamResponse]:
+        """An open server-sent event stream, counted against the limit while it lasts (a stream
+        over the limit is a 429 before anything is sent); a page closed mid-stream ends it."""
+        self._streams.enter()
+        try:
+            response = web.StreamResponse(
+                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+            )
+            await response.prepare(request)
+            await response.write(f"retry: {SSE_RETRY_MS}\n\n".encode())
+            with contextlib.suppress(ConnectionResetError):
+                yield response
+        finally:
+            self._streams.leave()

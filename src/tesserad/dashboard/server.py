@@ -17,7 +17,7 @@ from pathlib import Path
 from aiohttp import web
 
 from tesserad import errors
-from tesserad.config import Address, SecuritySettings
+from tesserad.config import Address, LimitsSettings, SecuritySettings
 from tesserad.dashboard.access import LOGIN_PATH, Access, Handler, tls_context
 from tesserad.dashboard.api import DashboardApi, Services, json_response
 from tesserad.security import TokenTable
@@ -90,7 +90,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 class DashboardServer:
     """Serves the pages and /api/v1 on `address`; `port` is the bound one (for port 0)."""
 
-    def __init__(self, services: Services, address: Address, security: SecuritySettings) -> None:
+    def __init__(
+        self, services: Services, address: Address, security: SecuritySettings, limits: LimitsSettings
+    ) -> None:
         self._services = services
         self._address = address
         tokens = None if security.tokens_file is None else TokenTable.load(security.tokens_file)
@@ -98,7 +100,7 @@ class DashboardServer:
         access = Access(tokens, secure_cookie=self._tls is not None)
         self._shell = (STATIC_DIR / "page.html").read_text()
         app = web.Application(middlewares=[_errors, access.middleware])
-        app.add_routes(DashboardApi(services).routes())
+        app.add_routes(DashboardApi(services, limits.max_concurrent_streams).routes())
         app.add_routes(
             [
                 web.get("/", self._home),

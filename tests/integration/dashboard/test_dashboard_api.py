@@ -13,7 +13,7 @@ from tesserad.security import Role, hash_token, new_token
 from tesserad.security.tokens import format_entry
 from tesserad.server import StartupError
 from tests.conftest import InProcessDaemon, daemon_settings
-from tests.integration.dashboard.conftest import http_get, read_events
+from tests.integration.dashboard.conftest import http_get, read_events, wait_until
 from tests.integration.sdk.affine import affine_onnx
 
 
@@ -230,3 +230,30 @@ def test_a_spawned_daemon_logs_where_its_dashboard_listens(spawn_daemon, tmp_pat
     scheme, _, port = serving["dashboard"].rpartition(":")
     assert scheme == "http://127.0.0.1" and int(port) > 0
     assert http_get(int(port), "/api/v1/jobs").json() == {"jobs": [], "next_page_token": ""}
+
+
+def test_event_streams_are_held_to_max_concurrent_streams(tmp_path):
+    daemon = InProcessDaemon(
+        daemon_settings(tmp_path / "data", **{"limits.max_concurrent_streams": 1})
+    ).start()
+    port = daemon.daemon.http_port
+    try:
+        first = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        first.request("GET", "/api/v1/system/events?interval_ms=250")
+        response = first.getresponse()
+        assert response.status == 200 and response.readline() == b"retry: 1000\n"
+        refused = http_get(port, "/api/v1/system/events")
+        assert refused.status == 429 and "limits.max_concurrent_streams = 1" in refused.json()["error"]
+        first.close()
+
+        def admitted() -> bool:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            try:
+                connection.request("GET", "/api/v1/system/events")
+                return connection.getresponse().status == 200
+            finally:
+                connection.close()
+
+        wait_until(admitted, timeout=30, what="the closed stream to be counted out")
+    finally:
+        daemon.stop()
