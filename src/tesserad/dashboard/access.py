@@ -58,7 +58,7 @@ class Access:
             return await handler(request)
         if request.path.startswith("/api/"):
             return web.json_response({"error": problem}, status=401)
-        return login_page(problem, status=401)
+        return login_page(problem, status=401, then=request.path_qs)
 
     def _problem(self, request: web.Request) -> str | None:
         """None when the request carries a token good enough to read; else what is wrong."""
@@ -90,25 +90,33 @@ class Access:
     async def log_in(self, request: web.Request) -> web.StreamResponse:
         form = await request.post()
         token = str(form.get("token", "")).strip()
+        then = _local_path(str(form.get("then", "/")))
         if self._tokens is None:
-            raise web.HTTPSeeOther("/")
+            raise web.HTTPSeeOther(then)
         identity = self._tokens.identify(token) if token else None
         if identity is None or identity.role < DASHBOARD_ROLE:
-            return login_page("that token is not valid for this tesserad", status=401)
-        response = web.HTTPSeeOther("/")
+            return login_page("that token is not valid for this tesserad", status=401, then=then)
+        response = web.HTTPSeeOther(then)
         response.set_cookie(
             TOKEN_COOKIE, token, httponly=True, samesite="Strict", secure=self._secure_cookie, path="/"
         )
         raise response
 
 
-def login_page(problem: str, status: int = 200) -> web.Response:
+def _local_path(path: str) -> str:
+    """`path` when it is a path on this server, else "/": a login never sends anyone elsewhere."""
+    return path if path.startswith("/") and not path.startswith(("//", "/\\")) else "/"
+
+
+def login_page(problem: str, status: int = 200, then: str = "/") -> web.Response:
+    """The login form; after a good token it goes on to `then` (the page that asked for it)."""
     message = f'<p class="problem">{html.escape(problem)}</p>' if problem else ""
     body = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>tessera: log in</title>
 <link rel="stylesheet" href="/static/dashboard.css"></head>
 <body><main class="login"><h1>tessera</h1>{message}
 <form method="post" action="{LOGIN_PATH}">
+<input type="hidden" name="then" value="{html.escape(_local_path(then))}">
 <label>Token <input type="password" name="token" autocomplete="current-password" autofocus></label>
 <button type="submit">Log in</button></form>
 <p class="hint">A token of any role (reader is enough), made with <code>tesserad tokens add</code>.</p>

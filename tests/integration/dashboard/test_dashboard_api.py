@@ -201,11 +201,11 @@ def test_tokens_guard_every_page_and_call_and_a_reader_logs_in(tmp_path, tokens_
         assert http_get(port, "/static/dashboard.js").status == 200  # code, no data
 
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        form = urllib.parse.urlencode({"token": reader})
+        form = urllib.parse.urlencode({"token": reader, "then": "//elsewhere.example/"})
         connection.request("POST", "/login", form, {"Content-Type": "application/x-www-form-urlencoded"})
         response = connection.getresponse()
         response.read()
-        assert response.status == 303
+        assert response.status == 303 and response.getheader("Location") == "/"
         cookie = response.getheader("Set-Cookie", "")
         assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
         connection.close()

@@ -89,11 +89,14 @@ def test_job_page_curve_gains_points_while_the_job_runs(dash, client, table, pag
         )
         assert page.text_content(".cards").startswith("state")
         screenshot(page, "job")
+        open_page(page, dash, "/jobs")
+        assert job.id in page.text_content("#active-jobs")
+        screenshot(page, "jobs")
     finally:
         client.training.cancel(job.id)
+    client.training.job(job.id).wait(check=False)
     open_page(page, dash, "/jobs")
-    assert job.id in page.text_content("table")
-    screenshot(page, "jobs")
+    assert job.id in page.text_content("#finished-jobs")
 
 
 def test_runs_page_sorts_by_a_metric_and_compares_runs(dash, client, page):
@@ -205,7 +208,7 @@ def test_a_reader_token_logs_in_and_no_token_is_refused_off_loopback(tmp_path, b
     context = browser.new_context(viewport=VIEWPORT)
     try:
         page = context.new_page()
-        refused = page.goto(url(daemon, "/jobs"))
+        refused = page.goto(url(daemon, "/runs?experiment=x"))
         assert refused.status == 401 and page.is_visible("input[name=token]")
         page.fill("input[name=token]", new_token())
         page.click("button[type=submit]")
@@ -213,7 +216,8 @@ def test_a_reader_token_logs_in_and_no_token_is_refused_off_loopback(tmp_path, b
         page.fill("input[name=token]", reader)
         page.click("button[type=submit]")
         page.wait_for_selector("body[data-rendered]")
-        assert page.text_content("h1") == "Jobs"
+        assert page.url.endswith("/runs?experiment=x")  # back to the page that asked
+        assert page.text_content("h1") == "Runs"
         assert page.evaluate("document.cookie") == ""  # HttpOnly: scripts never see the token
     finally:
         context.close()

@@ -220,25 +220,32 @@ function stateCell(state) {
   return el("span", { class: `state-${state}`, text: state });
 }
 
+const ACTIVE_STATES = ["queued", "running", "interrupted"];
+
 async function jobsPage(app) {
   app.append(el("h1", { text: "Jobs" }));
-  const holder = el("div", {});
-  app.append(holder);
-  const state = { sort: undefined, asc: false };
+  const active = el("div", { id: "active-jobs" });
+  const finished = el("div", { id: "finished-jobs" });
+  app.append(el("h2", { text: "Queued and running" }), active, el("h2", { text: "Finished" }), finished);
+  const states = [{ sort: undefined, asc: false }, { sort: undefined, asc: false }];
+  const columns = [
+    { label: "job", value: (j) => j.job_id, cell: (j) => link(`/jobs/${encodeURIComponent(j.job_id)}`, j.job_id) },
+    { label: "state", value: (j) => j.state, cell: (j) => stateCell(j.state) },
+    { label: "experiment", value: (j) => j.experiment, cell: (j) => j.experiment },
+    { label: "progress", value: (j) => j.progress, cell: (j) => progressBar(j.progress), num: true },
+    { label: "epoch", value: (j) => j.epoch, num: true },
+    { label: "step", value: (j) => j.step, num: true },
+    { label: "ETA", value: (j) => j.eta_s, cell: (j) => duration(j.eta_s), num: true },
+    { label: "devices", value: (j) => j.devices.join(", "), cell: (j) => j.devices.join(", ") },
+    { label: "created", value: (j) => j.created_at, cell: (j) => when(j.created_at) },
+  ];
   const refresh = async () => {
     const { jobs } = await api("/jobs?page_size=200");
-    const columns = [
-      { label: "job", value: (j) => j.job_id, cell: (j) => link(`/jobs/${encodeURIComponent(j.job_id)}`, j.job_id) },
-      { label: "state", value: (j) => j.state, cell: (j) => stateCell(j.state) },
-      { label: "experiment", value: (j) => j.experiment, cell: (j) => j.experiment },
-      { label: "progress", value: (j) => j.progress, cell: (j) => progressBar(j.progress), num: true },
-      { label: "epoch", value: (j) => j.epoch, num: true },
-      { label: "step", value: (j) => j.step, num: true },
-      { label: "ETA", value: (j) => j.eta_s, cell: (j) => duration(j.eta_s), num: true },
-      { label: "devices", value: (j) => j.devices.join(", "), cell: (j) => j.devices.join(", ") },
-      { label: "created", value: (j) => j.created_at, cell: (j) => when(j.created_at) },
-    ];
-    clear(holder).append(jobs.length ? sortableTable(columns, jobs, state) : el("p", { class: "muted", text: "No jobs yet: submit one with `tessera train`." }));
+    const groups = [jobs.filter((j) => ACTIVE_STATES.includes(j.state)), jobs.filter((j) => !ACTIVE_STATES.includes(j.state))];
+    [active, finished].forEach((holder, i) => {
+      clear(holder).append(groups[i].length ? sortableTable(columns, groups[i], states[i])
+        : el("p", { class: "muted", text: i === 0 ? "Nothing queued or running: submit a job with `tessera train`." : "No finished jobs." }));
+    });
     rendered();
   };
   await refresh();
