@@ -52,6 +52,7 @@ def job_json(job: JobRecord) -> dict[str, Any]:
     data = _plain(job)
     eta_s = None
     if job.state == "running" and job.started_at and 0 < job.progress < 1:
+        # started_at is stored as wall-clock time, so the elapsed time is read on the same clock.
         elapsed = time.time() - job.started_at
         eta_s = elapsed * (1 - job.progress) / job.progress
     data["eta_s"] = eta_s
