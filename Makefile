@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 PROTO_SRC := $(shell find protos -name '*.proto')
 
-.PHONY: setup run test proto lint typecheck format bench clean
+.PHONY: setup run test proto lint typecheck format bench clean browser
 
 setup: $(STAMP)
 
@@ -38,7 +38,18 @@ $(NODE_DEPS): clients/node/package-lock.json
 	@if command -v npm >/dev/null; then cd clients/node && npm ci --no-audit --no-fund; \
 	else echo "npm not found: the Node.js client test will be skipped"; fi
 
-test: $(STAMP) $(TRITON_STAMP) $(NODE_DEPS)
+# The dashboard's browser tests drive Debian's chromium: installed here when missing and apt-get
+# can (as root); otherwise those tests skip and say why.
+CHROMIUM := /usr/bin/chromium
+
+browser:
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium) \
+		|| echo "could not install chromium: the dashboard's browser tests will be skipped"; \
+	else echo "chromium not found and apt-get (as root) is not available: the dashboard's browser tests will be skipped"; fi
+
+test: $(STAMP) $(TRITON_STAMP) $(NODE_DEPS) browser
 	TESSERA_TRITONCLIENT_PYTHON=$(CURDIR)/$(TRITON_VENV)/bin/python $(PY) -m pytest $(PYTEST_ARGS)
 
 # Stubs are committed; CI regenerates them and fails on a diff.

@@ -25,6 +25,8 @@ def start_daemon(data_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], st
             "127.0.0.1:0",
             "--metrics-listen",
             "off",
+            "--http-listen",
+            "off",
             *extra,
         ],
         stderr=subprocess.PIPE,

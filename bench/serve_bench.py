@@ -288,7 +288,13 @@ def start_file_daemon(data_dir: Path, paths: dict[str, Path], instances: int = 0
     from conftest import InProcessDaemon
 
     settings = load_settings(
-        env={}, overrides={"listen": "127.0.0.1:0", "metrics_listen": "off", "data_dir": str(data_dir)}
+        env={},
+        overrides={
+            "listen": "127.0.0.1:0",
+            "metrics_listen": "off",
+            "http_listen": "off",
+            "data_dir": str(data_dir),
+        },
     )
     daemon = InProcessDaemon(settings).start()
     # Serve exported files directly: this measures serving, not the registry. The daemon's own

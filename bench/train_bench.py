@@ -64,6 +64,7 @@ class Daemon:
             overrides={
                 "listen": "127.0.0.1:0",
                 "metrics_listen": "off",
+                "http_listen": "off",
                 "data_dir": str(data_dir),
                 "store.map_size": "2GiB",
                 "training.cpu_slots": 1,

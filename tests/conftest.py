@@ -34,6 +34,7 @@ def daemon_settings(data_dir: Path, **overrides: Any) -> Settings:
     values = {
         "listen": "127.0.0.1:0",
         "metrics_listen": "127.0.0.1:0",
+        "http_listen": "127.0.0.1:0",
         "data_dir": str(data_dir),
         "store.map_size": "1GiB",
         "grace_period_s": 5,
@@ -110,7 +111,11 @@ def channel(daemon: InProcessDaemon) -> grpc.Channel:
 
 
 class DaemonProcess:
-    """`tesserad serve` as a child process with JSON logs, for signal and exit-code tests."""
+    """`tesserad serve` as a child process with JSON logs, for signal and exit-code tests.
+
+    The dashboard is off unless a test turns it on (--http-listen or its environment variable):
+    its default port would make parallel daemons collide.
+    """
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
         self.args = [sys.executable, "-m", "tesserad", "serve", "--log-format", "json", *args]
@@ -119,7 +124,7 @@ class DaemonProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, "TESSERA_HTTP_LISTEN": "off", **(env or {})},
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.log: list[str] = []

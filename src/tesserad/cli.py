@@ -22,6 +22,7 @@ SERVE_FLAGS = {
     "--listen": ("listen", "gRPC address host:port (default 127.0.0.1:50051; port 0 picks a free one)"),
     "--data-dir": ("data_dir", "directory for the LMDB store and blobs (default ./var)"),
     "--metrics-listen": ("metrics_listen", "Prometheus /metrics address, or off (default 127.0.0.1:9464)"),
+    "--http-listen": ("http_listen", "web dashboard address, or off (default 127.0.0.1:8080)"),
     "--log-format": ("log_format", "console (default) or json"),
     "--log-level": ("log_level", "debug, info (default), warning or error"),
     "--grace-period": (

@@ -359,6 +359,11 @@ class Settings:
     metrics_listen: Address | None = setting(
         Address("127.0.0.1", 9464), parse_optional_address, "Prometheus /metrics address; off disables"
     )
+    http_listen: Address | None = setting(
+        Address("127.0.0.1", 8080),
+        parse_optional_address,
+        "the read-only web dashboard and its JSON API (/api/v1); off disables; port 0 picks a free port",
+    )
     log_format: str = setting(
         "console", parse_choice("console", "json"), "console for people, json for collectors"
     )

@@ -41,6 +41,7 @@ from tesserad.api.registry import RegistryServicer
 from tesserad.api.system import SystemServicer
 from tesserad.api.training import TrainingServicer
 from tesserad.config import GRPC_MESSAGE_SIZE_CEILING, Address, Settings, format_size
+from tesserad.dashboard import DashboardServer, Services
 from tesserad.datasets import REFERENCE_TABLES as DATASET_REFERENCE_TABLES
 from tesserad.datasets import TABLES as DATASET_TABLES
 from tesserad.datasets import Datasets
@@ -139,11 +140,13 @@ class Daemon:
         self.insecure = insecure
         self.port: int = 0
         self.metrics_port: int | None = None
+        self.http_port: int | None = None
         self.metrics = DaemonMetrics()
         self._stopping = asyncio.Event()
         self._server: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
         self._metrics_http: MetricsHttpServer | None = None
+        self._dashboard: DashboardServer | None = None
         self._lock: DataDirLock | None = None
         self._store: Store | None = None
         self._gpus: Gpus | None = None
@@ -162,6 +165,9 @@ class Daemon:
         try:
             await self._start()
         except BaseException:
+            if self._server is not None:
+                # A listener after gRPC's failed to bind: gRPC's server is already serving.
+                await self._server.stop(0)
             await self._close_resources()
             raise
 
@@ -299,12 +305,37 @@ class Daemon:
                     "pass --metrics-listen with another address, or off"
                 ) from None
             self.metrics_port = self._metrics_http.port
+        if settings.http_listen is not None:
+            services = Services(
+                jobs=self.training,
+                events=events,
+                tracking=tracking,
+                sweeps=sweeps,
+                registry=self.registry,
+                inference=self.inference,
+                system=system,
+                stopping=self._stopping,
+            )
+            self._dashboard = DashboardServer(
+                services, settings.http_listen, settings.security, settings.limits
+            )
+            try:
+                await self._dashboard.start()
+            except OSError as exc:
+                raise StartupError(
+                    f"cannot serve the dashboard on {settings.http_listen}: {exc.strerror}; "
+                    "pass --http-listen with another address, or off"
+                ) from None
+            self.http_port = self._dashboard.port
         log.info(
             "tesserad serving",
             extra={
                 "address": self.address,
                 "metrics": f"{settings.metrics_listen.host}:{self.metrics_port}"
                 if settings.metrics_listen and self.metrics_port
+                else "off",
+                "dashboard": f"{self._dashboard.scheme}://{_host(settings.http_listen)}:{self.http_port}"
+                if self._dashboard is not None and settings.http_listen is not None
                 else "off",
                 "data_dir": str(data_dir.resolve()),
                 "map_size": format_size(settings.store.map_size),
@@ -334,6 +365,9 @@ class Daemon:
             await self._server.wait_for_termination()
 
     async def _close_resources(self) -> None:
+        if self._dashboard is not None:
+            await self._dashboard.stop()
+            self._dashboard = None
         if self.training is not None:
             await asyncio.to_thread(self.training.close)
             self.training = None
@@ -358,13 +392,21 @@ def create_server(settings: Settings, insecure: bool = False) -> Daemon:
     return Daemon(settings, insecure)
 
 
+def _host(address: Address) -> str:
+    return f"[{address.host}]" if ":" in address.host else address.host
+
+
 def _check_exposure(settings: Settings, insecure: bool) -> None:
-    """Refuse to serve beyond loopback without authentication, unless the operator said --insecure."""
-    if settings.listen.is_loopback or authentication_enabled(settings.security):
+    """Refuse to serve beyond loopback without authentication, unless the operator said --insecure.
+
+    The dashboard's listener follows the same rule as the gRPC one: it shows the same data.
+    """
+    exposed = [a for a in (settings.listen, settings.http_listen) if a is not None and not a.is_loopback]
+    if not exposed or authentication_enabled(settings.security):
         return
     if not insecure:
         raise StartupError(
-            f"refusing to listen on {settings.listen} without authentication: anyone who can reach "
+            f"refusing to listen on {exposed[0]} without authentication: anyone who can reach "
             "it could delete models and submit training jobs. Set security.tokens_file (make tokens "
             "with `tesserad tokens add`) or security.tls_client_ca_file, listen on 127.0.0.1, or "
             "pass --insecure if a network boundary you trust already controls access"
@@ -372,7 +414,7 @@ def _check_exposure(settings: Settings, insecure: bool) -> None:
     log.warning(
         "serving without authentication on a non-loopback address (--insecure): every caller "
         "that can reach it has the admin role",
-        extra={"address": str(settings.listen)},
+        extra={"address": str(exposed[0])},
     )
 
 

@@ -1,0 +1,290 @@
+"""The dashboard: time to first render of the Job page, and training throughput while watched.
+
+1. Time to first render of the Job page in headless Chromium (Debian's, via Playwright) for a
+   job whose run holds 10k, 100k and 1M loss points, written through LogMetricsStream in
+   batches while the job runs. Measured from navigation start to the page's "rendered"
+   performance mark (the job fetched, the run's histories fetched downsampled by the store,
+   both charts drawn). Goal: < 1 s at 1M. Median of REPEATS fresh page loads each.
+2. Training samples/s of one job with 20 Job-page event streams (server-sent events, each
+   following the job live) against none. Single jobs swing on 2 shared cores, so the two run in
+   adjacent pairs (which goes first alternates) and the figure to read is the median of the
+   per-pair ratios. Samples/s are the worker's own (median over the steady state's logging
+   windows); the rate from the daemon's time stamps of step events is reported beside them.
+   Run with the spec's default logging (every 10 steps) and with every step logged, the most
+   events a job can send. Goal: >= 0.98.
+
+Run: .venv/bin/python bench/dashboard_bench.py  ->  bench/results/dashboard.json
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+import tessera
+from tessera.v1 import training_pb2, training_pb2_grpc
+from tesserad.config import load_settings
+from tesserad.server import create_server
+
+RESULTS = Path(__file__).parent / "results" / "dashboard.json"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SIZES = (10_000, 100_000, 1_000_000)
+BATCH_POINTS = 10_000
+REPEATS = 5
+WATCHERS = 20
+PAIRS = 5
+EPOCHS = 6  # about 350 steps of BATCH rows
+BATCH = 32
+# The spec's default (a step event every 10 steps), and every step: the most events a job sends.
+LOG_EVERY = (10, 1)
+
+
+class Daemon:
+    """tesserad with its dashboard on its own event-loop thread, on free ports, in a temp dir."""
+
+    def __init__(self, data_dir: Path) -> None:
+        settings = load_settings(
+            env={},
+            overrides={
+                "listen": "127.0.0.1:0",
+                "metrics_listen": "off",
+                "http_listen": "127.0.0.1:0",
+                "data_dir": str(data_dir),
+                "store.map_size": "4GiB",
+                "training.cpu_slots": 1,
+                "training.threads_per_slot": 1,
+            },
+        )
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.daemon = create_server(settings)
+        self.run(self.daemon.start())
+        self.target = f"127.0.0.1:{self.daemon.port}"
+        self.http_port = self.daemon.http_port
+
+    def run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(600)
+
+    def stop(self) -> None:
+        self.run(self.daemon.stop(0))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def spec(dataset: str, epochs: int, hidden: list[int], log_every: int = 1) -> dict[str, Any]:
+    return {
+        "experiment": "dashboard-bench",
+        "architecture": {"input_shape": [32], "output_size": 2, "mlp": {"hidden_sizes": hidden}},
+        "task": "classification",
+        "data": {"dataset": dataset, "train_split": "train", "val_split": "val"},
+        "optimizer": {"name": "adam", "lr": 0.001},
+        "epochs": epochs,
+        "batch_size": BATCH,
+        "seed": 0,
+        "log_every_n_steps": log_every,
+    }
+
+
+def wait_running(client: tessera.Client, job_id: str) -> None:
+    while client.training.job(job_id).info.step < 1:
+        time.sleep(0.05)
+
+
+def log_points(stub: training_pb2_grpc.TrainingStub, run_id: str, count: int) -> float:
+    """`count` loss points at steps 1..count, in batches; returns points/s."""
+    rng = np.random.default_rng(0)
+    values = np.exp(-np.arange(count) / (count / 5)) + rng.normal(scale=0.05, size=count)
+
+    def batches() -> Any:
+        for first in range(0, count, BATCH_POINTS):
+            yield training_pb2.LogMetricsRequest(
+                run_id=run_id,
+                points=[
+                    training_pb2.MetricPoint(key="loss", value=float(values[i]), step=i + 1)
+                    for i in range(first, min(count, first + BATCH_POINTS))
+                ],
+            )
+
+    started = time.perf_counter()
+    stub.LogMetricsStream(batches(), timeout=600)
+    return count / (time.perf_counter() - started)
+
+
+def first_render(browser: Any, url: str) -> dict[str, float]:
+    context = browser.new_context(viewport={"width": 1000, "height": 700})
+    try:
+        page = context.new_page()
+        page.goto(url)
+        page.wait_for_selector("body[data-rendered]", timeout=60_000)
+        mark = page.evaluate("performance.getEntriesByName('rendered')[0].startTime")
+        drawn = int(page.get_attribute("#loss-chart", "data-points") or 0)
+        return {"ms": float(mark), "points_drawn": drawn}
+    finally:
+        context.close()
+
+
+def render_times(daemon: Daemon, client: tessera.Client, dataset: str) -> list[dict[str, Any]]:
+    from playwright.sync_api import sync_playwright
+
+    channel = grpc.insecure_channel(daemon.target)
+    stub = training_pb2_grpc.TrainingStub(channel)
+    jobs: list[tuple[int, str, float]] = []
+    for size in SIZES:
+        # A job that would train for hours: its run stays RUNNING while the points are logged,
+        # then it is cancelled so that no training competes with the page loads.
+        job = client.training.submit(spec(dataset, epochs=100_000, hidden=[8], log_every=1000))
+        wait_running(client, job.id)
+        rate = log_points(stub, job.info.run_id, size)
+        client.training.cancel(job.id)
+        client.training.job(job.id).wait(check=False)
+        jobs.append((size, job.id, rate))
+    channel.close()
+    results = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        for size, job_id, rate in jobs:
+            url = f"http://127.0.0.1:{daemon.http_port}/jobs/{job_id}"
+            first_render(browser, url)  # warm: the browser's caches and the store's pages
+            runs = [first_render(browser, url) for _ in range(REPEATS)]
+            times = [r["ms"] for r in runs]
+            results.append(
+                {
+                    "points": size,
+                    "log_points_per_s": round(rate),
+                    "first_render_ms_median": round(statistics.median(times), 1),
+                    "first_render_ms_max": round(max(times), 1),
+                    "first_render_ms_all": [round(t, 1) for t in times],
+                    "points_drawn": runs[0]["points_drawn"],
+                    "goal_met": size != 1_000_000 or statistics.median(times) < 1000,
+                }
+            )
+            print(json.dumps(results[-1]), flush=True)
+        browser.close()
+    return results
+
+
+def follow(port: int, job_id: str, stop: threading.Event, counts: list[int]) -> None:
+    """One Job page's event stream: read every event until the job ends."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    connection.request("GET", f"/api/v1/jobs/{job_id}/events")
+    response = connection.getresponse()
+    events = 0
+    for line in response:
+        if line.startswith(b"event: "):
+            events += 1
+            if line.startswith(b"event: end"):
+                break
+        if stop.is_set():
+            break
+    counts.append(events)
+    connection.close()
+
+
+def train_once(
+    daemon: Daemon, client: tessera.Client, dataset: str, watchers: int, log_every: int
+) -> dict[str, float]:
+    job = client.training.submit(spec(dataset, epochs=EPOCHS, hidden=[512, 512], log_every=log_every))
+    stop = threading.Event()
+    counts: list[int] = []
+    threads = [
+        threading.Thread(target=follow, args=(daemon.http_port, job.id, stop, counts), daemon=True)
+        for _ in range(watchers)
+    ]
+    for thread in threads:
+        thread.start()
+    steps: list[tuple[float, int, float]] = []
+    for event in job.watch():
+        if isinstance(event, tessera.StepMetrics) and event.time is not None:
+            steps.append((event.time.timestamp(), event.step, event.samples_per_s))
+    job.wait()
+    for thread in threads:
+        thread.join(60)
+    stop.set()
+    # Steady state: the first third of the steps (worker start, allocator growth) is left out.
+    steady = steps[len(steps) // 3 :]
+    (t0, s0, _), (t1, s1, _) = steady[0], steady[-1]
+    return {
+        # As the worker measures it over each logging window: the figure compared.
+        "samples_per_s": statistics.median(rate for _, _, rate in steady),
+        # From the daemon's time stamps of the step events: includes any lag in taking them in.
+        "daemon_stamped_samples_per_s": (s1 - s0) * BATCH / (t1 - t0),
+        "events_per_watcher": statistics.median(counts) if counts else 0,
+    }
+
+
+def throughput(daemon: Daemon, client: tessera.Client, dataset: str, log_every: int) -> dict[str, Any]:
+    pairs = []
+    for i in range(PAIRS):
+        order = (0, WATCHERS) if i % 2 == 0 else (WATCHERS, 0)
+        measured = {watchers: train_once(daemon, client, dataset, watchers, log_every) for watchers in order}
+        pair = {
+            "none": measured[0],
+            "watched": measured[WATCHERS],
+            "ratio": measured[WATCHERS]["samples_per_s"] / measured[0]["samples_per_s"],
+        }
+        pairs.append(pair)
+        print(json.dumps(pair), flush=True)
+    ratios = [p["ratio"] for p in pairs]
+    return {
+        "watchers": WATCHERS,
+        "log_every_n_steps": log_every,
+        "pairs": pairs,
+        "ratio_median": round(statistics.median(ratios), 4),
+        "goal_met": statistics.median(ratios) >= 0.98,
+    }
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        daemon = Daemon(Path(tmp) / "data")
+        try:
+            with tessera.Client(daemon.target, timeout=600) as client:
+                rng = np.random.default_rng(0)
+                x = rng.normal(size=(2048, 32)).astype(np.float32)
+                y = (x[:, 0] > 0).astype(np.int64)
+                version = client.datasets.push("bench", x=x, y=y, splits={"train": 0.9, "val": 0.1})
+                dataset = f"bench:{version.version}"
+                only = sys.argv[1] if len(sys.argv) > 1 else ""
+                result: dict[str, Any] = {
+                    "machine": {"python": platform.python_version(), "cpu": platform.processor()},
+                }
+                if only in ("", "render"):
+                    result["job_page_first_render"] = render_times(daemon, client, dataset)
+                if only in ("", "throughput"):
+                    result["training_throughput_watched"] = [
+                        throughput(daemon, client, dataset, log_every) for log_every in LOG_EVERY
+                    ]
+        finally:
+            daemon.stop()
+    if only:
+        return
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Who may read the dashboard: the daemon's own tokens, as on gRPC.
+
+Without a tokens file every caller may read (the loopback rule in server.py keeps such a
+daemon off other networks unless the operator said --insecure). With one, every page and
+API call needs a token whose role reaches `DASHBOARD_ROLE`, sent as `Authorization: Bearer
+<token>` or as the cookie the login form sets. The login form and the static assets (code,
+no data) stay open.
+"""
+
+from __future__ import annotations
+
+import html
+import ssl
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from tesserad.config import SecuritySettings
+from tesserad.security import Role, TokenTable
+
+# Every page only reads, so the least role is enough.
+DASHBOARD_ROLE = Role.READER
+TOKEN_COOKIE = "tessera_token"
+LOGIN_PATH = "/login"
+_OPEN_PREFIXES = ("/static/",)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def tls_context(security: SecuritySettings) -> ssl.SSLContext | None:
+    """The gRPC listener's TLS (and client-certificate rule) for the HTTP listener, or None.
+
+    The files were checked when the gRPC credentials were built, so a bad one never gets here.
+    """
+    if security.tls_cert_file is None or security.tls_key_file is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(security.tls_cert_file, security.tls_key_file)
+    if security.tls_client_ca_file is not None:
+        context.load_verify_locations(cafile=security.tls_client_ca_file)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+class Access:
+    """The aiohttp middleware that admits a request, and the login form's handlers."""
+
+    def __init__(self, tokens: TokenTable | None, secure_cookie: bool) -> None:
+        self._tokens = tokens
+        self._secure_cookie = secure_cookie
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self._tokens is None or request.path == LOGIN_PATH or request.path.startswith(_OPEN_PREFIXES):
+            return await handler(request)
+        problem = self._problem(request)
+        if problem is None:
+            return await handler(request)
+        if request.path.startswith("/api/"):
+            return web.json_response({"error": problem}, status=401)
+        return login_page(problem, status=401, then=request.path_qs)
+
+    def _problem(self, request: web.Request) -> str | None:
+        """None when the request carries a token good enough to read; else what is wrong."""
+        assert self._tokens is not None
+        header = request.headers.get("Authorization")
+        if header is not None:
+            scheme, _, token = header.strip().partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                return "the Authorization header must be 'Bearer <token>'"
+            token = token.strip()
+        else:
+            cookie = request.cookies.get(TOKEN_COOKIE)
+            if not cookie:
+                return "this tesserad needs a token: log in with one made by `tesserad tokens add`"
+            token = cookie
+        identity = self._tokens.identify(token)
+        if identity is None:
+            return (
+                "the token is not valid for this tesserad (mistyped, or removed from its tokens file); "
+                "ask the operator for a token made with `tesserad tokens add`"
+            )
+        if identity.role < DASHBOARD_ROLE:
+            return f"the dashboard needs the {DASHBOARD_ROLE.label} role"
+        return None
+
+    async def show_login(self, request: web.Request) -> web.StreamResponse:
+        return login_page("")
+
+    async def log_in(self, request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        token = str(form.get("token", "")).strip()
+        then = _local_path(str(form.get("then", "/")))
+        if self._tokens is None:
+            raise web.HTTPSeeOther(then)
+        identity = self._tokens.identify(token) if token else None
+        if identity is None or identity.role < DASHBOARD_ROLE:
+            return login_page("that token is not valid for this tesserad", status=401, then=then)
+        response = web.HTTPSeeOther(then)
+        response.set_cookie(
+            TOKEN_COOKIE, token, httponly=True, samesite="Strict", secure=self._secure_cookie, path="/"
+        )
+        raise response
+
+
+def _local_path(path: str) -> str:
+    """`path` when it is a path on this server, else "/": a login never sends anyone elsewhere."""
+    return path if path.startswith("/") and not path.startswith(("//", "/\\")) else "/"
+
+
+def login_page(problem: str, status: int = 200, then: str = "/") -> web.Response:
+    """The login form; after a good token it goes on to `then` (the page that asked for it)."""
+    message = f'<p class="problem">{html.escape(problem)}</p>' if problem else ""
+    body = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>tessera: log in</title>
+<link rel="stylesheet" href="/static/dashboard.css"></head>
+<body><main class="login"><h1>tessera</h1>{message}
+<form method="post" action="{LOGIN_PATH}">
+<input type="hidden" name="then" value="{html.escape(_local_path(then))}">
+<label>Token <input type="password" name="token" autocomplete="current-password" autofocus></label>
+<button type="submit">Log in</button></form>
+<p class="hint">A token of any role (reader is enough), made with <code>tesserad tokens add</code>.</p>
+</main></body></html>
+"""
+    return web.Response(text=body, status=status, content_type="text/html")

@@ -1,0 +1,367 @@
+"""The dashboard's JSON API, /api/v1 (documented in docs/dashboard-api.md).
+
+Each handler parses its query, calls the same domain method the gRPC servicer calls, and
+answers with `json_forms`; domain errors become HTTP statuses in server.py's one table.
+Job events and system samples stream as server-sent events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from tesserad.dashboard import json_forms as forms
+from tesserad.errors import InvalidArgument, ResourceExhausted, Unavailable
+from tesserad.names import validate_name
+from tesserad.registry import Registry
+from tesserad.security.limits import ConcurrencyGate
+from tesserad.serving.service import InferenceService
+from tesserad.system import SystemService
+from tesserad.training.events import EventLog, JobEvent
+from tesserad.training.jobs import Jobs
+from tesserad.training.sweeps import Sweeps
+from tesserad.training.tracking import HistoryPage, MetricFilter, Tracking
+from tesserad.training.watch import watch_job
+
+PREFIX = "/api/" + forms.API_VERSION
+DEFAULT_HISTORY_POINTS = 1000
+MAX_HISTORY_POINTS = 20_000
+MAX_HISTORY_PAGES = 64
+SYSTEM_INTERVAL_MS = (250, 60_000, 1000)  # least, most, default
+# How often a client whose event stream ended (a reconnect, a cut-off watcher) tries again.
+SSE_RETRY_MS = 1000
+ENCODED_EVENTS = 4096
+_METRIC_FIELDS = ("last", "min", "max")
+_METRIC_OPS = ("lt", "le", "gt", "ge", "eq")
+
+
+@dataclass(frozen=True)
+class Services:
+    """The domain services the dashboard reads: the same objects the gRPC servicers hold."""
+
+    jobs: Jobs
+    events: EventLog
+    tracking: Tracking
+    sweeps: Sweeps
+    registry: Registry
+    inference: InferenceService
+    system: SystemService
+    stopping: asyncio.Event
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(forms.finite(data), status=status, dumps=_dumps)
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"), allow_nan=False)
+
+
+def _int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidArgument(f"{name} must be an integer in {low}..{high}, got {raw[:40]!r}") from None
+    if not low <= value <= high:
+        raise InvalidArgument(f"{name} must be in {low}..{high}, got {value}")
+    return value
+
+
+def _page_args(request: web.Request) -> tuple[int, str]:
+    return _int(request, "page_size", 0, 0, 1000), request.query.get("page_token", "")
+
+
+def _param_filters(values: Iterable[str]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for raw in values:
+        key, sep, value = raw.partition("=")
+        if not sep or not key:
+            raise InvalidArgument(f"param filter {raw[:80]!r} must be KEY=VALUE")
+        if key in params and params[key] != value:
+            raise InvalidArgument(f"param {key[:80]!r} is filtered twice with different values")
+        params[key] = value
+    return params
+
+
+def _metric_filters(values: Iterable[str]) -> list[MetricFilter]:
+    filters = []
+    for raw in values:
+        parts = raw.rsplit(":", 3)
+        if len(parts) != 4 or parts[1] not in _METRIC_FIELDS or parts[2] not in _METRIC_OPS:
+            raise InvalidArgument(
+                f"metric filter {raw[:80]!r} must be KEY:FIELD:OP:VALUE with FIELD one of "
+                f"{', '.join(_METRIC_FIELDS)} and OP one of {', '.join(_METRIC_OPS)}, e.g. val_loss:last:lt:0.5"
+            )
+        key, field, op, value = parts
+        try:
+            number = float(value)
+        except ValueError:
+            raise InvalidArgument(f"metric filter {raw[:80]!r}: {value[:40]!r} is not a number") from None
+        filters.append(MetricFilter(key, field, op, number))
+    return filters
+
+
+def _sse(seq: int | None, kind: str, data: Any) -> bytes:
+    lines = [] if seq is None else [f"id: {seq}"]
+    lines += [f"event: {kind}", f"data: {_dumps(forms.finite(data))}", "", ""]
+    return "\n".join(lines).encode()
+
+
+class DashboardApi:
+    """The /api/v1 routes."""
+
+    def __init__(self, services: Services, max_streams: int) -> None:
+        self._s = services
+        # Event streams are long-lived like gRPC's watch streams, and held to the same setting.
+        self._streams = ConcurrencyGate(max_streams, "limits.max_concurrent_streams", "event streams")
+        # Every open Job page of a job gets the same events: each is encoded once, on the event
+        # loop (so no lock), and the newest ENCODED_EVENTS are kept for the other pages.
+        self._encoded: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+
+    def _event_bytes(self, job_id: str, event: JobEvent) -> bytes:
+        key = (job_id, event.seq)
+        encoded = self._encoded.get(key)
+        if encoded is None:
+            encoded = self._encoded[key] = _sse(event.seq, event.kind, forms.event_json(event))
+            if len(self._encoded) > ENCODED_EVENTS:
+                self._encoded.popitem(last=False)
+        return encoded
+
+    def routes(self) -> list[web.RouteDef]:
+        get: Callable[[str, Any], web.RouteDef] = web.get
+        return [
+            get(PREFIX + "/jobs", self.list_jobs),
+            get(PREFIX + "/jobs/{job_id}", self.get_job),
+            get(PREFIX + "/jobs/{job_id}/events", self.job_events),
+            get(PREFIX + "/experiments", self.list_experiments),
+            get(PREFIX + "/runs", self.list_runs),
+            get(PREFIX + "/runs/{run_id}", self.get_run),
+            get(PREFIX + "/runs/{run_id}/metrics/{key}", self.metric_history),
+            get(PREFIX + "/leaderboard", self.leaderboard),
+            get(PREFIX + "/sweeps", self.list_sweeps),
+            get(PREFIX + "/sweeps/{sweep_id}", self.get_sweep),
+            get(PREFIX + "/models", self.list_models),
+            get(PREFIX + "/models/{model}", self.get_model),
+            get(PREFIX + "/models/{model}/versions/{version}/lineage", self.lineage),
+            get(PREFIX + "/serving", self.serving),
+            get(PREFIX + "/system", self.system),
+            get(PREFIX + "/system/events", self.system_events),
+        ]
+
+    # -- training
+
+    async def list_jobs(self, request: web.Request) -> web.Response:
+        size, token = _page_args(request)
+        states = request.query.getall("state", [])
+        jobs, next_token = await asyncio.to_thread(
+            self._s.jobs.list,
+            states,
+            request.query.get("experiment", ""),
+            request.query.get("sweep_id", ""),
+            size,
+            token,
+        )
+        return json_response(
+            {"jobs": [forms.job_summary_json(j) for j in jobs], "next_page_token": next_token}
+        )
+
+    async def get_job(self, request: web.Request) -> web.Response:
+        job = await asyncio.to_thread(self._s.jobs.get, request.match_info["job_id"])
+        return json_response(forms.job_json(job))
+
+    async def job_events(self, request: web.Request) -> web.StreamResponse:
+        """The job's events from `from_seq` (or after the Last-Event-ID a reconnecting browser
+        sends), then live ones; an `end` event once the job has ended."""
+        job_id = request.match_info["job_id"]
+        last_id = request.headers.get("Last-Event-ID", "")
+        if last_id:
+            if not last_id.isdigit():
+                raise InvalidArgument(
+                    f"Last-Event-ID must be an event's sequence number, got {last_id[:40]!r}"
+                )
+            from_seq = int(last_id) + 1
+        else:
+            from_seq = _int(request, "from_seq", 0, 0, 2**62)
+        await asyncio.to_thread(self._s.jobs.get, job_id)
+        async with self._event_stream(request) as response:
+            try:
+                async for event in watch_job(self._s.jobs, self._s.events, job_id, from_seq):
+                    await response.write(self._event_bytes(job_id, event))
+                await response.write(_sse(None, "end", {}))
+            except (ResourceExhausted, Unavailable):
+                # The browser reconnects on its own with the Last-Event-ID it has, and resumes there.
+                pass
+        return response
+
+    async def list_experiments(self, request: web.Request) -> web.Response:
+        size, token = _page_args(request)
+        experiments, next_token = await asyncio.to_thread(
+            self._s.tracking.list_experiments, request.query.get("name_prefix", ""), size, token
+        )
+        return json_response(
+            {"experiments": [forms.experiment_json(e) for e in experiments], "next_page_token": next_token}
+        )
+
+    async def list_runs(self, request: web.Request) -> web.Response:
+        size, token = _page_args(request)
+        runs, next_token = await asyncio.to_thread(
+            self._s.tracking.list_runs,
+            request.query.get("experiment", ""),
+            request.query.getall("status", []),
+            _param_filters(request.query.getall("param", [])),
+            _metric_filters(request.query.getall("metric", [])),
+            size,
+            token,
+        )
+        return json_response({"runs": [forms.run_json(r) for r in runs], "next_page_token": next_token})
+
+    async def get_run(self, request: web.Request) -> web.Response:
+        run = await asyncio.to_thread(self._s.tracking.get_run, request.match_info["run_id"])
+        return json_response(forms.run_json(run))
+
+    async def metric_history(self, request: web.Request) -> web.Response:
+        """A metric's points, downsampled by the store to at most `max_points` (first, last, and
+        each step range's extremes kept)."""
+        run_id, key = request.match_info["run_id"], request.match_info["key"]
+        max_points = _int(request, "max_points", DEFAULT_HISTORY_POINTS, 4, MAX_HISTORY_POINTS)
+        start = _int(request, "start_step", 0, 0, 2**62)
+        end = _int(request, "end_step", 0, 0, 2**62)
+
+        def read() -> list[HistoryPage]:
+            pages = [self._s.tracking.metric_history(run_id, key, max_points, start, end)]
+            while pages[-1].next_token and len(pages) < MAX_HISTORY_PAGES:
+                pages.append(
+                    self._s.tracking.metric_history(
+                        run_id, key, max_points, start, end, token=pages[-1].next_token
+                    )
+                )
+            return pages
+
+        pages = await asyncio.to_thread(read)
+        return json_response(forms.history_json(run_id, key, pages))
+
+    async def leaderboard(self, request: web.Request) -> web.Response:
+        mode = request.query.get("mode", "")
+        field = request.query.get("field", "")
+        if mode not in ("", "min", "max"):
+            raise InvalidArgument(f"mode must be min or max, got {mode[:20]!r}")
+        if field not in ("", "last", "min", "max", "best"):
+            raise InvalidArgument(f"field must be last, min, max or best, got {field[:20]!r}")
+        ranked = await asyncio.to_thread(
+            self._s.tracking.leaderboard,
+            request.query.get("experiment", ""),
+            request.query.get("metric", ""),
+            mode or None,
+            field or None,
+            _int(request, "limit", 0, 0, 10_000),
+        )
+        return json_response(
+            {
+                "entries": [
+                    {"rank": i + 1, "value": value, "run": forms.run_json(run)}
+                    for i, (run, value) in enumerate(ranked)
+                ]
+            }
+        )
+
+    async def list_sweeps(self, request: web.Request) -> web.Response:
+        size, token = _page_args(request)
+        sweeps, next_token = await asyncio.to_thread(self._s.sweeps.list, size, token)
+        return json_response({"sweeps": [forms.sweep_json(s) for s in sweeps], "next_page_token": next_token})
+
+    async def get_sweep(self, request: web.Request) -> web.Response:
+        sweep = await asyncio.to_thread(self._s.sweeps.get, request.match_info["sweep_id"])
+        return json_response(forms.sweep_json(sweep))
+
+    # -- registry
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        size, token = _page_args(request)
+        page = await asyncio.to_thread(
+            self._s.registry.list_models, request.query.get("name_prefix", ""), None, size, token
+        )
+        return json_response(
+            {"models": [forms.model_json(m) for m in page.items], "next_page_token": page.next_page_token}
+        )
+
+    async def get_model(self, request: web.Request) -> web.Response:
+        """A model with its versions, aliases, alias history and deployments (each list newest first)."""
+        name = request.match_info["model"]
+        registry = self._s.registry
+
+        def read() -> dict[str, Any]:
+            model = registry.get_model(name)
+            versions = registry.list_versions(name, 1000)
+            history = registry.list_alias_history(name, "", 1000)
+            deployments = registry.list_deployments(name, 1000)
+            return {
+                "model": forms.model_json(model),
+                "versions": [forms.version_json(v) for v in versions.items],
+                "aliases": [forms.alias_json(a) for a in registry.list_aliases(name)],
+                "alias_history": [forms.alias_event_json(e) for e in history.items],
+                "deployments": [forms.deployment_json(d) for d in deployments.items],
+            }
+
+        return json_response(await asyncio.to_thread(read))
+
+    async def lineage(self, request: web.Request) -> web.Response:
+        model, raw_version = request.match_info["model"], request.match_info["version"]
+        if not raw_version.isdigit() or int(raw_version) < 1:
+            raise InvalidArgument(f"version must be a number from 1, got {raw_version[:40]!r}")
+        record, derived = await asyncio.to_thread(self._s.registry.get_lineage, model, int(raw_version))
+        return json_response(forms.lineage_json(record, derived))
+
+    # -- serving and system
+
+    async def serving(self, request: web.Request) -> web.Response:
+        model = request.query.get("model", "")
+        if model:
+            validate_name("model", model)
+        entries = self._s.inference.pool.list(model)
+        return json_response({"loaded": [forms.loaded_json(e) for e in entries]})
+
+    async def system(self, request: web.Request) -> web.Response:
+        facts = await asyncio.to_thread(self._s.system.facts)
+        sample = await asyncio.to_thread(self._s.system.sampler().sample)
+        return json_response({"server": forms.facts_json(facts), "sample": forms.sample_json(sample)})
+
+    async def system_events(self, request: web.Request) -> web.StreamResponse:
+        """A `sample` event every `interval_ms`, as WatchSystem streams them, until the daemon stops."""
+        low, high, default = SYSTEM_INTERVAL_MS
+        interval_s = _int(request, "interval_ms", default, low, high) / 1000
+        sampler = self._s.system.sampler()
+        async with self._event_stream(request) as response:
+            while not self._s.stopping.is_set():
+                sample = await asyncio.to_thread(sampler.sample)
+                await response.write(_sse(None, "sample", forms.sample_json(sample)))
+                try:
+                    await asyncio.wait_for(self._s.stopping.wait(), interval_s)
+                except TimeoutError:
+                    continue
+        return response
+
+    @contextlib.asynccontextmanager
+    async def _event_stream(self, request: web.Request) -> AsyncIterator[web.StreamResponse]:
+        """An open server-sent event stream, counted against the limit while it lasts (a stream
+        over the limit is a 429 before anything is sent); a page closed mid-stream ends it."""
+        self._streams.enter()
+        try:
+            response = web.StreamResponse(
+                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+            )
+            await response.prepare(request)
+            await response.write(f"retry: {SSE_RETRY_MS}\n\n".encode())
+            with contextlib.suppress(ConnectionResetError):
+                yield response
+        finally:
+            self._streams.leave()

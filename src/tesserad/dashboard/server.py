@@ -1,0 +1,149 @@
+"""The dashboard's HTTP listener: aiohttp on the daemon's own event loop.
+
+Pages are static HTML and JavaScript shipped in this package (no CDN: the daemon may have no
+internet); they read the JSON API in api.py. Domain errors map to HTTP statuses in one table;
+anything unexpected is a 500 with an error id that is also logged, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+import uuid
+from importlib import resources
+from pathlib import Path
+
+from aiohttp import web
+
+from tesserad import errors
+from tesserad.config import Address, LimitsSettings, SecuritySettings
+from tesserad.dashboard.access import LOGIN_PATH, Access, Handler, tls_context
+from tesserad.dashboard.api import DashboardApi, Services, json_response
+from tesserad.security import TokenTable
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(str(resources.files("tesserad.dashboard") / "static"))
+PAGES = ("jobs", "runs", "sweeps", "models", "serving", "system")
+
+HTTP_STATUS_BY_ERROR: dict[type[errors.TesseraError], int] = {
+    errors.InvalidArgument: 400,
+    errors.NotFound: 404,
+    errors.AlreadyExists: 409,
+    errors.FailedPrecondition: 409,
+    errors.ResourceExhausted: 429,
+    errors.DataLoss: 500,
+    errors.Unauthenticated: 401,
+    errors.PermissionDenied: 403,
+    errors.DeadlineExceeded: 504,
+    errors.Cancelled: 499,
+    errors.Unavailable: 503,
+    errors.Unimplemented: 501,
+}
+
+
+def http_status_for(error: errors.TesseraError) -> int:
+    """The status of the nearest class in the table (subclasses inherit their parent's)."""
+    for cls in type(error).__mro__:
+        if cls in HTTP_STATUS_BY_ERROR:
+            return HTTP_STATUS_BY_ERROR[cls]
+    return 500
+
+
+def error_page(status: int, message: str) -> web.Response:
+    body = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>tessera: {status}</title>
+<link rel="stylesheet" href="/static/dashboard.css"></head>
+<body><main class="error"><h1>{status}</h1><p class="problem">{html.escape(message)}</p>
+<p><a href="/jobs">Back to the jobs</a></p></main></body></html>
+"""
+    return web.Response(text=body, status=status, content_type="text/html")
+
+
+def _failure(request: web.Request, status: int, message: str) -> web.Response:
+    if request.path.startswith("/api/"):
+        return json_response({"error": message}, status=status)
+    return error_page(status, message)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except errors.TesseraError as exc:
+        return _failure(request, http_status_for(exc), exc.message)
+    except web.HTTPException as exc:
+        if exc.status == 404:
+            return _failure(request, 404, f"nothing at {request.path[:200]}")
+        if exc.status == 405:
+            return _failure(request, 405, "the dashboard only reads: use GET")
+        raise
+    except Exception as exc:
+        error_id = uuid.uuid4().hex[:12]
+        log.error("unexpected error in a dashboard request", exc_info=exc, extra={"error_id": error_id})
+        return _failure(
+            request, 500, f"internal error (id {error_id}); the daemon's log has the details under that id"
+        )
+
+
+class DashboardServer:
+    """Serves the pages and /api/v1 on `address`; `port` is the bound one (for port 0)."""
+
+    def __init__(
+        self, services: Services, address: Address, security: SecuritySettings, limits: LimitsSettings
+    ) -> None:
+        self._services = services
+        self._address = address
+        tokens = None if security.tokens_file is None else TokenTable.load(security.tokens_file)
+        self._tls = tls_context(security)
+        access = Access(tokens, secure_cookie=self._tls is not None)
+        self._shell = (STATIC_DIR / "page.html").read_text()
+        app = web.Application(middlewares=[_errors, access.middleware])
+        app.add_routes(DashboardApi(services, limits.max_concurrent_streams).routes())
+        app.add_routes(
+            [
+                web.get("/", self._home),
+                web.get(LOGIN_PATH, access.show_login),
+                web.post(LOGIN_PATH, access.log_in),
+                *(web.get(f"/{page}", self._page) for page in PAGES),
+                web.get("/jobs/{job_id}", self._job_page),
+                web.get("/sweeps/{sweep_id}", self._sweep_page),
+                web.get("/models/{model}", self._model_page),
+                web.static("/static", STATIC_DIR),
+            ]
+        )
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        self.port = 0
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self._tls is not None else "http"
+
+    async def start(self) -> None:
+        """Bind and serve; OSError (with errno) when the address cannot be bound."""
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._address.host, self._address.port, ssl_context=self._tls)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+    async def _home(self, request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound("/jobs")
+
+    async def _page(self, request: web.Request) -> web.Response:
+        return web.Response(text=self._shell, content_type="text/html")
+
+    async def _job_page(self, request: web.Request) -> web.Response:
+        await asyncio.to_thread(self._services.jobs.get, request.match_info["job_id"])
+        return await self._page(request)
+
+    async def _sweep_page(self, request: web.Request) -> web.Response:
+        await asyncio.to_thread(self._services.sweeps.get, request.match_info["sweep_id"])
+        return await self._page(request)
+
+    async def _model_page(self, request: web.Request) -> web.Response:
+        await asyncio.to_thread(self._services.registry.get_model, request.match_info["model"])
+        return await self._page(request)

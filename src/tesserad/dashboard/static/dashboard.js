@@ -1,0 +1,554 @@
+// tessera dashboard: read-only pages over /api/v1. Every value is put into the page with
+// textContent (never innerHTML), so a name such as "<script>" shows as text.
+"use strict";
+
+const API = "/api/v1";
+const LIVE_MS = 1000;
+const HISTORY_POINTS = 2000;
+
+// -- DOM helpers --------------------------------------------------------------------------
+
+function el(tag, props, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props || {})) {
+    if (value === undefined || value === null) continue;
+    if (key === "text") node.textContent = String(value);
+    else if (key === "class") node.className = value;
+    else if (key === "href") node.setAttribute("href", value);
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === undefined || child === null) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function link(path, text) {
+  return el("a", { href: path, text });
+}
+
+function clear(node) {
+  while (node.firstChild) node.removeChild(node.firstChild);
+  return node;
+}
+
+async function api(path) {
+  const response = await fetch(API + path, { credentials: "same-origin", headers: { Accept: "application/json" } });
+  const body = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
+  if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
+  return body;
+}
+
+function problem(app, error) {
+  app.append(el("p", { class: "problem", text: String(error.message || error) }));
+}
+
+// -- formatting ---------------------------------------------------------------------------
+
+function when(seconds) {
+  if (!seconds) return "";
+  return new Date(seconds * 1000).toLocaleString();
+}
+
+function duration(seconds) {
+  if (seconds === null || seconds === undefined || !isFinite(seconds)) return "";
+  seconds = Math.round(seconds);
+  const h = Math.floor(seconds / 3600), m = Math.floor((seconds % 3600) / 60), s = seconds % 60;
+  return h ? `${h}h ${m}m` : m ? `${m}m ${s}s` : `${s}s`;
+}
+
+function number(value, digits = 4) {
+  if (value === null || value === undefined || value === "") return "";
+  if (typeof value !== "number") return String(value);
+  if (Number.isInteger(value)) return value.toLocaleString();
+  return Math.abs(value) >= 1000 ? value.toFixed(1) : value.toPrecision(digits);
+}
+
+function bytes(n) {
+  if (!n) return "0 B";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+
+function micros(us) {
+  if (us === null || us === undefined) return "";
+  return us >= 1000 ? `${(us / 1000).toFixed(2)} ms` : `${us.toFixed(0)} us`;
+}
+
+function progressBar(fraction) {
+  const pct = Math.max(0, Math.min(1, fraction || 0)) * 100;
+  return el("span", {}, el("span", { class: "bar-track" }, el("span", { class: "bar", style: `width:${pct.toFixed(0)}%` })), `${pct.toFixed(0)}%`);
+}
+
+// Marks the page as drawn: tests wait for the attribute, the benchmark reads the mark's time.
+function rendered() {
+  if (document.body.dataset.rendered) return;
+  performance.mark("rendered");
+  document.body.dataset.rendered = "1";
+}
+
+function card(label, value) {
+  return el("div", { class: "card" }, el("div", { class: "label", text: label }), el("div", { class: "value", text: value }));
+}
+
+// -- tables -------------------------------------------------------------------------------
+
+// columns: [{label, value: row => sortable value, cell: row => node or text, num: bool}]
+function sortableTable(columns, rows, state) {
+  const table = el("table", {});
+  const head = el("tr", {});
+  const body = el("tbody", {});
+  const render = () => {
+    clear(body);
+    const sorted = rows.slice();
+    if (state.sort !== undefined) {
+      const column = columns[state.sort];
+      sorted.sort((a, b) => {
+        const x = column.value(a), y = column.value(b);
+        const missing = (x === undefined || x === null || x === "") - (y === undefined || y === null || y === "");
+        if (missing) return missing;
+        const order = typeof x === "number" && typeof y === "number" ? x - y : String(x).localeCompare(String(y));
+        return state.asc ? order : -order;
+      });
+    }
+    for (const row of sorted) {
+      body.append(el("tr", {}, columns.map((c) => el("td", { class: c.num ? "num" : "" }, c.cell ? c.cell(row) : number(c.value(row))))));
+    }
+    columns.forEach((c, i) => {
+      head.children[i].className = "sortable" + (state.sort === i ? " sorted" + (state.asc ? " asc" : "") : "");
+    });
+  };
+  columns.forEach((column, i) => {
+    head.append(el("th", {
+      text: column.label,
+      onclick: () => {
+        state.asc = state.sort === i ? !state.asc : !!column.num === false;
+        state.sort = i;
+        render();
+      },
+    }));
+  });
+  table.append(el("thead", {}, head), body);
+  render();
+  return table;
+}
+
+function plainTable(headers, rows) {
+  return el("table", {}, el("thead", {}, el("tr", {}, headers.map((h) => el("th", { text: h })))),
+    el("tbody", {}, rows.map((cells) => el("tr", {}, cells.map((c) => el("td", {}, c))))));
+}
+
+// -- charts -------------------------------------------------------------------------------
+
+const COLORS = ["#2f6fde", "#e8590c", "#0ca678", "#ae3ec9", "#f59f00", "#1098ad", "#e03131", "#5c7cfa"];
+
+// Series of (steps, values) on one step axis; a series has nulls where another has a point.
+function align(series) {
+  const xs = Array.from(new Set(series.flatMap((s) => s.steps))).sort((a, b) => a - b);
+  const index = new Map(xs.map((x, i) => [x, i]));
+  const columns = series.map((s) => {
+    const ys = new Array(xs.length).fill(null);
+    s.steps.forEach((step, i) => { ys[index.get(step)] = s.values[i]; });
+    return ys;
+  });
+  return [xs, ...columns];
+}
+
+class Chart {
+  constructor(container, title, names) {
+    this.container = container;
+    this.series = names.map((name) => ({ name, steps: [], values: [] }));
+    this.pending = false;
+    const width = Math.max(300, Math.min(1100, container.clientWidth || 900) - 12);
+    this.plot = new uPlot({
+      title,
+      width,
+      height: 260,
+      scales: { x: { time: false } },
+      axes: [{ label: "step" }, {}],
+      series: [{ label: "step" }, ...names.map((name, i) => ({ label: name, stroke: COLORS[i % COLORS.length], spanGaps: true, width: 1.5 }))],
+    }, align(this.series), container);
+    this.update();
+  }
+
+  set(name, steps, values) {
+    const series = this.series.find((s) => s.name === name);
+    series.steps = steps.slice();
+    series.values = values.slice();
+    this.redraw();
+  }
+
+  // Appends a point when it is newer than the series' last one (history and live events overlap).
+  add(name, step, value) {
+    const series = this.series.find((s) => s.name === name);
+    if (!series || value === null || value === undefined) return;
+    const last = series.steps.length ? series.steps[series.steps.length - 1] : -Infinity;
+    if (step <= last) return;
+    series.steps.push(step);
+    series.values.push(value);
+    this.redraw();
+  }
+
+  redraw() {
+    if (this.pending) return;
+    this.pending = true;
+    requestAnimationFrame(() => {
+      this.pending = false;
+      this.plot.setData(align(this.series));
+      this.update();
+    });
+  }
+
+  update() {
+    this.container.dataset.points = String(this.series.reduce((n, s) => n + s.steps.length, 0));
+  }
+}
+
+function chartBox(parent) {
+  const box = el("div", { class: "chart" });
+  parent.append(box);
+  return box;
+}
+
+// -- pages --------------------------------------------------------------------------------
+
+function stateCell(state) {
+  return el("span", { class: `state-${state}`, text: state });
+}
+
+const ACTIVE_STATES = ["queued", "running", "interrupted"];
+
+async function jobsPage(app) {
+  app.append(el("h1", { text: "Jobs" }));
+  const active = el("div", { id: "active-jobs" });
+  const finished = el("div", { id: "finished-jobs" });
+  app.append(el("h2", { text: "Queued and running" }), active, el("h2", { text: "Finished" }), finished);
+  const states = [{ sort: undefined, asc: false }, { sort: undefined, asc: false }];
+  const columns = [
+    { label: "job", value: (j) => j.job_id, cell: (j) => link(`/jobs/${encodeURIComponent(j.job_id)}`, j.job_id) },
+    { label: "state", value: (j) => j.state, cell: (j) => stateCell(j.state) },
+    { label: "experiment", value: (j) => j.experiment, cell: (j) => j.experiment },
+    { label: "progress", value: (j) => j.progress, cell: (j) => progressBar(j.progress), num: true },
+    { label: "epoch", value: (j) => j.epoch, num: true },
+    { label: "step", value: (j) => j.step, num: true },
+    { label: "ETA", value: (j) => j.eta_s, cell: (j) => duration(j.eta_s), num: true },
+    { label: "devices", value: (j) => j.devices.join(", "), cell: (j) => j.devices.join(", ") },
+    { label: "created", value: (j) => j.created_at, cell: (j) => when(j.created_at) },
+  ];
+  const refresh = async () => {
+    const { jobs } = await api("/jobs?page_size=200");
+    const groups = [jobs.filter((j) => ACTIVE_STATES.includes(j.state)), jobs.filter((j) => !ACTIVE_STATES.includes(j.state))];
+    [active, finished].forEach((holder, i) => {
+      clear(holder).append(groups[i].length ? sortableTable(columns, groups[i], states[i])
+        : el("p", { class: "muted", text: i === 0 ? "Nothing queued or running: submit a job with `tessera train`." : "No finished jobs." }));
+    });
+    rendered();
+  };
+  await refresh();
+  setInterval(() => refresh().catch(() => {}), 2000);
+}
+
+async function jobPage(app, jobId) {
+  let job = await api(`/jobs/${encodeURIComponent(jobId)}`);
+  app.append(el("h1", {}, "Job ", el("span", { class: "mono", text: job.job_id })));
+  const cards = el("div", { class: "cards" });
+  const facts = el("p", { class: "muted" });
+  app.append(cards, facts);
+  const showJob = () => {
+    clear(cards).append(
+      card("state", job.state), card("progress", `${((job.progress || 0) * 100).toFixed(0)}%`),
+      card("epoch", number(job.epoch)), card("step", `${number(job.step)} / ${number(job.total_steps)}`),
+      card("ETA", duration(job.eta_s) || "-"), card("devices", job.devices.join(", ") || "-"),
+    );
+    clear(facts).append(el("span", {}, `experiment ${job.experiment} · run `, link(`/runs?experiment=${encodeURIComponent(job.experiment)}`, job.run_id),
+      ` · created ${when(job.created_at)} by ${job.created_by}`,
+      job.registered ? [" · registered as ", link(`/models/${encodeURIComponent(job.registered.model)}`, `${job.registered.model} v${job.registered.version}`)] : [],
+      job.error ? [" · ", el("span", { class: "problem", text: `${job.error.kind}: ${job.error.message}` })] : []));
+  };
+  showJob();
+
+  const run = await api(`/runs/${encodeURIComponent(job.run_id)}`);
+  const keys = run.metrics.map((m) => m.key);
+  const epochKeys = Array.from(new Set([...keys, ...Object.keys(job.metrics)])).filter((k) => k !== "loss" && k !== "lr").sort();
+  const lossChart = new Chart(chartBox(app), "loss (every step)", ["loss"]);
+  lossChart.container.id = "loss-chart";
+  const epochChart = epochKeys.length ? new Chart(chartBox(app), "epoch metrics", epochKeys) : null;
+  const histories = await Promise.all(["loss", ...epochKeys].filter((k) => keys.includes(k)).map((key) =>
+    api(`/runs/${encodeURIComponent(job.run_id)}/metrics/${encodeURIComponent(key)}?max_points=${HISTORY_POINTS}`)));
+  for (const history of histories) {
+    const chart = history.key === "loss" ? lossChart : epochChart;
+    if (chart) chart.set(history.key, history.steps, history.values);
+  }
+  rendered();
+
+  const events = new EventSource(`${API}/jobs/${encodeURIComponent(jobId)}/events?from_seq=${job.last_seq + 1}`);
+  events.addEventListener("step", (e) => { const d = JSON.parse(e.data); lossChart.add("loss", d.step, d.loss); job.step = d.step; job.epoch = d.epoch; });
+  events.addEventListener("epoch", (e) => {
+    const d = JSON.parse(e.data);
+    for (const [key, value] of Object.entries(d.metrics)) if (epochChart) epochChart.add(key, d.step, value);
+  });
+  events.addEventListener("progress", (e) => {
+    const d = JSON.parse(e.data);
+    job.progress = d.fraction; job.eta_s = d.eta_s; job.step = d.step; job.total_steps = d.total_steps;
+    showJob();
+  });
+  events.addEventListener("state", (e) => { const d = JSON.parse(e.data); job.state = d.state; job.devices = d.devices; showJob(); });
+  events.addEventListener("end", async () => {
+    events.close();
+    job = await api(`/jobs/${encodeURIComponent(jobId)}`);
+    showJob();
+  });
+}
+
+function runsQuery() {
+  const params = new URLSearchParams(location.search);
+  const query = new URLSearchParams();
+  for (const name of ["experiment", "status", "param", "metric"]) for (const v of params.getAll(name)) if (v) query.append(name, v);
+  query.set("page_size", "500");
+  return query;
+}
+
+async function runsPage(app) {
+  app.append(el("h1", { text: "Runs" }));
+  const params = new URLSearchParams(location.search);
+  const form = el("form", { class: "filters", method: "get", action: "/runs" },
+    el("label", {}, "experiment ", el("input", { name: "experiment", value: params.get("experiment") || "", size: 14 })),
+    el("label", {}, "param ", el("input", { name: "param", value: params.get("param") || "", placeholder: "lr=0.01", size: 14 })),
+    el("label", {}, "metric ", el("input", { name: "metric", value: params.get("metric") || "", placeholder: "val_loss:last:lt:0.5", size: 20 })),
+    el("button", { type: "submit", text: "Filter" }));
+  app.append(form);
+  let runs;
+  try {
+    ({ runs } = await api("/runs?" + runsQuery()));
+  } catch (error) {
+    problem(app, error);
+    rendered();
+    return;
+  }
+  const metricKeys = Array.from(new Set(runs.flatMap((r) => r.metrics.map((m) => m.key)))).sort();
+  const paramKeys = Array.from(new Set(runs.flatMap((r) => Object.keys(r.params)))).sort();
+  const chosen = new Set();
+  const compareButton = el("button", { type: "button", text: "Compare selected", disabled: "" });
+  const compareKey = el("select", {}, metricKeys.map((k) => el("option", { value: k, text: k })));
+  if (metricKeys.includes("loss")) compareKey.value = "loss";
+  const compareBox = el("div", {});
+  const lastOf = (run, key) => { const m = run.metrics.find((s) => s.key === key); return m ? m.last : undefined; };
+  const columns = [
+    { label: "", value: () => "", cell: (r) => el("input", { type: "checkbox", "aria-label": `compare ${r.run_id}`, onchange: (e) => {
+      if (e.target.checked) chosen.add(r.run_id); else chosen.delete(r.run_id);
+      if (chosen.size >= 2) compareButton.removeAttribute("disabled"); else compareButton.setAttribute("disabled", "");
+    } }) },
+    { label: "run", value: (r) => r.run_id, cell: (r) => r.job_id ? link(`/jobs/${encodeURIComponent(r.job_id)}`, r.run_id) : r.run_id },
+    { label: "name", value: (r) => r.name, cell: (r) => r.name },
+    { label: "experiment", value: (r) => r.experiment, cell: (r) => r.experiment },
+    { label: "status", value: (r) => r.status, cell: (r) => stateCell(r.status) },
+    ...paramKeys.map((k) => ({ label: k, value: (r) => { const v = r.params[k]; const n = Number(v); return v === undefined ? undefined : isNaN(n) ? v : n; }, cell: (r) => r.params[k] ?? "" })),
+    ...metricKeys.map((k) => ({ label: k, value: (r) => lastOf(r, k), num: true })),
+  ];
+  const table = runs.length ? sortableTable(columns, runs, { sort: undefined, asc: false }) : el("p", { class: "muted", text: "No runs match." });
+  table.id = "runs-table";
+  compareButton.addEventListener("click", async () => {
+    clear(compareBox);
+    const ids = Array.from(chosen);
+    const key = compareKey.value;
+    const histories = await Promise.all(ids.map((id) => api(`/runs/${encodeURIComponent(id)}/metrics/${encodeURIComponent(key)}?max_points=${HISTORY_POINTS}`)));
+    const labels = ids.map((id) => { const r = runs.find((x) => x.run_id === id); return r.name ? `${r.name} (${id})` : id; });
+    const chart = new Chart(chartBox(compareBox), `${key} by run`, labels);
+    histories.forEach((h, i) => chart.set(labels[i], h.steps, h.values));
+  });
+  app.append(table, el("div", { class: "filters" }, compareButton, el("label", {}, " metric ", compareKey)), compareBox);
+  rendered();
+}
+
+async function sweepsPage(app) {
+  app.append(el("h1", { text: "Sweeps" }));
+  const { sweeps } = await api("/sweeps?page_size=200");
+  app.append(sweeps.length ? plainTable(["sweep", "strategy", "state", "metric", "trials", "best job", "created"], sweeps.map((s) => [
+    link(`/sweeps/${encodeURIComponent(s.sweep_id)}`, s.sweep_id), s.strategy, stateCell(s.state), `${s.metric} (${s.mode})`,
+    String(s.trials.length), s.best_job_id ? link(`/jobs/${encodeURIComponent(s.best_job_id)}`, s.best_job_id) : "", when(s.created_at),
+  ])) : el("p", { class: "muted", text: "No sweeps yet." }));
+  rendered();
+}
+
+async function sweepPage(app, sweepId) {
+  const s = await api(`/sweeps/${encodeURIComponent(sweepId)}`);
+  app.append(el("h1", {}, "Sweep ", el("span", { class: "mono", text: s.sweep_id })));
+  app.append(el("div", { class: "cards" }, card("strategy", s.strategy), card("state", s.state), card("metric", `${s.metric} (${s.mode})`), card("trials", String(s.trials.length))));
+  const paths = Array.from(new Set(s.trials.flatMap((t) => Object.keys(t.params)))).sort();
+  let best = null;
+  const rows = s.trials.map((t, i) => {
+    if (t.has_metric && (best === null || (s.mode === "min" ? t.metric < best : t.metric > best))) best = t.metric;
+    const row = el("tr", { class: t.pruned ? "pruned" : t.job_id && t.job_id === s.best_job_id ? "best" : "" },
+      el("td", { text: String(i + 1) }),
+      el("td", {}, t.job_id ? link(`/jobs/${encodeURIComponent(t.job_id)}`, t.job_id) : ""),
+      el("td", {}, stateCell(t.pruned ? "pruned" : t.state)),
+      paths.map((p) => el("td", { text: t.params[p] ?? "" })),
+      el("td", { class: "num", text: t.has_metric ? number(t.metric) : "" }),
+      el("td", { class: "num", text: best === null ? "" : number(best) }));
+    return row;
+  });
+  app.append(el("table", {}, el("thead", {}, el("tr", {}, ["#", "job", "state", ...paths, s.metric, "best so far"].map((h) => el("th", { text: h })))), el("tbody", {}, rows)));
+  rendered();
+}
+
+async function modelsPage(app) {
+  app.append(el("h1", { text: "Models" }));
+  const { models } = await api("/models?page_size=500");
+  app.append(models.length ? plainTable(["model", "description", "versions", "latest", "aliases", "tags", "updated"], models.map((m) => [
+    link(`/models/${encodeURIComponent(m.name)}`, m.name), m.description, String(m.version_count), String(m.latest_version),
+    Object.entries(m.aliases).filter(([a]) => a !== "latest").map(([a, v]) => `${a} → v${v}`).join(", "),
+    Object.entries(m.tags).map(([k, v]) => `${k}=${v}`).join(", "), when(m.updated_at),
+  ])) : el("p", { class: "muted", text: "No models yet." }));
+  rendered();
+}
+
+function routeText(route) {
+  const target = route.target.alias ? `${route.target.alias} (v${route.resolved_version})` : `v${route.target.version}`;
+  return `${target}: ${route.weight}%`;
+}
+
+async function modelPage(app, name) {
+  const data = await api(`/models/${encodeURIComponent(name)}`);
+  const m = data.model;
+  app.append(el("h1", {}, "Model ", el("span", { class: "mono", text: m.name })));
+  app.append(el("p", { class: "muted", text: m.description }));
+  if (Object.keys(m.tags).length) app.append(el("p", { class: "muted", text: Object.entries(m.tags).map(([k, x]) => `${k}=${x}`).join(", ") }));
+  const current = data.deployments.length ? data.deployments[0] : null;  // newest first
+  app.append(el("div", { class: "cards" }, card("versions", String(m.version_count)), card("latest", `v${m.latest_version}`),
+    card("deployment", current && !current.undeployed ? current.routes.map(routeText).join(", ") + (current.shadow ? `; shadow ${current.shadow.percent}%` : "") : "none")));
+  app.append(el("h2", { text: "Versions" }));
+  app.append(plainTable(["version", "format", "aliases", "description", "tags", "metrics", "params", "lineage", "size", "created"], data.versions.map((v) => [
+    `v${v.version}`, v.format, v.aliases.join(", "), v.description,
+    Object.entries(v.tags).map(([k, x]) => `${k}=${x}`).join(", "),
+    Object.entries(v.metrics).map(([k, x]) => `${k}=${number(x)}`).join(", "),
+    Object.entries(v.params).map(([k, x]) => `${k}=${x}`).join(", "),
+    lineageNodes(v), bytes(v.size_bytes), when(v.created_at),
+  ])));
+  app.append(el("h2", { text: "Aliases" }));
+  app.append(plainTable(["alias", "version", "moved", "by"], data.aliases.map((a) => [a.alias, `v${a.version}`, when(a.updated_at), a.updated_by])));
+  app.append(el("h2", { text: "Alias history" }));
+  app.append(plainTable(["alias", "from", "to", "when", "by"], data.alias_history.map((e) => [e.alias, e.from_version ? `v${e.from_version}` : "(new)", e.to_version ? `v${e.to_version}` : "(deleted)", when(e.time), e.actor])));
+  app.append(el("h2", { text: "Deployments" }));
+  app.append(plainTable(["revision", "routes", "shadow", "comment", "when", "by"], data.deployments.map((d) => [
+    String(d.revision), d.undeployed ? `none (rolled back from ${d.rolled_back_from})` : d.routes.map(routeText).join(", "),
+    d.shadow ? `v${d.shadow.resolved_version || d.shadow.target.version} ${d.shadow.percent}%` : "", d.comment, when(d.created_at), d.created_by,
+  ])));
+  rendered();
+}
+
+// The lineage of a version as a small graph: datasets and run -> parent -> this version.
+function lineageNodes(v) {
+  const l = v.lineage;
+  const nodes = [];
+  for (const d of l.datasets) nodes.push(el("span", { class: "node", text: `dataset ${d.name} v${d.version}` }));
+  if (l.job_id) nodes.push(link(`/jobs/${encodeURIComponent(l.job_id)}`, `job ${l.job_id}`));
+  if (l.parent_version) nodes.push(el("span", { class: "node", text: `${l.parent_model || v.model} v${l.parent_version}` }));
+  if (!nodes.length) return "";
+  const out = el("span", { class: "lineage" });
+  nodes.forEach((n, i) => { if (i) out.append(" → "); out.append(n); });
+  out.append(" → ", el("span", { class: "node", text: `v${v.version}` }));
+  return out;
+}
+
+async function servingPage(app) {
+  app.append(el("h1", { text: "Serving" }));
+  const holder = el("div", { id: "serving" });
+  const chartHolder = el("div", {});
+  app.append(holder, chartHolder);
+  let chart = null, chartNames = "";
+  const started = Date.now() / 1000;
+  const refresh = async () => {
+    const { loaded } = await api("/serving");
+    const label = (e) => `${e.model} v${e.version}`;
+    const summary = loaded.map((e) => el("tr", { "data-version": label(e) },
+      el("td", { text: label(e) }), el("td", {}, stateCell(e.state)), el("td", { class: "num", text: String(e.config.instances || "") }),
+      el("td", { class: "num queued", text: String(e.queued) }), el("td", { class: "num requests", text: String(e.stats.request_count) }),
+      el("td", { class: "num", text: number(e.stats.throughput_rps, 3) })));
+    const latency = loaded.flatMap((e) => ["queue", "compute", "total"].map((part) => el("tr", { "data-version": label(e), "data-part": part },
+      el("td", { text: label(e) }), el("td", { text: part }),
+      ["p50_us", "p95_us", "p99_us", "max_us"].map((p) => el("td", { class: `num ${p.slice(0, -3)}`, text: e.stats[part].count ? micros(e.stats[part][p]) : "" })))));
+    clear(holder).append(...(loaded.length ? [
+      el("table", { id: "loaded" }, el("thead", {}, el("tr", {}, ["version", "state", "instances", "queued", "requests", "req/s (1 min)"].map((h) => el("th", { text: h })))), el("tbody", {}, summary)),
+      el("h2", { text: "Latency since load" }),
+      el("table", { id: "latency" }, el("thead", {}, el("tr", {}, ["version", "part", "p50", "p95", "p99", "max"].map((h) => el("th", { text: h })))), el("tbody", {}, latency)),
+    ] : [el("p", { class: "muted", text: "Nothing loaded: a prediction loads its model." })]));
+    const names = loaded.flatMap((e) => [`${label(e)} p50`, `${label(e)} p99`]);
+    if (names.join("|") !== chartNames && names.length) {
+      chartNames = names.join("|");
+      clear(chartHolder);
+      chart = new Chart(chartBox(chartHolder), "total time, ms (seconds since opened)", names);
+    }
+    const t = Math.round(Date.now() / 1000 - started);
+    for (const e of loaded) {
+      if (!chart || !e.stats.total.count) continue;
+      chart.add(`${label(e)} p50`, t, e.stats.total.p50_us / 1000);
+      chart.add(`${label(e)} p99`, t, e.stats.total.p99_us / 1000);
+    }
+    rendered();
+  };
+  await refresh();
+  setInterval(() => refresh().catch(() => {}), LIVE_MS);
+}
+
+async function systemPage(app) {
+  app.append(el("h1", { text: "System" }));
+  const { server, sample } = await api("/system");
+  app.append(el("p", { class: "muted", text: `tesserad ${server.version} on ${server.hostname} · up ${duration(server.uptime_s)} · ${server.cpu.cores} cores · ${server.gpus.length} GPUs` }));
+  const cards = el("div", { class: "cards" });
+  app.append(cards);
+  const gpuIds = server.gpus.map((g) => g.id);
+  const names = ["cpu %", "memory %", ...gpuIds.map((id) => `${id} %`)];
+  const chart = new Chart(chartBox(app), "use over time (seconds since opened)", names);
+  const start = Date.now() / 1000;
+  const show = (s) => {
+    clear(cards).append(card("CPU", `${s.cpu_percent.toFixed(0)}%`), card("memory", `${bytes(s.memory_used_bytes)} / ${bytes(s.memory_total_bytes)}`),
+      card("tesserad RSS", bytes(s.process_rss_bytes)), ...s.gpus.map((g) => card(g.id, `${g.utilization_percent.toFixed(0)}% · ${bytes(g.memory_used_bytes)}`)));
+    const t = Math.round(s.time - start);
+    chart.add("cpu %", t, s.cpu_percent);
+    chart.add("memory %", t, (100 * s.memory_used_bytes) / s.memory_total_bytes);
+    for (const g of s.gpus) chart.add(`${g.id} %`, t, g.utilization_percent);
+  };
+  show(sample);
+  app.append(el("h2", { text: "Devices" }), plainTable(["device", "name", "memory"], [["cpu", server.cpu.name, bytes(server.cpu.memory_total_bytes)], ...server.gpus.map((g) => [g.id, g.name, bytes(g.memory_total_bytes)])]));
+  rendered();
+  const events = new EventSource(`${API}/system/events?interval_ms=1000`);
+  events.addEventListener("sample", (e) => show(JSON.parse(e.data)));
+}
+
+// -- router -------------------------------------------------------------------------------
+
+const ROUTES = [
+  [/^\/jobs\/?$/, "jobs", jobsPage],
+  [/^\/jobs\/([^/]+)$/, "jobs", jobPage],
+  [/^\/runs\/?$/, "runs", runsPage],
+  [/^\/sweeps\/?$/, "sweeps", sweepsPage],
+  [/^\/sweeps\/([^/]+)$/, "sweeps", sweepPage],
+  [/^\/models\/?$/, "models", modelsPage],
+  [/^\/models\/([^/]+)$/, "models", modelPage],
+  [/^\/serving\/?$/, "serving", servingPage],
+  [/^\/system\/?$/, "system", systemPage],
+];
+
+async function main() {
+  const app = document.getElementById("app");
+  for (const [pattern, section, page] of ROUTES) {
+    const match = location.pathname.match(pattern);
+    if (!match) continue;
+    document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("current", a.dataset.page === section));
+    document.title = `tessera: ${section}`;
+    try {
+      await page(app, ...match.slice(1).map(decodeURIComponent));
+    } catch (error) {
+      problem(app, error);
+      rendered();
+    }
+    return;
+  }
+  problem(app, new Error(`nothing at ${location.pathname}`));
+}
+
+main();

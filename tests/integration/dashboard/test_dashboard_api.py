@@ -1,0 +1,259 @@
+"""The dashboard's HTTP listener and JSON API (/api/v1) against a real daemon."""
+
+from __future__ import annotations
+
+import http.client
+import urllib.parse
+
+import numpy as np
+import pytest
+
+from tessera.v1 import training_pb2, training_pb2_grpc
+from tesserad.security import Role, hash_token, new_token
+from tesserad.security.tokens import format_entry
+from tesserad.server import StartupError
+from tests.conftest import InProcessDaemon, daemon_settings
+from tests.integration.dashboard.conftest import http_get, read_events, wait_until
+from tests.integration.sdk.affine import affine_onnx
+
+
+def test_port_zero_binds_a_free_port_and_off_serves_nothing(dash, tmp_path):
+    assert dash.daemon.http_port and dash.daemon.http_port > 0
+    assert http_get(dash.daemon.http_port, "/api/v1/jobs").status == 200
+    off = InProcessDaemon(daemon_settings(tmp_path / "off", http_listen="off")).start()
+    try:
+        assert off.daemon.http_port is None
+    finally:
+        off.stop()
+
+
+def test_a_taken_port_stops_the_daemon_with_a_clear_message(dash, tmp_path):
+    taken = f"127.0.0.1:{dash.daemon.http_port}"
+    with pytest.raises(StartupError, match=f"cannot serve the dashboard on {taken}.*--http-listen"):
+        InProcessDaemon(daemon_settings(tmp_path / "taken", http_listen=taken)).start()
+
+
+def test_unknown_ids_and_paths_answer_404_without_internals(dash, finished_job):
+    port = dash.daemon.http_port
+    for path in (
+        "/api/v1/jobs/no-such-job",
+        "/api/v1/sweeps/nope",
+        "/api/v1/models/nope",
+        "/api/v1/runs/nope",
+    ):
+        answer = http_get(port, path)
+        assert answer.status == 404, path
+        assert "does not exist" in answer.json()["error"]
+    for path in ("/jobs/no-such-job", "/models/nope", "/sweeps/nope", "/no/such/page"):
+        answer = http_get(port, path)
+        assert answer.status == 404, path
+        assert answer.headers["content-type"].startswith("text/html")
+        assert b"Traceback" not in answer.body and b"tesserad/" not in answer.body
+    assert http_get(port, "/api/v1/nothing").json() == {"error": "nothing at /api/v1/nothing"}
+
+
+def test_bad_queries_answer_400_saying_what_to_fix(dash, finished_job):
+    port = dash.daemon.http_port
+    answer = http_get(port, "/api/v1/jobs?page_size=lots")
+    assert answer.status == 400 and "page_size must be an integer" in answer.json()["error"]
+    answer = http_get(port, "/api/v1/runs?metric=val_loss<1")
+    assert answer.status == 400 and "KEY:FIELD:OP:VALUE" in answer.json()["error"]
+    answer = http_get(port, "/api/v1/models/Bad%3CName%3E")
+    assert answer.status == 400 and "is not a valid name" in answer.json()["error"]
+    assert http_get(port, f"/api/v1/jobs/{finished_job}", method="POST").status == 405
+
+
+def test_jobs_and_a_job_with_its_metric_history(dash, finished_job):
+    port = dash.daemon.http_port
+    jobs = http_get(port, "/api/v1/jobs?state=succeeded").json()["jobs"]
+    assert finished_job in [j["job_id"] for j in jobs]
+    assert all("spec" not in j for j in jobs)
+    job = http_get(port, f"/api/v1/jobs/{finished_job}").json()
+    assert job["state"] == "succeeded" and job["progress"] == 1.0 and job["eta_s"] is None
+    history = http_get(port, f"/api/v1/runs/{job['run_id']}/metrics/loss").json()
+    assert history["total_points"] == len(history["steps"]) == job["step"]
+    assert history["steps"] == sorted(history["steps"]) and not history["downsampled"]
+
+
+def test_long_histories_come_downsampled_by_the_store(dash, client):
+    run = client.training.create_run("dash-long", name="long")
+    steps = 5000
+    batches = [
+        training_pb2.LogMetricsRequest(
+            run_id=run.run_id,
+            points=[
+                training_pb2.MetricPoint(key="loss", value=1.0 / (s + 1), step=s) for s in range(b, b + 500)
+            ],
+        )
+        for b in range(0, steps, 500)
+    ]
+    training_pb2_grpc.TrainingStub(dash.channel()).LogMetricsStream(iter(batches))
+    port = dash.daemon.http_port
+    history = http_get(port, f"/api/v1/runs/{run.run_id}/metrics/loss?max_points=100").json()
+    assert history["downsampled"] and history["total_points"] == steps
+    assert len(history["steps"]) <= 100
+    assert history["steps"][0] == 0 and history["steps"][-1] == steps - 1
+    assert http_get(port, f"/api/v1/runs/{run.run_id}/metrics/loss?max_points=2").status == 400
+
+
+def test_job_events_replay_end_and_resume_from_last_event_id(dash, finished_job):
+    port = dash.daemon.http_port
+    events = read_events(port, f"/api/v1/jobs/{finished_job}/events")
+    assert events[-1]["event"] == "end"
+    ids = [int(e["id"]) for e in events[:-1]]
+    assert ids == list(range(1, len(ids) + 1))
+    assert {"state", "step", "epoch"} <= {e["event"] for e in events}
+    resumed = read_events(port, f"/api/v1/jobs/{finished_job}/events", {"Last-Event-ID": "3"})
+    assert [int(e["id"]) for e in resumed[:-1]] == ids[3:]
+    assert http_get(port, "/api/v1/jobs/nope/events").status == 404
+    bad = http_get(port, f"/api/v1/jobs/{finished_job}/events", {"Last-Event-ID": "x"})
+    assert bad.status == 400 and "Last-Event-ID" in bad.json()["error"]
+
+
+def test_runs_filter_by_param_and_metric(dash, client):
+    low = client.training.create_run("dash-filter", name="low", params={"lr": "0.1"})
+    high = client.training.create_run("dash-filter", name="high", params={"lr": "0.5"})
+    client.training.log_metrics(low.run_id, {"acc": 0.2}, 1)
+    client.training.log_metrics(high.run_id, {"acc": 0.9}, 1)
+    port = dash.daemon.http_port
+
+    def names(query: str) -> list[str]:
+        return [
+            r["name"] for r in http_get(port, f"/api/v1/runs?experiment=dash-filter&{query}").json()["runs"]
+        ]
+
+    assert sorted(names("")) == ["high", "low"]
+    assert names("param=lr%3D0.5") == ["high"]
+    assert names("metric=acc:last:lt:0.5") == ["low"]
+    board = http_get(port, "/api/v1/leaderboard?experiment=dash-filter&metric=acc").json()["entries"]
+    assert [e["run"]["name"] for e in board] == ["high", "low"]
+
+
+def test_a_model_with_versions_aliases_lineage_and_deployments(dash, client, tmp_path, finished_job):
+    path = affine_onnx(tmp_path / "affine.onnx")
+    client.models.push("dash-affine", path, alias="staging", description="two <b>versions</b>")
+    client.models.push("dash-affine", path)
+    client.models.deploy("dash-affine", routes={1: 90, 2: 10})
+    data = http_get(dash.daemon.http_port, "/api/v1/models/dash-affine").json()
+    assert data["model"]["version_count"] == 2
+    assert [v["version"] for v in data["versions"]] == [2, 1]  # newest first
+    assert {a["alias"]: a["version"] for a in data["aliases"]} == {"staging": 1, "latest": 2}
+    assert [(e["alias"], e["to_version"]) for e in data["alias_history"]] == [("staging", 1)]
+    [deployment] = data["deployments"]
+    assert [(r["target"]["version"], r["weight"]) for r in deployment["routes"]] == [(1, 90), (2, 10)]
+    job = http_get(dash.daemon.http_port, f"/api/v1/jobs/{finished_job}").json()
+    lineage = http_get(dash.daemon.http_port, "/api/v1/models/tiny/versions/1/lineage").json()
+    assert lineage["version"]["lineage"]["job_id"] == finished_job
+    assert lineage["version"]["lineage"]["run_id"] == job["run_id"]
+
+
+def test_serving_shows_percentiles_after_predictions(dash, client, tmp_path):
+    client.models.push("dash-serve", affine_onnx(tmp_path / "affine.onnx"))
+    for _ in range(20):
+        client.inference.predict("dash-serve", {"input": np.ones((1, 4), np.float32)})
+    loaded = http_get(dash.daemon.http_port, "/api/v1/serving?model=dash-serve").json()["loaded"]
+    [entry] = loaded
+    assert entry["state"] == "ready" and entry["stats"]["request_count"] == 20
+    for part in ("queue", "compute", "total"):
+        summary = entry["stats"][part]
+        assert summary["count"] == 20 and summary["p50_us"] <= summary["p95_us"] <= summary["p99_us"]
+
+
+def test_system_shows_the_server_and_a_sample_without_its_paths(dash):
+    data = http_get(dash.daemon.http_port, "/api/v1/system").json()
+    assert data["server"]["cpu"]["cores"] >= 1 and data["sample"]["memory_total_bytes"] > 0
+    assert "path" not in data["server"]["data_dir"]
+    assert str(dash.settings.data_dir) not in str(data)
+
+
+# -- access
+
+
+@pytest.fixture
+def tokens_file(tmp_path):
+    clear = {role: new_token() for role in Role}
+    path = tmp_path / "tokens.toml"
+    path.write_text("".join(format_entry(f"{r.label}-holder", r, hash_token(t)) for r, t in clear.items()))
+    return path, clear
+
+
+def test_beyond_loopback_without_authentication_is_refused(tmp_path):
+    with pytest.raises(StartupError, match=r"refusing to listen on 0\.0\.0\.0:0 without authentication"):
+        InProcessDaemon(daemon_settings(tmp_path / "data", http_listen="0.0.0.0:0")).start()
+
+
+def test_tokens_guard_every_page_and_call_and_a_reader_logs_in(tmp_path, tokens_file):
+    path, clear = tokens_file
+    daemon = InProcessDaemon(
+        daemon_settings(tmp_path / "data", http_listen="0.0.0.0:0", **{"security.tokens_file": str(path)})
+    ).start()
+    try:
+        port = daemon.daemon.http_port
+        refused = http_get(port, "/api/v1/jobs")
+        assert refused.status == 401 and "needs a token" in refused.json()["error"]
+        page = http_get(port, "/jobs")
+        assert page.status == 401 and b'name="token"' in page.body
+        wrong = http_get(port, "/api/v1/jobs", {"Authorization": "Bearer " + new_token()})
+        assert wrong.status == 401 and "not valid" in wrong.json()["error"]
+        assert http_get(port, "/api/v1/jobs", {"Authorization": "Basic abc"}).status == 401
+        reader = clear[Role.READER]
+        assert http_get(port, "/api/v1/jobs", {"Authorization": f"Bearer {reader}"}).status == 200
+        assert http_get(port, "/static/dashboard.js").status == 200  # code, no data
+
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        form = urllib.parse.urlencode({"token": reader, "then": "//elsewhere.example/"})
+        connection.request("POST", "/login", form, {"Content-Type": "application/x-www-form-urlencoded"})
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 303 and response.getheader("Location") == "/"
+        cookie = response.getheader("Set-Cookie", "")
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        connection.close()
+        session = cookie.split(";")[0]
+        assert http_get(port, "/api/v1/jobs", {"Cookie": session}).status == 200
+        assert http_get(port, "/jobs", {"Cookie": session}).status == 200
+        form = urllib.parse.urlencode({"token": new_token()})
+        wrong_login = http_get(
+            port, "/login", {"Content-Type": "application/x-www-form-urlencoded"}, "POST", form
+        )
+        assert wrong_login.status == 401 and b"not valid" in wrong_login.body
+    finally:
+        daemon.stop()
+
+
+def test_a_spawned_daemon_logs_where_its_dashboard_listens(spawn_daemon, tmp_path):
+    process = spawn_daemon(
+        "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--http-listen", "127.0.0.1:0",
+        "--data-dir", str(tmp_path / "data"),
+    )  # fmt: skip
+    serving = process.wait_for_log("tesserad serving")
+    scheme, _, port = serving["dashboard"].rpartition(":")
+    assert scheme == "http://127.0.0.1" and int(port) > 0
+    assert http_get(int(port), "/api/v1/jobs").json() == {"jobs": [], "next_page_token": ""}
+
+
+def test_event_streams_are_held_to_max_concurrent_streams(tmp_path):
+    daemon = InProcessDaemon(
+        daemon_settings(tmp_path / "data", **{"limits.max_concurrent_streams": 1})
+    ).start()
+    port = daemon.daemon.http_port
+    try:
+        first = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        first.request("GET", "/api/v1/system/events?interval_ms=250")
+        response = first.getresponse()
+        assert response.status == 200 and response.readline() == b"retry: 1000\n"
+        refused = http_get(port, "/api/v1/system/events")
+        assert refused.status == 429 and "limits.max_concurrent_streams = 1" in refused.json()["error"]
+        first.close()
+
+        def admitted() -> bool:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            try:
+                connection.request("GET", "/api/v1/system/events")
+                return connection.getresponse().status == 200
+            finally:
+                connection.close()
+
+        wait_until(admitted, timeout=30, what="the closed stream to be counted out")
+    finally:
+        daemon.stop()

@@ -1,0 +1,224 @@
+"""The dashboard's pages in a real headless Chromium (Debian's package, driven by Playwright).
+
+Each test also saves a screenshot of its page under docs/screenshots/ (linked from the README).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tesserad.security import Role, hash_token, new_token
+from tesserad.security.tokens import format_entry
+from tests.conftest import InProcessDaemon, daemon_settings
+from tests.integration.dashboard.conftest import SCREENSHOTS, small_spec, wait_until
+from tests.integration.sdk.affine import affine_onnx
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+VIEWPORT = {"width": 1000, "height": 700}
+# Markup in a model's description, tag and a run's param: shown as text, never run.
+HOSTILE = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists() or shutil.which(str(CHROMIUM)) is None,
+    reason="browser tests need Debian's chromium at /usr/bin/chromium (apt-get install chromium; "
+    "`make test` installs it where it can)",
+)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport=VIEWPORT)
+    opened = context.new_page()
+    yield opened
+    context.close()
+
+
+def url(daemon: InProcessDaemon, path: str) -> str:
+    return f"http://127.0.0.1:{daemon.daemon.http_port}{path}"
+
+
+def open_page(page: Any, daemon: InProcessDaemon, path: str) -> None:
+    page.goto(url(daemon, path))
+    page.wait_for_selector("body[data-rendered]", timeout=60_000)
+
+
+def screenshot(page: Any, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
+
+
+def chart_points(page: Any, selector: str) -> int:
+    return int(page.get_attribute(selector, "data-points") or 0)
+
+
+def test_job_page_curve_gains_points_while_the_job_runs(dash, client, table, page):
+    job = client.training.submit(small_spec(table, epochs=400))
+    try:
+        wait_until(lambda: client.training.job(job.id).info.step >= 5, what="the job's first steps")
+        open_page(page, dash, f"/jobs/{job.id}")
+        first = chart_points(page, "#loss-chart")
+        assert first >= 1
+        page.wait_for_function(
+            f"Number(document.querySelector('#loss-chart').dataset.points) > {first + 5}", timeout=60_000
+        )
+        assert page.text_content(".cards").startswith("state")
+        screenshot(page, "job")
+        open_page(page, dash, "/jobs")
+        assert job.id in page.text_content("#active-jobs")
+        screenshot(page, "jobs")
+    finally:
+        client.training.cancel(job.id)
+    client.training.job(job.id).wait(check=False)
+    open_page(page, dash, "/jobs")
+    assert job.id in page.text_content("#finished-jobs")
+
+
+def test_runs_page_sorts_by_a_metric_and_compares_runs(dash, client, page):
+    for name, acc in (("mid", 0.5), ("top", 0.9), ("low", 0.1)):
+        run = client.training.create_run(
+            "dash-sort", name=name, params={"note": HOSTILE if name == "low" else name}
+        )
+        for step in range(1, 6):
+            client.training.log_metrics(run.run_id, {"acc": acc * step / 5}, step)
+    open_page(page, dash, "/runs?experiment=dash-sort")
+
+    def names() -> list[str]:
+        return page.eval_on_selector_all(
+            "#runs-table tbody tr", "rows => rows.map(r => r.children[2].textContent)"
+        )
+
+    page.click("#runs-table th:text-is('acc')")
+    descending = names()
+    page.click("#runs-table th:text-is('acc')")
+    assert names() == ["low", "mid", "top"] and descending == ["top", "mid", "low"]
+    assert HOSTILE in page.text_content("#runs-table")
+    boxes = page.query_selector_all("#runs-table input[type=checkbox]")
+    boxes[0].check()
+    boxes[1].check()
+    page.click("text=Compare selected")
+    page.wait_for_function(
+        "document.querySelectorAll('.chart').length > 0 && Number(document.querySelector('.chart').dataset.points) >= 10"
+    )
+    screenshot(page, "runs")
+
+
+def test_serving_page_shows_percentiles_that_move_under_load(dash, client, tmp_path, page):
+    client.models.push("dash-live", affine_onnx(tmp_path / "affine.onnx"))
+    x = {"input": np.ones((1, 4), np.float32)}
+    for _ in range(10):
+        client.inference.predict("dash-live", x)
+    open_page(page, dash, "/serving")
+    version = "[data-version='dash-live v1']"
+    page.wait_for_selector(f"#loaded tr{version}")
+    assert page.text_content(f"#loaded tr{version} td.requests") == "10"
+    for part in ("queue", "compute", "total"):
+        for percentile in ("p50", "p95", "p99"):
+            cell = page.text_content(f"#latency tr{version}[data-part={part}] td.{percentile}")
+            assert cell.endswith((" us", " ms")), (part, percentile, cell)
+    for _ in range(30):
+        client.inference.predict("dash-live", x)
+    page.wait_for_function(
+        f"document.querySelector(\"#loaded tr{version} td.requests\").textContent === '40'", timeout=30_000
+    )
+    page.wait_for_function("Number(document.querySelector('.chart').dataset.points) >= 4", timeout=30_000)
+    screenshot(page, "serving")
+
+
+def test_markup_in_names_renders_as_text(dash, client, tmp_path, page, finished_job):
+    client.models.create("dash-markup", description=HOSTILE, tags={"note": HOSTILE})
+    client.models.push(
+        "dash-markup", affine_onnx(tmp_path / "affine.onnx"), description=HOSTILE, tags={"note": HOSTILE}
+    )
+    for path in ("/models", "/models/dash-markup"):
+        open_page(page, dash, path)
+        assert HOSTILE in page.text_content("#app")
+        assert page.evaluate("window.__pwned") is None
+        assert page.eval_on_selector_all("#app script, #app img", "nodes => nodes.length") == 0
+    open_page(page, dash, "/models")
+    screenshot(page, "models")
+    open_page(page, dash, "/models/tiny")  # a trained version: its lineage links its job
+    assert finished_job in page.text_content("#app")
+    screenshot(page, "model")
+
+
+def test_sweeps_and_system_pages(dash, client, table, page):
+    sweep = client.training.submit_sweep(
+        {
+            "base": small_spec(table, epochs=1),
+            "strategy": "SWEEP_STRATEGY_GRID",
+            "parameters": [{"path": "optimizer.lr", "values": {"values": ["0.001", "0.05"]}}],
+            "max_concurrent": 2,
+            "metric": "val_loss",
+        }
+    )
+    wait_until(lambda: client.training.sweep(sweep.sweep_id).best_job_id, what="the sweep's best trial")
+    open_page(page, dash, "/sweeps")
+    assert sweep.sweep_id in page.text_content("table")
+    screenshot(page, "sweeps")
+    open_page(page, dash, f"/sweeps/{sweep.sweep_id}")
+    assert "best so far" in page.text_content("table")
+    open_page(page, dash, "/system")
+    assert "CPU" in page.text_content(".cards")
+    page.wait_for_function("Number(document.querySelector('.chart').dataset.points) >= 4", timeout=30_000)
+    screenshot(page, "system")
+
+
+def test_unknown_job_shows_a_404_page(dash, page):
+    response = page.goto(url(dash, "/jobs/no-such-job"))
+    assert response.status == 404
+    assert "job 'no-such-job' does not exist" in page.text_content("main")
+
+
+def test_a_reader_token_logs_in_and_no_token_is_refused_off_loopback(tmp_path, browser):
+    reader = new_token()
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text(
+        format_entry("reader-holder", Role.READER, hash_token(reader))
+        + format_entry("admin-holder", Role.ADMIN, hash_token(new_token()))
+    )
+    daemon = InProcessDaemon(
+        daemon_settings(tmp_path / "data", http_listen="0.0.0.0:0", **{"security.tokens_file": str(tokens)})
+    ).start()
+    context = browser.new_context(viewport=VIEWPORT)
+    try:
+        page = context.new_page()
+        refused = page.goto(url(daemon, "/runs?experiment=x"))
+        assert refused.status == 401 and page.is_visible("input[name=token]")
+        page.fill("input[name=token]", new_token())
+        page.click("button[type=submit]")
+        assert "not valid" in page.text_content("main")
+        page.fill("input[name=token]", reader)
+        page.click("button[type=submit]")
+        page.wait_for_selector("body[data-rendered]")
+        assert page.url.endswith("/runs?experiment=x")  # back to the page that asked
+        assert page.text_content("h1") == "Runs"
+        assert page.evaluate("document.cookie") == ""  # HttpOnly: scripts never see the token
+    finally:
+        context.close()
+        daemon.stop()

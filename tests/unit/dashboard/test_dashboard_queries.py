@@ -1,0 +1,52 @@
+"""Pure parts of the dashboard: query filters, JSON numbers, the error -> HTTP status table."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tesserad import errors
+from tesserad.dashboard.api import _metric_filters, _param_filters
+from tesserad.dashboard.json_forms import finite
+from tesserad.dashboard.server import HTTP_STATUS_BY_ERROR, http_status_for
+from tesserad.training.tracking import MetricFilter
+
+
+def test_metric_filters_parse_key_field_op_value():
+    assert _metric_filters(["val_loss:last:lt:0.5", "a:b:max:ge:-1e3"]) == [
+        MetricFilter("val_loss", "last", "lt", 0.5),
+        MetricFilter("a:b", "max", "ge", -1000.0),
+    ]
+
+
+@pytest.mark.parametrize(
+    "raw", ["val_loss", "val_loss:last:lt", "x:best:lt:1", "x:last:ne:1", "x:last:lt:big"]
+)
+def test_bad_metric_filters_say_the_form(raw):
+    with pytest.raises(errors.InvalidArgument, match=r"val_loss:last:lt:0\.5|is not a number"):
+        _metric_filters([raw])
+
+
+def test_param_filters_parse_and_refuse_contradictions():
+    assert _param_filters(["lr=0.1", "note=a=b"]) == {"lr": "0.1", "note": "a=b"}
+    with pytest.raises(errors.InvalidArgument, match="KEY=VALUE"):
+        _param_filters(["lr"])
+    with pytest.raises(errors.InvalidArgument, match="filtered twice"):
+        _param_filters(["lr=0.1", "lr=0.2"])
+
+
+def test_non_finite_numbers_become_null_at_any_depth():
+    value = {"a": [1.0, math.nan, {"b": math.inf}], "c": (-math.inf, 2), "d": "nan"}
+    assert finite(value) == {"a": [1.0, None, {"b": None}], "c": [None, 2], "d": "nan"}
+
+
+def test_every_domain_error_has_an_http_status():
+    domain = {
+        cls
+        for cls in vars(errors).values()
+        if isinstance(cls, type) and issubclass(cls, errors.TesseraError) and cls is not errors.TesseraError
+    }
+    assert set(HTTP_STATUS_BY_ERROR) == domain
+    assert http_status_for(errors.NotFound("x")) == 404
+    assert http_status_for(errors.TesseraError("x")) == 500
