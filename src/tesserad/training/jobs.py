@@ -257,9 +257,15 @@ class Jobs:
         return normalize_spec(raw_spec, self._datasets.facts, self._device_facts)
 
     def submit(
-        self, raw_spec: dict[str, Any], spec_document: dict[str, Any], actor: str, sweep_id: str = ""
+        self,
+        raw_spec: dict[str, Any],
+        spec_document: dict[str, Any],
+        actor: str,
+        sweep_id: str = "",
+        start_weights: str = "",
     ) -> JobRecord:
-        """Check the spec, create the job and its run, queue it."""
+        """Check the spec, create the job and its run, queue it. `start_weights`: the sha256 of a
+        checkpoint (of another job) whose model weights the job starts from instead of fresh ones."""
         config = self.check(raw_spec)
         job_id = new_id("job")
         document = copy.deepcopy(spec_document)
@@ -301,12 +307,15 @@ class Jobs:
             created_by=actor,
             sweep_id=sweep_id,
             checkpoints=(),
+            start_weights=start_weights,
         )
         data = config["data"]
         with self._store.write() as txn:
             self._tracking.ensure_experiment(txn, config["experiment"])
             self._tracking.put_new_run(txn, run)
             hold_dataset(txn, data["dataset"], data["version"], f"job:{job_id}")
+            if start_weights:
+                hold_blob(txn, start_weights, f"job:{job_id}:start")
             self._put(txn, job)
         with self._lock:
             self._events.open_job(job_id, 0, False)
@@ -500,7 +509,9 @@ class Jobs:
         world = len(devices)
         cuda_indices = [int(d.split(":")[1]) for d in devices] if kind == "cuda" else []
         port = _free_port() if world > 1 else 0
-        resume_bytes = self._blobs.read_bytes(checkpoint.sha256) if checkpoint else b""
+        # A job that starts from another's weights takes them until it has checkpoints of its own.
+        start = checkpoint.sha256 if checkpoint else job.start_weights
+        resume_bytes = self._blobs.read_bytes(start) if start else b""
         processes: list[multiprocessing.process.BaseProcess] = []
         conns: list[Connection] = []
         with _ENV_LOCK:
@@ -522,6 +533,7 @@ class Jobs:
                         master_port=port,
                         threads=self._threads,
                         resume=bool(resume_bytes),
+                        weights_only=checkpoint is None,
                         resource_interval_s=self._settings.resource_interval_s,
                         parent_pid=os.getpid(),
                     )

@@ -95,6 +95,7 @@ class WorkerPayload:
     master_port: int = 0
     threads: int = 1
     resume: bool = False
+    weights_only: bool = False  # the checkpoint received gives the starting weights alone
     resource_interval_s: float = 5.0
     parent_pid: int = 0
 
@@ -172,7 +173,9 @@ def _run(conn: Connection, payload: WorkerPayload) -> None:
     where = f"{device}" + (f", rank {payload.rank} of {payload.world}" if payload.world > 1 else "")
     if dist.leader:
         emit("log", {"level": "info", "message": f"training on {where} with {threads}"})
-    if checkpoint:
+    if checkpoint and payload.weights_only:
+        trainer.start_from_weights(checkpoint)
+    elif checkpoint:
         trainer.resume_from(checkpoint)
     outcome = trainer.run()
     if payload.world > 1:
