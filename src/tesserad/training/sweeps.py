@@ -220,6 +220,9 @@ def _set_path(spec: dict[str, Any], path: str, text: str) -> None:
         else:
             target = target.setdefault(part, {})
         fields, inline = spec_field.fields, spec_field.inline
+    if inline and leaf == inline:  # e.g. architecture.family: another member of the flat oneof
+        _switch_member(target, fields, inline, text, where)
+        return
     spec_field = fields.get(leaf)
     if spec_field is None or spec_field.kind != "value" or spec_field.value_type is None:
         raise InvalidArgument(f"{where} does not name a single value field of JobSpec (at {leaf!r})")
@@ -231,6 +234,21 @@ def _set_path(spec: dict[str, Any], path: str, text: str) -> None:
             if sibling.oneof == spec_field.oneof and name != leaf:
                 target.pop(name, None)
     target[leaf] = value
+
+
+def _switch_member(
+    target: dict[str, Any], fields: Mapping[str, SpecField], oneof: str, name: str, where: str
+) -> None:
+    """Make `name` the member of the flat `oneof` in `target`, dropping the old member's fields
+    (the new member's take their defaults unless parameters set them)."""
+    members = {n: f for n, f in fields.items() if f.oneof == oneof}
+    if name not in members:
+        raise InvalidArgument(f"{where}: {name!r} is not one of {', '.join(members)}")
+    current = target.get(oneof)
+    if current in members and current != name:
+        for field_name in members[current].fields:
+            target.pop(field_name, None)
+    target[oneof] = name
 
 
 def _parse(value_type: type | Choice, text: str) -> Any:

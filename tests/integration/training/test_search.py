@@ -196,3 +196,36 @@ def test_searcher_combinations_that_make_no_sense_are_refused(
     assert info.value.code() == code
     assert words in info.value.details()
     assert len(training.ListSweeps(S.ListSweepsRequest(page_size=1000)).sweeps) == before
+
+
+def test_parameters_present_only_for_one_architecture(training: training_pb2_grpc.TrainingStub) -> None:
+    family = "architecture.family"
+    spec = S.SweepSpec(
+        base=job_spec("lstm", epochs=1),
+        strategy=S.SWEEP_STRATEGY_GRID,
+        parameters=[
+            _values(family, "lstm", "transformer"),
+            _values("architecture.lstm.hidden_size", "4", "6", when=(family, ["lstm"])),
+            _values("architecture.transformer.d_model", "8", when=(family, ["transformer"])),
+            _values("architecture.transformer.num_heads", "2", when=(family, ["transformer"])),
+        ],
+        max_concurrent=2,
+        metric="val_loss",
+    )
+    sweep = _wait(training, training.SubmitSweep(S.SubmitSweepRequest(spec=spec)).sweep_id)
+    assert sweep.state == S.SWEEP_STATE_SUCCEEDED
+    assert [dict(t.params) for t in sweep.trials] == [
+        {family: "lstm", "architecture.lstm.hidden_size": "4"},
+        {family: "lstm", "architecture.lstm.hidden_size": "6"},
+        {
+            family: "transformer",
+            "architecture.transformer.d_model": "8",
+            "architecture.transformer.num_heads": "2",
+        },
+    ]
+    architectures = [
+        training.GetJob(S.GetJobRequest(job_id=t.job_id)).spec.architecture for t in sweep.trials
+    ]
+    assert [a.WhichOneof("family") for a in architectures] == ["lstm", "lstm", "transformer"]
+    assert architectures[1].lstm.hidden_size == 6
+    assert (architectures[2].transformer.d_model, architectures[2].transformer.num_heads) == (8, 2)
