@@ -116,8 +116,9 @@ def encode_job(job: JobRecord) -> bytes:
             }
             for c in job.checkpoints
         ],
-        "start_weights": job.start_weights,
     }
+    if job.start_weights:  # written only when set: earlier records keep their stored form
+        data["start_weights"] = job.start_weights
     return encode_record(KIND, SCHEMA, data)
 
 
