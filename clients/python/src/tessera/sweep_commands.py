@@ -41,7 +41,9 @@ def trial_state(trial: training_pb2.SweepTrial) -> str:
     if trial.pruned:
         return f"pruned at epoch {trial.pruned_at_epoch}" if trial.pruned_at_epoch else "pruned"
     if not trial.job_id:
-        return "pending" if trial.state == S.JOB_STATE_UNSPECIFIED else "failed to start"
+        return {S.JOB_STATE_UNSPECIFIED: "pending", S.JOB_STATE_CANCELLED: "cancelled"}.get(
+            trial.state, "failed to start"
+        )
     return S.JobState.Name(trial.state).removeprefix("JOB_STATE_").lower()
 
 
