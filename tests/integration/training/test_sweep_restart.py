@@ -71,8 +71,9 @@ def test_sigkilled_daemon_continues_a_tpe_sweep_with_asha(spawn_daemon: Any, tmp
     assert sorted(j.job_id for j in jobs) == sorted(t.job_id for t in after.trials)  # no job counted twice
     assert all(t.state in (S.JOB_STATE_SUCCEEDED, S.JOB_STATE_CANCELLED) for t in after.trials)
     assert all(t.pruned == (t.state == S.JOB_STATE_CANCELLED) for t in after.trials)
-    interrupted = [
-        j for j in jobs if j.job_id in {t.job_id for t in before.trials if t.state == S.JOB_STATE_RUNNING}
-    ]
-    assert interrupted and all(j.attempt == 2 for j in interrupted)  # resumed (or rerun), not resubmitted
+    # The trials running at the kill resumed (or reran) as their own jobs, not as new ones; one of
+    # them may have ended in the instant between the last look and the kill.
+    running = {t.job_id for t in before.trials if t.state == S.JOB_STATE_RUNNING}
+    attempts = [j.attempt for j in jobs if j.job_id in running]
+    assert 2 in attempts and set(attempts) <= {1, 2}
     assert len({t.params["optimizer.lr"] for t in after.trials}) == 5
