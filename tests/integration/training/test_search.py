@@ -66,6 +66,27 @@ def test_tpe_draws_each_trial_over_a_conditional_space(training: training_pb2_gr
     assert sweep.best_job_id == min(sweep.trials, key=lambda t: t.metric).job_id
 
 
+def test_cma_es_draws_numeric_ranges(training: training_pb2_grpc.TrainingStub) -> None:
+    spec = S.SweepSpec(
+        base=job_spec("mlp", epochs=1),
+        strategy=S.SWEEP_STRATEGY_CMA_ES,
+        parameters=[
+            _range("optimizer.lr", 0.001, 0.1, log_scale=True),
+            _range("batch_size", 8, 32, integer=True),
+        ],
+        max_trials=3,
+        max_concurrent=2,
+        metric="val_loss",
+    )
+    sweep = _wait(training, training.SubmitSweep(S.SubmitSweepRequest(spec=spec)).sweep_id)
+    assert sweep.state == S.SWEEP_STATE_SUCCEEDED and len(sweep.trials) == 3
+    for trial in sweep.trials:
+        assert 0.001 <= float(trial.params["optimizer.lr"]) <= 0.1
+        assert training.GetJob(S.GetJobRequest(job_id=trial.job_id)).spec.batch_size == int(
+            trial.params["batch_size"]
+        )
+
+
 def test_pbt_trails_copy_better_weights_and_record_their_lineage(
     training: training_pb2_grpc.TrainingStub,
 ) -> None:
