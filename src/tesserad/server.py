@@ -63,6 +63,7 @@ from tesserad.training import tracking as training_tracking
 from tesserad.training.data import DatasetAccess
 from tesserad.training.events import EventLog
 from tesserad.training.jobs import Jobs
+from tesserad.training.parents import ParentAccess
 from tesserad.training.prometheus import TrainingMetrics
 from tesserad.training.registration import JobRegistration
 from tesserad.training.sweeps import Sweeps
@@ -260,6 +261,7 @@ class Daemon:
             datasets=DatasetAccess(self.datasets),
             registration=JobRegistration(self.registry),
             worker_env=worker_environment(),
+            parents=ParentAccess(self.registry).facts,
         )
         TrainingMetrics(self.training, self.metrics.registry)
         # Jobs a previous daemon left unfinished are re-queued (those cut off while RUNNING resume

@@ -126,3 +126,11 @@ def test_readme_walkthrough_runs_top_to_bottom(spawn_daemon, tmp_path: Path) -> 
     assert re.search(r"v2\W+90%", deployed) and re.search(r"v1\W+10%", deployed), deployed
     rolled_back = output_of(steps, "tessera models rollback clips-cnn4d")
     assert "clips-cnn4d: no deployment" in rolled_back, rolled_back  # as before the deploy
+    fine_tuned = output_of(steps, "tessera train finetune.toml")
+    assert "succeeded" in fine_tuned and "clips-finetuned v1" in fine_tuned, fine_tuned
+    shown = output_of(steps, "tessera models show clips-finetuned")
+    assert re.search(r"parent\W+clips-cnn4d v1", shown), shown
+    assert "registered clips-ensemble v1: mean of" in output_of(steps, "tessera models ensemble")
+    assert "clips-ensemble v1" in output_of(steps, "tessera predict clips-ensemble")
+    ensemble_stats = output_of(steps, "tessera stats clips-ensemble")
+    assert all(v in ensemble_stats for v in ("clips-ensemble v1", "clips-cnn4d v1", "clips-cnn4d v2"))

@@ -71,7 +71,8 @@ def loaded_to_proto(entry: LoadedVersion) -> pb.LoadedModel:
         version=entry.version,
         state=_STATE_PROTO[entry.state],
         config=pb.ServingConfig(
-            runtime=_RUNTIME_PROTO[config.runtime],
+            # An ensemble has no runtime of its own: unspecified, "the version's format decides".
+            runtime=_RUNTIME_PROTO.get(config.runtime, pb.RUNTIME_UNSPECIFIED),
             device=config.device,
             instances=config.instances,
             max_batch_size=config.max_batch_size,

@@ -29,7 +29,11 @@ from tesserad.registry import (
 )
 from tesserad.registry.export import ExportResult
 
-FORMAT_NAMES = {pb.ARTIFACT_FORMAT_SAFETENSORS: "safetensors", pb.ARTIFACT_FORMAT_ONNX: "onnx"}
+FORMAT_NAMES = {
+    pb.ARTIFACT_FORMAT_SAFETENSORS: "safetensors",
+    pb.ARTIFACT_FORMAT_ONNX: "onnx",
+    pb.ARTIFACT_FORMAT_ENSEMBLE: "ensemble",
+}
 FORMAT_VALUES = {name: value for value, name in FORMAT_NAMES.items()}
 _DTYPE_PREFIX = "DATA_TYPE_"
 

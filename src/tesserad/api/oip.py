@@ -28,8 +28,8 @@ from tesserad.serving.signature import TensorSpec
 
 # Listed truthfully: perf_analyzer shows the server-side breakdown only with "statistics".
 EXTENSIONS = ["model_repository", "model_configuration", "statistics"]
-_PLATFORMS = {"onnx": "onnxruntime_onnx", "torch": "pytorch_libtorch"}
-_BACKENDS = {"onnx": "onnxruntime", "torch": "pytorch"}
+_PLATFORMS = {"onnx": "onnxruntime_onnx", "torch": "pytorch_libtorch", "ensemble": "ensemble"}
+_BACKENDS = {"onnx": "onnxruntime", "torch": "pytorch", "ensemble": ""}
 _CONFIG_DTYPES = {
     "BOOL": model_config_pb2.TYPE_BOOL,
     "UINT8": model_config_pb2.TYPE_UINT8,

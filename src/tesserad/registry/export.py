@@ -80,6 +80,10 @@ def export_version(
     """Export `source` (a safetensors version) to ONNX and register it as the model's next version."""
     from tesserad.nn import build_model, export_onnx, model_signature, spec_from_dict
 
+    if source.format == "ensemble":
+        raise FailedPrecondition(
+            f"{source.model} v{source.version} is an ensemble; export each of its members instead"
+        )
     if source.format != "safetensors":
         raise FailedPrecondition(
             f"{source.model} v{source.version} is already {source.format}; export a safetensors version"

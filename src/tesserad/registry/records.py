@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 from tesserad.store import decode_record, encode_record
 
-ArtifactFormat = Literal["safetensors", "onnx"]
-ARTIFACT_FORMATS: tuple[str, ...] = ("safetensors", "onnx")
+ArtifactFormat = Literal["safetensors", "onnx", "ensemble"]
+ARTIFACT_FORMATS: tuple[str, ...] = ("safetensors", "onnx", "ensemble")
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,12 @@ from tesserad.registry.artifacts import (
     signature_mismatches,
 )
 from tesserad.registry.deployments import current_deployment, deployment_versions
+from tesserad.registry.ensembles import (
+    MAX_SPEC_BYTES,
+    ensemble_signature,
+    member_records,
+    parse_ensemble_spec,
+)
 from tesserad.registry.records import (
     ARTIFACT_FORMATS,
     MODEL_KIND,
@@ -128,14 +134,22 @@ class Versions:
         """What can be checked from an upload's header, before any byte is stored."""
         validate_name("model", model)
         if format not in ARTIFACT_FORMATS:
-            raise InvalidArgument(f"format must be safetensors or onnx, got {format or 'unspecified'}")
+            raise InvalidArgument(
+                f"format must be safetensors, onnx or ensemble, got {format or 'unspecified'}"
+            )
         validate_signature(signature, required=format == "safetensors")
         if format == "safetensors" and not architecture:
             raise InvalidArgument(
                 "architecture is required for a safetensors upload (it says how to build the model)"
             )
+        if format == "ensemble" and architecture:
+            raise InvalidArgument("an ensemble version has no architecture; its members have theirs")
         if size_bytes <= 0:
             raise InvalidArgument(f"size_bytes must be the artifact's size in bytes (> 0), got {size_bytes}")
+        if format == "ensemble" and size_bytes > MAX_SPEC_BYTES:
+            raise InvalidArgument(
+                f"an ensemble spec is at most {format_size(MAX_SPEC_BYTES)}; this one is {format_size(size_bytes)}"
+            )
         if size_bytes > self._max_artifact_size:
             raise ResourceExhausted(
                 f"the artifact is {format_size(size_bytes)} ({size_bytes} bytes), over "
@@ -295,8 +309,11 @@ class Versions:
             else:
                 signature = graph_signature
                 validate_signature(signature, required=True)
-        else:
+        elif format == "safetensors":
             parameter_count = safetensors_parameter_count(path)
+        else:
+            ensemble = parse_ensemble_spec(path.read_bytes())
+            parameter_count = ensemble.parameter_count
 
         # Recorded through the store's group commit: registrations in flight together share one
         # commit and its fsync, and the result comes back only once that commit is durable.
@@ -310,12 +327,18 @@ class Versions:
                 fields = decode_record(raw, MODEL_KIND, SCHEMA)[1]
             number = int(fields["next_version"])
             self._check_lineage(txn, model, lineage)
+            version_signature, version_parameters = signature, parameter_count
+            if format == "ensemble":
+                # Checked in the recording transaction, so a member deleted meanwhile is seen.
+                members = member_records(ensemble, lambda m, v: version_record(txn, m, v))
+                version_signature = ensemble_signature(ensemble, members, signature)
+                version_parameters += sum(r.parameter_count for r in members)
             record = VersionRecord(
                 model=model,
                 version=number,
                 format=format,
                 description=description,
-                signature=signature,
+                signature=version_signature,
                 architecture=architecture,
                 params=dict(params),
                 metrics=dict(metrics),
@@ -325,7 +348,7 @@ class Versions:
                 size_bytes=blob.size,
                 created_at=time.time(),
                 created_by=actor,
-                parameter_count=parameter_count,
+                parameter_count=version_parameters,
             )
             fields["next_version"] = number + 1
             fields["version_count"] = int(fields["version_count"]) + 1

@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tesserad.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
+from tesserad.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, TesseraError, Unavailable
 from tesserad.serving.runtimes import Runtime
 from tesserad.serving.stats import ServingStats
 
@@ -409,8 +409,10 @@ class DynamicBatcher:
 
     def _fail(self, request: _Request, exc: Exception) -> None:
         log.warning("%s failed on a request: %s", self.label, exc)
+        # A domain error (an ensemble's member refusing the request) already says what to fix.
+        error = exc if isinstance(exc, TesseraError) else None
         request.future.set_exception(
-            InvalidArgument(f"{self.label} could not run this request: {_first_line(exc)}")
+            error or InvalidArgument(f"{self.label} could not run this request: {_first_line(exc)}")
         )
         self._stats.record_failure(time.perf_counter_ns() - request.enqueued_ns, request.shadow)
 

@@ -256,7 +256,8 @@ class InferenceService:
 
     def stats_entries(self, target: Target) -> list[LoadedVersion]:
         """The loaded versions whose figures a stats call reports: every loaded version without a
-        model; NotFound for a model, version or alias that does not exist or is not loaded."""
+        model; an ensemble's loaded members after it; NotFound for a model, version or alias that
+        does not exist or is not loaded."""
         if not target.model:
             return self.pool.list()
         entries = self.pool.list(target.model)
@@ -264,13 +265,18 @@ class InferenceService:
             if not entries:
                 self._source.servable(target.model, None, LATEST)  # NotFound for a model that does not exist
                 raise self._no_stats(f"model {target.model!r} has no loaded version")
-            return entries
+            return self._with_members(entries)
         version = self.resolve_version(target)
         entries = [e for e in entries if e.version == version]
         if not entries:
             self._source.servable(target.model, version, None)  # NotFound for a version that does not exist
             raise self._no_stats(f"model {target.model!r} version {version} is not loaded")
-        return entries
+        return self._with_members(entries)
+
+    def _with_members(self, entries: list[LoadedVersion]) -> list[LoadedVersion]:
+        keys = {(e.model, e.version) for e in entries}
+        members = {key for e in entries for key in e.members if key not in keys}
+        return entries + [e for e in self.pool.list() if (e.model, e.version) in members]
 
     def _no_stats(self, what: str) -> NotFound:
         if self._autoload:
@@ -405,7 +411,9 @@ class InferenceService:
         router = self._routers.get(model)
         if router is not None:
             still_served |= router.versions()
-        for version in sorted(previously_served - still_served):
+        # A loaded ensemble's member stays: the ensemble would load it again on its next request.
+        in_ensembles = {v for m, v in self.pool.ensemble_members() if m == model}
+        for version in sorted(previously_served - still_served - in_ensembles):
             if self.pool.get(model, version) is not None:
                 self.pool.unload(model, version)
                 log.info("unloaded version %s of %r after its targets moved", version, model)

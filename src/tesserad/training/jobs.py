@@ -26,13 +26,14 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
 
 from tesserad.config import TrainingSettings
-from tesserad.datasets.references import hold_blob, hold_dataset, release_blob
+from tesserad.datasets.references import blob_held, delete_unheld_blobs, hold_blob, hold_dataset, release_blob
 from tesserad.errors import FailedPrecondition, NotFound
 from tesserad.host import usable_cpu_count
 from tesserad.ids import new_id
 from tesserad.paging import make_token, page_size, resume_after
 from tesserad.store import BlobRef, BlobStore, Store, WriteTxn, pack, unpack
 from tesserad.training.events import EventLog, JobEvent
+from tesserad.training.finetune import ParentLookup
 from tesserad.training.job_records import Checkpoint, JobError, JobRecord, Registered, decode_job, encode_job
 from tesserad.training.scheduler import DeviceInventory, QueuedJob, pick_runnable, queue_position
 from tesserad.training.spec import DatasetFacts, DeviceFacts, normalize_spec
@@ -90,7 +91,7 @@ def flatten_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
     """The hyperparameters of a config as run params ("optimizer.lr" -> "0.001")."""
     out: dict[str, str] = {}
     for key, value in config.items():
-        if key in ("tags", "register_as", "experiment", "run_name", "priority", "dataset_sha256"):
+        if key in ("tags", "register_as", "experiment", "run_name", "priority", "dataset_sha256", "sha256"):
             continue
         name = f"{prefix}{key}"
         if isinstance(value, dict):
@@ -152,6 +153,7 @@ class Jobs:
         datasets: DatasetAccess,
         registration: Registration,
         worker_env: dict[str, str],
+        parents: ParentLookup,
     ) -> None:
         self._store = store
         self._blobs = blobs
@@ -160,6 +162,7 @@ class Jobs:
         self._settings = settings
         self._datasets = datasets
         self._registration = registration
+        self._parents = parents
         self._worker_env = worker_env
         self._device_facts = DeviceFacts(settings.cpu_slots, gpu_count)
         self._inventory = DeviceInventory(settings.cpu_slots, gpu_count)
@@ -254,7 +257,7 @@ class Jobs:
 
     def check(self, raw_spec: dict[str, Any]) -> dict[str, Any]:
         """The complete config of a spec, or the error SubmitJob would give."""
-        return normalize_spec(raw_spec, self._datasets.facts, self._device_facts)
+        return normalize_spec(raw_spec, self._datasets.facts, self._device_facts, self._parents)
 
     def submit(
         self,
@@ -271,6 +274,9 @@ class Jobs:
         document = copy.deepcopy(spec_document)
         document.setdefault("data", {}).setdefault("dataset", {})["version"] = config["data"]["version"]
         document["experiment"] = config["experiment"]
+        if fine_tune := config.get("fine_tune"):
+            # As the dataset: the version an alias named at submit, so the spec stays reproducible.
+            document["init_from"] = {"model": fine_tune["model"], "version": fine_tune["version"]}
         run = Run(
             run_id=new_id("run"),
             experiment=config["experiment"],
@@ -316,6 +322,8 @@ class Jobs:
             hold_dataset(txn, data["dataset"], data["version"], f"job:{job_id}")
             if start_weights:
                 hold_blob(txn, start_weights, f"job:{job_id}:start")
+            if config.get("fine_tune"):
+                self._hold_parent_weights(txn, job)
             self._put(txn, job)
         with self._lock:
             self._events.open_job(job_id, 0, False)
@@ -331,6 +339,17 @@ class Jobs:
             self._queue[job_id] = self._queued(job)
             self._wake.notify_all()
         return self.get(job_id)
+
+    @staticmethod
+    def _hold_parent_weights(txn: WriteTxn, job: JobRecord) -> None:
+        """Keep the weights a fine-tuning job starts from until it ends, even if their version is
+        deleted meanwhile."""
+        fine_tune = job.config["fine_tune"]
+        if not blob_held(txn, fine_tune["sha256"]):
+            raise NotFound(
+                f"spec.init_from: {fine_tune['model']} v{fine_tune['version']} was deleted while the job was submitted"
+            )
+        hold_blob(txn, fine_tune["sha256"], f"job:{job.job_id}:init_from")
 
     def figures(self) -> TrainingFigures:
         with self._lock:
@@ -509,9 +528,13 @@ class Jobs:
         world = len(devices)
         cuda_indices = [int(d.split(":")[1]) for d in devices] if kind == "cuda" else []
         port = _free_port() if world > 1 else 0
-        # A job that starts from another's weights takes them until it has checkpoints of its own.
-        start = checkpoint.sha256 if checkpoint else job.start_weights
-        resume_bytes = self._blobs.read_bytes(start) if start else b""
+        # A job that starts from another's weights (a PBT trial) takes them until it has
+        # checkpoints of its own.
+        start_sha256 = checkpoint.sha256 if checkpoint else job.start_weights
+        resume_bytes = self._blobs.read_bytes(start_sha256) if start_sha256 else b""
+        fine_tune = config.get("fine_tune")
+        # A resumed attempt's checkpoint (or a PBT trial's start) already holds the weights it goes on from.
+        initial_bytes = self._blobs.read_bytes(fine_tune["sha256"]) if fine_tune and not resume_bytes else b""
         processes: list[multiprocessing.process.BaseProcess] = []
         conns: list[Connection] = []
         with _ENV_LOCK:
@@ -534,6 +557,7 @@ class Jobs:
                         threads=self._threads,
                         resume=bool(resume_bytes),
                         weights_only=checkpoint is None,
+                        initial_weights=bool(initial_bytes),
                         resource_interval_s=self._settings.resource_interval_s,
                         parent_pid=os.getpid(),
                     )
@@ -554,9 +578,10 @@ class Jobs:
                     else:
                         os.environ[key] = value
         running = _Running(processes, conns)
-        if resume_bytes:
-            for conn in conns:
-                conn.send_bytes(resume_bytes)
+        for start in (resume_bytes, initial_bytes):
+            if start:
+                for conn in conns:
+                    conn.send_bytes(start)
         with self._lock:
             self._running[job.job_id] = running
             if self._closing:
@@ -722,7 +747,27 @@ class Jobs:
 
     def _finish(self, job: JobRecord, state: str, reason: str) -> None:
         job = replace(job, ended_at=time.time())
-        job = self._set_state(job, state, reason, ends=True, also=self._run_status(job, state))
+        run_status = self._run_status(job, state)
+        fine_tune = job.config.get("fine_tune")
+        holder = f"job:{job.job_id}:init_from"
+
+        start_weights = job.start_weights
+
+        def end(txn: WriteTxn, event: JobEvent) -> None:
+            run_status(txn, event)
+            if fine_tune:
+                release_blob(txn, fine_tune["sha256"], holder)
+            if start_weights:
+                release_blob(txn, start_weights, f"job:{job.job_id}:start")
+
+        job = self._set_state(job, state, reason, ends=True, also=end)
+        # The parent's blob goes only when its version was deleted (or, for a PBT trial's start,
+        # the checkpoint dropped by its job) while the job ran.
+        released = {fine_tune["sha256"]} if fine_tune else set()
+        if start_weights:
+            released.add(start_weights)
+        if released:
+            delete_unheld_blobs(self._store, self._blobs, released)
         with self._lock:
             self._active.pop(job.job_id, None)
         self._notify(job, "ended", {})

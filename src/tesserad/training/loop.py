@@ -23,6 +23,7 @@ from torch import nn
 
 from tesserad.nn import build_model, spec_from_dict
 from tesserad.training.checkpoints import checkpoint_bytes, restore, restore_weights, weights_bytes
+from tesserad.training.finetune import parameter_groups, start_from_parent
 from tesserad.training.schedules import lr_at
 
 Emit = Callable[[str, dict[str, Any]], None]
@@ -113,6 +114,7 @@ class Trainer:
         save_checkpoint: Callable[[bytes, dict[str, Any]], None],
         should_stop: Callable[[], bool],
         resource_interval_s: float,
+        initial_weights: bytes = b"",
     ) -> None:
         self.config = config
         self.device = device
@@ -137,7 +139,12 @@ class Trainer:
             torch.as_tensor(data.val_indices, dtype=torch.long) if data.val_indices is not None else None
         )
         torch.manual_seed(config["seed"])
-        self.model: nn.Module = build_model(spec_from_dict(config["architecture"])).to(device)
+        self.model: nn.Module = build_model(spec_from_dict(config["architecture"]))
+        fine_tune = config.get("fine_tune")
+        if fine_tune:
+            # A resumed attempt gets no initial weights: its checkpoint brings them.
+            start_from_parent(self.model, initial_weights or None, fine_tune, config["architecture"])
+        self.model = self.model.to(device)
         self.net: nn.Module = self.model
         if dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -145,7 +152,12 @@ class Trainer:
             self.net = DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None
             )
-        self.optimizer = build_optimizer(self.net.parameters(), config["optimizer"])
+        params = (
+            parameter_groups(self.model, fine_tune, config["architecture"])
+            if fine_tune
+            else self.net.parameters()
+        )
+        self.optimizer = build_optimizer(params, config["optimizer"])
         self.loss_fn = loss_function(self.task, config["loss"])
         batch = config["batch_size"]
         per_rank = math.ceil(len(self.train_indices) / dist.world)
@@ -221,7 +233,7 @@ class Trainer:
                     self.steps_per_epoch,
                 )
                 for group in self.optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
                 out = self.net(x)
                 loss = self.loss_fn(out, y)
                 value = loss.item()

@@ -23,12 +23,15 @@ class JobRegistration:
             tuple(TensorSpec(t.name, t.dtype, tuple(t.shape)) for t in outputs),
         )
         data = config["data"]
+        parent = config.get("fine_tune") or {}
         lineage = Lineage(
             run_id=job.run_id,
             job_id=job.job_id,
             experiment=job.experiment,
             datasets=(DatasetLineage(data["dataset"], data["version"], config["dataset_sha256"]),),
             job_spec=job.spec,
+            parent_version=parent.get("version", 0),
+            parent_model="" if parent.get("model", target["model"]) == target["model"] else parent["model"],
         )
         record = self._registry.register_version(
             target["model"],

@@ -22,6 +22,7 @@ from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, Tesse
 from tesserad.names import RESERVED_ALIASES, validate_name
 from tesserad.nn.specs import FAMILIES as ARCHITECTURE_FAMILIES
 from tesserad.nn.specs import ArchitectureSpec, spec_problems, spec_to_dict, unchecked_spec_from_dict
+from tesserad.training.finetune import ParentLookup, check_fine_tuning, check_parent
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 REGRESSION_LOSSES = ("mse", "l1", "huber")
@@ -180,6 +181,16 @@ SPEC_FIELDS: Mapping[str, SpecField] = {
     "register_as": _message({"model": _value(str), "alias": _value(str), "description": _value(str)}),
     "log_every_n_steps": _value(int),
     "tags": _LIST,
+    "init_from": _message(
+        {
+            "model": _value(str),
+            "version": _value(int, oneof="selector"),
+            "alias": _value(str, oneof="selector"),
+        }
+    ),
+    "freeze": _LIST,
+    "replace_head": _message({"output_size": _value(int)}),
+    "backbone_lr_scale": _value(float),
 }
 
 
@@ -226,10 +237,13 @@ class _Problems:
         raise kind(f"the spec has {len(self.found)} problems:\n{lines}")
 
 
-def normalize_spec(raw: dict[str, Any], dataset: Any, devices: DeviceFacts) -> dict[str, Any]:
+def normalize_spec(
+    raw: dict[str, Any], dataset: Any, devices: DeviceFacts, parents: ParentLookup
+) -> dict[str, Any]:
     """The complete job config, or InvalidArgument / FailedPrecondition naming every bad field.
 
-    `dataset(name, version)` returns DatasetFacts or raises NotFound.
+    `dataset(name, version)` returns DatasetFacts or raises NotFound; `parents` looks up the
+    version a fine-tuning job starts from (training.finetune).
     """
     problems = _Problems()
     config: dict[str, Any] = {}
@@ -238,8 +252,11 @@ def normalize_spec(raw: dict[str, Any], dataset: Any, devices: DeviceFacts) -> d
         problems.name("spec.run_name", raw["run_name"])
     config["run_name"] = raw.get("run_name", "")
 
-    arch_spec = _check_architecture(raw.get("architecture") or {}, problems)
+    parent, architecture = check_parent(raw, parents, problems.found)
+    arch_spec = _check_architecture(architecture, problems) if architecture is not None else None
     config["architecture"] = spec_to_dict(arch_spec) if arch_spec is not None else None
+    if parent is not None and arch_spec is not None:
+        config["fine_tune"] = check_fine_tuning(raw, parent, config["architecture"], problems.found)
 
     task = raw.get("task") or "classification"
     config["task"] = task

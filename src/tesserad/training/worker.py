@@ -3,8 +3,8 @@
 It talks to the daemon over a pipe and nothing else: it never opens the store or the blob
 directory. Messages to the daemon are the classes below (EventMessage, CheckpointMessage,
 DoneMessage, ErrorMessage), pickled by the pipe; the daemon stores checkpoints and final
-weights as blobs. A resumed job's worker first receives its checkpoint's bytes; a
-CancelMessage asks it to stop at the next step boundary.
+weights as blobs. A resumed job's worker first receives its checkpoint's bytes, a fine-tuning
+job's first attempt the weights it starts from; a CancelMessage asks it to stop at the next step boundary.
 
 The daemon sets the worker's environment (tesserad.runtime_env) around the spawn, because
 malloc tunables act only at process start. Torch is imported inside the process only.
@@ -96,6 +96,8 @@ class WorkerPayload:
     threads: int = 1
     resume: bool = False
     weights_only: bool = False  # the checkpoint received gives the starting weights alone
+    # A fine-tuning job's first attempt: the parent's weights (safetensors) follow on the pipe.
+    initial_weights: bool = False
     resource_interval_s: float = 5.0
     parent_pid: int = 0
 
@@ -144,6 +146,7 @@ def _run(conn: Connection, payload: WorkerPayload) -> None:
             world_size=payload.world,
         )
     checkpoint = conn.recv_bytes() if payload.resume else b""
+    initial_weights = conn.recv_bytes() if payload.initial_weights else b""
     cancelled = False
 
     def should_stop() -> bool:
@@ -167,7 +170,15 @@ def _run(conn: Connection, payload: WorkerPayload) -> None:
         payload.val_indices,
     )
     trainer = Trainer(
-        payload.config, data, device, dist, emit, save_checkpoint, should_stop, payload.resource_interval_s
+        payload.config,
+        data,
+        device,
+        dist,
+        emit,
+        save_checkpoint,
+        should_stop,
+        payload.resource_interval_s,
+        initial_weights,
     )
     threads = f"{payload.threads} thread{'s' if payload.threads != 1 else ''}"
     where = f"{device}" + (f", rank {payload.rank} of {payload.world}" if payload.world > 1 else "")

@@ -46,3 +46,11 @@ def test_models_push_names_the_architecture_problem_by_its_place_in_the_file(tes
     assert result.err.strip() == (
         f"tessera: {spec}:10: architecture.mlp.hiden_sizes: unknown key; did you mean hidden_sizes?"
     )
+
+
+def test_train_from_an_unknown_version_says_so_through_the_daemon(tessera_cli, tmp_path):
+    spec = tmp_path / "finetune.toml"
+    spec.write_text('init_from = { model = "nope", version = 3 }\nfreeze = ["features.*"]\n')
+    result = tessera_cli("train", str(spec))
+    assert result.code == 1 and "Traceback" not in result.err
+    assert "spec.init_from: model 'nope' does not exist" in result.err, result.err

@@ -11,6 +11,7 @@ import pytest
 from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from tesserad.store import Store
 from tesserad.training.events import EventLog
+from tesserad.training.finetune import ParentFacts
 from tesserad.training.scheduler import DeviceInventory, QueuedJob, pick_runnable
 from tesserad.training.schedules import lr_at
 from tesserad.training.spec import DatasetFacts, DeviceFacts, normalize_spec
@@ -86,6 +87,10 @@ FACTS = DatasetFacts(
 )
 
 
+def _no_parent(model: str, version: int | None, alias: str | None) -> ParentFacts:
+    raise NotFound(f"model {model!r} does not exist")
+
+
 def _dataset(name: str, version: int) -> DatasetFacts:
     if name != "d":
         raise NotFound(f"dataset {name!r} does not exist")
@@ -102,7 +107,7 @@ def _raw(**changes: object) -> dict:
 
 
 def test_spec_defaults_are_applied() -> None:
-    config = normalize_spec(_raw(), _dataset, DeviceFacts(cpu_slots=1, gpu_count=0))
+    config = normalize_spec(_raw(), _dataset, DeviceFacts(cpu_slots=1, gpu_count=0), _no_parent)
     assert config["experiment"] == "default" and config["task"] == "classification"
     assert config["data"] == {
         "dataset": "d",
@@ -127,7 +132,10 @@ def test_spec_defaults_are_applied() -> None:
 def test_spec_regression_targets_must_fit_the_output() -> None:
     devices = DeviceFacts(1, 0)
     config = normalize_spec(
-        _raw(task="regression", data={"dataset": {"name": "d"}, "target_array": "r"}), _dataset, devices
+        _raw(task="regression", data={"dataset": {"name": "d"}, "target_array": "r"}),
+        _dataset,
+        devices,
+        _no_parent,
     )
     assert config["loss"] == "mse"
     arch = {"family": "mlp", "input_shape": [4], "output_size": 3}
@@ -136,8 +144,9 @@ def test_spec_regression_targets_must_fit_the_output() -> None:
             _raw(task="regression", architecture=arch, data={"dataset": {"name": "d"}, "target_array": "r"}),
             _dataset,
             devices,
+            _no_parent,
         )
     with pytest.raises(FailedPrecondition, match=re.escape("spec.data.dataset: dataset 'e' does not exist")):
-        normalize_spec(_raw(data={"dataset": {"name": "e"}}), _dataset, devices)
+        normalize_spec(_raw(data={"dataset": {"name": "e"}}), _dataset, devices, _no_parent)
     with pytest.raises(InvalidArgument, match=re.escape("spec.architecture.mlp.hidden_sizes")):
-        normalize_spec(_raw(architecture={**arch, "hidden_sizes": [0]}), _dataset, devices)
+        normalize_spec(_raw(architecture={**arch, "hidden_sizes": [0]}), _dataset, devices, _no_parent)

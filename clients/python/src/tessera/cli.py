@@ -21,6 +21,7 @@ from rich.text import Text
 
 from tessera.client import Client
 from tessera.demo import run_demo
+from tessera.ensembles import COMBINES, fit_stacking, member_pair
 from tessera.errors import JobFailed, TesseraError
 from tessera.events import JobState
 from tessera.follow import follow
@@ -276,6 +277,43 @@ def cmd_models_push(client: Client, args: argparse.Namespace, out: Output) -> No
     out.line(
         f"registered {version.model} v{version.version} ({size(version.size_bytes)}, sha256 {version.sha256[:12]})"
     )
+
+
+def cmd_models_ensemble(client: Client, args: argparse.Namespace, out: Output) -> None:
+    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    stacking = None
+    if args.fit:
+        if args.combine != "stacking":
+            raise ValueError("--fit fits a stacking combiner; use it with --combine stacking")
+        stacking = fit_stacking_on(client, args.members, args.fit, args.fit_target)
+    version = client.models.register_ensemble(
+        args.model,
+        args.members,
+        args.combine,
+        weights=weights,
+        stacking=stacking,
+        alias=args.alias,
+        description=args.description,
+    )
+    if out.as_json:
+        return out.json(version)
+    out.line(f"registered {version.model} v{version.version}: {args.combine} of {', '.join(args.members)}")
+
+
+def fit_stacking_on(client: Client, members: Sequence[str], path: str, target: str) -> dict[str, Any]:
+    """A stacking combiner fitted on held-out rows: the .npz's inputs run through each member."""
+    arrays = load_inputs(path)
+    if target not in arrays:
+        raise ValueError(
+            f"{path} has no {target!r} array (the targets: class labels or scores); name it with --fit-target"
+        )
+    targets = arrays.pop(target)
+    outputs = []
+    for member in members:
+        model, version = member_pair(member)
+        (output,) = client.inference.predict(model, arrays, version=version).outputs.values()
+        outputs.append(output)
+    return fit_stacking(outputs, targets)
 
 
 def cmd_models_alias(client: Client, args: argparse.Namespace, out: Output) -> None:
@@ -729,6 +767,33 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--alias", help="move this alias to the new version")
     sub.add_argument("--description", default="")
     command(models, "versions", cmd_models_versions, "a model's versions, newest first").add_argument("model")
+    sub = command(
+        models,
+        "ensemble",
+        cmd_models_ensemble,
+        "register an ensemble of versions (MEMBER is MODEL:VERSION) as the model's next version",
+    )
+    sub.add_argument("model")
+    sub.add_argument("members", nargs="+", metavar="MEMBER")
+    sub.add_argument(
+        "--combine",
+        choices=COMBINES,
+        default="mean",
+        help="mean of the outputs (default); vote: each member's top class is a vote; weighted_mean "
+        "(--weights); stacking: a linear combiner fitted with --fit",
+    )
+    sub.add_argument("--weights", help="weighted_mean: one weight per member, e.g. 2,1,1")
+    sub.add_argument(
+        "--fit",
+        metavar="FILE.npz",
+        help="stacking: held-out inputs (by name) and targets; each member predicts them, and the "
+        "combiner is fitted by least squares",
+    )
+    sub.add_argument(
+        "--fit-target", default="y", metavar="NAME", help="the targets' array in --fit (default y)"
+    )
+    sub.add_argument("--alias", help="move this alias to the new version")
+    sub.add_argument("--description", default="")
     sub = command(models, "alias", cmd_models_alias, "point an alias at a version")
     sub.add_argument("model")
     sub.add_argument("alias")

@@ -114,6 +114,10 @@ class JobSpec(_message.Message):
     REGISTER_AS_FIELD_NUMBER: _builtins.int
     LOG_EVERY_N_STEPS_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
+    INIT_FROM_FIELD_NUMBER: _builtins.int
+    FREEZE_FIELD_NUMBER: _builtins.int
+    REPLACE_HEAD_FIELD_NUMBER: _builtins.int
+    BACKBONE_LR_SCALE_FIELD_NUMBER: _builtins.int
     experiment: _builtins.str
     """Experiment the job's run belongs to; created on first use. Default "default"."""
     run_name: _builtins.str
@@ -136,6 +140,10 @@ class JobSpec(_message.Message):
     """Higher runs first; equal priorities run in submission order."""
     log_every_n_steps: _builtins.int
     """Emit a step-metrics event every N steps; default 10."""
+    backbone_lr_scale: _builtins.float
+    """The learning rate of every parameter outside the final layer is optimizer.lr times this
+    (the schedule applies to both); 0 means 1. Needs init_from.
+    """
     @_builtins.property
     def architecture(self) -> _architecture_pb2.Architecture: ...
     @_builtins.property
@@ -156,6 +164,28 @@ class JobSpec(_message.Message):
 
     @_builtins.property
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def init_from(self) -> _common_pb2.VersionRef:
+        """Fine-tuning (fields 20-29). Start from the weights of a registered torch (safetensors)
+        version instead of a random initialisation; with neither version nor alias, its newest
+        version. The job's architecture defaults to the parent's (output_size from replace_head
+        when set); a given architecture must have the parent's tensor names and shapes outside a
+        replaced head. A mismatch, or a parent that is not a torch model (ONNX), is
+        INVALID_ARGUMENT naming the tensor and both shapes; an unknown model or version is
+        NOT_FOUND. The registered version's lineage names the parent.
+        """
+
+    @_builtins.property
+    def freeze(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Parameters that do not train, as globs over parameter names (fnmatch: "features.*",
+        "1.weight"); each must match a parameter outside a replaced head, which always trains.
+        Only parameters freeze: normalisation statistics still update in training mode.
+        """
+
+    @_builtins.property
+    def replace_head(self) -> Global___ReplaceHead:
+        """A new, freshly initialised final layer for a task with a different output."""
+
     def __init__(
         self,
         *,
@@ -178,14 +208,38 @@ class JobSpec(_message.Message):
         register_as: Global___RegisterAs | None = ...,
         log_every_n_steps: _builtins.int = ...,
         tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        init_from: _common_pb2.VersionRef | None = ...,
+        freeze: _abc.Iterable[_builtins.str] | None = ...,
+        replace_head: Global___ReplaceHead | None = ...,
+        backbone_lr_scale: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "checkpoints", b"checkpoints", "data", b"data", "devices", b"devices", "early_stopping", b"early_stopping", "lr_schedule", b"lr_schedule", "optimizer", b"optimizer", "register_as", b"register_as"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "checkpoints", b"checkpoints", "data", b"data", "devices", b"devices", "early_stopping", b"early_stopping", "init_from", b"init_from", "lr_schedule", b"lr_schedule", "optimizer", b"optimizer", "register_as", b"register_as", "replace_head", b"replace_head"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "batch_size", b"batch_size", "checkpoints", b"checkpoints", "data", b"data", "devices", b"devices", "early_stopping", b"early_stopping", "epochs", b"epochs", "experiment", b"experiment", "log_every_n_steps", b"log_every_n_steps", "loss", b"loss", "lr_schedule", b"lr_schedule", "max_steps", b"max_steps", "optimizer", b"optimizer", "priority", b"priority", "register_as", b"register_as", "run_name", b"run_name", "seed", b"seed", "tags", b"tags", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "backbone_lr_scale", b"backbone_lr_scale", "batch_size", b"batch_size", "checkpoints", b"checkpoints", "data", b"data", "devices", b"devices", "early_stopping", b"early_stopping", "epochs", b"epochs", "experiment", b"experiment", "freeze", b"freeze", "init_from", b"init_from", "log_every_n_steps", b"log_every_n_steps", "loss", b"loss", "lr_schedule", b"lr_schedule", "max_steps", b"max_steps", "optimizer", b"optimizer", "priority", b"priority", "register_as", b"register_as", "replace_head", b"replace_head", "run_name", b"run_name", "seed", b"seed", "tags", b"tags", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JobSpec: _TypeAlias = JobSpec  # noqa: Y015
+
+@_typing.final
+class ReplaceHead(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTPUT_SIZE_FIELD_NUMBER: _builtins.int
+    output_size: _builtins.int
+    """The new final layer's outputs (classes, or regression targets); >= 1."""
+    def __init__(
+        self,
+        *,
+        output_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["output_size", b"output_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplaceHead: _TypeAlias = ReplaceHead  # noqa: Y015
 
 @_typing.final
 class DataSpec(_message.Message):

@@ -36,6 +36,11 @@ class _ArtifactFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Artifa
     """safetensors weights; the version's `architecture` says how to build the model."""
     ARTIFACT_FORMAT_ONNX: _ArtifactFormat.ValueType  # 2
     """A self-contained ONNX model; checked with onnx.checker on upload."""
+    ARTIFACT_FORMAT_ENSEMBLE: _ArtifactFormat.ValueType  # 3
+    """An ensemble: a UTF-8 JSON spec naming member versions (same signature) and how their
+    outputs combine: {"members": [{"model", "version"}, ...], "combine": "mean" | "vote" |
+    "weighted_mean" | "stacking", "weights": [...], "stacking": {"weights", "bias"}}.
+    """
 
 class ArtifactFormat(_ArtifactFormat, metaclass=_ArtifactFormatEnumTypeWrapper): ...
 
@@ -44,6 +49,11 @@ ARTIFACT_FORMAT_SAFETENSORS: ArtifactFormat.ValueType  # 1
 """safetensors weights; the version's `architecture` says how to build the model."""
 ARTIFACT_FORMAT_ONNX: ArtifactFormat.ValueType  # 2
 """A self-contained ONNX model; checked with onnx.checker on upload."""
+ARTIFACT_FORMAT_ENSEMBLE: ArtifactFormat.ValueType  # 3
+"""An ensemble: a UTF-8 JSON spec naming member versions (same signature) and how their
+outputs combine: {"members": [{"model", "version"}, ...], "combine": "mean" | "vote" |
+"weighted_mean" | "stacking", "weights": [...], "stacking": {"weights", "bias"}}.
+"""
 Global___ArtifactFormat: _TypeAlias = ArtifactFormat  # noqa: Y015
 
 @_typing.final
@@ -694,7 +704,8 @@ class UploadVersionHeader(_message.Message):
     @_builtins.property
     def signature(self) -> _common_pb2.Signature:
         """Required for safetensors; for onnx it must match the graph's inputs and outputs
-        (names, dtypes, ranks and fixed dims), and is taken from the graph when omitted.
+        (names, dtypes, ranks and fixed dims), and is taken from the graph when omitted; for an
+        ensemble it is taken from the members (which must agree) and must match theirs when given.
         """
 
     @_builtins.property

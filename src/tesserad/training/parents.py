@@ -1,0 +1,40 @@
+"""The jobs' view of the Registry for fine-tuning: facts about the version a job starts from."""
+
+from __future__ import annotations
+
+import contextlib
+
+from safetensors import safe_open
+
+from tesserad.errors import NotFound
+from tesserad.registry import Registry
+from tesserad.training.finetune import ParentFacts
+
+
+class ParentAccess:
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+
+    def facts(self, model: str, version: int | None, alias: str | None) -> ParentFacts:
+        """The version by number or alias ("latest" when neither); NotFound as the registry says."""
+        record = self._registry.resolve(model, version=version, alias=alias)
+        tensors: dict[str, tuple[int, ...]] = {}
+        torch_source = 0
+        if record.format == "safetensors":
+            # The registry checked the header at upload; this reads it again for the shapes.
+            with self._registry.artifact_path(record) as path, safe_open(path, framework="numpy") as file:
+                names: list[str] = file.keys()
+                tensors = {name: tuple(file.get_slice(name).get_shape()) for name in names}
+        elif record.lineage.parent_version and record.lineage.parent_model in ("", record.model):
+            with contextlib.suppress(NotFound):  # the source may have been deleted since
+                source = self._registry.get_version(record.model, record.lineage.parent_version)
+                torch_source = source.version if source.format == "safetensors" else 0
+        return ParentFacts(
+            model=record.model,
+            version=record.version,
+            format=record.format,
+            sha256=record.sha256,
+            architecture=record.architecture,
+            tensors=tensors,
+            torch_source=torch_source,
+        )
