@@ -313,6 +313,19 @@ class ServingSettings:
         parse_number(float, 0.0, 3600.0),
         "how long an unloaded or swapped-out version may finish its queue",
     )
+    explain_threads: int = setting(
+        1,
+        parse_number(int, 1, 64),
+        "threads that compute explanations (Explain); at most this many run at once beside Predict",
+    )
+    explain_queue_size: int = setting(
+        4, parse_number(int, 1, 1024), "most explanations waiting for a thread; beyond: RESOURCE_EXHAUSTED"
+    )
+    explain_chunk_rows: int = setting(
+        8,
+        parse_number(int, 1, 4096),
+        "most model rows an explanation runs at once; a Predict waits behind at most one such chunk",
+    )
     switch_interval_us: float = setting(
         500.0,
         parse_number(float, 0.0, 100_000.0),

@@ -114,6 +114,7 @@ ROLE_TABLE: dict[str, dict[str, Role]] = {
         "ListLoaded": _R,
         "GetStats": _R,
         "ListShadowResults": _R,
+        "Explain": _R,
     },
     "inference.GRPCInferenceService": {
         "ServerLive": _R,

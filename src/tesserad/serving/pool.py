@@ -94,6 +94,8 @@ class ServableVersion:
     architecture: Mapping[str, Any] | None = None
     # An ensemble's members, read when it loads (FailedPrecondition naming a member that is gone).
     ensemble: Callable[[], EnsemblePlan] | None = None
+    # (model, version) its lineage names as parent (an ONNX export's torch source), if any.
+    parent: tuple[str, int] | None = None
 
 
 def servable_file(model: str, version: int, format: str, path: Path, **more: Any) -> ServableVersion:

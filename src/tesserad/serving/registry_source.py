@@ -17,7 +17,7 @@ from tesserad.registry import Signature as RegistrySignature
 from tesserad.registry.ensembles import Member, parse_ensemble_spec
 from tesserad.serving.ensemble import EnsemblePlan
 from tesserad.serving.pool import ModelPool, ServableVersion, ServingDefaults
-from tesserad.serving.service import DeploymentPlan, InferenceService
+from tesserad.serving.service import DeploymentPlan, ExplainLimits, InferenceService
 from tesserad.serving.signature import Signature, TensorSpec
 from tesserad.serving.stats import ServingMetrics
 
@@ -45,6 +45,9 @@ class RegistrySource:
             signature=_signature(record.signature),
             architecture=record.architecture,
             ensemble=(lambda: self._ensemble_plan(record)) if record.format == "ensemble" else None,
+            parent=(lineage.parent_model or record.model, lineage.parent_version)
+            if (lineage := record.lineage).parent_version
+            else None,
         )
 
     def _ensemble_plan(self, record: VersionRecord) -> EnsemblePlan:
@@ -108,4 +111,11 @@ def build_inference(
         drain_timeout_s=settings.drain_timeout_s,
     )
     pool = ModelPool(defaults, ServingMetrics(prometheus))
-    return InferenceService(RegistrySource(registry), pool, autoload=settings.autoload)
+    return InferenceService(
+        RegistrySource(registry),
+        pool,
+        autoload=settings.autoload,
+        explain_limits=ExplainLimits(
+            settings.explain_threads, settings.explain_queue_size, settings.explain_chunk_rows
+        ),
+    )

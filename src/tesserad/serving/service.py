@@ -23,6 +23,7 @@ import numpy as np
 
 from tesserad.errors import FailedPrecondition, NotFound, TesseraError, Unavailable
 from tesserad.serving.batcher import BatcherClosed, Prediction
+from tesserad.serving.explain import Explainer, ExplainOptions, Method, QueuedExplanation
 from tesserad.serving.pool import LoadedVersion, ModelPool, ServableVersion, ServingConfig
 from tesserad.serving.signature import validate_request
 
@@ -51,6 +52,24 @@ class VersionSource(Protocol):
     def deployment(self, model: str) -> DeploymentPlan | None: ...
 
     def model_names(self) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class ExplainLimits:
+    """How much of the machine explanations may take (see tesserad.serving.explain)."""
+
+    threads: int = 1
+    queue_size: int = 4
+    chunk_rows: int = 8
+
+
+@dataclass(frozen=True)
+class ExplainSubmitted:
+    """A queued explanation: the version asked for and the torch version it explains."""
+
+    version: int
+    explained_version: int
+    queued: QueuedExplanation
 
 
 @dataclass(frozen=True)
@@ -120,7 +139,14 @@ class _Router:
 
 
 class InferenceService:
-    def __init__(self, source: VersionSource, pool: ModelPool, *, autoload: bool) -> None:
+    def __init__(
+        self,
+        source: VersionSource,
+        pool: ModelPool,
+        *,
+        autoload: bool,
+        explain_limits: ExplainLimits | None = None,
+    ) -> None:
         self.pool = pool
         self._source = source
         self._autoload = autoload
@@ -132,6 +158,13 @@ class InferenceService:
         self._shadows: dict[str, deque[ShadowResult]] = {}
         # Swaps run one at a time, off the registry's commit path.
         self._swaps = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serving-swap")
+        limits = explain_limits or ExplainLimits()
+        self.explainer = Explainer(
+            threads=limits.threads,
+            queue_size=limits.queue_size,
+            chunk_rows=limits.chunk_rows,
+            predict_waiting=self._predict_waiting,
+        )
         self._closed = False
 
     # -- routing ---------------------------------------------------------------------------
@@ -285,6 +318,55 @@ class InferenceService:
             how = "load it with LoadModel (serving.autoload is off)"
         return NotFound(f"{what}, so it has no statistics yet; {how}")
 
+    # -- explanations ----------------------------------------------------------------------
+
+    def explain(
+        self,
+        target: Target,
+        inputs: Mapping[str, np.ndarray],
+        method: Method,
+        output_index: int | None,
+        options: ExplainOptions,
+    ) -> ExplainSubmitted:
+        """Queue an explanation of the version `target` names (without a version or alias, the
+        version a Predict finds first); an ONNX version is explained through its lineage parent."""
+        if target.version is None and target.alias is None:
+            version = self.serving_versions(target.model)[0]
+        else:
+            version = self.resolve_version(target)
+        servable = self._source.servable(target.model, version, None)
+        if servable.format == "onnx":
+            servable = self._torch_parent(servable)
+        queued = self.explainer.submit(servable, inputs, method, output_index, options)
+        return ExplainSubmitted(version, servable.version, queued)
+
+    def _torch_parent(self, onnx: ServableVersion) -> ServableVersion:
+        label = f"model {onnx.model!r} version {onnx.version}"
+        if onnx.parent is None:
+            raise FailedPrecondition(
+                f"{label} is ONNX and its lineage names no torch version it was exported from; "
+                "explanations need torch weights: explain a safetensors version instead"
+            )
+        parent_model, parent_version = onnx.parent
+        parent_label = f"model {parent_model!r} version {parent_version}"
+        try:
+            parent = self._source.servable(parent_model, parent_version, None)
+        except NotFound:
+            raise FailedPrecondition(
+                f"{label} is ONNX, exported from {parent_label}, which no longer exists; "
+                "explanations need torch weights: explain a safetensors version instead"
+            ) from None
+        if parent.format != "safetensors" or parent.architecture is None:
+            raise FailedPrecondition(
+                f"{label} is ONNX and its lineage parent {parent_label} is not a torch version "
+                "either; explanations need torch weights: explain a safetensors version instead"
+            )
+        return parent
+
+    def _predict_waiting(self) -> bool:
+        """Whether any loaded version has Predict requests queued (explanations yield to them)."""
+        return any((batcher := entry.batcher) is not None and batcher.queued for entry in self.pool.list())
+
     # -- shadow ----------------------------------------------------------------------------
 
     def _shadow(
@@ -434,6 +516,7 @@ class InferenceService:
     def close(self) -> None:
         self._closed = True
         self._swaps.shutdown(wait=True, cancel_futures=True)
+        self.explainer.close()
         self.pool.close()
 
 

@@ -24,6 +24,7 @@ from tessera.demo import run_demo
 from tessera.ensembles import COMBINES, fit_stacking, member_pair
 from tessera.errors import JobFailed, TesseraError
 from tessera.events import JobState
+from tessera.explanations import METHODS, SHORT_NAMES, top_positions
 from tessera.follow import follow
 from tessera.messages import load_toml, to_datetime
 from tessera.rpc_commands import in_cli_words
@@ -630,6 +631,74 @@ def cmd_predict(client: Client, args: argparse.Namespace, out: Output) -> None:
         out.line(f"wrote {args.output}")
 
 
+def cmd_explain(client: Client, args: argparse.Namespace, out: Output) -> None:
+    explanation = client.inference.explain(
+        args.model,
+        load_inputs(args.input),
+        args.method,
+        version=args.version,
+        alias=args.alias,
+        target=args.output_index,
+        steps=args.steps,
+        baseline=args.baseline,
+        window=args.window,
+        timeout=max(args.timeout, 300.0),
+    )
+    if args.out:
+        np.savez(args.out, **explanation.attributions)
+    top = {
+        name: [top_positions(row, args.top) for row in array]
+        for name, array in explanation.attributions.items()
+    }
+    if out.as_json:
+        return out.json(
+            {
+                "model": explanation.model,
+                "version": explanation.version,
+                "explained_version": explanation.explained_version,
+                "output_indices": explanation.output_indices,
+                "convergence_delta": explanation.convergence_delta,
+                "compute_time_us": explanation.compute_time_us,
+                "top": {
+                    name: [[{"index": list(index), "value": value} for index, value in row] for row in rows]
+                    for name, rows in top.items()
+                },
+            }
+        )
+    through = (
+        f", explained through torch v{explanation.explained_version}"
+        if explanation.explained_version != explanation.version
+        else ""
+    )
+    out.line(
+        f"{explanation.model} v{explanation.version}{through}: {SHORT_NAMES.get(args.method, args.method)}, "
+        f"computed {explanation.compute_time_us} us"
+    )
+    for name, rows in top.items():
+        shape = list(explanation.attributions[name].shape)
+        for row, positions in enumerate(rows):
+            delta = explanation.convergence_delta[row] if explanation.convergence_delta else None
+            completeness = f", completeness error {delta:+.2e}" if delta is not None else ""
+            out.line(
+                f"{name}{shape} row {row}, output {explanation.output_indices[row]}{completeness}: "
+                f"top {len(positions)} positions (index within the row, attribution)"
+            )
+            for index, value in positions:
+                out.line(f"  {index}  {value:+.6g}")
+    if args.out:
+        out.line(f"wrote {args.out}")
+
+
+def window_sizes(text: str) -> list[int]:
+    """An occlusion window as "1,1,4,4,4"."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be sizes separated by commas, like 1,1,4,4,4; got {text!r}"
+        ) from None
+
+
 def load_inputs(path: str) -> dict[str, np.ndarray]:
     """Inputs from a .npz (each array by name) or a .npy (the input named "input")."""
     if path.endswith(".npy"):
@@ -881,6 +950,40 @@ def build_parser() -> argparse.ArgumentParser:
     pick.add_argument("--version", type=int)
     pick.add_argument("--alias")
     sub.add_argument("--output", help="write the outputs to this .npz")
+
+    sub = command(
+        commands, "explain", cmd_explain, "attribute a model's output to each input position (captum)"
+    )
+    sub.add_argument("model")
+    sub.add_argument("--input", required=True, help=".npz with arrays by input name, or .npy for 'input'")
+    sub.add_argument(
+        "--method",
+        choices=[*SHORT_NAMES, *METHODS],
+        default="ig",
+        help="ig (integrated gradients, default), saliency, occlusion, or shap (GradientShap)",
+    )
+    sub.add_argument(
+        "--target",
+        dest="output_index",
+        type=int,
+        metavar="N",
+        help="the output index (class) to explain; default: each row's largest output (the daemon address, also --target, goes before the command)",
+    )
+    pick = sub.add_mutually_exclusive_group()
+    pick.add_argument("--version", type=int)
+    pick.add_argument("--alias")
+    sub.add_argument(
+        "--steps", type=int, default=0, help="ig path steps (default 32), shap samples (default 16)"
+    )
+    sub.add_argument("--baseline", type=float, default=0.0, help="the input value compared with (default 0)")
+    sub.add_argument(
+        "--window",
+        type=window_sizes,
+        default=[],
+        help="occlusion window per dimension of one row, e.g. 1,1,4,4,4",
+    )
+    sub.add_argument("--top", type=int, default=10, help="positions to print per row (default 10)")
+    sub.add_argument("--out", help="write the attributions to this .npz (arrays by input name)")
 
     sub = command(commands, "stats", cmd_stats, "latency percentiles and throughput of a loaded model")
     sub.add_argument("model", nargs="?", default="", help="default: every loaded model")

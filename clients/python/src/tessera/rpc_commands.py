@@ -38,6 +38,7 @@ COMMAND_BY_RPC: dict[str, str] = {
     "CancelSweep": "`tessera sweeps cancel SWEEP_ID`",
     # Inference
     "Predict": "`tessera predict MODEL --input FILE`",
+    "Explain": "`tessera explain MODEL --input FILE`",
     "GetStats": "`tessera stats MODEL`",
     "ListLoaded": "`tessera serve-status`",
     "LoadModel": "the Python SDK's client.inference.load()",
