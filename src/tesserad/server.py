@@ -33,6 +33,7 @@ from tessera.v1 import (
     training_pb2_grpc,
 )
 from tesserad.api.auth import AuthInterceptor, AuthSetupError, authentication_enabled, server_credentials
+from tesserad.api.convert_training import job_spec_document
 from tesserad.api.datasets import DatasetsServicer
 from tesserad.api.inference import InferenceServicer
 from tesserad.api.interceptors import CallInterceptor
@@ -273,7 +274,7 @@ class Daemon:
         TrainingMetrics(self.training, self.metrics.registry)
         # Jobs a previous daemon left unfinished are re-queued (those cut off while RUNNING resume
         # from their last checkpoint).
-        sweeps = Sweeps(self._store, self.training)
+        sweeps = Sweeps(self._store, self.training, job_spec_document)
         await asyncio.to_thread(self.training.start)
         await asyncio.to_thread(sweeps.start)
         _register(

@@ -14,7 +14,9 @@ from tesserad.api.convert_registry import job_spec_to_dict
 from tesserad.errors import InvalidArgument
 from tesserad.training.events import JobEvent
 from tesserad.training.job_records import JobRecord
-from tesserad.training.sweeps import AshaSettings, Sweep, SweepParameter, SweepRequest
+from tesserad.training.pbt import PbtSettings
+from tesserad.training.search_space import SweepParameter
+from tesserad.training.sweeps import AshaSettings, Sweep, SweepRequest
 from tesserad.training.tracking import Experiment, MetricFilter, MetricPoint, MetricSummary, Run
 
 JOB_STATES = {
@@ -308,6 +310,15 @@ _STRATEGIES = {
     pb.SWEEP_STRATEGY_GRID: "grid",
     pb.SWEEP_STRATEGY_RANDOM: "random",
     pb.SWEEP_STRATEGY_ASHA: "asha",
+    pb.SWEEP_STRATEGY_TPE: "tpe",
+    pb.SWEEP_STRATEGY_CMA_ES: "cmaes",
+    pb.SWEEP_STRATEGY_HYPERBAND: "hyperband",
+    pb.SWEEP_STRATEGY_PBT: "pbt",
+}
+_PRUNERS = {
+    pb.SWEEP_PRUNER_UNSPECIFIED: "",
+    pb.SWEEP_PRUNER_ASHA: "asha",
+    pb.SWEEP_PRUNER_HYPERBAND: "hyperband",
 }
 _TRIAL_STATES = {**JOB_STATES, "pending": pb.JOB_STATE_UNSPECIFIED}
 
@@ -323,7 +334,17 @@ def sweep_request_from_proto(spec: pb.SweepSpec) -> SweepRequest:
         seed=spec.seed,
         asha=AshaSettings(spec.asha.min_epochs, spec.asha.reduction_factor),
         document=json_format.MessageToDict(spec, preserving_proto_field_name=True),
+        pruner=_pruner_from_proto(spec.pruner),
+        pbt=PbtSettings(
+            spec.pbt.population, spec.pbt.quantile, spec.pbt.perturb, spec.pbt.resample_probability
+        ),
     )
+
+
+def _pruner_from_proto(value: pb.SweepPruner.ValueType) -> str:
+    if value not in _PRUNERS:
+        raise InvalidArgument("spec.pruner: set ASHA, HYPERBAND or leave it unset")
+    return _PRUNERS[value]
 
 
 def _sweep_parameters_from_proto(parameters: Any) -> list[SweepParameter]:
@@ -332,12 +353,15 @@ def _sweep_parameters_from_proto(parameters: Any) -> list[SweepParameter]:
         domain = p.WhichOneof("domain")
         if domain is None:
             raise InvalidArgument(f"spec.parameters[{i}]: give values or a range for {p.path!r}")
+        when = {"when_path": p.when.path, "when_values": tuple(p.when.values)}
         if domain == "values":
-            out.append(SweepParameter(p.path, values=list(p.values.values)))
+            out.append(SweepParameter(p.path, values=list(p.values.values), **when))
         else:
             r = p.range
             out.append(
-                SweepParameter(p.path, low=r.min, high=r.max, log_scale=r.log_scale, integer=r.integer)
+                SweepParameter(
+                    p.path, low=r.min, high=r.max, log_scale=r.log_scale, integer=r.integer, **when
+                )
             )
     return out
 
@@ -356,6 +380,12 @@ def sweep_to_proto(sweep: Sweep) -> pb.Sweep:
                 metric=t.metric,
                 has_metric=t.has_metric,
                 pruned=t.pruned,
+                number=t.number,
+                pruned_at_epoch=t.pruned_at,
+                bracket=t.bracket,
+                generation=t.generation,
+                parent_job_id=t.parent_job_id,
+                exploited=t.exploited,
             )
             for t in sweep.trials
         ],
@@ -366,5 +396,5 @@ def sweep_to_proto(sweep: Sweep) -> pb.Sweep:
 
 def sweep_strategy_from_proto(value: pb.SweepStrategy.ValueType) -> str:
     if value not in _STRATEGIES:
-        raise InvalidArgument("spec.strategy: set GRID, RANDOM or ASHA")
+        raise InvalidArgument("spec.strategy: set GRID, RANDOM, ASHA, TPE, CMA_ES, HYPERBAND or PBT")
     return _STRATEGIES[value]

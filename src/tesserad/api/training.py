@@ -14,7 +14,6 @@ from tesserad.api.auth import caller
 from tesserad.api.convert_training import (
     event_to_proto,
     experiment_to_proto,
-    job_spec_document,
     job_spec_from_proto,
     job_states_from_proto,
     job_to_proto,
@@ -300,7 +299,7 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
             raise InvalidArgument("spec.base is required: the job spec every trial starts from")
         sweep = sweep_request_from_proto(request.spec)
         base, _ = job_spec_from_proto(request.spec.base)
-        result = await asyncio.to_thread(self._sweeps.submit, sweep, base, caller(context), job_spec_document)
+        result = await asyncio.to_thread(self._sweeps.submit, sweep, base, caller(context))
         return sweep_to_proto(result)
 
     async def GetSweep(

@@ -64,6 +64,12 @@ def restore(data: bytes, model: torch.nn.Module, optimizer: torch.optim.Optimize
     return state
 
 
+def restore_weights(data: bytes, model: torch.nn.Module) -> None:
+    """Load only a checkpoint's model weights into `model`."""
+    tensors = load_tensors(data)
+    model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+
+
 def _metadata(data: bytes) -> dict[str, str]:
     header_len = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + header_len])

@@ -70,6 +70,8 @@ class JobRecord:
     created_by: str
     sweep_id: str
     checkpoints: tuple[Checkpoint, ...]
+    # The sha256 of another job's checkpoint whose weights the first attempt starts from (PBT).
+    start_weights: str = ""
 
 
 def encode_job(job: JobRecord) -> bytes:
@@ -115,6 +117,8 @@ def encode_job(job: JobRecord) -> bytes:
             for c in job.checkpoints
         ],
     }
+    if job.start_weights:  # written only when set: earlier records keep their stored form
+        data["start_weights"] = job.start_weights
     return encode_record(KIND, SCHEMA, data)
 
 
@@ -158,4 +162,5 @@ def decode_job(raw: bytes) -> JobRecord:
             )
             for c in data["checkpoints"]
         ),
+        start_weights=data.get("start_weights", ""),
     )

@@ -269,9 +269,15 @@ class Jobs:
         return normalize_spec(raw_spec, self._datasets.facts, self._device_facts, self._parents)
 
     def submit(
-        self, raw_spec: dict[str, Any], spec_document: dict[str, Any], actor: str, sweep_id: str = ""
+        self,
+        raw_spec: dict[str, Any],
+        spec_document: dict[str, Any],
+        actor: str,
+        sweep_id: str = "",
+        start_weights: str = "",
     ) -> JobRecord:
-        """Check the spec, create the job and its run, queue it."""
+        """Check the spec, create the job and its run, queue it. `start_weights`: the sha256 of a
+        checkpoint (of another job) whose model weights the job starts from instead of fresh ones."""
         config = self.check(raw_spec)
         job_id = new_id("job")
         document = copy.deepcopy(spec_document)
@@ -316,12 +322,15 @@ class Jobs:
             created_by=actor,
             sweep_id=sweep_id,
             checkpoints=(),
+            start_weights=start_weights,
         )
         data = config["data"]
         with self._store.write() as txn:
             self._tracking.ensure_experiment(txn, config["experiment"])
             self._tracking.put_new_run(txn, run)
             hold_dataset(txn, data["dataset"], data["version"], f"job:{job_id}")
+            if start_weights:
+                hold_blob(txn, start_weights, f"job:{job_id}:start")
             if config.get("fine_tune"):
                 self._hold_parent_weights(txn, job)
             self._put(txn, job)
@@ -528,9 +537,12 @@ class Jobs:
         world = len(devices)
         cuda_indices = [int(d.split(":")[1]) for d in devices] if kind == "cuda" else []
         port = _free_port() if world > 1 else 0
-        resume_bytes = self._blobs.read_bytes(checkpoint.sha256) if checkpoint else b""
+        # A job that starts from another's weights (a PBT trial) takes them until it has
+        # checkpoints of its own.
+        start_sha256 = checkpoint.sha256 if checkpoint else job.start_weights
+        resume_bytes = self._blobs.read_bytes(start_sha256) if start_sha256 else b""
         fine_tune = config.get("fine_tune")
-        # A resumed attempt's checkpoint already holds the weights it goes on from.
+        # A resumed attempt's checkpoint (or a PBT trial's start) already holds the weights it goes on from.
         initial_bytes = self._blobs.read_bytes(fine_tune["sha256"]) if fine_tune and not resume_bytes else b""
         processes: list[multiprocessing.process.BaseProcess] = []
         conns: list[Connection] = []
@@ -553,6 +565,7 @@ class Jobs:
                         master_port=port,
                         threads=self._threads,
                         resume=bool(resume_bytes),
+                        weights_only=checkpoint is None,
                         initial_weights=bool(initial_bytes),
                         resource_interval_s=self._settings.resource_interval_s,
                         parent_pid=os.getpid(),
@@ -749,15 +762,23 @@ class Jobs:
         fine_tune = job.config.get("fine_tune")
         holder = init_from_holder(job.job_id)
 
+        start_weights = job.start_weights
+
         def end(txn: WriteTxn, event: JobEvent) -> None:
             run_status(txn, event)
             if fine_tune:
                 release_blob(txn, fine_tune["sha256"], holder)
+            if start_weights:
+                release_blob(txn, start_weights, f"job:{job.job_id}:start")
 
         job = self._set_state(job, state, reason, ends=True, also=end)
-        if fine_tune:
-            # The parent's blob goes only when its version was deleted while the job ran.
-            delete_unheld_blobs(self._store, self._blobs, {fine_tune["sha256"]})
+        # The parent's blob goes only when its version was deleted (or, for a PBT trial's start,
+        # the checkpoint dropped by its job) while the job ran.
+        released = {fine_tune["sha256"]} if fine_tune else set()
+        if start_weights:
+            released.add(start_weights)
+        if released:
+            delete_unheld_blobs(self._store, self._blobs, released)
         with self._lock:
             self._active.pop(job.job_id, None)
         self._notify(job, "ended", {})

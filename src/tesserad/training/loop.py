@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tesserad.nn import build_model, spec_from_dict
-from tesserad.training.checkpoints import checkpoint_bytes, restore, weights_bytes
+from tesserad.training.checkpoints import checkpoint_bytes, restore, restore_weights, weights_bytes
 from tesserad.training.finetune import parameter_groups, start_from_parent
 from tesserad.training.schedules import lr_at
 
@@ -206,6 +206,11 @@ class Trainer:
                 "message": f"resumed from the epoch {self.loop_state['epoch']} checkpoint (step {self.loop_state['step']})",
             },
         )
+
+    def start_from_weights(self, checkpoint: bytes) -> None:
+        """Take a checkpoint's model weights; the optimiser and the loop start afresh (PBT's exploit)."""
+        restore_weights(checkpoint, self.model)
+        self.emit("log", {"level": "info", "message": "starting from another trial's weights"})
 
     def _stop_requested(self) -> bool:
         stop = self.should_stop()

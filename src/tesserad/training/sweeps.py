@@ -1,54 +1,65 @@
-"""Hyperparameter sweeps: many jobs from one base spec (grid, random, ASHA).
+"""Hyperparameter sweeps: many jobs from one base spec, chosen by a searcher, stopped early by a pruner.
 
-A sweep is planned at submit: every trial's values are drawn, set in a copy of the base spec
-(its plain form, typed by training.spec.SPEC_FIELDS) and checked like any job's spec. Trials
-are submitted as jobs, at most `max_concurrent` at a time, as earlier ones end. ASHA
-(asynchronous successive halving) watches each trial's epoch metric: at rung epochs
-min_epochs * rf^k a trial continues only while it is in the best 1/rf of the trials that
-reached that rung so far; otherwise it is cancelled and marked pruned. Rung results are
-stored as they arrive, keyed by trial, so they survive a restart of the daemon and a trial's
-resumed attempt that reports a rung again counts once.
+Searchers: grid and random plan every trial at submit; TPE and CMA-ES (training.samplers) draw
+each trial when a slot frees, from the results so far; PBT (training.pbt) runs generations of a
+population, each trial starting from its own or a better trial's weights. Pruners: ASHA and
+Hyperband (training.pruning) watch each trial's epoch metric and cancel trailing trials at
+their rungs. Each trial's values are set in a copy of the base spec (its plain form, typed by
+training.spec.SPEC_FIELDS) and checked like any job's spec; trials run as jobs, at most
+`max_concurrent` at a time.
+
+Everything is stored in the sweep's record as it happens: a trial is written with its values
+before its job is submitted (and named after it, so a job whose id did not reach the record
+before a crash is found again), rung results are keyed by trial, and searchers rebuild their
+state from the record. A sweep so survives a restart of the daemon: each trial is counted
+once, and the searcher continues where it was.
 """
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import copy
-import itertools
 import logging
-import math
 import random
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound
+from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, TesseraError
 from tesserad.ids import new_id
 from tesserad.paging import make_token, page_size, resume_after
 from tesserad.store import Store, decode_record, encode_record, pack, unpack
 from tesserad.training.job_records import JobRecord
 from tesserad.training.jobs import ENDED, Jobs
+from tesserad.training.pbt import Member, PbtSettings, next_generation, pbt_settings
+from tesserad.training.pruning import (
+    asha_prunes,
+    bracket_min_epochs,
+    hyperband_bracket,
+    hyperband_counts,
+)
+from tesserad.training.samplers import PastTrial, suggest
+from tesserad.training.search_space import (
+    MAX_TRIALS,
+    SweepParameter,
+    boundary_points,
+    check_space,
+    plan_points,
+    random_point,
+)
 from tesserad.training.spec import SPEC_FIELDS, Choice, SpecField, epoch_metric_names
 from tesserad.training.tracking import default_mode
 
 log = logging.getLogger(__name__)
 
 TABLES = ["sweeps"]
-MAX_TRIALS = 1000
 KIND = "sweep"
 SCHEMA = 1
-
-
-@dataclass(frozen=True)
-class SweepParameter:
-    path: str
-    values: list[str] | None = None  # explicit values (as text)
-    low: float = 0.0
-    high: float = 0.0
-    log_scale: bool = False
-    integer: bool = False
+PLANNED = ("grid", "random")  # searchers that draw every trial at submit
+NO_PBT = PbtSettings(0, 0.0, 0.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -61,7 +72,7 @@ class AshaSettings:
 class SweepRequest:
     """A sweep as asked for; zero values take their defaults."""
 
-    strategy: str  # grid, random or asha
+    strategy: str  # grid, random, asha, tpe, cmaes, hyperband or pbt
     parameters: list[SweepParameter]
     max_trials: int
     max_concurrent: int
@@ -70,6 +81,8 @@ class SweepRequest:
     seed: int
     asha: AshaSettings
     document: dict[str, Any]  # the sweep spec as stored and returned (the API's form)
+    pruner: str = ""  # "", asha or hyperband
+    pbt: PbtSettings = NO_PBT
 
 
 @dataclass
@@ -82,6 +95,14 @@ class Trial:
     metric: float = 0.0
     has_metric: bool = False
     pruned: bool = False
+    number: int = 0  # its place in the sweep, from 0
+    pruned_at: int = 0  # the rung epoch it was pruned at
+    bracket: int = 0  # Hyperband's bracket
+    generation: int = 0  # PBT's generation
+    parent_job_id: str = ""  # PBT: the trial whose weights it starts from
+    exploited: bool = False  # PBT: it copied a better trial's weights, not its own slot's
+    start_checkpoint: str = ""  # PBT: the sha256 of the checkpoint it starts from
+    sampler_attrs: dict[str, Any] = field(default_factory=dict)  # the model-based searcher's notes
 
 
 @dataclass
@@ -97,48 +118,49 @@ class Sweep:
     created_at: float
     created_by: str
     best_job_id: str
-    rungs: dict[str, dict[str, float]]  # rung -> {job id: metric} (see asha_prunes)
+    # rung -> {job id: metric} (see asha_prunes); Hyperband: bracket -> that, per bracket
+    rungs: dict[str, Any]
     trials: list[Trial] = field(default_factory=list)
+    pruner: str = ""
+    base: dict[str, Any] = field(default_factory=dict)  # the plain base spec (searchers that draw later)
+    parameters: list[SweepParameter] = field(default_factory=list)
+    max_trials: int = 0
+    seed: int = 0
+    pbt: PbtSettings | None = None
+    brackets: list[int] = field(default_factory=list)  # Hyperband: trials per bracket in a round
+
+    @property
+    def searcher(self) -> str:
+        return searcher_and_pruner(self.strategy, "")[0]
 
 
-def plan_trials(
-    strategy: str, parameters: list[SweepParameter], max_trials: int, seed: int
-) -> list[dict[str, str]]:
-    """Each trial's values by parameter path (as text, parsed to the field's type by trial_spec)."""
-    if not parameters:
-        raise InvalidArgument("parameters: a sweep varies at least one field")
-    paths = [p.path for p in parameters]
-    if len(set(paths)) != len(paths):
-        raise InvalidArgument("parameters: a path is listed twice")
-    if max_trials < 0:
-        raise InvalidArgument(f"max_trials must be >= 0, got {max_trials}")
-    for i, p in enumerate(parameters):
-        if p.values is not None and not p.values:
-            raise InvalidArgument(f"parameters[{i}].values: list at least one value")
-        if p.values is None:
-            if not (math.isfinite(p.low) and math.isfinite(p.high)) or p.low > p.high:
-                raise InvalidArgument(f"parameters[{i}].range: need min <= max, got {p.low} and {p.high}")
-            if p.log_scale and p.low <= 0:
-                raise InvalidArgument(f"parameters[{i}].range: a log-scale range needs min > 0")
-    if strategy == "grid":
+def searcher_and_pruner(strategy: str, pruner: str) -> tuple[str, str]:
+    """The searcher and the pruner a strategy and a pruner ask for; refuses the pairs that make no sense."""
+    if strategy in ("asha", "hyperband"):  # random search, pruned
+        if pruner:
+            raise InvalidArgument(
+                f"spec.pruner: strategy {strategy.upper()} already prunes with {strategy.upper()}; "
+                f"for {pruner.upper()} pruning pick a searcher (GRID, RANDOM, TPE, CMA_ES) as the strategy"
+            )
+        return "random", strategy
+    if strategy == "pbt" and pruner:
+        raise InvalidArgument(
+            f"spec.pruner: PBT cannot be combined with {pruner.upper()}: PBT replaces trailing trials "
+            "with copies of better ones at each generation; pruning them would shrink its population"
+        )
+    return strategy, pruner
+
+
+def check_searcher_space(searcher: str, parameters: list[SweepParameter]) -> None:
+    check_space(parameters)
+    if searcher == "cmaes":
         for i, p in enumerate(parameters):
-            if p.values is None:
+            if p.values is not None or p.when_path:
+                kind = "categorical" if p.values is not None else "conditional"
                 raise InvalidArgument(
-                    f"parameters[{i}]: a grid sweep needs explicit values for {p.path}, not a range"
+                    f"parameters[{i}]: CMA-ES searches numeric ranges only and {p.path!r} is {kind}; "
+                    "use strategy TPE for categorical or conditional parameters"
                 )
-        grid = [
-            dict(zip(paths, combo, strict=True))
-            for combo in itertools.product(*(p.values or () for p in parameters))
-        ]
-        trials = grid[: max_trials or None]
-    else:
-        if max_trials == 0:
-            raise InvalidArgument(f"max_trials: a {strategy} sweep needs the number of trials (> 0)")
-        rng = random.Random(seed)
-        trials = [{p.path: _draw(p, rng) for p in parameters} for _ in range(max_trials)]
-    if len(trials) > MAX_TRIALS:
-        raise InvalidArgument(f"the sweep would run {len(trials)} trials; at most {MAX_TRIALS}")
-    return trials
 
 
 def asha_settings(asked: AshaSettings) -> AshaSettings:
@@ -147,6 +169,23 @@ def asha_settings(asked: AshaSettings) -> AshaSettings:
     if asha.min_epochs < 1 or asha.reduction_factor < 2:
         raise InvalidArgument("spec.asha: min_epochs must be >= 1 and reduction_factor >= 2")
     return asha
+
+
+def past_trials(trials: list[Trial]) -> list[PastTrial]:
+    """The trials as a model-based searcher sees them (ended without a result: failed)."""
+    out = []
+    for t in trials:
+        if t.pruned:
+            state = "pruned"
+        elif t.state == "succeeded" and t.has_metric:
+            state = "complete"
+        elif t.state in ENDED:
+            state = "failed"
+        else:
+            state = "running"
+        value = t.metric if t.has_metric else None
+        out.append(PastTrial(t.params, state, value, t.pruned_at, t.sampler_attrs))
+    return out
 
 
 def trial_spec(base: dict[str, Any], values: dict[str, str]) -> dict[str, Any]:
@@ -181,6 +220,9 @@ def _set_path(spec: dict[str, Any], path: str, text: str) -> None:
         else:
             target = target.setdefault(part, {})
         fields, inline = spec_field.fields, spec_field.inline
+    if inline and leaf == inline:  # e.g. architecture.family: another member of the flat oneof
+        _switch_member(target, fields, inline, text, where)
+        return
     spec_field = fields.get(leaf)
     if spec_field is None or spec_field.kind != "value" or spec_field.value_type is None:
         raise InvalidArgument(f"{where} does not name a single value field of JobSpec (at {leaf!r})")
@@ -192,6 +234,21 @@ def _set_path(spec: dict[str, Any], path: str, text: str) -> None:
             if sibling.oneof == spec_field.oneof and name != leaf:
                 target.pop(name, None)
     target[leaf] = value
+
+
+def _switch_member(
+    target: dict[str, Any], fields: Mapping[str, SpecField], oneof: str, name: str, where: str
+) -> None:
+    """Make `name` the member of the flat `oneof` in `target`, dropping the old member's fields
+    (the new member's take their defaults unless parameters set them)."""
+    members = {n: f for n, f in fields.items() if f.oneof == oneof}
+    if name not in members:
+        raise InvalidArgument(f"{where}: {name!r} is not one of {', '.join(members)}")
+    current = target.get(oneof)
+    if current in members and current != name:
+        for field_name in members[current].fields:
+            target.pop(field_name, None)
+    target[oneof] = name
 
 
 def _parse(value_type: type | Choice, text: str) -> Any:
@@ -211,92 +268,79 @@ def _parse(value_type: type | Choice, text: str) -> Any:
     return int(number) if number.is_integer() else None
 
 
-def asha_prunes(
-    rungs: dict[str, Any],
-    job_id: str,
-    metric: float,
-    epoch: int,
-    min_epochs: int,
-    reduction_factor: int,
-    mode: str,
-) -> bool:
-    """Record trial `job_id`'s `metric` if `epoch` is a rung (min_epochs * rf^k) and say
-    whether the trial trails there: outside the best 1/rf of the trials that reached it.
-
-    `rungs` maps a rung to {job id: metric}, so a trial resumed after a crash that reports a
-    rung again counts once. The first trials at a rung have nothing to trail; they continue.
-    """
-    rung_epochs, rung = min_epochs, 0
-    while rung_epochs < epoch:
-        rung_epochs *= reduction_factor
-        rung += 1
-    if rung_epochs != epoch:
-        return False
-    results = rungs.setdefault(str(rung), {})
-    if isinstance(results, list):  # sweeps recorded before results were keyed by trial
-        results = rungs[str(rung)] = {f"#{i}": value for i, value in enumerate(results)}
-    results[job_id] = metric
-    ranked = sorted(results.values(), reverse=mode == "max")
-    keep = max(1, len(ranked) // reduction_factor)
-    return len(ranked) >= reduction_factor and ranked.index(metric) >= keep
-
-
-def _draw(p: SweepParameter, rng: random.Random) -> str:
-    if p.values is not None:
-        return rng.choice(p.values)
-    if p.log_scale:
-        value = math.exp(rng.uniform(math.log(p.low), math.log(p.high)))
-    else:
-        value = rng.uniform(p.low, p.high)
-    return str(round(value)) if p.integer else repr(value)
-
-
 class Sweeps:
-    def __init__(self, store: Store, jobs: Jobs) -> None:
+    def __init__(
+        self, store: Store, jobs: Jobs, document_of: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> None:
+        """`document_of` gives a trial spec's stored and returned form (the API's)."""
         self._store = store
         self._jobs = jobs
+        self._document_of = document_of
         self._lock = threading.RLock()
         self._running: dict[str, Sweep] = {}
+        # Jobs a crash left out of their sweep's record (submitted, id not yet written), by run name.
+        self._orphans: dict[str, JobRecord] = {}
         jobs.add_listener(self._on_job)
 
     def start(self) -> None:
         with self._store.read() as txn:
             records = [decode_sweep(raw) for _, raw in txn.scan("sweeps")]
-        for sweep in records:
-            if sweep.state == "running":
+        with self._lock:
+            for sweep in records:
+                if sweep.state != "running":
+                    continue
+                known = {t.job_id for t in sweep.trials}
+                jobs, _ = self._jobs.list([], "", sweep.sweep_id, MAX_TRIALS, "")
+                for job in jobs:
+                    if job.job_id not in known:
+                        self._orphans[job.config["run_name"]] = job
                 self._running[sweep.sweep_id] = sweep
+                for trial in sweep.trials:  # pruned, but the cancel did not reach the job before the crash
+                    if trial.pruned and trial.job_id and self._jobs.get(trial.job_id).state not in ENDED:
+                        self._prune(trial.job_id)
                 self._tick(sweep)
 
-    def submit(
-        self,
-        request: SweepRequest,
-        base: dict[str, Any],
-        actor: str,
-        document_of: Callable[[dict[str, Any]], dict[str, Any]],
-    ) -> Sweep:
-        """Plan every trial of `request` over the plain spec `base`, check each like a job's spec,
-        and start the first ones. `document_of` gives a trial spec's stored and returned form."""
+    def submit(self, request: SweepRequest, base: dict[str, Any], actor: str) -> Sweep:
+        """Check the sweep over the plain spec `base`, each trial's spec like a job's (for searchers
+        that draw later: every extreme of the space), and start the first trials."""
         metric = request.metric
         if not metric:
             raise InvalidArgument(
                 "spec.metric is required: the epoch metric that ranks trials, e.g. val_loss"
             )
+        searcher, pruner = searcher_and_pruner(request.strategy, request.pruner)
         asha = asha_settings(request.asha)
-        plans = plan_trials(request.strategy, request.parameters, request.max_trials, request.seed)
-        trials = []
-        for values in plans:
-            raw = trial_spec(base, values)
-            trials.append(Trial(values, raw, document_of(raw)))
-        if not trials:
-            raise InvalidArgument("the sweep plans no trials")
-        for i, trial in enumerate(trials):
-            config = self._jobs.check(trial.raw)
-            reported = epoch_metric_names(config["task"], bool(config["data"]["val_split"]))
-            if metric not in reported:
-                raise FailedPrecondition(
-                    f"spec.metric: trial {i} reports {', '.join(reported)} each epoch, not {metric!r}"
+        check_searcher_space(searcher, request.parameters)
+        if searcher != "pbt" and request.pbt != NO_PBT:
+            raise InvalidArgument(f"spec.pbt is set but the strategy is {request.strategy.upper()}, not PBT")
+        pbt = pbt_settings(request.pbt, request.max_trials) if searcher == "pbt" else None
+        if searcher in PLANNED:
+            points = plan_points(searcher, request.parameters, request.max_trials, request.seed)
+            checked = points
+        else:
+            if not 0 < request.max_trials <= MAX_TRIALS:
+                raise InvalidArgument(
+                    f"max_trials: a {request.strategy} sweep needs the number of trials (1 to {MAX_TRIALS}), "
+                    f"got {request.max_trials}"
                 )
-        max_concurrent = request.max_concurrent or 1
+            checked = list(boundary_points(request.parameters))
+            rng = random.Random(f"{request.seed}:pbt:0")
+            points = [random_point(request.parameters, rng) for _ in range(pbt.population)] if pbt else []
+        configs = [
+            self._check_point(base, point, metric, i, searcher in PLANNED) for i, point in enumerate(checked)
+        ]
+        if not configs:
+            raise InvalidArgument("the sweep plans no trials")
+        brackets = []
+        if pruner == "hyperband":
+            max_epochs = configs[0]["epochs"]
+            if max_epochs < asha.min_epochs:
+                raise InvalidArgument(
+                    f"spec.base.epochs: Hyperband needs trials of a fixed number of epochs, at least "
+                    f"asha.min_epochs ({asha.min_epochs}); got {max_epochs}"
+                )
+            brackets = hyperband_counts(max_epochs, asha.min_epochs, asha.reduction_factor)
+        max_concurrent = request.max_concurrent or (pbt.population if pbt else 1)
         if max_concurrent < 0:
             raise InvalidArgument(f"spec.max_concurrent must be >= 0 (0 for 1), got {max_concurrent}")
         sweep = Sweep(
@@ -312,12 +356,42 @@ class Sweeps:
             created_by=actor,
             best_job_id="",
             rungs={},
-            trials=trials,
+            pruner=pruner,
+            base=base,
+            parameters=request.parameters,
+            max_trials=request.max_trials,
+            seed=request.seed,
+            pbt=pbt,
+            brackets=brackets,
         )
+        for point in points:
+            sweep.trials.append(self._new_trial(sweep, point))
         with self._lock:
             self._running[sweep.sweep_id] = sweep
             self._tick(sweep)
         return self.get(sweep.sweep_id)
+
+    def _check_point(
+        self, base: dict[str, Any], point: dict[str, str], metric: str, index: int, planned: bool
+    ) -> dict[str, Any]:
+        where = (
+            f"trial {index}"
+            if planned
+            else f"the trial with {', '.join(f'{k}={v}' for k, v in point.items())}"
+        )
+        raw = trial_spec(base, point)
+        try:
+            config = self._jobs.check(raw)
+        except TesseraError as exc:
+            if planned:
+                raise
+            raise type(exc)(f"{where}: {exc.message}") from None
+        reported = epoch_metric_names(config["task"], bool(config["data"]["val_split"]))
+        if metric not in reported:
+            raise FailedPrecondition(
+                f"spec.metric: {where} reports {', '.join(reported)} each epoch, not {metric!r}"
+            )
+        return config
 
     def get(self, sweep_id: str) -> Sweep:
         """A copy of the sweep, safe to read while its trials go on."""
@@ -378,45 +452,54 @@ class Sweeps:
                 return
             if kind == "epoch" and sweep.metric in data["metrics"]:
                 trial.metric, trial.has_metric = float(data["metrics"][sweep.metric]), True
-                if sweep.strategy == "asha":
+                if sweep.pruner:
+                    rungs, min_epochs = sweep.rungs, sweep.asha.min_epochs
+                    if sweep.pruner == "hyperband":
+                        rungs = sweep.rungs.setdefault(f"bracket {trial.bracket}", {})
+                        min_epochs = bracket_min_epochs(
+                            trial.bracket, min_epochs, sweep.asha.reduction_factor
+                        )
                     if asha_prunes(
-                        sweep.rungs,
+                        rungs,
                         job.job_id,
                         trial.metric,
                         data["epoch"],
-                        sweep.asha.min_epochs,
+                        min_epochs,
                         sweep.asha.reduction_factor,
                         sweep.mode,
                     ):
-                        trial.pruned = True
+                        trial.pruned, trial.pruned_at = True, data["epoch"]
                         threading.Thread(target=self._prune, args=(job.job_id,), daemon=True).start()
                     # Rung results decide later trials' fate and must survive a restart; the
                     # trial's latest metric is written with them (one write per epoch).
                     self._save(sweep)
             elif kind == "ended":
-                trial.state = job.state
+                self._settle(sweep, trial, job)
                 self._tick(sweep)
 
     def _prune(self, job_id: str) -> None:
         with contextlib.suppress(FailedPrecondition):  # it may have ended meanwhile
             self._jobs.cancel(job_id)
 
+    def _settle(self, sweep: Sweep, trial: Trial, job: JobRecord) -> None:
+        """Take the job's state, and its last metric once it ended (an epoch event may have been missed)."""
+        trial.state = job.state
+        if job.state in ENDED and sweep.metric in job.metrics:
+            trial.metric, trial.has_metric = float(job.metrics[sweep.metric]), True
+
     def _tick(self, sweep: Sweep) -> None:
-        """Bring trial states up to date, submit pending trials up to max_concurrent, end when done."""
+        """Bring trial states up to date, start trials up to max_concurrent, end when done."""
         for trial in sweep.trials:
             if trial.job_id and trial.state not in ENDED:
-                trial.state = self._jobs.get(trial.job_id).state
+                self._settle(sweep, trial, self._jobs.get(trial.job_id))
         if sweep.state == "running":
             active = sum(1 for t in sweep.trials if t.job_id and t.state not in ENDED)
-            for trial in sweep.trials:
-                if active >= sweep.max_concurrent:
+            while active < sweep.max_concurrent:
+                following = self._next_trial(sweep)
+                if following is None:
                     break
-                if trial.state == "pending":
-                    job = self._jobs.submit(
-                        trial.raw, trial.document, sweep.created_by, sweep_id=sweep.sweep_id
-                    )
-                    trial.job_id, trial.state = job.job_id, job.state
-                    active += 1
+                self._start(sweep, following)
+                active += following.state not in ENDED
         if all(t.state in ENDED for t in sweep.trials):
             if sweep.state == "running":
                 succeeded = any(t.state == "succeeded" or t.pruned for t in sweep.trials)
@@ -427,6 +510,90 @@ class Sweeps:
             pick = min if sweep.mode == "min" else max
             sweep.best_job_id = pick(scored, key=lambda t: t.metric).job_id
         self._save(sweep)
+
+    def _next_trial(self, sweep: Sweep) -> Trial | None:
+        """The next trial to start: a planned one, or one the searcher draws now (written to the
+        record before its job exists); None while there is none to start."""
+        pending = next((t for t in sweep.trials if t.state == "pending" and not t.job_id), None)
+        if pending is not None:
+            return pending
+        drawn: builtins.list[Trial] = []
+        if sweep.searcher in ("tpe", "cmaes") and len(sweep.trials) < sweep.max_trials:
+            point, attrs = suggest(
+                sweep.searcher,
+                sweep.parameters,
+                past_trials(sweep.trials),
+                sweep.mode,
+                sweep.seed,
+                sweep.max_trials,
+                consider_pruned=bool(sweep.pruner),
+            )
+            drawn = [self._new_trial(sweep, point, sampler_attrs=attrs)]
+        elif sweep.pbt is not None:
+            drawn = self._next_generation(sweep, sweep.pbt)
+        if not drawn:
+            return None
+        sweep.trials.extend(drawn)
+        self._save(sweep)
+        return drawn[0]
+
+    def _next_generation(self, sweep: Sweep, settings: PbtSettings) -> builtins.list[Trial]:
+        generation = sweep.trials[-1].generation
+        current = [t for t in sweep.trials if t.generation == generation]
+        if (
+            any(t.state not in ENDED for t in current)
+            or len(sweep.trials) + settings.population > sweep.max_trials
+        ):
+            return []
+        members = [Member(t.job_id, t.params, t.metric if t.has_metric else None) for t in current]
+        rng = random.Random(f"{sweep.seed}:pbt:{generation + 1}")
+        trials: builtins.list[Trial] = []
+        for slot in next_generation(members, sweep.parameters, settings, sweep.mode, rng):
+            trial = self._new_trial(
+                sweep,
+                slot.params,
+                generation=generation + 1,
+                parent_job_id=slot.parent_job_id,
+                exploited=slot.exploited,
+                start_checkpoint=self._latest_checkpoint(slot.parent_job_id),
+            )
+            trial.number += len(trials)
+            trials.append(trial)
+        return trials
+
+    def _latest_checkpoint(self, job_id: str) -> str:
+        checkpoints = self._jobs.get(job_id).checkpoints
+        return max(checkpoints, key=lambda c: c.step).sha256 if checkpoints else ""
+
+    def _new_trial(self, sweep: Sweep, point: dict[str, str], **fields: Any) -> Trial:
+        raw = trial_spec(sweep.base, point)
+        number = len(sweep.trials)
+        bracket = hyperband_bracket(number, sweep.brackets) if sweep.brackets else 0
+        return Trial(point, raw, self._document_of(raw), number=number, bracket=bracket, **fields)
+
+    def _start(self, sweep: Sweep, trial: Trial) -> None:
+        name = f"{sweep.sweep_id}-{trial.number}"
+        orphan = self._orphans.pop(name, None)
+        if orphan is not None:  # submitted before a crash: the same trial, counted once
+            trial.job_id = orphan.job_id
+            self._settle(sweep, trial, self._jobs.get(orphan.job_id))
+            return
+        try:
+            job = self._jobs.submit(
+                {**trial.raw, "run_name": name},
+                trial.document,
+                sweep.created_by,
+                sweep_id=sweep.sweep_id,
+                start_weights=trial.start_checkpoint,
+            )
+        except TesseraError as exc:  # a drawn value the checks at submit could not foresee
+            log.warning(
+                "a sweep trial could not start",
+                extra={"sweep_id": sweep.sweep_id, "trial": trial.number, "error": exc.message},
+            )
+            trial.state = "failed"
+            return
+        trial.job_id, trial.state = job.job_id, job.state
 
     def _save(self, sweep: Sweep) -> None:
         with self._store.write() as txn:
@@ -447,25 +614,21 @@ def encode_sweep(sweep: Sweep) -> bytes:
         "created_by": sweep.created_by,
         "best_job_id": sweep.best_job_id,
         "rungs": sweep.rungs,
-        "trials": [
-            {
-                "params": t.params,
-                "raw": t.raw,
-                "document": t.document,
-                "job_id": t.job_id,
-                "state": t.state,
-                "metric": t.metric,
-                "has_metric": t.has_metric,
-                "pruned": t.pruned,
-            }
-            for t in sweep.trials
-        ],
+        "trials": [asdict(t) for t in sweep.trials],
+        "pruner": sweep.pruner,
+        "base": sweep.base,
+        "parameters": [asdict(p) for p in sweep.parameters],
+        "max_trials": sweep.max_trials,
+        "seed": sweep.seed,
+        "pbt": asdict(sweep.pbt) if sweep.pbt else None,
+        "brackets": sweep.brackets,
     }
     return encode_record(KIND, SCHEMA, data)
 
 
 def decode_sweep(raw: bytes) -> Sweep:
     _, data = decode_record(raw, KIND, SCHEMA)
+    pbt = data.get("pbt")
     return Sweep(
         sweep_id=data["sweep_id"],
         strategy=data["strategy"],
@@ -479,5 +642,16 @@ def decode_sweep(raw: bytes) -> Sweep:
         created_by=data["created_by"],
         best_job_id=data["best_job_id"],
         rungs=data["rungs"],
-        trials=[Trial(**t) for t in data["trials"]],
+        # Records written before trials were numbered: their place in the list.
+        trials=[Trial(**{"number": i, **t}) for i, t in enumerate(data["trials"])],
+        pruner=data.get("pruner", "asha" if data["strategy"] == "asha" else ""),
+        base=data.get("base", {}),
+        parameters=[
+            SweepParameter(**{**p, "when_values": tuple(p.get("when_values", ()))})
+            for p in data.get("parameters", [])
+        ],
+        max_trials=data.get("max_trials", 0),
+        seed=data.get("seed", 0),
+        pbt=PbtSettings(**pbt) if pbt else None,
+        brackets=data.get("brackets", []),
     )

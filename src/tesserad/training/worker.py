@@ -95,6 +95,7 @@ class WorkerPayload:
     master_port: int = 0
     threads: int = 1
     resume: bool = False
+    weights_only: bool = False  # the checkpoint received gives the starting weights alone
     # A fine-tuning job's first attempt: the parent's weights (safetensors) follow on the pipe.
     initial_weights: bool = False
     resource_interval_s: float = 5.0
@@ -192,7 +193,9 @@ def _run(conn: Connection, payload: WorkerPayload) -> None:
         emit(
             "log", {"level": "info", "message": f"training on {where} with {threads}, {precision}{compiled}"}
         )
-    if checkpoint:
+    if checkpoint and payload.weights_only:
+        trainer.start_from_weights(checkpoint)
+    elif checkpoint:
         trainer.resume_from(checkpoint)
     outcome = trainer.run()
     if payload.world > 1:

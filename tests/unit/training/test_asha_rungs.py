@@ -1,10 +1,10 @@
-"""ASHA's rung bookkeeping (tesserad.training.sweeps.asha_prunes): pure logic."""
+"""ASHA's rung bookkeeping (tesserad.training.pruning.asha_prunes): pure logic."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from tesserad.training.sweeps import asha_prunes
+from tesserad.training.pruning import asha_prunes
 
 
 def report(rungs: dict[str, Any], job: str, loss: float, epoch: int) -> bool:

@@ -89,6 +89,14 @@ def test_values_parse_to_the_fields_type() -> None:
     assert BASE["optimizer"] == {"name": "adam", "lr": 0.01}  # the base is left as it was
 
 
+def test_a_parameter_can_switch_the_architecture_family() -> None:
+    spec = trial_spec(BASE, {"architecture.family": "lstm", "architecture.lstm.hidden_size": "4"})
+    assert spec["architecture"] == {"family": "lstm", "input_shape": [6], "output_size": 2, "hidden_size": 4}
+    assert trial_spec(BASE, {"architecture.family": "mlp"})["architecture"] == BASE["architecture"]
+    with pytest.raises(InvalidArgument, match="'rnn' is not one of mlp, "):
+        trial_spec(BASE, {"architecture.family": "rnn"})
+
+
 def test_setting_a_oneof_member_replaces_the_others() -> None:
     spec = trial_spec(BASE, {"devices.gpu_count": "2", "lr_schedule.cosine.min_lr": "0"})
     assert spec["devices"] == {"gpu_count": 2}

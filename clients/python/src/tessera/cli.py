@@ -28,6 +28,7 @@ from tessera.explanations import METHODS, SHORT_NAMES, top_positions
 from tessera.follow import follow
 from tessera.messages import load_toml, to_datetime
 from tessera.rpc_commands import in_cli_words
+from tessera.sweep_commands import add_sweep_commands
 from tessera.tensors import dtype_name
 from tessera.transport import TLS, TOKEN_ENV
 from tessera.v1 import inference_pb2, registry_pb2, training_pb2
@@ -923,6 +924,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("job_id")
     sub.add_argument("--from-seq", type=int, default=1, help="replay events from this sequence number")
     command(jobs, "cancel", cmd_jobs_cancel, "stop a job").add_argument("job_id")
+
+    add_sweep_commands(commands, command)
 
     runs = commands.add_parser("runs", help="experiment runs").add_subparsers(
         dest="subcommand", required=True, metavar="SUBCOMMAND"

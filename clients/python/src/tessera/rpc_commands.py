@@ -33,6 +33,10 @@ COMMAND_BY_RPC: dict[str, str] = {
     "GetRun": "`tessera runs show RUN_ID`",
     "Leaderboard": "`tessera runs leaderboard EXPERIMENT METRIC`",
     "CreateRun": "the Python SDK's client.training.create_run()",
+    "SubmitSweep": "`tessera sweep SPEC.toml`",
+    "GetSweep": "`tessera sweeps show SWEEP_ID`",
+    "ListSweeps": "`tessera sweeps ls`",
+    "CancelSweep": "`tessera sweeps cancel SWEEP_ID`",
     # Inference
     "Predict": "`tessera predict MODEL --input FILE`",
     "Explain": "`tessera explain MODEL --input FILE`",

@@ -313,7 +313,8 @@ class Training(Part[C]):
 
     @call
     def submit_sweep(self, spec: pb.SweepSpec | Mapping[str, Any]) -> Op[pb.Sweep]:
-        """Start a hyperparameter sweep (grid, random or asha) over a base job spec."""
+        """Start a hyperparameter sweep over a base job spec: grid, random, TPE, CMA-ES or PBT trials,
+        optionally pruned by ASHA or Hyperband."""
         return Op(S, "SubmitSweep", pb.SubmitSweepRequest(spec=from_dict(pb.SweepSpec, spec, "sweep")))
 
     @call

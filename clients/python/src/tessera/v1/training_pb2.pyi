@@ -129,7 +129,19 @@ class _SweepStrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SweepSt
     SWEEP_STRATEGY_GRID: _SweepStrategy.ValueType  # 1
     SWEEP_STRATEGY_RANDOM: _SweepStrategy.ValueType  # 2
     SWEEP_STRATEGY_ASHA: _SweepStrategy.ValueType  # 3
-    """Asynchronous successive halving: stops trials whose metric trails at each rung."""
+    """Asynchronous successive halving: random trials, stopped when their metric trails at a rung
+    (RANDOM with pruner ASHA).
+    """
+    SWEEP_STRATEGY_TPE: _SweepStrategy.ValueType  # 4
+    """Tree-structured Parzen estimator: each trial drawn from a model of the results so far."""
+    SWEEP_STRATEGY_CMA_ES: _SweepStrategy.ValueType  # 5
+    """Covariance matrix adaptation: numeric ranges only."""
+    SWEEP_STRATEGY_HYPERBAND: _SweepStrategy.ValueType  # 6
+    """Random trials in Hyperband's brackets of ASHA (RANDOM with pruner HYPERBAND)."""
+    SWEEP_STRATEGY_PBT: _SweepStrategy.ValueType  # 7
+    """Population-based training: generations of `pbt.population` trials, each starting from its
+    own or (when it trailed) a better trial's weights with perturbed values. Cannot be pruned.
+    """
 
 class SweepStrategy(_SweepStrategy, metaclass=_SweepStrategyEnumTypeWrapper): ...
 
@@ -137,8 +149,42 @@ SWEEP_STRATEGY_UNSPECIFIED: SweepStrategy.ValueType  # 0
 SWEEP_STRATEGY_GRID: SweepStrategy.ValueType  # 1
 SWEEP_STRATEGY_RANDOM: SweepStrategy.ValueType  # 2
 SWEEP_STRATEGY_ASHA: SweepStrategy.ValueType  # 3
-"""Asynchronous successive halving: stops trials whose metric trails at each rung."""
+"""Asynchronous successive halving: random trials, stopped when their metric trails at a rung
+(RANDOM with pruner ASHA).
+"""
+SWEEP_STRATEGY_TPE: SweepStrategy.ValueType  # 4
+"""Tree-structured Parzen estimator: each trial drawn from a model of the results so far."""
+SWEEP_STRATEGY_CMA_ES: SweepStrategy.ValueType  # 5
+"""Covariance matrix adaptation: numeric ranges only."""
+SWEEP_STRATEGY_HYPERBAND: SweepStrategy.ValueType  # 6
+"""Random trials in Hyperband's brackets of ASHA (RANDOM with pruner HYPERBAND)."""
+SWEEP_STRATEGY_PBT: SweepStrategy.ValueType  # 7
+"""Population-based training: generations of `pbt.population` trials, each starting from its
+own or (when it trailed) a better trial's weights with perturbed values. Cannot be pruned.
+"""
 Global___SweepStrategy: _TypeAlias = SweepStrategy  # noqa: Y015
+
+class _SweepPruner:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SweepPrunerEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SweepPruner.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SWEEP_PRUNER_UNSPECIFIED: _SweepPruner.ValueType  # 0
+    """none (or the one the strategy names)"""
+    SWEEP_PRUNER_ASHA: _SweepPruner.ValueType  # 1
+    SWEEP_PRUNER_HYPERBAND: _SweepPruner.ValueType  # 2
+    """Brackets of ASHA whose first rungs are asha.min_epochs * reduction_factor^k."""
+
+class SweepPruner(_SweepPruner, metaclass=_SweepPrunerEnumTypeWrapper):
+    """Stops trailing trials early; GRID, RANDOM, TPE and CMA_ES may take one."""
+
+SWEEP_PRUNER_UNSPECIFIED: SweepPruner.ValueType  # 0
+"""none (or the one the strategy names)"""
+SWEEP_PRUNER_ASHA: SweepPruner.ValueType  # 1
+SWEEP_PRUNER_HYPERBAND: SweepPruner.ValueType  # 2
+"""Brackets of ASHA whose first rungs are asha.min_epochs * reduction_factor^k."""
+Global___SweepPruner: _TypeAlias = SweepPruner  # noqa: Y015
 
 class _SweepState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -1732,27 +1778,90 @@ class SweepParameter(_message.Message):
     PATH_FIELD_NUMBER: _builtins.int
     VALUES_FIELD_NUMBER: _builtins.int
     RANGE_FIELD_NUMBER: _builtins.int
+    WHEN_FIELD_NUMBER: _builtins.int
     path: _builtins.str
     @_builtins.property
     def values(self) -> Global___SweepValues: ...
     @_builtins.property
     def range(self) -> Global___SweepRange: ...
+    @_builtins.property
+    def when(self) -> Global___SweepCondition:
+        """Set: the parameter is present only in trials where that (earlier, categorical) one takes
+        one of the given values.
+        """
+
     def __init__(
         self,
         *,
         path: _builtins.str = ...,
         values: Global___SweepValues | None = ...,
         range: Global___SweepRange | None = ...,
+        when: Global___SweepCondition | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain", "range", b"range", "values", b"values"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain", "range", b"range", "values", b"values", "when", b"when"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain", "path", b"path", "range", b"range", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain", "path", b"path", "range", b"range", "values", b"values", "when", b"when"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_domain: _TypeAlias = _typing.Literal["values", "range"]  # noqa: Y015
     _WhichOneofArgType_domain: _TypeAlias = _typing.Literal["domain", b"domain"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_domain) -> _WhichOneofReturnType_domain | None: ...
 
 Global___SweepParameter: _TypeAlias = SweepParameter  # noqa: Y015
+
+@_typing.final
+class SweepCondition(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        values: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SweepCondition: _TypeAlias = SweepCondition  # noqa: Y015
+
+@_typing.final
+class SweepPbtSettings(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POPULATION_FIELD_NUMBER: _builtins.int
+    QUANTILE_FIELD_NUMBER: _builtins.int
+    PERTURB_FIELD_NUMBER: _builtins.int
+    RESAMPLE_PROBABILITY_FIELD_NUMBER: _builtins.int
+    population: _builtins.int
+    """Trials per generation; default 4. max_trials / population generations run."""
+    quantile: _builtins.float
+    """The bottom quantile copies the top quantile; default 0.25."""
+    perturb: _builtins.float
+    """Numbers are scaled by 1 +- perturb when explored; default 0.2."""
+    resample_probability: _builtins.float
+    """Chance that an explored value is drawn afresh instead; default 0.25."""
+    def __init__(
+        self,
+        *,
+        population: _builtins.int = ...,
+        quantile: _builtins.float = ...,
+        perturb: _builtins.float = ...,
+        resample_probability: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["perturb", b"perturb", "population", b"population", "quantile", b"quantile", "resample_probability", b"resample_probability"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SweepPbtSettings: _TypeAlias = SweepPbtSettings  # noqa: Y015
 
 @_typing.final
 class SweepValues(_message.Message):
@@ -1841,6 +1950,8 @@ class SweepSpec(_message.Message):
     MODE_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     ASHA_FIELD_NUMBER: _builtins.int
+    PRUNER_FIELD_NUMBER: _builtins.int
+    PBT_FIELD_NUMBER: _builtins.int
     strategy: Global___SweepStrategy.ValueType
     max_trials: _builtins.int
     """Random and ASHA: number of trials; grid: an upper bound (default: the whole grid)."""
@@ -1849,12 +1960,17 @@ class SweepSpec(_message.Message):
     metric: _builtins.str
     mode: _job_spec_pb2.OptimizeMode.ValueType
     seed: _builtins.int
+    pruner: Global___SweepPruner.ValueType
     @_builtins.property
     def base(self) -> _job_spec_pb2.JobSpec: ...
     @_builtins.property
     def parameters(self) -> _containers.RepeatedCompositeFieldContainer[Global___SweepParameter]: ...
     @_builtins.property
-    def asha(self) -> Global___AshaSettings: ...
+    def asha(self) -> Global___AshaSettings:
+        """ASHA's and Hyperband's rungs."""
+
+    @_builtins.property
+    def pbt(self) -> Global___SweepPbtSettings: ...
     def __init__(
         self,
         *,
@@ -1867,10 +1983,12 @@ class SweepSpec(_message.Message):
         mode: _job_spec_pb2.OptimizeMode.ValueType = ...,
         seed: _builtins.int = ...,
         asha: Global___AshaSettings | None = ...,
+        pruner: Global___SweepPruner.ValueType = ...,
+        pbt: Global___SweepPbtSettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["asha", b"asha", "base", b"base"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["asha", b"asha", "base", b"base", "pbt", b"pbt"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asha", b"asha", "base", b"base", "max_concurrent", b"max_concurrent", "max_trials", b"max_trials", "metric", b"metric", "mode", b"mode", "parameters", b"parameters", "seed", b"seed", "strategy", b"strategy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asha", b"asha", "base", b"base", "max_concurrent", b"max_concurrent", "max_trials", b"max_trials", "metric", b"metric", "mode", b"mode", "parameters", b"parameters", "pbt", b"pbt", "pruner", b"pruner", "seed", b"seed", "strategy", b"strategy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1906,12 +2024,29 @@ class SweepTrial(_message.Message):
     METRIC_FIELD_NUMBER: _builtins.int
     HAS_METRIC_FIELD_NUMBER: _builtins.int
     PRUNED_FIELD_NUMBER: _builtins.int
+    NUMBER_FIELD_NUMBER: _builtins.int
+    PRUNED_AT_EPOCH_FIELD_NUMBER: _builtins.int
+    BRACKET_FIELD_NUMBER: _builtins.int
+    GENERATION_FIELD_NUMBER: _builtins.int
+    PARENT_JOB_ID_FIELD_NUMBER: _builtins.int
+    EXPLOITED_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     state: Global___JobState.ValueType
     metric: _builtins.float
     has_metric: _builtins.bool
     pruned: _builtins.bool
     """ASHA stopped it early."""
+    number: _builtins.int
+    """Its place in the sweep, from 0."""
+    pruned_at_epoch: _builtins.int
+    """The rung epoch it was pruned at."""
+    bracket: _builtins.int
+    """Hyperband's bracket."""
+    generation: _builtins.int
+    """PBT: its generation, and the trial whose weights it started from."""
+    parent_job_id: _builtins.str
+    exploited: _builtins.bool
+    """PBT: it copied a better trial (exploit), not its own slot's."""
     @_builtins.property
     def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
@@ -1923,10 +2058,16 @@ class SweepTrial(_message.Message):
         metric: _builtins.float = ...,
         has_metric: _builtins.bool = ...,
         pruned: _builtins.bool = ...,
+        number: _builtins.int = ...,
+        pruned_at_epoch: _builtins.int = ...,
+        bracket: _builtins.int = ...,
+        generation: _builtins.int = ...,
+        parent_job_id: _builtins.str = ...,
+        exploited: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["has_metric", b"has_metric", "job_id", b"job_id", "metric", b"metric", "params", b"params", "pruned", b"pruned", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bracket", b"bracket", "exploited", b"exploited", "generation", b"generation", "has_metric", b"has_metric", "job_id", b"job_id", "metric", b"metric", "number", b"number", "params", b"params", "parent_job_id", b"parent_job_id", "pruned", b"pruned", "pruned_at_epoch", b"pruned_at_epoch", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,278 @@
+"""Hyperparameter search through tesserad: best validation loss against trials used, for random,
+TPE, ASHA and PBT sweeps over the same seeded problem, several seeds each.
+
+The problem: a small MLP regressing a fixed nonlinear function of 8 inputs (synthetic, seeded),
+varied in learning rate (log 1e-4..1), weight decay (log 1e-6..0.1) and batch size (8..128), each
+trial a real job (spawned worker, epochs, checkpoints) run by the daemon's sweep.
+
+Goals (issue 15): TPE reaches random's best-of-N in at most half the trials (median over seeds);
+ASHA reaches random's best in at most 40% of random's epochs. Everything else is in the JSON:
+each run's trials in order with value, epochs and state, and best-so-far curves.
+
+Run: .venv/bin/python bench/search_bench.py [--seeds 5] [--trials 12]  ->  bench/results/search.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from daemon_process import start_daemon
+
+from tessera.v1 import (
+    architecture_pb2,
+    datasets_pb2,
+    datasets_pb2_grpc,
+    job_spec_pb2,
+    training_pb2,
+    training_pb2_grpc,
+)
+
+RESULTS = Path(__file__).parent / "results" / "search.json"
+S = training_pb2
+EPOCHS = 9  # ASHA's rungs at 1, 3 and 9 epochs (reduction factor 3); a job's start costs more than 9 epochs
+SAMPLES = 512
+
+
+def upload_problem(channel: grpc.Channel) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(SAMPLES, 8)).astype(np.float32)
+    y = np.sin(2 * x[:, 0]) + x[:, 1] * x[:, 2] - 0.5 * x[:, 3] ** 2 + 0.1 * rng.normal(size=SAMPLES)
+    buffer = io.BytesIO()
+    np.savez(buffer, x=x, y=y.astype(np.float32)[:, None])
+    header = datasets_pb2.UploadDatasetHeader(name="search", format=datasets_pb2.DATASET_FORMAT_NPZ)
+    cut = SAMPLES * 3 // 4
+    header.splits.indices.splits.extend(
+        [
+            datasets_pb2.SplitIndices(name="train", indices=list(range(cut))),
+            datasets_pb2.SplitIndices(name="val", indices=list(range(cut, SAMPLES))),
+        ]
+    )
+    data = buffer.getvalue()
+    requests = [datasets_pb2.UploadDatasetRequest(header=header)] + [
+        datasets_pb2.UploadDatasetRequest(chunk=data[i : i + 65536]) for i in range(0, len(data), 65536)
+    ]
+    datasets_pb2_grpc.DatasetsStub(channel).UploadDataset(iter(requests))
+
+
+def base_spec() -> job_spec_pb2.JobSpec:
+    return job_spec_pb2.JobSpec(
+        experiment="search-bench",
+        architecture=architecture_pb2.Architecture(
+            input_shape=[8], output_size=1, mlp=architecture_pb2.MlpSpec(hidden_sizes=[16])
+        ),
+        task=job_spec_pb2.TASK_REGRESSION,
+        data=job_spec_pb2.DataSpec(dataset={"name": "search"}, val_split="val"),
+        optimizer=job_spec_pb2.Optimizer(name="adam", lr=0.01),
+        epochs=EPOCHS,
+        batch_size=32,
+        seed=0,
+        log_every_n_steps=1000,
+    )
+
+
+def parameters() -> list[S.SweepParameter]:
+    return [
+        S.SweepParameter(path="optimizer.lr", range=S.SweepRange(min=1e-4, max=1.0, log_scale=True)),
+        S.SweepParameter(
+            path="optimizer.weight_decay", range=S.SweepRange(min=1e-6, max=0.1, log_scale=True)
+        ),
+        S.SweepParameter(path="batch_size", range=S.SweepRange(min=8, max=128, integer=True)),
+    ]
+
+
+def sweep_spec(searcher: str, trials: int, seed: int) -> S.SweepSpec:
+    spec = S.SweepSpec(
+        base=base_spec(),
+        parameters=parameters(),
+        max_trials=trials,
+        max_concurrent=2,
+        metric="val_loss",
+        seed=seed,
+    )
+    if searcher == "random":
+        spec.strategy = S.SWEEP_STRATEGY_RANDOM
+    elif searcher == "tpe":
+        spec.strategy = S.SWEEP_STRATEGY_TPE
+    elif searcher == "asha":
+        spec.strategy = S.SWEEP_STRATEGY_ASHA
+        spec.asha.CopyFrom(S.AshaSettings(min_epochs=1, reduction_factor=3))
+    else:
+        spec.strategy = S.SWEEP_STRATEGY_PBT
+        spec.pbt.CopyFrom(S.SweepPbtSettings(population=4))
+        spec.max_concurrent = 4
+        spec.base.checkpoints.CopyFrom(job_spec_pb2.CheckpointPolicy(every_n_epochs=EPOCHS, keep_last=1))
+    return spec
+
+
+def run_sweep(
+    training: training_pb2_grpc.TrainingStub, searcher: str, trials: int, seed: int
+) -> dict[str, Any]:
+    started = time.monotonic()
+    sweep_id = training.SubmitSweep(S.SubmitSweepRequest(spec=sweep_spec(searcher, trials, seed))).sweep_id
+    while (sweep := training.GetSweep(S.GetSweepRequest(sweep_id=sweep_id))).state == S.SWEEP_STATE_RUNNING:
+        time.sleep(0.5)
+    rows = []
+    for t in sorted(sweep.trials, key=lambda t: t.number):
+        job = training.GetJob(S.GetJobRequest(job_id=t.job_id))
+        rows.append(
+            {
+                "number": t.number,
+                "params": dict(t.params),
+                "val_loss": t.metric if t.has_metric else None,
+                "epochs": job.epoch,
+                "pruned": t.pruned,
+                "generation": t.generation,
+                "exploited": t.exploited,
+            }
+        )
+    best, curve = math.inf, []
+    for row in rows:
+        if row["val_loss"] is not None and math.isfinite(row["val_loss"]):
+            best = min(best, row["val_loss"])
+        curve.append(best)
+    return {
+        "searcher": searcher,
+        "seed": seed,
+        "state": S.SweepState.Name(sweep.state),
+        "wall_s": round(time.monotonic() - started, 1),
+        "best": best,
+        "epochs": sum(r["epochs"] for r in rows),
+        "best_so_far": curve,
+        "trials": rows,
+    }
+
+
+def trials_to_reach(curve: list[float], target: float) -> int | None:
+    """Trials used until the best so far is within 0.1% of target (None: never)."""
+    return next((i + 1 for i, value in enumerate(curve) if value <= target * 1.001), None)
+
+
+def epochs_to_reach(run: dict[str, Any], target: float) -> int | None:
+    used = 0
+    for row in run["trials"]:
+        used += row["epochs"]
+        if row["val_loss"] is not None and row["val_loss"] <= target * 1.001:
+            return used
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--trials", type=int, default=8, help="trials per sweep (PBT: generations of 4)")
+    parser.add_argument("--summarise", action="store_true", help="recompute the summary of the stored JSON")
+    args = parser.parse_args()
+    if args.summarise:
+        stored = json.loads(RESULTS.read_text())
+        problem = stored["problem"]
+        stored["summary"] = summarise(stored["runs"], problem["seeds"], problem["trials_per_sweep"])
+        RESULTS.write_text(json.dumps(stored, indent=2))
+        print(json.dumps(stored["summary"], indent=2))
+        return
+    os.environ.setdefault("TESSERA_TRAINING_CPU_SLOTS", "2")
+    os.environ.setdefault("TESSERA_TRAINING_THREADS_PER_SLOT", "1")
+    runs: list[dict[str, Any]] = []
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as data_dir:
+        process, address = start_daemon(Path(data_dir))
+        try:
+            channel = grpc.insecure_channel(address)
+            upload_problem(channel)
+            training = training_pb2_grpc.TrainingStub(channel)
+            for seed in range(args.seeds):
+                for searcher in ("random", "tpe", "asha", "pbt"):
+                    run = run_sweep(training, searcher, args.trials, seed)
+                    runs.append(run)
+                    print(
+                        f"seed {seed} {searcher:6s} best {run['best']:.4f} epochs {run['epochs']:3d} "
+                        f"({run['wall_s']} s)",
+                        flush=True,
+                    )
+        finally:
+            process.terminate()
+            process.wait(30)
+    summary = summarise(runs, args.seeds, args.trials)
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "problem": {
+                    "samples": SAMPLES,
+                    "epochs_per_trial": EPOCHS,
+                    "parameters": "lr log[1e-4,1], weight_decay log[1e-6,0.1], batch_size int[8,128]",
+                    "trials_per_sweep": args.trials,
+                    "seeds": args.seeds,
+                },
+                "summary": summary,
+                "runs": runs,
+                "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+                "wall_s": round(time.monotonic() - started, 1),
+            },
+            indent=2,
+        )
+    )
+    print(json.dumps(summary, indent=2))
+
+
+def summarise(runs: list[dict[str, Any]], seeds: int, trials: int) -> dict[str, Any]:
+    by = {(r["searcher"], r["seed"]): r for r in runs}
+    tpe_trials: list[float] = []
+    asha_fraction: list[float] = []
+    asha_vs_first_hit: list[float] = []
+    for seed in range(seeds):
+        target = by["random", seed]["best"]
+        reached = trials_to_reach(by["tpe", seed]["best_so_far"], target)
+        tpe_trials.append(reached if reached is not None else math.inf)
+        asha_epochs = epochs_to_reach(by["asha", seed], target)
+        # Random's best-of-N costs all N trials' epochs: only after them is it known to be the best.
+        asha_fraction.append(
+            asha_epochs / by["random", seed]["epochs"] if asha_epochs is not None else math.inf
+        )
+        random_reached = epochs_to_reach(by["random", seed], target) or by["random", seed]["epochs"]
+        asha_vs_first_hit.append(asha_epochs / random_reached if asha_epochs is not None else math.inf)
+    median_tpe = statistics.median(tpe_trials)
+    median_asha = statistics.median(asha_fraction)
+
+    def per(searcher: str, key: str) -> list[Any]:
+        return [by[searcher, seed][key] for seed in range(seeds)]
+
+    return {
+        "best_val_loss_median": {
+            s: statistics.median(per(s, "best")) for s in ("random", "tpe", "asha", "pbt")
+        },
+        "epochs_median": {s: statistics.median(per(s, "epochs")) for s in ("random", "tpe", "asha", "pbt")},
+        "tpe_trials_to_random_best": [None if math.isinf(v) else v for v in tpe_trials],
+        "tpe_trials_to_random_best_median": None if math.isinf(median_tpe) else median_tpe,
+        "tpe_goal_met": median_tpe <= trials / 2,
+        "asha_epochs_to_random_best_fraction": [
+            None if math.isinf(v) else round(v, 3) for v in asha_fraction
+        ],
+        "asha_epochs_fraction_median": None if math.isinf(median_asha) else round(median_asha, 3),
+        "asha_goal_met": median_asha <= 0.4,
+        # Stricter: against the epochs random had spent when it first drew its best trial.
+        "asha_epochs_to_random_first_hit_fraction": [
+            None if math.isinf(v) else round(v, 3) for v in asha_vs_first_hit
+        ],
+        "asha_same_best_as_random": [
+            by["asha", s]["best"] <= by["random", s]["best"] * 1.001 for s in range(seeds)
+        ],
+    }
+
+
+if __name__ == "__main__":
+    main()

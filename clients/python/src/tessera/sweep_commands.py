@@ -1,0 +1,261 @@
+"""`tessera sweep SPEC.toml [--follow]` and `tessera sweeps ls|show|cancel`: a live table of
+trials while a sweep runs, then a leaderboard and a plot of the best metric against trials."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from tessera.errors import JobFailed
+from tessera.messages import load_toml
+from tessera.plot import line_plot
+from tessera.v1 import job_spec_pb2, training_pb2
+
+if TYPE_CHECKING:
+    from tessera.cli import Output
+    from tessera.client import Client
+
+POLL_S = 1.0
+S = training_pb2
+
+
+def sweep_state(sweep: training_pb2.Sweep) -> str:
+    return S.SweepState.Name(sweep.state).removeprefix("SWEEP_STATE_").lower()
+
+
+def strategy_name(spec: training_pb2.SweepSpec) -> str:
+    name = S.SweepStrategy.Name(spec.strategy).removeprefix("SWEEP_STRATEGY_").lower()
+    if spec.pruner:
+        name += " + " + S.SweepPruner.Name(spec.pruner).removeprefix("SWEEP_PRUNER_").lower()
+    return name
+
+
+def trial_state(trial: training_pb2.SweepTrial) -> str:
+    if trial.pruned:
+        return f"pruned at epoch {trial.pruned_at_epoch}" if trial.pruned_at_epoch else "pruned"
+    if not trial.job_id:
+        return {S.JOB_STATE_UNSPECIFIED: "pending", S.JOB_STATE_CANCELLED: "cancelled"}.get(
+            trial.state, "failed to start"
+        )
+    return S.JobState.Name(trial.state).removeprefix("JOB_STATE_").lower()
+
+
+def params_text(params: Any) -> str:
+    """`lr=0.01, name=sgd`: each parameter by the last part of its path, in path order."""
+    return ", ".join(f"{path.rsplit('.', 1)[-1]}={_short(value)}" for path, value in sorted(params.items()))
+
+
+def _short(text: str) -> str:
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return text if number.is_integer() and "." not in text and "e" not in text else f"{number:.4g}"
+
+
+def trial_rows(sweep: training_pb2.Sweep) -> list[tuple[str, ...]]:
+    pbt = sweep.spec.strategy == S.SWEEP_STRATEGY_PBT
+    rows: list[tuple[str, ...]] = []
+    for t in sweep.trials:
+        lineage = ""
+        if pbt and t.generation:
+            lineage = f"gen {t.generation}, " + ("copied " if t.exploited else "continued ") + t.parent_job_id
+        rows.append(
+            (
+                str(t.number),
+                trial_state(t),
+                f"{t.metric:.5g}" if t.has_metric else "-",
+                params_text(t.params),
+                lineage or (f"bracket {t.bracket}" if sweep.spec.pruner == S.SWEEP_PRUNER_HYPERBAND else ""),
+                t.job_id or "-",
+            )
+        )
+    return rows
+
+
+def best_so_far(sweep: training_pb2.Sweep, maximise: bool) -> list[tuple[float, float]]:
+    """(trials used, best metric among them) after each trial with a metric, in trial order."""
+    best = -math.inf if maximise else math.inf
+    points = []
+    for used, t in enumerate(sorted(sweep.trials, key=lambda t: t.number), start=1):
+        if t.has_metric and math.isfinite(t.metric):
+            best = max(best, t.metric) if maximise else min(best, t.metric)
+        if math.isfinite(best):
+            points.append((float(used), best))
+    return points
+
+
+def maximises(sweep: training_pb2.Sweep) -> bool:
+    if sweep.spec.mode:
+        return bool(sweep.spec.mode == job_spec_pb2.OPTIMIZE_MODE_MAX)
+    return not sweep.spec.metric.endswith(("loss", "error", "mse", "mae"))
+
+
+def trials_table(sweep: training_pb2.Sweep) -> Table:
+    done = sum(1 for t in sweep.trials if t.state in _ENDED or t.pruned)
+    limit = f" of {sweep.spec.max_trials}" if sweep.spec.max_trials else ""
+    table = Table(
+        title=f"sweep {sweep.sweep_id} ({strategy_name(sweep.spec)}): {sweep_state(sweep)}, "
+        f"{done} trials done{limit}",
+        caption=f"best {sweep.spec.metric}: {_best_text(sweep)}",
+    )
+    rows = trial_rows(sweep)
+    columns = ["#", "state", sweep.spec.metric, "params", "lineage", "job"]
+    shown = [i for i, column in enumerate(columns) if column != "lineage" or any(row[i] for row in rows)]
+    for i in shown:
+        table.add_column(columns[i], overflow="fold", no_wrap=columns[i] in ("#", "job"))
+    for row in rows:
+        table.add_row(*(Text(row[i]) for i in shown))
+    return table
+
+
+_ENDED = {S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLED}
+
+
+def _best_text(sweep: training_pb2.Sweep) -> str:
+    best = next((t for t in sweep.trials if t.job_id == sweep.best_job_id and t.has_metric), None)
+    return f"{best.metric:.5g} (trial {best.number}, {best.job_id})" if best else "-"
+
+
+def leaderboard_rows(sweep: training_pb2.Sweep, limit: int = 10) -> list[tuple[str, ...]]:
+    scored = [t for t in sweep.trials if t.has_metric]
+    ranked = sorted(scored, key=lambda t: -t.metric if maximises(sweep) else t.metric)[:limit]
+    return [
+        (str(rank), f"{t.metric:.5g}", str(t.number), trial_state(t), params_text(t.params), t.job_id)
+        for rank, t in enumerate(ranked, start=1)
+    ]
+
+
+def print_result(sweep: training_pb2.Sweep, out: Output) -> None:
+    """The leaderboard and the plot of best-so-far against trials."""
+    out.table(
+        f"sweep {sweep.sweep_id}: {sweep_state(sweep)}, best {sweep.spec.metric}",
+        ["rank", sweep.spec.metric, "trial", "state", "params", "job"],
+        leaderboard_rows(sweep),
+        whole=("rank", "trial", "job"),
+    )
+    plot = line_plot(
+        {f"best {sweep.spec.metric} so far": best_so_far(sweep, maximises(sweep))}, x_label="trials"
+    )
+    if plot:
+        out.line(plot)
+
+
+def wait_live(get: Callable[[], training_pb2.Sweep], out: Output) -> training_pb2.Sweep:
+    """Poll the sweep until it ends, redrawing its table of trials each time."""
+    sweep = get()
+    if out.as_json:
+        while sweep.state == S.SWEEP_STATE_RUNNING:
+            time.sleep(POLL_S)
+            sweep = get()
+        return sweep
+    with Live(trials_table(sweep), console=out.console, auto_refresh=False) as live:
+        while sweep.state == S.SWEEP_STATE_RUNNING:
+            time.sleep(POLL_S)
+            sweep = get()
+            live.update(trials_table(sweep), refresh=True)
+    out.line("")
+    return sweep
+
+
+def cmd_sweep(client: Client, args: argparse.Namespace, out: Output) -> None:
+    sweep = client.training.submit_sweep(load_toml(args.spec))
+    if not args.follow:
+        if out.as_json:
+            return out.json(sweep)
+        out.line(
+            f"submitted sweep {sweep.sweep_id} ({strategy_name(sweep.spec)}); "
+            f"follow it with: tessera sweeps show {sweep.sweep_id} --follow"
+        )
+        return None
+    finish(follow_sweep(client, sweep.sweep_id, out))
+    return None
+
+
+def follow_sweep(client: Client, sweep_id: str, out: Output) -> training_pb2.Sweep:
+    sweep = wait_live(lambda: client.training.sweep(sweep_id), out)
+    if out.as_json:
+        out.json(sweep)
+    else:
+        print_result(sweep, out)
+    return sweep
+
+
+def finish(sweep: training_pb2.Sweep) -> None:
+    """A followed sweep that did not succeed makes the command fail."""
+    if sweep.state != S.SWEEP_STATE_SUCCEEDED:
+        raise JobFailed(sweep, f"sweep {sweep.sweep_id} ended {sweep_state(sweep).upper()}")
+
+
+def cmd_sweeps_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
+    sweeps = list(client.training.sweeps())
+    if out.as_json:
+        return out.json(sweeps)
+    out.table(
+        "sweeps",
+        ["id", "strategy", "state", "trials", "metric", "best", "created"],
+        [
+            (
+                s.sweep_id,
+                strategy_name(s.spec),
+                sweep_state(s),
+                len(s.trials),
+                s.spec.metric,
+                _best_text(s),
+                s.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"),
+            )
+            for s in sweeps
+        ],
+        whole=("id",),
+    )
+
+
+def cmd_sweeps_show(client: Client, args: argparse.Namespace, out: Output) -> None:
+    if args.follow:
+        finish(follow_sweep(client, args.sweep_id, out))
+        return None
+    sweep = client.training.sweep(args.sweep_id)
+    if out.as_json:
+        return out.json(sweep)
+    out.console.print(trials_table(sweep))
+    if sweep.state != S.SWEEP_STATE_RUNNING:
+        print_result(sweep, out)
+    return None
+
+
+def cmd_sweeps_cancel(client: Client, args: argparse.Namespace, out: Output) -> None:
+    sweep = client.training.cancel_sweep(args.sweep_id)
+    if out.as_json:
+        return out.json(sweep)
+    out.line(f"cancelled sweep {sweep.sweep_id}; its running trials stop at their next step")
+    return None
+
+
+def add_sweep_commands(
+    commands: Any, command: Callable[[Any, str, Callable[..., None], str], argparse.ArgumentParser]
+) -> None:
+    sub = command(commands, "sweep", cmd_sweep, "start a hyperparameter sweep from a TOML spec")
+    sub.add_argument(
+        "spec", help="SPEC.toml (SweepSpec fields: [base] is the job spec, [[parameters]] the space)"
+    )
+    sub.add_argument(
+        "--follow", action="store_true", help="show the trials live, then a leaderboard and a plot"
+    )
+    sweeps = commands.add_parser("sweeps", help="hyperparameter sweeps").add_subparsers(
+        dest="subcommand", required=True, metavar="SUBCOMMAND"
+    )
+    listing = sweeps.add_parser("ls", aliases=["list"], help="list sweeps, newest first")
+    listing.set_defaults(handler=cmd_sweeps_ls)
+    sub = command(sweeps, "show", cmd_sweeps_show, "a sweep's trials, leaderboard and best-so-far plot")
+    sub.add_argument("sweep_id")
+    sub.add_argument("--follow", action="store_true", help="show the trials live until the sweep ends")
+    command(sweeps, "cancel", cmd_sweeps_cancel, "stop a sweep and its running trials").add_argument(
+        "sweep_id"
+    )

@@ -1,0 +1,159 @@
+"""A sweep's search space: ranges (uniform, log-uniform, integer), categorical values, and
+conditional parameters (present only while an earlier categorical parameter takes given values).
+
+Values travel as text, as the API gives them; `trial_spec` parses them to each field's type.
+A point is {path: text} holding the parameters active at that point, in the space's order.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from tesserad.errors import InvalidArgument
+
+MAX_TRIALS = 1000
+
+
+@dataclass(frozen=True)
+class SweepParameter:
+    path: str
+    values: list[str] | None = None  # categorical: explicit values (as text)
+    low: float = 0.0
+    high: float = 0.0
+    log_scale: bool = False
+    integer: bool = False
+    # Present only while the parameter at `when_path` takes one of `when_values`.
+    when_path: str = ""
+    when_values: tuple[str, ...] = ()
+
+
+def check_space(parameters: list[SweepParameter]) -> None:
+    """Refuse a space no searcher can draw from, naming the parameter and what to fix."""
+    if not parameters:
+        raise InvalidArgument("parameters: a sweep varies at least one field")
+    paths = [p.path for p in parameters]
+    if len(set(paths)) != len(paths):
+        raise InvalidArgument("parameters: a path is listed twice")
+    earlier: dict[str, SweepParameter] = {}
+    for i, p in enumerate(parameters):
+        where = f"parameters[{i}]"
+        if p.values is not None and not p.values:
+            raise InvalidArgument(f"{where}.values: list at least one value")
+        if p.values is None:
+            if not (math.isfinite(p.low) and math.isfinite(p.high)) or p.low > p.high:
+                raise InvalidArgument(f"{where}.range: need min <= max, got {p.low} and {p.high}")
+            if p.log_scale and p.low <= 0:
+                raise InvalidArgument(f"{where}.range: a log-scale range needs min > 0")
+            if p.integer and not (float(p.low).is_integer() and float(p.high).is_integer()):
+                raise InvalidArgument(f"{where}.range: an integer range needs whole min and max")
+        if p.when_path:
+            parent = earlier.get(p.when_path)
+            if parent is None or parent.values is None:
+                raise InvalidArgument(
+                    f"{where}.when: {p.when_path!r} must be a categorical parameter listed before {p.path!r}"
+                )
+            unknown = [v for v in p.when_values if v not in parent.values]
+            if not p.when_values or unknown:
+                raise InvalidArgument(
+                    f"{where}.when: give values of {p.when_path!r} among {', '.join(parent.values)}"
+                )
+        earlier[p.path] = p
+
+
+def is_active(p: SweepParameter, point: dict[str, str]) -> bool:
+    return not p.when_path or point.get(p.when_path) in p.when_values
+
+
+def is_conditional(parameters: list[SweepParameter]) -> bool:
+    return any(p.when_path for p in parameters)
+
+
+def draw(p: SweepParameter, rng: random.Random) -> str:
+    """One value of `p`, uniform over its values or its (log-)range."""
+    if p.values is not None:
+        return rng.choice(p.values)
+    if p.log_scale:
+        value = math.exp(rng.uniform(math.log(p.low), math.log(p.high)))
+    else:
+        value = rng.uniform(p.low, p.high)
+    return number_text(p, value)
+
+
+def number_text(p: SweepParameter, value: float) -> str:
+    """`value` clipped to p's range, as text (rounded for an integer range)."""
+    value = min(max(value, p.low), p.high)
+    return str(round(value)) if p.integer else repr(value)
+
+
+def random_point(parameters: list[SweepParameter], rng: random.Random) -> dict[str, str]:
+    point: dict[str, str] = {}
+    for p in parameters:
+        if is_active(p, point):
+            point[p.path] = draw(p, rng)
+    return point
+
+
+def grid_points(parameters: list[SweepParameter]) -> list[dict[str, str]]:
+    """Every combination of the values, a conditional parameter only where it is active."""
+    for i, p in enumerate(parameters):
+        if p.values is None:
+            raise InvalidArgument(
+                f"parameters[{i}]: a grid sweep needs explicit values for {p.path}, not a range"
+            )
+    points: list[dict[str, str]] = []
+    for combo in itertools.product(*(p.values or () for p in parameters)):
+        point = _active_part(parameters, dict(zip((p.path for p in parameters), combo, strict=True)))
+        if point not in points:  # an inactive parameter's values give the same point again
+            points.append(point)
+    return points
+
+
+def _active_part(parameters: list[SweepParameter], full: dict[str, str]) -> dict[str, str]:
+    point: dict[str, str] = {}
+    for p in parameters:
+        if is_active(p, point):
+            point[p.path] = full[p.path]
+    return point
+
+
+def boundary_points(parameters: list[SweepParameter]) -> Iterator[dict[str, str]]:
+    """Points that set each parameter to each of its extremes (min, max, every value), the others
+    at their first: what a searcher that draws as it goes can reach is checked at submit this way."""
+    first = {p.path: p.values[0] if p.values else number_text(p, p.low) for p in parameters}
+    by_path = {p.path: p for p in parameters}
+    seen: list[dict[str, str]] = []
+    for p in parameters:
+        extremes = p.values if p.values is not None else [number_text(p, p.low), number_text(p, p.high)]
+        for value in extremes:
+            full = {**first, p.path: value}
+            parent = p
+            while parent.when_path:  # switch on what makes p present
+                full[parent.when_path] = parent.when_values[0]
+                parent = by_path[parent.when_path]
+            point = _active_part(parameters, full)
+            if point not in seen:
+                seen.append(point)
+                yield point
+
+
+def plan_points(
+    searcher: str, parameters: list[SweepParameter], max_trials: int, seed: int
+) -> list[dict[str, str]]:
+    """Every trial's values for the searchers that plan them all at submit: grid and random."""
+    check_space(parameters)
+    if max_trials < 0:
+        raise InvalidArgument(f"max_trials must be >= 0, got {max_trials}")
+    if searcher == "grid":
+        points = grid_points(parameters)[: max_trials or None]
+    else:
+        if max_trials == 0:
+            raise InvalidArgument(f"max_trials: a {searcher} sweep needs the number of trials (> 0)")
+        rng = random.Random(seed)
+        points = [random_point(parameters, rng) for _ in range(max_trials)]
+    if len(points) > MAX_TRIALS:
+        raise InvalidArgument(f"the sweep would run {len(points)} trials; at most {MAX_TRIALS}")
+    return points

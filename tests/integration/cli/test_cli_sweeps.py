@@ -1,0 +1,94 @@
+"""`tessera sweep SPEC.toml --follow` and `tessera sweeps ls|show|cancel` against a real daemon."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+SPEC = """\
+strategy = "tpe"
+pruner = "asha"
+metric = "val_loss"
+max_trials = 3
+max_concurrent = 2
+seed = 1
+
+[asha]
+min_epochs = 1
+reduction_factor = 2
+
+[base]
+experiment = "cli-sweeps"
+task = "classification"
+epochs = 2
+batch_size = 16
+data = { dataset = "table", val_split = "val" }
+optimizer = { name = "adam", lr = 0.01 }
+
+[base.architecture]
+input_shape = [4]
+output_size = 2
+mlp = { hidden_sizes = [8] }
+
+[[parameters]]
+path = "optimizer.name"
+values = { values = ["adam", "sgd"] }
+
+[[parameters]]
+path = "optimizer.momentum"
+range = { min = 0.5, max = 0.9 }
+when = { path = "optimizer.name", values = ["sgd"] }
+
+[[parameters]]
+path = "optimizer.lr"
+range = { min = 0.001, max = 0.1, log_scale = true }
+"""
+
+
+@pytest.fixture
+def table_dataset(client, tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 4)).astype(np.float32)
+    path = tmp_path / "table.npz"
+    np.savez(path, x=x, y=(x[:, 0] > 0).astype(np.int64))
+    client.datasets.push("table", path, splits={"train": 0.75, "val": 0.25})
+
+
+def test_sweep_follow_shows_trials_then_a_leaderboard_and_a_plot(tessera_cli, table_dataset, tmp_path):
+    spec = tmp_path / "sweep.toml"
+    spec.write_text(SPEC)
+    result = tessera_cli("sweep", str(spec), "--follow")
+    assert result.code == 0, result.err
+    (tmp_path.parent / "sweep_out.txt").write_text(result.out)
+    assert "(tpe + asha)" in result.out and "succeeded" in result.out
+    assert "rank" in result.out and "best val_loss so far" in result.out and "trials" in result.out
+    listed = tessera_cli("--json", "sweeps", "list").json()
+    sweep_id = listed[0]["sweep_id"]
+    assert [t.get("number", 0) for t in listed[0]["trials"]] == [0, 1, 2]
+    shown = tessera_cli("sweeps", "show", sweep_id)
+    assert shown.code == 0 and sweep_id in shown.out and "momentum=" in shown.out + "name=adam"
+    assert "tpe + asha" in tessera_cli("sweeps", "ls").out
+    cancelled = tessera_cli("sweeps", "cancel", sweep_id)
+    assert cancelled.code == 1 and "already ended (SUCCEEDED)" in cancelled.err
+
+
+def test_sweep_spec_problems_are_reported_by_file_and_line(tessera_cli, tmp_path):
+    spec = tmp_path / "sweep.toml"
+    spec.write_text(
+        SPEC.replace('strategy = "tpe"', 'strategy = "bayes"').replace("max_trials = 3", "max_trial = 3")
+    )
+    result = tessera_cli("sweep", str(spec))
+    assert result.code == 1 and "Traceback" not in result.err
+    assert f"{spec}:1" in result.err and "bayes" in result.err
+    assert f"{spec}:4" in result.err and "max_trials" in result.err
+
+
+def test_a_refused_sweep_names_the_combination(tessera_cli, table_dataset, tmp_path):
+    spec = tmp_path / "sweep.toml"
+    spec.write_text(SPEC.replace('strategy = "tpe"', 'strategy = "pbt"'))
+    result = tessera_cli("sweep", str(spec))
+    assert result.code == 1
+    assert (
+        result.err.startswith("tessera: INVALID_ARGUMENT: ")
+        and "PBT cannot be combined with ASHA" in result.err
+    )

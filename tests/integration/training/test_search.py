@@ -1,0 +1,252 @@
+"""Model-based and population-based sweeps through the daemon: TPE over a conditional space, PBT's
+generations with copied weights, Hyperband's brackets, and the combinations refused at submit."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import grpc
+import pytest
+
+from tessera.v1 import training_pb2, training_pb2_grpc
+from tests.integration.training.conftest import job_spec
+
+S = training_pb2
+
+
+def _wait(training: training_pb2_grpc.TrainingStub, sweep_id: str) -> S.Sweep:
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        sweep = training.GetSweep(S.GetSweepRequest(sweep_id=sweep_id))
+        if sweep.state != S.SWEEP_STATE_RUNNING:
+            return sweep
+        time.sleep(0.2)
+    raise AssertionError(f"sweep {sweep_id} did not end")
+
+
+def _values(path: str, *values: str, when: tuple[str, list[str]] | None = None) -> S.SweepParameter:
+    parameter = S.SweepParameter(path=path, values=S.SweepValues(values=list(values)))
+    if when:
+        parameter.when.CopyFrom(S.SweepCondition(path=when[0], values=when[1]))
+    return parameter
+
+
+def _range(path: str, low: float, high: float, **flags: bool) -> S.SweepParameter:
+    return S.SweepParameter(path=path, range=S.SweepRange(min=low, max=high, **flags))
+
+
+def test_tpe_draws_each_trial_over_a_conditional_space(training: training_pb2_grpc.TrainingStub) -> None:
+    spec = S.SweepSpec(
+        base=job_spec("mlp", epochs=1),
+        strategy=S.SWEEP_STRATEGY_TPE,
+        parameters=[
+            _values("optimizer.name", "adam", "sgd"),
+            _range("optimizer.momentum", 0.5, 0.9, **{"log_scale": False}),
+            _range("optimizer.lr", 0.001, 0.1, log_scale=True),
+        ],
+        max_trials=4,
+        max_concurrent=2,
+        metric="val_loss",
+        seed=3,
+    )
+    spec.parameters[1].when.CopyFrom(S.SweepCondition(path="optimizer.name", values=["sgd"]))
+    submitted = training.SubmitSweep(S.SubmitSweepRequest(spec=spec))
+    assert len(submitted.trials) == 2  # drawn as slots free, not planned
+    sweep = _wait(training, submitted.sweep_id)
+    assert sweep.state == S.SWEEP_STATE_SUCCEEDED
+    assert [t.number for t in sweep.trials] == [0, 1, 2, 3]
+    for trial in sweep.trials:
+        assert trial.state == S.JOB_STATE_SUCCEEDED and trial.has_metric
+        assert ("optimizer.momentum" in trial.params) == (trial.params["optimizer.name"] == "sgd")
+        job = training.GetJob(S.GetJobRequest(job_id=trial.job_id))
+        assert job.spec.optimizer.name == trial.params["optimizer.name"]
+        assert job.spec.optimizer.lr == pytest.approx(float(trial.params["optimizer.lr"]))
+        assert job.spec.run_name == f"{sweep.sweep_id}-{trial.number}"
+    assert sweep.best_job_id == min(sweep.trials, key=lambda t: t.metric).job_id
+
+
+def test_cma_es_draws_numeric_ranges(training: training_pb2_grpc.TrainingStub) -> None:
+    spec = S.SweepSpec(
+        base=job_spec("mlp", epochs=1),
+        strategy=S.SWEEP_STRATEGY_CMA_ES,
+        parameters=[
+            _range("optimizer.lr", 0.001, 0.1, log_scale=True),
+            _range("batch_size", 8, 32, integer=True),
+        ],
+        max_trials=3,
+        max_concurrent=2,
+        metric="val_loss",
+    )
+    sweep = _wait(training, training.SubmitSweep(S.SubmitSweepRequest(spec=spec)).sweep_id)
+    assert sweep.state == S.SWEEP_STATE_SUCCEEDED and len(sweep.trials) == 3
+    for trial in sweep.trials:
+        assert 0.001 <= float(trial.params["optimizer.lr"]) <= 0.1
+        assert training.GetJob(S.GetJobRequest(job_id=trial.job_id)).spec.batch_size == int(
+            trial.params["batch_size"]
+        )
+
+
+def test_pbt_trails_copy_better_weights_and_record_their_lineage(
+    training: training_pb2_grpc.TrainingStub,
+) -> None:
+    spec = S.SweepSpec(
+        base=job_spec("mlp", epochs=1),
+        strategy=S.SWEEP_STRATEGY_PBT,
+        parameters=[_range("optimizer.lr", 0.0001, 0.1, log_scale=True)],
+        max_trials=4,
+        metric="val_loss",
+        seed=1,
+        pbt=S.SweepPbtSettings(population=2),
+    )
+    sweep = _wait(training, training.SubmitSweep(S.SubmitSweepRequest(spec=spec)).sweep_id)
+    assert sweep.state == S.SWEEP_STATE_SUCCEEDED
+    assert [t.generation for t in sweep.trials] == [0, 0, 1, 1]
+    first = sweep.trials[:2]
+    best, worst = sorted(first, key=lambda t: t.metric)
+    following = sweep.trials[2:]
+    assert [t.parent_job_id for t in following] == [best.job_id, best.job_id]
+    copied = next(t for t in following if t.exploited)
+    kept = next(t for t in following if not t.exploited)
+    assert first.index(worst) == following.index(copied)  # the trailing slot copied the leader
+    assert kept.params == best.params
+    assert copied.params != best.params  # explored
+    for trial in following:
+        events = list(training.WatchJob(S.WatchJobRequest(job_id=trial.job_id), timeout=60))
+        logs = [e.log.message for e in events if e.WhichOneof("event") == "log"]
+        assert "starting from another trial's weights" in logs
+
+
+def test_hyperband_deals_trials_to_brackets(training: training_pb2_grpc.TrainingStub) -> None:
+    spec = S.SweepSpec(
+        base=job_spec("mlp", epochs=3),
+        strategy=S.SWEEP_STRATEGY_HYPERBAND,
+        parameters=[_range("optimizer.lr", 0.001, 0.1, log_scale=True)],
+        max_trials=4,
+        max_concurrent=2,
+        metric="train_loss",
+        asha=S.AshaSettings(min_epochs=1, reduction_factor=3),
+    )
+    sweep = _wait(training, training.SubmitSweep(S.SubmitSweepRequest(spec=spec)).sweep_id)
+    assert sweep.state == S.SWEEP_STATE_SUCCEEDED
+    assert [t.bracket for t in sweep.trials] == [0, 1, 0, 1]  # Hyperband's 3:2 for rungs at 1 and 3
+    for trial in sweep.trials:
+        if trial.pruned:
+            assert trial.pruned_at_epoch in (1, 3) and trial.state == S.JOB_STATE_CANCELLED
+
+
+def _tpe(spec: S.SweepSpec) -> None:
+    spec.strategy = S.SWEEP_STRATEGY_TPE
+
+
+@pytest.mark.parametrize(
+    ("change", "code", "words"),
+    [
+        (
+            lambda s: (
+                setattr(s, "strategy", S.SWEEP_STRATEGY_PBT),
+                setattr(s, "pruner", S.SWEEP_PRUNER_ASHA),
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "PBT cannot be combined with ASHA",
+        ),
+        (
+            lambda s: setattr(s, "strategy", S.SWEEP_STRATEGY_CMA_ES),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "CMA-ES searches numeric ranges only and 'optimizer.name' is categorical",
+        ),
+        (
+            lambda s: (
+                _tpe(s),
+                s.parameters.add(path="epochs", range=S.SweepRange(min=-1, max=2, integer=True)),
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "the trial with optimizer.name=adam, epochs=-1: ",
+        ),
+        (
+            lambda s: (
+                _tpe(s),
+                s.parameters.add().CopyFrom(_values("seed", "1", when=("optimizer.lr", ["1"]))),
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "'optimizer.lr' must be a categorical parameter listed before 'seed'",
+        ),
+        (
+            lambda s: (_tpe(s), s.pbt.CopyFrom(S.SweepPbtSettings(population=3))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "spec.pbt is set but the strategy is TPE",
+        ),
+        (
+            lambda s: (_tpe(s), setattr(s, "max_trials", 0)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "a tpe sweep needs the number of trials",
+        ),
+        (
+            lambda s: (setattr(s, "strategy", S.SWEEP_STRATEGY_PBT), setattr(s, "max_trials", 5)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "give at least two generations (8 trials)",
+        ),
+        (
+            lambda s: (
+                setattr(s, "strategy", S.SWEEP_STRATEGY_HYPERBAND),
+                setattr(s.base, "epochs", 0),
+                setattr(s.base, "max_steps", 6),
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Hyperband needs trials of a fixed number of epochs",
+        ),
+    ],
+)
+def test_searcher_combinations_that_make_no_sense_are_refused(
+    change: Callable[[S.SweepSpec], object],
+    code: grpc.StatusCode,
+    words: str,
+    training: training_pb2_grpc.TrainingStub,
+) -> None:
+    spec = S.SweepSpec(
+        base=job_spec("mlp", epochs=1),
+        strategy=S.SWEEP_STRATEGY_RANDOM,
+        parameters=[_values("optimizer.name", "adam", "sgd")],
+        max_trials=4,
+        metric="val_loss",
+    )
+    change(spec)
+    before = len(training.ListSweeps(S.ListSweepsRequest(page_size=1000)).sweeps)
+    with pytest.raises(grpc.RpcError) as info:
+        training.SubmitSweep(S.SubmitSweepRequest(spec=spec))
+    assert info.value.code() == code
+    assert words in info.value.details()
+    assert len(training.ListSweeps(S.ListSweepsRequest(page_size=1000)).sweeps) == before
+
+
+def test_parameters_present_only_for_one_architecture(training: training_pb2_grpc.TrainingStub) -> None:
+    family = "architecture.family"
+    spec = S.SweepSpec(
+        base=job_spec("lstm", epochs=1),
+        strategy=S.SWEEP_STRATEGY_GRID,
+        parameters=[
+            _values(family, "lstm", "transformer"),
+            _values("architecture.lstm.hidden_size", "4", "6", when=(family, ["lstm"])),
+            _values("architecture.transformer.d_model", "8", when=(family, ["transformer"])),
+            _values("architecture.transformer.num_heads", "2", when=(family, ["transformer"])),
+        ],
+        max_concurrent=2,
+        metric="val_loss",
+    )
+    sweep = _wait(training, training.SubmitSweep(S.SubmitSweepRequest(spec=spec)).sweep_id)
+    assert sweep.state == S.SWEEP_STATE_SUCCEEDED
+    assert [dict(t.params) for t in sweep.trials] == [
+        {family: "lstm", "architecture.lstm.hidden_size": "4"},
+        {family: "lstm", "architecture.lstm.hidden_size": "6"},
+        {
+            family: "transformer",
+            "architecture.transformer.d_model": "8",
+            "architecture.transformer.num_heads": "2",
+        },
+    ]
+    architectures = [
+        training.GetJob(S.GetJobRequest(job_id=t.job_id)).spec.architecture for t in sweep.trials
+    ]
+    assert [a.WhichOneof("family") for a in architectures] == ["lstm", "lstm", "transformer"]
+    assert architectures[1].lstm.hidden_size == 6
+    assert (architectures[2].transformer.d_model, architectures[2].transformer.num_heads) == (8, 2)

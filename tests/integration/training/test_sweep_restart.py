@@ -1,0 +1,79 @@
+"""A sweep survives a SIGKILL of the daemon mid-sweep, mid-rung: its trials resume or rerun, none is
+counted twice, and the searcher goes on drawing from the stored trials."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from tessera.v1 import job_spec_pb2, training_pb2, training_pb2_grpc
+from tests.integration.training.conftest import job_spec, upload_standard_datasets
+
+S = training_pb2
+ENV = {"TESSERA_TRAINING_CPU_SLOTS": "2", "TESSERA_TRAINING_THREADS_PER_SLOT": "1"}
+
+
+def _start(spawn_daemon: Any, data_dir: Path) -> tuple[Any, grpc.Channel]:
+    daemon = spawn_daemon(
+        "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(data_dir), env=ENV
+    )
+    return daemon, grpc.insecure_channel(daemon.wait_serving())
+
+
+def test_sigkilled_daemon_continues_a_tpe_sweep_with_asha(spawn_daemon: Any, tmp_path: Path) -> None:
+    daemon, channel = _start(spawn_daemon, tmp_path)
+    upload_standard_datasets(channel)
+    training = training_pb2_grpc.TrainingStub(channel)
+    spec = S.SweepSpec(
+        base=job_spec(
+            "mlp", epochs=27, checkpoints=job_spec_pb2.CheckpointPolicy(every_n_epochs=2, keep_last=1)
+        ),
+        strategy=S.SWEEP_STRATEGY_TPE,
+        pruner=S.SWEEP_PRUNER_ASHA,
+        parameters=[
+            S.SweepParameter(path="optimizer.lr", range=S.SweepRange(min=1e-4, max=0.1, log_scale=True))
+        ],
+        max_trials=5,
+        max_concurrent=2,
+        metric="val_loss",
+        seed=2,
+        asha=S.AshaSettings(min_epochs=1, reduction_factor=3),
+    )
+    sweep_id = training.SubmitSweep(S.SubmitSweepRequest(spec=spec)).sweep_id
+    # Kill once a trial has passed its first rung (epoch 1) and is still running.
+    deadline = time.monotonic() + 120
+    while True:
+        before = training.GetSweep(S.GetSweepRequest(sweep_id=sweep_id))
+        if any(t.has_metric and t.state == S.JOB_STATE_RUNNING for t in before.trials):
+            break
+        assert time.monotonic() < deadline and before.state == S.SWEEP_STATE_RUNNING
+        time.sleep(0.05)
+    daemon.process.kill()
+    daemon.process.wait(10)
+    channel.close()
+
+    _, channel = _start(spawn_daemon, tmp_path)
+    training = training_pb2_grpc.TrainingStub(channel)
+    deadline = time.monotonic() + 300
+    while (after := training.GetSweep(S.GetSweepRequest(sweep_id=sweep_id))).state == S.SWEEP_STATE_RUNNING:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert after.state == S.SWEEP_STATE_SUCCEEDED
+    assert [t.number for t in after.trials] == list(range(5))  # each trial once, none lost
+    # The trials drawn before the kill kept their values and their jobs.
+    for old, new in zip(before.trials, after.trials, strict=False):
+        assert new.params == old.params
+        assert not old.job_id or new.job_id == old.job_id
+    jobs = training.ListJobs(S.ListJobsRequest(sweep_id=sweep_id)).jobs
+    assert sorted(j.job_id for j in jobs) == sorted(t.job_id for t in after.trials)  # no job counted twice
+    assert all(t.state in (S.JOB_STATE_SUCCEEDED, S.JOB_STATE_CANCELLED) for t in after.trials)
+    assert all(t.pruned == (t.state == S.JOB_STATE_CANCELLED) for t in after.trials)
+    # The trials running at the kill resumed (or reran) as their own jobs, not as new ones; one of
+    # them may have ended in the instant between the last look and the kill.
+    running = {t.job_id for t in before.trials if t.state == S.JOB_STATE_RUNNING}
+    attempts = [j.attempt for j in jobs if j.job_id in running]
+    assert 2 in attempts and set(attempts) <= {1, 2}
+    assert len({t.params["optimizer.lr"] for t in after.trials}) == 5
