@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 PROTO_SRC := $(shell find protos -name '*.proto')
 
-.PHONY: setup run test proto lint typecheck format bench clean browser
+.PHONY: setup run test proto lint typecheck format bench clean screenshots browser
 
 setup: $(STAMP)
 
@@ -51,6 +51,10 @@ browser:
 
 test: $(STAMP) $(TRITON_STAMP) $(NODE_DEPS) browser
 	TESSERA_TRITONCLIENT_PYTHON=$(CURDIR)/$(TRITON_VENV)/bin/python $(PY) -m pytest $(PYTEST_ARGS)
+
+# The dashboard's browser tests, writing the README's screenshots into docs/screenshots/.
+screenshots: $(STAMP) browser
+	TESSERA_UPDATE_SCREENSHOTS=1 $(PY) -m pytest tests/integration/dashboard/test_dashboard_pages.py
 
 # Stubs are committed; CI regenerates them and fails on a diff.
 proto: $(STAMP)

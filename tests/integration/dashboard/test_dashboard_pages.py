@@ -1,6 +1,7 @@
 """The dashboard's pages in a real headless Chromium (Debian's package, driven by Playwright).
 
-Each test also saves a screenshot of its page under docs/screenshots/ (linked from the README).
+Each test also takes a screenshot of its page; `make screenshots` writes them to docs/screenshots/
+(linked from the README).
 """
 
 from __future__ import annotations
