@@ -50,6 +50,8 @@ from tesserad.metrics import DaemonMetrics, MetricsHttpServer
 from tesserad.oip import grpc_service_pb2, grpc_service_pb2_grpc
 from tesserad.registry import TABLES as REGISTRY_TABLES
 from tesserad.registry import Registry
+from tesserad.replica import changes as replica_changes
+from tesserad.replica.changes import ChangeFeed
 from tesserad.runtime_env import worker_environment
 from tesserad.serving.registry_source import build_inference
 from tesserad.serving.service import InferenceService
@@ -76,6 +78,7 @@ _Servicer = TypeVar("_Servicer")
 STORE_TABLES: list[str] = [
     "meta",
     *REGISTRY_TABLES,
+    *replica_changes.TABLES,
     *DATASET_TABLES,
     *DATASET_REFERENCE_TABLES,
     *training_tracking.TABLES,
@@ -148,6 +151,7 @@ class Daemon:
         self._store: Store | None = None
         self._gpus: Gpus | None = None
         self.registry: Registry | None = None
+        self._changes: ChangeFeed | None = None
         self.datasets: Datasets | None = None
         self.inference: InferenceService | None = None
         self.training: Jobs | None = None
@@ -224,9 +228,11 @@ class Daemon:
             max_artifact_size=limits.max_artifact_size,
             dataset_check=self.datasets.check_lineage,
         )
+        self._changes = ChangeFeed(self._store, self.registry, settings.training.watch_buffer_events)
+        await asyncio.to_thread(self._changes.start)
         _register(
             registry_pb2_grpc.add_RegistryServicer_to_server,
-            RegistryServicer(self.registry, blobs, limits.chunk_size),
+            RegistryServicer(self.registry, self._changes, blobs, limits.chunk_size),
             routes,
         )
         _register(
@@ -322,6 +328,9 @@ class Daemon:
             # Workers stop first (their jobs stay INTERRUPTED and resume at the next start) and
             # job watchers end with UNAVAILABLE instead of holding the grace period.
             await asyncio.to_thread(self.training.close)
+        if self._changes is not None:
+            # Change watchers (replicas) end with UNAVAILABLE and resume against the next start.
+            await asyncio.to_thread(self._changes.close)
         if self._server is not None:
             await self._server.stop(grace)
         await self._close_resources()
@@ -332,6 +341,9 @@ class Daemon:
             await self._server.wait_for_termination()
 
     async def _close_resources(self) -> None:
+        if self._changes is not None:
+            await asyncio.to_thread(self._changes.close)
+            self._changes = None
         if self.training is not None:
             await asyncio.to_thread(self.training.close)
             self.training = None

@@ -30,7 +30,7 @@ from tesserad.api.convert_training import (
     sweep_to_proto,
 )
 from tesserad.errors import InvalidArgument
-from tesserad.training.events import EventLog, raise_if_shutdown
+from tesserad.training.events import EventLog, follow
 from tesserad.training.jobs import Jobs
 from tesserad.training.sweeps import Sweeps
 from tesserad.training.tracking import Tracking
@@ -94,38 +94,8 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
             raise InvalidArgument(f"from_seq must be >= 0, got {request.from_seq}")
         job_id = request.job_id
         await asyncio.to_thread(self._jobs.get, job_id)
-        loop = asyncio.get_running_loop()
-        wake = asyncio.Event()
-        subscription, newest = self._events.subscribe(job_id, lambda: loop.call_soon_threadsafe(wake.set))
-        next_seq = max(request.from_seq, 1)
-        try:
-            # Replay what was numbered before we subscribed; the subscription has the rest.
-            await asyncio.to_thread(self._events.flush)
-            while next_seq <= newest:
-                batch = await asyncio.to_thread(self._events.read, job_id, next_seq, newest)
-                if not batch:
-                    break
-                for event in batch:
-                    yield event_to_proto(event)
-                next_seq = batch[-1].seq + 1
-            if subscription is None:
-                return
-            while True:
-                wake.clear()
-                # Read before draining: whatever was pushed before the end is then in the buffer.
-                ended = subscription.ended
-                for event in subscription.drain():
-                    if event.seq >= next_seq:
-                        yield event_to_proto(event)
-                        next_seq = event.seq + 1
-                subscription.raise_if_cut(next_seq)
-                raise_if_shutdown(subscription, next_seq)
-                if ended:
-                    return
-                await wake.wait()
-        finally:
-            if subscription is not None:
-                self._events.unsubscribe(job_id, subscription)
+        async for event in follow(self._events, job_id, request.from_seq):
+            yield event_to_proto(event)
 
     # -- tracking
 
