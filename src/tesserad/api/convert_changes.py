@@ -17,6 +17,12 @@ _KINDS = {
 }
 
 
+def watch_response(event: changes.RegistryChange | changes.CaughtUp) -> pb.WatchChangesResponse:
+    if isinstance(event, changes.CaughtUp):
+        return pb.WatchChangesResponse(caught_up=pb.CaughtUp(seq=event.seq))
+    return pb.WatchChangesResponse(change=change_to_proto(event))
+
+
 def change_to_proto(change: changes.RegistryChange) -> pb.RegistryChange:
     message = pb.RegistryChange(
         seq=change.seq,

@@ -14,7 +14,7 @@ from tessera.v1 import common_pb2, registry_pb2_grpc
 from tessera.v1 import registry_pb2 as pb
 from tesserad.api import convert_registry as convert
 from tesserad.api.auth import caller
-from tesserad.api.convert_changes import change_to_proto
+from tesserad.api.convert_changes import watch_response
 from tesserad.api.transfers import chunk_size, read_header, read_start, receive_chunks, stream_chunks
 from tesserad.errors import InvalidArgument
 from tesserad.registry import Registry
@@ -343,7 +343,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     async def WatchChanges(
         self,
         request: pb.WatchChangesRequest,
-        context: grpc.aio.ServicerContext[pb.WatchChangesRequest, pb.RegistryChange],
-    ) -> AsyncIterator[pb.RegistryChange]:
-        async for change in self._changes.watch(request.from_seq, request.replica_address):
-            yield change_to_proto(change)
+        context: grpc.aio.ServicerContext[pb.WatchChangesRequest, pb.WatchChangesResponse],
+    ) -> AsyncIterator[pb.WatchChangesResponse]:
+        async for event in self._changes.watch(request.from_seq, request.replica_address):
+            yield watch_response(event)

@@ -53,6 +53,13 @@ class ServingState:
 
 
 @dataclass(frozen=True)
+class CaughtUp:
+    """Every change numbered before the watch began has been sent; `seq` is the newest of them."""
+
+    seq: int
+
+
+@dataclass(frozen=True)
 class RegistryChange:
     seq: int
     time: float
@@ -261,7 +268,9 @@ class ChangeFeed:
         with self._cond:
             return sorted(self._replicas)
 
-    async def watch(self, from_seq: int, replica_address: str = "") -> AsyncIterator[RegistryChange]:
+    async def watch(
+        self, from_seq: int, replica_address: str = ""
+    ) -> AsyncIterator[RegistryChange | CaughtUp]:
         """Changes from `from_seq` (stored, then live); see the WatchChanges RPC for the errors."""
         if from_seq < 0:
             raise InvalidArgument(f"from_seq must be >= 0, got {from_seq}")
@@ -274,9 +283,15 @@ class ChangeFeed:
         if replica_address:
             with self._cond:
                 self._replicas[replica_address] = self._replicas.get(replica_address, 0) + 1
+        caught_up = max(from_seq, 1) > newest
         try:
+            if caught_up:
+                yield CaughtUp(newest)
             async for event in follow(self._log, _CHANNEL, from_seq):
                 yield _decode_change(event)
+                if not caught_up and event.seq >= newest:
+                    caught_up = True
+                    yield CaughtUp(newest)
         finally:
             if replica_address:
                 with self._cond:

@@ -10,12 +10,12 @@ from tesserad.errors import NotFound
 from tesserad.registry import Registry, VersionRecord
 from tesserad.registry import Signature as RegistrySignature
 from tesserad.serving.pool import ModelPool, ServableVersion, ServingDefaults
-from tesserad.serving.service import DeploymentPlan, InferenceService
+from tesserad.serving.service import DeploymentPlan, InferenceService, VersionSource
 from tesserad.serving.signature import Signature, TensorSpec
 from tesserad.serving.stats import ServingMetrics
 
 
-def _signature(signature: RegistrySignature) -> Signature | None:
+def serving_signature(signature: RegistrySignature) -> Signature | None:
     if not signature.inputs:
         return None
     return Signature(
@@ -35,7 +35,7 @@ class RegistrySource:
             version=record.version,
             format=record.format,
             open_artifact=lambda: self._registry.artifact_path(record),
-            signature=_signature(record.signature),
+            signature=serving_signature(record.signature),
             architecture=record.architecture,
         )
 
@@ -65,6 +65,13 @@ def build_inference(
     registry: Registry, settings: ServingSettings, prometheus: CollectorRegistry
 ) -> InferenceService:
     """The inference service over the registry, with the daemon's serving settings."""
+    return inference_over(RegistrySource(registry), settings, prometheus)
+
+
+def inference_over(
+    source: VersionSource, settings: ServingSettings, prometheus: CollectorRegistry
+) -> InferenceService:
+    """The inference service over any source of versions (a replica's followed registry)."""
     defaults = ServingDefaults(
         instances=settings.instances,
         max_batch_size=settings.max_batch_size,
@@ -76,4 +83,4 @@ def build_inference(
         drain_timeout_s=settings.drain_timeout_s,
     )
     pool = ModelPool(defaults, ServingMetrics(prometheus))
-    return InferenceService(RegistrySource(registry), pool, autoload=settings.autoload)
+    return InferenceService(source, pool, autoload=settings.autoload)

@@ -13,12 +13,15 @@ from tessera.v1 import registry_pb2_grpc
 
 
 def _changes(channel: grpc.Channel, from_seq: int, count: int) -> list[pb.RegistryChange]:
+    """The first `count` changes from `from_seq` (the caught-up marker left out)."""
     stream = registry_pb2_grpc.RegistryStub(channel).WatchChanges(
         pb.WatchChangesRequest(from_seq=from_seq), timeout=60
     )
-    got = []
-    for change in stream:
-        got.append(change)
+    got: list[pb.RegistryChange] = []
+    for response in stream:
+        if response.HasField("caught_up"):
+            continue
+        got.append(response.change)
         if len(got) == count:
             stream.cancel()
             break
@@ -65,6 +68,32 @@ def test_a_watch_resumes_from_a_seq_and_then_follows_live(channel: grpc.Channel)
     upload(channel, "linear", linear_model(3.0))
     watcher.join(60)
     assert [(c.seq, c.state.latest_version) for c in live] == [(2, 2), (3, 3)]
+
+
+def _first(channel: grpc.Channel, from_seq: int, count: int) -> list[str]:
+    stream = registry_pb2_grpc.RegistryStub(channel).WatchChanges(
+        pb.WatchChangesRequest(from_seq=from_seq), timeout=60
+    )
+    got = []
+    for response in stream:
+        got.append(
+            f"change {response.change.seq}"
+            if response.HasField("change")
+            else f"caught up {response.caught_up.seq}"
+        )
+        if len(got) == count:
+            stream.cancel()
+            return got
+    return got
+
+
+def test_the_caught_up_marker_follows_the_replay(channel: grpc.Channel) -> None:
+    upload(channel, "linear", linear_model(1.0))
+    upload(channel, "linear", linear_model(2.0))
+    _changes(channel, 0, 2)  # both recorded
+    assert _first(channel, 0, 3) == ["change 1", "change 2", "caught up 2"]
+    assert _first(channel, 2, 2) == ["change 2", "caught up 2"]
+    assert _first(channel, 3, 1) == ["caught up 2"]
 
 
 @pytest.mark.parametrize(

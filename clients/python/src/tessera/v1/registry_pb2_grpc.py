@@ -147,7 +147,7 @@ class RegistryStub:
         self.WatchChanges = channel.unary_stream(
                 '/tessera.v1.Registry/WatchChanges',
                 request_serializer=tessera_dot_v1_dot_registry__pb2.WatchChangesRequest.SerializeToString,
-                response_deserializer=tessera_dot_v1_dot_registry__pb2.RegistryChange.FromString,
+                response_deserializer=tessera_dot_v1_dot_registry__pb2.WatchChangesResponse.FromString,
                 _registered_method=True)
 
 
@@ -312,8 +312,8 @@ class RegistryServicer:
     def WatchChanges(self, request, context):
         """The registry's change feed: every change to a model's versions, aliases or deployment,
         numbered from 1 in commit order. Replays the changes with seq >= from_seq from the store,
-        then follows live; each carries the model's serving state after it, so a follower needs
-        only the newest change of each model. A watcher too slow to keep up is ended with
+        then a `caught_up` message, then follows live; each change carries the model's serving
+        state after it, so a follower needs only the newest change of each model. A watcher too slow to keep up is ended with
         RESOURCE_EXHAUSTED whose message gives the from_seq to resume from; shutdown ends it with
         UNAVAILABLE, likewise resumable. FAILED_PRECONDITION when from_seq is past the newest
         change + 1 (the follower watched another registry: start again from 0).
@@ -438,7 +438,7 @@ def add_RegistryServicer_to_server(servicer, server):
             'WatchChanges': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchChanges,
                     request_deserializer=tessera_dot_v1_dot_registry__pb2.WatchChangesRequest.FromString,
-                    response_serializer=tessera_dot_v1_dot_registry__pb2.RegistryChange.SerializeToString,
+                    response_serializer=tessera_dot_v1_dot_registry__pb2.WatchChangesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1061,7 +1061,7 @@ class Registry:
             target,
             '/tessera.v1.Registry/WatchChanges',
             tessera_dot_v1_dot_registry__pb2.WatchChangesRequest.SerializeToString,
-            tessera_dot_v1_dot_registry__pb2.RegistryChange.FromString,
+            tessera_dot_v1_dot_registry__pb2.WatchChangesResponse.FromString,
             options,
             channel_credentials,
             insecure,
