@@ -8,12 +8,13 @@ SIGINT.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -34,6 +35,7 @@ from tessera.v1 import (
 )
 from tesserad.api.auth import AuthInterceptor, AuthSetupError, authentication_enabled, server_credentials
 from tesserad.api.datasets import DatasetsServicer
+from tesserad.api.follow import Follower, refusing_handlers
 from tesserad.api.inference import InferenceServicer
 from tesserad.api.interceptors import CallInterceptor
 from tesserad.api.oip import OipServicer
@@ -45,15 +47,18 @@ from tesserad.datasets import REFERENCE_TABLES as DATASET_REFERENCE_TABLES
 from tesserad.datasets import TABLES as DATASET_TABLES
 from tesserad.datasets import Datasets
 from tesserad.datasets.references import collect_unheld_blobs
+from tesserad.errors import Unavailable
 from tesserad.host import Gpus
 from tesserad.metrics import DaemonMetrics, MetricsHttpServer
 from tesserad.oip import grpc_service_pb2, grpc_service_pb2_grpc
 from tesserad.registry import TABLES as REGISTRY_TABLES
 from tesserad.registry import Registry
 from tesserad.replica import changes as replica_changes
+from tesserad.replica.blob_cache import BlobCache
 from tesserad.replica.changes import ChangeFeed
+from tesserad.replica.followed import FollowedRegistry
 from tesserad.runtime_env import worker_environment
-from tesserad.serving.registry_source import build_inference
+from tesserad.serving.registry_source import build_inference, inference_over
 from tesserad.serving.service import InferenceService
 from tesserad.store import BlobStore, DataDirLock, Store
 from tesserad.system import SystemService
@@ -96,6 +101,10 @@ _SERVICES = [
     (inference_pb2, "Inference"),
     (grpc_service_pb2, "GRPCInferenceService"),
 ]
+
+
+# Services a serving replica does not serve: they answer FAILED_PRECONDITION naming the primary.
+_PRIMARY_ONLY = {"System", "Registry", "Datasets", "Training"}
 
 
 class _GenericHandlersOnly:
@@ -151,6 +160,8 @@ class Daemon:
         self._store: Store | None = None
         self._gpus: Gpus | None = None
         self.registry: Registry | None = None
+        self._follower: Follower | None = None
+        self._following: asyncio.Task[None] | None = None
         self._changes: ChangeFeed | None = None
         self.datasets: Datasets | None = None
         self.inference: InferenceService | None = None
@@ -175,6 +186,9 @@ class Daemon:
         data_dir.mkdir(parents=True, exist_ok=True)
         self._lock = DataDirLock(data_dir)
         self._lock.acquire()
+        if settings.replica.primary:
+            await self._start_replica()
+            return
         self._store = Store.open(
             data_dir / "store",
             map_size=settings.store.map_size,
@@ -188,31 +202,7 @@ class Daemon:
             log.info("removed blobs nothing holds", extra={"count": len(collected)})
         self._gpus = Gpus()
 
-        _check_exposure(settings, self.insecure)
-        served = [
-            *(m.DESCRIPTOR.services_by_name[n] for m, n in _SERVICES),
-            health_pb2.DESCRIPTOR.services_by_name["Health"],
-            reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
-        ]
-        try:
-            credentials = server_credentials(settings.security)
-            auth = AuthInterceptor(settings.security, settings.limits, settings.max_message_size, served)
-        except AuthSetupError as exc:
-            raise StartupError(str(exc)) from None
-        server = grpc.aio.server(
-            # Auth first: a refused call reaches nothing else.
-            interceptors=[auth, CallInterceptor(self.metrics)],
-            options=[
-                # gRPC sets SO_REUSEPORT by default, which would let a second daemon silently
-                # share the port; a taken port must be an error.
-                ("grpc.so_reuseport", 0),
-                # gRPC's ceiling: AuthInterceptor checks max_message_size itself and names the
-                # setting; gRPC's own check would answer first with a message that does not.
-                ("grpc.max_receive_message_length", GRPC_MESSAGE_SIZE_CEILING),
-                ("grpc.max_send_message_length", settings.max_message_size),
-            ],
-        )
-        self._server = server
+        server, credentials, auth = self._new_server()
         routes = _GenericHandlersOnly(server)
         system = SystemService(data_dir, self._store, blobs, self._gpus, self.service_names)
         _register(
@@ -294,15 +284,7 @@ class Daemon:
         await server.start()
         for name in ("", *self.service_names):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        if settings.metrics_listen is not None:
-            try:
-                self._metrics_http = MetricsHttpServer(self.metrics.registry, settings.metrics_listen)
-            except OSError as exc:
-                raise StartupError(
-                    f"cannot serve metrics on {settings.metrics_listen}: {exc.strerror}; "
-                    "pass --metrics-listen with another address, or off"
-                ) from None
-            self.metrics_port = self._metrics_http.port
+        self._serve_metrics()
         log.info(
             "tesserad serving",
             extra={
@@ -316,6 +298,127 @@ class Daemon:
                 "tokens": len(auth.token_holders) if settings.security.tokens_file else "off",
             },
         )
+
+    def _new_server(self) -> tuple[grpc.aio.Server, grpc.ServerCredentials | None, AuthInterceptor]:
+        """The gRPC server with its interceptors and options, and its credentials (None: plaintext)."""
+        settings = self.settings
+        _check_exposure(settings, self.insecure)
+        served = [
+            *(m.DESCRIPTOR.services_by_name[n] for m, n in _SERVICES),
+            health_pb2.DESCRIPTOR.services_by_name["Health"],
+            reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+        ]
+        try:
+            credentials = server_credentials(settings.security)
+            auth = AuthInterceptor(settings.security, settings.limits, settings.max_message_size, served)
+        except AuthSetupError as exc:
+            raise StartupError(str(exc)) from None
+        server = grpc.aio.server(
+            # Auth first: a refused call reaches nothing else.
+            interceptors=[auth, CallInterceptor(self.metrics)],
+            options=[
+                # gRPC sets SO_REUSEPORT by default, which would let a second daemon silently
+                # share the port; a taken port must be an error.
+                ("grpc.so_reuseport", 0),
+                # gRPC's ceiling: AuthInterceptor checks max_message_size itself and names the
+                # setting; gRPC's own check would answer first with a message that does not.
+                ("grpc.max_receive_message_length", GRPC_MESSAGE_SIZE_CEILING),
+                ("grpc.max_send_message_length", settings.max_message_size),
+            ],
+        )
+        self._server = server
+        return server, credentials, auth
+
+    def _serve_metrics(self) -> None:
+        settings = self.settings
+        if settings.metrics_listen is not None:
+            try:
+                self._metrics_http = MetricsHttpServer(self.metrics.registry, settings.metrics_listen)
+            except OSError as exc:
+                raise StartupError(
+                    f"cannot serve metrics on {settings.metrics_listen}: {exc.strerror}; "
+                    "pass --metrics-listen with another address, or off"
+                ) from None
+            self.metrics_port = self._metrics_http.port
+
+    async def _start_replica(self) -> None:
+        """A serving replica: inference over the primary's followed registry, no store of its own."""
+        settings = self.settings
+        primary = settings.replica.primary
+        server, credentials, auth = self._new_server()
+        routes = _GenericHandlersOnly(server)
+        cache = BlobCache(settings.data_dir / "replica-cache", settings.replica.cache_size)
+        followed = FollowedRegistry(
+            primary, cache, lambda model, version: self._follower_download(model, version)
+        )
+        if settings.serving.switch_interval_us:
+            sys.setswitchinterval(settings.serving.switch_interval_us / 1e6)
+        self.inference = inference_over(followed, settings.serving, self.metrics.registry)
+        _register(
+            inference_pb2_grpc.add_InferenceServicer_to_server, InferenceServicer(self.inference), routes
+        )
+        _register(
+            grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
+            OipServicer(self.inference, self._stopping),
+            routes,
+        )
+        refused = [m.DESCRIPTOR.services_by_name[n] for m, n in _SERVICES if n in _PRIMARY_ONLY]
+        server.add_generic_rpc_handlers(refusing_handlers(refused, primary))
+        self._health = health.aio.HealthServicer()
+        _register(health_pb2_grpc.add_HealthServicer_to_server, self._health, routes)
+        reflection.enable_server_reflection(
+            [
+                *self.service_names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            server,
+        )
+        self.port = _bind(server, settings.listen, credentials)
+        serving = [
+            "",
+            *(
+                s.full_name
+                for s in (m.DESCRIPTOR.services_by_name[n] for m, n in _SERVICES)
+                if s.name not in _PRIMARY_ONLY
+            ),
+        ]
+        for name in ("", *self.service_names):
+            await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        health_servicer = self._health
+
+        async def set_ready(ready: bool) -> None:
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if ready
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for name in serving:
+                await health_servicer.set(name, status)
+
+        advertise = settings.replica.advertise or self.address
+        self._follower = Follower(settings.replica, followed, self.inference, advertise, set_ready)
+        await server.start()
+        self._following = asyncio.create_task(self._follower.run())
+        self._serve_metrics()
+        log.info(
+            "tesserad serving",
+            extra={
+                "address": self.address,
+                "replica_of": primary,
+                "metrics": f"{settings.metrics_listen.host}:{self.metrics_port}"
+                if settings.metrics_listen and self.metrics_port
+                else "off",
+                "cache_size": format_size(settings.replica.cache_size),
+                "tls": "mutual" if settings.security.tls_client_ca_file else bool(credentials),
+                "tokens": len(auth.token_holders) if settings.security.tokens_file else "off",
+            },
+        )
+
+    def _follower_download(self, model: str, version: int) -> Iterator[bytes]:
+        if self._follower is None:
+            raise Unavailable("this replica is not following its primary yet")
+        return self._follower.download(model, version)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking calls, let in-flight calls finish within the grace period, close the store."""
@@ -341,6 +444,14 @@ class Daemon:
             await self._server.wait_for_termination()
 
     async def _close_resources(self) -> None:
+        if self._following is not None:
+            self._following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._following
+            self._following = None
+        if self._follower is not None:
+            await self._follower.close()
+            self._follower = None
         if self._changes is not None:
             await asyncio.to_thread(self._changes.close)
             self._changes = None

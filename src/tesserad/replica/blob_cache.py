@@ -54,10 +54,8 @@ class BlobCache:
         try:
             with fetching:  # one fetch per blob at a time; the others wait and find it in place
                 if not self._blobs.verify(sha256):
-                    if sha256 in self._sizes:
-                        log.warning(
-                            "cached blob damaged or missing; fetching it again", extra={"sha256": sha256}
-                        )
+                    if self._blobs.delete(sha256):  # a blob in place is never replaced
+                        log.warning("cached blob damaged; fetching it again", extra={"sha256": sha256})
                     self._fetch(sha256, size, fetch)
             with self._lock:
                 self._sizes[sha256] = size
