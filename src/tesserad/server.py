@@ -236,7 +236,9 @@ class Daemon:
         self.inference = build_inference(self.registry, settings.serving, self.metrics.registry)
         self.registry.add_listener(self.inference.on_registry_change)
         _register(
-            inference_pb2_grpc.add_InferenceServicer_to_server, InferenceServicer(self.inference), routes
+            inference_pb2_grpc.add_InferenceServicer_to_server,
+            InferenceServicer(self.inference, replicas=self._changes.replicas),
+            routes,
         )
         _register(
             grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,

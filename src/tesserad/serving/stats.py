@@ -175,6 +175,8 @@ class StatsSnapshot:
     compute_ns: int
     execution_count: int
     last_inference_ms: int
+    # Copies of the queue, compute and total histograms, when the snapshot asked for them.
+    histograms: tuple[LogHistogram, LogHistogram, LogHistogram] | None = None
 
 
 @dataclass
@@ -276,7 +278,7 @@ class ServingStats:
             self._window.add(now_s)
             self.prometheus.errors += 1
 
-    def snapshot(self, reset: bool = False) -> StatsSnapshot:
+    def snapshot(self, reset: bool = False, histograms: bool = False) -> StatsSnapshot:
         with self.lock:
             snapshot = StatsSnapshot(
                 request_count=self._requests,
@@ -297,6 +299,9 @@ class ServingStats:
                 compute_ns=self._compute_ns,
                 execution_count=sum(self._batches.values()),
                 last_inference_ms=self._last_inference_ms,
+                histograms=(self._queue.copy(), self._compute.copy(), self._total.copy())
+                if histograms
+                else None,
             )
             if reset:
                 self._reset()

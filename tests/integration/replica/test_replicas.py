@@ -221,3 +221,36 @@ def test_the_sdk_spreads_calls_round_robin_over_both_replicas(cluster: Cluster) 
         with tessera.Client(address) as client:
             stats = client.inference.stats("linear")
             assert sum(s.request_count for s in stats) > 0, address
+
+
+def test_the_primarys_cluster_statistics_merge_its_replicas_histograms(cluster: Cluster) -> None:
+    counts = {}
+    for index, address in enumerate(cluster.replica_addresses):
+        channel = cluster.channel(address)
+        eventually(lambda channel=channel: assert_serving(channel))
+        for _ in range(3 + index):
+            scale_served(channel)
+        counts[address] = 3 + index
+    primary = cluster.channel(f"127.0.0.1:{cluster.primary_port}")
+    scale_served(primary)  # the primary serves too: 1 request there
+    request = inference_pb2.GetStatsRequest(
+        target=common_pb2.VersionRef(model="linear"), scope=inference_pb2.STATS_SCOPE_CLUSTER, histograms=True
+    )
+    response = inference_pb2_grpc.InferenceStub(primary).GetStats(request)
+    assert sorted(response.replicas) == sorted(cluster.replica_addresses)
+    assert list(response.unreachable_replicas) == []
+    [merged] = response.stats
+    assert (merged.model, merged.version) == ("linear", 1)
+    assert merged.request_count == merged.total.count == 1 + sum(counts.values())
+    assert sum(merged.total.histogram.counts.values()) == merged.total.count
+    assert 0 < merged.total.p50_us <= merged.total.max_us
+    # Each daemon's own figures stay its own; a replica has no cluster scope.
+    local = inference_pb2_grpc.InferenceStub(primary).GetStats(
+        inference_pb2.GetStatsRequest(target=request.target)
+    )
+    assert [s.request_count for s in local.stats] == [1]
+    replica = inference_pb2_grpc.InferenceStub(cluster.channel(cluster.replica_addresses[0]))
+    with pytest.raises(grpc.RpcError) as refused:
+        replica.GetStats(request)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "ask its primary" in refused.value.details()

@@ -196,3 +196,6 @@ def test_k8s_replicas_follow_the_primary_behind_a_headless_service_and_an_autosc
     }
     assert hpa["spec"]["minReplicas"] <= deployment["spec"]["replicas"] <= hpa["spec"]["maxReplicas"]
     assert "cpu" in container["resources"]["requests"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["TESSERA_REPLICA_ADVERTISE"]["value"] == f"$(POD_IP):{settings.listen.port}"
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
