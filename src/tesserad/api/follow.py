@@ -85,6 +85,7 @@ class Follower:
         self._advertise = advertise
         self._set_ready = set_ready
         self._ready = False
+        self._connected = False  # the current stream has delivered something
 
     def download(self, model: str, version: int) -> Iterator[bytes]:
         """Version `version` of `model`'s artifact from the primary (runs on a load thread)."""
@@ -106,6 +107,7 @@ class Follower:
         """Follow the primary until cancelled."""
         delay = RECONNECT_FIRST_S
         while True:
+            self._connected = False
             try:
                 await self._follow()
             except sdk_errors.FailedPrecondition as exc:
@@ -119,7 +121,9 @@ class Follower:
                     "lost the primary; serving what this replica holds until it is back",
                     extra={"primary": self.primary, "reason": exc.message},
                 )
-            else:
+            except Exception:  # keep following whatever one change did; the log has it
+                log.exception("following the primary failed; reconnecting", extra={"primary": self.primary})
+            if self._connected:  # a stream that worked: retry soon
                 delay = RECONNECT_FIRST_S
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX_S)
@@ -127,6 +131,7 @@ class Follower:
     async def _follow(self) -> None:
         request = pb.WatchChangesRequest(from_seq=self._followed.seq + 1, replica_address=self._advertise)
         async for response in self._watch.server_stream("Registry", "WatchChanges", request, None):
+            self._connected = True
             if response.HasField("change"):
                 change = response.change
                 state = followed_model(change.state) if change.HasField("state") else None

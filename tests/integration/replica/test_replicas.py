@@ -221,6 +221,10 @@ def test_the_sdk_spreads_calls_round_robin_over_both_replicas(cluster: Cluster) 
         with tessera.Client(address) as client:
             stats = client.inference.stats("linear")
             assert sum(s.request_count for s in stats) > 0, address
+    replica = cluster.replicas[0]
+    replica.terminate()
+    assert "tesserad stopped" in replica.output()
+    assert replica.process.returncode == 0
 
 
 def test_the_primarys_cluster_statistics_merge_its_replicas_histograms(cluster: Cluster) -> None:
