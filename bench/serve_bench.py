@@ -31,6 +31,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import resource
 import statistics
 import sys
 import tempfile
@@ -41,13 +42,19 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from daemon_process import start_daemon
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+import tessera
 from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from tesserad.config import load_settings
 from tesserad.serving.pool import ModelPool, ServingConfig, servable_file
 from tesserad.serving.service import DeploymentPlan, InferenceService
 
 RESULTS = Path(__file__).parent / "results" / "serve_bench.json"
+REPLICA_RESULTS = Path(__file__).parent / "results" / "replica_bench.json"
+# Calls spread over every address of an `ipv4:a,b` target (--replicas); one address: as before.
+ROUND_ROBIN = [("grpc.lb_policy_name", "round_robin")]
 
 
 # -- models ---------------------------------------------------------------------------------
@@ -156,7 +163,7 @@ def client_process(
         return
 
     async def run() -> tuple[list[float], int]:
-        channel = grpc.aio.insecure_channel(target)
+        channel = grpc.aio.insecure_channel(target, options=ROUND_ROBIN)
         # Raw bytes both ways: the responses are not parsed, as the server's work is measured.
         predict = channel.unary_unary("/tessera.v1.Inference/Predict")
         for _ in range(20):  # warm the channel and the server
@@ -190,7 +197,7 @@ def _blocking_caller(
     target: str, request: bytes, seconds: float, ready: Event, go: Event
 ) -> tuple[list[float], int]:
     """One caller making blocking calls: at concurrency 1 the client with the lowest latency."""
-    channel = grpc.insecure_channel(target)
+    channel = grpc.insecure_channel(target, options=ROUND_ROBIN)
     predict = channel.unary_unary("/tessera.v1.Inference/Predict")
     for _ in range(20):
         predict(request)
@@ -334,8 +341,14 @@ def main() -> None:
         "--instances", type=int, default=0, help="instances per served version (0: the default)"
     )
     parser.add_argument("--auth-share", action="store_true")
+    parser.add_argument(
+        "--replicas", type=int, default=0, help="only compare N serving replicas with the daemon they follow"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.replicas:
+        replicas_comparison(args)
+        return
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
@@ -524,6 +537,62 @@ def _servicers_of(daemon) -> list:  # type: ignore[no-untyped-def]
     from tesserad.api.oip import OipServicer
 
     return [o for o in gc.get_objects() if isinstance(o, InferenceServicer | OipServicer)]
+
+
+def replicas_comparison(args) -> None:  # type: ignore[no-untyped-def]
+    """Requests/s of `args.replicas` serving replicas (`tesserad serve --follow`, called round
+    robin) against the one daemon they follow, on the tiny model, with the client CPU each took."""
+    work = Path(tempfile.mkdtemp(prefix="replica-bench-"))
+    path = export_models(work, ["tiny_mlp"])["tiny_mlp"]
+    shape = [1, 16]
+    primary, address = start_daemon(work / "primary")
+    with tessera.Client(address) as client:
+        client.models.push("tiny", path)
+        client.models.deploy("tiny", {1: 100})
+    replicas = [start_daemon(work / f"replica{i}", "--follow", address) for i in range(args.replicas)]
+    for _, replica in replicas:
+        with grpc.insecure_channel(replica) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while (
+                health.Check(health_pb2.HealthCheckRequest()).status != health_pb2.HealthCheckResponse.SERVING
+            ):
+                time.sleep(0.1)
+    targets = {"one_daemon": address, "replicas": "ipv4:" + ",".join(r for _, r in replicas)}
+    concurrency = max(args.concurrency)
+    runs: dict[str, list[dict]] = {name: [] for name in targets}
+    for repeat in range(args.repeats):
+        for name in list(targets)[repeat % 2 :] + list(targets)[: repeat % 2]:
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cell = measure(targets[name], "tiny", shape, concurrency, args.seconds)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+            cell["client_cpu_s"] = cpu_s
+            cell["client_cpu_us_per_request"] = cpu_s / max(cell["requests"], 1) * 1e6
+            runs[name].append(cell)
+            report("tiny_mlp", name, repeat, cell)
+    cells = {name: median_cell(cells) for name, cells in runs.items()}
+    results = {
+        "machine": {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()},
+        "note": (
+            f"{args.replicas} replicas and the daemon they follow, all on this machine with the load "
+            "generator: on 2 cores the replicas and the clients share the same CPUs, so this measures "
+            "the overhead of a replica (following, round robin over connections), not scaling"
+        ),
+        "concurrency": concurrency,
+        "seconds_per_cell": args.seconds,
+        "repeats": args.repeats,
+        "cells": cells,
+        "replicas_vs_one_daemon_throughput": paired_ratio(
+            runs["replicas"], runs["one_daemon"], "throughput_rps"
+        ),
+    }
+    for process, _ in [(primary, address), *replicas]:
+        process.terminate()
+        process.wait(30)
+    out = REPLICA_RESULTS if args.out == RESULTS else args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
