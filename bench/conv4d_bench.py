@@ -1,16 +1,24 @@
-"""Conv4d formulations side by side, plus malloc tunables and exported-model latency.
+"""Conv4d formulations side by side, reduced precision, torch.compile, malloc tunables and exported-model latency.
 
-    .venv/bin/python bench/conv4d_bench.py [--quick] [--device cpu|cuda] [--skip-env] [--skip-onnx]
-    .venv/bin/python bench/conv4d_bench.py --onnx-only   # refresh only that section of the JSON
+    .venv/bin/python bench/conv4d_bench.py [--quick] [--device cpu|cuda] [--env] [--skip-onnx] [--skip-compile]
+    .venv/bin/python bench/conv4d_bench.py --onnx-only      # refresh only that section of the JSON
+    .venv/bin/python bench/conv4d_bench.py --compile-only   # likewise for torch.compile
 
 For each shape A-E of issue 7, forward and forward+backward: every formulation in
-``tesserad.nn.conv.ALGORITHMS``, the 'auto' choice (heuristic), the choice of measured
+``tesserad.nn.conv.ALGORITHMS``, the 'auto' choice (heuristic), 'auto' under autocast to the
+reduced dtype (bfloat16 on CPU, float16 on CUDA; 'auto_<dtype>'), the choice of measured
 selection (``set_benchmark(True)``, 'auto_measured') and an im2col + GEMM baseline (skipped
-where its column matrix would pass 2 GB), each as ms, GFLOP/s, peak memory above the
-baseline and ratios to the naive loop and to auto; beside a torch.mm of the same FLOP count
-so fractions of the machine's GEMM rate are visible. The formulations of a row and its GEMM
-are timed in turns (minimum of 5 rounds), so load from other processes hits all of them
-alike. Writes bench/results/conv4d_<device>.json.
+where its column matrix would pass 2 GB); beside a torch.mm of the same FLOP count so
+fractions of the machine's GEMM rate are visible. A row's runners and its GEMM are timed in
+turns (one warm-up, then ``reps`` rounds), so load from other processes hits all of them
+alike; ratios are medians of per-round ratios (to the loop, to the GEMM rate), and each
+runner's wall time sits beside its process CPU time. Memory per formulation: the analytic
+peak (input, output and ``tesserad.nn.workspace_bytes``) beside the resident-set growth
+sampled during one call. What bounds the auto row is measured by timing its pieces
+(tap folding, conv3d forward, the input and weight gradients, unfolding) and stated with
+the bytes moved per FLOP. ``compile_cnn4d`` times torch.compile of the cnn4d classifier
+against eager (forward+backward, batch 1 and 32) in a subprocess capped at
+``--compile-timeout`` seconds. Writes bench/results/conv4d_<device>.json.
 """
 
 from __future__ import annotations
@@ -36,11 +44,16 @@ import torch.nn.functional as F
 
 from tesserad.nn.conv import (
     ALGORITHMS,
+    _fold_taps,
+    _folded_weight,
+    _Geometry,
+    _unfold_taps_grad,
     benchmark,
     benchmark_cache,
     clear_benchmark_cache,
     conv4d,
     heuristic_algorithm,
+    workspace_bytes,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -154,22 +167,104 @@ def gemm_runner(flops: float, device: torch.device) -> tuple[Callable[[], object
     return (lambda: torch.mm(a, b)), 2.0 * n**3
 
 
-def step(algo: str, backward: bool, shape: Shape, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> None:
-    """One forward (and backward) of one formulation, on fresh leaf tensors."""
+def step(
+    algo: str,
+    backward: bool,
+    shape: Shape,
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor,
+    autocast: torch.dtype | None = None,
+) -> None:
+    """One forward (and backward) of one formulation, on fresh leaf tensors, optionally under autocast."""
     xr = x.detach().requires_grad_(backward)
     wr = w.detach().requires_grad_(backward)
     br = b.detach().requires_grad_(backward)
-    with torch.set_grad_enabled(backward):
+    with (
+        torch.set_grad_enabled(backward),
+        torch.autocast(x.device.type, dtype=autocast or torch.float32, enabled=autocast is not None),
+    ):
         if algo == "im2col":
             y = im2col_conv4d(xr, wr, shape.stride, shape.padding) + br.reshape(1, -1, 1, 1, 1, 1)
         else:
             y = conv4d(xr, wr, br, shape.stride, shape.padding, algorithm=algo)  # type: ignore[arg-type]
-        if backward:
-            y.sum().backward()
+    if backward:
+        y.float().sum().backward()
 
 
-def bench_shapes(device: torch.device, reps: int, shapes: tuple[Shape, ...]) -> list[dict]:
+def geometry(shape: Shape) -> _Geometry:
+    t_out = shape.out_size()[0]
+    s, p = shape.stride, shape.padding
+    return _Geometry((p, p), s, 1, t_out, (s, s, s), (p, p, p), (1, 1, 1), 1)
+
+
+def footprint_mib(shape: Shape, algo: str, backward: bool, element_size: int = 4) -> float:
+    """Analytic peak of one call: input, output (and their gradients in training) plus workspace."""
+    x_shape = (shape.n, shape.c_in, *shape.size)
+    w_shape = (shape.c_out, shape.c_in, *(shape.kernel,) * 4)
+    inputs = math.prod(x_shape)
+    out = shape.n * shape.c_out * math.prod(shape.out_size())
+    tensors = (inputs + out) * (2 if backward else 1) * element_size
+    return (
+        tensors + workspace_bytes(algo, x_shape, w_shape, geometry(shape), element_size, backward)
+    ) / 2**20
+
+
+def copy_bandwidth(device: torch.device) -> float:
+    """Bytes per second of a large tensor copy (read + write), best of five."""
+    src = torch.randn(64 * 2**20 // 4 * 4, device=device)
+    dst = torch.empty_like(src)
+    best = math.inf
+    for _ in range(5):
+        sync(device)
+        start = time.perf_counter()
+        dst.copy_(src)
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * src.numel() * 4 / best
+
+
+def time_fold_pieces(
+    shape: Shape, backward: bool, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, rounds: int
+) -> dict[str, float]:
+    """Median ms of each piece of the time_fold formulation ('auto' for training calls):
+    folding the taps (the im2col-like copy), the conv3d forward, in backward the folded
+    input's gradient, the weight's gradient and unfolding the input's gradient."""
+    geo = geometry(shape)
+    kt = w.shape[2]
+    xs = _fold_taps(x, kt, geo)
+    wf = _folded_weight(w)
+    y = F.conv3d(xs, wf, b, geo.s3, geo.p3, geo.d3, geo.g)
+    go = torch.ones_like(y)
+
+    def grad(mask: list[bool]) -> object:
+        return torch.ops.aten.convolution_backward(
+            go, xs, wf, [wf.shape[0]], list(geo.s3), list(geo.p3), list(geo.d3), False, [0, 0, 0], geo.g, mask
+        )
+
+    gxs = grad([True, False, False])[0]
+    pieces: dict[str, Callable[[], object]] = {
+        "fold_taps": lambda: _fold_taps(x, kt, geo),
+        "conv3d_forward": lambda: F.conv3d(xs, wf, b, geo.s3, geo.p3, geo.d3, geo.g),
+    }
+    if backward:
+        pieces.update(
+            {
+                "grad_input_conv": lambda: grad([True, False, False]),
+                "grad_weight_conv": lambda: grad([False, True, True]),
+                "unfold_grad": lambda: _unfold_taps_grad(gxs, x.shape, kt, geo),
+            }
+        )
+    with torch.no_grad():
+        timed = rounds_of(pieces, rounds, x.device)
+    return {name: statistics.median(t.wall) for name, t in timed.items()}
+
+
+def bench_shapes(
+    device: torch.device, reps: int, shapes: tuple[Shape, ...], reduced: torch.dtype, bandwidth: float
+) -> list[dict]:
     rows = []
+    reduced_name = f"auto_{str(reduced).removeprefix('torch.')}"
     for shape in shapes:
         torch.manual_seed(0)
         x = torch.randn(shape.n, shape.c_in, *shape.size, device=device)
@@ -188,23 +283,49 @@ def bench_shapes(device: torch.device, reps: int, shapes: tuple[Shape, ...]) -> 
                     continue
                 runners[algo] = functools.partial(step, algo, backward, shape, x, w, b)
                 results[algo] = {"peak_mib": peak_mib(runners[algo], device)}
+                if algo != "im2col":
+                    results[algo]["analytic_peak_mib"] = footprint_mib(shape, algo, backward)
+            runners[reduced_name] = functools.partial(step, "auto", backward, shape, x, w, b, reduced)
+            results[reduced_name] = {
+                "algorithm": auto,
+                "dtype": str(reduced),
+                "peak_mib": peak_mib(runners[reduced_name], device),
+                "analytic_peak_mib": footprint_mib(shape, auto, backward, reduced.itemsize),
+            }
             # Every formulation and the reference GEMM in turns, so load from other processes
             # hits all of them alike.
             gemm_run, gemm_flops = gemm_runner(flops / (3 if backward else 1), device)
-            timings = interleaved({**runners, "gemm": gemm_run}, reps, device)
-            gemm = gemm_flops / (timings.pop("gemm")[0] / 1e3) / 1e9
-            for algo, (ms, median) in timings.items():
-                results[algo].update({"ms": ms, "median_ms": median, "gflops": flops / (ms / 1e3) / 1e9})
+            timed = rounds_of({**runners, "gemm": gemm_run}, reps, device)
+            gemm_times = timed.pop("gemm").wall
+            gemm = gemm_flops / (min(gemm_times) / 1e3) / 1e9
+            loop_times = timed["loop"].wall
+            for algo, t in timed.items():
+                results[algo].update(
+                    {
+                        "ms": min(t.wall),
+                        "median_ms": statistics.median(t.wall),
+                        "cpu_ms": statistics.median(t.cpu),
+                        "gflops": flops / (min(t.wall) / 1e3) / 1e9,
+                        "speedup_vs_loop": median_ratio(loop_times, t.wall),
+                        # this round's FLOP rate over the GEMM's in the same round
+                        "fraction_of_gemm": median_ratio(
+                            [flops * g for g in gemm_times], [gemm_flops * a for a in t.wall]
+                        ),
+                    }
+                )
             measured = measured_choice(shape, backward, x, w, b)
             # 'auto' runs exactly the formulation it picks; timing it again would only add noise.
             results["auto"] = {**results[auto], "algorithm": auto}
             results["auto_measured"] = {**results[measured], "algorithm": measured}
-            loop_ms = results["loop"]["ms"]
-            auto_ms = results["auto"]["ms"]
+            results[reduced_name]["speedup_vs_fp32_auto"] = median_ratio(
+                timed[auto].wall, timed[reduced_name].wall
+            )
+            loop_mib = results["loop"]["analytic_peak_mib"]
             for r in results.values():
                 if "ms" in r:
-                    r["speedup_vs_loop"] = loop_ms / r["ms"]
-                    r["ratio_to_auto"] = r["ms"] / auto_ms
+                    r["ratio_to_auto"] = r["ms"] / results["auto"]["ms"]
+                if "analytic_peak_mib" in r:
+                    r["analytic_peak_vs_loop"] = r["analytic_peak_mib"] / loop_mib
             best = min((a for a in ALGORITHMS), key=lambda a: results[a]["ms"])
             row = {
                 "shape": shape.name,
@@ -223,20 +344,72 @@ def bench_shapes(device: torch.device, reps: int, shapes: tuple[Shape, ...]) -> 
                 "measured_choice": measured,
                 "fastest": best,
                 "gemm_gflops": gemm,
-                "auto_fraction_of_gemm": results["auto"]["gflops"] / gemm,
+                "auto_fraction_of_gemm": results["auto"]["fraction_of_gemm"],
+                "bounds": bounds(shape, backward, auto, results["auto"], gemm, bandwidth, x, w, b, reps),
                 "algorithms": results,
             }
             rows.append(row)
             print(
                 f"{shape.name} {mode:8s} auto={auto:9s} fastest={best:9s} "
                 + " ".join(
-                    f"{a}={r['ms']:.0f}ms({r['speedup_vs_loop']:.2f}x)" if "ms" in r else f"{a}=skip"
+                    f"{a}={r['ms']:.0f}ms({r['speedup_vs_loop']:.2f}x,{r.get('analytic_peak_mib', 0):.0f}MiB)"
+                    if "ms" in r
+                    else f"{a}=skip"
                     for a, r in results.items()
                 )
-                + f" gemm={gemm:.0f}GF/s auto={results['auto']['gflops']:.0f}GF/s",
+                + f" gemm={gemm:.0f}GF/s auto={row['auto_fraction_of_gemm']:.0%} of gemm; "
+                + f"{reduced_name} x{results[reduced_name]['speedup_vs_fp32_auto']:.2f} vs fp32; "
+                + f"bound: {row['bounds']['bound']}",
                 flush=True,
             )
     return rows
+
+
+def bounds(
+    shape: Shape,
+    backward: bool,
+    auto: str,
+    auto_result: dict,
+    gemm_gflops: float,
+    bandwidth: float,
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor,
+    reps: int,
+) -> dict:
+    """What bounds the auto row: bytes it moves per FLOP against the machine's balance, and
+    (for time_fold) the measured time of each of its pieces."""
+    x_shape = (shape.n, shape.c_in, *shape.size)
+    w_shape = (shape.c_out, shape.c_in, *(shape.kernel,) * 4)
+    out = shape.n * shape.c_out * math.prod(shape.out_size())
+    tensors = 4 * (math.prod(x_shape) + math.prod(w_shape) + out) * (3 if backward else 1)
+    # Workspace is written once and read once.
+    moved = tensors + 2 * workspace_bytes(auto, x_shape, w_shape, geometry(shape), 4, backward)
+    flops = shape.fwd_flops() * (3 if backward else 1)
+    out_dict: dict = {
+        "bytes_moved": moved,
+        "bytes_per_flop": moved / flops,
+        "machine_bytes_per_flop": bandwidth / (gemm_gflops * 1e9),
+        "copy_bandwidth_gbs": bandwidth / 1e9,
+        "ms_at_gemm_rate": flops / (gemm_gflops * 1e9) * 1e3,
+        "ms_at_copy_bandwidth": moved / bandwidth * 1e3,
+        "median_ms": auto_result["median_ms"],
+    }
+    if auto == "time_fold" and x.device.type == "cpu":
+        pieces = time_fold_pieces(shape, backward, x, w, b, reps)
+        out_dict["pieces_median_ms"] = pieces
+        copies = pieces["fold_taps"] + pieces.get("unfold_grad", 0.0)
+        named = {
+            "im2col copies (tap folding)": copies,
+            "conv3d forward below the GEMM rate": pieces["conv3d_forward"],
+            "backward's input gradient (conv3d)": pieces.get("grad_input_conv", 0.0),
+            "backward's weight gradient (conv3d)": pieces.get("grad_weight_conv", 0.0),
+        }
+        out_dict["bound"] = max(named, key=lambda k: named[k])
+    else:
+        memory = out_dict["ms_at_copy_bandwidth"] > out_dict["ms_at_gemm_rate"]
+        out_dict["bound"] = "memory traffic" if memory else "compute below the GEMM rate"
+    return out_dict
 
 
 _ENV_PROBE = """
@@ -305,27 +478,54 @@ def bench_env(reps: int) -> dict:
     return out
 
 
+@dataclass
+class Rounds:
+    """Per-round times of one runner, in ms: wall clock and process CPU time (all threads)."""
+
+    wall: list[float]
+    cpu: list[float]
+
+
+def rounds_of(
+    runners: dict[str, Callable[[], object]],
+    rounds: int,
+    device: torch.device | None = None,
+    clock: Callable[[], int] = time.perf_counter_ns,
+) -> dict[str, Rounds]:
+    """Every runner once as a warm-up, then ``rounds`` rounds in turns, so load from other
+    processes hits all alike."""
+    for run in runners.values():
+        run()
+    times = {name: Rounds([], []) for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            if device is not None:
+                sync(device)
+            cpu_start, start = time.process_time_ns(), clock()
+            run()
+            if device is not None:
+                sync(device)
+            times[name].wall.append((clock() - start) / 1e6)
+            times[name].cpu.append((time.process_time_ns() - cpu_start) / 1e6)
+    return times
+
+
+def median_ratio(numerators: list[float], denominators: list[float]) -> float:
+    """Median of per-round ratios: each round's pair ran side by side, under the same load."""
+    return statistics.median(a / b for a, b in zip(numerators, denominators, strict=True))
+
+
 def interleaved(
     runners: dict[str, Callable[[], object]],
     rounds: int,
     device: torch.device | None = None,
     clock: Callable[[], int] = time.perf_counter_ns,
 ) -> dict[str, tuple[float, float]]:
-    """(min ms, median ms) per runner after one warm-up, timed in turns so load from other
-    processes hits all alike. Ratios use the minimum: other load only ever adds time."""
-    for run in runners.values():
-        run()
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, run in runners.items():
-            if device is not None:
-                sync(device)
-            start = clock()
-            run()
-            if device is not None:
-                sync(device)
-            times[name].append((clock() - start) / 1e6)
-    return {name: (min(t), statistics.median(t)) for name, t in times.items()}
+    """(min ms, median ms) per runner, timed in turns (rounds_of)."""
+    return {
+        name: (min(t.wall), statistics.median(t.wall))
+        for name, t in rounds_of(runners, rounds, device, clock).items()
+    }
 
 
 def measured_choice(shape: Shape, backward: bool, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> str:
@@ -335,6 +535,75 @@ def measured_choice(shape: Shape, backward: bool, x: torch.Tensor, w: torch.Tens
         step("auto", backward, shape, x, w, b)
     (choice,) = benchmark_cache().values()
     return choice
+
+
+_COMPILE_PROBE = """
+import json, statistics, time, torch
+import torch.nn.functional as F
+from tesserad.nn import Cnn4dSpec, build_model
+torch.manual_seed(0)
+spec = Cnn4dSpec(input_shape=(2, 8, 12, 12, 12), output_size=10)
+model = build_model(spec)
+compiled = torch.compile(model)
+out = {}
+for batch in (1, 32):
+    x = torch.randn(batch, *spec.input_shape)
+    y = torch.randint(0, 10, (batch,))
+    def step(net):
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(net(x), y).backward()
+    start = time.perf_counter()
+    step(compiled)  # compiles (forward and backward graphs) for this batch size
+    compile_s = time.perf_counter() - start
+    step(model)
+    times = {"eager": [], "compiled": []}
+    for _ in range({rounds}):
+        for name, net in (("eager", model), ("compiled", compiled)):
+            start = time.perf_counter()
+            step(net)
+            times[name].append((time.perf_counter() - start) * 1e3)
+    ratios = [e / c for e, c in zip(times["eager"], times["compiled"])]
+    out[f"batch{batch}"] = {
+        "compile_s": compile_s,
+        "eager_median_ms": statistics.median(times["eager"]),
+        "compiled_median_ms": statistics.median(times["compiled"]),
+        "speedup_compiled_vs_eager": statistics.median(ratios),
+    }
+    print(json.dumps(out), flush=True)
+"""
+
+
+def bench_compile(rounds: int, timeout_s: float) -> dict:
+    """torch.compile (inductor) of the cnn4d classifier against eager, forward+backward, in a
+    subprocess capped at ``timeout_s``: compile time per batch size and the median per-round
+    speedup. Conv4d runs its plain-op formulations under compile (tesserad.nn.conv)."""
+    probe = _COMPILE_PROBE.replace("{rounds}", str(rounds))
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, timeout=timeout_s, check=False
+        )
+        stdout, failed = proc.stdout, proc.returncode != 0
+        note = proc.stderr.strip().splitlines()[-1:] if failed else []
+    except subprocess.TimeoutExpired as exc:
+        stdout = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        failed, note = True, [f"stopped after the {timeout_s:g} s cap"]
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    out: dict = json.loads(lines[-1]) if lines else {}
+    out["wall_s"] = time.perf_counter() - start
+    out["timeout_s"] = timeout_s
+    if failed:
+        out["incomplete"] = note[0] if note else "the probe failed"
+    for key, r in out.items():
+        if key.startswith("batch"):
+            print(
+                f"compile cnn4d {key}: compile {r['compile_s']:.1f}s eager={r['eager_median_ms']:.1f}ms "
+                f"compiled={r['compiled_median_ms']:.1f}ms speedup x{r['speedup_compiled_vs_eager']:.2f}",
+                flush=True,
+            )
+    if failed:
+        print(f"compile cnn4d: {out['incomplete']}", flush=True)
+    return out
 
 
 def bench_onnx(reps: int) -> dict:
@@ -408,26 +677,50 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--quick", action="store_true", help="one timed repetition, shapes as in full")
-    parser.add_argument("--skip-env", action="store_true", help="skip the malloc tunables runs")
+    parser.add_argument(
+        "--env", action="store_true", help="also time glibc malloc tunables (fresh processes)"
+    )
     parser.add_argument("--skip-onnx", action="store_true", help="skip the onnxruntime latency runs")
+    parser.add_argument("--skip-compile", action="store_true", help="skip torch.compile of the cnn4d")
+    parser.add_argument(
+        "--compile-timeout", type=float, default=300.0, help="cap in seconds on the torch.compile probe"
+    )
     parser.add_argument("--shapes", default="ABCDE", help="subset of shape letters")
     parser.add_argument(
         "--onnx-only",
         action="store_true",
         help="run only the onnxruntime latency runs and replace that section of the existing CPU results",
     )
+    parser.add_argument(
+        "--compile-only",
+        action="store_true",
+        help="run only the torch.compile probe and replace that section of the existing CPU results",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (0: torch's default); 1 keeps a busy shared machine's spinning "
+        "OpenMP waits from swamping the many small calls of the loop",
+    )
     args = parser.parse_args()
-    if args.onnx_only:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.onnx_only or args.compile_only:
         path = RESULTS / "conv4d_cpu.json"
         report = json.loads(path.read_text())
-        report["onnx_cnn4d"] = bench_onnx(1 if args.quick else 5)
+        if args.onnx_only:
+            report["onnx_cnn4d"] = bench_onnx(1 if args.quick else 5)
+        if args.compile_only:
+            report["compile_cnn4d"] = bench_compile(3 if args.quick else 6, args.compile_timeout)
         path.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"updated onnx_cnn4d in {path}")
+        print(f"updated {path}")
         return
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("no CUDA device: torch.cuda.is_available() is False; nothing to measure")
-        return
+        sys.exit("no CUDA device: torch.cuda.is_available() is False; nothing to measure")
     device = torch.device(args.device)
+    reduced = torch.bfloat16 if device.type == "cpu" else torch.float16
+    bandwidth = copy_bandwidth(device)
     reps = 1 if args.quick else 5
     shapes = tuple(s for s in SHAPES if s.name in args.shapes)
     report: dict = {
@@ -437,12 +730,21 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "quick": args.quick,
         "reps": reps,
-        "shapes": bench_shapes(device, reps, shapes),
+        "copy_bandwidth_gbs": bandwidth / 1e9,
+        "shapes": bench_shapes(device, reps, shapes, reduced, bandwidth),
     }
-    if device.type == "cpu" and not args.skip_env:
+    path = RESULTS / f"conv4d_{device.type}.json"
+    if device.type == "cpu" and args.env:
         report["malloc_tunables"] = bench_env(max(reps, 3))
     if device.type == "cpu" and not args.skip_onnx:
         report["onnx_cnn4d"] = bench_onnx(max(reps, 5))
+    if device.type == "cpu" and not args.skip_compile:
+        report["compile_cnn4d"] = bench_compile(max(reps, 3) * 2, args.compile_timeout)
+    # Sections this run skipped keep an earlier run's figures, marked as such.
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    for section in ("malloc_tunables", "onnx_cnn4d", "compile_cnn4d"):
+        if section not in report and section in previous:
+            report[section] = {**previous[section], "from_an_earlier_run": True}
     fwd_bwd = [r for r in report["shapes"] if r["mode"] == "fwd+bwd"]
     report["summary"] = {
         "geomean_fwd_bwd_speedup_auto_vs_loop": math.exp(
@@ -459,10 +761,23 @@ def main() -> None:
         ),
         "auto_is_fastest": sum(r["auto_choice"] == r["fastest"] for r in report["shapes"]),
         "rows": len(report["shapes"]),
+        "auto_fraction_of_gemm": {
+            f"{r['shape']} {r['mode']}": r["auto_fraction_of_gemm"] for r in report["shapes"]
+        },
+        "auto_analytic_peak_vs_loop": {
+            f"{r['shape']} {r['mode']}": r["algorithms"]["auto"]["analytic_peak_vs_loop"]
+            for r in report["shapes"]
+        },
+        f"auto_{str(reduced).removeprefix('torch.')}_speedup_vs_fp32": {
+            f"{r['shape']} {r['mode']}": r["algorithms"][f"auto_{str(reduced).removeprefix('torch.')}"][
+                "speedup_vs_fp32_auto"
+            ]
+            for r in report["shapes"]
+        },
+        "bounds": {f"{r['shape']} {r['mode']}": r["bounds"]["bound"] for r in report["shapes"]},
     }
     print(json.dumps(report["summary"], indent=2))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"conv4d_{device.type}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {path}")
 

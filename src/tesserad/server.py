@@ -59,7 +59,7 @@ from tesserad.replica.changes import ChangeFeed
 from tesserad.replica.followed import FollowedRegistry
 from tesserad.runtime_env import worker_environment
 from tesserad.serving.registry_source import build_inference, inference_over
-from tesserad.serving.service import InferenceService
+from tesserad.serving.service import CallCounter, InferenceService
 from tesserad.store import BlobStore, DataDirLock, Store
 from tesserad.system import SystemService
 from tesserad.training import events as training_events
@@ -202,7 +202,7 @@ class Daemon:
             log.info("removed blobs nothing holds", extra={"count": len(collected)})
         self._gpus = Gpus()
 
-        server, credentials, auth = self._new_server()
+        server, credentials, auth, calls = self._new_server()
         routes = _GenericHandlersOnly(server)
         system = SystemService(data_dir, self._store, blobs, self._gpus, self.service_names)
         _register(
@@ -233,7 +233,7 @@ class Daemon:
         if settings.serving.switch_interval_us:
             # Shorter GIL slices let the gRPC threads answer while batches run (see config).
             sys.setswitchinterval(settings.serving.switch_interval_us / 1e6)
-        self.inference = build_inference(self.registry, settings.serving, self.metrics.registry)
+        self.inference = build_inference(self.registry, settings.serving, self.metrics.registry, calls)
         self.registry.add_listener(self.inference.on_registry_change)
         _register(
             inference_pb2_grpc.add_InferenceServicer_to_server,
@@ -259,6 +259,7 @@ class Daemon:
             registration=JobRegistration(self.registry),
             worker_env=worker_environment(),
             parents=ParentAccess(self.registry).facts,
+            nn_max_workspace=settings.nn.max_workspace,
         )
         TrainingMetrics(self.training, self.metrics.registry)
         # Jobs a previous daemon left unfinished are re-queued (those cut off while RUNNING resume
@@ -301,8 +302,11 @@ class Daemon:
             },
         )
 
-    def _new_server(self) -> tuple[grpc.aio.Server, grpc.ServerCredentials | None, AuthInterceptor]:
-        """The gRPC server with its interceptors and options, and its credentials (None: plaintext)."""
+    def _new_server(
+        self,
+    ) -> tuple[grpc.aio.Server, grpc.ServerCredentials | None, AuthInterceptor, CallCounter]:
+        """The gRPC server with its interceptors and options, its credentials (None: plaintext),
+        and the counter of calls in flight its interceptor keeps."""
         settings = self.settings
         _check_exposure(settings, self.insecure)
         served = [
@@ -315,9 +319,10 @@ class Daemon:
             auth = AuthInterceptor(settings.security, settings.limits, settings.max_message_size, served)
         except AuthSetupError as exc:
             raise StartupError(str(exc)) from None
+        calls = CallCounter()
         server = grpc.aio.server(
             # Auth first: a refused call reaches nothing else.
-            interceptors=[auth, CallInterceptor(self.metrics)],
+            interceptors=[auth, CallInterceptor(self.metrics, calls)],
             options=[
                 # gRPC sets SO_REUSEPORT by default, which would let a second daemon silently
                 # share the port; a taken port must be an error.
@@ -329,7 +334,7 @@ class Daemon:
             ],
         )
         self._server = server
-        return server, credentials, auth
+        return server, credentials, auth, calls
 
     def _serve_metrics(self) -> None:
         settings = self.settings
@@ -347,7 +352,7 @@ class Daemon:
         """A serving replica: inference over the primary's followed registry, no store of its own."""
         settings = self.settings
         primary = settings.replica.primary
-        server, credentials, auth = self._new_server()
+        server, credentials, auth, calls = self._new_server()
         routes = _GenericHandlersOnly(server)
         cache = BlobCache(settings.data_dir / "replica-cache", settings.replica.cache_size)
         followed = FollowedRegistry(
@@ -355,7 +360,7 @@ class Daemon:
         )
         if settings.serving.switch_interval_us:
             sys.setswitchinterval(settings.serving.switch_interval_us / 1e6)
-        self.inference = inference_over(followed, settings.serving, self.metrics.registry)
+        self.inference = inference_over(followed, settings.serving, self.metrics.registry, calls)
         _register(
             inference_pb2_grpc.add_InferenceServicer_to_server, InferenceServicer(self.inference), routes
         )

@@ -130,3 +130,10 @@ def test_readme_walkthrough_runs_top_to_bottom(spawn_daemon, tmp_path: Path) -> 
     assert "succeeded" in fine_tuned and "clips-finetuned v1" in fine_tuned, fine_tuned
     shown = output_of(steps, "tessera models show clips-finetuned")
     assert re.search(r"parent\W+clips-cnn4d v1", shown), shown
+    assert "registered clips-ensemble v1: mean of" in output_of(steps, "tessera models ensemble")
+    assert "clips-ensemble v1" in output_of(steps, "tessera predict clips-ensemble")
+    ensemble_stats = output_of(steps, "tessera stats clips-ensemble")
+    assert all(v in ensemble_stats for v in ("clips-ensemble v1", "clips-cnn4d v1", "clips-cnn4d v2"))
+    explained = output_of(steps, "tessera explain clips-cnn4d")
+    assert "clips-cnn4d v2, explained through torch v1" in explained, explained
+    assert "input[4, 1, 4, 4, 4, 4] row 3, output" in explained and (workdir / "attr.npz").exists(), explained

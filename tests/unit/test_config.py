@@ -15,6 +15,16 @@ def test_defaults():
     assert settings.data_dir == Path("./var")
     assert settings.metrics_listen == Address("127.0.0.1", 9464)
     assert settings.store.durability == "full"
+    assert settings.training.compile == "auto"
+    assert settings.nn.max_workspace == 0  # no limit
+
+
+def test_nn_and_training_sections_from_a_file(tmp_path):
+    config = tmp_path / "tesserad.toml"
+    config.write_text('[nn]\nmax_workspace = "256MiB"\n[training]\ncompile = "off"\n')
+    settings = load_settings(config, env={})
+    assert settings.nn.max_workspace == 256 * 2**20
+    assert settings.training.compile == "off"
 
 
 def test_layers_file_then_env_then_flags(tmp_path):
@@ -56,6 +66,8 @@ def test_sizes(raw, expected):
         ({"TESSERA_STORE_DURABILITY": "maybe"}, ["store.durability", "full, relaxed"]),
         ({"TESSERA_MAX_MESSAGE_SIZE": "4GiB"}, ["max_message_size", "2GiB - 1 byte"]),
         ({"TESSERA_MAX_MESSAGE_SIZE": "10"}, ["max_message_size", "from 256B"]),
+        ({"TESSERA_TRAINING_COMPILE": "maybe"}, ["training.compile", "expected one of auto, on, off"]),
+        ({"TESSERA_NN_MAX_WORKSPACE": "lots"}, ["nn.max_workspace", "expected a size"]),
     ],
 )
 def test_bad_values_name_the_setting_and_source(env, fragments):

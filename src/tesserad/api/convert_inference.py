@@ -16,9 +16,10 @@ from tesserad.api.errors import status_for
 from tesserad.errors import InvalidArgument, TesseraError
 from tesserad.names import validate_name
 from tesserad.serving.batcher import Prediction
+from tesserad.serving.explain import ExplainOptions, Explanation, Method
 from tesserad.serving.histogram import LogHistogram, Percentiles
 from tesserad.serving.pool import LoadedVersion, LoadState, ServingConfig
-from tesserad.serving.service import ShadowResult, Target
+from tesserad.serving.service import ExplainSubmitted, ShadowResult, Target
 
 _RUNTIME_NAMES = {pb.RUNTIME_UNSPECIFIED: "", pb.RUNTIME_ONNX: "onnx", pb.RUNTIME_TORCH: "torch"}
 _RUNTIME_PROTO = {name: proto for proto, name in _RUNTIME_NAMES.items()}
@@ -51,6 +52,49 @@ def target_from_proto(ref: common_pb2.VersionRef, *, model_required: bool = True
     return Target(ref.model)
 
 
+_METHODS = {
+    pb.EXPLAIN_METHOD_INTEGRATED_GRADIENTS: Method.INTEGRATED_GRADIENTS,
+    pb.EXPLAIN_METHOD_SALIENCY: Method.SALIENCY,
+    pb.EXPLAIN_METHOD_OCCLUSION: Method.OCCLUSION,
+    pb.EXPLAIN_METHOD_GRADIENT_SHAP: Method.GRADIENT_SHAP,
+}
+
+
+def method_from_proto(method: int) -> Method:
+    if method not in _METHODS:
+        names = ", ".join(pb.ExplainMethod.Name(m) for m in _METHODS)
+        raise InvalidArgument(f"method must be one of {names}, got {method}")
+    return _METHODS[pb.ExplainMethod.ValueType(method)]
+
+
+def explain_options_from_proto(options: pb.ExplainOptions) -> ExplainOptions:
+    return ExplainOptions(
+        steps=options.steps,
+        baseline=options.baseline,
+        window=tuple(options.window),
+        stride=tuple(options.stride),
+        noise=options.noise,
+        seed=options.seed,
+    )
+
+
+def explanation_to_proto(
+    model: str, submitted: ExplainSubmitted, explanation: Explanation
+) -> pb.ExplainResponse:
+    response = pb.ExplainResponse(
+        model=model,
+        version=submitted.version,
+        explained_version=submitted.explained_version,
+        output_indices=explanation.output_indices,
+        convergence_delta=explanation.convergence_delta,
+        queue_time_us=explanation.queue_ns // 1000,
+        compute_time_us=explanation.compute_ns // 1000,
+    )
+    for name, array in explanation.attributions.items():
+        fill_tensor(response.attributions.add(), name, array)
+    return response
+
+
 def config_from_proto(config: pb.ServingConfig) -> ServingConfig:
     return ServingConfig(
         runtime=_RUNTIME_NAMES.get(config.runtime, ""),
@@ -71,7 +115,8 @@ def loaded_to_proto(entry: LoadedVersion) -> pb.LoadedModel:
         version=entry.version,
         state=_STATE_PROTO[entry.state],
         config=pb.ServingConfig(
-            runtime=_RUNTIME_PROTO[config.runtime],
+            # An ensemble has no runtime of its own: unspecified, "the version's format decides".
+            runtime=_RUNTIME_PROTO.get(config.runtime, pb.RUNTIME_UNSPECIFIED),
             device=config.device,
             instances=config.instances,
             max_batch_size=config.max_batch_size,

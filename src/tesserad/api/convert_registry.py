@@ -29,7 +29,11 @@ from tesserad.registry import (
 )
 from tesserad.registry.export import ExportResult
 
-FORMAT_NAMES = {pb.ARTIFACT_FORMAT_SAFETENSORS: "safetensors", pb.ARTIFACT_FORMAT_ONNX: "onnx"}
+FORMAT_NAMES = {
+    pb.ARTIFACT_FORMAT_SAFETENSORS: "safetensors",
+    pb.ARTIFACT_FORMAT_ONNX: "onnx",
+    pb.ARTIFACT_FORMAT_ENSEMBLE: "ensemble",
+}
 FORMAT_VALUES = {name: value for value, name in FORMAT_NAMES.items()}
 _DTYPE_PREFIX = "DATA_TYPE_"
 
@@ -184,6 +188,8 @@ def version_to_proto(record: VersionRecord) -> pb.ModelVersion:
     )
     if record.architecture:
         message.architecture.CopyFrom(architecture_from_dict(record.architecture))
+    if record.alias_moved is not None:
+        message.alias_moved.CopyFrom(alias_event_to_proto(record.alias_moved))
     return message
 
 

@@ -147,8 +147,16 @@ class Follower:
                 )
 
     def _load_deployments(self) -> None:
+        """Load what every deployment routes to; Unavailable (the primary went) is retried by
+        reconnecting, a version that cannot load here (an ensemble, a broken artifact) is logged."""
         for model in self._followed.deployed_models():
-            self._inference.load_serving(model)
+            try:
+                self._inference.load_serving(model)
+            except FailedPrecondition as exc:
+                log.warning(
+                    "a deployed model cannot be served by this replica",
+                    extra={"model": model, "reason": exc.message},
+                )
 
     async def close(self) -> None:
         await self._watch.close()

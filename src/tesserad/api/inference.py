@@ -13,8 +13,11 @@ from tesserad.api.cluster_stats import merge_stats, replica_stats
 from tesserad.api.convert_inference import (
     config_from_proto,
     deadline_of,
+    explain_options_from_proto,
+    explanation_to_proto,
     failed_prediction,
     loaded_to_proto,
+    method_from_proto,
     prediction_to_proto,
     shadow_to_proto,
     stats_to_proto,
@@ -60,6 +63,26 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         answers = answer_stream(request_iterator, lambda r: self._predict(r, deadline), failed_prediction)
         async for response in answers:
             yield response
+
+    async def Explain(
+        self,
+        request: pb.ExplainRequest,
+        context: grpc.aio.ServicerContext[pb.ExplainRequest, pb.ExplainResponse],
+    ) -> pb.ExplainResponse:
+        target = target_from_proto(request.target)
+        method = method_from_proto(request.method)
+        options = explain_options_from_proto(request.options)
+        output_index = request.output_index if request.HasField("output_index") else None
+        inputs = tensors_to_arrays(request.inputs)
+        submitted = await asyncio.to_thread(
+            self._service.explain, target, inputs, method, output_index, options
+        )
+        try:
+            explanation = await asyncio.wrap_future(submitted.queued.future)
+        except asyncio.CancelledError:  # the client went away or its deadline passed
+            submitted.queued.cancel()
+            raise
+        return explanation_to_proto(target.model, submitted, explanation)
 
     async def LoadModel(
         self,

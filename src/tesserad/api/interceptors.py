@@ -23,6 +23,7 @@ from tesserad.api.aio_handlers import Context, Handler
 from tesserad.api.errors import status_for
 from tesserad.errors import TesseraError
 from tesserad.metrics import DaemonMetrics
+from tesserad.serving.service import CallCounter
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,10 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     """Wraps each RPC's handler once and reuses the wrapper: gRPC asks for a handler on every
     call, and building closures and a handler per call cost ~15 us of the daemon's one thread."""
 
-    def __init__(self, metrics: DaemonMetrics) -> None:
+    def __init__(self, metrics: DaemonMetrics, calls: CallCounter | None = None) -> None:
         self._metrics = metrics
+        # Counts each call as it begins: inference holds requests for a burst on it.
+        self._calls = calls
         # method -> (the handler wrapped, its wrapper)
         self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
@@ -70,6 +73,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler | None:
+        if self._calls is not None:
+            self._calls.begin()  # in the call's task, before its request is read
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Iterable
 from typing import NoReturn
 
@@ -28,8 +29,8 @@ from tesserad.serving.signature import TensorSpec
 
 # Listed truthfully: perf_analyzer shows the server-side breakdown only with "statistics".
 EXTENSIONS = ["model_repository", "model_configuration", "statistics"]
-_PLATFORMS = {"onnx": "onnxruntime_onnx", "torch": "pytorch_libtorch"}
-_BACKENDS = {"onnx": "onnxruntime", "torch": "pytorch"}
+_PLATFORMS = {"onnx": "onnxruntime_onnx", "torch": "pytorch_libtorch", "ensemble": "ensemble"}
+_BACKENDS = {"onnx": "onnxruntime", "torch": "pytorch", "ensemble": ""}
 _CONFIG_DTYPES = {
     "BOOL": model_config_pb2.TYPE_BOOL,
     "UINT8": model_config_pb2.TYPE_UINT8,
@@ -65,6 +66,10 @@ def _duration(count: int, ns: int) -> pb.StatisticDuration:
 def statistics_of(entry: LoadedVersion) -> pb.ModelStatistics:
     s = entry.stats.snapshot()
     succeeded = s.request_count - s.error_count
+    # Per request, decoding (and checking) the inputs and encoding the answer; a batch's share is
+    # its rows' average, as these are timed per request.
+    input_ns_per_request = s.input_ns // s.io_count if s.io_count else 0
+    output_ns_per_request = s.output_ns // s.io_count if s.io_count else 0
     return pb.ModelStatistics(
         name=entry.model,
         version=str(entry.version),
@@ -75,16 +80,16 @@ def statistics_of(entry: LoadedVersion) -> pb.ModelStatistics:
             success=_duration(succeeded, s.success_ns),
             fail=_duration(s.error_count, s.fail_ns),
             queue=_duration(succeeded, s.queue_ns),
-            compute_input=_duration(succeeded, 0),
+            compute_input=_duration(s.io_count, s.input_ns),
             compute_infer=_duration(succeeded, s.compute_ns),
-            compute_output=_duration(succeeded, 0),
+            compute_output=_duration(s.io_count, s.output_ns),
         ),
         batch_stats=[
             pb.InferBatchStatistics(
                 batch_size=rows,
-                compute_input=_duration(n, 0),
+                compute_input=_duration(n, n * rows * input_ns_per_request),
                 compute_infer=_duration(n, ns),
-                compute_output=_duration(n, 0),
+                compute_output=_duration(n, n * rows * output_ns_per_request),
             )
             for rows, (n, ns) in s.batches.items()
         ],
@@ -163,15 +168,21 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         )
 
     async def _infer(self, request: pb.ModelInferRequest, deadline: float | None) -> pb.ModelInferResponse:
+        started = time.perf_counter_ns()
         target = target_of(request.model_name, request.model_version)
         inputs = oip_inputs_to_arrays(request)
         output_names = [o.name for o in request.outputs]
+        decoded = time.perf_counter_ns()
         version, prediction = await predict(self._service, target, inputs, output_names, deadline, request.id)
+        answered = time.perf_counter_ns()
         response = pb.ModelInferResponse(model_name=target.model, model_version=str(version), id=request.id)
         for name, array in prediction.outputs.items():
             tensor, raw = oip_output(name, array)
             response.outputs.append(tensor)
             response.raw_output_contents.append(raw)
+        entry = self._service.pool.get(target.model, version)
+        if entry is not None:
+            entry.stats.record_io(decoded - started, time.perf_counter_ns() - answered)
         return response
 
     async def ModelInfer(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -23,8 +23,8 @@ from tesserad.replica.changes import ChangeFeed
 from tesserad.store import BlobStore, check_sha256
 
 # Threads that store and record uploads. A registration mostly waits on fsyncs (the blob's,
-# then the group commit's); on asyncio's default executor (cpu_count + 4 threads) those waits
-# capped how many registrations could share one group commit, and so the rate.
+# and for a streamed upload the group commit's); on asyncio's default executor (cpu_count + 4
+# threads) those waits capped how many registrations could share one group commit, and so the rate.
 UPLOAD_THREADS = 16
 
 T = TypeVar("T")
@@ -108,46 +108,18 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         context: grpc.aio.ServicerContext[pb.UploadVersionRequest, pb.ModelVersion],
     ) -> pb.ModelVersion:
         header: pb.UploadVersionHeader = await read_header(request_iterator)
-        check_sha256(header.sha256, "header.sha256")
-        format = convert.format_from_proto(header.format)
-        signature = convert.signature_from_proto(header.signature)
-        architecture = (
-            convert.architecture_to_dict(header.architecture) if header.HasField("architecture") else None
-        )
-        lineage = convert.lineage_from_proto(header.lineage)
-        fields: dict[str, Any] = {
-            "format": format,
-            "signature": signature,
-            "architecture": architecture,
-            "params": dict(header.params),
-            "metrics": dict(header.metrics),
-            "tags": dict(header.tags),
-            "lineage": lineage,
-            "description": header.description,
-            "create_model_if_missing": header.create_model,
-            "alias": header.alias,
-            "actor": caller(context),
-        }
+        fields = _version_fields(header, context)
         start = await read_start(request_iterator, header.size_bytes)
         if start.complete:
             # A small upload, all in hand: checked, stored and recorded in one worker-thread
             # hop (each hop costs the event loop more than the work does for a small version).
-            record = await self._in_upload_thread(
-                lambda: self._registry.upload_version(
-                    header.model,
-                    chunks=start.chunks(),
-                    sha256=header.sha256,
-                    size_bytes=header.size_bytes,
-                    **fields,
-                )
-            )
-            return convert.version_to_proto(record)
+            return await self._upload_in_hand(header, start.chunks(), fields)
         await asyncio.to_thread(
             self._registry.check_upload,
             header.model,
-            format=format,
-            signature=signature,
-            architecture=architecture,
+            format=fields["format"],
+            signature=fields["signature"],
+            architecture=fields["architecture"],
             size_bytes=header.size_bytes,
             create_model_if_missing=header.create_model,
         )
@@ -159,6 +131,26 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
             lambda: self._registry.register_version(header.model, blob=blob, **fields)
         )
         return convert.version_to_proto(record)
+
+    async def UploadVersionInline(
+        self,
+        request: pb.UploadVersionInlineRequest,
+        context: grpc.aio.ServicerContext[pb.UploadVersionInlineRequest, pb.ModelVersion],
+    ) -> pb.ModelVersion:
+        header = request.header
+        return await self._upload_in_hand(header, (request.artifact,), _version_fields(header, context))
+
+    async def _upload_in_hand(
+        self, header: pb.UploadVersionHeader, chunks: Iterable[bytes], fields: dict[str, Any]
+    ) -> pb.ModelVersion:
+        """Check, store and record an artifact whose bytes have all arrived, in one worker-thread
+        hop; the thread is free again while the group commit runs."""
+        committed = await self._in_upload_thread(
+            lambda: self._registry.start_upload(
+                header.model, chunks=chunks, sha256=header.sha256, size_bytes=header.size_bytes, **fields
+            )
+        )
+        return convert.version_to_proto(await asyncio.wrap_future(committed))
 
     async def DownloadVersion(
         self,
@@ -347,3 +339,25 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     ) -> AsyncIterator[pb.WatchChangesResponse]:
         async for event in self._changes.watch(request.from_seq, request.replica_address):
             yield watch_response(event)
+
+
+def _version_fields(
+    header: pb.UploadVersionHeader, context: grpc.aio.ServicerContext[Any, Any]
+) -> dict[str, Any]:
+    """An upload header's checked sha256 and its version fields in the domain's terms."""
+    check_sha256(header.sha256, "header.sha256")
+    return {
+        "format": convert.format_from_proto(header.format),
+        "signature": convert.signature_from_proto(header.signature),
+        "architecture": (
+            convert.architecture_to_dict(header.architecture) if header.HasField("architecture") else None
+        ),
+        "params": dict(header.params),
+        "metrics": dict(header.metrics),
+        "tags": dict(header.tags),
+        "lineage": convert.lineage_from_proto(header.lineage),
+        "description": header.description,
+        "create_model_if_missing": header.create_model,
+        "alias": header.alias,
+        "actor": caller(context),
+    }

@@ -28,6 +28,26 @@ def blob_held(txn: ReadTxn, sha256: str) -> bool:
     return any(True for _ in txn.scan(BLOB_HOLDERS, (sha256,), limit=1))
 
 
+# A fine-tuning job holds the weights it starts from as "job:<job id>:init_from".
+_JOB_PREFIX, _INIT_FROM_SUFFIX = "job:", ":init_from"
+
+
+def init_from_holder(job_id: str) -> str:
+    """How a fine-tuning job is named among the holders of the weights it starts from."""
+    return f"{_JOB_PREFIX}{job_id}{_INIT_FROM_SUFFIX}"
+
+
+def fine_tuning_jobs(txn: ReadTxn, sha256: str) -> list[str]:
+    """The ids of the jobs that start from the weights in this blob and have not ended (a job
+    releases its hold in the transaction that ends it)."""
+    holders = (str(key[1]) for key, _ in txn.scan(BLOB_HOLDERS, (sha256,)))
+    return [
+        holder.removeprefix(_JOB_PREFIX).removesuffix(_INIT_FROM_SUFFIX)
+        for holder in holders
+        if holder.startswith(_JOB_PREFIX) and holder.endswith(_INIT_FROM_SUFFIX)
+    ]
+
+
 def delete_unheld_blobs(store: Store, blobs: BlobStore, candidates: set[str]) -> None:
     """Delete those of `candidates` that nothing holds any more.
 

@@ -16,7 +16,10 @@ from tesserad.nn.conv import (
     conv4d,
     conv_transpose4d,
     heuristic_algorithm,
+    max_workspace,
     set_benchmark,
+    set_max_workspace,
+    workspace_bytes,
 )
 from tesserad.nn.norm4d import BatchNorm4d
 from tesserad.nn.onnx_export import OnnxExportReport, export_onnx
@@ -70,10 +73,13 @@ __all__ = [
     "export_onnx",
     "heuristic_algorithm",
     "max_pool4d",
+    "max_workspace",
     "model_signature",
     "parameter_count",
     "set_benchmark",
+    "set_max_workspace",
     "spec_from_dict",
     "spec_to_dict",
     "validate_spec",
+    "workspace_bytes",
 ]

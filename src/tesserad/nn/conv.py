@@ -12,13 +12,18 @@ conv3d calls and differs only in how it batches them:
 
 All of them are plain differentiable torch ops (no ``as_strided``), so autograd gives the
 gradients and the ONNX exporter sees slices, concats and reshapes with a dynamic batch.
-``algorithm='auto'`` picks one per call with a heuristic measured on 2 CPU cores
-(bench/conv4d_bench.py, bench/results/conv4d_cpu.json); ``set_benchmark(True)`` instead
-times every formulation once per shape and caches the winner, like cudnn.benchmark.
+Outside export and torch.compile, ``time_fold`` runs as an autograd Function instead: the
+same conv3d, with the taps folded in one copy and a hand-written backward (see
+_TimeFoldFunction). ``algorithm='auto'`` picks one per call with a heuristic measured on 2 CPU
+cores (bench/conv4d_bench.py, bench/results/conv4d_cpu.json); ``set_benchmark(True)`` instead
+times every formulation once per shape and caches the winner, like cudnn.benchmark. Either
+way ``set_max_workspace`` bounds the scratch memory auto may choose (``workspace_bytes``).
+Every formulation runs under autocast (bfloat16 on CPU, float16 or bfloat16 on CUDA).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -35,6 +40,8 @@ IntOrQuad = int | tuple[int, int, int, int]
 PaddingArg = IntOrQuad | Literal["same", "valid"]
 PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
 Algorithm = Literal["auto", "loop", "tap_loop", "time_fold", "out_stack"]
+
+log = logging.getLogger(__name__)
 
 ALGORITHMS: tuple[str, ...] = ("loop", "tap_loop", "time_fold", "out_stack")
 PADDING_MODES: tuple[str, ...] = ("zeros", "reflect", "replicate", "circular")
@@ -186,8 +193,132 @@ def _tap_loop(x: Tensor, w: Tensor, b: Tensor | None, geo: _Geometry) -> Tensor:
     return y.permute(0, 2, 1, 3, 4, 5)
 
 
+def _tap_frames(geo: _Geometry, kt: int, t_in: int) -> list[tuple[int, int, int]]:
+    """Per time tap, ``(first output frame, first input frame, frame count)`` that reads real
+    input; the output frames outside that range read time padding (zeros)."""
+    ranges = []
+    for i in range(kt):
+        # output frame t reads input frame t*st + i*dt - tp[0]; keep 0 <= that < t_in
+        offset = i * geo.dt - geo.tp[0]
+        first = max(0, -(offset // geo.st))  # ceil(-offset / st), at least 0
+        last = min(geo.t_out - 1, (t_in - 1 - offset) // geo.st)
+        ranges.append((first, first * geo.st + offset, max(0, last - first + 1)))
+    return ranges
+
+
+def _fold_taps(x: Tensor, kt: int, geo: _Geometry) -> Tensor:
+    """The time taps of ``x`` (N, C, T, D, H, W) stacked into channels in one copy, padding
+    frames written as zeros (no padded copy of ``x``): (N*T_out, g*kt*C/g, D, H, W) with
+    channels last, input channels ordered (group, tap, channel) so conv3d's groups hold."""
+    n, c, t_in, d, h, wd = x.shape
+    g, cg = geo.g, c // geo.g
+    xs = x.new_empty(n, geo.t_out, d, h, wd, g, kt, cg)
+    src = x.reshape(n, g, cg, t_in, d, h, wd).permute(0, 3, 4, 5, 6, 1, 2)  # (N, T, D, H, W, g, C/g)
+    for i, (first, start, count) in enumerate(_tap_frames(geo, kt, t_in)):
+        dst = xs[:, :, :, :, :, :, i]
+        if count:
+            dst[:, first : first + count].copy_(src[:, start : start + geo.st * (count - 1) + 1 : geo.st])
+        dst[:, :first].zero_()
+        dst[:, first + count :].zero_()
+    return xs.reshape(n * geo.t_out, d, h, wd, g * kt * cg).permute(0, 4, 1, 2, 3)
+
+
+def _unfold_taps_grad(gxs: Tensor, shape: torch.Size, kt: int, geo: _Geometry) -> Tensor:
+    """The adjoint of _fold_taps: each tap's channel block added back onto the frames it read."""
+    n, c, t_in, d, h, wd = shape
+    g, cg = geo.g, c // geo.g
+    gxs = gxs.permute(0, 2, 3, 4, 1).reshape(n, geo.t_out, d, h, wd, g, kt, cg)
+    gx = gxs.new_zeros(n, t_in, d, h, wd, g, cg)
+    for i, (first, start, count) in enumerate(_tap_frames(geo, kt, t_in)):
+        if count:
+            gx[:, start : start + geo.st * (count - 1) + 1 : geo.st] += gxs[
+                :, first : first + count, ..., i, :
+            ]
+    return gx.permute(0, 5, 6, 1, 2, 3, 4).reshape(shape)  # (N, C, T, D, H, W), channels last
+
+
+def _folded_weight(w: Tensor) -> Tensor:
+    """(C_out, C/g, kT, kD, kH, kW) as conv3d weights over the folded channels (tap, C/g)."""
+    wf = w.transpose(1, 2).reshape(w.shape[0], w.shape[2] * w.shape[1], *w.shape[3:])
+    return wf.contiguous(memory_format=torch.channels_last_3d)
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype conv3d would run in here: autocast's where it is on for this device."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+class _TimeFoldFunction(torch.autograd.Function):
+    """time_fold with a hand-written backward over the one folded input it saves.
+
+    Autograd through the plain-op version pays, per tap, a zero-filled input-sized buffer and
+    a copy for each slice's backward, another for the time padding's, and the stack's copy
+    (bench/results/conv4d_cpu.json, "bounds": about 40% of shape A's forward+backward went to
+    those copies). Here the taps are folded in one copy with the padding written as zeros,
+    conv3d's own backward gives the folded input's and the weight's gradients in one call, and
+    the input's gradient is the taps' blocks added back onto the frames they read.
+    Autocast is applied by hand (both passes run in the autocast dtype, gradients return in
+    the parameters' dtypes), so backward sees the dtype forward used.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx, x: Tensor, w: Tensor, b: Tensor | None, geo: _Geometry
+    ) -> Tensor:
+        dtype = _compute_dtype(x)
+        with torch.autocast(x.device.type, enabled=False):
+            xs = _fold_taps(x.to(dtype), w.shape[2], geo)
+            wf = _folded_weight(w.to(dtype))
+            y = F.conv3d(xs, wf, None if b is None else b.to(dtype), geo.s3, geo.p3, geo.d3, geo.g)
+        ctx.save_for_backward(xs, wf)
+        ctx.geo = geo  # type: ignore[attr-defined]
+        ctx.meta = (x.shape, x.dtype, w.shape, w.dtype, None if b is None else b.dtype)  # type: ignore[attr-defined]
+        y = y.reshape(-1, geo.t_out, *y.shape[1:])  # (N, T_out, C_out, D', H', W')
+        return y.permute(0, 2, 1, 3, 4, 5)
+
+    @staticmethod
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
+        xs, wf = ctx.saved_tensors  # type: ignore[attr-defined]
+        geo: _Geometry = ctx.geo  # type: ignore[attr-defined]
+        x_shape, x_dtype, w_shape, w_dtype, b_dtype = ctx.meta  # type: ignore[attr-defined]
+        need_x, need_w, need_b, _ = ctx.needs_input_grad  # type: ignore[attr-defined]
+        go = grad.to(xs.dtype).permute(0, 2, 1, 3, 4, 5).reshape(-1, grad.shape[1], *grad.shape[3:])
+        go = go.contiguous(memory_format=torch.channels_last_3d)
+        gxs, gwf, gb = torch.ops.aten.convolution_backward(
+            go,
+            xs,
+            wf,
+            [wf.shape[0]] if b_dtype is not None else None,
+            list(geo.s3),
+            list(geo.p3),
+            list(geo.d3),
+            False,
+            [0, 0, 0],
+            geo.g,
+            [need_x, need_w, need_b and b_dtype is not None],
+        )
+        kt = w_shape[2]
+        gx = _unfold_taps_grad(gxs, x_shape, kt, geo).to(x_dtype) if need_x else None
+        gw = None
+        if need_w:
+            gw = gwf.reshape(w_shape[0], kt, w_shape[1], *w_shape[3:]).transpose(1, 2).to(w_dtype)
+        return gx, gw, gb.to(b_dtype) if gb is not None else None, None
+
+
 def _time_fold(x: Tensor, w: Tensor, b: Tensor | None, geo: _Geometry) -> Tensor:
     """Time taps stacked into input channels, channels-last-3d: one conv3d over batch N*T_out."""
+    if not _exporting():
+        out: Tensor = _TimeFoldFunction.apply(x, w, b, geo)  # type: ignore[no-untyped-call]
+        return out
+    return _time_fold_ops(x, w, b, geo)
+
+
+def _time_fold_ops(x: Tensor, w: Tensor, b: Tensor | None, geo: _Geometry) -> Tensor:
+    """time_fold in plain differentiable ops: what the ONNX exporter and torch.compile trace."""
     tp, st, dt, t_out, s3, p3, d3, g = geo
     x = _pad_time(x, tp)
     c, d, h, wd = x.shape[1], x.shape[3], x.shape[4], x.shape[5]
@@ -222,7 +353,7 @@ def _out_stack(x: Tensor, w: Tensor, b: Tensor | None, geo: _Geometry) -> Tensor
     assert acc is not None
     out = acc.reshape(-1, t_out, c_out, *acc.shape[-3:]).permute(0, 2, 1, 3, 4, 5)
     # The stacked conv3d's outputs are summed across taps, so its bias would count kt times.
-    return out if b is None else out + b.reshape(1, -1, 1, 1, 1, 1)
+    return out if b is None else out + b.to(out.dtype).reshape(1, -1, 1, 1, 1, 1)
 
 
 _FORMULATIONS: dict[str, Callable[..., Tensor]] = {
@@ -256,6 +387,94 @@ def heuristic_algorithm(
     """
     per_frame_wins = stride_t > 1 or (channels_per_group >= 8 and batch >= 2)
     return "loop" if kernel_t > 1 and not needs_grad and per_frame_wins else "time_fold"
+
+
+def workspace_bytes(
+    name: str,
+    x_shape: tuple[int, ...],
+    w_shape: tuple[int, ...],
+    geo: _Geometry,
+    element_size: int,
+    needs_grad: bool,
+) -> int:
+    """Bytes a formulation allocates beyond its input and output, counted from its buffers.
+
+    ``x_shape`` is the input as the formulation gets it (D, H, W padding still to apply by
+    conv3d). The largest buffers, per formulation: loop: the frames before they are stacked
+    (and in backward, per read frame, a zero-filled input-sized gradient buffer that autograd
+    sums); tap_loop: the time-padded input and one gathered input per tap (all kept for
+    backward); time_fold: the folded input, kT input-sized blocks per output frame (kept for
+    backward, where its gradient of the same size and the input's gradient join it);
+    out_stack: the time-padded channels-last input and the conv3d output over every frame
+    and tap (kT times the output, twice in backward).
+    """
+    n, c, t_in, d, h, wd = x_shape
+    c_out, kt = w_shape[0], w_shape[2]
+    out_dhw = math.prod(
+        conv_output_size(size + 2 * p, k, s, dl, 0)
+        for size, k, s, dl, p in zip((d, h, wd), w_shape[3:], geo.s3, geo.d3, geo.p3, strict=True)
+    )
+    t_pad = t_in + sum(geo.tp)
+    frame = n * c * d * h * wd  # one input frame for the whole batch
+    inputs = frame * t_in
+    out = n * c_out * geo.t_out * out_dhw
+    if name == "loop":
+        elements = out + (2 * inputs if needs_grad else 0)
+    elif name == "tap_loop":
+        gathered = frame * geo.t_out
+        elements = frame * t_pad + out + (kt * gathered * 2 if needs_grad else gathered)
+    elif name == "time_fold":
+        folded = kt * frame * geo.t_out
+        elements = folded * (2 if needs_grad else 1) + (inputs + out if needs_grad else 0)
+    elif name == "out_stack":
+        stacked = kt * n * t_pad * c_out * out_dhw
+        elements = 2 * frame * t_pad + stacked * (2 if needs_grad else 1) + out
+    else:
+        raise ValueError(f"unknown formulation {name!r}")
+    return elements * element_size
+
+
+# When the preferred formulation needs more workspace than nn.max_workspace, auto falls back in
+# this order (measured speed for training calls, bench/results/conv4d_cpu.json); the loop
+# needs the least and is the floor.
+FALLBACK_ORDER: tuple[str, ...] = ("time_fold", "tap_loop", "out_stack", "loop")
+
+
+class _Workspace:
+    limit: int | None = None
+
+
+_WORKSPACE = _Workspace()
+
+
+def set_max_workspace(limit: int | None) -> None:
+    """Most bytes of workspace 'auto' lets one conv4d call allocate (None or 0: no limit)."""
+    if limit is not None and limit < 0:
+        raise ValueError(f"max_workspace must be >= 0 bytes, got {limit}")
+    _WORKSPACE.limit = limit or None
+
+
+def max_workspace() -> int | None:
+    """The current workspace limit in bytes, None when there is none."""
+    return _WORKSPACE.limit
+
+
+def within_workspace(preferred: str, workspace: Callable[[str], int], limit: int | None) -> list[str]:
+    """The formulations 'auto' may use under ``limit``, best first: ``preferred``, then
+    FALLBACK_ORDER; the loop when none fits (it needs the least)."""
+    ranked = [preferred, *(name for name in FALLBACK_ORDER if name != preferred)]
+    if limit is None:
+        return ranked
+    fitting = [name for name in ranked if workspace(name) <= limit]
+    if fitting[:1] != [preferred]:
+        log.debug(
+            "conv4d: %s needs %d bytes of workspace, over nn.max_workspace (%d); using %s",
+            preferred,
+            workspace(preferred),
+            limit,
+            fitting[0] if fitting else "loop",
+        )
+    return fitting or ["loop"]
 
 
 class _Benchmark:
@@ -309,7 +528,11 @@ def _sync(device: torch.device) -> None:
 
 
 def _measure(
-    run: Callable[[str, Tensor, Tensor], Tensor], needs_grad: bool, x: Tensor, weight: Tensor
+    run: Callable[[str, Tensor, Tensor], Tensor],
+    needs_grad: bool,
+    x: Tensor,
+    weight: Tensor,
+    candidates: tuple[str, ...] = ALGORITHMS,
 ) -> str:
     """The formulation with the lowest time: one warm-up call each, then three rounds in
     turns (so a burst of other load hits every formulation alike), minimum per formulation."""
@@ -328,13 +551,13 @@ def _measure(
         _sync(x.device)
         return time.perf_counter_ns() - start
 
-    for name in ALGORITHMS:
+    for name in candidates:
         once(name)
-    best_ns = dict.fromkeys(ALGORITHMS, math.inf)
+    best_ns = dict.fromkeys(candidates, math.inf)
     for _ in range(3):
-        for name in ALGORITHMS:
+        for name in candidates:
             best_ns[name] = min(best_ns[name], once(name))
-    return min(ALGORITHMS, key=lambda name: best_ns[name])
+    return min(candidates, key=lambda name: best_ns[name])
 
 
 # --------------------------------------------------------------------------------------
@@ -388,6 +611,13 @@ def conv4d(
         raise ValueError(f"input dtype {x.dtype} does not match weight dtype {weight.dtype}")
 
     s3, d3 = s[1:], dl[1:]
+    if s3[2] > 1 and conv_output_size(xp.shape[5], kernel[3], s3[2], d3[2], 2 * p3[2]) == 1:
+        # oneDNN's reduced-precision CPU conv3d (torch 2.13) returns wrong values when the last
+        # dim has stride > 1 and one output; that single output is the same with stride 1 over
+        # just the span the kernel reads, so convolve that instead (any dtype: an exact rewrite).
+        xp = F.pad(xp, (p3[2], p3[2])) if p3[2] else xp
+        xp = xp[..., : d3[2] * (kernel[3] - 1) + 1]
+        s3, p3 = (s3[0], s3[1], 1), (p3[0], p3[1], 0)
 
     geometry = _Geometry(tp, s[0], dl[0], t_out, s3, p3, d3, groups)  # type: ignore[arg-type]
 
@@ -397,6 +627,15 @@ def conv4d(
     needs_grad = torch.is_grad_enabled() and (xp.requires_grad or weight.requires_grad)
     name: str = algorithm
     if name == "auto":
+        element_size = torch.empty((), dtype=_compute_dtype(xp)).element_size()
+
+        def workspace(candidate: str) -> int:
+            return workspace_bytes(
+                candidate, tuple(xp.shape), tuple(weight.shape), geometry, element_size, needs_grad
+            )
+
+        limit = _WORKSPACE.limit
+        preferred = heuristic_algorithm(kernel[0], s[0], needs_grad, weight.shape[1], xp.shape[0])
         if _BENCHMARK.enabled and not _exporting():
             key = (
                 xp.device.type,
@@ -409,16 +648,19 @@ def conv4d(
                 dl,
                 groups,
                 needs_grad,
+                _compute_dtype(xp),
+                limit,
             )
             with _BENCHMARK.lock:
                 cached = _BENCHMARK.cache.get(key)
             if cached is None:
-                cached = _measure(run, needs_grad, xp, weight)
+                allowed = within_workspace(preferred, workspace, limit)
+                cached = _measure(run, needs_grad, xp, weight, tuple(a for a in ALGORITHMS if a in allowed))
                 with _BENCHMARK.lock:
                     _BENCHMARK.cache[key] = cached
             name = cached
         else:
-            name = heuristic_algorithm(kernel[0], s[0], needs_grad, weight.shape[1], xp.shape[0])
+            name = within_workspace(preferred, workspace, limit)[0]
     return run(name, xp, weight, bias)
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tesserad.errors import FailedPrecondition, InvalidArgument
-from tesserad.registry.records import Signature, TensorSpec, VersionRecord
+from tesserad.registry.architectures import architecture_signature
+from tesserad.registry.records import VersionRecord
 from tesserad.registry.service import Registry
 from tesserad.registry.tables import ANONYMOUS
 from tesserad.store import BlobStore
@@ -78,8 +79,12 @@ def export_version(
     actor: str = ANONYMOUS,
 ) -> ExportResult:
     """Export `source` (a safetensors version) to ONNX and register it as the model's next version."""
-    from tesserad.nn import build_model, export_onnx, model_signature, spec_from_dict
+    from tesserad.nn import build_model, export_onnx, spec_from_dict
 
+    if source.format == "ensemble":
+        raise FailedPrecondition(
+            f"{source.model} v{source.version} is an ensemble; export each of its members instead"
+        )
     if source.format != "safetensors":
         raise FailedPrecondition(
             f"{source.model} v{source.version} is already {source.format}; export a safetensors version"
@@ -105,16 +110,11 @@ def export_version(
         blob = blobs.put_file(path)
     finally:
         path.unlink(missing_ok=True)
-    inputs, outputs = model_signature(spec)
-    signature = Signature(
-        tuple(TensorSpec(t.name, t.dtype, tuple(t.shape)) for t in inputs),
-        tuple(TensorSpec(t.name, t.dtype, tuple(t.shape)) for t in outputs),
-    )
     version = registry.register_version(
         source.model,
         format="onnx",
         blob=blob,
-        signature=signature,
+        signature=architecture_signature(source.architecture),
         params=source.params,
         metrics=source.metrics,
         tags=source.tags,

@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 from tesserad.store import decode_record, encode_record
 
-ArtifactFormat = Literal["safetensors", "onnx"]
-ARTIFACT_FORMATS: tuple[str, ...] = ("safetensors", "onnx")
+ArtifactFormat = Literal["safetensors", "onnx", "ensemble"]
+ARTIFACT_FORMATS: tuple[str, ...] = ("safetensors", "onnx", "ensemble")
 
 
 @dataclass(frozen=True)
@@ -211,10 +211,44 @@ def lineage_from_dict(data: dict[str, Any]) -> Lineage:
 
 
 def encode_version(record: VersionRecord) -> bytes:
-    data = asdict(record)
-    data.pop("aliases")
-    data.pop("alias_moved")
+    # Spelled out rather than dataclasses.asdict, which deep-copies every field and took ~0.1 ms
+    # of the group-commit thread per registration; the JSON is the same.
+    lineage = record.lineage
+    data = {
+        "model": record.model,
+        "version": record.version,
+        "format": record.format,
+        "description": record.description,
+        "signature": {
+            "inputs": [_spec_data(spec) for spec in record.signature.inputs],
+            "outputs": [_spec_data(spec) for spec in record.signature.outputs],
+        },
+        "architecture": record.architecture,
+        "params": record.params,
+        "metrics": record.metrics,
+        "tags": record.tags,
+        "lineage": {
+            "run_id": lineage.run_id,
+            "job_id": lineage.job_id,
+            "experiment": lineage.experiment,
+            "datasets": [
+                {"name": ds.name, "version": ds.version, "sha256": ds.sha256} for ds in lineage.datasets
+            ],
+            "parent_version": lineage.parent_version,
+            "parent_model": lineage.parent_model,
+            "job_spec": lineage.job_spec,
+        },
+        "sha256": record.sha256,
+        "size_bytes": record.size_bytes,
+        "created_at": record.created_at,
+        "created_by": record.created_by,
+        "parameter_count": record.parameter_count,
+    }
     return encode_record(VERSION_KIND, SCHEMA, data)
+
+
+def _spec_data(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "dtype": spec.dtype, "shape": list(spec.shape)}
 
 
 def decode_version(raw: bytes) -> VersionRecord:

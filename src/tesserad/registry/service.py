@@ -61,7 +61,7 @@ class Registry:
 
         self.check_upload = versions.check_upload
         self.register_version = versions.register_version
-        self.upload_version = versions.upload_version
+        self.start_upload = versions.start_upload
         self.resolve = versions.resolve
         self.get_version = versions.get_version
         self.list_versions = versions.list_versions

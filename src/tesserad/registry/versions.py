@@ -8,14 +8,17 @@ count from 1 per model and are never reused, even after a delete.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import replace
 from typing import Any
 
 from tesserad.config import format_size
 from tesserad.datasets.references import (
     delete_unheld_blobs,
+    fine_tuning_jobs,
     hold_blob,
     hold_dataset,
     release_blob,
@@ -25,6 +28,7 @@ from tesserad.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFo
 from tesserad.names import validate_name
 from tesserad.paging import Page, read_page
 from tesserad.registry.aliases import check_settable_alias, move_alias, with_aliases
+from tesserad.registry.architectures import architecture_signature, check_weights_fit
 from tesserad.registry.artifacts import (
     check_onnx,
     safetensors_parameter_count,
@@ -32,6 +36,12 @@ from tesserad.registry.artifacts import (
     signature_mismatches,
 )
 from tesserad.registry.deployments import current_deployment, deployment_versions
+from tesserad.registry.ensembles import (
+    MAX_SPEC_BYTES,
+    ensemble_signature,
+    member_records,
+    parse_ensemble_spec,
+)
 from tesserad.registry.records import (
     ARTIFACT_FORMATS,
     MODEL_KIND,
@@ -66,6 +76,8 @@ from tesserad.store import BlobRef, BlobStore, ReadTxn, Store, WriteTxn, decode_
 # Checks a dataset version named in lineage inside the registering transaction:
 # (txn, name, version, sha256) -> None, raising NotFound / InvalidArgument.
 DatasetCheck = Callable[[ReadTxn, str, int, str], None]
+
+log = logging.getLogger(__name__)
 
 
 def holder(model: str, version: int) -> str:
@@ -128,14 +140,24 @@ class Versions:
         """What can be checked from an upload's header, before any byte is stored."""
         validate_name("model", model)
         if format not in ARTIFACT_FORMATS:
-            raise InvalidArgument(f"format must be safetensors or onnx, got {format or 'unspecified'}")
-        validate_signature(signature, required=format == "safetensors")
+            raise InvalidArgument(
+                f"format must be safetensors, onnx or ensemble, got {format or 'unspecified'}"
+            )
+        # A safetensors version sent with no signature takes its architecture's (in _register).
+        unsigned = not signature.inputs and not signature.outputs
+        validate_signature(signature, required=format == "safetensors" and not (architecture and unsigned))
         if format == "safetensors" and not architecture:
             raise InvalidArgument(
                 "architecture is required for a safetensors upload (it says how to build the model)"
             )
+        if format == "ensemble" and architecture:
+            raise InvalidArgument("an ensemble version has no architecture; its members have theirs")
         if size_bytes <= 0:
             raise InvalidArgument(f"size_bytes must be the artifact's size in bytes (> 0), got {size_bytes}")
+        if format == "ensemble" and size_bytes > MAX_SPEC_BYTES:
+            raise InvalidArgument(
+                f"an ensemble spec is at most {format_size(MAX_SPEC_BYTES)}; this one is {format_size(size_bytes)}"
+            )
         if size_bytes > self._max_artifact_size:
             raise ResourceExhausted(
                 f"the artifact is {format_size(size_bytes)} ({size_bytes} bytes), over "
@@ -165,8 +187,10 @@ class Versions:
     ) -> VersionRecord:
         """Record a stored blob as the model's next version (all or nothing).
 
-        The artifact is checked first (safetensors header; onnx.checker and, when a signature
-        is given, that it matches the graph; an onnx version without one takes the graph's).
+        The artifact is checked first (safetensors: header, and tensors that fit the
+        architecture; a version without a signature takes the architecture's. onnx:
+        onnx.checker and, when a signature is given, that it matches the graph; a version
+        without one takes the graph's).
         On any failure the blob is deleted unless something else holds it. With `alias`, the
         returned record's `alias_moved` says where the alias pointed before.
         """
@@ -179,7 +203,7 @@ class Versions:
                 size_bytes=blob.size,
                 create_model_if_missing=create_model_if_missing,
             )
-            return self._register(
+            committed = self._submit(
                 model,
                 format=format,
                 blob=blob,
@@ -197,8 +221,9 @@ class Versions:
         except BaseException:
             delete_unheld_blobs(self._store, self._blobs, {blob.sha256})
             raise
+        return committed.result()
 
-    def upload_version(
+    def start_upload(
         self,
         model: str,
         *,
@@ -216,14 +241,18 @@ class Versions:
         create_model_if_missing: bool,
         alias: str,
         actor: str,
-    ) -> VersionRecord:
-        """An upload whose bytes are at hand, checked, stored and registered in one call.
+    ) -> Future[VersionRecord]:
+        """An upload whose bytes are at hand, checked, stored and submitted for registration.
 
         The same steps, errors and promises as `check_upload`, a blob written through
         `BlobStore.writer` (DataLoss when `sha256` or `size_bytes` differ from what `chunks`
-        hold) and `register_version`; in one call, because each hand-off to a worker thread
+        hold) and `register_version`, in one call because each hand-off to a worker thread
         cost the daemon's event loop more than storing a small version does. `chunks` is read
         only after the header checks pass, so an error it raises comes after theirs.
+
+        Returns once the version is queued for the store's group commit, so that no thread
+        waits out the commit: the future resolves when the version is durable, or fails once
+        what the upload stored is removed again.
         """
         self.check_upload(
             model,
@@ -238,7 +267,7 @@ class Versions:
                 writer.write(chunk)
             blob = writer.commit(sha256, size_bytes)
         try:
-            return self._register(
+            return self._submit(
                 model,
                 format=format,
                 blob=blob,
@@ -257,7 +286,7 @@ class Versions:
             delete_unheld_blobs(self._store, self._blobs, {blob.sha256})
             raise
 
-    def _register(
+    def _submit(
         self,
         model: str,
         *,
@@ -273,8 +302,9 @@ class Versions:
         create_model_if_missing: bool,
         alias: str,
         actor: str,
-    ) -> VersionRecord:
-        """Register a blob whose header checks (`check_upload`) have passed."""
+    ) -> Future[VersionRecord]:
+        """Check the artifact of a blob whose header checks (`check_upload`) have passed and
+        queue its version for the group commit; see `start_upload` for the future."""
         validate_tags("tags", tags)
         validate_metrics(metrics)
         if alias:
@@ -295,8 +325,15 @@ class Versions:
             else:
                 signature = graph_signature
                 validate_signature(signature, required=True)
-        else:
+        elif format == "safetensors":
             parameter_count = safetensors_parameter_count(path)
+            assert architecture  # check_upload requires it
+            check_weights_fit(path, architecture)
+            if not signature.inputs and not signature.outputs:
+                signature = architecture_signature(architecture)
+        else:
+            ensemble = parse_ensemble_spec(path.read_bytes())
+            parameter_count = ensemble.parameter_count
 
         # Recorded through the store's group commit: registrations in flight together share one
         # commit and its fsync, and the result comes back only once that commit is durable.
@@ -310,12 +347,18 @@ class Versions:
                 fields = decode_record(raw, MODEL_KIND, SCHEMA)[1]
             number = int(fields["next_version"])
             self._check_lineage(txn, model, lineage)
+            version_signature, version_parameters = signature, parameter_count
+            if format == "ensemble":
+                # Checked in the recording transaction, so a member deleted meanwhile is seen.
+                members = member_records(ensemble, lambda m, v: version_record(txn, m, v))
+                version_signature = ensemble_signature(ensemble, members, signature)
+                version_parameters += sum(r.parameter_count for r in members)
             record = VersionRecord(
                 model=model,
                 version=number,
                 format=format,
                 description=description,
-                signature=signature,
+                signature=version_signature,
                 architecture=architecture,
                 params=dict(params),
                 metrics=dict(metrics),
@@ -325,7 +368,7 @@ class Versions:
                 size_bytes=blob.size,
                 created_at=time.time(),
                 created_by=actor,
-                parameter_count=parameter_count,
+                parameter_count=version_parameters,
             )
             fields["next_version"] = number + 1
             fields["version_count"] = int(fields["version_count"]) + 1
@@ -341,9 +384,25 @@ class Versions:
             put_model_data(txn, fields)
             return replace(with_aliases(txn, record), alias_moved=moved)
 
-        result = self._store.submit(record_version).result()
-        self._notify(model)
-        return result
+        settled: Future[VersionRecord] = Future()
+        # Running: a waiter that gives up cannot cancel it, so it always settles.
+        settled.set_running_or_notify_cancel()
+
+        def settle(committed: Future[VersionRecord]) -> None:
+            # In the committing thread, before any waiter sees the outcome.
+            error = committed.exception()
+            if error is None:
+                self._notify(model)
+                settled.set_result(committed.result())
+                return
+            try:
+                delete_unheld_blobs(self._store, self._blobs, {blob.sha256})
+            except Exception:
+                log.exception("removing the blob of a failed registration failed", extra={"model": model})
+            settled.set_exception(error)
+
+        self._store.submit(record_version).add_done_callback(settle)
+        return settled
 
     def _check_lineage(self, txn: ReadTxn, model: str, lineage: Lineage) -> None:
         if lineage.parent_model:
@@ -401,7 +460,8 @@ class Versions:
     # -- deletes ---------------------------------------------------------------------------
 
     def delete_version(self, model: str, version: int) -> None:
-        """Refused while an alias or the current deployment uses the version."""
+        """Refused while an alias, the current deployment or an unfinished fine-tuning job
+        (its init_from) uses the version."""
         validate_name("model", model)
         with self._store.write() as txn:
             record = version_record(txn, model, version)
@@ -413,6 +473,14 @@ class Versions:
                 raise FailedPrecondition(
                     f"version {version} of model {model!r} is in use by {', '.join(users)}; "
                     "move those to another version first"
+                )
+            jobs = fine_tuning_jobs(txn, record.sha256)
+            if jobs:
+                them = "them" if len(jobs) > 1 else "it"
+                raise FailedPrecondition(
+                    f"version {version} of model {model!r} is the init_from of unfinished training "
+                    f"job{'s' if len(jobs) > 1 else ''} {', '.join(jobs)}; wait for {them} to end "
+                    f"or cancel {them} first"
                 )
             sha256 = delete_version_rows(txn, record)
             fields = model_data(txn, model)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tesserad.errors import NotFound
+from tesserad.errors import FailedPrecondition, NotFound
 from tesserad.replica.blob_cache import BlobCache
 from tesserad.serving.pool import ServableVersion
 from tesserad.serving.service import DeploymentPlan
@@ -90,6 +90,12 @@ class FollowedRegistry:
                 f"version {number} of {model!r} is not served by this replica: replicas serve the "
                 f"versions that latest, an alias or the deployment points at; ask the primary "
                 f"{self._primary} for others"
+            )
+
+        if followed.format == "ensemble":
+            raise FailedPrecondition(
+                f"version {number} of {model!r} is an ensemble, which serving replicas do not serve; "
+                f"call the primary {self._primary} for it"
             )
 
         def open_artifact() -> Any:

@@ -55,6 +55,7 @@ ROLE_TABLE: dict[str, dict[str, Role]] = {
         "UpdateModel": _T,
         "DeleteModel": _A,
         "UploadVersion": _T,
+        "UploadVersionInline": _T,
         "DownloadVersion": _R,
         "GetVersion": _R,
         "ListVersions": _R,
@@ -115,6 +116,7 @@ ROLE_TABLE: dict[str, dict[str, Role]] = {
         "ListLoaded": _R,
         "GetStats": _R,
         "ListShadowResults": _R,
+        "Explain": _R,
     },
     "inference.GRPCInferenceService": {
         "ServerLive": _R,

@@ -8,10 +8,14 @@
   arrived. With no delay configured and the model idle, a lone request of a fast model runs at
   once in the caller's thread: on the 2-core dev box that cut tiny-model p50 from ~1.5x to
   1.15-1.3x of a bare echo server (handler time 70 us inline vs 246 us with a thread hop).
-- Held submissions: a caller that knows more requests are about to arrive (the API layer sees
-  other requests ready on its event loop) submits with `hold=True` and calls `release()` once
-  they are all in. Without that, a fast model run inline on the one event-loop thread is always
+- Held submissions: a caller that knows more requests are about to arrive (serving.predict sees
+  other requests waiting in it, or calls the server began after this one) submits with
+  `hold=True` and calls `release()` once they are all in. Without that, a fast model run inline on the one event-loop thread is always
   idle when the next request arrives, and under load no batch ever forms.
+- Batching never loses: the batcher keeps its model's time per row for batches of one row and
+  for batches of more, and gathers requests only while `batching_pays` says the batched rows
+  are cheaper (see there). A model that gains nothing from batches then runs as with batching
+  off; one batch in `_EXPLORE_EVERY` still gathers, to notice when that changes.
 - Bounded: beyond `max_queue_size` queued requests, ResourceExhausted.
 - Deadline-aware: a request whose deadline has passed is answered DeadlineExceeded and never run.
 - Cancellation: cancelling a request's future removes it from the queue.
@@ -21,23 +25,45 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import NamedTuple
 
 import numpy as np
 
-from tesserad.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
+from tesserad.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, TesseraError, Unavailable
 from tesserad.serving.runtimes import Runtime
 from tesserad.serving.stats import ServingStats
 
 log = logging.getLogger(__name__)
 
-# Compute-time smoothing for the inline decision: each batch weighs 10%.
+# Compute-time smoothing for the inline and batching decisions: each batch weighs 10%.
 _EWMA_WEIGHT = 0.1
+# What a request held for its burst costs the daemon beyond its model's time, which the batcher
+# cannot see: about one event-loop iteration (6 us on the 2-core dev box, serve_bench's
+# tiny_mlp_python_path_stages_us) for its asyncio Future, its wake-up and the release.
+HOLD_COST_NS = 6_000.0
+# Batches must save at least this share of a row's time alone: within it, the estimates' noise
+# (batches run while other instances compete for the cores) could make either answer.
+PAYS_MARGIN = 0.05
+# While batching does not pay, every this-many-th batch still gathers, to re-measure.
+_EXPLORE_EVERY = 64
+
+
+def batching_pays(single_ns_per_row: float, batched_ns_per_row: float) -> bool:
+    """Whether gathering requests into batches pays for a model, from its own measured times:
+    a row in a batch of more than one (plus what holding its request costs, HOLD_COST_NS) must
+    take less than a row run alone, by PAYS_MARGIN.
+
+    On a CPU a batch runs on the same cores as single rows, so the time per row is the work per
+    row: a small model saves its per-run overhead by batching, a big one often saves nothing
+    (cnn4d on 2 cores: 0.91x the requests/s of batching off when it gathered regardless).
+    """
+    return batched_ns_per_row + HOLD_COST_NS <= single_ns_per_row * (1 - PAYS_MARGIN)
 
 
 class Prediction(NamedTuple):
@@ -48,6 +74,52 @@ class Prediction(NamedTuple):
     queue_ns: int
     compute_ns: int
     batch_rows: int
+
+
+class Answered:
+    """The answer of a request run inline, in the caller's thread: what the caller reads of a
+    Future, without its Condition and RLock (building a Future per request cost a few
+    microseconds of the event loop's thread, for every request of a fast model)."""
+
+    __slots__ = ("_error", "_result")
+
+    def __init__(self) -> None:
+        self._result: Prediction | None = None
+        self._error: BaseException | None = None
+
+    def set_running_or_notify_cancel(self) -> bool:
+        return True
+
+    def set_result(self, result: Prediction) -> None:
+        self._result = result
+
+    def set_exception(self, error: BaseException) -> None:
+        self._error = error
+
+    def done(self) -> bool:
+        return True
+
+    def cancelled(self) -> bool:
+        return False
+
+    def cancel(self) -> bool:
+        return False
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        return self._error
+
+    def result(self, timeout: float | None = None) -> Prediction:
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+    def add_done_callback(self, callback: Callable[[Answered], object]) -> None:
+        callback(self)
+
+
+# A request's answer: a Future while it queues, Answered when it ran inline.
+Answer = Future[Prediction] | Answered
 
 
 class BatcherClosed(Exception):
@@ -75,13 +147,14 @@ class _Request:
         deadline: float | None,
         shadow: bool,
         waits: bool,
+        future: Answer,
     ) -> None:
         self.inputs = inputs
         self.output_names = output_names
         self.rows = rows
         # Requests stack into one batch only when every non-batch dimension agrees.
         self.shape_key = tuple((name, array.shape[1:]) for name, array in inputs.items())
-        self.future: Future[Prediction] = Future()
+        self.future = future
         self.enqueued_ns = time.perf_counter_ns()
         self.deadline = deadline
         self.shadow = shadow
@@ -113,6 +186,13 @@ class DynamicBatcher:
         self._inline_max_ns = inline_max_compute_us * 1000
         # Smoothed compute time per row; a request runs inline only if its estimate is small.
         self._compute_ns_per_row = initial_compute_us * 1000
+        # The same for batches of one row and of more (None until one ran), batching_pays's terms,
+        # smoothed as logarithms (a geometric mean): a run slowed 10x by a busy machine moves
+        # them 1.26x, not 1.9x as it would a plain average.
+        self._single_log_ns = math.log(max(1.0, initial_compute_us * 1000))
+        self._batched_log_ns: float | None = None
+        self._pays = True
+        self._batches_run = 0
         self._all_outputs = list(output_names)
         self._cond = threading.Condition()  # an RLock: a cancelled future's callback may re-enter
         self._queue: deque[_Request] = deque()
@@ -147,13 +227,25 @@ class DynamicBatcher:
         """True when requests can be gathered into batches of more than one."""
         return self._max_rows > 1
 
+    @property
+    def pays(self) -> bool:
+        """Whether batching pays for this model as last measured (see batching_pays)."""
+        return self._pays
+
+    def _row_limit(self) -> int:
+        """Rows the next batch may gather: one while batching does not pay, but for the
+        exploring batch."""
+        if self._pays or self._batches_run % _EXPLORE_EVERY == 0:
+            return self._max_rows
+        return 1
+
     def holds(self, rows: int) -> bool:
         """Whether holding a request of `rows` for its burst pays: only while the held batch would
         run inline (a fast model). A slow model runs in worker threads, which take everything that
         queued while they were busy; holding its requests would only leave it idle meanwhile
         (cnn4d at concurrency 32: 0.81x of batching off with holds)."""
         return (
-            self._max_rows > 1
+            self._row_limit() > 1
             and self._delay_ns == 0
             and self._compute_ns_per_row * (self._held_rows + rows) <= self._inline_max_ns
         )
@@ -168,25 +260,35 @@ class DynamicBatcher:
         shadow: bool = False,
         allow_inline: bool = True,
         hold: bool = False,
-    ) -> Future[Prediction]:
-        """Queue a validated request; the future holds its Prediction or a domain error.
+    ) -> Answer:
+        """Queue a validated request; the answer holds its Prediction or a domain error.
 
-        `deadline` is a time.monotonic() instant. The future may already be done on return
-        (the request ran inline). With `hold`, the request only queues (the workers are not
+        `deadline` is a time.monotonic() instant. The answer is Answered, and done, when the
+        request ran inline; else a Future. With `hold`, the request only queues (the workers are not
         woken) until `release()`, so requests submitted in a burst gather into one batch.
         Raises BatcherClosed once closed, ResourceExhausted when full.
         """
-        request = _Request(inputs, output_names or self._all_outputs, rows, deadline, shadow, self._busy == 0)
         with self._cond:
             if self._closed:
                 raise BatcherClosed(self.label)
-            if not (allow_inline and not hold and not self._queue and self._fast_now(rows)):
+            inline = allow_inline and not hold and not self._queue and self._fast_now(rows)
+            request = _Request(
+                inputs,
+                output_names or self._all_outputs,
+                rows,
+                deadline,
+                shadow,
+                self._busy == 0,
+                Answered() if inline else Future(),
+            )
+            if not inline:
                 if len(self._queue) >= self._max_queue:
                     raise ResourceExhausted(
                         f"{self.label} has {len(self._queue)} requests queued, its max_queue_size; "
                         "retry later, or load it with a larger max_queue_size or more instances"
                     )
                 self._queue.append(request)
+                assert isinstance(request.future, Future)
                 request.future.add_done_callback(self._forget_if_cancelled)
                 if hold:
                     self._held_rows += rows
@@ -195,7 +297,6 @@ class DynamicBatcher:
                 return request.future
             runtime = self._idle.pop()
             self._busy += 1
-            request.future.set_running_or_notify_cancel()
         self._run_here(runtime, [request])
         return request.future
 
@@ -312,19 +413,21 @@ class DynamicBatcher:
         (called holding the lock, after taking its runtime): taking everything would leave
         them idle while it computes (cnn4d, 2 instances of 1 thread, concurrency 8: 0.78-0.89x
         of batching off when one instance took the whole queue)."""
+        limit = self._row_limit()
         if not self._idle:
-            return self._max_rows
+            return limit
         share = -(-self._queue_rows() // (len(self._idle) + 1))
-        return max(1, min(self._max_rows, share))
+        return max(1, min(limit, share))
 
     def _gather(self, share: bool = False) -> list[_Request]:
         """Take the next batch off the queue (called holding the lock); with `share`, at most
         this worker's share of the queued rows."""
         head = self._queue[0]
-        if head.waits and self._delay_ns and not self._closed:
+        gathers = self._row_limit()
+        if head.waits and self._delay_ns and gathers > 1 and not self._closed:
             # The model was idle when the head arrived: hold the batch open up to the delay.
             until_ns = head.enqueued_ns + self._delay_ns
-            while self._queued_rows(head) < self._max_rows and not self._closed:
+            while self._queued_rows(head) < gathers and not self._closed:
                 remaining = until_ns - time.perf_counter_ns()
                 if remaining <= 0:
                     break
@@ -332,7 +435,7 @@ class DynamicBatcher:
                 if not self._queue:
                     return []
                 head = self._queue[0]
-        limit = self._share_rows() if share else self._max_rows
+        limit = self._share_rows() if share else gathers
         now = time.monotonic()
         batch: list[_Request] = []
         rows = 0
@@ -391,8 +494,9 @@ class DynamicBatcher:
             return
         compute_ns = time.perf_counter_ns() - started
         rows = batch[0].rows if alone else sum(r.rows for r in batch)
-        self._compute_ns_per_row += _EWMA_WEIGHT * (compute_ns / rows - self._compute_ns_per_row)
+        self._learn(compute_ns / rows, rows)
         answered: list[tuple[int, int, int, bool]] = []
+        predictions: list[Prediction] = []
         offset = 0
         for request in batch:
             if alone:
@@ -401,16 +505,36 @@ class DynamicBatcher:
                 mine = {n: outputs[n][offset : offset + request.rows] for n in request.output_names}
             offset += request.rows
             queue_ns = started - request.enqueued_ns
-            request.future.set_result(Prediction(mine, queue_ns, compute_ns, rows))
+            predictions.append(Prediction(mine, queue_ns, compute_ns, rows))
             answered.append(
                 (queue_ns, time.perf_counter_ns() - request.enqueued_ns, request.rows, request.shadow)
             )
+        # Counted before answered: a caller that reads the stats after its answer finds it there.
         self._stats.record_batch(compute_ns, answered)
+        for request, prediction in zip(batch, predictions, strict=True):
+            request.future.set_result(prediction)
+
+    def _learn(self, ns_per_row: float, rows: int) -> None:
+        """Update the time-per-row estimates with a batch's, and whether batching pays. Unlocked:
+        a lost update among threads only delays the estimates by one batch."""
+        self._batches_run += 1
+        self._compute_ns_per_row += _EWMA_WEIGHT * (ns_per_row - self._compute_ns_per_row)
+        log_ns = math.log(max(1.0, ns_per_row))
+        if rows == 1:
+            self._single_log_ns += _EWMA_WEIGHT * (log_ns - self._single_log_ns)
+        elif self._batched_log_ns is None:
+            self._batched_log_ns = log_ns
+        else:
+            self._batched_log_ns += _EWMA_WEIGHT * (log_ns - self._batched_log_ns)
+        if self._batched_log_ns is not None:
+            self._pays = batching_pays(math.exp(self._single_log_ns), math.exp(self._batched_log_ns))
 
     def _fail(self, request: _Request, exc: Exception) -> None:
         log.warning("%s failed on a request: %s", self.label, exc)
+        # A domain error (an ensemble's member refusing the request) already says what to fix.
+        error = exc if isinstance(exc, TesseraError) else None
         request.future.set_exception(
-            InvalidArgument(f"{self.label} could not run this request: {_first_line(exc)}")
+            error or InvalidArgument(f"{self.label} could not run this request: {_first_line(exc)}")
         )
         self._stats.record_failure(time.perf_counter_ns() - request.enqueued_ns, request.shadow)
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, TesseraError
 from tesserad.serving.batcher import DynamicBatcher
+from tesserad.serving.ensemble import EnsemblePlan, EnsembleRuntime
 from tesserad.serving.runtimes import OnnxRuntime, Runtime, TorchRuntime, default_device
 from tesserad.serving.signature import Signature, sample_inputs
 from tesserad.serving.stats import ServingMetrics, ServingStats
@@ -37,7 +38,7 @@ class LoadState(Enum):
 class ServingConfig:
     """How a version runs; zero or empty fields take the pool's defaults."""
 
-    runtime: str = ""  # "onnx", "torch", or "" for the version's format
+    runtime: str = ""  # "onnx", "torch", "ensemble", or "" for the version's format
     device: str = ""
     instances: int = 0
     max_batch_size: int = 0
@@ -86,11 +87,15 @@ class ServableVersion:
 
     model: str
     version: int
-    format: str  # "onnx" or "safetensors"
+    format: str  # "onnx", "safetensors" or "ensemble"
     # Opens the artifact's file (hash-checked by the registry) for the duration of a load.
     open_artifact: Callable[[], AbstractContextManager[Path]]
     signature: Signature | None = None
     architecture: Mapping[str, Any] | None = None
+    # An ensemble's members, read when it loads (FailedPrecondition naming a member that is gone).
+    ensemble: Callable[[], EnsemblePlan] | None = None
+    # (model, version) its lineage names as parent (an ONNX export's torch source), if any.
+    parent: tuple[str, int] | None = None
 
 
 def servable_file(model: str, version: int, format: str, path: Path, **more: Any) -> ServableVersion:
@@ -104,7 +109,14 @@ def effective_config(config: ServingConfig, defaults: ServingDefaults, format: s
         value = getattr(config, name)
         if value != 0 and not low <= value <= high:
             raise InvalidArgument(f"config.{name} must be in {low}..{high} (0 for the default), got {value}")
-    runtime = config.runtime or ("onnx" if format == "onnx" else "torch")
+    if format == "ensemble":
+        if config.runtime not in ("", "ensemble"):
+            raise FailedPrecondition(
+                f"an ensemble runs on its members' runtimes; load it without runtime {config.runtime}"
+            )
+        runtime = "ensemble"
+    else:
+        runtime = config.runtime or ("onnx" if format == "onnx" else "torch")
     if runtime == "onnx" and format != "onnx":
         raise FailedPrecondition(
             "the onnx runtime needs an ONNX version; this version is safetensors: export it with "
@@ -143,10 +155,10 @@ class LoadedVersion:
         self.loaded_at = time.time()
         self.error = ""
         self.batcher: DynamicBatcher | None = None
-
-    @property
-    def label(self) -> str:
-        return f"model {self.model!r} version {self.version}"
+        # Built once: every request's validation takes it (formatting it cost ~3 us a request).
+        self.label = f"model {model!r} version {version}"
+        # For an ensemble: its members' (model, version), loaded in the pool as themselves.
+        self.members: tuple[tuple[str, int], ...] = ()
 
 
 class ModelPool:
@@ -225,8 +237,14 @@ class ModelPool:
             self._metrics.forget(model, version)
         return entry
 
+    def ensemble_members(self) -> set[tuple[str, int]]:
+        """(model, version) of every member of a loaded ensemble."""
+        with self._lock:
+            return {key for entry in self._listed.values() for key in entry.members}
+
     def close(self) -> None:
-        for entry in self.list():
+        # Ensembles first: one still draining would load a member unloaded before it again.
+        for entry in sorted(self.list(), key=lambda e: not e.members):
             self.unload(entry.model, entry.version)
 
     def _drain(self, entry: LoadedVersion) -> None:
@@ -239,10 +257,11 @@ class ModelPool:
 
     def _start(self, entry: LoadedVersion, servable: ServableVersion) -> None:
         config = entry.config
+        plan = self._load_members(entry, servable) if servable.ensemble is not None else None
         runtimes: list[Runtime] = []
         try:
             for _ in range(config.instances):
-                runtimes.append(self._make_runtime(servable, config))
+                runtimes.append(self._make_runtime(servable, config, entry.label, plan))
             signature = runtimes[0].signature
             entry.signature = signature
             entry.memory_bytes = sum(r.memory_bytes for r in runtimes)
@@ -260,13 +279,47 @@ class ModelPool:
             max_queue_delay_us=config.max_queue_delay_us,
             max_queue_size=config.max_queue_size,
             batchable=signature.batchable,
-            inline_max_compute_us=self.defaults.inline_max_compute_us,
+            # An ensemble waits on its members' worker threads: never on the event loop's thread.
+            inline_max_compute_us=0 if plan is not None else self.defaults.inline_max_compute_us,
             initial_compute_us=compute_us,
             output_names=signature.output_names,
         )
         entry.state = LoadState.READY
 
-    def _make_runtime(self, servable: ServableVersion, config: ServingConfig) -> Runtime:
+    def _load_members(self, entry: LoadedVersion, servable: ServableVersion) -> EnsemblePlan:
+        """Load an ensemble's members (those not loaded yet, with the defaults)."""
+        assert servable.ensemble is not None
+        plan = servable.ensemble()
+        for member in plan.members:
+            self._member_entry(member, entry.label)
+        entry.members = tuple((m.model, m.version) for m in plan.members)
+        return plan
+
+    def _member_entry(self, member: ServableVersion, ensemble: str) -> LoadedVersion:
+        """A member's READY entry, loaded with the defaults if it is not loaded."""
+        current = self.get(member.model, member.version)
+        if current is not None:
+            return current
+        try:
+            return self.load(member, ServingConfig())
+        except TesseraError as exc:
+            raise FailedPrecondition(
+                f"{ensemble} is an ensemble whose member {member.model}:{member.version} cannot "
+                f"load: {exc.message}"
+            ) from None
+
+    def _make_runtime(
+        self, servable: ServableVersion, config: ServingConfig, label: str, plan: EnsemblePlan | None
+    ) -> Runtime:
+        if plan is not None:
+            assert servable.signature is not None
+            return EnsembleRuntime(
+                label,
+                plan,
+                servable.signature,
+                lambda member: self._member_entry(member, label),
+                config.device,
+            )
         if config.runtime == "torch" and (servable.architecture is None or servable.signature is None):
             raise FailedPrecondition(
                 f"model {servable.model!r} version {servable.version} has no architecture or "

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+
 import numpy as np
 from prometheus_client import CollectorRegistry
 
 from tesserad.config import ServingSettings
-from tesserad.errors import NotFound
+from tesserad.errors import FailedPrecondition, NotFound
 from tesserad.registry import Registry, VersionRecord
 from tesserad.registry import Signature as RegistrySignature
+from tesserad.registry.ensembles import Member, parse_ensemble_spec
+from tesserad.serving.ensemble import EnsemblePlan
 from tesserad.serving.pool import ModelPool, ServableVersion, ServingDefaults
-from tesserad.serving.service import DeploymentPlan, InferenceService, VersionSource
+from tesserad.serving.service import (
+    CallCounter,
+    DeploymentPlan,
+    ExplainLimits,
+    InferenceService,
+    VersionSource,
+)
 from tesserad.serving.signature import Signature, TensorSpec
 from tesserad.serving.stats import ServingMetrics
 
@@ -37,7 +50,35 @@ class RegistrySource:
             open_artifact=lambda: self._registry.artifact_path(record),
             signature=serving_signature(record.signature),
             architecture=record.architecture,
+            ensemble=(lambda: self._ensemble_plan(record)) if record.format == "ensemble" else None,
+            parent=(lineage.parent_model or record.model, lineage.parent_version)
+            if (lineage := record.lineage).parent_version
+            else None,
         )
+
+    def _ensemble_plan(self, record: VersionRecord) -> EnsemblePlan:
+        """The ensemble's spec and members; FailedPrecondition naming a member deleted since."""
+        with self._registry.artifact_path(record) as path:
+            spec = parse_ensemble_spec(path.read_bytes())
+        members: list[ServableVersion] = []
+        for member in spec.members:
+            try:
+                servable = self.servable(member.model, member.version, None)
+            except NotFound as exc:
+                raise FailedPrecondition(
+                    f"model {record.model!r} version {record.version} is an ensemble whose member "
+                    f"{member.label} no longer exists ({exc.message}); register a new ensemble "
+                    "version whose members exist"
+                ) from None
+            # A member unloaded later is loaded again: NotFound then if it was deleted meanwhile.
+            members.append(replace(servable, open_artifact=partial(self._artifact_of, member)))
+        return EnsemblePlan(spec, tuple(members))
+
+    def _artifact_of(self, member: Member) -> AbstractContextManager[Path]:
+        opened: AbstractContextManager[Path] = self._registry.artifact_path(
+            self._registry.resolve(member.model, member.version)
+        )
+        return opened
 
     def deployment(self, model: str) -> DeploymentPlan | None:
         try:
@@ -62,14 +103,14 @@ class RegistrySource:
 
 
 def build_inference(
-    registry: Registry, settings: ServingSettings, prometheus: CollectorRegistry
+    registry: Registry, settings: ServingSettings, prometheus: CollectorRegistry, calls: CallCounter
 ) -> InferenceService:
     """The inference service over the registry, with the daemon's serving settings."""
-    return inference_over(RegistrySource(registry), settings, prometheus)
+    return inference_over(RegistrySource(registry), settings, prometheus, calls)
 
 
 def inference_over(
-    source: VersionSource, settings: ServingSettings, prometheus: CollectorRegistry
+    source: VersionSource, settings: ServingSettings, prometheus: CollectorRegistry, calls: CallCounter
 ) -> InferenceService:
     """The inference service over any source of versions (a replica's followed registry)."""
     defaults = ServingDefaults(
@@ -83,4 +124,12 @@ def inference_over(
         drain_timeout_s=settings.drain_timeout_s,
     )
     pool = ModelPool(defaults, ServingMetrics(prometheus))
-    return InferenceService(source, pool, autoload=settings.autoload)
+    return InferenceService(
+        source,
+        pool,
+        autoload=settings.autoload,
+        calls=calls,
+        explain_limits=ExplainLimits(
+            settings.explain_threads, settings.explain_queue_size, settings.explain_chunk_rows
+        ),
+    )

@@ -176,5 +176,11 @@ class TorchRuntime:
             tensor = self._torch.tensor(array, device=self._device)
         return tensor
 
+    @property
+    def module(self) -> torch.nn.Module:
+        """The torch module itself (explanations run their own copy with autograd)."""
+        module: torch.nn.Module = self._model
+        return module
+
     def close(self) -> None:
         del self._model

@@ -9,20 +9,23 @@ batcher closed is routed again, so no request fails during a swap.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import logging
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 from tesserad.errors import FailedPrecondition, NotFound, TesseraError, Unavailable
-from tesserad.serving.batcher import BatcherClosed, Prediction
+from tesserad.serving.batcher import Answer, BatcherClosed
+from tesserad.serving.explain import Explainer, ExplainOptions, Method, QueuedExplanation
 from tesserad.serving.pool import LoadedVersion, ModelPool, ServableVersion, ServingConfig
 from tesserad.serving.signature import validate_request
 
@@ -54,6 +57,24 @@ class VersionSource(Protocol):
 
 
 @dataclass(frozen=True)
+class ExplainLimits:
+    """How much of the machine explanations may take (see tesserad.serving.explain)."""
+
+    threads: int = 1
+    queue_size: int = 4
+    chunk_rows: int = 8
+
+
+@dataclass(frozen=True)
+class ExplainSubmitted:
+    """A queued explanation: the version asked for and the torch version it explains."""
+
+    version: int
+    explained_version: int
+    queued: QueuedExplanation
+
+
+@dataclass(frozen=True)
 class Target:
     model: str
     version: int | None = None
@@ -66,7 +87,7 @@ class Submitted:
 
     version: int
     entry: LoadedVersion | None
-    future: Future[Prediction] | None
+    future: Answer | None
     # True when the request waits in its batcher for `entry.batcher.release()`.
     held: bool = False
     rows: int = 0
@@ -119,10 +140,49 @@ class _Router:
         return routes[best][0], shadow
 
 
+# Which call (by CallCounter.count) the running task serves; none (never "before" another) outside a call.
+_THIS_CALL: contextvars.ContextVar[int] = contextvars.ContextVar("tesserad_call", default=sys.maxsize)
+
+
+class CallCounter:
+    """How many calls the daemon's server has begun; a sign of load that asyncio does not hide.
+
+    A call begins (the API layer calls `begin` in the call's own task) before its request is
+    read off the wire; a request that finds calls begun after its own is one of a burst whose
+    others are on their way, and worth holding for them. A fast model runs inline on the event
+    loop's thread, so otherwise each request finds it idle and arrivals look spaced out even at
+    high concurrency. Touched only on the event loop's thread.
+    """
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def begin(self) -> None:
+        self.count += 1
+        _THIS_CALL.set(self.count)
+
+    def begun_after_this_one(self) -> bool:
+        return self.count > _THIS_CALL.get()
+
+
 class InferenceService:
-    def __init__(self, source: VersionSource, pool: ModelPool, *, autoload: bool) -> None:
+    def __init__(
+        self,
+        source: VersionSource,
+        pool: ModelPool,
+        *,
+        autoload: bool,
+        explain_limits: ExplainLimits | None = None,
+        calls: CallCounter | None = None,
+    ) -> None:
         self.pool = pool
         self._source = source
+        # Requests inside serving.predict on the daemon's event loop (touched only there), and the
+        # calls the daemon's server began (counted by its API layer): predict's signs of load.
+        self.in_flight = 0
+        self.calls = calls or CallCounter()
         self._autoload = autoload
         self._lock = threading.Lock()
         # (model, alias) -> version, for requests that name an alias (or nothing, without a deployment).
@@ -132,6 +192,17 @@ class InferenceService:
         self._shadows: dict[str, deque[ShadowResult]] = {}
         # Swaps run one at a time, off the registry's commit path.
         self._swaps = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serving-swap")
+        # Models with a refresh queued and not yet started: one refresh covers every change
+        # committed before it starts (registrations commit hundreds a second).
+        self._refresh_queued: set[str] = set()
+        self._refresh_lock = threading.Lock()
+        limits = explain_limits or ExplainLimits()
+        self.explainer = Explainer(
+            threads=limits.threads,
+            queue_size=limits.queue_size,
+            chunk_rows=limits.chunk_rows,
+            predict_waiting=self._predict_waiting,
+        )
         self._closed = False
 
     # -- routing ---------------------------------------------------------------------------
@@ -256,7 +327,8 @@ class InferenceService:
 
     def stats_entries(self, target: Target) -> list[LoadedVersion]:
         """The loaded versions whose figures a stats call reports: every loaded version without a
-        model; NotFound for a model, version or alias that does not exist or is not loaded."""
+        model; an ensemble's loaded members after it; NotFound for a model, version or alias that
+        does not exist or is not loaded."""
         if not target.model:
             return self.pool.list()
         entries = self.pool.list(target.model)
@@ -264,13 +336,18 @@ class InferenceService:
             if not entries:
                 self._source.servable(target.model, None, LATEST)  # NotFound for a model that does not exist
                 raise self._no_stats(f"model {target.model!r} has no loaded version")
-            return entries
+            return self._with_members(entries)
         version = self.resolve_version(target)
         entries = [e for e in entries if e.version == version]
         if not entries:
             self._source.servable(target.model, version, None)  # NotFound for a version that does not exist
             raise self._no_stats(f"model {target.model!r} version {version} is not loaded")
-        return entries
+        return self._with_members(entries)
+
+    def _with_members(self, entries: list[LoadedVersion]) -> list[LoadedVersion]:
+        keys = {(e.model, e.version) for e in entries}
+        members = {key for e in entries for key in e.members if key not in keys}
+        return entries + [e for e in self.pool.list() if (e.model, e.version) in members]
 
     def _no_stats(self, what: str) -> NotFound:
         if self._autoload:
@@ -278,6 +355,55 @@ class InferenceService:
         else:
             how = "load it with LoadModel (serving.autoload is off)"
         return NotFound(f"{what}, so it has no statistics yet; {how}")
+
+    # -- explanations ----------------------------------------------------------------------
+
+    def explain(
+        self,
+        target: Target,
+        inputs: Mapping[str, np.ndarray],
+        method: Method,
+        output_index: int | None,
+        options: ExplainOptions,
+    ) -> ExplainSubmitted:
+        """Queue an explanation of the version `target` names (without a version or alias, the
+        version a Predict finds first); an ONNX version is explained through its lineage parent."""
+        if target.version is None and target.alias is None:
+            version = self.serving_versions(target.model)[0]
+        else:
+            version = self.resolve_version(target)
+        servable = self._source.servable(target.model, version, None)
+        if servable.format == "onnx":
+            servable = self._torch_parent(servable)
+        queued = self.explainer.submit(servable, inputs, method, output_index, options)
+        return ExplainSubmitted(version, servable.version, queued)
+
+    def _torch_parent(self, onnx: ServableVersion) -> ServableVersion:
+        label = f"model {onnx.model!r} version {onnx.version}"
+        if onnx.parent is None:
+            raise FailedPrecondition(
+                f"{label} is ONNX and its lineage names no torch version it was exported from; "
+                "explanations need torch weights: explain a safetensors version instead"
+            )
+        parent_model, parent_version = onnx.parent
+        parent_label = f"model {parent_model!r} version {parent_version}"
+        try:
+            parent = self._source.servable(parent_model, parent_version, None)
+        except NotFound:
+            raise FailedPrecondition(
+                f"{label} is ONNX, exported from {parent_label}, which no longer exists; "
+                "explanations need torch weights: explain a safetensors version instead"
+            ) from None
+        if parent.format != "safetensors" or parent.architecture is None:
+            raise FailedPrecondition(
+                f"{label} is ONNX and its lineage parent {parent_label} is not a torch version "
+                "either; explanations need torch weights: explain a safetensors version instead"
+            )
+        return parent
+
+    def _predict_waiting(self) -> bool:
+        """Whether any loaded version has Predict requests queued (explanations yield to them)."""
+        return any((batcher := entry.batcher) is not None and batcher.queued for entry in self.pool.list())
 
     # -- shadow ----------------------------------------------------------------------------
 
@@ -288,7 +414,7 @@ class InferenceService:
         primary_version: int,
         shadow_version: int,
         inputs: Mapping[str, np.ndarray],
-        primary: Future[Prediction],
+        primary: Answer,
     ) -> None:
         entry = self.pool.get(model, shadow_version)
         if entry is None or entry.batcher is None or entry.signature is None:
@@ -364,10 +490,18 @@ class InferenceService:
 
     def on_registry_change(self, model: str) -> None:
         """The registry committed a change to `model`; re-resolve its targets in the background."""
-        if not self._closed:
-            self._swaps.submit(self._refresh, model)
+        if self._closed:
+            return
+        with self._refresh_lock:
+            if model in self._refresh_queued:
+                return
+            self._refresh_queued.add(model)
+        self._swaps.submit(self._refresh, model)
 
     def _refresh(self, model: str) -> None:
+        with self._refresh_lock:
+            # From here on a new change queues a new refresh: this one may read too early for it.
+            self._refresh_queued.discard(model)
         try:
             self._swap_targets(model)
         except Exception:
@@ -405,7 +539,9 @@ class InferenceService:
         router = self._routers.get(model)
         if router is not None:
             still_served |= router.versions()
-        for version in sorted(previously_served - still_served):
+        # A loaded ensemble's member stays: the ensemble would load it again on its next request.
+        in_ensembles = {v for m, v in self.pool.ensemble_members() if m == model}
+        for version in sorted(previously_served - still_served - in_ensembles):
             if self.pool.get(model, version) is not None:
                 self.pool.unload(model, version)
                 log.info("unloaded version %s of %r after its targets moved", version, model)
@@ -426,6 +562,7 @@ class InferenceService:
     def close(self) -> None:
         self._closed = True
         self._swaps.shutdown(wait=True, cancel_futures=True)
+        self.explainer.close()
         self.pool.close()
 
 
@@ -437,7 +574,7 @@ class _Once:
         self._lock = threading.Lock()
         self._calls = 0
 
-    def __call__(self, future: Future[Prediction]) -> None:
+    def __call__(self, future: Answer) -> None:
         with self._lock:
             self._calls += 1
             last = self._calls == 2

@@ -26,7 +26,14 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
 
 from tesserad.config import TrainingSettings
-from tesserad.datasets.references import blob_held, delete_unheld_blobs, hold_blob, hold_dataset, release_blob
+from tesserad.datasets.references import (
+    blob_held,
+    delete_unheld_blobs,
+    hold_blob,
+    hold_dataset,
+    init_from_holder,
+    release_blob,
+)
 from tesserad.errors import FailedPrecondition, NotFound
 from tesserad.host import usable_cpu_count
 from tesserad.ids import new_id
@@ -154,6 +161,7 @@ class Jobs:
         registration: Registration,
         worker_env: dict[str, str],
         parents: ParentLookup,
+        nn_max_workspace: int = 0,
     ) -> None:
         self._store = store
         self._blobs = blobs
@@ -164,6 +172,7 @@ class Jobs:
         self._registration = registration
         self._parents = parents
         self._worker_env = worker_env
+        self._nn_max_workspace = nn_max_workspace
         self._device_facts = DeviceFacts(settings.cpu_slots, gpu_count)
         self._inventory = DeviceInventory(settings.cpu_slots, gpu_count)
         self._threads = settings.threads_per_slot or max(1, usable_cpu_count() // max(settings.cpu_slots, 1))
@@ -340,7 +349,7 @@ class Jobs:
             raise NotFound(
                 f"spec.init_from: {fine_tune['model']} v{fine_tune['version']} was deleted while the job was submitted"
             )
-        hold_blob(txn, fine_tune["sha256"], f"job:{job.job_id}:init_from")
+        hold_blob(txn, fine_tune["sha256"], init_from_holder(job.job_id))
 
     def figures(self) -> TrainingFigures:
         with self._lock:
@@ -547,6 +556,8 @@ class Jobs:
                         initial_weights=bool(initial_bytes),
                         resource_interval_s=self._settings.resource_interval_s,
                         parent_pid=os.getpid(),
+                        compile=self._settings.compile,
+                        max_workspace=self._nn_max_workspace,
                     )
                     process = self._mp.Process(
                         target=worker_main,
@@ -736,7 +747,7 @@ class Jobs:
         job = replace(job, ended_at=time.time())
         run_status = self._run_status(job, state)
         fine_tune = job.config.get("fine_tune")
-        holder = f"job:{job.job_id}:init_from"
+        holder = init_from_holder(job.job_id)
 
         def end(txn: WriteTxn, event: JobEvent) -> None:
             run_status(txn, event)

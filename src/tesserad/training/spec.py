@@ -25,6 +25,7 @@ from tesserad.nn.specs import ArchitectureSpec, spec_problems, spec_to_dict, unc
 from tesserad.training.finetune import ParentLookup, check_fine_tuning, check_parent
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+PRECISIONS = ("fp32", "bf16", "fp16")
 REGRESSION_LOSSES = ("mse", "l1", "huber")
 
 
@@ -191,6 +192,7 @@ SPEC_FIELDS: Mapping[str, SpecField] = {
     "freeze": _LIST,
     "replace_head": _message({"output_size": _value(int)}),
     "backbone_lr_scale": _value(float),
+    "precision": _value(str),
 }
 
 
@@ -300,6 +302,7 @@ def normalize_spec(
     config["early_stopping"] = _check_early_stopping(raw.get("early_stopping") or {}, metrics, problems)
     config["checkpoints"] = _check_checkpoints(raw.get("checkpoints") or {}, metrics, problems)
     config["devices"] = _check_devices(raw.get("devices") or {}, devices, problems)
+    config["precision"] = _check_precision(raw.get("precision") or "fp32", config["devices"], problems)
     config["priority"] = int(raw.get("priority", 0))
     config["register_as"] = _check_register_as(raw.get("register_as") or {}, problems)
     config["tags"] = dict(raw.get("tags") or {})
@@ -571,6 +574,15 @@ def _check_devices(raw: dict[str, Any], devices: DeviceFacts, problems: _Problem
             f"{devices.cpu_slots} CPU slot{'s' if devices.cpu_slots != 1 else ''} (training.cpu_slots)",
         )
     return {"kind": "cpu", "indices": [], "count": count}
+
+
+def _check_precision(precision: str, devices: dict[str, Any], problems: _Problems) -> str:
+    if precision not in PRECISIONS:
+        problems.invalid("spec.precision", f"must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    elif precision == "fp16" and devices["kind"] != "cuda":
+        # CPU float16 kernels are slow or missing and a loss scaler buys nothing there.
+        problems.invalid("spec.precision", "fp16 trains on CUDA devices only; use bf16 on CPU")
+    return precision
 
 
 def _check_register_as(raw: dict[str, Any], problems: _Problems) -> dict[str, str] | None:

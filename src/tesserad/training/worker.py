@@ -99,6 +99,8 @@ class WorkerPayload:
     initial_weights: bool = False
     resource_interval_s: float = 5.0
     parent_pid: int = 0
+    compile: str = "off"  # training.compile: auto, on or off
+    max_workspace: int = 0  # nn.max_workspace in bytes; 0: no limit
 
 
 def worker_main(conn: Connection, payload: WorkerPayload) -> None:
@@ -130,9 +132,11 @@ def _run(conn: Connection, payload: WorkerPayload) -> None:
     import torch
 
     from tesserad.datasets.arrays import open_arrays
+    from tesserad.nn import set_max_workspace
     from tesserad.training.loop import Distributed, Trainer, TrainingData, device_for, parent_alive
 
     torch.set_num_threads(max(payload.threads, 1))
+    set_max_workspace(payload.max_workspace)
     dist = Distributed(payload.rank, payload.world)
     device = device_for(payload.device_kind, payload.cuda_indices, payload.rank)
     if device.type == "cuda":
@@ -178,11 +182,16 @@ def _run(conn: Connection, payload: WorkerPayload) -> None:
         should_stop,
         payload.resource_interval_s,
         initial_weights,
+        compile_setting=payload.compile,
     )
     threads = f"{payload.threads} thread{'s' if payload.threads != 1 else ''}"
     where = f"{device}" + (f", rank {payload.rank} of {payload.world}" if payload.world > 1 else "")
+    precision = payload.config.get("precision", "fp32")
+    compiled = ", compiled" if trainer.compiled else ""
     if dist.leader:
-        emit("log", {"level": "info", "message": f"training on {where} with {threads}"})
+        emit(
+            "log", {"level": "info", "message": f"training on {where} with {threads}, {precision}{compiled}"}
+        )
     if checkpoint:
         trainer.resume_from(checkpoint)
     outcome = trainer.run()

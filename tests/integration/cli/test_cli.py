@@ -174,6 +174,9 @@ def test_train_errors(tessera_cli, tmp_path):
     spec.write_text(SPEC.format(dataset="absent"))
     result = tessera_cli("train", str(spec))
     assert result.code == 1 and "absent" in result.err and "Traceback" not in result.err
+    spec.write_text(SPEC.format(dataset="absent").replace("epochs = 2", 'epochs = 2\nprecision = "fp8"'))
+    result = tessera_cli("train", str(spec))
+    assert result.code == 1 and "spec.precision: must be one of fp32, bf16, fp16" in result.err
     assert_failed_cleanly(tessera_cli("jobs", "watch", "job-nope"), "NOT_FOUND")
 
 

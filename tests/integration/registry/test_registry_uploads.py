@@ -13,6 +13,7 @@ from tessera.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.registry.conftest import (
     CHUNK,
+    mlp_signature,
     onnx_header,
     onnx_identity,
     rpc_error,
@@ -77,12 +78,12 @@ def test_stream_that_ends_early_stores_nothing(stub, weights, data_dir):
 def test_header_rules(stub, weights):
     cases = [
         (safetensors_header("mlp", weights, sha256="abc"), "header.sha256 must be 64 lowercase hex digits"),
-        (safetensors_header("mlp", weights, format=0), "format must be safetensors or onnx"),
+        (safetensors_header("mlp", weights, format=0), "format must be safetensors, onnx or ensemble"),
         (safetensors_header("Bad Name", weights), "model 'Bad Name' is not a valid name"),
         (safetensors_header("mlp", weights, architecture=None), "architecture is required"),
         (
-            safetensors_header("mlp", weights, signature=common_pb2.Signature()),
-            "signature needs at least one input",
+            safetensors_header("mlp", weights, signature=common_pb2.Signature(inputs=mlp_signature().inputs)),
+            "signature needs at least one input and one output",
         ),
         (safetensors_header("mlp", weights, size_bytes=0), "size_bytes must be the artifact's size"),
     ]
@@ -116,7 +117,7 @@ def test_messages_after_a_whole_artifact_are_refused_after_the_header_checks(stu
     bad_header = registry_pb2.UploadVersionRequest(header=safetensors_header("mlp", weights, format=0))
     both_wrong = rpc_error(stub.UploadVersion, iter([bad_header, whole, header]))
     assert both_wrong.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "format must be safetensors or onnx" in both_wrong.details()
+    assert "format must be safetensors, onnx or ensemble" in both_wrong.details()
     assert version_count(stub, "mlp") == 0
     assert stored_blobs(data_dir) == []
     version = stub.UploadVersion(iter([header, whole]), timeout=60)

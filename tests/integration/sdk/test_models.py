@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import urllib.request
+from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 import tessera
 import tessera.aio
+from tessera.models import INLINE_BYTES
+from tessera.v1 import registry_pb2
 
 
 @pytest.fixture
@@ -132,3 +139,49 @@ def test_aio_models(daemon, onnx_file, tmp_path):
     assert pushed.version == version.version == header.version == 1
     assert names == ["affine"]
     assert (tmp_path / "copy.onnx").read_bytes() == onnx_file.read_bytes()
+
+
+def ok_calls(daemon, method: str) -> float:
+    """How many calls of a Registry RPC the daemon answered OK, from its metrics endpoint."""
+    url = f"http://127.0.0.1:{daemon.daemon.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    line = f'tessera_rpc_total{{code="OK",method="{method}",service="tessera.v1.Registry"}} '
+    return sum(float(row.removeprefix(line)) for row in text.splitlines() if row.startswith(line))
+
+
+def wide_onnx(path: Path, features: int) -> Path:
+    """output = input + bias, with a bias of `features` floats (a file of about 4 * features bytes)."""
+    bias = numpy_helper.from_array(np.ones(features, np.float32), "bias")
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["input", "bias"], ["output"])],
+        "wide",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", features])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", features])],
+        [bias],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_push_sends_a_small_artifact_in_one_message_and_streams_a_larger_one(
+    daemon, client, onnx_file, tmp_path
+):
+    wide = wide_onnx(tmp_path / "wide.onnx", 20_000)
+    assert onnx_file.stat().st_size <= INLINE_BYTES < wide.stat().st_size
+    small = client.models.push("affine", onnx_file)
+
+    async def push_async() -> registry_pb2.ModelVersion:
+        async with tessera.aio.Client(daemon.target) as aio_client:
+            return await aio_client.models.push("affine", onnx_file)
+
+    again = asyncio.run(push_async())
+    large = client.models.push("wide", wide, chunk_size=16 * 1024)
+    assert (small.version, again.version, large.version) == (1, 2, 1)
+    assert ok_calls(daemon, "UploadVersionInline") == 2
+    assert ok_calls(daemon, "UploadVersion") == 1
+    client.models.download("affine", tmp_path / "small.onnx", version=2)
+    client.models.download("wide", tmp_path / "large.onnx")
+    assert (tmp_path / "small.onnx").read_bytes() == onnx_file.read_bytes()
+    assert (tmp_path / "large.onnx").read_bytes() == wide.read_bytes()

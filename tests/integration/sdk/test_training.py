@@ -91,6 +91,17 @@ def test_bad_specs_name_the_field(client, table):
         client.training.job("job-nope")
 
 
+def test_precision_from_a_spec_dict(client, table):
+    job = client.training.submit(small_spec(table, precision="bf16", register_as={}))
+    events = list(job.watch())
+    job.wait()
+    assert job.state == tessera.JobState.SUCCEEDED
+    logs = [e.message for e in events if isinstance(e, tessera.LogLine)]
+    assert any(m.startswith("training on cpu") and "bf16" in m for m in logs), logs
+    with pytest.raises(tessera.InvalidArgument, match=r"spec\.precision: fp16 trains on CUDA devices only"):
+        client.training.submit(small_spec(table, precision="fp16"))
+
+
 def test_cancel_a_queued_or_running_job(client, table):
     job = client.training.submit(small_spec(table, epochs=50))
     job.cancel()

@@ -55,6 +55,24 @@ def slow_model(layers: int = 24, width: int = 384) -> bytes:
     return _model_bytes(graph)
 
 
+def pairwise_model(width: int = 131072) -> bytes:
+    """y = row sums of x @ x.T: x float32 (N, width) -> y (N, 1). Its work grows with the square
+    of the batch, so a row in a batch of N costs ~N times a row alone (wide rows: the per-run
+    overhead a batch shares is small beside a row's work): batching never pays."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Transpose", ["x"], ["xt"]),
+            helper.make_node("MatMul", ["x", "xt"], ["gram"]),
+            helper.make_node("ReduceSum", ["gram", "axes"], ["y"], keepdims=1),
+        ],
+        "pairwise",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
+        [numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")],
+    )
+    return _model_bytes(graph)
+
+
 def half_model() -> bytes:
     """y = x * 2 in float16: x (N, 2) -> y (N, 2)."""
     graph = helper.make_graph(

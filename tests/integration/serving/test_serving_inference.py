@@ -8,7 +8,16 @@ from collections import Counter
 import grpc
 import numpy as np
 import pytest
-from serving_models import W, linear_model, predict_request, slow_model, tensor, to_array, upload
+from serving_models import (
+    W,
+    linear_model,
+    pairwise_model,
+    predict_request,
+    slow_model,
+    tensor,
+    to_array,
+    upload,
+)
 
 from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc, registry_pb2
 
@@ -229,6 +238,61 @@ def test_concurrent_requests_batch_and_stats_report_them(inference, channel, dae
         in metrics
     )
     assert 'tessera_inference_batch_rows_count{model="slow",version="1"}' in metrics
+
+
+def _load(inference, channel, model: str, artifact: bytes, **config: int) -> None:
+    upload(channel, model, artifact)
+    inference.LoadModel(
+        inference_pb2.LoadModelRequest(
+            target=common_pb2.VersionRef(model=model), config=inference_pb2.ServingConfig(**config)
+        )
+    )
+
+
+def _burst_batches(inference, model: str, x: np.ndarray, requests: int) -> dict[int, int]:
+    """Send `requests` at once and wait for all; the batches they ran in, as rows -> count."""
+    target = common_pb2.VersionRef(model=model, version=1)
+    inference.GetStats(inference_pb2.GetStatsRequest(target=target, reset=True))
+    futures = [inference.Predict.future(predict_request(model, x)) for _ in range(requests)]
+    for future in futures:
+        future.result(60)
+    (stats,) = inference.GetStats(inference_pb2.GetStatsRequest(target=target)).stats
+    return {b.rows: b.count for b in stats.batch_sizes}
+
+
+def test_a_fast_model_run_on_the_event_loop_still_batches_under_load(inference, channel) -> None:
+    # Two 64-wide matmuls: microseconds a row, mostly onnxruntime's per-run overhead, run inline
+    # on the event loop when alone; requests arriving together are held for one batch.
+    _load(inference, channel, "fast", slow_model(layers=2, width=64), max_batch_size=16)
+    x = np.ones((1, 64), dtype=np.float32)
+    batches: Counter[int] = Counter()
+    for _ in range(3):
+        batches.update(_burst_batches(inference, "fast", x, 64))
+    assert sum(rows * n for rows, n in batches.items()) == 3 * 64
+    assert sum(batches.values()) < 3 * 64, batches  # the mean batch is more than one row
+
+
+def test_a_model_whose_batches_do_not_pay_ends_up_not_batching(inference, channel) -> None:
+    # A queue delay holds each batch open while the model is idle: batches form at first.
+    # One instance: two would run batches and single rows side by side, each slowed by the other.
+    _load(
+        inference,
+        channel,
+        "pairwise",
+        pairwise_model(),
+        max_batch_size=8,
+        max_queue_delay_us=5000,
+        instances=1,
+    )
+    x = np.ones((1, 131072), dtype=np.float32)
+    tried = {}
+    for _ in range(4):
+        for rows, n in _burst_batches(inference, "pairwise", x, 16).items():
+            tried[rows] = tried.get(rows, 0) + n
+    assert max(tried) > 1, tried  # it did gather at first, and measured what batches cost
+    batches = _burst_batches(inference, "pairwise", x, 16)
+    # One batch in 64 may still gather, to notice if batching starts to pay.
+    assert sum(n for rows, n in batches.items() if rows > 1) <= 1, batches
 
 
 def test_get_stats_of_what_is_not_loaded_is_not_found_saying_how_to_load_it(

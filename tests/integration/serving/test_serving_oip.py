@@ -152,6 +152,12 @@ def test_model_metadata_config_and_statistics(oip, linear) -> None:
     assert stats.inference_stats.success.count == 3 and stats.inference_stats.success.ns > 0
     assert stats.inference_stats.compute_infer.ns > 0 and stats.last_inference > 0
     assert [(b.batch_size, b.compute_infer.count) for b in stats.batch_stats] == [(2, 3)]
+    # Decoding the inputs and encoding the answers are timed, per request and per batch size.
+    io = stats.inference_stats
+    assert (io.compute_input.count, io.compute_output.count) == (3, 3)
+    assert io.compute_input.ns > 0 and io.compute_output.ns > 0
+    (batch,) = stats.batch_stats
+    assert batch.compute_input.ns > 0 and batch.compute_output.ns > 0
 
 
 def test_statistics_of_unloaded_or_unknown_model_is_not_found(oip, linear, expect_rpc_error) -> None:

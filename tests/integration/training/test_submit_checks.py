@@ -129,6 +129,18 @@ CASES = [
         "spec.register_as.alias: 'latest' is reserved",
     ),
     ("experiment name", _set("experiment", "UPPER"), INVALID, "spec.experiment"),
+    (
+        "precision",
+        _set("precision", "fp8"),
+        INVALID,
+        "spec.precision: must be one of fp32, bf16, fp16, got 'fp8'",
+    ),
+    (
+        "fp16 on cpu",
+        _set("precision", "fp16"),
+        INVALID,
+        "spec.precision: fp16 trains on CUDA devices only; use bf16 on CPU",
+    ),
 ]
 
 

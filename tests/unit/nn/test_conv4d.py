@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import reference4d as ref
 import torch
+from conv4d_cases import CASES
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -247,7 +248,7 @@ def test_benchmark_mode_with_gradients() -> None:
     with benchmark():
         layer(x).sum().backward()
     assert x.grad is not None and layer.weight.grad is not None
-    assert next(iter(benchmark_cache()))[-1] is True  # keyed as a training call
+    assert next(iter(benchmark_cache()))[-3] is True  # keyed as a training call
     clear_benchmark_cache()
 
 
@@ -322,3 +323,151 @@ def test_cuda_benchmark_mode_and_backward() -> None:
         layer(x).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
     clear_benchmark_cache()
+
+
+# -- reduced precision: the forty fixed configurations against float64
+
+# Largest error allowed, as a fraction of the float64 reference's largest magnitude, for the
+# output and every gradient. bf16 keeps 8 significant bits (rounding 2^-9 = 0.2%); measured
+# errors on these configurations stay under 0.7%, so 2% leaves 3x. fp16 keeps 11 bits; measured
+# under 0.1%, allowed 0.4%.
+REDUCED_TOLERANCE = {torch.bfloat16: 2e-2, torch.float16: 4e-3}
+
+
+def _float64_run(cfg: dict, algorithm: str = "loop") -> tuple[torch.Tensor, ...]:
+    """Output and gradients (x, w, b) in float64 for a fixed upstream gradient."""
+    x, w, b = _tensors(cfg)
+    leaves = [t.requires_grad_() for t in (x, w, b) if t is not None]
+    out = conv4d(
+        x, w, b, cfg["stride"], cfg["padding"], cfg["dilation"], cfg["groups"], cfg["mode"], algorithm
+    )
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    out.backward(upstream)
+    return (out.detach(), upstream, *(t.grad for t in leaves))
+
+
+def _reduced_run(cfg: dict, algorithm: str, device: str, dtype: torch.dtype, upstream: torch.Tensor) -> list:
+    x, w, b = (None if t is None else t.float().to(device).requires_grad_() for t in _tensors(cfg))
+    with torch.autocast(device, dtype=dtype):
+        out = conv4d(
+            x, w, b, cfg["stride"], cfg["padding"], cfg["dilation"], cfg["groups"], cfg["mode"], algorithm
+        )
+    assert out.dtype == dtype
+    out.backward(upstream.to(device, dtype))
+    grads = [t.grad for t in (x, w, b) if t is not None]
+    assert all(g.dtype == torch.float32 for g in grads)  # gradients in the parameters' dtype
+    return [out.detach(), *grads]
+
+
+def _assert_close_to_float64(got: list, expected: tuple, dtype: torch.dtype, what: str) -> None:
+    names = ("output", "grad x", "grad w", "grad b")
+    for name, g, e in zip(names, got, (expected[0], *expected[2:]), strict=False):
+        scale = e.abs().max().item() or 1.0
+        error = (g.double().cpu() - e).abs().max().item()
+        assert error <= REDUCED_TOLERANCE[dtype] * scale, (
+            f"{what} {name}: error {error:.3g} vs scale {scale:.3g}"
+        )
+
+
+@pytest.mark.parametrize("index", range(len(CASES)))
+def test_bfloat16_autocast_matches_float64_on_cpu(index: int) -> None:
+    cfg = CASES[index]
+    expected = _float64_run(cfg)
+    for algorithm in (*ALGORITHMS, "auto"):
+        got = _reduced_run(cfg, algorithm, "cpu", torch.bfloat16, expected[1])
+        _assert_close_to_float64(got, expected, torch.bfloat16, f"case {index} {algorithm}")
+
+
+def test_the_forty_cases_match_the_direct_sum_in_float64() -> None:
+    for index, cfg in enumerate(CASES[:8]):  # the numpy direct sum is slow; the rest via the loop
+        x, w, b = _tensors(cfg)
+        expected = _reference(cfg, x, w, b)
+        got = _float64_run(cfg)[0]
+        np.testing.assert_allclose(got.numpy(), expected, atol=1e-10, err_msg=f"case {index}")
+    names = ("output", "upstream", "grad x", "grad w", "grad b")
+    for index, cfg in enumerate(CASES):
+        loop = _float64_run(cfg)
+        for algorithm in ALGORITHMS[1:]:
+            for name, got, expected in zip(names, _float64_run(cfg, algorithm), loop, strict=False):
+                torch.testing.assert_close(
+                    got, expected, rtol=0, atol=1e-10, msg=f"case {index} {algorithm} {name}"
+                )
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_cuda_reduced_precision_matches_float64(dtype: torch.dtype) -> None:
+    for index, cfg in enumerate(CASES):
+        expected = _float64_run(cfg)
+        for algorithm in (*ALGORITHMS, "auto"):
+            got = _reduced_run(cfg, algorithm, "cuda", dtype, expected[1])
+            _assert_close_to_float64(got, expected, dtype, f"case {index} {algorithm}")
+
+
+def test_time_fold_backward_matches_autograd_through_plain_ops() -> None:
+    # The hand-written backward against autograd of the same formulation in plain ops.
+    from tesserad.nn.conv import _Geometry, _time_fold_ops, _TimeFoldFunction
+
+    g = torch.Generator().manual_seed(4)
+    for stride_t, tp, groups in ((1, (1, 1), 1), (2, (2, 0), 2), (1, (0, 2), 2)):
+        x = torch.randn(2, 4, 5, 3, 4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+        w = torch.randn(4, 4 // groups, 3, 2, 1, 2, generator=g, dtype=torch.float64, requires_grad=True)
+        b = torch.randn(4, generator=g, dtype=torch.float64, requires_grad=True)
+        t_out = (5 + sum(tp) - 3) // stride_t + 1
+        geo = _Geometry(tp, stride_t, 1, t_out, (1, 1, 1), (1, 0, 0), (1, 1, 1), groups)
+        upstream = torch.randn(2, 4, t_out, 4, 4, 2, generator=g, dtype=torch.float64)
+        results = []
+        for fn in (_TimeFoldFunction.apply, _time_fold_ops):
+            out = fn(x, w, b, geo)
+            grads = torch.autograd.grad(out, (x, w, b), upstream)
+            results.append((out, *grads))
+        for got, expected in zip(*results, strict=True):
+            torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+
+
+# -- nn.max_workspace
+
+
+def test_workspace_limit_makes_auto_fall_back_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    import tesserad.nn.conv as module
+    from tesserad.nn import max_workspace, set_max_workspace, workspace_bytes
+    from tesserad.nn.conv import FALLBACK_ORDER, _Geometry
+
+    x = torch.randn(2, 3, 6, 5, 5, 5, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, 3, 3, requires_grad=True)
+    geo = _Geometry((1, 1), 1, 1, 6, (1, 1, 1), (1, 1, 1), (1, 1, 1), 1)
+    need = {a: workspace_bytes(a, tuple(x.shape), tuple(w.shape), geo, 4, True) for a in ALGORITHMS}
+    assert need["loop"] == min(need.values())
+    # Under a limit just below time_fold's need, auto takes the next of FALLBACK_ORDER that
+    # fits; under one below every need, the loop.
+    below = need["time_fold"] - 1
+    next_best = next((a for a in FALLBACK_ORDER[1:] if need[a] <= below), "loop")
+    expected = conv4d(x, w, None, 1, 1, algorithm="loop")
+    chosen: list[str] = []
+
+    def spy(name: str) -> object:
+        real = module._FORMULATIONS[name]
+
+        def run(*args: object) -> torch.Tensor:
+            chosen.append(name)
+            return real(*args)  # type: ignore[arg-type]
+
+        return run
+
+    try:
+        for limit, want in ((None, "time_fold"), (below, next_best), (need["loop"] - 1, "loop")):
+            set_max_workspace(limit)
+            assert max_workspace() == limit
+            chosen.clear()
+            with pytest.MonkeyPatch.context() as mp, caplog.at_level("DEBUG", logger="tesserad.nn.conv"):
+                caplog.clear()
+                mp.setattr(module, "_FORMULATIONS", {a: spy(a) for a in ALGORITHMS})
+                out = conv4d(x, w, None, 1, 1)
+            assert chosen == [want]
+            torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+            assert ("nn.max_workspace" in caplog.text) == (limit is not None)
+    finally:
+        set_max_workspace(None)
+    with pytest.raises(ValueError, match=">= 0"):
+        set_max_workspace(-1)

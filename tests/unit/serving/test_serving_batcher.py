@@ -9,7 +9,14 @@ import pytest
 from serving_fakes import GatedRuntime
 
 from tesserad.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
-from tesserad.serving.batcher import BatcherClosed, DynamicBatcher, Prediction
+from tesserad.serving.batcher import (
+    HOLD_COST_NS,
+    PAYS_MARGIN,
+    BatcherClosed,
+    DynamicBatcher,
+    Prediction,
+    batching_pays,
+)
 from tesserad.serving.stats import ServingStats
 
 
@@ -252,3 +259,56 @@ def test_stats_count_requests_rows_batches_and_errors() -> None:
     assert snapshot.total.count == 2
     assert snapshot.throughput_rps > 0
     assert stats.snapshot().request_count == 0
+
+
+def test_batching_pays_only_when_a_batched_row_and_its_hold_beat_a_row_alone_by_the_margin() -> None:
+    # A small model: a row alone is mostly per-run overhead that a batch shares.
+    assert batching_pays(single_ns_per_row=12_000, batched_ns_per_row=2_000)
+    # A big model on a CPU: a batch's rows cost what they cost alone.
+    assert not batching_pays(single_ns_per_row=3_000_000, batched_ns_per_row=3_000_000)
+    # Cheaper in the model, but not by enough to pay for holding the request.
+    assert not batching_pays(single_ns_per_row=8_000, batched_ns_per_row=4_000)
+    # Right at the bound it pays; a nanosecond over, it does not.
+    bound = 100_000 * (1 - PAYS_MARGIN) - HOLD_COST_NS
+    assert batching_pays(100_000, bound)
+    assert not batching_pays(100_000, bound + 1)
+
+
+class _RowCostRuntime(GatedRuntime):
+    """Its compute time is what `row_cost` says for the batch's rows (0: any other size)."""
+
+    def __init__(self, row_cost: dict[int, float]) -> None:
+        super().__init__()
+        self._row_cost = row_cost
+
+    def run(self, inputs, output_names):  # type: ignore[no-untyped-def]
+        rows = len(inputs["x"])
+        time.sleep(self._row_cost.get(rows, self._row_cost[0]) * rows)
+        return super().run(inputs, output_names)
+
+
+def test_a_batcher_whose_batches_cost_more_per_row_stops_gathering() -> None:
+    # Each row of a batch takes 3 ms, a row alone 1 ms: batching does not pay.
+    runtime = _RowCostRuntime({1: 0.001, 0: 0.003})
+    batcher = make_batcher(runtime, max_queue_size=64)
+
+    def burst() -> None:
+        """One request running (held at the gate) and four queued behind it."""
+        runtime.gate.clear()
+        futures = [occupy(batcher, runtime)] + [batcher.submit(rows(1), ["y"], 1) for _ in range(4)]
+        runtime.gate.set()
+        for future in futures:
+            future.result(10)
+
+    try:
+        assert batcher.pays  # until measured
+        burst()
+        assert runtime.batches == [1, 4] and not batcher.pays
+        runtime.batches.clear()
+        for _ in range(3):
+            burst()
+        # One batch in 64 may still gather; these 15 requests ran (almost) all alone.
+        assert sum(1 for b in runtime.batches if b > 1) <= 1 and len(runtime.batches) >= 13
+        assert not batcher.holds(1)
+    finally:
+        batcher.close(10)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from tessera.demo import CLIP_SHAPE, spacetime_clips
 from tesserad.training.loop import Distributed, Trainer, TrainingData
 
 
@@ -106,3 +107,48 @@ def test_regression_reports_its_metrics() -> None:
     outcome, _, _ = _train(config, _data(regression=True))
     assert set(outcome.metrics) == {"train_loss", "val_loss", "val_mae", "val_rmse", "val_r2"}
     assert outcome.weights is not None and outcome.weights[:8] != b""
+
+
+def _clips_config(precision: str) -> dict[str, Any]:
+    return _config(
+        architecture={
+            "family": "cnn4d",
+            "input_shape": list(CLIP_SHAPE),
+            "output_size": 2,
+            "channels": [4, 8],
+            "kernel_size": 3,
+        },
+        optimizer={**_config()["optimizer"], "name": "adam", "lr": 0.01, "grad_clip_norm": 0.0},
+        lr_schedule={"kind": "constant", "warmup_steps": 0},
+        epochs=6,
+        batch_size=16,
+        log_every_n_steps=10,
+        checkpoints={"every_n_epochs": 100, "keep_last": 1, "keep_best_metric": "", "keep_best_mode": ""},
+        precision=precision,
+    )
+
+
+# bf16 keeps 8 significant bits, so its loss curve drifts from fp32's; on these clips both
+# reach near-perfect validation accuracy, and bf16 must land within 0.1 of fp32 (8 of 80 clips).
+BF16_ACCURACY_MARGIN = 0.1
+
+
+def test_bf16_training_converges_on_the_synthetic_clips_like_fp32() -> None:
+    x, y = spacetime_clips(320, seed=5)
+    data = TrainingData(x, y, np.arange(240), np.arange(240, 320))
+    accuracy = {}
+    for precision in ("fp32", "bf16"):
+        outcome, _, _ = _train(_clips_config(precision), data)
+        assert outcome.status == "succeeded"
+        accuracy[precision] = outcome.metrics["val_accuracy"]
+    assert accuracy["fp32"] >= 0.9  # the task is learnable in these few steps
+    assert accuracy["bf16"] >= accuracy["fp32"] - BF16_ACCURACY_MARGIN, accuracy
+
+
+def test_compile_setting_auto_compiles_cuda_jobs_only() -> None:
+    from tesserad.training.loop import use_compile
+
+    assert use_compile("auto", torch.device("cpu")) is False
+    assert use_compile("auto", torch.device("cuda", 0)) is True
+    assert use_compile("on", torch.device("cpu")) is True
+    assert use_compile("off", torch.device("cuda", 0)) is False

@@ -47,6 +47,7 @@ from tessera.events import (
     StepMetrics,
     VersionRegistered,
 )
+from tessera.explanations import Explanation, time_slice, top_positions
 from tessera.inference import Prediction
 from tessera.training import Job
 from tessera.transport import TLS, RetryPolicy
@@ -63,6 +64,7 @@ __all__ = [
     "DataLoss",
     "DeadlineExceeded",
     "EpochMetrics",
+    "Explanation",
     "FailedPrecondition",
     "Internal",
     "InvalidArgument",
@@ -88,4 +90,6 @@ __all__ = [
     "Unimplemented",
     "Unknown",
     "VersionRegistered",
+    "time_slice",
+    "top_positions",
 ]

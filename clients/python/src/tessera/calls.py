@@ -82,20 +82,27 @@ class Op(Call[T_co]):
 
 @dataclass(frozen=True)
 class Upload(Call[T_co]):
-    """A client stream of `requests()`; the asyncio client calls `requests` in a thread, since
-    preparing them may read and hash a whole file."""
+    """A client stream of `requests()`; where `requests()` gives one message instead (a file
+    small enough to send whole), the unary `inline_method` with it. The asyncio client calls
+    `requests` in a thread, since preparing them may read and hash a whole file."""
 
     service: str
     method: str
-    requests: Callable[[], Iterable[Message]]
+    requests: Callable[[], Iterable[Message] | Message]
     timeout: float
     convert: Callable[[Any], T_co] = field(default=_same)
+    inline_method: str = ""
 
     def run(self, conn: Connection) -> T_co:
-        return self.convert(conn.client_stream(self.service, self.method, self.requests(), self.timeout))
+        requests = self.requests()
+        if isinstance(requests, Message):
+            return self.convert(conn.unary(self.service, self.inline_method, requests, self.timeout))
+        return self.convert(conn.client_stream(self.service, self.method, requests, self.timeout))
 
     async def run_async(self, conn: AioConnection) -> T_co:
         requests = await asyncio.to_thread(self.requests)
+        if isinstance(requests, Message):
+            return self.convert(await conn.unary(self.service, self.inline_method, requests, self.timeout))
         return self.convert(await conn.client_stream(self.service, self.method, requests, self.timeout))
 
 

@@ -21,8 +21,10 @@ from rich.text import Text
 
 from tessera.client import Client
 from tessera.demo import run_demo
+from tessera.ensembles import COMBINES, fit_stacking, member_pair
 from tessera.errors import JobFailed, TesseraError
 from tessera.events import JobState
+from tessera.explanations import METHODS, SHORT_NAMES, top_positions
 from tessera.follow import follow
 from tessera.messages import load_toml, to_datetime
 from tessera.rpc_commands import in_cli_words
@@ -275,6 +277,45 @@ def cmd_models_push(client: Client, args: argparse.Namespace, out: Output) -> No
     out.line(
         f"registered {version.model} v{version.version} ({size(version.size_bytes)}, sha256 {version.sha256[:12]})"
     )
+    if version.HasField("alias_moved"):
+        print_alias_moved(out, version.alias_moved)
+
+
+def cmd_models_ensemble(client: Client, args: argparse.Namespace, out: Output) -> None:
+    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    stacking = None
+    if args.fit:
+        if args.combine != "stacking":
+            raise ValueError("--fit fits a stacking combiner; use it with --combine stacking")
+        stacking = fit_stacking_on(client, args.members, args.fit, args.fit_target)
+    version = client.models.register_ensemble(
+        args.model,
+        args.members,
+        args.combine,
+        weights=weights,
+        stacking=stacking,
+        alias=args.alias,
+        description=args.description,
+    )
+    if out.as_json:
+        return out.json(version)
+    out.line(f"registered {version.model} v{version.version}: {args.combine} of {', '.join(args.members)}")
+
+
+def fit_stacking_on(client: Client, members: Sequence[str], path: str, target: str) -> dict[str, Any]:
+    """A stacking combiner fitted on held-out rows: the .npz's inputs run through each member."""
+    arrays = load_inputs(path)
+    if target not in arrays:
+        raise ValueError(
+            f"{path} has no {target!r} array (the targets: class labels or scores); name it with --fit-target"
+        )
+    targets = arrays.pop(target)
+    outputs = []
+    for member in members:
+        model, version = member_pair(member)
+        (output,) = client.inference.predict(model, arrays, version=version).outputs.values()
+        outputs.append(output)
+    return fit_stacking(outputs, targets)
 
 
 def cmd_models_alias(client: Client, args: argparse.Namespace, out: Output) -> None:
@@ -557,9 +598,12 @@ def cmd_export_onnx(client: Client, args: argparse.Namespace, out: Output) -> No
         f"{result.conv4d}, max |onnx - torch| {result.max_abs_error:.2e})"
     )
     if result.HasField("alias_moved"):
-        moved = result.alias_moved
-        before = f"v{moved.from_version}" if moved.from_version else "(new)"
-        out.line(f"alias {moved.alias}: {before} -> v{moved.to_version}")
+        print_alias_moved(out, result.alias_moved)
+
+
+def print_alias_moved(out: Output, moved: registry_pb2.AliasEvent) -> None:
+    before = f"v{moved.from_version}" if moved.from_version else "(new)"
+    out.line(f"alias {moved.alias}: {before} -> v{moved.to_version}")
 
 
 def cmd_predict(client: Client, args: argparse.Namespace, out: Output) -> None:
@@ -589,6 +633,74 @@ def cmd_predict(client: Client, args: argparse.Namespace, out: Output) -> None:
         )
     if args.output:
         out.line(f"wrote {args.output}")
+
+
+def cmd_explain(client: Client, args: argparse.Namespace, out: Output) -> None:
+    explanation = client.inference.explain(
+        args.model,
+        load_inputs(args.input),
+        args.method,
+        version=args.version,
+        alias=args.alias,
+        target=args.output_index,
+        steps=args.steps,
+        baseline=args.baseline,
+        window=args.window,
+        timeout=max(args.timeout, 300.0),
+    )
+    if args.out:
+        np.savez(args.out, **explanation.attributions)
+    top = {
+        name: [top_positions(row, args.top) for row in array]
+        for name, array in explanation.attributions.items()
+    }
+    if out.as_json:
+        return out.json(
+            {
+                "model": explanation.model,
+                "version": explanation.version,
+                "explained_version": explanation.explained_version,
+                "output_indices": explanation.output_indices,
+                "convergence_delta": explanation.convergence_delta,
+                "compute_time_us": explanation.compute_time_us,
+                "top": {
+                    name: [[{"index": list(index), "value": value} for index, value in row] for row in rows]
+                    for name, rows in top.items()
+                },
+            }
+        )
+    through = (
+        f", explained through torch v{explanation.explained_version}"
+        if explanation.explained_version != explanation.version
+        else ""
+    )
+    out.line(
+        f"{explanation.model} v{explanation.version}{through}: {SHORT_NAMES.get(args.method, args.method)}, "
+        f"computed {explanation.compute_time_us} us"
+    )
+    for name, rows in top.items():
+        shape = list(explanation.attributions[name].shape)
+        for row, positions in enumerate(rows):
+            delta = explanation.convergence_delta[row] if explanation.convergence_delta else None
+            completeness = f", completeness error {delta:+.2e}" if delta is not None else ""
+            out.line(
+                f"{name}{shape} row {row}, output {explanation.output_indices[row]}{completeness}: "
+                f"top {len(positions)} positions (index within the row, attribution)"
+            )
+            for index, value in positions:
+                out.line(f"  {index}  {value:+.6g}")
+    if args.out:
+        out.line(f"wrote {args.out}")
+
+
+def window_sizes(text: str) -> list[int]:
+    """An occlusion window as "1,1,4,4,4"."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be sizes separated by commas, like 1,1,4,4,4; got {text!r}"
+        ) from None
 
 
 def load_inputs(path: str) -> dict[str, np.ndarray]:
@@ -728,6 +840,33 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--alias", help="move this alias to the new version")
     sub.add_argument("--description", default="")
     command(models, "versions", cmd_models_versions, "a model's versions, newest first").add_argument("model")
+    sub = command(
+        models,
+        "ensemble",
+        cmd_models_ensemble,
+        "register an ensemble of versions (MEMBER is MODEL:VERSION) as the model's next version",
+    )
+    sub.add_argument("model")
+    sub.add_argument("members", nargs="+", metavar="MEMBER")
+    sub.add_argument(
+        "--combine",
+        choices=COMBINES,
+        default="mean",
+        help="mean of the outputs (default); vote: each member's top class is a vote; weighted_mean "
+        "(--weights); stacking: a linear combiner fitted with --fit",
+    )
+    sub.add_argument("--weights", help="weighted_mean: one weight per member, e.g. 2,1,1")
+    sub.add_argument(
+        "--fit",
+        metavar="FILE.npz",
+        help="stacking: held-out inputs (by name) and targets; each member predicts them, and the "
+        "combiner is fitted by least squares",
+    )
+    sub.add_argument(
+        "--fit-target", default="y", metavar="NAME", help="the targets' array in --fit (default y)"
+    )
+    sub.add_argument("--alias", help="move this alias to the new version")
+    sub.add_argument("--description", default="")
     sub = command(models, "alias", cmd_models_alias, "point an alias at a version")
     sub.add_argument("model")
     sub.add_argument("alias")
@@ -813,6 +952,40 @@ def build_parser() -> argparse.ArgumentParser:
     pick.add_argument("--version", type=int)
     pick.add_argument("--alias")
     sub.add_argument("--output", help="write the outputs to this .npz")
+
+    sub = command(
+        commands, "explain", cmd_explain, "attribute a model's output to each input position (captum)"
+    )
+    sub.add_argument("model")
+    sub.add_argument("--input", required=True, help=".npz with arrays by input name, or .npy for 'input'")
+    sub.add_argument(
+        "--method",
+        choices=[*SHORT_NAMES, *METHODS],
+        default="ig",
+        help="ig (integrated gradients, default), saliency, occlusion, or shap (GradientShap)",
+    )
+    sub.add_argument(
+        "--target",
+        dest="output_index",
+        type=int,
+        metavar="N",
+        help="the output index (class) to explain; default: each row's largest output (the daemon address, also --target, goes before the command)",
+    )
+    pick = sub.add_mutually_exclusive_group()
+    pick.add_argument("--version", type=int)
+    pick.add_argument("--alias")
+    sub.add_argument(
+        "--steps", type=int, default=0, help="ig path steps (default 32), shap samples (default 16)"
+    )
+    sub.add_argument("--baseline", type=float, default=0.0, help="the input value compared with (default 0)")
+    sub.add_argument(
+        "--window",
+        type=window_sizes,
+        default=[],
+        help="occlusion window per dimension of one row, e.g. 1,1,4,4,4",
+    )
+    sub.add_argument("--top", type=int, default=10, help="positions to print per row (default 10)")
+    sub.add_argument("--out", help="write the attributions to this .npz (arrays by input name)")
 
     sub = command(commands, "stats", cmd_stats, "latency percentiles and throughput of a loaded model")
     sub.add_argument("model", nargs="?", default="", help="default: every loaded model")

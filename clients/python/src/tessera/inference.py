@@ -10,6 +10,7 @@ import numpy as np
 
 from tessera.calls import BidiStream, C, Op, Part, call, stream
 from tessera.errors import TesseraError, error_from_status_number
+from tessera.explanations import Explanation, method_number
 from tessera.messages import from_dict, version_ref
 from tessera.models import VersionSelector, ref
 from tessera.tensors import from_tensor, to_tensors
@@ -124,6 +125,42 @@ class Inference(Part[C]):
         `error` while the stream goes on. `timeout` bounds the whole stream (None: none)."""
         requests = stream_requests(model, items, version, alias, outputs)
         return BidiStream(S, "PredictStream", requests, timeout, Prediction.from_proto)
+
+    @call
+    def explain(
+        self,
+        model: str,
+        inputs: Inputs,
+        method: str = "integrated_gradients",
+        *,
+        version: int | None = None,
+        alias: str | None = None,
+        target: int | None = None,
+        steps: int = 0,
+        baseline: float = 0.0,
+        window: Sequence[int] = (),
+        stride: Sequence[int] = (),
+        noise: float = 0.0,
+        seed: int = 0,
+        timeout: float | None = None,
+    ) -> Op[Explanation]:
+        """Attribute each row's output `target` (default: its largest output) to every input
+        position: `explain("clf", x, "ig")["input"]` has x's shape. Methods: integrated_gradients
+        (ig; `steps` path steps, default 32), saliency, occlusion (`window` and `stride` per
+        dimension of one row), gradient_shap (shap; `steps` samples, default 16, `noise`, `seed`).
+        `baseline` is the input value compared with. An ONNX version is explained through the
+        torch version it was exported from."""
+        request = pb.ExplainRequest(
+            target=version_ref(model, version, alias),
+            inputs=to_tensors(inputs),
+            method=method_number(method),
+            options=pb.ExplainOptions(
+                steps=steps, baseline=baseline, window=window, stride=stride, noise=noise, seed=seed
+            ),
+        )
+        if target is not None:
+            request.output_index = target
+        return Op(S, "Explain", request, Explanation.from_proto, timeout or max(self._conn.timeout, 300.0))
 
     @call
     def load(self, model: str, version: VersionSelector | None = None, **config: Any) -> Op[pb.LoadedModel]:

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from tessera.calls import C, Download, Op, Pages, Part, Upload, call, stream
+from tessera.ensembles import Member, ensemble_spec
 from tessera.messages import from_dict, version_ref
 from tessera.transfer import CHUNK_BYTES, DownloadSink, Progress, file_chunks, file_digest
 from tessera.v1 import architecture_pb2, common_pb2
 from tessera.v1 import registry_pb2 as pb
 
 S = "Registry"
+# An artifact up to this size is pushed in one message (UploadVersionInline): a registration of
+# a small version then costs the client and the daemon less than a stream does, and any daemon's
+# max_message_size (64 MiB by default) takes it.
+INLINE_BYTES = 64 * 2**10
 
 _FORMAT_BY_SUFFIX = {".onnx": pb.ARTIFACT_FORMAT_ONNX, ".safetensors": pb.ARTIFACT_FORMAT_SAFETENSORS}
 
@@ -103,11 +109,12 @@ class Models(Part[C]):
         timeout: float | None = None,
     ) -> Upload[pb.ModelVersion]:
         """Register an artifact file as the model's next version: an ONNX model, or safetensors
-        weights with the `architecture` that builds them. Streamed in chunks; `progress(done,
-        total)` is called after each. `alias` moves that alias to the new version."""
+        weights with the `architecture` that builds them. Streamed in chunks, or sent in one
+        message when at most INLINE_BYTES; `progress(done, total)` is called after each chunk
+        read. `alias` moves that alias to the new version."""
         artifact = Path(path)
 
-        def requests() -> Iterator[pb.UploadVersionRequest]:
+        def requests() -> pb.UploadVersionInlineRequest | Iterator[pb.UploadVersionRequest]:
             header = upload_header(
                 name,
                 artifact,
@@ -121,7 +128,56 @@ class Models(Part[C]):
                 metrics=metrics,
                 tags=tags,
             )
+            if header.size_bytes <= INLINE_BYTES:
+                data = b"".join(file_chunks(artifact, header.size_bytes, chunk_size, progress))
+                return pb.UploadVersionInlineRequest(header=header, artifact=data)
             return upload_requests(header, artifact, chunk_size, progress)
+
+        return Upload(
+            S,
+            "UploadVersion",
+            requests,
+            timeout or self._conn.transfer_timeout,
+            inline_method="UploadVersionInline",
+        )
+
+    @call
+    def register_ensemble(
+        self,
+        name: str,
+        members: Sequence[Member],
+        combine: str = "mean",
+        *,
+        weights: Sequence[float] | None = None,
+        stacking: Mapping[str, Any] | None = None,
+        create: bool = True,
+        alias: str | None = None,
+        description: str = "",
+        tags: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Upload[pb.ModelVersion]:
+        """Register an ensemble of versions as the model's next version, served like any other.
+
+        `members`: ("model", version) pairs or "model:version" strings, sharing one signature.
+        `combine`: "mean" (of the members' outputs, e.g. probabilities), "vote" (each member's
+        argmax is a vote; the answer is each class's share), "weighted_mean" (with `weights`, one
+        per member) or "stacking" (with `stacking`, a linear combiner from `tessera.ensembles.fit_stacking`).
+        """
+        spec = ensemble_spec(members, combine, weights=weights, stacking=stacking)
+
+        def requests() -> Iterator[pb.UploadVersionRequest]:
+            header = pb.UploadVersionHeader(
+                model=name,
+                create_model=create,
+                format=pb.ARTIFACT_FORMAT_ENSEMBLE,
+                description=description,
+                tags=tags,
+                sha256=hashlib.sha256(spec).hexdigest(),
+                size_bytes=len(spec),
+                alias=alias or "",
+            )
+            yield pb.UploadVersionRequest(header=header)
+            yield pb.UploadVersionRequest(chunk=spec)
 
         return Upload(S, "UploadVersion", requests, timeout or self._conn.transfer_timeout)
 

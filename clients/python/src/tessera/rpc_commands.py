@@ -9,6 +9,7 @@ COMMAND_BY_RPC: dict[str, str] = {
     # Registry
     "CreateModel": "`tessera models push MODEL FILE`",
     "UploadVersion": "`tessera models push MODEL FILE`",
+    "UploadVersionInline": "`tessera models push MODEL FILE`",
     "ListModels": "`tessera models ls`",
     "GetVersion": "`tessera models show MODEL`",
     "ListVersions": "`tessera models versions MODEL`",
@@ -34,6 +35,7 @@ COMMAND_BY_RPC: dict[str, str] = {
     "CreateRun": "the Python SDK's client.training.create_run()",
     # Inference
     "Predict": "`tessera predict MODEL --input FILE`",
+    "Explain": "`tessera explain MODEL --input FILE`",
     "GetStats": "`tessera stats MODEL`",
     "ListLoaded": "`tessera serve-status`",
     "LoadModel": "the Python SDK's client.inference.load()",

@@ -130,8 +130,8 @@ RETRIED_METHODS: dict[str, tuple[str, ...]] = {
         "GetSweep",
         "ListSweeps",
     ),
-    # Predict changes no state, so a call that never reached a ready daemon is safe to resend.
-    "Inference": ("Predict", "LoadModel", "ListLoaded", "ListShadowResults"),
+    # Predict and Explain change no state, so a call that never reached a ready daemon is safe to resend.
+    "Inference": ("Predict", "Explain", "LoadModel", "ListLoaded", "ListShadowResults"),
     "System": ("GetServerInfo",),
 }
 """The unary calls that are retried on UNAVAILABLE, by service; every other call is tried once."""

@@ -95,6 +95,43 @@ STATS_SCOPE_CLUSTER: StatsScope.ValueType  # 1
 """
 Global___StatsScope: _TypeAlias = StatsScope  # noqa: Y015
 
+class _ExplainMethod:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ExplainMethodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExplainMethod.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EXPLAIN_METHOD_UNSPECIFIED: _ExplainMethod.ValueType  # 0
+    EXPLAIN_METHOD_INTEGRATED_GRADIENTS: _ExplainMethod.ValueType  # 1
+    """Integrated gradients from the baseline to the input; the response carries each row's
+    completeness error (convergence_delta).
+    """
+    EXPLAIN_METHOD_SALIENCY: _ExplainMethod.ValueType  # 2
+    """The absolute gradient of the target output at the input."""
+    EXPLAIN_METHOD_OCCLUSION: _ExplainMethod.ValueType  # 3
+    """The drop of the target output when a sliding window of the input is set to the baseline."""
+    EXPLAIN_METHOD_GRADIENT_SHAP: _ExplainMethod.ValueType  # 4
+    """GradientShap: expected gradients over random points between the baseline and the input
+    (with Gaussian noise), a SHAP-family estimate.
+    """
+
+class ExplainMethod(_ExplainMethod, metaclass=_ExplainMethodEnumTypeWrapper): ...
+
+EXPLAIN_METHOD_UNSPECIFIED: ExplainMethod.ValueType  # 0
+EXPLAIN_METHOD_INTEGRATED_GRADIENTS: ExplainMethod.ValueType  # 1
+"""Integrated gradients from the baseline to the input; the response carries each row's
+completeness error (convergence_delta).
+"""
+EXPLAIN_METHOD_SALIENCY: ExplainMethod.ValueType  # 2
+"""The absolute gradient of the target output at the input."""
+EXPLAIN_METHOD_OCCLUSION: ExplainMethod.ValueType  # 3
+"""The drop of the target output when a sliding window of the input is set to the baseline."""
+EXPLAIN_METHOD_GRADIENT_SHAP: ExplainMethod.ValueType  # 4
+"""GradientShap: expected gradients over random points between the baseline and the input
+(with Gaussian noise), a SHAP-family estimate.
+"""
+Global___ExplainMethod: _TypeAlias = ExplainMethod  # noqa: Y015
+
 @_typing.final
 class PredictRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -727,3 +764,154 @@ class ListShadowResultsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListShadowResultsResponse: _TypeAlias = ListShadowResultsResponse  # noqa: Y015
+
+@_typing.final
+class ExplainOptions(_message.Message):
+    """Zero values take the defaults given."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEPS_FIELD_NUMBER: _builtins.int
+    BASELINE_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    STRIDE_FIELD_NUMBER: _builtins.int
+    NOISE_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    steps: _builtins.int
+    """Integrated gradients: path steps (default 32; 1 counts as 2). GradientShap: samples
+    (default 16). 1..1024.
+    """
+    baseline: _builtins.float
+    """The value the input is compared with (integrated gradients, occlusion, GradientShap); default 0."""
+    noise: _builtins.float
+    """GradientShap: standard deviation of the noise added to each sample; default 0."""
+    seed: _builtins.int
+    """Seed of GradientShap's random points; default 0."""
+    @_builtins.property
+    def window(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Occlusion: the window's size in each dimension of one row (the input's shape without the
+        batch dimension); default 1 in every dimension but the last three (spatial) ones, which
+        take a quarter of their size (at least 1).
+        """
+
+    @_builtins.property
+    def stride(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Occlusion: the window's step in each dimension of one row; default: the window."""
+
+    def __init__(
+        self,
+        *,
+        steps: _builtins.int = ...,
+        baseline: _builtins.float = ...,
+        window: _abc.Iterable[_builtins.int] | None = ...,
+        stride: _abc.Iterable[_builtins.int] | None = ...,
+        noise: _builtins.float = ...,
+        seed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "noise", b"noise", "seed", b"seed", "steps", b"steps", "stride", b"stride", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExplainOptions: _TypeAlias = ExplainOptions  # noqa: Y015
+
+@_typing.final
+class ExplainRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    OUTPUT_INDEX_FIELD_NUMBER: _builtins.int
+    OPTIONS_FIELD_NUMBER: _builtins.int
+    method: Global___ExplainMethod.ValueType
+    output_index: _builtins.int
+    """The index into the model's output (its last dimension, e.g. a class) whose value is
+    explained; unset: each row's largest output (the predicted class).
+    """
+    @_builtins.property
+    def target(self) -> _common_pb2.VersionRef:
+        """The model and, optionally, a version or alias; with neither, the version a Predict without
+        one finds first (the deployment's lowest route, else "latest").
+        """
+
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Tensor]:
+        """As PredictRequest.inputs: each input of the signature, the first dimension the batch."""
+
+    @_builtins.property
+    def options(self) -> Global___ExplainOptions: ...
+    def __init__(
+        self,
+        *,
+        target: _common_pb2.VersionRef | None = ...,
+        inputs: _abc.Iterable[_common_pb2.Tensor] | None = ...,
+        method: Global___ExplainMethod.ValueType = ...,
+        output_index: _builtins.int | None = ...,
+        options: Global___ExplainOptions | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_output_index", b"_output_index", "options", b"options", "output_index", b"output_index", "target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_output_index", b"_output_index", "inputs", b"inputs", "method", b"method", "options", b"options", "output_index", b"output_index", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__output_index: _TypeAlias = _typing.Literal["output_index"]  # noqa: Y015
+    _WhichOneofArgType__output_index: _TypeAlias = _typing.Literal["_output_index", b"_output_index"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__output_index) -> _WhichOneofReturnType__output_index | None: ...
+
+Global___ExplainRequest: _TypeAlias = ExplainRequest  # noqa: Y015
+
+@_typing.final
+class ExplainResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    EXPLAINED_VERSION_FIELD_NUMBER: _builtins.int
+    ATTRIBUTIONS_FIELD_NUMBER: _builtins.int
+    OUTPUT_INDICES_FIELD_NUMBER: _builtins.int
+    CONVERGENCE_DELTA_FIELD_NUMBER: _builtins.int
+    QUEUE_TIME_US_FIELD_NUMBER: _builtins.int
+    COMPUTE_TIME_US_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    version: _builtins.int
+    """The version asked for, and the torch version that was explained (its lineage parent when
+    the version asked for is ONNX).
+    """
+    explained_version: _builtins.int
+    queue_time_us: _builtins.int
+    """Time waiting for an explain thread and computing, in microseconds."""
+    compute_time_us: _builtins.int
+    @_builtins.property
+    def attributions(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Tensor]:
+        """One attribution per input, named and shaped as that input (float32)."""
+
+    @_builtins.property
+    def output_indices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The output index explained, per row."""
+
+    @_builtins.property
+    def convergence_delta(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Integrated gradients only, per row: sum of the attributions minus (output at the input -
+        output at the baseline); near 0 when the path steps suffice.
+        """
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        version: _builtins.int = ...,
+        explained_version: _builtins.int = ...,
+        attributions: _abc.Iterable[_common_pb2.Tensor] | None = ...,
+        output_indices: _abc.Iterable[_builtins.int] | None = ...,
+        convergence_delta: _abc.Iterable[_builtins.float] | None = ...,
+        queue_time_us: _builtins.int = ...,
+        compute_time_us: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributions", b"attributions", "compute_time_us", b"compute_time_us", "convergence_delta", b"convergence_delta", "explained_version", b"explained_version", "model", b"model", "output_indices", b"output_indices", "queue_time_us", b"queue_time_us", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExplainResponse: _TypeAlias = ExplainResponse  # noqa: Y015

@@ -69,6 +69,11 @@ class InferenceStub:
                 request_serializer=tessera_dot_v1_dot_inference__pb2.ListShadowResultsRequest.SerializeToString,
                 response_deserializer=tessera_dot_v1_dot_inference__pb2.ListShadowResultsResponse.FromString,
                 _registered_method=True)
+        self.Explain = channel.unary_unary(
+                '/tessera.v1.Inference/Explain',
+                request_serializer=tessera_dot_v1_dot_inference__pb2.ExplainRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_inference__pb2.ExplainResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
@@ -126,6 +131,20 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Explain(self, request, context):
+        """Attributions of a torch version's output to each input position (captum). An ONNX version
+        is explained through the torch version it was exported from (its lineage parent), else
+        FAILED_PRECONDITION. Explanations run on the serving pool's explain threads
+        (serving.explain_threads, default 1) in chunks of serving.explain_chunk_rows model rows
+        (default 8), and start no new chunk while Predict requests are queued, so a Predict waits
+        for at most the chunk in flight on each explain thread. More than serving.explain_queue_size
+        (default 4) waiting: RESOURCE_EXHAUSTED. A call whose deadline passes is taken off the
+        queue, or stopped at its next chunk.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -163,6 +182,11 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.ListShadowResults,
                     request_deserializer=tessera_dot_v1_dot_inference__pb2.ListShadowResultsRequest.FromString,
                     response_serializer=tessera_dot_v1_dot_inference__pb2.ListShadowResultsResponse.SerializeToString,
+            ),
+            'Explain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Explain,
+                    request_deserializer=tessera_dot_v1_dot_inference__pb2.ExplainRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_inference__pb2.ExplainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -354,6 +378,33 @@ class Inference:
             '/tessera.v1.Inference/ListShadowResults',
             tessera_dot_v1_dot_inference__pb2.ListShadowResultsRequest.SerializeToString,
             tessera_dot_v1_dot_inference__pb2.ListShadowResultsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Explain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Inference/Explain',
+            tessera_dot_v1_dot_inference__pb2.ExplainRequest.SerializeToString,
+            tessera_dot_v1_dot_inference__pb2.ExplainResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,16 @@ class InferenceStub:
     GetStats: _grpc.UnaryUnaryMultiCallable[_inference_pb2.GetStatsRequest, _inference_pb2.GetStatsResponse]
     ListShadowResults: _grpc.UnaryUnaryMultiCallable[_inference_pb2.ListShadowResultsRequest, _inference_pb2.ListShadowResultsResponse]
     """The most recent shadow results of a model's deployment, newest first."""
+    Explain: _grpc.UnaryUnaryMultiCallable[_inference_pb2.ExplainRequest, _inference_pb2.ExplainResponse]
+    """Attributions of a torch version's output to each input position (captum). An ONNX version
+    is explained through the torch version it was exported from (its lineage parent), else
+    FAILED_PRECONDITION. Explanations run on the serving pool's explain threads
+    (serving.explain_threads, default 1) in chunks of serving.explain_chunk_rows model rows
+    (default 8), and start no new chunk while Predict requests are queued, so a Predict waits
+    for at most the chunk in flight on each explain thread. More than serving.explain_queue_size
+    (default 4) waiting: RESOURCE_EXHAUSTED. A call whose deadline passes is taken off the
+    queue, or stopped at its next chunk.
+    """
 
 @_typing.type_check_only
 class InferenceAsyncStub(InferenceStub):
@@ -80,6 +90,16 @@ class InferenceAsyncStub(InferenceStub):
     GetStats: _aio.UnaryUnaryMultiCallable[_inference_pb2.GetStatsRequest, _inference_pb2.GetStatsResponse]  # type: ignore[assignment]
     ListShadowResults: _aio.UnaryUnaryMultiCallable[_inference_pb2.ListShadowResultsRequest, _inference_pb2.ListShadowResultsResponse]  # type: ignore[assignment]
     """The most recent shadow results of a model's deployment, newest first."""
+    Explain: _aio.UnaryUnaryMultiCallable[_inference_pb2.ExplainRequest, _inference_pb2.ExplainResponse]  # type: ignore[assignment]
+    """Attributions of a torch version's output to each input position (captum). An ONNX version
+    is explained through the torch version it was exported from (its lineage parent), else
+    FAILED_PRECONDITION. Explanations run on the serving pool's explain threads
+    (serving.explain_threads, default 1) in chunks of serving.explain_chunk_rows model rows
+    (default 8), and start no new chunk while Predict requests are queued, so a Predict waits
+    for at most the chunk in flight on each explain thread. More than serving.explain_queue_size
+    (default 4) waiting: RESOURCE_EXHAUSTED. A call whose deadline passes is taken off the
+    queue, or stopped at its next chunk.
+    """
 
 class InferenceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -143,5 +163,21 @@ class InferenceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_inference_pb2.ListShadowResultsResponse, _abc.Awaitable[_inference_pb2.ListShadowResultsResponse]]:
         """The most recent shadow results of a model's deployment, newest first."""
+
+    @_abc_1.abstractmethod
+    def Explain(
+        self,
+        request: _inference_pb2.ExplainRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.ExplainResponse, _abc.Awaitable[_inference_pb2.ExplainResponse]]:
+        """Attributions of a torch version's output to each input position (captum). An ONNX version
+        is explained through the torch version it was exported from (its lineage parent), else
+        FAILED_PRECONDITION. Explanations run on the serving pool's explain threads
+        (serving.explain_threads, default 1) in chunks of serving.explain_chunk_rows model rows
+        (default 8), and start no new chunk while Predict requests are queued, so a Predict waits
+        for at most the chunk in flight on each explain thread. More than serving.explain_queue_size
+        (default 4) waiting: RESOURCE_EXHAUSTED. A call whose deadline passes is taken off the
+        queue, or stopped at its next chunk.
+        """
 
 def add_InferenceServicer_to_server(servicer: InferenceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -118,6 +118,7 @@ class JobSpec(_message.Message):
     FREEZE_FIELD_NUMBER: _builtins.int
     REPLACE_HEAD_FIELD_NUMBER: _builtins.int
     BACKBONE_LR_SCALE_FIELD_NUMBER: _builtins.int
+    PRECISION_FIELD_NUMBER: _builtins.int
     experiment: _builtins.str
     """Experiment the job's run belongs to; created on first use. Default "default"."""
     run_name: _builtins.str
@@ -143,6 +144,11 @@ class JobSpec(_message.Message):
     backbone_lr_scale: _builtins.float
     """The learning rate of every parameter outside the final layer is optimizer.lr times this
     (the schedule applies to both); 0 means 1. Needs init_from.
+    """
+    precision: _builtins.str
+    """Numeric precision of training: "fp32" (default), "bf16" (autocast to bfloat16, on CPU or
+    CUDA) or "fp16" (autocast to float16 with a dynamic loss scaler; CUDA jobs only).
+    Parameters, optimiser state and checkpoints stay float32.
     """
     @_builtins.property
     def architecture(self) -> _architecture_pb2.Architecture: ...
@@ -212,10 +218,11 @@ class JobSpec(_message.Message):
         freeze: _abc.Iterable[_builtins.str] | None = ...,
         replace_head: Global___ReplaceHead | None = ...,
         backbone_lr_scale: _builtins.float = ...,
+        precision: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "checkpoints", b"checkpoints", "data", b"data", "devices", b"devices", "early_stopping", b"early_stopping", "init_from", b"init_from", "lr_schedule", b"lr_schedule", "optimizer", b"optimizer", "register_as", b"register_as", "replace_head", b"replace_head"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "backbone_lr_scale", b"backbone_lr_scale", "batch_size", b"batch_size", "checkpoints", b"checkpoints", "data", b"data", "devices", b"devices", "early_stopping", b"early_stopping", "epochs", b"epochs", "experiment", b"experiment", "freeze", b"freeze", "init_from", b"init_from", "log_every_n_steps", b"log_every_n_steps", "loss", b"loss", "lr_schedule", b"lr_schedule", "max_steps", b"max_steps", "optimizer", b"optimizer", "priority", b"priority", "register_as", b"register_as", "replace_head", b"replace_head", "run_name", b"run_name", "seed", b"seed", "tags", b"tags", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "backbone_lr_scale", b"backbone_lr_scale", "batch_size", b"batch_size", "checkpoints", b"checkpoints", "data", b"data", "devices", b"devices", "early_stopping", b"early_stopping", "epochs", b"epochs", "experiment", b"experiment", "freeze", b"freeze", "init_from", b"init_from", "log_every_n_steps", b"log_every_n_steps", "loss", b"loss", "lr_schedule", b"lr_schedule", "max_steps", b"max_steps", "optimizer", b"optimizer", "precision", b"precision", "priority", b"priority", "register_as", b"register_as", "replace_head", b"replace_head", "run_name", b"run_name", "seed", b"seed", "tags", b"tags", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -36,6 +36,11 @@ class _ArtifactFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Artifa
     """safetensors weights; the version's `architecture` says how to build the model."""
     ARTIFACT_FORMAT_ONNX: _ArtifactFormat.ValueType  # 2
     """A self-contained ONNX model; checked with onnx.checker on upload."""
+    ARTIFACT_FORMAT_ENSEMBLE: _ArtifactFormat.ValueType  # 3
+    """An ensemble: a UTF-8 JSON spec naming member versions (same signature) and how their
+    outputs combine: {"members": [{"model", "version"}, ...], "combine": "mean" | "vote" |
+    "weighted_mean" | "stacking", "weights": [...], "stacking": {"weights", "bias"}}.
+    """
 
 class ArtifactFormat(_ArtifactFormat, metaclass=_ArtifactFormatEnumTypeWrapper): ...
 
@@ -44,6 +49,11 @@ ARTIFACT_FORMAT_SAFETENSORS: ArtifactFormat.ValueType  # 1
 """safetensors weights; the version's `architecture` says how to build the model."""
 ARTIFACT_FORMAT_ONNX: ArtifactFormat.ValueType  # 2
 """A self-contained ONNX model; checked with onnx.checker on upload."""
+ARTIFACT_FORMAT_ENSEMBLE: ArtifactFormat.ValueType  # 3
+"""An ensemble: a UTF-8 JSON spec naming member versions (same signature) and how their
+outputs combine: {"members": [{"model", "version"}, ...], "combine": "mean" | "vote" |
+"weighted_mean" | "stacking", "weights": [...], "stacking": {"weights", "bias"}}.
+"""
 Global___ArtifactFormat: _TypeAlias = ArtifactFormat  # noqa: Y015
 
 class _ChangeKind:
@@ -477,6 +487,7 @@ class ModelVersion(_message.Message):
     CREATED_BY_FIELD_NUMBER: _builtins.int
     ALIASES_FIELD_NUMBER: _builtins.int
     PARAMETER_COUNT_FIELD_NUMBER: _builtins.int
+    ALIAS_MOVED_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     version: _builtins.int
     format: Global___ArtifactFormat.ValueType
@@ -507,6 +518,12 @@ class ModelVersion(_message.Message):
     def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Aliases currently pointing at this version."""
 
+    @_builtins.property
+    def alias_moved(self) -> Global___AliasEvent:
+        """Set only in the answer to an UploadVersion (or ExportOnnx) that named an alias: the alias
+        moved from from_version (0: it is new) to this version.
+        """
+
     def __init__(
         self,
         *,
@@ -526,10 +543,11 @@ class ModelVersion(_message.Message):
         created_by: _builtins.str = ...,
         aliases: _abc.Iterable[_builtins.str] | None = ...,
         parameter_count: _builtins.int = ...,
+        alias_moved: Global___AliasEvent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "created_at", b"created_at", "lineage", b"lineage", "signature", b"signature"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alias_moved", b"alias_moved", "architecture", b"architecture", "created_at", b"created_at", "lineage", b"lineage", "signature", b"signature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "architecture", b"architecture", "created_at", b"created_at", "created_by", b"created_by", "description", b"description", "format", b"format", "lineage", b"lineage", "metrics", b"metrics", "model", b"model", "parameter_count", b"parameter_count", "params", b"params", "sha256", b"sha256", "signature", b"signature", "size_bytes", b"size_bytes", "tags", b"tags", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias_moved", b"alias_moved", "aliases", b"aliases", "architecture", b"architecture", "created_at", b"created_at", "created_by", b"created_by", "description", b"description", "format", b"format", "lineage", b"lineage", "metrics", b"metrics", "model", b"model", "parameter_count", b"parameter_count", "params", b"params", "sha256", b"sha256", "signature", b"signature", "size_bytes", b"size_bytes", "tags", b"tags", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -718,13 +736,15 @@ class UploadVersionHeader(_message.Message):
     """Optionally move this alias to the new version once stored."""
     @_builtins.property
     def signature(self) -> _common_pb2.Signature:
-        """Required for safetensors; for onnx it must match the graph's inputs and outputs
-        (names, dtypes, ranks and fixed dims), and is taken from the graph when omitted.
+        """For safetensors it is taken from the architecture when omitted; for onnx it must match
+        the graph's inputs and outputs (names, dtypes, ranks and fixed dims), and is taken from
+        the graph when omitted; for an ensemble it is taken from the members (which must agree)
+        and must match theirs when given.
         """
 
     @_builtins.property
     def architecture(self) -> _architecture_pb2.Architecture:
-        """Required for safetensors."""
+        """Required for safetensors: the weights must be exactly its model's tensors (names, shapes)."""
 
     @_builtins.property
     def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
@@ -758,6 +778,31 @@ class UploadVersionHeader(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UploadVersionHeader: _TypeAlias = UploadVersionHeader  # noqa: Y015
+
+@_typing.final
+class UploadVersionInlineRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    ARTIFACT_FIELD_NUMBER: _builtins.int
+    artifact: _builtins.bytes
+    @_builtins.property
+    def header(self) -> Global___UploadVersionHeader:
+        """sha256 and size_bytes declare `artifact`, as in a streamed upload."""
+
+    def __init__(
+        self,
+        *,
+        header: Global___UploadVersionHeader | None = ...,
+        artifact: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "header", b"header"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadVersionInlineRequest: _TypeAlias = UploadVersionInlineRequest  # noqa: Y015
 
 @_typing.final
 class DownloadVersionRequest(_message.Message):

@@ -64,6 +64,11 @@ class RegistryStub:
                 request_serializer=tessera_dot_v1_dot_registry__pb2.UploadVersionRequest.SerializeToString,
                 response_deserializer=tessera_dot_v1_dot_registry__pb2.ModelVersion.FromString,
                 _registered_method=True)
+        self.UploadVersionInline = channel.unary_unary(
+                '/tessera.v1.Registry/UploadVersionInline',
+                request_serializer=tessera_dot_v1_dot_registry__pb2.UploadVersionInlineRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_registry__pb2.ModelVersion.FromString,
+                _registered_method=True)
         self.DownloadVersion = channel.unary_stream(
                 '/tessera.v1.Registry/DownloadVersion',
                 request_serializer=tessera_dot_v1_dot_registry__pb2.DownloadVersionRequest.SerializeToString,
@@ -192,6 +197,16 @@ class RegistryServicer:
         stored only when the stream completes and the sha256 and size match the header's:
         DATA_LOSS on a mismatch, RESOURCE_EXHAUSTED over the size limit; a stream that ends early
         or is cancelled stores nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadVersionInline(self, request, context):
+        """UploadVersion in one message: the header and the whole artifact, for an artifact that
+        fits in the daemon's max_message_size (RESOURCE_EXHAUSTED naming it when not). The same
+        checks and errors; one call costs the daemon and the client less than a stream, which is
+        what counts when many small versions are registered.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -353,6 +368,11 @@ def add_RegistryServicer_to_server(servicer, server):
             'UploadVersion': grpc.stream_unary_rpc_method_handler(
                     servicer.UploadVersion,
                     request_deserializer=tessera_dot_v1_dot_registry__pb2.UploadVersionRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_registry__pb2.ModelVersion.SerializeToString,
+            ),
+            'UploadVersionInline': grpc.unary_unary_rpc_method_handler(
+                    servicer.UploadVersionInline,
+                    request_deserializer=tessera_dot_v1_dot_registry__pb2.UploadVersionInlineRequest.FromString,
                     response_serializer=tessera_dot_v1_dot_registry__pb2.ModelVersion.SerializeToString,
             ),
             'DownloadVersion': grpc.unary_stream_rpc_method_handler(
@@ -602,6 +622,33 @@ class Registry:
             target,
             '/tessera.v1.Registry/UploadVersion',
             tessera_dot_v1_dot_registry__pb2.UploadVersionRequest.SerializeToString,
+            tessera_dot_v1_dot_registry__pb2.ModelVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadVersionInline(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Registry/UploadVersionInline',
+            tessera_dot_v1_dot_registry__pb2.UploadVersionInlineRequest.SerializeToString,
             tessera_dot_v1_dot_registry__pb2.ModelVersion.FromString,
             options,
             channel_credentials,

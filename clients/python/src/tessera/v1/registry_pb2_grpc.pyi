@@ -47,6 +47,12 @@ class RegistryStub:
     DATA_LOSS on a mismatch, RESOURCE_EXHAUSTED over the size limit; a stream that ends early
     or is cancelled stores nothing.
     """
+    UploadVersionInline: _grpc.UnaryUnaryMultiCallable[_registry_pb2.UploadVersionInlineRequest, _registry_pb2.ModelVersion]
+    """UploadVersion in one message: the header and the whole artifact, for an artifact that
+    fits in the daemon's max_message_size (RESOURCE_EXHAUSTED naming it when not). The same
+    checks and errors; one call costs the daemon and the client less than a stream, which is
+    what counts when many small versions are registered.
+    """
     DownloadVersion: _grpc.UnaryStreamMultiCallable[_registry_pb2.DownloadVersionRequest, _registry_pb2.DownloadVersionResponse]
     """Streams the artifact: a header message, then chunks. Verify against header.version.sha256."""
     GetVersion: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetVersionRequest, _registry_pb2.ModelVersion]
@@ -108,6 +114,12 @@ class RegistryAsyncStub(RegistryStub):
     stored only when the stream completes and the sha256 and size match the header's:
     DATA_LOSS on a mismatch, RESOURCE_EXHAUSTED over the size limit; a stream that ends early
     or is cancelled stores nothing.
+    """
+    UploadVersionInline: _aio.UnaryUnaryMultiCallable[_registry_pb2.UploadVersionInlineRequest, _registry_pb2.ModelVersion]  # type: ignore[assignment]
+    """UploadVersion in one message: the header and the whole artifact, for an artifact that
+    fits in the daemon's max_message_size (RESOURCE_EXHAUSTED naming it when not). The same
+    checks and errors; one call costs the daemon and the client less than a stream, which is
+    what counts when many small versions are registered.
     """
     DownloadVersion: _aio.UnaryStreamMultiCallable[_registry_pb2.DownloadVersionRequest, _registry_pb2.DownloadVersionResponse]  # type: ignore[assignment]
     """Streams the artifact: a header message, then chunks. Verify against header.version.sha256."""
@@ -203,6 +215,18 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         stored only when the stream completes and the sha256 and size match the header's:
         DATA_LOSS on a mismatch, RESOURCE_EXHAUSTED over the size limit; a stream that ends early
         or is cancelled stores nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def UploadVersionInline(
+        self,
+        request: _registry_pb2.UploadVersionInlineRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ModelVersion, _abc.Awaitable[_registry_pb2.ModelVersion]]:
+        """UploadVersion in one message: the header and the whole artifact, for an artifact that
+        fits in the daemon's max_message_size (RESOURCE_EXHAUSTED naming it when not). The same
+        checks and errors; one call costs the daemon and the client less than a stream, which is
+        what counts when many small versions are registered.
         """
 
     @_abc_1.abstractmethod

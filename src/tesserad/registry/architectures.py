@@ -1,0 +1,52 @@
+"""What a safetensors version's architecture says about it: the signature of the model it
+builds, and whether the uploaded weights are that model's tensors. The weights are read
+from the file's header only, and the model is built on torch's meta device (no memory)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tesserad.errors import InvalidArgument
+from tesserad.registry.records import Signature, TensorSpec
+
+_MAX_NAMED = 5
+
+
+def architecture_signature(architecture: dict[str, Any]) -> Signature:
+    """The signature of the model `architecture` builds (InvalidArgument for a bad architecture)."""
+    from tesserad.nn import model_signature, spec_from_dict
+
+    inputs, outputs = model_signature(spec_from_dict(architecture))
+    return Signature(
+        tuple(TensorSpec(t.name, t.dtype, tuple(t.shape)) for t in inputs),
+        tuple(TensorSpec(t.name, t.dtype, tuple(t.shape)) for t in outputs),
+    )
+
+
+def check_weights_fit(path: Path, architecture: dict[str, Any]) -> None:
+    """InvalidArgument naming the tensor unless the file holds exactly the tensors, with their
+    shapes, of the model `architecture` builds."""
+    import torch
+    from safetensors import safe_open
+
+    from tesserad.nn import build_model, spec_from_dict
+
+    spec = spec_from_dict(architecture)
+    with torch.device("meta"):
+        expected = {name: tuple(t.shape) for name, t in build_model(spec).state_dict().items()}
+    with safe_open(path, framework="numpy") as file:
+        names: list[str] = file.keys()
+        stored = {name: tuple(file.get_slice(name).get_shape()) for name in names}
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
+    if missing or unexpected:
+        parts = [f"missing tensor {name!r}" for name in missing[:_MAX_NAMED]]
+        parts += [f"unexpected tensor {name!r}" for name in unexpected[:_MAX_NAMED]]
+        raise InvalidArgument("the weights do not fit the architecture: " + ", ".join(parts))
+    for name, shape in expected.items():
+        if stored[name] != shape:
+            raise InvalidArgument(
+                f"the weights do not fit the architecture: tensor {name!r} has shape "
+                f"{list(stored[name])}, the architecture needs {list(shape)}"
+            )

@@ -1,0 +1,123 @@
+"""Ensembles in the serving layer: a runtime that sends each batch to every member version at
+once, through the members' own batchers (loaded in the pool like any version, each with its
+own worker threads, so members run in parallel), and combines their answers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from tesserad.errors import FailedPrecondition, Unavailable
+from tesserad.registry.ensembles import EnsembleSpec
+from tesserad.serving.batcher import Answer, BatcherClosed
+from tesserad.serving.signature import Signature, validate_request
+
+if TYPE_CHECKING:
+    from tesserad.serving.pool import LoadedVersion, ServableVersion
+
+# A member swapped out between finding it and queuing to it is looked up again; more rounds
+# than this means it is being unloaded faster than a request can find it.
+_MAX_MEMBER_ROUNDS = 5
+
+
+@dataclass(frozen=True)
+class EnsemblePlan:
+    """An ensemble version's spec with each member as the pool loads it."""
+
+    spec: EnsembleSpec
+    members: tuple[ServableVersion, ...]
+
+
+class EnsembleRuntime:
+    """One instance of an ensemble version. `member_entry` gives a member's READY entry in the
+    pool, loading it again if it was unloaded since the ensemble loaded."""
+
+    def __init__(
+        self,
+        label: str,
+        plan: EnsemblePlan,
+        signature: Signature,
+        member_entry: Callable[[ServableVersion], LoadedVersion],
+        device: str,
+    ) -> None:
+        self._label = label
+        self._plan = plan
+        self._member_entry = member_entry
+        self.signature = signature
+        self.device = device
+        self.memory_bytes = 0  # the members' memory is theirs, reported under their names
+
+    def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
+        # Queued to every member before waiting on any: the members' workers run at once.
+        futures = [self._submit(member, inputs, output_names) for member in self._plan.members]
+        answers = [future.result().outputs for future in futures]
+        return combine(self._plan, answers, output_names)
+
+    def _submit(
+        self, member: ServableVersion, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+    ) -> Answer:
+        for _ in range(_MAX_MEMBER_ROUNDS):
+            entry = self._member_entry(member)
+            batcher, signature = entry.batcher, entry.signature
+            if batcher is None or signature is None:
+                continue
+            rows = validate_request(signature, inputs, output_names, entry.label)
+            try:
+                # Never inline: this worker thread would run the members one after another.
+                return batcher.submit(inputs, output_names, rows, allow_inline=False)
+            except BatcherClosed:
+                continue
+        raise Unavailable(
+            f"member {member.model}:{member.version} of {self._label} is being unloaded or swapped "
+            "repeatedly; retry the request"
+        )
+
+    def close(self) -> None:
+        """Nothing to free: the members stay loaded (other ensembles or clients may use them)."""
+
+
+def combine(
+    plan: EnsemblePlan, answers: list[dict[str, np.ndarray]], output_names: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """The ensemble's outputs from its members' (in the spec's order), each in the members' dtype."""
+    spec = plan.spec
+    combined: dict[str, np.ndarray] = {}
+    for name in output_names:
+        arrays = [answer[name] for answer in answers]
+        shapes = {array.shape for array in arrays}
+        if len(shapes) > 1:
+            raise FailedPrecondition(
+                f"the members answered output {name!r} in different shapes "
+                f"({', '.join(f'{m.model}:{m.version} {list(a.shape)}' for m, a in zip(plan.members, arrays, strict=True))}); "
+                "an ensemble needs members whose outputs agree"
+            )
+        stack = np.stack(arrays).astype(np.float64)  # (members, *output shape)
+        if spec.combine == "mean":
+            value = stack.mean(axis=0)
+        elif spec.combine == "weighted_mean":
+            weights = np.asarray(spec.weights)
+            value = np.tensordot(weights / weights.sum(), stack, axes=1)
+        elif spec.combine == "vote":
+            classes = stack.shape[-1]
+            votes = stack.argmax(axis=-1)[..., None] == np.arange(classes)  # (members, ..., classes)
+            value = votes.mean(axis=0)
+        else:
+            value = _stack_linear(spec, stack, name)
+        combined[name] = value.astype(arrays[0].dtype)
+    return combined
+
+
+def _stack_linear(spec: EnsembleSpec, stack: np.ndarray, name: str) -> np.ndarray:
+    """The stacking combiner: members' outputs side by side on the last axis, times W, plus b."""
+    features = np.concatenate(list(stack), axis=-1)  # (..., members * classes)
+    weights = np.asarray(spec.stacking_weights)  # (members * classes, classes)
+    if features.shape[-1] != weights.shape[0]:
+        raise FailedPrecondition(
+            f"the stacking combiner takes {weights.shape[0]} values per row (members x classes) but the "
+            f"members' output {name!r} gives {features.shape[-1]}; refit it for these members"
+        )
+    result: np.ndarray = features @ weights + np.asarray(spec.stacking_bias)
+    return result

@@ -1,0 +1,207 @@
+"""Ensembles: versions whose artifact names member versions and how their outputs combine,
+registered, aliased, deployed and served (Predict and the Open Inference Protocol) like any."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+from serving_models import _upload, half_model, linear_model, upload
+
+import tessera
+from tessera.ensembles import ensemble_spec, fit_stacking
+from tessera.v1 import registry_pb2
+from tesserad.oip import grpc_service_pb2 as oip_pb
+
+X = np.arange(8, dtype=np.float32).reshape(2, 4) - 3
+
+
+@pytest.fixture
+def client(daemon) -> Iterator[tessera.Client]:
+    with tessera.Client(daemon.target, timeout=60) as sdk:
+        yield sdk
+
+
+@pytest.fixture
+def members(channel: grpc.Channel) -> list[str]:
+    """Three one-version models y = x @ (W * scale), scales 1, 2 and -1 (which votes otherwise)."""
+    for name, scale in (("a", 1.0), ("b", 2.0), ("c", -1.0)):
+        upload(channel, name, linear_model(scale))
+    return ["a:1", "b:1", "c:1"]
+
+
+def answers(client: tessera.Client, names: list[str], x: np.ndarray = X) -> list[np.ndarray]:
+    return [client.inference.predict(name.split(":")[0], {"x": x}, version=1)["y"] for name in names]
+
+
+def test_mean_of_three_members(client, members) -> None:
+    version = client.models.register_ensemble("ens", members, "mean", description="three linears")
+    assert version.format == registry_pb2.ARTIFACT_FORMAT_ENSEMBLE
+    assert version.signature == client.models.version("a", 1).signature
+    prediction = client.inference.predict("ens", {"x": X})
+    assert prediction.version == 1
+    np.testing.assert_allclose(prediction["y"], np.mean(answers(client, members), axis=0), rtol=1e-6)
+
+
+def test_weighted_mean_and_vote(client, members) -> None:
+    client.models.register_ensemble("weighted", members, "weighted_mean", weights=[3, 1, 0])
+    client.models.register_ensemble("vote", members, "vote")
+    ya, yb, yc = answers(client, members)
+    weighted = client.inference.predict("weighted", {"x": X})["y"]
+    np.testing.assert_allclose(weighted, (3 * ya + yb) / 4, rtol=1e-6)
+    votes = client.inference.predict("vote", {"x": X})["y"]
+    expected = (
+        2 * np.eye(3)[ya.argmax(axis=1)] + np.eye(3)[yc.argmax(axis=1)]
+    ) / 3  # a and b agree, c (negated) votes otherwise
+    np.testing.assert_allclose(votes, expected, rtol=1e-6)
+    assert (ya.argmax(axis=1) != yc.argmax(axis=1)).all()
+
+
+def test_stacking_combiner_fitted_from_member_outputs(client, members) -> None:
+    rng = np.random.default_rng(0)
+    held_out = rng.standard_normal((64, 4)).astype(np.float32)
+    ya, yb = answers(client, members[:2], held_out)
+    target = 3 * ya - yb + 1  # a linear combination: the combiner can fit it exactly
+    combiner = fit_stacking([ya, yb], target, ridge=1e-9)
+    client.models.register_ensemble("stacked", members[:2], "stacking", stacking=combiner)
+    ya, yb = answers(client, members[:2])
+    np.testing.assert_allclose(
+        client.inference.predict("stacked", {"x": X})["y"], 3 * ya - yb + 1, rtol=1e-4, atol=1e-4
+    )
+
+
+def test_signature_mismatch_refused_naming_it(client, channel, members) -> None:
+    upload(channel, "half", half_model())
+    with pytest.raises(tessera.InvalidArgument) as raised:
+        client.models.register_ensemble("ens", [members[0], "half:1"], "mean")
+    message = str(raised.value)
+    assert "half:1 differs from a:1" in message
+    assert "input 'x': dtype float32 vs float16" in message
+    with pytest.raises(tessera.NotFound):
+        client.models.get("ens")  # nothing was recorded
+
+
+def test_bad_specs_refused(client, members) -> None:
+    client.models.register_ensemble("inner", members[:2])
+    cases = [
+        (["a:1", "nope:1"], "mean", {}, tessera.NotFound, "ensemble member nope:1 does not exist"),
+        (["a:1", "b:9"], "mean", {}, tessera.NotFound, "ensemble member b:9 does not exist"),
+        (["a:1", "inner:1"], "mean", {}, tessera.InvalidArgument, "inner:1 is itself an ensemble"),
+        (["a:1", "a:1"], "mean", {}, tessera.InvalidArgument, "a:1 is listed twice"),
+        (["a:1"], "mean", {}, tessera.InvalidArgument, "list of 2 to 32"),
+        (members, "weighted_mean", {"weights": [1, 2]}, tessera.InvalidArgument, "2 value(s) for 3 members"),
+        (
+            members[:2],
+            "stacking",
+            {"stacking": {"weights": [[1.0] * 2] * 4, "bias": [0.0] * 2}},
+            tessera.InvalidArgument,
+            "has 3 on its last axis",
+        ),
+    ]
+    for spec_members, combine, extra, error, text in cases:
+        with pytest.raises(error) as raised:
+            client.models.register_ensemble("ens", spec_members, combine, **extra)
+        assert text in str(raised.value), (spec_members, combine, str(raised.value))
+    with pytest.raises(tessera.NotFound):
+        client.models.get("ens")
+
+
+def test_unknown_combine_refused_by_the_daemon(channel, members) -> None:
+    spec = ensemble_spec(members, "mean").replace(b'"mean"', b'"median"')
+    header = registry_pb2.UploadVersionHeader(format=registry_pb2.ARTIFACT_FORMAT_ENSEMBLE)
+    with pytest.raises(grpc.RpcError) as raised:
+        _upload(channel, "ens", spec, header)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (
+        "combine must be one of mean, vote, weighted_mean, stacking, got 'median'" in raised.value.details()
+    )
+
+
+def test_member_deleted_refused_at_load(client, members) -> None:
+    client.models.register_ensemble("ens", members)
+    client.inference.load("ens", 1)
+    client.models.delete_version("b", 1)
+    client.inference.unload("b", 1)
+    with pytest.raises(tessera.FailedPrecondition) as raised:
+        client.inference.predict("ens", {"x": X})  # the loaded ensemble cannot load b again
+    assert "ensemble whose member b:1 cannot load: model 'b' has no version 1" in str(raised.value)
+    client.inference.unload("ens", 1)
+    with pytest.raises(tessera.FailedPrecondition) as raised:
+        client.inference.load("ens", 1)
+    assert "member b:1 no longer exists" in str(raised.value)
+    with pytest.raises(tessera.FailedPrecondition) as raised:
+        client.inference.predict("ens", {"x": X})  # autoload says the same
+    assert "member b:1 no longer exists" in str(raised.value)
+
+
+def test_member_unloaded_is_loaded_again(client, members) -> None:
+    client.models.register_ensemble("ens", members)
+    client.inference.load("ens", 1)
+    client.inference.unload("b", 1)
+    expected = np.mean(answers(client, members), axis=0)  # loads b again on its own
+    client.inference.unload("c", 1)
+    np.testing.assert_allclose(client.inference.predict("ens", {"x": X})["y"], expected, rtol=1e-6)
+    assert {(m.model, m.version) for m in client.inference.loaded()} >= {("ens", 1), ("c", 1)}
+
+
+def test_stats_report_the_ensemble_and_its_members(client, members) -> None:
+    client.models.register_ensemble("ens", members)
+    for _ in range(3):
+        client.inference.predict("ens", {"x": X})
+    stats = {(s.model, s.version): s for s in client.inference.stats("ens")}
+    assert set(stats) == {("ens", 1), ("a", 1), ("b", 1), ("c", 1)}
+    assert stats[("ens", 1)].request_count == 3
+    assert all(stats[(name, 1)].request_count >= 3 for name in "abc")  # warm-ups are not counted
+    assert [s.model for s in client.inference.stats("ens", 1)] == ["ens", "a", "b", "c"]
+
+
+def test_served_through_the_open_inference_protocol(client, oip, members) -> None:
+    client.models.register_ensemble("ens", members)
+    request = oip_pb.ModelInferRequest(model_name="ens", id="r1")
+    request.inputs.add(name="x", datatype="FP32", shape=X.shape)
+    request.raw_input_contents.append(X.tobytes())
+    response = oip.ModelInfer(request)
+    y = np.frombuffer(response.raw_output_contents[0], dtype=np.float32).reshape(response.outputs[0].shape)
+    np.testing.assert_allclose(y, np.mean(answers(client, members), axis=0), rtol=1e-6)
+    assert oip.ModelMetadata(oip_pb.ModelMetadataRequest(name="ens")).platform == "ensemble"
+    assert oip.ModelConfig(oip_pb.ModelConfigRequest(name="ens")).config.platform == "ensemble"
+    stats = oip.ModelStatistics(oip_pb.ModelStatisticsRequest(name="ens")).model_stats
+    assert {s.name for s in stats} == {"ens", "a", "b", "c"}
+
+
+def test_aliased_and_deployed_like_any_version(client, channel, members) -> None:
+    upload(channel, "ens", linear_model(10.0))  # version 1: a plain model
+    client.models.register_ensemble("ens", members, alias="production")  # version 2
+    mean = np.mean(answers(client, members), axis=0)
+    np.testing.assert_allclose(
+        client.inference.predict("ens", {"x": X}, alias="production")["y"], mean, rtol=1e-6
+    )
+    client.models.set_alias("ens", "staging", 1)
+    client.models.deploy("ens", {"staging": 50, 2: 50})
+    served = {}
+    for _ in range(4):
+        prediction = client.inference.predict("ens", {"x": X})
+        served[prediction.version] = prediction["y"]
+    assert set(served) == {1, 2}
+    np.testing.assert_allclose(served[2], mean, rtol=1e-6)
+    with pytest.raises(tessera.FailedPrecondition) as raised:
+        client.models.export_onnx("ens", 2)
+    assert "is an ensemble; export each of its members instead" in str(raised.value)
+
+
+def test_a_member_stays_loaded_when_its_alias_moves_on(client, channel, members) -> None:
+    client.models.register_ensemble("ens", members)
+    client.inference.load("ens", 1)
+    upload(channel, "fence", linear_model(1.0))
+    client.inference.predict("a", {"x": X})  # a:1 now also serves a's "latest"
+    client.inference.predict("fence", {"x": X})
+    upload(channel, "a", linear_model(3.0))  # "latest" of a moves to 2: a:1 would be unloaded
+    upload(channel, "fence", linear_model(3.0))  # swapped after a (one swap at a time, in order)
+    deadline = time.monotonic() + 120
+    while ("fence", 2) not in (loaded := {(m.model, m.version) for m in client.inference.loaded()}):
+        assert time.monotonic() < deadline, f"fence v2 was never swapped in: {loaded}"
+        time.sleep(0.05)
+    assert {("a", 1), ("a", 2), ("ens", 1)} <= loaded
