@@ -62,13 +62,19 @@ from typing import Any
 
 import grpc
 import numpy as np
+from daemon_process import start_daemon
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+import tessera
 from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from tesserad.config import load_settings
 from tesserad.serving.pool import ModelPool, ServingConfig, servable_file
 from tesserad.serving.service import DeploymentPlan, InferenceService
 
 RESULTS = Path(__file__).parent / "results" / "serve_bench.json"
+REPLICA_RESULTS = Path(__file__).parent / "results" / "replica_bench.json"
+# Calls spread over every address of an `ipv4:a,b` target (--replicas); one address: as before.
+ROUND_ROBIN = [("grpc.lb_policy_name", "round_robin")]
 SHAPES = {"tiny_mlp": [1, 16], "cnn4d": [1, 1, 8, 16, 16, 16]}
 OUTPUT_SIZES = {"tiny_mlp": 4, "cnn4d": 3}
 GOALS = {
@@ -332,6 +338,12 @@ def _servicers_of() -> list:  # type: ignore[type-arg]
     return [o for o in gc.get_objects() if isinstance(o, InferenceServicer | OipServicer)]
 
 
+def process_cpu_s(pid: int | None) -> float:
+    """User and system CPU time of every thread of the process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Server:
     """A server process: its address, its CPU time, and (daemons) its commands."""
 
@@ -345,9 +357,7 @@ class Server:
         self.target: str = self._conn.recv()
 
     def cpu_s(self) -> float:
-        """User and system CPU time of every thread of the process, from /proc."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_s(self.process.pid)
 
     def call(self, command: str, argument: Any = None) -> Any:
         self._conn.send((command, argument))
@@ -392,7 +402,7 @@ def client_process(jobs: mp.Queue, ready: Event, go: Event, out: mp.Queue) -> No
 async def _async_callers(
     target: str, request: bytes, in_flight: int, seconds: float, ready: Event, go: Event
 ) -> tuple[list[float], int]:
-    channel = grpc.aio.insecure_channel(target)
+    channel = grpc.aio.insecure_channel(target, options=ROUND_ROBIN)
     # Raw bytes both ways: the responses are not parsed, as the server's work is measured.
     predict = channel.unary_unary("/tessera.v1.Inference/Predict")
     for _ in range(20):  # warm the channel and the server
@@ -424,7 +434,7 @@ def _blocking_caller(
     target: str, request: bytes, seconds: float, ready: Event, go: Event
 ) -> tuple[list[float], int]:
     """One caller making blocking calls: at concurrency 1 the client with the lowest latency."""
-    channel = grpc.insecure_channel(target)
+    channel = grpc.insecure_channel(target, options=ROUND_ROBIN)
     predict = channel.unary_unary("/tessera.v1.Inference/Predict")
     for _ in range(20):
         predict(request)
@@ -492,6 +502,10 @@ class Clients:
             "p99_ms": float(q[2]),
             "server_cpu_us_per_request": cpu / max(1, len(latencies)) * 1e6,
         }
+
+    def cpu_s(self) -> float:
+        """CPU time the client processes have used."""
+        return sum(process_cpu_s(p.pid) for p in self._procs)
 
     def close(self) -> None:
         for jobs in self._jobs:
@@ -881,10 +895,16 @@ def main() -> None:
         "--device", default="cpu", help="cpu or cuda:N, for the daemon and in-process onnxruntime"
     )
     parser.add_argument("--auth-share", action="store_true")
+    parser.add_argument(
+        "--replicas", type=int, default=0, help="only compare N serving replicas with the daemon they follow"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     args.seconds = args.seconds or (3.0 if args.full else 1.5)
     args.repeats = args.repeats or (5 if args.full else 4)
+    if args.replicas:
+        replicas_comparison(args)
+        return
 
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
@@ -959,6 +979,77 @@ def auth_share(
         "p50_ms_added_by_auth_interceptor": cells["with_auth_interceptor"]["p50_ms"]
         - cells["pass_through_interceptor"]["p50_ms"],
     }
+
+
+class _Daemons:
+    """`tesserad serve` processes measured as one server (Clients.measure's Server): the target
+    they are called at, and their CPU time together."""
+
+    def __init__(self, target: str, pids: list[int]) -> None:
+        self.target = target
+        self._pids = pids
+
+    def cpu_s(self) -> float:
+        return sum(process_cpu_s(pid) for pid in self._pids)
+
+
+def replicas_comparison(args: argparse.Namespace) -> None:
+    """Requests/s of `args.replicas` serving replicas (`tesserad serve --follow`, called round
+    robin) against the one daemon they follow, on the tiny model, with the CPU each side took."""
+    work = Path(tempfile.mkdtemp(prefix="replica-bench-"))
+    path = export_models(work, ["tiny_mlp"])["tiny_mlp"]
+    primary, address = start_daemon(work / "primary")
+    with tessera.Client(address) as client:
+        client.models.push("tiny", path)
+        client.models.deploy("tiny", {1: 100})
+    replicas = [start_daemon(work / f"replica{i}", "--follow", address) for i in range(args.replicas)]
+    for _, replica in replicas:
+        with grpc.insecure_channel(replica) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while (
+                health.Check(health_pb2.HealthCheckRequest()).status != health_pb2.HealthCheckResponse.SERVING
+            ):
+                time.sleep(0.1)
+    servers = {
+        "one_daemon": _Daemons(address, [primary.pid]),
+        "replicas": _Daemons("ipv4:" + ",".join(r for _, r in replicas), [p.pid for p, _ in replicas]),
+    }
+    clients = Clients()
+    concurrency = max(args.concurrency)
+    # Not recorded: the client processes' start-up (imports) would count as the first cell's CPU.
+    for server in servers.values():
+        clients.measure(server, "tiny", SHAPES["tiny_mlp"], concurrency, 0.5)  # type: ignore[arg-type]  # as below
+    runs: dict[str, list[dict]] = {name: [] for name in servers}
+    for repeat in range(args.repeats):
+        for name in list(servers)[repeat % 2 :] + list(servers)[: repeat % 2]:
+            client_cpu = clients.cpu_s()
+            cell = clients.measure(servers[name], "tiny", SHAPES["tiny_mlp"], concurrency, args.seconds)  # type: ignore[arg-type]  # _Daemons has what measure uses of a Server
+            cell["client_cpu_us_per_request"] = (
+                (clients.cpu_s() - client_cpu) / max(cell["requests"], 1) * 1e6
+            )
+            runs[name].append(cell)
+            report("tiny_mlp", name, repeat, cell)
+    clients.close()
+    for process, _ in [(primary, address), *replicas]:
+        process.terminate()
+        process.wait(30)
+    results = {
+        "machine": {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()},
+        "note": (
+            f"{args.replicas} replicas and the daemon they follow run on this machine with the load "
+            "generator: on 2 cores they all share the same CPUs, so this measures what a replica "
+            "costs (following, round robin over connections), not scaling"
+        ),
+        "concurrency": concurrency,
+        "seconds_per_cell": args.seconds,
+        "repeats": args.repeats,
+        "cells": {name: median_cell(cells) for name, cells in runs.items()},
+        "replicas_vs_one_daemon_throughput": paired(runs["replicas"], runs["one_daemon"], "throughput_rps"),
+    }
+    out = REPLICA_RESULTS if args.out == RESULTS else args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

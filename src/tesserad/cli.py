@@ -25,6 +25,10 @@ SERVE_FLAGS = {
     "--http-listen": ("http_listen", "web dashboard address, or off (default 127.0.0.1:8080)"),
     "--log-format": ("log_format", "console (default) or json"),
     "--log-level": ("log_level", "debug, info (default), warning or error"),
+    "--follow": (
+        "replica.primary",
+        "serve as a stateless replica of the tesserad at this address (settings replica.*)",
+    ),
     "--grace-period": (
         "grace_period_s",
         "seconds in-flight calls get on SIGTERM before they are cancelled (default 10)",

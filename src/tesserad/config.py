@@ -350,6 +350,47 @@ class ServingSettings:
     )
 
 
+def parse_target(raw: Any) -> str:
+    """A gRPC target (host:port, dns:///name:port, ipv4:...), or "" / "off" for none."""
+    text = str(raw).strip()
+    if text.lower() in ("", "off", "none"):
+        return ""
+    if any(c.isspace() for c in text):
+        raise ValueError("expected a gRPC target such as tesserad-primary:50051, without spaces")
+    return text
+
+
+@dataclass(frozen=True)
+class ReplicaSettings:
+    primary: str = setting(
+        "",
+        parse_target,
+        "run as a serving replica of the tesserad at this gRPC target (empty: a primary with its own registry)",
+    )
+    cache_size: int = setting(
+        4 * 2**30, parse_size, "bytes of artifacts a replica keeps (least recently used evicted)"
+    )
+    advertise: str = setting(
+        "",
+        parse_target,
+        "the address a replica announces to its primary for cluster statistics (default: its listen address)",
+    )
+    tls: bool = setting(False, parse_bool, "reach the primary over TLS")
+    tls_ca_file: Path | None = setting(
+        None,
+        parse_optional_path,
+        "PEM CA that signed the primary's certificate (default: the system's roots)",
+    )
+    tls_cert_file: Path | None = setting(
+        None, parse_optional_path, "PEM client certificate for mutual TLS to the primary"
+    )
+    tls_key_file: Path | None = setting(None, parse_optional_path, "PEM private key of tls_cert_file")
+    tls_server_name: str = setting("", str, "name to check the primary's certificate against")
+    token_file: Path | None = setting(
+        None, parse_optional_path, "file holding the token a replica presents to the primary (reader role)"
+    )
+
+
 @dataclass(frozen=True)
 class Settings:
     listen: Address = setting(
@@ -386,6 +427,7 @@ class Settings:
     nn: NnSettings = field(default_factory=NnSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
+    replica: ReplicaSettings = field(default_factory=ReplicaSettings)
 
 
 @dataclass(frozen=True)

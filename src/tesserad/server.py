@@ -8,12 +8,13 @@ SIGINT.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -35,6 +36,7 @@ from tessera.v1 import (
 from tesserad.api.auth import AuthInterceptor, AuthSetupError, authentication_enabled, server_credentials
 from tesserad.api.convert_training import job_spec_document
 from tesserad.api.datasets import DatasetsServicer
+from tesserad.api.follow import Follower, refusing_handlers
 from tesserad.api.inference import InferenceServicer
 from tesserad.api.interceptors import CallInterceptor
 from tesserad.api.oip import OipServicer
@@ -47,13 +49,18 @@ from tesserad.datasets import REFERENCE_TABLES as DATASET_REFERENCE_TABLES
 from tesserad.datasets import TABLES as DATASET_TABLES
 from tesserad.datasets import Datasets
 from tesserad.datasets.references import collect_unheld_blobs
+from tesserad.errors import Unavailable
 from tesserad.host import Gpus
 from tesserad.metrics import DaemonMetrics, MetricsHttpServer
 from tesserad.oip import grpc_service_pb2, grpc_service_pb2_grpc
 from tesserad.registry import TABLES as REGISTRY_TABLES
 from tesserad.registry import Registry
+from tesserad.replica import changes as replica_changes
+from tesserad.replica.blob_cache import BlobCache
+from tesserad.replica.changes import ChangeFeed
+from tesserad.replica.followed import FollowedRegistry
 from tesserad.runtime_env import worker_environment
-from tesserad.serving.registry_source import build_inference
+from tesserad.serving.registry_source import build_inference, inference_over
 from tesserad.serving.service import CallCounter, InferenceService
 from tesserad.store import BlobStore, DataDirLock, Store
 from tesserad.system import SystemService
@@ -78,6 +85,7 @@ _Servicer = TypeVar("_Servicer")
 STORE_TABLES: list[str] = [
     "meta",
     *REGISTRY_TABLES,
+    *replica_changes.TABLES,
     *DATASET_TABLES,
     *DATASET_REFERENCE_TABLES,
     *training_tracking.TABLES,
@@ -95,6 +103,10 @@ _SERVICES = [
     (inference_pb2, "Inference"),
     (grpc_service_pb2, "GRPCInferenceService"),
 ]
+
+
+# Services a serving replica does not serve: they answer FAILED_PRECONDITION naming the primary.
+_PRIMARY_ONLY = {"System", "Registry", "Datasets", "Training"}
 
 
 class _GenericHandlersOnly:
@@ -152,6 +164,9 @@ class Daemon:
         self._store: Store | None = None
         self._gpus: Gpus | None = None
         self.registry: Registry | None = None
+        self._follower: Follower | None = None
+        self._following: asyncio.Task[None] | None = None
+        self._changes: ChangeFeed | None = None
         self.datasets: Datasets | None = None
         self.inference: InferenceService | None = None
         self.training: Jobs | None = None
@@ -178,6 +193,9 @@ class Daemon:
         data_dir.mkdir(parents=True, exist_ok=True)
         self._lock = DataDirLock(data_dir)
         self._lock.acquire()
+        if settings.replica.primary:
+            await self._start_replica()
+            return
         self._store = Store.open(
             data_dir / "store",
             map_size=settings.store.map_size,
@@ -191,32 +209,7 @@ class Daemon:
             log.info("removed blobs nothing holds", extra={"count": len(collected)})
         self._gpus = Gpus()
 
-        _check_exposure(settings, self.insecure)
-        served = [
-            *(m.DESCRIPTOR.services_by_name[n] for m, n in _SERVICES),
-            health_pb2.DESCRIPTOR.services_by_name["Health"],
-            reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
-        ]
-        try:
-            credentials = server_credentials(settings.security)
-            auth = AuthInterceptor(settings.security, settings.limits, settings.max_message_size, served)
-        except AuthSetupError as exc:
-            raise StartupError(str(exc)) from None
-        calls = CallCounter()
-        server = grpc.aio.server(
-            # Auth first: a refused call reaches nothing else.
-            interceptors=[auth, CallInterceptor(self.metrics, calls)],
-            options=[
-                # gRPC sets SO_REUSEPORT by default, which would let a second daemon silently
-                # share the port; a taken port must be an error.
-                ("grpc.so_reuseport", 0),
-                # gRPC's ceiling: AuthInterceptor checks max_message_size itself and names the
-                # setting; gRPC's own check would answer first with a message that does not.
-                ("grpc.max_receive_message_length", GRPC_MESSAGE_SIZE_CEILING),
-                ("grpc.max_send_message_length", settings.max_message_size),
-            ],
-        )
-        self._server = server
+        server, credentials, auth, calls = self._new_server()
         routes = _GenericHandlersOnly(server)
         system = SystemService(data_dir, self._store, blobs, self._gpus, self.service_names)
         _register(
@@ -232,9 +225,11 @@ class Daemon:
             max_artifact_size=limits.max_artifact_size,
             dataset_check=self.datasets.check_lineage,
         )
+        self._changes = ChangeFeed(self._store, self.registry, settings.training.watch_buffer_events)
+        await asyncio.to_thread(self._changes.start)
         _register(
             registry_pb2_grpc.add_RegistryServicer_to_server,
-            RegistryServicer(self.registry, blobs, limits.chunk_size),
+            RegistryServicer(self.registry, self._changes, blobs, limits.chunk_size),
             routes,
         )
         _register(
@@ -248,7 +243,9 @@ class Daemon:
         self.inference = build_inference(self.registry, settings.serving, self.metrics.registry, calls)
         self.registry.add_listener(self.inference.on_registry_change)
         _register(
-            inference_pb2_grpc.add_InferenceServicer_to_server, InferenceServicer(self.inference), routes
+            inference_pb2_grpc.add_InferenceServicer_to_server,
+            InferenceServicer(self.inference, replicas=self._changes.replicas),
+            routes,
         )
         _register(
             grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
@@ -297,15 +294,7 @@ class Daemon:
         await server.start()
         for name in ("", *self.service_names):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        if settings.metrics_listen is not None:
-            try:
-                self._metrics_http = MetricsHttpServer(self.metrics.registry, settings.metrics_listen)
-            except OSError as exc:
-                raise StartupError(
-                    f"cannot serve metrics on {settings.metrics_listen}: {exc.strerror}; "
-                    "pass --metrics-listen with another address, or off"
-                ) from None
-            self.metrics_port = self._metrics_http.port
+        self._serve_metrics()
         if settings.http_listen is not None:
             services = Services(
                 jobs=self.training,
@@ -345,6 +334,131 @@ class Daemon:
             },
         )
 
+    def _new_server(
+        self,
+    ) -> tuple[grpc.aio.Server, grpc.ServerCredentials | None, AuthInterceptor, CallCounter]:
+        """The gRPC server with its interceptors and options, its credentials (None: plaintext),
+        and the counter of calls in flight its interceptor keeps."""
+        settings = self.settings
+        _check_exposure(settings, self.insecure)
+        served = [
+            *(m.DESCRIPTOR.services_by_name[n] for m, n in _SERVICES),
+            health_pb2.DESCRIPTOR.services_by_name["Health"],
+            reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+        ]
+        try:
+            credentials = server_credentials(settings.security)
+            auth = AuthInterceptor(settings.security, settings.limits, settings.max_message_size, served)
+        except AuthSetupError as exc:
+            raise StartupError(str(exc)) from None
+        calls = CallCounter()
+        server = grpc.aio.server(
+            # Auth first: a refused call reaches nothing else.
+            interceptors=[auth, CallInterceptor(self.metrics, calls)],
+            options=[
+                # gRPC sets SO_REUSEPORT by default, which would let a second daemon silently
+                # share the port; a taken port must be an error.
+                ("grpc.so_reuseport", 0),
+                # gRPC's ceiling: AuthInterceptor checks max_message_size itself and names the
+                # setting; gRPC's own check would answer first with a message that does not.
+                ("grpc.max_receive_message_length", GRPC_MESSAGE_SIZE_CEILING),
+                ("grpc.max_send_message_length", settings.max_message_size),
+            ],
+        )
+        self._server = server
+        return server, credentials, auth, calls
+
+    def _serve_metrics(self) -> None:
+        settings = self.settings
+        if settings.metrics_listen is not None:
+            try:
+                self._metrics_http = MetricsHttpServer(self.metrics.registry, settings.metrics_listen)
+            except OSError as exc:
+                raise StartupError(
+                    f"cannot serve metrics on {settings.metrics_listen}: {exc.strerror}; "
+                    "pass --metrics-listen with another address, or off"
+                ) from None
+            self.metrics_port = self._metrics_http.port
+
+    async def _start_replica(self) -> None:
+        """A serving replica: inference over the primary's followed registry, no store of its own."""
+        settings = self.settings
+        primary = settings.replica.primary
+        server, credentials, auth, calls = self._new_server()
+        routes = _GenericHandlersOnly(server)
+        cache = BlobCache(settings.data_dir / "replica-cache", settings.replica.cache_size)
+        followed = FollowedRegistry(
+            primary, cache, lambda model, version: self._follower_download(model, version)
+        )
+        if settings.serving.switch_interval_us:
+            sys.setswitchinterval(settings.serving.switch_interval_us / 1e6)
+        self.inference = inference_over(followed, settings.serving, self.metrics.registry, calls)
+        _register(
+            inference_pb2_grpc.add_InferenceServicer_to_server, InferenceServicer(self.inference), routes
+        )
+        _register(
+            grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
+            OipServicer(self.inference, self._stopping),
+            routes,
+        )
+        refused = [m.DESCRIPTOR.services_by_name[n] for m, n in _SERVICES if n in _PRIMARY_ONLY]
+        server.add_generic_rpc_handlers(refusing_handlers(refused, primary))
+        self._health = health.aio.HealthServicer()
+        _register(health_pb2_grpc.add_HealthServicer_to_server, self._health, routes)
+        reflection.enable_server_reflection(
+            [
+                *self.service_names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            server,
+        )
+        self.port = _bind(server, settings.listen, credentials)
+        serving = [
+            "",
+            *(
+                s.full_name
+                for s in (m.DESCRIPTOR.services_by_name[n] for m, n in _SERVICES)
+                if s.name not in _PRIMARY_ONLY
+            ),
+        ]
+        for name in ("", *self.service_names):
+            await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        health_servicer = self._health
+
+        async def set_ready(ready: bool) -> None:
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if ready
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for name in serving:
+                await health_servicer.set(name, status)
+
+        advertise = settings.replica.advertise or self.address
+        self._follower = Follower(settings.replica, followed, self.inference, advertise, set_ready)
+        await server.start()
+        self._following = asyncio.create_task(self._follower.run())
+        self._serve_metrics()
+        log.info(
+            "tesserad serving",
+            extra={
+                "address": self.address,
+                "replica_of": primary,
+                "metrics": f"{settings.metrics_listen.host}:{self.metrics_port}"
+                if settings.metrics_listen and self.metrics_port
+                else "off",
+                "cache_size": format_size(settings.replica.cache_size),
+                "tls": "mutual" if settings.security.tls_client_ca_file else bool(credentials),
+                "tokens": len(auth.token_holders) if settings.security.tokens_file else "off",
+            },
+        )
+
+    def _follower_download(self, model: str, version: int) -> Iterator[bytes]:
+        if self._follower is None:
+            raise Unavailable("this replica is not following its primary yet")
+        return self._follower.download(model, version)
+
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking calls, let in-flight calls finish within the grace period, close the store."""
         grace = self.settings.grace_period_s if grace is None else grace
@@ -356,6 +470,9 @@ class Daemon:
             # Workers stop first (their jobs stay INTERRUPTED and resume at the next start) and
             # job watchers end with UNAVAILABLE instead of holding the grace period.
             await asyncio.to_thread(self.training.close)
+        if self._changes is not None:
+            # Change watchers (replicas) end with UNAVAILABLE and resume against the next start.
+            await asyncio.to_thread(self._changes.close)
         if self._server is not None:
             await self._server.stop(grace)
         await self._close_resources()
@@ -369,6 +486,17 @@ class Daemon:
         if self._dashboard is not None:
             await self._dashboard.stop()
             self._dashboard = None
+        if self._following is not None:
+            self._following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._following
+            self._following = None
+        if self._follower is not None:
+            await self._follower.close()
+            self._follower = None
+        if self._changes is not None:
+            await asyncio.to_thread(self._changes.close)
+            self._changes = None
         if self.training is not None:
             await asyncio.to_thread(self.training.close)
             self.training = None

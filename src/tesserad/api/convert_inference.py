@@ -17,7 +17,7 @@ from tesserad.errors import InvalidArgument, TesseraError
 from tesserad.names import validate_name
 from tesserad.serving.batcher import Prediction
 from tesserad.serving.explain import ExplainOptions, Explanation, Method
-from tesserad.serving.histogram import Percentiles
+from tesserad.serving.histogram import LogHistogram, Percentiles
 from tesserad.serving.pool import LoadedVersion, LoadState, ServingConfig
 from tesserad.serving.service import ExplainSubmitted, ShadowResult, Target
 
@@ -160,8 +160,8 @@ def failed_prediction(request: pb.PredictRequest, error: TesseraError) -> pb.Pre
     )
 
 
-def _latency(summary: Percentiles) -> pb.LatencySummary:
-    return pb.LatencySummary(
+def latency_to_proto(summary: Percentiles, histogram: LogHistogram | None = None) -> pb.LatencySummary:
+    message = pb.LatencySummary(
         count=summary.count,
         mean_us=summary.mean,
         p50_us=summary.p50,
@@ -170,10 +170,20 @@ def _latency(summary: Percentiles) -> pb.LatencySummary:
         p999_us=summary.p999,
         max_us=summary.max,
     )
+    if histogram is not None:
+        message.histogram.CopyFrom(
+            pb.LatencyHistogram(
+                relative_error=histogram.relative_error,
+                counts=histogram.bucket_counts(),
+                sum_us=histogram.sum,
+            )
+        )
+    return message
 
 
-def stats_to_proto(entry: LoadedVersion, reset: bool) -> pb.ModelStats:
-    s = entry.stats.snapshot(reset)
+def stats_to_proto(entry: LoadedVersion, reset: bool, histograms: bool = False) -> pb.ModelStats:
+    s = entry.stats.snapshot(reset, histograms)
+    queue, compute, total = s.histograms or (None, None, None)
     return pb.ModelStats(
         model=entry.model,
         version=entry.version,
@@ -181,9 +191,9 @@ def stats_to_proto(entry: LoadedVersion, reset: bool) -> pb.ModelStats:
         error_count=s.error_count,
         row_count=s.row_count,
         throughput_rps=s.throughput_rps,
-        queue=_latency(s.queue),
-        compute=_latency(s.compute),
-        total=_latency(s.total),
+        queue=latency_to_proto(s.queue, queue),
+        compute=latency_to_proto(s.compute, compute),
+        total=latency_to_proto(s.total, total),
         batch_sizes=[pb.BatchSizeCount(rows=rows, count=n) for rows, (n, _) in s.batches.items()],
         since=timestamp(s.since),
         shadow_count=s.shadow_count,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 
 from tessera.v1 import inference_pb2 as pb
 from tessera.v1 import inference_pb2_grpc
+from tesserad.api.cluster_stats import merge_stats, replica_stats
 from tesserad.api.convert_inference import (
     config_from_proto,
     deadline_of,
@@ -24,7 +25,7 @@ from tesserad.api.convert_inference import (
 )
 from tesserad.api.convert_tensors import tensors_to_arrays
 from tesserad.api.streams import answer_stream
-from tesserad.errors import InvalidArgument
+from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound
 from tesserad.names import validate_name
 from tesserad.serving.predict import predict
 from tesserad.serving.service import InferenceService
@@ -33,8 +34,10 @@ DEFAULT_SHADOW_LIMIT = 100
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
-    def __init__(self, service: InferenceService) -> None:
+    def __init__(self, service: InferenceService, replicas: Callable[[], list[str]] | None = None) -> None:
+        """`replicas`: the addresses of the serving replicas following this daemon (None on a replica)."""
         self._service = service
+        self._replicas = replicas
 
     async def _predict(self, request: pb.PredictRequest, deadline: float | None) -> pb.PredictResponse:
         target = target_from_proto(request.target)
@@ -116,8 +119,31 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         context: grpc.aio.ServicerContext[pb.GetStatsRequest, pb.GetStatsResponse],
     ) -> pb.GetStatsResponse:
         target = target_from_proto(request.target, model_required=False)
-        entries = await asyncio.to_thread(self._service.stats_entries, target)
-        return pb.GetStatsResponse(stats=[stats_to_proto(e, request.reset) for e in entries])
+        if request.scope != pb.STATS_SCOPE_CLUSTER:
+            entries = await asyncio.to_thread(self._service.stats_entries, target)
+            return pb.GetStatsResponse(
+                stats=[stats_to_proto(e, request.reset, request.histograms) for e in entries]
+            )
+        if self._replicas is None:
+            raise FailedPrecondition(
+                "this tesserad is a serving replica; ask its primary for scope=cluster statistics"
+            )
+        try:
+            entries = await asyncio.to_thread(self._service.stats_entries, target)
+            missing = None
+        except NotFound as exc:  # the replicas may have it loaded
+            entries, missing = [], exc
+        local = [stats_to_proto(e, request.reset, histograms=True) for e in entries]
+        authorization = [
+            (k, v)
+            for k, v in context.invocation_metadata() or ()
+            if k == "authorization" and isinstance(v, str)
+        ]
+        remote, reached, unreachable = await replica_stats(self._replicas(), request, authorization)
+        merged = merge_stats([local, *remote], request.histograms)
+        if not merged and missing is not None:
+            raise missing
+        return pb.GetStatsResponse(stats=merged, replicas=reached, unreachable_replicas=unreachable)
 
     async def ListShadowResults(
         self,

@@ -14,10 +14,12 @@ from tessera.v1 import common_pb2, registry_pb2_grpc
 from tessera.v1 import registry_pb2 as pb
 from tesserad.api import convert_registry as convert
 from tesserad.api.auth import caller
+from tesserad.api.convert_changes import watch_response
 from tesserad.api.transfers import chunk_size, read_header, read_start, receive_chunks, stream_chunks
 from tesserad.errors import InvalidArgument
 from tesserad.registry import Registry
 from tesserad.registry.export import export_version
+from tesserad.replica.changes import ChangeFeed
 from tesserad.store import BlobStore, check_sha256
 
 # Threads that store and record uploads. A registration mostly waits on fsyncs (the blob's,
@@ -29,8 +31,11 @@ T = TypeVar("T")
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServicer):
-    def __init__(self, registry: Registry, blobs: BlobStore, default_chunk_size: int) -> None:
+    def __init__(
+        self, registry: Registry, changes: ChangeFeed, blobs: BlobStore, default_chunk_size: int
+    ) -> None:
         self._registry = registry
+        self._changes = changes
         self._blobs = blobs
         self._chunk_size = default_chunk_size
         self._uploads = ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="registry-upload")
@@ -326,6 +331,14 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         return convert.deployment_to_proto(
             await asyncio.to_thread(self._registry.rollback, request.model, caller(context))
         )
+
+    async def WatchChanges(
+        self,
+        request: pb.WatchChangesRequest,
+        context: grpc.aio.ServicerContext[pb.WatchChangesRequest, pb.WatchChangesResponse],
+    ) -> AsyncIterator[pb.WatchChangesResponse]:
+        async for event in self._changes.watch(request.from_seq, request.replica_address):
+            yield watch_response(event)
 
 
 def _version_fields(

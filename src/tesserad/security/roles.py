@@ -71,6 +71,7 @@ ROLE_TABLE: dict[str, dict[str, Role]] = {
         "ExportOnnx": _T,
         "Deploy": _A,
         "GetDeployment": _R,
+        "WatchChanges": _R,
         "ListDeployments": _R,
         "Rollback": _A,
     },

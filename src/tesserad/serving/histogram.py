@@ -9,6 +9,7 @@ counts, so per-instance histograms can be combined and totals stay exact.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 DEFAULT_RELATIVE_ERROR = 0.01
@@ -106,6 +107,24 @@ class LogHistogram:
             for index, count in enumerate(self._counts)
             if count
         ]
+
+    def bucket_counts(self) -> dict[int, int]:
+        """Count of each non-empty bucket by its number i (it holds values up to gamma^i)."""
+        return {index + self._offset: count for index, count in enumerate(self._counts) if count}
+
+    @classmethod
+    def from_buckets(
+        cls, relative_error: float, counts: Mapping[int, int], total: float, maximum: float
+    ) -> LogHistogram:
+        """The histogram `bucket_counts` described (another process's, to merge)."""
+        histogram = cls(relative_error)
+        last = len(histogram._counts) - 1
+        for bucket, count in counts.items():
+            histogram._counts[min(max(bucket - histogram._offset, 0), last)] += count
+            histogram.count += count
+        histogram.sum = total
+        histogram.max = maximum
+        return histogram
 
     def _bucket_value(self, index: int) -> float:
         return 2 * self._gamma ** (index + self._offset) / (self._gamma + 1)

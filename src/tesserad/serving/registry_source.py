@@ -17,12 +17,18 @@ from tesserad.registry import Signature as RegistrySignature
 from tesserad.registry.ensembles import Member, parse_ensemble_spec
 from tesserad.serving.ensemble import EnsemblePlan
 from tesserad.serving.pool import ModelPool, ServableVersion, ServingDefaults
-from tesserad.serving.service import CallCounter, DeploymentPlan, ExplainLimits, InferenceService
+from tesserad.serving.service import (
+    CallCounter,
+    DeploymentPlan,
+    ExplainLimits,
+    InferenceService,
+    VersionSource,
+)
 from tesserad.serving.signature import Signature, TensorSpec
 from tesserad.serving.stats import ServingMetrics
 
 
-def _signature(signature: RegistrySignature) -> Signature | None:
+def serving_signature(signature: RegistrySignature) -> Signature | None:
     if not signature.inputs:
         return None
     return Signature(
@@ -42,7 +48,7 @@ class RegistrySource:
             version=record.version,
             format=record.format,
             open_artifact=lambda: self._registry.artifact_path(record),
-            signature=_signature(record.signature),
+            signature=serving_signature(record.signature),
             architecture=record.architecture,
             ensemble=(lambda: self._ensemble_plan(record)) if record.format == "ensemble" else None,
             parent=(lineage.parent_model or record.model, lineage.parent_version)
@@ -100,6 +106,13 @@ def build_inference(
     registry: Registry, settings: ServingSettings, prometheus: CollectorRegistry, calls: CallCounter
 ) -> InferenceService:
     """The inference service over the registry, with the daemon's serving settings."""
+    return inference_over(RegistrySource(registry), settings, prometheus, calls)
+
+
+def inference_over(
+    source: VersionSource, settings: ServingSettings, prometheus: CollectorRegistry, calls: CallCounter
+) -> InferenceService:
+    """The inference service over any source of versions (a replica's followed registry)."""
     defaults = ServingDefaults(
         instances=settings.instances,
         max_batch_size=settings.max_batch_size,
@@ -112,7 +125,7 @@ def build_inference(
     )
     pool = ModelPool(defaults, ServingMetrics(prometheus))
     return InferenceService(
-        RegistrySource(registry),
+        source,
         pool,
         autoload=settings.autoload,
         calls=calls,

@@ -180,6 +180,8 @@ class StatsSnapshot:
     input_ns: int
     output_ns: int
     io_count: int
+    # Copies of the queue, compute and total histograms, when the snapshot asked for them.
+    histograms: tuple[LogHistogram, LogHistogram, LogHistogram] | None = None
 
 
 @dataclass
@@ -292,7 +294,7 @@ class ServingStats:
             self._window.add(now_s)
             self.prometheus.errors += 1
 
-    def snapshot(self, reset: bool = False) -> StatsSnapshot:
+    def snapshot(self, reset: bool = False, histograms: bool = False) -> StatsSnapshot:
         with self.lock:
             snapshot = StatsSnapshot(
                 request_count=self._requests,
@@ -316,6 +318,9 @@ class ServingStats:
                 input_ns=self._input_ns,
                 output_ns=self._output_ns,
                 io_count=self._io_count,
+                histograms=(self._queue.copy(), self._compute.copy(), self._total.copy())
+                if histograms
+                else None,
             )
             if reset:
                 self._reset()

@@ -9,10 +9,11 @@ transactions; none is held open between polls.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,7 +95,7 @@ class Subscription:
         """RESOURCE_EXHAUSTED if events were dropped; `next_seq` is the first one not yet delivered."""
         if self.overflowed:
             raise ResourceExhausted(
-                f"this watcher fell more than {self._capacity} events behind the job; watch again "
+                f"this watcher fell more than {self._capacity} events behind; watch again "
                 f"with from_seq={next_seq} to resume"
             )
 
@@ -107,11 +108,13 @@ class _JobChannel:
 
 
 class EventLog:
-    """Sequence numbers, storage and live fan-out of job events."""
+    """Sequence numbers, storage and live fan-out of job events (or of any other numbered
+    stream stored in its own table: the registry's change feed uses one too)."""
 
-    def __init__(self, store: Store, watch_buffer: int) -> None:
+    def __init__(self, store: Store, watch_buffer: int, table: str = "job_events") -> None:
         self._store = store
         self._buffer = watch_buffer
+        self._table = table
         self._lock = threading.Lock()
         self._channels: dict[str, _JobChannel] = {}
         self._shutdown = False
@@ -137,7 +140,7 @@ class EventLog:
             event = JobEvent(channel.last_seq, time.time(), attempt, kind, data)
 
             def work(txn: WriteTxn) -> None:
-                txn.put("job_events", (job_id, event.seq), encode_event(event))
+                txn.put(self._table, (job_id, event.seq), encode_event(event))
                 if also is not None:
                     also(txn, event)
 
@@ -176,6 +179,11 @@ class EventLog:
             channel.subscribers.add(subscription)
             return subscription, channel.last_seq
 
+    def last_seq(self, job_id: str) -> int:
+        """The newest sequence number given out for `job_id`."""
+        with self._lock:
+            return self._channels[job_id].last_seq
+
     def unsubscribe(self, job_id: str, subscription: Subscription) -> None:
         with self._lock:
             channel = self._channels.get(job_id)
@@ -191,7 +199,7 @@ class EventLog:
         with self._store.read() as txn:
             batch = [
                 decode_event(raw)
-                for _, raw in txn.scan("job_events", (job_id,), start=(job_id, from_seq), limit=REPLAY_BATCH)
+                for _, raw in txn.scan(self._table, (job_id,), start=(job_id, from_seq), limit=REPLAY_BATCH)
             ]
         return [e for e in batch if e.seq <= to_seq]
 
@@ -209,3 +217,43 @@ class EventLog:
 def raise_if_shutdown(subscription: Subscription, next_seq: int) -> None:
     if subscription.closed_by_shutdown:
         raise Unavailable(f"tesserad is shutting down; watch again with from_seq={next_seq} to resume")
+
+
+async def follow(events: EventLog, job_id: str, from_seq: int) -> AsyncIterator[JobEvent]:
+    """The stored events from `from_seq`, then the live ones until the stream ends.
+
+    Raises ResourceExhausted when the watcher falls behind its buffer and Unavailable at
+    shutdown, both naming the from_seq to resume from.
+    """
+    loop = asyncio.get_running_loop()
+    wake = asyncio.Event()
+    subscription, newest = events.subscribe(job_id, lambda: loop.call_soon_threadsafe(wake.set))
+    next_seq = max(from_seq, 1)
+    try:
+        # Replay what was numbered before we subscribed; the subscription has the rest.
+        await asyncio.to_thread(events.flush)
+        while next_seq <= newest:
+            batch = await asyncio.to_thread(events.read, job_id, next_seq, newest)
+            if not batch:
+                break
+            for event in batch:
+                yield event
+            next_seq = batch[-1].seq + 1
+        if subscription is None:
+            return
+        while True:
+            wake.clear()
+            # Read before draining: whatever was pushed before the end is then in the buffer.
+            ended = subscription.ended
+            for event in subscription.drain():
+                if event.seq >= next_seq:
+                    yield event
+                    next_seq = event.seq + 1
+            subscription.raise_if_cut(next_seq)
+            raise_if_shutdown(subscription, next_seq)
+            if ended:
+                return
+            await wake.wait()
+    finally:
+        if subscription is not None:
+            events.unsubscribe(job_id, subscription)

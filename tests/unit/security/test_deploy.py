@@ -153,3 +153,49 @@ def test_k8s_service_targets_the_pod_ports():
     }
     assert objects["StatefulSet/tesserad"]["spec"]["serviceName"] == "tesserad-headless"
     assert "Service/tesserad-headless" in objects
+
+
+def test_k8s_replicas_follow_the_primary_behind_a_headless_service_and_an_autoscaler(tmp_path):
+    objects = k8s_objects()
+    deployment = objects["Deployment/tesserad-replica"]
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    settings = settings_from_toml(
+        objects["ConfigMap/tesserad-replica-config"]["data"]["tesserad.toml"], tmp_path
+    )
+
+    # The primary by the StatefulSet pod's stable name, on the primary's gRPC port.
+    sts = objects["StatefulSet/tesserad"]
+    host, port = settings.replica.primary.rsplit(":", 1)
+    assert host == f"{sts['metadata']['name']}-0.{sts['spec']['serviceName']}"
+    assert int(port) == GRPC_PORT
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert settings.replica.token_file is not None and settings.replica.token_file.parent == Path(
+        mounts["primary-token"]
+    )
+    assert settings.security.tokens_file is not None and settings.security.health_open
+    assert mounts["cache"] == str(settings.data_dir)
+    assert container["readinessProbe"]["grpc"] == {
+        "port": settings.listen.port,
+        "service": "tessera.v1.Inference",
+    }
+
+    # Replica pods are not selected by the primary's Services, and only by the replicas' one.
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    for name in ("Service/tesserad", "Service/tesserad-headless"):
+        assert not objects[name]["spec"]["selector"].items() <= labels.items(), name
+    service = objects["Service/tesserad-replica"]
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"].items() <= labels.items()
+
+    hpa = objects["HorizontalPodAutoscaler/tesserad-replica"]
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "tesserad-replica",
+    }
+    assert hpa["spec"]["minReplicas"] <= deployment["spec"]["replicas"] <= hpa["spec"]["maxReplicas"]
+    assert "cpu" in container["resources"]["requests"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["TESSERA_REPLICA_ADVERTISE"]["value"] == f"$(POD_IP):{settings.listen.port}"
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"

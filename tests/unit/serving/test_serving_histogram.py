@@ -63,3 +63,13 @@ def test_single_value_is_reported_within_the_error() -> None:
 def test_relative_error_must_be_a_fraction() -> None:
     with pytest.raises(ValueError, match=r"relative_error must be in \(0, 1\)"):
         LogHistogram(0)
+
+
+def test_buckets_rebuild_the_histogram_another_process_sent() -> None:
+    values = np.random.default_rng(1).lognormal(5, 1, 2000)
+    sent = LogHistogram()
+    for v in values:
+        sent.record(float(v))
+    rebuilt = LogHistogram.from_buckets(sent.relative_error, sent.bucket_counts(), sent.sum, sent.max)
+    assert rebuilt.summary() == sent.summary()
+    assert rebuilt.buckets() == sent.buckets()

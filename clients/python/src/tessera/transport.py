@@ -141,10 +141,15 @@ RETRIED_METHODS: dict[str, tuple[str, ...]] = {
 GRPC_MAX_ATTEMPTS = 5
 
 
+# Calls go round robin over every address the target resolves to (dns:/// to a headless
+# Kubernetes Service, or ipv4:a:p,b:p): gRPC's default, pick_first, would send all to one.
+_BALANCING = [{"round_robin": {}}]
+
+
 def service_config(retry: RetryPolicy) -> str:
-    """The channel's gRPC service config: `retry` for the methods in RETRIED_METHODS."""
+    """The channel's gRPC service config: round robin, and `retry` for the methods in RETRIED_METHODS."""
     if retry.attempts == 1:
-        return json.dumps({"methodConfig": []})
+        return json.dumps({"loadBalancingConfig": _BALANCING, "methodConfig": []})
     names = [
         {"service": f"tessera.v1.{service}", "method": method}
         for service, methods in RETRIED_METHODS.items()
@@ -157,7 +162,9 @@ def service_config(retry: RetryPolicy) -> str:
         "backoffMultiplier": retry.multiplier,
         "retryableStatusCodes": ["UNAVAILABLE"],
     }
-    return json.dumps({"methodConfig": [{"name": names, "retryPolicy": policy}]})
+    return json.dumps(
+        {"loadBalancingConfig": _BALANCING, "methodConfig": [{"name": names, "retryPolicy": policy}]}
+    )
 
 
 def _duration(seconds: float) -> str:

@@ -72,6 +72,29 @@ LOAD_STATE_DRAINING: LoadState.ValueType  # 4
 LOAD_STATE_FAILED: LoadState.ValueType  # 5
 Global___LoadState: _TypeAlias = LoadState  # noqa: Y015
 
+class _StatsScope:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StatsScopeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StatsScope.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STATS_SCOPE_UNSPECIFIED: _StatsScope.ValueType  # 0
+    """This daemon's own figures."""
+    STATS_SCOPE_CLUSTER: _StatsScope.ValueType  # 1
+    """At a primary: its figures merged with those of every serving replica following it now
+    (histograms merged, counts and throughput added). FAILED_PRECONDITION on a replica.
+    """
+
+class StatsScope(_StatsScope, metaclass=_StatsScopeEnumTypeWrapper): ...
+
+STATS_SCOPE_UNSPECIFIED: StatsScope.ValueType  # 0
+"""This daemon's own figures."""
+STATS_SCOPE_CLUSTER: StatsScope.ValueType  # 1
+"""At a primary: its figures merged with those of every serving replica following it now
+(histograms merged, counts and throughput added). FAILED_PRECONDITION on a replica.
+"""
+Global___StatsScope: _TypeAlias = StatsScope  # noqa: Y015
+
 class _ExplainMethod:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -419,6 +442,7 @@ class LatencySummary(_message.Message):
     P99_US_FIELD_NUMBER: _builtins.int
     P999_US_FIELD_NUMBER: _builtins.int
     MAX_US_FIELD_NUMBER: _builtins.int
+    HISTOGRAM_FIELD_NUMBER: _builtins.int
     count: _builtins.int
     mean_us: _builtins.float
     p50_us: _builtins.float
@@ -426,6 +450,10 @@ class LatencySummary(_message.Message):
     p99_us: _builtins.float
     p999_us: _builtins.float
     max_us: _builtins.float
+    @_builtins.property
+    def histogram(self) -> Global___LatencyHistogram:
+        """Set when GetStats asked for histograms: the counts behind the figures, to merge them."""
+
     def __init__(
         self,
         *,
@@ -436,14 +464,66 @@ class LatencySummary(_message.Message):
         p99_us: _builtins.float = ...,
         p999_us: _builtins.float = ...,
         max_us: _builtins.float = ...,
+        histogram: Global___LatencyHistogram | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["histogram", b"histogram"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "max_us", b"max_us", "mean_us", b"mean_us", "p50_us", b"p50_us", "p95_us", b"p95_us", "p999_us", b"p999_us", "p99_us", b"p99_us"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "histogram", b"histogram", "max_us", b"max_us", "mean_us", b"mean_us", "p50_us", b"p50_us", "p95_us", b"p95_us", "p999_us", b"p999_us", "p99_us", b"p99_us"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LatencySummary: _TypeAlias = LatencySummary  # noqa: Y015
+
+@_typing.final
+class LatencyHistogram(_message.Message):
+    """Log-bucketed counts (bucket i holds values in (gamma^(i-1), gamma^i] microseconds, with
+    gamma = (1 + relative_error) / (1 - relative_error)); histograms with the same relative
+    error merge by adding counts.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class CountsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    RELATIVE_ERROR_FIELD_NUMBER: _builtins.int
+    COUNTS_FIELD_NUMBER: _builtins.int
+    SUM_US_FIELD_NUMBER: _builtins.int
+    relative_error: _builtins.float
+    sum_us: _builtins.float
+    @_builtins.property
+    def counts(self) -> _containers.ScalarMap[_builtins.int, _builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        relative_error: _builtins.float = ...,
+        counts: _abc.Mapping[_builtins.int, _builtins.int] | None = ...,
+        sum_us: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "relative_error", b"relative_error", "sum_us", b"sum_us"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LatencyHistogram: _TypeAlias = LatencyHistogram  # noqa: Y015
 
 @_typing.final
 class BatchSizeCount(_message.Message):
@@ -535,8 +615,13 @@ class GetStatsRequest(_message.Message):
 
     TARGET_FIELD_NUMBER: _builtins.int
     RESET_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    HISTOGRAMS_FIELD_NUMBER: _builtins.int
     reset: _builtins.bool
-    """Reset the figures after reading them."""
+    """Reset the figures after reading them (this daemon's only, whatever the scope)."""
+    scope: Global___StatsScope.ValueType
+    histograms: _builtins.bool
+    """Include each latency's histogram (LatencySummary.histogram)."""
     @_builtins.property
     def target(self) -> _common_pb2.VersionRef:
         """Unset selector: every loaded version of the model. Empty model: every loaded version."""
@@ -546,10 +631,12 @@ class GetStatsRequest(_message.Message):
         *,
         target: _common_pb2.VersionRef | None = ...,
         reset: _builtins.bool = ...,
+        scope: Global___StatsScope.ValueType = ...,
+        histograms: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reset", b"reset", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["histograms", b"histograms", "reset", b"reset", "scope", b"scope", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -560,16 +647,26 @@ class GetStatsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     STATS_FIELD_NUMBER: _builtins.int
+    REPLICAS_FIELD_NUMBER: _builtins.int
+    UNREACHABLE_REPLICAS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def stats(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelStats]: ...
+    @_builtins.property
+    def replicas(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """scope=cluster: the replicas whose figures are merged in, and those that did not answer."""
+
+    @_builtins.property
+    def unreachable_replicas(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
         stats: _abc.Iterable[Global___ModelStats] | None = ...,
+        replicas: _abc.Iterable[_builtins.str] | None = ...,
+        unreachable_replicas: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["stats", b"stats"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["replicas", b"replicas", "stats", b"stats", "unreachable_replicas", b"unreachable_replicas"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

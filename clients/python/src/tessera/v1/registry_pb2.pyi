@@ -56,6 +56,31 @@ outputs combine: {"members": [{"model", "version"}, ...], "combine": "mean" | "v
 """
 Global___ArtifactFormat: _TypeAlias = ArtifactFormat  # noqa: Y015
 
+class _ChangeKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ChangeKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChangeKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CHANGE_KIND_UNSPECIFIED: _ChangeKind.ValueType  # 0
+    CHANGE_KIND_MODEL_CREATED: _ChangeKind.ValueType  # 1
+    CHANGE_KIND_MODEL_DELETED: _ChangeKind.ValueType  # 2
+    CHANGE_KIND_VERSION_REGISTERED: _ChangeKind.ValueType  # 3
+    CHANGE_KIND_VERSION_DELETED: _ChangeKind.ValueType  # 4
+    CHANGE_KIND_ALIAS_MOVED: _ChangeKind.ValueType  # 5
+    CHANGE_KIND_DEPLOYMENT_CHANGED: _ChangeKind.ValueType  # 6
+
+class ChangeKind(_ChangeKind, metaclass=_ChangeKindEnumTypeWrapper): ...
+
+CHANGE_KIND_UNSPECIFIED: ChangeKind.ValueType  # 0
+CHANGE_KIND_MODEL_CREATED: ChangeKind.ValueType  # 1
+CHANGE_KIND_MODEL_DELETED: ChangeKind.ValueType  # 2
+CHANGE_KIND_VERSION_REGISTERED: ChangeKind.ValueType  # 3
+CHANGE_KIND_VERSION_DELETED: ChangeKind.ValueType  # 4
+CHANGE_KIND_ALIAS_MOVED: ChangeKind.ValueType  # 5
+CHANGE_KIND_DEPLOYMENT_CHANGED: ChangeKind.ValueType  # 6
+Global___ChangeKind: _TypeAlias = ChangeKind  # noqa: Y015
+
 @_typing.final
 class Model(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -1693,3 +1718,177 @@ class RollbackRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RollbackRequest: _TypeAlias = RollbackRequest  # noqa: Y015
+
+@_typing.final
+class WatchChangesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_SEQ_FIELD_NUMBER: _builtins.int
+    REPLICA_ADDRESS_FIELD_NUMBER: _builtins.int
+    from_seq: _builtins.int
+    """Replay changes with seq >= from_seq (0 and 1 both mean from the start)."""
+    replica_address: _builtins.str
+    """Set by a serving replica (`tesserad serve --follow`): the address its own gRPC server
+    listens on, so that the primary can merge its statistics (GetStats scope=cluster).
+    """
+    def __init__(
+        self,
+        *,
+        from_seq: _builtins.int = ...,
+        replica_address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_seq", b"from_seq", "replica_address", b"replica_address"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchChangesRequest: _TypeAlias = WatchChangesRequest  # noqa: Y015
+
+@_typing.final
+class WatchChangesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGE_FIELD_NUMBER: _builtins.int
+    CAUGHT_UP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def change(self) -> Global___RegistryChange: ...
+    @_builtins.property
+    def caught_up(self) -> Global___CaughtUp:
+        """Sent once, when every change numbered before the watch began has been sent."""
+
+    def __init__(
+        self,
+        *,
+        change: Global___RegistryChange | None = ...,
+        caught_up: Global___CaughtUp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "change", b"change", "event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "change", b"change", "event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["change", "caught_up"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___WatchChangesResponse: _TypeAlias = WatchChangesResponse  # noqa: Y015
+
+@_typing.final
+class CaughtUp(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """The newest change at the start of the watch (0: the registry has none)."""
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CaughtUp: _TypeAlias = CaughtUp  # noqa: Y015
+
+@_typing.final
+class RegistryChange(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    KINDS_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """Increases by one per change of the registry."""
+    model: _builtins.str
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def kinds(self) -> _containers.RepeatedScalarFieldContainer[Global___ChangeKind.ValueType]:
+        """What changed since the model's previous change."""
+
+    @_builtins.property
+    def state(self) -> Global___ModelServingState:
+        """The model's serving state after the change; unset when the model was deleted."""
+
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        model: _builtins.str = ...,
+        kinds: _abc.Iterable[Global___ChangeKind.ValueType] | None = ...,
+        state: Global___ModelServingState | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state", "time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kinds", b"kinds", "model", b"model", "seq", b"seq", "state", b"state", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegistryChange: _TypeAlias = RegistryChange  # noqa: Y015
+
+@_typing.final
+class ModelServingState(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class AliasesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    LATEST_VERSION_FIELD_NUMBER: _builtins.int
+    VERSION_COUNT_FIELD_NUMBER: _builtins.int
+    ALIASES_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    latest_version: _builtins.int
+    """0 when the model has no versions."""
+    version_count: _builtins.int
+    @_builtins.property
+    def aliases(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """The set aliases ("latest" is latest_version)."""
+
+    @_builtins.property
+    def deployment(self) -> Global___Deployment:
+        """Unset when the model has no deployment; routes carry their resolved versions."""
+
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelVersion]:
+        """The versions latest, an alias or the deployment resolves to (their artifacts by sha256)."""
+
+    def __init__(
+        self,
+        *,
+        latest_version: _builtins.int = ...,
+        version_count: _builtins.int = ...,
+        aliases: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        deployment: Global___Deployment | None = ...,
+        versions: _abc.Iterable[Global___ModelVersion] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "deployment", b"deployment", "latest_version", b"latest_version", "version_count", b"version_count", "versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelServingState: _TypeAlias = ModelServingState  # noqa: Y015

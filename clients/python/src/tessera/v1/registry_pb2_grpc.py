@@ -149,6 +149,11 @@ class RegistryStub:
                 request_serializer=tessera_dot_v1_dot_registry__pb2.RollbackRequest.SerializeToString,
                 response_deserializer=tessera_dot_v1_dot_registry__pb2.Deployment.FromString,
                 _registered_method=True)
+        self.WatchChanges = channel.unary_stream(
+                '/tessera.v1.Registry/WatchChanges',
+                request_serializer=tessera_dot_v1_dot_registry__pb2.WatchChangesRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_registry__pb2.WatchChangesResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServicer:
@@ -319,6 +324,19 @@ class RegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchChanges(self, request, context):
+        """The registry's change feed: every change to a model's versions, aliases or deployment,
+        numbered from 1 in commit order. Replays the changes with seq >= from_seq from the store,
+        then a `caught_up` message, then follows live; each change carries the model's serving
+        state after it, so a follower needs only the newest change of each model. A watcher too slow to keep up is ended with
+        RESOURCE_EXHAUSTED whose message gives the from_seq to resume from; shutdown ends it with
+        UNAVAILABLE, likewise resumable. FAILED_PRECONDITION when from_seq is past the newest
+        change + 1 (the follower watched another registry: start again from 0).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -436,6 +454,11 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.Rollback,
                     request_deserializer=tessera_dot_v1_dot_registry__pb2.RollbackRequest.FromString,
                     response_serializer=tessera_dot_v1_dot_registry__pb2.Deployment.SerializeToString,
+            ),
+            'WatchChanges': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchChanges,
+                    request_deserializer=tessera_dot_v1_dot_registry__pb2.WatchChangesRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_registry__pb2.WatchChangesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1059,6 +1082,33 @@ class Registry:
             '/tessera.v1.Registry/Rollback',
             tessera_dot_v1_dot_registry__pb2.RollbackRequest.SerializeToString,
             tessera_dot_v1_dot_registry__pb2.Deployment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tessera.v1.Registry/WatchChanges',
+            tessera_dot_v1_dot_registry__pb2.WatchChangesRequest.SerializeToString,
+            tessera_dot_v1_dot_registry__pb2.WatchChangesResponse.FromString,
             options,
             channel_credentials,
             insecure,

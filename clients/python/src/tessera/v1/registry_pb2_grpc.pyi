@@ -88,6 +88,15 @@ class RegistryStub:
     `undeployed` set and no routes, and requests route as before any deployment. Repeated
     rollbacks walk further back; FAILED_PRECONDITION when the model has no deployment.
     """
+    WatchChanges: _grpc.UnaryStreamMultiCallable[_registry_pb2.WatchChangesRequest, _registry_pb2.WatchChangesResponse]
+    """The registry's change feed: every change to a model's versions, aliases or deployment,
+    numbered from 1 in commit order. Replays the changes with seq >= from_seq from the store,
+    then a `caught_up` message, then follows live; each change carries the model's serving
+    state after it, so a follower needs only the newest change of each model. A watcher too slow to keep up is ended with
+    RESOURCE_EXHAUSTED whose message gives the from_seq to resume from; shutdown ends it with
+    UNAVAILABLE, likewise resumable. FAILED_PRECONDITION when from_seq is past the newest
+    change + 1 (the follower watched another registry: start again from 0).
+    """
 
 @_typing.type_check_only
 class RegistryAsyncStub(RegistryStub):
@@ -146,6 +155,15 @@ class RegistryAsyncStub(RegistryStub):
     the first deployment returns the model to no deployment: the new revision has
     `undeployed` set and no routes, and requests route as before any deployment. Repeated
     rollbacks walk further back; FAILED_PRECONDITION when the model has no deployment.
+    """
+    WatchChanges: _aio.UnaryStreamMultiCallable[_registry_pb2.WatchChangesRequest, _registry_pb2.WatchChangesResponse]  # type: ignore[assignment]
+    """The registry's change feed: every change to a model's versions, aliases or deployment,
+    numbered from 1 in commit order. Replays the changes with seq >= from_seq from the store,
+    then a `caught_up` message, then follows live; each change carries the model's serving
+    state after it, so a follower needs only the newest change of each model. A watcher too slow to keep up is ended with
+    RESOURCE_EXHAUSTED whose message gives the from_seq to resume from; shutdown ends it with
+    UNAVAILABLE, likewise resumable. FAILED_PRECONDITION when from_seq is past the newest
+    change + 1 (the follower watched another registry: start again from 0).
     """
 
 class RegistryServicer(metaclass=_abc_1.ABCMeta):
@@ -340,6 +358,21 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         the first deployment returns the model to no deployment: the new revision has
         `undeployed` set and no routes, and requests route as before any deployment. Repeated
         rollbacks walk further back; FAILED_PRECONDITION when the model has no deployment.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchChanges(
+        self,
+        request: _registry_pb2.WatchChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_registry_pb2.WatchChangesResponse], _abc.AsyncIterator[_registry_pb2.WatchChangesResponse]]:
+        """The registry's change feed: every change to a model's versions, aliases or deployment,
+        numbered from 1 in commit order. Replays the changes with seq >= from_seq from the store,
+        then a `caught_up` message, then follows live; each change carries the model's serving
+        state after it, so a follower needs only the newest change of each model. A watcher too slow to keep up is ended with
+        RESOURCE_EXHAUSTED whose message gives the from_seq to resume from; shutdown ends it with
+        UNAVAILABLE, likewise resumable. FAILED_PRECONDITION when from_seq is past the newest
+        change + 1 (the follower watched another registry: start again from 0).
         """
 
 def add_RegistryServicer_to_server(servicer: RegistryServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,95 @@
+"""GetStats scope=cluster: a primary's statistics merged with those of the replicas following it.
+
+The primary knows its replicas from their WatchChanges subscriptions (each announces the
+address it serves on). It asks each, concurrently, for its figures with histograms, in
+plaintext and with the caller's own authorization (replicas share the primary's tokens file),
+and merges per model version: latency histograms by adding bucket counts (so percentiles stay
+within the histograms' relative error), counts, batch sizes and throughput by adding. A replica
+that does not answer is listed in `unreachable_replicas`, and the rest is still returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Iterable, Sequence
+
+import grpc
+
+from tessera.v1 import inference_pb2 as pb
+from tessera.v1 import inference_pb2_grpc
+from tesserad.api.convert_inference import latency_to_proto
+from tesserad.serving.histogram import LogHistogram
+
+log = logging.getLogger(__name__)
+
+REPLICA_TIMEOUT_S = 5.0
+_LATENCIES = ("queue", "compute", "total")
+
+
+async def replica_stats(
+    addresses: Sequence[str], request: pb.GetStatsRequest, metadata: Sequence[tuple[str, str]]
+) -> tuple[list[list[pb.ModelStats]], list[str], list[str]]:
+    """(each answering replica's stats, the replicas that answered, those that did not)."""
+    ask = pb.GetStatsRequest(target=request.target, histograms=True)
+
+    async def one(address: str) -> list[pb.ModelStats] | None:
+        try:
+            async with grpc.aio.insecure_channel(address) as channel:
+                stub = inference_pb2_grpc.InferenceStub(channel)
+                response = await stub.GetStats(ask, timeout=REPLICA_TIMEOUT_S, metadata=metadata)
+                return list(response.stats)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:  # nothing of that model loaded there
+                return []
+            log.warning(
+                "a replica did not answer GetStats", extra={"replica": address, "code": exc.code().name}
+            )
+            return None
+
+    answers = await asyncio.gather(*(one(a) for a in addresses))
+    reached = [a for a, s in zip(addresses, answers, strict=True) if s is not None]
+    unreachable = [a for a, s in zip(addresses, answers, strict=True) if s is None]
+    return [s for s in answers if s is not None], reached, unreachable
+
+
+def merge_stats(parts: Iterable[Sequence[pb.ModelStats]], histograms: bool) -> list[pb.ModelStats]:
+    """One ModelStats per model version, merged over the parts (each part's carry histograms)."""
+    by_version: dict[tuple[str, int], list[pb.ModelStats]] = collections.defaultdict(list)
+    for part in parts:
+        for stats in part:
+            by_version[(stats.model, stats.version)].append(stats)
+    return [_merge(group, histograms) for _, group in sorted(by_version.items())]
+
+
+def _histogram(summary: pb.LatencySummary) -> LogHistogram:
+    h = summary.histogram
+    return LogHistogram.from_buckets(h.relative_error, dict(h.counts), h.sum_us, summary.max_us)
+
+
+def _merge(group: list[pb.ModelStats], histograms: bool) -> pb.ModelStats:
+    first = group[0]
+    batches: collections.Counter[int] = collections.Counter()
+    for stats in group:
+        for batch in stats.batch_sizes:
+            batches[batch.rows] += batch.count
+    merged = pb.ModelStats(
+        model=first.model,
+        version=first.version,
+        request_count=sum(s.request_count for s in group),
+        error_count=sum(s.error_count for s in group),
+        row_count=sum(s.row_count for s in group),
+        shadow_count=sum(s.shadow_count for s in group),
+        throughput_rps=sum(s.throughput_rps for s in group),
+        batch_sizes=[pb.BatchSizeCount(rows=rows, count=n) for rows, n in sorted(batches.items())],
+        since=min((s.since for s in group), key=lambda t: (t.seconds, t.nanos)),
+    )
+    for name in _LATENCIES:
+        histogram = _histogram(getattr(first, name))
+        for stats in group[1:]:
+            histogram.merge(_histogram(getattr(stats, name)))
+        getattr(merged, name).CopyFrom(
+            latency_to_proto(histogram.summary(), histogram if histograms else None)
+        )
+    return merged

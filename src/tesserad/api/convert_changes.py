@@ -1,0 +1,45 @@
+"""RegistryChange (the change feed, tesserad.replica.changes) to its proto message."""
+
+from __future__ import annotations
+
+from tessera.v1 import registry_pb2 as pb
+from tesserad.api.convert_common import timestamp
+from tesserad.api.convert_registry import deployment_to_proto, version_to_proto
+from tesserad.replica import changes
+
+_KINDS = {
+    changes.MODEL_CREATED: pb.CHANGE_KIND_MODEL_CREATED,
+    changes.MODEL_DELETED: pb.CHANGE_KIND_MODEL_DELETED,
+    changes.VERSION_REGISTERED: pb.CHANGE_KIND_VERSION_REGISTERED,
+    changes.VERSION_DELETED: pb.CHANGE_KIND_VERSION_DELETED,
+    changes.ALIAS_MOVED: pb.CHANGE_KIND_ALIAS_MOVED,
+    changes.DEPLOYMENT_CHANGED: pb.CHANGE_KIND_DEPLOYMENT_CHANGED,
+}
+
+
+def watch_response(event: changes.RegistryChange | changes.CaughtUp) -> pb.WatchChangesResponse:
+    if isinstance(event, changes.CaughtUp):
+        return pb.WatchChangesResponse(caught_up=pb.CaughtUp(seq=event.seq))
+    return pb.WatchChangesResponse(change=change_to_proto(event))
+
+
+def change_to_proto(change: changes.RegistryChange) -> pb.RegistryChange:
+    message = pb.RegistryChange(
+        seq=change.seq,
+        time=timestamp(change.time),
+        model=change.model,
+        kinds=[_KINDS[k] for k in change.kinds],
+    )
+    state = change.state
+    if state is not None:
+        message.state.CopyFrom(
+            pb.ModelServingState(
+                latest_version=state.latest_version,
+                version_count=state.version_count,
+                aliases=state.aliases,
+                versions=[version_to_proto(v) for v in state.versions],
+            )
+        )
+        if state.deployment is not None:
+            message.state.deployment.CopyFrom(deployment_to_proto(state.deployment))
+    return message

@@ -1,0 +1,199 @@
+"""A serving replica's link to its primary: follows Registry.WatchChanges into the followed
+registry, downloads artifacts for the blob cache, and answers the RPCs a replica does not
+serve (registry, datasets, training, system) with FAILED_PRECONDITION naming the primary.
+
+Readiness: the replica reports NOT_SERVING (gRPC health) until it has caught up with the
+primary and loaded every deployed model's versions. When the primary goes away the replica
+keeps serving what it holds and reconnects with backoff, resuming after the last change it
+applied; when the primary answers that it never gave that change (another registry), the
+replica forgets its state and follows from the start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor, message_factory
+
+import tessera.errors as sdk_errors
+from tessera.transport import TLS, AioConnection, Connection
+from tessera.v1 import common_pb2
+from tessera.v1 import registry_pb2 as pb
+from tesserad.api.convert_registry import architecture_to_dict, format_from_proto, signature_from_proto
+from tesserad.config import ReplicaSettings
+from tesserad.errors import FailedPrecondition, TesseraError, Unavailable
+from tesserad.replica.followed import FollowedModel, FollowedRegistry, FollowedVersion
+from tesserad.serving.registry_source import serving_signature
+from tesserad.serving.service import DeploymentPlan, InferenceService
+
+log = logging.getLogger(__name__)
+
+RECONNECT_FIRST_S = 0.2
+RECONNECT_MAX_S = 5.0
+DOWNLOAD_CHUNK = 1 << 20
+
+
+def followed_model(state: pb.ModelServingState) -> FollowedModel:
+    deployment = None
+    if state.HasField("deployment"):
+        d = state.deployment
+        deployment = DeploymentPlan(
+            routes=tuple((r.resolved_version, r.weight) for r in d.routes),
+            shadow=(d.shadow.resolved_version, d.shadow.percent or 100) if d.HasField("shadow") else None,
+        )
+    versions = {
+        v.version: FollowedVersion(
+            version=v.version,
+            format=format_from_proto(v.format),
+            sha256=v.sha256,
+            size_bytes=v.size_bytes,
+            signature=serving_signature(signature_from_proto(v.signature)),
+            architecture=architecture_to_dict(v.architecture) if v.HasField("architecture") else None,
+        )
+        for v in state.versions
+    }
+    return FollowedModel(state.latest_version, dict(state.aliases), deployment, versions)
+
+
+class Follower:
+    def __init__(
+        self,
+        settings: ReplicaSettings,
+        followed: FollowedRegistry,
+        inference: InferenceService,
+        advertise: str,
+        set_ready: Callable[[bool], Awaitable[None]],
+    ) -> None:
+        tls = None
+        if settings.tls:
+            tls = TLS(
+                settings.tls_ca_file,
+                settings.tls_cert_file,
+                settings.tls_key_file,
+                settings.tls_server_name or None,
+            )
+        token = settings.token_file.read_text().strip() if settings.token_file else None
+        self.primary = settings.primary
+        self._watch = AioConnection(settings.primary, token=token, tls=tls)
+        self._downloads = Connection(settings.primary, token=token, tls=tls)
+        self._followed = followed
+        self._inference = inference
+        self._advertise = advertise
+        self._set_ready = set_ready
+        self._ready = False
+        self._connected = False  # the current stream has delivered something
+
+    def download(self, model: str, version: int) -> Iterator[bytes]:
+        """Version `version` of `model`'s artifact from the primary (runs on a load thread)."""
+        request = pb.DownloadVersionRequest(
+            ref=common_pb2.VersionRef(model=model, version=version), chunk_size=DOWNLOAD_CHUNK
+        )
+        try:
+            for response in self._downloads.server_stream(
+                "Registry", "DownloadVersion", request, self._downloads.transfer_timeout
+            ):
+                if response.WhichOneof("part") == "chunk":
+                    yield response.chunk
+        except sdk_errors.TesseraError as exc:
+            raise Unavailable(
+                f"cannot fetch version {version} of {model!r} from the primary {self.primary}: {exc.message}"
+            ) from None
+
+    async def run(self) -> None:
+        """Follow the primary until cancelled."""
+        delay = RECONNECT_FIRST_S
+        while True:
+            self._connected = False
+            try:
+                await self._follow()
+            except sdk_errors.FailedPrecondition as exc:
+                log.warning(
+                    "the primary does not know this replica's changes; following it from the start",
+                    extra={"primary": self.primary, "reason": exc.message},
+                )
+                self._followed.clear()
+            except (sdk_errors.TesseraError, TesseraError) as exc:
+                log.warning(
+                    "lost the primary; serving what this replica holds until it is back",
+                    extra={"primary": self.primary, "reason": exc.message},
+                )
+            except Exception:  # keep following whatever one change did; the log has it
+                log.exception("following the primary failed; reconnecting", extra={"primary": self.primary})
+            if self._connected:  # a stream that worked: retry soon
+                delay = RECONNECT_FIRST_S
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_S)
+
+    async def _follow(self) -> None:
+        request = pb.WatchChangesRequest(from_seq=self._followed.seq + 1, replica_address=self._advertise)
+        async for response in self._watch.server_stream("Registry", "WatchChanges", request, None):
+            self._connected = True
+            if response.HasField("change"):
+                change = response.change
+                state = followed_model(change.state) if change.HasField("state") else None
+                self._followed.apply(change.seq, change.model, state)
+                self._inference.on_registry_change(change.model)
+            elif not self._ready:
+                await asyncio.to_thread(self._load_deployments)
+                self._ready = True
+                await self._set_ready(True)
+                log.info(
+                    "replica caught up with the primary",
+                    extra={"primary": self.primary, "seq": response.caught_up.seq},
+                )
+
+    def _load_deployments(self) -> None:
+        """Load what every deployment routes to; Unavailable (the primary went) is retried by
+        reconnecting, a version that cannot load here (an ensemble, a broken artifact) is logged."""
+        for model in self._followed.deployed_models():
+            try:
+                self._inference.load_serving(model)
+            except FailedPrecondition as exc:
+                log.warning(
+                    "a deployed model cannot be served by this replica",
+                    extra={"model": model, "reason": exc.message},
+                )
+
+    async def close(self) -> None:
+        await self._watch.close()
+        self._downloads.close()
+
+
+def refusing_handlers(
+    services: list[descriptor.ServiceDescriptor], primary: str
+) -> tuple[grpc.GenericRpcHandler, ...]:
+    """Handlers for every method of `services` that fail FAILED_PRECONDITION naming the primary."""
+    refusal = FailedPrecondition(
+        f"this tesserad is a serving replica of {primary}: it serves inference only; call the "
+        f"primary at {primary} for the registry, datasets, training and system information"
+    )
+
+    async def unary(request: Any, context: Any) -> Any:
+        raise refusal
+
+    async def streaming(request: Any, context: Any) -> Any:
+        raise refusal
+        yield  # an async generator, as a streaming handler must be
+
+    makers = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }
+    generic = []
+    for service in services:
+        handlers = {
+            method.name: makers[(method.client_streaming, method.server_streaming)](
+                streaming if method.server_streaming else unary,
+                request_deserializer=message_factory.GetMessageClass(method.input_type).FromString,
+                response_serializer=message_factory.GetMessageClass(method.output_type).SerializeToString,
+            )
+            for method in service.methods
+        }
+        generic.append(grpc.method_handlers_generic_handler(service.full_name, handlers))
+    return tuple(generic)

@@ -1,0 +1,300 @@
+"""The registry's change feed: every change to where a model's requests can go, numbered.
+
+The registry calls `on_change(model)` after each commit that may move a version, an alias or
+the deployment. That only queues the name: one feed thread reads the model's serving state
+(latest, aliases, deployment, the versions they resolve to), compares it with the model's
+last recorded head, and appends a change (with the new head, in the same transaction) when
+something moved. The changes live in the store and are numbered and fanned out by the same
+EventLog that job events use, so a watcher replays from any sequence number and then follows
+live with a bounded buffer. At start every model is compared with its head, so a change
+committed just before a crash, and not yet recorded, is recorded then.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound
+from tesserad.registry import DeploymentRecord, Registry, Route, Shadow, Target, VersionRecord
+from tesserad.registry.records import SCHEMA, VERSION_KIND, decode_version
+from tesserad.store import Store, WriteTxn, decode_record, encode_record
+from tesserad.training.events import EventLog, JobEvent, follow
+
+log = logging.getLogger(__name__)
+
+CHANGES = "registry_changes"
+HEADS = "registry_change_heads"
+TABLES = [CHANGES, HEADS]
+
+_CHANNEL = "registry"
+_HEAD_KIND = "registry_change_head"
+
+MODEL_CREATED = "model_created"
+MODEL_DELETED = "model_deleted"
+VERSION_REGISTERED = "version_registered"
+VERSION_DELETED = "version_deleted"
+ALIAS_MOVED = "alias_moved"
+DEPLOYMENT_CHANGED = "deployment_changed"
+
+
+@dataclass(frozen=True)
+class ServingState:
+    """What a follower needs of a model to route and load its requests."""
+
+    latest_version: int
+    version_count: int
+    aliases: dict[str, int]
+    deployment: DeploymentRecord | None
+    versions: tuple[VersionRecord, ...]
+
+
+@dataclass(frozen=True)
+class CaughtUp:
+    """Every change numbered before the watch began has been sent; `seq` is the newest of them."""
+
+    seq: int
+
+
+@dataclass(frozen=True)
+class RegistryChange:
+    seq: int
+    time: float
+    model: str
+    kinds: tuple[str, ...]
+    state: ServingState | None  # None: the model was deleted
+
+
+def read_state(registry: Registry, model: str) -> ServingState | None:
+    """The model's serving state now; None when the model does not exist."""
+    try:
+        record = registry.get_model(model)
+        try:
+            deployment: DeploymentRecord | None = registry.get_deployment(model)
+        except NotFound:
+            deployment = None
+    except NotFound:
+        return None
+    aliases = {name: number for name, number in record.aliases.items() if name != "latest"}
+    wanted = {record.latest_version, *aliases.values()}
+    if deployment is not None:
+        wanted.update(r.resolved_version for r in deployment.routes)
+        if deployment.shadow is not None:
+            wanted.add(deployment.shadow.resolved_version)
+    versions = []
+    for number in sorted(wanted - {0}):
+        try:
+            versions.append(registry.get_version(model, number))
+        except NotFound:
+            continue  # deleted since the model was read: the next change says so
+    return ServingState(record.latest_version, record.version_count, aliases, deployment, tuple(versions))
+
+
+def _head(state: ServingState) -> dict[str, Any]:
+    deployment = state.deployment
+    return {
+        "latest_version": state.latest_version,
+        "version_count": state.version_count,
+        "aliases": state.aliases,
+        "deployment": asdict(deployment) if deployment is not None else None,
+    }
+
+
+def _kinds(before: dict[str, Any] | None, after: dict[str, Any] | None) -> tuple[str, ...]:
+    if before is None:
+        return () if after is None else (MODEL_CREATED,)
+    if after is None:
+        return (MODEL_DELETED,)
+    kinds = []
+    if after["version_count"] < before["version_count"]:
+        kinds.append(VERSION_DELETED)
+    if after["latest_version"] > before["latest_version"] or after["version_count"] > before["version_count"]:
+        kinds.append(VERSION_REGISTERED)
+    if after["aliases"] != before["aliases"]:
+        kinds.append(ALIAS_MOVED)
+    if after["deployment"] != before["deployment"]:
+        kinds.append(DEPLOYMENT_CHANGED)
+    return tuple(kinds)
+
+
+def _encode_state(state: ServingState | None) -> dict[str, Any] | None:
+    if state is None:
+        return None
+    versions = []
+    for version in state.versions:
+        data = asdict(version)
+        data.pop("aliases")
+        data.pop("alias_moved")
+        versions.append(data)
+    return {**_head(state), "versions": versions}
+
+
+def _target(data: dict[str, Any]) -> Target:
+    return Target(version=data["version"], alias=data["alias"])
+
+
+def _decode_deployment(data: dict[str, Any] | None) -> DeploymentRecord | None:
+    if data is None:
+        return None
+    shadow = data["shadow"]
+    return DeploymentRecord(
+        model=data["model"],
+        revision=data["revision"],
+        routes=tuple(Route(_target(r["target"]), r["weight"], r["resolved_version"]) for r in data["routes"]),
+        shadow=Shadow(_target(shadow["target"]), shadow["percent"], shadow["resolved_version"])
+        if shadow
+        else None,
+        created_at=data["created_at"],
+        created_by=data["created_by"],
+        comment=data["comment"],
+        rolled_back_from=data["rolled_back_from"],
+        previous_revision=data["previous_revision"],
+    )
+
+
+def _decode_change(event: JobEvent) -> RegistryChange:
+    data = event.data
+    state = data["state"]
+    return RegistryChange(
+        seq=event.seq,
+        time=event.time,
+        model=data["model"],
+        kinds=tuple(data["kinds"]),
+        state=None
+        if state is None
+        else ServingState(
+            latest_version=state["latest_version"],
+            version_count=state["version_count"],
+            aliases=state["aliases"],
+            deployment=_decode_deployment(state["deployment"]),
+            versions=tuple(decode_version(encode_record(VERSION_KIND, SCHEMA, v)) for v in state["versions"]),
+        ),
+    )
+
+
+class ChangeFeed:
+    """Records, numbers and streams the registry's changes (see the module docstring)."""
+
+    def __init__(self, store: Store, registry: Registry, watch_buffer: int) -> None:
+        self._store = store
+        self._registry = registry
+        self._log = EventLog(store, watch_buffer, table=CHANGES)
+        with store.read() as txn:
+            last_seq = next(
+                (int(key[1]) for key, _ in txn.scan(CHANGES, (_CHANNEL,), reverse=True, limit=1)), 0
+            )
+        self._log.open_job(_CHANNEL, last_seq, ended=False)
+        self._cond = threading.Condition()
+        self._pending: dict[str, None] = {}  # insertion-ordered set of model names
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="registry-changes", daemon=True)
+        # Replicas following now (address -> open streams): the primary merges their statistics.
+        self._replicas: dict[str, int] = {}
+
+    def start(self) -> None:
+        """Compare every model with its head (catching up after a crash), then follow the registry."""
+        self._registry.add_listener(self.on_change)
+        with self._store.read() as txn:
+            names = {str(key[0]) for key, _ in txn.scan(HEADS)}
+        token = ""
+        while True:
+            page = self._registry.list_models(page_size_=1000, page_token=token)
+            names.update(record.name for record in page.items)
+            token = page.next_page_token
+            if not token:
+                break
+        for name in sorted(names):
+            self.on_change(name)
+        self._thread.start()
+
+    def on_change(self, model: str) -> None:
+        with self._cond:
+            self._pending[model] = None
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Stop recording and end every watcher (they resume against the next daemon)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join()
+        self._log.shutdown()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._closing or bool(self._pending))
+                if self._closing:
+                    return
+                model = next(iter(self._pending))
+                del self._pending[model]
+            try:
+                self._record(model)
+            except Exception:
+                log.exception("cannot record a registry change", extra={"model": model})
+
+    def _record(self, model: str) -> None:
+        state = read_state(self._registry, model)
+        with self._store.read() as txn:
+            raw = txn.get(HEADS, (model,))
+        before = None if raw is None else decode_record(raw, _HEAD_KIND, 1)[1]
+        after = None if state is None else _head(state)
+        kinds = _kinds(before, after)
+        if not kinds:
+            return
+
+        def write_head(txn: WriteTxn, _event: JobEvent) -> None:
+            if after is None:
+                txn.delete(HEADS, (model,))
+            else:
+                txn.put(HEADS, (model,), encode_record(_HEAD_KIND, 1, after))
+
+        self._log.append(
+            _CHANNEL,
+            0,
+            "change",
+            {"model": model, "kinds": list(kinds), "state": _encode_state(state)},
+            also=write_head,
+        )
+        # The next comparison must read this head.
+        self._log.flush()
+
+    def replicas(self) -> list[str]:
+        """The addresses of the replicas following this registry now."""
+        with self._cond:
+            return sorted(self._replicas)
+
+    async def watch(
+        self, from_seq: int, replica_address: str = ""
+    ) -> AsyncIterator[RegistryChange | CaughtUp]:
+        """Changes from `from_seq` (stored, then live); see the WatchChanges RPC for the errors."""
+        if from_seq < 0:
+            raise InvalidArgument(f"from_seq must be >= 0, got {from_seq}")
+        newest = self._log.last_seq(_CHANNEL)
+        if from_seq > newest + 1:
+            raise FailedPrecondition(
+                f"from_seq {from_seq} is past this registry's newest change ({newest}): the changes you "
+                "hold come from another registry; drop them and watch again with from_seq=0"
+            )
+        if replica_address:
+            with self._cond:
+                self._replicas[replica_address] = self._replicas.get(replica_address, 0) + 1
+        caught_up = max(from_seq, 1) > newest
+        try:
+            if caught_up:
+                yield CaughtUp(newest)
+            async for event in follow(self._log, _CHANNEL, from_seq):
+                yield _decode_change(event)
+                if not caught_up and event.seq >= newest:
+                    caught_up = True
+                    yield CaughtUp(newest)
+        finally:
+            if replica_address:
+                with self._cond:
+                    self._replicas[replica_address] -= 1
+                    if not self._replicas[replica_address]:
+                        del self._replicas[replica_address]

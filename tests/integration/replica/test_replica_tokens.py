@@ -1,0 +1,123 @@
+"""A replica of a primary that requires tokens: it follows with its own token (replica.token_file)
+and admits its callers by the primary's tokens file; the primary forwards the caller's token when
+it gathers cluster statistics."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from serving_models import linear_model, predict_request, upload
+
+from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+from tesserad.security import Role, hash_token, new_token
+from tesserad.security.tokens import format_entry
+from tests.conftest import InProcessDaemon, daemon_settings
+
+
+def bearer(token: str) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {token}")]
+
+
+def wait_for(status: int, channel: grpc.Channel, timeout: float = 120) -> None:
+    stub = health_pb2_grpc.HealthStub(channel)
+    deadline = time.monotonic() + timeout
+    while stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status != status:
+        assert time.monotonic() < deadline, "the replica's health never changed"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def tokens(tmp_path: Path) -> dict[Role, str]:
+    clear = {role: new_token() for role in Role}
+    (tmp_path / "tokens.toml").write_text(
+        "".join(format_entry(f"{role.label}-holder", role, hash_token(t)) for role, t in clear.items())
+    )
+    (tmp_path / "replica-token").write_text(clear[Role.READER] + "\n")
+    return clear
+
+
+def test_a_replica_follows_with_its_token_and_serves_token_holders(
+    tmp_path: Path, tokens: dict[Role, str]
+) -> None:
+    tokens_file = str(tmp_path / "tokens.toml")
+    primary = InProcessDaemon(
+        daemon_settings(tmp_path / "primary", **{"security.tokens_file": tokens_file})
+    ).start()
+    replica = None
+    try:
+        admin = grpc.intercept_channel(primary.channel(), _Bearer(tokens[Role.ADMIN]))
+        upload(admin, "linear", linear_model(1.0))
+        replica = InProcessDaemon(
+            daemon_settings(
+                tmp_path / "replica",
+                **{
+                    "security.tokens_file": tokens_file,
+                    "replica.primary": primary.target,
+                    "replica.token_file": str(tmp_path / "replica-token"),
+                },
+            )
+        ).start()
+        channel = replica.channel()
+        wait_for(health_pb2.HealthCheckResponse.SERVING, channel)
+        inference = inference_pb2_grpc.InferenceStub(channel)
+        x = np.ones((1, 4), dtype=np.float32)
+        with pytest.raises(grpc.RpcError) as refused:
+            inference.Predict(predict_request("linear", x))
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        inference.Predict(predict_request("linear", x), metadata=bearer(tokens[Role.READER]))
+
+        stats = inference_pb2_grpc.InferenceStub(primary.channel()).GetStats(
+            inference_pb2.GetStatsRequest(
+                target=common_pb2.VersionRef(model="linear"), scope=inference_pb2.STATS_SCOPE_CLUSTER
+            ),
+            metadata=bearer(tokens[Role.READER]),
+        )
+        assert list(stats.replicas) == [replica.target]
+        assert [s.request_count for s in stats.stats] == [1]
+    finally:
+        if replica is not None:
+            replica.stop()
+        primary.stop()
+
+
+def test_a_replica_without_a_token_is_never_ready(tmp_path: Path, tokens: dict[Role, str]) -> None:
+    tokens_file = str(tmp_path / "tokens.toml")
+    primary = InProcessDaemon(
+        daemon_settings(tmp_path / "primary", **{"security.tokens_file": tokens_file})
+    ).start()
+    replica = None
+    try:
+        replica = InProcessDaemon(
+            daemon_settings(tmp_path / "replica", **{"replica.primary": primary.target})
+        ).start()
+        channel = replica.channel()
+        # It keeps trying (and logging why); it reports NOT_SERVING all along.
+        for _ in range(10):
+            assert (
+                health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="")).status
+                == health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            time.sleep(0.1)
+    finally:
+        if replica is not None:
+            replica.stop()
+        primary.stop()
+
+
+class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientInterceptor):
+    def __init__(self, token: str) -> None:
+        self._metadata = bearer(token)
+
+    def _with_token(self, details):
+        return details._replace(metadata=[*(details.metadata or []), *self._metadata])
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):
+        return continuation(self._with_token(details), requests)

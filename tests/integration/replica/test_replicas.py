@@ -1,0 +1,260 @@
+"""A primary and two serving replicas (`tesserad serve --follow`), each its own process."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from serving_models import W, linear_model, predict_request, to_array, upload
+
+import tessera
+from tessera.v1 import (
+    common_pb2,
+    inference_pb2,
+    inference_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+    system_pb2,
+    system_pb2_grpc,
+)
+from tesserad.oip import grpc_service_pb2 as oip_pb
+from tesserad.oip import grpc_service_pb2_grpc
+
+T = TypeVar("T")
+X = np.ones((2, 4), dtype=np.float32)
+
+
+def eventually(check: Callable[[], T], timeout: float = 120) -> T:
+    """check()'s result once it stops raising (the replicas apply changes asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return check()
+        except (AssertionError, grpc.RpcError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def scale_served(channel: grpc.Channel, **target: object) -> float:
+    """The scale of the linear version that answered (versions differ by scale)."""
+    response = inference_pb2_grpc.InferenceStub(channel).Predict(
+        predict_request("linear", X, **target), timeout=30
+    )
+    return round(float(to_array(response.outputs[0])[0, 0] / (X[0] @ W)[0]), 3)
+
+
+def serving_status(channel: grpc.Channel) -> int:
+    return (
+        health_pb2_grpc.HealthStub(channel)
+        .Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        .status
+    )
+
+
+class Cluster:
+    def __init__(self, spawn: Callable[..., Any], root: Path) -> None:
+        self._spawn = spawn
+        self._root = root
+        self.primary_port = 0
+        self.primary: Any = None
+        self.replicas: list[Any] = []
+        self.replica_addresses: list[str] = []
+        self._channels: list[grpc.Channel] = []
+
+    def start_primary(self) -> str:
+        self.primary = self._spawn(
+            "--data-dir", str(self._root / "primary"), "--listen", f"127.0.0.1:{self.primary_port}",
+            "--metrics-listen", "off",
+        )  # fmt: skip
+        address = self.primary.wait_serving()
+        self.primary_port = int(address.rsplit(":", 1)[1])
+        return address
+
+    def start_replica(self, primary: str) -> str:
+        index = len(self.replicas)
+        replica = self._spawn(
+            "--data-dir", str(self._root / f"replica{index}"), "--listen", "127.0.0.1:0",
+            "--metrics-listen", "off", "--follow", primary,
+        )  # fmt: skip
+        self.replicas.append(replica)
+        address = replica.wait_serving()
+        self.replica_addresses.append(address)
+        return address
+
+    def channel(self, address: str) -> grpc.Channel:
+        channel = grpc.insecure_channel(address)
+        self._channels.append(channel)
+        return channel
+
+    def close(self) -> None:
+        for channel in self._channels:
+            channel.close()
+
+
+@pytest.fixture
+def cluster(spawn_daemon: Callable[..., Any], tmp_path: Path) -> Iterator[Cluster]:
+    running = Cluster(spawn_daemon, tmp_path)
+    primary = running.start_primary()
+    with grpc.insecure_channel(primary) as channel:
+        upload(channel, "linear", linear_model(1.0))
+        upload(channel, "linear", linear_model(2.0))
+        registry = registry_pb2_grpc.RegistryStub(channel)
+        registry.SetAlias(registry_pb2.SetAliasRequest(model="linear", alias="production", version=1))
+        registry.Deploy(
+            registry_pb2.DeployRequest(
+                model="linear", routes=[registry_pb2.Route(alias="production", weight=100)]
+            )
+        )
+    for _ in range(2):
+        running.start_replica(primary)
+    yield running
+    running.close()
+
+
+def test_replicas_serve_what_the_primary_deployed_and_refuse_registry_calls(cluster: Cluster) -> None:
+    for address in cluster.replica_addresses:
+        channel = cluster.channel(address)
+        eventually(lambda channel=channel: assert_serving(channel))
+        assert scale_served(channel) == 1.0
+        assert scale_served(channel, version=2) == 2.0
+        oip = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        assert oip.ModelReady(oip_pb.ModelReadyRequest(name="linear", version="1")).ready
+        with pytest.raises(grpc.RpcError) as refused:
+            registry_pb2_grpc.RegistryStub(channel).ListModels(registry_pb2.ListModelsRequest())
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert f"call the primary at 127.0.0.1:{cluster.primary_port}" in refused.value.details()
+        with pytest.raises(grpc.RpcError) as refused:
+            system_pb2_grpc.SystemStub(channel).GetServerInfo(system_pb2.GetServerInfoRequest())
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def assert_serving(channel: grpc.Channel) -> None:
+    assert serving_status(channel) == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_an_alias_moved_under_load_fails_no_request_at_either_replica(cluster: Cluster) -> None:
+    channels = [cluster.channel(a) for a in cluster.replica_addresses]
+    for channel in channels:
+        eventually(lambda channel=channel: assert_serving(channel))
+    stop = threading.Event()
+    failures: list[str] = []
+    scales: list[set[float]] = [set(), set()]
+
+    def load(index: int) -> None:
+        while not stop.is_set():
+            try:
+                scales[index].add(scale_served(channels[index]))
+            except grpc.RpcError as exc:
+                failures.append(f"replica {index}: {exc.code()} {exc.details()}")
+
+    workers = [threading.Thread(target=load, args=(i,)) for i in range(2) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{cluster.primary_port}") as primary:
+            registry_pb2_grpc.RegistryStub(primary).SetAlias(
+                registry_pb2.SetAliasRequest(model="linear", alias="production", version=2)
+            )
+        for channel in channels:
+            eventually(lambda channel=channel: assert_scale(channel, 2.0))
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(60)
+    assert failures == []
+    assert all(2.0 in s for s in scales)
+
+
+def assert_scale(channel: grpc.Channel, scale: float) -> None:
+    assert scale_served(channel) == scale
+
+
+def test_replicas_serve_without_the_primary_and_catch_up_when_it_returns(cluster: Cluster) -> None:
+    channels = [cluster.channel(a) for a in cluster.replica_addresses]
+    for channel in channels:
+        eventually(lambda channel=channel: assert_serving(channel))
+    cluster.primary.kill()
+    for channel in channels:
+        assert scale_served(channel) == 1.0
+        assert serving_status(channel) == health_pb2.HealthCheckResponse.SERVING
+
+    primary = cluster.start_primary()  # same data directory and port
+    with grpc.insecure_channel(primary) as channel:
+        upload(channel, "linear", linear_model(3.0), alias="production")
+    for channel in channels:
+        eventually(lambda channel=channel: assert_scale(channel, 3.0))
+
+
+def test_a_damaged_cached_blob_is_found_and_fetched_again(cluster: Cluster, tmp_path: Path) -> None:
+    channel = cluster.channel(cluster.replica_addresses[0])
+    eventually(lambda: assert_serving(channel))
+    blobs = [p for p in (tmp_path / "replica0" / "replica-cache" / "sha256").rglob("*") if p.is_file()]
+    assert len(blobs) == 1  # version 1, which the deployment serves
+    blobs[0].write_bytes(b"damaged" + blobs[0].read_bytes()[7:])
+    # Version 1 is loaded already; unloading it makes the next request load it from the cache again.
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    inference.UnloadModel(
+        inference_pb2.UnloadModelRequest(target=common_pb2.VersionRef(model="linear", version=1))
+    )
+    assert scale_served(channel, version=1) == 1.0
+    replica = cluster.replicas[0]
+    replica.wait_for_log("cached blob damaged; fetching it again")
+
+
+def test_the_sdk_spreads_calls_round_robin_over_both_replicas(cluster: Cluster) -> None:
+    for address in cluster.replica_addresses:
+        channel = cluster.channel(address)
+        eventually(lambda channel=channel: assert_serving(channel))
+    target = "ipv4:" + ",".join(cluster.replica_addresses)
+    with tessera.Client(target) as client:
+        for _ in range(20):
+            client.inference.predict("linear", {"x": X})
+    for address in cluster.replica_addresses:
+        with tessera.Client(address) as client:
+            stats = client.inference.stats("linear")
+            assert sum(s.request_count for s in stats) > 0, address
+    replica = cluster.replicas[0]
+    replica.terminate()
+    assert "tesserad stopped" in replica.output()
+    assert replica.process.returncode == 0
+
+
+def test_the_primarys_cluster_statistics_merge_its_replicas_histograms(cluster: Cluster) -> None:
+    counts = {}
+    for index, address in enumerate(cluster.replica_addresses):
+        channel = cluster.channel(address)
+        eventually(lambda channel=channel: assert_serving(channel))
+        for _ in range(3 + index):
+            scale_served(channel)
+        counts[address] = 3 + index
+    primary = cluster.channel(f"127.0.0.1:{cluster.primary_port}")
+    scale_served(primary)  # the primary serves too: 1 request there
+    request = inference_pb2.GetStatsRequest(
+        target=common_pb2.VersionRef(model="linear"), scope=inference_pb2.STATS_SCOPE_CLUSTER, histograms=True
+    )
+    response = inference_pb2_grpc.InferenceStub(primary).GetStats(request)
+    assert sorted(response.replicas) == sorted(cluster.replica_addresses)
+    assert list(response.unreachable_replicas) == []
+    [merged] = response.stats
+    assert (merged.model, merged.version) == ("linear", 1)
+    assert merged.request_count == merged.total.count == 1 + sum(counts.values())
+    assert sum(merged.total.histogram.counts.values()) == merged.total.count
+    assert 0 < merged.total.p50_us <= merged.total.max_us
+    # Each daemon's own figures stay its own; a replica has no cluster scope.
+    local = inference_pb2_grpc.InferenceStub(primary).GetStats(
+        inference_pb2.GetStatsRequest(target=request.target)
+    )
+    assert [s.request_count for s in local.stats] == [1]
+    replica = inference_pb2_grpc.InferenceStub(cluster.channel(cluster.replica_addresses[0]))
+    with pytest.raises(grpc.RpcError) as refused:
+        replica.GetStats(request)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "ask its primary" in refused.value.details()

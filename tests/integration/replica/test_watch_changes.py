@@ -1,0 +1,127 @@
+"""Registry.WatchChanges: the registry's numbered change feed, replayed from the store, then live."""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+import pytest
+from serving_models import linear_model, upload
+
+from tessera.v1 import registry_pb2 as pb
+from tessera.v1 import registry_pb2_grpc
+
+
+def _changes(channel: grpc.Channel, from_seq: int, count: int) -> list[pb.RegistryChange]:
+    """The first `count` changes from `from_seq` (the caught-up marker left out)."""
+    stream = registry_pb2_grpc.RegistryStub(channel).WatchChanges(
+        pb.WatchChangesRequest(from_seq=from_seq), timeout=60
+    )
+    got: list[pb.RegistryChange] = []
+    for response in stream:
+        if response.HasField("caught_up"):
+            continue
+        got.append(response.change)
+        if len(got) == count:
+            stream.cancel()
+            break
+    return got
+
+
+def test_changes_arrive_in_order_with_the_state_after_each(channel: grpc.Channel) -> None:
+    registry = registry_pb2_grpc.RegistryStub(channel)
+    upload(channel, "linear", linear_model(1.0))
+    upload(channel, "linear", linear_model(2.0))
+    registry.SetAlias(pb.SetAliasRequest(model="linear", alias="production", version=1))
+    registry.Deploy(pb.DeployRequest(model="linear", routes=[pb.Route(alias="production", weight=100)]))
+    registry.SetAlias(pb.SetAliasRequest(model="linear", alias="production", version=2))
+    registry.DeleteModel(pb.DeleteModelRequest(name="linear", force=True))
+
+    changes = _changes(channel, 0, 6)
+    assert [c.seq for c in changes] == [1, 2, 3, 4, 5, 6]
+    assert {c.model for c in changes} == {"linear"}
+    assert [list(c.kinds) for c in changes] == [
+        [pb.CHANGE_KIND_MODEL_CREATED],
+        [pb.CHANGE_KIND_VERSION_REGISTERED],
+        [pb.CHANGE_KIND_ALIAS_MOVED],
+        [pb.CHANGE_KIND_DEPLOYMENT_CHANGED],
+        [pb.CHANGE_KIND_ALIAS_MOVED, pb.CHANGE_KIND_DEPLOYMENT_CHANGED],
+        [pb.CHANGE_KIND_MODEL_DELETED],
+    ]
+    moved = changes[4].state
+    assert moved.latest_version == 2
+    assert dict(moved.aliases) == {"production": 2}
+    assert [r.resolved_version for r in moved.deployment.routes] == [2]
+    assert [v.version for v in moved.versions] == [2]
+    assert len(moved.versions[0].sha256) == 64
+    assert not changes[5].HasField("state")
+
+
+def test_a_watch_resumes_from_a_seq_and_then_follows_live(channel: grpc.Channel) -> None:
+    upload(channel, "linear", linear_model(1.0))
+    upload(channel, "linear", linear_model(2.0))
+    assert [c.seq for c in _changes(channel, 2, 1)] == [2]
+
+    live: list[pb.RegistryChange] = []
+    watcher = threading.Thread(target=lambda: live.extend(_changes(channel, 2, 2)))
+    watcher.start()
+    upload(channel, "linear", linear_model(3.0))
+    watcher.join(60)
+    assert [(c.seq, c.state.latest_version) for c in live] == [(2, 2), (3, 3)]
+
+
+def _first(channel: grpc.Channel, from_seq: int, count: int) -> list[str]:
+    stream = registry_pb2_grpc.RegistryStub(channel).WatchChanges(
+        pb.WatchChangesRequest(from_seq=from_seq), timeout=60
+    )
+    got = []
+    for response in stream:
+        got.append(
+            f"change {response.change.seq}"
+            if response.HasField("change")
+            else f"caught up {response.caught_up.seq}"
+        )
+        if len(got) == count:
+            stream.cancel()
+            return got
+    return got
+
+
+def test_the_caught_up_marker_follows_the_replay(channel: grpc.Channel) -> None:
+    upload(channel, "linear", linear_model(1.0))
+    upload(channel, "linear", linear_model(2.0))
+    _changes(channel, 0, 2)  # both recorded
+    assert _first(channel, 0, 3) == ["change 1", "change 2", "caught up 2"]
+    assert _first(channel, 2, 2) == ["change 2", "caught up 2"]
+    assert _first(channel, 3, 1) == ["caught up 2"]
+
+
+@pytest.mark.parametrize(
+    ("from_seq", "code", "text"),
+    [
+        (-1, grpc.StatusCode.INVALID_ARGUMENT, "from_seq must be >= 0"),
+        (5, grpc.StatusCode.FAILED_PRECONDITION, "watch again with from_seq=0"),
+    ],
+)
+def test_a_seq_the_registry_never_gave_is_refused(
+    channel: grpc.Channel, from_seq: int, code: grpc.StatusCode, text: str
+) -> None:
+    upload(channel, "linear", linear_model(1.0))
+    with pytest.raises(grpc.RpcError) as raised:
+        _changes(channel, from_seq, 1)
+    assert raised.value.code() == code
+    assert text in raised.value.details()
+
+
+def test_changes_survive_a_restart_and_numbering_goes_on(data_dir, spawn_daemon) -> None:
+    first = spawn_daemon("--data-dir", str(data_dir), "--listen", "127.0.0.1:0", "--metrics-listen", "off")
+    address = first.wait_serving()
+    with grpc.insecure_channel(address) as channel:
+        upload(channel, "linear", linear_model(1.0))
+        assert len(_changes(channel, 0, 1)) == 1
+    first.terminate()
+    first.output()
+    second = spawn_daemon("--data-dir", str(data_dir), "--listen", "127.0.0.1:0", "--metrics-listen", "off")
+    with grpc.insecure_channel(second.wait_serving()) as channel:
+        upload(channel, "linear", linear_model(2.0))
+        assert [(c.seq, c.state.latest_version) for c in _changes(channel, 1, 2)] == [(1, 1), (2, 2)]
