@@ -7,10 +7,19 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 
 def start_daemon(data_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
     """The started process and the address it serves on, once its log says it is serving."""
+    process, serving = start_daemon_logged(data_dir, *extra)
+    return process, serving["address"]
+
+
+def start_daemon_logged(data_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """The started process and its "tesserad serving" log entry (address, dashboard, ...).
+
+    `extra` flags come after the defaults, so they win (e.g. `--http-listen 127.0.0.1:0`)."""
     process = subprocess.Popen(
         [
             sys.executable,
@@ -43,5 +52,5 @@ def start_daemon(data_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], st
         if entry.get("msg") == "tesserad serving":
             # Keep draining the log so the daemon never blocks on a full pipe.
             threading.Thread(target=stderr.read, daemon=True).start()
-            return process, entry["address"]
+            return process, entry
     raise RuntimeError("tesserad did not start")
