@@ -60,9 +60,10 @@ def test_grid_sweep_runs_every_combination(training: training_pb2_grpc.TrainingS
 
 def test_asha_prunes_trials_that_trail_at_a_rung(training: training_pb2_grpc.TrainingStub) -> None:
     # Seed 6 draws lr 0.05 first, then 1e-7 twice: the first trial learns, the later two barely
-    # move from the same initial weights, so at the first rung (epoch 1) they trail it.
+    # move from the same initial weights, so at the first rung (epoch 1) they trail it. A trial
+    # runs on while its rung is judged, so it gets epochs enough that the cancel lands first.
     spec = S.SweepSpec(
-        base=job_spec("mlp", epochs=3),
+        base=job_spec("mlp", epochs=40),
         strategy=S.SWEEP_STRATEGY_ASHA,
         parameters=[_values("optimizer.lr", "0.05", "0.0000001")],
         max_trials=3,
