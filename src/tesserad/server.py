@@ -279,16 +279,7 @@ class Daemon:
             TrainingServicer(self.training, events, tracking, sweeps),
             routes,
         )
-        self._health = health.aio.HealthServicer()
-        _register(health_pb2_grpc.add_HealthServicer_to_server, self._health, routes)
-        reflection.enable_server_reflection(
-            [
-                *self.service_names,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
-            server,
-        )
+        self._health = self._add_health_and_reflection(server, routes)
 
         self.port = _bind(server, settings.listen, credentials)
         await server.start()
@@ -368,6 +359,22 @@ class Daemon:
         self._server = server
         return server, credentials, auth, calls
 
+    def _add_health_and_reflection(
+        self, server: grpc.aio.Server, routes: _GenericHandlersOnly
+    ) -> health.aio.HealthServicer:
+        """gRPC health and reflection, for the primary and the replica alike."""
+        health_servicer = health.aio.HealthServicer()
+        _register(health_pb2_grpc.add_HealthServicer_to_server, health_servicer, routes)
+        reflection.enable_server_reflection(
+            [
+                *self.service_names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            server,
+        )
+        return health_servicer
+
     def _serve_metrics(self) -> None:
         settings = self.settings
         if settings.metrics_listen is not None:
@@ -403,16 +410,7 @@ class Daemon:
         )
         refused = [m.DESCRIPTOR.services_by_name[n] for m, n in _SERVICES if n in _PRIMARY_ONLY]
         server.add_generic_rpc_handlers(refusing_handlers(refused, primary))
-        self._health = health.aio.HealthServicer()
-        _register(health_pb2_grpc.add_HealthServicer_to_server, self._health, routes)
-        reflection.enable_server_reflection(
-            [
-                *self.service_names,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
-            server,
-        )
+        self._health = self._add_health_and_reflection(server, routes)
         self.port = _bind(server, settings.listen, credentials)
         serving = [
             "",
