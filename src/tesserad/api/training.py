@@ -90,8 +90,9 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
     async def WatchJob(
         self, request: pb.WatchJobRequest, context: grpc.aio.ServicerContext[pb.WatchJobRequest, pb.JobEvent]
     ) -> AsyncIterator[pb.JobEvent]:
-        async for event in watch_job(self._jobs, self._events, request.job_id, request.from_seq):
-            yield event_to_proto(event)
+        async for batch in watch_job(self._jobs, self._events, request.job_id, request.from_seq):
+            for event in batch:
+                yield event_to_proto(event)
 
     # -- tracking
 

@@ -220,10 +220,21 @@ def raise_if_shutdown(subscription: Subscription, next_seq: int) -> None:
 
 
 async def follow(events: EventLog, job_id: str, from_seq: int) -> AsyncIterator[JobEvent]:
-    """The stored events from `from_seq`, then the live ones until the stream ends.
+    """The stored events from `from_seq`, then the live ones until the stream ends, one by one.
 
     Raises ResourceExhausted when the watcher falls behind its buffer and Unavailable at
     shutdown, both naming the from_seq to resume from.
+    """
+    async for batch in follow_batches(events, job_id, from_seq):
+        for event in batch:
+            yield event
+
+
+async def follow_batches(events: EventLog, job_id: str, from_seq: int) -> AsyncIterator[list[JobEvent]]:
+    """`follow`, in the batches the events arrive in: a replay read, or what one wake-up found.
+
+    A transport that can send several events in one write (the dashboard's event streams) pays
+    its per-write cost once per batch instead of once per event.
     """
     loop = asyncio.get_running_loop()
     wake = asyncio.Event()
@@ -236,8 +247,7 @@ async def follow(events: EventLog, job_id: str, from_seq: int) -> AsyncIterator[
             batch = await asyncio.to_thread(events.read, job_id, next_seq, newest)
             if not batch:
                 break
-            for event in batch:
-                yield event
+            yield batch
             next_seq = batch[-1].seq + 1
         if subscription is None:
             return
@@ -245,10 +255,13 @@ async def follow(events: EventLog, job_id: str, from_seq: int) -> AsyncIterator[
             wake.clear()
             # Read before draining: whatever was pushed before the end is then in the buffer.
             ended = subscription.ended
+            fresh = []
             for event in subscription.drain():
                 if event.seq >= next_seq:
-                    yield event
+                    fresh.append(event)
                     next_seq = event.seq + 1
+            if fresh:
+                yield fresh
             subscription.raise_if_cut(next_seq)
             raise_if_shutdown(subscription, next_seq)
             if ended:

@@ -10,12 +10,15 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from tesserad.errors import InvalidArgument
-from tesserad.training.events import EventLog, JobEvent, follow
+from tesserad.training.events import EventLog, JobEvent, follow_batches
 from tesserad.training.jobs import Jobs
 
 
-async def watch_job(jobs: Jobs, events: EventLog, job_id: str, from_seq: int) -> AsyncIterator[JobEvent]:
-    """Events of `job_id` numbered `from_seq` and later, ending when the job ends.
+async def watch_job(
+    jobs: Jobs, events: EventLog, job_id: str, from_seq: int
+) -> AsyncIterator[list[JobEvent]]:
+    """Events of `job_id` numbered `from_seq` and later, in the batches they arrive in, ending when
+    the job ends.
 
     NotFound for an unknown job; ResourceExhausted when the watcher falls too far behind and
     Unavailable at shutdown, each naming the sequence number to resume from.
@@ -23,5 +26,5 @@ async def watch_job(jobs: Jobs, events: EventLog, job_id: str, from_seq: int) ->
     if from_seq < 0:
         raise InvalidArgument(f"from_seq must be >= 0, got {from_seq}")
     await asyncio.to_thread(jobs.get, job_id)
-    async for event in follow(events, job_id, from_seq):
-        yield event
+    async for batch in follow_batches(events, job_id, from_seq):
+        yield batch
