@@ -58,7 +58,7 @@ from tesserad.registry import Registry
 from tesserad.replica import changes as replica_changes
 from tesserad.replica.blob_cache import BlobCache
 from tesserad.replica.changes import ChangeFeed
-from tesserad.replica.followed import FollowedRegistry
+from tesserad.replica.followed import FollowedRegistry, FollowedVersion
 from tesserad.runtime_env import worker_environment
 from tesserad.serving.registry_source import build_inference, inference_over
 from tesserad.serving.service import CallCounter, InferenceService
@@ -395,7 +395,10 @@ class Daemon:
         routes = _GenericHandlersOnly(server)
         cache = BlobCache(settings.data_dir / "replica-cache", settings.replica.cache_size)
         followed = FollowedRegistry(
-            primary, cache, lambda model, version: self._follower_download(model, version)
+            primary,
+            cache,
+            lambda model, version: self._follower_download(model, version),
+            lambda model, version: self._follower_fetch_version(model, version),
         )
         if settings.serving.switch_interval_us:
             sys.setswitchinterval(settings.serving.switch_interval_us / 1e6)
@@ -456,6 +459,11 @@ class Daemon:
         if self._follower is None:
             raise Unavailable("this replica is not following its primary yet")
         return self._follower.download(model, version)
+
+    def _follower_fetch_version(self, model: str, version: int) -> FollowedVersion | None:
+        if self._follower is None:
+            raise Unavailable("this replica is not following its primary yet")
+        return self._follower.fetch_version(model, version)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking calls, let in-flight calls finish within the grace period, close the store."""

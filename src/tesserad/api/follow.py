@@ -1,5 +1,6 @@
 """A serving replica's link to its primary: follows Registry.WatchChanges into the followed
-registry, downloads artifacts for the blob cache, and answers the RPCs a replica does not
+registry, fetches the versions the feed does not carry (Registry.GetVersion) and downloads
+artifacts for the blob cache, and answers the RPCs a replica does not
 serve (registry, datasets, training, system) with FAILED_PRECONDITION naming the primary.
 
 Readiness: the replica reports NOT_SERVING (gRPC health) until it has caught up with the
@@ -37,6 +38,17 @@ RECONNECT_MAX_S = 5.0
 DOWNLOAD_CHUNK = 1 << 20
 
 
+def followed_version(v: pb.ModelVersion) -> FollowedVersion:
+    return FollowedVersion(
+        version=v.version,
+        format=format_from_proto(v.format),
+        sha256=v.sha256,
+        size_bytes=v.size_bytes,
+        signature=serving_signature(signature_from_proto(v.signature)),
+        architecture=architecture_to_dict(v.architecture) if v.HasField("architecture") else None,
+    )
+
+
 def followed_model(state: pb.ModelServingState) -> FollowedModel:
     deployment = None
     if state.HasField("deployment"):
@@ -45,17 +57,7 @@ def followed_model(state: pb.ModelServingState) -> FollowedModel:
             routes=tuple((r.resolved_version, r.weight) for r in d.routes),
             shadow=(d.shadow.resolved_version, d.shadow.percent or 100) if d.HasField("shadow") else None,
         )
-    versions = {
-        v.version: FollowedVersion(
-            version=v.version,
-            format=format_from_proto(v.format),
-            sha256=v.sha256,
-            size_bytes=v.size_bytes,
-            signature=serving_signature(signature_from_proto(v.signature)),
-            architecture=architecture_to_dict(v.architecture) if v.HasField("architecture") else None,
-        )
-        for v in state.versions
-    }
+    versions = {v.version: followed_version(v) for v in state.versions}
     return FollowedModel(state.latest_version, dict(state.aliases), deployment, versions)
 
 
@@ -86,6 +88,20 @@ class Follower:
         self._set_ready = set_ready
         self._ready = False
         self._connected = False  # the current stream has delivered something
+
+    def fetch_version(self, model: str, version: int) -> FollowedVersion | None:
+        """Version `version` of `model`'s record from the primary (runs on a request thread);
+        None when the primary has no such version."""
+        request = pb.GetVersionRequest(ref=common_pb2.VersionRef(model=model, version=version))
+        try:
+            record = self._downloads.unary("Registry", "GetVersion", request, None)
+        except sdk_errors.NotFound:
+            return None
+        except sdk_errors.TesseraError as exc:
+            raise Unavailable(
+                f"cannot fetch version {version} of {model!r} from the primary {self.primary}: {exc.message}"
+            ) from None
+        return followed_version(record)
 
     def download(self, model: str, version: int) -> Iterator[bytes]:
         """Version `version` of `model`'s artifact from the primary (runs on a load thread)."""
@@ -148,7 +164,8 @@ class Follower:
 
     def _load_deployments(self) -> None:
         """Load what every deployment routes to; Unavailable (the primary went) is retried by
-        reconnecting, a version that cannot load here (an ensemble, a broken artifact) is logged."""
+        reconnecting, a version that cannot load (an ensemble whose member is gone, a broken
+        artifact) is logged."""
         for model in self._followed.deployed_models():
             try:
                 self._inference.load_serving(model)

@@ -1,5 +1,7 @@
 """A replica's view of the primary's registry: each model's serving state as the change feed
-last gave it, served to the inference layer as its VersionSource (artifacts from the cache)."""
+last gave it, served to the inference layer as its VersionSource (artifacts from the cache).
+A version the feed does not carry (not latest, aliased or deployed) is fetched from the
+primary when a request names it, and kept until its model changes."""
 
 from __future__ import annotations
 
@@ -8,8 +10,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tesserad.errors import FailedPrecondition, NotFound
+from tesserad.errors import NotFound
+from tesserad.registry.ensembles import parse_ensemble_spec
 from tesserad.replica.blob_cache import BlobCache
+from tesserad.serving.ensemble import EnsemblePlan, plan_ensemble
 from tesserad.serving.pool import ServableVersion
 from tesserad.serving.service import DeploymentPlan
 from tesserad.serving.signature import Signature
@@ -36,15 +40,25 @@ class FollowedModel:
     versions: dict[int, FollowedVersion]
 
 
+# Version `version` of `model`'s record at the primary, None when the primary has no such version
+# (Unavailable when the primary cannot be reached).
+FetchVersion = Callable[[str, int], FollowedVersion | None]
+
+
 class FollowedRegistry:
     """The followed models (`apply` from the change feed) as the serving layer's VersionSource."""
 
-    def __init__(self, primary: str, cache: BlobCache, download: Download) -> None:
+    def __init__(
+        self, primary: str, cache: BlobCache, download: Download, fetch_version: FetchVersion
+    ) -> None:
         self._primary = primary
         self._cache = cache
         self._download = download
+        self._fetch_version = fetch_version
         self._lock = threading.Lock()
         self._models: dict[str, FollowedModel] = {}
+        # Versions fetched on demand; a change to their model drops them (it may delete them).
+        self._fetched: dict[tuple[str, int], FollowedVersion] = {}
         self.seq = 0  # the last change applied
 
     def apply(self, seq: int, model: str, state: FollowedModel | None) -> None:
@@ -53,12 +67,14 @@ class FollowedRegistry:
                 self._models.pop(model, None)
             else:
                 self._models[model] = state
+            self._fetched = {key: v for key, v in self._fetched.items() if key[0] != model}
             self.seq = seq
 
     def clear(self) -> None:
         """Forget everything (the primary is another registry now): the feed is replayed from 0."""
         with self._lock:
             self._models.clear()
+            self._fetched.clear()
             self.seq = 0
 
     def deployed_models(self) -> list[str]:
@@ -84,19 +100,7 @@ class FollowedRegistry:
             number = state.aliases[alias]
         else:
             raise NotFound(f"model {model!r} has no alias {alias!r}")
-        followed = state.versions.get(number)
-        if followed is None:
-            raise NotFound(
-                f"version {number} of {model!r} is not served by this replica: replicas serve the "
-                f"versions that latest, an alias or the deployment points at; ask the primary "
-                f"{self._primary} for others"
-            )
-
-        if followed.format == "ensemble":
-            raise FailedPrecondition(
-                f"version {number} of {model!r} is an ensemble, which serving replicas do not serve; "
-                f"call the primary {self._primary} for it"
-            )
+        followed = state.versions.get(number) or self._fetched_version(model, number)
 
         def open_artifact() -> Any:
             return self._cache.open(
@@ -110,6 +114,32 @@ class FollowedRegistry:
             open_artifact=open_artifact,
             signature=followed.signature,
             architecture=followed.architecture,
+            ensemble=(lambda: self._ensemble_plan(model, number, open_artifact))
+            if followed.format == "ensemble"
+            else None,
+        )
+
+    def _fetched_version(self, model: str, version: int) -> FollowedVersion:
+        """The version's record from the primary (on a request thread), kept until its model
+        changes; NotFound when the primary has no such version."""
+        with self._lock:
+            known = self._fetched.get((model, version))
+            seq = self.seq
+        if known is not None:
+            return known
+        fetched = self._fetch_version(model, version)
+        if fetched is None:
+            raise NotFound(f"model {model!r} has no version {version}")
+        with self._lock:
+            if self.seq == seq:  # else a change came meanwhile: the record may be gone, keep nothing
+                self._fetched[(model, version)] = fetched
+        return fetched
+
+    def _ensemble_plan(self, model: str, version: int, open_artifact: Callable[[], Any]) -> EnsemblePlan:
+        with open_artifact() as path:
+            spec = parse_ensemble_spec(path.read_bytes())
+        return plan_ensemble(
+            model, version, spec, lambda member: self.servable(member.model, member.version, None)
         )
 
     def deployment(self, model: str) -> DeploymentPlan | None:

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tesserad.errors import FailedPrecondition, Unavailable
-from tesserad.registry.ensembles import EnsembleSpec
+from tesserad.errors import FailedPrecondition, NotFound, Unavailable
+from tesserad.registry.ensembles import EnsembleSpec, Member
 from tesserad.serving.batcher import Answer, BatcherClosed
 from tesserad.serving.signature import Signature, validate_request
 
@@ -29,6 +29,24 @@ class EnsemblePlan:
 
     spec: EnsembleSpec
     members: tuple[ServableVersion, ...]
+
+
+def plan_ensemble(
+    model: str, version: int, spec: EnsembleSpec, member_servable: Callable[[Member], ServableVersion]
+) -> EnsemblePlan:
+    """The plan of ensemble `version` of `model`, each member from its source;
+    FailedPrecondition naming a member deleted since the ensemble was registered."""
+    members: list[ServableVersion] = []
+    for member in spec.members:
+        try:
+            members.append(member_servable(member))
+        except NotFound as exc:
+            raise FailedPrecondition(
+                f"model {model!r} version {version} is an ensemble whose member "
+                f"{member.label} no longer exists ({exc.message}); register a new ensemble "
+                "version whose members exist"
+            ) from None
+    return EnsemblePlan(spec, tuple(members))
 
 
 class EnsembleRuntime:

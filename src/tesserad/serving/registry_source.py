@@ -11,11 +11,11 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from tesserad.config import ServingSettings
-from tesserad.errors import FailedPrecondition, NotFound
+from tesserad.errors import NotFound
 from tesserad.registry import Registry, VersionRecord
 from tesserad.registry import Signature as RegistrySignature
 from tesserad.registry.ensembles import Member, parse_ensemble_spec
-from tesserad.serving.ensemble import EnsemblePlan
+from tesserad.serving.ensemble import EnsemblePlan, plan_ensemble
 from tesserad.serving.pool import ModelPool, ServableVersion, ServingDefaults
 from tesserad.serving.service import (
     CallCounter,
@@ -57,22 +57,18 @@ class RegistrySource:
         )
 
     def _ensemble_plan(self, record: VersionRecord) -> EnsemblePlan:
-        """The ensemble's spec and members; FailedPrecondition naming a member deleted since."""
         with self._registry.artifact_path(record) as path:
             spec = parse_ensemble_spec(path.read_bytes())
-        members: list[ServableVersion] = []
-        for member in spec.members:
-            try:
-                servable = self.servable(member.model, member.version, None)
-            except NotFound as exc:
-                raise FailedPrecondition(
-                    f"model {record.model!r} version {record.version} is an ensemble whose member "
-                    f"{member.label} no longer exists ({exc.message}); register a new ensemble "
-                    "version whose members exist"
-                ) from None
-            # A member unloaded later is loaded again: NotFound then if it was deleted meanwhile.
-            members.append(replace(servable, open_artifact=partial(self._artifact_of, member)))
-        return EnsemblePlan(spec, tuple(members))
+        # A member unloaded later is loaded again: NotFound then if it was deleted meanwhile.
+        return plan_ensemble(
+            record.model,
+            record.version,
+            spec,
+            lambda member: replace(
+                self.servable(member.model, member.version, None),
+                open_artifact=partial(self._artifact_of, member),
+            ),
+        )
 
     def _artifact_of(self, member: Member) -> AbstractContextManager[Path]:
         opened: AbstractContextManager[Path] = self._registry.artifact_path(

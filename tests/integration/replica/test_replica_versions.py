@@ -1,0 +1,81 @@
+"""A replica serves any version the primary has, not only those its change feed carries
+(latest, aliased, deployed): it fetches the others' records from the primary on demand, and
+serves ensembles, whose members resolve the same way."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from serving_models import W, linear_model, predict_request, to_array, upload
+from test_replicas import Cluster, assert_serving, eventually, scale_served
+
+import tessera
+from tessera.v1 import inference_pb2_grpc
+
+X = np.ones((2, 4), dtype=np.float32)
+
+
+@pytest.fixture
+def cluster(spawn_daemon: Callable[..., Any], tmp_path: Path) -> Iterator[Cluster]:
+    """A primary with versions 1 and 2 of "linear" (no alias, no deployment) and one replica."""
+    running = Cluster(spawn_daemon, tmp_path)
+    primary = running.start_primary()
+    with grpc.insecure_channel(primary) as channel:
+        upload(channel, "linear", linear_model(1.0))
+        upload(channel, "linear", linear_model(2.0))
+    replica = running.channel(running.start_replica(primary))
+    eventually(lambda: assert_serving(replica))
+    yield running
+    running.close()
+
+
+def test_a_replica_serves_a_version_its_feed_does_not_carry(cluster: Cluster) -> None:
+    replica = cluster.channel(cluster.replica_addresses[0])
+    assert scale_served(replica) == 2.0  # latest
+    assert scale_served(replica, version=1) == 1.0  # neither latest nor aliased: fetched
+    assert scale_served(replica, version=1) == 1.0
+
+    primary = cluster.channel(f"127.0.0.1:{cluster.primary_port}")
+    refusals = []
+    for channel in (primary, replica):
+        with pytest.raises(grpc.RpcError) as refused:
+            scale_served(channel, version=3)
+        refusals.append((refused.value.code(), refused.value.details()))
+    assert refusals[1][0] == refusals[0][0] == grpc.StatusCode.NOT_FOUND
+    assert "'linear' has no version 3" in refusals[1][1]
+
+
+def test_an_ensemble_answers_at_a_replica_as_at_the_primary(cluster: Cluster) -> None:
+    primary_address = f"127.0.0.1:{cluster.primary_port}"
+    with tessera.Client(primary_address, timeout=60) as client:
+        client.models.register_ensemble("ens", ["linear:1", "linear:2"], "mean")
+    replica = cluster.channel(cluster.replica_addresses[0])
+
+    def ensemble_answer(channel: grpc.Channel) -> np.ndarray:
+        response = inference_pb2_grpc.InferenceStub(channel).Predict(predict_request("ens", X), timeout=60)
+        return to_array(response.outputs[0])
+
+    expected = ensemble_answer(cluster.channel(primary_address))
+    answered = eventually(lambda: ensemble_answer(replica))  # once the feed brought "ens"
+    np.testing.assert_allclose(answered, expected, rtol=1e-6)
+    np.testing.assert_allclose(answered, 1.5 * (X @ W), rtol=1e-5)  # the mean of scales 1 and 2
+
+
+def test_a_version_fetched_while_the_primary_is_away_is_unavailable_naming_it(cluster: Cluster) -> None:
+    replica = cluster.channel(cluster.replica_addresses[0])
+    primary_address = f"127.0.0.1:{cluster.primary_port}"
+    assert scale_served(replica) == 2.0  # loaded (its artifact cached) while the primary is up
+    cluster.primary.kill()
+    assert scale_served(replica) == 2.0
+    with pytest.raises(grpc.RpcError) as refused:
+        scale_served(replica, version=1)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert f"from the primary {primary_address}" in refused.value.details()
+
+    cluster.start_primary()  # same data directory and port
+    assert eventually(lambda: scale_served(replica, version=1)) == 1.0

@@ -1,0 +1,67 @@
+"""The replica's followed registry: versions the change feed does not carry are fetched from
+the primary once, and forgotten when their model changes (the change may have deleted them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tesserad.errors import NotFound
+from tesserad.replica.blob_cache import BlobCache
+from tesserad.replica.followed import FollowedModel, FollowedRegistry, FollowedVersion
+
+
+def record(version: int) -> FollowedVersion:
+    return FollowedVersion(version, "onnx", f"{version:064x}", 10, None, None)
+
+
+class Primary:
+    """Has versions 1 to 3 of "m"; counts the record fetches."""
+
+    def __init__(self) -> None:
+        self.fetches: list[tuple[str, int]] = []
+
+    def fetch_version(self, model: str, version: int) -> FollowedVersion | None:
+        self.fetches.append((model, version))
+        return record(version) if model == "m" and version <= 3 else None
+
+
+@pytest.fixture
+def primary() -> Primary:
+    return Primary()
+
+
+@pytest.fixture
+def followed(tmp_path: Path, primary: Primary) -> FollowedRegistry:
+    registry = FollowedRegistry(
+        "primary:50051", BlobCache(tmp_path, 1 << 20), lambda m, v: [], primary.fetch_version
+    )
+    registry.apply(1, "m", FollowedModel(3, {}, None, {3: record(3)}))
+    registry.apply(2, "other", FollowedModel(1, {}, None, {1: record(1)}))
+    return registry
+
+
+def test_a_version_outside_the_feed_is_fetched_once(followed: FollowedRegistry, primary: Primary) -> None:
+    assert followed.servable("m", None, None).version == 3
+    assert primary.fetches == []
+    assert followed.servable("m", 1, None).version == 1
+    assert followed.servable("m", 1, None).version == 1
+    assert primary.fetches == [("m", 1)]
+
+
+def test_a_change_to_the_model_forgets_its_fetched_versions(
+    followed: FollowedRegistry, primary: Primary
+) -> None:
+    followed.servable("m", 1, None)
+    followed.apply(3, "other", None)  # another model's change keeps them
+    followed.servable("m", 1, None)
+    assert primary.fetches == [("m", 1)]
+    followed.apply(4, "m", FollowedModel(3, {}, None, {3: record(3)}))
+    followed.servable("m", 1, None)
+    assert primary.fetches == [("m", 1), ("m", 1)]
+
+
+def test_a_version_the_primary_lacks_is_not_found(followed: FollowedRegistry) -> None:
+    with pytest.raises(NotFound, match="model 'm' has no version 7"):
+        followed.servable("m", 7, None)
