@@ -151,7 +151,7 @@ def test_serving_page_shows_percentiles_that_move_under_load(dash, client, tmp_p
     screenshot(page, "serving")
 
 
-def test_markup_in_names_renders_as_text(dash, client, tmp_path, page, finished_job):
+def test_markup_in_names_renders_as_text(dash, client, tmp_path, page, table, finished_job):
     client.models.create("dash-markup", description=HOSTILE, tags={"note": HOSTILE})
     client.models.push(
         "dash-markup", affine_onnx(tmp_path / "affine.onnx"), description=HOSTILE, tags={"note": HOSTILE}
@@ -163,8 +163,27 @@ def test_markup_in_names_renders_as_text(dash, client, tmp_path, page, finished_
         assert page.eval_on_selector_all("#app script, #app img", "nodes => nodes.length") == 0
     open_page(page, dash, "/models")
     screenshot(page, "models")
+    trained = client.models.alias("tiny", "staging").version
+    exported = client.models.export_onnx("tiny", trained).version.version
     open_page(page, dash, "/models/tiny")  # a trained version: its lineage links its job
     assert finished_job in page.text_content("#app")
+    versions = [v.version for v in client.models.versions("tiny")]
+    graph_nodes = page.eval_on_selector_all(
+        "#lineage-graph [data-node]", "nodes => nodes.map(n => n.dataset.node)"
+    )
+    assert {f"version:tiny:{v}" for v in versions} <= set(graph_nodes)
+    graph_edges = page.eval_on_selector_all(
+        "#lineage-graph .lineage-edge", "paths => paths.map(p => [p.dataset.from, p.dataset.to])"
+    )
+    dataset_name, dataset_version = table.split(":")
+    job_node = f"job:{finished_job}"
+    assert [f"dataset:{dataset_name}:{dataset_version}", job_node] in graph_edges
+    assert [job_node, f"version:tiny:{trained}"] in graph_edges
+    assert [f"version:tiny:{trained}", f"version:tiny:{exported}"] in graph_edges  # the ONNX export's parent
+    assert (
+        page.eval_on_selector("#versions", "table => table.getBoundingClientRect().right")
+        <= VIEWPORT["width"]
+    )
     screenshot(page, "model")
 
 

@@ -421,13 +421,18 @@ async function modelPage(app, name) {
   app.append(el("div", { class: "cards" }, card("versions", String(m.version_count)), card("latest", `v${m.latest_version}`),
     card("deployment", current && !current.undeployed ? current.routes.map(routeText).join(", ") + (current.shadow ? `; shadow ${current.shadow.percent}%` : "") : "none")));
   app.append(el("h2", { text: "Versions" }));
-  app.append(plainTable(["version", "format", "aliases", "description", "tags", "metrics", "params", "lineage", "size", "created"], data.versions.map((v) => [
+  const versions = plainTable(["version", "format", "aliases", "description", "tags", "metrics", "params", "size", "created"], data.versions.map((v) => [
     `v${v.version}`, v.format, v.aliases.join(", "), v.description,
     Object.entries(v.tags).map(([k, x]) => `${k}=${x}`).join(", "),
     Object.entries(v.metrics).map(([k, x]) => `${k}=${number(x)}`).join(", "),
-    Object.entries(v.params).map(([k, x]) => `${k}=${x}`).join(", "),
-    lineageNodes(v), bytes(v.size_bytes), when(v.created_at),
-  ])));
+    paramsCell(v.params), bytes(v.size_bytes), when(v.created_at),
+  ]));
+  versions.id = "versions";
+  app.append(versions);
+  app.append(el("h2", { text: "Lineage" }));
+  const newest = data.versions.slice(0, DERIVED_LOOKUPS);
+  const derived = await Promise.all(newest.map((v) => api(`/models/${encodeURIComponent(m.name)}/versions/${v.version}/lineage`)));
+  app.append(lineageGraph(m.name, data.versions, derived));
   app.append(el("h2", { text: "Aliases" }));
   app.append(plainTable(["alias", "version", "moved", "by"], data.aliases.map((a) => [a.alias, `v${a.version}`, when(a.updated_at), a.updated_by])));
   app.append(el("h2", { text: "Alias history" }));
@@ -440,18 +445,100 @@ async function modelPage(app, name) {
   rendered();
 }
 
-// The lineage of a version as a small graph: datasets and run -> parent -> this version.
-function lineageNodes(v) {
-  const l = v.lineage;
-  const nodes = [];
-  for (const d of l.datasets) nodes.push(el("span", { class: "node", text: `dataset ${d.name} v${d.version}` }));
-  if (l.job_id) nodes.push(link(`/jobs/${encodeURIComponent(l.job_id)}`, `job ${l.job_id}`));
-  if (l.parent_version) nodes.push(el("span", { class: "node", text: `${l.parent_model || v.model} v${l.parent_version}` }));
-  if (!nodes.length) return "";
-  const out = el("span", { class: "lineage" });
-  nodes.forEach((n, i) => { if (i) out.append(" → "); out.append(n); });
-  out.append(" → ", el("span", { class: "node", text: `v${v.version}` }));
-  return out;
+// Params beyond the first few fold into a <details>, so a version with many keeps the table narrow.
+const PARAMS_SHOWN = 3;
+
+function paramsCell(params) {
+  const items = Object.entries(params).map(([k, x]) => `${k}=${x}`);
+  if (items.length <= PARAMS_SHOWN) return items.join(", ");
+  return el("details", { class: "params" },
+    el("summary", { text: `${items.slice(0, PARAMS_SHOWN).join(", ")} … (${items.length - PARAMS_SHOWN} more)` }),
+    el("div", { text: items.slice(PARAMS_SHOWN).join(", ") }));
+}
+
+// Derived versions come from one lineage request per version: only the newest few are asked.
+const DERIVED_LOOKUPS = 100;
+const SVG_NS = "http://www.w3.org/2000/svg";
+const GRAPH = { nodeWidth: 190, nodeHeight: 24, columnGap: 60, rowGap: 12, pad: 10, labelChars: 27 };
+
+function svg(tag, attributes, ...children) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [key, value] of Object.entries(attributes || {})) {
+    if (key === "text") node.textContent = String(value);
+    else node.setAttribute(key, String(value));
+  }
+  node.append(...children);
+  return node;
+}
+
+// The model's lineage as one layered graph, left to right: datasets → jobs → parents in other
+// models → this model's versions → versions derived in other models. Keys name each node
+// (`dataset:NAME:N`, `job:ID`, `version:MODEL:N`) so tests and readers can find them.
+function lineageGraph(model, versions, lineages) {
+  const nodes = new Map();
+  const edges = new Map();
+  const addNode = (key, column, label, href) => {
+    if (!nodes.has(key)) nodes.set(key, { key, column, label, href });
+    return key;
+  };
+  const addEdge = (from, to) => edges.set(`${from}\n${to}`, [from, to]);
+  const versionKey = (name, version) => `version:${name}:${version}`;
+  const modelHref = (name) => (name === model ? null : `/models/${encodeURIComponent(name)}`);
+  const oldestFirst = versions.slice().sort((a, b) => a.version - b.version);
+  for (const v of oldestFirst) {
+    addNode(versionKey(model, v.version), 3, `v${v.version}${v.aliases.length ? ` (${v.aliases.join(", ")})` : ""}`, null);
+  }
+  for (const v of oldestFirst) {
+    const self = versionKey(model, v.version);
+    const l = v.lineage;
+    const job = l.job_id ? addNode(`job:${l.job_id}`, 1, `job ${l.job_id}`, `/jobs/${encodeURIComponent(l.job_id)}`) : null;
+    for (const d of l.datasets) addEdge(addNode(`dataset:${d.name}:${d.version}`, 0, `${d.name} v${d.version}`, null), job || self);
+    if (job) addEdge(job, self);
+    if (l.parent_version) {
+      const parentModel = l.parent_model || model;
+      addEdge(addNode(versionKey(parentModel, l.parent_version), 2, `${parentModel} v${l.parent_version}`, modelHref(parentModel)), self);
+    }
+  }
+  for (const lineage of lineages) {
+    for (const child of lineage.derived) {
+      const key = addNode(versionKey(child.model, child.version), 4, `${child.model} v${child.version}`, modelHref(child.model));
+      addEdge(versionKey(model, lineage.version.version), key);
+    }
+  }
+
+  const { nodeWidth, nodeHeight, columnGap, rowGap, pad, labelChars } = GRAPH;
+  const used = Array.from(new Set(Array.from(nodes.values(), (n) => n.column))).sort((a, b) => a - b);
+  const rows = new Map(used.map((c) => [c, 0]));
+  for (const node of nodes.values()) {
+    node.x = pad + used.indexOf(node.column) * (nodeWidth + columnGap);
+    node.y = pad + rows.get(node.column) * (nodeHeight + rowGap);
+    rows.set(node.column, rows.get(node.column) + 1);
+  }
+  const tallest = Math.max(1, ...rows.values());
+  // Room on the right for arcs between versions of this model (a parent in the same column).
+  const width = pad * 2 + used.length * nodeWidth + Math.max(0, used.length - 1) * columnGap + 40;
+  const height = pad * 2 + tallest * nodeHeight + (tallest - 1) * rowGap;
+  const graph = svg("svg", { id: "lineage-graph", class: "lineage-graph", width, height, viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": `lineage of ${model}` },
+    svg("defs", {}, svg("marker", { id: "arrow", viewBox: "0 0 8 8", refX: 8, refY: 4, markerWidth: 7, markerHeight: 7, orient: "auto" },
+      svg("path", { d: "M0,0 L8,4 L0,8 z" }))));
+  for (const [from, to] of edges.values()) {
+    const a = nodes.get(from), b = nodes.get(to);
+    const ay = a.y + nodeHeight / 2, by = b.y + nodeHeight / 2;
+    const d = a.column === b.column
+      ? `M${a.x + nodeWidth},${ay} C${a.x + nodeWidth + 40},${ay} ${b.x + nodeWidth + 40},${by} ${b.x + nodeWidth},${by}`
+      : `M${a.x + nodeWidth},${ay} C${a.x + nodeWidth + columnGap / 2},${ay} ${b.x - columnGap / 2},${by} ${b.x},${by}`;
+    graph.append(svg("path", { class: "lineage-edge", d, "data-from": from, "data-to": to, "marker-end": "url(#arrow)" }));
+  }
+  for (const node of nodes.values()) {
+    const label = node.label.length > labelChars ? `${node.label.slice(0, labelChars - 1)}…` : node.label;
+    const kind = node.key.slice(0, node.key.indexOf(":"));
+    const group = svg("g", { class: `lineage-node ${kind}${node.column === 3 ? " own" : ""}`, "data-node": node.key },
+      svg("title", { text: node.label }),
+      svg("rect", { x: node.x, y: node.y, width: nodeWidth, height: nodeHeight, rx: 3 }),
+      svg("text", { x: node.x + 8, y: node.y + nodeHeight / 2 + 4, text: label }));
+    graph.append(node.href ? svg("a", { href: node.href }, group) : group);
+  }
+  return el("div", { class: "lineage-box" }, graph);
 }
 
 async function servingPage(app) {
