@@ -159,7 +159,7 @@ function align(series) {
 }
 
 class Chart {
-  constructor(container, title, names) {
+  constructor(container, title, names, xLabel = "step") {
     this.container = container;
     this.series = names.map((name) => ({ name, steps: [], values: [] }));
     this.pending = false;
@@ -169,8 +169,8 @@ class Chart {
       width,
       height: 260,
       scales: { x: { time: false } },
-      axes: [{ label: "step" }, {}],
-      series: [{ label: "step" }, ...names.map((name, i) => ({ label: name, stroke: COLORS[i % COLORS.length], spanGaps: true, width: 1.5 }))],
+      axes: [{ label: xLabel }, {}],
+      series: [{ label: xLabel }, ...names.map((name, i) => ({ label: name, stroke: COLORS[i % COLORS.length], spanGaps: true, width: 1.5 }))],
     }, align(this.series), container);
     this.update();
   }
@@ -567,7 +567,7 @@ async function servingPage(app) {
     if (names.join("|") !== chartNames && names.length) {
       chartNames = names.join("|");
       clear(chartHolder);
-      chart = new Chart(chartBox(chartHolder), "total time, ms (seconds since opened)", names);
+      chart = new Chart(chartBox(chartHolder), "total time, ms", names, "seconds since opened");
     }
     const t = Math.round(Date.now() / 1000 - started);
     for (const e of loaded) {
@@ -589,7 +589,7 @@ async function systemPage(app) {
   app.append(cards);
   const gpuIds = server.gpus.map((g) => g.id);
   const names = ["cpu %", "memory %", ...gpuIds.map((id) => `${id} %`)];
-  const chart = new Chart(chartBox(app), "use over time (seconds since opened)", names);
+  const chart = new Chart(chartBox(app), "use over time", names, "seconds since opened");
   const start = Date.now() / 1000;
   const show = (s) => {
     clear(cards).append(card("CPU", `${s.cpu_percent.toFixed(0)}%`), card("memory", `${bytes(s.memory_used_bytes)} / ${bytes(s.memory_total_bytes)}`),
