@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tesserad.nn import model_signature, spec_from_dict
-from tesserad.registry import DatasetLineage, Lineage, Registry, Signature, TensorSpec
+from tesserad.registry import DatasetLineage, Lineage, Registry
+from tesserad.registry.architectures import architecture_signature
 from tesserad.store import BlobRef
 from tesserad.training.job_records import JobRecord, Registered
 from tesserad.training.jobs import flatten_params
@@ -17,11 +17,6 @@ class JobRegistration:
         """A new version of register_as.model (created if missing); the alias moves with it."""
         config = job.config
         target = config["register_as"]
-        inputs, outputs = model_signature(spec_from_dict(config["architecture"]))
-        signature = Signature(
-            tuple(TensorSpec(t.name, t.dtype, tuple(t.shape)) for t in inputs),
-            tuple(TensorSpec(t.name, t.dtype, tuple(t.shape)) for t in outputs),
-        )
         data = config["data"]
         parent = config.get("fine_tune") or {}
         lineage = Lineage(
@@ -37,7 +32,7 @@ class JobRegistration:
             target["model"],
             format="safetensors",
             blob=weights,
-            signature=signature,
+            signature=architecture_signature(config["architecture"]),
             architecture=config["architecture"],
             params=flatten_params(config),
             metrics={k: float(v) for k, v in job.metrics.items()},
