@@ -104,6 +104,11 @@ class Models:
                 start=(name_prefix,) if name_prefix else None,
             )
 
+    def model_names(self) -> list[str]:
+        """Every model's name, in name order, from one read."""
+        with self._store.read() as txn:
+            return [str(key[0]) for key, _ in txn.scan(MODELS)]
+
     def update_model(
         self,
         name: str,

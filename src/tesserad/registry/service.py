@@ -56,6 +56,7 @@ class Registry:
         self.create_model = models.create_model
         self.get_model = models.get_model
         self.list_models = models.list_models
+        self.model_names = models.model_names
         self.update_model = models.update_model
         self.delete_model = models.delete_model
 

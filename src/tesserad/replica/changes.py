@@ -199,13 +199,7 @@ class ChangeFeed:
         self._registry.add_listener(self.on_change)
         with self._store.read() as txn:
             names = {str(key[0]) for key, _ in txn.scan(HEADS)}
-        token = ""
-        while True:
-            page = self._registry.list_models(page_size_=1000, page_token=token)
-            names.update(record.name for record in page.items)
-            token = page.next_page_token
-            if not token:
-                break
+        names.update(self._registry.model_names())
         for name in sorted(names):
             self.on_change(name)
         self._thread.start()

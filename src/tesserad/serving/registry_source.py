@@ -88,14 +88,7 @@ class RegistrySource:
         )
 
     def model_names(self) -> list[str]:
-        names: list[str] = []
-        token = ""
-        while True:
-            page = self._registry.list_models(page_size_=1000, page_token=token)
-            names.extend(record.name for record in page.items)
-            token = page.next_page_token
-            if not token:
-                return names
+        return self._registry.model_names()
 
 
 def build_inference(
