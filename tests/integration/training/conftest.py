@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -148,3 +149,26 @@ def states(events: list[training_pb2.JobEvent]) -> list[int]:
 
 def of_kind(events: list[training_pb2.JobEvent], kind: str) -> list[Any]:
     return [getattr(e, kind) for e in events if e.WhichOneof("event") == kind]
+
+
+def wait_sweep(
+    training: training_pb2_grpc.TrainingStub, sweep_id: str, timeout_s: float = 120
+) -> training_pb2.Sweep:
+    """The sweep once it is no longer running; AssertionError after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        sweep = training.GetSweep(training_pb2.GetSweepRequest(sweep_id=sweep_id))
+        if sweep.state != training_pb2.SWEEP_STATE_RUNNING:
+            return sweep
+        time.sleep(0.2)
+    raise AssertionError(f"sweep {sweep_id} did not end")
+
+
+def sweep_values(
+    path: str, *values: str, when: tuple[str, list[str]] | None = None
+) -> training_pb2.SweepParameter:
+    """A parameter taking `values`; with `when`, only where another parameter takes one of its values."""
+    parameter = training_pb2.SweepParameter(path=path, values=training_pb2.SweepValues(values=list(values)))
+    if when:
+        parameter.when.CopyFrom(training_pb2.SweepCondition(path=when[0], values=when[1]))
+    return parameter

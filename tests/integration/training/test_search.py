@@ -3,33 +3,15 @@ generations with copied weights, Hyperband's brackets, and the combinations refu
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import grpc
 import pytest
 
 from tessera.v1 import training_pb2, training_pb2_grpc
-from tests.integration.training.conftest import job_spec
+from tests.integration.training.conftest import job_spec, sweep_values, wait_sweep
 
 S = training_pb2
-
-
-def _wait(training: training_pb2_grpc.TrainingStub, sweep_id: str) -> S.Sweep:
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        sweep = training.GetSweep(S.GetSweepRequest(sweep_id=sweep_id))
-        if sweep.state != S.SWEEP_STATE_RUNNING:
-            return sweep
-        time.sleep(0.2)
-    raise AssertionError(f"sweep {sweep_id} did not end")
-
-
-def _values(path: str, *values: str, when: tuple[str, list[str]] | None = None) -> S.SweepParameter:
-    parameter = S.SweepParameter(path=path, values=S.SweepValues(values=list(values)))
-    if when:
-        parameter.when.CopyFrom(S.SweepCondition(path=when[0], values=when[1]))
-    return parameter
 
 
 def _range(path: str, low: float, high: float, **flags: bool) -> S.SweepParameter:
@@ -41,7 +23,7 @@ def test_tpe_draws_each_trial_over_a_conditional_space(training: training_pb2_gr
         base=job_spec("mlp", epochs=1),
         strategy=S.SWEEP_STRATEGY_TPE,
         parameters=[
-            _values("optimizer.name", "adam", "sgd"),
+            sweep_values("optimizer.name", "adam", "sgd"),
             _range("optimizer.momentum", 0.5, 0.9, **{"log_scale": False}),
             _range("optimizer.lr", 0.001, 0.1, log_scale=True),
         ],
@@ -53,7 +35,7 @@ def test_tpe_draws_each_trial_over_a_conditional_space(training: training_pb2_gr
     spec.parameters[1].when.CopyFrom(S.SweepCondition(path="optimizer.name", values=["sgd"]))
     submitted = training.SubmitSweep(S.SubmitSweepRequest(spec=spec))
     assert len(submitted.trials) == 2  # drawn as slots free, not planned
-    sweep = _wait(training, submitted.sweep_id)
+    sweep = wait_sweep(training, submitted.sweep_id, timeout_s=240)
     assert sweep.state == S.SWEEP_STATE_SUCCEEDED
     assert [t.number for t in sweep.trials] == [0, 1, 2, 3]
     for trial in sweep.trials:
@@ -78,7 +60,9 @@ def test_cma_es_draws_numeric_ranges(training: training_pb2_grpc.TrainingStub) -
         max_concurrent=2,
         metric="val_loss",
     )
-    sweep = _wait(training, training.SubmitSweep(S.SubmitSweepRequest(spec=spec)).sweep_id)
+    sweep = wait_sweep(
+        training, training.SubmitSweep(S.SubmitSweepRequest(spec=spec)).sweep_id, timeout_s=240
+    )
     assert sweep.state == S.SWEEP_STATE_SUCCEEDED and len(sweep.trials) == 3
     for trial in sweep.trials:
         assert 0.001 <= float(trial.params["optimizer.lr"]) <= 0.1
@@ -99,7 +83,9 @@ def test_pbt_trails_copy_better_weights_and_record_their_lineage(
         seed=1,
         pbt=S.SweepPbtSettings(population=2),
     )
-    sweep = _wait(training, training.SubmitSweep(S.SubmitSweepRequest(spec=spec)).sweep_id)
+    sweep = wait_sweep(
+        training, training.SubmitSweep(S.SubmitSweepRequest(spec=spec)).sweep_id, timeout_s=240
+    )
     assert sweep.state == S.SWEEP_STATE_SUCCEEDED
     assert [t.generation for t in sweep.trials] == [0, 0, 1, 1]
     first = sweep.trials[:2]
@@ -127,7 +113,9 @@ def test_hyperband_deals_trials_to_brackets(training: training_pb2_grpc.Training
         metric="train_loss",
         asha=S.AshaSettings(min_epochs=1, reduction_factor=3),
     )
-    sweep = _wait(training, training.SubmitSweep(S.SubmitSweepRequest(spec=spec)).sweep_id)
+    sweep = wait_sweep(
+        training, training.SubmitSweep(S.SubmitSweepRequest(spec=spec)).sweep_id, timeout_s=240
+    )
     assert sweep.state == S.SWEEP_STATE_SUCCEEDED
     assert [t.bracket for t in sweep.trials] == [0, 1, 0, 1]  # Hyperband's 3:2 for rungs at 1 and 3
     for trial in sweep.trials:
@@ -166,7 +154,7 @@ def _tpe(spec: S.SweepSpec) -> None:
         (
             lambda s: (
                 _tpe(s),
-                s.parameters.add().CopyFrom(_values("seed", "1", when=("optimizer.lr", ["1"]))),
+                s.parameters.add().CopyFrom(sweep_values("seed", "1", when=("optimizer.lr", ["1"]))),
             ),
             grpc.StatusCode.INVALID_ARGUMENT,
             "'optimizer.lr' must be a categorical parameter listed before 'seed'",
@@ -206,7 +194,7 @@ def test_searcher_combinations_that_make_no_sense_are_refused(
     spec = S.SweepSpec(
         base=job_spec("mlp", epochs=1),
         strategy=S.SWEEP_STRATEGY_RANDOM,
-        parameters=[_values("optimizer.name", "adam", "sgd")],
+        parameters=[sweep_values("optimizer.name", "adam", "sgd")],
         max_trials=4,
         metric="val_loss",
     )
@@ -225,15 +213,17 @@ def test_parameters_present_only_for_one_architecture(training: training_pb2_grp
         base=job_spec("lstm", epochs=1),
         strategy=S.SWEEP_STRATEGY_GRID,
         parameters=[
-            _values(family, "lstm", "transformer"),
-            _values("architecture.lstm.hidden_size", "4", "6", when=(family, ["lstm"])),
-            _values("architecture.transformer.d_model", "8", when=(family, ["transformer"])),
-            _values("architecture.transformer.num_heads", "2", when=(family, ["transformer"])),
+            sweep_values(family, "lstm", "transformer"),
+            sweep_values("architecture.lstm.hidden_size", "4", "6", when=(family, ["lstm"])),
+            sweep_values("architecture.transformer.d_model", "8", when=(family, ["transformer"])),
+            sweep_values("architecture.transformer.num_heads", "2", when=(family, ["transformer"])),
         ],
         max_concurrent=2,
         metric="val_loss",
     )
-    sweep = _wait(training, training.SubmitSweep(S.SubmitSweepRequest(spec=spec)).sweep_id)
+    sweep = wait_sweep(
+        training, training.SubmitSweep(S.SubmitSweepRequest(spec=spec)).sweep_id, timeout_s=240
+    )
     assert sweep.state == S.SWEEP_STATE_SUCCEEDED
     assert [dict(t.params) for t in sweep.trials] == [
         {family: "lstm", "architecture.lstm.hidden_size": "4"},

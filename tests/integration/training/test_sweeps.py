@@ -8,23 +8,9 @@ import grpc
 import pytest
 
 from tessera.v1 import training_pb2, training_pb2_grpc
-from tests.integration.training.conftest import job_spec
+from tests.integration.training.conftest import job_spec, sweep_values, wait_sweep
 
 S = training_pb2
-
-
-def _wait(training: training_pb2_grpc.TrainingStub, sweep_id: str) -> S.Sweep:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        sweep = training.GetSweep(S.GetSweepRequest(sweep_id=sweep_id))
-        if sweep.state != S.SWEEP_STATE_RUNNING:
-            return sweep
-        time.sleep(0.2)
-    raise AssertionError(f"sweep {sweep_id} did not end")
-
-
-def _values(path: str, *values: str) -> S.SweepParameter:
-    return S.SweepParameter(path=path, values=S.SweepValues(values=list(values)))
 
 
 def test_grid_sweep_runs_every_combination(training: training_pb2_grpc.TrainingStub) -> None:
@@ -32,8 +18,8 @@ def test_grid_sweep_runs_every_combination(training: training_pb2_grpc.TrainingS
         base=job_spec("mlp", epochs=1),
         strategy=S.SWEEP_STRATEGY_GRID,
         parameters=[
-            _values("optimizer.lr", "0.001", "0.05"),
-            _values("architecture.mlp.activation", "relu", "tanh"),
+            sweep_values("optimizer.lr", "0.001", "0.05"),
+            sweep_values("architecture.mlp.activation", "relu", "tanh"),
         ],
         max_concurrent=2,
         metric="val_loss",
@@ -41,7 +27,7 @@ def test_grid_sweep_runs_every_combination(training: training_pb2_grpc.TrainingS
     submitted = training.SubmitSweep(S.SubmitSweepRequest(spec=spec))
     assert submitted.state == S.SWEEP_STATE_RUNNING
     assert sum(1 for t in submitted.trials if t.job_id) == 2  # the others wait their turn
-    sweep = _wait(training, submitted.sweep_id)
+    sweep = wait_sweep(training, submitted.sweep_id)
     assert sweep.state == S.SWEEP_STATE_SUCCEEDED
     assert sorted(
         (t.params["optimizer.lr"], t.params["architecture.mlp.activation"]) for t in sweep.trials
@@ -65,14 +51,14 @@ def test_asha_prunes_trials_that_trail_at_a_rung(training: training_pb2_grpc.Tra
     spec = S.SweepSpec(
         base=job_spec("mlp", epochs=40),
         strategy=S.SWEEP_STRATEGY_ASHA,
-        parameters=[_values("optimizer.lr", "0.05", "0.0000001")],
+        parameters=[sweep_values("optimizer.lr", "0.05", "0.0000001")],
         max_trials=3,
         max_concurrent=1,
         seed=6,
         metric="train_loss",
         asha=S.AshaSettings(min_epochs=1, reduction_factor=2),
     )
-    sweep = _wait(training, training.SubmitSweep(S.SubmitSweepRequest(spec=spec)).sweep_id)
+    sweep = wait_sweep(training, training.SubmitSweep(S.SubmitSweepRequest(spec=spec)).sweep_id)
     assert sweep.state == S.SWEEP_STATE_SUCCEEDED
     assert [t.params["optimizer.lr"] for t in sweep.trials] == ["0.05", "0.0000001", "0.0000001"]
     assert [(t.pruned, t.state) for t in sweep.trials] == [
@@ -113,7 +99,7 @@ def test_bad_sweeps_are_refused(change, words: str, training: training_pb2_grpc.
     spec = S.SweepSpec(
         base=job_spec("mlp"),
         strategy=S.SWEEP_STRATEGY_GRID,
-        parameters=[_values("optimizer.lr", "0.01")],
+        parameters=[sweep_values("optimizer.lr", "0.01")],
         metric="val_loss",
     )
     change(spec)
@@ -127,7 +113,7 @@ def test_cancel_sweep_cancels_its_trials(training: training_pb2_grpc.TrainingStu
     spec = S.SweepSpec(
         base=job_spec("mlp", epochs=0, max_steps=1_000_000),
         strategy=S.SWEEP_STRATEGY_GRID,
-        parameters=[_values("seed", "1", "2", "3")],
+        parameters=[sweep_values("seed", "1", "2", "3")],
         max_concurrent=1,
         metric="train_loss",
     )
