@@ -27,7 +27,6 @@ listed under "from_an_earlier_run".
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
 import platform
@@ -47,7 +46,6 @@ from daemon_process import start_daemon_logged
 import tessera
 from tessera.v1 import training_pb2, training_pb2_grpc
 from tesserad.config import load_settings
-from tesserad.server import create_server
 
 RESULTS = Path(__file__).parent / "results" / "dashboard.json"
 CHROMIUM = "/usr/bin/chromium"
@@ -72,37 +70,25 @@ BATCH = 32
 LOG_EVERY = (10, 1)
 
 
-class Daemon:
-    """tesserad with its dashboard on its own event-loop thread, on free ports, in a temp dir."""
+def in_process_daemon(data_dir: Path) -> Any:
+    """tesserad with its dashboard on its own event-loop thread (the tests' InProcessDaemon), on
+    free ports, in `data_dir`."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from conftest import InProcessDaemon
 
-    def __init__(self, data_dir: Path) -> None:
-        settings = load_settings(
-            env={},
-            overrides={
-                "listen": "127.0.0.1:0",
-                "metrics_listen": "off",
-                "http_listen": "127.0.0.1:0",
-                "data_dir": str(data_dir),
-                "store.map_size": "4GiB",
-                "training.cpu_slots": 1,
-                "training.threads_per_slot": 1,
-            },
-        )
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.daemon = create_server(settings)
-        self.run(self.daemon.start())
-        self.target = f"127.0.0.1:{self.daemon.port}"
-        self.http_port = self.daemon.http_port
-
-    def run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(600)
-
-    def stop(self) -> None:
-        self.run(self.daemon.stop(0))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+    settings = load_settings(
+        env={},
+        overrides={
+            "listen": "127.0.0.1:0",
+            "metrics_listen": "off",
+            "http_listen": "127.0.0.1:0",
+            "data_dir": str(data_dir),
+            "store.map_size": "4GiB",
+            "training.cpu_slots": 1,
+            "training.threads_per_slot": 1,
+        },
+    )
+    return InProcessDaemon(settings).start()
 
 
 def spec(dataset: str, epochs: int, hidden: list[int], log_every: int = 1) -> dict[str, Any]:
@@ -157,7 +143,7 @@ def first_render(browser: Any, url: str) -> dict[str, float]:
         context.close()
 
 
-def render_times(daemon: Daemon, client: tessera.Client, dataset: str) -> list[dict[str, Any]]:
+def render_times(daemon: Any, client: tessera.Client, dataset: str) -> list[dict[str, Any]]:
     from playwright.sync_api import sync_playwright
 
     channel = grpc.insecure_channel(daemon.target)
@@ -177,7 +163,7 @@ def render_times(daemon: Daemon, client: tessera.Client, dataset: str) -> list[d
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         for size, job_id, rate in jobs:
-            url = f"http://127.0.0.1:{daemon.http_port}/jobs/{job_id}"
+            url = f"http://127.0.0.1:{daemon.daemon.http_port}/jobs/{job_id}"
             first_render(browser, url)  # warm: the browser's caches and the store's pages
             runs = [first_render(browser, url) for _ in range(REPEATS)]
             times = [r["ms"] for r in runs]
@@ -349,7 +335,7 @@ def push_dataset(client: tessera.Client) -> str:
 
 
 def measure_render(tmp: Path) -> list[dict[str, Any]]:
-    daemon = Daemon(tmp / "render")
+    daemon = in_process_daemon(tmp / "render")
     try:
         with tessera.Client(daemon.target, timeout=600) as client:
             return render_times(daemon, client, push_dataset(client))
