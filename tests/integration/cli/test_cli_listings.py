@@ -56,3 +56,10 @@ def test_jobs_and_runs_name_their_losses_apart(daemon, finished_job):
     runs = printed(daemon, 200, "runs", "ls")
     assert "metrics (last values)" in runs
     assert f"train_loss={metrics['train_loss']:.4g}" in runs and f"loss={metrics['loss']:.4g}" in runs
+
+
+@pytest.mark.parametrize("group", ["models", "datasets", "jobs", "runs"])
+def test_every_ls_also_answers_to_list(daemon, finished_job, group):
+    listed = printed(daemon, 200, group, "list")
+    assert listed == printed(daemon, 200, group, "ls")
+    assert listed.strip()

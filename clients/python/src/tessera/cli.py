@@ -819,7 +819,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(group: Any, name: str, handler: Callable[..., None], help: str) -> argparse.ArgumentParser:
-        sub = group.add_parser(name, help=help, description=help)
+        # Every `ls` also answers to `list`, as `tessera sweeps` does.
+        aliases = ["list"] if name == "ls" else []
+        sub = group.add_parser(name, aliases=aliases, help=help, description=help)
         sub.set_defaults(handler=handler)
         return sub
 
