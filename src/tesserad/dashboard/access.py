@@ -21,6 +21,9 @@ from tesserad.security import Role, TokenTable
 # Every page only reads, so the least role is enough.
 DASHBOARD_ROLE = Role.READER
 TOKEN_COOKIE = "tessera_token"
+# The cookie carries the token itself, so a browser left logged in stops being so by itself;
+# removing the token from the tokens file ends every session at once, as on gRPC.
+SESSION_SECONDS = 12 * 3600
 LOGIN_PATH = "/login"
 _OPEN_PREFIXES = ("/static/",)
 
@@ -98,7 +101,13 @@ class Access:
             return login_page("that token is not valid for this tesserad", status=401, then=then)
         response = web.HTTPSeeOther(then)
         response.set_cookie(
-            TOKEN_COOKIE, token, httponly=True, samesite="Strict", secure=self._secure_cookie, path="/"
+            TOKEN_COOKIE,
+            token,
+            max_age=SESSION_SECONDS,
+            httponly=True,
+            samesite="Strict",
+            secure=self._secure_cookie,
+            path="/",
         )
         raise response
 
