@@ -15,6 +15,7 @@ DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
 DATA_DIR = "/var/lib/tesserad"
 GRPC_PORT = 50051
 METRICS_PORT = 9464
+HTTP_PORT = 8080
 
 
 def settings_from_toml(text: str, tmp_path: Path) -> Settings:
@@ -39,10 +40,11 @@ def test_dockerfiles_run_non_root_with_a_grpc_health_check(name):
     runtime = text.rsplit("\nFROM ", 1)[1]
     assert re.search(r"^USER 10001:10001$", runtime, re.MULTILINE)
     assert f'VOLUME ["{DATA_DIR}"]' in runtime
-    assert f"EXPOSE {GRPC_PORT} {METRICS_PORT}" in runtime
+    assert f"EXPOSE {GRPC_PORT} {METRICS_PORT} {HTTP_PORT}" in runtime
     assert f'"tesserad.tools.healthcheck", "--address", "127.0.0.1:{GRPC_PORT}"' in runtime
     settings = env_settings(dockerfile_env(runtime))
     assert settings.listen.port == GRPC_PORT and settings.metrics_listen.port == METRICS_PORT
+    assert settings.http_listen is not None and settings.http_listen.port == HTTP_PORT
     assert str(settings.data_dir) == DATA_DIR
     # Listening on 0.0.0.0 needs authentication; the image turns tokens on.
     assert not settings.listen.is_loopback and settings.security.tokens_file is not None
@@ -72,6 +74,7 @@ def test_systemd_unit_is_hardened_and_waits_for_the_drain(tmp_path):
     assert str(settings.data_dir) == DATA_DIR
     assert int(service["TimeoutStopSec"]) > settings.grace_period_s
     assert settings.security.tokens_file == Path("/etc/tesserad/tokens.toml")
+    assert settings.http_listen is not None and settings.http_listen.is_loopback
 
 
 def load_all(path: Path) -> list[dict]:
@@ -93,7 +96,11 @@ def test_compose_runs_the_daemon_and_prometheus_scrapes_its_metrics_port():
     assert daemon["build"]["dockerfile"] == "deploy/docker/Dockerfile"
     assert (DEPLOY / daemon["build"]["context"] / daemon["build"]["dockerfile"]).is_file()
     settings = env_settings(daemon["environment"])
-    assert daemon["ports"] == [f"127.0.0.1:{settings.listen.port}:{GRPC_PORT}"]
+    assert settings.http_listen is not None
+    assert daemon["ports"] == [
+        f"127.0.0.1:{settings.listen.port}:{GRPC_PORT}",
+        f"127.0.0.1:{settings.http_listen.port}:{HTTP_PORT}",
+    ]
     assert f"tesserad-data:{settings.data_dir}" in daemon["volumes"]
     assert int(daemon["stop_grace_period"].rstrip("s")) > settings.grace_period_s
     assert compose["secrets"]["tesserad-tokens"]["file"] == "./tokens.toml"
@@ -119,7 +126,12 @@ def test_k8s_statefulset_probes_ports_volumes_and_settings_agree(tmp_path):
     settings = settings_from_toml(objects["ConfigMap/tesserad-config"]["data"]["tesserad.toml"], tmp_path)
 
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": settings.listen.port, "metrics": settings.metrics_listen.port}
+    assert settings.http_listen is not None
+    assert ports == {
+        "grpc": settings.listen.port,
+        "metrics": settings.metrics_listen.port,
+        "http": settings.http_listen.port,
+    }
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert container[probe]["grpc"]["port"] == settings.listen.port, probe
     assert container["readinessProbe"]["grpc"]["service"] == "tessera.v1.Inference"
@@ -150,6 +162,7 @@ def test_k8s_service_targets_the_pod_ports():
     assert {(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
         ("grpc", GRPC_PORT, "grpc"),
         ("metrics", METRICS_PORT, "metrics"),
+        ("http", HTTP_PORT, "http"),
     }
     assert objects["StatefulSet/tesserad"]["spec"]["serviceName"] == "tesserad-headless"
     assert "Service/tesserad-headless" in objects
