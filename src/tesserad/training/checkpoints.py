@@ -1,7 +1,7 @@
 """Checkpoints as one safetensors file: tensors (weights, optimiser moments, RNG) + JSON metadata.
 
 Nothing is pickled: tensors go in as safetensors, everything else (epoch, step, optimiser
-hyperparameters, early-stopping state) as JSON in the header's metadata, so a checkpoint
+hyperparameters, early-stopping state, fp16's loss scale) as JSON in the header's metadata, so a checkpoint
 from anywhere can be loaded without running code.
 """
 
@@ -27,9 +27,13 @@ def weights_bytes(model: torch.nn.Module) -> bytes:
 
 
 def checkpoint_bytes(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    scaler: torch.amp.GradScaler | None = None,
 ) -> bytes:
-    """Model, optimiser, RNG and `state` (epoch, step, loop state) in one safetensors file."""
+    """Model, optimiser, RNG, `state` (epoch, step, loop state) and an enabled loss scaler's
+    scale and growth tracker in one safetensors file."""
     tensors = {f"model.{name}": _cpu(t) for name, t in model.state_dict().items()}
     optim = optimizer.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
@@ -41,11 +45,21 @@ def checkpoint_bytes(
                 scalars.setdefault(str(index), {})[key] = value
     tensors["rng.torch"] = torch.get_rng_state()
     meta = {"state": state, "param_groups": optim["param_groups"], "optim_scalars": scalars}
+    if scaler is not None and scaler.is_enabled():
+        # Without it a resumed fp16 run starts again from the initial scale (2**16) and skips
+        # steps on overflow until the scale has come back down.
+        meta["grad_scaler"] = scaler.state_dict()
     return save_tensors(tensors, metadata={_META_KEY: json.dumps(meta)})
 
 
-def restore(data: bytes, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Load a checkpoint into `model` and `optimizer`, reset the RNG; returns the saved `state`."""
+def restore(
+    data: bytes,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None = None,
+) -> dict[str, Any]:
+    """Load a checkpoint into `model`, `optimizer` and an enabled `scaler` (when the checkpoint
+    holds a loss scale), reset the RNG; returns the saved `state`."""
     tensors = load_tensors(data)
     meta = json.loads(_metadata(data)[_META_KEY])
     device = next(model.parameters()).device
@@ -60,6 +74,8 @@ def restore(data: bytes, model: torch.nn.Module, optimizer: torch.optim.Optimize
         optim_state.setdefault(int(index), {}).update(values)
     optimizer.load_state_dict({"state": optim_state, "param_groups": meta["param_groups"]})
     torch.set_rng_state(tensors["rng.torch"])
+    if scaler is not None and scaler.is_enabled() and "grad_scaler" in meta:
+        scaler.load_state_dict(meta["grad_scaler"])
     state: dict[str, Any] = meta["state"]
     return state
 

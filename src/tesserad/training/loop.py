@@ -198,7 +198,7 @@ class Trainer:
         }
 
     def resume_from(self, checkpoint: bytes) -> None:
-        self.loop_state = restore(checkpoint, self.model, self.optimizer)
+        self.loop_state = restore(checkpoint, self.model, self.optimizer, self.scaler)
         self.emit(
             "log",
             {
@@ -352,7 +352,7 @@ class Trainer:
         if not (periodic or best or final) or not self.dist.leader:
             return
         reason = "final" if final else "best" if best else "periodic"
-        data = checkpoint_bytes(self.model, self.optimizer, self.loop_state)
+        data = checkpoint_bytes(self.model, self.optimizer, self.loop_state, self.scaler)
         self.save_checkpoint(
             data,
             {
