@@ -25,7 +25,7 @@ from tesserad.registry.tables import (
     put_model_data,
 )
 from tesserad.registry.validation import validate_tags
-from tesserad.registry.versions import delete_version_rows
+from tesserad.registry.versions import check_not_fine_tuned_from, delete_version_rows
 from tesserad.store import BlobStore, ReadTxn, Store, decode_record
 
 
@@ -130,7 +130,8 @@ class Models:
             return model_record(txn, fields)
 
     def delete_model(self, name: str, force: bool = False) -> int:
-        """Delete a model and its versions; refused while aliases or a deployment point into it."""
+        """Delete a model and its versions; refused while aliases or a deployment point into it
+        (unless `force`), and always while an unfinished fine-tuning job starts from one of them."""
         validate_name("name", name)
         with self._store.write() as txn:
             model_data(txn, name)
@@ -145,7 +146,9 @@ class Models:
             freed: set[str] = set()
             deleted = 0
             for _key, raw in list(txn.scan(VERSIONS, (name,))):
-                freed.add(delete_version_rows(txn, decode_version(raw)))
+                record = decode_version(raw)
+                check_not_fine_tuned_from(txn, record)
+                freed.add(delete_version_rows(txn, record))
                 deleted += 1
             for table in (ALIASES, ALIAS_EVENTS, DEPLOYMENTS, DERIVED):
                 txn.delete_range(table, (name,))

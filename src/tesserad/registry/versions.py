@@ -94,6 +94,19 @@ def version_record(txn: ReadTxn, model: str, version: int) -> VersionRecord:
     return with_aliases(txn, decode_version(raw))
 
 
+def check_not_fine_tuned_from(txn: ReadTxn, record: VersionRecord) -> None:
+    """Refuse to delete a version an unfinished fine-tuning job starts from: the job's
+    registration would fail its lineage check at the end, after all its training."""
+    jobs = fine_tuning_jobs(txn, record.sha256)
+    if jobs:
+        them = "them" if len(jobs) > 1 else "it"
+        raise FailedPrecondition(
+            f"version {record.version} of model {record.model!r} is the init_from of unfinished "
+            f"training job{'s' if len(jobs) > 1 else ''} {', '.join(jobs)}; wait for {them} to end "
+            f"or cancel {them} first"
+        )
+
+
 def delete_version_rows(txn: WriteTxn, record: VersionRecord) -> str:
     """Remove the version and release what it held; the sha256 of the blob that may now be unheld."""
     name = holder(record.model, record.version)
@@ -474,14 +487,7 @@ class Versions:
                     f"version {version} of model {model!r} is in use by {', '.join(users)}; "
                     "move those to another version first"
                 )
-            jobs = fine_tuning_jobs(txn, record.sha256)
-            if jobs:
-                them = "them" if len(jobs) > 1 else "it"
-                raise FailedPrecondition(
-                    f"version {version} of model {model!r} is the init_from of unfinished training "
-                    f"job{'s' if len(jobs) > 1 else ''} {', '.join(jobs)}; wait for {them} to end "
-                    f"or cancel {them} first"
-                )
+            check_not_fine_tuned_from(txn, record)
             sha256 = delete_version_rows(txn, record)
             fields = model_data(txn, model)
             fields["version_count"] = int(fields["version_count"]) - 1

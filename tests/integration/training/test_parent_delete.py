@@ -66,3 +66,31 @@ def test_deleting_the_init_from_of_an_unfinished_job_is_refused_naming_the_job(
     registry.DeleteVersion(delete)
     gone = registry.ListVersions(registry_pb2.ListVersionsRequest(model=PARENT))
     assert list(gone.versions) == []
+
+
+def test_deleting_the_model_of_an_unfinished_jobs_init_from_is_refused_even_with_force(
+    training_daemon, training: training_grpc.TrainingStub
+) -> None:
+    registry = registry_pb2_grpc.RegistryStub(training_daemon.channel())
+    parent = _push_parent(registry)
+    job = submit(
+        training,
+        job_spec(
+            "mlp", epochs=100_000, init_from=common_pb2.VersionRef(model=PARENT, version=parent.version)
+        ),
+    )
+    for force in (False, True):
+        with pytest.raises(grpc.RpcError) as refused:
+            registry.DeleteModel(registry_pb2.DeleteModelRequest(name=PARENT, force=force))
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert f"is the init_from of unfinished training job {job.job_id}" in refused.value.details()
+    kept = registry.GetVersion(
+        registry_pb2.GetVersionRequest(ref=common_pb2.VersionRef(model=PARENT, version=parent.version))
+    )
+    assert kept.sha256 == parent.sha256
+    training.CancelJob(training_pb2.CancelJobRequest(job_id=job.job_id))
+    follow(training, job.job_id)
+    registry.DeleteModel(registry_pb2.DeleteModelRequest(name=PARENT, force=True))
+    with pytest.raises(grpc.RpcError) as gone:
+        registry.GetModel(registry_pb2.GetModelRequest(name=PARENT))
+    assert gone.value.code() == grpc.StatusCode.NOT_FOUND

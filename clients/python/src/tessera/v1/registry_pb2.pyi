@@ -373,7 +373,9 @@ class DeleteModelRequest(_message.Message):
     FORCE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     force: _builtins.bool
-    """Delete even if aliases or a deployment point into the model (they are removed too)."""
+    """Delete even if aliases or a deployment point into the model (they are removed too). Never
+    while an unfinished fine-tuning job starts from one of its versions: cancel it first.
+    """
     def __init__(
         self,
         *,
