@@ -100,6 +100,15 @@ def test_job_page_curve_gains_points_while_the_job_runs(dash, client, table, pag
     assert job.id in page.text_content("#finished-jobs")
 
 
+def test_jobs_page_lists_finished_jobs_a_page_at_a_time(dash, client, table, finished_job, page):
+    client.training.submit(small_spec(table, epochs=1)).wait()
+    open_page(page, dash, "/jobs?finished=1")
+    rows = "#finished-jobs tbody tr"
+    assert page.locator(rows).count() == 1
+    page.click("#older-jobs")
+    page.wait_for_function(f"document.querySelectorAll('{rows}').length === 2", timeout=60_000)
+
+
 def test_runs_page_sorts_by_a_metric_and_compares_runs(dash, client, page):
     for name, acc in (("mid", 0.5), ("top", 0.9), ("low", 0.1)):
         run = client.training.create_run(

@@ -221,6 +221,22 @@ function stateCell(state) {
 }
 
 const ACTIVE_STATES = ["queued", "running", "interrupted"];
+const ENDED_STATES = ["succeeded", "failed", "cancelled"];
+
+// Up to `limit` jobs in `states`, newest first, following page tokens; and whether more exist.
+async function jobsIn(states, limit) {
+  const jobs = [];
+  let token = "";
+  do {
+    const query = new URLSearchParams(states.map((s) => ["state", s]));
+    query.set("page_size", String(Math.min(1000, limit - jobs.length)));
+    if (token) query.set("page_token", token);
+    const page = await api(`/jobs?${query}`);
+    jobs.push(...page.jobs);
+    token = page.next_page_token;
+  } while (token && jobs.length < limit);
+  return { jobs, more: Boolean(token) };
+}
 
 async function jobsPage(app) {
   app.append(el("h1", { text: "Jobs" }));
@@ -239,13 +255,22 @@ async function jobsPage(app) {
     { label: "devices", value: (j) => j.devices.join(", "), cell: (j) => j.devices.join(", ") },
     { label: "created", value: (j) => j.created_at, cell: (j) => when(j.created_at) },
   ];
+  // Every queued or running job; finished ones newest first, a page at a time (?finished=N sets
+  // the page, 100 by default), more on request.
+  const finishedPage = Math.max(1, Number(new URLSearchParams(location.search).get("finished")) || 100);
+  let finishedLimit = finishedPage;
   const refresh = async () => {
-    const { jobs } = await api("/jobs?page_size=200");
-    const groups = [jobs.filter((j) => ACTIVE_STATES.includes(j.state)), jobs.filter((j) => !ACTIVE_STATES.includes(j.state))];
-    [active, finished].forEach((holder, i) => {
-      clear(holder).append(groups[i].length ? sortableTable(columns, groups[i], states[i])
-        : el("p", { class: "muted", text: i === 0 ? "Nothing queued or running: submit a job with `tessera train`." : "No finished jobs." }));
-    });
+    const [running, ended] = await Promise.all([jobsIn(ACTIVE_STATES, Infinity), jobsIn(ENDED_STATES, finishedLimit)]);
+    clear(active).append(running.jobs.length ? sortableTable(columns, running.jobs, states[0])
+      : el("p", { class: "muted", text: "Nothing queued or running: submit a job with `tessera train`." }));
+    clear(finished).append(ended.jobs.length ? sortableTable(columns, ended.jobs, states[1])
+      : el("p", { class: "muted", text: "No finished jobs." }));
+    if (ended.more) {
+      finished.append(el("button", { type: "button", id: "older-jobs", text: `Show ${finishedPage} older`, onclick: () => {
+        finishedLimit += finishedPage;
+        refresh().catch((error) => problem(app, error));
+      } }));
+    }
     rendered();
   };
   await refresh();
