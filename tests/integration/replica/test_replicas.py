@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 import pytest
+from dns_responder import DNSResponder
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving_models import W, linear_model, predict_request, to_array, upload
 
@@ -79,9 +80,13 @@ class Cluster:
         return address
 
     def start_replica(self, primary: str) -> str:
+        """A replica on 127.0.0.1, 127.0.0.2, ... (all of 127/8 is loopback on Linux), each on
+        the first one's port: one DNS name then resolves to all of them, as a headless
+        Kubernetes Service does to its pods."""
         index = len(self.replicas)
+        port = self.replica_addresses[0].rsplit(":", 1)[1] if self.replicas else "0"
         replica = self._spawn(
-            "--data-dir", str(self._root / f"replica{index}"), "--listen", "127.0.0.1:0",
+            "--data-dir", str(self._root / f"replica{index}"), "--listen", f"127.0.0.{index + 1}:{port}",
             "--metrics-listen", "off", "--follow", primary,
         )  # fmt: skip
         self.replicas.append(replica)
@@ -209,18 +214,33 @@ def test_a_damaged_cached_blob_is_found_and_fetched_again(cluster: Cluster, tmp_
     replica.wait_for_log("cached blob damaged; fetching it again")
 
 
-def test_the_sdk_spreads_calls_round_robin_over_both_replicas(cluster: Cluster) -> None:
+def test_the_sdk_spreads_calls_round_robin_over_both_replicas_named_by_dns(cluster: Cluster) -> None:
     for address in cluster.replica_addresses:
         channel = cluster.channel(address)
         eventually(lambda channel=channel: assert_serving(channel))
-    target = "ipv4:" + ",".join(cluster.replica_addresses)
-    with tessera.Client(target) as client:
-        for _ in range(20):
-            client.inference.predict("linear", {"x": X})
-    for address in cluster.replica_addresses:
-        with tessera.Client(address) as client:
-            stats = client.inference.stats("linear")
-            assert sum(s.request_count for s in stats) > 0, address
+    hosts = [address.rsplit(":", 1)[0] for address in cluster.replica_addresses]
+    [port] = {address.rsplit(":", 1)[1] for address in cluster.replica_addresses}
+    assert hosts == ["127.0.0.1", "127.0.0.2"]
+
+    def served() -> list[int]:
+        counts = []
+        for address in cluster.replica_addresses:
+            with tessera.Client(address) as client:
+                counts.append(sum(s.request_count for s in client.inference.stats("linear")))
+        return counts
+
+    before = served()
+    calls = 20
+    with DNSResponder("replicas.tessera.test", hosts) as dns:
+        # The form deploy/k8s/README.md documents is dns:///NAME:PORT (the system's name
+        # server); naming the DNS server in the authority takes the same resolver path.
+        with tessera.Client(f"dns://127.0.0.1:{dns.port}/replicas.tessera.test:{port}") as client:
+            for _ in range(calls):
+                client.inference.predict("linear", {"x": X})
+        assert ("replicas.tessera.test", 1) in dns.queries  # the name was resolved here, A records
+    shares = [after - earlier for after, earlier in zip(served(), before, strict=True)]
+    assert sum(shares) == calls
+    assert all(share > 0 for share in shares), shares
     replica = cluster.replicas[0]
     replica.terminate()
     assert "tesserad stopped" in replica.output()

@@ -15,7 +15,9 @@ from tessera.transport import DEFAULT_TIMEOUT_S, DEFAULT_TRANSFER_TIMEOUT_S, TLS
 class Client:
     """A blocking client for tesserad.
 
-    `target` is "host:port". `token` is sent as `authorization: Bearer <token>` (default: the
+    `target` is "host:port" or any gRPC target: "dns:///name:port" (every address the name
+    resolves to, e.g. a headless Kubernetes Service over serving replicas), "ipv4:a:p,b:p".
+    Calls go round robin over the target's addresses, one call to the next. `token` is sent as `authorization: Bearer <token>` (default: the
     TESSERA_TOKEN environment variable). `tls` is a `tessera.TLS` (CA file, client cert and
     key) or True for the system's CAs; None is plaintext. `timeout` is the deadline of every
     unary call in seconds (per-call `timeout=` overrides it); uploads and downloads use
