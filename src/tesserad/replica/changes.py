@@ -103,12 +103,18 @@ def _head(state: ServingState) -> dict[str, Any]:
     }
 
 
+# A model before it exists: a commit that creates it and registers a version (an upload with
+# create_model) is both a creation and a registration.
+_NO_MODEL: dict[str, Any] = {"latest_version": 0, "version_count": 0, "aliases": {}, "deployment": None}
+
+
 def _kinds(before: dict[str, Any] | None, after: dict[str, Any] | None) -> tuple[str, ...]:
-    if before is None:
-        return () if after is None else (MODEL_CREATED,)
     if after is None:
-        return (MODEL_DELETED,)
+        return () if before is None else (MODEL_DELETED,)
     kinds = []
+    if before is None:
+        kinds.append(MODEL_CREATED)
+        before = _NO_MODEL
     if after["version_count"] < before["version_count"]:
         kinds.append(VERSION_DELETED)
     if after["latest_version"] > before["latest_version"] or after["version_count"] > before["version_count"]:
@@ -271,8 +277,9 @@ class ChangeFeed:
         newest = self._log.last_seq(_CHANNEL)
         if from_seq > newest + 1:
             raise FailedPrecondition(
-                f"from_seq {from_seq} is past this registry's newest change ({newest}): the changes you "
-                "hold come from another registry; drop them and watch again with from_seq=0"
+                f"from_seq {from_seq} is past this registry's newest change ({newest}): give at most "
+                f"{newest + 1}, or 0 for every change (a follower holding changes past {newest} followed "
+                "another registry: drop them and watch again with from_seq=0)"
             )
         if replica_address:
             with self._cond:

@@ -41,7 +41,8 @@ def test_changes_arrive_in_order_with_the_state_after_each(channel: grpc.Channel
     assert [c.seq for c in changes] == [1, 2, 3, 4, 5, 6]
     assert {c.model for c in changes} == {"linear"}
     assert [list(c.kinds) for c in changes] == [
-        [pb.CHANGE_KIND_MODEL_CREATED],
+        # An upload that creates its model registers version 1 in the same commit.
+        [pb.CHANGE_KIND_MODEL_CREATED, pb.CHANGE_KIND_VERSION_REGISTERED],
         [pb.CHANGE_KIND_VERSION_REGISTERED],
         [pb.CHANGE_KIND_ALIAS_MOVED],
         [pb.CHANGE_KIND_DEPLOYMENT_CHANGED],
@@ -100,7 +101,7 @@ def test_the_caught_up_marker_follows_the_replay(channel: grpc.Channel) -> None:
     ("from_seq", "code", "text"),
     [
         (-1, grpc.StatusCode.INVALID_ARGUMENT, "from_seq must be >= 0"),
-        (5, grpc.StatusCode.FAILED_PRECONDITION, "watch again with from_seq=0"),
+        (5, grpc.StatusCode.FAILED_PRECONDITION, "newest change (1): give at most 2, or 0 for every"),
     ],
 )
 def test_a_seq_the_registry_never_gave_is_refused(
