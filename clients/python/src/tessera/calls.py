@@ -19,6 +19,7 @@ on a part holding an `AioConnection`, a coroutine (or an async iterator):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import time
@@ -29,8 +30,8 @@ from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, cast
 
 from google.protobuf.message import Message
 
-from tessera.errors import TesseraError
-from tessera.transport import AioConnection, Connection
+from tessera.errors import ResourceExhausted, TesseraError, Unavailable
+from tessera.transport import AioConnection, Connection, RetryPolicy
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -280,23 +281,75 @@ class Cursor(Protocol):
         ...
 
 
+class SeqCursor(ABC):
+    """Where a stream of numbered responses has got to (a job's events, the registry's
+    changes), and whether a broken stream is resumed: UNAVAILABLE (connection cut, daemon
+    restarting) and RESOURCE_EXHAUSTED (watcher too slow) resume from the next sequence
+    number after a backoff, until `retry.attempts` tries in a row have failed."""
+
+    def __init__(self, what: str, from_seq: int, retry: RetryPolicy, timeout: float | None) -> None:
+        self.what = what
+        self.next_seq = from_seq
+        self._retry = retry
+        self._failures = 0
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+
+    @abstractmethod
+    def request(self) -> Message:
+        """The request that resumes the stream at `next_seq`."""
+
+    def remaining(self) -> float | None:
+        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+
+    def accept_seq(self, seq: int) -> bool:
+        """Record a received response's seq; False for a replayed one the caller already has."""
+        if seq < self.next_seq:
+            return False
+        self.next_seq = seq + 1
+        self._failures = 0
+        return True
+
+    def resume_after(self, error: TesseraError) -> float:
+        """Seconds to wait before resuming; re-raises `error` when it must not be resumed."""
+        if not isinstance(error, Unavailable | ResourceExhausted):
+            raise error
+        self._failures += 1
+        if self._failures >= self._retry.attempts:
+            raise type(error)(
+                f"{error.message} (gave up watching {self.what} after {self._failures} reconnects; "
+                f"watch again from seq {self.next_seq})"
+            )
+        pause = self._retry.backoff_s(self._failures)
+        remaining = self.remaining()
+        if remaining is not None and pause >= remaining:
+            raise error
+        return pause
+
+
 @dataclass(frozen=True)
 class Resumable(Stream[T_co]):
-    """A server stream resumed after the errors `cursor` allows, from where it got to."""
+    """A server stream resumed after the errors `cursor` allows, from where it got to; it ends
+    where the server ends it, or after a response for which `until` is true."""
 
     service: str
     method: str
     cursor: Cursor
     convert: Callable[[Any], T_co] = field(default=_same)
+    until: Callable[[Any], bool] = field(default=lambda _: False)
 
     def iterate(self, conn: Connection) -> Iterator[T_co]:
         while True:
             try:
-                for response in conn.server_stream(
+                responses = conn.server_stream(
                     self.service, self.method, self.cursor.request(), self.cursor.remaining()
-                ):
-                    if self.cursor.accept(response):
-                        yield self.convert(response)
+                )
+                # closing: a stream left at `until` is cancelled now, not when it is collected.
+                with contextlib.closing(responses):
+                    for response in responses:
+                        if self.cursor.accept(response):
+                            yield self.convert(response)
+                        if self.until(response):
+                            return
                 return
             except TesseraError as error:
                 time.sleep(self.cursor.resume_after(error))
@@ -304,11 +357,15 @@ class Resumable(Stream[T_co]):
     async def iterate_async(self, conn: AioConnection) -> AsyncIterator[T_co]:
         while True:
             try:
-                async for response in conn.server_stream(
+                responses = conn.server_stream(
                     self.service, self.method, self.cursor.request(), self.cursor.remaining()
-                ):
-                    if self.cursor.accept(response):
-                        yield self.convert(response)
+                )
+                async with contextlib.aclosing(responses):
+                    async for response in responses:
+                        if self.cursor.accept(response):
+                            yield self.convert(response)
+                        if self.until(response):
+                            return
                 return
             except TesseraError as error:
                 await asyncio.sleep(self.cursor.resume_after(error))

@@ -201,6 +201,19 @@ class Inference(Part[C]):
         return Op(S, "GetStats", request, lambda response: list(response.stats))
 
     @call
+    def cluster_stats(
+        self, model: str = "", version: VersionSelector | None = None, histograms: bool = False
+    ) -> Op[pb.GetStatsResponse]:
+        """`stats` over a primary and every serving replica following it now (`tesserad serve
+        --follow`), merged per version (latency histograms bucket by bucket, counts added).
+        The response's `replicas` are those merged in (none: only the primary's own figures),
+        `unreachable_replicas` those that did not answer. FailedPrecondition on a replica."""
+        request = pb.GetStatsRequest(scope=pb.STATS_SCOPE_CLUSTER, histograms=histograms)
+        if model:
+            request.target.CopyFrom(ref(model, version))
+        return Op(S, "GetStats", request)
+
+    @call
     def shadow_results(self, model: str, limit: int = 100) -> Op[Sequence[pb.ShadowResult]]:
         """The latest shadow comparisons of a model's deployment, newest first."""
         request = pb.ListShadowResultsRequest(model=model, limit=limit)

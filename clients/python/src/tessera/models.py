@@ -7,10 +7,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tessera.calls import C, Download, Op, Pages, Part, Upload, call, stream
+from tessera.calls import C, Download, Op, Pages, Part, Resumable, SeqCursor, Upload, call, stream
 from tessera.ensembles import Member, ensemble_spec
 from tessera.messages import from_dict, version_ref
 from tessera.transfer import CHUNK_BYTES, DownloadSink, Progress, file_chunks, file_digest
+from tessera.transport import RetryPolicy
 from tessera.v1 import architecture_pb2, common_pb2
 from tessera.v1 import registry_pb2 as pb
 
@@ -332,6 +333,43 @@ class Models(Part[C]):
         """Restore the deployment before the current one (as a new revision); rolling back the
         first leaves none (the returned revision has `undeployed` set)."""
         return Op(S, "Rollback", pb.RollbackRequest(model=name))
+
+    @stream
+    def watch_changes(
+        self, from_seq: int = 0, follow: bool = True, timeout: float | None = None
+    ) -> Resumable[pb.RegistryChange]:
+        """The registry's changes, numbered from 1 in commit order: each names its model, what
+        changed, and the model's serving state after it (latest version, aliases, deployment).
+        Starts at `from_seq` (0: the first change) and, with `follow`, goes on with each new
+        change as it is committed; without, ends at the newest change there was when it began.
+        A cut connection or a daemon restart is resumed from the last change seen. `timeout`
+        bounds the whole watch (None: no deadline). FailedPrecondition when `from_seq` is past
+        the newest change + 1."""
+        cursor = ChangeCursor(from_seq, self._conn.retry, timeout)
+        until = _never if follow else _caught_up
+        return Resumable(S, "WatchChanges", cursor, lambda response: response.change, until)
+
+
+class ChangeCursor(SeqCursor):
+    """Where a watch of the registry's changes has got to (see `SeqCursor` for what is resumed)."""
+
+    def __init__(self, from_seq: int, retry: RetryPolicy, timeout: float | None) -> None:
+        super().__init__("the registry's changes", from_seq, retry, timeout)
+
+    def request(self) -> pb.WatchChangesRequest:
+        return pb.WatchChangesRequest(from_seq=self.next_seq)
+
+    def accept(self, response: pb.WatchChangesResponse) -> bool:
+        """Record a change; False for one the caller already has, and for the caught-up mark."""
+        return response.HasField("change") and self.accept_seq(response.change.seq)
+
+
+def _never(response: pb.WatchChangesResponse) -> bool:
+    return False
+
+
+def _caught_up(response: pb.WatchChangesResponse) -> bool:
+    return response.HasField("caught_up")
 
 
 def upload_header(

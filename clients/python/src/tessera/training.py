@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from tessera.calls import C, JoinedPages, Op, Pages, Part, Resumable, Then, call, stream
-from tessera.errors import JobFailed, ResourceExhausted, TesseraError, Unavailable
+from tessera.calls import C, JoinedPages, Op, Pages, Part, Resumable, SeqCursor, Then, call, stream
+from tessera.errors import JobFailed
 from tessera.events import JobEvent, JobState, event_from_proto
 from tessera.messages import from_dict
 from tessera.transport import RetryPolicy
@@ -32,47 +31,19 @@ def enum_value(enum: Any, prefix: str, value: str | int) -> int:
     return enum.Value(name)
 
 
-class WatchCursor:
-    """Where a job's event stream has got to, and whether a broken stream should be resumed:
-    UNAVAILABLE (connection cut, daemon restarting) and RESOURCE_EXHAUSTED (watcher too slow)
-    resume from the next sequence number after a backoff."""
+class WatchCursor(SeqCursor):
+    """Where a job's event stream has got to (see `SeqCursor` for what is resumed)."""
 
     def __init__(self, job_id: str, from_seq: int, retry: RetryPolicy, timeout: float | None) -> None:
+        super().__init__(f"job {job_id}", max(from_seq, 1), retry, timeout)
         self.job_id = job_id
-        self.next_seq = max(from_seq, 1)
-        self._retry = retry
-        self._failures = 0
-        self._deadline = None if timeout is None else time.monotonic() + timeout
 
     def request(self) -> pb.WatchJobRequest:
         return pb.WatchJobRequest(job_id=self.job_id, from_seq=self.next_seq)
 
-    def remaining(self) -> float | None:
-        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
-
     def accept(self, event: pb.JobEvent) -> bool:
         """Record a received event; False for a replayed one the caller already has."""
-        if event.seq < self.next_seq:
-            return False
-        self.next_seq = event.seq + 1
-        self._failures = 0
-        return True
-
-    def resume_after(self, error: TesseraError) -> float:
-        """Seconds to wait before resuming; re-raises `error` when it must not be resumed."""
-        if not isinstance(error, Unavailable | ResourceExhausted):
-            raise error
-        self._failures += 1
-        if self._failures >= self._retry.attempts:
-            raise type(error)(
-                f"{error.message} (gave up watching job {self.job_id} after {self._failures} reconnects; "
-                f"watch again from seq {self.next_seq})"
-            )
-        pause = self._retry.backoff_s(self._failures)
-        remaining = self.remaining()
-        if remaining is not None and pause >= remaining:
-            raise error
-        return pause
+        return self.accept_seq(event.seq)
 
 
 def failure_message(info: pb.Job) -> str:

@@ -12,7 +12,7 @@ import json
 import os
 import random
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -253,8 +253,8 @@ class Connection(_Channel):
 
     def server_stream(
         self, service: str, method: str, request: Message, timeout: float | None
-    ) -> Iterator[Any]:
-        """The responses of a server stream; `timeout` None: no deadline."""
+    ) -> Generator[Any]:
+        """The responses of a server stream; `timeout` None: no deadline. Closing it cancels the call."""
         call = self.method(service, method)(request, timeout=timeout, metadata=self.metadata)
         try:
             yield from call
@@ -307,8 +307,8 @@ class AioConnection(_Channel):
 
     async def server_stream(
         self, service: str, method: str, request: Message, timeout: float | None
-    ) -> AsyncIterator[Any]:
-        """The responses of a server stream; `timeout` None: no deadline."""
+    ) -> AsyncGenerator[Any]:
+        """The responses of a server stream; `timeout` None: no deadline. Closing it cancels the call."""
         call = self.method(service, method)(request, timeout=timeout, metadata=self.metadata)
         try:
             async for response in call:
