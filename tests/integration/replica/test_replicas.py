@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,9 +14,11 @@ import numpy as np
 import pytest
 from dns_responder import DNSResponder
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from rich.console import Console
 from serving_models import W, linear_model, predict_request, to_array, upload
 
 import tessera
+from tessera.cli import main as cli_main
 from tessera.v1 import (
     common_pb2,
     inference_pb2,
@@ -247,7 +250,9 @@ def test_the_sdk_spreads_calls_round_robin_over_both_replicas_named_by_dns(clust
     assert replica.process.returncode == 0
 
 
-def test_the_primarys_cluster_statistics_merge_its_replicas_histograms(cluster: Cluster) -> None:
+def test_the_primarys_cluster_statistics_merge_its_replicas_histograms(
+    cluster: Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
     counts = {}
     for index, address in enumerate(cluster.replica_addresses):
         channel = cluster.channel(address)
@@ -278,3 +283,21 @@ def test_the_primarys_cluster_statistics_merge_its_replicas_histograms(cluster: 
         replica.GetStats(request)
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "ask its primary" in refused.value.details()
+
+    # The same from the SDK and the CLI.
+    with tessera.Client(f"127.0.0.1:{cluster.primary_port}") as client:
+        sdk = client.inference.cluster_stats("linear")
+    assert sorted(sdk.replicas) == sorted(cluster.replica_addresses)
+    assert [s.request_count for s in sdk.stats] == [merged.request_count]
+    screen = io.StringIO()
+    console = Console(file=screen, width=200, force_terminal=False, color_system=None)
+    target = f"127.0.0.1:{cluster.primary_port}"
+    assert cli_main(["--target", target, "stats", "linear", "--cluster"], console=console) == 0
+    shown = screen.getvalue()
+    assert f"linear v1: {merged.request_count} requests" in shown
+    assert f"merged: this daemon and 2 replicas ({', '.join(sorted(cluster.replica_addresses))})" in shown
+    capsys.readouterr()
+    assert cli_main(["--target", cluster.replica_addresses[0], "stats", "--cluster"], console=console) == 1
+    assert capsys.readouterr().err.startswith(
+        "tessera: FAILED_PRECONDITION: this tesserad is a serving replica; ask its primary"
+    )

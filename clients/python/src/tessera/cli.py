@@ -373,6 +373,43 @@ def print_deployment(deployment: registry_pb2.Deployment, out: Output) -> None:
     )
 
 
+def cmd_models_changes(client: Client, args: argparse.Namespace, out: Output) -> None:
+    shown = 0
+    for change in client.models.watch_changes(from_seq=args.from_seq, follow=args.follow):
+        shown += 1
+        if out.as_json:
+            print(json.dumps(to_plain(change)), flush=True)
+        else:
+            out.line(change_line(change))
+    if not shown and not out.as_json:
+        out.line(f"no changes from seq {max(args.from_seq, 1)} on")
+
+
+def change_line(change: registry_pb2.RegistryChange) -> str:
+    """One change in words: "7  2026-12-04 10:00:00  linear: alias moved; latest v2, production=v2,
+    deployed production 100% (v2)"."""
+    kinds = ", ".join(
+        registry_pb2.ChangeKind.Name(kind).removeprefix("CHANGE_KIND_").lower().replace("_", " ")
+        for kind in change.kinds
+    )
+    head = f"{change.seq}  {when(change.time)}  {change.model}: {kinds}"
+    if not change.HasField("state"):
+        return head
+    state = change.state
+    parts = [f"latest v{state.latest_version}" if state.latest_version else "no versions"]
+    parts += [f"{alias}=v{version}" for alias, version in sorted(state.aliases.items())]
+    if state.HasField("deployment") and not state.deployment.undeployed:
+        routes = ", ".join(
+            f"{route.alias or f'v{route.version}'} {route.weight}% (v{route.resolved_version})"
+            for route in state.deployment.routes
+        )
+        parts.append(f"deployed {routes}")
+        shadow = state.deployment.shadow
+        if shadow.WhichOneof("target"):
+            parts.append(f"shadow {shadow.alias or f'v{shadow.version}'} {shadow.percent}%")
+    return f"{head}; {', '.join(parts)}"
+
+
 def cmd_models_compare(client: Client, args: argparse.Namespace, out: Output) -> None:
     diff = client.models.compare(args.model, selector(args.a), selector(args.b))  # type: ignore[arg-type]
     if out.as_json:
@@ -713,10 +750,27 @@ def load_inputs(path: str) -> dict[str, np.ndarray]:
 
 
 def cmd_stats(client: Client, args: argparse.Namespace, out: Output) -> None:
+    if args.cluster:
+        return print_cluster_stats(client.inference.cluster_stats(args.model, selector(args.version)), out)
     stats = client.inference.stats(args.model, selector(args.version), reset=args.reset)
     if out.as_json:
         return out.json(list(stats))
     print_stats(stats, out)
+
+
+def print_cluster_stats(response: inference_pb2.GetStatsResponse, out: Output) -> None:
+    replicas, unreachable = list(response.replicas), list(response.unreachable_replicas)
+    if out.as_json:
+        return out.json(
+            {"stats": list(response.stats), "replicas": replicas, "unreachable_replicas": unreachable}
+        )
+    print_stats(response.stats, out)
+    if replicas:
+        out.line(f"merged: this daemon and {len(replicas)} replicas ({', '.join(replicas)})")
+    elif not unreachable:
+        out.line("no serving replica follows this daemon: these are its own figures")
+    if unreachable:
+        out.line(f"left out, did not answer: {', '.join(unreachable)}")
 
 
 def print_stats(stats: Sequence[inference_pb2.ModelStats], out: Output) -> None:
@@ -892,6 +946,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("model")
     sub.add_argument("a", help="version number or alias")
     sub.add_argument("b", help="version number or alias")
+    sub = command(
+        models,
+        "changes",
+        cmd_models_changes,
+        "the registry's changes, numbered in commit order, with each model's serving state after it",
+    )
+    sub.add_argument(
+        "--from-seq", type=int, default=0, metavar="SEQ", help="start at this change (default 0: the first)"
+    )
+    sub.add_argument(
+        "--follow", action="store_true", help="go on printing new changes as they come (Ctrl-C to stop)"
+    )
     sub = command(models, "download", cmd_models_download, "write a version's artifact to a file (verified)")
     sub.add_argument("model")
     sub.add_argument("path")
@@ -995,7 +1061,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command(commands, "stats", cmd_stats, "latency percentiles and throughput of a loaded model")
     sub.add_argument("model", nargs="?", default="", help="default: every loaded model")
     sub.add_argument("--version", help="number or alias (default: every loaded version)")
-    sub.add_argument("--reset", action="store_true", help="zero the figures after reading them")
+    scope = sub.add_mutually_exclusive_group()
+    scope.add_argument("--reset", action="store_true", help="zero the figures after reading them")
+    scope.add_argument(
+        "--cluster",
+        action="store_true",
+        help="at a primary: its figures merged with those of every serving replica following it",
+    )
 
     command(commands, "serve-status", cmd_serve_status, "the loaded model versions").add_argument(
         "model", nargs="?", default=""

@@ -1,0 +1,96 @@
+"""`tessera models changes` (the registry's change feed) and `tessera stats --cluster` on a daemon
+that no replica follows; with replicas, see tests/integration/replica/test_replicas.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.integration.sdk.affine import affine_onnx
+
+
+def test_changes_are_printed_in_order_with_the_state_after_each(tessera_cli, client, tmp_path):
+    assert tessera_cli("models", "changes").out.strip() == "no changes from seq 1 on"
+    client.models.push("affine", affine_onnx(tmp_path / "a1.onnx"))
+    client.models.push("affine", affine_onnx(tmp_path / "a2.onnx", scale=2.0), alias="production")
+    client.models.deploy("affine", {"production": 90, 1: 10})
+    result = tessera_cli("models", "changes")
+    assert result.code == 0
+    lines = result.out.strip().splitlines()
+    assert len(lines) == 3
+    assert lines[0].startswith("1  ") and lines[0].endswith(
+        "affine: model created, version registered; latest v1"
+    )
+    assert lines[1].endswith("affine: version registered, alias moved; latest v2, production=v2")
+    assert lines[2].endswith(
+        "affine: deployment changed; latest v2, production=v2, deployed production 90% (v2), v1 10% (v1)"
+    )
+    later = tessera_cli("--json", "models", "changes", "--from-seq", "2")
+    changes = [json.loads(line) for line in later.out.splitlines()]
+    assert [(c["seq"], c["kinds"]) for c in changes] == [
+        ("2", ["CHANGE_KIND_VERSION_REGISTERED", "CHANGE_KIND_ALIAS_MOVED"]),
+        ("3", ["CHANGE_KIND_DEPLOYMENT_CHANGED"]),
+    ]
+    assert changes[1]["state"]["aliases"] == {"production": "2"}
+    assert tessera_cli("models", "changes", "--from-seq", "4").out.strip() == "no changes from seq 4 on"
+
+
+def test_a_start_the_registry_never_gave_fails_with_what_to_give(tessera_cli, client, tmp_path):
+    client.models.push("affine", affine_onnx(tmp_path / "a1.onnx"))
+    past = tessera_cli("models", "changes", "--from-seq", "7")
+    assert past.code == 1 and past.out == ""
+    assert past.err.startswith(
+        "tessera: FAILED_PRECONDITION: from_seq 7 is past this registry's newest change (1): give at most 2"
+    )
+    negative = tessera_cli("models", "changes", "--from-seq", "-1")
+    assert negative.code == 1
+    assert negative.err.startswith("tessera: INVALID_ARGUMENT: from_seq must be >= 0, got -1")
+    assert "Traceback" not in past.err + negative.err
+
+
+def test_follow_prints_new_changes_until_interrupted(daemon, client, tmp_path):
+    client.models.push("affine", affine_onnx(tmp_path / "a1.onnx"))
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "tessera.cli", "--target", daemon.target, "models", "changes", "--follow"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    try:
+        assert follower.stdout is not None
+        assert "affine: model created, version registered" in follower.stdout.readline()
+        client.models.push("affine", affine_onnx(tmp_path / "a2.onnx", scale=2.0))
+        assert follower.stdout.readline().startswith("2  ")  # came while it followed
+        follower.send_signal(signal.SIGINT)
+        _, err = follower.communicate(timeout=60)
+    finally:
+        follower.kill()
+    assert follower.returncode == 130
+    assert err.strip() == "tessera: interrupted"
+
+
+def test_cluster_stats_on_a_daemon_no_replica_follows_are_its_own(tessera_cli, client, tmp_path, capsys):
+    client.models.push("affine", affine_onnx(tmp_path / "a1.onnx"))
+    inputs = tmp_path / "inputs.npz"
+    np.savez(inputs, input=np.ones((2, 4), np.float32))
+    assert tessera_cli("predict", "affine", "--input", str(inputs)).code == 0
+    result = tessera_cli("stats", "affine", "--cluster")
+    assert result.code == 0
+    assert "affine v1: 1 requests" in result.out
+    assert "no serving replica follows this daemon: these are its own figures" in result.out
+    data = tessera_cli("--json", "stats", "--cluster").json()
+    assert data["replicas"] == [] and data["unreachable_replicas"] == []
+    assert [(s["model"], s["request_count"]) for s in data["stats"]] == [("affine", "1")]
+    absent = tessera_cli("stats", "absent", "--cluster")
+    assert absent.code == 1 and absent.err.startswith("tessera: NOT_FOUND: model 'absent' does not exist")
+    with pytest.raises(SystemExit) as usage:  # argparse: a usage error, exit 2
+        tessera_cli("stats", "--cluster", "--reset")
+    assert usage.value.code == 2
+    assert "argument --reset: not allowed with argument --cluster" in capsys.readouterr().err
