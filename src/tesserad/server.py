@@ -397,7 +397,7 @@ class Daemon:
         followed = FollowedRegistry(
             primary,
             cache,
-            lambda model, version: self._follower_download(model, version),
+            lambda model, version, sha256: self._follower_download(model, version, sha256),
             lambda model, version: self._follower_fetch_version(model, version),
         )
         if settings.serving.switch_interval_us:
@@ -455,10 +455,10 @@ class Daemon:
             },
         )
 
-    def _follower_download(self, model: str, version: int) -> Iterator[bytes]:
+    def _follower_download(self, model: str, version: int, sha256: str) -> Iterator[bytes]:
         if self._follower is None:
             raise Unavailable("this replica is not following its primary yet")
-        return self._follower.download(model, version)
+        return self._follower.download(model, version, sha256)
 
     def _follower_fetch_version(self, model: str, version: int) -> FollowedVersion | None:
         if self._follower is None:

@@ -26,7 +26,7 @@ from tessera.v1 import common_pb2
 from tessera.v1 import registry_pb2 as pb
 from tesserad.api.convert_registry import architecture_to_dict, format_from_proto, signature_from_proto
 from tesserad.config import ReplicaSettings
-from tesserad.errors import FailedPrecondition, TesseraError, Unavailable
+from tesserad.errors import FailedPrecondition, NotFound, TesseraError, Unavailable
 from tesserad.replica.followed import FollowedModel, FollowedRegistry, FollowedVersion
 from tesserad.serving.registry_source import serving_signature
 from tesserad.serving.service import DeploymentPlan, InferenceService
@@ -59,6 +59,45 @@ def followed_model(state: pb.ModelServingState) -> FollowedModel:
         )
     versions = {v.version: followed_version(v) for v in state.versions}
     return FollowedModel(state.latest_version, dict(state.aliases), deployment, versions)
+
+
+# Words in gRPC's connection errors -> the cause in a replica's client's words.
+_CONNECTION_CAUSES = (
+    ("connection refused", "nothing listens there (connection refused)"),
+    ("dns resolution failed", "its name does not resolve"),
+    ("name or service not known", "its name does not resolve"),
+    ("handshake", "the TLS handshake failed (check replica.tls_ca_file and replica.tls_server_name)"),
+    ("ssl", "the TLS handshake failed (check replica.tls_ca_file and replica.tls_server_name)"),
+    ("certificate", "the TLS handshake failed (check replica.tls_ca_file and replica.tls_server_name)"),
+    ("timed out", "it did not answer in time"),
+    ("socket closed", "the connection was cut"),
+    ("connection reset", "the connection was cut"),
+)
+
+
+def primary_error(what: str, primary: str, exc: sdk_errors.TesseraError) -> TesseraError:
+    """A failed call to the primary as the error this replica's caller gets: `what` failed, at
+    which primary, and why in a few words, with the status the caller can act on. gRPC's own
+    connection text (addresses, subchannel states) goes to the log, not to the caller."""
+    where = f"{what} from the primary {primary}"
+    if isinstance(exc, sdk_errors.NotFound):
+        return NotFound(f"{where}: the primary no longer has it ({exc.message})")
+    if isinstance(exc, sdk_errors.Unauthenticated | sdk_errors.PermissionDenied):
+        return FailedPrecondition(
+            f"{where}: the primary refused this replica's token (replica.token_file): {exc.message}"
+        )
+    if isinstance(exc, sdk_errors.Unavailable | sdk_errors.DeadlineExceeded):
+        log.warning("the primary did not answer", extra={"primary": primary, "reason": exc.message})
+        text = exc.message.lower()
+        cause = next((words for key, words in _CONNECTION_CAUSES if key in text), None)
+        if cause is None:
+            timed_out = isinstance(exc, sdk_errors.DeadlineExceeded)
+            cause = "it did not answer in time" if timed_out else "it cannot be reached"
+        return Unavailable(
+            f"{where}: {cause}; this replica serves what it holds and fetches the rest when the "
+            "primary is back"
+        )
+    return Unavailable(f"{where}: the primary answered {exc.code}: {exc.message}")
 
 
 class Follower:
@@ -98,13 +137,12 @@ class Follower:
         except sdk_errors.NotFound:
             return None
         except sdk_errors.TesseraError as exc:
-            raise Unavailable(
-                f"cannot fetch version {version} of {model!r} from the primary {self.primary}: {exc.message}"
-            ) from None
+            raise primary_error(f"cannot look up version {version} of {model!r}", self.primary, exc) from None
         return followed_version(record)
 
-    def download(self, model: str, version: int) -> Iterator[bytes]:
-        """Version `version` of `model`'s artifact from the primary (runs on a load thread)."""
+    def download(self, model: str, version: int, sha256: str) -> Iterator[bytes]:
+        """Version `version` of `model`'s artifact (blob `sha256`) from the primary (runs on a
+        load thread)."""
         request = pb.DownloadVersionRequest(
             ref=common_pb2.VersionRef(model=model, version=version), chunk_size=DOWNLOAD_CHUNK
         )
@@ -115,9 +153,8 @@ class Follower:
                 if response.WhichOneof("part") == "chunk":
                     yield response.chunk
         except sdk_errors.TesseraError as exc:
-            raise Unavailable(
-                f"cannot fetch version {version} of {model!r} from the primary {self.primary}: {exc.message}"
-            ) from None
+            what = f"cannot download version {version} of {model!r} (blob sha256 {sha256[:12]})"
+            raise primary_error(what, self.primary, exc) from None
 
     async def run(self) -> None:
         """Follow the primary until cancelled."""

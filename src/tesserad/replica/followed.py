@@ -19,7 +19,7 @@ from tesserad.serving.service import DeploymentPlan
 from tesserad.serving.signature import Signature
 
 # Streams version `version` of `model`'s artifact from the primary.
-Download = Callable[[str, int], Iterable[bytes]]
+Download = Callable[[str, int, str], Iterable[bytes]]
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,9 @@ class FollowedRegistry:
 
         def open_artifact() -> Any:
             return self._cache.open(
-                followed.sha256, followed.size_bytes, lambda: self._download(model, followed.version)
+                followed.sha256,
+                followed.size_bytes,
+                lambda: self._download(model, followed.version, followed.sha256),
             )
 
         return ServableVersion(

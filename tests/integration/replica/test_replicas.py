@@ -301,3 +301,30 @@ def test_the_primarys_cluster_statistics_merge_its_replicas_histograms(
     assert capsys.readouterr().err.startswith(
         "tessera: FAILED_PRECONDITION: this tesserad is a serving replica; ask its primary"
     )
+
+
+def test_a_version_the_primary_cannot_send_fails_saying_what_and_why(cluster: Cluster) -> None:
+    channel = cluster.channel(cluster.replica_addresses[0])
+    eventually(lambda: assert_serving(channel))
+    with grpc.insecure_channel(f"127.0.0.1:{cluster.primary_port}") as primary:
+        sha256 = (
+            registry_pb2_grpc.RegistryStub(primary)
+            .GetVersion(registry_pb2.GetVersionRequest(ref=common_pb2.VersionRef(model="linear", version=2)))
+            .sha256
+        )
+    cluster.primary.kill()
+    where = f"from the primary 127.0.0.1:{cluster.primary_port}: nothing listens there (connection refused)"
+    # Version 2 is latest, so the feed told the replica about it; its artifact was never needed.
+    with pytest.raises(grpc.RpcError) as failed:
+        scale_served(channel, version=2)
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+    details = failed.value.details()
+    assert details.startswith(f"cannot download version 2 of 'linear' (blob sha256 {sha256[:12]}) {where}")
+    assert "fetches the rest when the primary is back" in details
+    assert "ipv4:" not in details and "backends" not in details  # gRPC's own words stay in the log
+    # Version 7 is in no change: its record is asked for first.
+    with pytest.raises(grpc.RpcError) as failed:
+        scale_served(channel, version=7)
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert failed.value.details().startswith(f"cannot look up version 7 of 'linear' {where}")
+    assert scale_served(channel) == 1.0  # what it holds is still served

@@ -35,7 +35,7 @@ def primary() -> Primary:
 @pytest.fixture
 def followed(tmp_path: Path, primary: Primary) -> FollowedRegistry:
     registry = FollowedRegistry(
-        "primary:50051", BlobCache(tmp_path, 1 << 20), lambda m, v: [], primary.fetch_version
+        "primary:50051", BlobCache(tmp_path, 1 << 20), lambda m, v, sha256: [], primary.fetch_version
     )
     registry.apply(1, "m", FollowedModel(3, {}, None, {3: record(3)}))
     registry.apply(2, "other", FollowedModel(1, {}, None, {1: record(1)}))

@@ -1,0 +1,62 @@
+"""What a replica's caller is told when the primary could not answer: what failed, where, the
+cause in words and a status to act on, never gRPC's own connection text."""
+
+from __future__ import annotations
+
+import pytest
+
+import tessera.errors as sdk
+from tesserad.api.follow import primary_error
+from tesserad.errors import FailedPrecondition, NotFound, TesseraError, Unavailable
+
+WHAT = "cannot download version 2 of 'm' (blob sha256 0123456789ab)"
+REFUSED = (
+    "connections to all backends failing; last error: UNKNOWN: ipv4:10.0.0.1:50051: "
+    "Failed to connect to remote host: Connection refused"
+)
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "cause"),
+    [
+        (sdk.Unavailable(REFUSED), Unavailable, "nothing listens there (connection refused)"),
+        (
+            sdk.Unavailable("DNS resolution failed for primary.svc:50051: C-ares status is not ARES_SUCCESS"),
+            Unavailable,
+            "its name does not resolve",
+        ),
+        (
+            sdk.Unavailable("failed to connect to all addresses; last error: UNKNOWN: Ssl handshake failed"),
+            Unavailable,
+            "the TLS handshake failed (check replica.tls_ca_file and replica.tls_server_name)",
+        ),
+        (sdk.Unavailable("Socket closed"), Unavailable, "the connection was cut"),
+        (sdk.Unavailable("something new"), Unavailable, "it cannot be reached"),
+        (sdk.DeadlineExceeded("Deadline Exceeded"), Unavailable, "it did not answer in time"),
+    ],
+)
+def test_an_unreachable_primary_is_unavailable_with_the_cause_in_words(
+    error: sdk.TesseraError, status: type[TesseraError], cause: str
+) -> None:
+    result = primary_error(WHAT, "10.0.0.1:50051", error)
+    assert type(result) is status
+    assert result.message == (
+        f"{WHAT} from the primary 10.0.0.1:50051: {cause}; this replica serves what it holds and "
+        "fetches the rest when the primary is back"
+    )
+    assert "backends" not in result.message and "ipv4:" not in result.message
+
+
+def test_the_primarys_own_answers_keep_its_words_with_a_status_that_fits() -> None:
+    gone = primary_error(WHAT, "p:1", sdk.NotFound("model 'm' has no version 2"))
+    assert isinstance(gone, NotFound)
+    assert (
+        gone.message
+        == f"{WHAT} from the primary p:1: the primary no longer has it (model 'm' has no version 2)"
+    )
+    refused = primary_error(WHAT, "p:1", sdk.PermissionDenied("token 'r' may not read the registry"))
+    assert isinstance(refused, FailedPrecondition)
+    assert "refused this replica's token (replica.token_file): token 'r' may not read" in refused.message
+    other = primary_error(WHAT, "p:1", sdk.Internal("disk on fire"))
+    assert isinstance(other, Unavailable)
+    assert other.message == f"{WHAT} from the primary p:1: the primary answered INTERNAL: disk on fire"
