@@ -346,8 +346,9 @@ class Models(Part[C]):
         bounds the whole watch (None: no deadline). FailedPrecondition when `from_seq` is past
         the newest change + 1."""
         cursor = ChangeCursor(from_seq, self._conn.retry, timeout)
-        until = _never if follow else _caught_up
-        return Resumable(S, "WatchChanges", cursor, lambda response: response.change, until)
+        if follow:
+            return Resumable(S, "WatchChanges", cursor, _change)
+        return Resumable(S, "WatchChanges", cursor, _change, until=_caught_up)
 
 
 class ChangeCursor(SeqCursor):
@@ -364,8 +365,8 @@ class ChangeCursor(SeqCursor):
         return response.HasField("change") and self.accept_seq(response.change.seq)
 
 
-def _never(response: pb.WatchChangesResponse) -> bool:
-    return False
+def _change(response: pb.WatchChangesResponse) -> pb.RegistryChange:
+    return response.change
 
 
 def _caught_up(response: pb.WatchChangesResponse) -> bool:
