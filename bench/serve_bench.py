@@ -521,10 +521,15 @@ class InProcess:
     """onnxruntime in this process with the daemon's session options: wall and CPU time per row
     by batch size (measured once per size)."""
 
-    def __init__(self, path: Path, shape: list[int], device: str) -> None:
+    def __init__(self, path: Path, shape: list[int], device: str, instances: int) -> None:
+        from tesserad.serving.pool import ServingDefaults, effective_config
         from tesserad.serving.runtimes import OnnxRuntime
 
-        self._runtime = OnnxRuntime(path, device, 0)
+        # The intra-op threads the daemon gives an instance of a version loaded with the defaults.
+        config = effective_config(
+            ServingConfig(device=device or "cpu", instances=instances), ServingDefaults(), "onnx"
+        )
+        self._runtime = OnnxRuntime(path, device or "cpu", config.intra_op_threads)
         self._shape = shape
         self._costs: dict[int, dict[str, float]] = {}
 
@@ -609,8 +614,8 @@ def run_model(
 ) -> dict:
     shape = SHAPES[model]
     spec = model_specs()[model]
-    onnx = InProcess(paths[model], shape, args.device)
-    constant = InProcess(paths[f"{model}-constant"], shape, args.device)
+    onnx = InProcess(paths[model], shape, args.device, args.instances)
+    constant = InProcess(paths[f"{model}-constant"], shape, args.device, args.instances)
     for batch in (1, 2, 4, 8, 16):
         onnx.cost(batch)
     print(
