@@ -53,6 +53,9 @@ HOLD_COST_NS = 6_000.0
 PAYS_MARGIN = 0.05
 # While batching does not pay, every this-many-th batch still gathers, to re-measure.
 _EXPLORE_EVERY = 64
+# Once both estimates exist, the cost of every this-many-th batch is measured (the exploring ones
+# among them): reading a thread's CPU time is a system call (0.9 us on the dev box), twice a batch.
+_COST_EVERY = 8
 
 
 def batching_pays(single_ns_per_row: float, batched_ns_per_row: float) -> bool:
@@ -105,6 +108,11 @@ class RowCosts:
             self.pays = batching_pays(math.exp(self._single_log), math.exp(self._batched_log))
 
     @property
+    def decided(self) -> bool:
+        """Whether both sizes were measured (until then `pays` is True)."""
+        return self._single_log is not None and self._batched_log is not None
+
+    @property
     def single_ns_per_row(self) -> float | None:
         return None if self._single_log is None else math.exp(self._single_log)
 
@@ -121,7 +129,7 @@ def row_limit(pays: bool, batches_run: int, max_rows: int) -> int:
     """Rows the next batch may gather: all while batching pays, one while it does not; every
     _EXPLORE_EVERY-th batch does the other, so that both estimates stay measured (under steady
     load a batcher that gathers may otherwise never run a row alone again)."""
-    explore = batches_run % _EXPLORE_EVERY == _EXPLORE_EVERY - 1
+    explore = batches_run % _EXPLORE_EVERY == _EXPLORE_EVERY - 1  # a measured batch (_COST_EVERY)
     return max_rows if pays != explore else 1
 
 
@@ -211,8 +219,11 @@ class _Request:
         self.inputs = inputs
         self.output_names = output_names
         self.rows = rows
-        # Requests stack into one batch only when every non-batch dimension agrees.
-        self.shape_key = tuple((name, array.shape[1:]) for name, array in inputs.items())
+        # Requests stack into one batch only when every non-batch dimension agrees. One that runs
+        # inline (its answer is Answered) never queues: it needs none.
+        self.shape_key = (
+            () if isinstance(future, Answered) else tuple((n, a.shape[1:]) for n, a in inputs.items())
+        )
         self.future = future
         self.enqueued_ns = time.perf_counter_ns()
         self.deadline = deadline
@@ -527,7 +538,8 @@ class DynamicBatcher:
         """Run one batch and answer each request; never raises."""
         # The batch's cost for RowCosts: all of the batch's work here, which batching shares
         # among its rows (for a tiny model, more than the model's run), up to its answers.
-        cost_started = self._cost_clock()
+        measured = not self.costs.decided or self._batches_run % _COST_EVERY == _COST_EVERY - 1
+        cost_started = self._cost_clock() if measured else 0
         alone = len(batch) == 1
         if alone:
             names = batch[0].output_names
@@ -566,16 +578,17 @@ class DynamicBatcher:
             )
         # Counted before answered: a caller that reads the stats after its answer finds it there.
         self._stats.record_batch(compute_ns, answered)
-        self._learn(compute_ns / rows, self._cost_clock() - cost_started, rows)
+        self._learn(compute_ns / rows, self._cost_clock() - cost_started if measured else None, rows)
         for request, prediction in zip(batch, predictions, strict=True):
             request.future.set_result(prediction)
 
-    def _learn(self, ns_per_row: float, cost_ns: float, rows: int) -> None:
-        """Update the wall time per row and the costs with a batch's. Unlocked: a lost update
-        among threads only delays the estimates by one batch."""
+    def _learn(self, ns_per_row: float, cost_ns: int | None, rows: int) -> None:
+        """Update the wall time per row, and the costs with a batch's measured cost. Unlocked: a
+        lost update among threads only delays the estimates by one batch."""
         self._batches_run += 1
         self._compute_ns_per_row += _EWMA_WEIGHT * (ns_per_row - self._compute_ns_per_row)
-        self.costs.observe(rows, cost_ns)
+        if cost_ns is not None:
+            self.costs.observe(rows, cost_ns)
 
     def _fail(self, request: _Request, exc: Exception) -> None:
         log.warning("%s failed on a request: %s", self.label, exc)
