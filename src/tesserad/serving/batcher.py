@@ -51,10 +51,15 @@ HOLD_COST_NS = 6_000.0
 # Batches must save at least this share of a row's time alone: within it, the estimates' noise
 # (batches run while other instances compete for the cores) could make either answer.
 PAYS_MARGIN = 0.05
-# While batching does not pay, every this-many-th batch still gathers, to re-measure.
+# While batching does not pay, every this-many-th batch still gathers, to re-measure (and while
+# it pays, runs one row alone); until both estimates exist, every _COST_EVERY-th batch does.
 _EXPLORE_EVERY = 64
+# An exploring batch gathers at most this many rows: cnn4d at concurrency 32 gathered 30 (1.26x
+# the CPU per row of a row alone), a third of all rows, and lost 0.67x of batching off's requests/s.
+EXPLORE_ROWS = 4
 # Once both estimates exist, the cost of every this-many-th batch is measured (the exploring ones
-# among them): reading a thread's CPU time is a system call (0.9 us on the dev box), twice a batch.
+# among them, _EXPLORE_EVERY being a multiple): reading a thread's CPU time is a system call
+# (0.9 us on the dev box), twice a batch.
 _COST_EVERY = 8
 
 
@@ -125,12 +130,15 @@ def _smoothed(estimate: float | None, value: float) -> float:
     return value if estimate is None else estimate + _EWMA_WEIGHT * (value - estimate)
 
 
-def row_limit(pays: bool, batches_run: int, max_rows: int) -> int:
-    """Rows the next batch may gather: all while batching pays, one while it does not; every
-    _EXPLORE_EVERY-th batch does the other, so that both estimates stay measured (under steady
-    load a batcher that gathers may otherwise never run a row alone again)."""
-    explore = batches_run % _EXPLORE_EVERY == _EXPLORE_EVERY - 1  # a measured batch (_COST_EVERY)
-    return max_rows if pays != explore else 1
+def row_limit(pays: bool, decided: bool, batches_run: int, max_rows: int) -> int:
+    """Rows the next batch may gather: all while batching pays, one while it does not; an
+    exploring batch does the other (at most EXPLORE_ROWS), so that both estimates stay measured
+    (under steady load a batcher that gathers may otherwise never run a row alone again). One
+    batch in _EXPLORE_EVERY explores, one in _COST_EVERY until both estimates exist (`decided`)."""
+    every = _EXPLORE_EVERY if decided else _COST_EVERY
+    if batches_run % every != every - 1:
+        return max_rows if pays else 1
+    return 1 if pays else min(max_rows, EXPLORE_ROWS)
 
 
 class Prediction(NamedTuple):
@@ -301,7 +309,7 @@ class DynamicBatcher:
         return self.costs.pays
 
     def _row_limit(self) -> int:
-        return row_limit(self.costs.pays, self._batches_run, self._max_rows)
+        return row_limit(self.costs.pays, self.costs.decided, self._batches_run, self._max_rows)
 
     def holds(self, rows: int) -> bool:
         """Whether holding a request of `rows` for its burst pays: only while the held batch would

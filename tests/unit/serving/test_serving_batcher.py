@@ -10,6 +10,7 @@ from serving_fakes import GatedRuntime
 
 from tesserad.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
 from tesserad.serving.batcher import (
+    EXPLORE_ROWS,
     HOLD_COST_NS,
     PAYS_MARGIN,
     BatcherClosed,
@@ -369,11 +370,14 @@ def test_row_costs_decide_from_both_sizes_and_follow_a_change() -> None:
         assert fresh.pays is pays
 
 
-def test_row_limit_explores_the_other_choice_one_batch_in_64() -> None:
-    assert row_limit(pays=True, batches_run=0, max_rows=32) == 32
-    assert row_limit(pays=False, batches_run=0, max_rows=32) == 1
-    # The exploring batch: one row alone while batching pays, a full gather while it does not.
-    assert row_limit(pays=True, batches_run=63, max_rows=32) == 1
-    assert row_limit(pays=False, batches_run=127, max_rows=32) == 32
-    assert [row_limit(False, n, 8) for n in range(64, 127)] == [1] * 63
-    assert [row_limit(True, n, 8) for n in range(64, 127)] == [8] * 63
+def test_row_limit_explores_the_other_choice_one_batch_in_64_once_decided() -> None:
+    assert row_limit(pays=True, decided=True, batches_run=0, max_rows=32) == 32
+    assert row_limit(pays=False, decided=True, batches_run=0, max_rows=32) == 1
+    # The exploring batch: one row alone while batching pays, a few rows while it does not.
+    assert row_limit(pays=True, decided=True, batches_run=63, max_rows=32) == 1
+    assert row_limit(pays=False, decided=True, batches_run=127, max_rows=32) == EXPLORE_ROWS
+    assert row_limit(pays=False, decided=True, batches_run=63, max_rows=2) == 2
+    assert [row_limit(False, True, n, 8) for n in range(64, 127)] == [1] * 63
+    assert [row_limit(True, True, n, 8) for n in range(64, 127)] == [8] * 63
+    # Undecided (one size not yet measured): one batch in 8 runs a row alone.
+    assert [row_limit(True, False, n, 8) for n in range(16)] == [8] * 7 + [1] + [8] * 7 + [1]
