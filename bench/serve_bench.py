@@ -707,6 +707,8 @@ def run_model(
             "p99_on_vs_echo": paired(r["batching_on"], r["echo"], "p99_ms"),
             "p99_transport_vs_echo": paired(r["transport"], r["echo"], "p99_ms"),
             "throughput_on_vs_off": paired(r["batching_on"], r["batching_off"], "throughput_rps"),
+            # The same comparison in CPU per request, steadier than requests/s on a shared machine.
+            "cpu_on_vs_off": paired(r["batching_on"], r["batching_off"], cpu),
             "served_on_vs_in_process": {
                 "median": round(
                     statistics.median(

@@ -68,9 +68,10 @@ def batching_pays(single_ns_per_row: float, batched_ns_per_row: float) -> bool:
     a row in a batch of more than one (plus what holding its request costs, HOLD_COST_NS) must
     take less than a row run alone, by PAYS_MARGIN.
 
-    The costs are what `cost_clock` reads (CPU time on a CPU): a small model saves its per-run
-    overhead by batching (tiny MLP: 6.8 us of CPU for a row alone, 0.9 in a batch of 8), a big
-    one saves nothing or loses (cnn4d on 2 cores: 2.2 ms alone, 2.6-3.0 in batches of 8-16).
+    The costs are what `cost_clock` reads (CPU time on a CPU) over all of the batcher's work on a
+    batch: a small model saves its per-run overhead by batching (tiny MLP on the 2-core dev box:
+    15 us of CPU for a row alone, 7.4 a row in batches of 8), a big one saves nothing or loses
+    (cnn4d: 2.0 ms alone, 2.05 in batches of 8; in-process, 1.2x alone's in batches of 20-30).
     """
     return batched_ns_per_row + HOLD_COST_NS <= single_ns_per_row * (1 - PAYS_MARGIN)
 
