@@ -521,10 +521,15 @@ class InProcess:
     """onnxruntime in this process with the daemon's session options: wall and CPU time per row
     by batch size (measured once per size)."""
 
-    def __init__(self, path: Path, shape: list[int], device: str) -> None:
+    def __init__(self, path: Path, shape: list[int], device: str, instances: int) -> None:
+        from tesserad.serving.pool import ServingDefaults, effective_config
         from tesserad.serving.runtimes import OnnxRuntime
 
-        self._runtime = OnnxRuntime(path, device, 0)
+        # The intra-op threads the daemon gives an instance of a version loaded with the defaults.
+        config = effective_config(
+            ServingConfig(device=device or "cpu", instances=instances), ServingDefaults(), "onnx"
+        )
+        self._runtime = OnnxRuntime(path, device or "cpu", config.intra_op_threads)
         self._shape = shape
         self._costs: dict[int, dict[str, float]] = {}
 
@@ -551,6 +556,17 @@ class InProcess:
                 "cpu_us_per_row": cpu / runs / batch * 1e6,
             }
         return self._costs[batch]
+
+    def cpu_now(self) -> float:
+        """CPU us per row of single-row runs now (~0.1 s of them): paired with a cell run just
+        before, under the same load of the shared machine, as cost(1) was measured at the start."""
+        x = {"input": np.zeros(self._shape, dtype=np.float32)}
+        self._runtime.run(x, ["output"])
+        runs = max(16, int(100_000 / max(1.0, self.cost(1)["cpu_us_per_row"])))
+        cpu = time.process_time()
+        for _ in range(runs):
+            self._runtime.run(x, ["output"])
+        return (time.process_time() - cpu) / runs * 1e6
 
     def at_histogram(self, histogram: dict[int, int]) -> tuple[float, float]:
         """(rows/s, CPU us per row) running exactly the batches the batcher formed (rows -> count)."""
@@ -609,8 +625,8 @@ def run_model(
 ) -> dict:
     shape = SHAPES[model]
     spec = model_specs()[model]
-    onnx = InProcess(paths[model], shape, args.device)
-    constant = InProcess(paths[f"{model}-constant"], shape, args.device)
+    onnx = InProcess(paths[model], shape, args.device, args.instances)
+    constant = InProcess(paths[f"{model}-constant"], shape, args.device, args.instances)
     for batch in (1, 2, 4, 8, 16):
         onnx.cost(batch)
     print(
@@ -660,8 +676,12 @@ def run_model(
                     cell["server_total_p99_us"] = figures["server_total_p99_us"]
                     in_process = onnx if mode != "constant" else constant
                     rows_per_s, cpu_per_row = in_process.at_histogram(histogram)
+                    # The machine's load drifts between the start, when the costs by batch size
+                    # were measured, and this cell: scale them by single-row runs measured now.
+                    scale = in_process.cpu_now() / in_process.cost(1)["cpu_us_per_row"]
+                    cell["in_process_cpu_scale_now"] = scale
                     cell["in_process_rows_per_s_at_formed_batches"] = rows_per_s
-                    cell["in_process_cpu_us_per_row_at_formed_batches"] = cpu_per_row
+                    cell["in_process_cpu_us_per_row_at_formed_batches"] = cpu_per_row * scale
                 runs[mode][concurrency].append(cell)
                 report(model, mode, repeat, cell)
 
@@ -685,7 +705,10 @@ def run_model(
             "p50_on_vs_echo": paired(r["batching_on"], r["echo"], "p50_ms"),
             "p99_off_vs_echo": paired(r["batching_off"], r["echo"], "p99_ms"),
             "p99_on_vs_echo": paired(r["batching_on"], r["echo"], "p99_ms"),
+            "p99_transport_vs_echo": paired(r["transport"], r["echo"], "p99_ms"),
             "throughput_on_vs_off": paired(r["batching_on"], r["batching_off"], "throughput_rps"),
+            # The same comparison in CPU per request, steadier than requests/s on a shared machine.
+            "cpu_on_vs_off": paired(r["batching_on"], r["batching_off"], cpu),
             "served_on_vs_in_process": {
                 "median": round(
                     statistics.median(
@@ -696,7 +719,7 @@ def run_model(
                 )
             },
             # Where the daemon's CPU per request goes at batching off (medians over repeats).
-            "cpu_split_us_per_request": cpu_split(r, onnx_cpu, constant.cost(1)["cpu_us_per_row"]),
+            "cpu_split_us_per_request": cpu_split(r, onnx_cpu),
         }
         if r["gc_off"]:
             entry["p99_gc_off_vs_on"] = paired(r["gc_off"], r["batching_off"], "p99_ms")
@@ -712,7 +735,7 @@ def run_model(
     }
 
 
-def cpu_split(r: dict[str, list[dict]], onnx_cpu: dict[str, list[float]], constant_onnx_us: float) -> dict:
+def cpu_split(r: dict[str, list[dict]], onnx_cpu: dict[str, list[float]]) -> dict:
     """The daemon's CPU per request at batching off as transport + our Python path + the model's
     run: transport is the `transport` server's; the Python path is the constant model's less
     transport less onnxruntime's CPU for the constant graph; the model's run is the rest."""
@@ -720,7 +743,7 @@ def cpu_split(r: dict[str, list[dict]], onnx_cpu: dict[str, list[float]], consta
     transport = statistics.median(c[key] for c in r["transport"])
     constant = statistics.median(c[key] for c in r["constant"])
     off = statistics.median(c[key] for c in r["batching_off"])
-    python = constant - transport - constant_onnx_us
+    python = constant - transport - statistics.median(onnx_cpu["constant"])
     return {
         "total": round(off, 1),
         "transport": round(transport, 1),
@@ -744,6 +767,7 @@ def tail(tiny: dict) -> dict:
         "gc_pause_max_us": off["gc_pause_max_us"],
         "p99_gc_off_vs_on": c1.get("p99_gc_off_vs_on"),
         "p99_off_vs_echo": c1["p99_off_vs_echo"],
+        "p99_transport_vs_echo": c1["p99_transport_vs_echo"],
     }
     gc_share = off["gc_pause_total_us"] / max(1.0, off["requests"] * 0.01 * off["p99_ms"] * 1000)
     figures["finding"] = (
@@ -758,7 +782,10 @@ def tail(tiny: dict) -> dict:
         + f"; garbage collections ran {figures['gc_collections_per_1000_requests']} times per "
         f"1000 requests, the longest {off['gc_pause_max_us']:.0f} us (their pauses sum to {gc_share:.0%} of the "
         f"slowest 1% of requests' time), and p99 with the collector off was "
-        f"{(c1.get('p99_gc_off_vs_on') or {}).get('median', float('nan')):.2f}x p99 with it on"
+        f"{(c1.get('p99_gc_off_vs_on') or {}).get('median', float('nan')):.2f}x p99 with it on; "
+        f"the transport server (the daemon's own server setup answering without serving) had a p99 "
+        f"{c1['p99_transport_vs_echo']['median']:.2f}x the echo server's, against "
+        f"{c1['p99_off_vs_echo']['median']:.2f}x for the daemon serving the model"
     )
     return figures
 

@@ -12,10 +12,11 @@
   other requests waiting in it, or calls the server began after this one) submits with
   `hold=True` and calls `release()` once they are all in. Without that, a fast model run inline on the one event-loop thread is always
   idle when the next request arrives, and under load no batch ever forms.
-- Batching never loses: the batcher keeps its model's time per row for batches of one row and
-  for batches of more, and gathers requests only while `batching_pays` says the batched rows
-  are cheaper (see there). A model that gains nothing from batches then runs as with batching
-  off; one batch in `_EXPLORE_EVERY` still gathers, to notice when that changes.
+- Batching never loses: the batcher keeps its model's cost per row (`RowCosts`: CPU time on a
+  CPU, wall time on a GPU) for batches of one row and for batches of more, and gathers requests
+  only while `batching_pays` says the batched rows are cheaper (see there). A model that gains
+  nothing from batches then runs as with batching off; one batch in `_EXPLORE_EVERY` still
+  gathers (or, while batching pays, runs one row alone), to notice when that changes.
 - Bounded: beyond `max_queue_size` queued requests, ResourceExhausted.
 - Deadline-aware: a request whose deadline has passed is answered DeadlineExceeded and never run.
 - Cancellation: cancelling a request's future removes it from the queue.
@@ -50,8 +51,16 @@ HOLD_COST_NS = 6_000.0
 # Batches must save at least this share of a row's time alone: within it, the estimates' noise
 # (batches run while other instances compete for the cores) could make either answer.
 PAYS_MARGIN = 0.05
-# While batching does not pay, every this-many-th batch still gathers, to re-measure.
+# While batching does not pay, every this-many-th batch still gathers, to re-measure (and while
+# it pays, runs one row alone); until both estimates exist, every _COST_EVERY-th batch does.
 _EXPLORE_EVERY = 64
+# An exploring batch gathers at most this many rows: cnn4d at concurrency 32 gathered 30 (1.26x
+# the CPU per row of a row alone), a third of all rows, and lost 0.67x of batching off's requests/s.
+EXPLORE_ROWS = 4
+# Once both estimates exist, the cost of every this-many-th batch is measured (the exploring ones
+# among them, _EXPLORE_EVERY being a multiple): reading a thread's CPU time is a system call
+# (0.9 us on the dev box), twice a batch.
+_COST_EVERY = 8
 
 
 def batching_pays(single_ns_per_row: float, batched_ns_per_row: float) -> bool:
@@ -59,11 +68,78 @@ def batching_pays(single_ns_per_row: float, batched_ns_per_row: float) -> bool:
     a row in a batch of more than one (plus what holding its request costs, HOLD_COST_NS) must
     take less than a row run alone, by PAYS_MARGIN.
 
-    On a CPU a batch runs on the same cores as single rows, so the time per row is the work per
-    row: a small model saves its per-run overhead by batching, a big one often saves nothing
-    (cnn4d on 2 cores: 0.91x the requests/s of batching off when it gathered regardless).
+    The costs are what `cost_clock` reads (CPU time on a CPU) over all of the batcher's work on a
+    batch: a small model saves its per-run overhead by batching (tiny MLP on the 2-core dev box:
+    15 us of CPU for a row alone, 7.4 a row in batches of 8), a big one saves nothing or loses
+    (cnn4d: 2.0 ms alone, 2.05 in batches of 8; in-process, 1.2x alone's in batches of 20-30).
     """
     return batched_ns_per_row + HOLD_COST_NS <= single_ns_per_row * (1 - PAYS_MARGIN)
+
+
+def cost_clock(device: str) -> Callable[[], int]:
+    """The clock a batch's cost is read from, in ns: on a CPU, the running thread's CPU time
+    (wall time there counts the waits for cores that the shared machine's other threads cause:
+    on the 2-core dev box it made cnn4d's batches look cheaper per row than single rows, while
+    their CPU time per row was 1.2x; batching then cost 0.72x of the requests/s at concurrency 32);
+    on a GPU, wall time (the device's time is what batching saves, and the thread mostly waits).
+    The thread's CPU time leaves out the runtime's own intra-op threads; both terms of
+    batching_pays leave them out alike (the pool gives a CPU instance one thread per core it shares)."""
+    return time.thread_time_ns if device == "cpu" else time.perf_counter_ns
+
+
+class RowCosts:
+    """A version's cost per row for batches of one row and for batches of more, and whether
+    batching pays (`batching_pays` on them). Pure: fed each batch's (rows, cost) by the batcher.
+
+    Smoothed as logarithms (a geometric mean, each batch weighing _EWMA_WEIGHT): a run slowed 10x
+    by a busy machine moves an estimate 1.26x, not 1.9x as it would a plain average. Until both
+    sizes are measured, batching is taken to pay (the batcher behaves as configured).
+    """
+
+    __slots__ = ("_batched_log", "_single_log", "pays")
+
+    def __init__(self) -> None:
+        self._single_log: float | None = None
+        self._batched_log: float | None = None
+        self.pays = True
+
+    def observe(self, rows: int, cost_ns: float) -> None:
+        """Add a batch of `rows` that cost `cost_ns` in all."""
+        log_ns = math.log(max(1.0, cost_ns / rows))
+        if rows == 1:
+            self._single_log = _smoothed(self._single_log, log_ns)
+        else:
+            self._batched_log = _smoothed(self._batched_log, log_ns)
+        if self._single_log is not None and self._batched_log is not None:
+            self.pays = batching_pays(math.exp(self._single_log), math.exp(self._batched_log))
+
+    @property
+    def decided(self) -> bool:
+        """Whether both sizes were measured (until then `pays` is True)."""
+        return self._single_log is not None and self._batched_log is not None
+
+    @property
+    def single_ns_per_row(self) -> float | None:
+        return None if self._single_log is None else math.exp(self._single_log)
+
+    @property
+    def batched_ns_per_row(self) -> float | None:
+        return None if self._batched_log is None else math.exp(self._batched_log)
+
+
+def _smoothed(estimate: float | None, value: float) -> float:
+    return value if estimate is None else estimate + _EWMA_WEIGHT * (value - estimate)
+
+
+def row_limit(pays: bool, decided: bool, batches_run: int, max_rows: int) -> int:
+    """Rows the next batch may gather: all while batching pays, one while it does not; an
+    exploring batch does the other (at most EXPLORE_ROWS), so that both estimates stay measured
+    (under steady load a batcher that gathers may otherwise never run a row alone again). One
+    batch in _EXPLORE_EVERY explores, one in _COST_EVERY until both estimates exist (`decided`)."""
+    every = _EXPLORE_EVERY if decided else _COST_EVERY
+    if batches_run % every != every - 1:
+        return max_rows if pays else 1
+    return 1 if pays else min(max_rows, EXPLORE_ROWS)
 
 
 class Prediction(NamedTuple):
@@ -152,8 +228,11 @@ class _Request:
         self.inputs = inputs
         self.output_names = output_names
         self.rows = rows
-        # Requests stack into one batch only when every non-batch dimension agrees.
-        self.shape_key = tuple((name, array.shape[1:]) for name, array in inputs.items())
+        # Requests stack into one batch only when every non-batch dimension agrees. One that runs
+        # inline (its answer is Answered) never queues: it needs none.
+        self.shape_key = (
+            () if isinstance(future, Answered) else tuple((n, a.shape[1:]) for n, a in inputs.items())
+        )
         self.future = future
         self.enqueued_ns = time.perf_counter_ns()
         self.deadline = deadline
@@ -184,14 +263,12 @@ class DynamicBatcher:
         self._delay_ns = max_queue_delay_us * 1000
         self._max_queue = max_queue_size
         self._inline_max_ns = inline_max_compute_us * 1000
-        # Smoothed compute time per row; a request runs inline only if its estimate is small.
+        # Smoothed wall time per row: a request runs inline (holding the event loop's thread
+        # for that long) only if its estimate is small.
         self._compute_ns_per_row = initial_compute_us * 1000
-        # The same for batches of one row and of more (None until one ran), batching_pays's terms,
-        # smoothed as logarithms (a geometric mean): a run slowed 10x by a busy machine moves
-        # them 1.26x, not 1.9x as it would a plain average.
-        self._single_log_ns = math.log(max(1.0, initial_compute_us * 1000))
-        self._batched_log_ns: float | None = None
-        self._pays = True
+        # Whether batching pays, from each batch's cost on the runtimes' device.
+        self.costs = RowCosts()
+        self._cost_clock = cost_clock(runtimes[0].device if runtimes else "cpu")
         self._batches_run = 0
         self._all_outputs = list(output_names)
         self._cond = threading.Condition()  # an RLock: a cancelled future's callback may re-enter
@@ -230,14 +307,10 @@ class DynamicBatcher:
     @property
     def pays(self) -> bool:
         """Whether batching pays for this model as last measured (see batching_pays)."""
-        return self._pays
+        return self.costs.pays
 
     def _row_limit(self) -> int:
-        """Rows the next batch may gather: one while batching does not pay, but for the
-        exploring batch."""
-        if self._pays or self._batches_run % _EXPLORE_EVERY == 0:
-            return self._max_rows
-        return 1
+        return row_limit(self.costs.pays, self.costs.decided, self._batches_run, self._max_rows)
 
     def holds(self, rows: int) -> bool:
         """Whether holding a request of `rows` for its burst pays: only while the held batch would
@@ -472,6 +545,10 @@ class DynamicBatcher:
 
     def _run(self, runtime: Runtime, batch: list[_Request]) -> None:
         """Run one batch and answer each request; never raises."""
+        # The batch's cost for RowCosts: all of the batch's work here, which batching shares
+        # among its rows (for a tiny model, more than the model's run), up to its answers.
+        measured = not self.costs.decided or self._batches_run % _COST_EVERY == _COST_EVERY - 1
+        cost_started = self._cost_clock() if measured else 0
         alone = len(batch) == 1
         if alone:
             names = batch[0].output_names
@@ -494,7 +571,6 @@ class DynamicBatcher:
             return
         compute_ns = time.perf_counter_ns() - started
         rows = batch[0].rows if alone else sum(r.rows for r in batch)
-        self._learn(compute_ns / rows, rows)
         answered: list[tuple[int, int, int, bool]] = []
         predictions: list[Prediction] = []
         offset = 0
@@ -511,23 +587,17 @@ class DynamicBatcher:
             )
         # Counted before answered: a caller that reads the stats after its answer finds it there.
         self._stats.record_batch(compute_ns, answered)
+        self._learn(compute_ns / rows, self._cost_clock() - cost_started if measured else None, rows)
         for request, prediction in zip(batch, predictions, strict=True):
             request.future.set_result(prediction)
 
-    def _learn(self, ns_per_row: float, rows: int) -> None:
-        """Update the time-per-row estimates with a batch's, and whether batching pays. Unlocked:
-        a lost update among threads only delays the estimates by one batch."""
+    def _learn(self, ns_per_row: float, cost_ns: int | None, rows: int) -> None:
+        """Update the wall time per row, and the costs with a batch's measured cost. Unlocked: a
+        lost update among threads only delays the estimates by one batch."""
         self._batches_run += 1
         self._compute_ns_per_row += _EWMA_WEIGHT * (ns_per_row - self._compute_ns_per_row)
-        log_ns = math.log(max(1.0, ns_per_row))
-        if rows == 1:
-            self._single_log_ns += _EWMA_WEIGHT * (log_ns - self._single_log_ns)
-        elif self._batched_log_ns is None:
-            self._batched_log_ns = log_ns
-        else:
-            self._batched_log_ns += _EWMA_WEIGHT * (log_ns - self._batched_log_ns)
-        if self._batched_log_ns is not None:
-            self._pays = batching_pays(math.exp(self._single_log_ns), math.exp(self._batched_log_ns))
+        if cost_ns is not None:
+            self.costs.observe(rows, cost_ns)
 
     def _fail(self, request: _Request, exc: Exception) -> None:
         log.warning("%s failed on a request: %s", self.label, exc)

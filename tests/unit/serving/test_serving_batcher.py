@@ -10,12 +10,15 @@ from serving_fakes import GatedRuntime
 
 from tesserad.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
 from tesserad.serving.batcher import (
+    EXPLORE_ROWS,
     HOLD_COST_NS,
     PAYS_MARGIN,
     BatcherClosed,
     DynamicBatcher,
     Prediction,
+    RowCosts,
     batching_pays,
+    row_limit,
 )
 from tesserad.serving.stats import ServingStats
 
@@ -275,7 +278,7 @@ def test_batching_pays_only_when_a_batched_row_and_its_hold_beat_a_row_alone_by_
 
 
 class _RowCostRuntime(GatedRuntime):
-    """Its compute time is what `row_cost` says for the batch's rows (0: any other size)."""
+    """Its CPU time is what `row_cost` says per row for the batch's rows (0: any other size)."""
 
     def __init__(self, row_cost: dict[int, float]) -> None:
         super().__init__()
@@ -283,7 +286,10 @@ class _RowCostRuntime(GatedRuntime):
 
     def run(self, inputs, output_names):  # type: ignore[no-untyped-def]
         rows = len(inputs["x"])
-        time.sleep(self._row_cost.get(rows, self._row_cost[0]) * rows)
+        # Busy, not asleep: on a CPU the batcher counts the thread's CPU time, not the wall's.
+        until = time.thread_time() + self._row_cost.get(rows, self._row_cost[0]) * rows
+        while time.thread_time() < until:
+            pass
         return super().run(inputs, output_names)
 
 
@@ -312,3 +318,66 @@ def test_a_batcher_whose_batches_cost_more_per_row_stops_gathering() -> None:
         assert not batcher.holds(1)
     finally:
         batcher.close(10)
+
+
+def test_a_batcher_counts_cpu_time_so_a_batch_that_only_waits_longer_still_pays() -> None:
+    # Each batched row waits 3 ms asleep (as a run does for cores another process holds), but its
+    # CPU time is a fifth of a row alone's: on a CPU the batcher judges by CPU time, and gathers.
+    class Sleepy(_RowCostRuntime):
+        def run(self, inputs, output_names):  # type: ignore[no-untyped-def]
+            if len(inputs["x"]) > 1:
+                time.sleep(0.003 * len(inputs["x"]))
+            return super().run(inputs, output_names)
+
+    runtime = Sleepy({1: 0.002, 0: 0.0004})
+    batcher = make_batcher(runtime)
+    try:
+        runtime.gate.clear()
+        futures = [occupy(batcher, runtime)] + [batcher.submit(rows(1), ["y"], 1) for _ in range(4)]
+        runtime.gate.set()
+        for future in futures:
+            future.result(10)
+        assert runtime.batches == [1, 4]
+        costs = batcher.costs
+        assert costs.single_ns_per_row is not None and costs.batched_ns_per_row is not None
+        assert costs.batched_ns_per_row < costs.single_ns_per_row / 2 and batcher.pays
+    finally:
+        batcher.close(10)
+
+
+def test_row_costs_decide_from_both_sizes_and_follow_a_change() -> None:
+    costs = RowCosts()
+    costs.observe(4, 4 * 3_000_000)
+    assert costs.pays and costs.single_ns_per_row is None  # one size alone decides nothing
+    assert not costs.decided
+    costs.observe(1, 2_200_000)
+    assert costs.decided
+    # cnn4d on 2 cores, CPU time: 2.2 ms a row alone, 3 ms a row in a batch of 4.
+    assert not costs.pays
+    assert costs.single_ns_per_row == pytest.approx(2_200_000)
+    assert costs.batched_ns_per_row == pytest.approx(3_000_000)
+    # The batches become cheap (a smaller model version's shape of costs): it takes a few of
+    # them to move the smoothed estimate past the margin, then batching pays again.
+    for _ in range(30):
+        costs.observe(8, 8 * 200_000)
+    assert costs.pays
+    # The tiny MLP's batch costs 18 us of CPU alone, 3 us a row in a batch of 8 (plus
+    # HOLD_COST_NS): it pays. A row in a batch saving less than holding its request costs: not.
+    for batched, pays in ((3_000, True), (12_000, False)):
+        fresh = RowCosts()
+        fresh.observe(1, 18_000)
+        fresh.observe(8, 8 * batched)
+        assert fresh.pays is pays
+
+
+def test_row_limit_explores_the_other_choice_one_batch_in_64_once_decided() -> None:
+    assert row_limit(pays=True, decided=True, batches_run=0, max_rows=32) == 32
+    assert row_limit(pays=False, decided=True, batches_run=0, max_rows=32) == 1
+    # The exploring batch: one row alone while batching pays, a few rows while it does not.
+    assert row_limit(pays=True, decided=True, batches_run=63, max_rows=32) == 1
+    assert row_limit(pays=False, decided=True, batches_run=127, max_rows=32) == EXPLORE_ROWS
+    assert row_limit(pays=False, decided=True, batches_run=63, max_rows=2) == 2
+    assert [row_limit(False, True, n, 8) for n in range(64, 127)] == [1] * 63
+    assert [row_limit(True, True, n, 8) for n in range(64, 127)] == [8] * 63
+    # Undecided (one size not yet measured): one batch in 8 runs a row alone.
+    assert [row_limit(True, False, n, 8) for n in range(16)] == [8] * 7 + [1] + [8] * 7 + [1]
