@@ -317,7 +317,9 @@ class ServingSettings:
         2, parse_number(int, 0, 1000), "default inference runs on random inputs before traffic"
     )
     intra_op_threads: int = setting(
-        0, parse_number(int, 0, 1024), "default onnxruntime threads per instance; 0: one per core"
+        0,
+        parse_number(int, 0, 1024),
+        "default onnxruntime threads per instance; 0: on a CPU the cores shared among a version's instances, on a GPU onnxruntime's own default",
     )
     inline_max_compute_us: float = setting(
         500.0,
