@@ -311,8 +311,13 @@ class _TimeFoldFunction(torch.autograd.Function):
         geo: _Geometry = ctx.geo  # type: ignore[attr-defined]
         x_shape, x_dtype, w_shape, w_dtype, b_dtype = ctx.meta  # type: ignore[attr-defined]
         need_x, need_w, need_b, _ = ctx.needs_input_grad  # type: ignore[attr-defined]
-        go = grad.to(xs.dtype).permute(0, 2, 1, 3, 4, 5).reshape(-1, grad.shape[1], *grad.shape[3:])
-        go = go.contiguous(memory_format=torch.channels_last_3d)
+        # conv3d's output gradient in channels-last order (N, T_out, D', H', W', C_out): one copy,
+        # with the cast, or none when it arrives so (an elementwise op after this layer keeps
+        # the output's layout).
+        g6 = grad.permute(0, 2, 3, 4, 5, 1)
+        if g6.dtype != xs.dtype or not g6.is_contiguous():
+            g6 = torch.empty(g6.shape, dtype=xs.dtype, device=g6.device).copy_(g6)
+        go = g6.reshape(-1, *g6.shape[2:]).permute(0, 4, 1, 2, 3)
         kt = w_shape[2]
         gw = gb = None
         if need_w or (need_b and b_dtype is not None):
