@@ -406,6 +406,9 @@ def bounds(
         "ms_at_copy_bandwidth": moved / bandwidth * 1e3,
         "median_ms": auto_result["median_ms"],
     }
+    # Above 1: the row moves more bytes per FLOP than the copy bandwidth feeds at the GEMM rate,
+    # so even with every piece at its best it cannot reach the GEMM rate (memory-bound).
+    out_dict["bytes_per_flop_over_machine"] = out_dict["bytes_per_flop"] / out_dict["machine_bytes_per_flop"]
     if auto == "time_fold" and x.device.type == "cpu":
         pieces = time_fold_pieces(shape, backward, x, w, b, reps)
         out_dict["pieces_median_ms"] = pieces
