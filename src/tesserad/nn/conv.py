@@ -282,8 +282,9 @@ class _TimeFoldFunction(torch.autograd.Function):
     a copy for each slice's backward, another for the time padding's, and the stack's copy
     (bench/results/conv4d_cpu.json, "bounds": about 40% of shape A's forward+backward went to
     those copies). Here the taps are folded in one copy with the padding written as zeros,
-    conv3d's own backward gives the folded input's and the weight's gradients in one call, and
-    the input's gradient is the taps' blocks added back onto the frames they read.
+    conv3d's own backward gives the weight's gradient in one call over every frame and the
+    folded input's in blocks of output frames (GRAD_BLOCK_BYTES), each block's taps added back
+    onto the frames they read before the next is computed.
     Autocast is applied by hand (both passes run in the autocast dtype, gradients return in
     the parameters' dtypes), so backward sees the dtype forward used.
     """
