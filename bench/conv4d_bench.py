@@ -44,10 +44,12 @@ import torch.nn.functional as F
 
 from tesserad.nn.conv import (
     ALGORITHMS,
+    _add_taps_grad,
+    _conv3d_backward,
     _fold_taps,
     _folded_weight,
     _Geometry,
-    _unfold_taps_grad,
+    _grad_blocks,
     benchmark,
     benchmark_cache,
     clear_benchmark_cache,
@@ -228,21 +230,30 @@ def time_fold_pieces(
     shape: Shape, backward: bool, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, rounds: int
 ) -> dict[str, float]:
     """Median ms of each piece of the time_fold formulation ('auto' for training calls):
-    folding the taps (the im2col-like copy), the conv3d forward, in backward the folded
-    input's gradient, the weight's gradient and unfolding the input's gradient."""
+    folding the taps (the im2col-like copy), the conv3d forward, in backward the weight's
+    gradient, the folded input's gradient (in _grad_blocks' blocks of output frames) and adding
+    its taps back onto the input frames."""
     geo = geometry(shape)
     kt = w.shape[2]
     xs = _fold_taps(x, kt, geo)
     wf = _folded_weight(w)
     y = F.conv3d(xs, wf, b, geo.s3, geo.p3, geo.d3, geo.g)
     go = torch.ones_like(y)
+    blocks = _grad_blocks(x.shape[0], geo.t_out, xs[0].numel() * xs.element_size())
 
-    def grad(mask: list[bool]) -> object:
-        return torch.ops.aten.convolution_backward(
-            go, xs, wf, [wf.shape[0]], list(geo.s3), list(geo.p3), list(geo.d3), False, [0, 0, 0], geo.g, mask
-        )
+    def rows(block: tuple[int, int, int, int]) -> slice:
+        n0, n1, t0, t1 = block
+        return slice(n0 * geo.t_out + t0, (n1 - 1) * geo.t_out + t1)
 
-    gxs = grad([True, False, False])[0]
+    def grad_input_blocks() -> list:
+        return [_conv3d_backward(go[rows(k)], xs[rows(k)], wf, geo, (True, False, False))[0] for k in blocks]
+
+    def unfold(block_grads: list) -> None:
+        gx = x.new_zeros(x.shape[0], x.shape[2], *x.shape[3:], geo.g, x.shape[1] // geo.g)
+        for block, gxs in zip(blocks, block_grads, strict=True):
+            _add_taps_grad(gx, gxs, block, kt, x.shape[2], geo)
+
+    block_grads = grad_input_blocks()
     pieces: dict[str, Callable[[], object]] = {
         "fold_taps": lambda: _fold_taps(x, kt, geo),
         "conv3d_forward": lambda: F.conv3d(xs, wf, b, geo.s3, geo.p3, geo.d3, geo.g),
@@ -250,9 +261,9 @@ def time_fold_pieces(
     if backward:
         pieces.update(
             {
-                "grad_input_conv": lambda: grad([True, False, False]),
-                "grad_weight_conv": lambda: grad([False, True, True]),
-                "unfold_grad": lambda: _unfold_taps_grad(gxs, x.shape, kt, geo),
+                "grad_input_conv": grad_input_blocks,
+                "grad_weight_conv": lambda: _conv3d_backward(go, xs, wf, geo, (False, True, True)),
+                "unfold_grad": lambda: unfold(block_grads),
             }
         )
     with torch.no_grad():
@@ -395,6 +406,9 @@ def bounds(
         "ms_at_copy_bandwidth": moved / bandwidth * 1e3,
         "median_ms": auto_result["median_ms"],
     }
+    # Above 1: the row moves more bytes per FLOP than the copy bandwidth feeds at the GEMM rate,
+    # so even with every piece at its best it cannot reach the GEMM rate (memory-bound).
+    out_dict["bytes_per_flop_over_machine"] = out_dict["bytes_per_flop"] / out_dict["machine_bytes_per_flop"]
     if auto == "time_fold" and x.device.type == "cpu":
         pieces = time_fold_pieces(shape, backward, x, w, b, reps)
         out_dict["pieces_median_ms"] = pieces

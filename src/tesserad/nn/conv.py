@@ -223,18 +223,43 @@ def _fold_taps(x: Tensor, kt: int, geo: _Geometry) -> Tensor:
     return xs.reshape(n * geo.t_out, d, h, wd, g * kt * cg).permute(0, 4, 1, 2, 3)
 
 
-def _unfold_taps_grad(gxs: Tensor, shape: torch.Size, kt: int, geo: _Geometry) -> Tensor:
-    """The adjoint of _fold_taps: each tap's channel block added back onto the frames it read."""
-    n, c, t_in, d, h, wd = shape
-    g, cg = geo.g, c // geo.g
-    gxs = gxs.permute(0, 2, 3, 4, 1).reshape(n, geo.t_out, d, h, wd, g, kt, cg)
-    gx = gxs.new_zeros(n, t_in, d, h, wd, g, cg)
+# The input's gradient is computed in blocks of output frames of about this many bytes of
+# folded gradient, each block's taps added onto the input before the next: on 1 thread, in
+# process CPU time, conv3d's input gradient took 73 ms instead of 97 on shape A of
+# bench/conv4d_bench.py, 180 instead of 238 on B and 24 instead of 44 on E against one call
+# over every frame (C and D, under 16 MiB, are one block), and the block, not kT input-sized
+# frames, is what it adds to backward's peak memory.
+GRAD_BLOCK_BYTES = 16 << 20
+# Fewer frames than this per conv3d call leave oneDNN's fast path (shape D in blocks of one
+# frame ran 7x slower).
+GRAD_BLOCK_MIN_FRAMES = 8
+
+
+def _grad_blocks(n: int, t_out: int, frame_bytes: int) -> list[tuple[int, int, int, int]]:
+    """``(n0, n1, t0, t1)`` blocks of the (N, T_out) output frames, about GRAD_BLOCK_BYTES each:
+    whole samples when a sample fits, else runs of frames within one sample, so each block is a
+    contiguous run of conv3d's batch (row ``n * T_out + t``)."""
+    frames = max(GRAD_BLOCK_MIN_FRAMES, GRAD_BLOCK_BYTES // max(frame_bytes, 1))
+    if frames >= t_out:
+        per = frames // t_out
+        return [(n0, min(n0 + per, n), 0, t_out) for n0 in range(0, n, per)]
+    return [(i, i + 1, t0, min(t0 + frames, t_out)) for i in range(n) for t0 in range(0, t_out, frames)]
+
+
+def _add_taps_grad(
+    gx: Tensor, gxs: Tensor, block: tuple[int, int, int, int], kt: int, t_in: int, geo: _Geometry
+) -> None:
+    """The adjoint of _fold_taps for one block of output frames: each tap's channel block of
+    ``gxs`` (frames of the block, kt*C, D, H, W) added onto the input frames it read in ``gx``
+    (N, T_in, D, H, W, g, C/g)."""
+    n0, n1, t0, t1 = block
+    d, h, wd, g, cg = gx.shape[2:]
+    gxs = gxs.permute(0, 2, 3, 4, 1).reshape(n1 - n0, t1 - t0, d, h, wd, g, kt, cg)
     for i, (first, start, count) in enumerate(_tap_frames(geo, kt, t_in)):
-        if count:
-            gx[:, start : start + geo.st * (count - 1) + 1 : geo.st] += gxs[
-                :, first : first + count, ..., i, :
-            ]
-    return gx.permute(0, 5, 6, 1, 2, 3, 4).reshape(shape)  # (N, C, T, D, H, W), channels last
+        lo, hi = max(first, t0), min(first + count, t1)
+        if lo < hi:
+            src = start + (lo - first) * geo.st
+            gx[n0:n1, src : src + geo.st * (hi - lo - 1) + 1 : geo.st] += gxs[:, lo - t0 : hi - t0, ..., i, :]
 
 
 def _folded_weight(w: Tensor) -> Tensor:
@@ -257,8 +282,9 @@ class _TimeFoldFunction(torch.autograd.Function):
     a copy for each slice's backward, another for the time padding's, and the stack's copy
     (bench/results/conv4d_cpu.json, "bounds": about 40% of shape A's forward+backward went to
     those copies). Here the taps are folded in one copy with the padding written as zeros,
-    conv3d's own backward gives the folded input's and the weight's gradients in one call, and
-    the input's gradient is the taps' blocks added back onto the frames they read.
+    conv3d's own backward gives the weight's gradient in one call over every frame and the
+    folded input's in blocks of output frames (GRAD_BLOCK_BYTES), each block's taps added back
+    onto the frames they read before the next is computed.
     Autocast is applied by hand (both passes run in the autocast dtype, gradients return in
     the parameters' dtypes), so backward sees the dtype forward used.
     """
@@ -286,27 +312,59 @@ class _TimeFoldFunction(torch.autograd.Function):
         geo: _Geometry = ctx.geo  # type: ignore[attr-defined]
         x_shape, x_dtype, w_shape, w_dtype, b_dtype = ctx.meta  # type: ignore[attr-defined]
         need_x, need_w, need_b, _ = ctx.needs_input_grad  # type: ignore[attr-defined]
-        go = grad.to(xs.dtype).permute(0, 2, 1, 3, 4, 5).reshape(-1, grad.shape[1], *grad.shape[3:])
-        go = go.contiguous(memory_format=torch.channels_last_3d)
-        gxs, gwf, gb = torch.ops.aten.convolution_backward(
-            go,
-            xs,
-            wf,
-            [wf.shape[0]] if b_dtype is not None else None,
-            list(geo.s3),
-            list(geo.p3),
-            list(geo.d3),
-            False,
-            [0, 0, 0],
-            geo.g,
-            [need_x, need_w, need_b and b_dtype is not None],
-        )
+        # conv3d's output gradient in channels-last order (N, T_out, D', H', W', C_out): one copy,
+        # with the cast, or none when it arrives so (an elementwise op after this layer keeps
+        # the output's layout).
+        g6 = grad.permute(0, 2, 3, 4, 5, 1)
+        if g6.dtype != xs.dtype or not g6.is_contiguous():
+            g6 = torch.empty(g6.shape, dtype=xs.dtype, device=g6.device).copy_(g6)
+        go = g6.reshape(-1, *g6.shape[2:]).permute(0, 4, 1, 2, 3)
         kt = w_shape[2]
-        gx = _unfold_taps_grad(gxs, x_shape, kt, geo).to(x_dtype) if need_x else None
-        gw = None
-        if need_w:
-            gw = gwf.reshape(w_shape[0], kt, w_shape[1], *w_shape[3:]).transpose(1, 2).to(w_dtype)
+        gw = gb = None
+        if need_w or (need_b and b_dtype is not None):
+            _, gwf, gb = _conv3d_backward(go, xs, wf, geo, (False, need_w, need_b and b_dtype is not None))
+            if need_w:
+                gw = gwf.reshape(w_shape[0], kt, w_shape[1], *w_shape[3:]).transpose(1, 2).to(w_dtype)
+        gx = _time_fold_grad_input(go, xs, wf, x_shape, kt, geo).to(x_dtype) if need_x else None
         return gx, gw, gb.to(b_dtype) if gb is not None else None, None
+
+
+def _conv3d_backward(
+    go: Tensor, xs: Tensor, wf: Tensor, geo: _Geometry, mask: tuple[bool, bool, bool]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """conv3d's gradients (input, weight, bias; those ``mask`` asks for) for the folded input."""
+    grads: tuple[Tensor, Tensor, Tensor] = torch.ops.aten.convolution_backward(
+        go,
+        xs,
+        wf,
+        [wf.shape[0]] if mask[2] else None,
+        list(geo.s3),
+        list(geo.p3),
+        list(geo.d3),
+        False,
+        [0, 0, 0],
+        geo.g,
+        list(mask),
+    )
+    return grads
+
+
+def _time_fold_grad_input(
+    go: Tensor, xs: Tensor, wf: Tensor, x_shape: torch.Size, kt: int, geo: _Geometry
+) -> Tensor:
+    """The input's gradient of time_fold from the output's ``go`` (N*T_out, C_out, D', H', W'):
+    per block of output frames (_grad_blocks), conv3d's input gradient of the folded frames,
+    added onto the input frames each tap read; returns (N, C, T, D, H, W), channels last."""
+    n, c, t_in, d, h, wd = x_shape
+    g = geo.g
+    gx = go.new_zeros(n, t_in, d, h, wd, g, c // g)
+    frame_bytes = xs[0].numel() * xs.element_size()
+    for block in _grad_blocks(n, geo.t_out, frame_bytes):
+        n0, n1, t0, t1 = block
+        rows = slice(n0 * geo.t_out + t0, (n1 - 1) * geo.t_out + t1)
+        gxs = _conv3d_backward(go[rows], xs[rows], wf, geo, (True, False, False))[0]
+        _add_taps_grad(gx, gxs, block, kt, t_in, geo)
+    return gx.permute(0, 5, 6, 1, 2, 3, 4).reshape(x_shape)
 
 
 def _time_fold(x: Tensor, w: Tensor, b: Tensor | None, geo: _Geometry) -> Tensor:
@@ -404,7 +462,8 @@ def workspace_bytes(
     (and in backward, per read frame, a zero-filled input-sized gradient buffer that autograd
     sums); tap_loop: the time-padded input and one gathered input per tap (all kept for
     backward); time_fold: the folded input, kT input-sized blocks per output frame (kept for
-    backward, where its gradient of the same size and the input's gradient join it);
+    backward, where the input's gradient, the output's gradient in channels-last and the
+    folded gradient of one block of output frames, _grad_blocks, join it);
     out_stack: the time-padded channels-last input and the conv3d output over every frame
     and tap (kT times the output, twice in backward).
     """
@@ -425,7 +484,12 @@ def workspace_bytes(
         elements = frame * t_pad + out + (kt * gathered * 2 if needs_grad else gathered)
     elif name == "time_fold":
         folded = kt * frame * geo.t_out
-        elements = folded * (2 if needs_grad else 1) + (inputs + out if needs_grad else 0)
+        if needs_grad:
+            frame_bytes = kt * c * d * h * wd * element_size
+            block = max((n1 - n0) * (t1 - t0) for n0, n1, t0, t1 in _grad_blocks(n, geo.t_out, frame_bytes))
+            elements = folded + block * frame_bytes // element_size + inputs + out
+        else:
+            elements = folded
     elif name == "out_stack":
         stacked = kt * n * t_pad * c_out * out_dhw
         elements = 2 * frame * t_pad + stacked * (2 if needs_grad else 1) + out

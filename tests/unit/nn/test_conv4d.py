@@ -405,10 +405,23 @@ def test_cuda_reduced_precision_matches_float64(dtype: torch.dtype) -> None:
             _assert_close_to_float64(got, expected, dtype, f"case {index} {algorithm}")
 
 
-def test_time_fold_backward_matches_autograd_through_plain_ops() -> None:
+# Output frames per block of the input gradient. With the defaults these small inputs are
+# one block; 1 and 2 give runs within a sample, 5 one whole sample a block (T_out is 3 or 5).
+_BLOCKINGS = {"one block": 0, "single frames": 1, "runs of two": 2, "one sample": 5}
+
+
+@pytest.mark.parametrize("blocking", list(_BLOCKINGS))
+def test_time_fold_backward_matches_autograd_through_plain_ops(
+    blocking: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The hand-written backward against autograd of the same formulation in plain ops.
+    import tesserad.nn.conv as module
     from tesserad.nn.conv import _Geometry, _time_fold_ops, _TimeFoldFunction
 
+    if _BLOCKINGS[blocking]:
+        folded_frame_bytes = 3 * 4 * 3 * 4 * 3 * 8  # kT * C, D, H, W in float64
+        monkeypatch.setattr(module, "GRAD_BLOCK_BYTES", _BLOCKINGS[blocking] * folded_frame_bytes)
+        monkeypatch.setattr(module, "GRAD_BLOCK_MIN_FRAMES", 1)
     g = torch.Generator().manual_seed(4)
     for stride_t, tp, groups in ((1, (1, 1), 1), (2, (2, 0), 2), (1, (0, 2), 2)):
         x = torch.randn(2, 4, 5, 3, 4, 3, generator=g, dtype=torch.float64, requires_grad=True)
@@ -424,6 +437,39 @@ def test_time_fold_backward_matches_autograd_through_plain_ops() -> None:
             results.append((out, *grads))
         for got, expected in zip(*results, strict=True):
             torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("n", "t_out", "frame_bytes", "min_frames", "expected"),
+    [
+        (2, 3, 1 << 20, 1, [(0, 2, 0, 3)]),  # everything fits one block
+        (5, 3, 2 << 20, 1, [(0, 2, 0, 3), (2, 4, 0, 3), (4, 5, 0, 3)]),  # two samples a block
+        (
+            2,
+            5,
+            8 << 20,
+            1,
+            [(0, 1, 0, 2), (0, 1, 2, 4), (0, 1, 4, 5), (1, 2, 0, 2), (1, 2, 2, 4), (1, 2, 4, 5)],
+        ),
+        (1, 4, 64 << 20, 3, [(0, 1, 0, 3), (0, 1, 3, 4)]),  # the minimum beats the byte budget
+    ],
+)
+def test_grad_blocks_cover_every_frame_once_in_batch_order(
+    n: int,
+    t_out: int,
+    frame_bytes: int,
+    min_frames: int,
+    expected: list,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import tesserad.nn.conv as module
+
+    monkeypatch.setattr(module, "GRAD_BLOCK_BYTES", 16 << 20)
+    monkeypatch.setattr(module, "GRAD_BLOCK_MIN_FRAMES", min_frames)
+    blocks = module._grad_blocks(n, t_out, frame_bytes)
+    assert blocks == expected
+    rows = [r for n0, n1, t0, t1 in blocks for r in range(n0 * t_out + t0, (n1 - 1) * t_out + t1)]
+    assert rows == list(range(n * t_out))
 
 
 # -- nn.max_workspace
