@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import hashlib
 import json
+import math
 import os
 import platform
 import struct
@@ -50,11 +51,22 @@ MODEL = "bench"
 PAGE = 100
 
 
+# The smallest useful model: an MLP 4 -> 4 -> 2 (the artifact must hold exactly its tensors).
+HIDDEN = [4]
+TENSORS = {"1.weight": [4, 4], "1.bias": [4], "3.weight": [2, 4], "3.bias": [2]}
+
+
 def tiny_safetensors(seed: int) -> bytes:
-    """A valid safetensors file of one float32 tensor of 4 elements whose values carry `seed`."""
-    header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
+    """A valid safetensors file of the MLP's float32 tensors (34 values) that carry `seed`."""
+    meta, offset = {}, 0
+    for name, shape in TENSORS.items():
+        size = 4 * math.prod(shape)
+        meta[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    header = json.dumps(meta).encode()
     header += b" " * (-len(header) % 8)
-    return struct.pack("<Q", len(header)) + header + struct.pack("<4f", seed, seed + 1, seed + 2, seed + 3)
+    values = [float(seed + i) for i in range(offset // 4)]
+    return struct.pack("<Q", len(header)) + header + struct.pack(f"<{len(values)}f", *values)
 
 
 def signature() -> common_pb2.Signature:
@@ -72,7 +84,7 @@ def upload_header(model: str, data: bytes) -> registry_pb2.UploadVersionHeader:
         format=registry_pb2.ARTIFACT_FORMAT_SAFETENSORS,
         signature=signature(),
         architecture=architecture_pb2.Architecture(
-            input_shape=[4], output_size=2, mlp=architecture_pb2.MlpSpec()
+            input_shape=[4], output_size=2, mlp=architecture_pb2.MlpSpec(hidden_sizes=HIDDEN)
         ),
         sha256=hashlib.sha256(data).hexdigest(),
         size_bytes=len(data),
@@ -114,7 +126,7 @@ def grow_model(data_dir: Path, model: str, versions: int) -> float:
         registry = Registry(store, blobs, max_artifact_size=1 << 30)
         have = registry.get_model(model).version_count if _has_model(registry, model) else 0
         blob = blobs.put_bytes(tiny_safetensors(0))
-        arch = {"family": "mlp", "input_shape": [4], "output_size": 2, "hidden_sizes": []}
+        arch = {"family": "mlp", "input_shape": [4], "output_size": 2, "hidden_sizes": HIDDEN}
         sig = Signature(
             (TensorSpec("input", "float32", (-1, 4)),), (TensorSpec("output", "float32", (-1, 2)),)
         )
@@ -295,7 +307,7 @@ def domain_registration_rate(root: Path, count: int, concurrency: int) -> dict[s
     try:
         blobs = BlobStore(root / "domain" / "blobs")
         registry = Registry(store, blobs, max_artifact_size=1 << 30)
-        arch = {"family": "mlp", "input_shape": [4], "output_size": 2, "hidden_sizes": []}
+        arch = {"family": "mlp", "input_shape": [4], "output_size": 2, "hidden_sizes": HIDDEN}
         sig = Signature(
             (TensorSpec("input", "float32", (-1, 4)),), (TensorSpec("output", "float32", (-1, 2)),)
         )
