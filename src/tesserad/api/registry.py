@@ -19,6 +19,7 @@ from tesserad.api.transfers import chunk_size, read_header, read_start, receive_
 from tesserad.errors import InvalidArgument
 from tesserad.registry import Registry
 from tesserad.registry.export import export_version
+from tesserad.registry.versions import VersionUpload, batch_item
 from tesserad.replica.changes import ChangeFeed
 from tesserad.store import BlobStore, check_sha256
 
@@ -139,6 +140,29 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     ) -> pb.ModelVersion:
         header = request.header
         return await self._upload_in_hand(header, (request.artifact,), _version_fields(header, context))
+
+    async def UploadVersionBatch(
+        self,
+        request: pb.UploadVersionBatchRequest,
+        context: grpc.aio.ServicerContext[pb.UploadVersionBatchRequest, pb.UploadVersionBatchResponse],
+    ) -> pb.UploadVersionBatchResponse:
+        items = []
+        for index, item in enumerate(request.items):
+            with batch_item(index):
+                header = item.header
+                items.append(
+                    VersionUpload(
+                        model=header.model,
+                        artifact=item.artifact,
+                        sha256=header.sha256,
+                        size_bytes=header.size_bytes,
+                        **_version_fields(header, context),
+                    )
+                )
+        # One worker-thread hop for the whole batch; the thread is free during the commit.
+        committed = await self._in_upload_thread(lambda: self._registry.start_uploads(items))
+        records = await asyncio.wrap_future(committed)
+        return pb.UploadVersionBatchResponse(versions=[convert.version_to_proto(r) for r in records])
 
     async def _upload_in_hand(
         self, header: pb.UploadVersionHeader, chunks: Iterable[bytes], fields: dict[str, Any]
