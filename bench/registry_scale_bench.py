@@ -255,35 +255,53 @@ def read_scaling(root: Path, sizes: list[int], reads: int, rounds: int) -> dict[
 
 
 def registration_rate(
-    address: str, pid: int, model: str, count: int, concurrency: int, first: int, rpc: str
+    address: str,
+    pid: int,
+    model: str,
+    count: int,
+    concurrency: int,
+    first: int,
+    rpc: str,
+    batch_size: int = 1,
 ) -> dict[str, Any]:
     """`count` distinct tiny artifacts registered over one gRPC channel (grpc.aio, as
     `tessera.aio` pushes), `concurrency` calls in flight; `rpc` is UploadVersionInline (header
-    and artifact in one message) or UploadVersion (a client stream: header, then a chunk)."""
-    return asyncio.run(_registration_rate(address, pid, model, count, concurrency, first, rpc))
+    and artifact in one message), UploadVersion (a client stream: header, then a chunk) or
+    UploadVersionBatch (`batch_size` such messages in one call)."""
+    return asyncio.run(_registration_rate(address, pid, model, count, concurrency, first, rpc, batch_size))
 
 
 async def _registration_rate(
-    address: str, pid: int, model: str, count: int, concurrency: int, first: int, rpc: str
+    address: str, pid: int, model: str, count: int, concurrency: int, first: int, rpc: str, batch_size: int
 ) -> dict[str, Any]:
     async with grpc.aio.insecure_channel(address) as channel:
         stub = registry_pb2_grpc.RegistryStub(channel)
         artifacts = [tiny_safetensors(first + i) for i in range(count)]
         slots = asyncio.Semaphore(concurrency)
 
-        async def push(data: bytes) -> int:
+        async def push(batch: list[bytes]) -> list[int]:
             async with slots:
+                if rpc == "UploadVersionBatch":
+                    items = [
+                        registry_pb2.UploadVersionInlineRequest(header=upload_header(model, d), artifact=d)
+                        for d in batch
+                    ]
+                    request = registry_pb2.UploadVersionBatchRequest(items=items)
+                    response = await stub.UploadVersionBatch(request, timeout=60)
+                    return [v.version for v in response.versions]
+                (data,) = batch
                 if rpc == "UploadVersionInline":
                     request = registry_pb2.UploadVersionInlineRequest(
                         header=upload_header(model, data), artifact=data
                     )
-                    return (await stub.UploadVersionInline(request, timeout=60)).version
-                return (await stub.UploadVersion(upload_requests(model, data), timeout=60)).version
+                    return [(await stub.UploadVersionInline(request, timeout=60)).version]
+                return [(await stub.UploadVersion(upload_requests(model, data), timeout=60)).version]
 
-        await push(tiny_safetensors(-1 - first))  # the model exists and the channel is connected
+        await push([tiny_safetensors(-1 - first)])  # the model exists and the channel is connected
+        calls = [artifacts[i : i + batch_size] for i in range(0, count, batch_size)]
         cpu_before, client_before = cpu_seconds(pid), time.process_time()
         started = time.perf_counter()
-        versions = await asyncio.gather(*(push(data) for data in artifacts))
+        versions = [v for call in await asyncio.gather(*(push(c) for c in calls)) for v in call]
         wall = time.perf_counter() - started
         daemon_cpu, client_cpu = cpu_seconds(pid) - cpu_before, time.process_time() - client_before
     assert len(set(versions)) == count
@@ -291,6 +309,7 @@ async def _registration_rate(
         "rpc": rpc,
         "registrations": count,
         "concurrency": concurrency,
+        "batch_size": batch_size,
         "versions_per_s": round(count / wall, 1),
         "wall_s": round(wall, 3),
         "daemon_cpu_ms_per_registration": round(daemon_cpu / count * 1000, 3),
@@ -355,14 +374,15 @@ def domain_registration_rate(root: Path, count: int, concurrency: int) -> dict[s
 
 
 RUNS = {
-    # name: (rpc, concurrency or None for --concurrency)
-    "concurrent": ("UploadVersionInline", None),
-    "concurrent_streamed": ("UploadVersion", None),
-    "sequential": ("UploadVersionInline", 1),
+    # name: (rpc, calls in flight (None: --concurrency), versions per call (None: --batch-size))
+    "concurrent": ("UploadVersionInline", None, 1),
+    "concurrent_streamed": ("UploadVersion", None, 1),
+    "sequential": ("UploadVersionInline", 1, 1),
+    "batched": ("UploadVersionBatch", 4, None),
 }
 
 
-def registration(root: Path, count: int, concurrency: int, repeats: int) -> dict[str, Any]:
+def registration(root: Path, count: int, concurrency: int, repeats: int, batch_size: int) -> dict[str, Any]:
     """Each run of RUNS `repeats` times, interleaved; per run the medians over the repeats."""
     load_before = os.getloadavg()[0]
     process, address = start_daemon(root / "registration")
@@ -370,9 +390,18 @@ def registration(root: Path, count: int, concurrency: int, repeats: int) -> dict
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in RUNS}
         first = 0
         for _ in range(repeats):
-            for name, (rpc, inflight) in RUNS.items():
+            for name, (rpc, inflight, per_call) in RUNS.items():
                 runs[name].append(
-                    registration_rate(address, process.pid, "reg", count, inflight or concurrency, first, rpc)
+                    registration_rate(
+                        address,
+                        process.pid,
+                        "reg",
+                        count,
+                        inflight or concurrency,
+                        first,
+                        rpc,
+                        per_call or batch_size,
+                    )
                 )
                 first += count + 1
     finally:
@@ -383,6 +412,7 @@ def registration(root: Path, count: int, concurrency: int, repeats: int) -> dict
             "rpc": results[0]["rpc"],
             "registrations": count,
             "concurrency": results[0]["concurrency"],
+            "batch_size": results[0]["batch_size"],
             **{
                 key: median(r[key] for r in results)
                 for key in (
@@ -426,6 +456,9 @@ def main() -> None:
     )
     parser.add_argument("--registrations", type=int, default=2000, help="uploads per registration run")
     parser.add_argument("--concurrency", type=int, default=32, help="uploads in flight on the one channel")
+    parser.add_argument(
+        "--batch-size", type=int, default=100, help="versions per UploadVersionBatch call (batched run)"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="registration runs (the median is reported)")
     parser.add_argument(
         "--skip-reads", action="store_true", help="measure registration only (the JSON keeps the last reads)"
@@ -438,7 +471,9 @@ def main() -> None:
         "params": vars(args),
     }
     with tempfile.TemporaryDirectory(prefix="registry-bench-") as tmp:
-        result["registration"] = registration(Path(tmp), args.registrations, args.concurrency, args.repeats)
+        result["registration"] = registration(
+            Path(tmp), args.registrations, args.concurrency, args.repeats, args.batch_size
+        )
         print(json.dumps(result["registration"], indent=2), flush=True)
         if not args.skip_reads:
             result["reads"] = read_scaling(Path(tmp), sizes, args.reads, args.rounds)
