@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import AsyncIterator, Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import grpc
@@ -159,9 +159,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
                         **_version_fields(header, context),
                     )
                 )
-        # One worker-thread hop for the whole batch; the thread is free during the commit.
-        committed = await self._in_upload_thread(lambda: self._registry.start_uploads(items))
-        records = await asyncio.wrap_future(committed)
+        records = await self._registered(lambda: self._registry.start_uploads(items))
         return pb.UploadVersionBatchResponse(versions=[convert.version_to_proto(r) for r in records])
 
     async def _upload_in_hand(
@@ -169,12 +167,36 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     ) -> pb.ModelVersion:
         """Check, store and record an artifact whose bytes have all arrived, in one worker-thread
         hop; the thread is free again while the group commit runs."""
-        committed = await self._in_upload_thread(
+        record = await self._registered(
             lambda: self._registry.start_upload(
                 header.model, chunks=chunks, sha256=header.sha256, size_bytes=header.size_bytes, **fields
             )
         )
-        return convert.version_to_proto(await asyncio.wrap_future(committed))
+        return convert.version_to_proto(record)
+
+    async def _registered(self, start: Callable[[], Future[T]]) -> T:
+        """`start` on an upload thread, in this call's context; the outcome of the registration
+        it starts. The thread is free again while the group commit runs, and the outcome
+        reaches the event loop in one wake-up (awaiting the thread and then the commit took
+        two, which cost a small registration more than storing it)."""
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[T] = loop.create_future()
+
+        def settle(done: Future[T]) -> None:
+            # In the committing thread, or the upload thread when `start` fails.
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_copy_outcome, done, outcome)
+
+        def run() -> None:
+            try:
+                committed = start()
+            except BaseException as exc:
+                committed = Future()
+                committed.set_exception(exc)
+            committed.add_done_callback(settle)
+
+        self._uploads.submit(contextvars.copy_context().run, run)
+        return await outcome
 
     async def DownloadVersion(
         self,
@@ -363,6 +385,16 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     ) -> AsyncIterator[pb.WatchChangesResponse]:
         async for event in self._changes.watch(request.from_seq, request.replica_address):
             yield watch_response(event)
+
+
+def _copy_outcome(done: Future[T], outcome: asyncio.Future[T]) -> None:
+    if outcome.cancelled():
+        return
+    error = done.exception()
+    if error is not None:
+        outcome.set_exception(error)
+    else:
+        outcome.set_result(done.result())
 
 
 def _version_fields(

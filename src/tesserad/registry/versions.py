@@ -290,9 +290,9 @@ class Versions:
     ) -> Future[VersionRecord]:
         """An upload whose bytes are at hand, checked, stored and submitted for registration.
 
-        The same steps, errors and promises as `check_upload`, a blob written through
-        `BlobStore.writer` (DataLoss when `sha256` or `size_bytes` differ from what `chunks`
-        hold) and `register_version`, in one call because each hand-off to a worker thread
+        The same steps, errors and promises as `check_upload`, a blob stored with
+        `BlobStore.put_checked` (DataLoss when `sha256` or `size_bytes` differ from what
+        `chunks` hold) and `register_version`, in one call because each hand-off to a worker thread
         cost the daemon's event loop more than storing a small version does. `chunks` is read
         only after the header checks pass, so an error it raises comes after theirs.
 
@@ -308,10 +308,9 @@ class Versions:
             size_bytes=size_bytes,
             create_model_if_missing=create_model_if_missing,
         )
-        with self._blobs.writer(self._max_artifact_size, "limits.max_artifact_size") as writer:
-            for chunk in chunks:
-                writer.write(chunk)
-            blob = writer.commit(sha256, size_bytes)
+        blob = self._blobs.put_checked(
+            b"".join(chunks), sha256, size_bytes, self._max_artifact_size, "limits.max_artifact_size"
+        )
         try:
             record = self._prepare(
                 model,
@@ -364,9 +363,13 @@ class Versions:
             records: list[Callable[[WriteTxn], VersionRecord]] = []
             for index, item in enumerate(items):
                 with batch_item(index):
-                    with self._blobs.writer(self._max_artifact_size, "limits.max_artifact_size") as writer:
-                        writer.write(item.artifact)
-                        blob = writer.commit(item.sha256, item.size_bytes)
+                    blob = self._blobs.put_checked(
+                        item.artifact,
+                        item.sha256,
+                        item.size_bytes,
+                        self._max_artifact_size,
+                        "limits.max_artifact_size",
+                    )
                     stored.add(blob.sha256)
                     records.append(
                         self._prepare(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import re
 import tempfile
@@ -48,6 +49,24 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _check_declared(digest: str, size: int, expected_sha256: str | None, expected_size: int | None) -> None:
+    """DataLoss unless the received bytes are what the sender declared."""
+    if expected_size is not None and expected_size != size:
+        raise DataLoss(f"received {size} bytes but the header declared {expected_size}; send it again")
+    if expected_sha256 and expected_sha256 != digest:
+        raise DataLoss(
+            f"checksum mismatch: received data has sha256 {digest}, the header declared "
+            f"{expected_sha256}; the data was damaged in transit or the declared hash is wrong"
+        )
+
+
+def _too_large(limit_name: str, max_size: int) -> ResourceExhausted:
+    return ResourceExhausted(
+        f"the upload is larger than {limit_name} ({format_size(max_size)}); "
+        "send a smaller file or raise the limit"
+    )
+
+
 class BlobWriter:
     """Streams one blob in; `commit()` makes it visible, `abort()` (or an exception) drops it."""
 
@@ -67,10 +86,7 @@ class BlobWriter:
         self.size += len(data)
         if self._max_size is not None and self.size > self._max_size:
             self.abort()
-            raise ResourceExhausted(
-                f"the upload is larger than {self._limit_name} ({format_size(self._max_size)}); "
-                "send a smaller file or raise the limit"
-            )
+            raise _too_large(self._limit_name, self._max_size)
         self._hash.update(data)
         self._file.write(data)
 
@@ -79,28 +95,16 @@ class BlobWriter:
         if self._file is None:
             raise RuntimeError("blob writer is closed")
         digest = self._hash.hexdigest()
-        if expected_size is not None and expected_size != self.size:
+        try:
+            _check_declared(digest, self.size, expected_sha256, expected_size)
+        except DataLoss:
             self.abort()
-            raise DataLoss(
-                f"received {self.size} bytes but the header declared {expected_size}; send it again"
-            )
-        if expected_sha256 and expected_sha256 != digest:
-            self.abort()
-            raise DataLoss(
-                f"checksum mismatch: received data has sha256 {digest}, the header declared "
-                f"{expected_sha256}; the data was damaged in transit or the declared hash is wrong"
-            )
+            raise
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
         self._file = None
-        final = self._store.path(digest)
-        if final.exists():
-            self._tmp.unlink()
-        else:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(self._tmp, final)
-            _fsync_dir(final.parent)
+        self._store._move_into_place(self._tmp, digest)
         return BlobRef(digest, self.size)
 
     def abort(self) -> None:
@@ -125,8 +129,12 @@ class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.tmp_dir = root / "tmp"
-        (root / "sha256").mkdir(parents=True, exist_ok=True)
+        # Every shard directory exists from the start, so that storing a blob never has to
+        # create one (a small registration's blob write is mostly system calls).
+        for shard in range(256):
+            (root / "sha256" / f"{shard:02x}").mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self._tmp_names = itertools.count()
         # The data directory lock guarantees no other daemon is mid-upload: what is here is debris.
         for stale in self.tmp_dir.iterdir():
             stale.unlink(missing_ok=True)
@@ -137,6 +145,51 @@ class BlobStore:
 
     def writer(self, max_size: int | None = None, limit_name: str = "the upload limit") -> BlobWriter:
         return BlobWriter(self, max_size, limit_name)
+
+    def put_checked(
+        self,
+        data: bytes,
+        expected_sha256: str | None = None,
+        expected_size: int | None = None,
+        max_size: int | None = None,
+        limit_name: str = "the upload limit",
+    ) -> BlobRef:
+        """A blob whose bytes are all at hand, with the checks and promises of `writer()`
+        (ResourceExhausted over `max_size`, DataLoss when it is not what was declared; the
+        file fsynced, then moved into place) in the fewest system calls."""
+        if max_size is not None and len(data) > max_size:
+            raise _too_large(limit_name, max_size)
+        digest = hashlib.sha256(data).hexdigest()
+        _check_declared(digest, len(data), expected_sha256, expected_size)
+        tmp = self.tmp_dir / f"put-{os.getpid()}-{id(self):x}-{next(self._tmp_names)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        self._move_into_place(tmp, digest)
+        return BlobRef(digest, len(data))
+
+    def _move_into_place(self, tmp: Path, digest: str) -> None:
+        """Rename a complete, fsynced temp file to the blob's path and make the rename durable;
+        when the blob is already there (same content), drop the temp file instead."""
+        final = self.path(digest)
+        if final.exists():
+            tmp.unlink()
+            return
+        try:
+            os.replace(tmp, final)
+        except FileNotFoundError:
+            # A shard directory removed by hand since the start.
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, final)
+        _fsync_dir(final.parent)
 
     def put_bytes(self, data: bytes) -> BlobRef:
         with self.writer() as writer:
