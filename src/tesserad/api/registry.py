@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import threading
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -40,6 +41,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         self._blobs = blobs
         self._chunk_size = default_chunk_size
         self._uploads = ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="registry-upload")
+        self._handoff: _LoopHandoff | None = None
 
     async def _in_upload_thread(self, call: Callable[[], T]) -> T:
         """`call` on an upload thread, in this call's context (like asyncio.to_thread)."""
@@ -177,15 +179,14 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     async def _registered(self, start: Callable[[], Future[T]]) -> T:
         """`start` on an upload thread, in this call's context; the outcome of the registration
         it starts. The thread is free again while the group commit runs, and the outcome
-        reaches the event loop in one wake-up (awaiting the thread and then the commit took
-        two, which cost a small registration more than storing it)."""
+        reaches the event loop in at most one wake-up, shared with the registrations settled
+        with it (awaiting the thread and then the commit took two per call, which cost a small
+        registration more than storing it)."""
         loop = asyncio.get_running_loop()
+        if self._handoff is None or self._handoff.loop is not loop:
+            self._handoff = _LoopHandoff(loop)
+        handoff = self._handoff
         outcome: asyncio.Future[T] = loop.create_future()
-
-        def settle(done: Future[T]) -> None:
-            # In the committing thread, or the upload thread when `start` fails.
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(_copy_outcome, done, outcome)
 
         def run() -> None:
             try:
@@ -193,7 +194,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
             except BaseException as exc:
                 committed = Future()
                 committed.set_exception(exc)
-            committed.add_done_callback(settle)
+            # Settled in the committing thread, or here when `start` failed.
+            committed.add_done_callback(lambda done: handoff.hand(done, outcome))
 
         self._uploads.submit(contextvars.copy_context().run, run)
         return await outcome
@@ -385,6 +387,30 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     ) -> AsyncIterator[pb.WatchChangesResponse]:
         async for event in self._changes.watch(request.from_seq, request.replica_address):
             yield watch_response(event)
+
+
+class _LoopHandoff:
+    """Outcomes of registrations handed from other threads to one event loop. A group commit
+    settles many at once; the burst costs the loop one wake-up instead of one each."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._ready: list[tuple[Future[Any], asyncio.Future[Any]]] = []
+
+    def hand(self, done: Future[T], outcome: asyncio.Future[T]) -> None:
+        with self._lock:
+            self._ready.append((done, outcome))
+            if len(self._ready) > 1:
+                return  # a wake-up is already on its way and takes this one too
+        if not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            ready, self._ready = self._ready, []
+        for done, outcome in ready:
+            _copy_outcome(done, outcome)
 
 
 def _copy_outcome(done: Future[T], outcome: asyncio.Future[T]) -> None:
