@@ -1,12 +1,11 @@
 """What a safetensors version's architecture says about it: the signature of the model it
-builds, and whether the uploaded weights are that model's tensors. The weights are read
-from the file's header only, and the model is built on torch's meta device (no memory)."""
+builds, and whether the uploaded weights are that model's tensors (their shapes as read from
+the file's header); the model is built on torch's meta device (no memory), once per architecture."""
 
 from __future__ import annotations
 
 import json
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from tesserad.errors import InvalidArgument
@@ -26,15 +25,11 @@ def architecture_signature(architecture: dict[str, Any]) -> Signature:
     )
 
 
-def check_weights_fit(path: Path, architecture: dict[str, Any]) -> None:
-    """InvalidArgument naming the tensor unless the file holds exactly the tensors, with their
-    shapes, of the model `architecture` builds."""
-    from safetensors import safe_open
-
+def check_weights_fit(stored: dict[str, tuple[int, ...]], architecture: dict[str, Any]) -> None:
+    """InvalidArgument naming the tensor unless the `stored` tensors (name: shape, as
+    `artifacts.safetensors_shapes` reads them) are exactly those of the model `architecture`
+    builds, with their shapes."""
     expected = _tensor_shapes(json.dumps(architecture, sort_keys=True))
-    with safe_open(path, framework="numpy") as file:
-        names: list[str] = file.keys()
-        stored = {name: tuple(file.get_slice(name).get_shape()) for name in names}
     missing = sorted(set(expected) - set(stored))
     unexpected = sorted(set(stored) - set(expected))
     if missing or unexpected:

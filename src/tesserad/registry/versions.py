@@ -39,9 +39,10 @@ from tesserad.registry.aliases import check_settable_alias, move_alias, with_ali
 from tesserad.registry.architectures import architecture_signature, check_weights_fit
 from tesserad.registry.artifacts import (
     check_onnx,
-    safetensors_parameter_count,
+    safetensors_shapes,
     signature_differences,
     signature_mismatches,
+    total_parameters,
 )
 from tesserad.registry.deployments import current_deployment, deployment_versions
 from tesserad.registry.ensembles import (
@@ -441,9 +442,10 @@ class Versions:
                 signature = graph_signature
                 validate_signature(signature, required=True)
         elif format == "safetensors":
-            parameter_count = safetensors_parameter_count(path)
+            shapes = safetensors_shapes(path)
+            parameter_count = total_parameters(shapes)
             assert architecture  # check_upload requires it
-            check_weights_fit(path, architecture)
+            check_weights_fit(shapes, architecture)
             if not signature.inputs and not signature.outputs:
                 signature = architecture_signature(architecture)
         else:
