@@ -89,3 +89,33 @@ def test_stale_uploads_are_cleared_on_open(tmp_path: Path) -> None:
     writer.write(b"left behind by a crash")
     assert BlobStore(tmp_path).tmp_dir.exists()
     assert list(blobs.tmp_dir.iterdir()) == []
+
+
+def test_put_checked_stores_what_was_declared_once(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path)
+    data = b"small artifact"
+    digest = hashlib.sha256(data).hexdigest()
+    ref = blobs.put_checked(data, digest, len(data), max_size=1024, limit_name="limits.max_artifact_size")
+    assert (ref.sha256, ref.size) == (digest, len(data)) and blobs.read_bytes(digest) == data
+    assert blobs.put_checked(data, digest, len(data)) == ref
+    assert list(blobs.all()) == [digest] and list(blobs.tmp_dir.iterdir()) == []
+
+
+def test_put_checked_refuses_before_storing_anything(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path)
+    with pytest.raises(DataLoss, match="checksum mismatch"):
+        blobs.put_checked(b"abc", "0" * 64, 3)
+    with pytest.raises(DataLoss, match="declared 4"):
+        blobs.put_checked(b"abc", hashlib.sha256(b"abc").hexdigest(), 4)
+    with pytest.raises(ResourceExhausted, match=r"limits\.max_artifact_size"):
+        blobs.put_checked(b"abcd", max_size=3, limit_name="limits.max_artifact_size")
+    assert list(blobs.all()) == [] and list(blobs.tmp_dir.iterdir()) == []
+
+
+def test_put_checked_remakes_a_shard_directory_removed_by_hand(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path)
+    data = b"x"
+    digest = hashlib.sha256(data).hexdigest()
+    blobs.path(digest).parent.rmdir()
+    blobs.put_checked(data, digest, 1)
+    assert blobs.read_bytes(digest) == data
