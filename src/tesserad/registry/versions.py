@@ -80,7 +80,7 @@ from tesserad.registry.tables import (
     resolve_number,
 )
 from tesserad.registry.validation import validate_metrics, validate_signature, validate_tags
-from tesserad.store import BlobRef, BlobStore, ReadTxn, Store, WriteTxn, decode_record
+from tesserad.store import BlobRef, BlobStore, ReadTxn, Store, WriteTxn, checked_digest, decode_record
 
 # Checks a dataset version named in lineage inside the registering transaction:
 # (txn, name, version, sha256) -> None, raising NotFound / InvalidArgument.
@@ -336,9 +336,10 @@ class Versions:
     def start_uploads(self, items: Sequence[VersionUpload]) -> Future[list[VersionRecord]]:
         """Many small versions at once, all or nothing.
 
-        Each item gets `start_upload`'s checks; the first that fails raises its error with
-        the message prefixed "items[i]: ", after removing what the batch stored. The blobs are
-        written (each fsynced, as any blob is) and every version is recorded in ONE
+        Each item gets `start_upload`'s checks (header, then declared hash and size, then the
+        artifact); an item that fails raises its error with the message prefixed "items[i]: ",
+        after removing what the batch stored. The blobs are written (each fsynced, as any
+        blob is, in parallel: `BlobStore.put_many`) and every version is recorded in ONE
         transaction of the group commit, versions of one model numbered in the order of
         `items`; a failure there (a lineage parent deleted meanwhile) records none of them.
         The future resolves to the versions, in order, once they are durable.
@@ -359,24 +360,29 @@ class Versions:
                     size_bytes=item.size_bytes,
                     create_model_if_missing=item.create_model_if_missing,
                 )
-        stored: set[str] = set()
-        try:
-            records: list[Callable[[WriteTxn], VersionRecord]] = []
-            for index, item in enumerate(items):
-                with batch_item(index):
-                    blob = self._blobs.put_checked(
+        digests = []
+        for index, item in enumerate(items):
+            with batch_item(index):
+                digests.append(
+                    checked_digest(
                         item.artifact,
                         item.sha256,
                         item.size_bytes,
                         self._max_artifact_size,
                         "limits.max_artifact_size",
                     )
-                    stored.add(blob.sha256)
+                )
+        stored = set(digests)
+        try:
+            self._blobs.put_many(dict(zip(digests, (item.artifact for item in items), strict=True)))
+            records: list[Callable[[WriteTxn], VersionRecord]] = []
+            for index, (item, digest) in enumerate(zip(items, digests, strict=True)):
+                with batch_item(index):
                     records.append(
                         self._prepare(
                             item.model,
                             format=item.format,
-                            blob=blob,
+                            blob=BlobRef(digest, len(item.artifact)),
                             signature=item.signature,
                             architecture=item.architecture,
                             params=item.params,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tesserad.errors import DataLoss, InvalidArgument, ResourceExhausted
-from tesserad.store import BlobStore
+from tesserad.store import BlobStore, checked_digest
 
 
 def test_write_commit_read(tmp_path: Path) -> None:
@@ -119,3 +119,14 @@ def test_put_checked_remakes_a_shard_directory_removed_by_hand(tmp_path: Path) -
     blobs.path(digest).parent.rmdir()
     blobs.put_checked(data, digest, 1)
     assert blobs.read_bytes(digest) == data
+
+
+def test_put_many_stores_every_blob_and_skips_those_already_there(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path)
+    datas = [f"blob {i}".encode() for i in range(40)]
+    digests = [checked_digest(d, hashlib.sha256(d).hexdigest(), len(d)) for d in datas]
+    blobs.put_checked(datas[0])
+    blobs.put_many(dict(zip(digests, datas, strict=True)))
+    assert sorted(blobs.all()) == sorted(digests)
+    assert all(blobs.read_bytes(d) == data for d, data in zip(digests, datas, strict=True))
+    assert list(blobs.tmp_dir.iterdir()) == []
