@@ -220,8 +220,8 @@ class RegistryServicer:
     def UploadVersionBatch(self, request, context):
         """Many small versions in one call (at most 1000 items, each an UploadVersionInline request;
         all of them within max_message_size), all or nothing: every item gets the checks
-        UploadVersionInline gives it, and the first that fails fails the call with that error,
-        its message beginning "items[i]: ", and nothing is stored. Versions of one model are
+        UploadVersionInline gives it, and an item that fails fails the call with its error, the
+        message beginning "items[i]: ", and nothing is stored. Versions of one model are
         numbered in the order of the items. Answered once every version and its blob are durable.
         Where thousands of small versions are registered, one call per hundred or so costs the
         daemon a fraction of what a call per version does.

@@ -56,8 +56,8 @@ class RegistryStub:
     UploadVersionBatch: _grpc.UnaryUnaryMultiCallable[_registry_pb2.UploadVersionBatchRequest, _registry_pb2.UploadVersionBatchResponse]
     """Many small versions in one call (at most 1000 items, each an UploadVersionInline request;
     all of them within max_message_size), all or nothing: every item gets the checks
-    UploadVersionInline gives it, and the first that fails fails the call with that error,
-    its message beginning "items[i]: ", and nothing is stored. Versions of one model are
+    UploadVersionInline gives it, and an item that fails fails the call with its error, the
+    message beginning "items[i]: ", and nothing is stored. Versions of one model are
     numbered in the order of the items. Answered once every version and its blob are durable.
     Where thousands of small versions are registered, one call per hundred or so costs the
     daemon a fraction of what a call per version does.
@@ -133,8 +133,8 @@ class RegistryAsyncStub(RegistryStub):
     UploadVersionBatch: _aio.UnaryUnaryMultiCallable[_registry_pb2.UploadVersionBatchRequest, _registry_pb2.UploadVersionBatchResponse]  # type: ignore[assignment]
     """Many small versions in one call (at most 1000 items, each an UploadVersionInline request;
     all of them within max_message_size), all or nothing: every item gets the checks
-    UploadVersionInline gives it, and the first that fails fails the call with that error,
-    its message beginning "items[i]: ", and nothing is stored. Versions of one model are
+    UploadVersionInline gives it, and an item that fails fails the call with its error, the
+    message beginning "items[i]: ", and nothing is stored. Versions of one model are
     numbered in the order of the items. Answered once every version and its blob are durable.
     Where thousands of small versions are registered, one call per hundred or so costs the
     daemon a fraction of what a call per version does.
@@ -255,8 +255,8 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_registry_pb2.UploadVersionBatchResponse, _abc.Awaitable[_registry_pb2.UploadVersionBatchResponse]]:
         """Many small versions in one call (at most 1000 items, each an UploadVersionInline request;
         all of them within max_message_size), all or nothing: every item gets the checks
-        UploadVersionInline gives it, and the first that fails fails the call with that error,
-        its message beginning "items[i]: ", and nothing is stored. Versions of one model are
+        UploadVersionInline gives it, and an item that fails fails the call with its error, the
+        message beginning "items[i]: ", and nothing is stored. Versions of one model are
         numbered in the order of the items. Answered once every version and its blob are durable.
         Where thousands of small versions are registered, one call per hundred or so costs the
         daemon a fraction of what a call per version does.
