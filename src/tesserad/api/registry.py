@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import threading
 from collections.abc import AsyncIterator, Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import grpc
@@ -19,6 +20,7 @@ from tesserad.api.transfers import chunk_size, read_header, read_start, receive_
 from tesserad.errors import InvalidArgument
 from tesserad.registry import Registry
 from tesserad.registry.export import export_version
+from tesserad.registry.versions import VersionUpload, batch_item
 from tesserad.replica.changes import ChangeFeed
 from tesserad.store import BlobStore, check_sha256
 
@@ -39,6 +41,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         self._blobs = blobs
         self._chunk_size = default_chunk_size
         self._uploads = ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="registry-upload")
+        self._handoff: _LoopHandoff | None = None
 
     async def _in_upload_thread(self, call: Callable[[], T]) -> T:
         """`call` on an upload thread, in this call's context (like asyncio.to_thread)."""
@@ -140,17 +143,62 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         header = request.header
         return await self._upload_in_hand(header, (request.artifact,), _version_fields(header, context))
 
+    async def UploadVersionBatch(
+        self,
+        request: pb.UploadVersionBatchRequest,
+        context: grpc.aio.ServicerContext[pb.UploadVersionBatchRequest, pb.UploadVersionBatchResponse],
+    ) -> pb.UploadVersionBatchResponse:
+        items = []
+        for index, item in enumerate(request.items):
+            with batch_item(index):
+                header = item.header
+                items.append(
+                    VersionUpload(
+                        model=header.model,
+                        artifact=item.artifact,
+                        sha256=header.sha256,
+                        size_bytes=header.size_bytes,
+                        **_version_fields(header, context),
+                    )
+                )
+        records = await self._registered(lambda: self._registry.start_uploads(items))
+        return pb.UploadVersionBatchResponse(versions=[convert.version_to_proto(r) for r in records])
+
     async def _upload_in_hand(
         self, header: pb.UploadVersionHeader, chunks: Iterable[bytes], fields: dict[str, Any]
     ) -> pb.ModelVersion:
         """Check, store and record an artifact whose bytes have all arrived, in one worker-thread
         hop; the thread is free again while the group commit runs."""
-        committed = await self._in_upload_thread(
+        record = await self._registered(
             lambda: self._registry.start_upload(
                 header.model, chunks=chunks, sha256=header.sha256, size_bytes=header.size_bytes, **fields
             )
         )
-        return convert.version_to_proto(await asyncio.wrap_future(committed))
+        return convert.version_to_proto(record)
+
+    async def _registered(self, start: Callable[[], Future[T]]) -> T:
+        """`start` on an upload thread, in this call's context; the outcome of the registration
+        it starts. The thread is free again while the group commit runs, and the outcome
+        reaches the event loop in at most one wake-up, shared with the registrations settled
+        with it (awaiting the thread and then the commit took two per call, which cost a small
+        registration more than storing it)."""
+        loop = asyncio.get_running_loop()
+        if self._handoff is None or self._handoff.loop is not loop:
+            self._handoff = _LoopHandoff(loop)
+        handoff = self._handoff
+        outcome: asyncio.Future[T] = loop.create_future()
+
+        def run() -> None:
+            try:
+                committed = start()
+            except BaseException as exc:
+                committed = Future()
+                committed.set_exception(exc)
+            # Settled in the committing thread, or here when `start` failed.
+            committed.add_done_callback(lambda done: handoff.hand(done, outcome))
+
+        self._uploads.submit(contextvars.copy_context().run, run)
+        return await outcome
 
     async def DownloadVersion(
         self,
@@ -339,6 +387,40 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     ) -> AsyncIterator[pb.WatchChangesResponse]:
         async for event in self._changes.watch(request.from_seq, request.replica_address):
             yield watch_response(event)
+
+
+class _LoopHandoff:
+    """Outcomes of registrations handed from other threads to one event loop. A group commit
+    settles many at once; the burst costs the loop one wake-up instead of one each."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._ready: list[tuple[Future[Any], asyncio.Future[Any]]] = []
+
+    def hand(self, done: Future[T], outcome: asyncio.Future[T]) -> None:
+        with self._lock:
+            self._ready.append((done, outcome))
+            if len(self._ready) > 1:
+                return  # a wake-up is already on its way and takes this one too
+        if not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            ready, self._ready = self._ready, []
+        for done, outcome in ready:
+            _copy_outcome(done, outcome)
+
+
+def _copy_outcome(done: Future[T], outcome: asyncio.Future[T]) -> None:
+    if outcome.cancelled():
+        return
+    error = done.exception()
+    if error is not None:
+        outcome.set_exception(error)
+    else:
+        outcome.set_result(done.result())
 
 
 def _version_fields(

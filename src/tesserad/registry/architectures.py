@@ -1,10 +1,11 @@
 """What a safetensors version's architecture says about it: the signature of the model it
-builds, and whether the uploaded weights are that model's tensors. The weights are read
-from the file's header only, and the model is built on torch's meta device (no memory)."""
+builds, and whether the uploaded weights are that model's tensors (their shapes as read from
+the file's header); the model is built on torch's meta device (no memory), once per architecture."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
+from functools import lru_cache
 from typing import Any
 
 from tesserad.errors import InvalidArgument
@@ -24,20 +25,11 @@ def architecture_signature(architecture: dict[str, Any]) -> Signature:
     )
 
 
-def check_weights_fit(path: Path, architecture: dict[str, Any]) -> None:
-    """InvalidArgument naming the tensor unless the file holds exactly the tensors, with their
-    shapes, of the model `architecture` builds."""
-    import torch
-    from safetensors import safe_open
-
-    from tesserad.nn import build_model, spec_from_dict
-
-    spec = spec_from_dict(architecture)
-    with torch.device("meta"):
-        expected = {name: tuple(t.shape) for name, t in build_model(spec).state_dict().items()}
-    with safe_open(path, framework="numpy") as file:
-        names: list[str] = file.keys()
-        stored = {name: tuple(file.get_slice(name).get_shape()) for name in names}
+def check_weights_fit(stored: dict[str, tuple[int, ...]], architecture: dict[str, Any]) -> None:
+    """InvalidArgument naming the tensor unless the `stored` tensors (name: shape, as
+    `artifacts.safetensors_shapes` reads them) are exactly those of the model `architecture`
+    builds, with their shapes."""
+    expected = _tensor_shapes(json.dumps(architecture, sort_keys=True))
     missing = sorted(set(expected) - set(stored))
     unexpected = sorted(set(stored) - set(expected))
     if missing or unexpected:
@@ -50,3 +42,19 @@ def check_weights_fit(path: Path, architecture: dict[str, Any]) -> None:
                 f"the weights do not fit the architecture: tensor {name!r} has shape "
                 f"{list(stored[name])}, the architecture needs {list(shape)}"
             )
+
+
+@lru_cache(maxsize=256)
+def _tensor_shapes(architecture_json: str) -> dict[str, tuple[int, ...]]:
+    """The name and shape of each tensor of the model an architecture (as sorted JSON) builds.
+
+    Cached: building even on the meta device took longer than the rest of a small
+    registration, and uploads in a row usually share their architecture. Callers must not
+    change the dict."""
+    import torch
+
+    from tesserad.nn import build_model, spec_from_dict
+
+    spec = spec_from_dict(json.loads(architecture_json))
+    with torch.device("meta"):
+        return {name: tuple(t.shape) for name, t in build_model(spec).state_dict().items()}

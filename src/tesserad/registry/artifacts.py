@@ -27,14 +27,14 @@ _SAFETENSORS_REASONS = {
 }
 
 
-def safetensors_parameter_count(path: Path) -> int:
-    """Validate the header, dtypes and offsets of a safetensors file; the number of parameters."""
+def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Validate the header, dtypes and offsets of a safetensors file; each tensor's shape."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(path, framework="numpy") as file:
             names: list[str] = file.keys()
-            return sum(math.prod(file.get_slice(name).get_shape()) for name in names)
+            return {name: tuple(file.get_slice(name).get_shape()) for name in names}
     except SafetensorError as exc:
         reason = str(exc).removeprefix("Error while deserializing header: ")
         raise InvalidArgument(
@@ -43,6 +43,10 @@ def safetensors_parameter_count(path: Path) -> int:
     except OSError as exc:  # str(exc) names the server's path; strerror does not
         reason = exc.strerror or type(exc).__name__
         raise InvalidArgument(f"the artifact cannot be read as a safetensors file: {reason}") from None
+
+
+def total_parameters(shapes: dict[str, tuple[int, ...]]) -> int:
+    return sum(math.prod(shape) for shape in shapes.values())
 
 
 def _onnx_dtype_name(elem_type: int) -> str:

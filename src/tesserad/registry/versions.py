@@ -7,13 +7,14 @@ count from 1 per model and are never reused, even after a delete.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 from tesserad.config import format_size
 from tesserad.datasets.references import (
@@ -24,16 +25,24 @@ from tesserad.datasets.references import (
     release_blob,
     release_dataset,
 )
-from tesserad.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from tesserad.errors import (
+    DataLoss,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    TesseraError,
+)
 from tesserad.names import validate_name
 from tesserad.paging import Page, read_page
 from tesserad.registry.aliases import check_settable_alias, move_alias, with_aliases
 from tesserad.registry.architectures import architecture_signature, check_weights_fit
 from tesserad.registry.artifacts import (
     check_onnx,
-    safetensors_parameter_count,
+    safetensors_shapes,
     signature_differences,
     signature_mismatches,
+    total_parameters,
 )
 from tesserad.registry.deployments import current_deployment, deployment_versions
 from tesserad.registry.ensembles import (
@@ -71,13 +80,50 @@ from tesserad.registry.tables import (
     resolve_number,
 )
 from tesserad.registry.validation import validate_metrics, validate_signature, validate_tags
-from tesserad.store import BlobRef, BlobStore, ReadTxn, Store, WriteTxn, decode_record
+from tesserad.store import BlobRef, BlobStore, ReadTxn, Store, WriteTxn, checked_digest, decode_record
 
 # Checks a dataset version named in lineage inside the registering transaction:
 # (txn, name, version, sha256) -> None, raising NotFound / InvalidArgument.
 DatasetCheck = Callable[[ReadTxn, str, int, str], None]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Versions in one `start_uploads` batch: enough that a call's own cost vanishes beside its
+# versions', few enough that one transaction holds them all without a noticeable pause.
+MAX_BATCH_VERSIONS = 1000
+
+
+@dataclass(frozen=True)
+class VersionUpload:
+    """One version of a batch (`Versions.start_uploads`): what `start_upload` takes, with the
+    artifact's bytes at hand."""
+
+    model: str
+    artifact: bytes
+    sha256: str
+    size_bytes: int
+    format: str
+    signature: Signature
+    architecture: dict[str, Any] | None
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    lineage: Lineage
+    description: str
+    create_model_if_missing: bool
+    alias: str
+    actor: str
+
+
+@contextlib.contextmanager
+def batch_item(index: int) -> Iterator[None]:
+    """A domain error raised inside names the batch item it is about, keeping its kind."""
+    try:
+        yield
+    except TesseraError as exc:
+        raise type(exc)(f"items[{index}]: {exc.message}") from exc
 
 
 def holder(model: str, version: int) -> str:
@@ -216,7 +262,7 @@ class Versions:
                 size_bytes=blob.size,
                 create_model_if_missing=create_model_if_missing,
             )
-            committed = self._submit(
+            record = self._prepare(
                 model,
                 format=format,
                 blob=blob,
@@ -231,6 +277,7 @@ class Versions:
                 alias=alias,
                 actor=actor,
             )
+            committed = self._commit(record, {model}, {blob.sha256})
         except BaseException:
             delete_unheld_blobs(self._store, self._blobs, {blob.sha256})
             raise
@@ -257,9 +304,9 @@ class Versions:
     ) -> Future[VersionRecord]:
         """An upload whose bytes are at hand, checked, stored and submitted for registration.
 
-        The same steps, errors and promises as `check_upload`, a blob written through
-        `BlobStore.writer` (DataLoss when `sha256` or `size_bytes` differ from what `chunks`
-        hold) and `register_version`, in one call because each hand-off to a worker thread
+        The same steps, errors and promises as `check_upload`, a blob stored with
+        `BlobStore.put_checked` (DataLoss when `sha256` or `size_bytes` differ from what
+        `chunks` hold) and `register_version`, in one call because each hand-off to a worker thread
         cost the daemon's event loop more than storing a small version does. `chunks` is read
         only after the header checks pass, so an error it raises comes after theirs.
 
@@ -275,12 +322,11 @@ class Versions:
             size_bytes=size_bytes,
             create_model_if_missing=create_model_if_missing,
         )
-        with self._blobs.writer(self._max_artifact_size, "limits.max_artifact_size") as writer:
-            for chunk in chunks:
-                writer.write(chunk)
-            blob = writer.commit(sha256, size_bytes)
+        blob = self._blobs.put_checked(
+            b"".join(chunks), sha256, size_bytes, self._max_artifact_size, "limits.max_artifact_size"
+        )
         try:
-            return self._submit(
+            record = self._prepare(
                 model,
                 format=format,
                 blob=blob,
@@ -295,11 +341,87 @@ class Versions:
                 alias=alias,
                 actor=actor,
             )
+            return self._commit(record, {model}, {blob.sha256})
         except BaseException:
             delete_unheld_blobs(self._store, self._blobs, {blob.sha256})
             raise
 
-    def _submit(
+    def start_uploads(self, items: Sequence[VersionUpload]) -> Future[list[VersionRecord]]:
+        """Many small versions at once, all or nothing.
+
+        Each item gets `start_upload`'s checks (header, then declared hash and size, then the
+        artifact); an item that fails raises its error with the message prefixed "items[i]: ",
+        after removing what the batch stored. The blobs are written (each fsynced, as any
+        blob is, in parallel: `BlobStore.put_many`) and every version is recorded in ONE
+        transaction of the group commit, versions of one model numbered in the order of
+        `items`; a failure there (a lineage parent deleted meanwhile) records none of them.
+        The future resolves to the versions, in order, once they are durable.
+        """
+        if not items:
+            raise InvalidArgument("items is empty; send at least one version")
+        if len(items) > MAX_BATCH_VERSIONS:
+            raise InvalidArgument(
+                f"a batch holds at most {MAX_BATCH_VERSIONS} versions, got {len(items)}; split it"
+            )
+        for index, item in enumerate(items):
+            with batch_item(index):
+                self.check_upload(
+                    item.model,
+                    format=item.format,
+                    signature=item.signature,
+                    architecture=item.architecture,
+                    size_bytes=item.size_bytes,
+                    create_model_if_missing=item.create_model_if_missing,
+                )
+        digests = []
+        for index, item in enumerate(items):
+            with batch_item(index):
+                digests.append(
+                    checked_digest(
+                        item.artifact,
+                        item.sha256,
+                        item.size_bytes,
+                        self._max_artifact_size,
+                        "limits.max_artifact_size",
+                    )
+                )
+        stored = set(digests)
+        try:
+            self._blobs.put_many(dict(zip(digests, (item.artifact for item in items), strict=True)))
+            records: list[Callable[[WriteTxn], VersionRecord]] = []
+            for index, (item, digest) in enumerate(zip(items, digests, strict=True)):
+                with batch_item(index):
+                    records.append(
+                        self._prepare(
+                            item.model,
+                            format=item.format,
+                            blob=BlobRef(digest, len(item.artifact)),
+                            signature=item.signature,
+                            architecture=item.architecture,
+                            params=item.params,
+                            metrics=item.metrics,
+                            tags=item.tags,
+                            lineage=item.lineage,
+                            description=item.description,
+                            create_model_if_missing=item.create_model_if_missing,
+                            alias=item.alias,
+                            actor=item.actor,
+                        )
+                    )
+
+            def record_all(txn: WriteTxn) -> list[VersionRecord]:
+                recorded = []
+                for index, record in enumerate(records):
+                    with batch_item(index):
+                        recorded.append(record(txn))
+                return recorded
+
+            return self._commit(record_all, {item.model for item in items}, stored)
+        except BaseException:
+            delete_unheld_blobs(self._store, self._blobs, stored)
+            raise
+
+    def _prepare(
         self,
         model: str,
         *,
@@ -315,9 +437,9 @@ class Versions:
         create_model_if_missing: bool,
         alias: str,
         actor: str,
-    ) -> Future[VersionRecord]:
-        """Check the artifact of a blob whose header checks (`check_upload`) have passed and
-        queue its version for the group commit; see `start_upload` for the future."""
+    ) -> Callable[[WriteTxn], VersionRecord]:
+        """Check the artifact of a blob whose header checks (`check_upload`) have passed; the
+        function that records its version in a write transaction."""
         validate_tags("tags", tags)
         validate_metrics(metrics)
         if alias:
@@ -339,9 +461,10 @@ class Versions:
                 signature = graph_signature
                 validate_signature(signature, required=True)
         elif format == "safetensors":
-            parameter_count = safetensors_parameter_count(path)
+            shapes = safetensors_shapes(path)
+            parameter_count = total_parameters(shapes)
             assert architecture  # check_upload requires it
-            check_weights_fit(path, architecture)
+            check_weights_fit(shapes, architecture)
             if not signature.inputs and not signature.outputs:
                 signature = architecture_signature(architecture)
         else:
@@ -397,24 +520,34 @@ class Versions:
             put_model_data(txn, fields)
             return replace(with_aliases(txn, record), alias_moved=moved)
 
-        settled: Future[VersionRecord] = Future()
+        return record_version
+
+    def _commit(self, record: Callable[[WriteTxn], T], models: set[str], blobs: set[str]) -> Future[T]:
+        """Queue `record` for the store's group commit (registrations in flight together share
+        one commit and its fsync). The future resolves once the commit is durable and the
+        listeners of `models` were told, or fails once `blobs`, unless something else holds
+        them, are removed again."""
+        settled: Future[T] = Future()
         # Running: a waiter that gives up cannot cancel it, so it always settles.
         settled.set_running_or_notify_cancel()
 
-        def settle(committed: Future[VersionRecord]) -> None:
+        def settle(committed: Future[T]) -> None:
             # In the committing thread, before any waiter sees the outcome.
             error = committed.exception()
             if error is None:
-                self._notify(model)
+                for model in sorted(models):
+                    self._notify(model)
                 settled.set_result(committed.result())
                 return
             try:
-                delete_unheld_blobs(self._store, self._blobs, {blob.sha256})
+                delete_unheld_blobs(self._store, self._blobs, blobs)
             except Exception:
-                log.exception("removing the blob of a failed registration failed", extra={"model": model})
+                log.exception(
+                    "removing the blobs of a failed registration failed", extra={"models": sorted(models)}
+                )
             settled.set_exception(error)
 
-        self._store.submit(record_version).add_done_callback(settle)
+        self._store.submit(record).add_done_callback(settle)
         return settled
 
     def _check_lineage(self, txn: ReadTxn, model: str, lineage: Lineage) -> None:

@@ -56,6 +56,7 @@ ROLE_TABLE: dict[str, dict[str, Role]] = {
         "DeleteModel": _A,
         "UploadVersion": _T,
         "UploadVersionInline": _T,
+        "UploadVersionBatch": _T,
         "DownloadVersion": _R,
         "GetVersion": _R,
         "ListVersions": _R,

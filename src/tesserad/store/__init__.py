@@ -1,6 +1,6 @@
 """Persistence: the LMDB store (tables, key encoding, group commit) and the blob directory."""
 
-from tesserad.store.blobs import BlobRef, BlobStore, BlobWriter, check_sha256
+from tesserad.store.blobs import BlobRef, BlobStore, BlobWriter, check_sha256, checked_digest
 from tesserad.store.database import ReadTxn, Store, StoreUsage, WriteTxn
 from tesserad.store.keys import Key, pack, pack_int, prefix_range, trailing_int, unpack
 from tesserad.store.lockfile import DataDirLock
@@ -17,6 +17,7 @@ __all__ = [
     "StoreUsage",
     "WriteTxn",
     "check_sha256",
+    "checked_digest",
     "decode_metric_point",
     "decode_record",
     "encode_metric_point",

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import re
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -25,6 +27,9 @@ from tesserad.errors import DataLoss, InvalidArgument, NotFound, ResourceExhaust
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 CHUNK_BYTES = 1 << 20
+# Threads that fsync the files of one `put_many` in parallel: the disk takes many flushes at
+# once, and a batch of small blobs would otherwise wait out each in turn.
+SYNC_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -40,12 +45,46 @@ def check_sha256(value: str, field: str = "sha256") -> str:
     return value
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_dir(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _check_declared(digest: str, size: int, expected_sha256: str | None, expected_size: int | None) -> None:
+    """DataLoss unless the received bytes are what the sender declared."""
+    if expected_size is not None and expected_size != size:
+        raise DataLoss(f"received {size} bytes but the header declared {expected_size}; send it again")
+    if expected_sha256 and expected_sha256 != digest:
+        raise DataLoss(
+            f"checksum mismatch: received data has sha256 {digest}, the header declared "
+            f"{expected_sha256}; the data was damaged in transit or the declared hash is wrong"
+        )
+
+
+def checked_digest(
+    data: bytes,
+    expected_sha256: str | None = None,
+    expected_size: int | None = None,
+    max_size: int | None = None,
+    limit_name: str = "the upload limit",
+) -> str:
+    """The sha256 of bytes at hand once they pass `put_checked`'s checks (ResourceExhausted
+    over `max_size`, DataLoss when they are not what was declared)."""
+    if max_size is not None and len(data) > max_size:
+        raise _too_large(limit_name, max_size)
+    digest = hashlib.sha256(data).hexdigest()
+    _check_declared(digest, len(data), expected_sha256, expected_size)
+    return digest
+
+
+def _too_large(limit_name: str, max_size: int) -> ResourceExhausted:
+    return ResourceExhausted(
+        f"the upload is larger than {limit_name} ({format_size(max_size)}); "
+        "send a smaller file or raise the limit"
+    )
 
 
 class BlobWriter:
@@ -67,10 +106,7 @@ class BlobWriter:
         self.size += len(data)
         if self._max_size is not None and self.size > self._max_size:
             self.abort()
-            raise ResourceExhausted(
-                f"the upload is larger than {self._limit_name} ({format_size(self._max_size)}); "
-                "send a smaller file or raise the limit"
-            )
+            raise _too_large(self._limit_name, self._max_size)
         self._hash.update(data)
         self._file.write(data)
 
@@ -79,28 +115,16 @@ class BlobWriter:
         if self._file is None:
             raise RuntimeError("blob writer is closed")
         digest = self._hash.hexdigest()
-        if expected_size is not None and expected_size != self.size:
+        try:
+            _check_declared(digest, self.size, expected_sha256, expected_size)
+        except DataLoss:
             self.abort()
-            raise DataLoss(
-                f"received {self.size} bytes but the header declared {expected_size}; send it again"
-            )
-        if expected_sha256 and expected_sha256 != digest:
-            self.abort()
-            raise DataLoss(
-                f"checksum mismatch: received data has sha256 {digest}, the header declared "
-                f"{expected_sha256}; the data was damaged in transit or the declared hash is wrong"
-            )
+            raise
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
         self._file = None
-        final = self._store.path(digest)
-        if final.exists():
-            self._tmp.unlink()
-        else:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(self._tmp, final)
-            _fsync_dir(final.parent)
+        self._store._move_into_place(self._tmp, digest)
         return BlobRef(digest, self.size)
 
     def abort(self) -> None:
@@ -125,8 +149,14 @@ class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.tmp_dir = root / "tmp"
-        (root / "sha256").mkdir(parents=True, exist_ok=True)
+        self._root = str(root)
+        # Every shard directory exists from the start, so that storing a blob never has to
+        # create one (a small registration's blob write is mostly system calls).
+        for shard in range(256):
+            (root / "sha256" / f"{shard:02x}").mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self._tmp_names = itertools.count()
+        self._sync_pool: ThreadPoolExecutor | None = None
         # The data directory lock guarantees no other daemon is mid-upload: what is here is debris.
         for stale in self.tmp_dir.iterdir():
             stale.unlink(missing_ok=True)
@@ -137,6 +167,90 @@ class BlobStore:
 
     def writer(self, max_size: int | None = None, limit_name: str = "the upload limit") -> BlobWriter:
         return BlobWriter(self, max_size, limit_name)
+
+    def put_checked(
+        self,
+        data: bytes,
+        expected_sha256: str | None = None,
+        expected_size: int | None = None,
+        max_size: int | None = None,
+        limit_name: str = "the upload limit",
+    ) -> BlobRef:
+        """A blob whose bytes are all at hand, with the checks and promises of `writer()`
+        (ResourceExhausted over `max_size`, DataLoss when it is not what was declared; the
+        file fsynced, then moved into place) in the fewest system calls."""
+        digest = checked_digest(data, expected_sha256, expected_size, max_size, limit_name)
+        tmp = self._write_synced(data)
+        self._move_into_place(tmp, digest)
+        return BlobRef(digest, len(data))
+
+    def put_many(self, blobs: Mapping[str, bytes]) -> None:
+        """Blobs by their digest (from `checked_digest`), stored as `put_checked` stores one,
+        with the fsyncs of different files running in parallel and each shard directory
+        fsynced once after all the renames: a batch of small blobs otherwise waits out its
+        fsyncs one after the other. On a failure no temp file is left; blobs already moved
+        into place stay, like any blob, until nothing holds them."""
+        missing = {d: data for d, data in blobs.items() if not os.path.exists(self._file(d))}
+        if not missing:
+            return
+        if self._sync_pool is None:
+            self._sync_pool = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="blob-sync")
+        written = [self._sync_pool.submit(self._write_synced, data) for data in missing.values()]
+        temps: list[Path] = []
+        failure: BaseException | None = None
+        for future in written:
+            try:
+                temps.append(future.result())
+            except BaseException as exc:
+                failure = failure or exc
+        if failure is not None:
+            for tmp in temps:
+                tmp.unlink(missing_ok=True)
+            raise failure
+        shards = set()
+        for tmp, digest in zip(temps, missing, strict=True):
+            shards.add(self._rename_into_place(tmp, digest))
+        for done in [self._sync_pool.submit(_fsync_dir, shard) for shard in shards]:
+            done.result()
+
+    def _move_into_place(self, tmp: Path, digest: str) -> None:
+        """Rename a complete, fsynced temp file to the blob's path and make the rename durable;
+        when the blob is already there (same content), drop the temp file instead."""
+        if os.path.exists(self._file(digest)):
+            tmp.unlink()
+            return
+        _fsync_dir(self._rename_into_place(tmp, digest))
+
+    def _rename_into_place(self, tmp: Path, digest: str) -> str:
+        """Rename the temp file to the blob's path; its shard directory, to fsync."""
+        final = self._file(digest)
+        try:
+            os.replace(tmp, final)
+        except FileNotFoundError:
+            # A shard directory removed by hand since the start.
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            os.replace(tmp, final)
+        return os.path.dirname(final)
+
+    def _file(self, digest: str) -> str:
+        # Plain strings: pathlib's joins cost a small upload more than its system calls.
+        return os.path.join(self._root, "sha256", digest[:2], digest[2:])
+
+    def _write_synced(self, data: bytes) -> Path:
+        """A new temp file holding `data`, fsynced."""
+        tmp = self.tmp_dir / f"put-{os.getpid()}-{id(self):x}-{next(self._tmp_names)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        return tmp
 
     def put_bytes(self, data: bytes) -> BlobRef:
         with self.writer() as writer:

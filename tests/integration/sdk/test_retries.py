@@ -149,6 +149,7 @@ def test_the_retried_methods_are_unary_rpcs_that_change_nothing_or_set_a_given_s
         "CreateModel",
         "UploadVersion",
         "UploadVersionInline",
+        "UploadVersionBatch",
         "SubmitJob",
         "Deploy",
         "Rollback",

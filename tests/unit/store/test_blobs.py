@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tesserad.errors import DataLoss, InvalidArgument, ResourceExhausted
-from tesserad.store import BlobStore
+from tesserad.store import BlobStore, checked_digest
 
 
 def test_write_commit_read(tmp_path: Path) -> None:
@@ -88,4 +88,45 @@ def test_stale_uploads_are_cleared_on_open(tmp_path: Path) -> None:
     writer = blobs.writer()
     writer.write(b"left behind by a crash")
     assert BlobStore(tmp_path).tmp_dir.exists()
+    assert list(blobs.tmp_dir.iterdir()) == []
+
+
+def test_put_checked_stores_what_was_declared_once(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path)
+    data = b"small artifact"
+    digest = hashlib.sha256(data).hexdigest()
+    ref = blobs.put_checked(data, digest, len(data), max_size=1024, limit_name="limits.max_artifact_size")
+    assert (ref.sha256, ref.size) == (digest, len(data)) and blobs.read_bytes(digest) == data
+    assert blobs.put_checked(data, digest, len(data)) == ref
+    assert list(blobs.all()) == [digest] and list(blobs.tmp_dir.iterdir()) == []
+
+
+def test_put_checked_refuses_before_storing_anything(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path)
+    with pytest.raises(DataLoss, match="checksum mismatch"):
+        blobs.put_checked(b"abc", "0" * 64, 3)
+    with pytest.raises(DataLoss, match="declared 4"):
+        blobs.put_checked(b"abc", hashlib.sha256(b"abc").hexdigest(), 4)
+    with pytest.raises(ResourceExhausted, match=r"limits\.max_artifact_size"):
+        blobs.put_checked(b"abcd", max_size=3, limit_name="limits.max_artifact_size")
+    assert list(blobs.all()) == [] and list(blobs.tmp_dir.iterdir()) == []
+
+
+def test_put_checked_remakes_a_shard_directory_removed_by_hand(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path)
+    data = b"x"
+    digest = hashlib.sha256(data).hexdigest()
+    blobs.path(digest).parent.rmdir()
+    blobs.put_checked(data, digest, 1)
+    assert blobs.read_bytes(digest) == data
+
+
+def test_put_many_stores_every_blob_and_skips_those_already_there(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path)
+    datas = [f"blob {i}".encode() for i in range(40)]
+    digests = [checked_digest(d, hashlib.sha256(d).hexdigest(), len(d)) for d in datas]
+    blobs.put_checked(datas[0])
+    blobs.put_many(dict(zip(digests, datas, strict=True)))
+    assert sorted(blobs.all()) == sorted(digests)
+    assert all(blobs.read_bytes(d) == data for d, data in zip(digests, datas, strict=True))
     assert list(blobs.tmp_dir.iterdir()) == []

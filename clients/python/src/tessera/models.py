@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,23 @@ def _route_target(target: pb.Route | pb.Shadow, selector: VersionSelector) -> No
         target.alias = selector
     else:
         target.version = selector
+
+
+@dataclass(frozen=True)
+class VersionFile:
+    """One version of `client.models.push_batch`: what `push` takes for one file."""
+
+    name: str
+    path: str | Path
+    format: str | None = None
+    architecture: architecture_pb2.Architecture | Mapping[str, Any] | None = None
+    signature: common_pb2.Signature | Mapping[str, Any] | None = None
+    create: bool = True
+    alias: str | None = None
+    description: str = ""
+    params: Mapping[str, str] | None = None
+    metrics: Mapping[str, float] | None = None
+    tags: Mapping[str, str] | None = None
 
 
 class Models(Part[C]):
@@ -140,6 +158,44 @@ class Models(Part[C]):
             requests,
             timeout or self._conn.transfer_timeout,
             inline_method="UploadVersionInline",
+        )
+
+    @call
+    def push_batch(
+        self, versions: Sequence[VersionFile], *, timeout: float | None = None
+    ) -> Op[list[pb.ModelVersion]]:
+        """Register many small artifact files in one call (UploadVersionBatch), all or nothing:
+        the new versions in the order given, or the error of the first file the daemon
+        refuses ("items[i]: ..."), with none of them registered. At most 1000 files, all
+        together within the daemon's max_message_size; versions of one model are numbered in
+        the order given. Where thousands of small versions are registered, a call per hundred
+        or so costs the daemon a fraction of what `push` per file does."""
+        items = []
+        for version in versions:
+            path = Path(version.path)
+            data = path.read_bytes()
+            header = upload_header(
+                version.name,
+                path,
+                format=version.format,
+                architecture=version.architecture,
+                signature=version.signature,
+                create=version.create,
+                alias=version.alias,
+                description=version.description,
+                params=version.params,
+                metrics=version.metrics,
+                tags=version.tags,
+            )
+            # Declare the bytes sent, read once, even if the file changes meanwhile.
+            header.sha256, header.size_bytes = hashlib.sha256(data).hexdigest(), len(data)
+            items.append(pb.UploadVersionInlineRequest(header=header, artifact=data))
+        return Op(
+            S,
+            "UploadVersionBatch",
+            pb.UploadVersionBatchRequest(items=items),
+            lambda response: list(response.versions),
+            timeout or self._conn.transfer_timeout,
         )
 
     @call

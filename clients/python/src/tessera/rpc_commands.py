@@ -10,6 +10,7 @@ COMMAND_BY_RPC: dict[str, str] = {
     "CreateModel": "`tessera models push MODEL FILE`",
     "UploadVersion": "`tessera models push MODEL FILE`",
     "UploadVersionInline": "`tessera models push MODEL FILE`",
+    "UploadVersionBatch": "the Python SDK's client.models.push_batch()",
     "ListModels": "`tessera models ls`",
     "GetVersion": "`tessera models show MODEL`",
     "ListVersions": "`tessera models versions MODEL`",

@@ -807,6 +807,48 @@ class UploadVersionInlineRequest(_message.Message):
 Global___UploadVersionInlineRequest: _TypeAlias = UploadVersionInlineRequest  # noqa: Y015
 
 @_typing.final
+class UploadVersionBatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___UploadVersionInlineRequest]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___UploadVersionInlineRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadVersionBatchRequest: _TypeAlias = UploadVersionBatchRequest  # noqa: Y015
+
+@_typing.final
+class UploadVersionBatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelVersion]:
+        """The new versions, in the order of the request's items."""
+
+    def __init__(
+        self,
+        *,
+        versions: _abc.Iterable[Global___ModelVersion] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadVersionBatchResponse: _TypeAlias = UploadVersionBatchResponse  # noqa: Y015
+
+@_typing.final
 class DownloadVersionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

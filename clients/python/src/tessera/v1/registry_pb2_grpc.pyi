@@ -53,6 +53,15 @@ class RegistryStub:
     checks and errors; one call costs the daemon and the client less than a stream, which is
     what counts when many small versions are registered.
     """
+    UploadVersionBatch: _grpc.UnaryUnaryMultiCallable[_registry_pb2.UploadVersionBatchRequest, _registry_pb2.UploadVersionBatchResponse]
+    """Many small versions in one call (at most 1000 items, each an UploadVersionInline request;
+    all of them within max_message_size), all or nothing: every item gets the checks
+    UploadVersionInline gives it, and an item that fails fails the call with its error, the
+    message beginning "items[i]: ", and nothing is stored. Versions of one model are
+    numbered in the order of the items. Answered once every version and its blob are durable.
+    Where thousands of small versions are registered, one call per hundred or so costs the
+    daemon a fraction of what a call per version does.
+    """
     DownloadVersion: _grpc.UnaryStreamMultiCallable[_registry_pb2.DownloadVersionRequest, _registry_pb2.DownloadVersionResponse]
     """Streams the artifact: a header message, then chunks. Verify against header.version.sha256."""
     GetVersion: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetVersionRequest, _registry_pb2.ModelVersion]
@@ -120,6 +129,15 @@ class RegistryAsyncStub(RegistryStub):
     fits in the daemon's max_message_size (RESOURCE_EXHAUSTED naming it when not). The same
     checks and errors; one call costs the daemon and the client less than a stream, which is
     what counts when many small versions are registered.
+    """
+    UploadVersionBatch: _aio.UnaryUnaryMultiCallable[_registry_pb2.UploadVersionBatchRequest, _registry_pb2.UploadVersionBatchResponse]  # type: ignore[assignment]
+    """Many small versions in one call (at most 1000 items, each an UploadVersionInline request;
+    all of them within max_message_size), all or nothing: every item gets the checks
+    UploadVersionInline gives it, and an item that fails fails the call with its error, the
+    message beginning "items[i]: ", and nothing is stored. Versions of one model are
+    numbered in the order of the items. Answered once every version and its blob are durable.
+    Where thousands of small versions are registered, one call per hundred or so costs the
+    daemon a fraction of what a call per version does.
     """
     DownloadVersion: _aio.UnaryStreamMultiCallable[_registry_pb2.DownloadVersionRequest, _registry_pb2.DownloadVersionResponse]  # type: ignore[assignment]
     """Streams the artifact: a header message, then chunks. Verify against header.version.sha256."""
@@ -227,6 +245,21 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         fits in the daemon's max_message_size (RESOURCE_EXHAUSTED naming it when not). The same
         checks and errors; one call costs the daemon and the client less than a stream, which is
         what counts when many small versions are registered.
+        """
+
+    @_abc_1.abstractmethod
+    def UploadVersionBatch(
+        self,
+        request: _registry_pb2.UploadVersionBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.UploadVersionBatchResponse, _abc.Awaitable[_registry_pb2.UploadVersionBatchResponse]]:
+        """Many small versions in one call (at most 1000 items, each an UploadVersionInline request;
+        all of them within max_message_size), all or nothing: every item gets the checks
+        UploadVersionInline gives it, and an item that fails fails the call with its error, the
+        message beginning "items[i]: ", and nothing is stored. Versions of one model are
+        numbered in the order of the items. Answered once every version and its blob are durable.
+        Where thousands of small versions are registered, one call per hundred or so costs the
+        daemon a fraction of what a call per version does.
         """
 
     @_abc_1.abstractmethod
