@@ -726,8 +726,9 @@ class Jobs:
         event = {"epoch": info.epoch, "step": info.step, "reason": info.reason, "size_bytes": ref.size}
         job = self._append(job, "checkpoint", event, also)
         self._store.flush()
-        for sha256 in dropped:
-            self._blobs.delete(sha256)
+        # Only what nothing else holds: another job with the same spec and seed writes
+        # byte-identical checkpoints, which share one blob.
+        delete_unheld_blobs(self._store, self._blobs, dropped)
         return job
 
     def _succeed(self, job: JobRecord, done: DoneMessage) -> None:
