@@ -62,6 +62,12 @@ def delete_unheld_blobs(store: Store, blobs: BlobStore, candidates: set[str]) ->
                 blobs.delete(sha256)
 
 
+def drop_claimed_blobs(store: Store, blobs: BlobStore, claimed: set[str]) -> None:
+    """After a failed upload: end the put's claims on `claimed` and delete those nothing holds."""
+    blobs.release(*claimed)
+    delete_unheld_blobs(store, blobs, claimed)
+
+
 def collect_unheld_blobs(store: Store, blobs: BlobStore) -> list[str]:
     """At start, delete blobs no record holds: debris of a crash between a blob's rename and
     the commit that would have recorded it. Only safe while no upload is in flight."""

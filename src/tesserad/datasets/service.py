@@ -29,6 +29,7 @@ from tesserad.datasets.references import (
     DATASET_HOLDERS,
     dataset_holders,
     delete_unheld_blobs,
+    drop_claimed_blobs,
     hold_blob,
     hold_dataset,
     release_blob,
@@ -195,13 +196,16 @@ class Datasets:
     def register(self, spec: UploadSpec, blob: BlobRef, actor: str = "anonymous") -> DatasetVersionRecord:
         """Parse the stored file and record it as the dataset's next version (all or nothing).
 
-        On any failure the blob is deleted unless another version holds it.
+        On any failure the blob is deleted unless another version holds it; either way the
+        claim of the put that stored `blob` ends here (BlobStore's claims).
         """
         try:
-            return self._register(spec, blob, actor)
+            record = self._register(spec, blob, actor)
         except BaseException:
-            delete_unheld_blobs(self._store, self._blobs, {blob.sha256})
+            drop_claimed_blobs(self._store, self._blobs, {blob.sha256})
             raise
+        self._blobs.release(blob.sha256)
+        return record
 
     def _register(self, spec: UploadSpec, blob: BlobRef, actor: str) -> DatasetVersionRecord:
         self.upload_limit(replace(spec, size_bytes=0))

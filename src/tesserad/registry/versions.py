@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from tesserad.config import format_size
 from tesserad.datasets.references import (
     delete_unheld_blobs,
+    drop_claimed_blobs,
     fine_tuning_jobs,
     hold_blob,
     hold_dataset,
@@ -250,7 +251,8 @@ class Versions:
         architecture; a version without a signature takes the architecture's. onnx:
         onnx.checker and, when a signature is given, that it matches the graph; a version
         without one takes the graph's).
-        On any failure the blob is deleted unless something else holds it. With `alias`, the
+        On any failure the blob is deleted unless something else holds it; either way the
+        claim of the put that stored `blob` ends here (BlobStore's claims). With `alias`, the
         returned record's `alias_moved` says where the alias pointed before.
         """
         try:
@@ -279,7 +281,7 @@ class Versions:
             )
             committed = self._commit(record, {model}, {blob.sha256})
         except BaseException:
-            delete_unheld_blobs(self._store, self._blobs, {blob.sha256})
+            drop_claimed_blobs(self._store, self._blobs, {blob.sha256})
             raise
         return committed.result()
 
@@ -343,7 +345,7 @@ class Versions:
             )
             return self._commit(record, {model}, {blob.sha256})
         except BaseException:
-            delete_unheld_blobs(self._store, self._blobs, {blob.sha256})
+            drop_claimed_blobs(self._store, self._blobs, {blob.sha256})
             raise
 
     def start_uploads(self, items: Sequence[VersionUpload]) -> Future[list[VersionRecord]]:
@@ -418,7 +420,7 @@ class Versions:
 
             return self._commit(record_all, {item.model for item in items}, stored)
         except BaseException:
-            delete_unheld_blobs(self._store, self._blobs, stored)
+            drop_claimed_blobs(self._store, self._blobs, stored)
             raise
 
     def _prepare(
@@ -526,7 +528,7 @@ class Versions:
         """Queue `record` for the store's group commit (registrations in flight together share
         one commit and its fsync). The future resolves once the commit is durable and the
         listeners of `models` were told, or fails once `blobs`, unless something else holds
-        them, are removed again."""
+        them, are removed again. Either way the puts' claims on `blobs` end here."""
         settled: Future[T] = Future()
         # Running: a waiter that gives up cannot cancel it, so it always settles.
         settled.set_running_or_notify_cancel()
@@ -535,12 +537,13 @@ class Versions:
             # In the committing thread, before any waiter sees the outcome.
             error = committed.exception()
             if error is None:
+                self._blobs.release(*blobs)  # the versions hold them now
                 for model in sorted(models):
                     self._notify(model)
                 settled.set_result(committed.result())
                 return
             try:
-                delete_unheld_blobs(self._store, self._blobs, blobs)
+                drop_claimed_blobs(self._store, self._blobs, blobs)
             except Exception:
                 log.exception(
                     "removing the blobs of a failed registration failed", extra={"models": sorted(models)}

@@ -75,6 +75,8 @@ class BlobCache:
             for chunk in fetch():
                 writer.write(chunk)
             writer.commit(sha256, size)
+        # The cache's own pins keep the blob from eviction while it is open.
+        self._blobs.release(sha256)
 
     def _make_room(self, size: int) -> None:
         if size > self._max_bytes:

@@ -14,7 +14,9 @@ import itertools
 import os
 import re
 import tempfile
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -144,7 +146,14 @@ class BlobWriter:
 
 
 class BlobStore:
-    """The blob directory: `<root>/sha256/ab/cdef...` plus `<root>/tmp` for uploads in flight."""
+    """The blob directory: `<root>/sha256/ab/cdef...` plus `<root>/tmp` for uploads in flight.
+
+    Claims: a blob is content-addressed, so a new upload may find its bytes already in place,
+    held by a version that is being deleted at that moment. Every put therefore claims its
+    digest before it looks for the file, and `delete` leaves a claimed blob alone; the claim
+    lasts until the caller, having recorded a holder in the store (or given up), calls
+    `release`. A claim never released only keeps a blob until the next start.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -157,6 +166,8 @@ class BlobStore:
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self._tmp_names = itertools.count()
         self._sync_pool: ThreadPoolExecutor | None = None
+        self._claims: Counter[str] = Counter()
+        self._claims_lock = threading.Lock()
         # The data directory lock guarantees no other daemon is mid-upload: what is here is debris.
         for stale in self.tmp_dir.iterdir():
             stale.unlink(missing_ok=True)
@@ -189,7 +200,9 @@ class BlobStore:
         with the fsyncs of different files running in parallel and each shard directory
         fsynced once after all the renames: a batch of small blobs otherwise waits out its
         fsyncs one after the other. On a failure no temp file is left; blobs already moved
-        into place stay, like any blob, until nothing holds them."""
+        into place stay, like any blob, until nothing holds them. Every digest is claimed
+        first, and stays claimed for the caller to `release` even when this raises."""
+        self._claim(*blobs)
         missing = {d: data for d, data in blobs.items() if not os.path.exists(self._file(d))}
         if not missing:
             return
@@ -215,11 +228,33 @@ class BlobStore:
 
     def _move_into_place(self, tmp: Path, digest: str) -> None:
         """Rename a complete, fsynced temp file to the blob's path and make the rename durable;
-        when the blob is already there (same content), drop the temp file instead."""
-        if os.path.exists(self._file(digest)):
-            tmp.unlink()
-            return
-        _fsync_dir(self._rename_into_place(tmp, digest))
+        when the blob is already there (same content), drop the temp file instead. Claims the
+        digest for the caller first; on a failure here the claim ends with it."""
+        self._claim(digest)
+        try:
+            if os.path.exists(self._file(digest)):
+                tmp.unlink()
+                return
+            _fsync_dir(self._rename_into_place(tmp, digest))
+        except BaseException:
+            self.release(digest)
+            raise
+
+    def _claim(self, *digests: str) -> None:
+        with self._claims_lock:
+            self._claims.update(digests)
+
+    def release(self, *digests: str) -> None:
+        """End a put's claim on each digest: from now on `delete` may remove the blob."""
+        with self._claims_lock:
+            self._claims.subtract(digests)
+            for digest in digests:
+                if self._claims[digest] <= 0:
+                    self._claims.pop(digest, None)
+
+    def claimed(self, sha256: str) -> bool:
+        with self._claims_lock:
+            return self._claims[sha256] > 0
 
     def _rename_into_place(self, tmp: Path, digest: str) -> str:
         """Rename the temp file to the blob's path; its shard directory, to fsync."""
@@ -310,10 +345,15 @@ class BlobStore:
         yield self.path(sha256)
 
     def delete(self, sha256: str) -> bool:
-        try:
-            self.path(sha256).unlink()
-        except FileNotFoundError:
-            return False
+        """Remove the blob unless a put has claimed it; whether a file was removed."""
+        path = self.path(sha256)
+        with self._claims_lock:
+            if self._claims[sha256] > 0:
+                return False
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                return False
         return True
 
     def all(self) -> Iterator[str]:

@@ -724,8 +724,11 @@ class Jobs:
                 release_blob(txn, sha256, holder)
 
         event = {"epoch": info.epoch, "step": info.step, "reason": info.reason, "size_bytes": ref.size}
-        job = self._append(job, "checkpoint", event, also)
-        self._store.flush()
+        try:
+            job = self._append(job, "checkpoint", event, also)
+            self._store.flush()
+        finally:
+            self._blobs.release(ref.sha256)
         # Only what nothing else holds: another job with the same spec and seed writes
         # byte-identical checkpoints, which share one blob.
         delete_unheld_blobs(self._store, self._blobs, dropped)

@@ -130,3 +130,28 @@ def test_put_many_stores_every_blob_and_skips_those_already_there(tmp_path: Path
     assert sorted(blobs.all()) == sorted(digests)
     assert all(blobs.read_bytes(d) == data for d, data in zip(digests, datas, strict=True))
     assert list(blobs.tmp_dir.iterdir()) == []
+
+
+def test_a_put_claims_its_blob_until_released_and_delete_leaves_a_claimed_blob(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path)
+    ref = blobs.put_bytes(b"shared bytes")
+    # A second upload of the same bytes finds the file in place and claims it too.
+    assert blobs.put_checked(b"shared bytes").sha256 == ref.sha256
+    blobs.release(ref.sha256)
+    assert blobs.claimed(ref.sha256)
+    assert not blobs.delete(ref.sha256) and blobs.exists(ref.sha256)
+    blobs.release(ref.sha256)
+    assert not blobs.claimed(ref.sha256)
+    assert blobs.delete(ref.sha256) and not blobs.exists(ref.sha256)
+
+
+def test_put_many_claims_every_digest_even_those_already_in_place(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path)
+    first = blobs.put_bytes(b"one")
+    blobs.release(first.sha256)
+    second = hashlib.sha256(b"two").hexdigest()
+    blobs.put_many({first.sha256: b"one", second: b"two"})
+    assert blobs.claimed(first.sha256) and blobs.claimed(second)
+    assert not blobs.delete(first.sha256)
+    blobs.release(first.sha256, second, second)  # releasing more than was claimed is harmless
+    assert blobs.delete(first.sha256) and blobs.delete(second)
