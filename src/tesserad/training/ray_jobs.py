@@ -1,0 +1,280 @@
+"""Training jobs on a Ray cluster (training.backend = "ray").
+
+The same jobs as training.jobs (store, queue order, events, checkpoints, registration), but
+each attempt runs as a Ray actor (training.ray_worker) placed by Ray with the job's resources:
+one CPU, its GPUs, and any custom resources of spec.devices.ray_resources. The job stays
+QUEUED until Ray places the actor; it is RUNNING from then. What the actor yields (events,
+checkpoints, final weights) enters the daemon's event path as a local worker's pipe messages.
+
+Cancel asks the actor to stop at a step boundary and kills it after training.cancel_grace_s;
+an actor is killed whenever its job ends, so Ray frees its resources at once. A worker that
+dies (killed, its node lost) fails the job with Ray's reason, unless spec.max_restarts allows
+another attempt from the last checkpoint. When the daemon stops or dies, Ray ends its actors
+with its driver; the next daemon finds the jobs RUNNING in the store, marks them INTERRUPTED and
+resumes them from their last checkpoint, as for local jobs (it does not reattach).
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tesserad.errors import FailedPrecondition, InvalidArgument
+from tesserad.training.job_records import JobRecord
+from tesserad.training.jobs import Jobs, _Running
+from tesserad.training.ray_cluster import RayCluster
+from tesserad.training.ray_worker import DatasetFetch, Placement, RayPayload, TrainingActor
+from tesserad.training.scheduler import DeviceInventory
+from tesserad.training.spec import DeviceFacts
+from tesserad.training.worker import CheckpointMessage, DoneMessage, ErrorMessage, EventMessage
+
+log = logging.getLogger(__name__)
+
+_POLL_S = 0.25
+# Ray decides what fits; submit-time checks against the daemon's own slots do not apply.
+_UNBOUNDED = 1_000_000
+
+
+class _AdmitAll(DeviceInventory):
+    """Ray places the jobs: the scheduler hands every queued job to it at once, in queue order."""
+
+    def __init__(self) -> None:
+        super().__init__(0, 0)
+
+    def allocate(self, request: dict[str, Any]) -> builtins.list[str] | None:
+        return []
+
+    def release(self, devices: builtins.list[str]) -> None:
+        return None
+
+
+def ray_resources(devices: dict[str, Any]) -> dict[str, float]:
+    """The Ray resources one job's actor asks for."""
+    request = {"CPU": 1.0}
+    if devices["kind"] == "cuda":
+        request["GPU"] = float(devices["count"])
+    request.update(devices.get("ray_resources", {}))
+    return request
+
+
+class RayJobs(Jobs):
+    def __init__(
+        self, *args: Any, cluster: RayCluster, daemon_target: Callable[[], str], **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._cluster = cluster
+        self._daemon_target = daemon_target
+        self._inventory = _AdmitAll()
+        self._device_facts = DeviceFacts(_UNBOUNDED, _UNBOUNDED)
+        self._ray_threads = self._settings.threads_per_slot or 1
+        # Restarts after a worker died, per job, in this daemon's life.
+        self._restarts: dict[str, int] = {}
+        self._actor_class: Any = None
+
+    def start(self) -> None:
+        self._cluster.start()
+        super().start()
+
+    def close(self) -> None:
+        super().close()
+        self._cluster.close()
+
+    def check(self, raw_spec: dict[str, Any]) -> dict[str, Any]:
+        self._cluster.require()
+        config = super().check(raw_spec)
+        devices = config["devices"]
+        if devices["kind"] == "cuda" and devices["indices"]:
+            raise InvalidArgument(
+                "spec.devices.cuda: on Ray (training.backend = ray) Ray picks the GPUs; ask for gpu_count"
+            )
+        if devices["count"] > 1:
+            raise FailedPrecondition(
+                "spec.devices: jobs of several processes (DDP) do not run on Ray yet; ask for one "
+                "process, or use training.backend = local"
+            )
+        self._cluster.check_feasible(ray_resources(devices))
+        return config
+
+    # -- running one job
+
+    def _supervise(self, job_id: str, devices: builtins.list[str]) -> None:
+        with self._lock:
+            job = self._active[job_id]
+            running = _Running([], [])
+            self._running[job_id] = running
+            if self._closing:
+                running.stopping_for_shutdown = True
+            elif job_id in self._cancel_pending:
+                self._cancel_pending.discard(job_id)
+                self._request_stop(running)
+        try:
+            self._run_on_ray(job, running)
+        except Exception as exc:
+            log.exception("a Ray job failed", extra={"job_id": job_id})
+            self._fail(self.get(job_id), "exception", f"the job could not run on Ray: {exc}")
+        finally:
+            with self._lock:
+                self._running.pop(job_id, None)
+                self._wake.notify_all()
+
+    def _actor(self, job: JobRecord) -> Any:
+        import ray
+
+        if self._actor_class is None:
+            self._actor_class = ray.remote(TrainingActor)
+        request = ray_resources(job.config["devices"])
+        return self._actor_class.options(
+            num_cpus=request.pop("CPU"),
+            num_gpus=request.pop("GPU", 0.0),
+            resources=request,
+            max_concurrency=2,
+            name=f"tessera-{job.job_id}",
+        ).remote()
+
+    def _run_on_ray(self, job: JobRecord, running: _Running) -> None:
+        import ray
+        from ray.exceptions import RayError
+
+        while not self._cluster.wait_connected(_POLL_S):
+            if running.stopping_for_shutdown:
+                return
+            if running.cancel_deadline is not None:
+                self._finish(job, "cancelled", "cancelled before it started")
+                return
+        actor = self._actor(job)
+        try:
+            placed = actor.placement.remote()
+            while not ray.wait([placed], timeout=_POLL_S)[0]:
+                if running.stopping_for_shutdown:
+                    return
+                if running.cancel_deadline is not None:
+                    self._finish(job, "cancelled", "cancelled before Ray placed it")
+                    return
+            try:
+                placement: Placement = ray.get(placed)
+            except RayError as exc:
+                self._worker_died(job, _first_line(exc))
+                return
+            self._attempt(job, running, actor, placement)
+        finally:
+            # Frees the actor's resources now, whatever happened.
+            ray.kill(actor)
+
+    def _attempt(self, job: JobRecord, running: _Running, actor: Any, placement: Placement) -> None:
+        import ray
+        from ray.exceptions import RayError
+
+        config = job.config
+        data = self._datasets.worker_data(config["data"])
+        job, checkpoint, start, initial = self._begin_attempt(job, [f"ray:{placement.node_id}"])
+        job = self._append(job, "log", {"level": "info", "message": f"placed on {placement.describe()}"})
+        source = data.source
+        payload = RayPayload(
+            job_id=job.job_id,
+            config=config,
+            dataset=DatasetFetch(
+                target=self._daemon_target(),
+                name=config["data"]["dataset"],
+                version=config["data"]["version"],
+                sha256=config["dataset_sha256"],
+                format=source.format,
+                array_name=source.array_name,
+                input_array=source.input_array,
+                target_array=source.target_array,
+            ),
+            train_indices=data.train_indices,
+            val_indices=data.val_indices,
+            threads=self._ray_threads,
+            weights_only=checkpoint is None,
+            resource_interval_s=self._settings.resource_interval_s,
+            compile=self._settings.compile,
+            max_workspace=self._nn_max_workspace,
+        )
+        stream = actor.run.remote(payload, start, initial)
+        done: DoneMessage | None = None
+        error: ErrorMessage | None = None
+        died: str | None = None
+        killed = False
+        cancel_sent = False
+        try:
+            while not (running.stopping_for_shutdown or killed):
+                if ray.wait([stream], timeout=_POLL_S)[0]:
+                    try:
+                        message = ray.get(next(stream))
+                    except StopIteration:
+                        break
+                    if isinstance(message, EventMessage):
+                        job = self._on_event(job, message)
+                    elif isinstance(message, CheckpointMessage):
+                        job = self._on_checkpoint(job, message)
+                    elif isinstance(message, DoneMessage):
+                        done = message
+                    elif isinstance(message, ErrorMessage) and error is None:
+                        error = message
+                if running.cancel_deadline is not None:
+                    if not cancel_sent:
+                        actor.cancel.remote()
+                        cancel_sent = True
+                    if time.monotonic() > running.cancel_deadline:
+                        ray.kill(actor)
+                        killed = True
+        except RayError as exc:
+            died = _first_line(exc)
+        if running.stopping_for_shutdown:
+            self._set_state(
+                job,
+                "interrupted",
+                "tesserad is shutting down; the job resumes when it starts again",
+                ends=True,
+                also=self._run_status(job, "interrupted"),
+            )
+        elif error is not None:
+            self._fail(job, error.kind, error.message)
+        elif done is not None and done.status == "succeeded":
+            self._succeed(job, done)
+        elif done is not None or running.cancel_deadline is not None:
+            self._finish(
+                job,
+                "cancelled",
+                "cancelled at a step boundary"
+                if done is not None
+                else "cancelled: the worker did not stop within "
+                f"training.cancel_grace_s ({self._settings.cancel_grace_s:g} s) and was killed",
+            )
+        else:
+            self._worker_died(job, died or "it ended without reporting a result")
+
+    def _worker_died(self, job: JobRecord, why: str) -> None:
+        """Fail the job with Ray's reason, or queue it again per spec.max_restarts."""
+        restarts = self._restarts.get(job.job_id, 0)
+        allowed = job.config.get("max_restarts", 0)
+        message = f"the Ray worker died: {why}"
+        if restarts >= allowed:
+            self._restarts.pop(job.job_id, None)
+            self._fail(job, "crash", message + (f" (after {restarts} restarts)" if restarts else ""))
+            return
+        self._restarts[job.job_id] = restarts + 1
+        checkpoint = self._resume_checkpoint(job)
+        where = (
+            f"from the epoch {checkpoint.epoch} checkpoint"
+            if checkpoint
+            else "from the start (no checkpoint yet)"
+        )
+        job = self._append(job, "log", {"level": "warning", "message": message})
+        job = self._set_state(
+            job,
+            "queued",
+            f"{message}; restarting {where} (restart {restarts + 1} of spec.max_restarts {allowed})",
+            also=self._run_status(job, "running"),
+        )
+        with self._lock:
+            self._queue[job.job_id] = self._queued(job)
+            self._wake.notify_all()
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,289 @@
+"""training.backend = "ray" on a real two-node Ray cluster, started here as separate processes.
+
+Node a (the head) has the custom resource node_a, node b node_b, one CPU each: a job that asks
+for node_b must run on the second node, and a second such job can start only once the first
+has freed it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from tessera.v1 import datasets_pb2, datasets_pb2_grpc, job_spec_pb2, training_pb2, training_pb2_grpc
+from tests.conftest import InProcessDaemon, daemon_settings
+from tests.integration.training.conftest import follow, job_spec, of_kind, states, upload_standard_datasets
+
+pytest.importorskip("ray", reason="training.backend = ray needs the tesserad[ray] extra: ray is not installed")
+
+S = training_pb2
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class RayNodes:
+    address: str
+    groups: list[int]  # process groups of the `ray start`s: every Ray process of the cluster
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _ray_start(args: list[str], temp: Path) -> int:
+    ray = str(Path(sys.executable).parent / "ray")
+    # Its own session: the Ray processes it leaves behind share its process group, the fixture's
+    # handle to stop exactly this cluster (`ray stop` would stop every Ray on the machine).
+    process = subprocess.Popen(
+        [ray, "start", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": str(temp)},
+    )
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output
+    return process.pid
+
+
+@pytest.fixture(scope="module")
+def ray_nodes() -> Iterator[RayNodes]:
+    # Short: Ray's socket paths under it must fit in 107 bytes.
+    temp = Path(tempfile.mkdtemp(prefix="tray"))
+    port = _free_port()
+    groups: list[int] = []
+    try:
+        groups.append(
+            _ray_start(
+                [
+                    "--head",
+                    f"--port={port}",
+                    "--resources",
+                    json.dumps({"node_a": 1}),
+                    "--include-dashboard=false",
+                    f"--temp-dir={temp}",
+                ],
+                temp,
+            )
+        )
+        address = f"127.0.0.1:{port}"
+        groups.append(_ray_start([f"--address={address}", "--resources", json.dumps({"node_b": 1})], temp))
+        yield RayNodes(address, groups)
+    finally:
+        for group in groups:
+            _stop_group(group)
+
+
+def _stop_group(group: int) -> None:
+    for sig, wait_s in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(group, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(group, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+
+
+RAY_SETTINGS = {
+    "training.backend": "ray",
+    "training.threads_per_slot": 1,
+    "training.cancel_grace_s": 5,
+    "training.resource_interval_s": 0.2,
+}
+
+
+@pytest.fixture(scope="module")
+def ray_daemon(ray_nodes: RayNodes, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessDaemon]:
+    settings = daemon_settings(
+        tmp_path_factory.mktemp("ray") / "data", **RAY_SETTINGS, **{"training.ray_address": ray_nodes.address}
+    )
+    running = InProcessDaemon(settings).start()
+    upload_standard_datasets(running.channel())
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def training(ray_daemon: InProcessDaemon) -> training_pb2_grpc.TrainingStub:
+    return training_pb2_grpc.TrainingStub(ray_daemon.channel())
+
+
+def submit(training: training_pb2_grpc.TrainingStub, spec: job_spec_pb2.JobSpec) -> training_pb2.Job:
+    """SubmitJob, waiting out the daemon's first connection to the cluster (UNAVAILABLE until then)."""
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            return training.SubmitJob(S.SubmitJobRequest(spec=spec))
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def on_node(node: str, **fields: Any) -> job_spec_pb2.JobSpec:
+    spec = job_spec("mlp", **fields)
+    spec.devices.ray_resources[node] = 1
+    return spec
+
+
+def placed(events: list[training_pb2.JobEvent]) -> list[str]:
+    return [e.message for e in of_kind(events, "log") if e.message.startswith("placed on Ray node")]
+
+
+def pid_of(message: str) -> int:
+    match = re.search(r"pid (\d+)", message)
+    assert match, message
+    return int(match.group(1))
+
+
+def watch_until(
+    training: training_pb2_grpc.TrainingStub, job_id: str, stop: Any
+) -> list[training_pb2.JobEvent]:
+    """Events of the job until `stop(event)` is true for one."""
+    seen = []
+    for event in training.WatchJob(S.WatchJobRequest(job_id=job_id), timeout=120):
+        seen.append(event)
+        if stop(event):
+            return seen
+    raise AssertionError(f"the job ended first: {seen}")
+
+
+def test_a_job_asking_for_node_b_runs_there_and_registers_its_weights(
+    training: training_pb2_grpc.TrainingStub,
+) -> None:
+    spec = on_node("node_b", register_as=job_spec_pb2.RegisterAs(model="ray-mlp"))
+    job = submit(training, spec)
+    events = follow(training, job.job_id)
+    assert states(events) == [S.JOB_STATE_QUEUED, S.JOB_STATE_RUNNING, S.JOB_STATE_SUCCEEDED], events
+    (where,) = placed(events)
+    assert "node_b 1" in where and "node_a" not in where
+    # WatchJob replays the same events after the job ended.
+    assert follow(training, job.job_id) == events
+    final = training.GetJob(S.GetJobRequest(job_id=job.job_id))
+    assert final.epoch == 2 and final.registered.model == "ray-mlp"
+    assert [e.epoch for e in of_kind(events, "epoch")] == [1, 2]
+    history = training.GetMetricHistory(S.GetMetricHistoryRequest(run_id=final.run_id, key="loss"))
+    assert [p.step for p in history.points] == [s.step for s in of_kind(events, "step")]
+
+
+def test_unsatisfiable_resources_are_refused_at_submit_naming_the_resource(
+    training: training_pb2_grpc.TrainingStub,
+) -> None:
+    before = [j.job_id for j in training.ListJobs(S.ListJobsRequest()).jobs]
+    with pytest.raises(grpc.RpcError) as custom:
+        submit(training, on_node("tpu_pod"))
+    assert custom.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "spec.devices.ray_resources" in custom.value.details() and "tpu_pod 1" in custom.value.details()
+    with pytest.raises(grpc.RpcError) as gpus:
+        submit(training, job_spec("mlp", devices=job_spec_pb2.DeviceRequest(gpu_count=1)))
+    assert gpus.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "spec.devices.gpu_count" in gpus.value.details() and "GPU 1" in gpus.value.details()
+    # Each resource exists, but not on one node.
+    both = on_node("node_a")
+    both.devices.ray_resources["node_b"] = 1
+    with pytest.raises(grpc.RpcError) as apart:
+        submit(training, both)
+    assert apart.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "no node of the Ray cluster" in apart.value.details()
+    assert [j.job_id for j in training.ListJobs(S.ListJobsRequest()).jobs] == before
+
+
+def test_cancel_stops_the_actor_and_frees_its_resources(training: training_pb2_grpc.TrainingStub) -> None:
+    long = submit(training, on_node("node_b", epochs=100_000))
+    watch_until(training, long.job_id, lambda e: e.WhichOneof("event") == "step")
+    # node_b has one unit: this job waits until the first one frees it.
+    after = submit(training, on_node("node_b"))
+    assert training.GetJob(S.GetJobRequest(job_id=after.job_id)).state == S.JOB_STATE_QUEUED
+    training.CancelJob(S.CancelJobRequest(job_id=long.job_id))
+    cancelled = follow(training, long.job_id)
+    assert states(cancelled)[-1] == S.JOB_STATE_CANCELLED
+    assert states(follow(training, after.job_id))[-1] == S.JOB_STATE_SUCCEEDED
+
+
+def test_a_killed_worker_restarts_from_its_checkpoint_per_max_restarts(
+    training: training_pb2_grpc.TrainingStub,
+) -> None:
+    spec = on_node(
+        "node_b",
+        epochs=400,
+        max_restarts=1,
+        checkpoints=job_spec_pb2.CheckpointPolicy(every_n_epochs=2, keep_last=1),
+    )
+    job = submit(training, spec)
+    seen = watch_until(
+        training, job.job_id, lambda e: e.WhichOneof("event") == "checkpoint" and e.checkpoint.epoch >= 4
+    )
+    os.kill(pid_of(placed(seen)[0]), signal.SIGKILL)
+    events = follow(training, job.job_id)
+    assert states(events) == [
+        S.JOB_STATE_QUEUED,
+        S.JOB_STATE_RUNNING,
+        S.JOB_STATE_QUEUED,
+        S.JOB_STATE_RUNNING,
+        S.JOB_STATE_SUCCEEDED,
+    ]
+    requeued, resumed = [s.reason for s in of_kind(events, "state")][2:4]
+    checkpoint = max(c.epoch for c in of_kind([e for e in events if e.attempt == 1], "checkpoint"))
+    assert requeued.startswith("the Ray worker died") and "restart 1 of spec.max_restarts 1" in requeued
+    assert f"resumed from the epoch {checkpoint} checkpoint (attempt 2)" in resumed
+    final = training.GetJob(S.GetJobRequest(job_id=job.job_id))
+    assert final.attempt == 2 and final.epoch == 400
+
+
+def test_a_killed_worker_fails_the_job_without_restarts(training: training_pb2_grpc.TrainingStub) -> None:
+    job = submit(training, on_node("node_b", epochs=100_000))
+    seen = watch_until(training, job.job_id, lambda e: e.WhichOneof("event") == "step")
+    os.kill(pid_of(placed(seen)[0]), signal.SIGKILL)
+    events = follow(training, job.job_id)
+    assert states(events)[-1] == S.JOB_STATE_FAILED
+    final = training.GetJob(S.GetJobRequest(job_id=job.job_id))
+    assert final.error.kind == "crash" and final.error.message.startswith("the Ray worker died")
+
+
+def test_an_unreachable_cluster_makes_training_unavailable_and_nothing_else(tmp_path: Path) -> None:
+    address = f"127.0.0.1:{_free_port()}"
+    daemon = InProcessDaemon(
+        daemon_settings(tmp_path / "data", **RAY_SETTINGS, **{"training.ray_address": address})
+    ).start()
+    try:
+        channel = daemon.channel()
+        training = training_pb2_grpc.TrainingStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            training.SubmitJob(S.SubmitJobRequest(spec=job_spec("mlp")))
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert address in refused.value.details() and "training.ray_address" in refused.value.details()
+        # The cause, once the first attempt to connect has failed.
+        deadline = time.monotonic() + 30
+        while "still connecting" in refused.value.details() and time.monotonic() < deadline:
+            time.sleep(0.2)
+            with pytest.raises(grpc.RpcError) as refused:
+                training.SubmitJob(S.SubmitJobRequest(spec=job_spec("mlp")))
+        assert "refused" in refused.value.details().lower()
+        upload_standard_datasets(channel)
+        names = datasets_pb2_grpc.DatasetsStub(channel).ListDatasets(datasets_pb2.ListDatasetsRequest())
+        assert {d.name for d in names.datasets} >= {"flat"}
+        assert training.ListJobs(S.ListJobsRequest()).jobs == []
+    finally:
+        daemon.stop()
