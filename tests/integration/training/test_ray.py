@@ -28,7 +28,9 @@ from tessera.v1 import datasets_pb2, datasets_pb2_grpc, job_spec_pb2, training_p
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.training.conftest import follow, job_spec, of_kind, states, upload_standard_datasets
 
-pytest.importorskip("ray", reason="training.backend = ray needs the tesserad[ray] extra: ray is not installed")
+pytest.importorskip(
+    "ray", reason="training.backend = ray needs the tesserad[ray] extra: ray is not installed"
+)
 
 S = training_pb2
 pytestmark = pytest.mark.slow
@@ -258,8 +260,9 @@ def test_a_killed_worker_fails_the_job_without_restarts(training: training_pb2_g
     os.kill(pid_of(placed(seen)[0]), signal.SIGKILL)
     events = follow(training, job.job_id)
     assert states(events)[-1] == S.JOB_STATE_FAILED
-    final = training.GetJob(S.GetJobRequest(job_id=job.job_id))
-    assert final.error.kind == "crash" and final.error.message.startswith("the Ray worker died")
+    (error,) = of_kind(events, "error")
+    assert error.kind == "crash" and error.message.startswith("the Ray worker died")
+    assert "the actor died" in error.message.lower()
 
 
 def test_an_unreachable_cluster_makes_training_unavailable_and_nothing_else(tmp_path: Path) -> None:
@@ -287,3 +290,53 @@ def test_an_unreachable_cluster_makes_training_unavailable_and_nothing_else(tmp_
         assert training.ListJobs(S.ListJobsRequest()).jobs == []
     finally:
         daemon.stop()
+
+
+def test_a_sigkilled_daemon_resumes_its_ray_job_from_the_last_checkpoint(
+    ray_nodes: RayNodes, spawn_daemon: Any, tmp_path: Path
+) -> None:
+    """Ray ends a driver's actors with it: the next daemon marks the job INTERRUPTED and resumes it."""
+    env = {
+        "TESSERA_TRAINING_BACKEND": "ray",
+        "TESSERA_TRAINING_RAY_ADDRESS": ray_nodes.address,
+        "TESSERA_TRAINING_THREADS_PER_SLOT": "1",
+    }
+    args = ("--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(tmp_path))
+    daemon = spawn_daemon(*args, env=env)
+    channel = grpc.insecure_channel(daemon.wait_serving())
+    upload_standard_datasets(channel)
+    training = training_pb2_grpc.TrainingStub(channel)
+    spec = on_node(
+        "node_b", epochs=400, checkpoints=job_spec_pb2.CheckpointPolicy(every_n_epochs=2, keep_last=1)
+    )
+    job = submit(training, spec)
+    seen = watch_until(
+        training, job.job_id, lambda e: e.WhichOneof("event") == "checkpoint" and e.checkpoint.epoch >= 4
+    )
+    daemon.process.kill()
+    daemon.process.wait(10)
+    channel.close()
+
+    restarted = spawn_daemon(*args, env=env)
+    channel = grpc.insecure_channel(restarted.wait_serving())
+    training = training_pb2_grpc.TrainingStub(channel)
+    events = follow(training, job.job_id)
+    assert events[: len(seen)] == seen
+    assert states(events) == [
+        S.JOB_STATE_QUEUED,
+        S.JOB_STATE_RUNNING,
+        S.JOB_STATE_INTERRUPTED,
+        S.JOB_STATE_QUEUED,
+        S.JOB_STATE_RUNNING,
+        S.JOB_STATE_SUCCEEDED,
+    ]
+    checkpoint = max(c.epoch for c in of_kind([e for e in events if e.attempt == 1], "checkpoint"))
+    resumed = [s.reason for s in of_kind(events, "state")][4]
+    assert f"resumed from the epoch {checkpoint} checkpoint (attempt 2)" in resumed
+    assert len(placed(events)) == 2
+    final = training.GetJob(S.GetJobRequest(job_id=job.job_id))
+    assert final.epoch == 400 and final.attempt == 2
+    # The metric history holds each step once: the first attempt's up to the checkpoint, then the second's.
+    history = training.GetMetricHistory(S.GetMetricHistoryRequest(run_id=final.run_id, key="loss"))
+    assert [p.step for p in history.points] == list(range(1, final.step + 1))
+    channel.close()
