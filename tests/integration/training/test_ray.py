@@ -26,7 +26,15 @@ import pytest
 
 from tessera.v1 import datasets_pb2, datasets_pb2_grpc, job_spec_pb2, training_pb2, training_pb2_grpc
 from tests.conftest import InProcessDaemon, daemon_settings
-from tests.integration.training.conftest import follow, job_spec, of_kind, states, upload_standard_datasets
+from tests.integration.training.conftest import (
+    follow,
+    job_spec,
+    of_kind,
+    states,
+    sweep_values,
+    upload_standard_datasets,
+    wait_sweep,
+)
 
 pytest.importorskip(
     "ray", reason="training.backend = ray needs the tesserad[ray] extra: ray is not installed"
@@ -340,3 +348,26 @@ def test_a_sigkilled_daemon_resumes_its_ray_job_from_the_last_checkpoint(
     history = training.GetMetricHistory(S.GetMetricHistoryRequest(run_id=final.run_id, key="loss"))
     assert [p.step for p in history.points] == list(range(1, final.step + 1))
     channel.close()
+
+
+def test_a_sweep_runs_its_trials_on_both_nodes_at_most_max_concurrent_at_a_time(
+    training: training_pb2_grpc.TrainingStub,
+) -> None:
+    spec = S.SweepSpec(
+        base=job_spec("mlp", epochs=2),
+        strategy=S.SWEEP_STRATEGY_GRID,
+        parameters=[
+            sweep_values("optimizer.lr", "0.001", "0.01", "0.05"),
+            sweep_values("architecture.mlp.activation", "relu", "tanh"),
+        ],
+        max_concurrent=2,
+        metric="val_loss",
+    )
+    submitted = training.SubmitSweep(S.SubmitSweepRequest(spec=spec))
+    assert sum(1 for t in submitted.trials if t.job_id) == 2  # the others wait their turn
+    sweep = wait_sweep(training, submitted.sweep_id, timeout_s=300)
+    assert sweep.state == S.SWEEP_STATE_SUCCEEDED and len(sweep.trials) == 6
+    assert all(t.state == S.JOB_STATE_SUCCEEDED and t.has_metric for t in sweep.trials)
+    # One CPU a node: two trials at once run on two nodes.
+    nodes = {re.findall(r"node_[ab]", placed(follow(training, t.job_id))[0])[0] for t in sweep.trials}
+    assert nodes == {"node_a", "node_b"}
