@@ -317,6 +317,12 @@ class TrainingSettings:
         "the gRPC target Ray workers reach this daemon at, to fetch datasets (default: the listen "
         "address, which must then be reachable from every Ray node)",
     )
+    ray_worker_token_file: Path | None = setting(
+        None,
+        parse_optional_path,
+        "file holding the token (reader role) Ray workers present to fetch datasets when "
+        "security.tokens_file is set; it travels to them with each job",
+    )
 
 
 @dataclass(frozen=True)

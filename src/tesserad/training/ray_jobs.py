@@ -100,6 +100,10 @@ class RayJobs(Jobs):
 
     # -- running one job
 
+    def _worker_token(self) -> str:
+        path = self._settings.ray_worker_token_file
+        return path.read_text().strip() if path is not None else ""
+
     def _supervise(self, job_id: str, devices: builtins.list[str]) -> None:
         with self._lock:
             job = self._active[job_id]
@@ -177,6 +181,7 @@ class RayJobs(Jobs):
             config=config,
             dataset=DatasetFetch(
                 target=self._daemon_target(),
+                token=self._worker_token(),
                 name=config["data"]["dataset"],
                 version=config["data"]["version"],
                 sha256=config["dataset_sha256"],

@@ -33,6 +33,7 @@ class DatasetFetch:
     """Where the worker gets the job's dataset: the daemon's gRPC target and the version's content."""
 
     target: str
+    token: str  # presented as a bearer token; "" when the daemon asks for none
     name: str
     version: int
     sha256: str
@@ -132,7 +133,9 @@ class TrainingActor:
             from tesserad.training.ray_worker_client import cached_dataset
 
             fetch = payload.dataset
-            path = cached_dataset(fetch.target, fetch.name, fetch.version, fetch.sha256, fetch.format)
+            path = cached_dataset(
+                fetch.target, fetch.token, fetch.name, fetch.version, fetch.sha256, fetch.format
+            )
             worker_payload = WorkerPayload(
                 job_id=payload.job_id,
                 config=payload.config,

@@ -27,7 +27,7 @@ class DatasetFetchError(Exception):
     """The dataset could not be fetched from the daemon, or its bytes were not the ones expected."""
 
 
-def cached_dataset(target: str, name: str, version: int, sha256: str, suffix: str) -> Path:
+def cached_dataset(target: str, token: str, name: str, version: int, sha256: str, suffix: str) -> Path:
     """The path of the dataset's file on this node, fetched from the daemon at `target` first
     unless a job before this one already did."""
     path = CACHE_DIR / f"{sha256}.{suffix}"
@@ -49,7 +49,8 @@ def cached_dataset(target: str, name: str, version: int, sha256: str, suffix: st
                 ref=common_pb2.DatasetRef(name=name, version=version), chunk_size=_CHUNK_SIZE
             )
             try:
-                for part in stub.DownloadDataset(request, timeout=600):
+                metadata = (("authorization", f"Bearer {token}"),) if token else None
+                for part in stub.DownloadDataset(request, timeout=600, metadata=metadata):
                     if part.WhichOneof("part") == "chunk":
                         digest.update(part.chunk)
                         out.write(part.chunk)

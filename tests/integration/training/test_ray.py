@@ -22,9 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 
 from tessera.v1 import datasets_pb2, datasets_pb2_grpc, job_spec_pb2, training_pb2, training_pb2_grpc
+from tesserad.security.tokens import Role, format_entry, hash_token, new_token
+from tesserad.training.ray_worker_client import CACHE_DIR
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.training.conftest import (
     follow,
@@ -32,6 +35,7 @@ from tests.integration.training.conftest import (
     of_kind,
     states,
     sweep_values,
+    upload_dataset,
     upload_standard_datasets,
     wait_sweep,
 )
@@ -371,3 +375,58 @@ def test_a_sweep_runs_its_trials_on_both_nodes_at_most_max_concurrent_at_a_time(
     # One CPU a node: two trials at once run on two nodes.
     nodes = {re.findall(r"node_[ab]", placed(follow(training, t.job_id))[0])[0] for t in sweep.trials}
     assert nodes == {"node_a", "node_b"}
+
+
+class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientInterceptor):
+    def __init__(self, token: str) -> None:
+        self._metadata = [("authorization", f"Bearer {token}")]
+
+    def _with_token(self, details: Any) -> Any:
+        return details._replace(metadata=[*(details.metadata or []), *self._metadata])
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._with_token(details), requests)
+
+
+def test_workers_present_training_ray_worker_token_file_when_tokens_are_required(
+    ray_nodes: RayNodes, spawn_daemon: Any, tmp_path: Path
+) -> None:
+    clear = {role: new_token() for role in Role}
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text("".join(format_entry(f"{r.label}-holder", r, hash_token(t)) for r, t in clear.items()))
+    worker_token = tmp_path / "worker-token"
+    worker_token.write_text(clear[Role.READER] + "\n")
+    env = {
+        "TESSERA_TRAINING_BACKEND": "ray",
+        "TESSERA_TRAINING_RAY_ADDRESS": ray_nodes.address,
+        "TESSERA_TRAINING_THREADS_PER_SLOT": "1",
+        "TESSERA_SECURITY_TOKENS_FILE": str(tokens),
+        "TESSERA_TRAINING_RAY_WORKER_TOKEN_FILE": str(worker_token),
+    }
+    daemon = spawn_daemon(
+        "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(tmp_path / "data"), env=env
+    )
+    channel = grpc.intercept_channel(
+        grpc.insecure_channel(daemon.wait_serving()), _Bearer(clear[Role.TRAINER])
+    )
+    # Content no run before has fetched: not on any node's cache, so the worker must fetch it.
+    x = np.random.default_rng().normal(size=(48, 6)).astype(np.float32)
+    fresh = upload_dataset(channel, "fresh", {"x": x, "y": (x[:, 0] > 0).astype(np.int64)})
+    assert not (CACHE_DIR / f"{fresh.sha256}.npz").exists()
+    training = training_pb2_grpc.TrainingStub(channel)
+    spec = job_spec("mlp")
+    spec.data.dataset.name = "fresh"
+    spec.data.val_split = ""
+    job = submit(training, spec)
+    deadline = time.monotonic() + 120
+    while (state := training.GetJob(S.GetJobRequest(job_id=job.job_id))).state not in (
+        S.JOB_STATE_SUCCEEDED,
+        S.JOB_STATE_FAILED,
+    ):
+        assert time.monotonic() < deadline, state
+        time.sleep(0.3)
+    assert state.state == S.JOB_STATE_SUCCEEDED, state.error
+    assert (CACHE_DIR / f"{fresh.sha256}.npz").exists()
