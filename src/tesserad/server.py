@@ -187,7 +187,7 @@ class Daemon:
             await self._close_resources()
             raise
 
-    def _jobs(self, *args: Any, **kwargs: Any) -> Jobs:
+    def _jobs(self, system: SystemService, *args: Any, **kwargs: Any) -> Jobs:
         """The training jobs of training.backend: local worker processes, or a Ray cluster's actors."""
         training = self.settings.training
         if training.backend == "local":
@@ -195,9 +195,11 @@ class Daemon:
         from tesserad.training.ray_cluster import RayCluster
         from tesserad.training.ray_jobs import RayJobs
 
+        cluster = RayCluster(training.ray_address)
+        system.report_cluster(cluster)
         return RayJobs(
             *args,
-            cluster=RayCluster(training.ray_address),
+            cluster=cluster,
             daemon_target=lambda: training.ray_daemon_target or self.address,
             **kwargs,
         )
@@ -271,6 +273,7 @@ class Daemon:
         tracking = Tracking(self._store)
         await asyncio.to_thread(tracking.build_missing_buckets)
         self.training = self._jobs(
+            system,
             self._store,
             blobs,
             events,

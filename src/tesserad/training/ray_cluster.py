@@ -33,6 +33,15 @@ class RayNode:
     total: dict[str, float]
 
 
+@dataclass(frozen=True)
+class ClusterStatus:
+    address: str
+    connected: bool
+    error: str  # why it is not connected; "" when it is
+    nodes: list[RayNode]
+    available: dict[str, float]  # free now, summed over the nodes
+
+
 class RayCluster:
     def __init__(self, address: str) -> None:
         self.address = address
@@ -81,6 +90,12 @@ class RayCluster:
         import ray
 
         return dict(ray.available_resources())
+
+    def status(self) -> ClusterStatus:
+        if not self._connected.is_set():
+            with self._lock:
+                return ClusterStatus(self.address, False, self._cause, [], {})
+        return ClusterStatus(self.address, True, "", self.nodes(), self.available())
 
     def check_feasible(self, request: dict[str, float]) -> None:
         """FailedPrecondition naming the resource unless some alive node has all of `request`."""

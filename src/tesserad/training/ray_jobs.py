@@ -155,6 +155,7 @@ class RayJobs(Jobs):
                 if running.stopping_for_shutdown:
                     return
                 if running.cancel_deadline is not None:
+                    ray.kill(actor)
                     self._finish(job, "cancelled", "cancelled before Ray placed it")
                     return
             try:
@@ -164,7 +165,7 @@ class RayJobs(Jobs):
                 return
             self._attempt(job, running, actor, placement)
         finally:
-            # Frees the actor's resources now, whatever happened.
+            # Whatever happened (a kill of a dead actor does nothing).
             ray.kill(actor)
 
     def _attempt(self, job: JobRecord, running: _Running, actor: Any, placement: Placement) -> None:
@@ -228,6 +229,8 @@ class RayJobs(Jobs):
                         killed = True
         except RayError as exc:
             died = _first_line(exc)
+        # Before the job's end is stored: whoever sees it ended finds its resources released.
+        ray.kill(actor)
         if running.stopping_for_shutdown:
             self._set_state(
                 job,

@@ -25,7 +25,15 @@ import grpc
 import numpy as np
 import pytest
 
-from tessera.v1 import datasets_pb2, datasets_pb2_grpc, job_spec_pb2, training_pb2, training_pb2_grpc
+from tessera.v1 import (
+    datasets_pb2,
+    datasets_pb2_grpc,
+    job_spec_pb2,
+    system_pb2,
+    system_pb2_grpc,
+    training_pb2,
+    training_pb2_grpc,
+)
 from tesserad.security.tokens import Role, format_entry, hash_token, new_token
 from tesserad.training.ray_worker_client import CACHE_DIR
 from tests.conftest import InProcessDaemon, daemon_settings
@@ -296,6 +304,9 @@ def test_an_unreachable_cluster_makes_training_unavailable_and_nothing_else(tmp_
             with pytest.raises(grpc.RpcError) as refused:
                 training.SubmitJob(S.SubmitJobRequest(spec=job_spec("mlp")))
         assert "refused" in refused.value.details().lower()
+        info = system_pb2_grpc.SystemStub(channel).GetServerInfo(system_pb2.GetServerInfoRequest())
+        assert info.training_cluster.address == address and not info.training_cluster.connected
+        assert "refused" in info.training_cluster.error.lower() and not info.training_cluster.nodes
         upload_standard_datasets(channel)
         names = datasets_pb2_grpc.DatasetsStub(channel).ListDatasets(datasets_pb2.ListDatasetsRequest())
         assert {d.name for d in names.datasets} >= {"flat"}
@@ -430,3 +441,29 @@ def test_workers_present_training_ray_worker_token_file_when_tokens_are_required
         time.sleep(0.3)
     assert state.state == S.JOB_STATE_SUCCEEDED, state.error
     assert (CACHE_DIR / f"{fresh.sha256}.npz").exists()
+
+
+def test_server_info_and_watch_system_report_the_nodes_and_free_resources(
+    ray_nodes: RayNodes, ray_daemon: InProcessDaemon, training: training_pb2_grpc.TrainingStub
+) -> None:
+    system = system_pb2_grpc.SystemStub(ray_daemon.channel())
+    # Busy node_b: its unit is not free while the job runs.
+    job = submit(training, on_node("node_b", epochs=100_000))
+    watch_until(training, job.job_id, lambda e: e.WhichOneof("event") == "step")
+    cluster = system.GetServerInfo(system_pb2.GetServerInfoRequest()).training_cluster
+    assert cluster.address == ray_nodes.address and cluster.connected and not cluster.error
+    assert sorted(k for n in cluster.nodes for k in n.total if k.startswith("node_")) == ["node_a", "node_b"]
+    assert all(n.alive and n.total["CPU"] == 1 for n in cluster.nodes)
+    assert cluster.available["node_a"] == 1 and "node_b" not in cluster.available
+    (sample,) = system.WatchSystem(system_pb2.WatchSystemRequest(interval_ms=100, max_samples=1), timeout=30)
+    assert len(sample.training_cluster.nodes) == 2 and "node_b" not in sample.training_cluster.available
+    training.CancelJob(S.CancelJobRequest(job_id=job.job_id))
+    assert states(follow(training, job.job_id))[-1] == S.JOB_STATE_CANCELLED
+    # The actor is killed before the job is CANCELLED; Ray's count of free resources follows.
+    deadline = time.monotonic() + 30
+    while (free := system.GetServerInfo(system_pb2.GetServerInfoRequest()).training_cluster.available).get(
+        "node_b"
+    ) != 1:
+        assert time.monotonic() < deadline, free
+        time.sleep(0.2)
+    assert free["CPU"] == 2
