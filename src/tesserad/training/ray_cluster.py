@@ -97,23 +97,31 @@ class RayCluster:
                 return ClusterStatus(self.address, False, self._cause, [], {})
         return ClusterStatus(self.address, True, "", self.nodes(), self.available())
 
-    def check_feasible(self, request: dict[str, float]) -> None:
-        """FailedPrecondition naming the resource unless some alive node has all of `request`."""
+    def check_feasible(self, request: dict[str, float], processes: int = 1) -> None:
+        """FailedPrecondition naming the resource unless the alive nodes have room for
+        `processes` times `request`, each on one node."""
         nodes = [n for n in self.nodes() if n.alive]
-        if any(all(n.total.get(k, 0.0) >= v for k, v in request.items()) for n in nodes):
+        room = sum(min(int(n.total.get(k, 0.0) // v) for k, v in request.items()) for n in nodes)
+        if room >= processes:
             return
         for name, amount in request.items():
             most = max((n.total.get(name, 0.0) for n in nodes), default=0.0)
             if most < amount:
                 raise FailedPrecondition(
-                    f"{_FIELDS.get(name, 'spec.devices.ray_resources')}: the job needs {name} {amount:g} but "
-                    f"no node of the Ray cluster at {self.address} has that much (the most one has: "
-                    f"{most:g}); ask for less, or add a node that has it"
+                    f"{_FIELDS.get(name, 'spec.devices.ray_resources')}: the job needs {name} {amount:g} "
+                    f"{'per process ' if processes > 1 else ''}but no node of the Ray cluster at "
+                    f"{self.address} has that much (the most one has: {most:g}); ask for less, or add "
+                    "a node that has it"
                 )
         wanted = ", ".join(f"{k} {v:g}" for k, v in request.items())
+        if room == 0:
+            raise FailedPrecondition(
+                f"spec.devices: the job needs {wanted} on one node, but no node of the Ray cluster at "
+                f"{self.address} has all of them"
+            )
         raise FailedPrecondition(
-            f"spec.devices: the job needs {wanted} on one node, but no node of the Ray cluster at "
-            f"{self.address} has all of them"
+            f"spec.devices: the job needs {processes} processes of {wanted} each, but the nodes of the "
+            f"Ray cluster at {self.address} have room for {room}"
         )
 
     def _connect_loop(self) -> None:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tesserad.errors import FailedPrecondition, InvalidArgument
+from tesserad.errors import InvalidArgument
 from tesserad.training.job_records import JobRecord
 from tesserad.training.jobs import Jobs, _Running
 from tesserad.training.ray_cluster import RayCluster
@@ -52,10 +52,10 @@ class _AdmitAll(DeviceInventory):
 
 
 def ray_resources(devices: dict[str, Any]) -> dict[str, float]:
-    """The Ray resources one job's actor asks for."""
+    """The Ray resources each process of a job (one actor per DDP rank) asks for."""
     request = {"CPU": 1.0}
     if devices["kind"] == "cuda":
-        request["GPU"] = float(devices["count"])
+        request["GPU"] = 1.0
     request.update(devices.get("ray_resources", {}))
     return request
 
@@ -90,12 +90,7 @@ class RayJobs(Jobs):
             raise InvalidArgument(
                 "spec.devices.cuda: on Ray (training.backend = ray) Ray picks the GPUs; ask for gpu_count"
             )
-        if devices["count"] > 1:
-            raise FailedPrecondition(
-                "spec.devices: jobs of several processes (DDP) do not run on Ray yet; ask for one "
-                "process, or use training.backend = local"
-            )
-        self._cluster.check_feasible(ray_resources(devices))
+        self._cluster.check_feasible(ray_resources(devices), devices["count"])
         return config
 
     # -- running one job
@@ -124,23 +119,38 @@ class RayJobs(Jobs):
                 self._running.pop(job_id, None)
                 self._wake.notify_all()
 
-    def _actor(self, job: JobRecord) -> Any:
+    def _actors(self, job: JobRecord, group: Any) -> list[Any]:
+        """One actor per process of the job; several go into the placement group `group`."""
         import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         if self._actor_class is None:
             self._actor_class = ray.remote(TrainingActor)
-        request = ray_resources(job.config["devices"])
-        return self._actor_class.options(
-            num_cpus=request.pop("CPU"),
-            num_gpus=request.pop("GPU", 0.0),
-            resources=request,
-            max_concurrency=2,
-            name=f"tessera-{job.job_id}",
-        ).remote()
+        devices = job.config["devices"]
+        request = ray_resources(devices)
+        options: dict[str, Any] = {
+            "num_cpus": request.pop("CPU"),
+            "num_gpus": request.pop("GPU", 0.0),
+            "resources": request,
+            "max_concurrency": 2,
+        }
+        if group is None:
+            return [self._actor_class.options(**options, name=f"tessera-{job.job_id}").remote()]
+        return [
+            self._actor_class.options(
+                **options,
+                name=f"tessera-{job.job_id}-{rank}",
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    group, placement_group_bundle_index=rank
+                ),
+            ).remote()
+            for rank in range(devices["count"])
+        ]
 
     def _run_on_ray(self, job: JobRecord, running: _Running) -> None:
         import ray
         from ray.exceptions import RayError
+        from ray.util.placement_group import placement_group, remove_placement_group
 
         while not self._cluster.wait_connected(_POLL_S):
             if running.stopping_for_shutdown:
@@ -148,89 +158,137 @@ class RayJobs(Jobs):
             if running.cancel_deadline is not None:
                 self._finish(job, "cancelled", "cancelled before it started")
                 return
-        actor = self._actor(job)
+        world = job.config["devices"]["count"]
+        # DDP: Ray reserves every process's resources at once (packed onto as few nodes as
+        # fit), so that no rank waits for a peer that cannot be placed.
+        group = (
+            placement_group([ray_resources(job.config["devices"])] * world, strategy="PACK")
+            if world > 1
+            else None
+        )
+        actors: list[Any] = []
         try:
-            placed = actor.placement.remote()
-            while not ray.wait([placed], timeout=_POLL_S)[0]:
-                if running.stopping_for_shutdown:
+            waiting = [group.ready()] if group is not None else []
+            while waiting and not ray.wait(waiting, timeout=_POLL_S)[0]:
+                if self._stopped_while_waiting(job, running):
                     return
-                if running.cancel_deadline is not None:
-                    ray.kill(actor)
-                    self._finish(job, "cancelled", "cancelled before Ray placed it")
+            actors = self._actors(job, group)
+            placed = [actor.placement.remote() for actor in actors]
+            while len(ray.wait(placed, num_returns=len(placed), timeout=_POLL_S)[0]) < len(placed):
+                if self._stopped_while_waiting(job, running):
                     return
             try:
-                placement: Placement = ray.get(placed)
+                placements: list[Placement] = ray.get(placed)
             except RayError as exc:
                 self._worker_died(job, _first_line(exc))
                 return
-            self._attempt(job, running, actor, placement)
+            self._attempt(job, running, actors, placements)
         finally:
             # Whatever happened (a kill of a dead actor does nothing).
-            ray.kill(actor)
+            for actor in actors:
+                ray.kill(actor)
+            if group is not None:
+                remove_placement_group(group)
 
-    def _attempt(self, job: JobRecord, running: _Running, actor: Any, placement: Placement) -> None:
+    def _stopped_while_waiting(self, job: JobRecord, running: _Running) -> bool:
+        """While Ray places the job: True when the job is to stop (cancelled: it ends here)."""
+        if running.stopping_for_shutdown:
+            return True
+        if running.cancel_deadline is not None:
+            self._finish(job, "cancelled", "cancelled before Ray placed it")
+            return True
+        return False
+
+    def _attempt(
+        self, job: JobRecord, running: _Running, actors: list[Any], placements: list[Placement]
+    ) -> None:
         import ray
         from ray.exceptions import RayError
 
         config = job.config
+        world = len(actors)
         data = self._datasets.worker_data(config["data"])
-        job, checkpoint, start, initial = self._begin_attempt(job, [f"ray:{placement.node_id}"])
-        job = self._append(job, "log", {"level": "info", "message": f"placed on {placement.describe()}"})
+        job, checkpoint, start, initial = self._begin_attempt(job, [f"ray:{p.node_id}" for p in placements])
+        for rank, placement in enumerate(placements):
+            prefix = f"rank {rank} of {world} " if world > 1 else ""
+            job = self._append(
+                job, "log", {"level": "info", "message": f"{prefix}placed on {placement.describe()}"}
+            )
         source = data.source
-        payload = RayPayload(
-            job_id=job.job_id,
-            config=config,
-            dataset=DatasetFetch(
-                target=self._daemon_target(),
-                token=self._worker_token(),
-                name=config["data"]["dataset"],
-                version=config["data"]["version"],
-                sha256=config["dataset_sha256"],
-                format=source.format,
-                array_name=source.array_name,
-                input_array=source.input_array,
-                target_array=source.target_array,
-            ),
-            train_indices=data.train_indices,
-            val_indices=data.val_indices,
-            threads=self._ray_threads,
-            weights_only=checkpoint is None,
-            resource_interval_s=self._settings.resource_interval_s,
-            compile=self._settings.compile,
-            max_workspace=self._nn_max_workspace,
+        fetch = DatasetFetch(
+            target=self._daemon_target(),
+            token=self._worker_token(),
+            name=config["data"]["dataset"],
+            version=config["data"]["version"],
+            sha256=config["dataset_sha256"],
+            format=source.format,
+            array_name=source.array_name,
+            input_array=source.input_array,
+            target_array=source.target_array,
         )
-        stream = actor.run.remote(payload, start, initial)
+        master_port = ray.get(actors[0].free_port.remote()) if world > 1 else 0
+        streams = [
+            actor.run.remote(
+                RayPayload(
+                    job_id=job.job_id,
+                    config=config,
+                    dataset=fetch,
+                    train_indices=data.train_indices,
+                    val_indices=data.val_indices,
+                    threads=self._ray_threads,
+                    weights_only=checkpoint is None,
+                    resource_interval_s=self._settings.resource_interval_s,
+                    compile=self._settings.compile,
+                    max_workspace=self._nn_max_workspace,
+                    rank=rank,
+                    world=world,
+                    device_kind=config["devices"]["kind"],
+                    master_addr=placements[0].node_ip,
+                    master_port=master_port,
+                ),
+                start,
+                initial,
+            )
+            for rank, actor in enumerate(actors)
+        ]
         done: DoneMessage | None = None
         error: ErrorMessage | None = None
         died: str | None = None
         killed = False
         cancel_sent = False
+        open_streams = list(streams)
         try:
-            while not (running.stopping_for_shutdown or killed):
-                if ray.wait([stream], timeout=_POLL_S)[0]:
+            while open_streams and not (running.stopping_for_shutdown or killed):
+                ready, _ = ray.wait(open_streams, num_returns=1, timeout=_POLL_S)
+                for stream in ready:
                     try:
                         message = ray.get(next(stream))
                     except StopIteration:
-                        break
+                        open_streams.remove(stream)
+                        continue
                     if isinstance(message, EventMessage):
                         job = self._on_event(job, message)
                     elif isinstance(message, CheckpointMessage):
                         job = self._on_checkpoint(job, message)
                     elif isinstance(message, DoneMessage):
-                        done = message
+                        # The leader's carries the weights.
+                        if done is None or message.weights is not None:
+                            done = message
                     elif isinstance(message, ErrorMessage) and error is None:
                         error = message
                 if running.cancel_deadline is not None:
                     if not cancel_sent:
-                        actor.cancel.remote()
+                        for actor in actors:
+                            actor.cancel.remote()
                         cancel_sent = True
                     if time.monotonic() > running.cancel_deadline:
-                        ray.kill(actor)
                         killed = True
         except RayError as exc:
+            # A rank that died leaves its peers blocked in a collective: all are killed below.
             died = _first_line(exc)
         # Before the job's end is stored: whoever sees it ended finds its resources released.
-        ray.kill(actor)
+        for actor in actors:
+            ray.kill(actor)
         if running.stopping_for_shutdown:
             self._set_state(
                 job,
@@ -241,9 +299,9 @@ class RayJobs(Jobs):
             )
         elif error is not None:
             self._fail(job, error.kind, error.message)
-        elif done is not None and done.status == "succeeded":
+        elif died is None and done is not None and done.status == "succeeded":
             self._succeed(job, done)
-        elif done is not None or running.cancel_deadline is not None:
+        elif died is None and (done is not None or running.cancel_deadline is not None):
             self._finish(
                 job,
                 "cancelled",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import queue
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -55,6 +56,11 @@ class RayPayload:
     resource_interval_s: float
     compile: str
     max_workspace: int
+    rank: int
+    world: int  # processes of the job (DDP ranks), one actor each
+    device_kind: str  # cpu or cuda
+    master_addr: str  # rank 0's node: where torch.distributed meets
+    master_port: int
 
 
 @dataclass(frozen=True)
@@ -121,6 +127,12 @@ class TrainingActor:
     def cancel(self) -> None:
         self._cancel.set()
 
+    def free_port(self) -> int:
+        """A free TCP port on this node, for torch.distributed's rendezvous at rank 0."""
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("", 0))
+            return int(sock.getsockname()[1])
+
     def run(self, payload: RayPayload, start: bytes, initial: bytes) -> Iterator[WorkerMessage]:
         out: queue.Queue[object] = queue.Queue()
         thread = threading.Thread(target=self._train, args=(payload, start, initial, out), daemon=True)
@@ -144,6 +156,13 @@ class TrainingActor:
                 ),
                 train_indices=payload.train_indices,
                 val_indices=payload.val_indices,
+                rank=payload.rank,
+                world=payload.world,
+                device_kind=payload.device_kind,
+                # Ray shows each actor only the GPU it was given, as cuda:0.
+                cuda_indices=[0] * payload.world if payload.device_kind == "cuda" else [],
+                master_addr=payload.master_addr,
+                master_port=payload.master_port,
                 threads=payload.threads,
                 resume=bool(start),
                 weights_only=payload.weights_only,

@@ -174,6 +174,14 @@ def placed(events: list[training_pb2.JobEvent]) -> list[str]:
     return [e.message for e in of_kind(events, "log") if e.message.startswith("placed on Ray node")]
 
 
+def placed_ranks(events: list[training_pb2.JobEvent]) -> list[str]:
+    return [
+        e.message
+        for e in of_kind(events, "log")
+        if re.match(r"rank \d+ of \d+ placed on Ray node", e.message)
+    ]
+
+
 def pid_of(message: str) -> int:
     match = re.search(r"pid (\d+)", message)
     assert match, message
@@ -229,6 +237,11 @@ def test_unsatisfiable_resources_are_refused_at_submit_naming_the_resource(
         submit(training, both)
     assert apart.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "no node of the Ray cluster" in apart.value.details()
+    # One CPU on each of two nodes: room for two processes, not three.
+    with pytest.raises(grpc.RpcError) as ddp:
+        submit(training, job_spec("mlp", devices=job_spec_pb2.DeviceRequest(cpu=True, cpu_processes=3)))
+    assert ddp.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "3 processes" in ddp.value.details() and "room for 2" in ddp.value.details()
     assert [j.job_id for j in training.ListJobs(S.ListJobsRequest()).jobs] == before
 
 
@@ -467,3 +480,33 @@ def test_server_info_and_watch_system_report_the_nodes_and_free_resources(
         assert time.monotonic() < deadline, free
         time.sleep(0.2)
     assert free["CPU"] == 2
+
+
+def test_a_two_process_ddp_job_spans_both_nodes_and_matches_local_ddp(
+    training: training_pb2_grpc.TrainingStub, tmp_path: Path
+) -> None:
+    spec = job_spec("mlp", epochs=3, devices=job_spec_pb2.DeviceRequest(cpu=True, cpu_processes=2))
+    job = submit(training, spec)
+    events = follow(training, job.job_id)
+    assert states(events)[-1] == S.JOB_STATE_SUCCEEDED, events
+    ranks = placed_ranks(events)
+    # One CPU a node: the two ranks cannot share one.
+    assert sorted(re.findall(r"node_[ab]", " ".join(ranks))) == ["node_a", "node_b"], ranks
+    on_ray = training.GetJob(S.GetJobRequest(job_id=job.job_id))
+
+    local = InProcessDaemon(
+        daemon_settings(
+            tmp_path / "data", **{**RAY_SETTINGS, "training.backend": "local", "training.cpu_slots": 2}
+        )
+    ).start()
+    try:
+        upload_standard_datasets(local.channel())
+        local_training = training_pb2_grpc.TrainingStub(local.channel())
+        local_job = local_training.SubmitJob(S.SubmitJobRequest(spec=spec))
+        assert states(follow(local_training, local_job.job_id))[-1] == S.JOB_STATE_SUCCEEDED
+        on_local = local_training.GetJob(S.GetJobRequest(job_id=local_job.job_id))
+    finally:
+        local.stop()
+    assert set(on_ray.metrics) == set(on_local.metrics)
+    for name, value in on_local.metrics.items():
+        assert on_ray.metrics[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name

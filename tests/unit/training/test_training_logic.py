@@ -142,7 +142,8 @@ def test_ray_resources_and_max_restarts_are_checked_and_absent_unless_set() -> N
     )
     assert config["devices"]["ray_resources"] == {"node_b": 1.0} and config["max_restarts"] == 2
     assert ray_resources(config["devices"]) == {"CPU": 1.0, "node_b": 1.0}
-    assert ray_resources({"kind": "cuda", "indices": [], "count": 2}) == {"CPU": 1.0, "GPU": 2.0}
+    # Per process: a 2-GPU job is two actors of one GPU each.
+    assert ray_resources({"kind": "cuda", "indices": [], "count": 2}) == {"CPU": 1.0, "GPU": 1.0}
     with pytest.raises(InvalidArgument) as err:
         normalize_spec(
             _raw(devices={"ray_resources": {"node_b": 0}}, max_restarts=-1), _dataset, devices, _no_parent
