@@ -208,7 +208,9 @@ def daemon_job(daemon: Daemon) -> dict[str, float]:
         elif kind == "state":
             final_state = training_pb2.JobState.Name(event.state.state)
     wall = time.perf_counter() - started
-    assert final_state == "JOB_STATE_SUCCEEDED", final_state
+    assert final_state == "JOB_STATE_SUCCEEDED", training.GetJob(
+        training_pb2.GetJobRequest(job_id=job.job_id)
+    ).error
     assert previous == STEPS
     steps = STEPS - LOG_EVERY
     (worker_first, daemon_first), (worker_last, daemon_last) = cpu_at

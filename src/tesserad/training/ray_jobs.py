@@ -1,9 +1,12 @@
 """Training jobs on a Ray cluster (training.backend = "ray").
 
 The same jobs as training.jobs (store, queue order, events, checkpoints, registration), but
-each attempt runs as a Ray actor (training.ray_worker) placed by Ray with the job's resources:
-one CPU, its GPUs, and any custom resources of spec.devices.ray_resources. The job stays
-QUEUED until Ray places the actor; it is RUNNING from then. What the actor yields (events,
+each attempt runs as Ray actors (training.ray_worker) placed by Ray with the job's resources:
+one actor per process, each with one CPU, one GPU for a CUDA job, and any custom resources of
+spec.devices.ray_resources. A job of several processes (DDP) reserves them at once in a
+placement group, and its ranks meet for torch.distributed at rank 0's node. The job stays
+QUEUED until Ray places its actors; it is RUNNING from then. Ray, not the daemon's queue, decides
+which of the waiting jobs starts next. What the actor yields (events,
 checkpoints, final weights) enters the daemon's event path as a local worker's pipe messages.
 
 Cancel asks the actor to stop at a step boundary and kills it after training.cancel_grace_s;

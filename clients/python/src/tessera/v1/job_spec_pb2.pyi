@@ -567,8 +567,8 @@ class DeviceRequest(_message.Message):
 
     @_builtins.property
     def ray_resources(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
-        """With training.backend = "ray": custom Ray resources the job also needs, e.g.
-        {"node_b": 1} or {"accelerator_type:A100": 0.001}; Ray places the job on a node that has
+        """With training.backend = "ray": custom Ray resources each process of the job also needs,
+        e.g. {"node_b": 1} or {"accelerator_type:A100": 0.001}; Ray places it on a node that has
         them. A resource no node of the cluster has is FAILED_PRECONDITION at submit.
         """
 
