@@ -119,7 +119,9 @@ class RayJobs(Jobs):
             self._fail(self.get(job_id), "exception", f"the job could not run on Ray: {exc}")
         finally:
             with self._lock:
-                self._running.pop(job_id, None)
+                # A job queued again (a restart) may already have its next supervisor.
+                if self._running.get(job_id) is running:
+                    del self._running[job_id]
                 self._wake.notify_all()
 
     def _actors(self, job: JobRecord, group: Any) -> list[Any]:
@@ -170,40 +172,54 @@ class RayJobs(Jobs):
             else None
         )
         actors: list[Any] = []
+        released = False
+
+        def release() -> None:
+            """Kill the actors and drop the placement group: Ray frees their resources."""
+            nonlocal released
+            if not released:
+                released = True
+                for actor in actors:
+                    ray.kill(actor)
+                if group is not None:
+                    remove_placement_group(group)
+
         try:
             waiting = [group.ready()] if group is not None else []
             while waiting and not ray.wait(waiting, timeout=_POLL_S)[0]:
-                if self._stopped_while_waiting(job, running):
+                if self._stopped_while_waiting(job, running, release):
                     return
             actors = self._actors(job, group)
             placed = [actor.placement.remote() for actor in actors]
             while len(ray.wait(placed, num_returns=len(placed), timeout=_POLL_S)[0]) < len(placed):
-                if self._stopped_while_waiting(job, running):
+                if self._stopped_while_waiting(job, running, release):
                     return
             try:
                 placements: list[Placement] = ray.get(placed)
             except RayError as exc:
                 self._worker_died(job, _first_line(exc))
                 return
-            self._attempt(job, running, actors, placements)
+            self._attempt(job, running, actors, placements, release)
         finally:
-            # Whatever happened (a kill of a dead actor does nothing).
-            for actor in actors:
-                ray.kill(actor)
-            if group is not None:
-                remove_placement_group(group)
+            release()
 
-    def _stopped_while_waiting(self, job: JobRecord, running: _Running) -> bool:
+    def _stopped_while_waiting(self, job: JobRecord, running: _Running, release: Callable[[], None]) -> bool:
         """While Ray places the job: True when the job is to stop (cancelled: it ends here)."""
         if running.stopping_for_shutdown:
             return True
         if running.cancel_deadline is not None:
+            release()
             self._finish(job, "cancelled", "cancelled before Ray placed it")
             return True
         return False
 
     def _attempt(
-        self, job: JobRecord, running: _Running, actors: list[Any], placements: list[Placement]
+        self,
+        job: JobRecord,
+        running: _Running,
+        actors: list[Any],
+        placements: list[Placement],
+        release: Callable[[], None],
     ) -> None:
         import ray
         from ray.exceptions import RayError
@@ -290,8 +306,7 @@ class RayJobs(Jobs):
             # A rank that died leaves its peers blocked in a collective: all are killed below.
             died = _first_line(exc)
         # Before the job's end is stored: whoever sees it ended finds its resources released.
-        for actor in actors:
-            ray.kill(actor)
+        release()
         if running.stopping_for_shutdown:
             self._set_state(
                 job,

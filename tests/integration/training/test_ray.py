@@ -26,9 +26,12 @@ import numpy as np
 import pytest
 
 from tessera.v1 import (
+    common_pb2,
     datasets_pb2,
     datasets_pb2_grpc,
     job_spec_pb2,
+    registry_pb2,
+    registry_pb2_grpc,
     system_pb2,
     system_pb2_grpc,
     training_pb2,
@@ -201,7 +204,7 @@ def watch_until(
 
 
 def test_a_job_asking_for_node_b_runs_there_and_registers_its_weights(
-    training: training_pb2_grpc.TrainingStub,
+    training: training_pb2_grpc.TrainingStub, ray_daemon: InProcessDaemon
 ) -> None:
     spec = on_node("node_b", register_as=job_spec_pb2.RegisterAs(model="ray-mlp"))
     job = submit(training, spec)
@@ -216,6 +219,16 @@ def test_a_job_asking_for_node_b_runs_there_and_registers_its_weights(
     assert [e.epoch for e in of_kind(events, "epoch")] == [1, 2]
     history = training.GetMetricHistory(S.GetMetricHistoryRequest(run_id=final.run_id, key="loss"))
     assert [p.step for p in history.points] == [s.step for s in of_kind(events, "step")]
+    version = registry_pb2_grpc.RegistryStub(ray_daemon.channel()).GetVersion(
+        registry_pb2.GetVersionRequest(
+            ref=common_pb2.VersionRef(model="ray-mlp", version=final.registered.version)
+        )
+    )
+    lineage = version.lineage
+    assert (lineage.job_id, lineage.run_id) == (job.job_id, final.run_id)
+    assert [d.name for d in lineage.datasets] == ["flat"] and lineage.job_spec.devices.ray_resources[
+        "node_b"
+    ] == 1
 
 
 def test_unsatisfiable_resources_are_refused_at_submit_naming_the_resource(
@@ -251,6 +264,15 @@ def test_cancel_stops_the_actor_and_frees_its_resources(training: training_pb2_g
     # node_b has one unit: this job waits until the first one frees it.
     after = submit(training, on_node("node_b"))
     assert training.GetJob(S.GetJobRequest(job_id=after.job_id)).state == S.JOB_STATE_QUEUED
+    # A job Ray has not placed yet ends at once, without ever running.
+    waiting = submit(training, on_node("node_b"))
+    training.CancelJob(S.CancelJobRequest(job_id=waiting.job_id))
+    never_ran = follow(training, waiting.job_id)
+    assert states(never_ran) == [S.JOB_STATE_QUEUED, S.JOB_STATE_CANCELLED]
+    assert of_kind(never_ran, "state")[-1].reason in (
+        "cancelled before it started",
+        "cancelled before Ray placed it",
+    )
     training.CancelJob(S.CancelJobRequest(job_id=long.job_id))
     cancelled = follow(training, long.job_id)
     assert states(cancelled)[-1] == S.JOB_STATE_CANCELLED
