@@ -138,6 +138,9 @@ class RayJobs(Jobs):
             "num_gpus": request.pop("GPU", 0.0),
             "resources": request,
             "max_concurrency": 2,
+            # As a local worker's (tesserad.runtime_env): glibc reads them at process start, and
+            # Ray starts a process of its own for an actor with its own variables.
+            "runtime_env": {"env_vars": dict(self._worker_env)},
         }
         if group is None:
             return [self._actor_class.options(**options, name=f"tessera-{job.job_id}").remote()]
