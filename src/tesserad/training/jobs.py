@@ -149,6 +149,9 @@ class _Running:
 
 
 class Jobs:
+    # spec.max_restarts: only the Ray backend (training.ray_jobs) starts a dead worker's job again.
+    restarts_dead_workers = False
+
     def __init__(
         self,
         store: Store,
@@ -266,7 +269,13 @@ class Jobs:
 
     def check(self, raw_spec: dict[str, Any]) -> dict[str, Any]:
         """The complete config of a spec, or the error SubmitJob would give."""
-        return normalize_spec(raw_spec, self._datasets.facts, self._device_facts, self._parents)
+        config = normalize_spec(raw_spec, self._datasets.facts, self._device_facts, self._parents)
+        if config.get("max_restarts") and not self.restarts_dead_workers:
+            raise FailedPrecondition(
+                "spec.max_restarts: the local backend does not restart a job whose worker died; "
+                "it applies with training.backend = ray"
+            )
+        return config
 
     def submit(
         self,

@@ -64,6 +64,8 @@ def ray_resources(devices: dict[str, Any]) -> dict[str, float]:
 
 
 class RayJobs(Jobs):
+    restarts_dead_workers = True
+
     def __init__(
         self, *args: Any, cluster: RayCluster, daemon_target: Callable[[], str], **kwargs: Any
     ) -> None:

@@ -527,6 +527,14 @@ def test_a_two_process_ddp_job_spans_both_nodes_and_matches_local_ddp(
         local_job = local_training.SubmitJob(S.SubmitJobRequest(spec=spec))
         assert states(follow(local_training, local_job.job_id))[-1] == S.JOB_STATE_SUCCEEDED
         on_local = local_training.GetJob(S.GetJobRequest(job_id=local_job.job_id))
+        # The local backend does not restart dead workers: it says so rather than ignore the field.
+        with pytest.raises(grpc.RpcError) as restarts:
+            local_training.SubmitJob(S.SubmitJobRequest(spec=job_spec("mlp", max_restarts=1)))
+        assert restarts.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert (
+            "spec.max_restarts" in restarts.value.details()
+            and "training.backend = ray" in restarts.value.details()
+        )
     finally:
         local.stop()
     assert set(on_ray.metrics) == set(on_local.metrics)

@@ -155,6 +155,7 @@ class JobSpec(_message.Message):
     """Training on a Ray cluster (training.backend = "ray"; fields 40-49).
     How often a job whose worker dies (killed, its node lost) is started again, each time
     from its last checkpoint, before it fails with the worker's error. 0 (default): never.
+    The local backend does not restart jobs: a value > 0 there is FAILED_PRECONDITION.
     """
     @_builtins.property
     def architecture(self) -> _architecture_pb2.Architecture: ...
