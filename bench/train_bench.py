@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -334,6 +335,7 @@ def ray_main() -> None:
                 local.stop()
     finally:
         stop_ray(group)
+        shutil.rmtree(temp, ignore_errors=True)
 
     def figures(runs: list[dict[str, float]]) -> dict[str, Any]:
         return {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -114,6 +115,7 @@ def ray_nodes() -> Iterator[RayNodes]:
     finally:
         for group in groups:
             _stop_group(group)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _stop_group(group: int) -> None:
