@@ -16,7 +16,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml clients/python/pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tessera needs Python 3.11 or newer; set PYTHON=python3.11")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --disable-pip-version-check -c constraints.txt -e clients/python -e '.[dev]'
+	$(PIP) install --quiet --disable-pip-version-check -c constraints.txt -e clients/python -e '.[dev,ray]'
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -11,16 +11,31 @@
 2. LogMetrics ingest in points/s over gRPC: client-streamed batches, unary batches, and one
    point per call. Goal: >= 100,000 points/s.
 
+3. With --backend ray: the same cnn4d job through the Ray backend (a one-node Ray cluster
+   started here, `ray start --head`, with one CPU) beside it through the local backend, in
+   alternating pairs. Goal: Ray >= 0.9 of local samples/s. Reported for both: the time from
+   SubmitJob to the first step event, and CPU seconds per step of the worker process and of
+   the daemon (this process: the daemon runs in it) over the steady steps.
+
 Run: .venv/bin/python bench/train_bench.py  ->  bench/results/train_bench.json
+     .venv/bin/python bench/train_bench.py --backend ray  ->  bench/results/train_bench_ray.json
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import io
 import json
+import os
 import platform
+import re
+import shutil
+import signal
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -29,6 +44,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+import psutil
 import torch
 import torch.nn.functional as F
 
@@ -45,6 +61,8 @@ from tesserad.nn import build_model, spec_from_dict
 from tesserad.server import create_server
 
 RESULTS = Path(__file__).parent / "results" / "train_bench.json"
+RAY_RESULTS = Path(__file__).parent / "results" / "train_bench_ray.json"
+RAY_ROUNDS = 4
 THREADS = 2
 BATCH = 16
 STEPS = 300
@@ -58,7 +76,7 @@ CHANNELS = [4, 8]
 class Daemon:
     """tesserad on its own event-loop thread, on 127.0.0.1:0 with a temporary data directory."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, **extra: Any) -> None:
         settings = load_settings(
             env={},
             overrides={
@@ -69,6 +87,7 @@ class Daemon:
                 "store.map_size": "2GiB",
                 "training.cpu_slots": 1,
                 "training.threads_per_slot": THREADS,
+                **extra,
             },
         )
         self.loop = asyncio.new_event_loop()
@@ -169,18 +188,47 @@ def daemon_job(daemon: Daemon) -> dict[str, float]:
     windows = []
     previous = None
     final_state = None
+    first_step_s = 0.0
+    worker: psutil.Process | None = None
+    # CPU seconds (worker, daemon) at the first and the last step event: the steady steps between.
+    cpu_at: list[tuple[float, float]] = []
     for event in training.WatchJob(training_pb2.WatchJobRequest(job_id=job.job_id), timeout=600):
         kind = event.WhichOneof("event")
-        if kind == "step":
+        if kind == "log" and (placed := re.search(r"^placed on Ray node .* pid (\d+)$", event.log.message)):
+            worker = psutil.Process(int(placed.group(1)))
+        elif kind == "step":
+            if previous is None:
+                first_step_s = time.perf_counter() - started
+                worker = worker or _local_worker()
             # samples_per_s covers the window since the previous step event.
             windows.append((LOG_EVERY * BATCH, LOG_EVERY * BATCH / event.step.samples_per_s))
             previous = event.step.step
+            if previous in (LOG_EVERY, STEPS) and worker is not None:
+                times = worker.cpu_times()
+                cpu_at.append((times.user + times.system, time.process_time()))
         elif kind == "state":
             final_state = training_pb2.JobState.Name(event.state.state)
     wall = time.perf_counter() - started
-    assert final_state == "JOB_STATE_SUCCEEDED", final_state
+    assert final_state == "JOB_STATE_SUCCEEDED", training.GetJob(
+        training_pb2.GetJobRequest(job_id=job.job_id)
+    ).error
     assert previous == STEPS
-    return {**_steady(windows), "job_wall_s": wall}
+    steps = STEPS - LOG_EVERY
+    (worker_first, daemon_first), (worker_last, daemon_last) = cpu_at
+    return {
+        **_steady(windows),
+        "job_wall_s": wall,
+        "submit_to_first_step_s": first_step_s,
+        "worker_cpu_ms_per_step": 1000 * (worker_last - worker_first) / steps,
+        "daemon_cpu_ms_per_step": 1000 * (daemon_last - daemon_first) / steps,
+    }
+
+
+def _local_worker() -> psutil.Process:
+    """The local backend's worker: the spawned child of this process (the daemon runs in it)."""
+    children = [p for p in psutil.Process().children() if "spawn_main" in " ".join(p.cmdline())]
+    assert len(children) == 1, children
+    return children[0]
 
 
 def ingest(daemon: Daemon) -> dict[str, float]:
@@ -225,6 +273,113 @@ def ingest(daemon: Daemon) -> dict[str, float]:
     accepted = sum(training.LogMetrics(r).accepted for r in requests)
     out["unary_1_per_call_sequential_points_per_s"] = accepted / (time.perf_counter() - started)
     return out
+
+
+def start_ray(temp: Path) -> tuple[str, int]:
+    """A one-node Ray cluster with one CPU, in its own process group: (its address, the group)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--num-cpus=1",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={temp}",
+        ],
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    assert process.wait(120) == 0
+    return f"127.0.0.1:{port}", process.pid
+
+
+def stop_ray(group: int) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(group, sig)
+        except ProcessLookupError:
+            return
+        time.sleep(3)
+
+
+def ray_main() -> None:
+    """The same job through the Ray backend and the local one, in alternating pairs."""
+    x, y = make_data()
+    # A SIGTERM (a timeout) still stops the Ray cluster started below.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(1))
+    temp = Path(tempfile.mkdtemp(prefix="tbray"))
+    address, group = start_ray(temp)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Daemon(Path(tmp) / "local")
+            ray = Daemon(Path(tmp) / "ray", **{"training.backend": "ray", "training.ray_address": address})
+            try:
+                for daemon in (local, ray):
+                    upload(daemon, x, y)
+                local_runs, ray_runs = [], []
+                for round_index in range(RAY_ROUNDS):
+                    if round_index % 2:
+                        ray_runs.append(daemon_job(ray))
+                        local_runs.append(daemon_job(local))
+                    else:
+                        local_runs.append(daemon_job(local))
+                        ray_runs.append(daemon_job(ray))
+            finally:
+                ray.stop()
+                local.stop()
+    finally:
+        stop_ray(group)
+        shutil.rmtree(temp, ignore_errors=True)
+
+    def figures(runs: list[dict[str, float]]) -> dict[str, Any]:
+        return {
+            key: [round(r[key], 3) for r in runs]
+            for key in (
+                "samples_per_s",
+                "submit_to_first_step_s",
+                "worker_cpu_ms_per_step",
+                "daemon_cpu_ms_per_step",
+                "job_wall_s",
+            )
+        } | {
+            f"median_{key}": round(statistics.median(r[key] for r in runs), 3)
+            for key in (
+                "samples_per_s",
+                "submit_to_first_step_s",
+                "worker_cpu_ms_per_step",
+                "daemon_cpu_ms_per_step",
+            )
+        }
+
+    ratios = [r["samples_per_s"] / o["samples_per_s"] for r, o in zip(ray_runs, local_runs, strict=True)]
+    result = {
+        "machine": {
+            "cpu_cores": os.cpu_count(),
+            "load_average_at_end": os.getloadavg(),
+            "platform": platform.platform(),
+        },
+        "job": {
+            "model": architecture(),
+            "batch_size": BATCH,
+            "steps": STEPS,
+            "threads": THREADS,
+            "rounds": RAY_ROUNDS,
+        },
+        "local": figures(local_runs),
+        "ray": figures(ray_runs),
+        "ray_over_local_samples_per_s_per_round": [round(r, 3) for r in ratios],
+        "ray_over_local_samples_per_s_median_of_rounds": round(statistics.median(ratios), 3),
+        "goal_ray_over_local": 0.9,
+    }
+    RAY_RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RAY_RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
 
 
 def main() -> None:
@@ -283,4 +438,17 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="local: the daemon's job beside a plain torch loop, and metric ingest; "
+        "ray: the Ray backend's job beside the local backend's",
+    )
+    if parser.parse_args().backend == "ray":
+        ray_main()
+    else:
+        main()

@@ -250,6 +250,27 @@ class SecuritySettings:
     )
 
 
+def parse_target(raw: Any) -> str:
+    """A gRPC target (host:port, dns:///name:port, ipv4:...), or "" / "off" for none."""
+    text = str(raw).strip()
+    if text.lower() in ("", "off", "none"):
+        return ""
+    if any(c.isspace() for c in text):
+        raise ValueError("expected a gRPC target such as tesserad-primary:50051, without spaces")
+    return text
+
+
+def parse_ray_address(raw: Any) -> str:
+    """auto, host:port or ray://host:port."""
+    text = str(raw).strip()
+    if text == "auto":
+        return text
+    rest = text.removeprefix("ray://")
+    if not re.match(r"^(\[[0-9a-fA-F:.]+\]|[^:\s\[\]/]+):\d{1,5}$", rest):
+        raise ValueError("expected auto, host:port (the head's GCS port) or ray://host:port")
+    return text
+
+
 @dataclass(frozen=True)
 class TrainingSettings:
     cpu_slots: int = setting(
@@ -277,6 +298,30 @@ class TrainingSettings:
         parse_choice("auto", "on", "off"),
         "torch.compile the model in training workers; auto: on for CUDA jobs, off on CPU, where "
         "the cnn4d bench measured compile at 0.5-1.2x eager's speed after up to minutes of compiling",
+    )
+    backend: str = setting(
+        "local",
+        parse_choice("local", "ray"),
+        "where jobs run: local worker processes, or actors on the Ray cluster at training.ray_address "
+        "(needs the tesserad[ray] extra)",
+    )
+    ray_address: str = setting(
+        "auto",
+        parse_ray_address,
+        "the Ray cluster of training.backend = ray: host:port of its head (GCS), ray://host:10001, or "
+        "auto (the cluster `ray start` began on this machine)",
+    )
+    ray_daemon_target: str = setting(
+        "",
+        parse_target,
+        "the gRPC target Ray workers reach this daemon at, to fetch datasets (default: the listen "
+        "address, which must then be reachable from every Ray node)",
+    )
+    ray_worker_token_file: Path | None = setting(
+        None,
+        parse_optional_path,
+        "file holding the token (reader role) Ray workers present to fetch datasets when "
+        "security.tokens_file is set; it travels to them with each job",
     )
 
 
@@ -350,16 +395,6 @@ class ServingSettings:
         "Python's GIL switch interval (0: Python's 5 ms default); 500 us lifted served/in-process "
         "onnxruntime throughput from 0.71 to 0.83 for a conv model",
     )
-
-
-def parse_target(raw: Any) -> str:
-    """A gRPC target (host:port, dns:///name:port, ipv4:...), or "" / "off" for none."""
-    text = str(raw).strip()
-    if text.lower() in ("", "off", "none"):
-        return ""
-    if any(c.isspace() for c in text):
-        raise ValueError("expected a gRPC target such as tesserad-primary:50051, without spaces")
-    return text
 
 
 @dataclass(frozen=True)

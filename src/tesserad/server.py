@@ -187,6 +187,23 @@ class Daemon:
             await self._close_resources()
             raise
 
+    def _jobs(self, system: SystemService, *args: Any, **kwargs: Any) -> Jobs:
+        """The training jobs of training.backend: local worker processes, or a Ray cluster's actors."""
+        training = self.settings.training
+        if training.backend == "local":
+            return Jobs(*args, **kwargs)
+        from tesserad.training.ray_cluster import RayCluster
+        from tesserad.training.ray_jobs import RayJobs
+
+        cluster = RayCluster(training.ray_address)
+        system.report_cluster(cluster)
+        return RayJobs(
+            *args,
+            cluster=cluster,
+            daemon_target=lambda: training.ray_daemon_target or self.address,
+            **kwargs,
+        )
+
     async def _start(self) -> None:
         settings = self.settings
         data_dir = settings.data_dir
@@ -255,7 +272,8 @@ class Daemon:
         events = EventLog(self._store, settings.training.watch_buffer_events)
         tracking = Tracking(self._store)
         await asyncio.to_thread(tracking.build_missing_buckets)
-        self.training = Jobs(
+        self.training = self._jobs(
+            system,
             self._store,
             blobs,
             events,

@@ -10,10 +10,12 @@ import time
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Protocol
 
 from tesserad import __version__
 from tesserad.host import CpuInfo, GpuInfo, Gpus, UsageSampler, cpu_info
 from tesserad.store import BlobStore, Store
+from tesserad.training.ray_cluster import ClusterStatus
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class ServerFacts:
     hostname: str
     pid: int
     runtime_versions: dict[str, str]
+    cluster: ClusterStatus | None
 
 
 def _runtime_versions() -> dict[str, str]:
@@ -49,6 +52,12 @@ def _runtime_versions() -> dict[str, str]:
         except PackageNotFoundError:
             continue
     return versions
+
+
+class ClusterSource(Protocol):
+    """The training cluster's state (training.ray_cluster.RayCluster)."""
+
+    def status(self) -> ClusterStatus: ...
 
 
 class SystemService:
@@ -64,6 +73,14 @@ class SystemService:
         self._started = time.monotonic()
         self._cpu = cpu_info()
         self._runtime_versions = _runtime_versions()
+        self._cluster: ClusterSource | None = None
+
+    def report_cluster(self, cluster: ClusterSource) -> None:
+        """Report the training cluster (training.backend = ray) in facts() and with each sample."""
+        self._cluster = cluster
+
+    def cluster(self) -> ClusterStatus | None:
+        return self._cluster.status() if self._cluster is not None else None
 
     def facts(self) -> ServerFacts:
         store_usage = self._store.usage()
@@ -87,6 +104,7 @@ class SystemService:
             hostname=socket.gethostname(),
             pid=os.getpid(),
             runtime_versions=self._runtime_versions,
+            cluster=self.cluster(),
         )
 
     def sampler(self) -> UsageSampler:

@@ -68,6 +68,9 @@ def test_sizes(raw, expected):
         ({"TESSERA_MAX_MESSAGE_SIZE": "10"}, ["max_message_size", "from 256B"]),
         ({"TESSERA_TRAINING_COMPILE": "maybe"}, ["training.compile", "expected one of auto, on, off"]),
         ({"TESSERA_NN_MAX_WORKSPACE": "lots"}, ["nn.max_workspace", "expected a size"]),
+        ({"TESSERA_TRAINING_BACKEND": "slurm"}, ["training.backend", "expected one of local, ray"]),
+        ({"TESSERA_TRAINING_RAY_ADDRESS": "head"}, ["training.ray_address", "auto, host:port"]),
+        ({"TESSERA_TRAINING_RAY_ADDRESS": "http://head:6379"}, ["training.ray_address", "ray://host:port"]),
     ],
 )
 def test_bad_values_name_the_setting_and_source(env, fragments):
@@ -112,3 +115,8 @@ def test_every_setting_is_described_with_its_env_name():
     described = {info.name: info for info in describe_settings()}
     assert described["store.map_size"].env == "TESSERA_STORE_MAP_SIZE"
     assert all(info.help for info in described.values())
+
+
+@pytest.mark.parametrize("address", ["auto", "head:6379", "10.0.0.5:6379", "ray://head:10001", "[::1]:6379"])
+def test_ray_addresses(address):
+    assert load_settings(env={"TESSERA_TRAINING_RAY_ADDRESS": address}).training.ray_address == address

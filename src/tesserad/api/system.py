@@ -13,6 +13,7 @@ from tesserad.api.convert_common import timestamp
 from tesserad.errors import InvalidArgument, Unavailable
 from tesserad.host import HostSample
 from tesserad.system import ServerFacts, SystemService
+from tesserad.training.ray_cluster import ClusterStatus
 
 MIN_INTERVAL_MS = 100
 MAX_INTERVAL_MS = 60_000
@@ -56,7 +57,11 @@ class SystemServicer(system_pb2_grpc.SystemServicer):
                 await asyncio.sleep(interval_ms / 1000)
             elif await _stopped_within(self._stopping, interval_ms / 1000):
                 raise Unavailable("tesserad is shutting down; reconnect to keep watching")
-            yield sample_to_proto(await asyncio.to_thread(sampler.sample))
+            sample = sample_to_proto(await asyncio.to_thread(sampler.sample))
+            cluster = await asyncio.to_thread(self._system.cluster)
+            if cluster is not None:
+                sample.training_cluster.CopyFrom(cluster_to_proto(cluster))
+            yield sample
             sent += 1
 
 
@@ -100,6 +105,20 @@ def server_info_to_proto(facts: ServerFacts) -> pb.ServerInfo:
         hostname=facts.hostname,
         pid=facts.pid,
         runtime_versions=facts.runtime_versions,
+        training_cluster=cluster_to_proto(facts.cluster) if facts.cluster is not None else None,
+    )
+
+
+def cluster_to_proto(cluster: ClusterStatus) -> pb.TrainingCluster:
+    return pb.TrainingCluster(
+        address=cluster.address,
+        connected=cluster.connected,
+        error=cluster.error,
+        nodes=[
+            pb.ClusterNode(node_id=n.node_id, address=n.address, alive=n.alive, total=n.total)
+            for n in cluster.nodes
+        ],
+        available=cluster.available,
     )
 
 

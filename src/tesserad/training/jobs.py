@@ -149,6 +149,9 @@ class _Running:
 
 
 class Jobs:
+    # spec.max_restarts: only the Ray backend (training.ray_jobs) starts a dead worker's job again.
+    restarts_dead_workers = False
+
     def __init__(
         self,
         store: Store,
@@ -266,7 +269,13 @@ class Jobs:
 
     def check(self, raw_spec: dict[str, Any]) -> dict[str, Any]:
         """The complete config of a spec, or the error SubmitJob would give."""
-        return normalize_spec(raw_spec, self._datasets.facts, self._device_facts, self._parents)
+        config = normalize_spec(raw_spec, self._datasets.facts, self._device_facts, self._parents)
+        if config.get("max_restarts") and not self.restarts_dead_workers:
+            raise FailedPrecondition(
+                "spec.max_restarts: the local backend does not restart a job whose worker died; "
+                "it applies with training.backend = ray"
+            )
+        return config
 
     def submit(
         self,
@@ -496,10 +505,14 @@ class Jobs:
         periodic = [c for c in job.checkpoints if c.reason != "final"]
         return max(periodic, key=lambda c: c.step) if periodic else None
 
-    def _launch(self, job: JobRecord, devices: builtins.list[str]) -> tuple[JobRecord, _Running]:
+    def _begin_attempt(
+        self, job: JobRecord, devices: builtins.list[str]
+    ) -> tuple[JobRecord, Checkpoint | None, bytes, bytes]:
+        """Move the job to RUNNING as its next attempt: (the job, the checkpoint it resumes from,
+        the bytes its worker starts from (that checkpoint, or another job's), a fine-tuning
+        parent's weights). Shared by the local and the Ray backend (training.ray_jobs)."""
         config = job.config
         checkpoint = self._resume_checkpoint(job) if job.attempt else None
-        data = self._datasets.worker_data(config["data"])
         attempt = job.attempt + 1
         job = replace(job, attempt=attempt, devices=tuple(devices), started_at=job.started_at or time.time())
         run_id = job.run_id
@@ -533,10 +546,6 @@ class Jobs:
                     "step": checkpoint.step,
                 },
             )
-        kind = config["devices"]["kind"]
-        world = len(devices)
-        cuda_indices = [int(d.split(":")[1]) for d in devices] if kind == "cuda" else []
-        port = _free_port() if world > 1 else 0
         # A job that starts from another's weights (a PBT trial) takes them until it has
         # checkpoints of its own.
         start_sha256 = checkpoint.sha256 if checkpoint else job.start_weights
@@ -544,6 +553,16 @@ class Jobs:
         fine_tune = config.get("fine_tune")
         # A resumed attempt's checkpoint (or a PBT trial's start) already holds the weights it goes on from.
         initial_bytes = self._blobs.read_bytes(fine_tune["sha256"]) if fine_tune and not resume_bytes else b""
+        return job, checkpoint, resume_bytes, initial_bytes
+
+    def _launch(self, job: JobRecord, devices: builtins.list[str]) -> tuple[JobRecord, _Running]:
+        config = job.config
+        data = self._datasets.worker_data(config["data"])
+        job, checkpoint, resume_bytes, initial_bytes = self._begin_attempt(job, devices)
+        kind = config["devices"]["kind"]
+        world = len(devices)
+        cuda_indices = [int(d.split(":")[1]) for d in devices] if kind == "cuda" else []
+        port = _free_port() if world > 1 else 0
         processes: list[multiprocessing.process.BaseProcess] = []
         conns: list[Connection] = []
         with _ENV_LOCK:

@@ -176,6 +176,7 @@ SPEC_FIELDS: Mapping[str, SpecField] = {
             "cuda": _message({"indices": _LIST}, oneof="kind"),
             "gpu_count": _value(int, oneof="kind"),
             "cpu_processes": _value(int),
+            "ray_resources": _LIST,
         }
     ),
     "priority": _value(int),
@@ -193,6 +194,7 @@ SPEC_FIELDS: Mapping[str, SpecField] = {
     "replace_head": _message({"output_size": _value(int)}),
     "backbone_lr_scale": _value(float),
     "precision": _value(str),
+    "max_restarts": _value(int),
 }
 
 
@@ -306,6 +308,12 @@ def normalize_spec(
     config["priority"] = int(raw.get("priority", 0))
     config["register_as"] = _check_register_as(raw.get("register_as") or {}, problems)
     config["tags"] = dict(raw.get("tags") or {})
+    # Only set, so that the configs (and run params) of jobs without them stay as they were.
+    max_restarts = int(raw.get("max_restarts", 0))
+    if not 0 <= max_restarts <= 100:
+        problems.invalid("spec.max_restarts", f"must be in 0..100, got {max_restarts}")
+    elif max_restarts:
+        config["max_restarts"] = max_restarts
     problems.raise_if_any()
     assert facts is not None  # a spec without its dataset has a problem, raised above
     config["dataset_sha256"] = facts.sha256
@@ -538,6 +546,14 @@ def _check_checkpoints(raw: dict[str, Any], metrics: list[str] | None, problems:
 
 
 def _check_devices(raw: dict[str, Any], devices: DeviceFacts, problems: _Problems) -> dict[str, Any]:
+    checked = _check_device_kind(raw, devices, problems)
+    # Only set, so that the configs of jobs without them stay as they were.
+    if ray_resources := _check_ray_resources(raw.get("ray_resources") or {}, problems):
+        checked["ray_resources"] = ray_resources
+    return checked
+
+
+def _check_device_kind(raw: dict[str, Any], devices: DeviceFacts, problems: _Problems) -> dict[str, Any]:
     processes = int(raw.get("cpu_processes", 0))
     if processes < 0:
         problems.invalid("spec.devices.cpu_processes", f"must be >= 0, got {processes}")
@@ -574,6 +590,19 @@ def _check_devices(raw: dict[str, Any], devices: DeviceFacts, problems: _Problem
             f"{devices.cpu_slots} CPU slot{'s' if devices.cpu_slots != 1 else ''} (training.cpu_slots)",
         )
     return {"kind": "cpu", "indices": [], "count": count}
+
+
+def _check_ray_resources(raw: dict[str, Any], problems: _Problems) -> dict[str, float]:
+    """Custom Ray resources (training.ray_backend checks them against the cluster)."""
+    out: dict[str, float] = {}
+    for name, amount in raw.items():
+        if not name or not math.isfinite(amount) or amount <= 0:
+            problems.invalid(
+                "spec.devices.ray_resources", f"{name!r}: {amount} must be a resource name and an amount > 0"
+            )
+        else:
+            out[str(name)] = float(amount)
+    return out
 
 
 def _check_precision(precision: str, devices: dict[str, Any], problems: _Problems) -> str:

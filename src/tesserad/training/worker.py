@@ -93,6 +93,7 @@ class WorkerPayload:
     device_kind: str = "cpu"  # cpu or cuda
     cuda_indices: list[int] = field(default_factory=list)
     master_port: int = 0
+    master_addr: str = "127.0.0.1"  # rank 0's host; another node's under the Ray backend
     threads: int = 1
     resume: bool = False
     weights_only: bool = False  # the checkpoint received gives the starting weights alone
@@ -145,7 +146,7 @@ def _run(conn: Connection, payload: WorkerPayload) -> None:
     if payload.world > 1:
         torch.distributed.init_process_group(
             "nccl" if device.type == "cuda" else "gloo",
-            init_method=f"tcp://127.0.0.1:{payload.master_port}",
+            init_method=f"tcp://{payload.master_addr}:{payload.master_port}",
             rank=payload.rank,
             world_size=payload.world,
         )

@@ -212,3 +212,30 @@ def test_k8s_replicas_follow_the_primary_behind_a_headless_service_and_an_autosc
     env = {e["name"]: e for e in container["env"]}
     assert env["TESSERA_REPLICA_ADVERTISE"]["value"] == f"$(POD_IP):{settings.listen.port}"
     assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+
+
+def test_ray_compose_points_the_daemon_at_its_ray_head_and_the_workers_back_at_the_daemon():
+    compose = load_all(DEPLOY / "ray" / "compose.yaml")[0]
+    services = compose["services"]
+    daemon = services["tesserad"]
+    settings = env_settings(daemon["environment"])
+    assert settings.training.backend == "ray"
+    head = services["ray-head"]["command"]
+    assert "--head" in head and settings.training.ray_address == "ray-head:" + next(
+        a.split("=")[1] for a in head if a.startswith("--port=")
+    )
+    assert "--address=" + settings.training.ray_address in services["ray-worker"]["command"]
+    assert settings.training.ray_daemon_target == f"tesserad:{settings.listen.port}"
+    assert settings.security.tokens_file is not None and settings.training.ray_worker_token_file is not None
+    assert {s["build"]["args"]["EXTRAS"] for s in services.values()} == {"[ray]"}
+
+
+def test_kuberay_cluster_and_the_daemons_settings_agree():
+    cluster, config = load_all(DEPLOY / "k8s" / "raycluster.yaml")
+    assert cluster["kind"] == "RayCluster" and config["kind"] == "ConfigMap"
+    settings = env_settings(config["data"])
+    assert settings.training.backend == "ray"
+    assert settings.training.ray_address == f"{cluster['metadata']['name']}-head-svc:6379"
+    assert settings.training.ray_daemon_target == f"tesserad:{GRPC_PORT}"
+    pinned = re.search(r"^ray==(\S+)$", (DEPLOY.parent / "constraints.txt").read_text(), re.MULTILINE)
+    assert pinned and cluster["spec"]["rayVersion"] == pinned.group(1)

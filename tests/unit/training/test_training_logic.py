@@ -12,6 +12,7 @@ from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, Resou
 from tesserad.store import Store
 from tesserad.training.events import EventLog
 from tesserad.training.finetune import ParentFacts
+from tesserad.training.ray_jobs import ray_resources
 from tesserad.training.scheduler import DeviceInventory, QueuedJob, pick_runnable
 from tesserad.training.schedules import lr_at
 from tesserad.training.spec import DatasetFacts, DeviceFacts, normalize_spec
@@ -127,6 +128,27 @@ def test_spec_defaults_are_applied() -> None:
     }
     assert config["devices"] == {"kind": "cpu", "indices": [], "count": 1}
     assert config["early_stopping"]["mode"] == "min" and config["register_as"] is None
+
+
+def test_ray_resources_and_max_restarts_are_checked_and_absent_unless_set() -> None:
+    devices = DeviceFacts(1, 0)
+    plain = normalize_spec(_raw(), _dataset, devices, _no_parent)
+    assert "max_restarts" not in plain and "ray_resources" not in plain["devices"]
+    config = normalize_spec(
+        _raw(devices={"cpu": True, "ray_resources": {"node_b": 1}}, max_restarts=2),
+        _dataset,
+        devices,
+        _no_parent,
+    )
+    assert config["devices"]["ray_resources"] == {"node_b": 1.0} and config["max_restarts"] == 2
+    assert ray_resources(config["devices"]) == {"CPU": 1.0, "node_b": 1.0}
+    # Per process: a 2-GPU job is two actors of one GPU each.
+    assert ray_resources({"kind": "cuda", "indices": [], "count": 2}) == {"CPU": 1.0, "GPU": 1.0}
+    with pytest.raises(InvalidArgument) as err:
+        normalize_spec(
+            _raw(devices={"ray_resources": {"node_b": 0}}, max_restarts=-1), _dataset, devices, _no_parent
+        )
+    assert "spec.devices.ray_resources" in err.value.message and "spec.max_restarts" in err.value.message
 
 
 def test_spec_regression_targets_must_fit_the_output() -> None:

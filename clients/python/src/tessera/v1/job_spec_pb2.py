@@ -26,7 +26,7 @@ from tessera.v1 import architecture_pb2 as tessera_dot_v1_dot_architecture__pb2
 from tessera.v1 import common_pb2 as tessera_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tessera/v1/job_spec.proto\x12\ntessera.v1\x1a\x1dtessera/v1/architecture.proto\x1a\x17tessera/v1/common.proto\"\xab\x06\n\x07JobSpec\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x10\n\x08run_name\x18\x02 \x01(\t\x12.\n\x0c\x61rchitecture\x18\x03 \x01(\x0b\x32\x18.tessera.v1.Architecture\x12\x1e\n\x04task\x18\x04 \x01(\x0e\x32\x10.tessera.v1.Task\x12\x0c\n\x04loss\x18\x05 \x01(\t\x12\"\n\x04\x64\x61ta\x18\x06 \x01(\x0b\x32\x14.tessera.v1.DataSpec\x12(\n\toptimizer\x18\x07 \x01(\x0b\x32\x15.tessera.v1.Optimizer\x12+\n\x0blr_schedule\x18\x08 \x01(\x0b\x32\x16.tessera.v1.LrSchedule\x12\x0e\n\x06\x65pochs\x18\t \x01(\x03\x12\x11\n\tmax_steps\x18\n \x01(\x03\x12\x12\n\nbatch_size\x18\x0b \x01(\x03\x12\x0c\n\x04seed\x18\x0c \x01(\x03\x12\x31\n\x0e\x65\x61rly_stopping\x18\r \x01(\x0b\x32\x19.tessera.v1.EarlyStopping\x12\x31\n\x0b\x63heckpoints\x18\x0e \x01(\x0b\x32\x1c.tessera.v1.CheckpointPolicy\x12*\n\x07\x64\x65vices\x18\x0f \x01(\x0b\x32\x19.tessera.v1.DeviceRequest\x12\x10\n\x08priority\x18\x10 \x01(\x05\x12+\n\x0bregister_as\x18\x11 \x01(\x0b\x32\x16.tessera.v1.RegisterAs\x12\x19\n\x11log_every_n_steps\x18\x12 \x01(\x03\x12+\n\x04tags\x18\x13 \x03(\x0b\x32\x1d.tessera.v1.JobSpec.TagsEntry\x12)\n\tinit_from\x18\x14 \x01(\x0b\x32\x16.tessera.v1.VersionRef\x12\x0e\n\x06\x66reeze\x18\x15 \x03(\t\x12-\n\x0creplace_head\x18\x16 \x01(\x0b\x32\x17.tessera.v1.ReplaceHead\x12\x19\n\x11\x62\x61\x63kbone_lr_scale\x18\x17 \x01(\x01\x12\x11\n\tprecision\x18\x1e \x01(\t\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\"\n\x0bReplaceHead\x12\x13\n\x0boutput_size\x18\x01 \x01(\x03\"\x86\x01\n\x08\x44\x61taSpec\x12\'\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x16.tessera.v1.DatasetRef\x12\x13\n\x0btrain_split\x18\x02 \x01(\t\x12\x11\n\tval_split\x18\x03 \x01(\t\x12\x13\n\x0binput_array\x18\x04 \x01(\t\x12\x14\n\x0ctarget_array\x18\x05 \x01(\t\"\xa2\x01\n\tOptimizer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02lr\x18\x02 \x01(\x01\x12\x14\n\x0cweight_decay\x18\x03 \x01(\x01\x12\x10\n\x08momentum\x18\x04 \x01(\x01\x12\x10\n\x08nesterov\x18\x05 \x01(\x08\x12\r\n\x05\x62\x65ta1\x18\x06 \x01(\x01\x12\r\n\x05\x62\x65ta2\x18\x07 \x01(\x01\x12\x0b\n\x03\x65ps\x18\x08 \x01(\x01\x12\x16\n\x0egrad_clip_norm\x18\t \x01(\x01\"\xd3\x01\n\nLrSchedule\x12*\n\x08\x63onstant\x18\x01 \x01(\x0b\x32\x16.tessera.v1.ConstantLrH\x00\x12\"\n\x04step\x18\x02 \x01(\x0b\x32\x12.tessera.v1.StepLrH\x00\x12&\n\x06\x63osine\x18\x03 \x01(\x0b\x32\x14.tessera.v1.CosineLrH\x00\x12+\n\tone_cycle\x18\x04 \x01(\x0b\x32\x16.tessera.v1.OneCycleLrH\x00\x12\x14\n\x0cwarmup_steps\x18\n \x01(\x03\x42\n\n\x08schedule\"\x0c\n\nConstantLr\"*\n\x06StepLr\x12\x11\n\tstep_size\x18\x01 \x01(\x03\x12\r\n\x05gamma\x18\x02 \x01(\x01\"\x1a\n\x08\x43osineLr\x12\x0e\n\x06min_lr\x18\x01 \x01(\x01\"/\n\nOneCycleLr\x12\x0e\n\x06max_lr\x18\x01 \x01(\x01\x12\x11\n\tpct_start\x18\x02 \x01(\x01\"l\n\rEarlyStopping\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12&\n\x04mode\x18\x02 \x01(\x0e\x32\x18.tessera.v1.OptimizeMode\x12\x10\n\x08patience\x18\x03 \x01(\x03\x12\x11\n\tmin_delta\x18\x04 \x01(\x01\"\x89\x01\n\x10\x43heckpointPolicy\x12\x16\n\x0e\x65very_n_epochs\x18\x01 \x01(\x03\x12\x11\n\tkeep_last\x18\x02 \x01(\x03\x12\x18\n\x10keep_best_metric\x18\x03 \x01(\t\x12\x30\n\x0ekeep_best_mode\x18\x04 \x01(\x0e\x32\x18.tessera.v1.OptimizeMode\"{\n\rDeviceRequest\x12\r\n\x03\x63pu\x18\x01 \x01(\x08H\x00\x12\'\n\x04\x63uda\x18\x02 \x01(\x0b\x32\x17.tessera.v1.CudaDevicesH\x00\x12\x13\n\tgpu_count\x18\x03 \x01(\x05H\x00\x12\x15\n\rcpu_processes\x18\x04 \x01(\x05\x42\x06\n\x04kind\"\x1e\n\x0b\x43udaDevices\x12\x0f\n\x07indices\x18\x01 \x03(\x05\"?\n\nRegisterAs\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t*J\n\x04Task\x12\x14\n\x10TASK_UNSPECIFIED\x10\x00\x12\x17\n\x13TASK_CLASSIFICATION\x10\x01\x12\x13\n\x0fTASK_REGRESSION\x10\x02*[\n\x0cOptimizeMode\x12\x1d\n\x19OPTIMIZE_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11OPTIMIZE_MODE_MIN\x10\x01\x12\x15\n\x11OPTIMIZE_MODE_MAX\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tessera/v1/job_spec.proto\x12\ntessera.v1\x1a\x1dtessera/v1/architecture.proto\x1a\x17tessera/v1/common.proto\"\xc1\x06\n\x07JobSpec\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x10\n\x08run_name\x18\x02 \x01(\t\x12.\n\x0c\x61rchitecture\x18\x03 \x01(\x0b\x32\x18.tessera.v1.Architecture\x12\x1e\n\x04task\x18\x04 \x01(\x0e\x32\x10.tessera.v1.Task\x12\x0c\n\x04loss\x18\x05 \x01(\t\x12\"\n\x04\x64\x61ta\x18\x06 \x01(\x0b\x32\x14.tessera.v1.DataSpec\x12(\n\toptimizer\x18\x07 \x01(\x0b\x32\x15.tessera.v1.Optimizer\x12+\n\x0blr_schedule\x18\x08 \x01(\x0b\x32\x16.tessera.v1.LrSchedule\x12\x0e\n\x06\x65pochs\x18\t \x01(\x03\x12\x11\n\tmax_steps\x18\n \x01(\x03\x12\x12\n\nbatch_size\x18\x0b \x01(\x03\x12\x0c\n\x04seed\x18\x0c \x01(\x03\x12\x31\n\x0e\x65\x61rly_stopping\x18\r \x01(\x0b\x32\x19.tessera.v1.EarlyStopping\x12\x31\n\x0b\x63heckpoints\x18\x0e \x01(\x0b\x32\x1c.tessera.v1.CheckpointPolicy\x12*\n\x07\x64\x65vices\x18\x0f \x01(\x0b\x32\x19.tessera.v1.DeviceRequest\x12\x10\n\x08priority\x18\x10 \x01(\x05\x12+\n\x0bregister_as\x18\x11 \x01(\x0b\x32\x16.tessera.v1.RegisterAs\x12\x19\n\x11log_every_n_steps\x18\x12 \x01(\x03\x12+\n\x04tags\x18\x13 \x03(\x0b\x32\x1d.tessera.v1.JobSpec.TagsEntry\x12)\n\tinit_from\x18\x14 \x01(\x0b\x32\x16.tessera.v1.VersionRef\x12\x0e\n\x06\x66reeze\x18\x15 \x03(\t\x12-\n\x0creplace_head\x18\x16 \x01(\x0b\x32\x17.tessera.v1.ReplaceHead\x12\x19\n\x11\x62\x61\x63kbone_lr_scale\x18\x17 \x01(\x01\x12\x11\n\tprecision\x18\x1e \x01(\t\x12\x14\n\x0cmax_restarts\x18( \x01(\x05\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\"\n\x0bReplaceHead\x12\x13\n\x0boutput_size\x18\x01 \x01(\x03\"\x86\x01\n\x08\x44\x61taSpec\x12\'\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x16.tessera.v1.DatasetRef\x12\x13\n\x0btrain_split\x18\x02 \x01(\t\x12\x11\n\tval_split\x18\x03 \x01(\t\x12\x13\n\x0binput_array\x18\x04 \x01(\t\x12\x14\n\x0ctarget_array\x18\x05 \x01(\t\"\xa2\x01\n\tOptimizer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02lr\x18\x02 \x01(\x01\x12\x14\n\x0cweight_decay\x18\x03 \x01(\x01\x12\x10\n\x08momentum\x18\x04 \x01(\x01\x12\x10\n\x08nesterov\x18\x05 \x01(\x08\x12\r\n\x05\x62\x65ta1\x18\x06 \x01(\x01\x12\r\n\x05\x62\x65ta2\x18\x07 \x01(\x01\x12\x0b\n\x03\x65ps\x18\x08 \x01(\x01\x12\x16\n\x0egrad_clip_norm\x18\t \x01(\x01\"\xd3\x01\n\nLrSchedule\x12*\n\x08\x63onstant\x18\x01 \x01(\x0b\x32\x16.tessera.v1.ConstantLrH\x00\x12\"\n\x04step\x18\x02 \x01(\x0b\x32\x12.tessera.v1.StepLrH\x00\x12&\n\x06\x63osine\x18\x03 \x01(\x0b\x32\x14.tessera.v1.CosineLrH\x00\x12+\n\tone_cycle\x18\x04 \x01(\x0b\x32\x16.tessera.v1.OneCycleLrH\x00\x12\x14\n\x0cwarmup_steps\x18\n \x01(\x03\x42\n\n\x08schedule\"\x0c\n\nConstantLr\"*\n\x06StepLr\x12\x11\n\tstep_size\x18\x01 \x01(\x03\x12\r\n\x05gamma\x18\x02 \x01(\x01\"\x1a\n\x08\x43osineLr\x12\x0e\n\x06min_lr\x18\x01 \x01(\x01\"/\n\nOneCycleLr\x12\x0e\n\x06max_lr\x18\x01 \x01(\x01\x12\x11\n\tpct_start\x18\x02 \x01(\x01\"l\n\rEarlyStopping\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12&\n\x04mode\x18\x02 \x01(\x0e\x32\x18.tessera.v1.OptimizeMode\x12\x10\n\x08patience\x18\x03 \x01(\x03\x12\x11\n\tmin_delta\x18\x04 \x01(\x01\"\x89\x01\n\x10\x43heckpointPolicy\x12\x16\n\x0e\x65very_n_epochs\x18\x01 \x01(\x03\x12\x11\n\tkeep_last\x18\x02 \x01(\x03\x12\x18\n\x10keep_best_metric\x18\x03 \x01(\t\x12\x30\n\x0ekeep_best_mode\x18\x04 \x01(\x0e\x32\x18.tessera.v1.OptimizeMode\"\xf4\x01\n\rDeviceRequest\x12\r\n\x03\x63pu\x18\x01 \x01(\x08H\x00\x12\'\n\x04\x63uda\x18\x02 \x01(\x0b\x32\x17.tessera.v1.CudaDevicesH\x00\x12\x13\n\tgpu_count\x18\x03 \x01(\x05H\x00\x12\x15\n\rcpu_processes\x18\x04 \x01(\x05\x12\x42\n\rray_resources\x18( \x03(\x0b\x32+.tessera.v1.DeviceRequest.RayResourcesEntry\x1a\x33\n\x11RayResourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x06\n\x04kind\"\x1e\n\x0b\x43udaDevices\x12\x0f\n\x07indices\x18\x01 \x03(\x05\"?\n\nRegisterAs\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t*J\n\x04Task\x12\x14\n\x10TASK_UNSPECIFIED\x10\x00\x12\x17\n\x13TASK_CLASSIFICATION\x10\x01\x12\x13\n\x0fTASK_REGRESSION\x10\x02*[\n\x0cOptimizeMode\x12\x1d\n\x19OPTIMIZE_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11OPTIMIZE_MODE_MIN\x10\x01\x12\x15\n\x11OPTIMIZE_MODE_MAX\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,38 +35,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_JOBSPEC_TAGSENTRY']._loaded_options = None
   _globals['_JOBSPEC_TAGSENTRY']._serialized_options = b'8\001'
-  _globals['_TASK']._serialized_start=2070
-  _globals['_TASK']._serialized_end=2144
-  _globals['_OPTIMIZEMODE']._serialized_start=2146
-  _globals['_OPTIMIZEMODE']._serialized_end=2237
+  _globals['_DEVICEREQUEST_RAYRESOURCESENTRY']._loaded_options = None
+  _globals['_DEVICEREQUEST_RAYRESOURCESENTRY']._serialized_options = b'8\001'
+  _globals['_TASK']._serialized_start=2214
+  _globals['_TASK']._serialized_end=2288
+  _globals['_OPTIMIZEMODE']._serialized_start=2290
+  _globals['_OPTIMIZEMODE']._serialized_end=2381
   _globals['_JOBSPEC']._serialized_start=98
-  _globals['_JOBSPEC']._serialized_end=909
-  _globals['_JOBSPEC_TAGSENTRY']._serialized_start=866
-  _globals['_JOBSPEC_TAGSENTRY']._serialized_end=909
-  _globals['_REPLACEHEAD']._serialized_start=911
-  _globals['_REPLACEHEAD']._serialized_end=945
-  _globals['_DATASPEC']._serialized_start=948
-  _globals['_DATASPEC']._serialized_end=1082
-  _globals['_OPTIMIZER']._serialized_start=1085
-  _globals['_OPTIMIZER']._serialized_end=1247
-  _globals['_LRSCHEDULE']._serialized_start=1250
-  _globals['_LRSCHEDULE']._serialized_end=1461
-  _globals['_CONSTANTLR']._serialized_start=1463
-  _globals['_CONSTANTLR']._serialized_end=1475
-  _globals['_STEPLR']._serialized_start=1477
-  _globals['_STEPLR']._serialized_end=1519
-  _globals['_COSINELR']._serialized_start=1521
-  _globals['_COSINELR']._serialized_end=1547
-  _globals['_ONECYCLELR']._serialized_start=1549
-  _globals['_ONECYCLELR']._serialized_end=1596
-  _globals['_EARLYSTOPPING']._serialized_start=1598
-  _globals['_EARLYSTOPPING']._serialized_end=1706
-  _globals['_CHECKPOINTPOLICY']._serialized_start=1709
-  _globals['_CHECKPOINTPOLICY']._serialized_end=1846
-  _globals['_DEVICEREQUEST']._serialized_start=1848
-  _globals['_DEVICEREQUEST']._serialized_end=1971
-  _globals['_CUDADEVICES']._serialized_start=1973
-  _globals['_CUDADEVICES']._serialized_end=2003
-  _globals['_REGISTERAS']._serialized_start=2005
-  _globals['_REGISTERAS']._serialized_end=2068
+  _globals['_JOBSPEC']._serialized_end=931
+  _globals['_JOBSPEC_TAGSENTRY']._serialized_start=888
+  _globals['_JOBSPEC_TAGSENTRY']._serialized_end=931
+  _globals['_REPLACEHEAD']._serialized_start=933
+  _globals['_REPLACEHEAD']._serialized_end=967
+  _globals['_DATASPEC']._serialized_start=970
+  _globals['_DATASPEC']._serialized_end=1104
+  _globals['_OPTIMIZER']._serialized_start=1107
+  _globals['_OPTIMIZER']._serialized_end=1269
+  _globals['_LRSCHEDULE']._serialized_start=1272
+  _globals['_LRSCHEDULE']._serialized_end=1483
+  _globals['_CONSTANTLR']._serialized_start=1485
+  _globals['_CONSTANTLR']._serialized_end=1497
+  _globals['_STEPLR']._serialized_start=1499
+  _globals['_STEPLR']._serialized_end=1541
+  _globals['_COSINELR']._serialized_start=1543
+  _globals['_COSINELR']._serialized_end=1569
+  _globals['_ONECYCLELR']._serialized_start=1571
+  _globals['_ONECYCLELR']._serialized_end=1618
+  _globals['_EARLYSTOPPING']._serialized_start=1620
+  _globals['_EARLYSTOPPING']._serialized_end=1728
+  _globals['_CHECKPOINTPOLICY']._serialized_start=1731
+  _globals['_CHECKPOINTPOLICY']._serialized_end=1868
+  _globals['_DEVICEREQUEST']._serialized_start=1871
+  _globals['_DEVICEREQUEST']._serialized_end=2115
+  _globals['_DEVICEREQUEST_RAYRESOURCESENTRY']._serialized_start=2056
+  _globals['_DEVICEREQUEST_RAYRESOURCESENTRY']._serialized_end=2107
+  _globals['_CUDADEVICES']._serialized_start=2117
+  _globals['_CUDADEVICES']._serialized_end=2147
+  _globals['_REGISTERAS']._serialized_start=2149
+  _globals['_REGISTERAS']._serialized_end=2212
 # @@protoc_insertion_point(module_scope)

@@ -119,6 +119,7 @@ class JobSpec(_message.Message):
     REPLACE_HEAD_FIELD_NUMBER: _builtins.int
     BACKBONE_LR_SCALE_FIELD_NUMBER: _builtins.int
     PRECISION_FIELD_NUMBER: _builtins.int
+    MAX_RESTARTS_FIELD_NUMBER: _builtins.int
     experiment: _builtins.str
     """Experiment the job's run belongs to; created on first use. Default "default"."""
     run_name: _builtins.str
@@ -149,6 +150,12 @@ class JobSpec(_message.Message):
     """Numeric precision of training: "fp32" (default), "bf16" (autocast to bfloat16, on CPU or
     CUDA) or "fp16" (autocast to float16 with a dynamic loss scaler; CUDA jobs only).
     Parameters, optimiser state and checkpoints stay float32.
+    """
+    max_restarts: _builtins.int
+    """Training on a Ray cluster (training.backend = "ray"; fields 40-49).
+    How often a job whose worker dies (killed, its node lost) is started again, each time
+    from its last checkpoint, before it fails with the worker's error. 0 (default): never.
+    The local backend does not restart jobs: a value > 0 there is FAILED_PRECONDITION.
     """
     @_builtins.property
     def architecture(self) -> _architecture_pb2.Architecture: ...
@@ -219,10 +226,11 @@ class JobSpec(_message.Message):
         replace_head: Global___ReplaceHead | None = ...,
         backbone_lr_scale: _builtins.float = ...,
         precision: _builtins.str = ...,
+        max_restarts: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "checkpoints", b"checkpoints", "data", b"data", "devices", b"devices", "early_stopping", b"early_stopping", "init_from", b"init_from", "lr_schedule", b"lr_schedule", "optimizer", b"optimizer", "register_as", b"register_as", "replace_head", b"replace_head"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "backbone_lr_scale", b"backbone_lr_scale", "batch_size", b"batch_size", "checkpoints", b"checkpoints", "data", b"data", "devices", b"devices", "early_stopping", b"early_stopping", "epochs", b"epochs", "experiment", b"experiment", "freeze", b"freeze", "init_from", b"init_from", "log_every_n_steps", b"log_every_n_steps", "loss", b"loss", "lr_schedule", b"lr_schedule", "max_steps", b"max_steps", "optimizer", b"optimizer", "precision", b"precision", "priority", b"priority", "register_as", b"register_as", "replace_head", b"replace_head", "run_name", b"run_name", "seed", b"seed", "tags", b"tags", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "backbone_lr_scale", b"backbone_lr_scale", "batch_size", b"batch_size", "checkpoints", b"checkpoints", "data", b"data", "devices", b"devices", "early_stopping", b"early_stopping", "epochs", b"epochs", "experiment", b"experiment", "freeze", b"freeze", "init_from", b"init_from", "log_every_n_steps", b"log_every_n_steps", "loss", b"loss", "lr_schedule", b"lr_schedule", "max_restarts", b"max_restarts", "max_steps", b"max_steps", "optimizer", b"optimizer", "precision", b"precision", "priority", b"priority", "register_as", b"register_as", "replace_head", b"replace_head", "run_name", b"run_name", "seed", b"seed", "tags", b"tags", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -524,10 +532,31 @@ class DeviceRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class RayResourcesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     CPU_FIELD_NUMBER: _builtins.int
     CUDA_FIELD_NUMBER: _builtins.int
     GPU_COUNT_FIELD_NUMBER: _builtins.int
     CPU_PROCESSES_FIELD_NUMBER: _builtins.int
+    RAY_RESOURCES_FIELD_NUMBER: _builtins.int
     cpu: _builtins.bool
     """One CPU slot; with cpu_processes > 1, that many processes under torch.distributed (gloo)."""
     gpu_count: _builtins.int
@@ -537,6 +566,13 @@ class DeviceRequest(_message.Message):
     def cuda(self) -> Global___CudaDevices:
         """Exactly these CUDA devices, e.g. [0] or [0, 1] (several: DDP with NCCL)."""
 
+    @_builtins.property
+    def ray_resources(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """With training.backend = "ray": custom Ray resources each process of the job also needs,
+        e.g. {"node_b": 1} or {"accelerator_type:A100": 0.001}; Ray places it on a node that has
+        them. A resource no node of the cluster has is FAILED_PRECONDITION at submit.
+        """
+
     def __init__(
         self,
         *,
@@ -544,10 +580,11 @@ class DeviceRequest(_message.Message):
         cuda: Global___CudaDevices | None = ...,
         gpu_count: _builtins.int = ...,
         cpu_processes: _builtins.int = ...,
+        ray_resources: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cpu", b"cpu", "cuda", b"cuda", "gpu_count", b"gpu_count", "kind", b"kind"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu", b"cpu", "cpu_processes", b"cpu_processes", "cuda", b"cuda", "gpu_count", b"gpu_count", "kind", b"kind"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu", b"cpu", "cpu_processes", b"cpu_processes", "cuda", b"cuda", "gpu_count", b"gpu_count", "kind", b"kind", "ray_resources", b"ray_resources"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["cpu", "cuda", "gpu_count"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015

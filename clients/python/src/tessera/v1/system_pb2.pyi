@@ -156,6 +156,7 @@ class ServerInfo(_message.Message):
     HOSTNAME_FIELD_NUMBER: _builtins.int
     PID_FIELD_NUMBER: _builtins.int
     RUNTIME_VERSIONS_FIELD_NUMBER: _builtins.int
+    TRAINING_CLUSTER_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """tesserad's version."""
     uptime_s: _builtins.float
@@ -177,6 +178,10 @@ class ServerInfo(_message.Message):
     def runtime_versions(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Versions of the runtimes that matter: python, torch, onnxruntime, grpcio."""
 
+    @_builtins.property
+    def training_cluster(self) -> Global___TrainingCluster:
+        """The Ray cluster training runs on (training.backend = "ray"); unset with the local backend."""
+
     def __init__(
         self,
         *,
@@ -189,14 +194,123 @@ class ServerInfo(_message.Message):
         hostname: _builtins.str = ...,
         pid: _builtins.int = ...,
         runtime_versions: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        training_cluster: Global___TrainingCluster | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["data_dir", b"data_dir", "started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data_dir", b"data_dir", "started_at", b"started_at", "training_cluster", b"training_cluster"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_dir", b"data_dir", "devices", b"devices", "hostname", b"hostname", "pid", b"pid", "runtime_versions", b"runtime_versions", "services", b"services", "started_at", b"started_at", "uptime_s", b"uptime_s", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_dir", b"data_dir", "devices", b"devices", "hostname", b"hostname", "pid", b"pid", "runtime_versions", b"runtime_versions", "services", b"services", "started_at", b"started_at", "training_cluster", b"training_cluster", "uptime_s", b"uptime_s", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ServerInfo: _TypeAlias = ServerInfo  # noqa: Y015
+
+@_typing.final
+class TrainingCluster(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class AvailableEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    CONNECTED_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    AVAILABLE_FIELD_NUMBER: _builtins.int
+    address: _builtins.str
+    """training.ray_address."""
+    connected: _builtins.bool
+    """False while the daemon cannot reach the cluster (it keeps retrying); error says why."""
+    error: _builtins.str
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClusterNode]: ...
+    @_builtins.property
+    def available(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Free now, summed over the nodes: CPU, GPU, memory (bytes) and custom resources."""
+
+    def __init__(
+        self,
+        *,
+        address: _builtins.str = ...,
+        connected: _builtins.bool = ...,
+        error: _builtins.str = ...,
+        nodes: _abc.Iterable[Global___ClusterNode] | None = ...,
+        available: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "available", b"available", "connected", b"connected", "error", b"error", "nodes", b"nodes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrainingCluster: _TypeAlias = TrainingCluster  # noqa: Y015
+
+@_typing.final
+class ClusterNode(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class TotalEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    ALIVE_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    address: _builtins.str
+    alive: _builtins.bool
+    @_builtins.property
+    def total(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """The node's resources: CPU, GPU, memory (bytes) and custom resources."""
+
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        address: _builtins.str = ...,
+        alive: _builtins.bool = ...,
+        total: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "alive", b"alive", "node_id", b"node_id", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClusterNode: _TypeAlias = ClusterNode  # noqa: Y015
 
 @_typing.final
 class WatchSystemRequest(_message.Message):
@@ -268,6 +382,7 @@ class SystemSample(_message.Message):
     PROCESS_CPU_PERCENT_FIELD_NUMBER: _builtins.int
     PROCESS_RSS_BYTES_FIELD_NUMBER: _builtins.int
     GPUS_FIELD_NUMBER: _builtins.int
+    TRAINING_CLUSTER_FIELD_NUMBER: _builtins.int
     cpu_percent: _builtins.float
     """Whole machine, 0..100 averaged over the cores, since the previous sample."""
     memory_used_bytes: _builtins.int
@@ -281,6 +396,10 @@ class SystemSample(_message.Message):
     def per_cpu_percent(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
     @_builtins.property
     def gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___GpuSample]: ...
+    @_builtins.property
+    def training_cluster(self) -> Global___TrainingCluster:
+        """As ServerInfo.training_cluster, at the sample's time."""
+
     def __init__(
         self,
         *,
@@ -292,10 +411,11 @@ class SystemSample(_message.Message):
         process_cpu_percent: _builtins.float = ...,
         process_rss_bytes: _builtins.int = ...,
         gpus: _abc.Iterable[Global___GpuSample] | None = ...,
+        training_cluster: Global___TrainingCluster | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time", "training_cluster", b"training_cluster"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_percent", b"cpu_percent", "gpus", b"gpus", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "per_cpu_percent", b"per_cpu_percent", "process_cpu_percent", b"process_cpu_percent", "process_rss_bytes", b"process_rss_bytes", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_percent", b"cpu_percent", "gpus", b"gpus", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "per_cpu_percent", b"per_cpu_percent", "process_cpu_percent", b"process_cpu_percent", "process_rss_bytes", b"process_rss_bytes", "time", b"time", "training_cluster", b"training_cluster"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,181 @@
+"""The worker side of training.backend = "ray": one Ray actor per job, on whichever node Ray places it.
+
+The actor receives the job's payload (spec, split indices, the bytes it starts from), fetches
+the dataset from the daemon by content hash (training.ray_worker_client, cached per node) and
+trains with the same code as a local worker (training.worker). What a local worker sends on its
+pipe (events, checkpoints, the final weights, its error) the actor yields from `run`, a Ray
+streaming generator the daemon reads into the job's event path; `cancel` asks it to stop at the
+next step boundary. Nothing here reads the daemon's data directory.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, cast
+
+from tesserad.training.worker import (
+    CancelMessage,
+    DataSource,
+    ErrorMessage,
+    WorkerMessage,
+    WorkerPayload,
+    _classify,
+    _run,
+)
+
+
+@dataclass(frozen=True)
+class DatasetFetch:
+    """Where the worker gets the job's dataset: the daemon's gRPC target and the version's content."""
+
+    target: str
+    token: str  # presented as a bearer token; "" when the daemon asks for none
+    name: str
+    version: int
+    sha256: str
+    format: str  # npy or npz
+    array_name: str
+    input_array: str
+    target_array: str
+
+
+@dataclass(frozen=True)
+class RayPayload:
+    job_id: str
+    config: dict[str, Any]
+    dataset: DatasetFetch
+    train_indices: Any  # numpy int64 array
+    val_indices: Any  # numpy int64 array or None
+    threads: int
+    weights_only: bool  # the start bytes are a checkpoint's model weights only (a PBT trial's start)
+    resource_interval_s: float
+    compile: str
+    max_workspace: int
+    rank: int
+    world: int  # processes of the job (DDP ranks), one actor each
+    device_kind: str  # cpu or cuda
+    master_addr: str  # rank 0's node: where torch.distributed meets
+    master_port: int
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where Ray placed a job's actor."""
+
+    node_id: str
+    node_ip: str
+    pid: int
+    resources: dict[str, float]  # the node's total resources
+
+    def describe(self) -> str:
+        custom = ", ".join(
+            f"{k} {v:g}"
+            for k, v in sorted(self.resources.items())
+            if not k.startswith(("node:", "memory", "object"))
+        )
+        return f"Ray node {self.node_id[:12]} at {self.node_ip} ({custom}), pid {self.pid}"
+
+
+_END = object()
+
+
+class _ActorChannel:
+    """The pipe end training.worker._run expects, over the actor's queue and cancel flag."""
+
+    def __init__(self, out: queue.Queue[object], start: list[bytes], cancel: threading.Event) -> None:
+        self._out = out
+        self._start = start
+        self._cancel = cancel
+        self._cancel_delivered = False
+
+    def send(self, message: WorkerMessage) -> None:
+        self._out.put(message)
+
+    def recv_bytes(self) -> bytes:
+        return self._start.pop(0)
+
+    def poll(self) -> bool:
+        return self._cancel.is_set() and not self._cancel_delivered
+
+    def recv(self) -> CancelMessage:
+        self._cancel_delivered = True
+        return CancelMessage()
+
+
+class TrainingActor:
+    """Made a Ray actor (with the job's resources) by training.ray_jobs; max_concurrency 2, so
+    that `cancel` runs beside `run`."""
+
+    def __init__(self) -> None:
+        self._cancel = threading.Event()
+
+    def placement(self) -> Placement:
+        import ray
+
+        context = ray.get_runtime_context()
+        node_id = context.get_node_id()
+        node: dict[str, Any] = next((n for n in ray.nodes() if n["NodeID"] == node_id), {})
+        return Placement(
+            node_id, str(node.get("NodeManagerAddress", "")), os.getpid(), dict(node.get("Resources", {}))
+        )
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def free_port(self) -> int:
+        """A free TCP port on this node, for torch.distributed's rendezvous at rank 0."""
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("", 0))
+            return int(sock.getsockname()[1])
+
+    def run(self, payload: RayPayload, start: bytes, initial: bytes) -> Iterator[WorkerMessage]:
+        out: queue.Queue[object] = queue.Queue()
+        thread = threading.Thread(target=self._train, args=(payload, start, initial, out), daemon=True)
+        thread.start()
+        while (message := out.get()) is not _END:
+            yield cast(WorkerMessage, message)
+
+    def _train(self, payload: RayPayload, start: bytes, initial: bytes, out: queue.Queue[object]) -> None:
+        try:
+            from tesserad.training.ray_worker_client import cached_dataset
+
+            fetch = payload.dataset
+            path = cached_dataset(
+                fetch.target, fetch.token, fetch.name, fetch.version, fetch.sha256, fetch.format
+            )
+            worker_payload = WorkerPayload(
+                job_id=payload.job_id,
+                config=payload.config,
+                data=DataSource(
+                    str(path), fetch.format, fetch.array_name, fetch.input_array, fetch.target_array
+                ),
+                train_indices=payload.train_indices,
+                val_indices=payload.val_indices,
+                rank=payload.rank,
+                world=payload.world,
+                device_kind=payload.device_kind,
+                # Ray shows each actor only the GPU it was given, as cuda:0.
+                cuda_indices=[0] * payload.world if payload.device_kind == "cuda" else [],
+                master_addr=payload.master_addr,
+                master_port=payload.master_port,
+                threads=payload.threads,
+                resume=bool(start),
+                weights_only=payload.weights_only,
+                initial_weights=bool(initial),
+                resource_interval_s=payload.resource_interval_s,
+                # The raylet: a worker whose raylet died stops, as a local one whose daemon died.
+                parent_pid=os.getppid(),
+                compile=payload.compile,
+                max_workspace=payload.max_workspace,
+            )
+            channel = _ActorChannel(out, [b for b in (start, initial) if b], self._cancel)
+            _run(cast(Any, channel), worker_payload)
+        except BaseException as exc:
+            out.put(ErrorMessage(*_classify(exc)))
+        finally:
+            out.put(_END)

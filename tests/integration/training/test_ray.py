@@ -1,0 +1,544 @@
+"""training.backend = "ray" on a real two-node Ray cluster, started here as separate processes.
+
+Node a (the head) has the custom resource node_a, node b node_b, one CPU each: a job that asks
+for node_b must run on the second node, and a second such job can start only once the first
+has freed it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from tessera.v1 import (
+    common_pb2,
+    datasets_pb2,
+    datasets_pb2_grpc,
+    job_spec_pb2,
+    registry_pb2,
+    registry_pb2_grpc,
+    system_pb2,
+    system_pb2_grpc,
+    training_pb2,
+    training_pb2_grpc,
+)
+from tesserad.security.tokens import Role, format_entry, hash_token, new_token
+from tesserad.training.ray_worker_client import CACHE_DIR
+from tests.conftest import InProcessDaemon, daemon_settings
+from tests.integration.training.conftest import (
+    follow,
+    job_spec,
+    of_kind,
+    states,
+    sweep_values,
+    upload_dataset,
+    upload_standard_datasets,
+    wait_sweep,
+)
+
+pytest.importorskip(
+    "ray", reason="training.backend = ray needs the tesserad[ray] extra: ray is not installed"
+)
+
+S = training_pb2
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class RayNodes:
+    address: str
+    groups: list[int]  # process groups of the `ray start`s: every Ray process of the cluster
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _ray_start(args: list[str], temp: Path) -> int:
+    ray = str(Path(sys.executable).parent / "ray")
+    # Its own session: the Ray processes it leaves behind share its process group, the fixture's
+    # handle to stop exactly this cluster (`ray stop` would stop every Ray on the machine).
+    process = subprocess.Popen(
+        [ray, "start", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": str(temp)},
+    )
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output
+    return process.pid
+
+
+@pytest.fixture(scope="module")
+def ray_nodes() -> Iterator[RayNodes]:
+    # Short: Ray's socket paths under it must fit in 107 bytes.
+    temp = Path(tempfile.mkdtemp(prefix="tray"))
+    port = _free_port()
+    groups: list[int] = []
+    try:
+        groups.append(
+            _ray_start(
+                [
+                    "--head",
+                    f"--port={port}",
+                    "--resources",
+                    json.dumps({"node_a": 1}),
+                    "--include-dashboard=false",
+                    f"--temp-dir={temp}",
+                ],
+                temp,
+            )
+        )
+        address = f"127.0.0.1:{port}"
+        groups.append(_ray_start([f"--address={address}", "--resources", json.dumps({"node_b": 1})], temp))
+        yield RayNodes(address, groups)
+    finally:
+        for group in groups:
+            _stop_group(group)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _stop_group(group: int) -> None:
+    for sig, wait_s in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(group, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(group, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+
+
+RAY_SETTINGS = {
+    "training.backend": "ray",
+    "training.threads_per_slot": 1,
+    "training.cancel_grace_s": 5,
+    "training.resource_interval_s": 0.2,
+}
+
+
+@pytest.fixture(scope="module")
+def ray_daemon(ray_nodes: RayNodes, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessDaemon]:
+    settings = daemon_settings(
+        tmp_path_factory.mktemp("ray") / "data", **RAY_SETTINGS, **{"training.ray_address": ray_nodes.address}
+    )
+    running = InProcessDaemon(settings).start()
+    upload_standard_datasets(running.channel())
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def training(ray_daemon: InProcessDaemon) -> training_pb2_grpc.TrainingStub:
+    return training_pb2_grpc.TrainingStub(ray_daemon.channel())
+
+
+def submit(training: training_pb2_grpc.TrainingStub, spec: job_spec_pb2.JobSpec) -> training_pb2.Job:
+    """SubmitJob, waiting out the daemon's first connection to the cluster (UNAVAILABLE until then)."""
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            return training.SubmitJob(S.SubmitJobRequest(spec=spec))
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def on_node(node: str, **fields: Any) -> job_spec_pb2.JobSpec:
+    spec = job_spec("mlp", **fields)
+    spec.devices.ray_resources[node] = 1
+    return spec
+
+
+def placed(events: list[training_pb2.JobEvent]) -> list[str]:
+    return [e.message for e in of_kind(events, "log") if e.message.startswith("placed on Ray node")]
+
+
+def placed_ranks(events: list[training_pb2.JobEvent]) -> list[str]:
+    return [
+        e.message
+        for e in of_kind(events, "log")
+        if re.match(r"rank \d+ of \d+ placed on Ray node", e.message)
+    ]
+
+
+def pid_of(message: str) -> int:
+    match = re.search(r"pid (\d+)", message)
+    assert match, message
+    return int(match.group(1))
+
+
+def watch_until(
+    training: training_pb2_grpc.TrainingStub, job_id: str, stop: Any
+) -> list[training_pb2.JobEvent]:
+    """Events of the job until `stop(event)` is true for one."""
+    seen = []
+    for event in training.WatchJob(S.WatchJobRequest(job_id=job_id), timeout=120):
+        seen.append(event)
+        if stop(event):
+            return seen
+    raise AssertionError(f"the job ended first: {seen}")
+
+
+def test_a_job_asking_for_node_b_runs_there_and_registers_its_weights(
+    training: training_pb2_grpc.TrainingStub, ray_daemon: InProcessDaemon
+) -> None:
+    spec = on_node("node_b", register_as=job_spec_pb2.RegisterAs(model="ray-mlp"))
+    job = submit(training, spec)
+    events = follow(training, job.job_id)
+    assert states(events) == [S.JOB_STATE_QUEUED, S.JOB_STATE_RUNNING, S.JOB_STATE_SUCCEEDED], events
+    (where,) = placed(events)
+    assert "node_b 1" in where and "node_a" not in where
+    # WatchJob replays the same events after the job ended.
+    assert follow(training, job.job_id) == events
+    final = training.GetJob(S.GetJobRequest(job_id=job.job_id))
+    assert final.epoch == 2 and final.registered.model == "ray-mlp"
+    assert [e.epoch for e in of_kind(events, "epoch")] == [1, 2]
+    history = training.GetMetricHistory(S.GetMetricHistoryRequest(run_id=final.run_id, key="loss"))
+    assert [p.step for p in history.points] == [s.step for s in of_kind(events, "step")]
+    version = registry_pb2_grpc.RegistryStub(ray_daemon.channel()).GetVersion(
+        registry_pb2.GetVersionRequest(
+            ref=common_pb2.VersionRef(model="ray-mlp", version=final.registered.version)
+        )
+    )
+    lineage = version.lineage
+    assert (lineage.job_id, lineage.run_id) == (job.job_id, final.run_id)
+    assert [d.name for d in lineage.datasets] == ["flat"] and lineage.job_spec.devices.ray_resources[
+        "node_b"
+    ] == 1
+
+
+def test_unsatisfiable_resources_are_refused_at_submit_naming_the_resource(
+    training: training_pb2_grpc.TrainingStub,
+) -> None:
+    before = [j.job_id for j in training.ListJobs(S.ListJobsRequest()).jobs]
+    with pytest.raises(grpc.RpcError) as custom:
+        submit(training, on_node("tpu_pod"))
+    assert custom.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "spec.devices.ray_resources" in custom.value.details() and "tpu_pod 1" in custom.value.details()
+    with pytest.raises(grpc.RpcError) as gpus:
+        submit(training, job_spec("mlp", devices=job_spec_pb2.DeviceRequest(gpu_count=1)))
+    assert gpus.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "spec.devices.gpu_count" in gpus.value.details() and "GPU 1" in gpus.value.details()
+    # Each resource exists, but not on one node.
+    both = on_node("node_a")
+    both.devices.ray_resources["node_b"] = 1
+    with pytest.raises(grpc.RpcError) as apart:
+        submit(training, both)
+    assert apart.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "no node of the Ray cluster" in apart.value.details()
+    # One CPU on each of two nodes: room for two processes, not three.
+    with pytest.raises(grpc.RpcError) as ddp:
+        submit(training, job_spec("mlp", devices=job_spec_pb2.DeviceRequest(cpu=True, cpu_processes=3)))
+    assert ddp.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "3 processes" in ddp.value.details() and "room for 2" in ddp.value.details()
+    assert [j.job_id for j in training.ListJobs(S.ListJobsRequest()).jobs] == before
+
+
+def test_cancel_stops_the_actor_and_frees_its_resources(training: training_pb2_grpc.TrainingStub) -> None:
+    long = submit(training, on_node("node_b", epochs=100_000))
+    watch_until(training, long.job_id, lambda e: e.WhichOneof("event") == "step")
+    # node_b has one unit: this job waits until the first one frees it.
+    after = submit(training, on_node("node_b"))
+    assert training.GetJob(S.GetJobRequest(job_id=after.job_id)).state == S.JOB_STATE_QUEUED
+    # A job Ray has not placed yet ends at once, without ever running.
+    waiting = submit(training, on_node("node_b"))
+    training.CancelJob(S.CancelJobRequest(job_id=waiting.job_id))
+    never_ran = follow(training, waiting.job_id)
+    assert states(never_ran) == [S.JOB_STATE_QUEUED, S.JOB_STATE_CANCELLED]
+    assert of_kind(never_ran, "state")[-1].reason in (
+        "cancelled before it started",
+        "cancelled before Ray placed it",
+    )
+    training.CancelJob(S.CancelJobRequest(job_id=long.job_id))
+    cancelled = follow(training, long.job_id)
+    assert states(cancelled)[-1] == S.JOB_STATE_CANCELLED
+    assert states(follow(training, after.job_id))[-1] == S.JOB_STATE_SUCCEEDED
+
+
+def test_a_killed_worker_restarts_from_its_checkpoint_per_max_restarts(
+    training: training_pb2_grpc.TrainingStub,
+) -> None:
+    spec = on_node(
+        "node_b",
+        epochs=400,
+        max_restarts=1,
+        checkpoints=job_spec_pb2.CheckpointPolicy(every_n_epochs=2, keep_last=1),
+    )
+    job = submit(training, spec)
+    seen = watch_until(
+        training, job.job_id, lambda e: e.WhichOneof("event") == "checkpoint" and e.checkpoint.epoch >= 4
+    )
+    os.kill(pid_of(placed(seen)[0]), signal.SIGKILL)
+    events = follow(training, job.job_id)
+    assert states(events) == [
+        S.JOB_STATE_QUEUED,
+        S.JOB_STATE_RUNNING,
+        S.JOB_STATE_QUEUED,
+        S.JOB_STATE_RUNNING,
+        S.JOB_STATE_SUCCEEDED,
+    ]
+    requeued, resumed = [s.reason for s in of_kind(events, "state")][2:4]
+    checkpoint = max(c.epoch for c in of_kind([e for e in events if e.attempt == 1], "checkpoint"))
+    assert requeued.startswith("the Ray worker died") and "restart 1 of spec.max_restarts 1" in requeued
+    assert f"resumed from the epoch {checkpoint} checkpoint (attempt 2)" in resumed
+    final = training.GetJob(S.GetJobRequest(job_id=job.job_id))
+    assert final.attempt == 2 and final.epoch == 400
+
+
+def test_a_killed_worker_fails_the_job_without_restarts(training: training_pb2_grpc.TrainingStub) -> None:
+    job = submit(training, on_node("node_b", epochs=100_000))
+    seen = watch_until(training, job.job_id, lambda e: e.WhichOneof("event") == "step")
+    os.kill(pid_of(placed(seen)[0]), signal.SIGKILL)
+    events = follow(training, job.job_id)
+    assert states(events)[-1] == S.JOB_STATE_FAILED
+    (error,) = of_kind(events, "error")
+    assert error.kind == "crash" and error.message.startswith("the Ray worker died")
+    assert "the actor died" in error.message.lower()
+
+
+def test_an_unreachable_cluster_makes_training_unavailable_and_nothing_else(tmp_path: Path) -> None:
+    address = f"127.0.0.1:{_free_port()}"
+    daemon = InProcessDaemon(
+        daemon_settings(tmp_path / "data", **RAY_SETTINGS, **{"training.ray_address": address})
+    ).start()
+    try:
+        channel = daemon.channel()
+        training = training_pb2_grpc.TrainingStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            training.SubmitJob(S.SubmitJobRequest(spec=job_spec("mlp")))
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert address in refused.value.details() and "training.ray_address" in refused.value.details()
+        # The cause, once the first attempt to connect has failed.
+        deadline = time.monotonic() + 30
+        while "still connecting" in refused.value.details() and time.monotonic() < deadline:
+            time.sleep(0.2)
+            with pytest.raises(grpc.RpcError) as refused:
+                training.SubmitJob(S.SubmitJobRequest(spec=job_spec("mlp")))
+        assert "refused" in refused.value.details().lower()
+        info = system_pb2_grpc.SystemStub(channel).GetServerInfo(system_pb2.GetServerInfoRequest())
+        assert info.training_cluster.address == address and not info.training_cluster.connected
+        assert "refused" in info.training_cluster.error.lower() and not info.training_cluster.nodes
+        upload_standard_datasets(channel)
+        names = datasets_pb2_grpc.DatasetsStub(channel).ListDatasets(datasets_pb2.ListDatasetsRequest())
+        assert {d.name for d in names.datasets} >= {"flat"}
+        assert training.ListJobs(S.ListJobsRequest()).jobs == []
+    finally:
+        daemon.stop()
+
+
+def test_a_sigkilled_daemon_resumes_its_ray_job_from_the_last_checkpoint(
+    ray_nodes: RayNodes, spawn_daemon: Any, tmp_path: Path
+) -> None:
+    """Ray ends a driver's actors with it: the next daemon marks the job INTERRUPTED and resumes it."""
+    env = {
+        "TESSERA_TRAINING_BACKEND": "ray",
+        "TESSERA_TRAINING_RAY_ADDRESS": ray_nodes.address,
+        "TESSERA_TRAINING_THREADS_PER_SLOT": "1",
+    }
+    args = ("--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(tmp_path))
+    daemon = spawn_daemon(*args, env=env)
+    channel = grpc.insecure_channel(daemon.wait_serving())
+    upload_standard_datasets(channel)
+    training = training_pb2_grpc.TrainingStub(channel)
+    spec = on_node(
+        "node_b", epochs=400, checkpoints=job_spec_pb2.CheckpointPolicy(every_n_epochs=2, keep_last=1)
+    )
+    job = submit(training, spec)
+    seen = watch_until(
+        training, job.job_id, lambda e: e.WhichOneof("event") == "checkpoint" and e.checkpoint.epoch >= 4
+    )
+    daemon.process.kill()
+    daemon.process.wait(10)
+    channel.close()
+
+    restarted = spawn_daemon(*args, env=env)
+    channel = grpc.insecure_channel(restarted.wait_serving())
+    training = training_pb2_grpc.TrainingStub(channel)
+    events = follow(training, job.job_id)
+    assert events[: len(seen)] == seen
+    assert states(events) == [
+        S.JOB_STATE_QUEUED,
+        S.JOB_STATE_RUNNING,
+        S.JOB_STATE_INTERRUPTED,
+        S.JOB_STATE_QUEUED,
+        S.JOB_STATE_RUNNING,
+        S.JOB_STATE_SUCCEEDED,
+    ]
+    checkpoint = max(c.epoch for c in of_kind([e for e in events if e.attempt == 1], "checkpoint"))
+    resumed = [s.reason for s in of_kind(events, "state")][4]
+    assert f"resumed from the epoch {checkpoint} checkpoint (attempt 2)" in resumed
+    assert len(placed(events)) == 2
+    final = training.GetJob(S.GetJobRequest(job_id=job.job_id))
+    assert final.epoch == 400 and final.attempt == 2
+    # The metric history holds each step once: the first attempt's up to the checkpoint, then the second's.
+    history = training.GetMetricHistory(S.GetMetricHistoryRequest(run_id=final.run_id, key="loss"))
+    assert [p.step for p in history.points] == list(range(1, final.step + 1))
+    channel.close()
+
+
+def test_a_sweep_runs_its_trials_on_both_nodes_at_most_max_concurrent_at_a_time(
+    training: training_pb2_grpc.TrainingStub,
+) -> None:
+    spec = S.SweepSpec(
+        base=job_spec("mlp", epochs=2),
+        strategy=S.SWEEP_STRATEGY_GRID,
+        parameters=[
+            sweep_values("optimizer.lr", "0.001", "0.01", "0.05"),
+            sweep_values("architecture.mlp.activation", "relu", "tanh"),
+        ],
+        max_concurrent=2,
+        metric="val_loss",
+    )
+    submitted = training.SubmitSweep(S.SubmitSweepRequest(spec=spec))
+    assert sum(1 for t in submitted.trials if t.job_id) == 2  # the others wait their turn
+    sweep = wait_sweep(training, submitted.sweep_id, timeout_s=300)
+    assert sweep.state == S.SWEEP_STATE_SUCCEEDED and len(sweep.trials) == 6
+    assert all(t.state == S.JOB_STATE_SUCCEEDED and t.has_metric for t in sweep.trials)
+    # One CPU a node: two trials at once run on two nodes.
+    nodes = {re.findall(r"node_[ab]", placed(follow(training, t.job_id))[0])[0] for t in sweep.trials}
+    assert nodes == {"node_a", "node_b"}
+
+
+class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientInterceptor):
+    def __init__(self, token: str) -> None:
+        self._metadata = [("authorization", f"Bearer {token}")]
+
+    def _with_token(self, details: Any) -> Any:
+        return details._replace(metadata=[*(details.metadata or []), *self._metadata])
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._with_token(details), requests)
+
+
+def test_workers_present_training_ray_worker_token_file_when_tokens_are_required(
+    ray_nodes: RayNodes, spawn_daemon: Any, tmp_path: Path
+) -> None:
+    clear = {role: new_token() for role in Role}
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text("".join(format_entry(f"{r.label}-holder", r, hash_token(t)) for r, t in clear.items()))
+    worker_token = tmp_path / "worker-token"
+    worker_token.write_text(clear[Role.READER] + "\n")
+    env = {
+        "TESSERA_TRAINING_BACKEND": "ray",
+        "TESSERA_TRAINING_RAY_ADDRESS": ray_nodes.address,
+        "TESSERA_TRAINING_THREADS_PER_SLOT": "1",
+        "TESSERA_SECURITY_TOKENS_FILE": str(tokens),
+        "TESSERA_TRAINING_RAY_WORKER_TOKEN_FILE": str(worker_token),
+    }
+    daemon = spawn_daemon(
+        "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(tmp_path / "data"), env=env
+    )
+    channel = grpc.intercept_channel(
+        grpc.insecure_channel(daemon.wait_serving()), _Bearer(clear[Role.TRAINER])
+    )
+    # Content no run before has fetched: not on any node's cache, so the worker must fetch it.
+    x = np.random.default_rng().normal(size=(48, 6)).astype(np.float32)
+    fresh = upload_dataset(channel, "fresh", {"x": x, "y": (x[:, 0] > 0).astype(np.int64)})
+    assert not (CACHE_DIR / f"{fresh.sha256}.npz").exists()
+    training = training_pb2_grpc.TrainingStub(channel)
+    spec = job_spec("mlp")
+    spec.data.dataset.name = "fresh"
+    spec.data.val_split = ""
+    job = submit(training, spec)
+    deadline = time.monotonic() + 120
+    while (state := training.GetJob(S.GetJobRequest(job_id=job.job_id))).state not in (
+        S.JOB_STATE_SUCCEEDED,
+        S.JOB_STATE_FAILED,
+    ):
+        assert time.monotonic() < deadline, state
+        time.sleep(0.3)
+    assert state.state == S.JOB_STATE_SUCCEEDED, state.error
+    assert (CACHE_DIR / f"{fresh.sha256}.npz").exists()
+
+
+def test_server_info_and_watch_system_report_the_nodes_and_free_resources(
+    ray_nodes: RayNodes, ray_daemon: InProcessDaemon, training: training_pb2_grpc.TrainingStub
+) -> None:
+    system = system_pb2_grpc.SystemStub(ray_daemon.channel())
+    # Busy node_b: its unit is not free while the job runs.
+    job = submit(training, on_node("node_b", epochs=100_000))
+    watch_until(training, job.job_id, lambda e: e.WhichOneof("event") == "step")
+    cluster = system.GetServerInfo(system_pb2.GetServerInfoRequest()).training_cluster
+    assert cluster.address == ray_nodes.address and cluster.connected and not cluster.error
+    assert sorted(k for n in cluster.nodes for k in n.total if k.startswith("node_")) == ["node_a", "node_b"]
+    assert all(n.alive and n.total["CPU"] == 1 for n in cluster.nodes)
+    assert cluster.available["node_a"] == 1 and "node_b" not in cluster.available
+    (sample,) = system.WatchSystem(system_pb2.WatchSystemRequest(interval_ms=100, max_samples=1), timeout=30)
+    assert len(sample.training_cluster.nodes) == 2 and "node_b" not in sample.training_cluster.available
+    training.CancelJob(S.CancelJobRequest(job_id=job.job_id))
+    assert states(follow(training, job.job_id))[-1] == S.JOB_STATE_CANCELLED
+    # The actor is killed before the job is CANCELLED; Ray's count of free resources follows.
+    deadline = time.monotonic() + 30
+    while (free := system.GetServerInfo(system_pb2.GetServerInfoRequest()).training_cluster.available).get(
+        "node_b"
+    ) != 1:
+        assert time.monotonic() < deadline, free
+        time.sleep(0.2)
+    assert free["CPU"] == 2
+
+
+def test_a_two_process_ddp_job_spans_both_nodes_and_matches_local_ddp(
+    training: training_pb2_grpc.TrainingStub, tmp_path: Path
+) -> None:
+    spec = job_spec("mlp", epochs=3, devices=job_spec_pb2.DeviceRequest(cpu=True, cpu_processes=2))
+    job = submit(training, spec)
+    events = follow(training, job.job_id)
+    assert states(events)[-1] == S.JOB_STATE_SUCCEEDED, events
+    ranks = placed_ranks(events)
+    # One CPU a node: the two ranks cannot share one.
+    assert sorted(re.findall(r"node_[ab]", " ".join(ranks))) == ["node_a", "node_b"], ranks
+    on_ray = training.GetJob(S.GetJobRequest(job_id=job.job_id))
+
+    local = InProcessDaemon(
+        daemon_settings(
+            tmp_path / "data", **{**RAY_SETTINGS, "training.backend": "local", "training.cpu_slots": 2}
+        )
+    ).start()
+    try:
+        upload_standard_datasets(local.channel())
+        local_training = training_pb2_grpc.TrainingStub(local.channel())
+        local_job = local_training.SubmitJob(S.SubmitJobRequest(spec=spec))
+        assert states(follow(local_training, local_job.job_id))[-1] == S.JOB_STATE_SUCCEEDED
+        on_local = local_training.GetJob(S.GetJobRequest(job_id=local_job.job_id))
+        # The local backend does not restart dead workers: it says so rather than ignore the field.
+        with pytest.raises(grpc.RpcError) as restarts:
+            local_training.SubmitJob(S.SubmitJobRequest(spec=job_spec("mlp", max_restarts=1)))
+        assert restarts.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert (
+            "spec.max_restarts" in restarts.value.details()
+            and "training.backend = ray" in restarts.value.details()
+        )
+    finally:
+        local.stop()
+    assert set(on_ray.metrics) == set(on_local.metrics)
+    for name, value in on_local.metrics.items():
+        assert on_ray.metrics[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
