@@ -218,10 +218,11 @@ def test_metrics_show_jobs_by_state_the_queue_and_each_running_jobs_speed(
 
 
 def _worker_pids() -> set[int]:
+    """The daemon's job workers: the children of its fork server (training.worker_start)."""
     return {
         child.pid
         for child in psutil.Process().children(recursive=True)
-        if "spawn_main" in " ".join(child.cmdline())
+        if "forkserver" in " ".join(child.parent().cmdline())
     }
 
 
