@@ -119,7 +119,11 @@ def main() -> None:
     }
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("first_job", "median", "median_ratio_spawn_over_forkserver")}, indent=2))
+    print(
+        json.dumps(
+            {k: result[k] for k in ("first_job", "median", "median_ratio_spawn_over_forkserver")}, indent=2
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -201,10 +201,12 @@ def test_hyperband_deals_more_trials_to_the_brackets_that_stop_sooner() -> None:
 def test_hyperband_brackets_keep_their_own_rungs() -> None:
     rungs: dict[str, dict[str, object]] = {}
     bracket0, bracket1 = rungs.setdefault("bracket 0", {}), rungs.setdefault("bracket 1", {})
-    assert not asha_prunes(bracket0, "a", 1.0, 1, 1, 2, "min")
-    assert asha_prunes(bracket0, "b", 2.0, 1, 1, 2, "min")
-    assert not asha_prunes(bracket1, "c", 5.0, 1, 2, 2, "min")  # epoch 1 is no rung of bracket 1
-    assert not asha_prunes(bracket1, "c", 5.0, 2, 2, 2, "min")  # nothing to trail there yet
+    assert not asha_prunes(bracket0, "a", 1.0, 1, 1, 2, "min", last_epoch=8)
+    assert asha_prunes(bracket0, "b", 2.0, 1, 1, 2, "min", last_epoch=8)
+    assert not asha_prunes(
+        bracket1, "c", 5.0, 1, 2, 2, "min", last_epoch=8
+    )  # epoch 1 is no rung of bracket 1
+    assert not asha_prunes(bracket1, "c", 5.0, 2, 2, 2, "min", last_epoch=8)  # nothing to trail there yet
     assert rungs == {"bracket 0": {"0": {"a": 1.0, "b": 2.0}}, "bracket 1": {"0": {"c": 5.0}}}
 
 
