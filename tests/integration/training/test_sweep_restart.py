@@ -28,8 +28,13 @@ def test_sigkilled_daemon_continues_a_tpe_sweep_with_asha(spawn_daemon: Any, tmp
     upload_standard_datasets(channel)
     training = training_pb2_grpc.TrainingStub(channel)
     spec = S.SweepSpec(
+        # Batches of 4: 18 steps an epoch, so a trial started from the fork server in a moment
+        # still runs for a while after its first rung, when the daemon is killed.
         base=job_spec(
-            "mlp", epochs=27, checkpoints=job_spec_pb2.CheckpointPolicy(every_n_epochs=2, keep_last=1)
+            "mlp",
+            epochs=27,
+            batch_size=4,
+            checkpoints=job_spec_pb2.CheckpointPolicy(every_n_epochs=2, keep_last=1),
         ),
         strategy=S.SWEEP_STRATEGY_TPE,
         pruner=S.SWEEP_PRUNER_ASHA,
