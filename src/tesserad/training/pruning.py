@@ -28,8 +28,8 @@ def asha_prunes(
 
     `rungs` maps a rung to {job id: metric}, so a trial resumed after a crash that reports a
     rung again counts once. The first trials at a rung have nothing to trail; they continue.
-    At its `last_epoch` a trial has finished: its result ranks later trials, but it is complete,
-    not pruned.
+    At its `last_epoch` (its spec's epochs; 0: no epoch limit, it stops at max_steps) a trial
+    has finished: its result ranks later trials, but it is complete, not pruned.
     """
     rung_epochs, rung = min_epochs, 0
     while rung_epochs < epoch:
@@ -43,7 +43,8 @@ def asha_prunes(
     results[job_id] = metric
     ranked = sorted(results.values(), reverse=mode == "max")
     keep = max(1, len(ranked) // reduction_factor)
-    return epoch < last_epoch and len(ranked) >= reduction_factor and ranked.index(metric) >= keep
+    finished = 0 < last_epoch <= epoch
+    return not finished and len(ranked) >= reduction_factor and ranked.index(metric) >= keep
 
 
 def hyperband_counts(max_epochs: int, min_epochs: int, reduction_factor: int) -> list[int]:

@@ -54,3 +54,9 @@ def test_a_trial_at_its_last_epoch_is_ranked_but_never_pruned() -> None:
     assert rungs["2"] == {"a": 0.5, "b": 0.9}
     # A longer trial trailing both at that rung still stops there.
     assert report(rungs, "c", 1.0, 4, last_epoch=8) is True
+
+
+def test_a_trial_without_an_epoch_limit_is_pruned_at_any_rung() -> None:
+    rungs: dict[str, Any] = {}
+    report(rungs, "a", 0.5, 4, last_epoch=0)
+    assert report(rungs, "b", 0.9, 4, last_epoch=0) is True  # epochs 0: it stops at max_steps
