@@ -1,15 +1,23 @@
 """Hyperparameter search through tesserad: best validation loss against trials used, for random,
 TPE, ASHA and PBT sweeps over the same seeded problem, several seeds each.
 
-The problem: a small MLP regressing a fixed nonlinear function of 8 inputs (synthetic, seeded),
+The problem: an MLP (8-64-1) regressing a fixed nonlinear function of 8 inputs (4096 samples,
+synthetic, seeded; 3072 to train, 1024 to validate), 9 epochs of Adam with a cosine schedule,
 varied in learning rate (log 1e-4..1), weight decay (log 1e-6..0.1) and batch size (8..128), each
-trial a real job (spawned worker, epochs, checkpoints) run by the daemon's sweep.
+trial a real job (a worker forked from the daemon's fork server, epochs, checkpoints) run by the
+daemon's sweep. Random, TPE and ASHA run one trial at a time, so a trial's place in the sweep is
+its place in time and a run is deterministic for its seed (CPU training with one thread); PBT
+runs its population of 4 at once. ASHA may draw 3x random's trials (it keeps a third at each
+rung, so the same epochs buy about 3x the trials); its first N points are random's for the same
+seed, and it is measured by the epochs it spent until it first matched random's best-of-N.
 
 Goals (issue 15): TPE reaches random's best-of-N in at most half the trials (median over seeds);
 ASHA reaches random's best in at most 40% of random's epochs. Everything else is in the JSON:
-each run's trials in order with value, epochs and state, and best-so-far curves.
+each run's trials in order with value, epochs and state, best-so-far curves, wall time and
+CPU seconds (the daemon and every process under it) per trial, and the searchers' settings.
 
-Run: .venv/bin/python bench/search_bench.py [--seeds 5] [--trials 12]  ->  bench/results/search.json
+Run: .venv/bin/python bench/search_bench.py [--seeds 5] [--trials 20] [--out PATH]
+     ->  bench/results/search.json (search_40.json: the same with --trials 40)
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
 from daemon_process import start_daemon
@@ -41,11 +50,17 @@ from tessera.v1 import (
     training_pb2,
     training_pb2_grpc,
 )
+from tesserad.training.samplers import startup_trials
 
 RESULTS = Path(__file__).parent / "results" / "search.json"
 S = training_pb2
-EPOCHS = 9  # ASHA's rungs at 1, 3 and 9 epochs (reduction factor 3); a job's start costs more than 9 epochs
-SAMPLES = 512
+EPOCHS = 9  # ASHA's rungs at 1, 3 and 9 epochs (reduction factor 3)
+SAMPLES = 4096
+SEARCHERS = ("random", "tpe", "asha", "pbt")
+ASHA = {"min_epochs": 1, "reduction_factor": 3}
+ASHA_DRAWS = 3  # ASHA's max_trials as a multiple of random's
+PBT_POPULATION = 4
+TOLERANCE = 0.001  # "reached" a value: within 0.1% of it
 
 
 def upload_problem(channel: grpc.Channel) -> None:
@@ -73,11 +88,14 @@ def base_spec() -> job_spec_pb2.JobSpec:
     return job_spec_pb2.JobSpec(
         experiment="search-bench",
         architecture=architecture_pb2.Architecture(
-            input_shape=[8], output_size=1, mlp=architecture_pb2.MlpSpec(hidden_sizes=[16])
+            input_shape=[8], output_size=1, mlp=architecture_pb2.MlpSpec(hidden_sizes=[64])
         ),
         task=job_spec_pb2.TASK_REGRESSION,
         data=job_spec_pb2.DataSpec(dataset={"name": "search"}, val_split="val"),
         optimizer=job_spec_pb2.Optimizer(name="adam", lr=0.01),
+        # Annealed to 0, so a trial's last validation loss is a smooth function of its values,
+        # not of where a high rate happened to leave the weights.
+        lr_schedule=job_spec_pb2.LrSchedule(cosine=job_spec_pb2.CosineLr()),
         epochs=EPOCHS,
         batch_size=32,
         seed=0,
@@ -100,7 +118,7 @@ def sweep_spec(searcher: str, trials: int, seed: int) -> S.SweepSpec:
         base=base_spec(),
         parameters=parameters(),
         max_trials=trials,
-        max_concurrent=2,
+        max_concurrent=1,
         metric="val_loss",
         seed=seed,
     )
@@ -110,22 +128,40 @@ def sweep_spec(searcher: str, trials: int, seed: int) -> S.SweepSpec:
         spec.strategy = S.SWEEP_STRATEGY_TPE
     elif searcher == "asha":
         spec.strategy = S.SWEEP_STRATEGY_ASHA
-        spec.asha.CopyFrom(S.AshaSettings(min_epochs=1, reduction_factor=3))
+        spec.asha.CopyFrom(S.AshaSettings(**ASHA))
+        spec.max_trials = trials * ASHA_DRAWS
     else:
         spec.strategy = S.SWEEP_STRATEGY_PBT
-        spec.pbt.CopyFrom(S.SweepPbtSettings(population=4))
-        spec.max_concurrent = 4
+        spec.pbt.CopyFrom(S.SweepPbtSettings(population=PBT_POPULATION))
+        spec.max_concurrent = PBT_POPULATION
         spec.base.checkpoints.CopyFrom(job_spec_pb2.CheckpointPolicy(every_n_epochs=EPOCHS, keep_last=1))
     return spec
 
 
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and everything under it, ended (reaped) children included."""
+    total = 0.0
+    root = psutil.Process(pid)
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
 def run_sweep(
-    training: training_pb2_grpc.TrainingStub, searcher: str, trials: int, seed: int
+    training: training_pb2_grpc.TrainingStub, daemon_pid: int, searcher: str, trials: int, seed: int
 ) -> dict[str, Any]:
+    cpu_before = tree_cpu_s(daemon_pid)
     started = time.monotonic()
     sweep_id = training.SubmitSweep(S.SubmitSweepRequest(spec=sweep_spec(searcher, trials, seed))).sweep_id
     while (sweep := training.GetSweep(S.GetSweepRequest(sweep_id=sweep_id))).state == S.SWEEP_STATE_RUNNING:
-        time.sleep(0.5)
+        time.sleep(0.05)
+    wall_s = time.monotonic() - started
+    time.sleep(0.2)  # the last worker's parent reaps it, and its CPU time counts
+    cpu_s = tree_cpu_s(daemon_pid) - cpu_before
     rows = []
     for t in sorted(sweep.trials, key=lambda t: t.number):
         job = training.GetJob(S.GetJobRequest(job_id=t.job_id))
@@ -149,7 +185,10 @@ def run_sweep(
         "searcher": searcher,
         "seed": seed,
         "state": S.SweepState.Name(sweep.state),
-        "wall_s": round(time.monotonic() - started, 1),
+        "wall_s": round(wall_s, 2),
+        "cpu_s": round(cpu_s, 2),
+        "wall_s_per_trial": round(wall_s / len(rows), 3),
+        "cpu_s_per_trial": round(cpu_s / len(rows), 3),
         "best": best,
         "epochs": sum(r["epochs"] for r in rows),
         "best_so_far": curve,
@@ -158,35 +197,60 @@ def run_sweep(
 
 
 def trials_to_reach(curve: list[float], target: float) -> int | None:
-    """Trials used until the best so far is within 0.1% of target (None: never)."""
-    return next((i + 1 for i, value in enumerate(curve) if value <= target * 1.001), None)
+    """Trials used until the best so far is within TOLERANCE of target (None: never)."""
+    return next((i + 1 for i, value in enumerate(curve) if value <= target * (1 + TOLERANCE)), None)
 
 
 def epochs_to_reach(run: dict[str, Any], target: float) -> int | None:
+    """Epochs of the trials up to and including the first within TOLERANCE of target (None: never)."""
     used = 0
     for row in run["trials"]:
         used += row["epochs"]
-        if row["val_loss"] is not None and row["val_loss"] <= target * 1.001:
+        if row["val_loss"] is not None and row["val_loss"] <= target * (1 + TOLERANCE):
             return used
     return None
+
+
+def settings(trials: int) -> dict[str, Any]:
+    """What each searcher ran with: the sweep defaults, the same for every seed."""
+    return {
+        "max_concurrent": {"random": 1, "tpe": 1, "asha": 1, "pbt": PBT_POPULATION},
+        "tpe": {
+            "n_startup_trials": startup_trials(trials),
+            "gamma": "best quarter of finished trials, at most 25 (samplers.good_trials)",
+            "multivariate": True,
+            "group": True,
+            "source": "tesserad.training.samplers (sweep defaults)",
+        },
+        "asha": {
+            **ASHA,
+            "rungs_at_epochs": [1, 3, 9],
+            "max_trials": trials * ASHA_DRAWS,
+            "draws": "random's points for the same seed, then more random points",
+        },
+        "pbt": {"population": PBT_POPULATION, "quantile": 0.25, "perturb": 0.2, "resample_probability": 0.25},
+        "reached_means": f"within {TOLERANCE:.1%} of random's best (val_loss, lower is better)",
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--trials", type=int, default=8, help="trials per sweep (PBT: generations of 4)")
+    parser.add_argument("--trials", type=int, default=20, help="trials per sweep (PBT: generations of 4)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
     parser.add_argument("--summarise", action="store_true", help="recompute the summary of the stored JSON")
     args = parser.parse_args()
     if args.summarise:
-        stored = json.loads(RESULTS.read_text())
+        stored = json.loads(args.out.read_text())
         problem = stored["problem"]
         stored["summary"] = summarise(stored["runs"], problem["seeds"], problem["trials_per_sweep"])
-        RESULTS.write_text(json.dumps(stored, indent=2))
+        args.out.write_text(json.dumps(stored, indent=2) + "\n")
         print(json.dumps(stored["summary"], indent=2))
         return
     os.environ.setdefault("TESSERA_TRAINING_CPU_SLOTS", "2")
     os.environ.setdefault("TESSERA_TRAINING_THREADS_PER_SLOT", "1")
     runs: list[dict[str, Any]] = []
+    load_before = os.getloadavg()
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as data_dir:
         process, address = start_daemon(Path(data_dir))
@@ -195,56 +259,66 @@ def main() -> None:
             upload_problem(channel)
             training = training_pb2_grpc.TrainingStub(channel)
             for seed in range(args.seeds):
-                for searcher in ("random", "tpe", "asha", "pbt"):
-                    run = run_sweep(training, searcher, args.trials, seed)
+                for searcher in SEARCHERS:
+                    run = run_sweep(training, process.pid, searcher, args.trials, seed)
                     runs.append(run)
                     print(
                         f"seed {seed} {searcher:6s} best {run['best']:.4f} epochs {run['epochs']:3d} "
-                        f"({run['wall_s']} s)",
+                        f"({run['wall_s']} s, {run['cpu_s']} s CPU)",
                         flush=True,
                     )
         finally:
             process.terminate()
             process.wait(30)
     summary = summarise(runs, args.seeds, args.trials)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(
+    args.out.parent.mkdir(exist_ok=True)
+    args.out.write_text(
         json.dumps(
             {
                 "problem": {
+                    "model": "mlp 8-64-1, adam, cosine schedule to 0",
                     "samples": SAMPLES,
                     "epochs_per_trial": EPOCHS,
                     "parameters": "lr log[1e-4,1], weight_decay log[1e-6,0.1], batch_size int[8,128]",
                     "trials_per_sweep": args.trials,
                     "seeds": args.seeds,
                 },
+                "settings": settings(args.trials),
                 "summary": summary,
                 "runs": runs,
                 "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+                "load_average_before": [round(x, 2) for x in load_before],
+                "load_average_after": [round(x, 2) for x in os.getloadavg()],
                 "wall_s": round(time.monotonic() - started, 1),
             },
             indent=2,
         )
+        + "\n"
     )
     print(json.dumps(summary, indent=2))
 
 
+def finite_or_none(value: float, digits: int = 3) -> float | None:
+    return None if math.isinf(value) else round(value, digits)
+
+
 def summarise(runs: list[dict[str, Any]], seeds: int, trials: int) -> dict[str, Any]:
     by = {(r["searcher"], r["seed"]): r for r in runs}
+    searchers = [s for s in SEARCHERS if all((s, seed) in by for seed in range(seeds))]
     tpe_trials: list[float] = []
     asha_fraction: list[float] = []
     asha_vs_first_hit: list[float] = []
+    pbt_fraction: list[float] = []
     for seed in range(seeds):
-        target = by["random", seed]["best"]
+        random_run = by["random", seed]
+        target = random_run["best"]
         reached = trials_to_reach(by["tpe", seed]["best_so_far"], target)
         tpe_trials.append(reached if reached is not None else math.inf)
-        asha_epochs = epochs_to_reach(by["asha", seed], target)
         # Random's best-of-N costs all N trials' epochs: only after them is it known to be the best.
-        asha_fraction.append(
-            asha_epochs / by["random", seed]["epochs"] if asha_epochs is not None else math.inf
-        )
-        random_reached = epochs_to_reach(by["random", seed], target) or by["random", seed]["epochs"]
-        asha_vs_first_hit.append(asha_epochs / random_reached if asha_epochs is not None else math.inf)
+        asha_fraction.append(epoch_fraction(by["asha", seed], target, random_run["epochs"]))
+        random_reached = epochs_to_reach(random_run, target) or random_run["epochs"]
+        asha_vs_first_hit.append(epoch_fraction(by["asha", seed], target, random_reached))
+        pbt_fraction.append(epoch_fraction(by["pbt", seed], target, random_run["epochs"]))
     median_tpe = statistics.median(tpe_trials)
     median_asha = statistics.median(asha_fraction)
 
@@ -252,26 +326,42 @@ def summarise(runs: list[dict[str, Any]], seeds: int, trials: int) -> dict[str, 
         return [by[searcher, seed][key] for seed in range(seeds)]
 
     return {
-        "best_val_loss_median": {
-            s: statistics.median(per(s, "best")) for s in ("random", "tpe", "asha", "pbt")
-        },
-        "epochs_median": {s: statistics.median(per(s, "epochs")) for s in ("random", "tpe", "asha", "pbt")},
-        "tpe_trials_to_random_best": [None if math.isinf(v) else v for v in tpe_trials],
-        "tpe_trials_to_random_best_median": None if math.isinf(median_tpe) else median_tpe,
-        "tpe_goal_met": median_tpe <= trials / 2,
-        "asha_epochs_to_random_best_fraction": [
-            None if math.isinf(v) else round(v, 3) for v in asha_fraction
+        "best_val_loss_median": {s: statistics.median(per(s, "best")) for s in searchers},
+        "epochs_median": {s: statistics.median(per(s, "epochs")) for s in searchers},
+        "wall_s_per_trial_median": {s: statistics.median(per(s, "wall_s_per_trial")) for s in searchers},
+        "cpu_s_per_trial_median": {s: statistics.median(per(s, "cpu_s_per_trial")) for s in searchers},
+        "random_trials_to_own_best": [
+            trials_to_reach(by["random", seed]["best_so_far"], by["random", seed]["best"])
+            for seed in range(seeds)
         ],
-        "asha_epochs_fraction_median": None if math.isinf(median_asha) else round(median_asha, 3),
+        "tpe_trials_to_random_best": [finite_or_none(v, 0) for v in tpe_trials],
+        "tpe_trials_to_random_best_median": finite_or_none(median_tpe, 1),
+        "tpe_goal_trials": trials / 2,
+        "tpe_goal_met": median_tpe <= trials / 2,
+        "asha_epochs_to_random_best": [
+            epochs_to_reach(by["asha", seed], by["random", seed]["best"]) for seed in range(seeds)
+        ],
+        "asha_epochs_to_random_best_fraction": [finite_or_none(v) for v in asha_fraction],
+        "asha_epochs_fraction_median": finite_or_none(median_asha),
+        "asha_goal_fraction": 0.4,
         "asha_goal_met": median_asha <= 0.4,
         # Stricter: against the epochs random had spent when it first drew its best trial.
-        "asha_epochs_to_random_first_hit_fraction": [
-            None if math.isinf(v) else round(v, 3) for v in asha_vs_first_hit
-        ],
+        "asha_epochs_to_random_first_hit_fraction": [finite_or_none(v) for v in asha_vs_first_hit],
         "asha_same_best_as_random": [
-            by["asha", s]["best"] <= by["random", s]["best"] * 1.001 for s in range(seeds)
+            by["asha", s]["best"] <= by["random", s]["best"] * (1 + TOLERANCE) for s in range(seeds)
         ],
+        "pbt_trials_to_random_best": [
+            trials_to_reach(by["pbt", seed]["best_so_far"], by["random", seed]["best"])
+            for seed in range(seeds)
+        ],
+        "pbt_epochs_to_random_best_fraction": [finite_or_none(v) for v in pbt_fraction],
     }
+
+
+def epoch_fraction(run: dict[str, Any], target: float, epochs: int) -> float:
+    """Epochs `run` spent until it reached `target`, as a fraction of `epochs` (inf: never)."""
+    used = epochs_to_reach(run, target)
+    return used / epochs if used is not None else math.inf
 
 
 if __name__ == "__main__":

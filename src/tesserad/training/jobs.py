@@ -2,9 +2,9 @@
 
 States: QUEUED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED; a daemon that stops (or dies)
 while a job runs leaves it INTERRUPTED, and the next daemon re-queues it to resume from its
-last checkpoint as a new attempt of the same run. Each job runs in its own spawned process
-(one per rank under DDP), supervised by one thread that stores and fans out what the
-worker sends; a worker that dies takes nothing else with it.
+last checkpoint as a new attempt of the same run. Each job runs in its own worker process
+(one per rank under DDP, started by tesserad.training.launcher), supervised by one thread that
+stores and fans out what the worker sends; a worker that dies takes nothing else with it.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from tesserad.store import BlobRef, BlobStore, Store, WriteTxn, pack, unpack
 from tesserad.training.events import EventLog, JobEvent
 from tesserad.training.finetune import ParentLookup
 from tesserad.training.job_records import Checkpoint, JobError, JobRecord, Registered, decode_job, encode_job
+from tesserad.training.launcher import worker_context
 from tesserad.training.scheduler import DeviceInventory, QueuedJob, pick_runnable, queue_position
 from tesserad.training.spec import DatasetFacts, DeviceFacts, normalize_spec
 from tesserad.training.tracking import MetricPoint, Run, Tracking, write_points
@@ -192,7 +193,7 @@ class Jobs:
         self._listeners: list[JobListener] = []
         self._supervisors: list[threading.Thread] = []
         self._closing = False
-        self._mp = multiprocessing.get_context("spawn")
+        self._mp = worker_context(settings.worker_start)
         self._scheduler = threading.Thread(target=self._schedule_loop, name="training-scheduler", daemon=True)
 
     # -- lifecycle
@@ -587,7 +588,6 @@ class Jobs:
                         weights_only=checkpoint is None,
                         initial_weights=bool(initial_bytes),
                         resource_interval_s=self._settings.resource_interval_s,
-                        parent_pid=os.getpid(),
                         compile=self._settings.compile,
                         max_workspace=self._nn_max_workspace,
                     )

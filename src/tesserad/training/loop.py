@@ -424,5 +424,6 @@ def device_for(kind: str, indices: list[int], rank: int) -> torch.device:
 
 
 def parent_alive(parent_pid: int) -> bool:
-    """A worker whose daemon died is re-parented; it must stop rather than train unsupervised."""
+    """A worker whose daemon died is re-parented (its fork server exits with the daemon); it must
+    stop rather than train unsupervised."""
     return os.getppid() == parent_pid

@@ -21,12 +21,15 @@ def asha_prunes(
     min_epochs: int,
     reduction_factor: int,
     mode: str,
+    last_epoch: int,
 ) -> bool:
     """Record trial `job_id`'s `metric` if `epoch` is a rung (min_epochs * rf^k) and say
     whether the trial trails there: outside the best 1/rf of the trials that reached it.
 
     `rungs` maps a rung to {job id: metric}, so a trial resumed after a crash that reports a
     rung again counts once. The first trials at a rung have nothing to trail; they continue.
+    At its `last_epoch` (its spec's epochs; 0: no epoch limit, it stops at max_steps) a trial
+    has finished: its result ranks later trials, but it is complete, not pruned.
     """
     rung_epochs, rung = min_epochs, 0
     while rung_epochs < epoch:
@@ -40,7 +43,8 @@ def asha_prunes(
     results[job_id] = metric
     ranked = sorted(results.values(), reverse=mode == "max")
     keep = max(1, len(ranked) // reduction_factor)
-    return len(ranked) >= reduction_factor and ranked.index(metric) >= keep
+    finished = 0 < last_epoch <= epoch
+    return not finished and len(ranked) >= reduction_factor and ranked.index(metric) >= keep
 
 
 def hyperband_counts(max_epochs: int, min_epochs: int, reduction_factor: int) -> list[int]:

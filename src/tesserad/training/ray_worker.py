@@ -168,12 +168,12 @@ class TrainingActor:
                 weights_only=payload.weights_only,
                 initial_weights=bool(initial),
                 resource_interval_s=payload.resource_interval_s,
-                # The raylet: a worker whose raylet died stops, as a local one whose daemon died.
-                parent_pid=os.getppid(),
                 compile=payload.compile,
                 max_workspace=payload.max_workspace,
             )
             channel = _ActorChannel(out, [b for b in (start, initial) if b], self._cancel)
+            # `_run` watches its parent process, here the raylet: a worker whose raylet died
+            # stops, as a local one whose daemon died.
             _run(cast(Any, channel), worker_payload)
         except BaseException as exc:
             out.put(ErrorMessage(*_classify(exc)))

@@ -467,6 +467,7 @@ class Sweeps:
                         min_epochs,
                         sweep.asha.reduction_factor,
                         sweep.mode,
+                        last_epoch=job.config["epochs"],
                     ):
                         trial.pruned, trial.pruned_at = True, data["epoch"]
                         threading.Thread(target=self._prune, args=(job.job_id,), daemon=True).start()

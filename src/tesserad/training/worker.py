@@ -1,4 +1,4 @@
-"""The worker process: one per job (one per rank under DDP), started with the spawn method.
+"""The worker process: one per job (one per rank under DDP), started by tesserad.training.launcher.
 
 It talks to the daemon over a pipe and nothing else: it never opens the store or the blob
 directory. Messages to the daemon are the classes below (EventMessage, CheckpointMessage,
@@ -7,7 +7,8 @@ weights as blobs. A resumed job's worker first receives its checkpoint's bytes, 
 job's first attempt the weights it starts from; a CancelMessage asks it to stop at the next step boundary.
 
 The daemon sets the worker's environment (tesserad.runtime_env) around the spawn, because
-malloc tunables act only at process start. Torch is imported inside the process only.
+malloc tunables act only at process start. Torch is imported inside the process only (or
+once in the fork server the process is forked from).
 """
 
 from __future__ import annotations
@@ -100,7 +101,6 @@ class WorkerPayload:
     # A fine-tuning job's first attempt: the parent's weights (safetensors) follow on the pipe.
     initial_weights: bool = False
     resource_interval_s: float = 5.0
-    parent_pid: int = 0
     compile: str = "off"  # training.compile: auto, on or off
     max_workspace: int = 0  # nn.max_workspace in bytes; 0: no limit
 
@@ -131,6 +131,8 @@ def _classify(exc: BaseException) -> tuple[str, str]:
 
 
 def _run(conn: Connection, payload: WorkerPayload) -> None:
+    # The daemon, or the fork server that started this worker and exits with the daemon.
+    parent_pid = os.getppid()
     import torch
 
     from tesserad.datasets.arrays import open_arrays
@@ -159,7 +161,7 @@ def _run(conn: Connection, payload: WorkerPayload) -> None:
         while not cancelled and conn.poll():
             if isinstance(conn.recv(), CancelMessage):
                 cancelled = True
-        return cancelled or not parent_alive(payload.parent_pid)
+        return cancelled or not parent_alive(parent_pid)
 
     def emit(kind: str, data: dict[str, Any]) -> None:
         conn.send(EventMessage(kind, data))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import time
 import urllib.request
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -14,13 +15,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tessera.v1 import job_spec_pb2, registry_pb2, registry_pb2_grpc, training_pb2
 from tessera.v1 import training_pb2_grpc as training_grpc
+from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.training.conftest import (
+    TRAINING_SETTINGS,
     follow,
     job_spec,
     of_kind,
     states,
     submit,
     upload_dataset,
+    upload_standard_datasets,
 )
 
 S = training_pb2
@@ -218,10 +222,11 @@ def test_metrics_show_jobs_by_state_the_queue_and_each_running_jobs_speed(
 
 
 def _worker_pids() -> set[int]:
+    """The daemon's job workers: the children of its fork server (training.worker_start)."""
     return {
         child.pid
         for child in psutil.Process().children(recursive=True)
-        if "spawn_main" in " ".join(child.cmdline())
+        if "forkserver" in " ".join(child.parent().cmdline())
     }
 
 
@@ -293,3 +298,22 @@ def test_cancel_unknown_job_is_not_found(training: training_grpc.TrainingStub) -
     with pytest.raises(grpc.RpcError) as info:
         training.CancelJob(S.CancelJobRequest(job_id="no-such-job"), timeout=10)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND and "no-such-job" in info.value.details()
+
+
+def test_spawned_workers_train_the_same_curve_as_forked_ones(
+    tmp_path: Path, training: training_grpc.TrainingStub
+) -> None:
+    """training.worker_start = spawn: a fresh interpreter per worker, the same training."""
+    spawning = InProcessDaemon(
+        daemon_settings(tmp_path / "data", **TRAINING_SETTINGS, **{"training.worker_start": "spawn"})
+    ).start()
+    try:
+        upload_standard_datasets(spawning.channel())
+        curves = []
+        for stub in (training, training_grpc.TrainingStub(spawning.channel())):
+            events = follow(stub, submit(stub, job_spec("mlp")).job_id)
+            assert states(events)[-1] == S.JOB_STATE_SUCCEEDED, of_kind(events, "error")
+            curves.append([(s.step, s.loss) for s in of_kind(events, "step")])
+        assert curves[0] == curves[1] and len(curves[0]) == 6
+    finally:
+        spawning.stop()

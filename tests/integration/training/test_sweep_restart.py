@@ -28,8 +28,14 @@ def test_sigkilled_daemon_continues_a_tpe_sweep_with_asha(spawn_daemon: Any, tmp
     upload_standard_datasets(channel)
     training = training_pb2_grpc.TrainingStub(channel)
     spec = S.SweepSpec(
+        # Batches of 1: 72 steps an epoch, so a trial started from the fork server in a moment
+        # still runs for a while after its first rung, when the daemon is killed.
         base=job_spec(
-            "mlp", epochs=27, checkpoints=job_spec_pb2.CheckpointPolicy(every_n_epochs=2, keep_last=1)
+            "mlp",
+            epochs=27,
+            batch_size=1,
+            log_every_n_steps=24,
+            checkpoints=job_spec_pb2.CheckpointPolicy(every_n_epochs=2, keep_last=1),
         ),
         strategy=S.SWEEP_STRATEGY_TPE,
         pruner=S.SWEEP_PRUNER_ASHA,
@@ -43,11 +49,13 @@ def test_sigkilled_daemon_continues_a_tpe_sweep_with_asha(spawn_daemon: Any, tmp
         asha=S.AshaSettings(min_epochs=1, reduction_factor=3),
     )
     sweep_id = training.SubmitSweep(S.SubmitSweepRequest(spec=spec)).sweep_id
-    # Kill once a trial has passed its first rung (epoch 1) and is still running.
+    # Kill once a trial has passed its first rung (epoch 1) and is still running. Asked of the
+    # jobs: the sweep's record takes its trials' states from their jobs only when a trial ends.
     deadline = time.monotonic() + 120
     while True:
         before = training.GetSweep(S.GetSweepRequest(sweep_id=sweep_id))
-        if any(t.has_metric and t.state == S.JOB_STATE_RUNNING for t in before.trials):
+        jobs_before = training.ListJobs(S.ListJobsRequest(sweep_id=sweep_id)).jobs
+        if any(j.state == S.JOB_STATE_RUNNING and j.epoch >= 1 for j in jobs_before):
             break
         assert time.monotonic() < deadline and before.state == S.SWEEP_STATE_RUNNING
         time.sleep(0.05)
@@ -73,7 +81,7 @@ def test_sigkilled_daemon_continues_a_tpe_sweep_with_asha(spawn_daemon: Any, tmp
     assert all(t.pruned == (t.state == S.JOB_STATE_CANCELLED) for t in after.trials)
     # The trials running at the kill resumed (or reran) as their own jobs, not as new ones; one of
     # them may have ended in the instant between the last look and the kill.
-    running = {t.job_id for t in before.trials if t.state == S.JOB_STATE_RUNNING}
+    running = {j.job_id for j in jobs_before if j.state == S.JOB_STATE_RUNNING}
     attempts = [j.attempt for j in jobs if j.job_id in running]
     assert 2 in attempts and set(attempts) <= {1, 2}
     assert len({t.params["optimizer.lr"] for t in after.trials}) == 5

@@ -7,8 +7,10 @@ from typing import Any
 from tesserad.training.pruning import asha_prunes
 
 
-def report(rungs: dict[str, Any], job: str, loss: float, epoch: int) -> bool:
-    return asha_prunes(rungs, job, loss, epoch, min_epochs=1, reduction_factor=2, mode="min")
+def report(rungs: dict[str, Any], job: str, loss: float, epoch: int, last_epoch: int = 100) -> bool:
+    return asha_prunes(
+        rungs, job, loss, epoch, min_epochs=1, reduction_factor=2, mode="min", last_epoch=last_epoch
+    )
 
 
 def test_only_rung_epochs_count_and_trailing_trials_are_pruned() -> None:
@@ -37,6 +39,24 @@ def test_rung_results_recorded_before_they_were_keyed_by_trial_still_count() -> 
 
 def test_higher_is_better_when_the_mode_is_max() -> None:
     rungs: dict[str, Any] = {}
-    asha_prunes(rungs, "a", 0.9, 1, min_epochs=1, reduction_factor=2, mode="max")
-    assert asha_prunes(rungs, "b", 0.1, 1, min_epochs=1, reduction_factor=2, mode="max") is True
-    assert asha_prunes(rungs, "c", 0.95, 1, min_epochs=1, reduction_factor=2, mode="max") is False
+    asha_prunes(rungs, "a", 0.9, 1, min_epochs=1, reduction_factor=2, mode="max", last_epoch=9)
+    assert asha_prunes(rungs, "b", 0.1, 1, min_epochs=1, reduction_factor=2, mode="max", last_epoch=9) is True
+    assert (
+        asha_prunes(rungs, "c", 0.95, 1, min_epochs=1, reduction_factor=2, mode="max", last_epoch=9) is False
+    )
+
+
+def test_a_trial_at_its_last_epoch_is_ranked_but_never_pruned() -> None:
+    rungs: dict[str, Any] = {}
+    report(rungs, "a", 0.5, 4, last_epoch=4)
+    # Behind "a" at the rung that is also its last epoch: it has finished, so it is complete.
+    assert report(rungs, "b", 0.9, 4, last_epoch=4) is False
+    assert rungs["2"] == {"a": 0.5, "b": 0.9}
+    # A longer trial trailing both at that rung still stops there.
+    assert report(rungs, "c", 1.0, 4, last_epoch=8) is True
+
+
+def test_a_trial_without_an_epoch_limit_is_pruned_at_any_rung() -> None:
+    rungs: dict[str, Any] = {}
+    report(rungs, "a", 0.5, 4, last_epoch=0)
+    assert report(rungs, "b", 0.9, 4, last_epoch=0) is True  # epochs 0: it stops at max_steps

@@ -10,7 +10,7 @@ import pytest
 from tesserad.errors import InvalidArgument
 from tesserad.training.pbt import Member, PbtSettings, explore, next_generation, pbt_settings
 from tesserad.training.pruning import asha_prunes, hyperband_bracket, hyperband_counts
-from tesserad.training.samplers import PastTrial, suggest
+from tesserad.training.samplers import PastTrial, good_trials, startup_trials, suggest
 from tesserad.training.search_space import (
     SweepParameter,
     boundary_points,
@@ -201,10 +201,12 @@ def test_hyperband_deals_more_trials_to_the_brackets_that_stop_sooner() -> None:
 def test_hyperband_brackets_keep_their_own_rungs() -> None:
     rungs: dict[str, dict[str, object]] = {}
     bracket0, bracket1 = rungs.setdefault("bracket 0", {}), rungs.setdefault("bracket 1", {})
-    assert not asha_prunes(bracket0, "a", 1.0, 1, 1, 2, "min")
-    assert asha_prunes(bracket0, "b", 2.0, 1, 1, 2, "min")
-    assert not asha_prunes(bracket1, "c", 5.0, 1, 2, 2, "min")  # epoch 1 is no rung of bracket 1
-    assert not asha_prunes(bracket1, "c", 5.0, 2, 2, 2, "min")  # nothing to trail there yet
+    assert not asha_prunes(bracket0, "a", 1.0, 1, 1, 2, "min", last_epoch=8)
+    assert asha_prunes(bracket0, "b", 2.0, 1, 1, 2, "min", last_epoch=8)
+    assert not asha_prunes(
+        bracket1, "c", 5.0, 1, 2, 2, "min", last_epoch=8
+    )  # epoch 1 is no rung of bracket 1
+    assert not asha_prunes(bracket1, "c", 5.0, 2, 2, 2, "min", last_epoch=8)  # nothing to trail there yet
     assert rungs == {"bracket 0": {"0": {"a": 1.0, "b": 2.0}}, "bracket 1": {"0": {"c": 5.0}}}
 
 
@@ -253,3 +255,12 @@ def test_pbt_settings_default_and_are_checked() -> None:
         pbt_settings(PbtSettings(4, 0, 0, 0), 7)
     with pytest.raises(InvalidArgument, match="population must be >= 2"):
         pbt_settings(PbtSettings(1, 0, 0, 0), 8)
+
+
+def test_tpe_starts_modelling_after_a_quarter_of_the_budget_from_3_to_10_trials() -> None:
+    assert [startup_trials(n) for n in (4, 12, 20, 40, 200)] == [3, 3, 5, 10, 10]
+
+
+def test_tpe_models_the_best_quarter_of_finished_trials_as_good_at_most_25() -> None:
+    # Optuna's default (a tenth) would give 1, 1, 2, 3 here: too few to model a good region.
+    assert [good_trials(n) for n in (1, 5, 10, 19, 100, 1000)] == [1, 2, 3, 5, 25, 25]
