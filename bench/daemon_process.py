@@ -9,6 +9,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 
 def start_daemon(data_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
     """The started process and the address it serves on, once its log says it is serving."""
@@ -54,3 +56,16 @@ def start_daemon_logged(data_dir: Path, *extra: str) -> tuple[subprocess.Popen[s
             threading.Thread(target=stderr.read, daemon=True).start()
             return process, entry
     raise RuntimeError("tesserad did not start")
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and everything under it, ended (reaped) children included."""
+    total = 0.0
+    root = psutil.Process(pid)
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system + times.children_user + times.children_system
+    return total

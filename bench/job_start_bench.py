@@ -26,29 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
-from daemon_process import start_daemon
+from daemon_process import start_daemon, tree_cpu_s
 from search_bench import base_spec, upload_problem
 
 from tessera.v1 import training_pb2, training_pb2_grpc
 
 RESULTS = Path(__file__).parent / "results" / "job_start.json"
 METHODS = ("forkserver", "spawn")
-
-
-def tree_cpu_s(pid: int) -> float:
-    """CPU seconds of a process and everything under it, ended children included."""
-    total = 0.0
-    root = psutil.Process(pid)
-    for process in [root, *root.children(recursive=True)]:
-        try:
-            times = process.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system + times.children_user + times.children_system
-    return total
 
 
 def one_job(training: training_pb2_grpc.TrainingStub, daemon_pid: int) -> dict[str, float]:

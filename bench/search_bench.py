@@ -37,10 +37,9 @@ from typing import Any
 
 import grpc
 import numpy as np
-import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
-from daemon_process import start_daemon
+from daemon_process import start_daemon, tree_cpu_s
 
 from tessera.v1 import (
     architecture_pb2,
@@ -136,19 +135,6 @@ def sweep_spec(searcher: str, trials: int, seed: int) -> S.SweepSpec:
         spec.max_concurrent = PBT_POPULATION
         spec.base.checkpoints.CopyFrom(job_spec_pb2.CheckpointPolicy(every_n_epochs=EPOCHS, keep_last=1))
     return spec
-
-
-def tree_cpu_s(pid: int) -> float:
-    """CPU seconds of a process and everything under it, ended (reaped) children included."""
-    total = 0.0
-    root = psutil.Process(pid)
-    for process in [root, *root.children(recursive=True)]:
-        try:
-            times = process.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system + times.children_user + times.children_system
-    return total
 
 
 def run_sweep(

@@ -671,14 +671,7 @@ class Jobs:
         elif done is not None and done.status == "succeeded":
             self._succeed(job, done)
         elif done is not None or running.cancel_deadline is not None:
-            self._finish(
-                job,
-                "cancelled",
-                "cancelled at a step boundary"
-                if done is not None
-                else "cancelled: the worker did not stop within "
-                f"training.cancel_grace_s ({self._settings.cancel_grace_s:g} s) and was killed",
-            )
+            self._cancelled(job, at_step_boundary=done is not None)
         else:
             self._fail(
                 job, *_crash_error(crash_code if crash_code is not None else running.processes[0].exitcode)
@@ -772,6 +765,17 @@ class Jobs:
                 {"model": registered.model, "version": registered.version, "alias": registered.alias},
             )
         self._finish(job, "succeeded", "finished")
+
+    def _cancelled(self, job: JobRecord, at_step_boundary: bool) -> None:
+        """End a cancelled job: its worker stopped at a step boundary, or was killed."""
+        self._finish(
+            job,
+            "cancelled",
+            "cancelled at a step boundary"
+            if at_step_boundary
+            else "cancelled: the worker did not stop within "
+            f"training.cancel_grace_s ({self._settings.cancel_grace_s:g} s) and was killed",
+        )
 
     def _fail(self, job: JobRecord, kind: str, message: str) -> None:
         job = self._append(

@@ -325,14 +325,7 @@ class RayJobs(Jobs):
         elif died is None and done is not None and done.status == "succeeded":
             self._succeed(job, done)
         elif died is None and (done is not None or running.cancel_deadline is not None):
-            self._finish(
-                job,
-                "cancelled",
-                "cancelled at a step boundary"
-                if done is not None
-                else "cancelled: the worker did not stop within "
-                f"training.cancel_grace_s ({self._settings.cancel_grace_s:g} s) and was killed",
-            )
+            self._cancelled(job, at_step_boundary=done is not None)
         else:
             self._worker_died(job, died or "it ended without reporting a result")
 
