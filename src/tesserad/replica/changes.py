@@ -8,10 +8,15 @@ something moved. The changes live in the store and are numbered and fanned out b
 EventLog that job events use, so a watcher replays from any sequence number and then follows
 live with a bounded buffer. At start every model is compared with its head, so a change
 committed just before a crash, and not yet recorded, is recorded then.
+
+Commits to one model that land before the feed thread looks are one change (a follower needs
+the state, not every step to it). A watch begins once the thread has recorded every commit
+notified before it, so a client that committed and then watches sees its own commit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -31,6 +36,8 @@ HEADS = "registry_change_heads"
 TABLES = [CHANGES, HEADS]
 
 _CHANNEL = "registry"
+# A watch waits at most this long for the feed to record the commits made before it began.
+_SETTLE_TIMEOUT_S = 10.0
 _HEAD_KIND = "registry_change_head"
 
 MODEL_CREATED = "model_created"
@@ -195,6 +202,9 @@ class ChangeFeed:
         self._log.open_job(_CHANNEL, last_seq, ended=False)
         self._cond = threading.Condition()
         self._pending: dict[str, None] = {}  # insertion-ordered set of model names
+        # Notifications queued so far, and how many of them the feed thread has recorded.
+        self._notified = 0
+        self._recorded = 0
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="registry-changes", daemon=True)
         # Replicas following now (address -> open streams): the primary merges their statistics.
@@ -213,16 +223,26 @@ class ChangeFeed:
     def on_change(self, model: str) -> None:
         with self._cond:
             self._pending[model] = None
-            self._cond.notify()
+            self._notified += 1
+            self._cond.notify_all()
 
     def close(self) -> None:
         """Stop recording and end every watcher (they resume against the next daemon)."""
         with self._cond:
             self._closing = True
-            self._cond.notify()
+            self._cond.notify_all()
         if self._thread.is_alive():
             self._thread.join()
         self._log.shutdown()
+
+    def settle(self, timeout: float) -> None:
+        """Wait (at most `timeout` seconds) until every commit notified so far is recorded."""
+        with self._cond:
+            target = self._notified
+            self._cond.wait_for(
+                lambda: self._closing or self._recorded >= target or not self._thread.is_alive(),
+                timeout,
+            )
 
     def _run(self) -> None:
         while True:
@@ -230,12 +250,17 @@ class ChangeFeed:
                 self._cond.wait_for(lambda: self._closing or bool(self._pending))
                 if self._closing:
                     return
-                model = next(iter(self._pending))
-                del self._pending[model]
-            try:
-                self._record(model)
-            except Exception:
-                log.exception("cannot record a registry change", extra={"model": model})
+                models = list(self._pending)
+                self._pending.clear()
+                notified = self._notified
+            for model in models:
+                try:
+                    self._record(model)
+                except Exception:
+                    log.exception("cannot record a registry change", extra={"model": model})
+            with self._cond:
+                self._recorded = notified
+                self._cond.notify_all()
 
     def _record(self, model: str) -> None:
         state = read_state(self._registry, model)
@@ -274,6 +299,7 @@ class ChangeFeed:
         """Changes from `from_seq` (stored, then live); see the WatchChanges RPC for the errors."""
         if from_seq < 0:
             raise InvalidArgument(f"from_seq must be >= 0, got {from_seq}")
+        await asyncio.to_thread(self.settle, _SETTLE_TIMEOUT_S)
         newest = self._log.last_seq(_CHANNEL)
         if from_seq > newest + 1:
             raise FailedPrecondition(

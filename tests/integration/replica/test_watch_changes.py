@@ -28,13 +28,25 @@ def _changes(channel: grpc.Channel, from_seq: int, count: int) -> list[pb.Regist
     return got
 
 
+def _recorded(channel: grpc.Channel, seq: int) -> None:
+    """Wait until the feed has recorded change `seq`. The feed compares a model's state with its
+    last head, so commits made before it looked are one change: a test that counts changes lets
+    each be recorded before the next commit."""
+    _changes(channel, seq, 1)
+
+
 def test_changes_arrive_in_order_with_the_state_after_each(channel: grpc.Channel) -> None:
     registry = registry_pb2_grpc.RegistryStub(channel)
     upload(channel, "linear", linear_model(1.0))
+    _recorded(channel, 1)
     upload(channel, "linear", linear_model(2.0))
+    _recorded(channel, 2)
     registry.SetAlias(pb.SetAliasRequest(model="linear", alias="production", version=1))
+    _recorded(channel, 3)
     registry.Deploy(pb.DeployRequest(model="linear", routes=[pb.Route(alias="production", weight=100)]))
+    _recorded(channel, 4)
     registry.SetAlias(pb.SetAliasRequest(model="linear", alias="production", version=2))
+    _recorded(channel, 5)
     registry.DeleteModel(pb.DeleteModelRequest(name="linear", force=True))
 
     changes = _changes(channel, 0, 6)
@@ -60,6 +72,7 @@ def test_changes_arrive_in_order_with_the_state_after_each(channel: grpc.Channel
 
 def test_a_watch_resumes_from_a_seq_and_then_follows_live(channel: grpc.Channel) -> None:
     upload(channel, "linear", linear_model(1.0))
+    _recorded(channel, 1)
     upload(channel, "linear", linear_model(2.0))
     assert [c.seq for c in _changes(channel, 2, 1)] == [2]
 
@@ -90,8 +103,9 @@ def _first(channel: grpc.Channel, from_seq: int, count: int) -> list[str]:
 
 def test_the_caught_up_marker_follows_the_replay(channel: grpc.Channel) -> None:
     upload(channel, "linear", linear_model(1.0))
+    _recorded(channel, 1)
     upload(channel, "linear", linear_model(2.0))
-    _changes(channel, 0, 2)  # both recorded
+    _recorded(channel, 2)
     assert _first(channel, 0, 3) == ["change 1", "change 2", "caught up 2"]
     assert _first(channel, 2, 2) == ["change 2", "caught up 2"]
     assert _first(channel, 3, 1) == ["caught up 2"]
@@ -119,7 +133,7 @@ def test_changes_survive_a_restart_and_numbering_goes_on(data_dir, spawn_daemon)
     address = first.wait_serving()
     with grpc.insecure_channel(address) as channel:
         upload(channel, "linear", linear_model(1.0))
-        assert len(_changes(channel, 0, 1)) == 1
+        _recorded(channel, 1)
     first.terminate()
     first.output()
     second = spawn_daemon("--data-dir", str(data_dir), "--listen", "127.0.0.1:0", "--metrics-listen", "off")

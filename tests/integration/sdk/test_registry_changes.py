@@ -22,8 +22,15 @@ CREATED, REGISTERED, ALIAS_MOVED = (
 )
 
 
+def recorded(client: tessera.Client) -> list[int]:
+    """The changes so far. A watch begins once the feed has recorded every earlier commit, so
+    this also keeps the next commit from joining the same change."""
+    return [c.seq for c in client.models.watch_changes(follow=False)]
+
+
 def test_without_follow_the_changes_so_far_are_given_and_the_watch_ends(client, make_onnx):
     client.models.push("affine", make_onnx("a1"))
+    assert recorded(client) == [1]  # the watch sees the commit made before it
     client.models.push("affine", make_onnx("a2", scale=2.0), alias="production")
     changes = list(client.models.watch_changes(follow=False))
     assert [(c.seq, c.model, list(c.kinds)) for c in changes] == [
@@ -38,6 +45,7 @@ def test_without_follow_the_changes_so_far_are_given_and_the_watch_ends(client, 
 
 def test_with_follow_changes_committed_later_arrive_as_they_happen(client, make_onnx):
     client.models.push("affine", make_onnx("a1"))
+    recorded(client)
     client.models.push("affine", make_onnx("a2", scale=2.0))
     arrived: queue.Queue[pb.RegistryChange] = queue.Queue()
     changes = client.models.watch_changes(from_seq=2)
@@ -65,6 +73,7 @@ def test_a_follow_is_resumed_across_a_daemon_restart_without_a_repeat(tmp_path, 
     arrived: queue.Queue[int] = queue.Queue()
     with tessera.Client(first.target, retry=retry) as client:
         client.models.push("affine", make_onnx("a1"))
+        recorded(client)
         client.models.push("affine", make_onnx("a2", scale=2.0))
 
         def watch() -> None:

@@ -346,8 +346,9 @@ class RegistryServicer:
         """The registry's change feed: every change to a model's versions, aliases or deployment,
         numbered from 1 in commit order. Replays the changes with seq >= from_seq from the store,
         then a `caught_up` message, then follows live; each change carries the model's serving
-        state after it, so a follower needs only the newest change of each model. A watcher too slow to keep up is ended with
-        RESOURCE_EXHAUSTED whose message gives the from_seq to resume from; shutdown ends it with
+        state after it, so a follower needs only the newest change of each model. Commits to one
+        model in quick succession may arrive as one change; a watch includes every commit made
+        before it began. A watcher too slow to keep up is ended with RESOURCE_EXHAUSTED whose message gives the from_seq to resume from; shutdown ends it with
         UNAVAILABLE, likewise resumable. FAILED_PRECONDITION when from_seq is past the newest
         change + 1 (the follower watched another registry: start again from 0).
         """
