@@ -32,10 +32,14 @@ class DatasetsServicer(datasets_pb2_grpc.DatasetsServicer):
         with self._blobs.writer(
             limit, "limits.max_dataset_size or the remaining limits.dataset_quota"
         ) as writer:
-            blob = await receive_chunks(
-                request_iterator, writer, spec.sha256 or None, spec.size_bytes or None
+            who = caller(context)
+            record = await receive_chunks(
+                request_iterator,
+                writer,
+                spec.sha256 or None,
+                spec.size_bytes or None,
+                lambda blob: self._datasets.register(spec, blob, who),
             )
-        record = await asyncio.to_thread(self._datasets.register, spec, blob, caller(context))
         return convert.version_to_proto(record)
 
     async def GetDataset(

@@ -43,11 +43,6 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         self._uploads = ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="registry-upload")
         self._handoff: _LoopHandoff | None = None
 
-    async def _in_upload_thread(self, call: Callable[[], T]) -> T:
-        """`call` on an upload thread, in this call's context (like asyncio.to_thread)."""
-        context = contextvars.copy_context()
-        return await asyncio.get_running_loop().run_in_executor(self._uploads, context.run, call)
-
     # -- models
 
     async def CreateModel(
@@ -127,12 +122,14 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
             create_model_if_missing=header.create_model,
         )
         with self._blobs.writer(self._registry.max_artifact_size, "limits.max_artifact_size") as writer:
-            blob = await receive_chunks(
-                start.replay(request_iterator), writer, header.sha256, header.size_bytes
+            record = await receive_chunks(
+                start.replay(request_iterator),
+                writer,
+                header.sha256,
+                header.size_bytes,
+                lambda blob: self._registry.register_version(header.model, blob=blob, **fields),
+                self._uploads,
             )
-        record = await self._in_upload_thread(
-            lambda: self._registry.register_version(header.model, blob=blob, **fields)
-        )
         return convert.version_to_proto(record)
 
     async def UploadVersionInline(

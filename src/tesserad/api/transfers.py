@@ -2,21 +2,26 @@
 
 Chunks go straight into a BlobWriter (a temp file being hashed), so an upload never holds
 more than one chunk in memory; the writer is aborted, leaving nothing, when the stream
-fails, ends early or is cancelled by the client.
+fails, ends early or is cancelled by the client. Once every chunk is in, the commit and the
+registration run to their end whatever the client does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+import contextvars
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from tesserad.errors import InvalidArgument, TesseraError
 from tesserad.store import BlobRef, BlobWriter
 
 MAX_CHUNK_SIZE = 4 * 2**20
+
+T = TypeVar("T")
 
 
 async def read_header(messages: AsyncIterator[Any]) -> Any:
@@ -99,12 +104,31 @@ async def _write(writer: BlobWriter, chunk: bytes) -> None:
 
 
 async def receive_chunks(
-    messages: AsyncIterator[Any], writer: BlobWriter, expected_sha256: str | None, expected_size: int | None
-) -> BlobRef:
-    """Write every chunk after the header, then commit (DataLoss if size or sha256 differ)."""
+    messages: AsyncIterator[Any],
+    writer: BlobWriter,
+    expected_sha256: str | None,
+    expected_size: int | None,
+    register: Callable[[BlobRef], T],
+    executor: Executor | None = None,
+) -> T:
+    """Write every chunk after the header; then commit the blob (DataLoss if size or sha256
+    differ) and `register` it, in one job on `executor` that runs to its end even when the
+    call is cancelled meanwhile. The commit claims the blob and the registration ends the
+    claim, success or not: a cancel between the two would keep the blob, held by nothing,
+    until a restart."""
     async for message in messages:
         await _write(writer, _chunk(message))
-    return await asyncio.to_thread(writer.commit, expected_sha256, expected_size)
+    writer.hand_off()
+
+    def commit_and_register() -> T:
+        return register(writer.commit(expected_sha256, expected_size))
+
+    job = asyncio.get_running_loop().run_in_executor(
+        executor, contextvars.copy_context().run, commit_and_register
+    )
+    # A cancelled caller leaves the job's outcome unread; read it so asyncio does not log it.
+    job.add_done_callback(lambda done: done.cancelled() or done.exception())
+    return await asyncio.shield(job)
 
 
 def chunk_size(requested: int, default: int) -> int:

@@ -101,6 +101,12 @@ class BlobWriter:
         self._tmp = Path(name)
         self._hash = hashlib.sha256()
         self.size = 0
+        self._handed_off = False
+
+    def hand_off(self) -> None:
+        """From now on the caller's `commit` (or `abort`) decides: leaving the `with` block no
+        longer aborts, so a commit already running in another thread is not cut short."""
+        self._handed_off = True
 
     def write(self, data: bytes) -> None:
         if self._file is None:
@@ -142,7 +148,8 @@ class BlobWriter:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         # Whatever ends the block without a commit (error, cancellation) leaves nothing behind.
-        self.abort()
+        if not self._handed_off:
+            self.abort()
 
 
 class BlobStore:

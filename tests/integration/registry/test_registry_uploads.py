@@ -185,6 +185,32 @@ def test_cancelled_upload_stores_nothing(stub, weights, data_dir):
     assert version_count(stub, "mlp") == 0
 
 
+def test_an_upload_cancelled_as_its_last_chunk_arrives_is_registered_or_leaves_nothing(
+    stub, weights, data_dir
+):
+    """A cancel that lands between the last chunk and the registration must not leave the
+    stored blob held by nobody (its put's claim kept it from deletion until a restart)."""
+    for attempt in range(5):
+        artifact = weights + bytes([attempt]) * (4 * CHUNK)
+        sent_all = threading.Event()
+
+        def requests(artifact: bytes = artifact, sent_all: threading.Event = sent_all):
+            yield registry_pb2.UploadVersionRequest(header=safetensors_header("mlp", artifact))
+            for start in range(0, len(artifact), CHUNK):
+                yield registry_pb2.UploadVersionRequest(chunk=artifact[start : start + CHUNK])
+            sent_all.set()
+
+        future = stub.UploadVersion.future(requests())
+        assert sent_all.wait(30)
+        future.cancel()
+        # Settled when every stored blob is some version's: a registration that ran holds its
+        # blob, one that did not must have deleted it.
+        deadline = time.monotonic() + 30
+        while len(stored_blobs(data_dir)) != version_count(stub, "mlp") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(stored_blobs(data_dir)) == version_count(stub, "mlp")
+
+
 @pytest.fixture
 def small_limit_daemon(tmp_path):
     running = InProcessDaemon(
