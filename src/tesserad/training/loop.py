@@ -9,7 +9,6 @@ the same loss curve on CPU, across a resume too.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -421,9 +420,3 @@ def device_for(kind: str, indices: list[int], rank: int) -> torch.device:
     if kind == "cuda":
         return torch.device(f"cuda:{indices[rank]}")
     return torch.device("cpu")
-
-
-def parent_alive(parent_pid: int) -> bool:
-    """A worker whose daemon died is re-parented (its fork server exits with the daemon); it must
-    stop rather than train unsupervised."""
-    return os.getppid() == parent_pid

@@ -92,6 +92,9 @@ class _ActorChannel:
         self._start = start
         self._cancel = cancel
         self._cancel_delivered = False
+        # The actor's parent, the raylet: when it dies the actor is re-parented and must stop,
+        # as a local worker does when the daemon's end of its pipe closes.
+        self._raylet_pid = os.getppid()
 
     def send(self, message: WorkerMessage) -> None:
         self._out.put(message)
@@ -100,6 +103,8 @@ class _ActorChannel:
         return self._start.pop(0)
 
     def poll(self) -> bool:
+        if os.getppid() != self._raylet_pid:
+            raise EOFError("the raylet that ran this actor has died")
         return self._cancel.is_set() and not self._cancel_delivered
 
     def recv(self) -> CancelMessage:
@@ -172,8 +177,6 @@ class TrainingActor:
                 max_workspace=payload.max_workspace,
             )
             channel = _ActorChannel(out, [b for b in (start, initial) if b], self._cancel)
-            # `_run` watches its parent process, here the raylet: a worker whose raylet died
-            # stops, as a local one whose daemon died.
             _run(cast(Any, channel), worker_payload)
         except BaseException as exc:
             out.put(ErrorMessage(*_classify(exc)))

@@ -131,13 +131,11 @@ def _classify(exc: BaseException) -> tuple[str, str]:
 
 
 def _run(conn: Connection, payload: WorkerPayload) -> None:
-    # The daemon, or the fork server that started this worker and exits with the daemon.
-    parent_pid = os.getppid()
     import torch
 
     from tesserad.datasets.arrays import open_arrays
     from tesserad.nn import set_max_workspace
-    from tesserad.training.loop import Distributed, Trainer, TrainingData, device_for, parent_alive
+    from tesserad.training.loop import Distributed, Trainer, TrainingData, device_for
 
     torch.set_num_threads(max(payload.threads, 1))
     set_max_workspace(payload.max_workspace)
@@ -158,10 +156,15 @@ def _run(conn: Connection, payload: WorkerPayload) -> None:
 
     def should_stop() -> bool:
         nonlocal cancelled
-        while not cancelled and conn.poll():
-            if isinstance(conn.recv(), CancelMessage):
-                cancelled = True
-        return cancelled or not parent_alive(parent_pid)
+        try:
+            while not cancelled and conn.poll():
+                if isinstance(conn.recv(), CancelMessage):
+                    cancelled = True
+        except (EOFError, OSError):
+            # The supervisor's end closed: the daemon died (not merely the fork server that
+            # started this worker). Stop rather than train unsupervised.
+            return True
+        return cancelled
 
     def emit(kind: str, data: dict[str, Any]) -> None:
         conn.send(EventMessage(kind, data))

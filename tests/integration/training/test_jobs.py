@@ -257,6 +257,34 @@ def test_a_worker_crash_fails_only_its_job(
         assert states(follow(training, after.job_id))[-1] == S.JOB_STATE_SUCCEEDED
 
 
+def test_a_dead_fork_server_leaves_running_jobs_alone(training: training_grpc.TrainingStub) -> None:
+    before = _worker_pids()
+    job = submit(training, long_spec())
+    _wait_for(training, job.job_id, S.JOB_STATE_RUNNING)
+    (pid,) = _worker_pids() - before
+    fork_server = psutil.Process(pid).parent()
+    fork_server.kill()
+    # Not psutil's wait(): reaping the daemon's child here would take its exit status from
+    # multiprocessing, which checks it before starting a new fork server.
+    deadline = time.monotonic() + 10
+    while fork_server.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.02)
+    # The worker answers to the daemon, not to the process that forked it: it trains on.
+    step = training.GetJob(S.GetJobRequest(job_id=job.job_id)).step
+    deadline = time.monotonic() + 60
+    while training.GetJob(S.GetJobRequest(job_id=job.job_id)).step < step + 20:
+        assert time.monotonic() < deadline, "the job stopped stepping after its fork server died"
+        time.sleep(0.05)
+    assert training.GetJob(S.GetJobRequest(job_id=job.job_id)).state == S.JOB_STATE_RUNNING
+    training.CancelJob(S.CancelJobRequest(job_id=job.job_id))
+    events = follow(training, job.job_id)
+    assert states(events)[-1] == S.JOB_STATE_CANCELLED
+    assert of_kind(events, "state")[-1].reason == "cancelled at a step boundary"
+    # The next job gets a new fork server.
+    after = submit(training, job_spec("mlp", epochs=1))
+    assert states(follow(training, after.job_id))[-1] == S.JOB_STATE_SUCCEEDED
+
+
 def test_nonfinite_loss_fails_the_job_clearly(training_daemon, training: training_grpc.TrainingStub) -> None:
     huge = np.full((16, 6), 3e38, np.float32)
     upload_dataset(training_daemon.channel(), "huge", {"x": huge, "t": huge[:, :1]})

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psutil
 
 from tessera.v1 import job_spec_pb2, training_pb2, training_pb2_grpc
 from tests.integration.training.conftest import job_spec, of_kind, states, upload_standard_datasets
@@ -45,9 +46,18 @@ def test_sigkilled_daemon_resumes_the_job_from_its_last_checkpoint(spawn_daemon:
         seen.append(event)
         if event.WhichOneof("event") == "checkpoint" and event.checkpoint.epoch == 4:
             break
+    workers = [
+        child
+        for child in psutil.Process(daemon.process.pid).children(recursive=True)
+        if "forkserver" in " ".join(child.parent().cmdline())
+    ]
+    assert workers
     daemon.process.kill()
     daemon.process.wait(10)
     channel.close()
+    # Its worker saw the daemon's end of the pipe close and stopped: none trains unsupervised.
+    _, alive = psutil.wait_procs(workers, timeout=30)
+    assert alive == []
 
     restarted, channel = _start(spawn_daemon, tmp_path)
     training = training_pb2_grpc.TrainingStub(channel)
