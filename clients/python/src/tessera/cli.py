@@ -650,7 +650,9 @@ def cmd_predict(client: Client, args: argparse.Namespace, out: Output) -> None:
         args.model, inputs, version=args.version, alias=args.alias, timeout=args.timeout
     )
     if args.output:
-        np.savez(args.output, **prediction.outputs)
+        # allow_pickle named so that an output of that name cannot be taken for the flag;
+        # outputs are numeric arrays, which need no pickling.
+        np.savez(args.output, allow_pickle=False, **prediction.outputs)
     if out.as_json:
         return out.json(
             {
@@ -687,7 +689,7 @@ def cmd_explain(client: Client, args: argparse.Namespace, out: Output) -> None:
         timeout=max(args.timeout, 300.0),
     )
     if args.out:
-        np.savez(args.out, **explanation.attributions)
+        np.savez(args.out, allow_pickle=False, **explanation.attributions)
     top = {
         name: [top_positions(row, args.top) for row in array]
         for name, array in explanation.attributions.items()
@@ -872,7 +874,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print JSON for scripts instead of tables")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(group: Any, name: str, handler: Callable[..., None], help: str) -> argparse.ArgumentParser:
+    def command(
+        group: argparse._SubParsersAction[argparse.ArgumentParser],
+        name: str,
+        handler: Callable[..., None],
+        help: str,
+    ) -> argparse.ArgumentParser:
         # Every `ls` also answers to `list`, as `tessera sweeps` does.
         aliases = ["list"] if name == "ls" else []
         sub = group.add_parser(name, aliases=aliases, help=help, description=help)

@@ -27,7 +27,7 @@ Splits = Mapping[str, float] | Mapping[str, Sequence[int]]
 class Payload:
     """What an upload sends: a file on disk or an npz built in memory, with its hash and size."""
 
-    format: int
+    format: pb.DatasetFormat.ValueType
     sha256: str
     size: int
     path: Path | None = None
@@ -130,6 +130,7 @@ class Datasets(Part[C]):
     @call
     def push(
         self,
+        /,
         name: str,
         path: str | Path | None = None,
         *,

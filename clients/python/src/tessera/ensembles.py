@@ -27,8 +27,8 @@ def member_pair(member: Member) -> tuple[str, int]:
         if not model or not version.isdigit() or int(version) < 1:
             raise ValueError(f"ensemble member {member!r}: write it MODEL:VERSION, e.g. clf:3")
         return model, int(version)
-    model, version = member
-    return model, int(version)
+    name, number = member
+    return name, int(number)
 
 
 def ensemble_spec(

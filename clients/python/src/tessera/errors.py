@@ -155,8 +155,8 @@ def error_for(code: grpc.StatusCode, message: str) -> TesseraError:
 
 def error_from_rpc(err: grpc.RpcError) -> TesseraError:
     """The SDK exception for a failed gRPC call (sync or asyncio)."""
-    code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN  # type: ignore[attr-defined]
-    details = err.details() if hasattr(err, "details") else None  # type: ignore[attr-defined]
+    code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+    details = err.details() if hasattr(err, "details") else None
     return error_for(code, details or str(code.name if code else "no message"))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TypedDict
 
 from tessera.messages import to_datetime
 from tessera.v1 import training_pb2 as pb
@@ -22,10 +23,10 @@ class JobState(StrEnum):
     INTERRUPTED = "interrupted"
 
     @classmethod
-    def from_proto(cls, value: int) -> JobState:
+    def from_proto(cls, value: pb.JobState.ValueType) -> JobState:
         return cls(pb.JobState.Name(value).removeprefix("JOB_STATE_").lower())
 
-    def to_proto(self) -> int:
+    def to_proto(self) -> pb.JobState.ValueType:
         return pb.JobState.Value(f"JOB_STATE_{self.name}")
 
     @property
@@ -127,9 +128,17 @@ class VersionRegistered(JobEvent):
     alias: str
 
 
+class _Common(TypedDict):
+    """The JobEvent fields every event class takes, spread into each constructor."""
+
+    seq: int
+    time: dt.datetime | None
+    attempt: int
+
+
 def event_from_proto(event: pb.JobEvent) -> JobEvent:
     """The typed event for a JobEvent message (a plain JobEvent for kinds newer than the SDK)."""
-    base = {"seq": event.seq, "time": to_datetime(event.time), "attempt": event.attempt}
+    base: _Common = {"seq": event.seq, "time": to_datetime(event.time), "attempt": event.attempt}
     kind = event.WhichOneof("event")
     if kind == "state":
         s = event.state
@@ -165,6 +174,6 @@ def event_from_proto(event: pb.JobEvent) -> JobEvent:
     if kind == "error":
         return JobError(**base, kind=event.error.kind, message=event.error.message)
     if kind == "registered":
-        r = event.registered
-        return VersionRegistered(**base, model=r.model, version=r.version, alias=r.alias)
+        v = event.registered
+        return VersionRegistered(**base, model=v.model, version=v.version, alias=v.alias)
     return JobEvent(**base)

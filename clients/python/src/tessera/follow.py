@@ -26,6 +26,7 @@ from tessera.events import (
 from tessera.events import Progress as ProgressEvent
 from tessera.plot import line_plot
 from tessera.training import Job
+from tessera.transport import Connection
 
 
 @dataclass
@@ -63,7 +64,7 @@ def event_json(event: JobEvent) -> str:
     return json.dumps({"kind": type(event).__name__, **values}, default=str)
 
 
-def follow(job: Job, console: Console, as_json: bool, from_seq: int = 1) -> Job:
+def follow(job: Job[Connection], console: Console, as_json: bool, from_seq: int = 1) -> Job[Connection]:
     """Stream a job's events until it ends (JSON lines with `as_json`), then print the summary
     and, for people, the loss curves. Returns the job with its final state."""
     started = time.monotonic()
@@ -155,7 +156,7 @@ def state_line(event: StateChanged) -> str:
     return line
 
 
-def summary_table(job: Job, curves: Curves, seconds: float) -> Table:
+def summary_table(job: Job[Connection], curves: Curves, seconds: float) -> Table:
     """The end-of-job table: state, epochs, steps, final metrics, registered version."""
     table = Table(title=f"job {job.id}", show_header=False)
     table.add_column("what", style="bold")

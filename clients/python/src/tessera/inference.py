@@ -163,7 +163,9 @@ class Inference(Part[C]):
         return Op(S, "Explain", request, Explanation.from_proto, timeout or max(self._conn.timeout, 300.0))
 
     @call
-    def load(self, model: str, version: VersionSelector | None = None, **config: Any) -> Op[pb.LoadedModel]:
+    def load(
+        self, /, model: str, version: VersionSelector | None = None, **config: Any
+    ) -> Op[pb.LoadedModel]:
         """Load and warm up a version (default "latest"); `config` holds ServingConfig fields
         (runtime="onnx", device="cpu", max_batch_size=8, max_queue_delay_us=500, ...). Loading
         a loaded version with another config swaps it without dropping requests."""

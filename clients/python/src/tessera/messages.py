@@ -68,14 +68,18 @@ def load_toml(path: str | Path) -> TomlTable:
         raise ValueError(f"{path}: not valid TOML: not UTF-8 text ({err.reason})") from None
     except tomllib.TOMLDecodeError as err:
         raise ValueError(f"{path}: not valid TOML: {err}") from None
-    return _tables(data, TomlSource(str(path), key_lines(text)), ())
+    return _table(data, TomlSource(str(path), key_lines(text)), ())
+
+
+def _table(value: dict[str, Any], source: TomlSource, prefix: KeyPath) -> TomlTable:
+    table = TomlTable({key: _tables(item, source, (*prefix, key)) for key, item in value.items()})
+    table.source, table.prefix = source, prefix
+    return table
 
 
 def _tables(value: Any, source: TomlSource, prefix: KeyPath) -> Any:
     if isinstance(value, dict):
-        table = TomlTable({key: _tables(item, source, (*prefix, key)) for key, item in value.items()})
-        table.source, table.prefix = source, prefix
-        return table
+        return _table(value, source, prefix)
     if isinstance(value, list):
         return [_tables(item, source, (*prefix, index)) for index, item in enumerate(value)]
     return value

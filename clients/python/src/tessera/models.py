@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -163,7 +164,7 @@ class Models(Part[C]):
     @call
     def push_batch(
         self, versions: Sequence[VersionFile], *, timeout: float | None = None
-    ) -> Op[list[pb.ModelVersion]]:
+    ) -> Op[builtins.list[pb.ModelVersion]]:
         """Register many small artifact files in one call (UploadVersionBatch), all or nothing:
         the new versions in the order given, or the error of the first file the daemon
         refuses ("items[i]: ..."), with none of them registered. At most 1000 files, all

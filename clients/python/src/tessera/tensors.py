@@ -22,7 +22,9 @@ _DTYPE_BY_ENUM: dict[int, str] = {
     common_pb2.DATA_TYPE_FLOAT32: "float32",
     common_pb2.DATA_TYPE_FLOAT64: "float64",
 }
-_ENUM_BY_DTYPE: dict[str, int] = {name: number for number, name in _DTYPE_BY_ENUM.items()}
+_ENUM_BY_DTYPE: dict[str, common_pb2.DataType.ValueType] = {
+    name: common_pb2.DataType.ValueType(number) for number, name in _DTYPE_BY_ENUM.items()
+}
 _BFLOAT16 = "bfloat16"
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from tessera.calls import C, JoinedPages, Op, Pages, Part, Resumable, SeqCursor, Then, call, stream
 from tessera.errors import JobFailed
@@ -13,16 +13,23 @@ from tessera.transport import RetryPolicy
 from tessera.v1 import common_pb2, job_spec_pb2
 from tessera.v1 import training_pb2 as pb
 
+if TYPE_CHECKING:
+    from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
+
 S = "Training"
+
+_V = TypeVar("_V", bound=int)
 
 JobSpecLike = job_spec_pb2.JobSpec | Mapping[str, Any]
 """A JobSpec message, or a dict of the same fields (e.g. a parsed TOML file)."""
 
 
-def enum_value(enum: Any, prefix: str, value: str | int) -> int:
+def enum_value(enum: _EnumTypeWrapper[_V], prefix: str, value: str | int) -> _V:
     """An enum number from a short name ("succeeded" -> RUN_STATUS_SUCCEEDED); ValueError if unknown."""
     if isinstance(value, int):
-        return value
+        # A number goes as given (the daemon rejects unknown ones). The stubs type an enum's
+        # values as a NewType of int that nothing generic over the enum can construct.
+        return cast(_V, value)
     name = prefix + value.upper()
     names = list(enum.keys())
     if name not in names:
@@ -202,7 +209,7 @@ class Training(Part[C]):
         """End a run ("succeeded", "failed", "cancelled") or change its tags."""
         request = pb.UpdateRunRequest(run_id=run_id, set_tags=set_tags)
         if status is not None:
-            request.status = enum_value(pb.RunStatus, "RUN_STATUS_", status)  # type: ignore[assignment]
+            request.status = enum_value(pb.RunStatus, "RUN_STATUS_", status)
         return Op(S, "UpdateRun", request)
 
     @call
@@ -246,7 +253,7 @@ class Training(Part[C]):
         """An experiment's runs ranked by `metric` ("min" or "max" is better; default by name)."""
         request = pb.LeaderboardRequest(experiment=experiment, metric=metric, limit=limit)
         if mode is not None:
-            request.mode = enum_value(job_spec_pb2.OptimizeMode, "OPTIMIZE_MODE_", mode)  # type: ignore[assignment]
+            request.mode = enum_value(job_spec_pb2.OptimizeMode, "OPTIMIZE_MODE_", mode)
         return Op(S, "Leaderboard", request, lambda response: list(response.entries))
 
     @call

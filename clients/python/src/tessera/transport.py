@@ -143,7 +143,7 @@ GRPC_MAX_ATTEMPTS = 5
 
 # Calls go round robin over every address the target resolves to (dns:/// to a headless
 # Kubernetes Service, or ipv4:a:p,b:p): gRPC's default, pick_first, would send all to one.
-_BALANCING = [{"round_robin": {}}]
+_BALANCING: list[dict[str, dict[str, object]]] = [{"round_robin": {}}]
 
 
 def service_config(retry: RetryPolicy) -> str:
