@@ -419,6 +419,12 @@ class ReplicaSettings:
         parse_target,
         "the address a replica announces to its primary for cluster statistics (default: its listen address)",
     )
+    change_history: int = setting(
+        10_000,
+        parse_number(int, 1, 100_000_000),
+        "on a primary: the newest registry changes kept in full for WatchChanges; older ones are "
+        "compacted to each model's newest, which is all a replica needs to catch up",
+    )
     tls: bool = setting(False, parse_bool, "reach the primary over TLS")
     tls_ca_file: Path | None = setting(
         None,

@@ -242,7 +242,12 @@ class Daemon:
             max_artifact_size=limits.max_artifact_size,
             dataset_check=self.datasets.check_lineage,
         )
-        self._changes = ChangeFeed(self._store, self.registry, settings.training.watch_buffer_events)
+        self._changes = ChangeFeed(
+            self._store,
+            self.registry,
+            settings.training.watch_buffer_events,
+            history=settings.replica.change_history,
+        )
         await asyncio.to_thread(self._changes.start)
         _register(
             registry_pb2_grpc.add_RegistryServicer_to_server,

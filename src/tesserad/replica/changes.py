@@ -9,6 +9,13 @@ EventLog that job events use, so a watcher replays from any sequence number and 
 live with a bounded buffer. At start every model is compared with its head, so a change
 committed just before a crash, and not yet recorded, is recorded then.
 
+The newest `history` changes are kept in full (a log to read back); an older change that a
+newer change of the same model supersedes is deleted (compaction, as in a compacted Kafka
+topic), so the table stays about one row per model. Compaction loses nothing a follower
+needs: every change carries its model's whole serving state, a watch from any seq still gets
+the newest change of every model changed since, and a deleted model's last change stays until
+the name is used again.
+
 Commits to one model that land before the feed thread looks are one change (a follower needs
 the state, not every step to it). A watch begins once the thread has recorded every commit
 notified before it, so a client that committed and then watches sees its own commit.
@@ -33,11 +40,18 @@ log = logging.getLogger(__name__)
 
 CHANGES = "registry_changes"
 HEADS = "registry_change_heads"
-TABLES = [CHANGES, HEADS]
+# seq of each stored change that a newer change of its model supersedes, oldest first.
+SUPERSEDED = "registry_changes_superseded"
+TABLES = [CHANGES, HEADS, SUPERSEDED]
 
 _CHANNEL = "registry"
 # A watch waits at most this long for the feed to record the commits made before it began.
 _SETTLE_TIMEOUT_S = 10.0
+# Superseded changes deleted per recorded change at most: compaction keeps pace in small steps.
+_COMPACT_BATCH = 64
+# Keys of a head record besides the model's head: the seq of its newest change, and whether
+# that change deleted the model (the head is then a tombstone).
+_SEQ, _DELETED = "seq", "deleted"
 _HEAD_KIND = "registry_change_head"
 
 MODEL_CREATED = "model_created"
@@ -191,9 +205,10 @@ def _decode_change(event: JobEvent) -> RegistryChange:
 class ChangeFeed:
     """Records, numbers and streams the registry's changes (see the module docstring)."""
 
-    def __init__(self, store: Store, registry: Registry, watch_buffer: int) -> None:
+    def __init__(self, store: Store, registry: Registry, watch_buffer: int, history: int) -> None:
         self._store = store
         self._registry = registry
+        self._history = history
         self._log = EventLog(store, watch_buffer, table=CHANGES)
         with store.read() as txn:
             last_seq = next(
@@ -267,16 +282,21 @@ class ChangeFeed:
         with self._store.read() as txn:
             raw = txn.get(HEADS, (model,))
         before = None if raw is None else decode_record(raw, _HEAD_KIND, 1)[1]
+        # Heads written before compaction existed carry no seq: their change is never deleted.
+        superseded: int | None = None if before is None else before.pop(_SEQ, None)
+        if before is not None and before.pop(_DELETED, False):
+            before = None
         after = None if state is None else _head(state)
         kinds = _kinds(before, after)
         if not kinds:
             return
 
-        def write_head(txn: WriteTxn, _event: JobEvent) -> None:
-            if after is None:
-                txn.delete(HEADS, (model,))
-            else:
-                txn.put(HEADS, (model,), encode_record(_HEAD_KIND, 1, after))
+        def write_head(txn: WriteTxn, event: JobEvent) -> None:
+            head = {_SEQ: event.seq, _DELETED: True} if after is None else {**after, _SEQ: event.seq}
+            txn.put(HEADS, (model,), encode_record(_HEAD_KIND, 1, head))
+            if superseded is not None:
+                txn.put(SUPERSEDED, (superseded,), b"")
+            self._compact(txn, event.seq - self._history)
 
         self._log.append(
             _CHANNEL,
@@ -287,6 +307,19 @@ class ChangeFeed:
         )
         # The next comparison must read this head.
         self._log.flush()
+
+    @staticmethod
+    def _compact(txn: WriteTxn, horizon: int) -> None:
+        """Delete superseded changes numbered `horizon` or lower, a few per call."""
+        done = []
+        for key, _ in txn.scan(SUPERSEDED, (), limit=_COMPACT_BATCH):
+            seq = int(key[0])
+            if seq > horizon:
+                break
+            done.append(seq)
+        for seq in done:
+            txn.delete(CHANGES, (_CHANNEL, seq))
+            txn.delete(SUPERSEDED, (seq,))
 
     def replicas(self) -> list[str]:
         """The addresses of the replicas following this registry now."""

@@ -10,6 +10,7 @@ from serving_models import linear_model, upload
 
 from tessera.v1 import registry_pb2 as pb
 from tessera.v1 import registry_pb2_grpc
+from tests.conftest import InProcessDaemon, daemon_settings
 
 
 def _changes(channel: grpc.Channel, from_seq: int, count: int) -> list[pb.RegistryChange]:
@@ -140,3 +141,40 @@ def test_changes_survive_a_restart_and_numbering_goes_on(data_dir, spawn_daemon)
     with grpc.insecure_channel(second.wait_serving()) as channel:
         upload(channel, "linear", linear_model(2.0))
         assert [(c.seq, c.state.latest_version) for c in _changes(channel, 1, 2)] == [(1, 1), (2, 2)]
+
+
+def test_changes_past_the_history_are_compacted_to_each_models_newest(tmp_path) -> None:
+    running = InProcessDaemon(daemon_settings(tmp_path / "data", **{"replica.change_history": 3})).start()
+    try:
+        channel = running.channel()
+        registry = registry_pb2_grpc.RegistryStub(channel)
+        steps = [
+            lambda: upload(channel, "a", linear_model(1.0)),  # 1
+            lambda: upload(channel, "b", linear_model(1.0)),  # 2
+            lambda: upload(channel, "a", linear_model(2.0)),  # 3 supersedes 1
+            lambda: registry.SetAlias(pb.SetAliasRequest(model="a", alias="production", version=1)),  # 4: 3
+            lambda: upload(channel, "b", linear_model(2.0)),  # 5 supersedes 2
+            lambda: registry.DeleteModel(pb.DeleteModelRequest(name="b", force=True)),  # 6: 5
+            lambda: upload(channel, "c", linear_model(1.0)),  # 7
+        ]
+        for seq, step in enumerate(steps, start=1):
+            step()
+            _recorded(channel, seq)
+        # Superseded and older than the newest 3 (seq <= 4): 1, 2 and 3 are gone. 4 is a's
+        # newest, 5 is within the history, 6 is b's last word (its deletion).
+        assert _first(channel, 0, 5) == ["change 4", "change 5", "change 6", "change 7", "caught up 7"]
+        assert [c.seq for c in _changes(channel, 2, 2)] == [4, 5]  # a start inside the gap is fine
+        replayed = {c.model: c for c in _changes(channel, 0, 4)}
+        assert replayed["a"].state.latest_version == 2
+        assert dict(replayed["a"].state.aliases) == {"production": 1}
+        assert not replayed["b"].HasField("state")
+        assert replayed["c"].state.latest_version == 1
+
+        # The name used again: the tombstone is superseded like any change.
+        upload(channel, "b", linear_model(3.0))  # 8; horizon 5
+        _recorded(channel, 8)
+        registry.SetAlias(pb.SetAliasRequest(model="c", alias="production", version=1))  # 9; horizon 6
+        _recorded(channel, 9)
+        assert [c.seq for c in _changes(channel, 0, 4)] == [4, 7, 8, 9]
+    finally:
+        running.stop()

@@ -957,7 +957,8 @@ def build_parser() -> argparse.ArgumentParser:
         models,
         "changes",
         cmd_models_changes,
-        "the registry's changes, numbered in commit order, with each model's serving state after it",
+        "the registry's changes, numbered in commit order, with each model's serving state after "
+        "it (before the daemon's newest replica.change_history, only each model's newest is kept)",
     )
     sub.add_argument(
         "--from-seq", type=int, default=0, metavar="SEQ", help="start at this change (default 0: the first)"
