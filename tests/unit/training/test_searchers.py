@@ -265,6 +265,7 @@ def test_tpe_starts_modelling_after_a_quarter_of_the_budget_from_3_to_10_trials(
 def test_tpe_models_jointly_with_running_trials_told_and_starts_by_the_budget() -> None:
     assert tpe_options(40) == {
         "n_startup_trials": 10,
+        "n_ei_candidates": 100,
         "multivariate": True,
         "group": True,
         "constant_liar": True,
