@@ -13,7 +13,6 @@ generation again, in order (its update is deterministic; its random draws are re
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,11 +49,22 @@ def startup_trials(max_trials: int) -> int:
     return max(3, min(10, max_trials // 4))
 
 
-def good_trials(finished: int) -> int:
-    """How many of the finished trials TPE models as "good": the best quarter (hyperopt's
-    gamma), at most 25. Optuna's default, a tenth, leaves one or two good trials for the first
-    twenty, and TPE then draws nearly at random (bench/search_bench.py)."""
-    return min(math.ceil(0.25 * finished), 25)
+def tpe_options(max_trials: int) -> dict[str, Any]:
+    """TPESampler's settings for a sweep of `max_trials`: parameters modelled jointly (a good
+    learning rate depends on the batch size), in groups (a conditional parameter is modelled
+    with the trials that have it), running trials told as running (constant liar: trials drawn
+    while others run keep away from those), and each draw the best of 100 candidates from the
+    good trials' density rather than Optuna's 24: a closer maximum of the ratio TPE maximises,
+    for a few milliseconds per ask; over 10 seeds (100-109) of bench/search_bench.py it reached
+    random's best-of-N in 7 trials, not 9.5, at N=20 and 15, not 20, at N=40. Optuna's own split
+    into good and bad trials (its gamma, deprecated as an argument since 4.9) is kept."""
+    return {
+        "n_startup_trials": startup_trials(max_trials),
+        "n_ei_candidates": 100,
+        "multivariate": True,
+        "group": True,
+        "constant_liar": True,
+    }
 
 
 def suggest(
@@ -73,13 +83,7 @@ def suggest(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if searcher == "tpe":
-            sampler = optuna.samplers.TPESampler(
-                seed=sampler_seed,
-                n_startup_trials=startup_trials(max_trials),
-                gamma=good_trials,
-                multivariate=True,
-                group=True,
-            )
+            sampler = optuna.samplers.TPESampler(seed=sampler_seed, **tpe_options(max_trials))
         else:
             sampler = _ReplayedCmaEs(
                 seed=sampler_seed, consider_pruned_trials=consider_pruned, warn_independent_sampling=False

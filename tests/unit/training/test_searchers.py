@@ -4,13 +4,14 @@ trials, Hyperband's brackets, PBT's generations, and which searcher/pruner pairs
 from __future__ import annotations
 
 import random
+import warnings
 
 import pytest
 
 from tesserad.errors import InvalidArgument
 from tesserad.training.pbt import Member, PbtSettings, explore, next_generation, pbt_settings
 from tesserad.training.pruning import asha_prunes, hyperband_bracket, hyperband_counts
-from tesserad.training.samplers import PastTrial, good_trials, startup_trials, suggest
+from tesserad.training.samplers import PastTrial, startup_trials, suggest, tpe_options
 from tesserad.training.search_space import (
     SweepParameter,
     boundary_points,
@@ -261,6 +262,19 @@ def test_tpe_starts_modelling_after_a_quarter_of_the_budget_from_3_to_10_trials(
     assert [startup_trials(n) for n in (4, 12, 20, 40, 200)] == [3, 3, 5, 10, 10]
 
 
-def test_tpe_models_the_best_quarter_of_finished_trials_as_good_at_most_25() -> None:
-    # Optuna's default (a tenth) would give 1, 1, 2, 3 here: too few to model a good region.
-    assert [good_trials(n) for n in (1, 5, 10, 19, 100, 1000)] == [1, 2, 3, 5, 25, 25]
+def test_tpe_models_jointly_with_running_trials_told_and_starts_by_the_budget() -> None:
+    assert tpe_options(40) == {
+        "n_startup_trials": 10,
+        "n_ei_candidates": 100,
+        "multivariate": True,
+        "group": True,
+        "constant_liar": True,
+    }
+    assert tpe_options(12)["n_startup_trials"] == startup_trials(12) == 3
+
+
+@pytest.mark.parametrize("searcher", ["tpe", "cmaes"])
+def test_searchers_use_no_deprecated_optuna_argument(searcher: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        _run(searcher, 8, seed=2)
