@@ -275,7 +275,11 @@ class DynamicBatcher:
         self._cost_clock = cost_clock(runtimes[0].device if runtimes else "cpu")
         self._batches_run = 0
         self._all_outputs = list(output_names)
-        self._cond = threading.Condition()  # an RLock: a cancelled future's callback may re-enter
+        # An RLock: a cancelled future's callback may re-enter. Taken as `with self._lock`, not
+        # `with self._cond` (the same lock, without the Condition's Python-level __enter__ and
+        # __exit__ frames, twice on every request).
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
         self._queue: deque[_Request] = deque()
         self._idle: list[Runtime] = list(runtimes)
         self._runtimes = list(runtimes)
@@ -346,7 +350,7 @@ class DynamicBatcher:
         woken) until `release()`, so requests submitted in a burst gather into one batch.
         Raises BatcherClosed once closed, ResourceExhausted when full.
         """
-        with self._cond:
+        with self._lock:
             if self._closed:
                 raise BatcherClosed(self.label)
             inline = allow_inline and not hold and not self._queue and self._fast_now(rows)
@@ -381,7 +385,7 @@ class DynamicBatcher:
     def release(self) -> None:
         """Start what held submissions queued: at once in this thread when the model is idle and
         the gathered batch is fast (as for a lone request), else in a worker thread."""
-        with self._cond:
+        with self._lock:
             self._held_rows = 0
             if not self._queue:
                 return
@@ -414,7 +418,7 @@ class DynamicBatcher:
             self._return(runtime)
 
     def _return(self, runtime: Runtime) -> None:
-        with self._cond:
+        with self._lock:
             self._idle.append(runtime)
             self._busy -= 1
             self._wake_for_queue()
@@ -437,13 +441,13 @@ class DynamicBatcher:
 
         What is still queued after `timeout` seconds is answered Unavailable.
         """
-        with self._cond:
+        with self._lock:
             self._closed = True
             self._cond.notify_all()
         end = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, end - time.monotonic()))
-        with self._cond:
+        with self._lock:
             left = list(self._queue)
             self._queue.clear()
             self._wake_all_if_drained()
@@ -460,7 +464,7 @@ class DynamicBatcher:
     def _forget_if_cancelled(self, future: Future[Prediction]) -> None:
         if not future.cancelled():
             return
-        with self._cond:
+        with self._lock:
             for request in self._queue:
                 if request.future is future:
                     self._queue.remove(request)
@@ -469,7 +473,7 @@ class DynamicBatcher:
 
     def _work(self) -> None:
         while True:
-            with self._cond:
+            with self._lock:
                 while not (self._queue and self._idle):
                     if self._closed and not self._queue:
                         self._wake_all_if_drained()
