@@ -246,17 +246,17 @@ def daemon_process(
                 return await continuation(handler_call_details)
 
         tesserad.server.AuthInterceptor = PassThrough  # type: ignore[misc]
-    daemon, file_service = start_file_daemon(data_dir, {} if transport_only else paths, instances, device)
     if transport_only:
-        for servicer in _servicers_of():
-            if hasattr(servicer, "_predict"):
+        # Before the server starts: gRPC binds the servicer's methods when they are registered.
+        from tesserad.api.inference import InferenceServicer
 
-                async def answer(request, deadline):  # type: ignore[no-untyped-def]
-                    response = output_response(request.target.model)
-                    response.request_id = request.request_id
-                    return response
+        async def answer(self, request, context):  # type: ignore[no-untyped-def]
+            response = output_response(request.target.model)
+            response.request_id = request.request_id
+            return response
 
-                servicer._predict = answer
+        InferenceServicer.Predict = answer  # type: ignore[method-assign]
+    daemon, file_service = start_file_daemon(data_dir, {} if transport_only else paths, instances, device)
     pauses = GcPauses()
     conn.send(daemon.target)
     while True:

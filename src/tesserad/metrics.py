@@ -6,15 +6,23 @@ Nothing is registered on prometheus_client's global registry, so two daemons in 
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import socket
 import threading
-from collections.abc import Callable, Iterable
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 from tesserad.config import Address
 
@@ -32,50 +40,92 @@ class DaemonMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.rpc_latency = Histogram(
-            "tessera_rpc_duration_seconds",
-            "Time from a call's arrival to its status, per RPC.",
-            ["service", "method"],
-            buckets=RPC_LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.rpc_total = Counter(
-            "tessera_rpc",
-            "Finished calls per RPC and status code.",
-            ["service", "method", "code"],
-            registry=self.registry,
-        )
+        self._rpcs = _RpcMetrics(self.registry)
 
     def rpc_recorder(self, service: str, method: str) -> RpcRecorder:
         """Records the calls of one RPC; made once per method, so a call pays no label lookup."""
-        return RpcRecorder(self, service, method)
+        return self._rpcs.recorder(service, method)
 
 
 class RpcRecorder:
-    """One RPC's latency histogram and per-code counters, with the label lookups done once.
+    """One RPC's latency histogram and per-code counts: plain integers under one lock, read at
+    scrape time (`_RpcMetrics`).
 
-    prometheus_client's `labels()` takes a lock and builds the label tuple on every call (about
-    10 us per call on the dev box, twice per RPC); the children it returns are stable, so they
-    are looked up once and reused.
+    prometheus_client's Histogram and Counter take a lock per sample, per bucket and per counter
+    (2.3 us a call on the dev box with the label lookups done once, several times that on the
+    event loop's thread between calls, caches cold); this is a bisect and three additions.
     """
 
-    __slots__ = ("_counters", "_method", "_metrics", "_observe", "_service")
+    __slots__ = ("_lock", "codes", "counts", "created", "method", "service", "sum")
 
-    def __init__(self, metrics: DaemonMetrics, service: str, method: str) -> None:
-        self._metrics = metrics
-        self._service = service
-        self._method = method
-        self._observe = metrics.rpc_latency.labels(service, method).observe
-        self._counters: dict[str, Callable[[], None]] = {}
+    def __init__(self, service: str, method: str) -> None:
+        self.service = service
+        self.method = method
+        self._lock = threading.Lock()
+        self.counts = [0] * (len(RPC_LATENCY_BUCKETS) + 1)  # the last one +Inf
+        self.sum = 0.0
+        self.codes: dict[str, int] = {}
+        self.created = time.time()
 
     def record(self, code: str, seconds: float) -> None:
-        self._observe(seconds)
-        count = self._counters.get(code)
-        if count is None:
-            count = self._counters[code] = self._metrics.rpc_total.labels(
-                self._service, self._method, code
-            ).inc
-        count()
+        with self._lock:
+            # Prometheus buckets are inclusive (le): the first bound >= seconds.
+            self.counts[bisect_left(RPC_LATENCY_BUCKETS, seconds)] += 1
+            self.sum += seconds
+            self.codes[code] = self.codes.get(code, 0) + 1
+
+    def read(self) -> tuple[list[int], float, dict[str, int]]:
+        with self._lock:
+            return list(self.counts), self.sum, dict(self.codes)
+
+
+class _RpcMetrics(Collector):
+    """tessera_rpc_duration_seconds and tessera_rpc, per RPC, from the recorders at scrape time;
+    exported as prometheus_client's Histogram and Counter export them."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._lock = threading.Lock()
+        self._recorders: dict[tuple[str, str], RpcRecorder] = {}
+        registry.register(self)
+
+    def recorder(self, service: str, method: str) -> RpcRecorder:
+        with self._lock:
+            recorder = self._recorders.get((service, method))
+            if recorder is None:
+                recorder = self._recorders[(service, method)] = RpcRecorder(service, method)
+            return recorder
+
+    def describe(self) -> list[Metric]:
+        return self._families([])
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            recorders = list(self._recorders.values())
+        return iter(self._families(recorders))
+
+    def _families(self, recorders: list[RpcRecorder]) -> list[Metric]:
+        latency = HistogramMetricFamily(
+            "tessera_rpc_duration_seconds",
+            "Time from a call's arrival to its status, per RPC.",
+            labels=["service", "method"],
+        )
+        calls = CounterMetricFamily(
+            "tessera_rpc", "Finished calls per RPC and status code.", labels=["service", "method", "code"]
+        )
+        bounds = [*RPC_LATENCY_BUCKETS, math.inf]
+        for recorder in recorders:
+            counts, total, codes = recorder.read()
+            labels = {"service": recorder.service, "method": recorder.method}
+            # prometheus_client leaves floatToGoString unannotated.
+            buckets = [
+                (floatToGoString(bound), cumulative)  # type: ignore[no-untyped-call]
+                for bound, cumulative in zip(bounds, itertools.accumulate(counts), strict=True)
+            ]
+            latency.add_metric(list(labels.values()), buckets, total)
+            latency.samples.append(Sample("tessera_rpc_duration_seconds_created", labels, recorder.created))
+            for code, count in codes.items():
+                calls.add_metric([recorder.service, recorder.method, code], count, created=recorder.created)
+        return [latency, calls]
 
 
 class MetricsHttpServer:

@@ -38,10 +38,31 @@ def deadline_of(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
+# Targets already checked, by (model, selector, the selector's value): requests name a few targets
+# again and again, and checking and building one cost several microseconds of each request's
+# time on the event loop (serve_bench's notes). Emptied when full: any name may be asked for.
+_TARGETS: dict[tuple[str, str | None, int | str], Target] = {}
+_TARGETS_KEPT = 4096
+
+
 def target_from_proto(ref: common_pb2.VersionRef, *, model_required: bool = True) -> Target:
+    model = ref.model
+    selector = ref.WhichOneof("selector")
+    key = (model, selector, ref.version if selector == "version" else ref.alias)
+    target = _TARGETS.get(key)
+    if target is not None:
+        return target
+    target = _checked_target(ref, selector, model_required)
+    if model:  # a target without a model is valid only where one is not required
+        if len(_TARGETS) >= _TARGETS_KEPT:
+            _TARGETS.clear()
+        _TARGETS[key] = target
+    return target
+
+
+def _checked_target(ref: common_pb2.VersionRef, selector: str | None, model_required: bool) -> Target:
     if model_required or ref.model:
         validate_name("target.model", ref.model)
-    selector = ref.WhichOneof("selector")
     if selector == "version":
         if ref.version < 1:
             raise InvalidArgument(f"target.version must be >= 1 (versions count from 1), got {ref.version}")

@@ -84,6 +84,7 @@ def _shape(shape: Sequence[int], name: str) -> tuple[int, ...]:
 def _from_bytes(
     data: bytes, dtype: np.dtype, shape: tuple[int, ...], name: str, dtype_name: str
 ) -> np.ndarray:
+    """`data` as an array of `shape`, sharing its memory (read-only, as the bytes are)."""
     # math.prod, not np.prod: ~20 us less per request on small shapes (measured).
     expected = math.prod(shape) * dtype.itemsize
     if len(data) != expected:
@@ -92,18 +93,20 @@ def _from_bytes(
             f"needs {expected} ({dtype.itemsize} bytes per element, little-endian)"
         )
     if _NATIVE_IS_WIRE:
-        return np.frombuffer(data, dtype=dtype).reshape(shape)
+        # One array over the bytes, not frombuffer then reshape (two arrays): 0.5 us against 0.85.
+        return np.ndarray(shape, dtype, data)
     return np.frombuffer(data, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
 
 
 def tensor_to_array(tensor: common_pb2.Tensor) -> np.ndarray:
     name = tensor.name
-    dtype = DTYPE_BY_PROTO.get(tensor.dtype)
+    proto_dtype = tensor.dtype
+    dtype = DTYPE_BY_PROTO.get(proto_dtype)
     if dtype is None:
         raise InvalidArgument(
             f"input {name!r} has no dtype; set dtype to one of the DataType values (e.g. DATA_TYPE_FLOAT32)"
         )
-    return _from_bytes(tensor.data, dtype, _shape(tensor.shape, name), name, _PROTO_DTYPE_NAMES[tensor.dtype])
+    return _from_bytes(tensor.data, dtype, _shape(tensor.shape, name), name, _PROTO_DTYPE_NAMES[proto_dtype])
 
 
 def tensors_to_arrays(tensors: Sequence[common_pb2.Tensor]) -> dict[str, np.ndarray]:

@@ -57,9 +57,9 @@ _EXPLORE_EVERY = 64
 # An exploring batch gathers at most this many rows: cnn4d at concurrency 32 gathered 30 (1.26x
 # the CPU per row of a row alone), a third of all rows, and lost 0.67x of batching off's requests/s.
 EXPLORE_ROWS = 4
-# Once both estimates exist, the cost of every this-many-th batch is measured (the exploring ones
-# among them, _EXPLORE_EVERY being a multiple): reading a thread's CPU time is a system call
-# (0.9 us on the dev box), twice a batch.
+# Once a batch size's estimate exists, the cost of every this-many-th batch is measured (the
+# exploring ones among them, _EXPLORE_EVERY being a multiple): reading a thread's CPU time is a
+# system call (0.9 us on the dev box), twice a batch.
 _COST_EVERY = 8
 
 
@@ -112,6 +112,10 @@ class RowCosts:
             self._batched_log = _smoothed(self._batched_log, log_ns)
         if self._single_log is not None and self._batched_log is not None:
             self.pays = batching_pays(math.exp(self._single_log), math.exp(self._batched_log))
+
+    def known(self, rows: int) -> bool:
+        """Whether the cost per row of a batch of `rows` has an estimate."""
+        return (self._single_log if rows == 1 else self._batched_log) is not None
 
     @property
     def decided(self) -> bool:
@@ -271,7 +275,11 @@ class DynamicBatcher:
         self._cost_clock = cost_clock(runtimes[0].device if runtimes else "cpu")
         self._batches_run = 0
         self._all_outputs = list(output_names)
-        self._cond = threading.Condition()  # an RLock: a cancelled future's callback may re-enter
+        # An RLock: a cancelled future's callback may re-enter. Taken as `with self._lock`, not
+        # `with self._cond` (the same lock, without the Condition's Python-level __enter__ and
+        # __exit__ frames, twice on every request).
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
         self._queue: deque[_Request] = deque()
         self._idle: list[Runtime] = list(runtimes)
         self._runtimes = list(runtimes)
@@ -318,7 +326,8 @@ class DynamicBatcher:
         queued while they were busy; holding its requests would only leave it idle meanwhile
         (cnn4d at concurrency 32: 0.81x of batching off with holds)."""
         return (
-            self._row_limit() > 1
+            self._max_rows > 1
+            and self._row_limit() > 1
             and self._delay_ns == 0
             and self._compute_ns_per_row * (self._held_rows + rows) <= self._inline_max_ns
         )
@@ -341,7 +350,7 @@ class DynamicBatcher:
         woken) until `release()`, so requests submitted in a burst gather into one batch.
         Raises BatcherClosed once closed, ResourceExhausted when full.
         """
-        with self._cond:
+        with self._lock:
             if self._closed:
                 raise BatcherClosed(self.label)
             inline = allow_inline and not hold and not self._queue and self._fast_now(rows)
@@ -376,7 +385,7 @@ class DynamicBatcher:
     def release(self) -> None:
         """Start what held submissions queued: at once in this thread when the model is idle and
         the gathered batch is fast (as for a lone request), else in a worker thread."""
-        with self._cond:
+        with self._lock:
             self._held_rows = 0
             if not self._queue:
                 return
@@ -409,7 +418,7 @@ class DynamicBatcher:
             self._return(runtime)
 
     def _return(self, runtime: Runtime) -> None:
-        with self._cond:
+        with self._lock:
             self._idle.append(runtime)
             self._busy -= 1
             self._wake_for_queue()
@@ -432,13 +441,13 @@ class DynamicBatcher:
 
         What is still queued after `timeout` seconds is answered Unavailable.
         """
-        with self._cond:
+        with self._lock:
             self._closed = True
             self._cond.notify_all()
         end = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, end - time.monotonic()))
-        with self._cond:
+        with self._lock:
             left = list(self._queue)
             self._queue.clear()
             self._wake_all_if_drained()
@@ -455,7 +464,7 @@ class DynamicBatcher:
     def _forget_if_cancelled(self, future: Future[Prediction]) -> None:
         if not future.cancelled():
             return
-        with self._cond:
+        with self._lock:
             for request in self._queue:
                 if request.future is future:
                     self._queue.remove(request)
@@ -464,7 +473,7 @@ class DynamicBatcher:
 
     def _work(self) -> None:
         while True:
-            with self._cond:
+            with self._lock:
                 while not (self._queue and self._idle):
                     if self._closed and not self._queue:
                         self._wake_all_if_drained()
@@ -545,11 +554,16 @@ class DynamicBatcher:
 
     def _run(self, runtime: Runtime, batch: list[_Request]) -> None:
         """Run one batch and answer each request; never raises."""
-        # The batch's cost for RowCosts: all of the batch's work here, which batching shares
-        # among its rows (for a tiny model, more than the model's run), up to its answers.
-        measured = not self.costs.decided or self._batches_run % _COST_EVERY == _COST_EVERY - 1
-        cost_started = self._cost_clock() if measured else 0
         alone = len(batch) == 1
+        rows = batch[0].rows if alone else sum(r.rows for r in batch)
+        # The batch's cost for RowCosts: all of the batch's work here, which batching shares
+        # among its rows (for a tiny model, more than the model's run), up to its answers. Only
+        # where batches can form, and for a batch of a size whose cost is known, one in
+        # _COST_EVERY: each reading of the clock is a system call.
+        measured = self._max_rows > 1 and (
+            not self.costs.known(rows) or self._batches_run % _COST_EVERY == _COST_EVERY - 1
+        )
+        cost_started = self._cost_clock() if measured else 0
         if alone:
             names = batch[0].output_names
         else:
@@ -570,7 +584,6 @@ class DynamicBatcher:
             self._fail(batch[0], exc)
             return
         compute_ns = time.perf_counter_ns() - started
-        rows = batch[0].rows if alone else sum(r.rows for r in batch)
         answered: list[tuple[int, int, int, bool]] = []
         predictions: list[Prediction] = []
         offset = 0

@@ -12,6 +12,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
+
 DEFAULT_RELATIVE_ERROR = 0.01
 # Values (microseconds) below this count as this value: nothing we time is shorter than 10 ns.
 MIN_VALUE = 0.01
@@ -54,6 +56,21 @@ class LogHistogram:
         self.sum += value
         if value > self.max:
             self.max = value
+
+    def record_many(self, values: np.ndarray) -> None:
+        """Record every value of a 1-d float array at once: what `record` does for each, in a
+        few vectorised steps (recording a pending batch of requests' times at once costs a small
+        fraction of recording each as it comes)."""
+        if not values.size:
+            return
+        clamped = np.clip(values, MIN_VALUE, MAX_VALUE)
+        indices = np.ceil(np.log(clamped) / self._log_gamma).astype(np.int64) - self._offset
+        counts = self._counts
+        for index, count in zip(*np.unique(indices, return_counts=True), strict=True):
+            counts[int(index)] += int(count)
+        self.count += int(values.size)
+        self.sum += float(values.sum())
+        self.max = max(self.max, float(values.max()))
 
     def merge(self, other: LogHistogram) -> None:
         if other.relative_error != self.relative_error:

@@ -38,53 +38,45 @@ async def predict(
 
     `deadline` is a time.monotonic() instant, or None for none.
     """
-    if service.in_flight == 0:
+    if service.in_flight == 0 and service.may_hold(target.model):
         # Alone so far: yield once, so that the loop can begin the calls that arrived with this
         # one (the server takes them one loop iteration at a time) and this request can see
-        # them. One loop iteration on each request of a lone caller: 6-12 us on the 2-core dev box.
+        # them. One loop iteration, 6-12 us on the 2-core dev box (15-25 us of CPU in the served
+        # path, caches cold): paid only where a held request could gather others.
         service.in_flight = 1
         try:
             await asyncio.sleep(0)
         finally:
             service.in_flight -= 1
+    # One coroutine for the whole path (each level of await costs the event loop's thread a frame).
     service.in_flight += 1
     try:
-        return await _predict(service, target, inputs, output_names, deadline, request_id)
+        for _ in range(_AUTOLOAD_ROUNDS):
+            # Signs of load, both public: other requests waiting here, or calls begun after this one.
+            others = service.in_flight > 1 or service.calls.begun_after_this_one()
+            submitted = service.submit(target, inputs, output_names, deadline, request_id, hold=others)
+            future = submitted.future
+            if future is None:
+                await asyncio.to_thread(service.autoload, target.model, submitted.version)
+                continue
+            if future.done():  # ran inline (never held)
+                return submitted.version, future.result()
+            # Only off the inline path: get_running_loop makes a system call (getpid).
+            loop = asyncio.get_running_loop()
+            batcher = submitted.entry.batcher if submitted.entry is not None else None
+            if submitted.held and batcher is not None and batcher.held_rows == submitted.rows:
+                # The first held request of a burst schedules the release for all of them.
+                loop.call_soon(_release_when_settled, loop, batcher, batcher.held_rows, _MAX_HOLD_TICKS)
+            waiter = loop.create_future()
+            future.add_done_callback(functools.partial(_settle, loop, threading.get_ident(), waiter))
+            try:
+                return submitted.version, await waiter
+            except asyncio.CancelledError:
+                future.cancel()  # the client went away: take it off the queue
+                raise
+        raise Unavailable(f"model {target.model!r} was unloaded while it loaded for this request; retry it")
     finally:
         service.in_flight -= 1
-
-
-async def _predict(
-    service: InferenceService,
-    target: Target,
-    inputs: Mapping[str, np.ndarray],
-    output_names: Sequence[str],
-    deadline: float | None,
-    request_id: str,
-) -> tuple[int, Prediction]:
-    loop = asyncio.get_running_loop()
-    for _ in range(_AUTOLOAD_ROUNDS):
-        # Signs of load, both public: other requests waiting here, or calls begun after this one.
-        others = service.in_flight > 1 or service.calls.begun_after_this_one()
-        submitted = service.submit(target, inputs, output_names, deadline, request_id, hold=others)
-        future = submitted.future
-        if future is None:
-            await asyncio.to_thread(service.autoload, target.model, submitted.version)
-            continue
-        batcher = submitted.entry.batcher if submitted.entry is not None else None
-        if submitted.held and batcher is not None and batcher.held_rows == submitted.rows:
-            # The first held request of a burst schedules the release for all of them.
-            loop.call_soon(_release_when_settled, loop, batcher, batcher.held_rows, _MAX_HOLD_TICKS)
-        if future.done():  # ran inline
-            return submitted.version, future.result()
-        waiter = loop.create_future()
-        future.add_done_callback(functools.partial(_settle, loop, threading.get_ident(), waiter))
-        try:
-            return submitted.version, await waiter
-        except asyncio.CancelledError:
-            future.cancel()  # the client went away: take it off the queue
-            raise
-    raise Unavailable(f"model {target.model!r} was unloaded while it loaded for this request; retry it")
 
 
 def _settle(

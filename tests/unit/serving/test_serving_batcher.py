@@ -350,8 +350,9 @@ def test_row_costs_decide_from_both_sizes_and_follow_a_change() -> None:
     costs.observe(4, 4 * 3_000_000)
     assert costs.pays and costs.single_ns_per_row is None  # one size alone decides nothing
     assert not costs.decided
+    assert costs.known(4) and costs.known(2) and not costs.known(1)
     costs.observe(1, 2_200_000)
-    assert costs.decided
+    assert costs.decided and costs.known(1)
     # cnn4d on 2 cores, CPU time: 2.2 ms a row alone, 3 ms a row in a batch of 4.
     assert not costs.pays
     assert costs.single_ns_per_row == pytest.approx(2_200_000)

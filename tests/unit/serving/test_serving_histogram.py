@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import astuple
+
 import numpy as np
 import pytest
 
@@ -73,3 +75,16 @@ def test_buckets_rebuild_the_histogram_another_process_sent() -> None:
     rebuilt = LogHistogram.from_buckets(sent.relative_error, sent.bucket_counts(), sent.sum, sent.max)
     assert rebuilt.summary() == sent.summary()
     assert rebuilt.buckets() == sent.buckets()
+
+
+def test_record_many_equals_recording_each() -> None:
+    values = np.random.default_rng(2).lognormal(mean=5, sigma=2, size=5_000)
+    values[:3] = (0.0, 1e-9, 1e15)  # clamped at both ends, as record clamps them
+    one_by_one, at_once = LogHistogram(), LogHistogram()
+    for value in values:
+        one_by_one.record(float(value))
+    at_once.record_many(values[:1000])
+    at_once.record_many(values[1000:])
+    at_once.record_many(np.array([]))
+    assert at_once.bucket_counts() == one_by_one.bucket_counts()
+    assert astuple(at_once.summary()) == pytest.approx(astuple(one_by_one.summary()))

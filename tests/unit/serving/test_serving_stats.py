@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from dataclasses import astuple
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from tesserad.serving.histogram import LogHistogram
+from tesserad.serving.stats import ServingMetrics, ServingStats
+
+
+def _latency_lines(registry: CollectorRegistry) -> list[str]:
+    text = generate_latest(registry).decode()
+    return [line for line in text.splitlines() if "latency_seconds" in line and "_created" not in line]
+
+
+def test_pending_times_reach_every_histogram_as_if_each_was_recorded_alone() -> None:
+    """Requests' times wait in a pending list and are folded in many at a time; what a snapshot
+    and a scrape report is what recording each into each histogram would have given."""
+    rng = np.random.default_rng(3)
+    registry = CollectorRegistry()
+    stats = ServingStats("m", 1, ServingMetrics(registry))
+    queue_hist, compute_hist, total_hist = LogHistogram(), LogHistogram(), LogHistogram()
+    for _ in range(700):  # more than one fold's worth, and some left pending
+        rows = int(rng.integers(1, 4))
+        compute_ns = int(rng.integers(5_000, 5_000_000))
+        answered = []
+        for _ in range(rows):
+            queue_ns = int(rng.integers(0, 3_000_000))
+            answered.append((queue_ns, queue_ns + compute_ns, 1, False))
+            queue_hist.record(queue_ns / 1000)
+            compute_hist.record(compute_ns / 1000)
+            total_hist.record((queue_ns + compute_ns) / 1000)
+        stats.record_batch(compute_ns, answered)
+    lines = _latency_lines(registry)
+    count = next(
+        line
+        for line in lines
+        if line.startswith("tessera_inference_latency_seconds_count") and 'stage="total"' in line
+    )
+    assert count.endswith(f" {float(queue_hist.count)}")
+    snapshot = stats.snapshot(reset=True)
+    assert snapshot.request_count == queue_hist.count
+    for got, want in (
+        (snapshot.queue, queue_hist),
+        (snapshot.compute, compute_hist),
+        (snapshot.total, total_hist),
+    ):
+        assert astuple(got) == pytest.approx(astuple(want.summary()))
+    # Reset empties the histograms GetStats reports; the Prometheus series stay cumulative.
+    assert stats.snapshot().total.count == 0
+    assert _latency_lines(registry) == lines
