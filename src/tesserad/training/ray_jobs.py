@@ -333,7 +333,6 @@ class RayJobs(Jobs):
             num_cpus=0,
             max_concurrency=TrainDriver.concurrency(world),
             runtime_env={"env_vars": driver_env(self._worker_env)},
-            name=f"tessera-{job.job_id}-{job.attempt + 1}",
         ).remote()
         driver.fit.remote(
             TrainerSpec(
@@ -385,11 +384,19 @@ class RayJobs(Jobs):
         # Before the job's end is stored: the trainer has removed its workers (or the driver's
         # end takes them along).
         ray.kill(driver)
+        if abort_deadline is not None:
+            # What the ranks said as they were torn down follows from the abort.
+            ended.error = None
         if not begun:
-            if running.cancel_deadline is not None and not running.stopping_for_shutdown:
+            # Still QUEUED: at shutdown it stays so, for the next daemon.
+            if running.stopping_for_shutdown:
+                return
+            if running.cancel_deadline is not None:
                 self._finish(job, "cancelled", "cancelled before Ray placed it")
-            elif ended.died or ended.failed:
-                self._worker_died(job, ended.died or ended.failed)
+            else:
+                self._worker_died(
+                    job, ended.died or ended.failed or "the trainer ended before its ranks began"
+                )
             return
         if ended.failed and not (ended.died or ended.error or ended.done or running.cancel_deadline):
             ended.died = f"Ray Train failed: {ended.failed}"

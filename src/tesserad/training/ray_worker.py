@@ -1,11 +1,13 @@
-"""The worker side of training.backend = "ray": one Ray actor per job, on whichever node Ray places it.
+"""The worker side of training.backend = "ray", on whichever node Ray places it.
 
-The actor receives the job's payload (spec, split indices, the bytes it starts from), fetches
-the dataset from the daemon by content hash (training.ray_worker_client, cached per node) and
-trains with the same code as a local worker (training.worker). What a local worker sends on its
-pipe (events, checkpoints, the final weights, its error) the actor yields from `run`, a Ray
-streaming generator the daemon reads into the job's event path; `cancel` asks it to stop at the
-next step boundary. Nothing here reads the daemon's data directory.
+A single-process job runs as one TrainingActor; each rank of a DDP job runs the same
+`train_here` inside a Ray Train worker (training.ray_trainer). The worker receives the job's
+payload (spec, split indices, the bytes it starts from), fetches the dataset from the daemon by
+content hash (training.ray_worker_client, cached per node) and trains with the same code as a
+local worker (training.worker). What a local worker sends on its pipe (events, checkpoints, the
+final weights, its error) the actor yields from `run`, a Ray streaming generator the daemon
+reads into the job's event path; `cancel` asks it to stop at the next step boundary. Nothing
+here reads the daemon's data directory.
 """
 
 from __future__ import annotations

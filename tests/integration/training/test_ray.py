@@ -352,10 +352,12 @@ def test_an_unreachable_cluster_makes_training_unavailable_and_nothing_else(tmp_
         daemon.stop()
 
 
+@pytest.mark.parametrize("processes", [1, 2], ids=["actor", "ddp-trainer"])
 def test_a_sigkilled_daemon_resumes_its_ray_job_from_the_last_checkpoint(
-    ray_nodes: RayNodes, spawn_daemon: Any, tmp_path: Path
+    ray_nodes: RayNodes, spawn_daemon: Any, tmp_path: Path, processes: int
 ) -> None:
-    """Ray ends a driver's actors with it: the next daemon marks the job INTERRUPTED and resumes it."""
+    """Ray ends a driver's actors (and the trainers they ran) with it: the next daemon marks the
+    job INTERRUPTED and resumes it."""
     env = {
         "TESSERA_TRAINING_BACKEND": "ray",
         "TESSERA_TRAINING_RAY_ADDRESS": ray_nodes.address,
@@ -366,8 +368,12 @@ def test_a_sigkilled_daemon_resumes_its_ray_job_from_the_last_checkpoint(
     channel = grpc.insecure_channel(daemon.wait_serving())
     upload_standard_datasets(channel)
     training = training_pb2_grpc.TrainingStub(channel)
-    spec = on_node(
-        "node_b", epochs=400, checkpoints=job_spec_pb2.CheckpointPolicy(every_n_epochs=2, keep_last=1)
+    checkpoints = job_spec_pb2.CheckpointPolicy(every_n_epochs=2, keep_last=1)
+    epochs = 400 if processes == 1 else 120
+    spec = (
+        on_node("node_b", epochs=epochs, checkpoints=checkpoints)
+        if processes == 1
+        else ddp_spec(epochs=epochs, checkpoints=checkpoints)
     )
     job = submit(training, spec)
     seen = watch_until(
@@ -393,9 +399,10 @@ def test_a_sigkilled_daemon_resumes_its_ray_job_from_the_last_checkpoint(
     checkpoint = max(c.epoch for c in of_kind([e for e in events if e.attempt == 1], "checkpoint"))
     resumed = [s.reason for s in of_kind(events, "state")][4]
     assert f"resumed from the epoch {checkpoint} checkpoint (attempt 2)" in resumed
-    assert len(placed(events)) == 2
+    # Placed again: a DDP job's two ranks need both nodes' CPUs, which the first trainer held.
+    assert len(placed(events) if processes == 1 else placed_ranks(events)) == 2 * processes
     final = training.GetJob(S.GetJobRequest(job_id=job.job_id))
-    assert final.epoch == 400 and final.attempt == 2
+    assert final.epoch == epochs and final.attempt == 2
     # The metric history holds each step once: the first attempt's up to the checkpoint, then the second's.
     history = training.GetMetricHistory(S.GetMetricHistoryRequest(run_id=final.run_id, key="loss"))
     assert [p.step for p in history.points] == list(range(1, final.step + 1))
