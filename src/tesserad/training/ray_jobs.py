@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import builtins
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -322,13 +323,32 @@ class RayJobs(Jobs):
     def _run_trainer(self, job: JobRecord, running: _Running) -> None:
         import ray
         from ray.exceptions import RayError
+        from ray.util.placement_group import placement_group, remove_placement_group
 
         from tesserad.training.ray_trainer import Begin, Relayed, TrainDriver, TrainerSpec, driver_env
 
-        if self._driver_class is None:
-            self._driver_class = ray.remote(TrainDriver)
         devices = job.config["devices"]
         world = devices["count"]
+        # Ray Train's controller cannot be aborted while it waits for room (its control loop
+        # does not yield then): the daemon waits for room itself, with a placement group of the
+        # trainer's bundles and strategy, and starts the trainer once Ray could place it.
+        probe = placement_group([ray_resources(devices)] * world, strategy="PACK")
+        removed = False
+
+        def remove_probe() -> None:
+            nonlocal removed
+            if not removed:
+                removed = True
+                remove_placement_group(probe)
+
+        try:
+            while not ray.wait([probe.ready()], timeout=_POLL_S)[0]:
+                if self._stopped_while_waiting(job, running, remove_probe):
+                    return
+        finally:
+            remove_probe()
+        if self._driver_class is None:
+            self._driver_class = ray.remote(TrainDriver)
         driver = self._driver_class.options(
             num_cpus=0,
             max_concurrency=TrainDriver.concurrency(world),
@@ -349,14 +369,13 @@ class RayJobs(Jobs):
         abort_deadline: float | None = None
         try:
             while abort_deadline is None or time.monotonic() < abort_deadline:
-                # Abort (no step boundary to wait for): at shutdown, a cancel before the ranks
-                # began or past training.cancel_grace_s.
+                if not begun and (running.stopping_for_shutdown or running.cancel_deadline is not None):
+                    break
+                # Abort (no step boundary to wait for): at shutdown, or a cancel past
+                # training.cancel_grace_s.
                 if abort_deadline is None and (
                     running.stopping_for_shutdown
-                    or (
-                        running.cancel_deadline is not None
-                        and (not begun or time.monotonic() > running.cancel_deadline)
-                    )
+                    or (running.cancel_deadline is not None and time.monotonic() > running.cancel_deadline)
                 ):
                     driver.abort.remote()
                     abort_deadline = time.monotonic() + _ABORT_WAIT_S
@@ -364,7 +383,7 @@ class RayJobs(Jobs):
                     driver.cancel.remote()
                     cancel_sent = True
                 relayed: Relayed = ray.get(driver.take.remote(_POLL_S))
-                if not begun and len(relayed.placed) == world and abort_deadline is None:
+                if not begun and len(relayed.placed) == world:
                     placements = [relayed.placed[rank] for rank in range(world)]
                     job, checkpoint, start, initial = self._begin_attempt(
                         job, [f"ray:{p.node_id}" for p in placements]
@@ -381,23 +400,26 @@ class RayJobs(Jobs):
         except RayError as exc:
             # The driver itself is gone (its node was lost), and with it the trainer it ran.
             ended.died = f"the Ray Train driver died: {_first_line(exc)}"
+        if not begun and running.cancel_deadline is not None and not running.stopping_for_shutdown:
+            # Ray took the resources back from the probe and has not placed the trainer yet:
+            # its ranks are told not to start, and it ends (its driver with it) once placed.
+            driver.cancel.remote()
+            threading.Thread(target=_end_when_placed, args=(driver,), daemon=True).start()
+            self._finish(job, "cancelled", "cancelled before Ray placed it")
+            return
         # Before the job's end is stored: the trainer has removed its workers (or the driver's
-        # end takes them along).
+        # end takes them along: at shutdown, with the daemon's Ray job).
         ray.kill(driver)
-        if abort_deadline is not None:
-            # What the ranks said as they were torn down follows from the abort.
-            ended.error = None
         if not begun:
             # Still QUEUED: at shutdown it stays so, for the next daemon.
-            if running.stopping_for_shutdown:
-                return
-            if running.cancel_deadline is not None:
-                self._finish(job, "cancelled", "cancelled before Ray placed it")
-            else:
+            if not running.stopping_for_shutdown:
                 self._worker_died(
                     job, ended.died or ended.failed or "the trainer ended before its ranks began"
                 )
             return
+        if abort_deadline is not None:
+            # What the ranks said as they were torn down follows from the abort.
+            ended.error = None
         if ended.failed and not (ended.died or ended.error or ended.done or running.cancel_deadline):
             ended.died = f"Ray Train failed: {ended.failed}"
         self._settle(job, running, ended.done, ended.error, ended.died)
@@ -438,6 +460,16 @@ class _Ended:
     error: ErrorMessage | None = None
     died: str | None = None  # a worker process died: Ray's reason
     failed: str = ""  # Ray Train failed otherwise: its reason
+
+
+def _end_when_placed(driver: Any) -> None:
+    """Kill a cancelled trainer's driver once its fit has ended."""
+    import ray
+
+    from tesserad.training.ray_trainer import wait_ended
+
+    if wait_ended(driver, None) is not None:
+        ray.kill(driver)
 
 
 def _first_line(exc: Exception) -> str:

@@ -18,10 +18,14 @@ the trainer's workers and the daemon:
   there into the job's event path. The answer to each put says whether the job is cancelled,
   so the ranks stop together at a step boundary.
 - Stopping without a step boundary (cancel past training.cancel_grace_s, the daemon's
-  shutdown, a job still waiting for room) is Ray Train's own abort, what its driver does on
-  Ctrl-C: the controller removes the workers and their placement group. Abort needs the
-  controller's handle, which a controller callback sends to the driver (ray is pinned: the
-  callback interface is a Ray Train developer API).
+  shutdown) is Ray Train's own abort, what its driver does on Ctrl-C: the controller removes
+  the workers and their placement group. Abort needs the controller's handle, which a
+  controller callback sends to the driver (ray is pinned: the callback interface is a Ray
+  Train developer API). While the controller waits for room for the workers its control loop
+  does not yield, so an abort would wait until they are placed: training.ray_jobs therefore
+  starts a trainer only once a placement group of the same bundles was ready, and a trainer
+  cancelled while still waiting (another job took the room first) is told to let its ranks
+  return as soon as they are placed, and ends then.
 
 Ray Train does not retry (FailureConfig(max_failures=0)): its retries resume from checkpoints
 reported to RunConfig.storage_path, which across nodes must be shared storage, while the
@@ -320,10 +324,11 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def wait_ended(driver: Any, timeout_s: float) -> TrainerEnd | None:
-    """Drain the driver until its fit has ended (or `timeout_s` passed); its end, or None."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+def wait_ended(driver: Any, timeout_s: float | None) -> TrainerEnd | None:
+    """Drain the driver until its fit has ended (or `timeout_s` passed, or the driver is gone):
+    its end, or None."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while deadline is None or time.monotonic() < deadline:
         try:
             relayed: Relayed = ray.get(driver.take.remote(_RELAY_POLL_S))
         except ray.exceptions.RayError:
