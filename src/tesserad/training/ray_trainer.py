@@ -37,6 +37,7 @@ starts; it goes to this node's temp directory and is removed when the fit ends.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import threading
@@ -253,6 +254,10 @@ class _RelayChannel:
         self._closing = False
         self._cancel = threading.Event()
         self._cancel_delivered = False
+        # Set when the driver is gone, and with it the daemon's interest.
+        self._driver_gone = threading.Event()
+        # As a TrainingActor's channel: the raylet's death re-parents this process.
+        self._raylet_pid = os.getppid()
         self._pump = threading.Thread(target=self._send_loop, name="relay", daemon=True)
         self._pump.start()
 
@@ -265,6 +270,11 @@ class _RelayChannel:
         return self._start.pop(0)
 
     def poll(self) -> bool:
+        # Raised as a local worker's pipe does when the daemon's end closes: training stops.
+        if os.getppid() != self._raylet_pid:
+            raise EOFError("the raylet that ran this rank has died")
+        if self._driver_gone.is_set():
+            raise EOFError("the job's Ray Train driver is gone")
         return self._cancel.is_set() and not self._cancel_delivered
 
     def recv(self) -> CancelMessage:
@@ -288,8 +298,7 @@ class _RelayChannel:
             try:
                 cancelled = ray.get(self._driver.put.remote(batch))
             except ray.exceptions.RayError:
-                # The driver is gone, and with it the daemon's interest: stop training.
-                self._cancel.set()
+                self._driver_gone.set()
                 return
             if cancelled:
                 self._cancel.set()
