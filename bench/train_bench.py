@@ -247,10 +247,18 @@ def daemon_job(daemon: Daemon, ray_group: int | None = None) -> dict[str, float]
 
 
 def _local_worker() -> psutil.Process:
-    """The local backend's worker: the spawned child of this process (the daemon runs in it)."""
-    children = [p for p in psutil.Process().children() if "spawn_main" in " ".join(p.cmdline())]
-    assert len(children) == 1, children
-    return children[0]
+    """The local backend's worker: forked by the fork server of this process (the daemon runs in
+    it), or under training.worker_start = spawn its spawned child."""
+
+    def is_worker(process: psutil.Process) -> bool:
+        parent = process.parent()
+        return "spawn_main" in " ".join(process.cmdline()) or (
+            parent is not None and parent.pid != os.getpid() and "forkserver" in " ".join(parent.cmdline())
+        )
+
+    workers = [p for p in psutil.Process().children(recursive=True) if is_worker(p)]
+    assert len(workers) == 1, workers
+    return workers[0]
 
 
 def ingest(daemon: Daemon) -> dict[str, float]:
