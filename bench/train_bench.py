@@ -207,8 +207,9 @@ def daemon_job(daemon: Daemon, ray_group: int | None = None) -> dict[str, float]
     final_state = None
     first_step_s = 0.0
     worker: psutil.Process | None = None
-    # CPU seconds (worker, daemon, the rest of the Ray cluster) at the first and the last step
-    # event: the steady steps between.
+    # CPU seconds (worker, daemon, the rest of the Ray cluster) at the first step event and the
+    # one before the last: the steady steps between, while the worker surely still runs (it may
+    # have exited by the time the last event arrives).
     cpu_at: list[tuple[float, float, float]] = []
     for event in training.WatchJob(training_pb2.WatchJobRequest(job_id=job.job_id), timeout=600):
         kind = event.WhichOneof("event")
@@ -221,7 +222,7 @@ def daemon_job(daemon: Daemon, ray_group: int | None = None) -> dict[str, float]
             # samples_per_s covers the window since the previous step event.
             windows.append((LOG_EVERY * BATCH, LOG_EVERY * BATCH / event.step.samples_per_s))
             previous = event.step.step
-            if previous in (LOG_EVERY, STEPS) and worker is not None:
+            if previous in (LOG_EVERY, STEPS - LOG_EVERY) and worker is not None:
                 times = worker.cpu_times()
                 cluster = group_cpu_s(ray_group, worker.pid) if ray_group is not None else 0.0
                 cpu_at.append((times.user + times.system, time.process_time(), cluster))
@@ -232,7 +233,7 @@ def daemon_job(daemon: Daemon, ray_group: int | None = None) -> dict[str, float]
         training_pb2.GetJobRequest(job_id=job.job_id)
     ).error
     assert previous == STEPS
-    steps = STEPS - LOG_EVERY
+    steps = STEPS - 2 * LOG_EVERY
     first, last = cpu_at
     worker_ms, daemon_ms, cluster_ms = (1000 * (b - a) / steps for a, b in zip(first, last, strict=True))
     return {

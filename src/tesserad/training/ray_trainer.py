@@ -54,9 +54,6 @@ from tesserad.training.worker import CancelMessage, ErrorMessage, WorkerMessage,
 
 # Where Ray Train writes its marker files, on the driver's node; nothing is kept there.
 STORAGE_DIR = Path(tempfile.gettempdir()) / "tessera-ray-train"
-# How long Ray Train waits for room for the workers before it tries again. An abort (cancel
-# of a job still waiting) takes effect between tries.
-_START_TIMEOUT_S = "5"
 # How often a rank with nothing to send asks whether the job is cancelled.
 _RELAY_POLL_S = 0.25
 
@@ -99,13 +96,8 @@ class Relayed:
 
 
 def driver_env(worker_env: dict[str, str]) -> dict[str, str]:
-    """The driver actor's environment: Ray Train V2 (whatever the node's default), and the
-    start timeout its controller inherits."""
-    return {
-        **worker_env,
-        "RAY_TRAIN_V2_ENABLED": "1",
-        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": _START_TIMEOUT_S,
-    }
+    """The driver actor's environment: Ray Train V2, whatever the node's default."""
+    return {**worker_env, "RAY_TRAIN_V2_ENABLED": "1"}
 
 
 class TrainDriver:
