@@ -302,8 +302,8 @@ class TrainingSettings:
     backend: str = setting(
         "local",
         parse_choice("local", "ray"),
-        "where jobs run: local worker processes, or actors on the Ray cluster at training.ray_address "
-        "(needs the tesserad[ray] extra)",
+        "where jobs run: local worker processes, or the Ray cluster at training.ray_address, a job as "
+        "a Ray actor and a DDP job as a Ray Train TorchTrainer (needs the tesserad[ray] extra)",
     )
     ray_address: str = setting(
         "auto",

@@ -72,6 +72,8 @@ class JobRecord:
     checkpoints: tuple[Checkpoint, ...]
     # The sha256 of another job's checkpoint whose weights the first attempt starts from (PBT).
     start_weights: str = ""
+    # Attempts started again after a worker died (spec.max_restarts; the Ray backend).
+    restarts: int = 0
 
 
 def encode_job(job: JobRecord) -> bytes:
@@ -117,8 +119,11 @@ def encode_job(job: JobRecord) -> bytes:
             for c in job.checkpoints
         ],
     }
-    if job.start_weights:  # written only when set: earlier records keep their stored form
+    # Written only when set: earlier records keep their stored form.
+    if job.start_weights:
         data["start_weights"] = job.start_weights
+    if job.restarts:
+        data["restarts"] = job.restarts
     return encode_record(KIND, SCHEMA, data)
 
 
@@ -163,4 +168,5 @@ def decode_job(raw: bytes) -> JobRecord:
             for c in data["checkpoints"]
         ),
         start_weights=data.get("start_weights", ""),
+        restarts=data.get("restarts", 0),
     )

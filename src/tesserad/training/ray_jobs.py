@@ -1,42 +1,61 @@
 """Training jobs on a Ray cluster (training.backend = "ray").
 
 The same jobs as training.jobs (store, queue order, events, checkpoints, registration), but
-each attempt runs as Ray actors (training.ray_worker) placed by Ray with the job's resources:
-one actor per process, each with one CPU, one GPU for a CUDA job, and any custom resources of
-spec.devices.ray_resources. A job of several processes (DDP) reserves them at once in a
-placement group, and its ranks meet for torch.distributed at rank 0's node. The job stays
-QUEUED until Ray places its actors; it is RUNNING from then. Ray, not the daemon's queue, decides
-which of the waiting jobs starts next. What the actor yields (events,
-checkpoints, final weights) enters the daemon's event path as a local worker's pipe messages.
+each attempt runs on Ray, placed by Ray with the job's resources: per process one CPU, one GPU
+for a CUDA job, and any custom resources of spec.devices.ray_resources.
 
-Cancel asks the actor to stop at a step boundary and kills it after training.cancel_grace_s;
-an actor is killed whenever its job ends, so Ray frees its resources at once. A worker that
-dies (killed, its node lost) fails the job with Ray's reason, unless spec.max_restarts allows
-another attempt from the last checkpoint. When the daemon stops or dies, Ray ends its actors
-with its driver; the next daemon finds the jobs RUNNING in the store, marks them INTERRUPTED and
-resumes them from their last checkpoint, as for local jobs (it does not reattach).
+- A single-process job runs as one Ray actor (training.ray_worker.TrainingActor). What it
+  yields (events, checkpoints, final weights) enters the daemon's event path as a local
+  worker's pipe messages. Cancel asks it to stop at a step boundary and kills it after
+  training.cancel_grace_s; it is killed whenever its job ends, so Ray frees its resources at
+  once.
+- A job of several processes (DDP) runs as a Ray Train TorchTrainer (training.ray_trainer):
+  Ray Train reserves every rank's resources at once, across whichever nodes have room, and
+  sets up torch.distributed (gloo on CPU, NCCL on GPUs). Its ranks' messages reach the same
+  event path through the trainer's driver actor. Cancel stops the ranks together at a step
+  boundary; past training.cancel_grace_s (or before the ranks began) Ray Train aborts the
+  run, removing its workers and their placement group.
+
+The job stays QUEUED until Ray has placed every process; it is RUNNING from then. Ray, not the
+daemon's queue, decides which of the waiting jobs starts next. A worker that dies (killed, its
+node lost) fails the job with Ray's reason, unless spec.max_restarts allows another attempt from
+the last checkpoint; the restarts a job has used are stored with it, so the budget holds across
+daemon restarts. When the daemon stops or dies, Ray ends its actors (and trainers) with its
+driver; the next daemon finds the jobs RUNNING in the store, marks them INTERRUPTED and resumes
+them from their last checkpoint, as for local jobs (it does not reattach), without counting a
+restart.
 """
 
 from __future__ import annotations
 
 import builtins
 import logging
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from tesserad.errors import InvalidArgument
-from tesserad.training.job_records import JobRecord
+from tesserad.training.job_records import Checkpoint, JobRecord
 from tesserad.training.jobs import Jobs, _Running
 from tesserad.training.ray_cluster import RayCluster
 from tesserad.training.ray_worker import DatasetFetch, Placement, RayPayload, TrainingActor
 from tesserad.training.scheduler import DeviceInventory
 from tesserad.training.spec import DeviceFacts
-from tesserad.training.worker import CheckpointMessage, DoneMessage, ErrorMessage, EventMessage
+from tesserad.training.worker import (
+    CheckpointMessage,
+    DoneMessage,
+    ErrorMessage,
+    EventMessage,
+    WorkerMessage,
+)
 
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.25
+# How long an aborted trainer may take to remove its workers before its driver is killed.
+_ABORT_WAIT_S = 30.0
 # Ray decides what fits; submit-time checks against the daemon's own slots do not apply.
 _UNBOUNDED = 1_000_000
 
@@ -75,9 +94,8 @@ class RayJobs(Jobs):
         self._inventory = _AdmitAll()
         self._device_facts = DeviceFacts(_UNBOUNDED, _UNBOUNDED)
         self._ray_threads = self._settings.threads_per_slot or 1
-        # Restarts after a worker died, per job, in this daemon's life.
-        self._restarts: dict[str, int] = {}
         self._actor_class: Any = None
+        self._driver_class: Any = None
 
     def start(self) -> None:
         self._cluster.start()
@@ -126,87 +144,47 @@ class RayJobs(Jobs):
                     del self._running[job_id]
                 self._wake.notify_all()
 
-    def _actors(self, job: JobRecord, group: Any) -> list[Any]:
-        """One actor per process of the job; several go into the placement group `group`."""
-        import ray
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-        if self._actor_class is None:
-            self._actor_class = ray.remote(TrainingActor)
-        devices = job.config["devices"]
-        request = ray_resources(devices)
-        options: dict[str, Any] = {
-            "num_cpus": request.pop("CPU"),
-            "num_gpus": request.pop("GPU", 0.0),
-            "resources": request,
-            "max_concurrency": 2,
-            # As a local worker's (tesserad.runtime_env): glibc reads them at process start, and
-            # Ray starts a process of its own for an actor with its own variables.
-            "runtime_env": {"env_vars": dict(self._worker_env)},
-        }
-        if group is None:
-            return [self._actor_class.options(**options, name=f"tessera-{job.job_id}").remote()]
-        return [
-            self._actor_class.options(
-                **options,
-                name=f"tessera-{job.job_id}-{rank}",
-                scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    group, placement_group_bundle_index=rank
-                ),
-            ).remote()
-            for rank in range(devices["count"])
-        ]
-
     def _run_on_ray(self, job: JobRecord, running: _Running) -> None:
-        import ray
-        from ray.exceptions import RayError
-        from ray.util.placement_group import placement_group, remove_placement_group
-
         while not self._cluster.wait_connected(_POLL_S):
             if running.stopping_for_shutdown:
                 return
             if running.cancel_deadline is not None:
                 self._finish(job, "cancelled", "cancelled before it started")
                 return
-        world = job.config["devices"]["count"]
-        # DDP: Ray reserves every process's resources at once (packed onto as few nodes as
-        # fit), so that no rank waits for a peer that cannot be placed.
-        group = (
-            placement_group([ray_resources(job.config["devices"])] * world, strategy="PACK")
-            if world > 1
-            else None
+        if job.config["devices"]["count"] > 1:
+            self._run_trainer(job, running)
+        else:
+            self._run_actor(job, running)
+
+    def _payload(self, job: JobRecord, checkpoint: Checkpoint | None) -> RayPayload:
+        """What a Ray worker needs of the attempt that has just begun (`_begin_attempt`)."""
+        config = job.config
+        data = self._datasets.worker_data(config["data"])
+        source = data.source
+        return RayPayload(
+            job_id=job.job_id,
+            config=config,
+            dataset=DatasetFetch(
+                target=self._daemon_target(),
+                token=self._worker_token(),
+                name=config["data"]["dataset"],
+                version=config["data"]["version"],
+                sha256=config["dataset_sha256"],
+                format=source.format,
+                array_name=source.array_name,
+                input_array=source.input_array,
+                target_array=source.target_array,
+            ),
+            train_indices=data.train_indices,
+            val_indices=data.val_indices,
+            threads=self._ray_threads,
+            weights_only=checkpoint is None,
+            resource_interval_s=self._settings.resource_interval_s,
+            compile=self._settings.compile,
+            max_workspace=self._nn_max_workspace,
+            world=config["devices"]["count"],
+            device_kind=config["devices"]["kind"],
         )
-        actors: list[Any] = []
-        released = False
-
-        def release() -> None:
-            """Kill the actors and drop the placement group: Ray frees their resources."""
-            nonlocal released
-            if not released:
-                released = True
-                for actor in actors:
-                    ray.kill(actor)
-                if group is not None:
-                    remove_placement_group(group)
-
-        try:
-            waiting = [group.ready()] if group is not None else []
-            while waiting and not ray.wait(waiting, timeout=_POLL_S)[0]:
-                if self._stopped_while_waiting(job, running, release):
-                    return
-            actors = self._actors(job, group)
-            placed = [actor.placement.remote() for actor in actors]
-            while len(ray.wait(placed, num_returns=len(placed), timeout=_POLL_S)[0]) < len(placed):
-                if self._stopped_while_waiting(job, running, release):
-                    return
-            try:
-                placements: list[Placement] = ray.get(placed)
-            except RayError as exc:
-                self._worker_died(job, _first_line(exc))
-                return
-            self._attempt(job, running, actors, placements, release)
-        finally:
-            release()
 
     def _stopped_while_waiting(self, job: JobRecord, running: _Running, release: Callable[[], None]) -> bool:
         """While Ray places the job: True when the job is to stop (cancelled: it ends here)."""
@@ -218,100 +196,15 @@ class RayJobs(Jobs):
             return True
         return False
 
-    def _attempt(
+    def _settle(
         self,
         job: JobRecord,
         running: _Running,
-        actors: list[Any],
-        placements: list[Placement],
-        release: Callable[[], None],
+        done: DoneMessage | None,
+        error: ErrorMessage | None,
+        died: str | None,
     ) -> None:
-        import ray
-        from ray.exceptions import RayError
-
-        config = job.config
-        world = len(actors)
-        data = self._datasets.worker_data(config["data"])
-        job, checkpoint, start, initial = self._begin_attempt(job, [f"ray:{p.node_id}" for p in placements])
-        for rank, placement in enumerate(placements):
-            prefix = f"rank {rank} of {world} " if world > 1 else ""
-            job = self._append(
-                job, "log", {"level": "info", "message": f"{prefix}placed on {placement.describe()}"}
-            )
-        source = data.source
-        fetch = DatasetFetch(
-            target=self._daemon_target(),
-            token=self._worker_token(),
-            name=config["data"]["dataset"],
-            version=config["data"]["version"],
-            sha256=config["dataset_sha256"],
-            format=source.format,
-            array_name=source.array_name,
-            input_array=source.input_array,
-            target_array=source.target_array,
-        )
-        master_port = ray.get(actors[0].free_port.remote()) if world > 1 else 0
-        streams = [
-            actor.run.remote(
-                RayPayload(
-                    job_id=job.job_id,
-                    config=config,
-                    dataset=fetch,
-                    train_indices=data.train_indices,
-                    val_indices=data.val_indices,
-                    threads=self._ray_threads,
-                    weights_only=checkpoint is None,
-                    resource_interval_s=self._settings.resource_interval_s,
-                    compile=self._settings.compile,
-                    max_workspace=self._nn_max_workspace,
-                    rank=rank,
-                    world=world,
-                    device_kind=config["devices"]["kind"],
-                    master_addr=placements[0].node_ip,
-                    master_port=master_port,
-                ),
-                start,
-                initial,
-            )
-            for rank, actor in enumerate(actors)
-        ]
-        done: DoneMessage | None = None
-        error: ErrorMessage | None = None
-        died: str | None = None
-        killed = False
-        cancel_sent = False
-        open_streams = list(streams)
-        try:
-            while open_streams and not (running.stopping_for_shutdown or killed):
-                ready, _ = ray.wait(open_streams, num_returns=1, timeout=_POLL_S)
-                for stream in ready:
-                    try:
-                        message = ray.get(next(stream))
-                    except StopIteration:
-                        open_streams.remove(stream)
-                        continue
-                    if isinstance(message, EventMessage):
-                        job = self._on_event(job, message)
-                    elif isinstance(message, CheckpointMessage):
-                        job = self._on_checkpoint(job, message)
-                    elif isinstance(message, DoneMessage):
-                        # The leader's carries the weights.
-                        if done is None or message.weights is not None:
-                            done = message
-                    elif isinstance(message, ErrorMessage) and error is None:
-                        error = message
-                if running.cancel_deadline is not None:
-                    if not cancel_sent:
-                        for actor in actors:
-                            actor.cancel.remote()
-                        cancel_sent = True
-                    if time.monotonic() > running.cancel_deadline:
-                        killed = True
-        except RayError as exc:
-            # A rank that died leaves its peers blocked in a collective: all are killed below.
-            died = _first_line(exc)
-        # Before the job's end is stored: whoever sees it ended finds its resources released.
-        release()
+        """Store how an attempt ended, once its Ray resources are released."""
         if running.stopping_for_shutdown:
             self._set_state(
                 job,
@@ -320,7 +213,7 @@ class RayJobs(Jobs):
                 ends=True,
                 also=self._run_status(job, "interrupted"),
             )
-        elif error is not None:
+        elif died is None and error is not None:
             self._fail(job, error.kind, error.message)
         elif died is None and done is not None and done.status == "succeeded":
             self._succeed(job, done)
@@ -329,16 +222,218 @@ class RayJobs(Jobs):
         else:
             self._worker_died(job, died or "it ended without reporting a result")
 
+    def _handle(self, job: JobRecord, message: WorkerMessage, ended: _Ended) -> JobRecord:
+        if isinstance(message, EventMessage):
+            return self._on_event(job, message)
+        if isinstance(message, CheckpointMessage):
+            return self._on_checkpoint(job, message)
+        if isinstance(message, DoneMessage):
+            # Every rank's says how training stopped; the leader's carries the weights.
+            if ended.done is None or message.weights is not None:
+                ended.done = message
+        elif isinstance(message, ErrorMessage) and ended.error is None:
+            ended.error = message
+        return job
+
+    def _log_placements(self, job: JobRecord, placements: list[Placement]) -> JobRecord:
+        world = len(placements)
+        for rank, placement in enumerate(placements):
+            prefix = f"rank {rank} of {world} " if world > 1 else ""
+            job = self._append(
+                job, "log", {"level": "info", "message": f"{prefix}placed on {placement.describe()}"}
+            )
+        return job
+
+    # -- a single-process job: one actor
+
+    def _run_actor(self, job: JobRecord, running: _Running) -> None:
+        import ray
+        from ray.exceptions import RayError
+
+        if self._actor_class is None:
+            self._actor_class = ray.remote(TrainingActor)
+        request = ray_resources(job.config["devices"])
+        actor = self._actor_class.options(
+            num_cpus=request.pop("CPU"),
+            num_gpus=request.pop("GPU", 0.0),
+            resources=request,
+            max_concurrency=2,
+            # As a local worker's (tesserad.runtime_env): glibc reads them at process start, and
+            # Ray starts a process of its own for an actor with its own variables.
+            runtime_env={"env_vars": dict(self._worker_env)},
+            name=f"tessera-{job.job_id}",
+        ).remote()
+        released = False
+
+        def release() -> None:
+            """Kill the actor: Ray frees its resources."""
+            nonlocal released
+            if not released:
+                released = True
+                ray.kill(actor)
+
+        try:
+            placed = actor.placement.remote()
+            while not ray.wait([placed], timeout=_POLL_S)[0]:
+                if self._stopped_while_waiting(job, running, release):
+                    return
+            try:
+                placement: Placement = ray.get(placed)
+            except RayError as exc:
+                self._worker_died(job, _first_line(exc))
+                return
+            self._attempt(job, running, actor, placement, release)
+        finally:
+            release()
+
+    def _attempt(
+        self, job: JobRecord, running: _Running, actor: Any, placement: Placement, release: Callable[[], None]
+    ) -> None:
+        import ray
+        from ray.exceptions import RayError
+
+        job, checkpoint, start, initial = self._begin_attempt(job, [f"ray:{placement.node_id}"])
+        job = self._log_placements(job, [placement])
+        stream = actor.run.remote(self._payload(job, checkpoint), start, initial)
+        ended = _Ended()
+        killed = False
+        cancel_sent = False
+        try:
+            while not (running.stopping_for_shutdown or killed):
+                if ray.wait([stream], num_returns=1, timeout=_POLL_S)[0]:
+                    try:
+                        message = ray.get(next(stream))
+                    except StopIteration:
+                        break
+                    job = self._handle(job, message, ended)
+                if running.cancel_deadline is not None:
+                    if not cancel_sent:
+                        actor.cancel.remote()
+                        cancel_sent = True
+                    if time.monotonic() > running.cancel_deadline:
+                        killed = True
+        except RayError as exc:
+            ended.died = _first_line(exc)
+        # Before the job's end is stored: whoever sees it ended finds its resources released.
+        release()
+        self._settle(job, running, ended.done, ended.error, ended.died)
+
+    # -- a job of several processes (DDP): a Ray Train TorchTrainer
+
+    def _run_trainer(self, job: JobRecord, running: _Running) -> None:
+        import ray
+        from ray.exceptions import RayError
+        from ray.util.placement_group import placement_group, remove_placement_group
+
+        from tesserad.training.ray_trainer import Begin, Relayed, TrainDriver, TrainerSpec, driver_env
+
+        devices = job.config["devices"]
+        world = devices["count"]
+        # Ray Train's controller cannot be aborted while it waits for room (its control loop
+        # does not yield then): the daemon waits for room itself, with a placement group of the
+        # trainer's bundles and strategy, and starts the trainer once Ray could place it.
+        probe = placement_group([ray_resources(devices)] * world, strategy="PACK")
+        removed = False
+
+        def remove_probe() -> None:
+            nonlocal removed
+            if not removed:
+                removed = True
+                remove_placement_group(probe)
+
+        try:
+            while not ray.wait([probe.ready()], timeout=_POLL_S)[0]:
+                if self._stopped_while_waiting(job, running, remove_probe):
+                    return
+        finally:
+            remove_probe()
+        if self._driver_class is None:
+            self._driver_class = ray.remote(TrainDriver)
+        driver = self._driver_class.options(
+            num_cpus=0,
+            max_concurrency=TrainDriver.concurrency(world),
+            runtime_env={"env_vars": driver_env(self._worker_env)},
+        ).remote()
+        driver.fit.remote(
+            TrainerSpec(
+                run_name=f"tessera-{job.job_id}-{job.attempt + 1}",
+                world=world,
+                resources=ray_resources(devices),
+                use_gpu=devices["kind"] == "cuda",
+                env_vars=dict(self._worker_env),
+            )
+        )
+        ended = _Ended()
+        begun = False
+        cancel_sent = False
+        abort_deadline: float | None = None
+        try:
+            while abort_deadline is None or time.monotonic() < abort_deadline:
+                if not begun and (running.stopping_for_shutdown or running.cancel_deadline is not None):
+                    break
+                # Abort (no step boundary to wait for): at shutdown, or a cancel past
+                # training.cancel_grace_s.
+                if abort_deadline is None and (
+                    running.stopping_for_shutdown
+                    or (running.cancel_deadline is not None and time.monotonic() > running.cancel_deadline)
+                ):
+                    driver.abort.remote()
+                    abort_deadline = time.monotonic() + _ABORT_WAIT_S
+                elif running.cancel_deadline is not None and not cancel_sent:
+                    driver.cancel.remote()
+                    cancel_sent = True
+                relayed: Relayed = ray.get(driver.take.remote(_POLL_S))
+                if not begun and len(relayed.placed) == world:
+                    placements = [relayed.placed[rank] for rank in range(world)]
+                    job, checkpoint, start, initial = self._begin_attempt(
+                        job, [f"ray:{p.node_id}" for p in placements]
+                    )
+                    job = self._log_placements(job, placements)
+                    driver.begin.remote(Begin(self._payload(job, checkpoint), start, initial))
+                    begun = True
+                for message in relayed.messages:
+                    job = self._handle(job, message, ended)
+                if relayed.end is not None:
+                    ended.died = relayed.end.died or None
+                    ended.failed = relayed.end.failed
+                    break
+        except RayError as exc:
+            # The driver itself is gone (its node was lost), and with it the trainer it ran.
+            ended.died = f"the Ray Train driver died: {_first_line(exc)}"
+        if not begun and running.cancel_deadline is not None and not running.stopping_for_shutdown:
+            # Ray took the resources back from the probe and has not placed the trainer yet:
+            # its ranks are told not to start, and it ends (its driver with it) once placed.
+            driver.cancel.remote()
+            threading.Thread(target=_end_when_placed, args=(driver,), daemon=True).start()
+            self._finish(job, "cancelled", "cancelled before Ray placed it")
+            return
+        # Before the job's end is stored: the trainer has removed its workers (or the driver's
+        # end takes them along: at shutdown, with the daemon's Ray job).
+        ray.kill(driver)
+        if not begun:
+            # Still QUEUED: at shutdown it stays so, for the next daemon.
+            if not running.stopping_for_shutdown:
+                self._worker_died(
+                    job, ended.died or ended.failed or "the trainer ended before its ranks began"
+                )
+            return
+        if abort_deadline is not None:
+            # What the ranks said as they were torn down follows from the abort.
+            ended.error = None
+        if ended.failed and not (ended.died or ended.error or ended.done or running.cancel_deadline):
+            ended.died = f"Ray Train failed: {ended.failed}"
+        self._settle(job, running, ended.done, ended.error, ended.died)
+
     def _worker_died(self, job: JobRecord, why: str) -> None:
         """Fail the job with Ray's reason, or queue it again per spec.max_restarts."""
-        restarts = self._restarts.get(job.job_id, 0)
+        restarts = job.restarts
         allowed = job.config.get("max_restarts", 0)
         message = f"the Ray worker died: {why}"
         if restarts >= allowed:
-            self._restarts.pop(job.job_id, None)
             self._fail(job, "crash", message + (f" (after {restarts} restarts)" if restarts else ""))
             return
-        self._restarts[job.job_id] = restarts + 1
+        # Stored with the job's next event: a daemon restart does not reset the budget.
+        job = replace(job, restarts=restarts + 1)
         checkpoint = self._resume_checkpoint(job)
         where = (
             f"from the epoch {checkpoint.epoch} checkpoint"
@@ -355,6 +450,26 @@ class RayJobs(Jobs):
         with self._lock:
             self._queue[job.job_id] = self._queued(job)
             self._wake.notify_all()
+
+
+@dataclass
+class _Ended:
+    """What an attempt's workers said about how it ended, and what Ray said."""
+
+    done: DoneMessage | None = None
+    error: ErrorMessage | None = None
+    died: str | None = None  # a worker process died: Ray's reason
+    failed: str = ""  # Ray Train failed otherwise: its reason
+
+
+def _end_when_placed(driver: Any) -> None:
+    """Kill a cancelled trainer's driver once its fit has ended."""
+    import ray
+
+    from tesserad.training.ray_trainer import wait_ended
+
+    if wait_ended(driver, None) is not None:
+        ray.kill(driver)
 
 
 def _first_line(exc: Exception) -> str:

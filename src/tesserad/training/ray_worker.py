@@ -1,18 +1,19 @@
-"""The worker side of training.backend = "ray": one Ray actor per job, on whichever node Ray places it.
+"""The worker side of training.backend = "ray", on whichever node Ray places it.
 
-The actor receives the job's payload (spec, split indices, the bytes it starts from), fetches
-the dataset from the daemon by content hash (training.ray_worker_client, cached per node) and
-trains with the same code as a local worker (training.worker). What a local worker sends on its
-pipe (events, checkpoints, the final weights, its error) the actor yields from `run`, a Ray
-streaming generator the daemon reads into the job's event path; `cancel` asks it to stop at the
-next step boundary. Nothing here reads the daemon's data directory.
+A single-process job runs as one TrainingActor; each rank of a DDP job runs the same
+`train_here` inside a Ray Train worker (training.ray_trainer). The worker receives the job's
+payload (spec, split indices, the bytes it starts from), fetches the dataset from the daemon by
+content hash (training.ray_worker_client, cached per node) and trains with the same code as a
+local worker (training.worker). What a local worker sends on its pipe (events, checkpoints, the
+final weights, its error) the actor yields from `run`, a Ray streaming generator the daemon
+reads into the job's event path; `cancel` asks it to stop at the next step boundary. Nothing
+here reads the daemon's data directory.
 """
 
 from __future__ import annotations
 
 import os
 import queue
-import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -56,11 +57,8 @@ class RayPayload:
     resource_interval_s: float
     compile: str
     max_workspace: int
-    rank: int
-    world: int  # processes of the job (DDP ranks), one actor each
+    world: int  # processes of the job: 1 on a TrainingActor, the DDP ranks under Ray Train
     device_kind: str  # cpu or cuda
-    master_addr: str  # rank 0's node: where torch.distributed meets
-    master_port: int
 
 
 @dataclass(frozen=True)
@@ -112,31 +110,58 @@ class _ActorChannel:
         return CancelMessage()
 
 
+def placement_here() -> Placement:
+    """Where this Ray worker process runs."""
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    node: dict[str, Any] = next((n for n in ray.nodes() if n["NodeID"] == node_id), {})
+    return Placement(
+        node_id, str(node.get("NodeManagerAddress", "")), os.getpid(), dict(node.get("Resources", {}))
+    )
+
+
+def train_here(
+    payload: RayPayload, start: bytes, initial: bytes, channel: Any, rank: int = 0, cuda_index: int = 0
+) -> None:
+    """Fetch the dataset (cached per node) and train as a local worker would, talking over `channel`."""
+    from tesserad.training.ray_worker_client import cached_dataset
+
+    fetch = payload.dataset
+    path = cached_dataset(fetch.target, fetch.token, fetch.name, fetch.version, fetch.sha256, fetch.format)
+    worker_payload = WorkerPayload(
+        job_id=payload.job_id,
+        config=payload.config,
+        data=DataSource(str(path), fetch.format, fetch.array_name, fetch.input_array, fetch.target_array),
+        train_indices=payload.train_indices,
+        val_indices=payload.val_indices,
+        rank=rank,
+        world=payload.world,
+        device_kind=payload.device_kind,
+        cuda_indices=[cuda_index] * payload.world if payload.device_kind == "cuda" else [],
+        threads=payload.threads,
+        resume=bool(start),
+        weights_only=payload.weights_only,
+        initial_weights=bool(initial),
+        resource_interval_s=payload.resource_interval_s,
+        compile=payload.compile,
+        max_workspace=payload.max_workspace,
+    )
+    _run(channel, worker_payload)
+
+
 class TrainingActor:
-    """Made a Ray actor (with the job's resources) by training.ray_jobs; max_concurrency 2, so
-    that `cancel` runs beside `run`."""
+    """A single-process job on Ray. Made a Ray actor (with the job's resources) by
+    training.ray_jobs; max_concurrency 2, so that `cancel` runs beside `run`."""
 
     def __init__(self) -> None:
         self._cancel = threading.Event()
 
     def placement(self) -> Placement:
-        import ray
-
-        context = ray.get_runtime_context()
-        node_id = context.get_node_id()
-        node: dict[str, Any] = next((n for n in ray.nodes() if n["NodeID"] == node_id), {})
-        return Placement(
-            node_id, str(node.get("NodeManagerAddress", "")), os.getpid(), dict(node.get("Resources", {}))
-        )
+        return placement_here()
 
     def cancel(self) -> None:
         self._cancel.set()
-
-    def free_port(self) -> int:
-        """A free TCP port on this node, for torch.distributed's rendezvous at rank 0."""
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("", 0))
-            return int(sock.getsockname()[1])
 
     def run(self, payload: RayPayload, start: bytes, initial: bytes) -> Iterator[WorkerMessage]:
         out: queue.Queue[object] = queue.Queue()
@@ -147,37 +172,9 @@ class TrainingActor:
 
     def _train(self, payload: RayPayload, start: bytes, initial: bytes, out: queue.Queue[object]) -> None:
         try:
-            from tesserad.training.ray_worker_client import cached_dataset
-
-            fetch = payload.dataset
-            path = cached_dataset(
-                fetch.target, fetch.token, fetch.name, fetch.version, fetch.sha256, fetch.format
-            )
-            worker_payload = WorkerPayload(
-                job_id=payload.job_id,
-                config=payload.config,
-                data=DataSource(
-                    str(path), fetch.format, fetch.array_name, fetch.input_array, fetch.target_array
-                ),
-                train_indices=payload.train_indices,
-                val_indices=payload.val_indices,
-                rank=payload.rank,
-                world=payload.world,
-                device_kind=payload.device_kind,
-                # Ray shows each actor only the GPU it was given, as cuda:0.
-                cuda_indices=[0] * payload.world if payload.device_kind == "cuda" else [],
-                master_addr=payload.master_addr,
-                master_port=payload.master_port,
-                threads=payload.threads,
-                resume=bool(start),
-                weights_only=payload.weights_only,
-                initial_weights=bool(initial),
-                resource_interval_s=payload.resource_interval_s,
-                compile=payload.compile,
-                max_workspace=payload.max_workspace,
-            )
             channel = _ActorChannel(out, [b for b in (start, initial) if b], self._cancel)
-            _run(cast(Any, channel), worker_payload)
+            # Ray shows the actor only the GPU it was given, as cuda:0.
+            train_here(payload, start, initial, channel)
         except BaseException as exc:
             out.put(ErrorMessage(*_classify(exc)))
         finally:

@@ -94,7 +94,6 @@ class WorkerPayload:
     device_kind: str = "cpu"  # cpu or cuda
     cuda_indices: list[int] = field(default_factory=list)
     master_port: int = 0
-    master_addr: str = "127.0.0.1"  # rank 0's host; another node's under the Ray backend
     threads: int = 1
     resume: bool = False
     weights_only: bool = False  # the checkpoint received gives the starting weights alone
@@ -143,10 +142,12 @@ def _run(conn: Connection, payload: WorkerPayload) -> None:
     device = device_for(payload.device_kind, payload.cuda_indices, payload.rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if payload.world > 1:
+    # Under Ray Train (training.ray_trainer) the process group is set up before this runs.
+    own_group = payload.world > 1 and not torch.distributed.is_initialized()
+    if own_group:
         torch.distributed.init_process_group(
             "nccl" if device.type == "cuda" else "gloo",
-            init_method=f"tcp://{payload.master_addr}:{payload.master_port}",
+            init_method=f"tcp://127.0.0.1:{payload.master_port}",
             rank=payload.rank,
             world_size=payload.world,
         )
@@ -204,6 +205,6 @@ def _run(conn: Connection, payload: WorkerPayload) -> None:
     elif checkpoint:
         trainer.resume_from(checkpoint)
     outcome = trainer.run()
-    if payload.world > 1:
+    if own_group:
         torch.distributed.destroy_process_group()
     conn.send(DoneMessage(outcome.status, outcome.epoch, outcome.step, outcome.metrics, outcome.weights))

@@ -352,10 +352,12 @@ def test_an_unreachable_cluster_makes_training_unavailable_and_nothing_else(tmp_
         daemon.stop()
 
 
+@pytest.mark.parametrize("processes", [1, 2], ids=["actor", "ddp-trainer"])
 def test_a_sigkilled_daemon_resumes_its_ray_job_from_the_last_checkpoint(
-    ray_nodes: RayNodes, spawn_daemon: Any, tmp_path: Path
+    ray_nodes: RayNodes, spawn_daemon: Any, tmp_path: Path, processes: int
 ) -> None:
-    """Ray ends a driver's actors with it: the next daemon marks the job INTERRUPTED and resumes it."""
+    """Ray ends a driver's actors (and the trainers they ran) with it: the next daemon marks the
+    job INTERRUPTED and resumes it."""
     env = {
         "TESSERA_TRAINING_BACKEND": "ray",
         "TESSERA_TRAINING_RAY_ADDRESS": ray_nodes.address,
@@ -366,8 +368,12 @@ def test_a_sigkilled_daemon_resumes_its_ray_job_from_the_last_checkpoint(
     channel = grpc.insecure_channel(daemon.wait_serving())
     upload_standard_datasets(channel)
     training = training_pb2_grpc.TrainingStub(channel)
-    spec = on_node(
-        "node_b", epochs=400, checkpoints=job_spec_pb2.CheckpointPolicy(every_n_epochs=2, keep_last=1)
+    checkpoints = job_spec_pb2.CheckpointPolicy(every_n_epochs=2, keep_last=1)
+    epochs = 400 if processes == 1 else 120
+    spec = (
+        on_node("node_b", epochs=epochs, checkpoints=checkpoints)
+        if processes == 1
+        else ddp_spec(epochs=epochs, checkpoints=checkpoints)
     )
     job = submit(training, spec)
     seen = watch_until(
@@ -393,9 +399,10 @@ def test_a_sigkilled_daemon_resumes_its_ray_job_from_the_last_checkpoint(
     checkpoint = max(c.epoch for c in of_kind([e for e in events if e.attempt == 1], "checkpoint"))
     resumed = [s.reason for s in of_kind(events, "state")][4]
     assert f"resumed from the epoch {checkpoint} checkpoint (attempt 2)" in resumed
-    assert len(placed(events)) == 2
+    # Placed again: a DDP job's two ranks need both nodes' CPUs, which the first trainer held.
+    assert len(placed(events) if processes == 1 else placed_ranks(events)) == 2 * processes
     final = training.GetJob(S.GetJobRequest(job_id=job.job_id))
-    assert final.epoch == 400 and final.attempt == 2
+    assert final.epoch == epochs and final.attempt == 2
     # The metric history holds each step once: the first attempt's up to the checkpoint, then the second's.
     history = training.GetMetricHistory(S.GetMetricHistoryRequest(run_id=final.run_id, key="loss"))
     assert [p.step for p in history.points] == list(range(1, final.step + 1))
@@ -542,3 +549,126 @@ def test_a_two_process_ddp_job_spans_both_nodes_and_matches_local_ddp(
     assert set(on_ray.metrics) == set(on_local.metrics)
     for name, value in on_local.metrics.items():
         assert on_ray.metrics[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+
+
+def ddp_spec(**fields: Any) -> job_spec_pb2.JobSpec:
+    return job_spec("mlp", devices=job_spec_pb2.DeviceRequest(cpu=True, cpu_processes=2), **fields)
+
+
+def test_a_killed_ddp_rank_restarts_the_trainer_from_its_checkpoint(
+    training: training_pb2_grpc.TrainingStub,
+) -> None:
+    spec = ddp_spec(
+        epochs=120, max_restarts=1, checkpoints=job_spec_pb2.CheckpointPolicy(every_n_epochs=2, keep_last=1)
+    )
+    job = submit(training, spec)
+    seen = watch_until(
+        training, job.job_id, lambda e: e.WhichOneof("event") == "checkpoint" and e.checkpoint.epoch >= 4
+    )
+    # Rank 1 (not the leader): its peer is left blocked in a collective, and Ray Train ends it.
+    os.kill(pid_of(placed_ranks(seen)[1]), signal.SIGKILL)
+    events = follow(training, job.job_id)
+    assert states(events) == [
+        S.JOB_STATE_QUEUED,
+        S.JOB_STATE_RUNNING,
+        S.JOB_STATE_QUEUED,
+        S.JOB_STATE_RUNNING,
+        S.JOB_STATE_SUCCEEDED,
+    ], [e.state.reason for e in events if e.WhichOneof("event") == "state"]
+    requeued, resumed = [s.reason for s in of_kind(events, "state")][2:4]
+    checkpoint = max(c.epoch for c in of_kind([e for e in events if e.attempt == 1], "checkpoint"))
+    assert requeued.startswith("the Ray worker died") and "restart 1 of spec.max_restarts 1" in requeued
+    assert f"resumed from the epoch {checkpoint} checkpoint (attempt 2)" in resumed
+    # The second trainer placed both ranks again, across both nodes.
+    again = placed_ranks([e for e in events if e.attempt == 2])
+    assert sorted(re.findall(r"node_[ab]", " ".join(again))) == ["node_a", "node_b"], again
+    final = training.GetJob(S.GetJobRequest(job_id=job.job_id))
+    assert final.attempt == 2 and final.epoch == 120
+    history = training.GetMetricHistory(S.GetMetricHistoryRequest(run_id=final.run_id, key="loss"))
+    assert [p.step for p in history.points] == list(range(1, final.step + 1))
+
+
+def _free_cpus(system: system_pb2_grpc.SystemStub, want: float) -> dict[str, float]:
+    """Ray's free resources once `want` CPUs are free (Ray's count follows a release)."""
+    deadline = time.monotonic() + 30
+    while (
+        free := dict(system.GetServerInfo(system_pb2.GetServerInfoRequest()).training_cluster.available)
+    ).get("CPU") != want:
+        assert time.monotonic() < deadline, free
+        time.sleep(0.2)
+    return free
+
+
+def test_cancel_stops_a_ddp_trainer_and_frees_its_nodes(
+    training: training_pb2_grpc.TrainingStub, ray_daemon: InProcessDaemon
+) -> None:
+    system = system_pb2_grpc.SystemStub(ray_daemon.channel())
+    job = submit(training, ddp_spec(epochs=100_000))
+    watch_until(training, job.job_id, lambda e: e.WhichOneof("event") == "step")
+    assert "CPU" not in system.GetServerInfo(system_pb2.GetServerInfoRequest()).training_cluster.available
+    # Rank 1 holds node_b's one CPU: this job waits for the trainer to free it.
+    after = submit(training, on_node("node_b"))
+    training.CancelJob(S.CancelJobRequest(job_id=job.job_id))
+    cancelled = follow(training, job.job_id)
+    assert states(cancelled)[-1] == S.JOB_STATE_CANCELLED
+    assert of_kind(cancelled, "state")[-1].reason == "cancelled at a step boundary"
+    assert states(follow(training, after.job_id))[-1] == S.JOB_STATE_SUCCEEDED
+    _free_cpus(system, 2)
+
+    # A DDP job still waiting for room ends at once, and leaves no reservation behind.
+    busy = submit(training, on_node("node_b", epochs=100_000))
+    watch_until(training, busy.job_id, lambda e: e.WhichOneof("event") == "step")
+    waiting = submit(training, ddp_spec())
+    training.CancelJob(S.CancelJobRequest(job_id=waiting.job_id))
+    never_ran = follow(training, waiting.job_id)
+    assert states(never_ran) == [S.JOB_STATE_QUEUED, S.JOB_STATE_CANCELLED]
+    assert of_kind(never_ran, "state")[-1].reason == "cancelled before Ray placed it"
+    training.CancelJob(S.CancelJobRequest(job_id=busy.job_id))
+    assert states(follow(training, busy.job_id))[-1] == S.JOB_STATE_CANCELLED
+    free = _free_cpus(system, 2)
+    assert free["node_a"] == 1 and free["node_b"] == 1
+
+
+def test_a_daemon_restart_keeps_the_restarts_a_job_has_used(
+    ray_nodes: RayNodes, spawn_daemon: Any, tmp_path: Path
+) -> None:
+    env = {
+        "TESSERA_TRAINING_BACKEND": "ray",
+        "TESSERA_TRAINING_RAY_ADDRESS": ray_nodes.address,
+        "TESSERA_TRAINING_THREADS_PER_SLOT": "1",
+    }
+    args = ("--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(tmp_path))
+    daemon = spawn_daemon(*args, env=env)
+    channel = grpc.insecure_channel(daemon.wait_serving())
+    upload_standard_datasets(channel)
+    training = training_pb2_grpc.TrainingStub(channel)
+    job = submit(training, on_node("node_b", epochs=100_000, max_restarts=1))
+    seen = watch_until(training, job.job_id, lambda e: e.WhichOneof("event") == "step")
+    os.kill(pid_of(placed(seen)[0]), signal.SIGKILL)
+    seen = watch_until(training, job.job_id, lambda e: e.WhichOneof("event") == "step" and e.attempt == 2)
+    assert "restart 1 of spec.max_restarts 1" in of_kind(seen, "state")[2].reason
+    daemon.process.kill()
+    daemon.process.wait(10)
+    channel.close()
+
+    restarted = spawn_daemon(*args, env=env)
+    channel = grpc.insecure_channel(restarted.wait_serving())
+    training = training_pb2_grpc.TrainingStub(channel)
+    seen = watch_until(training, job.job_id, lambda e: e.WhichOneof("event") == "step" and e.attempt == 3)
+    # The interruption was the daemon's, not the worker's: it used no restart, and the one
+    # restart the spec allows is spent, so this death ends the job.
+    os.kill(pid_of(placed(seen)[-1]), signal.SIGKILL)
+    events = follow(training, job.job_id)
+    assert states(events) == [
+        S.JOB_STATE_QUEUED,
+        S.JOB_STATE_RUNNING,
+        S.JOB_STATE_QUEUED,
+        S.JOB_STATE_RUNNING,
+        S.JOB_STATE_INTERRUPTED,
+        S.JOB_STATE_QUEUED,
+        S.JOB_STATE_RUNNING,
+        S.JOB_STATE_FAILED,
+    ]
+    (error,) = of_kind(events, "error")
+    assert error.kind == "crash" and error.message.endswith("(after 1 restarts)"), error.message
+    channel.close()
