@@ -5,8 +5,8 @@ each attempt runs on Ray, placed by Ray with the job's resources: per process on
 for a CUDA job, and any custom resources of spec.devices.ray_resources.
 
 - A single-process job runs as one Ray actor (training.ray_worker.TrainingActor). What it
-  yields (events, checkpoints, final weights) enters the daemon's event path as a local
-  worker's pipe messages. Cancel asks it to stop at a step boundary and kills it after
+  sends (events, checkpoints, final weights), taken by long polls, enters the daemon's event
+  path as a local worker's pipe messages. Cancel asks it to stop at a step boundary and kills it after
   training.cancel_grace_s; it is killed whenever its job ends, so Ray frees its resources at
   once.
 - A job of several processes (DDP) runs as a Ray Train TorchTrainer (training.ray_trainer):
@@ -294,18 +294,17 @@ class RayJobs(Jobs):
 
         job, checkpoint, start, initial = self._begin_attempt(job, [f"ray:{placement.node_id}"])
         job = self._log_placements(job, [placement])
-        stream = actor.run.remote(self._payload(job, checkpoint), start, initial)
+        actor.start.remote(self._payload(job, checkpoint), start, initial)
         ended = _Ended()
         killed = False
         cancel_sent = False
         try:
             while not (running.stopping_for_shutdown or killed):
-                if ray.wait([stream], num_returns=1, timeout=_POLL_S)[0]:
-                    try:
-                        message = ray.get(next(stream))
-                    except StopIteration:
-                        break
+                messages, finished = ray.get(actor.take.remote(_POLL_S))
+                for message in messages:
                     job = self._handle(job, message, ended)
+                if finished:
+                    break
                 if running.cancel_deadline is not None:
                     if not cancel_sent:
                         actor.cancel.remote()

@@ -5,19 +5,19 @@ A single-process job runs as one TrainingActor; each rank of a DDP job runs the 
 payload (spec, split indices, the bytes it starts from), fetches the dataset from the daemon by
 content hash (training.ray_worker_client, cached per node) and trains with the same code as a
 local worker (training.worker). What a local worker sends on its pipe (events, checkpoints, the
-final weights, its error) the actor yields from `run`, a Ray streaming generator the daemon
-reads into the job's event path; `cancel` asks it to stop at the next step boundary. Nothing
-here reads the daemon's data directory.
+final weights, its error) the actor keeps for the daemon's next `take`, a long poll the daemon
+reads into the job's event path (plain actor calls, so a `ray://` client address works too:
+Ray Client cannot stream a generator's results); `cancel` asks it to stop at the next step
+boundary. Nothing here reads the daemon's data directory.
 """
 
 from __future__ import annotations
 
 import os
-import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from tesserad.training.worker import (
     CancelMessage,
@@ -79,13 +79,12 @@ class Placement:
         return f"Ray node {self.node_id[:12]} at {self.node_ip} ({custom}), pid {self.pid}"
 
 
-_END = object()
-
-
 class _ActorChannel:
-    """The pipe end training.worker._run expects, over the actor's queue and cancel flag."""
+    """The pipe end training.worker._run expects, over the actor's outbox and cancel flag."""
 
-    def __init__(self, out: queue.Queue[object], start: list[bytes], cancel: threading.Event) -> None:
+    def __init__(
+        self, out: Callable[[WorkerMessage], None], start: list[bytes], cancel: threading.Event
+    ) -> None:
         self._out = out
         self._start = start
         self._cancel = cancel
@@ -95,7 +94,7 @@ class _ActorChannel:
         self._raylet_pid = os.getppid()
 
     def send(self, message: WorkerMessage) -> None:
-        self._out.put(message)
+        self._out(message)
 
     def recv_bytes(self) -> bytes:
         return self._start.pop(0)
@@ -152,10 +151,13 @@ def train_here(
 
 class TrainingActor:
     """A single-process job on Ray. Made a Ray actor (with the job's resources) by
-    training.ray_jobs; max_concurrency 2, so that `cancel` runs beside `run`."""
+    training.ray_jobs; max_concurrency 2, so that `cancel` runs beside a waiting `take`."""
 
     def __init__(self) -> None:
         self._cancel = threading.Event()
+        self._changed = threading.Condition()
+        self._outbox: list[WorkerMessage] = []
+        self._ended = False
 
     def placement(self) -> Placement:
         return placement_here()
@@ -163,19 +165,32 @@ class TrainingActor:
     def cancel(self) -> None:
         self._cancel.set()
 
-    def run(self, payload: RayPayload, start: bytes, initial: bytes) -> Iterator[WorkerMessage]:
-        out: queue.Queue[object] = queue.Queue()
-        thread = threading.Thread(target=self._train, args=(payload, start, initial, out), daemon=True)
-        thread.start()
-        while (message := out.get()) is not _END:
-            yield cast(WorkerMessage, message)
+    def start(self, payload: RayPayload, start: bytes, initial: bytes) -> None:
+        """Begin training in a thread of this actor; its messages wait for `take`."""
+        threading.Thread(target=self._train, args=(payload, start, initial), daemon=True).start()
 
-    def _train(self, payload: RayPayload, start: bytes, initial: bytes, out: queue.Queue[object]) -> None:
+    def take(self, timeout: float) -> tuple[list[WorkerMessage], bool]:
+        """What the job sent since the last take (waiting up to `timeout` seconds for
+        something), and whether it has ended: no message follows an end."""
+        with self._changed:
+            if not self._outbox and not self._ended:
+                self._changed.wait(timeout)
+            messages, self._outbox = self._outbox, []
+            return messages, self._ended
+
+    def _send(self, message: WorkerMessage) -> None:
+        with self._changed:
+            self._outbox.append(message)
+            self._changed.notify_all()
+
+    def _train(self, payload: RayPayload, start: bytes, initial: bytes) -> None:
         try:
-            channel = _ActorChannel(out, [b for b in (start, initial) if b], self._cancel)
+            channel = _ActorChannel(self._send, [b for b in (start, initial) if b], self._cancel)
             # Ray shows the actor only the GPU it was given, as cuda:0.
             train_here(payload, start, initial, channel)
         except BaseException as exc:
-            out.put(ErrorMessage(*_classify(exc)))
+            self._send(ErrorMessage(*_classify(exc)))
         finally:
-            out.put(_END)
+            with self._changed:
+                self._ended = True
+                self._changed.notify_all()

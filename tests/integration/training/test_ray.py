@@ -63,6 +63,7 @@ pytestmark = pytest.mark.slow
 @dataclass
 class RayNodes:
     address: str
+    client_address: str  # ray://: the head's Ray Client server
     groups: list[int]  # process groups of the `ray start`s: every Ray process of the cluster
 
 
@@ -93,7 +94,7 @@ def _ray_start(args: list[str], temp: Path) -> int:
 def ray_nodes() -> Iterator[RayNodes]:
     # Short: Ray's socket paths under it must fit in 107 bytes.
     temp = Path(tempfile.mkdtemp(prefix="tray"))
-    port = _free_port()
+    port, client_port = _free_port(), _free_port()
     groups: list[int] = []
     try:
         groups.append(
@@ -105,13 +106,14 @@ def ray_nodes() -> Iterator[RayNodes]:
                     json.dumps({"node_a": 1}),
                     "--include-dashboard=false",
                     f"--temp-dir={temp}",
+                    f"--ray-client-server-port={client_port}",
                 ],
                 temp,
             )
         )
         address = f"127.0.0.1:{port}"
         groups.append(_ray_start([f"--address={address}", "--resources", json.dumps({"node_b": 1})], temp))
-        yield RayNodes(address, groups)
+        yield RayNodes(address, f"ray://127.0.0.1:{client_port}", groups)
     finally:
         for group in groups:
             _stop_group(group)
@@ -407,6 +409,34 @@ def test_a_sigkilled_daemon_resumes_its_ray_job_from_the_last_checkpoint(
     history = training.GetMetricHistory(S.GetMetricHistoryRequest(run_id=final.run_id, key="loss"))
     assert [p.step for p in history.points] == list(range(1, final.step + 1))
     channel.close()
+
+
+def test_a_daemon_reaching_the_cluster_through_a_ray_client_address_runs_both_kinds_of_job(
+    ray_nodes: RayNodes, spawn_daemon: Any, tmp_path: Path
+) -> None:
+    """training.ray_address = ray://head:port (Ray Client, e.g. from outside the cluster's
+    network): every call the daemon makes to its actors is a plain actor call. A process holds
+    one Ray connection, so this daemon is a process of its own."""
+    env = {
+        "TESSERA_TRAINING_BACKEND": "ray",
+        "TESSERA_TRAINING_RAY_ADDRESS": ray_nodes.client_address,
+        "TESSERA_TRAINING_THREADS_PER_SLOT": "1",
+    }
+    daemon = spawn_daemon(
+        "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(tmp_path), env=env
+    )
+    with grpc.insecure_channel(daemon.wait_serving()) as channel:
+        upload_standard_datasets(channel)
+        training = training_pb2_grpc.TrainingStub(channel)
+        single = submit(training, on_node("node_b"))
+        events = follow(training, single.job_id)
+        assert states(events)[-1] == S.JOB_STATE_SUCCEEDED, events
+        assert "node_b 1" in placed(events)[0]
+        assert [e.epoch for e in of_kind(events, "epoch")] == [1, 2]
+        ddp = submit(training, ddp_spec(epochs=1))
+        events = follow(training, ddp.job_id)
+        assert states(events)[-1] == S.JOB_STATE_SUCCEEDED, events
+        assert len(placed_ranks(events)) == 2
 
 
 def test_a_sweep_runs_its_trials_on_both_nodes_at_most_max_concurrent_at_a_time(
