@@ -1,6 +1,7 @@
 """Conv4d before/after: this tree's conv4d against another tree's, side by side in one run.
 
-    .venv/bin/python bench/conv4d_ab.py --against ../main/src/tesserad/nn/conv.py \\
+    git show REV:src/tesserad/nn/conv.py > conv_rev.py   # the version to compare against
+    .venv/bin/python bench/conv4d_ab.py --against conv_rev.py \\
         [--shapes ABCDE] [--mode fwd+bwd] [--algorithm time_fold] [--reps 7] [--threads 1] [--name NAME]
 
 For each shape A-E of bench/conv4d_bench.py, one step (fresh leaf tensors; forward, and
