@@ -44,12 +44,12 @@ import torch.nn.functional as F
 
 from tesserad.nn.conv import (
     ALGORITHMS,
-    _add_taps_grad,
     _conv3d_backward,
     _fold_taps,
     _folded_weight,
     _Geometry,
     _grad_blocks,
+    _unfold_taps_grad,
     benchmark,
     benchmark_cache,
     clear_benchmark_cache,
@@ -249,9 +249,8 @@ def time_fold_pieces(
         return [_conv3d_backward(go[rows(k)], xs[rows(k)], wf, geo, (True, False, False))[0] for k in blocks]
 
     def unfold(block_grads: list) -> None:
-        gx = x.new_zeros(x.shape[0], x.shape[2], *x.shape[3:], geo.g, x.shape[1] // geo.g)
-        for block, gxs in zip(blocks, block_grads, strict=True):
-            _add_taps_grad(gx, gxs, block, kt, x.shape[2], geo)
+        gx = x.new_empty(x.shape[0], x.shape[2], *x.shape[3:], geo.g, x.shape[1] // geo.g)
+        _unfold_taps_grad(gx, zip(blocks, block_grads, strict=True), kt, x.shape[2], geo)
 
     block_grads = grad_input_blocks()
     pieces: dict[str, Callable[[], object]] = {

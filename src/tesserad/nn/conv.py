@@ -27,7 +27,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Literal, NamedTuple
 
@@ -247,19 +247,68 @@ def _grad_blocks(n: int, t_out: int, frame_bytes: int) -> list[tuple[int, int, i
 
 
 def _add_taps_grad(
-    gx: Tensor, gxs: Tensor, block: tuple[int, int, int, int], kt: int, t_in: int, geo: _Geometry
+    gx: Tensor,
+    gxs: Tensor,
+    block: tuple[int, int, int, int],
+    kt: int,
+    t_in: int,
+    geo: _Geometry,
+    written: list[bool],
 ) -> None:
     """The adjoint of _fold_taps for one block of output frames: each tap's channel block of
     ``gxs`` (frames of the block, kt*C, D, H, W) added onto the input frames it read in ``gx``
-    (N, T_in, D, H, W, g, C/g)."""
+    (N, T_in, D, H, W, g, C/g).
+
+    ``gx`` starts uninitialised: ``written`` says, per input frame, whether the block's samples
+    already hold a value there; the first tap to reach a frame copies onto it, later ones add
+    (an input-sized zero fill and one tap's read of ``gx`` saved). Every sample of a block has
+    the same history (_grad_blocks: whole samples once, or runs within one sample)."""
     n0, n1, t0, t1 = block
     d, h, wd, g, cg = gx.shape[2:]
     gxs = gxs.permute(0, 2, 3, 4, 1).reshape(n1 - n0, t1 - t0, d, h, wd, g, kt, cg)
     for i, (first, start, count) in enumerate(_tap_frames(geo, kt, t_in)):
         lo, hi = max(first, t0), min(first + count, t1)
-        if lo < hi:
-            src = start + (lo - first) * geo.st
-            gx[n0:n1, src : src + geo.st * (hi - lo - 1) + 1 : geo.st] += gxs[:, lo - t0 : hi - t0, ..., i, :]
+        run = lo
+        while run < hi:
+            # the longest run of output frames whose input frames share one state
+            state = written[start + (run - first) * geo.st]
+            end = run + 1
+            while end < hi and written[start + (end - first) * geo.st] == state:
+                end += 1
+            src = start + (run - first) * geo.st
+            dst = gx[n0:n1, src : src + geo.st * (end - run - 1) + 1 : geo.st]
+            part = gxs[:, run - t0 : end - t0, ..., i, :]
+            if state:
+                dst += part
+            else:
+                dst.copy_(part)
+                for j in range(src, src + geo.st * (end - run - 1) + 1, geo.st):
+                    written[j] = True
+            run = end
+
+
+def _unfold_taps_grad(
+    gx: Tensor, grads: Iterable[tuple[tuple[int, int, int, int], Tensor]], kt: int, t_in: int, geo: _Geometry
+) -> None:
+    """Fill the uninitialised ``gx`` (N, T_in, D, H, W, g, C/g) with the adjoint of _fold_taps:
+    ``grads`` yields each _grad_blocks block with its folded gradient, in order (from a generator,
+    each block's gradient is computed only when it is needed); input frames that no tap read
+    are zeroed."""
+    written: list[bool] = []
+    for block, gxs in grads:
+        n0, n1, t0, t1 = block
+        if t0 == 0:  # the block starts new samples
+            written = [False] * t_in
+        _add_taps_grad(gx, gxs, block, kt, t_in, geo, written)
+        if t1 == geo.t_out:  # the block ends its samples: zero what no tap read
+            t = 0
+            while t < t_in:
+                end = t + 1
+                while end < t_in and written[end] == written[t]:
+                    end += 1
+                if not written[t]:
+                    gx[n0:n1, t:end].zero_()
+                t = end
 
 
 def _folded_weight(w: Tensor) -> Tensor:
@@ -357,13 +406,16 @@ def _time_fold_grad_input(
     added onto the input frames each tap read; returns (N, C, T, D, H, W), channels last."""
     n, c, t_in, d, h, wd = x_shape
     g = geo.g
-    gx = go.new_zeros(n, t_in, d, h, wd, g, c // g)
+    gx = go.new_empty(n, t_in, d, h, wd, g, c // g)
     frame_bytes = xs[0].numel() * xs.element_size()
-    for block in _grad_blocks(n, geo.t_out, frame_bytes):
-        n0, n1, t0, t1 = block
-        rows = slice(n0 * geo.t_out + t0, (n1 - 1) * geo.t_out + t1)
-        gxs = _conv3d_backward(go[rows], xs[rows], wf, geo, (True, False, False))[0]
-        _add_taps_grad(gx, gxs, block, kt, t_in, geo)
+
+    def folded_grads() -> Iterator[tuple[tuple[int, int, int, int], Tensor]]:
+        for block in _grad_blocks(n, geo.t_out, frame_bytes):
+            n0, n1, t0, t1 = block
+            rows = slice(n0 * geo.t_out + t0, (n1 - 1) * geo.t_out + t1)
+            yield block, _conv3d_backward(go[rows], xs[rows], wf, geo, (True, False, False))[0]
+
+    _unfold_taps_grad(gx, folded_grads(), kt, t_in, geo)
     return gx.permute(0, 5, 6, 1, 2, 3, 4).reshape(x_shape)
 
 

@@ -423,7 +423,9 @@ def test_time_fold_backward_matches_autograd_through_plain_ops(
         monkeypatch.setattr(module, "GRAD_BLOCK_BYTES", _BLOCKINGS[blocking] * folded_frame_bytes)
         monkeypatch.setattr(module, "GRAD_BLOCK_MIN_FRAMES", 1)
     g = torch.Generator().manual_seed(4)
-    for stride_t, tp, groups in ((1, (1, 1), 1), (2, (2, 0), 2), (1, (0, 2), 2)):
+    # (4, (0, 0), 1): one output frame reading frames 0-2, so frames 3 and 4 get no tap and
+    # their gradient must be written as zeros.
+    for stride_t, tp, groups in ((1, (1, 1), 1), (2, (2, 0), 2), (1, (0, 2), 2), (4, (0, 0), 1)):
         x = torch.randn(2, 4, 5, 3, 4, 3, generator=g, dtype=torch.float64, requires_grad=True)
         w = torch.randn(4, 4 // groups, 3, 2, 1, 2, generator=g, dtype=torch.float64, requires_grad=True)
         b = torch.randn(4, generator=g, dtype=torch.float64, requires_grad=True)
