@@ -79,6 +79,10 @@ class Placement:
         return f"Ray node {self.node_id[:12]} at {self.node_ip} ({custom}), pid {self.pid}"
 
 
+# How long `take` gathers messages after the first before it answers.
+_GATHER_S = 0.05
+
+
 class _ActorChannel:
     """The pipe end training.worker._run expects, over the actor's outbox and cancel flag."""
 
@@ -175,6 +179,10 @@ class TrainingActor:
         with self._changed:
             if not self._outbox and not self._ended:
                 self._changed.wait(timeout)
+                if self._outbox:
+                    # Gather what follows the first message for a moment: a step event every
+                    # few milliseconds would otherwise cost an actor call each.
+                    self._changed.wait_for(lambda: self._ended, _GATHER_S)
             messages, self._outbox = self._outbox, []
             return messages, self._ended
 
