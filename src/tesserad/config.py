@@ -323,6 +323,12 @@ class TrainingSettings:
         "file holding the token (reader role) Ray workers present to fetch datasets when "
         "security.tokens_file is set; it travels to them with each job",
     )
+    ray_dataset_cache_size: int = setting(
+        16 * 2**30,
+        parse_size,
+        "bytes of fetched datasets each Ray node keeps for the jobs that follow (least recently "
+        "used evicted; one a job began with in the last minute stays)",
+    )
     worker_start: str = setting(
         "forkserver",
         parse_choice("forkserver", "spawn"),

@@ -174,6 +174,7 @@ class RayJobs(Jobs):
                 array_name=source.array_name,
                 input_array=source.input_array,
                 target_array=source.target_array,
+                cache_size=self._settings.ray_dataset_cache_size,
             ),
             train_indices=data.train_indices,
             val_indices=data.val_indices,

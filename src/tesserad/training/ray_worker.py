@@ -43,6 +43,7 @@ class DatasetFetch:
     array_name: str
     input_array: str
     target_array: str
+    cache_size: int  # bytes of datasets the node keeps (training.ray_dataset_cache_size)
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,9 @@ def train_here(
     from tesserad.training.ray_worker_client import cached_dataset
 
     fetch = payload.dataset
-    path = cached_dataset(fetch.target, fetch.token, fetch.name, fetch.version, fetch.sha256, fetch.format)
+    path = cached_dataset(
+        fetch.target, fetch.token, fetch.name, fetch.version, fetch.sha256, fetch.format, fetch.cache_size
+    )
     worker_payload = WorkerPayload(
         job_id=payload.job_id,
         config=payload.config,

@@ -3,7 +3,10 @@
 The one module of the Ray worker that speaks gRPC (the daemon's public Datasets.DownloadDataset,
 through the generated stubs of the tessera client). The file is kept per node under its content
 hash, so the jobs that follow on the same node read it from disk; nothing here needs the
-daemon's data directory.
+daemon's data directory. The cache is bounded (training.ray_dataset_cache_size): after a fetch,
+the least recently used files go until the rest fit, except the one just fetched and any a job
+began with in the last minute (a job opens its file right after it gets the path, and a file
+already open stays readable once unlinked).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import contextlib
 import hashlib
 import os
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -27,12 +32,43 @@ class DatasetFetchError(Exception):
     """The dataset could not be fetched from the daemon, or its bytes were not the ones expected."""
 
 
-def cached_dataset(target: str, token: str, name: str, version: int, sha256: str, suffix: str) -> Path:
+# A cached file a job began with this recently is never evicted.
+RECENT_USE_S = 60.0
+
+
+@dataclass(frozen=True)
+class CachedFile:
+    name: str
+    size: int
+    last_used: float  # mtime, set at each use
+
+
+def files_to_evict(files: list[CachedFile], limit: int, keep: str, now: float) -> list[str]:
+    """The least recently used files to delete so that the rest fit in `limit` bytes, never
+    `keep` nor one used within RECENT_USE_S of `now` (the cache may then stay over its limit)."""
+    total = sum(f.size for f in files)
+    evict = []
+    for file in sorted(files, key=lambda f: f.last_used):
+        if total <= limit:
+            break
+        if file.name == keep or now - file.last_used < RECENT_USE_S:
+            continue
+        evict.append(file.name)
+        total -= file.size
+    return evict
+
+
+def cached_dataset(
+    target: str, token: str, name: str, version: int, sha256: str, suffix: str, cache_size: int
+) -> Path:
     """The path of the dataset's file on this node, fetched from the daemon at `target` first
     unless a job before this one already did."""
     path = CACHE_DIR / f"{sha256}.{suffix}"
-    if path.exists():
+    try:
+        os.utime(path)  # its last use, for eviction
         return path
+    except FileNotFoundError:
+        pass
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     # Written aside and renamed when complete: jobs on the same node may fetch at once.
@@ -68,4 +104,18 @@ def cached_dataset(target: str, token: str, name: str, version: int, sha256: str
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(partial)
+    _trim(cache_size, keep=path.name)
     return path
+
+
+def _trim(limit: int, keep: str) -> None:
+    files = []
+    for entry in os.scandir(CACHE_DIR):
+        if entry.name.startswith("."):
+            continue  # another job's fetch in progress
+        with contextlib.suppress(FileNotFoundError):
+            stat = entry.stat()
+            files.append(CachedFile(entry.name, stat.st_size, stat.st_mtime))
+    for name in files_to_evict(files, limit, keep, time.time()):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(CACHE_DIR / name)

@@ -1,0 +1,57 @@
+"""A Ray node's dataset cache (training.ray_worker_client.cached_dataset) against a real daemon:
+fetched by content hash, verified, reused, and bounded by training.ray_dataset_cache_size."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tesserad.training import ray_worker_client
+from tesserad.training.ray_worker_client import RECENT_USE_S, DatasetFetchError, cached_dataset
+from tests.integration.training.conftest import upload_dataset
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    directory = tmp_path / "node-cache"
+    monkeypatch.setattr(ray_worker_client, "CACHE_DIR", directory)
+    return directory
+
+
+def _dataset(channel, name: str, rows: int):
+    x = np.random.default_rng(rows).normal(size=(rows, 6)).astype(np.float32)
+    return upload_dataset(channel, name, {"x": x, "y": (x[:, 0] > 0).astype(np.int64)})
+
+
+def test_the_cache_keeps_what_fits_and_evicts_the_least_recently_used(training_daemon, cache_dir) -> None:
+    channel = training_daemon.channel()
+    first, second = _dataset(channel, "first", 400), _dataset(channel, "second", 500)
+    limit = first.size_bytes + second.size_bytes
+
+    def fetch(name: str, sha256: str) -> Path:
+        return cached_dataset(training_daemon.target, "", name, 1, sha256, "npz", limit)
+
+    path = fetch("first", first.sha256)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == first.sha256
+    os.utime(path, (0, 0))  # used long ago
+    assert fetch("first", first.sha256) == path and path.stat().st_mtime > RECENT_USE_S  # a hit marks its use
+    os.utime(path, (0, 0))
+    assert fetch("second", second.sha256).exists() and path.exists()  # both fit
+    third = _dataset(channel, "third", 300)
+    kept = fetch("third", third.sha256)
+    # Over the limit: the least recently used goes; the second was fetched just now and stays.
+    assert kept.exists() and not path.exists()
+    assert sorted(p.name for p in cache_dir.iterdir()) == sorted(f"{v.sha256}.npz" for v in (second, third))
+
+
+def test_bytes_that_are_not_the_version_asked_for_are_refused_and_not_kept(
+    training_daemon, cache_dir
+) -> None:
+    version = _dataset(training_daemon.channel(), "other", 200)
+    with pytest.raises(DatasetFetchError, match=f"has sha256 {version.sha256}, not the 0+ the job"):
+        cached_dataset(training_daemon.target, "", "other", 1, "0" * 64, "npz", 2**30)
+    assert list(cache_dir.iterdir()) == []
