@@ -658,13 +658,7 @@ class Jobs:
         for process in running.processes:
             process.join(timeout=10)
         if running.stopping_for_shutdown:
-            self._set_state(
-                job,
-                "interrupted",
-                "tesserad is shutting down; the job resumes when it starts again",
-                ends=True,
-                also=self._run_status(job, "interrupted"),
-            )
+            self._interrupted_by_shutdown(job)
             return
         if error is not None:
             self._fail(job, error.kind, error.message)
@@ -765,6 +759,16 @@ class Jobs:
                 {"model": registered.model, "version": registered.version, "alias": registered.alias},
             )
         self._finish(job, "succeeded", "finished")
+
+    def _interrupted_by_shutdown(self, job: JobRecord) -> None:
+        """End an attempt the daemon's shutdown stopped: the next start resumes the job."""
+        self._set_state(
+            job,
+            "interrupted",
+            "tesserad is shutting down; the job resumes when it starts again",
+            ends=True,
+            also=self._run_status(job, "interrupted"),
+        )
 
     def _cancelled(self, job: JobRecord, at_step_boundary: bool) -> None:
         """End a cancelled job: its worker stopped at a step boundary, or was killed."""

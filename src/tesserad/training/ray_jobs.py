@@ -207,13 +207,7 @@ class RayJobs(Jobs):
     ) -> None:
         """Store how an attempt ended, once its Ray resources are released."""
         if running.stopping_for_shutdown:
-            self._set_state(
-                job,
-                "interrupted",
-                "tesserad is shutting down; the job resumes when it starts again",
-                ends=True,
-                also=self._run_status(job, "interrupted"),
-            )
+            self._interrupted_by_shutdown(job)
         elif died is None and error is not None:
             self._fail(job, error.kind, error.message)
         elif died is None and done is not None and done.status == "succeeded":

@@ -119,3 +119,33 @@ def test_sigkilled_daemon_resumes_the_job_from_its_last_checkpoint(spawn_daemon:
         for r in (final.run_id, reference_run)
     ]
     assert summaries[0] == summaries[1]
+
+
+def test_a_daemon_stopped_gracefully_interrupts_its_running_job_and_the_next_one_resumes_it(
+    spawn_daemon: Any, tmp_path: Path
+) -> None:
+    daemon, channel = _start(spawn_daemon, tmp_path)
+    upload_standard_datasets(channel)
+    training = training_pb2_grpc.TrainingStub(channel)
+    spec = job_spec(
+        "mlp", epochs=60, checkpoints=job_spec_pb2.CheckpointPolicy(every_n_epochs=2, keep_last=1)
+    )
+    job = training.SubmitJob(S.SubmitJobRequest(spec=spec))
+    for event in training.WatchJob(S.WatchJobRequest(job_id=job.job_id), timeout=120):
+        if event.WhichOneof("event") == "checkpoint" and event.checkpoint.epoch == 2:
+            break
+    daemon.terminate()  # SIGTERM: a graceful stop
+    daemon.output()
+    channel.close()
+
+    _, channel = _start(spawn_daemon, tmp_path)
+    training = training_pb2_grpc.TrainingStub(channel)
+    events = list(training.WatchJob(S.WatchJobRequest(job_id=job.job_id), timeout=120))
+    interrupted = [s for s in of_kind(events, "state") if s.state == S.JOB_STATE_INTERRUPTED]
+    assert [s.reason for s in interrupted] == [
+        "tesserad is shutting down; the job resumes when it starts again"
+    ]
+    assert states(events)[-1] == S.JOB_STATE_SUCCEEDED
+    final = training.GetJob(S.GetJobRequest(job_id=job.job_id))
+    assert final.attempt == 2 and final.epoch == 60
+    channel.close()
