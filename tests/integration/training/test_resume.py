@@ -33,8 +33,11 @@ def _logged(daemon: Any, message: str) -> dict[str, Any]:
     return daemon.wait_for_log(message)
 
 
-def test_sigkilled_daemon_resumes_the_job_from_its_last_checkpoint(spawn_daemon: Any, tmp_path: Path) -> None:
-    daemon, channel = _start(spawn_daemon, tmp_path)
+def _run_until_checkpoint(
+    channel: grpc.Channel, epoch: int
+) -> tuple[job_spec_pb2.JobSpec, training_pb2.Job, list[training_pb2.JobEvent]]:
+    """Submit a 60-epoch job checkpointing every 2 epochs; its spec, the job and its events up
+    to the checkpoint of `epoch`."""
     upload_standard_datasets(channel)
     training = training_pb2_grpc.TrainingStub(channel)
     spec = job_spec(
@@ -44,8 +47,15 @@ def test_sigkilled_daemon_resumes_the_job_from_its_last_checkpoint(spawn_daemon:
     seen = []
     for event in training.WatchJob(S.WatchJobRequest(job_id=job.job_id), timeout=120):
         seen.append(event)
-        if event.WhichOneof("event") == "checkpoint" and event.checkpoint.epoch == 4:
+        if event.WhichOneof("event") == "checkpoint" and event.checkpoint.epoch == epoch:
             break
+    return spec, job, seen
+
+
+def test_sigkilled_daemon_resumes_the_job_from_its_last_checkpoint(spawn_daemon: Any, tmp_path: Path) -> None:
+    daemon, channel = _start(spawn_daemon, tmp_path)
+    training = training_pb2_grpc.TrainingStub(channel)
+    spec, job, seen = _run_until_checkpoint(channel, epoch=4)
     workers = [
         child
         for child in psutil.Process(daemon.process.pid).children(recursive=True)
@@ -125,15 +135,7 @@ def test_a_daemon_stopped_gracefully_interrupts_its_running_job_and_the_next_one
     spawn_daemon: Any, tmp_path: Path
 ) -> None:
     daemon, channel = _start(spawn_daemon, tmp_path)
-    upload_standard_datasets(channel)
-    training = training_pb2_grpc.TrainingStub(channel)
-    spec = job_spec(
-        "mlp", epochs=60, checkpoints=job_spec_pb2.CheckpointPolicy(every_n_epochs=2, keep_last=1)
-    )
-    job = training.SubmitJob(S.SubmitJobRequest(spec=spec))
-    for event in training.WatchJob(S.WatchJobRequest(job_id=job.job_id), timeout=120):
-        if event.WhichOneof("event") == "checkpoint" and event.checkpoint.epoch == 2:
-            break
+    _, job, _ = _run_until_checkpoint(channel, epoch=2)
     daemon.terminate()  # SIGTERM: a graceful stop
     daemon.output()
     channel.close()
