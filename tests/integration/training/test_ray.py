@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -292,11 +292,22 @@ def test_a_killed_worker_restarts_from_its_checkpoint_per_max_restarts(
         max_restarts=1,
         checkpoints=job_spec_pb2.CheckpointPolicy(every_n_epochs=2, keep_last=1),
     )
+    _killed_once_and_restarted(training, spec, lambda seen: pid_of(placed(seen)[0]))
+
+
+def _killed_once_and_restarted(
+    training: training_pb2_grpc.TrainingStub,
+    spec: job_spec_pb2.JobSpec,
+    victim: Callable[[list[training_pb2.JobEvent]], int],
+) -> tuple[list[training_pb2.JobEvent], training_pb2.Job]:
+    """Run `spec` (max_restarts=1), SIGKILL the process `victim` picks from its events once the
+    epoch 4 checkpoint is in, and check that the job restarted once from its last checkpoint
+    and ran to its end; its events and the final job."""
     job = submit(training, spec)
     seen = watch_until(
         training, job.job_id, lambda e: e.WhichOneof("event") == "checkpoint" and e.checkpoint.epoch >= 4
     )
-    os.kill(pid_of(placed(seen)[0]), signal.SIGKILL)
+    os.kill(victim(seen), signal.SIGKILL)
     events = follow(training, job.job_id)
     assert states(events) == [
         S.JOB_STATE_QUEUED,
@@ -304,13 +315,14 @@ def test_a_killed_worker_restarts_from_its_checkpoint_per_max_restarts(
         S.JOB_STATE_QUEUED,
         S.JOB_STATE_RUNNING,
         S.JOB_STATE_SUCCEEDED,
-    ]
+    ], [e.state.reason for e in events if e.WhichOneof("event") == "state"]
     requeued, resumed = [s.reason for s in of_kind(events, "state")][2:4]
     checkpoint = max(c.epoch for c in of_kind([e for e in events if e.attempt == 1], "checkpoint"))
     assert requeued.startswith("the Ray worker died") and "restart 1 of spec.max_restarts 1" in requeued
     assert f"resumed from the epoch {checkpoint} checkpoint (attempt 2)" in resumed
     final = training.GetJob(S.GetJobRequest(job_id=job.job_id))
-    assert final.attempt == 2 and final.epoch == 400
+    assert final.attempt == 2 and final.epoch == spec.epochs
+    return events, final
 
 
 def test_a_killed_worker_fails_the_job_without_restarts(training: training_pb2_grpc.TrainingStub) -> None:
@@ -591,29 +603,11 @@ def test_a_killed_ddp_rank_restarts_the_trainer_from_its_checkpoint(
     spec = ddp_spec(
         epochs=120, max_restarts=1, checkpoints=job_spec_pb2.CheckpointPolicy(every_n_epochs=2, keep_last=1)
     )
-    job = submit(training, spec)
-    seen = watch_until(
-        training, job.job_id, lambda e: e.WhichOneof("event") == "checkpoint" and e.checkpoint.epoch >= 4
-    )
     # Rank 1 (not the leader): its peer is left blocked in a collective, and Ray Train ends it.
-    os.kill(pid_of(placed_ranks(seen)[1]), signal.SIGKILL)
-    events = follow(training, job.job_id)
-    assert states(events) == [
-        S.JOB_STATE_QUEUED,
-        S.JOB_STATE_RUNNING,
-        S.JOB_STATE_QUEUED,
-        S.JOB_STATE_RUNNING,
-        S.JOB_STATE_SUCCEEDED,
-    ], [e.state.reason for e in events if e.WhichOneof("event") == "state"]
-    requeued, resumed = [s.reason for s in of_kind(events, "state")][2:4]
-    checkpoint = max(c.epoch for c in of_kind([e for e in events if e.attempt == 1], "checkpoint"))
-    assert requeued.startswith("the Ray worker died") and "restart 1 of spec.max_restarts 1" in requeued
-    assert f"resumed from the epoch {checkpoint} checkpoint (attempt 2)" in resumed
+    events, final = _killed_once_and_restarted(training, spec, lambda seen: pid_of(placed_ranks(seen)[1]))
     # The second trainer placed both ranks again, across both nodes.
     again = placed_ranks([e for e in events if e.attempt == 2])
     assert sorted(re.findall(r"node_[ab]", " ".join(again))) == ["node_a", "node_b"], again
-    final = training.GetJob(S.GetJobRequest(job_id=job.job_id))
-    assert final.attempt == 2 and final.epoch == 120
     history = training.GetMetricHistory(S.GetMetricHistoryRequest(run_id=final.run_id, key="loss"))
     assert [p.step for p in history.points] == list(range(1, final.step + 1))
 
