@@ -229,7 +229,12 @@ class ChangeFeed:
         """Compare every model with its head (catching up after a crash), then follow the registry."""
         self._registry.add_listener(self.on_change)
         with self._store.read() as txn:
-            names = {str(key[0]) for key, _ in txn.scan(HEADS)}
+            # A tombstone's model is gone, or back in the registry's names if it returned.
+            names = {
+                str(key[0])
+                for key, raw in txn.scan(HEADS)
+                if not decode_record(raw, _HEAD_KIND, 1)[1].get(_DELETED, False)
+            }
         names.update(self._registry.model_names())
         for name in sorted(names):
             self.on_change(name)
