@@ -66,9 +66,9 @@ sys.exit(1 if problems else 0)
 EOF
 mkdir -p "$RESULTS"
 
-run_step "CUDA tests" 180 "$PYTHON" -m pytest -q -p no:cacheprovider -m cuda -rs tests
-run_step "Conv4d on CUDA" 210 "$PYTHON" bench/gpu_check_conv4d.py --compile-timeout 90
-run_step "serve_bench cnn4d on CUDA" 180 "$PYTHON" bench/serve_bench.py --models cnn4d --device cuda:0 \
+run_step "CUDA tests" 150 "$PYTHON" -m pytest -q -p no:cacheprovider -m cuda -rs tests
+run_step "Conv4d on CUDA" 240 "$PYTHON" bench/gpu_check_conv4d.py --compile-timeout 90
+run_step "serve_bench cnn4d on CUDA" 150 "$PYTHON" bench/serve_bench.py --models cnn4d --device cuda:0 \
     --concurrency 1 8 32 --seconds 1.5 --repeats 3 --out "$RESULTS/serve_bench_cuda.json"
 
 total=$(($(date +%s) - started))
