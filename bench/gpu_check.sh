@@ -4,7 +4,9 @@
 #   2. Conv4d on CUDA: the forty unit-test configurations in fp32/fp16/bf16 against the CPU
 #      float64 reference, then the Conv4d bench and torch.compile of the cnn4d
 #      (bench/results/conv4d_cuda_correctness.json, bench/results/conv4d_cuda.json);
-#   3. serve_bench for the cnn4d with onnxruntime's CUDA provider: batching on against off,
+#   3. onnxruntime's CUDA provider on the cnn4d by batch size, per cuDNN algorithm search
+#      (bench/results/ort_cuda_probe.json);
+#   4. serve_bench for the cnn4d with onnxruntime's CUDA provider: batching on against off,
 #      served against in-process (bench/results/serve_bench_cuda.json).
 # Every step runs even when an earlier one failed; the script then fails naming each failed
 # step, and bench/results/gpu_check.json records each step's exit status and seconds.
@@ -68,6 +70,7 @@ mkdir -p "$RESULTS"
 
 run_step "CUDA tests" 150 "$PYTHON" -m pytest -q -p no:cacheprovider -m cuda -rs tests
 run_step "Conv4d on CUDA" 240 "$PYTHON" bench/gpu_check_conv4d.py --compile-timeout 90
+run_step "onnxruntime CUDA probe" 60 "$PYTHON" bench/ort_cuda_probe.py
 run_step "serve_bench cnn4d on CUDA" 150 "$PYTHON" bench/serve_bench.py --models cnn4d --device cuda:0 \
     --concurrency 1 8 32 --seconds 1.5 --repeats 3 --out "$RESULTS/serve_bench_cuda.json"
 

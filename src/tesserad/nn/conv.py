@@ -479,9 +479,19 @@ _FORMULATIONS: dict[str, Callable[..., Tensor]] = {
 
 
 def heuristic_algorithm(
-    kernel_t: int, stride_t: int, needs_grad: bool, channels_per_group: int = 1, batch: int = 1
+    kernel_t: int,
+    stride_t: int,
+    needs_grad: bool,
+    channels_per_group: int = 1,
+    batch: int = 1,
+    device_type: str = "cpu",
 ) -> str:
-    """The formulation measured fastest for this kind of call (bench/results/conv4d_cpu.json).
+    """The formulation measured fastest for this kind of call (bench/results/conv4d_cpu.json,
+    conv4d_cuda.json).
+
+    On CUDA the stacked taps win everywhere: the loop's kT x T_out small conv3d launches ran
+    4-8x slower forward on every shape of the bench (H200), and the caching allocator spares
+    the stacked input the page faults that favour the loop on a CPU.
 
     Stacking the time taps into input channels won every forward+backward (2-12x over the
     loop): one large conv3d beats kt smaller ones, and batch ``T_out * N`` keeps torch on its
@@ -495,7 +505,7 @@ def heuristic_algorithm(
     per group, batch 8) and at 0.89-1.03x on B (32 channels, batch 4, with 65% more peak
     memory), while with one channel (C: 2.2x) or batch 1 (D: 6.9x) they win by far.
     """
-    per_frame_wins = stride_t > 1 or (channels_per_group >= 8 and batch >= 2)
+    per_frame_wins = device_type == "cpu" and (stride_t > 1 or (channels_per_group >= 8 and batch >= 2))
     return "loop" if kernel_t > 1 and not needs_grad and per_frame_wins else "time_fold"
 
 
@@ -723,7 +733,9 @@ def conv4d(
             raise ValueError(
                 f"input of shape {tuple(x.shape)} is smaller than the dilated kernel {kernel} (after padding)"
             )
-    if x.dtype != weight.dtype:
+    # Under autocast the input may already be in the reduced dtype (a CUDA batch norm keeps it)
+    # while the weight is not; every formulation casts both to autocast's dtype.
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
         raise ValueError(f"input dtype {x.dtype} does not match weight dtype {weight.dtype}")
 
     s3, d3 = s[1:], dl[1:]
@@ -751,7 +763,9 @@ def conv4d(
             )
 
         limit = _WORKSPACE.limit
-        preferred = heuristic_algorithm(kernel[0], s[0], needs_grad, weight.shape[1], xp.shape[0])
+        preferred = heuristic_algorithm(
+            kernel[0], s[0], needs_grad, weight.shape[1], xp.shape[0], xp.device.type
+        )
         if _BENCHMARK.enabled and not _exporting():
             key = (
                 xp.device.type,

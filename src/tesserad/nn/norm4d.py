@@ -14,7 +14,7 @@ class BatchNorm4d(_BatchNorm):
             raise ValueError(f"BatchNorm4d expects input (N, C, T, D, H, W), got shape {tuple(input.shape)}")
         # cuDNN's batch norm takes at most 5 dimensions. The statistics are per channel, so
         # normalising (N, C, T, D, H*W) is the same computation on every device.
-        return super().forward(input.flatten(4)).unflatten(4, input.shape[4:])
+        return super().forward(input.flatten(4)).reshape(input.shape)
 
     def _check_input_dim(self, input: Tensor) -> None:
         if input.dim() != 5:  # forward hands _BatchNorm the folded (N, C, T, D, H*W) view

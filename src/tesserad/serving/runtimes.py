@@ -99,7 +99,11 @@ class OnnxRuntime:
             )
         else:
             _load_cuda_libraries()
-            providers = [("CUDAExecutionProvider", {"device_id": cuda}), "CPUExecutionProvider"]
+            # cuDNN's exhaustive algorithm search (onnxruntime's default) runs again for every new
+            # input shape, and a dynamic batcher makes a new shape of each batch size it forms
+            # (bench/ort_cuda_probe.py measures both settings).
+            cuda_options = {"device_id": cuda, "cudnn_conv_algo_search": "HEURISTIC"}
+            providers = [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
         try:
             # From the bytes, not the path: onnxruntime's load errors would name the server's path.
             self._session = onnxruntime.InferenceSession(path.read_bytes(), options, providers=providers)
