@@ -482,6 +482,8 @@ def summarise(
         "random_best_by_seed": [round(random_best[seed], 5) for seed in seeds],
         "random_best_median": round(pooled, 5),
     }
+    if "tpe" in searchers:
+        summary["per_trial_reach"] = per_trial_reach(by, seeds, trials, pooled)
     if noise:
         stdevs = [n["relative_stdev"] for n in noise]
         changes = [abs(c) for n in noise for c in n["neighbours_relative_change"].values()]
@@ -529,6 +531,33 @@ def summarise(
         "asha_met": summary["pooled"].get("asha_goal_met"),
     }
     return summary
+
+
+def per_trial_reach(
+    by: dict[tuple[str, int], dict[str, Any]], seeds: list[int], trials: int, target: float
+) -> dict[str, Any]:
+    """How often one trial lands within TOLERANCE of the pooled target: random's trials, and TPE's
+    modelled ones (after its random startup) in the first and the second half of the sweep. If
+    trials landed independently at these rates, TPE would reach the target within half the trials
+    for half the seeds when its modelled trials in the first half land at least at
+    "tpe_modelled_needed" ((1 - random)^startup * (1 - needed)^(N/2 - startup) = 1/2)."""
+    startup, half = tpe_options(trials)["n_startup_trials"], trials // 2
+
+    def share(rows: list[dict[str, Any]]) -> float:
+        values = [r["val_loss"] for r in rows if r["val_loss"] is not None]
+        return sum(v <= target * (1 + TOLERANCE) for v in values) / len(values)
+
+    random = share([row for seed in seeds for row in by["random", seed]["trials"]])
+    return {
+        "random": round(random, 4),
+        "tpe_modelled_first_half": round(
+            share([row for seed in seeds for row in by["tpe", seed]["trials"][startup:half]]), 4
+        ),
+        "tpe_modelled_second_half": round(
+            share([row for seed in seeds for row in by["tpe", seed]["trials"][half:]]), 4
+        ),
+        "tpe_modelled_needed": round(1 - (0.5 / (1 - random) ** startup) ** (1 / (half - startup)), 4),
+    }
 
 
 def epoch_fraction(run: dict[str, Any], target: float, epochs: int) -> float:

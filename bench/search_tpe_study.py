@@ -18,7 +18,7 @@ Modes:
 
 Run: .venv/bin/python bench/search_tpe_study.py options --first-seed 100 --seeds 10 [--trials 20]
      .venv/bin/python bench/search_tpe_study.py ruggedness --first-seed 100 --seeds 10
-     ->  bench/results/search_tpe_study_{mode}_{trials}.json
+     ->  bench/results/search_tpe_study_{mode}[_user_space]_{trials}_seeds_{first}_{last}.json
 """
 
 from __future__ import annotations
@@ -169,6 +169,12 @@ def trials_to_reach(values: list[float], target: float) -> float:
     return bench.trials_to_reach(list(itertools.accumulate(values, min)), target) or math.inf
 
 
+def reach_share(runs: list[list[float]], skip: int, target: float) -> float:
+    """The share of the trials after the first `skip` of each run that land within tolerance of target."""
+    values = [v for run in runs for v in run[skip:]]
+    return sum(v <= target * (1 + bench.TOLERANCE) for v in values) / len(values)
+
+
 def subset_medians(random_runs: list[list[float]], runs: list[list[float]]) -> dict[str, Any]:
     """The median trials to target over every 5 of the seeds, each with its own target (the
     median of random's best over those 5), as search_bench reports its 5 seeds."""
@@ -206,6 +212,7 @@ def options_mode(
         "random_best_by_seed": random_best,
         "target": target,
         "random_trials_to_target": [trials_to_reach(v, target) for v in random_runs],
+        "random_reach_share": reach_share(random_runs, 0, target),
         "random_values": random_runs,
         "variants": {},
     }
@@ -223,6 +230,9 @@ def options_mode(
             "trials_to_target": reach,
             "median": statistics.median(reach),
             "five_seed_medians": subset_medians(random_runs, runs),
+            "modelled_reach_share": reach_share(
+                runs, changes.get("n_startup_trials", tpe_options(trials)["n_startup_trials"]), target
+            ),
             "best_by_seed": [min(v) for v in runs],
             "best_median": statistics.median(min(v) for v in runs),
             "values": runs,
@@ -299,7 +309,11 @@ def main() -> None:
             process.terminate()
             process.wait(30)
     name = args.mode if args.space == "bench" else f"{args.mode}_{args.space}_space"
-    out = Path(__file__).parent / "results" / f"search_tpe_study_{name}_{args.trials}.json"
+    out = (
+        Path(__file__).parent
+        / "results"
+        / f"search_tpe_study_{name}_{args.trials}_seeds_{seeds[0]}_{seeds[-1]}.json"
+    )
     out.write_text(
         json.dumps(
             {
