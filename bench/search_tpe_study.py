@@ -279,7 +279,7 @@ def ruggedness_mode(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mode", choices=("options", "ruggedness"))
-    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--seeds", type=int, default=10, help="at least 6")
     parser.add_argument("--first-seed", type=int, default=100)
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument(
@@ -287,6 +287,8 @@ def main() -> None:
     )
     parser.add_argument("--space", choices=tuple(SPACES), default="bench", help="options: the space searched")
     args = parser.parse_args()
+    if args.seeds < 6:
+        parser.error("--seeds: at least 6 (the spread over choices of 5 of them is reported)")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     os.environ.setdefault("TESSERA_TRAINING_CPU_SLOTS", "2")
     os.environ.setdefault("TESSERA_TRAINING_THREADS_PER_SLOT", "1")
