@@ -320,6 +320,40 @@ def test_a_batcher_whose_batches_cost_more_per_row_stops_gathering() -> None:
         batcher.close(10)
 
 
+def test_a_batcher_that_does_not_pay_holds_only_the_rows_its_exploring_batch_takes() -> None:
+    # A row in a batch costs 3x a row alone; requests run inline (a fast model) and may be held.
+    runtime = _RowCostRuntime({1: 0.0005, 0: 0.0015})
+    runtime.gate.set()
+    batcher = make_batcher(runtime, max_batch_size=32, max_queue_size=64, inline_max_compute_us=1e6)
+
+    def held_burst() -> list[Future[Prediction]]:
+        """Hold requests while the batcher would hold one more, then release them."""
+        futures = []
+        while batcher.holds(1) and len(futures) < 32:
+            future = batcher.submit(rows(1), ["y"], 1, hold=True)
+            assert isinstance(future, Future)
+            futures.append(future)
+        batcher.release()
+        return futures
+
+    try:
+        assert len(held_burst()) == 32  # undecided: batching is taken to pay, a batch fills
+        while not batcher.costs.decided:
+            batcher.submit(rows(1), ["y"], 1).result(10)
+        assert not batcher.pays
+        runtime.batches.clear()
+        for _ in range(64):  # one of these batches is the exploring one
+            if batcher.holds(1):
+                break
+            batcher.submit(rows(1), ["y"], 1).result(10)
+        futures = held_burst()
+        assert len(futures) == EXPLORE_ROWS and batcher.held_rows == 0
+        assert [f.result(10).batch_rows for f in futures] == [EXPLORE_ROWS] * EXPLORE_ROWS
+        assert runtime.batches[-1] == EXPLORE_ROWS and not batcher.holds(1)
+    finally:
+        batcher.close(10)
+
+
 def test_a_batcher_counts_cpu_time_so_a_batch_that_only_waits_longer_still_pays() -> None:
     # Each batched row waits 3 ms asleep (as a run does for cores another process holds), but its
     # CPU time is a fifth of a row alone's: on a CPU the batcher judges by CPU time, and gathers.
