@@ -39,6 +39,7 @@ Run: .venv/bin/python bench/search_bench.py [--seeds 10] [--trials 20] [--first-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import itertools
 import json
@@ -46,9 +47,11 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -319,6 +322,23 @@ def settings(trials: int) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def problem_daemon() -> Iterator[tuple[subprocess.Popen, training_pb2_grpc.TrainingStub]]:
+    """A daemon on a temporary data directory holding the problem's dataset: two training slots
+    of one thread each, so that a sweep's trials run two at a time on the 2-core dev box."""
+    os.environ.setdefault("TESSERA_TRAINING_CPU_SLOTS", "2")
+    os.environ.setdefault("TESSERA_TRAINING_THREADS_PER_SLOT", "1")
+    with tempfile.TemporaryDirectory() as data_dir:
+        process, address = start_daemon(Path(data_dir))
+        try:
+            channel = grpc.insecure_channel(address)
+            upload_problem(channel)
+            yield process, training_pb2_grpc.TrainingStub(channel)
+        finally:
+            process.terminate()
+            process.wait(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=10, help=f"at least {ISSUE_SEEDS}")
@@ -350,30 +370,20 @@ def main() -> None:
     if args.seeds < ISSUE_SEEDS:
         parser.error(f"--seeds: at least {ISSUE_SEEDS} (the goals are judged on the first {ISSUE_SEEDS})")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    os.environ.setdefault("TESSERA_TRAINING_CPU_SLOTS", "2")
-    os.environ.setdefault("TESSERA_TRAINING_THREADS_PER_SLOT", "1")
     runs: list[dict[str, Any]] = []
     load_before = os.getloadavg()
     started = time.monotonic()
-    with tempfile.TemporaryDirectory() as data_dir:
-        process, address = start_daemon(Path(data_dir))
-        try:
-            channel = grpc.insecure_channel(address)
-            upload_problem(channel)
-            training = training_pb2_grpc.TrainingStub(channel)
-            for seed in seeds:
-                for searcher in (s for s in SEARCHERS if s in searchers):
-                    run = run_sweep(training, process.pid, searcher, args.trials, seed)
-                    runs.append(run)
-                    print(
-                        f"seed {seed} {searcher:6s} best {run['best']:.4f} epochs {run['epochs']:3d} "
-                        f"({run['wall_s']} s, {run['cpu_s']} s CPU)",
-                        flush=True,
-                    )
-            noise = measure_noise(training, [r for r in runs if r["searcher"] == "random"])
-        finally:
-            process.terminate()
-            process.wait(30)
+    with problem_daemon() as (process, training):
+        for seed in seeds:
+            for searcher in (s for s in SEARCHERS if s in searchers):
+                run = run_sweep(training, process.pid, searcher, args.trials, seed)
+                runs.append(run)
+                print(
+                    f"seed {seed} {searcher:6s} best {run['best']:.4f} epochs {run['epochs']:3d} "
+                    f"({run['wall_s']} s, {run['cpu_s']} s CPU)",
+                    flush=True,
+                )
+        noise = measure_noise(training, [r for r in runs if r["searcher"] == "random"])
     summary = summaries(runs, seeds, args.trials, noise)
     args.out.parent.mkdir(exist_ok=True)
     args.out.write_text(

@@ -30,7 +30,6 @@ import math
 import os
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -39,11 +38,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 sys.path.insert(0, str(Path(__file__).parent))
 import search_bench as bench
-from daemon_process import start_daemon
 
 from tessera.v1 import training_pb2_grpc
 from tesserad.training import samplers
@@ -290,26 +286,16 @@ def main() -> None:
     if args.seeds < 6:
         parser.error("--seeds: at least 6 (the spread over choices of 5 of them is reported)")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    os.environ.setdefault("TESSERA_TRAINING_CPU_SLOTS", "2")
-    os.environ.setdefault("TESSERA_TRAINING_THREADS_PER_SLOT", "1")
     load_before = os.getloadavg()
     started = time.monotonic()
-    with tempfile.TemporaryDirectory() as data_dir:
-        process, address = start_daemon(Path(data_dir))
-        try:
-            channel = grpc.insecure_channel(address)
-            bench.upload_problem(channel)
-            training = training_pb2_grpc.TrainingStub(channel)
-            objective = Objective(training)
-            if args.mode == "options":
-                result = options_mode(
-                    training, objective, args.space, seeds, args.trials, args.variants.split(",")
-                )
-            else:
-                result = ruggedness_mode(training, objective, seeds)
-        finally:
-            process.terminate()
-            process.wait(30)
+    with bench.problem_daemon() as (_, training):
+        objective = Objective(training)
+        if args.mode == "options":
+            result = options_mode(
+                training, objective, args.space, seeds, args.trials, args.variants.split(",")
+            )
+        else:
+            result = ruggedness_mode(training, objective, seeds)
     name = args.mode if args.space == "bench" else f"{args.mode}_{args.space}_space"
     out = (
         Path(__file__).parent
