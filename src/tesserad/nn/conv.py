@@ -17,7 +17,8 @@ same conv3d, with the taps folded in one copy and a hand-written backward (see
 _TimeFoldFunction). ``algorithm='auto'`` picks one per call with a heuristic measured on 2 CPU
 cores (bench/conv4d_bench.py, bench/results/conv4d_cpu.json); ``set_benchmark(True)`` instead
 times every formulation once per shape and caches the winner, like cudnn.benchmark. Either
-way ``set_max_workspace`` bounds the scratch memory auto may choose (``workspace_bytes``).
+way ``set_max_workspace`` bounds the scratch memory auto may choose (``workspace_bytes``),
+and what the pool of large CPU scratch buffers keeps between calls (_BufferPool).
 Every formulation runs under autocast (bfloat16 on CPU, float16 or bfloat16 on CUDA).
 """
 
@@ -212,7 +213,7 @@ def _fold_taps(x: Tensor, kt: int, geo: _Geometry) -> Tensor:
     channels last, input channels ordered (group, tap, channel) so conv3d's groups hold."""
     n, c, t_in, d, h, wd = x.shape
     g, cg = geo.g, c // geo.g
-    xs = x.new_empty(n, geo.t_out, d, h, wd, g, kt, cg)
+    xs = _POOL.empty((n, geo.t_out, d, h, wd, g, kt, cg), x.dtype, x.device)
     src = x.reshape(n, g, cg, t_in, d, h, wd).permute(0, 3, 4, 5, 6, 1, 2)  # (N, T, D, H, W, g, C/g)
     for i, (first, start, count) in enumerate(_tap_frames(geo, kt, t_in)):
         dst = xs[:, :, :, :, :, :, i]
@@ -366,7 +367,7 @@ class _TimeFoldFunction(torch.autograd.Function):
         # the output's layout).
         g6 = grad.permute(0, 2, 3, 4, 5, 1)
         if g6.dtype != xs.dtype or not g6.is_contiguous():
-            g6 = torch.empty(g6.shape, dtype=xs.dtype, device=g6.device).copy_(g6)
+            g6 = _POOL.empty(tuple(g6.shape), xs.dtype, g6.device).copy_(g6)
         go = g6.reshape(-1, *g6.shape[2:]).permute(0, 4, 1, 2, 3)
         kt = w_shape[2]
         gw = gb = None
@@ -563,11 +564,76 @@ class _Workspace:
 _WORKSPACE = _Workspace()
 
 
+# Scratch buffers smaller than this come from malloc's heap, already reused without page faults.
+POOL_MIN_BYTES = 1 << 20
+# What the pool keeps when nn.max_workspace sets no limit.
+POOL_DEFAULT_BYTES = 1 << 30
+
+
+class _BufferPool:
+    """Large CPU scratch buffers (the folded input, backward's channels-last output gradient)
+    kept across conv4d calls instead of freed.
+
+    glibc serves allocations above its mmap threshold (at most 32 MiB) with fresh pages that
+    fault on first touch: on shape A of bench/conv4d_bench.py a fresh 48 MiB buffer took 17.7 ms
+    to fill against 7.3 ms for a copy into one already resident. A buffer is handed out as a
+    view and is free again once nothing shares its storage (autograd's saved tensors included),
+    so one still held by a graph is never reused. The pool holds at most nn.max_workspace bytes
+    (POOL_DEFAULT_BYTES without a limit), dropping free buffers oldest first to make room;
+    beyond that, buffers are plain allocations.
+    """
+
+    def __init__(self) -> None:
+        self.buffers: list[Tensor] = []  # oldest first
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def _shared(buffer: Tensor) -> bool:
+        # The pool's own reference and the temporary storage object count two.
+        return torch._C._storage_Use_Count(buffer.untyped_storage()._cdata) > 2
+
+    def empty(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """An uninitialised contiguous tensor of ``shape``, from the pool where it can be."""
+        numel = math.prod(shape)
+        size = numel * torch.empty((), dtype=dtype).element_size()
+        if device.type != "cpu" or size < POOL_MIN_BYTES:
+            return torch.empty(shape, dtype=dtype, device=device)
+        with self.lock:
+            for i, buffer in enumerate(self.buffers):
+                if buffer.dtype == dtype and buffer.numel() == numel and not self._shared(buffer):
+                    self.buffers.append(self.buffers.pop(i))
+                    return buffer.view(shape)
+            cap = _WORKSPACE.limit or POOL_DEFAULT_BYTES
+            held = sum(b.numel() * b.element_size() for b in self.buffers)
+            kept = []
+            for buffer in self.buffers:
+                if held + size > cap and not self._shared(buffer):
+                    held -= buffer.numel() * buffer.element_size()
+                else:
+                    kept.append(buffer)
+            self.buffers = kept
+            # Allocated outside inference mode, so a training call may later save it for backward.
+            with torch.inference_mode(False):
+                buffer = torch.empty(numel, dtype=dtype, device=device)
+            if held + size <= cap:
+                self.buffers.append(buffer)
+            return buffer.view(shape)
+
+    def clear(self) -> None:
+        """Forget every buffer (those still in use stay alive with their users)."""
+        with self.lock:
+            self.buffers.clear()
+
+
+_POOL = _BufferPool()
+
+
 def set_max_workspace(limit: int | None) -> None:
     """Most bytes of workspace 'auto' lets one conv4d call allocate (None or 0: no limit)."""
     if limit is not None and limit < 0:
         raise ValueError(f"max_workspace must be >= 0 bytes, got {limit}")
     _WORKSPACE.limit = limit or None
+    _POOL.clear()  # a lower limit frees what the pool kept at once
 
 
 def max_workspace() -> int | None:
