@@ -350,7 +350,9 @@ class _TimeFoldFunction(torch.autograd.Function):
             y = F.conv3d(xs, wf, None if b is None else b.to(dtype), geo.s3, geo.p3, geo.d3, geo.g)
         ctx.save_for_backward(xs, wf)
         ctx.geo = geo  # type: ignore[attr-defined]
-        ctx.meta = (x.shape, x.dtype, w.shape, w.dtype, None if b is None else b.dtype)  # type: ignore[attr-defined]
+        # The input's gradient comes back in the input's layout, as conv3d's does.
+        x_layout = x.is_contiguous()
+        ctx.meta = (x.shape, x.dtype, x_layout, w.shape, w.dtype, None if b is None else b.dtype)  # type: ignore[attr-defined]
         y = y.reshape(-1, geo.t_out, *y.shape[1:])  # (N, T_out, C_out, D', H', W')
         return y.permute(0, 2, 1, 3, 4, 5)
 
@@ -360,7 +362,7 @@ class _TimeFoldFunction(torch.autograd.Function):
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
         xs, wf = ctx.saved_tensors  # type: ignore[attr-defined]
         geo: _Geometry = ctx.geo  # type: ignore[attr-defined]
-        x_shape, x_dtype, w_shape, w_dtype, b_dtype = ctx.meta  # type: ignore[attr-defined]
+        x_shape, x_dtype, x_contiguous, w_shape, w_dtype, b_dtype = ctx.meta  # type: ignore[attr-defined]
         need_x, need_w, need_b, _ = ctx.needs_input_grad  # type: ignore[attr-defined]
         # conv3d's output gradient in channels-last order (N, T_out, D', H', W', C_out): one copy,
         # with the cast, or none when it arrives so (an elementwise op after this layer keeps
@@ -375,7 +377,7 @@ class _TimeFoldFunction(torch.autograd.Function):
             _, gwf, gb = _conv3d_backward(go, xs, wf, geo, (False, need_w, need_b and b_dtype is not None))
             if need_w:
                 gw = gwf.reshape(w_shape[0], kt, w_shape[1], *w_shape[3:]).transpose(1, 2).to(w_dtype)
-        gx = _time_fold_grad_input(go, xs, wf, x_shape, kt, geo).to(x_dtype) if need_x else None
+        gx = _time_fold_grad_input(go, xs, wf, x_shape, x_dtype, x_contiguous, kt, geo) if need_x else None
         return gx, gw, gb.to(b_dtype) if gb is not None else None, None
 
 
@@ -400,14 +402,25 @@ def _conv3d_backward(
 
 
 def _time_fold_grad_input(
-    go: Tensor, xs: Tensor, wf: Tensor, x_shape: torch.Size, kt: int, geo: _Geometry
+    go: Tensor,
+    xs: Tensor,
+    wf: Tensor,
+    x_shape: torch.Size,
+    x_dtype: torch.dtype,
+    contiguous: bool,
+    kt: int,
+    geo: _Geometry,
 ) -> Tensor:
     """The input's gradient of time_fold from the output's ``go`` (N*T_out, C_out, D', H', W'):
     per block of output frames (_grad_blocks), conv3d's input gradient of the folded frames,
-    added onto the input frames each tap read; returns (N, C, T, D, H, W), channels last."""
+    added onto the input frames each tap read; returns (N, C, T, D, H, W) in ``x_dtype``, with
+    channels last (the layout the taps are added in, and the one time_fold's output has, so a
+    stack of these layers passes its gradients on without copies) or ``contiguous``."""
     n, c, t_in, d, h, wd = x_shape
     g = geo.g
-    gx = go.new_empty(n, t_in, d, h, wd, g, c // g)
+    shape = (n, t_in, d, h, wd, g, c // g)
+    # Where the gradient is copied out to another layout, it is assembled in a scratch buffer.
+    gx = _POOL.empty(shape, go.dtype, go.device) if contiguous else go.new_empty(shape)
     frame_bytes = xs[0].numel() * xs.element_size()
 
     def folded_grads() -> Iterator[tuple[tuple[int, int, int, int], Tensor]]:
@@ -417,7 +430,18 @@ def _time_fold_grad_input(
             yield block, _conv3d_backward(go[rows], xs[rows], wf, geo, (True, False, False))[0]
 
     _unfold_taps_grad(gx, folded_grads(), kt, t_in, geo)
-    return gx.permute(0, 5, 6, 1, 2, 3, 4).reshape(x_shape)
+    if not contiguous:
+        return gx.permute(0, 5, 6, 1, 2, 3, 4).reshape(x_shape).to(x_dtype)
+    # Channels to the front one frame at a time: a frame (~d*h*w*c elements) stays in cache
+    # while it is transposed, where one copy over the whole tensor re-reads each cache line
+    # once per channel (autograd's copy of a channels-last gradient onto a contiguous leaf took
+    # twice as long on shape E of bench/conv4d_bench.py).
+    out = torch.empty(x_shape, dtype=x_dtype, device=gx.device)
+    frames = gx.reshape(n, t_in, d, h, wd, c)
+    for i in range(n):
+        for t in range(t_in):
+            out[i, :, t].copy_(frames[i, t].permute(3, 0, 1, 2))
+    return out
 
 
 def _time_fold(x: Tensor, w: Tensor, b: Tensor | None, geo: _Geometry) -> Tensor:
@@ -479,25 +503,20 @@ _FORMULATIONS: dict[str, Callable[..., Tensor]] = {
 # Choosing a formulation
 
 
-def heuristic_algorithm(
-    kernel_t: int, stride_t: int, needs_grad: bool, channels_per_group: int = 1, batch: int = 1
-) -> str:
+def heuristic_algorithm(kernel_t: int, stride_t: int, needs_grad: bool) -> str:
     """The formulation measured fastest for this kind of call (bench/results/conv4d_cpu.json).
 
-    Stacking the time taps into input channels won every forward+backward (2-12x over the
+    Stacking the time taps into input channels won every forward+backward (2-6x over the
     loop): one large conv3d beats kt smaller ones, and batch ``T_out * N`` keeps torch on its
-    fast backend even at batch 1 (where the per-frame loop is 7-9x slower). Forward passes are
-    closer. With a time stride the loop wins, as the issue's own measurements found: its
-    per-frame buffers are small and reused from the malloc heap, while the stacked input is a
-    large fresh allocation (page faults) that a strided forward, with less compute per input
-    byte and no backward, does not amortise. Unstrided, the loop also matched or beat the
-    stacked taps once each frame's conv3d is wide enough to run well on its own: over six
-    runs the stacked taps ran at 0.91-1.66x (median 0.97x) of the loop on shape A (8 channels
-    per group, batch 8) and at 0.89-1.03x on B (32 channels, batch 4, with 65% more peak
-    memory), while with one channel (C: 2.2x) or batch 1 (D: 6.9x) they win by far.
+    fast backend even at batch 1 (where the per-frame loop is 7-9x slower). Unstrided forward
+    passes too, now that the stacked input comes from the scratch pool (_BufferPool) instead of
+    fresh pages: on 1 thread, in process CPU time in turns, 1.19-1.39x the loop on shape A (8
+    channels, batch 8) and 1.08x on B (32 channels, batch 4), where with a fresh buffer each
+    call the loop had matched or beaten it. With a time stride the loop still wins a forward
+    (E: the stacked taps at 0.87x): there is less compute per folded byte and no backward to
+    share the fold with.
     """
-    per_frame_wins = stride_t > 1 or (channels_per_group >= 8 and batch >= 2)
-    return "loop" if kernel_t > 1 and not needs_grad and per_frame_wins else "time_fold"
+    return "loop" if kernel_t > 1 and not needs_grad and stride_t > 1 else "time_fold"
 
 
 def workspace_bytes(
@@ -817,7 +836,7 @@ def conv4d(
             )
 
         limit = _WORKSPACE.limit
-        preferred = heuristic_algorithm(kernel[0], s[0], needs_grad, weight.shape[1], xp.shape[0])
+        preferred = heuristic_algorithm(kernel[0], s[0], needs_grad)
         if _BENCHMARK.enabled and not _exporting():
             key = (
                 xp.device.type,

@@ -253,17 +253,13 @@ def test_benchmark_mode_with_gradients() -> None:
 
 
 def test_heuristic_follows_the_measurements() -> None:
-    # bench/results/conv4d_cpu.json: stacked taps win every training call; the loop wins a
-    # strided forward and an unstrided forward with wide frames and a real batch.
-    assert heuristic_algorithm(3, 1, needs_grad=True, channels_per_group=32, batch=4) == "time_fold"
+    # bench/results/conv4d_cpu.json: stacked taps win every training call and every unstrided
+    # forward (their folded input from the scratch pool); the loop wins a strided forward.
+    assert heuristic_algorithm(3, 1, needs_grad=True) == "time_fold"
     assert heuristic_algorithm(3, 2, needs_grad=True) == "time_fold"
     assert heuristic_algorithm(3, 2, needs_grad=False) == "loop"
-    assert heuristic_algorithm(3, 1, needs_grad=False, channels_per_group=32, batch=4) == "loop"  # B
-    assert heuristic_algorithm(3, 1, needs_grad=False, channels_per_group=8, batch=8) == "loop"  # A
-    assert heuristic_algorithm(3, 1, needs_grad=False, channels_per_group=4, batch=8) == "time_fold"
-    assert heuristic_algorithm(3, 1, needs_grad=False, channels_per_group=1, batch=8) == "time_fold"  # C
-    assert heuristic_algorithm(3, 1, needs_grad=False, channels_per_group=8, batch=1) == "time_fold"  # D
-    assert heuristic_algorithm(1, 1, needs_grad=False, channels_per_group=32, batch=4) == "time_fold"
+    assert heuristic_algorithm(3, 1, needs_grad=False) == "time_fold"
+    assert heuristic_algorithm(1, 2, needs_grad=False) == "time_fold"
 
 
 @pytest.mark.parametrize(
@@ -426,19 +422,24 @@ def test_time_fold_backward_matches_autograd_through_plain_ops(
     # (4, (0, 0), 1): one output frame reading frames 0-2, so frames 3 and 4 get no tap and
     # their gradient must be written as zeros.
     for stride_t, tp, groups in ((1, (1, 1), 1), (2, (2, 0), 2), (1, (0, 2), 2), (4, (0, 0), 1)):
-        x = torch.randn(2, 4, 5, 3, 4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+        x = torch.randn(2, 4, 5, 3, 4, 3, generator=g, dtype=torch.float64)
         w = torch.randn(4, 4 // groups, 3, 2, 1, 2, generator=g, dtype=torch.float64, requires_grad=True)
         b = torch.randn(4, generator=g, dtype=torch.float64, requires_grad=True)
         t_out = (5 + sum(tp) - 3) // stride_t + 1
         geo = _Geometry(tp, stride_t, 1, t_out, (1, 1, 1), (1, 0, 0), (1, 1, 1), groups)
         upstream = torch.randn(2, 4, t_out, 4, 4, 2, generator=g, dtype=torch.float64)
-        results = []
-        for fn in (_TimeFoldFunction.apply, _time_fold_ops):
-            out = fn(x, w, b, geo)
-            grads = torch.autograd.grad(out, (x, w, b), upstream)
-            results.append((out, *grads))
-        for got, expected in zip(*results, strict=True):
-            torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+        # The input contiguous, and with channels last (as time_fold's own output is laid out):
+        # the hand-written backward returns the input's gradient in the input's layout.
+        channels_last = x.permute(0, 2, 3, 4, 5, 1).contiguous().permute(0, 5, 1, 2, 3, 4)
+        for xi in (x.requires_grad_(), channels_last.detach().requires_grad_()):
+            results = []
+            for fn in (_TimeFoldFunction.apply, _time_fold_ops):
+                out = fn(xi, w, b, geo)
+                grads = torch.autograd.grad(out, (xi, w, b), upstream)
+                results.append((out, *grads))
+            assert results[0][1].stride() == xi.stride()
+            for got, expected in zip(*results, strict=True):
+                torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize(
