@@ -411,6 +411,24 @@ def bounds(
     if auto == "time_fold" and x.device.type == "cpu":
         pieces = time_fold_pieces(shape, backward, x, w, b, reps)
         out_dict["pieces_median_ms"] = pieces
+        # What the pieces leave of the step: the output gradient's layout copy, the input
+        # gradient's copy to the input's layout, autograd.
+        out_dict["rest_median_ms"] = auto_result["median_ms"] - sum(pieces.values())
+        # Each conv3d piece against one pass at the GEMM rate, and how many of the vector lanes
+        # it computes on hold real channels: oneDNN blocks the channels it writes (forward:
+        # C_out; input gradient: kT * C_in of the folded input) in vectors of `lanes`, so 24
+        # channels run as 32.
+        pass_ms = out_dict["ms_at_gemm_rate"] / (3 if backward else 1)
+        out_dict["pieces_fraction_of_gemm"] = {
+            k: pass_ms / v
+            for k, v in pieces.items()
+            if k in ("conv3d_forward", "grad_input_conv", "grad_weight_conv")
+        }
+        lanes = 16 if "AVX512" in torch.backends.cpu.get_cpu_capability() else 8
+        written = {"conv3d_forward": shape.c_out, "grad_input_conv": shape.kernel * shape.c_in}
+        lane_use = {k: c / (math.ceil(c / lanes) * lanes) for k, c in written.items() if k in pieces}
+        out_dict["vector_lanes"] = lanes
+        out_dict["vector_lane_use"] = lane_use
         copies = pieces["fold_taps"] + pieces.get("unfold_grad", 0.0)
         named = {
             "im2col copies (tap folding)": copies,
@@ -418,7 +436,18 @@ def bounds(
             "backward's input gradient (conv3d)": pieces.get("grad_input_conv", 0.0),
             "backward's weight gradient (conv3d)": pieces.get("grad_weight_conv", 0.0),
         }
-        out_dict["bound"] = max(named, key=lambda k: named[k])
+        bound = max(named, key=lambda k: named[k])
+        piece = {
+            "conv3d forward below the GEMM rate": "conv3d_forward",
+            "backward's input gradient (conv3d)": "grad_input_conv",
+        }.get(bound)
+        if piece is not None:
+            strided = f", stride {shape.stride}" if shape.stride > 1 else ""
+            bound += (
+                f" at {out_dict['pieces_fraction_of_gemm'][piece]:.0%} of the GEMM rate{strided}, "
+                f"{lane_use[piece]:.0%} of its vector lanes on real channels"
+            )
+        out_dict["bound"] = bound
     else:
         memory = out_dict["ms_at_copy_bandwidth"] > out_dict["ms_at_gemm_rate"]
         out_dict["bound"] = "memory traffic" if memory else "compute below the GEMM rate"
