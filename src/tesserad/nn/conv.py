@@ -236,6 +236,11 @@ GRAD_BLOCK_BYTES = 16 << 20
 GRAD_BLOCK_MIN_FRAMES = 8
 
 
+# Frames of the input's gradient transposed to a contiguous layout per copy: well inside a
+# core's L2 cache.
+TRANSPOSE_BYTES = 256 << 10
+
+
 def _grad_blocks(n: int, t_out: int, frame_bytes: int) -> list[tuple[int, int, int, int]]:
     """``(n0, n1, t0, t1)`` blocks of the (N, T_out) output frames, about GRAD_BLOCK_BYTES each:
     whole samples when a sample fits, else runs of frames within one sample, so each block is a
@@ -419,8 +424,10 @@ def _time_fold_grad_input(
     n, c, t_in, d, h, wd = x_shape
     g = geo.g
     shape = (n, t_in, d, h, wd, g, c // g)
+    # With one channel (or one position per channel) the two layouts are one.
+    transpose = contiguous and c > 1 and t_in * d * h * wd > 1
     # Where the gradient is copied out to another layout, it is assembled in a scratch buffer.
-    gx = _POOL.empty(shape, go.dtype, go.device) if contiguous else go.new_empty(shape)
+    gx = _POOL.empty(shape, go.dtype, go.device) if transpose else go.new_empty(shape)
     frame_bytes = xs[0].numel() * xs.element_size()
 
     def folded_grads() -> Iterator[tuple[tuple[int, int, int, int], Tensor]]:
@@ -430,17 +437,18 @@ def _time_fold_grad_input(
             yield block, _conv3d_backward(go[rows], xs[rows], wf, geo, (True, False, False))[0]
 
     _unfold_taps_grad(gx, folded_grads(), kt, t_in, geo)
-    if not contiguous:
+    if not transpose:
         return gx.permute(0, 5, 6, 1, 2, 3, 4).reshape(x_shape).to(x_dtype)
-    # Channels to the front one frame at a time: a frame (~d*h*w*c elements) stays in cache
-    # while it is transposed, where one copy over the whole tensor re-reads each cache line
-    # once per channel (autograd's copy of a channels-last gradient onto a contiguous leaf took
-    # twice as long on shape E of bench/conv4d_bench.py).
+    # Channels to the front a run of frames (about TRANSPOSE_BYTES) at a time: the run stays in
+    # cache while it is transposed, where one copy over the whole tensor re-reads each cache
+    # line once per channel (autograd's copy of a channels-last gradient onto a contiguous leaf
+    # took twice as long on shape E of bench/conv4d_bench.py).
     out = torch.empty(x_shape, dtype=x_dtype, device=gx.device)
     frames = gx.reshape(n, t_in, d, h, wd, c)
+    run = max(1, TRANSPOSE_BYTES // (d * h * wd * c * gx.element_size()))
     for i in range(n):
-        for t in range(t_in):
-            out[i, :, t].copy_(frames[i, t].permute(3, 0, 1, 2))
+        for t in range(0, t_in, run):
+            out[i, :, t : t + run].copy_(frames[i, t : t + run].permute(4, 0, 1, 2, 3))
     return out
 
 

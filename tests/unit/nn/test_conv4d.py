@@ -418,6 +418,8 @@ def test_time_fold_backward_matches_autograd_through_plain_ops(
         folded_frame_bytes = 3 * 4 * 3 * 4 * 3 * 8  # kT * C, D, H, W in float64
         monkeypatch.setattr(module, "GRAD_BLOCK_BYTES", _BLOCKINGS[blocking] * folded_frame_bytes)
         monkeypatch.setattr(module, "GRAD_BLOCK_MIN_FRAMES", 1)
+    # The contiguous input's gradient transposed in runs of two frames (the last one short).
+    monkeypatch.setattr(module, "TRANSPOSE_BYTES", 2 * 4 * 3 * 4 * 3 * 8)
     g = torch.Generator().manual_seed(4)
     # (4, (0, 0), 1): one output frame reading frames 0-2, so frames 3 and 4 get no tap and
     # their gradient must be written as zeros.
