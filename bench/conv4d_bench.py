@@ -11,8 +11,8 @@ selection (``set_benchmark(True)``, 'auto_measured') and an im2col + GEMM baseli
 where its column matrix would pass 2 GB); beside a torch.mm of the same FLOP count so
 fractions of the machine's GEMM rate are visible. A row's runners and its GEMM are timed in
 turns (one warm-up, then ``reps`` rounds), so load from other processes hits all of them
-alike; ratios are medians of per-round ratios (to the loop, to the GEMM rate), and each
-runner's wall time sits beside its process CPU time. Memory per formulation: the analytic
+alike; ratios are medians of per-round ratios (to the loop, to the GEMM rate), in wall time
+and again in process CPU time (``*_cpu``), and each runner's wall time sits beside its CPU time. Memory per formulation: the analytic
 peak (input, output and ``tesserad.nn.workspace_bytes``) beside the resident-set growth
 sampled during one call. What bounds the auto row is measured by timing its pieces
 (tap folding, conv3d forward, the input and weight gradients, unfolding) and stated with
@@ -306,7 +306,8 @@ def bench_shapes(
             # hits all of them alike.
             gemm_run, gemm_flops = gemm_runner(flops / (3 if backward else 1), device)
             timed = rounds_of({**runners, "gemm": gemm_run}, reps, device)
-            gemm_times = timed.pop("gemm").wall
+            gemm_timed = timed.pop("gemm")
+            gemm_times = gemm_timed.wall
             gemm = gemm_flops / (min(gemm_times) / 1e3) / 1e9
             loop_times = timed["loop"].wall
             for algo, t in timed.items():
@@ -320,6 +321,12 @@ def bench_shapes(
                         # this round's FLOP rate over the GEMM's in the same round
                         "fraction_of_gemm": median_ratio(
                             [flops * g for g in gemm_times], [gemm_flops * a for a in t.wall]
+                        ),
+                        # The same in process CPU time, which a busy shared machine inflates less
+                        # than wall time (a descheduled thread spends none).
+                        "speedup_vs_loop_cpu": median_ratio(timed["loop"].cpu, t.cpu),
+                        "fraction_of_gemm_cpu": median_ratio(
+                            [flops * g for g in gemm_timed.cpu], [gemm_flops * a for a in t.cpu]
                         ),
                     }
                 )
@@ -794,6 +801,11 @@ def main() -> None:
         )
         if fwd_bwd
         else None,
+        "geomean_fwd_bwd_speedup_auto_vs_loop_cpu": math.exp(
+            statistics.fmean(math.log(r["algorithms"]["auto"]["speedup_vs_loop_cpu"]) for r in fwd_bwd)
+        )
+        if fwd_bwd
+        else None,
         "geomean_all_speedup_auto_vs_loop": math.exp(
             statistics.fmean(math.log(r["algorithms"]["auto"]["speedup_vs_loop"]) for r in report["shapes"])
         ),
@@ -806,6 +818,13 @@ def main() -> None:
         "auto_fraction_of_gemm": {
             f"{r['shape']} {r['mode']}": r["auto_fraction_of_gemm"] for r in report["shapes"]
         },
+        "auto_fraction_of_gemm_cpu": {
+            f"{r['shape']} {r['mode']}": r["algorithms"]["auto"]["fraction_of_gemm_cpu"]
+            for r in report["shapes"]
+        },
+        "slowest_auto_vs_loop_cpu": min(
+            r["algorithms"]["auto"]["speedup_vs_loop_cpu"] for r in report["shapes"]
+        ),
         "auto_analytic_peak_vs_loop": {
             f"{r['shape']} {r['mode']}": r["algorithms"]["auto"]["analytic_peak_vs_loop"]
             for r in report["shapes"]

@@ -355,9 +355,10 @@ class _TimeFoldFunction(torch.autograd.Function):
             y = F.conv3d(xs, wf, None if b is None else b.to(dtype), geo.s3, geo.p3, geo.d3, geo.g)
         ctx.save_for_backward(xs, wf)
         ctx.geo = geo  # type: ignore[attr-defined]
-        # The input's gradient comes back in the input's layout, as conv3d's does.
-        x_layout = x.is_contiguous()
-        ctx.meta = (x.shape, x.dtype, x_layout, w.shape, w.dtype, None if b is None else b.dtype)  # type: ignore[attr-defined]
+        # A contiguous input gets a contiguous gradient, as from conv3d; any other layout the
+        # channels-last one the taps are added in.
+        x_contiguous = x.is_contiguous()
+        ctx.meta = (x.shape, x.dtype, x_contiguous, w.shape, w.dtype, None if b is None else b.dtype)  # type: ignore[attr-defined]
         y = y.reshape(-1, geo.t_out, *y.shape[1:])  # (N, T_out, C_out, D', H', W')
         return y.permute(0, 2, 1, 3, 4, 5)
 
@@ -519,7 +520,7 @@ def heuristic_algorithm(kernel_t: int, stride_t: int, needs_grad: bool) -> str:
     fast backend even at batch 1 (where the per-frame loop is 7-9x slower). Unstrided forward
     passes too, now that the stacked input comes from the scratch pool (_BufferPool) instead of
     fresh pages: on 1 thread, in process CPU time in turns, 1.19-1.39x the loop on shape A (8
-    channels, batch 8) and 1.08x on B (32 channels, batch 4), where with a fresh buffer each
+    channels, batch 8) and 1.08-1.13x on B (32 channels, batch 4), where with a fresh buffer each
     call the loop had matched or beaten it. With a time stride the loop still wins a forward
     (E: the stacked taps at 0.87x): there is less compute per folded byte and no backward to
     share the fold with.
