@@ -229,10 +229,11 @@ def copy_bandwidth(device: torch.device) -> float:
 def time_fold_pieces(
     shape: Shape, backward: bool, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, rounds: int
 ) -> dict[str, float]:
-    """Median ms of each piece of the time_fold formulation ('auto' for training calls):
+    """Median process CPU ms of each piece of the time_fold formulation ('auto' for training calls):
     folding the taps (the im2col-like copy), the conv3d forward, in backward the weight's
     gradient, the folded input's gradient (in _grad_blocks' blocks of output frames) and adding
-    its taps back onto the input frames."""
+    its taps back onto the input frames; and, timed in the same rounds, a GEMM of one pass's
+    FLOPs ('gemm_one_pass') to hold each conv3d piece against."""
     geo = geometry(shape)
     kt = w.shape[2]
     xs = _fold_taps(x, kt, geo)
@@ -253,6 +254,7 @@ def time_fold_pieces(
         _unfold_taps_grad(gx, zip(blocks, block_grads, strict=True), kt, x.shape[2], geo)
 
     block_grads = grad_input_blocks()
+    gemm_run, gemm_flops = gemm_runner(shape.fwd_flops(), x.device)
     pieces: dict[str, Callable[[], object]] = {
         "fold_taps": lambda: _fold_taps(x, kt, geo),
         "conv3d_forward": lambda: F.conv3d(xs, wf, b, geo.s3, geo.p3, geo.d3, geo.g),
@@ -266,8 +268,11 @@ def time_fold_pieces(
             }
         )
     with torch.no_grad():
-        timed = rounds_of(pieces, rounds, x.device)
-    return {name: statistics.median(t.wall) for name, t in timed.items()}
+        timed = rounds_of({**pieces, "gemm": gemm_run}, rounds, x.device)
+    out = {name: statistics.median(t.cpu) for name, t in timed.items()}
+    # The GEMM's time scaled to exactly one pass's FLOPs (its square size rounds them).
+    out["gemm_one_pass"] = out.pop("gemm") * shape.fwd_flops() / gemm_flops
+    return out
 
 
 def bench_shapes(
@@ -417,17 +422,21 @@ def bounds(
     out_dict["bytes_per_flop_over_machine"] = out_dict["bytes_per_flop"] / out_dict["machine_bytes_per_flop"]
     if auto == "time_fold" and x.device.type == "cpu":
         pieces = time_fold_pieces(shape, backward, x, w, b, reps)
-        out_dict["pieces_median_ms"] = pieces
+        gemm_pass = pieces.pop("gemm_one_pass")
+        # In process CPU time, as the step's own: wall times of pieces on a busy machine do not
+        # add up to the step's.
+        out_dict["pieces_cpu_ms"] = pieces
+        out_dict["cpu_ms"] = auto_result["cpu_ms"]
         # What the pieces leave of the step: the output gradient's layout copy, the input
         # gradient's copy to the input's layout, autograd.
-        out_dict["rest_median_ms"] = auto_result["median_ms"] - sum(pieces.values())
-        # Each conv3d piece against one pass at the GEMM rate, and how many of the vector lanes
-        # it computes on hold real channels: oneDNN blocks the channels it writes (forward:
-        # C_out; input gradient: kT * C_in of the folded input) in vectors of `lanes`, so 24
-        # channels run as 32.
-        pass_ms = out_dict["ms_at_gemm_rate"] / (3 if backward else 1)
+        out_dict["rest_cpu_ms"] = auto_result["cpu_ms"] - sum(pieces.values())
+        out_dict["gemm_one_pass_cpu_ms"] = gemm_pass
+        # Each conv3d piece against a GEMM of one pass's FLOPs timed in the same rounds, and how
+        # many of the vector lanes it computes on hold real channels: oneDNN blocks the channels
+        # it writes (forward: C_out; input gradient: kT * C_in of the folded input) in vectors
+        # of `lanes`, so 24 channels run as 32.
         out_dict["pieces_fraction_of_gemm"] = {
-            k: pass_ms / v
+            k: gemm_pass / v
             for k, v in pieces.items()
             if k in ("conv3d_forward", "grad_input_conv", "grad_weight_conv")
         }
