@@ -288,7 +288,12 @@ def bench_shapes(
         for mode in ("fwd", "fwd+bwd"):
             backward = mode == "fwd+bwd"
             flops = shape.fwd_flops() * (3 if backward else 1)
-            auto = heuristic_algorithm(shape.kernel, shape.stride, backward)
+            auto = heuristic_algorithm(
+                shape.kernel,
+                shape.stride,
+                backward,
+                footprint_mib(shape, "time_fold", backward) / footprint_mib(shape, "loop", backward),
+            )
             col_bytes = 4 * shape.n * shape.c_in * shape.kernel**4 * math.prod(shape.out_size())
             results: dict[str, dict] = {}
             runners: dict[str, Callable[[], object]] = {}

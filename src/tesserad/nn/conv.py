@@ -512,20 +512,28 @@ _FORMULATIONS: dict[str, Callable[..., Tensor]] = {
 # Choosing a formulation
 
 
-def heuristic_algorithm(kernel_t: int, stride_t: int, needs_grad: bool) -> str:
+# A forward takes the per-frame loop rather than time_fold's folded input where that would raise
+# the call's peak memory past this multiple of the loop's (issue 20's bound).
+FORWARD_PEAK_RATIO = 1.5
+
+
+def heuristic_algorithm(kernel_t: int, stride_t: int, needs_grad: bool, peak_ratio: float = 1.0) -> str:
     """The formulation measured fastest for this kind of call (bench/results/conv4d_cpu.json).
 
-    Stacking the time taps into input channels won every forward+backward (2-6x over the
-    loop): one large conv3d beats kt smaller ones, and batch ``T_out * N`` keeps torch on its
-    fast backend even at batch 1 (where the per-frame loop is 7-9x slower). Unstrided forward
-    passes too, now that the stacked input comes from the scratch pool (_BufferPool) instead of
-    fresh pages: on 1 thread, in process CPU time in turns, 1.19-1.39x the loop on shape A (8
-    channels, batch 8) and 1.08-1.13x on B (32 channels, batch 4), where with a fresh buffer each
-    call the loop had matched or beaten it. With a time stride the loop still wins a forward
-    (E: the stacked taps at 0.87x): there is less compute per folded byte and no backward to
-    share the fold with.
+    ``peak_ratio`` is time_fold's peak memory over the loop's for the call (input, output and
+    workspace). Stacking the time taps into input channels won every forward+backward (2-6x
+    over the loop): one large conv3d beats kt smaller ones, and batch ``T_out * N`` keeps torch
+    on its fast backend even at batch 1 (where the per-frame loop is 7-9x slower). Unstrided
+    forward passes too, now that the stacked input comes from the scratch pool (_BufferPool)
+    instead of fresh pages: on 1 thread, in process CPU time in turns, 1.08-1.25x the loop on
+    shape A (8 channels, batch 8) and 1.02-1.13x on B (32 channels, batch 4), where with a
+    fresh buffer each call the loop had matched or beaten it. A forward keeps the loop where
+    the folded input would take the peak past FORWARD_PEAK_RATIO times the loop's (B: 1.67x,
+    for a few percent), and with a time stride (E: the stacked taps at 0.73-0.90x): there is
+    less compute per folded byte and no backward to share the fold with.
     """
-    return "loop" if kernel_t > 1 and not needs_grad and stride_t > 1 else "time_fold"
+    per_frame = stride_t > 1 or peak_ratio > FORWARD_PEAK_RATIO
+    return "loop" if kernel_t > 1 and not needs_grad and per_frame else "time_fold"
 
 
 def workspace_bytes(
@@ -845,7 +853,11 @@ def conv4d(
             )
 
         limit = _WORKSPACE.limit
-        preferred = heuristic_algorithm(kernel[0], s[0], needs_grad)
+        # A forward's peak memory under time_fold over the loop's: input, output (the loop's
+        # forward workspace) and each one's workspace.
+        inputs, out = xp.numel() * element_size, workspace("loop")
+        peak_ratio = 1.0 if needs_grad else (inputs + out + workspace("time_fold")) / (inputs + 2 * out)
+        preferred = heuristic_algorithm(kernel[0], s[0], needs_grad, peak_ratio)
         if _BENCHMARK.enabled and not _exporting():
             key = (
                 xp.device.type,

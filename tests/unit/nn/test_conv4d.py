@@ -259,6 +259,9 @@ def test_heuristic_follows_the_measurements() -> None:
     assert heuristic_algorithm(3, 2, needs_grad=True) == "time_fold"
     assert heuristic_algorithm(3, 2, needs_grad=False) == "loop"
     assert heuristic_algorithm(3, 1, needs_grad=False) == "time_fold"
+    # ... unless the folded input takes the forward's peak memory past 1.5x the loop's (B)
+    assert heuristic_algorithm(3, 1, needs_grad=False, peak_ratio=1.67) == "loop"
+    assert heuristic_algorithm(3, 1, needs_grad=True, peak_ratio=1.67) == "time_fold"
     assert heuristic_algorithm(1, 2, needs_grad=False) == "time_fold"
 
 
