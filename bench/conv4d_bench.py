@@ -293,6 +293,7 @@ def bench_shapes(
                 shape.stride,
                 backward,
                 footprint_mib(shape, "time_fold", backward) / footprint_mib(shape, "loop", backward),
+                device.type,
             )
             col_bytes = 4 * shape.n * shape.c_in * shape.kernel**4 * math.prod(shape.out_size())
             results: dict[str, dict] = {}
@@ -605,16 +606,19 @@ import json, statistics, time, torch
 import torch.nn.functional as F
 from tesserad.nn import Cnn4dSpec, build_model
 torch.manual_seed(0)
+device = torch.device("{device}")
 spec = Cnn4dSpec(input_shape=(2, 8, 12, 12, 12), output_size=10)
-model = build_model(spec)
+model = build_model(spec).to(device)
 compiled = torch.compile(model)
 out = {}
 for batch in (1, 32):
-    x = torch.randn(batch, *spec.input_shape)
-    y = torch.randint(0, 10, (batch,))
+    x = torch.randn(batch, *spec.input_shape, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
     def step(net):
         model.zero_grad(set_to_none=True)
         F.cross_entropy(net(x), y).backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
     start = time.perf_counter()
     step(compiled)  # compiles (forward and backward graphs) for this batch size
     compile_s = time.perf_counter() - start
@@ -636,11 +640,12 @@ for batch in (1, 32):
 """
 
 
-def bench_compile(rounds: int, timeout_s: float) -> dict:
-    """torch.compile (inductor) of the cnn4d classifier against eager, forward+backward, in a
-    subprocess capped at ``timeout_s``: compile time per batch size and the median per-round
-    speedup. Conv4d runs its plain-op formulations under compile (tesserad.nn.conv)."""
-    probe = _COMPILE_PROBE.replace("{rounds}", str(rounds))
+def bench_compile(rounds: int, timeout_s: float, device: str = "cpu") -> dict:
+    """torch.compile (inductor) of the cnn4d classifier against eager, forward+backward, on
+    ``device`` in a subprocess capped at ``timeout_s``: compile time per batch size and the
+    median per-round speedup. Conv4d runs its plain-op formulations under compile
+    (tesserad.nn.conv)."""
+    probe = _COMPILE_PROBE.replace("{rounds}", str(rounds)).replace("{device}", device)
     start = time.perf_counter()
     try:
         proc = subprocess.run(
@@ -752,12 +757,12 @@ def main() -> None:
     parser.add_argument(
         "--onnx-only",
         action="store_true",
-        help="run only the onnxruntime latency runs and replace that section of the existing CPU results",
+        help="run only the onnxruntime latency runs and replace that section of the device's existing results",
     )
     parser.add_argument(
         "--compile-only",
         action="store_true",
-        help="run only the torch.compile probe and replace that section of the existing CPU results",
+        help="run only the torch.compile probe and replace that section of the device's existing results",
     )
     parser.add_argument(
         "--threads",
@@ -769,18 +774,19 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("no CUDA device: torch.cuda.is_available() is False; nothing to measure")
     if args.onnx_only or args.compile_only:
-        path = RESULTS / "conv4d_cpu.json"
-        report = json.loads(path.read_text())
+        path = RESULTS / f"conv4d_{args.device}.json"
+        report = json.loads(path.read_text()) if path.exists() else {}
         if args.onnx_only:
             report["onnx_cnn4d"] = bench_onnx(1 if args.quick else 5)
         if args.compile_only:
-            report["compile_cnn4d"] = bench_compile(3 if args.quick else 6, args.compile_timeout)
+            report["compile_cnn4d"] = bench_compile(3 if args.quick else 6, args.compile_timeout, args.device)
+        RESULTS.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2) + "\n")
         print(f"updated {path}")
         return
-    if args.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("no CUDA device: torch.cuda.is_available() is False; nothing to measure")
     device = torch.device(args.device)
     reduced = torch.bfloat16 if device.type == "cpu" else torch.float16
     bandwidth = copy_bandwidth(device)
@@ -801,8 +807,8 @@ def main() -> None:
         report["malloc_tunables"] = bench_env(max(reps, 3))
     if device.type == "cpu" and not args.skip_onnx:
         report["onnx_cnn4d"] = bench_onnx(max(reps, 5))
-    if device.type == "cpu" and not args.skip_compile:
-        report["compile_cnn4d"] = bench_compile(max(reps, 3) * 2, args.compile_timeout)
+    if not args.skip_compile:
+        report["compile_cnn4d"] = bench_compile(max(reps, 3) * 2, args.compile_timeout, args.device)
     # Sections this run skipped keep an earlier run's figures, marked as such.
     previous = json.loads(path.read_text()) if path.exists() else {}
     for section in ("malloc_tunables", "onnx_cnn4d", "compile_cnn4d"):

@@ -242,8 +242,8 @@ def daemon_process(
         from tesserad.api.auth import AuthInterceptor
 
         class PassThrough(AuthInterceptor):
-            async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
-                return await continuation(handler_call_details)
+            def handler_for(self, handler, handler_call_details):  # type: ignore[no-untyped-def]
+                return handler
 
         tesserad.server.AuthInterceptor = PassThrough  # type: ignore[misc]
     if transport_only:

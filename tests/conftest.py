@@ -29,6 +29,19 @@ hypothesis_settings.register_profile("tessera", deadline=None, suppress_health_c
 hypothesis_settings.load_profile("tessera")
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """With TESSERA_REQUIRE_GPU set (bench/gpu_check.sh sets it), a CUDA test that skips fails:
+    on the machine meant to run them, "no GPU" or "no CUDA provider" is the fault to report."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.skipped and os.environ.get("TESSERA_REQUIRE_GPU") and item.get_closest_marker("cuda"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        report.outcome = "failed"
+        report.longrepr = f"skipped although TESSERA_REQUIRE_GPU is set: {reason}"
+
+
 def daemon_settings(data_dir: Path, **overrides: Any) -> Settings:
     """Settings for a daemon under test: free ports, a small map, a short grace period."""
     values = {

@@ -1,6 +1,6 @@
 """Who may call, what they may call, how many calls at once, and what a request must look like.
 
-`AuthInterceptor` runs ahead of every other interceptor, on every RPC:
+`AuthInterceptor` wraps every RPC outermost (tesserad.api.interceptors.ServerInterceptor):
 - authentication: with a tokens file, every call needs `authorization: Bearer <token>`
   (UNAUTHENTICATED without one or with an unknown one); health probes stay open by setting;
 - authorization: the caller's role must reach the role the RPC needs (security/roles.py),
@@ -159,7 +159,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler | None:
-        handler = await continuation(handler_call_details)
+        return self.handler_for(await continuation(handler_call_details), handler_call_details)
+
+    def handler_for(
+        self, handler: Handler | None, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
+        """The handler a call gets: `handler` admitted (wrapped) or a refusal; None stays None
+        (an unknown method). Plain code, so a chain of interceptors can call it in line."""
         if handler is None:
             return handler
         method = handler_call_details.method

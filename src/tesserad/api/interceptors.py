@@ -5,6 +5,8 @@
 - any other exception becomes INTERNAL with an error id that is logged with the traceback,
   while the client sees only the id (no internals leak);
 - every call's latency and final status code are recorded in the Prometheus metrics.
+
+`ServerInterceptor`, the daemon server's one interceptor, runs AuthInterceptor and then this.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import grpc
 
 from tesserad.api import aio_handlers
 from tesserad.api.aio_handlers import Context, Handler
+from tesserad.api.auth import AuthInterceptor
 from tesserad.api.errors import status_for
 from tesserad.errors import TesseraError
 from tesserad.metrics import DaemonMetrics
@@ -73,12 +76,15 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler | None:
+        return self.handler_for(await continuation(handler_call_details), handler_call_details.method)
+
+    def handler_for(self, handler: Handler | None, method: str) -> Handler | None:
+        """`handler` wrapped (None stays None: an unknown method); counts the call as begun.
+        Called in the call's task, before its request is read."""
         if self._calls is not None:
-            self._calls.begin()  # in the call's task, before its request is read
-        handler = await continuation(handler_call_details)
+            self._calls.begin()
         if handler is None:
             return handler
-        method = handler_call_details.method
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
@@ -151,3 +157,29 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):
+    """AuthInterceptor then CallInterceptor as one interceptor: the daemon's server has only this.
+
+    gRPC runs each interceptor of a call as coroutines of its own (the interceptor's and a
+    continuation's, with a functools.partial): finding a call's handler through the two took
+    2.1 us of the event loop's thread hot, through this one 1.65 (0.5 with none; grpcio 1.85's
+    `_find_method_handler` timed alone on the dev box), and more in the served path, where
+    caches are cold.
+    """
+
+    def __init__(self, auth: AuthInterceptor, calls: CallInterceptor) -> None:
+        self._auth = auth
+        self._calls = calls
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        handler = self._calls.handler_for(
+            await continuation(handler_call_details), handler_call_details.method
+        )
+        # Auth wraps outermost, as when it ran first: a refused call reaches nothing else.
+        return self._auth.handler_for(handler, handler_call_details)

@@ -512,13 +512,20 @@ _FORMULATIONS: dict[str, Callable[..., Tensor]] = {
 # Choosing a formulation
 
 
-# A forward takes the per-frame loop rather than time_fold's folded input where that would raise
-# the call's peak memory past this multiple of the loop's (issue 20's bound).
+# A CPU forward takes the per-frame loop rather than time_fold's folded input where that would
+# raise the call's peak memory past this multiple of the loop's (issue 20's bound).
 FORWARD_PEAK_RATIO = 1.5
 
 
-def heuristic_algorithm(kernel_t: int, stride_t: int, needs_grad: bool, peak_ratio: float = 1.0) -> str:
-    """The formulation measured fastest for this kind of call (bench/results/conv4d_cpu.json).
+def heuristic_algorithm(
+    kernel_t: int, stride_t: int, needs_grad: bool, peak_ratio: float = 1.0, device_type: str = "cpu"
+) -> str:
+    """The formulation measured fastest for this kind of call (bench/results/conv4d_cpu.json,
+    conv4d_cuda.json).
+
+    On CUDA the stacked taps win everywhere: the loop's kT x T_out small conv3d launches ran
+    4-8x slower forward on every shape of the bench (H200), and the caching allocator spares
+    the stacked input the page faults that favour the loop on a CPU.
 
     ``peak_ratio`` is time_fold's peak memory over the loop's for the call (input, output and
     workspace). Stacking the time taps into input channels won every forward+backward (2-6x
@@ -532,7 +539,7 @@ def heuristic_algorithm(kernel_t: int, stride_t: int, needs_grad: bool, peak_rat
     for a few percent), and with a time stride (E: the stacked taps at 0.73-0.90x): there is
     less compute per folded byte and no backward to share the fold with.
     """
-    per_frame = stride_t > 1 or peak_ratio > FORWARD_PEAK_RATIO
+    per_frame = device_type == "cpu" and (stride_t > 1 or peak_ratio > FORWARD_PEAK_RATIO)
     return "loop" if kernel_t > 1 and not needs_grad and per_frame else "time_fold"
 
 
@@ -825,7 +832,9 @@ def conv4d(
             raise ValueError(
                 f"input of shape {tuple(x.shape)} is smaller than the dilated kernel {kernel} (after padding)"
             )
-    if x.dtype != weight.dtype:
+    # Under autocast the input may already be in the reduced dtype (a CUDA batch norm keeps it)
+    # while the weight is not; every formulation casts both to autocast's dtype.
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
         raise ValueError(f"input dtype {x.dtype} does not match weight dtype {weight.dtype}")
 
     s3, d3 = s[1:], dl[1:]
@@ -857,7 +866,7 @@ def conv4d(
         # forward workspace) and each one's workspace.
         inputs, out = xp.numel() * element_size, workspace("loop")
         peak_ratio = 1.0 if needs_grad else (inputs + out + workspace("time_fold")) / (inputs + 2 * out)
-        preferred = heuristic_algorithm(kernel[0], s[0], needs_grad, peak_ratio)
+        preferred = heuristic_algorithm(kernel[0], s[0], needs_grad, peak_ratio, xp.device.type)
         if _BENCHMARK.enabled and not _exporting():
             key = (
                 xp.device.type,

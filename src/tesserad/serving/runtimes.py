@@ -7,6 +7,7 @@ weights (nothing is unpickled).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -54,6 +55,17 @@ def cuda_available() -> bool:
     return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
 
 
+@functools.cache
+def _load_cuda_libraries() -> None:
+    """onnxruntime-gpu looks for CUDA and cuDNN in the nvidia-* wheels (or torch's copies) only
+    when asked to; otherwise its CUDA provider fails to load and sessions quietly run on the CPU."""
+    import onnxruntime
+
+    preload = getattr(onnxruntime, "preload_dlls", None)  # onnxruntime-gpu 1.21 and later
+    if preload is not None:
+        preload()
+
+
 def default_device() -> str:
     return "cuda:0" if cuda_available() else "cpu"
 
@@ -86,12 +98,26 @@ class OnnxRuntime:
                 "load with device cpu or install onnxruntime-gpu"
             )
         else:
-            providers = [("CUDAExecutionProvider", {"device_id": cuda}), "CPUExecutionProvider"]
+            _load_cuda_libraries()
+            # cuDNN's exhaustive algorithm search (onnxruntime's default) runs again for every new
+            # input shape, and a dynamic batcher makes a new shape of each batch size it forms
+            # (bench/ort_cuda_probe.py measures both settings).
+            cuda_options = {"device_id": cuda, "cudnn_conv_algo_search": "HEURISTIC"}
+            providers = [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
         try:
             # From the bytes, not the path: onnxruntime's load errors would name the server's path.
             self._session = onnxruntime.InferenceSession(path.read_bytes(), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for a bad model
             raise FailedPrecondition(f"onnxruntime cannot load this model: {exc}") from None
+        if cuda is not None and "CUDAExecutionProvider" not in self._session.get_providers():
+            # onnxruntime falls back to the CPU with only a log line; serving on it would be a lie.
+            del self._session
+            raise FailedPrecondition(
+                f"device {device}: onnxruntime's CUDA provider did not start (a CUDA or cuDNN library "
+                "it needs is missing or of another major version; `python -c 'import onnxruntime; "
+                "onnxruntime.print_debug_info()'` shows what it found); load with device cpu or fix "
+                "the CUDA install"
+            )
         self.device = device
         self.memory_bytes = path.stat().st_size
         self.signature = Signature(

@@ -57,7 +57,12 @@ def tpe_options(max_trials: int) -> dict[str, Any]:
     good trials' density rather than Optuna's 24: a closer maximum of the ratio TPE maximises,
     for a few milliseconds per ask; over 10 seeds (100-109) of bench/search_bench.py it reached
     random's best-of-N in 7 trials, not 9.5, at N=20 and 15, not 20, at N=40. Optuna's own split
-    into good and bad trials (its gamma, deprecated as an argument since 4.9) is kept."""
+    into good and bad trials (its gamma, deprecated as an argument since 4.9) is kept. On those
+    seeds at N=20 none of 3 startup trials (12.5), consider_endpoints (11), prior_weight 0.5 (9),
+    a quarter of the trials as good (8) or independent parameters (8) reached it sooner, nor did
+    the last two on seeds 110-119 (16.5 and 11.5; these settings 13.5): bench/search_tpe_study.py.
+    That objective's value moves 3-5% between configs 1% apart, as much as between training
+    seeds, and TPE's first modelled trials still explore: few land near the best."""
     return {
         "n_startup_trials": startup_trials(max_trials),
         "n_ei_candidates": 100,

@@ -263,6 +263,8 @@ def test_heuristic_follows_the_measurements() -> None:
     assert heuristic_algorithm(3, 1, needs_grad=False, peak_ratio=1.67) == "loop"
     assert heuristic_algorithm(3, 1, needs_grad=True, peak_ratio=1.67) == "time_fold"
     assert heuristic_algorithm(1, 2, needs_grad=False) == "time_fold"
+    for stride in (1, 2):  # on CUDA the stacked taps, always
+        assert heuristic_algorithm(3, stride, False, 1.67, device_type="cuda") == "time_fold"
 
 
 @pytest.mark.parametrize(
@@ -375,6 +377,26 @@ def test_bfloat16_autocast_matches_float64_on_cpu(index: int) -> None:
     for algorithm in (*ALGORITHMS, "auto"):
         got = _reduced_run(cfg, algorithm, "cpu", torch.bfloat16, expected[1])
         _assert_close_to_float64(got, expected, torch.bfloat16, f"case {index} {algorithm}")
+
+
+def test_reduced_precision_input_with_float32_weights_under_autocast() -> None:
+    # A CUDA batch norm under autocast hands the next layer its reduced-precision output while
+    # the layer's weights stay float32; outside autocast that mismatch is the caller's error.
+    cfg = CASES[0]
+    expected = _float64_run(cfg)
+    x, w, b = (None if t is None else t.float() for t in _tensors(cfg))
+    for algorithm in (*ALGORITHMS, "auto"):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = conv4d(
+                x.bfloat16(), w, b, cfg["stride"], cfg["padding"], cfg["dilation"], cfg["groups"],
+                cfg["mode"], algorithm,
+            )  # fmt: skip
+        assert out.dtype == torch.bfloat16
+        _assert_close_to_float64([out], expected, torch.bfloat16, f"bf16 input, {algorithm}")
+    with pytest.raises(
+        ValueError, match=r"input dtype torch\.bfloat16 does not match weight dtype torch\.float32"
+    ):
+        conv4d(x.bfloat16(), w, b, cfg["stride"], cfg["padding"], cfg["dilation"], cfg["groups"], cfg["mode"])
 
 
 def test_the_forty_cases_match_the_direct_sum_in_float64() -> None:

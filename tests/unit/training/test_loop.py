@@ -48,13 +48,13 @@ def _data(regression: bool = False) -> TrainingData:
     return TrainingData(x, y, np.arange(30), np.arange(30, 40))
 
 
-def _train(config: dict[str, Any], data: TrainingData, resume: bytes | None = None):
+def _train(config: dict[str, Any], data: TrainingData, resume: bytes | None = None, device: str = "cpu"):
     events: list[tuple[str, dict]] = []
     checkpoints: list[tuple[bytes, dict]] = []
     trainer = Trainer(
         config,
         data,
-        torch.device("cpu"),
+        torch.device(device),
         Distributed(0, 1),
         lambda kind, payload: events.append((kind, payload)),
         lambda blob, info: checkpoints.append((blob, info)),
@@ -143,6 +143,23 @@ def test_bf16_training_converges_on_the_synthetic_clips_like_fp32() -> None:
         accuracy[precision] = outcome.metrics["val_accuracy"]
     assert accuracy["fp32"] >= 0.9  # the task is learnable in these few steps
     assert accuracy["bf16"] >= accuracy["fp32"] - BF16_ACCURACY_MARGIN, accuracy
+
+
+# fp16 keeps 11 significant bits but a narrow range: the loss scaler keeps small gradients from
+# flushing to zero. Same margin as bf16 on the CPU.
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fp16_and_bf16_training_on_cuda_converge_like_fp32() -> None:
+    x, y = spacetime_clips(320, seed=5)
+    data = TrainingData(x, y, np.arange(240), np.arange(240, 320))
+    accuracy = {}
+    for precision in ("fp32", "bf16", "fp16"):
+        outcome, events, _ = _train(_clips_config(precision), data, device="cuda")
+        assert outcome.status == "succeeded"
+        assert all(np.isfinite(p["loss"]) for k, p in events if k == "step"), precision
+        accuracy[precision] = outcome.metrics["val_accuracy"]
+    assert accuracy["fp32"] >= 0.9
+    assert min(accuracy["bf16"], accuracy["fp16"]) >= accuracy["fp32"] - BF16_ACCURACY_MARGIN, accuracy
 
 
 def test_compile_setting_auto_compiles_cuda_jobs_only() -> None:
