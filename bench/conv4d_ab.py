@@ -94,8 +94,11 @@ def main() -> None:
             name: functools.partial(step, module, args.algorithm, backward, shape, x, w, b)
             for name, module in (("other", other), ("this", this_conv))
         }
+        # 'auto' may pick different formulations on the two sides: they agree to float32
+        # rounding of sums taken in another order, not bit for bit.
+        tolerance = 1e-4 if args.algorithm == "auto" else 1e-5
         for got, expected in zip(runners["this"](), runners["other"](), strict=True):
-            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance)
         wall = rounds_of(runners, args.reps)
         row = {
             "shape": shape.name,

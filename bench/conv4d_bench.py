@@ -11,8 +11,8 @@ selection (``set_benchmark(True)``, 'auto_measured') and an im2col + GEMM baseli
 where its column matrix would pass 2 GB); beside a torch.mm of the same FLOP count so
 fractions of the machine's GEMM rate are visible. A row's runners and its GEMM are timed in
 turns (one warm-up, then ``reps`` rounds), so load from other processes hits all of them
-alike; ratios are medians of per-round ratios (to the loop, to the GEMM rate), and each
-runner's wall time sits beside its process CPU time. Memory per formulation: the analytic
+alike; ratios are medians of per-round ratios (to the loop, to the GEMM rate), in wall time
+and again in process CPU time (``*_cpu``), and each runner's wall time sits beside its CPU time. Memory per formulation: the analytic
 peak (input, output and ``tesserad.nn.workspace_bytes``) beside the resident-set growth
 sampled during one call. What bounds the auto row is measured by timing its pieces
 (tap folding, conv3d forward, the input and weight gradients, unfolding) and stated with
@@ -229,10 +229,11 @@ def copy_bandwidth(device: torch.device) -> float:
 def time_fold_pieces(
     shape: Shape, backward: bool, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, rounds: int
 ) -> dict[str, float]:
-    """Median ms of each piece of the time_fold formulation ('auto' for training calls):
+    """Median process CPU ms of each piece of the time_fold formulation ('auto' for training calls):
     folding the taps (the im2col-like copy), the conv3d forward, in backward the weight's
     gradient, the folded input's gradient (in _grad_blocks' blocks of output frames) and adding
-    its taps back onto the input frames."""
+    its taps back onto the input frames; and, timed in the same rounds, a GEMM of one pass's
+    FLOPs ('gemm_one_pass') to hold each conv3d piece against."""
     geo = geometry(shape)
     kt = w.shape[2]
     xs = _fold_taps(x, kt, geo)
@@ -253,6 +254,7 @@ def time_fold_pieces(
         _unfold_taps_grad(gx, zip(blocks, block_grads, strict=True), kt, x.shape[2], geo)
 
     block_grads = grad_input_blocks()
+    gemm_run, gemm_flops = gemm_runner(shape.fwd_flops(), x.device)
     pieces: dict[str, Callable[[], object]] = {
         "fold_taps": lambda: _fold_taps(x, kt, geo),
         "conv3d_forward": lambda: F.conv3d(xs, wf, b, geo.s3, geo.p3, geo.d3, geo.g),
@@ -266,8 +268,11 @@ def time_fold_pieces(
             }
         )
     with torch.no_grad():
-        timed = rounds_of(pieces, rounds, x.device)
-    return {name: statistics.median(t.wall) for name, t in timed.items()}
+        timed = rounds_of({**pieces, "gemm": gemm_run}, rounds, x.device)
+    out = {name: statistics.median(t.cpu) for name, t in timed.items()}
+    # The GEMM's time scaled to exactly one pass's FLOPs (its square size rounds them).
+    out["gemm_one_pass"] = out.pop("gemm") * shape.fwd_flops() / gemm_flops
+    return out
 
 
 def bench_shapes(
@@ -283,7 +288,13 @@ def bench_shapes(
         for mode in ("fwd", "fwd+bwd"):
             backward = mode == "fwd+bwd"
             flops = shape.fwd_flops() * (3 if backward else 1)
-            auto = heuristic_algorithm(shape.kernel, shape.stride, backward, shape.c_in, shape.n, device.type)
+            auto = heuristic_algorithm(
+                shape.kernel,
+                shape.stride,
+                backward,
+                footprint_mib(shape, "time_fold", backward) / footprint_mib(shape, "loop", backward),
+                device.type,
+            )
             col_bytes = 4 * shape.n * shape.c_in * shape.kernel**4 * math.prod(shape.out_size())
             results: dict[str, dict] = {}
             runners: dict[str, Callable[[], object]] = {}
@@ -306,7 +317,8 @@ def bench_shapes(
             # hits all of them alike.
             gemm_run, gemm_flops = gemm_runner(flops / (3 if backward else 1), device)
             timed = rounds_of({**runners, "gemm": gemm_run}, reps, device)
-            gemm_times = timed.pop("gemm").wall
+            gemm_timed = timed.pop("gemm")
+            gemm_times = gemm_timed.wall
             gemm = gemm_flops / (min(gemm_times) / 1e3) / 1e9
             loop_times = timed["loop"].wall
             for algo, t in timed.items():
@@ -320,6 +332,12 @@ def bench_shapes(
                         # this round's FLOP rate over the GEMM's in the same round
                         "fraction_of_gemm": median_ratio(
                             [flops * g for g in gemm_times], [gemm_flops * a for a in t.wall]
+                        ),
+                        # The same in process CPU time, which a busy shared machine inflates less
+                        # than wall time (a descheduled thread spends none).
+                        "speedup_vs_loop_cpu": median_ratio(timed["loop"].cpu, t.cpu),
+                        "fraction_of_gemm_cpu": median_ratio(
+                            [flops * g for g in gemm_timed.cpu], [gemm_flops * a for a in t.cpu]
                         ),
                     }
                 )
@@ -410,7 +428,29 @@ def bounds(
     out_dict["bytes_per_flop_over_machine"] = out_dict["bytes_per_flop"] / out_dict["machine_bytes_per_flop"]
     if auto == "time_fold" and x.device.type == "cpu":
         pieces = time_fold_pieces(shape, backward, x, w, b, reps)
-        out_dict["pieces_median_ms"] = pieces
+        gemm_pass = pieces.pop("gemm_one_pass")
+        # In process CPU time, as the step's own: wall times of pieces on a busy machine do not
+        # add up to the step's.
+        out_dict["pieces_cpu_ms"] = pieces
+        out_dict["cpu_ms"] = auto_result["cpu_ms"]
+        # What the pieces leave of the step: the output gradient's layout copy, the input
+        # gradient's copy to the input's layout, autograd.
+        out_dict["rest_cpu_ms"] = auto_result["cpu_ms"] - sum(pieces.values())
+        out_dict["gemm_one_pass_cpu_ms"] = gemm_pass
+        # Each conv3d piece against a GEMM of one pass's FLOPs timed in the same rounds, and how
+        # many of the vector lanes it computes on hold real channels: oneDNN blocks the channels
+        # it writes (forward: C_out; input gradient: kT * C_in of the folded input) in vectors
+        # of `lanes`, so 24 channels run as 32.
+        out_dict["pieces_fraction_of_gemm"] = {
+            k: gemm_pass / v
+            for k, v in pieces.items()
+            if k in ("conv3d_forward", "grad_input_conv", "grad_weight_conv")
+        }
+        lanes = 16 if "AVX512" in torch.backends.cpu.get_cpu_capability() else 8
+        written = {"conv3d_forward": shape.c_out, "grad_input_conv": shape.kernel * shape.c_in}
+        lane_use = {k: c / (math.ceil(c / lanes) * lanes) for k, c in written.items() if k in pieces}
+        out_dict["vector_lanes"] = lanes
+        out_dict["vector_lane_use"] = lane_use
         copies = pieces["fold_taps"] + pieces.get("unfold_grad", 0.0)
         named = {
             "im2col copies (tap folding)": copies,
@@ -418,7 +458,18 @@ def bounds(
             "backward's input gradient (conv3d)": pieces.get("grad_input_conv", 0.0),
             "backward's weight gradient (conv3d)": pieces.get("grad_weight_conv", 0.0),
         }
-        out_dict["bound"] = max(named, key=lambda k: named[k])
+        bound = max(named, key=lambda k: named[k])
+        piece = {
+            "conv3d forward below the GEMM rate": "conv3d_forward",
+            "backward's input gradient (conv3d)": "grad_input_conv",
+        }.get(bound)
+        if piece is not None:
+            strided = f", stride {shape.stride}" if shape.stride > 1 else ""
+            bound += (
+                f" at {out_dict['pieces_fraction_of_gemm'][piece]:.0%} of the GEMM rate{strided}, "
+                f"{lane_use[piece]:.0%} of its vector lanes on real channels"
+            )
+        out_dict["bound"] = bound
     else:
         memory = out_dict["ms_at_copy_bandwidth"] > out_dict["ms_at_gemm_rate"]
         out_dict["bound"] = "memory traffic" if memory else "compute below the GEMM rate"
@@ -770,6 +821,11 @@ def main() -> None:
         )
         if fwd_bwd
         else None,
+        "geomean_fwd_bwd_speedup_auto_vs_loop_cpu": math.exp(
+            statistics.fmean(math.log(r["algorithms"]["auto"]["speedup_vs_loop_cpu"]) for r in fwd_bwd)
+        )
+        if fwd_bwd
+        else None,
         "geomean_all_speedup_auto_vs_loop": math.exp(
             statistics.fmean(math.log(r["algorithms"]["auto"]["speedup_vs_loop"]) for r in report["shapes"])
         ),
@@ -782,6 +838,13 @@ def main() -> None:
         "auto_fraction_of_gemm": {
             f"{r['shape']} {r['mode']}": r["auto_fraction_of_gemm"] for r in report["shapes"]
         },
+        "auto_fraction_of_gemm_cpu": {
+            f"{r['shape']} {r['mode']}": r["algorithms"]["auto"]["fraction_of_gemm_cpu"]
+            for r in report["shapes"]
+        },
+        "slowest_auto_vs_loop_cpu": min(
+            r["algorithms"]["auto"]["speedup_vs_loop_cpu"] for r in report["shapes"]
+        ),
         "auto_analytic_peak_vs_loop": {
             f"{r['shape']} {r['mode']}": r["algorithms"]["auto"]["analytic_peak_vs_loop"]
             for r in report["shapes"]

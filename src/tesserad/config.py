@@ -344,7 +344,9 @@ class NnSettings:
         0,
         parse_size,
         "most scratch memory one Conv4d call may take in training workers; a faster formulation "
-        "that needs more gives way to the next best (logged at debug); 0: no limit",
+        "that needs more gives way to the next best (logged at debug); also the most that "
+        "Conv4d's pool of large scratch buffers keeps between calls; 0: no limit (the pool keeps "
+        "up to 1 GiB)",
     )
 
 

@@ -17,7 +17,8 @@ same conv3d, with the taps folded in one copy and a hand-written backward (see
 _TimeFoldFunction). ``algorithm='auto'`` picks one per call with a heuristic measured on 2 CPU
 cores (bench/conv4d_bench.py, bench/results/conv4d_cpu.json); ``set_benchmark(True)`` instead
 times every formulation once per shape and caches the winner, like cudnn.benchmark. Either
-way ``set_max_workspace`` bounds the scratch memory auto may choose (``workspace_bytes``).
+way ``set_max_workspace`` bounds the scratch memory auto may choose (``workspace_bytes``),
+and what the pool of large CPU scratch buffers keeps between calls (_BufferPool).
 Every formulation runs under autocast (bfloat16 on CPU, float16 or bfloat16 on CUDA).
 """
 
@@ -212,7 +213,7 @@ def _fold_taps(x: Tensor, kt: int, geo: _Geometry) -> Tensor:
     channels last, input channels ordered (group, tap, channel) so conv3d's groups hold."""
     n, c, t_in, d, h, wd = x.shape
     g, cg = geo.g, c // geo.g
-    xs = x.new_empty(n, geo.t_out, d, h, wd, g, kt, cg)
+    xs = _POOL.empty((n, geo.t_out, d, h, wd, g, kt, cg), x.dtype, x.device)
     src = x.reshape(n, g, cg, t_in, d, h, wd).permute(0, 3, 4, 5, 6, 1, 2)  # (N, T, D, H, W, g, C/g)
     for i, (first, start, count) in enumerate(_tap_frames(geo, kt, t_in)):
         dst = xs[:, :, :, :, :, :, i]
@@ -233,6 +234,11 @@ GRAD_BLOCK_BYTES = 16 << 20
 # Fewer frames than this per conv3d call leave oneDNN's fast path (shape D in blocks of one
 # frame ran 7x slower).
 GRAD_BLOCK_MIN_FRAMES = 8
+
+
+# Frames of the input's gradient transposed to a contiguous layout per copy: well inside a
+# core's L2 cache.
+TRANSPOSE_BYTES = 256 << 10
 
 
 def _grad_blocks(n: int, t_out: int, frame_bytes: int) -> list[tuple[int, int, int, int]]:
@@ -349,7 +355,10 @@ class _TimeFoldFunction(torch.autograd.Function):
             y = F.conv3d(xs, wf, None if b is None else b.to(dtype), geo.s3, geo.p3, geo.d3, geo.g)
         ctx.save_for_backward(xs, wf)
         ctx.geo = geo  # type: ignore[attr-defined]
-        ctx.meta = (x.shape, x.dtype, w.shape, w.dtype, None if b is None else b.dtype)  # type: ignore[attr-defined]
+        # A contiguous input gets a contiguous gradient, as from conv3d; any other layout the
+        # channels-last one the taps are added in.
+        x_contiguous = x.is_contiguous()
+        ctx.meta = (x.shape, x.dtype, x_contiguous, w.shape, w.dtype, None if b is None else b.dtype)  # type: ignore[attr-defined]
         y = y.reshape(-1, geo.t_out, *y.shape[1:])  # (N, T_out, C_out, D', H', W')
         return y.permute(0, 2, 1, 3, 4, 5)
 
@@ -359,14 +368,14 @@ class _TimeFoldFunction(torch.autograd.Function):
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
         xs, wf = ctx.saved_tensors  # type: ignore[attr-defined]
         geo: _Geometry = ctx.geo  # type: ignore[attr-defined]
-        x_shape, x_dtype, w_shape, w_dtype, b_dtype = ctx.meta  # type: ignore[attr-defined]
+        x_shape, x_dtype, x_contiguous, w_shape, w_dtype, b_dtype = ctx.meta  # type: ignore[attr-defined]
         need_x, need_w, need_b, _ = ctx.needs_input_grad  # type: ignore[attr-defined]
         # conv3d's output gradient in channels-last order (N, T_out, D', H', W', C_out): one copy,
         # with the cast, or none when it arrives so (an elementwise op after this layer keeps
         # the output's layout).
         g6 = grad.permute(0, 2, 3, 4, 5, 1)
         if g6.dtype != xs.dtype or not g6.is_contiguous():
-            g6 = torch.empty(g6.shape, dtype=xs.dtype, device=g6.device).copy_(g6)
+            g6 = _POOL.empty(tuple(g6.shape), xs.dtype, g6.device).copy_(g6)
         go = g6.reshape(-1, *g6.shape[2:]).permute(0, 4, 1, 2, 3)
         kt = w_shape[2]
         gw = gb = None
@@ -374,7 +383,7 @@ class _TimeFoldFunction(torch.autograd.Function):
             _, gwf, gb = _conv3d_backward(go, xs, wf, geo, (False, need_w, need_b and b_dtype is not None))
             if need_w:
                 gw = gwf.reshape(w_shape[0], kt, w_shape[1], *w_shape[3:]).transpose(1, 2).to(w_dtype)
-        gx = _time_fold_grad_input(go, xs, wf, x_shape, kt, geo).to(x_dtype) if need_x else None
+        gx = _time_fold_grad_input(go, xs, wf, x_shape, x_dtype, x_contiguous, kt, geo) if need_x else None
         return gx, gw, gb.to(b_dtype) if gb is not None else None, None
 
 
@@ -399,14 +408,27 @@ def _conv3d_backward(
 
 
 def _time_fold_grad_input(
-    go: Tensor, xs: Tensor, wf: Tensor, x_shape: torch.Size, kt: int, geo: _Geometry
+    go: Tensor,
+    xs: Tensor,
+    wf: Tensor,
+    x_shape: torch.Size,
+    x_dtype: torch.dtype,
+    contiguous: bool,
+    kt: int,
+    geo: _Geometry,
 ) -> Tensor:
     """The input's gradient of time_fold from the output's ``go`` (N*T_out, C_out, D', H', W'):
     per block of output frames (_grad_blocks), conv3d's input gradient of the folded frames,
-    added onto the input frames each tap read; returns (N, C, T, D, H, W), channels last."""
+    added onto the input frames each tap read; returns (N, C, T, D, H, W) in ``x_dtype``, with
+    channels last (the layout the taps are added in, and the one time_fold's output has, so a
+    stack of these layers passes its gradients on without copies) or ``contiguous``."""
     n, c, t_in, d, h, wd = x_shape
     g = geo.g
-    gx = go.new_empty(n, t_in, d, h, wd, g, c // g)
+    shape = (n, t_in, d, h, wd, g, c // g)
+    # With one channel (or one position per channel) the two layouts are one.
+    transpose = contiguous and c > 1 and t_in * d * h * wd > 1
+    # Where the gradient is copied out to another layout, it is assembled in a scratch buffer.
+    gx = _POOL.empty(shape, go.dtype, go.device) if transpose else go.new_empty(shape)
     frame_bytes = xs[0].numel() * xs.element_size()
 
     def folded_grads() -> Iterator[tuple[tuple[int, int, int, int], Tensor]]:
@@ -416,7 +438,19 @@ def _time_fold_grad_input(
             yield block, _conv3d_backward(go[rows], xs[rows], wf, geo, (True, False, False))[0]
 
     _unfold_taps_grad(gx, folded_grads(), kt, t_in, geo)
-    return gx.permute(0, 5, 6, 1, 2, 3, 4).reshape(x_shape)
+    if not transpose:
+        return gx.permute(0, 5, 6, 1, 2, 3, 4).reshape(x_shape).to(x_dtype)
+    # Channels to the front a run of frames (about TRANSPOSE_BYTES) at a time: the run stays in
+    # cache while it is transposed, where one copy over the whole tensor re-reads each cache
+    # line once per channel (autograd's copy of a channels-last gradient onto a contiguous leaf
+    # took twice as long on shape E of bench/conv4d_bench.py).
+    out = torch.empty(x_shape, dtype=x_dtype, device=gx.device)
+    frames = gx.reshape(n, t_in, d, h, wd, c)
+    run = max(1, TRANSPOSE_BYTES // (d * h * wd * c * gx.element_size()))
+    for i in range(n):
+        for t in range(0, t_in, run):
+            out[i, :, t : t + run].copy_(frames[i, t : t + run].permute(4, 0, 1, 2, 3))
+    return out
 
 
 def _time_fold(x: Tensor, w: Tensor, b: Tensor | None, geo: _Geometry) -> Tensor:
@@ -478,13 +512,13 @@ _FORMULATIONS: dict[str, Callable[..., Tensor]] = {
 # Choosing a formulation
 
 
+# A CPU forward takes the per-frame loop rather than time_fold's folded input where that would
+# raise the call's peak memory past this multiple of the loop's (issue 20's bound).
+FORWARD_PEAK_RATIO = 1.5
+
+
 def heuristic_algorithm(
-    kernel_t: int,
-    stride_t: int,
-    needs_grad: bool,
-    channels_per_group: int = 1,
-    batch: int = 1,
-    device_type: str = "cpu",
+    kernel_t: int, stride_t: int, needs_grad: bool, peak_ratio: float = 1.0, device_type: str = "cpu"
 ) -> str:
     """The formulation measured fastest for this kind of call (bench/results/conv4d_cpu.json,
     conv4d_cuda.json).
@@ -493,20 +527,20 @@ def heuristic_algorithm(
     4-8x slower forward on every shape of the bench (H200), and the caching allocator spares
     the stacked input the page faults that favour the loop on a CPU.
 
-    Stacking the time taps into input channels won every forward+backward (2-12x over the
-    loop): one large conv3d beats kt smaller ones, and batch ``T_out * N`` keeps torch on its
-    fast backend even at batch 1 (where the per-frame loop is 7-9x slower). Forward passes are
-    closer. With a time stride the loop wins, as the issue's own measurements found: its
-    per-frame buffers are small and reused from the malloc heap, while the stacked input is a
-    large fresh allocation (page faults) that a strided forward, with less compute per input
-    byte and no backward, does not amortise. Unstrided, the loop also matched or beat the
-    stacked taps once each frame's conv3d is wide enough to run well on its own: over six
-    runs the stacked taps ran at 0.91-1.66x (median 0.97x) of the loop on shape A (8 channels
-    per group, batch 8) and at 0.89-1.03x on B (32 channels, batch 4, with 65% more peak
-    memory), while with one channel (C: 2.2x) or batch 1 (D: 6.9x) they win by far.
+    ``peak_ratio`` is time_fold's peak memory over the loop's for the call (input, output and
+    workspace). Stacking the time taps into input channels won every forward+backward (2-6x
+    over the loop): one large conv3d beats kt smaller ones, and batch ``T_out * N`` keeps torch
+    on its fast backend even at batch 1 (where the per-frame loop is 7-9x slower). Unstrided
+    forward passes too, now that the stacked input comes from the scratch pool (_BufferPool)
+    instead of fresh pages: on 1 thread, in process CPU time in turns, 1.08-1.25x the loop on
+    shape A (8 channels, batch 8) and 1.02-1.13x on B (32 channels, batch 4), where with a
+    fresh buffer each call the loop had matched or beaten it. A forward keeps the loop where
+    the folded input would take the peak past FORWARD_PEAK_RATIO times the loop's (B: 1.67x,
+    for a few percent), and with a time stride (E: the stacked taps at 0.73-0.90x): there is
+    less compute per folded byte and no backward to share the fold with.
     """
-    per_frame_wins = device_type == "cpu" and (stride_t > 1 or (channels_per_group >= 8 and batch >= 2))
-    return "loop" if kernel_t > 1 and not needs_grad and per_frame_wins else "time_fold"
+    per_frame = device_type == "cpu" and (stride_t > 1 or peak_ratio > FORWARD_PEAK_RATIO)
+    return "loop" if kernel_t > 1 and not needs_grad and per_frame else "time_fold"
 
 
 def workspace_bytes(
@@ -573,11 +607,76 @@ class _Workspace:
 _WORKSPACE = _Workspace()
 
 
+# Scratch buffers smaller than this come from malloc's heap, already reused without page faults.
+POOL_MIN_BYTES = 1 << 20
+# What the pool keeps when nn.max_workspace sets no limit.
+POOL_DEFAULT_BYTES = 1 << 30
+
+
+class _BufferPool:
+    """Large CPU scratch buffers (the folded input, backward's channels-last output gradient)
+    kept across conv4d calls instead of freed.
+
+    glibc serves allocations above its mmap threshold (at most 32 MiB) with fresh pages that
+    fault on first touch: on shape A of bench/conv4d_bench.py a fresh 48 MiB buffer took 17.7 ms
+    to fill against 7.3 ms for a copy into one already resident. A buffer is handed out as a
+    view and is free again once nothing shares its storage (autograd's saved tensors included),
+    so one still held by a graph is never reused. The pool holds at most nn.max_workspace bytes
+    (POOL_DEFAULT_BYTES without a limit), dropping free buffers oldest first to make room;
+    beyond that, buffers are plain allocations.
+    """
+
+    def __init__(self) -> None:
+        self.buffers: list[Tensor] = []  # oldest first
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def _shared(buffer: Tensor) -> bool:
+        # The pool's own reference and the temporary storage object count two.
+        return torch._C._storage_Use_Count(buffer.untyped_storage()._cdata) > 2
+
+    def empty(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """An uninitialised contiguous tensor of ``shape``, from the pool where it can be."""
+        numel = math.prod(shape)
+        size = numel * torch.empty((), dtype=dtype).element_size()
+        if device.type != "cpu" or size < POOL_MIN_BYTES:
+            return torch.empty(shape, dtype=dtype, device=device)
+        with self.lock:
+            for i, buffer in enumerate(self.buffers):
+                if buffer.dtype == dtype and buffer.numel() == numel and not self._shared(buffer):
+                    self.buffers.append(self.buffers.pop(i))
+                    return buffer.view(shape)
+            cap = _WORKSPACE.limit or POOL_DEFAULT_BYTES
+            held = sum(b.numel() * b.element_size() for b in self.buffers)
+            kept = []
+            for buffer in self.buffers:
+                if held + size > cap and not self._shared(buffer):
+                    held -= buffer.numel() * buffer.element_size()
+                else:
+                    kept.append(buffer)
+            self.buffers = kept
+            # Allocated outside inference mode, so a training call may later save it for backward.
+            with torch.inference_mode(False):
+                buffer = torch.empty(numel, dtype=dtype, device=device)
+            if held + size <= cap:
+                self.buffers.append(buffer)
+            return buffer.view(shape)
+
+    def clear(self) -> None:
+        """Forget every buffer (those still in use stay alive with their users)."""
+        with self.lock:
+            self.buffers.clear()
+
+
+_POOL = _BufferPool()
+
+
 def set_max_workspace(limit: int | None) -> None:
     """Most bytes of workspace 'auto' lets one conv4d call allocate (None or 0: no limit)."""
     if limit is not None and limit < 0:
         raise ValueError(f"max_workspace must be >= 0 bytes, got {limit}")
     _WORKSPACE.limit = limit or None
+    _POOL.clear()  # a lower limit frees what the pool kept at once
 
 
 def max_workspace() -> int | None:
@@ -763,9 +862,11 @@ def conv4d(
             )
 
         limit = _WORKSPACE.limit
-        preferred = heuristic_algorithm(
-            kernel[0], s[0], needs_grad, weight.shape[1], xp.shape[0], xp.device.type
-        )
+        # A forward's peak memory under time_fold over the loop's: input, output (the loop's
+        # forward workspace) and each one's workspace.
+        inputs, out = xp.numel() * element_size, workspace("loop")
+        peak_ratio = 1.0 if needs_grad else (inputs + out + workspace("time_fold")) / (inputs + 2 * out)
+        preferred = heuristic_algorithm(kernel[0], s[0], needs_grad, peak_ratio, xp.device.type)
         if _BENCHMARK.enabled and not _exporting():
             key = (
                 xp.device.type,
