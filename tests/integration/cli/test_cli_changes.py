@@ -58,10 +58,19 @@ def test_a_start_the_registry_never_gave_fails_with_what_to_give(tessera_cli, cl
     assert "Traceback" not in past.err + negative.err
 
 
+# A child started under a shell's background job (CI's, say) inherits SIGINT ignored, and
+# Python then raises no KeyboardInterrupt: run the CLI with Ctrl-C's usual handler, as a
+# terminal would.
+CLI_WITH_CTRL_C = (
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from tessera.cli import main; sys.exit(main())"
+)
+
+
 def test_follow_prints_new_changes_until_interrupted(daemon, client, tmp_path):
     client.models.push("affine", affine_onnx(tmp_path / "a1.onnx"))
     follower = subprocess.Popen(
-        [sys.executable, "-m", "tessera.cli", "--target", daemon.target, "models", "changes", "--follow"],
+        [sys.executable, "-c", CLI_WITH_CTRL_C, "--target", daemon.target, "models", "changes", "--follow"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
