@@ -320,8 +320,7 @@ def test_a_resumed_fine_tuning_job_keeps_its_backbone_frozen_and_its_curve(
     for event in training.WatchJob(S.WatchJobRequest(job_id=job.job_id), timeout=120):
         if event.WhichOneof("event") == "checkpoint" and event.checkpoint.epoch == 4:
             break
-    daemon.process.kill()
-    daemon.process.wait(10)
+    daemon.kill()
     channel.close()
 
     restarted = spawn_daemon(*args, env=env)

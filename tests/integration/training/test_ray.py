@@ -366,22 +366,30 @@ def test_an_unreachable_cluster_makes_training_unavailable_and_nothing_else(tmp_
         daemon.stop()
 
 
+def _ray_backed_daemon(
+    spawn_daemon: Any, ray_nodes: RayNodes, data_dir: Path
+) -> tuple[Any, grpc.Channel, training_pb2_grpc.TrainingStub]:
+    """A `tesserad serve` process on `data_dir` training on the cluster (again: a restart)."""
+    env = {
+        "TESSERA_TRAINING_BACKEND": "ray",
+        "TESSERA_TRAINING_RAY_ADDRESS": ray_nodes.address,
+        "TESSERA_TRAINING_THREADS_PER_SLOT": "1",
+    }
+    daemon = spawn_daemon(
+        "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(data_dir), env=env
+    )
+    channel = grpc.insecure_channel(daemon.wait_serving())
+    return daemon, channel, training_pb2_grpc.TrainingStub(channel)
+
+
 @pytest.mark.parametrize("processes", [1, 2], ids=["actor", "ddp-trainer"])
 def test_a_sigkilled_daemon_resumes_its_ray_job_from_the_last_checkpoint(
     ray_nodes: RayNodes, spawn_daemon: Any, tmp_path: Path, processes: int
 ) -> None:
     """Ray ends a driver's actors (and the trainers they ran) with it: the next daemon marks the
     job INTERRUPTED and resumes it."""
-    env = {
-        "TESSERA_TRAINING_BACKEND": "ray",
-        "TESSERA_TRAINING_RAY_ADDRESS": ray_nodes.address,
-        "TESSERA_TRAINING_THREADS_PER_SLOT": "1",
-    }
-    args = ("--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(tmp_path))
-    daemon = spawn_daemon(*args, env=env)
-    channel = grpc.insecure_channel(daemon.wait_serving())
+    daemon, channel, training = _ray_backed_daemon(spawn_daemon, ray_nodes, tmp_path)
     upload_standard_datasets(channel)
-    training = training_pb2_grpc.TrainingStub(channel)
     checkpoints = job_spec_pb2.CheckpointPolicy(every_n_epochs=2, keep_last=1)
     epochs = 400 if processes == 1 else 120
     spec = (
@@ -393,13 +401,10 @@ def test_a_sigkilled_daemon_resumes_its_ray_job_from_the_last_checkpoint(
     seen = watch_until(
         training, job.job_id, lambda e: e.WhichOneof("event") == "checkpoint" and e.checkpoint.epoch >= 4
     )
-    daemon.process.kill()
-    daemon.process.wait(10)
+    daemon.kill()
     channel.close()
 
-    restarted = spawn_daemon(*args, env=env)
-    channel = grpc.insecure_channel(restarted.wait_serving())
-    training = training_pb2_grpc.TrainingStub(channel)
+    _, channel, training = _ray_backed_daemon(spawn_daemon, ray_nodes, tmp_path)
     events = follow(training, job.job_id)
     assert events[: len(seen)] == seen
     assert states(events) == [
@@ -656,28 +661,17 @@ def test_cancel_stops_a_ddp_trainer_and_frees_its_nodes(
 def test_a_daemon_restart_keeps_the_restarts_a_job_has_used(
     ray_nodes: RayNodes, spawn_daemon: Any, tmp_path: Path
 ) -> None:
-    env = {
-        "TESSERA_TRAINING_BACKEND": "ray",
-        "TESSERA_TRAINING_RAY_ADDRESS": ray_nodes.address,
-        "TESSERA_TRAINING_THREADS_PER_SLOT": "1",
-    }
-    args = ("--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(tmp_path))
-    daemon = spawn_daemon(*args, env=env)
-    channel = grpc.insecure_channel(daemon.wait_serving())
+    daemon, channel, training = _ray_backed_daemon(spawn_daemon, ray_nodes, tmp_path)
     upload_standard_datasets(channel)
-    training = training_pb2_grpc.TrainingStub(channel)
     job = submit(training, on_node("node_b", epochs=100_000, max_restarts=1))
     seen = watch_until(training, job.job_id, lambda e: e.WhichOneof("event") == "step")
     os.kill(pid_of(placed(seen)[0]), signal.SIGKILL)
     seen = watch_until(training, job.job_id, lambda e: e.WhichOneof("event") == "step" and e.attempt == 2)
     assert "restart 1 of spec.max_restarts 1" in of_kind(seen, "state")[2].reason
-    daemon.process.kill()
-    daemon.process.wait(10)
+    daemon.kill()
     channel.close()
 
-    restarted = spawn_daemon(*args, env=env)
-    channel = grpc.insecure_channel(restarted.wait_serving())
-    training = training_pb2_grpc.TrainingStub(channel)
+    _, channel, training = _ray_backed_daemon(spawn_daemon, ray_nodes, tmp_path)
     seen = watch_until(training, job.job_id, lambda e: e.WhichOneof("event") == "step" and e.attempt == 3)
     # The interruption was the daemon's, not the worker's: it used no restart, and the one
     # restart the spec allows is spent, so this death ends the job.

@@ -62,8 +62,7 @@ def test_sigkilled_daemon_resumes_the_job_from_its_last_checkpoint(spawn_daemon:
         if "forkserver" in " ".join(child.parent().cmdline())
     ]
     assert workers
-    daemon.process.kill()
-    daemon.process.wait(10)
+    daemon.kill()
     channel.close()
     # Its worker saw the daemon's end of the pipe close and stopped: none trains unsupervised.
     _, alive = psutil.wait_procs(workers, timeout=30)

@@ -59,8 +59,7 @@ def test_sigkilled_daemon_continues_a_tpe_sweep_with_asha(spawn_daemon: Any, tmp
             break
         assert time.monotonic() < deadline and before.state == S.SWEEP_STATE_RUNNING
         time.sleep(0.05)
-    daemon.process.kill()
-    daemon.process.wait(10)
+    daemon.kill()
     channel.close()
 
     _, channel = _start(spawn_daemon, tmp_path)
