@@ -25,7 +25,8 @@ def _cuda_problem() -> str:
     return ""
 
 
-pytestmark = [pytest.mark.cuda, pytest.mark.skipif(bool(_cuda_problem()), reason=_cuda_problem() or "-")]
+CUDA_PROBLEM = _cuda_problem()
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(bool(CUDA_PROBLEM), reason=CUDA_PROBLEM or "-")]
 
 # cuDNN and cuBLAS may compute float32 convolutions and products in TF32 (10-bit mantissa).
 TF32_TOLERANCE = {"rtol": 1e-2, "atol": 1e-3}
