@@ -638,7 +638,7 @@ class _BufferPool:
     def empty(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
         """An uninitialised contiguous tensor of ``shape``, from the pool where it can be."""
         numel = math.prod(shape)
-        size = numel * torch.empty((), dtype=dtype).element_size()
+        size = numel * dtype.itemsize
         if device.type != "cpu" or size < POOL_MIN_BYTES:
             return torch.empty(shape, dtype=dtype, device=device)
         with self.lock:
@@ -854,7 +854,7 @@ def conv4d(
     needs_grad = torch.is_grad_enabled() and (xp.requires_grad or weight.requires_grad)
     name: str = algorithm
     if name == "auto":
-        element_size = torch.empty((), dtype=_compute_dtype(xp)).element_size()
+        element_size = _compute_dtype(xp).itemsize
 
         def workspace(candidate: str) -> int:
             return workspace_bytes(
