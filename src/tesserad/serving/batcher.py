@@ -13,11 +13,10 @@
   `hold=True` and calls `release()` once they are all in. Without that, a fast model run inline on the one event-loop thread is always
   idle when the next request arrives, and under load no batch ever forms.
 - Batching never loses: the batcher keeps its model's cost per row (`RowCosts`: CPU time on a
-  CPU, wall time on a GPU) while it gathers requests into batches and while it does not, and
-  gathers only while `batching_pays` says a row costs less so, what gathering costs outside the
-  batches included (see there). A model that gains nothing from batches then runs as with
-  batching off; one batch in `_EXPLORE_EVERY` still gathers (or, while batching pays, runs one
-  row alone), to notice when that changes.
+  CPU, wall time on a GPU) for batches of one row and for batches of more, and gathers requests
+  only while `batching_pays` says the batched rows are cheaper (see there). A model that gains
+  nothing from batches then runs as with batching off; one batch in `_EXPLORE_EVERY` still
+  gathers (or, while batching pays, runs one row alone), to notice when that changes.
 - Bounded: beyond `max_queue_size` queued requests, ResourceExhausted.
 - Deadline-aware: a request whose deadline has passed is answered DeadlineExceeded and never run.
 - Cancellation: cancelling a request's future removes it from the queue.
@@ -45,45 +44,36 @@ log = logging.getLogger(__name__)
 
 # Compute-time smoothing for the inline and batching decisions: each batch weighs 10%.
 _EWMA_WEIGHT = 0.1
-# What gathering costs the daemon per row beyond its batches' time, which the batcher cannot see:
-# the yield serving.predict makes for a request's burst (one event-loop iteration: 6-12 us hot,
-# 15-25 us of CPU in the served path, caches cold; serve_bench's notes) and a held request's
-# asyncio Future, wake-up and release.
-HOLD_COST_NS = 15_000.0
+# What a request held for its burst costs the daemon beyond its model's time, which the batcher
+# cannot see: about one event-loop iteration (6 us on the 2-core dev box, serve_bench's
+# tiny_mlp_python_path_stages_us) for its asyncio Future, its wake-up and the release.
+HOLD_COST_NS = 6_000.0
 # Batches must save at least this share of a row's time alone: within it, the estimates' noise
 # (batches run while other instances compete for the cores) could make either answer.
 PAYS_MARGIN = 0.05
 # While batching does not pay, every this-many-th batch still gathers, to re-measure (and while
-# it pays, runs one row alone); until the costs are decided, every _COST_EVERY-th batch does.
+# it pays, runs one row alone); until both estimates exist, every _COST_EVERY-th batch does.
 _EXPLORE_EVERY = 64
 # An exploring batch gathers at most this many rows: cnn4d at concurrency 32 gathered 30 (1.26x
 # the CPU per row of a row alone), a third of all rows, and lost 0.67x of batching off's requests/s.
 EXPLORE_ROWS = 4
-# Once decided, the cost of every this-many-th batch is measured (the exploring ones among them,
-# _EXPLORE_EVERY being a multiple): reading a thread's CPU time is a system call (0.9 us on the
-# dev box), twice a batch. Until then every batch is.
+# Once a batch size's estimate exists, the cost of every this-many-th batch is measured (the
+# exploring ones among them, _EXPLORE_EVERY being a multiple): reading a thread's CPU time is a
+# system call (0.9 us on the dev box), twice a batch.
 _COST_EVERY = 8
-# Batches measured on each side (gathering and not) before the first decision: the first
-# requests of a burst run alone before the rest arrive, and one measured batch on each side
-# stopped a fast model from gathering before any burst could form a batch.
-DECIDE_AFTER = 8
 
 
-def batching_pays(single_ns_per_row: float, gathering_ns_per_row: float) -> bool:
-    """Whether gathering requests into batches pays for a model, from its own measured costs: a
-    row run while the batcher gathers (in whatever batch it ended up, alone included, plus what
-    gathering costs outside the batch, HOLD_COST_NS) must cost less than a row run while it does
-    not, by PAYS_MARGIN.
+def batching_pays(single_ns_per_row: float, batched_ns_per_row: float) -> bool:
+    """Whether gathering requests into batches pays for a model, from its own measured times:
+    a row in a batch of more than one (plus what holding its request costs, HOLD_COST_NS) must
+    take less than a row run alone, by PAYS_MARGIN.
 
     The costs are what `cost_clock` reads (CPU time on a CPU) over all of the batcher's work on a
     batch: a small model saves its per-run overhead by batching (tiny MLP on the 2-core dev box:
     15 us of CPU for a row alone, 7.4 a row in batches of 8), a big one saves nothing or loses
     (cnn4d: 2.0 ms alone, 2.05 in batches of 8; in-process, 1.2x alone's in batches of 20-30).
-    Rows that were gathered for but ran alone count too: the tiny MLP at concurrency 32 gathered
-    batches of 2 for 2-5% of its rows, a row in them 0.8x the CPU of a row alone, but every request
-    paid the yield for its burst, and batching on cost 1.14x the CPU per request of off.
     """
-    return gathering_ns_per_row + HOLD_COST_NS <= single_ns_per_row * (1 - PAYS_MARGIN)
+    return batched_ns_per_row + HOLD_COST_NS <= single_ns_per_row * (1 - PAYS_MARGIN)
 
 
 def cost_clock(device: str) -> Callable[[], int]:
@@ -98,64 +88,58 @@ def cost_clock(device: str) -> Callable[[], int]:
 
 
 class RowCosts:
-    """A version's cost per row while the batcher gathers requests into batches and while it does
-    not, and whether gathering pays (`batching_pays` on them). Pure: fed each batch's (rows, cost,
-    whether it was formed while gathering) by the batcher.
+    """A version's cost per row for batches of one row and for batches of more, and whether
+    batching pays (`batching_pays` on them). Pure: fed each batch's (rows, cost) by the batcher.
 
-    Smoothed as logarithms (a geometric mean, each row weighing _EWMA_WEIGHT): a run slowed 10x
-    by a busy machine moves an estimate 1.26x, not 1.9x as it would a plain average; a batch of
-    8 rows weighs as 8 rows alone. Until DECIDE_AFTER batches of each side are measured, batching
-    is taken to pay (the batcher behaves as configured).
+    Smoothed as logarithms (a geometric mean, each batch weighing _EWMA_WEIGHT): a run slowed 10x
+    by a busy machine moves an estimate 1.26x, not 1.9x as it would a plain average. Until both
+    sizes are measured, batching is taken to pay (the batcher behaves as configured).
     """
 
-    __slots__ = ("_gathering_log", "_gathering_n", "_single_log", "_single_n", "pays")
+    __slots__ = ("_batched_log", "_single_log", "pays")
 
     def __init__(self) -> None:
         self._single_log: float | None = None
-        self._gathering_log: float | None = None
-        self._single_n = 0
-        self._gathering_n = 0
+        self._batched_log: float | None = None
         self.pays = True
 
-    def observe(self, rows: int, cost_ns: float, gathering: bool) -> None:
-        """Add a batch of `rows` that cost `cost_ns` in all, formed while gathering or not."""
+    def observe(self, rows: int, cost_ns: float) -> None:
+        """Add a batch of `rows` that cost `cost_ns` in all."""
         log_ns = math.log(max(1.0, cost_ns / rows))
-        if gathering:
-            self._gathering_log = _smoothed(self._gathering_log, log_ns, rows)
-            self._gathering_n += 1
+        if rows == 1:
+            self._single_log = _smoothed(self._single_log, log_ns)
         else:
-            self._single_log = _smoothed(self._single_log, log_ns, rows)
-            self._single_n += 1
-        if self.decided:
-            assert self._single_log is not None and self._gathering_log is not None
-            self.pays = batching_pays(math.exp(self._single_log), math.exp(self._gathering_log))
+            self._batched_log = _smoothed(self._batched_log, log_ns)
+        if self._single_log is not None and self._batched_log is not None:
+            self.pays = batching_pays(math.exp(self._single_log), math.exp(self._batched_log))
+
+    def known(self, rows: int) -> bool:
+        """Whether the cost per row of a batch of `rows` has an estimate."""
+        return (self._single_log if rows == 1 else self._batched_log) is not None
 
     @property
     def decided(self) -> bool:
-        """Whether both sides have been measured enough to decide (until then `pays` is True)."""
-        return min(self._single_n, self._gathering_n) >= DECIDE_AFTER
+        """Whether both sizes were measured (until then `pays` is True)."""
+        return self._single_log is not None and self._batched_log is not None
 
     @property
     def single_ns_per_row(self) -> float | None:
         return None if self._single_log is None else math.exp(self._single_log)
 
     @property
-    def gathering_ns_per_row(self) -> float | None:
-        return None if self._gathering_log is None else math.exp(self._gathering_log)
+    def batched_ns_per_row(self) -> float | None:
+        return None if self._batched_log is None else math.exp(self._batched_log)
 
 
-def _smoothed(estimate: float | None, value: float, rows: int) -> float:
-    """`estimate` moved toward `value` as `rows` observations of it would each move it."""
-    if estimate is None:
-        return value
-    return value + (1 - _EWMA_WEIGHT) ** rows * (estimate - value)
+def _smoothed(estimate: float | None, value: float) -> float:
+    return value if estimate is None else estimate + _EWMA_WEIGHT * (value - estimate)
 
 
 def row_limit(pays: bool, decided: bool, batches_run: int, max_rows: int) -> int:
     """Rows the next batch may gather: all while batching pays, one while it does not; an
     exploring batch does the other (at most EXPLORE_ROWS), so that both estimates stay measured
     (under steady load a batcher that gathers may otherwise never run a row alone again). One
-    batch in _EXPLORE_EVERY explores, one in _COST_EVERY until the costs are `decided`."""
+    batch in _EXPLORE_EVERY explores, one in _COST_EVERY until both estimates exist (`decided`)."""
     every = _EXPLORE_EVERY if decided else _COST_EVERY
     if batches_run % every != every - 1:
         return max_rows if pays else 1
@@ -320,8 +304,8 @@ class DynamicBatcher:
 
     @property
     def full(self) -> bool:
-        """True when the held rows fill the next batch: waiting for more gains nothing."""
-        return self._held_rows >= self._row_limit()
+        """True when the held rows fill a batch: waiting for more gains nothing."""
+        return self._held_rows >= self._max_rows
 
     @property
     def batches(self) -> bool:
@@ -338,20 +322,14 @@ class DynamicBatcher:
 
     def holds(self, rows: int) -> bool:
         """Whether holding a request of `rows` for its burst pays: only while the held batch would
-        run inline (a fast model), and only up to the rows the next batch takes. A slow model runs
-        in worker threads, which take everything that queued while they were busy; holding its
-        requests would only leave it idle meanwhile (cnn4d at concurrency 32: 0.81x of batching
-        off with holds). Beyond the next batch's rows a held request waits for nothing: with
-        batching not paying, an exploring batch takes EXPLORE_ROWS, and holding every request of
-        a burst of 32 for it sent the rest one by one through the worker threads (tiny MLP at
-        concurrency 32: 1.14x the CPU per request of batching off, 0.85-0.88x its requests/s)."""
-        held = self._held_rows + rows
-        limit = self._row_limit()
+        run inline (a fast model). A slow model runs in worker threads, which take everything that
+        queued while they were busy; holding its requests would only leave it idle meanwhile
+        (cnn4d at concurrency 32: 0.81x of batching off with holds)."""
         return (
-            limit > 1
-            and held <= limit
+            self._max_rows > 1
+            and self._row_limit() > 1
             and self._delay_ns == 0
-            and self._compute_ns_per_row * held <= self._inline_max_ns
+            and self._compute_ns_per_row * (self._held_rows + rows) <= self._inline_max_ns
         )
 
     def submit(
@@ -580,12 +558,10 @@ class DynamicBatcher:
         rows = batch[0].rows if alone else sum(r.rows for r in batch)
         # The batch's cost for RowCosts: all of the batch's work here, which batching shares
         # among its rows (for a tiny model, more than the model's run), up to its answers. Only
-        # where batches can form, and once decided, one in _COST_EVERY: each reading of the
-        # clock is a system call. The row limit it was gathered under is still the current one
-        # (the count of batches run moves after it).
-        gathering = self._row_limit() > 1
+        # where batches can form, and for a batch of a size whose cost is known, one in
+        # _COST_EVERY: each reading of the clock is a system call.
         measured = self._max_rows > 1 and (
-            not self.costs.decided or self._batches_run % _COST_EVERY == _COST_EVERY - 1
+            not self.costs.known(rows) or self._batches_run % _COST_EVERY == _COST_EVERY - 1
         )
         cost_started = self._cost_clock() if measured else 0
         if alone:
@@ -624,19 +600,17 @@ class DynamicBatcher:
             )
         # Counted before answered: a caller that reads the stats after its answer finds it there.
         self._stats.record_batch(compute_ns, answered)
-        self._learn(
-            compute_ns / rows, self._cost_clock() - cost_started if measured else None, rows, gathering
-        )
+        self._learn(compute_ns / rows, self._cost_clock() - cost_started if measured else None, rows)
         for request, prediction in zip(batch, predictions, strict=True):
             request.future.set_result(prediction)
 
-    def _learn(self, ns_per_row: float, cost_ns: int | None, rows: int, gathering: bool) -> None:
+    def _learn(self, ns_per_row: float, cost_ns: int | None, rows: int) -> None:
         """Update the wall time per row, and the costs with a batch's measured cost. Unlocked: a
         lost update among threads only delays the estimates by one batch."""
         self._batches_run += 1
         self._compute_ns_per_row += _EWMA_WEIGHT * (ns_per_row - self._compute_ns_per_row)
         if cost_ns is not None:
-            self.costs.observe(rows, cost_ns, gathering)
+            self.costs.observe(rows, cost_ns)
 
     def _fail(self, request: _Request, exc: Exception) -> None:
         log.warning("%s failed on a request: %s", self.label, exc)

@@ -10,7 +10,6 @@ from serving_fakes import GatedRuntime
 
 from tesserad.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
 from tesserad.serving.batcher import (
-    DECIDE_AFTER,
     EXPLORE_ROWS,
     HOLD_COST_NS,
     PAYS_MARGIN,
@@ -265,13 +264,13 @@ def test_stats_count_requests_rows_batches_and_errors() -> None:
     assert stats.snapshot().request_count == 0
 
 
-def test_batching_pays_only_when_a_row_gathered_for_and_its_hold_beat_a_row_alone_by_the_margin() -> None:
+def test_batching_pays_only_when_a_batched_row_and_its_hold_beat_a_row_alone_by_the_margin() -> None:
     # A small model: a row alone is mostly per-run overhead that a batch shares.
-    assert batching_pays(single_ns_per_row=30_000, gathering_ns_per_row=5_000)
+    assert batching_pays(single_ns_per_row=12_000, batched_ns_per_row=2_000)
     # A big model on a CPU: a batch's rows cost what they cost alone.
-    assert not batching_pays(single_ns_per_row=3_000_000, gathering_ns_per_row=3_000_000)
-    # Cheaper while gathering, but not by enough to pay for the hold.
-    assert not batching_pays(single_ns_per_row=20_000, gathering_ns_per_row=8_000)
+    assert not batching_pays(single_ns_per_row=3_000_000, batched_ns_per_row=3_000_000)
+    # Cheaper in the model, but not by enough to pay for holding the request.
+    assert not batching_pays(single_ns_per_row=8_000, batched_ns_per_row=4_000)
     # Right at the bound it pays; a nanosecond over, it does not.
     bound = 100_000 * (1 - PAYS_MARGIN) - HOLD_COST_NS
     assert batching_pays(100_000, bound)
@@ -310,50 +309,13 @@ def test_a_batcher_whose_batches_cost_more_per_row_stops_gathering() -> None:
     try:
         assert batcher.pays  # until measured
         burst()
-        assert runtime.batches == [1, 4]
-        while not batcher.costs.decided:  # until then one batch in 8 runs a row alone
-            burst()
-        assert not batcher.pays
+        assert runtime.batches == [1, 4] and not batcher.pays
         runtime.batches.clear()
         for _ in range(3):
             burst()
         # One batch in 64 may still gather; these 15 requests ran (almost) all alone.
         assert sum(1 for b in runtime.batches if b > 1) <= 1 and len(runtime.batches) >= 13
         assert not batcher.holds(1)
-    finally:
-        batcher.close(10)
-
-
-def test_a_batcher_that_does_not_pay_holds_only_the_rows_its_exploring_batch_takes() -> None:
-    # A row in a batch costs 3x a row alone; requests run inline (a fast model) and may be held.
-    runtime = _RowCostRuntime({1: 0.0002, 0: 0.0006})
-    runtime.gate.set()
-    batcher = make_batcher(runtime, max_batch_size=8, max_queue_size=64, inline_max_compute_us=1e6)
-
-    def held_burst() -> list[Future[Prediction]]:
-        """Hold requests while the batcher would hold one more, then release them."""
-        futures = []
-        while batcher.holds(1) and len(futures) < 8:
-            future = batcher.submit(rows(1), ["y"], 1, hold=True)
-            assert isinstance(future, Future)
-            futures.append(future)
-        batcher.release()
-        return futures
-
-    try:
-        while not batcher.costs.decided:  # gathering full batches; one batch in 8 a row alone
-            if not held_burst():
-                batcher.submit(rows(1), ["y"], 1).result(10)
-        assert not batcher.pays and EXPLORE_ROWS < 8
-        runtime.batches.clear()
-        for _ in range(64):  # one of these batches is the exploring one
-            if batcher.holds(1):
-                break
-            batcher.submit(rows(1), ["y"], 1).result(10)
-        futures = held_burst()
-        assert len(futures) == EXPLORE_ROWS and batcher.held_rows == 0
-        assert [f.result(10).batch_rows for f in futures] == [EXPLORE_ROWS] * EXPLORE_ROWS
-        assert runtime.batches[-1] == EXPLORE_ROWS and not batcher.holds(1)
     finally:
         batcher.close(10)
 
@@ -369,72 +331,44 @@ def test_a_batcher_counts_cpu_time_so_a_batch_that_only_waits_longer_still_pays(
 
     runtime = Sleepy({1: 0.002, 0: 0.0004})
     batcher = make_batcher(runtime)
-
-    def burst() -> None:
+    try:
         runtime.gate.clear()
         futures = [occupy(batcher, runtime)] + [batcher.submit(rows(1), ["y"], 1) for _ in range(4)]
         runtime.gate.set()
         for future in futures:
             future.result(10)
-
-    try:
-        while not batcher.costs.decided:
-            burst()
-        # One batch in 8 is measured: a few of them move the estimate off the first, a row alone.
-        for _ in range(12):
-            burst()
+        assert runtime.batches == [1, 4]
         costs = batcher.costs
-        assert costs.single_ns_per_row is not None and costs.gathering_ns_per_row is not None
-        # By wall time a batched row (3.4 ms) costs more than a row alone (2 ms); by CPU time, less.
-        assert costs.gathering_ns_per_row < costs.single_ns_per_row and batcher.pays
+        assert costs.single_ns_per_row is not None and costs.batched_ns_per_row is not None
+        assert costs.batched_ns_per_row < costs.single_ns_per_row / 2 and batcher.pays
     finally:
         batcher.close(10)
 
 
-def test_row_costs_decide_from_gathering_and_not_and_follow_a_change() -> None:
+def test_row_costs_decide_from_both_sizes_and_follow_a_change() -> None:
     costs = RowCosts()
-    for _ in range(DECIDE_AFTER):
-        costs.observe(4, 4 * 3_000_000, gathering=True)
-    assert costs.pays and costs.single_ns_per_row is None  # one side alone decides nothing
+    costs.observe(4, 4 * 3_000_000)
+    assert costs.pays and costs.single_ns_per_row is None  # one size alone decides nothing
     assert not costs.decided
-    for _ in range(DECIDE_AFTER - 1):
-        costs.observe(1, 2_200_000, gathering=False)
-    assert not costs.decided and costs.pays  # nor too few batches of the other
-    costs.observe(1, 2_200_000, gathering=False)
-    assert costs.decided
+    assert costs.known(4) and costs.known(2) and not costs.known(1)
+    costs.observe(1, 2_200_000)
+    assert costs.decided and costs.known(1)
     # cnn4d on 2 cores, CPU time: 2.2 ms a row alone, 3 ms a row in a batch of 4.
     assert not costs.pays
     assert costs.single_ns_per_row == pytest.approx(2_200_000)
-    assert costs.gathering_ns_per_row == pytest.approx(3_000_000)
+    assert costs.batched_ns_per_row == pytest.approx(3_000_000)
     # The batches become cheap (a smaller model version's shape of costs): it takes a few of
     # them to move the smoothed estimate past the margin, then batching pays again.
-    for _ in range(4):
-        costs.observe(8, 8 * 200_000, gathering=True)
+    for _ in range(30):
+        costs.observe(8, 8 * 200_000)
     assert costs.pays
-    # The tiny MLP: 30 us of CPU a row alone, 3 us a row in a batch of 8: gathering pays. At
-    # concurrency 32 it gathered batches of 2 for a few percent of its rows (half the CPU a row
-    # there), and the rest, gathered for, ran alone at their usual cost: with the hold, a row
-    # gathered for costs more than a row alone. It does not pay.
-    cases = [(30_000, [(8, 3_000)] * 8, True), (40_000, [(1, 40_000)] * 19 + [(2, 20_000)], False)]
-    for single, batches, pays in cases:
+    # The tiny MLP's batch costs 18 us of CPU alone, 3 us a row in a batch of 8 (plus
+    # HOLD_COST_NS): it pays. A row in a batch saving less than holding its request costs: not.
+    for batched, pays in ((3_000, True), (12_000, False)):
         fresh = RowCosts()
-        for _ in range(DECIDE_AFTER):
-            fresh.observe(1, single, gathering=False)
-        for size, per_row in batches:
-            fresh.observe(size, size * per_row, gathering=True)
+        fresh.observe(1, 18_000)
+        fresh.observe(8, 8 * batched)
         assert fresh.pays is pays
-
-
-def test_row_costs_weigh_a_batch_as_its_rows() -> None:
-    # A batch of 8 rows moves the estimate as 8 batches of one row of the same cost would.
-    by_batch, by_rows = RowCosts(), RowCosts()
-    for costs in (by_batch, by_rows):
-        costs.observe(1, 10_000, gathering=True)
-    by_batch.observe(8, 8 * 1_000, gathering=True)
-    for _ in range(8):
-        by_rows.observe(1, 1_000, gathering=True)
-    assert by_batch.gathering_ns_per_row == pytest.approx(by_rows.gathering_ns_per_row)
-    assert by_batch.gathering_ns_per_row is not None and by_batch.gathering_ns_per_row < 5_000
 
 
 def test_row_limit_explores_the_other_choice_one_batch_in_64_once_decided() -> None:
