@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -183,6 +184,46 @@ def test_an_alias_moved_under_load_fails_no_request_at_either_replica(cluster: C
 
 def assert_scale(channel: grpc.Channel, scale: float) -> None:
     assert scale_served(channel) == scale
+
+
+def test_a_canary_and_a_shadow_deployed_at_the_primary_are_served_at_both_replicas(
+    cluster: Cluster,
+) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{cluster.primary_port}") as primary:
+        assert upload(primary, "linear", linear_model(3.0)) == 3
+        registry_pb2_grpc.RegistryStub(primary).Deploy(
+            registry_pb2.DeployRequest(
+                model="linear",
+                routes=[registry_pb2.Route(version=1, weight=80), registry_pb2.Route(version=2, weight=20)],
+                shadow=registry_pb2.Shadow(version=3, percent=100),
+            )
+        )
+    calls = 500
+    for address in cluster.replica_addresses:
+        channel = cluster.channel(address)
+        inference = inference_pb2_grpc.InferenceStub(channel)
+
+        def deployment_loaded(inference: Any = inference) -> None:
+            # A replica loads (and warms) what the new deployment routes to before it takes it on.
+            loaded = inference.ListLoaded(inference_pb2.ListLoadedRequest(model="linear")).models
+            assert {m.version for m in loaded} >= {1, 2, 3}
+
+        eventually(deployment_loaded)
+        eventually(lambda channel=channel: assert_serving(channel))
+        served = Counter(scale_served(channel) for _ in range(calls))
+        assert set(served) == {1.0, 2.0}, served  # the shadow's answers are never returned
+        assert abs(served[2.0] / calls - 0.20) < 0.07, served
+
+        def shadow_compared(inference: Any = inference) -> list[Any]:
+            request = inference_pb2.ListShadowResultsRequest(model="linear", limit=5)
+            results = inference.ListShadowResults(request).results
+            assert len(results) == 5
+            return list(results)
+
+        newest = eventually(shadow_compared)[0]
+        assert newest.shadow_version == 3 and newest.primary_version in (1, 2)
+        assert newest.status.code == 0
+        np.testing.assert_allclose(to_array(newest.outputs[0]), X @ W * 3, rtol=1e-6)
 
 
 def test_replicas_serve_without_the_primary_and_catch_up_when_it_returns(cluster: Cluster) -> None:
