@@ -1,35 +1,54 @@
 """Hyperparameter search through tesserad: best validation loss against trials used, for random,
 TPE, ASHA and PBT sweeps over the same seeded problem, several seeds each.
 
-The problem: an MLP (8-64-1) regressing a fixed nonlinear function of 8 inputs (4096 samples,
-synthetic, seeded; 3072 to train, 1024 to validate), 9 epochs of Adam with a cosine schedule,
-varied in learning rate (log 1e-4..1), weight decay (log 1e-6..0.1) and batch size (8..128), each
-trial a real job (a worker forked from the daemon's fork server, epochs, checkpoints) run by the
-daemon's sweep. Random, TPE and ASHA run one trial at a time, so a trial's place in the sweep is
-its place in time and a run is deterministic for its seed (CPU training with one thread); PBT
-runs its population of 4 at once. ASHA may draw 3x random's trials (a trial costs it about 2.6
-epochs, not 9); its first N points are random's for the same seed, and it is measured by the
-epochs it spent until a trial of it first reached the target.
+The problem: a linear head on a frozen backbone. An MLP 8-512-1 trained for one epoch on a
+nonlinear function of 8 inputs is registered as a model by an ordinary job (the backbone); the
+targets are a fixed random linear function of its 512 hidden features plus noise (8192 samples,
+synthetic, seeded; 6144 to train, 2048 to validate). Each trial fine-tunes from the backbone with
+its hidden layer frozen and a fresh head: 20 epochs of Adam, batch 1024, cosine schedule, varied
+in learning rate (log 1e-4..1), weight decay (log 1e-6..0.1) and beta1 (0.5..0.99). Each trial is
+a real job (a worker forked from the daemon's fork server, init_from a registered version,
+epochs, checkpoints) run by the daemon's sweep. Random, TPE and ASHA run one trial at a time, so
+a trial's place in the sweep is its place in time and a run's values are deterministic for its
+seed (CPU training with one thread); PBT runs its population of 4 at once. ASHA may draw 3x
+random's trials; its first N points are random's for the same seed, and it is measured by the
+epochs it spent until a trial of it first reached the target (a pruned trial may run an epoch
+past its rung before the stop reaches it, so that count moves a little between runs).
+
+Why this problem (changed from the one in search_rugged_mlp.json and search_rugged_mlp_40.json,
+commit 31441be and before: an MLP 8-64-1 trained whole for 9 epochs, varied in learning rate,
+weight decay and batch size 8..128): "reaches" means within TOLERANCE (2%), and that problem
+could not resolve 2%. On seeds 100-104 one config retrained under 5 training seeds spread by a
+median 8.7% (relative stdev), and moving one value a step (learning rate 1%, batch size 1: another
+number of steps and another data order) moved the value by a median 5.4% under the same seed.
+Before anything else was measured, the criterion for a new problem was fixed: both figures at
+most 1%, real jobs through the same path, an epoch dimension for ASHA and PBT. A head on frozen
+features is a convex problem: on seeds 100-104 this one measured 0.67% and 0.05%. Random's
+per-trial chance of reaching its pooled best-of-20 there was 7% (the old problem's: 10%), so
+random search itself needs a median of 14 of its 20 trials to reach it (the old: 6): the target
+is not met by any searcher for free. Those measurements are search_seeds_100_104.json and
+search_rugged_mlp_seeds_100_104.json (random and ASHA only; TPE was not run on them).
 
 Goals (issue 15): TPE reaches random's best-of-N in at most half the trials (median over seeds);
-ASHA reaches random's best in at most 40% of random's epochs (N * 9). "Random's best-of-N" is
+ASHA reaches random's best in at most 40% of random's epochs (N * 20). "Random's best-of-N" is
 read two ways, both reported (TARGETS): per seed ("paired") and the median over seeds of random's
 best ("pooled", the one the goals are judged on); "reaches" means within TOLERANCE of it. After
-the random runs, each seed's best random config is trained again under 5 training seeds: the
-spread that sizes TOLERANCE ("noise"), and with its learning rate 1% lower and higher and its
-batch size 1 smaller and larger under the same training seed: how far apart neighbouring configs
-fall (as far as two training seeds of one config: the objective is deterministic per config but
-rugged). Everything else is in the JSON: each run's trials in order with value, epochs and
-state, best-so-far curves, wall time and CPU seconds (the daemon and every process under it) per
-trial, and the searchers' settings.
+the random runs, each seed's best random config is trained again under 5 training seeds
+("noise": the spread TOLERANCE must stay well above), and with each of its values 1% lower and
+higher under the same training seed: how far apart neighbouring configs fall. Everything else
+is in the JSON: each run's trials in order with value, epochs and state, best-so-far curves,
+wall time and CPU seconds (the daemon and every process under it) per trial, and the searchers'
+settings.
 
 Seeds: 10 by default. The goals are judged on the first 5 (the issue's count; 0-4, as before);
 all 10 are summarised beside them, and "subsets" gives the range of the goal figures over every
 choice of 5 of the 10 seeds, each with its own pooled target: how much a 5-seed median is the
 luck of its seeds.
 
-The searchers' settings were chosen on other seeds (TPE's on 100-109, ASHA's on 100-104), not on
-the reported seeds.
+The searchers' settings are those chosen for the old problem on other seeds (TPE's: the sweep
+defaults, chosen on 100-109; ASHA's on 100-104), kept for this one: ASHA's were checked on seeds
+100-104 of it (a median of 20% of random's epochs), TPE was not run on it before the reported
+seeds.
 
 Run: .venv/bin/python bench/search_bench.py [--seeds 10] [--trials 20] [--first-seed 0]
         [--searchers random,tpe,asha,pbt] [--out PATH]
@@ -57,15 +76,19 @@ from typing import Any
 
 import grpc
 import numpy as np
+import safetensors.numpy
 
 sys.path.insert(0, str(Path(__file__).parent))
 from daemon_process import start_daemon, tree_cpu_s
 
 from tessera.v1 import (
     architecture_pb2,
+    common_pb2,
     datasets_pb2,
     datasets_pb2_grpc,
     job_spec_pb2,
+    registry_pb2,
+    registry_pb2_grpc,
     training_pb2,
     training_pb2_grpc,
 )
@@ -73,29 +96,34 @@ from tesserad.training.samplers import tpe_options
 
 RESULTS = Path(__file__).parent / "results" / "search.json"
 S = training_pb2
-EPOCHS = 9
-SAMPLES = 4096
+EPOCHS = 20
+SAMPLES = 8192
+HIDDEN = 512
+BATCH = 1024
+BACKBONE = "search-backbone"
 SEARCHERS = ("random", "tpe", "asha", "pbt")
-# Rungs at 1, 2, 4 and 8 epochs, the best half going on. Early ranks are a rough guide here: of
-# the configs that end in the best 5%, some rank only in the best 30% after epoch 1 and 47% after
-# epoch 3 (the cosine schedule's rate is still high there); keeping a third (reduction factor 3,
-# rungs 1, 3, 9) pruned such configs, keeping half keeps them at a little more cost per trial.
+# Rungs at 1, 2, 4, 8 and 16 epochs, the best half going on. Chosen for the old problem, whose
+# early ranks were a rough guide (keeping a third pruned configs that ended in the best 5%); kept.
 ASHA = {"min_epochs": 1, "reduction_factor": 2}
+ASHA_RUNGS = [
+    ASHA["min_epochs"] * ASHA["reduction_factor"] ** k
+    for k in range(EPOCHS)
+    if ASHA["min_epochs"] * ASHA["reduction_factor"] ** k < EPOCHS
+]
 ASHA_DRAWS = 3  # ASHA's max_trials as a multiple of random's
 PBT_POPULATION = 4
 # "Reached" a value: within 2% of it. Retraining one config under another training seed moves its
-# val_loss by a median 5.5% (relative standard deviation; 2.2% to 12% over the configs measured,
-# see "noise" in the JSON), so two results 2% apart are not told apart by the problem itself;
-# the tolerance stays below even the steadiest config's spread. The same seed twice gives the
-# same value exactly (CPU training, one thread), so the tolerance is not there for that.
+# val_loss by a median 0.67% (relative standard deviation; 0.34% to 0.99% over the configs of
+# seeds 100-104, see "noise" in the JSON), so a result 2% away is a worse result, not the luck
+# of the seed. The same seed twice gives the same value exactly (CPU training, one thread).
 TOLERANCE = 0.02
 ASHA_GOAL = 0.4  # of random's epochs
 TARGETS = {
     "paired": "random's best-of-N on the same seed, per seed",
     "pooled": (
         "the median over the seeds of random's best-of-N, one target for every seed; the goals "
-        "are judged on this one. Random's best on one seed is one draw of an extreme, partly the "
-        "luck of its training seed (see noise); the median over seeds is the best-of-N random "
+        "are judged on this one. Random's best on one seed is one draw of an extreme; the "
+        "median over seeds is the best-of-N random "
         "search typically buys. TPE's draws share nothing with random's on the same seed, so "
         "pairing them adds that draw's luck without cancelling any; ASHA's first N draws are "
         "random's, so its paired figure says whether it finds random's own best point cheaper."
@@ -105,13 +133,18 @@ NOISE_SEEDS = (0, 1, 2, 3, 4)
 ISSUE_SEEDS = 5  # seeds the goals are judged on (the issue's "5 seeds each"); more are reported beside
 
 
-def upload_problem(channel: grpc.Channel) -> None:
+def inputs() -> tuple[np.ndarray, np.ndarray]:
+    """The problem's inputs, and the nonlinear function of them the backbone is trained on."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(SAMPLES, 8)).astype(np.float32)
     y = np.sin(2 * x[:, 0]) + x[:, 1] * x[:, 2] - 0.5 * x[:, 3] ** 2 + 0.1 * rng.normal(size=SAMPLES)
+    return x, y.astype(np.float32)
+
+
+def upload(channel: grpc.Channel, name: str, x: np.ndarray, y: np.ndarray) -> None:
     buffer = io.BytesIO()
-    np.savez(buffer, x=x, y=y.astype(np.float32)[:, None])
-    header = datasets_pb2.UploadDatasetHeader(name="search", format=datasets_pb2.DATASET_FORMAT_NPZ)
+    np.savez(buffer, x=x, y=y[:, None])
+    header = datasets_pb2.UploadDatasetHeader(name=name, format=datasets_pb2.DATASET_FORMAT_NPZ)
     cut = SAMPLES * 3 // 4
     header.splits.indices.splits.extend(
         [
@@ -126,20 +159,78 @@ def upload_problem(channel: grpc.Channel) -> None:
     datasets_pb2_grpc.DatasetsStub(channel).UploadDataset(iter(requests))
 
 
+def register_backbone(channel: grpc.Channel) -> None:
+    """The trials' backbone: an MLP 8-512-1 trained one epoch (training seed 0) on the inputs'
+    nonlinear function and registered as BACKBONE by an ordinary job."""
+    x, y = inputs()
+    upload(channel, "search-backbone", x, y)
+    spec = job_spec_pb2.JobSpec(
+        experiment="search-bench",
+        architecture=architecture_pb2.Architecture(
+            input_shape=[8], output_size=1, mlp=architecture_pb2.MlpSpec(hidden_sizes=[HIDDEN])
+        ),
+        task=job_spec_pb2.TASK_REGRESSION,
+        data=job_spec_pb2.DataSpec(dataset={"name": "search-backbone"}, val_split="val"),
+        optimizer=job_spec_pb2.Optimizer(name="adam", lr=1e-3),
+        lr_schedule=job_spec_pb2.LrSchedule(cosine=job_spec_pb2.CosineLr()),
+        epochs=1,
+        batch_size=64,
+        seed=0,
+        log_every_n_steps=1000,
+        register_as=job_spec_pb2.RegisterAs(model=BACKBONE),
+    )
+    training = training_pb2_grpc.TrainingStub(channel)
+    job_id = training.SubmitJob(S.SubmitJobRequest(spec=spec)).job_id
+    while (job := training.GetJob(S.GetJobRequest(job_id=job_id))).state in (
+        S.JOB_STATE_QUEUED,
+        S.JOB_STATE_RUNNING,
+    ):
+        time.sleep(0.05)
+    if job.state != S.JOB_STATE_SUCCEEDED:
+        raise RuntimeError(f"the backbone job ended {S.JobState.Name(job.state)}: {job.error}")
+
+
+def upload_problem(channel: grpc.Channel) -> None:
+    """The trials' dataset "search": the inputs, and as targets a fixed random linear function
+    of the backbone's 512 features (relu of its hidden layer), scaled to standard deviation 10,
+    plus noise of standard deviation 1. A head on those features can fit it exactly but for the
+    noise, so what a trial reaches is how far its optimiser got, not a misfit no setting
+    changes. The scale keeps a fresh head's initial output (standard deviation about 0.25)
+    small beside the targets, so the head's initialisation (the training seed) barely moves
+    where training ends."""
+    register_backbone(channel)
+    ref = common_pb2.VersionRef(model=BACKBONE, version=1)
+    stub = registry_pb2_grpc.RegistryStub(channel)
+    weights = b"".join(
+        m.chunk
+        for m in stub.DownloadVersion(registry_pb2.DownloadVersionRequest(ref=ref))
+        if m.HasField("chunk")
+    )
+    tensors = safetensors.numpy.load(weights)
+    x, _ = inputs()
+    features = np.maximum(x.astype(np.float64) @ tensors["1.weight"].T + tensors["1.bias"], 0.0)
+    rng = np.random.default_rng(2)
+    signal = features @ rng.normal(size=HIDDEN)
+    y = 10 * (signal - signal.mean()) / signal.std() + rng.normal(size=SAMPLES)
+    upload(channel, "search", x, y.astype(np.float32))
+
+
 def base_spec() -> job_spec_pb2.JobSpec:
     return job_spec_pb2.JobSpec(
         experiment="search-bench",
-        architecture=architecture_pb2.Architecture(
-            input_shape=[8], output_size=1, mlp=architecture_pb2.MlpSpec(hidden_sizes=[64])
-        ),
         task=job_spec_pb2.TASK_REGRESSION,
         data=job_spec_pb2.DataSpec(dataset={"name": "search"}, val_split="val"),
+        # The backbone's hidden layer stays as registered; a fresh head (initialised by the
+        # training seed) is all that trains: a linear regression on 512 fixed features.
+        init_from=common_pb2.VersionRef(model=BACKBONE, version=1),
+        replace_head=job_spec_pb2.ReplaceHead(output_size=1),
+        freeze=["1.*"],
         optimizer=job_spec_pb2.Optimizer(name="adam", lr=0.01),
         # Annealed to 0, so a trial's last validation loss is a smooth function of its values,
         # not of where a high rate happened to leave the weights.
         lr_schedule=job_spec_pb2.LrSchedule(cosine=job_spec_pb2.CosineLr()),
         epochs=EPOCHS,
-        batch_size=32,
+        batch_size=BATCH,
         seed=0,
         log_every_n_steps=1000,
     )
@@ -151,7 +242,7 @@ def parameters() -> list[S.SweepParameter]:
         S.SweepParameter(
             path="optimizer.weight_decay", range=S.SweepRange(min=1e-6, max=0.1, log_scale=True)
         ),
-        S.SweepParameter(path="batch_size", range=S.SweepRange(min=8, max=128, integer=True)),
+        S.SweepParameter(path="optimizer.beta1", range=S.SweepRange(min=0.5, max=0.99)),
     ]
 
 
@@ -231,7 +322,7 @@ def measure_noise(
     """Each random run's best config trained again under each of NOISE_SEEDS (training seeds;
     the problem's own, 0, among them: that rerun must give the run's value exactly). The spread
     of one config's values is how far apart two results fall by the training seed alone, which
-    TOLERANCE must stay well inside."""
+    must stay well inside TOLERANCE."""
     out = []
     for run in random_runs:
         best = min((r for r in run["trials"] if r["val_loss"] is not None), key=lambda r: r["val_loss"])
@@ -270,13 +361,11 @@ def measure_noise(
 
 
 def neighbours(point: dict[str, str]) -> dict[str, dict[str, str]]:
-    """`point` with its learning rate 1% lower and higher, and its batch size 1 smaller and larger."""
-    lr, batch = float(point["optimizer.lr"]), int(point["batch_size"])
+    """`point` with each of its values in turn 1% lower and higher."""
     return {
-        "lr*0.99": {**point, "optimizer.lr": repr(lr * 0.99)},
-        "lr*1.01": {**point, "optimizer.lr": repr(lr * 1.01)},
-        "batch-1": {**point, "batch_size": str(max(8, batch - 1))},
-        "batch+1": {**point, "batch_size": str(min(128, batch + 1))},
+        f"{path.removeprefix('optimizer.')}*{factor}": {**point, path: repr(float(text) * factor)}
+        for path, text in point.items()
+        for factor in (0.99, 1.01)
     }
 
 
@@ -313,7 +402,7 @@ def settings(trials: int) -> dict[str, Any]:
         "tpe": {**tpe_options(trials), "source": "tesserad.training.samplers.tpe_options (sweep defaults)"},
         "asha": {
             **ASHA,
-            "rungs_at_epochs": [1, 2, 4, 8],
+            "rungs_at_epochs": ASHA_RUNGS,
             "max_trials": trials * ASHA_DRAWS,
             "draws": "random's points for the same seed, then more random points",
         },
@@ -390,10 +479,18 @@ def main() -> None:
         json.dumps(
             {
                 "problem": {
-                    "model": "mlp 8-64-1, adam, cosine schedule to 0",
+                    "model": (
+                        f"mlp 8-{HIDDEN}-1: hidden layer from {BACKBONE} (trained 1 epoch), frozen; "
+                        "a fresh head trains; adam, cosine schedule to 0"
+                    ),
                     "samples": SAMPLES,
+                    "batch_size": BATCH,
                     "epochs_per_trial": EPOCHS,
-                    "parameters": "lr log[1e-4,1], weight_decay log[1e-6,0.1], batch_size int[8,128]",
+                    "targets": (
+                        "10 * a standardised random linear function of the backbone's hidden "
+                        "features + N(0, 1) noise"
+                    ),
+                    "parameters": "lr log[1e-4,1], weight_decay log[1e-6,0.1], beta1 [0.5,0.99]",
                     "trials_per_sweep": args.trials,
                     "seeds": len(seeds),
                     "seed_list": seeds,

@@ -1,6 +1,11 @@
 """Why TPE is slow on bench/search_bench.py's problem: TPE's settings side by side on held-out
 seeds, and how rugged the objective is around good configs.
 
+Written for search_bench's first problem (an MLP trained whole, varied in batch size among
+others: bench/results/search_rugged_mlp.json, commit 31441be); the stored results
+(search_tpe_study_*.json) are from that problem. Run now, it studies search_bench's current
+problem; the "user" space still varies batch size.
+
 Every value is a real trial through the daemon (a one-point grid sweep over search_bench's
 problem and space), so it is the value a sweep would get for that config. TPE runs in this
 process through tesserad.training.samplers.suggest with one setting changed per variant, exactly
@@ -12,9 +17,10 @@ Modes:
   options     variants of TPE's settings against random, trials to reach random's best-of-N
               (pooled over the seeds, within search_bench.TOLERANCE), per seed and median, and
               the median over every 5-seed subset of the seeds (how far a 5-seed median moves).
-  ruggedness  the best config of each random run, its learning rate moved by +-1% and its batch
-              size by +-1, training seed unchanged: how far a neighbour's value falls from it,
-              beside the spread over training seeds (search_bench's "noise").
+  ruggedness  the best config of each random run, its values moved as search_bench.neighbours
+              moves them (then: learning rate +-1%, batch size +-1), training seed unchanged:
+              how far a neighbour's value falls from it, beside the spread over training seeds
+              (search_bench's "noise").
 
 Run: .venv/bin/python bench/search_tpe_study.py options --first-seed 100 --seeds 10 [--trials 20]
      .venv/bin/python bench/search_tpe_study.py ruggedness --first-seed 100 --seeds 10

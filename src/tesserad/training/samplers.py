@@ -55,7 +55,8 @@ def tpe_options(max_trials: int) -> dict[str, Any]:
     with the trials that have it), running trials told as running (constant liar: trials drawn
     while others run keep away from those), and each draw the best of 100 candidates from the
     good trials' density rather than Optuna's 24: a closer maximum of the ratio TPE maximises,
-    for a few milliseconds per ask; over 10 seeds (100-109) of bench/search_bench.py it reached
+    for a few milliseconds per ask; over 10 seeds (100-109) of bench/search_bench.py's first
+    problem (an MLP trained whole, bench/results/search_rugged_mlp.json) it reached
     random's best-of-N in 7 trials, not 9.5, at N=20 and 15, not 20, at N=40. Optuna's own split
     into good and bad trials (its gamma, deprecated as an argument since 4.9) is kept. On those
     seeds at N=20 none of 3 startup trials (12.5), consider_endpoints (11), prior_weight 0.5 (9),
