@@ -17,15 +17,18 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from tesserad.config import format_size
 from tesserad.errors import DataLoss, InvalidArgument, NotFound, ResourceExhausted
+
+A = TypeVar("A")
+R = TypeVar("R")
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 CHUNK_BYTES = 1 << 20
@@ -73,8 +76,8 @@ def checked_digest(
     max_size: int | None = None,
     limit_name: str = "the upload limit",
 ) -> str:
-    """The sha256 of bytes at hand once they pass `put_checked`'s checks (ResourceExhausted
-    over `max_size`, DataLoss when they are not what was declared)."""
+    """The sha256 of bytes at hand once they pass a `writer()`'s checks (ResourceExhausted
+    over `max_size`, DataLoss when they are not what was declared), for `put_each`."""
     if max_size is not None and len(data) > max_size:
         raise _too_large(limit_name, max_size)
     digest = hashlib.sha256(data).hexdigest()
@@ -186,52 +189,64 @@ class BlobStore:
     def writer(self, max_size: int | None = None, limit_name: str = "the upload limit") -> BlobWriter:
         return BlobWriter(self, max_size, limit_name)
 
-    def put_checked(
-        self,
-        data: bytes,
-        expected_sha256: str | None = None,
-        expected_size: int | None = None,
-        max_size: int | None = None,
-        limit_name: str = "the upload limit",
-    ) -> BlobRef:
-        """A blob whose bytes are all at hand, with the checks and promises of `writer()`
-        (ResourceExhausted over `max_size`, DataLoss when it is not what was declared; the
-        file fsynced, then moved into place) in the fewest system calls."""
-        digest = checked_digest(data, expected_sha256, expected_size, max_size, limit_name)
-        tmp = self._write_synced(data)
-        self._move_into_place(tmp, digest)
-        return BlobRef(digest, len(data))
-
     def put_many(self, blobs: Mapping[str, bytes]) -> None:
-        """Blobs by their digest (from `checked_digest`), stored as `put_checked` stores one,
-        with the fsyncs of different files running in parallel and each shard directory
-        fsynced once after all the renames: a batch of small blobs otherwise waits out its
-        fsyncs one after the other. On a failure no temp file is left; blobs already moved
-        into place stay, like any blob, until nothing holds them. Every digest is claimed
-        first, and stays claimed for the caller to `release` even when this raises."""
-        self._claim(*blobs)
-        missing = {d: data for d, data in blobs.items() if not os.path.exists(self._file(d))}
-        if not missing:
-            return
+        """Blobs by their digest (from `checked_digest`), stored by `put_each`; raises the first
+        failure. Every digest is claimed first, and stays claimed for the caller to `release`
+        even when this raises."""
+        for failure in self.put_each(list(blobs.items())):
+            if failure is not None:
+                raise failure
+
+    def put_each(self, blobs: Sequence[tuple[str, bytes]]) -> list[Exception | None]:
+        """Blobs by their digest (from `checked_digest`; a digest may repeat), each with the
+        promises of `writer()` (written to a temp file, fsynced, then moved into place and the
+        move made durable) in the fewest system calls, with the fsyncs of different files running in parallel and
+        each shard directory fsynced once after all the renames: a group of small blobs
+        otherwise waits out its fsyncs one after the other. Each entry's outcome: None once its
+        blob is durable in place, else the error that kept it from being so. No temp file is
+        left; a blob moved into place stays, like any blob, until nothing holds it. Every entry
+        claims its digest first, and the claim stays for the caller to `release` whatever the
+        outcome."""
+        self._claim(*(digest for digest, _ in blobs))
+        missing: dict[str, bytes] = {}
+        for digest, data in blobs:
+            if digest not in missing and not os.path.exists(self._file(digest)):
+                missing[digest] = data
+        failed: dict[str, Exception] = {}
+        shards: dict[str, list[str]] = {}
+        for digest, written in zip(missing, self._each(self._write_synced, missing.values()), strict=True):
+            if isinstance(written, Exception):
+                failed[digest] = written
+                continue
+            try:
+                shards.setdefault(self._rename_into_place(written, digest), []).append(digest)
+            except Exception as exc:
+                written.unlink(missing_ok=True)
+                failed[digest] = exc
+        for digests, synced in zip(shards.values(), self._each(_fsync_dir, shards), strict=True):
+            if isinstance(synced, Exception):
+                failed.update(dict.fromkeys(digests, synced))
+        return [failed.get(digest) for digest, _ in blobs]
+
+    def _each(self, work: Callable[[A], R], items: Iterable[A]) -> list[R | Exception]:
+        """`work` on every item, in parallel on the sync threads when there are several (a lone
+        one runs here: the hop would cost more than it saves); each one's result or error."""
+        pending = list(items)
+        if len(pending) == 1:
+            try:
+                return [work(pending[0])]
+            except Exception as exc:
+                return [exc]
         if self._sync_pool is None:
             self._sync_pool = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="blob-sync")
-        written = [self._sync_pool.submit(self._write_synced, data) for data in missing.values()]
-        temps: list[Path] = []
-        failure: BaseException | None = None
-        for future in written:
+        futures = [self._sync_pool.submit(work, item) for item in pending]
+        outcomes: list[R | Exception] = []
+        for future in futures:
             try:
-                temps.append(future.result())
-            except BaseException as exc:
-                failure = failure or exc
-        if failure is not None:
-            for tmp in temps:
-                tmp.unlink(missing_ok=True)
-            raise failure
-        shards = set()
-        for tmp, digest in zip(temps, missing, strict=True):
-            shards.add(self._rename_into_place(tmp, digest))
-        for done in [self._sync_pool.submit(_fsync_dir, shard) for shard in shards]:
-            done.result()
+                outcomes.append(future.result())
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
 
     def _move_into_place(self, tmp: Path, digest: str) -> None:
         """Rename a complete, fsynced temp file to the blob's path and make the rename durable;
