@@ -95,6 +95,9 @@ T = TypeVar("T")
 # Versions in one `start_uploads` batch: enough that a call's own cost vanishes beside its
 # versions', few enough that one transaction holds them all without a noticeable pause.
 MAX_BATCH_VERSIONS = 1000
+# Artifacts at hand up to this size are checked from memory rather than from their file
+# (safetensors' in-memory parser copies the tensors' data).
+IN_MEMORY_CHECK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -370,6 +373,7 @@ class Versions:
                     upload.model,
                     format=upload.format,
                     blob=BlobRef(digest, len(upload.artifact)),
+                    artifact=upload.artifact,
                     signature=upload.signature,
                     architecture=upload.architecture,
                     params=upload.params,
@@ -439,6 +443,7 @@ class Versions:
                             item.model,
                             format=item.format,
                             blob=BlobRef(digest, len(item.artifact)),
+                            artifact=item.artifact,
                             signature=item.signature,
                             architecture=item.architecture,
                             params=item.params,
@@ -480,9 +485,11 @@ class Versions:
         create_model_if_missing: bool,
         alias: str,
         actor: str,
+        artifact: bytes | None = None,
     ) -> Callable[[WriteTxn], VersionRecord]:
         """Check the artifact of a blob whose header checks (`check_upload`) have passed; the
-        function that records its version in a write transaction."""
+        function that records its version in a write transaction. `artifact`: the blob's bytes,
+        when the caller still holds them and has just stored them."""
         validate_tags("tags", tags)
         validate_metrics(metrics)
         if alias:
@@ -490,8 +497,11 @@ class Versions:
         # The blob was hashed as it was written (BlobWriter.commit); hashing it again here would
         # halve upload throughput (measured with bench/transfer_bench.py).
         path = self._blobs.path(blob.sha256)
-        if not path.is_file():
+        if artifact is None and not path.is_file():
             raise DataLoss(f"blob {blob.sha256} is missing from the blob directory; upload it again")
+        # A small artifact at hand is checked in memory: reading its file back cost a small
+        # registration more system calls than writing it.
+        in_hand = artifact if artifact is not None and len(artifact) <= IN_MEMORY_CHECK_BYTES else None
         if format == "onnx":
             graph_signature, parameter_count = check_onnx(path)
             if signature.inputs or signature.outputs:
@@ -504,14 +514,14 @@ class Versions:
                 signature = graph_signature
                 validate_signature(signature, required=True)
         elif format == "safetensors":
-            shapes = safetensors_shapes(path)
+            shapes = safetensors_shapes(path if in_hand is None else in_hand)
             parameter_count = total_parameters(shapes)
             assert architecture  # check_upload requires it
             check_weights_fit(shapes, architecture)
             if not signature.inputs and not signature.outputs:
                 signature = architecture_signature(architecture)
         else:
-            ensemble = parse_ensemble_spec(path.read_bytes())
+            ensemble = parse_ensemble_spec(path.read_bytes() if in_hand is None else in_hand)
             parameter_count = ensemble.parameter_count
 
         # Recorded through the store's group commit: registrations in flight together share one

@@ -208,25 +208,35 @@ class BlobStore:
         claims its digest first, and the claim stays for the caller to `release` whatever the
         outcome."""
         self._claim(*(digest for digest, _ in blobs))
-        missing: dict[str, bytes] = {}
+        distinct: dict[str, bytes] = {}
         for digest, data in blobs:
-            if digest not in missing and not os.path.exists(self._file(digest)):
-                missing[digest] = data
+            distinct.setdefault(digest, data)
         failed: dict[str, Exception] = {}
         shards: dict[str, list[str]] = {}
-        for digest, written in zip(missing, self._each(self._write_synced, missing.values()), strict=True):
-            if isinstance(written, Exception):
-                failed[digest] = written
-                continue
-            try:
-                shards.setdefault(self._rename_into_place(written, digest), []).append(digest)
-            except Exception as exc:
-                written.unlink(missing_ok=True)
-                failed[digest] = exc
+        for digest, placed in zip(distinct, self._each(self._place, distinct.items()), strict=True):
+            if isinstance(placed, Exception):
+                failed[digest] = placed
+            elif placed is not None:
+                shards.setdefault(placed, []).append(digest)
         for digests, synced in zip(shards.values(), self._each(_fsync_dir, shards), strict=True):
             if isinstance(synced, Exception):
                 failed.update(dict.fromkeys(digests, synced))
         return [failed.get(digest) for digest, _ in blobs]
+
+    def _place(self, blob: tuple[str, bytes]) -> str | None:
+        """Store a blob not in place yet: written to a temp file, fsynced and renamed into
+        place; its shard directory, to fsync (None when the blob was there already). Every
+        system call of a blob's in one task: each hands the GIL back, and a thread waits its
+        turn for it again."""
+        digest, data = blob
+        if os.path.exists(self._file(digest)):
+            return None
+        tmp = self._write_synced(data)
+        try:
+            return self._rename_into_place(tmp, digest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def _each(self, work: Callable[[A], R], items: Iterable[A]) -> list[R | Exception]:
         """`work` on every item, in parallel on the sync threads when there are several (a lone
