@@ -91,8 +91,9 @@ def test_stale_uploads_are_cleared_on_open(tmp_path: Path) -> None:
     assert list(blobs.tmp_dir.iterdir()) == []
 
 
-def test_put_each_stores_what_was_declared_once(tmp_path: Path) -> None:
-    blobs = BlobStore(tmp_path)
+@pytest.mark.parametrize("syncfs", [True, False], ids=["syncfs", "fsync-each"])
+def test_put_each_stores_what_was_declared_once(tmp_path: Path, syncfs: bool) -> None:
+    blobs = BlobStore(tmp_path, syncfs=syncfs)
     data = b"small artifact"
     digest = checked_digest(
         data, hashlib.sha256(data).hexdigest(), len(data), 1024, "limits.max_artifact_size"
@@ -112,8 +113,9 @@ def test_checked_digest_refuses_what_was_not_declared(tmp_path: Path) -> None:
         checked_digest(b"abcd", max_size=3, limit_name="limits.max_artifact_size")
 
 
-def test_put_each_remakes_a_shard_directory_removed_by_hand(tmp_path: Path) -> None:
-    blobs = BlobStore(tmp_path)
+@pytest.mark.parametrize("syncfs", [True, False], ids=["syncfs", "fsync-each"])
+def test_put_each_remakes_a_shard_directory_removed_by_hand(tmp_path: Path, syncfs: bool) -> None:
+    blobs = BlobStore(tmp_path, syncfs=syncfs)
     data = b"x"
     digest = hashlib.sha256(data).hexdigest()
     blobs.path(digest).parent.rmdir()
@@ -121,8 +123,9 @@ def test_put_each_remakes_a_shard_directory_removed_by_hand(tmp_path: Path) -> N
     assert blobs.read_bytes(digest) == data
 
 
-def test_put_many_stores_every_blob_and_skips_those_already_there(tmp_path: Path) -> None:
-    blobs = BlobStore(tmp_path)
+@pytest.mark.parametrize("syncfs", [True, False], ids=["syncfs", "fsync-each"])
+def test_put_many_stores_every_blob_and_skips_those_already_there(tmp_path: Path, syncfs: bool) -> None:
+    blobs = BlobStore(tmp_path, syncfs=syncfs)
     datas = [f"blob {i}".encode() for i in range(40)]
     digests = [checked_digest(d, hashlib.sha256(d).hexdigest(), len(d)) for d in datas]
     blobs.put_bytes(datas[0])
@@ -162,14 +165,15 @@ class _FailingWrites(BlobStore):
 
     refused = b"no room for this one"
 
-    def _write_synced(self, data: bytes) -> Path:
+    def _write_temp(self, data: bytes, fsync: bool) -> Path:
         if data == self.refused:
             raise OSError(28, "No space left on device")
-        return super()._write_synced(data)
+        return super()._write_temp(data, fsync)
 
 
-def test_put_each_gives_each_entry_its_own_outcome_and_claim(tmp_path: Path) -> None:
-    blobs = _FailingWrites(tmp_path)
+@pytest.mark.parametrize("syncfs", [True, False], ids=["syncfs", "fsync-each"])
+def test_put_each_gives_each_entry_its_own_outcome_and_claim(tmp_path: Path, syncfs: bool) -> None:
+    blobs = _FailingWrites(tmp_path, syncfs=syncfs)
     datas = [b"one", b"two", b"one", blobs.refused]
     digests = [hashlib.sha256(d).hexdigest() for d in datas]
     outcomes = blobs.put_each(list(zip(digests, datas, strict=True)))
