@@ -247,20 +247,20 @@ class BlobStore:
         return [failed.get(digest) for digest, _ in blobs]
 
     def _place_all(self, blobs: dict[str, bytes], syncfs: Callable[[int], int]) -> dict[str, Exception]:
-        """Place every blob unsynced, then make them all durable by one syncfs; the failures."""
+        """Place every blob unsynced, then make them all durable by one syncfs; the failures.
+        The syncfs also covers a blob found in place already, which another put may have
+        renamed there and not yet made durable."""
         # Opened before the writes: its syncfs reports any writeback error since.
         fd = os.open(self._root, os.O_RDONLY)
         try:
             failed: dict[str, Exception] = {}
-            placed = []
             for digest, outcome in zip(blobs, self._each(self._place_unsynced, blobs.items()), strict=True):
                 if isinstance(outcome, Exception):
                     failed[digest] = outcome
-                elif outcome is not None:
-                    placed.append(digest)
-            if placed and syncfs(fd) != 0:
+            if len(failed) < len(blobs) and syncfs(fd) != 0:
                 errno = ctypes.get_errno()
-                failed.update(dict.fromkeys(placed, OSError(errno, f"syncfs: {os.strerror(errno)}")))
+                error = OSError(errno, f"syncfs: {os.strerror(errno)}")
+                failed.update((digest, error) for digest in blobs if digest not in failed)
             return failed
         finally:
             os.close(fd)
