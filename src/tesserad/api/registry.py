@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -108,10 +108,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         header: pb.UploadVersionHeader = await read_header(request_iterator)
         fields = _version_fields(header, context)
         start = await read_start(request_iterator, header.size_bytes)
-        if start.complete:
-            # A small upload, all in hand: checked, stored and recorded in one worker-thread
-            # hop (each hop costs the event loop more than the work does for a small version).
-            return await self._upload_in_hand(header, start.chunks(), fields)
+        artifact = start.in_hand()
+        if artifact is not None:
+            # A small upload, all in hand: gathered with the others in flight (submit_upload).
+            return await self._upload_in_hand(header, artifact, fields)
         await asyncio.to_thread(
             self._registry.check_upload,
             header.model,
@@ -138,7 +138,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         context: grpc.aio.ServicerContext[pb.UploadVersionInlineRequest, pb.ModelVersion],
     ) -> pb.ModelVersion:
         header = request.header
-        return await self._upload_in_hand(header, (request.artifact,), _version_fields(header, context))
+        return await self._upload_in_hand(header, request.artifact, _version_fields(header, context))
 
     async def UploadVersionBatch(
         self,
@@ -162,28 +162,23 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         return pb.UploadVersionBatchResponse(versions=[convert.version_to_proto(r) for r in records])
 
     async def _upload_in_hand(
-        self, header: pb.UploadVersionHeader, chunks: Iterable[bytes], fields: dict[str, Any]
+        self, header: pb.UploadVersionHeader, artifact: bytes, fields: dict[str, Any]
     ) -> pb.ModelVersion:
-        """Check, store and record an artifact whose bytes have all arrived, in one worker-thread
-        hop; the thread is free again while the group commit runs."""
-        record = await self._registered(
-            lambda: self._registry.start_upload(
-                header.model, chunks=chunks, sha256=header.sha256, size_bytes=header.size_bytes, **fields
-            )
+        """Register an artifact whose bytes have all arrived; no thread hop of this call's own."""
+        upload = VersionUpload(
+            model=header.model,
+            artifact=artifact,
+            sha256=header.sha256,
+            size_bytes=header.size_bytes,
+            **fields,
         )
-        return convert.version_to_proto(record)
+        return convert.version_to_proto(await self._settled(self._registry.submit_upload(upload)))
 
     async def _registered(self, start: Callable[[], Future[T]]) -> T:
         """`start` on an upload thread, in this call's context; the outcome of the registration
-        it starts. The thread is free again while the group commit runs, and the outcome
-        reaches the event loop in at most one wake-up, shared with the registrations settled
-        with it (awaiting the thread and then the commit took two per call, which cost a small
-        registration more than storing it)."""
-        loop = asyncio.get_running_loop()
-        if self._handoff is None or self._handoff.loop is not loop:
-            self._handoff = _LoopHandoff(loop)
-        handoff = self._handoff
-        outcome: asyncio.Future[T] = loop.create_future()
+        it starts. The thread is free again while the group commit runs."""
+        outcome: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        handoff = self._loop_handoff()
 
         def run() -> None:
             try:
@@ -196,6 +191,21 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
 
         self._uploads.submit(contextvars.copy_context().run, run)
         return await outcome
+
+    async def _settled(self, committed: Future[T]) -> T:
+        """The outcome of a registration settled in another thread. It reaches the event loop in
+        at most one wake-up, shared with the registrations settled with it (one wake-up each
+        cost a small registration more than storing it)."""
+        outcome: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        handoff = self._loop_handoff()
+        committed.add_done_callback(lambda done: handoff.hand(done, outcome))
+        return await outcome
+
+    def _loop_handoff(self) -> _LoopHandoff:
+        loop = asyncio.get_running_loop()
+        if self._handoff is None or self._handoff.loop is not loop:
+            self._handoff = _LoopHandoff(loop)
+        return self._handoff
 
     async def DownloadVersion(
         self,

@@ -48,12 +48,14 @@ class UploadStart:
     error: TesseraError | None
     complete: bool
 
-    def chunks(self) -> Iterator[bytes]:
-        """The chunks read, with the errors `receive_chunks` would raise for these messages."""
-        for message in self.messages:
-            yield _chunk(message)
-        if self.error is not None:
-            raise self.error
+    def in_hand(self) -> bytes | None:
+        """The whole upload when the stream ended after chunks alone; else None (the stream is
+        to be read as any, so that its errors come after the header checks)."""
+        if not self.complete or self.error is not None:
+            return None
+        if any(message.WhichOneof("part") != "chunk" for message in self.messages):
+            return None
+        return b"".join(message.chunk for message in self.messages)
 
     async def replay(self, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
         """The messages read, then the rest of the stream: the stream as if never read ahead."""

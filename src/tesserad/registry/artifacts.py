@@ -1,7 +1,7 @@
 """Checks of uploaded artifacts: a safetensors header that adds up, an ONNX graph that passes
 `onnx.checker` and matches the declared signature. Both read from a file (safetensors: only
-the header, through safetensors' own parser); nothing is ever unpickled, and no error names
-the file's path on the server."""
+the header, through safetensors' own parser; or a small artifact's bytes at hand); nothing is
+ever unpickled, and no error names the file's path on the server."""
 
 from __future__ import annotations
 
@@ -27,16 +27,21 @@ _SAFETENSORS_REASONS = {
 }
 
 
-def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Validate the header, dtypes and offsets of a safetensors file; each tensor's shape."""
-    from safetensors import SafetensorError, safe_open
+def safetensors_shapes(source: Path | bytes) -> dict[str, tuple[int, ...]]:
+    """Validate the header, dtypes and offsets of a safetensors file (or its bytes); each
+    tensor's shape."""
+    from safetensors import SafetensorError, deserialize, safe_open
 
     try:
-        with safe_open(path, framework="numpy") as file:
+        if isinstance(source, bytes):
+            tensors = deserialize(source)  # type: ignore[no-untyped-call]
+            return {name: tuple(info["shape"]) for name, info in tensors}
+        with safe_open(source, framework="numpy") as file:
             names: list[str] = file.keys()
             return {name: tuple(file.get_slice(name).get_shape()) for name in names}
     except SafetensorError as exc:
         reason = str(exc).removeprefix("Error while deserializing header: ")
+        reason = reason.removeprefix("Error while deserializing: ")
         raise InvalidArgument(
             f"the artifact is not a valid safetensors file: {_SAFETENSORS_REASONS.get(reason, reason)}"
         ) from None

@@ -62,7 +62,7 @@ class Registry:
 
         self.check_upload = versions.check_upload
         self.register_version = versions.register_version
-        self.start_upload = versions.start_upload
+        self.submit_upload = versions.submit_upload
         self.start_uploads = versions.start_uploads
         self.resolve = versions.resolve
         self.get_version = versions.get_version

@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -94,12 +95,15 @@ T = TypeVar("T")
 # Versions in one `start_uploads` batch: enough that a call's own cost vanishes beside its
 # versions', few enough that one transaction holds them all without a noticeable pause.
 MAX_BATCH_VERSIONS = 1000
+# Artifacts at hand up to this size are checked from memory rather than from their file
+# (safetensors' in-memory parser copies the tensors' data).
+IN_MEMORY_CHECK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
 class VersionUpload:
-    """One version of a batch (`Versions.start_uploads`): what `start_upload` takes, with the
-    artifact's bytes at hand."""
+    """One version whose artifact's bytes are at hand: an item of a batch
+    (`Versions.start_uploads`), or one upload (`Versions.submit_upload`)."""
 
     model: str
     artifact: bytes
@@ -125,6 +129,13 @@ def batch_item(index: int) -> Iterator[None]:
         yield
     except TesseraError as exc:
         raise type(exc)(f"items[{index}]: {exc.message}") from exc
+
+
+def _running_future() -> Future[Any]:
+    """A future that a waiter who gives up cannot cancel, so that it always settles."""
+    future: Future[Any] = Future()
+    future.set_running_or_notify_cancel()
+    return future
 
 
 def holder(model: str, version: int) -> str:
@@ -184,6 +195,11 @@ class Versions:
         self._notify = notify
         self._max_artifact_size = max_artifact_size
         self._dataset_check = dataset_check
+        # Uploads waiting for `submit_upload`'s worker, and whether it is draining them.
+        self._gather_lock = threading.Lock()
+        self._gathered: list[tuple[VersionUpload, Future[VersionRecord]]] = []
+        self._gathering = False
+        self._gatherer = ThreadPoolExecutor(1, thread_name_prefix="registry-uploads")
 
     # -- uploads ---------------------------------------------------------------------------
 
@@ -285,73 +301,102 @@ class Versions:
             raise
         return committed.result()
 
-    def start_upload(
-        self,
-        model: str,
-        *,
-        chunks: Iterable[bytes],
-        sha256: str,
-        size_bytes: int,
-        format: str,
-        signature: Signature,
-        architecture: dict[str, Any] | None,
-        params: dict[str, str],
-        metrics: dict[str, float],
-        tags: dict[str, str],
-        lineage: Lineage,
-        description: str,
-        create_model_if_missing: bool,
-        alias: str,
-        actor: str,
-    ) -> Future[VersionRecord]:
-        """An upload whose bytes are at hand, checked, stored and submitted for registration.
+    def submit_upload(self, upload: VersionUpload) -> Future[VersionRecord]:
+        """Register a version whose artifact is at hand, with the checks, errors and promises of
+        `check_upload`, `checked_digest` (DataLoss when `sha256` or `size_bytes` differ from
+        the artifact), the blob's write and `register_version`, in that order.
 
-        The same steps, errors and promises as `check_upload`, a blob stored with
-        `BlobStore.put_checked` (DataLoss when `sha256` or `size_bytes` differ from what
-        `chunks` hold) and `register_version`, in one call because each hand-off to a worker thread
-        cost the daemon's event loop more than storing a small version does. `chunks` is read
-        only after the header checks pass, so an error it raises comes after theirs.
-
-        Returns once the version is queued for the store's group commit, so that no thread
-        waits out the commit: the future resolves when the version is durable, or fails once
-        what the upload stored is removed again.
+        Returns at once: the upload is gathered with those submitted while the previous group
+        was being stored, and one worker thread checks and stores the whole group (its blobs
+        by `BlobStore.put_each`: fsyncs in parallel, each shard directory fsynced once) and
+        queues its versions for one group commit. Each upload still succeeds or fails alone.
+        Per call, a hand-off to a worker thread and a blob stored alone cost the daemon more
+        than storing a small version does. The future resolves when the version is durable,
+        or fails once what the upload stored is removed again.
         """
-        self.check_upload(
-            model,
-            format=format,
-            signature=signature,
-            architecture=architecture,
-            size_bytes=size_bytes,
-            create_model_if_missing=create_model_if_missing,
-        )
-        blob = self._blobs.put_checked(
-            b"".join(chunks), sha256, size_bytes, self._max_artifact_size, "limits.max_artifact_size"
-        )
-        try:
-            record = self._prepare(
-                model,
-                format=format,
-                blob=blob,
-                signature=signature,
-                architecture=architecture,
-                params=params,
-                metrics=metrics,
-                tags=tags,
-                lineage=lineage,
-                description=description,
-                create_model_if_missing=create_model_if_missing,
-                alias=alias,
-                actor=actor,
-            )
-            return self._commit(record, {model}, {blob.sha256})
-        except BaseException:
-            drop_claimed_blobs(self._store, self._blobs, {blob.sha256})
-            raise
+        settled = _running_future()
+        with self._gather_lock:
+            self._gathered.append((upload, settled))
+            if self._gathering:
+                return settled  # the running drain takes it with the next group
+            self._gathering = True
+        self._gatherer.submit(self._drain_gathered)
+        return settled
+
+    def _drain_gathered(self) -> None:
+        """Store every gathered upload, group by group, until none is left."""
+        while True:
+            with self._gather_lock:
+                group, self._gathered = self._gathered, []
+                if not group:
+                    self._gathering = False
+                    return
+            try:
+                self._store_group(group)
+            except BaseException as exc:
+                for _, settled in group:
+                    if not settled.done():
+                        settled.set_exception(exc)
+
+    def _store_group(self, group: list[tuple[VersionUpload, Future[VersionRecord]]]) -> None:
+        """Check and store each upload of `group`, and submit the versions of those that pass
+        in one go; one that fails settles its future with its error alone."""
+        checked: list[tuple[VersionUpload, str, Future[VersionRecord]]] = []
+        for upload, settled in group:
+            try:
+                self.check_upload(
+                    upload.model,
+                    format=upload.format,
+                    signature=upload.signature,
+                    architecture=upload.architecture,
+                    size_bytes=upload.size_bytes,
+                    create_model_if_missing=upload.create_model_if_missing,
+                )
+                digest = checked_digest(
+                    upload.artifact,
+                    upload.sha256,
+                    upload.size_bytes,
+                    self._max_artifact_size,
+                    "limits.max_artifact_size",
+                )
+            except Exception as exc:
+                settled.set_exception(exc)
+            else:
+                checked.append((upload, digest, settled))
+        stored = self._blobs.put_each([(digest, upload.artifact) for upload, digest, _ in checked])
+        prepared: list[tuple[Callable[[WriteTxn], VersionRecord], str, str, Future[VersionRecord]]] = []
+        for (upload, digest, settled), failure in zip(checked, stored, strict=True):
+            try:
+                if failure is not None:
+                    raise failure
+                record = self._prepare(
+                    upload.model,
+                    format=upload.format,
+                    blob=BlobRef(digest, len(upload.artifact)),
+                    artifact=upload.artifact,
+                    signature=upload.signature,
+                    architecture=upload.architecture,
+                    params=upload.params,
+                    metrics=upload.metrics,
+                    tags=upload.tags,
+                    lineage=upload.lineage,
+                    description=upload.description,
+                    create_model_if_missing=upload.create_model_if_missing,
+                    alias=upload.alias,
+                    actor=upload.actor,
+                )
+            except Exception as exc:
+                self._drop_failed({upload.model}, {digest}, exc, settled)
+            else:
+                prepared.append((record, upload.model, digest, settled))
+        committed = self._store.submit_all([record for record, *_ in prepared])
+        for (_, model, digest, settled), commit in zip(prepared, committed, strict=True):
+            commit.add_done_callback(self._settler({model}, {digest}, settled))
 
     def start_uploads(self, items: Sequence[VersionUpload]) -> Future[list[VersionRecord]]:
         """Many small versions at once, all or nothing.
 
-        Each item gets `start_upload`'s checks (header, then declared hash and size, then the
+        Each item gets `submit_upload`'s checks (header, then declared hash and size, then the
         artifact); an item that fails raises its error with the message prefixed "items[i]: ",
         after removing what the batch stored. The blobs are written (each fsynced, as any
         blob is, in parallel: `BlobStore.put_many`) and every version is recorded in ONE
@@ -398,6 +443,7 @@ class Versions:
                             item.model,
                             format=item.format,
                             blob=BlobRef(digest, len(item.artifact)),
+                            artifact=item.artifact,
                             signature=item.signature,
                             architecture=item.architecture,
                             params=item.params,
@@ -439,9 +485,11 @@ class Versions:
         create_model_if_missing: bool,
         alias: str,
         actor: str,
+        artifact: bytes | None = None,
     ) -> Callable[[WriteTxn], VersionRecord]:
         """Check the artifact of a blob whose header checks (`check_upload`) have passed; the
-        function that records its version in a write transaction."""
+        function that records its version in a write transaction. `artifact`: the blob's bytes,
+        when the caller still holds them and has just stored them."""
         validate_tags("tags", tags)
         validate_metrics(metrics)
         if alias:
@@ -449,8 +497,11 @@ class Versions:
         # The blob was hashed as it was written (BlobWriter.commit); hashing it again here would
         # halve upload throughput (measured with bench/transfer_bench.py).
         path = self._blobs.path(blob.sha256)
-        if not path.is_file():
+        if artifact is None and not path.is_file():
             raise DataLoss(f"blob {blob.sha256} is missing from the blob directory; upload it again")
+        # A small artifact at hand is checked in memory: reading its file back cost a small
+        # registration more system calls than writing it.
+        in_hand = artifact if artifact is not None and len(artifact) <= IN_MEMORY_CHECK_BYTES else None
         if format == "onnx":
             graph_signature, parameter_count = check_onnx(path)
             if signature.inputs or signature.outputs:
@@ -463,14 +514,14 @@ class Versions:
                 signature = graph_signature
                 validate_signature(signature, required=True)
         elif format == "safetensors":
-            shapes = safetensors_shapes(path)
+            shapes = safetensors_shapes(path if in_hand is None else in_hand)
             parameter_count = total_parameters(shapes)
             assert architecture  # check_upload requires it
             check_weights_fit(shapes, architecture)
             if not signature.inputs and not signature.outputs:
                 signature = architecture_signature(architecture)
         else:
-            ensemble = parse_ensemble_spec(path.read_bytes())
+            ensemble = parse_ensemble_spec(path.read_bytes() if in_hand is None else in_hand)
             parameter_count = ensemble.parameter_count
 
         # Recorded through the store's group commit: registrations in flight together share one
@@ -529,9 +580,12 @@ class Versions:
         one commit and its fsync). The future resolves once the commit is durable and the
         listeners of `models` were told, or fails once `blobs`, unless something else holds
         them, are removed again. Either way the puts' claims on `blobs` end here."""
-        settled: Future[T] = Future()
-        # Running: a waiter that gives up cannot cancel it, so it always settles.
-        settled.set_running_or_notify_cancel()
+        settled: Future[T] = _running_future()
+        self._store.submit(record).add_done_callback(self._settler(models, blobs, settled))
+        return settled
+
+    def _settler(self, models: set[str], blobs: set[str], settled: Future[T]) -> Callable[[Future[T]], None]:
+        """What settles `settled` from the outcome of its commit (see `_commit`)."""
 
         def settle(committed: Future[T]) -> None:
             # In the committing thread, before any waiter sees the outcome.
@@ -541,17 +595,22 @@ class Versions:
                 for model in sorted(models):
                     self._notify(model)
                 settled.set_result(committed.result())
-                return
-            try:
-                drop_claimed_blobs(self._store, self._blobs, blobs)
-            except Exception:
-                log.exception(
-                    "removing the blobs of a failed registration failed", extra={"models": sorted(models)}
-                )
-            settled.set_exception(error)
+            else:
+                self._drop_failed(models, blobs, error, settled)
 
-        self._store.submit(record).add_done_callback(settle)
-        return settled
+        return settle
+
+    def _drop_failed(
+        self, models: set[str], blobs: set[str], error: BaseException, settled: Future[T]
+    ) -> None:
+        """Fail `settled` with `error` once `blobs`, unless something else holds them, are removed."""
+        try:
+            drop_claimed_blobs(self._store, self._blobs, blobs)
+        except Exception:
+            log.exception(
+                "removing the blobs of a failed registration failed", extra={"models": sorted(models)}
+            )
+        settled.set_exception(error)
 
     def _check_lineage(self, txn: ReadTxn, model: str, lineage: Lineage) -> None:
         if lineage.parent_model:

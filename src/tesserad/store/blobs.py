@@ -4,28 +4,42 @@ A blob is streamed into a temp file while it is hashed, fsynced, checked against
 sender declared, and renamed into `sha256/ab/cdef...` only then; a crash at any point
 leaves either no blob or a whole one. Readers verify the hash as they stream, so a blob
 damaged on disk is reported (`DataLoss`) rather than served.
+
+Blobs whose bytes are at hand (`put_each`) are made durable a group at a time: on Linux 5.8
+or later by one syncfs(2) of the blob directory's filesystem after all of them are written
+and renamed (as PostgreSQL's recovery_init_sync_method=syncfs does), else by an fsync of
+each file and of each shard directory. A disk flush costs the same for one small file as
+for many, and fsyncs of separate files each paid one. Since 5.8 syncfs reports a writeback
+error that happened after the descriptor it is given was opened; before, it could succeed
+over one. Its cost grows with whatever else is waiting to be written on that filesystem.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import itertools
 import os
+import platform
 import re
+import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar, cast
 
 from tesserad.config import format_size
 from tesserad.errors import DataLoss, InvalidArgument, NotFound, ResourceExhausted
+
+A = TypeVar("A")
+R = TypeVar("R")
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 CHUNK_BYTES = 1 << 20
@@ -45,6 +59,22 @@ def check_sha256(value: str, field: str = "sha256") -> str:
     if not _SHA256.match(value):
         raise InvalidArgument(f"{field} must be 64 lowercase hex digits, got {value[:80]!r}")
     return value
+
+
+def _syncfs_call() -> Callable[[int], int] | None:
+    """libc's syncfs where it reports writeback errors (Linux 5.8 and later); else None."""
+    if sys.platform != "linux":
+        return None
+    try:
+        major, minor = (int(part) for part in platform.release().split(".")[:2])
+        syncfs = ctypes.CDLL(None, use_errno=True).syncfs
+    except (ValueError, OSError, AttributeError):
+        return None
+    if (major, minor) < (5, 8):
+        return None
+    syncfs.argtypes = [ctypes.c_int]
+    syncfs.restype = ctypes.c_int
+    return cast(Callable[[int], int], syncfs)
 
 
 def _fsync_dir(path: str | Path) -> None:
@@ -73,8 +103,8 @@ def checked_digest(
     max_size: int | None = None,
     limit_name: str = "the upload limit",
 ) -> str:
-    """The sha256 of bytes at hand once they pass `put_checked`'s checks (ResourceExhausted
-    over `max_size`, DataLoss when they are not what was declared)."""
+    """The sha256 of bytes at hand once they pass a `writer()`'s checks (ResourceExhausted
+    over `max_size`, DataLoss when they are not what was declared), for `put_each`."""
     if max_size is not None and len(data) > max_size:
         raise _too_large(limit_name, max_size)
     digest = hashlib.sha256(data).hexdigest()
@@ -162,7 +192,9 @@ class BlobStore:
     `release`. A claim never released only keeps a blob until the next start.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, syncfs: bool = True) -> None:
+        """`syncfs`: make `put_each`'s blobs durable by syncfs(2) where it reports errors and
+        the blob directory is one filesystem; else (or with False) by an fsync of each."""
         self.root = root
         self.tmp_dir = root / "tmp"
         self._root = str(root)
@@ -172,6 +204,7 @@ class BlobStore:
             (root / "sha256" / f"{shard:02x}").mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self._tmp_names = itertools.count()
+        self._syncfs = _syncfs_call() if syncfs and self._one_filesystem() else None
         self._sync_pool: ThreadPoolExecutor | None = None
         self._claims: Counter[str] = Counter()
         self._claims_lock = threading.Lock()
@@ -186,52 +219,109 @@ class BlobStore:
     def writer(self, max_size: int | None = None, limit_name: str = "the upload limit") -> BlobWriter:
         return BlobWriter(self, max_size, limit_name)
 
-    def put_checked(
-        self,
-        data: bytes,
-        expected_sha256: str | None = None,
-        expected_size: int | None = None,
-        max_size: int | None = None,
-        limit_name: str = "the upload limit",
-    ) -> BlobRef:
-        """A blob whose bytes are all at hand, with the checks and promises of `writer()`
-        (ResourceExhausted over `max_size`, DataLoss when it is not what was declared; the
-        file fsynced, then moved into place) in the fewest system calls."""
-        digest = checked_digest(data, expected_sha256, expected_size, max_size, limit_name)
-        tmp = self._write_synced(data)
-        self._move_into_place(tmp, digest)
-        return BlobRef(digest, len(data))
-
     def put_many(self, blobs: Mapping[str, bytes]) -> None:
-        """Blobs by their digest (from `checked_digest`), stored as `put_checked` stores one,
-        with the fsyncs of different files running in parallel and each shard directory
-        fsynced once after all the renames: a batch of small blobs otherwise waits out its
-        fsyncs one after the other. On a failure no temp file is left; blobs already moved
-        into place stay, like any blob, until nothing holds them. Every digest is claimed
-        first, and stays claimed for the caller to `release` even when this raises."""
-        self._claim(*blobs)
-        missing = {d: data for d, data in blobs.items() if not os.path.exists(self._file(d))}
-        if not missing:
-            return
+        """Blobs by their digest (from `checked_digest`), stored by `put_each`; raises the first
+        failure. Every digest is claimed first, and stays claimed for the caller to `release`
+        even when this raises."""
+        for failure in self.put_each(list(blobs.items())):
+            if failure is not None:
+                raise failure
+
+    def put_each(self, blobs: Sequence[tuple[str, bytes]]) -> list[Exception | None]:
+        """Blobs by their digest (from `checked_digest`; a digest may repeat), each with the
+        promises of `writer()` (written to a temp file, renamed into place only once complete,
+        durable before this returns), made durable together (see the module's doc: one
+        syncfs, or fsyncs running in parallel and each shard directory fsynced once). Each
+        entry's outcome: None once its blob is durable in place, else the error that kept it
+        from being so. No temp file is left; a blob moved into place stays, like any blob,
+        until nothing holds it. Every entry claims its digest first, and the claim stays for
+        the caller to `release` whatever the outcome."""
+        self._claim(*(digest for digest, _ in blobs))
+        distinct: dict[str, bytes] = {}
+        for digest, data in blobs:
+            distinct.setdefault(digest, data)
+        if self._syncfs is not None:
+            failed = self._place_all(distinct, self._syncfs)
+        else:
+            failed = self._place_each_synced(distinct)
+        return [failed.get(digest) for digest, _ in blobs]
+
+    def _place_all(self, blobs: dict[str, bytes], syncfs: Callable[[int], int]) -> dict[str, Exception]:
+        """Place every blob unsynced, then make them all durable by one syncfs; the failures.
+        The syncfs also covers a blob found in place already, which another put may have
+        renamed there and not yet made durable."""
+        # Opened before the writes: its syncfs reports any writeback error since.
+        fd = os.open(self._root, os.O_RDONLY)
+        try:
+            failed: dict[str, Exception] = {}
+            for digest, outcome in zip(blobs, self._each(self._place_unsynced, blobs.items()), strict=True):
+                if isinstance(outcome, Exception):
+                    failed[digest] = outcome
+            if len(failed) < len(blobs) and syncfs(fd) != 0:
+                errno = ctypes.get_errno()
+                error = OSError(errno, f"syncfs: {os.strerror(errno)}")
+                failed.update((digest, error) for digest in blobs if digest not in failed)
+            return failed
+        finally:
+            os.close(fd)
+
+    def _place_each_synced(self, blobs: dict[str, bytes]) -> dict[str, Exception]:
+        """Place every blob fsynced, then fsync each shard directory once; the failures."""
+        failed: dict[str, Exception] = {}
+        shards: dict[str, list[str]] = {}
+        for digest, placed in zip(blobs, self._each(self._place, blobs.items()), strict=True):
+            if isinstance(placed, Exception):
+                failed[digest] = placed
+            elif placed is not None:
+                shards.setdefault(placed, []).append(digest)
+        for digests, synced in zip(shards.values(), self._each(_fsync_dir, shards), strict=True):
+            if isinstance(synced, Exception):
+                failed.update(dict.fromkeys(digests, synced))
+        return failed
+
+    def _place(self, blob: tuple[str, bytes], fsync: bool = True) -> str | None:
+        """Store a blob not in place yet: written to a temp file, fsynced (unless not `fsync`)
+        and renamed into place; its shard directory, to fsync (None when the blob was there
+        already). Every system call of a blob's in one task: each hands the GIL back, and a
+        thread waits its turn for it again."""
+        digest, data = blob
+        if os.path.exists(self._file(digest)):
+            return None
+        tmp = self._write_temp(data, fsync)
+        try:
+            return self._rename_into_place(tmp, digest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def _place_unsynced(self, blob: tuple[str, bytes]) -> str | None:
+        return self._place(blob, fsync=False)
+
+    def _one_filesystem(self) -> bool:
+        """Whether the temp and shard directories all lie on the root's filesystem."""
+        device = os.stat(self._root).st_dev
+        shards = (os.path.join(self._root, "sha256", f"{shard:02x}") for shard in range(256))
+        return all(os.stat(path).st_dev == device for path in (str(self.tmp_dir), *shards))
+
+    def _each(self, work: Callable[[A], R], items: Iterable[A]) -> list[R | Exception]:
+        """`work` on every item, in parallel on the sync threads when there are several (a lone
+        one runs here: the hop would cost more than it saves); each one's result or error."""
+        pending = list(items)
+        if len(pending) == 1:
+            try:
+                return [work(pending[0])]
+            except Exception as exc:
+                return [exc]
         if self._sync_pool is None:
             self._sync_pool = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="blob-sync")
-        written = [self._sync_pool.submit(self._write_synced, data) for data in missing.values()]
-        temps: list[Path] = []
-        failure: BaseException | None = None
-        for future in written:
+        futures = [self._sync_pool.submit(work, item) for item in pending]
+        outcomes: list[R | Exception] = []
+        for future in futures:
             try:
-                temps.append(future.result())
-            except BaseException as exc:
-                failure = failure or exc
-        if failure is not None:
-            for tmp in temps:
-                tmp.unlink(missing_ok=True)
-            raise failure
-        shards = set()
-        for tmp, digest in zip(temps, missing, strict=True):
-            shards.add(self._rename_into_place(tmp, digest))
-        for done in [self._sync_pool.submit(_fsync_dir, shard) for shard in shards]:
-            done.result()
+                outcomes.append(future.result())
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
 
     def _move_into_place(self, tmp: Path, digest: str) -> None:
         """Rename a complete, fsynced temp file to the blob's path and make the rename durable;
@@ -278,15 +368,16 @@ class BlobStore:
         # Plain strings: pathlib's joins cost a small upload more than its system calls.
         return os.path.join(self._root, "sha256", digest[:2], digest[2:])
 
-    def _write_synced(self, data: bytes) -> Path:
-        """A new temp file holding `data`, fsynced."""
+    def _write_temp(self, data: bytes, fsync: bool) -> Path:
+        """A new temp file holding `data`, fsynced unless not `fsync`."""
         tmp = self.tmp_dir / f"put-{os.getpid()}-{id(self):x}-{next(self._tmp_names)}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            if fsync:
+                os.fsync(fd)
         except BaseException:
             os.close(fd)
             tmp.unlink(missing_ok=True)

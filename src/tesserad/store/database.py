@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -282,6 +282,17 @@ class Store:
             self._pending.append(_Pending(work, future))
             self._cond.notify()
         return future
+
+    def submit_all(self, works: Sequence[Callable[[WriteTxn], T]]) -> list[Future[T]]:
+        """`submit` each of `works`, all queued at once so that they share a commit; each its
+        own nested transaction and future."""
+        pending = [_Pending(work, Future()) for work in works]
+        with self._cond:
+            if self._closing:
+                raise RuntimeError("the store is closed")
+            self._pending.extend(pending)
+            self._cond.notify()
+        return [item.future for item in pending]
 
     def flush(self) -> None:
         """Wait until everything submitted so far is committed."""

@@ -105,9 +105,10 @@ def blob_holders(data_dir) -> list[tuple[str, str]]:
 
 def test_failed_registrations_among_concurrent_ones_leave_no_version_blob_or_reference(data_dir):
     """Registrations that fail inside the shared group commit (a missing lineage parent) or
-    before it (a damaged artifact) leave nothing; those committed with them are whole."""
+    before it (a damaged artifact) leave nothing; those committed with them are whole, a blob
+    that a failed one shares with one of them too."""
     good = [mlp_weights(seed=i) for i in range(6)]
-    orphans = [mlp_weights(seed=100 + i) for i in range(6)]
+    orphans = [mlp_weights(seed=100 + i) for i in range(5)] + [good[2]]
     daemon = InProcessDaemon(daemon_settings(data_dir)).start()
     try:
         stub = registry_pb2_grpc.RegistryStub(daemon.channel())

@@ -91,41 +91,44 @@ def test_stale_uploads_are_cleared_on_open(tmp_path: Path) -> None:
     assert list(blobs.tmp_dir.iterdir()) == []
 
 
-def test_put_checked_stores_what_was_declared_once(tmp_path: Path) -> None:
-    blobs = BlobStore(tmp_path)
+@pytest.mark.parametrize("syncfs", [True, False], ids=["syncfs", "fsync-each"])
+def test_put_each_stores_what_was_declared_once(tmp_path: Path, syncfs: bool) -> None:
+    blobs = BlobStore(tmp_path, syncfs=syncfs)
     data = b"small artifact"
-    digest = hashlib.sha256(data).hexdigest()
-    ref = blobs.put_checked(data, digest, len(data), max_size=1024, limit_name="limits.max_artifact_size")
-    assert (ref.sha256, ref.size) == (digest, len(data)) and blobs.read_bytes(digest) == data
-    assert blobs.put_checked(data, digest, len(data)) == ref
+    digest = checked_digest(
+        data, hashlib.sha256(data).hexdigest(), len(data), 1024, "limits.max_artifact_size"
+    )
+    assert blobs.put_each([(digest, data)]) == [None]
+    assert blobs.read_bytes(digest) == data
+    assert blobs.put_each([(digest, data)]) == [None]
     assert list(blobs.all()) == [digest] and list(blobs.tmp_dir.iterdir()) == []
 
 
-def test_put_checked_refuses_before_storing_anything(tmp_path: Path) -> None:
-    blobs = BlobStore(tmp_path)
+def test_checked_digest_refuses_what_was_not_declared(tmp_path: Path) -> None:
     with pytest.raises(DataLoss, match="checksum mismatch"):
-        blobs.put_checked(b"abc", "0" * 64, 3)
+        checked_digest(b"abc", "0" * 64, 3)
     with pytest.raises(DataLoss, match="declared 4"):
-        blobs.put_checked(b"abc", hashlib.sha256(b"abc").hexdigest(), 4)
+        checked_digest(b"abc", hashlib.sha256(b"abc").hexdigest(), 4)
     with pytest.raises(ResourceExhausted, match=r"limits\.max_artifact_size"):
-        blobs.put_checked(b"abcd", max_size=3, limit_name="limits.max_artifact_size")
-    assert list(blobs.all()) == [] and list(blobs.tmp_dir.iterdir()) == []
+        checked_digest(b"abcd", max_size=3, limit_name="limits.max_artifact_size")
 
 
-def test_put_checked_remakes_a_shard_directory_removed_by_hand(tmp_path: Path) -> None:
-    blobs = BlobStore(tmp_path)
+@pytest.mark.parametrize("syncfs", [True, False], ids=["syncfs", "fsync-each"])
+def test_put_each_remakes_a_shard_directory_removed_by_hand(tmp_path: Path, syncfs: bool) -> None:
+    blobs = BlobStore(tmp_path, syncfs=syncfs)
     data = b"x"
     digest = hashlib.sha256(data).hexdigest()
     blobs.path(digest).parent.rmdir()
-    blobs.put_checked(data, digest, 1)
+    assert blobs.put_each([(digest, data)]) == [None]
     assert blobs.read_bytes(digest) == data
 
 
-def test_put_many_stores_every_blob_and_skips_those_already_there(tmp_path: Path) -> None:
-    blobs = BlobStore(tmp_path)
+@pytest.mark.parametrize("syncfs", [True, False], ids=["syncfs", "fsync-each"])
+def test_put_many_stores_every_blob_and_skips_those_already_there(tmp_path: Path, syncfs: bool) -> None:
+    blobs = BlobStore(tmp_path, syncfs=syncfs)
     datas = [f"blob {i}".encode() for i in range(40)]
     digests = [checked_digest(d, hashlib.sha256(d).hexdigest(), len(d)) for d in datas]
-    blobs.put_checked(datas[0])
+    blobs.put_bytes(datas[0])
     blobs.put_many(dict(zip(digests, datas, strict=True)))
     assert sorted(blobs.all()) == sorted(digests)
     assert all(blobs.read_bytes(d) == data for d, data in zip(digests, datas, strict=True))
@@ -136,7 +139,7 @@ def test_a_put_claims_its_blob_until_released_and_delete_leaves_a_claimed_blob(t
     blobs = BlobStore(tmp_path)
     ref = blobs.put_bytes(b"shared bytes")
     # A second upload of the same bytes finds the file in place and claims it too.
-    assert blobs.put_checked(b"shared bytes").sha256 == ref.sha256
+    assert blobs.put_each([(ref.sha256, b"shared bytes")]) == [None]
     blobs.release(ref.sha256)
     assert blobs.claimed(ref.sha256)
     assert not blobs.delete(ref.sha256) and blobs.exists(ref.sha256)
@@ -155,3 +158,31 @@ def test_put_many_claims_every_digest_even_those_already_in_place(tmp_path: Path
     assert not blobs.delete(first.sha256)
     blobs.release(first.sha256, second, second)  # releasing more than was claimed is harmless
     assert blobs.delete(first.sha256) and blobs.delete(second)
+
+
+class _FailingWrites(BlobStore):
+    """A blob store whose writes of `refused` fail as a full disk would."""
+
+    refused = b"no room for this one"
+
+    def _write_temp(self, data: bytes, fsync: bool) -> Path:
+        if data == self.refused:
+            raise OSError(28, "No space left on device")
+        return super()._write_temp(data, fsync)
+
+
+@pytest.mark.parametrize("syncfs", [True, False], ids=["syncfs", "fsync-each"])
+def test_put_each_gives_each_entry_its_own_outcome_and_claim(tmp_path: Path, syncfs: bool) -> None:
+    blobs = _FailingWrites(tmp_path, syncfs=syncfs)
+    datas = [b"one", b"two", b"one", blobs.refused]
+    digests = [hashlib.sha256(d).hexdigest() for d in datas]
+    outcomes = blobs.put_each(list(zip(digests, datas, strict=True)))
+    assert outcomes[:3] == [None, None, None]
+    assert isinstance(outcomes[3], OSError) and outcomes[3].errno == 28
+    assert sorted(blobs.all()) == sorted(set(digests[:2]))
+    assert list(blobs.tmp_dir.iterdir()) == []
+    blobs.release(digests[0], digests[3])
+    assert blobs.claimed(digests[0])  # claimed once per entry: the second entry still holds it
+    assert not blobs.delete(digests[0])
+    blobs.release(digests[0], digests[1])
+    assert not any(blobs.claimed(d) for d in digests)

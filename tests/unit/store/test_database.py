@@ -123,6 +123,27 @@ def test_group_commit_batches_writers_and_isolates_failures(store: Store) -> Non
         assert txn.count("items", ("p",)) == 199
 
 
+def test_submit_all_shares_one_commit_and_fails_each_write_alone(store: Store) -> None:
+    def put(i: int):
+        def work(txn):
+            txn.put("items", ("q", i), b"v")
+            if i == 3:
+                raise ValueError("bad item")
+            return i
+
+        return work
+
+    store.flush()
+    before = store.group_commits
+    futures = store.submit_all([put(i) for i in range(6)])
+    with pytest.raises(ValueError, match="bad item"):
+        futures[3].result(timeout=10)
+    assert [f.result(timeout=10) for i, f in enumerate(futures) if i != 3] == [0, 1, 2, 4, 5]
+    assert store.group_commits == before + 1
+    with store.read() as txn:
+        assert [key[1] for key, _ in txn.scan("items", ("q",))] == [0, 1, 2, 4, 5]
+
+
 def test_concurrent_writers_from_threads(store: Store) -> None:
     def writer(n: int) -> None:
         for i in range(50):
