@@ -64,6 +64,9 @@ TABLES = ["jobs"]
 STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 ENDED = frozenset({"succeeded", "failed", "cancelled"})
 _POLL_S = 0.25
+# A rank that has sent its outcome gets this long to exit: tearing down a gloo process group
+# can hang after the peer has gone, and the job's result is known by then.
+_EXIT_GRACE_S = 15.0
 # Steps/s is measured over at least this long: step events can arrive in bursts.
 _RATE_WINDOW_S = 1.0
 
@@ -625,6 +628,7 @@ class Jobs:
     def _follow(self, job: JobRecord, running: _Running) -> None:
         """Handle worker messages until every process has exited, then settle the job's state."""
         done: DoneMessage | None = None
+        done_at: dict[int, float] = {}  # rank: when its DoneMessage arrived
         error: ErrorMessage | None = None
         crash_code: int | None = None
         open_conns = list(running.conns)
@@ -643,11 +647,16 @@ class Jobs:
                 elif isinstance(message, CheckpointMessage):
                     job = self._on_checkpoint(job, message)
                 elif isinstance(message, DoneMessage):
-                    done = message
+                    rank = running.conns.index(ready)
+                    done_at[rank] = time.monotonic()
+                    if rank == 0 or done is None:
+                        done = message  # the leader's carries the weights
                 elif isinstance(message, ErrorMessage) and error is None:
                     error = message
             if running.cancel_deadline is not None and time.monotonic() > running.cancel_deadline:
                 _kill(running.processes)
+            if len(done_at) == len(running.processes):
+                _stop_lingering(running.processes, done_at, job.job_id)
             # A rank that died (after its last words were read) leaves its peers blocked in a
             # collective: stop them too.
             for process, conn in zip(running.processes, running.conns, strict=True):
@@ -890,6 +899,20 @@ class Jobs:
     @staticmethod
     def _put(txn: WriteTxn, job: JobRecord) -> None:
         txn.put("jobs", (job.job_id,), encode_job(job))
+
+
+def _stop_lingering(
+    processes: list[multiprocessing.process.BaseProcess], done_at: dict[int, float], job_id: str
+) -> None:
+    """Kill the ranks still running _EXIT_GRACE_S after they sent their outcome."""
+    now = time.monotonic()
+    for rank, process in enumerate(processes):
+        if process.exitcode is None and now - done_at[rank] > _EXIT_GRACE_S:
+            log.warning(
+                "a worker did not exit after it finished; stopped it",
+                extra={"job_id": job_id, "rank": rank, "grace_s": _EXIT_GRACE_S},
+            )
+            process.kill()
 
 
 def _kill(processes: list[multiprocessing.process.BaseProcess]) -> None:

@@ -205,6 +205,8 @@ def _run(conn: Connection, payload: WorkerPayload) -> None:
     elif checkpoint:
         trainer.resume_from(checkpoint)
     outcome = trainer.run()
+    # The outcome first: the group's teardown can hang once a peer has exited, and the daemon
+    # stops a rank that lingers after its outcome (training.jobs._EXIT_GRACE_S).
+    conn.send(DoneMessage(outcome.status, outcome.epoch, outcome.step, outcome.metrics, outcome.weights))
     if own_group:
         torch.distributed.destroy_process_group()
-    conn.send(DoneMessage(outcome.status, outcome.epoch, outcome.step, outcome.metrics, outcome.weights))
