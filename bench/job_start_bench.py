@@ -15,7 +15,6 @@ Run: .venv/bin/python bench/job_start_bench.py [--rounds 10]  ->  bench/results/
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -31,11 +30,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from daemon_process import start_daemon, tree_cpu_s
+from search_bench import upload
 
 from tessera.v1 import (
     architecture_pb2,
-    datasets_pb2,
-    datasets_pb2_grpc,
     job_spec_pb2,
     training_pb2,
     training_pb2_grpc,
@@ -51,21 +49,7 @@ def upload_problem(channel: grpc.Channel) -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(SAMPLES, 8)).astype(np.float32)
     y = np.sin(2 * x[:, 0]) + x[:, 1] * x[:, 2] - 0.5 * x[:, 3] ** 2 + 0.1 * rng.normal(size=SAMPLES)
-    buffer = io.BytesIO()
-    np.savez(buffer, x=x, y=y.astype(np.float32)[:, None])
-    header = datasets_pb2.UploadDatasetHeader(name="search", format=datasets_pb2.DATASET_FORMAT_NPZ)
-    cut = SAMPLES * 3 // 4
-    header.splits.indices.splits.extend(
-        [
-            datasets_pb2.SplitIndices(name="train", indices=list(range(cut))),
-            datasets_pb2.SplitIndices(name="val", indices=list(range(cut, SAMPLES))),
-        ]
-    )
-    data = buffer.getvalue()
-    requests = [datasets_pb2.UploadDatasetRequest(header=header)] + [
-        datasets_pb2.UploadDatasetRequest(chunk=data[i : i + 65536]) for i in range(0, len(data), 65536)
-    ]
-    datasets_pb2_grpc.DatasetsStub(channel).UploadDataset(iter(requests))
+    upload(channel, "search", x, y.astype(np.float32))
 
 
 def base_spec() -> job_spec_pb2.JobSpec:

@@ -144,14 +144,15 @@ def inputs() -> tuple[np.ndarray, np.ndarray]:
 
 
 def upload(channel: grpc.Channel, name: str, x: np.ndarray, y: np.ndarray) -> None:
+    """Samples x -> y as dataset `name`: the first three quarters to train, the rest to validate."""
     buffer = io.BytesIO()
     np.savez(buffer, x=x, y=y[:, None])
     header = datasets_pb2.UploadDatasetHeader(name=name, format=datasets_pb2.DATASET_FORMAT_NPZ)
-    cut = SAMPLES * 3 // 4
+    cut = len(x) * 3 // 4
     header.splits.indices.splits.extend(
         [
             datasets_pb2.SplitIndices(name="train", indices=list(range(cut))),
-            datasets_pb2.SplitIndices(name="val", indices=list(range(cut, SAMPLES))),
+            datasets_pb2.SplitIndices(name="val", indices=list(range(cut, len(x)))),
         ]
     )
     data = buffer.getvalue()
