@@ -369,22 +369,7 @@ class Versions:
             try:
                 if failure is not None:
                     raise failure
-                record = self._prepare(
-                    upload.model,
-                    format=upload.format,
-                    blob=BlobRef(digest, len(upload.artifact)),
-                    artifact=upload.artifact,
-                    signature=upload.signature,
-                    architecture=upload.architecture,
-                    params=upload.params,
-                    metrics=upload.metrics,
-                    tags=upload.tags,
-                    lineage=upload.lineage,
-                    description=upload.description,
-                    create_model_if_missing=upload.create_model_if_missing,
-                    alias=upload.alias,
-                    actor=upload.actor,
-                )
+                record = self._prepare_upload(upload, digest)
             except Exception as exc:
                 self._drop_failed({upload.model}, {digest}, exc, settled)
             else:
@@ -438,24 +423,7 @@ class Versions:
             records: list[Callable[[WriteTxn], VersionRecord]] = []
             for index, (item, digest) in enumerate(zip(items, digests, strict=True)):
                 with batch_item(index):
-                    records.append(
-                        self._prepare(
-                            item.model,
-                            format=item.format,
-                            blob=BlobRef(digest, len(item.artifact)),
-                            artifact=item.artifact,
-                            signature=item.signature,
-                            architecture=item.architecture,
-                            params=item.params,
-                            metrics=item.metrics,
-                            tags=item.tags,
-                            lineage=item.lineage,
-                            description=item.description,
-                            create_model_if_missing=item.create_model_if_missing,
-                            alias=item.alias,
-                            actor=item.actor,
-                        )
-                    )
+                    records.append(self._prepare_upload(item, digest))
 
             def record_all(txn: WriteTxn) -> list[VersionRecord]:
                 recorded = []
@@ -468,6 +436,25 @@ class Versions:
         except BaseException:
             drop_claimed_blobs(self._store, self._blobs, stored)
             raise
+
+    def _prepare_upload(self, upload: VersionUpload, digest: str) -> Callable[[WriteTxn], VersionRecord]:
+        """`_prepare` for an upload whose blob `digest` was just stored from its bytes at hand."""
+        return self._prepare(
+            upload.model,
+            format=upload.format,
+            blob=BlobRef(digest, len(upload.artifact)),
+            artifact=upload.artifact,
+            signature=upload.signature,
+            architecture=upload.architecture,
+            params=upload.params,
+            metrics=upload.metrics,
+            tags=upload.tags,
+            lineage=upload.lineage,
+            description=upload.description,
+            create_model_if_missing=upload.create_model_if_missing,
+            alias=upload.alias,
+            actor=upload.actor,
+        )
 
     def _prepare(
         self,
