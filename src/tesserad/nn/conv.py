@@ -380,7 +380,13 @@ class _TimeFoldFunction(torch.autograd.Function):
         kt = w_shape[2]
         gw = gb = None
         if need_w or (need_b and b_dtype is not None):
-            _, gwf, gb = _conv3d_backward(go, xs, wf, geo, (False, need_w, need_b and b_dtype is not None))
+            mask = (False, need_w, need_b and b_dtype is not None)
+            if xs.dtype == torch.bfloat16 and xs.device.type == "cpu":
+                # torch 2.13's bf16 weight gradient on some CPUs (oneDNN) returns NaN from finite
+                # input (cnn4d training under bf16 autocast went NaN at its second step).
+                _, gwf, gb = _conv3d_backward(go.float(), xs.float(), wf.float(), geo, mask)
+            else:
+                _, gwf, gb = _conv3d_backward(go, xs, wf, geo, mask)
             if need_w:
                 gw = gwf.reshape(w_shape[0], kt, w_shape[1], *w_shape[3:]).transpose(1, 2).to(w_dtype)
         gx = _time_fold_grad_input(go, xs, wf, x_shape, x_dtype, x_contiguous, kt, geo) if need_x else None

@@ -133,10 +133,6 @@ def _clips_config(precision: str) -> dict[str, Any]:
 BF16_ACCURACY_MARGIN = 0.1
 
 
-# On this session's CI machine (2026-12-04, session 6) bf16 training on the CPU turns the loss
-# NaN at step 2-3 in most runs, scratch pool on or off (not so on earlier machines): a defect
-# reported in the closing note of that session, not a tolerance to widen.
-@pytest.mark.xfail(reason="bf16 CPU training can turn NaN at its first steps on some CPUs", strict=False)
 def test_bf16_training_converges_on_the_synthetic_clips_like_fp32() -> None:
     x, y = spacetime_clips(320, seed=5)
     data = TrainingData(x, y, np.arange(240), np.arange(240, 320))
