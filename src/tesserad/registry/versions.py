@@ -344,14 +344,7 @@ class Versions:
         checked: list[tuple[VersionUpload, str, Future[VersionRecord]]] = []
         for upload, settled in group:
             try:
-                self.check_upload(
-                    upload.model,
-                    format=upload.format,
-                    signature=upload.signature,
-                    architecture=upload.architecture,
-                    size_bytes=upload.size_bytes,
-                    create_model_if_missing=upload.create_model_if_missing,
-                )
+                self._check_header(upload)
                 digest = checked_digest(
                     upload.artifact,
                     upload.sha256,
@@ -397,14 +390,7 @@ class Versions:
             )
         for index, item in enumerate(items):
             with batch_item(index):
-                self.check_upload(
-                    item.model,
-                    format=item.format,
-                    signature=item.signature,
-                    architecture=item.architecture,
-                    size_bytes=item.size_bytes,
-                    create_model_if_missing=item.create_model_if_missing,
-                )
+                self._check_header(item)
         digests = []
         for index, item in enumerate(items):
             with batch_item(index):
@@ -436,6 +422,17 @@ class Versions:
         except BaseException:
             drop_claimed_blobs(self._store, self._blobs, stored)
             raise
+
+    def _check_header(self, upload: VersionUpload) -> None:
+        """`check_upload` for an upload whose bytes are at hand."""
+        self.check_upload(
+            upload.model,
+            format=upload.format,
+            signature=upload.signature,
+            architecture=upload.architecture,
+            size_bytes=upload.size_bytes,
+            create_model_if_missing=upload.create_model_if_missing,
+        )
 
     def _prepare_upload(self, upload: VersionUpload, digest: str) -> Callable[[WriteTxn], VersionRecord]:
         """`_prepare` for an upload whose blob `digest` was just stored from its bytes at hand."""
