@@ -650,7 +650,7 @@ def per_trial_reach(
     modelled ones (after its random startup) in the first and the second half of the sweep. If
     trials landed independently at these rates, TPE would reach the target within half the trials
     for half the seeds when its modelled trials in the first half land at least at
-    "tpe_modelled_needed" ((1 - random)^startup * (1 - needed)^(N/2 - startup) = 1/2)."""
+    "tpe_modelled_needed" ((1 - random)^startup * (1 - needed)^(N/2 - startup) = 1/2, or 0)."""
     startup, half = tpe_options(trials)["n_startup_trials"], trials // 2
 
     def share(rows: list[dict[str, Any]]) -> float:
@@ -666,7 +666,10 @@ def per_trial_reach(
         "tpe_modelled_second_half": round(
             share([row for seed in seeds for row in by["tpe", seed]["trials"][half:]]), 4
         ),
-        "tpe_modelled_needed": round(1 - (0.5 / (1 - random) ** startup) ** (1 / (half - startup)), 4),
+        # 0 when the random startup alone reaches the target within half the trials for half the seeds.
+        "tpe_modelled_needed": round(
+            max(0.0, 1 - (0.5 / (1 - random) ** startup) ** (1 / (half - startup))), 4
+        ),
     }
 
 
