@@ -4,7 +4,8 @@ serve_bench's goal for cnn4d (daemon CPU per request less in-process onnxruntime
 same rows, against the echo server's CPU) says how much serving costs beside the model, not where.
 This runs serve_bench's daemon in this process and its client processes against it, reads each
 thread's CPU from /proc/self/task/*/schedstat (nanoseconds) at each cell's start and end, and
-serves `cnn4d-off` (max_batch_size 1) four ways, in an order that rotates each repeat:
+serves `cnn4d-off` (max_batch_size 1) four ways beside serve_bench's echo server (its own process),
+in an order that rotates each repeat:
 
 - `constant`: cnn4d's constant twin (reshape and slice): the request path without the model; it
   runs inline, on the event loop's thread (its compute is under the batcher's inline limit);
@@ -98,6 +99,7 @@ def paced(run: Callable[[], object], runs: int, gap_s: float) -> tuple[float, fl
 
 
 def served(args: argparse.Namespace, work: Path, paths: dict[str, Path]) -> dict[str, Any]:
+    """The cells of every mode at every concurrency, and in-process onnxruntime after each repeat."""
     from tesserad.serving.runtimes import OnnxRuntime
 
     daemon, files = sb.start_file_daemon(work / "data", paths)
