@@ -964,6 +964,7 @@ def main() -> None:
     clients.close()
     for server in servers.values():
         server.stop()
+    results["machine"]["load_average_at_end"] = os.getloadavg()
     results["goals"] = goals(results["models"], args.device)
     if "tiny_mlp" in results["models"]:
         results["tail"] = tail(results["models"]["tiny_mlp"])
