@@ -56,20 +56,33 @@ def slow_model(layers: int = 24, width: int = 384) -> bytes:
     return _model_bytes(graph)
 
 
-def pairwise_model(width: int = 131072) -> bytes:
-    """y = row sums of x @ x.T: x float32 (N, width) -> y (N, 1). Its work grows with the square
-    of the batch, so a row in a batch of N costs ~N times a row alone (wide rows: the per-run
-    overhead a batch shares is small beside a row's work): batching never pays."""
+def pairwise_model(width: int = 16384, depth: int = 128) -> bytes:
+    """y_i = sum over j and k of tanh applied `depth` times to x_ik * x_jk: x float32 (N, width)
+    -> y (N, 1). Its work grows with the square of the batch, so a row in a batch of N costs ~N
+    times a row alone: batching never pays. A row alone is compute (0.47 ms on the 2-core dev box),
+    not memory: with a cheap row (x @ x.T over 512 KiB rows, 22 us) the daemon measured a row alone
+    at 10x that in some runs and judged batches of 3-8 cheaper per row, which made the
+    never-batching test fail in 2-7 of 20 runs."""
+    nodes = [
+        helper.make_node("Unsqueeze", ["x", "one"], ["rows"]),
+        helper.make_node("Unsqueeze", ["x", "zero"], ["others"]),
+        helper.make_node("Mul", ["rows", "others"], ["pairs0"]),
+    ]
+    nodes += [helper.make_node("Tanh", [f"pairs{i}"], [f"pairs{i + 1}"]) for i in range(depth)]
+    nodes += [
+        helper.make_node("ReduceSum", [f"pairs{depth}", "pair_axes"], ["sums"], keepdims=0),
+        helper.make_node("Unsqueeze", ["sums", "one"], ["y"]),
+    ]
     graph = helper.make_graph(
-        [
-            helper.make_node("Transpose", ["x"], ["xt"]),
-            helper.make_node("MatMul", ["x", "xt"], ["gram"]),
-            helper.make_node("ReduceSum", ["gram", "axes"], ["y"], keepdims=1),
-        ],
+        nodes,
         "pairwise",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
-        [numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")],
+        [
+            numpy_helper.from_array(np.array([0], dtype=np.int64), "zero"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "one"),
+            numpy_helper.from_array(np.array([1, 2], dtype=np.int64), "pair_axes"),
+        ],
     )
     return _model_bytes(graph)
 
