@@ -413,6 +413,124 @@ def _conv3d_backward(
     return grads
 
 
+# At most this many folded channels (g * kT * C/g, the channels conv3d's input gradient writes)
+# and the input's gradient is computed as planes (_grad_input_planes): oneDNN vectorises that
+# gradient over the channels it writes, so shape C of bench/conv4d_bench.py (3 channels) used
+# 19% of its vector lanes.
+PLANES_MAX_CHANNELS = 8
+# Rows of planes per transposed conv2d: planes of about this many bytes are summed while they
+# are still in cache (on shape C, 10.2 ms for the conv and its sums against 13.0 in chunks of
+# a third of the rows).
+PLANES_CHUNK_BYTES = 1 << 20
+
+
+def _folded_grad_input(go: Tensor, xs: Tensor, wf: Tensor, geo: _Geometry) -> Tensor:
+    """conv3d's input gradient (rows, g*kT*C/g, D, H, W), channels last, for the folded input
+    ``xs`` from the output's ``go``: as planes for few channels, by phases for a stride, else
+    conv3d's own backward."""
+    if xs.shape[1] <= PLANES_MAX_CHANNELS:
+        return _grad_input_planes(go, tuple(xs.shape), wf, geo)
+    if any(s > 1 for s in geo.s3):
+        return _grad_input_phases(go, tuple(xs.shape), wf, geo)
+    return _conv3d_backward(go, xs, wf, geo, (True, False, False))[0]
+
+
+def _grad_input_planes(go: Tensor, xs_shape: tuple[int, ...], wf: Tensor, geo: _Geometry) -> Tensor:
+    """The folded input's gradient with the D taps stacked into output channels: one transposed
+    conv2d over (H, W) per block of rows writes kD planes per folded channel (kD times as many
+    channels, so more of the vector lanes), then each D tap's plane is added at its shift.
+    Rows go in chunks of about PLANES_CHUNK_BYTES of planes."""
+    rows, cf, d, h, wd = xs_shape
+    c_out, m, kd, kh, kw = wf.shape
+    do, ho, wo = go.shape[2:]
+    (sd, sh, sw), (pd, ph, pw), (dd, dh, dw) = geo.s3, geo.p3, geo.d3
+    # the output padding that makes the transposed conv return exactly H, W
+    oph = h - ((ho - 1) * sh - 2 * ph + dh * (kh - 1) + 1)
+    opw = wd - ((wo - 1) * sw - 2 * pw + dw * (kw - 1) + 1)
+    w2 = wf.reshape(c_out, m * kd, kh, kw)  # output channels (group, tap, channel, D tap)
+    gxs = _POOL.empty((rows, d, h, wd, cf), go.dtype, go.device).zero_()
+    chunk = max(1, PLANES_CHUNK_BYTES // (do * h * wd * cf * kd * go.element_size()))
+    for r0 in range(0, rows, chunk):
+        r1 = min(r0 + chunk, rows)
+        g2 = go[r0:r1].permute(0, 2, 1, 3, 4).reshape(-1, c_out, ho, wo)
+        planes = F.conv_transpose2d(g2, w2, None, (sh, sw), (ph, pw), (oph, opw), geo.g, (dh, dw))
+        planes = planes.permute(0, 2, 3, 1).reshape(r1 - r0, do, h, wd, cf, kd)
+        for j in range(kd):
+            # output row o reads input row o*sd + j*dd - pd
+            first = max(0, -((j * dd - pd) // sd))
+            last = min(do - 1, (d - 1 + pd - j * dd) // sd)
+            if last < first:
+                continue
+            q = first * sd + j * dd - pd
+            gxs[r0:r1, q : q + sd * (last - first) + 1 : sd] += planes[:, first : last + 1, ..., j]
+    return gxs.permute(0, 4, 1, 2, 3)
+
+
+class _Phase(NamedTuple):
+    """One residue class of a strided dim's input positions in a transposed convolution."""
+
+    first: int  # first input position of the class
+    count: int  # positions in it
+    taps: list[int]  # kernel taps that reach it, last tap first (a correlation's order)
+    start: int  # first output position the correlation reads (may be negative: zero padding)
+    dilation: int
+
+
+def _phases(size: int, kernel: int, stride: int, padding: int, dilation: int) -> list[_Phase]:
+    """The phases of one dim: input position ``q = o*stride + j*dilation - padding`` for output
+    ``o`` and tap ``j``; the positions ``q = a + stride*m`` of phase ``a`` get
+    ``sum_j go[m - e_j] * w[j]`` over the taps with ``e_j = (j*dilation - padding - a) / stride``
+    whole: a stride-1 correlation, with no zero inserted between the outputs."""
+    phases = []
+    for a in range(min(stride, size)):
+        taps = [j for j in range(kernel) if (j * dilation - padding - a) % stride == 0]
+        count = (size - a + stride - 1) // stride
+        e_max = (taps[-1] * dilation - padding - a) // stride if taps else 0
+        step = (taps[1] - taps[0]) * dilation // stride if len(taps) > 1 else 1
+        phases.append(_Phase(a, count, taps[::-1], -e_max, step))
+    return phases
+
+
+def _grad_input_phases(go: Tensor, xs_shape: tuple[int, ...], wf: Tensor, geo: _Geometry) -> Tensor:
+    """The folded input's gradient for a strided conv3d as stride_D * stride_H * stride_W dense
+    stride-1 convolutions, one per phase of the input positions, each written to its positions:
+    conv3d's own strided input gradient ran at 43% of the GEMM rate on shape E of
+    bench/conv4d_bench.py."""
+    rows, cf, *size = xs_shape
+    c_out, m = wf.shape[:2]
+    g = geo.g
+    # conv3d weights from the output's channels (per group) to the folded ones
+    wt = wf.reshape(g, c_out // g, m, *wf.shape[2:]).transpose(1, 2).reshape(g * m, c_out // g, *wf.shape[2:])
+    dims = [_phases(size[i], wf.shape[2 + i], geo.s3[i], geo.p3[i], geo.d3[i]) for i in range(3)]
+    # go padded once to cover every phase's window
+    lo = [max(0, *(-p.start for p in ph)) for ph in dims]
+    hi = [
+        max(0, *(p.start + p.count + (len(p.taps) - 1) * p.dilation - o for p in ph))
+        for ph, o in zip(dims, go.shape[2:], strict=True)
+    ]
+    gop = F.pad(go, (lo[2], hi[2], lo[1], hi[1], lo[0], hi[0])).contiguous(
+        memory_format=torch.channels_last_3d
+    )
+    gxs = _POOL.empty((rows, *size, cf), go.dtype, go.device)
+    for pd_ in dims[0]:
+        for ph_ in dims[1]:
+            for pw_ in dims[2]:
+                phase = (pd_, ph_, pw_)
+                dst = gxs[:, pd_.first :: geo.s3[0], ph_.first :: geo.s3[1], pw_.first :: geo.s3[2]]
+                if not all(p.taps for p in phase):
+                    dst.zero_()
+                    continue
+                spans = (
+                    slice(p.start + lo[i], p.start + lo[i] + p.count + (len(p.taps) - 1) * p.dilation)
+                    for i, p in enumerate(phase)
+                )
+                window = gop[(slice(None), slice(None), *spans)]
+                k = wt[:, :, pd_.taps][:, :, :, ph_.taps][:, :, :, :, pw_.taps]
+                y = F.conv3d(window, k, None, 1, 0, tuple(p.dilation for p in phase), g)
+                dst.copy_(y.permute(0, 2, 3, 4, 1))
+    return gxs.permute(0, 4, 1, 2, 3)
+
+
 def _time_fold_grad_input(
     go: Tensor,
     xs: Tensor,
@@ -441,7 +559,7 @@ def _time_fold_grad_input(
         for block in _grad_blocks(n, geo.t_out, frame_bytes):
             n0, n1, t0, t1 = block
             rows = slice(n0 * geo.t_out + t0, (n1 - 1) * geo.t_out + t1)
-            yield block, _conv3d_backward(go[rows], xs[rows], wf, geo, (True, False, False))[0]
+            yield block, _folded_grad_input(go[rows], xs[rows], wf, geo)
 
     _unfold_taps_grad(gx, folded_grads(), kt, t_in, geo)
     if not transpose:
