@@ -470,7 +470,7 @@ class _Phase(NamedTuple):
     """One residue class of a strided dim's input positions in a transposed convolution."""
 
     first: int  # first input position of the class
-    count: int  # positions in it
+    positions: int  # how many
     taps: list[int]  # kernel taps that reach it, last tap first (a correlation's order)
     start: int  # first output position the correlation reads (may be negative: zero padding)
     dilation: int
@@ -505,7 +505,7 @@ def _grad_input_phases(go: Tensor, xs_shape: tuple[int, ...], wf: Tensor, geo: _
     # go padded once to cover every phase's window
     lo = [max(0, *(-p.start for p in ph)) for ph in dims]
     hi = [
-        max(0, *(p.start + p.count + (len(p.taps) - 1) * p.dilation - o for p in ph))
+        max(0, *(p.start + p.positions + (len(p.taps) - 1) * p.dilation - o for p in ph))
         for ph, o in zip(dims, go.shape[2:], strict=True)
     ]
     gop = F.pad(go, (lo[2], hi[2], lo[1], hi[1], lo[0], hi[0])).contiguous(
@@ -521,7 +521,7 @@ def _grad_input_phases(go: Tensor, xs_shape: tuple[int, ...], wf: Tensor, geo: _
                     dst.zero_()
                     continue
                 spans = (
-                    slice(p.start + lo[i], p.start + lo[i] + p.count + (len(p.taps) - 1) * p.dilation)
+                    slice(p.start + lo[i], p.start + lo[i] + p.positions + (len(p.taps) - 1) * p.dilation)
                     for i, p in enumerate(phase)
                 )
                 window = gop[(slice(None), slice(None), *spans)]
@@ -683,7 +683,9 @@ def workspace_bytes(
     sums); tap_loop: the time-padded input and one gathered input per tap (all kept for
     backward); time_fold: the folded input, kT input-sized blocks per output frame (kept for
     backward, where the input's gradient, the output's gradient in channels-last and the
-    folded gradient of one block of output frames, _grad_blocks, join it);
+    folded gradient of one block of output frames, _grad_blocks, join it, with what
+    _folded_grad_input's rewrites add: a chunk of planes, or a phase's output and the padded
+    output gradient of the block);
     out_stack: the time-padded channels-last input and the conv3d output over every frame
     and tap (kT times the output, twice in backward).
     """
@@ -708,6 +710,7 @@ def workspace_bytes(
             frame_bytes = kt * c * d * h * wd * element_size
             block = max((n1 - n0) * (t1 - t0) for n0, n1, t0, t1 in _grad_blocks(n, geo.t_out, frame_bytes))
             elements = folded + block * frame_bytes // element_size + inputs + out
+            elements += _grad_input_scratch(block, kt * c, (d, h, wd), w_shape, geo, element_size)
         else:
             elements = folded
     elif name == "out_stack":
@@ -716,6 +719,31 @@ def workspace_bytes(
     else:
         raise ValueError(f"unknown formulation {name!r}")
     return elements * element_size
+
+
+def _grad_input_scratch(
+    block: int,
+    channels: int,
+    size: tuple[int, int, int],
+    w_shape: tuple[int, ...],
+    geo: _Geometry,
+    element_size: int,
+) -> int:
+    """Elements _folded_grad_input allocates beyond the folded gradient, for ``block`` rows of
+    ``channels`` folded channels over ``size`` (D, H, W): planes: one chunk of them; phases:
+    the block's output gradient, padded, and the largest phase's output."""
+    out = [
+        conv_output_size(sz + 2 * p, k, s, dl, 0)
+        for sz, k, s, dl, p in zip(size, w_shape[3:], geo.s3, geo.d3, geo.p3, strict=True)
+    ]
+    if channels <= PLANES_MAX_CHANNELS:
+        row = out[0] * size[1] * size[2] * channels * w_shape[3]
+        return max(1, PLANES_CHUNK_BYTES // (row * element_size)) * row
+    if any(s > 1 for s in geo.s3):
+        padded = math.prod(o + k for o, k in zip(out, w_shape[3:], strict=True))
+        phase = math.prod(-(-sz // s) for sz, s in zip(size, geo.s3, strict=True))
+        return block * (w_shape[0] * padded + channels * phase)
+    return 0
 
 
 # When the preferred formulation needs more workspace than nn.max_workspace, auto falls back in
