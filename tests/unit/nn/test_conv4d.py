@@ -682,8 +682,9 @@ def test_folded_input_gradient_as_planes_and_by_phases_matches_conv3d(
 def test_time_fold_input_gradient_rewrites_on_the_forty_cases(
     planes_max_channels: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # time_fold end to end with its input gradient always as planes, or never (by phases where
-    # strided): float64 against the loop, bf16 autocast against float64 at REDUCED_TOLERANCE.
+    # time_fold end to end with its input gradient always as planes (bf16 never takes them), or
+    # never (by phases where strided): float64 against the loop, bf16 autocast against float64
+    # at REDUCED_TOLERANCE.
     import tesserad.nn.conv as module
 
     monkeypatch.setattr(module, "PLANES_MAX_CHANNELS", planes_max_channels)
