@@ -553,8 +553,10 @@ def _time_fold_grad_input(
     shape = (n, t_in, d, h, wd, g, c // g)
     # With one channel (or one position per channel) the two layouts are one.
     transpose = contiguous and c > 1 and t_in * d * h * wd > 1
-    # Where the gradient is copied out to another layout, it is assembled in a scratch buffer.
-    gx = _POOL.empty(shape, go.dtype, go.device) if transpose else go.new_empty(shape)
+    # From the pool, the gradient it returns too: free again once the caller drops it (the next
+    # step, for a layer's input), a fresh one faults in its pages on first touch (on shape E of
+    # bench/conv4d_bench.py 10 of the 16 ms its contiguous copy took).
+    gx = _POOL.empty(shape, go.dtype, go.device)
     frame_bytes = xs[0].numel() * xs.element_size()
 
     def folded_grads() -> Iterator[tuple[tuple[int, int, int, int], Tensor]]:
@@ -570,7 +572,7 @@ def _time_fold_grad_input(
     # cache while it is transposed, where one copy over the whole tensor re-reads each cache
     # line once per channel (autograd's copy of a channels-last gradient onto a contiguous leaf
     # took twice as long on shape E of bench/conv4d_bench.py).
-    out = torch.empty(x_shape, dtype=x_dtype, device=gx.device)
+    out = _POOL.empty(tuple(x_shape), x_dtype, gx.device)
     frames = gx.reshape(n, t_in, d, h, wd, c)
     run = max(1, TRANSPOSE_BYTES // (d * h * wd * c * gx.element_size()))
     for i in range(n):
@@ -768,16 +770,16 @@ POOL_DEFAULT_BYTES = 1 << 30
 
 
 class _BufferPool:
-    """Large CPU scratch buffers (the folded input, backward's channels-last output gradient)
-    kept across conv4d calls instead of freed.
+    """Large CPU buffers (the folded input, backward's channels-last output gradient, and the
+    input gradient time_fold returns) kept across conv4d calls instead of freed.
 
     glibc serves allocations above its mmap threshold (at most 32 MiB) with fresh pages that
     fault on first touch: on shape A of bench/conv4d_bench.py a fresh 48 MiB buffer took 17.7 ms
     to fill against 7.3 ms for a copy into one already resident. A buffer is handed out as a
     view and is free again once nothing shares its storage (autograd's saved tensors included),
-    so one still held by a graph is never reused. The pool holds at most nn.max_workspace bytes
-    (POOL_DEFAULT_BYTES without a limit), dropping free buffers oldest first to make room;
-    beyond that, buffers are plain allocations.
+    so one still held by a graph, or by a caller as a gradient, is never reused. The pool holds
+    at most nn.max_workspace bytes (POOL_DEFAULT_BYTES without a limit), dropping free buffers
+    oldest first to make room; beyond that, buffers are plain allocations.
     """
 
     def __init__(self) -> None:
