@@ -44,8 +44,10 @@ import torch.nn.functional as F
 
 from tesserad.nn.conv import (
     ALGORITHMS,
+    PLANES_MAX_CHANNELS,
     _conv3d_backward,
     _fold_taps,
+    _folded_grad_input,
     _folded_weight,
     _Geometry,
     _grad_blocks,
@@ -247,7 +249,7 @@ def time_fold_pieces(
         return slice(n0 * geo.t_out + t0, (n1 - 1) * geo.t_out + t1)
 
     def grad_input_blocks() -> list:
-        return [_conv3d_backward(go[rows(k)], xs[rows(k)], wf, geo, (True, False, False))[0] for k in blocks]
+        return [_folded_grad_input(go[rows(k)], xs[rows(k)], wf, geo) for k in blocks]
 
     def unfold(block_grads: list) -> None:
         gx = x.new_empty(x.shape[0], x.shape[2], *x.shape[3:], geo.g, x.shape[1] // geo.g)
@@ -447,7 +449,10 @@ def bounds(
             if k in ("conv3d_forward", "grad_input_conv", "grad_weight_conv")
         }
         lanes = 16 if "AVX512" in torch.backends.cpu.get_cpu_capability() else 8
-        written = {"conv3d_forward": shape.c_out, "grad_input_conv": shape.kernel * shape.c_in}
+        folded = shape.kernel * shape.c_in
+        # as planes, the input gradient writes kD planes per folded channel (_grad_input_planes)
+        planes = folded <= PLANES_MAX_CHANNELS
+        written = {"conv3d_forward": shape.c_out, "grad_input_conv": folded * (shape.kernel if planes else 1)}
         lane_use = {k: c / (math.ceil(c / lanes) * lanes) for k, c in written.items() if k in pieces}
         out_dict["vector_lanes"] = lanes
         out_dict["vector_lane_use"] = lane_use
@@ -465,6 +470,10 @@ def bounds(
         }.get(bound)
         if piece is not None:
             strided = f", stride {shape.stride}" if shape.stride > 1 else ""
+            if piece == "grad_input_conv" and planes:
+                strided += ", as planes"
+            elif piece == "grad_input_conv" and shape.stride > 1:
+                strided += " by phases"
             bound += (
                 f" at {out_dict['pieces_fraction_of_gemm'][piece]:.0%} of the GEMM rate{strided}, "
                 f"{lane_use[piece]:.0%} of its vector lanes on real channels"

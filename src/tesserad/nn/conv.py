@@ -413,6 +413,126 @@ def _conv3d_backward(
     return grads
 
 
+# At most this many folded channels (g * kT * C/g, the channels conv3d's input gradient writes)
+# and the input's gradient is computed as planes (_grad_input_planes): oneDNN vectorises that
+# gradient over the channels it writes, so shape C of bench/conv4d_bench.py (3 channels) used
+# 19% of its vector lanes.
+PLANES_MAX_CHANNELS = 8
+# Rows of planes per transposed conv2d: planes of about this many bytes are summed while they
+# are still in cache (on shape C, 10.2 ms for the conv and its sums against 13.0 in chunks of
+# a third of the rows).
+PLANES_CHUNK_BYTES = 1 << 20
+
+
+def _folded_grad_input(go: Tensor, xs: Tensor, wf: Tensor, geo: _Geometry) -> Tensor:
+    """conv3d's input gradient (rows, g*kT*C/g, D, H, W), channels last, for the folded input
+    ``xs`` from the output's ``go``: on the CPU (where they were measured), as planes for few
+    channels, by phases for a stride, else conv3d's own backward. oneDNN's bf16 input gradient
+    beat planes (12.6 ms against 17.5 on shape C), not phases (19.1 against 15.7 on E)."""
+    if go.device.type == "cpu":
+        if xs.shape[1] <= PLANES_MAX_CHANNELS and go.dtype != torch.bfloat16:
+            return _grad_input_planes(go, tuple(xs.shape), wf, geo)
+        if any(s > 1 for s in geo.s3):
+            return _grad_input_phases(go, tuple(xs.shape), wf, geo)
+    return _conv3d_backward(go, xs, wf, geo, (True, False, False))[0]
+
+
+def _grad_input_planes(go: Tensor, xs_shape: tuple[int, ...], wf: Tensor, geo: _Geometry) -> Tensor:
+    """The folded input's gradient with the D taps stacked into output channels: one transposed
+    conv2d over (H, W) per block of rows writes kD planes per folded channel (kD times as many
+    channels, so more of the vector lanes), then each D tap's plane is added at its shift.
+    Rows go in chunks of about PLANES_CHUNK_BYTES of planes."""
+    rows, cf, d, h, wd = xs_shape
+    c_out, m, kd, kh, kw = wf.shape
+    do, ho, wo = go.shape[2:]
+    (sd, sh, sw), (pd, ph, pw), (dd, dh, dw) = geo.s3, geo.p3, geo.d3
+    # the output padding that makes the transposed conv return exactly H, W
+    oph = h - ((ho - 1) * sh - 2 * ph + dh * (kh - 1) + 1)
+    opw = wd - ((wo - 1) * sw - 2 * pw + dw * (kw - 1) + 1)
+    w2 = wf.reshape(c_out, m * kd, kh, kw)  # output channels (group, tap, channel, D tap)
+    gxs = _POOL.empty((rows, d, h, wd, cf), go.dtype, go.device).zero_()
+    chunk = max(1, PLANES_CHUNK_BYTES // (do * h * wd * cf * kd * go.element_size()))
+    for r0 in range(0, rows, chunk):
+        r1 = min(r0 + chunk, rows)
+        g2 = go[r0:r1].permute(0, 2, 1, 3, 4).reshape(-1, c_out, ho, wo)
+        planes = F.conv_transpose2d(g2, w2, None, (sh, sw), (ph, pw), (oph, opw), geo.g, (dh, dw))
+        planes = planes.permute(0, 2, 3, 1).reshape(r1 - r0, do, h, wd, cf, kd)
+        for j in range(kd):
+            # output row o reads input row o*sd + j*dd - pd
+            first = max(0, -((j * dd - pd) // sd))
+            last = min(do - 1, (d - 1 + pd - j * dd) // sd)
+            if last < first:
+                continue
+            q = first * sd + j * dd - pd
+            gxs[r0:r1, q : q + sd * (last - first) + 1 : sd] += planes[:, first : last + 1, ..., j]
+    return gxs.permute(0, 4, 1, 2, 3)
+
+
+class _Phase(NamedTuple):
+    """One residue class of a strided dim's input positions in a transposed convolution."""
+
+    first: int  # first input position of the class
+    positions: int  # how many
+    taps: list[int]  # kernel taps that reach it, last tap first (a correlation's order)
+    start: int  # first output position the correlation reads (may be negative: zero padding)
+    dilation: int
+
+
+def _phases(size: int, kernel: int, stride: int, padding: int, dilation: int) -> list[_Phase]:
+    """The phases of one dim: input position ``q = o*stride + j*dilation - padding`` for output
+    ``o`` and tap ``j``; the positions ``q = a + stride*m`` of phase ``a`` get
+    ``sum_j go[m - e_j] * w[j]`` over the taps with ``e_j = (j*dilation - padding - a) / stride``
+    whole: a stride-1 correlation, with no zero inserted between the outputs."""
+    phases = []
+    for a in range(min(stride, size)):
+        taps = [j for j in range(kernel) if (j * dilation - padding - a) % stride == 0]
+        count = (size - a + stride - 1) // stride
+        e_max = (taps[-1] * dilation - padding - a) // stride if taps else 0
+        step = (taps[1] - taps[0]) * dilation // stride if len(taps) > 1 else 1
+        phases.append(_Phase(a, count, taps[::-1], -e_max, step))
+    return phases
+
+
+def _grad_input_phases(go: Tensor, xs_shape: tuple[int, ...], wf: Tensor, geo: _Geometry) -> Tensor:
+    """The folded input's gradient for a strided conv3d as stride_D * stride_H * stride_W dense
+    stride-1 convolutions, one per phase of the input positions, each written to its positions:
+    conv3d's own strided input gradient ran at 43% of the GEMM rate on shape E of
+    bench/conv4d_bench.py."""
+    rows, cf, *size = xs_shape
+    c_out, m = wf.shape[:2]
+    g = geo.g
+    # conv3d weights from the output's channels (per group) to the folded ones
+    wt = wf.reshape(g, c_out // g, m, *wf.shape[2:]).transpose(1, 2).reshape(g * m, c_out // g, *wf.shape[2:])
+    dims = [_phases(size[i], wf.shape[2 + i], geo.s3[i], geo.p3[i], geo.d3[i]) for i in range(3)]
+    # go padded once to cover every phase's window
+    lo = [max(0, *(-p.start for p in ph)) for ph in dims]
+    hi = [
+        max(0, *(p.start + p.positions + (len(p.taps) - 1) * p.dilation - o for p in ph))
+        for ph, o in zip(dims, go.shape[2:], strict=True)
+    ]
+    gop = F.pad(go, (lo[2], hi[2], lo[1], hi[1], lo[0], hi[0])).contiguous(
+        memory_format=torch.channels_last_3d
+    )
+    gxs = _POOL.empty((rows, *size, cf), go.dtype, go.device)
+    for pd_ in dims[0]:
+        for ph_ in dims[1]:
+            for pw_ in dims[2]:
+                phase = (pd_, ph_, pw_)
+                dst = gxs[:, pd_.first :: geo.s3[0], ph_.first :: geo.s3[1], pw_.first :: geo.s3[2]]
+                if not all(p.taps for p in phase):
+                    dst.zero_()
+                    continue
+                spans = (
+                    slice(p.start + lo[i], p.start + lo[i] + p.positions + (len(p.taps) - 1) * p.dilation)
+                    for i, p in enumerate(phase)
+                )
+                window = gop[(slice(None), slice(None), *spans)]
+                k = wt[:, :, pd_.taps][:, :, :, ph_.taps][:, :, :, :, pw_.taps]
+                y = F.conv3d(window, k, None, 1, 0, tuple(p.dilation for p in phase), g)
+                dst.copy_(y.permute(0, 2, 3, 4, 1))
+    return gxs.permute(0, 4, 1, 2, 3)
+
+
 def _time_fold_grad_input(
     go: Tensor,
     xs: Tensor,
@@ -433,15 +553,17 @@ def _time_fold_grad_input(
     shape = (n, t_in, d, h, wd, g, c // g)
     # With one channel (or one position per channel) the two layouts are one.
     transpose = contiguous and c > 1 and t_in * d * h * wd > 1
-    # Where the gradient is copied out to another layout, it is assembled in a scratch buffer.
-    gx = _POOL.empty(shape, go.dtype, go.device) if transpose else go.new_empty(shape)
+    # From the pool, the gradient it returns too: free again once the caller drops it (the next
+    # step, for a layer's input), a fresh one faults in its pages on first touch (on shape E of
+    # bench/conv4d_bench.py 10 of the 16 ms its contiguous copy took).
+    gx = _POOL.empty(shape, go.dtype, go.device)
     frame_bytes = xs[0].numel() * xs.element_size()
 
     def folded_grads() -> Iterator[tuple[tuple[int, int, int, int], Tensor]]:
         for block in _grad_blocks(n, geo.t_out, frame_bytes):
             n0, n1, t0, t1 = block
             rows = slice(n0 * geo.t_out + t0, (n1 - 1) * geo.t_out + t1)
-            yield block, _conv3d_backward(go[rows], xs[rows], wf, geo, (True, False, False))[0]
+            yield block, _folded_grad_input(go[rows], xs[rows], wf, geo)
 
     _unfold_taps_grad(gx, folded_grads(), kt, t_in, geo)
     if not transpose:
@@ -450,7 +572,7 @@ def _time_fold_grad_input(
     # cache while it is transposed, where one copy over the whole tensor re-reads each cache
     # line once per channel (autograd's copy of a channels-last gradient onto a contiguous leaf
     # took twice as long on shape E of bench/conv4d_bench.py).
-    out = torch.empty(x_shape, dtype=x_dtype, device=gx.device)
+    out = _POOL.empty(tuple(x_shape), x_dtype, gx.device)
     frames = gx.reshape(n, t_in, d, h, wd, c)
     run = max(1, TRANSPOSE_BYTES // (d * h * wd * c * gx.element_size()))
     for i in range(n):
@@ -565,7 +687,9 @@ def workspace_bytes(
     sums); tap_loop: the time-padded input and one gathered input per tap (all kept for
     backward); time_fold: the folded input, kT input-sized blocks per output frame (kept for
     backward, where the input's gradient, the output's gradient in channels-last and the
-    folded gradient of one block of output frames, _grad_blocks, join it);
+    folded gradient of one block of output frames, _grad_blocks, join it, with what
+    _folded_grad_input's rewrites add: a chunk of planes, or a phase's output and the padded
+    output gradient of the block);
     out_stack: the time-padded channels-last input and the conv3d output over every frame
     and tap (kT times the output, twice in backward).
     """
@@ -590,6 +714,7 @@ def workspace_bytes(
             frame_bytes = kt * c * d * h * wd * element_size
             block = max((n1 - n0) * (t1 - t0) for n0, n1, t0, t1 in _grad_blocks(n, geo.t_out, frame_bytes))
             elements = folded + block * frame_bytes // element_size + inputs + out
+            elements += _grad_input_scratch(block, kt * c, (d, h, wd), w_shape, geo, element_size)
         else:
             elements = folded
     elif name == "out_stack":
@@ -598,6 +723,31 @@ def workspace_bytes(
     else:
         raise ValueError(f"unknown formulation {name!r}")
     return elements * element_size
+
+
+def _grad_input_scratch(
+    block: int,
+    channels: int,
+    size: tuple[int, int, int],
+    w_shape: tuple[int, ...],
+    geo: _Geometry,
+    element_size: int,
+) -> int:
+    """Elements _folded_grad_input allocates beyond the folded gradient on the CPU, at most, for
+    ``block`` rows of ``channels`` folded channels over ``size`` (D, H, W): planes: one chunk
+    of them; phases: the block's output gradient, padded, and the largest phase's output."""
+    out = [
+        conv_output_size(sz + 2 * p, k, s, dl, 0)
+        for sz, k, s, dl, p in zip(size, w_shape[3:], geo.s3, geo.d3, geo.p3, strict=True)
+    ]
+    if channels <= PLANES_MAX_CHANNELS:
+        row = out[0] * size[1] * size[2] * channels * w_shape[3]
+        return max(1, PLANES_CHUNK_BYTES // (row * element_size)) * row
+    if any(s > 1 for s in geo.s3):
+        padded = math.prod(o + k for o, k in zip(out, w_shape[3:], strict=True))
+        phase = math.prod(-(-sz // s) for sz, s in zip(size, geo.s3, strict=True))
+        return block * (w_shape[0] * padded + channels * phase)
+    return 0
 
 
 # When the preferred formulation needs more workspace than nn.max_workspace, auto falls back in
@@ -620,16 +770,16 @@ POOL_DEFAULT_BYTES = 1 << 30
 
 
 class _BufferPool:
-    """Large CPU scratch buffers (the folded input, backward's channels-last output gradient)
-    kept across conv4d calls instead of freed.
+    """Large CPU buffers (the folded input, backward's channels-last output gradient, and the
+    input gradient time_fold returns) kept across conv4d calls instead of freed.
 
     glibc serves allocations above its mmap threshold (at most 32 MiB) with fresh pages that
     fault on first touch: on shape A of bench/conv4d_bench.py a fresh 48 MiB buffer took 17.7 ms
     to fill against 7.3 ms for a copy into one already resident. A buffer is handed out as a
     view and is free again once nothing shares its storage (autograd's saved tensors included),
-    so one still held by a graph is never reused. The pool holds at most nn.max_workspace bytes
-    (POOL_DEFAULT_BYTES without a limit), dropping free buffers oldest first to make room;
-    beyond that, buffers are plain allocations.
+    so one still held by a graph, or by a caller as a gradient, is never reused. The pool holds
+    at most nn.max_workspace bytes (POOL_DEFAULT_BYTES without a limit), dropping free buffers
+    oldest first to make room; beyond that, buffers are plain allocations.
     """
 
     def __init__(self) -> None:

@@ -644,3 +644,54 @@ def test_time_fold_gradients_hold_with_reused_buffers_and_two_live_graphs(
             for a, b in zip(got, expected, strict=True):
                 torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
     assert module._POOL.buffers  # the buffers came from (and went back to) the pool
+
+
+@pytest.mark.parametrize("index", range(len(CASES)))
+def test_folded_input_gradient_as_planes_and_by_phases_matches_conv3d(
+    index: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Both rewrites of conv3d's input gradient against aten's, in float64, on the conv3d each
+    # of the forty cases folds to (any stride, dilation, padding, groups); planes one row at a
+    # time, so their chunks are exercised too.
+    import tesserad.nn.conv as module
+    from tesserad.nn.conv import _Geometry, _grad_input_phases, _grad_input_planes, conv_output_size
+
+    monkeypatch.setattr(module, "PLANES_CHUNK_BYTES", 1)
+    cfg = CASES[index]
+    g = torch.Generator().manual_seed(index)
+    groups, kernel = cfg["groups"], cfg["kernel"]
+    m = kernel[0] * cfg["c_in"] // groups
+    size = [
+        s + lo - min(lo, hi) + hi - min(lo, hi)
+        for s, (lo, hi) in zip(cfg["size"][1:], cfg["pads"][1:], strict=True)
+    ]
+    p3 = tuple(min(lo, hi) for lo, hi in cfg["pads"][1:])
+    s3, d3 = tuple(cfg["stride"][1:]), tuple(cfg["dilation"][1:])
+    geo = _Geometry((0, 0), 1, 1, 1, s3, p3, d3, groups)  # type: ignore[arg-type]
+    out = [conv_output_size(*a, 2 * p) for *a, p in zip(size, kernel[1:], s3, d3, p3, strict=True)]
+    xs = torch.empty(3, groups * m, *size, dtype=torch.float64)
+    wf = torch.randn(cfg["c_out"], m, *kernel[1:], generator=g, dtype=torch.float64)
+    go = torch.randn(3, cfg["c_out"], *out, generator=g, dtype=torch.float64)
+    expected = module._conv3d_backward(go, xs, wf, geo, (True, False, False))[0]
+    for rewrite in (_grad_input_planes, _grad_input_phases):
+        got = rewrite(go, tuple(xs.shape), wf, geo)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-10, msg=rewrite.__name__)
+
+
+@pytest.mark.parametrize("planes_max_channels", [0, 1 << 20], ids=["no planes", "planes always"])
+def test_time_fold_input_gradient_rewrites_on_the_forty_cases(
+    planes_max_channels: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # time_fold end to end with its input gradient always as planes (bf16 never takes them), or
+    # never (by phases where strided): float64 against the loop, bf16 autocast against float64
+    # at REDUCED_TOLERANCE.
+    import tesserad.nn.conv as module
+
+    monkeypatch.setattr(module, "PLANES_MAX_CHANNELS", planes_max_channels)
+    names = ("output", "upstream", "grad x", "grad w", "grad b")
+    for index, cfg in enumerate(CASES):
+        expected = _float64_run(cfg)
+        for name, got, want in zip(names, _float64_run(cfg, "time_fold"), expected, strict=False):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-10, msg=f"case {index} {name}")
+        got_bf16 = _reduced_run(cfg, "time_fold", "cpu", torch.bfloat16, expected[1])
+        _assert_close_to_float64(got_bf16, expected, torch.bfloat16, f"case {index} time_fold")
