@@ -68,8 +68,9 @@ def batching_pays(single_ns_per_row: float, batched_ns_per_row: float) -> bool:
     a row in a batch of more than one (plus what holding its request costs, HOLD_COST_NS) must
     take less than a row run alone, by PAYS_MARGIN.
 
-    The costs are what `cost_clock` reads (CPU time on a CPU) over all of the batcher's work on a
-    batch: a small model saves its per-run overhead by batching (tiny MLP on the 2-core dev box:
+    The costs are what `cost_clock` reads (CPU time on a CPU, its runtime's helper threads
+    included) over all of the batcher's work on a batch: a small model saves its per-run
+    overhead by batching (tiny MLP on the 2-core dev box:
     15 us of CPU for a row alone, 7.4 a row in batches of 8), a big one saves nothing or loses
     (cnn4d: 2.0 ms alone, 2.05 in batches of 8; in-process, 1.2x alone's in batches of 20-30).
     """
@@ -82,8 +83,8 @@ def cost_clock(device: str) -> Callable[[], int]:
     on the 2-core dev box it made cnn4d's batches look cheaper per row than single rows, while
     their CPU time per row was 1.2x; batching then cost 0.72x of the requests/s at concurrency 32);
     on a GPU, wall time (the device's time is what batching saves, and the thread mostly waits).
-    The thread's CPU time leaves out the runtime's own intra-op threads; both terms of
-    batching_pays leave them out alike (the pool gives a CPU instance one thread per core it shares)."""
+    The thread's CPU time leaves out the runtime's own intra-op threads: the batcher adds what
+    `Runtime.helper_cpu_ns` reports for them."""
     return time.thread_time_ns if device == "cpu" else time.perf_counter_ns
 
 
@@ -272,7 +273,10 @@ class DynamicBatcher:
         self._compute_ns_per_row = initial_compute_us * 1000
         # Whether batching pays, from each batch's cost on the runtimes' device.
         self.costs = RowCosts()
-        self._cost_clock = cost_clock(runtimes[0].device if runtimes else "cpu")
+        device = runtimes[0].device if runtimes else "cpu"
+        self._cost_clock = cost_clock(device)
+        # On a CPU a batch's cost also counts the runtime's own helper threads (intra-op pools).
+        self._cpu_costs = device == "cpu"
         self._batches_run = 0
         self._all_outputs = list(output_names)
         # An RLock: a cancelled future's callback may re-enter. Taken as `with self._lock`, not
@@ -563,7 +567,7 @@ class DynamicBatcher:
         measured = self._max_rows > 1 and (
             not self.costs.known(rows) or self._batches_run % _COST_EVERY == _COST_EVERY - 1
         )
-        cost_started = self._cost_clock() if measured else 0
+        cost_started = self._cost_now(runtime) if measured else 0
         if alone:
             names = batch[0].output_names
         else:
@@ -600,9 +604,12 @@ class DynamicBatcher:
             )
         # Counted before answered: a caller that reads the stats after its answer finds it there.
         self._stats.record_batch(compute_ns, answered)
-        self._learn(compute_ns / rows, self._cost_clock() - cost_started if measured else None, rows)
+        self._learn(compute_ns / rows, self._cost_now(runtime) - cost_started if measured else None, rows)
         for request, prediction in zip(batch, predictions, strict=True):
             request.future.set_result(prediction)
+
+    def _cost_now(self, runtime: Runtime) -> int:
+        return self._cost_clock() + (runtime.helper_cpu_ns() if self._cpu_costs else 0)
 
     def _learn(self, ns_per_row: float, cost_ns: int | None, rows: int) -> None:
         """Update the wall time per row, and the costs with a batch's measured cost. Unlocked: a

@@ -8,6 +8,9 @@ weights (nothing is unpickled).
 from __future__ import annotations
 
 import functools
+import logging
+import os
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -19,6 +22,8 @@ from tesserad.serving.signature import Signature, TensorSpec
 
 if TYPE_CHECKING:
     import torch
+
+log = logging.getLogger(__name__)
 
 # ONNX element type names (as onnxruntime reports them) -> numpy dtypes.
 _ONNX_DTYPES: dict[str, np.dtype] = {
@@ -44,6 +49,12 @@ class Runtime(Protocol):
 
     def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
         """Outputs by name for one batch; raises any runtime error as it is."""
+        ...
+
+    def helper_cpu_ns(self) -> int:
+        """CPU time so far, in ns, of the threads of its own that help the calling thread run a
+        batch (0 when it has none, or none it can tell apart): the batcher adds it to the caller's
+        thread time to cost a batch on a CPU."""
         ...
 
     def close(self) -> None: ...
@@ -104,11 +115,16 @@ class OnnxRuntime:
             # (bench/ort_cuda_probe.py measures both settings).
             cuda_options = {"device_id": cuda, "cudnn_conv_algo_search": "HEURISTIC"}
             providers = [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
-        try:
-            # From the bytes, not the path: onnxruntime's load errors would name the server's path.
-            self._session = onnxruntime.InferenceSession(path.read_bytes(), options, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own exception types for a bad model
-            raise FailedPrecondition(f"onnxruntime cannot load this model: {exc}") from None
+        model = path.read_bytes()
+        with _SESSION_CREATION:
+            before = _thread_ids()
+            try:
+                # From the bytes, not the path: onnxruntime's load errors would name the server's path.
+                self._session = onnxruntime.InferenceSession(model, options, providers=providers)
+            except Exception as exc:  # onnxruntime raises its own exception types for a bad model
+                raise FailedPrecondition(f"onnxruntime cannot load this model: {exc}") from None
+            started = _thread_ids() - before
+        self._helpers = _intra_op_pool(started, intra_op_threads) if cuda is None else ()
         if cuda is not None and "CUDAExecutionProvider" not in self._session.get_providers():
             # onnxruntime falls back to the CPU with only a log line; serving on it would be a lie.
             del self._session
@@ -129,8 +145,49 @@ class OnnxRuntime:
         names = list(output_names)
         return dict(zip(names, self._session.run(names, dict(inputs)), strict=True))
 
+    def helper_cpu_ns(self) -> int:
+        """Its intra-op pool's CPU time so far: onnxruntime runs parts of a batch on the pool's
+        threads, which the calling thread's own CPU time leaves out (a batch spread over 8
+        threads would look 8x cheaper per row than it is)."""
+        total = 0
+        for tid in self._helpers:
+            try:
+                with open(f"/proc/self/task/{tid}/schedstat", "rb") as stat:
+                    total += int(stat.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue  # a thread that is gone has no more CPU time to add
+        return total
+
     def close(self) -> None:
         del self._session
+
+
+# Sessions are created one at a time, so the threads that appear during one are its own pool's.
+_SESSION_CREATION = threading.Lock()
+
+
+def _thread_ids() -> set[str]:
+    """This process's thread ids (Linux; elsewhere none, and no pool is counted)."""
+    try:
+        return set(os.listdir("/proc/self/task"))
+    except OSError:
+        return set()
+
+
+def _intra_op_pool(started: set[str], intra_op_threads: int) -> tuple[str, ...]:
+    """The threads a CPU session's creation started, when they are what its intra-op pool should
+    be (onnxruntime starts intra_op_threads - 1; the caller is the last). Any other count means
+    some other thread started meanwhile (gRPC's, an executor's): none is counted rather than
+    another's work counted as the model's."""
+    if intra_op_threads > 1 and len(started) == intra_op_threads - 1:
+        return tuple(sorted(started))
+    if started:
+        log.debug(
+            "onnxruntime session: %d threads started, %d expected; its pool's CPU is not counted",
+            len(started),
+            max(0, intra_op_threads - 1),
+        )
+    return ()
 
 
 def _onnx_spec(arg: Any) -> TensorSpec:
@@ -201,6 +258,11 @@ class TorchRuntime:
         else:
             tensor = self._torch.tensor(array, device=self._device)
         return tensor
+
+    def helper_cpu_ns(self) -> int:
+        """0: torch's intra-op threads are one pool shared by every torch model in the process, so
+        their time cannot be told apart per runtime."""
+        return 0
 
     @property
     def module(self) -> torch.nn.Module:

@@ -345,6 +345,32 @@ def test_a_batcher_counts_cpu_time_so_a_batch_that_only_waits_longer_still_pays(
         batcher.close(10)
 
 
+def test_a_batcher_counts_its_runtimes_helper_threads_in_a_batchs_cost() -> None:
+    # The caller's thread spends a fifth of a row alone's CPU per batched row, as when a batch is
+    # spread over an intra-op pool; the pool's threads spend 3 ms a row besides (helper_cpu_ns).
+    # Counted with them, a batched row costs more than a row alone: batching does not pay.
+    class Helped(_RowCostRuntime):
+        def run(self, inputs, output_names):  # type: ignore[no-untyped-def]
+            if len(inputs["x"]) > 1:
+                self.helper_ns += 3_000_000 * len(inputs["x"])
+            return super().run(inputs, output_names)
+
+    runtime = Helped({1: 0.002, 0: 0.0004})
+    batcher = make_batcher(runtime)
+    try:
+        runtime.gate.clear()
+        futures = [occupy(batcher, runtime)] + [batcher.submit(rows(1), ["y"], 1) for _ in range(4)]
+        runtime.gate.set()
+        for future in futures:
+            future.result(10)
+        assert runtime.batches == [1, 4]
+        costs = batcher.costs
+        assert costs.single_ns_per_row is not None and costs.batched_ns_per_row is not None
+        assert costs.batched_ns_per_row > 3_000_000 > costs.single_ns_per_row and not batcher.pays
+    finally:
+        batcher.close(10)
+
+
 def test_row_costs_decide_from_both_sizes_and_follow_a_change() -> None:
     costs = RowCosts()
     costs.observe(4, 4 * 3_000_000)

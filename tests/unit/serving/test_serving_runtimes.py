@@ -1,0 +1,86 @@
+"""OnnxRuntime's count of its intra-op pool's CPU time, with a real onnxruntime session."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from serving_fakes import save
+
+from tesserad.serving import runtimes
+from tesserad.serving.runtimes import OnnxRuntime
+
+pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux's /proc")
+
+WIDTH = 384
+
+
+def matmul_stack(path: Path, layers: int = 8) -> Path:
+    """x (N, 384) through `layers` MatMuls: a batch of many rows is split over the intra-op pool."""
+    rng = np.random.default_rng(0)
+    weights = [(rng.standard_normal((WIDTH, WIDTH)) / WIDTH).astype(np.float32) for _ in range(layers)]
+    names = ["x"] + [f"h{i}" for i in range(layers - 1)] + ["y"]
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", [names[i], f"w{i}"], [names[i + 1]]) for i in range(layers)],
+        "stack",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", WIDTH])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", WIDTH])],
+        [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)],
+    )
+    return save(graph, path / "stack.onnx")
+
+
+def test_a_session_with_an_intra_op_pool_counts_the_pools_cpu_time(tmp_path: Path) -> None:
+    runtime = OnnxRuntime(matmul_stack(tmp_path), "cpu", 2)
+    try:
+        before = runtime.helper_cpu_ns()
+        x = np.ones((1024, WIDTH), dtype=np.float32)
+        for _ in range(10):
+            runtime.run({"x": x}, ["y"])
+        # onnxruntime starts one pool thread for 2 intra-op threads; it took part of the batches.
+        assert runtime.helper_cpu_ns() > before
+    finally:
+        runtime.close()
+
+
+def test_a_session_without_a_pool_has_no_helper_time(tmp_path: Path) -> None:
+    runtime = OnnxRuntime(matmul_stack(tmp_path), "cpu", 1)
+    try:
+        runtime.run({"x": np.ones((1024, WIDTH), dtype=np.float32)}, ["y"])
+        assert runtime.helper_cpu_ns() == 0
+    finally:
+        runtime.close()
+
+
+def test_threads_another_part_started_meanwhile_are_not_taken_for_the_pool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The threads a creation saw start count as its pool only when there are as many as the pool
+    # has; one more (any other thread of the process) and none is counted.
+    assert runtimes._intra_op_pool({"11"}, 2) == ("11",)
+    assert runtimes._intra_op_pool({"11", "12"}, 2) == ()
+    assert runtimes._intra_op_pool(set(), 2) == ()
+    assert runtimes._intra_op_pool({"11"}, 1) == ()
+    import onnxruntime
+
+    release = threading.Event()
+    other = threading.Thread(target=release.wait, args=(10,))
+    session = onnxruntime.InferenceSession
+
+    def session_while_another_thread_starts(*args: object, **kwargs: object) -> object:
+        other.start()
+        return session(*args, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", session_while_another_thread_starts)
+    runtime = OnnxRuntime(matmul_stack(tmp_path), "cpu", 2)
+    try:
+        assert runtime._helpers == ()
+        assert runtime.helper_cpu_ns() == 0
+    finally:
+        release.set()
+        other.join()
+        runtime.close()
