@@ -329,20 +329,8 @@ def test_a_batcher_counts_cpu_time_so_a_batch_that_only_waits_longer_still_pays(
                 time.sleep(0.003 * len(inputs["x"]))
             return super().run(inputs, output_names)
 
-    runtime = Sleepy({1: 0.002, 0: 0.0004})
-    batcher = make_batcher(runtime)
-    try:
-        runtime.gate.clear()
-        futures = [occupy(batcher, runtime)] + [batcher.submit(rows(1), ["y"], 1) for _ in range(4)]
-        runtime.gate.set()
-        for future in futures:
-            future.result(10)
-        assert runtime.batches == [1, 4]
-        costs = batcher.costs
-        assert costs.single_ns_per_row is not None and costs.batched_ns_per_row is not None
-        assert costs.batched_ns_per_row < costs.single_ns_per_row / 2 and batcher.pays
-    finally:
-        batcher.close(10)
+    single, batched, pays = _costs_of_a_row_alone_and_a_batch_of_four(Sleepy({1: 0.002, 0: 0.0004}))
+    assert batched < single / 2 and pays
 
 
 def test_a_batcher_counts_its_runtimes_helper_threads_in_a_batchs_cost() -> None:
@@ -355,7 +343,13 @@ def test_a_batcher_counts_its_runtimes_helper_threads_in_a_batchs_cost() -> None
                 self.helper_ns += 3_000_000 * len(inputs["x"])
             return super().run(inputs, output_names)
 
-    runtime = Helped({1: 0.002, 0: 0.0004})
+    single, batched, pays = _costs_of_a_row_alone_and_a_batch_of_four(Helped({1: 0.002, 0: 0.0004}))
+    assert batched > 3_000_000 > single and not pays
+
+
+def _costs_of_a_row_alone_and_a_batch_of_four(runtime: _RowCostRuntime) -> tuple[float, float, bool]:
+    """A row run alone (held at the gate) and four queued behind it: the batcher's cost per row
+    of each, and whether batching then pays."""
     batcher = make_batcher(runtime)
     try:
         runtime.gate.clear()
@@ -364,9 +358,9 @@ def test_a_batcher_counts_its_runtimes_helper_threads_in_a_batchs_cost() -> None
         for future in futures:
             future.result(10)
         assert runtime.batches == [1, 4]
-        costs = batcher.costs
-        assert costs.single_ns_per_row is not None and costs.batched_ns_per_row is not None
-        assert costs.batched_ns_per_row > 3_000_000 > costs.single_ns_per_row and not batcher.pays
+        single, batched = batcher.costs.single_ns_per_row, batcher.costs.batched_ns_per_row
+        assert single is not None and batched is not None
+        return single, batched, batcher.pays
     finally:
         batcher.close(10)
 
