@@ -437,6 +437,11 @@ def _folded_grad_input(go: Tensor, xs: Tensor, wf: Tensor, geo: _Geometry) -> Te
     return _conv3d_backward(go, xs, wf, geo, (True, False, False))[0]
 
 
+def _planes_chunk_rows(row_elements: int, element_size: int) -> int:
+    """Rows of planes per transposed conv2d: about PLANES_CHUNK_BYTES of them, at least one."""
+    return max(1, PLANES_CHUNK_BYTES // (row_elements * element_size))
+
+
 def _grad_input_planes(go: Tensor, xs_shape: tuple[int, ...], wf: Tensor, geo: _Geometry) -> Tensor:
     """The folded input's gradient with the D taps stacked into output channels: one transposed
     conv2d over (H, W) per block of rows writes kD planes per folded channel (kD times as many
@@ -451,7 +456,7 @@ def _grad_input_planes(go: Tensor, xs_shape: tuple[int, ...], wf: Tensor, geo: _
     opw = wd - ((wo - 1) * sw - 2 * pw + dw * (kw - 1) + 1)
     w2 = wf.reshape(c_out, m * kd, kh, kw)  # output channels (group, tap, channel, D tap)
     gxs = _POOL.empty((rows, d, h, wd, cf), go.dtype, go.device).zero_()
-    chunk = max(1, PLANES_CHUNK_BYTES // (do * h * wd * cf * kd * go.element_size()))
+    chunk = _planes_chunk_rows(do * h * wd * cf * kd, go.element_size())
     for r0 in range(0, rows, chunk):
         r1 = min(r0 + chunk, rows)
         g2 = go[r0:r1].permute(0, 2, 1, 3, 4).reshape(-1, c_out, ho, wo)
@@ -742,7 +747,7 @@ def _grad_input_scratch(
     ]
     if channels <= PLANES_MAX_CHANNELS:
         row = out[0] * size[1] * size[2] * channels * w_shape[3]
-        return max(1, PLANES_CHUNK_BYTES // (row * element_size)) * row
+        return _planes_chunk_rows(row, element_size) * row
     if any(s > 1 for s in geo.s3):
         padded = math.prod(o + k for o, k in zip(out, w_shape[3:], strict=True))
         phase = math.prod(-(-sz // s) for sz, s in zip(size, geo.s3, strict=True))
