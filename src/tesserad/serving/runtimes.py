@@ -7,6 +7,7 @@ weights (nothing is unpickled).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -116,15 +117,16 @@ class OnnxRuntime:
             cuda_options = {"device_id": cuda, "cudnn_conv_algo_search": "HEURISTIC"}
             providers = [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
         model = path.read_bytes()
-        with _SESSION_CREATION:
-            before = _thread_ids()
+        # Only a CPU session of more than one intra-op thread has a pool to count.
+        counts_pool = cuda is None and intra_op_threads > 1
+        with _SESSION_CREATION if counts_pool else contextlib.nullcontext():
+            before = _thread_ids() if counts_pool else set()
             try:
                 # From the bytes, not the path: onnxruntime's load errors would name the server's path.
                 self._session = onnxruntime.InferenceSession(model, options, providers=providers)
             except Exception as exc:  # onnxruntime raises its own exception types for a bad model
                 raise FailedPrecondition(f"onnxruntime cannot load this model: {exc}") from None
-            started = _thread_ids() - before
-        self._helpers = _intra_op_pool(started, intra_op_threads) if cuda is None else ()
+            self._helpers = _intra_op_pool(_thread_ids() - before, intra_op_threads) if counts_pool else ()
         if cuda is not None and "CUDAExecutionProvider" not in self._session.get_providers():
             # onnxruntime falls back to the CPU with only a log line; serving on it would be a lie.
             del self._session
@@ -162,7 +164,8 @@ class OnnxRuntime:
         del self._session
 
 
-# Sessions are created one at a time, so the threads that appear during one are its own pool's.
+# Sessions whose pool is counted are created one at a time, so the threads that appear during one
+# are its own pool's (others, created meanwhile, can still start threads: _intra_op_pool checks).
 _SESSION_CREATION = threading.Lock()
 
 
