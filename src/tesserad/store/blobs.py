@@ -12,6 +12,11 @@ each file and of each shard directory. A disk flush costs the same for one small
 for many, and fsyncs of separate files each paid one. Since 5.8 syncfs reports a writeback
 error that happened after the descriptor it is given was opened; before, it could succeed
 over one. Its cost grows with whatever else is waiting to be written on that filesystem.
+
+A blob is renamed into place before it is durable (always, on the syncfs path), so a put
+holds its digests from the look for the file until the blob is durable or removed again: a
+put that fails to make a blob durable unlinks it, and any other put of that digest waits
+meanwhile. A blob found in place is therefore always a durable one, and needs no sync.
 """
 
 from __future__ import annotations
@@ -208,6 +213,8 @@ class BlobStore:
         self._sync_pool: ThreadPoolExecutor | None = None
         self._claims: Counter[str] = Counter()
         self._claims_lock = threading.Lock()
+        self._placing: set[str] = set()  # digests a put holds until its blob is durable or gone
+        self._placing_changed = threading.Condition()
         # The data directory lock guarantees no other daemon is mid-upload: what is here is debris.
         for stale in self.tmp_dir.iterdir():
             stale.unlink(missing_ok=True)
@@ -233,34 +240,52 @@ class BlobStore:
         durable before this returns), made durable together (see the module's doc: one
         syncfs, or fsyncs running in parallel and each shard directory fsynced once). Each
         entry's outcome: None once its blob is durable in place, else the error that kept it
-        from being so. No temp file is left; a blob moved into place stays, like any blob,
-        until nothing holds it. Every entry claims its digest first, and the claim stays for
-        the caller to `release` whatever the outcome."""
+        from being so, and then no blob of its is left in place (nor any temp file); a blob
+        that was in place already stays. Every entry claims its digest first, and the claim
+        stays for the caller to `release` whatever the outcome."""
         self._claim(*(digest for digest, _ in blobs))
         distinct: dict[str, bytes] = {}
         for digest, data in blobs:
             distinct.setdefault(digest, data)
-        if self._syncfs is not None:
-            failed = self._place_all(distinct, self._syncfs)
-        else:
-            failed = self._place_each_synced(distinct)
+        with self._placing_all(distinct):
+            if self._syncfs is not None:
+                failed = self._place_all(distinct, self._syncfs)
+            else:
+                failed = self._place_each_synced(distinct)
         return [failed.get(digest) for digest, _ in blobs]
 
+    @contextlib.contextmanager
+    def _placing_all(self, digests: Iterable[str]) -> Iterator[None]:
+        """Hold `digests` until the block ends, once no other put holds any of them (all at
+        once, so two puts sharing digests never wait on each other)."""
+        wanted = set(digests)
+        with self._placing_changed:
+            self._placing_changed.wait_for(lambda: self._placing.isdisjoint(wanted))
+            self._placing |= wanted
+        try:
+            yield
+        finally:
+            with self._placing_changed:
+                self._placing -= wanted
+                self._placing_changed.notify_all()
+
     def _place_all(self, blobs: dict[str, bytes], syncfs: Callable[[int], int]) -> dict[str, Exception]:
-        """Place every blob unsynced, then make them all durable by one syncfs; the failures.
-        The syncfs also covers a blob found in place already, which another put may have
-        renamed there and not yet made durable."""
+        """Place every blob unsynced, then make those renamed into place durable by one
+        syncfs; the failures. Found in place, a blob is durable already (module doc)."""
         # Opened before the writes: its syncfs reports any writeback error since.
         fd = os.open(self._root, os.O_RDONLY)
         try:
             failed: dict[str, Exception] = {}
-            for digest, outcome in zip(blobs, self._each(self._place_unsynced, blobs.items()), strict=True):
-                if isinstance(outcome, Exception):
-                    failed[digest] = outcome
-            if len(failed) < len(blobs) and syncfs(fd) != 0:
+            renamed: list[str] = []
+            for digest, placed in zip(blobs, self._each(self._place_unsynced, blobs.items()), strict=True):
+                if isinstance(placed, Exception):
+                    failed[digest] = placed
+                elif placed is not None:
+                    renamed.append(digest)
+            if renamed and syncfs(fd) != 0:
                 errno = ctypes.get_errno()
-                error = OSError(errno, f"syncfs: {os.strerror(errno)}")
-                failed.update((digest, error) for digest in blobs if digest not in failed)
+                self._unplace(renamed)
+                failed.update(dict.fromkeys(renamed, OSError(errno, f"syncfs: {os.strerror(errno)}")))
             return failed
         finally:
             os.close(fd)
@@ -276,8 +301,16 @@ class BlobStore:
                 shards.setdefault(placed, []).append(digest)
         for digests, synced in zip(shards.values(), self._each(_fsync_dir, shards), strict=True):
             if isinstance(synced, Exception):
+                self._unplace(digests)
                 failed.update(dict.fromkeys(digests, synced))
         return failed
+
+    def _unplace(self, digests: Iterable[str]) -> None:
+        """Remove blobs this put renamed into place but could not make durable: their pages
+        may never reach the disk, and a later put would take them for durable ones."""
+        for digest in digests:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._file(digest))
 
     def _place(self, blob: tuple[str, bytes], fsync: bool = True) -> str | None:
         """Store a blob not in place yet: written to a temp file, fsynced (unless not `fsync`)
@@ -329,10 +362,16 @@ class BlobStore:
         digest for the caller first; on a failure here the claim ends with it."""
         self._claim(digest)
         try:
-            if os.path.exists(self._file(digest)):
-                tmp.unlink()
-                return
-            _fsync_dir(self._rename_into_place(tmp, digest))
+            with self._placing_all((digest,)):
+                if os.path.exists(self._file(digest)):
+                    tmp.unlink()
+                    return
+                shard = self._rename_into_place(tmp, digest)
+                try:
+                    _fsync_dir(shard)
+                except BaseException:
+                    self._unplace((digest,))
+                    raise
         except BaseException:
             self.release(digest)
             raise

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
+import threading
 from pathlib import Path
 
 import pytest
 
 from tesserad.errors import DataLoss, InvalidArgument, ResourceExhausted
 from tesserad.store import BlobStore, checked_digest
+from tesserad.store import blobs as blobs_module
 
 
 def test_write_commit_read(tmp_path: Path) -> None:
@@ -186,3 +190,92 @@ def test_put_each_gives_each_entry_its_own_outcome_and_claim(tmp_path: Path, syn
     assert not blobs.delete(digests[0])
     blobs.release(digests[0], digests[1])
     assert not any(blobs.claimed(d) for d in digests)
+
+
+class _Syncfs:
+    """syncfs(2) as a disk with a writeback error answers it, once `failing` is set; `hold`
+    keeps a call waiting (set `release` to let it answer)."""
+
+    def __init__(self) -> None:
+        self.failing = False
+        self.hold = False
+        self.calls = 0
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, fd: int) -> int:
+        self.calls += 1
+        self.entered.set()
+        if self.hold:
+            self.release.wait(10)
+        if self.failing:
+            ctypes.set_errno(errno.EIO)
+            return -1
+        return 0
+
+
+@pytest.fixture
+def syncfs(monkeypatch: pytest.MonkeyPatch) -> _Syncfs:
+    fake = _Syncfs()
+    monkeypatch.setattr(blobs_module, "_syncfs_call", lambda: fake)
+    return fake
+
+
+def test_a_failed_syncfs_removes_the_blobs_it_was_to_make_durable_and_spares_the_rest(
+    tmp_path: Path, syncfs: _Syncfs
+) -> None:
+    blobs = BlobStore(tmp_path)
+    old, new = (hashlib.sha256(data).hexdigest() for data in (b"old", b"new"))
+    assert blobs.put_each([(old, b"old")]) == [None] and syncfs.calls == 1
+    syncfs.failing = True
+    failed, kept = blobs.put_each([(new, b"new"), (old, b"old")])
+    assert isinstance(failed, OSError) and failed.errno == errno.EIO and "syncfs" in str(failed)
+    assert kept is None  # in place before this put: durable already
+    assert list(blobs.all()) == [old] and list(blobs.tmp_dir.iterdir()) == []
+    assert blobs.put_each([(old, b"old")]) == [None] and syncfs.calls == 2  # nothing to sync
+    syncfs.failing = False
+    assert blobs.put_each([(new, b"new")]) == [None]
+    assert blobs.read_bytes(new) == b"new"
+
+
+@pytest.mark.parametrize("syncfs", [True, False], ids=["syncfs", "fsync-each"])
+def test_a_failed_directory_fsync_leaves_no_blob_in_place(
+    tmp_path: Path, syncfs: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blobs = BlobStore(tmp_path, syncfs=syncfs)
+
+    def failing_fsync_dir(path: str | Path) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(blobs_module, "_fsync_dir", failing_fsync_dir)
+    with pytest.raises(OSError, match="Input/output"):
+        blobs.put_bytes(b"streamed")
+    assert not blobs.claimed(hashlib.sha256(b"streamed").hexdigest())
+    if not syncfs:  # the syncfs path fsyncs no directory
+        digest = hashlib.sha256(b"grouped").hexdigest()
+        [outcome] = blobs.put_each([(digest, b"grouped")])
+        assert isinstance(outcome, OSError) and outcome.errno == errno.EIO
+    assert list(blobs.all()) == [] and list(blobs.tmp_dir.iterdir()) == []
+
+
+def test_a_put_waits_for_another_put_of_its_digest_to_make_it_durable_or_remove_it(
+    tmp_path: Path, syncfs: _Syncfs
+) -> None:
+    blobs = BlobStore(tmp_path)
+    digest = hashlib.sha256(b"both").hexdigest()
+    syncfs.hold = syncfs.failing = True
+    grouped: list[Exception | None] = []
+    group = threading.Thread(target=lambda: grouped.extend(blobs.put_each([(digest, b"both")])))
+    group.start()
+    assert syncfs.entered.wait(10)
+    assert blobs.exists(digest)  # renamed into place, not durable yet
+    streamed: list[str] = []
+    stream = threading.Thread(target=lambda: streamed.append(blobs.put_bytes(b"both").sha256))
+    stream.start()
+    stream.join(0.3)
+    assert stream.is_alive()  # it would have taken the group's blob for a durable one
+    syncfs.release.set()
+    group.join(10)
+    stream.join(10)
+    assert isinstance(grouped[0], OSError) and streamed == [digest]
+    assert blobs.read_bytes(digest) == b"both"
