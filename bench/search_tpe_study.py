@@ -3,8 +3,9 @@ seeds, and how rugged the objective is around good configs.
 
 Written for search_bench's first problem (an MLP trained whole, varied in batch size among
 others: bench/results/search_rugged_mlp.json, commit 31441be); the stored results
-(search_tpe_study_*.json) are from that problem. Run now, it studies search_bench's current
-problem; the "user" space still varies batch size.
+search_tpe_study_{mode}_*.json are from that problem. Run now, it studies search_bench's current
+problem (a head on a frozen backbone) and names its results search_tpe_study_head_*.json; the
+"user" space still varies batch size.
 
 Every value is a real trial through the daemon (a one-point grid sweep over search_bench's
 problem and space), so it is the value a sweep would get for that config. TPE runs in this
@@ -24,7 +25,7 @@ Modes:
 
 Run: .venv/bin/python bench/search_tpe_study.py options --first-seed 100 --seeds 10 [--trials 20]
      .venv/bin/python bench/search_tpe_study.py ruggedness --first-seed 100 --seeds 10
-     ->  bench/results/search_tpe_study_{mode}[_user_space]_{trials}_seeds_{first}_{last}.json
+     ->  bench/results/search_tpe_study_head_{mode}[_user_space]_{trials}_seeds_{first}_{last}.json
 """
 
 from __future__ import annotations
@@ -306,7 +307,7 @@ def main() -> None:
     out = (
         Path(__file__).parent
         / "results"
-        / f"search_tpe_study_{name}_{args.trials}_seeds_{seeds[0]}_{seeds[-1]}.json"
+        / f"search_tpe_study_head_{name}_{args.trials}_seeds_{seeds[0]}_{seeds[-1]}.json"
     )
     out.write_text(
         json.dumps(
