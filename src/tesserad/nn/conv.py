@@ -424,16 +424,29 @@ PLANES_MAX_CHANNELS = 8
 PLANES_CHUNK_BYTES = 1 << 20
 
 
+def _grad_input_rewrite(device_type: str, dtype: torch.dtype, channels: int, geo: _Geometry) -> str | None:
+    """How _folded_grad_input computes the input gradient of ``channels`` folded channels:
+    "planes", "phases", or None for conv3d's own backward. The rewrites are taken on the CPU
+    only, where they were measured: planes for few channels, phases for a stride. oneDNN's
+    bf16 input gradient beat planes (12.6 ms against 17.5 on shape C), not phases (19.1
+    against 15.7 on E)."""
+    if device_type != "cpu":
+        return None
+    if channels <= PLANES_MAX_CHANNELS and dtype != torch.bfloat16:
+        return "planes"
+    if any(s > 1 for s in geo.s3):
+        return "phases"
+    return None
+
+
 def _folded_grad_input(go: Tensor, xs: Tensor, wf: Tensor, geo: _Geometry) -> Tensor:
     """conv3d's input gradient (rows, g*kT*C/g, D, H, W), channels last, for the folded input
-    ``xs`` from the output's ``go``: on the CPU (where they were measured), as planes for few
-    channels, by phases for a stride, else conv3d's own backward. oneDNN's bf16 input gradient
-    beat planes (12.6 ms against 17.5 on shape C), not phases (19.1 against 15.7 on E)."""
-    if go.device.type == "cpu":
-        if xs.shape[1] <= PLANES_MAX_CHANNELS and go.dtype != torch.bfloat16:
-            return _grad_input_planes(go, tuple(xs.shape), wf, geo)
-        if any(s > 1 for s in geo.s3):
-            return _grad_input_phases(go, tuple(xs.shape), wf, geo)
+    ``xs`` from the output's ``go`` (by _grad_input_rewrite's choice)."""
+    rewrite = _grad_input_rewrite(go.device.type, go.dtype, xs.shape[1], geo)
+    if rewrite == "planes":
+        return _grad_input_planes(go, tuple(xs.shape), wf, geo)
+    if rewrite == "phases":
+        return _grad_input_phases(go, tuple(xs.shape), wf, geo)
     return _conv3d_backward(go, xs, wf, geo, (True, False, False))[0]
 
 
@@ -683,8 +696,12 @@ def workspace_bytes(
     geo: _Geometry,
     element_size: int,
     needs_grad: bool,
+    *,
+    device_type: str = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> int:
-    """Bytes a formulation allocates beyond its input and output, counted from its buffers.
+    """Bytes a formulation allocates beyond its input and output, counted from its buffers,
+    for a compute ``dtype`` on a ``device_type`` (time_fold's backward differs by both).
 
     ``x_shape`` is the input as the formulation gets it (D, H, W padding still to apply by
     conv3d). The largest buffers, per formulation: loop: the frames before they are stacked
@@ -719,7 +736,8 @@ def workspace_bytes(
             frame_bytes = kt * c * d * h * wd * element_size
             block = max((n1 - n0) * (t1 - t0) for n0, n1, t0, t1 in _grad_blocks(n, geo.t_out, frame_bytes))
             elements = folded + block * frame_bytes // element_size + inputs + out
-            elements += _grad_input_scratch(block, kt * c, (d, h, wd), w_shape, geo, element_size)
+            rewrite = _grad_input_rewrite(device_type, dtype, kt * c, geo)
+            elements += _grad_input_scratch(rewrite, block, kt * c, (d, h, wd), w_shape, geo, element_size)
         else:
             elements = folded
     elif name == "out_stack":
@@ -731,6 +749,7 @@ def workspace_bytes(
 
 
 def _grad_input_scratch(
+    rewrite: str | None,
     block: int,
     channels: int,
     size: tuple[int, int, int],
@@ -738,17 +757,17 @@ def _grad_input_scratch(
     geo: _Geometry,
     element_size: int,
 ) -> int:
-    """Elements _folded_grad_input allocates beyond the folded gradient on the CPU, at most, for
-    ``block`` rows of ``channels`` folded channels over ``size`` (D, H, W): planes: one chunk
-    of them; phases: the block's output gradient, padded, and the largest phase's output."""
+    """Elements _folded_grad_input's ``rewrite`` allocates beyond the folded gradient, at most,
+    for ``block`` rows of ``channels`` folded channels over ``size`` (D, H, W): planes: one
+    chunk of them; phases: the block's output gradient, padded, and the largest phase's output."""
     out = [
         conv_output_size(sz + 2 * p, k, s, dl, 0)
         for sz, k, s, dl, p in zip(size, w_shape[3:], geo.s3, geo.d3, geo.p3, strict=True)
     ]
-    if channels <= PLANES_MAX_CHANNELS:
+    if rewrite == "planes":
         row = out[0] * size[1] * size[2] * channels * w_shape[3]
         return _planes_chunk_rows(row, element_size) * row
-    if any(s > 1 for s in geo.s3):
+    if rewrite == "phases":
         padded = math.prod(o + k for o, k in zip(out, w_shape[3:], strict=True))
         phase = math.prod(-(-sz // s) for sz, s in zip(size, geo.s3, strict=True))
         return block * (w_shape[0] * padded + channels * phase)
@@ -1015,11 +1034,19 @@ def conv4d(
     needs_grad = torch.is_grad_enabled() and (xp.requires_grad or weight.requires_grad)
     name: str = algorithm
     if name == "auto":
-        element_size = _compute_dtype(xp).itemsize
+        compute_dtype = _compute_dtype(xp)
+        element_size = compute_dtype.itemsize
 
         def workspace(candidate: str) -> int:
             return workspace_bytes(
-                candidate, tuple(xp.shape), tuple(weight.shape), geometry, element_size, needs_grad
+                candidate,
+                tuple(xp.shape),
+                tuple(weight.shape),
+                geometry,
+                element_size,
+                needs_grad,
+                device_type=xp.device.type,
+                dtype=compute_dtype,
             )
 
         limit = _WORKSPACE.limit

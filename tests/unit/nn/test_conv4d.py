@@ -505,6 +505,30 @@ def test_grad_blocks_cover_every_frame_once_in_batch_order(
 # -- nn.max_workspace
 
 
+def test_time_folds_backward_workspace_counts_the_input_gradient_rewrite_it_takes() -> None:
+    from tesserad.nn import workspace_bytes
+    from tesserad.nn.conv import _Geometry
+
+    geo = _Geometry((1, 1), 1, 1, 6, (1, 1, 1), (1, 1, 1), (1, 1, 1), 1)
+    # 3 input channels times 3 time taps: 9 folded channels, neither planes nor (at stride 1)
+    # phases, on any device.
+    x_shape, w_shape = (2, 3, 6, 5, 5, 5), (4, 3, 3, 3, 3, 3)
+    assert workspace_bytes("time_fold", x_shape, w_shape, geo, 4, True) == workspace_bytes(
+        "time_fold", x_shape, w_shape, geo, 4, True, device_type="cuda"
+    )
+    # 6 folded channels: planes on the CPU, except in bf16; never on CUDA.
+    x_shape, w_shape = (1, 2, 6, 5, 5, 5), (4, 2, 3, 3, 3, 3)
+    need = {
+        where: workspace_bytes("time_fold", x_shape, w_shape, geo, 2, True, device_type=device, dtype=dtype)
+        for where, device, dtype in (
+            ("cpu fp16", "cpu", torch.float16),
+            ("cpu bf16", "cpu", torch.bfloat16),
+            ("cuda fp16", "cuda", torch.float16),
+        )
+    }
+    assert need["cpu fp16"] > need["cpu bf16"] == need["cuda fp16"]
+
+
 def test_workspace_limit_makes_auto_fall_back_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
     import tesserad.nn.conv as module
     from tesserad.nn import max_workspace, set_max_workspace, workspace_bytes
