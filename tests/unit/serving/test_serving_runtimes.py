@@ -1,4 +1,5 @@
-"""OnnxRuntime's count of its intra-op pool's CPU time, with a real onnxruntime session."""
+"""OnnxRuntime with a real onnxruntime session: its count of its intra-op pool's CPU time, and
+its refusal of a CUDA session that onnxruntime quietly built on the CPU."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from serving_fakes import save
 
+from tesserad.errors import FailedPrecondition
 from tesserad.serving import runtimes
 from tesserad.serving.runtimes import OnnxRuntime
 
@@ -84,3 +86,16 @@ def test_threads_another_part_started_meanwhile_are_not_taken_for_the_pool(
         release.set()
         other.join()
         runtime.close()
+
+
+@pytest.mark.skipif(runtimes.cuda_available(), reason="this onnxruntime's CUDA provider may start")
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider' is not in available")
+def test_a_cuda_session_onnxruntime_built_on_the_cpu_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An onnxruntime-gpu whose CUDA libraries are missing lists the CUDA provider, cannot start
+    # it, and builds the session on the CPU with only a log line. This onnxruntime, made to list
+    # the provider, does the same: the session is real, only the listing is made up.
+    monkeypatch.setattr(runtimes, "cuda_available", lambda: True)
+    with pytest.raises(FailedPrecondition, match=r"CUDA provider did not start.*load with device cpu"):
+        OnnxRuntime(matmul_stack(tmp_path), "cuda:0", 1)
