@@ -161,7 +161,7 @@ class DaemonProcess:
                 break
             self.log.append(line)
             try:
-                entry = json.loads(line)
+                entry: dict[str, Any] = json.loads(line)
             except json.JSONDecodeError:
                 continue
             if entry.get("msg") == message:
@@ -169,7 +169,8 @@ class DaemonProcess:
         raise AssertionError(f"no log entry {message!r}; log so far:\n{''.join(self.log)}")
 
     def wait_serving(self) -> str:
-        return self.wait_for_log("tesserad serving")["address"]
+        address: str = self.wait_for_log("tesserad serving")["address"]
+        return address
 
     def output(self, timeout: float = 30) -> str:
         """Everything the process wrote to stderr, once it has exited."""

@@ -36,7 +36,7 @@ def _draw(rng: random.Random) -> dict[str, Any]:
         padding, pads = "valid", [(0, 0)] * 4
     else:
         padding = tuple(rng.randint(0, 2) for _ in range(4))
-        pads = [(p, p) for p in padding]  # type: ignore[union-attr]
+        pads = [(p, p) for p in padding]
     return {
         "n": rng.randint(1, 2),
         "c_in": groups * rng.randint(1, 2),

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import itertools
+from typing import Literal
 
 import numpy as np
 
-_NP_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+_NP_MODES: dict[str, Literal["constant", "reflect", "edge", "wrap"]] = {
+    "zeros": "constant",
+    "reflect": "reflect",
+    "replicate": "edge",
+    "circular": "wrap",
+}
+# An index of numpy's basic kind: ints and slices, one per dimension.
+Index = tuple[int | slice, ...]
 
 
 def pad(x: np.ndarray, pads: list[tuple[int, int]], mode: str) -> np.ndarray:
@@ -45,8 +53,10 @@ def conv4d(
         for pos in itertools.product(*(range(s) for s in out_sizes)):
             for tap in itertools.product(*(range(kk) for kk in k)):
                 idx = tuple(pos[i] * stride[i] + tap[i] * dilation[i] for i in range(4))
-                xs = xp[(slice(None), slice(grp * cg, (grp + 1) * cg), *idx)]  # (N, Cg)
-                out[(slice(None), o, *pos)] += xs @ w[(o, slice(None), *tap)]
+                x_at: Index = (slice(None), slice(grp * cg, (grp + 1) * cg), *idx)
+                out_at: Index = (slice(None), o, *pos)
+                w_at: Index = (o, slice(None), *tap)
+                out[out_at] += xp[x_at] @ w[w_at]  # xp[x_at]: (N, Cg)
         if b is not None:
             out[:, o] += b[o]
     return out
@@ -77,9 +87,10 @@ def conv_transpose4d(
         for pos in itertools.product(*(range(s) for s in x.shape[2:])):
             for tap in itertools.product(*(range(kk) for kk in k)):
                 idx = tuple(pos[i] * stride[i] + tap[i] * dilation[i] for i in range(4))
-                out[(slice(None), slice(grp * og, (grp + 1) * og), *idx)] += (
-                    x[(slice(None), ci, *pos)][:, None] * w[(ci, slice(None), *tap)][None, :]
-                )
+                out_at: Index = (slice(None), slice(grp * og, (grp + 1) * og), *idx)
+                x_at: Index = (slice(None), ci, *pos)
+                w_at: Index = (ci, slice(None), *tap)
+                out[out_at] += x[x_at][:, None] * w[w_at][None, :]
     out = out[(slice(None), slice(None), *(slice(padding[i], padding[i] + sizes[i]) for i in range(4)))]
     if b is not None:
         out += b.reshape(1, -1, 1, 1, 1, 1)
@@ -102,12 +113,14 @@ def pool4d(
     out = np.zeros((*x.shape[:2], *sizes))
     for pos in itertools.product(*(range(s) for s in sizes)):
         window = tuple(slice(pos[i] * stride[i], pos[i] * stride[i] + kernel[i]) for i in range(4))
-        block = xp[(slice(None), slice(None), *window)].reshape(*x.shape[:2], -1)
+        x_at: Index = (slice(None), slice(None), *window)
+        out_at: Index = (slice(None), slice(None), *pos)
+        block = xp[x_at].reshape(*x.shape[:2], -1)
         if kind == "max":
-            out[(slice(None), slice(None), *pos)] = block.max(-1)
+            out[out_at] = block.max(-1)
         else:
             count = np.prod(kernel) if count_include_pad else valid[window].sum()
-            out[(slice(None), slice(None), *pos)] = block.sum(-1) / count
+            out[out_at] = block.sum(-1) / count
     return out
 
 
@@ -120,7 +133,9 @@ def adaptive_avg_pool4d(x: np.ndarray, output_size: tuple[int, ...]) -> np.ndarr
     out = np.zeros((*x.shape[:2], *output_size))
     for pos in itertools.product(*(range(s) for s in output_size)):
         window = tuple(slice(bins[d][pos[d]], ends[d][pos[d]]) for d in range(4))
-        out[(slice(None), slice(None), *pos)] = x[(slice(None), slice(None), *window)].mean(axis=(2, 3, 4, 5))
+        out_at: Index = (slice(None), slice(None), *pos)
+        x_at: Index = (slice(None), slice(None), *window)
+        out[out_at] = x[x_at].mean(axis=(2, 3, 4, 5))
     return out
 
 
@@ -129,4 +144,5 @@ def batch_norm4d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float
     mean = x.mean(axis=(0, 2, 3, 4, 5), keepdims=True)
     var = x.var(axis=(0, 2, 3, 4, 5), keepdims=True)
     shape = (1, -1, 1, 1, 1, 1)
-    return (x - mean) / np.sqrt(var + eps) * weight.reshape(shape) + bias.reshape(shape)
+    normed: np.ndarray = (x - mean) / np.sqrt(var + eps) * weight.reshape(shape) + bias.reshape(shape)
+    return normed
