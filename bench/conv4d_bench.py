@@ -35,9 +35,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,7 @@ import torch.nn.functional as F
 from tesserad.nn.conv import (
     ALGORITHMS,
     PLANES_MAX_CHANNELS,
+    Algorithm,
     _conv3d_backward,
     _fold_taps,
     _folded_grad_input,
@@ -62,6 +64,8 @@ from tesserad.nn.conv import (
 
 RESULTS = Path(__file__).resolve().parent / "results"
 IM2COL_LIMIT_BYTES = 2 << 30
+# What `step` runs: one of conv4d's algorithms, or the im2col reference beside them.
+Formulation = Algorithm | Literal["im2col"]
 
 
 @dataclass(frozen=True)
@@ -172,7 +176,7 @@ def gemm_runner(flops: float, device: torch.device) -> tuple[Callable[[], object
 
 
 def step(
-    algo: str,
+    algo: Formulation,
     backward: bool,
     shape: Shape,
     x: torch.Tensor,
@@ -191,9 +195,9 @@ def step(
         if algo == "im2col":
             y = im2col_conv4d(xr, wr, shape.stride, shape.padding) + br.reshape(1, -1, 1, 1, 1, 1)
         else:
-            y = conv4d(xr, wr, br, shape.stride, shape.padding, algorithm=algo)  # type: ignore[arg-type]
+            y = conv4d(xr, wr, br, shape.stride, shape.padding, algorithm=algo)
     if backward:
-        y.float().sum().backward()
+        y.float().sum().backward()  # type: ignore[no-untyped-call]  # torch leaves it unannotated
 
 
 def geometry(shape: Shape) -> _Geometry:
@@ -248,10 +252,10 @@ def time_fold_pieces(
         n0, n1, t0, t1 = block
         return slice(n0 * geo.t_out + t0, (n1 - 1) * geo.t_out + t1)
 
-    def grad_input_blocks() -> list:
+    def grad_input_blocks() -> list[torch.Tensor]:
         return [_folded_grad_input(go[rows(k)], xs[rows(k)], wf, geo) for k in blocks]
 
-    def unfold(block_grads: list) -> None:
+    def unfold(block_grads: list[torch.Tensor]) -> None:
         gx = x.new_empty(x.shape[0], x.shape[2], *x.shape[3:], geo.g, x.shape[1] // geo.g)
         _unfold_taps_grad(gx, zip(blocks, block_grads, strict=True), kt, x.shape[2], geo)
 
@@ -279,7 +283,7 @@ def time_fold_pieces(
 
 def bench_shapes(
     device: torch.device, reps: int, shapes: tuple[Shape, ...], reduced: torch.dtype, bandwidth: float
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     rows = []
     reduced_name = f"auto_{str(reduced).removeprefix('torch.')}"
     for shape in shapes:
@@ -298,9 +302,10 @@ def bench_shapes(
                 device.type,
             )
             col_bytes = 4 * shape.n * shape.c_in * shape.kernel**4 * math.prod(shape.out_size())
-            results: dict[str, dict] = {}
+            results: dict[str, dict[str, Any]] = {}
             runners: dict[str, Callable[[], object]] = {}
-            for algo in (*ALGORITHMS, "im2col"):
+            formulations: tuple[Formulation, ...] = (*ALGORITHMS, "im2col")
+            for algo in formulations:
                 if algo == "im2col" and col_bytes * (3 if backward else 1) > IM2COL_LIMIT_BYTES:
                     results[algo] = {"skipped": f"column matrix {col_bytes / 2**30:.1f} GiB > 2 GiB"}
                     continue
@@ -323,8 +328,8 @@ def bench_shapes(
             gemm_times = gemm_timed.wall
             gemm = gemm_flops / (min(gemm_times) / 1e3) / 1e9
             loop_times = timed["loop"].wall
-            for algo, t in timed.items():
-                results[algo].update(
+            for name, t in timed.items():
+                results[name].update(
                     {
                         "ms": min(t.wall),
                         "median_ms": statistics.median(t.wall),
@@ -399,14 +404,14 @@ def bounds(
     shape: Shape,
     backward: bool,
     auto: str,
-    auto_result: dict,
+    auto_result: dict[str, Any],
     gemm_gflops: float,
     bandwidth: float,
     x: torch.Tensor,
     w: torch.Tensor,
     b: torch.Tensor,
     reps: int,
-) -> dict:
+) -> dict[str, Any]:
     """What bounds the auto row: bytes it moves per FLOP against the machine's balance, and
     (for time_fold) the measured time of each of its pieces."""
     x_shape = (shape.n, shape.c_in, *shape.size)
@@ -416,7 +421,7 @@ def bounds(
     # Workspace is written once and read once.
     moved = tensors + 2 * workspace_bytes(auto, x_shape, w_shape, geometry(shape), 4, backward)
     flops = shape.fwd_flops() * (3 if backward else 1)
-    out_dict: dict = {
+    out_dict: dict[str, Any] = {
         "bytes_moved": moved,
         "bytes_per_flop": moved / flops,
         "machine_bytes_per_flop": bandwidth / (gemm_gflops * 1e9),
@@ -505,7 +510,7 @@ print(statistics.median(ms[1:]), min(ms[1:]), statistics.median(faults[1:]))
 """
 
 
-def bench_env(reps: int) -> dict:
+def bench_env(reps: int) -> dict[str, Any]:
     """Shape A (time_fold) fwd and fwd+bwd in a fresh process under each glibc malloc setting.
 
     Speedups compare the best step (other load on a shared machine only adds time).
@@ -521,7 +526,7 @@ def bench_env(reps: int) -> dict:
         "no_mmap+trim": "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967296",
         "worker_environment()": worker_environment().get("GLIBC_TUNABLES", ""),
     }
-    out: dict[str, dict] = {}
+    out: dict[str, dict[str, Any]] = {}
     for mode in ("fwd", "fwd+bwd"):
         for name, tunables in variants.items():
             env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
@@ -560,7 +565,7 @@ class Rounds:
 
 
 def rounds_of(
-    runners: dict[str, Callable[[], object]],
+    runners: Mapping[str, Callable[[], object]],
     rounds: int,
     device: torch.device | None = None,
     clock: Callable[[], int] = time.perf_counter_ns,
@@ -649,7 +654,7 @@ for batch in (1, 32):
 """
 
 
-def bench_compile(rounds: int, timeout_s: float, device: str = "cpu") -> dict:
+def bench_compile(rounds: int, timeout_s: float, device: str = "cpu") -> dict[str, Any]:
     """torch.compile (inductor) of the cnn4d classifier against eager, forward+backward, on
     ``device`` in a subprocess capped at ``timeout_s``: compile time per batch size and the
     median per-round speedup. Conv4d runs its plain-op formulations under compile
@@ -666,7 +671,7 @@ def bench_compile(rounds: int, timeout_s: float, device: str = "cpu") -> dict:
         stdout = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
         failed, note = True, [f"stopped after the {timeout_s:g} s cap"]
     lines = [line for line in stdout.splitlines() if line.startswith("{")]
-    out: dict = json.loads(lines[-1]) if lines else {}
+    out: dict[str, Any] = json.loads(lines[-1]) if lines else {}
     out["wall_s"] = time.perf_counter() - start
     out["timeout_s"] = timeout_s
     if failed:
@@ -683,7 +688,7 @@ def bench_compile(rounds: int, timeout_s: float, device: str = "cpu") -> dict:
     return out
 
 
-def bench_onnx(reps: int) -> dict:
+def bench_onnx(reps: int) -> dict[str, Any]:
     """Exported cnn4d classifier: onnxruntime (decomposed, native) beside torch eager.
 
     Two settings: every thread torch uses, timed by the wall clock (what a caller sees), and
@@ -705,7 +710,7 @@ def bench_onnx(reps: int) -> dict:
         f"{threads}_threads_wall": (threads, time.perf_counter_ns),
         "1_thread_cpu_time": (1, time.thread_time_ns),
     }
-    out: dict[str, dict] = {}
+    out: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         paths = {}
         for mode in ("decomposed", "native"):
@@ -719,7 +724,7 @@ def bench_onnx(reps: int) -> dict:
                 options = ort.SessionOptions()
                 options.intra_op_num_threads = n_threads
                 sessions[mode] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            rows: dict[str, dict] = out.setdefault(
+            rows: dict[str, dict[str, Any]] = out.setdefault(
                 setting, {"torch_eager": {}, "ort_decomposed": {}, "ort_native": {}}
             )
             for batch in (1, 32):
@@ -730,7 +735,9 @@ def bench_onnx(reps: int) -> dict:
                     {f"ort_{mode}": functools.partial(s.run, None, feed) for mode, s in sessions.items()}
                 )
                 with torch.inference_mode():
-                    np.testing.assert_allclose(runners["ort_decomposed"]()[0], model(x).numpy(), atol=1e-4)
+                    np.testing.assert_allclose(
+                        sessions["decomposed"].run(None, feed)[0], model(x).numpy(), atol=1e-4
+                    )
                     timings = interleaved(runners, reps * (10 if batch == 1 else 3), clock=clock)
                 torch_min, torch_median = timings["torch_eager"]
                 for name, (best, median) in timings.items():
@@ -787,7 +794,7 @@ def main() -> None:
         sys.exit("no CUDA device: torch.cuda.is_available() is False; nothing to measure")
     if args.onnx_only or args.compile_only:
         path = RESULTS / f"conv4d_{args.device}.json"
-        report = json.loads(path.read_text()) if path.exists() else {}
+        report: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
         if args.onnx_only:
             report["onnx_cnn4d"] = bench_onnx(1 if args.quick else 5)
         if args.compile_only:
@@ -801,7 +808,7 @@ def main() -> None:
     bandwidth = copy_bandwidth(device)
     reps = 1 if args.quick else 5
     shapes = tuple(s for s in SHAPES if s.name in args.shapes)
-    report: dict = {
+    report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

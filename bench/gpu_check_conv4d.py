@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -34,24 +35,31 @@ sys.path.insert(0, str(ROOT / "tests" / "unit" / "nn"))
 from conv4d_cases import CASES  # noqa: E402
 
 from tesserad.nn import ALGORITHMS, conv4d  # noqa: E402
+from tesserad.nn.conv import Algorithm  # noqa: E402
 
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 2e-2}
 NAMES = ("output", "grad x", "grad w", "grad b")
 
 
-def _tensors(cfg: dict, device: str, dtype: torch.dtype) -> list[torch.Tensor | None]:
+def _tensors(
+    cfg: dict[str, Any], device: str, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(cfg["n"], cfg["c_in"], *cfg["size"], generator=g, dtype=torch.float64)
     w = torch.randn(
         cfg["c_out"], cfg["c_in"] // cfg["groups"], *cfg["kernel"], generator=g, dtype=torch.float64
     )
     b = torch.randn(cfg["c_out"], generator=g, dtype=torch.float64) if cfg["bias"] else None
-    return [None if t is None else t.to(device, dtype).requires_grad_() for t in (x, w, b)]
+    return (
+        x.to(device, dtype).requires_grad_(),
+        w.to(device, dtype).requires_grad_(),
+        None if b is None else b.to(device, dtype).requires_grad_(),
+    )
 
 
 def _run(
-    cfg: dict,
-    algorithm: str,
+    cfg: dict[str, Any],
+    algorithm: Algorithm,
     device: str,
     dtype: torch.dtype,
     autocast: torch.dtype | None,
@@ -61,12 +69,16 @@ def _run(
     with torch.autocast(device, dtype=autocast or torch.float32, enabled=autocast is not None):
         out = conv4d(
             x, w, b, cfg["stride"], cfg["padding"], cfg["dilation"], cfg["groups"], cfg["mode"], algorithm
-        )  # type: ignore[arg-type]
+        )
     if upstream is None:
         upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    out.backward(upstream.to(device, out.dtype))
-    results = [out.detach()] + [t.grad for t in (x, w, b) if t is not None]  # type: ignore[union-attr]
-    return [r.double().cpu() for r in results], upstream  # type: ignore[union-attr]
+    out.backward(upstream.to(device, out.dtype))  # type: ignore[no-untyped-call]  # torch leaves it unannotated
+    results = [out.detach()]
+    for t in (x, w, b):
+        if t is not None:
+            assert t.grad is not None  # each requires grad, and backward ran
+            results.append(t.grad)
+    return [r.double().cpu() for r in results], upstream
 
 
 def check_correctness(device: str = "cuda") -> tuple[int, list[str]]:

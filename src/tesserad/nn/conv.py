@@ -44,7 +44,7 @@ Algorithm = Literal["auto", "loop", "tap_loop", "time_fold", "out_stack"]
 
 log = logging.getLogger(__name__)
 
-ALGORITHMS: tuple[str, ...] = ("loop", "tap_loop", "time_fold", "out_stack")
+ALGORITHMS: tuple[Algorithm, ...] = ("loop", "tap_loop", "time_fold", "out_stack")
 PADDING_MODES: tuple[str, ...] = ("zeros", "reflect", "replicate", "circular")
 
 
