@@ -55,10 +55,12 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+from unittest import mock
 
 import grpc
 import numpy as np
@@ -68,8 +70,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 import tessera
 from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from tesserad.config import load_settings
-from tesserad.serving.pool import ModelPool, ServingConfig, servable_file
+from tesserad.serving.pool import LoadedVersion, ModelPool, ServableVersion, ServingConfig, servable_file
 from tesserad.serving.service import DeploymentPlan, InferenceService
+
+if TYPE_CHECKING:  # imported where used, as the bench imports them late
+    from conftest import InProcessDaemon
+
+    from tesserad.api.inference import InferenceServicer
+    from tesserad.api.oip import OipServicer
+    from tesserad.nn.specs import Cnn4dSpec, MlpSpec
 
 RESULTS = Path(__file__).parent / "results" / "serve_bench.json"
 REPLICA_RESULTS = Path(__file__).parent / "results" / "replica_bench.json"
@@ -90,7 +99,7 @@ GPU_GOALS = {"cnn4d_throughput_on_vs_off_at_c8_up": 1.5, "cnn4d_served_vs_in_pro
 # -- models ---------------------------------------------------------------------------------
 
 
-def model_specs() -> dict:  # type: ignore[type-arg]
+def model_specs() -> dict[str, MlpSpec | Cnn4dSpec]:
     from tesserad.nn.specs import Cnn4dSpec, MlpSpec
 
     return {
@@ -152,7 +161,7 @@ class FileSource:
     def __init__(self, paths: dict[str, Path]) -> None:
         self._paths = paths
 
-    def servable(self, model: str, version: int | None, alias: str | None):  # type: ignore[no-untyped-def]
+    def servable(self, model: str, version: int | None, alias: str | None) -> ServableVersion:
         return servable_file(model, 1, "onnx", self._paths[model.rsplit("-", 1)[0]])
 
     def deployment(self, model: str) -> DeploymentPlan | None:
@@ -179,7 +188,9 @@ def output_response(model: str) -> inference_pb2.PredictResponse:
 class EchoServicer(inference_pb2_grpc.InferenceServicer):
     """The floor: a grpc.aio server that answers Predict with an output-sized tensor."""
 
-    async def Predict(self, request, context):  # type: ignore[no-untyped-def]
+    async def Predict(
+        self, request: inference_pb2.PredictRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> inference_pb2.PredictResponse:
         response = output_response(request.target.model)
         response.request_id = request.request_id
         return response
@@ -188,7 +199,9 @@ class EchoServicer(inference_pb2_grpc.InferenceServicer):
 def echo_server_process(conn: Connection) -> None:
     async def run() -> None:
         server = grpc.aio.server()
-        inference_pb2_grpc.add_InferenceServicer_to_server(EchoServicer(), server)
+        # The generated stub declares every method abstract; at run time the base answers the
+        # others UNIMPLEMENTED, as the echo server should.
+        inference_pb2_grpc.add_InferenceServicer_to_server(EchoServicer(), server)  # type: ignore[abstract]
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         conn.send(f"127.0.0.1:{port}")
@@ -239,23 +252,32 @@ def daemon_process(
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     if pass_through_auth:
         import tesserad.server
+        from tesserad.api.aio_handlers import Handler
         from tesserad.api.auth import AuthInterceptor
 
         class PassThrough(AuthInterceptor):
-            def handler_for(self, handler, handler_call_details):  # type: ignore[no-untyped-def]
+            def handler_for(
+                self, handler: Handler | None, handler_call_details: grpc.HandlerCallDetails
+            ) -> Handler | None:
                 return handler
 
-        tesserad.server.AuthInterceptor = PassThrough  # type: ignore[misc]
+        # Replaces the server module's own import of it, which create_server calls; for the
+        # process's life, as patch.object fails if the name is gone.
+        mock.patch.object(tesserad.server, "AuthInterceptor", PassThrough).start()
     if transport_only:
         # Before the server starts: gRPC binds the servicer's methods when they are registered.
         from tesserad.api.inference import InferenceServicer
 
-        async def answer(self, request, context):  # type: ignore[no-untyped-def]
+        async def answer(
+            self: InferenceServicer,
+            request: inference_pb2.PredictRequest,
+            context: grpc.aio.ServicerContext[Any, Any],
+        ) -> inference_pb2.PredictResponse:
             response = output_response(request.target.model)
             response.request_id = request.request_id
             return response
 
-        InferenceServicer.Predict = answer  # type: ignore[method-assign]
+        mock.patch.object(InferenceServicer, "Predict", answer).start()
     daemon, file_service = start_file_daemon(data_dir, {} if transport_only else paths, instances, device)
     pauses = GcPauses()
     conn.send(daemon.target)
@@ -275,12 +297,12 @@ def daemon_process(
         elif command == "reset":
             pauses.take()
             if argument:
-                file_service.pool.get(argument, 1).stats.snapshot(reset=True)
+                loaded(file_service, argument).stats.snapshot(reset=True)
             conn.send(None)
         elif command == "stats":
             figures: dict[str, Any] = {"gc": pauses.take()}
             if argument:
-                snap = file_service.pool.get(argument, 1).stats.snapshot()
+                snap = loaded(file_service, argument).stats.snapshot()
                 figures["batches"] = {rows: n for rows, (n, _) in snap.batches.items()}
                 figures["server_total_p50_us"] = snap.total.p50
                 figures["server_total_p99_us"] = snap.total.p99
@@ -288,7 +310,16 @@ def daemon_process(
             conn.send(figures)
 
 
-def start_file_daemon(data_dir: Path, paths: dict[str, Path], instances: int = 0, device: str = ""):  # type: ignore[no-untyped-def]
+def loaded(service: InferenceService, model: str) -> LoadedVersion:
+    """Version 1 of `model`, which start_file_daemon loaded."""
+    entry = service.pool.get(model, 1)
+    assert entry is not None, model
+    return entry
+
+
+def start_file_daemon(
+    data_dir: Path, paths: dict[str, Path], instances: int = 0, device: str = ""
+) -> tuple[InProcessDaemon, InferenceService]:
     """An in-process daemon serving the exported files: `<model>-off` (max_batch_size 1), `<model>-on`
     (32) and `<model>-constant` (the constant twin, max_batch_size 1)."""
     from conftest import InProcessDaemon
@@ -305,7 +336,8 @@ def start_file_daemon(data_dir: Path, paths: dict[str, Path], instances: int = 0
     daemon = InProcessDaemon(settings).start()
     # Serve exported files directly: this measures serving, not the registry. The daemon's own
     # serving metrics stay on, as in production.
-    service: InferenceService = daemon.daemon.inference
+    service = daemon.daemon.inference
+    assert service is not None  # set as the daemon starts
     file_service = InferenceService(
         FileSource(paths),
         ModelPool(service.pool.defaults, service.pool._metrics),
@@ -330,7 +362,7 @@ def start_file_daemon(data_dir: Path, paths: dict[str, Path], instances: int = 0
     return daemon, file_service
 
 
-def _servicers_of() -> list:  # type: ignore[type-arg]
+def _servicers_of() -> list[InferenceServicer | OipServicer]:
     """The daemon's Inference servicer instances, found through the gRPC server's handlers."""
     from tesserad.api.inference import InferenceServicer
     from tesserad.api.oip import OipServicer
@@ -374,7 +406,7 @@ class Server:
 # -- load generator -------------------------------------------------------------------------
 
 
-def client_process(jobs: mp.Queue, ready: Event, go: Event, out: mp.Queue) -> None:
+def client_process(jobs: mp.Queue[Any], ready: Event, go: Event, out: mp.Queue[Any]) -> None:
     """Runs cells until it gets None: for each, `in_flight` closed-loop callers sending one
     request serialised once, measuring from `go` on.
 
@@ -404,7 +436,9 @@ async def _async_callers(
 ) -> tuple[list[float], int]:
     channel = grpc.aio.insecure_channel(target, options=ROUND_ROBIN)
     # Raw bytes both ways: the responses are not parsed, as the server's work is measured.
-    predict = channel.unary_unary("/tessera.v1.Inference/Predict")
+    predict: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+        "/tessera.v1.Inference/Predict"
+    )
     for _ in range(20):  # warm the channel and the server
         await predict(request)
     ready.set()
@@ -435,7 +469,7 @@ def _blocking_caller(
 ) -> tuple[list[float], int]:
     """One caller making blocking calls: at concurrency 1 the client with the lowest latency."""
     channel = grpc.insecure_channel(target, options=ROUND_ROBIN)
-    predict = channel.unary_unary("/tessera.v1.Inference/Predict")
+    predict: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary("/tessera.v1.Inference/Predict")
     for _ in range(20):
         predict(request)
     ready.set()
@@ -456,12 +490,20 @@ def _blocking_caller(
     return latencies, errors
 
 
+class Measured(Protocol):
+    """What Clients.measure uses of a server: the address to call and its CPU time so far."""
+
+    target: str
+
+    def cpu_s(self) -> float: ...
+
+
 class Clients:
     """Two client processes, started once; each cell uses one (concurrency 1) or both."""
 
     def __init__(self) -> None:
         ctx = mp.get_context("spawn")
-        self._out: mp.Queue = ctx.Queue()
+        self._out: mp.Queue[Any] = ctx.Queue()
         self._go = ctx.Event()
         self._jobs = [ctx.Queue() for _ in range(2)]
         self._ready = [ctx.Event() for _ in range(2)]
@@ -472,7 +514,9 @@ class Clients:
         for p in self._procs:
             p.start()
 
-    def measure(self, server: Server, model: str, shape: list[int], concurrency: int, seconds: float) -> dict:
+    def measure(
+        self, server: Measured, model: str, shape: list[int], concurrency: int, seconds: float
+    ) -> dict[str, Any]:
         """One cell: latency percentiles, requests/s, and the server's CPU per request."""
         processes = min(concurrency, 2)
         self._go.clear()
@@ -584,7 +628,9 @@ class InProcess:
 # -- figures --------------------------------------------------------------------------------
 
 
-def paired(cells: list[dict], baselines: list[dict], key: str, less: list[float] | None = None) -> dict:
+def paired(
+    cells: list[dict[str, Any]], baselines: list[dict[str, Any]], key: str, less: list[float] | None = None
+) -> dict[str, Any]:
     """Each repeat's cell[key] (less `less[i]`) over its baseline's, and their median."""
     each = [
         (cell[key] - (less[i] if less else 0.0)) / base[key]
@@ -593,7 +639,7 @@ def paired(cells: list[dict], baselines: list[dict], key: str, less: list[float]
     return {"median": round(statistics.median(each), 3), "each": [round(r, 3) for r in each]}
 
 
-def median_cell(cells: list[dict]) -> dict:
+def median_cell(cells: list[dict[str, Any]]) -> dict[str, Any]:
     """The median of each figure over repeats, with every repeat's throughput and CPU kept."""
     merged: dict[str, Any] = {"concurrency": cells[0]["concurrency"], "repeats": len(cells)}
     for key in cells[0]:
@@ -604,7 +650,7 @@ def median_cell(cells: list[dict]) -> dict:
     return merged
 
 
-def report(model: str, mode: str, repeat: int, cell: dict) -> None:
+def report(model: str, mode: str, repeat: int, cell: dict[str, Any]) -> None:
     batch = f"  batch {cell['mean_batch_rows']:.1f}" if "mean_batch_rows" in cell else ""
     print(f"{model:9s} {mode:13s} #{repeat} c={cell['concurrency']:<3d} {cell['throughput_rps']:8.0f} req/s  "
           f"p50 {cell['p50_ms']:.3f} ms  p99 {cell['p99_ms']:.3f} ms  cpu {cell['server_cpu_us_per_request']:.0f} us/req{batch}",
@@ -622,7 +668,7 @@ def run_model(
     servers: dict[str, Server],
     clients: Clients,
     args: argparse.Namespace,
-) -> dict:
+) -> dict[str, Any]:
     shape = SHAPES[model]
     spec = model_specs()[model]
     onnx = InProcess(paths[model], shape, args.device, args.instances)
@@ -633,7 +679,7 @@ def run_model(
         f"{model}: {spec}; in-process onnxruntime {onnx.cost(1)['wall_us_per_row']:.0f} us per single-row run",
         flush=True,
     )
-    runs: dict[str, dict[int, list[dict]]] = {
+    runs: dict[str, dict[int, list[dict[str, Any]]]] = {
         m: {c: [] for c in args.concurrency} for m in (*MODES, "gc_off")
     }
     daemon = servers["daemon"]
@@ -735,7 +781,7 @@ def run_model(
     }
 
 
-def cpu_split(r: dict[str, list[dict]], onnx_cpu: dict[str, list[float]]) -> dict:
+def cpu_split(r: dict[str, list[dict[str, Any]]], onnx_cpu: dict[str, list[float]]) -> dict[str, Any]:
     """The daemon's CPU per request at batching off as transport + our Python path + the model's
     run: transport is the `transport` server's; the Python path is the constant model's less
     transport less onnxruntime's CPU for the constant graph; the model's run is the rest."""
@@ -754,7 +800,7 @@ def cpu_split(r: dict[str, list[dict]], onnx_cpu: dict[str, list[float]]) -> dic
     }
 
 
-def tail(tiny: dict) -> dict:
+def tail(tiny: dict[str, Any]) -> dict[str, Any]:
     """What the tiny model's p99 at c=1 is made of: the daemon's own time for a request (enqueue
     to answer) against the client's, the garbage collector's pauses, and p99 with it off."""
     cells = {m: next(c for c in tiny["cells"][m] if c["concurrency"] == 1) for m in ("echo", "batching_off")}
@@ -820,13 +866,15 @@ def python_path_stages(path: Path) -> dict[str, float]:
     runtime = batcher._runtimes[0]
     prediction = batcher.submit(inputs, ["output"], 1).result()
     response = prediction_to_proto("", "tiny_mlp-off", 1, prediction)
-    stages = {
+    stages: dict[str, Callable[[], object]] = {
         "parse request": lambda: inference_pb2.PredictRequest.FromString(raw),
         "target_from_proto": lambda: target_from_proto(request.target),
         "tensors_to_arrays (decode)": lambda: tensors_to_arrays(request.inputs),
         "validate_request": lambda: validate_request(signature, inputs, [], "m"),
         "onnxruntime Session.run (OnnxRuntime.run)": lambda: runtime.run(inputs, ["output"]),
         "stats.record_batch": lambda: entry.stats.record_batch(5000, [(0, 6000, 1, False)]),
+        # `future` is None only for a version yet to load (this one is loaded): no check for it
+        # inside the timed stage.
         "service.submit inline (route, validate, batcher, run, stats)": lambda: service.submit(
             target, inputs, [], None, ""
         ).future.result(),  # type: ignore[union-attr]
@@ -850,7 +898,7 @@ def python_path_stages(path: Path) -> dict[str, float]:
     return costs
 
 
-def goals(models: dict, device: str) -> dict:
+def goals(models: dict[str, Any], device: str) -> dict[str, Any]:
     """Each goal with its measured value (median of per-repeat ratios) and whether it is met."""
     met: dict[str, Any] = {}
     if device != "cpu" and "cnn4d" in models:
@@ -896,7 +944,7 @@ def goals(models: dict, device: str) -> dict:
     return met
 
 
-def _goal(value: float, bound: float, at_least: bool = False) -> dict:
+def _goal(value: float, bound: float, at_least: bool = False) -> dict[str, Any]:
     return {
         "value": value,
         "goal": f">= {bound}" if at_least else f"<= {bound}",
@@ -978,14 +1026,18 @@ def main() -> None:
 
 def auth_share(
     work: Path, paths: dict[str, Path], servers: dict[str, Server], clients: Clients, args: argparse.Namespace
-) -> dict:
+) -> dict[str, Any]:
     """Tiny model, concurrency 1, no tokens: the daemon as configured against one whose auth
     interceptor only passes calls on (interleaved, medians)."""
     tiny = {"tiny_mlp": paths["tiny_mlp"]}
     without_auth = Server(
         daemon_process, work / "data-no-auth", tiny, args.instances, args.device, False, True
     )
-    runs: dict[str, list[dict]] = {"echo": [], "with_auth_interceptor": [], "pass_through_interceptor": []}
+    runs: dict[str, list[dict[str, Any]]] = {
+        "echo": [],
+        "with_auth_interceptor": [],
+        "pass_through_interceptor": [],
+    }
     for repeat in range(args.repeats):
         for name, server in (
             ("echo", servers["echo"]),
@@ -1034,9 +1086,9 @@ def replicas_comparison(args: argparse.Namespace) -> None:
     for _, replica in replicas:
         with grpc.insecure_channel(replica) as channel:
             health = health_pb2_grpc.HealthStub(channel)
-            while (
-                health.Check(health_pb2.HealthCheckRequest()).status != health_pb2.HealthCheckResponse.SERVING
-            ):
+            # types-grpcio-health-checking declares HealthStub without its Check method.
+            check = health.Check  # type: ignore[attr-defined]
+            while check(health_pb2.HealthCheckRequest()).status != health_pb2.HealthCheckResponse.SERVING:
                 time.sleep(0.1)
     servers = {
         "one_daemon": _Daemons(address, [primary.pid]),
@@ -1046,12 +1098,12 @@ def replicas_comparison(args: argparse.Namespace) -> None:
     concurrency = max(args.concurrency)
     # Not recorded: the client processes' start-up (imports) would count as the first cell's CPU.
     for server in servers.values():
-        clients.measure(server, "tiny", SHAPES["tiny_mlp"], concurrency, 0.5)  # type: ignore[arg-type]  # as below
-    runs: dict[str, list[dict]] = {name: [] for name in servers}
+        clients.measure(server, "tiny", SHAPES["tiny_mlp"], concurrency, 0.5)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
     for repeat in range(args.repeats):
         for name in list(servers)[repeat % 2 :] + list(servers)[: repeat % 2]:
             client_cpu = clients.cpu_s()
-            cell = clients.measure(servers[name], "tiny", SHAPES["tiny_mlp"], concurrency, args.seconds)  # type: ignore[arg-type]  # _Daemons has what measure uses of a Server
+            cell = clients.measure(servers[name], "tiny", SHAPES["tiny_mlp"], concurrency, args.seconds)
             cell["client_cpu_us_per_request"] = (
                 (clients.cpu_s() - client_cpu) / max(cell["requests"], 1) * 1e6
             )

@@ -36,7 +36,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,8 @@ MODES = ("echo", "constant", "model", "stand_in", "inline")
 LOOP_THREAD = "tesserad-test-loop"
 # Above any cnn4d run on this box: with it, every request that finds an instance idle runs inline.
 INLINE_ALL_NS = 1e9
+# A runtime's run, which the stand-in replaces.
+Run = Callable[[Mapping[str, np.ndarray], Sequence[str]], dict[str, np.ndarray]]
 
 
 def thread_cpu_ns() -> dict[str, tuple[str, int]]:
@@ -103,16 +105,18 @@ def served(args: argparse.Namespace, work: Path, paths: dict[str, Path]) -> dict
     from tesserad.serving.runtimes import OnnxRuntime
 
     daemon, files = sb.start_file_daemon(work / "data", paths)
-    batcher = files.pool.get("cnn4d-off", 1).batcher
+    served_version = sb.loaded(files, "cnn4d-off")
+    batcher = served_version.batcher
+    assert batcher is not None  # an onnx version served through the batcher
     runtimes = batcher._runtimes
-    runs = {id(r): r.run for r in runtimes}
+    runs: dict[int, Run] = {id(r): r.run for r in runtimes}
     shape = sb.SHAPES["cnn4d"]
     x = {"input": np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
-    reference = OnnxRuntime(paths["cnn4d"], "cpu", files.pool.get("cnn4d-off", 1).config.intra_op_threads)
+    reference = OnnxRuntime(paths["cnn4d"], "cpu", served_version.config.intra_op_threads)
     answer = {"output": np.zeros((1, sb.OUTPUT_SIZES["cnn4d"]), dtype=np.float32)}
     wall = paced(lambda: reference.run(x, ["output"]), 50, 0.0)[1] / 1e6
 
-    def sleep_run(inputs: object, names: object) -> dict[str, np.ndarray]:
+    def sleep_run(inputs: Mapping[str, np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
         time.sleep(wall)
         return answer
 
@@ -132,7 +136,8 @@ def served(args: argparse.Namespace, work: Path, paths: dict[str, Path]) -> dict
                 shift = repeat % len(MODES)
                 for mode in MODES[shift:] + MODES[:shift]:
                     for r in runtimes:
-                        r.run = sleep_run if mode == "stand_in" else runs[id(r)]  # type: ignore[method-assign]
+                        # Each instance's own run replaced in place: the batcher's path to it is unchanged.
+                        r.run = sleep_run if mode == "stand_in" else runs[id(r)]  # type: ignore[method-assign, assignment]
                     batcher._inline_max_ns = INLINE_ALL_NS if mode == "inline" else inline_limit
                     version = "cnn4d-constant" if mode == "constant" else "cnn4d-off"
                     if mode == "echo":
@@ -140,7 +145,8 @@ def served(args: argparse.Namespace, work: Path, paths: dict[str, Path]) -> dict
                         per = {"total": cell["server_cpu_us_per_request"]}
                     else:
                         cell = clients.measure(me, version, shape, concurrency, args.seconds)
-                        per = split(*me.snapshots[-2:], cell["requests"])
+                        before, after = me.snapshots[-2:]
+                        per = split(before, after, cell["requests"])
                     per.update(
                         p50_us=cell["p50_ms"] * 1000, p99_us=cell["p99_ms"] * 1000, rps=cell["throughput_rps"]
                     )
@@ -150,7 +156,7 @@ def served(args: argparse.Namespace, work: Path, paths: dict[str, Path]) -> dict
                 in_process[name].append(paced(lambda: reference.run(x, ["output"]), 100, gap)[0])
     finally:
         for r in runtimes:
-            r.run = runs[id(r)]  # type: ignore[method-assign]
+            r.run = runs[id(r)]  # type: ignore[method-assign, assignment]
         batcher._inline_max_ns = inline_limit
         clients.close()
         echo.stop()
@@ -256,7 +262,11 @@ def spinning(repeats: int, path: Path) -> list[dict[str, Any]]:
         for threads, spin in keys[repeat % len(keys) :] + keys[: repeat % len(keys)]:
             session = sessions[(threads, spin)][0]
             for gap in (0.0, 0.0005):
-                figures[(threads, spin, gap)].append(paced(lambda s=session: s.run(["output"], x), 150, gap))
+
+                def run(s: Any = session) -> object:  # onnxruntime ships no types
+                    return s.run(["output"], x)
+
+                figures[(threads, spin, gap)].append(paced(run, 150, gap))
     rows = []
     for (threads, spin, gap), v in figures.items():
         off = figures[(threads, "0", gap)]
