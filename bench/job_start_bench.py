@@ -34,6 +34,7 @@ from search_bench import upload
 
 from tessera.v1 import (
     architecture_pb2,
+    common_pb2,
     job_spec_pb2,
     training_pb2,
     training_pb2_grpc,
@@ -59,7 +60,7 @@ def base_spec() -> job_spec_pb2.JobSpec:
             input_shape=[8], output_size=1, mlp=architecture_pb2.MlpSpec(hidden_sizes=[64])
         ),
         task=job_spec_pb2.TASK_REGRESSION,
-        data=job_spec_pb2.DataSpec(dataset={"name": "search"}, val_split="val"),
+        data=job_spec_pb2.DataSpec(dataset=common_pb2.DatasetRef(name="search"), val_split="val"),
         optimizer=job_spec_pb2.Optimizer(name="adam", lr=0.01),
         lr_schedule=job_spec_pb2.LrSchedule(cosine=job_spec_pb2.CosineLr()),
         epochs=9,

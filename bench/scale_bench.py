@@ -49,6 +49,7 @@ from daemon_process import start_daemon as start_process
 import tessera
 from tessera.v1 import (
     architecture_pb2,
+    common_pb2,
     datasets_pb2,
     datasets_pb2_grpc,
     job_spec_pb2,
@@ -268,7 +269,7 @@ def submit_ended_job(channel: grpc.Channel) -> str:
         architecture=architecture_pb2.Architecture(
             input_shape=[4], output_size=2, mlp=architecture_pb2.MlpSpec(hidden_sizes=[8])
         ),
-        data=job_spec_pb2.DataSpec(dataset={"name": "scale-bench"}),
+        data=job_spec_pb2.DataSpec(dataset=common_pb2.DatasetRef(name="scale-bench")),
         epochs=1,
         batch_size=8,
     )

@@ -53,6 +53,7 @@ import torch.nn.functional as F
 
 from tessera.v1 import (
     architecture_pb2,
+    common_pb2,
     datasets_pb2,
     datasets_pb2_grpc,
     job_spec_pb2,
@@ -140,7 +141,7 @@ def plain_loop(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
             loss = F.cross_entropy(model(inputs[index]), targets[index])
             loss.item()
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves it unannotated
             optimizer.step()
             step += 1
             window_samples += len(index)
@@ -192,7 +193,7 @@ def daemon_job(daemon: Daemon, ray_group: int | None = None) -> dict[str, float]
     spec = job_spec_pb2.JobSpec(
         experiment="bench",
         architecture=arch,
-        data=job_spec_pb2.DataSpec(dataset={"name": "bench-clips"}),
+        data=job_spec_pb2.DataSpec(dataset=common_pb2.DatasetRef(name="bench-clips")),
         optimizer=job_spec_pb2.Optimizer(name="adam", lr=1e-3),
         max_steps=STEPS,
         batch_size=BATCH,
