@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -56,7 +57,7 @@ CHUNK_ROWS = 8
 EXPLAIN_THREADS = 1
 
 
-def cnn4d_weights(path: Path) -> tuple[Path, dict]:  # type: ignore[type-arg]
+def cnn4d_weights(path: Path) -> tuple[Path, dict[str, Any]]:
     import torch
     from safetensors.torch import save_file
 
@@ -74,7 +75,7 @@ def cnn4d_weights(path: Path) -> tuple[Path, dict]:  # type: ignore[type-arg]
     return path, spec
 
 
-def chunk_seconds(spec: dict, rows: int, repeats: int = 5) -> float:  # type: ignore[type-arg]
+def chunk_seconds(spec: dict[str, Any], rows: int, repeats: int = 5) -> float:
     """Median time of one explain chunk in-process: forward and backward of `rows` rows."""
     import torch
 
@@ -96,7 +97,7 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
-def predict_phase(target: str, seconds: float, clients: int, explain_clients: int) -> dict:  # type: ignore[type-arg]
+def predict_phase(target: str, seconds: float, clients: int, explain_clients: int) -> dict[str, Any]:
     x = np.random.default_rng(0).standard_normal((1, *INPUT_SHAPE)).astype(np.float32)
     stop = threading.Event()
     latencies: list[list[float]] = [[] for _ in range(clients)]

@@ -288,8 +288,9 @@ async def _registration_rate(
                         registry_pb2.UploadVersionInlineRequest(header=upload_header(model, d), artifact=d)
                         for d in batch
                     ]
-                    request = registry_pb2.UploadVersionBatchRequest(items=items)
-                    response = await stub.UploadVersionBatch(request, timeout=60)
+                    response = await stub.UploadVersionBatch(
+                        registry_pb2.UploadVersionBatchRequest(items=items), timeout=60
+                    )
                     return [v.version for v in response.versions]
                 (data,) = batch
                 if rpc == "UploadVersionInline":

@@ -285,7 +285,7 @@ def run_sweep(
     wall_s = time.monotonic() - started
     time.sleep(0.2)  # the last worker's parent reaps it, and its CPU time counts
     cpu_s = tree_cpu_s(daemon_pid) - cpu_before
-    rows = []
+    rows: list[dict[str, Any]] = []
     for t in sorted(sweep.trials, key=lambda t: t.number):
         job = training.GetJob(S.GetJobRequest(job_id=t.job_id))
         rows.append(
@@ -390,7 +390,7 @@ def trials_to_reach(curve: list[float], target: float, tolerance: float = TOLERA
 
 def epochs_to_reach(run: dict[str, Any], target: float, tolerance: float = TOLERANCE) -> int | None:
     """Epochs of the trials up to and including the first within `tolerance` of target (None: never)."""
-    used = 0
+    used: int = 0
     for row in run["trials"]:
         used += row["epochs"]
         if row["val_loss"] is not None and row["val_loss"] <= target * (1 + tolerance):
@@ -415,7 +415,7 @@ def settings(trials: int) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def problem_daemon() -> Iterator[tuple[subprocess.Popen, training_pb2_grpc.TrainingStub]]:
+def problem_daemon() -> Iterator[tuple[subprocess.Popen[str], training_pb2_grpc.TrainingStub]]:
     """A daemon on a temporary data directory holding the problem's dataset: two training slots
     of one thread each, so that a sweep's trials run two at a time on the 2-core dev box."""
     os.environ.setdefault("TESSERA_TRAINING_CPU_SLOTS", "2")
@@ -655,7 +655,7 @@ def per_trial_reach(
     startup, half = tpe_options(trials)["n_startup_trials"], trials // 2
 
     def share(rows: list[dict[str, Any]]) -> float:
-        values = [r["val_loss"] for r in rows if r["val_loss"] is not None]
+        values: list[float] = [r["val_loss"] for r in rows if r["val_loss"] is not None]
         return sum(v <= target * (1 + TOLERANCE) for v in values) / len(values)
 
     random = share([row for seed in seeds for row in by["random", seed]["trials"]])

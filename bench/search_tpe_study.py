@@ -222,8 +222,12 @@ def options_mode(
     for name in variants:
         started = time.monotonic()
         changes = VARIANTS[name]
+
+        def variant_options(max_trials: int, changes: dict[str, Any] = changes) -> dict[str, Any]:
+            return {**tpe_options(max_trials), **changes}
+
         # suggest reads its settings from samplers.tpe_options: this variant's, for all its seeds.
-        samplers.tpe_options = lambda n, changes=changes: {**tpe_options(n), **changes}  # type: ignore[misc]
+        samplers.tpe_options = variant_options
         with ThreadPoolExecutor(2) as pool:
             runs = list(pool.map(lambda seed: run_tpe(objective, space_name, trials, seed), seeds))
         samplers.tpe_options = tpe_options

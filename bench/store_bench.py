@@ -18,6 +18,7 @@ import platform
 import tempfile
 import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 from tesserad.store import Store, WriteTxn, encode_metric_point
@@ -50,12 +51,14 @@ def group_committed(root: Path, points: int, writers: int, batch: int) -> tuple[
     per_writer = points // writers
 
     def writer(n: int) -> None:
-        futures = []
+        futures: list[Future[None]] = []
         for first in range(0, per_writer, batch):
             steps = range(first, min(first + batch, per_writer))
-            futures.append(
-                store.submit(lambda txn, s=steps: _write_points(txn, f"run-{n}", "loss", s, time.time()))
-            )
+
+            def write(txn: WriteTxn, s: range = steps) -> None:
+                _write_points(txn, f"run-{n}", "loss", s, time.time())
+
+            futures.append(store.submit(write))
             # A client waits for its acknowledgement before its buffer fills up again.
             if len(futures) >= 8:
                 futures.pop(0).result()
