@@ -76,7 +76,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# mypy, strict on src/tesserad and the SDK (configured in pyproject.toml [tool.mypy])
+# mypy, strict on src/tesserad, the SDK and bench/ (configured in pyproject.toml [tool.mypy])
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
