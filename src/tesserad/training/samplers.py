@@ -64,8 +64,9 @@ def tpe_options(max_trials: int) -> dict[str, Any]:
     the last two on seeds 110-119 (16.5 and 11.5; these settings 13.5): bench/search_tpe_study.py.
     That objective's value moves 3-5% between configs 1% apart, as much as between training
     seeds, and TPE's first modelled trials still explore: few land near the best. On seeds
-    100-109 of the bench's current problem these settings took 9 trials (random 15) and the
-    variants 6.5 to 13.5, within the spread of 5-seed medians: none is taken."""
+    100-109 and 110-119 of the bench's current problem (random's median best-of-20 from all
+    its trials) these settings took 12 and 16.5 trials, independent parameters 10.5 and 13, a
+    quarter as good 11.5 and 13.5: none in half the trials, and no variant clearly ahead."""
     return {
         "n_startup_trials": startup_trials(max_trials),
         "n_ei_candidates": 100,
