@@ -64,8 +64,8 @@ TABLES = ["jobs"]
 STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 ENDED = frozenset({"succeeded", "failed", "cancelled"})
 _POLL_S = 0.25
-# A rank that has sent its outcome gets this long to exit: tearing down a gloo process group
-# can hang after the peer has gone, and the job's result is known by then.
+# A rank that has sent its outcome gets this long to exit, and the job's result is known by then:
+# a backstop (freeing a gloo process group could deadlock; training.worker no longer frees it).
 _EXIT_GRACE_S = 15.0
 # Steps/s is measured over at least this long: step events can arrive in bursts.
 _RATE_WINDOW_S = 1.0

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import traceback
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -205,8 +206,16 @@ def _run(conn: Connection, payload: WorkerPayload) -> None:
     elif checkpoint:
         trainer.resume_from(checkpoint)
     outcome = trainer.run()
-    # The outcome first: the group's teardown can hang once a peer has exited, and the daemon
-    # stops a rank that lingers after its outcome (training.jobs._EXIT_GRACE_S).
+    # The outcome first: the daemon stops a rank that still lingers after its outcome
+    # (training.jobs._EXIT_GRACE_S), whatever keeps it.
     conn.send(DoneMessage(outcome.status, outcome.epoch, outcome.step, outcome.metrics, outcome.weights))
     if own_group:
         torch.distributed.destroy_process_group()
+        # The DDP model still holds the gloo backend. Freeing it (as _run returns) runs the
+        # backend's destructor, which joins gloo's threads with the GIL held while one of them may
+        # still be dropping its last allreduce, which takes the GIL: a deadlock
+        # (pytorch/pytorch#56297), 6 jobs in 200 here. So the process ends without freeing it.
+        conn.close()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
