@@ -6,8 +6,9 @@ import json
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import psutil
 
@@ -18,8 +19,11 @@ def start_daemon(data_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], st
     return process, serving["address"]
 
 
-def start_daemon_logged(data_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
-    """The started process and its "tesserad serving" log entry (address, dashboard, ...).
+def start_daemon_logged(
+    data_dir: Path, *extra: str, on_log: Callable[[dict[str, Any]], None] | None = None
+) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """The started process and its "tesserad serving" log entry (address, dashboard, ...);
+    `on_log` gets each later log entry, in a thread of its own.
 
     `extra` flags come after the defaults, so they win (e.g. `--http-listen 127.0.0.1:0`)."""
     process = subprocess.Popen(
@@ -53,9 +57,19 @@ def start_daemon_logged(data_dir: Path, *extra: str) -> tuple[subprocess.Popen[s
             continue
         if entry.get("msg") == "tesserad serving":
             # Keep draining the log so the daemon never blocks on a full pipe.
-            threading.Thread(target=stderr.read, daemon=True).start()
+            drain = stderr.read if on_log is None else lambda: _follow_log(stderr, on_log)
+            threading.Thread(target=drain, daemon=True).start()
             return process, entry
     raise RuntimeError("tesserad did not start")
+
+
+def _follow_log(stderr: IO[str], on_log: Callable[[dict[str, Any]], None]) -> None:
+    for line in stderr:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        on_log(entry)
 
 
 def tree_cpu_s(pid: int) -> float:
