@@ -629,6 +629,7 @@ class Jobs:
         """Handle worker messages until every process has exited, then settle the job's state."""
         done: DoneMessage | None = None
         done_at: dict[int, float] = {}  # rank: when its DoneMessage arrived
+        stopped: set[int] = set()  # ranks killed for lingering after it
         error: ErrorMessage | None = None
         crash_code: int | None = None
         open_conns = list(running.conns)
@@ -656,7 +657,7 @@ class Jobs:
             if running.cancel_deadline is not None and time.monotonic() > running.cancel_deadline:
                 _kill(running.processes)
             if len(done_at) == len(running.processes):
-                _stop_lingering(running.processes, done_at, job.job_id)
+                _stop_lingering(running.processes, done_at, stopped, job.job_id)
             # A rank that died (after its last words were read) leaves its peers blocked in a
             # collective: stop them too.
             for process, conn in zip(running.processes, running.conns, strict=True):
@@ -902,17 +903,23 @@ class Jobs:
 
 
 def _stop_lingering(
-    processes: list[multiprocessing.process.BaseProcess], done_at: dict[int, float], job_id: str
+    processes: list[multiprocessing.process.BaseProcess],
+    done_at: dict[int, float],
+    stopped: set[int],
+    job_id: str,
 ) -> None:
-    """Kill the ranks still running _EXIT_GRACE_S after they sent their outcome."""
+    """Kill the ranks still running _EXIT_GRACE_S after they sent their outcome, once each
+    (`stopped`: the ranks killed so far; a killed rank's exit code shows only once the fork
+    server that started it has reaped it, a poll or more later)."""
     now = time.monotonic()
     for rank, process in enumerate(processes):
-        if process.exitcode is None and now - done_at[rank] > _EXIT_GRACE_S:
+        if rank not in stopped and process.exitcode is None and now - done_at[rank] > _EXIT_GRACE_S:
             log.warning(
                 "a worker did not exit after it finished; stopped it",
                 extra={"job_id": job_id, "rank": rank, "grace_s": _EXIT_GRACE_S},
             )
             process.kill()
+            stopped.add(rank)
 
 
 def _kill(processes: list[multiprocessing.process.BaseProcess]) -> None:
