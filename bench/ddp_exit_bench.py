@@ -96,7 +96,7 @@ def main() -> None:
         "epochs": args.epochs,
         "processes_per_job": 2,
         "succeeded": sum(j["state"] == "SUCCEEDED" for j in jobs),
-        "ranks_killed_after_outcome": len(lingering),
+        "ranks_killed_after_outcome": len({(k["job_id"], k["rank"]) for k in lingering}),
         "lingering": lingering,
         "jobs_over_slow_s": sum(s > SLOW_JOB_S for s in seconds),
         "slow_s": SLOW_JOB_S,
