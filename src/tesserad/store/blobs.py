@@ -15,8 +15,9 @@ over one. Its cost grows with whatever else is waiting to be written on that fil
 
 A blob is renamed into place before it is durable (always, on the syncfs path), so a put
 holds its digests from the look for the file until the blob is durable or removed again: a
-put that fails to make a blob durable unlinks it, and any other put of that digest waits
-meanwhile. A blob found in place is therefore always a durable one, and needs no sync.
+put that fails to make a blob durable unlinks it (or, where even that fails, marks it for the
+next put to write and sync again), and any other put of that digest waits meanwhile. A blob
+found in place is therefore a durable one, and needs no sync.
 """
 
 from __future__ import annotations
@@ -214,6 +215,9 @@ class BlobStore:
         self._claims: Counter[str] = Counter()
         self._claims_lock = threading.Lock()
         self._placing: set[str] = set()  # digests a put holds until its blob is durable or gone
+        # Digests whose file a failed sync left in place because it could not be removed either
+        # (a filesystem gone read-only, say): the next put of one writes and syncs it again.
+        self._unsynced: set[str] = set()
         self._placing_changed = threading.Condition()
         # The data directory lock guarantees no other daemon is mid-upload: what is here is debris.
         for stale in self.tmp_dir.iterdir():
@@ -286,6 +290,8 @@ class BlobStore:
                 errno = ctypes.get_errno()
                 self._unplace(renamed)
                 failed.update(dict.fromkeys(renamed, OSError(errno, f"syncfs: {os.strerror(errno)}")))
+            elif renamed:
+                self._synced(renamed)
             return failed
         finally:
             os.close(fd)
@@ -303,14 +309,33 @@ class BlobStore:
             if isinstance(synced, Exception):
                 self._unplace(digests)
                 failed.update(dict.fromkeys(digests, synced))
+            else:
+                self._synced(digests)
         return failed
 
     def _unplace(self, digests: Iterable[str]) -> None:
         """Remove blobs this put renamed into place but could not make durable: their pages
-        may never reach the disk, and a later put would take them for durable ones."""
+        may never reach the disk, and a later put would take them for durable ones. One that
+        cannot be removed is marked unsynced instead (called holding the digests)."""
         for digest in digests:
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.unlink(self._file(digest))
+            except FileNotFoundError:
+                pass
+            except OSError:
+                with self._placing_changed:
+                    self._unsynced.add(digest)
+
+    def _synced(self, digests: Iterable[str]) -> None:
+        """These blobs, renamed into place by this put, are durable now."""
+        if self._unsynced:
+            with self._placing_changed:
+                self._unsynced.difference_update(digests)
+
+    def _durable_in_place(self, digest: str) -> bool:
+        """Whether the blob is in place and durable (called holding the digest): any blob in
+        place is, but one a failed sync left behind (see _unplace)."""
+        return digest not in self._unsynced and os.path.exists(self._file(digest))
 
     def _place(self, blob: tuple[str, bytes], fsync: bool = True) -> str | None:
         """Store a blob not in place yet: written to a temp file, fsynced (unless not `fsync`)
@@ -318,7 +343,7 @@ class BlobStore:
         already). Every system call of a blob's in one task: each hands the GIL back, and a
         thread waits its turn for it again."""
         digest, data = blob
-        if os.path.exists(self._file(digest)):
+        if self._durable_in_place(digest):
             return None
         tmp = self._write_temp(data, fsync)
         try:
@@ -363,15 +388,20 @@ class BlobStore:
         self._claim(digest)
         try:
             with self._placing_all((digest,)):
-                if os.path.exists(self._file(digest)):
+                if self._durable_in_place(digest):
                     tmp.unlink()
                     return
-                shard = self._rename_into_place(tmp, digest)
+                try:
+                    shard = self._rename_into_place(tmp, digest)
+                except BaseException:
+                    tmp.unlink(missing_ok=True)
+                    raise
                 try:
                     _fsync_dir(shard)
                 except BaseException:
                     self._unplace((digest,))
                     raise
+                self._synced((digest,))
         except BaseException:
             self.release(digest)
             raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import hashlib
+import os
 import threading
 from pathlib import Path
 
@@ -236,6 +237,32 @@ def test_a_failed_syncfs_removes_the_blobs_it_was_to_make_durable_and_spares_the
     syncfs.failing = False
     assert blobs.put_each([(new, b"new")]) == [None]
     assert blobs.read_bytes(new) == b"new"
+
+
+def test_a_blob_a_failed_syncfs_could_not_remove_is_written_and_synced_again(
+    tmp_path: Path, syncfs: _Syncfs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blobs = BlobStore(tmp_path)
+    digest = hashlib.sha256(b"kept").hexdigest()
+    unlink = os.unlink
+
+    def read_only_blob_directory(path: str) -> None:
+        if f"{os.sep}sha256{os.sep}" in path:
+            raise OSError(errno.EROFS, "Read-only file system")
+        unlink(path)
+
+    syncfs.failing = True
+    with monkeypatch.context() as patch:
+        patch.setattr(blobs_module.os, "unlink", read_only_blob_directory)
+        [failed] = blobs.put_each([(digest, b"kept")])
+    assert isinstance(failed, OSError) and failed.errno == errno.EIO
+    assert blobs.exists(digest)  # left in place, not durable
+    syncfs.failing = False
+    calls = syncfs.calls
+    # Not taken for a durable blob: written again and synced, by a grouped or a streamed put.
+    assert blobs.put_each([(digest, b"kept")]) == [None] and syncfs.calls == calls + 1
+    assert blobs.put_each([(digest, b"kept")]) == [None] and syncfs.calls == calls + 1
+    assert blobs.read_bytes(digest) == b"kept"
 
 
 @pytest.mark.parametrize("syncfs", [True, False], ids=["syncfs", "fsync-each"])
