@@ -215,7 +215,11 @@ def _run(conn: Connection, payload: WorkerPayload) -> None:
         # backend's destructor, which joins gloo's threads with the GIL held while one of them may
         # still be dropping its last allreduce, which takes the GIL: a deadlock
         # (pytorch/pytorch#56297), 6 jobs in 200 here. So the process ends without freeing it.
-        conn.close()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        # Nothing may stop it: a rank exiting non-zero makes the daemon kill its peers, the
+        # leader among them perhaps before its outcome (with the weights) has arrived.
+        try:
+            for close in (conn.close, sys.stdout.flush, sys.stderr.flush):
+                with contextlib.suppress(Exception):
+                    close()
+        finally:
+            os._exit(0)
