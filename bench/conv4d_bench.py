@@ -206,15 +206,28 @@ def geometry(shape: Shape) -> _Geometry:
     return _Geometry((p, p), s, 1, t_out, (s, s, s), (p, p, p), (1, 1, 1), 1)
 
 
-def footprint_mib(shape: Shape, algo: str, backward: bool, element_size: int = 4) -> float:
+def footprint_mib(
+    shape: Shape, algo: str, backward: bool, dtype: torch.dtype = torch.float32, device_type: str = "cpu"
+) -> float:
     """Analytic peak of one call: input, output (and their gradients in training) plus workspace."""
+    element_size = dtype.itemsize
     x_shape = (shape.n, shape.c_in, *shape.size)
     w_shape = (shape.c_out, shape.c_in, *(shape.kernel,) * 4)
     inputs = math.prod(x_shape)
     out = shape.n * shape.c_out * math.prod(shape.out_size())
     tensors = (inputs + out) * (2 if backward else 1) * element_size
     return (
-        tensors + workspace_bytes(algo, x_shape, w_shape, geometry(shape), element_size, backward)
+        tensors
+        + workspace_bytes(
+            algo,
+            x_shape,
+            w_shape,
+            geometry(shape),
+            element_size,
+            backward,
+            device_type=device_type,
+            dtype=dtype,
+        )
     ) / 2**20
 
 
@@ -298,7 +311,8 @@ def bench_shapes(
                 shape.kernel,
                 shape.stride,
                 backward,
-                footprint_mib(shape, "time_fold", backward) / footprint_mib(shape, "loop", backward),
+                footprint_mib(shape, "time_fold", backward, device_type=device.type)
+                / footprint_mib(shape, "loop", backward, device_type=device.type),
                 device.type,
             )
             col_bytes = 4 * shape.n * shape.c_in * shape.kernel**4 * math.prod(shape.out_size())
@@ -312,13 +326,15 @@ def bench_shapes(
                 runners[algo] = functools.partial(step, algo, backward, shape, x, w, b)
                 results[algo] = {"peak_mib": peak_mib(runners[algo], device)}
                 if algo != "im2col":
-                    results[algo]["analytic_peak_mib"] = footprint_mib(shape, algo, backward)
+                    results[algo]["analytic_peak_mib"] = footprint_mib(
+                        shape, algo, backward, device_type=device.type
+                    )
             runners[reduced_name] = functools.partial(step, "auto", backward, shape, x, w, b, reduced)
             results[reduced_name] = {
                 "algorithm": auto,
                 "dtype": str(reduced),
                 "peak_mib": peak_mib(runners[reduced_name], device),
-                "analytic_peak_mib": footprint_mib(shape, auto, backward, reduced.itemsize),
+                "analytic_peak_mib": footprint_mib(shape, auto, backward, reduced, device.type),
             }
             # Every formulation and the reference GEMM in turns, so load from other processes
             # hits all of them alike.
