@@ -345,12 +345,7 @@ class BlobStore:
         digest, data = blob
         if self._durable_in_place(digest):
             return None
-        tmp = self._write_temp(data, fsync)
-        try:
-            return self._rename_into_place(tmp, digest)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        return self._rename_into_place(self._write_temp(data, fsync), digest)
 
     def _place_unsynced(self, blob: tuple[str, bytes]) -> str | None:
         return self._place(blob, fsync=False)
@@ -391,11 +386,7 @@ class BlobStore:
                 if self._durable_in_place(digest):
                     tmp.unlink()
                     return
-                try:
-                    shard = self._rename_into_place(tmp, digest)
-                except BaseException:
-                    tmp.unlink(missing_ok=True)
-                    raise
+                shard = self._rename_into_place(tmp, digest)
                 try:
                     _fsync_dir(shard)
                 except BaseException:
@@ -423,14 +414,19 @@ class BlobStore:
             return self._claims[sha256] > 0
 
     def _rename_into_place(self, tmp: Path, digest: str) -> str:
-        """Rename the temp file to the blob's path; its shard directory, to fsync."""
+        """Rename the temp file to the blob's path; its shard directory, to fsync. The temp file
+        is removed when the rename fails."""
         final = self._file(digest)
         try:
-            os.replace(tmp, final)
-        except FileNotFoundError:
-            # A shard directory removed by hand since the start.
-            os.makedirs(os.path.dirname(final), exist_ok=True)
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+            except FileNotFoundError:
+                # A shard directory removed by hand since the start.
+                os.makedirs(os.path.dirname(final), exist_ok=True)
+                os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return os.path.dirname(final)
 
     def _file(self, digest: str) -> str:
