@@ -43,7 +43,7 @@ def test_info_table_and_json(tessera_cli):
 
 def test_an_unreachable_daemon_fails_with_a_message(tessera_cli):
     result = tessera_cli("--timeout", "2", "info", target="127.0.0.1:1")
-    assert_failed_cleanly(result, "UNAVAILABLE")
+    assert_failed_cleanly(result, "UNAVAILABLE", "is tesserad running at 127.0.0.1:1?", "--target")
 
 
 def test_models_commands(tessera_cli, model_file, tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import tesserad.errors
 from tessera.cli import build_parser
-from tessera.rpc_commands import COMMAND_BY_RPC, in_cli_words
+from tessera.rpc_commands import COMMAND_BY_RPC, in_cli_words, unreachable_hint
 from tessera.v1 import datasets_pb2, inference_pb2, registry_pb2, system_pb2, training_pb2
 
 DAEMON_SOURCE = Path(__file__).resolve().parents[3] / "src" / "tesserad"
@@ -95,3 +95,13 @@ def test_messages_get_cli_words_and_other_words_stay():
         in_cli_words("a Deployment, DeployFoo and ExportOnnxes stay")
         == "a Deployment, DeployFoo and ExportOnnxes stay"
     )
+
+
+def test_only_a_daemon_that_cannot_be_reached_gets_the_hint_to_start_one():
+    refused = "connections to all backends failing; last error: UNKNOWN: ipv4:127.0.0.1:1: Failed to connect"
+    assert "is tesserad running at 127.0.0.1:1?" in unreachable_hint("UNAVAILABLE", refused, "127.0.0.1:1")
+    unresolved = "errors resolving nosuch.invalid:50051: Domain name not found"
+    assert "--target" in unreachable_hint("UNAVAILABLE", unresolved, "nosuch.invalid:50051")
+    # The daemon answered: it is running, so starting one is the wrong advice.
+    assert unreachable_hint("UNAVAILABLE", "tesserad is shutting down; reconnect", "127.0.0.1:50051") == ""
+    assert unreachable_hint("NOT_FOUND", "failed to connect the dots", "127.0.0.1:50051") == ""

@@ -27,7 +27,7 @@ from tessera.events import JobState
 from tessera.explanations import METHODS, SHORT_NAMES, top_positions
 from tessera.follow import follow
 from tessera.messages import load_toml, to_datetime
-from tessera.rpc_commands import in_cli_words
+from tessera.rpc_commands import in_cli_words, unreachable_hint
 from tessera.sweep_commands import add_sweep_commands
 from tessera.tensors import dtype_name
 from tessera.transport import TLS, TOKEN_ENV
@@ -1105,7 +1105,8 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
         with Client(args.target, token=args.token, tls=tls_from(args), timeout=args.timeout) as client:
             args.handler(client, args, out)
     except TesseraError as err:
-        print(f"tessera: {err.code}: {in_cli_words(err.message)}", file=sys.stderr)
+        hint = unreachable_hint(err.code, err.message, args.target)
+        print(f"tessera: {err.code}: {in_cli_words(err.message)}{hint}", file=sys.stderr)
         return EXIT_ERROR
     except JobFailed as err:
         print(f"tessera: {in_cli_words(str(err))}", file=sys.stderr)

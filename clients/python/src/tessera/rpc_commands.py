@@ -59,3 +59,18 @@ _RPC_WORD = re.compile(
 def in_cli_words(message: str) -> str:
     """`message` with each RPC it names (bare or as Service.Rpc) replaced by its command."""
     return _RPC_WORD.sub(lambda match: COMMAND_BY_RPC[match.group(1)], message)
+
+
+# gRPC's words when no connection could be made at all, as opposed to a daemon answering
+# UNAVAILABLE itself (shutting down, a version unloading).
+_UNREACHABLE = re.compile(r"backends failing|failed to connect|errors resolving", re.IGNORECASE)
+
+
+def unreachable_hint(code: str, message: str, target: str) -> str:
+    """What to do when no daemon could be reached at `target`; empty for every other failure."""
+    if code != "UNAVAILABLE" or not _UNREACHABLE.search(message):
+        return ""
+    return (
+        f"; is tesserad running at {target}? Start it with `make run` in a checkout (or `tesserad serve`), "
+        "or pass --target HOST:PORT (env TESSERA_TARGET)"
+    )
