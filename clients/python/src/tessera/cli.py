@@ -891,7 +891,9 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="the model registry").add_subparsers(
         dest="subcommand", required=True, metavar="SUBCOMMAND"
     )
-    command(models, "ls", cmd_models_ls, "list models").add_argument("--prefix", default="")
+    command(models, "ls", cmd_models_ls, "list models").add_argument(
+        "--prefix", default="", help="only models whose name starts with this"
+    )
     sub = command(models, "show", cmd_models_show, "a model version's details")
     sub.add_argument("model")
     sub.add_argument("--version", help="number or alias (default latest)")
@@ -902,7 +904,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("file", help="model.onnx or weights.safetensors")
     sub.add_argument("--spec", help="TOML with the [architecture] that built safetensors weights")
     sub.add_argument("--alias", help="move this alias to the new version")
-    sub.add_argument("--description", default="")
+    sub.add_argument("--description", default="", help="free text stored with the version")
     command(models, "versions", cmd_models_versions, "a model's versions, newest first").add_argument("model")
     sub = command(
         models,
@@ -930,7 +932,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--fit-target", default="y", metavar="NAME", help="the targets' array in --fit (default y)"
     )
     sub.add_argument("--alias", help="move this alias to the new version")
-    sub.add_argument("--description", default="")
+    sub.add_argument("--description", default="", help="free text stored with the version")
     sub = command(models, "alias", cmd_models_alias, "point an alias at a version")
     sub.add_argument("model")
     sub.add_argument("alias")
@@ -941,8 +943,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("model")
     sub.add_argument("routes", nargs="+", metavar="ROUTE")
     sub.add_argument("--shadow", help="version or alias that gets a copy of requests")
-    sub.add_argument("--shadow-percent", type=int, default=100)
-    sub.add_argument("--comment", default="")
+    sub.add_argument(
+        "--shadow-percent", type=int, default=100, help="percent of requests copied to --shadow (default 100)"
+    )
+    sub.add_argument("--comment", default="", help="free text stored with the deployment's revision")
     command(
         models,
         "rollback",
@@ -977,11 +981,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command(datasets, "push", cmd_datasets_push, "upload a .npz or .npy file as a new version")
     sub.add_argument("name")
     sub.add_argument("file")
-    sub.add_argument("--split", action="append", default=[], metavar="NAME=FRACTION", help="e.g. train=0.8")
-    sub.add_argument("--seed", type=int, default=0, help="seed of the random split")
+    sub.add_argument(
+        "--split",
+        action="append",
+        default=[],
+        metavar="NAME=FRACTION",
+        help="once per split, the fractions summing to 1: --split train=0.8 --split val=0.2",
+    )
+    sub.add_argument("--seed", type=int, default=0, help="seed of the random split (default 0)")
     sub.add_argument("--allow-nonfinite", action="store_true", help="accept NaN and Inf")
-    sub.add_argument("--description", default="")
-    command(datasets, "ls", cmd_datasets_ls, "list datasets").add_argument("--prefix", default="")
+    sub.add_argument("--description", default="", help="free text stored with the version")
+    command(datasets, "ls", cmd_datasets_ls, "list datasets").add_argument(
+        "--prefix", default="", help="only datasets whose name starts with this"
+    )
     command(
         datasets, "show", cmd_datasets_show, "arrays, statistics and splits of NAME[:VERSION]"
     ).add_argument("ref")
@@ -1006,13 +1018,15 @@ def build_parser() -> argparse.ArgumentParser:
     runs = commands.add_parser("runs", help="experiment runs").add_subparsers(
         dest="subcommand", required=True, metavar="SUBCOMMAND"
     )
-    command(runs, "ls", cmd_runs_ls, "list runs").add_argument("--experiment", default="")
+    command(runs, "ls", cmd_runs_ls, "list runs").add_argument(
+        "--experiment", default="", help="only this experiment's runs (default: every run)"
+    )
     command(runs, "show", cmd_runs_show, "a run's params and metrics").add_argument("run_id")
     sub = command(runs, "leaderboard", cmd_runs_leaderboard, "an experiment's runs ranked by a metric")
     sub.add_argument("experiment")
     sub.add_argument("metric")
     sub.add_argument("--mode", choices=["min", "max"], help="which is better (default: by the metric's name)")
-    sub.add_argument("--limit", type=int, default=10)
+    sub.add_argument("--limit", type=int, default=10, help="runs shown (default 10)")
 
     export = commands.add_parser("export", help="export a version").add_subparsers(
         dest="subcommand", required=True, metavar="FORMAT"
@@ -1020,16 +1034,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command(export, "onnx", cmd_export_onnx, "export a safetensors version to ONNX as a new version")
     sub.add_argument("model")
     sub.add_argument("--version", help="number or alias (default latest)")
-    sub.add_argument("--opset", type=int, default=0)
-    sub.add_argument("--conv4d", choices=["auto", "decomposed", "native"], default="auto")
+    sub.add_argument("--opset", type=int, default=0, help="ONNX opset (default 0: the exporter's default)")
+    sub.add_argument(
+        "--conv4d",
+        choices=["auto", "decomposed", "native"],
+        default="auto",
+        help="how Conv4d layers are written: auto (default; the faster graph in onnxruntime), decomposed "
+        "(3-D convolutions) or native (one Conv node with four spatial dimensions)",
+    )
     sub.add_argument("--alias", help="move this alias to the exported version")
 
     sub = command(commands, "predict", cmd_predict, "run a model on inputs from a file")
     sub.add_argument("model")
     sub.add_argument("--input", required=True, help=".npz with arrays by input name, or .npy for 'input'")
     pick = sub.add_mutually_exclusive_group()
-    pick.add_argument("--version", type=int)
-    pick.add_argument("--alias")
+    pick.add_argument(
+        "--version", type=int, help="this version number (default: as the deployment routes, else latest)"
+    )
+    pick.add_argument("--alias", help="the version this alias points at")
     sub.add_argument("--output", help="write the outputs to this .npz")
 
     sub = command(
@@ -1051,8 +1073,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the output index (class) to explain; default: each row's largest output (the daemon address, also --target, goes before the command)",
     )
     pick = sub.add_mutually_exclusive_group()
-    pick.add_argument("--version", type=int)
-    pick.add_argument("--alias")
+    pick.add_argument(
+        "--version",
+        type=int,
+        help="this version number (default: the lowest the deployment routes to, else latest)",
+    )
+    pick.add_argument("--alias", help="the version this alias points at")
     sub.add_argument(
         "--steps", type=int, default=0, help="ig path steps (default 32), shap samples (default 16)"
     )
@@ -1083,9 +1109,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command(commands, "demo", cmd_demo, "the whole life cycle on a synthetic spacetime dataset")
     sub.add_argument("--name", default="demo", help="prefix of the dataset and model names")
-    sub.add_argument("--samples", type=int, default=192)
-    sub.add_argument("--epochs", type=int, default=3)
-    sub.add_argument("--requests", type=int, default=200, help="predict calls for the latency figures")
+    sub.add_argument("--samples", type=int, default=192, help="clips in the synthetic dataset (default 192)")
+    sub.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")
+    sub.add_argument(
+        "--requests", type=int, default=200, help="predict calls for the latency figures (default 200)"
+    )
     return parser
 
 

@@ -251,8 +251,7 @@ def add_sweep_commands(
     sweeps = commands.add_parser("sweeps", help="hyperparameter sweeps").add_subparsers(
         dest="subcommand", required=True, metavar="SUBCOMMAND"
     )
-    listing = sweeps.add_parser("ls", aliases=["list"], help="list sweeps, newest first")
-    listing.set_defaults(handler=cmd_sweeps_ls)
+    command(sweeps, "ls", cmd_sweeps_ls, "list sweeps, newest first")
     sub = command(sweeps, "show", cmd_sweeps_show, "a sweep's trials, leaderboard and best-so-far plot")
     sub.add_argument("sweep_id")
     sub.add_argument("--follow", action="store_true", help="show the trials live until the sweep ends")
