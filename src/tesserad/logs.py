@@ -14,6 +14,8 @@ import sys
 import time
 from typing import Any
 
+NOISY_LIBRARIES = ("onnxscript", "onnx_ir")
+
 # Attributes every LogRecord has; anything else on a record came from `extra`.
 _STANDARD_ATTRS = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 
@@ -64,3 +66,9 @@ def configure_logging(log_format: str, level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # The ONNX exporter's libraries log each graph rewrite at INFO (dozens of lines per export,
+    # "The value 'step' is not 1."), which would bury the daemon's own lines; at debug they show.
+    for name in NOISY_LIBRARIES:
+        logging.getLogger(name).setLevel(
+            logging.NOTSET if root.level < logging.INFO else max(root.level, logging.WARNING)
+        )
