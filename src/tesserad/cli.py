@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -79,7 +80,13 @@ def _print_settings() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "settings":
-        _print_settings()
+        try:
+            _print_settings()
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # The reader stopped early (`| head`, `| less` quit): nothing of ours went wrong. Point
+            # stdout at devnull so the interpreter's own flush at exit does not fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     if args.command == "tokens":
         return tokens.run(args)

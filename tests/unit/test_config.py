@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -120,3 +123,17 @@ def test_every_setting_is_described_with_its_env_name():
 @pytest.mark.parametrize("address", ["auto", "head:6379", "10.0.0.5:6379", "ray://head:10001", "[::1]:6379"])
 def test_ray_addresses(address):
     assert load_settings(env={"TESSERA_TRAINING_RAY_ADDRESS": address}).training.ray_address == address
+
+
+def test_settings_piped_into_a_reader_that_stops_early_exits_quietly():
+    # A reader that has already gone (`tesserad settings | head -1`): every write hits EPIPE.
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "tesserad", "settings"], stdout=write, stderr=subprocess.PIPE, text=True
+        )
+    finally:
+        os.close(write)
+    assert done.returncode == 0
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
