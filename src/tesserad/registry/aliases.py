@@ -29,6 +29,7 @@ from tesserad.registry.tables import (
     Notify,
     latest_version,
     model_data,
+    no_alias,
     put_model_data,
     resolve_number,
     stored_alias,
@@ -133,7 +134,7 @@ class Aliases:
                 return AliasRecord(model, LATEST, number, created.created_at, created.created_by)
             stored = stored_alias(txn, model, alias)
             if stored is None:
-                raise NotFound(f"model {fields['name']!r} has no alias {alias!r}; set it with SetAlias")
+                raise no_alias(fields["name"], alias)
             return AliasRecord(model, alias, stored["version"], stored["updated_at"], stored["updated_by"])
 
     def list_aliases(self, model: str) -> list[AliasRecord]:

@@ -3,6 +3,7 @@ transaction: a model's stored record, its newest version, the version a number o
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -95,5 +96,13 @@ def resolve_number(txn: ReadTxn, model: str, version: int | None, alias: str | N
     validate_name("alias", alias)
     stored = stored_alias(txn, model, alias)
     if stored is None:
-        raise NotFound(f"model {model!r} has no alias {alias!r}; set it with SetAlias")
+        raise no_alias(model, alias)
     return int(stored["version"])
+
+
+def no_alias(model: str, alias: str) -> NotFound:
+    """NotFound for an alias that is not set; an alias written as the tables show a version
+    ("v2") is most likely that version, so the message says how to name it."""
+    numbered = re.fullmatch(r"v(\d+)", alias)
+    hint = f" (to name version {numbered[1]}, write {numbered[1]})" if numbered else ""
+    return NotFound(f"model {model!r} has no alias {alias!r}{hint}; set it with SetAlias")

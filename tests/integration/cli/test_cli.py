@@ -74,6 +74,20 @@ def test_models_errors(tessera_cli, tmp_path):
     assert_failed_cleanly(tessera_cli("models", "push", "m", str(tmp_path / "none.onnx")), "", "none.onnx")
 
 
+def test_a_version_written_as_the_tables_show_it_is_answered_with_how_to_name_it(tessera_cli, model_file):
+    assert tessera_cli("models", "push", "affine", str(model_file)).code == 0
+    for command in (
+        ("models", "show", "affine", "--version", "v1"),
+        ("models", "deploy", "affine", "v1=100"),
+    ):
+        assert_failed_cleanly(
+            tessera_cli(*command),
+            "NOT_FOUND",
+            "no alias 'v1' (to name version 1, write 1)",
+            "tessera models alias",
+        )
+
+
 def test_datasets_commands(tessera_cli, dataset_file):
     pushed = tessera_cli(
         "datasets", "push", "table", str(dataset_file), "--split", "train=0.75", "--split", "val=0.25"
