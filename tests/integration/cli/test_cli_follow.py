@@ -1,7 +1,13 @@
 """What `tessera demo` (and so `tessera train --follow`) prints while a job runs: each state
-once, in words, and the worker's text as it is."""
+once, in words, and the worker's text as it is; and what Ctrl-C while following says."""
 
 from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tessera.follow
+import tessera.sweep_commands
 
 
 def test_the_demo_says_each_state_once(tessera_cli):
@@ -14,3 +20,79 @@ def test_the_demo_says_each_state_once(tessera_cli):
         assert doubled not in result.out
     # The summary names the last step's loss apart from the epoch's train_loss.
     assert "loss (last step)" in result.out and "train_loss" in result.out
+
+
+JOB_SPEC = """\
+experiment = "cli-follow"
+task = "classification"
+epochs = 1
+data = { dataset = "table" }
+
+[architecture]
+input_shape = [4]
+output_size = 2
+mlp = { hidden_sizes = [8] }
+"""
+
+
+SWEEP_SPEC = """\
+strategy = "random"
+metric = "val_loss"
+max_trials = 1
+
+[base]
+experiment = "cli-follow"
+task = "classification"
+epochs = 1
+data = { dataset = "table", val_split = "val" }
+
+[base.architecture]
+input_shape = [4]
+output_size = 2
+mlp = { hidden_sizes = [8] }
+
+[[parameters]]
+path = "optimizer.lr"
+range = { min = 0.001, max = 0.1 }
+"""
+
+
+@pytest.fixture
+def table_dataset(client, tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 4)).astype(np.float32)
+    path = tmp_path / "table.npz"
+    np.savez(path, x=x, y=(x[:, 0] > 0).astype(np.int64))
+    client.datasets.push("table", path, splits={"train": 0.75, "val": 0.25})
+
+
+def ctrl_c(*args: object, **kwargs: object) -> None:
+    raise KeyboardInterrupt
+
+
+def test_ctrl_c_while_following_a_job_leaves_it_running_and_says_how_to_follow_or_stop_it(
+    tessera_cli, client, table_dataset, tmp_path, monkeypatch
+):
+    spec = tmp_path / "job.toml"
+    spec.write_text(JOB_SPEC)
+    monkeypatch.setattr(tessera.follow, "_live", ctrl_c)
+    result = tessera_cli("train", str(spec), "--follow")
+    assert result.code == 130 and "Traceback" not in result.err
+    job_id = result.out.split("submitted job ")[1].split()[0]
+    assert f"stopped following job {job_id}, which goes on" in result.err
+    assert f"`tessera jobs watch {job_id}`" in result.err and f"`tessera jobs cancel {job_id}`" in result.err
+    client.training.job(job_id).wait()  # raises unless the job went on to succeed
+
+
+def test_ctrl_c_while_following_a_sweep_says_how_to_follow_or_stop_it(
+    tessera_cli, client, table_dataset, tmp_path, monkeypatch
+):
+    spec = tmp_path / "sweep.toml"
+    spec.write_text(SWEEP_SPEC)
+    monkeypatch.setattr(tessera.sweep_commands, "wait_live", ctrl_c)
+    result = tessera_cli("sweep", str(spec), "--follow")
+    assert result.code == 130 and "Traceback" not in result.err
+    sweep_id = tessera_cli("--json", "sweeps", "ls").json()[0]["sweep_id"]
+    assert f"stopped following sweep {sweep_id}, which goes on" in result.err
+    assert f"`tessera sweeps show {sweep_id} --follow`" in result.err
+    assert f"`tessera sweeps cancel {sweep_id}`" in result.err

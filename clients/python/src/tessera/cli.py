@@ -1142,8 +1142,8 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
     except (ValueError, OSError) as err:
         print(f"tessera: {err}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("tessera: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(f"tessera: {str(err) or 'interrupted'}", file=sys.stderr)
         return 130
     except Exception as err:
         # A bug in the CLI itself: still one line, with enough to report it.

@@ -126,6 +126,11 @@ class JobFailed(Exception):
         self.job = job
 
 
+class StoppedFollowing(KeyboardInterrupt):
+    """Ctrl-C while following a job or a sweep: following stops, the job or sweep goes on; the
+    message says how to follow it again or stop it."""
+
+
 ERROR_BY_CODE: dict[grpc.StatusCode, type[TesseraError]] = {
     grpc.StatusCode.CANCELLED: Cancelled,
     grpc.StatusCode.UNKNOWN: Unknown,

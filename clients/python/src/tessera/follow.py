@@ -13,6 +13,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from tessera.errors import StoppedFollowing
 from tessera.events import (
     EpochMetrics,
     JobError,
@@ -66,7 +67,18 @@ def event_json(event: JobEvent) -> str:
 
 def follow(job: Job[Connection], console: Console, as_json: bool, from_seq: int = 1) -> Job[Connection]:
     """Stream a job's events until it ends (JSON lines with `as_json`), then print the summary
-    and, for people, the loss curves. Returns the job with its final state."""
+    and, for people, the loss curves. Returns the job with its final state. Ctrl-C stops the
+    following, not the job: StoppedFollowing says how to follow it again or cancel it."""
+    try:
+        return _follow(job, console, as_json, from_seq)
+    except KeyboardInterrupt:
+        raise StoppedFollowing(
+            f"stopped following job {job.id}, which goes on: `tessera jobs watch {job.id}` follows it "
+            f"again, `tessera jobs cancel {job.id}` stops it"
+        ) from None
+
+
+def _follow(job: Job[Connection], console: Console, as_json: bool, from_seq: int) -> Job[Connection]:
     started = time.monotonic()
     curves = Curves()
     if as_json:

@@ -13,7 +13,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from tessera.errors import JobFailed
+from tessera.errors import JobFailed, StoppedFollowing
 from tessera.messages import load_toml
 from tessera.plot import line_plot
 from tessera.v1 import job_spec_pb2, training_pb2
@@ -180,7 +180,13 @@ def cmd_sweep(client: Client, args: argparse.Namespace, out: Output) -> None:
 
 
 def follow_sweep(client: Client, sweep_id: str, out: Output) -> training_pb2.Sweep:
-    sweep = wait_live(lambda: client.training.sweep(sweep_id), out)
+    try:
+        sweep = wait_live(lambda: client.training.sweep(sweep_id), out)
+    except KeyboardInterrupt:
+        raise StoppedFollowing(
+            f"stopped following sweep {sweep_id}, which goes on: `tessera sweeps show {sweep_id} --follow` "
+            f"follows it again, `tessera sweeps cancel {sweep_id}` stops it"
+        ) from None
     if out.as_json:
         out.json(sweep)
     else:
