@@ -128,6 +128,9 @@ def to_plain(value: Any) -> Any:
     return value
 
 
+ARTIFACT_FORMAT_BY_SUFFIX = {".onnx": "onnx", ".safetensors": "safetensors"}
+
+
 def selector(text: str | None) -> int | str | None:
     """A version given on the command line: a number, or else an alias."""
     if text is None:
@@ -261,6 +264,17 @@ def cmd_models_versions(client: Client, args: argparse.Namespace, out: Output) -
 
 
 def cmd_models_push(client: Client, args: argparse.Namespace, out: Output) -> None:
+    # The SDK's own messages for these name its keyword arguments (format=, architecture=).
+    artifact_format = args.format or ARTIFACT_FORMAT_BY_SUFFIX.get(Path(args.file).suffix.lower())
+    if artifact_format is None:
+        raise ValueError(
+            f"{args.file}: cannot tell the format from the suffix; name the file .onnx or .safetensors, "
+            "or pass --format"
+        )
+    if artifact_format == "safetensors" and not args.spec:
+        raise ValueError(
+            f"{args.file}: safetensors weights need --spec SPEC.toml with the [architecture] that built them"
+        )
     architecture = None
     if args.spec:
         spec = load_toml(args.spec)
@@ -268,6 +282,7 @@ def cmd_models_push(client: Client, args: argparse.Namespace, out: Output) -> No
     version = client.models.push(
         args.model,
         args.file,
+        format=artifact_format,
         architecture=architecture,
         alias=args.alias,
         description=args.description,
@@ -902,6 +917,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("model")
     sub.add_argument("file", help="model.onnx or weights.safetensors")
+    sub.add_argument(
+        "--format",
+        choices=sorted(set(ARTIFACT_FORMAT_BY_SUFFIX.values())),
+        help="default: from the file's suffix",
+    )
     sub.add_argument("--spec", help="TOML with the [architecture] that built safetensors weights")
     sub.add_argument("--alias", help="move this alias to the new version")
     sub.add_argument("--description", default="", help="free text stored with the version")
