@@ -207,7 +207,7 @@ def array_stats(name: str, array: np.ndarray, allow_nonfinite: bool) -> ArraySta
                     first = np.argwhere(~finite)[0]
                     raise InvalidArgument(
                         f"array {name!r} has NaN or Inf values (the first at index {[row + int(first[0]), *map(int, first[1:])]}); "
-                        "clean them, or set allow_nonfinite to accept them"
+                        "clean them, or accept them with allow_nonfinite"
                     )
                 nonfinite += bad
                 values = chunk[finite]

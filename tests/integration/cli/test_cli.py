@@ -88,6 +88,17 @@ def test_a_version_written_as_the_tables_show_it_is_answered_with_how_to_name_it
         )
 
 
+def test_a_dataset_with_nan_is_refused_with_the_flag_that_accepts_it(tessera_cli, tmp_path):
+    path = tmp_path / "nan.npz"
+    np.savez(path, x=np.array([[np.nan, 1.0]], dtype=np.float32), y=np.zeros(1))
+    assert_failed_cleanly(
+        tessera_cli("datasets", "push", "nan", str(path)),
+        "INVALID_ARGUMENT",
+        "`tessera datasets push --allow-nonfinite`",
+    )
+    assert tessera_cli("datasets", "push", "nan", str(path), "--allow-nonfinite").code == 0
+
+
 def test_datasets_commands(tessera_cli, dataset_file):
     pushed = tessera_cli(
         "datasets", "push", "table", str(dataset_file), "--split", "train=0.75", "--split", "val=0.25"

@@ -97,6 +97,16 @@ def test_messages_get_cli_words_and_other_words_stay():
     )
 
 
+def test_a_field_to_set_becomes_the_flag_that_sets_it():
+    assert in_cli_words(
+        "array 'x' has NaN or Inf values; clean them, or accept them with allow_nonfinite"
+    ) == (
+        "array 'x' has NaN or Inf values; clean them, or accept them with "
+        "`tessera datasets push --allow-nonfinite`"
+    )
+    assert in_cli_words("allow_nonfinites stay") == "allow_nonfinites stay"
+
+
 def test_only_a_daemon_that_cannot_be_reached_gets_the_hint_to_start_one():
     refused = "connections to all backends failing; last error: UNKNOWN: ipv4:127.0.0.1:1: Failed to connect"
     assert "is tesserad running at 127.0.0.1:1?" in unreachable_hint("UNAVAILABLE", refused, "127.0.0.1:1")

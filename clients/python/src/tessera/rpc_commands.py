@@ -56,9 +56,19 @@ _RPC_WORD = re.compile(
 )
 
 
+FLAG_BY_FIELD: dict[str, str] = {
+    "allow_nonfinite": "`tessera datasets push --allow-nonfinite`",
+}
+"""Request field a daemon message tells the caller to set -> the flag that sets it."""
+
+_FIELD_WORD = re.compile(rf"\b({'|'.join(FLAG_BY_FIELD)})\b")
+
+
 def in_cli_words(message: str) -> str:
-    """`message` with each RPC it names (bare or as Service.Rpc) replaced by its command."""
-    return _RPC_WORD.sub(lambda match: COMMAND_BY_RPC[match.group(1)], message)
+    """`message` with each RPC it names (bare or as Service.Rpc) replaced by its command, and
+    each request field it tells the caller to set by the flag that sets it."""
+    message = _RPC_WORD.sub(lambda match: COMMAND_BY_RPC[match.group(1)], message)
+    return _FIELD_WORD.sub(lambda match: FLAG_BY_FIELD[match.group(1)], message)
 
 
 # gRPC's words when no connection could be made at all, as opposed to a daemon answering
