@@ -19,7 +19,7 @@ def test_explain_prints_the_top_positions_and_writes_the_attributions(tessera_cl
     )  # fmt: skip
     assert result.code == 0, result.err
     lines = result.out.splitlines()
-    assert lines[0].startswith("voxel v1: integrated_gradients, computed")
+    assert lines[0].startswith("voxel v1: integrated_gradients, computed in ") and lines[0].endswith(" ms")
     assert f"input[2, {', '.join(map(str, SHAPE))}] row 0, output 1, completeness error" in lines[1]
     assert lines[2].split()[:5] == [f"{VOXEL}".split()[i] for i in range(5)]
     assert float(lines[2].split()[-1]) == float(f"{2 * x[(0, *VOXEL)]:+.6g}")

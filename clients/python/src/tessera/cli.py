@@ -731,7 +731,7 @@ def cmd_explain(client: Client, args: argparse.Namespace, out: Output) -> None:
     )
     out.line(
         f"{explanation.model} v{explanation.version}{through}: {SHORT_NAMES.get(args.method, args.method)}, "
-        f"computed {explanation.compute_time_us} us"
+        f"computed in {explanation.compute_time_us / 1000:.1f} ms"
     )
     for name, rows in top.items():
         shape = list(explanation.attributions[name].shape)
