@@ -21,7 +21,8 @@ async def answer_stream(
 ) -> AsyncIterator[Any]:
     """Answer each request of a bidirectional stream as soon as it is ready, in any order.
 
-    A failing request becomes `failed(request, error)` and the stream goes on.
+    A failing request becomes `failed(request, error)` and the stream goes on; a message that
+    cannot be read ends the stream with its error.
     """
     answers: asyncio.Queue[Any] = asyncio.Queue()
     tasks: set[asyncio.Task[None]] = set()
@@ -45,9 +46,11 @@ async def answer_stream(
             task.add_done_callback(tasks.discard)
         while tasks:
             await asyncio.gather(*list(tasks))
-        await answers.put(done)
 
     reader = asyncio.create_task(read())
+    # Also when reading fails (a message over max_message_size, or one that does not parse):
+    # `await reader` below then ends the stream with that error instead of waiting forever.
+    reader.add_done_callback(lambda _: answers.put_nowait(done))
     try:
         while True:
             response = await answers.get()

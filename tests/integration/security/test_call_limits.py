@@ -114,3 +114,20 @@ def test_requests_of_callers_turned_away_are_never_read_whatever_their_size(star
     with pytest.raises(grpc.RpcError) as err:
         training.LogMetrics(oversized_points("r", 200), timeout=10)
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize(
+    "rpc", ["/tessera.v1.Inference/PredictStream", "/inference.GRPCInferenceService/ModelStreamInfer"]
+)
+def test_a_bad_message_in_an_inference_stream_ends_it_with_its_status(start_daemon, rpc):
+    # Each request of these streams is answered in a task of its own, apart from the loop that
+    # reads them: a message refused while it is read must still end the stream, not stall it.
+    daemon = start_daemon(max_message_size="1KiB")
+    stream = daemon.channel().stream_stream(rpc)
+    message = exhausted(lambda: list(stream(iter([b"\n" + b"\x80\x10" + b"m" * 2048]), timeout=10)))
+    assert f"the request to {rpc.lstrip('/')} is" in message and "max_message_size" in message
+    # 0xff is no valid field tag: the message does not parse.
+    with pytest.raises(grpc.RpcError) as err:
+        list(stream(iter([b"\xff\xff\xff"]), timeout=10))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert "not a valid protobuf message" in err.value.details()
