@@ -170,6 +170,12 @@ def oip_inputs_to_arrays(request: oip.ModelInferRequest) -> dict[str, np.ndarray
             )
         shape = _shape(tensor.shape, tensor.name)
         if raw:
+            if tensor.HasField("contents"):
+                # As Triton: one of the two would be ignored.
+                raise InvalidArgument(
+                    f"{where} has contents as well as raw_input_contents; send each input's data "
+                    "in one of them"
+                )
             arrays[tensor.name] = _from_bytes(raw[index], dtype, shape, tensor.name, tensor.datatype)
             continue
         field = _OIP_CONTENTS_FIELD.get(tensor.datatype)

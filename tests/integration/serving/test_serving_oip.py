@@ -103,6 +103,14 @@ def test_model_infer_bad_paths(oip, linear, expect_rpc_error) -> None:
         invalid,
         "input 'x' has 7 values in contents.fp32_contents, but shape [2, 4] needs 8",
     )
+    # As Triton: with raw_input_contents, typed contents would be ignored, so they are refused.
+    both = infer_request(linear, X)
+    both.inputs[0].contents.fp32_contents.extend(np.zeros(8).tolist())
+    expect_rpc_error(
+        lambda: oip.ModelInfer(both),
+        invalid,
+        "input 'x' has contents as well as raw_input_contents; send each input's data in one of them",
+    )
     extra_raw = infer_request(linear, X)
     extra_raw.raw_input_contents.append(b"")
     expect_rpc_error(
