@@ -11,7 +11,7 @@ import ml_dtypes
 import numpy as np
 
 from tessera.v1 import common_pb2
-from tesserad.errors import InvalidArgument
+from tesserad.errors import InvalidArgument, Unimplemented
 from tesserad.oip import grpc_service_pb2 as oip
 from tesserad.serving.signature import Signature, TensorSpec
 
@@ -189,6 +189,24 @@ def oip_inputs_to_arrays(request: oip.ModelInferRequest) -> dict[str, np.ndarray
             )
         arrays[tensor.name] = np.asarray(values, dtype=dtype).reshape(shape)
     return arrays
+
+
+def oip_requested_outputs(request: oip.ModelInferRequest) -> list[str]:
+    """The outputs a request names, in its order (none: every output)."""
+    names: list[str] = []
+    for requested in request.outputs:
+        name = requested.name
+        if name in names:
+            raise InvalidArgument(f"output {name!r} is requested twice; request each output once")
+        if "classification" in requested.parameters:
+            # Answering the raw values instead would hand the client something else than it asked.
+            raise Unimplemented(
+                f"output {name!r} asks for classification, an Open Inference Protocol extension "
+                "tesserad does not offer; request the output without it and take the top classes "
+                "from its values"
+            )
+        names.append(name)
+    return names
 
 
 def oip_output(name: str, array: np.ndarray) -> tuple[oip.ModelInferResponse.InferOutputTensor, bytes]:

@@ -16,7 +16,12 @@ import grpc
 
 from tesserad import __version__
 from tesserad.api.convert_inference import deadline_of
-from tesserad.api.convert_tensors import OIP_NAME_BY_DTYPE, oip_inputs_to_arrays, oip_output
+from tesserad.api.convert_tensors import (
+    OIP_NAME_BY_DTYPE,
+    oip_inputs_to_arrays,
+    oip_output,
+    oip_requested_outputs,
+)
 from tesserad.api.streams import answer_stream
 from tesserad.errors import InvalidArgument, NotFound, TesseraError, Unimplemented
 from tesserad.names import validate_name
@@ -171,7 +176,7 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         started = time.perf_counter_ns()
         target = target_of(request.model_name, request.model_version)
         inputs = oip_inputs_to_arrays(request)
-        output_names = [o.name for o in request.outputs]
+        output_names = oip_requested_outputs(request)
         decoded = time.perf_counter_ns()
         version, prediction = await predict(self._service, target, inputs, output_names, deadline, request.id)
         answered = time.perf_counter_ns()

@@ -99,6 +99,21 @@ def half_model() -> bytes:
     return _model_bytes(graph)
 
 
+def two_output_model() -> bytes:
+    """a = x @ W and b = x + x: x float32 (N, 4) -> a (N, 3), b (N, 4)."""
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["a"]), helper.make_node("Add", ["x", "x"], ["b"])],
+        "two_outputs",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", 3]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, ["batch", 4]),
+        ],
+        [numpy_helper.from_array(W, "W")],
+    )
+    return _model_bytes(graph)
+
+
 def upload(channel: grpc.Channel, model: str, artifact: bytes, alias: str = "") -> int:
     """Register an ONNX artifact as a new version of `model` (created if missing)."""
     header = registry_pb2.UploadVersionHeader(format=registry_pb2.ARTIFACT_FORMAT_ONNX, alias=alias)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 import numpy as np
-from serving_models import W, half_model, upload
+from serving_models import W, half_model, two_output_model, upload
 
 from tesserad.oip import grpc_service_pb2 as pb
 from tesserad.oip import model_config_pb2
@@ -123,6 +123,39 @@ def test_model_infer_bad_paths(oip, linear, expect_rpc_error) -> None:
         lambda: oip.ModelInfer(infer_request(linear, X.reshape(4, 2))),
         invalid,
         "input 'x' has size 2 in dimension 1; model 'linear' version 2 expects 4 there",
+    )
+
+
+def test_requested_outputs_are_the_ones_answered_in_their_order(oip, channel, expect_rpc_error) -> None:
+    upload(channel, "two", two_output_model())
+
+    def request(*outputs: str) -> pb.ModelInferRequest:
+        r = pb.ModelInferRequest(model_name="two")
+        r.inputs.add(name="x", datatype="FP32", shape=X.shape)
+        r.raw_input_contents.append(X.tobytes())
+        for name in outputs:
+            r.outputs.add(name=name)
+        return r
+
+    assert [o.name for o in oip.ModelInfer(request()).outputs] == ["a", "b"]
+    answer = oip.ModelInfer(request("b", "a"))
+    assert [o.name for o in answer.outputs] == ["b", "a"]
+    np.testing.assert_array_equal(output(answer), X + X)
+    assert [o.name for o in oip.ModelInfer(request("b")).outputs] == ["b"]
+    # As Triton, which refuses an output requested twice.
+    expect_rpc_error(
+        lambda: oip.ModelInfer(request("a", "a")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "output 'a' is requested twice; request each output once",
+    )
+    # tritonclient's InferRequestedOutput(name, class_count=2): Triton would answer the top 2
+    # classes as strings; answering the raw scores instead would be read as something else.
+    classes = request("a")
+    classes.outputs[0].parameters["classification"].int64_param = 2
+    expect_rpc_error(
+        lambda: oip.ModelInfer(classes),
+        grpc.StatusCode.UNIMPLEMENTED,
+        "output 'a' asks for classification, an Open Inference Protocol extension tesserad does not offer",
     )
 
 
