@@ -312,6 +312,15 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         context: grpc.aio.ServicerContext[pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse],
     ) -> pb.RepositoryModelLoadResponse:
         validate_name("model_name", request.model_name)
+        overrides = sorted(k for k in request.parameters if k == "config" or k.startswith("file:"))
+        if overrides:
+            # Loading with the defaults instead would not be what the caller asked for.
+            raise Unimplemented(
+                f"tesserad does not take a model config or files in RepositoryModelLoad (got "
+                f"{', '.join(overrides)}); load without them, set serving options such as "
+                "max_batch_size with tessera.v1.Inference/LoadModel, and upload new weights as a "
+                "version through tessera.v1.Registry"
+            )
         await asyncio.to_thread(self._service.load_serving, request.model_name)
         return pb.RepositoryModelLoadResponse()
 

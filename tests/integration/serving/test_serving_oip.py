@@ -53,6 +53,23 @@ def test_model_ready_only_once_loaded(oip, linear) -> None:
     assert list(oip.RepositoryIndex(pb.RepositoryIndexRequest(ready=True)).models) == []
 
 
+def test_repository_load_refuses_a_config_or_files_it_would_ignore(oip, linear, expect_rpc_error) -> None:
+    # tritonclient's load_model(name, config=..., files=...): Triton loads with that config (and
+    # those files); loading with the defaults instead would not be what the caller asked for.
+    with_config = pb.RepositoryModelLoadRequest(model_name=linear)
+    with_config.parameters["config"].string_param = '{"max_batch_size": 4}'
+    with_files = pb.RepositoryModelLoadRequest(model_name=linear)
+    with_files.parameters["config"].string_param = "{}"
+    with_files.parameters["file:1/model.onnx"].bytes_param = b"onnx"
+    for request in (with_config, with_files):
+        expect_rpc_error(
+            lambda request=request: oip.RepositoryModelLoad(request),
+            grpc.StatusCode.UNIMPLEMENTED,
+            "tesserad does not take a model config or files in RepositoryModelLoad",
+        )
+    assert not oip.ModelReady(pb.ModelReadyRequest(name=linear)).ready
+
+
 def test_model_infer_raw_and_typed(oip, linear) -> None:
     raw = oip.ModelInfer(infer_request(linear, X, version="1"))
     assert (raw.model_name, raw.model_version, raw.id) == (linear, "1", "req-1")
