@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[3]
 
 # Runs under tritonclient's interpreter; prints one JSON object of what it saw.
 CLIENT_SCRIPT = r"""
-import json, sys
+import json, queue, sys
 import numpy as np
 import tritonclient.grpc as tc
 from tritonclient.utils import InferenceServerException
@@ -30,6 +30,11 @@ client = tc.InferenceServerClient(sys.argv[1])
 model = sys.argv[2]
 seen = {"live": client.is_server_live(), "ready": client.is_server_ready()}
 seen["ready_before_load"] = client.is_model_ready(model)
+try:
+    client.load_model(model, config='{"max_batch_size": 4}')
+    seen["load_with_config"] = None
+except InferenceServerException as exc:
+    seen["load_with_config"] = [exc.status(), exc.message()]
 client.load_model(model)
 seen["ready_after_load"] = client.is_model_ready(model)
 seen["extensions"] = list(client.get_server_metadata().extensions)
@@ -52,6 +57,22 @@ try:
     seen["bad"] = None
 except InferenceServerException as exc:
     seen["bad"] = [exc.status(), exc.message()]
+
+try:
+    client.infer(model, [tensor], outputs=[tc.InferRequestedOutput("y", class_count=2)])
+    seen["classification"] = None
+except InferenceServerException as exc:
+    seen["classification"] = [exc.status(), exc.message()]
+
+# A stream answers each request on its own: a bad one is an error in the stream, not its end.
+answers = queue.Queue()
+client.start_stream(callback=lambda result, error: answers.put((result, error)))
+client.async_stream_infer(model, [bad], request_id="s-bad")
+client.async_stream_infer(model, [tensor], request_id="s-good")
+streamed = [answers.get(timeout=60) for _ in range(2)]
+client.stop_stream()
+seen["stream_ids"] = sorted(r.get_response().id for r, e in streamed if e is None)
+seen["stream_errors"] = [e.message() for r, e in streamed if e is not None]
 
 stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
 seen["success_count"] = int(stats["inference_stats"]["success"]["count"])
@@ -101,5 +122,12 @@ def test_tritonclient_talks_to_tesserad(daemon, linear) -> None:
     assert seen["id"] == "tc-1"
     status, message = seen["bad"]
     assert status == "StatusCode.INVALID_ARGUMENT" and "'x'" in message and "dimension 1" in message
-    assert seen["success_count"] == 1
+    assert seen["load_with_config"][0] == "StatusCode.UNIMPLEMENTED"
+    assert "does not take a model config" in seen["load_with_config"][1]
+    status, message = seen["classification"]
+    assert status == "StatusCode.UNIMPLEMENTED" and "classification" in message
+    assert seen["stream_ids"] == ["s-good"]
+    (stream_error,) = seen["stream_errors"]
+    assert "'x'" in stream_error and "dimension 1" in stream_error
+    assert seen["success_count"] == 2
     assert [linear, "READY"] in seen["models"]
