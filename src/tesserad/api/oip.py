@@ -57,7 +57,8 @@ def target_of(name: str, version: str) -> Target:
     validate_name("model_name", name)
     if not version:
         return Target(name)
-    if not version.isdigit() or int(version) < 1:
+    # isascii: str.isdigit() also holds for other scripts' digits and for "²", which int() refuses.
+    if not (version.isascii() and version.isdigit()) or int(version) < 1:
         raise InvalidArgument(
             f'model_version must be a version number such as "3", or empty; got {version!r}'
         )

@@ -103,6 +103,13 @@ def test_model_infer_bad_paths(oip, linear, expect_rpc_error) -> None:
         invalid,
         'model_version must be a version number such as "3"',
     )
+    # str.isdigit() holds for these, but they are no version numbers ("²" does not even parse).
+    for version in ("²", "٣"):
+        expect_rpc_error(
+            lambda version=version: oip.ModelInfer(infer_request(linear, X, version=version)),
+            invalid,
+            f'model_version must be a version number such as "3", or empty; got {version!r}',
+        )
     expect_rpc_error(
         lambda: oip.ModelInfer(infer_request(linear, X, datatype="BYTES")),
         invalid,
