@@ -34,6 +34,8 @@ from tesserad.serving.signature import TensorSpec
 
 # Listed truthfully: perf_analyzer shows the server-side breakdown only with "statistics".
 EXTENSIONS = ["model_repository", "model_configuration", "statistics"]
+# Versions are int64 everywhere else (tessera.v1.VersionRef, the store's keys).
+_MAX_VERSION = 2**63 - 1
 _PLATFORMS = {"onnx": "onnxruntime_onnx", "torch": "pytorch_libtorch", "ensemble": "ensemble"}
 _BACKENDS = {"onnx": "onnxruntime", "torch": "pytorch", "ensemble": ""}
 _CONFIG_DTYPES = {
@@ -62,7 +64,13 @@ def target_of(name: str, version: str) -> Target:
         raise InvalidArgument(
             f'model_version must be a version number such as "3", or empty; got {version!r}'
         )
-    return Target(name, version=int(version))
+    number = int(version)
+    if number > _MAX_VERSION:
+        raise InvalidArgument(
+            f"model_version {version} is over the largest version number, {_MAX_VERSION} (int64, "
+            "as in tessera.v1.VersionRef)"
+        )
+    return Target(name, version=number)
 
 
 def _duration(count: int, ns: int) -> pb.StatisticDuration:

@@ -111,6 +111,21 @@ def test_model_infer_bad_paths(oip, linear, expect_rpc_error) -> None:
             f'model_version must be a version number such as "3", or empty; got {version!r}',
         )
     expect_rpc_error(
+        lambda: oip.ModelInfer(infer_request(linear, X, version=str(2**63))),
+        invalid,
+        f"model_version {2**63} is over the largest version number, {2**63 - 1}",
+    )
+    expect_rpc_error(
+        lambda: oip.ModelMetadata(pb.ModelMetadataRequest(name=linear, version=str(2**63))),
+        invalid,
+        "over the largest version number",
+    )
+    expect_rpc_error(
+        lambda: oip.ModelInfer(infer_request(linear, X, version=str(2**63 - 1))),
+        grpc.StatusCode.NOT_FOUND,
+        f"model 'linear' has no version {2**63 - 1}",
+    )
+    expect_rpc_error(
         lambda: oip.ModelInfer(infer_request(linear, X, datatype="BYTES")),
         invalid,
         "input 'x' has datatype 'BYTES'; tesserad serves",
