@@ -80,10 +80,10 @@ def _duration(count: int, ns: int) -> pb.StatisticDuration:
 def statistics_of(entry: LoadedVersion) -> pb.ModelStatistics:
     s = entry.stats.snapshot()
     succeeded = s.request_count - s.error_count
-    # Per request, decoding (and checking) the inputs and encoding the answer; a batch's share is
-    # its rows' average, as these are timed per request.
-    input_ns_per_request = s.input_ns // s.io_count if s.io_count else 0
-    output_ns_per_request = s.output_ns // s.io_count if s.io_count else 0
+    # Decoding (and checking) the inputs and encoding the answer are timed per request; a batch's
+    # share is its rows times their average per row (a request may hold several rows).
+    input_ns_per_row = s.input_ns // s.io_rows if s.io_rows else 0
+    output_ns_per_row = s.output_ns // s.io_rows if s.io_rows else 0
     return pb.ModelStatistics(
         name=entry.model,
         version=str(entry.version),
@@ -101,9 +101,9 @@ def statistics_of(entry: LoadedVersion) -> pb.ModelStatistics:
         batch_stats=[
             pb.InferBatchStatistics(
                 batch_size=rows,
-                compute_input=_duration(n, n * rows * input_ns_per_request),
+                compute_input=_duration(n, n * rows * input_ns_per_row),
                 compute_infer=_duration(n, ns),
-                compute_output=_duration(n, n * rows * output_ns_per_request),
+                compute_output=_duration(n, n * rows * output_ns_per_row),
             )
             for rows, (n, ns) in s.batches.items()
         ],
@@ -196,7 +196,10 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             response.raw_output_contents.append(raw)
         entry = self._service.pool.get(target.model, version)
         if entry is not None:
-            entry.stats.record_io(decoded - started, time.perf_counter_ns() - answered)
+            # Rows as the batcher counts them: the batch dimension, or 1 for a model without one.
+            batchable = entry.signature is not None and entry.signature.batchable and inputs
+            rows = next(iter(inputs.values())).shape[0] if batchable else 1
+            entry.stats.record_io(decoded - started, time.perf_counter_ns() - answered, rows)
         return response
 
     async def ModelInfer(

@@ -192,10 +192,12 @@ class StatsSnapshot:
     execution_count: int
     last_inference_ms: int
     # Decoding and checking the requests' inputs, and encoding their answers (the protocol
-    # layer's share, outside the model): cumulative nanoseconds and how many were timed.
+    # layer's share, outside the model): cumulative nanoseconds, and how many requests (of how
+    # many rows in all) were timed.
     input_ns: int
     output_ns: int
     io_count: int
+    io_rows: int
     # Copies of the queue, compute and total histograms, when the snapshot asked for them.
     histograms: tuple[LogHistogram, LogHistogram, LogHistogram] | None = None
 
@@ -260,14 +262,16 @@ class ServingStats:
         self._input_ns = 0
         self._output_ns = 0
         self._io_count = 0
+        self._io_rows = 0
 
-    def record_io(self, input_ns: int, output_ns: int) -> None:
-        """A request's decoding and answer-encoding time. Called only on the event loop's
+    def record_io(self, input_ns: int, output_ns: int, rows: int) -> None:
+        """A request's decoding and answer-encoding time, and its rows. Called only on the event loop's
         thread, without the lock (its cost is on every request's path): a reset racing it may
         lose one request's figures."""
         self._input_ns += input_ns
         self._output_ns += output_ns
         self._io_count += 1
+        self._io_rows += rows
 
     def record_batch(self, compute_ns: int, answered: Sequence[tuple[int, int, int, bool]]) -> None:
         """A batch the model ran and the requests it answered, each as (queue ns, total ns, rows,
@@ -349,6 +353,7 @@ class ServingStats:
                 input_ns=self._input_ns,
                 output_ns=self._output_ns,
                 io_count=self._io_count,
+                io_rows=self._io_rows,
                 histograms=(self._queue.copy(), self._compute.copy(), self._total.copy())
                 if histograms
                 else None,

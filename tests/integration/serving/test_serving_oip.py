@@ -238,6 +238,10 @@ def test_model_metadata_config_and_statistics(oip, linear) -> None:
     assert io.compute_input.ns > 0 and io.compute_output.ns > 0
     (batch,) = stats.batch_stats
     assert batch.compute_input.ns > 0 and batch.compute_output.ns > 0
+    # Each batch was one request of 2 rows: the batches' share is the requests' whole time
+    # (to a few ns: it is spread per row), not twice it.
+    assert io.compute_input.ns - 6 <= batch.compute_input.ns <= io.compute_input.ns
+    assert io.compute_output.ns - 6 <= batch.compute_output.ns <= io.compute_output.ns
 
 
 def test_statistics_of_unloaded_or_unknown_model_is_not_found(oip, linear, expect_rpc_error) -> None:
