@@ -183,6 +183,11 @@ def oip_inputs_to_arrays(request: oip.ModelInferRequest) -> dict[str, np.ndarray
             raise InvalidArgument(f"{where}: {tensor.datatype} travels only in raw_input_contents")
         values = getattr(tensor.contents, field)
         if len(values) != math.prod(shape):
+            if not values:
+                raise InvalidArgument(
+                    f"{where} has no data: send its {math.prod(shape)} values of shape {list(shape)} "
+                    f"in raw_input_contents (one entry per input, in order) or in contents.{field}"
+                )
             raise InvalidArgument(
                 f"{where} has {len(values)} values in contents.{field}, but shape {list(shape)} "
                 f"needs {math.prod(shape)}"

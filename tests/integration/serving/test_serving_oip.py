@@ -13,13 +13,19 @@ X = np.arange(8, dtype=np.float32).reshape(2, 4)
 
 
 def infer_request(
-    model: str, x: np.ndarray, version: str = "", raw: bool = True, datatype: str = "FP32"
+    model: str,
+    x: np.ndarray,
+    version: str = "",
+    raw: bool = True,
+    datatype: str = "FP32",
+    typed: bool = True,
 ) -> pb.ModelInferRequest:
+    """Data in raw_input_contents, else (`typed`) in contents.fp32_contents, else nowhere."""
     request = pb.ModelInferRequest(model_name=model, model_version=version, id="req-1")
     tensor = request.inputs.add(name="x", datatype=datatype, shape=x.shape)
     if raw:
         request.raw_input_contents.append(x.tobytes())
-    else:
+    elif typed:
         tensor.contents.fp32_contents.extend(x.ravel().tolist())
     request.outputs.add(name="y")
     return request
@@ -141,6 +147,12 @@ def test_model_infer_bad_paths(oip, linear, expect_rpc_error) -> None:
         lambda: oip.ModelInfer(short),
         invalid,
         "input 'x' has 7 values in contents.fp32_contents, but shape [2, 4] needs 8",
+    )
+    expect_rpc_error(
+        lambda: oip.ModelInfer(infer_request(linear, X, raw=False, typed=False)),
+        invalid,
+        "input 'x' has no data: send its 8 values of shape [2, 4] in raw_input_contents (one entry "
+        "per input, in order) or in contents.fp32_contents",
     )
     # As Triton: with raw_input_contents, typed contents would be ignored, so they are refused.
     both = infer_request(linear, X)
