@@ -238,14 +238,18 @@ class InferenceService:
         return self._source.model_names()
 
     def load_serving(self, model: str) -> list[LoadedVersion]:
-        """Load every version a request without a selector may go to, shadow included."""
+        """Load every version a request without a selector may go to, shadow included; a version
+        already loaded keeps the config it runs with (it was asked to be served, not reset)."""
         versions = set(self.serving_versions(model))
         router = self._router(model)
         if router is not None:
             versions |= router.versions()
-        return [
-            self.pool.load(self._source.servable(model, v, None), ServingConfig()) for v in sorted(versions)
-        ]
+        loaded = []
+        for version in sorted(versions):
+            current = self.pool.get(model, version)
+            config = current.config if current is not None else ServingConfig()
+            loaded.append(self.pool.load(self._source.servable(model, version, None), config))
+        return loaded
 
     def _alias_version(self, model: str, alias: str) -> int:
         version = self._aliases.get((model, alias))

@@ -6,6 +6,7 @@ import grpc
 import numpy as np
 from serving_models import W, half_model, two_output_model, upload
 
+from tessera.v1 import common_pb2, inference_pb2
 from tesserad.oip import grpc_service_pb2 as pb
 from tesserad.oip import model_config_pb2
 
@@ -74,6 +75,19 @@ def test_repository_load_refuses_a_config_or_files_it_would_ignore(oip, linear, 
             "tesserad does not take a model config or files in RepositoryModelLoad",
         )
     assert not oip.ModelReady(pb.ModelReadyRequest(name=linear)).ready
+
+
+def test_repository_load_of_a_loaded_model_keeps_its_serving_config(oip, inference, linear) -> None:
+    # tritonclient users often call load_model before they infer: that must not undo the config
+    # an operator loaded the version with (Triton would reload with the repository's config,
+    # which is where its operator set it).
+    inference.LoadModel(
+        inference_pb2.LoadModelRequest(
+            target=common_pb2.VersionRef(model=linear), config=inference_pb2.ServingConfig(max_batch_size=4)
+        )
+    )
+    oip.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=linear))
+    assert oip.ModelConfig(pb.ModelConfigRequest(name=linear)).config.max_batch_size == 4
 
 
 def test_model_infer_raw_and_typed(oip, linear) -> None:
