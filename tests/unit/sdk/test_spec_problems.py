@@ -6,6 +6,7 @@ from __future__ import annotations
 import tomllib
 
 import pytest
+from google.protobuf import json_format
 
 from tessera.messages import dotted_name, from_dict, load_toml
 from tessera.toml_lines import key_lines
@@ -52,6 +53,56 @@ def test_every_problem_in_a_toml_file_is_named_with_its_line(tmp_path):
         f"{path}:18: optimizer.lr: expected a number, got true",
     ]
     assert "camel" not in str(caught.value) and "trainSplit" not in str(caught.value)
+
+
+def test_a_quoted_number_in_a_toml_file_is_refused_where_a_number_belongs(tmp_path):
+    """TOML has numbers of its own, so `epochs = "5"` is a mistake; true is not a number even
+    though Python's bool is an int; a whole number where a float belongs is fine."""
+    path = tmp_path / "spec.toml"
+    path.write_text(
+        'epochs = "5"\nbatch_size = true\nseed = 7\n\n[architecture]\ninput_shape = [4, "8"]\n'
+        'output_size = 2\n\n[optimizer]\nlr = "1e-3"\nmomentum = 1\nnesterov = 1\n'
+        '\n[lr_schedule.step]\nstep_size = "2"\n'
+    )
+    with pytest.raises(ValueError, match=r"spec.toml has 6 problems:\n") as caught:
+        from_dict(job_spec_pb2.JobSpec, load_toml(path))
+    assert problem_lines(caught) == [
+        f'{path}:1: epochs: expected a whole number, got the string "5"; write it without quotes',
+        f"{path}:2: batch_size: expected a whole number, got true",
+        f'{path}:6: architecture.input_shape[1]: expected a whole number, got the string "8"; '
+        "write it without quotes",
+        f'{path}:10: optimizer.lr: expected a number, got the string "1e-3"; write it without quotes',
+        f"{path}:12: optimizer.nesterov: expected true or false, got 1",
+        f'{path}:15: lr_schedule.step.step_size: expected a whole number, got the string "2"; '
+        "write it without quotes",
+    ]
+    path.write_text("epochs = 5\n[optimizer]\nlr = 1\nmomentum = 0.9\n")
+    spec = from_dict(job_spec_pb2.JobSpec, load_toml(path))
+    assert (spec.epochs, spec.optimizer.lr, spec.optimizer.momentum) == (5, 1.0, 0.9)
+
+
+def test_a_quoted_number_in_a_sweep_file_is_refused_in_its_base_spec_too(tmp_path):
+    path = tmp_path / "sweep.toml"
+    path.write_text(
+        'strategy = "random"\nmax_trials = "4"\nmetric = "val_loss"\n\n[base]\nepochs = "2"\n\n'
+        '[[parameters]]\npath = "optimizer.lr"\nrange = { min = "1e-4", max = 0.1 }\n'
+    )
+    with pytest.raises(ValueError, match=r"sweep.toml has 3 problems:\n") as caught:
+        from_dict(training_pb2.SweepSpec, load_toml(path), "sweep")
+    assert problem_lines(caught) == [
+        f'{path}:2: max_trials: expected a whole number, got the string "4"; write it without quotes',
+        f'{path}:6: base.epochs: expected a whole number, got the string "2"; write it without quotes',
+        f'{path}:10: parameters[0].range.min: expected a number, got the string "1e-4"; '
+        "write it without quotes",
+    ]
+
+
+def test_a_dict_may_spell_numbers_as_proto_json_does():
+    """MessageToDict writes int64 fields as strings; its output goes back in as it came out."""
+    spec = job_spec_pb2.JobSpec(epochs=5, seed=2**40)
+    spec.optimizer.lr = 1e-3
+    again = from_dict(job_spec_pb2.JobSpec, json_format.MessageToDict(spec, preserving_proto_field_name=True))
+    assert again == spec
 
 
 def test_a_table_of_the_file_keeps_its_place_in_it(tmp_path):

@@ -94,7 +94,7 @@ def from_dict(message_type: type[M], data: Mapping[str, Any] | M, what: str = "s
     (`architecture.cnn4d.kernel_size`) and, for a table from `load_toml`, its file and line."""
     if isinstance(data, message_type):
         return data
-    problems: list[tuple[KeyPath, str]] = []
+    problems = _Problems(quoted_numbers=not isinstance(data, TomlTable))
     descriptor: Descriptor = message_type.DESCRIPTOR  # type: ignore[assignment]  # upb's is the same type
     plain = _message(descriptor, data, (), problems)
     if problems:
@@ -105,6 +105,16 @@ def from_dict(message_type: type[M], data: Mapping[str, Any] | M, what: str = "s
     except json_format.ParseError as err:
         raise ValueError(f"{what}: {err}") from None
     return message
+
+
+class _Problems(list[tuple[KeyPath, str]]):
+    """The problems found so far, and whether a number may be given as a string: in a dict it
+    may (proto3's JSON, and so MessageToDict, writes 64-bit integers as strings), in TOML, which
+    has numbers of its own, quotes around one are a mistake."""
+
+    def __init__(self, quoted_numbers: bool) -> None:
+        super().__init__()
+        self.quoted_numbers = quoted_numbers
 
 
 def _report(what: str, data: Any, problems: list[tuple[KeyPath, str]]) -> str:
@@ -132,9 +142,7 @@ def dotted_name(path: KeyPath) -> str:
     return name or "(top level)"
 
 
-def _message(
-    descriptor: Descriptor, data: Any, path: KeyPath, problems: list[tuple[KeyPath, str]]
-) -> dict[str, Any]:
+def _message(descriptor: Descriptor, data: Any, path: KeyPath, problems: _Problems) -> dict[str, Any]:
     """`data` checked against a message type and put in the form json_format reads."""
     if not isinstance(data, Mapping):
         problems.append((path, f"expected a table, got {_describe(data)}"))
@@ -163,7 +171,7 @@ def _message(
     return out
 
 
-def _field(field: FieldDescriptor, value: Any, path: KeyPath, problems: list[tuple[KeyPath, str]]) -> Any:
+def _field(field: FieldDescriptor, value: Any, path: KeyPath, problems: _Problems) -> Any:
     if field.message_type is not None and field.message_type.GetOptions().map_entry:
         if not isinstance(value, Mapping):
             problems.append((path, f"expected a table of names to values, got {_describe(value)}"))
@@ -186,7 +194,7 @@ _WHOLE_RANGES = {
 }
 
 
-def _single(field: FieldDescriptor, value: Any, path: KeyPath, problems: list[tuple[KeyPath, str]]) -> Any:
+def _single(field: FieldDescriptor, value: Any, path: KeyPath, problems: _Problems) -> Any:
     """One value (a list item or a map value too) checked against its field's type."""
     kind = field.cpp_type
     if field.message_type is not None:
@@ -210,10 +218,14 @@ def _single(field: FieldDescriptor, value: Any, path: KeyPath, problems: list[tu
     elif kind == FieldDescriptor.CPPTYPE_BOOL:
         if not isinstance(value, bool):
             problem = f"expected true or false, got {_describe(value)}"
-    elif kind in _WHOLE_RANGES:
-        problem = _whole_number_problem(value, *_WHOLE_RANGES[kind])
-    elif not _is_number(value):
-        problem = f"expected a number, got {_describe(value)}"
+    else:
+        number = "a whole number" if kind in _WHOLE_RANGES else "a number"
+        if kind in _WHOLE_RANGES:
+            problem = _whole_number_problem(value, *_WHOLE_RANGES[kind])
+        elif not _is_number(value):
+            problem = f"expected {number}, got {_describe(value)}"
+        if problem is None and isinstance(value, str) and not problems.quoted_numbers:
+            problem = f"expected {number}, got the string {_describe(value)}; write it without quotes"
     if problem is not None:
         problems.append((path, problem))
     return value
@@ -246,7 +258,7 @@ def _is_number(value: Any) -> bool:
     return False
 
 
-def _enum(enum_type: EnumDescriptor, value: Any, path: KeyPath, problems: list[tuple[KeyPath, str]]) -> Any:
+def _enum(enum_type: EnumDescriptor, value: Any, path: KeyPath, problems: _Problems) -> Any:
     """An enum value by number, full name or short name ("regression" for TASK_REGRESSION)."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
