@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
 import re
+from typing import TYPE_CHECKING
 
 from tesserad.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from tesserad.store import ReadTxn
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 # "latest" always means the newest version; nobody may point it elsewhere.
@@ -21,3 +26,20 @@ def validate_name(field: str, value: str) -> str:
             "and '-', starting with a letter or digit"
         )
     return value
+
+
+# Names read on each side of a missing one when looking for a near miss: keys sort by name, so
+# a typo past the first few characters sits among them, and the cost stays bounded however many
+# names a table holds.
+NEAR_NAMES_EACH_SIDE = 500
+
+
+def did_you_mean(txn: ReadTxn, table: str, name: str) -> str:
+    """ "did you mean 'x'? " for a stored name (keyed `(name,)` in `table`) close to the missing
+    `name`, else ""; read only on the error path."""
+    around = [
+        *txn.scan(table, start=(name,), limit=NEAR_NAMES_EACH_SIDE),
+        *txn.scan(table, start=(name,), reverse=True, limit=NEAR_NAMES_EACH_SIDE),
+    ]
+    close = difflib.get_close_matches(name, [str(key[0]) for key, _ in around], n=1)
+    return f"did you mean {close[0]!r}? " if close else ""

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from tesserad import names
 from tesserad.errors import InvalidArgument
 from tesserad.ids import new_id
-from tesserad.names import validate_name
+from tesserad.names import did_you_mean, validate_name
 from tesserad.paging import MAX_PAGE_SIZE, make_token, page_size, resume_after
+from tesserad.store import Store
 
 
 @pytest.mark.parametrize("name", ["a", "resnet-50", "clips.v2", "x_1", "9", "a" * 128])
@@ -20,6 +24,26 @@ def test_invalid_names_say_what_is_allowed(name):
     with pytest.raises(InvalidArgument) as err:
         validate_name("model", name)
     assert "model" in err.value.message
+
+
+def test_did_you_mean_reads_only_the_names_beside_the_missing_one(tmp_path: Path, monkeypatch):
+    """A near miss is found among the names that sort beside the missing one, so a registry
+    with many names costs no more than one with a thousand."""
+    store = Store.open(tmp_path / "store", map_size=64 * 2**20, tables=["models"])
+    try:
+        with store.write() as txn:
+            for name in ["aaa-cnn4d", "aab-1", "aab-2", "clips-cnn4d", "clips-mlp"]:
+                txn.put("models", (name,), b"")
+        with store.read() as txn:
+            assert did_you_mean(txn, "models", "clips-cnn4") == "did you mean 'clips-cnn4d'? "
+            assert did_you_mean(txn, "models", "aab-cnn4d") == "did you mean 'aaa-cnn4d'? "
+            assert did_you_mean(txn, "models", "resnet") == ""
+            monkeypatch.setattr(names, "NEAR_NAMES_EACH_SIDE", 2)
+            # aaa-cnn4d sorts three names before aab-cnn4d; clips-cnn4d, next after it, is the nearest read
+            assert did_you_mean(txn, "models", "aab-cnn4d") == "did you mean 'clips-cnn4d'? "
+            assert did_you_mean(txn, "models", "clips-cnn4") == "did you mean 'clips-cnn4d'? "
+    finally:
+        store.close()
 
 
 def test_page_size_defaults_and_caps():

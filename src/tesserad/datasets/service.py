@@ -37,7 +37,7 @@ from tesserad.datasets.references import (
 )
 from tesserad.datasets.splits import SplitSpec, compute_splits, validate_split_spec
 from tesserad.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
-from tesserad.names import validate_name
+from tesserad.names import did_you_mean, validate_name
 from tesserad.paging import Page, read_page
 from tesserad.store import (
     BlobRef,
@@ -138,8 +138,11 @@ def _decode_version(raw: bytes) -> DatasetVersionRecord:
     )
 
 
-def _missing(name: str) -> NotFound:
-    return NotFound(f"dataset {name!r} does not exist; upload it with UploadDataset")
+def _missing(txn: ReadTxn, name: str) -> NotFound:
+    """NotFound for a dataset that does not exist, naming a stored one close to it first."""
+    near = did_you_mean(txn, DATASETS, name)
+    upload = "Or upload it" if near else "upload it"
+    return NotFound(f"dataset {name!r} does not exist; {near}{upload} with UploadDataset")
 
 
 class Datasets:
@@ -296,12 +299,12 @@ class Datasets:
             raw = txn.get(VERSIONS, (name, version))
             if raw is None:
                 if not txn.exists(DATASETS, (name,)):
-                    raise _missing(name)
+                    raise _missing(txn, name)
                 raise NotFound(f"dataset {name!r} has no version {version}")
             return _decode_version(raw)
         newest = self._newest(txn, name)
         if newest is None:
-            raise _missing(name)
+            raise _missing(txn, name)
         return newest
 
     def check_lineage(self, txn: ReadTxn, name: str, version: int, sha256: str) -> None:
@@ -319,7 +322,7 @@ class Datasets:
         validate_name("name", name)
         with self._store.read() as txn:
             if not txn.exists(DATASETS, (name,)):
-                raise _missing(name)
+                raise _missing(txn, name)
             return read_page(
                 txn,
                 VERSIONS,
@@ -334,7 +337,7 @@ class Datasets:
     def _dataset(self, txn: ReadTxn, name: str) -> DatasetRecord:
         raw = txn.get(DATASETS, (name,))
         if raw is None:
-            raise _missing(name)
+            raise _missing(txn, name)
         data = decode_record(raw, _DATASET_KIND, _SCHEMA)[1]
         sizes: dict[str, int] = {}
         latest = 0
@@ -380,7 +383,7 @@ class Datasets:
                 targets = [self._resolve(txn, name, version)]
             else:
                 if not txn.exists(DATASETS, (name,)):
-                    raise _missing(name)
+                    raise _missing(txn, name)
                 targets = [_decode_version(raw) for _, raw in txn.scan(VERSIONS, (name,))]
             holders = [h for t in targets for h in dataset_holders(txn, name, t.version)]
             if holders and not force:

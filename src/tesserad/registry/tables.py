@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tesserad.errors import InvalidArgument, NotFound
-from tesserad.names import validate_name
+from tesserad.names import did_you_mean, validate_name
 from tesserad.registry.records import ALIAS_KIND, MODEL_KIND, SCHEMA
 from tesserad.store import ReadTxn, WriteTxn, decode_record, encode_record
 
@@ -28,8 +28,11 @@ ANONYMOUS = "anonymous"
 Notify = Callable[[str], None]
 
 
-def model_missing(name: str) -> NotFound:
-    return NotFound(f"model {name!r} does not exist; create it with CreateModel")
+def model_missing(txn: ReadTxn, name: str) -> NotFound:
+    """NotFound for a model that does not exist, naming a stored one close to it first."""
+    near = did_you_mean(txn, MODELS, name)
+    create = "Or create it" if near else "create it"
+    return NotFound(f"model {name!r} does not exist; {near}{create} with CreateModel")
 
 
 def new_model_data(name: str, description: str, tags: dict[str, str]) -> dict[str, Any]:
@@ -54,7 +57,7 @@ def model_data(txn: ReadTxn, name: str) -> dict[str, Any]:
     """The model's stored fields; NotFound when there is no such model."""
     raw = txn.get(MODELS, (name,))
     if raw is None:
-        raise model_missing(name)
+        raise model_missing(txn, name)
     return decode_record(raw, MODEL_KIND, SCHEMA)[1]
 
 

@@ -514,7 +514,7 @@ class Versions:
             raw = txn.get(MODELS, (model,))
             if raw is None:
                 if not create_model_if_missing:
-                    raise model_missing(model)
+                    raise model_missing(txn, model)
                 fields = new_model_data(model, "", {})
             else:
                 fields = decode_record(raw, MODEL_KIND, SCHEMA)[1]

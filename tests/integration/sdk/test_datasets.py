@@ -41,6 +41,11 @@ def test_identical_content_is_deduplicated_and_versions_are_listed_newest_first(
     assert client.datasets.get("clips").latest_version == 2
     assert [d.name for d in client.datasets.list(prefix="cl")] == ["clips"]
     assert list(client.datasets.list(prefix="zz")) == []
+    with pytest.raises(tessera.NotFound) as caught:
+        client.datasets.get("clip")
+    assert caught.value.message == (
+        "dataset 'clip' does not exist; did you mean 'clips'? Or upload it with UploadDataset"
+    )
 
 
 def test_push_npz_and_npy_files_and_load_them_back(client, clips, tmp_path):

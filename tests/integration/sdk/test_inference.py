@@ -49,6 +49,23 @@ def test_predict_errors_carry_the_daemon_message(client, served):
         client.inference.predict("affine", {"input": np.array(["a"])})
 
 
+def test_a_mistyped_model_name_is_answered_with_the_nearest_one_first(client, make_onnx):
+    client.models.push("clips-cnn4d", make_onnx("m"))
+    x = np.zeros((1, 4), np.float32)
+    with pytest.raises(tessera.NotFound) as caught:
+        client.inference.predict("clips-cnn4", {"input": x})
+    assert caught.value.message == (
+        "model 'clips-cnn4' does not exist; did you mean 'clips-cnn4d'? Or create it with CreateModel"
+    )
+    with pytest.raises(
+        tessera.NotFound, match=r"model 'clps-cnn4d' does not exist; did you mean 'clips-cnn4d'\?"
+    ):
+        client.models.get("clps-cnn4d")
+    with pytest.raises(tessera.NotFound) as caught:
+        client.inference.predict("zzz", {"input": x})
+    assert caught.value.message == "model 'zzz' does not exist; create it with CreateModel"
+
+
 def test_predict_stream_answers_each_item_and_goes_on_after_a_bad_one(client, served):
     good = np.ones((1, 4), np.float32)
     items = [("a", {"input": good}), ("bad", {"input": np.ones((1, 5), np.float32)}), ("c", good)]
