@@ -772,12 +772,22 @@ class Jobs:
 
     def _interrupted_by_shutdown(self, job: JobRecord) -> None:
         """End an attempt the daemon's shutdown stopped: the next start resumes the job."""
-        self._set_state(
+        job = self._set_state(
             job,
             "interrupted",
             "tesserad is shutting down; the job resumes when it starts again",
             ends=True,
             also=self._run_status(job, "interrupted"),
+        )
+        checkpoint = self._resume_checkpoint(job)
+        log.info(
+            "job interrupted by the shutdown; it resumes when tesserad starts again",
+            extra={
+                "job_id": job.job_id,
+                "attempt": job.attempt,
+                "from_epoch": checkpoint.epoch if checkpoint else 0,
+                "from_step": checkpoint.step if checkpoint else 0,
+            },
         )
 
     def _cancelled(self, job: JobRecord, at_step_boundary: bool) -> None:

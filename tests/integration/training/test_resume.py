@@ -138,6 +138,10 @@ def test_a_daemon_stopped_gracefully_interrupts_its_running_job_and_the_next_one
     daemon.terminate()  # SIGTERM: a graceful stop
     daemon.output()
     channel.close()
+    # The operator reading the stopping daemon's log learns that the job is not lost.
+    stopped = _logged(daemon, "job interrupted by the shutdown; it resumes when tesserad starts again")
+    assert (stopped["job_id"], stopped["attempt"]) == (job.job_id, 1)
+    assert stopped["from_epoch"] >= 2 and stopped["from_step"] > 0
 
     _, channel = _start(spawn_daemon, tmp_path)
     training = training_pb2_grpc.TrainingStub(channel)
