@@ -6,7 +6,7 @@ from __future__ import annotations
 SPEC = """\
 experiment = "typos"
 task = "clasification"
-epochs = 2
+epochs = "2"
 
 [architecture]
 input_shape = [4]
@@ -27,13 +27,28 @@ def test_train_reports_every_problem_of_the_spec_with_its_line(tessera_cli, tmp_
     result = tessera_cli("train", str(spec))
     assert result.code == 1 and "Traceback" not in result.err
     assert result.err.splitlines() == [
-        f"tessera: {spec} has 3 problems:",
+        f"tessera: {spec} has 4 problems:",
         f'  {spec}:2: task: "clasification" is not one of classification, regression; '
         "did you mean classification?",
+        f'  {spec}:3: epochs: expected a whole number, got the string "2"; write it without quotes',
         f"  {spec}:10: architecture.mlp.hiden_sizes: unknown key; did you mean hidden_sizes?",
         f"  {spec}:14: data.train_split: expected text in quotes, got 0.8",
     ]
     assert "hidenSizes" not in result.err and "trainSplit" not in result.err
+
+
+def test_sweep_reports_a_quoted_number_with_its_line(tessera_cli, tmp_path):
+    spec = tmp_path / "sweep.toml"
+    spec.write_text(
+        'strategy = "random"\nmax_trials = 4\nmetric = "val_loss"\n\n[base]\nbatch_size = "16"\n\n'
+        '[[parameters]]\npath = "optimizer.lr"\nrange = { min = 1e-4, max = 0.1 }\n'
+    )
+    result = tessera_cli("sweep", str(spec))
+    assert result.code == 1 and "Traceback" not in result.err
+    assert result.err.strip() == (
+        f'tessera: {spec}:6: base.batch_size: expected a whole number, got the string "16"; '
+        "write it without quotes"
+    )
 
 
 def test_models_push_names_the_architecture_problem_by_its_place_in_the_file(tessera_cli, tmp_path):
