@@ -135,6 +135,11 @@ def test_predict_stats_and_serve_status(tessera_cli, client, model_file, tmp_pat
     assert "affine" in status.out and "ready" in status.out and "instances" in status.out
     (loaded,) = tessera_cli("--json", "serve-status", "affine").json()
     assert loaded["state"] == "LOAD_STATE_READY" and loaded["config"]["instances"] == 2  # a CPU's default
+    mistyped = tessera_cli("predict", "afine", "--input", str(inputs))
+    assert mistyped.code == 1 and mistyped.err.strip() == (
+        "tessera: NOT_FOUND: model 'afine' does not exist; did you mean 'affine'? "
+        "Or create it with `tessera models push MODEL FILE`"
+    )
     np.savez(inputs, input=np.ones((2, 3), np.float32))
     assert_failed_cleanly(
         tessera_cli("predict", "affine", "--input", str(inputs)), "INVALID_ARGUMENT", "input"
