@@ -228,7 +228,9 @@ def _set_path(spec: dict[str, Any], path: str, text: str) -> None:
         raise InvalidArgument(f"{where} does not name a single value field of JobSpec (at {leaf!r})")
     value = _parse(spec_field.value_type, text)
     if value is None:
-        raise InvalidArgument(f"{where}: {text!r} is not a valid value for this field")
+        raise InvalidArgument(
+            f"{where}: {text!r} is not a valid value for this field; expected {_expected(spec_field.value_type)}"
+        )
     if spec_field.oneof:  # setting one member of a oneof (devices.gpu_count) unsets the others
         for name, sibling in fields.items():
             if sibling.oneof == spec_field.oneof and name != leaf:
@@ -249,6 +251,13 @@ def _switch_member(
         for field_name in members[current].fields:
             target.pop(field_name, None)
     target[oneof] = name
+
+
+def _expected(value_type: type | Choice) -> str:
+    """What `_parse` takes for `value_type`, in a message's words."""
+    if isinstance(value_type, Choice):
+        return "one of " + ", ".join(value_type.values)
+    return {bool: "true or false", int: "a whole number"}.get(value_type, "a number")
 
 
 def _parse(value_type: type | Choice, text: str) -> Any:
