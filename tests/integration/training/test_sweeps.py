@@ -80,7 +80,7 @@ def test_asha_prunes_trials_that_trail_at_a_rung(training: training_pb2_grpc.Tra
         ),
         (
             lambda s: s.parameters.add(path="batch_size", values=S.SweepValues(values=["big"])),
-            "'big' is not a valid value",
+            "spec.parameters: 'batch_size': 'big' is not a valid value for this field; expected a whole number",
         ),
         (
             lambda s: s.parameters.add(path="epochs", range=S.SweepRange(min=1, max=3)),
