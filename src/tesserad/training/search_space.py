@@ -7,7 +7,6 @@ A point is {path: text} holding the parameters active at that point, in the spac
 
 from __future__ import annotations
 
-import itertools
 import math
 import random
 from collections.abc import Iterator
@@ -97,18 +96,29 @@ def random_point(parameters: list[SweepParameter], rng: random.Random) -> dict[s
     return point
 
 
-def grid_points(parameters: list[SweepParameter]) -> list[dict[str, str]]:
-    """Every combination of the values, a conditional parameter only where it is active."""
+def grid_points(parameters: list[SweepParameter], limit: int) -> list[dict[str, str]]:
+    """Every combination of the values, a conditional parameter only where it is active, in
+    order (the last parameter varying fastest); the first `limit` of them. Built branch by
+    branch, so a grid far larger than `limit` is never listed whole."""
     for i, p in enumerate(parameters):
         if p.values is None:
             raise InvalidArgument(
                 f"parameters[{i}]: a grid sweep needs explicit values for {p.path}, not a range"
             )
     points: list[dict[str, str]] = []
-    for combo in itertools.product(*(p.values or () for p in parameters)):
-        point = _active_part(parameters, dict(zip((p.path for p in parameters), combo, strict=True)))
-        if point not in points:  # an inactive parameter's values give the same point again
+    stack: list[tuple[int, dict[str, str]]] = [(0, {})]
+    while stack and len(points) < limit:
+        index, point = stack.pop()
+        if index == len(parameters):
             points.append(point)
+            continue
+        p = parameters[index]
+        if not is_active(p, point):
+            stack.append((index + 1, point))
+            continue
+        # A value listed twice gives its points once; reversed, so the first value is taken first.
+        for value in reversed(list(dict.fromkeys(p.values or ()))):
+            stack.append((index + 1, {**point, p.path: value}))
     return points
 
 
@@ -148,12 +158,18 @@ def plan_points(
     if max_trials < 0:
         raise InvalidArgument(f"max_trials must be >= 0, got {max_trials}")
     if searcher == "grid":
-        points = grid_points(parameters)[: max_trials or None]
+        # Grid's max_trials is an upper bound; past MAX_TRIALS it bounds nothing a sweep may run.
+        points = grid_points(parameters, min(max_trials or MAX_TRIALS + 1, MAX_TRIALS + 1))
+        if len(points) > MAX_TRIALS:
+            raise InvalidArgument(
+                f"the grid has more than {MAX_TRIALS} points, the most one sweep runs: "
+                f"list fewer values, or set max_trials to run the first {MAX_TRIALS} or fewer"
+            )
     else:
         if max_trials == 0:
             raise InvalidArgument(f"max_trials: a {searcher} sweep needs the number of trials (> 0)")
+        if max_trials > MAX_TRIALS:  # checked before drawing them
+            raise InvalidArgument(f"max_trials: a sweep runs at most {MAX_TRIALS} trials, got {max_trials}")
         rng = random.Random(seed)
         points = [random_point(parameters, rng) for _ in range(max_trials)]
-    if len(points) > MAX_TRIALS:
-        raise InvalidArgument(f"the sweep would run {len(points)} trials; at most {MAX_TRIALS}")
     return points

@@ -132,3 +132,48 @@ def test_cancel_sweep_cancels_its_trials(training: training_pb2_grpc.TrainingStu
         training.CancelSweep(S.CancelSweepRequest(sweep_id=sweep.sweep_id))
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "already ended (CANCELLED)" in info.value.details()
+
+
+@pytest.mark.parametrize(
+    ("strategy", "max_trials", "words"),
+    [
+        (S.SWEEP_STRATEGY_GRID, 0, "the grid has more than 1000 points"),
+        (S.SWEEP_STRATEGY_RANDOM, 2**31 - 1, "a sweep runs at most 1000 trials, got 2147483647"),
+    ],
+)
+def test_a_sweep_of_too_many_trials_is_refused_before_they_are_listed(
+    strategy: int, max_trials: int, words: str, training: training_pb2_grpc.TrainingStub
+) -> None:
+    # A million grid points (or two billion random ones) were listed, and deduplicated pairwise,
+    # before their number was checked: the call never came back.
+    ten = [str(i + 1) for i in range(10)]
+    paths = ("seed", "batch_size", "epochs", "optimizer.lr", "optimizer.weight_decay", "max_steps")
+    spec = S.SweepSpec(
+        base=job_spec("mlp", epochs=1),
+        strategy=strategy,
+        parameters=[sweep_values(path, *ten) for path in paths],
+        max_trials=max_trials,
+        metric="val_loss",
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        training.SubmitSweep(S.SubmitSweepRequest(spec=spec), timeout=60)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert words in info.value.details()
+
+
+def test_a_grid_capped_by_max_trials_runs_its_first_points(training: training_pb2_grpc.TrainingStub) -> None:
+    ten = [str(i + 1) for i in range(10)]
+    spec = S.SweepSpec(
+        base=job_spec("mlp", epochs=1),
+        strategy=S.SWEEP_STRATEGY_GRID,
+        parameters=[sweep_values(path, *ten) for path in ("seed", "batch_size", "epochs", "max_steps")],
+        max_trials=2,
+        max_concurrent=2,
+        metric="val_loss",
+    )
+    sweep = training.SubmitSweep(S.SubmitSweepRequest(spec=spec), timeout=60)
+    assert [dict(t.params) for t in sweep.trials] == [
+        {"seed": "1", "batch_size": "1", "epochs": "1", "max_steps": "1"},
+        {"seed": "1", "batch_size": "1", "epochs": "1", "max_steps": "2"},
+    ]
+    assert wait_sweep(training, sweep.sweep_id).state == S.SWEEP_STATE_SUCCEEDED

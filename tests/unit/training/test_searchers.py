@@ -34,7 +34,7 @@ def test_conditional_parameters_appear_only_where_their_condition_holds() -> Non
     momentum = SweepParameter(
         "optimizer.momentum", values=["0.5", "0.9"], when_path="optimizer.name", when_values=("sgd",)
     )
-    assert grid_points([OPTIMIZER, momentum, SweepParameter("seed", values=["1", "2"])]) == [
+    assert grid_points([OPTIMIZER, momentum, SweepParameter("seed", values=["1", "2"])], 10) == [
         {"optimizer.name": "adam", "seed": "1"},
         {"optimizer.name": "adam", "seed": "2"},
         {"optimizer.name": "sgd", "optimizer.momentum": "0.5", "seed": "1"},
