@@ -296,6 +296,13 @@ class Sweeps:
             records = [decode_sweep(raw) for _, raw in txn.scan("sweeps")]
         with self._lock:
             for sweep in records:
+                unended = [t.job_id for t in sweep.trials if t.job_id and t.state not in ENDED]
+                if sweep.state == "cancelled" and unended:
+                    # The daemon stopped before the cancelled trials did: their jobs were re-queued.
+                    self._running[sweep.sweep_id] = sweep
+                    for job_id in unended:
+                        self._prune(job_id)
+                    self._tick(sweep)
                 if sweep.state != "running":
                     continue
                 known = {t.job_id for t in sweep.trials}

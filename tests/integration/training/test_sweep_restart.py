@@ -3,11 +3,14 @@ counted twice, and the searcher goes on drawing from the stored trials."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import grpc
+import psutil
 
 from tessera.v1 import job_spec_pb2, training_pb2, training_pb2_grpc
 from tests.integration.training.conftest import job_spec, upload_standard_datasets
@@ -84,3 +87,49 @@ def test_sigkilled_daemon_continues_a_tpe_sweep_with_asha(spawn_daemon: Any, tmp
     attempts = [j.attempt for j in jobs if j.job_id in running]
     assert 2 in attempts and set(attempts) <= {1, 2}
     assert len({t.params["optimizer.lr"] for t in after.trials}) == 5
+
+
+def test_a_sweep_cancelled_just_before_a_sigkill_stays_cancelled(spawn_daemon: Any, tmp_path: Path) -> None:
+    daemon, channel = _start(spawn_daemon, tmp_path)
+    upload_standard_datasets(channel)
+    training = training_pb2_grpc.TrainingStub(channel)
+    spec = S.SweepSpec(
+        base=job_spec("mlp", epochs=0, max_steps=1_000_000),
+        strategy=S.SWEEP_STRATEGY_GRID,
+        parameters=[S.SweepParameter(path="seed", values=S.SweepValues(values=["1", "2"]))],
+        max_concurrent=1,
+        metric="train_loss",
+    )
+    sweep_id = training.SubmitSweep(S.SubmitSweepRequest(spec=spec)).sweep_id
+    deadline = time.monotonic() + 120
+    while not any(
+        j.state == S.JOB_STATE_RUNNING and j.step >= 1
+        for j in training.ListJobs(S.ListJobsRequest(sweep_id=sweep_id)).jobs
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    # Stopped, the trial's worker cannot act on the cancel: the daemon dies with the trial's
+    # job still running, as it would when killed within the cancel's grace period.
+    workers = psutil.Process(daemon.process.pid).children(recursive=True)
+    for worker in workers:
+        worker.send_signal(signal.SIGSTOP)
+    cancelled = training.CancelSweep(S.CancelSweepRequest(sweep_id=sweep_id))
+    assert cancelled.state == S.SWEEP_STATE_CANCELLED
+    daemon.kill()
+    channel.close()
+    for worker in workers:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            worker.kill()
+
+    _, channel = _start(spawn_daemon, tmp_path)
+    training = training_pb2_grpc.TrainingStub(channel)
+    deadline = time.monotonic() + 120
+    while (after := training.GetSweep(S.GetSweepRequest(sweep_id=sweep_id))).trials[0].state != (
+        S.JOB_STATE_CANCELLED
+    ):
+        assert time.monotonic() < deadline, after
+        time.sleep(0.2)
+    assert after.state == S.SWEEP_STATE_CANCELLED
+    assert [t.state for t in after.trials] == [S.JOB_STATE_CANCELLED, S.JOB_STATE_CANCELLED]
+    jobs = training.ListJobs(S.ListJobsRequest(sweep_id=sweep_id)).jobs
+    assert [j.state for j in jobs] == [S.JOB_STATE_CANCELLED]
