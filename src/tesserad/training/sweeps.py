@@ -562,7 +562,16 @@ class Sweeps:
             or len(sweep.trials) + settings.population > sweep.max_trials
         ):
             return []
-        members = [Member(t.job_id, t.params, t.metric if t.has_metric else None) for t in current]
+        # Weights pass on through a checkpoint: a trial that left none (cancelled or failed before
+        # its first) ranks as one without a result, neither continued nor copied.
+        members = [
+            Member(
+                t.job_id,
+                t.params,
+                t.metric if t.has_metric and self._latest_checkpoint(t.job_id) else None,
+            )
+            for t in current
+        ]
         rng = random.Random(f"{sweep.seed}:pbt:{generation + 1}")
         trials: builtins.list[Trial] = []
         for slot in next_generation(members, sweep.parameters, settings, sweep.mode, rng):

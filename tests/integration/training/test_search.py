@@ -3,12 +3,13 @@ generations with copied weights, Hyperband's brackets, and the combinations refu
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import grpc
 import pytest
 
-from tessera.v1 import training_pb2, training_pb2_grpc
+from tessera.v1 import job_spec_pb2, training_pb2, training_pb2_grpc
 from tests.integration.training.conftest import job_spec, sweep_values, wait_sweep
 
 S = training_pb2
@@ -240,3 +241,46 @@ def test_parameters_present_only_for_one_architecture(training: training_pb2_grp
     assert [a.WhichOneof("family") for a in architectures] == ["lstm", "lstm", "transformer"]
     assert architectures[1].lstm.hidden_size == 6
     assert (architectures[2].transformer.d_model, architectures[2].transformer.num_heads) == (8, 2)
+
+
+def test_pbt_takes_weights_only_from_trials_that_left_a_checkpoint(
+    training: training_pb2_grpc.TrainingStub,
+) -> None:
+    # One trial of the first generation is cancelled after its first epoch: it has a metric but,
+    # saving only at the end, no checkpoint. Ranked by the highest train_loss, it leads, so it
+    # was picked as the donor (and continued): its slot's and the other's trials said they
+    # started from its weights, and both started afresh.
+    spec = S.SweepSpec(
+        base=job_spec(
+            "mlp",
+            epochs=20,
+            batch_size=1,
+            log_every_n_steps=72,
+            checkpoints=job_spec_pb2.CheckpointPolicy(every_n_epochs=100),
+        ),
+        strategy=S.SWEEP_STRATEGY_PBT,
+        parameters=[_range("optimizer.lr", 0.005, 0.02, log_scale=True)],
+        max_trials=4,
+        metric="train_loss",
+        mode=job_spec_pb2.OPTIMIZE_MODE_MAX,
+        seed=1,
+        pbt=S.SweepPbtSettings(population=2),
+    )
+    sweep_id = training.SubmitSweep(S.SubmitSweepRequest(spec=spec)).sweep_id
+    deadline = time.monotonic() + 120
+    while not (
+        started := [j for j in training.ListJobs(S.ListJobsRequest(sweep_id=sweep_id)).jobs if j.epoch >= 1]
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    cut_short = training.CancelJob(S.CancelJobRequest(job_id=started[0].job_id)).job_id
+    sweep = wait_sweep(training, sweep_id, timeout_s=240)
+    assert sweep.state == S.SWEEP_STATE_SUCCEEDED
+    first, following = sweep.trials[:2], sweep.trials[2:]
+    assert [t.generation for t in following] == [1, 1]
+    finished = next(t for t in first if t.job_id != cut_short)
+    assert [t.parent_job_id for t in following] == [finished.job_id, finished.job_id]
+    for trial in following:
+        events = list(training.WatchJob(S.WatchJobRequest(job_id=trial.job_id), timeout=60))
+        logs = [e.log.message for e in events if e.WhichOneof("event") == "log"]
+        assert "starting from another trial's weights" in logs
