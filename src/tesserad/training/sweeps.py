@@ -501,6 +501,9 @@ class Sweeps:
     def _settle(self, sweep: Sweep, trial: Trial, job: JobRecord) -> None:
         """Take the job's state, and its last metric once it ended (an epoch event may have been missed)."""
         trial.state = job.state
+        if job.state == "succeeded" and trial.pruned:
+            # It ended on its own (its max_steps, early stopping) before the prune's cancel reached it.
+            trial.pruned, trial.pruned_at = False, 0
         if job.state in ENDED and sweep.metric in job.metrics:
             trial.metric, trial.has_metric = float(job.metrics[sweep.metric]), True
 

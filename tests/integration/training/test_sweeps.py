@@ -177,3 +177,23 @@ def test_a_grid_capped_by_max_trials_runs_its_first_points(training: training_pb
         {"seed": "1", "batch_size": "1", "epochs": "1", "max_steps": "2"},
     ]
     assert wait_sweep(training, sweep.sweep_id).state == S.SWEEP_STATE_SUCCEEDED
+
+
+def test_a_trial_that_ran_to_its_end_is_not_counted_pruned(training: training_pb2_grpc.TrainingStub) -> None:
+    # max_steps ends each trial after its first epoch (3 steps of 24 of 72 rows), at ASHA's first
+    # rung, where the two later trials trail the first: they were marked pruned at epoch 1
+    # though they had already succeeded, and a searcher would be told they were stopped early.
+    spec = S.SweepSpec(
+        base=job_spec("mlp", epochs=3, max_steps=3),
+        strategy=S.SWEEP_STRATEGY_GRID,
+        pruner=S.SWEEP_PRUNER_ASHA,
+        parameters=[sweep_values("optimizer.lr", "0.05", "0.0000001", "0.00000001")],
+        max_concurrent=1,
+        metric="train_loss",
+        asha=S.AshaSettings(min_epochs=1, reduction_factor=2),
+    )
+    sweep = wait_sweep(training, training.SubmitSweep(S.SubmitSweepRequest(spec=spec)).sweep_id)
+    assert sweep.state == S.SWEEP_STATE_SUCCEEDED
+    assert [(t.state, t.pruned, t.pruned_at_epoch) for t in sweep.trials] == [
+        (S.JOB_STATE_SUCCEEDED, False, 0)
+    ] * 3
