@@ -153,6 +153,13 @@ def searcher_and_pruner(strategy: str, pruner: str) -> tuple[str, str]:
 
 def check_searcher_space(searcher: str, parameters: list[SweepParameter]) -> None:
     check_space(parameters)
+    for i, p in enumerate(parameters):
+        # Checked by name: the extremes checked at submit are whole, the values drawn between are not
+        # (a grid takes no ranges, and says so).
+        if searcher != "grid" and p.values is None and not p.integer and _value_type(p.path) is int:
+            raise InvalidArgument(
+                f"parameters[{i}].range: {p.path!r} takes whole numbers; set range.integer = true"
+            )
     if searcher == "cmaes":
         for i, p in enumerate(parameters):
             if p.values is not None or p.when_path:
@@ -161,6 +168,19 @@ def check_searcher_space(searcher: str, parameters: list[SweepParameter]) -> Non
                     f"parameters[{i}]: CMA-ES searches numeric ranges only and {p.path!r} is {kind}; "
                     "use strategy TPE for categorical or conditional parameters"
                 )
+
+
+def _value_type(path: str) -> type | Choice | None:
+    """The type of the JobSpec value field at `path`; None if the path names none."""
+    *parents, leaf = path.split(".")
+    fields: Mapping[str, SpecField] = SPEC_FIELDS
+    for part in parents:
+        spec_field = fields.get(part)
+        if spec_field is None or spec_field.kind != "message":
+            return None
+        fields = spec_field.fields
+    leaf_field = fields.get(leaf)
+    return leaf_field.value_type if leaf_field is not None else None
 
 
 def asha_settings(asked: AshaSettings) -> AshaSettings:

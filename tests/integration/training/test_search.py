@@ -166,6 +166,12 @@ def _tpe(spec: S.SweepSpec) -> None:
             "spec.pbt is set but the strategy is TPE",
         ),
         (
+            # Refused before: with the value TPE drew first, which does not say what to fix.
+            lambda s: (_tpe(s), s.parameters.add(path="batch_size", range=S.SweepRange(min=8, max=32))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "parameters[1].range: 'batch_size' takes whole numbers; set range.integer = true",
+        ),
+        (
             lambda s: (_tpe(s), setattr(s, "max_trials", 0)),
             grpc.StatusCode.INVALID_ARGUMENT,
             "a tpe sweep needs the number of trials",
