@@ -418,6 +418,7 @@ class Sweeps:
         raw = trial_spec(base, point)
         try:
             config = self._jobs.check(raw)
+            self._document_of(raw)  # a value the check takes may not fit the stored form's field
         except TesseraError as exc:
             if planned:
                 raise

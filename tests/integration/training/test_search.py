@@ -290,3 +290,29 @@ def test_pbt_takes_weights_only_from_trials_that_left_a_checkpoint(
         events = list(training.WatchJob(S.WatchJobRequest(job_id=trial.job_id), timeout=60))
         logs = [e.log.message for e in events if e.WhichOneof("event") == "log"]
         assert "starting from another trial's weights" in logs
+
+
+def test_a_value_too_large_for_its_field_is_refused_at_submit_and_starts_nothing(
+    training: training_pb2_grpc.TrainingStub,
+) -> None:
+    # priority is an int32. Both extremes passed the checks at submit (which never built the
+    # trial's stored spec); with seed 2 TPE draws 66676225 and then 2418182489: the first trial
+    # started, the second could not be stored, and the refused sweep ran on.
+    spec = S.SweepSpec(
+        base=job_spec("mlp", epochs=1),
+        strategy=S.SWEEP_STRATEGY_TPE,
+        parameters=[_range("priority", 0, 3e9, integer=True)],
+        max_trials=4,
+        max_concurrent=2,
+        metric="val_loss",
+        seed=2,
+    )
+    sweeps = len(training.ListSweeps(S.ListSweepsRequest(page_size=1000)).sweeps)
+    jobs = len(training.ListJobs(S.ListJobsRequest(page_size=1000)).jobs)
+    with pytest.raises(grpc.RpcError) as info:
+        training.SubmitSweep(S.SubmitSweepRequest(spec=spec))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith("the trial with priority=3000000000: ")
+    assert "does not fit its field" in info.value.details()
+    assert len(training.ListSweeps(S.ListSweepsRequest(page_size=1000)).sweeps) == sweeps
+    assert len(training.ListJobs(S.ListJobsRequest(page_size=1000)).jobs) == jobs
