@@ -346,6 +346,11 @@ class Sweeps:
             )
         searcher, pruner = searcher_and_pruner(request.strategy, request.pruner)
         asha = asha_settings(request.asha)
+        if not pruner and request.asha != AshaSettings(0, 0):
+            raise InvalidArgument(
+                f"spec.asha is set but the strategy {request.strategy.upper()} has no pruner: "
+                "set pruner ASHA or HYPERBAND, or leave spec.asha unset"
+            )
         check_searcher_space(searcher, request.parameters)
         if searcher != "pbt" and request.pbt != NO_PBT:
             raise InvalidArgument(f"spec.pbt is set but the strategy is {request.strategy.upper()}, not PBT")

@@ -172,6 +172,11 @@ def _tpe(spec: S.SweepSpec) -> None:
             "parameters[1].range: 'batch_size' takes whole numbers; set range.integer = true",
         ),
         (
+            lambda s: s.asha.CopyFrom(S.AshaSettings(min_epochs=2)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "spec.asha is set but the strategy RANDOM has no pruner",
+        ),
+        (
             lambda s: (_tpe(s), setattr(s, "max_trials", 0)),
             grpc.StatusCode.INVALID_ARGUMENT,
             "a tpe sweep needs the number of trials",
