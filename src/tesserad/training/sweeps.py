@@ -372,6 +372,12 @@ class Sweeps:
         ]
         if not configs:
             raise InvalidArgument("the sweep plans no trials")
+        epochs = [config["epochs"] for config in configs]
+        if pruner == "asha" and 0 not in epochs and max(epochs) < asha.min_epochs:
+            raise InvalidArgument(
+                f"spec.asha.min_epochs: no trial reaches ASHA's first rung (epoch {asha.min_epochs}); "
+                f"trials end by epoch {max(epochs)}, so none would be pruned: lower asha.min_epochs"
+            )
         brackets = []
         if pruner == "hyperband":
             max_epochs = configs[0]["epochs"]

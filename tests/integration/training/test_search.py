@@ -177,6 +177,14 @@ def _tpe(spec: S.SweepSpec) -> None:
             "spec.asha is set but the strategy RANDOM has no pruner",
         ),
         (
+            lambda s: (
+                setattr(s, "strategy", S.SWEEP_STRATEGY_ASHA),
+                s.asha.CopyFrom(S.AshaSettings(min_epochs=2)),
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "spec.asha.min_epochs: no trial reaches ASHA's first rung (epoch 2); trials end by epoch 1",
+        ),
+        (
             lambda s: (_tpe(s), setattr(s, "max_trials", 0)),
             grpc.StatusCode.INVALID_ARGUMENT,
             "a tpe sweep needs the number of trials",
