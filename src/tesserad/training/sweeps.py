@@ -446,9 +446,14 @@ class Sweeps:
         with self._lock:
             if sweep_id in self._running:
                 sweep = self._running[sweep_id]
-                return replace(
-                    sweep, trials=[replace(t) for t in sweep.trials], rungs=copy.deepcopy(sweep.rungs)
-                )
+                # The record takes a trial's state from its job when the job ends; until then, ask the job.
+                trials = [
+                    replace(t, state=self._jobs.get(t.job_id).state)
+                    if t.job_id and t.state not in ENDED
+                    else replace(t)
+                    for t in sweep.trials
+                ]
+                return replace(sweep, trials=trials, rungs=copy.deepcopy(sweep.rungs))
         with self._store.read() as txn:
             raw = txn.get("sweeps", (sweep_id,))
         if raw is None:

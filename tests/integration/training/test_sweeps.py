@@ -197,3 +197,28 @@ def test_a_trial_that_ran_to_its_end_is_not_counted_pruned(training: training_pb
     assert [(t.state, t.pruned, t.pruned_at_epoch) for t in sweep.trials] == [
         (S.JOB_STATE_SUCCEEDED, False, 0)
     ] * 3
+
+
+def test_a_running_trial_is_shown_running(training: training_pb2_grpc.TrainingStub) -> None:
+    # The record took a trial's state from its job at submit (QUEUED) and again when it ended.
+    spec = S.SweepSpec(
+        base=job_spec("mlp", epochs=0, max_steps=1_000_000),
+        strategy=S.SWEEP_STRATEGY_GRID,
+        parameters=[sweep_values("seed", "1")],
+        metric="train_loss",
+    )
+    sweep_id = training.SubmitSweep(S.SubmitSweepRequest(spec=spec)).sweep_id
+    deadline = time.monotonic() + 60
+    while (
+        job := training.ListJobs(S.ListJobsRequest(sweep_id=sweep_id)).jobs[0]
+    ).state != S.JOB_STATE_RUNNING:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert training.GetSweep(S.GetSweepRequest(sweep_id=sweep_id)).trials[0].state == S.JOB_STATE_RUNNING
+    listed = training.ListSweeps(S.ListSweepsRequest(page_size=1000)).sweeps
+    assert next(s for s in listed if s.sweep_id == sweep_id).trials[0].state == S.JOB_STATE_RUNNING
+    training.CancelSweep(S.CancelSweepRequest(sweep_id=sweep_id))
+    while training.GetSweep(S.GetSweepRequest(sweep_id=sweep_id)).trials[0].state != S.JOB_STATE_CANCELLED:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert training.GetJob(S.GetJobRequest(job_id=job.job_id)).state == S.JOB_STATE_CANCELLED
