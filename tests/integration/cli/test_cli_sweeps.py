@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+import io
+import socket
+import threading
+import time
+
+import grpc
 import numpy as np
 import pytest
+from rich.console import Console
+
+import tessera
+from tessera.cli import main
+from tessera.messages import load_toml
+from tessera.v1 import training_pb2, training_pb2_grpc
+from tests.integration.training.conftest import upload_standard_datasets
 
 SPEC = """\
 strategy = "tpe"
@@ -38,6 +51,32 @@ values = { values = ["adam", "sgd"] }
 path = "optimizer.momentum"
 range = { min = 0.5, max = 0.9 }
 when = { path = "optimizer.name", values = ["sgd"] }
+
+[[parameters]]
+path = "optimizer.lr"
+range = { min = 0.001, max = 0.1, log_scale = true }
+"""
+
+# Two trials long enough to be running when the daemon is killed.
+RESTART_SPEC = """\
+strategy = "random"
+metric = "val_loss"
+max_trials = 2
+max_concurrent = 2
+
+[base]
+experiment = "cli-sweeps"
+task = "classification"
+epochs = 20
+batch_size = 1
+log_every_n_steps = 72
+data = { dataset = "flat", val_split = "val" }
+optimizer = { name = "adam", lr = 0.01 }
+
+[base.architecture]
+input_shape = [6]
+output_size = 2
+mlp = { hidden_sizes = [8] }
 
 [[parameters]]
 path = "optimizer.lr"
@@ -92,3 +131,43 @@ def test_a_refused_sweep_names_the_combination(tessera_cli, table_dataset, tmp_p
         result.err.startswith("tessera: INVALID_ARGUMENT: ")
         and "PBT cannot be combined with ASHA" in result.err
     )
+
+
+def test_follow_outlasts_a_daemon_restart(spawn_daemon, tmp_path, capsys):
+    # The sweep survives a SIGKILL of the daemon; its follower gave up with UNAVAILABLE at the
+    # first poll that found the daemon gone (gRPC's retries span about a second, a restart more).
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    args = ["--listen", f"127.0.0.1:{port}", "--metrics-listen", "off", "--data-dir", str(tmp_path / "data")]
+    daemon = spawn_daemon(*args)
+    address = daemon.wait_serving()
+    channel = grpc.insecure_channel(address)
+    upload_standard_datasets(channel)
+    spec = tmp_path / "sweep.toml"
+    spec.write_text(RESTART_SPEC)
+    # Submitted first, so that the kill cannot cut the submit (which is not retried) short.
+    with tessera.Client(address) as sdk:
+        sweep_id = sdk.training.submit_sweep(load_toml(spec)).sweep_id
+    screen = io.StringIO()
+    result: list[int] = []
+    follower = threading.Thread(
+        target=lambda: result.append(
+            main(["--target", address, "sweeps", "show", sweep_id, "--follow"], console=Console(file=screen))
+        )
+    )
+    follower.start()
+    training = training_pb2_grpc.TrainingStub(channel)
+    deadline = time.monotonic() + 60
+    while not any(
+        j.state == training_pb2.JOB_STATE_RUNNING
+        for j in training.ListJobs(training_pb2.ListJobsRequest(sweep_id=sweep_id)).jobs
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    daemon.kill()
+    channel.close()
+    spawn_daemon(*args).wait_serving()
+    follower.join(timeout=300)
+    assert result == [0], capsys.readouterr().err
+    assert "succeeded" in screen.getvalue()
