@@ -415,6 +415,8 @@ class Sweeps:
             sweep.trials.append(self._new_trial(sweep, point))
         with self._lock:
             self._running[sweep.sweep_id] = sweep
+            # Written before any trial's job is submitted: a restart then finds each job's trial.
+            self._save(sweep)
             self._tick(sweep)
         return self.get(sweep.sweep_id)
 

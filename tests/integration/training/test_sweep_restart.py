@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -133,3 +134,41 @@ def test_a_sweep_cancelled_just_before_a_sigkill_stays_cancelled(spawn_daemon: A
     assert [t.state for t in after.trials] == [S.JOB_STATE_CANCELLED, S.JOB_STATE_CANCELLED]
     jobs = training.ListJobs(S.ListJobsRequest(sweep_id=sweep_id)).jobs
     assert [j.state for j in jobs] == [S.JOB_STATE_CANCELLED]
+
+
+def _submit_quietly(training: training_pb2_grpc.TrainingStub, spec: S.SweepSpec) -> None:
+    with contextlib.suppress(grpc.RpcError):  # the daemon is killed under it
+        training.SubmitSweep(S.SubmitSweepRequest(spec=spec))
+
+
+def test_a_sweep_killed_while_it_submits_its_first_trials_keeps_them(
+    spawn_daemon: Any, tmp_path: Path
+) -> None:
+    # A planned sweep's record was first written after its first max_concurrent jobs were
+    # submitted: a SIGKILL in between left jobs of a sweep that did not exist, running untracked.
+    daemon, channel = _start(spawn_daemon, tmp_path)
+    upload_standard_datasets(channel)
+    training = training_pb2_grpc.TrainingStub(channel)
+    spec = S.SweepSpec(
+        base=job_spec("mlp", epochs=1, max_steps=1),
+        strategy=S.SWEEP_STRATEGY_GRID,
+        parameters=[S.SweepParameter(path="seed", values=S.SweepValues(values=[str(i) for i in range(300)]))],
+        max_concurrent=300,
+        metric="train_loss",
+    )
+    submitting = threading.Thread(target=_submit_quietly, args=(training, spec), daemon=True)
+    submitting.start()
+    deadline = time.monotonic() + 60
+    while not (jobs := training.ListJobs(S.ListJobsRequest(page_size=1)).jobs):
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    daemon.kill()
+    channel.close()
+    submitting.join(timeout=60)
+
+    _, channel = _start(spawn_daemon, tmp_path)
+    training = training_pb2_grpc.TrainingStub(channel)
+    sweep_id = jobs[0].sweep_id
+    sweep = training.CancelSweep(S.CancelSweepRequest(sweep_id=sweep_id))
+    stored = training.ListJobs(S.ListJobsRequest(sweep_id=sweep_id, page_size=1000)).jobs
+    assert stored and sorted(j.job_id for j in stored) == sorted(t.job_id for t in sweep.trials if t.job_id)
