@@ -380,7 +380,12 @@ class Sweeps:
             )
         brackets = []
         if pruner == "hyperband":
-            max_epochs = configs[0]["epochs"]
+            if len(set(epochs)) > 1:
+                raise InvalidArgument(
+                    "spec.parameters: Hyperband needs trials of a fixed number of epochs; these run "
+                    f"{' or '.join(str(e) for e in sorted(set(epochs)))}"
+                )
+            max_epochs = epochs[0]
             if max_epochs < asha.min_epochs:
                 raise InvalidArgument(
                     f"spec.base.epochs: Hyperband needs trials of a fixed number of epochs, at least "

@@ -203,6 +203,16 @@ def _tpe(spec: S.SweepSpec) -> None:
             grpc.StatusCode.INVALID_ARGUMENT,
             "Hyperband needs trials of a fixed number of epochs",
         ),
+        (
+            # Its brackets were worked out from the first trial's epochs alone.
+            lambda s: (
+                _tpe(s),
+                setattr(s, "pruner", S.SWEEP_PRUNER_HYPERBAND),
+                s.parameters.add().CopyFrom(sweep_values("epochs", "1", "9")),
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "spec.parameters: Hyperband needs trials of a fixed number of epochs; these run 1 or 9",
+        ),
     ],
 )
 def test_searcher_combinations_that_make_no_sense_are_refused(
