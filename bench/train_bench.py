@@ -35,9 +35,7 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -50,6 +48,7 @@ import numpy as np
 import psutil
 import torch
 import torch.nn.functional as F
+from ray_process import start_ray, stop_ray
 
 from tessera.v1 import (
     architecture_pb2,
@@ -305,39 +304,6 @@ def ingest(daemon: Daemon) -> dict[str, float]:
     accepted = sum(training.LogMetrics(r).accepted for r in requests)
     out["unary_1_per_call_sequential_points_per_s"] = accepted / (time.perf_counter() - started)
     return out
-
-
-def start_ray(temp: Path) -> tuple[str, int]:
-    """A one-node Ray cluster with one CPU, in its own process group: (its address, the group)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    process = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "ray"),
-            "start",
-            "--head",
-            "--node-ip-address=127.0.0.1",
-            f"--port={port}",
-            "--num-cpus=1",
-            "--include-dashboard=false",
-            "--disable-usage-stats",
-            f"--temp-dir={temp}",
-        ],
-        stdout=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    assert process.wait(120) == 0
-    return f"127.0.0.1:{port}", process.pid
-
-
-def stop_ray(group: int) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(group, sig)
-        except ProcessLookupError:
-            return
-        time.sleep(3)
 
 
 def ray_main(rounds: int) -> None:
