@@ -74,6 +74,9 @@ class JobRecord:
     start_weights: str = ""
     # Attempts started again after a worker died (spec.max_restarts; the Ray backend).
     restarts: int = 0
+    # When CancelJob was accepted: a job that has not ended by a daemon's stop ends CANCELLED at
+    # the next start instead of being run again.
+    cancel_requested_at: float | None = None
 
 
 def encode_job(job: JobRecord) -> bytes:
@@ -124,6 +127,8 @@ def encode_job(job: JobRecord) -> bytes:
         data["start_weights"] = job.start_weights
     if job.restarts:
         data["restarts"] = job.restarts
+    if job.cancel_requested_at is not None:
+        data["cancel_requested_at"] = job.cancel_requested_at
     return encode_record(KIND, SCHEMA, data)
 
 
@@ -169,4 +174,5 @@ def decode_job(raw: bytes) -> JobRecord:
         ),
         start_weights=data.get("start_weights", ""),
         restarts=data.get("restarts", 0),
+        cancel_requested_at=data.get("cancel_requested_at"),
     )

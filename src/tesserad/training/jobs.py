@@ -2,9 +2,11 @@
 
 States: QUEUED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED; a daemon that stops (or dies)
 while a job runs leaves it INTERRUPTED, and the next daemon re-queues it to resume from its
-last checkpoint as a new attempt of the same run. Each job runs in its own worker process
-(one per rank under DDP, started by tesserad.training.launcher), supervised by one thread that
-stores and fans out what the worker sends; a worker that dies takes nothing else with it.
+last checkpoint as a new attempt of the same run; but a job whose cancel the daemon had
+acknowledged (the request is stored with the job) ends CANCELLED at the next start instead.
+Each job runs in its own worker process (one per rank under DDP, started by
+tesserad.training.launcher), supervised by one thread that stores and fans out what the worker
+sends; a worker that dies takes nothing else with it.
 """
 
 from __future__ import annotations
@@ -191,6 +193,8 @@ class Jobs:
         self._queue: dict[str, QueuedJob] = {}
         self._running: dict[str, _Running] = {}
         self._cancel_pending: set[str] = set()
+        # When CancelJob was accepted, by unended job: every write of the job's record takes it.
+        self._cancel_requested: dict[str, float] = {}
         self._state_counts: collections.Counter[str] = collections.Counter()
         self._step_clocks: dict[str, _StepClock] = {}
         self._listeners: list[JobListener] = []
@@ -211,6 +215,17 @@ class Jobs:
             if job.state in ENDED:
                 continue
             self._active[job.job_id] = job
+            if job.cancel_requested_at is not None:
+                # Its cancel was acknowledged before the daemon stopped, and holds.
+                self._finish(
+                    job,
+                    "cancelled",
+                    "cancelled: tesserad stopped before the job did, and it was not started again",
+                )
+                log.info(
+                    "cancelled job not started again", extra={"job_id": job.job_id, "attempt": job.attempt}
+                )
+                continue
             if job.state == "running":
                 job = self._set_state(
                     job,
@@ -422,16 +437,34 @@ class Jobs:
         with self._lock:
             running = self._running.get(job_id)
             queued = self._queue.pop(job_id, None) is not None
+            unended = job_id in self._active
+            requested_at = self._cancel_requested.setdefault(job_id, time.time()) if unended else None
             if running is not None:
                 self._request_stop(running)
-            elif not queued and job_id in self._active:
+            elif not queued and unended:
                 # Between the queue and its worker's start: the launch sees this and stops it.
                 self._cancel_pending.add(job_id)
             # Taken off the queue, the job is this thread's to finish.
             job = self._active[job_id] if queued else job
         if queued:
+            # Its record takes the request in the same write as its end.
             self._finish(job, "cancelled", "cancelled before it started")
+        elif requested_at is not None:
+            self._store_cancel_request(job_id, requested_at)
         return self.get(job_id)
+
+    def _store_cancel_request(self, job_id: str, requested_at: float) -> None:
+        """Write an accepted cancel into the job's stored record, durably: a daemon that dies
+        before the job's workers stop does not run the job again (`start`)."""
+
+        # The stored record as of this commit: the job's own writer may have newer ones queued,
+        # and those take the request as they commit (`_append`).
+        def work(txn: WriteTxn) -> None:
+            raw = txn.get("jobs", (job_id,))
+            if raw is not None:
+                self._put(txn, replace(decode_job(raw), cancel_requested_at=requested_at))
+
+        self._store.submit(work).result()
 
     def _request_stop(self, running: _Running) -> None:
         """Ask the workers to stop at their next step boundary; they are killed after the grace period."""
@@ -832,6 +865,7 @@ class Jobs:
             delete_unheld_blobs(self._store, self._blobs, released)
         with self._lock:
             self._active.pop(job.job_id, None)
+            self._cancel_requested.pop(job.job_id, None)
         self._notify(job, "ended", {})
 
     def _run_status(self, job: JobRecord, status: str) -> Callable[[WriteTxn, JobEvent], None]:
@@ -896,7 +930,11 @@ class Jobs:
         # `job` is immutable, so the commit (in the store's thread) writes it as it is now, with
         # no copy, while this thread goes on to the job's next record.
         def write(txn: WriteTxn, event: JobEvent) -> None:
-            self._put(txn, replace(job, last_seq=event.seq))
+            # Looked up as the write commits, not when it was queued: a record queued before a
+            # cancel was accepted, and committed after the cancel's own write, keeps the request.
+            # (A single dict lookup: atomic, so the commit thread takes no lock of this class.)
+            requested_at = self._cancel_requested.get(job.job_id, job.cancel_requested_at)
+            self._put(txn, replace(job, last_seq=event.seq, cancel_requested_at=requested_at))
             if also is not None:
                 also(txn, event)
 

@@ -1,8 +1,11 @@
-"""Crash resume: SIGKILL the daemon while a job runs; the next daemon resumes it from its checkpoint."""
+"""Crash resume: SIGKILL the daemon while a job runs; the next daemon resumes it from its
+checkpoint, unless the job's cancel was accepted before the kill."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -10,15 +13,21 @@ import grpc
 import psutil
 
 from tessera.v1 import job_spec_pb2, training_pb2, training_pb2_grpc
+from tesserad.server import STORE_TABLES
+from tesserad.store import Store
+from tesserad.training.job_records import decode_job
 from tests.integration.training.conftest import job_spec, of_kind, states, upload_standard_datasets
 
 S = training_pb2
 ENV = {"TESSERA_TRAINING_CPU_SLOTS": "1", "TESSERA_TRAINING_THREADS_PER_SLOT": "1"}
+# A cancelled worker is never killed for missing its step boundary while a test runs: the
+# daemon's SIGKILL comes first.
+LONG_GRACE = {**ENV, "TESSERA_TRAINING_CANCEL_GRACE_S": "3600"}
 
 
-def _start(spawn_daemon: Any, data_dir: Path) -> tuple[Any, grpc.Channel]:
+def _start(spawn_daemon: Any, data_dir: Path, env: dict[str, str] = ENV) -> tuple[Any, grpc.Channel]:
     daemon = spawn_daemon(
-        "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(data_dir), env=ENV
+        "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(data_dir), env=env
     )
     channel = grpc.insecure_channel(daemon.wait_serving())
     return daemon, channel
@@ -153,4 +162,85 @@ def test_a_daemon_stopped_gracefully_interrupts_its_running_job_and_the_next_one
     assert states(events)[-1] == S.JOB_STATE_SUCCEEDED
     final = training.GetJob(S.GetJobRequest(job_id=job.job_id))
     assert final.attempt == 2 and final.epoch == 60
+    channel.close()
+
+
+def test_a_running_job_cancelled_just_before_a_sigkill_ends_cancelled_at_the_next_start(
+    spawn_daemon: Any, tmp_path: Path
+) -> None:
+    daemon, channel = _start(spawn_daemon, tmp_path, LONG_GRACE)
+    upload_standard_datasets(channel)
+    training = training_pb2_grpc.TrainingStub(channel)
+    spec = job_spec(
+        "mlp",
+        epochs=0,
+        max_steps=1_000_000,
+        checkpoints=job_spec_pb2.CheckpointPolicy(every_n_epochs=1, keep_last=1),
+    )
+    job = training.SubmitJob(S.SubmitJobRequest(spec=spec))
+    for event in training.WatchJob(S.WatchJobRequest(job_id=job.job_id), timeout=120):
+        if event.WhichOneof("event") == "checkpoint":
+            break
+    # Stopped, the job's worker cannot act on the cancel: the daemon dies with the job still
+    # running, as it would when killed within the cancel's grace period.
+    workers = psutil.Process(daemon.process.pid).children(recursive=True)
+    for worker in workers:
+        worker.send_signal(signal.SIGSTOP)
+    assert training.CancelJob(S.CancelJobRequest(job_id=job.job_id)).state == S.JOB_STATE_RUNNING
+    daemon.kill()
+    channel.close()
+    for worker in workers:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            worker.kill()
+
+    restarted, channel = _start(spawn_daemon, tmp_path, LONG_GRACE)
+    training = training_pb2_grpc.TrainingStub(channel)
+    final = training.GetJob(S.GetJobRequest(job_id=job.job_id))
+    # Ended as the daemon started, before its scheduler could run it again.
+    assert (final.state, final.attempt) == (S.JOB_STATE_CANCELLED, 1)
+    events = list(training.WatchJob(S.WatchJobRequest(job_id=job.job_id), timeout=120))
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert states(events) == [S.JOB_STATE_QUEUED, S.JOB_STATE_RUNNING, S.JOB_STATE_CANCELLED]
+    assert max(e.attempt for e in events) == 1
+    assert of_kind(events, "state")[-1].reason == (
+        "cancelled: tesserad stopped before the job did, and it was not started again"
+    )
+    run = training.GetRun(S.GetRunRequest(run_id=final.run_id))
+    assert (run.status, run.attempts) == (S.RUN_STATUS_CANCELLED, 1)
+    restarted.terminate()
+    restarted.output()
+    channel.close()
+
+    # The job keeps its last checkpoint, as a job cancelled while the daemon ran does.
+    store = Store.open(tmp_path / "store", map_size=1 << 30, tables=STORE_TABLES)
+    try:
+        with store.read() as txn:
+            record = decode_job(txn.get("jobs", (job.job_id,)) or b"")
+    finally:
+        store.close()
+    saved = of_kind(events, "checkpoint")
+    assert [c.step for c in record.checkpoints] == [saved[-1].step]
+    sha256 = record.checkpoints[0].sha256
+    assert (tmp_path / "blobs" / "sha256" / sha256[:2] / sha256[2:]).is_file()
+
+
+def test_a_queued_job_cancelled_before_a_sigkill_stays_cancelled(spawn_daemon: Any, tmp_path: Path) -> None:
+    daemon, channel = _start(spawn_daemon, tmp_path)
+    upload_standard_datasets(channel)
+    training = training_pb2_grpc.TrainingStub(channel)
+    # The daemon's one CPU slot is this job's until it is cancelled.
+    first = training.SubmitJob(S.SubmitJobRequest(spec=job_spec("mlp", epochs=0, max_steps=1_000_000)))
+    second = training.SubmitJob(S.SubmitJobRequest(spec=job_spec("mlp")))
+    assert second.state == S.JOB_STATE_QUEUED
+    assert training.CancelJob(S.CancelJobRequest(job_id=second.job_id)).state == S.JOB_STATE_CANCELLED
+    daemon.kill()
+    channel.close()
+
+    _, channel = _start(spawn_daemon, tmp_path)
+    training = training_pb2_grpc.TrainingStub(channel)
+    final = training.GetJob(S.GetJobRequest(job_id=second.job_id))
+    assert (final.state, final.attempt) == (S.JOB_STATE_CANCELLED, 0)
+    events = list(training.WatchJob(S.WatchJobRequest(job_id=second.job_id), timeout=120))
+    assert states(events) == [S.JOB_STATE_QUEUED, S.JOB_STATE_CANCELLED]
+    training.CancelJob(S.CancelJobRequest(job_id=first.job_id))
     channel.close()
