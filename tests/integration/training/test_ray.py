@@ -7,6 +7,7 @@ has freed it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -367,13 +368,14 @@ def test_an_unreachable_cluster_makes_training_unavailable_and_nothing_else(tmp_
 
 
 def _ray_backed_daemon(
-    spawn_daemon: Any, ray_nodes: RayNodes, data_dir: Path
+    spawn_daemon: Any, ray_nodes: RayNodes, data_dir: Path, extra_env: dict[str, str] | None = None
 ) -> tuple[Any, grpc.Channel, training_pb2_grpc.TrainingStub]:
     """A `tesserad serve` process on `data_dir` training on the cluster (again: a restart)."""
     env = {
         "TESSERA_TRAINING_BACKEND": "ray",
         "TESSERA_TRAINING_RAY_ADDRESS": ray_nodes.address,
         "TESSERA_TRAINING_THREADS_PER_SLOT": "1",
+        **(extra_env or {}),
     }
     daemon = spawn_daemon(
         "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(data_dir), env=env
@@ -425,6 +427,36 @@ def test_a_sigkilled_daemon_resumes_its_ray_job_from_the_last_checkpoint(
     # The metric history holds each step once: the first attempt's up to the checkpoint, then the second's.
     history = training.GetMetricHistory(S.GetMetricHistoryRequest(run_id=final.run_id, key="loss"))
     assert [p.step for p in history.points] == list(range(1, final.step + 1))
+    channel.close()
+
+
+def test_a_ray_job_cancelled_just_before_a_sigkill_ends_cancelled_at_the_next_start(
+    ray_nodes: RayNodes, spawn_daemon: Any, tmp_path: Path
+) -> None:
+    """The Ray backend starts up as the local one does: an acknowledged cancel holds."""
+    # The actor is never killed for missing its step boundary before the daemon's SIGKILL.
+    long_grace = {"TESSERA_TRAINING_CANCEL_GRACE_S": "3600"}
+    daemon, channel, training = _ray_backed_daemon(spawn_daemon, ray_nodes, tmp_path, long_grace)
+    upload_standard_datasets(channel)
+    job = submit(training, on_node("node_b", epochs=0, max_steps=1_000_000))
+    seen = watch_until(training, job.job_id, lambda e: e.WhichOneof("event") == "step")
+    actor = pid_of(placed(seen)[0])
+    # Stopped, the actor cannot act on the cancel: the daemon dies with the job still running.
+    os.kill(actor, signal.SIGSTOP)
+    assert training.CancelJob(S.CancelJobRequest(job_id=job.job_id)).state == S.JOB_STATE_RUNNING
+    daemon.kill()
+    channel.close()
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(actor, signal.SIGKILL)
+
+    _, channel, training = _ray_backed_daemon(spawn_daemon, ray_nodes, tmp_path, long_grace)
+    final = training.GetJob(S.GetJobRequest(job_id=job.job_id))
+    assert (final.state, final.attempt) == (S.JOB_STATE_CANCELLED, 1)
+    assert states(follow(training, job.job_id)) == [
+        S.JOB_STATE_QUEUED,
+        S.JOB_STATE_RUNNING,
+        S.JOB_STATE_CANCELLED,
+    ]
     channel.close()
 
 
