@@ -171,7 +171,9 @@ class TrainingServicer:
 
     def CancelJob(self, request, context):
         """Stops the job at its next step boundary (hard stop after a grace period); checkpoints are
-        kept. Cancelling a finished job is FAILED_PRECONDITION.
+        kept. Cancelling a finished job is FAILED_PRECONDITION. Once answered, the cancel holds
+        across a daemon crash: a job it had not stopped yet ends CANCELLED when the daemon starts
+        again, and is not resumed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

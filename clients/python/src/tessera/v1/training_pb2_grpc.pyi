@@ -40,7 +40,9 @@ class TrainingStub:
     """Newest first."""
     CancelJob: _grpc.UnaryUnaryMultiCallable[_training_pb2.CancelJobRequest, _training_pb2.Job]
     """Stops the job at its next step boundary (hard stop after a grace period); checkpoints are
-    kept. Cancelling a finished job is FAILED_PRECONDITION.
+    kept. Cancelling a finished job is FAILED_PRECONDITION. Once answered, the cancel holds
+    across a daemon crash: a job it had not stopped yet ends CANCELLED when the daemon starts
+    again, and is not resumed.
     """
     WatchJob: _grpc.UnaryStreamMultiCallable[_training_pb2.WatchJobRequest, _training_pb2.JobEvent]
     """Replays the job's events from from_seq, then follows live; ends when the job ends. A
@@ -87,7 +89,9 @@ class TrainingAsyncStub(TrainingStub):
     """Newest first."""
     CancelJob: _aio.UnaryUnaryMultiCallable[_training_pb2.CancelJobRequest, _training_pb2.Job]  # type: ignore[assignment]
     """Stops the job at its next step boundary (hard stop after a grace period); checkpoints are
-    kept. Cancelling a finished job is FAILED_PRECONDITION.
+    kept. Cancelling a finished job is FAILED_PRECONDITION. Once answered, the cancel holds
+    across a daemon crash: a job it had not stopped yet ends CANCELLED when the daemon starts
+    again, and is not resumed.
     """
     WatchJob: _aio.UnaryStreamMultiCallable[_training_pb2.WatchJobRequest, _training_pb2.JobEvent]  # type: ignore[assignment]
     """Replays the job's events from from_seq, then follows live; ends when the job ends. A
@@ -155,7 +159,9 @@ class TrainingServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_training_pb2.Job, _abc.Awaitable[_training_pb2.Job]]:
         """Stops the job at its next step boundary (hard stop after a grace period); checkpoints are
-        kept. Cancelling a finished job is FAILED_PRECONDITION.
+        kept. Cancelling a finished job is FAILED_PRECONDITION. Once answered, the cancel holds
+        across a daemon crash: a job it had not stopped yet ends CANCELLED when the daemon starts
+        again, and is not resumed.
         """
 
     @_abc_1.abstractmethod
