@@ -23,8 +23,9 @@ from tesserad.api.convert_tensors import (
     oip_requested_outputs,
 )
 from tesserad.api.streams import answer_stream
-from tesserad.errors import InvalidArgument, NotFound, TesseraError, Unimplemented
+from tesserad.errors import NotFound, TesseraError, Unimplemented
 from tesserad.names import validate_name
+from tesserad.numbers import INT64_MAX, whole_number
 from tesserad.oip import grpc_service_pb2 as pb
 from tesserad.oip import grpc_service_pb2_grpc, model_config_pb2
 from tesserad.serving.pool import LoadedVersion, LoadState
@@ -34,8 +35,6 @@ from tesserad.serving.signature import TensorSpec
 
 # Listed truthfully: perf_analyzer shows the server-side breakdown only with "statistics".
 EXTENSIONS = ["model_repository", "model_configuration", "statistics"]
-# Versions are int64 everywhere else (tessera.v1.VersionRef, the store's keys).
-_MAX_VERSION = 2**63 - 1
 _PLATFORMS = {"onnx": "onnxruntime_onnx", "torch": "pytorch_libtorch", "ensemble": "ensemble"}
 _BACKENDS = {"onnx": "onnxruntime", "torch": "pytorch", "ensemble": ""}
 _CONFIG_DTYPES = {
@@ -59,18 +58,7 @@ def target_of(name: str, version: str) -> Target:
     validate_name("model_name", name)
     if not version:
         return Target(name)
-    # isascii: str.isdigit() also holds for other scripts' digits and for "²", which int() refuses.
-    if not (version.isascii() and version.isdigit()) or int(version) < 1:
-        raise InvalidArgument(
-            f'model_version must be a version number such as "3", or empty; got {version!r}'
-        )
-    number = int(version)
-    if number > _MAX_VERSION:
-        raise InvalidArgument(
-            f"model_version {version} is over the largest version number, {_MAX_VERSION} (int64, "
-            "as in tessera.v1.VersionRef)"
-        )
-    return Target(name, version=number)
+    return Target(name, version=whole_number("model_version", version, 1, INT64_MAX))
 
 
 def _duration(count: int, ns: int) -> pb.StatisticDuration:

@@ -20,6 +20,7 @@ from aiohttp import web
 from tesserad.dashboard import json_forms as forms
 from tesserad.errors import InvalidArgument, ResourceExhausted, Unavailable
 from tesserad.names import validate_name
+from tesserad.numbers import INT64_MAX, whole_number
 from tesserad.registry import Registry
 from tesserad.security.limits import ConcurrencyGate
 from tesserad.serving.service import InferenceService
@@ -34,6 +35,7 @@ PREFIX = "/api/" + forms.API_VERSION
 DEFAULT_HISTORY_POINTS = 1000
 MAX_HISTORY_POINTS = 20_000
 MAX_HISTORY_PAGES = 64
+MAX_SEQ = 2**62  # sequence numbers and steps: room to add one and stay within int64
 SYSTEM_INTERVAL_MS = (250, 60_000, 1000)  # least, most, default
 # How often a client whose event stream ended (a reconnect, a cut-off watcher) tries again.
 SSE_RETRY_MS = 1000
@@ -68,13 +70,7 @@ def _int(request: web.Request, name: str, default: int, low: int, high: int) -> 
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidArgument(f"{name} must be an integer in {low}..{high}, got {raw[:40]!r}") from None
-    if not low <= value <= high:
-        raise InvalidArgument(f"{name} must be in {low}..{high}, got {value}")
-    return value
+    return whole_number(name, raw, low, high)
 
 
 def _page_args(request: web.Request) -> tuple[int, str]:
@@ -185,13 +181,9 @@ class DashboardApi:
         job_id = request.match_info["job_id"]
         last_id = request.headers.get("Last-Event-ID", "")
         if last_id:
-            if not last_id.isdigit():
-                raise InvalidArgument(
-                    f"Last-Event-ID must be an event's sequence number, got {last_id[:40]!r}"
-                )
-            from_seq = int(last_id) + 1
+            from_seq = whole_number("Last-Event-ID (an event's sequence number)", last_id, 0, MAX_SEQ) + 1
         else:
-            from_seq = _int(request, "from_seq", 0, 0, 2**62)
+            from_seq = _int(request, "from_seq", 0, 0, MAX_SEQ)
         await asyncio.to_thread(self._s.jobs.get, job_id)
         async with self._event_stream(request) as response:
             try:
@@ -235,8 +227,8 @@ class DashboardApi:
         each step range's extremes kept)."""
         run_id, key = request.match_info["run_id"], request.match_info["key"]
         max_points = _int(request, "max_points", DEFAULT_HISTORY_POINTS, 4, MAX_HISTORY_POINTS)
-        start = _int(request, "start_step", 0, 0, 2**62)
-        end = _int(request, "end_step", 0, 0, 2**62)
+        start = _int(request, "start_step", 0, 0, MAX_SEQ)
+        end = _int(request, "end_step", 0, 0, MAX_SEQ)
 
         def read() -> list[HistoryPage]:
             pages = [self._s.tracking.metric_history(run_id, key, max_points, start, end)]
@@ -317,9 +309,8 @@ class DashboardApi:
 
     async def lineage(self, request: web.Request) -> web.Response:
         model, raw_version = request.match_info["model"], request.match_info["version"]
-        if not raw_version.isdigit() or int(raw_version) < 1:
-            raise InvalidArgument(f"version must be a number from 1, got {raw_version[:40]!r}")
-        record, derived = await asyncio.to_thread(self._s.registry.get_lineage, model, int(raw_version))
+        version = whole_number("version", raw_version, 1, INT64_MAX)
+        record, derived = await asyncio.to_thread(self._s.registry.get_lineage, model, version)
         return json_response(forms.lineage_json(record, derived))
 
     # -- serving and system

@@ -37,7 +37,11 @@ class HttpAnswer:
 
 
 def http_get(
-    port: int, path: str, headers: dict[str, str] | None = None, method: str = "GET", body: str | None = None
+    port: int,
+    path: str,
+    headers: dict[str, str | bytes] | None = None,
+    method: str = "GET",
+    body: str | None = None,
 ) -> HttpAnswer:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:

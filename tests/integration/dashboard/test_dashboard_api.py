@@ -55,12 +55,52 @@ def test_unknown_ids_and_paths_answer_404_without_internals(dash, finished_job):
 def test_bad_queries_answer_400_saying_what_to_fix(dash, finished_job):
     port = dash.daemon.http_port
     answer = http_get(port, "/api/v1/jobs?page_size=lots")
-    assert answer.status == 400 and "page_size must be an integer" in answer.json()["error"]
+    assert answer.status == 400 and "page_size must be a whole number in 0..1000" in answer.json()["error"]
     answer = http_get(port, "/api/v1/runs?metric=val_loss<1")
     assert answer.status == 400 and "KEY:FIELD:OP:VALUE" in answer.json()["error"]
     answer = http_get(port, "/api/v1/models/Bad%3CName%3E")
     assert answer.status == 400 and "is not a valid name" in answer.json()["error"]
     assert http_get(port, f"/api/v1/jobs/{finished_job}", method="POST").status == 405
+
+
+# int() reads other scripts' digits, a sign, spaces and "1_0"; str.isdigit() passes "²", which
+# int() refuses (a 500 once), and int() refuses over 4300 digits.
+NOT_DIGITS = ("\u00b2", "\u0663", "+3", " 3", "3 ", "1_0", "-1", "1" * 5000)
+
+
+def test_numbers_are_digits_0_to_9_within_range_or_400(dash, client, finished_job, tmp_path):
+    port = dash.daemon.http_port
+    run_id = http_get(port, f"/api/v1/jobs/{finished_job}").json()["run_id"]
+    for text in (*NOT_DIGITS, str(2**63), str(2**64)):
+        quoted = urllib.parse.quote(text)
+        for path, takes in (
+            (f"/api/v1/jobs?page_size={quoted}", "page_size must be a whole number in 0..1000"),
+            (
+                f"/api/v1/runs/{run_id}/metrics/loss?start_step={quoted}",
+                f"start_step must be a whole number in 0..{2**62}",
+            ),
+            (
+                f"/api/v1/runs/{run_id}/metrics/loss?max_points={quoted}",
+                "max_points must be a whole number in 4..20000",
+            ),
+            (
+                f"/api/v1/jobs/{finished_job}/events?from_seq={quoted}",
+                f"from_seq must be a whole number in 0..{2**62}",
+            ),
+            (
+                f"/api/v1/models/tiny/versions/{quoted}/lineage",
+                f"version must be a whole number in 1..{2**63 - 1}",
+            ),
+        ):
+            answer = http_get(port, path)
+            assert answer.status == 400, (path, answer.body[:200])
+            assert takes in answer.json()["error"], (path, answer.body[:200])
+    # Header values travel as bytes; aiohttp strips the spaces around them, as HTTP says.
+    for text in ("\u00b2", "\u0663", "+3", "1_0", "-1", "1" * 5000, str(2**63)):
+        answer = http_get(port, f"/api/v1/jobs/{finished_job}/events", {"Last-Event-ID": text.encode()})
+        assert answer.status == 400, (text, answer.body[:200])
+        assert "Last-Event-ID (an event's sequence number) must be a whole number" in answer.json()["error"]
+    assert http_get(port, f"/api/v1/models/tiny/versions/{2**63 - 1}/lineage").status == 404
 
 
 def test_jobs_and_a_job_with_its_metric_history(dash, finished_job):

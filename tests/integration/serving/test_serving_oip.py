@@ -118,27 +118,19 @@ def test_model_infer_fp16_raw(oip, channel) -> None:
 
 def test_model_infer_bad_paths(oip, linear, expect_rpc_error) -> None:
     invalid = grpc.StatusCode.INVALID_ARGUMENT
-    expect_rpc_error(
-        lambda: oip.ModelInfer(infer_request(linear, X, version="one")),
-        invalid,
-        'model_version must be a version number such as "3"',
-    )
-    # str.isdigit() holds for these, but they are no version numbers ("²" does not even parse).
-    for version in ("²", "٣"):
+    takes = f"model_version must be a whole number in 1..{2**63 - 1} written in digits 0-9"
+    # str.isdigit() holds for "²" and "٣", but they are no version numbers ("²" does not even
+    # parse); int() refuses over 4300 digits.
+    for version in ("one", "²", "٣", "0", str(2**63), "1" * 5000):
         expect_rpc_error(
             lambda version=version: oip.ModelInfer(infer_request(linear, X, version=version)),
             invalid,
-            f'model_version must be a version number such as "3", or empty; got {version!r}',
+            takes,
         )
-    expect_rpc_error(
-        lambda: oip.ModelInfer(infer_request(linear, X, version=str(2**63))),
-        invalid,
-        f"model_version {2**63} is over the largest version number, {2**63 - 1}",
-    )
     expect_rpc_error(
         lambda: oip.ModelMetadata(pb.ModelMetadataRequest(name=linear, version=str(2**63))),
         invalid,
-        "over the largest version number",
+        takes,
     )
     expect_rpc_error(
         lambda: oip.ModelInfer(infer_request(linear, X, version=str(2**63 - 1))),

@@ -1,0 +1,28 @@
+"""Whole numbers written as text by a caller (query parameters, path segments, headers, OIP's
+model_version): parsed once, at the edge, with a message that names the field and its range."""
+
+from __future__ import annotations
+
+from tesserad.errors import InvalidArgument
+
+# Versions, sequence numbers and steps are int64 in the protos and in the store's keys.
+INT64_MAX = 2**63 - 1
+
+
+def whole_number(field: str, text: str, low: int, high: int) -> int:
+    """`text` as an int in low..high, else InvalidArgument naming `field`.
+
+    Only ASCII digits are taken: int() would also read other scripts' digits ("٣" as 3), a sign,
+    surrounding spaces and "1_0", while str.isdigit() passes "²", which int() refuses."""
+    digits = text.lstrip("0") or "0"
+    # The length test first: int() refuses over 4300 digits, and a long text is out of range anyway.
+    if (
+        not (text.isascii() and text.isdigit())
+        or len(digits) > len(str(high))
+        or not low <= int(digits) <= high
+    ):
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise InvalidArgument(
+            f"{field} must be a whole number in {low}..{high} written in digits 0-9, got {shown!r}"
+        )
+    return int(digits)
