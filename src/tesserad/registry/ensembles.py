@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tesserad.errors import InvalidArgument, NotFound
+from tesserad.numbers import INT64_MAX
 from tesserad.registry.artifacts import signature_differences
 from tesserad.registry.records import Signature, VersionRecord
 
@@ -101,9 +102,10 @@ def _members(value: Any) -> tuple[Member, ...]:
         version = item.get("version") if isinstance(item, dict) else None
         if not isinstance(model, str) or not model:
             raise InvalidArgument(f"ensemble members[{i}].model is required (a model name)")
-        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        # Bounded: a version over int64 reached the store's key encoding as INTERNAL.
+        if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= INT64_MAX:
             raise InvalidArgument(
-                f"ensemble members[{i}].version must be a version number >= 1, got {version!r}"
+                f"ensemble members[{i}].version must be a version number in 1..{INT64_MAX}, got {version!r}"
             )
         member = Member(model, version)
         if member in members:

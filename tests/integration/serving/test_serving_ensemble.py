@@ -91,6 +91,14 @@ def test_bad_specs_refused(client, members) -> None:
         (["a:1", "b:9"], "mean", {}, tessera.NotFound, "ensemble member b:9 does not exist"),
         (["a:1", "inner:1"], "mean", {}, tessera.InvalidArgument, "inner:1 is itself an ensemble"),
         (["a:1", "a:1"], "mean", {}, tessera.InvalidArgument, "a:1 is listed twice"),
+        # Over int64 it reached the store's key encoding as INTERNAL.
+        (
+            ["a:1", ("b", 2**63)],
+            "mean",
+            {},
+            tessera.InvalidArgument,
+            f"members[1].version must be a version number in 1..{2**63 - 1}, got {2**63}",
+        ),
         (["a:1"], "mean", {}, tessera.InvalidArgument, "list of 2 to 32"),
         (members, "weighted_mean", {"weights": [1, 2]}, tessera.InvalidArgument, "2 value(s) for 3 members"),
         (
