@@ -105,6 +105,17 @@ def test_a_dict_may_spell_numbers_as_proto_json_does():
     assert again == spec
 
 
+def test_a_quoted_number_is_digits_0_to_9():
+    """str.isdigit() passes "²", which int() refuses (it ended the check with int()'s message),
+    and "٣", which int() read as 3."""
+    with pytest.raises(ValueError, match=r"^spec has 2 problems:\n") as caught:
+        from_dict(job_spec_pb2.JobSpec, {"epochs": "\u00b2", "batch_size": "\u0663"})
+    assert problem_lines(caught) == [
+        'epochs: expected a whole number, got "\\u00b2"',
+        'batch_size: expected a whole number, got "\\u0663"',
+    ]
+
+
 def test_a_table_of_the_file_keeps_its_place_in_it(tmp_path):
     """`tessera models push --spec` passes the [architecture] table on its own."""
     path = tmp_path / "model.toml"

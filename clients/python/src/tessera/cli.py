@@ -26,7 +26,7 @@ from tessera.errors import JobFailed, TesseraError
 from tessera.events import JobState
 from tessera.explanations import METHODS, SHORT_NAMES, top_positions
 from tessera.follow import follow
-from tessera.messages import load_toml, to_datetime
+from tessera.messages import is_digits, load_toml, to_datetime, whole_number
 from tessera.rpc_commands import in_cli_words, unreachable_hint
 from tessera.sweep_commands import add_sweep_commands
 from tessera.tensors import dtype_name
@@ -135,7 +135,15 @@ def selector(text: str | None) -> int | str | None:
     """A version given on the command line: a number, or else an alias."""
     if text is None:
         return None
-    return int(text) if text.isdigit() else text
+    return whole_number(text) if is_digits(text) else text
+
+
+def whole(text: str) -> int:
+    """argparse's type for versions, counts and sequence numbers (int() also reads "٣" as 3)."""
+    try:
+        return whole_number(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def when(timestamp: Any) -> str:
@@ -345,7 +353,7 @@ def cmd_models_deploy(client: Client, args: argparse.Namespace, out: Output) -> 
     routes: dict[int | str, int] = {}
     for item in args.routes:
         target, sep, weight = item.partition("=")
-        if not sep or not weight.isdigit():
+        if not sep or not is_digits(weight):
             raise ValueError(f"route {item!r}: write VERSION=PERCENT or ALIAS=PERCENT, e.g. 3=90 staging=10")
         routes[selector(target)] = int(weight)  # type: ignore[index]
     deployment = client.models.deploy(
@@ -751,7 +759,7 @@ def cmd_explain(client: Client, args: argparse.Namespace, out: Output) -> None:
 def window_sizes(text: str) -> list[int]:
     """An occlusion window as "1,1,4,4,4"."""
     try:
-        return [int(part) for part in text.split(",")]
+        return [whole_number(part) for part in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"must be sizes separated by commas, like 1,1,4,4,4; got {text!r}"
@@ -956,7 +964,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command(models, "alias", cmd_models_alias, "point an alias at a version")
     sub.add_argument("model")
     sub.add_argument("alias")
-    sub.add_argument("version", type=int)
+    sub.add_argument("version", type=whole)
     sub = command(
         models, "deploy", cmd_models_deploy, "route traffic: ROUTE is VERSION=PERCENT or ALIAS=PERCENT"
     )
@@ -964,7 +972,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("routes", nargs="+", metavar="ROUTE")
     sub.add_argument("--shadow", help="version or alias that gets a copy of requests")
     sub.add_argument(
-        "--shadow-percent", type=int, default=100, help="percent of requests copied to --shadow (default 100)"
+        "--shadow-percent",
+        type=whole,
+        default=100,
+        help="percent of requests copied to --shadow (default 100)",
     )
     sub.add_argument("--comment", default="", help="free text stored with the deployment's revision")
     command(
@@ -985,7 +996,7 @@ def build_parser() -> argparse.ArgumentParser:
         "it (before the daemon's newest replica.change_history, only each model's newest is kept)",
     )
     sub.add_argument(
-        "--from-seq", type=int, default=0, metavar="SEQ", help="start at this change (default 0: the first)"
+        "--from-seq", type=whole, default=0, metavar="SEQ", help="start at this change (default 0: the first)"
     )
     sub.add_argument(
         "--follow", action="store_true", help="go on printing new changes as they come (Ctrl-C to stop)"
@@ -1008,7 +1019,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=FRACTION",
         help="once per split, the fractions summing to 1: --split train=0.8 --split val=0.2",
     )
-    sub.add_argument("--seed", type=int, default=0, help="seed of the random split (default 0)")
+    sub.add_argument("--seed", type=whole, default=0, help="seed of the random split (default 0)")
     sub.add_argument("--allow-nonfinite", action="store_true", help="accept NaN and Inf")
     sub.add_argument("--description", default="", help="free text stored with the version")
     command(datasets, "ls", cmd_datasets_ls, "list datasets").add_argument(
@@ -1030,7 +1041,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = command(jobs, "watch", cmd_jobs_watch, "follow a job's progress until it ends")
     sub.add_argument("job_id")
-    sub.add_argument("--from-seq", type=int, default=1, help="replay events from this sequence number")
+    sub.add_argument("--from-seq", type=whole, default=1, help="replay events from this sequence number")
     command(jobs, "cancel", cmd_jobs_cancel, "stop a job").add_argument("job_id")
 
     add_sweep_commands(commands, command)
@@ -1046,7 +1057,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("experiment")
     sub.add_argument("metric")
     sub.add_argument("--mode", choices=["min", "max"], help="which is better (default: by the metric's name)")
-    sub.add_argument("--limit", type=int, default=10, help="runs shown (default 10)")
+    sub.add_argument("--limit", type=whole, default=10, help="runs shown (default 10)")
 
     export = commands.add_parser("export", help="export a version").add_subparsers(
         dest="subcommand", required=True, metavar="FORMAT"
@@ -1054,7 +1065,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command(export, "onnx", cmd_export_onnx, "export a safetensors version to ONNX as a new version")
     sub.add_argument("model")
     sub.add_argument("--version", help="number or alias (default latest)")
-    sub.add_argument("--opset", type=int, default=0, help="ONNX opset (default 0: the exporter's default)")
+    sub.add_argument("--opset", type=whole, default=0, help="ONNX opset (default 0: the exporter's default)")
     sub.add_argument(
         "--conv4d",
         choices=["auto", "decomposed", "native"],
@@ -1069,7 +1080,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--input", required=True, help=".npz with arrays by input name, or .npy for 'input'")
     pick = sub.add_mutually_exclusive_group()
     pick.add_argument(
-        "--version", type=int, help="this version number (default: as the deployment routes, else latest)"
+        "--version", type=whole, help="this version number (default: as the deployment routes, else latest)"
     )
     pick.add_argument("--alias", help="the version this alias points at")
     sub.add_argument("--output", help="write the outputs to this .npz")
@@ -1088,19 +1099,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--target",
         dest="output_index",
-        type=int,
+        type=whole,
         metavar="N",
         help="the output index (class) to explain; default: each row's largest output (the daemon address, also --target, goes before the command)",
     )
     pick = sub.add_mutually_exclusive_group()
     pick.add_argument(
         "--version",
-        type=int,
+        type=whole,
         help="this version number (default: the lowest the deployment routes to, else latest)",
     )
     pick.add_argument("--alias", help="the version this alias points at")
     sub.add_argument(
-        "--steps", type=int, default=0, help="ig path steps (default 32), shap samples (default 16)"
+        "--steps", type=whole, default=0, help="ig path steps (default 32), shap samples (default 16)"
     )
     sub.add_argument("--baseline", type=float, default=0.0, help="the input value compared with (default 0)")
     sub.add_argument(
@@ -1109,7 +1120,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="occlusion window per dimension of one row, e.g. 1,1,4,4,4",
     )
-    sub.add_argument("--top", type=int, default=10, help="positions to print per row (default 10)")
+    sub.add_argument("--top", type=whole, default=10, help="positions to print per row (default 10)")
     sub.add_argument("--out", help="write the attributions to this .npz (arrays by input name)")
 
     sub = command(commands, "stats", cmd_stats, "latency percentiles and throughput of a loaded model")
@@ -1129,10 +1140,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command(commands, "demo", cmd_demo, "the whole life cycle on a synthetic spacetime dataset")
     sub.add_argument("--name", default="demo", help="prefix of the dataset and model names")
-    sub.add_argument("--samples", type=int, default=192, help="clips in the synthetic dataset (default 192)")
-    sub.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")
     sub.add_argument(
-        "--requests", type=int, default=200, help="predict calls for the latency figures (default 200)"
+        "--samples", type=whole, default=192, help="clips in the synthetic dataset (default 192)"
+    )
+    sub.add_argument("--epochs", type=whole, default=3, help="training epochs (default 3)")
+    sub.add_argument(
+        "--requests", type=whole, default=200, help="predict calls for the latency figures (default 200)"
     )
     return parser
 

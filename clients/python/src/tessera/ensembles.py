@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from tessera.messages import whole_number
+
 COMBINES = ("mean", "vote", "weighted_mean", "stacking")
 
 Member = tuple[str, int] | str
@@ -24,9 +26,13 @@ def member_pair(member: Member) -> tuple[str, int]:
     """("model", version) from a pair or "model:version"; ValueError saying the accepted forms."""
     if isinstance(member, str):
         model, _, version = member.rpartition(":")
-        if not model or not version.isdigit() or int(version) < 1:
+        try:
+            number = whole_number(version)
+        except ValueError:
+            number = 0
+        if not model or number < 1:
             raise ValueError(f"ensemble member {member!r}: write it MODEL:VERSION, e.g. clf:3")
-        return model, int(version)
+        return model, number
     name, number = member
     return name, int(number)
 

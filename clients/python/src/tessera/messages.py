@@ -33,14 +33,36 @@ def version_ref(model: str, version: int | None = None, alias: str | None = None
     return common_pb2.VersionRef(model=model)
 
 
+# Versions, sequence numbers and counts are int64 in the protos.
+INT64_MAX = 2**63 - 1
+
+
+def is_digits(text: str) -> bool:
+    """Whether `text` is written in digits 0-9 alone: str.isdigit() also passes other scripts'
+    digits, which int() reads ("٣" as 3), and "²", which int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
+def whole_number(text: str) -> int:
+    """`text` as an int in 0..INT64_MAX, else ValueError saying what is taken; int() alone would
+    also read "٣", "+3", " 3" and "1_0", and refuses over 4300 digits."""
+    digits = text.lstrip("0") or "0"
+    if not is_digits(text) or len(digits) > len(str(INT64_MAX)) or int(digits) > INT64_MAX:
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise ValueError(f"must be a whole number in 0..{INT64_MAX} written in digits 0-9, got {shown!r}")
+    return int(digits)
+
+
 def dataset_ref(ref: str | common_pb2.DatasetRef) -> common_pb2.DatasetRef:
     """ "name" (newest version) or "name:version" as a DatasetRef."""
     if isinstance(ref, common_pb2.DatasetRef):
         return ref
     name, _, version = ref.partition(":")
-    if version and not version.isdigit():
-        raise ValueError(f"dataset {ref!r}: write name or name:version with a whole version number")
-    return common_pb2.DatasetRef(name=name, version=int(version or 0))
+    try:
+        number = whole_number(version) if version else 0
+    except ValueError:
+        raise ValueError(f"dataset {ref!r}: write name or name:version with a whole version number") from None
+    return common_pb2.DatasetRef(name=name, version=number)
 
 
 def to_datetime(timestamp: timestamp_pb2.Timestamp) -> dt.datetime | None:
@@ -235,7 +257,7 @@ def _whole_number_problem(value: Any, low: int, high: int) -> str | None:
     whole = (
         (isinstance(value, int) and not isinstance(value, bool))
         or (isinstance(value, float) and value.is_integer())
-        or (isinstance(value, str) and value.strip().lstrip("+-").isdigit())
+        or (isinstance(value, str) and is_digits(value.strip().lstrip("+-")))
     )
     if not whole:
         return f"expected a whole number, got {_describe(value)}"

@@ -1,0 +1,53 @@
+"""Numbers on the command line are digits 0-9 within int64: int() also reads other scripts'
+digits ("٣" as 3), and str.isdigit() passes "²", which int() refuses with its own message."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tessera
+from tests.integration.sdk.affine import affine_onnx
+
+SUPERSCRIPT_TWO, ARABIC_THREE = "\u00b2", "\u0663"
+TOO_BIG = str(2**64)
+
+
+@pytest.fixture
+def three_versions(client, tmp_path):
+    path = affine_onnx(tmp_path / "affine.onnx")
+    for _ in range(3):
+        client.models.push("affine", path)
+        client.datasets.push("t", x=np.zeros((4, 2), np.float32))
+
+
+def test_versions_and_percents_not_in_digits_0_to_9_are_refused(tessera_cli, client, three_versions):
+    for text in (SUPERSCRIPT_TWO, ARABIC_THREE):
+        # Not a number, so an alias: the daemon names what an alias may be.
+        shown = tessera_cli("models", "show", "affine", "--version", text)
+        assert shown.code == 1 and f"alias {text!r} is not a valid name" in shown.err, shown.err
+        deployed = tessera_cli("models", "deploy", "affine", f"{text}=100")
+        assert deployed.code == 1 and "is not a valid name" in deployed.err, deployed.err
+        weighted = tessera_cli("models", "deploy", "affine", f"1={text}")
+        assert weighted.code == 1 and "write VERSION=PERCENT" in weighted.err, weighted.err
+    with pytest.raises(tessera.NotFound):
+        client.models.deployment("affine")
+    for text in (SUPERSCRIPT_TWO, ARABIC_THREE, TOO_BIG):
+        dataset = tessera_cli("datasets", "show", f"t:{text}")
+        assert dataset.code == 1 and "write name or name:version" in dataset.err, dataset.err
+        member = tessera_cli("models", "ensemble", "ens", "affine:1", f"affine:{text}")
+        assert member.code == 1 and "write it MODEL:VERSION" in member.err, member.err
+    too_big = tessera_cli("models", "show", "affine", "--version", TOO_BIG)
+    assert too_big.code == 1 and f"must be a whole number in 0..{2**63 - 1}" in too_big.err, too_big.err
+    assert tessera_cli("models", "show", "affine", "--version", "3").code == 0
+
+
+@pytest.mark.parametrize("text", [SUPERSCRIPT_TWO, ARABIC_THREE, "+3", "1_0", TOO_BIG])
+def test_number_options_take_digits_0_to_9(tessera_cli, capsys, text):
+    with pytest.raises(SystemExit) as exited:
+        tessera_cli("explain", "affine", "--input", "x.npz", "--version", text)
+    assert exited.value.code == 2
+    assert "argument --version: must be a whole number in 0.." in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tessera_cli("explain", "affine", "--input", "x.npz", "--window", f"1,{text}")
+    assert "argument --window: must be sizes separated by commas" in capsys.readouterr().err
