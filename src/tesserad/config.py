@@ -62,7 +62,8 @@ _SIZE_UNITS = {
     "gib": 2**30,
     "tib": 2**40,
 }
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+# [0-9], not \d: \d matches other scripts' digits too, which float() and int() read ("٣" as 3).
+_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 
 
 def parse_size(raw: Any) -> int:
@@ -107,7 +108,7 @@ def format_size(n: int) -> str:
 def parse_address(raw: Any) -> Address:
     """host:port, [v6]:port; port 0..65535."""
     text = str(raw).strip()
-    match = re.match(r"^\[([0-9a-fA-F:.]+)\]:(\d+)$", text) or re.match(r"^([^:\s\[\]]+):(\d+)$", text)
+    match = re.match(r"^\[([0-9a-fA-F:.]+)\]:([0-9]+)$", text) or re.match(r"^([^:\s\[\]]+):([0-9]+)$", text)
     if not match:
         raise ValueError("expected host:port, e.g. 127.0.0.1:50051 or [::1]:50051")
     port = int(match.group(2))
@@ -266,7 +267,7 @@ def parse_ray_address(raw: Any) -> str:
     if text == "auto":
         return text
     rest = text.removeprefix("ray://")
-    if not re.match(r"^(\[[0-9a-fA-F:.]+\]|[^:\s\[\]/]+):\d{1,5}$", rest):
+    if not re.match(r"^(\[[0-9a-fA-F:.]+\]|[^:\s\[\]/]+):[0-9]{1,5}$", rest):
         raise ValueError("expected auto, host:port (the head's GCS port) or ray://host:port")
     return text
 

@@ -20,6 +20,8 @@ from typing import Any, Protocol
 import psutil
 import pynvml
 
+from tesserad.numbers import is_digits
+
 log = logging.getLogger(__name__)
 
 
@@ -144,7 +146,7 @@ def _visible_indices(count: int) -> list[int]:
     indices = []
     for part in visible.split(","):
         part = part.strip()
-        if not part.isdigit():  # UUIDs or an empty list: fall back to what torch would see
+        if not is_digits(part):  # UUIDs or an empty list: fall back to what torch would see
             break
         if int(part) < count:
             indices.append(int(part))

@@ -9,11 +9,17 @@ from tesserad.errors import InvalidArgument
 INT64_MAX = 2**63 - 1
 
 
+def is_digits(text: str) -> bool:
+    """Whether `text` is written in digits 0-9 alone: str.isdigit() also passes other scripts'
+    digits, which int() reads ("٣" as 3), and "²", which int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def whole_number(field: str, text: str, low: int, high: int) -> int:
     """`text` as an int in low..high, else InvalidArgument naming `field`.
 
-    Only ASCII digits are taken: int() would also read other scripts' digits ("٣" as 3), a sign,
-    surrounding spaces and "1_0", while str.isdigit() passes "²", which int() refuses."""
+    Only digits 0-9 are taken: int() would also read other scripts' digits, a sign, surrounding
+    spaces and "1_0"."""
     digits = text.lstrip("0") or "0"
     # The length test first: int() refuses over 4300 digits, and a long text is out of range anyway.
     if (

@@ -68,6 +68,10 @@ def test_sizes(raw, expected):
         ({"TESSERA_GRACE_PERIOD_S": "-1"}, ["grace_period_s", "0.0..3600.0"]),
         ({"TESSERA_STORE_DURABILITY": "maybe"}, ["store.durability", "full, relaxed"]),
         ({"TESSERA_MAX_MESSAGE_SIZE": "4GiB"}, ["max_message_size", "2GiB - 1 byte"]),
+        # Digits 0-9 only: \d and float() also took Arabic-Indic ones, reading "٣GiB" as 3 GiB.
+        ({"TESSERA_STORE_MAP_SIZE": "\u0663GiB"}, ["store.map_size", "expected a size"]),
+        ({"TESSERA_LISTEN": "127.0.0.1:\u0668\u0660"}, ["expected host:port"]),
+        ({"TESSERA_TRAINING_RAY_ADDRESS": "head:\u0663"}, ["expected auto, host:port"]),
         ({"TESSERA_MAX_MESSAGE_SIZE": "10"}, ["max_message_size", "from 256B"]),
         ({"TESSERA_TRAINING_COMPILE": "maybe"}, ["training.compile", "expected one of auto, on, off"]),
         ({"TESSERA_NN_MAX_WORKSPACE": "lots"}, ["nn.max_workspace", "expected a size"]),

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from tesserad.errors import FailedPrecondition, InvalidArgument
+from tesserad.numbers import is_digits
 from tesserad.serving.signature import Signature, TensorSpec
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ def _cuda_index(device: str) -> int | None:
     if device == "cpu":
         return None
     prefix, _, index = device.partition(":")
-    if prefix == "cuda" and (index == "" or index.isdigit()):
+    if prefix == "cuda" and (index == "" or is_digits(index)):
         return int(index or 0)
     raise InvalidArgument(f"device must be cpu or cuda:N, got {device!r}")
 

@@ -158,7 +158,7 @@ class RayCluster:
 
 def _probe(address: str) -> None:
     """Fail fast (OSError's reason) when nothing listens at a host:port address."""
-    match = re.match(r"^(?:ray://)?\[?([^\[\]]+?)\]?:(\d+)$", address)
+    match = re.match(r"^(?:ray://)?\[?([^\[\]]+?)\]?:([0-9]+)$", address)
     if match is None:
         return
     host, port = match.group(1), int(match.group(2))
