@@ -7,13 +7,22 @@
 
 const { Client } = require('./tessera');
 
+// Digits 0-9 only: Number() also reads "0x1", "1e0" and " 1" as 1, and "" as 0 (the latest
+// version); beyond 2**53 it would round to another version.
+function wholeNumber(name, text) {
+  if (!/^[0-9]+$/.test(text || '') || Number(text) > Number.MAX_SAFE_INTEGER) {
+    throw new Error(`${name} must be a whole number written in digits 0-9, got ${JSON.stringify(text)}`);
+  }
+  return Number(text);
+}
+
 function parse(argv) {
   const args = { target: process.env.TESSERA_TARGET || '127.0.0.1:50051', positional: [] };
   for (let i = 0; i < argv.length; i += 1) {
     const arg = argv[i];
     if (arg === '--target') args.target = argv[++i];
     else if (arg === '--token') args.token = argv[++i];
-    else if (arg === '--version') args.version = Number(argv[++i]);
+    else if (arg === '--version') args.version = wholeNumber('--version', argv[++i]);
     else if (arg === '--alias') args.alias = argv[++i];
     else args.positional.push(arg);
   }

@@ -55,3 +55,16 @@ def test_node_client_reports_the_daemon_error_and_exits_non_zero(node_ready, dae
     assert failed.returncode == 1
     assert failed.stderr.startswith("tessera-node: NOT_FOUND: ")
     assert "absent" in failed.stderr
+
+
+def test_node_client_version_is_digits_0_to_9(node_ready, daemon, client, onnx_file):
+    """Number() also reads "0x1", "1e0" and " 1" as 1 and "" as 0 (the latest version)."""
+    client.models.push("affine", onnx_file)
+    inputs = json.dumps({"input": {"dtype": "DATA_TYPE_FLOAT32", "shape": [1, 4], "values": [0, 0, 0, 0]}})
+    for text in ("0x1", "1e0", " 1", "", "\u0663", str(2**64)):
+        failed = run_node(daemon.target, "predict", "affine", inputs, "--version", text)
+        assert failed.returncode == 1, (text, failed.stdout)
+        assert failed.stderr.startswith("tessera-node: --version must be a whole number"), failed.stderr
+    predicted = run_node(daemon.target, "predict", "affine", inputs, "--version", "1")
+    assert predicted.returncode == 0, predicted.stderr
+    assert json.loads(predicted.stdout)["version"] == 1
