@@ -60,6 +60,8 @@ KIND = "sweep"
 SCHEMA = 1
 PLANNED = ("grid", "random")  # searchers that draw every trial at submit
 NO_PBT = PbtSettings(0, 0.0, 0.0, 0.0)
+# Longer whole numbers go through float(): out of int64 either way, refused with the spec's fields.
+_INT64_DIGITS = 19
 
 
 @dataclass(frozen=True)
@@ -288,6 +290,12 @@ def _parse(value_type: type | Choice, text: str) -> Any:
         return text
     if value_type is bool:
         return {"true": True, "false": False}.get(text.lower())
+    # float() also reads other scripts' digits ("٣" as 3) and "1_0" as 10.
+    if not text.isascii() or "_" in text:
+        return None
+    whole = text.strip().removeprefix("-").removeprefix("+")
+    if value_type is int and whole.isdigit() and len(whole) <= _INT64_DIGITS:
+        return int(text)  # exactly: through float, 2**53 + 1 became 2**53
     try:
         number = float(text)
     except ValueError:

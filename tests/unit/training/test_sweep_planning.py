@@ -89,6 +89,13 @@ def test_values_parse_to_the_fields_type() -> None:
     assert BASE["optimizer"] == {"name": "adam", "lr": 0.01}  # the base is left as it was
 
 
+def test_whole_numbers_are_read_exactly() -> None:
+    """Through float(), 2**53 + 1 became 2**53."""
+    assert trial_spec(BASE, {"seed": str(2**53 + 1)})["seed"] == 2**53 + 1
+    assert trial_spec(BASE, {"seed": "-7"})["seed"] == -7
+    assert trial_spec(BASE, {"seed": "1e3"})["seed"] == 1000
+
+
 def test_a_parameter_can_switch_the_architecture_family() -> None:
     spec = trial_spec(BASE, {"architecture.family": "lstm", "architecture.lstm.hidden_size": "4"})
     assert spec["architecture"] == {"family": "lstm", "input_shape": [6], "output_size": 2, "hidden_size": 4}
@@ -119,6 +126,10 @@ def test_setting_a_oneof_member_replaces_the_others() -> None:
         ("optimizer.nesterov", "yes", "'yes' is not a valid value for this field; expected true or false"),
         ("task", "TASK_UNKNOWN", "'TASK_UNKNOWN' is not a valid value for this field; expected one of "),
         ("optimizer.lr", "fast", "'fast' is not a valid value for this field; expected a number"),
+        # float() read these as 3 and 10.
+        ("batch_size", "\u0663", "is not a valid value for this field; expected a whole number"),
+        ("batch_size", "1_0", "'1_0' is not a valid value for this field; expected a whole number"),
+        ("optimizer.lr", "\u0663", "is not a valid value for this field; expected a number"),
         ("architecture.lstm.hidden_size", "4", "the base spec sets family to mlp, not lstm"),
         ("lr_schedule.step.gamma", "0.5", "the base spec sets schedule to cosine, not step"),
     ],
