@@ -99,10 +99,13 @@ def _metric_filters(values: Iterable[str]) -> list[MetricFilter]:
                 f"{', '.join(_METRIC_FIELDS)} and OP one of {', '.join(_METRIC_OPS)}, e.g. val_loss:last:lt:0.5"
             )
         key, field, op, value = parts
+        # ASCII and no "_": float() also reads other scripts' digits ("٣" as 3) and "1_0" as 10.
         try:
-            number = float(value)
+            number = float(value) if value.isascii() and "_" not in value else None
         except ValueError:
-            raise InvalidArgument(f"metric filter {raw[:80]!r}: {value[:40]!r} is not a number") from None
+            number = None
+        if number is None:
+            raise InvalidArgument(f"metric filter {raw[:80]!r}: {value[:40]!r} is not a number")
         filters.append(MetricFilter(key, field, op, number))
     return filters
 

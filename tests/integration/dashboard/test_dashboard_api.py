@@ -165,6 +165,9 @@ def test_runs_filter_by_param_and_metric(dash, client):
     assert sorted(names("")) == ["high", "low"]
     assert names("param=lr%3D0.5") == ["high"]
     assert names("metric=acc:last:lt:0.5") == ["low"]
+    for value in ("%D9%A3", "1_0"):  # float() read these as 3 and 10
+        answer = http_get(port, f"/api/v1/runs?experiment=dash-filter&metric=acc:last:lt:{value}")
+        assert answer.status == 400 and "is not a number" in answer.json()["error"]
     board = http_get(port, "/api/v1/leaderboard?experiment=dash-filter&metric=acc").json()["entries"]
     assert [e["run"]["name"] for e in board] == ["high", "low"]
 
