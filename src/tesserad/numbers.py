@@ -23,7 +23,7 @@ def whole_number(field: str, text: str, low: int, high: int) -> int:
     digits = text.lstrip("0") or "0"
     # The length test first: int() refuses over 4300 digits, and a long text is out of range anyway.
     if (
-        not (text.isascii() and text.isdigit())
+        not is_digits(text)
         or len(digits) > len(str(high))
         or not low <= int(digits) <= high
     ):
