@@ -22,11 +22,7 @@ def whole_number(field: str, text: str, low: int, high: int) -> int:
     spaces and "1_0"."""
     digits = text.lstrip("0") or "0"
     # The length test first: int() refuses over 4300 digits, and a long text is out of range anyway.
-    if (
-        not is_digits(text)
-        or len(digits) > len(str(high))
-        or not low <= int(digits) <= high
-    ):
+    if not is_digits(text) or len(digits) > len(str(high)) or not low <= int(digits) <= high:
         shown = text if len(text) <= 40 else text[:40] + "..."
         raise InvalidArgument(
             f"{field} must be a whole number in {low}..{high} written in digits 0-9, got {shown!r}"
