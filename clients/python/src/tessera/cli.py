@@ -27,6 +27,7 @@ from tessera.events import JobState
 from tessera.explanations import METHODS, SHORT_NAMES, top_positions
 from tessera.follow import follow
 from tessera.messages import is_digits, load_toml, to_datetime, whole_number
+from tessera.models import FORMAT_BY_SUFFIX
 from tessera.rpc_commands import in_cli_words, unreachable_hint
 from tessera.sweep_commands import add_sweep_commands
 from tessera.tensors import dtype_name
@@ -126,9 +127,6 @@ def to_plain(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
     return value
-
-
-ARTIFACT_FORMAT_BY_SUFFIX = {".onnx": "onnx", ".safetensors": "safetensors"}
 
 
 def selector(text: str | None) -> int | str | None:
@@ -273,7 +271,7 @@ def cmd_models_versions(client: Client, args: argparse.Namespace, out: Output) -
 
 def cmd_models_push(client: Client, args: argparse.Namespace, out: Output) -> None:
     # The SDK's own messages for these name its keyword arguments (format=, architecture=).
-    artifact_format = args.format or ARTIFACT_FORMAT_BY_SUFFIX.get(Path(args.file).suffix.lower())
+    artifact_format = args.format or FORMAT_BY_SUFFIX.get(Path(args.file).suffix.lower())
     if artifact_format is None:
         raise ValueError(
             f"{args.file}: cannot tell the format from the suffix; name the file .onnx or .safetensors, "
@@ -927,7 +925,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("file", help="model.onnx or weights.safetensors")
     sub.add_argument(
         "--format",
-        choices=sorted(set(ARTIFACT_FORMAT_BY_SUFFIX.values())),
+        choices=sorted(set(FORMAT_BY_SUFFIX.values())),
         help="default: from the file's suffix",
     )
     sub.add_argument("--spec", help="TOML with the [architecture] that built safetensors weights")

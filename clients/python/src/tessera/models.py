@@ -23,7 +23,8 @@ S = "Registry"
 # max_message_size (64 MiB by default) takes it.
 INLINE_BYTES = 64 * 2**10
 
-_FORMAT_BY_SUFFIX = {".onnx": pb.ARTIFACT_FORMAT_ONNX, ".safetensors": pb.ARTIFACT_FORMAT_SAFETENSORS}
+FORMAT_BY_SUFFIX = {".onnx": "onnx", ".safetensors": "safetensors"}
+"""An artifact's format (push's `format=`) by its file's suffix."""
 
 VersionSelector = int | str
 """A version by number (int) or by alias (str)."""
@@ -447,13 +448,12 @@ def upload_header(
 ) -> pb.UploadVersionHeader:
     """The header of an artifact upload; the file is hashed here so the daemon can verify it."""
     if format is None:
-        artifact_format = _FORMAT_BY_SUFFIX.get(path.suffix.lower())
-        if artifact_format is None:
-            raise ValueError(
-                f"{path}: cannot tell the format from the suffix; pass format='onnx' or 'safetensors'"
-            )
-    else:
-        artifact_format = pb.ArtifactFormat.Value(f"ARTIFACT_FORMAT_{format.upper()}")
+        format = FORMAT_BY_SUFFIX.get(path.suffix.lower())
+    if format is None:
+        raise ValueError(
+            f"{path}: cannot tell the format from the suffix; pass format='onnx' or 'safetensors'"
+        )
+    artifact_format = pb.ArtifactFormat.Value(f"ARTIFACT_FORMAT_{format.upper()}")
     if artifact_format == pb.ARTIFACT_FORMAT_SAFETENSORS and architecture is None:
         raise ValueError(
             f"{path}: safetensors weights need the architecture that built them (architecture=...)"
