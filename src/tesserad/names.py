@@ -6,7 +6,7 @@ import difflib
 import re
 from typing import TYPE_CHECKING
 
-from tesserad.errors import InvalidArgument
+from tesserad.errors import InvalidArgument, NotFound
 
 if TYPE_CHECKING:
     from tesserad.store import ReadTxn
@@ -43,3 +43,10 @@ def did_you_mean(txn: ReadTxn, table: str, name: str) -> str:
     ]
     close = difflib.get_close_matches(name, [str(key[0]) for key, _ in around], n=1)
     return f"did you mean {close[0]!r}? " if close else ""
+
+
+def missing_name(txn: ReadTxn, table: str, what: str, name: str, fix: str) -> NotFound:
+    """NotFound for the `what` called `name`, absent from `table`: a stored name close to it
+    first, then `fix` (how to make one, "create it with CreateModel")."""
+    near = did_you_mean(txn, table, name)
+    return NotFound(f"{what} {name!r} does not exist; " + (f"{near}Or {fix}" if near else fix))

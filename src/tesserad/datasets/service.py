@@ -37,7 +37,7 @@ from tesserad.datasets.references import (
 )
 from tesserad.datasets.splits import SplitSpec, compute_splits, validate_split_spec
 from tesserad.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
-from tesserad.names import did_you_mean, validate_name
+from tesserad.names import missing_name, validate_name
 from tesserad.paging import Page, read_page
 from tesserad.store import (
     BlobRef,
@@ -140,9 +140,7 @@ def _decode_version(raw: bytes) -> DatasetVersionRecord:
 
 def _missing(txn: ReadTxn, name: str) -> NotFound:
     """NotFound for a dataset that does not exist, naming a stored one close to it first."""
-    near = did_you_mean(txn, DATASETS, name)
-    upload = "Or upload it" if near else "upload it"
-    return NotFound(f"dataset {name!r} does not exist; {near}{upload} with UploadDataset")
+    return missing_name(txn, DATASETS, "dataset", name, "upload it with UploadDataset")
 
 
 class Datasets:

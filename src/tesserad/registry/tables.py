@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tesserad.errors import InvalidArgument, NotFound
-from tesserad.names import did_you_mean, validate_name
+from tesserad.names import missing_name, validate_name
 from tesserad.registry.records import ALIAS_KIND, MODEL_KIND, SCHEMA
 from tesserad.store import ReadTxn, WriteTxn, decode_record, encode_record
 
@@ -30,9 +30,7 @@ Notify = Callable[[str], None]
 
 def model_missing(txn: ReadTxn, name: str) -> NotFound:
     """NotFound for a model that does not exist, naming a stored one close to it first."""
-    near = did_you_mean(txn, MODELS, name)
-    create = "Or create it" if near else "create it"
-    return NotFound(f"model {name!r} does not exist; {near}{create} with CreateModel")
+    return missing_name(txn, MODELS, "model", name, "create it with CreateModel")
 
 
 def new_model_data(name: str, description: str, tags: dict[str, str]) -> dict[str, Any]:
