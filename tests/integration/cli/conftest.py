@@ -6,6 +6,7 @@ import io
 import json
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 from rich.console import Console
 
@@ -41,3 +42,13 @@ def tessera_cli(daemon, capsys):
 def client(daemon):
     with tessera.Client(daemon.target) as sdk:
         yield sdk
+
+
+@pytest.fixture
+def table_dataset(client, tmp_path):
+    """A 40-row table (4 features, 2 classes) pushed as dataset "table" with a val split."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 4)).astype(np.float32)
+    path = tmp_path / "table.npz"
+    np.savez(path, x=x, y=(x[:, 0] > 0).astype(np.int64))
+    client.datasets.push("table", path, splits={"train": 0.75, "val": 0.25})

@@ -3,9 +3,6 @@ once, in words, and the worker's text as it is; and what Ctrl-C while following 
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-
 import tessera.follow
 import tessera.sweep_commands
 
@@ -55,15 +52,6 @@ mlp = { hidden_sizes = [8] }
 path = "optimizer.lr"
 range = { min = 0.001, max = 0.1 }
 """
-
-
-@pytest.fixture
-def table_dataset(client, tmp_path):
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(40, 4)).astype(np.float32)
-    path = tmp_path / "table.npz"
-    np.savez(path, x=x, y=(x[:, 0] > 0).astype(np.int64))
-    client.datasets.push("table", path, splits={"train": 0.75, "val": 0.25})
 
 
 def ctrl_c(*args: object, **kwargs: object) -> None:

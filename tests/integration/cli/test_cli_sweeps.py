@@ -8,8 +8,6 @@ import threading
 import time
 
 import grpc
-import numpy as np
-import pytest
 from rich.console import Console
 
 import tessera
@@ -82,15 +80,6 @@ mlp = { hidden_sizes = [8] }
 path = "optimizer.lr"
 range = { min = 0.001, max = 0.1, log_scale = true }
 """
-
-
-@pytest.fixture
-def table_dataset(client, tmp_path):
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(40, 4)).astype(np.float32)
-    path = tmp_path / "table.npz"
-    np.savez(path, x=x, y=(x[:, 0] > 0).astype(np.int64))
-    client.datasets.push("table", path, splits={"train": 0.75, "val": 0.25})
 
 
 def test_sweep_follow_shows_trials_then_a_leaderboard_and_a_plot(tessera_cli, table_dataset, tmp_path):
