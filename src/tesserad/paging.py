@@ -10,6 +10,7 @@ import base64
 import binascii
 import hashlib
 import json
+import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -69,6 +70,11 @@ def resume_after(token: str, query: Any) -> bytes | None:
         raise InvalidArgument(
             "page_token belongs to a different query; keep the filters the same across pages"
         )
+    # The fingerprint is no signature: an edited token can carry bytes no listing ever packed.
+    try:
+        unpack(after)
+    except (ValueError, IndexError, struct.error):
+        raise foreign_token() from None
     return after
 
 

@@ -11,7 +11,7 @@ from tesserad.errors import InvalidArgument
 from tesserad.ids import new_id
 from tesserad.names import did_you_mean, validate_name
 from tesserad.paging import MAX_PAGE_SIZE, make_token, page_size, resume_after
-from tesserad.store import Store
+from tesserad.store import Store, pack
 
 
 @pytest.mark.parametrize("name", ["a", "resnet-50", "clips.v2", "x_1", "9", "a" * 128])
@@ -55,13 +55,15 @@ def test_page_size_defaults_and_caps():
 
 
 def test_page_token_round_trip_and_query_binding():
-    token = make_token(b"\x00key", {"prefix": "a"})
-    assert resume_after(token, {"prefix": "a"}) == b"\x00key"
+    token = make_token(pack(("key",)), {"prefix": "a"})
+    assert resume_after(token, {"prefix": "a"}) == pack(("key",))
     assert resume_after("", {"prefix": "a"}) is None
     with pytest.raises(InvalidArgument, match="different query"):
         resume_after(token, {"prefix": "b"})
     with pytest.raises(InvalidArgument, match="not one this server issued"):
         resume_after("garbage!", {"prefix": "a"})
+    with pytest.raises(InvalidArgument, match="not one this server issued"):
+        resume_after(make_token(b"\xff\x00", {"prefix": "a"}), {"prefix": "a"})
 
 
 def test_ids_are_unique_and_time_ordered():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import gc
+import json
 import logging
 import time
 
@@ -198,3 +200,29 @@ def test_out_of_range_point_time_is_invalid(tracker) -> None:
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "points[0].time" in error.details()
     missing = _error(lambda: tracker.LogMetrics(S.LogMetricsRequest(points=[S.MetricPoint(key="a")])))
     assert missing.code() == grpc.StatusCode.INVALID_ARGUMENT and "run_id is required" in missing.details()
+
+
+def _tampered(token: str) -> str:
+    """`token` with the key it resumes after replaced by bytes no listing ever wrote (its query
+    fingerprint, which anyone can compute, left as it was)."""
+    decoded = json.loads(base64.urlsafe_b64decode(token))
+    return base64.urlsafe_b64encode(json.dumps({**decoded, "a": "ff00"}).encode()).decode()
+
+
+def test_a_tampered_page_token_is_invalid_not_internal(tracker) -> None:
+    for i in range(2):
+        _run(tracker, "tampered", name=f"r{i}")
+    runs = tracker.ListRuns(S.ListRunsRequest(experiment="tampered", page_size=1))
+    experiments = tracker.ListExperiments(S.ListExperimentsRequest(page_size=1))
+    calls = [
+        lambda: tracker.ListRuns(
+            S.ListRunsRequest(experiment="tampered", page_size=1, page_token=_tampered(runs.next_page_token))
+        ),
+        lambda: tracker.ListExperiments(
+            S.ListExperimentsRequest(page_size=1, page_token=_tampered(experiments.next_page_token))
+        ),
+    ]
+    for call in calls:
+        error = _error(call)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+        assert "not one this server issued" in error.details()
