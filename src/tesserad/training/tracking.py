@@ -50,6 +50,9 @@ TABLES = [
 RUN_STATUSES = ("running", "succeeded", "failed", "cancelled", "interrupted")
 ENDED_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 MAX_KEY_LENGTH = 250
+# With the run id and two integers, a metric key of this many UTF-8 bytes stays within LMDB's
+# 511-byte keys (250 characters may take 1000).
+MAX_KEY_BYTES = 400
 MAX_PARAM_LENGTH = 6000
 DEFAULT_LEADERBOARD_LIMIT = 10
 DEFAULT_HISTORY_PAGE = 10_000
@@ -175,10 +178,15 @@ def _summary_from(data: dict[str, Any]) -> MetricSummary:
 
 
 def check_metric_key(key: str, where: str) -> None:
-    if not key or len(key) > MAX_KEY_LENGTH or any(c in key for c in "\x00\n"):
+    if (
+        not key
+        or len(key) > MAX_KEY_LENGTH
+        or len(key.encode()) > MAX_KEY_BYTES
+        or any(c in key for c in "\x00\n")
+    ):
         raise InvalidArgument(
-            f"{where}: metric key {key[:80]!r} must be 1 to {MAX_KEY_LENGTH} characters without "
-            "NUL or newlines"
+            f"{where}: metric key {key[:80]!r} must be 1 to {MAX_KEY_LENGTH} characters (at most "
+            f"{MAX_KEY_BYTES} bytes in UTF-8) without NUL or newlines"
         )
 
 

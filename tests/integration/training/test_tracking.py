@@ -226,3 +226,20 @@ def test_a_tampered_page_token_is_invalid_not_internal(tracker) -> None:
         error = _error(call)
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
         assert "not one this server issued" in error.details()
+
+
+def test_a_metric_key_of_many_bytes_is_refused_naming_the_field(tracker) -> None:
+    run = _run(tracker, "wide-keys")
+    fits, too_wide = "é" * 200, "é" * 250  # 400 and 500 bytes in UTF-8, both within 250 characters
+    assert _log(tracker, run.run_id, fits, [1.0, 2.0]) == 2
+    history = tracker.GetMetricHistory(S.GetMetricHistoryRequest(run_id=run.run_id, key=fits))
+    assert [p.value for p in history.points] == [1.0, 2.0]
+    calls = {
+        "points[0].key": lambda: _log(tracker, run.run_id, too_wide, [1.0]),
+        "key": lambda: tracker.GetMetricHistory(S.GetMetricHistoryRequest(run_id=run.run_id, key=too_wide)),
+        "metric": lambda: tracker.Leaderboard(S.LeaderboardRequest(experiment="wide-keys", metric=too_wide)),
+    }
+    for field, call in calls.items():
+        error = _error(call)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.details().startswith(f"{field}: metric key") and "400 bytes" in error.details()
