@@ -54,6 +54,7 @@ MAX_KEY_LENGTH = 250
 # 511-byte keys (250 characters may take 1000).
 MAX_KEY_BYTES = 400
 MAX_PARAM_LENGTH = 6000
+MAX_TAG_LENGTH = 8000
 DEFAULT_LEADERBOARD_LIMIT = 10
 DEFAULT_HISTORY_PAGE = 10_000
 MAX_HISTORY_PAGE = 100_000
@@ -190,6 +191,17 @@ def check_metric_key(key: str, where: str) -> None:
         )
 
 
+def check_entries(field: str, entries: dict[str, str], max_value: int) -> None:
+    """Params and tags: keys as readable as metric keys, values of bounded length."""
+    for key, value in entries.items():
+        if not key or len(key) > MAX_KEY_LENGTH or any(c in key for c in "\x00\n"):
+            raise InvalidArgument(
+                f"{field}: key {key[:80]!r} must be 1 to {MAX_KEY_LENGTH} characters without NUL or newlines"
+            )
+        if len(value) > max_value:
+            raise InvalidArgument(f"{field}[{key!r}]: value is longer than {max_value} characters")
+
+
 class Tracking:
     """Experiments, runs, params and metrics on the daemon's store."""
 
@@ -202,6 +214,7 @@ class Tracking:
         self, name: str, description: str = "", tags: dict[str, str] | None = None
     ) -> Experiment:
         validate_name("name", name)
+        check_entries("tags", tags or {}, MAX_TAG_LENGTH)
         experiment = Experiment(name, description, dict(tags or {}), time.time())
         with self._store.write() as txn:
             if txn.exists("experiments", (name,)):
@@ -273,7 +286,8 @@ class Tracking:
         run_id = new_id("run")
         name = name or run_id
         validate_name("name", name)
-        self._check_params(params or {})
+        check_entries("params", params or {}, MAX_PARAM_LENGTH)
+        check_entries("tags", tags or {}, MAX_TAG_LENGTH)
         run = Run(
             run_id,
             experiment,
@@ -321,6 +335,7 @@ class Tracking:
             raise InvalidArgument(
                 f"status: a run can be ended as SUCCEEDED, FAILED or CANCELLED, not {status.upper()}"
             )
+        check_entries("set_tags", set_tags, MAX_TAG_LENGTH)
         with self._store.write() as txn:
             run = self.load_run(txn, run_id)
             if status is not None:
@@ -431,17 +446,9 @@ class Tracking:
 
     # -- params
 
-    @staticmethod
-    def _check_params(params: dict[str, str]) -> None:
-        for key, value in params.items():
-            if not key or len(key) > MAX_KEY_LENGTH:
-                raise InvalidArgument(f"params: key {key[:80]!r} must be 1 to {MAX_KEY_LENGTH} characters")
-            if len(value) > MAX_PARAM_LENGTH:
-                raise InvalidArgument(f"params[{key!r}]: value is longer than {MAX_PARAM_LENGTH} characters")
-
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
         """Add params; a param once logged cannot change value."""
-        self._check_params(params)
+        check_entries("params", params, MAX_PARAM_LENGTH)
         with self._store.write() as txn:
             run = self.load_run(txn, run_id)
             for key, value in params.items():

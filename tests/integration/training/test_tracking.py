@@ -243,3 +243,42 @@ def test_a_metric_key_of_many_bytes_is_refused_naming_the_field(tracker) -> None
         error = _error(call)
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert error.details().startswith(f"{field}: metric key") and "400 bytes" in error.details()
+
+
+def test_tags_and_param_keys_are_checked_like_metric_keys(tracker) -> None:
+    run = _run(tracker, "tag-limits", name="tagged")
+    long_key, long_value = "k" * 251, "v" * 8001
+    cases = [
+        (
+            lambda: tracker.CreateExperiment(S.CreateExperimentRequest(name="tag-x", tags={"": "v"})),
+            "tags: key ''",
+        ),
+        (
+            lambda: tracker.CreateRun(S.CreateRunRequest(experiment="tag-limits", tags={long_key: "v"})),
+            "tags: key 'kkk",
+        ),
+        (
+            lambda: tracker.CreateRun(S.CreateRunRequest(experiment="tag-limits", tags={"k": long_value})),
+            "tags['k']: value is longer than 8000 characters",
+        ),
+        (
+            lambda: tracker.UpdateRun(S.UpdateRunRequest(run_id=run.run_id, set_tags={"a\nb": "v"})),
+            "set_tags: key 'a\\nb'",
+        ),
+        (
+            lambda: tracker.LogParams(S.LogParamsRequest(run_id=run.run_id, params={"a\x00b": "v"})),
+            "params: key 'a\\x00b'",
+        ),
+    ]
+    for call, words in cases:
+        error = _error(call)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and words in error.details(), error.details()
+    assert "without NUL or newlines" in error.details()
+    kept = tracker.GetRun(S.GetRunRequest(run_id=run.run_id))
+    assert kept.tags == {} and kept.params == {}
+    with pytest.raises(grpc.RpcError):
+        tracker.GetExperiment(S.GetExperimentRequest(name="tag-x"))
+    ok = tracker.UpdateRun(
+        S.UpdateRunRequest(run_id=run.run_id, set_tags={"note": "v" * 8000, "k" * 250: "v"})
+    )
+    assert len(ok.tags["note"]) == 8000
