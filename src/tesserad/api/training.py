@@ -160,6 +160,8 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
     ) -> pb.ListRunsResponse:
         params: dict[str, str] = {}
         for i, p in enumerate(request.params):
+            if not p.key:
+                raise InvalidArgument(f"params[{i}].key is required: the name of the param to match")
             if p.key in params and params[p.key] != p.value:
                 raise InvalidArgument(f"params[{i}]: {p.key} is filtered twice with different values")
             params[p.key] = p.value

@@ -369,6 +369,10 @@ class Tracking:
         filters = list(metric_filters)
         for i, f in enumerate(filters):
             check_metric_key(f.key, f"metrics[{i}].key")
+            if math.isnan(f.value):
+                raise InvalidArgument(
+                    f"metrics[{i}].value is NaN, which no metric value compares true against; give a number"
+                )
         limit = page_size(size)
         query = {
             "list": "runs",

@@ -282,3 +282,25 @@ def test_tags_and_param_keys_are_checked_like_metric_keys(tracker) -> None:
         S.UpdateRunRequest(run_id=run.run_id, set_tags={"note": "v" * 8000, "k" * 250: "v"})
     )
     assert len(ok.tags["note"]) == 8000
+
+
+def test_run_filters_that_match_nothing_by_construction_are_refused(tracker) -> None:
+    run = _run(tracker, "filters", lr="0.1")
+    _log(tracker, run.run_id, "loss", [1.0])
+    cases = {
+        "metrics[0].value": S.ListRunsRequest(
+            metrics=[S.MetricFilter(key="loss", op=S.COMPARISON_LT, value=float("nan"))]
+        ),
+        "params[1].key": S.ListRunsRequest(
+            params=[S.ParamFilter(key="lr", value="0.1"), S.ParamFilter(key="", value="0.1")]
+        ),
+    }
+    for field, request in cases.items():
+        error = _error(lambda r=request: tracker.ListRuns(r))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and error.details().startswith(field), (
+            error.details()
+        )
+    infinite = S.MetricFilter(key="loss", op=S.COMPARISON_LT, value=float("inf"))
+    assert [
+        r.run_id for r in tracker.ListRuns(S.ListRunsRequest(experiment="filters", metrics=[infinite])).runs
+    ] == [run.run_id]
