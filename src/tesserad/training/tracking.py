@@ -451,10 +451,14 @@ class Tracking:
     # -- params
 
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
-        """Add params; a param once logged cannot change value."""
+        """Add params to a running run; a param once logged cannot change value."""
         check_entries("params", params, MAX_PARAM_LENGTH)
         with self._store.write() as txn:
             run = self.load_run(txn, run_id)
+            if run.status in ENDED_STATUSES:
+                raise FailedPrecondition(
+                    f"run {run_id!r} has ended ({run.status.upper()}); log params to a running run"
+                )
             for key, value in params.items():
                 if key in run.params and run.params[key] != value:
                     raise FailedPrecondition(

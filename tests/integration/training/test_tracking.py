@@ -304,3 +304,13 @@ def test_run_filters_that_match_nothing_by_construction_are_refused(tracker) -> 
     assert [
         r.run_id for r in tracker.ListRuns(S.ListRunsRequest(experiment="filters", metrics=[infinite])).runs
     ] == [run.run_id]
+
+
+def test_params_like_metrics_are_logged_only_while_the_run_runs(tracker) -> None:
+    run = _run(tracker, "ended-params", lr="0.1")
+    tracker.UpdateRun(S.UpdateRunRequest(run_id=run.run_id, status=S.RUN_STATUS_SUCCEEDED))
+    late = _error(lambda: tracker.LogParams(S.LogParamsRequest(run_id=run.run_id, params={"seed": "1"})))
+    assert late.code() == grpc.StatusCode.FAILED_PRECONDITION and "has ended (SUCCEEDED)" in late.details()
+    assert tracker.GetRun(S.GetRunRequest(run_id=run.run_id)).params == {"lr": "0.1"}
+    tagged = tracker.UpdateRun(S.UpdateRunRequest(run_id=run.run_id, set_tags={"reviewed": "yes"}))
+    assert tagged.tags == {"reviewed": "yes"}  # tags annotate a run, ended or not

@@ -1574,7 +1574,9 @@ class LogParamsRequest(_message.Message):
     run_id: _builtins.str
     @_builtins.property
     def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """A param, once logged, cannot change value (FAILED_PRECONDITION)."""
+        """A param, once logged, cannot change value (FAILED_PRECONDITION); nor can params be added
+        to a run that has ended.
+        """
 
     def __init__(
         self,
