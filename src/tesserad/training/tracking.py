@@ -365,6 +365,11 @@ class Tracking:
         if experiment:
             validate_name("experiment", experiment)
         wanted = set(statuses)
+        unknown = sorted(wanted.difference(RUN_STATUSES))
+        if unknown:
+            raise InvalidArgument(
+                f"status {unknown[0][:40]!r} is not a run status; use one of {', '.join(RUN_STATUSES)}"
+            )
         params = params or {}
         filters = list(metric_filters)
         for i, f in enumerate(filters):

@@ -172,6 +172,17 @@ def test_runs_filter_by_param_and_metric(dash, client):
     assert [e["run"]["name"] for e in board] == ["high", "low"]
 
 
+def test_runs_filter_by_status_and_refuse_an_unknown_one(dash, client):
+    run = client.training.create_run("dash-status", name="done")
+    client.training.update_run(run.run_id, status="succeeded")
+    port = dash.daemon.http_port
+    answer = http_get(port, "/api/v1/runs?experiment=dash-status&status=succeeded")
+    assert [r["name"] for r in answer.json()["runs"]] == ["done"]
+    answer = http_get(port, "/api/v1/runs?experiment=dash-status&status=finished")  # MLflow's word
+    assert answer.status == 400, answer.body
+    assert "status 'finished'" in answer.json()["error"] and "succeeded" in answer.json()["error"]
+
+
 def test_a_model_with_versions_aliases_lineage_and_deployments(dash, client, tmp_path, finished_job):
     path = affine_onnx(tmp_path / "affine.onnx")
     client.models.push("dash-affine", path, alias="staging", description="two <b>versions</b>")
