@@ -318,6 +318,8 @@ class Tracking:
         txn.put("runs", (run.run_id,), encode_record("run", 1, _run_data(run)))
 
     def load_run(self, txn: ReadTxn, run_id: str) -> Run:
+        if not run_id:
+            raise InvalidArgument("run_id is required")
         raw = txn.get("runs", (run_id,))
         if raw is None:
             raise NotFound(f"run {run_id!r} does not exist")

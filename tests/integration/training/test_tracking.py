@@ -314,3 +314,16 @@ def test_params_like_metrics_are_logged_only_while_the_run_runs(tracker) -> None
     assert tracker.GetRun(S.GetRunRequest(run_id=run.run_id)).params == {"lr": "0.1"}
     tagged = tracker.UpdateRun(S.UpdateRunRequest(run_id=run.run_id, set_tags={"reviewed": "yes"}))
     assert tagged.tags == {"reviewed": "yes"}  # tags annotate a run, ended or not
+
+
+def test_an_empty_run_id_is_invalid_in_every_run_call(tracker) -> None:
+    calls = {
+        "GetRun": lambda: tracker.GetRun(S.GetRunRequest()),
+        "UpdateRun": lambda: tracker.UpdateRun(S.UpdateRunRequest(set_tags={"k": "v"})),
+        "LogParams": lambda: tracker.LogParams(S.LogParamsRequest(params={"k": "v"})),
+        "GetMetricHistory": lambda: tracker.GetMetricHistory(S.GetMetricHistoryRequest(key="loss")),
+    }
+    for name, call in calls.items():
+        error = _error(call)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, name
+        assert error.details() == "run_id is required", name
