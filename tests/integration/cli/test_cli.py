@@ -197,6 +197,20 @@ def test_train_follow_jobs_runs_and_export(tessera_cli, client, dataset_file, tm
     assert cancelled.code == 0 and f"job {long_job}" in cancelled.out
 
 
+def test_runs_show_tells_an_ended_runs_status_times_and_tags(tessera_cli, client):
+    run = client.training.create_run("cli-show", name="tagged", params={"lr": "0.1"}, tags={"team": "vision"})
+    client.training.update_run(run.run_id, status="failed")
+    shown = tessera_cli("runs", "show", run.run_id)
+    assert shown.code == 0, shown.err
+    rows = {
+        line.split("│")[1].strip(): line.split("│")[2].strip()
+        for line in shown.out.splitlines()
+        if "│" in line
+    }
+    assert rows["status"] == "failed" and rows["tag team"] == "vision" and rows["param lr"] == "0.1"
+    assert rows["started"] != "-" and rows["ended"] != "-"
+
+
 def test_train_errors(tessera_cli, tmp_path):
     spec = tmp_path / "bad.toml"
     spec.write_text("epochs = [")

@@ -615,9 +615,13 @@ def cmd_runs_show(client: Client, args: argparse.Namespace, out: Output) -> None
     rows: list[tuple[str, Any]] = [
         ("experiment", run.experiment),
         ("name", run.name),
+        ("status", training_pb2.RunStatus.Name(run.status).removeprefix("RUN_STATUS_").lower()),
         ("job", run.job_id or "-"),
+        ("started", when(run.start_time)),
+        ("ended", when(run.end_time)),
     ]
     rows += [(f"param {k}", v) for k, v in sorted(run.params.items())]
+    rows += [(f"tag {k}", v) for k, v in sorted(run.tags.items())]
     rows += [
         (f"metric {m.key}", f"last {m.last:.5g}  min {m.min:.5g}  max {m.max:.5g}  ({m.count} points)")
         for m in run.metrics
