@@ -651,15 +651,18 @@ def _refresh_summary(txn: WriteTxn, run_id: str, key: str) -> None:
 
 
 def write_points(txn: WriteTxn, run_id: str, points: list[MetricPoint], now: float) -> None:
-    """Store the points (of points at one step, the last written wins) and update their keys'
-    buckets and summaries, in `txn`.
+    """Store the finite points (of points at one step, the last written wins) and update their
+    keys' buckets and summaries, in `txn`.
 
-    Buckets and summaries are updated once per key per batch, which keeps ingest near the cost
-    of the puts themselves.
+    Tracking holds finite values only: LogMetrics refuses the others, and a job's validation
+    metric that comes out NaN (a split can hold NaN) stays in its events, out of its run, where
+    it would make extremes, rankings and filters meaningless. Buckets and summaries are updated
+    once per key per batch, which keeps ingest near the cost of the puts themselves.
     """
     by_key: dict[str, dict[int, Sample]] = {}
     for point in points:
-        by_key.setdefault(point.key, {})[point.step] = Sample(point.step, point.value, point.time or now)
+        if math.isfinite(point.value):
+            by_key.setdefault(point.key, {})[point.step] = Sample(point.step, point.value, point.time or now)
     put = txn.put_packed
     for key, batch in by_key.items():
         metric = metric_prefix(run_id, key)

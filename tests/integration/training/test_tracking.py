@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import base64
 import gc
+import io
 import json
 import logging
+import math
 import time
 
 import grpc
+import numpy as np
 import pytest
 
-from tessera.v1 import job_spec_pb2, training_pb2, training_pb2_grpc
+from tessera.v1 import datasets_pb2, datasets_pb2_grpc, job_spec_pb2, training_pb2, training_pb2_grpc
+from tests.integration.training.conftest import follow, job_spec, of_kind, submit
 
 S = training_pb2
 
@@ -327,3 +331,46 @@ def test_an_empty_run_id_is_invalid_in_every_run_call(tracker) -> None:
         error = _error(call)
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, name
         assert error.details() == "run_id is required", name
+
+
+def test_a_jobs_nan_validation_metric_stays_out_of_its_run(training_daemon, tracker) -> None:
+    """Tracking holds finite values only (LogMetrics refuses the others); a job's validation
+    split may hold NaN (a dataset can allow it), and its NaN val_loss is reported in the job's
+    events but not stored in its run, whose summaries and downsampled history stay readable."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(48, 6)).astype(np.float32)
+    x[40] = np.nan  # a validation row
+    buffer = io.BytesIO()
+    np.savez(buffer, x=x, y=(x[:, 0] > 0).astype(np.int64))
+    header = datasets_pb2.UploadDatasetHeader(
+        name="flat-nan-val", format=datasets_pb2.DATASET_FORMAT_NPZ, allow_nonfinite=True
+    )
+    header.splits.indices.splits.extend(
+        [
+            datasets_pb2.SplitIndices(name="train", indices=list(range(36))),
+            datasets_pb2.SplitIndices(name="val", indices=list(range(36, 48))),
+        ]
+    )
+    datasets_pb2_grpc.DatasetsStub(training_daemon.channel()).UploadDataset(
+        iter(
+            [
+                datasets_pb2.UploadDatasetRequest(header=header),
+                datasets_pb2.UploadDatasetRequest(chunk=buffer.getvalue()),
+            ]
+        )
+    )
+    spec = job_spec("mlp", experiment="nan-val", epochs=5)
+    spec.data.dataset.name = "flat-nan-val"
+    job = submit(tracker, spec)
+    epochs = of_kind(follow(tracker, job.job_id), "epoch")
+    assert len(epochs) == 5 and all(math.isnan(e.metrics["val_loss"]) for e in epochs)
+    run = tracker.GetRun(S.GetRunRequest(run_id=tracker.GetJob(S.GetJobRequest(job_id=job.job_id)).run_id))
+    summaries = {m.key: m for m in run.metrics}
+    assert "val_loss" not in summaries and summaries["val_accuracy"].count == 5
+    assert all(math.isfinite(v) for m in run.metrics for v in (m.last, m.min, m.max))
+    history = tracker.GetMetricHistory(
+        S.GetMetricHistoryRequest(run_id=run.run_id, key="val_loss", max_points=4)
+    )
+    assert not history.points and history.total_points == 0
+    board = tracker.Leaderboard(S.LeaderboardRequest(experiment="nan-val", metric="val_accuracy"))
+    assert [e.run.run_id for e in board.entries] == [run.run_id]

@@ -1617,6 +1617,10 @@ class MetricPoint(_message.Message):
     TIME_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     value: _builtins.float
+    """A finite number: NaN and Inf are INVALID_ARGUMENT (MLflow stores them; here a run's
+    summaries, rankings and filters compare values, which NaN would defeat). A job's NaN
+    validation metric is reported in its events, not stored in its run.
+    """
     step: _builtins.int
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
