@@ -139,6 +139,20 @@ def test_tracking_for_an_external_script(client):
         client.training.update_run(runs[0], status="done")
 
 
+def test_params_and_tags_of_any_value_are_sent_as_text_everywhere(client):
+    """log_params writes values as text; creating a run, tagging it and creating an experiment
+    take the same values (MLflow's log_param and set_tag turn theirs into text too)."""
+    client.training.create_experiment("as-text", tags={"priority": 1})
+    run = client.training.create_run("as-text", params={"lr": 0.1, "layers": 3}, tags={"seeded": True})
+    client.training.update_run(run.run_id, set_tags={"attempt": 2})
+    client.training.log_params(run.run_id, {"dropout": 0.5})
+    shown = client.training.run(run.run_id)
+    assert shown.params == {"lr": "0.1", "layers": "3", "dropout": "0.5"}
+    assert shown.tags == {"seeded": "True", "attempt": "2"}
+    assert client.training.experiment("as-text").tags == {"priority": "1"}
+    assert [r.run_id for r in client.training.runs("as-text", params={"lr": 0.1})] == [run.run_id]
+
+
 def test_aio_submit_watch_and_wait(daemon, client, table):
     async def scenario():
         async with tessera.aio.Client(daemon.target) as aio_client:

@@ -38,6 +38,11 @@ def enum_value(enum: _EnumTypeWrapper[_V], prefix: str, value: str | int) -> _V:
     return enum.Value(name)
 
 
+def _as_text(values: Mapping[str, Any] | None) -> dict[str, str]:
+    """Params and tags as the daemon keeps them: text (3 -> "3", True -> "True")."""
+    return {key: str(value) for key, value in (values or {}).items()}
+
+
 class WatchCursor(SeqCursor):
     """Where a job's event stream has got to (see `SeqCursor` for what is resumed)."""
 
@@ -169,10 +174,10 @@ class Training(Part[C]):
 
     @call
     def create_experiment(
-        self, name: str, description: str = "", tags: Mapping[str, str] | None = None
+        self, name: str, description: str = "", tags: Mapping[str, Any] | None = None
     ) -> Op[pb.Experiment]:
-        """Create an experiment (jobs create theirs on first use)."""
-        request = pb.CreateExperimentRequest(name=name, description=description, tags=tags)
+        """Create an experiment (jobs create theirs on first use); tag values as text."""
+        request = pb.CreateExperimentRequest(name=name, description=description, tags=_as_text(tags))
         return Op(S, "CreateExperiment", request)
 
     @call
@@ -195,19 +200,22 @@ class Training(Part[C]):
         self,
         experiment: str,
         name: str = "",
-        params: Mapping[str, str] | None = None,
-        tags: Mapping[str, str] | None = None,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, Any] | None = None,
     ) -> Op[pb.Run]:
-        """Start a run for a training script outside the daemon; log to it, then end it."""
-        request = pb.CreateRunRequest(experiment=experiment, name=name, params=params, tags=tags)
+        """Start a run for a training script outside the daemon; log to it, then end it. Param
+        and tag values as text."""
+        request = pb.CreateRunRequest(
+            experiment=experiment, name=name, params=_as_text(params), tags=_as_text(tags)
+        )
         return Op(S, "CreateRun", request)
 
     @call
     def update_run(
-        self, run_id: str, status: str | int | None = None, set_tags: Mapping[str, str] | None = None
+        self, run_id: str, status: str | int | None = None, set_tags: Mapping[str, Any] | None = None
     ) -> Op[pb.Run]:
-        """End a run ("succeeded", "failed", "cancelled") or change its tags."""
-        request = pb.UpdateRunRequest(run_id=run_id, set_tags=set_tags)
+        """End a run ("succeeded", "failed", "cancelled") or change its tags (values as text)."""
+        request = pb.UpdateRunRequest(run_id=run_id, set_tags=_as_text(set_tags))
         if status is not None:
             request.status = enum_value(pb.RunStatus, "RUN_STATUS_", status)
         return Op(S, "UpdateRun", request)
@@ -222,17 +230,17 @@ class Training(Part[C]):
         self,
         experiment: str = "",
         statuses: Iterable[str | int] = (),
-        params: Mapping[str, str] | None = None,
+        params: Mapping[str, Any] | None = None,
         metrics: Sequence[pb.MetricFilter] = (),
         page_size: int = 0,
     ) -> Pages[pb.Run]:
-        """Runs matching every filter given."""
+        """Runs matching every filter given (param values as text)."""
 
         def page(token: str) -> Op[pb.ListRunsResponse]:
             request = pb.ListRunsRequest(
                 experiment=experiment,
                 statuses=[enum_value(pb.RunStatus, "RUN_STATUS_", s) for s in statuses],
-                params=[pb.ParamFilter(key=k, value=v) for k, v in (params or {}).items()],
+                params=[pb.ParamFilter(key=k, value=v) for k, v in _as_text(params).items()],
                 metrics=list(metrics),
                 page_size=page_size,
                 page_token=token,
@@ -259,7 +267,7 @@ class Training(Part[C]):
     @call
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> Op[None]:
         """Record params of a run (values as text; a logged param cannot change)."""
-        request = pb.LogParamsRequest(run_id=run_id, params={k: str(v) for k, v in params.items()})
+        request = pb.LogParamsRequest(run_id=run_id, params=_as_text(params))
         return Op(S, "LogParams", request, lambda _: None)
 
     @call
