@@ -56,11 +56,19 @@ def epoch_metric_names(task: str, has_val: bool) -> list[str]:
     return names
 
 
-def _mode(mode: str, metric: str) -> str:
-    if mode:
-        return mode
+# Names that say lower is better: losses, errors, and the error measures a regression job logs
+# (val_mae, val_rmse); "mse" also covers rmse and msle.
+_LOWER_IS_BETTER = ("loss", "error", "mae", "mse", "mape")
+
+
+def default_mode(metric: str) -> str:
+    """min for a metric whose name says it is a loss or an error, else max."""
     lowered = metric.lower()
-    return "min" if "loss" in lowered or "error" in lowered else "max"
+    return "min" if any(word in lowered for word in _LOWER_IS_BETTER) else "max"
+
+
+def _mode(mode: str, metric: str) -> str:
+    return mode or default_mode(metric)
 
 
 # -- the plain spec's fields

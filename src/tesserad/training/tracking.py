@@ -34,6 +34,7 @@ from tesserad.store import (
 )
 from tesserad.training import metric_buckets
 from tesserad.training.metric_buckets import MAX_STEP, Grouping, Sample, metric_prefix, point_key
+from tesserad.training.spec import default_mode as default_mode  # one rule; sweeps import it here
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +66,6 @@ _POINT_WIRE_BYTES = 40
 _EVERY_POINT = -1  # the level in a history page token that means "every point, no buckets"
 # In the "meta" table once every metric has its buckets (stores from before them are backfilled).
 BUCKETS_BUILT = ("metric_buckets_built",)
-
-
-def default_mode(metric: str) -> str:
-    """min for names containing "loss" or "error", else max."""
-    lowered = metric.lower()
-    return "min" if "loss" in lowered or "error" in lowered else "max"
 
 
 @dataclass

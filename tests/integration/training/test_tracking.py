@@ -374,3 +374,14 @@ def test_a_jobs_nan_validation_metric_stays_out_of_its_run(training_daemon, trac
     assert not history.points and history.total_points == 0
     board = tracker.Leaderboard(S.LeaderboardRequest(experiment="nan-val", metric="val_accuracy"))
     assert [e.run.run_id for e in board.entries] == [run.run_id]
+
+
+def test_error_metrics_a_regression_job_logs_rank_lowest_first_by_default(tracker) -> None:
+    """val_mae and val_rmse (what a regression job reports) are errors: lower is better."""
+    for name, values in (("good", [0.9, 0.1]), ("poor", [0.9, 0.8])):
+        run = _run(tracker, "regression-board", name=name)
+        _log(tracker, run.run_id, "val_mae", values)
+        _log(tracker, run.run_id, "val_rmse", values)
+    for metric in ("val_mae", "val_rmse"):
+        board = tracker.Leaderboard(S.LeaderboardRequest(experiment="regression-board", metric=metric))
+        assert [(e.run.name, e.value) for e in board.entries] == [("good", 0.1), ("poor", 0.8)], metric

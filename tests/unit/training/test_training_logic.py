@@ -130,6 +130,27 @@ def test_spec_defaults_are_applied() -> None:
     assert config["early_stopping"]["mode"] == "min" and config["register_as"] is None
 
 
+@pytest.mark.parametrize(
+    ("metric", "mode"),
+    [
+        ("val_loss", "min"),
+        ("val_mae", "min"),
+        ("val_rmse", "min"),
+        ("val_r2", "max"),
+        ("val_accuracy", "max"),
+    ],
+)
+def test_early_stopping_and_best_checkpoints_follow_the_metrics_direction(metric: str, mode: str) -> None:
+    raw = _raw(
+        early_stopping={"metric": metric, "patience": 2},
+        checkpoints={"keep_best_metric": metric},
+    )
+    if metric in ("val_mae", "val_rmse", "val_r2"):
+        raw.update(task="regression", architecture={**raw["architecture"], "output_size": 1})
+    config = normalize_spec(raw, _dataset, DeviceFacts(cpu_slots=1, gpu_count=0), _no_parent)
+    assert config["early_stopping"]["mode"] == mode and config["checkpoints"]["keep_best_mode"] == mode
+
+
 def test_ray_resources_and_max_restarts_are_checked_and_absent_unless_set() -> None:
     devices = DeviceFacts(1, 0)
     plain = normalize_spec(_raw(), _dataset, devices, _no_parent)

@@ -58,7 +58,7 @@ class _OptimizeMode:
 class _OptimizeModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OptimizeMode.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     OPTIMIZE_MODE_UNSPECIFIED: _OptimizeMode.ValueType  # 0
-    """min for names containing "loss" or "error", else max"""
+    """min for names containing "loss", "error", "mae", "mse" or "mape" (val_mae, val_rmse), else max"""
     OPTIMIZE_MODE_MIN: _OptimizeMode.ValueType  # 1
     OPTIMIZE_MODE_MAX: _OptimizeMode.ValueType  # 2
 
@@ -66,7 +66,7 @@ class OptimizeMode(_OptimizeMode, metaclass=_OptimizeModeEnumTypeWrapper):
     """Whether a smaller or a larger value of a metric is better."""
 
 OPTIMIZE_MODE_UNSPECIFIED: OptimizeMode.ValueType  # 0
-"""min for names containing "loss" or "error", else max"""
+"""min for names containing "loss", "error", "mae", "mse" or "mape" (val_mae, val_rmse), else max"""
 OPTIMIZE_MODE_MIN: OptimizeMode.ValueType  # 1
 OPTIMIZE_MODE_MAX: OptimizeMode.ValueType  # 2
 Global___OptimizeMode: _TypeAlias = OptimizeMode  # noqa: Y015
