@@ -341,10 +341,12 @@ class Tracking:
                         f"run {run_id!r} belongs to job {run.job_id}; its status follows the job "
                         "(cancel the job with CancelJob instead)"
                     )
-                if run.status in ENDED_STATUSES:
+                if run.status in ENDED_STATUSES and run.status != status:
                     raise FailedPrecondition(f"run {run_id!r} has already ended ({run.status.upper()})")
-                run.status = status
-                run.end_time = time.time()
+                # Ending it again as it ended is a repeat (a retried call): the end time stays.
+                if run.status != status:
+                    run.status = status
+                    run.end_time = time.time()
             run.tags.update(set_tags)
             self.put_run(txn, run)
         return self.get_run(run_id)

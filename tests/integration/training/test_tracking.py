@@ -385,3 +385,18 @@ def test_error_metrics_a_regression_job_logs_rank_lowest_first_by_default(tracke
     for metric in ("val_mae", "val_rmse"):
         board = tracker.Leaderboard(S.LeaderboardRequest(experiment="regression-board", metric=metric))
         assert [(e.run.name, e.value) for e in board.entries] == [("good", 0.1), ("poor", 0.8)], metric
+
+
+def test_ending_a_run_again_with_its_status_is_a_repeat_not_an_error(tracker) -> None:
+    """The SDK retries UpdateRun when the daemon is unavailable; a retry of an end that took
+    effect must not fail."""
+    run = _run(tracker, "end-twice")
+    ended = tracker.UpdateRun(S.UpdateRunRequest(run_id=run.run_id, status=S.RUN_STATUS_SUCCEEDED))
+    again = tracker.UpdateRun(S.UpdateRunRequest(run_id=run.run_id, status=S.RUN_STATUS_SUCCEEDED))
+    assert again.status == S.RUN_STATUS_SUCCEEDED and again.end_time == ended.end_time
+    other = _error(
+        lambda: tracker.UpdateRun(S.UpdateRunRequest(run_id=run.run_id, status=S.RUN_STATUS_FAILED))
+    )
+    assert (
+        other.code() == grpc.StatusCode.FAILED_PRECONDITION and "already ended (SUCCEEDED)" in other.details()
+    )
