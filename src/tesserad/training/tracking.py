@@ -455,20 +455,21 @@ class Tracking:
     # -- params
 
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
-        """Add params to a running run; a param once logged cannot change value."""
+        """Add params to a running run; a param once logged cannot change value, and logging
+        it again with its value is a repeat that holds (the SDK retries this call)."""
         check_entries("params", params, MAX_PARAM_LENGTH)
         with self._store.write() as txn:
             run = self.load_run(txn, run_id)
-            if run.status in ENDED_STATUSES:
-                raise FailedPrecondition(
-                    f"run {run_id!r} has ended ({run.status.upper()}); log params to a running run"
-                )
             for key, value in params.items():
                 if key in run.params and run.params[key] != value:
                     raise FailedPrecondition(
                         f"params[{key!r}]: run {run_id!r} already has {key} = {run.params[key]!r}; a "
                         "logged param cannot change (start a new run for a new value)"
                     )
+            if run.status in ENDED_STATUSES and not params.keys() <= run.params.keys():
+                raise FailedPrecondition(
+                    f"run {run_id!r} has ended ({run.status.upper()}); log params to a running run"
+                )
             run.params.update(params)
             self.put_run(txn, run)
 

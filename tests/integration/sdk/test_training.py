@@ -133,7 +133,7 @@ def test_tracking_for_an_external_script(client):
     assert [entry.run.run_id for entry in board] == [runs[1], runs[0]]
     comparison = client.training.compare_runs(runs)
     assert any(p.key == "lr" and p.differs for p in comparison.params)
-    with pytest.raises(tessera.FailedPrecondition, match="has ended"):
+    with pytest.raises(tessera.FailedPrecondition, match="already has lr"):
         client.training.log_params(runs[0], {"lr": "0.5"})
     with pytest.raises(ValueError, match="succeeded"):
         client.training.update_run(runs[0], status="done")

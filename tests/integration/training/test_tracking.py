@@ -316,6 +316,8 @@ def test_params_like_metrics_are_logged_only_while_the_run_runs(tracker) -> None
     late = _error(lambda: tracker.LogParams(S.LogParamsRequest(run_id=run.run_id, params={"seed": "1"})))
     assert late.code() == grpc.StatusCode.FAILED_PRECONDITION and "has ended (SUCCEEDED)" in late.details()
     assert tracker.GetRun(S.GetRunRequest(run_id=run.run_id)).params == {"lr": "0.1"}
+    # A repeat of what is logged adds nothing, so it holds (the SDK retries LogParams).
+    tracker.LogParams(S.LogParamsRequest(run_id=run.run_id, params={"lr": "0.1"}))
     tagged = tracker.UpdateRun(S.UpdateRunRequest(run_id=run.run_id, set_tags={"reviewed": "yes"}))
     assert tagged.tags == {"reviewed": "yes"}  # tags annotate a run, ended or not
 

@@ -1574,8 +1574,8 @@ class LogParamsRequest(_message.Message):
     run_id: _builtins.str
     @_builtins.property
     def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """A param, once logged, cannot change value (FAILED_PRECONDITION); nor can params be added
-        to a run that has ended.
+        """A param, once logged, cannot change value (FAILED_PRECONDITION); nor can new params be
+        added to a run that has ended. Logging a param again with its value changes nothing.
         """
 
     def __init__(
