@@ -175,7 +175,10 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         inputs = oip_inputs_to_arrays(request)
         output_names = oip_requested_outputs(request)
         decoded = time.perf_counter_ns()
-        version, prediction = await predict(self._service, target, inputs, output_names, deadline, request.id)
+        # ModelConfig advertises max_batch_size; as in Triton, a request may not exceed it.
+        version, prediction = await predict(
+            self._service, target, inputs, output_names, deadline, request.id, within_max_batch=True
+        )
         answered = time.perf_counter_ns()
         response = pb.ModelInferResponse(model_name=target.model, model_version=str(version), id=request.id)
         for name, array in prediction.outputs.items():

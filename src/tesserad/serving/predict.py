@@ -33,10 +33,13 @@ async def predict(
     output_names: Sequence[str],
     deadline: float | None,
     request_id: str,
+    *,
+    within_max_batch: bool = False,
 ) -> tuple[int, Prediction]:
     """(version that served, prediction); loads the version first if needed and allowed.
 
-    `deadline` is a time.monotonic() instant, or None for none.
+    `deadline` is a time.monotonic() instant, or None for none. `within_max_batch`: see
+    InferenceService.submit.
     """
     if service.in_flight == 0 and service.may_hold(target.model):
         # Alone so far: yield once, so that the loop can begin the calls that arrived with this
@@ -54,7 +57,15 @@ async def predict(
         for _ in range(_AUTOLOAD_ROUNDS):
             # Signs of load, both public: other requests waiting here, or calls begun after this one.
             others = service.in_flight > 1 or service.calls.begun_after_this_one()
-            submitted = service.submit(target, inputs, output_names, deadline, request_id, hold=others)
+            submitted = service.submit(
+                target,
+                inputs,
+                output_names,
+                deadline,
+                request_id,
+                hold=others,
+                within_max_batch=within_max_batch,
+            )
             future = submitted.future
             if future is None:
                 await asyncio.to_thread(service.autoload, target.model, submitted.version)

@@ -23,7 +23,7 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from tesserad.errors import FailedPrecondition, NotFound, TesseraError, Unavailable
+from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, TesseraError, Unavailable
 from tesserad.serving.batcher import Answer, BatcherClosed
 from tesserad.serving.explain import Explainer, ExplainOptions, Method, QueuedExplanation
 from tesserad.serving.pool import LoadedVersion, ModelPool, ServableVersion, ServingConfig
@@ -277,11 +277,14 @@ class InferenceService:
         request_id: str,
         *,
         hold: bool = False,
+        within_max_batch: bool = False,
     ) -> Submitted:
         """Route, validate and queue a request; `future` None means `version` must load first.
 
         `hold`: more requests are about to be submitted; a batching version queues this one
         without starting it, and the caller must call `entry.batcher.release()` (Submitted.held).
+        `within_max_batch`: refuse a request of more rows than the version's max_batch_size (the
+        batcher would run it alone), as Triton does for a protocol that advertises that limit.
         """
         for _ in range(_MAX_ROUTING_ROUNDS):
             version, shadow_version = self.route(target)
@@ -289,6 +292,8 @@ class InferenceService:
             if entry is None or entry.batcher is None or entry.signature is None:
                 return Submitted(version, None, None)
             rows = validate_request(entry.signature, inputs, output_names, entry.label)
+            if within_max_batch and rows > entry.config.max_batch_size and entry.signature.batchable:
+                raise _over_max_batch(target.model, entry, rows)
             holds = entry.batcher.holds(rows)
             self._holds[target.model] = holds
             held = hold and holds
@@ -578,6 +583,18 @@ class InferenceService:
         self._swaps.shutdown(wait=True, cancel_futures=True)
         self.explainer.close()
         self.pool.close()
+
+
+def _over_max_batch(model: str, entry: LoadedVersion, rows: int) -> InvalidArgument:
+    assert entry.signature is not None
+    limit = entry.config.max_batch_size
+    # Triton's own words first: clients and scripts written against Triton look for them.
+    return InvalidArgument(
+        f"inference request batch-size must be <= {limit} for {model!r}: input "
+        f"{entry.signature.inputs[0].name!r} has {rows} rows, and {entry.label} is loaded with "
+        f"max_batch_size {limit}; split the request, or load the version with a larger "
+        "max_batch_size (tessera.v1.Inference/LoadModel)"
+    )
 
 
 class _Once:

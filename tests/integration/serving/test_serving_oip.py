@@ -295,3 +295,30 @@ def test_unsupported_extensions_are_unimplemented_with_a_reason(oip, expect_rpc_
     )
     expect_rpc_error(lambda: oip.TraceSetting(pb.TraceSettingRequest()), unimplemented, "trace settings")
     expect_rpc_error(lambda: oip.LogSettings(pb.LogSettingsRequest()), unimplemented, "log settings")
+
+
+def test_a_request_over_max_batch_size_is_refused_as_triton_does(
+    oip, inference, linear, expect_rpc_error
+) -> None:
+    # ModelConfig tells a Triton client the most rows a request may carry; Triton refuses more.
+    inference.LoadModel(
+        inference_pb2.LoadModelRequest(
+            target=common_pb2.VersionRef(model=linear, version=1),
+            config=inference_pb2.ServingConfig(max_batch_size=4),
+        )
+    )
+    assert oip.ModelConfig(pb.ModelConfigRequest(name=linear, version="1")).config.max_batch_size == 4
+    expect_rpc_error(
+        lambda: oip.ModelInfer(infer_request(linear, np.ones((5, 4), np.float32), version="1")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "inference request batch-size must be <= 4 for 'linear': input 'x' has 5 rows",
+    )
+    assert list(
+        oip.ModelInfer(infer_request(linear, np.ones((4, 4), np.float32), version="1")).outputs[0].shape
+    ) == [4, 3]
+    # A version loaded for the request (autoload) is held to its default max_batch_size too.
+    expect_rpc_error(
+        lambda: oip.ModelInfer(infer_request(linear, np.ones((33, 4), np.float32), version="2")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "inference request batch-size must be <= 32 for 'linear'",
+    )
