@@ -23,7 +23,7 @@ from tesserad.api.convert_tensors import (
     oip_requested_outputs,
 )
 from tesserad.api.streams import answer_stream
-from tesserad.errors import NotFound, TesseraError, Unimplemented
+from tesserad.errors import InvalidArgument, NotFound, TesseraError, Unimplemented
 from tesserad.names import validate_name
 from tesserad.numbers import INT64_MAX, whole_number
 from tesserad.oip import grpc_service_pb2 as pb
@@ -59,6 +59,52 @@ def target_of(name: str, version: str) -> Target:
     if not version:
         return Target(name)
     return Target(name, version=whole_number("model_version", version, 1, INT64_MAX))
+
+
+def _parameter(request: pb.ModelInferRequest, key: str, kinds: tuple[str, ...], expected: str) -> object:
+    """The value of request parameter `key` (None when absent); InvalidArgument for another kind."""
+    if key not in request.parameters:
+        return None
+    parameter = request.parameters[key]
+    kind = parameter.WhichOneof("parameter_choice")
+    if kind not in kinds:
+        raise InvalidArgument(f"parameter {key!r} must be {expected}, got {kind or 'no value'}")
+    return getattr(parameter, kind)
+
+
+def timeout_of(request: pb.ModelInferRequest) -> float | None:
+    """The seconds the `timeout` parameter allows the request (None: no timeout), once the
+    parameters Triton itself reads are checked as Triton checks them.
+
+    A sequence (sequence_id, sequence_start, sequence_end) is refused: it is for a stateful model,
+    whose answer depends on the sequence's earlier requests, and tesserad has none. `priority` is
+    checked and otherwise ignored: no model here has priority levels, and Triton then serves every
+    priority alike. Other parameters are the model's own in Triton; no tesserad model reads any.
+    """
+    sequence_id = _parameter(
+        request, "sequence_id", ("int64_param", "string_param"), "an int64_param or string_param"
+    )
+    starts = _parameter(request, "sequence_start", ("bool_param",), "a bool_param")
+    ends = _parameter(request, "sequence_end", ("bool_param",), "a bool_param")
+    if sequence_id or starts or ends:
+        raise Unimplemented(
+            f"request {request.id!r} is part of a sequence (sequence_id {sequence_id or 'none'}); "
+            "tesserad keeps no state between requests (no model has sequence batching), so it would "
+            "answer it as if alone: send the request without sequence_id, sequence_start and sequence_end"
+        )
+    priority = _parameter(
+        request, "priority", ("int64_param", "uint64_param"), "an int64_param or uint64_param"
+    )
+    if isinstance(priority, int) and priority < 0:
+        raise InvalidArgument(f"parameter 'priority' must be at least 0, got {priority}")
+    timeout_us = _parameter(request, "timeout", ("int64_param",), "an int64_param (microseconds)")
+    if not isinstance(timeout_us, int) or timeout_us == 0:
+        return None
+    if timeout_us < 0:
+        raise InvalidArgument(
+            f"parameter 'timeout' must be at least 0 microseconds (0: none), got {timeout_us}"
+        )
+    return timeout_us / 1e6
 
 
 def _duration(count: int, ns: int) -> pb.StatisticDuration:
@@ -172,6 +218,11 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def _infer(self, request: pb.ModelInferRequest, deadline: float | None) -> pb.ModelInferResponse:
         started = time.perf_counter_ns()
         target = target_of(request.model_name, request.model_version)
+        timeout = timeout_of(request) if request.parameters else None
+        if timeout is not None:
+            # As a deadline: a request still queued when it passes is dropped before it runs.
+            ends = time.monotonic() + timeout
+            deadline = ends if deadline is None else min(deadline, ends)
         inputs = oip_inputs_to_arrays(request)
         output_names = oip_requested_outputs(request)
         decoded = time.perf_counter_ns()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 import numpy as np
-from serving_models import W, half_model, two_output_model, upload
+from serving_models import W, half_model, slow_model, two_output_model, upload
 
 from tessera.v1 import common_pb2, inference_pb2
 from tesserad.oip import grpc_service_pb2 as pb
@@ -322,3 +322,91 @@ def test_a_request_over_max_batch_size_is_refused_as_triton_does(
         grpc.StatusCode.INVALID_ARGUMENT,
         "inference request batch-size must be <= 32 for 'linear'",
     )
+
+
+def with_parameters(request: pb.ModelInferRequest, **parameters: bool | int | str) -> pb.ModelInferRequest:
+    """`request` with InferParameters as tritonclient sends them (bool, int64 or string)."""
+    for key, value in parameters.items():
+        if isinstance(value, bool):
+            request.parameters[key].bool_param = value
+        elif isinstance(value, int):
+            request.parameters[key].int64_param = value
+        else:
+            request.parameters[key].string_param = value
+    return request
+
+
+def test_a_sequence_request_is_refused_rather_than_answered_without_its_state(
+    oip, linear, expect_rpc_error
+) -> None:
+    # tritonclient's infer(sequence_id=..., sequence_start=...) is for a stateful model, whose
+    # answer depends on the sequence's earlier requests; answering each request alone would be wrong.
+    for parameters in (
+        {"sequence_id": 7, "sequence_start": True},
+        {"sequence_id": "session-7"},
+        {"sequence_end": True},
+    ):
+        expect_rpc_error(
+            lambda parameters=parameters: oip.ModelInfer(
+                with_parameters(infer_request(linear, X), **parameters)
+            ),
+            grpc.StatusCode.UNIMPLEMENTED,
+            "tesserad keeps no state between requests (no model has sequence batching)",
+        )
+    # tritonclient sends no sequence parameters unless asked; a zero sequence_id is none, as in Triton.
+    oip.ModelInfer(with_parameters(infer_request(linear, X), sequence_id=0, sequence_start=False))
+
+
+def test_priority_and_timeout_parameters_are_checked_as_triton_checks_them(
+    oip, linear, expect_rpc_error
+) -> None:
+    invalid = grpc.StatusCode.INVALID_ARGUMENT
+    for parameters, text in (
+        ({"priority": -1}, "parameter 'priority' must be at least 0, got -1"),
+        ({"priority": "high"}, "parameter 'priority' must be an int64_param or uint64_param"),
+        ({"timeout": -5}, "parameter 'timeout' must be at least 0 microseconds (0: none), got -5"),
+        ({"timeout": "1s"}, "parameter 'timeout' must be an int64_param (microseconds)"),
+        ({"sequence_start": 1}, "parameter 'sequence_start' must be a bool_param"),
+        ({"sequence_id": True}, "parameter 'sequence_id' must be an int64_param or string_param"),
+    ):
+        expect_rpc_error(
+            lambda parameters=parameters: oip.ModelInfer(
+                with_parameters(infer_request(linear, X), **parameters)
+            ),
+            invalid,
+            text,
+        )
+    # No model here has priority levels: as Triton then, any priority is served alike.
+    answer = oip.ModelInfer(with_parameters(infer_request(linear, X), priority=3, timeout=60_000_000))
+    np.testing.assert_allclose(output(answer), X @ (W * 2), rtol=1e-6)
+
+
+def test_timeout_parameter_drops_a_request_that_waits_longer_in_the_queue(
+    oip, inference, channel, expect_rpc_error
+) -> None:
+    # Triton's `timeout` (microseconds): a request still queued when it passes is not run. 2048
+    # rows of this model take milliseconds, so the request queues for a worker, which finds its
+    # 1 us passed.
+    upload(channel, "slow", slow_model())
+    inference.LoadModel(
+        inference_pb2.LoadModelRequest(
+            target=common_pb2.VersionRef(model="slow"),
+            config=inference_pb2.ServingConfig(max_batch_size=2048, instances=1),
+        )
+    )
+    rows = np.ones((2048, 384), dtype=np.float32)
+
+    def request(timeout_us: int) -> pb.ModelInferRequest:
+        r = pb.ModelInferRequest(model_name="slow")
+        r.inputs.add(name="x", datatype="FP32", shape=rows.shape)
+        r.raw_input_contents.append(rows.tobytes())
+        return with_parameters(r, timeout=timeout_us)
+
+    expect_rpc_error(
+        lambda: oip.ModelInfer(request(1)),
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        "it was not run",
+    )
+    assert list(oip.ModelInfer(request(60_000_000)).outputs[0].shape) == [2048, 384]
+    (stats,) = oip.ModelStatistics(pb.ModelStatisticsRequest(name="slow")).model_stats
+    assert (stats.inference_stats.fail.count, stats.execution_count) == (1, 1)
