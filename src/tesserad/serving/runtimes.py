@@ -11,6 +11,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -44,13 +45,33 @@ _ONNX_DTYPES: dict[str, np.dtype] = {
 }
 
 
+# onnxruntime's messages carry its internals: a prefix with its status code, and where it failed,
+# the C++ source file (a path on the machine that built it), line and function signature, then the
+# check that failed; a CUDA error adds the host, file, line and expression. The rest says what
+# went wrong (the node, the shapes) in words a client can act on, and is all a client gets.
+_ORT_PREFIX = re.compile(r"\[ONNXRuntimeError\] : \d+ : \w+ : ")
+_ORT_SOURCE = re.compile(
+    r"\S+\.(?:h|hpp|cc|cpp|cu|cuh|c):\d+ "  # file:line
+    r"[^\n]*?\)(?: const)?(?: \[with [^\]]*\])? "  # the function's signature
+    r"(?:[^\n]*? was false\. )?"  # the check that failed
+)
+_CUDA_PLACE = re.compile(r" ?; (?:hostname|file|line|expr)=[^;]*")
+
+
+def onnxruntime_message(exc: Exception) -> str:
+    """onnxruntime's message for `exc` without its source locations, checks and host."""
+    text = _CUDA_PLACE.sub("", str(exc))
+    return _ORT_SOURCE.sub("", _ORT_PREFIX.sub("", text)).strip(" ;")
+
+
 class Runtime(Protocol):
     signature: Signature
     memory_bytes: int
     device: str
 
     def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
-        """Outputs by name for one batch; raises any runtime error as it is."""
+        """Outputs by name for one batch; raises the runtime's own error, its message fit for a
+        client (it becomes the request's error)."""
         ...
 
     def helper_cpu_ns(self) -> int:
@@ -126,7 +147,9 @@ class OnnxRuntime:
                 # From the bytes, not the path: onnxruntime's load errors would name the server's path.
                 self._session = onnxruntime.InferenceSession(model, options, providers=providers)
             except Exception as exc:  # onnxruntime raises its own exception types for a bad model
-                raise FailedPrecondition(f"onnxruntime cannot load this model: {exc}") from None
+                raise FailedPrecondition(
+                    f"onnxruntime cannot load this model: {onnxruntime_message(exc)}"
+                ) from None
             self._helpers = _intra_op_pool(_thread_ids() - before, intra_op_threads) if counts_pool else ()
         if cuda is not None and "CUDAExecutionProvider" not in self._session.get_providers():
             # onnxruntime falls back to the CPU with only a log line; serving on it would be a lie.
@@ -146,7 +169,11 @@ class OnnxRuntime:
 
     def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
         names = list(output_names)
-        return dict(zip(names, self._session.run(names, dict(inputs)), strict=True))
+        try:
+            outputs = self._session.run(names, dict(inputs))
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise RuntimeError(onnxruntime_message(exc)) from exc
+        return dict(zip(names, outputs, strict=True))
 
     def helper_cpu_ns(self) -> int:
         """Its intra-op pool's CPU time so far: onnxruntime runs parts of a batch on the pool's

@@ -114,6 +114,20 @@ def two_output_model() -> bytes:
     return _model_bytes(graph)
 
 
+def reshape_model(shape: list[int]) -> bytes:
+    """y = x reshaped to `shape`: x float32 (N, 4). onnxruntime fails at run time on an x with
+    another number of values, with a message that names its C++ source ([1, 4]: a request of
+    more than one row fails; [3]: every run fails, so the version cannot warm up)."""
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        "reshape",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+        [numpy_helper.from_array(np.array(shape, dtype=np.int64), "shape")],
+    )
+    return _model_bytes(graph)
+
+
 def upload(channel: grpc.Channel, model: str, artifact: bytes, alias: str = "") -> int:
     """Register an ONNX artifact as a new version of `model` (created if missing)."""
     header = registry_pb2.UploadVersionHeader(format=registry_pb2.ARTIFACT_FORMAT_ONNX, alias=alias)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 import numpy as np
-from serving_models import W, half_model, slow_model, two_output_model, upload
+from serving_models import W, half_model, reshape_model, slow_model, two_output_model, upload
 
 from tessera.v1 import common_pb2, inference_pb2
 from tesserad.oip import grpc_service_pb2 as pb
@@ -410,3 +410,39 @@ def test_timeout_parameter_drops_a_request_that_waits_longer_in_the_queue(
     assert list(oip.ModelInfer(request(60_000_000)).outputs[0].shape) == [2048, 384]
     (stats,) = oip.ModelStatistics(pb.ModelStatisticsRequest(name="slow")).model_stats
     assert (stats.inference_stats.fail.count, stats.execution_count) == (1, 1)
+
+
+def test_onnxruntime_errors_reach_the_client_without_its_source_locations(
+    oip, channel, expect_rpc_error
+) -> None:
+    # onnxruntime's messages name its C++ source file, line and function, and the check that
+    # failed: the build machine's internals. What went wrong (the shapes) still reaches the client.
+    upload(channel, "one-row", reshape_model([1, 4]))
+    upload(channel, "never", reshape_model([3]))
+    leaks = ("/onnxruntime_src", ".h:", "ReshapeHelper", "was false", "[ONNXRuntimeError]")
+
+    def request(model: str) -> pb.ModelInferRequest:
+        r = pb.ModelInferRequest(model_name=model)
+        r.inputs.add(name="x", datatype="FP32", shape=X.shape)
+        r.raw_input_contents.append(X.tobytes())
+        return r
+
+    failed_run = expect_rpc_error(
+        lambda: oip.ModelInfer(request("one-row")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "model 'one-row' version 1 could not run this request: Non-zero status code returned while "
+        "running Reshape node. Name:'' Status Message: The input tensor cannot be reshaped to the "
+        "requested shape. Input shape:{2,4}, requested shape:{1,4}",
+    )
+    failed_load = expect_rpc_error(
+        lambda: oip.ModelInfer(request("never")),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "warm-up of model 'never' version 1 failed on random inputs of its signature: Non-zero status "
+        "code returned while running Reshape node. Name:'' Status Message: The input tensor cannot be "
+        "reshaped to the requested shape. Input shape:{1,4}, requested shape:{3}",
+    )
+    (reason,) = [
+        m.reason for m in oip.RepositoryIndex(pb.RepositoryIndexRequest()).models if m.name == "never"
+    ]
+    for text in (failed_run.details(), failed_load.details(), reason):
+        assert not [leak for leak in leaks if leak in text], text

@@ -99,3 +99,32 @@ def test_a_cuda_session_onnxruntime_built_on_the_cpu_is_refused(
     monkeypatch.setattr(runtimes, "cuda_available", lambda: True)
     with pytest.raises(FailedPrecondition, match=r"CUDA provider did not start.*load with device cpu"):
         OnnxRuntime(matmul_stack(tmp_path), "cuda:0", 1)
+
+
+@pytest.mark.parametrize(
+    ("raw", "clean"),
+    [
+        (
+            "[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running MatMul node. "
+            "Name:'mm' Status Message: /onnxruntime_src/onnxruntime/core/framework/op_kernel.cc:83 virtual "
+            "OrtValue* onnxruntime::OpKernelContext::OutputMLValue(int, const onnxruntime::TensorShape&) "
+            "status.IsOK() was false. Shape mismatch attempting to re-use buffer. {1,3} != {2,3}.",
+            "Non-zero status code returned while running MatMul node. Name:'mm' Status Message: Shape "
+            "mismatch attempting to re-use buffer. {1,3} != {2,3}.",
+        ),
+        (
+            "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while running Conv "
+            "node. Name:'conv' Status Message: /onnxruntime_src/onnxruntime/core/providers/cuda/cuda_call.cc:123 "
+            "std::conditional_t<THRW, void, onnxruntime::common::Status> onnxruntime::CudaCall(ERRTYPE, const "
+            "char*, const char*, ERRTYPE, const char*, const char*, int) [with ERRTYPE = cudaError; bool THRW = "
+            "true; std::conditional_t<THRW, void, onnxruntime::common::Status> = void] CUDA failure 2: out of "
+            "memory ; GPU=0 ; hostname=gpu-box-7 ; file=/onnxruntime_src/onnxruntime/core/providers/cuda/"
+            "cuda_allocator.cc ; line=47 ; expr=cudaMalloc((void**)&p, size);",
+            "Non-zero status code returned while running Conv node. Name:'conv' Status Message: CUDA failure "
+            "2: out of memory ; GPU=0",
+        ),
+        ("Got invalid dimensions for input: x", "Got invalid dimensions for input: x"),
+    ],
+)
+def test_onnxruntime_messages_lose_their_source_locations_checks_and_host(raw: str, clean: str) -> None:
+    assert runtimes.onnxruntime_message(RuntimeError(raw)) == clean
