@@ -330,7 +330,8 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             target = target_of(request.name, request.version)
             entries = await asyncio.to_thread(self._service.stats_entries, target)
         else:
-            entries = self._service.pool.list()
+            # As Triton: every ready version's (one loading or draining shows once named).
+            entries = [e for e in self._service.pool.list() if e.state is LoadState.READY]
         return pb.ModelStatisticsResponse(model_stats=[statistics_of(e) for e in entries])
 
     async def RepositoryIndex(

@@ -26,7 +26,7 @@ import numpy as np
 from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, TesseraError, Unavailable
 from tesserad.serving.batcher import Answer, BatcherClosed
 from tesserad.serving.explain import Explainer, ExplainOptions, Method, QueuedExplanation
-from tesserad.serving.pool import LoadedVersion, ModelPool, ServableVersion, ServingConfig
+from tesserad.serving.pool import LoadedVersion, LoadState, ModelPool, ServableVersion, ServingConfig
 from tesserad.serving.signature import validate_request
 
 log = logging.getLogger(__name__)
@@ -347,20 +347,22 @@ class InferenceService:
     def stats_entries(self, target: Target) -> list[LoadedVersion]:
         """The loaded versions whose figures a stats call reports: every loaded version without a
         model; an ensemble's loaded members after it; NotFound for a model, version or alias that
-        does not exist or is not loaded."""
+        does not exist or is not loaded. A version whose load failed never served: it has none."""
         if not target.model:
-            return self.pool.list()
-        entries = self.pool.list(target.model)
+            return [e for e in self.pool.list() if e.state is not LoadState.FAILED]
+        listed = self.pool.list(target.model)
+        entries = [e for e in listed if e.state is not LoadState.FAILED]
         if target.version is None and target.alias is None:
             if not entries:
                 self._source.servable(target.model, None, LATEST)  # NotFound for a model that does not exist
-                raise self._no_stats(f"model {target.model!r} has no loaded version")
+                raise self._no_stats(f"model {target.model!r} has no loaded version", listed)
             return self._with_members(entries)
         version = self.resolve_version(target)
         entries = [e for e in entries if e.version == version]
         if not entries:
             self._source.servable(target.model, version, None)  # NotFound for a version that does not exist
-            raise self._no_stats(f"model {target.model!r} version {version} is not loaded")
+            failed = [e for e in listed if e.version == version]
+            raise self._no_stats(f"model {target.model!r} version {version} is not loaded", failed)
         return self._with_members(entries)
 
     def _with_members(self, entries: list[LoadedVersion]) -> list[LoadedVersion]:
@@ -368,7 +370,11 @@ class InferenceService:
         members = {key for e in entries for key in e.members if key not in keys}
         return entries + [e for e in self.pool.list() if (e.model, e.version) in members]
 
-    def _no_stats(self, what: str) -> NotFound:
+    def _no_stats(self, what: str, failed: list[LoadedVersion]) -> NotFound:
+        """`failed`: the versions listed (those whose load failed) that the call asked for."""
+        if failed:
+            entry = failed[0]
+            return NotFound(f"{entry.label} failed to load, so it has no statistics: {entry.error}")
         if self._autoload:
             how = "send it a predict (tessera predict, or Predict) to load it, or load it with LoadModel"
         else:

@@ -446,3 +446,36 @@ def test_onnxruntime_errors_reach_the_client_without_its_source_locations(
     ]
     for text in (failed_run.details(), failed_load.details(), reason):
         assert not [leak for leak in leaks if leak in text], text
+
+
+def test_a_version_that_failed_to_load_is_in_the_index_but_has_no_statistics(
+    oip, linear, channel, expect_rpc_error
+) -> None:
+    # As Triton: the repository index lists it UNAVAILABLE with the reason; statistics are the
+    # ready versions', and a version that never loaded has none to show (not a row of zeros).
+    upload(channel, "never", reshape_model([3]))
+    oip.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=linear))
+    expect_rpc_error(
+        lambda: oip.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="never")),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "warm-up of model 'never' version 1 failed",
+    )
+    index = {
+        (m.name, m.version): (m.state, m.reason)
+        for m in oip.RepositoryIndex(pb.RepositoryIndexRequest()).models
+    }
+    state, reason = index[("never", "1")]
+    assert state == "UNAVAILABLE" and reason.startswith("warm-up of model 'never' version 1 failed")
+    assert index[(linear, "2")] == ("READY", "")
+    every = oip.ModelStatistics(pb.ModelStatisticsRequest()).model_stats
+    assert [(s.name, s.version) for s in every] == [(linear, "2")]
+    for request in (
+        pb.ModelStatisticsRequest(name="never"),
+        pb.ModelStatisticsRequest(name="never", version="1"),
+    ):
+        expect_rpc_error(
+            lambda request=request: oip.ModelStatistics(request),
+            grpc.StatusCode.NOT_FOUND,
+            "model 'never' version 1 failed to load, so it has no statistics: warm-up of model 'never' "
+            "version 1 failed",
+        )
