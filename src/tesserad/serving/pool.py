@@ -193,15 +193,21 @@ class ModelPool:
     def ready_versions(self, model: str) -> builtins.list[int]:
         return sorted(v for (m, v) in list(self._ready) if m == model)
 
-    def load(self, servable: ServableVersion, config: ServingConfig) -> LoadedVersion:
-        """Load and warm a version; a loaded version with another config is swapped without a gap."""
+    def load(
+        self, servable: ServableVersion, config: ServingConfig, *, keep_loaded: bool = False
+    ) -> LoadedVersion:
+        """Load and warm a version; a loaded version with another config is swapped without a gap.
+
+        `keep_loaded`: a version loaded by then (another load of it may be under way, with its
+        own config) is returned as it is: for loads that need the version served, not configured.
+        """
         effective = effective_config(config, self.defaults, servable.format)
         key = (servable.model, servable.version)
         with self._lock:
             load_lock = self._load_locks.setdefault(key, threading.Lock())
         with load_lock:
             current = self._ready.get(key)
-            if current is not None and current.config == effective:
+            if current is not None and (keep_loaded or current.config == effective):
                 return current
             stats = current.stats if current is not None else ServingStats(*key, self._metrics)
             entry = LoadedVersion(servable.model, servable.version, effective, stats)
@@ -307,7 +313,7 @@ class ModelPool:
         if current is not None:
             return current
         try:
-            return self.load(member, ServingConfig())
+            return self.load(member, ServingConfig(), keep_loaded=True)
         except TesseraError as exc:
             raise FailedPrecondition(
                 f"{ensemble} is an ensemble whose member {member.model}:{member.version} cannot "

@@ -244,12 +244,10 @@ class InferenceService:
         router = self._router(model)
         if router is not None:
             versions |= router.versions()
-        loaded = []
-        for version in sorted(versions):
-            current = self.pool.get(model, version)
-            config = current.config if current is not None else ServingConfig()
-            loaded.append(self.pool.load(self._source.servable(model, version, None), config))
-        return loaded
+        return [
+            self.pool.load(self._source.servable(model, version, None), ServingConfig(), keep_loaded=True)
+            for version in sorted(versions)
+        ]
 
     def _alias_version(self, model: str, alias: str) -> int:
         version = self._aliases.get((model, alias))
@@ -320,7 +318,8 @@ class InferenceService:
                 f"model {model!r} version {version} is not loaded; load it with LoadModel "
                 "(or turn on serving.autoload)"
             )
-        return self.pool.load(self._source.servable(model, version, None), ServingConfig())
+        # A load under way (LoadModel's, with the operator's config) is waited for and kept.
+        return self.pool.load(self._source.servable(model, version, None), ServingConfig(), keep_loaded=True)
 
     def load(self, target: Target, config: ServingConfig) -> LoadedVersion:
         servable = self._source.servable(

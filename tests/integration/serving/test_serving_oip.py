@@ -479,3 +479,44 @@ def test_a_version_that_failed_to_load_is_in_the_index_but_has_no_statistics(
             "model 'never' version 1 failed to load, so it has no statistics: warm-up of model 'never' "
             "version 1 failed",
         )
+
+
+def _warming(inference, model: str) -> None:
+    """Return once `model`'s version is warming up (its LoadModel began and has not finished)."""
+    for _ in range(10_000):
+        states = [m.state for m in inference.ListLoaded(inference_pb2.ListLoadedRequest(model=model)).models]
+        if states == [inference_pb2.LOAD_STATE_WARMING]:
+            return
+        assert states in ([], [inference_pb2.LOAD_STATE_LOADING]), states
+    raise AssertionError(f"{model} never warmed up")
+
+
+def _load_slowly(inference, channel, model: str) -> grpc.Future:
+    """Begin loading `model` with max_batch_size 4 and a thousand warm-up runs (a second or so)."""
+    upload(channel, model, slow_model())
+    loading = inference.LoadModel.future(
+        inference_pb2.LoadModelRequest(
+            target=common_pb2.VersionRef(model=model),
+            config=inference_pb2.ServingConfig(max_batch_size=4, warmup_runs=1000),
+        )
+    )
+    _warming(inference, model)
+    return loading
+
+
+def slow_request(model: str) -> pb.ModelInferRequest:
+    rows = np.ones((1, 384), dtype=np.float32)
+    request = pb.ModelInferRequest(model_name=model)
+    request.inputs.add(name="x", datatype="FP32", shape=rows.shape)
+    request.raw_input_contents.append(rows.tobytes())
+    return request
+
+
+def test_a_request_during_a_load_waits_for_it_and_keeps_its_config(oip, inference, channel) -> None:
+    # The request autoloads the version it needs; finding it loaded (by then) with the operator's
+    # config, it must be served by it, not load it again with the defaults.
+    loading = _load_slowly(inference, channel, "slow")
+    answer = oip.ModelInfer(slow_request("slow"))
+    assert list(answer.outputs[0].shape) == [1, 384]
+    assert loading.result().config.max_batch_size == 4
+    assert oip.ModelConfig(pb.ModelConfigRequest(name="slow")).config.max_batch_size == 4
