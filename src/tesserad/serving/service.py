@@ -312,10 +312,18 @@ class InferenceService:
         return self._holds.get(model, True)
 
     def autoload(self, model: str, version: int) -> LoadedVersion:
-        """Load a version a request needs, with the defaults; FailedPrecondition when autoload is off."""
+        """Load a version a request needs, with the defaults. When autoload is off: Unavailable
+        while a load of it is under way (it will be served), else FailedPrecondition."""
         if not self._autoload:
+            listed = next((e for e in self.pool.list(model) if e.version == version), None)
+            if listed is not None and listed.state in (LoadState.LOADING, LoadState.WARMING):
+                raise Unavailable(
+                    f"{listed.label} is still loading; retry once it is ready (ModelReady, or "
+                    "state READY in ListLoaded)"
+                )
+            failed = f" (its last load failed: {listed.error})" if listed is not None and listed.error else ""
             raise FailedPrecondition(
-                f"model {model!r} version {version} is not loaded; load it with LoadModel "
+                f"model {model!r} version {version} is not loaded{failed}; load it with LoadModel "
                 "(or turn on serving.autoload)"
             )
         # A load under way (LoadModel's, with the operator's config) is waited for and kept.

@@ -6,9 +6,9 @@ import grpc
 import numpy as np
 from serving_models import W, half_model, reshape_model, slow_model, two_output_model, upload
 
-from tessera.v1 import common_pb2, inference_pb2
+from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from tesserad.oip import grpc_service_pb2 as pb
-from tesserad.oip import model_config_pb2
+from tesserad.oip import grpc_service_pb2_grpc, model_config_pb2
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
 
@@ -520,3 +520,43 @@ def test_a_request_during_a_load_waits_for_it_and_keeps_its_config(oip, inferenc
     assert list(answer.outputs[0].shape) == [1, 384]
     assert loading.result().config.max_batch_size == 4
     assert oip.ModelConfig(pb.ModelConfigRequest(name="slow")).config.max_batch_size == 4
+
+
+def test_without_autoload_a_version_still_loading_is_unavailable_not_unloaded(
+    start_daemon, expect_rpc_error
+) -> None:
+    # As Triton answers a version not ready yet: UNAVAILABLE, so a client retries instead of
+    # being told to load what is being loaded.
+    channel = start_daemon(**{"serving.autoload": "false"}).channel()
+    oip = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    loading = _load_slowly(inference, channel, "slow")
+    for call in (
+        lambda: oip.ModelInfer(slow_request("slow")),
+        lambda: oip.ModelMetadata(pb.ModelMetadataRequest(name="slow")),
+        lambda: oip.ModelConfig(pb.ModelConfigRequest(name="slow", version="1")),
+    ):
+        expect_rpc_error(
+            call,
+            grpc.StatusCode.UNAVAILABLE,
+            "model 'slow' version 1 is still loading; retry once it is ready (ModelReady, or state "
+            "READY in ListLoaded)",
+        )
+    loading.result()
+    assert list(oip.ModelInfer(slow_request("slow")).outputs[0].shape) == [1, 384]
+    # A version whose load failed is not loaded, and the answer says why.
+    upload(channel, "never", reshape_model([3]))
+    expect_rpc_error(
+        lambda: oip.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="never")),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "warm-up of model 'never' version 1 failed",
+    )
+    never = slow_request("never")
+    never.inputs[0].shape[:] = [1, 4]
+    never.raw_input_contents[0] = np.ones((1, 4), np.float32).tobytes()
+    expect_rpc_error(
+        lambda: oip.ModelInfer(never),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "model 'never' version 1 is not loaded (its last load failed: warm-up of model 'never' version 1 "
+        "failed on random inputs of its signature: Non-zero status code",
+    )
