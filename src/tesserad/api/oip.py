@@ -37,6 +37,14 @@ from tesserad.serving.signature import TensorSpec
 EXTENSIONS = ["model_repository", "model_configuration", "statistics"]
 _PLATFORMS = {"onnx": "onnxruntime_onnx", "torch": "pytorch_libtorch", "ensemble": "ensemble"}
 _BACKENDS = {"onnx": "onnxruntime", "torch": "pytorch", "ensemble": ""}
+# Triton's names for a version's state in the repository index (its ModelReadyState).
+_INDEX_STATES = {
+    LoadState.LOADING: "LOADING",
+    LoadState.WARMING: "LOADING",
+    LoadState.READY: "READY",
+    LoadState.DRAINING: "UNLOADING",
+    LoadState.FAILED: "UNAVAILABLE",
+}
 _CONFIG_DTYPES = {
     "BOOL": model_config_pb2.TYPE_BOOL,
     "UINT8": model_config_pb2.TYPE_UINT8,
@@ -351,8 +359,8 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                     pb.RepositoryIndexResponse.ModelIndex(
                         name=name,
                         version=str(entry.version),
-                        state="READY" if ready else "UNAVAILABLE",
-                        reason=entry.error or ("" if ready else entry.state.value),
+                        state=_INDEX_STATES[entry.state],
+                        reason=entry.error,
                     )
                 )
             if not entries and not request.ready:

@@ -560,3 +560,13 @@ def test_without_autoload_a_version_still_loading_is_unavailable_not_unloaded(
         "model 'never' version 1 is not loaded (its last load failed: warm-up of model 'never' version 1 "
         "failed on random inputs of its signature: Non-zero status code",
     )
+
+
+def test_repository_index_names_a_version_loading_as_triton_does(oip, inference, channel) -> None:
+    loading = _load_slowly(inference, channel, "slow")
+    index = oip.RepositoryIndex(pb.RepositoryIndexRequest()).models
+    assert [(m.name, m.version, m.state) for m in index] == [("slow", "1", "LOADING")]
+    assert list(oip.RepositoryIndex(pb.RepositoryIndexRequest(ready=True)).models) == []
+    loading.result()
+    index = oip.RepositoryIndex(pb.RepositoryIndexRequest()).models
+    assert [(m.name, m.version, m.state) for m in index] == [("slow", "1", "READY")]
