@@ -192,8 +192,29 @@ def oip_inputs_to_arrays(request: oip.ModelInferRequest) -> dict[str, np.ndarray
                 f"{where} has {len(values)} values in contents.{field}, but shape {list(shape)} "
                 f"needs {math.prod(shape)}"
             )
-        arrays[tensor.name] = np.asarray(values, dtype=dtype).reshape(shape)
+        if tensor.datatype in _NARROWER_THAN_CONTENTS:
+            arrays[tensor.name] = _narrowed(values, dtype, where, field, tensor.datatype).reshape(shape)
+        else:
+            arrays[tensor.name] = np.asarray(values, dtype=dtype).reshape(shape)
     return arrays
+
+
+# Integer types whose typed contents travel as 32-bit values (int_contents, uint_contents).
+_NARROWER_THAN_CONTENTS = frozenset({"INT8", "INT16", "UINT8", "UINT16"})
+
+
+def _narrowed(values: Sequence[int], dtype: np.dtype, where: str, field: str, name: str) -> np.ndarray:
+    """`values` as `dtype`; InvalidArgument for one out of its range, which numpy would wrap
+    around (as Triton keeps the low bytes): the model would be answering another number."""
+    wide = np.asarray(values, dtype=np.int64)
+    limits = np.iinfo(dtype)
+    outside = wide[(wide < limits.min) | (wide > limits.max)]
+    if outside.size:
+        raise InvalidArgument(
+            f"{where} has {outside[0]} in contents.{field}, outside {name}'s range "
+            f"{limits.min}..{limits.max}; every value must fit the datatype the input is sent as"
+        )
+    return wide.astype(dtype)
 
 
 def oip_requested_outputs(request: oip.ModelInferRequest) -> list[str]:

@@ -570,3 +570,22 @@ def test_repository_index_names_a_version_loading_as_triton_does(oip, inference,
     loading.result()
     index = oip.RepositoryIndex(pb.RepositoryIndexRequest()).models
     assert [(m.name, m.version, m.state) for m in index] == [("slow", "1", "READY")]
+
+
+def test_typed_contents_out_of_their_datatypes_range_are_invalid(oip, linear, expect_rpc_error) -> None:
+    # int_contents and uint_contents carry 32-bit values for the narrower integer types; one
+    # that does not fit is a wrong request (Triton would keep its low bytes: another number).
+    for datatype, field, value, bounds in (
+        ("INT8", "int_contents", 300, "-128..127"),
+        ("INT16", "int_contents", -40000, "-32768..32767"),
+        ("UINT8", "uint_contents", 256, "0..255"),
+        ("UINT16", "uint_contents", 70000, "0..65535"),
+    ):
+        request = pb.ModelInferRequest(model_name=linear)
+        tensor = request.inputs.add(name="x", datatype=datatype, shape=[2])
+        getattr(tensor.contents, field).extend([1, value])
+        expect_rpc_error(
+            lambda request=request: oip.ModelInfer(request),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"input 'x' has {value} in contents.{field}, outside {datatype}'s range {bounds}",
+        )
