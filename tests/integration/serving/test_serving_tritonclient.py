@@ -64,6 +64,21 @@ try:
 except InferenceServerException as exc:
     seen["classification"] = [exc.status(), exc.message()]
 
+# More rows than ModelConfig's max_batch_size, a sequence, then priority and timeout as
+# tritonclient encodes them (uint64_param, int64_param microseconds).
+big = tc.InferInput("x", [33, 4], "FP32")
+big.set_data_from_numpy(np.zeros((33, 4), dtype=np.float32))
+for key, call in (
+    ("over_max_batch", lambda: client.infer(model, [big])),
+    ("sequence", lambda: client.infer(model, [tensor], sequence_id=5, sequence_start=True)),
+):
+    try:
+        call()
+        seen[key] = None
+    except InferenceServerException as exc:
+        seen[key] = [exc.status(), exc.message()]
+seen["priority_timeout"] = client.infer(model, [tensor], priority=2, timeout=60_000_000).as_numpy("y").shape
+
 # A stream answers each request on its own: a bad one is an error in the stream, not its end.
 answers = queue.Queue()
 client.start_stream(callback=lambda result, error: answers.put((result, error)))
@@ -126,8 +141,14 @@ def test_tritonclient_talks_to_tesserad(daemon, linear) -> None:
     assert "does not take a model config" in seen["load_with_config"][1]
     status, message = seen["classification"]
     assert status == "StatusCode.UNIMPLEMENTED" and "classification" in message
+    status, message = seen["over_max_batch"]
+    assert status == "StatusCode.INVALID_ARGUMENT"
+    assert message.startswith("inference request batch-size must be <= 32 for 'linear'")
+    status, message = seen["sequence"]
+    assert status == "StatusCode.UNIMPLEMENTED" and "keeps no state between requests" in message
+    assert seen["priority_timeout"] == [2, 3]
     assert seen["stream_ids"] == ["s-good"]
     (stream_error,) = seen["stream_errors"]
     assert "'x'" in stream_error and "dimension 1" in stream_error
-    assert seen["success_count"] == 2
+    assert seen["success_count"] == 3
     assert [linear, "READY"] in seen["models"]
