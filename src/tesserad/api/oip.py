@@ -96,7 +96,7 @@ def timeout_of(request: pb.ModelInferRequest) -> float | None:
     ends = _parameter(request, "sequence_end", ("bool_param",), "a bool_param")
     if sequence_id or starts or ends:
         raise Unimplemented(
-            f"request {request.id!r} is part of a sequence (sequence_id {sequence_id or 'none'}); "
+            f"the request belongs to a sequence (sequence_id {sequence_id or 'none'}); "
             "tesserad keeps no state between requests (no model has sequence batching), so it would "
             "answer it as if alone: send the request without sequence_id, sequence_start and sequence_end"
         )
