@@ -35,6 +35,9 @@ class LoadState(Enum):
     FAILED = "failed"
 
 
+_LOADING = (LoadState.LOADING, LoadState.WARMING)
+
+
 @dataclass(frozen=True)
 class ServingConfig:
     """How a version runs; zero or empty fields take the pool's defaults."""
@@ -200,15 +203,21 @@ class ModelPool:
 
         `keep_loaded`: a version loaded by then (another load of it may be under way, with its
         own config) is returned as it is: for loads that need the version served, not configured.
+        Such a load that waited for another's first load of the version shares its failure: the
+        same load again, once per waiting request, would fail as slowly in turn.
         """
         effective = effective_config(config, self.defaults, servable.format)
         key = (servable.model, servable.version)
         with self._lock:
             load_lock = self._load_locks.setdefault(key, threading.Lock())
+            listed = self._listed.get(key)
+        under_way = listed if listed is not None and listed.state in _LOADING else None
         with load_lock:
             current = self._ready.get(key)
             if current is not None and (keep_loaded or current.config == effective):
                 return current
+            if keep_loaded and under_way is not None and under_way.state is LoadState.FAILED:
+                raise FailedPrecondition(under_way.error)
             stats = current.stats if current is not None else ServingStats(*key, self._metrics)
             entry = LoadedVersion(servable.model, servable.version, effective, stats)
             if current is None:

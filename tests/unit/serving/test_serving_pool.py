@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -154,3 +156,64 @@ def test_validation_names_the_input_and_what_is_expected(pool: ModelPool, linear
         with pytest.raises(InvalidArgument) as raised:
             validate_request(signature, inputs, outputs, label)
         assert raised.value.message.startswith(message)
+
+
+class _CountingLock:
+    """A lock that says when a second caller is about to wait for it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._callers = 0
+        self.second_waits = threading.Event()
+
+    def __enter__(self) -> None:
+        self._callers += 1
+        if self._callers == 2:
+            self.second_waits.set()
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+def test_loads_that_waited_for_a_failing_load_share_its_failure(pool: ModelPool, tmp_path: Path) -> None:
+    # Requests that autoload a version while a load of it is under way wait for it; when it
+    # fails, running the same load again once per waiting request would only fail again, in
+    # turn, each as slowly. A later load tries again.
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    inside = threading.Event()
+    release = threading.Event()
+    opened: list[int] = []
+
+    @contextmanager
+    def open_artifact() -> Iterator[Path]:
+        opened.append(1)
+        inside.set()
+        assert release.wait(30)
+        yield junk
+
+    servable = ServableVersion("m", 1, "onnx", open_artifact)
+    lock = pool._load_locks[("m", 1)] = _CountingLock()
+    errors: list[BaseException] = []
+
+    def load(**kwargs: bool) -> None:
+        try:
+            pool.load(servable, ServingConfig(), **kwargs)
+        except FailedPrecondition as exc:
+            errors.append(exc)
+
+    first = threading.Thread(target=load)
+    first.start()
+    assert inside.wait(30)
+    waiting = threading.Thread(target=load, kwargs={"keep_loaded": True})
+    waiting.start()
+    assert lock.second_waits.wait(30)
+    release.set()
+    first.join(30)
+    waiting.join(30)
+    assert len(opened) == 1
+    assert len(errors) == 2 and all("onnxruntime cannot load this model" in str(e) for e in errors)
+    with pytest.raises(FailedPrecondition, match="onnxruntime cannot load this model"):
+        pool.load(servable, ServingConfig(), keep_loaded=True)
+    assert len(opened) == 2
