@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import ml_dtypes
 import numpy as np
@@ -163,6 +163,8 @@ def oip_inputs_to_arrays(request: oip.ModelInferRequest) -> dict[str, np.ndarray
         where = f"input {tensor.name!r}"
         if tensor.name in arrays:
             raise InvalidArgument(f"{where} is given twice; send each input once")
+        if tensor.parameters:
+            _refuse_shared_memory(tensor.parameters, f"{where} is in")
         dtype = OIP_DTYPES.get(tensor.datatype)
         if dtype is None:
             raise InvalidArgument(
@@ -217,6 +219,18 @@ def _narrowed(values: Sequence[int], dtype: np.dtype, where: str, field: str, na
     return wide.astype(dtype)
 
 
+def _refuse_shared_memory(parameters: Mapping[str, oip.InferParameter], where: str) -> None:
+    """Unimplemented for a tensor that names a shared-memory region (tritonclient's
+    set_shared_memory): its data would be read from, or answered outside, the region."""
+    if "shared_memory_region" in parameters:
+        region = parameters["shared_memory_region"].string_param
+        raise Unimplemented(
+            f"{where} shared-memory region {region!r}; tesserad does not support shared-memory "
+            "tensors: send inputs in raw_input_contents or typed contents, and read outputs from "
+            "raw_output_contents"
+        )
+
+
 def oip_requested_outputs(request: oip.ModelInferRequest) -> list[str]:
     """The outputs a request names, in its order (none: every output)."""
     names: list[str] = []
@@ -224,6 +238,8 @@ def oip_requested_outputs(request: oip.ModelInferRequest) -> list[str]:
         name = requested.name
         if name in names:
             raise InvalidArgument(f"output {name!r} is requested twice; request each output once")
+        if requested.parameters:
+            _refuse_shared_memory(requested.parameters, f"output {name!r} is to be written to")
         if "classification" in requested.parameters:
             # Answering the raw values instead would hand the client something else than it asked.
             raise Unimplemented(

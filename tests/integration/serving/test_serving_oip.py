@@ -589,3 +589,24 @@ def test_typed_contents_out_of_their_datatypes_range_are_invalid(oip, linear, ex
             grpc.StatusCode.INVALID_ARGUMENT,
             f"input 'x' has {value} in contents.{field}, outside {datatype}'s range {bounds}",
         )
+
+
+def test_a_tensor_in_shared_memory_is_refused_not_read_or_written_elsewhere(
+    oip, linear, expect_rpc_error
+) -> None:
+    # tritonclient's set_shared_memory(region, byte_size) puts the tensor in a region the server
+    # reads (an input) or writes (an output); answering in raw_output_contents instead would
+    # leave the client reading its region's stale bytes.
+    shared_input = infer_request(linear, X)
+    shared_input.inputs[0].parameters["shared_memory_region"].string_param = "inputs"
+    shared_input.inputs[0].parameters["shared_memory_byte_size"].int64_param = 32
+    shared_output = infer_request(linear, X)
+    shared_output.outputs[0].parameters["shared_memory_region"].string_param = "outputs"
+    for request, text in (
+        (shared_input, "input 'x' is in shared-memory region 'inputs'"),
+        (shared_output, "output 'y' is to be written to shared-memory region 'outputs'"),
+    ):
+        error = expect_rpc_error(
+            lambda request=request: oip.ModelInfer(request), grpc.StatusCode.UNIMPLEMENTED, text
+        )
+        assert "tesserad does not support shared-memory tensors" in error.details()
