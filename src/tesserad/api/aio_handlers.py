@@ -9,6 +9,7 @@ really runs.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias
 
@@ -31,8 +32,32 @@ def stream_unary(handler: Handler) -> UnaryResponse | None:
 
 
 def unary_stream(handler: Handler) -> StreamResponse | None:
-    return handler.unary_stream  # type: ignore[return-value]  # the stubs type the sync server
+    behaviour = handler.unary_stream
+    return None if _writes(behaviour) else behaviour  # type: ignore[return-value]  # the stubs type the sync server
 
 
 def stream_stream(handler: Handler) -> StreamResponse | None:
-    return handler.stream_stream  # type: ignore[return-value]  # the stubs type the sync server
+    behaviour = handler.stream_stream
+    return None if _writes(behaviour) else behaviour  # type: ignore[return-value]  # the stubs type the sync server
+
+
+def writing_stream(handler: Handler) -> UnaryResponse | None:
+    """A response-streaming behaviour that sends with `context.write` and returns None (a
+    coroutine function, not an async generator), as grpc_health's Watch does; else None."""
+    behaviour = handler.unary_stream or handler.stream_stream
+    return behaviour if _writes(behaviour) else None  # type: ignore[return-value]  # the stubs type the sync server
+
+
+def _writes(behaviour: object) -> bool:
+    return behaviour is not None and not inspect.isasyncgenfunction(behaviour)
+
+
+def handler_factory(handler: Handler) -> Callable[..., Handler]:
+    """The grpc function that makes a handler of `handler`'s kind (request and response arity)."""
+    if handler.request_streaming:
+        if handler.response_streaming:
+            return grpc.stream_stream_rpc_method_handler
+        return grpc.stream_unary_rpc_method_handler
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler
+    return grpc.unary_unary_rpc_method_handler

@@ -289,6 +289,31 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
             return generate()
 
+        inner_writer = aio_handlers.writing_stream(handler)
+        if inner_writer is not None:
+            request_streaming = handler.request_streaming
+
+            async def writing(raw: Any, context: Context) -> None:
+                try:
+                    enter(context)
+                except ResourceExhausted as exc:
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message)
+                try:
+                    if request_streaming:
+                        request = decoded_stream(raw)
+                    else:
+                        try:
+                            request = decode(raw)
+                        except (InvalidArgument, ResourceExhausted) as exc:
+                            await context.abort(status_for(exc), exc.message)
+                    await inner_writer(request, context)
+                finally:
+                    leave()
+
+            # Its responses go out through context.write, which serialises with the handler's
+            # serializer; gRPC's send limit (set to max_message_size) bounds them.
+            return aio_handlers.handler_factory(handler)(writing, response_serializer=serialize)
+
         inner_uu = aio_handlers.unary_unary(handler)
         if inner_uu is not None:
 

@@ -98,7 +98,12 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         record = recorder.record
         rpc = f"{service}/{name}"
         clock = time.perf_counter
-        inner = aio_handlers.unary_unary(handler) or aio_handlers.stream_unary(handler)
+        # A behaviour that streams with context.write is awaited like a unary one.
+        inner = (
+            aio_handlers.unary_unary(handler)
+            or aio_handlers.stream_unary(handler)
+            or aio_handlers.writing_stream(handler)
+        )
         if inner is not None:
 
             async def unary_response(request: Any, context: Context) -> Any:
@@ -117,12 +122,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 record("OK", clock() - start)
                 return response
 
-            factory = (
-                grpc.unary_unary_rpc_method_handler
-                if handler.unary_unary
-                else grpc.stream_unary_rpc_method_handler
-            )
-            return factory(
+            return aio_handlers.handler_factory(handler)(
                 unary_response,
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
@@ -147,12 +147,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 await _abort_for(exc, context, rpc)
             record("OK", clock() - start)
 
-        factory = (
-            grpc.unary_stream_rpc_method_handler
-            if handler.unary_stream
-            else grpc.stream_stream_rpc_method_handler
-        )
-        return factory(
+        return aio_handlers.handler_factory(handler)(
             stream_response,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,

@@ -145,6 +145,13 @@ def test_health_is_open_by_default(token_daemon):
     assert call(token_daemon.channel(), "/inference.GRPCInferenceService/ServerLive") not in AUTH_CODES
 
 
+def test_health_watch_is_open_by_default(token_daemon):
+    stub = health_pb2_grpc.HealthStub(token_daemon.channel())
+    stream = stub.Watch(health_pb2.HealthCheckRequest(service="tessera.v1.System"), timeout=10)
+    assert next(stream).status == health_pb2.HealthCheckResponse.SERVING
+    stream.cancel()
+
+
 def test_health_needs_a_token_when_not_open(start_daemon, tokens):
     daemon = start_daemon(**{"security.tokens_file": str(tokens.file), "security.health_open": "false"})
     stub = health_pb2_grpc.HealthStub(daemon.channel())
