@@ -219,7 +219,8 @@ class LimitsSettings:
     max_concurrent_calls: int = setting(
         1000,
         parse_number(int, 1, 1_000_000),
-        "RPCs the daemon runs at once (health checks aside); more answer RESOURCE_EXHAUSTED",
+        "RPCs the daemon runs at once (Health Check and OIP ServerLive/ServerReady aside); more "
+        "answer RESOURCE_EXHAUSTED",
     )
     max_concurrent_streams: int = setting(
         100,

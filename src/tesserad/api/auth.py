@@ -183,10 +183,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 f"{method.lstrip('/')} has no role in this tesserad's role table, so no caller may use it",
             )
         is_health = method in HEALTH_METHODS
-        if is_health and self._health_open:
-            return self._admitted(handler, method, None, limited=False)
-        if self._tokens is None:
-            return self._admitted(handler, method, None, limited=not is_health)
+        # A probe's one-shot check is never turned away; a Watch holds a stream open like any
+        # other, so it counts (open to callers without a token, uncounted it would be unbounded).
+        limited = not is_health or bool(handler.response_streaming)
+        if self._tokens is None or (is_health and self._health_open):
+            return self._admitted(handler, method, None, limited=limited)
 
         token, problem = _bearer_token(handler_call_details.invocation_metadata)
         identity = None if token is None else self._tokens.identify(token)
@@ -205,7 +206,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 f"{method.lstrip('/')} needs the {required.label} role; the token {identity.name!r} has "
                 f"the {identity.role.label} role",
             )
-        return self._admitted(handler, method, identity, limited=not is_health)
+        return self._admitted(handler, method, identity, limited=limited)
 
     def _admitted(self, handler: Handler, method: str, identity: Identity | None, limited: bool) -> Handler:
         """`handler` wrapped for `identity`, from the cache when `handler` is the one it wraps."""

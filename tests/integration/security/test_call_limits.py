@@ -65,6 +65,20 @@ def test_calls_over_the_limit_are_refused_naming_it_but_health_still_answers(sta
     stream.cancel()
 
 
+def test_open_health_watch_streams_count_against_the_stream_limit(start_daemon, tokens):
+    # Open to callers without a token, so uncounted they would let anyone hold streams without end.
+    daemon = start_daemon(**{"limits.max_concurrent_streams": 1, "security.tokens_file": str(tokens.file)})
+    stub = health_pb2_grpc.HealthStub(daemon.channel())
+    first = stub.Watch(health_pb2.HealthCheckRequest(), timeout=60)
+    assert next(first).status == health_pb2.HealthCheckResponse.SERVING
+    message = exhausted(lambda: next(stub.Watch(health_pb2.HealthCheckRequest(), timeout=10)))
+    assert "limits.max_concurrent_streams = 1" in message
+    # Probes that ask once are never turned away.
+    health = stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    first.cancel()
+
+
 def test_a_response_over_max_message_size_is_refused_naming_it(start_daemon):
     # A ServerInfo (devices, versions, services) is well over 256 bytes.
     daemon = start_daemon(max_message_size="256B")
