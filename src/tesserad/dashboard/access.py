@@ -113,8 +113,16 @@ class Access:
 
 
 def _local_path(path: str) -> str:
-    """`path` when it is a path on this server, else "/": a login never sends anyone elsewhere."""
-    return path if path.startswith("/") and not path.startswith(("//", "/\\")) else "/"
+    """`path` when it is a path on this server, else "/": a login never sends anyone elsewhere.
+
+    Browsers drop tabs and newlines from a URL and read a backslash as a slash, so a path
+    holding any of them or another control character ("/<tab>/host") could name another host.
+    """
+    if not path.startswith("/") or path.startswith("//"):
+        return "/"
+    if any(char == "\\" or char.isspace() or not char.isprintable() for char in path):
+        return "/"
+    return path
 
 
 def login_page(problem: str, status: int = 200, then: str = "/") -> web.Response:

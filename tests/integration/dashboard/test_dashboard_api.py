@@ -275,6 +275,35 @@ def test_tokens_guard_every_page_and_call_and_a_reader_logs_in(tmp_path, tokens_
         daemon.stop()
 
 
+def test_login_never_sends_the_browser_to_another_site(tmp_path, tokens_file):
+    path, clear = tokens_file
+    daemon = InProcessDaemon(
+        daemon_settings(tmp_path / "data", **{"security.tokens_file": str(path)})
+    ).start()
+    try:
+        port = daemon.daemon.http_port
+        # Browsers drop tabs and newlines from a URL and read a backslash as a slash, so each
+        # of these is "//elsewhere.example", another site.
+        for then in [
+            "//elsewhere.example/",
+            "/\t/elsewhere.example/",
+            "/\n/elsewhere.example/",
+            "/\\elsewhere.example/",
+            "\t//elsewhere.example/",
+            "https://elsewhere.example/",
+        ]:
+            form = urllib.parse.urlencode({"token": clear[Role.READER], "then": then})
+            answer = http_get(
+                port, "/login", {"Content-Type": "application/x-www-form-urlencoded"}, "POST", form
+            )
+            assert answer.status == 303 and answer.headers["location"] == "/", then
+        form = urllib.parse.urlencode({"token": clear[Role.READER], "then": "/jobs?page_size=5"})
+        answer = http_get(port, "/login", {"Content-Type": "application/x-www-form-urlencoded"}, "POST", form)
+        assert answer.headers["location"] == "/jobs?page_size=5"
+    finally:
+        daemon.stop()
+
+
 def test_a_spawned_daemon_logs_where_its_dashboard_listens(spawn_daemon, tmp_path):
     process = spawn_daemon(
         "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--http-listen", "127.0.0.1:0",
