@@ -46,6 +46,12 @@ def test_an_unreachable_daemon_fails_with_a_message(tessera_cli):
     assert_failed_cleanly(result, "UNAVAILABLE", "is tesserad running at 127.0.0.1:1?", "--target")
 
 
+def test_a_token_no_header_can_carry_fails_with_a_message_that_does_not_show_it(tessera_cli):
+    result = tessera_cli("--token", "tsr_caf\u00e9-secret", "info")
+    assert_failed_cleanly(result, "", "printable ASCII", "--token or TESSERA_TOKEN")
+    assert "secret" not in result.err and "Invalid metadata" not in result.err
+
+
 def test_models_commands(tessera_cli, model_file, tmp_path):
     pushed = tessera_cli("models", "push", "affine", str(model_file), "--alias", "production")
     assert pushed.code == 0 and "registered affine v1" in pushed.out

@@ -101,6 +101,24 @@ def test_token_defaults_to_the_environment(fake, monkeypatch):
     assert "authorization" not in fake.system.metadata[1]
 
 
+def test_a_token_read_with_its_line_end_is_sent_without_it(fake, monkeypatch):
+    # A token from a file or a Kubernetes secret often ends in a newline, which no header may carry.
+    monkeypatch.setenv("TESSERA_TOKEN", "from-env\n")
+    with tessera.Client(fake.target) as client:
+        client.system.info()
+    with tessera.Client(fake.target, token=" s3cret\r\n") as client:
+        client.system.info()
+    assert [m["authorization"] for m in fake.system.metadata] == ["Bearer from-env", "Bearer s3cret"]
+
+
+@pytest.mark.parametrize("token", ["tsr_\u00e9t\u00e9", "tsr_a\nb", "tsr_a\tb", "tsr_a\x00b"])
+def test_a_token_no_header_can_carry_is_refused_without_showing_it(token):
+    with pytest.raises(ValueError, match="printable ASCII") as caught:
+        tessera.Client("127.0.0.1:1", token=token)
+    assert "TESSERA_TOKEN" in str(caught.value)
+    assert token not in str(caught.value) and "tsr_" not in str(caught.value)
+
+
 def test_tls_needs_both_halves_of_a_client_certificate(tmp_path):
     cert = tmp_path / "client.pem"
     cert.write_text("not used")

@@ -173,8 +173,21 @@ def _duration(seconds: float) -> str:
 
 
 def resolve_token(token: str | None) -> str | None:
-    """The token given, else TESSERA_TOKEN from the environment, else None."""
-    return token if token is not None else (os.environ.get(TOKEN_ENV) or None)
+    """The token given, else TESSERA_TOKEN from the environment, else None; without the
+    whitespace around it (a token read from a file or a secret often ends in a newline).
+
+    ValueError, never showing the token, when it holds a character a gRPC header cannot
+    carry: gRPC would fail every call with a bare INTERNAL "Invalid metadata".
+    """
+    token = (token if token is not None else os.environ.get(TOKEN_ENV, "")).strip()
+    if not token:
+        return None
+    if not all(" " <= char <= "~" for char in token):
+        raise ValueError(
+            f"the token (--token or {TOKEN_ENV}) holds a character other than printable ASCII, "
+            "which no gRPC header can carry; copy it again as `tesserad tokens add` printed it"
+        )
+    return token
 
 
 def _channel_options(tls: TLS | None, retry: RetryPolicy) -> list[tuple[str, Any]]:
