@@ -21,7 +21,12 @@ class Result:
     err: str
 
     def json(self):
-        return json.loads(self.out)
+        """stdout as JSON, read as strictly as jq reads it (no NaN or Infinity literals)."""
+        return json.loads(self.out, parse_constant=_not_json)
+
+
+def _not_json(literal: str) -> None:
+    raise ValueError(f"{literal} is not JSON; jq refuses it")
 
 
 @pytest.fixture

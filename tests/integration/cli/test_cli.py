@@ -55,14 +55,14 @@ def test_a_token_no_header_can_carry_fails_with_a_message_that_does_not_show_it(
 def test_models_commands(tessera_cli, model_file, tmp_path):
     pushed = tessera_cli("models", "push", "affine", str(model_file), "--alias", "production")
     assert pushed.code == 0 and "registered affine v1" in pushed.out
-    assert tessera_cli("--json", "models", "push", "affine", str(model_file)).json()["version"] == "2"
+    assert tessera_cli("--json", "models", "push", "affine", str(model_file)).json()["version"] == 2
     listed = tessera_cli("models", "ls")
     assert "affine" in listed.out and "production=1" in listed.out
     assert [m["name"] for m in tessera_cli("--json", "models", "ls").json()] == ["affine"]
     shown = tessera_cli("models", "show", "affine", "--version", "production")
     assert "affine v1" in shown.out and "input input" in shown.out
     versions = tessera_cli("--json", "models", "versions", "affine").json()
-    assert [v["version"] for v in versions] == ["2", "1"]
+    assert [v["version"] for v in versions] == [2, 1]
     assert "staging -> v2" in tessera_cli("models", "alias", "affine", "staging", "2").out
     compared = tessera_cli("models", "compare", "affine", "1", "staging")
     assert compared.code == 0 and "v1 vs v2" in compared.out
@@ -70,7 +70,7 @@ def test_models_commands(tessera_cli, model_file, tmp_path):
     assert download.code == 0 and (tmp_path / "copy.onnx").read_bytes() == model_file.read_bytes()
     deployed = tessera_cli("models", "deploy", "affine", "1=90", "staging=10", "--shadow", "2")
     assert deployed.code == 0 and "revision 1" in deployed.out and "90%" in deployed.out
-    assert tessera_cli("--json", "models", "deploy", "affine", "2=100").json()["revision"] == "2"
+    assert tessera_cli("--json", "models", "deploy", "affine", "2=100").json()["revision"] == 2
     assert "revision 3" in tessera_cli("models", "rollback", "affine").out
 
 
@@ -114,7 +114,7 @@ def test_datasets_commands(tessera_cli, dataset_file):
     assert tessera_cli("--json", "datasets", "ls").json()[0]["name"] == "table"
     shown = tessera_cli("datasets", "show", "table:1")
     assert "float32" in shown.out and "(40, 4)" in shown.out
-    assert tessera_cli("--json", "datasets", "show", "table").json()["num_samples"] == "40"
+    assert tessera_cli("--json", "datasets", "show", "table").json()["num_samples"] == 40
     assert_failed_cleanly(tessera_cli("datasets", "show", "absent"), "NOT_FOUND", "absent")
     assert_failed_cleanly(
         tessera_cli("datasets", "push", "t", str(dataset_file), "--split", "train"), "", "KEY=VALUE"
@@ -136,7 +136,7 @@ def test_predict_stats_and_serve_status(tessera_cli, client, model_file, tmp_pat
     assert as_json["outputs"]["output"] == [[3.0] * 4] * 2
     stats = tessera_cli("stats", "affine")
     assert stats.code == 0 and "p99" in stats.out and "2 requests" in stats.out
-    assert tessera_cli("--json", "stats").json()[0]["request_count"] == "2"
+    assert tessera_cli("--json", "stats").json()[0]["request_count"] == 2
     status = tessera_cli("serve-status")
     assert "affine" in status.out and "ready" in status.out and "instances" in status.out
     (loaded,) = tessera_cli("--json", "serve-status", "affine").json()

@@ -38,10 +38,10 @@ def test_changes_are_printed_in_order_with_the_state_after_each(tessera_cli, cli
     later = tessera_cli("--json", "models", "changes", "--from-seq", "2")
     changes = [json.loads(line) for line in later.out.splitlines()]
     assert [(c["seq"], c["kinds"]) for c in changes] == [
-        ("2", ["CHANGE_KIND_VERSION_REGISTERED", "CHANGE_KIND_ALIAS_MOVED"]),
-        ("3", ["CHANGE_KIND_DEPLOYMENT_CHANGED"]),
+        (2, ["CHANGE_KIND_VERSION_REGISTERED", "CHANGE_KIND_ALIAS_MOVED"]),
+        (3, ["CHANGE_KIND_DEPLOYMENT_CHANGED"]),
     ]
-    assert changes[1]["state"]["aliases"] == {"production": "2"}
+    assert changes[1]["state"]["aliases"] == {"production": 2}
     assert tessera_cli("models", "changes", "--from-seq", "4").out.strip() == "no changes from seq 4 on"
 
 
@@ -102,7 +102,7 @@ def test_cluster_stats_on_a_daemon_no_replica_follows_are_its_own(tessera_cli, c
     assert "no serving replica follows this daemon: these are its own figures" in result.out
     data = tessera_cli("--json", "stats", "--cluster").json()
     assert data["replicas"] == [] and data["unreachable_replicas"] == []
-    assert [(s["model"], s["request_count"]) for s in data["stats"]] == [("affine", "1")]
+    assert [(s["model"], s["request_count"]) for s in data["stats"]] == [("affine", 1)]
     absent = tessera_cli("stats", "absent", "--cluster")
     assert absent.code == 1 and absent.err.startswith("tessera: NOT_FOUND: model 'absent' does not exist")
     with pytest.raises(SystemExit) as usage:  # argparse: a usage error, exit 2

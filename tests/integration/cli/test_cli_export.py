@@ -25,4 +25,4 @@ def test_export_with_an_alias_prints_where_the_alias_moved(tessera_cli, client, 
     assert quiet.code == 0 and "alias" not in quiet.out
     moved = tessera_cli("--json", "export", "onnx", "mlp", "--version", "1", "--alias", "staging").json()
     assert moved["alias_moved"]["alias"] == "staging"
-    assert (moved["alias_moved"]["from_version"], moved["alias_moved"]["to_version"]) == ("2", "5")
+    assert (moved["alias_moved"]["from_version"], moved["alias_moved"]["to_version"]) == (2, 5)

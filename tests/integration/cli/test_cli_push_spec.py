@@ -56,4 +56,4 @@ def test_push_with_an_alias_prints_where_the_alias_moved(tessera_cli, tmp_path):
     moved = tessera_cli(
         "--json", "models", "push", "mlp", str(weights), "--spec", str(spec), "--alias", "prod"
     ).json()
-    assert (moved["alias_moved"]["from_version"], moved["alias_moved"]["to_version"]) == ("2", "4")
+    assert (moved["alias_moved"]["from_version"], moved["alias_moved"]["to_version"]) == (2, 4)

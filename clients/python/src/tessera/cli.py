@@ -4,7 +4,6 @@ failure exits non-zero with the daemon's message, never a traceback."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -12,8 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from google.protobuf.json_format import MessageToDict
-from google.protobuf.message import Message
 from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
@@ -26,6 +23,7 @@ from tessera.errors import JobFailed, TesseraError
 from tessera.events import JobState
 from tessera.explanations import METHODS, SHORT_NAMES, top_positions
 from tessera.follow import follow
+from tessera.json_output import dumps, to_plain
 from tessera.messages import is_digits, load_toml, to_datetime, whole_number
 from tessera.models import FORMAT_BY_SUFFIX
 from tessera.rpc_commands import in_cli_words, unreachable_hint
@@ -46,7 +44,7 @@ class Output:
         self.console = console or Console(highlight=False, soft_wrap=False)
 
     def json(self, value: Any) -> None:
-        print(json.dumps(to_plain(value), indent=2))
+        print(dumps(value, indent=2))
 
     def table(
         self,
@@ -114,19 +112,6 @@ def _column_width(header: str, cells: Sequence[str], whole: bool) -> int:
 def _table_width(column_widths: Sequence[int]) -> int:
     """Width of a rich table with these columns: a space each side of each, and the rules."""
     return sum(width + 2 for width in column_widths) + len(column_widths) + 1
-
-
-def to_plain(value: Any) -> Any:
-    """Messages, lists of them and numpy arrays as JSON-ready values."""
-    if isinstance(value, Message):
-        return MessageToDict(value, preserving_proto_field_name=True)
-    if isinstance(value, dict):
-        return {key: to_plain(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_plain(item) for item in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
 
 
 def selector(text: str | None) -> int | str | None:
@@ -399,7 +384,7 @@ def cmd_models_changes(client: Client, args: argparse.Namespace, out: Output) ->
     for change in client.models.watch_changes(from_seq=args.from_seq, follow=args.follow):
         shown += 1
         if out.as_json:
-            print(json.dumps(to_plain(change)), flush=True)
+            print(dumps(change), flush=True)
         else:
             out.line(change_line(change))
     if not shown and not out.as_json:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from google.protobuf.json_format import MessageToDict
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -25,6 +23,7 @@ from tessera.events import (
     VersionRegistered,
 )
 from tessera.events import Progress as ProgressEvent
+from tessera.json_output import dumps, message_to_plain
 from tessera.plot import line_plot
 from tessera.training import Job
 from tessera.transport import Connection
@@ -62,7 +61,7 @@ def event_json(event: JobEvent) -> str:
     """One event as a JSON line: its kind and fields."""
     values = {key: value for key, value in vars(event).items()}
     values["time"] = event.time.isoformat() if event.time else None
-    return json.dumps({"kind": type(event).__name__, **values}, default=str)
+    return dumps({"kind": type(event).__name__, **values})
 
 
 def follow(job: Job[Connection], console: Console, as_json: bool, from_seq: int = 1) -> Job[Connection]:
@@ -86,7 +85,7 @@ def _follow(job: Job[Connection], console: Console, as_json: bool, from_seq: int
             curves.add(event)
             print(event_json(event), flush=True)
         job.refresh()
-        print(json.dumps({"kind": "Job", **MessageToDict(job.info, preserving_proto_field_name=True)}))
+        print(dumps({"kind": "Job", **message_to_plain(job.info)}))
         return job
     _live(job.watch(from_seq=from_seq), curves, console)
     job.refresh()

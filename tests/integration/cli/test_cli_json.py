@@ -1,0 +1,47 @@
+"""`--json` is for scripts: every 64-bit integer is a number (as the 32-bit ones and the CLI's
+own figures are), and the output stays valid JSON when a value is NaN or infinite."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.integration.sdk.affine import affine_onnx
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    return affine_onnx(tmp_path / "affine.onnx")
+
+
+def test_64_bit_integers_are_numbers_in_every_command(tessera_cli, client, model_file, tmp_path):
+    pushed = tessera_cli("--json", "models", "push", "affine", str(model_file)).json()
+    assert pushed["version"] == 1 and pushed["size_bytes"] == model_file.stat().st_size
+    assert [v["version"] for v in tessera_cli("--json", "models", "versions", "affine").json()] == [1]
+    assert tessera_cli("--json", "models", "deploy", "affine", "1=100").json()["revision"] == 1
+    data = tmp_path / "table.npz"
+    np.savez(data, x=np.zeros((40, 4), np.float32))
+    assert tessera_cli("--json", "datasets", "push", "table", str(data)).json()["num_samples"] == 40
+    assert tessera_cli("--json", "datasets", "show", "table").json()["version"] == 1
+
+    client.inference.load("affine")
+    inputs = tmp_path / "inputs.npz"
+    np.savez(inputs, input=np.ones((2, 4), np.float32))
+    predicted = tessera_cli("--json", "predict", "affine", "--input", str(inputs)).json()
+    assert predicted["version"] == 1
+    (stats,) = tessera_cli("--json", "stats").json()
+    assert stats["version"] == 1 and stats["request_count"] == 1
+    changes = tessera_cli("--json", "models", "changes", "--from-seq", "1").out.splitlines()
+    assert changes and all(isinstance(json.loads(line)["seq"], int) for line in changes)
+
+
+def test_nan_and_infinity_are_written_as_protobuf_json_writes_them(tessera_cli, client, model_file, tmp_path):
+    tessera_cli("models", "push", "affine", str(model_file))
+    client.inference.load("affine")
+    inputs = tmp_path / "inputs.npz"
+    np.savez(inputs, input=np.array([[np.nan, np.inf, -np.inf, 1.0]], np.float32))
+    predicted = tessera_cli("--json", "predict", "affine", "--input", str(inputs))
+    assert predicted.code == 0, predicted.err
+    assert predicted.json()["outputs"]["output"] == [["NaN", "Infinity", "-Infinity", 3.0]]
