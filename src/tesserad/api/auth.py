@@ -61,6 +61,14 @@ def caller(context: Context) -> str:
     return _CALLER.get()
 
 
+def presented_authorization(context: Context) -> str:
+    """The authorization metadata the caller of `context`'s RPC sent ("" without one)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str):
+            return value
+    return ""
+
+
 class AuthSetupError(Exception):
     """The security settings cannot be used; the message names the setting and the fix."""
 
@@ -448,5 +456,6 @@ __all__ = [
     "AuthSetupError",
     "authentication_enabled",
     "caller",
+    "presented_authorization",
     "server_credentials",
 ]

@@ -2,8 +2,9 @@
 
 The primary knows its replicas from their WatchChanges subscriptions (each announces the
 address it serves on). It asks each, concurrently, for its figures with histograms, in
-plaintext and with the caller's own authorization (replicas share the primary's tokens file),
-and merges per model version: latency histograms by adding bucket counts (so percentiles stay
+plaintext and with the authorization that replica's own watch presented (replicas share the
+primary's tokens file; the caller's token is never sent: any reader may announce an address,
+and an admin's token sent there would give that reader the admin role), and merges per model version: latency histograms by adding bucket counts (so percentiles stay
 within the histograms' relative error), counts, batch sizes and throughput by adding. A replica
 that does not answer is listed in `unreachable_replicas`, and the rest is still returned.
 """
@@ -29,12 +30,15 @@ _LATENCIES = ("queue", "compute", "total")
 
 
 async def replica_stats(
-    addresses: Sequence[str], request: pb.GetStatsRequest, metadata: Sequence[tuple[str, str]]
+    replicas: Sequence[tuple[str, str]], request: pb.GetStatsRequest
 ) -> tuple[list[list[pb.ModelStats]], list[str], list[str]]:
-    """(each answering replica's stats, the replicas that answered, those that did not)."""
+    """(each answering replica's stats, the replicas that answered, those that did not);
+    `replicas` are (address, the authorization that replica presented, "" for none)."""
     ask = pb.GetStatsRequest(target=request.target, histograms=True)
+    addresses = [address for address, _ in replicas]
 
-    async def one(address: str) -> list[pb.ModelStats] | None:
+    async def one(address: str, credential: str) -> list[pb.ModelStats] | None:
+        metadata = (("authorization", credential),) if credential else None
         try:
             async with grpc.aio.insecure_channel(address) as channel:
                 stub = inference_pb2_grpc.InferenceStub(channel)
@@ -48,7 +52,7 @@ async def replica_stats(
             )
             return None
 
-    answers = await asyncio.gather(*(one(a) for a in addresses))
+    answers = await asyncio.gather(*(one(address, credential) for address, credential in replicas))
     reached = [a for a, s in zip(addresses, answers, strict=True) if s is not None]
     unreachable = [a for a, s in zip(addresses, answers, strict=True) if s is None]
     return [s for s in answers if s is not None], reached, unreachable

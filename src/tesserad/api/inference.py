@@ -34,8 +34,11 @@ DEFAULT_SHADOW_LIMIT = 100
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
-    def __init__(self, service: InferenceService, replicas: Callable[[], list[str]] | None = None) -> None:
-        """`replicas`: the addresses of the serving replicas following this daemon (None on a replica)."""
+    def __init__(
+        self, service: InferenceService, replicas: Callable[[], list[tuple[str, str]]] | None = None
+    ) -> None:
+        """`replicas`: the (address, credential) of each serving replica following this daemon
+        (None on a replica); see ChangeFeed.replicas."""
         self._service = service
         self._replicas = replicas
 
@@ -141,12 +144,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         except NotFound as exc:  # the replicas may have it loaded
             entries, missing = [], exc
         local = [stats_to_proto(e, request.reset, histograms=True) for e in entries]
-        authorization = [
-            (k, v)
-            for k, v in context.invocation_metadata() or ()
-            if k == "authorization" and isinstance(v, str)
-        ]
-        remote, reached, unreachable = await replica_stats(self._replicas(), request, authorization)
+        remote, reached, unreachable = await replica_stats(self._replicas(), request)
         merged = merge_stats([local, *remote], request.histograms)
         if not merged and missing is not None:
             raise missing

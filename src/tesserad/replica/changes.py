@@ -222,8 +222,9 @@ class ChangeFeed:
         self._recorded = 0
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="registry-changes", daemon=True)
-        # Replicas following now (address -> open streams): the primary merges their statistics.
-        self._replicas: dict[str, int] = {}
+        # Replicas following now ((address, credential) -> open streams): the primary merges
+        # their statistics.
+        self._replicas: dict[tuple[str, str], int] = {}
 
     def start(self) -> None:
         """Compare every model with its head (catching up after a crash), then follow the registry."""
@@ -326,15 +327,24 @@ class ChangeFeed:
             txn.delete(CHANGES, (_CHANNEL, seq))
             txn.delete(SUPERSEDED, (seq,))
 
-    def replicas(self) -> list[str]:
-        """The addresses of the replicas following this registry now."""
+    def replicas(self) -> list[tuple[str, str]]:
+        """(address, credential) of each replica following this registry now, one per address.
+
+        The credential is the one the replica's own watch presented; the primary presents it
+        back when it asks that address for statistics, so a caller's token never goes to an
+        address that someone else (any reader may watch) announced.
+        """
         with self._cond:
-            return sorted(self._replicas)
+            chosen: dict[str, str] = {}
+            for address, credential in sorted(self._replicas):
+                chosen.setdefault(address, credential)
+            return sorted(chosen.items())
 
     async def watch(
-        self, from_seq: int, replica_address: str = ""
+        self, from_seq: int, replica_address: str = "", credential: str = ""
     ) -> AsyncIterator[RegistryChange | CaughtUp]:
-        """Changes from `from_seq` (stored, then live); see the WatchChanges RPC for the errors."""
+        """Changes from `from_seq` (stored, then live); see the WatchChanges RPC for the errors.
+        `credential`: the watching call's authorization ("" without one), kept with its address."""
         if from_seq < 0:
             raise InvalidArgument(f"from_seq must be >= 0, got {from_seq}")
         await asyncio.to_thread(self.settle, _SETTLE_TIMEOUT_S)
@@ -345,9 +355,10 @@ class ChangeFeed:
                 f"{newest + 1}, or 0 for every change (a follower holding changes past {newest} followed "
                 "another registry: drop them and watch again with from_seq=0)"
             )
+        replica = (replica_address, credential)
         if replica_address:
             with self._cond:
-                self._replicas[replica_address] = self._replicas.get(replica_address, 0) + 1
+                self._replicas[replica] = self._replicas.get(replica, 0) + 1
         caught_up = max(from_seq, 1) > newest
         try:
             if caught_up:
@@ -360,6 +371,6 @@ class ChangeFeed:
         finally:
             if replica_address:
                 with self._cond:
-                    self._replicas[replica_address] -= 1
-                    if not self._replicas[replica_address]:
-                        del self._replicas[replica_address]
+                    self._replicas[replica] -= 1
+                    if not self._replicas[replica]:
+                        del self._replicas[replica]

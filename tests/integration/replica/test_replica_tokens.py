@@ -1,10 +1,11 @@
 """A replica of a primary that requires tokens: it follows with its own token (replica.token_file)
-and admits its callers by the primary's tokens file; the primary forwards the caller's token when
-it gathers cluster statistics."""
+and admits its callers by the primary's tokens file; the primary presents each replica's own token
+back to it when it gathers cluster statistics."""
 
 from __future__ import annotations
 
 import time
+from concurrent import futures
 from pathlib import Path
 
 import grpc
@@ -13,7 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving_models import linear_model, predict_request, upload
 
-from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc
 from tesserad.security import Role, hash_token, new_token
 from tesserad.security.tokens import format_entry
 from tests.conftest import InProcessDaemon, daemon_settings
@@ -107,6 +108,51 @@ def test_a_replica_without_a_token_is_never_ready(tmp_path: Path, tokens: dict[R
         if replica is not None:
             replica.stop()
         primary.stop()
+
+
+class _RecordingReplica(inference_pb2_grpc.InferenceServicer):
+    """An address anyone could announce: it keeps the authorization of each call it gets."""
+
+    def __init__(self) -> None:
+        self.authorizations: list[str] = []
+
+    def GetStats(self, request, context):
+        self.authorizations += [v for k, v in context.invocation_metadata() if k == "authorization"]
+        return inference_pb2.GetStatsResponse()
+
+
+def test_cluster_statistics_never_send_the_callers_token_to_an_announced_address(
+    tmp_path: Path, tokens: dict[Role, str]
+) -> None:
+    # A reader may announce any address as a replica's; an admin's token sent there would
+    # hand the reader the admin role. The primary presents each replica its own token back.
+    recorder = _RecordingReplica()
+    fake = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    inference_pb2_grpc.add_InferenceServicer_to_server(recorder, fake)
+    address = f"127.0.0.1:{fake.add_insecure_port('127.0.0.1:0')}"
+    fake.start()
+    primary = InProcessDaemon(
+        daemon_settings(tmp_path / "primary", **{"security.tokens_file": str(tmp_path / "tokens.toml")})
+    ).start()
+    try:
+        channel = primary.channel()
+        announced = registry_pb2_grpc.RegistryStub(channel).WatchChanges(
+            registry_pb2.WatchChangesRequest(replica_address=address),
+            metadata=bearer(tokens[Role.READER]),
+            timeout=60,
+        )
+        next(announced)  # caught up: the address is announced
+        stats = inference_pb2_grpc.InferenceStub(channel).GetStats(
+            inference_pb2.GetStatsRequest(scope=inference_pb2.STATS_SCOPE_CLUSTER),
+            metadata=bearer(tokens[Role.ADMIN]),
+            timeout=30,
+        )
+        assert list(stats.replicas) == [address]
+        assert recorder.authorizations == [f"Bearer {tokens[Role.READER]}"]
+        announced.cancel()
+    finally:
+        primary.stop()
+        fake.stop(None)
 
 
 class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientInterceptor):
