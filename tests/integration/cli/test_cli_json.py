@@ -45,3 +45,11 @@ def test_nan_and_infinity_are_written_as_protobuf_json_writes_them(tessera_cli, 
     predicted = tessera_cli("--json", "predict", "affine", "--input", str(inputs))
     assert predicted.code == 0, predicted.err
     assert predicted.json()["outputs"]["output"] == [["NaN", "Infinity", "-Infinity", 3.0]]
+
+
+def test_json_may_follow_the_command_as_well_as_precede_it(tessera_cli, model_file):
+    tessera_cli("models", "push", "affine", str(model_file))
+    before = tessera_cli("--json", "models", "versions", "affine")
+    after = tessera_cli("models", "versions", "affine", "--json")
+    assert after.code == 0 and after.json() == before.json()
+    assert tessera_cli("info", "--json").json()["version"]

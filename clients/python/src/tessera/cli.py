@@ -34,6 +34,7 @@ from tessera.v1 import inference_pb2, registry_pb2, training_pb2
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 EXIT_ERROR = 1
+JSON_HELP = "print JSON for scripts instead of tables"
 
 
 class Output:
@@ -881,7 +882,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--tls-server-name", metavar="NAME", help="name to check the daemon's certificate against"
     )
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per call (default 30)")
-    parser.add_argument("--json", action="store_true", help="print JSON for scripts instead of tables")
+    parser.add_argument("--json", action="store_true", help=JSON_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(
@@ -894,6 +895,8 @@ def build_parser() -> argparse.ArgumentParser:
         aliases = ["list"] if name == "ls" else []
         sub = group.add_parser(name, aliases=aliases, help=help, description=help)
         sub.set_defaults(handler=handler)
+        # Scripts often put flags last; SUPPRESS keeps a --json given before the command.
+        sub.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=JSON_HELP)
         return sub
 
     command(commands, "info", cmd_info, "the daemon's version, devices and data directory")
