@@ -236,6 +236,15 @@ def test_bad_usage_exits_2(tessera_cli):
     assert caught.value.code == 2
 
 
+@pytest.mark.parametrize("seconds", ["0", "-1", "nan", "inf", "1e400", "soon"])
+def test_a_timeout_that_is_no_number_of_seconds_above_0_is_bad_usage(tessera_cli, capsys, seconds):
+    # NaN and infinity used to pass and end every call at once with DEADLINE_EXCEEDED.
+    with pytest.raises(SystemExit) as caught:
+        tessera_cli("--timeout", seconds, "info")
+    assert caught.value.code == 2
+    assert "argument --timeout: must be a number of seconds above 0" in capsys.readouterr().err
+
+
 def test_demo_runs_the_whole_life_cycle(tessera_cli):
     result = tessera_cli("demo", "--samples", "64", "--epochs", "1", "--requests", "20")
     assert result.code == 0, result.err

@@ -4,6 +4,7 @@ failure exits non-zero with the daemon's message, never a traceback."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -128,6 +129,18 @@ def whole(text: str) -> int:
         return whole_number(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def seconds(text: str) -> float:
+    """argparse's type for durations: float() also reads "nan" and "inf", and gRPC ends a call
+    with either as its deadline at once."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
+    return value
 
 
 def when(timestamp: Any) -> str:
@@ -881,7 +894,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--tls-server-name", metavar="NAME", help="name to check the daemon's certificate against"
     )
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per call (default 30)")
+    parser.add_argument("--timeout", type=seconds, default=30.0, help="seconds per call (default 30)")
     parser.add_argument("--json", action="store_true", help=JSON_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -9,6 +9,7 @@ idempotent calls listed in `RETRIED_METHODS`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 from abc import ABC, abstractmethod
@@ -219,8 +220,10 @@ class _Channel(ABC):
         transfer_timeout: float = DEFAULT_TRANSFER_TIMEOUT_S,
         retry: RetryPolicy | None = None,
     ) -> None:
-        if timeout <= 0 or transfer_timeout <= 0:
-            raise ValueError(f"timeouts must be > 0 seconds, got {timeout} and {transfer_timeout}")
+        if not all(0 < seconds < math.inf for seconds in (timeout, transfer_timeout)):
+            raise ValueError(
+                f"timeouts must be a finite number of seconds above 0, got {timeout} and {transfer_timeout}"
+            )
         self.target = target
         self.tls = TLS() if tls is True else (tls or None)
         token = resolve_token(token)
