@@ -25,6 +25,8 @@ TOKEN_COOKIE = "tessera_token"
 # removing the token from the tokens file ends every session at once, as on gRPC.
 SESSION_SECONDS = 12 * 3600
 LOGIN_PATH = "/login"
+# Every 401 carries it (RFC 9110 says it must; HTTP clients and monitors read the scheme there).
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="tesserad"'}
 _OPEN_PREFIXES = ("/static/",)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -60,7 +62,7 @@ class Access:
         if problem is None:
             return await handler(request)
         if request.path.startswith("/api/"):
-            return web.json_response({"error": problem}, status=401)
+            return web.json_response({"error": problem}, status=401, headers=CHALLENGE)
         return login_page(problem, status=401, then=request.path_qs)
 
     def _problem(self, request: web.Request) -> str | None:
@@ -139,4 +141,5 @@ def login_page(problem: str, status: int = 200, then: str = "/") -> web.Response
 <p class="hint">A token of any role (reader is enough), made with <code>tesserad tokens add</code>.</p>
 </main></body></html>
 """
-    return web.Response(text=body, status=status, content_type="text/html")
+    headers = CHALLENGE if status == 401 else None
+    return web.Response(text=body, status=status, content_type="text/html", headers=headers)

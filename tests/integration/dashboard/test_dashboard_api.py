@@ -275,6 +275,30 @@ def test_tokens_guard_every_page_and_call_and_a_reader_logs_in(tmp_path, tokens_
         daemon.stop()
 
 
+def test_every_401_names_the_bearer_scheme(tmp_path, tokens_file):
+    # RFC 9110: a 401 must carry WWW-Authenticate, which HTTP clients and monitors read.
+    path, clear = tokens_file
+    daemon = InProcessDaemon(
+        daemon_settings(tmp_path / "data", **{"security.tokens_file": str(path)})
+    ).start()
+    try:
+        port = daemon.daemon.http_port
+        form = urllib.parse.urlencode({"token": new_token()})
+        answers = [
+            http_get(port, "/api/v1/jobs"),
+            http_get(port, "/api/v1/jobs", {"Authorization": "Bearer " + new_token()}),
+            http_get(port, "/jobs"),
+            http_get(port, "/login", {"Content-Type": "application/x-www-form-urlencoded"}, "POST", form),
+        ]
+        for answer in answers:
+            assert answer.status == 401
+            assert answer.headers["www-authenticate"] == 'Bearer realm="tesserad"'
+        reader = {"Authorization": f"Bearer {clear[Role.READER]}"}
+        assert "www-authenticate" not in http_get(port, "/api/v1/jobs", reader).headers
+    finally:
+        daemon.stop()
+
+
 def test_login_never_sends_the_browser_to_another_site(tmp_path, tokens_file):
     path, clear = tokens_file
     daemon = InProcessDaemon(
