@@ -51,6 +51,7 @@ class FakeSystem(system_pb2_grpc.SystemServicer):
         self.calls = 0
         self.metadata: list[dict[str, str]] = []
         self.stall_s = 0.0
+        self.version = "fake"
         self._lock = threading.Lock()
 
     def GetServerInfo(self, request, context):
@@ -62,7 +63,7 @@ class FakeSystem(system_pb2_grpc.SystemServicer):
             context.abort(code, f"fake {code.name} for the test")
         if self.stall_s:
             threading.Event().wait(self.stall_s)
-        return system_pb2.ServerInfo(version="fake")
+        return system_pb2.ServerInfo(version=self.version)
 
 
 class FakeTraining(training_pb2_grpc.TrainingServicer):

@@ -127,6 +127,19 @@ def test_timeouts_must_be_finite_seconds_above_0(seconds):
         tessera.Client("127.0.0.1:1", transfer_timeout=seconds)
 
 
+def test_a_response_over_the_clients_message_limit_says_what_to_do(fake):
+    # gRPC's own words were "CLIENT: Received message larger than max (67108874 vs. 67108864)".
+    fake.system.version = "v" * 2**26
+    with (
+        tessera.Client(fake.target, retry=NO_RETRY) as client,
+        pytest.raises(tessera.ResourceExhausted) as caught,
+    ):
+        client.system.info()
+    assert caught.value.message.startswith(
+        "the response is 67,108,869 bytes, over the 67,108,864 bytes this client accepts in one message"
+    )
+
+
 def test_tls_needs_both_halves_of_a_client_certificate(tmp_path):
     cert = tmp_path / "client.pem"
     cert.write_text("not used")

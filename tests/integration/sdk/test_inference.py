@@ -49,6 +49,16 @@ def test_predict_errors_carry_the_daemon_message(client, served):
         client.inference.predict("affine", {"input": np.array(["a"])})
 
 
+def test_a_request_over_the_clients_message_limit_says_what_to_do(client, served):
+    # gRPC's own words were "CLIENT: Sent message larger than max (71303201 vs. 67108864)".
+    rows = np.ones((17 * 2**20 // 4 + 1, 4), np.float32)  # 68 MiB
+    with pytest.raises(tessera.ResourceExhausted) as caught:
+        client.inference.predict("affine", {"input": rows}, version=1)
+    message = caught.value.message
+    assert message.startswith("the request is 71,30") and "bytes, over the 67,108,864 bytes" in message
+    assert "send fewer rows per call" in message and "CLIENT" not in message
+
+
 def test_a_mistyped_model_name_is_answered_with_the_nearest_one_first(client, make_onnx):
     client.models.push("clips-cnn4d", make_onnx("m"))
     x = np.zeros((1, 4), np.float32)

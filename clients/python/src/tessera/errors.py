@@ -6,6 +6,8 @@ failure, or a subclass (`NotFound`, `InvalidArgument`, ...) for one kind.
 
 from __future__ import annotations
 
+import re
+
 import grpc
 
 
@@ -162,7 +164,30 @@ def error_from_rpc(err: grpc.RpcError) -> TesseraError:
     """The SDK exception for a failed gRPC call (sync or asyncio)."""
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details = err.details() if hasattr(err, "details") else None
-    return error_for(code, details or str(code.name if code else "no message"))
+    return error_for(
+        code, _client_limit_message(details) or details or str(code.name if code else "no message")
+    )
+
+
+# gRPC's words when a message passes this client's own size limit (the daemon names its setting).
+_CLIENT_LIMIT = re.compile(r"CLIENT: (Sent|Received) message larger than max \((\d+) vs\. (\d+)\)")
+
+
+def _client_limit_message(details: str | None) -> str | None:
+    """gRPC's message for a message over this client's limit, said with what to do; else None."""
+    found = _CLIENT_LIMIT.search(details or "")
+    if found is None:
+        return None
+    direction, size, limit = found.group(1), int(found.group(2)), int(found.group(3))
+    if direction == "Sent":
+        return (
+            f"the request is {size:,} bytes, over the {limit:,} bytes this client "
+            "sends in one message; send fewer rows per call (uploads and downloads go in chunks)"
+        )
+    return (
+        f"the response is {size:,} bytes, over the {limit:,} bytes this client "
+        "accepts in one message; ask for fewer rows per call, or smaller pages"
+    )
 
 
 def error_from_status_number(number: int, message: str) -> TesseraError:
