@@ -23,7 +23,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tls-server-name", help="name to check the server certificate against")
     parser.add_argument("--tls-cert", type=Path, help="client certificate, when mutual TLS is on")
     parser.add_argument("--tls-key", type=Path, help="key of --tls-cert")
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        help="file holding a token (any role), for a daemon with security.health_open = false",
+    )
     args = parser.parse_args(argv)
+    metadata = None
+    if args.token_file is not None:
+        try:
+            # Mounted secrets often end in a newline, which no gRPC header may carry.
+            metadata = [("authorization", f"Bearer {args.token_file.read_text().strip()}")]
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"unhealthy: cannot read --token-file {args.token_file}: {exc}", file=sys.stderr)
+            return 1
 
     if args.tls_ca is None:
         channel = grpc.insecure_channel(args.address)
@@ -39,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             # types-grpcio-health-checking declares HealthStub without its Check method.
             response = health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[attr-defined]
-                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout, metadata=metadata
             )
         except grpc.RpcError as exc:
             print(f"unhealthy: {exc.code().name}: {exc.details()}", file=sys.stderr)

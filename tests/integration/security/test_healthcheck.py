@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 
+from tesserad.security import Role
 from tesserad.tools import healthcheck
 
 
@@ -42,3 +43,13 @@ def test_healthy_over_mutual_tls(start_daemon, pki):
         str(pki.client_key),
     ]
     assert healthcheck.main(args) == 0
+
+
+def test_a_token_file_reaches_health_that_is_not_open(start_daemon, tokens, tmp_path, capsys):
+    daemon = start_daemon(**{"security.tokens_file": str(tokens.file), "security.health_open": "false"})
+    assert healthcheck.main(["--address", daemon.target]) == 1
+    assert "UNAUTHENTICATED" in capsys.readouterr().err
+    token_file = tmp_path / "probe-token"
+    token_file.write_text(tokens.token[Role.READER] + "\n")  # as a mounted secret often ends
+    assert healthcheck.main(["--address", daemon.target, "--token-file", str(token_file)]) == 0
+    assert capsys.readouterr().out.strip() == "SERVING"
