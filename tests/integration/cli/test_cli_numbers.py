@@ -51,3 +51,19 @@ def test_number_options_take_digits_0_to_9(tessera_cli, capsys, text):
     with pytest.raises(SystemExit):
         tessera_cli("explain", "affine", "--input", "x.npz", "--window", f"1,{text}")
     assert "argument --window: must be sizes separated by commas" in capsys.readouterr().err
+
+
+def test_a_percent_past_int32_or_a_shadow_percent_of_0_is_invalid_argument(
+    tessera_cli, client, three_versions
+):
+    weight = tessera_cli("models", "deploy", "affine", "1=3000000000")
+    assert weight.code == 1, weight.err
+    assert "INVALID_ARGUMENT: routes[0].weight must be 1..100, got 3000000000" in weight.err
+    for percent in ("0", "4294967296"):
+        shadow = tessera_cli(
+            "models", "deploy", "affine", "1=100", "--shadow", "2", "--shadow-percent", percent
+        )
+        assert shadow.code == 1, shadow.err
+        assert f"INVALID_ARGUMENT: shadow_percent must be 1..100, got {percent}" in shadow.err
+    with pytest.raises(tessera.NotFound):
+        client.models.deployment("affine")

@@ -95,6 +95,25 @@ def test_deploy_rollback_and_their_errors(client, two_versions):
         client.models.deploy("affine", {1: 50})
 
 
+@pytest.mark.parametrize("weight", [2**31, 2**63, -(2**31) - 1])
+def test_a_weight_or_percent_past_int32_is_invalid_argument_naming_the_range(client, two_versions, weight):
+    # The message's int32 fields cannot hold them: protobuf's bare "Value out of range" came out.
+    with pytest.raises(tessera.InvalidArgument, match=rf"routes\[1\]\.weight must be 1\.\.100, got {weight}"):
+        client.models.deploy("affine", {1: 50, 2: weight})
+    with pytest.raises(tessera.InvalidArgument, match=rf"shadow_percent must be 1\.\.100, got {weight}"):
+        client.models.deploy("affine", {1: 100}, shadow=2, shadow_percent=weight)
+    with pytest.raises(tessera.NotFound):
+        client.models.deployment("affine")
+
+
+def test_a_shadow_percent_of_0_is_refused_not_taken_as_100(client, two_versions):
+    # On the wire 0 means "unset", which the daemon reads as the default of 100%.
+    with pytest.raises(tessera.InvalidArgument, match="leave the shadow out"):
+        client.models.deploy("affine", {1: 100}, shadow=2, shadow_percent=0)
+    with pytest.raises(tessera.NotFound):
+        client.models.deployment("affine")
+
+
 def test_delete_rules_and_not_found_messages(client, two_versions):
     with pytest.raises(tessera.FailedPrecondition):
         client.models.delete_version("affine", 2)

@@ -11,6 +11,7 @@ from typing import Any
 
 from tessera.calls import C, Download, Op, Pages, Part, Resumable, SeqCursor, Upload, call, stream
 from tessera.ensembles import Member, ensemble_spec
+from tessera.errors import InvalidArgument
 from tessera.messages import from_dict, version_ref
 from tessera.transfer import CHUNK_BYTES, DownloadSink, Progress, file_chunks, file_digest
 from tessera.transport import RetryPolicy
@@ -28,6 +29,9 @@ FORMAT_BY_SUFFIX = {".onnx": "onnx", ".safetensors": "safetensors"}
 
 VersionSelector = int | str
 """A version by number (int) or by alias (str)."""
+
+# Route weights and the shadow percent are int32 in the protos.
+INT32_MAX = 2**31 - 1
 
 
 def ref(model: str, selector: VersionSelector | None) -> common_pb2.VersionRef:
@@ -362,11 +366,21 @@ class Models(Part[C]):
         comment: str = "",
     ) -> Op[pb.Deployment]:
         """Route un-pinned Predict calls: `routes` maps a version or alias to a percent of traffic
-        (summing to 100); `shadow` gets a copy of `shadow_percent` of requests."""
+        (summing to 100); `shadow` gets a copy of `shadow_percent` (1..100) of requests.
+        InvalidArgument for a weight or percent the message's int32 fields cannot hold."""
         request = pb.DeployRequest(model=name, comment=comment)
-        for target, weight in routes.items():
+        for i, (target, weight) in enumerate(routes.items()):
+            # The daemon checks 1..100 with these words; past int32 the message cannot carry it.
+            if not -INT32_MAX - 1 <= weight <= INT32_MAX:
+                raise InvalidArgument(f"routes[{i}].weight must be 1..100, got {weight}")
             _route_target(request.routes.add(weight=weight), target)
         if shadow is not None:
+            # 0 cannot be sent: on the wire it means unset, which the daemon reads as 100.
+            if not 1 <= shadow_percent <= INT32_MAX:
+                raise InvalidArgument(
+                    f"shadow_percent must be 1..100, got {shadow_percent}; leave the shadow out to copy "
+                    "no requests"
+                )
             _route_target(request.shadow, shadow)
             request.shadow.percent = shadow_percent
         return Op(S, "Deploy", request)
