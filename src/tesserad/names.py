@@ -14,6 +14,20 @@ if TYPE_CHECKING:
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 # "latest" always means the newest version; nobody may point it elsewhere.
 RESERVED_ALIASES = frozenset({"latest"})
+# Aliases that read as a version number: the CLI takes digits as a version, so an alias "3" could
+# never be named there, and tables show versions as "v3", so an alias "v3" on another version misleads.
+_VERSION_LIKE_ALIAS = re.compile(r"v?[0-9]+")
+
+
+def version_like_alias(alias: str) -> str:
+    """Why an alias that reads as a version number ("3", "v3") cannot be set; "" for any other."""
+    if not _VERSION_LIKE_ALIAS.fullmatch(alias):
+        return ""
+    number = int(alias.removeprefix("v"))
+    return (
+        f"reads as a version number; name version {number} by its number, and pick a name such as "
+        f"'production' or 'candidate-{number}' for an alias"
+    )
 
 
 def validate_name(field: str, value: str) -> str:

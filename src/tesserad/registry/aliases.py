@@ -8,7 +8,7 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound
-from tesserad.names import RESERVED_ALIASES, validate_name
+from tesserad.names import RESERVED_ALIASES, validate_name, version_like_alias
 from tesserad.paging import Page, read_page
 from tesserad.registry.deployments import current_deployment, deployment_aliases
 from tesserad.registry.records import (
@@ -37,10 +37,19 @@ from tesserad.registry.tables import (
 from tesserad.store import ReadTxn, Store, WriteTxn, decode_record, encode_record
 
 
-def check_settable_alias(alias: str) -> None:
+def check_alias_name(alias: str) -> None:
+    """A valid name other than "latest"."""
     validate_name("alias", alias)
     if alias in RESERVED_ALIASES:
         raise InvalidArgument(f"alias {alias!r} is reserved: it always names the newest version")
+
+
+def check_settable_alias(alias: str) -> None:
+    """A name an alias may be set to: `check_alias_name`, and not one that reads as a version."""
+    check_alias_name(alias)
+    problem = version_like_alias(alias)
+    if problem:
+        raise InvalidArgument(f"alias {alias!r} {problem}")
 
 
 def with_aliases(txn: ReadTxn, record: VersionRecord) -> VersionRecord:
@@ -159,7 +168,7 @@ class Aliases:
     def delete_alias(self, model: str, alias: str, actor: str = ANONYMOUS) -> None:
         """Refused while the current deployment routes through the alias."""
         validate_name("model", model)
-        check_settable_alias(alias)
+        check_alias_name(alias)
         with self._store.write() as txn:
             fields = model_data(txn, model)
             stored = stored_alias(txn, model, alias)

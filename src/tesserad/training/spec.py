@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from tesserad.dtypes import INTEGER_DTYPES
 from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, TesseraError
-from tesserad.names import RESERVED_ALIASES, validate_name
+from tesserad.names import RESERVED_ALIASES, validate_name, version_like_alias
 from tesserad.nn.specs import FAMILIES as ARCHITECTURE_FAMILIES
 from tesserad.nn.specs import ArchitectureSpec, spec_problems, spec_to_dict, unchecked_spec_from_dict
 from tesserad.training.finetune import ParentLookup, check_fine_tuning, check_parent
@@ -636,4 +636,6 @@ def _check_register_as(raw: dict[str, Any], problems: _Problems) -> dict[str, st
             problems.invalid(
                 "spec.register_as.alias", f"{alias!r} is reserved and always names the newest version"
             )
+        elif version_like_alias(alias):
+            problems.invalid("spec.register_as.alias", f"{alias!r} {version_like_alias(alias)}")
     return {"model": model, "alias": alias, "description": raw.get("description", "")}

@@ -128,6 +128,12 @@ CASES = [
         INVALID,
         "spec.register_as.alias: 'latest' is reserved",
     ),
+    (
+        "register version-like alias",
+        _set("register_as", job_spec_pb2.RegisterAs(model="m", alias="v2")),
+        INVALID,
+        "spec.register_as.alias: 'v2' reads as a version number",
+    ),
     ("experiment name", _set("experiment", "UPPER"), INVALID, "spec.experiment"),
     (
         "precision",

@@ -259,7 +259,8 @@ class RegistryServicer:
 
     def SetAlias(self, request, context):
         """Aliases: set (create or move), resolve, list, delete; every move is kept in an audit log.
-        "latest" is reserved: it always resolves to the newest version and cannot be set.
+        "latest" is reserved: it always resolves to the newest version and cannot be set. Names that
+        read as a version number ("3", "v3") are INVALID_ARGUMENT where an alias is set.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -71,7 +71,8 @@ class RegistryStub:
     """FAILED_PRECONDITION while an alias or a deployment uses the version."""
     SetAlias: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SetAliasRequest, _registry_pb2.Alias]
     """Aliases: set (create or move), resolve, list, delete; every move is kept in an audit log.
-    "latest" is reserved: it always resolves to the newest version and cannot be set.
+    "latest" is reserved: it always resolves to the newest version and cannot be set. Names that
+    read as a version number ("3", "v3") are INVALID_ARGUMENT where an alias is set.
     """
     GetAlias: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetAliasRequest, _registry_pb2.Alias]
     ListAliases: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListAliasesRequest, _registry_pb2.ListAliasesResponse]
@@ -150,7 +151,8 @@ class RegistryAsyncStub(RegistryStub):
     """FAILED_PRECONDITION while an alias or a deployment uses the version."""
     SetAlias: _aio.UnaryUnaryMultiCallable[_registry_pb2.SetAliasRequest, _registry_pb2.Alias]  # type: ignore[assignment]
     """Aliases: set (create or move), resolve, list, delete; every move is kept in an audit log.
-    "latest" is reserved: it always resolves to the newest version and cannot be set.
+    "latest" is reserved: it always resolves to the newest version and cannot be set. Names that
+    read as a version number ("3", "v3") are INVALID_ARGUMENT where an alias is set.
     """
     GetAlias: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetAliasRequest, _registry_pb2.Alias]  # type: ignore[assignment]
     ListAliases: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListAliasesRequest, _registry_pb2.ListAliasesResponse]  # type: ignore[assignment]
@@ -304,7 +306,8 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.Alias, _abc.Awaitable[_registry_pb2.Alias]]:
         """Aliases: set (create or move), resolve, list, delete; every move is kept in an audit log.
-        "latest" is reserved: it always resolves to the newest version and cannot be set.
+        "latest" is reserved: it always resolves to the newest version and cannot be set. Names that
+        read as a version number ("3", "v3") are INVALID_ARGUMENT where an alias is set.
         """
 
     @_abc_1.abstractmethod

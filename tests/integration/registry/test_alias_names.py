@@ -1,0 +1,45 @@
+"""Alias names that read as version numbers ("3", "v3") are refused where an alias is set:
+the CLI takes digits as a version, so "3" could never be named, and "v3" pointing at another
+version is a trap (MLflow refuses both forms too)."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from tessera.v1 import registry_pb2
+from tests.integration.registry.conftest import onnx_header, onnx_identity, rpc_error, upload
+
+R = registry_pb2
+
+
+@pytest.fixture
+def two_versions(stub) -> bytes:
+    data = onnx_identity()
+    upload(stub, onnx_header("m", data), data)
+    upload(stub, onnx_header("m", data), data)
+    return data
+
+
+@pytest.mark.parametrize("alias", ["2", "007", "v1", "v12"])
+def test_an_alias_that_reads_as_a_version_is_refused(stub, two_versions, alias):
+    error = rpc_error(stub.SetAlias, R.SetAliasRequest(model="m", alias=alias, version=2))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"alias {alias!r} reads as a version number" in error.details()
+    assert "pick a name such as" in error.details()
+
+    error = rpc_error(upload, stub, onnx_header("m", two_versions, alias=alias), two_versions)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"alias {alias!r} reads as a version number" in error.details()
+
+    model = stub.GetModel(R.GetModelRequest(name="m"))
+    assert (model.version_count, dict(model.aliases)) == (2, {"latest": 2})
+    # Deleting is not a place to refuse the name: one set before the rule can still go.
+    missing = rpc_error(stub.DeleteAlias, R.DeleteAliasRequest(model="m", alias=alias))
+    assert missing.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize("alias", ["v2-candidate", "2026.1", "v1.2", "prod-3", "version2"])
+def test_names_with_a_number_in_them_are_aliases(stub, two_versions, alias):
+    assert stub.SetAlias(R.SetAliasRequest(model="m", alias=alias, version=1)).version == 1
+    assert stub.GetAlias(R.GetAliasRequest(model="m", alias=alias)).version == 1
