@@ -95,11 +95,31 @@ def _check_target(txn: ReadTxn, model: str, target: Target, where: str) -> None:
         raise NotFound(f"{where}: {exc.message}") from None
 
 
-def _check_targets(txn: ReadTxn, deployment: DeploymentRecord, where: str) -> None:
+def _check_targets(txn: ReadTxn, deployment: DeploymentRecord) -> None:
     for i, route in enumerate(deployment.routes):
-        _check_target(txn, deployment.model, route.target, f"{where}routes[{i}]")
+        _check_target(txn, deployment.model, route.target, f"routes[{i}]")
     if deployment.shadow is not None:
-        _check_target(txn, deployment.model, deployment.shadow.target, f"{where}shadow")
+        _check_target(txn, deployment.model, deployment.shadow.target, "shadow")
+
+
+def _gone_targets(txn: ReadTxn, deployment: DeploymentRecord) -> tuple[list[str], bool]:
+    """The targets of an earlier revision that no longer resolve, in words, and whether an
+    alias is among them."""
+    named = [(f"routes[{i}]", r.target) for i, r in enumerate(deployment.routes)]
+    if deployment.shadow is not None:
+        named.append(("shadow", deployment.shadow.target))
+    gone, alias_gone = [], False
+    for where, target in named:
+        if target.version:
+            if not txn.exists(VERSIONS, (deployment.model, target.version)):
+                gone.append(f"version {target.version} (its {where}) was deleted")
+            continue
+        try:
+            resolve_number(txn, deployment.model, None, target.alias)
+        except NotFound:
+            gone.append(f"alias {target.alias!r} (its {where}) is no longer set")
+            alias_gone = True
+    return gone, alias_gone
 
 
 class Deployments:
@@ -142,7 +162,7 @@ class Deployments:
                 comment=comment,
                 previous_revision=latest.revision if latest else 0,
             )
-            _check_targets(txn, record, "")
+            _check_targets(txn, record)
             txn.put(DEPLOYMENTS, (model, record.revision), encode_deployment(record))
             result = resolved(txn, record)
         self._notify(model)
@@ -209,7 +229,14 @@ class Deployments:
                         f"deployment revision {latest.previous_revision} of {model!r} is gone"
                     )
                 restored = decode_deployment(raw)
-                _check_targets(txn, restored, f"revision {restored.revision} ")
+                gone, alias_gone = _gone_targets(txn, restored)
+                if gone:
+                    # The model and the revision exist; what it routes to does not any more.
+                    fix = "set the alias again with SetAlias, or " if alias_gone else ""
+                    raise FailedPrecondition(
+                        f"model {model!r} cannot roll back to deployment revision {restored.revision}: "
+                        f"{'; '.join(gone)}; {fix}deploy what should serve now with Deploy"
+                    )
             if restored is None:
                 to = "no deployment"
             elif restored.undeployed:

@@ -337,7 +337,8 @@ class RegistryServicer:
         """Restores what was deployed before the current revision, as a new revision. Rolling back
         the first deployment returns the model to no deployment: the new revision has
         `undeployed` set and no routes, and requests route as before any deployment. Repeated
-        rollbacks walk further back; FAILED_PRECONDITION when the model has no deployment.
+        rollbacks walk further back; FAILED_PRECONDITION when the model has no deployment, or when
+        the revision to restore routes to a version or alias deleted since (nothing is written).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

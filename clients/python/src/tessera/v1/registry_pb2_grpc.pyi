@@ -96,7 +96,8 @@ class RegistryStub:
     """Restores what was deployed before the current revision, as a new revision. Rolling back
     the first deployment returns the model to no deployment: the new revision has
     `undeployed` set and no routes, and requests route as before any deployment. Repeated
-    rollbacks walk further back; FAILED_PRECONDITION when the model has no deployment.
+    rollbacks walk further back; FAILED_PRECONDITION when the model has no deployment, or when
+    the revision to restore routes to a version or alias deleted since (nothing is written).
     """
     WatchChanges: _grpc.UnaryStreamMultiCallable[_registry_pb2.WatchChangesRequest, _registry_pb2.WatchChangesResponse]
     """The registry's change feed: every change to a model's versions, aliases or deployment,
@@ -176,7 +177,8 @@ class RegistryAsyncStub(RegistryStub):
     """Restores what was deployed before the current revision, as a new revision. Rolling back
     the first deployment returns the model to no deployment: the new revision has
     `undeployed` set and no routes, and requests route as before any deployment. Repeated
-    rollbacks walk further back; FAILED_PRECONDITION when the model has no deployment.
+    rollbacks walk further back; FAILED_PRECONDITION when the model has no deployment, or when
+    the revision to restore routes to a version or alias deleted since (nothing is written).
     """
     WatchChanges: _aio.UnaryStreamMultiCallable[_registry_pb2.WatchChangesRequest, _registry_pb2.WatchChangesResponse]  # type: ignore[assignment]
     """The registry's change feed: every change to a model's versions, aliases or deployment,
@@ -397,7 +399,8 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         """Restores what was deployed before the current revision, as a new revision. Rolling back
         the first deployment returns the model to no deployment: the new revision has
         `undeployed` set and no routes, and requests route as before any deployment. Repeated
-        rollbacks walk further back; FAILED_PRECONDITION when the model has no deployment.
+        rollbacks walk further back; FAILED_PRECONDITION when the model has no deployment, or when
+        the revision to restore routes to a version or alias deleted since (nothing is written).
         """
 
     @_abc_1.abstractmethod
