@@ -123,6 +123,8 @@ class Aliases:
         """Create or move an alias (compare-and-set when expected_version is given; 0 = must not exist)."""
         validate_name("model", model)
         check_settable_alias(alias)
+        if version < 1:
+            raise InvalidArgument(f"version must be >= 1, got {version}")
         with self._store.write() as txn:
             fields = model_data(txn, model)
             if not txn.exists(VERSIONS, (model, version)):

@@ -85,6 +85,8 @@ def _check_target(txn: ReadTxn, model: str, target: Target, where: str) -> None:
     if bool(target.version) == bool(target.alias):
         raise InvalidArgument(f"{where} needs exactly one of version or alias")
     if target.version:
+        if target.version < 1:
+            raise InvalidArgument(f"{where}.version must be >= 1, got {target.version}")
         if not txn.exists(VERSIONS, (model, target.version)):
             raise NotFound(f"{where}: model {model!r} has no version {target.version}")
         return

@@ -599,6 +599,8 @@ class Versions:
     def _check_lineage(self, txn: ReadTxn, model: str, lineage: Lineage) -> None:
         if lineage.parent_model:
             validate_name("lineage.parent_model", lineage.parent_model)
+        if lineage.parent_version < 0:
+            raise InvalidArgument(f"lineage.parent_version must be >= 1, got {lineage.parent_version}")
         if lineage.parent_version:
             parent_model = lineage.parent_model or model
             if not txn.exists(VERSIONS, (parent_model, lineage.parent_version)):

@@ -1,0 +1,48 @@
+"""A version number below 1 where a version is named (an alias's, a route's or shadow's, a
+lineage parent) is INVALID_ARGUMENT saying so: it was NOT_FOUND "has no version -1", as if such
+a version could exist."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from tessera.v1 import registry_pb2
+from tests.integration.registry.conftest import onnx_header, onnx_identity, rpc_error, upload
+
+R = registry_pb2
+
+
+@pytest.fixture
+def data(stub) -> bytes:
+    artifact = onnx_identity()
+    upload(stub, onnx_header("m", artifact), artifact)
+    return artifact
+
+
+@pytest.mark.parametrize("version", [0, -1, -(2**63)])
+def test_an_alias_to_a_version_below_1_is_invalid_argument(stub, data, version):
+    error = rpc_error(stub.SetAlias, R.SetAliasRequest(model="m", alias="prod", version=version))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == f"version must be >= 1, got {version}"
+
+
+@pytest.mark.parametrize("version", [-1, -(2**63)])
+def test_a_route_or_shadow_to_a_version_below_1_is_invalid_argument(stub, data, version):
+    route = rpc_error(stub.Deploy, R.DeployRequest(model="m", routes=[R.Route(version=version, weight=100)]))
+    assert route.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert route.details() == f"routes[0].version must be >= 1, got {version}"
+    shadow = rpc_error(
+        stub.Deploy,
+        R.DeployRequest(model="m", routes=[R.Route(version=1, weight=100)], shadow=R.Shadow(version=version)),
+    )
+    assert shadow.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert shadow.details() == f"shadow.version must be >= 1, got {version}"
+
+
+def test_a_lineage_parent_below_1_is_invalid_argument(stub, data):
+    header = onnx_header("m", data, lineage=R.Lineage(parent_version=-1))
+    error = rpc_error(upload, stub, header, data)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "lineage.parent_version must be >= 1, got -1"
+    assert stub.GetModel(R.GetModelRequest(name="m")).version_count == 1
