@@ -146,6 +146,16 @@ class Deployments:
         for i, route in enumerate(routes):
             if not 1 <= route.weight <= 100:
                 raise InvalidArgument(f"routes[{i}].weight must be 1..100, got {route.weight}")
+        first: dict[Target, int] = {}
+        for i, route in enumerate(routes):
+            if route.target in first:
+                target = route.target
+                words = f"version {target.version}" if target.version else f"alias {target.alias!r}"
+                raise InvalidArgument(
+                    f"routes[{i}] names {words} again (routes[{first[target]}] does); give it one route "
+                    "with the weights added"
+                )
+            first[route.target] = i
         total = sum(r.weight for r in routes)
         if total != 100:
             raise InvalidArgument(f"route weights must sum to 100, got {total}")

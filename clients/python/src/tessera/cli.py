@@ -352,7 +352,11 @@ def cmd_models_deploy(client: Client, args: argparse.Namespace, out: Output) -> 
         target, sep, weight = item.partition("=")
         if not sep or not is_digits(weight):
             raise ValueError(f"route {item!r}: write VERSION=PERCENT or ALIAS=PERCENT, e.g. 3=90 staging=10")
-        routes[selector(target)] = int(weight)  # type: ignore[index]
+        chosen = selector(target)
+        if chosen in routes:
+            words = f"version {chosen}" if isinstance(chosen, int) else f"alias {chosen!r}"
+            raise ValueError(f"route {item!r} names {words} again; give it one route with the percents added")
+        routes[chosen] = int(weight)  # type: ignore[index]
     deployment = client.models.deploy(
         args.model,
         routes,

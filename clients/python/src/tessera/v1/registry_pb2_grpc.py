@@ -313,7 +313,8 @@ class RegistryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Deploy(self, request, context):
-        """Deployments: how Predict calls without a version or alias are routed.
+        """Deployments: how Predict calls without a version or alias are routed. Each version or alias
+        has at most one route (INVALID_ARGUMENT naming a repeated one).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -87,7 +87,9 @@ class RegistryStub:
     names the source as parent.
     """
     Deploy: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeployRequest, _registry_pb2.Deployment]
-    """Deployments: how Predict calls without a version or alias are routed."""
+    """Deployments: how Predict calls without a version or alias are routed. Each version or alias
+    has at most one route (INVALID_ARGUMENT naming a repeated one).
+    """
     GetDeployment: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetDeploymentRequest, _registry_pb2.Deployment]
     """NOT_FOUND when the model has no deployment: never deployed, or rolled back to none."""
     ListDeployments: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListDeploymentsRequest, _registry_pb2.ListDeploymentsResponse]
@@ -168,7 +170,9 @@ class RegistryAsyncStub(RegistryStub):
     names the source as parent.
     """
     Deploy: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeployRequest, _registry_pb2.Deployment]  # type: ignore[assignment]
-    """Deployments: how Predict calls without a version or alias are routed."""
+    """Deployments: how Predict calls without a version or alias are routed. Each version or alias
+    has at most one route (INVALID_ARGUMENT naming a repeated one).
+    """
     GetDeployment: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetDeploymentRequest, _registry_pb2.Deployment]  # type: ignore[assignment]
     """NOT_FOUND when the model has no deployment: never deployed, or rolled back to none."""
     ListDeployments: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListDeploymentsRequest, _registry_pb2.ListDeploymentsResponse]  # type: ignore[assignment]
@@ -372,7 +376,9 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.DeployRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.Deployment, _abc.Awaitable[_registry_pb2.Deployment]]:
-        """Deployments: how Predict calls without a version or alias are routed."""
+        """Deployments: how Predict calls without a version or alias are routed. Each version or alias
+        has at most one route (INVALID_ARGUMENT naming a repeated one).
+        """
 
     @_abc_1.abstractmethod
     def GetDeployment(

@@ -1,0 +1,35 @@
+"""Deploy refuses two routes to one version or alias: one route with the weights added says the
+same, and a listing showing a version twice misleads."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from tessera.v1 import registry_pb2
+from tests.integration.registry.conftest import onnx_header, onnx_identity, rpc_error, upload
+
+R = registry_pb2
+
+
+@pytest.fixture
+def data(stub) -> bytes:
+    artifact = onnx_identity()
+    upload(stub, onnx_header("m", artifact), artifact)
+    return artifact
+
+
+@pytest.mark.parametrize(
+    ("target", "words"), [({"version": 1}, "version 1"), ({"alias": "prod"}, "alias 'prod'")]
+)
+def test_two_routes_to_one_target_are_invalid_argument(stub, data, target, words):
+    stub.SetAlias(R.SetAliasRequest(model="m", alias="prod", version=1))
+    routes = [R.Route(weight=60, **target), R.Route(weight=40, **target)]
+    error = rpc_error(stub.Deploy, R.DeployRequest(model="m", routes=routes))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == (
+        f"routes[1] names {words} again (routes[0] does); give it one route with the weights added"
+    )
+    # An alias and the version it resolves to now are two targets: moving the alias moves one.
+    both = [R.Route(version=1, weight=50), R.Route(alias="prod", weight=50)]
+    assert len(stub.Deploy(R.DeployRequest(model="m", routes=both)).routes) == 2
