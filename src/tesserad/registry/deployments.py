@@ -67,8 +67,11 @@ def resolved(txn: ReadTxn, deployment: DeploymentRecord) -> DeploymentRecord:
     """The deployment with each target's version as it resolves now (0: it no longer resolves)."""
 
     def number(target: Target) -> int:
+        if target.version:
+            # An earlier revision may name a version deleted since.
+            return target.version if txn.exists(VERSIONS, (deployment.model, target.version)) else 0
         try:
-            return resolve_number(txn, deployment.model, target.version or None, target.alias or None)
+            return resolve_number(txn, deployment.model, None, target.alias)
         except NotFound:
             return 0
 
@@ -107,21 +110,18 @@ def _check_targets(txn: ReadTxn, deployment: DeploymentRecord) -> None:
 def _gone_targets(txn: ReadTxn, deployment: DeploymentRecord) -> tuple[list[str], bool]:
     """The targets of an earlier revision that no longer resolve, in words, and whether an
     alias is among them."""
-    named = [(f"routes[{i}]", r.target) for i, r in enumerate(deployment.routes)]
-    if deployment.shadow is not None:
-        named.append(("shadow", deployment.shadow.target))
-    gone, alias_gone = [], False
-    for where, target in named:
-        if target.version:
-            if not txn.exists(VERSIONS, (deployment.model, target.version)):
-                gone.append(f"version {target.version} (its {where}) was deleted")
-            continue
-        try:
-            resolve_number(txn, deployment.model, None, target.alias)
-        except NotFound:
-            gone.append(f"alias {target.alias!r} (its {where}) is no longer set")
-            alias_gone = True
-    return gone, alias_gone
+    now = resolved(txn, deployment)
+    named = [(f"routes[{i}]", r.target, r.resolved_version) for i, r in enumerate(now.routes)]
+    if now.shadow is not None:
+        named.append(("shadow", now.shadow.target, now.shadow.resolved_version))
+    gone = [
+        f"version {target.version} (its {where}) was deleted"
+        if target.version
+        else f"alias {target.alias!r} (its {where}) is no longer set"
+        for where, target, version in named
+        if not version
+    ]
+    return gone, any(not version and target.alias for _, target, version in named)
 
 
 class Deployments:

@@ -58,3 +58,13 @@ def test_rolling_back_to_a_deleted_alias_or_shadow_is_failed_precondition(stub, 
     stub.SetAlias(R.SetAliasRequest(model="m", alias="stg", version=3))
     error = rpc_error(stub.Rollback, R.RollbackRequest(model="m"))
     assert "version 1 (its shadow) was deleted" in error.details()
+
+
+def test_the_history_shows_a_deleted_version_as_resolving_to_nothing(stub, three_versions):
+    deploy(stub, R.Route(version=1, weight=90), R.Route(version=2, weight=10))
+    deploy(stub, R.Route(version=3, weight=100))
+    stub.DeleteVersion(R.DeleteVersionRequest(model="m", version=2))
+
+    history = stub.ListDeployments(R.ListDeploymentsRequest(model="m")).deployments
+    # resolved_version 0 is "no longer resolves", as for an alias deleted since.
+    assert [(r.version, r.resolved_version) for r in history[1].routes] == [(1, 1), (2, 0)]
