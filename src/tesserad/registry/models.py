@@ -24,7 +24,7 @@ from tesserad.registry.tables import (
     new_model_data,
     put_model_data,
 )
-from tesserad.registry.validation import validate_tags
+from tesserad.registry.validation import validate_model_text, validate_tags
 from tesserad.registry.versions import check_not_fine_tuned_from, delete_version_rows
 from tesserad.store import BlobStore, ReadTxn, Store, decode_record
 
@@ -64,6 +64,7 @@ class Models:
     ) -> ModelRecord:
         validate_name("name", name)
         validate_tags("tags", tags or {})
+        validate_model_text(description, tags or {})
         with self._store.write() as txn:
             if txn.exists(MODELS, (name,)):
                 raise AlreadyExists(f"model {name!r} already exists; pick another name or use UpdateModel")
@@ -125,6 +126,7 @@ class Models:
             fields["tags"].update(set_tags or {})
             for key in remove_tags:
                 fields["tags"].pop(key, None)
+            validate_model_text(fields["description"], fields["tags"])
             fields["updated_at"] = time.time()
             put_model_data(txn, fields)
             return model_record(txn, fields)

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import math
 
+from tesserad.config import format_size
 from tesserad.dtypes import TENSOR_DTYPES
 from tesserad.errors import InvalidArgument
 from tesserad.registry.records import Signature
 
 _MAX_TENSOR_NAME = 256
 _MAX_TAG_KEY = 128
+# A model's record is rewritten by every registration of one of its versions, and ListModels sends
+# up to a thousand in one message: its free text stays small (MLflow keeps a description to 5000
+# characters).
+MAX_MODEL_TEXT = 16 * 2**10
 
 
 def validate_signature(signature: Signature, *, required: bool) -> None:
@@ -49,3 +54,13 @@ def validate_metrics(metrics: dict[str, float]) -> None:
     for key, value in metrics.items():
         if not math.isfinite(value):
             raise InvalidArgument(f"metrics[{key!r}] is {value}; metrics must be finite numbers")
+
+
+def validate_model_text(description: str, tags: dict[str, str]) -> None:
+    """A model's description and tags within MAX_MODEL_TEXT bytes (UTF-8, as they are stored)."""
+    size = len(description.encode()) + sum(len(k.encode()) + len(v.encode()) for k, v in tags.items())
+    if size > MAX_MODEL_TEXT:
+        raise InvalidArgument(
+            f"a model's description and tags take at most {format_size(MAX_MODEL_TEXT)} together, these "
+            f"take {format_size(size)} ({size} bytes); keep longer documentation elsewhere and link to it"
+        )
