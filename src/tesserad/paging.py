@@ -78,6 +78,18 @@ def resume_after(token: str, query: Any) -> bytes | None:
     return after
 
 
+def resume_key(token: str, query: Any) -> Key | None:
+    """`resume_after`'s key decoded; a key that does not decode is a foreign token too (it
+    travels in the open, beside a fingerprint anyone can compute)."""
+    after = resume_after(token, query)
+    if after is None:
+        return None
+    try:
+        return unpack(after)
+    except (ValueError, IndexError, struct.error):
+        raise foreign_token() from None
+
+
 @dataclass
 class Page(Generic[T]):
     items: list[T] = field(default_factory=list)
@@ -106,14 +118,14 @@ def read_page(
     after the page's last row and is issued only when a further row would be kept.
     """
     limit = page_size(requested_size)
-    after = resume_after(page_token, query)
+    after_key = resume_key(page_token, query)
     page: Page[T] = Page()
     last: Key | None = None
     rows = txn.scan(
         table,
         prefix,
-        start=start if after is None else None,
-        after=unpack(after) if after is not None else None,
+        start=start if after_key is None else None,
+        after=after_key,
         reverse=reverse,
     )
     for key, raw in rows:
