@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
+from tesserad.config import format_size
 from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound
 from tesserad.names import validate_name
 from tesserad.paging import Page, read_page
@@ -31,6 +32,9 @@ from tesserad.registry.tables import (
     resolve_number,
 )
 from tesserad.store import ReadTxn, Store
+
+# Each change a model's followers receive and each page of its history carry the comment.
+MAX_COMMENT = 4 * 2**10
 
 
 def latest_revision(txn: ReadTxn, model: str) -> DeploymentRecord | None:
@@ -161,6 +165,12 @@ class Deployments:
             raise InvalidArgument(f"route weights must sum to 100, got {total}")
         if shadow is not None and not 1 <= shadow.percent <= 100:
             raise InvalidArgument(f"shadow.percent must be 1..100, got {shadow.percent}")
+        size = len(comment.encode())
+        if size > MAX_COMMENT:
+            raise InvalidArgument(
+                f"comment takes at most {format_size(MAX_COMMENT)}, this one {format_size(size)} ({size} bytes); "
+                "say more where the change is tracked and link to it"
+            )
         with self._store.write() as txn:
             model_data(txn, model)
             latest = latest_revision(txn, model)

@@ -33,3 +33,16 @@ def test_two_routes_to_one_target_are_invalid_argument(stub, data, target, words
     # An alias and the version it resolves to now are two targets: moving the alias moves one.
     both = [R.Route(version=1, weight=50), R.Route(alias="prod", weight=50)]
     assert len(stub.Deploy(R.DeployRequest(model="m", routes=both)).routes) == 2
+
+
+def test_a_comment_over_4_kib_is_refused(stub, data):
+    # Every change the model's followers receive, and each page of its history, carries it.
+    routes = [R.Route(version=1, weight=100)]
+    error = rpc_error(stub.Deploy, R.DeployRequest(model="m", routes=routes, comment="c" * 4097))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == (
+        "comment takes at most 4 KiB, this one 4 KiB (4097 bytes); say more where the change is tracked "
+        "and link to it"
+    )
+    assert list(stub.ListDeployments(R.ListDeploymentsRequest(model="m")).deployments) == []
+    assert stub.Deploy(R.DeployRequest(model="m", routes=routes, comment="c" * 4096)).revision == 1

@@ -1660,6 +1660,7 @@ class DeployRequest(_message.Message):
     COMMENT_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     comment: _builtins.str
+    """At most 4 KiB (UTF-8)."""
     @_builtins.property
     def routes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Route]: ...
     @_builtins.property
