@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import urllib.request
 from pathlib import Path
 
@@ -112,6 +113,24 @@ def test_a_shadow_percent_of_0_is_refused_not_taken_as_100(client, two_versions)
         client.models.deploy("affine", {1: 100}, shadow=2, shadow_percent=0)
     with pytest.raises(tessera.NotFound):
         client.models.deployment("affine")
+
+
+@pytest.mark.parametrize("number", [2**63, -(2**63) - 1])
+def test_a_version_past_int64_is_invalid_argument_not_a_bare_value_error(client, two_versions, number):
+    calls = [
+        ("version", lambda: client.models.version("affine", number)),
+        ("version", lambda: client.models.set_alias("affine", "prod", number)),
+        ("expected_version", lambda: client.models.set_alias("affine", "prod", 1, expected_version=number)),
+        ("version", lambda: client.models.delete_version("affine", number)),
+        ("routes[0].version", lambda: client.models.deploy("affine", {number: 100})),
+        ("shadow.version", lambda: client.models.deploy("affine", {1: 100}, shadow=number)),
+    ]
+    for field, call in calls:
+        with pytest.raises(
+            tessera.InvalidArgument, match=rf"^INVALID_ARGUMENT: {re.escape(field)} must be a version"
+        ):
+            call()
+    assert [a.alias for a in client.models.aliases("affine")] == ["staging", "latest"]
 
 
 def test_delete_rules_and_not_found_messages(client, two_versions):

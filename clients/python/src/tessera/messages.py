@@ -16,6 +16,7 @@ from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from tessera.errors import InvalidArgument
 from tessera.toml_lines import KeyPath, TomlSource, key_lines
 from tessera.v1 import common_pb2
 
@@ -27,7 +28,7 @@ def version_ref(model: str, version: int | None = None, alias: str | None = None
     if version is not None and alias is not None:
         raise ValueError(f"model {model!r}: pass version or alias, not both")
     if version is not None:
-        return common_pb2.VersionRef(model=model, version=version)
+        return common_pb2.VersionRef(model=model, version=version_number("version", version))
     if alias is not None:
         return common_pb2.VersionRef(model=model, alias=alias)
     return common_pb2.VersionRef(model=model)
@@ -35,6 +36,14 @@ def version_ref(model: str, version: int | None = None, alias: str | None = None
 
 # Versions, sequence numbers and counts are int64 in the protos.
 INT64_MAX = 2**63 - 1
+
+
+def version_number(field: str, version: int) -> int:
+    """`version` when an int64 field can carry it; else InvalidArgument naming `field`, where
+    protobuf would raise a bare ValueError "Value out of range"."""
+    if not -INT64_MAX - 1 <= version <= INT64_MAX:
+        raise InvalidArgument(f"{field} must be a version number 1..{INT64_MAX}, got {version}")
+    return version
 
 
 def is_digits(text: str) -> bool:

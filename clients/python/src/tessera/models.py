@@ -12,7 +12,7 @@ from typing import Any
 from tessera.calls import C, Download, Op, Pages, Part, Resumable, SeqCursor, Upload, call, stream
 from tessera.ensembles import Member, ensemble_spec
 from tessera.errors import InvalidArgument
-from tessera.messages import from_dict, version_ref
+from tessera.messages import from_dict, version_number, version_ref
 from tessera.transfer import CHUNK_BYTES, DownloadSink, Progress, file_chunks, file_digest
 from tessera.transport import RetryPolicy
 from tessera.v1 import architecture_pb2, common_pb2
@@ -41,11 +41,11 @@ def ref(model: str, selector: VersionSelector | None) -> common_pb2.VersionRef:
     return version_ref(model, version=selector)
 
 
-def _route_target(target: pb.Route | pb.Shadow, selector: VersionSelector) -> None:
+def _route_target(target: pb.Route | pb.Shadow, selector: VersionSelector, field: str) -> None:
     if isinstance(selector, str):
         target.alias = selector
     else:
-        target.version = selector
+        target.version = version_number(f"{field}.version", selector)
 
 
 @dataclass(frozen=True)
@@ -283,7 +283,8 @@ class Models(Part[C]):
     @call
     def delete_version(self, name: str, version: int) -> Op[None]:
         """Delete one version (FailedPrecondition while an alias or deployment uses it)."""
-        return Op(S, "DeleteVersion", pb.DeleteVersionRequest(model=name, version=version), lambda _: None)
+        request = pb.DeleteVersionRequest(model=name, version=version_number("version", version))
+        return Op(S, "DeleteVersion", request, lambda _: None)
 
     @call
     def set_alias(
@@ -291,9 +292,9 @@ class Models(Part[C]):
     ) -> Op[pb.Alias]:
         """Point `alias` at `version`; with `expected_version`, only if it points there now
         (0: only if it does not exist yet)."""
-        request = pb.SetAliasRequest(model=name, alias=alias, version=version)
+        request = pb.SetAliasRequest(model=name, alias=alias, version=version_number("version", version))
         if expected_version is not None:
-            request.expected_version = expected_version
+            request.expected_version = version_number("expected_version", expected_version)
         return Op(S, "SetAlias", request)
 
     @call
@@ -373,7 +374,7 @@ class Models(Part[C]):
             # The daemon checks 1..100 with these words; past int32 the message cannot carry it.
             if not -INT32_MAX - 1 <= weight <= INT32_MAX:
                 raise InvalidArgument(f"routes[{i}].weight must be 1..100, got {weight}")
-            _route_target(request.routes.add(weight=weight), target)
+            _route_target(request.routes.add(weight=weight), target, f"routes[{i}]")
         if shadow is not None:
             # 0 cannot be sent: on the wire it means unset, which the daemon reads as 100.
             if not 1 <= shadow_percent <= INT32_MAX:
@@ -381,7 +382,7 @@ class Models(Part[C]):
                     f"shadow_percent must be 1..100, got {shadow_percent}; leave the shadow out to copy "
                     "no requests"
                 )
-            _route_target(request.shadow, shadow)
+            _route_target(request.shadow, shadow, "shadow")
             request.shadow.percent = shadow_percent
         return Op(S, "Deploy", request)
 
