@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tesserad.errors import FailedPrecondition, InvalidArgument
+from tesserad.registry.aliases import check_settable_alias
 from tesserad.registry.architectures import architecture_signature
 from tesserad.registry.records import VersionRecord
 from tesserad.registry.service import Registry
@@ -95,6 +96,8 @@ def export_version(
         )
     if opset < 0:
         raise InvalidArgument(f"opset must be >= 0 (0: the exporter's default), got {opset}")
+    if alias:
+        check_settable_alias(alias)  # before the export, which may take minutes, not after it
     spec = spec_from_dict(source.architecture)
     model = build_model(spec)
     with registry.artifact_path(source) as weights:

@@ -7,10 +7,20 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from tessera.v1 import registry_pb2
-from tests.integration.registry.conftest import onnx_header, onnx_identity, rpc_error, upload
+from tessera.v1 import common_pb2, registry_pb2
+from tests.integration.registry.conftest import (
+    onnx_header,
+    onnx_identity,
+    rpc_error,
+    safetensors_header,
+    upload,
+)
 
 R = registry_pb2
+
+
+def ref(model: str, version: int) -> common_pb2.VersionRef:
+    return common_pb2.VersionRef(model=model, version=version)
 
 
 @pytest.fixture
@@ -43,3 +53,16 @@ def test_an_alias_that_reads_as_a_version_is_refused(stub, two_versions, alias):
 def test_names_with_a_number_in_them_are_aliases(stub, two_versions, alias):
     assert stub.SetAlias(R.SetAliasRequest(model="m", alias=alias, version=1)).version == 1
     assert stub.GetAlias(R.GetAliasRequest(model="m", alias=alias)).version == 1
+
+
+@pytest.mark.parametrize(
+    ("alias", "words"),
+    [("latest", "is reserved"), ("v3", "reads as a version"), ("BAD", "is not a valid name")],
+)
+def test_an_export_checks_its_alias_before_exporting(stub, weights, alias, words):
+    upload(stub, safetensors_header("mlp", weights), weights)
+    # conv4d 'bogus' fails as the export starts: the alias's error shows it was checked before.
+    request = R.ExportOnnxRequest(source=ref("mlp", 1), alias=alias, conv4d="bogus")
+    error = rpc_error(stub.ExportOnnx, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"alias {alias!r} {words}" in error.details()
