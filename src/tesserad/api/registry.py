@@ -120,6 +120,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
             architecture=fields["architecture"],
             size_bytes=header.size_bytes,
             create_model_if_missing=header.create_model,
+            tags=fields["tags"],
+            metrics=fields["metrics"],
+            alias=fields["alias"],
         )
         with self._blobs.writer(self._registry.max_artifact_size, "limits.max_artifact_size") as writer:
             record = await receive_chunks(

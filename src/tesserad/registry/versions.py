@@ -212,9 +212,16 @@ class Versions:
         architecture: dict[str, Any] | None,
         size_bytes: int,
         create_model_if_missing: bool,
+        tags: dict[str, str],
+        metrics: dict[str, float],
+        alias: str,
     ) -> None:
         """What can be checked from an upload's header, before any byte is stored."""
         validate_name("model", model)
+        validate_tags("tags", tags)
+        validate_metrics(metrics)
+        if alias:
+            check_settable_alias(alias)
         if format not in ARTIFACT_FORMATS:
             raise InvalidArgument(
                 f"format must be safetensors, onnx or ensemble, got {format or 'unspecified'}"
@@ -279,6 +286,9 @@ class Versions:
                 architecture=architecture,
                 size_bytes=blob.size,
                 create_model_if_missing=create_model_if_missing,
+                tags=tags or {},
+                metrics=metrics or {},
+                alias=alias,
             )
             record = self._prepare(
                 model,
@@ -432,6 +442,9 @@ class Versions:
             architecture=upload.architecture,
             size_bytes=upload.size_bytes,
             create_model_if_missing=upload.create_model_if_missing,
+            tags=upload.tags,
+            metrics=upload.metrics,
+            alias=upload.alias,
         )
 
     def _prepare_upload(self, upload: VersionUpload, digest: str) -> Callable[[WriteTxn], VersionRecord]:
@@ -474,10 +487,6 @@ class Versions:
         """Check the artifact of a blob whose header checks (`check_upload`) have passed; the
         function that records its version in a write transaction. `artifact`: the blob's bytes,
         when the caller still holds them and has just stored them."""
-        validate_tags("tags", tags)
-        validate_metrics(metrics)
-        if alias:
-            check_settable_alias(alias)
         # The blob was hashed as it was written (BlobWriter.commit); hashing it again here would
         # halve upload throughput (measured with bench/transfer_bench.py).
         path = self._blobs.path(blob.sha256)

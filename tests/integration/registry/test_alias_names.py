@@ -9,11 +9,14 @@ import pytest
 
 from tessera.v1 import common_pb2, registry_pb2
 from tests.integration.registry.conftest import (
+    CHUNK,
     onnx_header,
     onnx_identity,
     rpc_error,
     safetensors_header,
+    stored_blobs,
     upload,
+    upload_requests,
 )
 
 R = registry_pb2
@@ -66,3 +69,23 @@ def test_an_export_checks_its_alias_before_exporting(stub, weights, alias, words
     error = rpc_error(stub.ExportOnnx, request)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert f"alias {alias!r} {words}" in error.details()
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        ({"alias": "latest"}, "alias 'latest' is reserved"),
+        ({"alias": "v3"}, "alias 'v3' reads as a version"),
+        ({"tags": {"": "x"}}, "tags keys must be 1 to 128 characters"),
+        ({"metrics": {"acc": float("nan")}}, "metrics['acc'] is nan"),
+    ],
+)
+def test_a_streamed_upload_checks_its_header_before_taking_the_artifact(stub, data_dir, fields, words):
+    artifact = b"\x00" * (3 * CHUNK)
+    header = onnx_header("m", artifact, **fields)
+    # Only the first chunk is sent: the header's error shows it was checked before the rest was
+    # awaited (it was checked once all of it had been received and stored).
+    error = rpc_error(stub.UploadVersion, iter(list(upload_requests(header, artifact))[:2]))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert words in error.details()
+    assert stored_blobs(data_dir) == []
