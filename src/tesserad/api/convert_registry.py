@@ -266,21 +266,24 @@ def comparison_to_proto(c: Comparison) -> pb.CompareVersionsResponse:
     )
 
 
-def _target(message: pb.Route | pb.Shadow) -> Target:
+def _target(message: pb.Route | pb.Shadow, where: str) -> Target:
     kind = message.WhichOneof("target")
+    if kind == "version" and message.version == 0:
+        # Set, unlike an absent target; the domain's Target cannot tell the two apart.
+        raise InvalidArgument(f"{where}.version must be >= 1, got 0")
     return Target(
         version=message.version if kind == "version" else 0, alias=message.alias if kind == "alias" else ""
     )
 
 
 def routes_from_proto(routes: Any) -> list[Route]:
-    return [Route(_target(r), r.weight) for r in routes]
+    return [Route(_target(r, f"routes[{i}]"), r.weight) for i, r in enumerate(routes)]
 
 
 def shadow_from_proto(request: pb.DeployRequest) -> Shadow | None:
     if not request.HasField("shadow"):
         return None
-    return Shadow(_target(request.shadow), request.shadow.percent or 100)
+    return Shadow(_target(request.shadow, "shadow"), request.shadow.percent or 100)
 
 
 def deployment_to_proto(record: DeploymentRecord) -> pb.Deployment:

@@ -27,7 +27,8 @@ def test_an_alias_to_a_version_below_1_is_invalid_argument(stub, data, version):
     assert error.details() == f"version must be >= 1, got {version}"
 
 
-@pytest.mark.parametrize("version", [-1, -(2**63)])
+# 0 set in the target's oneof is a version too (it said "needs exactly one of version or alias").
+@pytest.mark.parametrize("version", [0, -1, -(2**63)])
 def test_a_route_or_shadow_to_a_version_below_1_is_invalid_argument(stub, data, version):
     route = rpc_error(stub.Deploy, R.DeployRequest(model="m", routes=[R.Route(version=version, weight=100)]))
     assert route.code() == grpc.StatusCode.INVALID_ARGUMENT
