@@ -79,15 +79,9 @@ def resume_after(token: str, query: Any) -> bytes | None:
 
 
 def resume_key(token: str, query: Any) -> Key | None:
-    """`resume_after`'s key decoded; a key that does not decode is a foreign token too (it
-    travels in the open, beside a fingerprint anyone can compute)."""
+    """`resume_after`'s key decoded (resume_after has refused one that does not decode)."""
     after = resume_after(token, query)
-    if after is None:
-        return None
-    try:
-        return unpack(after)
-    except (ValueError, IndexError, struct.error):
-        raise foreign_token() from None
+    return None if after is None else unpack(after)
 
 
 @dataclass
