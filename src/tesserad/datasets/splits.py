@@ -14,7 +14,7 @@ DEFAULT_SPLIT = "train"
 
 @dataclass(frozen=True)
 class FractionSplit:
-    """(name, fraction) pairs summing to 1 within 1e-6, shuffled with `seed`."""
+    """(name, fraction) pairs summing to 1 within 1e-6, shuffled with `seed` (>= 0)."""
 
     fractions: tuple[tuple[str, float], ...]
     seed: int = 0
@@ -46,6 +46,8 @@ def validate_split_spec(spec: SplitSpec | None) -> None:
         return
     if isinstance(spec, FractionSplit):
         _check_names([n for n, _ in spec.fractions])
+        if spec.seed < 0:
+            raise InvalidArgument(f"splits.fractions.seed must be >= 0, got {spec.seed}")
         for name, fraction in spec.fractions:
             if not 0 < fraction <= 1:
                 raise InvalidArgument(f"split {name!r}: fraction must be in (0, 1], got {fraction}")

@@ -171,7 +171,7 @@ Global___SplitSpec: _TypeAlias = SplitSpec  # noqa: Y015
 
 @_typing.final
 class FractionSplit(_message.Message):
-    """Random split by fractions that sum to 1 (within 1e-6), reproducible from the seed."""
+    """Random split by fractions that sum to 1 (within 1e-6), reproducible from the seed (>= 0)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -1,0 +1,27 @@
+"""UploadDataset edge cases a user meets: seeds, label values, re-uploads, splits that come out empty."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+
+from tessera.v1 import common_pb2, datasets_pb2
+from tests.integration.datasets.conftest import npy_bytes, npz_bytes, upload_dataset
+from tests.integration.registry.conftest import rpc_error, stored_blobs
+
+D = datasets_pb2
+
+
+def fractions(seed: int = 0, **named: float) -> D.SplitSpec:
+    return D.SplitSpec(
+        fractions=D.FractionSplit(
+            splits=[D.SplitFraction(name=n, fraction=f) for n, f in named.items()], seed=seed
+        )
+    )
+
+
+def test_a_negative_split_seed_is_an_invalid_argument(ds, data_dir):
+    error = rpc_error(upload_dataset, ds, "seeded", npz_bytes(10), splits=fractions(-1, a=0.5, b=0.5))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "seed" in error.details() and "-1" in error.details()
+    assert stored_blobs(data_dir) == []
