@@ -24,6 +24,7 @@ from tesserad.errors import InvalidArgument
 # numpy dtype names a dataset array may have (tessera.v1.DataType, without bfloat16, which numpy lacks).
 ARRAY_DTYPES = frozenset(TENSOR_DTYPES) - {"bfloat16"}
 MAX_CLASSES = 1000
+_INT64_MAX = 2**63 - 1
 # Statistics read this many elements at a time, so a large memory-mapped array is never
 # pulled into memory whole.
 _STATS_CHUNK_ELEMENTS = 1 << 20
@@ -229,7 +230,8 @@ def array_stats(name: str, array: np.ndarray, allow_nonfinite: bool) -> ArraySta
             uniques, counts = np.unique(values, return_counts=True)
             for value, n in zip(uniques.tolist(), counts.tolist(), strict=True):
                 classes[int(value)] = classes.get(int(value), 0) + int(n)
-            if len(classes) > MAX_CLASSES:
+            # class_counts keys are int64 (a proto map<int64, int64>): uint64 past it gets none.
+            if len(classes) > MAX_CLASSES or (uniques.size and int(uniques[-1]) > _INT64_MAX):
                 classes = None
     if count == 0:
         return ArrayStats(nonfinite_count=nonfinite)

@@ -25,3 +25,12 @@ def test_a_negative_split_seed_is_an_invalid_argument(ds, data_dir):
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "seed" in error.details() and "-1" in error.details()
     assert stored_blobs(data_dir) == []
+
+
+def test_uint64_values_past_int64_give_no_class_counts(ds):
+    labels = np.array([2**64 - 1, 1, 2], np.uint64)
+    version = upload_dataset(ds, "wide", npz_bytes(x=np.zeros((3, 2), np.float32), y=labels))
+    stats = {a.name: a.stats for a in version.arrays}["y"]
+    assert dict(stats.class_counts) == {} and stats.max == float(2**64 - 1)
+    got = ds.GetDatasetVersion(D.GetDatasetVersionRequest(ref=common_pb2.DatasetRef(name="wide")))
+    assert got.version == 1 and got.num_samples == 3

@@ -299,7 +299,7 @@ class ArrayStats(_message.Message):
     """NaN and Inf count (only non-zero with allow_nonfinite)."""
     @_builtins.property
     def class_counts(self) -> _containers.ScalarMap[_builtins.int, _builtins.int]:
-        """For integer arrays with at most 1,000 distinct values: value -> count."""
+        """For integer arrays with at most 1,000 distinct values, all within int64: value -> count."""
 
     def __init__(
         self,
