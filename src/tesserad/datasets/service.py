@@ -6,8 +6,8 @@ Guarantees:
   (no pickle; no object, ragged, non-numeric or big-endian arrays; one sample dimension;
   no NaN/Inf unless allowed; nothing truncated). Each mutation is one transaction.
 - Identical content is stored once: versions with the same bytes share one blob, and
-  re-uploading what the newest version already holds (same bytes, splits, flags) returns
-  that version instead of adding one.
+  re-uploading what the newest version already holds (same bytes, splits, flags, npy array
+  name) returns that version instead of adding one.
 - The dataset quota (limits.dataset_quota) counts each distinct file once.
 - `open_arrays` memory-maps arrays from the verified blob (no copy) where they are stored
   uncompressed; `split_indices` returns sorted int64 sample indices.
@@ -271,6 +271,9 @@ class Datasets:
         splits: dict[str, np.ndarray],
     ) -> bool:
         if newest.sha256 != sha256 or newest.allow_nonfinite != spec.allow_nonfinite:
+            return False
+        # An npy's array name is not in its bytes: the same file under another name is new content.
+        if spec.format == "npy" and newest.array_name != spec.array_name:
             return False
         if [s.name for s in newest.splits] != list(splits):
             return False

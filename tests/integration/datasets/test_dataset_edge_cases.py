@@ -34,3 +34,14 @@ def test_uint64_values_past_int64_give_no_class_counts(ds):
     assert dict(stats.class_counts) == {} and stats.max == float(2**64 - 1)
     got = ds.GetDatasetVersion(D.GetDatasetVersionRequest(ref=common_pb2.DatasetRef(name="wide")))
     assert got.version == 1 and got.num_samples == 3
+
+
+def test_the_same_npy_under_another_array_name_is_a_new_version(ds, data_dir):
+    data = npy_bytes(np.arange(5, dtype=np.float32))
+    first = upload_dataset(ds, "series", data, format=D.DATASET_FORMAT_NPY, array_name="x")
+    renamed = upload_dataset(ds, "series", data, format=D.DATASET_FORMAT_NPY, array_name="t")
+    assert (first.version, renamed.version) == (1, 2)
+    assert [a.name for a in renamed.arrays] == ["t"] and renamed.deduplicated
+    assert len(stored_blobs(data_dir)) == 1
+    again = upload_dataset(ds, "series", data, format=D.DATASET_FORMAT_NPY, array_name="t")
+    assert again.version == 2 and again.deduplicated
