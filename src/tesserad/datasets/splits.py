@@ -14,7 +14,8 @@ DEFAULT_SPLIT = "train"
 
 @dataclass(frozen=True)
 class FractionSplit:
-    """(name, fraction) pairs summing to 1 within 1e-6, shuffled with `seed` (>= 0)."""
+    """(name, fraction) pairs summing to 1 within 1e-6, shuffled with `seed` (>= 0); each
+    split must come out with at least one sample."""
 
     fractions: tuple[tuple[str, float], ...]
     seed: int = 0
@@ -69,7 +70,12 @@ def compute_splits(spec: SplitSpec | None, num_samples: int) -> dict[str, np.nda
         bounds[-1] = num_samples
         out = {}
         low = 0
-        for (name, _), high in zip(spec.fractions, bounds.tolist(), strict=True):
+        for (name, fraction), high in zip(spec.fractions, bounds.tolist(), strict=True):
+            if high == low:
+                raise InvalidArgument(
+                    f"split {name!r}: fraction {fraction:g} of {num_samples} samples rounds to none; "
+                    "raise its fraction, drop the split or upload more samples"
+                )
             out[name] = np.sort(order[low:high]).astype(np.int64)
             low = high
         return out

@@ -45,3 +45,14 @@ def test_the_same_npy_under_another_array_name_is_a_new_version(ds, data_dir):
     assert len(stored_blobs(data_dir)) == 1
     again = upload_dataset(ds, "series", data, format=D.DATASET_FORMAT_NPY, array_name="t")
     assert again.version == 2 and again.deduplicated
+
+
+def test_a_fraction_that_rounds_to_no_samples_is_refused(ds, data_dir):
+    error = rpc_error(upload_dataset, ds, "tiny", npz_bytes(3), splits=fractions(1, train=0.9, val=0.1))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'val'" in error.details() and "3 samples" in error.details()
+    assert stored_blobs(data_dir) == []
+    missing = rpc_error(ds.GetDataset, D.GetDatasetRequest(name="tiny"))
+    assert missing.code() == grpc.StatusCode.NOT_FOUND
+    version = upload_dataset(ds, "tiny", npz_bytes(10), splits=fractions(1, train=0.9, val=0.1))
+    assert [(s.name, s.count) for s in version.splits] == [("train", 9), ("val", 1)]

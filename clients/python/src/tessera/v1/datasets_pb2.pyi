@@ -171,7 +171,9 @@ Global___SplitSpec: _TypeAlias = SplitSpec  # noqa: Y015
 
 @_typing.final
 class FractionSplit(_message.Message):
-    """Random split by fractions that sum to 1 (within 1e-6), reproducible from the seed (>= 0)."""
+    """Random split by fractions that sum to 1 (within 1e-6), reproducible from the seed (>= 0);
+    INVALID_ARGUMENT when a fraction rounds to no sample.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
