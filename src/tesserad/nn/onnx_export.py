@@ -336,14 +336,22 @@ def export_onnx(
 
     The file passes ``onnx.checker``; with ``check_parity`` onnxruntime (CPU) runs it on
     random inputs at batch 1 and 7 and FailedPrecondition is raised if any output differs
-    from torch by more than 1e-4. ``opset`` is what was asked; the report gives the opset the
-    file actually imports (the exporter raises it when the graph needs a newer one).
+    from torch by more than 1e-4. ``opset`` is what was asked (InvalidArgument past the newest onnx
+    knows); the report gives the opset the file actually imports (the exporter raises it when
+    the graph needs a newer one).
     ``conv4d`` comes from the caller's request: auto, decomposed or native, else InvalidArgument.
     """
     import onnx
 
     if conv4d not in ("auto", "decomposed", "native"):
         raise InvalidArgument(f"conv4d: must be auto, decomposed or native, got {conv4d!r}")
+    newest = onnx.defs.onnx_opset_version()
+    if opset is not None and opset > newest:
+        # The exporter would fail to convert and silently write its default opset instead.
+        raise InvalidArgument(
+            f"opset {opset} is past the newest this daemon's onnx knows ({newest}); "
+            f"ask for {newest} or less, or 0 for the exporter's default"
+        )
     mode = "decomposed" if conv4d == "auto" else conv4d
     inputs, outputs = model_signature(spec)
     path = Path(path)

@@ -1460,7 +1460,10 @@ class ExportOnnxRequest(_message.Message):
     ALIAS_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     opset: _builtins.int
-    """ONNX opset; 0 picks the exporter's default."""
+    """ONNX opset; 0 picks the exporter's default. INVALID_ARGUMENT past the newest opset the
+    daemon's onnx knows; the response's opset is what the file imports (raised where the
+    graph needs a newer one).
+    """
     conv4d: _builtins.str
     """How Conv4d layers are written: "auto" (default: the faster graph in onnxruntime),
     "decomposed" (3-D convolutions) or "native" (one Conv node with four spatial dims).

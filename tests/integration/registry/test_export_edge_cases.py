@@ -1,0 +1,28 @@
+"""ExportOnnx as a user pinning an opset or exporting again would call it."""
+
+from __future__ import annotations
+
+import grpc
+import onnx
+
+from tessera.v1 import common_pb2, registry_pb2
+from tests.integration.registry.conftest import rpc_error, safetensors_header, stored_blobs, upload
+
+R = registry_pb2
+
+
+def source(version: int = 1) -> common_pb2.VersionRef:
+    return common_pb2.VersionRef(model="mlp", version=version)
+
+
+def test_an_opset_past_the_newest_onnx_knows_is_an_invalid_argument(stub, weights, data_dir):
+    upload(stub, safetensors_header("mlp", weights), weights)
+    before = stored_blobs(data_dir)
+    newest = onnx.defs.onnx_opset_version()
+    error = rpc_error(stub.ExportOnnx, R.ExportOnnxRequest(source=source(), opset=newest + 1), timeout=120)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"opset {newest + 1}" in error.details() and str(newest) in error.details()
+    assert stored_blobs(data_dir) == before
+    assert [v.version for v in stub.ListVersions(R.ListVersionsRequest(model="mlp")).versions] == [1]
+    newest_ok = stub.ExportOnnx(R.ExportOnnxRequest(source=source(), opset=newest), timeout=120)
+    assert newest_ok.opset == newest
