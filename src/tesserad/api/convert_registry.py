@@ -236,6 +236,7 @@ def export_to_proto(result: ExportResult) -> pb.ExportOnnxResponse:
         opset=result.opset,
         max_abs_error=result.max_abs_error,
         conv4d=result.conv4d,
+        reused=result.reused,
     )
     if result.version.alias_moved is not None:
         message.alias_moved.CopyFrom(alias_event_to_proto(result.version.alias_moved))

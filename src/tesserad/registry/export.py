@@ -2,21 +2,24 @@
 
 The weights load strictly (every tensor present with its shape, nothing extra); the ONNX
 file passes onnx.checker and an onnxruntime-vs-torch parity check before it is registered
-as a new version whose lineage names the source as parent.
+as a new version whose lineage names the source as parent. The export is deterministic, so
+exporting a version again with the same settings writes the same bytes: the version that
+already holds them is returned (`reused`) instead of a duplicate.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tesserad.errors import FailedPrecondition, InvalidArgument
+from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound
 from tesserad.registry.aliases import check_settable_alias
 from tesserad.registry.architectures import architecture_signature
-from tesserad.registry.records import VersionRecord
+from tesserad.registry.records import AliasEvent, VersionRecord
 from tesserad.registry.service import Registry
 from tesserad.registry.tables import ANONYMOUS
 from tesserad.store import BlobStore
@@ -31,6 +34,7 @@ class ExportResult:
     opset: int
     max_abs_error: float
     conv4d: str
+    reused: bool = False  # the model already held this export: no version was added
 
 
 def _load_weights(model: nn.Module, path: Path, source: VersionRecord) -> None:
@@ -110,6 +114,13 @@ def export_version(
         report = export_onnx(
             model, spec, path, conv4d=conv4d or "auto", opset=opset or None, check_parity=True
         )
+        earlier = _earlier_export(registry, source, path)
+        if earlier is not None:
+            if alias:
+                earlier = _move_alias(registry, earlier, alias, actor)
+            return ExportResult(
+                earlier, report.opset, report.max_abs_diff or 0.0, report.conv4d_mode, reused=True
+            )
         blob = blobs.put_file(path)
     finally:
         path.unlink(missing_ok=True)
@@ -127,3 +138,31 @@ def export_version(
         actor=actor,
     )
     return ExportResult(version, report.opset, report.max_abs_diff or 0.0, report.conv4d_mode)
+
+
+def _earlier_export(registry: Registry, source: VersionRecord, path: Path) -> VersionRecord | None:
+    """The ONNX version of the model derived from `source` whose artifact is the file at `path`."""
+    with path.open("rb") as file:
+        sha256 = hashlib.file_digest(file, "sha256").hexdigest()
+    _, derived = registry.get_lineage(source.model, source.version)
+    for key in derived:
+        try:
+            record = registry.get_version(key.model, key.version)
+        except NotFound:  # deleted meanwhile
+            continue
+        if record.model == source.model and record.format == "onnx" and record.sha256 == sha256:
+            return record
+    return None
+
+
+def _move_alias(registry: Registry, record: VersionRecord, alias: str, actor: str) -> VersionRecord:
+    """Point `alias` at `record` as an export registered with an alias would; the record with
+    its aliases and `alias_moved`."""
+    try:
+        before = registry.get_alias(record.model, alias).version
+    except NotFound:
+        before = 0
+    # Compare-and-set, so the reported move is the one that happened.
+    moved = registry.set_alias(record.model, alias, record.version, actor, expected_version=before)
+    event = AliasEvent(record.model, alias, before, record.version, moved.updated_at, actor)
+    return replace(registry.get_version(record.model, record.version), alias_moved=event)

@@ -1,4 +1,4 @@
-"""`tessera export onnx --alias` says where the alias moved."""
+"""`tessera export onnx --alias` says where the alias moved, and when the export already existed."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ def test_export_with_an_alias_prints_where_the_alias_moved(tessera_cli, client, 
     exported = tessera_cli("export", "onnx", "mlp", "--version", "1", "--alias", "staging")
     assert exported.code == 0, exported.err
     assert "exported mlp v2" in exported.out and "alias staging: v1 -> v2" in exported.out
-    fresh = tessera_cli("export", "onnx", "mlp", "--version", "1", "--alias", "canary")
-    assert "alias canary: (new) -> v3" in fresh.out
+    again = tessera_cli("export", "onnx", "mlp", "--version", "1", "--alias", "canary")
+    assert "already exported as mlp v2" in again.out and "alias canary: (new) -> v2" in again.out
     quiet = tessera_cli("export", "onnx", "mlp", "--version", "1")
     assert quiet.code == 0 and "alias" not in quiet.out
     moved = tessera_cli("--json", "export", "onnx", "mlp", "--version", "1", "--alias", "staging").json()
-    assert moved["alias_moved"]["alias"] == "staging"
-    assert (moved["alias_moved"]["from_version"], moved["alias_moved"]["to_version"]) == (2, 5)
+    assert moved["reused"] and moved["alias_moved"]["alias"] == "staging"
+    assert (moved["alias_moved"]["from_version"], moved["alias_moved"]["to_version"]) == (2, 2)

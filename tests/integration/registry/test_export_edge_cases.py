@@ -26,3 +26,21 @@ def test_an_opset_past_the_newest_onnx_knows_is_an_invalid_argument(stub, weight
     assert [v.version for v in stub.ListVersions(R.ListVersionsRequest(model="mlp")).versions] == [1]
     newest_ok = stub.ExportOnnx(R.ExportOnnxRequest(source=source(), opset=newest), timeout=120)
     assert newest_ok.opset == newest
+
+
+def test_exporting_the_same_version_again_returns_the_first_export(stub, weights, data_dir):
+    upload(stub, safetensors_header("mlp", weights), weights)
+    first = stub.ExportOnnx(R.ExportOnnxRequest(source=source()), timeout=120)
+    assert first.version.version == 2 and not first.reused
+    blobs = stored_blobs(data_dir)
+    again = stub.ExportOnnx(R.ExportOnnxRequest(source=source(), alias="serving"), timeout=120)
+    assert again.reused and again.version.version == 2 and again.version.sha256 == first.version.sha256
+    assert (again.opset, again.conv4d) == (first.opset, first.conv4d)
+    moved = again.alias_moved
+    assert (moved.alias, moved.from_version, moved.to_version) == ("serving", 0, 2)
+    assert "serving" in again.version.aliases
+    assert [v.version for v in stub.ListVersions(R.ListVersionsRequest(model="mlp")).versions] == [2, 1]
+    assert stored_blobs(data_dir) == blobs
+    # Other settings write other bytes: a new version.
+    native = stub.ExportOnnx(R.ExportOnnxRequest(source=source(), opset=first.opset - 1), timeout=120)
+    assert native.version.version == 3 and not native.reused

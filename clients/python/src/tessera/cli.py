@@ -659,8 +659,9 @@ def cmd_export_onnx(client: Client, args: argparse.Namespace, out: Output) -> No
     )
     if out.as_json:
         return out.json(result)
+    done = "already exported as" if result.reused else "exported"
     out.line(
-        f"exported {result.version.model} v{result.version.version} (onnx opset {result.opset}, conv4d "
+        f"{done} {result.version.model} v{result.version.version} (onnx opset {result.opset}, conv4d "
         f"{result.conv4d}, max |onnx - torch| {result.max_abs_error:.2e})"
     )
     if result.HasField("alias_moved"):

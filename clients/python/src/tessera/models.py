@@ -351,7 +351,8 @@ class Models(Part[C]):
         description: str = "",
         timeout: float | None = None,
     ) -> Op[pb.ExportOnnxResponse]:
-        """Export a safetensors version to ONNX as a new version; `alias` moves to the export."""
+        """Export a safetensors version to ONNX as a new version; `alias` moves to the export.
+        An export the model already holds (same source, same bytes) is returned with `reused` set."""
         request = pb.ExportOnnxRequest(
             source=ref(name, version), opset=opset, conv4d=conv4d, alias=alias or "", description=description
         )

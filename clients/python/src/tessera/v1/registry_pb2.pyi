@@ -1501,10 +1501,15 @@ class ExportOnnxResponse(_message.Message):
     MAX_ABS_ERROR_FIELD_NUMBER: _builtins.int
     CONV4D_FIELD_NUMBER: _builtins.int
     ALIAS_MOVED_FIELD_NUMBER: _builtins.int
+    REUSED_FIELD_NUMBER: _builtins.int
     opset: _builtins.int
     max_abs_error: _builtins.float
     """Largest absolute difference between onnxruntime and torch outputs on random inputs."""
     conv4d: _builtins.str
+    reused: _builtins.bool
+    """True when the model already held this export (same source, same bytes): that version is
+    returned (with its description) and no version is added.
+    """
     @_builtins.property
     def version(self) -> Global___ModelVersion: ...
     @_builtins.property
@@ -1521,10 +1526,11 @@ class ExportOnnxResponse(_message.Message):
         max_abs_error: _builtins.float = ...,
         conv4d: _builtins.str = ...,
         alias_moved: Global___AliasEvent | None = ...,
+        reused: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["alias_moved", b"alias_moved", "version", b"version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias_moved", b"alias_moved", "conv4d", b"conv4d", "max_abs_error", b"max_abs_error", "opset", b"opset", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias_moved", b"alias_moved", "conv4d", b"conv4d", "max_abs_error", b"max_abs_error", "opset", b"opset", "reused", b"reused", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

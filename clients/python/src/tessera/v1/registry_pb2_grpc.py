@@ -306,7 +306,8 @@ class RegistryServicer:
 
     def ExportOnnx(self, request, context):
         """Exports a safetensors version to ONNX as a new version of the same model whose lineage
-        names the source as parent.
+        names the source as parent. Idempotent: an export whose bytes a version derived from the
+        same source already holds returns that version (`reused`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

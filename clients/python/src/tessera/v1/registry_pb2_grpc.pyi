@@ -84,7 +84,8 @@ class RegistryStub:
     CompareVersions: _grpc.UnaryUnaryMultiCallable[_registry_pb2.CompareVersionsRequest, _registry_pb2.CompareVersionsResponse]
     ExportOnnx: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ExportOnnxRequest, _registry_pb2.ExportOnnxResponse]
     """Exports a safetensors version to ONNX as a new version of the same model whose lineage
-    names the source as parent.
+    names the source as parent. Idempotent: an export whose bytes a version derived from the
+    same source already holds returns that version (`reused`).
     """
     Deploy: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeployRequest, _registry_pb2.Deployment]
     """Deployments: how Predict calls without a version or alias are routed. Each version or alias
@@ -167,7 +168,8 @@ class RegistryAsyncStub(RegistryStub):
     CompareVersions: _aio.UnaryUnaryMultiCallable[_registry_pb2.CompareVersionsRequest, _registry_pb2.CompareVersionsResponse]  # type: ignore[assignment]
     ExportOnnx: _aio.UnaryUnaryMultiCallable[_registry_pb2.ExportOnnxRequest, _registry_pb2.ExportOnnxResponse]  # type: ignore[assignment]
     """Exports a safetensors version to ONNX as a new version of the same model whose lineage
-    names the source as parent.
+    names the source as parent. Idempotent: an export whose bytes a version derived from the
+    same source already holds returns that version (`reused`).
     """
     Deploy: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeployRequest, _registry_pb2.Deployment]  # type: ignore[assignment]
     """Deployments: how Predict calls without a version or alias are routed. Each version or alias
@@ -367,7 +369,8 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.ExportOnnxResponse, _abc.Awaitable[_registry_pb2.ExportOnnxResponse]]:
         """Exports a safetensors version to ONNX as a new version of the same model whose lineage
-        names the source as parent.
+        names the source as parent. Idempotent: an export whose bytes a version derived from the
+        same source already holds returns that version (`reused`).
         """
 
     @_abc_1.abstractmethod
