@@ -336,7 +336,8 @@ def export_onnx(
 
     The file passes ``onnx.checker``; with ``check_parity`` onnxruntime (CPU) runs it on
     random inputs at batch 1 and 7 and FailedPrecondition is raised if any output differs
-    from torch by more than 1e-4. ``opset`` is what was asked (InvalidArgument past the newest onnx
+    from torch by more than 1e-4 (NaN counting as a difference), or torch's outputs are not
+    finite. ``opset`` is what was asked (InvalidArgument past the newest onnx
     knows); the report gives the opset the file actually imports (the exporter raises it when
     the graph needs a newer one).
     ``conv4d`` comes from the caller's request: auto, decomposed or native, else InvalidArgument.
@@ -400,15 +401,27 @@ def _parity(model: nn.Module, path: Path, spec: ArchitectureSpec) -> float:
         x = torch.randn(batch, *spec.input_shape, generator=generator)
         with torch.no_grad():
             expected = reference(x).numpy()
+        if not np.isfinite(expected).all():
+            raise FailedPrecondition(
+                f"onnx export: the model's own outputs hold NaN or Inf (random inputs, batch {batch}), so "
+                "no export can be checked against them; export a version whose weights give finite outputs"
+            )
         (got,) = session.run(None, {"input": x.numpy()})
         if got.shape != expected.shape:
             raise FailedPrecondition(
                 f"onnx export: output shape {got.shape} at batch {batch} does not match torch's {expected.shape}"
             )
-        worst = max(worst, float(np.max(np.abs(got - expected))))
+        worst = max(worst, max_abs_diff(got, expected))
     if not worst <= PARITY_TOLERANCE:
         raise FailedPrecondition(
             f"onnx export: onnxruntime differs from torch by {worst:.3g} (> {PARITY_TOLERANCE}); "
             "the exported graph is not faithful"
         )
     return worst
+
+
+def max_abs_diff(got: np.ndarray, expected: np.ndarray) -> float:
+    """Largest |got - expected|; inf where ``got`` is NaN (a NaN difference would otherwise
+    compare as no difference at all)."""
+    diff = np.abs(got.astype(np.float64) - expected)
+    return float(np.nan_to_num(diff, nan=np.inf).max(initial=0.0))

@@ -68,6 +68,12 @@ def _load_weights(model: nn.Module, path: Path, source: VersionRecord) -> None:
                 f"the weights of {source.model} v{source.version} do not fit its architecture: tensor {name!r} "
                 f"has shape {list(state[name].shape)}, the architecture needs {list(tensor.shape)}"
             )
+    for name in expected:
+        if not bool(torch.isfinite(state[name]).all()):
+            raise FailedPrecondition(
+                f"the weights of {source.model} v{source.version} hold NaN or Inf (tensor {name!r}), as a "
+                "training that diverged leaves them; export a version with finite weights"
+            )
     with torch.no_grad():
         model.load_state_dict(state, strict=True)
 

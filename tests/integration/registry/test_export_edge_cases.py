@@ -44,3 +44,22 @@ def test_exporting_the_same_version_again_returns_the_first_export(stub, weights
     # Other settings write other bytes: a new version.
     native = stub.ExportOnnx(R.ExportOnnxRequest(source=source(), opset=first.opset - 1), timeout=120)
     assert native.version.version == 3 and not native.reused
+
+
+def test_weights_holding_nan_are_a_failed_precondition_naming_the_tensor(stub, data_dir):
+    from safetensors.torch import save
+
+    from tesserad.nn import build_model, spec_from_dict
+
+    spec = {"family": "mlp", "input_shape": [4], "output_size": 2, "hidden_sizes": [8]}
+    state = {k: v.contiguous() for k, v in build_model(spec_from_dict(spec)).state_dict().items()}
+    poisoned = sorted(state)[0]
+    state[poisoned].view(-1)[0] = float("nan")  # as a diverged training leaves them
+    data = save(state)
+    upload(stub, safetensors_header("mlp", data), data)
+    before = stored_blobs(data_dir)
+    error = rpc_error(stub.ExportOnnx, R.ExportOnnxRequest(source=source()), timeout=120)
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "NaN" in error.details() and repr(poisoned) in error.details()
+    assert stored_blobs(data_dir) == before
+    assert [v.version for v in stub.ListVersions(R.ListVersionsRequest(model="mlp")).versions] == [1]

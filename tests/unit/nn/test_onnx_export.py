@@ -191,3 +191,20 @@ def test_decomposed_export_folds_norms_and_handles_time_strides(tmp_path: Path) 
     assert report.max_abs_diff is not None and report.max_abs_diff <= 1e-4
     ops = {n.op_type for n in onnx.load(str(report.path)).graph.node}
     assert "Conv" in ops and "BatchNormalization" not in ops
+
+
+def test_parity_counts_nan_where_torch_gave_a_number_as_a_mismatch() -> None:
+    expected = np.zeros((2, 3), np.float32)
+    got = expected.copy()
+    got[1, 2] = np.nan
+    assert onnx_export.max_abs_diff(got, expected) == np.inf
+    assert onnx_export.max_abs_diff(expected + 0.5, expected) == 0.5
+
+
+def test_a_model_whose_torch_outputs_are_nan_is_a_failed_precondition(tmp_path: Path) -> None:
+    spec = SPECS["mlp"]
+    model = build_model(spec)
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] = float("nan")
+    with pytest.raises(FailedPrecondition, match="NaN or Inf"):
+        export_onnx(model, spec, tmp_path / "m.onnx")
