@@ -179,6 +179,16 @@ def _load(path: Path, member: _Member) -> np.ndarray:
             raise InvalidArgument(f"array {member.name!r}: cannot be read ({str(exc)[:200]})") from None
 
 
+def unpacked_sizes(path: Path, format: str, array_name: str = "x") -> dict[str, int]:
+    """Bytes of each array compressed inside an npz: those are read into memory whole, where
+    stored arrays are memory-mapped. Only headers are read."""
+    return {
+        m.name: math.prod(m.shape) * m.dtype.itemsize
+        for m in _members(path, format, array_name)
+        if m.offset is None
+    }
+
+
 def open_arrays(path: Path, format: str, array_name: str = "x") -> dict[str, np.ndarray]:
     """Every array of a dataset file, read-only; memory-mapped unless compressed inside an npz."""
     return {m.name: _load(path, m) for m in _members(path, format, array_name)}

@@ -8,7 +8,8 @@ Guarantees:
 - Identical content is stored once: versions with the same bytes share one blob, and
   re-uploading what the newest version already holds (same bytes, splits, flags, npy array
   name) returns that version instead of adding one.
-- The dataset quota (limits.dataset_quota) counts each distinct file once.
+- The dataset quota (limits.dataset_quota) counts each distinct file once; the size limit
+  (limits.max_dataset_size) bounds the file and what its compressed arrays unpack to.
 - `open_arrays` memory-maps arrays from the verified blob (no copy) where they are stored
   uncompressed; `split_indices` returns sorted int64 sample indices.
 """
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from tesserad.config import format_size
-from tesserad.datasets.arrays import ArrayInfo, ArrayStats, inspect_file, open_arrays
+from tesserad.datasets.arrays import ArrayInfo, ArrayStats, inspect_file, open_arrays, unpacked_sizes
 from tesserad.datasets.references import (
     DATASET_HOLDERS,
     dataset_holders,
@@ -214,6 +215,7 @@ class Datasets:
         path = self._blobs.path(blob.sha256)
         if not path.is_file():
             raise DataLoss(f"blob {blob.sha256} is missing from the blob directory; upload it again")
+        self._check_unpacked(path, spec)
         arrays, num_samples = inspect_file(path, spec.format, spec.array_name, spec.allow_nonfinite)
         splits = compute_splits(spec.splits, num_samples)
         with self._store.write() as txn:
@@ -261,6 +263,20 @@ class Datasets:
                 txn.put(SPLITS, (spec.name, number, split_name), indices.astype("<i8").tobytes())
             hold_blob(txn, blob.sha256, _holder(spec.name, number))
         return replace(record, deduplicated=shared)
+
+    def _check_unpacked(self, path: Path, spec: UploadSpec) -> None:
+        """Compressed arrays are read into memory whole (for statistics, and by training), so
+        what they unpack to is held to the size limit too: a small npz of zeros can unpack to
+        more memory than the machine has."""
+        unpacked = unpacked_sizes(path, spec.format, spec.array_name)
+        total = sum(unpacked.values())
+        if total > self.max_dataset_size:
+            listed = ", ".join(f"{name!r} {n} bytes" for name, n in unpacked.items())
+            raise ResourceExhausted(
+                f"the npz's compressed arrays unpack to {format_size(total)} ({listed}), over "
+                f"limits.max_dataset_size ({format_size(self.max_dataset_size)}); save them uncompressed "
+                "(np.savez, memory-mapped when read), raise TESSERA_LIMITS_MAX_DATASET_SIZE or split the data"
+            )
 
     def _same_content(
         self,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import grpc
 import numpy as np
+import pytest
 
-from tessera.v1 import common_pb2, datasets_pb2
+from tessera.v1 import common_pb2, datasets_pb2, datasets_pb2_grpc
+from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.datasets.conftest import npy_bytes, npz_bytes, upload_dataset
 from tests.integration.registry.conftest import rpc_error, stored_blobs
 
@@ -56,3 +58,25 @@ def test_a_fraction_that_rounds_to_no_samples_is_refused(ds, data_dir):
     assert missing.code() == grpc.StatusCode.NOT_FOUND
     version = upload_dataset(ds, "tiny", npz_bytes(10), splits=fractions(1, train=0.9, val=0.1))
     assert [(s.name, s.count) for s in version.splits] == [("train", 9), ("val", 1)]
+
+
+@pytest.fixture
+def small_limit_daemon(tmp_path):
+    running = InProcessDaemon(
+        daemon_settings(tmp_path / "data", **{"limits.max_dataset_size": "1MiB"})
+    ).start()
+    yield running
+    running.stop()
+
+
+def test_compressed_arrays_that_unpack_past_the_size_limit_are_refused(small_limit_daemon, tmp_path):
+    stub = datasets_pb2_grpc.DatasetsStub(small_limit_daemon.channel())
+    bomb = npz_bytes(compressed=True, x=np.zeros((1000, 2000), np.float32))  # 8 MB of zeros
+    assert len(bomb) < 2**20
+    error = rpc_error(upload_dataset, stub, "zeros", bomb)
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "'x'" in error.details() and "8000000 bytes" in error.details()
+    assert "limits.max_dataset_size" in error.details()
+    assert stored_blobs(tmp_path / "data") == []
+    small = upload_dataset(stub, "zeros", npz_bytes(compressed=True, x=np.zeros((100, 200), np.float32)))
+    assert small.num_samples == 100

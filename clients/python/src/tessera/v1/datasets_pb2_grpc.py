@@ -78,7 +78,8 @@ class DatasetsServicer:
         """Client stream: a header, then the file in chunks. Parsed without pickle; object arrays,
         ragged data, arrays whose first dimensions differ, NaN/Inf (unless allowed) and truncated
         files are INVALID_ARGUMENT naming the array and the problem. Identical content is stored
-        once. Over the storage quota: RESOURCE_EXHAUSTED with the numbers.
+        once. Over the storage quota, or over limits.max_dataset_size (the file, or what the
+        arrays compressed in an npz unpack to): RESOURCE_EXHAUSTED with the numbers.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

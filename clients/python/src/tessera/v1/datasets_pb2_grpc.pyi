@@ -40,7 +40,8 @@ class DatasetsStub:
     """Client stream: a header, then the file in chunks. Parsed without pickle; object arrays,
     ragged data, arrays whose first dimensions differ, NaN/Inf (unless allowed) and truncated
     files are INVALID_ARGUMENT naming the array and the problem. Identical content is stored
-    once. Over the storage quota: RESOURCE_EXHAUSTED with the numbers.
+    once. Over the storage quota, or over limits.max_dataset_size (the file, or what the
+    arrays compressed in an npz unpack to): RESOURCE_EXHAUSTED with the numbers.
     """
     GetDataset: _grpc.UnaryUnaryMultiCallable[_datasets_pb2.GetDatasetRequest, _datasets_pb2.Dataset]
     ListDatasets: _grpc.UnaryUnaryMultiCallable[_datasets_pb2.ListDatasetsRequest, _datasets_pb2.ListDatasetsResponse]
@@ -59,7 +60,8 @@ class DatasetsAsyncStub(DatasetsStub):
     """Client stream: a header, then the file in chunks. Parsed without pickle; object arrays,
     ragged data, arrays whose first dimensions differ, NaN/Inf (unless allowed) and truncated
     files are INVALID_ARGUMENT naming the array and the problem. Identical content is stored
-    once. Over the storage quota: RESOURCE_EXHAUSTED with the numbers.
+    once. Over the storage quota, or over limits.max_dataset_size (the file, or what the
+    arrays compressed in an npz unpack to): RESOURCE_EXHAUSTED with the numbers.
     """
     GetDataset: _aio.UnaryUnaryMultiCallable[_datasets_pb2.GetDatasetRequest, _datasets_pb2.Dataset]  # type: ignore[assignment]
     ListDatasets: _aio.UnaryUnaryMultiCallable[_datasets_pb2.ListDatasetsRequest, _datasets_pb2.ListDatasetsResponse]  # type: ignore[assignment]
@@ -81,7 +83,8 @@ class DatasetsServicer(metaclass=_abc_1.ABCMeta):
         """Client stream: a header, then the file in chunks. Parsed without pickle; object arrays,
         ragged data, arrays whose first dimensions differ, NaN/Inf (unless allowed) and truncated
         files are INVALID_ARGUMENT naming the array and the problem. Identical content is stored
-        once. Over the storage quota: RESOURCE_EXHAUSTED with the numbers.
+        once. Over the storage quota, or over limits.max_dataset_size (the file, or what the
+        arrays compressed in an npz unpack to): RESOURCE_EXHAUSTED with the numbers.
         """
 
     @_abc_1.abstractmethod
