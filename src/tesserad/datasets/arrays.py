@@ -2,7 +2,8 @@
 memory-mapped where the bytes lie uncompressed in the file.
 
 Nothing here touches the store, so training worker processes can open a dataset file from
-its path alone (`open_arrays`). Every problem is InvalidArgument naming the array.
+its path alone (`open_arrays`). Every problem is InvalidArgument naming the array; a file
+that is gone is FailedPrecondition.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import IO, Any, Literal
 import numpy as np
 
 from tesserad.dtypes import TENSOR_DTYPES
-from tesserad.errors import InvalidArgument
+from tesserad.errors import FailedPrecondition, InvalidArgument
 
 # numpy dtype names a dataset array may have (tessera.v1.DataType, without bfloat16, which numpy lacks).
 ARRAY_DTYPES = frozenset(TENSOR_DTYPES) - {"bfloat16"}
@@ -160,6 +161,13 @@ def _npz_members(path: Path) -> list[_Member]:
 
 
 def _members(path: Path, format: str, array_name: str) -> list[_Member]:
+    if not path.is_file():
+        # A worker can reach a version deleted with force after its job started. The path is
+        # the server's own and stays out of the message.
+        raise FailedPrecondition(
+            "the dataset file is gone from the blob directory: its version was deleted (with force) "
+            "while in use; upload the dataset again"
+        )
     if format == "npy":
         return _npy_members(path, array_name)
     return _npz_members(path)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tesserad.datasets.arrays import array_stats
+from tesserad.datasets.arrays import array_stats, open_arrays
 from tesserad.datasets.splits import FractionSplit, IndexSplit, compute_splits
-from tesserad.errors import InvalidArgument
+from tesserad.errors import FailedPrecondition, InvalidArgument
 
 
 def test_fraction_splits_partition_every_sample_reproducibly():
@@ -41,3 +41,12 @@ def test_chunked_stats_match_numpy():
 def test_class_counts_stop_past_the_limit():
     assert array_stats("y", np.array([1, 1, 2]), False).class_counts == {1: 2, 2: 1}
     assert array_stats("y", np.arange(5000), False).class_counts == {}
+
+
+@pytest.mark.parametrize("format", ["npz", "npy"])
+def test_a_dataset_file_gone_from_disk_says_so_without_its_path(format, tmp_path):
+    # A worker opening a version deleted with force: not "truncated", and no server path.
+    gone = tmp_path / "blobs" / "ab" / "cdef"
+    with pytest.raises(FailedPrecondition, match="deleted") as info:
+        open_arrays(gone, format)
+    assert str(tmp_path) not in info.value.message
