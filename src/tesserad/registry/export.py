@@ -97,6 +97,12 @@ def export_version(
             f"{source.model} v{source.version} is an ensemble; export each of its members instead"
         )
     if source.format != "safetensors":
+        parent = source.lineage.parent_version
+        if parent and not source.lineage.parent_model:  # an export, reached as "latest" after it
+            raise FailedPrecondition(
+                f"{source.model} v{source.version} is already {source.format}, derived from v{parent}; "
+                f"name a safetensors version, e.g. version {parent}"
+            )
         raise FailedPrecondition(
             f"{source.model} v{source.version} is already {source.format}; export a safetensors version"
         )

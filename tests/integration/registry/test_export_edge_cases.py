@@ -63,3 +63,11 @@ def test_weights_holding_nan_are_a_failed_precondition_naming_the_tensor(stub, d
     assert "NaN" in error.details() and repr(poisoned) in error.details()
     assert stored_blobs(data_dir) == before
     assert [v.version for v in stub.ListVersions(R.ListVersionsRequest(model="mlp")).versions] == [1]
+
+
+def test_exporting_latest_after_an_export_names_the_version_to_export(stub, weights):
+    upload(stub, safetensors_header("mlp", weights), weights)
+    stub.ExportOnnx(R.ExportOnnxRequest(source=source()), timeout=120)
+    error = rpc_error(stub.ExportOnnx, R.ExportOnnxRequest(source=common_pb2.VersionRef(model="mlp")))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "mlp v2 is already onnx, derived from v1" in error.details() and "version 1" in error.details()
