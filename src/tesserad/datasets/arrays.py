@@ -131,6 +131,10 @@ def _npz_members(path: Path) -> list[_Member]:
                     f"npz member {info.filename!r} is not a .npy array; an npz holds only arrays"
                 )
             name = info.filename[: -len(".npy")]
+            if not name:  # a job could never name it (an empty array name means the default)
+                raise InvalidArgument(
+                    "npz member '.npy' has no array name; save arrays by name, e.g. np.savez(file, x=x, y=y)"
+                )
             if name in seen:
                 raise InvalidArgument(f"array {name!r} appears twice in the npz archive")
             seen.add(name)

@@ -80,3 +80,10 @@ def test_compressed_arrays_that_unpack_past_the_size_limit_are_refused(small_lim
     assert stored_blobs(tmp_path / "data") == []
     small = upload_dataset(stub, "zeros", npz_bytes(compressed=True, x=np.zeros((100, 200), np.float32)))
     assert small.num_samples == 100
+
+
+def test_an_npz_array_without_a_name_is_refused(ds, data_dir):
+    error = rpc_error(upload_dataset, ds, "nameless", npz_bytes(**{"": np.zeros((2, 3)), "y": np.zeros(2)}))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'.npy'" in error.details() and "no array name" in error.details()
+    assert stored_blobs(data_dir) == []
