@@ -114,3 +114,13 @@ def test_aio_push_list_and_load(daemon, clips):
     pushed, names, versions, arrays = asyncio.run(scenario())
     assert pushed.num_samples == 20 and names == ["clips"] and versions == [1]
     assert np.array_equal(arrays["y"], y)
+
+
+def test_pushed_big_endian_arrays_are_stored_little_endian(client):
+    # Data read from FITS files, say, is big-endian; push writes the file, so it converts.
+    x = np.arange(6, dtype=">f4").reshape(3, 2)
+    version = client.datasets.push("fits", x=x, y=np.array([0, 1, 0], dtype=">i8"))
+    assert {a.name: a.stats.max for a in version.arrays} == {"x": 5.0, "y": 1.0}
+    loaded = client.datasets.load("fits")
+    np.testing.assert_array_equal(loaded["x"], x)
+    assert loaded["x"].dtype == np.dtype("<f4")

@@ -40,7 +40,7 @@ class Payload:
 
 
 def payload(path: str | Path | None, arrays: Mapping[str, np.typing.ArrayLike]) -> Payload:
-    """A .npz/.npy file as it is, or the named arrays written as an uncompressed npz."""
+    """A .npz/.npy file as it is, or the named arrays written as an uncompressed little-endian npz."""
     if path is not None and arrays:
         raise ValueError("push: pass a file path or arrays (x=..., y=...), not both")
     if path is not None:
@@ -58,6 +58,8 @@ def payload(path: str | Path | None, arrays: Mapping[str, np.typing.ArrayLike]) 
         array = np.asarray(value)
         if array.dtype.hasobject:
             raise ValueError(f"array {name!r}: object arrays cannot be stored; convert it to a numeric dtype")
+        if array.dtype.byteorder == ">":  # the daemon stores little-endian (FITS data, say, is not)
+            array = array.astype(array.dtype.newbyteorder("<"))
         checked[name] = array
     np.savez(buffer, allow_pickle=False, **checked)
     data = buffer.getvalue()
