@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import tessera
+from tessera.datasets import split_spec
 from tessera.errors import ERROR_BY_CODE, error_from_status_number
 from tessera.events import event_from_proto
 from tessera.messages import dataset_ref, from_dict, version_ref
@@ -152,3 +153,15 @@ def test_the_sdk_imports_without_torch_tesserad_or_the_oip_package():
     code = f"{blocked}; import tessera, tessera.aio, tessera.cli; print('ok')"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
+
+
+def test_split_fractions_may_be_numpy_numbers_and_may_not_be_mixed_with_indices():
+    spec = split_spec({"train": np.float32(0.75), "val": np.float64(0.25)}, seed=2)
+    assert spec is not None and [(s.name, s.fraction) for s in spec.fractions.splits] == [
+        ("train", 0.75),
+        ("val", 0.25),
+    ]
+    indices = split_spec({"a": np.array([0, 1]), "b": [2]}, seed=0)
+    assert indices is not None and [list(s.indices) for s in indices.indices.splits] == [[0, 1], [2]]
+    with pytest.raises(ValueError, match="'b'"):
+        split_spec({"a": 0.5, "b": [1]}, seed=0)

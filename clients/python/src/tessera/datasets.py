@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import numbers
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,10 +70,20 @@ def payload(path: str | Path | None, arrays: Mapping[str, np.typing.ArrayLike]) 
 def split_spec(splits: Splits | None, seed: int) -> pb.SplitSpec | None:
     if not splits:
         return None
-    values = list(splits.values())
-    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+    # numbers.Real takes numpy's scalars too (np.float32 is no float subclass).
+    is_fraction = {
+        name: isinstance(v, numbers.Real) and not isinstance(v, bool) for name, v in splits.items()
+    }
+    if all(is_fraction.values()):
         fractions = [pb.SplitFraction(name=name, fraction=float(f)) for name, f in splits.items()]  # type: ignore[arg-type]
         return pb.SplitSpec(fractions=pb.FractionSplit(splits=fractions, seed=seed))
+    if any(is_fraction.values()):
+        listed = ", ".join(
+            f"{name!r} {'a fraction' if frac else 'indices'}" for name, frac in is_fraction.items()
+        )
+        raise ValueError(
+            f"splits: give every split a fraction or every split its indices, not both ({listed})"
+        )
     indices = [pb.SplitIndices(name=name, indices=[int(i) for i in idx]) for name, idx in splits.items()]  # type: ignore[union-attr]
     return pb.SplitSpec(indices=pb.IndexSplit(splits=indices))
 
