@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import onnx
 
-from tessera.v1 import common_pb2, registry_pb2
+from tessera.v1 import architecture_pb2, common_pb2, registry_pb2
 from tests.integration.registry.conftest import rpc_error, safetensors_header, stored_blobs, upload
 
 R = registry_pb2
@@ -71,3 +71,35 @@ def test_exporting_latest_after_an_export_names_the_version_to_export(stub, weig
     error = rpc_error(stub.ExportOnnx, R.ExportOnnxRequest(source=common_pb2.VersionRef(model="mlp")))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "mlp v2 is already onnx, derived from v1" in error.details() and "version 1" in error.details()
+
+
+def test_a_regression_model_with_large_outputs_exports(stub):
+    # Outputs near 3000 (prices, temperatures in K): float32 rounding alone differs by 1e-4 there.
+    import torch
+    from safetensors.torch import save
+
+    from tesserad.nn import build_model, spec_from_dict
+
+    spec = {
+        "family": "mlp",
+        "input_shape": [64],
+        "output_size": 1,
+        "hidden_sizes": [256, 256],
+        "norm": "layer",
+        "activation": "gelu",
+    }
+    torch.manual_seed(0)
+    model = build_model(spec_from_dict(spec))
+    head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        head.weight.mul_(1e3)
+        head.bias.fill_(3e3)
+    data = save({k: v.contiguous() for k, v in model.state_dict().items()})
+    arch = architecture_pb2.Architecture(
+        input_shape=[64],
+        output_size=1,
+        mlp=architecture_pb2.MlpSpec(hidden_sizes=[256, 256], norm="layer", activation="gelu"),
+    )
+    upload(stub, safetensors_header("mlp", data, architecture=arch, signature=None), data)
+    exported = stub.ExportOnnx(R.ExportOnnxRequest(source=source()), timeout=120)
+    assert exported.version.version == 2 and 0 < exported.max_abs_error < 1e-2
