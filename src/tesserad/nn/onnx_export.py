@@ -338,12 +338,13 @@ def export_onnx(
 ) -> OnnxExportReport:
     """Write ``model`` (built from ``spec``) as one self-contained ONNX file with a dynamic batch.
 
-    The file passes ``onnx.checker``; with ``check_parity`` onnxruntime (CPU) runs it on
-    random inputs at batch 1 and 7 and FailedPrecondition is raised if any output differs
-    from torch by more than 1e-4 plus 1e-4 of the output's magnitude (NaN counting as a
-    difference), or torch's outputs are not finite. ``opset`` is what was asked (InvalidArgument past the newest onnx
-    knows); the report gives the opset the file actually imports (the exporter raises it when
-    the graph needs a newer one).
+    The file passes ``onnx.checker`` (FailedPrecondition where it does not); with
+    ``check_parity`` onnxruntime (CPU) runs it on random inputs at batch 1 and 7 and
+    FailedPrecondition is raised if any output differs from torch by more than 1e-4 plus 1e-4
+    of the output's magnitude (NaN counting as a difference), or torch's outputs are not
+    finite. ``opset`` is what was asked (InvalidArgument past the newest onnx knows); the
+    report gives the opset the file actually imports (the exporter raises it when the graph
+    needs a newer one).
     ``conv4d`` comes from the caller's request: auto, decomposed or native, else InvalidArgument.
     """
     import onnx
@@ -379,7 +380,15 @@ def export_onnx(
             verbose=False,
         )
     proto = onnx.load(str(path))
-    onnx.checker.check_model(proto, full_check=True)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        # The exporter's version conversion can write ops the target opset lacks (attention at 26).
+        raise FailedPrecondition(
+            f"onnx export: the graph written at opset {opset or 'default'} fails onnx's checker "
+            f"({str(exc).strip().splitlines()[0][:200]}); ask for another opset, or opset 0 for the "
+            "exporter's default"
+        ) from None
     actual_opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     diff = _parity(model, path, spec) if check_parity else None
     return OnnxExportReport(

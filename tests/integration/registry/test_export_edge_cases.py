@@ -103,3 +103,28 @@ def test_a_regression_model_with_large_outputs_exports(stub):
     upload(stub, safetensors_header("mlp", data, architecture=arch, signature=None), data)
     exported = stub.ExportOnnx(R.ExportOnnxRequest(source=source()), timeout=120)
     assert exported.version.version == 2 and 0 < exported.max_abs_error < 1e-2
+
+
+def test_an_opset_the_exporter_writes_an_invalid_graph_for_is_a_failed_precondition(stub, data_dir):
+    # torch's exporter writes the transformer's attention as an op onnx's checker refuses at 26.
+    import torch
+    from safetensors.torch import save
+
+    from tesserad.api.convert_registry import architecture_to_dict
+    from tesserad.nn import build_model, spec_from_dict
+
+    arch = architecture_pb2.Architecture(
+        input_shape=[6, 4],
+        output_size=3,
+        transformer=architecture_pb2.TransformerSpec(d_model=16, num_heads=2, pooling="cls"),
+    )
+    torch.manual_seed(0)
+    model = build_model(spec_from_dict(architecture_to_dict(arch)))
+    data = save({k: v.contiguous() for k, v in model.state_dict().items()})
+    upload(stub, safetensors_header("mlp", data, architecture=arch, signature=None), data)
+    before = stored_blobs(data_dir)
+    error = rpc_error(stub.ExportOnnx, R.ExportOnnxRequest(source=source(), opset=26), timeout=120)
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "opset 26" in error.details() and "opset 0" in error.details()
+    assert stored_blobs(data_dir) == before
+    assert stub.ExportOnnx(R.ExportOnnxRequest(source=source()), timeout=120).version.version == 2
