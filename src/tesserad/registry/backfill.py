@@ -1,19 +1,31 @@
-"""Upgrade of model records written before they kept `version_count` and `latest_version`.
+"""Upgrades of stores written by an older tesserad, run at start before the registry answers.
 
-Run once at start, before the registry answers: each model without the fields gets them
-from one walk over its versions, in its own write transaction, with progress in the log.
-A store whose records all have them costs one scan of the models table.
+- Model records written before they kept `version_count` and `latest_version`: each model
+  without the fields gets them from one walk over its versions, in its own write transaction,
+  with progress in the log. A store whose records all have them costs one scan of the models
+  table.
+- The index of ensemble members (`ensembles.index_members`): every ensemble version's spec is
+  read once and its members indexed, in write transactions of a batch of versions each; the
+  last one writes a marker in the "meta" table, after which a start costs one read.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
-from tesserad.registry.records import MODEL_KIND, SCHEMA
+from tesserad.errors import TesseraError
+from tesserad.registry.ensembles import Member, index_members, parse_ensemble_spec
+from tesserad.registry.records import MODEL_KIND, SCHEMA, decode_version
 from tesserad.registry.tables import MODELS, VERSIONS, newest_stored_version, put_model_data
-from tesserad.store import Store, decode_record
+from tesserad.store import BlobStore, Key, Store, decode_record, encode_record
 
 log = logging.getLogger(__name__)
+
+# In the "meta" table once every ensemble version's members are indexed.
+MEMBERS_INDEXED = ("ensemble_members_indexed",)
+# Versions read per write transaction of the member index's backfill.
+_INDEX_BATCH = 512
 
 
 def backfill_version_counts(store: Store) -> int:
@@ -41,3 +53,47 @@ def backfill_version_counts(store: Store) -> int:
             extra={"model": name, "versions": fields["version_count"], "done": done, "of": len(names)},
         )
     return len(names)
+
+
+def backfill_ensemble_members(store: Store, blobs: BlobStore) -> int:
+    """Index the members of every ensemble version, once; returns how many were indexed."""
+    with store.read() as txn:
+        if txn.exists("meta", MEMBERS_INDEXED):
+            return 0
+    indexed = 0
+    after: Key | None = None
+    while True:
+        with store.write() as txn:
+            rows = list(txn.scan(VERSIONS, after=after, limit=_INDEX_BATCH))
+            for _key, raw in rows:
+                record = decode_version(raw)
+                if record.format != "ensemble":
+                    continue
+                ensemble = Member(record.model, record.version)
+                try:
+                    spec = parse_ensemble_spec(blobs.read_bytes(record.sha256))
+                except TesseraError as exc:
+                    # Such a version cannot load either; its members stay deletable.
+                    log.warning(
+                        "an ensemble version's spec cannot be read; its members are not pinned",
+                        extra={"ensemble": ensemble.label, "error": exc.message},
+                    )
+                    continue
+                index_members(txn, ensemble, spec)
+                indexed += 1
+                gone = [m.label for m in spec.members if not txn.exists(VERSIONS, (m.model, m.version))]
+                if gone:
+                    log.warning(
+                        "an ensemble version names members deleted before they were pinned; it "
+                        "cannot load: delete it",
+                        extra={"ensemble": ensemble.label, "members": gone},
+                    )
+            if not rows:
+                txn.put(
+                    "meta", MEMBERS_INDEXED, encode_record("ensemble_members_indexed", 1, {"at": time.time()})
+                )
+                break
+        after = rows[-1][0]
+    if indexed:
+        log.info("indexed the members of ensemble versions", extra={"ensembles": indexed})
+    return indexed

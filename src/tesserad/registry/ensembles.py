@@ -3,6 +3,14 @@
 The spec is the version's artifact (format "ensemble"). It is parsed here for both the
 registry (checked at registration: members exist, are not ensembles, share one signature)
 and the serving layer (which loads the members and combines their answers).
+
+A member is a version by number; an alias cannot name one (the spec refuses anything but a
+number), so an alias on a member moves or goes freely. The member versions themselves are
+pinned: the index tables `ENSEMBLE_MEMBERS` and `MEMBER_OF`, written in the ensemble
+version's own transaction, let a delete refuse a version (or a model) that an ensemble of
+another version uses, in the deleting transaction. Otherwise a deleted member broke the
+ensemble at its next load, and a model deleted and created again would number its versions
+from 1 and hand the ensemble unrelated artifacts.
 """
 
 from __future__ import annotations
@@ -13,14 +21,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tesserad.errors import InvalidArgument, NotFound
+from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound
 from tesserad.numbers import INT64_MAX
 from tesserad.registry.artifacts import signature_differences
 from tesserad.registry.records import Signature, VersionRecord
+from tesserad.registry.tables import ENSEMBLE_MEMBERS, MEMBER_OF
+from tesserad.store import ReadTxn, WriteTxn
 
 COMBINES = ("mean", "vote", "weighted_mean", "stacking")
 MAX_SPEC_BYTES = 1 << 20
 MAX_MEMBERS = 32
+# Ensembles named in one refused delete's message at most; the rest are counted.
+_NAMED_USERS = 10
 _FLOAT_DTYPES = ("float16", "float32", "float64")
 _KEYS = {"members", "combine", "weights", "stacking"}
 
@@ -198,3 +210,58 @@ def member_records(spec: EnsembleSpec, lookup: Callable[[str, int], VersionRecor
             )
         records.append(record)
     return records
+
+
+def index_members(txn: WriteTxn, ensemble: Member, spec: EnsembleSpec) -> None:
+    """Record that the ensemble version `ensemble` uses each member of `spec`."""
+    for member in spec.members:
+        txn.put(ENSEMBLE_MEMBERS, (ensemble.model, ensemble.version, member.model, member.version), b"")
+        txn.put(MEMBER_OF, (member.model, member.version, ensemble.model, ensemble.version), b"")
+
+
+def unindex_members(txn: WriteTxn, ensemble: Member) -> None:
+    """Forget the members of the ensemble version `ensemble` (nothing when it is not one)."""
+    prefix = (ensemble.model, ensemble.version)
+    for key, _ in txn.scan(ENSEMBLE_MEMBERS, prefix):
+        txn.delete(MEMBER_OF, (key[2], key[3], ensemble.model, ensemble.version))
+    txn.delete_range(ENSEMBLE_MEMBERS, prefix)
+
+
+def check_no_ensemble_uses_version(txn: ReadTxn, member: Member) -> None:
+    """FailedPrecondition naming the ensemble versions that use `member`, if any do."""
+    users = [Member(str(k[2]), int(k[3])) for k, _ in txn.scan(MEMBER_OF, (member.model, member.version))]
+    if not users:
+        return
+    those = "those ensemble versions" if len(users) > 1 else "that ensemble version"
+    raise FailedPrecondition(
+        f"version {member.version} of model {member.model!r} is a member of ensemble "
+        f"version{'s' if len(users) > 1 else ''} {_labels(users)}; delete {those} first (to "
+        f"replace one, register an ensemble version without {member.label} and move its aliases "
+        "and deployment there)"
+    )
+
+
+def check_no_other_ensemble_uses_model(txn: ReadTxn, model: str) -> None:
+    """FailedPrecondition naming the ensemble versions of models other than `model` that use any
+    of its versions, if any do (its own ensembles go with it)."""
+    uses: dict[Member, list[str]] = {}
+    for key, _ in txn.scan(MEMBER_OF, (model,)):
+        ensemble = Member(str(key[2]), int(key[3]))
+        if ensemble.model != model:
+            uses.setdefault(ensemble, []).append(Member(model, int(key[1])).label)
+    if not uses:
+        return
+    named = [
+        f"{ensemble.label} uses {' and '.join(members)}"
+        for ensemble, members in sorted(uses.items(), key=lambda item: (item[0].model, item[0].version))
+    ]
+    more = f" and {len(named) - _NAMED_USERS} more" if len(named) > _NAMED_USERS else ""
+    raise FailedPrecondition(
+        f"model {model!r} cannot be deleted while ensembles of other models use its versions: "
+        f"{', '.join(named[:_NAMED_USERS])}{more}; delete those ensemble versions (or their models) first"
+    )
+
+
+def _labels(members: list[Member]) -> str:
+    more = f" and {len(members) - _NAMED_USERS} more" if len(members) > _NAMED_USERS else ""
+    return ", ".join(m.label for m in members[:_NAMED_USERS]) + more

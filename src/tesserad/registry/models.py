@@ -10,6 +10,7 @@ from tesserad.errors import AlreadyExists, FailedPrecondition
 from tesserad.names import validate_name
 from tesserad.paging import Page, read_page
 from tesserad.registry.deployments import current_deployment
+from tesserad.registry.ensembles import check_no_other_ensemble_uses_model
 from tesserad.registry.records import ALIAS_KIND, MODEL_KIND, SCHEMA, ModelRecord, decode_version
 from tesserad.registry.tables import (
     ALIAS_EVENTS,
@@ -133,7 +134,8 @@ class Models:
 
     def delete_model(self, name: str, force: bool = False) -> int:
         """Delete a model and its versions; refused while aliases or a deployment point into it
-        (unless `force`), and always while an unfinished fine-tuning job starts from one of them."""
+        (unless `force`), and always while an unfinished fine-tuning job starts from one of them
+        or an ensemble version of another model uses one as a member."""
         validate_name("name", name)
         with self._store.write() as txn:
             model_data(txn, name)
@@ -145,6 +147,7 @@ class Models:
                 raise FailedPrecondition(
                     f"model {name!r} is in use by {' and '.join(uses)}; delete those first or pass force"
                 )
+            check_no_other_ensemble_uses_model(txn, name)
             freed: set[str] = set()
             deleted = 0
             for _key, raw in list(txn.scan(VERSIONS, (name,))):

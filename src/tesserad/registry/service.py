@@ -6,6 +6,9 @@ Guarantees:
   was. A version is recorded only after its artifact blob is complete and verified in the
   blob directory; a blob nothing records any more is deleted after the commit.
 - Version numbers count from 1 per model and are never reused, even after a delete.
+- An ensemble version pins its member versions: neither they nor their models can be deleted
+  while it exists (an ensemble's own model may go with it). Members are named by number, so
+  aliases pin nothing.
 - "latest" is reserved: it always resolves to the newest version and cannot be set.
 - Listeners (`add_listener`) are called with the model name after every commit that can
   change where an alias, "latest" or the deployment points (serving reacts by hot swap).
@@ -17,7 +20,7 @@ import logging
 from collections.abc import Callable
 
 from tesserad.registry.aliases import Aliases
-from tesserad.registry.backfill import backfill_version_counts
+from tesserad.registry.backfill import backfill_ensemble_members, backfill_version_counts
 from tesserad.registry.deployments import Deployments
 from tesserad.registry.models import Models
 from tesserad.registry.versions import DatasetCheck, Versions
@@ -41,6 +44,7 @@ class Registry:
     ) -> None:
         self.max_artifact_size = max_artifact_size
         backfill_version_counts(store)
+        backfill_ensemble_members(store, blobs)
         self._listeners: list[Callable[[str], None]] = []
         models = Models(store, blobs, self._notify)
         versions = Versions(

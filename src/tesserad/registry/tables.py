@@ -19,7 +19,12 @@ ALIASES = "model_aliases"
 ALIAS_EVENTS = "model_alias_events"
 DEPLOYMENTS = "deployments"
 DERIVED = "derived_versions"
-TABLES = [MODELS, VERSIONS, ALIASES, ALIAS_EVENTS, DEPLOYMENTS, DERIVED]
+# An ensemble version's members both ways, written and removed with the ensemble version:
+# (ensemble model, version, member model, version) and (member model, version, ensemble
+# model, version), so a delete finds the ensembles that use a version with one range scan.
+ENSEMBLE_MEMBERS = "ensemble_members"
+MEMBER_OF = "ensemble_member_of"
+TABLES = [MODELS, VERSIONS, ALIASES, ALIAS_EVENTS, DEPLOYMENTS, DERIVED, ENSEMBLE_MEMBERS, MEMBER_OF]
 
 LATEST = "latest"
 ANONYMOUS = "anonymous"

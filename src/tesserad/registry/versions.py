@@ -49,9 +49,13 @@ from tesserad.registry.artifacts import (
 from tesserad.registry.deployments import current_deployment, deployment_versions
 from tesserad.registry.ensembles import (
     MAX_SPEC_BYTES,
+    Member,
+    check_no_ensemble_uses_version,
     ensemble_signature,
+    index_members,
     member_records,
     parse_ensemble_spec,
+    unindex_members,
 )
 from tesserad.registry.records import (
     ARTIFACT_FORMATS,
@@ -175,6 +179,8 @@ def delete_version_rows(txn: WriteTxn, record: VersionRecord) -> str:
     if record.lineage.parent_version:
         parent = record.lineage.parent_model or record.model
         txn.delete(DERIVED, (parent, record.lineage.parent_version, record.model, record.version))
+    if record.format == "ensemble":
+        unindex_members(txn, Member(record.model, record.version))
     return record.sha256
 
 
@@ -562,6 +568,8 @@ class Versions:
                 hold_dataset(txn, ds.name, ds.version, holder(model, number))
             if lineage.parent_version:
                 txn.put(DERIVED, (lineage.parent_model or model, lineage.parent_version, model, number), b"")
+            if format == "ensemble":
+                index_members(txn, Member(model, number), ensemble)
             moved = move_alias(txn, fields, alias, number, actor, expected=None) if alias else None
             put_model_data(txn, fields)
             return replace(with_aliases(txn, record), alias_moved=moved)
@@ -663,8 +671,8 @@ class Versions:
     # -- deletes ---------------------------------------------------------------------------
 
     def delete_version(self, model: str, version: int) -> None:
-        """Refused while an alias, the current deployment or an unfinished fine-tuning job
-        (its init_from) uses the version."""
+        """Refused while an alias, the current deployment, an ensemble version (as a member)
+        or an unfinished fine-tuning job (its init_from) uses the version."""
         validate_name("model", model)
         with self._store.write() as txn:
             record = version_record(txn, model, version)
@@ -678,6 +686,7 @@ class Versions:
                     "move those to another version first"
                 )
             check_not_fine_tuned_from(txn, record)
+            check_no_ensemble_uses_version(txn, Member(model, version))
             sha256 = delete_version_rows(txn, record)
             fields = model_data(txn, model)
             fields["version_count"] = int(fields["version_count"]) - 1
