@@ -110,7 +110,8 @@ class Models(Part[C]):
     @call
     def delete(self, name: str, force: bool = False) -> Op[int]:
         """Delete a model with all its versions; returns how many versions went. `force` also
-        removes aliases and deployments that point into it."""
+        removes aliases and deployments that point into it. FailedPrecondition, force or not,
+        while an ensemble version of another model has one of its versions as a member."""
         request = pb.DeleteModelRequest(name=name, force=force)
         return Op(S, "DeleteModel", request, lambda response: response.deleted_versions)
 
@@ -282,7 +283,8 @@ class Models(Part[C]):
 
     @call
     def delete_version(self, name: str, version: int) -> Op[None]:
-        """Delete one version (FailedPrecondition while an alias or deployment uses it)."""
+        """Delete one version (FailedPrecondition while an alias, a deployment or an ensemble
+        version, as a member, uses it)."""
         request = pb.DeleteVersionRequest(model=name, version=version_number("version", version))
         return Op(S, "DeleteVersion", request, lambda _: None)
 

@@ -377,7 +377,8 @@ class DeleteModelRequest(_message.Message):
     name: _builtins.str
     force: _builtins.bool
     """Delete even if aliases or a deployment point into the model (they are removed too). Never
-    while an unfinished fine-tuning job starts from one of its versions: cancel it first.
+    while an unfinished fine-tuning job starts from one of its versions (cancel it first), nor
+    while an ensemble version of another model has one as a member (delete that one first).
     """
     def __init__(
         self,

@@ -190,7 +190,8 @@ class RegistryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteModel(self, request, context):
-        """FAILED_PRECONDITION while an alias or a deployment points into the model, unless force.
+        """FAILED_PRECONDITION while an alias or a deployment points into the model, unless force;
+        always while an ensemble version of another model has one of its versions as a member.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -251,7 +252,8 @@ class RegistryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteVersion(self, request, context):
-        """FAILED_PRECONDITION while an alias or a deployment uses the version.
+        """FAILED_PRECONDITION while an alias, a deployment or an ensemble version (as a member) uses
+        the version.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -39,7 +39,9 @@ class RegistryStub:
     ListModels: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListModelsRequest, _registry_pb2.ListModelsResponse]
     UpdateModel: _grpc.UnaryUnaryMultiCallable[_registry_pb2.UpdateModelRequest, _registry_pb2.Model]
     DeleteModel: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeleteModelRequest, _registry_pb2.DeleteModelResponse]
-    """FAILED_PRECONDITION while an alias or a deployment points into the model, unless force."""
+    """FAILED_PRECONDITION while an alias or a deployment points into the model, unless force;
+    always while an ensemble version of another model has one of its versions as a member.
+    """
     UploadVersion: _grpc.StreamUnaryMultiCallable[_registry_pb2.UploadVersionRequest, _registry_pb2.ModelVersion]
     """Versions. UploadVersion is a client stream: first a header, then the artifact in chunks
     (any size up to the daemon's limit; 1 MiB chunks work well). The version is numbered and
@@ -68,7 +70,9 @@ class RegistryStub:
     ListVersions: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListVersionsRequest, _registry_pb2.ListVersionsResponse]
     """Newest first."""
     DeleteVersion: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeleteVersionRequest, _registry_pb2.DeleteVersionResponse]
-    """FAILED_PRECONDITION while an alias or a deployment uses the version."""
+    """FAILED_PRECONDITION while an alias, a deployment or an ensemble version (as a member) uses
+    the version.
+    """
     SetAlias: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SetAliasRequest, _registry_pb2.Alias]
     """Aliases: set (create or move), resolve, list, delete; every move is kept in an audit log.
     "latest" is reserved: it always resolves to the newest version and cannot be set. Names that
@@ -123,7 +127,9 @@ class RegistryAsyncStub(RegistryStub):
     ListModels: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListModelsRequest, _registry_pb2.ListModelsResponse]  # type: ignore[assignment]
     UpdateModel: _aio.UnaryUnaryMultiCallable[_registry_pb2.UpdateModelRequest, _registry_pb2.Model]  # type: ignore[assignment]
     DeleteModel: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeleteModelRequest, _registry_pb2.DeleteModelResponse]  # type: ignore[assignment]
-    """FAILED_PRECONDITION while an alias or a deployment points into the model, unless force."""
+    """FAILED_PRECONDITION while an alias or a deployment points into the model, unless force;
+    always while an ensemble version of another model has one of its versions as a member.
+    """
     UploadVersion: _aio.StreamUnaryMultiCallable[_registry_pb2.UploadVersionRequest, _registry_pb2.ModelVersion]  # type: ignore[assignment]
     """Versions. UploadVersion is a client stream: first a header, then the artifact in chunks
     (any size up to the daemon's limit; 1 MiB chunks work well). The version is numbered and
@@ -152,7 +158,9 @@ class RegistryAsyncStub(RegistryStub):
     ListVersions: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListVersionsRequest, _registry_pb2.ListVersionsResponse]  # type: ignore[assignment]
     """Newest first."""
     DeleteVersion: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeleteVersionRequest, _registry_pb2.DeleteVersionResponse]  # type: ignore[assignment]
-    """FAILED_PRECONDITION while an alias or a deployment uses the version."""
+    """FAILED_PRECONDITION while an alias, a deployment or an ensemble version (as a member) uses
+    the version.
+    """
     SetAlias: _aio.UnaryUnaryMultiCallable[_registry_pb2.SetAliasRequest, _registry_pb2.Alias]  # type: ignore[assignment]
     """Aliases: set (create or move), resolve, list, delete; every move is kept in an audit log.
     "latest" is reserved: it always resolves to the newest version and cannot be set. Names that
@@ -234,7 +242,9 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.DeleteModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.DeleteModelResponse, _abc.Awaitable[_registry_pb2.DeleteModelResponse]]:
-        """FAILED_PRECONDITION while an alias or a deployment points into the model, unless force."""
+        """FAILED_PRECONDITION while an alias or a deployment points into the model, unless force;
+        always while an ensemble version of another model has one of its versions as a member.
+        """
 
     @_abc_1.abstractmethod
     def UploadVersion(
@@ -305,7 +315,9 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.DeleteVersionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.DeleteVersionResponse, _abc.Awaitable[_registry_pb2.DeleteVersionResponse]]:
-        """FAILED_PRECONDITION while an alias or a deployment uses the version."""
+        """FAILED_PRECONDITION while an alias, a deployment or an ensemble version (as a member) uses
+        the version.
+        """
 
     @_abc_1.abstractmethod
     def SetAlias(
