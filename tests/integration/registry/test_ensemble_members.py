@@ -172,3 +172,26 @@ def test_a_store_from_before_the_index_is_indexed_at_start(data_dir, weights):
     finally:
         second.stop()
     assert index_rows(data_dir / "store") == (2, 2)
+
+
+def test_an_unreadable_spec_does_not_stop_the_index_at_start(data_dir, weights, caplog):
+    first = InProcessDaemon(daemon_settings(data_dir)).start()
+    try:
+        stub = registry_pb2_grpc.RegistryStub(first.channel())
+        members_ab(stub, weights)
+        lost = register_ensemble(stub, "lost", ["b:1", "a:1"])  # a spec (a blob) of its own
+        register_ensemble(stub, "ens", ["a:1", "b:1"])
+    finally:
+        first.stop()
+    drop_index(data_dir / "store")
+    (data_dir / "blobs" / "sha256" / lost.sha256[:2] / lost.sha256[2:]).unlink()
+
+    second = InProcessDaemon(daemon_settings(data_dir)).start()
+    try:
+        stub = registry_pb2_grpc.RegistryStub(second.channel())
+        error = rpc_error(delete_version, stub, "a", 1)
+        assert "is a member of ensemble version ens:1;" in error.details()  # lost:1 pins nothing
+    finally:
+        second.stop()
+    warned = [r for r in caplog.records if "spec cannot be read" in r.getMessage()]
+    assert [r.__dict__["ensemble"] for r in warned] == ["lost:1"]
