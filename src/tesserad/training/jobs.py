@@ -804,7 +804,23 @@ class Jobs:
         self._finish(job, "succeeded", "finished")
 
     def _interrupted_by_shutdown(self, job: JobRecord) -> None:
-        """End an attempt the daemon's shutdown stopped: the next start resumes the job."""
+        """End an attempt the daemon's shutdown stopped: the next start resumes the job, or ends
+        it CANCELLED when its cancel was accepted (`start`)."""
+        if self._cancel_requested.get(job.job_id, job.cancel_requested_at) is not None:
+            self._set_state(
+                job,
+                "interrupted",
+                "tesserad is shutting down while the job's cancel waits; it ends CANCELLED when "
+                "tesserad starts again",
+                ends=True,
+                also=self._run_status(job, "interrupted"),
+            )
+            log.info(
+                "job stopped by the shutdown while its cancel waited; it ends CANCELLED when tesserad "
+                "starts again",
+                extra={"job_id": job.job_id, "attempt": job.attempt},
+            )
+            return
         job = self._set_state(
             job,
             "interrupted",

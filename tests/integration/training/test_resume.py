@@ -224,6 +224,53 @@ def test_a_running_job_cancelled_just_before_a_sigkill_ends_cancelled_at_the_nex
     assert (tmp_path / "blobs" / "sha256" / sha256[:2] / sha256[2:]).is_file()
 
 
+def test_a_daemon_stopped_gracefully_while_a_cancel_waits_says_the_job_ends_cancelled_at_the_next_start(
+    spawn_daemon: Any, tmp_path: Path
+) -> None:
+    daemon, channel = _start(spawn_daemon, tmp_path, LONG_GRACE)
+    upload_standard_datasets(channel)
+    training = training_pb2_grpc.TrainingStub(channel)
+    job = training.SubmitJob(S.SubmitJobRequest(spec=job_spec("mlp", epochs=0, max_steps=1_000_000)))
+    for event in training.WatchJob(S.WatchJobRequest(job_id=job.job_id), timeout=120):
+        if event.WhichOneof("event") == "step":
+            break
+    # Stopped, the worker cannot act on the cancel: the SIGTERM comes within its grace period.
+    # (Only the worker: the fork server that started it reaps it at the shutdown.)
+    workers = [
+        child
+        for child in psutil.Process(daemon.process.pid).children(recursive=True)
+        if "forkserver" in " ".join(child.parent().cmdline())
+    ]
+    for worker in workers:
+        worker.send_signal(signal.SIGSTOP)
+    assert training.CancelJob(S.CancelJobRequest(job_id=job.job_id)).state == S.JOB_STATE_RUNNING
+    daemon.terminate()
+    daemon.output()
+    channel.close()
+    for worker in workers:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            worker.kill()
+    stopped = _logged(
+        daemon,
+        "job stopped by the shutdown while its cancel waited; it ends CANCELLED when tesserad starts again",
+    )
+    assert (stopped["job_id"], stopped["attempt"]) == (job.job_id, 1)
+
+    _, channel = _start(spawn_daemon, tmp_path, LONG_GRACE)
+    training = training_pb2_grpc.TrainingStub(channel)
+    events = list(training.WatchJob(S.WatchJobRequest(job_id=job.job_id), timeout=120))
+    assert states(events) == [
+        S.JOB_STATE_QUEUED,
+        S.JOB_STATE_RUNNING,
+        S.JOB_STATE_INTERRUPTED,
+        S.JOB_STATE_CANCELLED,
+    ]
+    assert of_kind(events, "state")[2].reason == (
+        "tesserad is shutting down while the job's cancel waits; it ends CANCELLED when tesserad starts again"
+    )
+    channel.close()
+
+
 def test_a_queued_job_cancelled_before_a_sigkill_stays_cancelled(spawn_daemon: Any, tmp_path: Path) -> None:
     daemon, channel = _start(spawn_daemon, tmp_path)
     upload_standard_datasets(channel)
