@@ -43,7 +43,11 @@ def check_space(parameters: list[SweepParameter]) -> None:
         if p.values is not None and not p.values:
             raise InvalidArgument(f"{where}.values: list at least one value")
         if p.values is None:
-            if not (math.isfinite(p.low) and math.isfinite(p.high)) or p.low > p.high:
+            if not (math.isfinite(p.low) and math.isfinite(p.high)):
+                raise InvalidArgument(
+                    f"{where}.range: min and max must be finite numbers, got {p.low} and {p.high}"
+                )
+            if p.low > p.high:
                 raise InvalidArgument(f"{where}.range: need min <= max, got {p.low} and {p.high}")
             if p.log_scale and p.low <= 0:
                 raise InvalidArgument(f"{where}.range: a log-scale range needs min > 0")

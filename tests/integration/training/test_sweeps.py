@@ -86,6 +86,17 @@ def test_asha_prunes_trials_that_trail_at_a_rung(training: training_pb2_grpc.Tra
             lambda s: s.parameters.add(path="epochs", range=S.SweepRange(min=1, max=3)),
             "a grid sweep needs explicit values",
         ),
+        (
+            lambda s: s.parameters.add(path="optimizer.weight_decay", values=S.SweepValues(values=["nan"])),
+            "spec.optimizer.weight_decay: must be a finite number >= 0, got nan",
+        ),
+        (
+            lambda s: (
+                setattr(s, "strategy", S.SWEEP_STRATEGY_RANDOM),
+                s.parameters.add(path="optimizer.weight_decay", range=S.SweepRange(min=0, max=float("inf"))),
+            ),
+            "parameters[1].range: min and max must be finite numbers, got 0.0 and inf",
+        ),
         (lambda s: setattr(s, "metric", "val_f1"), "spec.metric: trial 0 reports"),
         (
             lambda s: s.parameters.add(
