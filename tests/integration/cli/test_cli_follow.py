@@ -3,8 +3,20 @@ once, in words, and the worker's text as it is; and what Ctrl-C while following 
 
 from __future__ import annotations
 
+import io
+import socket
+import threading
+import time
+
+import grpc
+from rich.console import Console
+
+import tessera
 import tessera.follow
 import tessera.sweep_commands
+from tessera.cli import main
+from tessera.messages import load_toml
+from tests.integration.training.conftest import upload_standard_datasets
 
 
 def test_the_demo_says_each_state_once(tessera_cli):
@@ -27,6 +39,22 @@ data = { dataset = "table" }
 
 [architecture]
 input_shape = [4]
+output_size = 2
+mlp = { hidden_sizes = [8] }
+"""
+
+# About 10 s of training on one CPU slot: it is running when the daemon is killed.
+RESTART_JOB_SPEC = """\
+experiment = "cli-follow"
+task = "classification"
+epochs = 10
+batch_size = 1
+log_every_n_steps = 72
+data = { dataset = "flat", val_split = "val" }
+optimizer = { name = "adam", lr = 0.01 }
+
+[architecture]
+input_shape = [6]
 output_size = 2
 mlp = { hidden_sizes = [8] }
 """
@@ -84,3 +112,40 @@ def test_ctrl_c_while_following_a_sweep_says_how_to_follow_or_stop_it(
     assert f"stopped following sweep {sweep_id}, which goes on" in result.err
     assert f"`tessera sweeps show {sweep_id} --follow`" in result.err
     assert f"`tessera sweeps cancel {sweep_id}`" in result.err
+
+
+def test_following_a_job_outlasts_a_daemon_restart(spawn_daemon, tmp_path, capsys):
+    # The job resumes after a SIGKILL of the daemon; its follower gave up with UNAVAILABLE after
+    # the SDK's 5 reconnects (about 2 s), where a sweep's follower waits up to 2 minutes.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    args = ["--listen", f"127.0.0.1:{port}", "--metrics-listen", "off", "--data-dir", str(tmp_path / "data")]
+    daemon = spawn_daemon(*args)
+    address = daemon.wait_serving()
+    channel = grpc.insecure_channel(address)
+    upload_standard_datasets(channel)
+    spec = tmp_path / "job.toml"
+    spec.write_text(RESTART_JOB_SPEC)
+    with tessera.Client(address) as sdk:
+        job_id = sdk.training.submit(load_toml(spec)).id
+    screen = io.StringIO()
+    result: list[int] = []
+    follower = threading.Thread(
+        target=lambda: result.append(
+            main(["--target", address, "jobs", "watch", job_id], console=Console(file=screen))
+        )
+    )
+    follower.start()
+    # Killed once the follower has shown the job running.
+    while "started" not in screen.getvalue():
+        assert follower.is_alive()
+        time.sleep(0.05)
+    daemon.kill()
+    channel.close()
+    # Longer than the SDK's reconnects take, as a restart of a busy daemon may be.
+    time.sleep(5)
+    spawn_daemon(*args).wait_serving()
+    follower.join(timeout=300)
+    assert result == [0], capsys.readouterr().err
+    assert "succeeded" in screen.getvalue() and "interrupted" in screen.getvalue()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from rich.console import Console
@@ -11,7 +11,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from tessera.errors import StoppedFollowing
+from tessera.errors import StoppedFollowing, Unavailable
 from tessera.events import (
     EpochMetrics,
     JobError,
@@ -27,6 +27,46 @@ from tessera.json_output import dumps, message_to_plain
 from tessera.plot import line_plot
 from tessera.training import Job
 from tessera.transport import Connection
+
+# How long a follower (of a job or a sweep) goes on asking a daemon that does not answer (one
+# restarting) before it gives up: a restart ends neither jobs nor sweeps.
+UNAVAILABLE_FOR_S = 120.0
+# Between asks while it does not answer.
+_ASK_AGAIN_S = 1.0
+
+
+class Outage:
+    """How long the daemon has not answered a follower, counted from the first failure since it last did."""
+
+    def __init__(self) -> None:
+        self._since: float | None = None
+
+    def answered(self) -> None:
+        self._since = None
+
+    def wait(self, error: Unavailable) -> None:
+        """Pause before asking again; re-raise `error` once the daemon has not answered for UNAVAILABLE_FOR_S."""
+        now = time.monotonic()
+        if self._since is None:
+            self._since = now
+        if now - self._since >= UNAVAILABLE_FOR_S:
+            raise error
+        time.sleep(_ASK_AGAIN_S)
+
+
+def events_outlasting_restarts(job: Job[Connection], from_seq: int) -> Iterator[JobEvent]:
+    """The job's events from `from_seq` until it ends, watched again from the next one while the
+    daemon is unavailable (the SDK's reconnects span seconds, a restart may take longer)."""
+    outage = Outage()
+    while True:
+        try:
+            for event in job.watch(from_seq=from_seq):
+                outage.answered()
+                from_seq = event.seq + 1
+                yield event
+            return
+        except Unavailable as error:
+            outage.wait(error)
 
 
 @dataclass
@@ -81,13 +121,13 @@ def _follow(job: Job[Connection], console: Console, as_json: bool, from_seq: int
     started = time.monotonic()
     curves = Curves()
     if as_json:
-        for event in job.watch(from_seq=from_seq):
+        for event in events_outlasting_restarts(job, from_seq):
             curves.add(event)
             print(event_json(event), flush=True)
         job.refresh()
         print(dumps({"kind": "Job", **message_to_plain(job.info)}))
         return job
-    _live(job.watch(from_seq=from_seq), curves, console)
+    _live(events_outlasting_restarts(job, from_seq), curves, console)
     job.refresh()
     console.print(summary_table(job, curves, time.monotonic() - started))
     plot = line_plot({"train_loss": curves.train_loss, "val_loss": curves.val_loss})

@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tessera.errors import JobFailed, StoppedFollowing, Unavailable
+from tessera.follow import Outage
 from tessera.messages import load_toml
 from tessera.plot import line_plot
 from tessera.v1 import job_spec_pb2, training_pb2
@@ -23,8 +24,6 @@ if TYPE_CHECKING:
     from tessera.client import Client
 
 POLL_S = 1.0
-# How long a follow goes on polling a daemon that does not answer (one restarting) before it gives up.
-UNAVAILABLE_FOR_S = 120.0
 S = training_pb2
 
 
@@ -151,18 +150,16 @@ def print_result(sweep: training_pb2.Sweep, out: Output) -> None:
 
 
 def outlasting_restarts(get: Callable[[], training_pb2.Sweep]) -> Callable[[], training_pb2.Sweep]:
-    """`get`, polled again while the daemon is unavailable, for up to UNAVAILABLE_FOR_S: a sweep
-    goes on after a restart of the daemon, and so does following it."""
+    """`get`, asked again while the daemon is unavailable, as a job's follower does (`Outage`):
+    a sweep goes on after a restart of the daemon, and so does following it."""
 
     def poll() -> training_pb2.Sweep:
-        gone_since = time.monotonic()
+        outage = Outage()
         while True:
             try:
                 return get()
-            except Unavailable:
-                if time.monotonic() - gone_since >= UNAVAILABLE_FOR_S:
-                    raise
-                time.sleep(POLL_S)
+            except Unavailable as error:
+                outage.wait(error)
 
     return poll
 
