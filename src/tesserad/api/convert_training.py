@@ -386,6 +386,7 @@ def sweep_to_proto(sweep: Sweep) -> pb.Sweep:
                 generation=t.generation,
                 parent_job_id=t.parent_job_id,
                 exploited=t.exploited,
+                error=t.error,
             )
             for t in sweep.trials
         ],

@@ -105,6 +105,7 @@ class Trial:
     exploited: bool = False  # PBT: it copied a better trial's weights, not its own slot's
     start_checkpoint: str = ""  # PBT: the sha256 of the checkpoint it starts from
     sampler_attrs: dict[str, Any] = field(default_factory=dict)  # the model-based searcher's notes
+    error: str = ""  # why its job could not be submitted
 
 
 @dataclass
@@ -672,7 +673,7 @@ class Sweeps:
                 "a sweep trial could not start",
                 extra={"sweep_id": sweep.sweep_id, "trial": trial.number, "error": exc.message},
             )
-            trial.state = "failed"
+            trial.state, trial.error = "failed", exc.message
             return
         trial.job_id, trial.state = job.job_id, job.state
 

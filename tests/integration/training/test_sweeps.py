@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 
 import grpc
+import numpy as np
 import pytest
 
-from tessera.v1 import training_pb2, training_pb2_grpc
-from tests.integration.training.conftest import job_spec, sweep_values, wait_sweep
+from tessera.v1 import datasets_pb2, datasets_pb2_grpc, training_pb2, training_pb2_grpc
+from tests.integration.training.conftest import job_spec, sweep_values, upload_dataset, wait_sweep
 
 S = training_pb2
 
@@ -233,3 +234,34 @@ def test_a_running_trial_is_shown_running(training: training_pb2_grpc.TrainingSt
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert training.GetJob(S.GetJobRequest(job_id=job.job_id)).state == S.JOB_STATE_CANCELLED
+
+
+def test_a_trial_that_could_not_start_says_why(
+    training_daemon, training: training_pb2_grpc.TrainingStub
+) -> None:
+    channel = training_daemon.channel()
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(48, 6)).astype(np.float32)
+    upload_dataset(channel, "sweep-gone", {"x": x, "y": (x[:, 0] > 0).astype(np.int64)})
+    base = job_spec("mlp", epochs=0, max_steps=1_000_000)
+    base.data.dataset.name = "sweep-gone"
+    spec = S.SweepSpec(
+        base=base,
+        strategy=S.SWEEP_STRATEGY_GRID,
+        parameters=[sweep_values("seed", "1", "2")],
+        max_concurrent=1,
+        metric="train_loss",
+    )
+    sweep = training.SubmitSweep(S.SubmitSweepRequest(spec=spec))
+    first = sweep.trials[0].job_id
+    # Gone before the second trial's turn: its job cannot be submitted.
+    datasets_pb2_grpc.DatasetsStub(channel).DeleteDataset(
+        datasets_pb2.DeleteDatasetRequest(name="sweep-gone", force=True)
+    )
+    training.CancelJob(S.CancelJobRequest(job_id=first))
+    ended = wait_sweep(training, sweep.sweep_id)
+    assert ended.state == S.SWEEP_STATE_FAILED
+    second = ended.trials[1]
+    assert (second.job_id, second.state) == ("", S.JOB_STATE_FAILED)
+    assert "dataset 'sweep-gone'" in second.error
+    assert ended.trials[0].error == ""

@@ -105,7 +105,7 @@ def trials_table(sweep: training_pb2.Sweep) -> Table:
     table = Table(
         title=f"sweep {sweep.sweep_id} ({strategy_name(sweep.spec)}): {sweep_state(sweep)}, "
         f"{done} trials done{limit}",
-        caption=f"best {sweep.spec.metric}: {_best_text(sweep)}",
+        caption="\n".join([f"best {sweep.spec.metric}: {_best_text(sweep)}", *problems(sweep)]),
     )
     rows = trial_rows(sweep)
     columns = ["#", "state", sweep.spec.metric, "params", "lineage", "job"]
@@ -118,6 +118,11 @@ def trials_table(sweep: training_pb2.Sweep) -> Table:
 
 
 _ENDED = {S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLED}
+
+
+def problems(sweep: training_pb2.Sweep) -> list[str]:
+    """Why trials could not start, in words."""
+    return [f"trial {t.number} failed to start: {t.error}" for t in sweep.trials if t.error]
 
 
 def _best_text(sweep: training_pb2.Sweep) -> str:

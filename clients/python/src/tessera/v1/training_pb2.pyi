@@ -2036,6 +2036,7 @@ class SweepTrial(_message.Message):
     GENERATION_FIELD_NUMBER: _builtins.int
     PARENT_JOB_ID_FIELD_NUMBER: _builtins.int
     EXPLOITED_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     state: Global___JobState.ValueType
     metric: _builtins.float
@@ -2053,6 +2054,8 @@ class SweepTrial(_message.Message):
     parent_job_id: _builtins.str
     exploited: _builtins.bool
     """PBT: it copied a better trial (exploit), not its own slot's."""
+    error: _builtins.str
+    """Why its job could not be submitted (then job_id is empty and state FAILED); empty otherwise."""
     @_builtins.property
     def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
@@ -2070,10 +2073,11 @@ class SweepTrial(_message.Message):
         generation: _builtins.int = ...,
         parent_job_id: _builtins.str = ...,
         exploited: _builtins.bool = ...,
+        error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bracket", b"bracket", "exploited", b"exploited", "generation", b"generation", "has_metric", b"has_metric", "job_id", b"job_id", "metric", b"metric", "number", b"number", "params", b"params", "parent_job_id", b"parent_job_id", "pruned", b"pruned", "pruned_at_epoch", b"pruned_at_epoch", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bracket", b"bracket", "error", b"error", "exploited", b"exploited", "generation", b"generation", "has_metric", b"has_metric", "job_id", b"job_id", "metric", b"metric", "number", b"number", "params", b"params", "parent_job_id", b"parent_job_id", "pruned", b"pruned", "pruned_at_epoch", b"pruned_at_epoch", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
