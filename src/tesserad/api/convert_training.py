@@ -390,6 +390,7 @@ def sweep_to_proto(sweep: Sweep) -> pb.Sweep:
             )
             for t in sweep.trials
         ],
+        error=sweep.error,
     )
     json_format.ParseDict(sweep.document, message.spec, ignore_unknown_fields=True)
     return message

@@ -131,6 +131,7 @@ class Sweep:
     seed: int = 0
     pbt: PbtSettings | None = None
     brackets: list[int] = field(default_factory=list)  # Hyperband: trials per bracket in a round
+    error: str = ""  # why it stopped starting trials before its search was done (it ends failed)
 
     @property
     def searcher(self) -> str:
@@ -565,10 +566,16 @@ class Sweeps:
         for trial in sweep.trials:
             if trial.job_id and trial.state not in ENDED:
                 self._settle(sweep, trial, self._jobs.get(trial.job_id))
-        if sweep.state == "running":
+        if sweep.state == "running" and not sweep.error:
             active = sum(1 for t in sweep.trials if t.job_id and t.state not in ENDED)
             while active < sweep.max_concurrent:
-                following = self._next_trial(sweep)
+                try:
+                    following = self._next_trial(sweep)
+                except Exception as exc:
+                    # Raised here, it would reach only the job listener's log, and leave the
+                    # sweep RUNNING with nothing to start: it ends FAILED once its trials have.
+                    sweep.error = self._draw_error(sweep, exc)
+                    break
                 if following is None:
                     break
                 self._start(sweep, following)
@@ -576,13 +583,22 @@ class Sweeps:
         if all(t.state in ENDED for t in sweep.trials):
             if sweep.state == "running":
                 succeeded = any(t.state == "succeeded" or t.pruned for t in sweep.trials)
-                sweep.state = "succeeded" if succeeded else "failed"
+                sweep.state = "succeeded" if succeeded and not sweep.error else "failed"
             self._running.pop(sweep.sweep_id, None)
         scored = [t for t in sweep.trials if t.has_metric]
         if scored:
             pick = min if sweep.mode == "min" else max
             sweep.best_job_id = pick(scored, key=lambda t: t.metric).job_id
         self._save(sweep)
+
+    @staticmethod
+    def _draw_error(sweep: Sweep, exc: Exception) -> str:
+        where = f"could not draw trial {len(sweep.trials)}"
+        if isinstance(exc, TesseraError):
+            log.warning(where, extra={"sweep_id": sweep.sweep_id, "error": exc.message})
+            return f"{where}: {exc.message}"
+        log.exception(where, extra={"sweep_id": sweep.sweep_id})
+        return f"{where}: an internal error; the daemon's log has it under sweep {sweep.sweep_id}"
 
     def _next_trial(self, sweep: Sweep) -> Trial | None:
         """The next trial to start: a planned one, or one the searcher draws now (written to the
@@ -704,6 +720,7 @@ def encode_sweep(sweep: Sweep) -> bytes:
         "seed": sweep.seed,
         "pbt": asdict(sweep.pbt) if sweep.pbt else None,
         "brackets": sweep.brackets,
+        "error": sweep.error,
     }
     return encode_record(KIND, SCHEMA, data)
 
@@ -736,4 +753,5 @@ def decode_sweep(raw: bytes) -> Sweep:
         seed=data.get("seed", 0),
         pbt=PbtSettings(**pbt) if pbt else None,
         brackets=data.get("brackets", []),
+        error=data.get("error", ""),
     )

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import grpc
 import numpy as np
 import pytest
 
 from tessera.v1 import datasets_pb2, datasets_pb2_grpc, training_pb2, training_pb2_grpc
+from tesserad.errors import InvalidArgument
+from tesserad.training import sweeps
 from tests.integration.training.conftest import job_spec, sweep_values, upload_dataset, wait_sweep
 
 S = training_pb2
@@ -265,3 +268,43 @@ def test_a_trial_that_could_not_start_says_why(
     assert (second.job_id, second.state) == ("", S.JOB_STATE_FAILED)
     assert "dataset 'sweep-gone'" in second.error
     assert ended.trials[0].error == ""
+
+
+@pytest.mark.parametrize(
+    ("raised", "words"),
+    [
+        (InvalidArgument("spec.epochs: boom"), "could not draw trial 1: spec.epochs: boom"),
+        (
+            RuntimeError("boom"),
+            "could not draw trial 1: an internal error; the daemon's log has it under sweep",
+        ),
+    ],
+)
+def test_a_trial_that_cannot_be_drawn_ends_the_sweep_failed_saying_why(
+    raised: Exception, words: str, training: training_pb2_grpc.TrainingStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No spec is known to make a drawn trial fail to build once the sweep's checks passed: the
+    # searcher is made to fail as the first trial's job ends, in the job-end callback.
+    drawn: list[int] = []
+    suggest = sweeps.suggest
+
+    def failing_after_one(*args: Any, **kwargs: Any) -> Any:
+        drawn.append(1)
+        if len(drawn) > 1:
+            raise raised
+        return suggest(*args, **kwargs)
+
+    monkeypatch.setattr("tesserad.training.sweeps.suggest", failing_after_one)
+    spec = S.SweepSpec(
+        base=job_spec("mlp", epochs=1),
+        strategy=S.SWEEP_STRATEGY_TPE,
+        parameters=[S.SweepParameter(path="optimizer.lr", range=S.SweepRange(min=0.001, max=0.1))],
+        max_trials=3,
+        max_concurrent=1,
+        metric="val_loss",
+    )
+    sweep = wait_sweep(training, training.SubmitSweep(S.SubmitSweepRequest(spec=spec)).sweep_id, timeout_s=60)
+    assert sweep.state == S.SWEEP_STATE_FAILED
+    assert words in sweep.error
+    assert [t.state for t in sweep.trials] == [S.JOB_STATE_SUCCEEDED]
+    assert sweep.best_job_id == sweep.trials[0].job_id

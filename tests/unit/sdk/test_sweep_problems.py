@@ -1,12 +1,14 @@
-"""`tessera sweeps show`: why a trial could not start."""
+"""`tessera sweeps show`: why a trial could not start, and why a sweep stopped starting trials."""
 
 from __future__ import annotations
 
 import io
 
+import pytest
 from rich.console import Console
 
-from tessera.sweep_commands import trials_table
+from tessera.errors import JobFailed
+from tessera.sweep_commands import finish, trials_table
 from tessera.v1 import training_pb2 as S
 
 
@@ -32,3 +34,16 @@ def test_the_trials_table_says_why_a_trial_failed_to_start():
 def test_a_sweep_without_problems_shows_only_its_best():
     sweep = S.Sweep(sweep_id="sweep-1", state=S.SWEEP_STATE_RUNNING, spec=S.SweepSpec(metric="val_loss"))
     assert "failed to start" not in shown(sweep)
+
+
+def test_a_sweep_that_stopped_starting_trials_says_why_in_its_table_and_its_failure():
+    sweep = S.Sweep(
+        sweep_id="sweep-1",
+        state=S.SWEEP_STATE_FAILED,
+        spec=S.SweepSpec(metric="val_loss"),
+        trials=[S.SweepTrial(number=0, job_id="job-1", state=S.JOB_STATE_SUCCEEDED)],
+        error="could not draw trial 1: boom",
+    )
+    assert "the sweep stopped starting trials: could not draw trial 1: boom" in shown(sweep)
+    with pytest.raises(JobFailed, match="sweep sweep-1 ended FAILED: could not draw trial 1: boom"):
+        finish(sweep)

@@ -121,8 +121,11 @@ _ENDED = {S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLED}
 
 
 def problems(sweep: training_pb2.Sweep) -> list[str]:
-    """Why trials could not start, in words."""
-    return [f"trial {t.number} failed to start: {t.error}" for t in sweep.trials if t.error]
+    """Why trials could not start, and why the sweep stopped starting them, in words."""
+    lines = [f"trial {t.number} failed to start: {t.error}" for t in sweep.trials if t.error]
+    if sweep.error:
+        lines.append(f"the sweep stopped starting trials: {sweep.error}")
+    return lines
 
 
 def _best_text(sweep: training_pb2.Sweep) -> str:
@@ -219,7 +222,8 @@ def follow_sweep(client: Client, sweep_id: str, out: Output) -> training_pb2.Swe
 def finish(sweep: training_pb2.Sweep) -> None:
     """A followed sweep that did not succeed makes the command fail."""
     if sweep.state != S.SWEEP_STATE_SUCCEEDED:
-        raise JobFailed(sweep, f"sweep {sweep.sweep_id} ended {sweep_state(sweep).upper()}")
+        why = f": {sweep.error}" if sweep.error else ""
+        raise JobFailed(sweep, f"sweep {sweep.sweep_id} ended {sweep_state(sweep).upper()}{why}")
 
 
 def cmd_sweeps_ls(client: Client, args: argparse.Namespace, out: Output) -> None:

@@ -2093,9 +2093,12 @@ class Sweep(_message.Message):
     TRIALS_FIELD_NUMBER: _builtins.int
     BEST_JOB_ID_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
     sweep_id: _builtins.str
     state: Global___SweepState.ValueType
     best_job_id: _builtins.str
+    error: _builtins.str
+    """Why the sweep stopped starting trials before its search was done (it then ends FAILED); empty otherwise."""
     @_builtins.property
     def spec(self) -> Global___SweepSpec: ...
     @_builtins.property
@@ -2111,10 +2114,11 @@ class Sweep(_message.Message):
         trials: _abc.Iterable[Global___SweepTrial] | None = ...,
         best_job_id: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_job_id", b"best_job_id", "created_at", b"created_at", "spec", b"spec", "state", b"state", "sweep_id", b"sweep_id", "trials", b"trials"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_job_id", b"best_job_id", "created_at", b"created_at", "error", b"error", "spec", b"spec", "state", b"state", "sweep_id", b"sweep_id", "trials", b"trials"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
