@@ -19,11 +19,11 @@ for a CUDA job, and any custom resources of spec.devices.ray_resources.
 The job stays QUEUED until Ray has placed every process; it is RUNNING from then. Ray, not the
 daemon's queue, decides which of the waiting jobs starts next. A worker that dies (killed, its
 node lost) fails the job with Ray's reason, unless spec.max_restarts allows another attempt from
-the last checkpoint; the restarts a job has used are stored with it, so the budget holds across
-daemon restarts. When the daemon stops or dies, Ray ends its actors (and trainers) with its
-driver; the next daemon finds the jobs RUNNING in the store, marks them INTERRUPTED and resumes
-them from their last checkpoint, as for local jobs (it does not reattach), without counting a
-restart.
+the last checkpoint (not while the job's cancel waits: it ends CANCELLED); the restarts a job
+has used are stored with it, so the budget holds across daemon restarts. When the daemon stops
+or dies, Ray ends its actors (and trainers) with its driver; the next daemon finds the jobs
+RUNNING in the store, marks them INTERRUPTED and resumes them from their last checkpoint, as for
+local jobs (it does not reattach), without counting a restart.
 """
 
 from __future__ import annotations
@@ -214,6 +214,9 @@ class RayJobs(Jobs):
             self._succeed(job, done)
         elif died is None and (done is not None or running.cancel_deadline is not None):
             self._cancelled(job, at_step_boundary=done is not None)
+        elif running.cancel_deadline is not None:
+            # Not restarted under spec.max_restarts: the job was to end.
+            self._finish(job, "cancelled", f"cancelled: the Ray worker died before it stopped ({died})")
         else:
             self._worker_died(job, died or "it ended without reporting a result")
 

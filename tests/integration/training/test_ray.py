@@ -337,6 +337,35 @@ def test_a_killed_worker_fails_the_job_without_restarts(training: training_pb2_g
     assert "the actor died" in error.message.lower()
 
 
+def test_a_worker_that_dies_while_its_cancel_waits_ends_the_job_cancelled_not_restarted(
+    training: training_pb2_grpc.TrainingStub,
+) -> None:
+    job = submit(training, on_node("node_b", epochs=100_000, max_restarts=1))
+    seen = watch_until(training, job.job_id, lambda e: e.WhichOneof("event") == "step")
+    actor = pid_of(placed(seen)[0])
+    # Stopped, the actor cannot act on the cancel; it dies within the cancel's grace period.
+    os.kill(actor, signal.SIGSTOP)
+    assert training.CancelJob(S.CancelJobRequest(job_id=job.job_id)).state == S.JOB_STATE_RUNNING
+    os.kill(actor, signal.SIGKILL)
+    ended = watch_until(
+        training,
+        job.job_id,
+        lambda e: (
+            e.WhichOneof("event") == "state" and e.state.state != S.JOB_STATE_RUNNING and e.seq > seen[-1].seq
+        ),
+    )
+    if states(ended)[-1] != S.JOB_STATE_CANCELLED:
+        training.CancelJob(S.CancelJobRequest(job_id=job.job_id))  # the restarted attempt
+    assert states(ended)[-1] == S.JOB_STATE_CANCELLED, of_kind(ended, "state")[-1].reason
+    reason = of_kind(ended, "state")[-1].reason
+    assert (
+        reason.startswith("cancelled: the Ray worker died before it stopped")
+        and "actor died" in reason.lower()
+    )
+    final = training.GetJob(S.GetJobRequest(job_id=job.job_id))
+    assert (final.state, final.attempt) == (S.JOB_STATE_CANCELLED, 1)
+
+
 def test_an_unreachable_cluster_makes_training_unavailable_and_nothing_else(tmp_path: Path) -> None:
     address = f"127.0.0.1:{_free_port()}"
     daemon = InProcessDaemon(
