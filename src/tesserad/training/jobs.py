@@ -665,6 +665,7 @@ class Jobs:
         stopped: set[int] = set()  # ranks killed for lingering after it
         error: ErrorMessage | None = None
         crash_code: int | None = None
+        overdue = False  # killed for not stopping within the cancel's grace
         open_conns = list(running.conns)
         while open_conns or any(p.exitcode is None for p in running.processes):
             sentinels = [p.sentinel for p in running.processes if p.exitcode is None]
@@ -688,6 +689,7 @@ class Jobs:
                 elif isinstance(message, ErrorMessage) and error is None:
                     error = message
             if running.cancel_deadline is not None and time.monotonic() > running.cancel_deadline:
+                overdue = True
                 _kill(running.processes)
             if len(done_at) == len(running.processes):
                 _stop_lingering(running.processes, done_at, stopped, job.job_id)
@@ -707,6 +709,9 @@ class Jobs:
             self._fail(job, error.kind, error.message)
         elif done is not None and done.status == "succeeded":
             self._succeed(job, done)
+        elif done is None and running.cancel_deadline is not None and not overdue:
+            _, died = _crash_error(crash_code if crash_code is not None else running.processes[0].exitcode)
+            self._finish(job, "cancelled", f"cancelled, though the worker died before it stopped: {died}")
         elif done is not None or running.cancel_deadline is not None:
             self._cancelled(job, at_step_boundary=done is not None)
         else:
