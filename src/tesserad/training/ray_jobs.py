@@ -216,7 +216,7 @@ class RayJobs(Jobs):
             self._cancelled(job, at_step_boundary=done is not None)
         elif running.cancel_deadline is not None:
             # Not restarted under spec.max_restarts: the job was to end.
-            self._finish(job, "cancelled", f"cancelled: the Ray worker died before it stopped ({died})")
+            self._finish(job, "cancelled", f"cancelled, though the Ray worker died before it stopped: {died}")
         else:
             self._worker_died(job, died or "it ended without reporting a result")
 

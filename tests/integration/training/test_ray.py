@@ -359,7 +359,7 @@ def test_a_worker_that_dies_while_its_cancel_waits_ends_the_job_cancelled_not_re
     assert states(ended)[-1] == S.JOB_STATE_CANCELLED, of_kind(ended, "state")[-1].reason
     reason = of_kind(ended, "state")[-1].reason
     assert (
-        reason.startswith("cancelled: the Ray worker died before it stopped")
+        reason.startswith("cancelled, though the Ray worker died before it stopped: ")
         and "actor died" in reason.lower()
     )
     final = training.GetJob(S.GetJobRequest(job_id=job.job_id))
