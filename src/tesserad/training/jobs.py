@@ -39,6 +39,7 @@ from tesserad.datasets.references import (
 from tesserad.errors import FailedPrecondition, NotFound
 from tesserad.host import usable_cpu_count
 from tesserad.ids import new_id
+from tesserad.names import validate_name
 from tesserad.paging import make_token, page_size, resume_after
 from tesserad.store import BlobRef, BlobStore, Store, WriteTxn, pack, unpack
 from tesserad.training.events import EventLog, JobEvent
@@ -410,6 +411,8 @@ class Jobs:
         self, states: list[str], experiment: str, sweep_id: str, size: int, token: str
     ) -> tuple[list[JobRecord], str]:
         """Newest first."""
+        if experiment:
+            validate_name("experiment", experiment)
         limit = page_size(size)
         query = {"list": "jobs", "states": sorted(states), "experiment": experiment, "sweep": sweep_id}
         after = resume_after(token, query)

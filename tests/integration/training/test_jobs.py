@@ -131,6 +131,11 @@ def test_list_jobs_filters_and_pages(finished: dict, training: training_grpc.Tra
     with pytest.raises(grpc.RpcError) as info:
         training.ListJobs(S.ListJobsRequest(page_size=2, page_token=first.next_page_token))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # No experiment has such a name: refused as ListRuns refuses it, not an empty list.
+    with pytest.raises(grpc.RpcError) as info:
+        training.ListJobs(S.ListJobsRequest(experiment="Tests"))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "experiment 'Tests' is not a valid name" in info.value.details()
 
 
 def _wait_for(training: training_grpc.TrainingStub, job_id: str, state: int, timeout: float = 60) -> S.Job:
