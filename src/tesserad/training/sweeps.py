@@ -50,8 +50,7 @@ from tesserad.training.search_space import (
     plan_points,
     random_point,
 )
-from tesserad.training.spec import SPEC_FIELDS, Choice, SpecField, epoch_metric_names
-from tesserad.training.tracking import default_mode
+from tesserad.training.spec import SPEC_FIELDS, Choice, SpecField, default_mode, epoch_metric_names
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from tesserad.store import (
 )
 from tesserad.training import metric_buckets
 from tesserad.training.metric_buckets import MAX_STEP, Grouping, Sample, metric_prefix, point_key
-from tesserad.training.spec import default_mode as default_mode  # one rule; sweeps import it here
+from tesserad.training.spec import default_mode
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,8 @@ from pathlib import Path
 from tessera.v1 import training_pb2, training_pb2_grpc
 from tesserad.server import STORE_TABLES
 from tesserad.store import Store, encode_metric_point, encode_record
-from tesserad.training.tracking import Tracking, default_mode
+from tesserad.training.spec import default_mode
+from tesserad.training.tracking import Tracking
 from tests.conftest import InProcessDaemon, daemon_settings
 
 S = training_pb2
