@@ -236,7 +236,14 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         decoded = time.perf_counter_ns()
         # ModelConfig advertises max_batch_size; as in Triton, a request may not exceed it.
         version, prediction = await predict(
-            self._service, target, inputs, output_names, deadline, request.id, within_max_batch=True
+            self._service,
+            target,
+            inputs,
+            output_names,
+            deadline,
+            request.id,
+            within_max_batch=True,
+            dtype_names=OIP_NAME_BY_DTYPE,
         )
         answered = time.perf_counter_ns()
         response = pb.ModelInferResponse(model_name=target.model, model_version=str(version), id=request.id)

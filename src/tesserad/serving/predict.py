@@ -35,11 +35,12 @@ async def predict(
     request_id: str,
     *,
     within_max_batch: bool = False,
+    dtype_names: Mapping[np.dtype, str] | None = None,
 ) -> tuple[int, Prediction]:
     """(version that served, prediction); loads the version first if needed and allowed.
 
-    `deadline` is a time.monotonic() instant, or None for none. `within_max_batch`: see
-    InferenceService.submit.
+    `deadline` is a time.monotonic() instant, or None for none. `within_max_batch` and
+    `dtype_names`: see InferenceService.submit.
     """
     if service.in_flight == 0 and service.may_hold(target.model):
         # Alone so far: yield once, so that the loop can begin the calls that arrived with this
@@ -65,6 +66,7 @@ async def predict(
                 request_id,
                 hold=others,
                 within_max_batch=within_max_batch,
+                dtype_names=dtype_names,
             )
             future = submitted.future
             if future is None:

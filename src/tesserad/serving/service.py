@@ -276,6 +276,7 @@ class InferenceService:
         *,
         hold: bool = False,
         within_max_batch: bool = False,
+        dtype_names: Mapping[np.dtype, str] | None = None,
     ) -> Submitted:
         """Route, validate and queue a request; `future` None means `version` must load first.
 
@@ -283,13 +284,14 @@ class InferenceService:
         without starting it, and the caller must call `entry.batcher.release()` (Submitted.held).
         `within_max_batch`: refuse a request of more rows than the version's max_batch_size (the
         batcher would run it alone), as Triton does for a protocol that advertises that limit.
+        `dtype_names`: the names the caller's protocol gives dtypes, for its error messages.
         """
         for _ in range(_MAX_ROUTING_ROUNDS):
             version, shadow_version = self.route(target)
             entry = self.pool.get(target.model, version)
             if entry is None or entry.batcher is None or entry.signature is None:
                 return Submitted(version, None, None)
-            rows = validate_request(entry.signature, inputs, output_names, entry.label)
+            rows = validate_request(entry.signature, inputs, output_names, entry.label, dtype_names)
             if within_max_batch and rows > entry.config.max_batch_size and entry.signature.batchable:
                 raise _over_max_batch(target.model, entry, rows)
             holds = entry.batcher.holds(rows)

@@ -20,8 +20,12 @@ class TensorSpec:
     dtype: np.dtype
     shape: tuple[int, ...]
 
-    def describe(self) -> str:
-        return f"{self.name} {self.dtype.name}{list(self.shape)}"
+    def describe(self, dtype_names: Mapping[np.dtype, str] | None = None) -> str:
+        return f"{self.name} {_dtype_name(self.dtype, dtype_names)}{list(self.shape)}"
+
+
+def _dtype_name(dtype: np.dtype, dtype_names: Mapping[np.dtype, str] | None) -> str:
+    return dtype.name if dtype_names is None else dtype_names.get(dtype, dtype.name)
 
 
 @dataclass(frozen=True)
@@ -46,29 +50,38 @@ class Signature:
 
 
 def validate_request(
-    signature: Signature, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], label: str
+    signature: Signature,
+    inputs: Mapping[str, np.ndarray],
+    output_names: Sequence[str],
+    label: str,
+    dtype_names: Mapping[np.dtype, str] | None = None,
 ) -> int:
     """Check inputs and wanted outputs against the signature; the request's rows (1 if unbatched).
 
     Raises InvalidArgument naming the offending input and what `label` (the model version)
-    expects, so the caller can fix the request without reading the model.
+    expects, so the caller can fix the request without reading the model. `dtype_names`: the
+    names the caller's protocol gives dtypes (the Open Inference Protocol's FP32), else numpy's.
     """
     specs = signature.input_by_name
     for name in inputs:
         if name not in specs:
             raise InvalidArgument(
                 f"input {name!r} is not an input of {label}; its inputs are "
-                + ", ".join(spec.describe() for spec in signature.inputs)
+                + ", ".join(spec.describe(dtype_names) for spec in signature.inputs)
             )
     rows: int | None = None
     batchable = signature.batchable
     for spec in signature.inputs:
         array = inputs.get(spec.name)
         if array is None:
-            raise InvalidArgument(f"input {spec.name!r} is missing; {label} expects {spec.describe()}")
-        if array.dtype != spec.dtype:
             raise InvalidArgument(
-                f"input {spec.name!r} has dtype {array.dtype.name}; {label} expects {spec.dtype.name}"
+                f"input {spec.name!r} is missing; {label} expects {spec.describe(dtype_names)}"
+            )
+        if array.dtype != spec.dtype:
+            field = "dtype" if dtype_names is None else "datatype"
+            raise InvalidArgument(
+                f"input {spec.name!r} has {field} {_dtype_name(array.dtype, dtype_names)}; {label} "
+                f"expects {_dtype_name(spec.dtype, dtype_names)}"
             )
         if array.ndim != len(spec.shape):
             raise InvalidArgument(

@@ -610,3 +610,20 @@ def test_a_tensor_in_shared_memory_is_refused_not_read_or_written_elsewhere(
             lambda request=request: oip.ModelInfer(request), grpc.StatusCode.UNIMPLEMENTED, text
         )
         assert "tesserad does not support shared-memory tensors" in error.details()
+
+
+def test_a_datatype_mismatch_is_told_in_the_protocols_datatype_names(oip, linear, expect_rpc_error) -> None:
+    # An Open Inference Protocol client sends FP64, not float64: the answer names datatypes as
+    # it does (Triton: "data-type is 'FP64', but model ... expects 'FP32'").
+    expect_rpc_error(
+        lambda: oip.ModelInfer(infer_request(linear, X.astype(np.float64), datatype="FP64")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input 'x' has datatype FP64; model 'linear' version 2 expects FP32",
+    )
+    renamed = infer_request(linear, X)
+    renamed.inputs[0].name = "z"
+    expect_rpc_error(
+        lambda: oip.ModelInfer(renamed),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input 'z' is not an input of model 'linear' version 2; its inputs are x FP32[-1, 4]",
+    )
