@@ -69,6 +69,11 @@ def target_of(name: str, version: str) -> Target:
     return Target(name, version=whole_number("model_version", version, 1, INT64_MAX))
 
 
+# The one reserved request parameter Triton takes: each streamed answer says whether it is the
+# request's last (here every answer is: no model is decoupled).
+FINAL_RESPONSE_FLAG = "triton_enable_empty_final_response"
+
+
 def _parameter(request: pb.ModelInferRequest, key: str, kinds: tuple[str, ...], expected: str) -> object:
     """The value of request parameter `key` (None when absent); InvalidArgument for another kind."""
     if key not in request.parameters:
@@ -84,11 +89,20 @@ def timeout_of(request: pb.ModelInferRequest) -> float | None:
     """The seconds the `timeout` parameter allows the request (None: no timeout), once the
     parameters Triton itself reads are checked as Triton checks them.
 
-    A sequence (sequence_id, sequence_start, sequence_end) is refused: it is for a stateful model,
-    whose answer depends on the sequence's earlier requests, and tesserad has none. `priority` is
+    Keys starting with `triton_` are Triton's own: one it does not know is refused, as Triton
+    refuses it (ignoring it would hide a typo or a feature this server lacks). A sequence
+    (sequence_id, sequence_start, sequence_end) is refused: it is for a stateful model, whose
+    answer depends on the sequence's earlier requests, and tesserad has none. `priority` is
     checked and otherwise ignored: no model here has priority levels, and Triton then serves every
     priority alike. Other parameters are the model's own in Triton; no tesserad model reads any.
     """
+    for key in request.parameters:
+        if key.startswith("triton_") and key != FINAL_RESPONSE_FLAG:
+            raise InvalidArgument(
+                f"parameter keys starting with 'triton_' are reserved for Triton usage; the only one "
+                f"allowed is {FINAL_RESPONSE_FLAG}, got {key!r}: remove it from the request"
+            )
+    _parameter(request, FINAL_RESPONSE_FLAG, ("bool_param",), "a bool_param")
     sequence_id = _parameter(
         request, "sequence_id", ("int64_param", "string_param"), "an int64_param or string_param"
     )
@@ -274,7 +288,13 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         deadline = deadline_of(context)
 
         async def answer(request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
-            return pb.ModelStreamInferResponse(infer_response=await self._infer(request, deadline))
+            response = await self._infer(request, deadline)
+            if (
+                FINAL_RESPONSE_FLAG in request.parameters
+                and request.parameters[FINAL_RESPONSE_FLAG].bool_param
+            ):
+                response.parameters["triton_final_response"].bool_param = True
+            return pb.ModelStreamInferResponse(infer_response=response)
 
         def failed(request: pb.ModelInferRequest, error: TesseraError) -> pb.ModelStreamInferResponse:
             return pb.ModelStreamInferResponse(

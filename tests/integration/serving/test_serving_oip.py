@@ -627,3 +627,33 @@ def test_a_datatype_mismatch_is_told_in_the_protocols_datatype_names(oip, linear
         grpc.StatusCode.INVALID_ARGUMENT,
         "input 'z' is not an input of model 'linear' version 2; its inputs are x FP32[-1, 4]",
     )
+
+
+def test_reserved_triton_parameters_are_refused_unless_triton_takes_them(
+    oip, linear, expect_rpc_error
+) -> None:
+    # As Triton: keys starting with triton_ are its own, and one it does not know is refused
+    # (ignored, a typo such as triton_enable_empty_final_respons would go unnoticed).
+    for key in ("triton_foo", "triton_enable_empty_final_respons"):
+        expect_rpc_error(
+            lambda key=key: oip.ModelInfer(with_parameters(infer_request(linear, X), **{key: True})),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"parameter keys starting with 'triton_' are reserved for Triton usage; the only one "
+            f"allowed is triton_enable_empty_final_response, got {key!r}",
+        )
+    expect_rpc_error(
+        lambda: oip.ModelInfer(
+            with_parameters(infer_request(linear, X), triton_enable_empty_final_response="yes")
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "parameter 'triton_enable_empty_final_response' must be a bool_param",
+    )
+    # tritonclient's async_stream_infer(enable_empty_final_response=True): clients then wait for
+    # an answer marked triton_final_response; every answer here is its request's last.
+    flagged = with_parameters(infer_request(linear, X), triton_enable_empty_final_response=True)
+    (streamed,) = oip.ModelStreamInfer(iter([flagged]))
+    assert not streamed.error_message
+    assert streamed.infer_response.parameters["triton_final_response"].bool_param
+    (plain,) = oip.ModelStreamInfer(iter([infer_request(linear, X)]))
+    assert "triton_final_response" not in plain.infer_response.parameters
+    np.testing.assert_allclose(output(oip.ModelInfer(flagged)), X @ (W * 2), rtol=1e-6)
