@@ -355,7 +355,10 @@ class NnSettings:
 @dataclass(frozen=True)
 class ServingSettings:
     autoload: bool = setting(
-        True, parse_bool, "a request for a version that is not loaded loads it with the defaults below"
+        True,
+        parse_bool,
+        "a request for a version that is not loaded loads it with the defaults below; one whose "
+        "load failed is not loaded again for a request until LoadModel, RepositoryModelLoad or an unload",
     )
     instances: int = setting(
         0,

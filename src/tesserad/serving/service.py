@@ -315,9 +315,21 @@ class InferenceService:
 
     def autoload(self, model: str, version: int) -> LoadedVersion:
         """Load a version a request needs, with the defaults. When autoload is off: Unavailable
-        while a load of it is under way (it will be served), else FailedPrecondition."""
+        while a load of it is under way (it will be served), else FailedPrecondition.
+
+        A version whose last load failed is not loaded again for a request (FailedPrecondition
+        with the reason), as Triton keeps a model that failed UNAVAILABLE until it is loaded
+        explicitly: a broken artifact would fail every request as slowly as a load, and a cause
+        outside it (memory) is the operator's to fix. LoadModel or RepositoryModelLoad loads it
+        again; so does a request once it is unloaded.
+        """
+        listed = self._listed(model, version)
+        if self._autoload and listed is not None and listed.state is LoadState.FAILED:
+            raise FailedPrecondition(
+                f"{listed.label} failed to load, and requests do not load it again: {listed.error}; "
+                "once the cause is fixed, load it with LoadModel or RepositoryModelLoad"
+            )
         if not self._autoload:
-            listed = next((e for e in self.pool.list(model) if e.version == version), None)
             if listed is not None and listed.state in (LoadState.LOADING, LoadState.WARMING):
                 raise Unavailable(
                     f"{listed.label} is still loading; retry once it is ready (ModelReady, or "
@@ -330,6 +342,10 @@ class InferenceService:
             )
         # A load under way (LoadModel's, with the operator's config) is waited for and kept.
         return self.pool.load(self._source.servable(model, version, None), ServingConfig(), keep_loaded=True)
+
+    def _listed(self, model: str, version: int) -> LoadedVersion | None:
+        """The version as the pool lists it (loading, ready, draining or failed), or None."""
+        return next((e for e in self.pool.list(model) if e.version == version), None)
 
     def load(self, target: Target, config: ServingConfig) -> LoadedVersion:
         servable = self._source.servable(
@@ -452,7 +468,10 @@ class InferenceService:
     ) -> None:
         entry = self.pool.get(model, shadow_version)
         if entry is None or entry.batcher is None or entry.signature is None:
-            if self._autoload and not self._closed:
+            listed = self._listed(model, shadow_version)
+            # As for a request (see autoload): a version whose load failed is not tried again.
+            failed = listed is not None and listed.state is LoadState.FAILED
+            if self._autoload and not self._closed and not failed:
                 self._swaps.submit(self._load_quietly, model, shadow_version)
             return
         started = time.perf_counter_ns()

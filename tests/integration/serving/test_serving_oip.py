@@ -657,3 +657,32 @@ def test_reserved_triton_parameters_are_refused_unless_triton_takes_them(
     (plain,) = oip.ModelStreamInfer(iter([infer_request(linear, X)]))
     assert "triton_final_response" not in plain.infer_response.parameters
     np.testing.assert_allclose(output(oip.ModelInfer(flagged)), X @ (W * 2), rtol=1e-6)
+
+
+def test_requests_do_not_load_again_a_version_whose_load_failed(oip, channel, expect_rpc_error) -> None:
+    # As Triton keeps a model that failed to load UNAVAILABLE until it is loaded explicitly: each
+    # request loading it again would fail as slowly as the load, for the same reason.
+    upload(channel, "never", reshape_model([3]))
+    never = infer_request("never", np.ones((1, 4), np.float32))
+    del never.outputs[:]
+    failed = "warm-up of model 'never' version 1 failed on random inputs of its signature"
+    expect_rpc_error(lambda: oip.ModelInfer(never), grpc.StatusCode.FAILED_PRECONDITION, failed)
+    for _ in range(2):
+        error = expect_rpc_error(
+            lambda: oip.ModelInfer(never),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "model 'never' version 1 failed to load, and requests do not load it again: warm-up of "
+            "model 'never' version 1 failed",
+        )
+        assert "load it with LoadModel or RepositoryModelLoad" in error.details()
+    (index,) = oip.RepositoryIndex(pb.RepositoryIndexRequest()).models
+    assert (index.version, index.state) == ("1", "UNAVAILABLE") and index.reason.startswith(failed)
+    # An explicit load tries again (and fails again, the artifact being what it is) ...
+    expect_rpc_error(
+        lambda: oip.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="never")),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        failed,
+    )
+    # ... and so does a request once the version is unloaded.
+    oip.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="never"))
+    expect_rpc_error(lambda: oip.ModelInfer(never), grpc.StatusCode.FAILED_PRECONDITION, failed)
