@@ -375,25 +375,31 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         context: grpc.aio.ServicerContext[pb.RepositoryIndexRequest, pb.RepositoryIndexResponse],
     ) -> pb.RepositoryIndexResponse:
         names = await asyncio.to_thread(self._service.model_names)
+        pool = self._service.pool
         index: list[pb.RepositoryIndexResponse.ModelIndex] = []
         for name in names:
-            entries = self._service.pool.list(name)
-            for entry in entries:
-                ready = entry.state is LoadState.READY
-                if request.ready and not ready:
-                    continue
-                index.append(
-                    pb.RepositoryIndexResponse.ModelIndex(
-                        name=name,
-                        version=str(entry.version),
-                        state=_INDEX_STATES[entry.state],
-                        reason=entry.error,
-                    )
+            rows = {
+                entry.version: pb.RepositoryIndexResponse.ModelIndex(
+                    name=name,
+                    version=str(entry.version),
+                    state=_INDEX_STATES[entry.state],
+                    reason=entry.error,
                 )
-            if not entries and not request.ready:
+                for entry in pool.list(name)
+            }
+            # As Triton: a version unloaded stays in the index, UNAVAILABLE for reason "unloaded".
+            for version in pool.unloaded_versions(name):
+                rows.setdefault(
+                    version,
+                    pb.RepositoryIndexResponse.ModelIndex(
+                        name=name, version=str(version), state="UNAVAILABLE", reason="unloaded"
+                    ),
+                )
+            if not rows and not request.ready:
                 index.append(
                     pb.RepositoryIndexResponse.ModelIndex(name=name, state="UNAVAILABLE", reason="unloaded")
                 )
+            index.extend(row for _, row in sorted(rows.items()) if not request.ready or row.state == "READY")
         return pb.RepositoryIndexResponse(models=index)
 
     async def RepositoryModelLoad(

@@ -181,6 +181,9 @@ class ModelPool:
         self._listed: dict[tuple[str, int], LoadedVersion] = {}
         # Loads of one version are serialised; different versions load in parallel.
         self._load_locks: dict[tuple[str, int], threading.Lock] = {}
+        # Versions unloaded since the daemon started: the repository index lists them as Triton
+        # does (UNAVAILABLE, "unloaded") rather than forgetting they were ever served.
+        self._unloaded: set[tuple[str, int]] = set()
 
     def get(self, model: str, version: int) -> LoadedVersion | None:
         """The READY version, or None."""
@@ -195,6 +198,11 @@ class ModelPool:
 
     def ready_versions(self, model: str) -> builtins.list[int]:
         return sorted(v for (m, v) in list(self._ready) if m == model)
+
+    def unloaded_versions(self, model: str) -> builtins.list[int]:
+        """Versions of `model` unloaded since the daemon started and not listed (loading) again."""
+        with self._lock:
+            return sorted(v for (m, v) in self._unloaded if m == model and (m, v) not in self._listed)
 
     def load(
         self, servable: ServableVersion, config: ServingConfig, *, keep_loaded: bool = False
@@ -254,6 +262,7 @@ class ModelPool:
         with self._lock:
             if self._listed.get(key) is entry:
                 del self._listed[key]
+                self._unloaded.add(key)
         if self._metrics is not None and key not in self._ready:
             self._metrics.forget(model, version)
         return entry

@@ -54,10 +54,21 @@ def test_model_ready_only_once_loaded(oip, linear) -> None:
     assert [(m.name, m.version, m.state) for m in index] == [(linear, "2", "READY")]
     oip.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name=linear))
     assert not oip.ModelReady(pb.ModelReadyRequest(name=linear)).ready
-    assert [(m.name, m.state) for m in oip.RepositoryIndex(pb.RepositoryIndexRequest()).models] == [
-        (linear, "UNAVAILABLE")
+    # As Triton: the version unloaded stays in the index, UNAVAILABLE for reason "unloaded".
+    index = oip.RepositoryIndex(pb.RepositoryIndexRequest()).models
+    assert [(m.name, m.version, m.state, m.reason) for m in index] == [
+        (linear, "2", "UNAVAILABLE", "unloaded")
     ]
     assert list(oip.RepositoryIndex(pb.RepositoryIndexRequest(ready=True)).models) == []
+    oip.ModelInfer(infer_request(linear, X, version="1"))  # loads version 1 beside it
+    index = oip.RepositoryIndex(pb.RepositoryIndexRequest()).models
+    assert [(m.version, m.state, m.reason) for m in index] == [
+        ("1", "READY", ""),
+        ("2", "UNAVAILABLE", "unloaded"),
+    ]
+    oip.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=linear))
+    index = oip.RepositoryIndex(pb.RepositoryIndexRequest()).models
+    assert [(m.version, m.state) for m in index] == [("1", "READY"), ("2", "READY")]
 
 
 def test_repository_load_refuses_a_config_or_files_it_would_ignore(oip, linear, expect_rpc_error) -> None:

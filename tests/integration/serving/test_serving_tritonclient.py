@@ -94,6 +94,10 @@ seen["success_count"] = int(stats["inference_stats"]["success"]["count"])
 seen["models"] = [[m["name"], m.get("state", "")] for m in client.get_model_repository_index(as_json=True)["models"]]
 client.unload_model(model)
 seen["ready_after_unload"] = client.is_model_ready(model)
+seen["index_after_unload"] = [
+    [m["name"], m.get("version", ""), m.get("state", ""), m.get("reason", "")]
+    for m in client.get_model_repository_index(as_json=True)["models"]
+]
 print(json.dumps(seen))
 """
 
@@ -152,3 +156,4 @@ def test_tritonclient_talks_to_tesserad(daemon, linear) -> None:
     assert "'x'" in stream_error and "dimension 1" in stream_error
     assert seen["success_count"] == 3
     assert [linear, "READY"] in seen["models"]
+    assert seen["index_after_unload"] == [[linear, "2", "UNAVAILABLE", "unloaded"]]
