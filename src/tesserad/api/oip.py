@@ -218,8 +218,8 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         request: pb.ModelMetadataRequest,
         context: grpc.aio.ServicerContext[pb.ModelMetadataRequest, pb.ModelMetadataResponse],
     ) -> pb.ModelMetadataResponse:
-        entry = await asyncio.to_thread(self._service.ready_version, target_of(request.name, request.version))
-        assert entry.signature is not None
+        # Never loads the version (as Triton's never does): see InferenceService.describe.
+        described = await asyncio.to_thread(self._service.describe, target_of(request.name, request.version))
 
         def tensors(specs: Iterable[TensorSpec]) -> list[pb.ModelMetadataResponse.TensorMetadata]:
             return [
@@ -229,12 +229,17 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                 for s in specs
             ]
 
+        # As Triton: the version asked for, else the ready versions (here, else the one described).
+        if request.version:
+            versions = [described.version]
+        else:
+            versions = self._service.pool.ready_versions(described.model) or [described.version]
         return pb.ModelMetadataResponse(
-            name=entry.model,
-            versions=[str(v) for v in self._service.pool.ready_versions(entry.model)],
-            platform=_PLATFORMS[entry.config.runtime],
-            inputs=tensors(entry.signature.inputs),
-            outputs=tensors(entry.signature.outputs),
+            name=described.model,
+            versions=[str(v) for v in versions],
+            platform=_PLATFORMS[described.config.runtime],
+            inputs=tensors(described.signature.inputs),
+            outputs=tensors(described.signature.outputs),
         )
 
     async def _infer(self, request: pb.ModelInferRequest, deadline: float | None) -> pb.ModelInferResponse:
@@ -312,10 +317,10 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         request: pb.ModelConfigRequest,
         context: grpc.aio.ServicerContext[pb.ModelConfigRequest, pb.ModelConfigResponse],
     ) -> pb.ModelConfigResponse:
-        entry = await asyncio.to_thread(self._service.ready_version, target_of(request.name, request.version))
-        assert entry.signature is not None
-        config = entry.config
-        batchable = entry.signature.batchable
+        # Never loads the version (as Triton's never does): see InferenceService.describe.
+        described = await asyncio.to_thread(self._service.describe, target_of(request.name, request.version))
+        config = described.config
+        batchable = described.signature.batchable
         kind = (
             model_config_pb2.ModelInstanceGroup.KIND_CPU
             if config.device == "cpu"
@@ -329,7 +334,7 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 
         return pb.ModelConfigResponse(
             config=model_config_pb2.ModelConfig(
-                name=entry.model,
+                name=described.model,
                 platform=_PLATFORMS[config.runtime],
                 backend=_BACKENDS[config.runtime],
                 max_batch_size=config.max_batch_size if batchable else 0,
@@ -337,13 +342,13 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                     model_config_pb2.ModelInput(
                         name=s.name, data_type=_CONFIG_DTYPES[OIP_NAME_BY_DTYPE[s.dtype]], dims=dims(s.shape)
                     )
-                    for s in entry.signature.inputs
+                    for s in described.signature.inputs
                 ],
                 output=[
                     model_config_pb2.ModelOutput(
                         name=s.name, data_type=_CONFIG_DTYPES[OIP_NAME_BY_DTYPE[s.dtype]], dims=dims(s.shape)
                     )
-                    for s in entry.signature.outputs
+                    for s in described.signature.outputs
                 ],
                 dynamic_batching=model_config_pb2.ModelDynamicBatching(
                     max_queue_delay_microseconds=config.max_queue_delay_us

@@ -26,8 +26,15 @@ import numpy as np
 from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, TesseraError, Unavailable
 from tesserad.serving.batcher import Answer, BatcherClosed
 from tesserad.serving.explain import Explainer, ExplainOptions, Method, QueuedExplanation
-from tesserad.serving.pool import LoadedVersion, LoadState, ModelPool, ServableVersion, ServingConfig
-from tesserad.serving.signature import validate_request
+from tesserad.serving.pool import (
+    LoadedVersion,
+    LoadState,
+    ModelPool,
+    ServableVersion,
+    ServingConfig,
+    effective_config,
+)
+from tesserad.serving.signature import Signature, validate_request
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +79,16 @@ class ExplainSubmitted:
     version: int
     explained_version: int
     queued: QueuedExplanation
+
+
+@dataclass(frozen=True)
+class VersionDescription:
+    """A version as metadata calls describe it: what it takes and returns, and how it runs."""
+
+    model: str
+    version: int
+    signature: Signature
+    config: ServingConfig
 
 
 @dataclass(frozen=True)
@@ -361,13 +378,32 @@ class InferenceService:
             return [self.pool.unload(e.model, e.version) for e in entries]
         return [self.pool.unload(target.model, self.resolve_version(target))]
 
-    def ready_version(self, target: Target) -> LoadedVersion:
-        """The loaded version a request for `target` (a model, and a version or none) finds first:
-        without a version, the lowest a request may go to; autoloaded when not loaded."""
-        version = target.version
-        if version is None:
-            version = self.serving_versions(target.model)[0]
-        return self.pool.get(target.model, version) or self.autoload(target.model, version)
+    def describe(self, target: Target) -> VersionDescription:
+        """The version a request for `target` (a model, and a version or none) finds first (without
+        a version, the lowest a request may go to), as metadata calls describe it.
+
+        Read from the pool when the version is loaded, else from the registry, and never loaded
+        for it, as Triton never loads a model for a metadata call: its config is then the one a
+        load under way gives it, or the one any load without a config (a request's, or
+        RepositoryModelLoad's) would. Only a version the registry has no signature for is loaded
+        (where autoload allows), its signature being known only from its runtime.
+        """
+        model = target.model
+        version = target.version if target.version is not None else self.serving_versions(model)[0]
+        ready = self.pool.get(model, version)
+        if ready is not None and ready.signature is not None:
+            return VersionDescription(model, version, ready.signature, ready.config)
+        servable = self._source.servable(model, version, None)  # NotFound for a version that does not exist
+        if servable.signature is None:
+            loaded = self.autoload(model, version)
+            assert loaded.signature is not None
+            return VersionDescription(model, version, loaded.signature, loaded.config)
+        listed = self._listed(model, version)
+        if listed is not None and listed.state is not LoadState.FAILED:
+            config = listed.config
+        else:
+            config = effective_config(ServingConfig(), self.pool.defaults, servable.format)
+        return VersionDescription(model, version, servable.signature, config)
 
     def stats_entries(self, target: Target) -> list[LoadedVersion]:
         """The loaded versions whose figures a stats call reports: every loaded version without a

@@ -242,7 +242,7 @@ def test_model_stream_infer_reports_errors_in_the_stream(oip, linear) -> None:
 
 
 def test_model_metadata_config_and_statistics(oip, linear) -> None:
-    metadata = oip.ModelMetadata(pb.ModelMetadataRequest(name=linear, version="1"))  # loads it
+    metadata = oip.ModelMetadata(pb.ModelMetadataRequest(name=linear, version="1"))
     assert metadata.platform == "onnxruntime_onnx" and list(metadata.versions) == ["1"]
     assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs] == [("x", "FP32", [-1, 4])]
     assert [(t.name, t.datatype, list(t.shape)) for t in metadata.outputs] == [("y", "FP32", [-1, 3])]
@@ -542,17 +542,15 @@ def test_without_autoload_a_version_still_loading_is_unavailable_not_unloaded(
     oip = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
     inference = inference_pb2_grpc.InferenceStub(channel)
     loading = _load_slowly(inference, channel, "slow")
-    for call in (
+    expect_rpc_error(
         lambda: oip.ModelInfer(slow_request("slow")),
-        lambda: oip.ModelMetadata(pb.ModelMetadataRequest(name="slow")),
-        lambda: oip.ModelConfig(pb.ModelConfigRequest(name="slow", version="1")),
-    ):
-        expect_rpc_error(
-            call,
-            grpc.StatusCode.UNAVAILABLE,
-            "model 'slow' version 1 is still loading; retry once it is ready (ModelReady, or state "
-            "READY in ListLoaded)",
-        )
+        grpc.StatusCode.UNAVAILABLE,
+        "model 'slow' version 1 is still loading; retry once it is ready (ModelReady, or state "
+        "READY in ListLoaded)",
+    )
+    # Metadata needs no loaded version: the registry's signature, and the config being loaded.
+    assert [t.name for t in oip.ModelMetadata(pb.ModelMetadataRequest(name="slow")).inputs] == ["x"]
+    assert oip.ModelConfig(pb.ModelConfigRequest(name="slow", version="1")).config.max_batch_size == 4
     loading.result()
     assert list(oip.ModelInfer(slow_request("slow")).outputs[0].shape) == [1, 384]
     # A version whose load failed is not loaded, and the answer says why.
@@ -697,3 +695,31 @@ def test_requests_do_not_load_again_a_version_whose_load_failed(oip, channel, ex
     # ... and so does a request once the version is unloaded.
     oip.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="never"))
     expect_rpc_error(lambda: oip.ModelInfer(never), grpc.StatusCode.FAILED_PRECONDITION, failed)
+
+
+def test_metadata_and_config_describe_a_version_without_loading_it(oip, inference, linear) -> None:
+    # As Triton, which never loads a model for a metadata call: perf_analyzer and tritonclient
+    # scripts ask for metadata and config of every model they list, and would load them all.
+    metadata = oip.ModelMetadata(pb.ModelMetadataRequest(name=linear, version="1"))
+    assert (metadata.name, list(metadata.versions), metadata.platform) == (linear, ["1"], "onnxruntime_onnx")
+    assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs] == [("x", "FP32", [-1, 4])]
+    assert [(t.name, t.datatype, list(t.shape)) for t in metadata.outputs] == [("y", "FP32", [-1, 3])]
+    latest = oip.ModelMetadata(pb.ModelMetadataRequest(name=linear))
+    assert list(latest.versions) == ["2"]  # none is ready: the one a request would go to
+    # The config any load without one gives it (a request's, or RepositoryModelLoad's).
+    config = oip.ModelConfig(pb.ModelConfigRequest(name=linear, version="1")).config
+    assert (config.max_batch_size, [list(i.dims) for i in config.input]) == (32, [[4]])
+    assert [g.count for g in config.instance_group] == [2]
+    assert list(inference.ListLoaded(inference_pb2.ListLoadedRequest()).models) == []
+    assert not oip.ModelReady(pb.ModelReadyRequest(name=linear, version="1")).ready
+    assert [m.version for m in oip.RepositoryIndex(pb.RepositoryIndexRequest()).models] == [""]
+    # Loaded, the version is described as it runs.
+    inference.LoadModel(
+        inference_pb2.LoadModelRequest(
+            target=common_pb2.VersionRef(model=linear, version=1),
+            config=inference_pb2.ServingConfig(max_batch_size=4, instances=1),
+        )
+    )
+    config = oip.ModelConfig(pb.ModelConfigRequest(name=linear, version="1")).config
+    assert (config.max_batch_size, [g.count for g in config.instance_group]) == (4, [1])
+    assert list(oip.ModelMetadata(pb.ModelMetadataRequest(name=linear)).versions) == ["1"]
