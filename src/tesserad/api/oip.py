@@ -351,7 +351,15 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                     for s in described.signature.outputs
                 ],
                 dynamic_batching=model_config_pb2.ModelDynamicBatching(
-                    max_queue_delay_microseconds=config.max_queue_delay_us
+                    # No preferred_batch_size: as Triton without one, batches grow to max_batch_size.
+                    max_queue_delay_microseconds=config.max_queue_delay_us,
+                    # The queue's bound (refused beyond it), and the `timeout` parameter, which
+                    # drops a request still queued when it passes; no timeout without it.
+                    default_queue_policy=model_config_pb2.ModelQueuePolicy(
+                        timeout_action=model_config_pb2.ModelQueuePolicy.REJECT,
+                        allow_timeout_override=True,
+                        max_queue_size=config.max_queue_size,
+                    ),
                 )
                 if batchable and config.max_batch_size > 1
                 else None,

@@ -248,6 +248,13 @@ def test_model_metadata_config_and_statistics(oip, linear) -> None:
     assert [(t.name, t.datatype, list(t.shape)) for t in metadata.outputs] == [("y", "FP32", [-1, 3])]
     config = oip.ModelConfig(pb.ModelConfigRequest(name=linear, version="1")).config
     assert config.max_batch_size == 32 and config.dynamic_batching.max_queue_delay_microseconds == 0
+    # The queue's bound, and requests' own `timeout` (none by default) dropping them unrun.
+    policy = config.dynamic_batching.default_queue_policy
+    assert (policy.max_queue_size, policy.allow_timeout_override) == (1024, True)
+    assert (policy.timeout_action, policy.default_timeout_microseconds) == (
+        model_config_pb2.ModelQueuePolicy.REJECT,
+        0,
+    )
     assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [
         ("x", model_config_pb2.TYPE_FP32, [4])
     ]

@@ -42,6 +42,7 @@ metadata = client.get_model_metadata(model, as_json=True)
 seen["inputs"] = [[t["name"], t["datatype"], [int(d) for d in t["shape"]]] for t in metadata["inputs"]]
 config = client.get_model_config(model, as_json=True)["config"]
 seen["max_batch_size"] = config["max_batch_size"]
+seen["queue_policy"] = config["dynamic_batching"].get("default_queue_policy")
 
 x = np.arange(8, dtype=np.float32).reshape(2, 4)
 tensor = tc.InferInput("x", [2, 4], "FP32")
@@ -135,6 +136,7 @@ def test_tritonclient_talks_to_tesserad(daemon, linear) -> None:
     assert "model_repository" in seen["extensions"] and "statistics" in seen["extensions"]
     assert seen["inputs"] == [["x", "FP32", [-1, 4]]]
     assert seen["max_batch_size"] == 32
+    assert seen["queue_policy"] == {"allow_timeout_override": True, "max_queue_size": 1024}
     np.testing.assert_allclose(
         np.array(seen["y"]), np.arange(8, dtype=np.float32).reshape(2, 4) @ (W * 2), rtol=1e-6
     )
