@@ -28,10 +28,10 @@ from tesserad.names import validate_name
 from tesserad.numbers import INT64_MAX, whole_number
 from tesserad.oip import grpc_service_pb2 as pb
 from tesserad.oip import grpc_service_pb2_grpc, model_config_pb2
-from tesserad.serving.pool import LoadedVersion, LoadState
+from tesserad.serving.pool import LoadedVersion, LoadState, warmup_batches
 from tesserad.serving.predict import predict
 from tesserad.serving.service import InferenceService, Target
-from tesserad.serving.signature import TensorSpec
+from tesserad.serving.signature import TensorSpec, sample_is_random
 
 # Listed truthfully: perf_analyzer shows the server-side breakdown only with "statistics".
 EXTENSIONS = ["model_repository", "model_configuration", "statistics"]
@@ -332,6 +332,19 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             # With max_batch_size > 0, Triton's dims leave out the batch dimension.
             return list(shape[1:] if batchable else shape)
 
+        def warmup_input(spec: TensorSpec) -> model_config_pb2.ModelWarmup.Input:
+            # As sample_inputs makes it: other dynamic dimensions 1, floats random, others zeros.
+            sample = model_config_pb2.ModelWarmup.Input(
+                data_type=_CONFIG_DTYPES[OIP_NAME_BY_DTYPE[spec.dtype]],
+                dims=[max(d, 1) for d in dims(spec.shape)],
+            )
+            # One of a oneof: setting either field to False would still pick it.
+            if sample_is_random(spec.dtype):
+                sample.random_data = True
+            else:
+                sample.zero_data = True
+            return sample
+
         return pb.ModelConfigResponse(
             config=model_config_pb2.ModelConfig(
                 name=described.model,
@@ -365,6 +378,15 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                 else None,
                 instance_group=[
                     model_config_pb2.ModelInstanceGroup(count=config.instances, kind=kind, gpus=gpus)
+                ],
+                model_warmup=[
+                    model_config_pb2.ModelWarmup(
+                        name=f"{rows} row{'s' if rows > 1 else ''}",
+                        batch_size=rows,
+                        count=runs,
+                        inputs={s.name: warmup_input(s) for s in described.signature.inputs},
+                    )
+                    for rows, runs in warmup_batches(described.signature, config)
                 ],
             )
         )

@@ -362,18 +362,29 @@ class ModelPool:
             return TorchRuntime(path, servable.architecture, servable.signature, config.device)
 
 
+def warmup_batches(signature: Signature, config: ServingConfig) -> list[tuple[int, int]]:
+    """(rows, runs) of the warm-up a version gets before traffic, on inputs of its signature
+    (sample_inputs): a batch of max_batch_size rows, so that the largest batch's memory is in
+    place, then `warmup_runs` of one row (the last is timed)."""
+    batches = []
+    if signature.batchable and config.max_batch_size > 1 and config.warmup_runs:
+        batches.append((config.max_batch_size, 1))
+    if config.warmup_runs:
+        batches.append((1, config.warmup_runs))
+    return batches
+
+
 def _warm_up(label: str, runtime: Runtime, signature: Signature, config: ServingConfig) -> float:
-    """Run random inputs through the runtime; the last one-row run's compute time in us."""
+    """Run sample inputs through the runtime; the last one-row run's compute time in us."""
     rng = np.random.default_rng(0)
     compute_us = 0.0
     try:
-        if signature.batchable and config.max_batch_size > 1 and config.warmup_runs:
-            runtime.run(sample_inputs(signature, config.max_batch_size, rng), signature.output_names)
-        one_row = sample_inputs(signature, 1, rng)
-        for _ in range(config.warmup_runs):
-            started = time.perf_counter_ns()
-            runtime.run(one_row, signature.output_names)
-            compute_us = (time.perf_counter_ns() - started) / 1000
+        for rows, runs in warmup_batches(signature, config):
+            inputs = sample_inputs(signature, rows, rng)
+            for _ in range(runs):
+                started = time.perf_counter_ns()
+                runtime.run(inputs, signature.output_names)
+                compute_us = (time.perf_counter_ns() - started) / 1000
     except Exception as exc:  # the runtime's own error types
         raise FailedPrecondition(
             f"warm-up of {label} failed on random inputs of its signature: {exc}"

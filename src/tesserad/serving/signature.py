@@ -115,6 +115,11 @@ def validate_request(
     return rows if rows is not None else 1
 
 
+def sample_is_random(dtype: np.dtype) -> bool:
+    """Whether sample_inputs draws an input of `dtype` at random (floats), or gives zeros."""
+    return dtype.kind == "f"
+
+
 def sample_inputs(signature: Signature, rows: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Inputs of the signature's shape for warm-up: `rows` rows, other dynamic dims 1."""
     inputs = {}
@@ -122,7 +127,7 @@ def sample_inputs(signature: Signature, rows: int, rng: np.random.Generator) -> 
         shape = [
             rows if axis == 0 and signature.batchable else max(dim, 1) for axis, dim in enumerate(spec.shape)
         ]
-        if spec.dtype.kind == "f":
+        if sample_is_random(spec.dtype):
             inputs[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
         else:
             # Zeros are a safe index or id for any integer or boolean input.

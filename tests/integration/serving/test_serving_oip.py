@@ -259,6 +259,12 @@ def test_model_metadata_config_and_statistics(oip, linear) -> None:
         ("x", model_config_pb2.TYPE_FP32, [4])
     ]
     assert [(o.name, list(o.dims)) for o in config.output] == [("y", [3])]
+    # The warm-up it had: a batch of max_batch_size rows, then warmup_runs (2) of one row.
+    warmup = [(w.name, w.batch_size, w.count, dict(w.inputs)) for w in config.model_warmup]
+    sample = model_config_pb2.ModelWarmup.Input(
+        data_type=model_config_pb2.TYPE_FP32, dims=[4], random_data=True
+    )
+    assert warmup == [("32 rows", 32, 1, {"x": sample}), ("1 row", 1, 2, {"x": sample})]
     (group,) = config.instance_group
     assert (group.kind, group.count) == (model_config_pb2.ModelInstanceGroup.KIND_CPU, 2)  # as Triton's
     for _ in range(3):
