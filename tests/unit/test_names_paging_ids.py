@@ -72,3 +72,17 @@ def test_ids_are_unique_and_time_ordered():
     assert all(i.startswith("job-") and len(i) == 22 for i in ids)
     first, later = ids[0], new_id("job")
     assert first[:14] <= later[:14]
+
+
+def test_ids_made_in_one_millisecond_or_after_the_clock_stepped_back_keep_their_order(monkeypatch):
+    """Newest-first lists order runs by id: a sweep's runs made in one millisecond must list in
+    the order they were made, not by their random bits."""
+    clock = [1_700_000_000_000_000_000]
+    monkeypatch.setattr("tesserad.ids.time.time_ns", lambda: clock[0])
+    same_ms = [new_id("run") for _ in range(200)]
+    clock[0] -= 5_000_000  # the wall clock steps back 5 ms
+    stepped_back = [new_id("run") for _ in range(20)]
+    clock[0] += 60_000_000
+    later = new_id("run")
+    made = same_ms + stepped_back + [later]
+    assert made == sorted(made) and len(set(made)) == len(made)
