@@ -17,7 +17,14 @@ from tesserad.training.job_records import JobRecord
 from tesserad.training.pbt import PbtSettings
 from tesserad.training.search_space import SweepParameter
 from tesserad.training.sweeps import AshaSettings, Sweep, SweepRequest
-from tesserad.training.tracking import Experiment, MetricFilter, MetricPoint, MetricSummary, Run
+from tesserad.training.tracking import (
+    Experiment,
+    MetricFilter,
+    MetricPoint,
+    MetricSummary,
+    Run,
+    RunOrder,
+)
 
 JOB_STATES = {
     "queued": pb.JOB_STATE_QUEUED,
@@ -48,6 +55,17 @@ _FIELDS = {
     pb.SUMMARY_FIELD_LAST: "last",
     pb.SUMMARY_FIELD_MIN: "min",
     pb.SUMMARY_FIELD_MAX: "max",
+}
+_VIEWS = {
+    pb.LIFECYCLE_VIEW_UNSPECIFIED: "active",
+    pb.LIFECYCLE_VIEW_ACTIVE_ONLY: "active",
+    pb.LIFECYCLE_VIEW_DELETED_ONLY: "deleted",
+    pb.LIFECYCLE_VIEW_ALL: "all",
+}
+_DIRECTIONS = {
+    pb.SORT_DIRECTION_UNSPECIFIED: None,
+    pb.SORT_DIRECTION_ASCENDING: False,
+    pb.SORT_DIRECTION_DESCENDING: True,
 }
 _MODES = {
     job_spec_pb2.OPTIMIZE_MODE_UNSPECIFIED: "",
@@ -207,13 +225,17 @@ def event_to_proto(event: JobEvent) -> pb.JobEvent:
 
 
 def experiment_to_proto(experiment: Experiment) -> pb.Experiment:
-    return pb.Experiment(
+    message = pb.Experiment(
         name=experiment.name,
         description=experiment.description,
         tags=experiment.tags,
         created_at=timestamp(experiment.created_at),
         run_count=experiment.run_count,
     )
+    if experiment.deleted_at is not None:
+        message.deleted = True
+        message.deleted_at.CopyFrom(timestamp(experiment.deleted_at))
+    return message
 
 
 def summary_to_proto(summary: MetricSummary) -> pb.MetricSummary:
@@ -242,7 +264,44 @@ def run_to_proto(run: Run) -> pb.Run:
     )
     if run.end_time:
         message.end_time.CopyFrom(timestamp(run.end_time))
+    if run.deleted_at is not None:
+        message.deleted = True
+        message.deleted_at.CopyFrom(timestamp(run.deleted_at))
     return message
+
+
+def view_from_proto(value: pb.LifecycleView.ValueType) -> str:
+    if value not in _VIEWS:
+        raise InvalidArgument(f"view: unknown value {value}; use ACTIVE_ONLY, DELETED_ONLY or ALL")
+    return _VIEWS[value]
+
+
+def run_order_from_proto(request: pb.ListRunsRequest) -> RunOrder | None:
+    """None when order_by is unset (newest first)."""
+    if not request.HasField("order_by"):
+        return None
+    order = request.order_by
+    if not order.metric:
+        raise InvalidArgument("order_by.metric is required: the metric whose summary orders the runs")
+    if order.field not in _FIELDS:
+        raise InvalidArgument(f"order_by.field: unknown summary field {order.field}")
+    if order.direction not in _DIRECTIONS:
+        raise InvalidArgument(
+            f"order_by.direction: unknown value {order.direction}; use ASCENDING or DESCENDING"
+        )
+    return RunOrder(order.metric, _FIELDS[order.field], _DIRECTIONS[order.direction])
+
+
+def key_value_filters(filters: Any, field: str) -> dict[str, str]:
+    """ParamFilter or TagFilter messages as a dict; each key given once."""
+    out: dict[str, str] = {}
+    for i, f in enumerate(filters):
+        if not f.key:
+            raise InvalidArgument(f"{field}[{i}].key is required: the name of the {field[:-1]} to match")
+        if f.key in out and out[f.key] != f.value:
+            raise InvalidArgument(f"{field}[{i}]: {f.key} is filtered twice with different values")
+        out[f.key] = f.value
+    return out
 
 
 def run_statuses_from_proto(values: Any, field: str = "statuses") -> list[str]:

@@ -17,16 +17,19 @@ from tesserad.api.convert_training import (
     job_spec_from_proto,
     job_states_from_proto,
     job_to_proto,
+    key_value_filters,
     metric_filters_from_proto,
     mode_from_proto,
     point_to_proto,
     points_from_proto,
+    run_order_from_proto,
     run_status_from_proto,
     run_statuses_from_proto,
     run_to_proto,
     summary_field_from_proto,
     sweep_request_from_proto,
     sweep_to_proto,
+    view_from_proto,
 )
 from tesserad.errors import InvalidArgument
 from tesserad.training.events import EventLog
@@ -119,11 +122,43 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
         context: grpc.aio.ServicerContext[pb.ListExperimentsRequest, pb.ListExperimentsResponse],
     ) -> pb.ListExperimentsResponse:
         experiments, token = await asyncio.to_thread(
-            self._tracking.list_experiments, request.name_prefix, request.page_size, request.page_token
+            self._tracking.list_experiments,
+            request.name_prefix,
+            request.page_size,
+            request.page_token,
+            view_from_proto(request.view),
         )
         return pb.ListExperimentsResponse(
             experiments=[experiment_to_proto(e) for e in experiments], next_page_token=token
         )
+
+    async def UpdateExperiment(
+        self,
+        request: pb.UpdateExperimentRequest,
+        context: grpc.aio.ServicerContext[pb.UpdateExperimentRequest, pb.Experiment],
+    ) -> pb.Experiment:
+        experiment = await asyncio.to_thread(
+            self._tracking.update_experiment,
+            request.name,
+            request.description if request.HasField("description") else None,
+            dict(request.set_tags),
+            list(request.remove_tags),
+        )
+        return experiment_to_proto(experiment)
+
+    async def DeleteExperiment(
+        self,
+        request: pb.DeleteExperimentRequest,
+        context: grpc.aio.ServicerContext[pb.DeleteExperimentRequest, pb.Experiment],
+    ) -> pb.Experiment:
+        return experiment_to_proto(await asyncio.to_thread(self._tracking.delete_experiment, request.name))
+
+    async def RestoreExperiment(
+        self,
+        request: pb.RestoreExperimentRequest,
+        context: grpc.aio.ServicerContext[pb.RestoreExperimentRequest, pb.Experiment],
+    ) -> pb.Experiment:
+        return experiment_to_proto(await asyncio.to_thread(self._tracking.restore_experiment, request.name))
 
     async def CreateRun(
         self, request: pb.CreateRunRequest, context: grpc.aio.ServicerContext[pb.CreateRunRequest, pb.Run]
@@ -153,26 +188,32 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
     ) -> pb.Run:
         return run_to_proto(await asyncio.to_thread(self._tracking.get_run, request.run_id))
 
+    async def DeleteRun(
+        self, request: pb.DeleteRunRequest, context: grpc.aio.ServicerContext[pb.DeleteRunRequest, pb.Run]
+    ) -> pb.Run:
+        return run_to_proto(await asyncio.to_thread(self._tracking.delete_run, request.run_id))
+
+    async def RestoreRun(
+        self, request: pb.RestoreRunRequest, context: grpc.aio.ServicerContext[pb.RestoreRunRequest, pb.Run]
+    ) -> pb.Run:
+        return run_to_proto(await asyncio.to_thread(self._tracking.restore_run, request.run_id))
+
     async def ListRuns(
         self,
         request: pb.ListRunsRequest,
         context: grpc.aio.ServicerContext[pb.ListRunsRequest, pb.ListRunsResponse],
     ) -> pb.ListRunsResponse:
-        params: dict[str, str] = {}
-        for i, p in enumerate(request.params):
-            if not p.key:
-                raise InvalidArgument(f"params[{i}].key is required: the name of the param to match")
-            if p.key in params and params[p.key] != p.value:
-                raise InvalidArgument(f"params[{i}]: {p.key} is filtered twice with different values")
-            params[p.key] = p.value
         runs, token = await asyncio.to_thread(
             self._tracking.list_runs,
             request.experiment,
             run_statuses_from_proto(request.statuses),
-            params,
+            key_value_filters(request.params, "params"),
             metric_filters_from_proto(request.metrics),
             request.page_size,
             request.page_token,
+            key_value_filters(request.tags, "tags"),
+            run_order_from_proto(request),
+            view_from_proto(request.view),
         )
         return pb.ListRunsResponse(runs=[run_to_proto(r) for r in runs], next_page_token=token)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import struct
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
@@ -43,12 +44,15 @@ TABLES = [
     "runs",
     "run_names",
     "experiment_runs",
+    "deleted_runs",
     "metrics",
     "metric_summaries",
     metric_buckets.TABLE,
 ]
 
 RUN_STATUSES = ("running", "succeeded", "failed", "cancelled", "interrupted")
+# Which soft-deleted experiments or runs a list shows.
+VIEWS = ("active", "deleted", "all")
 ENDED_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 MAX_KEY_LENGTH = 250
 # With the run id and two integers, a metric key of this many UTF-8 bytes stays within LMDB's
@@ -89,6 +93,7 @@ class Experiment:
     tags: dict[str, str]
     created_at: float
     run_count: int = 0
+    deleted_at: float | None = None
 
 
 @dataclass
@@ -104,6 +109,9 @@ class Run:
     attempts: int
     job_id: str
     metrics: list[MetricSummary] = field(default_factory=list)
+    deleted_at: float | None = None
+    # Deleted by its experiment's deletion, which a restore of the experiment undoes.
+    deleted_with_experiment: bool = False
 
 
 class MetricPoint(NamedTuple):
@@ -121,6 +129,13 @@ class MetricFilter:
     field: str  # last, min, max
     op: str  # lt, le, gt, ge, eq
     value: float
+
+
+@dataclass(frozen=True)
+class RunOrder:
+    metric: str
+    field: str  # last, min, max
+    descending: bool | None  # None: the metric's own direction (default_mode)
 
 
 @dataclass
@@ -148,6 +163,7 @@ _COMPARE: dict[str, Callable[[float, float], bool]] = {
     "ge": lambda a, b: a >= b,
     "eq": lambda a, b: a == b,
 }
+_RANK_VALUE = struct.Struct(">d")
 
 
 def _run_from(data: dict[str, Any]) -> Run:
@@ -155,7 +171,7 @@ def _run_from(data: dict[str, Any]) -> Run:
 
 
 def _run_data(run: Run) -> dict[str, Any]:
-    return {
+    data: dict[str, Any] = {
         "run_id": run.run_id,
         "experiment": run.experiment,
         "name": run.name,
@@ -167,6 +183,48 @@ def _run_data(run: Run) -> dict[str, Any]:
         "attempts": run.attempts,
         "job_id": run.job_id,
     }
+    # Optional fields, present only on deleted runs: records of active runs keep their shape.
+    if run.deleted_at is not None:
+        data["deleted_at"] = run.deleted_at
+        data["deleted_with_experiment"] = run.deleted_with_experiment
+    return data
+
+
+def _check_view(view: str) -> None:
+    if view not in VIEWS:
+        raise InvalidArgument(f"view {view[:40]!r} is not one of {', '.join(VIEWS)}")
+
+
+def _in_view(deleted_at: float | None, view: str) -> bool:
+    return view == "all" or (deleted_at is not None) == (view == "deleted")
+
+
+def _refuse_deleted_run(run: Run) -> None:
+    """FailedPrecondition for a change to a deleted run, saying how to bring it back."""
+    if run.deleted_at is None:
+        return
+    if run.deleted_with_experiment:
+        raise FailedPrecondition(
+            f"run {run.run_id!r} is deleted with its experiment {run.experiment!r}; restore the "
+            "experiment with RestoreExperiment to change the run"
+        )
+    raise FailedPrecondition(f"run {run.run_id!r} is deleted; restore it with RestoreRun to change it")
+
+
+def _refuse_deleted_experiment(experiment: Experiment) -> None:
+    if experiment.deleted_at is not None:
+        raise FailedPrecondition(
+            f"experiment {experiment.name!r} is deleted; restore it with RestoreExperiment first"
+        )
+
+
+def _refuse_unended_job(run: Run) -> None:
+    """A job's run follows the job; its status is an ended one exactly when the job has ended."""
+    if run.job_id and run.status not in ENDED_STATUSES:
+        raise FailedPrecondition(
+            f"run {run.run_id!r} belongs to job {run.job_id}, which has not ended; cancel the job "
+            "(CancelJob) or wait for it to end, then delete"
+        )
 
 
 def _summary_from(data: dict[str, Any]) -> MetricSummary:
@@ -218,18 +276,80 @@ class Tracking:
         return experiment
 
     def ensure_experiment(self, txn: WriteTxn, name: str) -> None:
-        """Create the experiment inside `txn` unless it exists (jobs create theirs on first use)."""
+        """Create the experiment inside `txn` unless it exists (jobs create theirs on first use);
+        FailedPrecondition if it is deleted."""
         if not txn.exists("experiments", (name,)):
             self._put_experiment(txn, Experiment(name, "", {}, time.time()))
+        else:
+            _refuse_deleted_experiment(self._experiment(txn, name))
 
     def _put_experiment(self, txn: WriteTxn, experiment: Experiment) -> None:
-        data = {
+        data: dict[str, Any] = {
             "name": experiment.name,
             "description": experiment.description,
             "tags": experiment.tags,
             "created_at": experiment.created_at,
         }
+        # Optional, present only while deleted: active experiments' records keep their shape.
+        if experiment.deleted_at is not None:
+            data["deleted_at"] = experiment.deleted_at
         txn.put("experiments", (experiment.name,), encode_record("experiment", 1, data))
+
+    def update_experiment(
+        self, name: str, description: str | None, set_tags: dict[str, str], remove_tags: Iterable[str]
+    ) -> Experiment:
+        """Change the description (None leaves it) and tags of an active experiment."""
+        validate_name("name", name)
+        check_entries("set_tags", set_tags, MAX_TAG_LENGTH)
+        removed = set(remove_tags)
+        both = sorted(removed & set_tags.keys())
+        if both:
+            raise InvalidArgument(f"tag {both[0][:80]!r} is both in set_tags and remove_tags; give it once")
+        with self._store.write() as txn:
+            experiment = self._experiment(txn, name)
+            _refuse_deleted_experiment(experiment)
+            if description is not None:
+                experiment.description = description
+            experiment.tags.update(set_tags)
+            for key in removed:
+                experiment.tags.pop(key, None)
+            self._put_experiment(txn, experiment)
+        return self.get_experiment(name)
+
+    def delete_experiment(self, name: str) -> Experiment:
+        """Soft-delete the experiment and its active runs; refused while one of its jobs runs."""
+        validate_name("name", name)
+        with self._store.write() as txn:
+            experiment = self._experiment(txn, name)
+            if experiment.deleted_at is None:
+                runs = [self.load_run(txn, str(key[1])) for key, _ in txn.scan("experiment_runs", (name,))]
+                for run in runs:
+                    _refuse_unended_job(run)
+                now = time.time()
+                for run in runs:
+                    if run.deleted_at is None:
+                        run.deleted_at, run.deleted_with_experiment = now, True
+                        self.put_run(txn, run)
+                        txn.put("deleted_runs", (name, run.run_id), b"")
+                experiment.deleted_at = now
+                self._put_experiment(txn, experiment)
+        return self.get_experiment(name)
+
+    def restore_experiment(self, name: str) -> Experiment:
+        """Undo a deletion: the experiment and the runs deleted with it."""
+        validate_name("name", name)
+        with self._store.write() as txn:
+            experiment = self._experiment(txn, name)
+            if experiment.deleted_at is not None:
+                for key, _ in list(txn.scan("deleted_runs", (name,))):
+                    run = self.load_run(txn, str(key[1]))
+                    if run.deleted_with_experiment:
+                        run.deleted_at, run.deleted_with_experiment = None, False
+                        self.put_run(txn, run)
+                        txn.delete("deleted_runs", key)
+                experiment.deleted_at = None
+                self._put_experiment(txn, experiment)
+        return self.get_experiment(name)
 
     def get_experiment(self, name: str) -> Experiment:
         validate_name("name", name)
@@ -241,13 +361,18 @@ class Tracking:
         if raw is None:
             raise NotFound(f"experiment {name!r} does not exist")
         _, data = decode_record(raw, "experiment", 1)
-        return Experiment(**data, run_count=txn.count("experiment_runs", (name,)))
+        runs = txn.count("experiment_runs", (name,)) - txn.count("deleted_runs", (name,))
+        return Experiment(**data, run_count=runs)
 
     def list_experiments(
-        self, name_prefix: str = "", size: int = 0, token: str = ""
+        self, name_prefix: str = "", size: int = 0, token: str = "", view: str = "active"
     ) -> tuple[list[Experiment], str]:
+        _check_view(view)
         limit = page_size(size)
         query = {"list": "experiments", "prefix": name_prefix}
+        if view != "active":
+            # Tokens of active-only lists, issued before views existed, stay valid.
+            query["view"] = view
         after = resume_after(token, query)
         out: list[Experiment] = []
         with self._store.read() as txn:
@@ -257,7 +382,10 @@ class Tracking:
                     if name > name_prefix:
                         break
                     continue
-                out.append(self._experiment(txn, name))
+                experiment = self._experiment(txn, name)
+                if not _in_view(experiment.deleted_at, view):
+                    continue
+                out.append(experiment)
                 if len(out) == limit + 1:
                     break
         if len(out) > limit:
@@ -302,6 +430,12 @@ class Tracking:
 
     def put_new_run(self, txn: WriteTxn, run: Run) -> None:
         if not txn.put("run_names", (run.experiment, run.name), run.run_id.encode(), overwrite=False):
+            holder = (txn.get("run_names", (run.experiment, run.name)) or b"").decode()
+            if txn.exists("deleted_runs", (run.experiment, holder)):
+                raise AlreadyExists(
+                    f"experiment {run.experiment!r} has a deleted run named {run.name!r} ({holder}); "
+                    "restore it with RestoreRun, pick another name or leave it empty to generate one"
+                )
             raise AlreadyExists(
                 f"experiment {run.experiment!r} already has a run named {run.name!r}; pick another name "
                 "or leave it empty to generate one"
@@ -335,6 +469,7 @@ class Tracking:
         check_entries("set_tags", set_tags, MAX_TAG_LENGTH)
         with self._store.write() as txn:
             run = self.load_run(txn, run_id)
+            _refuse_deleted_run(run)
             if status is not None:
                 if run.job_id:
                     raise FailedPrecondition(
@@ -351,6 +486,32 @@ class Tracking:
             self.put_run(txn, run)
         return self.get_run(run_id)
 
+    def delete_run(self, run_id: str) -> Run:
+        """Soft-delete a run; refused while the job it belongs to has not ended."""
+        with self._store.write() as txn:
+            run = self.load_run(txn, run_id)
+            if run.deleted_at is None:
+                _refuse_unended_job(run)
+                run.deleted_at, run.deleted_with_experiment = time.time(), False
+                self.put_run(txn, run)
+                txn.put("deleted_runs", (run.experiment, run_id), b"")
+        return self.get_run(run_id)
+
+    def restore_run(self, run_id: str) -> Run:
+        with self._store.write() as txn:
+            run = self.load_run(txn, run_id)
+            if run.deleted_at is not None:
+                experiment = self._experiment(txn, run.experiment)
+                if experiment.deleted_at is not None:
+                    raise FailedPrecondition(
+                        f"run {run_id!r} is in the deleted experiment {run.experiment!r}; restore the "
+                        "experiment with RestoreExperiment (which restores the runs deleted with it)"
+                    )
+                run.deleted_at, run.deleted_with_experiment = None, False
+                self.put_run(txn, run)
+                txn.delete("deleted_runs", (run.experiment, run_id))
+        return self.get_run(run_id)
+
     def list_runs(
         self,
         experiment: str = "",
@@ -359,8 +520,11 @@ class Tracking:
         metric_filters: Iterable[MetricFilter] = (),
         size: int = 0,
         token: str = "",
+        tags: dict[str, str] | None = None,
+        order: RunOrder | None = None,
+        view: str = "active",
     ) -> tuple[list[Run], str]:
-        """Newest first; every condition must hold."""
+        """Newest first, or by a metric with `order`; every condition must hold."""
         if experiment:
             validate_name("experiment", experiment)
         wanted = set(statuses)
@@ -369,7 +533,9 @@ class Tracking:
             raise InvalidArgument(
                 f"status {unknown[0][:40]!r} is not a run status; use one of {', '.join(RUN_STATUSES)}"
             )
+        _check_view(view)
         params = params or {}
+        tags = tags or {}
         filters = list(metric_filters)
         for i, f in enumerate(filters):
             check_metric_key(f.key, f"metrics[{i}].key")
@@ -377,15 +543,33 @@ class Tracking:
                 raise InvalidArgument(
                     f"metrics[{i}].value is NaN, which no metric value compares true against; give a number"
                 )
+        if order is not None:
+            check_metric_key(order.metric, "order_by.metric")
+            if order.descending is None:
+                order = RunOrder(order.metric, order.field, default_mode(order.metric) == "max")
         limit = page_size(size)
-        query = {
+        query: dict[str, Any] = {
             "list": "runs",
             "experiment": experiment,
             "statuses": sorted(wanted),
             "params": params,
             "metrics": [f.__dict__ for f in filters],
         }
+        # Added only when used, so tokens issued before these filters existed stay valid.
+        for name, value in (("tags", tags), ("order", order and order.__dict__), ("view", view)):
+            if value and value != "active":
+                query[name] = value
         after = resume_after(token, query)
+
+        def kept(run: Run) -> bool:
+            if not _in_view(run.deleted_at, view):
+                return False
+            if wanted and run.status not in wanted:
+                return False
+            return all(run.params.get(k) == v for k, v in params.items()) and all(
+                run.tags.get(k) == v for k, v in tags.items()
+            )
+
         out: list[Run] = []
         last_key: bytes = b""
         with self._store.read() as txn:
@@ -394,19 +578,22 @@ class Tracking:
                 keys = (
                     (key, str(key[1]))
                     for key, _ in txn.scan(
-                        "experiment_runs", (experiment,), after=unpack(after) if after else None, reverse=True
+                        "experiment_runs",
+                        (experiment,),
+                        after=unpack(after) if after and order is None else None,
+                        reverse=True,
                     )
                 )
             else:
                 keys = (
                     (key, str(key[0]))
-                    for key, _ in txn.scan("runs", after=unpack(after) if after else None, reverse=True)
+                    for key, _ in txn.scan(
+                        "runs", after=unpack(after) if after and order is None else None, reverse=True
+                    )
                 )
             for key, run_id in keys:
                 run = self.load_run(txn, run_id)
-                if wanted and run.status not in wanted:
-                    continue
-                if any(run.params.get(k) != v for k, v in params.items()):
+                if not kept(run):
                     continue
                 summaries = {s.key: s for s in self._summaries(txn, run_id)}
                 if not all(
@@ -414,12 +601,17 @@ class Tracking:
                     for f in filters
                 ):
                     continue
+                run.metrics = list(summaries.values())
+                if order is not None:
+                    out.append(run)
+                    continue
                 if len(out) == limit:
                     return out, make_token(last_key, query)
-                run.metrics = list(summaries.values())
                 out.append(run)
                 last_key = pack(key)
-        return out, ""
+        if order is None:
+            return out, ""
+        return _ordered_page(out, order, after, limit, query)
 
     def compare_runs(self, run_ids: list[str]) -> list[Run]:
         if len(run_ids) < 2:
@@ -447,6 +639,8 @@ class Tracking:
                     continue
                 value = _summary_from(decode_record(raw, "metric_summary", 1)[1]).field(summary_field)
                 run = self.load_run(txn, run_id)
+                if run.deleted_at is not None:
+                    continue
                 run.metrics = self._summaries(txn, run_id)
                 ranked.append((run, value))
         ranked.sort(key=lambda item: item[1], reverse=mode == "max")
@@ -460,6 +654,7 @@ class Tracking:
         check_entries("params", params, MAX_PARAM_LENGTH)
         with self._store.write() as txn:
             run = self.load_run(txn, run_id)
+            _refuse_deleted_run(run)
             for key, value in params.items():
                 if key in run.params and run.params[key] != value:
                     raise FailedPrecondition(
@@ -502,7 +697,10 @@ class Tracking:
             if raw is None:
                 raise NotFound(f"run {run_id!r} does not exist; create it with CreateRun first")
             if external:
-                status = decode_record(raw, "run", 1)[1]["status"]
+                data = decode_record(raw, "run", 1)[1]
+                if "deleted_at" in data:
+                    _refuse_deleted_run(_run_from(data))
+                status = data["status"]
                 if status in ENDED_STATUSES:
                     raise FailedPrecondition(
                         f"run {run_id!r} has ended ({status.upper()}); log metrics to a running run"
@@ -632,6 +830,47 @@ class Tracking:
             _summary_from(decode_record(raw, "metric_summary", 1)[1])
             for _, raw in txn.scan("metric_summaries", (run_id,))
         ]
+
+
+def _rank(run: Run, order: RunOrder) -> tuple[int, float]:
+    """Where a run sorts: (0, value, negated when descending), or (1, 0.0) without the metric."""
+    summary = next((s for s in run.metrics if s.key == order.metric), None)
+    if summary is None:
+        return 1, 0.0
+    value = summary.field(order.field)
+    return 0, -value if order.descending else value
+
+
+def _ordered_page(
+    runs: list[Run], order: RunOrder, after: bytes | None, limit: int, query: dict[str, Any]
+) -> tuple[list[Run], str]:
+    """One page of `runs` (newest first) sorted by `order`, after the token's (rank, run id).
+
+    Equal ranks keep newest first, so (rank, run id) orders runs totally and a page resumes
+    exactly after the last run it showed, whatever was logged in between.
+    """
+    runs.sort(key=lambda run: _rank(run, order))
+    if after is not None:
+        key = unpack(after)
+        if not (
+            len(key) == 3
+            and key[0] in (0, 1)
+            and isinstance(key[1], bytes)
+            and len(key[1]) == _RANK_VALUE.size
+            and isinstance(key[2], str)
+        ):
+            raise foreign_token()
+        last_rank, last_id = (int(key[0]), _RANK_VALUE.unpack(key[1])[0]), key[2]
+        runs = [
+            run
+            for run in runs
+            if _rank(run, order) > last_rank or (_rank(run, order) == last_rank and run.run_id < last_id)
+        ]
+    if len(runs) <= limit:
+        return runs, ""
+    page = runs[:limit]
+    missing, value = _rank(page[-1], order)
+    return page, make_token(pack((missing, _RANK_VALUE.pack(value), page[-1].run_id)), query)
 
 
 def _refresh_summary(txn: WriteTxn, run_id: str, key: str) -> None:

@@ -51,6 +51,28 @@ JOB_STATE_INTERRUPTED: JobState.ValueType  # 6
 """The daemon stopped while the job ran; it is re-queued and resumes from its last checkpoint."""
 Global___JobState: _TypeAlias = JobState  # noqa: Y015
 
+class _LifecycleView:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LifecycleViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LifecycleView.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LIFECYCLE_VIEW_UNSPECIFIED: _LifecycleView.ValueType  # 0
+    """active only"""
+    LIFECYCLE_VIEW_ACTIVE_ONLY: _LifecycleView.ValueType  # 1
+    LIFECYCLE_VIEW_DELETED_ONLY: _LifecycleView.ValueType  # 2
+    LIFECYCLE_VIEW_ALL: _LifecycleView.ValueType  # 3
+
+class LifecycleView(_LifecycleView, metaclass=_LifecycleViewEnumTypeWrapper):
+    """Which of the soft-deleted experiments or runs a list shows."""
+
+LIFECYCLE_VIEW_UNSPECIFIED: LifecycleView.ValueType  # 0
+"""active only"""
+LIFECYCLE_VIEW_ACTIVE_ONLY: LifecycleView.ValueType  # 1
+LIFECYCLE_VIEW_DELETED_ONLY: LifecycleView.ValueType  # 2
+LIFECYCLE_VIEW_ALL: LifecycleView.ValueType  # 3
+Global___LifecycleView: _TypeAlias = LifecycleView  # noqa: Y015
+
 class _RunStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -118,6 +140,25 @@ SUMMARY_FIELD_LAST: SummaryField.ValueType  # 1
 SUMMARY_FIELD_MIN: SummaryField.ValueType  # 2
 SUMMARY_FIELD_MAX: SummaryField.ValueType  # 3
 Global___SummaryField: _TypeAlias = SummaryField  # noqa: Y015
+
+class _SortDirection:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SortDirectionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SortDirection.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SORT_DIRECTION_UNSPECIFIED: _SortDirection.ValueType  # 0
+    """the metric's own: ascending for losses and errors"""
+    SORT_DIRECTION_ASCENDING: _SortDirection.ValueType  # 1
+    SORT_DIRECTION_DESCENDING: _SortDirection.ValueType  # 2
+
+class SortDirection(_SortDirection, metaclass=_SortDirectionEnumTypeWrapper): ...
+
+SORT_DIRECTION_UNSPECIFIED: SortDirection.ValueType  # 0
+"""the metric's own: ascending for losses and errors"""
+SORT_DIRECTION_ASCENDING: SortDirection.ValueType  # 1
+SORT_DIRECTION_DESCENDING: SortDirection.ValueType  # 2
+Global___SortDirection: _TypeAlias = SortDirection  # noqa: Y015
 
 class _SweepStrategy:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -840,13 +881,21 @@ class Experiment(_message.Message):
     TAGS_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     RUN_COUNT_FIELD_NUMBER: _builtins.int
+    DELETED_FIELD_NUMBER: _builtins.int
+    DELETED_AT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     description: _builtins.str
     run_count: _builtins.int
+    """Runs that are not deleted."""
+    deleted: _builtins.bool
     @_builtins.property
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def deleted_at(self) -> _timestamp_pb2.Timestamp:
+        """Set while deleted."""
+
     def __init__(
         self,
         *,
@@ -855,10 +904,12 @@ class Experiment(_message.Message):
         tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         run_count: _builtins.int = ...,
+        deleted: _builtins.bool = ...,
+        deleted_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deleted_at", b"deleted_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "description", b"description", "name", b"name", "run_count", b"run_count", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deleted", b"deleted", "deleted_at", b"deleted_at", "description", b"description", "name", b"name", "run_count", b"run_count", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -936,23 +987,119 @@ class ListExperimentsRequest(_message.Message):
     NAME_PREFIX_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     name_prefix: _builtins.str
     page_size: _builtins.int
     page_token: _builtins.str
+    view: Global___LifecycleView.ValueType
     def __init__(
         self,
         *,
         name_prefix: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        view: Global___LifecycleView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name_prefix", b"name_prefix", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name_prefix", b"name_prefix", "page_size", b"page_size", "page_token", b"page_token", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListExperimentsRequest: _TypeAlias = ListExperimentsRequest  # noqa: Y015
+
+@_typing.final
+class UpdateExperimentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class SetTagsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    SET_TAGS_FIELD_NUMBER: _builtins.int
+    REMOVE_TAGS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    description: _builtins.str
+    """Left alone when unset; an empty string clears it."""
+    @_builtins.property
+    def set_tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def remove_tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tags to drop; a key that is not there is no error. A key both set and removed is invalid."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str | None = ...,
+        set_tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        remove_tags: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_description", b"_description", "description", b"description"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_description", b"_description", "description", b"description", "name", b"name", "remove_tags", b"remove_tags", "set_tags", b"set_tags"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__description: _TypeAlias = _typing.Literal["description"]  # noqa: Y015
+    _WhichOneofArgType__description: _TypeAlias = _typing.Literal["_description", b"_description"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__description) -> _WhichOneofReturnType__description | None: ...
+
+Global___UpdateExperimentRequest: _TypeAlias = UpdateExperimentRequest  # noqa: Y015
+
+@_typing.final
+class DeleteExperimentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteExperimentRequest: _TypeAlias = DeleteExperimentRequest  # noqa: Y015
+
+@_typing.final
+class RestoreExperimentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestoreExperimentRequest: _TypeAlias = RestoreExperimentRequest  # noqa: Y015
 
 @_typing.final
 class ListExperimentsResponse(_message.Message):
@@ -1068,6 +1215,8 @@ class Run(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     JOB_ID_FIELD_NUMBER: _builtins.int
     METRICS_FIELD_NUMBER: _builtins.int
+    DELETED_FIELD_NUMBER: _builtins.int
+    DELETED_AT_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     experiment: _builtins.str
     name: _builtins.str
@@ -1075,6 +1224,7 @@ class Run(_message.Message):
     attempts: _builtins.int
     job_id: _builtins.str
     """The job that produced the run; empty for external runs."""
+    deleted: _builtins.bool
     @_builtins.property
     def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -1085,6 +1235,10 @@ class Run(_message.Message):
     def end_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricSummary]: ...
+    @_builtins.property
+    def deleted_at(self) -> _timestamp_pb2.Timestamp:
+        """Set while deleted."""
+
     def __init__(
         self,
         *,
@@ -1099,10 +1253,12 @@ class Run(_message.Message):
         attempts: _builtins.int = ...,
         job_id: _builtins.str = ...,
         metrics: _abc.Iterable[Global___MetricSummary] | None = ...,
+        deleted: _builtins.bool = ...,
+        deleted_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deleted_at", b"deleted_at", "end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "end_time", b"end_time", "experiment", b"experiment", "job_id", b"job_id", "metrics", b"metrics", "name", b"name", "params", b"params", "run_id", b"run_id", "start_time", b"start_time", "status", b"status", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "deleted", b"deleted", "deleted_at", b"deleted_at", "end_time", b"end_time", "experiment", b"experiment", "job_id", b"job_id", "metrics", b"metrics", "name", b"name", "params", b"params", "run_id", b"run_id", "start_time", b"start_time", "status", b"status", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1246,6 +1402,44 @@ class GetRunRequest(_message.Message):
 Global___GetRunRequest: _TypeAlias = GetRunRequest  # noqa: Y015
 
 @_typing.final
+class DeleteRunRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteRunRequest: _TypeAlias = DeleteRunRequest  # noqa: Y015
+
+@_typing.final
+class RestoreRunRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestoreRunRequest: _TypeAlias = RestoreRunRequest  # noqa: Y015
+
+@_typing.final
 class ParamFilter(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1296,6 +1490,57 @@ class MetricFilter(_message.Message):
 Global___MetricFilter: _TypeAlias = MetricFilter  # noqa: Y015
 
 @_typing.final
+class TagFilter(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    value: _builtins.str
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        value: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TagFilter: _TypeAlias = TagFilter  # noqa: Y015
+
+@_typing.final
+class RunOrder(_message.Message):
+    """Runs ordered by one value of a metric's summary; runs without the metric come last. Runs
+    with equal values are newest first, so pages neither skip nor repeat a run.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METRIC_FIELD_NUMBER: _builtins.int
+    FIELD_FIELD_NUMBER: _builtins.int
+    DIRECTION_FIELD_NUMBER: _builtins.int
+    metric: _builtins.str
+    field: Global___SummaryField.ValueType
+    direction: Global___SortDirection.ValueType
+    def __init__(
+        self,
+        *,
+        metric: _builtins.str = ...,
+        field: Global___SummaryField.ValueType = ...,
+        direction: Global___SortDirection.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["direction", b"direction", "field", b"field", "metric", b"metric"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunOrder: _TypeAlias = RunOrder  # noqa: Y015
+
+@_typing.final
 class ListRunsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1305,15 +1550,25 @@ class ListRunsRequest(_message.Message):
     METRICS_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    ORDER_BY_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     experiment: _builtins.str
     page_size: _builtins.int
     page_token: _builtins.str
+    view: Global___LifecycleView.ValueType
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[Global___RunStatus.ValueType]: ...
     @_builtins.property
     def params(self) -> _containers.RepeatedCompositeFieldContainer[Global___ParamFilter]: ...
     @_builtins.property
     def metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricFilter]: ...
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedCompositeFieldContainer[Global___TagFilter]: ...
+    @_builtins.property
+    def order_by(self) -> Global___RunOrder:
+        """Unset: newest first."""
+
     def __init__(
         self,
         *,
@@ -1323,10 +1578,13 @@ class ListRunsRequest(_message.Message):
         metrics: _abc.Iterable[Global___MetricFilter] | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        tags: _abc.Iterable[Global___TagFilter] | None = ...,
+        order_by: Global___RunOrder | None = ...,
+        view: Global___LifecycleView.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["order_by", b"order_by"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment", b"experiment", "metrics", b"metrics", "page_size", b"page_size", "page_token", b"page_token", "params", b"params", "statuses", b"statuses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment", b"experiment", "metrics", b"metrics", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token", "params", b"params", "statuses", b"statuses", "tags", b"tags", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -74,6 +74,21 @@ class TrainingStub:
                 request_serializer=tessera_dot_v1_dot_training__pb2.ListExperimentsRequest.SerializeToString,
                 response_deserializer=tessera_dot_v1_dot_training__pb2.ListExperimentsResponse.FromString,
                 _registered_method=True)
+        self.UpdateExperiment = channel.unary_unary(
+                '/tessera.v1.Training/UpdateExperiment',
+                request_serializer=tessera_dot_v1_dot_training__pb2.UpdateExperimentRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_training__pb2.Experiment.FromString,
+                _registered_method=True)
+        self.DeleteExperiment = channel.unary_unary(
+                '/tessera.v1.Training/DeleteExperiment',
+                request_serializer=tessera_dot_v1_dot_training__pb2.DeleteExperimentRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_training__pb2.Experiment.FromString,
+                _registered_method=True)
+        self.RestoreExperiment = channel.unary_unary(
+                '/tessera.v1.Training/RestoreExperiment',
+                request_serializer=tessera_dot_v1_dot_training__pb2.RestoreExperimentRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_training__pb2.Experiment.FromString,
+                _registered_method=True)
         self.CreateRun = channel.unary_unary(
                 '/tessera.v1.Training/CreateRun',
                 request_serializer=tessera_dot_v1_dot_training__pb2.CreateRunRequest.SerializeToString,
@@ -87,6 +102,16 @@ class TrainingStub:
         self.GetRun = channel.unary_unary(
                 '/tessera.v1.Training/GetRun',
                 request_serializer=tessera_dot_v1_dot_training__pb2.GetRunRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_training__pb2.Run.FromString,
+                _registered_method=True)
+        self.DeleteRun = channel.unary_unary(
+                '/tessera.v1.Training/DeleteRun',
+                request_serializer=tessera_dot_v1_dot_training__pb2.DeleteRunRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_training__pb2.Run.FromString,
+                _registered_method=True)
+        self.RestoreRun = channel.unary_unary(
+                '/tessera.v1.Training/RestoreRun',
+                request_serializer=tessera_dot_v1_dot_training__pb2.RestoreRunRequest.SerializeToString,
                 response_deserializer=tessera_dot_v1_dot_training__pb2.Run.FromString,
                 _registered_method=True)
         self.ListRuns = channel.unary_unary(
@@ -202,7 +227,32 @@ class TrainingServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListExperiments(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Lists active experiments unless view asks for deleted ones too (or only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateExperiment(self, request, context):
+        """Changes an experiment's description and tags (e.g. one a job created on first use).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteExperiment(self, request, context):
+        """Soft delete, as MLflow's: the experiment and its runs are hidden from lists and refuse new
+        runs, params and metrics, but keep their data until RestoreExperiment brings them back.
+        FAILED_PRECONDITION while a job of the experiment has not ended. A repeat changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreExperiment(self, request, context):
+        """Brings back the experiment and the runs its deletion deleted (not those deleted one by one
+        before). Restoring an active experiment changes nothing.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -227,8 +277,26 @@ class TrainingServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteRun(self, request, context):
+        """Soft delete: the run is hidden from lists and leaderboards and refuses params, metrics and
+        updates, and keeps its data until RestoreRun. A job's run can be deleted once the job has
+        ended (FAILED_PRECONDITION naming the job before); a sweep keeps its record of a trial whose
+        run is deleted. A repeat changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreRun(self, request, context):
+        """FAILED_PRECONDITION while the run's experiment is deleted (RestoreExperiment restores both).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListRuns(self, request, context):
-        """Filtered by experiment, status, params and metric summaries (all conditions must hold).
+        """Filtered by experiment, status, params, tags and metric summaries (all conditions must
+        hold); newest first, or by a metric's summary with order_by.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -344,6 +412,21 @@ def add_TrainingServicer_to_server(servicer, server):
                     request_deserializer=tessera_dot_v1_dot_training__pb2.ListExperimentsRequest.FromString,
                     response_serializer=tessera_dot_v1_dot_training__pb2.ListExperimentsResponse.SerializeToString,
             ),
+            'UpdateExperiment': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateExperiment,
+                    request_deserializer=tessera_dot_v1_dot_training__pb2.UpdateExperimentRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_training__pb2.Experiment.SerializeToString,
+            ),
+            'DeleteExperiment': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteExperiment,
+                    request_deserializer=tessera_dot_v1_dot_training__pb2.DeleteExperimentRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_training__pb2.Experiment.SerializeToString,
+            ),
+            'RestoreExperiment': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreExperiment,
+                    request_deserializer=tessera_dot_v1_dot_training__pb2.RestoreExperimentRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_training__pb2.Experiment.SerializeToString,
+            ),
             'CreateRun': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateRun,
                     request_deserializer=tessera_dot_v1_dot_training__pb2.CreateRunRequest.FromString,
@@ -357,6 +440,16 @@ def add_TrainingServicer_to_server(servicer, server):
             'GetRun': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRun,
                     request_deserializer=tessera_dot_v1_dot_training__pb2.GetRunRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_training__pb2.Run.SerializeToString,
+            ),
+            'DeleteRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRun,
+                    request_deserializer=tessera_dot_v1_dot_training__pb2.DeleteRunRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_training__pb2.Run.SerializeToString,
+            ),
+            'RestoreRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreRun,
+                    request_deserializer=tessera_dot_v1_dot_training__pb2.RestoreRunRequest.FromString,
                     response_serializer=tessera_dot_v1_dot_training__pb2.Run.SerializeToString,
             ),
             'ListRuns': grpc.unary_unary_rpc_method_handler(
@@ -642,6 +735,87 @@ class Training:
             _registered_method=True)
 
     @staticmethod
+    def UpdateExperiment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Training/UpdateExperiment',
+            tessera_dot_v1_dot_training__pb2.UpdateExperimentRequest.SerializeToString,
+            tessera_dot_v1_dot_training__pb2.Experiment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteExperiment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Training/DeleteExperiment',
+            tessera_dot_v1_dot_training__pb2.DeleteExperimentRequest.SerializeToString,
+            tessera_dot_v1_dot_training__pb2.Experiment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreExperiment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Training/RestoreExperiment',
+            tessera_dot_v1_dot_training__pb2.RestoreExperimentRequest.SerializeToString,
+            tessera_dot_v1_dot_training__pb2.Experiment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def CreateRun(request,
             target,
             options=(),
@@ -711,6 +885,60 @@ class Training:
             target,
             '/tessera.v1.Training/GetRun',
             tessera_dot_v1_dot_training__pb2.GetRunRequest.SerializeToString,
+            tessera_dot_v1_dot_training__pb2.Run.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Training/DeleteRun',
+            tessera_dot_v1_dot_training__pb2.DeleteRunRequest.SerializeToString,
+            tessera_dot_v1_dot_training__pb2.Run.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Training/RestoreRun',
+            tessera_dot_v1_dot_training__pb2.RestoreRunRequest.SerializeToString,
             tessera_dot_v1_dot_training__pb2.Run.FromString,
             options,
             channel_credentials,

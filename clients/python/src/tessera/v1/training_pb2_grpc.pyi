@@ -53,13 +53,35 @@ class TrainingStub:
     """Tracking."""
     GetExperiment: _grpc.UnaryUnaryMultiCallable[_training_pb2.GetExperimentRequest, _training_pb2.Experiment]
     ListExperiments: _grpc.UnaryUnaryMultiCallable[_training_pb2.ListExperimentsRequest, _training_pb2.ListExperimentsResponse]
+    """Lists active experiments unless view asks for deleted ones too (or only)."""
+    UpdateExperiment: _grpc.UnaryUnaryMultiCallable[_training_pb2.UpdateExperimentRequest, _training_pb2.Experiment]
+    """Changes an experiment's description and tags (e.g. one a job created on first use)."""
+    DeleteExperiment: _grpc.UnaryUnaryMultiCallable[_training_pb2.DeleteExperimentRequest, _training_pb2.Experiment]
+    """Soft delete, as MLflow's: the experiment and its runs are hidden from lists and refuse new
+    runs, params and metrics, but keep their data until RestoreExperiment brings them back.
+    FAILED_PRECONDITION while a job of the experiment has not ended. A repeat changes nothing.
+    """
+    RestoreExperiment: _grpc.UnaryUnaryMultiCallable[_training_pb2.RestoreExperimentRequest, _training_pb2.Experiment]
+    """Brings back the experiment and the runs its deletion deleted (not those deleted one by one
+    before). Restoring an active experiment changes nothing.
+    """
     CreateRun: _grpc.UnaryUnaryMultiCallable[_training_pb2.CreateRunRequest, _training_pb2.Run]
     """Starts a run for an external training script; jobs create their runs themselves."""
     UpdateRun: _grpc.UnaryUnaryMultiCallable[_training_pb2.UpdateRunRequest, _training_pb2.Run]
     """Ends an external run (status, end time) or changes its tags."""
     GetRun: _grpc.UnaryUnaryMultiCallable[_training_pb2.GetRunRequest, _training_pb2.Run]
+    DeleteRun: _grpc.UnaryUnaryMultiCallable[_training_pb2.DeleteRunRequest, _training_pb2.Run]
+    """Soft delete: the run is hidden from lists and leaderboards and refuses params, metrics and
+    updates, and keeps its data until RestoreRun. A job's run can be deleted once the job has
+    ended (FAILED_PRECONDITION naming the job before); a sweep keeps its record of a trial whose
+    run is deleted. A repeat changes nothing.
+    """
+    RestoreRun: _grpc.UnaryUnaryMultiCallable[_training_pb2.RestoreRunRequest, _training_pb2.Run]
+    """FAILED_PRECONDITION while the run's experiment is deleted (RestoreExperiment restores both)."""
     ListRuns: _grpc.UnaryUnaryMultiCallable[_training_pb2.ListRunsRequest, _training_pb2.ListRunsResponse]
-    """Filtered by experiment, status, params and metric summaries (all conditions must hold)."""
+    """Filtered by experiment, status, params, tags and metric summaries (all conditions must
+    hold); newest first, or by a metric's summary with order_by.
+    """
     CompareRuns: _grpc.UnaryUnaryMultiCallable[_training_pb2.CompareRunsRequest, _training_pb2.CompareRunsResponse]
     Leaderboard: _grpc.UnaryUnaryMultiCallable[_training_pb2.LeaderboardRequest, _training_pb2.LeaderboardResponse]
     """Runs of an experiment ranked by one metric's summary."""
@@ -102,13 +124,35 @@ class TrainingAsyncStub(TrainingStub):
     """Tracking."""
     GetExperiment: _aio.UnaryUnaryMultiCallable[_training_pb2.GetExperimentRequest, _training_pb2.Experiment]  # type: ignore[assignment]
     ListExperiments: _aio.UnaryUnaryMultiCallable[_training_pb2.ListExperimentsRequest, _training_pb2.ListExperimentsResponse]  # type: ignore[assignment]
+    """Lists active experiments unless view asks for deleted ones too (or only)."""
+    UpdateExperiment: _aio.UnaryUnaryMultiCallable[_training_pb2.UpdateExperimentRequest, _training_pb2.Experiment]  # type: ignore[assignment]
+    """Changes an experiment's description and tags (e.g. one a job created on first use)."""
+    DeleteExperiment: _aio.UnaryUnaryMultiCallable[_training_pb2.DeleteExperimentRequest, _training_pb2.Experiment]  # type: ignore[assignment]
+    """Soft delete, as MLflow's: the experiment and its runs are hidden from lists and refuse new
+    runs, params and metrics, but keep their data until RestoreExperiment brings them back.
+    FAILED_PRECONDITION while a job of the experiment has not ended. A repeat changes nothing.
+    """
+    RestoreExperiment: _aio.UnaryUnaryMultiCallable[_training_pb2.RestoreExperimentRequest, _training_pb2.Experiment]  # type: ignore[assignment]
+    """Brings back the experiment and the runs its deletion deleted (not those deleted one by one
+    before). Restoring an active experiment changes nothing.
+    """
     CreateRun: _aio.UnaryUnaryMultiCallable[_training_pb2.CreateRunRequest, _training_pb2.Run]  # type: ignore[assignment]
     """Starts a run for an external training script; jobs create their runs themselves."""
     UpdateRun: _aio.UnaryUnaryMultiCallable[_training_pb2.UpdateRunRequest, _training_pb2.Run]  # type: ignore[assignment]
     """Ends an external run (status, end time) or changes its tags."""
     GetRun: _aio.UnaryUnaryMultiCallable[_training_pb2.GetRunRequest, _training_pb2.Run]  # type: ignore[assignment]
+    DeleteRun: _aio.UnaryUnaryMultiCallable[_training_pb2.DeleteRunRequest, _training_pb2.Run]  # type: ignore[assignment]
+    """Soft delete: the run is hidden from lists and leaderboards and refuses params, metrics and
+    updates, and keeps its data until RestoreRun. A job's run can be deleted once the job has
+    ended (FAILED_PRECONDITION naming the job before); a sweep keeps its record of a trial whose
+    run is deleted. A repeat changes nothing.
+    """
+    RestoreRun: _aio.UnaryUnaryMultiCallable[_training_pb2.RestoreRunRequest, _training_pb2.Run]  # type: ignore[assignment]
+    """FAILED_PRECONDITION while the run's experiment is deleted (RestoreExperiment restores both)."""
     ListRuns: _aio.UnaryUnaryMultiCallable[_training_pb2.ListRunsRequest, _training_pb2.ListRunsResponse]  # type: ignore[assignment]
-    """Filtered by experiment, status, params and metric summaries (all conditions must hold)."""
+    """Filtered by experiment, status, params, tags and metric summaries (all conditions must
+    hold); newest first, or by a metric's summary with order_by.
+    """
     CompareRuns: _aio.UnaryUnaryMultiCallable[_training_pb2.CompareRunsRequest, _training_pb2.CompareRunsResponse]  # type: ignore[assignment]
     Leaderboard: _aio.UnaryUnaryMultiCallable[_training_pb2.LeaderboardRequest, _training_pb2.LeaderboardResponse]  # type: ignore[assignment]
     """Runs of an experiment ranked by one metric's summary."""
@@ -195,7 +239,37 @@ class TrainingServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _training_pb2.ListExperimentsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_training_pb2.ListExperimentsResponse, _abc.Awaitable[_training_pb2.ListExperimentsResponse]]: ...
+    ) -> _typing.Union[_training_pb2.ListExperimentsResponse, _abc.Awaitable[_training_pb2.ListExperimentsResponse]]:
+        """Lists active experiments unless view asks for deleted ones too (or only)."""
+
+    @_abc_1.abstractmethod
+    def UpdateExperiment(
+        self,
+        request: _training_pb2.UpdateExperimentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_training_pb2.Experiment, _abc.Awaitable[_training_pb2.Experiment]]:
+        """Changes an experiment's description and tags (e.g. one a job created on first use)."""
+
+    @_abc_1.abstractmethod
+    def DeleteExperiment(
+        self,
+        request: _training_pb2.DeleteExperimentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_training_pb2.Experiment, _abc.Awaitable[_training_pb2.Experiment]]:
+        """Soft delete, as MLflow's: the experiment and its runs are hidden from lists and refuse new
+        runs, params and metrics, but keep their data until RestoreExperiment brings them back.
+        FAILED_PRECONDITION while a job of the experiment has not ended. A repeat changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def RestoreExperiment(
+        self,
+        request: _training_pb2.RestoreExperimentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_training_pb2.Experiment, _abc.Awaitable[_training_pb2.Experiment]]:
+        """Brings back the experiment and the runs its deletion deleted (not those deleted one by one
+        before). Restoring an active experiment changes nothing.
+        """
 
     @_abc_1.abstractmethod
     def CreateRun(
@@ -221,12 +295,34 @@ class TrainingServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_training_pb2.Run, _abc.Awaitable[_training_pb2.Run]]: ...
 
     @_abc_1.abstractmethod
+    def DeleteRun(
+        self,
+        request: _training_pb2.DeleteRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_training_pb2.Run, _abc.Awaitable[_training_pb2.Run]]:
+        """Soft delete: the run is hidden from lists and leaderboards and refuses params, metrics and
+        updates, and keeps its data until RestoreRun. A job's run can be deleted once the job has
+        ended (FAILED_PRECONDITION naming the job before); a sweep keeps its record of a trial whose
+        run is deleted. A repeat changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def RestoreRun(
+        self,
+        request: _training_pb2.RestoreRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_training_pb2.Run, _abc.Awaitable[_training_pb2.Run]]:
+        """FAILED_PRECONDITION while the run's experiment is deleted (RestoreExperiment restores both)."""
+
+    @_abc_1.abstractmethod
     def ListRuns(
         self,
         request: _training_pb2.ListRunsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_training_pb2.ListRunsResponse, _abc.Awaitable[_training_pb2.ListRunsResponse]]:
-        """Filtered by experiment, status, params and metric summaries (all conditions must hold)."""
+        """Filtered by experiment, status, params, tags and metric summaries (all conditions must
+        hold); newest first, or by a metric's summary with order_by.
+        """
 
     @_abc_1.abstractmethod
     def CompareRuns(
