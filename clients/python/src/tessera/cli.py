@@ -589,8 +589,23 @@ def cmd_jobs_cancel(client: Client, args: argparse.Namespace, out: Output) -> No
     out.line(f"job {job.id}: {job.state.value} (stops at its next step)")
 
 
+def run_status(run: training_pb2.Run) -> str:
+    status = training_pb2.RunStatus.Name(run.status).removeprefix("RUN_STATUS_").lower()
+    return f"{status} (deleted)" if run.deleted else status
+
+
 def cmd_runs_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
-    runs = list(client.training.runs(experiment=args.experiment))
+    runs = list(
+        client.training.runs(
+            experiment=args.experiment,
+            statuses=args.status or (),
+            params=key_values(args.param or [], "--param"),
+            tags=key_values(args.tag or [], "--tag"),
+            order_by=args.order_by or "",
+            descending=args.descending,
+            view=VIEWS[args.view],
+        )
+    )
     if out.as_json:
         return out.json(runs)
     out.table(
@@ -601,7 +616,7 @@ def cmd_runs_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
                 r.run_id,
                 r.experiment,
                 r.name,
-                training_pb2.RunStatus.Name(r.status).removeprefix("RUN_STATUS_").lower(),
+                run_status(r),
                 ", ".join(f"{m.key}={m.last:.4g}" for m in r.metrics),
                 when(r.start_time),
             )
@@ -618,7 +633,7 @@ def cmd_runs_show(client: Client, args: argparse.Namespace, out: Output) -> None
     rows: list[tuple[str, Any]] = [
         ("experiment", run.experiment),
         ("name", run.name),
-        ("status", training_pb2.RunStatus.Name(run.status).removeprefix("RUN_STATUS_").lower()),
+        ("status", run_status(run)),
         ("job", run.job_id or "-"),
         ("started", when(run.start_time)),
         ("ended", when(run.end_time)),
@@ -630,6 +645,72 @@ def cmd_runs_show(client: Client, args: argparse.Namespace, out: Output) -> None
         for m in run.metrics
     ]
     out.pairs(f"run {run.run_id}", rows)
+
+
+def cmd_runs_rm(client: Client, args: argparse.Namespace, out: Output) -> None:
+    run = client.training.delete_run(args.run_id)
+    if out.as_json:
+        return out.json(run)
+    out.line(f"deleted run {run.run_id}; bring it back with: tessera runs restore {run.run_id}")
+
+
+def cmd_runs_restore(client: Client, args: argparse.Namespace, out: Output) -> None:
+    run = client.training.restore_run(args.run_id)
+    if out.as_json:
+        return out.json(run)
+    out.line(f"restored run {run.run_id}")
+
+
+def cmd_experiments_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
+    experiments = list(client.training.experiments(prefix=args.prefix, view=VIEWS[args.view]))
+    if out.as_json:
+        return out.json(experiments)
+    out.table(
+        "experiments",
+        ["name", "runs", "description", "tags", "created"],
+        [
+            (
+                e.name + (" (deleted)" if e.deleted else ""),
+                e.run_count,
+                e.description,
+                ", ".join(f"{k}={v}" for k, v in sorted(e.tags.items())),
+                when(e.created_at),
+            )
+            for e in experiments
+        ],
+        whole=("name",),
+    )
+
+
+def cmd_experiments_update(client: Client, args: argparse.Namespace, out: Output) -> None:
+    experiment = client.training.update_experiment(
+        args.name,
+        description=args.description,
+        set_tags=key_values(args.tag or [], "--tag"),
+        remove_tags=args.remove_tag or (),
+    )
+    if out.as_json:
+        return out.json(experiment)
+    rows: list[tuple[str, Any]] = [("description", experiment.description or "-")]
+    rows += [(f"tag {k}", v) for k, v in sorted(experiment.tags.items())]
+    out.pairs(f"experiment {experiment.name}", rows)
+
+
+def cmd_experiments_rm(client: Client, args: argparse.Namespace, out: Output) -> None:
+    experiment = client.training.delete_experiment(args.name)
+    if out.as_json:
+        return out.json(experiment)
+    out.line(
+        f"deleted experiment {experiment.name} and its runs; bring them back with: "
+        f"tessera experiments restore {experiment.name}"
+    )
+
+
+def cmd_experiments_restore(client: Client, args: argparse.Namespace, out: Output) -> None:
+    experiment = client.training.restore_experiment(args.name)
+    if out.as_json:
+        return out.json(experiment)
+    out.line(f"restored experiment {experiment.name} ({experiment.run_count} runs)")
 
 
 def cmd_runs_leaderboard(client: Client, args: argparse.Namespace, out: Output) -> None:
@@ -882,6 +963,19 @@ def transfer_progress(out: Output, label: str) -> Callable[[int, int], None]:
 # The parser.
 
 
+VIEWS = {"active": "active_only", "deleted": "deleted_only", "all": "all"}
+"""--view choices -> the SDK's LifecycleView names."""
+
+
+def add_view(sub: argparse.ArgumentParser, what: str) -> None:
+    sub.add_argument(
+        "--view",
+        choices=list(VIEWS),
+        default="active",
+        help=f"active {what} (default), deleted ones only, or all",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tessera", description="Talk to a running tesserad.")
     parser.add_argument(
@@ -1057,15 +1151,55 @@ def build_parser() -> argparse.ArgumentParser:
     runs = commands.add_parser("runs", help="experiment runs").add_subparsers(
         dest="subcommand", required=True, metavar="SUBCOMMAND"
     )
-    command(runs, "ls", cmd_runs_ls, "list runs").add_argument(
-        "--experiment", default="", help="only this experiment's runs (default: every run)"
+    sub = command(runs, "ls", cmd_runs_ls, "list runs, newest first")
+    sub.add_argument("--experiment", default="", help="only this experiment's runs (default: every run)")
+    sub.add_argument("--status", action="append", help="only runs with this status (repeatable)")
+    sub.add_argument(
+        "--param", action="append", metavar="KEY=VALUE", help="only runs with this param (repeatable)"
     )
+    sub.add_argument(
+        "--tag", action="append", metavar="KEY=VALUE", help="only runs with this tag (repeatable)"
+    )
+    sub.add_argument(
+        "--order-by", metavar="METRIC", help="order by the metric's last value (runs without it last)"
+    )
+    direction = sub.add_mutually_exclusive_group()
+    direction.add_argument(
+        "--asc", dest="descending", action="store_false", default=None, help="lowest first"
+    )
+    direction.add_argument(
+        "--desc", dest="descending", action="store_true", help="highest first (default: by the metric's name)"
+    )
+    add_view(sub, "runs")
     command(runs, "show", cmd_runs_show, "a run's params and metrics").add_argument("run_id")
+    command(runs, "rm", cmd_runs_rm, "delete a run (kept until restored)").add_argument("run_id")
+    command(runs, "restore", cmd_runs_restore, "bring back a deleted run").add_argument("run_id")
     sub = command(runs, "leaderboard", cmd_runs_leaderboard, "an experiment's runs ranked by a metric")
     sub.add_argument("experiment")
     sub.add_argument("metric")
     sub.add_argument("--mode", choices=["min", "max"], help="which is better (default: by the metric's name)")
     sub.add_argument("--limit", type=whole, default=10, help="runs shown (default 10)")
+
+    experiments = commands.add_parser("experiments", help="experiments").add_subparsers(
+        dest="subcommand", required=True, metavar="SUBCOMMAND"
+    )
+    sub = command(experiments, "ls", cmd_experiments_ls, "list experiments")
+    sub.add_argument("--prefix", default="", help="only names starting with this")
+    add_view(sub, "experiments")
+    sub = command(experiments, "update", cmd_experiments_update, "change an experiment's description or tags")
+    sub.add_argument("name")
+    sub.add_argument("--description", help='the new description ("" clears it)')
+    sub.add_argument("--tag", action="append", metavar="KEY=VALUE", help="set a tag (repeatable)")
+    sub.add_argument("--remove-tag", action="append", metavar="KEY", help="drop a tag (repeatable)")
+    command(
+        experiments, "rm", cmd_experiments_rm, "delete an experiment and its runs (kept until restored)"
+    ).add_argument("name")
+    command(
+        experiments,
+        "restore",
+        cmd_experiments_restore,
+        "bring back an experiment and the runs deleted with it",
+    ).add_argument("name")
 
     export = commands.add_parser("export", help="export a version").add_subparsers(
         dest="subcommand", required=True, metavar="FORMAT"

@@ -188,14 +188,48 @@ class Training(Part[C]):
         return Op(S, "GetExperiment", pb.GetExperimentRequest(name=name))
 
     @stream
-    def experiments(self, prefix: str = "", page_size: int = 0) -> Pages[pb.Experiment]:
-        """Every experiment, optionally by name prefix."""
+    def experiments(
+        self, prefix: str = "", page_size: int = 0, view: str | int = "active_only"
+    ) -> Pages[pb.Experiment]:
+        """Every experiment, optionally by name prefix; `view` "deleted_only" or "all" shows
+        deleted ones."""
 
         def page(token: str) -> Op[pb.ListExperimentsResponse]:
-            request = pb.ListExperimentsRequest(name_prefix=prefix, page_size=page_size, page_token=token)
+            request = pb.ListExperimentsRequest(
+                name_prefix=prefix,
+                page_size=page_size,
+                page_token=token,
+                view=enum_value(pb.LifecycleView, "LIFECYCLE_VIEW_", view),
+            )
             return Op(S, "ListExperiments", request)
 
         return Pages(page, "experiments")
+
+    @call
+    def update_experiment(
+        self,
+        name: str,
+        description: str | None = None,
+        set_tags: Mapping[str, Any] | None = None,
+        remove_tags: Iterable[str] = (),
+    ) -> Op[pb.Experiment]:
+        """Change an experiment's description (None leaves it) and tags (values as text)."""
+        request = pb.UpdateExperimentRequest(
+            name=name, set_tags=_as_text(set_tags), remove_tags=list(remove_tags)
+        )
+        if description is not None:
+            request.description = description
+        return Op(S, "UpdateExperiment", request)
+
+    @call
+    def delete_experiment(self, name: str) -> Op[pb.Experiment]:
+        """Soft-delete an experiment and its runs (hidden, read-only, kept until restored)."""
+        return Op(S, "DeleteExperiment", pb.DeleteExperimentRequest(name=name))
+
+    @call
+    def restore_experiment(self, name: str) -> Op[pb.Experiment]:
+        """Bring back a deleted experiment and the runs deleted with it."""
+        return Op(S, "RestoreExperiment", pb.RestoreExperimentRequest(name=name))
 
     @call
     def create_run(
@@ -227,6 +261,16 @@ class Training(Part[C]):
         """A run with its params and metric summaries."""
         return Op(S, "GetRun", pb.GetRunRequest(run_id=run_id))
 
+    @call
+    def delete_run(self, run_id: str) -> Op[pb.Run]:
+        """Soft-delete a run (hidden, read-only, kept until restored); a job's once it ended."""
+        return Op(S, "DeleteRun", pb.DeleteRunRequest(run_id=run_id))
+
+    @call
+    def restore_run(self, run_id: str) -> Op[pb.Run]:
+        """Bring back a deleted run."""
+        return Op(S, "RestoreRun", pb.RestoreRunRequest(run_id=run_id))
+
     @stream
     def runs(
         self,
@@ -235,18 +279,32 @@ class Training(Part[C]):
         params: Mapping[str, Any] | None = None,
         metrics: Sequence[pb.MetricFilter] = (),
         page_size: int = 0,
+        tags: Mapping[str, Any] | None = None,
+        order_by: str = "",
+        descending: bool | None = None,
+        view: str | int = "active_only",
     ) -> Pages[pb.Run]:
-        """Runs matching every filter given (param values as text)."""
+        """Runs matching every filter given (param and tag values as text), newest first, or by
+        the last value of metric `order_by` (`descending` None: the metric's own direction, e.g.
+        lowest loss first); `view` "deleted_only" or "all" shows deleted runs."""
 
         def page(token: str) -> Op[pb.ListRunsResponse]:
             request = pb.ListRunsRequest(
                 experiment=experiment,
                 statuses=[enum_value(pb.RunStatus, "RUN_STATUS_", s) for s in statuses],
                 params=[pb.ParamFilter(key=k, value=v) for k, v in _as_text(params).items()],
+                tags=[pb.TagFilter(key=k, value=v) for k, v in _as_text(tags).items()],
                 metrics=list(metrics),
                 page_size=page_size,
                 page_token=token,
+                view=enum_value(pb.LifecycleView, "LIFECYCLE_VIEW_", view),
             )
+            if order_by:
+                request.order_by.metric = order_by
+                if descending is not None:
+                    request.order_by.direction = (
+                        pb.SORT_DIRECTION_DESCENDING if descending else pb.SORT_DIRECTION_ASCENDING
+                    )
             return Op(S, "ListRuns", request)
 
         return Pages(page, "runs")

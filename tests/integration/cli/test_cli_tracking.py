@@ -1,0 +1,74 @@
+"""`tessera runs ls` filters and order, `tessera runs rm|restore` and `tessera experiments
+ls|update|rm|restore`, and the SDK calls under them, against a real daemon."""
+
+from __future__ import annotations
+
+import pytest
+
+from tessera.errors import FailedPrecondition
+
+
+def test_runs_ls_filters_by_status_param_and_tag_and_orders_by_a_metric(tessera_cli, client):
+    training = client.training
+    low = training.create_run("cli-ls", params={"lr": "0.1"}, tags={"team": "a"})
+    high = training.create_run("cli-ls", params={"lr": "0.1"}, tags={"team": "b"})
+    other = training.create_run("cli-ls", params={"lr": "0.2"}, tags={"team": "a"})
+    for run, loss in ((low, 0.1), (high, 0.9), (other, 0.5)):
+        training.log_metrics(run.run_id, {"val_loss": loss}, step=0)
+    training.update_run(other.run_id, status="succeeded")
+
+    def listed(*flags: str) -> list[str]:
+        result = tessera_cli("--json", "runs", "ls", "--experiment", "cli-ls", *flags)
+        assert result.code == 0, result.err
+        return [r["run_id"] for r in result.json()]
+
+    assert listed("--status", "succeeded") == [other.run_id]
+    assert listed("--param", "lr=0.1") == [high.run_id, low.run_id]
+    assert listed("--param", "lr=0.1", "--tag", "team=a") == [low.run_id]
+    assert listed("--order-by", "val_loss") == [low.run_id, other.run_id, high.run_id]
+    assert listed("--order-by", "val_loss", "--desc") == [high.run_id, other.run_id, low.run_id]
+    bad = tessera_cli("runs", "ls", "--tag", "team")
+    assert bad.code == 1 and "--tag 'team': write KEY=VALUE" in bad.err
+
+    sdk = [r.run_id for r in training.runs("cli-ls", tags={"team": "a"}, order_by="val_loss", page_size=1)]
+    assert sdk == [low.run_id, other.run_id]
+
+
+def test_runs_rm_and_restore(tessera_cli, client):
+    run = client.training.create_run("cli-rm")
+    removed = tessera_cli("runs", "rm", run.run_id)
+    assert removed.code == 0 and f"tessera runs restore {run.run_id}" in removed.out
+    assert run.run_id not in tessera_cli("runs", "ls", "--experiment", "cli-rm").out
+    deleted = tessera_cli("runs", "ls", "--experiment", "cli-rm", "--view", "deleted")
+    assert run.run_id in deleted.out and "(deleted)" in deleted.out
+    refused = tessera_cli("runs", "rm", "run-absent")
+    assert refused.code == 1 and "NOT_FOUND" in refused.err
+    with pytest.raises(FailedPrecondition, match="is deleted; restore it with RestoreRun"):
+        client.training.log_metrics(run.run_id, {"loss": 1.0}, step=0)
+    restored = tessera_cli("runs", "restore", run.run_id)
+    assert restored.code == 0 and f"restored run {run.run_id}" in restored.out
+    assert client.training.log_metrics(run.run_id, {"loss": 1.0}, step=0) == 1
+
+
+def test_experiments_update_rm_and_restore(tessera_cli, client):
+    client.training.create_run("cli-exp")  # the experiment is created on first use
+    updated = tessera_cli(
+        "--json", "experiments", "update", "cli-exp", "--description", "4-D CNN", "--tag", "team=vision"
+    )
+    assert updated.code == 0, updated.err
+    assert updated.json()["description"] == "4-D CNN" and updated.json()["tags"] == {"team": "vision"}
+    dropped = tessera_cli("--json", "experiments", "update", "cli-exp", "--remove-tag", "team").json()
+    assert "tags" not in dropped and dropped["description"] == "4-D CNN"
+
+    removed = tessera_cli("experiments", "rm", "cli-exp")
+    assert removed.code == 0 and "tessera experiments restore cli-exp" in removed.out
+    assert "cli-exp" not in tessera_cli("experiments", "ls").out
+    assert "cli-exp (deleted)" in tessera_cli("experiments", "ls", "--view", "all").out
+    hidden = tessera_cli("--json", "runs", "ls", "--experiment", "cli-exp")
+    assert hidden.code == 0 and hidden.json() == []
+    again = tessera_cli("experiments", "update", "cli-exp", "--description", "x")
+    assert again.code == 1 and "FAILED_PRECONDITION" in again.err
+    assert "`tessera experiments restore NAME`" in again.err  # the RPC named in CLI words
+    restored = tessera_cli("experiments", "restore", "cli-exp")
+    assert restored.code == 0 and "restored experiment cli-exp (1 runs)" in restored.out
+    assert [e.name for e in client.training.experiments(prefix="cli-exp")] == ["cli-exp"]
