@@ -8,7 +8,7 @@ import pytest
 
 from tessera.v1 import training_pb2, training_pb2_grpc
 from tests.conftest import InProcessDaemon, daemon_settings
-from tests.integration.training.conftest import follow, job_spec, submit
+from tests.integration.training.conftest import follow, job_spec, submit, sweep_values, wait_sweep
 
 S = training_pb2
 ALL = S.LIFECYCLE_VIEW_ALL
@@ -185,6 +185,25 @@ def test_a_jobs_run_is_deleted_only_once_the_job_has_ended(tracker) -> None:
     follow(tracker, job.job_id)
     assert tracker.DeleteRun(S.DeleteRunRequest(run_id=job.run_id)).deleted
     assert tracker.GetJob(S.GetJobRequest(job_id=job.job_id)).run_id == job.run_id
+
+
+def test_an_ended_sweep_trials_run_can_be_deleted_and_the_sweep_keeps_its_record(tracker) -> None:
+    spec = S.SweepSpec(
+        base=job_spec("mlp", experiment="del-sweep", epochs=1),
+        strategy=S.SWEEP_STRATEGY_GRID,
+        parameters=[sweep_values("optimizer.lr", "0.001", "0.05")],
+        max_concurrent=2,
+        metric="val_loss",
+    )
+    sweep = wait_sweep(tracker, tracker.SubmitSweep(S.SubmitSweepRequest(spec=spec)).sweep_id)
+    assert sweep.state == S.SWEEP_STATE_SUCCEEDED
+    trial_run = tracker.GetJob(S.GetJobRequest(job_id=sweep.trials[0].job_id)).run_id
+    assert tracker.DeleteRun(S.DeleteRunRequest(run_id=trial_run)).deleted
+    again = tracker.GetSweep(S.GetSweepRequest(sweep_id=sweep.sweep_id))
+    assert again.trials == sweep.trials and again.best_job_id == sweep.best_job_id
+    assert trial_run not in _ids(tracker, experiment="del-sweep")
+    assert tracker.DeleteExperiment(S.DeleteExperimentRequest(name="del-sweep")).deleted
+    assert tracker.RestoreExperiment(S.RestoreExperimentRequest(name="del-sweep")).run_count == 1
 
 
 def test_runs_are_filtered_by_tag(tracker) -> None:
