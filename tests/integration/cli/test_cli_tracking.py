@@ -32,6 +32,11 @@ def test_runs_ls_filters_by_status_param_and_tag_and_orders_by_a_metric(tessera_
 
     sdk = [r.run_id for r in training.runs("cli-ls", tags={"team": "a"}, order_by="val_loss", page_size=1)]
     assert sdk == [low.run_id, other.run_id]
+    training.log_metrics(low.run_id, {"val_loss": 0.95}, step=1)  # last 0.95, min still 0.1
+    by_last = [r.run_id for r in training.runs("cli-ls", order_by="val_loss")]
+    assert by_last == [other.run_id, high.run_id, low.run_id]
+    by_min = training.runs("cli-ls", order_by="val_loss", order_field="min", page_size=2)
+    assert [r.run_id for r in by_min] == [low.run_id, other.run_id, high.run_id]
 
 
 def test_runs_rm_and_restore(tessera_cli, client):

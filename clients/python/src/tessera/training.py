@@ -283,10 +283,12 @@ class Training(Part[C]):
         order_by: str = "",
         descending: bool | None = None,
         view: str | int = "active_only",
+        order_field: str | int = "last",
     ) -> Pages[pb.Run]:
         """Runs matching every filter given (param and tag values as text), newest first, or by
-        the last value of metric `order_by` (`descending` None: the metric's own direction, e.g.
-        lowest loss first); `view` "deleted_only" or "all" shows deleted runs."""
+        metric `order_by`'s `order_field` ("last", "min" or "max"; `descending` None: the
+        metric's own direction, e.g. lowest loss first); `view` "deleted_only" or "all" shows
+        deleted runs."""
 
         def page(token: str) -> Op[pb.ListRunsResponse]:
             request = pb.ListRunsRequest(
@@ -301,6 +303,7 @@ class Training(Part[C]):
             )
             if order_by:
                 request.order_by.metric = order_by
+                request.order_by.field = enum_value(pb.SummaryField, "SUMMARY_FIELD_", order_field)
                 if descending is not None:
                     request.order_by.direction = (
                         pb.SORT_DIRECTION_DESCENDING if descending else pb.SORT_DIRECTION_ASCENDING
