@@ -11,12 +11,18 @@ File format (TOML), one table per token:
     name = "ci"            # who holds it; this is the caller identity in audit logs
     role = "trainer"       # reader, trainer or admin
     sha256 = "9f86d0..."   # `tesserad tokens hash` prints it for a token you made yourself
+    created = 2026-01-31T09:00:00Z   # optional; `tesserad tokens add` writes it, `list` shows it
+
+A running daemon reads the file again on SIGHUP and when its modification time, size or inode
+changes (`TokenFile`); a file that cannot be used leaves the tokens in use as they were.
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import hmac
+import os
 import re
 import secrets
 import tomllib
@@ -31,6 +37,7 @@ TOKEN_PREFIX = "tsr_"
 MIN_TOKEN_LENGTH = 24
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_REQUIRED_KEYS = {"name", "role", "sha256"}
 
 
 class TokensFileError(Exception):
@@ -50,6 +57,7 @@ class TokenEntry:
     name: str
     role: Role
     digest: bytes
+    created: datetime.datetime | None = None
 
 
 def new_token() -> str:
@@ -67,9 +75,10 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def format_entry(name: str, role: Role, sha256: str) -> str:
+def format_entry(name: str, role: Role, sha256: str, created: datetime.datetime | None = None) -> str:
     """One `[[tokens]]` table, as appended to a tokens file."""
-    return f'\n[[tokens]]\nname = "{name}"\nrole = "{role.label}"\nsha256 = "{sha256}"\n'
+    when = "" if created is None else f"created = {created.isoformat().replace('+00:00', 'Z')}\n"
+    return f'\n[[tokens]]\nname = "{name}"\nrole = "{role.label}"\nsha256 = "{sha256}"\n{when}'
 
 
 def validate_name(name: str) -> str:
@@ -90,6 +99,10 @@ class TokenTable:
     @property
     def names(self) -> list[str]:
         return [entry.name for entry in self._entries]
+
+    @property
+    def entries(self) -> tuple[TokenEntry, ...]:
+        return self._entries
 
     @classmethod
     def load(cls, path: Path) -> TokenTable:
@@ -115,9 +128,12 @@ class TokenTable:
         seen_digests: set[str] = set()
         for index, raw in enumerate(raw_entries, start=1):
             where = f"token #{index}"
-            if not isinstance(raw, dict) or set(raw) != {"name", "role", "sha256"}:
-                problems.append(f"{where}: needs exactly the keys name, role and sha256")
+            if not isinstance(raw, dict) or not _REQUIRED_KEYS <= set(raw) <= _REQUIRED_KEYS | {"created"}:
+                problems.append(
+                    f"{where}: needs exactly the keys name, role and sha256 (and may have created)"
+                )
                 continue
+            created = raw.get("created")
             name, role_text, digest = (str(raw["name"]), str(raw["role"]), str(raw["sha256"]).lower())
             where = f"token #{index} ({name!r})"
             try:
@@ -132,13 +148,16 @@ class TokenTable:
                     "never the token itself"
                 )
                 continue
+            if created is not None and not isinstance(created, datetime.datetime):
+                problems.append(f"{where}: created must be a TOML date-time such as 2026-01-31T09:00:00Z")
+                continue
             if name in seen_names:
                 problems.append(f"{where}: the name is used twice; each holder needs its own name")
             if digest in seen_digests:
                 problems.append(f"{where}: the same token is listed twice")
             seen_names.add(name)
             seen_digests.add(digest)
-            entries.append(TokenEntry(name, role, bytes.fromhex(digest)))
+            entries.append(TokenEntry(name, role, bytes.fromhex(digest), created))
         if problems:
             raise TokensFileError(f"tokens file {source}:\n  " + "\n  ".join(problems))
         if not entries:
@@ -154,9 +173,89 @@ class TokenTable:
         Compares the digest with every entry in constant time and never stops early, so the
         time taken says nothing about how much of a token, or which entry, matched.
         """
-        presented = hashlib.sha256(token.encode()).digest()
+        return self.identify_digest(token_digest(token))
+
+    def identify_digest(self, presented: bytes) -> Identity | None:
+        """The holder of the token whose SHA-256 is `presented`, or None; as `identify`."""
         found: TokenEntry | None = None
         for entry in self._entries:
             if hmac.compare_digest(entry.digest, presented):
                 found = entry
         return None if found is None else Identity(found.name, found.role)
+
+
+def token_digest(token: str) -> bytes:
+    """The SHA-256 of a presented token, as `TokenTable.identify_digest` takes it."""
+    return hashlib.sha256(token.encode()).digest()
+
+
+@dataclass(frozen=True)
+class TokenChanges:
+    """What changed between two token tables, by holder name (never a token or its hash)."""
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    role_changed: tuple[str, ...] = ()
+    # Same name, another token: the holder's old token no longer works.
+    replaced: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.role_changed or self.replaced)
+
+    @classmethod
+    def between(cls, old: TokenTable, new: TokenTable) -> TokenChanges:
+        before = {entry.name: entry for entry in old.entries}
+        after = {entry.name: entry for entry in new.entries}
+        both = [name for name in after if name in before]
+        return cls(
+            added=tuple(name for name in after if name not in before),
+            removed=tuple(name for name in before if name not in after),
+            role_changed=tuple(name for name in both if before[name].role != after[name].role),
+            replaced=tuple(name for name in both if before[name].digest != after[name].digest),
+        )
+
+
+# What tells a changed file apart without reading it: an editor's in-place write changes the
+# modification time or size, an atomic rename (`tesserad tokens`, a Kubernetes Secret's symlink
+# swap) the inode.
+FileSignature = tuple[int, int, int, int]
+
+
+def file_signature(path: Path) -> FileSignature | None:
+    """The file's (device, inode, size, mtime in ns), following links; None when it cannot be stat'ed."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+class TokenFile:
+    """The tokens a daemon uses: its tokens file as last read with success.
+
+    `reload` reads the file again and swaps the table in one assignment, so a caller of
+    `table` on another thread sees the old table or the new one, never a mix. A file that
+    cannot be used raises TokensFileError and leaves the table as it was.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._signature = file_signature(path)
+        self.table = TokenTable.load(path)
+
+    def changed(self) -> bool:
+        """Whether the file looks different from when it was last read (one stat, no read)."""
+        return file_signature(self.path) != self._signature
+
+    def reload(self) -> TokenChanges:
+        """Read the file again; the changes (empty when none). TokensFileError keeps the old table.
+
+        The signature is taken before the read: a write landing in between changes it again, so
+        the next `changed` sees it. A failed read is remembered too, so a poll does not report
+        the same broken file again and again.
+        """
+        self._signature = file_signature(self.path)
+        table = TokenTable.load(self.path)
+        changes = TokenChanges.between(self.table, table)
+        self.table = table
+        return changes

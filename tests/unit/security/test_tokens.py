@@ -1,4 +1,4 @@
-"""Tokens file parsing, hashing, constant-time lookup, and `tesserad tokens add|hash`."""
+"""Tokens file parsing, hashing, constant-time lookup, reloading, and `tesserad tokens add|remove|list|hash`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from tesserad import cli
 from tesserad.errors import ResourceExhausted
 from tesserad.security import Identity, Role, TokensFileError, TokenTable, hash_token, new_token
 from tesserad.security.limits import ConcurrencyGate
-from tesserad.security.tokens import MIN_TOKEN_LENGTH, format_entry
+from tesserad.security.tokens import MIN_TOKEN_LENGTH, TokenChanges, TokenFile, format_entry
 
 
 def table_of(*entries: tuple[str, Role, str]) -> TokenTable:
@@ -149,3 +149,117 @@ def test_the_gate_refuses_over_its_limit_and_names_the_setting():
     gate.leave()
     gate.enter()
     assert gate.in_flight == 2
+
+
+def add(path, name: str, role: str = "reader") -> None:
+    assert cli.main(["tokens", "add", "--file", str(path), "--name", name, "--role", role]) == 0
+
+
+def test_tokens_add_records_when_and_replaces_the_file_whole(tmp_path, capsys):
+    path = tmp_path / "tokens.toml"
+    add(path, "alice", "admin")
+    inode = path.stat().st_ino
+    add(path, "ci")
+    # A new file, renamed over the old one: a daemon never reads half of it.
+    assert path.stat().st_ino != inode
+    assert [entry.created is not None for entry in TokenTable.load(path).entries] == [True, True]
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_tokens_remove_keeps_the_other_entries_their_comments_and_the_mode(tmp_path, capsys):
+    path = tmp_path / "tokens.toml"
+    alice, ci, bot = new_token(), new_token(), new_token()
+    path.write_text(
+        "# the team's tokens\n"
+        + "\n# alice, on call\n"
+        + format_entry("alice", Role.ADMIN, hash_token(alice)).lstrip("\n")
+        + "\n# CI runners\n"
+        + format_entry("ci", Role.TRAINER, hash_token(ci)).lstrip("\n")
+        + "\n# the bot\n"
+        + format_entry("bot", Role.READER, hash_token(bot)).lstrip("\n")
+    )
+    path.chmod(0o640)
+
+    assert cli.main(["tokens", "remove", "ci", "--file", str(path)]) == 0
+
+    text = path.read_text()
+    assert "CI runners" not in text and "# the team's tokens" in text
+    assert "# alice, on call" in text and "# the bot" in text
+    table = TokenTable.load(path)
+    assert table.names == ["alice", "bot"]
+    assert table.identify(ci) is None and table.identify(bot) == Identity("bot", Role.READER)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert "removed 'ci'" in capsys.readouterr().err
+
+
+def test_tokens_remove_of_an_unknown_name_or_the_last_token_changes_nothing(tmp_path, capsys):
+    path = tmp_path / "tokens.toml"
+    add(path, "alice", "admin")
+    before = path.read_text()
+    assert cli.main(["tokens", "remove", "bob", "--file", str(path)]) == 2
+    assert "no token named 'bob'; its holders are: alice" in capsys.readouterr().err
+    assert cli.main(["tokens", "remove", "alice", "--file", str(path)]) == 2
+    assert "holds the only token" in capsys.readouterr().err
+    assert path.read_text() == before
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_tokens_remove_rewrites_entries_it_cannot_cut_out(tmp_path, capsys):
+    path = tmp_path / "tokens.toml"
+    keep = new_token()
+    path.write_text(
+        f'tokens = [{{name = "a", role = "admin", sha256 = "{hash_token(keep)}"}}, '
+        f'{{name = "b", role = "reader", sha256 = "{hash_token(new_token())}"}}]\n'
+    )
+    assert cli.main(["tokens", "remove", "b", "--file", str(path)]) == 0
+    assert TokenTable.load(path).names == ["a"]
+    assert TokenTable.load(path).identify(keep) == Identity("a", Role.ADMIN)
+    assert "comments were not kept" in capsys.readouterr().err
+
+
+def test_tokens_list_shows_holders_never_hashes(tmp_path, capsys):
+    path = tmp_path / "tokens.toml"
+    add(path, "alice", "admin")
+    path.write_text(path.read_text() + format_entry("old", Role.TRAINER, hash_token(new_token())))
+    capsys.readouterr()
+    assert cli.main(["tokens", "list", "--file", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["NAME", "ROLE", "CREATED"]
+    assert lines[1].split()[:2] == ["alice", "admin"] and lines[1].split()[2].startswith("20")
+    assert lines[2].split() == ["old", "trainer", "-"]
+    assert not any(entry.digest.hex() in "\n".join(lines) for entry in TokenTable.load(path).entries)
+
+
+def test_created_must_be_a_date_time(tmp_path):
+    path = tmp_path / "tokens.toml"
+    path.write_text(format_entry("a", Role.ADMIN, "a" * 64) + 'created = "yesterday"\n')
+    with pytest.raises(TokensFileError, match="created must be a TOML date-time"):
+        TokenTable.load(path)
+
+
+def test_a_token_file_reload_reports_changes_by_name_and_keeps_the_old_table_on_error(tmp_path):
+    path = tmp_path / "tokens.toml"
+    alice, bob, carol = new_token(), new_token(), new_token()
+    path.write_text(
+        format_entry("alice", Role.ADMIN, hash_token(alice))
+        + format_entry("bob", Role.READER, hash_token(bob))
+    )
+    tokens = TokenFile(path)
+    assert not tokens.changed()
+
+    path.write_text(
+        format_entry("alice", Role.READER, hash_token(alice))
+        + format_entry("bob", Role.READER, hash_token(carol))
+        + format_entry("dan", Role.TRAINER, hash_token(new_token()))
+    )
+    assert tokens.changed()
+    assert tokens.reload() == TokenChanges(added=("dan",), role_changed=("alice",), replaced=("bob",))
+    assert tokens.table.identify(bob) is None and tokens.table.identify(carol) == Identity("bob", Role.READER)
+
+    path.write_text("[[tokens]\n")
+    with pytest.raises(TokensFileError, match="cannot be read"):
+        tokens.reload()
+    assert tokens.table.identify(alice) == Identity("alice", Role.READER)
+    # The broken file is not reported again until it changes.
+    assert not tokens.changed()
+    assert not TokenChanges.between(tokens.table, tokens.table)
