@@ -247,6 +247,12 @@ class SecuritySettings:
         "TOML file of hashed tokens and their roles (`tesserad tokens add`); when set, every "
         "call needs a token",
     )
+    tokens_reload_interval_s: float = setting(
+        5.0,
+        parse_number(float, 0.0, 86400.0),
+        "seconds between checks of tokens_file for a change (one stat each); a changed file is "
+        "applied without a restart, as on SIGHUP. 0: only on SIGHUP",
+    )
     health_open: bool = setting(
         True, parse_bool, "answer grpc.health.v1.Health (and OIP ServerLive/ServerReady) without a token"
     )

@@ -2,7 +2,7 @@
 
 The one place that builds everything. `create_server(settings)` returns a `Daemon`; tests
 start it on 127.0.0.1:0 with a temporary data directory, `serve()` runs it until SIGTERM or
-SIGINT.
+SIGINT, and reloads its tokens file on SIGHUP.
 """
 
 from __future__ import annotations
@@ -166,6 +166,8 @@ class Daemon:
         self.metrics = DaemonMetrics()
         self._stopping = asyncio.Event()
         self._server: grpc.aio.Server | None = None
+        self._auth: AuthInterceptor | None = None
+        self._tokens_watch: asyncio.Task[None] | None = None
         self._health: health.aio.HealthServicer | None = None
         self._metrics_http: MetricsHttpServer | None = None
         self._dashboard: DashboardServer | None = None
@@ -330,7 +332,7 @@ class Daemon:
                 stopping=self._stopping,
             )
             self._dashboard = DashboardServer(
-                services, settings.http_listen, settings.security, settings.limits
+                services, settings.http_listen, settings.security, settings.limits, auth.tokens
             )
             try:
                 await self._dashboard.start()
@@ -374,6 +376,10 @@ class Daemon:
             auth = AuthInterceptor(settings.security, settings.limits, settings.max_message_size, served)
         except AuthSetupError as exc:
             raise StartupError(str(exc)) from None
+        self._auth = auth
+        interval = settings.security.tokens_reload_interval_s
+        if auth.tokens is not None and interval > 0:
+            self._tokens_watch = asyncio.create_task(auth.watch_tokens_file(interval))
         calls = CallCounter()
         server = grpc.aio.server(
             interceptors=[ServerInterceptor(auth, CallInterceptor(self.metrics, calls))],
@@ -496,6 +502,22 @@ class Daemon:
             raise Unavailable("this replica is not following its primary yet")
         return self._follower.fetch_version(model, version)
 
+    async def reload(self) -> None:
+        """What SIGHUP does: apply the tokens file again. Nothing else is read again, and the
+        log says so, so an operator who changed another setting knows a restart is needed."""
+        if self._auth is None:
+            log.warning("SIGHUP ignored: tesserad is not started yet")
+            return
+        if self._auth.tokens is None:
+            log.info("SIGHUP: no tokens file to read again (security.tokens_file is not set)")
+        else:
+            await self._auth.reload_tokens("SIGHUP")
+        log.info(
+            "SIGHUP reads only security.tokens_file again; every other setting (the --config file, "
+            "TESSERA_* variables, flags, and the TLS files) is read at start: restart tesserad to "
+            "change one"
+        )
+
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking calls, let in-flight calls finish within the grace period, close the store."""
         grace = self.settings.grace_period_s if grace is None else grace
@@ -520,6 +542,11 @@ class Daemon:
             await self._server.wait_for_termination()
 
     async def _close_resources(self) -> None:
+        if self._tokens_watch is not None:
+            self._tokens_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tokens_watch
+            self._tokens_watch = None
         if self._dashboard is not None:
             await self._dashboard.stop()
             self._dashboard = None
@@ -615,11 +642,21 @@ def _why_bind_fails(address: Address) -> str:
 
 
 async def serve(settings: Settings, insecure: bool = False) -> None:
-    """Run until SIGTERM or SIGINT, then drain and stop."""
+    """Run until SIGTERM or SIGINT, then drain and stop; on SIGHUP, reload the tokens file."""
     daemon = create_server(settings, insecure)
+    loop = asyncio.get_running_loop()
+    reloads: set[asyncio.Task[None]] = set()
+
+    def reload() -> None:
+        task = loop.create_task(daemon.reload())
+        # The loop keeps only a weak reference to a task; this one is kept until it is done.
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    # Before start: SIGHUP's default action would end a daemon still starting.
+    loop.add_signal_handler(signal.SIGHUP, reload)
     await daemon.start()
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()

@@ -14,11 +14,21 @@
   no setting, never runs first; a refused caller's request is never read at all).
 
 Servicers read the caller with `caller(context)`, e.g. for audit logs.
+
+Revocation: `reload_tokens` (on SIGHUP, or when `watch_tokens_file` sees the file change) swaps
+in the file's tokens, so a removed token's next call is UNAUTHENTICATED at once. Streaming calls
+opened with a token are tracked, and those whose token is gone (or whose role no longer reaches
+the RPC's) end with UNAUTHENTICATED (or PERMISSION_DENIED) at the reload: at once when the
+stream is waiting, or as soon as the message being sent is handed to gRPC; a client that stops
+reading gets its stream cancelled after REVOKED_SEND_GRACE_S. A unary call already running
+finishes: it holds no access beyond its own deadline.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
@@ -41,9 +51,16 @@ from tesserad.security import (
     required_roles,
 )
 from tesserad.security.limits import ConcurrencyGate
-from tesserad.security.roles import HEALTH_METHODS
+from tesserad.security.roles import HEALTH_METHODS, Role
+from tesserad.security.tokens import TokenFile, token_digest
+
+log = logging.getLogger(__name__)
 
 ANONYMOUS = "anonymous"
+
+# How long a revoked stream's message already on its way out may take before the stream is
+# cancelled outright (a client that stopped reading would otherwise hold it open).
+REVOKED_SEND_GRACE_S = 5.0
 
 # Each RPC runs in its own asyncio task, whose context is a copy made when the task starts,
 # so a value set here is seen by the servicer (and by asyncio.to_thread calls it makes) and
@@ -144,7 +161,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     ) -> None:
         try:
             self._roles = required_roles(services)
-            self._tokens = None if security.tokens_file is None else TokenTable.load(security.tokens_file)
+            self._tokens = None if security.tokens_file is None else TokenFile(security.tokens_file)
         except (MissingRoleError, TokensFileError) as exc:
             raise AuthSetupError(str(exc)) from None
         self._certificates_identify = self._tokens is None and security.tls_client_ca_file is not None
@@ -154,13 +171,89 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self._streams = ConcurrencyGate(
             limits.max_concurrent_streams, "limits.max_concurrent_streams", "streaming calls"
         )
-        # (method, identity or None) -> (the handler wrapped, its wrapper). Identities come from
-        # the tokens file, so the table is bounded by methods x token holders.
-        self._admitted_handlers: dict[tuple[str, Identity | None], tuple[Handler, Handler]] = {}
+        # (method, identity or None, token digest or None) -> (the handler wrapped, its wrapper).
+        # Identities come from the tokens file and a reload drops those it no longer has, so
+        # the table is bounded by methods x token holders.
+        self._admitted_handlers: dict[_HandlerKey, tuple[Handler, Handler]] = {}
+        self._open_streams: set[_OpenStream] = set()
+        self._reloading = asyncio.Lock()
+
+    @property
+    def tokens(self) -> TokenFile | None:
+        """The daemon's tokens (None without a tokens file); the dashboard checks the same ones."""
+        return self._tokens
 
     @property
     def token_holders(self) -> list[str]:
-        return [] if self._tokens is None else self._tokens.names
+        return [] if self._tokens is None else self._tokens.table.names
+
+    async def reload_tokens(self, trigger: str) -> None:
+        """Read the tokens file again and apply it; log what changed by name, or why the file
+        cannot be used (the tokens in use then stay as they were)."""
+        tokens = self._tokens
+        if tokens is None:
+            return
+        async with self._reloading:
+            fields: dict[str, Any] = {"trigger": trigger, "tokens_file": str(tokens.path)}
+            try:
+                changes = await asyncio.to_thread(tokens.reload)
+            except TokensFileError as exc:
+                log.error(
+                    "tokens file not applied: the tokens in use stay as they were until it is fixed",
+                    extra={**fields, "error": str(exc), "tokens": len(tokens.table.names)},
+                )
+                return
+            if not changes:
+                log.info("tokens file read again: no change", extra=fields)
+                return
+            table = tokens.table
+            self._admitted_handlers = {
+                key: value
+                for key, value in self._admitted_handlers.items()
+                if key[2] is None or table.identify_digest(key[2]) == key[1]
+            }
+            ended = self._end_revoked_streams(table)
+            log.info(
+                "tokens reloaded",
+                extra={
+                    **fields,
+                    "added": list(changes.added),
+                    "removed": list(changes.removed),
+                    "role_changed": list(changes.role_changed),
+                    "replaced": list(changes.replaced),
+                    "tokens": len(table.names),
+                    "streams_ended": ended,
+                },
+            )
+
+    async def watch_tokens_file(self, interval_s: float) -> None:
+        """Reload the tokens whenever the file looks changed, checking every `interval_s`."""
+        tokens = self._tokens
+        if tokens is None:
+            return
+        while True:
+            await asyncio.sleep(interval_s)
+            if await asyncio.to_thread(tokens.changed):
+                await self.reload_tokens("the file changed")
+
+    def _end_revoked_streams(self, table: TokenTable) -> int:
+        """End each open stream whose token `table` no longer admits to its RPC; how many."""
+        ended = 0
+        loop = asyncio.get_running_loop()
+        for stream in list(self._open_streams):
+            if stream.refusal is not None:
+                continue
+            stream.refusal = stream.refusal_under(table)
+            if stream.refusal is None:
+                continue
+            ended += 1
+            if stream.sending:
+                # Cancelling now would land in gRPC's send, which ends the call as CANCELLED;
+                # the stream checks its refusal as soon as the send is done.
+                loop.call_later(REVOKED_SEND_GRACE_S, stream.task.cancel)
+            else:
+                stream.task.cancel()
+        return ended
 
     async def intercept_service(
         self,
@@ -180,7 +273,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if self._tokens is None:
             # Without tokens the decision depends on the method alone: a cached wrapper means
             # the method has a role and was admitted before.
-            cached = self._admitted_handlers.get((method, None))
+            cached = self._admitted_handlers.get((method, None, None))
             if cached is not None and cached[0] is handler:
                 return cached[1]
         required = self._roles.get(method)
@@ -195,10 +288,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         # other, so it counts (open to callers without a token, uncounted it would be unbounded).
         limited = not is_health or bool(handler.response_streaming)
         if self._tokens is None or (is_health and self._health_open):
-            return self._admitted(handler, method, None, limited=limited)
+            return self._admitted(handler, method, None, None, required, limited=limited)
 
         token, problem = _bearer_token(handler_call_details.invocation_metadata)
-        identity = None if token is None else self._tokens.identify(token)
+        digest = None if token is None else token_digest(token)
+        identity = None if digest is None else self._tokens.table.identify_digest(digest)
         if identity is None:
             return _refusal(
                 handler,
@@ -214,20 +308,37 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 f"{method.lstrip('/')} needs the {required.label} role; the token {identity.name!r} has "
                 f"the {identity.role.label} role",
             )
-        return self._admitted(handler, method, identity, limited=limited)
+        return self._admitted(handler, method, identity, digest, required, limited=limited)
 
-    def _admitted(self, handler: Handler, method: str, identity: Identity | None, limited: bool) -> Handler:
+    def _admitted(
+        self,
+        handler: Handler,
+        method: str,
+        identity: Identity | None,
+        digest: bytes | None,
+        required: Role,
+        limited: bool,
+    ) -> Handler:
         """`handler` wrapped for `identity`, from the cache when `handler` is the one it wraps."""
-        key = (method, identity)
+        key = (method, identity, digest)
         cached = self._admitted_handlers.get(key)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapper = self._wrap(handler, method, identity, limited)
+        wrapper = self._wrap(handler, method, identity, digest, required, limited)
         self._admitted_handlers[key] = (handler, wrapper)
         return wrapper
 
-    def _wrap(self, handler: Handler, method: str, identity: Identity | None, limited: bool) -> Handler:
-        """`handler` wrapped to bind the caller, count it against the limits and (de)serialise.
+    def _wrap(
+        self,
+        handler: Handler,
+        method: str,
+        identity: Identity | None,
+        digest: bytes | None,
+        required: Role,
+        limited: bool,
+    ) -> Handler:
+        """`handler` wrapped to bind the caller, count it against the limits and (de)serialise;
+        a stream opened with a token is tracked while it lasts, so a reload can end it.
 
         The per-call steps are plain functions that raise domain errors; the wrapper awaits
         `context.abort` only on a refusal, so an admitted call pays no extra awaits.
@@ -242,9 +353,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         certificates_identify = self._certificates_identify
         max_size = self._max_message_size
         rpc = method.lstrip("/")
+        open_streams = self._open_streams
+        tokens = self._tokens
+        tracked_digest = digest if streaming else None
 
-        def enter(context: Context) -> None:
-            """Bind the caller and count the call in; ResourceExhausted (nothing counted) when full."""
+        def enter(context: Context) -> _OpenStream | None:
+            """Bind the caller and count the call in, or raise _Refused (nothing counted) when the
+            limits are reached. The stream's record when it is tracked for revocation."""
             if caller_name is not None:
                 _CALLER.set(caller_name)
             elif certificates_identify:
@@ -252,14 +367,27 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             for index, gate in enumerate(gates):
                 try:
                     gate.enter()
-                except ResourceExhausted:
+                except ResourceExhausted as exc:
                     for entered in gates[:index]:
                         entered.leave()
-                    raise
+                    raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message) from None
+            if tracked_digest is None or tokens is None:
+                return None
+            stream = _OpenStream(asyncio.current_task(), tracked_digest, required, rpc)
+            # The token was checked before the request was read; a reload may have come between.
+            refusal = stream.refusal_under(tokens.table)
+            if refusal is not None:
+                for gate in gates:
+                    gate.leave()
+                raise _Refused(*refusal)
+            open_streams.add(stream)
+            return stream
 
-        def leave() -> None:
+        def leave(stream: _OpenStream | None) -> None:
             for gate in gates:
                 gate.leave()
+            if stream is not None:
+                open_streams.discard(stream)
 
         def decode(raw: bytes) -> Any:
             if len(raw) > max_size:
@@ -304,9 +432,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
             async def writing(raw: Any, context: Context) -> None:
                 try:
-                    enter(context)
-                except ResourceExhausted as exc:
-                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message)
+                    stream = enter(context)
+                except _Refused as exc:
+                    await context.abort(exc.code, exc.message)
                 try:
                     if request_streaming:
                         request = decoded_stream(raw)
@@ -316,8 +444,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                         except (InvalidArgument, ResourceExhausted) as exc:
                             await context.abort(status_for(exc), exc.message)
                     await inner_writer(request, context)
+                except asyncio.CancelledError:
+                    await _end_if_refused(stream, context)
+                    raise
                 finally:
-                    leave()
+                    leave(stream)
 
             # Its responses go out through context.write, which serialises with the handler's
             # serializer; gRPC's send limit (set to max_message_size) bounds them.
@@ -328,9 +459,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary_unary(raw: bytes, context: Context) -> Any:
                 try:
-                    enter(context)
-                except ResourceExhausted as exc:
-                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message)
+                    stream = enter(context)
+                except _Refused as exc:
+                    await context.abort(exc.code, exc.message)
                 try:
                     try:
                         request = decode(raw)
@@ -342,7 +473,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                     except ResourceExhausted as exc:
                         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message)
                 finally:
-                    leave()
+                    leave(stream)
 
             return grpc.unary_unary_rpc_method_handler(unary_unary)
 
@@ -351,17 +482,20 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
             async def stream_unary(requests: AsyncIterator[bytes], context: Context) -> Any:
                 try:
-                    enter(context)
-                except ResourceExhausted as exc:
-                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message)
+                    stream = enter(context)
+                except _Refused as exc:
+                    await context.abort(exc.code, exc.message)
                 try:
                     response = await inner_su(decoded_stream(requests), context)
                     try:
                         return encode(response)
                     except ResourceExhausted as exc:
                         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message)
+                except asyncio.CancelledError:
+                    await _end_if_refused(stream, context)
+                    raise
                 finally:
-                    leave()
+                    leave(stream)
 
             return grpc.stream_unary_rpc_method_handler(stream_unary)
 
@@ -370,9 +504,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary_stream(raw: bytes, context: Context) -> AsyncIterator[Any]:
                 try:
-                    enter(context)
-                except ResourceExhausted as exc:
-                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message)
+                    stream = enter(context)
+                except _Refused as exc:
+                    await context.abort(exc.code, exc.message)
                 try:
                     try:
                         request = decode(raw)
@@ -383,9 +517,19 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                             data = encode(item)
                         except ResourceExhausted as exc:
                             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message)
-                        yield data
+                        if stream is None:
+                            yield data
+                        else:
+                            stream.sending = True
+                            yield data
+                            stream.sending = False
+                            if stream.refusal is not None:
+                                await context.abort(*stream.refusal)
+                except asyncio.CancelledError:
+                    await _end_if_refused(stream, context)
+                    raise
                 finally:
-                    leave()
+                    leave(stream)
 
             return grpc.unary_stream_rpc_method_handler(unary_stream)
 
@@ -394,20 +538,87 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
         async def stream_stream(requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[Any]:
             try:
-                enter(context)
-            except ResourceExhausted as exc:
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message)
+                stream = enter(context)
+            except _Refused as exc:
+                await context.abort(exc.code, exc.message)
             try:
                 async for item in inner_ss(decoded_stream(requests), context):
                     try:
                         data = encode(item)
                     except ResourceExhausted as exc:
                         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message)
-                    yield data
+                    if stream is None:
+                        yield data
+                    else:
+                        stream.sending = True
+                        yield data
+                        stream.sending = False
+                        if stream.refusal is not None:
+                            await context.abort(*stream.refusal)
+            except asyncio.CancelledError:
+                await _end_if_refused(stream, context)
+                raise
             finally:
-                leave()
+                leave(stream)
 
         return grpc.stream_stream_rpc_method_handler(stream_stream)
+
+
+_HandlerKey = tuple[str, Identity | None, bytes | None]
+
+
+class _OpenStream:
+    """A streaming call opened with a token, while it lasts: what a reload needs to end it."""
+
+    __slots__ = ("digest", "refusal", "required", "rpc", "sending", "task")
+
+    def __init__(self, task: asyncio.Task[Any] | None, digest: bytes, required: Role, rpc: str) -> None:
+        assert task is not None, "a gRPC call's handler runs in its own task"
+        self.task = task
+        self.digest = digest
+        self.required = required
+        self.rpc = rpc
+        # True while a response it yielded is with gRPC, on its way out.
+        self.sending = False
+        # The status the stream ends with, once a reload has revoked it.
+        self.refusal: tuple[grpc.StatusCode, str] | None = None
+
+    def refusal_under(self, table: TokenTable) -> tuple[grpc.StatusCode, str] | None:
+        """The status ending this stream if `table` were the tokens, or None when it admits it."""
+        identity = table.identify_digest(self.digest)
+        if identity is None:
+            return (
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"the token this {self.rpc} stream was opened with was removed from the "
+                "tesserad's tokens file (or replaced); open it again with a valid token",
+            )
+        if identity.role < self.required:
+            return (
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{self.rpc} needs the {self.required.label} role; the token "
+                f"{identity.name!r} now has the {identity.role.label} role",
+            )
+        return None
+
+
+class _Refused(Exception):
+    """A call turned away as it begins: the status and message it ends with."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+async def _end_if_refused(stream: _OpenStream | None, context: Context) -> None:
+    """After a CancelledError: when a reload cancelled the call, end it with its refusal instead
+    (the client would otherwise see CANCELLED); otherwise return, and the caller re-raises."""
+    if stream is None or stream.refusal is None:
+        return
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+    await context.abort(*stream.refusal)
 
 
 def _bearer_token(metadata: Iterable[Any] | None) -> tuple[str | None, str | None]:

@@ -16,7 +16,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from tesserad.config import SecuritySettings
-from tesserad.security import Role, TokenTable
+from tesserad.security import Role
+from tesserad.security.tokens import TokenFile
 
 # Every page only reads, so the least role is enough.
 DASHBOARD_ROLE = Role.READER
@@ -50,7 +51,7 @@ def tls_context(security: SecuritySettings) -> ssl.SSLContext | None:
 class Access:
     """The aiohttp middleware that admits a request, and the login form's handlers."""
 
-    def __init__(self, tokens: TokenTable | None, secure_cookie: bool) -> None:
+    def __init__(self, tokens: TokenFile | None, secure_cookie: bool) -> None:
         self._tokens = tokens
         self._secure_cookie = secure_cookie
 
@@ -79,7 +80,7 @@ class Access:
             if not cookie:
                 return "this tesserad needs a token: log in with one made by `tesserad tokens add`"
             token = cookie
-        identity = self._tokens.identify(token)
+        identity = self._tokens.table.identify(token)
         if identity is None:
             return (
                 "the token is not valid for this tesserad (mistyped, or removed from its tokens file); "
@@ -98,7 +99,7 @@ class Access:
         then = _local_path(str(form.get("then", "/")))
         if self._tokens is None:
             raise web.HTTPSeeOther(then)
-        identity = self._tokens.identify(token) if token else None
+        identity = self._tokens.table.identify(token) if token else None
         if identity is None or identity.role < DASHBOARD_ROLE:
             return login_page("that token is not valid for this tesserad", status=401, then=then)
         response = web.HTTPSeeOther(then)

@@ -20,7 +20,7 @@ from tesserad import errors
 from tesserad.config import Address, LimitsSettings, SecuritySettings
 from tesserad.dashboard.access import LOGIN_PATH, Access, Handler, tls_context
 from tesserad.dashboard.api import DashboardApi, Services, json_response
-from tesserad.security import TokenTable
+from tesserad.security.tokens import TokenFile
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +91,16 @@ class DashboardServer:
     """Serves the pages and /api/v1 on `address`; `port` is the bound one (for port 0)."""
 
     def __init__(
-        self, services: Services, address: Address, security: SecuritySettings, limits: LimitsSettings
+        self,
+        services: Services,
+        address: Address,
+        security: SecuritySettings,
+        limits: LimitsSettings,
+        tokens: TokenFile | None,
     ) -> None:
+        """`tokens`: the daemon's own (None without a tokens file), so a reload applies here too."""
         self._services = services
         self._address = address
-        tokens = None if security.tokens_file is None else TokenTable.load(security.tokens_file)
         self._tls = tls_context(security)
         access = Access(tokens, secure_cookie=self._tls is not None)
         self._shell = (STATIC_DIR / "page.html").read_text()

@@ -1,0 +1,200 @@
+"""Changing the tokens file of a running `tesserad serve` process: SIGHUP, the file watch, streams."""
+
+from __future__ import annotations
+
+import queue
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from tessera.v1 import system_pb2
+from tesserad import cli
+from tesserad.security import Role, hash_token
+from tesserad.security.tokens import format_entry
+from tests.conftest import DaemonProcess
+from tests.integration.security.conftest import Tokens, bearer
+
+INFO = "/tessera.v1.System/GetServerInfo"
+
+
+@pytest.fixture
+def serve(spawn_daemon: Any, tmp_path: Path, tokens: Tokens) -> Iterator[Any]:
+    """serve(tokens file or None, reload interval) -> (the process, a channel to it)."""
+    channels: list[grpc.Channel] = []
+
+    def start(
+        tokens_file: Path | None = tokens.file, interval: str = "0"
+    ) -> tuple[DaemonProcess, grpc.Channel]:
+        env = {"TESSERA_SECURITY_TOKENS_RELOAD_INTERVAL_S": interval}
+        if tokens_file is not None:
+            env["TESSERA_SECURITY_TOKENS_FILE"] = str(tokens_file)
+        process = spawn_daemon(
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--metrics-listen",
+            "off",
+            env=env,
+        )
+        channel = grpc.insecure_channel(process.wait_serving())
+        channels.append(channel)
+        return process, channel
+
+    yield start
+    for channel in channels:
+        channel.close()
+
+
+def info(channel: grpc.Channel, token: str) -> grpc.StatusCode:
+    try:
+        channel.unary_unary(INFO)(b"", metadata=bearer(token), timeout=30)
+    except grpc.RpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+def tokens_cli(*args: str) -> int:
+    return cli.main(["tokens", *args])
+
+
+def test_sighup_applies_a_removed_token_at_once_and_the_daemon_lives_on(serve, tokens, capsys):
+    process, channel = serve()
+    reader, admin = tokens.token[Role.READER], tokens.token[Role.ADMIN]
+    assert info(channel, reader) == grpc.StatusCode.OK
+
+    assert tokens_cli("remove", "reader-holder", "--file", str(tokens.file)) == 0
+    process.terminate(signal.SIGHUP)
+    entry = process.wait_for_log("tokens reloaded")
+
+    assert entry["trigger"] == "SIGHUP"
+    assert entry["removed"] == ["reader-holder"] and entry["added"] == []
+    assert info(channel, reader) == grpc.StatusCode.UNAUTHENTICATED
+    assert info(channel, admin) == grpc.StatusCode.OK
+    assert process.wait_for_log(
+        "SIGHUP reads only security.tokens_file again; every other setting (the "
+        "--config file, TESSERA_* variables, flags, and the TLS files) is read at "
+        "start: restart tesserad to change one"
+    )
+    assert process.process.poll() is None
+    process.terminate()
+    log = process.output()
+    assert process.process.returncode == 0
+    # Names only: neither a token nor its hash reaches the log.
+    for token in tokens.token.values():
+        assert token not in log and hash_token(token) not in log
+
+
+def test_an_added_token_works_without_a_restart(serve, tokens, capsys):
+    process, channel = serve()
+    assert tokens_cli("add", "--file", str(tokens.file), "--name", "newcomer", "--role", "reader") == 0
+    token = capsys.readouterr().out.strip()
+    assert info(channel, token) == grpc.StatusCode.UNAUTHENTICATED
+
+    process.terminate(signal.SIGHUP)
+    assert process.wait_for_log("tokens reloaded")["added"] == ["newcomer"]
+    assert info(channel, token) == grpc.StatusCode.OK
+
+
+def test_a_broken_tokens_file_keeps_the_tokens_in_use(serve, tokens):
+    process, channel = serve()
+    tokens.file.write_text('[[tokens]]\nname = "reader-holder"\nrole = "root"\n')
+
+    process.terminate(signal.SIGHUP)
+    entry = process.wait_for_log(
+        "tokens file not applied: the tokens in use stay as they were until it is fixed"
+    )
+
+    assert "needs exactly the keys name, role and sha256" in entry["error"]
+    assert entry["tokens"] == len(Role)
+    for token in tokens.token.values():
+        assert info(channel, token) == grpc.StatusCode.OK
+    assert process.process.poll() is None
+
+
+def test_sighup_without_a_tokens_file_is_logged_and_harmless(serve, tmp_path):
+    process, channel = serve(tokens_file=None)
+    process.terminate(signal.SIGHUP)
+    process.wait_for_log("SIGHUP: no tokens file to read again (security.tokens_file is not set)")
+    channel.unary_unary(INFO)(b"", timeout=30)
+    process.terminate()
+    process.output()
+    assert process.process.returncode == 0
+
+
+def test_the_file_watch_applies_a_change_without_a_signal(serve, tokens):
+    process, channel = serve(interval="0.1")
+    assert tokens_cli("remove", "reader-holder", "--file", str(tokens.file)) == 0
+
+    entry = process.wait_for_log("tokens reloaded")
+
+    assert entry["trigger"] == "the file changed" and entry["removed"] == ["reader-holder"]
+    assert info(channel, tokens.token[Role.READER]) == grpc.StatusCode.UNAUTHENTICATED
+
+
+def _watch(channel: grpc.Channel, token: str) -> tuple[grpc.Future, queue.Queue[Any]]:
+    """An open WatchSystem stream; its samples (then its final status code) land in the queue."""
+    call = channel.unary_stream(
+        "/tessera.v1.System/WatchSystem", response_deserializer=system_pb2.SystemSample.FromString
+    )(system_pb2.WatchSystemRequest(interval_ms=100).SerializeToString(), metadata=bearer(token), timeout=120)
+    received: queue.Queue[Any] = queue.Queue()
+
+    def pump() -> None:
+        try:
+            for sample in call:
+                received.put(sample)
+        except grpc.RpcError as exc:
+            received.put((exc.code(), exc.details()))
+
+    threading.Thread(target=pump, daemon=True).start()
+    return call, received
+
+
+def _final_status(received: queue.Queue[Any]) -> tuple[grpc.StatusCode, str]:
+    while True:
+        item = received.get(timeout=60)
+        if isinstance(item, tuple):
+            return item
+
+
+def test_open_streams_of_a_revoked_token_end_and_the_others_go_on(serve, tokens):
+    process, channel = serve()
+    revoked, kept_call = _watch(channel, tokens.token[Role.READER]), _watch(channel, tokens.token[Role.ADMIN])
+    for _, received in (revoked, kept_call):
+        assert isinstance(received.get(timeout=60), system_pb2.SystemSample)
+    # A client stream held open by the trainer, whose role then drops to reader.
+    requests: queue.Queue[bytes | None] = queue.Queue()
+    upload = channel.stream_unary("/tessera.v1.Training/LogMetricsStream").future(
+        iter(requests.get, None), metadata=bearer(tokens.token[Role.TRAINER]), timeout=120
+    )
+
+    text = "".join(
+        format_entry(f"{role.label}-holder", Role.READER if role == Role.TRAINER else role, hash_token(token))
+        for role, token in tokens.token.items()
+        if role != Role.READER
+    )
+    tokens.file.write_text(text)
+    process.terminate(signal.SIGHUP)
+    entry = process.wait_for_log("tokens reloaded")
+
+    assert entry["removed"] == ["reader-holder"] and entry["role_changed"] == ["trainer-holder"]
+    assert entry["streams_ended"] == 2
+    code, details = _final_status(revoked[1])
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    assert "removed from the tesserad's tokens file" in details
+    with pytest.raises(grpc.RpcError) as err:
+        upload.result(timeout=60)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "needs the trainer role" in err.value.details()
+    # The admin's stream is untouched: it goes on sending samples.
+    kept, kept_received = kept_call
+    while not kept_received.empty():
+        kept_received.get()
+    assert isinstance(kept_received.get(timeout=60), system_pb2.SystemSample)
+    kept.cancel()
+    requests.put(None)
