@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_reflection.v1alpha import reflection_pb2
 
 from tessera.v1 import system_pb2
 from tesserad import cli
@@ -172,6 +173,14 @@ def test_open_streams_of_a_revoked_token_end_and_the_others_go_on(serve, tokens)
     upload = channel.stream_unary("/tessera.v1.Training/LogMetricsStream").future(
         iter(requests.get, None), metadata=bearer(tokens.token[Role.TRAINER]), timeout=120
     )
+    # A bidirectional stream of the reader, answered once and then waiting for its next request.
+    questions: queue.Queue[bytes | None] = queue.Queue()
+    reflection = channel.stream_stream(
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )(iter(questions.get, None), metadata=bearer(tokens.token[Role.READER]), timeout=120)
+    questions.put(reflection_pb2.ServerReflectionRequest(list_services="").SerializeToString())
+    assert next(reflection).list_services_response.service
 
     text = "".join(
         format_entry(f"{role.label}-holder", Role.READER if role == Role.TRAINER else role, hash_token(token))
@@ -183,7 +192,7 @@ def test_open_streams_of_a_revoked_token_end_and_the_others_go_on(serve, tokens)
     entry = process.wait_for_log("tokens reloaded")
 
     assert entry["removed"] == ["reader-holder"] and entry["role_changed"] == ["trainer-holder"]
-    assert entry["streams_ended"] == 2
+    assert entry["streams_ended"] == 3
     code, details = _final_status(revoked[1])
     assert code == grpc.StatusCode.UNAUTHENTICATED
     assert "removed from the tesserad's tokens file" in details
@@ -191,6 +200,9 @@ def test_open_streams_of_a_revoked_token_end_and_the_others_go_on(serve, tokens)
         upload.result(timeout=60)
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "needs the trainer role" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        next(reflection)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
     # The admin's stream is untouched: it goes on sending samples.
     kept, kept_received = kept_call
     while not kept_received.empty():
@@ -198,3 +210,4 @@ def test_open_streams_of_a_revoked_token_end_and_the_others_go_on(serve, tokens)
     assert isinstance(kept_received.get(timeout=60), system_pb2.SystemSample)
     kept.cancel()
     requests.put(None)
+    questions.put(None)
