@@ -334,6 +334,7 @@ class Daemon:
             self._dashboard = DashboardServer(
                 services, settings.http_listen, settings.security, settings.limits, auth.tokens
             )
+            auth.also_revoke(self._dashboard.end_revoked)
             try:
                 await self._dashboard.start()
             except OSError as exc:

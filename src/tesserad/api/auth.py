@@ -177,6 +177,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self._admitted_handlers: dict[_HandlerKey, tuple[Handler, Handler]] = {}
         self._open_streams: set[_OpenStream] = set()
         self._reloading = asyncio.Lock()
+        self._revokers: list[Callable[[TokenTable], int]] = []
 
     @property
     def tokens(self) -> TokenFile | None:
@@ -186,6 +187,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     @property
     def token_holders(self) -> list[str]:
         return [] if self._tokens is None else self._tokens.table.names
+
+    def also_revoke(self, revoker: Callable[[TokenTable], int]) -> None:
+        """Have each reload also call `revoker(new table)`, which ends what the new tokens no
+        longer allow elsewhere (the dashboard's requests) and says how many it ended."""
+        self._revokers.append(revoker)
 
     async def reload_tokens(self, trigger: str) -> None:
         """Read the tokens file again and apply it; log what changed by name, or why the file
@@ -212,7 +218,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 for key, value in self._admitted_handlers.items()
                 if key[2] is None or table.identify_digest(key[2]) == key[1]
             }
-            ended = self._end_revoked_streams(table)
+            ended = self._end_revoked_streams(table) + sum(revoke(table) for revoke in self._revokers)
             log.info(
                 "tokens reloaded",
                 extra={

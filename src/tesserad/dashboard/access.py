@@ -4,20 +4,24 @@ Without a tokens file every caller may read (the loopback rule in server.py keep
 daemon off other networks unless the operator said --insecure). With one, every page and
 API call needs a token whose role reaches `DASHBOARD_ROLE`, sent as `Authorization: Bearer
 <token>` or as the cookie the login form sets. The login form and the static assets (code,
-no data) stay open.
+no data) stay open. A request in progress (an event stream above all) whose token a reload of
+the tokens file revokes is cancelled (`end_revoked`): its connection closes, and the page's
+reconnect meets the login form.
 """
 
 from __future__ import annotations
 
+import asyncio
 import html
 import ssl
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
 from tesserad.config import SecuritySettings
-from tesserad.security import Role
-from tesserad.security.tokens import TokenFile
+from tesserad.security import Role, TokenTable
+from tesserad.security.tokens import TokenFile, token_digest
 
 # Every page only reads, so the least role is enough.
 DASHBOARD_ROLE = Role.READER
@@ -54,41 +58,62 @@ class Access:
     def __init__(self, tokens: TokenFile | None, secure_cookie: bool) -> None:
         self._tokens = tokens
         self._secure_cookie = secure_cookie
+        # Admitted requests in progress (each runs in its own task) -> their token's SHA-256.
+        self._in_progress: dict[asyncio.Task[Any], bytes] = {}
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if self._tokens is None or request.path == LOGIN_PATH or request.path.startswith(_OPEN_PREFIXES):
             return await handler(request)
-        problem = self._problem(request)
-        if problem is None:
-            return await handler(request)
+        problem, digest = self._problem(request)
+        if problem is None and digest is not None:
+            task = asyncio.current_task()
+            assert task is not None, "aiohttp runs each request in a task"
+            self._in_progress[task] = digest
+            try:
+                return await handler(request)
+            finally:
+                self._in_progress.pop(task, None)
         if request.path.startswith("/api/"):
             return web.json_response({"error": problem}, status=401, headers=CHALLENGE)
-        return login_page(problem, status=401, then=request.path_qs)
+        return login_page(problem or "", status=401, then=request.path_qs)
 
-    def _problem(self, request: web.Request) -> str | None:
-        """None when the request carries a token good enough to read; else what is wrong."""
+    def end_revoked(self, table: TokenTable) -> int:
+        """Cancel each request in progress whose token `table` no longer lets read; how many."""
+        ended = 0
+        for task, digest in list(self._in_progress.items()):
+            identity = table.identify_digest(digest)
+            if identity is None or identity.role < DASHBOARD_ROLE:
+                del self._in_progress[task]
+                task.cancel()
+                ended += 1
+        return ended
+
+    def _problem(self, request: web.Request) -> tuple[str | None, bytes | None]:
+        """(None, the token's SHA-256) when the request carries a token good enough to read;
+        else (what is wrong, None)."""
         assert self._tokens is not None
         header = request.headers.get("Authorization")
         if header is not None:
             scheme, _, token = header.strip().partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
-                return "the Authorization header must be 'Bearer <token>'"
+                return "the Authorization header must be 'Bearer <token>'", None
             token = token.strip()
         else:
             cookie = request.cookies.get(TOKEN_COOKIE)
             if not cookie:
-                return "this tesserad needs a token: log in with one made by `tesserad tokens add`"
+                return "this tesserad needs a token: log in with one made by `tesserad tokens add`", None
             token = cookie
-        identity = self._tokens.table.identify(token)
+        digest = token_digest(token)
+        identity = self._tokens.table.identify_digest(digest)
         if identity is None:
             return (
                 "the token is not valid for this tesserad (mistyped, or removed from its tokens file); "
                 "ask the operator for a token made with `tesserad tokens add`"
-            )
+            ), None
         if identity.role < DASHBOARD_ROLE:
-            return f"the dashboard needs the {DASHBOARD_ROLE.label} role"
-        return None
+            return f"the dashboard needs the {DASHBOARD_ROLE.label} role", None
+        return None, digest
 
     async def show_login(self, request: web.Request) -> web.StreamResponse:
         return login_page("")

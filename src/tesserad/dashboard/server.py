@@ -103,6 +103,7 @@ class DashboardServer:
         self._address = address
         self._tls = tls_context(security)
         access = Access(tokens, secure_cookie=self._tls is not None)
+        self.end_revoked = access.end_revoked
         self._shell = (STATIC_DIR / "page.html").read_text()
         app = web.Application(middlewares=[_errors, access.middleware])
         app.add_routes(DashboardApi(services, limits.max_concurrent_streams).routes())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import urllib.parse
 
@@ -362,5 +363,35 @@ def test_event_streams_are_held_to_max_concurrent_streams(tmp_path):
                 connection.close()
 
         wait_until(admitted, timeout=30, what="the closed stream to be counted out")
+    finally:
+        daemon.stop()
+
+
+def test_a_revoked_token_loses_its_open_event_stream_and_its_next_request(tmp_path, tokens_file):
+    path, clear = tokens_file
+    daemon = InProcessDaemon(
+        daemon_settings(tmp_path / "data", **{"security.tokens_file": str(path)})
+    ).start()
+    port = daemon.daemon.http_port
+    reader = {"Authorization": f"Bearer {clear[Role.READER]}"}
+    try:
+        stream = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        stream.request("GET", "/api/v1/system/events?interval_ms=250", headers=reader)
+        response = stream.getresponse()
+        assert response.status == 200 and response.readline() == b"retry: 1000\n"
+        path.write_text(format_entry("admin-holder", Role.ADMIN, hash_token(clear[Role.ADMIN])))
+
+        daemon.run(daemon.daemon.reload())
+
+        # The stream's connection closes: reading runs to its end (or breaks off) instead of
+        # waiting for the next sample until the socket's timeout (which raises TimeoutError).
+        with contextlib.suppress(http.client.IncompleteRead):
+            while response.readline():
+                pass
+        stream.close()
+        refused = http_get(port, "/api/v1/jobs", reader)
+        assert refused.status == 401 and "not valid" in refused.json()["error"]
+        admin = {"Authorization": f"Bearer {clear[Role.ADMIN]}"}
+        assert http_get(port, "/api/v1/jobs", admin).status == 200
     finally:
         daemon.stop()
