@@ -57,7 +57,7 @@ class TokenEntry:
     name: str
     role: Role
     digest: bytes
-    created: datetime.datetime | None = None
+    created: datetime.date | None = None
 
 
 def new_token() -> str:
@@ -75,7 +75,7 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def format_entry(name: str, role: Role, sha256: str, created: datetime.datetime | None = None) -> str:
+def format_entry(name: str, role: Role, sha256: str, created: datetime.date | None = None) -> str:
     """One `[[tokens]]` table, as appended to a tokens file."""
     when = "" if created is None else f"created = {created.isoformat().replace('+00:00', 'Z')}\n"
     return f'\n[[tokens]]\nname = "{name}"\nrole = "{role.label}"\nsha256 = "{sha256}"\n{when}'
@@ -148,8 +148,10 @@ class TokenTable:
                     "never the token itself"
                 )
                 continue
-            if created is not None and not isinstance(created, datetime.datetime):
-                problems.append(f"{where}: created must be a TOML date-time such as 2026-01-31T09:00:00Z")
+            if created is not None and not isinstance(created, datetime.date):
+                problems.append(
+                    f"{where}: created must be a TOML date or date-time such as 2026-01-31T09:00:00Z"
+                )
                 continue
             if name in seen_names:
                 problems.append(f"{where}: the name is used twice; each holder needs its own name")

@@ -230,11 +230,14 @@ def test_tokens_list_shows_holders_never_hashes(tmp_path, capsys):
     assert not any(entry.digest.hex() in "\n".join(lines) for entry in TokenTable.load(path).entries)
 
 
-def test_created_must_be_a_date_time(tmp_path):
+@pytest.mark.parametrize("value", ['"yesterday"', "09:00:00", "1"])
+def test_created_must_be_a_date_or_date_time(tmp_path, value):
     path = tmp_path / "tokens.toml"
-    path.write_text(format_entry("a", Role.ADMIN, "a" * 64) + 'created = "yesterday"\n')
-    with pytest.raises(TokensFileError, match="created must be a TOML date-time"):
+    path.write_text(format_entry("a", Role.ADMIN, "a" * 64) + f"created = {value}\n")
+    with pytest.raises(TokensFileError, match="created must be a TOML date or date-time"):
         TokenTable.load(path)
+    path.write_text(format_entry("a", Role.ADMIN, "a" * 64) + "created = 2026-01-31\n")
+    assert str(TokenTable.load(path).entries[0].created) == "2026-01-31"
 
 
 def test_a_token_file_reload_reports_changes_by_name_and_keeps_the_old_table_on_error(tmp_path):
