@@ -152,6 +152,12 @@ def lineage_to_proto(lineage: Lineage) -> pb.Lineage:
     )
     if lineage.job_spec is not None:
         json_format.ParseDict(lineage.job_spec, message.job_spec, ignore_unknown_fields=True)
+    gone = lineage.parent_deleted
+    if gone is not None:
+        message.parent_deleted.SetInParent()  # set even where nothing of the parent is known
+        message.parent_deleted.sha256 = gone.sha256
+        if gone.deleted_at:
+            message.parent_deleted.deleted_at.CopyFrom(timestamp(gone.deleted_at))
     return message
 
 

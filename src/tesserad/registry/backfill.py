@@ -7,6 +7,9 @@
 - The index of ensemble members (`ensembles.index_members`): every ensemble version's spec is
   read once and its members indexed, in write transactions of a batch of versions each; the
   last one writes a marker in the "meta" table, after which a start costs one read.
+- Marks of deleted lineage parents (`lineage`): a version whose parent is missing, or was
+  registered after it (its model deleted and created again), is marked once, with what was
+  lost (sha256, time) left empty; batched and finished by a marker in "meta" likewise.
 """
 
 from __future__ import annotations
@@ -16,15 +19,25 @@ import time
 
 from tesserad.errors import TesseraError
 from tesserad.registry.ensembles import Member, index_members, parse_ensemble_spec
-from tesserad.registry.records import MODEL_KIND, SCHEMA, decode_version
-from tesserad.registry.tables import MODELS, VERSIONS, newest_stored_version, put_model_data
-from tesserad.store import BlobStore, Key, Store, decode_record, encode_record
+from tesserad.registry.lineage import mark_parent_deleted
+from tesserad.registry.records import MODEL_KIND, SCHEMA, VersionRecord, decode_version
+from tesserad.registry.tables import (
+    DELETED_PARENTS,
+    DERIVED,
+    MODELS,
+    VERSIONS,
+    newest_stored_version,
+    put_model_data,
+)
+from tesserad.store import BlobStore, Key, ReadTxn, Store, decode_record, encode_record
 
 log = logging.getLogger(__name__)
 
 # In the "meta" table once every ensemble version's members are indexed.
 MEMBERS_INDEXED = ("ensemble_members_indexed",)
-# Versions read per write transaction of the member index's backfill.
+# In the "meta" table once every version whose lineage parent is gone is marked.
+PARENTS_MARKED = ("deleted_parents_marked",)
+# Versions read per write transaction of the member index's and the marks' backfills.
 _INDEX_BATCH = 512
 
 
@@ -97,3 +110,42 @@ def backfill_ensemble_members(store: Store, blobs: BlobStore) -> int:
     if indexed:
         log.info("indexed the members of ensemble versions", extra={"ensembles": indexed})
     return indexed
+
+
+def backfill_deleted_parents(store: Store) -> int:
+    """Mark the versions whose lineage parent is gone, once; returns how many were marked."""
+    with store.read() as txn:
+        if txn.exists("meta", PARENTS_MARKED):
+            return 0
+    marked = 0
+    after: Key | None = None
+    while True:
+        with store.write() as txn:
+            rows = list(txn.scan(VERSIONS, after=after, limit=_INDEX_BATCH))
+            for _key, raw in rows:
+                record = decode_version(raw)
+                if _parent_gone(txn, record):
+                    child = (record.model, record.version)
+                    mark_parent_deleted(txn, child, None)
+                    parent = record.lineage.parent_model or record.model
+                    txn.delete(DERIVED, (parent, record.lineage.parent_version, *child))
+                    marked += 1
+            if not rows:
+                txn.put(
+                    "meta", PARENTS_MARKED, encode_record("deleted_parents_marked", 1, {"at": time.time()})
+                )
+                break
+        after = rows[-1][0]
+    if marked:
+        log.info("marked the deleted parents of versions' lineage", extra={"versions": marked})
+    return marked
+
+
+def _parent_gone(txn: ReadTxn, record: VersionRecord) -> bool:
+    """Whether `record`'s lineage names a parent that no longer exists, unmarked: the version of
+    that number is missing, or was registered after its child (so it is another one)."""
+    lineage = record.lineage
+    if not lineage.parent_version or txn.exists(DELETED_PARENTS, (record.model, record.version)):
+        return False
+    raw = txn.get(VERSIONS, (lineage.parent_model or record.model, lineage.parent_version))
+    return raw is None or decode_version(raw).created_at > record.created_at

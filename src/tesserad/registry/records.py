@@ -34,6 +34,15 @@ class DatasetLineage:
 
 
 @dataclass(frozen=True)
+class DeletedParent:
+    """What a deleted parent version was: its artifact's sha256 and when it went (empty and 0
+    where a store from before these were kept lost them)."""
+
+    sha256: str = ""
+    deleted_at: float = 0.0
+
+
+@dataclass(frozen=True)
 class Lineage:
     """Where a version came from; every field optional."""
 
@@ -44,6 +53,8 @@ class Lineage:
     parent_version: int = 0
     parent_model: str = ""  # empty: the same model
     job_spec: dict[str, Any] | None = None
+    # Filled in when read, from the version's mark in DELETED_PARENTS, never from its record.
+    parent_deleted: DeletedParent | None = None
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,9 @@ Guarantees:
 - An ensemble version pins its member versions: neither they nor their models can be deleted
   while it exists (an ensemble's own model may go with it). Members are named by number, so
   aliases pin nothing.
+- Lineage is history: a version whose parent version is deleted, alone or with its model,
+  keeps naming it, marked deleted with its sha256 and when; a model created again under that
+  name is never taken for it.
 - "latest" is reserved: it always resolves to the newest version and cannot be set.
 - Listeners (`add_listener`) are called with the model name after every commit that can
   change where an alias, "latest" or the deployment points (serving reacts by hot swap).
@@ -20,7 +23,11 @@ import logging
 from collections.abc import Callable
 
 from tesserad.registry.aliases import Aliases
-from tesserad.registry.backfill import backfill_ensemble_members, backfill_version_counts
+from tesserad.registry.backfill import (
+    backfill_deleted_parents,
+    backfill_ensemble_members,
+    backfill_version_counts,
+)
 from tesserad.registry.deployments import Deployments
 from tesserad.registry.models import Models
 from tesserad.registry.versions import DatasetCheck, Versions
@@ -45,6 +52,7 @@ class Registry:
         self.max_artifact_size = max_artifact_size
         backfill_version_counts(store)
         backfill_ensemble_members(store, blobs)
+        backfill_deleted_parents(store)
         self._listeners: list[Callable[[str], None]] = []
         models = Models(store, blobs, self._notify)
         versions = Versions(

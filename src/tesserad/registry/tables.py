@@ -24,7 +24,21 @@ DERIVED = "derived_versions"
 # model, version), so a delete finds the ensembles that use a version with one range scan.
 ENSEMBLE_MEMBERS = "ensemble_members"
 MEMBER_OF = "ensemble_member_of"
-TABLES = [MODELS, VERSIONS, ALIASES, ALIAS_EVENTS, DEPLOYMENTS, DERIVED, ENSEMBLE_MEMBERS, MEMBER_OF]
+# A version whose lineage parent was deleted: (model, version) -> what the parent was, written
+# in the parent's deleting transaction (its derived_versions rows go then), removed with the
+# version. Kept apart from the version's record, which never changes once registered.
+DELETED_PARENTS = "deleted_parents"
+TABLES = [
+    MODELS,
+    VERSIONS,
+    ALIASES,
+    ALIAS_EVENTS,
+    DEPLOYMENTS,
+    DERIVED,
+    ENSEMBLE_MEMBERS,
+    MEMBER_OF,
+    DELETED_PARENTS,
+]
 
 LATEST = "latest"
 ANONYMOUS = "anonymous"

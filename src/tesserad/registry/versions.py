@@ -57,6 +57,7 @@ from tesserad.registry.ensembles import (
     parse_ensemble_spec,
     unindex_members,
 )
+from tesserad.registry.lineage import drop_mark, orphan_derived, with_parent_state
 from tesserad.registry.records import (
     ARTIFACT_FORMATS,
     MODEL_KIND,
@@ -153,7 +154,7 @@ def version_record(txn: ReadTxn, model: str, version: int) -> VersionRecord:
     if raw is None:
         model_data(txn, model)
         raise NotFound(f"model {model!r} has no version {version}")
-    return with_aliases(txn, decode_version(raw))
+    return with_parent_state(txn, with_aliases(txn, decode_version(raw)))
 
 
 def check_not_fine_tuned_from(txn: ReadTxn, record: VersionRecord) -> None:
@@ -170,9 +171,12 @@ def check_not_fine_tuned_from(txn: ReadTxn, record: VersionRecord) -> None:
 
 
 def delete_version_rows(txn: WriteTxn, record: VersionRecord) -> str:
-    """Remove the version and release what it held; the sha256 of the blob that may now be unheld."""
+    """Remove the version and release what it held, marking in the versions derived from it that
+    their parent is deleted; the sha256 of the blob that may now be unheld."""
     name = holder(record.model, record.version)
     txn.delete(VERSIONS, (record.model, record.version))
+    orphan_derived(txn, record)
+    drop_mark(txn, record)
     release_blob(txn, record.sha256, name)
     for ds in record.lineage.datasets:
         release_dataset(txn, ds.name, ds.version, name)
@@ -656,7 +660,7 @@ class Versions:
                 query={"list": "versions", "model": model},
                 page_token=page_token,
                 requested_size=page_size_,
-                item=lambda _key, raw: with_aliases(txn, decode_version(raw)),
+                item=lambda _key, raw: with_parent_state(txn, with_aliases(txn, decode_version(raw))),
                 reverse=True,
             )
 
@@ -741,13 +745,18 @@ class Versions:
 
 def _flat_lineage(record: VersionRecord) -> dict[str, str]:
     lineage = record.lineage
+    parent = ""
+    if lineage.parent_version:
+        parent = f"{lineage.parent_model or record.model}:{lineage.parent_version}"
+    if lineage.parent_deleted is not None:
+        # A model created again numbers from 1: the same name and number may be another parent.
+        gone = lineage.parent_deleted.sha256
+        parent += f" deleted sha256:{gone}" if gone else " deleted"
     flat = {
         "run_id": lineage.run_id,
         "job_id": lineage.job_id,
         "experiment": lineage.experiment,
-        "parent": f"{lineage.parent_model or record.model}:{lineage.parent_version}"
-        if lineage.parent_version
-        else "",
+        "parent": parent,
         "job_spec": json.dumps(lineage.job_spec, sort_keys=True, separators=(",", ":"))
         if lineage.job_spec
         else "",

@@ -572,6 +572,7 @@ class Lineage(_message.Message):
     PARENT_VERSION_FIELD_NUMBER: _builtins.int
     PARENT_MODEL_FIELD_NUMBER: _builtins.int
     JOB_SPEC_FIELD_NUMBER: _builtins.int
+    PARENT_DELETED_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     job_id: _builtins.str
     experiment: _builtins.str
@@ -584,6 +585,14 @@ class Lineage(_message.Message):
     def datasets(self) -> _containers.RepeatedCompositeFieldContainer[Global___DatasetLineage]: ...
     @_builtins.property
     def job_spec(self) -> _job_spec_pb2.JobSpec: ...
+    @_builtins.property
+    def parent_deleted(self) -> Global___DeletedParent:
+        """Set by the daemon (ignored in an upload) when the parent version no longer exists: it, or
+        its model, was deleted. parent_version and parent_model still name it as it was; a model
+        created again under that name numbers its versions from 1, so its version of that number
+        is not this parent (GetLineage of it does not list this version as derived).
+        """
+
     def __init__(
         self,
         *,
@@ -594,14 +603,43 @@ class Lineage(_message.Message):
         parent_version: _builtins.int = ...,
         parent_model: _builtins.str = ...,
         job_spec: _job_spec_pb2.JobSpec | None = ...,
+        parent_deleted: Global___DeletedParent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["job_spec", b"job_spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job_spec", b"job_spec", "parent_deleted", b"parent_deleted"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["datasets", b"datasets", "experiment", b"experiment", "job_id", b"job_id", "job_spec", b"job_spec", "parent_model", b"parent_model", "parent_version", b"parent_version", "run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["datasets", b"datasets", "experiment", b"experiment", "job_id", b"job_id", "job_spec", b"job_spec", "parent_deleted", b"parent_deleted", "parent_model", b"parent_model", "parent_version", b"parent_version", "run_id", b"run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Lineage: _TypeAlias = Lineage  # noqa: Y015
+
+@_typing.final
+class DeletedParent(_message.Message):
+    """What a deleted parent version was. A store from before tesserad kept these learns only that
+    the parent is gone: sha256 empty and deleted_at unset.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHA256_FIELD_NUMBER: _builtins.int
+    DELETED_AT_FIELD_NUMBER: _builtins.int
+    sha256: _builtins.str
+    """Of the parent's artifact."""
+    @_builtins.property
+    def deleted_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        sha256: _builtins.str = ...,
+        deleted_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deleted_at", b"deleted_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted_at", b"deleted_at", "sha256", b"sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeletedParent: _TypeAlias = DeletedParent  # noqa: Y015
 
 @_typing.final
 class DatasetLineage(_message.Message):

@@ -192,6 +192,8 @@ class RegistryServicer:
     def DeleteModel(self, request, context):
         """FAILED_PRECONDITION while an alias or a deployment points into the model, unless force;
         always while an ensemble version of another model has one of its versions as a member.
+        Versions of other models derived from its versions keep them in their lineage, marked
+        deleted (Lineage.parent_deleted).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -253,7 +255,8 @@ class RegistryServicer:
 
     def DeleteVersion(self, request, context):
         """FAILED_PRECONDITION while an alias, a deployment or an ensemble version (as a member) uses
-        the version.
+        the version. Versions derived from it keep it in their lineage, marked deleted
+        (Lineage.parent_deleted).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

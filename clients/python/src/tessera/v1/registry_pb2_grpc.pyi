@@ -41,6 +41,8 @@ class RegistryStub:
     DeleteModel: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeleteModelRequest, _registry_pb2.DeleteModelResponse]
     """FAILED_PRECONDITION while an alias or a deployment points into the model, unless force;
     always while an ensemble version of another model has one of its versions as a member.
+    Versions of other models derived from its versions keep them in their lineage, marked
+    deleted (Lineage.parent_deleted).
     """
     UploadVersion: _grpc.StreamUnaryMultiCallable[_registry_pb2.UploadVersionRequest, _registry_pb2.ModelVersion]
     """Versions. UploadVersion is a client stream: first a header, then the artifact in chunks
@@ -71,7 +73,8 @@ class RegistryStub:
     """Newest first."""
     DeleteVersion: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeleteVersionRequest, _registry_pb2.DeleteVersionResponse]
     """FAILED_PRECONDITION while an alias, a deployment or an ensemble version (as a member) uses
-    the version.
+    the version. Versions derived from it keep it in their lineage, marked deleted
+    (Lineage.parent_deleted).
     """
     SetAlias: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SetAliasRequest, _registry_pb2.Alias]
     """Aliases: set (create or move), resolve, list, delete; every move is kept in an audit log.
@@ -129,6 +132,8 @@ class RegistryAsyncStub(RegistryStub):
     DeleteModel: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeleteModelRequest, _registry_pb2.DeleteModelResponse]  # type: ignore[assignment]
     """FAILED_PRECONDITION while an alias or a deployment points into the model, unless force;
     always while an ensemble version of another model has one of its versions as a member.
+    Versions of other models derived from its versions keep them in their lineage, marked
+    deleted (Lineage.parent_deleted).
     """
     UploadVersion: _aio.StreamUnaryMultiCallable[_registry_pb2.UploadVersionRequest, _registry_pb2.ModelVersion]  # type: ignore[assignment]
     """Versions. UploadVersion is a client stream: first a header, then the artifact in chunks
@@ -159,7 +164,8 @@ class RegistryAsyncStub(RegistryStub):
     """Newest first."""
     DeleteVersion: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeleteVersionRequest, _registry_pb2.DeleteVersionResponse]  # type: ignore[assignment]
     """FAILED_PRECONDITION while an alias, a deployment or an ensemble version (as a member) uses
-    the version.
+    the version. Versions derived from it keep it in their lineage, marked deleted
+    (Lineage.parent_deleted).
     """
     SetAlias: _aio.UnaryUnaryMultiCallable[_registry_pb2.SetAliasRequest, _registry_pb2.Alias]  # type: ignore[assignment]
     """Aliases: set (create or move), resolve, list, delete; every move is kept in an audit log.
@@ -244,6 +250,8 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_registry_pb2.DeleteModelResponse, _abc.Awaitable[_registry_pb2.DeleteModelResponse]]:
         """FAILED_PRECONDITION while an alias or a deployment points into the model, unless force;
         always while an ensemble version of another model has one of its versions as a member.
+        Versions of other models derived from its versions keep them in their lineage, marked
+        deleted (Lineage.parent_deleted).
         """
 
     @_abc_1.abstractmethod
@@ -316,7 +324,8 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.DeleteVersionResponse, _abc.Awaitable[_registry_pb2.DeleteVersionResponse]]:
         """FAILED_PRECONDITION while an alias, a deployment or an ensemble version (as a member) uses
-        the version.
+        the version. Versions derived from it keep it in their lineage, marked deleted
+        (Lineage.parent_deleted).
         """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,54 @@
+"""Lineage that outlives its parent: a version whose parent version is deleted (alone or with its
+model) keeps naming it, with a mark saying it was deleted and what it was.
+
+A parent is named by model and number, and a model deleted and created again numbers from 1,
+so without the mark a child would come to name an unrelated version. The mark lives in its own
+table, keyed by the child, so the child's record stays as registered.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+from tesserad.registry.records import DeletedParent, VersionRecord
+from tesserad.registry.tables import DELETED_PARENTS, DERIVED
+from tesserad.store import ReadTxn, WriteTxn, decode_record, encode_record
+
+DELETED_PARENT_KIND = "deleted_parent"
+DELETED_PARENT_SCHEMA = 1
+
+
+def mark_parent_deleted(txn: WriteTxn, child: tuple[str, int], parent: VersionRecord | None) -> None:
+    """Mark `child`'s lineage parent as deleted; `parent` is its record, None where it is lost."""
+    data = {"sha256": "", "deleted_at": 0.0}
+    if parent is not None:
+        data = {"sha256": parent.sha256, "deleted_at": time.time()}
+    txn.put(DELETED_PARENTS, child, encode_record(DELETED_PARENT_KIND, DELETED_PARENT_SCHEMA, data))
+
+
+def orphan_derived(txn: WriteTxn, parent: VersionRecord) -> None:
+    """In `parent`'s deleting transaction: mark each version derived from it, and drop the
+    rows that list them as its derived versions (a later version of that number is not it)."""
+    children = [(str(key[2]), int(key[3])) for key, _ in txn.scan(DERIVED, (parent.model, parent.version))]
+    for child in children:
+        mark_parent_deleted(txn, child, parent)
+        txn.delete(DERIVED, (parent.model, parent.version, *child))
+
+
+def drop_mark(txn: WriteTxn, record: VersionRecord) -> None:
+    """In `record`'s own deleting transaction."""
+    if record.lineage.parent_version:
+        txn.delete(DELETED_PARENTS, (record.model, record.version))
+
+
+def with_parent_state(txn: ReadTxn, record: VersionRecord) -> VersionRecord:
+    """The version record with its lineage's `parent_deleted` filled in where it is marked."""
+    if not record.lineage.parent_version:
+        return record
+    raw = txn.get(DELETED_PARENTS, (record.model, record.version))
+    if raw is None:
+        return record
+    data = decode_record(raw, DELETED_PARENT_KIND, DELETED_PARENT_SCHEMA)[1]
+    gone = DeletedParent(sha256=data["sha256"], deleted_at=data["deleted_at"])
+    return replace(record, lineage=replace(record.lineage, parent_deleted=gone))
