@@ -14,10 +14,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tessera.v1 import registry_pb2, registry_pb2_grpc
 from tesserad.security import Role, hash_token, new_token
 from tesserad.security.tokens import format_entry
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.dashboard.conftest import SCREENSHOTS, small_spec, wait_until
+from tests.integration.registry.conftest import mlp_weights, safetensors_header, upload
 from tests.integration.sdk.affine import affine_onnx
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -216,6 +218,25 @@ def test_sweeps_and_system_pages(dash, client, table, page):
     assert "CPU" in page.text_content(".cards")
     page.wait_for_function("Number(document.querySelector('.chart').dataset.points) >= 4", timeout=30_000)
     screenshot(page, "system")
+
+
+def test_a_deleted_parent_is_its_own_node_in_the_lineage_graph(dash, page):
+    """Not the version of a model created again under the parent's name, nor a link to it."""
+    stub = registry_pb2_grpc.RegistryStub(dash.channel())
+    upload(stub, safetensors_header("lg-base", mlp_weights()), mlp_weights())
+    child = mlp_weights(seed=1)
+    lineage = registry_pb2.Lineage(parent_model="lg-base", parent_version=1)
+    upload(stub, safetensors_header("lg-tuned", child, lineage=lineage), child)
+    stub.DeleteModel(registry_pb2.DeleteModelRequest(name="lg-base"))
+    upload(stub, safetensors_header("lg-base", mlp_weights(seed=2)), mlp_weights(seed=2))
+
+    open_page(page, dash, "/models/lg-tuned")
+    graph_nodes = page.eval_on_selector_all(
+        "#lineage-graph [data-node]", "nodes => nodes.map(n => n.dataset.node)"
+    )
+    assert sorted(graph_nodes) == ["deleted:lg-base:1", "version:lg-tuned:1"]
+    assert page.text_content('[data-node="deleted:lg-base:1"] title') == "lg-base v1 (deleted)"
+    assert page.eval_on_selector_all("#lineage-graph a", "links => links.length") == 0
 
 
 def test_unknown_job_shows_a_404_page(dash, page):

@@ -242,8 +242,21 @@ def version_rows(version: registry_pb2.ModelVersion) -> list[tuple[str, Any]]:
     for dataset in lineage.datasets:
         rows.append(("dataset", f"{dataset.name}:{dataset.version}"))
     if lineage.parent_version:
-        rows.append(("parent", f"{lineage.parent_model or version.model} v{lineage.parent_version}"))
+        rows.append(("parent", parent_text(version)))
     return rows
+
+
+def parent_text(version: registry_pb2.ModelVersion) -> str:
+    """The lineage parent; a deleted one says so, since a model created again under its name
+    has a version of the same number that is another one."""
+    lineage = version.lineage
+    text = f"{lineage.parent_model or version.model} v{lineage.parent_version}"
+    if not lineage.HasField("parent_deleted"):
+        return text
+    gone = lineage.parent_deleted
+    known = [f"deleted {when(gone.deleted_at)}" if gone.HasField("deleted_at") else "deleted"]
+    known += [f"sha256 {gone.sha256}"] if gone.sha256 else []
+    return f"{text} ({', '.join(known)})"
 
 
 def cmd_models_versions(client: Client, args: argparse.Namespace, out: Output) -> None:

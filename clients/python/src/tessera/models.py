@@ -111,7 +111,9 @@ class Models(Part[C]):
     def delete(self, name: str, force: bool = False) -> Op[int]:
         """Delete a model with all its versions; returns how many versions went. `force` also
         removes aliases and deployments that point into it. FailedPrecondition, force or not,
-        while an ensemble version of another model has one of its versions as a member."""
+        while an ensemble version of another model has one of its versions as a member.
+        Versions of other models derived from its versions keep naming them in their lineage,
+        marked deleted (`lineage.parent_deleted`)."""
         request = pb.DeleteModelRequest(name=name, force=force)
         return Op(S, "DeleteModel", request, lambda response: response.deleted_versions)
 
@@ -284,7 +286,8 @@ class Models(Part[C]):
     @call
     def delete_version(self, name: str, version: int) -> Op[None]:
         """Delete one version (FailedPrecondition while an alias, a deployment or an ensemble
-        version, as a member, uses it)."""
+        version, as a member, uses it). Versions derived from it keep naming it in their
+        lineage, marked deleted (`lineage.parent_deleted`)."""
         request = pb.DeleteVersionRequest(model=name, version=version_number("version", version))
         return Op(S, "DeleteVersion", request, lambda _: None)
 
@@ -330,7 +333,8 @@ class Models(Part[C]):
 
     @call
     def lineage(self, name: str, version: VersionSelector | None = None) -> Op[pb.GetLineageResponse]:
-        """Where a version came from (run, datasets, parent) and the versions derived from it."""
+        """Where a version came from (run, datasets, parent; `parent_deleted` is set once the
+        parent is deleted) and the versions derived from it."""
         return Op(S, "GetLineage", pb.GetLineageRequest(ref=ref(name, version)))
 
     @call

@@ -498,7 +498,8 @@ function svg(tag, attributes, ...children) {
 
 // The model's lineage as one layered graph, left to right: datasets → jobs → parents in other
 // models → this model's versions → versions derived in other models. Keys name each node
-// (`dataset:NAME:N`, `job:ID`, `version:MODEL:N`) so tests and readers can find them.
+// (`dataset:NAME:N`, `job:ID`, `version:MODEL:N`, `deleted:MODEL:N` for a deleted parent) so
+// tests and readers can find them.
 function lineageGraph(model, versions, lineages) {
   const nodes = new Map();
   const edges = new Map();
@@ -521,7 +522,13 @@ function lineageGraph(model, versions, lineages) {
     if (job) addEdge(job, self);
     if (l.parent_version) {
       const parentModel = l.parent_model || model;
-      addEdge(addNode(versionKey(parentModel, l.parent_version), 2, `${parentModel} v${l.parent_version}`, modelHref(parentModel)), self);
+      const named = `${parentModel} v${l.parent_version}`;
+      // A deleted parent is a node of its own, with no link: a model created again under its
+      // name has a version of that number that is another one.
+      const parent = l.parent_deleted
+        ? addNode(`deleted:${parentModel}:${l.parent_version}`, 2, `${named} (deleted)`, null)
+        : addNode(versionKey(parentModel, l.parent_version), 2, named, modelHref(parentModel));
+      addEdge(parent, self);
     }
   }
   for (const lineage of lineages) {
