@@ -99,6 +99,11 @@ def export_version(
     if source.format != "safetensors":
         parent = source.lineage.parent_version
         if parent and not source.lineage.parent_model:  # an export, reached as "latest" after it
+            if source.lineage.parent_deleted is not None:
+                raise FailedPrecondition(
+                    f"{source.model} v{source.version} is already {source.format}, derived from "
+                    f"v{parent}, which is deleted; export a safetensors version"
+                )
             raise FailedPrecondition(
                 f"{source.model} v{source.version} is already {source.format}, derived from v{parent}; "
                 f"name a safetensors version, e.g. version {parent}"

@@ -128,3 +128,14 @@ def test_an_opset_the_exporter_writes_an_invalid_graph_for_is_a_failed_precondit
     assert "opset 26" in error.details() and "opset 0" in error.details()
     assert stored_blobs(data_dir) == before
     assert stub.ExportOnnx(R.ExportOnnxRequest(source=source()), timeout=120).version.version == 2
+
+
+def test_exporting_an_export_whose_source_is_deleted_does_not_name_the_deleted_source(stub, weights):
+    upload(stub, safetensors_header("mlp", weights), weights)
+    stub.ExportOnnx(R.ExportOnnxRequest(source=source()), timeout=120)
+    stub.DeleteVersion(R.DeleteVersionRequest(model="mlp", version=1))
+    error = rpc_error(stub.ExportOnnx, R.ExportOnnxRequest(source=common_pb2.VersionRef(model="mlp")))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error.details() == (
+        "mlp v2 is already onnx, derived from v1, which is deleted; export a safetensors version"
+    )
