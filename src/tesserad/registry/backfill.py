@@ -126,9 +126,9 @@ def backfill_deleted_parents(store: Store) -> int:
                 record = decode_version(raw)
                 if _parent_gone(txn, record):
                     child = (record.model, record.version)
-                    mark_parent_deleted(txn, child, None)
-                    parent = record.lineage.parent_model or record.model
-                    txn.delete(DERIVED, (parent, record.lineage.parent_version, *child))
+                    parent = (record.lineage.parent_model or record.model, record.lineage.parent_version)
+                    mark_parent_deleted(txn, child, parent, None)
+                    txn.delete(DERIVED, (*parent, *child))
                     marked += 1
             if not rows:
                 txn.put(

@@ -19,11 +19,14 @@ DELETED_PARENT_KIND = "deleted_parent"
 DELETED_PARENT_SCHEMA = 1
 
 
-def mark_parent_deleted(txn: WriteTxn, child: tuple[str, int], parent: VersionRecord | None) -> None:
-    """Mark `child`'s lineage parent as deleted; `parent` is its record, None where it is lost."""
-    data = {"sha256": "", "deleted_at": 0.0}
-    if parent is not None:
-        data = {"sha256": parent.sha256, "deleted_at": time.time()}
+def mark_parent_deleted(
+    txn: WriteTxn, child: tuple[str, int], parent: tuple[str, int], record: VersionRecord | None
+) -> None:
+    """Mark `child`'s lineage parent (model, version) as deleted; `record` is the parent's, None
+    where it is lost. The mark names the parent too, so it reads alone with any LMDB tool."""
+    data: dict[str, object] = {"model": parent[0], "version": parent[1], "sha256": "", "deleted_at": 0.0}
+    if record is not None:
+        data.update(sha256=record.sha256, deleted_at=time.time())
     txn.put(DELETED_PARENTS, child, encode_record(DELETED_PARENT_KIND, DELETED_PARENT_SCHEMA, data))
 
 
@@ -32,7 +35,7 @@ def orphan_derived(txn: WriteTxn, parent: VersionRecord) -> None:
     rows that list them as its derived versions (a later version of that number is not it)."""
     children = [(str(key[2]), int(key[3])) for key, _ in txn.scan(DERIVED, (parent.model, parent.version))]
     for child in children:
-        mark_parent_deleted(txn, child, parent)
+        mark_parent_deleted(txn, child, (parent.model, parent.version), parent)
         txn.delete(DERIVED, (parent.model, parent.version, *child))
 
 

@@ -24,9 +24,10 @@ DERIVED = "derived_versions"
 # model, version), so a delete finds the ensembles that use a version with one range scan.
 ENSEMBLE_MEMBERS = "ensemble_members"
 MEMBER_OF = "ensemble_member_of"
-# A version whose lineage parent was deleted: (model, version) -> what the parent was, written
-# in the parent's deleting transaction (its derived_versions rows go then), removed with the
-# version. Kept apart from the version's record, which never changes once registered.
+# A version whose lineage parent was deleted: (model, version) -> what the parent was (model,
+# version, sha256, deleted_at), written in the parent's deleting transaction (its
+# derived_versions rows go then), removed with the version. Kept apart from the version's
+# record, which never changes once registered.
 DELETED_PARENTS = "deleted_parents"
 TABLES = [
     MODELS,

@@ -13,7 +13,7 @@ from tessera.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 from tesserad.registry.backfill import PARENTS_MARKED
 from tesserad.registry.tables import DELETED_PARENTS
 from tesserad.server import STORE_TABLES
-from tesserad.store import Store
+from tesserad.store import Store, decode_record
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.registry.conftest import mlp_weights, rpc_error, safetensors_header, upload
 
@@ -171,3 +171,23 @@ def test_a_store_from_before_the_marks_is_marked_at_start(data_dir, weights, cap
     assert marks(data_dir / "store") == 2
     marked = [r for r in caplog.records if "marked the deleted parents" in r.getMessage()]
     assert [r.__dict__["versions"] for r in marked] == [2]
+
+
+def test_the_stored_mark_names_the_parent(data_dir, weights):
+    daemon = InProcessDaemon(daemon_settings(data_dir)).start()
+    try:
+        stub = registry_pb2_grpc.RegistryStub(daemon.channel())
+        base = upload(stub, safetensors_header("base", weights), weights)
+        derive(stub, "tuned", "base", 1, seed=1)
+        stub.DeleteVersion(R.DeleteVersionRequest(model="base", version=1))
+    finally:
+        daemon.stop()
+    store = Store.open(data_dir / "store", map_size=1 << 30, tables=STORE_TABLES)
+    try:
+        with store.read() as txn:
+            [(key, raw)] = list(txn.scan(DELETED_PARENTS))
+            data = decode_record(raw, "deleted_parent", 1)[1]
+    finally:
+        store.close()
+    assert key == ("tuned", 1)
+    assert (data["model"], data["version"], data["sha256"]) == ("base", 1, base.sha256)
