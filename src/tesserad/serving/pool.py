@@ -102,6 +102,8 @@ class ServableVersion:
     ensemble: Callable[[], EnsemblePlan] | None = None
     # (model, version) its lineage names as parent (an ONNX export's torch source), if any.
     parent: tuple[str, int] | None = None
+    # The parent was deleted: the number may since name a recreated model's unrelated version.
+    parent_deleted: bool = False
 
 
 def servable_file(model: str, version: int, format: str, path: Path, **more: Any) -> ServableVersion:

@@ -54,6 +54,7 @@ class RegistrySource:
             parent=(lineage.parent_model or record.model, lineage.parent_version)
             if (lineage := record.lineage).parent_version
             else None,
+            parent_deleted=lineage.parent_deleted is not None,
         )
 
     def _ensemble_plan(self, record: VersionRecord) -> EnsemblePlan:

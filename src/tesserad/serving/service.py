@@ -473,13 +473,16 @@ class InferenceService:
             )
         parent_model, parent_version = onnx.parent
         parent_label = f"model {parent_model!r} version {parent_version}"
+        gone = FailedPrecondition(
+            f"{label} is ONNX, exported from {parent_label}, which no longer exists; "
+            "explanations need torch weights: explain a safetensors version instead"
+        )
+        if onnx.parent_deleted:  # the number may name a recreated model's unrelated version now
+            raise gone
         try:
             parent = self._source.servable(parent_model, parent_version, None)
         except NotFound:
-            raise FailedPrecondition(
-                f"{label} is ONNX, exported from {parent_label}, which no longer exists; "
-                "explanations need torch weights: explain a safetensors version instead"
-            ) from None
+            raise gone from None
         if parent.format != "safetensors" or parent.architecture is None:
             raise FailedPrecondition(
                 f"{label} is ONNX and its lineage parent {parent_label} is not a torch version "

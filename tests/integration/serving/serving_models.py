@@ -128,9 +128,17 @@ def reshape_model(shape: list[int]) -> bytes:
     return _model_bytes(graph)
 
 
-def upload(channel: grpc.Channel, model: str, artifact: bytes, alias: str = "") -> int:
+def upload(
+    channel: grpc.Channel,
+    model: str,
+    artifact: bytes,
+    alias: str = "",
+    lineage: registry_pb2.Lineage | None = None,
+) -> int:
     """Register an ONNX artifact as a new version of `model` (created if missing)."""
-    header = registry_pb2.UploadVersionHeader(format=registry_pb2.ARTIFACT_FORMAT_ONNX, alias=alias)
+    header = registry_pb2.UploadVersionHeader(
+        format=registry_pb2.ARTIFACT_FORMAT_ONNX, alias=alias, lineage=lineage
+    )
     return _upload(channel, model, artifact, header)
 
 

@@ -22,7 +22,7 @@ from serving_models import (
 )
 
 import tessera
-from tessera.v1 import architecture_pb2, common_pb2, inference_pb2, inference_pb2_grpc
+from tessera.v1 import architecture_pb2, common_pb2, inference_pb2, inference_pb2_grpc, registry_pb2
 from tests.integration.serving.voxel_model import SHAPE, VOXEL, clips, push_one_voxel
 
 METHODS = ("integrated_gradients", "saliency", "occlusion", "gradient_shap")
@@ -130,6 +130,25 @@ def test_an_onnx_version_without_a_torch_parent_is_refused(client, channel):
     with pytest.raises(tessera.FailedPrecondition) as raised:
         client.inference.explain("linear", np.ones((1, 4), np.float32), "saliency")
     assert "ONNX" in raised.value.message and "names no torch version" in raised.value.message
+
+
+def test_an_onnx_version_whose_torch_parent_was_deleted_is_refused_not_explained_by_a_new_one(
+    client, channel
+):
+    """A model deleted and created again numbers from 1: the ONNX version's lineage still names
+    the deleted version 1, which must not be taken for the new, unrelated one."""
+    upload_weights(channel, "base", cnn4d_weights())
+    child = upload(
+        channel,
+        "served",
+        linear_model(1.0),
+        lineage=registry_pb2.Lineage(parent_model="base", parent_version=1),
+    )
+    client.models.delete("base", force=True)
+    upload_weights(channel, "base", cnn4d_weights())
+    with pytest.raises(tessera.FailedPrecondition) as raised:
+        client.inference.explain("served", np.ones((1, 4), np.float32), "saliency", version=child)
+    assert "exported from model 'base' version 1, which no longer exists" in raised.value.message
 
 
 @pytest.fixture
