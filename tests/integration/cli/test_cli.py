@@ -140,7 +140,7 @@ def test_predict_stats_and_serve_status(tessera_cli, client, model_file, tmp_pat
     status = tessera_cli("serve-status")
     assert "affine" in status.out and "ready" in status.out and "instances" in status.out
     (loaded,) = tessera_cli("--json", "serve-status", "affine").json()
-    assert loaded["state"] == "LOAD_STATE_READY" and loaded["config"]["instances"] == 2  # a CPU's default
+    assert loaded["state"] == "ready" and loaded["config"]["instances"] == 2  # a CPU's default
     mistyped = tessera_cli("predict", "afine", "--input", str(inputs))
     assert mistyped.code == 1 and mistyped.err.strip() == (
         "tessera: NOT_FOUND: model 'afine' does not exist; did you mean 'affine'? "

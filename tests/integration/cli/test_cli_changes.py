@@ -38,8 +38,8 @@ def test_changes_are_printed_in_order_with_the_state_after_each(tessera_cli, cli
     later = tessera_cli("--json", "models", "changes", "--from-seq", "2")
     changes = [json.loads(line) for line in later.out.splitlines()]
     assert [(c["seq"], c["kinds"]) for c in changes] == [
-        (2, ["CHANGE_KIND_VERSION_REGISTERED", "CHANGE_KIND_ALIAS_MOVED"]),
-        (3, ["CHANGE_KIND_DEPLOYMENT_CHANGED"]),
+        (2, ["version_registered", "alias_moved"]),
+        (3, ["deployment_changed"]),
     ]
     assert changes[1]["state"]["aliases"] == {"production": 2}
     assert tessera_cli("models", "changes", "--from-seq", "4").out.strip() == "no changes from seq 4 on"

@@ -1,13 +1,16 @@
 """`--json` is for scripts: every 64-bit integer is a number (as the 32-bit ones and the CLI's
-own figures are), and the output stays valid JSON when a value is NaN or infinite."""
+own figures are), enum values are lowercase words, and the output stays valid JSON when a value
+is NaN or infinite."""
 
 from __future__ import annotations
 
 import json
+import tomllib
 
 import numpy as np
 import pytest
 
+from tests.integration.cli.test_cli_follow import JOB_SPEC
 from tests.integration.sdk.affine import affine_onnx
 
 
@@ -53,3 +56,17 @@ def test_json_may_follow_the_command_as_well_as_precede_it(tessera_cli, model_fi
     after = tessera_cli("models", "versions", "affine", "--json")
     assert after.code == 0 and after.json() == before.json()
     assert tessera_cli("info", "--json").json()["version"]
+
+
+def test_enum_values_are_named_alike_in_job_events_and_messages(tessera_cli, client, table_dataset):
+    """`jobs watch --json` printed "succeeded" in its event lines and "JOB_STATE_SUCCEEDED" in
+    the job's final line: every enum value is now said as the events and tables say it."""
+    job = client.training.submit(tomllib.loads(JOB_SPEC))
+    job.wait(timeout=300)
+    result = tessera_cli("--json", "jobs", "watch", job.id)
+    assert result.code == 0, result.err
+    lines = [json.loads(line) for line in result.out.splitlines()]
+    states = [line["state"] for line in lines if "state" in line]
+    assert lines[-1]["kind"] == "Job" and lines[-1]["state"] == "succeeded"
+    assert "succeeded" in states[:-1]
+    assert all(state.islower() for state in states), states

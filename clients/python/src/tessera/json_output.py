@@ -1,9 +1,11 @@
 """What `tessera --json` prints: JSON that any reader, jq included, parses, with one type per field.
 
 Messages follow proto3's JSON mapping (field names as in the .proto, timestamps as RFC 3339
-text) except that 64-bit integers are numbers: the mapping writes them as strings, for
+text) except in two ways. 64-bit integers are numbers: the mapping writes them as strings, for
 JavaScript's sake, so `jq '.version + 1'` failed while 32-bit fields and the CLI's own
-figures were numbers. Floats that are not finite are written as the mapping writes them
+figures were numbers. Enum values are lowercase without their type's prefix ("succeeded",
+not "JOB_STATE_SUCCEEDED"), as the tables, the flags (`jobs ls --state`) and the job events
+of `jobs watch --json` say them: one name per value in all the CLI prints. Floats that are not finite are written as the mapping writes them
 ("NaN", "Infinity", "-Infinity"): JSON has no literal for them, and Python's bare `NaN`
 stops jq.
 """
@@ -12,10 +14,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 import numpy as np
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
@@ -80,6 +83,8 @@ def _field_with_numbers(field: FieldDescriptor, value: Any) -> Any:
 def _single_with_numbers(field: FieldDescriptor, value: Any) -> Any:
     if field.type in _INT64_TYPES:
         return int(value)
+    if field.enum_type is not None and isinstance(value, str):
+        return enum_word(field.enum_type, value)
     message_type = field.message_type
     if (
         message_type is not None
@@ -88,3 +93,12 @@ def _single_with_numbers(field: FieldDescriptor, value: Any) -> Any:
     ):
         return _with_numbers(message_type, value)
     return value
+
+
+_WORD_START = re.compile(r"(?<!^)(?=[A-Z])")
+
+
+def enum_word(enum: EnumDescriptor, name: str) -> str:
+    """An enum value's name as the CLI says it: JOB_STATE_SUCCEEDED of JobState is "succeeded"."""
+    prefix = _WORD_START.sub("_", enum.name).upper() + "_"
+    return name.removeprefix(prefix).lower()
