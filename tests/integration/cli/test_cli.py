@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tessera.cli import EXIT_DAEMON, EXIT_FAILED, EXIT_USAGE
 from tessera.demo import spacetime_clips
 from tests.integration.sdk.affine import affine_onnx
 
@@ -25,7 +26,7 @@ def dataset_file(tmp_path):
 
 
 def assert_failed_cleanly(result, code_name: str, *words: str) -> None:
-    assert result.code == 1
+    assert result.code == (EXIT_DAEMON if code_name else EXIT_FAILED)
     assert (
         result.err.startswith(f"tessera: {code_name}: ") if code_name else result.err.startswith("tessera: ")
     )
@@ -74,9 +75,13 @@ def test_models_commands(tessera_cli, model_file, tmp_path):
     assert "revision 3" in tessera_cli("models", "rollback", "affine").out
 
 
-def test_models_errors(tessera_cli, tmp_path):
+def test_models_errors(tessera_cli, tmp_path, capsys):
     assert_failed_cleanly(tessera_cli("models", "show", "absent"), "NOT_FOUND", "absent")
-    assert_failed_cleanly(tessera_cli("models", "deploy", "m", "oops"), "", "VERSION=PERCENT")
+    with pytest.raises(SystemExit) as usage:
+        tessera_cli("models", "deploy", "m", "oops")
+    assert usage.value.code == EXIT_USAGE and "argument ROUTE: route 'oops': write VERSION=PERCENT" in (
+        capsys.readouterr().err
+    )
     assert_failed_cleanly(tessera_cli("models", "push", "m", str(tmp_path / "none.onnx")), "", "none.onnx")
 
 
@@ -105,7 +110,7 @@ def test_a_dataset_with_nan_is_refused_with_the_flag_that_accepts_it(tessera_cli
     assert tessera_cli("datasets", "push", "nan", str(path), "--allow-nonfinite").code == 0
 
 
-def test_datasets_commands(tessera_cli, dataset_file):
+def test_datasets_commands(tessera_cli, dataset_file, capsys):
     pushed = tessera_cli(
         "datasets", "push", "table", str(dataset_file), "--split", "train=0.75", "--split", "val=0.25"
     )
@@ -116,9 +121,10 @@ def test_datasets_commands(tessera_cli, dataset_file):
     assert "float32" in shown.out and "(40, 4)" in shown.out
     assert tessera_cli("--json", "datasets", "show", "table").json()["num_samples"] == 40
     assert_failed_cleanly(tessera_cli("datasets", "show", "absent"), "NOT_FOUND", "absent")
-    assert_failed_cleanly(
-        tessera_cli("datasets", "push", "t", str(dataset_file), "--split", "train"), "", "KEY=VALUE"
-    )
+    with pytest.raises(SystemExit) as usage:
+        tessera_cli("datasets", "push", "t", str(dataset_file), "--split", "train")
+    assert usage.value.code == EXIT_USAGE
+    assert "argument --split: 'train': write NAME=FRACTION" in capsys.readouterr().err
 
 
 def test_predict_stats_and_serve_status(tessera_cli, client, model_file, tmp_path):
@@ -142,7 +148,7 @@ def test_predict_stats_and_serve_status(tessera_cli, client, model_file, tmp_pat
     (loaded,) = tessera_cli("--json", "serve-status", "affine").json()
     assert loaded["state"] == "ready" and loaded["config"]["instances"] == 2  # a CPU's default
     mistyped = tessera_cli("predict", "afine", "--input", str(inputs))
-    assert mistyped.code == 1 and mistyped.err.strip() == (
+    assert mistyped.code == EXIT_DAEMON and mistyped.err.strip() == (
         "tessera: NOT_FOUND: model 'afine' does not exist; did you mean 'affine'? "
         "Or create it with `tessera models push MODEL FILE`"
     )
@@ -223,10 +229,10 @@ def test_train_errors(tessera_cli, tmp_path):
     assert_failed_cleanly(tessera_cli("train", str(spec)), "", "not valid TOML")
     spec.write_text(SPEC.format(dataset="absent"))
     result = tessera_cli("train", str(spec))
-    assert result.code == 1 and "absent" in result.err and "Traceback" not in result.err
+    assert result.code == EXIT_DAEMON and "absent" in result.err and "Traceback" not in result.err
     spec.write_text(SPEC.format(dataset="absent").replace("epochs = 2", 'epochs = 2\nprecision = "fp8"'))
     result = tessera_cli("train", str(spec))
-    assert result.code == 1 and "spec.precision: must be one of fp32, bf16, fp16" in result.err
+    assert result.code == EXIT_DAEMON and "spec.precision: must be one of fp32, bf16, fp16" in result.err
     assert_failed_cleanly(tessera_cli("jobs", "watch", "job-nope"), "NOT_FOUND")
 
 

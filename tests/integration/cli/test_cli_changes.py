@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+from tessera.cli import EXIT_DAEMON
 from tests.integration.sdk.affine import affine_onnx
 
 
@@ -48,7 +49,7 @@ def test_changes_are_printed_in_order_with_the_state_after_each(tessera_cli, cli
 def test_a_start_the_registry_never_gave_fails_with_what_to_give(tessera_cli, client, tmp_path, capsys):
     client.models.push("affine", affine_onnx(tmp_path / "a1.onnx"))
     past = tessera_cli("models", "changes", "--from-seq", "7")
-    assert past.code == 1 and past.out == ""
+    assert past.code == EXIT_DAEMON and past.out == ""
     assert past.err.startswith(
         "tessera: FAILED_PRECONDITION: from_seq 7 is past this registry's newest change (1): give at most 2"
     )
@@ -104,7 +105,9 @@ def test_cluster_stats_on_a_daemon_no_replica_follows_are_its_own(tessera_cli, c
     assert data["replicas"] == [] and data["unreachable_replicas"] == []
     assert [(s["model"], s["request_count"]) for s in data["stats"]] == [("affine", 1)]
     absent = tessera_cli("stats", "absent", "--cluster")
-    assert absent.code == 1 and absent.err.startswith("tessera: NOT_FOUND: model 'absent' does not exist")
+    assert absent.code == EXIT_DAEMON and absent.err.startswith(
+        "tessera: NOT_FOUND: model 'absent' does not exist"
+    )
     with pytest.raises(SystemExit) as usage:  # argparse: a usage error, exit 2
         tessera_cli("stats", "--cluster", "--reset")
     assert usage.value.code == 2

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from tessera.cli import EXIT_DAEMON, EXIT_USAGE
 from tests.integration.sdk.affine import affine_onnx
 
 X = np.linspace(-2, 2, 12, dtype=np.float32).reshape(4, 3)
@@ -46,17 +48,22 @@ def test_ensemble_command_registers_and_serves(tessera_cli, client, tmp_path):
     )
 
 
-def test_ensemble_command_errors(tessera_cli, client, tmp_path):
+def test_ensemble_command_errors(tessera_cli, client, tmp_path, capsys):
     client.models.push("a", affine_onnx(tmp_path / "a.onnx", features=3))
     client.models.push("wide", affine_onnx(tmp_path / "wide.onnx", features=5))
     mismatch = tessera_cli("models", "ensemble", "ens", "a:1", "wide:1")
-    assert mismatch.code == 1
+    assert mismatch.code == EXIT_DAEMON
     assert mismatch.err.startswith("tessera: INVALID_ARGUMENT: ensemble members' signatures must agree")
     assert "wide:1 differs from a:1" in mismatch.err
     missing = tessera_cli("models", "ensemble", "ens", "a:1", "a:4")
-    assert missing.code == 1 and "NOT_FOUND: ensemble member a:4 does not exist" in missing.err
-    syntax = tessera_cli("models", "ensemble", "ens", "a:1", "a")
-    assert syntax.code != 0 and "ensemble member 'a': write it MODEL:VERSION" in syntax.err
+    assert missing.code == EXIT_DAEMON and "NOT_FOUND: ensemble member a:4 does not exist" in missing.err
+    with pytest.raises(SystemExit) as syntax:
+        tessera_cli("models", "ensemble", "ens", "a:1", "a")
+    assert syntax.value.code == EXIT_USAGE
+    assert "argument MEMBER: ensemble member 'a': write it MODEL:VERSION" in capsys.readouterr().err
     fit_without_stacking = tessera_cli("models", "ensemble", "ens", "a:1", "wide:1", "--fit", "x.npz")
-    assert fit_without_stacking.code != 0 and "use it with --combine stacking" in fit_without_stacking.err
-    assert "Traceback" not in mismatch.err + missing.err + syntax.err + fit_without_stacking.err
+    assert (
+        fit_without_stacking.code == EXIT_USAGE
+        and "use it with --combine stacking" in fit_without_stacking.err
+    )
+    assert "Traceback" not in mismatch.err + missing.err + fit_without_stacking.err

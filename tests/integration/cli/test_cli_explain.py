@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tessera.cli import EXIT_DAEMON
 from tests.integration.serving.voxel_model import SHAPE, VOXEL, clips, push_one_voxel
 
 
@@ -47,7 +48,7 @@ def test_explain_errors_say_what_to_fix(tessera_cli, client, tmp_path, capsys):
     push_one_voxel(client, tmp_path)
     np.save(tmp_path / "x.npy", clips(1))
     bad_target = tessera_cli("explain", "voxel", "--input", str(tmp_path / "x.npy"), "--target", "7")
-    assert bad_target.code == 1
+    assert bad_target.code == EXIT_DAEMON
     assert "INVALID_ARGUMENT: output_index must be in 0..1" in bad_target.err
     for flags, text in (
         (("--method", "occlusion", "--window", "2,x"), "like 1,1,4,4,4"),

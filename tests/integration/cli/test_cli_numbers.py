@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import tessera
+from tessera.cli import EXIT_DAEMON, EXIT_USAGE
 from tests.integration.sdk.affine import affine_onnx
 
 SUPERSCRIPT_TWO, ARABIC_THREE = "\u00b2", "\u0663"
@@ -25,21 +26,32 @@ def test_versions_and_percents_not_in_digits_0_to_9_are_refused(tessera_cli, cli
     for text in (SUPERSCRIPT_TWO, ARABIC_THREE):
         # Not a number, so an alias: the daemon names what an alias may be.
         shown = tessera_cli("models", "show", "affine", "--version", text)
-        assert shown.code == 1 and f"alias {text!r} is not a valid name" in shown.err, shown.err
+        assert shown.code == EXIT_DAEMON and f"alias {text!r} is not a valid name" in shown.err, shown.err
         deployed = tessera_cli("models", "deploy", "affine", f"{text}=100")
-        assert deployed.code == 1 and "is not a valid name" in deployed.err, deployed.err
-        weighted = tessera_cli("models", "deploy", "affine", f"1={text}")
-        assert weighted.code == 1 and "write VERSION=PERCENT" in weighted.err, weighted.err
+        assert deployed.code == EXIT_DAEMON and "is not a valid name" in deployed.err, deployed.err
     with pytest.raises(tessera.NotFound):
         client.models.deployment("affine")
-    for text in (SUPERSCRIPT_TWO, ARABIC_THREE, TOO_BIG):
-        dataset = tessera_cli("datasets", "show", f"t:{text}")
-        assert dataset.code == 1 and "write name or name:version" in dataset.err, dataset.err
-        member = tessera_cli("models", "ensemble", "ens", "affine:1", f"affine:{text}")
-        assert member.code == 1 and "write it MODEL:VERSION" in member.err, member.err
-    too_big = tessera_cli("models", "show", "affine", "--version", TOO_BIG)
-    assert too_big.code == 1 and f"must be a whole number in 0..{2**63 - 1}" in too_big.err, too_big.err
     assert tessera_cli("models", "show", "affine", "--version", "3").code == 0
+
+
+@pytest.mark.parametrize("text", [SUPERSCRIPT_TWO, ARABIC_THREE, TOO_BIG])
+def test_malformed_numbers_in_refs_and_routes_are_usage_errors(tessera_cli, capsys, text):
+    # Digits 0-9 past int64 make a percent the SDK refuses by its range.
+    routes = (
+        [] if text == TOO_BIG else [(("models", "deploy", "affine", f"1={text}"), "write VERSION=PERCENT")]
+    )
+    for args, words in (
+        *routes,
+        (("datasets", "show", f"t:{text}"), "write name or name:version"),
+        (("models", "ensemble", "ens", "affine:1", f"affine:{text}"), "write it MODEL:VERSION"),
+    ):
+        with pytest.raises(SystemExit) as exited:
+            tessera_cli(*args)
+        err = capsys.readouterr().err
+        assert exited.value.code == EXIT_USAGE and words in err, err
+    with pytest.raises(SystemExit):
+        tessera_cli("models", "show", "affine", "--version", TOO_BIG)
+    assert f"argument --version: must be a whole number in 0..{2**63 - 1}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("text", [SUPERSCRIPT_TWO, ARABIC_THREE, "+3", "1_0", TOO_BIG])
@@ -57,13 +69,13 @@ def test_a_percent_past_int32_or_a_shadow_percent_of_0_is_invalid_argument(
     tessera_cli, client, three_versions
 ):
     weight = tessera_cli("models", "deploy", "affine", "1=3000000000")
-    assert weight.code == 1, weight.err
+    assert weight.code == EXIT_DAEMON, weight.err
     assert "INVALID_ARGUMENT: routes[0].weight must be 1..100, got 3000000000" in weight.err
     for percent in ("0", "4294967296"):
         shadow = tessera_cli(
             "models", "deploy", "affine", "1=100", "--shadow", "2", "--shadow-percent", percent
         )
-        assert shadow.code == 1, shadow.err
+        assert shadow.code == EXIT_DAEMON, shadow.err
         assert f"INVALID_ARGUMENT: shadow_percent must be 1..100, got {percent}" in shadow.err
     with pytest.raises(tessera.NotFound):
         client.models.deployment("affine")

@@ -3,6 +3,7 @@ on the server in it; of a file whose format it cannot tell, the flags that tell 
 
 from __future__ import annotations
 
+from tessera.cli import EXIT_DAEMON, EXIT_USAGE
 from tests.integration.sdk.affine import affine_onnx
 
 
@@ -10,7 +11,7 @@ def test_a_garbage_onnx_push_says_why_and_names_no_server_path(tessera_cli, tmp_
     model = tmp_path / "model.onnx"
     model.write_bytes(b"garbage, not onnx" * 10)
     result = tessera_cli("models", "push", "m", str(model))
-    assert result.code == 1 and result.err.startswith("tessera: INVALID_ARGUMENT: "), result.err
+    assert result.code == EXIT_DAEMON and result.err.startswith("tessera: INVALID_ARGUMENT: "), result.err
     assert "not a valid ONNX model" in result.err
     assert str(data_dir) not in result.err and "blobs" not in result.err, result.err
 
@@ -22,12 +23,14 @@ def test_a_file_of_no_known_suffix_or_weights_without_a_spec_are_told_in_the_cli
     unnamed = tmp_path / "model.bin"
     unnamed.write_bytes(model.read_bytes())
     refused = tessera_cli("models", "push", "m", str(unnamed))
-    assert refused.code == 1 and "name the file .onnx or .safetensors, or pass --format" in refused.err
+    assert (
+        refused.code == EXIT_USAGE and "name the file .onnx or .safetensors, or pass --format" in refused.err
+    )
     assert "format=" not in refused.err
     pushed = tessera_cli("models", "push", "m", str(unnamed), "--format", "onnx")
     assert pushed.code == 0 and "registered m v1" in pushed.out, pushed.err
     weights = tmp_path / "weights.safetensors"
     weights.write_bytes(b"")
     refused = tessera_cli("models", "push", "m", str(weights))
-    assert refused.code == 1 and "safetensors weights need --spec SPEC.toml" in refused.err
+    assert refused.code == EXIT_USAGE and "safetensors weights need --spec SPEC.toml" in refused.err
     assert "architecture=" not in refused.err

@@ -3,6 +3,7 @@ architecture, and refuses weights the architecture cannot load."""
 
 from __future__ import annotations
 
+from tessera.cli import EXIT_DAEMON
 from tests.integration.registry.conftest import mlp_weights
 
 SPEC = """\
@@ -36,7 +37,7 @@ def test_push_of_weights_the_spec_cannot_load_names_the_tensor_and_both_shapes(t
     weights = tmp_path / "wide.safetensors"
     weights.write_bytes(mlp_weights(hidden=16))
     result = tessera_cli("models", "push", "mlp", str(weights), "--spec", str(spec))
-    assert result.code == 1 and result.err.startswith("tessera: INVALID_ARGUMENT: "), result.err
+    assert result.code == EXIT_DAEMON and result.err.startswith("tessera: INVALID_ARGUMENT: "), result.err
     assert "tensor '1.weight' has shape [16, 4], the architecture needs [8, 4]" in result.err, result.err
     assert [m.name for m in client.models.list()] == []
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from tessera.cli import EXIT_DAEMON
 from tests.integration.sdk.affine import affine_onnx
 
 
@@ -23,7 +24,7 @@ def test_rolling_back_the_first_deploy_says_the_model_has_no_deployment(tessera_
         "requests without a version or alias go to the latest version"
     )
     again = tessera_cli("models", "rollback", "affine")
-    assert again.code == 1 and again.err.startswith("tessera: FAILED_PRECONDITION: ")
+    assert again.code == EXIT_DAEMON and again.err.startswith("tessera: FAILED_PRECONDITION: ")
     assert "no deployment to roll back" in again.err
 
     assert tessera_cli("models", "deploy", "affine", "1=100").code == 0

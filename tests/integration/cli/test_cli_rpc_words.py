@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 import tessera
+from tessera.cli import EXIT_DAEMON
 
 SPEC = """\
 task = "classification"
@@ -20,13 +21,13 @@ dataset = "absent"
 
 def test_daemon_messages_name_cli_commands_in_the_cli(tessera_cli, tmp_path):
     missing_model = tessera_cli("models", "show", "absent")
-    assert missing_model.code == 1
+    assert missing_model.code == EXIT_DAEMON
     assert "create it with `tessera models push MODEL FILE`" in missing_model.err
     assert "CreateModel" not in missing_model.err
     spec = tmp_path / "spec.toml"
     spec.write_text(SPEC)
     missing_dataset = tessera_cli("train", str(spec))
-    assert missing_dataset.code == 1
+    assert missing_dataset.code == EXIT_DAEMON
     assert "upload it with `tessera datasets push NAME FILE`" in missing_dataset.err
     assert "UploadDataset" not in missing_dataset.err
 

@@ -3,6 +3,8 @@ line, in the TOML's own names, before anything reaches the daemon."""
 
 from __future__ import annotations
 
+from tessera.cli import EXIT_DAEMON
+
 SPEC = """\
 experiment = "typos"
 task = "clasification"
@@ -67,5 +69,5 @@ def test_train_from_an_unknown_version_says_so_through_the_daemon(tessera_cli, t
     spec = tmp_path / "finetune.toml"
     spec.write_text('init_from = { model = "nope", version = 3 }\nfreeze = ["features.*"]\n')
     result = tessera_cli("train", str(spec))
-    assert result.code == 1 and "Traceback" not in result.err
+    assert result.code == EXIT_DAEMON and "Traceback" not in result.err
     assert "spec.init_from: model 'nope' does not exist" in result.err, result.err

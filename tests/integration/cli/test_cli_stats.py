@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from tessera.cli import EXIT_DAEMON
 from tests.integration.sdk.affine import affine_onnx
 
 
 def test_stats_of_a_model_that_does_not_exist_fails_with_not_found(tessera_cli):
     result = tessera_cli("stats", "absent")
-    assert result.code == 1 and "Traceback" not in result.err + result.out
+    assert result.code == EXIT_DAEMON and "Traceback" not in result.err + result.out
     assert result.err.startswith("tessera: NOT_FOUND: model 'absent' does not exist")
     assert "latency" not in result.out  # no empty table
 
@@ -19,13 +20,13 @@ def test_stats_of_a_model_with_nothing_loaded_says_how_to_load_it(tessera_cli, c
     client.models.push("affine", affine_onnx(tmp_path / "affine.onnx"))
     assert tessera_cli("--json", "stats").json() == []  # every loaded version: none, and that is no error
     result = tessera_cli("stats", "affine")
-    assert result.code == 1 and result.err.startswith(
+    assert result.code == EXIT_DAEMON and result.err.startswith(
         "tessera: NOT_FOUND: model 'affine' has no loaded version, so it has no statistics yet"
     )
     assert "tessera predict" in result.err
     version = tessera_cli("stats", "affine", "--version", "1")
-    assert version.code == 1 and "model 'affine' version 1 is not loaded" in version.err
-    assert tessera_cli("stats", "affine", "--version", "7").code == 1
+    assert version.code == EXIT_DAEMON and "model 'affine' version 1 is not loaded" in version.err
+    assert tessera_cli("stats", "affine", "--version", "7").code == EXIT_DAEMON
 
     inputs = tmp_path / "inputs.npz"
     np.savez(inputs, input=np.ones((2, 4), np.float32))

@@ -11,7 +11,7 @@ import grpc
 from rich.console import Console
 
 import tessera
-from tessera.cli import main
+from tessera.cli import EXIT_DAEMON, main
 from tessera.messages import load_toml
 from tessera.v1 import training_pb2, training_pb2_grpc
 from tests.integration.training.conftest import upload_standard_datasets
@@ -97,7 +97,7 @@ def test_sweep_follow_shows_trials_then_a_leaderboard_and_a_plot(tessera_cli, ta
     assert shown.code == 0 and sweep_id in shown.out and "momentum=" in shown.out + "name=adam"
     assert "tpe + asha" in tessera_cli("sweeps", "ls").out
     cancelled = tessera_cli("sweeps", "cancel", sweep_id)
-    assert cancelled.code == 1 and "already ended (SUCCEEDED)" in cancelled.err
+    assert cancelled.code == EXIT_DAEMON and "already ended (SUCCEEDED)" in cancelled.err
 
 
 def test_sweep_spec_problems_are_reported_by_file_and_line(tessera_cli, tmp_path):
@@ -115,7 +115,7 @@ def test_a_refused_sweep_names_the_combination(tessera_cli, table_dataset, tmp_p
     spec = tmp_path / "sweep.toml"
     spec.write_text(SPEC.replace('strategy = "tpe"', 'strategy = "pbt"'))
     result = tessera_cli("sweep", str(spec))
-    assert result.code == 1
+    assert result.code == EXIT_DAEMON
     assert (
         result.err.startswith("tessera: INVALID_ARGUMENT: ")
         and "PBT cannot be combined with ASHA" in result.err

@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 from rich.cells import cell_len
@@ -25,7 +25,7 @@ from tessera.events import JobState
 from tessera.explanations import METHODS, SHORT_NAMES, top_positions
 from tessera.follow import follow
 from tessera.json_output import dumps, to_plain
-from tessera.messages import is_digits, load_toml, to_datetime, whole_number
+from tessera.messages import INT64_MAX, dataset_ref, is_digits, load_toml, to_datetime, whole_number
 from tessera.models import FORMAT_BY_SUFFIX
 from tessera.rpc_commands import in_cli_words, unreachable_hint
 from tessera.sweep_commands import add_sweep_commands
@@ -34,8 +34,40 @@ from tessera.transport import TLS, TOKEN_ENV
 from tessera.v1 import inference_pb2, registry_pb2, training_pb2
 
 DEFAULT_TARGET = "127.0.0.1:50051"
-EXIT_ERROR = 1
+INT32_MAX = 2**31 - 1
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_DAEMON = 3
+EXIT_INTERRUPTED = 130
+# What a shell reports for a tool killed by SIGPIPE (128 + 13), as `yes | head` leaves for yes.
+EXIT_OUTPUT_CLOSED = 141
+EXIT_STATUS_HELP = f"""\
+exit status:
+  0    done
+  {EXIT_FAILED}    failed here: a file could not be read or written, a spec file is wrong, or a
+       followed job or sweep ended without succeeding
+  {EXIT_USAGE}    the command line is wrong: the message says what, under the command's usage
+  {EXIT_DAEMON}    the daemon refused or failed the request, or could not be reached: the message
+       starts with the gRPC status (NOT_FOUND, INVALID_ARGUMENT, UNAVAILABLE, ...)
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
+  {EXIT_OUTPUT_CLOSED}  the output was closed early (`tessera ... | head`); nothing more is printed
+
+--json prints enum values as the tables show them, lowercase without their type's prefix
+("succeeded", not "JOB_STATE_SUCCEEDED"); 64-bit integers are numbers."""
 JSON_HELP = "print JSON for scripts instead of tables"
+
+
+class UsageError(ValueError):
+    """A mistake on the command line that argparse cannot see (flags that go together, a file
+    whose suffix says nothing): it exits 2 under the command's usage line, as argparse's own do."""
+
+
+class _PipeConsole(Console):
+    """rich exits with status 1 when its output is closed; the CLI ends quietly instead."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
 
 
 class Output:
@@ -43,7 +75,7 @@ class Output:
 
     def __init__(self, as_json: bool, console: Console | None = None) -> None:
         self.as_json = as_json
-        self.console = console or Console(highlight=False, soft_wrap=False)
+        self.console = console or _PipeConsole(highlight=False, soft_wrap=False)
 
     def json(self, value: Any) -> None:
         print(dumps(value, indent=2))
@@ -116,19 +148,88 @@ def _table_width(column_widths: Sequence[int]) -> int:
     return sum(width + 2 for width in column_widths) + len(column_widths) + 1
 
 
-def selector(text: str | None) -> int | str | None:
+def selector(text: str) -> int | str:
     """A version given on the command line: a number, or else an alias."""
-    if text is None:
-        return None
     return whole_number(text) if is_digits(text) else text
 
 
-def whole(text: str) -> int:
-    """argparse's type for versions, counts and sequence numbers (int() also reads "٣" as 3)."""
+def version_or_alias(text: str) -> int | str:
+    """argparse's type for a version number or an alias."""
     try:
-        return whole_number(text)
+        return selector(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def whole(low: int = 0, high: int = INT64_MAX) -> Callable[[str], int]:
+    """argparse's type for versions, counts and sequence numbers in low..high, the range of the
+    proto field the option fills: past an int32 field's, protobuf fails with a bare "Value out
+    of range" (and int() also reads "٣" as 3)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = whole_number(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            shown = text if len(text) <= 40 else text[:40] + "..."
+            raise argparse.ArgumentTypeError(
+                f"must be a whole number in {low}..{high} written in digits 0-9, got {shown!r}"
+            )
+        return value
+
+    return parse
+
+
+def dataset(text: str) -> str:
+    """argparse's type for NAME[:VERSION]."""
+    try:
+        dataset_ref(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def member(text: str) -> str:
+    """argparse's type for an ensemble member MODEL:VERSION."""
+    try:
+        member_pair(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def route(text: str) -> tuple[int | str, int]:
+    """argparse's type for a deployment route VERSION=PERCENT or ALIAS=PERCENT."""
+    target, sep, weight = text.partition("=")
+    if not sep or not target or not is_digits(weight):
+        raise argparse.ArgumentTypeError(
+            f"route {text!r}: write VERSION=PERCENT or ALIAS=PERCENT, e.g. 3=90 staging=10"
+        )
+    return version_or_alias(target), int(weight)
+
+
+def split(text: str) -> tuple[str, float]:
+    """argparse's type for a dataset split NAME=FRACTION."""
+    name, sep, fraction = text.partition("=")
+    try:
+        value = float(fraction)
+    except ValueError:
+        value = math.nan
+    if not sep or not name or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r}: write NAME=FRACTION, e.g. train=0.8")
+    return name, value
+
+
+def weight_list(text: str) -> list[float]:
+    """argparse's type for ensemble weights "2,1,1"."""
+    try:
+        weights = [float(part) for part in text.split(",")]
+    except ValueError:
+        weights = [math.nan]
+    if not all(math.isfinite(weight) for weight in weights):
+        raise argparse.ArgumentTypeError(f"must be numbers separated by commas, like 2,1,1; got {text!r}")
+    return weights
 
 
 def seconds(text: str) -> float:
@@ -154,17 +255,6 @@ def size(num_bytes: float) -> str:
             return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
         num_bytes /= 1024
     return f"{num_bytes:.1f} GiB"
-
-
-def key_values(items: Sequence[str], what: str) -> dict[str, str]:
-    """["a=1", "b=2"] as a dict; ValueError naming the malformed item."""
-    pairs = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"{what} {item!r}: write KEY=VALUE")
-        pairs[key] = value
-    return pairs
 
 
 def shape(dims: Iterable[int]) -> str:
@@ -214,7 +304,7 @@ def cmd_models_ls(client: Client, args: argparse.Namespace, out: Output) -> None
 
 
 def cmd_models_show(client: Client, args: argparse.Namespace, out: Output) -> None:
-    version = client.models.version(args.model, selector(args.version))
+    version = client.models.version(args.model, args.version)
     if out.as_json:
         return out.json(version)
     out.pairs(f"{version.model} v{version.version}", version_rows(version))
@@ -285,12 +375,12 @@ def cmd_models_push(client: Client, args: argparse.Namespace, out: Output) -> No
     # The SDK's own messages for these name its keyword arguments (format=, architecture=).
     artifact_format = args.format or FORMAT_BY_SUFFIX.get(Path(args.file).suffix.lower())
     if artifact_format is None:
-        raise ValueError(
+        raise UsageError(
             f"{args.file}: cannot tell the format from the suffix; name the file .onnx or .safetensors, "
             "or pass --format"
         )
     if artifact_format == "safetensors" and not args.spec:
-        raise ValueError(
+        raise UsageError(
             f"{args.file}: safetensors weights need --spec SPEC.toml with the [architecture] that built them"
         )
     architecture = None
@@ -316,17 +406,16 @@ def cmd_models_push(client: Client, args: argparse.Namespace, out: Output) -> No
 
 
 def cmd_models_ensemble(client: Client, args: argparse.Namespace, out: Output) -> None:
-    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
     stacking = None
     if args.fit:
         if args.combine != "stacking":
-            raise ValueError("--fit fits a stacking combiner; use it with --combine stacking")
+            raise UsageError("--fit fits a stacking combiner; use it with --combine stacking")
         stacking = fit_stacking_on(client, args.members, args.fit, args.fit_target)
     version = client.models.register_ensemble(
         args.model,
         args.members,
         args.combine,
-        weights=weights,
+        weights=args.weights,
         stacking=stacking,
         alias=args.alias,
         description=args.description,
@@ -361,19 +450,15 @@ def cmd_models_alias(client: Client, args: argparse.Namespace, out: Output) -> N
 
 def cmd_models_deploy(client: Client, args: argparse.Namespace, out: Output) -> None:
     routes: dict[int | str, int] = {}
-    for item in args.routes:
-        target, sep, weight = item.partition("=")
-        if not sep or not is_digits(weight):
-            raise ValueError(f"route {item!r}: write VERSION=PERCENT or ALIAS=PERCENT, e.g. 3=90 staging=10")
-        chosen = selector(target)
+    for chosen, weight in args.routes:
         if chosen in routes:
             words = f"version {chosen}" if isinstance(chosen, int) else f"alias {chosen!r}"
-            raise ValueError(f"route {item!r} names {words} again; give it one route with the percents added")
-        routes[chosen] = int(weight)  # type: ignore[index]
+            raise UsageError(f"route {words} is given twice; give it one route with the percents added")
+        routes[chosen] = weight
     deployment = client.models.deploy(
         args.model,
         routes,
-        shadow=selector(args.shadow),
+        shadow=args.shadow,
         shadow_percent=args.shadow_percent,
         comment=args.comment,
     )
@@ -448,7 +533,7 @@ def change_line(change: registry_pb2.RegistryChange) -> str:
 
 
 def cmd_models_compare(client: Client, args: argparse.Namespace, out: Output) -> None:
-    diff = client.models.compare(args.model, selector(args.a), selector(args.b))  # type: ignore[arg-type]
+    diff = client.models.compare(args.model, args.a, args.b)
     if out.as_json:
         return out.json(diff)
     title = f"{args.model}: v{diff.a.version} vs v{diff.b.version}"
@@ -472,7 +557,7 @@ def cmd_models_download(client: Client, args: argparse.Namespace, out: Output) -
     version = client.models.download(
         args.model,
         args.path,
-        selector(args.version),
+        args.version,
         progress=None if out.as_json else transfer_progress(out, f"downloading {args.model}"),
     )
     if out.as_json:
@@ -483,7 +568,7 @@ def cmd_models_download(client: Client, args: argparse.Namespace, out: Output) -
 
 
 def cmd_datasets_push(client: Client, args: argparse.Namespace, out: Output) -> None:
-    splits = {name: float(fraction) for name, fraction in key_values(args.split, "--split").items()}
+    splits = dict(args.split)
     version = client.datasets.push(
         args.name,
         args.file,
@@ -749,7 +834,7 @@ def cmd_runs_leaderboard(client: Client, args: argparse.Namespace, out: Output) 
 
 def cmd_export_onnx(client: Client, args: argparse.Namespace, out: Output) -> None:
     result = client.models.export_onnx(
-        args.model, selector(args.version), opset=args.opset, conv4d=args.conv4d, alias=args.alias
+        args.model, args.version, opset=args.opset, conv4d=args.conv4d, alias=args.alias
     )
     if out.as_json:
         return out.json(result)
@@ -859,11 +944,14 @@ def cmd_explain(client: Client, args: argparse.Namespace, out: Output) -> None:
 def window_sizes(text: str) -> list[int]:
     """An occlusion window as "1,1,4,4,4"."""
     try:
-        return [whole_number(part) for part in text.split(",")]
+        sizes = [whole_number(part) for part in text.split(",")]
     except ValueError:
+        sizes = []
+    if not sizes or max(sizes) > INT32_MAX:
         raise argparse.ArgumentTypeError(
-            f"must be sizes separated by commas, like 1,1,4,4,4; got {text!r}"
-        ) from None
+            f"must be sizes separated by commas, each 0..{INT32_MAX}, like 1,1,4,4,4; got {text!r}"
+        )
+    return sizes
 
 
 def load_inputs(path: str) -> dict[str, np.ndarray]:
@@ -876,8 +964,8 @@ def load_inputs(path: str) -> dict[str, np.ndarray]:
 
 def cmd_stats(client: Client, args: argparse.Namespace, out: Output) -> None:
     if args.cluster:
-        return print_cluster_stats(client.inference.cluster_stats(args.model, selector(args.version)), out)
-    stats = client.inference.stats(args.model, selector(args.version), reset=args.reset)
+        return print_cluster_stats(client.inference.cluster_stats(args.model, args.version), out)
+    stats = client.inference.stats(args.model, args.version, reset=args.reset)
     if out.as_json:
         return out.json(list(stats))
     print_stats(stats, out)
@@ -990,7 +1078,12 @@ def add_view(sub: argparse.ArgumentParser, what: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tessera", description="Talk to a running tesserad.")
+    parser = argparse.ArgumentParser(
+        prog="tessera",
+        description="Talk to a running tesserad.",
+        epilog=EXIT_STATUS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--target",
         default=os.environ.get("TESSERA_TARGET", DEFAULT_TARGET),
@@ -1019,7 +1112,7 @@ def build_parser() -> argparse.ArgumentParser:
         # Every `ls` also answers to `list`, as `tessera sweeps` does.
         aliases = ["list"] if name == "ls" else []
         sub = group.add_parser(name, aliases=aliases, help=help, description=help)
-        sub.set_defaults(handler=handler)
+        sub.set_defaults(handler=handler, parser=sub)
         # Scripts often put flags last; SUPPRESS keeps a --json given before the command.
         sub.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=JSON_HELP)
         return sub
@@ -1034,7 +1127,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = command(models, "show", cmd_models_show, "a model version's details")
     sub.add_argument("model")
-    sub.add_argument("--version", help="number or alias (default latest)")
+    sub.add_argument("--version", type=version_or_alias, help="number or alias (default latest)")
     sub = command(
         models, "push", cmd_models_push, "register an ONNX file, or safetensors weights with --spec"
     )
@@ -1056,7 +1149,7 @@ def build_parser() -> argparse.ArgumentParser:
         "register an ensemble of versions (MEMBER is MODEL:VERSION) as the model's next version",
     )
     sub.add_argument("model")
-    sub.add_argument("members", nargs="+", metavar="MEMBER")
+    sub.add_argument("members", nargs="+", type=member, metavar="MEMBER")
     sub.add_argument(
         "--combine",
         choices=COMBINES,
@@ -1064,7 +1157,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="mean of the outputs (default); vote: each member's top class is a vote; weighted_mean "
         "(--weights); stacking: a linear combiner fitted with --fit",
     )
-    sub.add_argument("--weights", help="weighted_mean: one weight per member, e.g. 2,1,1")
+    sub.add_argument("--weights", type=weight_list, help="weighted_mean: one weight per member, e.g. 2,1,1")
     sub.add_argument(
         "--fit",
         metavar="FILE.npz",
@@ -1079,16 +1172,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command(models, "alias", cmd_models_alias, "point an alias at a version")
     sub.add_argument("model")
     sub.add_argument("alias")
-    sub.add_argument("version", type=whole)
+    sub.add_argument("version", type=whole())
     sub = command(
         models, "deploy", cmd_models_deploy, "route traffic: ROUTE is VERSION=PERCENT or ALIAS=PERCENT"
     )
     sub.add_argument("model")
-    sub.add_argument("routes", nargs="+", metavar="ROUTE")
-    sub.add_argument("--shadow", help="version or alias that gets a copy of requests")
+    sub.add_argument("routes", nargs="+", type=route, metavar="ROUTE")
+    sub.add_argument("--shadow", type=version_or_alias, help="version or alias that gets a copy of requests")
     sub.add_argument(
         "--shadow-percent",
-        type=whole,
+        type=whole(),
         default=100,
         help="percent of requests copied to --shadow (default 100)",
     )
@@ -1101,8 +1194,8 @@ def build_parser() -> argparse.ArgumentParser:
     ).add_argument("model")
     sub = command(models, "compare", cmd_models_compare, "differences between two versions")
     sub.add_argument("model")
-    sub.add_argument("a", help="version number or alias")
-    sub.add_argument("b", help="version number or alias")
+    sub.add_argument("a", type=version_or_alias, help="version number or alias")
+    sub.add_argument("b", type=version_or_alias, help="version number or alias")
     sub = command(
         models,
         "changes",
@@ -1111,7 +1204,11 @@ def build_parser() -> argparse.ArgumentParser:
         "it (before the daemon's newest replica.change_history, only each model's newest is kept)",
     )
     sub.add_argument(
-        "--from-seq", type=whole, default=0, metavar="SEQ", help="start at this change (default 0: the first)"
+        "--from-seq",
+        type=whole(),
+        default=0,
+        metavar="SEQ",
+        help="start at this change (default 0: the first)",
     )
     sub.add_argument(
         "--follow", action="store_true", help="go on printing new changes as they come (Ctrl-C to stop)"
@@ -1119,7 +1216,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command(models, "download", cmd_models_download, "write a version's artifact to a file (verified)")
     sub.add_argument("model")
     sub.add_argument("path")
-    sub.add_argument("--version", help="number or alias (default latest)")
+    sub.add_argument("--version", type=version_or_alias, help="number or alias (default latest)")
 
     datasets = commands.add_parser("datasets", help="datasets").add_subparsers(
         dest="subcommand", required=True, metavar="SUBCOMMAND"
@@ -1130,11 +1227,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--split",
         action="append",
+        type=split,
         default=[],
         metavar="NAME=FRACTION",
         help="once per split, the fractions summing to 1: --split train=0.8 --split val=0.2",
     )
-    sub.add_argument("--seed", type=whole, default=0, help="seed of the random split (default 0)")
+    sub.add_argument("--seed", type=whole(), default=0, help="seed of the random split (default 0)")
     sub.add_argument("--allow-nonfinite", action="store_true", help="accept NaN and Inf")
     sub.add_argument("--description", default="", help="free text stored with the version")
     command(datasets, "ls", cmd_datasets_ls, "list datasets").add_argument(
@@ -1142,7 +1240,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     command(
         datasets, "show", cmd_datasets_show, "arrays, statistics and splits of NAME[:VERSION]"
-    ).add_argument("ref")
+    ).add_argument("ref", type=dataset)
 
     sub = command(commands, "train", cmd_train, "submit a training job from a TOML spec")
     sub.add_argument("spec", help="SPEC.toml (JobSpec fields)")
@@ -1156,7 +1254,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = command(jobs, "watch", cmd_jobs_watch, "follow a job's progress until it ends")
     sub.add_argument("job_id")
-    sub.add_argument("--from-seq", type=whole, default=1, help="replay events from this sequence number")
+    sub.add_argument("--from-seq", type=whole(), default=1, help="replay events from this sequence number")
     command(jobs, "cancel", cmd_jobs_cancel, "stop a job").add_argument("job_id")
 
     add_sweep_commands(commands, command)
@@ -1191,7 +1289,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("experiment")
     sub.add_argument("metric")
     sub.add_argument("--mode", choices=["min", "max"], help="which is better (default: by the metric's name)")
-    sub.add_argument("--limit", type=whole, default=10, help="runs shown (default 10)")
+    sub.add_argument("--limit", type=whole(high=INT32_MAX), default=10, help="runs shown (default 10)")
 
     experiments = commands.add_parser("experiments", help="experiments").add_subparsers(
         dest="subcommand", required=True, metavar="SUBCOMMAND"
@@ -1219,8 +1317,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = command(export, "onnx", cmd_export_onnx, "export a safetensors version to ONNX as a new version")
     sub.add_argument("model")
-    sub.add_argument("--version", help="number or alias (default latest)")
-    sub.add_argument("--opset", type=whole, default=0, help="ONNX opset (default 0: the exporter's default)")
+    sub.add_argument("--version", type=version_or_alias, help="number or alias (default latest)")
+    sub.add_argument(
+        "--opset",
+        type=whole(high=INT32_MAX),
+        default=0,
+        help="ONNX opset (default 0: the exporter's default)",
+    )
     sub.add_argument(
         "--conv4d",
         choices=["auto", "decomposed", "native"],
@@ -1235,7 +1338,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--input", required=True, help=".npz with arrays by input name, or .npy for 'input'")
     pick = sub.add_mutually_exclusive_group()
     pick.add_argument(
-        "--version", type=whole, help="this version number (default: as the deployment routes, else latest)"
+        "--version", type=whole(), help="this version number (default: as the deployment routes, else latest)"
     )
     pick.add_argument("--alias", help="the version this alias points at")
     sub.add_argument("--output", help="write the outputs to this .npz")
@@ -1254,19 +1357,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--target",
         dest="output_index",
-        type=whole,
+        type=whole(high=INT32_MAX),
         metavar="N",
         help="the output index (class) to explain; default: each row's largest output (the daemon address, also --target, goes before the command)",
     )
     pick = sub.add_mutually_exclusive_group()
     pick.add_argument(
         "--version",
-        type=whole,
+        type=whole(),
         help="this version number (default: the lowest the deployment routes to, else latest)",
     )
     pick.add_argument("--alias", help="the version this alias points at")
     sub.add_argument(
-        "--steps", type=whole, default=0, help="ig path steps (default 32), shap samples (default 16)"
+        "--steps",
+        type=whole(high=INT32_MAX),
+        default=0,
+        help="ig path steps (default 32), shap samples (default 16)",
     )
     sub.add_argument("--baseline", type=float, default=0.0, help="the input value compared with (default 0)")
     sub.add_argument(
@@ -1275,12 +1381,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="occlusion window per dimension of one row, e.g. 1,1,4,4,4",
     )
-    sub.add_argument("--top", type=whole, default=10, help="positions to print per row (default 10)")
+    sub.add_argument("--top", type=whole(), default=10, help="positions to print per row (default 10)")
     sub.add_argument("--out", help="write the attributions to this .npz (arrays by input name)")
 
     sub = command(commands, "stats", cmd_stats, "latency percentiles and throughput of a loaded model")
     sub.add_argument("model", nargs="?", default="", help="default: every loaded model")
-    sub.add_argument("--version", help="number or alias (default: every loaded version)")
+    sub.add_argument(
+        "--version", type=version_or_alias, help="number or alias (default: every loaded version)"
+    )
     scope = sub.add_mutually_exclusive_group()
     scope.add_argument("--reset", action="store_true", help="zero the figures after reading them")
     scope.add_argument(
@@ -1296,11 +1404,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command(commands, "demo", cmd_demo, "the whole life cycle on a synthetic spacetime dataset")
     sub.add_argument("--name", default="demo", help="prefix of the dataset and model names")
     sub.add_argument(
-        "--samples", type=whole, default=192, help="clips in the synthetic dataset (default 192)"
+        "--samples", type=whole(), default=192, help="clips in the synthetic dataset (default 192)"
     )
-    sub.add_argument("--epochs", type=whole, default=3, help="training epochs (default 3)")
+    sub.add_argument("--epochs", type=whole(), default=3, help="training epochs (default 3)")
     sub.add_argument(
-        "--requests", type=whole, default=200, help="predict calls for the latency figures (default 200)"
+        "--requests", type=whole(), default=200, help="predict calls for the latency figures (default 200)"
     )
     return parser
 
@@ -1314,30 +1422,70 @@ def tls_from(args: argparse.Namespace) -> TLS | None:
 
 
 def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:
-    """Run one command; returns the exit status (0 ok, 1 failed, 2 bad usage, 130 interrupted)."""
+    """Run one command; returns the exit status (EXIT_STATUS_HELP lists them). argparse's own
+    usage errors exit 2 through SystemExit."""
     args = build_parser().parse_args(argv)
     out = Output(args.json, console)
     try:
+        status = run(args, out)
+        # Flushed here, not at exit: a reader gone shows as BrokenPipeError now, not as
+        # Python's complaint and status 120 after main returns.
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Whoever reads the output stopped (`| head`): no message, and nothing left to flush
+        # into the closed pipe at exit, where Python would print its own complaint.
+        _close_output()
+        return EXIT_OUTPUT_CLOSED
+    return status
+
+
+def run(args: argparse.Namespace, out: Output) -> int:
+    """The command in `args`, its failures said in one line on stderr; returns the exit status."""
+    try:
         with Client(args.target, token=args.token, tls=tls_from(args), timeout=args.timeout) as client:
             args.handler(client, args, out)
+    except BrokenPipeError:
+        raise
+    except UsageError as err:
+        args.parser.print_usage(sys.stderr)
+        return _fail(EXIT_USAGE, f"{args.parser.prog}: error: {err}")
     except TesseraError as err:
         hint = unreachable_hint(err.code, err.message, args.target)
-        print(f"tessera: {err.code}: {in_cli_words(err.message)}{hint}", file=sys.stderr)
-        return EXIT_ERROR
+        return _fail(EXIT_DAEMON, f"tessera: {err.code}: {in_cli_words(err.message)}{hint}")
     except JobFailed as err:
-        print(f"tessera: {in_cli_words(str(err))}", file=sys.stderr)
-        return EXIT_ERROR
+        return _fail(EXIT_FAILED, f"tessera: {in_cli_words(str(err))}")
     except (ValueError, OSError) as err:
-        print(f"tessera: {err}", file=sys.stderr)
-        return EXIT_ERROR
+        return _fail(EXIT_FAILED, f"tessera: {err}")
     except KeyboardInterrupt as err:
-        print(f"tessera: {str(err) or 'interrupted'}", file=sys.stderr)
-        return 130
+        return _fail(EXIT_INTERRUPTED, f"tessera: {str(err) or 'interrupted'}")
     except Exception as err:
         # A bug in the CLI itself: still one line, with enough to report it.
-        print(f"tessera: unexpected {type(err).__name__}: {err}; please report this", file=sys.stderr)
-        return EXIT_ERROR
+        return _fail(EXIT_FAILED, f"tessera: unexpected {type(err).__name__}: {err}; please report this")
     return 0
+
+
+def _fail(status: int, message: str) -> int:
+    """`message` on stderr while it is open: with `2>&-` or a reader gone, the status alone
+    says it (and print(file=None) would write to stdout)."""
+    if sys.stderr is None:
+        return status
+    try:
+        print(message, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        _close_output(sys.stderr)
+    return status
+
+
+def _close_output(stream: TextIO | None = None) -> None:
+    """Point `stream` (default stdout) at /dev/null: Python flushes it once more at exit, and
+    a failure there prints its own complaint and makes the status 120."""
+    try:
+        fd = (stream or sys.stdout).fileno()
+    except (OSError, ValueError, AttributeError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,92 @@
+"""`tessera` as a shell sees it: one exit status per kind of failure (as `tessera --help` lists
+them), quiet when its reader goes away (`| head`), and no crash when stderr is closed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tessera.cli import EXIT_DAEMON, EXIT_OUTPUT_CLOSED, EXIT_USAGE
+from tests.integration.sdk.affine import affine_onnx
+
+
+def run_cli(
+    *args: str, stdout: int | None = None, stderr: int | None = None, **popen
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tessera.cli", *args],
+        stdout=subprocess.PIPE if stdout is None else stdout,
+        stderr=subprocess.PIPE if stderr is None else stderr,
+        timeout=120,
+        check=False,
+        **popen,
+    )
+
+
+def closed_pipe() -> int:
+    """The write end of a pipe whose reader has gone, as `| head` leaves it after its lines."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    return write_end
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("models", "ls"),
+        ("--json", "models", "ls"),
+        ("--json", "models", "changes"),
+        ("--json", "models", "changes", "--follow"),
+    ],
+)
+def test_a_reader_gone_ends_quietly_with_sigpipes_status(daemon, client, tmp_path, command):
+    client.models.push("affine", affine_onnx(tmp_path / "affine.onnx"))
+    write_end = closed_pipe()
+    try:
+        result = run_cli("--target", daemon.target, *command, stdout=write_end)
+    finally:
+        os.close(write_end)
+    assert result.returncode == EXIT_OUTPUT_CLOSED, result.stderr
+    assert result.stderr == b""
+
+
+def test_a_closed_stderr_keeps_the_status_and_stdout_clean(daemon):
+    write_end = closed_pipe()
+    try:
+        reader_gone = run_cli("--target", daemon.target, "models", "show", "absent", stderr=write_end)
+    finally:
+        os.close(write_end)
+    assert reader_gone.returncode == EXIT_DAEMON and reader_gone.stdout == b""
+    # `2>&-`: print(file=None) would have written the error to stdout.
+    no_stderr = run_cli(
+        "--target",
+        daemon.target,
+        "models",
+        "show",
+        "absent",
+        stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: os.close(2),
+    )
+    assert no_stderr.returncode == EXIT_DAEMON and no_stderr.stdout == b""
+
+
+def test_usage_mistakes_found_after_parsing_exit_2_under_the_usage_line(tessera_cli, tmp_path):
+    model = affine_onnx(tmp_path / "affine.onnx")
+    twice = tessera_cli("models", "deploy", "affine", "1=50", "1=50")
+    assert twice.code == EXIT_USAGE, twice.err
+    assert twice.err.startswith("usage: tessera models deploy ")
+    assert "tessera models deploy: error: route version 1 is given twice" in twice.err
+    renamed = tmp_path / "affine.bin"
+    renamed.write_bytes(model.read_bytes())
+    unknown = tessera_cli("models", "push", "affine", str(renamed))
+    assert unknown.code == EXIT_USAGE and "usage: tessera models push " in unknown.err
+    fit = tessera_cli("models", "ensemble", "e", "a:1", "b:1", "--fit", "x.npz")
+    assert fit.code == EXIT_USAGE and "use it with --combine stacking" in fit.err
+
+
+def test_daemon_errors_have_their_own_status(tessera_cli):
+    missing = tessera_cli("models", "show", "absent")
+    assert missing.code == EXIT_DAEMON and missing.err.startswith("tessera: NOT_FOUND: ")

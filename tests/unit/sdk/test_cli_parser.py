@@ -1,0 +1,53 @@
+"""What `tessera`'s parser refuses before anything is sent: malformed values and numbers past
+their proto field exit 2 naming the flag (protobuf's own "Value out of range" names nothing);
+and `--help` lists the exit statuses scripts test for."""
+
+from __future__ import annotations
+
+import pytest
+
+from tessera.cli import EXIT_USAGE, INT32_MAX, build_parser
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (("datasets", "push", "t", "t.npz", "--split", "train"), "--split"),
+        (("datasets", "push", "t", "t.npz", "--split", "train=most"), "--split"),
+        (("models", "ensemble", "e", "a:1", "b:1", "--weights", "2,x"), "--weights"),
+        (("models", "show", "affine", "--version", str(2**64)), "--version"),
+        (("datasets", "show", "t:x"), "ref"),
+    ],
+)
+def test_malformed_values_are_argparse_usage_errors(capsys, args, flag):
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(args)
+    assert exited.value.code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("usage: tessera ") and f"argument {flag}: " in err, err
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (("runs", "leaderboard", "exp", "loss", "--limit"), "--limit"),
+        (("export", "onnx", "m", "--opset"), "--opset"),
+        (("explain", "m", "--input", "x.npz", "--steps"), "--steps"),
+        (("explain", "m", "--input", "x.npz", "--target"), "--target"),
+    ],
+)
+def test_int32_options_past_their_field_are_refused_by_name(capsys, args, flag):
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args([*args, "9999999999"])
+    assert exited.value.code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"argument {flag}: must be a whole number in 0..{INT32_MAX} written in digits 0-9" in err, err
+    assert "out of range" not in err
+
+
+def test_help_lists_the_exit_statuses(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    shown = capsys.readouterr().out
+    for status in ("0", "1", "2", "3", "130", "141"):
+        assert f"\n  {status} " in shown
