@@ -4,6 +4,7 @@ failure exits non-zero with the daemon's message, never a traceback."""
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import os
 import sys
@@ -955,7 +956,14 @@ def window_sizes(text: str) -> list[int]:
 
 
 def load_inputs(path: str) -> dict[str, np.ndarray]:
-    """Inputs from a .npz (each array by name) or a .npy (the input named "input")."""
+    """Inputs from a .npz (each array by name) or a .npy (the input named "input"); "-" reads
+    either from standard input, told apart by its first bytes."""
+    if path == "-":
+        loaded = np.load(io.BytesIO(sys.stdin.buffer.read()), allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            return {"input": loaded}
+        with loaded as archive:
+            return {name: archive[name] for name in archive.files}
     if path.endswith(".npy"):
         return {"input": np.load(path, allow_pickle=False)}
     with np.load(path, allow_pickle=False) as archive:
@@ -1243,7 +1251,7 @@ def build_parser() -> argparse.ArgumentParser:
     ).add_argument("ref", type=dataset)
 
     sub = command(commands, "train", cmd_train, "submit a training job from a TOML spec")
-    sub.add_argument("spec", help="SPEC.toml (JobSpec fields)")
+    sub.add_argument("spec", help="SPEC.toml (JobSpec fields); - reads it from stdin")
     sub.add_argument("--follow", action="store_true", help="show live progress until the job ends")
 
     jobs = commands.add_parser("jobs", help="training jobs").add_subparsers(
@@ -1335,7 +1343,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command(commands, "predict", cmd_predict, "run a model on inputs from a file")
     sub.add_argument("model")
-    sub.add_argument("--input", required=True, help=".npz with arrays by input name, or .npy for 'input'")
+    sub.add_argument(
+        "--input",
+        required=True,
+        help=".npz with arrays by input name, or .npy for 'input'; - reads either from stdin",
+    )
     pick = sub.add_mutually_exclusive_group()
     pick.add_argument(
         "--version", type=whole(), help="this version number (default: as the deployment routes, else latest)"
@@ -1347,7 +1359,11 @@ def build_parser() -> argparse.ArgumentParser:
         commands, "explain", cmd_explain, "attribute a model's output to each input position (captum)"
     )
     sub.add_argument("model")
-    sub.add_argument("--input", required=True, help=".npz with arrays by input name, or .npy for 'input'")
+    sub.add_argument(
+        "--input",
+        required=True,
+        help=".npz with arrays by input name, or .npy for 'input'; - reads either from stdin",
+    )
     sub.add_argument(
         "--method",
         choices=[*SHORT_NAMES, *METHODS],

@@ -7,6 +7,7 @@ import datetime as dt
 import difflib
 import json
 import re
+import sys
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -91,9 +92,12 @@ class TomlTable(dict[str, Any]):
 
 def load_toml(path: str | Path) -> TomlTable:
     """A TOML file as a dict (its tables as `TomlTable`s that know their lines); ValueError
-    saying where the syntax is wrong."""
+    saying where the syntax is wrong. "-" reads standard input, as `tessera train -` does."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        if str(path) == "-":
+            path, text = "<stdin>", sys.stdin.buffer.read().decode("utf-8")
+        else:
+            text = Path(path).read_text(encoding="utf-8")
         data = tomllib.loads(text)
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not valid TOML: not UTF-8 text ({err.reason})") from None

@@ -275,7 +275,8 @@ def add_sweep_commands(
 ) -> None:
     sub = command(commands, "sweep", cmd_sweep, "start a hyperparameter sweep from a TOML spec")
     sub.add_argument(
-        "spec", help="SPEC.toml (SweepSpec fields: [base] is the job spec, [[parameters]] the space)"
+        "spec",
+        help="SPEC.toml (SweepSpec fields: [base] is the job spec, [[parameters]] the space); - reads it from stdin",
     )
     sub.add_argument(
         "--follow", action="store_true", help="show the trials live, then a leaderboard and a plot"
