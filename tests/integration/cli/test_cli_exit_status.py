@@ -90,3 +90,13 @@ def test_usage_mistakes_found_after_parsing_exit_2_under_the_usage_line(tessera_
 def test_daemon_errors_have_their_own_status(tessera_cli):
     missing = tessera_cli("models", "show", "absent")
     assert missing.code == EXIT_DAEMON and missing.err.startswith("tessera: NOT_FOUND: ")
+
+
+def test_a_push_or_download_in_a_script_prints_the_result_alone(tessera_cli, tmp_path):
+    """Progress lines ("pushing x: 25% of ...") went to stdout, mixed with the result: they go to
+    stderr now, and only when it is a terminal, so a script's stderr holds its errors alone."""
+    pushed = tessera_cli("models", "push", "affine", str(affine_onnx(tmp_path / "affine.onnx")))
+    assert pushed.code == 0 and pushed.err == "", pushed.err
+    assert pushed.out.startswith("registered affine v1") and "pushing" not in pushed.out
+    downloaded = tessera_cli("models", "download", "affine", str(tmp_path / "copy.onnx"))
+    assert downloaded.out.startswith("wrote ") and downloaded.err == ""

@@ -71,12 +71,21 @@ class _PipeConsole(Console):
         raise BrokenPipeError
 
 
+class _StatusConsole(Console):
+    """Progress on stderr: when its reader has gone, the command goes on without it."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+
+
 class Output:
-    """Where a command's results go: rich tables on the terminal, or JSON on stdout."""
+    """Where a command's results go: rich tables on the terminal, or JSON on stdout; progress
+    goes to stderr (`status`), so that `> file` or `| jq` gets the results alone."""
 
     def __init__(self, as_json: bool, console: Console | None = None) -> None:
         self.as_json = as_json
         self.console = console or _PipeConsole(highlight=False, soft_wrap=False)
+        self.status = _StatusConsole(stderr=True, highlight=False)
 
     def json(self, value: Any) -> None:
         print(dumps(value, indent=2))
@@ -395,7 +404,7 @@ def cmd_models_push(client: Client, args: argparse.Namespace, out: Output) -> No
         architecture=architecture,
         alias=args.alias,
         description=args.description,
-        progress=None if out.as_json else transfer_progress(out, f"pushing {Path(args.file).name}"),
+        progress=transfer_progress(out, f"pushing {Path(args.file).name}"),
     )
     if out.as_json:
         return out.json(version)
@@ -559,7 +568,7 @@ def cmd_models_download(client: Client, args: argparse.Namespace, out: Output) -
         args.model,
         args.path,
         args.version,
-        progress=None if out.as_json else transfer_progress(out, f"downloading {args.model}"),
+        progress=transfer_progress(out, f"downloading {args.model}"),
     )
     if out.as_json:
         return out.json({"path": str(args.path), "version": to_plain(version)})
@@ -577,7 +586,7 @@ def cmd_datasets_push(client: Client, args: argparse.Namespace, out: Output) -> 
         seed=args.seed,
         allow_nonfinite=args.allow_nonfinite,
         description=args.description,
-        progress=None if out.as_json else transfer_progress(out, f"pushing {Path(args.file).name}"),
+        progress=transfer_progress(out, f"pushing {Path(args.file).name}"),
     )
     if out.as_json:
         return out.json(version)
@@ -1055,15 +1064,18 @@ def cmd_demo(client: Client, args: argparse.Namespace, out: Output) -> None:
     )
 
 
-def transfer_progress(out: Output, label: str) -> Callable[[int, int], None]:
-    """A progress callback printing whole-percent steps of an upload or download."""
+def transfer_progress(out: Output, label: str) -> Callable[[int, int], None] | None:
+    """A progress callback printing whole-percent steps of an upload or download on stderr;
+    None where no one watches (a script's stderr, as git decides) or with --json."""
+    if out.as_json or not out.status.is_terminal:
+        return None
     shown = {"percent": -1}
 
     def report(done: int, total: int) -> None:
         percent = 100 if total == 0 else done * 100 // total
         if percent // 25 > shown["percent"] // 25 or done == total:
             if percent != shown["percent"]:
-                out.console.print(f"[dim]{label}: {percent}% of {size(total)}[/dim]")
+                out.status.print(f"[dim]{label}: {percent}% of {size(total)}[/dim]")
             shown["percent"] = percent
 
     return report
