@@ -17,6 +17,7 @@ from tessera.cli import EXIT_USAGE, INT32_MAX, build_parser
         (("models", "ensemble", "e", "a:1", "b:1", "--weights", "2,x"), "--weights"),
         (("models", "show", "affine", "--version", str(2**64)), "--version"),
         (("datasets", "show", "t:x"), "ref"),
+        (("jobs", "ls", "--state", "done"), "--state"),
     ],
 )
 def test_malformed_values_are_argparse_usage_errors(capsys, args, flag):
@@ -51,3 +52,10 @@ def test_help_lists_the_exit_statuses(capsys):
     shown = capsys.readouterr().out
     for status in ("0", "1", "2", "3", "130", "141"):
         assert f"\n  {status} " in shown
+
+
+def test_job_states_are_taken_in_either_case():
+    assert build_parser().parse_args(["jobs", "ls", "--state", "RUNNING", "--state", "queued"]).state == [
+        "running",
+        "queued",
+    ]

@@ -1270,7 +1270,11 @@ def build_parser() -> argparse.ArgumentParser:
         dest="subcommand", required=True, metavar="SUBCOMMAND"
     )
     command(jobs, "ls", cmd_jobs_ls, "list jobs, newest first").add_argument(
-        "--state", action="append", help="only jobs in this state (repeatable)"
+        "--state",
+        action="append",
+        type=str.lower,
+        choices=[state.value for state in JobState if state != JobState.UNSPECIFIED],
+        help="only jobs in this state (repeatable)",
     )
     sub = command(jobs, "watch", cmd_jobs_watch, "follow a job's progress until it ends")
     sub.add_argument("job_id")
