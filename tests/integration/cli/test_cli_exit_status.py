@@ -6,10 +6,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tomllib
 
 import pytest
 
 from tessera.cli import EXIT_DAEMON, EXIT_OUTPUT_CLOSED, EXIT_USAGE
+from tests.integration.cli.test_cli_follow import JOB_SPEC
 from tests.integration.sdk.affine import affine_onnx
 
 
@@ -100,3 +102,16 @@ def test_a_push_or_download_in_a_script_prints_the_result_alone(tessera_cli, tmp
     assert pushed.out.startswith("registered affine v1") and "pushing" not in pushed.out
     downloaded = tessera_cli("models", "download", "affine", str(tmp_path / "copy.onnx"))
     assert downloaded.out.startswith("wrote ") and downloaded.err == ""
+
+
+def test_a_reader_gone_from_a_followed_job_ends_quietly(daemon, client, table_dataset):
+    job = client.training.submit(tomllib.loads(JOB_SPEC))
+    job.wait(timeout=300)
+    for as_json in ([], ["--json"]):
+        write_end = closed_pipe()
+        try:
+            result = run_cli("--target", daemon.target, *as_json, "jobs", "watch", job.id, stdout=write_end)
+        finally:
+            os.close(write_end)
+        assert result.returncode == EXIT_OUTPUT_CLOSED, result.stderr
+        assert result.stderr == b""
