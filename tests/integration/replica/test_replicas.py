@@ -19,6 +19,7 @@ from rich.console import Console
 from serving_models import W, linear_model, predict_request, to_array, upload
 
 import tessera
+from tessera.cli import EXIT_DAEMON
 from tessera.cli import main as cli_main
 from tessera.v1 import (
     common_pb2,
@@ -338,7 +339,10 @@ def test_the_primarys_cluster_statistics_merge_its_replicas_histograms(
     assert f"linear v1: {merged.request_count} requests" in shown
     assert f"merged: this daemon and 2 replicas ({', '.join(sorted(cluster.replica_addresses))})" in shown
     capsys.readouterr()
-    assert cli_main(["--target", cluster.replica_addresses[0], "stats", "--cluster"], console=console) == 1
+    assert (
+        cli_main(["--target", cluster.replica_addresses[0], "stats", "--cluster"], console=console)
+        == EXIT_DAEMON
+    )
     assert capsys.readouterr().err.startswith(
         "tessera: FAILED_PRECONDITION: this tesserad is a serving replica; ask its primary"
     )
