@@ -87,6 +87,11 @@ def test_usage_mistakes_found_after_parsing_exit_2_under_the_usage_line(tessera_
     assert unknown.code == EXIT_USAGE and "usage: tessera models push " in unknown.err
     fit = tessera_cli("models", "ensemble", "e", "a:1", "b:1", "--fit", "x.npz")
     assert fit.code == EXIT_USAGE and "use it with --combine stacking" in fit.err
+    # The last fraction of a split given twice was taken silently.
+    split_twice = tessera_cli(
+        "datasets", "push", "t", "t.npz", "--split", "train=0.5", "--split", "val=0.5", "--split", "train=0.5"
+    )
+    assert split_twice.code == EXIT_USAGE and "--split train is given twice" in split_twice.err
 
 
 def test_daemon_errors_have_their_own_status(tessera_cli):

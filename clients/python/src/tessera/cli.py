@@ -578,7 +578,11 @@ def cmd_models_download(client: Client, args: argparse.Namespace, out: Output) -
 
 
 def cmd_datasets_push(client: Client, args: argparse.Namespace, out: Output) -> None:
-    splits = dict(args.split)
+    splits: dict[str, float] = {}
+    for name, fraction in args.split:
+        if name in splits:
+            raise UsageError(f"--split {name} is given twice; give each split once")
+        splits[name] = fraction
     version = client.datasets.push(
         args.name,
         args.file,
