@@ -59,3 +59,13 @@ def test_job_states_are_taken_in_either_case():
         "running",
         "queued",
     ]
+
+
+def test_an_occlusion_window_past_int32_is_refused_by_name(capsys):
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["explain", "m", "--input", "x.npz", "--window", "1,9999999999"])
+    assert exited.value.code == EXIT_USAGE
+    assert (
+        f"argument --window: must be sizes separated by commas, each 0..{INT32_MAX}"
+        in capsys.readouterr().err
+    )
