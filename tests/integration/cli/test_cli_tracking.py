@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from tessera.cli import EXIT_DAEMON, EXIT_USAGE
 from tessera.errors import FailedPrecondition
 
 
@@ -27,8 +28,8 @@ def test_runs_ls_filters_by_status_param_and_tag_and_orders_by_a_metric(tessera_
     assert listed("--param", "lr=0.1", "--tag", "team=a") == [low.run_id]
     assert listed("--order-by", "val_loss") == [low.run_id, other.run_id, high.run_id]
     assert listed("--order-by", "val_loss", "--desc") == [high.run_id, other.run_id, low.run_id]
-    bad = tessera_cli("runs", "ls", "--tag", "team")
-    assert bad.code == 1 and "--tag 'team': write KEY=VALUE" in bad.err
+    twice = tessera_cli("runs", "ls", "--tag", "team=a", "--tag", "team=b")
+    assert twice.code == EXIT_USAGE and "--tag team is given twice" in twice.err
 
     sdk = [r.run_id for r in training.runs("cli-ls", tags={"team": "a"}, order_by="val_loss", page_size=1)]
     assert sdk == [low.run_id, other.run_id]
@@ -47,7 +48,7 @@ def test_runs_rm_and_restore(tessera_cli, client):
     deleted = tessera_cli("runs", "ls", "--experiment", "cli-rm", "--view", "deleted")
     assert run.run_id in deleted.out and "(deleted)" in deleted.out
     refused = tessera_cli("runs", "rm", "run-absent")
-    assert refused.code == 1 and "NOT_FOUND" in refused.err
+    assert refused.code == EXIT_DAEMON and "NOT_FOUND" in refused.err
     with pytest.raises(FailedPrecondition, match="is deleted; restore it with RestoreRun"):
         client.training.log_metrics(run.run_id, {"loss": 1.0}, step=0)
     restored = tessera_cli("runs", "restore", run.run_id)
@@ -72,7 +73,7 @@ def test_experiments_update_rm_and_restore(tessera_cli, client):
     hidden = tessera_cli("--json", "runs", "ls", "--experiment", "cli-exp")
     assert hidden.code == 0 and hidden.json() == []
     again = tessera_cli("experiments", "update", "cli-exp", "--description", "x")
-    assert again.code == 1 and "FAILED_PRECONDITION" in again.err
+    assert again.code == EXIT_DAEMON and "FAILED_PRECONDITION" in again.err
     assert "`tessera experiments restore NAME`" in again.err  # the RPC named in CLI words
     restored = tessera_cli("experiments", "restore", "cli-exp")
     assert restored.code == 0 and "restored experiment cli-exp (1 runs)" in restored.out

@@ -18,6 +18,9 @@ from tessera.cli import EXIT_USAGE, INT32_MAX, build_parser
         (("models", "show", "affine", "--version", str(2**64)), "--version"),
         (("datasets", "show", "t:x"), "ref"),
         (("jobs", "ls", "--state", "done"), "--state"),
+        (("runs", "ls", "--status", "done"), "--status"),
+        (("runs", "ls", "--tag", "team"), "--tag"),
+        (("experiments", "update", "e", "--tag", "=x"), "--tag"),
     ],
 )
 def test_malformed_values_are_argparse_usage_errors(capsys, args, flag):

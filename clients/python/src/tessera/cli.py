@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import numpy as np
 from rich.cells import cell_len
@@ -56,6 +56,7 @@ exit status:
 --json prints enum values as the tables show them, lowercase without their type's prefix
 ("succeeded", not "JOB_STATE_SUCCEEDED"); 64-bit integers are numbers."""
 JSON_HELP = "print JSON for scripts instead of tables"
+_V = TypeVar("_V")
 
 
 class UsageError(ValueError):
@@ -217,6 +218,25 @@ def route(text: str) -> tuple[int | str, int]:
             f"route {text!r}: write VERSION=PERCENT or ALIAS=PERCENT, e.g. 3=90 staging=10"
         )
     return version_or_alias(target), int(weight)
+
+
+def key_value(text: str) -> tuple[str, str]:
+    """argparse's type for a param or tag KEY=VALUE."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: write KEY=VALUE")
+    return key, value
+
+
+def once_each(pairs: Iterable[tuple[str, _V]] | None, flag: str) -> dict[str, _V]:
+    """The pairs a repeated flag gave, as a dict; UsageError for a key given twice, whose first
+    value a dict would drop without a word."""
+    given: dict[str, _V] = {}
+    for key, value in pairs or ():
+        if key in given:
+            raise UsageError(f"{flag} {key} is given twice; give each once")
+        given[key] = value
+    return given
 
 
 def split(text: str) -> tuple[str, float]:
@@ -578,11 +598,7 @@ def cmd_models_download(client: Client, args: argparse.Namespace, out: Output) -
 
 
 def cmd_datasets_push(client: Client, args: argparse.Namespace, out: Output) -> None:
-    splits: dict[str, float] = {}
-    for name, fraction in args.split:
-        if name in splits:
-            raise UsageError(f"--split {name} is given twice; give each split once")
-        splits[name] = fraction
+    splits = once_each(args.split, "--split")
     version = client.datasets.push(
         args.name,
         args.file,
@@ -711,8 +727,8 @@ def cmd_runs_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
         client.training.runs(
             experiment=args.experiment,
             statuses=args.status or (),
-            params=key_values(args.param or [], "--param"),
-            tags=key_values(args.tag or [], "--tag"),
+            params=once_each(args.param, "--param"),
+            tags=once_each(args.tag, "--tag"),
             order_by=args.order_by or "",
             descending=args.descending,
             view=VIEWS[args.view],
@@ -798,7 +814,7 @@ def cmd_experiments_update(client: Client, args: argparse.Namespace, out: Output
     experiment = client.training.update_experiment(
         args.name,
         description=args.description,
-        set_tags=key_values(args.tag or [], "--tag"),
+        set_tags=once_each(args.tag, "--tag"),
         remove_tags=args.remove_tag or (),
     )
     if out.as_json:
@@ -1292,12 +1308,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = command(runs, "ls", cmd_runs_ls, "list runs, newest first")
     sub.add_argument("--experiment", default="", help="only this experiment's runs (default: every run)")
-    sub.add_argument("--status", action="append", help="only runs with this status (repeatable)")
     sub.add_argument(
-        "--param", action="append", metavar="KEY=VALUE", help="only runs with this param (repeatable)"
+        "--status",
+        action="append",
+        type=str.lower,
+        choices=[
+            value.name.removeprefix("RUN_STATUS_").lower()
+            for value in training_pb2.RunStatus.DESCRIPTOR.values
+            if value.number
+        ],
+        help="only runs with this status (repeatable)",
     )
     sub.add_argument(
-        "--tag", action="append", metavar="KEY=VALUE", help="only runs with this tag (repeatable)"
+        "--param",
+        action="append",
+        type=key_value,
+        metavar="KEY=VALUE",
+        help="only runs with this param (repeatable)",
+    )
+    sub.add_argument(
+        "--tag",
+        action="append",
+        type=key_value,
+        metavar="KEY=VALUE",
+        help="only runs with this tag (repeatable)",
     )
     sub.add_argument(
         "--order-by", metavar="METRIC", help="order by the metric's last value (runs without it last)"
@@ -1328,7 +1362,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command(experiments, "update", cmd_experiments_update, "change an experiment's description or tags")
     sub.add_argument("name")
     sub.add_argument("--description", help='the new description ("" clears it)')
-    sub.add_argument("--tag", action="append", metavar="KEY=VALUE", help="set a tag (repeatable)")
+    sub.add_argument(
+        "--tag", action="append", type=key_value, metavar="KEY=VALUE", help="set a tag (repeatable)"
+    )
     sub.add_argument("--remove-tag", action="append", metavar="KEY", help="drop a tag (repeatable)")
     command(
         experiments, "rm", cmd_experiments_rm, "delete an experiment and its runs (kept until restored)"
