@@ -5,17 +5,12 @@ from __future__ import annotations
 
 import math
 
-from tesserad.config import format_size
 from tesserad.dtypes import TENSOR_DTYPES
 from tesserad.errors import InvalidArgument
 from tesserad.registry.records import Signature
+from tesserad.text import check_entries, check_record_text
 
 _MAX_TENSOR_NAME = 256
-_MAX_TAG_KEY = 128
-# A model's record is rewritten by every registration of one of its versions, and ListModels sends
-# up to a thousand in one message: its free text stays small (MLflow keeps a description to 5000
-# characters).
-MAX_MODEL_TEXT = 16 * 2**10
 
 
 def validate_signature(signature: Signature, *, required: bool) -> None:
@@ -45,9 +40,7 @@ def validate_signature(signature: Signature, *, required: bool) -> None:
 
 
 def validate_tags(field: str, tags: dict[str, str]) -> None:
-    for key in tags:
-        if not key or len(key) > _MAX_TAG_KEY:
-            raise InvalidArgument(f"{field} keys must be 1 to {_MAX_TAG_KEY} characters, got {key[:140]!r}")
+    check_entries(field, tags)
 
 
 def validate_metrics(metrics: dict[str, float]) -> None:
@@ -57,10 +50,10 @@ def validate_metrics(metrics: dict[str, float]) -> None:
 
 
 def validate_model_text(description: str, tags: dict[str, str]) -> None:
-    """A model's description and tags within MAX_MODEL_TEXT bytes (UTF-8, as they are stored)."""
-    size = len(description.encode()) + sum(len(k.encode()) + len(v.encode()) for k, v in tags.items())
-    if size > MAX_MODEL_TEXT:
-        raise InvalidArgument(
-            f"a model's description and tags take at most {format_size(MAX_MODEL_TEXT)} together, these "
-            f"take {format_size(size)} ({size} bytes); keep longer documentation elsewhere and link to it"
-        )
+    """A model's record is rewritten by every registration of one of its versions."""
+    check_record_text("a model", description, tags)
+
+
+def validate_version_text(description: str, tags: dict[str, str]) -> None:
+    """A version reaches ListVersions pages and every follower of its model with each change."""
+    check_record_text("a model version", description, tags)

@@ -33,6 +33,7 @@ from tesserad.store import (
     trailing_int,
     unpack,
 )
+from tesserad.text import check_entries, check_record_text
 from tesserad.training import metric_buckets
 from tesserad.training.metric_buckets import MAX_STEP, Grouping, Sample, metric_prefix, point_key
 from tesserad.training.spec import default_mode
@@ -59,7 +60,6 @@ MAX_KEY_LENGTH = 250
 # 511-byte keys (250 characters may take 1000).
 MAX_KEY_BYTES = 400
 MAX_PARAM_LENGTH = 6000
-MAX_TAG_LENGTH = 8000
 DEFAULT_LEADERBOARD_LIMIT = 10
 DEFAULT_HISTORY_PAGE = 10_000
 MAX_HISTORY_PAGE = 100_000
@@ -244,17 +244,6 @@ def check_metric_key(key: str, where: str) -> None:
         )
 
 
-def check_entries(field: str, entries: dict[str, str], max_value: int) -> None:
-    """Params and tags: keys as readable as metric keys, values of bounded length."""
-    for key, value in entries.items():
-        if not key or len(key) > MAX_KEY_LENGTH or any(c in key for c in "\x00\n"):
-            raise InvalidArgument(
-                f"{field}: key {key[:80]!r} must be 1 to {MAX_KEY_LENGTH} characters without NUL or newlines"
-            )
-        if len(value) > max_value:
-            raise InvalidArgument(f"{field}[{key!r}]: value is longer than {max_value} characters")
-
-
 class Tracking:
     """Experiments, runs, params and metrics on the daemon's store."""
 
@@ -267,7 +256,8 @@ class Tracking:
         self, name: str, description: str = "", tags: dict[str, str] | None = None
     ) -> Experiment:
         validate_name("name", name)
-        check_entries("tags", tags or {}, MAX_TAG_LENGTH)
+        check_entries("tags", tags or {})
+        check_record_text("an experiment", description, tags or {})
         experiment = Experiment(name, description, dict(tags or {}), time.time())
         with self._store.write() as txn:
             if txn.exists("experiments", (name,)):
@@ -300,7 +290,7 @@ class Tracking:
     ) -> Experiment:
         """Change the description (None leaves it) and tags of an active experiment."""
         validate_name("name", name)
-        check_entries("set_tags", set_tags, MAX_TAG_LENGTH)
+        check_entries("set_tags", set_tags)
         removed = set(remove_tags)
         both = sorted(removed & set_tags.keys())
         if both:
@@ -410,7 +400,7 @@ class Tracking:
         name = name or run_id
         validate_name("name", name)
         check_entries("params", params or {}, MAX_PARAM_LENGTH)
-        check_entries("tags", tags or {}, MAX_TAG_LENGTH)
+        check_entries("tags", tags or {})
         run = Run(
             run_id,
             experiment,
@@ -466,7 +456,7 @@ class Tracking:
             raise InvalidArgument(
                 f"status: a run can be ended as SUCCEEDED, FAILED or CANCELLED, not {status.upper()}"
             )
-        check_entries("set_tags", set_tags, MAX_TAG_LENGTH)
+        check_entries("set_tags", set_tags)
         with self._store.write() as txn:
             run = self.load_run(txn, run_id)
             _refuse_deleted_run(run)

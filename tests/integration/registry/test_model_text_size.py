@@ -29,7 +29,12 @@ def test_a_description_over_16_kib_is_refused_and_nothing_created(stub):
 def test_tags_that_take_a_model_over_16_kib_are_refused_and_nothing_changed(stub):
     stub.CreateModel(R.CreateModelRequest(name="m", description="d" * (LIMIT - 100), tags={"team": "a"}))
     error = rpc_error(
-        stub.UpdateModel, R.UpdateModelRequest(name="m", description="short", set_tags={"notes": "n" * LIMIT})
+        stub.UpdateModel,
+        R.UpdateModelRequest(
+            name="m",
+            description="short",
+            set_tags={"notes": "n" * 8000, "more": "n" * 8000, "rest": "n" * 400},
+        ),
     )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "a model's description and tags take at most 16 KiB together" in error.details()

@@ -288,6 +288,26 @@ def test_tags_and_param_keys_are_checked_like_metric_keys(tracker) -> None:
     assert len(ok.tags["note"]) == 8000
 
 
+def test_an_experiment_description_and_tags_are_kept_to_16_kib_together(tracker) -> None:
+    limit = 16 * 2**10
+    error = _error(
+        lambda: tracker.CreateExperiment(
+            S.CreateExperimentRequest(name="long-text", description="d" * (limit - 5), tags={"a": "bcdef"})
+        )
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == (
+        "an experiment's description and tags take at most 16 KiB together, these take 16 KiB "
+        "(16385 bytes); keep longer documentation elsewhere and link to it"
+    )
+    with pytest.raises(grpc.RpcError):
+        tracker.GetExperiment(S.GetExperimentRequest(name="long-text"))
+    tracker.CreateExperiment(
+        S.CreateExperimentRequest(name="long-text", description="d" * (limit - 6), tags={"a": "bcdef"})
+    )
+    assert len(tracker.GetExperiment(S.GetExperimentRequest(name="long-text")).description) == limit - 6
+
+
 def test_run_filters_that_match_nothing_by_construction_are_refused(tracker) -> None:
     run = _run(tracker, "filters", lr="0.1")
     _log(tracker, run.run_id, "loss", [1.0])

@@ -1,0 +1,57 @@
+"""Free text a caller keeps beside a record (descriptions, tags): one rule per kind of text,
+shared by every domain package and checked on write, with an InvalidArgument that names the
+field and the limit. Nothing here runs on read, so records stored before a rule stay readable."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from tesserad.config import format_size
+from tesserad.errors import InvalidArgument
+
+# Tag keys and values as MLflow bounds run tags: keys are names a person reads, values short notes.
+MAX_TAG_KEY = 250
+MAX_TAG_VALUE = 8000
+# A record's description and tags together (models, versions, datasets, experiments): lists send
+# up to a thousand records in one message, and versions reach every follower of their model
+# (MLflow keeps a description to 5000 characters).
+MAX_RECORD_TEXT = 16 * 2**10
+
+
+def entry_problems(field: str, entries: Mapping[str, str], max_value: int = MAX_TAG_VALUE) -> list[str]:
+    """What is wrong with each key or value of `entries` (tags; run params), each naming `field`."""
+    problems = []
+    for key, value in entries.items():
+        if not key or len(key) > MAX_TAG_KEY or "\x00" in key or "\n" in key:
+            problems.append(
+                f"{field}: key {key[:80]!r} must be 1 to {MAX_TAG_KEY} characters without NUL or newlines"
+            )
+        elif len(value) > max_value:
+            problems.append(f"{field}[{key!r}]: value is longer than {max_value} characters")
+    return problems
+
+
+def check_entries(field: str, entries: Mapping[str, str], max_value: int = MAX_TAG_VALUE) -> None:
+    """InvalidArgument for the first key or value of `entries` that breaks `entry_problems`' rule."""
+    problems = entry_problems(field, entries, max_value)
+    if problems:
+        raise InvalidArgument(problems[0])
+
+
+def record_text_problem(what: str, description: str, tags: Mapping[str, str]) -> str:
+    """Why `what`'s ("a model") description and tags are too long together; "" when they fit.
+    Counted in UTF-8 bytes, as they are stored."""
+    size = len(description.encode()) + sum(len(k.encode()) + len(v.encode()) for k, v in tags.items())
+    if size <= MAX_RECORD_TEXT:
+        return ""
+    return (
+        f"{what}'s description and tags take at most {format_size(MAX_RECORD_TEXT)} together, these "
+        f"take {format_size(size)} ({size} bytes); keep longer documentation elsewhere and link to it"
+    )
+
+
+def check_record_text(what: str, description: str, tags: Mapping[str, str]) -> None:
+    """InvalidArgument when `record_text_problem` finds one."""
+    problem = record_text_problem(what, description, tags)
+    if problem:
+        raise InvalidArgument(problem)
