@@ -123,6 +123,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
             tags=fields["tags"],
             metrics=fields["metrics"],
             alias=fields["alias"],
+            description=fields["description"],
         )
         with self._blobs.writer(self._registry.max_artifact_size, "limits.max_artifact_size") as writer:
             record = await receive_chunks(

@@ -22,6 +22,7 @@ from tesserad.registry.architectures import architecture_signature
 from tesserad.registry.records import AliasEvent, VersionRecord
 from tesserad.registry.service import Registry
 from tesserad.registry.tables import ANONYMOUS
+from tesserad.registry.validation import validate_tags, validate_version_text
 from tesserad.store import BlobStore
 
 if TYPE_CHECKING:
@@ -117,8 +118,13 @@ def export_version(
         )
     if opset < 0:
         raise InvalidArgument(f"opset must be >= 0 (0: the exporter's default), got {opset}")
+    # Checked before the export, which may take minutes, not after it; the new version carries
+    # the source's tags.
     if alias:
-        check_settable_alias(alias)  # before the export, which may take minutes, not after it
+        check_settable_alias(alias)
+    description = description or f"ONNX export of v{source.version}"
+    validate_tags("the source's tags", source.tags)
+    validate_version_text(description, source.tags)
     spec = spec_from_dict(source.architecture)
     model = build_model(spec)
     with registry.artifact_path(source) as weights:
@@ -150,7 +156,7 @@ def export_version(
         metrics=source.metrics,
         tags=source.tags,
         lineage=replace(source.lineage, parent_version=source.version, parent_model=""),
-        description=description or f"ONNX export of v{source.version}",
+        description=description,
         alias=alias,
         actor=actor,
     )

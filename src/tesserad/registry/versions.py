@@ -86,7 +86,12 @@ from tesserad.registry.tables import (
     put_model_data,
     resolve_number,
 )
-from tesserad.registry.validation import validate_metrics, validate_signature, validate_tags
+from tesserad.registry.validation import (
+    validate_metrics,
+    validate_signature,
+    validate_tags,
+    validate_version_text,
+)
 from tesserad.store import BlobRef, BlobStore, ReadTxn, Store, WriteTxn, checked_digest, decode_record
 
 # Checks a dataset version named in lineage inside the registering transaction:
@@ -225,10 +230,12 @@ class Versions:
         tags: dict[str, str],
         metrics: dict[str, float],
         alias: str,
+        description: str,
     ) -> None:
         """What can be checked from an upload's header, before any byte is stored."""
         validate_name("model", model)
         validate_tags("tags", tags)
+        validate_version_text(description, tags)
         validate_metrics(metrics)
         if alias:
             check_settable_alias(alias)
@@ -299,6 +306,7 @@ class Versions:
                 tags=tags or {},
                 metrics=metrics or {},
                 alias=alias,
+                description=description,
             )
             record = self._prepare(
                 model,
@@ -455,6 +463,7 @@ class Versions:
             tags=upload.tags,
             metrics=upload.metrics,
             alias=upload.alias,
+            description=upload.description,
         )
 
     def _prepare_upload(self, upload: VersionUpload, digest: str) -> Callable[[WriteTxn], VersionRecord]:

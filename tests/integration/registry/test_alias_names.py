@@ -76,7 +76,11 @@ def test_an_export_checks_its_alias_before_exporting(stub, weights, alias, words
     [
         ({"alias": "latest"}, "alias 'latest' is reserved"),
         ({"alias": "v3"}, "alias 'v3' reads as a version"),
-        ({"tags": {"": "x"}}, "tags keys must be 1 to 128 characters"),
+        ({"tags": {"": "x"}}, "tags: key '' must be 1 to 250 characters"),
+        (
+            {"description": "d" * (16 * 2**10 + 1)},
+            "a model version's description and tags take at most 16 KiB",
+        ),
         ({"metrics": {"acc": float("nan")}}, "metrics['acc'] is nan"),
     ],
 )

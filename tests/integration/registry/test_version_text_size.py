@@ -1,0 +1,83 @@
+"""A version's description and tags are kept to 16 KiB together, and its tag keys to the rule every
+tag follows, on each path a version is registered by: a streamed upload's header (test_alias_names),
+an inline upload, a batch item and an ONNX export (checked before the export runs). ListVersions
+pages and every change a model's followers receive carry them."""
+
+from __future__ import annotations
+
+import grpc
+
+from tessera.v1 import common_pb2, registry_pb2
+from tests.integration.registry.conftest import (
+    onnx_header,
+    onnx_identity,
+    rpc_error,
+    safetensors_header,
+    stored_blobs,
+    upload,
+)
+
+R = registry_pb2
+LIMIT = 16 * 2**10
+
+
+def versions(stub, model: str) -> list[int]:
+    return [v.version for v in stub.ListVersions(R.ListVersionsRequest(model=model)).versions]
+
+
+def test_an_inline_upload_over_16_kib_of_text_is_refused_and_nothing_stored(stub, data_dir):
+    stub.CreateModel(R.CreateModelRequest(name="m"))
+    graph = onnx_identity()
+    # Bytes are counted as they are stored: "team" and "vision" take 10.
+    header = onnx_header("m", graph, description="d" * (LIMIT - 9), tags={"team": "vision"})
+    error = rpc_error(stub.UploadVersionInline, R.UploadVersionInlineRequest(header=header, artifact=graph))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == (
+        "a model version's description and tags take at most 16 KiB together, these take 16 KiB "
+        "(16385 bytes); keep longer documentation elsewhere and link to it"
+    )
+    assert versions(stub, "m") == [] and [b for b in stored_blobs(data_dir) if not b.startswith("tmp/")] == []
+    header = onnx_header("m", graph, description="d" * (LIMIT - 10), tags={"team": "vision"})
+    assert stub.UploadVersionInline(R.UploadVersionInlineRequest(header=header, artifact=graph)).version == 1
+
+
+def test_a_tag_key_with_a_newline_is_refused_as_a_run_tag_is(stub):
+    graph = onnx_identity()
+    header = onnx_header("m", graph, create_model=True, tags={"a\nb": "x"})
+    error = rpc_error(stub.UploadVersionInline, R.UploadVersionInlineRequest(header=header, artifact=graph))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "tags: key 'a\\nb' must be 1 to 250 characters without NUL or newlines"
+
+
+def test_a_batch_item_over_16_kib_of_text_fails_the_batch_naming_the_item(stub):
+    graph = onnx_identity()
+    items = [
+        R.UploadVersionInlineRequest(header=onnx_header("m", graph, create_model=True), artifact=graph),
+        R.UploadVersionInlineRequest(
+            header=onnx_header(
+                "m",
+                graph,
+                create_model=True,
+                tags={"notes": "n" * 8000, "more": "n" * 8000, "rest": "n" * 400},
+            ),
+            artifact=graph,
+        ),
+    ]
+    error = rpc_error(stub.UploadVersionBatch, R.UploadVersionBatchRequest(items=items))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details().startswith("items[1]: a model version's description and tags take at most 16 KiB")
+    assert [m.name for m in stub.ListModels(R.ListModelsRequest()).models] == []
+
+
+def test_an_export_with_a_description_over_16_kib_is_refused_before_it_runs(stub, weights, data_dir):
+    upload(stub, safetensors_header("mlp", weights, tags={"team": "vision"}), weights)
+    before = stored_blobs(data_dir)
+    source = common_pb2.VersionRef(model="mlp", version=1)
+    error = rpc_error(
+        stub.ExportOnnx, R.ExportOnnxRequest(source=source, description="d" * LIMIT), timeout=120
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "a model version's description and tags take at most 16 KiB together" in error.details()
+    assert stored_blobs(data_dir) == before and versions(stub, "mlp") == [1]
+    exported = stub.ExportOnnx(R.ExportOnnxRequest(source=source, description="d" * 100), timeout=120)
+    assert (exported.version.version, dict(exported.version.tags)) == (2, {"team": "vision"})
