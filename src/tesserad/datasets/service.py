@@ -50,6 +50,7 @@ from tesserad.store import (
     decode_record,
     encode_record,
 )
+from tesserad.text import check_entries, check_record_text
 
 DATASETS = "datasets"
 VERSIONS = "dataset_versions"
@@ -176,6 +177,8 @@ class Datasets:
             raise InvalidArgument(f"format must be npz or npy, got {spec.format or 'unspecified'}")
         if spec.format == "npy":
             validate_name("array_name", spec.array_name)
+        check_entries("tags", spec.tags)
+        check_record_text("a dataset version", spec.description, spec.tags)
         if spec.sha256:
             check_sha256(spec.sha256)
         if spec.size_bytes < 0:
