@@ -22,6 +22,7 @@ from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, Tesse
 from tesserad.names import RESERVED_ALIASES, validate_name, version_like_alias
 from tesserad.nn.specs import FAMILIES as ARCHITECTURE_FAMILIES
 from tesserad.nn.specs import ArchitectureSpec, spec_problems, spec_to_dict, unchecked_spec_from_dict
+from tesserad.text import entry_problems, record_text_problem
 from tesserad.training.finetune import ParentLookup, check_fine_tuning, check_parent
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -315,7 +316,7 @@ def normalize_spec(
     config["precision"] = _check_precision(raw.get("precision") or "fp32", config["devices"], problems)
     config["priority"] = int(raw.get("priority", 0))
     config["register_as"] = _check_register_as(raw.get("register_as") or {}, problems)
-    config["tags"] = dict(raw.get("tags") or {})
+    config["tags"] = _check_tags(dict(raw.get("tags") or {}), config["register_as"], problems)
     # Only set, so that the configs (and run params) of jobs without them stay as they were.
     max_restarts = int(raw.get("max_restarts", 0))
     if not 0 <= max_restarts <= 100:
@@ -620,6 +621,20 @@ def _check_precision(precision: str, devices: dict[str, Any], problems: _Problem
         # CPU float16 kernels are slow or missing and a loss scaler buys nothing there.
         problems.invalid("spec.precision", "fp16 trains on CUDA devices only; use bf16 on CPU")
     return precision
+
+
+def _check_tags(
+    tags: dict[str, str], register_as: dict[str, str] | None, problems: _Problems
+) -> dict[str, str]:
+    """The job's tags become its run's tags and its version's: refused here, before the training,
+    not at registration after it."""
+    for problem in entry_problems("spec.tags", tags):
+        problems.add(InvalidArgument, problem)
+    if register_as is not None:
+        problem = record_text_problem("a model version", register_as["description"], tags)
+        if problem:
+            problems.invalid("spec.register_as.description and spec.tags", problem)
+    return tags
 
 
 def _check_register_as(raw: dict[str, Any], problems: _Problems) -> dict[str, str] | None:

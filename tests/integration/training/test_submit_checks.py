@@ -34,6 +34,16 @@ def _set(path: str, value: object) -> Callable[[job_spec_pb2.JobSpec], None]:
     return change
 
 
+def _tags(tags: dict[str, str], description: str = "") -> Callable[[job_spec_pb2.JobSpec], None]:
+    def change(spec: job_spec_pb2.JobSpec) -> None:
+        spec.tags.update(tags)
+        if description:
+            spec.register_as.model = "tagged"
+            spec.register_as.description = description
+
+    return change
+
+
 CASES = [
     ("no family", _no_family, INVALID, "spec.architecture: set one architecture family"),
     (
@@ -135,6 +145,21 @@ CASES = [
         "spec.register_as.alias: 'v2' reads as a version number",
     ),
     ("experiment name", _set("experiment", "UPPER"), INVALID, "spec.experiment"),
+    # Tags become the run's and the registered version's: refused here, not after the training.
+    (
+        "empty tag key",
+        _tags({"": "x"}),
+        INVALID,
+        "spec.tags: key '' must be 1 to 250 characters without NUL or newlines",
+    ),
+    ("long tag value", _tags({"note": "n" * 8001}), INVALID, "spec.tags['note']: value is longer than 8000"),
+    (
+        "registered text over 16 KiB",
+        _tags({"a": "bcdef"}, description="d" * (16 * 2**10 - 5)),
+        INVALID,
+        "spec.register_as.description and spec.tags: a model version's description and tags take at most "
+        "16 KiB together, these take 16 KiB (16385 bytes)",
+    ),
     (
         "precision",
         _set("precision", "fp8"),
