@@ -22,6 +22,11 @@ T = TypeVar("T")
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+# A page also ends once its records take this many bytes as stored (JSON, no smaller than their
+# protobuf), whatever page_size asks for: with what a record gains on the way out (aliases, metric
+# summaries) the answer stays within gRPC's default receive limit of 4 MiB in every language.
+# A page always holds one record.
+MAX_PAGE_BYTES = 3 * 2**20
 
 
 def page_size(requested: int) -> int:
@@ -108,13 +113,15 @@ def read_page(
 
     `query` identifies the listing (its filters included) for the page token; `keep` skips rows
     a filter rejects; the scan ends at the first key for which `until` is true; `start` is
-    where a first page begins (a resumed page begins after the token's key). The token points
-    after the page's last row and is issued only when a further row would be kept.
+    where a first page begins (a resumed page begins after the token's key). The page ends at
+    `requested_size` rows or once they take MAX_PAGE_BYTES. The token points after the page's
+    last row and is issued only when a further row would be kept.
     """
     limit = page_size(requested_size)
     after_key = resume_key(page_token, query)
     page: Page[T] = Page()
     last: Key | None = None
+    size = 0
     rows = txn.scan(
         table,
         prefix,
@@ -127,7 +134,8 @@ def read_page(
             break
         if keep is not None and not keep(key, raw):
             continue
-        if last is not None and len(page.items) == limit:
+        size += len(raw)
+        if last is not None and (len(page.items) == limit or size > MAX_PAGE_BYTES):
             page.next_page_token = make_token(pack(last), query)
             break
         page.items.append(item(key, raw))

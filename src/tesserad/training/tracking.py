@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 from tesserad.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from tesserad.ids import new_id
 from tesserad.names import validate_name
-from tesserad.paging import foreign_token, make_token, page_size, resume_after
+from tesserad.paging import MAX_PAGE_BYTES, foreign_token, make_token, page_size, resume_after
 from tesserad.store import (
     ReadTxn,
     Store,
@@ -67,6 +67,7 @@ MAX_HISTORY_PAGE = 100_000
 # takes at most its key plus 40 bytes on the wire.
 _HISTORY_PAGE_BYTES = 4 * 2**20 - 4096
 _POINT_WIRE_BYTES = 40
+_SUMMARY_WIRE_BYTES = 64
 _EVERY_POINT = -1  # the level in a history page token that means "every point, no buckets"
 # In the "meta" table once every metric has its buckets (stores from before them are backfilled).
 BUCKETS_BUILT = ("metric_buckets_built",)
@@ -244,6 +245,17 @@ def check_metric_key(key: str, where: str) -> None:
         )
 
 
+def _text_bytes(entries: dict[str, str]) -> int:
+    return sum(len(k.encode()) + len(v.encode()) for k, v in entries.items())
+
+
+def _run_bytes(run: Run) -> int:
+    """About what `run` takes in a ListRuns answer: its text, and each metric summary's key and
+    six numbers; the fixed fields are small beside a page's bound."""
+    metrics = sum(len(summary.key.encode()) + _SUMMARY_WIRE_BYTES for summary in run.metrics)
+    return _text_bytes(run.params) + _text_bytes(run.tags) + metrics
+
+
 class Tracking:
     """Experiments, runs, params and metrics on the daemon's store."""
 
@@ -365,6 +377,7 @@ class Tracking:
             query["view"] = view
         after = resume_after(token, query)
         out: list[Experiment] = []
+        size = 0
         with self._store.read() as txn:
             for key, _ in txn.scan("experiments", after=unpack(after) if after else None):
                 name = str(key[0])
@@ -375,12 +388,10 @@ class Tracking:
                 experiment = self._experiment(txn, name)
                 if not _in_view(experiment.deleted_at, view):
                     continue
+                size += _text_bytes(experiment.tags) + len(experiment.description.encode())
+                if out and (len(out) == limit or size > MAX_PAGE_BYTES):
+                    return out, make_token(pack((out[-1].name,)), query)
                 out.append(experiment)
-                if len(out) == limit + 1:
-                    break
-        if len(out) > limit:
-            out = out[:limit]
-            return out, make_token(pack((out[-1].name,)), query)
         return out, ""
 
     # -- runs
@@ -561,6 +572,7 @@ class Tracking:
             )
 
         out: list[Run] = []
+        size = 0
         last_key: bytes = b""
         with self._store.read() as txn:
             if experiment:
@@ -595,7 +607,8 @@ class Tracking:
                 if order is not None:
                     out.append(run)
                     continue
-                if len(out) == limit:
+                size += _run_bytes(run)
+                if out and (len(out) == limit or size > MAX_PAGE_BYTES):
                     return out, make_token(last_key, query)
                 out.append(run)
                 last_key = pack(key)
@@ -856,9 +869,15 @@ def _ordered_page(
             for run in runs
             if _rank(run, order) > last_rank or (_rank(run, order) == last_rank and run.run_id < last_id)
         ]
-    if len(runs) <= limit:
+    page: list[Run] = []
+    size = 0
+    for run in runs:
+        size += _run_bytes(run)
+        if page and (len(page) == limit or size > MAX_PAGE_BYTES):
+            break
+        page.append(run)
+    if len(page) == len(runs):
         return runs, ""
-    page = runs[:limit]
     missing, value = _rank(page[-1], order)
     return page, make_token(pack((missing, _RANK_VALUE.pack(value), page[-1].run_id)), query)
 

@@ -422,3 +422,21 @@ def test_ending_a_run_again_with_its_status_is_a_repeat_not_an_error(tracker) ->
     assert (
         other.code() == grpc.StatusCode.FAILED_PRECONDITION and "already ended (SUCCEEDED)" in other.details()
     )
+
+
+def test_a_page_of_runs_with_long_params_stays_under_the_default_receive_limit(tracker) -> None:
+    # Each run takes 900 KB of params within the per-param limit; a default page of six used to
+    # exceed gRPC's default receive limit (4 MiB), so no client could list the experiment.
+    params = {f"p{i}": "v" * 6000 for i in range(150)}
+    made = [
+        tracker.CreateRun(S.CreateRunRequest(experiment="wide-runs", params=params)).run_id for _ in range(6)
+    ]
+    seen, token = [], ""
+    while True:
+        page = tracker.ListRuns(S.ListRunsRequest(experiment="wide-runs", page_token=token))
+        assert 0 < page.ByteSize() < 4 * 2**20
+        seen += [run.run_id for run in page.runs]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == made[::-1]

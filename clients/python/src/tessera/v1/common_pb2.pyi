@@ -8,7 +8,13 @@ Conventions that hold across the whole API:
   ^[a-z0-9][a-z0-9._-]{0,127}$; anything else is INVALID_ARGUMENT.
 - Lists paginate with page_size (0 means the server default of 100; at most 1000) and an
   opaque page_token taken from the previous response's next_page_token; an empty
-  next_page_token means the list is complete.
+  next_page_token means the list is complete. A page may hold fewer than page_size items
+  before the end: it also ends once its records take about 3 MiB, so that it stays within
+  gRPC's default receive limit of 4 MiB.
+- Free text: tag keys are 1 to 250 characters without NUL or newlines, tag values at most
+  8000 characters (as MLflow's run tags); a model's, a model version's, a dataset version's
+  and an experiment's description and tags take at most 16 KiB together (UTF-8). Beyond is
+  INVALID_ARGUMENT naming the field; records stored before a limit stay readable.
 - Every RPC answers a precise gRPC status code with a message that says what to fix:
   NOT_FOUND, ALREADY_EXISTS, INVALID_ARGUMENT, FAILED_PRECONDITION, RESOURCE_EXHAUSTED,
   DATA_LOSS (checksum mismatch), UNAUTHENTICATED, PERMISSION_DENIED, DEADLINE_EXCEEDED,
