@@ -5,9 +5,16 @@ pages and every change a model's followers receive carry them."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import grpc
 
-from tessera.v1 import common_pb2, registry_pb2
+from tessera.v1 import common_pb2, registry_pb2, registry_pb2_grpc
+from tesserad.registry.records import decode_version, encode_version
+from tesserad.registry.tables import VERSIONS, model_data, put_model_data
+from tesserad.server import STORE_TABLES
+from tesserad.store import Store
+from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.registry.conftest import (
     onnx_header,
     onnx_identity,
@@ -81,3 +88,50 @@ def test_an_export_with_a_description_over_16_kib_is_refused_before_it_runs(stub
     assert stored_blobs(data_dir) == before and versions(stub, "mlp") == [1]
     exported = stub.ExportOnnx(R.ExportOnnxRequest(source=source, description="d" * 100), timeout=120)
     assert (exported.version.version, dict(exported.version.tags)) == (2, {"team": "vision"})
+
+
+def test_records_stored_before_the_limits_stay_readable(tmp_path):
+    data_dir = tmp_path / "data"
+    graph = onnx_identity()
+    daemon = InProcessDaemon(daemon_settings(data_dir)).start()
+    try:
+        registry = registry_pb2_grpc.RegistryStub(daemon.channel())
+        registry.UploadVersionInline(
+            R.UploadVersionInlineRequest(header=onnx_header("m", graph, create_model=True), artifact=graph)
+        )
+    finally:
+        daemon.stop()
+    # As an earlier daemon, which took any text, could have stored them.
+    long_text, legacy_tags = "d" * (2 * LIMIT), {"": "empty key", "a\nb": "n" * 9000}
+    store = Store.open(data_dir / "store", map_size=1 << 26, tables=STORE_TABLES)
+    with store.write() as txn:
+        raw = txn.get(VERSIONS, ("m", 1))
+        txn.put(
+            VERSIONS,
+            ("m", 1),
+            encode_version(replace(decode_version(raw), description=long_text, tags=legacy_tags)),
+        )
+        put_model_data(txn, {**model_data(txn, "m"), "description": long_text, "tags": legacy_tags})
+    store.close()
+
+    daemon = InProcessDaemon(daemon_settings(data_dir)).start()
+    try:
+        registry = registry_pb2_grpc.RegistryStub(daemon.channel())
+        (listed,) = registry.ListVersions(R.ListVersionsRequest(model="m")).versions
+        assert (listed.description, dict(listed.tags)) == (long_text, legacy_tags)
+        model = registry.GetModel(R.GetModelRequest(name="m"))
+        assert (model.description, dict(model.tags)) == (long_text, legacy_tags)
+        # A change is held to the limits: one that brings the model within them is taken.
+        error = rpc_error(registry.UpdateModel, R.UpdateModelRequest(name="m", set_tags={"team": "a"}))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        updated = registry.UpdateModel(
+            R.UpdateModelRequest(name="m", description="short", remove_tags=["a\nb"], set_tags={"team": "a"})
+        )
+        assert (updated.description, dict(updated.tags)) == ("short", {"": "empty key", "team": "a"})
+        header = onnx_header("m", graph, description="new")
+        assert (
+            registry.UploadVersionInline(R.UploadVersionInlineRequest(header=header, artifact=graph)).version
+            == 2
+        )
+    finally:
+        daemon.stop()
