@@ -116,6 +116,10 @@ class UploadDatasetHeader(_message.Message):
     array_name: _builtins.str
     """For npy: the array's name; default "x"."""
     description: _builtins.str
+    """The description and tags take at most 16 KiB together (UTF-8); tag keys are 1 to 250
+    characters without NUL or newlines, values at most 8000. INVALID_ARGUMENT beyond, before
+    any byte of the file is stored.
+    """
     @_builtins.property
     def splits(self) -> Global___SplitSpec:
         """How samples are split; default: one split "train" holding every sample."""

@@ -176,7 +176,12 @@ class JobSpec(_message.Message):
         """Register the trained weights as a new version of this model on success."""
 
     @_builtins.property
-    def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The run's tags and the registered version's: keys 1 to 250 characters without NUL or
+        newlines, values at most 8000, and with register_as.description at most 16 KiB (UTF-8).
+        Checked at SubmitJob, not after the training.
+        """
+
     @_builtins.property
     def init_from(self) -> _common_pb2.VersionRef:
         """Fine-tuning (fields 20-29). Start from the weights of a registered torch (safetensors)

@@ -773,6 +773,10 @@ class UploadVersionHeader(_message.Message):
     """Create the model if it does not exist (else NOT_FOUND)."""
     format: Global___ArtifactFormat.ValueType
     description: _builtins.str
+    """The description and tags take at most 16 KiB together (UTF-8); tag keys are 1 to 250
+    characters without NUL or newlines, values at most 8000. INVALID_ARGUMENT beyond, before
+    any byte of the artifact is stored.
+    """
     sha256: _builtins.str
     """Declared sha256 (hex) and size of the whole artifact; both required."""
     size_bytes: _builtins.int
@@ -1510,6 +1514,9 @@ class ExportOnnxRequest(_message.Message):
     alias: _builtins.str
     """Optionally move this alias to the exported version."""
     description: _builtins.str
+    """With the source's tags, which the export carries, at most 16 KiB (UTF-8); checked before
+    the export runs. Default "ONNX export of v<N>".
+    """
     @_builtins.property
     def source(self) -> _common_pb2.VersionRef:
         """A safetensors version. Unset selector: "latest"."""

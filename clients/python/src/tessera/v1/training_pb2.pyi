@@ -944,6 +944,7 @@ class CreateExperimentRequest(_message.Message):
     TAGS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     description: _builtins.str
+    """The description and tags take at most 16 KiB together (UTF-8): INVALID_ARGUMENT beyond."""
     @_builtins.property
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
