@@ -108,6 +108,8 @@ def test_asha_prunes_trials_that_trail_at_a_rung(training: training_pb2_grpc.Tra
             ),
             "sets family to mlp, not lstm",
         ),
+        # Each trial's tags become its run's and its version's: refused before any trial runs.
+        (lambda s: s.base.tags.update({"": "x"}), "spec.tags: key '' must be 1 to 250 characters"),
     ],
 )
 def test_bad_sweeps_are_refused(change, words: str, training: training_pb2_grpc.TrainingStub) -> None:
