@@ -315,6 +315,7 @@ class Tracking:
             experiment.tags.update(set_tags)
             for key in removed:
                 experiment.tags.pop(key, None)
+            check_record_text("an experiment", experiment.description, experiment.tags)
             self._put_experiment(txn, experiment)
         return self.get_experiment(name)
 

@@ -306,6 +306,17 @@ def test_an_experiment_description_and_tags_are_kept_to_16_kib_together(tracker)
         S.CreateExperimentRequest(name="long-text", description="d" * (limit - 6), tags={"a": "bcdef"})
     )
     assert len(tracker.GetExperiment(S.GetExperimentRequest(name="long-text")).description) == limit - 6
+    # UpdateExperiment holds what it leaves to the same limit.
+    error = _error(
+        lambda: tracker.UpdateExperiment(S.UpdateExperimentRequest(name="long-text", set_tags={"b": "c"}))
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details().startswith("an experiment's description and tags take at most 16 KiB together")
+    assert dict(tracker.GetExperiment(S.GetExperimentRequest(name="long-text")).tags) == {"a": "bcdef"}
+    updated = tracker.UpdateExperiment(
+        S.UpdateExperimentRequest(name="long-text", description="short", set_tags={"b": "c"})
+    )
+    assert (updated.description, dict(updated.tags)) == ("short", {"a": "bcdef", "b": "c"})
 
 
 def test_run_filters_that_match_nothing_by_construction_are_refused(tracker) -> None:

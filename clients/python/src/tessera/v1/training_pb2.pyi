@@ -1039,7 +1039,9 @@ class UpdateExperimentRequest(_message.Message):
     REMOVE_TAGS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     description: _builtins.str
-    """Left alone when unset; an empty string clears it."""
+    """Left alone when unset; an empty string clears it. With the tags this leaves, at most
+    16 KiB (UTF-8): INVALID_ARGUMENT beyond.
+    """
     @_builtins.property
     def set_tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
