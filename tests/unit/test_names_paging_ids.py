@@ -10,7 +10,7 @@ from tesserad import names
 from tesserad.errors import InvalidArgument
 from tesserad.ids import new_id
 from tesserad.names import did_you_mean, validate_name
-from tesserad.paging import MAX_PAGE_SIZE, make_token, page_size, resume_after
+from tesserad.paging import MAX_PAGE_BYTES, MAX_PAGE_SIZE, make_token, page_size, read_page, resume_after
 from tesserad.store import Store, pack
 
 
@@ -52,6 +52,29 @@ def test_page_size_defaults_and_caps():
     assert page_size(10**6) == MAX_PAGE_SIZE
     with pytest.raises(InvalidArgument, match="page_size must be >= 0"):
         page_size(-1)
+
+
+def test_a_page_ends_once_its_rows_take_max_page_bytes_and_always_holds_one(tmp_path: Path):
+    store = Store.open(tmp_path / "store", map_size=64 * 2**20, tables=["rows"])
+    sizes = {"a": 10, "b": MAX_PAGE_BYTES // 2, "c": MAX_PAGE_BYTES // 2, "d": 2 * MAX_PAGE_BYTES, "e": 10}
+    try:
+        with store.write() as txn:
+            for name, size in sizes.items():
+                txn.put("rows", (name,), b"x" * size)
+        pages, token = [], ""
+        with store.read() as txn:
+            while True:
+                page = read_page(
+                    txn, "rows", query={}, page_token=token, requested_size=0, item=lambda key, _: key[0]
+                )
+                pages.append(page.items)
+                token = page.next_page_token
+                if not token:
+                    break
+        # a, b and c would take 10 bytes past the bound; d alone is over it, and still listed.
+        assert pages == [["a", "b"], ["c"], ["d"], ["e"]]
+    finally:
+        store.close()
 
 
 def test_page_token_round_trip_and_query_binding():
