@@ -216,6 +216,7 @@ def _tampered(token: str) -> str:
 def test_a_tampered_page_token_is_invalid_not_internal(tracker) -> None:
     for i in range(2):
         _run(tracker, "tampered", name=f"r{i}")
+    _run(tracker, "tampered-too")  # a second experiment, so that a first page has a next token
     runs = tracker.ListRuns(S.ListRunsRequest(experiment="tampered", page_size=1))
     experiments = tracker.ListExperiments(S.ListExperimentsRequest(page_size=1))
     calls = [
