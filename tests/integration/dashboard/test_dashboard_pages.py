@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from tessera.v1 import registry_pb2, registry_pb2_grpc
+from tesserad.paging import MAX_PAGE_BYTES
 from tesserad.security import Role, hash_token, new_token
 from tesserad.security.tokens import format_entry
 from tests.conftest import InProcessDaemon, daemon_settings
@@ -237,6 +238,25 @@ def test_a_deleted_parent_is_its_own_node_in_the_lineage_graph(dash, page):
     assert sorted(graph_nodes) == ["deleted:lg-base:1", "version:lg-tuned:1"]
     assert page.text_content('[data-node="deleted:lg-base:1"] title') == "lg-base v1 (deleted)"
     assert page.eval_on_selector_all("#lineage-graph a", "links => links.length") == 0
+
+
+def test_the_models_page_follows_pages_that_end_at_the_byte_bound(tmp_path, page):
+    """A list page ends at MAX_PAGE_BYTES of records as well as at page_size: models with long
+    descriptions fill a page before 500 of them, and the page asks on for the rest."""
+    daemon = InProcessDaemon(daemon_settings(tmp_path / "data")).start()
+    try:
+        stub = registry_pb2_grpc.RegistryStub(daemon.channel())
+        description = "d" * 15_000
+        count = MAX_PAGE_BYTES // len(description) + 20
+        for i in range(count):
+            stub.CreateModel(registry_pb2.CreateModelRequest(name=f"m{i:04d}", description=description))
+        first = stub.ListModels(registry_pb2.ListModelsRequest(page_size=500))
+        assert first.next_page_token and len(first.models) < count  # the bound this test is about
+        open_page(page, daemon, "/models")
+        assert page.locator("main tbody tr").count() == count
+        assert not page.is_visible("p.more")
+    finally:
+        daemon.stop()
 
 
 def test_unknown_job_shows_a_404_page(dash, page):

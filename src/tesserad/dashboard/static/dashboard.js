@@ -223,19 +223,31 @@ function stateCell(state) {
 const ACTIVE_STATES = ["queued", "running", "interrupted"];
 const ENDED_STATES = ["succeeded", "failed", "cancelled"];
 
-// Up to `limit` jobs in `states`, newest first, following page tokens; and whether more exist.
-async function jobsIn(states, limit) {
-  const jobs = [];
+// Up to `limit` items of a list (`key` in each page of `path`), following page tokens: a page
+// ends at a byte bound as well as at page_size, so one page may hold fewer; and whether more exist.
+async function listed(path, key, query, limit) {
+  const items = [];
   let token = "";
   do {
-    const query = new URLSearchParams(states.map((s) => ["state", s]));
-    query.set("page_size", String(Math.min(1000, limit - jobs.length)));
-    if (token) query.set("page_token", token);
-    const page = await api(`/jobs?${query}`);
-    jobs.push(...page.jobs);
+    const asked = new URLSearchParams(query);
+    asked.set("page_size", String(Math.min(1000, limit - items.length)));
+    if (token) asked.set("page_token", token);
+    const page = await api(`${path}?${asked}`);
+    items.push(...page[key]);
     token = page.next_page_token;
-  } while (token && jobs.length < limit);
-  return { jobs, more: Boolean(token) };
+  } while (token && items.length < limit);
+  return { items, more: Boolean(token) };
+}
+
+// A note under a list cut at `limit` items.
+function moreNote(limit, command) {
+  return el("p", { class: "muted more", text: `Showing the first ${limit}; \`${command}\` lists them all.` });
+}
+
+// Up to `limit` jobs in `states`, newest first; and whether more exist.
+async function jobsIn(states, limit) {
+  const { items, more } = await listed("/jobs", "jobs", states.map((s) => ["state", s]), limit);
+  return { jobs: items, more };
 }
 
 async function jobsPage(app) {
@@ -333,9 +345,10 @@ function runsQuery() {
   const params = new URLSearchParams(location.search);
   const query = new URLSearchParams();
   for (const name of ["experiment", "status", "param", "metric"]) for (const v of params.getAll(name)) if (v) query.append(name, v);
-  query.set("page_size", "500");
   return query;
 }
+
+const RUNS_SHOWN = 500;
 
 async function runsPage(app) {
   app.append(el("h1", { text: "Runs" }));
@@ -347,8 +360,9 @@ async function runsPage(app) {
     el("button", { type: "submit", text: "Filter" }));
   app.append(form);
   let runs;
+  let moreRuns;
   try {
-    ({ runs } = await api("/runs?" + runsQuery()));
+    ({ items: runs, more: moreRuns } = await listed("/runs", "runs", runsQuery(), RUNS_SHOWN));
   } catch (error) {
     problem(app, error);
     rendered();
@@ -386,16 +400,20 @@ async function runsPage(app) {
     histories.forEach((h, i) => chart.set(labels[i], h.steps, h.values));
   });
   app.append(table, el("div", { class: "filters" }, compareButton, el("label", {}, " metric ", compareKey)), compareBox);
+  if (moreRuns) app.append(moreNote(RUNS_SHOWN, "tessera runs ls"));
   rendered();
 }
 
+const SWEEPS_SHOWN = 200;
+
 async function sweepsPage(app) {
   app.append(el("h1", { text: "Sweeps" }));
-  const { sweeps } = await api("/sweeps?page_size=200");
+  const { items: sweeps, more } = await listed("/sweeps", "sweeps", [], SWEEPS_SHOWN);
   app.append(sweeps.length ? plainTable(["sweep", "strategy", "state", "metric", "trials", "best job", "created"], sweeps.map((s) => [
     link(`/sweeps/${encodeURIComponent(s.sweep_id)}`, s.sweep_id), s.strategy, stateCell(s.state), `${s.metric} (${s.mode})`,
     String(s.trials.length), s.best_job_id ? link(`/jobs/${encodeURIComponent(s.best_job_id)}`, s.best_job_id) : "", when(s.created_at),
   ])) : el("p", { class: "muted", text: "No sweeps yet." }));
+  if (more) app.append(moreNote(SWEEPS_SHOWN, "tessera sweeps ls"));
   rendered();
 }
 
@@ -420,14 +438,17 @@ async function sweepPage(app, sweepId) {
   rendered();
 }
 
+const MODELS_SHOWN = 500;
+
 async function modelsPage(app) {
   app.append(el("h1", { text: "Models" }));
-  const { models } = await api("/models?page_size=500");
+  const { items: models, more } = await listed("/models", "models", [], MODELS_SHOWN);
   app.append(models.length ? plainTable(["model", "description", "versions", "latest", "aliases", "tags", "updated"], models.map((m) => [
     link(`/models/${encodeURIComponent(m.name)}`, m.name), m.description, String(m.version_count), String(m.latest_version),
     Object.entries(m.aliases).filter(([a]) => a !== "latest").map(([a, v]) => `${a} → v${v}`).join(", "),
     Object.entries(m.tags).map(([k, v]) => `${k}=${v}`).join(", "), when(m.updated_at),
   ])) : el("p", { class: "muted", text: "No models yet." }));
+  if (more) app.append(moreNote(MODELS_SHOWN, "tessera models ls"));
   rendered();
 }
 
