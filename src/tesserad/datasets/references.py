@@ -4,7 +4,8 @@ A blob (artifact, dataset file) may back several records (identical content is s
 once), so a record that stores a sha256 also writes a holder row in the same transaction,
 and removes it in the transaction that removes the record. A blob with no holder left is
 deleted from disk after that commit. Dataset versions are held the same way by what names
-them (a model version's lineage, a training job), which is what DeleteDataset checks.
+them (a model version's lineage, a training job until it ends), which is what DeleteDataset
+checks.
 """
 
 from __future__ import annotations
@@ -84,11 +85,44 @@ def release_dataset(txn: WriteTxn, name: str, version: int, holder: str) -> None
     txn.delete(DATASET_HOLDERS, (name, version, holder))
 
 
+def job_holder(job_id: str) -> str:
+    """How a training job is named among the holders of its dataset version (until it ends)."""
+    return f"{_JOB_PREFIX}{job_id}"
+
+
+def release_ended_job_holds(store: Store, unended: set[str]) -> int:
+    """Release the dataset holds of every job not in `unended`; how many went. A job releases its
+    hold in the transaction that ends it, but jobs stored by a daemon older than that still hold
+    theirs. Called at start, before any job can be submitted."""
+    with store.read() as txn:
+        stale = [
+            key
+            for key, _ in txn.scan(DATASET_HOLDERS)
+            if str(key[2]).startswith(_JOB_PREFIX) and str(key[2]).removeprefix(_JOB_PREFIX) not in unended
+        ]
+    if stale:
+        with store.write() as txn:
+            for key in stale:
+                txn.delete(DATASET_HOLDERS, key)
+    return len(stale)
+
+
 def dataset_holders(txn: ReadTxn, name: str, version: int | None = None) -> list[str]:
-    """Holders of one version, or of every version of `name` when version is None."""
+    """Holders of one version, or of every version of `name` when version is None, in words:
+    "training job job-01... (v2)", "model clf v3's lineage (v2)"."""
     prefix = (name,) if version is None else (name, version)
     holders = []
     for key, _ in txn.scan(DATASET_HOLDERS, prefix):
         holder, version = str(key[2]), int(key[1])
-        holders.append(f"{holder} (v{version})")
+        holders.append(f"{_holder_words(holder)} (v{version})")
     return holders
+
+
+def _holder_words(holder: str) -> str:
+    kind, _, rest = holder.partition(":")
+    if kind == "job":
+        return f"training job {rest}"
+    model, _, version = rest.rpartition(":")
+    if kind == "model" and model and version.isdigit():
+        return f"model {model} v{version}'s lineage"
+    return holder

@@ -32,9 +32,7 @@ from tesserad.datasets.references import (
     delete_unheld_blobs,
     drop_claimed_blobs,
     hold_blob,
-    hold_dataset,
     release_blob,
-    release_dataset,
 )
 from tesserad.datasets.splits import SplitSpec, compute_splits, validate_split_spec
 from tesserad.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
@@ -138,6 +136,18 @@ def _decode_version(raw: bytes) -> DatasetVersionRecord:
             "deduplicated": False,
         }
     )
+
+
+def _in_use(name: str, holders: list[str]) -> str:
+    """Why a dataset cannot be deleted, and what to do: the holders as `dataset_holders` words."""
+    listed = ", ".join(holders[:10]) + (f" and {len(holders) - 10} more" if len(holders) > 10 else "")
+    steps = []
+    if any(h.startswith("training job ") for h in holders):
+        steps.append("wait for the jobs to end or cancel them with CancelJob")
+    if any("'s lineage" in h for h in holders):
+        steps.append("delete those model versions first")
+    steps.append("pass force to delete it anyway")
+    return f"dataset {name!r} is in use by {listed}; {', or '.join(steps)}"
 
 
 def _missing(txn: ReadTxn, name: str) -> NotFound:
@@ -407,10 +417,7 @@ class Datasets:
                 targets = [_decode_version(raw) for _, raw in txn.scan(VERSIONS, (name,))]
             holders = [h for t in targets for h in dataset_holders(txn, name, t.version)]
             if holders and not force:
-                raise FailedPrecondition(
-                    f"dataset {name!r} is referenced by {', '.join(holders[:10])}"
-                    f"{' and more' if len(holders) > 10 else ''}; delete those first or pass force"
-                )
+                raise FailedPrecondition(_in_use(name, holders))
             freed = set()
             for record in targets:
                 self._delete_rows(txn, record)
@@ -425,18 +432,6 @@ class Datasets:
         txn.delete_range(SPLITS, (record.name, record.version))
         txn.delete_range(DATASET_HOLDERS, (record.name, record.version))
         release_blob(txn, record.sha256, _holder(record.name, record.version))
-
-    # -- holders (training jobs) -------------------------------------------------------------
-
-    def add_holder(self, name: str, version: int, holder: str) -> None:
-        """Mark a version as in use by `holder` (e.g. "job:job-01..."); DeleteDataset then refuses it."""
-        with self._store.write() as txn:
-            self._resolve(txn, name, version)
-            hold_dataset(txn, name, version, holder)
-
-    def remove_holder(self, name: str, version: int, holder: str) -> None:
-        with self._store.write() as txn:
-            release_dataset(txn, name, version, holder)
 
     # -- reading -----------------------------------------------------------------------------
 

@@ -34,7 +34,10 @@ from tesserad.datasets.references import (
     hold_blob,
     hold_dataset,
     init_from_holder,
+    job_holder,
     release_blob,
+    release_dataset,
+    release_ended_job_holds,
 )
 from tesserad.errors import FailedPrecondition, NotFound
 from tesserad.host import usable_cpu_count
@@ -211,6 +214,7 @@ class Jobs:
         with self._store.read() as txn:
             records = [decode_job(raw) for _, raw in txn.scan("jobs")]
         self._state_counts.update(job.state for job in records)
+        release_ended_job_holds(self._store, {job.job_id for job in records if job.state not in ENDED})
         for job in records:
             self._events.open_job(job.job_id, job.last_seq, job.state in ENDED)
             if job.state in ENDED:
@@ -357,7 +361,7 @@ class Jobs:
         with self._store.write() as txn:
             self._tracking.ensure_experiment(txn, config["experiment"])
             self._tracking.put_new_run(txn, run)
-            hold_dataset(txn, data["dataset"], data["version"], f"job:{job_id}")
+            hold_dataset(txn, data["dataset"], data["version"], job_holder(job_id))
             if start_weights:
                 hold_blob(txn, start_weights, f"job:{job_id}:start")
             if config.get("fine_tune"):
@@ -871,9 +875,11 @@ class Jobs:
         holder = init_from_holder(job.job_id)
 
         start_weights = job.start_weights
+        data = job.config["data"]
 
         def end(txn: WriteTxn, event: JobEvent) -> None:
             run_status(txn, event)
+            release_dataset(txn, data["dataset"], data["version"], job_holder(job.job_id))
             if fine_tune:
                 release_blob(txn, fine_tune["sha256"], holder)
             if start_weights:

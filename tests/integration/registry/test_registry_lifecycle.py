@@ -184,7 +184,9 @@ def test_lineage_derived_versions_and_compare(stub, weights, channel):
     from tessera.v1 import datasets_pb2
 
     held = rpc_error(datasets.DeleteDataset, datasets_pb2.DeleteDatasetRequest(name="clips"))
-    assert held.code() == grpc.StatusCode.FAILED_PRECONDITION and "model:mlp:1" in held.details()
+    assert (
+        held.code() == grpc.StatusCode.FAILED_PRECONDITION and "model mlp v1's lineage (v1)" in held.details()
+    )
 
 
 def test_deployments_rollback_and_guards(stub, weights):

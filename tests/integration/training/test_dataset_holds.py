@@ -1,0 +1,124 @@
+"""A job holds its dataset version while it is queued or running, not after it ends: deleting a
+dataset an ended job used needs no force; a model version trained on it still protects it."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+
+from tessera.v1 import datasets_pb2, datasets_pb2_grpc, job_spec_pb2, training_pb2
+from tessera.v1 import training_pb2_grpc as training_grpc
+from tesserad.datasets.references import hold_dataset, job_holder
+from tesserad.server import STORE_TABLES
+from tesserad.store import Store
+from tests.conftest import InProcessDaemon, daemon_settings
+from tests.integration.training.conftest import (
+    TRAINING_SETTINGS,
+    follow,
+    job_spec,
+    states,
+    submit,
+    upload_dataset,
+)
+
+S = training_pb2
+
+
+def _push(channel: grpc.Channel, name: str) -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(48, 6)).astype(np.float32)
+    upload_dataset(channel, name, {"x": x, "y": (x[:, 0] > 0).astype(np.int64)})
+
+
+def _spec(dataset: str, **fields) -> job_spec_pb2.JobSpec:
+    spec = job_spec("mlp", **fields)
+    spec.data.dataset.name = dataset
+    return spec
+
+
+def _delete(channel: grpc.Channel, name: str, force: bool = False) -> int:
+    request = datasets_pb2.DeleteDatasetRequest(name=name, force=force)
+    return datasets_pb2_grpc.DatasetsStub(channel).DeleteDataset(request).deleted_versions
+
+
+def _refusal(channel: grpc.Channel, name: str) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as refused:
+        _delete(channel, name)
+    return refused.value
+
+
+def test_a_running_job_holds_its_dataset_and_releases_it_when_it_ends(
+    training_daemon, training: training_grpc.TrainingStub
+) -> None:
+    channel = training_daemon.channel()
+    _push(channel, "held-while-running")
+    job = submit(training, _spec("held-while-running", epochs=0, max_steps=1_000_000))
+    refused = _refusal(channel, "held-while-running")
+    assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert (
+        f"dataset 'held-while-running' is in use by training job {job.job_id} (v1); wait for the jobs "
+        "to end or cancel them with CancelJob, or pass force to delete it anyway"
+    ) == refused.details()
+    training.CancelJob(S.CancelJobRequest(job_id=job.job_id))
+    assert states(follow(training, job.job_id))[-1] == S.JOB_STATE_CANCELLED
+    assert _delete(channel, "held-while-running") == 1
+
+
+def test_a_failed_job_does_not_hold_its_dataset(
+    training_daemon, training: training_grpc.TrainingStub
+) -> None:
+    channel = training_daemon.channel()
+    huge = np.full((16, 6), 3e38, np.float32)
+    upload_dataset(channel, "held-then-failed", {"x": huge, "t": huge[:, :1]})
+    spec = _spec("held-then-failed", task=job_spec_pb2.TASK_REGRESSION)
+    spec.architecture.output_size = 1
+    spec.data.target_array = "t"
+    job = submit(training, spec)
+    assert states(follow(training, job.job_id))[-1] == S.JOB_STATE_FAILED
+    assert _delete(channel, "held-then-failed") == 1
+
+
+def test_a_model_version_trained_on_a_dataset_still_holds_it(
+    training_daemon, training: training_grpc.TrainingStub
+) -> None:
+    channel = training_daemon.channel()
+    _push(channel, "held-by-lineage")
+    job = submit(
+        training,
+        _spec("held-by-lineage", epochs=1, register_as=job_spec_pb2.RegisterAs(model="trained-on-held")),
+    )
+    assert states(follow(training, job.job_id))[-1] == S.JOB_STATE_SUCCEEDED
+    refused = _refusal(channel, "held-by-lineage")
+    assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert refused.details() == (
+        "dataset 'held-by-lineage' is in use by model trained-on-held v1's lineage (v1); delete those "
+        "model versions first, or pass force to delete it anyway"
+    )
+    assert job.job_id not in refused.details()
+
+
+def test_holds_of_jobs_that_ended_under_an_older_daemon_are_released_at_start(tmp_path) -> None:
+    data_dir = tmp_path / "data"
+    daemon = InProcessDaemon(daemon_settings(data_dir, **TRAINING_SETTINGS)).start()
+    try:
+        channel = daemon.channel()
+        _push(channel, "held-by-old-job")
+        training = training_grpc.TrainingStub(channel)
+        job = submit(training, _spec("held-by-old-job", epochs=0, max_steps=1_000_000))
+        training.CancelJob(S.CancelJobRequest(job_id=job.job_id))
+        assert states(follow(training, job.job_id))[-1] == S.JOB_STATE_CANCELLED
+    finally:
+        daemon.stop()
+    # What an older daemon left: the ended job still holds its dataset.
+    store = Store.open(data_dir / "store", map_size=1 << 30, tables=STORE_TABLES)
+    try:
+        with store.write() as txn:
+            hold_dataset(txn, "held-by-old-job", 1, job_holder(job.job_id))
+    finally:
+        store.close()
+    daemon = InProcessDaemon(daemon_settings(data_dir, **TRAINING_SETTINGS)).start()
+    try:
+        assert _delete(daemon.channel(), "held-by-old-job") == 1
+    finally:
+        daemon.stop()
