@@ -32,7 +32,7 @@ from tessera.rpc_commands import in_cli_words, unreachable_hint
 from tessera.sweep_commands import add_sweep_commands
 from tessera.tensors import dtype_name
 from tessera.transport import TLS, TOKEN_ENV
-from tessera.v1 import inference_pb2, registry_pb2, training_pb2
+from tessera.v1 import datasets_pb2, inference_pb2, registry_pb2, training_pb2
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 INT32_MAX = 2**31 - 1
@@ -599,11 +599,16 @@ def cmd_models_download(client: Client, args: argparse.Namespace, out: Output) -
 
 def cmd_datasets_push(client: Client, args: argparse.Namespace, out: Output) -> None:
     splits = once_each(args.split, "--split")
+    if args.array_name and Path(args.file).suffix.lower() != ".npy":
+        raise UsageError(
+            f"--array-name names the array of a .npy file; {args.file} is not one (an .npz names its arrays itself)"
+        )
     version = client.datasets.push(
         args.name,
         args.file,
         splits=splits or None,
         seed=args.seed,
+        array_name=args.array_name,
         allow_nonfinite=args.allow_nonfinite,
         description=args.description,
         progress=transfer_progress(out, f"pushing {Path(args.file).name}"),
@@ -637,6 +642,37 @@ def cmd_datasets_show(client: Client, args: argparse.Namespace, out: Output) -> 
     if out.as_json:
         return out.json(version)
     print_dataset_version(version, out)
+
+
+def cmd_datasets_rm(client: Client, args: argparse.Namespace, out: Output) -> None:
+    ref = dataset_ref(args.ref)
+    deleted = client.datasets.delete(ref.name, ref.version, force=args.force)
+    if out.as_json:
+        return out.json({"name": ref.name, "version": ref.version, "deleted_versions": deleted})
+    if ref.version:
+        return out.line(f"deleted {ref.name}:{ref.version}")
+    out.line(f"deleted dataset {ref.name} ({deleted} version{'s' if deleted != 1 else ''})")
+
+
+def cmd_datasets_download(client: Client, args: argparse.Namespace, out: Output) -> None:
+    # Resolved first: the default file name carries the version and the stored format.
+    version = client.datasets.version(args.ref)
+    suffix = "npy" if version.format == datasets_pb2.DATASET_FORMAT_NPY else "npz"
+    default = f"{version.name}-v{version.version}.{suffix}"
+    path = Path(args.output) if args.output else Path(default)
+    if path.is_dir():
+        path = path / default
+    version = client.datasets.download(
+        f"{version.name}:{version.version}",
+        path,
+        progress=None if out.as_json else transfer_progress(out, f"downloading {version.name}"),
+    )
+    if out.as_json:
+        return out.json({"path": str(path), "version": to_plain(version)})
+    out.line(
+        f"wrote {path}: {version.name}:{version.version}, {version.num_samples} samples, "
+        f"{size(version.size_bytes)}, sha256 verified"
+    )
 
 
 def print_dataset_version(version: Any, out: Output) -> None:
@@ -1274,13 +1310,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--seed", type=whole(), default=0, help="seed of the random split (default 0)")
     sub.add_argument("--allow-nonfinite", action="store_true", help="accept NaN and Inf")
+    sub.add_argument(
+        "--array-name",
+        default="",
+        metavar="NAME",
+        help="for a .npy file: the name its array gets, as a job's spec names it (default x)",
+    )
     sub.add_argument("--description", default="", help="free text stored with the version")
     command(datasets, "ls", cmd_datasets_ls, "list datasets").add_argument(
         "--prefix", default="", help="only datasets whose name starts with this"
     )
     command(
         datasets, "show", cmd_datasets_show, "arrays, statistics and splits of NAME[:VERSION]"
-    ).add_argument("ref", type=dataset)
+    ).add_argument("ref", type=dataset, metavar="NAME[:VERSION]")
+    sub = command(
+        datasets,
+        "rm",
+        cmd_datasets_rm,
+        "delete version VERSION of NAME, or with NAME alone the dataset and every version; refused "
+        "while a queued or running job or a model version's lineage uses it",
+    )
+    sub.add_argument("ref", type=dataset, metavar="NAME[:VERSION]")
+    sub.add_argument(
+        "--force",
+        action="store_true",
+        help="delete even what a job or a model version's lineage uses (a job still running may then fail)",
+    )
+    sub = command(
+        datasets,
+        "download",
+        cmd_datasets_download,
+        "write the stored .npz/.npy file of NAME[:VERSION] (default the newest), verified against its sha256",
+    )
+    sub.add_argument("ref", type=dataset, metavar="NAME[:VERSION]")
+    sub.add_argument(
+        "-o",
+        "--output",
+        metavar="PATH",
+        help="file to write, or a directory to write it into (default ./NAME-vVERSION.npz or .npy)",
+    )
 
     sub = command(commands, "train", cmd_train, "submit a training job from a TOML spec")
     sub.add_argument("spec", help="SPEC.toml (JobSpec fields); - reads it from stdin")

@@ -26,6 +26,8 @@ COMMAND_BY_RPC: dict[str, str] = {
     "UploadDataset": "`tessera datasets push NAME FILE`",
     "ListDatasets": "`tessera datasets ls`",
     "GetDatasetVersion": "`tessera datasets show NAME[:VERSION]`",
+    "DeleteDataset": "`tessera datasets rm NAME[:VERSION]`",
+    "DownloadDataset": "`tessera datasets download NAME[:VERSION]`",
     # Training
     "SubmitJob": "`tessera train SPEC.toml`",
     "ListJobs": "`tessera jobs ls`",
@@ -64,6 +66,7 @@ _RPC_WORD = re.compile(
 
 FLAG_BY_FIELD: dict[str, str] = {
     "allow_nonfinite": "`tessera datasets push --allow-nonfinite`",
+    "force": "--force",
 }
 """Request field a daemon message tells the caller to set -> the flag that sets it."""
 

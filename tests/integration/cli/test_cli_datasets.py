@@ -1,0 +1,105 @@
+"""`tessera datasets rm`, `download` and `push --array-name` against a real daemon."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tessera.cli import build_parser
+from tessera.models import upload_header
+from tessera.v1 import registry_pb2, registry_pb2_grpc
+from tests.integration.cli.test_cli import assert_failed_cleanly
+from tests.integration.sdk.affine import affine_onnx
+from tests.unit.sdk.test_cli_help import commands
+
+
+def help_text(*words: str) -> str:
+    return dict(commands(build_parser()))[words].format_help()
+
+
+@pytest.fixture
+def npy_file(tmp_path):
+    path = tmp_path / "frames.npy"
+    np.save(path, np.arange(24, dtype=np.float32).reshape(6, 4))
+    return path
+
+
+def test_push_names_the_array_of_an_npy_file(tessera_cli, client, npy_file, tmp_path):
+    pushed = tessera_cli("datasets", "push", "frames", str(npy_file), "--array-name", "frames")
+    assert pushed.code == 0, pushed.err
+    assert [a.name for a in client.datasets.version("frames").arrays] == ["frames"]
+    assert list(client.datasets.load("frames")) == ["frames"]
+    npz = tmp_path / "table.npz"
+    np.savez(npz, x=np.zeros((3, 2), np.float32))
+    refused = tessera_cli("datasets", "push", "table", str(npz), "--array-name", "frames")
+    assert_failed_cleanly(refused, "", "--array-name names the array of a .npy file")
+    assert "--array-name NAME" in help_text("datasets", "push")
+
+
+def test_download_writes_the_stored_file_where_asked(tessera_cli, client, npy_file, tmp_path, monkeypatch):
+    client.datasets.push("frames", npy_file)
+    client.datasets.push("frames", x=np.ones((2, 3), np.float32))
+    monkeypatch.chdir(tmp_path)
+    newest = tessera_cli("datasets", "download", "frames")
+    assert newest.code == 0, newest.err
+    assert "wrote frames-v2.npz: frames:2, 2 samples" in newest.out and "sha256 verified" in newest.out
+    np.testing.assert_array_equal(np.load(tmp_path / "frames-v2.npz")["x"], np.ones((2, 3)))
+
+    first = tessera_cli("datasets", "download", "frames:1", "-o", str(tmp_path / "copy.npy"))
+    assert first.code == 0, first.err
+    assert (tmp_path / "copy.npy").read_bytes() == npy_file.read_bytes()
+    into = tmp_path / "into"
+    into.mkdir()
+    as_json = tessera_cli("--json", "datasets", "download", "frames:1", "--output", str(into)).json()
+    assert as_json["path"] == str(into / "frames-v1.npy") and as_json["version"]["version"] == 1
+    assert (into / "frames-v1.npy").read_bytes() == npy_file.read_bytes()
+
+    missing = tessera_cli("datasets", "download", "frames:9")
+    assert_failed_cleanly(missing, "NOT_FOUND", "has no version 9")
+    assert not list(tmp_path.glob("*-v9*"))
+
+
+def test_rm_deletes_a_version_or_the_dataset(tessera_cli, client, npy_file):
+    client.datasets.push("frames", npy_file)
+    client.datasets.push("frames", x=np.ones((2, 3), np.float32))
+    client.datasets.push("frames", x=np.zeros((2, 3), np.float32))
+    one = tessera_cli("datasets", "rm", "frames:2")
+    assert one.code == 0 and "deleted frames:2" in one.out
+    assert [v.version for v in client.datasets.versions("frames")] == [3, 1]
+    rest = tessera_cli("--json", "datasets", "rm", "frames").json()
+    assert rest == {"name": "frames", "version": 0, "deleted_versions": 2}
+    assert_failed_cleanly(tessera_cli("datasets", "rm", "frames"), "NOT_FOUND", "frames")
+    assert_failed_cleanly(tessera_cli("datasets", "rm", "frames:two"), "", "whole version number")
+
+
+def test_rm_refuses_what_a_lineage_holds_until_forced(tessera_cli, client, daemon, npy_file, tmp_path):
+    version = client.datasets.push("frames", npy_file)
+    header = upload_header(
+        "affine",
+        affine_onnx(tmp_path / "affine.onnx"),
+        format=None,
+        architecture=None,
+        signature=None,
+        create=True,
+        alias=None,
+        description="",
+        params=None,
+        metrics=None,
+        tags=None,
+    )
+    header.lineage.datasets.add(name="frames", version=1, sha256=version.sha256)
+    artifact = (tmp_path / "affine.onnx").read_bytes()
+    registry_pb2_grpc.RegistryStub(daemon.channel()).UploadVersionInline(
+        registry_pb2.UploadVersionInlineRequest(header=header, artifact=artifact)
+    )
+    refused = tessera_cli("datasets", "rm", "frames:1")
+    assert_failed_cleanly(
+        refused,
+        "FAILED_PRECONDITION",
+        "dataset 'frames' is in use by model affine v1's lineage (v1)",
+        "delete those model versions first, or pass --force to delete it anyway",
+    )
+    assert client.datasets.version("frames:1").version == 1
+    forced = tessera_cli("datasets", "rm", "frames:1", "--force")
+    assert forced.code == 0 and "deleted frames:1" in forced.out
+    assert "--force" in help_text("datasets", "rm")
