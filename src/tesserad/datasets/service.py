@@ -408,6 +408,8 @@ class Datasets:
     def delete(self, name: str, version: int = 0, force: bool = False) -> int:
         """Delete one version (or every version when 0); refused while something holds it, unless force."""
         validate_name("name", name)
+        if version < 0:
+            raise InvalidArgument(f"version must be >= 1 (0: the dataset with every version), got {version}")
         with self._store.write() as txn:
             if version:
                 targets = [self._resolve(txn, name, version)]

@@ -87,3 +87,11 @@ def test_an_npz_array_without_a_name_is_refused(ds, data_dir):
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "'.npy'" in error.details() and "no array name" in error.details()
     assert stored_blobs(data_dir) == []
+
+
+def test_deleting_a_negative_version_says_what_0_deletes(ds):
+    upload_dataset(ds, "kept", npz_bytes(10))
+    error = rpc_error(ds.DeleteDataset, D.DeleteDatasetRequest(name="kept", version=-1))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "version must be >= 1 (0: the dataset with every version), got -1"
+    assert ds.GetDataset(D.GetDatasetRequest(name="kept")).version_count == 1
