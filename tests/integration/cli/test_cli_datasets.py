@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tessera.cli import build_parser
+from tessera.cli import EXIT_USAGE, build_parser
 from tessera.models import upload_header
 from tessera.v1 import registry_pb2, registry_pb2_grpc
 from tests.integration.cli.test_cli import assert_failed_cleanly
@@ -32,7 +32,7 @@ def test_push_names_the_array_of_an_npy_file(tessera_cli, client, npy_file, tmp_
     npz = tmp_path / "table.npz"
     np.savez(npz, x=np.zeros((3, 2), np.float32))
     refused = tessera_cli("datasets", "push", "table", str(npz), "--array-name", "frames")
-    assert_failed_cleanly(refused, "", "--array-name names the array of a .npy file")
+    assert refused.code == EXIT_USAGE and "--array-name names the array of a .npy file" in refused.err
     assert "--array-name NAME" in help_text("datasets", "push")
 
 
@@ -59,7 +59,7 @@ def test_download_writes_the_stored_file_where_asked(tessera_cli, client, npy_fi
     assert not list(tmp_path.glob("*-v9*"))
 
 
-def test_rm_deletes_a_version_or_the_dataset(tessera_cli, client, npy_file):
+def test_rm_deletes_a_version_or_the_dataset(tessera_cli, client, npy_file, capsys):
     client.datasets.push("frames", npy_file)
     client.datasets.push("frames", x=np.ones((2, 3), np.float32))
     client.datasets.push("frames", x=np.zeros((2, 3), np.float32))
@@ -69,7 +69,9 @@ def test_rm_deletes_a_version_or_the_dataset(tessera_cli, client, npy_file):
     rest = tessera_cli("--json", "datasets", "rm", "frames").json()
     assert rest == {"name": "frames", "version": 0, "deleted_versions": 2}
     assert_failed_cleanly(tessera_cli("datasets", "rm", "frames"), "NOT_FOUND", "frames")
-    assert_failed_cleanly(tessera_cli("datasets", "rm", "frames:two"), "", "whole version number")
+    with pytest.raises(SystemExit) as usage:
+        tessera_cli("datasets", "rm", "frames:two")
+    assert usage.value.code == EXIT_USAGE and "whole version number" in capsys.readouterr().err
 
 
 def test_rm_refuses_what_a_lineage_holds_until_forced(tessera_cli, client, daemon, npy_file, tmp_path):

@@ -1322,7 +1322,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     command(
         datasets, "show", cmd_datasets_show, "arrays, statistics and splits of NAME[:VERSION]"
-    ).add_argument("ref", type=dataset, metavar="NAME[:VERSION]")
+    ).add_argument("ref", type=dataset)
     sub = command(
         datasets,
         "rm",
@@ -1330,7 +1330,7 @@ def build_parser() -> argparse.ArgumentParser:
         "delete version VERSION of NAME, or with NAME alone the dataset and every version; refused "
         "while a queued or running job or a model version's lineage uses it",
     )
-    sub.add_argument("ref", type=dataset, metavar="NAME[:VERSION]")
+    sub.add_argument("ref", type=dataset)
     sub.add_argument(
         "--force",
         action="store_true",
@@ -1342,7 +1342,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_datasets_download,
         "write the stored .npz/.npy file of NAME[:VERSION] (default the newest), verified against its sha256",
     )
-    sub.add_argument("ref", type=dataset, metavar="NAME[:VERSION]")
+    sub.add_argument("ref", type=dataset)
     sub.add_argument(
         "-o",
         "--output",
