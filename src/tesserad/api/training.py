@@ -42,6 +42,18 @@ from tesserad.training.watch import watch_job
 _MAX_PENDING_BATCHES = 64
 
 
+def _job_id(job_id: str) -> str:
+    if not job_id:
+        raise InvalidArgument("job_id is required: the id SubmitJob returned (see ListJobs)")
+    return job_id
+
+
+def _sweep_id(sweep_id: str) -> str:
+    if not sweep_id:
+        raise InvalidArgument("sweep_id is required: the id SubmitSweep returned (see ListSweeps)")
+    return sweep_id
+
+
 def _retrieve_outcome(future: asyncio.Future[int]) -> None:
     if not future.cancelled():
         future.exception()
@@ -68,7 +80,7 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
     async def GetJob(
         self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext[pb.GetJobRequest, pb.Job]
     ) -> pb.Job:
-        return job_to_proto(await asyncio.to_thread(self._jobs.get, request.job_id))
+        return job_to_proto(await asyncio.to_thread(self._jobs.get, _job_id(request.job_id)))
 
     async def ListJobs(
         self,
@@ -88,12 +100,12 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
     async def CancelJob(
         self, request: pb.CancelJobRequest, context: grpc.aio.ServicerContext[pb.CancelJobRequest, pb.Job]
     ) -> pb.Job:
-        return job_to_proto(await asyncio.to_thread(self._jobs.cancel, request.job_id))
+        return job_to_proto(await asyncio.to_thread(self._jobs.cancel, _job_id(request.job_id)))
 
     async def WatchJob(
         self, request: pb.WatchJobRequest, context: grpc.aio.ServicerContext[pb.WatchJobRequest, pb.JobEvent]
     ) -> AsyncIterator[pb.JobEvent]:
-        async for batch in watch_job(self._jobs, self._events, request.job_id, request.from_seq):
+        async for batch in watch_job(self._jobs, self._events, _job_id(request.job_id), request.from_seq):
             for event in batch:
                 yield event_to_proto(event)
 
@@ -349,7 +361,7 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
     async def GetSweep(
         self, request: pb.GetSweepRequest, context: grpc.aio.ServicerContext[pb.GetSweepRequest, pb.Sweep]
     ) -> pb.Sweep:
-        return sweep_to_proto(await asyncio.to_thread(self._sweeps.get, request.sweep_id))
+        return sweep_to_proto(await asyncio.to_thread(self._sweeps.get, _sweep_id(request.sweep_id)))
 
     async def ListSweeps(
         self,
@@ -364,4 +376,4 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
         request: pb.CancelSweepRequest,
         context: grpc.aio.ServicerContext[pb.CancelSweepRequest, pb.Sweep],
     ) -> pb.Sweep:
-        return sweep_to_proto(await asyncio.to_thread(self._sweeps.cancel, request.sweep_id))
+        return sweep_to_proto(await asyncio.to_thread(self._sweeps.cancel, _sweep_id(request.sweep_id)))

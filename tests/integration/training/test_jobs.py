@@ -117,6 +117,23 @@ def test_watch_and_get_unknown_job_is_not_found(training: training_grpc.Training
         assert "job-nope" in info.value.details()
 
 
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda t: t.GetJob(S.GetJobRequest()),
+        lambda t: t.CancelJob(S.CancelJobRequest()),
+        lambda t: next(iter(t.WatchJob(S.WatchJobRequest()))),
+    ],
+    ids=["GetJob", "CancelJob", "WatchJob"],
+)
+def test_a_job_call_without_a_job_id_says_it_is_required(call, training: training_grpc.TrainingStub) -> None:
+    # It was NOT_FOUND "job '' does not exist", as if an id had been given.
+    with pytest.raises(grpc.RpcError) as info:
+        call(training)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "job_id is required" in info.value.details()
+
+
 def test_list_jobs_filters_and_pages(finished: dict, training: training_grpc.TrainingStub) -> None:
     done = training.ListJobs(S.ListJobsRequest(states=[S.JOB_STATE_SUCCEEDED], experiment="tests"))
     ids = [j.job_id for j in done.jobs]

@@ -310,3 +310,21 @@ def test_a_trial_that_cannot_be_drawn_ends_the_sweep_failed_saying_why(
     assert words in sweep.error
     assert [t.state for t in sweep.trials] == [S.JOB_STATE_SUCCEEDED]
     assert sweep.best_job_id == sweep.trials[0].job_id
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda t: t.GetSweep(S.GetSweepRequest()),
+        lambda t: t.CancelSweep(S.CancelSweepRequest()),
+    ],
+    ids=["GetSweep", "CancelSweep"],
+)
+def test_a_sweep_call_without_a_sweep_id_says_it_is_required(
+    call, training: training_pb2_grpc.TrainingStub
+) -> None:
+    # It was NOT_FOUND "sweep '' does not exist", as if an id had been given.
+    with pytest.raises(grpc.RpcError) as info:
+        call(training)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "sweep_id is required" in info.value.details()
