@@ -61,6 +61,10 @@ PLANNED = ("grid", "random")  # searchers that draw every trial at submit
 NO_PBT = PbtSettings(0, 0.0, 0.0, 0.0)
 # Longer whole numbers go through float(): out of int64 either way, refused with the spec's fields.
 _INT64_DIGITS = 19
+# Trials in a row whose jobs could not be submitted before the sweep stops starting more: what
+# fails so (a dataset gone, a model deleted) fails every trial alike, and drawing on would only
+# fill the record with failures.
+MAX_SUBMIT_FAILURES = 3
 
 
 @dataclass(frozen=True)
@@ -209,6 +213,18 @@ def past_trials(trials: list[Trial]) -> list[PastTrial]:
         value = t.metric if t.has_metric else None
         out.append(PastTrial(t.params, state, value, t.pruned_at, t.sampler_attrs))
     return out
+
+
+def submit_failures_in_a_row(trials: list[Trial]) -> int:
+    """How many of the latest trials started could not be submitted (trials not yet started skipped)."""
+    count = 0
+    for trial in reversed(trials):
+        if trial.state == "pending" and not trial.job_id:
+            continue
+        if trial.job_id or not trial.error:
+            break
+        count += 1
+    return count
 
 
 def trial_spec(base: dict[str, Any], values: dict[str, str]) -> dict[str, Any]:
@@ -567,7 +583,7 @@ class Sweeps:
                 self._settle(sweep, trial, self._jobs.get(trial.job_id))
         if sweep.state == "running" and not sweep.error:
             active = sum(1 for t in sweep.trials if t.job_id and t.state not in ENDED)
-            while active < sweep.max_concurrent:
+            while active < sweep.max_concurrent and not sweep.error:
                 try:
                     following = self._next_trial(sweep)
                 except Exception as exc:
@@ -579,6 +595,10 @@ class Sweeps:
                     break
                 self._start(sweep, following)
                 active += following.state not in ENDED
+        if sweep.state == "running" and sweep.error:
+            for trial in sweep.trials:  # planned, or drawn with a PBT generation: never to start
+                if trial.state == "pending" and not trial.job_id:
+                    trial.state = "cancelled"
         if all(t.state in ENDED for t in sweep.trials):
             if sweep.state == "running":
                 succeeded = any(t.state == "succeeded" or t.pruned for t in sweep.trials)
@@ -689,6 +709,10 @@ class Sweeps:
                 extra={"sweep_id": sweep.sweep_id, "trial": trial.number, "error": exc.message},
             )
             trial.state, trial.error = "failed", exc.message
+            if submit_failures_in_a_row(sweep.trials) >= MAX_SUBMIT_FAILURES:
+                sweep.error = (
+                    f"{MAX_SUBMIT_FAILURES} trials in a row could not be submitted; the last: {exc.message}"
+                )
             return
         trial.job_id, trial.state = job.job_id, job.state
 

@@ -328,3 +328,34 @@ def test_a_sweep_call_without_a_sweep_id_says_it_is_required(
         call(training)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "sweep_id is required" in info.value.details()
+
+
+def test_trials_that_keep_failing_to_start_end_the_sweep_failed_saying_why(
+    training_daemon, training: training_pb2_grpc.TrainingStub
+) -> None:
+    # Every trial drawn after the dataset went failed to submit: the job-end callback drew all
+    # the remaining ones at once, holding the sweeps' lock, and the sweep said nothing of why.
+    channel = training_daemon.channel()
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(48, 6)).astype(np.float32)
+    upload_dataset(channel, "sweep-gone-tpe", {"x": x, "y": (x[:, 0] > 0).astype(np.int64)})
+    base = job_spec("mlp", epochs=0, max_steps=1_000_000)
+    base.data.dataset.name = "sweep-gone-tpe"
+    spec = S.SweepSpec(
+        base=base,
+        strategy=S.SWEEP_STRATEGY_TPE,
+        parameters=[S.SweepParameter(path="optimizer.lr", range=S.SweepRange(min=0.001, max=0.1))],
+        max_trials=30,
+        max_concurrent=1,
+        metric="train_loss",
+    )
+    sweep = training.SubmitSweep(S.SubmitSweepRequest(spec=spec))
+    datasets_pb2_grpc.DatasetsStub(channel).DeleteDataset(
+        datasets_pb2.DeleteDatasetRequest(name="sweep-gone-tpe", force=True)
+    )
+    training.CancelJob(S.CancelJobRequest(job_id=sweep.trials[0].job_id))
+    ended = wait_sweep(training, sweep.sweep_id)
+    assert ended.state == S.SWEEP_STATE_FAILED
+    assert [(t.job_id, t.state) for t in ended.trials[1:]] == [("", S.JOB_STATE_FAILED)] * 3
+    assert ended.error.startswith("3 trials in a row could not be submitted; the last: ")
+    assert "dataset 'sweep-gone-tpe'" in ended.error
