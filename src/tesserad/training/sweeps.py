@@ -714,6 +714,15 @@ class Sweeps:
                     f"{MAX_SUBMIT_FAILURES} trials in a row could not be submitted; the last: {exc.message}"
                 )
             return
+        except Exception:
+            # Raised on, it would leave the sweep RUNNING with nothing to start.
+            log.exception(
+                "a sweep trial could not start", extra={"sweep_id": sweep.sweep_id, "trial": trial.number}
+            )
+            trial.state = "failed"
+            trial.error = f"an internal error; the daemon's log has it under sweep {sweep.sweep_id}"
+            sweep.error = f"could not submit trial {trial.number}: {trial.error}"
+            return
         trial.job_id, trial.state = job.job_id, job.state
 
     def _save(self, sweep: Sweep) -> None:

@@ -12,6 +12,7 @@ import pytest
 from tessera.v1 import datasets_pb2, datasets_pb2_grpc, training_pb2, training_pb2_grpc
 from tesserad.errors import InvalidArgument
 from tesserad.training import sweeps
+from tesserad.training.jobs import Jobs
 from tests.integration.training.conftest import job_spec, sweep_values, upload_dataset, wait_sweep
 
 S = training_pb2
@@ -359,3 +360,38 @@ def test_trials_that_keep_failing_to_start_end_the_sweep_failed_saying_why(
     assert [(t.job_id, t.state) for t in ended.trials[1:]] == [("", S.JOB_STATE_FAILED)] * 3
     assert ended.error.startswith("3 trials in a row could not be submitted; the last: ")
     assert "dataset 'sweep-gone-tpe'" in ended.error
+
+
+@pytest.mark.parametrize("failing", [0, 1])
+def test_an_internal_error_submitting_a_trial_ends_the_sweep_failed_saying_so(
+    failing: int, training: training_pb2_grpc.TrainingStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Raised out of the sweep's tick, it left the sweep RUNNING with nothing to start (and
+    # SubmitSweep answered INTERNAL for the first trial).
+    submitted: list[int] = []
+    submit = Jobs.submit
+
+    def failing_submit(self: Jobs, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("sweep_id"):
+            submitted.append(1)
+            if len(submitted) > failing:
+                raise RuntimeError("boom")
+        return submit(self, *args, **kwargs)
+
+    monkeypatch.setattr(Jobs, "submit", failing_submit)
+    spec = S.SweepSpec(
+        base=job_spec("mlp", epochs=1),
+        strategy=S.SWEEP_STRATEGY_GRID,
+        parameters=[sweep_values("seed", "1", "2", "3")],
+        max_concurrent=1,
+        metric="val_loss",
+    )
+    sweep = wait_sweep(training, training.SubmitSweep(S.SubmitSweepRequest(spec=spec)).sweep_id, timeout_s=60)
+    assert sweep.state == S.SWEEP_STATE_FAILED
+    assert sweep.error.startswith(
+        f"could not submit trial {failing}: an internal error; the daemon's log has it under sweep"
+    )
+    assert [t.state for t in sweep.trials] == [S.JOB_STATE_SUCCEEDED] * failing + [
+        S.JOB_STATE_FAILED,
+        *[S.JOB_STATE_CANCELLED] * (2 - failing),
+    ]
