@@ -227,6 +227,18 @@ def submit_failures_in_a_row(trials: list[Trial]) -> int:
     return count
 
 
+def ended_state(sweep: Sweep) -> str:
+    """The state of a sweep whose trials have all ended: cancelled when each was cancelled (not
+    pruned), as a sweep cancelled whole is; failed when it stopped early or none succeeded."""
+    if sweep.error:
+        return "failed"
+    if any(t.state == "succeeded" or t.pruned for t in sweep.trials):
+        return "succeeded"
+    if all(t.state == "cancelled" for t in sweep.trials):
+        return "cancelled"
+    return "failed"
+
+
 def trial_spec(base: dict[str, Any], values: dict[str, str]) -> dict[str, Any]:
     """The plain base spec with each path set to its value, parsed to the field's type."""
     spec = copy.deepcopy(base)
@@ -601,8 +613,7 @@ class Sweeps:
                     trial.state = "cancelled"
         if all(t.state in ENDED for t in sweep.trials):
             if sweep.state == "running":
-                succeeded = any(t.state == "succeeded" or t.pruned for t in sweep.trials)
-                sweep.state = "succeeded" if succeeded and not sweep.error else "failed"
+                sweep.state = ended_state(sweep)
             self._running.pop(sweep.sweep_id, None)
         scored = [t for t in sweep.trials if t.has_metric]
         if scored:

@@ -331,6 +331,17 @@ def test_a_sweep_call_without_a_sweep_id_says_it_is_required(
     assert "sweep_id is required" in info.value.details()
 
 
+def _trial_job(training: training_pb2_grpc.TrainingStub, sweep_id: str, number: int) -> str:
+    """The job id of trial `number` once it has one."""
+    deadline = time.monotonic() + 60
+    while True:
+        trials = training.GetSweep(S.GetSweepRequest(sweep_id=sweep_id)).trials
+        if len(trials) > number and trials[number].job_id:
+            return trials[number].job_id
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
 def test_trials_that_keep_failing_to_start_end_the_sweep_failed_saying_why(
     training_daemon, training: training_pb2_grpc.TrainingStub
 ) -> None:
@@ -395,3 +406,23 @@ def test_an_internal_error_submitting_a_trial_ends_the_sweep_failed_saying_so(
         S.JOB_STATE_FAILED,
         *[S.JOB_STATE_CANCELLED] * (2 - failing),
     ]
+
+
+def test_a_sweep_whose_trials_were_all_cancelled_ends_cancelled(
+    training: training_pb2_grpc.TrainingStub,
+) -> None:
+    # It ended FAILED though nothing had failed: its trials were stopped, as a cancelled sweep's are.
+    spec = S.SweepSpec(
+        base=job_spec("mlp", epochs=0, max_steps=1_000_000),
+        strategy=S.SWEEP_STRATEGY_GRID,
+        parameters=[sweep_values("seed", "1", "2")],
+        max_concurrent=1,
+        metric="train_loss",
+    )
+    sweep_id = training.SubmitSweep(S.SubmitSweepRequest(spec=spec)).sweep_id
+    for number in range(2):
+        training.CancelJob(S.CancelJobRequest(job_id=_trial_job(training, sweep_id, number)))
+    ended = wait_sweep(training, sweep_id)
+    assert ended.state == S.SWEEP_STATE_CANCELLED
+    assert [t.state for t in ended.trials] == [S.JOB_STATE_CANCELLED] * 2
+    assert ended.error == ""
