@@ -129,7 +129,12 @@ class RayJobs(Jobs):
             self._running[job_id] = running
             if self._closing:
                 running.stopping_for_shutdown = True
-            elif job_id in self._cancel_pending:
+            elif (
+                job_id in self._cancel_pending
+                # A cancel that landed between a dead worker's attempt and this one went to that
+                # attempt's `_Running`, still registered then.
+                or self._cancel_requested.get(job_id, job.cancel_requested_at) is not None
+            ):
                 self._cancel_pending.discard(job_id)
                 self._request_stop(running)
         try:
