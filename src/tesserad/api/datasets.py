@@ -30,7 +30,9 @@ class DatasetsServicer(datasets_pb2_grpc.DatasetsServicer):
         spec = convert.upload_spec_from_proto(await read_header(request_iterator))
         limit = await asyncio.to_thread(self._datasets.upload_limit, spec)
         with self._blobs.writer(
-            limit, "limits.max_dataset_size or the remaining limits.dataset_quota"
+            limit,
+            "limits.max_dataset_size or the remaining limits.dataset_quota",
+            spec.size_bytes or None,
         ) as writer:
             who = caller(context)
             record = await receive_chunks(

@@ -125,7 +125,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
             alias=fields["alias"],
             description=fields["description"],
         )
-        with self._blobs.writer(self._registry.max_artifact_size, "limits.max_artifact_size") as writer:
+        with self._blobs.writer(
+            self._registry.max_artifact_size, "limits.max_artifact_size", header.size_bytes or None
+        ) as writer:
             record = await receive_chunks(
                 start.replay(request_iterator),
                 writer,

@@ -43,6 +43,7 @@ from typing import BinaryIO, TypeVar, cast
 
 from tesserad.config import format_size
 from tesserad.errors import DataLoss, InvalidArgument, NotFound, ResourceExhausted
+from tesserad.store.space import no_space, space_checked
 
 A = TypeVar("A")
 R = TypeVar("R")
@@ -128,10 +129,13 @@ def _too_large(limit_name: str, max_size: int) -> ResourceExhausted:
 class BlobWriter:
     """Streams one blob in; `commit()` makes it visible, `abort()` (or an exception) drops it."""
 
-    def __init__(self, store: BlobStore, max_size: int | None, limit_name: str) -> None:
+    def __init__(
+        self, store: BlobStore, max_size: int | None, limit_name: str, expected_size: int | None
+    ) -> None:
         self._store = store
         self._max_size = max_size
         self._limit_name = limit_name
+        self._expected_size = expected_size
         fd, name = tempfile.mkstemp(dir=store.tmp_dir, prefix="upload-")
         self._file: BinaryIO | None = os.fdopen(fd, "wb")
         self._tmp = Path(name)
@@ -152,7 +156,12 @@ class BlobWriter:
             self.abort()
             raise _too_large(self._limit_name, self._max_size)
         self._hash.update(data)
-        self._file.write(data)
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            self.abort()
+            self._raise_no_space(exc)
+            raise
 
     def commit(self, expected_sha256: str | None = None, expected_size: int | None = None) -> BlobRef:
         """Check what the sender declared, then move the blob into place."""
@@ -164,18 +173,36 @@ class BlobWriter:
         except DataLoss:
             self.abort()
             raise
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+        except OSError as exc:
+            # A disk that filled up shows here too (buffered bytes, delayed allocation); the
+            # caller may have handed off, so nothing else would remove the temp file.
+            self.abort()
+            self._raise_no_space(exc)
+            raise
         self._file = None
         self._store._move_into_place(self._tmp, digest)
         return BlobRef(digest, self.size)
 
+    def _raise_no_space(self, exc: OSError) -> None:
+        """Raise no_space's error when `exc` says the disk has no room (after the abort, so that
+        the free space it reports counts the temp file's bytes as freed again)."""
+        error = no_space(exc.errno, self._store.root_dir, "the blob", self._expected_size)
+        if error is not None:
+            raise error from None
+
     def abort(self) -> None:
         if self._file is not None:
-            self._file.close()
-            self._file = None
-            self._tmp.unlink(missing_ok=True)
+            file, self._file = self._file, None
+            try:
+                # Its flush fails again on a full disk; the temp file goes all the same.
+                with contextlib.suppress(OSError):
+                    file.close()
+            finally:
+                self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> BlobWriter:
         return self
@@ -227,8 +254,20 @@ class BlobStore:
         check_sha256(sha256)
         return self.root / "sha256" / sha256[:2] / sha256[2:]
 
-    def writer(self, max_size: int | None = None, limit_name: str = "the upload limit") -> BlobWriter:
-        return BlobWriter(self, max_size, limit_name)
+    @property
+    def root_dir(self) -> str:
+        return self._root
+
+    def writer(
+        self,
+        max_size: int | None = None,
+        limit_name: str = "the upload limit",
+        expected_size: int | None = None,
+    ) -> BlobWriter:
+        """A writer for one blob; `expected_size` (the size the sender declared, when it did) is
+        what a disk-full error says the blob needed."""
+        with space_checked(self._root, "the blob", expected_size):
+            return BlobWriter(self, max_size, limit_name, expected_size)
 
     def put_many(self, blobs: Mapping[str, bytes]) -> None:
         """Blobs by their digest (from `checked_digest`), stored by `put_each`; raises the first
@@ -256,7 +295,13 @@ class BlobStore:
                 failed = self._place_all(distinct, self._syncfs)
             else:
                 failed = self._place_each_synced(distinct)
-        return [failed.get(digest) for digest, _ in blobs]
+        return [self._no_space_or(failed.get(digest), len(data)) for digest, data in blobs]
+
+    def _no_space_or(self, failure: Exception | None, size: int) -> Exception | None:
+        """`failure`, or no_space's error in its place when it says the disk has no room."""
+        if isinstance(failure, OSError):
+            return no_space(failure.errno, self._root, "the blob", size) or failure
+        return failure
 
     @contextlib.contextmanager
     def _placing_all(self, digests: Iterable[str]) -> Iterator[None]:
@@ -451,12 +496,12 @@ class BlobStore:
         return tmp
 
     def put_bytes(self, data: bytes) -> BlobRef:
-        with self.writer() as writer:
+        with self.writer(expected_size=len(data)) as writer:
             writer.write(data)
             return writer.commit()
 
     def put_file(self, source: Path) -> BlobRef:
-        with self.writer() as writer, source.open("rb") as file:
+        with self.writer(expected_size=source.stat().st_size) as writer, source.open("rb") as file:
             while chunk := file.read(CHUNK_BYTES):
                 writer.write(chunk)
             return writer.commit()

@@ -6,6 +6,8 @@ import ctypes
 import errno
 import hashlib
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -183,7 +185,8 @@ def test_put_each_gives_each_entry_its_own_outcome_and_claim(tmp_path: Path, syn
     digests = [hashlib.sha256(d).hexdigest() for d in datas]
     outcomes = blobs.put_each(list(zip(digests, datas, strict=True)))
     assert outcomes[:3] == [None, None, None]
-    assert isinstance(outcomes[3], OSError) and outcomes[3].errno == 28
+    assert isinstance(outcomes[3], ResourceExhausted)
+    assert "the disk under tesserad's data directory is full: the blob needs 20 B" in outcomes[3].message
     assert sorted(blobs.all()) == sorted(set(digests[:2]))
     assert list(blobs.tmp_dir.iterdir()) == []
     blobs.release(digests[0], digests[3])
@@ -306,3 +309,33 @@ def test_a_put_waits_for_another_put_of_its_digest_to_make_it_durable_or_remove_
     stream.join(10)
     assert isinstance(grouped[0], OSError) and streamed == [digest]
     assert blobs.read_bytes(digest) == b"both"
+
+
+_OVER_FILE_SIZE_LIMIT = """
+import resource, sys
+from pathlib import Path
+from tesserad.errors import ResourceExhausted
+from tesserad.store import BlobStore
+blobs = BlobStore(Path(sys.argv[1]))
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+try:
+    blobs.put_bytes(bytes(2 << 20))
+except ResourceExhausted as exc:
+    print(exc.message)
+"""
+
+
+def test_a_blob_over_the_daemons_file_size_limit_is_resource_exhausted_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    # A real limit (ulimit -f) in a process of its own: the kernel answers EFBIG.
+    ran = subprocess.run(
+        [sys.executable, "-c", _OVER_FILE_SIZE_LIMIT, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "the blob (2 MiB) is larger than the largest file tesserad may write" in ran.stdout, ran.stderr
+    assert "ulimit -f" in ran.stdout
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert list(BlobStore(tmp_path).all()) == []

@@ -1,0 +1,148 @@
+"""A data directory whose disk fills up: every write that finds no room is RESOURCE_EXHAUSTED
+saying so, leaves nothing half-written, and works again once space is freed, without a restart.
+
+The data directory lies on a small tmpfs, so the daemon meets a real ENOSPC from the kernel on
+its own code paths; where mounting is not permitted (not root, no CAP_SYS_ADMIN) these tests
+skip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from tessera.v1 import (
+    datasets_pb2,
+    datasets_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+)
+from tests.conftest import InProcessDaemon, daemon_settings
+from tests.integration.registry.conftest import (
+    mlp_architecture,
+    mlp_weights,
+    rpc_error,
+    safetensors_header,
+    stored_blobs,
+    upload,
+    upload_requests,
+)
+from tests.integration.training.conftest import (
+    TRAINING_SETTINGS,
+)
+
+FULL = "the disk under tesserad's data directory is full"
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[Path]:
+    """A 16 MiB tmpfs, unmounted after the test."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    try:
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount_point)],
+            capture_output=True,
+            text=True,
+        )
+    except FileNotFoundError:
+        pytest.skip("no mount command here")
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip() or mounted.returncode}")
+    yield mount_point
+    subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
+
+
+@pytest.fixture
+def daemon(disk: Path) -> Iterator[InProcessDaemon]:
+    running = InProcessDaemon(daemon_settings(disk / "data", **TRAINING_SETTINGS)).start()
+    yield running
+    running.stop()
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """A file taking all the disk's free space but `leave` bytes; delete it to free them."""
+    filler = disk / "filler"
+    stat = os.statvfs(disk)
+    size = max(0, stat.f_bavail * stat.f_frsize - leave)
+    with filler.open("wb") as file:
+        file.write(b"\0" * size)
+    return filler
+
+
+def dataset_requests(name: str, data: bytes) -> list[datasets_pb2.UploadDatasetRequest]:
+    header = datasets_pb2.UploadDatasetHeader(
+        name=name,
+        format=datasets_pb2.DATASET_FORMAT_NPZ,
+        sha256=hashlib.sha256(data).hexdigest(),
+        size_bytes=len(data),
+    )
+    chunks = [data[i : i + 65536] for i in range(0, len(data), 65536)]
+    return [datasets_pb2.UploadDatasetRequest(header=header)] + [
+        datasets_pb2.UploadDatasetRequest(chunk=chunk) for chunk in chunks
+    ]
+
+
+def npz(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def test_a_dataset_upload_onto_a_full_disk_is_resource_exhausted_and_leaves_nothing(daemon, disk):
+    datasets = datasets_pb2_grpc.DatasetsStub(daemon.channel())
+    data = npz(x=np.zeros(800_000, np.float32))  # 3.05 MiB
+    filler = fill(disk, leave=1 << 20)
+
+    error = rpc_error(datasets.UploadDataset, iter(dataset_requests("big", data)), timeout=60)
+
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+    assert FULL in error.details() and "the blob needs 3.05 MiB" in error.details(), error.details()
+    assert stored_blobs(disk / "data") == []
+    assert not datasets.ListDatasets(datasets_pb2.ListDatasetsRequest()).datasets
+
+    filler.unlink()
+    version = datasets.UploadDataset(iter(dataset_requests("big", data)), timeout=60)
+    assert version.size_bytes == len(data)
+
+
+def test_a_model_upload_onto_a_full_disk_is_resource_exhausted_and_leaves_nothing(daemon, disk):
+    registry = registry_pb2_grpc.RegistryStub(daemon.channel())
+    weights = mlp_weights(hidden=65_536)  # 1.75 MiB
+    header = safetensors_header("big", weights, architecture=mlp_architecture(65_536))
+    filler = fill(disk, leave=1 << 20)
+
+    error = rpc_error(registry.UploadVersion, upload_requests(header, weights), timeout=60)
+
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+    assert FULL in error.details(), error.details()
+    assert stored_blobs(disk / "data") == []
+    assert not registry.ListModels(registry_pb2.ListModelsRequest()).models
+
+    filler.unlink()
+    assert upload(registry, header, weights).version == 1
+
+
+def test_a_small_upload_stored_in_one_step_onto_a_full_disk_is_resource_exhausted(daemon, disk):
+    registry = registry_pb2_grpc.RegistryStub(daemon.channel())
+    weights = mlp_weights(hidden=20_000)  # 547 KiB, sent in one message
+    header = safetensors_header("inline", weights, architecture=mlp_architecture(20_000))
+    request = registry_pb2.UploadVersionInlineRequest(header=header, artifact=weights)
+    filler = fill(disk, leave=256 << 10)
+
+    error = rpc_error(registry.UploadVersionInline, request, timeout=60)
+
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+    assert FULL in error.details() and "the blob needs 547 KiB" in error.details(), error.details()
+    assert stored_blobs(disk / "data") == []
+
+    filler.unlink()
+    assert registry.UploadVersionInline(request, timeout=60).version == 1
