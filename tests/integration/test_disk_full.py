@@ -78,6 +78,20 @@ def fill(disk: Path, leave: int) -> Path:
     return filler
 
 
+def fill_up(disk: Path) -> Path:
+    """A file taking every free byte of the disk."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return filler
+
+
 def dataset_requests(name: str, data: bytes) -> list[datasets_pb2.UploadDatasetRequest]:
     header = datasets_pb2.UploadDatasetHeader(
         name=name,
@@ -146,3 +160,26 @@ def test_a_small_upload_stored_in_one_step_onto_a_full_disk_is_resource_exhauste
 
     filler.unlink()
     assert registry.UploadVersionInline(request, timeout=60).version == 1
+
+
+def first_refused_create(registry: registry_pb2_grpc.RegistryStub) -> grpc.RpcError:
+    """The error of the first of many CreateModel calls the store refuses."""
+    for index in range(200):
+        try:
+            registry.CreateModel(registry_pb2.CreateModelRequest(name=f"m{index}", description="x" * 4000))
+        except grpc.RpcError as error:
+            return error
+    raise AssertionError("every write fitted: the store never filled up")
+
+
+def test_a_database_write_onto_a_full_disk_is_resource_exhausted(daemon, disk):
+    registry = registry_pb2_grpc.RegistryStub(daemon.channel())
+    filler = fill_up(disk)
+
+    error = first_refused_create(registry)  # once the database's file has to grow
+
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+    assert FULL in error.details() and "writing to the database failed" in error.details(), error.details()
+
+    filler.unlink()
+    assert registry.CreateModel(registry_pb2.CreateModelRequest(name="after")).name == "after"

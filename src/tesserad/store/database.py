@@ -26,6 +26,7 @@ import lmdb
 from tesserad.config import format_size
 from tesserad.errors import InvalidArgument, ResourceExhausted
 from tesserad.store.keys import Key, pack, prefix_range, unpack
+from tesserad.store.space import disk_full
 
 T = TypeVar("T")
 
@@ -272,6 +273,8 @@ class Store:
                 txn.commit()
             except lmdb.MapFullError:
                 raise _map_full(self._map_size) from None
+            except lmdb.DiskError:
+                raise disk_full(str(self.path), "to the database") from None
 
     def submit(self, work: Callable[[WriteTxn], T]) -> Future[T]:
         """Queue `work` for the next group commit; the future resolves once it is durable."""
@@ -338,8 +341,12 @@ class Store:
                 except BaseException:
                     txn.abort()
                     raise
-        except lmdb.MapFullError:
-            error = _map_full(self._map_size)
+        except (lmdb.MapFullError, lmdb.DiskError) as exc:
+            error = (
+                _map_full(self._map_size)
+                if isinstance(exc, lmdb.MapFullError)
+                else disk_full(str(self.path), "to the database")
+            )
             for item in batch:
                 item.future.set_exception(error)
             return
