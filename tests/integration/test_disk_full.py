@@ -22,8 +22,11 @@ import pytest
 from tessera.v1 import (
     datasets_pb2,
     datasets_pb2_grpc,
+    job_spec_pb2,
     registry_pb2,
     registry_pb2_grpc,
+    training_pb2,
+    training_pb2_grpc,
 )
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.registry.conftest import (
@@ -37,6 +40,10 @@ from tests.integration.registry.conftest import (
 )
 from tests.integration.training.conftest import (
     TRAINING_SETTINGS,
+    architecture,
+    follow,
+    job_spec,
+    upload_dataset,
 )
 
 FULL = "the disk under tesserad's data directory is full"
@@ -183,3 +190,36 @@ def test_a_database_write_onto_a_full_disk_is_resource_exhausted(daemon, disk):
 
     filler.unlink()
     assert registry.CreateModel(registry_pb2.CreateModelRequest(name="after")).name == "after"
+
+
+def test_a_job_whose_checkpoint_does_not_fit_fails_and_the_daemon_serves_on(daemon, disk):
+    channel = daemon.channel()
+    x = np.random.default_rng(0).normal(size=(48, 6)).astype(np.float32)
+    upload_dataset(channel, "flat", {"x": x, "y": (x[:, 0] > 0).astype(np.int64)})
+    training = training_pb2_grpc.TrainingStub(channel)
+    # About 1 MiB of weights (and the optimiser's state besides) in each checkpoint.
+    spec = job_spec(
+        "mlp",
+        architecture=architecture("mlp", hidden_sizes=[512, 512]),
+        epochs=2,
+        checkpoints=job_spec_pb2.CheckpointPolicy(every_n_epochs=1, keep_last=1),
+    )
+    filler = fill(disk, leave=512 << 10)
+
+    job = training.SubmitJob(training_pb2.SubmitJobRequest(spec=spec))
+    errors = [e.error for e in follow(training, job.job_id) if e.WhichOneof("event") == "error"]
+
+    ended = training.GetJob(training_pb2.GetJobRequest(job_id=job.job_id))
+    assert ended.state == training_pb2.JOB_STATE_FAILED
+    assert [error.kind for error in errors] == ["storage"]
+    assert "storing the checkpoint of epoch 1" in ended.error, ended.error
+    assert FULL in ended.error, ended.error
+    assert not [name for name in stored_blobs(disk / "data") if name.startswith("tmp/")]
+
+    filler.unlink()
+    again = training.SubmitJob(training_pb2.SubmitJobRequest(spec=spec))
+    follow(training, again.job_id)
+    assert (
+        training.GetJob(training_pb2.GetJobRequest(job_id=again.job_id)).state
+        == training_pb2.JOB_STATE_SUCCEEDED
+    )

@@ -19,7 +19,7 @@ SCHEMA = 1
 
 @dataclass(frozen=True)
 class JobError:
-    kind: str  # exception, crash, out_of_memory, nonfinite_loss, registration
+    kind: str  # exception, crash, out_of_memory, nonfinite_loss, registration, storage
     message: str
 
 

@@ -39,7 +39,7 @@ from tesserad.datasets.references import (
     release_dataset,
     release_ended_job_holds,
 )
-from tesserad.errors import FailedPrecondition, NotFound
+from tesserad.errors import FailedPrecondition, NotFound, ResourceExhausted
 from tesserad.host import usable_cpu_count
 from tesserad.ids import new_id
 from tesserad.names import validate_name
@@ -684,10 +684,15 @@ class Jobs:
                 except (EOFError, OSError):
                     open_conns.remove(ready)
                     continue
-                if isinstance(message, EventMessage):
-                    job = self._on_event(job, message)
-                elif isinstance(message, CheckpointMessage):
-                    job = self._on_checkpoint(job, message)
+                if isinstance(message, EventMessage | CheckpointMessage):
+                    try:
+                        job = self._on_progress(job, message)
+                    except ResourceExhausted as exc:
+                        # A full disk: the job cannot keep what it does, so it stops now
+                        # rather than train on with nothing stored.
+                        if error is None:
+                            error = ErrorMessage("storage", _storage_error(message, exc))
+                        _kill(running.processes)
                 elif isinstance(message, DoneMessage):
                     rank = running.conns.index(ready)
                     done_at[rank] = time.monotonic()
@@ -725,6 +730,11 @@ class Jobs:
             self._fail(
                 job, *_crash_error(crash_code if crash_code is not None else running.processes[0].exitcode)
             )
+
+    def _on_progress(self, job: JobRecord, message: EventMessage | CheckpointMessage) -> JobRecord:
+        if isinstance(message, EventMessage):
+            return self._on_event(job, message)
+        return self._on_checkpoint(job, message)
 
     def _on_event(self, job: JobRecord, message: EventMessage) -> JobRecord:
         kind, data = message.kind, message.data
@@ -798,8 +808,8 @@ class Jobs:
     def _succeed(self, job: JobRecord, done: DoneMessage) -> None:
         job = replace(job, metrics={**job.metrics, **done.metrics})
         if job.config["register_as"] and done.weights:
-            weights = self._blobs.put_bytes(done.weights)
             try:
+                weights = self._blobs.put_bytes(done.weights)
                 registered = self._registration.register(job, weights)
             except Exception as exc:
                 log.exception("registering a trained model failed", extra={"job_id": job.job_id})
@@ -998,6 +1008,14 @@ def _stop_lingering(
             )
             process.kill()
             stopped.add(rank)
+
+
+def _storage_error(message: EventMessage | CheckpointMessage, exc: ResourceExhausted) -> str:
+    if isinstance(message, CheckpointMessage):
+        what = f"storing the checkpoint of epoch {message.info.epoch}, step {message.info.step}"
+    else:
+        what = f"storing the job's {message.kind} event"
+    return f"the job stopped: {what} failed: {exc.message}"
 
 
 def _kill(processes: list[multiprocessing.process.BaseProcess]) -> None:
