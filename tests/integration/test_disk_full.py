@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from tessera.v1 import (
+    common_pb2,
     datasets_pb2,
     datasets_pb2_grpc,
     job_spec_pb2,
@@ -223,3 +224,22 @@ def test_a_job_whose_checkpoint_does_not_fit_fails_and_the_daemon_serves_on(daem
         training.GetJob(training_pb2.GetJobRequest(job_id=again.job_id)).state
         == training_pb2.JOB_STATE_SUCCEEDED
     )
+
+
+def test_an_export_that_does_not_fit_is_resource_exhausted_and_adds_no_version(daemon, disk):
+    registry = registry_pb2_grpc.RegistryStub(daemon.channel())
+    weights = mlp_weights(hidden=50_000)  # 1.3 MiB
+    upload(registry, safetensors_header("wide", weights, architecture=mlp_architecture(50_000)), weights)
+    filler = fill(disk, leave=512 << 10)
+
+    request = registry_pb2.ExportOnnxRequest(source=common_pb2.VersionRef(model="wide", version=1))
+    error = rpc_error(registry.ExportOnnx, request, timeout=120)
+
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+    assert FULL in error.details(), error.details()
+    assert not [name for name in stored_blobs(disk / "data") if name.startswith("tmp/")]
+    versions = registry.ListVersions(registry_pb2.ListVersionsRequest(model="wide")).versions
+    assert [v.version for v in versions] == [1]
+
+    filler.unlink()
+    assert registry.ExportOnnx(request, timeout=120).version.version == 2

@@ -24,6 +24,7 @@ from tesserad.registry.service import Registry
 from tesserad.registry.tables import ANONYMOUS
 from tesserad.registry.validation import validate_tags, validate_version_text
 from tesserad.store import BlobStore
+from tesserad.store.space import space_checked
 
 if TYPE_CHECKING:
     from torch import nn
@@ -134,9 +135,10 @@ def export_version(
     os.close(fd)
     path = Path(name)
     try:
-        report = export_onnx(
-            model, spec, path, conv4d=conv4d or "auto", opset=opset or None, check_parity=True
-        )
+        with space_checked(blobs.root_dir, "the ONNX export"):
+            report = export_onnx(
+                model, spec, path, conv4d=conv4d or "auto", opset=opset or None, check_parity=True
+            )
         earlier = _earlier_export(registry, source, path)
         if earlier is not None:
             if alias:
