@@ -243,3 +243,20 @@ def test_an_export_that_does_not_fit_is_resource_exhausted_and_adds_no_version(d
 
     filler.unlink()
     assert registry.ExportOnnx(request, timeout=120).version.version == 2
+
+
+def test_a_full_database_map_is_resource_exhausted_naming_its_setting_and_deletes_make_room(tmp_path):
+    running = InProcessDaemon(daemon_settings(tmp_path / "data", **{"store.map_size": "256KiB"})).start()
+    try:
+        registry = registry_pb2_grpc.RegistryStub(running.channel())
+
+        error = first_refused_create(registry)
+
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+        assert "store.map_size = 256 KiB" in error.details(), error.details()
+        assert "TESSERA_STORE_MAP_SIZE" in error.details(), error.details()
+        for model in registry.ListModels(registry_pb2.ListModelsRequest()).models:
+            registry.DeleteModel(registry_pb2.DeleteModelRequest(name=model.name))
+        assert registry.CreateModel(registry_pb2.CreateModelRequest(name="after", description="x" * 4000))
+    finally:
+        running.stop()
