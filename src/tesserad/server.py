@@ -63,6 +63,7 @@ from tesserad.runtime_env import worker_environment
 from tesserad.serving.registry_source import build_inference, inference_over
 from tesserad.serving.service import CallCounter, InferenceService
 from tesserad.store import BlobStore, DataDirLock, Store
+from tesserad.store.space import space_checked
 from tesserad.system import SystemService
 from tesserad.training import events as training_events
 from tesserad.training import jobs as training_jobs
@@ -220,18 +221,20 @@ class Daemon:
         data_dir = settings.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         self._lock = DataDirLock(data_dir)
-        self._lock.acquire()
+        with space_checked(str(data_dir), "the data directory's files at start"):
+            self._lock.acquire()
         if settings.replica.primary:
             await self._start_replica()
             return
-        self._store = Store.open(
-            data_dir / "store",
-            map_size=settings.store.map_size,
-            durability=settings.store.durability,
-            tables=STORE_TABLES,
-            group_commit_interval_s=settings.store.group_commit_interval_ms / 1000,
-        )
-        blobs = BlobStore(data_dir / "blobs")
+        with space_checked(str(data_dir), "the data directory's files at start"):
+            self._store = Store.open(
+                data_dir / "store",
+                map_size=settings.store.map_size,
+                durability=settings.store.durability,
+                tables=STORE_TABLES,
+                group_commit_interval_s=settings.store.group_commit_interval_ms / 1000,
+            )
+            blobs = BlobStore(data_dir / "blobs")
         collected = await asyncio.to_thread(collect_unheld_blobs, self._store, blobs)
         if collected:
             log.info("removed blobs nothing holds", extra={"count": len(collected)})

@@ -260,3 +260,21 @@ def test_a_full_database_map_is_resource_exhausted_naming_its_setting_and_delete
         assert registry.CreateModel(registry_pb2.CreateModelRequest(name="after", description="x" * 4000))
     finally:
         running.stop()
+
+
+@pytest.mark.parametrize("lock_file", [False, True], ids=["fresh", "lock-file-written"])
+def test_a_start_on_a_full_disk_fails_saying_so_and_starts_once_space_is_freed(spawn_daemon, disk, lock_file):
+    data_dir = disk / "data"
+    if lock_file:  # the lock file fits: the database's own files are next
+        data_dir.mkdir()
+        (data_dir / "tesserad.lock").write_text("1\n")
+    filler = fill_up(disk)
+    args = ("--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(data_dir))
+
+    refused = spawn_daemon(*args)
+
+    assert refused.process.wait(60) == 1, refused.output()
+    assert "tesserad cannot start: " + FULL in refused.output()
+
+    filler.unlink()
+    assert spawn_daemon(*args).wait_serving()

@@ -13,6 +13,8 @@ error, the others commit.
 from __future__ import annotations
 
 import contextlib
+import mmap
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -46,6 +48,16 @@ def _map_full(map_size: int) -> ResourceExhausted:
         f"the store is full (store.map_size = {format_size(map_size)}); raise it with "
         "TESSERA_STORE_MAP_SIZE or [store] map_size and restart tesserad"
     )
+
+
+def _allocate(path: Path, size: int) -> None:
+    """Give the file (created if missing) disk blocks for its first `size` bytes: OSError
+    (ENOSPC) now rather than a fault on a mapped page later."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    finally:
+        os.close(fd)
 
 
 class ReadTxn:
@@ -234,6 +246,11 @@ class Store:
             raise ValueError(f"durability must be full or relaxed, not {durability!r}")
         path.mkdir(parents=True, exist_ok=True)
         relaxed = durability == "relaxed"
+        # LMDB writes its lock file through a shared mapping, where a page the disk has no room
+        # for is a SIGBUS that kills the daemon (a write would just fail): its first page is
+        # allocated before the open writes the header there, the rest (reader slots) after.
+        lock_file = path / "lock.mdb"
+        _allocate(lock_file, mmap.PAGESIZE)
         env = lmdb.open(
             str(path),
             map_size=map_size,
@@ -243,6 +260,11 @@ class Store:
             metasync=not relaxed,
             readahead=False,
         )
+        try:
+            _allocate(lock_file, lock_file.stat().st_size)
+        except OSError:
+            env.close()
+            raise
         # Readers left in the lock table by a process that died would pin old pages forever.
         env.reader_check()
         try:
@@ -250,6 +272,9 @@ class Store:
         except lmdb.MapFullError:
             env.close()
             raise _map_full(map_size) from None
+        except lmdb.DiskError:
+            env.close()
+            raise disk_full(str(path), "to the database") from None
         return cls(
             env, handles, map_size, path, group_commit_interval_s, sync_interval_s if relaxed else None
         )
