@@ -811,7 +811,10 @@ class JobError(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
-    """exception, crash (the worker process died), out_of_memory, nonfinite_loss, ..."""
+    """exception, crash (the worker process died), out_of_memory, nonfinite_loss, registration
+    (training succeeded, registering its weights failed), storage (the disk or the database
+    map was full).
+    """
     message: _builtins.str
     def __init__(
         self,
