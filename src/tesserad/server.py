@@ -291,6 +291,7 @@ class Daemon:
         events = EventLog(self._store, settings.training.watch_buffer_events)
         tracking = Tracking(self._store)
         await asyncio.to_thread(tracking.build_missing_buckets)
+        await asyncio.to_thread(tracking.purge_nonfinite_points)
         self.training = self._jobs(
             system,
             self._store,

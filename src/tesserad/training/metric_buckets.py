@@ -211,6 +211,16 @@ def rebuild(txn: WriteTxn, metric: bytes, chunk: int = 65536) -> int:
         first = samples[-1].step + 1
 
 
+def nonfinite_points(txn: ReadTxn, metric: bytes, chunk: int = 65536) -> list[bytes]:
+    """The keys of a metric's NaN or infinite points, reading the points `chunk` at a time."""
+    found: list[bytes] = []
+    rows = txn.packed_range(POINTS, point_key(metric, 0), point_key(metric, MAX_STEP))
+    while batch := list(itertools.islice(rows, chunk)):
+        values = np.frombuffer(b"".join(value for _, value in batch), _POINT_DTYPE)["value"]
+        found += [batch[i][0] for i in np.flatnonzero(~np.isfinite(values)).tolist()]
+    return found
+
+
 def totals(txn: ReadTxn, metric: bytes) -> Bucket | None:
     """Count and extremes of every point of a metric, from its top-level buckets."""
     merged: Bucket | None = None

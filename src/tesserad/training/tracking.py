@@ -71,6 +71,9 @@ _SUMMARY_WIRE_BYTES = 64
 _EVERY_POINT = -1  # the level in a history page token that means "every point, no buckets"
 # In the "meta" table once every metric has its buckets (stores from before them are backfilled).
 BUCKETS_BUILT = ("metric_buckets_built",)
+# In the "meta" table once the NaN and infinite points jobs stored before write_points refused
+# them are gone (stores from before are purged once at start).
+NONFINITE_PURGED = ("metric_nonfinite_purged",)
 
 
 @dataclass
@@ -827,6 +830,64 @@ class Tracking:
             log.info(
                 "built metric history summaries",
                 extra={"metrics": done, "points": points, "seconds": round(time.monotonic() - started, 1)},
+            )
+
+    def purge_nonfinite_points(self, progress_every_s: float = 5.0) -> None:
+        """Drop, once, the NaN and infinite points jobs stored before tracking refused them, and
+        rebuild the buckets and summary of each metric that had one.
+
+        The store then holds finite values only, as one written today does: a job's non-finite
+        values stay in its events, its run keeps the finite points, and every summary (last
+        included) is the one those points give; a metric left with no point loses its summary.
+        Purging once at start reads every point once and keeps reads free of checks; an
+        interrupted purge starts over at the next start (it is idempotent).
+        """
+        with self._store.read() as txn:
+            if txn.exists("meta", NONFINITE_PURGED):
+                return
+            metrics = txn.count("metric_summaries")
+        started = reported = time.monotonic()
+        done = affected = dropped = 0
+        after: tuple[str, str] | None = None
+        while True:
+            with self._store.write() as txn:
+                keys = [
+                    (str(k[0]), str(k[1])) for k, _ in txn.scan("metric_summaries", after=after, limit=64)
+                ]
+                for run_id, key in keys:
+                    metric = metric_prefix(run_id, key)
+                    doomed = metric_buckets.nonfinite_points(txn, metric)
+                    if not doomed:
+                        continue
+                    for raw_key in doomed:
+                        txn.delete_packed("metrics", raw_key)
+                    metric_buckets.rebuild(txn, metric)
+                    _refresh_summary(txn, run_id, key)
+                    affected += 1
+                    dropped += len(doomed)
+                if not keys:
+                    txn.put(
+                        "meta",
+                        NONFINITE_PURGED,
+                        encode_record("metric_nonfinite_purged", 1, {"at": time.time()}),
+                    )
+                    break
+            done += len(keys)
+            after = keys[-1]
+            if time.monotonic() - reported >= progress_every_s:
+                reported = time.monotonic()
+                log.info(
+                    "looking for non-finite metric points (once, for a store from an older tesserad)",
+                    extra={"metrics_done": done, "metrics": metrics},
+                )
+        if affected:
+            log.warning(
+                "dropped non-finite metric points",
+                extra={
+                    "metrics": affected,
+                    "points": dropped,
+                    "seconds": round(time.monotonic() - started, 1),
+                },
             )
 
     def _summaries(self, txn: ReadTxn, run_id: str) -> list[MetricSummary]:

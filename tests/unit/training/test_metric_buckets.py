@@ -207,3 +207,20 @@ def test_building_missing_buckets_logs_progress_and_runs_once(tmp_path: Path, ca
         assert caplog.records == []
     finally:
         store.close()
+
+
+def test_nonfinite_points_are_found_across_chunks(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "store", map_size=64 * 2**20, tables=[*TABLES, "meta"])
+    try:
+        metric = metric_prefix("run", "loss")
+        values = [1.0, float("nan"), 2.0, float("inf"), float("-inf"), 3.0, float("nan")]
+        with store.write() as txn:
+            for step, value in enumerate(values):
+                txn.put("metrics", ("run", "loss", step), encode_metric_point(value, 1.0))
+            txn.put("metrics", ("run", "loss2", 0), encode_metric_point(float("nan"), 1.0))
+        with store.read() as txn:
+            for chunk in (1, 2, 3, 100):
+                found = metric_buckets.nonfinite_points(txn, metric, chunk=chunk)
+                assert found == [metric_buckets.point_key(metric, step) for step in (1, 3, 4, 6)]
+    finally:
+        store.close()
