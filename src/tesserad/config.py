@@ -424,6 +424,18 @@ class ServingSettings:
 
 
 @dataclass(frozen=True)
+class RegistrySettings:
+    max_concurrent_exports: int = setting(
+        1,
+        parse_number(int, 1, 64),
+        "ONNX exports (ExportOnnx) that run at once, on threads of their own so that other calls "
+        "never wait behind them; more wait their turn, and one whose caller goes away or whose "
+        "deadline passes leaves the queue unstarted. An export takes seconds to minutes of CPU "
+        "(torch's exporter, then a parity run on torch's and onnxruntime's threads)",
+    )
+
+
+@dataclass(frozen=True)
 class ReplicaSettings:
     primary: str = setting(
         "",
@@ -495,6 +507,7 @@ class Settings:
     training: TrainingSettings = field(default_factory=TrainingSettings)
     nn: NnSettings = field(default_factory=NnSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
+    registry: RegistrySettings = field(default_factory=RegistrySettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
     replica: ReplicaSettings = field(default_factory=ReplicaSettings)
 

@@ -55,6 +55,7 @@ from tesserad.metrics import DaemonMetrics, MetricsHttpServer
 from tesserad.oip import grpc_service_pb2, grpc_service_pb2_grpc
 from tesserad.registry import TABLES as REGISTRY_TABLES
 from tesserad.registry import Registry
+from tesserad.registry.export import Exports
 from tesserad.replica import changes as replica_changes
 from tesserad.replica.blob_cache import BlobCache
 from tesserad.replica.changes import ChangeFeed
@@ -176,6 +177,7 @@ class Daemon:
         self._store: Store | None = None
         self._gpus: Gpus | None = None
         self.registry: Registry | None = None
+        self.exports: Exports | None = None
         self._follower: Follower | None = None
         self._following: asyncio.Task[None] | None = None
         self._changes: ChangeFeed | None = None
@@ -256,6 +258,7 @@ class Daemon:
             max_artifact_size=limits.max_artifact_size,
             dataset_check=self.datasets.check_lineage,
         )
+        self.exports = Exports(self.registry, blobs, max_concurrent=settings.registry.max_concurrent_exports)
         self._changes = ChangeFeed(
             self._store,
             self.registry,
@@ -265,7 +268,7 @@ class Daemon:
         await asyncio.to_thread(self._changes.start)
         _register(
             registry_pb2_grpc.add_RegistryServicer_to_server,
-            RegistryServicer(self.registry, self._changes, blobs, limits.chunk_size),
+            RegistryServicer(self.registry, self._changes, blobs, self.exports, limits.chunk_size),
             routes,
         )
         _register(
@@ -572,6 +575,9 @@ class Daemon:
         if self.inference is not None:
             await asyncio.to_thread(self.inference.close)
             self.inference = None
+        if self.exports is not None:
+            await asyncio.to_thread(self.exports.close)
+            self.exports = None
         if self._metrics_http is not None:
             self._metrics_http.close()
             self._metrics_http = None

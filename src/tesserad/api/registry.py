@@ -19,7 +19,7 @@ from tesserad.api.convert_changes import watch_response
 from tesserad.api.transfers import chunk_size, read_header, read_start, receive_chunks, stream_chunks
 from tesserad.errors import InvalidArgument
 from tesserad.registry import Registry
-from tesserad.registry.export import export_version
+from tesserad.registry.export import Exports
 from tesserad.registry.versions import VersionUpload, batch_item
 from tesserad.replica.changes import ChangeFeed
 from tesserad.store import BlobStore, check_sha256
@@ -34,11 +34,17 @@ T = TypeVar("T")
 
 class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     def __init__(
-        self, registry: Registry, changes: ChangeFeed, blobs: BlobStore, default_chunk_size: int
+        self,
+        registry: Registry,
+        changes: ChangeFeed,
+        blobs: BlobStore,
+        exports: Exports,
+        default_chunk_size: int,
     ) -> None:
         self._registry = registry
         self._changes = changes
         self._blobs = blobs
+        self._exports = exports
         self._chunk_size = default_chunk_size
         self._uploads = ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="registry-upload")
         self._handoff: _LoopHandoff | None = None
@@ -333,18 +339,19 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         context: grpc.aio.ServicerContext[pb.ExportOnnxRequest, pb.ExportOnnxResponse],
     ) -> pb.ExportOnnxResponse:
         source = await asyncio.to_thread(self._registry.resolve, *convert.ref_args(request.source))
-        result = await asyncio.to_thread(
-            lambda: export_version(
-                self._registry,
-                self._blobs,
-                source,
-                opset=request.opset,
-                conv4d=request.conv4d,
-                alias=request.alias,
-                description=request.description,
-                actor=caller(context),
-            )
+        queued = self._exports.submit(
+            source,
+            opset=request.opset,
+            conv4d=request.conv4d,
+            alias=request.alias,
+            description=request.description,
+            actor=caller(context),
         )
+        try:
+            result = await asyncio.wrap_future(queued)
+        except asyncio.CancelledError:  # the client went away or its deadline passed
+            queued.cancel()  # frees its place in the queue; a started export runs to its end
+            raise
         return convert.export_to_proto(result)
 
     # -- deployments

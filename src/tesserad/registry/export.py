@@ -12,9 +12,11 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound
 from tesserad.registry.aliases import check_settable_alias
@@ -80,20 +82,135 @@ def _load_weights(model: nn.Module, path: Path, source: VersionRecord) -> None:
         model.load_state_dict(state, strict=True)
 
 
-def export_version(
-    registry: Registry,
-    blobs: BlobStore,
-    source: VersionRecord,
-    *,
-    opset: int = 0,
-    conv4d: str = "auto",
-    alias: str = "",
-    description: str = "",
-    actor: str = ANONYMOUS,
-) -> ExportResult:
-    """Export `source` (a safetensors version) to ONNX and register it as the model's next version."""
-    from tesserad.nn import build_model, export_onnx, spec_from_dict
+@dataclass(frozen=True)
+class _Request:
+    source: VersionRecord
+    architecture: dict[str, Any]
+    opset: int
+    conv4d: str
+    alias: str
+    description: str
+    actor: str
 
+
+class Exports:
+    """ExportOnnx's work: each export on one of `max_concurrent` threads of its own, more waiting
+    their turn in order.
+
+    An export takes seconds to minutes of CPU; on the executor that other calls share, a few at
+    once held every thread that registry reads and uploads need.
+    """
+
+    def __init__(self, registry: Registry, blobs: BlobStore, *, max_concurrent: int) -> None:
+        self._registry = registry
+        self._blobs = blobs
+        self._executor = ThreadPoolExecutor(max_concurrent, thread_name_prefix="registry-export")
+        self._lock = threading.Lock()
+        self._waiting = 0
+        self._running = 0
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    def submit(
+        self,
+        source: VersionRecord,
+        *,
+        opset: int = 0,
+        conv4d: str = "auto",
+        alias: str = "",
+        description: str = "",
+        actor: str = ANONYMOUS,
+    ) -> Future[ExportResult]:
+        """Check the request and queue the export of `source` (a safetensors version) to ONNX as
+        the model's next version. Cancelling the future before the export starts takes it off
+        the queue; a started export runs to its end."""
+        description = description or f"ONNX export of v{source.version}"
+        architecture = _check(source, opset, alias, description)
+        request = _Request(source, architecture, opset, conv4d, alias, description, actor)
+        with self._lock:
+            self._waiting += 1
+        future = self._executor.submit(self._run, request)
+        future.add_done_callback(self._forget_if_cancelled)
+        return future
+
+    def _forget_if_cancelled(self, future: Future[ExportResult]) -> None:
+        # A future is only cancelled before it starts, so `_run` never counted it out.
+        if future.cancelled():
+            with self._lock:
+                self._waiting -= 1
+
+    def close(self) -> None:
+        """Drop the exports that wait; wait for those running (they write to the store)."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def _run(self, request: _Request) -> ExportResult:
+        with self._lock:
+            self._waiting -= 1
+            self._running += 1
+        try:
+            return self._export(request)
+        finally:
+            with self._lock:
+                self._running -= 1
+
+    def _export(self, request: _Request) -> ExportResult:
+        from tesserad.nn import build_model, export_onnx, spec_from_dict
+
+        registry = self._registry
+        source, alias, actor = request.source, request.alias, request.actor
+        spec = spec_from_dict(request.architecture)
+        model = build_model(spec)
+        with registry.artifact_path(source) as weights:
+            _load_weights(model, weights, source)
+        model.eval()
+        fd, name = tempfile.mkstemp(dir=self._blobs.tmp_dir, prefix="export-", suffix=".onnx")
+        os.close(fd)
+        path = Path(name)
+        try:
+            with space_checked(self._blobs.root_dir, "the ONNX export"):
+                report = export_onnx(
+                    model,
+                    spec,
+                    path,
+                    conv4d=request.conv4d or "auto",
+                    opset=request.opset or None,
+                    check_parity=True,
+                )
+            earlier = _earlier_export(registry, source, path)
+            if earlier is not None:
+                if alias:
+                    earlier = _move_alias(registry, earlier, alias, actor)
+                return ExportResult(
+                    earlier, report.opset, report.max_abs_diff or 0.0, report.conv4d_mode, reused=True
+                )
+            blob = self._blobs.put_file(path)
+            version = registry.register_version(
+                source.model,
+                format="onnx",
+                blob=blob,
+                signature=architecture_signature(request.architecture),
+                params=source.params,
+                metrics=source.metrics,
+                tags=source.tags,
+                lineage=replace(source.lineage, parent_version=source.version, parent_model=""),
+                description=request.description,
+                alias=alias,
+                actor=actor,
+            )
+        finally:
+            path.unlink(missing_ok=True)
+        return ExportResult(version, report.opset, report.max_abs_diff or 0.0, report.conv4d_mode)
+
+
+def _check(source: VersionRecord, opset: int, alias: str, description: str) -> dict[str, Any]:
+    """Refuse an export that cannot succeed before it waits for a thread and runs for minutes;
+    the architecture to rebuild the model from."""
     if source.format == "ensemble":
         raise FailedPrecondition(
             f"{source.model} v{source.version} is an ensemble; export each of its members instead"
@@ -119,50 +236,11 @@ def export_version(
         )
     if opset < 0:
         raise InvalidArgument(f"opset must be >= 0 (0: the exporter's default), got {opset}")
-    # Checked before the export, which may take minutes, not after it; the new version carries
-    # the source's tags.
     if alias:
         check_settable_alias(alias)
-    description = description or f"ONNX export of v{source.version}"
-    validate_tags("the source's tags", source.tags)
+    validate_tags("the source's tags", source.tags)  # the new version carries them
     validate_version_text(description, source.tags)
-    spec = spec_from_dict(source.architecture)
-    model = build_model(spec)
-    with registry.artifact_path(source) as weights:
-        _load_weights(model, weights, source)
-    model.eval()
-    fd, name = tempfile.mkstemp(dir=blobs.tmp_dir, prefix="export-", suffix=".onnx")
-    os.close(fd)
-    path = Path(name)
-    try:
-        with space_checked(blobs.root_dir, "the ONNX export"):
-            report = export_onnx(
-                model, spec, path, conv4d=conv4d or "auto", opset=opset or None, check_parity=True
-            )
-        earlier = _earlier_export(registry, source, path)
-        if earlier is not None:
-            if alias:
-                earlier = _move_alias(registry, earlier, alias, actor)
-            return ExportResult(
-                earlier, report.opset, report.max_abs_diff or 0.0, report.conv4d_mode, reused=True
-            )
-        blob = blobs.put_file(path)
-    finally:
-        path.unlink(missing_ok=True)
-    version = registry.register_version(
-        source.model,
-        format="onnx",
-        blob=blob,
-        signature=architecture_signature(source.architecture),
-        params=source.params,
-        metrics=source.metrics,
-        tags=source.tags,
-        lineage=replace(source.lineage, parent_version=source.version, parent_model=""),
-        description=description,
-        alias=alias,
-        actor=actor,
-    )
-    return ExportResult(version, report.opset, report.max_abs_diff or 0.0, report.conv4d_mode)
+    return source.architecture
 
 
 def _earlier_export(registry: Registry, source: VersionRecord, path: Path) -> VersionRecord | None:

@@ -1,0 +1,103 @@
+"""Exports run on threads of their own, at most registry.max_concurrent_exports at once: many at
+once leave the rest of the daemon answering, and a caller that goes away leaves the queue."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+import tesserad.nn
+from tessera.v1 import common_pb2, registry_pb2, registry_pb2_grpc
+from tests.conftest import InProcessDaemon, daemon_settings
+from tests.integration.registry.conftest import rpc_error, safetensors_header, upload
+
+R = registry_pb2
+SOURCE = R.ExportOnnxRequest(source=common_pb2.VersionRef(model="mlp", version=1))
+
+
+class Gate:
+    """Holds every ONNX export at its start until opened; counts those that started."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.opened = threading.Event()
+        self.started = 0
+        self._lock = threading.Lock()
+        real = tesserad.nn.export_onnx
+
+        def held(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                self.started += 1
+            self.opened.wait(120)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(tesserad.nn, "export_onnx", held)
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert time.monotonic() < deadline, f"still waiting for {what}"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def one_at_a_time(data_dir: Path) -> Iterator[InProcessDaemon]:
+    running = InProcessDaemon(daemon_settings(data_dir, **{"registry.max_concurrent_exports": 1})).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def stub(one_at_a_time: InProcessDaemon) -> registry_pb2_grpc.RegistryStub:
+    return registry_pb2_grpc.RegistryStub(one_at_a_time.channel())
+
+
+def test_exports_in_progress_leave_registry_calls_answering(one_at_a_time, stub, weights, monkeypatch):
+    upload(stub, safetensors_header("mlp", weights), weights)
+    gate = Gate(monkeypatch)
+    exports = one_at_a_time.daemon.exports
+    # More exports than asyncio's default executor has threads (min(32, cores + 4)), which they
+    # all held before they had their own.
+    count = min(32, (os.cpu_count() or 1) + 4) + 2
+    calls = [stub.ExportOnnx.future(SOURCE, timeout=300) for _ in range(count)]
+    try:
+        wait_for(
+            lambda: (exports.running, exports.waiting) == (1, count - 1),
+            "one export running, the rest queued",
+        )
+        model = stub.GetModel(R.GetModelRequest(name="mlp"), timeout=30)
+        assert model.name == "mlp" and not any(call.done() for call in calls)
+        assert gate.started == 1
+    finally:
+        gate.opened.set()
+    results = [call.result() for call in calls]
+    assert {r.version.version for r in results} == {2}
+    assert sorted(r.reused for r in results) == [False] + [True] * (count - 1)
+
+
+def test_a_caller_that_goes_away_leaves_the_export_queue_unstarted(one_at_a_time, stub, weights, monkeypatch):
+    upload(stub, safetensors_header("mlp", weights), weights)
+    gate = Gate(monkeypatch)
+    exports = one_at_a_time.daemon.exports
+    try:
+        first = stub.ExportOnnx.future(SOURCE, timeout=300)
+        wait_for(lambda: gate.started == 1, "the first export to start")
+        cancelled = stub.ExportOnnx.future(SOURCE, timeout=300)
+        wait_for(lambda: exports.waiting == 1, "the second export to queue")
+        cancelled.cancel()
+        wait_for(lambda: exports.waiting == 0, "the cancelled export to leave the queue")
+        expired = rpc_error(stub.ExportOnnx, SOURCE, timeout=2)
+        assert expired.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        wait_for(lambda: exports.waiting == 0, "the expired export to leave the queue")
+    finally:
+        gate.opened.set()
+    assert first.result().version.version == 2
+    assert gate.started == 1 and exports.running == 0
+    assert [v.version for v in stub.ListVersions(R.ListVersionsRequest(model="mlp")).versions] == [2, 1]
