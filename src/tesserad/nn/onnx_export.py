@@ -29,6 +29,7 @@ import copy
 import logging
 import math
 import os
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -314,6 +315,12 @@ def _lowered(model: nn.Module, mode: str) -> nn.Module:
 # --------------------------------------------------------------------------------------
 
 
+# torch's exporter keeps process-wide state (its dispatch-mode stack, the logger level below):
+# two conversions at once in one process both failed ("Trying to pop empty mode stack"), so
+# one converts at a time; the checker and the parity run after it may overlap.
+_CONVERTING = threading.Lock()
+
+
 @contextlib.contextmanager
 def _quiet_exporter_registry() -> Iterator[None]:
     """The exporter logs a warning per torchvision op it cannot register when torchvision is
@@ -364,7 +371,7 @@ def export_onnx(
     lowered = _lowered(model, mode)
     example = torch.randn(2, *spec.input_shape)
     batch = torch.export.Dim("batch", min=1)
-    with warnings.catch_warnings(), torch.no_grad(), _quiet_exporter_registry():
+    with _CONVERTING, warnings.catch_warnings(), torch.no_grad(), _quiet_exporter_registry():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             lowered,

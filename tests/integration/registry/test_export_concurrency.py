@@ -23,19 +23,21 @@ SOURCE = R.ExportOnnxRequest(source=common_pb2.VersionRef(model="mlp", version=1
 
 
 class Gate:
-    """Holds every ONNX export at its start until opened; counts those that started."""
+    """Holds every ONNX export at its start (or, `written`, once its file is written) until
+    opened; counts those that got there."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, written: bool = False) -> None:
         self.opened = threading.Event()
         self.started = 0
         self._lock = threading.Lock()
         real = tesserad.nn.export_onnx
 
         def held(*args: Any, **kwargs: Any) -> Any:
+            report = real(*args, **kwargs) if written else None
             with self._lock:
                 self.started += 1
             self.opened.wait(120)
-            return real(*args, **kwargs)
+            return report or real(*args, **kwargs)
 
         monkeypatch.setattr(tesserad.nn, "export_onnx", held)
 
@@ -50,6 +52,13 @@ def wait_for(condition: Callable[[], bool], what: str) -> None:
 @pytest.fixture
 def one_at_a_time(data_dir: Path) -> Iterator[InProcessDaemon]:
     running = InProcessDaemon(daemon_settings(data_dir, **{"registry.max_concurrent_exports": 1})).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def two_at_a_time(data_dir: Path) -> Iterator[InProcessDaemon]:
+    running = InProcessDaemon(daemon_settings(data_dir, **{"registry.max_concurrent_exports": 2})).start()
     yield running
     running.stop()
 
@@ -101,3 +110,19 @@ def test_a_caller_that_goes_away_leaves_the_export_queue_unstarted(one_at_a_time
     assert first.result().version.version == 2
     assert gate.started == 1 and exports.running == 0
     assert [v.version for v in stub.ListVersions(R.ListVersionsRequest(model="mlp")).versions] == [2, 1]
+
+
+def test_two_exports_at_once_both_succeed(two_at_a_time, weights, monkeypatch):
+    stub = registry_pb2_grpc.RegistryStub(two_at_a_time.channel())
+    upload(stub, safetensors_header("mlp", weights), weights)
+    default = stub.ExportOnnx(SOURCE, timeout=300)
+    gate = Gate(monkeypatch)
+    older = R.ExportOnnxRequest(source=SOURCE.source, opset=default.opset - 1)
+    calls = [stub.ExportOnnx.future(request, timeout=300) for request in (older, SOURCE)]
+    try:
+        wait_for(lambda: gate.started == 2, "both exports to start")
+    finally:
+        gate.opened.set()
+    results = [call.result() for call in calls]
+    assert [(r.version.version, r.reused) for r in results] == [(3, False), (2, True)]
+    assert [r.opset for r in results] == [default.opset - 1, default.opset]
