@@ -98,13 +98,15 @@ class Exports:
     their turn in order.
 
     An export takes seconds to minutes of CPU; on the executor that other calls share, a few at
-    once held every thread that registry reads and uploads need.
+    once held every thread that registry reads and uploads need. Identical exports at once
+    add one version (the others return it, `reused`).
     """
 
     def __init__(self, registry: Registry, blobs: BlobStore, *, max_concurrent: int) -> None:
         self._registry = registry
         self._blobs = blobs
         self._executor = ThreadPoolExecutor(max_concurrent, thread_name_prefix="registry-export")
+        self._registering = threading.Lock()
         self._lock = threading.Lock()
         self._waiting = 0
         self._running = 0
@@ -182,27 +184,30 @@ class Exports:
                     opset=request.opset or None,
                     check_parity=True,
                 )
-            earlier = _earlier_export(registry, source, path)
-            if earlier is not None:
-                if alias:
-                    earlier = _move_alias(registry, earlier, alias, actor)
-                return ExportResult(
-                    earlier, report.opset, report.max_abs_diff or 0.0, report.conv4d_mode, reused=True
+            # Finding an earlier export and registering a new one under one lock: identical
+            # exports at once found none and each added a version.
+            with self._registering:
+                earlier = _earlier_export(registry, source, path)
+                if earlier is not None:
+                    if alias:
+                        earlier = _move_alias(registry, earlier, alias, actor)
+                    return ExportResult(
+                        earlier, report.opset, report.max_abs_diff or 0.0, report.conv4d_mode, reused=True
+                    )
+                blob = self._blobs.put_file(path)
+                version = registry.register_version(
+                    source.model,
+                    format="onnx",
+                    blob=blob,
+                    signature=architecture_signature(request.architecture),
+                    params=source.params,
+                    metrics=source.metrics,
+                    tags=source.tags,
+                    lineage=replace(source.lineage, parent_version=source.version, parent_model=""),
+                    description=request.description,
+                    alias=alias,
+                    actor=actor,
                 )
-            blob = self._blobs.put_file(path)
-            version = registry.register_version(
-                source.model,
-                format="onnx",
-                blob=blob,
-                signature=architecture_signature(request.architecture),
-                params=source.params,
-                metrics=source.metrics,
-                tags=source.tags,
-                lineage=replace(source.lineage, parent_version=source.version, parent_model=""),
-                description=request.description,
-                alias=alias,
-                actor=actor,
-            )
         finally:
             path.unlink(missing_ok=True)
         return ExportResult(version, report.opset, report.max_abs_diff or 0.0, report.conv4d_mode)

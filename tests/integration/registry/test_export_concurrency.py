@@ -126,3 +126,18 @@ def test_two_exports_at_once_both_succeed(two_at_a_time, weights, monkeypatch):
     results = [call.result() for call in calls]
     assert [(r.version.version, r.reused) for r in results] == [(3, False), (2, True)]
     assert [r.opset for r in results] == [default.opset - 1, default.opset]
+
+
+def test_identical_exports_at_once_add_one_version(two_at_a_time, weights, monkeypatch):
+    stub = registry_pb2_grpc.RegistryStub(two_at_a_time.channel())
+    upload(stub, safetensors_header("mlp", weights), weights)
+    gate = Gate(monkeypatch, written=True)
+    calls = [stub.ExportOnnx.future(SOURCE, timeout=300) for _ in range(2)]
+    try:
+        wait_for(lambda: gate.started == 2, "both exports to write their file")
+    finally:
+        gate.opened.set()
+    results = [call.result() for call in calls]
+    assert [r.version.version for r in results] == [2, 2]
+    assert sorted(r.reused for r in results) == [False, True]
+    assert [v.version for v in stub.ListVersions(R.ListVersionsRequest(model="mlp")).versions] == [2, 1]
