@@ -26,3 +26,18 @@ def test_export_with_an_alias_prints_where_the_alias_moved(tessera_cli, client, 
     moved = tessera_cli("--json", "export", "onnx", "mlp", "--version", "1", "--alias", "staging").json()
     assert moved["reused"] and moved["alias_moved"]["alias"] == "staging"
     assert (moved["alias_moved"]["from_version"], moved["alias_moved"]["to_version"]) == (2, 2)
+
+
+def test_export_again_with_another_description_says_it_was_not_applied(tessera_cli, client, tmp_path):
+    weights = tmp_path / "mlp.safetensors"
+    weights.write_bytes(mlp_weights())
+    client.models.push("mlp", weights, architecture=MLP, signature=MLP_SIGNATURE)
+    first = tessera_cli("export", "onnx", "mlp", "--version", "1", "--description", "for the edge box")
+    assert first.code == 0 and "not applied" not in first.out, first.err
+    assert client.models.version("mlp", 2).description == "for the edge box"
+    again = tessera_cli("export", "onnx", "mlp", "--version", "1", "--description", "for the cloud")
+    assert again.code == 0 and "already exported as mlp v2" in again.out
+    assert "description not applied: v2 keeps its own ('for the edge box')" in again.out
+    same = tessera_cli("export", "onnx", "mlp", "--version", "1", "--description", "for the edge box")
+    assert "already exported" in same.out and "not applied" not in same.out
+    assert client.models.version("mlp", 2).description == "for the edge box"

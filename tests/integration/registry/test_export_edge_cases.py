@@ -139,3 +139,13 @@ def test_exporting_an_export_whose_source_is_deleted_does_not_name_the_deleted_s
     assert error.details() == (
         "mlp v2 is already onnx, derived from v1, which is deleted; export a safetensors version"
     )
+
+
+def test_exporting_again_with_another_description_keeps_the_first(stub, weights):
+    upload(stub, safetensors_header("mlp", weights), weights)
+    first = stub.ExportOnnx(R.ExportOnnxRequest(source=source(), description="for the edge box"), timeout=120)
+    again = stub.ExportOnnx(R.ExportOnnxRequest(source=source(), description="for the cloud"), timeout=120)
+    assert again.reused and again.version.version == first.version.version
+    assert again.version.description == "for the edge box"
+    stored = stub.GetVersion(R.GetVersionRequest(ref=source(first.version.version)), timeout=30)
+    assert stored.description == "for the edge box"

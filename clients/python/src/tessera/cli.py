@@ -900,7 +900,12 @@ def cmd_runs_leaderboard(client: Client, args: argparse.Namespace, out: Output) 
 
 def cmd_export_onnx(client: Client, args: argparse.Namespace, out: Output) -> None:
     result = client.models.export_onnx(
-        args.model, args.version, opset=args.opset, conv4d=args.conv4d, alias=args.alias
+        args.model,
+        args.version,
+        opset=args.opset,
+        conv4d=args.conv4d,
+        alias=args.alias,
+        description=args.description,
     )
     if out.as_json:
         return out.json(result)
@@ -909,6 +914,11 @@ def cmd_export_onnx(client: Client, args: argparse.Namespace, out: Output) -> No
         f"{done} {result.version.model} v{result.version.version} (onnx opset {result.opset}, conv4d "
         f"{result.conv4d}, max |onnx - torch| {result.max_abs_error:.2e})"
     )
+    if result.reused and args.description and args.description != result.version.description:
+        out.line(
+            f"description not applied: v{result.version.version} keeps its own "
+            f"({result.version.description!r}); versions are immutable"
+        )
     if result.HasField("alias_moved"):
         print_alias_moved(out, result.alias_moved)
 
@@ -1464,6 +1474,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(3-D convolutions) or native (one Conv node with four spatial dimensions)",
     )
     sub.add_argument("--alias", help="move this alias to the exported version")
+    sub.add_argument(
+        "--description",
+        default="",
+        help="free text stored with the new version (an existing export keeps its own)",
+    )
 
     sub = command(commands, "predict", cmd_predict, "run a model on inputs from a file")
     sub.add_argument("model")

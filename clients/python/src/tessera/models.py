@@ -358,7 +358,8 @@ class Models(Part[C]):
         timeout: float | None = None,
     ) -> Op[pb.ExportOnnxResponse]:
         """Export a safetensors version to ONNX as a new version; `alias` moves to the export.
-        An export the model already holds (same source, same bytes) is returned with `reused` set."""
+        An export the model already holds (same source, same bytes) is returned with `reused` set
+        and its own description: versions are immutable, so `description` is not applied then."""
         request = pb.ExportOnnxRequest(
             source=ref(name, version), opset=opset, conv4d=conv4d, alias=alias or "", description=description
         )

@@ -1515,7 +1515,8 @@ class ExportOnnxRequest(_message.Message):
     """Optionally move this alias to the exported version."""
     description: _builtins.str
     """With the source's tags, which the export carries, at most 16 KiB (UTF-8); checked before
-    the export runs. Default "ONNX export of v<N>".
+    the export runs. Default "ONNX export of v<N>". Versions are immutable, so a reused export
+    (see the response's `reused`) keeps its own description and this one is not applied.
     """
     @_builtins.property
     def source(self) -> _common_pb2.VersionRef:
@@ -1557,7 +1558,7 @@ class ExportOnnxResponse(_message.Message):
     conv4d: _builtins.str
     reused: _builtins.bool
     """True when the model already held this export (same source, same bytes): that version is
-    returned (with its description) and no version is added.
+    returned with its own description (the request's is not applied) and no version is added.
     """
     @_builtins.property
     def version(self) -> Global___ModelVersion: ...
