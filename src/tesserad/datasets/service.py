@@ -32,6 +32,7 @@ from tesserad.datasets.references import (
     delete_unheld_blobs,
     drop_claimed_blobs,
     hold_blob,
+    hold_dataset,
     release_blob,
 )
 from tesserad.datasets.splits import SplitSpec, compute_splits, validate_split_spec
@@ -336,6 +337,13 @@ class Datasets:
         if newest is None:
             raise _missing(txn, name)
         return newest
+
+    def hold(self, txn: WriteTxn, name: str, version: int, holder: str) -> DatasetVersionRecord:
+        """Hold a version in the transaction that stores its holder, which so cannot end up holding
+        a version deleted since it was looked up; NotFound if it was."""
+        record = self._resolve(txn, name, version)
+        hold_dataset(txn, name, record.version, holder)
+        return record
 
     def check_lineage(self, txn: ReadTxn, name: str, version: int, sha256: str) -> None:
         """For a model version's lineage: the dataset version exists (and has that sha256 if given)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tesserad.datasets import Datasets, DatasetVersionRecord
+from tesserad.store import WriteTxn
 from tesserad.training.jobs import WorkerData
 from tesserad.training.spec import DatasetFacts
 from tesserad.training.worker import DataSource
@@ -23,6 +24,10 @@ class DatasetAccess:
             arrays={a.name: (a.dtype, tuple(a.shape)) for a in record.arrays},
             splits={s.name: s.count for s in record.splits},
         )
+
+    def hold(self, txn: WriteTxn, data: dict[str, Any], holder: str) -> str:
+        """Hold the version `data` names (NotFound if it is gone); its sha256."""
+        return self._datasets.hold(txn, data["dataset"], data["version"], holder).sha256
 
     def worker_data(self, data: dict[str, Any]) -> WorkerData:
         """The verified dataset file and the split indices, resolved by the daemon for a worker."""

@@ -32,7 +32,6 @@ from tesserad.datasets.references import (
     blob_held,
     delete_unheld_blobs,
     hold_blob,
-    hold_dataset,
     init_from_holder,
     job_holder,
     release_blob,
@@ -91,6 +90,10 @@ class WorkerData:
 
 class DatasetAccess(Protocol):
     def facts(self, name: str, version: int) -> DatasetFacts: ...
+
+    def hold(self, txn: WriteTxn, data: dict[str, Any], holder: str) -> str:
+        """Hold the version `data` names (NotFound if it is gone); its sha256."""
+        ...
 
     def worker_data(self, data: dict[str, Any]) -> WorkerData: ...
 
@@ -357,11 +360,10 @@ class Jobs:
             checkpoints=(),
             start_weights=start_weights,
         )
-        data = config["data"]
         with self._store.write() as txn:
             self._tracking.ensure_experiment(txn, config["experiment"])
             self._tracking.put_new_run(txn, run)
-            hold_dataset(txn, data["dataset"], data["version"], job_holder(job_id))
+            self.hold_dataset(txn, config, job_holder(job_id))
             if start_weights:
                 hold_blob(txn, start_weights, f"job:{job_id}:start")
             if config.get("fine_tune"):
@@ -381,6 +383,21 @@ class Jobs:
             self._queue[job_id] = self._queued(job)
             self._wake.notify_all()
         return self.get(job_id)
+
+    def hold_dataset(self, txn: WriteTxn, config: dict[str, Any], holder: str) -> None:
+        """Hold the dataset version `config` was checked against. The check read it in an earlier
+        transaction: one deleted (or deleted and uploaded again) since refuses the submit here, as
+        it would have there, instead of leaving a job that fails when it starts."""
+        data = config["data"]
+        try:
+            sha256 = self._datasets.hold(txn, data, holder)
+        except NotFound as exc:
+            raise FailedPrecondition(f"spec.data.dataset: {exc.message}") from None
+        if sha256 != config["dataset_sha256"]:
+            raise FailedPrecondition(
+                f"spec.data.dataset: dataset {data['dataset']!r} v{data['version']} was replaced while "
+                "the job was submitted; submit it again"
+            )
 
     @staticmethod
     def _hold_parent_weights(txn: WriteTxn, job: JobRecord) -> None:

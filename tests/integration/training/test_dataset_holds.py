@@ -1,7 +1,11 @@
 """A job holds its dataset version while it is queued or running, not after it ends: deleting a
-dataset an ended job used needs no force; a model version trained on it still protects it."""
+dataset an ended job used needs no force; a model version trained on it still protects it. A
+submit holds the version in the transaction that stores the job, so a delete since its check
+refuses it."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import grpc
 import numpy as np
@@ -122,3 +126,32 @@ def test_holds_of_jobs_that_ended_under_an_older_daemon_are_released_at_start(tm
         assert _delete(daemon.channel(), "held-by-old-job") == 1
     finally:
         daemon.stop()
+
+
+def _delete_after_check(daemon: InProcessDaemon, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Delete `name` right after the first spec check reads it, before the submit's write."""
+    jobs, datasets = daemon.daemon.training, daemon.daemon.datasets
+    check, deleted = jobs.check, []
+
+    def check_then_delete(raw_spec: dict[str, Any]) -> dict[str, Any]:
+        config = check(raw_spec)
+        if not deleted:
+            deleted.append(datasets.delete(name))
+        return config
+
+    monkeypatch.setattr(jobs, "check", check_then_delete)
+
+
+def test_a_dataset_deleted_while_a_job_is_submitted_refuses_the_submit(
+    training_daemon, training: training_grpc.TrainingStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _push(training_daemon.channel(), "deleted-during-submit")
+    before = len(training.ListJobs(S.ListJobsRequest(page_size=1000)).jobs)
+    _delete_after_check(training_daemon, monkeypatch, "deleted-during-submit")
+    with pytest.raises(grpc.RpcError) as refused:
+        submit(training, _spec("deleted-during-submit"))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert refused.value.details().startswith(
+        "spec.data.dataset: dataset 'deleted-during-submit' does not exist"
+    )
+    assert len(training.ListJobs(S.ListJobsRequest(page_size=1000)).jobs) == before
