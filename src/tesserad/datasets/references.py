@@ -4,8 +4,8 @@ A blob (artifact, dataset file) may back several records (identical content is s
 once), so a record that stores a sha256 also writes a holder row in the same transaction,
 and removes it in the transaction that removes the record. A blob with no holder left is
 deleted from disk after that commit. Dataset versions are held the same way by what names
-them (a model version's lineage, a training job until it ends), which is what DeleteDataset
-checks.
+them (a model version's lineage, a training job or a sweep until it ends), which is what
+DeleteDataset checks.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ def blob_held(txn: ReadTxn, sha256: str) -> bool:
 
 # A fine-tuning job holds the weights it starts from as "job:<job id>:init_from".
 _JOB_PREFIX, _INIT_FROM_SUFFIX = "job:", ":init_from"
+_SWEEP_PREFIX = "sweep:"
 
 
 def init_from_holder(job_id: str) -> str:
@@ -90,15 +91,37 @@ def job_holder(job_id: str) -> str:
     return f"{_JOB_PREFIX}{job_id}"
 
 
+def sweep_holder(sweep_id: str) -> str:
+    """How a sweep is named among the holders of its trials' dataset versions (until it ends):
+    between one trial's end and the next one's submit, no job holds them."""
+    return f"{_SWEEP_PREFIX}{sweep_id}"
+
+
+def release_dataset_holds(txn: WriteTxn, holder: str) -> None:
+    """Release every version `holder` holds (a sweep's: those its trials used)."""
+    for key in [key for key, _ in txn.scan(DATASET_HOLDERS) if key[2] == holder]:
+        txn.delete(DATASET_HOLDERS, key)
+
+
 def release_ended_job_holds(store: Store, unended: set[str]) -> int:
     """Release the dataset holds of every job not in `unended`; how many went. A job releases its
     hold in the transaction that ends it, but jobs stored by a daemon older than that still hold
     theirs. Called at start, before any job can be submitted."""
+    return _release_ended_holds(store, _JOB_PREFIX, unended)
+
+
+def release_ended_sweep_holds(store: Store, running: set[str]) -> int:
+    """As release_ended_job_holds, for sweeps: those not in `running` (one that ended while the
+    daemon stopped before its release was written, or under a daemon older than sweep holds)."""
+    return _release_ended_holds(store, _SWEEP_PREFIX, running)
+
+
+def _release_ended_holds(store: Store, prefix: str, unended: set[str]) -> int:
     with store.read() as txn:
         stale = [
             key
             for key, _ in txn.scan(DATASET_HOLDERS)
-            if str(key[2]).startswith(_JOB_PREFIX) and str(key[2]).removeprefix(_JOB_PREFIX) not in unended
+            if str(key[2]).startswith(prefix) and str(key[2]).removeprefix(prefix) not in unended
         ]
     if stale:
         with store.write() as txn:
@@ -109,7 +132,7 @@ def release_ended_job_holds(store: Store, unended: set[str]) -> int:
 
 def dataset_holders(txn: ReadTxn, name: str, version: int | None = None) -> list[str]:
     """Holders of one version, or of every version of `name` when version is None, in words:
-    "training job job-01... (v2)", "model clf v3's lineage (v2)"."""
+    "training job job-01... (v2)", "sweep sweep-01... (v2)", "model clf v3's lineage (v2)"."""
     prefix = (name,) if version is None else (name, version)
     holders = []
     for key, _ in txn.scan(DATASET_HOLDERS, prefix):
@@ -122,6 +145,8 @@ def _holder_words(holder: str) -> str:
     kind, _, rest = holder.partition(":")
     if kind == "job":
         return f"training job {rest}"
+    if kind == "sweep":
+        return f"sweep {rest}"
     model, _, version = rest.rpartition(":")
     if kind == "model" and model and version.isdigit():
         return f"model {model} v{version}'s lineage"

@@ -145,6 +145,13 @@ def _in_use(name: str, holders: list[str]) -> str:
     steps = []
     if any(h.startswith("training job ") for h in holders):
         steps.append("wait for the jobs to end or cancel them with CancelJob")
+    sweeps = sorted({h.split()[1] for h in holders if h.startswith("sweep ")})
+    if len(sweeps) == 1:
+        steps.append(
+            f"wait for sweep {sweeps[0]} to end or cancel it with `tessera sweeps cancel {sweeps[0]}`"
+        )
+    elif sweeps:
+        steps.append("wait for the sweeps to end or cancel each with `tessera sweeps cancel SWEEP_ID`")
     if any("'s lineage" in h for h in holders):
         steps.append("delete those model versions first")
     steps.append("pass force to delete it anyway")

@@ -37,6 +37,7 @@ from tesserad.datasets.references import (
     release_blob,
     release_dataset,
     release_ended_job_holds,
+    sweep_holder,
 )
 from tesserad.errors import FailedPrecondition, NotFound, ResourceExhausted
 from tesserad.host import usable_cpu_count
@@ -364,6 +365,10 @@ class Jobs:
             self._tracking.ensure_experiment(txn, config["experiment"])
             self._tracking.put_new_run(txn, run)
             self.hold_dataset(txn, config, job_holder(job_id))
+            if sweep_id:
+                # The sweep holds it too, until the sweep ends: a version its submit did not
+                # foresee (a newer one, when the spec names none) joins its holds here.
+                self.hold_dataset(txn, config, sweep_holder(sweep_id))
             if start_weights:
                 hold_blob(txn, start_weights, f"job:{job_id}:start")
             if config.get("fine_tune"):

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from tesserad.datasets.references import release_dataset_holds, release_ended_sweep_holds, sweep_holder
 from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, TesseraError
 from tesserad.ids import new_id
 from tesserad.paging import make_token, page_size, resume_after
@@ -351,6 +352,7 @@ class Sweeps:
     def start(self) -> None:
         with self._store.read() as txn:
             records = [decode_sweep(raw) for _, raw in txn.scan("sweeps")]
+        release_ended_sweep_holds(self._store, {s.sweep_id for s in records if s.state == "running"})
         with self._lock:
             for sweep in records:
                 unended = [t.job_id for t in sweep.trials if t.job_id and t.state not in ENDED]
@@ -455,10 +457,13 @@ class Sweeps:
         )
         for point in points:
             sweep.trials.append(self._new_trial(sweep, point))
+        # The sweep holds each dataset version its trials use from here until it ends: between one
+        # trial's end and the next one's submit, no job holds it.
+        used = {(c["data"]["dataset"], c["data"]["version"]): c for c in configs}
         with self._lock:
-            self._running[sweep.sweep_id] = sweep
             # Written before any trial's job is submitted: a restart then finds each job's trial.
-            self._save(sweep)
+            self._save(sweep, hold=list(used.values()))
+            self._running[sweep.sweep_id] = sweep
             self._tick(sweep)
         return self.get(sweep.sweep_id)
 
@@ -736,8 +741,15 @@ class Sweeps:
             return
         trial.job_id, trial.state = job.job_id, job.state
 
-    def _save(self, sweep: Sweep) -> None:
+    def _save(self, sweep: Sweep, hold: builtins.list[dict[str, Any]] | None = None) -> None:
+        """Write the record; `hold`: configs whose dataset versions the sweep holds from now (a
+        trial's job adds the hold of a version first named at its submit). An ended sweep holds none."""
+        holder = sweep_holder(sweep.sweep_id)
         with self._store.write() as txn:
+            for config in hold or []:
+                self._jobs.hold_dataset(txn, config, holder)
+            if sweep.state != "running":
+                release_dataset_holds(txn, holder)
             txn.put("sweeps", (sweep.sweep_id,), encode_sweep(sweep))
 
 

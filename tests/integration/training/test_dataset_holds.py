@@ -1,7 +1,7 @@
 """A job holds its dataset version while it is queued or running, not after it ends: deleting a
 dataset an ended job used needs no force; a model version trained on it still protects it. A
-submit holds the version in the transaction that stores the job, so a delete since its check
-refuses it."""
+sweep holds its trials' dataset version until it ends, between trials too. A submit holds the
+version in the transaction that stores the job or sweep, so a delete since its check refuses it."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import pytest
 
 from tessera.v1 import datasets_pb2, datasets_pb2_grpc, job_spec_pb2, training_pb2
 from tessera.v1 import training_pb2_grpc as training_grpc
-from tesserad.datasets.references import hold_dataset, job_holder
+from tesserad.datasets.references import hold_dataset, job_holder, sweep_holder
+from tesserad.errors import FailedPrecondition
 from tesserad.server import STORE_TABLES
 from tesserad.store import Store
 from tests.conftest import InProcessDaemon, daemon_settings
@@ -23,7 +24,9 @@ from tests.integration.training.conftest import (
     job_spec,
     states,
     submit,
+    sweep_values,
     upload_dataset,
+    wait_sweep,
 )
 
 S = training_pb2
@@ -128,6 +131,85 @@ def test_holds_of_jobs_that_ended_under_an_older_daemon_are_released_at_start(tm
         daemon.stop()
 
 
+def _sweep(dataset: str, lrs: tuple[str, ...] = ("0.01", "0.02"), **fields) -> S.SweepSpec:
+    return S.SweepSpec(
+        base=_spec(dataset, **fields),
+        strategy=S.SWEEP_STRATEGY_GRID,
+        parameters=[sweep_values("optimizer.lr", *lrs)],
+        max_concurrent=1,
+        metric="train_loss",
+    )
+
+
+def test_a_sweep_holds_its_dataset_between_one_trial_and_the_next(
+    training_daemon, training: training_grpc.TrainingStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Trial 0 has ended (its job's hold is gone) and trial 1 is not submitted yet: a delete then
+    # succeeded, and every later trial failed to submit.
+    _push(training_daemon.channel(), "held-between-trials")
+    jobs, datasets = training_daemon.daemon.training, training_daemon.daemon.datasets
+    submit_trial, refusals = jobs.submit, []
+
+    def delete_first(raw: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        if raw["run_name"].endswith("-1"):
+            try:
+                datasets.delete("held-between-trials")
+                refusals.append("deleted")
+            except FailedPrecondition as exc:
+                refusals.append(exc.message)
+        return submit_trial(raw, *args, **kwargs)
+
+    monkeypatch.setattr(jobs, "submit", delete_first)
+    sweep_id = training.SubmitSweep(
+        S.SubmitSweepRequest(spec=_sweep("held-between-trials", epochs=1))
+    ).sweep_id
+    sweep = wait_sweep(training, sweep_id)
+    assert sweep.state == S.SWEEP_STATE_SUCCEEDED
+    assert [t.state for t in sweep.trials] == [S.JOB_STATE_SUCCEEDED] * 2
+    assert refusals == [
+        f"dataset 'held-between-trials' is in use by sweep {sweep_id} (v1); wait for sweep {sweep_id} to "
+        f"end or cancel it with `tessera sweeps cancel {sweep_id}`, or pass force to delete it anyway"
+    ]
+    assert _delete(training_daemon.channel(), "held-between-trials") == 1
+
+
+def test_a_running_sweep_holds_its_dataset_until_it_is_cancelled(
+    training_daemon, training: training_grpc.TrainingStub
+) -> None:
+    channel = training_daemon.channel()
+    _push(channel, "held-by-sweep")
+    spec = _sweep("held-by-sweep", epochs=0, max_steps=1_000_000)
+    sweep_id = training.SubmitSweep(S.SubmitSweepRequest(spec=spec)).sweep_id
+    refused = _refusal(channel, "held-by-sweep")
+    assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"sweep {sweep_id} (v1)" in refused.details()
+    assert f"cancel it with `tessera sweeps cancel {sweep_id}`" in refused.details()
+    training.CancelSweep(S.CancelSweepRequest(sweep_id=sweep_id))
+    assert wait_sweep(training, sweep_id).state == S.SWEEP_STATE_CANCELLED
+    assert _delete(channel, "held-by-sweep") == 1
+
+
+def test_holds_of_sweeps_that_ended_under_an_older_daemon_are_released_at_start(tmp_path) -> None:
+    data_dir = tmp_path / "data"
+    daemon = InProcessDaemon(daemon_settings(data_dir, **TRAINING_SETTINGS)).start()
+    try:
+        _push(daemon.channel(), "held-by-old-sweep")
+    finally:
+        daemon.stop()
+    # What a sweep that ended before its release was written left.
+    store = Store.open(data_dir / "store", map_size=1 << 30, tables=STORE_TABLES)
+    try:
+        with store.write() as txn:
+            hold_dataset(txn, "held-by-old-sweep", 1, sweep_holder("sweep-01ended"))
+    finally:
+        store.close()
+    daemon = InProcessDaemon(daemon_settings(data_dir, **TRAINING_SETTINGS)).start()
+    try:
+        assert _delete(daemon.channel(), "held-by-old-sweep") == 1
+    finally:
+        daemon.stop()
+
+
 def _delete_after_check(daemon: InProcessDaemon, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     """Delete `name` right after the first spec check reads it, before the submit's write."""
     jobs, datasets = daemon.daemon.training, daemon.daemon.datasets
@@ -155,3 +237,19 @@ def test_a_dataset_deleted_while_a_job_is_submitted_refuses_the_submit(
         "spec.data.dataset: dataset 'deleted-during-submit' does not exist"
     )
     assert len(training.ListJobs(S.ListJobsRequest(page_size=1000)).jobs) == before
+
+
+def test_a_dataset_deleted_while_a_sweep_is_submitted_refuses_the_sweep(
+    training_daemon, training: training_grpc.TrainingStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _push(training_daemon.channel(), "deleted-during-sweep")
+    before = len(training.ListSweeps(S.ListSweepsRequest(page_size=1000)).sweeps)
+    # One trial, so one check: the sweep was stored and ended FAILED, its trial unable to submit.
+    _delete_after_check(training_daemon, monkeypatch, "deleted-during-sweep")
+    with pytest.raises(grpc.RpcError) as refused:
+        training.SubmitSweep(S.SubmitSweepRequest(spec=_sweep("deleted-during-sweep", ("0.01",), epochs=1)))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert refused.value.details().startswith(
+        "spec.data.dataset: dataset 'deleted-during-sweep' does not exist"
+    )
+    assert len(training.ListSweeps(S.ListSweepsRequest(page_size=1000)).sweeps) == before

@@ -211,7 +211,7 @@ class Datasets(Part[C]):
     @call
     def delete(self, name: str, version: int = 0, force: bool = False) -> Op[int]:
         """Delete one version (or all with version 0); returns how many went. FailedPrecondition
-        while a queued or running job or a model version's lineage uses it, unless `force`."""
+        while a queued or running job, a running sweep or a model version's lineage uses it, unless `force`."""
         request = pb.DeleteDatasetRequest(name=name, version=version, force=force)
         return Op(S, "DeleteDataset", request, lambda response: response.deleted_versions)
 

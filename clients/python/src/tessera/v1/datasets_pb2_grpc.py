@@ -111,8 +111,9 @@ class DatasetsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteDataset(self, request, context):
-        """FAILED_PRECONDITION naming what holds it while a queued or running job, or a model
-        version's lineage, references it, unless force; a job that has ended holds nothing.
+        """FAILED_PRECONDITION naming what holds it while a queued or running job, a running sweep
+        (between its trials too), or a model version's lineage references it, unless force; a job
+        or sweep that has ended holds nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

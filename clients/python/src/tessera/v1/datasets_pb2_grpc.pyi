@@ -49,8 +49,9 @@ class DatasetsStub:
     ListDatasetVersions: _grpc.UnaryUnaryMultiCallable[_datasets_pb2.ListDatasetVersionsRequest, _datasets_pb2.ListDatasetVersionsResponse]
     """Newest first."""
     DeleteDataset: _grpc.UnaryUnaryMultiCallable[_datasets_pb2.DeleteDatasetRequest, _datasets_pb2.DeleteDatasetResponse]
-    """FAILED_PRECONDITION naming what holds it while a queued or running job, or a model
-    version's lineage, references it, unless force; a job that has ended holds nothing.
+    """FAILED_PRECONDITION naming what holds it while a queued or running job, a running sweep
+    (between its trials too), or a model version's lineage references it, unless force; a job
+    or sweep that has ended holds nothing.
     """
     DownloadDataset: _grpc.UnaryStreamMultiCallable[_datasets_pb2.DownloadDatasetRequest, _datasets_pb2.DownloadDatasetResponse]
     """Streams the stored file back: a header message, then chunks."""
@@ -71,8 +72,9 @@ class DatasetsAsyncStub(DatasetsStub):
     ListDatasetVersions: _aio.UnaryUnaryMultiCallable[_datasets_pb2.ListDatasetVersionsRequest, _datasets_pb2.ListDatasetVersionsResponse]  # type: ignore[assignment]
     """Newest first."""
     DeleteDataset: _aio.UnaryUnaryMultiCallable[_datasets_pb2.DeleteDatasetRequest, _datasets_pb2.DeleteDatasetResponse]  # type: ignore[assignment]
-    """FAILED_PRECONDITION naming what holds it while a queued or running job, or a model
-    version's lineage, references it, unless force; a job that has ended holds nothing.
+    """FAILED_PRECONDITION naming what holds it while a queued or running job, a running sweep
+    (between its trials too), or a model version's lineage references it, unless force; a job
+    or sweep that has ended holds nothing.
     """
     DownloadDataset: _aio.UnaryStreamMultiCallable[_datasets_pb2.DownloadDatasetRequest, _datasets_pb2.DownloadDatasetResponse]  # type: ignore[assignment]
     """Streams the stored file back: a header message, then chunks."""
@@ -126,8 +128,9 @@ class DatasetsServicer(metaclass=_abc_1.ABCMeta):
         request: _datasets_pb2.DeleteDatasetRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_datasets_pb2.DeleteDatasetResponse, _abc.Awaitable[_datasets_pb2.DeleteDatasetResponse]]:
-        """FAILED_PRECONDITION naming what holds it while a queued or running job, or a model
-        version's lineage, references it, unless force; a job that has ended holds nothing.
+        """FAILED_PRECONDITION naming what holds it while a queued or running job, a running sweep
+        (between its trials too), or a model version's lineage references it, unless force; a job
+        or sweep that has ended holds nothing.
         """
 
     @_abc_1.abstractmethod
