@@ -185,7 +185,12 @@ def test_a_running_sweep_holds_its_dataset_until_it_is_cancelled(
     assert f"sweep {sweep_id} (v1)" in refused.details()
     assert f"cancel it with `tessera sweeps cancel {sweep_id}`" in refused.details()
     training.CancelSweep(S.CancelSweepRequest(sweep_id=sweep_id))
-    assert wait_sweep(training, sweep_id).state == S.SWEEP_STATE_CANCELLED
+    ended = wait_sweep(training, sweep_id)
+    assert ended.state == S.SWEEP_STATE_CANCELLED
+    # The sweep ends at once; its running trial's job holds the dataset until it has stopped.
+    for trial in ended.trials:
+        if trial.job_id:
+            follow(training, trial.job_id)
     assert _delete(channel, "held-by-sweep") == 1
 
 
