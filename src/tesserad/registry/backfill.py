@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from tesserad.errors import TesseraError
 from tesserad.registry.ensembles import Member, index_members, parse_ensemble_spec
@@ -29,7 +30,7 @@ from tesserad.registry.tables import (
     newest_stored_version,
     put_model_data,
 )
-from tesserad.store import BlobStore, Key, ReadTxn, Store, decode_record, encode_record
+from tesserad.store import BlobStore, Key, ReadTxn, Store, WriteTxn, decode_record, encode_record
 
 log = logging.getLogger(__name__)
 
@@ -68,45 +69,54 @@ def backfill_version_counts(store: Store) -> int:
     return len(names)
 
 
-def backfill_ensemble_members(store: Store, blobs: BlobStore) -> int:
-    """Index the members of every ensemble version, once; returns how many were indexed."""
+def _each_version_once(
+    store: Store, marker: tuple[str], visit: Callable[[WriteTxn, VersionRecord], bool]
+) -> int:
+    """Call `visit` on every stored version, in write transactions of _INDEX_BATCH versions each,
+    unless `marker` is in "meta"; the last transaction writes it. Returns how many visits
+    returned True (changed something)."""
     with store.read() as txn:
-        if txn.exists("meta", MEMBERS_INDEXED):
+        if txn.exists("meta", marker):
             return 0
-    indexed = 0
+    changed = 0
     after: Key | None = None
     while True:
         with store.write() as txn:
             rows = list(txn.scan(VERSIONS, after=after, limit=_INDEX_BATCH))
-            for _key, raw in rows:
-                record = decode_version(raw)
-                if record.format != "ensemble":
-                    continue
-                ensemble = Member(record.model, record.version)
-                try:
-                    spec = parse_ensemble_spec(blobs.read_bytes(record.sha256))
-                except TesseraError as exc:
-                    # Such a version cannot load either; its members stay deletable.
-                    log.warning(
-                        "an ensemble version's spec cannot be read; its members are not pinned",
-                        extra={"ensemble": ensemble.label, "error": exc.message},
-                    )
-                    continue
-                index_members(txn, ensemble, spec)
-                indexed += 1
-                gone = [m.label for m in spec.members if not txn.exists(VERSIONS, (m.model, m.version))]
-                if gone:
-                    log.warning(
-                        "an ensemble version names members deleted before they were pinned; it "
-                        "cannot load: delete it",
-                        extra={"ensemble": ensemble.label, "members": gone},
-                    )
+            changed += sum(visit(txn, decode_version(raw)) for _key, raw in rows)
             if not rows:
-                txn.put(
-                    "meta", MEMBERS_INDEXED, encode_record("ensemble_members_indexed", 1, {"at": time.time()})
-                )
-                break
+                txn.put("meta", marker, encode_record(marker[0], 1, {"at": time.time()}))
+                return changed
         after = rows[-1][0]
+
+
+def backfill_ensemble_members(store: Store, blobs: BlobStore) -> int:
+    """Index the members of every ensemble version, once; returns how many were indexed."""
+
+    def index(txn: WriteTxn, record: VersionRecord) -> bool:
+        if record.format != "ensemble":
+            return False
+        ensemble = Member(record.model, record.version)
+        try:
+            spec = parse_ensemble_spec(blobs.read_bytes(record.sha256))
+        except TesseraError as exc:
+            # Such a version cannot load either; its members stay deletable.
+            log.warning(
+                "an ensemble version's spec cannot be read; its members are not pinned",
+                extra={"ensemble": ensemble.label, "error": exc.message},
+            )
+            return False
+        index_members(txn, ensemble, spec)
+        gone = [m.label for m in spec.members if not txn.exists(VERSIONS, (m.model, m.version))]
+        if gone:
+            log.warning(
+                "an ensemble version names members deleted before they were pinned; it "
+                "cannot load: delete it",
+                extra={"ensemble": ensemble.label, "members": gone},
+            )
+        return True
+
+    indexed = _each_version_once(store, MEMBERS_INDEXED, index)
     if indexed:
         log.info("indexed the members of ensemble versions", extra={"ensembles": indexed})
     return indexed
@@ -114,28 +124,17 @@ def backfill_ensemble_members(store: Store, blobs: BlobStore) -> int:
 
 def backfill_deleted_parents(store: Store) -> int:
     """Mark the versions whose lineage parent is gone, once; returns how many were marked."""
-    with store.read() as txn:
-        if txn.exists("meta", PARENTS_MARKED):
-            return 0
-    marked = 0
-    after: Key | None = None
-    while True:
-        with store.write() as txn:
-            rows = list(txn.scan(VERSIONS, after=after, limit=_INDEX_BATCH))
-            for _key, raw in rows:
-                record = decode_version(raw)
-                if _parent_gone(txn, record):
-                    child = (record.model, record.version)
-                    parent = (record.lineage.parent_model or record.model, record.lineage.parent_version)
-                    mark_parent_deleted(txn, child, parent, None)
-                    txn.delete(DERIVED, (*parent, *child))
-                    marked += 1
-            if not rows:
-                txn.put(
-                    "meta", PARENTS_MARKED, encode_record("deleted_parents_marked", 1, {"at": time.time()})
-                )
-                break
-        after = rows[-1][0]
+
+    def mark(txn: WriteTxn, record: VersionRecord) -> bool:
+        if not _parent_gone(txn, record):
+            return False
+        child = (record.model, record.version)
+        parent = (record.lineage.parent_model or record.model, record.lineage.parent_version)
+        mark_parent_deleted(txn, child, parent, None)
+        txn.delete(DERIVED, (*parent, *child))
+        return True
+
+    marked = _each_version_once(store, PARENTS_MARKED, mark)
     if marked:
         log.info("marked the deleted parents of versions' lineage", extra={"versions": marked})
     return marked
