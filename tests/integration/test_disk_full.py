@@ -278,3 +278,53 @@ def test_a_start_on_a_full_disk_fails_saying_so_and_starts_once_space_is_freed(s
 
     filler.unlink()
     assert spawn_daemon(*args).wait_serving()
+
+
+def follow_resuming(training: training_pb2_grpc.TrainingStub, job_id: str) -> list[training_pb2.JobEvent]:
+    """Every event until the job ends, watching again where a watcher fell behind."""
+    events: list[training_pb2.JobEvent] = []
+    while True:
+        request = training_pb2.WatchJobRequest(job_id=job_id, from_seq=events[-1].seq + 1 if events else 0)
+        try:
+            for event in training.WatchJob(request, timeout=120):
+                events.append(event)
+            return events
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise
+
+
+@pytest.mark.parametrize("checkpoints", [False, True], ids=["events", "checkpoints"])
+def test_a_job_that_fills_the_database_map_ends_failed_and_stays_so_after_a_restart(tmp_path, checkpoints):
+    settings = daemon_settings(tmp_path / "data", **TRAINING_SETTINGS, **{"store.map_size": "512KiB"})
+    running = InProcessDaemon(settings).start()
+    try:
+        channel = running.channel()
+        x = np.random.default_rng(0).normal(size=(48, 6)).astype(np.float32)
+        upload_dataset(channel, "flat", {"x": x, "y": (x[:, 0] > 0).astype(np.int64)})
+        training = training_pb2_grpc.TrainingStub(channel)
+        # A step event and its metric points at every one of 48 steps an epoch (and a checkpoint
+        # each epoch): far more than fits.
+        spec = job_spec("mlp", epochs=1000, batch_size=1)
+        if checkpoints:
+            spec.checkpoints.CopyFrom(job_spec_pb2.CheckpointPolicy(every_n_epochs=1, keep_last=1))
+
+        job = training.SubmitJob(training_pb2.SubmitJobRequest(spec=spec))
+        events = follow_resuming(training, job.job_id)
+
+        ended = training.GetJob(training_pb2.GetJobRequest(job_id=job.job_id))
+        assert ended.state == training_pb2.JOB_STATE_FAILED, ended
+        assert "store.map_size = 512 KiB" in ended.error, ended.error
+        assert [e.error.kind for e in events if e.WhichOneof("event") == "error"] == ["storage"]
+        assert events[-1].state.state == training_pb2.JOB_STATE_FAILED
+    finally:
+        running.stop()
+
+    restarted = InProcessDaemon(settings).start()
+    try:
+        training = training_pb2_grpc.TrainingStub(restarted.channel())
+        after = training.GetJob(training_pb2.GetJobRequest(job_id=job.job_id))
+        assert after.state == training_pb2.JOB_STATE_FAILED, after
+        assert after.error == ended.error
+    finally:
+        restarted.stop()

@@ -8,6 +8,10 @@ next one, so thousands of metric points or job events per second cost a handful 
 `group_commit_interval_s` adds a wait for more writes to join, for disks where fsync is cheap. Each submitted write runs in
 its own nested transaction: one that fails is rolled back alone and its caller gets the
 error, the others commit.
+
+Part of the map is kept for writes that end something (a job's or a sweep's terminal state):
+an ordinary write that would leave fewer than `reserve_pages` of it free is refused as if the
+map were full, so a job whose checkpoint no longer fits can still be stored as FAILED.
 """
 
 from __future__ import annotations
@@ -48,6 +52,12 @@ def _map_full(map_size: int) -> ResourceExhausted:
         f"the store is full (store.map_size = {format_size(map_size)}); raise it with "
         "TESSERA_STORE_MAP_SIZE or [store] map_size and restart tesserad"
     )
+
+
+def reserve_pages(map_size: int, page_size: int) -> int:
+    """The pages only `reserved` writes may use: a twentieth of the map, and at least enough
+    for a terminal write on a small map (each table it touches copies a path of pages)."""
+    return max(map_size // 20, min(256 << 10, map_size // 4)) // page_size
 
 
 def _allocate(path: Path, size: int) -> None:
@@ -196,6 +206,7 @@ class WriteTxn(ReadTxn):
 class _Pending:
     work: Callable[[WriteTxn], Any]
     future: Future[Any]
+    reserved: bool = False
 
 
 class Store:
@@ -212,7 +223,10 @@ class Store:
     ) -> None:
         self._env = env
         self._tables = tables
+        self._main = env.open_db(None)
         self._map_size = map_size
+        page_size = int(env.stat()["psize"])
+        self._limit_pages = map_size // page_size - reserve_pages(map_size, page_size)
         self.path = path
         self._interval = group_commit_interval_s
         self._sync_interval = sync_interval_s
@@ -284,13 +298,37 @@ class Store:
         with self._env.begin(buffers=False) as txn:
             yield ReadTxn(txn, self._tables)
 
+    def _live_pages(self, txn: lmdb.Transaction[bytes]) -> int:
+        """Pages the tables hold as `txn` sees them (freed pages LMDB may reuse not counted)."""
+        total = 0
+        for db in [self._main, *self._tables.values()]:
+            stat = txn.stat(db)
+            total += int(stat["branch_pages"]) + int(stat["leaf_pages"]) + int(stat["overflow_pages"])
+        return total
+
+    def _near_full(self) -> bool:
+        """Whether the map's high-water mark is in the reserve: only then can an ordinary write
+        eat into it, and only then is it worth counting live pages."""
+        return int(self._env.info()["last_pgno"]) + 1 > self._limit_pages
+
+    def _check_room(self, txn: lmdb.Transaction[bytes], before: int) -> None:
+        """Refuse an ordinary write that leaves its transaction in the reserve and took pages."""
+        after = self._live_pages(txn)
+        if after > self._limit_pages and after > before:
+            raise _map_full(self._map_size)
+
     @contextlib.contextmanager
-    def write(self) -> Iterator[WriteTxn]:
-        """One atomic write transaction; an exception inside rolls everything back."""
+    def write(self, *, reserved: bool = False) -> Iterator[WriteTxn]:
+        """One atomic write transaction; an exception inside rolls everything back.
+        `reserved`: a write that ends something, which may use the map's reserve."""
         with self._write_lock:
             txn = self._env.begin(write=True)
             try:
+                checked = not reserved and self._near_full()
+                before = self._live_pages(txn) if checked else 0
                 yield WriteTxn(txn, self._tables, self._map_size)
+                if checked:
+                    self._check_room(txn, before)
             except BaseException:
                 txn.abort()
                 raise
@@ -301,13 +339,14 @@ class Store:
             except lmdb.DiskError:
                 raise disk_full(str(self.path), "to the database") from None
 
-    def submit(self, work: Callable[[WriteTxn], T]) -> Future[T]:
-        """Queue `work` for the next group commit; the future resolves once it is durable."""
+    def submit(self, work: Callable[[WriteTxn], T], *, reserved: bool = False) -> Future[T]:
+        """Queue `work` for the next group commit; the future resolves once it is durable.
+        `reserved`: as for `write`."""
         future: Future[T] = Future()
         with self._cond:
             if self._closing:
                 raise RuntimeError("the store is closed")
-            self._pending.append(_Pending(work, future))
+            self._pending.append(_Pending(work, future, reserved))
             self._cond.notify()
         return future
 
@@ -352,10 +391,17 @@ class Store:
             with self._write_lock:
                 txn = self._env.begin(write=True)
                 try:
+                    # Checked once a batch: a batch that starts below the reserve may end a
+                    # little into it, which the reserve's size allows for.
+                    near_full = self._near_full()
                     for item in batch:
                         child = self._env.begin(write=True, parent=txn)
                         try:
+                            checked = near_full and not item.reserved
+                            before = self._live_pages(child) if checked else 0
                             result = item.work(WriteTxn(child, self._tables, self._map_size))
+                            if checked:
+                                self._check_room(child, before)
                         except BaseException as exc:
                             child.abort()
                             outcomes.append((item, None, exc))

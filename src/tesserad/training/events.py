@@ -105,6 +105,8 @@ class _JobChannel:
     last_seq: int
     ended: bool
     subscribers: set[Subscription] = field(default_factory=set)
+    # The first write of an event the store refused, until `take_failure` hands it on.
+    failure: BaseException | None = None
 
 
 class EventLog:
@@ -132,8 +134,10 @@ class EventLog:
         data: dict[str, Any],
         also: Callable[[WriteTxn, JobEvent], None] | None = None,
         ends_job: bool = False,
+        reserved: bool = False,
     ) -> JobEvent:
-        """Number, store (with `also` in the same transaction) and fan out one event."""
+        """Number, store (with `also` in the same transaction) and fan out one event;
+        `reserved`: an event that ends the job (or leads to its end) may use the store's reserve."""
         with self._lock:
             channel = self._channels[job_id]
             channel.last_seq += 1
@@ -147,20 +151,35 @@ class EventLog:
             # Submitted under the lock so the store sees events in sequence order. Watchers get an
             # event once it is committed: one a crash could still lose is never shown, so a
             # watcher resuming against the next daemon sees the same numbering.
-            committed = self._store.submit(work)
+            committed = self._store.submit(work, reserved=reserved or ends_job)
             subscribers = list(channel.subscribers)
             if ends_job:
                 channel.ended = True
                 channel.subscribers.clear()
 
-        def fan_out(_future: Future[None]) -> None:
+        def fan_out(future: Future[None]) -> None:
+            failure = future.exception()
+            if failure is not None:
+                with self._lock:
+                    if channel.failure is None:
+                        channel.failure = failure
             for subscriber in subscribers:
-                subscriber.push(event)
+                # An end is shown even unstored: the job has ended, and the watcher waits for it.
+                if failure is None or ends_job:
+                    subscriber.push(event)
                 if ends_job:
                     subscriber.end()
 
         committed.add_done_callback(fan_out)
         return event
+
+    def take_failure(self, job_id: str) -> BaseException | None:
+        """The error of the first of the job's events the store refused since the last call:
+        appends do not wait for their commit, so the job's writer learns of it here."""
+        with self._lock:
+            channel = self._channels[job_id]
+            failure, channel.failure = channel.failure, None
+            return failure
 
     def reopen(self, job_id: str) -> None:
         """A job that ended as INTERRUPTED is queued again: watchers may follow it live again."""

@@ -707,13 +707,16 @@ class Jobs:
                     open_conns.remove(ready)
                     continue
                 if isinstance(message, EventMessage | CheckpointMessage):
+                    refused = self._refused_events(job.job_id)
                     try:
-                        job = self._on_progress(job, message)
+                        if refused is None:
+                            job = self._on_progress(job, message)
                     except ResourceExhausted as exc:
+                        refused = ErrorMessage("storage", _storage_error(message, exc))
+                    if refused is not None:
                         # A full disk: the job cannot keep what it does, so it stops now
                         # rather than train on with nothing stored.
-                        if error is None:
-                            error = ErrorMessage("storage", _storage_error(message, exc))
+                        error = error or refused
                         _kill(running.processes)
                 elif isinstance(message, DoneMessage):
                     rank = running.conns.index(ready)
@@ -739,6 +742,9 @@ class Jobs:
         if running.stopping_for_shutdown:
             self._interrupted_by_shutdown(job)
             return
+        if error is None and done is not None and done.status == "succeeded":
+            # A run whose last events were not stored did not succeed in anything it can show.
+            error = self._refused_events(job.job_id)
         if error is not None:
             self._fail(job, error.kind, error.message)
         elif done is not None and done.status == "succeeded":
@@ -752,6 +758,16 @@ class Jobs:
             self._fail(
                 job, *_crash_error(crash_code if crash_code is not None else running.processes[0].exitcode)
             )
+
+    def _refused_events(self, job_id: str) -> ErrorMessage | None:
+        """The storage error of an event the store refused after it was appended (appends do
+        not wait for their commit); any other failure there is the supervisor's own."""
+        failure = self._events.take_failure(job_id)
+        if failure is None:
+            return None
+        if isinstance(failure, ResourceExhausted):
+            return ErrorMessage("storage", f"the job stopped: storing its events failed: {failure.message}")
+        raise failure
 
     def _on_progress(self, job: JobRecord, message: EventMessage | CheckpointMessage) -> JobRecord:
         if isinstance(message, EventMessage):
@@ -896,7 +912,10 @@ class Jobs:
 
     def _fail(self, job: JobRecord, kind: str, message: str) -> None:
         job = self._append(
-            replace(job, error=JobError(kind, message)), "error", {"kind": kind, "message": message}
+            replace(job, error=JobError(kind, message)),
+            "error",
+            {"kind": kind, "message": message},
+            reserved=True,
         )
         self._finish(job, "failed", message)
 
@@ -985,6 +1004,7 @@ class Jobs:
         data: dict[str, Any],
         also: Callable[[WriteTxn, JobEvent], None] | None = None,
         ends: bool = False,
+        reserved: bool = False,
     ) -> JobRecord:
         """Number, store and fan out one event of `job`, storing `job` (as of this event) with it;
         returns the record with its new last_seq, which becomes the job's current one."""
@@ -1000,7 +1020,9 @@ class Jobs:
             if also is not None:
                 also(txn, event)
 
-        event = self._events.append(job.job_id, job.attempt, kind, data, also=write, ends_job=ends)
+        event = self._events.append(
+            job.job_id, job.attempt, kind, data, also=write, ends_job=ends, reserved=reserved
+        )
         job = replace(job, last_seq=event.seq)
         with self._lock:
             if job.job_id in self._active:

@@ -177,6 +177,38 @@ def test_map_full_is_resource_exhausted_and_loses_nothing(tmp_path: Path) -> Non
         store.close()
 
 
+def fill_to_the_reserve(store: Store) -> int:
+    """Ordinary writes of 512 bytes until the store refuses one; returns how many fitted."""
+    for i in range(100_000):
+        try:
+            store.submit(lambda txn, i=i: txn.put("items", (i,), os.urandom(512))).result()
+        except ResourceExhausted:
+            return i
+    raise AssertionError("every write fitted: the map never filled up")
+
+
+def test_the_last_part_of_the_map_is_kept_for_reserved_writes(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "s", map_size=2**20, durability="relaxed", tables=["items"])
+    try:
+        fitted = fill_to_the_reserve(store)
+        with pytest.raises(ResourceExhausted, match=r"store.map_size"), store.write() as txn:
+            txn.put("items", ("late",), os.urandom(512))
+        # A write that ends something fits, in a batch or alone, and a read-only write passes.
+        store.submit(lambda txn: txn.put("items", ("end",), os.urandom(4096)), reserved=True).result()
+        with store.write(reserved=True) as txn:
+            txn.put("items", ("end2",), os.urandom(4096))
+        with store.write() as txn:
+            assert txn.get("items", ("end",)) is not None
+        # Deleting makes room for ordinary writes again.
+        with store.write() as txn:
+            for i in range(fitted // 2):
+                txn.delete("items", (i,))
+        with store.write() as txn:
+            txn.put("items", ("after",), os.urandom(512))
+    finally:
+        store.close()
+
+
 def test_reopen_with_larger_map_size_keeps_data(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "s", map_size=2**20, tables=["items"])
     with store.write() as txn:
