@@ -44,7 +44,9 @@ from tests.integration.training.conftest import (
     architecture,
     follow,
     job_spec,
+    sweep_values,
     upload_dataset,
+    wait_sweep,
 )
 
 FULL = "the disk under tesserad's data directory is full"
@@ -326,5 +328,43 @@ def test_a_job_that_fills_the_database_map_ends_failed_and_stays_so_after_a_rest
         after = training.GetJob(training_pb2.GetJobRequest(job_id=job.job_id))
         assert after.state == training_pb2.JOB_STATE_FAILED, after
         assert after.error == ended.error
+    finally:
+        restarted.stop()
+
+
+def test_a_sweep_whose_trials_fill_the_database_map_ends_and_stays_ended_after_a_restart(tmp_path):
+    settings = daemon_settings(tmp_path / "data", **TRAINING_SETTINGS, **{"store.map_size": "512KiB"})
+    running = InProcessDaemon(settings).start()
+    try:
+        channel = running.channel()
+        x = np.random.default_rng(0).normal(size=(48, 6)).astype(np.float32)
+        upload_dataset(channel, "flat", {"x": x, "y": (x[:, 0] > 0).astype(np.int64)})
+        training = training_pb2_grpc.TrainingStub(channel)
+        spec = training_pb2.SweepSpec(
+            base=job_spec("mlp", epochs=1000, batch_size=1),
+            strategy=training_pb2.SWEEP_STRATEGY_GRID,
+            parameters=[sweep_values("optimizer.lr", "0.001", "0.05")],
+            max_concurrent=1,
+            metric="train_loss",
+        )
+
+        sweep = wait_sweep(
+            training, training.SubmitSweep(training_pb2.SubmitSweepRequest(spec=spec)).sweep_id
+        )
+
+        assert sweep.state == training_pb2.SWEEP_STATE_FAILED, sweep
+        first = sweep.trials[0]
+        assert first.state == training_pb2.JOB_STATE_FAILED, sweep
+        job = training.GetJob(training_pb2.GetJobRequest(job_id=first.job_id))
+        assert "store.map_size = 512 KiB" in job.error, job.error
+    finally:
+        running.stop()
+
+    restarted = InProcessDaemon(settings).start()
+    try:
+        training = training_pb2_grpc.TrainingStub(restarted.channel())
+        after = training.GetSweep(training_pb2.GetSweepRequest(sweep_id=sweep.sweep_id))
+        assert after.state == training_pb2.SWEEP_STATE_FAILED, after
+        assert [t.state for t in after.trials] == [t.state for t in sweep.trials]
     finally:
         restarted.stop()

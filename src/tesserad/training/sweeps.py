@@ -624,7 +624,8 @@ class Sweeps:
         if scored:
             pick = min if sweep.mode == "min" else max
             sweep.best_job_id = pick(scored, key=lambda t: t.metric).job_id
-        self._save(sweep)
+        # It records trials' ends and the sweep's own: the store's reserve is for such writes.
+        self._save(sweep, reserved=True)
 
     @staticmethod
     def _draw_error(sweep: Sweep, exc: Exception) -> str:
@@ -741,11 +742,14 @@ class Sweeps:
             return
         trial.job_id, trial.state = job.job_id, job.state
 
-    def _save(self, sweep: Sweep, hold: builtins.list[dict[str, Any]] | None = None) -> None:
+    def _save(
+        self, sweep: Sweep, hold: builtins.list[dict[str, Any]] | None = None, *, reserved: bool = False
+    ) -> None:
         """Write the record; `hold`: configs whose dataset versions the sweep holds from now (a
-        trial's job adds the hold of a version first named at its submit). An ended sweep holds none."""
+        trial's job adds the hold of a version first named at its submit). An ended sweep holds none.
+        `reserved`: a trial's end or the sweep's own, which may use the store's kept room."""
         holder = sweep_holder(sweep.sweep_id)
-        with self._store.write() as txn:
+        with self._store.write(reserved=reserved) as txn:
             for config in hold or []:
                 self._jobs.hold_dataset(txn, config, holder)
             if sweep.state != "running":
