@@ -29,6 +29,8 @@ from tessera.v1 import (
     training_pb2,
     training_pb2_grpc,
 )
+from tesserad.errors import ResourceExhausted
+from tesserad.store import database
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.registry.conftest import (
     mlp_architecture,
@@ -368,3 +370,37 @@ def test_a_sweep_whose_trials_fill_the_database_map_ends_and_stays_ended_after_a
         assert [t.state for t in after.trials] == [t.state for t in sweep.trials]
     finally:
         restarted.stop()
+
+
+def test_a_job_whose_end_does_not_fit_either_shows_it_ended_until_a_restart(tmp_path, monkeypatch):
+    submit = database.Store.submit
+
+    def refuse_reserved(store, work, *, reserved=False):
+        """The store refuses even the writes its reserve is for (a disk full as well)."""
+
+        def refused(_txn):
+            raise ResourceExhausted("the store is full")
+
+        return submit(store, refused if reserved else work)
+
+    monkeypatch.setattr(database.Store, "submit", refuse_reserved)
+    settings = daemon_settings(tmp_path / "data", **TRAINING_SETTINGS, **{"store.map_size": "512KiB"})
+    running = InProcessDaemon(settings).start()
+    try:
+        channel = running.channel()
+        x = np.random.default_rng(0).normal(size=(48, 6)).astype(np.float32)
+        upload_dataset(channel, "flat", {"x": x, "y": (x[:, 0] > 0).astype(np.int64)})
+        training = training_pb2_grpc.TrainingStub(channel)
+
+        job = training.SubmitJob(
+            training_pb2.SubmitJobRequest(spec=job_spec("mlp", epochs=1000, batch_size=1))
+        )
+        events = follow_resuming(training, job.job_id)
+
+        assert events[-1].state.state == training_pb2.JOB_STATE_FAILED
+        ended = training.GetJob(training_pb2.GetJobRequest(job_id=job.job_id))
+        assert ended.state == training_pb2.JOB_STATE_FAILED, ended
+        listed = training.ListJobs(training_pb2.ListJobsRequest()).jobs
+        assert [j.state for j in listed] == [training_pb2.JOB_STATE_FAILED]
+    finally:
+        running.stop()

@@ -203,6 +203,8 @@ class Jobs:
         self._cancel_pending: set[str] = set()
         # When CancelJob was accepted, by unended job: every write of the job's record takes it.
         self._cancel_requested: dict[str, float] = {}
+        # Jobs that ended but whose end the store refused: shown as ended until the next start.
+        self._unstored_ends: dict[str, JobRecord] = {}
         self._state_counts: collections.Counter[str] = collections.Counter()
         self._step_clocks: dict[str, _StepClock] = {}
         self._listeners: list[JobListener] = []
@@ -427,6 +429,8 @@ class Jobs:
         with self._lock:
             if job_id in self._active:
                 return self._active[job_id]
+            if job_id in self._unstored_ends:
+                return self._unstored_ends[job_id]
         with self._store.read() as txn:
             raw = txn.get("jobs", (job_id,))
         if raw is None:
@@ -444,7 +448,7 @@ class Jobs:
         after = resume_after(token, query)
         out: list[JobRecord] = []
         with self._lock:
-            active = dict(self._active)
+            active = {**self._unstored_ends, **self._active}
         with self._store.read() as txn:
             for key, raw in txn.scan("jobs", after=unpack(after) if after else None, reverse=True):
                 job = active.get(str(key[0])) or decode_job(raw)
@@ -936,7 +940,19 @@ class Jobs:
             if start_weights:
                 release_blob(txn, start_weights, f"job:{job.job_id}:start")
 
-        job = self._set_state(job, state, reason, ends=True, also=end)
+        try:
+            job = self._set_state(job, state, reason, ends=True, also=end)
+        except ResourceExhausted:
+            job = replace(job, state=state, devices=())
+        if not self._end_stored(job.job_id, state):
+            # Watchers were shown the end all the same; the supervisor goes on to free the devices.
+            log.error(
+                "the job ended but the store refused its end; it shows the end until tesserad "
+                "restarts, and is then resumed: free space in the store (store.map_size) or on the disk",
+                extra={"job_id": job.job_id, "state": state, "reason": reason},
+            )
+            with self._lock:
+                self._unstored_ends[job.job_id] = job
         # The parent's blob goes only when its version was deleted (or, for a PBT trial's start,
         # the checkpoint dropped by its job) while the job ran.
         released = {fine_tune["sha256"]} if fine_tune else set()
@@ -948,6 +964,11 @@ class Jobs:
             self._active.pop(job.job_id, None)
             self._cancel_requested.pop(job.job_id, None)
         self._notify(job, "ended", {})
+
+    def _end_stored(self, job_id: str, state: str) -> bool:
+        with self._store.read() as txn:
+            raw = txn.get("jobs", (job_id,))
+        return raw is not None and decode_job(raw).state == state
 
     def _run_status(self, job: JobRecord, status: str) -> Callable[[WriteTxn, JobEvent], None]:
         """Moves the job's run to `status` in the transaction of the job's state event."""
