@@ -45,5 +45,5 @@ def test_a_sweep_that_stopped_starting_trials_says_why_in_its_table_and_its_fail
         error="could not draw trial 1: boom",
     )
     assert "the sweep stopped starting trials: could not draw trial 1: boom" in shown(sweep)
-    with pytest.raises(JobFailed, match="sweep sweep-1 ended FAILED: could not draw trial 1: boom"):
+    with pytest.raises(JobFailed, match="sweep sweep-1 ended failed: could not draw trial 1: boom"):
         finish(sweep)

@@ -223,7 +223,7 @@ def finish(sweep: training_pb2.Sweep) -> None:
     """A followed sweep that did not succeed makes the command fail."""
     if sweep.state != S.SWEEP_STATE_SUCCEEDED:
         why = f": {sweep.error}" if sweep.error else ""
-        raise JobFailed(sweep, f"sweep {sweep.sweep_id} ended {sweep_state(sweep).upper()}{why}")
+        raise JobFailed(sweep, f"sweep {sweep.sweep_id} ended {sweep_state(sweep)}{why}")
 
 
 def cmd_sweeps_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
