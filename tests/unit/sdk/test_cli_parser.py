@@ -21,6 +21,12 @@ from tessera.cli import EXIT_USAGE, INT32_MAX, build_parser
         (("runs", "ls", "--status", "done"), "--status"),
         (("runs", "ls", "--tag", "team"), "--tag"),
         (("experiments", "update", "e", "--tag", "=x"), "--tag"),
+        (("explain", "m", "--input", "x.npz", "--baseline", "nan"), "--baseline"),
+        (("explain", "m", "--input", "x.npz", "--baseline=-inf"), "--baseline"),
+        (("explain", "m", "--input", "x.npz", "--baseline", "1e400"), "--baseline"),
+        (("explain", "m", "--input", "x.npz", "--baseline", "zero"), "--baseline"),
+        (("datasets", "push", "t", "t.npz", "--split", "train=nan"), "--split"),
+        (("models", "ensemble", "e", "a:1", "b:1", "--weights", "1,inf"), "--weights"),
     ],
 )
 def test_malformed_values_are_argparse_usage_errors(capsys, args, flag):

@@ -262,6 +262,18 @@ def weight_list(text: str) -> list[float]:
     return weights
 
 
+def finite(text: str) -> float:
+    """argparse's type for a plain number: float() also reads "nan" and "inf" (and "1e400" as
+    inf), which no input value or threshold means."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, like 0 or -1.5; got {text!r}")
+    return value
+
+
 def seconds(text: str) -> float:
     """argparse's type for durations: float() also reads "nan" and "inf", and gRPC ends a call
     with either as its deadline at once."""
@@ -1529,7 +1541,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="ig path steps (default 32), shap samples (default 16)",
     )
-    sub.add_argument("--baseline", type=float, default=0.0, help="the input value compared with (default 0)")
+    sub.add_argument("--baseline", type=finite, default=0.0, help="the input value compared with (default 0)")
     sub.add_argument(
         "--window",
         type=window_sizes,
