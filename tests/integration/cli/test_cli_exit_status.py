@@ -10,7 +10,7 @@ import tomllib
 
 import pytest
 
-from tessera.cli import EXIT_DAEMON, EXIT_OUTPUT_CLOSED, EXIT_USAGE
+from tessera.cli import EXIT_DAEMON, EXIT_FAILED, EXIT_OUTPUT_CLOSED, EXIT_USAGE
 from tests.integration.cli.test_cli_follow import JOB_SPEC
 from tests.integration.sdk.affine import affine_onnx
 
@@ -73,6 +73,27 @@ def test_a_closed_stderr_keeps_the_status_and_stdout_clean(daemon):
         preexec_fn=lambda: os.close(2),
     )
     assert no_stderr.returncode == EXIT_DAEMON and no_stderr.stdout == b""
+
+
+def stdout_closed(daemon, *command: str) -> subprocess.CompletedProcess:
+    """`tessera ... >&-`: the command starts with no stdout at all."""
+    return run_cli(
+        "--target", daemon.target, *command, stdout=subprocess.DEVNULL, preexec_fn=lambda: os.close(1)
+    )
+
+
+@pytest.mark.parametrize("command", [("models", "ls"), ("--json", "models", "ls"), ("info",)])
+def test_a_closed_stdout_is_a_failure_said_on_stderr(daemon, command):
+    # It exited 0 having printed nothing, and a failed command ended in a traceback.
+    result = stdout_closed(daemon, *command)
+    assert result.returncode == EXIT_FAILED
+    assert result.stderr.decode().startswith("tessera: standard output is closed"), result.stderr
+
+
+def test_a_closed_stdout_changes_nothing(daemon, client, table_dataset):
+    result = stdout_closed(daemon, "datasets", "rm", "table")
+    assert result.returncode == EXIT_FAILED, result.stderr
+    assert [d.name for d in client.datasets.list()] == ["table"]
 
 
 def test_usage_mistakes_found_after_parsing_exit_2_under_the_usage_line(tessera_cli, tmp_path):

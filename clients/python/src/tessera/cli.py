@@ -45,8 +45,8 @@ EXIT_OUTPUT_CLOSED = 141
 EXIT_STATUS_HELP = f"""\
 exit status:
   0    done
-  {EXIT_FAILED}    failed here: a file could not be read or written, a spec file is wrong, or a
-       followed job or sweep ended without succeeding
+  {EXIT_FAILED}    failed here: a file could not be read or written (stdout closed with `>&-` too),
+       a spec file is wrong, or a followed job or sweep ended without succeeding
   {EXIT_USAGE}    the command line is wrong: the message says what, under the command's usage
   {EXIT_DAEMON}    the daemon refused or failed the request, or could not be reached: the message
        starts with the gRPC status (NOT_FOUND, INVALID_ARGUMENT, UNAVAILABLE, ...)
@@ -1592,6 +1592,14 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
     """Run one command; returns the exit status (EXIT_STATUS_HELP lists them). argparse's own
     usage errors exit 2 through SystemExit."""
     args = build_parser().parse_args(argv)
+    if sys.stdout is None:
+        # `>&-`: Python leaves sys.stdout None and print() then drops every line, so the
+        # command would act and exit 0 with its result lost; refused before it acts.
+        return _fail(
+            EXIT_FAILED,
+            "tessera: standard output is closed, so the result could not be printed; "
+            "send it to a file, or to /dev/null to drop it",
+        )
     out = Output(args.json, console)
     try:
         status = run(args, out)
