@@ -70,3 +70,22 @@ def test_enum_values_are_named_alike_in_job_events_and_messages(tessera_cli, cli
     assert lines[-1]["kind"] == "Job" and lines[-1]["state"] == "succeeded"
     assert "succeeded" in states[:-1]
     assert all(state.islower() for state in states), states
+
+
+def test_errors_under_json_stay_one_line_of_text_on_stderr_and_leave_stdout_empty(
+    tessera_cli, model_file, tmp_path
+):
+    # As gh, kubectl and aws do: stdout holds JSON or nothing, the status says the kind of
+    # failure and, for the daemon's (3), the line starts with its gRPC code for a script to test.
+    tessera_cli("models", "push", "affine", str(model_file))
+    failures = {
+        3: tessera_cli("--json", "models", "show", "absent"),
+        2: tessera_cli("--json", "models", "deploy", "affine", "1=50", "1=50"),
+        1: tessera_cli("--json", "datasets", "push", "t", str(tmp_path / "missing.npz")),
+    }
+    for status, result in failures.items():
+        assert result.code == status, result.err
+        assert result.out == ""
+        last = result.err.splitlines()[-1]
+        assert last.startswith("tessera"), result.err
+    assert failures[3].err.startswith("tessera: NOT_FOUND: ")

@@ -61,6 +61,8 @@ def test_help_lists_the_exit_statuses(capsys):
     shown = capsys.readouterr().out
     for status in ("0", "1", "2", "3", "130", "141"):
         assert f"\n  {status} " in shown
+    # Scripts reading --json need to know where a failure goes.
+    assert "With --json too, a failure is text on stderr, never JSON" in " ".join(shown.split())
 
 
 def test_job_states_are_taken_in_either_case():
