@@ -26,6 +26,9 @@ from tessera.cli import EXIT_USAGE, INT32_MAX, build_parser
         (("explain", "m", "--input", "x.npz", "--baseline", "1e400"), "--baseline"),
         (("explain", "m", "--input", "x.npz", "--baseline", "zero"), "--baseline"),
         (("datasets", "push", "t", "t.npz", "--split", "train=nan"), "--split"),
+        (("datasets", "push", "t", "t.npz", "--split", "train=0"), "--split"),
+        (("datasets", "push", "t", "t.npz", "--split", "train=1.5"), "--split"),
+        (("datasets", "push", "t", "t.npz", "--split", "train=-0.5"), "--split"),
         (("models", "ensemble", "e", "a:1", "b:1", "--weights", "1,inf"), "--weights"),
     ],
 )

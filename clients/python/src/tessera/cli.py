@@ -251,6 +251,10 @@ def split(text: str) -> tuple[str, float]:
         value = math.nan
     if not sep or not name or not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"{text!r}: write NAME=FRACTION, e.g. train=0.8")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: the fraction must be above 0 and at most 1, e.g. train=0.8"
+        )
     return name, value
 
 
