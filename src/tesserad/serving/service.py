@@ -4,7 +4,10 @@ Routing resolves through a cache of alias and deployment targets. When the regis
 change to a model, the cached targets are re-resolved in the background: a new version is
 loaded and warmed with the old one's config first, then the target switches (one dict store),
 then the old version drains and is freed. A request that raced the switch and finds its
-batcher closed is routed again, so no request fails during a swap.
+batcher closed is routed again, so no request fails during a swap. A new version that fails to
+load or warm takes no traffic: the target stays on the version that served it (as Triton, KServe
+and Seldon keep the old one until the new one is ready), the failure is logged and listed, and
+an explicit load of the new version that succeeds moves the target then.
 """
 
 from __future__ import annotations
@@ -216,6 +219,8 @@ class InferenceService:
         # committed before it starts (registrations commit hundreds a second).
         self._refresh_queued: set[str] = set()
         self._refresh_lock = threading.Lock()
+        # Models with a target kept on its old version because the new one failed to warm.
+        self._held_back: set[str] = set()
         limits = explain_limits or ExplainLimits()
         self.explainer = Explainer(
             threads=limits.threads,
@@ -368,7 +373,11 @@ class InferenceService:
         servable = self._source.servable(
             target.model, target.version, target.alias or (None if target.version else LATEST)
         )
-        return self.pool.load(servable, config)
+        loaded = self.pool.load(servable, config)
+        if servable.model in self._held_back:
+            # A target kept off this version when it failed to warm may move to it now.
+            self.on_registry_change(servable.model)
+        return loaded
 
     def unload(self, target: Target) -> list[LoadedVersion]:
         if target.version is None and target.alias is None:
@@ -601,6 +610,7 @@ class InferenceService:
 
     def _swap_targets(self, model: str) -> None:
         previously_served: set[int] = set()
+        held_back = False
         for (m, alias), old in list(self._aliases.items()):
             if m != model:
                 continue
@@ -610,10 +620,19 @@ class InferenceService:
             except NotFound:
                 self._aliases.pop((m, alias), None)
                 continue
-            if new != old:
-                self._warm_like(model, new, old)
-                self._aliases[(m, alias)] = new
-                log.info("alias %r of %r now serves version %s (was %s)", alias, model, new, old)
+            if new == old:
+                continue
+            failure = self._warm_like(model, new, old)
+            if failure is not None:
+                held_back = True
+                log.warning(
+                    "alias %r of %r stays on version %s: version %s it now names failed to load (%s); "
+                    "fix the version and load it with LoadModel, or move the alias back",
+                    alias, model, old, new, failure,
+                )  # fmt: skip
+                continue
+            self._aliases[(m, alias)] = new
+            log.info("alias %r of %r now serves version %s (was %s)", alias, model, new, old)
         if model in self._routers:
             old_router = self._routers[model]
             plan = self._source.deployment(model)
@@ -623,10 +642,27 @@ class InferenceService:
             # Deploying a model served by alias until now: warm like its latest version.
             candidates = sorted(old_versions or previously_served)
             like = next((v for v in candidates if self.pool.get(model, v)), None)
+            failures: list[str] = []
             if new_router is not None and like is not None:
                 for version in sorted(new_router.versions() - old_versions):
-                    self._warm_like(model, version, like)
-            self._routers[model] = new_router
+                    failure = self._warm_like(model, version, like)
+                    if failure is not None:
+                        failures.append(f"version {version}: {failure}")
+            if failures:
+                # The whole new plan waits: a split with one route gone would not be the one asked for.
+                held_back = True
+                serving = sorted(old_versions) or "its latest version"
+                log.warning(
+                    "the deployment of %r keeps serving %s: %s failed to load; fix the version and "
+                    "load it with LoadModel, or deploy again",
+                    model, serving, "; ".join(failures),
+                )  # fmt: skip
+            else:
+                self._routers[model] = new_router
+        if held_back:
+            self._held_back.add(model)
+        else:
+            self._held_back.discard(model)
         still_served = {v for (m, _), v in self._aliases.items() if m == model}
         router = self._routers.get(model)
         if router is not None:
@@ -638,18 +674,24 @@ class InferenceService:
                 self.pool.unload(model, version)
                 log.info("unloaded version %s of %r after its targets moved", version, model)
 
-    def _warm_like(self, model: str, version: int, like: int) -> None:
-        """Load `version` with the config `like` was loaded with, if `like` is loaded."""
+    def _warm_like(self, model: str, version: int, like: int) -> str | None:
+        """Load `version` with the config `like` was loaded with, if `like` is loaded (else a
+        request loads it). Why it failed to load, or None: a target may then move to it."""
         current = self.pool.get(model, like)
         if current is None or self.pool.get(model, version) is not None:
-            return
+            return None
+        listed = self._listed(model, version)
+        if listed is not None and listed.state is LoadState.FAILED:
+            # As for a request (see autoload): loaded again only explicitly, or once unloaded.
+            return listed.error
         # The runtime follows the new version's format (a canary of an ONNX export beside its
         # safetensors original runs on torch); everything else is copied.
         config = dataclasses.replace(current.config, runtime="")
         try:
             self.pool.load(self._source.servable(model, version, None), config)
         except TesseraError as exc:
-            log.warning("cannot warm version %s of %r for a swap: %s", version, model, exc.message)
+            return exc.message
+        return None
 
     def close(self) -> None:
         self._closed = True

@@ -13,6 +13,7 @@ from serving_models import (
     linear_model,
     pairwise_model,
     predict_request,
+    reshape_model,
     slow_model,
     tensor,
     to_array,
@@ -406,6 +407,72 @@ def test_hot_swap_under_load_fails_no_request(inference, registry, linear) -> No
             break
         time.sleep(0.05)
     assert loaded == [2]
+
+
+def _wait_until_failed(inference, model: str, version: int) -> inference_pb2.LoadedModel:
+    """The version as ListLoaded lists it once its load (a swap's warm-up) has failed."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        listed = inference.ListLoaded(inference_pb2.ListLoadedRequest(model=model)).models
+        failed = [m for m in listed if m.version == version and m.state == inference_pb2.LOAD_STATE_FAILED]
+        if failed:
+            return failed[0]
+        time.sleep(0.05)
+    raise AssertionError(f"version {version} of {model!r} never failed to load: {listed}")
+
+
+def test_an_alias_moved_to_a_version_that_cannot_warm_keeps_serving_the_old_one(
+    inference, registry, channel, linear, expect_rpc_error, caplog
+) -> None:
+    # As Triton, KServe and Seldon keep the old version until the new one is ready: a broken
+    # version must not take a production alias down.
+    _set_alias(registry, linear, "production", 1)
+    assert inference.Predict(predict_request(linear, X, alias="production")).version == 1
+    broken = upload(channel, linear, reshape_model([3]))  # every run fails: it cannot warm up
+    _set_alias(registry, linear, "production", broken)
+    failed = _wait_until_failed(inference, linear, broken)
+    assert "warm-up of model 'linear' version 3 failed" in failed.error
+    for _ in range(3):
+        response = inference.Predict(predict_request(linear, X, alias="production"))
+        assert response.version == 1
+        np.testing.assert_allclose(to_array(response.outputs[0]), X @ W, rtol=1e-6)
+    assert any(
+        "alias 'production' of 'linear' stays on version 1: version 3 it now names failed to load"
+        in r.getMessage()
+        for r in caplog.records
+    )
+    # Named by number, the broken version still answers why it cannot serve.
+    expect_rpc_error(
+        lambda: inference.Predict(predict_request(linear, X, version=broken)),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "model 'linear' version 3 failed to load, and requests do not load it again: warm-up",
+    )
+    # Moved to a version that loads, the alias follows it and the old version is freed.
+    _set_alias(registry, linear, "production", 2)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if inference.Predict(predict_request(linear, X, alias="production")).version == 2:
+            break
+        time.sleep(0.05)
+    np.testing.assert_allclose(
+        to_array(inference.Predict(predict_request(linear, X, alias="production")).outputs[0]),
+        X @ W * 2,
+        rtol=1e-6,
+    )
+
+
+def test_a_deployment_moved_to_a_version_that_cannot_warm_keeps_its_old_routes(
+    inference, registry, channel, linear, caplog
+) -> None:
+    _deploy(registry, linear, [(1, 100)])
+    assert inference.Predict(predict_request(linear, X)).version == 1
+    broken = upload(channel, linear, reshape_model([3]))
+    _deploy(registry, linear, [(1, 50), (broken, 50)])
+    _wait_until_failed(inference, linear, broken)
+    assert {inference.Predict(predict_request(linear, X)).version for _ in range(10)} == {1}
+    assert any(
+        "the deployment of 'linear' keeps serving [1]: version 3:" in r.getMessage() for r in caplog.records
+    )
 
 
 def _deploy(registry, model: str, routes: list[tuple[int, int]], shadow: int | None = None) -> None:
