@@ -128,6 +128,23 @@ def reshape_model(shape: list[int]) -> bytes:
     return _model_bytes(graph)
 
 
+def one_row_model() -> bytes:
+    """y = x reshaped to (1, 4), declared batchable as x float32 (N, 4) -> y (N, 4): a run of one
+    row answers it, a run of more rows fails (so does a warm-up with max_batch_size above 1).
+    The shape is an input with a default, so shape inference leaves y's first dimension free."""
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        "one_row",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4]),
+            helper.make_tensor_value_info("shape", TensorProto.INT64, [2]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array(np.array([1, 4], dtype=np.int64), "shape")],
+    )
+    return _model_bytes(graph)
+
+
 def upload(
     channel: grpc.Channel,
     model: str,

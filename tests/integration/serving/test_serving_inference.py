@@ -11,6 +11,7 @@ import pytest
 from serving_models import (
     W,
     linear_model,
+    one_row_model,
     pairwise_model,
     predict_request,
     reshape_model,
@@ -459,6 +460,32 @@ def test_an_alias_moved_to_a_version_that_cannot_warm_keeps_serving_the_old_one(
         X @ W * 2,
         rtol=1e-6,
     )
+
+
+def test_an_alias_held_back_moves_once_its_version_is_loaded_explicitly(
+    inference, registry, channel, linear
+) -> None:
+    _set_alias(registry, linear, "production", 1)
+    assert inference.Predict(predict_request(linear, X, alias="production")).version == 1
+    # Fails a batch of more than one row: the warm-up with version 1's max_batch_size fails it.
+    one_row = upload(channel, linear, one_row_model())
+    _set_alias(registry, linear, "production", one_row)
+    _wait_until_failed(inference, linear, one_row)
+    assert inference.Predict(predict_request(linear, X[:1], alias="production")).version == 1
+    inference.LoadModel(
+        inference_pb2.LoadModelRequest(
+            target=common_pb2.VersionRef(model=linear, version=one_row),
+            config=inference_pb2.ServingConfig(max_batch_size=1),
+        )
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if inference.Predict(predict_request(linear, X[:1], alias="production")).version == one_row:
+            break
+        time.sleep(0.05)
+    response = inference.Predict(predict_request(linear, X[:1], alias="production"))
+    assert response.version == one_row
+    np.testing.assert_allclose(to_array(response.outputs[0]), X[:1], rtol=1e-6)
 
 
 def test_a_deployment_moved_to_a_version_that_cannot_warm_keeps_its_old_routes(
