@@ -433,6 +433,12 @@ class RegistrySettings:
         "deadline passes leaves the queue unstarted. An export takes seconds to minutes of CPU "
         "(torch's exporter, then a parity run on torch's and onnxruntime's threads)",
     )
+    max_queued_exports: int = setting(
+        16,
+        parse_number(int, 1, 1024),
+        "most ONNX exports waiting for an export thread; beyond: RESOURCE_EXHAUSTED (each waiting "
+        "export holds a call open and, once it runs, a model's weights in memory)",
+    )
 
 
 @dataclass(frozen=True)

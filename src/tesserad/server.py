@@ -258,7 +258,12 @@ class Daemon:
             max_artifact_size=limits.max_artifact_size,
             dataset_check=self.datasets.check_lineage,
         )
-        self.exports = Exports(self.registry, blobs, max_concurrent=settings.registry.max_concurrent_exports)
+        self.exports = Exports(
+            self.registry,
+            blobs,
+            max_concurrent=settings.registry.max_concurrent_exports,
+            max_queued=settings.registry.max_queued_exports,
+        )
         self._changes = ChangeFeed(
             self._store,
             self.registry,

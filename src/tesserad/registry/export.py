@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound
+from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from tesserad.registry.aliases import check_settable_alias
 from tesserad.registry.architectures import architecture_signature
 from tesserad.registry.records import AliasEvent, VersionRecord
@@ -102,9 +102,11 @@ class Exports:
     add one version (the others return it, `reused`).
     """
 
-    def __init__(self, registry: Registry, blobs: BlobStore, *, max_concurrent: int) -> None:
+    def __init__(self, registry: Registry, blobs: BlobStore, *, max_concurrent: int, max_queued: int) -> None:
         self._registry = registry
         self._blobs = blobs
+        self._max_concurrent = max_concurrent
+        self._max_queued = max_queued
         self._executor = ThreadPoolExecutor(max_concurrent, thread_name_prefix="registry-export")
         self._registering = threading.Lock()
         self._lock = threading.Lock()
@@ -131,11 +133,18 @@ class Exports:
     ) -> Future[ExportResult]:
         """Check the request and queue the export of `source` (a safetensors version) to ONNX as
         the model's next version. Cancelling the future before the export starts takes it off
-        the queue; a started export runs to its end."""
+        the queue; a started export runs to its end. ResourceExhausted when `max_queued` exports
+        already wait."""
         description = description or f"ONNX export of v{source.version}"
         architecture = _check(source, opset, alias, description)
         request = _Request(source, architecture, opset, conv4d, alias, description, actor)
         with self._lock:
+            if self._waiting >= self._max_queued:
+                raise ResourceExhausted(
+                    f"{self._waiting} ONNX exports are waiting for the {self._max_concurrent} export "
+                    "thread(s), the most registry.max_queued_exports allows; retry once some have "
+                    "finished, or raise registry.max_queued_exports or registry.max_concurrent_exports"
+                )
             self._waiting += 1
         future = self._executor.submit(self._run, request)
         future.add_done_callback(self._forget_if_cancelled)

@@ -1,5 +1,6 @@
 """Exports run on threads of their own, at most registry.max_concurrent_exports at once: many at
-once leave the rest of the daemon answering, and a caller that goes away leaves the queue."""
+once leave the rest of the daemon answering, a caller that goes away leaves the queue, and
+beyond registry.max_queued_exports waiting a new export is refused."""
 
 from __future__ import annotations
 
@@ -51,7 +52,10 @@ def wait_for(condition: Callable[[], bool], what: str) -> None:
 
 @pytest.fixture
 def one_at_a_time(data_dir: Path) -> Iterator[InProcessDaemon]:
-    running = InProcessDaemon(daemon_settings(data_dir, **{"registry.max_concurrent_exports": 1})).start()
+    settings = daemon_settings(
+        data_dir, **{"registry.max_concurrent_exports": 1, "registry.max_queued_exports": 64}
+    )
+    running = InProcessDaemon(settings).start()
     yield running
     running.stop()
 
@@ -141,3 +145,32 @@ def test_identical_exports_at_once_add_one_version(two_at_a_time, weights, monke
     assert [r.version.version for r in results] == [2, 2]
     assert sorted(r.reused for r in results) == [False, True]
     assert [v.version for v in stub.ListVersions(R.ListVersionsRequest(model="mlp")).versions] == [2, 1]
+
+
+def test_an_export_beyond_the_queue_limit_is_refused(data_dir, weights, monkeypatch):
+    settings = daemon_settings(
+        data_dir, **{"registry.max_concurrent_exports": 1, "registry.max_queued_exports": 2}
+    )
+    running = InProcessDaemon(settings).start()
+    try:
+        stub = registry_pb2_grpc.RegistryStub(running.channel())
+        upload(stub, safetensors_header("mlp", weights), weights)
+        gate = Gate(monkeypatch)
+        exports = running.daemon.exports
+        try:
+            calls = [stub.ExportOnnx.future(SOURCE, timeout=300)]
+            wait_for(lambda: gate.started == 1, "the first export to start")
+            calls += [stub.ExportOnnx.future(SOURCE, timeout=300) for _ in range(2)]
+            wait_for(lambda: exports.waiting == 2, "two exports to queue")
+            refused = rpc_error(stub.ExportOnnx, SOURCE, timeout=30)
+        finally:
+            gate.opened.set()
+        assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        details = refused.details()
+        assert "2 ONNX exports are waiting for the 1 export thread(s)" in details
+        assert "registry.max_queued_exports" in details and "retry" in details
+        assert [call.result().version.version for call in calls] == [2, 2, 2]
+        # The refused export took no place: the queue takes exports again once it drains.
+        assert stub.ExportOnnx(SOURCE, timeout=300).reused
+    finally:
+        running.stop()
