@@ -249,6 +249,29 @@ def test_an_export_that_does_not_fit_is_resource_exhausted_and_adds_no_version(d
     assert registry.ExportOnnx(request, timeout=120).version.version == 2
 
 
+def test_an_export_with_room_for_its_file_once_but_not_twice_succeeds(daemon, disk):
+    registry = registry_pb2_grpc.RegistryStub(daemon.channel())
+    for name, seed in (("wide", 0), ("wider", 1)):
+        weights = mlp_weights(hidden=50_000, seed=seed)  # 1.3 MiB
+        upload(registry, safetensors_header(name, weights, architecture=mlp_architecture(50_000)), weights)
+    first = registry.ExportOnnx(
+        registry_pb2.ExportOnnxRequest(source=common_pb2.VersionRef(model="wide", version=1)), timeout=120
+    )
+    size = first.version.size_bytes
+    # Room for the ONNX file and the registration's pages, not for a second copy of the file.
+    filler = fill(disk, leave=size + size // 2)
+
+    request = registry_pb2.ExportOnnxRequest(source=common_pb2.VersionRef(model="wider", version=1))
+    exported = registry.ExportOnnx(request, timeout=120)
+
+    assert exported.version.version == 2 and exported.version.size_bytes == size
+    assert not [name for name in stored_blobs(disk / "data") if name.startswith("tmp/")]
+    digest = exported.version.sha256
+    blob = disk / "data" / "blobs" / "sha256" / digest[:2] / digest[2:]
+    assert hashlib.sha256(blob.read_bytes()).hexdigest() == digest
+    filler.unlink()
+
+
 def test_a_full_database_map_is_resource_exhausted_naming_its_setting_and_deletes_make_room(tmp_path):
     running = InProcessDaemon(daemon_settings(tmp_path / "data", **{"store.map_size": "256KiB"})).start()
     try:

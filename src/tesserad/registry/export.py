@@ -203,7 +203,7 @@ class Exports:
                     return ExportResult(
                         earlier, report.opset, report.max_abs_diff or 0.0, report.conv4d_mode, reused=True
                     )
-                blob = self._blobs.put_file(path)
+                blob = self._blobs.put_moved(path)
                 version = registry.register_version(
                     source.model,
                     format="onnx",

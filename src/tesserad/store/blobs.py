@@ -506,6 +506,23 @@ class BlobStore:
                 writer.write(chunk)
             return writer.commit()
 
+    def put_moved(self, source: Path) -> BlobRef:
+        """Store a file written in `tmp_dir` by moving it into place: hashed, fsynced and renamed,
+        so that it needs no second copy's room (a put_file of it would). The file is gone
+        afterwards, whether the put succeeded or not."""
+        try:
+            if source.parent != self.tmp_dir:
+                raise ValueError(f"put_moved takes a file in {self.tmp_dir}, got {source}")
+            with source.open("rb") as file:
+                digest = hashlib.file_digest(file, "sha256").hexdigest()
+                size = os.fstat(file.fileno()).st_size
+                os.fsync(file.fileno())
+        except BaseException:
+            source.unlink(missing_ok=True)
+            raise
+        self._move_into_place(source, digest)
+        return BlobRef(digest, size)
+
     def exists(self, sha256: str) -> bool:
         return self.path(sha256).is_file()
 

@@ -31,6 +31,31 @@ def test_write_commit_read(tmp_path: Path) -> None:
     assert list(blobs.tmp_dir.iterdir()) == []
 
 
+def test_put_moved_renames_a_temp_file_into_place(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path)
+    data = b"onnx" * 100_000
+    inodes = []
+    for _ in range(2):  # the second finds the blob in place and drops its file
+        source = blobs.tmp_dir / "export-1.onnx"
+        source.write_bytes(data)
+        inodes.append(source.stat().st_ino)
+        ref = blobs.put_moved(source)
+        assert ref.sha256 == hashlib.sha256(data).hexdigest() and ref.size == len(data)
+        assert list(blobs.tmp_dir.iterdir()) == []
+        blobs.release(ref.sha256)
+    assert blobs.path(ref.sha256).stat().st_ino == inodes[0]  # moved, not copied
+    assert blobs.read_bytes(ref.sha256) == data
+
+
+def test_put_moved_refuses_a_file_outside_the_stores_temp_dir(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path / "blobs")
+    source = tmp_path / "elsewhere.onnx"
+    source.write_bytes(b"onnx")
+    with pytest.raises(ValueError, match="takes a file in"):
+        blobs.put_moved(source)
+    assert list(blobs.all()) == []
+
+
 def test_declared_hash_or_size_mismatch_is_data_loss_and_stores_nothing(tmp_path: Path) -> None:
     blobs = BlobStore(tmp_path)
     with blobs.writer() as writer:
