@@ -431,7 +431,8 @@ class RegistrySettings:
         "ONNX exports (ExportOnnx) that run at once, on threads of their own so that other calls "
         "never wait behind them; more wait their turn, and one whose caller goes away or whose "
         "deadline passes leaves the queue unstarted. An export takes seconds to minutes of CPU "
-        "(torch's exporter, then a parity run on torch's and onnxruntime's threads)",
+        "(torch's exporter, then a parity run on torch's and onnxruntime's threads); a stop waits for "
+        "a running one at most grace_period_s, then abandons it (it registers nothing, and is logged)",
     )
     max_queued_exports: int = setting(
         16,

@@ -14,6 +14,7 @@ import logging
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -545,16 +546,18 @@ class Daemon:
         if self._changes is not None:
             # Change watchers (replicas) end with UNAVAILABLE and resume against the next start.
             await asyncio.to_thread(self._changes.close)
+        deadline = time.monotonic() + grace
         if self._server is not None:
             await self._server.stop(grace)
-        await self._close_resources()
+        await self._close_resources(max(0.0, deadline - time.monotonic()))
         log.info("tesserad stopped")
 
     async def wait_for_termination(self) -> None:
         if self._server is not None:
             await self._server.wait_for_termination()
 
-    async def _close_resources(self) -> None:
+    async def _close_resources(self, exports_wait_s: float = 0.0) -> None:
+        """`exports_wait_s`: how long running ONNX exports may still finish before they are abandoned."""
         if self._tokens_watch is not None:
             self._tokens_watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -581,7 +584,7 @@ class Daemon:
             await asyncio.to_thread(self.inference.close)
             self.inference = None
         if self.exports is not None:
-            await asyncio.to_thread(self.exports.close)
+            await asyncio.to_thread(self.exports.close, exports_wait_s)
             self.exports = None
         if self._metrics_http is not None:
             self._metrics_http.close()

@@ -10,15 +10,18 @@ already holds them is returned (`reused`) instead of a duplicate.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import queue
 import tempfile
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+import time
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from tesserad.registry.aliases import check_settable_alias
 from tesserad.registry.architectures import architecture_signature
 from tesserad.registry.records import AliasEvent, VersionRecord
@@ -30,6 +33,8 @@ from tesserad.store.space import space_checked
 
 if TYPE_CHECKING:
     from torch import nn
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -99,7 +104,8 @@ class Exports:
 
     An export takes seconds to minutes of CPU; on the executor that other calls share, a few at
     once held every thread that registry reads and uploads need. Identical exports at once
-    add one version (the others return it, `reused`).
+    add one version (the others return it, `reused`). The threads are daemon threads: an export
+    still running when the daemon stops is abandoned (see `close`) instead of holding the exit.
     """
 
     def __init__(self, registry: Registry, blobs: BlobStore, *, max_concurrent: int, max_queued: int) -> None:
@@ -107,11 +113,20 @@ class Exports:
         self._blobs = blobs
         self._max_concurrent = max_concurrent
         self._max_queued = max_queued
-        self._executor = ThreadPoolExecutor(max_concurrent, thread_name_prefix="registry-export")
+        self._queue: queue.SimpleQueue[tuple[Future[ExportResult], _Request] | None] = queue.SimpleQueue()
         self._registering = threading.Lock()
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
         self._waiting = 0
-        self._running = 0
+        self._running: dict[int, _Request] = {}  # by the id of the export's future
+        self._closed = False
+        self._abandoned = False
+        self._threads = [
+            threading.Thread(target=self._work, name=f"registry-export_{n}", daemon=True)
+            for n in range(max_concurrent)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def waiting(self) -> int:
@@ -119,7 +134,7 @@ class Exports:
 
     @property
     def running(self) -> int:
-        return self._running
+        return len(self._running)
 
     def submit(
         self,
@@ -139,6 +154,8 @@ class Exports:
         architecture = _check(source, opset, alias, description)
         request = _Request(source, architecture, opset, conv4d, alias, description, actor)
         with self._lock:
+            if self._closed:
+                raise Unavailable("tesserad is stopping; export again once it is back")
             if self._waiting >= self._max_queued:
                 raise ResourceExhausted(
                     f"{self._waiting} ONNX exports are waiting for the {self._max_concurrent} export "
@@ -146,29 +163,65 @@ class Exports:
                     "finished, or raise registry.max_queued_exports or registry.max_concurrent_exports"
                 )
             self._waiting += 1
-        future = self._executor.submit(self._run, request)
+        future: Future[ExportResult] = Future()
         future.add_done_callback(self._forget_if_cancelled)
+        self._queue.put((future, request))
         return future
 
     def _forget_if_cancelled(self, future: Future[ExportResult]) -> None:
-        # A future is only cancelled before it starts, so `_run` never counted it out.
+        # A future is only cancelled before it starts, so `_work` never counted it out.
         if future.cancelled():
             with self._lock:
                 self._waiting -= 1
 
-    def close(self) -> None:
-        """Drop the exports that wait; wait for those running (they write to the store)."""
-        self._executor.shutdown(wait=True, cancel_futures=True)
-
-    def _run(self, request: _Request) -> ExportResult:
+    def close(self, timeout: float) -> None:
+        """Drop the exports that wait; wait up to `timeout` seconds for those running, then
+        abandon the rest: none of them registers a version after this returns (the store is
+        about to close), and each is logged."""
         with self._lock:
-            self._waiting -= 1
-            self._running += 1
-        try:
-            return self._export(request)
-        finally:
+            self._closed = True
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                item[0].cancel()
+        for _ in self._threads:
+            self._queue.put(None)
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            self._idle.wait_for(lambda: not self._running, max(0.0, deadline - time.monotonic()))
+        # Taken after any registration in progress: an export past this point finds `_abandoned`.
+        with self._registering, self._lock:
+            self._abandoned = True
+            abandoned = list(self._running.values())
+        for request in abandoned:
+            log.warning(
+                "tesserad stopped before the ONNX export of %s v%d finished (grace period over); "
+                "it registers nothing: export it again",
+                request.source.model,
+                request.source.version,
+            )
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            future, request = item
+            if self._closed:  # taken off the queue as `close` began
+                future.cancel()
+            if not future.set_running_or_notify_cancel():
+                continue  # cancelled while it waited; its callback counted it out
             with self._lock:
-                self._running -= 1
+                self._waiting -= 1
+                self._running[id(future)] = request
+            try:
+                future.set_result(self._export(request))
+            except BaseException as exc:
+                future.set_exception(exc)
+            finally:
+                with self._lock:
+                    del self._running[id(future)]
+                    self._idle.notify_all()
 
     def _export(self, request: _Request) -> ExportResult:
         from tesserad.nn import build_model, export_onnx, spec_from_dict
@@ -196,6 +249,11 @@ class Exports:
             # Finding an earlier export and registering a new one under one lock: identical
             # exports at once found none and each added a version.
             with self._registering:
+                if self._abandoned:
+                    raise Unavailable(
+                        f"tesserad stopped before the ONNX export of {source.model} v{source.version} "
+                        "finished; nothing was registered: export it again once tesserad is back"
+                    )
                 earlier = _earlier_export(registry, source, path)
                 if earlier is not None:
                     if alias:

@@ -1,9 +1,11 @@
 """Exports run on threads of their own, at most registry.max_concurrent_exports at once: many at
-once leave the rest of the daemon answering, a caller that goes away leaves the queue, and
-beyond registry.max_queued_exports waiting a new export is refused."""
+once leave the rest of the daemon answering, a caller that goes away leaves the queue,
+beyond registry.max_queued_exports waiting a new export is refused, and a stop waits for a
+running export no longer than its grace period."""
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -17,7 +19,7 @@ import pytest
 import tesserad.nn
 from tessera.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 from tests.conftest import InProcessDaemon, daemon_settings
-from tests.integration.registry.conftest import rpc_error, safetensors_header, upload
+from tests.integration.registry.conftest import rpc_error, safetensors_header, stored_blobs, upload
 
 R = registry_pb2
 SOURCE = R.ExportOnnxRequest(source=common_pb2.VersionRef(model="mlp", version=1))
@@ -174,3 +176,34 @@ def test_an_export_beyond_the_queue_limit_is_refused(data_dir, weights, monkeypa
         assert stub.ExportOnnx(SOURCE, timeout=300).reused
     finally:
         running.stop()
+
+
+def test_a_stop_abandons_an_export_still_running_after_the_grace_period(
+    data_dir, weights, monkeypatch, caplog
+):
+    running = InProcessDaemon(daemon_settings(data_dir)).start()
+    stub = registry_pb2_grpc.RegistryStub(running.channel())
+    upload(stub, safetensors_header("mlp", weights), weights)
+    gate = Gate(monkeypatch)
+    exports = running.daemon.exports
+    try:
+        call = stub.ExportOnnx.future(SOURCE, timeout=300)
+        wait_for(lambda: gate.started == 1, "the export to start")
+        queued = stub.ExportOnnx.future(SOURCE, timeout=300)
+        wait_for(lambda: exports.waiting == 1, "a second export to queue")
+        with caplog.at_level(logging.WARNING, logger="tesserad.registry.export"):
+            running.stop(grace=0.5)  # returns while the export is still held at its start
+    finally:
+        gate.opened.set()
+    assert call.exception() is not None and queued.exception() is not None
+    assert exports.waiting == 0 and gate.started == 1  # the queued one never started
+    assert "ONNX export of mlp v1 finished" in caplog.text and "export it again" in caplog.text
+    wait_for(lambda: exports.running == 0, "the abandoned export to end")
+    assert not [name for name in stored_blobs(data_dir) if name.startswith("tmp/")]
+
+    restarted = InProcessDaemon(daemon_settings(data_dir)).start()
+    try:
+        stub = registry_pb2_grpc.RegistryStub(restarted.channel())
+        assert [v.version for v in stub.ListVersions(R.ListVersionsRequest(model="mlp")).versions] == [1]
+    finally:
+        restarted.stop()
