@@ -9,7 +9,6 @@ already holds them is returned (`reused`) instead of a duplicate.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import queue
@@ -254,14 +253,16 @@ class Exports:
                         f"tesserad stopped before the ONNX export of {source.model} v{source.version} "
                         "finished; nothing was registered: export it again once tesserad is back"
                     )
-                earlier = _earlier_export(registry, source, path)
+                # Stored first, so the file is hashed once: bytes an earlier export holds are
+                # already in the store, and their put adds nothing.
+                blob = self._blobs.put_moved(path)
+                earlier = _earlier_export(registry, source, blob.sha256)
                 if earlier is not None:
                     if alias:
                         earlier = _move_alias(registry, earlier, alias, actor)
                     return ExportResult(
                         earlier, report.opset, report.max_abs_diff or 0.0, report.conv4d_mode, reused=True
                     )
-                blob = self._blobs.put_moved(path)
                 version = registry.register_version(
                     source.model,
                     format="onnx",
@@ -315,10 +316,8 @@ def _check(source: VersionRecord, opset: int, alias: str, description: str) -> d
     return source.architecture
 
 
-def _earlier_export(registry: Registry, source: VersionRecord, path: Path) -> VersionRecord | None:
-    """The ONNX version of the model derived from `source` whose artifact is the file at `path`."""
-    with path.open("rb") as file:
-        sha256 = hashlib.file_digest(file, "sha256").hexdigest()
+def _earlier_export(registry: Registry, source: VersionRecord, sha256: str) -> VersionRecord | None:
+    """The ONNX version of the model derived from `source` whose artifact has `sha256`."""
     _, derived = registry.get_lineage(source.model, source.version)
     for key in derived:
         try:
