@@ -518,19 +518,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                         request = decode(raw)
                     except (InvalidArgument, ResourceExhausted) as exc:
                         await context.abort(status_for(exc), exc.message)
-                    async for item in inner_us(request, context):
-                        try:
-                            data = encode(item)
-                        except ResourceExhausted as exc:
-                            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message)
-                        if stream is None:
-                            yield data
-                        else:
-                            stream.sending = True
-                            yield data
-                            stream.sending = False
-                            if stream.refusal is not None:
-                                await context.abort(*stream.refusal)
+                    async for data in _sent(inner_us(request, context), encode, stream, context):
+                        yield data
                 except asyncio.CancelledError:
                     await _end_if_refused(stream, context)
                     raise
@@ -548,19 +537,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             except _Refused as exc:
                 await context.abort(exc.code, exc.message)
             try:
-                async for item in inner_ss(decoded_stream(requests), context):
-                    try:
-                        data = encode(item)
-                    except ResourceExhausted as exc:
-                        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message)
-                    if stream is None:
-                        yield data
-                    else:
-                        stream.sending = True
-                        yield data
-                        stream.sending = False
-                        if stream.refusal is not None:
-                            await context.abort(*stream.refusal)
+                async for data in _sent(inner_ss(decoded_stream(requests), context), encode, stream, context):
+                    yield data
             except asyncio.CancelledError:
                 await _end_if_refused(stream, context)
                 raise
@@ -614,6 +592,29 @@ class _Refused(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+async def _sent(
+    responses: AsyncIterator[Any],
+    encode: Callable[[Any], bytes],
+    stream: _OpenStream | None,
+    context: Context,
+) -> AsyncIterator[bytes]:
+    """A streaming call's responses, encoded (RESOURCE_EXHAUSTED past the send limit); a stream
+    whose token a reload refused while a response went out ends once that response is sent."""
+    async for response in responses:
+        try:
+            data = encode(response)
+        except ResourceExhausted as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message)
+        if stream is None:
+            yield data
+            continue
+        stream.sending = True
+        yield data
+        stream.sending = False
+        if stream.refusal is not None:
+            await context.abort(*stream.refusal)
 
 
 async def _end_if_refused(stream: _OpenStream | None, context: Context) -> None:
