@@ -210,6 +210,12 @@ class LimitsSettings:
     max_dataset_size: int = setting(
         4 * 2**30, parse_size, "largest dataset file UploadDataset accepts (RESOURCE_EXHAUSTED above it)"
     )
+    max_run_artifact_size: int = setting(
+        2**30,
+        parse_size,
+        "largest run artifact (a plot, notes, a small model file) UploadRunArtifact accepts "
+        "(RESOURCE_EXHAUSTED above it)",
+    )
     dataset_quota: int = setting(
         64 * 2**30, parse_size, "most bytes all stored datasets may take together (shared content once)"
     )

@@ -67,10 +67,12 @@ from tesserad.serving.service import CallCounter, InferenceService
 from tesserad.store import BlobStore, DataDirLock, Store
 from tesserad.store.space import space_checked
 from tesserad.system import SystemService
+from tesserad.training import artifacts as training_artifacts
 from tesserad.training import events as training_events
 from tesserad.training import jobs as training_jobs
 from tesserad.training import sweeps as training_sweeps
 from tesserad.training import tracking as training_tracking
+from tesserad.training.artifacts import RunArtifacts
 from tesserad.training.data import DatasetAccess
 from tesserad.training.events import EventLog
 from tesserad.training.jobs import Jobs
@@ -92,6 +94,7 @@ STORE_TABLES: list[str] = [
     *DATASET_TABLES,
     *DATASET_REFERENCE_TABLES,
     *training_tracking.TABLES,
+    *training_artifacts.TABLES,
     *training_events.TABLES,
     *training_jobs.TABLES,
     *training_sweeps.TABLES,
@@ -323,7 +326,15 @@ class Daemon:
         await asyncio.to_thread(sweeps.start)
         _register(
             training_pb2_grpc.add_TrainingServicer_to_server,
-            TrainingServicer(self.training, events, tracking, sweeps),
+            TrainingServicer(
+                self.training,
+                events,
+                tracking,
+                sweeps,
+                RunArtifacts(self._store, blobs, tracking, limits.max_run_artifact_size),
+                blobs,
+                limits.chunk_size,
+            ),
             routes,
         )
         self._health = self._add_health_and_reflection(server, routes)

@@ -12,6 +12,7 @@ from tessera.v1 import training_pb2 as pb
 from tesserad.api.convert_common import seconds, timestamp
 from tesserad.api.convert_registry import job_spec_to_dict
 from tesserad.errors import InvalidArgument
+from tesserad.training.artifacts import RunArtifact
 from tesserad.training.events import JobEvent
 from tesserad.training.job_records import JobRecord
 from tesserad.training.pbt import PbtSettings
@@ -246,6 +247,16 @@ def summary_to_proto(summary: MetricSummary) -> pb.MetricSummary:
         max=summary.max,
         count=summary.count,
         last_step=summary.last_step,
+    )
+
+
+def artifact_to_proto(artifact: RunArtifact) -> pb.RunArtifact:
+    return pb.RunArtifact(
+        run_id=artifact.run_id,
+        path=artifact.path,
+        size_bytes=artifact.size_bytes,
+        sha256=artifact.sha256,
+        created_at=timestamp(artifact.created_at),
     )
 
 

@@ -12,6 +12,7 @@ from tessera.v1 import training_pb2 as pb
 from tessera.v1 import training_pb2_grpc
 from tesserad.api.auth import caller
 from tesserad.api.convert_training import (
+    artifact_to_proto,
     event_to_proto,
     experiment_to_proto,
     job_spec_from_proto,
@@ -31,7 +32,10 @@ from tesserad.api.convert_training import (
     sweep_to_proto,
     view_from_proto,
 )
+from tesserad.api.transfers import chunk_size, read_header, receive_chunks, stream_chunks
 from tesserad.errors import InvalidArgument
+from tesserad.store import BlobStore
+from tesserad.training.artifacts import RunArtifacts
 from tesserad.training.events import EventLog
 from tesserad.training.jobs import Jobs
 from tesserad.training.sweeps import Sweeps
@@ -60,11 +64,23 @@ def _retrieve_outcome(future: asyncio.Future[int]) -> None:
 
 
 class TrainingServicer(training_pb2_grpc.TrainingServicer):
-    def __init__(self, jobs: Jobs, events: EventLog, tracking: Tracking, sweeps: Sweeps) -> None:
+    def __init__(
+        self,
+        jobs: Jobs,
+        events: EventLog,
+        tracking: Tracking,
+        sweeps: Sweeps,
+        artifacts: RunArtifacts,
+        blobs: BlobStore,
+        default_chunk_size: int,
+    ) -> None:
         self._jobs = jobs
         self._sweeps = sweeps
         self._events = events
         self._tracking = tracking
+        self._artifacts = artifacts
+        self._blobs = blobs
+        self._chunk_size = default_chunk_size
 
     # -- jobs
 
@@ -343,6 +359,50 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
             downsampled=page.downsampled,
             next_page_token=page.next_token,
         )
+
+    # -- run artifacts
+
+    async def UploadRunArtifact(
+        self,
+        request_iterator: AsyncIterator[pb.UploadRunArtifactRequest],
+        context: grpc.aio.ServicerContext[pb.UploadRunArtifactRequest, pb.RunArtifact],
+    ) -> pb.RunArtifact:
+        header: pb.UploadRunArtifactHeader = await read_header(request_iterator)
+        limit = await asyncio.to_thread(
+            self._artifacts.upload_limit, header.run_id, header.path, header.size_bytes, header.sha256
+        )
+        with self._blobs.writer(limit, "limits.max_run_artifact_size", header.size_bytes or None) as writer:
+            artifact = await receive_chunks(
+                request_iterator,
+                writer,
+                header.sha256 or None,
+                header.size_bytes or None,
+                lambda blob: self._artifacts.register(header.run_id, header.path, blob),
+            )
+        return artifact_to_proto(artifact)
+
+    async def ListRunArtifacts(
+        self,
+        request: pb.ListRunArtifactsRequest,
+        context: grpc.aio.ServicerContext[pb.ListRunArtifactsRequest, pb.ListRunArtifactsResponse],
+    ) -> pb.ListRunArtifactsResponse:
+        page = await asyncio.to_thread(
+            self._artifacts.list, request.run_id, request.path, request.page_size, request.page_token
+        )
+        return pb.ListRunArtifactsResponse(
+            artifacts=[artifact_to_proto(a) for a in page.items], next_page_token=page.next_page_token
+        )
+
+    async def DownloadRunArtifact(
+        self,
+        request: pb.DownloadRunArtifactRequest,
+        context: grpc.aio.ServicerContext[pb.DownloadRunArtifactRequest, pb.DownloadRunArtifactResponse],
+    ) -> AsyncIterator[pb.DownloadRunArtifactResponse]:
+        size = chunk_size(request.chunk_size, self._chunk_size)
+        artifact = await asyncio.to_thread(self._artifacts.get, request.run_id, request.path)
+        yield pb.DownloadRunArtifactResponse(header=artifact_to_proto(artifact))
+        async for chunk in stream_chunks(self._artifacts.read_chunks(artifact, size)):
+            yield pb.DownloadRunArtifactResponse(chunk=chunk)
 
     # -- sweeps
 

@@ -459,6 +459,12 @@ class Tracking:
             raise NotFound(f"run {run_id!r} does not exist")
         return _run_from(decode_record(raw, "run", 1)[1])
 
+    def writable_run(self, txn: ReadTxn, run_id: str) -> Run:
+        """The run, for a change: NotFound when unknown, FailedPrecondition when deleted."""
+        run = self.load_run(txn, run_id)
+        _refuse_deleted_run(run)
+        return run
+
     def get_run(self, run_id: str) -> Run:
         with self._store.read() as txn:
             run = self.load_run(txn, run_id)

@@ -149,6 +149,21 @@ class TrainingStub:
                 request_serializer=tessera_dot_v1_dot_training__pb2.GetMetricHistoryRequest.SerializeToString,
                 response_deserializer=tessera_dot_v1_dot_training__pb2.MetricHistory.FromString,
                 _registered_method=True)
+        self.UploadRunArtifact = channel.stream_unary(
+                '/tessera.v1.Training/UploadRunArtifact',
+                request_serializer=tessera_dot_v1_dot_training__pb2.UploadRunArtifactRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_training__pb2.RunArtifact.FromString,
+                _registered_method=True)
+        self.ListRunArtifacts = channel.unary_unary(
+                '/tessera.v1.Training/ListRunArtifacts',
+                request_serializer=tessera_dot_v1_dot_training__pb2.ListRunArtifactsRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_training__pb2.ListRunArtifactsResponse.FromString,
+                _registered_method=True)
+        self.DownloadRunArtifact = channel.unary_stream(
+                '/tessera.v1.Training/DownloadRunArtifact',
+                request_serializer=tessera_dot_v1_dot_training__pb2.DownloadRunArtifactRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_training__pb2.DownloadRunArtifactResponse.FromString,
+                _registered_method=True)
         self.SubmitSweep = channel.unary_unary(
                 '/tessera.v1.Training/SubmitSweep',
                 request_serializer=tessera_dot_v1_dot_training__pb2.SubmitSweepRequest.SerializeToString,
@@ -344,6 +359,36 @@ class TrainingServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadRunArtifact(self, request_iterator, context):
+        """Run artifacts (MLflow's log_artifact): files kept with a run at a relative path such as
+        "plots/loss.png". A header, then chunks; the artifact is recorded only once every byte is in
+        and matches the header's size and sha256 when given (DATA_LOSS otherwise), so an upload cut
+        short stores nothing. Uploading to a path again replaces the artifact there. INVALID_ARGUMENT
+        for a path that is empty, absolute, over 400 bytes (UTF-8), or has an empty, "." or ".."
+        segment, a backslash, NUL or newline; NOT_FOUND for an unknown run; FAILED_PRECONDITION
+        for a deleted run, or for a path under another artifact ("a.txt/b") or with artifacts
+        under it (the artifacts make one directory tree); RESOURCE_EXHAUSTED over
+        limits.max_run_artifact_size or on a full disk. Ended runs take artifacts, as MLflow's do.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRunArtifacts(self, request, context):
+        """A run's artifacts in path order, those under a directory with path; deleted runs' too.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadRunArtifact(self, request, context):
+        """The artifact as a header, then chunks; the daemon checks the stored bytes' sha256 as it
+        sends them (DATA_LOSS when damaged on disk), and the header's lets the client check too.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SubmitSweep(self, request, context):
         """Hyperparameter sweeps: many jobs from one base spec.
         """
@@ -486,6 +531,21 @@ def add_TrainingServicer_to_server(servicer, server):
                     servicer.GetMetricHistory,
                     request_deserializer=tessera_dot_v1_dot_training__pb2.GetMetricHistoryRequest.FromString,
                     response_serializer=tessera_dot_v1_dot_training__pb2.MetricHistory.SerializeToString,
+            ),
+            'UploadRunArtifact': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadRunArtifact,
+                    request_deserializer=tessera_dot_v1_dot_training__pb2.UploadRunArtifactRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_training__pb2.RunArtifact.SerializeToString,
+            ),
+            'ListRunArtifacts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRunArtifacts,
+                    request_deserializer=tessera_dot_v1_dot_training__pb2.ListRunArtifactsRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_training__pb2.ListRunArtifactsResponse.SerializeToString,
+            ),
+            'DownloadRunArtifact': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadRunArtifact,
+                    request_deserializer=tessera_dot_v1_dot_training__pb2.DownloadRunArtifactRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_training__pb2.DownloadRunArtifactResponse.SerializeToString,
             ),
             'SubmitSweep': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitSweep,
@@ -1129,6 +1189,87 @@ class Training:
             '/tessera.v1.Training/GetMetricHistory',
             tessera_dot_v1_dot_training__pb2.GetMetricHistoryRequest.SerializeToString,
             tessera_dot_v1_dot_training__pb2.MetricHistory.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadRunArtifact(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/tessera.v1.Training/UploadRunArtifact',
+            tessera_dot_v1_dot_training__pb2.UploadRunArtifactRequest.SerializeToString,
+            tessera_dot_v1_dot_training__pb2.RunArtifact.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRunArtifacts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Training/ListRunArtifacts',
+            tessera_dot_v1_dot_training__pb2.ListRunArtifactsRequest.SerializeToString,
+            tessera_dot_v1_dot_training__pb2.ListRunArtifactsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadRunArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tessera.v1.Training/DownloadRunArtifact',
+            tessera_dot_v1_dot_training__pb2.DownloadRunArtifactRequest.SerializeToString,
+            tessera_dot_v1_dot_training__pb2.DownloadRunArtifactResponse.FromString,
             options,
             channel_credentials,
             insecure,

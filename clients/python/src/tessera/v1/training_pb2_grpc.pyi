@@ -95,6 +95,23 @@ class TrainingStub:
     the last and the extreme points are always kept. Pages: a long answer (every point of a
     long run) comes in pages of page_size points; pass next_page_token until it is empty.
     """
+    UploadRunArtifact: _grpc.StreamUnaryMultiCallable[_training_pb2.UploadRunArtifactRequest, _training_pb2.RunArtifact]
+    """Run artifacts (MLflow's log_artifact): files kept with a run at a relative path such as
+    "plots/loss.png". A header, then chunks; the artifact is recorded only once every byte is in
+    and matches the header's size and sha256 when given (DATA_LOSS otherwise), so an upload cut
+    short stores nothing. Uploading to a path again replaces the artifact there. INVALID_ARGUMENT
+    for a path that is empty, absolute, over 400 bytes (UTF-8), or has an empty, "." or ".."
+    segment, a backslash, NUL or newline; NOT_FOUND for an unknown run; FAILED_PRECONDITION
+    for a deleted run, or for a path under another artifact ("a.txt/b") or with artifacts
+    under it (the artifacts make one directory tree); RESOURCE_EXHAUSTED over
+    limits.max_run_artifact_size or on a full disk. Ended runs take artifacts, as MLflow's do.
+    """
+    ListRunArtifacts: _grpc.UnaryUnaryMultiCallable[_training_pb2.ListRunArtifactsRequest, _training_pb2.ListRunArtifactsResponse]
+    """A run's artifacts in path order, those under a directory with path; deleted runs' too."""
+    DownloadRunArtifact: _grpc.UnaryStreamMultiCallable[_training_pb2.DownloadRunArtifactRequest, _training_pb2.DownloadRunArtifactResponse]
+    """The artifact as a header, then chunks; the daemon checks the stored bytes' sha256 as it
+    sends them (DATA_LOSS when damaged on disk), and the header's lets the client check too.
+    """
     SubmitSweep: _grpc.UnaryUnaryMultiCallable[_training_pb2.SubmitSweepRequest, _training_pb2.Sweep]
     """Hyperparameter sweeps: many jobs from one base spec."""
     GetSweep: _grpc.UnaryUnaryMultiCallable[_training_pb2.GetSweepRequest, _training_pb2.Sweep]
@@ -165,6 +182,23 @@ class TrainingAsyncStub(TrainingStub):
     """One metric's history, downsampled on the server when longer than max_points; the first,
     the last and the extreme points are always kept. Pages: a long answer (every point of a
     long run) comes in pages of page_size points; pass next_page_token until it is empty.
+    """
+    UploadRunArtifact: _aio.StreamUnaryMultiCallable[_training_pb2.UploadRunArtifactRequest, _training_pb2.RunArtifact]  # type: ignore[assignment]
+    """Run artifacts (MLflow's log_artifact): files kept with a run at a relative path such as
+    "plots/loss.png". A header, then chunks; the artifact is recorded only once every byte is in
+    and matches the header's size and sha256 when given (DATA_LOSS otherwise), so an upload cut
+    short stores nothing. Uploading to a path again replaces the artifact there. INVALID_ARGUMENT
+    for a path that is empty, absolute, over 400 bytes (UTF-8), or has an empty, "." or ".."
+    segment, a backslash, NUL or newline; NOT_FOUND for an unknown run; FAILED_PRECONDITION
+    for a deleted run, or for a path under another artifact ("a.txt/b") or with artifacts
+    under it (the artifacts make one directory tree); RESOURCE_EXHAUSTED over
+    limits.max_run_artifact_size or on a full disk. Ended runs take artifacts, as MLflow's do.
+    """
+    ListRunArtifacts: _aio.UnaryUnaryMultiCallable[_training_pb2.ListRunArtifactsRequest, _training_pb2.ListRunArtifactsResponse]  # type: ignore[assignment]
+    """A run's artifacts in path order, those under a directory with path; deleted runs' too."""
+    DownloadRunArtifact: _aio.UnaryStreamMultiCallable[_training_pb2.DownloadRunArtifactRequest, _training_pb2.DownloadRunArtifactResponse]  # type: ignore[assignment]
+    """The artifact as a header, then chunks; the daemon checks the stored bytes' sha256 as it
+    sends them (DATA_LOSS when damaged on disk), and the header's lets the client check too.
     """
     SubmitSweep: _aio.UnaryUnaryMultiCallable[_training_pb2.SubmitSweepRequest, _training_pb2.Sweep]  # type: ignore[assignment]
     """Hyperparameter sweeps: many jobs from one base spec."""
@@ -371,6 +405,41 @@ class TrainingServicer(metaclass=_abc_1.ABCMeta):
         """One metric's history, downsampled on the server when longer than max_points; the first,
         the last and the extreme points are always kept. Pages: a long answer (every point of a
         long run) comes in pages of page_size points; pass next_page_token until it is empty.
+        """
+
+    @_abc_1.abstractmethod
+    def UploadRunArtifact(
+        self,
+        request_iterator: _MaybeAsyncIterator[_training_pb2.UploadRunArtifactRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_training_pb2.RunArtifact, _abc.Awaitable[_training_pb2.RunArtifact]]:
+        """Run artifacts (MLflow's log_artifact): files kept with a run at a relative path such as
+        "plots/loss.png". A header, then chunks; the artifact is recorded only once every byte is in
+        and matches the header's size and sha256 when given (DATA_LOSS otherwise), so an upload cut
+        short stores nothing. Uploading to a path again replaces the artifact there. INVALID_ARGUMENT
+        for a path that is empty, absolute, over 400 bytes (UTF-8), or has an empty, "." or ".."
+        segment, a backslash, NUL or newline; NOT_FOUND for an unknown run; FAILED_PRECONDITION
+        for a deleted run, or for a path under another artifact ("a.txt/b") or with artifacts
+        under it (the artifacts make one directory tree); RESOURCE_EXHAUSTED over
+        limits.max_run_artifact_size or on a full disk. Ended runs take artifacts, as MLflow's do.
+        """
+
+    @_abc_1.abstractmethod
+    def ListRunArtifacts(
+        self,
+        request: _training_pb2.ListRunArtifactsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_training_pb2.ListRunArtifactsResponse, _abc.Awaitable[_training_pb2.ListRunArtifactsResponse]]:
+        """A run's artifacts in path order, those under a directory with path; deleted runs' too."""
+
+    @_abc_1.abstractmethod
+    def DownloadRunArtifact(
+        self,
+        request: _training_pb2.DownloadRunArtifactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_training_pb2.DownloadRunArtifactResponse], _abc.AsyncIterator[_training_pb2.DownloadRunArtifactResponse]]:
+        """The artifact as a header, then chunks; the daemon checks the stored bytes' sha256 as it
+        sends them (DATA_LOSS when damaged on disk), and the header's lets the client check too.
         """
 
     @_abc_1.abstractmethod
