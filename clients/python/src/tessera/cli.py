@@ -844,6 +844,60 @@ def cmd_runs_restore(client: Client, args: argparse.Namespace, out: Output) -> N
     out.line(f"restored run {run.run_id}")
 
 
+def cmd_runs_artifacts_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
+    artifacts = list(client.training.list_artifacts(args.run_id, args.path))
+    if out.as_json:
+        return out.json(artifacts)
+    under = f" under {args.path}" if args.path else ""
+    out.table(
+        f"artifacts of run {args.run_id}{under}",
+        ["path", "size", "sha256", "stored"],
+        [(a.path, size(a.size_bytes), a.sha256[:12], when(a.created_at)) for a in artifacts],
+        whole=("path",),
+    )
+    if not artifacts:
+        out.line(f"no artifacts{under}; store one with: tessera runs artifacts put {args.run_id} FILE")
+
+
+def cmd_runs_artifacts_put(client: Client, args: argparse.Namespace, out: Output) -> None:
+    artifact = client.training.log_artifact(
+        args.run_id,
+        args.file,
+        args.path or None,
+        progress=transfer_progress(out, f"storing {Path(args.file).name}"),
+    )
+    if out.as_json:
+        return out.json(artifact)
+    out.line(
+        f"stored {artifact.path} in run {artifact.run_id}: {size(artifact.size_bytes)}, "
+        f"sha256 {artifact.sha256[:12]}; fetch it with: tessera runs artifacts get {artifact.run_id} "
+        f"{artifact.path}"
+    )
+
+
+def cmd_runs_artifacts_get(client: Client, args: argparse.Namespace, out: Output) -> None:
+    listed = list(client.training.list_artifacts(args.run_id, args.path))
+    if not listed or any(a.path == args.path for a in listed):
+        # One file (or nothing there: the daemon's NOT_FOUND says so).
+        artifact = client.training.download_artifact(
+            args.run_id,
+            args.path,
+            args.output,
+            progress=transfer_progress(out, f"downloading {args.path}"),
+        )
+        target = Path(args.output) if args.output else Path(Path(args.path).name)
+        path = target / Path(args.path).name if target.is_dir() else target
+        if out.as_json:
+            return out.json({"path": str(path), "artifact": to_plain(artifact)})
+        return out.line(f"wrote {path}: {artifact.path}, {size(artifact.size_bytes)}, sha256 verified")
+    root = Path(args.output or ".")
+    local = client.training.download_artifacts(args.run_id, args.path, root)
+    if out.as_json:
+        return out.json({"path": str(local), "artifacts": to_plain(listed)})
+    total = sum(a.size_bytes for a in listed)
+    out.line(f"wrote {len(listed)} artifacts ({size(total)}) under {local}, each sha256 verified")
+
+
 def cmd_experiments_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
     experiments = list(client.training.experiments(prefix=args.prefix, view=VIEWS[args.view]))
     if out.as_json:
@@ -1444,6 +1498,32 @@ def build_parser() -> argparse.ArgumentParser:
     command(runs, "show", cmd_runs_show, "a run's params and metrics").add_argument("run_id")
     command(runs, "rm", cmd_runs_rm, "delete a run (kept until restored)").add_argument("run_id")
     command(runs, "restore", cmd_runs_restore, "bring back a deleted run").add_argument("run_id")
+    artifacts = runs.add_parser(
+        "artifacts", help="files kept with a run (plots, notes, small models)"
+    ).add_subparsers(dest="artifacts_command", required=True, metavar="SUBCOMMAND")
+    sub = command(artifacts, "ls", cmd_runs_artifacts_ls, "list a run's artifacts in path order")
+    sub.add_argument("run_id")
+    sub.add_argument("path", nargs="?", default="", help="only those under this directory")
+    sub = command(artifacts, "put", cmd_runs_artifacts_put, "store a file with a run")
+    sub.add_argument("run_id")
+    sub.add_argument("file")
+    sub.add_argument(
+        "--path",
+        default="",
+        metavar="DIR",
+        help="directory in the run to store it in, under the file's own name (default: the top)",
+    )
+    sub = command(
+        artifacts, "get", cmd_runs_artifacts_get, "download an artifact, or every one under a directory"
+    )
+    sub.add_argument("run_id")
+    sub.add_argument("path", help="an artifact's path, or a directory of them")
+    sub.add_argument(
+        "-o",
+        "--output",
+        help="file or directory to write to (default: the current directory; a directory keeps "
+        "the artifacts' paths under it)",
+    )
     sub = command(runs, "leaderboard", cmd_runs_leaderboard, "an experiment's runs ranked by a metric")
     sub.add_argument("experiment")
     sub.add_argument("metric")

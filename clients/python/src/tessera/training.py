@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from tessera.calls import C, JoinedPages, Op, Pages, Part, Resumable, SeqCursor, Then, call, stream
+from tessera.calls import (
+    C,
+    Call,
+    Download,
+    JoinedPages,
+    Op,
+    Pages,
+    Part,
+    Resumable,
+    SeqCursor,
+    Then,
+    Upload,
+    call,
+    stream,
+)
 from tessera.errors import JobFailed
 from tessera.events import JobEvent, JobState, event_from_proto
 from tessera.messages import from_dict
-from tessera.transport import RetryPolicy
+from tessera.transfer import CHUNK_BYTES, DownloadSink, Progress, file_chunks, file_digest
+from tessera.transport import AioConnection, Connection, RetryPolicy
 from tessera.v1 import common_pb2, job_spec_pb2
 from tessera.v1 import training_pb2 as pb
 
@@ -62,6 +79,60 @@ def failure_message(info: pb.Job) -> str:
     state = JobState.from_proto(info.state)
     why = f": {info.error}" if info.error else ""
     return f"job {info.job_id} ended {state.value}{why}"
+
+
+def artifact_requests(
+    run_id: str, path: str, source: Path, chunk_size: int, progress: Progress | None
+) -> Iterator[pb.UploadRunArtifactRequest]:
+    """An artifact upload: the header with the file's sha256 and size (read here, before the
+    call), then its chunks."""
+    sha256, size = file_digest(source)
+    header = pb.UploadRunArtifactHeader(run_id=run_id, path=path, sha256=sha256, size_bytes=size)
+
+    def requests() -> Iterator[pb.UploadRunArtifactRequest]:
+        yield pb.UploadRunArtifactRequest(header=header)
+        for chunk in file_chunks(source, size, chunk_size, progress):
+            yield pb.UploadRunArtifactRequest(chunk=chunk)
+
+    return requests()
+
+
+def artifact_file(root: Path, artifact_path: str) -> Path:
+    """Where a downloaded artifact goes under `root`, its directories made; ValueError for a path
+    that would leave `root` (the daemon refuses to store one)."""
+    local = root / artifact_path
+    if not local.resolve().is_relative_to(root.resolve()):
+        raise ValueError(f"artifact path {artifact_path!r} leads outside {root}; not written")
+    local.parent.mkdir(parents=True, exist_ok=True)
+    return local
+
+
+@dataclass(frozen=True)
+class ArtifactTree(Call[Path]):
+    """Download every artifact `listing` gives under `root` at its own path; `missing` is the
+    call that reports the error when the listing is empty (None: nothing to report)."""
+
+    listing: Pages[pb.RunArtifact]
+    download: Callable[[str, Path], Download[pb.RunArtifact]]
+    missing: Call[Any] | None
+    root: Path
+    result: Path
+
+    def run(self, conn: Connection) -> Path:
+        artifacts = list(self.listing.iterate(conn))
+        if not artifacts and self.missing is not None:
+            self.missing.run(conn)
+        for artifact in artifacts:
+            self.download(artifact.path, artifact_file(self.root, artifact.path)).run(conn)
+        return self.result
+
+    async def run_async(self, conn: AioConnection) -> Path:
+        artifacts = [artifact async for artifact in self.listing.iterate_async(conn)]
+        if not artifacts and self.missing is not None:
+            await self.missing.run_async(conn)
+        for artifact in artifacts:
+            await self.download(artifact.path, artifact_file(self.root, artifact.path)).run_async(conn)
+        return self.result
 
 
 class Job(Part[C]):
@@ -359,6 +430,99 @@ class Training(Part[C]):
             return Op(S, "GetMetricHistory", request)
 
         return JoinedPages(page)
+
+    @call
+    def log_artifact(
+        self,
+        run_id: str,
+        local_path: str | Path,
+        artifact_path: str | None = None,
+        *,
+        progress: Progress | None = None,
+        chunk_size: int = CHUNK_BYTES,
+        timeout: float | None = None,
+    ) -> Upload[pb.RunArtifact]:
+        """Store a file with a run, as MLflow's log_artifact: under the run's directory
+        `artifact_path` ("plots"; None for the top) with the file's own name. Streamed in chunks
+        with its sha256; storing to a path again replaces what was there."""
+        source = Path(local_path)
+        path = f"{artifact_path.removesuffix('/')}/{source.name}" if artifact_path else source.name
+        return Upload(
+            S,
+            "UploadRunArtifact",
+            lambda: artifact_requests(run_id, path, source, chunk_size, progress),
+            timeout or self._conn.transfer_timeout,
+        )
+
+    @stream
+    def list_artifacts(self, run_id: str, path: str = "", page_size: int = 0) -> Pages[pb.RunArtifact]:
+        """A run's artifacts in path order: every one, or those under the directory `path`."""
+
+        def page(token: str) -> Op[pb.ListRunArtifactsResponse]:
+            request = pb.ListRunArtifactsRequest(
+                run_id=run_id, path=path, page_size=page_size, page_token=token
+            )
+            return Op(S, "ListRunArtifacts", request)
+
+        return Pages(page, "artifacts")
+
+    @call
+    def download_artifact(
+        self,
+        run_id: str,
+        path: str,
+        dst: str | Path | None = None,
+        *,
+        progress: Progress | None = None,
+        chunk_size: int = CHUNK_BYTES,
+        timeout: float | None = None,
+    ) -> Download[pb.RunArtifact]:
+        """Write one artifact to `dst` (a file, or a directory to put it in under its own name;
+        None: the current directory), verified against its sha256; returns its description."""
+        target = Path(dst) if dst is not None else Path(Path(path).name)
+        if target.is_dir():
+            target = target / Path(path).name
+        return self._artifact_download(run_id, path, target, progress, chunk_size, timeout)
+
+    @call
+    def download_artifacts(
+        self, run_id: str, path: str = "", dst_path: str | Path = ".", *, timeout: float | None = None
+    ) -> ArtifactTree:
+        """As MLflow's download_artifacts: the artifact at `path`, or every one under the
+        directory `path` ("" for all), written under `dst_path` at their own paths and each
+        verified; returns the local path of `path`."""
+        root = Path(dst_path)
+
+        def download(artifact_path: str, local: Path) -> Download[pb.RunArtifact]:
+            return self._artifact_download(run_id, artifact_path, local, None, CHUNK_BYTES, timeout)
+
+        listing: Pages[pb.RunArtifact] = Pages(
+            lambda token: Op(
+                S, "ListRunArtifacts", pb.ListRunArtifactsRequest(run_id=run_id, path=path, page_token=token)
+            ),
+            "artifacts",
+        )
+        # Nothing at or under a path named: the daemon's NOT_FOUND for the path says so.
+        missing = download(path, root / path) if path else None
+        return ArtifactTree(listing, download, missing, root, root / path.removesuffix("/"))
+
+    def _artifact_download(
+        self,
+        run_id: str,
+        path: str,
+        target: Path,
+        progress: Progress | None,
+        chunk_size: int,
+        timeout: float | None,
+    ) -> Download[pb.RunArtifact]:
+        request = pb.DownloadRunArtifactRequest(run_id=run_id, path=path, chunk_size=chunk_size)
+        return Download(
+            S,
+            "DownloadRunArtifact",
+            request,
+            timeout or self._conn.transfer_timeout,
+            lambda header: DownloadSink(target, header, progress),
+        )
 
     @call
     def submit_sweep(self, spec: pb.SweepSpec | Mapping[str, Any]) -> Op[pb.Sweep]:
