@@ -849,14 +849,17 @@ def cmd_runs_artifacts_ls(client: Client, args: argparse.Namespace, out: Output)
     if out.as_json:
         return out.json(artifacts)
     under = f" under {args.path}" if args.path else ""
+    if not artifacts:
+        return out.line(
+            f"run {args.run_id} has no artifacts{under}; store one with: "
+            f"tessera runs artifacts put {args.run_id} FILE"
+        )
     out.table(
         f"artifacts of run {args.run_id}{under}",
         ["path", "size", "sha256", "stored"],
         [(a.path, size(a.size_bytes), a.sha256[:12], when(a.created_at)) for a in artifacts],
         whole=("path",),
     )
-    if not artifacts:
-        out.line(f"no artifacts{under}; store one with: tessera runs artifacts put {args.run_id} FILE")
 
 
 def cmd_runs_artifacts_put(client: Client, args: argparse.Namespace, out: Output) -> None:
@@ -869,9 +872,8 @@ def cmd_runs_artifacts_put(client: Client, args: argparse.Namespace, out: Output
     if out.as_json:
         return out.json(artifact)
     out.line(
-        f"stored {artifact.path} in run {artifact.run_id}: {size(artifact.size_bytes)}, "
-        f"sha256 {artifact.sha256[:12]}; fetch it with: tessera runs artifacts get {artifact.run_id} "
-        f"{artifact.path}"
+        f"stored {artifact.path} in run {artifact.run_id} "
+        f"({size(artifact.size_bytes)}, sha256 {artifact.sha256[:12]})"
     )
 
 
