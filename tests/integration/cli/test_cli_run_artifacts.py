@@ -1,0 +1,44 @@
+"""`tessera runs artifacts ls|put|get` against a real daemon, as a newcomer would use them."""
+
+from __future__ import annotations
+
+import hashlib
+
+from tessera.cli import EXIT_DAEMON, EXIT_FAILED
+
+
+def test_put_ls_and_get_files_and_directories(tessera_cli, client, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = client.training.create_run("cli-artifacts").run_id
+    (tmp_path / "notes.md").write_text("loss went down\n")
+    (tmp_path / "loss.png").write_bytes(bytes(range(256)) * 12)
+
+    empty = tessera_cli("runs", "artifacts", "ls", run)
+    assert empty.code == 0 and f"tessera runs artifacts put {run} FILE" in empty.out
+    stored = tessera_cli("runs", "artifacts", "put", run, "notes.md")
+    assert stored.code == 0 and f"stored notes.md in run {run}" in stored.out
+    for directory in ("plots", "plots/old/"):
+        put = tessera_cli("--json", "runs", "artifacts", "put", run, "loss.png", "--path", directory)
+        assert put.code == 0, put.err
+    assert put.json()["path"] == "plots/old/loss.png"
+
+    table = tessera_cli("runs", "artifacts", "ls", run, "plots")
+    assert "plots/loss.png" in table.out and "plots/old/loss.png" in table.out and "notes.md" not in table.out
+    listed = tessera_cli("--json", "runs", "artifacts", "ls", run).json()
+    assert [a["path"] for a in listed] == ["notes.md", "plots/loss.png", "plots/old/loss.png"]
+
+    got = tessera_cli("runs", "artifacts", "get", run, "notes.md", "-o", "copy.md")
+    assert got.code == 0 and "sha256 verified" in got.out
+    assert (tmp_path / "copy.md").read_text() == "loss went down\n"
+    tree = tessera_cli("--json", "runs", "artifacts", "get", run, "plots", "-o", "out")
+    assert tree.code == 0 and tree.json()["path"] == "out/plots"
+    for path in ("out/plots/loss.png", "out/plots/old/loss.png"):
+        assert hashlib.sha256((tmp_path / path).read_bytes()).hexdigest() == listed[1]["sha256"]
+
+    missing = tessera_cli("runs", "artifacts", "get", run, "nope.txt")
+    assert missing.code == EXIT_DAEMON and "tessera: NOT_FOUND" in missing.err
+    assert "`tessera runs artifacts ls RUN_ID`" in missing.err
+    escaping = tessera_cli("runs", "artifacts", "put", run, "notes.md", "--path", "../up")
+    assert escaping.code == EXIT_DAEMON and "INVALID_ARGUMENT" in escaping.err and "'..'" in escaping.err
+    unreadable = tessera_cli("runs", "artifacts", "put", run, "absent.txt")
+    assert unreadable.code == EXIT_FAILED and "absent.txt" in unreadable.err

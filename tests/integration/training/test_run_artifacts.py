@@ -1,0 +1,245 @@
+"""Run artifacts over gRPC against a real daemon: upload, list, download, replace, refuse."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+import tessera
+import tessera.aio
+from tessera.v1 import training_pb2 as pb
+from tessera.v1 import training_pb2_grpc
+from tests.conftest import InProcessDaemon, daemon_settings
+
+LIMIT = 64 * 1024
+
+
+@pytest.fixture(scope="module")
+def artifacts_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessDaemon]:
+    data_dir = tmp_path_factory.mktemp("artifacts") / "data"
+    running = InProcessDaemon(
+        daemon_settings(data_dir, **{"limits.max_run_artifact_size": str(LIMIT)})
+    ).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def stub(artifacts_daemon: InProcessDaemon) -> training_pb2_grpc.TrainingStub:
+    return training_pb2_grpc.TrainingStub(artifacts_daemon.channel())
+
+
+@pytest.fixture
+def run_id(stub: training_pb2_grpc.TrainingStub) -> str:
+    return str(stub.CreateRun(pb.CreateRunRequest(experiment="artifacts")).run_id)
+
+
+def requests(
+    run_id: str, path: str, data: bytes, chunk: int = 1000, declare: bool = True
+) -> Iterator[pb.UploadRunArtifactRequest]:
+    header = pb.UploadRunArtifactHeader(run_id=run_id, path=path)
+    if declare:
+        header.sha256, header.size_bytes = hashlib.sha256(data).hexdigest(), len(data)
+    yield pb.UploadRunArtifactRequest(header=header)
+    for start in range(0, len(data), chunk):
+        yield pb.UploadRunArtifactRequest(chunk=data[start : start + chunk])
+
+
+def upload(stub: training_pb2_grpc.TrainingStub, run_id: str, path: str, data: bytes) -> pb.RunArtifact:
+    return stub.UploadRunArtifact(requests(run_id, path, data))
+
+
+def download(stub: training_pb2_grpc.TrainingStub, run_id: str, path: str) -> tuple[pb.RunArtifact, bytes]:
+    parts = list(
+        stub.DownloadRunArtifact(pb.DownloadRunArtifactRequest(run_id=run_id, path=path, chunk_size=4096))
+    )
+    return parts[0].header, b"".join(part.chunk for part in parts[1:])
+
+
+def listed(
+    stub: training_pb2_grpc.TrainingStub, run_id: str, path: str = "", page_size: int = 0
+) -> list[str]:
+    paths, token = [], ""
+    while True:
+        page = stub.ListRunArtifacts(
+            pb.ListRunArtifactsRequest(run_id=run_id, path=path, page_size=page_size, page_token=token)
+        )
+        paths += [a.path for a in page.artifacts]
+        token = page.next_page_token
+        if not token:
+            return paths
+
+
+def blob_file(daemon: InProcessDaemon, data: bytes) -> Path:
+    sha256 = hashlib.sha256(data).hexdigest()
+    return Path(daemon.settings.data_dir) / "blobs" / "sha256" / sha256[:2] / sha256[2:]
+
+
+def test_round_trip_checks_the_hash(stub: training_pb2_grpc.TrainingStub, run_id: str) -> None:
+    data = bytes(range(256)) * 40
+    stored = upload(stub, run_id, "plots/loss.png", data)
+    assert (stored.run_id, stored.path, stored.size_bytes) == (run_id, "plots/loss.png", len(data))
+    assert stored.sha256 == hashlib.sha256(data).hexdigest()
+    header, body = download(stub, run_id, "plots/loss.png")
+    assert body == data
+    assert header.sha256 == hashlib.sha256(body).hexdigest()
+    empty = upload(stub, run_id, "notes/empty.txt", b"")
+    assert empty.size_bytes == 0 and download(stub, run_id, "notes/empty.txt")[1] == b""
+
+
+def test_overwrite_replaces_and_frees_the_old_blob(
+    stub: training_pb2_grpc.TrainingStub, artifacts_daemon: InProcessDaemon, run_id: str
+) -> None:
+    first, second, shared = b"first version", b"second version", b"same bytes at two paths"
+    upload(stub, run_id, "model.txt", first)
+    upload(stub, run_id, "model.txt", second)
+    assert download(stub, run_id, "model.txt")[1] == second
+    assert listed(stub, run_id) == ["model.txt"]
+    assert not blob_file(artifacts_daemon, first).exists()
+    # A blob two paths hold stays while one of them holds it.
+    upload(stub, run_id, "a.txt", shared)
+    upload(stub, run_id, "b.txt", shared)
+    upload(stub, run_id, "a.txt", b"other")
+    assert blob_file(artifacts_daemon, shared).exists()
+    assert download(stub, run_id, "b.txt")[1] == shared
+
+
+def test_listing_by_directory_and_pages(stub: training_pb2_grpc.TrainingStub, run_id: str) -> None:
+    for path in ["plots/b.png", "plots/a/c.png", "plots-old/x.png", "plots.txt", "plotsz", "top.txt"]:
+        upload(stub, run_id, path, path.encode())
+    everything = ["plots-old/x.png", "plots.txt", "plots/a/c.png", "plots/b.png", "plotsz", "top.txt"]
+    assert listed(stub, run_id) == everything
+    assert listed(stub, run_id, page_size=1) == everything
+    assert listed(stub, run_id, "plots") == ["plots/a/c.png", "plots/b.png"]
+    assert listed(stub, run_id, "plots/", page_size=1) == ["plots/a/c.png", "plots/b.png"]
+    assert listed(stub, run_id, "plots.txt") == ["plots.txt"]
+    assert listed(stub, run_id, "nothing") == []
+
+
+@pytest.mark.parametrize(
+    ("path", "why"),
+    [
+        ("", "is empty"),
+        ("/etc/passwd", "is absolute"),
+        ("../escape.txt", "'..' segment"),
+        ("a/../../b", "'..' segment"),
+        ("a//b", "empty segment"),
+        ("dir/", "empty segment"),
+        ("./a", "'.' segment"),
+        ("a\\b", "backslash"),
+        ("a\x00b", "NUL or a newline"),
+        ("a\nb", "NUL or a newline"),
+        ("x" * 401, "over the 400 allowed"),
+    ],
+)
+def test_bad_paths_are_refused(
+    stub: training_pb2_grpc.TrainingStub, run_id: str, path: str, why: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as error:
+        upload(stub, run_id, path, b"data")
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert why in error.value.details() and "header.path" in error.value.details()
+
+
+def test_refusals_name_what_to_fix(stub: training_pb2_grpc.TrainingStub, run_id: str) -> None:
+    def refused(run: str, path: str, data: bytes, declare: bool = True) -> grpc.RpcError:
+        with pytest.raises(grpc.RpcError) as error:
+            stub.UploadRunArtifact(requests(run, path, data, declare=declare))
+        return error.value
+
+    error = refused("run-nosuchrun", "a.txt", b"x")
+    assert error.code() == grpc.StatusCode.NOT_FOUND and "run-nosuchrun" in error.details()
+    too_big = b"\0" * (LIMIT + 1)
+    for declare in (True, False):
+        error = refused(run_id, "big.bin", too_big, declare)
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "limits.max_run_artifact_size" in error.details() and "(64 KiB)" in error.details()
+    upload(stub, run_id, "notes.txt", b"a file")
+    error = refused(run_id, "notes.txt/inside.txt", b"x")
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "'notes.txt'" in error.details()
+    upload(stub, run_id, "dir/file.txt", b"x")
+    error = refused(run_id, "dir", b"x")
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "'dir/'" in error.details()
+    with pytest.raises(grpc.RpcError) as missing:
+        download(stub, run_id, "absent.txt")
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND and "absent.txt" in missing.value.details()
+    stub.DeleteRun(pb.DeleteRunRequest(run_id=run_id))
+    error = refused(run_id, "late.txt", b"x")
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "RestoreRun" in error.details()
+    # A deleted run keeps its artifacts, readable, until it is restored.
+    assert download(stub, run_id, "notes.txt")[1] == b"a file"
+
+
+def test_a_corrupt_or_interrupted_upload_stores_nothing(
+    stub: training_pb2_grpc.TrainingStub, artifacts_daemon: InProcessDaemon, run_id: str
+) -> None:
+    data = b"partial artifact " * 100
+    damaged = list(requests(run_id, "bad.bin", data))
+    damaged[-1] = pb.UploadRunArtifactRequest(chunk=b"X" * len(damaged[-1].chunk))
+    with pytest.raises(grpc.RpcError) as error:
+        stub.UploadRunArtifact(iter(damaged))
+    assert error.value.code() == grpc.StatusCode.DATA_LOSS
+
+    def cut_short() -> Iterator[pb.UploadRunArtifactRequest]:
+        sent = requests(run_id, "cut.bin", data)
+        yield next(sent)
+        yield next(sent)
+        raise ConnectionError("the client went away")
+
+    # grpc cancels the call when the request iterator fails.
+    with pytest.raises(grpc.RpcError):
+        stub.UploadRunArtifact(cut_short())
+    tmp = Path(artifacts_daemon.settings.data_dir) / "blobs" / "tmp"
+    # The daemon sees the cancel a moment after the client: wait for its temp file to go.
+    deadline = time.monotonic() + 30
+    while any(tmp.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not any(tmp.iterdir())
+    assert listed(stub, run_id) == []
+    assert not blob_file(artifacts_daemon, data).exists()
+
+
+def test_artifacts_survive_a_restart_and_blob_collection(tmp_path: Path) -> None:
+    data = b"kept across restarts"
+    running = InProcessDaemon(daemon_settings(tmp_path / "data")).start()
+    try:
+        with tessera.Client(running.target) as client:
+            run = client.training.create_run("restarts")
+            (tmp_path / "notes.md").write_bytes(data)
+            client.training.log_artifact(run.run_id, tmp_path / "notes.md", "docs")
+    finally:
+        running.stop()
+    running = InProcessDaemon(daemon_settings(tmp_path / "data")).start()
+    try:
+        with tessera.Client(running.target) as client:
+            assert [a.path for a in client.training.list_artifacts(run.run_id)] == ["docs/notes.md"]
+            local = client.training.download_artifacts(run.run_id, "docs", tmp_path / "out")
+            assert (local / "notes.md").read_bytes() == data
+    finally:
+        running.stop()
+
+
+def test_the_aio_client_stores_and_fetches(artifacts_daemon: InProcessDaemon, tmp_path: Path) -> None:
+    source = tmp_path / "confusion.csv"
+    source.write_bytes(b"1,0\n0,1\n")
+
+    async def scenario() -> tuple[pb.RunArtifact, list[str], pb.RunArtifact]:
+        async with tessera.aio.Client(artifacts_daemon.target) as client:
+            run = await client.training.create_run("aio")
+            stored = await client.training.log_artifact(run.run_id, source)
+            paths = [a.path async for a in client.training.list_artifacts(run.run_id)]
+            header = await client.training.download_artifact(
+                run.run_id, "confusion.csv", tmp_path / "copy.csv"
+            )
+            return stored, paths, header
+
+    stored, paths, header = asyncio.run(scenario())
+    assert stored.path == "confusion.csv" and paths == ["confusion.csv"]
+    assert header.sha256 == stored.sha256
+    assert (tmp_path / "copy.csv").read_bytes() == source.read_bytes()
