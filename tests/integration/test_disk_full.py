@@ -140,6 +140,30 @@ def test_a_dataset_upload_onto_a_full_disk_is_resource_exhausted_and_leaves_noth
     assert version.size_bytes == len(data)
 
 
+def test_a_run_artifact_upload_onto_a_full_disk_is_resource_exhausted_and_leaves_nothing(daemon, disk):
+    training = training_pb2_grpc.TrainingStub(daemon.channel())
+    run_id = training.CreateRun(training_pb2.CreateRunRequest(experiment="full")).run_id
+    data = os.urandom(3 << 20)
+    header = training_pb2.UploadRunArtifactHeader(
+        run_id=run_id, path="model.bin", sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data)
+    )
+    requests = [training_pb2.UploadRunArtifactRequest(header=header)] + [
+        training_pb2.UploadRunArtifactRequest(chunk=data[i : i + 65536]) for i in range(0, len(data), 65536)
+    ]
+    filler = fill(disk, leave=1 << 20)
+
+    error = rpc_error(training.UploadRunArtifact, iter(requests), timeout=60)
+
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+    assert FULL in error.details() and "the blob needs 3 MiB" in error.details(), error.details()
+    assert stored_blobs(disk / "data") == []
+    listing = training.ListRunArtifacts(training_pb2.ListRunArtifactsRequest(run_id=run_id))
+    assert not listing.artifacts
+
+    filler.unlink()
+    assert training.UploadRunArtifact(iter(requests), timeout=60).size_bytes == len(data)
+
+
 def test_a_model_upload_onto_a_full_disk_is_resource_exhausted_and_leaves_nothing(daemon, disk):
     registry = registry_pb2_grpc.RegistryStub(daemon.channel())
     weights = mlp_weights(hidden=65_536)  # 1.75 MiB
