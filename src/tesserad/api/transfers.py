@@ -1,4 +1,4 @@
-"""Streamed artifact transfer shared by Registry and Datasets: a header message, then chunks.
+"""Streamed transfer shared by Registry, Datasets and run artifacts: a header, then chunks.
 
 Chunks go straight into a BlobWriter (a temp file being hashed), so an upload never holds
 more than one chunk in memory; the writer is aborted, leaving nothing, when the stream

@@ -93,6 +93,17 @@ def test_round_trip_checks_the_hash(stub: training_pb2_grpc.TrainingStub, run_id
     assert empty.size_bytes == 0 and download(stub, run_id, "notes/empty.txt")[1] == b""
 
 
+def test_a_blob_damaged_on_disk_is_data_loss(
+    stub: training_pb2_grpc.TrainingStub, artifacts_daemon: InProcessDaemon, run_id: str
+) -> None:
+    data = b"bytes that rot on disk"
+    upload(stub, run_id, "rot.txt", data)
+    blob_file(artifacts_daemon, data).write_bytes(b"X" * len(data))
+    with pytest.raises(grpc.RpcError) as error:
+        download(stub, run_id, "rot.txt")
+    assert error.value.code() == grpc.StatusCode.DATA_LOSS and "damaged" in error.value.details()
+
+
 def test_overwrite_replaces_and_frees_the_old_blob(
     stub: training_pb2_grpc.TrainingStub, artifacts_daemon: InProcessDaemon, run_id: str
 ) -> None:
