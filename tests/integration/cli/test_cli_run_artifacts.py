@@ -30,6 +30,9 @@ def test_put_ls_and_get_files_and_directories(tessera_cli, client, tmp_path, mon
     got = tessera_cli("runs", "artifacts", "get", run, "notes.md", "-o", "copy.md")
     assert got.code == 0 and "sha256 verified" in got.out
     assert (tmp_path / "copy.md").read_text() == "loss went down\n"
+    (tmp_path / "loss.png").unlink()
+    here = tessera_cli("--json", "runs", "artifacts", "get", run, "plots/old/loss.png")
+    assert here.code == 0 and here.json()["path"] == "loss.png" and (tmp_path / "loss.png").is_file()
     tree = tessera_cli("--json", "runs", "artifacts", "get", run, "plots", "-o", "out")
     assert tree.code == 0 and tree.json()["path"] == "out/plots"
     for path in ("out/plots/loss.png", "out/plots/old/loss.png"):

@@ -31,6 +31,7 @@ from tessera.models import FORMAT_BY_SUFFIX
 from tessera.rpc_commands import in_cli_words, unreachable_hint
 from tessera.sweep_commands import add_sweep_commands
 from tessera.tensors import dtype_name
+from tessera.training import artifact_target
 from tessera.transport import TLS, TOKEN_ENV
 from tessera.v1 import datasets_pb2, inference_pb2, registry_pb2, training_pb2
 
@@ -881,14 +882,10 @@ def cmd_runs_artifacts_get(client: Client, args: argparse.Namespace, out: Output
     listed = list(client.training.list_artifacts(args.run_id, args.path))
     if not listed or any(a.path == args.path for a in listed):
         # One file (or nothing there: the daemon's NOT_FOUND says so).
+        path = artifact_target(args.path, args.output)
         artifact = client.training.download_artifact(
-            args.run_id,
-            args.path,
-            args.output,
-            progress=transfer_progress(out, f"downloading {args.path}"),
+            args.run_id, args.path, path, progress=transfer_progress(out, f"downloading {args.path}")
         )
-        target = Path(args.output) if args.output else Path(Path(args.path).name)
-        path = target / Path(args.path).name if target.is_dir() else target
         if out.as_json:
             return out.json({"path": str(path), "artifact": to_plain(artifact)})
         return out.line(f"wrote {path}: {artifact.path}, {size(artifact.size_bytes)}, sha256 verified")

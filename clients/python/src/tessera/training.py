@@ -97,6 +97,13 @@ def artifact_requests(
     return requests()
 
 
+def artifact_target(artifact_path: str, dst: str | Path | None) -> Path:
+    """Where download_artifact writes: `dst`, or in the directory `dst` (None: the current one)
+    under the artifact's own name."""
+    target = Path(dst) if dst is not None else Path(".")
+    return target / Path(artifact_path).name if target.is_dir() else target
+
+
 def artifact_file(root: Path, artifact_path: str) -> Path:
     """Where a downloaded artifact goes under `root`, its directories made; ValueError for a path
     that would leave `root` (the daemon refuses to store one)."""
@@ -479,10 +486,9 @@ class Training(Part[C]):
     ) -> Download[pb.RunArtifact]:
         """Write one artifact to `dst` (a file, or a directory to put it in under its own name;
         None: the current directory), verified against its sha256; returns its description."""
-        target = Path(dst) if dst is not None else Path(Path(path).name)
-        if target.is_dir():
-            target = target / Path(path).name
-        return self._artifact_download(run_id, path, target, progress, chunk_size, timeout)
+        return self._artifact_download(
+            run_id, path, artifact_target(path, dst), progress, chunk_size, timeout
+        )
 
     @call
     def download_artifacts(
