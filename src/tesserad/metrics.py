@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -40,6 +40,8 @@ class DaemonMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # The daemon's own CPU time, memory, open files and start time (process_*), from /proc.
+        ProcessCollector(registry=self.registry)
         self._rpcs = _RpcMetrics(self.registry)
 
     def rpc_recorder(self, service: str, method: str) -> RpcRecorder:

@@ -65,6 +65,7 @@ from tesserad.runtime_env import worker_environment
 from tesserad.serving.registry_source import build_inference, inference_over
 from tesserad.serving.service import CallCounter, InferenceService
 from tesserad.store import BlobStore, DataDirLock, Store
+from tesserad.store.prometheus import StoreMetrics
 from tesserad.store.space import space_checked
 from tesserad.system import SystemService
 from tesserad.training import artifacts as training_artifacts
@@ -244,6 +245,7 @@ class Daemon:
         collected = await asyncio.to_thread(collect_unheld_blobs, self._store, blobs)
         if collected:
             log.info("removed blobs nothing holds", extra={"count": len(collected)})
+        StoreMetrics(self._store, blobs, data_dir, self.metrics.registry)
         self._gpus = Gpus()
 
         server, credentials, auth, calls = self._new_server()

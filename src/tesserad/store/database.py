@@ -43,8 +43,9 @@ MAX_KEY_BYTES = 511
 @dataclass(frozen=True)
 class StoreUsage:
     file_bytes: int  # size of the data file on disk
-    used_bytes: int  # pages in use
+    used_bytes: int  # pages in use: the map's high-water mark
     map_size: int  # how far the file may grow
+    reserve_bytes: int  # the map's last part, kept for writes that end a job or sweep
 
 
 def _map_full(map_size: int) -> ResourceExhausted:
@@ -441,10 +442,13 @@ class Store:
         info = self._env.info()
         stat = self._env.stat()
         data_file = self.path / "data.mdb"
+        page_size = int(stat["psize"])
+        map_size = int(info["map_size"])
         return StoreUsage(
             file_bytes=data_file.stat().st_size if data_file.exists() else 0,
-            used_bytes=(int(info["last_pgno"]) + 1) * int(stat["psize"]),
-            map_size=int(info["map_size"]),
+            used_bytes=(int(info["last_pgno"]) + 1) * page_size,
+            map_size=map_size,
+            reserve_bytes=reserve_pages(map_size, page_size) * page_size,
         )
 
     def table_counts(self) -> dict[str, int]:

@@ -364,3 +364,25 @@ def test_a_blob_over_the_daemons_file_size_limit_is_resource_exhausted_and_leave
     assert "ulimit -f" in ran.stdout
     assert list((tmp_path / "tmp").iterdir()) == []
     assert list(BlobStore(tmp_path).all()) == []
+
+
+def _census_once_refreshed(store: BlobStore, before: tuple[int, int]) -> tuple[int, int]:
+    """The census once it differs from `before` (a walk right after another may wait its turn)."""
+    for _ in range(1000):
+        census = store.census()
+        if (census.count, census.bytes) != before:
+            return census.count, census.bytes
+        threading.Event().wait(0.01)
+    return before
+
+
+def test_census_counts_blobs_and_their_bytes_as_they_come_and_go(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    assert (store.census().count, store.census().bytes) == (0, 0)
+    first = store.put_bytes(b"x" * 100)
+    assert _census_once_refreshed(store, (0, 0)) == (1, 100)
+    store.put_many({checked_digest(b"y" * 30): b"y" * 30, checked_digest(b"x" * 100): b"x" * 100})
+    assert _census_once_refreshed(store, (1, 100)) == (2, 130)
+    store.release(first.sha256, first.sha256, checked_digest(b"y" * 30))  # the puts' claims
+    assert store.delete(first.sha256)
+    assert _census_once_refreshed(store, (2, 130)) == (1, 30)
