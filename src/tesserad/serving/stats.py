@@ -15,6 +15,7 @@ request, caches cold; serve_bench's notes).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -202,6 +203,27 @@ class StatsSnapshot:
     histograms: tuple[LogHistogram, LogHistogram, LogHistogram] | None = None
 
 
+@dataclass(frozen=True)
+class Totals:
+    """A version's counts and cumulative nanoseconds since it was loaded, as Triton's Prometheus
+    counters report them: GetStats's reset starts its snapshot's figures again, not these."""
+
+    success: int = 0
+    failure: int = 0
+    rows: int = 0
+    executions: int = 0
+    success_ns: int = 0
+    queue_ns: int = 0
+    input_ns: int = 0
+    compute_ns: int = 0
+    output_ns: int = 0
+
+    def __add__(self, other: Totals) -> Totals:
+        return Totals(
+            *(a + b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other), strict=True))
+        )
+
+
 @dataclass
 class _Window:
     """Requests per second over the last minute, in one-second slots."""
@@ -235,6 +257,8 @@ class ServingStats:
         self.lock = threading.Lock()
         self.label = (model, str(version))
         self.prometheus = _PromSeries()
+        # What resets have cleared: `totals` adds it back, so counters never go down.
+        self._carried = Totals()
         self._reset()
         if metrics is not None:
             metrics.track(self)
@@ -359,5 +383,25 @@ class ServingStats:
                 else None,
             )
             if reset:
+                self._carried = self._current()
                 self._reset()
             return snapshot
+
+    def totals(self) -> Totals:
+        """The counts and times since the version was loaded, resets or not (read at scrape time)."""
+        with self.lock:
+            return self._current()
+
+    def _current(self) -> Totals:
+        """`_carried` plus the figures since the last reset (called holding the lock)."""
+        return self._carried + Totals(
+            success=self._requests - self._errors,
+            failure=self._errors,
+            rows=self._rows,
+            executions=sum(self._batches.values()),
+            success_ns=self._success_ns,
+            queue_ns=self._queue_ns,
+            input_ns=self._input_ns,
+            compute_ns=self._compute_ns,
+            output_ns=self._output_ns,
+        )

@@ -51,3 +51,23 @@ def test_pending_times_reach_every_histogram_as_if_each_was_recorded_alone() -> 
     # Reset empties the histograms GetStats reports; the Prometheus series stay cumulative.
     assert stats.snapshot().total.count == 0
     assert _latency_lines(registry) == lines
+
+
+def test_totals_are_the_snapshots_figures_and_go_on_across_resets() -> None:
+    """Triton's counters are read from `totals`: what ModelStatistics reports, never going down."""
+    stats = ServingStats("m", 1, None)
+    stats.record_batch(40_000, [(1_000, 45_000, 2, False), (3_000, 47_000, 1, False)])
+    stats.record_io(2_000, 500, 3)
+    stats.record_failure(9_000, False)
+    snapshot = stats.snapshot()
+    totals = stats.totals()
+    assert (totals.success, totals.failure) == (snapshot.request_count - snapshot.error_count, 1)
+    assert (totals.rows, totals.executions) == (snapshot.row_count, snapshot.execution_count) == (3, 1)
+    assert (totals.success_ns, totals.queue_ns, totals.compute_ns) == (92_000, 4_000, 80_000)
+    assert (totals.input_ns, totals.output_ns) == (snapshot.input_ns, snapshot.output_ns) == (2_000, 500)
+    stats.snapshot(reset=True)
+    assert stats.snapshot().request_count == 0
+    assert stats.totals() == totals
+    stats.record_batch(10_000, [(0, 10_000, 1, False)])
+    after = stats.totals()
+    assert (after.success, after.rows, after.executions, after.success_ns) == (3, 4, 2, 102_000)
