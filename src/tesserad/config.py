@@ -421,6 +421,13 @@ class ServingSettings:
         parse_number(int, 1, 4096),
         "most model rows an explanation runs at once; a Predict waits behind at most one such chunk",
     )
+    triton_metrics: bool = setting(
+        True,
+        parse_bool,
+        "also export Triton's per-model metrics (nv_inference_request_success and the rest) on "
+        "/metrics, for dashboards, alerts and autoscalers built on Triton's; /metrics is then always "
+        "in Prometheus's text format 0.0.4, as Triton's is (their counters cannot be OpenMetrics)",
+    )
     switch_interval_us: float = setting(
         500.0,
         parse_number(float, 0.0, 100_000.0),

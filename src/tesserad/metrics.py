@@ -1,11 +1,13 @@
 """Prometheus metrics on their own HTTP port, from a registry the daemon owns.
 
 Nothing is registered on prometheus_client's global registry, so two daemons in one process
-(as in tests) never collide.
+(as in tests) never collide. Families that prometheus_client cannot name as their owner needs
+(Triton's counters, see serving/triton_metrics.py) are added as text (`add_text`).
 """
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import logging
 import math
@@ -14,11 +16,11 @@ import threading
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Protocol
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
-from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest, make_wsgi_app
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, ThreadingWSGIServer
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
@@ -35,14 +37,42 @@ RPC_LATENCY_BUCKETS = (
 )  # fmt: skip
 
 
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class TextFamilies(Protocol):
+    def text(self) -> str:
+        """Whole metric families (HELP, TYPE, samples) in Prometheus's text format 0.0.4."""
+        ...
+
+
 class DaemonMetrics:
-    """Every metric the daemon exports; services add theirs to `registry`."""
+    """Every metric the daemon exports; services add theirs to `registry`, or as text."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         # The daemon's own CPU time, memory, open files and start time (process_*), from /proc.
         ProcessCollector(registry=self.registry)
         self._rpcs = _RpcMetrics(self.registry)
+        self._text: list[TextFamilies] = []
+        self._negotiated = make_wsgi_app(self.registry)
+
+    def add_text(self, families: TextFamilies) -> None:
+        self._text.append(families)
+
+    def page(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        """The /metrics page (a WSGI app). With families added as text, always in the text format
+        0.0.4: theirs could not join an OpenMetrics page (it requires `_total` on counter names)."""
+        if not self._text:
+            page: Iterable[bytes] = self._negotiated(environ, start_response)
+            return page
+        body = generate_latest(self.registry) + "".join(f.text() for f in self._text).encode()
+        headers = [("Content-Type", CONTENT_TYPE_PLAIN_0_0_4)]
+        if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
+            body = gzip.compress(body)
+            headers.append(("Content-Encoding", "gzip"))
+        start_response("200 OK", headers)
+        return [body]
 
     def rpc_recorder(self, service: str, method: str) -> RpcRecorder:
         """Records the calls of one RPC; made once per method, so a call pays no label lookup."""
@@ -137,10 +167,10 @@ class MetricsHttpServer:
     same server with its WSGI app behind a route.
     """
 
-    def __init__(self, registry: CollectorRegistry, address: Address) -> None:
+    def __init__(self, metrics: DaemonMetrics, address: Address) -> None:
         server_class = _Ipv6Server if ":" in address.host else ThreadingWSGIServer
         self._server = make_server(
-            address.host, address.port, _metrics_only(make_wsgi_app(registry)), server_class, _QuietHandler
+            address.host, address.port, _metrics_only(metrics.page), server_class, _QuietHandler
         )
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
         self._thread.start()
@@ -150,9 +180,6 @@ class MetricsHttpServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
-
-
-WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 def _metrics_only(app: WsgiApp) -> WsgiApp:

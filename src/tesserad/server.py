@@ -64,6 +64,7 @@ from tesserad.replica.followed import FollowedRegistry, FollowedVersion
 from tesserad.runtime_env import worker_environment
 from tesserad.serving.registry_source import build_inference, inference_over
 from tesserad.serving.service import CallCounter, InferenceService
+from tesserad.serving.triton_metrics import TritonMetrics
 from tesserad.store import BlobStore, DataDirLock, Store
 from tesserad.store.prometheus import StoreMetrics
 from tesserad.store.space import space_checked
@@ -291,6 +292,7 @@ class Daemon:
             # Shorter GIL slices let the gRPC threads answer while batches run (see config).
             sys.setswitchinterval(settings.serving.switch_interval_us / 1e6)
         self.inference = build_inference(self.registry, settings.serving, self.metrics.registry, calls)
+        self._export_triton_metrics()
         self.registry.add_listener(self.inference.on_registry_change)
         _register(
             inference_pb2_grpc.add_InferenceServicer_to_server,
@@ -439,11 +441,15 @@ class Daemon:
         )
         return health_servicer
 
+    def _export_triton_metrics(self) -> None:
+        if self.settings.serving.triton_metrics and self.inference is not None:
+            self.metrics.add_text(TritonMetrics(self.inference.pool))
+
     def _serve_metrics(self) -> None:
         settings = self.settings
         if settings.metrics_listen is not None:
             try:
-                self._metrics_http = MetricsHttpServer(self.metrics.registry, settings.metrics_listen)
+                self._metrics_http = MetricsHttpServer(self.metrics, settings.metrics_listen)
             except OSError as exc:
                 raise StartupError(
                     f"cannot serve metrics on {settings.metrics_listen}: {exc.strerror}; "
@@ -467,6 +473,7 @@ class Daemon:
         if settings.serving.switch_interval_us:
             sys.setswitchinterval(settings.serving.switch_interval_us / 1e6)
         self.inference = inference_over(followed, settings.serving, self.metrics.registry, calls)
+        self._export_triton_metrics()
         _register(
             inference_pb2_grpc.add_InferenceServicer_to_server, InferenceServicer(self.inference), routes
         )

@@ -1,12 +1,18 @@
-"""/metrics of a real daemon: the store's gauges, process_*."""
+"""/metrics of a real daemon: Triton's nv_inference_* families, the store's gauges, process_*."""
 
 from __future__ import annotations
 
 import time
 import urllib.request
 
-from serving_models import linear_model, upload
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+from serving_models import linear_model, predict_request, upload
 
+from tessera.v1 import common_pb2, inference_pb2
+from tesserad.oip import grpc_service_pb2 as pb
+
+X = np.arange(8, dtype=np.float32).reshape(2, 4)
 OPENMETRICS = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
 
 
@@ -24,6 +30,81 @@ def samples(text: str) -> dict[str, float]:
         for line in text.splitlines()
         if line and not line.startswith("#")
     }
+
+
+def infer_request(model: str, x: np.ndarray, version: str) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name=model, model_version=version)
+    request.inputs.add(name="x", datatype="FP32", shape=x.shape)
+    request.raw_input_contents.append(x.tobytes())
+    return request
+
+
+def settled_statistics(oip, model: str, version: str) -> pb.ModelStatistics:
+    """ModelStatistics once two reads in a row agree (a request's answer-encoding time is
+    recorded just after the client has its answer)."""
+    request = pb.ModelStatisticsRequest(name=model, version=version)
+    previous = oip.ModelStatistics(request).model_stats[0]
+    while (current := oip.ModelStatistics(request).model_stats[0]) != previous:
+        previous = current
+    return current
+
+
+def test_triton_metrics_are_the_model_statistics_and_survive_a_reset(daemon, oip, inference, linear) -> None:
+    for _ in range(3):
+        oip.ModelInfer(infer_request(linear, X, version="1"))
+    for rows in (1, 5):
+        inference.Predict(predict_request(linear, np.ones((rows, 4), np.float32), version=1))
+    stats = settled_statistics(oip, linear, "1")
+    content_type, text = scrape(daemon)
+    assert stats == settled_statistics(oip, linear, "1")
+    # Triton's exposition: text format 0.0.4 whatever the scraper prefers, counters without
+    # `_total`, labelled by model and version.
+    assert content_type.startswith("text/plain; version=0.0.4")
+    lines = text.splitlines()
+    for name in (
+        "nv_inference_request_success",
+        "nv_inference_request_failure",
+        "nv_inference_count",
+        "nv_inference_exec_count",
+        "nv_inference_request_duration_us",
+        "nv_inference_queue_duration_us",
+        "nv_inference_compute_input_duration_us",
+        "nv_inference_compute_infer_duration_us",
+        "nv_inference_compute_output_duration_us",
+    ):
+        assert f"# TYPE {name} counter" in lines
+    assert "# TYPE nv_inference_pending_request_count gauge" in lines
+    types = {family.name: family.type for family in text_string_to_metric_families(text)}
+    assert types["nv_inference_queue_duration_us"] == "counter" and types["process_cpu_seconds"] == "counter"
+    got = {
+        name.partition("{")[0]: value
+        for name, value in samples(text).items()
+        if name.startswith("nv_") and name.endswith('{model="linear",version="1"}')
+    }
+    io = stats.inference_stats
+    assert got == {
+        "nv_inference_request_success": io.success.count,
+        "nv_inference_request_failure": io.fail.count,
+        "nv_inference_count": stats.inference_count,
+        "nv_inference_exec_count": stats.execution_count,
+        "nv_inference_request_duration_us": io.success.ns // 1000,
+        "nv_inference_queue_duration_us": io.queue.ns // 1000,
+        "nv_inference_compute_input_duration_us": io.compute_input.ns // 1000,
+        "nv_inference_compute_infer_duration_us": io.compute_infer.ns // 1000,
+        "nv_inference_compute_output_duration_us": io.compute_output.ns // 1000,
+        "nv_inference_pending_request_count": 0,
+    }
+    assert (got["nv_inference_request_success"], got["nv_inference_count"]) == (5, 12)
+    assert 0 < got["nv_inference_compute_infer_duration_us"] <= got["nv_inference_request_duration_us"]
+    # GetStats's reset starts ModelStatistics again; a Prometheus counter never goes down.
+    inference.GetStats(
+        inference_pb2.GetStatsRequest(target=common_pb2.VersionRef(model=linear, version=1), reset=True)
+    )
+    assert settled_statistics(oip, linear, "1").inference_stats.success.count == 0
+    after = samples(scrape(daemon)[1])
+    assert after['nv_inference_request_success{model="linear",version="1"}'] == 5
+    # Version 2 was never loaded: Triton lists only loaded versions.
+    assert not any('version="2"' in name for name in after if name.startswith("nv_"))
 
 
 def test_store_gauges_show_an_upload(daemon, channel) -> None:
@@ -44,3 +125,10 @@ def test_store_gauges_show_an_upload(daemon, channel) -> None:
     assert after["tessera_store_blob_bytes"] == before["tessera_store_blob_bytes"] + len(artifact)
     assert after["tessera_store_used_bytes"] >= before["tessera_store_used_bytes"] > 0
     assert after["process_cpu_seconds_total"] > 0 and after["process_resident_memory_bytes"] > 0
+
+
+def test_triton_metrics_off_leaves_the_page_negotiated(start_daemon) -> None:
+    daemon = start_daemon(**{"serving.triton_metrics": "false"})
+    content_type, text = scrape(daemon)
+    assert content_type.startswith("application/openmetrics-text")
+    assert "nv_inference" not in text and "tessera_store_blobs" in text
