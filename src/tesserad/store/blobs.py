@@ -299,7 +299,7 @@ class BlobStore:
         from being so, and then no blob of its is left in place (nor any temp file); a blob
         that was in place already stays. Every entry claims its digest first, and the claim
         stays for the caller to `release` whatever the outcome."""
-        self._claim(*(digest for digest, _ in blobs))
+        self.claim(*(digest for digest, _ in blobs))
         distinct: dict[str, bytes] = {}
         for digest, data in blobs:
             distinct.setdefault(digest, data)
@@ -439,7 +439,7 @@ class BlobStore:
         """Rename a complete, fsynced temp file to the blob's path and make the rename durable;
         when the blob is already there (same content), drop the temp file instead. Claims the
         digest for the caller first; on a failure here the claim ends with it."""
-        self._claim(digest)
+        self.claim(digest)
         try:
             with self._placing_all((digest,)):
                 if self._durable_in_place(digest):
@@ -456,12 +456,14 @@ class BlobStore:
             self.release(digest)
             raise
 
-    def _claim(self, *digests: str) -> None:
+    def claim(self, *digests: str) -> None:
+        """Keep each blob from `delete` until `release`: a put's claim, or a backup's pin on
+        the blobs it is streaming."""
         with self._claims_lock:
             self._claims.update(digests)
 
     def release(self, *digests: str) -> None:
-        """End a put's claim on each digest: from now on `delete` may remove the blob."""
+        """End a claim on each digest: from now on `delete` may remove the blob."""
         with self._claims_lock:
             self._claims.subtract(digests)
             for digest in digests:

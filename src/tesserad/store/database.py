@@ -160,6 +160,10 @@ class ReadTxn:
                 if limit is not None and seen >= limit:
                     return
 
+    def counts(self) -> dict[str, int]:
+        """Entries in each table."""
+        return {table: self.count(table) for table in self._tables}
+
     def count(self, table: str, prefix: Key = ()) -> int:
         if not prefix:
             return int(self._txn.stat(self._db(table))["entries"])
@@ -298,6 +302,26 @@ class Store:
     def read(self) -> Iterator[ReadTxn]:
         with self._env.begin(buffers=False) as txn:
             yield ReadTxn(txn, self._tables)
+
+    def copy_snapshot(self, fd: int, first: Callable[[ReadTxn], T]) -> T:
+        """Write the store, compacted, to the file open at `fd` as one read transaction sees
+        it (a point in time); `first(snapshot)` runs on that transaction before any later write
+        can commit, so that what it pins (a backup's blobs) is pinned before a write can free
+        it. Its result is returned once the copy is complete."""
+        with self._write_lock:
+            txn = self._env.begin(buffers=False)
+            try:
+                result = first(ReadTxn(txn, self._tables))
+            except BaseException:
+                txn.abort()
+                raise
+        try:
+            self._env.copyfd(fd, compact=True, txn=txn)
+        except lmdb.Error as exc:
+            raise OSError(f"cannot copy the store: {exc}") from None
+        finally:
+            txn.abort()
+        return result
 
     def _live_pages(self, txn: lmdb.Transaction[bytes]) -> int:
         """Pages the tables hold as `txn` sees them (freed pages LMDB may reuse not counted)."""
