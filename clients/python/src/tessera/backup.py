@@ -1,0 +1,224 @@
+"""The backup archive: what `System.Backup` streams, `tessera admin backup` saves and
+`tesserad restore` puts back. Defined once here, since the daemon depends on this package.
+
+A tar file whose first member is `manifest.json`; then `store/data.mdb`, a compacted copy of
+the LMDB store; then `blobs/<sha256>` for every blob that copy references. The manifest
+names every other member with its sha256 and size, so a reader checks each as it reads it
+and, at the end, that none is missing (a file cut short at a member's boundary is still a
+tar file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from tessera.errors import DataLoss
+
+FORMAT = "tessera-backup"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+STORE_NAME = "store/data.mdb"
+BLOB_PREFIX = "blobs/"
+READ_BYTES = 1 << 20
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ArchiveError(ValueError):
+    """The archive is not a whole, untampered backup this version can read; the message says how."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    tesserad_version: str
+    created_at: str  # ISO 8601, UTC
+    records: dict[str, int]  # entries per store table
+    store: Entry
+    blobs: dict[str, int]  # sha256 -> size
+
+    @property
+    def blob_bytes(self) -> int:
+        return sum(self.blobs.values())
+
+    def to_json(self) -> bytes:
+        document = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "tesserad_version": self.tesserad_version,
+            "created_at": self.created_at,
+            "records": self.records,
+            "store": {"name": STORE_NAME, "sha256": self.store.sha256, "size": self.store.size},
+            "blobs": [{"sha256": sha256, "size": size} for sha256, size in sorted(self.blobs.items())],
+        }
+        return json.dumps(document, indent=1).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Manifest:
+        try:
+            document = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ArchiveError(f"its {MANIFEST_NAME} is not JSON ({exc}); the archive is damaged") from None
+        if not isinstance(document, dict) or document.get("format") != FORMAT:
+            raise ArchiveError(f"its {MANIFEST_NAME} does not describe a {FORMAT} archive")
+        version = document.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ArchiveError(
+                f"it is backup format version {version!r}, and this tessera reads version "
+                f"{FORMAT_VERSION} only; restore it with the tesserad release that made it "
+                f"({document.get('tesserad_version', 'unknown')})"
+            )
+        try:
+            store = document["store"]
+            return cls(
+                tesserad_version=str(document["tesserad_version"]),
+                created_at=str(document["created_at"]),
+                records={str(k): int(v) for k, v in document["records"].items()},
+                store=Entry(_sha256(store["sha256"]), _size(store["size"])),
+                blobs={_sha256(b["sha256"]): _size(b["size"]) for b in document["blobs"]},
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ArchiveError(
+                f"its {MANIFEST_NAME} is malformed ({exc!r}); the archive is damaged"
+            ) from None
+
+
+def _sha256(value: Any) -> str:
+    if not isinstance(value, str) or not _SHA256.match(value):
+        raise ValueError(f"not a sha256: {value!r}")
+    return value
+
+
+def _size(value: Any) -> int:
+    if not isinstance(value, int) or value < 0:
+        raise ValueError(f"not a size: {value!r}")
+    return value
+
+
+class Target(Protocol):
+    """Where one member's bytes go."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+    def close(self) -> None: ...
+
+
+Place = Callable[[str, Entry], Target]
+"""Where a member's bytes go, by its name and manifest entry."""
+
+
+def read_archive(path: Path, place: Place | None = None) -> Manifest:
+    """Read the archive at `path` through, checking every member against the manifest (its
+    sha256 and size, nothing unnamed, nothing twice, nothing missing), handing each member's
+    bytes to what `place` gives; ArchiveError at the first fault. The files `place` gave are
+    closed, whole or not: the caller removes them when this raises."""
+    try:
+        with tarfile.open(path, mode="r|") as tar:
+            return _read_members(tar, place)
+    except tarfile.TarError as exc:
+        raise ArchiveError(f"it is not a whole tar file ({exc}); it is truncated or damaged") from None
+    except EOFError:
+        raise ArchiveError("it ends in the middle of a member; it is truncated") from None
+
+
+def _read_members(tar: tarfile.TarFile, place: Place | None) -> Manifest:
+    first = tar.next()
+    if first is None or first.name != MANIFEST_NAME or not first.isfile():
+        raise ArchiveError(f"its first member is not {MANIFEST_NAME}; it is not a tessera backup")
+    manifest = Manifest.from_json(_member_bytes(tar, first))
+    expected = {STORE_NAME: manifest.store}
+    expected.update({BLOB_PREFIX + sha256: Entry(sha256, size) for sha256, size in manifest.blobs.items()})
+    seen: set[str] = set()
+    # tar.next(), not iteration, which starts again from the first member.
+    while (member := tar.next()) is not None:
+        entry = expected.get(member.name)
+        if entry is None or not member.isfile():
+            raise ArchiveError(f"it holds {member.name!r}, which its manifest does not name")
+        if member.name in seen:
+            raise ArchiveError(f"it holds {member.name!r} twice")
+        seen.add(member.name)
+        _copy_checked(tar, member, entry, place(member.name, entry) if place else None)
+    missing = expected.keys() - seen
+    if missing:
+        raise ArchiveError(
+            f"{len(missing)} of the {len(expected)} files its manifest names are missing "
+            f"(e.g. {min(missing)}); it is truncated"
+        )
+    return manifest
+
+
+def _member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    file = tar.extractfile(member)
+    if file is None:
+        raise ArchiveError(f"its member {member.name} is not a file")
+    return file.read()
+
+
+def _copy_checked(tar: tarfile.TarFile, member: tarfile.TarInfo, entry: Entry, target: Target | None) -> None:
+    if member.size != entry.size:
+        raise ArchiveError(
+            f"{member.name} is {member.size} bytes, and its manifest says {entry.size}; it was altered"
+        )
+    source = tar.extractfile(member)
+    if source is None:
+        raise ArchiveError(f"its member {member.name} is not a file")
+    digest = hashlib.sha256()
+    try:
+        while chunk := source.read(READ_BYTES):
+            digest.update(chunk)
+            if target is not None:
+                target.write(chunk)
+    finally:
+        if target is not None:
+            target.close()
+    if digest.hexdigest() != entry.sha256:
+        raise ArchiveError(
+            f"{member.name} has sha256 {digest.hexdigest()}, and its manifest says {entry.sha256}; "
+            "it was altered or damaged"
+        )
+
+
+class BackupSink:
+    """Writes a streamed backup to `path` through `path.partial`, which becomes `path` only
+    once the whole archive is read back and checks out (`finish`); `abort` removes it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._partial = path.with_name(path.name + ".partial")
+        self._file = self._partial.open("wb")
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        self._file.write(chunk)
+        self.size += len(chunk)
+
+    def finish(self) -> Manifest:
+        """The manifest of the backup now at `path`; DataLoss (nothing left) when what came is
+        not a whole backup."""
+        try:
+            self._file.close()
+            manifest = read_archive(self._partial)
+        except ArchiveError as exc:
+            self._partial.unlink(missing_ok=True)
+            raise DataLoss(f"the backup that arrived is not whole: {exc}; take it again") from None
+        except BaseException:
+            self._partial.unlink(missing_ok=True)
+            raise
+        self._partial.replace(self.path)
+        return manifest
+
+    def abort(self) -> None:
+        self._file.close()
+        self._partial.unlink(missing_ok=True)
