@@ -34,6 +34,7 @@ from tessera.v1 import (
     training_pb2,
     training_pb2_grpc,
 )
+from tesserad import __version__
 from tesserad.api.auth import AuthInterceptor, AuthSetupError, authentication_enabled, server_credentials
 from tesserad.api.convert_training import job_spec_document
 from tesserad.api.datasets import DatasetsServicer
@@ -44,6 +45,7 @@ from tesserad.api.oip import OipServicer
 from tesserad.api.registry import RegistryServicer
 from tesserad.api.system import SystemServicer
 from tesserad.api.training import TrainingServicer
+from tesserad.backup import Backups
 from tesserad.config import GRPC_MESSAGE_SIZE_CEILING, Address, Settings, format_size
 from tesserad.dashboard import DashboardServer, Services
 from tesserad.datasets import REFERENCE_TABLES as DATASET_REFERENCE_TABLES
@@ -252,10 +254,14 @@ class Daemon:
         server, credentials, auth, calls = self._new_server()
         routes = _Routes(server)
         system = SystemService(data_dir, self._store, blobs, self._gpus, self.service_names)
-        _register(
-            system_pb2_grpc.add_SystemServicer_to_server, SystemServicer(system, self._stopping), routes
-        )
         limits = settings.limits
+        _register(
+            system_pb2_grpc.add_SystemServicer_to_server,
+            SystemServicer(
+                system, self._stopping, Backups(self._store, blobs, __version__), limits.chunk_size
+            ),
+            routes,
+        )
         self.datasets = Datasets(
             self._store, blobs, max_dataset_size=limits.max_dataset_size, quota=limits.dataset_quota
         )

@@ -10,6 +10,8 @@ import grpc
 from tessera.v1 import system_pb2 as pb
 from tessera.v1 import system_pb2_grpc
 from tesserad.api.convert_common import timestamp
+from tesserad.api.transfers import chunk_size
+from tesserad.backup import Backups
 from tesserad.errors import InvalidArgument, Unavailable
 from tesserad.host import HostSample
 from tesserad.system import ServerFacts, SystemService
@@ -21,9 +23,13 @@ DEFAULT_INTERVAL_MS = 1000
 
 
 class SystemServicer(system_pb2_grpc.SystemServicer):
-    def __init__(self, system: SystemService, stopping: asyncio.Event) -> None:
+    def __init__(
+        self, system: SystemService, stopping: asyncio.Event, backups: Backups, default_chunk_size: int
+    ) -> None:
         self._system = system
         self._stopping = stopping
+        self._backups = backups
+        self._chunk_size = default_chunk_size
 
     async def GetServerInfo(
         self,
@@ -63,6 +69,22 @@ class SystemServicer(system_pb2_grpc.SystemServicer):
                 sample.training_cluster.CopyFrom(cluster_to_proto(cluster))
             yield sample
             sent += 1
+
+    async def Backup(
+        self,
+        request: pb.BackupRequest,
+        context: grpc.aio.ServicerContext[pb.BackupRequest, pb.BackupChunk],
+    ) -> AsyncIterator[pb.BackupChunk]:
+        size = chunk_size(request.chunk_size, self._chunk_size)
+        backup = self._backups.start()
+        try:
+            await asyncio.to_thread(backup.prepare, size)
+            while (data := await asyncio.to_thread(backup.next_chunk)) is not None:
+                yield pb.BackupChunk(data=data)
+        finally:
+            # Runs to its end in its thread even if this call is cancelled again meanwhile:
+            # the temp copy goes and the pinned blobs are released whatever the client does.
+            await asyncio.to_thread(backup.close)
 
 
 async def _stopped_within(stopping: asyncio.Event, seconds: float) -> bool:

@@ -47,7 +47,12 @@ _R, _T, _A = Role.READER, Role.TRAINER, Role.ADMIN
 
 # service full name -> method -> the least role that may call it.
 ROLE_TABLE: dict[str, dict[str, Role]] = {
-    "tessera.v1.System": {"GetServerInfo": _R, "WatchSystem": _R},
+    "tessera.v1.System": {
+        "GetServerInfo": _R,
+        "WatchSystem": _R,
+        # Every record and blob of every user, in one file.
+        "Backup": _A,
+    },
     "tessera.v1.Registry": {
         "CreateModel": _T,
         "GetModel": _R,

@@ -44,6 +44,11 @@ class SystemStub:
                 request_serializer=tessera_dot_v1_dot_system__pb2.WatchSystemRequest.SerializeToString,
                 response_deserializer=tessera_dot_v1_dot_system__pb2.SystemSample.FromString,
                 _registered_method=True)
+        self.Backup = channel.unary_stream(
+                '/tessera.v1.System/Backup',
+                request_serializer=tessera_dot_v1_dot_system__pb2.BackupRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_system__pb2.BackupChunk.FromString,
+                _registered_method=True)
 
 
 class SystemServicer:
@@ -63,6 +68,16 @@ class SystemServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Backup(self, request, context):
+        """Admin only. A consistent backup as one tar archive in chunks: manifest.json (format
+        version, tesserad version, created time, record counts, each file's sha256 and size), then
+        store/data.mdb (a compacted copy of the store as of one read transaction), then
+        blobs/<sha256> for every blob that copy references. `tesserad restore` puts it back.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SystemServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +90,11 @@ def add_SystemServicer_to_server(servicer, server):
                     servicer.WatchSystem,
                     request_deserializer=tessera_dot_v1_dot_system__pb2.WatchSystemRequest.FromString,
                     response_serializer=tessera_dot_v1_dot_system__pb2.SystemSample.SerializeToString,
+            ),
+            'Backup': grpc.unary_stream_rpc_method_handler(
+                    servicer.Backup,
+                    request_deserializer=tessera_dot_v1_dot_system__pb2.BackupRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_system__pb2.BackupChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +151,33 @@ class System:
             '/tessera.v1.System/WatchSystem',
             tessera_dot_v1_dot_system__pb2.WatchSystemRequest.SerializeToString,
             tessera_dot_v1_dot_system__pb2.SystemSample.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Backup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tessera.v1.System/Backup',
+            tessera_dot_v1_dot_system__pb2.BackupRequest.SerializeToString,
+            tessera_dot_v1_dot_system__pb2.BackupChunk.FromString,
             options,
             channel_credentials,
             insecure,

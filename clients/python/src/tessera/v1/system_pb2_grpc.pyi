@@ -36,6 +36,12 @@ class SystemStub:
     """A sample of CPU, memory and GPU use every interval_ms until max_samples have been sent or
     the client cancels; shutdown ends an open-ended stream with UNAVAILABLE.
     """
+    Backup: _grpc.UnaryStreamMultiCallable[_system_pb2.BackupRequest, _system_pb2.BackupChunk]
+    """Admin only. A consistent backup as one tar archive in chunks: manifest.json (format
+    version, tesserad version, created time, record counts, each file's sha256 and size), then
+    store/data.mdb (a compacted copy of the store as of one read transaction), then
+    blobs/<sha256> for every blob that copy references. `tesserad restore` puts it back.
+    """
 
 @_typing.type_check_only
 class SystemAsyncStub(SystemStub):
@@ -44,6 +50,12 @@ class SystemAsyncStub(SystemStub):
     WatchSystem: _aio.UnaryStreamMultiCallable[_system_pb2.WatchSystemRequest, _system_pb2.SystemSample]  # type: ignore[assignment]
     """A sample of CPU, memory and GPU use every interval_ms until max_samples have been sent or
     the client cancels; shutdown ends an open-ended stream with UNAVAILABLE.
+    """
+    Backup: _aio.UnaryStreamMultiCallable[_system_pb2.BackupRequest, _system_pb2.BackupChunk]  # type: ignore[assignment]
+    """Admin only. A consistent backup as one tar archive in chunks: manifest.json (format
+    version, tesserad version, created time, record counts, each file's sha256 and size), then
+    store/data.mdb (a compacted copy of the store as of one read transaction), then
+    blobs/<sha256> for every blob that copy references. `tesserad restore` puts it back.
     """
 
 class SystemServicer(metaclass=_abc_1.ABCMeta):
@@ -62,6 +74,18 @@ class SystemServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_system_pb2.SystemSample], _abc.AsyncIterator[_system_pb2.SystemSample]]:
         """A sample of CPU, memory and GPU use every interval_ms until max_samples have been sent or
         the client cancels; shutdown ends an open-ended stream with UNAVAILABLE.
+        """
+
+    @_abc_1.abstractmethod
+    def Backup(
+        self,
+        request: _system_pb2.BackupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_system_pb2.BackupChunk], _abc.AsyncIterator[_system_pb2.BackupChunk]]:
+        """Admin only. A consistent backup as one tar archive in chunks: manifest.json (format
+        version, tesserad version, created time, record counts, each file's sha256 and size), then
+        store/data.mdb (a compacted copy of the store as of one read transaction), then
+        blobs/<sha256> for every blob that copy references. `tesserad restore` puts it back.
         """
 
 def add_SystemServicer_to_server(servicer: SystemServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,185 @@
+"""A backup of a running daemon: a point-in-time copy of the store and every blob it
+references, streamed as the tar archive `tessera.backup` defines.
+
+The store is copied (compacted, by LMDB) from one read transaction into a temp file in the
+blob store's tmp directory, which start-up empties, so a daemon killed mid-backup leaves
+nothing behind either. The blobs are those the copy's `blob_holders` names.
+
+Blob deletion is kept safe by claims: `BlobStore.delete` leaves a claimed blob alone, and a
+blob is deleted only from a write transaction that finds nothing holding it. The backup
+claims the blobs its copy references under the store's write lock, in the same critical
+section that begins the copy's read transaction, so no write commits between what the copy
+sees and the claims: every blob the copy names stays on disk until the backup ends,
+whatever is deleted meanwhile. At the end the claims are released and the blobs that
+nothing holds any more are deleted then, as after a failed upload.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import io
+import os
+import tarfile
+import tempfile
+import threading
+from collections.abc import Generator, Iterator
+from pathlib import Path
+
+from tessera.backup import BLOB_PREFIX, MANIFEST_NAME, STORE_NAME, Entry, Manifest
+from tesserad.datasets.references import BLOB_HOLDERS, drop_claimed_blobs
+from tesserad.errors import DataLoss, NotFound
+from tesserad.store import BlobStore, ReadTxn, Store
+
+_BLOCK = tarfile.BLOCKSIZE
+
+
+def _header(name: str, size: int, mtime: float) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = int(mtime)
+    info.mode = 0o644
+    # pax: sizes past ustar's 8 GiB (a store copy, a large artifact) are written exactly.
+    return info.tobuf(tarfile.PAX_FORMAT)
+
+
+def _padding(size: int) -> bytes:
+    return b"\0" * (-size % _BLOCK)
+
+
+class _Chunks:
+    """Bytes gathered into chunks of one size (the last one shorter)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._buffer = bytearray()
+        self.added = 0
+
+    def add(self, data: bytes) -> Iterator[bytes]:
+        self._buffer += data
+        self.added += len(data)
+        while len(self._buffer) >= self._size:
+            yield bytes(self._buffer[: self._size])
+            del self._buffer[: self._size]
+
+    def rest(self) -> Iterator[bytes]:
+        if self._buffer:
+            yield bytes(self._buffer)
+            self._buffer.clear()
+
+
+class Backup:
+    """One backup: `prepare()` (copy and pin), `next_chunk()` until None, then `close()`.
+
+    Each step blocks (run it in a thread) and they exclude one another, so `close()` called
+    while another step runs (the client went away) waits for it: the read transaction is never
+    ended under the copy, nor the temp file removed under a read. After `close()` the others
+    do nothing.
+    """
+
+    def __init__(self, store: Store, blobs: BlobStore, tesserad_version: str) -> None:
+        self._store = store
+        self._blobs = blobs
+        self._version = tesserad_version
+        self._lock = threading.Lock()
+        self._closed = False
+        self._copy: io.BufferedRandom | None = None
+        self._copy_path: Path | None = None
+        self._pinned: set[str] = set()
+        self._chunks: Generator[bytes] | None = None
+
+    def prepare(self, chunk_size: int) -> Manifest | None:
+        """Copy the store, pin its blobs and write the manifest; None once closed."""
+        with self._lock:
+            if self._closed:
+                return None
+            fd, name = tempfile.mkstemp(dir=self._blobs.tmp_dir, prefix="backup-")
+            self._copy = os.fdopen(fd, "w+b")
+            self._copy_path = Path(name)
+            records, held = self._store.copy_snapshot(fd, self._pin)
+            manifest = Manifest(
+                tesserad_version=self._version,
+                created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                records=records,
+                store=self._hash_copy(self._copy),
+                blobs={sha256: self._blob_size(sha256) for sha256 in sorted(held)},
+            )
+            self._chunks = self._archive(manifest, self._copy, chunk_size)
+            return manifest
+
+    def _pin(self, snapshot: ReadTxn) -> tuple[dict[str, int], set[str]]:
+        """Run under the store's write lock (see the module's doc)."""
+        held = {str(key[0]) for key, _ in snapshot.scan(BLOB_HOLDERS)}
+        self._blobs.claim(*held)
+        self._pinned = held
+        return snapshot.counts(), held
+
+    def _blob_size(self, sha256: str) -> int:
+        try:
+            return self._blobs.size(sha256)
+        except NotFound:
+            raise DataLoss(
+                f"blob {sha256}, which the store references, is missing from the blob directory; "
+                "the data directory is damaged, so no whole backup of it can be made"
+            ) from None
+
+    @staticmethod
+    def _hash_copy(copy: io.BufferedRandom) -> Entry:
+        copy.seek(0)
+        digest = hashlib.file_digest(copy, "sha256").hexdigest()
+        return Entry(digest, os.fstat(copy.fileno()).st_size)
+
+    def _archive(self, manifest: Manifest, copy: io.BufferedRandom, chunk_size: int) -> Generator[bytes]:
+        chunks = _Chunks(chunk_size)
+        now = datetime.datetime.now(datetime.UTC).timestamp()
+        document = manifest.to_json()
+        yield from chunks.add(_header(MANIFEST_NAME, len(document), now) + document + _padding(len(document)))
+        yield from chunks.add(_header(STORE_NAME, manifest.store.size, now))
+        copy.seek(0)
+        while data := copy.read(chunk_size):
+            yield from chunks.add(data)
+        yield from chunks.add(_padding(manifest.store.size))
+        for sha256, size in manifest.blobs.items():
+            yield from chunks.add(_header(BLOB_PREFIX + sha256, size, now))
+            # Read verified: a blob damaged on disk ends the backup with DataLoss.
+            for data in self._blobs.read_chunks(sha256, chunk_size):
+                yield from chunks.add(data)
+            yield from chunks.add(_padding(size))
+        # The end-of-archive marker, then padding to a whole record, as tar writes it.
+        yield from chunks.add(b"\0" * (2 * _BLOCK))
+        yield from chunks.add(b"\0" * (-chunks.added % tarfile.RECORDSIZE))
+        yield from chunks.rest()
+
+    def next_chunk(self) -> bytes | None:
+        """The archive's next bytes; None at its end or once closed."""
+        with self._lock:
+            if self._closed or self._chunks is None:
+                return None
+            return next(self._chunks, None)
+
+    def close(self) -> None:
+        """Remove the store copy, end the pins and delete the pinned blobs nothing holds now."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._chunks is not None:
+                # Closes the blob file a read in progress holds open.
+                self._chunks.close()
+            if self._copy is not None and self._copy_path is not None:
+                self._copy.close()
+                self._copy_path.unlink(missing_ok=True)
+            pinned, self._pinned = self._pinned, set()
+        drop_claimed_blobs(self._store, self._blobs, pinned)
+
+
+class Backups:
+    """Makes the backups of one daemon's store and blobs."""
+
+    def __init__(self, store: Store, blobs: BlobStore, tesserad_version: str) -> None:
+        self._store = store
+        self._blobs = blobs
+        self._version = tesserad_version
+
+    def start(self) -> Backup:
+        return Backup(self._store, self._blobs, self._version)

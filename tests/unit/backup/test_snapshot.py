@@ -1,0 +1,103 @@
+"""A backup's pins: a blob its snapshot references outlives a delete until the backup ends,
+and ending it early (the client gone) leaves no temp copy and no pin behind."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tessera.backup import BLOB_PREFIX, STORE_NAME, read_archive
+from tesserad.backup import Backup
+from tesserad.datasets.references import BLOB_HOLDERS, delete_unheld_blobs, hold_blob, release_blob
+from tesserad.store import BlobStore, Store
+
+
+@pytest.fixture
+def parts(tmp_path: Path) -> Iterator[tuple[Store, BlobStore]]:
+    store = Store.open(tmp_path / "store", map_size=64 * 2**20, tables=["items", BLOB_HOLDERS])
+    yield store, BlobStore(tmp_path / "blobs")
+    store.close()
+
+
+def _held_blob(store: Store, blobs: BlobStore, data: bytes) -> str:
+    sha256 = blobs.put_bytes(data).sha256
+    with store.write() as txn:
+        hold_blob(txn, sha256, "version:1")
+        txn.put("items", ("a",), b"1")
+    blobs.release(sha256)
+    return sha256
+
+
+def _delete(store: Store, blobs: BlobStore, sha256: str) -> None:
+    """What deleting the blob's only holder does: release it, then delete it if unheld."""
+    with store.write() as txn:
+        release_blob(txn, sha256, "version:1")
+    delete_unheld_blobs(store, blobs, {sha256})
+
+
+def test_a_blob_deleted_during_a_backup_is_in_it_and_goes_when_it_ends(
+    parts: tuple[Store, BlobStore], tmp_path: Path
+) -> None:
+    store, blobs = parts
+    sha256 = _held_blob(store, blobs, b"weights" * 1000)
+    backup = Backup(store, blobs, "test")
+    manifest = backup.prepare(chunk_size=1024)
+    assert manifest is not None and manifest.blobs == {sha256: 7000}
+    assert manifest.records == {"items": 1, BLOB_HOLDERS: 1}
+
+    _delete(store, blobs, sha256)
+    assert blobs.exists(sha256)  # pinned by the backup
+    chunks = []
+    while (chunk := backup.next_chunk()) is not None:
+        assert len(chunk) <= 1024
+        chunks.append(chunk)
+    archive = tmp_path / "b.tar"
+    archive.write_bytes(b"".join(chunks))
+    assert read_archive(archive) == manifest
+    with tarfile.open(archive) as tar:
+        assert tar.getnames() == ["manifest.json", STORE_NAME, BLOB_PREFIX + sha256]
+        assert tar.extractfile(BLOB_PREFIX + sha256).read() == b"weights" * 1000
+    backup.close()
+    assert not blobs.exists(sha256)  # unheld and unpinned: deleted as the backup ended
+
+
+def test_a_backup_closed_mid_stream_leaves_no_copy_and_no_pin(parts: tuple[Store, BlobStore]) -> None:
+    store, blobs = parts
+    sha256 = _held_blob(store, blobs, bytes(range(256)) * 64)
+    backup = Backup(store, blobs, "test")
+    backup.prepare(chunk_size=512)
+    assert backup.next_chunk() is not None
+    assert [p.name.startswith("backup-") for p in blobs.tmp_dir.iterdir()] == [True]
+    backup.close()
+    assert list(blobs.tmp_dir.iterdir()) == []
+    assert backup.next_chunk() is None
+    assert not blobs.claimed(sha256)
+    _delete(store, blobs, sha256)
+    assert not blobs.exists(sha256)
+
+
+def test_the_store_copy_is_the_snapshot_not_later_writes(
+    parts: tuple[Store, BlobStore], tmp_path: Path
+) -> None:
+    store, blobs = parts
+    _held_blob(store, blobs, b"x")
+    backup = Backup(store, blobs, "test")
+    backup.prepare(chunk_size=4096)
+    with store.write() as txn:
+        txn.put("items", ("b",), b"2")
+    data = b"".join(iter(backup.next_chunk, None))
+    backup.close()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        copy = tar.extractfile(STORE_NAME).read()
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "data.mdb").write_bytes(copy)
+    restored = Store.open(tmp_path / "copy", map_size=64 * 2**20, tables=["items", BLOB_HOLDERS])
+    try:
+        with restored.read() as txn:
+            assert [key for key, _ in txn.scan("items")] == [("a",)]
+    finally:
+        restored.close()
