@@ -151,6 +151,38 @@ class Download(Call[T_co]):
 
 
 @dataclass(frozen=True)
+class Save(Call[T_co]):
+    """A server stream of chunks alone (`data(response)` gives each one's bytes) into `sink()`."""
+
+    service: str
+    method: str
+    request: Message
+    timeout: float
+    sink: Callable[[], Sink[T_co]]
+    data: Callable[[Any], bytes]
+
+    def run(self, conn: Connection) -> T_co:
+        sink = self.sink()
+        try:
+            for response in conn.server_stream(self.service, self.method, self.request, self.timeout):
+                sink.write(self.data(response))
+        except BaseException:
+            sink.abort()
+            raise
+        return sink.finish()
+
+    async def run_async(self, conn: AioConnection) -> T_co:
+        sink = self.sink()
+        try:
+            async for response in conn.server_stream(self.service, self.method, self.request, self.timeout):
+                sink.write(self.data(response))
+        except BaseException:
+            sink.abort()
+            raise
+        return await asyncio.to_thread(sink.finish)
+
+
+@dataclass(frozen=True)
 class Then(Call[T_co]):
     """Go through `first` to its end, then make the call `then`."""
 

@@ -695,6 +695,30 @@ def cmd_datasets_download(client: Client, args: argparse.Namespace, out: Output)
     )
 
 
+def cmd_admin_backup(client: Client, args: argparse.Namespace, out: Output) -> None:
+    path = Path(args.output)
+    if path.is_dir():
+        raise UsageError(f"--output {path} is a directory; name the file to write")
+    manifest = client.system.backup(path)
+    records = sum(manifest.records.values())
+    if out.as_json:
+        return out.json(
+            {
+                "path": str(path),
+                "size_bytes": path.stat().st_size,
+                "tesserad_version": manifest.tesserad_version,
+                "created_at": manifest.created_at,
+                "records": records,
+                "blobs": len(manifest.blobs),
+                "blob_bytes": manifest.blob_bytes,
+            }
+        )
+    out.line(
+        f"wrote {path}: {size(path.stat().st_size)}, {records} records, {len(manifest.blobs)} blobs "
+        f"({size(manifest.blob_bytes)}), every file's sha256 verified"
+    )
+
+
 def print_dataset_version(version: Any, out: Output) -> None:
     out.table(
         f"{version.name}:{version.version} ({version.num_samples} samples)",
@@ -1551,6 +1575,23 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_experiments_restore,
         "bring back an experiment and the runs deleted with it",
     ).add_argument("name")
+
+    admin = commands.add_parser("admin", help="operator tasks (admin token)").add_subparsers(
+        dest="subcommand", required=True, metavar="SUBCOMMAND"
+    )
+    command(
+        admin,
+        "backup",
+        cmd_admin_backup,
+        "save a consistent backup of the running daemon (store and blobs) to a file; "
+        "`tesserad restore FILE --data-dir DIR` restores it",
+    ).add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="FILE",
+        help="the archive to write; it appears only once the whole backup has come and checks out",
+    )
 
     export = commands.add_parser("export", help="export a version").add_subparsers(
         dest="subcommand", required=True, metavar="FORMAT"

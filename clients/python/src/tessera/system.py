@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from tessera.calls import C, Op, Part, ServerStream, call, stream
+from pathlib import Path
+
+from tessera.backup import BackupSink, Manifest
+from tessera.calls import C, Op, Part, Save, ServerStream, call, stream
 from tessera.v1 import system_pb2 as pb
 
 S = "System"
@@ -24,3 +27,16 @@ class System(Part[C]):
         come (0: until you stop iterating). `timeout` bounds the whole stream (None: none)."""
         request = pb.WatchSystemRequest(interval_ms=interval_ms, max_samples=max_samples)
         return ServerStream(S, "WatchSystem", request, timeout)
+
+    @call
+    def backup(self, path: str | Path, chunk_size: int = 0, timeout: float | None = None) -> Save[Manifest]:
+        """Save a consistent backup of the daemon (admin only) to `path`, which appears only once
+        the whole archive has come and checks out; its manifest. `tesserad restore` restores it."""
+        return Save(
+            S,
+            "Backup",
+            pb.BackupRequest(chunk_size=chunk_size),
+            timeout or self._conn.transfer_timeout,
+            lambda: BackupSink(Path(path)),
+            lambda response: response.data,
+        )
