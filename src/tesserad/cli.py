@@ -66,6 +66,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tokens.add_parser(commands)
 
+    restore = commands.add_parser(
+        "restore",
+        help="restore a backup (`tessera admin backup`) into a new data directory, offline",
+        description=(
+            "Restore a backup archive into DIR, which must be missing or empty and not in use. "
+            "Every file is checked against the archive's manifest (sha256 and size) and the "
+            "store's record counts against it before anything is put in place; a refused "
+            "archive leaves nothing behind. Then `tesserad serve --data-dir DIR` starts on it. "
+            "Exit status: 0 restored, 1 refused or failed (the message says why), 2 wrong "
+            "command line."
+        ),
+    )
+    restore.add_argument("archive", type=Path, metavar="FILE", help="the backup archive")
+    restore.add_argument(
+        "--data-dir", type=Path, required=True, metavar="DIR", help="the data directory to create"
+    )
+
     commands.add_parser(
         "settings",
         help="list every setting with its default and environment variable",
@@ -77,6 +94,26 @@ def build_parser() -> argparse.ArgumentParser:
 def _print_settings() -> None:
     for info in describe_settings():
         print(f"{info.name}\n    env {info.env}, default {info.default}\n    {info.help}")
+
+
+def _restore(archive: Path, data_dir: Path) -> int:
+    from tesserad.backup.restore import RestoreError, restore
+
+    try:
+        manifest = restore(archive, data_dir)
+    except RestoreError as exc:
+        print(f"tesserad restore: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"tesserad restore: {exc}", file=sys.stderr)
+        return 1
+    records = sum(manifest.records.values())
+    print(
+        f"restored {archive} into {data_dir}: {records} records, {len(manifest.blobs)} blobs "
+        f"({manifest.blob_bytes} bytes), backed up by tesserad {manifest.tesserad_version} at "
+        f"{manifest.created_at}; start it with `tesserad serve --data-dir {data_dir}`"
+    )
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -92,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "tokens":
         return tokens.run(args)
+    if args.command == "restore":
+        return _restore(args.archive, args.data_dir)
 
     overrides = {name: getattr(args, name.replace(".", "__")) for name, _ in SERVE_FLAGS.values()}
     try:
