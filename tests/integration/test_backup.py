@@ -1,0 +1,235 @@
+"""Backup of a running daemon (`tessera admin backup`) and restore (`tesserad restore`):
+everything comes back on a second daemon, a damaged archive is refused leaving nothing, only an
+admin may take one, and a client gone mid-stream leaves nothing on the server."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tessera
+from tessera.backup import BLOB_PREFIX, MANIFEST_NAME
+from tessera.cli import main as tessera_main
+from tessera.v1 import system_pb2, system_pb2_grpc
+from tesserad.cli import main as tesserad_main
+from tesserad.security import Role, hash_token, new_token
+from tesserad.security.tokens import format_entry
+from tests.conftest import InProcessDaemon, daemon_settings
+from tests.integration.registry.conftest import onnx_identity
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass
+class Source:
+    """A daemon holding a model version, a dataset, a run with metrics and a cancelled job,
+    backed up once while it runs; the hashes and ids of what it holds."""
+
+    daemon: InProcessDaemon
+    archive: Path
+    model_sha256: str
+    dataset_sha256: str
+    run_id: str
+    job_id: str
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Source]:
+    tmp = tmp_path_factory.mktemp("source")
+    daemon = InProcessDaemon(daemon_settings(tmp / "data")).start()
+    try:
+        model_file, data_file = _push_model(daemon, tmp), tmp / "d.npz"
+        x = np.arange(96, dtype=np.float32).reshape(16, 6)
+        np.savez(data_file, x=x, y=(x[:, 0] > 40).astype(np.int64))
+        with tessera.Client(daemon.target) as client:
+            client.datasets.push("flat", data_file, splits={"train": 0.75, "val": 0.25})
+            run = client.training.create_run("exp", name="by-hand", params={"lr": 0.1})
+            client.training.log_metrics(run.run_id, {"loss": 0.5}, step=1)
+            client.training.log_metrics(run.run_id, {"loss": 0.25}, step=2)
+            job = client.training.submit(
+                {
+                    "experiment": "exp",
+                    "architecture": {"input_shape": [6], "output_size": 2, "mlp": {"hidden_sizes": [4]}},
+                    "data": {"dataset": {"name": "flat"}},
+                    "optimizer": {"name": "adam", "lr": 0.01},
+                    "epochs": 1,
+                    "batch_size": 8,
+                }
+            )
+            job.cancel()
+            job.wait(timeout=60, check=False)
+        archive = tmp / "backup.tar"
+        code = tessera_main(["--target", daemon.target, "--json", "admin", "backup", "-o", str(archive)])
+        assert code == 0
+        yield Source(daemon, archive, _sha256(model_file), _sha256(data_file), run.run_id, job.id)
+    finally:
+        daemon.stop()
+
+
+def _push_model(daemon: InProcessDaemon, directory: Path) -> Path:
+    """Version 1 of model clf, aliased production; its file."""
+    path = directory / "m.onnx"
+    path.write_bytes(onnx_identity())
+    with tessera.Client(daemon.target) as client:
+        client.models.push("clf", path, alias="production")
+    return path
+
+
+def _restore(archive: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = tesserad_main(["restore", str(archive), "--data-dir", str(data_dir)])
+    return code, capsys.readouterr().err
+
+
+def test_a_backup_restores_onto_a_second_daemon_with_everything(
+    source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert not source.archive.with_name("backup.tar.partial").exists()
+    # The daemon keeps nothing of the backup: no temp copy.
+    assert list((source.daemon.settings.data_dir / "blobs" / "tmp").iterdir()) == []
+
+    restored = tmp_path / "restored"
+    code, err = _restore(source.archive, restored, capsys)
+    assert (code, err) == (0, "")
+    second = InProcessDaemon(daemon_settings(restored)).start()
+    try:
+        with tessera.Client(second.target) as client:
+            version = client.models.version("clf", "production")
+            client.models.download("clf", tmp_path / "back.onnx", version="production")
+            assert _sha256(tmp_path / "back.onnx") == source.model_sha256 == version.sha256
+            client.datasets.download("flat", tmp_path / "back.npz")
+            assert _sha256(tmp_path / "back.npz") == source.dataset_sha256
+            assert [s.name for s in client.datasets.version("flat").splits] == ["train", "val"]
+            history = client.training.metric_history(source.run_id, "loss")
+            assert [(p.step, p.value) for p in history.points] == [(1, 0.5), (2, 0.25)]
+            assert client.training.job(source.job_id).state == tessera.JobState.CANCELLED
+    finally:
+        second.stop()
+
+
+def _rewritten(archive: Path, target: Path, change) -> Path:
+    """A copy of `archive` with each member's bytes passed through change(name, data)."""
+    with tarfile.open(archive) as source, tarfile.open(target, "w") as out:
+        for member in source.getmembers():
+            data = change(member.name, source.extractfile(member).read())
+            member.size = len(data)
+            out.addfile(member, io.BytesIO(data))
+    return target
+
+
+def _flip_first_blob_byte(name: str, data: bytes) -> bytes:
+    return bytes([data[0] ^ 1]) + data[1:] if name.startswith(BLOB_PREFIX) else data
+
+
+def _next_format(name: str, data: bytes) -> bytes:
+    if name != MANIFEST_NAME:
+        return data
+    return json.dumps({**json.loads(data), "format_version": 2}).encode()
+
+
+@pytest.mark.parametrize(
+    ("damage", "says"),
+    [
+        ("truncated", "truncated"),
+        ("cut at a member", "truncated"),
+        ("tampered blob", "was altered or damaged"),
+        ("format version 2", "format version 2"),
+        ("not tar", "not a whole tar file"),
+    ],
+)
+def test_a_damaged_archive_is_refused_and_nothing_is_written(
+    source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str, says: str
+) -> None:
+    archive, bad = source.archive, tmp_path / "bad.tar"
+    data = archive.read_bytes()
+    if damage == "truncated":
+        bad.write_bytes(data[: len(data) // 2])
+    elif damage == "cut at a member":
+        with tarfile.open(archive) as tar:
+            last = tar.getmembers()[-1]
+        bad.write_bytes(data[: last.offset])
+    elif damage == "tampered blob":
+        _rewritten(archive, bad, _flip_first_blob_byte)
+    elif damage == "format version 2":
+        _rewritten(archive, bad, _next_format)
+    else:
+        bad.write_bytes(b"not a tar file at all" * 100)
+    target = tmp_path / "target"
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, err = _restore(bad, target, capsys)
+    assert code == 1
+    assert says in err and "nothing was written" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no target, no staging left
+
+
+def test_restore_refuses_a_data_dir_that_is_not_empty_or_in_use(
+    source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "notes.txt").write_text("mine")
+    code, err = _restore(source.archive, occupied, capsys)
+    assert code == 1 and "is not empty" in err
+    assert [p.name for p in occupied.iterdir()] == ["notes.txt"]
+
+    code, err = _restore(source.archive, source.daemon.settings.data_dir, capsys)
+    assert code == 1 and "in use by another tesserad" in err
+
+
+def test_only_an_admin_may_take_a_backup(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = {role: new_token() for role in Role}
+    tokens_file = tmp_path / "tokens.toml"
+    tokens_file.write_text("".join(format_entry(r.label, r, hash_token(t)) for r, t in token.items()))
+    daemon = InProcessDaemon(daemon_settings(data_dir, **{"security.tokens_file": str(tokens_file)})).start()
+    try:
+        out = tmp_path / "b.tar"
+        args = ["--target", daemon.target, "admin", "backup", "-o", str(out)]
+        assert tessera_main(["--token", token[Role.TRAINER], *args]) == 3
+        err = capsys.readouterr().err
+        assert err.startswith("tessera: PERMISSION_DENIED:") and "admin role" in err
+        assert list(tmp_path.glob("b.tar*")) == []
+        assert tessera_main(["--token", token[Role.ADMIN], *args]) == 0
+        assert out.is_file()
+    finally:
+        daemon.stop()
+
+
+def _blob_file(daemon: InProcessDaemon, sha256: str) -> Path:
+    return daemon.settings.data_dir / "blobs" / "sha256" / sha256[:2] / sha256[2:]
+
+
+def test_a_client_gone_mid_stream_leaves_nothing_on_the_server(
+    daemon: InProcessDaemon, tmp_path: Path
+) -> None:
+    model = _push_model(daemon, tmp_path)
+    stub = system_pb2_grpc.SystemStub(daemon.channel())
+    call = stub.Backup(system_pb2.BackupRequest(chunk_size=4096))
+    assert len(next(call).data) == 4096
+    call.cancel()
+    with tessera.Client(daemon.target) as client:
+        client.models.delete_alias("clf", "production")
+        client.models.delete_version("clf", 1)
+    tmp = daemon.settings.data_dir / "blobs" / "tmp"
+    blob = _blob_file(daemon, _sha256(model))
+    # The pin ended with the call: the deleted version's blob goes, and the store copy too.
+    _wait_for(lambda: not blob.exists() and not list(tmp.iterdir()), daemon)
+
+
+def _wait_for(condition, daemon: InProcessDaemon) -> None:
+    for _ in range(500):
+        if condition():
+            return
+        daemon.run(asyncio.sleep(0.01))
+    assert condition()
