@@ -258,7 +258,11 @@ class Daemon:
         _register(
             system_pb2_grpc.add_SystemServicer_to_server,
             SystemServicer(
-                system, self._stopping, Backups(self._store, blobs, __version__), limits.chunk_size
+                system,
+                self._stopping,
+                Backups(self._store, blobs, __version__),
+                limits.chunk_size,
+                settings.max_message_size,
             ),
             routes,
         )

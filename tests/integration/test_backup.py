@@ -13,11 +13,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
 import tessera
-from tessera.backup import BLOB_PREFIX, MANIFEST_NAME
+from tessera.backup import BLOB_PREFIX, MANIFEST_NAME, STORE_NAME
 from tessera.cli import main as tessera_main
 from tessera.v1 import system_pb2, system_pb2_grpc
 from tesserad.cli import main as tesserad_main
@@ -186,13 +187,17 @@ def test_restore_refuses_a_data_dir_that_is_not_empty_or_in_use(
     assert code == 1 and "in use by another tesserad" in err
 
 
-def test_only_an_admin_may_take_a_backup(
+def test_only_an_admin_may_take_a_backup_and_its_chunks_fit_the_send_limit(
     data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     token = {role: new_token() for role in Role}
     tokens_file = tmp_path / "tokens.toml"
     tokens_file.write_text("".join(format_entry(r.label, r, hash_token(t)) for r, t in token.items()))
-    daemon = InProcessDaemon(daemon_settings(data_dir, **{"security.tokens_file": str(tokens_file)})).start()
+    # Under the default chunk size (limits.chunk_size, 1 MiB) and the store copy's size.
+    settings = daemon_settings(
+        data_dir, **{"security.tokens_file": str(tokens_file), "max_message_size": "16KiB"}
+    )
+    daemon = InProcessDaemon(settings).start()
     try:
         out = tmp_path / "b.tar"
         args = ["--target", daemon.target, "admin", "backup", "-o", str(out)]
@@ -200,8 +205,9 @@ def test_only_an_admin_may_take_a_backup(
         err = capsys.readouterr().err
         assert err.startswith("tessera: PERMISSION_DENIED:") and "admin role" in err
         assert list(tmp_path.glob("b.tar*")) == []
-        assert tessera_main(["--token", token[Role.ADMIN], *args]) == 0
-        assert out.is_file()
+        assert tessera_main(["--token", token[Role.ADMIN], *args]) == 0, capsys.readouterr().err
+        with tarfile.open(out) as tar:
+            assert tar.getnames()[:2] == [MANIFEST_NAME, STORE_NAME]
     finally:
         daemon.stop()
 
@@ -214,10 +220,20 @@ def test_a_client_gone_mid_stream_leaves_nothing_on_the_server(
     daemon: InProcessDaemon, tmp_path: Path
 ) -> None:
     model = _push_model(daemon, tmp_path)
-    stub = system_pb2_grpc.SystemStub(daemon.channel())
-    call = stub.Backup(system_pb2.BackupRequest(chunk_size=4096))
-    assert len(next(call).data) == 4096
-    call.cancel()
+    with tessera.Client(daemon.target) as client:
+        np.save(tmp_path / "big.npy", np.zeros((1 << 20,), np.float32))  # 4 MiB
+        client.datasets.push("big", tmp_path / "big.npy")
+    # Without BDP probing the flow-control window stays at 64 KiB: a client that reads one
+    # chunk holds the daemon mid-stream.
+    channel = grpc.insecure_channel(daemon.target, options=[("grpc.http2.bdp_probe", 0)])
+    tmp = daemon.settings.data_dir / "blobs" / "tmp"
+    try:
+        call = system_pb2_grpc.SystemStub(channel).Backup(system_pb2.BackupRequest(chunk_size=4096))
+        assert len(next(call).data) == 4096
+        assert [p.name.startswith("backup-") for p in tmp.iterdir()] == [True]  # the store copy
+        call.cancel()
+    finally:
+        channel.close()
     with tessera.Client(daemon.target) as client:
         client.models.delete_alias("clf", "production")
         client.models.delete_version("clf", 1)

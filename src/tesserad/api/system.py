@@ -20,16 +20,24 @@ from tesserad.training.ray_cluster import ClusterStatus
 MIN_INTERVAL_MS = 100
 MAX_INTERVAL_MS = 60_000
 DEFAULT_INTERVAL_MS = 1000
+# A BackupChunk's bytes beside its data: the field's tag and length.
+_CHUNK_FRAMING = 16
 
 
 class SystemServicer(system_pb2_grpc.SystemServicer):
     def __init__(
-        self, system: SystemService, stopping: asyncio.Event, backups: Backups, default_chunk_size: int
+        self,
+        system: SystemService,
+        stopping: asyncio.Event,
+        backups: Backups,
+        default_chunk_size: int,
+        max_message_size: int,
     ) -> None:
         self._system = system
         self._stopping = stopping
         self._backups = backups
         self._chunk_size = default_chunk_size
+        self._max_chunk_size = max_message_size - _CHUNK_FRAMING
 
     async def GetServerInfo(
         self,
@@ -75,7 +83,8 @@ class SystemServicer(system_pb2_grpc.SystemServicer):
         request: pb.BackupRequest,
         context: grpc.aio.ServicerContext[pb.BackupRequest, pb.BackupChunk],
     ) -> AsyncIterator[pb.BackupChunk]:
-        size = chunk_size(request.chunk_size, self._chunk_size)
+        # Each chunk fits one message under the send limit, whatever was asked.
+        size = min(chunk_size(request.chunk_size, self._chunk_size), self._max_chunk_size)
         backup = self._backups.start()
         try:
             await asyncio.to_thread(backup.prepare, size)
