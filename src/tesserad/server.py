@@ -186,6 +186,7 @@ class Daemon:
         self._gpus: Gpus | None = None
         self.registry: Registry | None = None
         self.exports: Exports | None = None
+        self._backups: Backups | None = None
         self._follower: Follower | None = None
         self._following: asyncio.Task[None] | None = None
         self._changes: ChangeFeed | None = None
@@ -255,12 +256,13 @@ class Daemon:
         routes = _Routes(server)
         system = SystemService(data_dir, self._store, blobs, self._gpus, self.service_names)
         limits = settings.limits
+        self._backups = Backups(self._store, blobs, __version__)
         _register(
             system_pb2_grpc.add_SystemServicer_to_server,
             SystemServicer(
                 system,
                 self._stopping,
-                Backups(self._store, blobs, __version__),
+                self._backups,
                 limits.chunk_size,
                 settings.max_message_size,
             ),
@@ -619,6 +621,9 @@ class Daemon:
         if self._metrics_http is not None:
             self._metrics_http.close()
             self._metrics_http = None
+        if self._backups is not None:
+            await asyncio.to_thread(self._backups.close)
+            self._backups = None
         if self._store is not None:
             await asyncio.to_thread(self._store.close)
             self._store = None

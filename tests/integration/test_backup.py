@@ -243,6 +243,25 @@ def test_a_client_gone_mid_stream_leaves_nothing_on_the_server(
     _wait_for(lambda: not blob.exists() and not list(tmp.iterdir()), daemon)
 
 
+def test_a_daemon_stopping_mid_backup_ends_it_and_leaves_nothing(data_dir: Path, tmp_path: Path) -> None:
+    daemon = InProcessDaemon(daemon_settings(data_dir)).start()
+    with tessera.Client(daemon.target) as client:
+        np.save(tmp_path / "big.npy", np.zeros((1 << 20,), np.float32))
+        client.datasets.push("big", tmp_path / "big.npy")
+    channel = grpc.insecure_channel(daemon.target, options=[("grpc.http2.bdp_probe", 0)])
+    try:
+        call = system_pb2_grpc.SystemStub(channel).Backup(system_pb2.BackupRequest(chunk_size=4096))
+        next(call)
+        daemon.stop(grace=0)
+        with pytest.raises(grpc.RpcError) as ended:
+            for _ in call:
+                pass
+        assert ended.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+    finally:
+        channel.close()
+    assert list((data_dir / "blobs" / "tmp").iterdir()) == []
+
+
 def _wait_for(condition, daemon: InProcessDaemon) -> None:
     for _ in range(500):
         if condition():

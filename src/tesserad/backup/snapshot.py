@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tessera.backup import BLOB_PREFIX, MANIFEST_NAME, STORE_NAME, Entry, Manifest
 from tesserad.datasets.references import BLOB_HOLDERS, drop_claimed_blobs
-from tesserad.errors import DataLoss, NotFound
+from tesserad.errors import DataLoss, NotFound, TesseraError, Unavailable
 from tesserad.store import BlobStore, ReadTxn, Store
 
 _BLOCK = tarfile.BLOCKSIZE
@@ -72,9 +72,9 @@ class Backup:
     """One backup: `prepare()` (copy and pin), `next_chunk()` until None, then `close()`.
 
     Each step blocks (run it in a thread) and they exclude one another, so `close()` called
-    while another step runs (the client went away) waits for it: the read transaction is never
-    ended under the copy, nor the temp file removed under a read. After `close()` the others
-    do nothing.
+    while another step runs (the client went away, the daemon is stopping) waits for it: the
+    read transaction is never ended under the copy, nor the temp file removed under a read.
+    After `close()` the others do nothing, or raise the error it was given.
     """
 
     def __init__(self, store: Store, blobs: BlobStore, tesserad_version: str) -> None:
@@ -83,6 +83,7 @@ class Backup:
         self._version = tesserad_version
         self._lock = threading.Lock()
         self._closed = False
+        self._ended_by: TesseraError | None = None
         self._copy: io.BufferedRandom | None = None
         self._copy_path: Path | None = None
         self._pinned: set[str] = set()
@@ -150,36 +151,61 @@ class Backup:
         yield from chunks.add(b"\0" * (-chunks.added % tarfile.RECORDSIZE))
         yield from chunks.rest()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def next_chunk(self) -> bytes | None:
-        """The archive's next bytes; None at its end or once closed."""
+        """The archive's next bytes; None at its end or once closed, or the error the close was
+        given (the archive is not whole)."""
         with self._lock:
+            if self._ended_by is not None:
+                raise self._ended_by
             if self._closed or self._chunks is None:
                 return None
             return next(self._chunks, None)
 
-    def close(self) -> None:
-        """Remove the store copy, end the pins and delete the pinned blobs nothing holds now."""
+    def close(self, error: TesseraError | None = None) -> None:
+        """Remove the store copy, end the pins and delete the pinned blobs nothing holds now;
+        `error`: what a later step raises."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            self._ended_by = error
             if self._chunks is not None:
                 # Closes the blob file a read in progress holds open.
                 self._chunks.close()
             if self._copy is not None and self._copy_path is not None:
                 self._copy.close()
                 self._copy_path.unlink(missing_ok=True)
-            pinned, self._pinned = self._pinned, set()
-        drop_claimed_blobs(self._store, self._blobs, pinned)
+            # Under the lock: a second close() returns only once the pins are gone, and the
+            # daemon closes the store only after that.
+            drop_claimed_blobs(self._store, self._blobs, self._pinned)
+            self._pinned = set()
 
 
 class Backups:
-    """Makes the backups of one daemon's store and blobs."""
+    """Makes the backups of one daemon's store and blobs, and ends those still open when it stops."""
 
     def __init__(self, store: Store, blobs: BlobStore, tesserad_version: str) -> None:
         self._store = store
         self._blobs = blobs
         self._version = tesserad_version
+        self._open: list[Backup] = []
+        self._lock = threading.Lock()
 
     def start(self) -> Backup:
-        return Backup(self._store, self._blobs, self._version)
+        backup = Backup(self._store, self._blobs, self._version)
+        with self._lock:
+            self._open = [b for b in self._open if not b.closed]
+            self._open.append(backup)
+        return backup
+
+    def close(self) -> None:
+        """End every open backup before the store closes (its copy must not outlive the store):
+        each waits for its step in flight, and its stream ends UNAVAILABLE."""
+        with self._lock:
+            backups, self._open = self._open, []
+        for backup in backups:
+            backup.close(Unavailable("tesserad is stopping, so the backup was cut short; take it again"))

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from tessera.backup import BLOB_PREFIX, STORE_NAME, read_archive
-from tesserad.backup import Backup
+from tesserad.backup import Backup, Backups
 from tesserad.datasets.references import BLOB_HOLDERS, delete_unheld_blobs, hold_blob, release_blob
+from tesserad.errors import Unavailable
 from tesserad.store import BlobStore, Store
 
 
@@ -101,3 +102,17 @@ def test_the_store_copy_is_the_snapshot_not_later_writes(
             assert [key for key, _ in txn.scan("items")] == [("a",)]
     finally:
         restored.close()
+
+
+def test_a_daemon_stopping_ends_its_open_backups_unavailable(parts: tuple[Store, BlobStore]) -> None:
+    store, blobs = parts
+    sha256 = _held_blob(store, blobs, bytes(range(256)) * 64)
+    backups = Backups(store, blobs, "test")
+    backup = backups.start()
+    backup.prepare(chunk_size=512)
+    assert backup.next_chunk() is not None
+    backups.close()
+    with pytest.raises(Unavailable, match="stopping"):
+        backup.next_chunk()
+    assert list(blobs.tmp_dir.iterdir()) == []
+    assert not blobs.claimed(sha256)
