@@ -173,7 +173,7 @@ def test_a_damaged_archive_is_refused_and_nothing_is_written(
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no target, no staging left
 
 
-def test_restore_refuses_a_data_dir_that_is_not_empty_or_in_use(
+def test_restore_refuses_a_data_dir_that_is_not_empty_or_in_use_and_takes_an_empty_one(
     source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     occupied = tmp_path / "occupied"
@@ -185,6 +185,13 @@ def test_restore_refuses_a_data_dir_that_is_not_empty_or_in_use(
 
     code, err = _restore(source.archive, source.daemon.settings.data_dir, capsys)
     assert code == 1 and "in use by another tesserad" in err
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "tesserad.lock").write_text("")  # left by a daemon that has stopped
+    code, _ = _restore(source.archive, empty, capsys)
+    assert code == 0
+    assert sorted(p.name for p in empty.iterdir()) == ["blobs", "store", "tesserad.lock"]
 
 
 def test_only_an_admin_may_take_a_backup_and_its_chunks_fit_the_send_limit(

@@ -53,7 +53,7 @@ class _SyncedFile:
 def restore(archive: Path, data_dir: Path) -> Manifest:
     """Restore `archive` into `data_dir` (missing, or empty); its manifest."""
     data_dir = data_dir.absolute()
-    check_target(data_dir)
+    _check_target(data_dir)
     if not archive.is_file():
         raise RestoreError(f"{archive} is not a file")
     if not data_dir.parent.is_dir():
@@ -73,7 +73,7 @@ def restore(archive: Path, data_dir: Path) -> Manifest:
     return manifest
 
 
-def check_target(data_dir: Path) -> None:
+def _check_target(data_dir: Path) -> None:
     """RestoreError unless `data_dir` is missing or empty (an unheld lock file aside)."""
     if not data_dir.exists():
         return
