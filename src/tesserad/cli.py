@@ -47,13 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser(
         "serve",
-        help="run the daemon until SIGTERM or SIGINT (SIGHUP applies the tokens file again)",
+        help="run the daemon until SIGTERM or SIGINT (SIGHUP applies the tokens and TLS files again)",
         description=(
             "Run the daemon. Settings come from, in rising priority: built-in defaults, the TOML "
             "file given by --config, TESSERA_* environment variables, these flags. "
             "`tesserad settings` lists every setting. SIGTERM or SIGINT stops it gracefully; "
-            "SIGHUP reads security.tokens_file again (and only that: other settings need a "
-            "restart)."
+            "SIGHUP reads security.tokens_file and the TLS certificate, key and client CA again "
+            "(and only those: other settings need a restart)."
         ),
     )
     serve.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file")

@@ -256,8 +256,8 @@ class SecuritySettings:
     tokens_reload_interval_s: float = setting(
         5.0,
         parse_number(float, 0.0, 86400.0),
-        "seconds between checks of tokens_file for a change (one stat each); a changed file is "
-        "applied without a restart, as on SIGHUP. 0: only on SIGHUP",
+        "seconds between checks of tokens_file and the TLS files for a change (one stat each); "
+        "a changed file is applied without a restart, as on SIGHUP. 0: only on SIGHUP",
     )
     health_open: bool = setting(
         True, parse_bool, "answer grpc.health.v1.Health (and OIP ServerLive/ServerReady) without a token"

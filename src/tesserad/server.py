@@ -2,7 +2,7 @@
 
 The one place that builds everything. `create_server(settings)` returns a `Daemon`; tests
 start it on 127.0.0.1:0 with a temporary data directory, `serve()` runs it until SIGTERM or
-SIGINT, and reloads its tokens file on SIGHUP.
+SIGINT, and reloads its tokens file and TLS files on SIGHUP.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from tessera.v1 import (
     training_pb2_grpc,
 )
 from tesserad import __version__
-from tesserad.api.auth import AuthInterceptor, AuthSetupError, authentication_enabled, server_credentials
+from tesserad.api.auth import AuthInterceptor, AuthSetupError, authentication_enabled
 from tesserad.api.convert_training import job_spec_document
 from tesserad.api.datasets import DatasetsServicer
 from tesserad.api.follow import Follower, refusing_handlers
@@ -44,6 +44,7 @@ from tesserad.api.interceptors import CallInterceptor, ServerInterceptor
 from tesserad.api.oip import OipServicer
 from tesserad.api.registry import RegistryServicer
 from tesserad.api.system import SystemServicer
+from tesserad.api.tls import CertificateError, ServerCertificates, server_certificates
 from tesserad.api.training import TrainingServicer
 from tesserad.backup import Backups
 from tesserad.config import GRPC_MESSAGE_SIZE_CEILING, Address, Settings, format_size
@@ -177,7 +178,8 @@ class Daemon:
         self._stopping = asyncio.Event()
         self._server: grpc.aio.Server | None = None
         self._auth: AuthInterceptor | None = None
-        self._tokens_watch: asyncio.Task[None] | None = None
+        self._certificates: ServerCertificates | None = None
+        self._files_watch: asyncio.Task[None] | None = None
         self._health: health.aio.HealthServicer | None = None
         self._metrics_http: MetricsHttpServer | None = None
         self._dashboard: DashboardServer | None = None
@@ -413,14 +415,16 @@ class Daemon:
             reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
         ]
         try:
-            credentials = server_credentials(settings.security)
+            certificates = server_certificates(settings.security)
             auth = AuthInterceptor(settings.security, settings.limits, settings.max_message_size, served)
-        except AuthSetupError as exc:
+        except (AuthSetupError, CertificateError) as exc:
             raise StartupError(str(exc)) from None
         self._auth = auth
+        self._certificates = certificates
+        credentials = None if certificates is None else certificates.credentials
         interval = settings.security.tokens_reload_interval_s
-        if auth.tokens is not None and interval > 0:
-            self._tokens_watch = asyncio.create_task(auth.watch_tokens_file(interval))
+        if (auth.tokens is not None or certificates is not None) and interval > 0:
+            self._files_watch = asyncio.create_task(self._watch_files(interval))
         calls = CallCounter()
         server = grpc.aio.server(
             interceptors=[ServerInterceptor(auth, CallInterceptor(self.metrics, calls))],
@@ -549,8 +553,9 @@ class Daemon:
         return self._follower.fetch_version(model, version)
 
     async def reload(self) -> None:
-        """What SIGHUP does: apply the tokens file again. Nothing else is read again, and the
-        log says so, so an operator who changed another setting knows a restart is needed."""
+        """What SIGHUP does: apply the tokens file and the TLS files again. Nothing else is read
+        again, and the log says so, so an operator who changed another setting knows a restart
+        is needed."""
         if self._auth is None:
             log.warning("SIGHUP ignored: tesserad is not started yet")
             return
@@ -558,11 +563,25 @@ class Daemon:
             log.info("SIGHUP: no tokens file to read again (security.tokens_file is not set)")
         else:
             await self._auth.reload_tokens("SIGHUP")
+        if self._certificates is not None:
+            await self._certificates.reload("SIGHUP")
         log.info(
-            "SIGHUP reads only security.tokens_file again; every other setting (the --config file, "
-            "TESSERA_* variables, flags, and the TLS files) is read at start: restart tesserad to "
+            "SIGHUP reads only security.tokens_file and the TLS files again; every other setting "
+            "(the --config file, TESSERA_* variables, flags) is read at start: restart tesserad to "
             "change one"
         )
+
+    async def _watch_files(self, interval_s: float) -> None:
+        """Apply the tokens file or the TLS files whenever they look changed, checking every
+        `interval_s` (a stat per file)."""
+        auth, certificates = self._auth, self._certificates
+        tokens = None if auth is None else auth.tokens
+        while True:
+            await asyncio.sleep(interval_s)
+            if auth is not None and tokens is not None and await asyncio.to_thread(tokens.changed):
+                await auth.reload_tokens("the file changed")
+            if certificates is not None and await asyncio.to_thread(certificates.changed):
+                await certificates.reload("the file changed")
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking calls, let in-flight calls finish within the grace period, close the store."""
@@ -590,11 +609,11 @@ class Daemon:
 
     async def _close_resources(self, exports_wait_s: float = 0.0) -> None:
         """`exports_wait_s`: how long running ONNX exports may still finish before they are abandoned."""
-        if self._tokens_watch is not None:
-            self._tokens_watch.cancel()
+        if self._files_watch is not None:
+            self._files_watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._tokens_watch
-            self._tokens_watch = None
+                await self._files_watch
+            self._files_watch = None
         if self._dashboard is not None:
             await self._dashboard.stop()
             self._dashboard = None
@@ -696,7 +715,7 @@ def _why_bind_fails(address: Address) -> str:
 
 
 async def serve(settings: Settings, insecure: bool = False) -> None:
-    """Run until SIGTERM or SIGINT, then drain and stop; on SIGHUP, reload the tokens file."""
+    """Run until SIGTERM or SIGINT, then drain and stop; on SIGHUP, reload the tokens and TLS files."""
     daemon = create_server(settings, insecure)
     loop = asyncio.get_running_loop()
     reloads: set[asyncio.Task[None]] = set()

@@ -15,7 +15,7 @@
 
 Servicers read the caller with `caller(context)`, e.g. for audit logs.
 
-Revocation: `reload_tokens` (on SIGHUP, or when `watch_tokens_file` sees the file change) swaps
+Revocation: `reload_tokens` (on SIGHUP, or when the daemon's periodic check sees the file change) swaps
 in the file's tokens, so a removed token's next call is UNAUTHENTICATED at once. Streaming calls
 opened with a token are tracked, and those whose token is gone (or whose role no longer reaches
 the RPC's) end with UNAUTHENTICATED (or PERMISSION_DENIED) at the reload: at once when the
@@ -29,9 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -93,55 +91,6 @@ class AuthSetupError(Exception):
 def authentication_enabled(security: SecuritySettings) -> bool:
     """Whether a caller must prove who it is: a token, or a client certificate under mutual TLS."""
     return security.tokens_file is not None or security.tls_client_ca_file is not None
-
-
-def server_credentials(security: SecuritySettings) -> grpc.ServerCredentials | None:
-    """TLS credentials from the settings, or None for plaintext; every file is checked first."""
-    cert, key, client_ca = security.tls_cert_file, security.tls_key_file, security.tls_client_ca_file
-    if cert is None and key is None:
-        if client_ca is not None:
-            raise AuthSetupError(
-                "security.tls_client_ca_file is set but TLS is off: mutual TLS runs on top of TLS, "
-                "so also set security.tls_cert_file and security.tls_key_file"
-            )
-        return None
-    if cert is None or key is None:
-        missing = "security.tls_key_file" if key is None else "security.tls_cert_file"
-        raise AuthSetupError(f"TLS needs both a certificate and its key: set {missing} too")
-    cert_pem = _read_pem("security.tls_cert_file", cert)
-    key_pem = _read_pem("security.tls_key_file", key)
-    ca_pem = None if client_ca is None else _read_pem("security.tls_client_ca_file", client_ca)
-    # gRPC would accept a mismatched pair here and fail every handshake later; the ssl module
-    # checks the pair (and the CA bundle) now, so a bad file stops the daemon at start.
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        context.load_cert_chain(cert, key)
-    except ssl.SSLError as exc:
-        raise AuthSetupError(
-            f"security.tls_cert_file {cert} and security.tls_key_file {key} are not a usable "
-            f"certificate and matching private key ({exc.reason or exc}); check that the key "
-            "belongs to the certificate and is not encrypted"
-        ) from None
-    if client_ca is not None:
-        try:
-            context.load_verify_locations(cafile=client_ca)
-        except ssl.SSLError as exc:
-            raise AuthSetupError(
-                f"security.tls_client_ca_file {client_ca} holds no usable CA certificate ({exc.reason or exc})"
-            ) from None
-    return grpc.ssl_server_credentials(
-        [(key_pem, cert_pem)], root_certificates=ca_pem, require_client_auth=ca_pem is not None
-    )
-
-
-def _read_pem(setting: str, path: Path) -> bytes:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise AuthSetupError(f"{setting} {path} cannot be read: {exc.strerror or exc}") from None
-    if b"-----BEGIN " not in data:
-        raise AuthSetupError(f"{setting} {path} is not a PEM file (no -----BEGIN line)")
-    return data
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
@@ -231,16 +180,6 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                     "streams_ended": ended,
                 },
             )
-
-    async def watch_tokens_file(self, interval_s: float) -> None:
-        """Reload the tokens whenever the file looks changed, checking every `interval_s`."""
-        tokens = self._tokens
-        if tokens is None:
-            return
-        while True:
-            await asyncio.sleep(interval_s)
-            if await asyncio.to_thread(tokens.changed):
-                await self.reload_tokens("the file changed")
 
     def _end_revoked_streams(self, table: TokenTable) -> int:
         """End each open stream whose token `table` no longer admits to its RPC; how many."""
@@ -675,5 +614,4 @@ __all__ = [
     "authentication_enabled",
     "caller",
     "presented_authorization",
-    "server_credentials",
 ]

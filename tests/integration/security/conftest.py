@@ -19,7 +19,8 @@ from tests.conftest import InProcessDaemon, daemon_settings
 
 @dataclass(frozen=True)
 class Pki:
-    """A server CA with a server certificate for localhost/127.0.0.1, and a separate client CA."""
+    """A server CA with a server certificate for localhost/127.0.0.1 (and a second one, `next_*`,
+    to rotate to), and a separate client CA."""
 
     ca: Path
     server_cert: Path
@@ -29,6 +30,8 @@ class Pki:
     client_key: Path
     rogue_cert: Path
     rogue_key: Path
+    next_cert: Path
+    next_key: Path
 
     def channel_credentials(self, client: str | None = None) -> grpc.ChannelCredentials:
         """Credentials trusting the server CA; `client` is "client", "rogue" or None (no certificate)."""
@@ -74,12 +77,13 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     directory = tmp_path_factory.mktemp("pki")
     for ca in ("server-ca", "client-ca", "rogue-ca"):
         _make_ca(directory, ca)
-    _make_leaf(
-        directory,
-        "localhost",
-        "server-ca",
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-    )
+    for leaf in ("localhost", "localhost-next"):
+        _make_leaf(
+            directory,
+            leaf,
+            "server-ca",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        )
     for client, ca in (("alice-client", "client-ca"), ("mallory-client", "rogue-ca")):
         _make_leaf(directory, client, ca, "extendedKeyUsage=clientAuth\n")
     return Pki(
@@ -91,6 +95,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         client_key=directory / "alice-client.key",
         rogue_cert=directory / "mallory-client.pem",
         rogue_key=directory / "mallory-client.key",
+        next_cert=directory / "localhost-next.pem",
+        next_key=directory / "localhost-next.key",
     )
 
 

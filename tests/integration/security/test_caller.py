@@ -11,7 +11,8 @@ import grpc
 import pytest
 
 from tessera.v1 import system_pb2
-from tesserad.api.auth import AuthInterceptor, caller, server_credentials
+from tesserad.api.auth import AuthInterceptor, caller
+from tesserad.api.tls import server_certificates
 from tesserad.config import Settings, load_settings
 from tesserad.security import Role
 from tests.integration.security.conftest import Pki, Tokens, bearer
@@ -47,11 +48,11 @@ class CallerEcho:
                 )
             ]
         )
-        credentials = server_credentials(settings.security)
-        if credentials is None:
+        certificates = server_certificates(settings.security)
+        if certificates is None:
             port = self.server.add_insecure_port("127.0.0.1:0")
         else:
-            port = self.server.add_secure_port("127.0.0.1:0", credentials)
+            port = self.server.add_secure_port("127.0.0.1:0", certificates.credentials)
         await self.server.start()
         return port
 

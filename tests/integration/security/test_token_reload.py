@@ -78,9 +78,9 @@ def test_sighup_applies_a_removed_token_at_once_and_the_daemon_lives_on(serve, t
     assert info(channel, reader) == grpc.StatusCode.UNAUTHENTICATED
     assert info(channel, admin) == grpc.StatusCode.OK
     assert process.wait_for_log(
-        "SIGHUP reads only security.tokens_file again; every other setting (the "
-        "--config file, TESSERA_* variables, flags, and the TLS files) is read at "
-        "start: restart tesserad to change one"
+        "SIGHUP reads only security.tokens_file and the TLS files again; every other setting "
+        "(the --config file, TESSERA_* variables, flags) is read at start: restart tesserad to "
+        "change one"
     )
     assert process.process.poll() is None
     process.terminate()

@@ -1,0 +1,164 @@
+"""The gRPC listener's TLS: its certificate, key and (mutual TLS) client CA, replaced without a restart.
+
+gRPC's dynamic server credentials ask `ServerCertificates` for a new configuration at every
+handshake; `reload` (on SIGHUP, or when the periodic check sees a file change) reads and checks
+the files and hands them to the next handshake. Connections already open keep the certificate
+they were made with. Files that cannot be used (unreadable, not PEM, a key of another
+certificate) leave the certificate in use serving, and the log says why.
+
+Whether clients must present a certificate is fixed at start (gRPC fixes it with the
+credentials): set or unset security.tls_client_ca_file with a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from tesserad.config import SecuritySettings
+from tesserad.security.tokens import FileSignature, file_signature
+
+log = logging.getLogger(__name__)
+
+
+class CertificateError(Exception):
+    """The TLS files cannot be used; the message names the setting, the file and the fix."""
+
+
+@dataclass(frozen=True)
+class _Files:
+    cert: Path
+    key: Path
+    client_ca: Path | None
+
+    def signatures(self) -> tuple[FileSignature | None, ...]:
+        return tuple(file_signature(path) for path in (self.cert, self.key, self.client_ca) if path)
+
+
+class ServerCertificates:
+    """The listener's certificate as last read with success; `credentials` serve it."""
+
+    def __init__(self, files: _Files) -> None:
+        self._files = files
+        self._signatures = files.signatures()
+        # Set by `reload`, taken by the next handshake; the lock because gRPC asks from its own threads.
+        self._pending: grpc.ServerCertificateConfiguration | None = None
+        self._lock = threading.Lock()
+        self.credentials = grpc.dynamic_ssl_server_credentials(
+            _read(files),
+            # grpc's stub leaves out the None its documentation allows (keep the configuration).
+            self._next_configuration,  # type: ignore[arg-type]
+            require_client_authentication=files.client_ca is not None,
+        )
+
+    @property
+    def mutual(self) -> bool:
+        return self._files.client_ca is not None
+
+    def changed(self) -> bool:
+        """Whether a file looks different from when it was last read (a stat each, no read)."""
+        return self._files.signatures() != self._signatures
+
+    def read_again(self) -> None:
+        """Read and check the files; the next handshake gets them. CertificateError keeps the
+        certificate in use. The signatures are taken first, as TokenFile does, and a failed read
+        is remembered too, so the periodic check does not report the same broken files again."""
+        self._signatures = self._files.signatures()
+        configuration = _read(self._files)
+        with self._lock:
+            self._pending = configuration
+
+    async def reload(self, trigger: str) -> None:
+        """`read_again` off the event loop, logging what happened."""
+        fields = {
+            "trigger": trigger,
+            "tls_cert_file": str(self._files.cert),
+            "tls_key_file": str(self._files.key),
+            "tls_client_ca_file": str(self._files.client_ca or ""),
+        }
+        try:
+            await asyncio.to_thread(self.read_again)
+        except CertificateError as exc:
+            log.error(
+                "TLS files not applied: new connections keep the certificate in use until they are fixed",
+                extra={**fields, "error": str(exc)},
+            )
+            return
+        log.info("TLS files read again: new connections get them", extra=fields)
+
+    def _next_configuration(self) -> grpc.ServerCertificateConfiguration | None:
+        """gRPC's fetcher: the configuration read since the last handshake, or None to keep it."""
+        with self._lock:
+            configuration, self._pending = self._pending, None
+        return configuration
+
+
+def server_certificates(security: SecuritySettings) -> ServerCertificates | None:
+    """TLS from the settings, or None for plaintext; CertificateError when they cannot be used."""
+    cert, key, client_ca = security.tls_cert_file, security.tls_key_file, security.tls_client_ca_file
+    if cert is None and key is None:
+        if client_ca is not None:
+            raise CertificateError(
+                "security.tls_client_ca_file is set but TLS is off: mutual TLS runs on top of TLS, "
+                "so also set security.tls_cert_file and security.tls_key_file"
+            )
+        return None
+    if cert is None or key is None:
+        missing = "security.tls_key_file" if key is None else "security.tls_cert_file"
+        raise CertificateError(f"TLS needs both a certificate and its key: set {missing} too")
+    return ServerCertificates(_Files(cert, key, client_ca))
+
+
+def _read(files: _Files) -> grpc.ServerCertificateConfiguration:
+    """The files as gRPC takes them, after the checks gRPC does not make."""
+    cert_pem = _read_pem("security.tls_cert_file", files.cert)
+    key_pem = _read_pem("security.tls_key_file", files.key)
+    client_ca = files.client_ca
+    ca_pem = None if client_ca is None else _read_pem("security.tls_client_ca_file", client_ca)
+    # gRPC would take a mismatched pair and fail every handshake after it; the ssl module checks
+    # the pair (and the CA bundle) first, so a bad file is refused before it serves.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(files.cert, files.key)
+    except ssl.SSLError as exc:
+        raise CertificateError(
+            f"security.tls_cert_file {files.cert} and security.tls_key_file {files.key} are not a "
+            f"usable certificate and matching private key ({exc.reason or exc}); check that the key "
+            "belongs to the certificate and is not encrypted"
+        ) from None
+    if client_ca is not None:
+        try:
+            context.load_verify_locations(cafile=client_ca)
+        except ssl.SSLError as exc:
+            raise CertificateError(
+                f"security.tls_client_ca_file {client_ca} holds no usable CA certificate ({exc.reason or exc})"
+            ) from None
+    # The check read the files by name: a rotation landing between the reads would pair bytes
+    # that were never checked together.
+    if _read_pem("security.tls_cert_file", files.cert) != cert_pem or (
+        _read_pem("security.tls_key_file", files.key) != key_pem
+    ):
+        raise CertificateError(
+            f"security.tls_cert_file {files.cert} or security.tls_key_file {files.key} changed "
+            "while it was read; it is read again at the next check or SIGHUP"
+        )
+    return grpc.ssl_server_certificate_configuration([(key_pem, cert_pem)], root_certificates=ca_pem)
+
+
+def _read_pem(setting: str, path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CertificateError(f"{setting} {path} cannot be read: {exc.strerror or exc}") from None
+    if b"-----BEGIN " not in data:
+        raise CertificateError(f"{setting} {path} is not a PEM file (no -----BEGIN line)")
+    return data
+
+
+__all__ = ["CertificateError", "ServerCertificates", "server_certificates"]
