@@ -22,12 +22,17 @@ the RPC's) end with UNAUTHENTICATED (or PERMISSION_DENIED) at the reload: at onc
 stream is waiting, or as soon as the message being sent is handed to gRPC; a client that stops
 reading gets its stream cancelled after REVOKED_SEND_GRACE_S. A unary call already running
 finishes: it holds no access beyond its own deadline.
+
+Expiry: a token past its `expires` is refused on every call (UNAUTHENTICATED, saying when it
+expired), whether or not the file was read again since; a stream opened with an expiring token
+holds a timer that ends it at that moment, as a reload ends a revoked one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import datetime
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
@@ -50,7 +55,7 @@ from tesserad.security import (
 )
 from tesserad.security.limits import ConcurrencyGate
 from tesserad.security.roles import HEALTH_METHODS, Role
-from tesserad.security.tokens import TokenFile, token_digest
+from tesserad.security.tokens import TokenFile, format_time, token_digest, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -176,29 +181,52 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                     "removed": list(changes.removed),
                     "role_changed": list(changes.role_changed),
                     "replaced": list(changes.replaced),
+                    "expiry_changed": list(changes.expiry_changed),
                     "tokens": len(table.names),
                     "streams_ended": ended,
                 },
             )
 
     def _end_revoked_streams(self, table: TokenTable) -> int:
-        """End each open stream whose token `table` no longer admits to its RPC; how many."""
+        """End each open stream whose token `table` no longer admits to its RPC (re-arming the
+        expiry timers of the others, whose expiry may have moved); how many ended."""
         ended = 0
-        loop = asyncio.get_running_loop()
+        now = utc_now()
         for stream in list(self._open_streams):
             if stream.refusal is not None:
                 continue
-            stream.refusal = stream.refusal_under(table)
-            if stream.refusal is None:
+            refusal = stream.refusal_under(table, now)
+            if refusal is None:
+                self._watch_expiry(stream, table)
                 continue
             ended += 1
-            if stream.sending:
-                # Cancelling now would land in gRPC's send, which ends the call as CANCELLED;
-                # the stream checks its refusal as soon as the send is done.
-                loop.call_later(REVOKED_SEND_GRACE_S, stream.task.cancel)
-            else:
-                stream.task.cancel()
+            _end_stream(stream, refusal)
         return ended
+
+    def _watch_expiry(self, stream: _OpenStream, table: TokenTable) -> None:
+        """Arm the timer that ends `stream` when its token expires under `table` (none when it
+        never does), replacing the one it had."""
+        if stream.expiry_timer is not None:
+            stream.expiry_timer.cancel()
+            stream.expiry_timer = None
+        identity = table.identify_digest(stream.digest)
+        if identity is None or identity.expires is None:
+            return
+        delay = max(0.0, (identity.expires - utc_now()).total_seconds())
+        stream.expiry_timer = asyncio.get_running_loop().call_later(delay, self._on_expiry, stream)
+
+    def _on_expiry(self, stream: _OpenStream) -> None:
+        stream.expiry_timer = None
+        tokens = self._tokens
+        if tokens is None or stream.refusal is not None or stream not in self._open_streams:
+            return
+        refusal = stream.refusal_under(tokens.table, utc_now())
+        if refusal is None:
+            # The loop's clock ran ahead of the wall clock, or a reload moved the expiry.
+            self._watch_expiry(stream, tokens.table)
+            return
+        log.info("token expired: its stream ended", extra={"rpc": stream.rpc})
+        _end_stream(stream, refusal)
 
     async def intercept_service(
         self,
@@ -246,6 +274,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 or "the token is not valid for this tesserad (mistyped, or removed from its tokens "
                 "file); ask the operator for a token made with `tesserad tokens add`",
             )
+        if identity.expires is not None and identity.expired(utc_now()):
+            return _refusal(handler, grpc.StatusCode.UNAUTHENTICATED, expired_message(identity))
         if identity.role < required:
             return _refusal(
                 handler,
@@ -301,6 +331,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         open_streams = self._open_streams
         tokens = self._tokens
         tracked_digest = digest if streaming else None
+        expires = identity is not None and identity.expires is not None
 
         def enter(context: Context) -> _OpenStream | None:
             """Bind the caller and count the call in, or raise _Refused (nothing counted) when the
@@ -320,12 +351,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 return None
             stream = _OpenStream(asyncio.current_task(), tracked_digest, required, rpc)
             # The token was checked before the request was read; a reload may have come between.
-            refusal = stream.refusal_under(tokens.table)
+            table = tokens.table
+            refusal = stream.refusal_under(table, utc_now())
             if refusal is not None:
                 for gate in gates:
                     gate.leave()
                 raise _Refused(*refusal)
             open_streams.add(stream)
+            if expires:
+                self._watch_expiry(stream, table)
             return stream
 
         def leave(stream: _OpenStream | None) -> None:
@@ -333,6 +367,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 gate.leave()
             if stream is not None:
                 open_streams.discard(stream)
+                if stream.expiry_timer is not None:
+                    stream.expiry_timer.cancel()
 
         def decode(raw: bytes) -> Any:
             if len(raw) > max_size:
@@ -493,7 +529,7 @@ _HandlerKey = tuple[str, Identity | None, bytes | None]
 class _OpenStream:
     """A streaming call opened with a token, while it lasts: what a reload needs to end it."""
 
-    __slots__ = ("digest", "refusal", "required", "rpc", "sending", "task")
+    __slots__ = ("digest", "expiry_timer", "refusal", "required", "rpc", "sending", "task")
 
     def __init__(self, task: asyncio.Task[Any] | None, digest: bytes, required: Role, rpc: str) -> None:
         assert task is not None, "a gRPC call's handler runs in its own task"
@@ -503,17 +539,25 @@ class _OpenStream:
         self.rpc = rpc
         # True while a response it yielded is with gRPC, on its way out.
         self.sending = False
-        # The status the stream ends with, once a reload has revoked it.
+        # The status the stream ends with, once a reload (or its token's expiry) has revoked it.
         self.refusal: tuple[grpc.StatusCode, str] | None = None
+        # Ends the stream when its token expires; None when the token never does.
+        self.expiry_timer: asyncio.TimerHandle | None = None
 
-    def refusal_under(self, table: TokenTable) -> tuple[grpc.StatusCode, str] | None:
-        """The status ending this stream if `table` were the tokens, or None when it admits it."""
+    def refusal_under(self, table: TokenTable, now: datetime.datetime) -> tuple[grpc.StatusCode, str] | None:
+        """The status ending this stream if `table` were the tokens at `now`, or None when it
+        admits it."""
         identity = table.identify_digest(self.digest)
         if identity is None:
             return (
                 grpc.StatusCode.UNAUTHENTICATED,
                 f"the token this {self.rpc} stream was opened with was removed from the "
                 "tesserad's tokens file (or replaced); open it again with a valid token",
+            )
+        if identity.expired(now):
+            return (
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"{expired_message(identity)}; this {self.rpc} stream was opened with it",
             )
         if identity.role < self.required:
             return (
@@ -522,6 +566,26 @@ class _OpenStream:
                 f"{identity.name!r} now has the {identity.role.label} role",
             )
         return None
+
+
+def expired_message(identity: Identity) -> str:
+    """What a caller presenting `identity`'s expired token is told."""
+    assert identity.expires is not None
+    return (
+        f"the token {identity.name!r} expired at {format_time(identity.expires)}; ask the "
+        "operator for a new one (`tesserad tokens add`)"
+    )
+
+
+def _end_stream(stream: _OpenStream, refusal: tuple[grpc.StatusCode, str]) -> None:
+    """End `stream` with `refusal`: at once when it waits, after its send when it sends."""
+    stream.refusal = refusal
+    if stream.sending:
+        # Cancelling now would land in gRPC's send, which ends the call as CANCELLED;
+        # the stream checks its refusal as soon as the send is done.
+        asyncio.get_running_loop().call_later(REVOKED_SEND_GRACE_S, stream.task.cancel)
+    else:
+        stream.task.cancel()
 
 
 class _Refused(Exception):

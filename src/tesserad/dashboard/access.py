@@ -21,7 +21,7 @@ from aiohttp import web
 
 from tesserad.config import SecuritySettings
 from tesserad.security import Role, TokenTable
-from tesserad.security.tokens import TokenFile, token_digest
+from tesserad.security.tokens import TokenFile, format_time, token_digest, utc_now
 
 # Every page only reads, so the least role is enough.
 DASHBOARD_ROLE = Role.READER
@@ -81,9 +81,10 @@ class Access:
     def end_revoked(self, table: TokenTable) -> int:
         """Cancel each request in progress whose token `table` no longer lets read; how many."""
         ended = 0
+        now = utc_now()
         for task, digest in list(self._in_progress.items()):
             identity = table.identify_digest(digest)
-            if identity is None or identity.role < DASHBOARD_ROLE:
+            if identity is None or identity.expired(now) or identity.role < DASHBOARD_ROLE:
                 del self._in_progress[task]
                 task.cancel()
                 ended += 1
@@ -111,6 +112,8 @@ class Access:
                 "the token is not valid for this tesserad (mistyped, or removed from its tokens file); "
                 "ask the operator for a token made with `tesserad tokens add`"
             ), None
+        if identity.expires is not None and identity.expired(utc_now()):
+            return f"the token expired at {format_time(identity.expires)}; log in with a new one", None
         if identity.role < DASHBOARD_ROLE:
             return f"the dashboard needs the {DASHBOARD_ROLE.label} role", None
         return None, digest
@@ -125,7 +128,7 @@ class Access:
         if self._tokens is None:
             raise web.HTTPSeeOther(then)
         identity = self._tokens.table.identify(token) if token else None
-        if identity is None or identity.role < DASHBOARD_ROLE:
+        if identity is None or identity.expired(utc_now()) or identity.role < DASHBOARD_ROLE:
             return login_page("that token is not valid for this tesserad", status=401, then=then)
         response = web.HTTPSeeOther(then)
         response.set_cookie(

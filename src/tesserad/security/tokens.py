@@ -12,6 +12,10 @@ File format (TOML), one table per token:
     role = "trainer"       # reader, trainer or admin
     sha256 = "9f86d0..."   # `tesserad tokens hash` prints it for a token you made yourself
     created = 2026-01-31T09:00:00Z   # optional; `tesserad tokens add` writes it, `list` shows it
+    expires = 2026-03-02T09:00:00Z   # optional; from then on the token is refused (`add --expires-in`)
+
+A token without `expires` never expires. Expiry is checked on every call, not at reload: an
+expired token's next call is UNAUTHENTICATED saying when it expired, and its open streams end.
 
 A running daemon reads the file again on SIGHUP and when its modification time, size or inode
 changes (`TokenFile`); a file that cannot be used leaves the tokens in use as they were.
@@ -38,6 +42,9 @@ MIN_TOKEN_LENGTH = 24
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _REQUIRED_KEYS = {"name", "role", "sha256"}
+_OPTIONAL_KEYS = {"created", "expires"}
+_LIFETIME_RE = re.compile(r"^([0-9]+)([smhd])$")
+_LIFETIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 class TokensFileError(Exception):
@@ -50,6 +57,11 @@ class Identity:
 
     name: str
     role: Role
+    # When the token stops working (aware, UTC); None: never.
+    expires: datetime.datetime | None = None
+
+    def expired(self, now: datetime.datetime) -> bool:
+        return self.expires is not None and now >= self.expires
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,27 @@ class TokenEntry:
     role: Role
     digest: bytes
     created: datetime.date | None = None
+    expires: datetime.datetime | None = None
+
+
+def utc_now() -> datetime.datetime:
+    """The wall-clock time expiry is compared with (a moment, not a duration)."""
+    return datetime.datetime.now(datetime.UTC)
+
+
+def format_time(moment: datetime.date) -> str:
+    """A date or date-time as the tokens file and messages write it: ISO 8601, UTC as Z."""
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def parse_lifetime(text: str) -> datetime.timedelta:
+    """A token's lifetime such as 90s, 15m, 12h or 30d; ValueError for anything else or 0."""
+    match = _LIFETIME_RE.match(text.strip())
+    if match is None or int(match[1]) == 0:
+        raise ValueError(
+            f"a lifetime must be a positive whole number with a unit s, m, h or d (such as 30d), not {text!r}"
+        )
+    return datetime.timedelta(seconds=int(match[1]) * _LIFETIME_UNITS[match[2]])
 
 
 def new_token() -> str:
@@ -75,10 +108,17 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def format_entry(name: str, role: Role, sha256: str, created: datetime.date | None = None) -> str:
+def format_entry(
+    name: str,
+    role: Role,
+    sha256: str,
+    created: datetime.date | None = None,
+    expires: datetime.datetime | None = None,
+) -> str:
     """One `[[tokens]]` table, as appended to a tokens file."""
-    when = "" if created is None else f"created = {created.isoformat().replace('+00:00', 'Z')}\n"
-    return f'\n[[tokens]]\nname = "{name}"\nrole = "{role.label}"\nsha256 = "{sha256}"\n{when}'
+    when = "" if created is None else f"created = {format_time(created)}\n"
+    until = "" if expires is None else f"expires = {format_time(expires)}\n"
+    return f'\n[[tokens]]\nname = "{name}"\nrole = "{role.label}"\nsha256 = "{sha256}"\n{when}{until}'
 
 
 def validate_name(name: str) -> str:
@@ -128,12 +168,13 @@ class TokenTable:
         seen_digests: set[str] = set()
         for index, raw in enumerate(raw_entries, start=1):
             where = f"token #{index}"
-            if not isinstance(raw, dict) or not _REQUIRED_KEYS <= set(raw) <= _REQUIRED_KEYS | {"created"}:
+            if not isinstance(raw, dict) or not _REQUIRED_KEYS <= set(raw) <= _REQUIRED_KEYS | _OPTIONAL_KEYS:
                 problems.append(
-                    f"{where}: needs exactly the keys name, role and sha256 (and may have created)"
+                    f"{where}: needs exactly the keys name, role and sha256 (and may have created "
+                    "and expires)"
                 )
                 continue
-            created = raw.get("created")
+            created, expires = raw.get("created"), raw.get("expires")
             name, role_text, digest = (str(raw["name"]), str(raw["role"]), str(raw["sha256"]).lower())
             where = f"token #{index} ({name!r})"
             try:
@@ -153,13 +194,23 @@ class TokenTable:
                     f"{where}: created must be a TOML date or date-time such as 2026-01-31T09:00:00Z"
                 )
                 continue
+            # A local time would mean another moment on each machine that reads the file.
+            if expires is not None and (
+                not isinstance(expires, datetime.datetime) or expires.utcoffset() is None
+            ):
+                problems.append(
+                    f"{where}: expires must be a TOML date-time with its offset, such as 2026-03-02T09:00:00Z"
+                )
+                continue
             if name in seen_names:
                 problems.append(f"{where}: the name is used twice; each holder needs its own name")
             if digest in seen_digests:
                 problems.append(f"{where}: the same token is listed twice")
             seen_names.add(name)
             seen_digests.add(digest)
-            entries.append(TokenEntry(name, role, bytes.fromhex(digest), created))
+            if expires is not None:
+                expires = expires.astimezone(datetime.UTC)
+            entries.append(TokenEntry(name, role, bytes.fromhex(digest), created, expires))
         if problems:
             raise TokensFileError(f"tokens file {source}:\n  " + "\n  ".join(problems))
         if not entries:
@@ -178,12 +229,13 @@ class TokenTable:
         return self.identify_digest(token_digest(token))
 
     def identify_digest(self, presented: bytes) -> Identity | None:
-        """The holder of the token whose SHA-256 is `presented`, or None; as `identify`."""
+        """The holder of the token whose SHA-256 is `presented`, or None; as `identify`.
+        An expired token still identifies its holder: the caller refuses it saying so."""
         found: TokenEntry | None = None
         for entry in self._entries:
             if hmac.compare_digest(entry.digest, presented):
                 found = entry
-        return None if found is None else Identity(found.name, found.role)
+        return None if found is None else Identity(found.name, found.role, found.expires)
 
 
 def token_digest(token: str) -> bytes:
@@ -200,9 +252,10 @@ class TokenChanges:
     role_changed: tuple[str, ...] = ()
     # Same name, another token: the holder's old token no longer works.
     replaced: tuple[str, ...] = ()
+    expiry_changed: tuple[str, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.added or self.removed or self.role_changed or self.replaced)
+        return bool(self.added or self.removed or self.role_changed or self.replaced or self.expiry_changed)
 
     @classmethod
     def between(cls, old: TokenTable, new: TokenTable) -> TokenChanges:
@@ -214,6 +267,7 @@ class TokenChanges:
             removed=tuple(name for name in before if name not in after),
             role_changed=tuple(name for name in both if before[name].role != after[name].role),
             replaced=tuple(name for name in both if before[name].digest != after[name].digest),
+            expiry_changed=tuple(name for name in both if before[name].expires != after[name].expires),
         )
 
 

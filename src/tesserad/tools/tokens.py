@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from tesserad.security import Role, TokensFileError, TokenTable, hash_token, new_token
-from tesserad.security.tokens import TokenEntry, format_entry, validate_name
+from tesserad.security.tokens import (
+    TokenEntry,
+    format_entry,
+    format_time,
+    parse_lifetime,
+    utc_now,
+    validate_name,
+)
 
 _HEADER = (
     "# tesserad tokens file: each token is stored as its SHA-256, never in clear.\n"
@@ -54,6 +61,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add.add_argument("--file", type=Path, required=True, help="tokens file (created if missing)")
     add.add_argument("--name", required=True, help="who holds the token; shown in audit logs")
     add.add_argument("--role", required=True, choices=[r.label for r in Role], help="what it may do")
+    add.add_argument(
+        "--expires-in",
+        type=_lifetime,
+        metavar="LIFETIME",
+        help="refuse the token after this long: a whole number with s, m, h or d (30d); default: never",
+    )
     remove = actions.add_parser(
         "remove",
         help="remove a holder's token from the file (revoke it)",
@@ -63,7 +76,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     remove.add_argument("--file", type=Path, required=True, help="tokens file")
     listing = actions.add_parser(
         "list",
-        help="list the holders: name, role and when the token was made (never the token)",
+        help="list the holders: name, role, when the token was made and expires (never the token)",
     )
     listing.add_argument("--file", type=Path, required=True, help="tokens file")
     actions.add_parser(
@@ -77,7 +90,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     try:
         if args.tokens_command == "add":
-            return _add(args.file, args.name, Role.parse(args.role))
+            return _add(args.file, args.name, Role.parse(args.role), args.expires_in)
         if args.tokens_command == "remove":
             return _remove(args.file, args.name)
         if args.tokens_command == "list":
@@ -91,7 +104,14 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
-def _add(path: Path, name: str, role: Role) -> int:
+def _lifetime(text: str) -> datetime.timedelta:
+    try:
+        return parse_lifetime(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add(path: Path, name: str, role: Role, lifetime: datetime.timedelta | None) -> int:
     validate_name(name)
     with _locked(path):
         text = path.read_text() if path.exists() else ""
@@ -100,14 +120,16 @@ def _add(path: Path, name: str, role: Role) -> int:
         if document.get("tokens") and name in TokenTable.parse(document, str(path)).names:
             raise ValueError(f"{path} already has a token named {name!r}; pick another name")
         token = new_token()
-        created = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
-        entry = format_entry(name, role, hash_token(token), created)
+        created = utc_now().replace(microsecond=0)
+        expires = None if lifetime is None else created + lifetime
+        entry = format_entry(name, role, hash_token(token), created, expires)
         new_text = (text or _HEADER) + ("" if not text or text.endswith("\n") else "\n") + entry
         TokenTable.parse(_document(new_text, path), str(path))
         _replace(path, new_text)
     print(token)
+    until = "" if expires is None else f", expiring at {format_time(expires)}"
     print(
-        f"added {name!r} ({role.label}) to {path}; this is the only time the token is shown. {_APPLY}",
+        f"added {name!r} ({role.label}{until}) to {path}; this is the only time the token is shown. {_APPLY}",
         file=sys.stderr,
     )
     return 0
@@ -132,7 +154,7 @@ def _remove(path: Path, name: str) -> int:
             # Entries written some other way (an inline array, several per table): write the
             # remaining ones afresh; their comments cannot be kept.
             new_text = _HEADER + "".join(
-                format_entry(e.name, e.role, e.digest.hex(), e.created) for e in kept.values()
+                format_entry(e.name, e.role, e.digest.hex(), e.created, e.expires) for e in kept.values()
             )
             print(
                 f"tesserad tokens: {path} was rewritten in the standard layout; its comments were not kept",
@@ -145,15 +167,29 @@ def _remove(path: Path, name: str) -> int:
 
 def _list(path: Path) -> int:
     table = TokenTable.load(path)
+    now = utc_now()
     rows = [
-        (entry.name, entry.role.label, "-" if entry.created is None else entry.created.isoformat())
+        (
+            entry.name,
+            entry.role.label,
+            "-" if entry.created is None else format_time(entry.created),
+            _expiry(entry, now),
+        )
         for entry in table.entries
     ]
     width = max(len("NAME"), *(len(row[0]) for row in rows))
-    print(f"{'NAME':<{width}}  {'ROLE':<7}  CREATED")
-    for name, role, created in rows:
-        print(f"{name:<{width}}  {role:<7}  {created}")
+    created_width = max(len("CREATED"), *(len(row[2]) for row in rows))
+    print(f"{'NAME':<{width}}  {'ROLE':<7}  {'CREATED':<{created_width}}  EXPIRES")
+    for name, role, created, expires in rows:
+        print(f"{name:<{width}}  {role:<7}  {created:<{created_width}}  {expires}")
     return 0
+
+
+def _expiry(entry: TokenEntry, now: datetime.datetime) -> str:
+    if entry.expires is None:
+        return "never"
+    when = format_time(entry.expires)
+    return f"{when} EXPIRED" if now >= entry.expires else when
 
 
 def _hash(token: str) -> int:

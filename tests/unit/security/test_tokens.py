@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import hmac
 import io
 import stat
@@ -12,7 +13,14 @@ from tesserad import cli
 from tesserad.errors import ResourceExhausted
 from tesserad.security import Identity, Role, TokensFileError, TokenTable, hash_token, new_token
 from tesserad.security.limits import ConcurrencyGate
-from tesserad.security.tokens import MIN_TOKEN_LENGTH, TokenChanges, TokenFile, format_entry
+from tesserad.security.tokens import (
+    MIN_TOKEN_LENGTH,
+    TokenChanges,
+    TokenFile,
+    format_entry,
+    format_time,
+    parse_lifetime,
+)
 
 
 def table_of(*entries: tuple[str, Role, str]) -> TokenTable:
@@ -224,9 +232,10 @@ def test_tokens_list_shows_holders_never_hashes(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["tokens", "list", "--file", str(path)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["NAME", "ROLE", "CREATED"]
+    assert lines[0].split() == ["NAME", "ROLE", "CREATED", "EXPIRES"]
     assert lines[1].split()[:2] == ["alice", "admin"] and lines[1].split()[2].startswith("20")
-    assert lines[2].split() == ["old", "trainer", "-"]
+    assert lines[1].split()[3] == "never"
+    assert lines[2].split() == ["old", "trainer", "-", "never"]
     assert not any(entry.digest.hex() in "\n".join(lines) for entry in TokenTable.load(path).entries)
 
 
@@ -266,3 +275,91 @@ def test_a_token_file_reload_reports_changes_by_name_and_keeps_the_old_table_on_
     # The broken file is not reported again until it changes.
     assert not tokens.changed()
     assert not TokenChanges.between(tokens.table, tokens.table)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("15m", 900), ("12h", 43200), ("30d", 2592000)])
+def test_a_lifetime_takes_seconds_minutes_hours_or_days(text, seconds):
+    assert parse_lifetime(text) == datetime.timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("text", ["0d", "0", "-1d", "30", "3w", "1.5h", "", "d"])
+def test_tokens_add_refuses_a_lifetime_that_is_not_one_with_a_usage_error(tmp_path, capsys, text):
+    path = tmp_path / "tokens.toml"
+    argv = ["tokens", "add", "--file", str(path), "--name", "ci", "--role", "reader", f"--expires-in={text}"]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and "a lifetime must be a positive whole number with a unit s, m, h or d" in err
+    assert not path.exists()
+
+
+def test_tokens_add_writes_an_expiry_and_list_marks_expired_tokens(tmp_path, capsys):
+    path = tmp_path / "tokens.toml"
+    argv = ["tokens", "add", "--file", str(path), "--name", "ci", "--role", "reader", "--expires-in", "30d"]
+    assert cli.main(argv) == 0
+    assert "expiring at 20" in capsys.readouterr().err
+    entry = TokenTable.load(path).entries[0]
+    assert entry.created is not None and entry.expires is not None
+    assert entry.expires - entry.created == datetime.timedelta(days=30)
+    path.write_text(
+        path.read_text()
+        + format_entry(
+            "old",
+            Role.ADMIN,
+            hash_token(new_token()),
+            expires=datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC),
+        )
+    )
+    assert cli.main(["tokens", "list", "--file", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[3] == format_time(entry.expires)
+    assert lines[2].split() == ["old", "admin", "-", "2020-01-01T00:00:00Z", "EXPIRED"]
+    # Removing another entry keeps each expiry.
+    assert cli.main(["tokens", "add", "--file", str(path), "--name", "bot", "--role", "reader"]) == 0
+    assert cli.main(["tokens", "remove", "bot", "--file", str(path)]) == 0
+    assert [e.expires for e in TokenTable.load(path).entries] == [
+        entry.expires,
+        datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC),
+    ]
+
+
+def test_an_expired_token_still_names_its_holder_who_is_then_refused():
+    token = new_token()
+    document = {
+        "tokens": [
+            {
+                "name": "ci",
+                "role": "reader",
+                "sha256": hash_token(token),
+                "expires": datetime.datetime(
+                    2026, 3, 2, 10, 0, tzinfo=datetime.timezone(datetime.timedelta(hours=1))
+                ),
+            }
+        ]
+    }
+    identity = TokenTable.parse(document, "test").identify(token)
+    assert identity is not None and identity.expires == datetime.datetime(
+        2026, 3, 2, 9, 0, tzinfo=datetime.UTC
+    )
+    assert not identity.expired(datetime.datetime(2026, 3, 2, 8, 59, 59, tzinfo=datetime.UTC))
+    assert identity.expired(datetime.datetime(2026, 3, 2, 9, 0, tzinfo=datetime.UTC))
+
+
+@pytest.mark.parametrize("value", ["2026-03-02T09:00:00", "2026-03-02", '"30d"'])
+def test_expires_must_be_a_date_time_with_its_offset(tmp_path, value):
+    path = tmp_path / "tokens.toml"
+    path.write_text(format_entry("a", Role.ADMIN, "a" * 64) + f"expires = {value}\n")
+    with pytest.raises(TokensFileError, match="expires must be a TOML date-time with its offset"):
+        TokenTable.load(path)
+
+
+def test_a_reload_reports_a_changed_expiry(tmp_path):
+    path = tmp_path / "tokens.toml"
+    digest = hash_token(new_token())
+    path.write_text(format_entry("ci", Role.READER, digest))
+    tokens = TokenFile(path)
+    path.write_text(
+        format_entry("ci", Role.READER, digest, expires=datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC))
+    )
+    assert tokens.reload() == TokenChanges(expiry_changed=("ci",))
