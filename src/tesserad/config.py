@@ -476,7 +476,11 @@ class ReplicaSettings:
         "on a primary: the newest registry changes kept in full for WatchChanges; older ones are "
         "compacted to each model's newest, which is all a replica needs to catch up",
     )
-    tls: bool = setting(False, parse_bool, "reach the primary over TLS")
+    tls: bool = setting(
+        False,
+        parse_bool,
+        "reach the primary over TLS (on by itself when any other replica.tls_* setting is set)",
+    )
     tls_ca_file: Path | None = setting(
         None,
         parse_optional_path,
@@ -490,6 +494,14 @@ class ReplicaSettings:
     token_file: Path | None = setting(
         None, parse_optional_path, "file holding the token a replica presents to the primary (reader role)"
     )
+
+    @property
+    def uses_tls(self) -> bool:
+        """Whether the replica reaches its primary over TLS: a CA, a client certificate or a
+        name to check means TLS, so setting one never leaves the link in plaintext."""
+        return self.tls or any(
+            (self.tls_ca_file, self.tls_cert_file, self.tls_key_file, self.tls_server_name)
+        )
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from tesserad import __version__
 from tesserad.api.auth import AuthInterceptor, AuthSetupError, authentication_enabled
 from tesserad.api.convert_training import job_spec_document
 from tesserad.api.datasets import DatasetsServicer
-from tesserad.api.follow import Follower, refusing_handlers
+from tesserad.api.follow import Follower, PrimaryCertificateError, check_primary_tls, refusing_handlers
 from tesserad.api.inference import InferenceServicer
 from tesserad.api.interceptors import CallInterceptor, ServerInterceptor
 from tesserad.api.oip import OipServicer
@@ -523,6 +523,11 @@ class Daemon:
             for name in serving:
                 await health_servicer.set(name, status)
 
+        if settings.replica.uses_tls:
+            try:
+                await asyncio.to_thread(check_primary_tls, settings.replica)
+            except PrimaryCertificateError as exc:
+                raise StartupError(str(exc)) from None
         advertise = settings.replica.advertise or self.address
         self._follower = Follower(settings.replica, followed, self.inference, advertise, set_ready)
         await server.start()

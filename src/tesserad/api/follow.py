@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import ssl
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -100,6 +102,71 @@ def primary_error(what: str, primary: str, exc: sdk_errors.TesseraError) -> Tess
     return Unavailable(f"{where}: the primary answered {exc.code}: {exc.message}")
 
 
+class PrimaryCertificateError(Exception):
+    """The primary's TLS certificate does not verify (or its TLS handshake fails) with the
+    replica's settings; the message names the setting to fix."""
+
+
+def check_primary_tls(settings: ReplicaSettings, timeout_s: float = 5.0) -> None:
+    """One TLS handshake with the primary, checked as gRPC will check it; PrimaryCertificateError
+    when it fails. A primary that cannot be reached now passes: the follower keeps trying, as
+    for a plaintext primary. Runs at start, so a wrong CA or name stops the replica at once
+    instead of leaving it NOT_SERVING with the reason in its log only."""
+    address = _host_and_port(settings.primary)
+    if address is None:
+        log.info(
+            "the primary's certificate is checked at the first connection, not at start: its "
+            "target is not host:port",
+            extra={"primary": settings.primary},
+        )
+        return
+    host, port = address
+    try:
+        context = ssl.create_default_context(
+            cafile=None if settings.tls_ca_file is None else str(settings.tls_ca_file)
+        )
+        if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+            context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise PrimaryCertificateError(
+            f"replica.tls_ca_file, replica.tls_cert_file or replica.tls_key_file cannot be used: {exc}"
+        ) from None
+    context.set_alpn_protocols(["h2"])
+    name = settings.tls_server_name or host
+    try:
+        connection = socket.create_connection((host, port), timeout=timeout_s)
+    except OSError as exc:
+        log.warning(
+            "the primary cannot be reached to check its certificate; following it once it can",
+            extra={"primary": settings.primary, "reason": str(exc)},
+        )
+        return
+    with connection:
+        try:
+            context.wrap_socket(connection, server_hostname=name).close()
+        except ssl.SSLCertVerificationError as exc:
+            raise PrimaryCertificateError(
+                f"the primary {settings.primary} presented a certificate that does not verify "
+                f"({exc.verify_message}) for the name {name!r}; set replica.tls_ca_file to the CA "
+                "that signed it and replica.tls_server_name to a name it holds"
+            ) from None
+        except (ssl.SSLError, OSError) as exc:
+            raise PrimaryCertificateError(
+                f"the TLS handshake with the primary {settings.primary} failed ({exc}); check that "
+                "it serves TLS (security.tls_cert_file there), and replica.tls_cert_file and "
+                "replica.tls_key_file when it asks for a client certificate"
+            ) from None
+
+
+def _host_and_port(target: str) -> tuple[str, int] | None:
+    """(host, port) of a host:port or [v6]:port target (dns:/// allowed); None for others."""
+    text = target.removeprefix("dns:///")
+    host, colon, port = text.rpartition(":")
+    if not colon or not port.isdigit() or "/" in text or (":" in host and not host.startswith("[")):
+        return None
+    return host.strip("[]"), int(port)
+
+
 class Follower:
     def __init__(
         self,
@@ -110,7 +177,7 @@ class Follower:
         set_ready: Callable[[bool], Awaitable[None]],
     ) -> None:
         tls = None
-        if settings.tls:
+        if settings.uses_tls:
             tls = TLS(
                 settings.tls_ca_file,
                 settings.tls_cert_file,
