@@ -377,6 +377,8 @@ class Daemon:
                 services, settings.http_listen, settings.security, settings.limits, auth.tokens
             )
             auth.also_revoke(self._dashboard.end_revoked)
+            if self._certificates is not None:
+                self._certificates.also_reload(self._dashboard.reload_tls)
             try:
                 await self._dashboard.start()
             except OSError as exc:

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,7 @@ class ServerCertificates:
         # Set by `reload`, taken by the next handshake; the lock because gRPC asks from its own threads.
         self._pending: grpc.ServerCertificateConfiguration | None = None
         self._lock = threading.Lock()
+        self._also: list[Callable[[], None]] = []
         self.credentials = grpc.dynamic_ssl_server_credentials(
             _read(files),
             # grpc's stub leaves out the None its documentation allows (keep the configuration).
@@ -60,6 +62,11 @@ class ServerCertificates:
     @property
     def mutual(self) -> bool:
         return self._files.client_ca is not None
+
+    def also_reload(self, reload: Callable[[], None]) -> None:
+        """Call `reload` (on the event loop) after each read that applied the files, for the
+        other listeners serving the same certificate (the dashboard's)."""
+        self._also.append(reload)
 
     def changed(self) -> bool:
         """Whether a file looks different from when it was last read (a stat each, no read)."""
@@ -90,6 +97,8 @@ class ServerCertificates:
                 extra={**fields, "error": str(exc)},
             )
             return
+        for reload in self._also:
+            reload()
         log.info("TLS files read again: new connections get them", extra=fields)
 
     def _next_configuration(self) -> grpc.ServerCertificateConfiguration | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,6 +23,8 @@ from aiohttp import web
 from tesserad.config import SecuritySettings
 from tesserad.security import Role, TokenTable
 from tesserad.security.tokens import TokenFile, format_time, token_digest, utc_now
+
+log = logging.getLogger(__name__)
 
 # Every page only reads, so the least role is enough.
 DASHBOARD_ROLE = Role.READER
@@ -37,13 +40,43 @@ _OPEN_PREFIXES = ("/static/",)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def tls_context(security: SecuritySettings) -> ssl.SSLContext | None:
-    """The gRPC listener's TLS (and client-certificate rule) for the HTTP listener, or None.
+class DashboardTls:
+    """The gRPC listener's TLS (and client-certificate rule) for the HTTP listener.
 
-    The files were checked when the gRPC credentials were built, so a bad one never gets here.
+    The files were checked when the gRPC credentials were built, so a bad one never gets here at
+    start. `reload` reads them again for new handshakes: the listener's context hands each
+    handshake the newest one from its SNI callback (called with or without a name sent).
     """
+
+    def __init__(self, security: SecuritySettings) -> None:
+        self._security = security
+        self.context = _tls_context(security)
+        self._current = self.context
+        self.context.sni_callback = self._choose
+
+    def reload(self) -> None:
+        """Use the TLS files as they are now; files that cannot be used keep the old ones."""
+        try:
+            self._current = _tls_context(self._security)
+        except (OSError, ssl.SSLError) as exc:
+            log.error(
+                "TLS files not applied to the dashboard: its new connections keep the certificate in use",
+                extra={"error": str(exc)},
+            )
+
+    def _choose(self, connection: ssl.SSLObject, name: str | None, context: ssl.SSLContext) -> None:
+        connection.context = self._current
+
+
+def dashboard_tls(security: SecuritySettings) -> DashboardTls | None:
+    """The HTTP listener's TLS, or None when the daemon has none."""
     if security.tls_cert_file is None or security.tls_key_file is None:
         return None
+    return DashboardTls(security)
+
+
+def _tls_context(security: SecuritySettings) -> ssl.SSLContext:
+    assert security.tls_cert_file is not None and security.tls_key_file is not None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(security.tls_cert_file, security.tls_key_file)
     if security.tls_client_ca_file is not None:

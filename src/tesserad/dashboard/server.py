@@ -18,7 +18,7 @@ from aiohttp import web
 
 from tesserad import errors
 from tesserad.config import Address, LimitsSettings, SecuritySettings
-from tesserad.dashboard.access import LOGIN_PATH, Access, Handler, tls_context
+from tesserad.dashboard.access import LOGIN_PATH, Access, Handler, dashboard_tls
 from tesserad.dashboard.api import DashboardApi, Services, json_response
 from tesserad.security.tokens import TokenFile
 
@@ -101,7 +101,7 @@ class DashboardServer:
         """`tokens`: the daemon's own (None without a tokens file), so a reload applies here too."""
         self._services = services
         self._address = address
-        self._tls = tls_context(security)
+        self._tls = dashboard_tls(security)
         access = Access(tokens, secure_cookie=self._tls is not None)
         self.end_revoked = access.end_revoked
         self._shell = (STATIC_DIR / "page.html").read_text()
@@ -122,6 +122,11 @@ class DashboardServer:
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         self.port = 0
 
+    def reload_tls(self) -> None:
+        """Read the TLS files again for new connections (the gRPC listener has checked them)."""
+        if self._tls is not None:
+            self._tls.reload()
+
     @property
     def scheme(self) -> str:
         return "https" if self._tls is not None else "http"
@@ -129,7 +134,8 @@ class DashboardServer:
     async def start(self) -> None:
         """Bind and serve; OSError (with errno) when the address cannot be bound."""
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._address.host, self._address.port, ssl_context=self._tls)
+        context = None if self._tls is None else self._tls.context
+        site = web.TCPSite(self._runner, self._address.host, self._address.port, ssl_context=context)
         await site.start()
         self.port = int(self._runner.addresses[0][1])
 

@@ -18,7 +18,7 @@ from tests.integration.security.test_tls import secure_call
 
 
 def served_certificate(port: int, pki: Pki) -> bytes:
-    """The DER certificate a fresh TLS handshake with the daemon gets."""
+    """The DER certificate a fresh TLS handshake with the daemon's gRPC (or HTTP) port gets."""
     context = ssl.create_default_context(cafile=str(pki.ca))
     context.set_alpn_protocols(["h2"])
     with (
@@ -62,6 +62,7 @@ def test_sighup_rotates_the_certificate_and_a_broken_pair_keeps_the_old(start_da
     with grpc.secure_channel(f"localhost:{port}", pki.channel_credentials()) as open_channel:
         open_channel.unary_unary("/tessera.v1.System/GetServerInfo")(b"", timeout=10)
         assert served_certificate(port, pki) == der(pki.server_cert)
+        assert served_certificate(daemon.daemon.http_port, pki) == der(pki.server_cert)
 
         # The new certificate with the old key: refused, the old pair goes on serving.
         install(pki.next_cert, cert)
@@ -73,6 +74,8 @@ def test_sighup_rotates_the_certificate_and_a_broken_pair_keeps_the_old(start_da
         install(pki.next_key, key)
         daemon.run(daemon.daemon.reload())
         assert served_certificate(port, pki) == der(pki.next_cert)
+        # The dashboard's listener serves the same files.
+        assert served_certificate(daemon.daemon.http_port, pki) == der(pki.next_cert)
         assert secure_call(port, pki.channel_credentials()) == grpc.StatusCode.OK
         # A connection made before the rotation goes on working.
         open_channel.unary_unary("/tessera.v1.System/GetServerInfo")(b"", timeout=10)
