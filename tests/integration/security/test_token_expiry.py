@@ -4,6 +4,7 @@ open streams at that moment, with no reload of the tokens file in between."""
 from __future__ import annotations
 
 import datetime
+import http.client
 from pathlib import Path
 
 import grpc
@@ -44,6 +45,12 @@ def test_expired_tokens_are_refused_saying_when_and_end_their_streams_as_they_ex
     code, details = info(channel, clear["old"])
     assert code == grpc.StatusCode.UNAUTHENTICATED
     assert f"the token 'old' expired at {format_time(PAST)}" in details
+    # The dashboard checks the same tokens.
+    dashboard = http.client.HTTPConnection("127.0.0.1", daemon.daemon.http_port, timeout=30)
+    dashboard.request("GET", "/api/v1/jobs", headers={"Authorization": f"Bearer {clear['old']}"})
+    answer = dashboard.getresponse()
+    assert answer.status == 401 and f"expired at {format_time(PAST)}" in answer.read().decode()
+    dashboard.close()
     assert info(channel, clear["soon"]) == (grpc.StatusCode.OK, "")
     # The expiry comes closer by a reload before the stream opens; nothing is read after it.
     soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=1)
