@@ -150,6 +150,12 @@ def check_primary_tls(settings: ReplicaSettings, timeout_s: float = 5.0) -> None
                 f"({exc.verify_message}) for the name {name!r}; set replica.tls_ca_file to the CA "
                 "that signed it and replica.tls_server_name to a name it holds"
             ) from None
+        except (TimeoutError, ConnectionError) as exc:
+            # A primary that is slow or going away, not one whose TLS is wrong.
+            log.warning(
+                "the primary's TLS handshake did not finish; following it once it does",
+                extra={"primary": settings.primary, "reason": str(exc)},
+            )
         except (ssl.SSLError, OSError) as exc:
             raise PrimaryCertificateError(
                 f"the TLS handshake with the primary {settings.primary} failed ({exc}); check that "

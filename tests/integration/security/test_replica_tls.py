@@ -63,3 +63,14 @@ def test_a_primary_certificate_that_does_not_verify_stops_the_replica_at_start(
             )
         ).start()
     assert problem in str(err.value) and "replica.tls_ca_file" in str(err.value)
+
+
+def test_a_replica_set_for_tls_does_not_start_against_a_plaintext_primary(start_daemon, tmp_path):
+    primary = start_daemon()
+    with pytest.raises(StartupError) as err:
+        InProcessDaemon(
+            daemon_settings(
+                tmp_path / "replica", **{"replica.primary": primary.target, "replica.tls": "true"}
+            )
+        ).start()
+    assert "check that it serves TLS" in str(err.value)
