@@ -4,6 +4,7 @@ verify stops the replica at start with the setting to fix."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -39,38 +40,30 @@ def test_a_replica_given_the_primarys_ca_follows_it_over_tls(tls_primary, pki, t
         replica.stop()
 
 
-@pytest.mark.parametrize(
-    ("settings", "problem"),
-    [
-        ({"replica.tls_ca_file": "client_ca"}, "presented a certificate that does not verify"),
-        (
-            {"replica.tls_ca_file": "ca", "replica.tls_server_name": "elsewhere.example"},
-            "for the name 'elsewhere.example'",
-        ),
-    ],
-)
-def test_a_primary_certificate_that_does_not_verify_stops_the_replica_at_start(
-    tls_primary, pki, tmp_path, settings, problem
-):
-    overrides = {
-        key: str(getattr(pki, value)) if key.endswith("_file") else value for key, value in settings.items()
-    }
+def replica_start_error(tmp_path: Path, **overrides: str) -> str:
     with pytest.raises(StartupError) as err:
-        InProcessDaemon(
-            daemon_settings(
-                tmp_path / "replica",
-                **{"replica.primary": f"localhost:{tls_primary.daemon.port}", **overrides},
-            )
-        ).start()
-    assert problem in str(err.value) and "replica.tls_ca_file" in str(err.value)
+        InProcessDaemon(daemon_settings(tmp_path / "replica", **overrides)).start()
+    return str(err.value)
+
+
+def test_a_primary_certificate_that_does_not_verify_stops_the_replica_at_start(tls_primary, pki, tmp_path):
+    primary = f"localhost:{tls_primary.daemon.port}"
+    wrong_ca = replica_start_error(
+        tmp_path, **{"replica.primary": primary, "replica.tls_ca_file": str(pki.client_ca)}
+    )
+    assert "presented a certificate that does not verify" in wrong_ca and "replica.tls_ca_file" in wrong_ca
+    wrong_name = replica_start_error(
+        tmp_path,
+        **{
+            "replica.primary": primary,
+            "replica.tls_ca_file": str(pki.ca),
+            "replica.tls_server_name": "elsewhere.example",
+        },
+    )
+    assert "for the name 'elsewhere.example'" in wrong_name and "replica.tls_server_name" in wrong_name
 
 
 def test_a_replica_set_for_tls_does_not_start_against_a_plaintext_primary(start_daemon, tmp_path):
     primary = start_daemon()
-    with pytest.raises(StartupError) as err:
-        InProcessDaemon(
-            daemon_settings(
-                tmp_path / "replica", **{"replica.primary": primary.target, "replica.tls": "true"}
-            )
-        ).start()
-    assert "check that it serves TLS" in str(err.value)
+    message = replica_start_error(tmp_path, **{"replica.primary": primary.target, "replica.tls": "true"})
+    assert "check that it serves TLS" in message
