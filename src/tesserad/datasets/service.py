@@ -336,14 +336,22 @@ class Datasets:
                 raise InvalidArgument(f"version must be >= 1 (0: the newest), got {version}")
             raw = txn.get(VERSIONS, (name, version))
             if raw is None:
-                if not txn.exists(DATASETS, (name,)):
-                    raise _missing(txn, name)
-                raise NotFound(f"dataset {name!r} has no version {version}")
+                raise self._no_version(txn, name, version)
             return _decode_version(raw)
         newest = self._newest(txn, name)
         if newest is None:
             raise _missing(txn, name)
         return newest
+
+    def _no_version(self, txn: ReadTxn, name: str, version: int) -> NotFound:
+        """NotFound naming the newest version and how to list them, as deletes leave gaps."""
+        newest = self._newest(txn, name)
+        if newest is None:
+            return _missing(txn, name)
+        return NotFound(
+            f"dataset {name!r} has no version {version} "
+            f"(the newest is {newest.version}; ListDatasetVersions lists them)"
+        )
 
     def hold(self, txn: WriteTxn, name: str, version: int, holder: str) -> DatasetVersionRecord:
         """Hold a version in the transaction that stores its holder, which so cannot end up holding

@@ -30,6 +30,7 @@ from tesserad.registry.tables import (
     latest_version,
     model_data,
     no_alias,
+    no_version,
     put_model_data,
     resolve_number,
     stored_alias,
@@ -128,7 +129,7 @@ class Aliases:
         with self._store.write() as txn:
             fields = model_data(txn, model)
             if not txn.exists(VERSIONS, (model, version)):
-                raise NotFound(f"model {model!r} has no version {version}")
+                raise no_version(txn, model, version)
             event = move_alias(txn, fields, alias, version, actor, expected_version)
             put_model_data(txn, fields)
         self._notify(model)

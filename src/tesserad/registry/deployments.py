@@ -29,6 +29,7 @@ from tesserad.registry.tables import (
     VERSIONS,
     Notify,
     model_data,
+    no_version,
     resolve_number,
 )
 from tesserad.store import ReadTxn, Store
@@ -95,7 +96,7 @@ def _check_target(txn: ReadTxn, model: str, target: Target, where: str) -> None:
         if target.version < 1:
             raise InvalidArgument(f"{where}.version must be >= 1, got {target.version}")
         if not txn.exists(VERSIONS, (model, target.version)):
-            raise NotFound(f"{where}: model {model!r} has no version {target.version}")
+            raise NotFound(f"{where}: {no_version(txn, model, target.version).message}")
         return
     validate_name(f"{where}.alias", target.alias)
     try:

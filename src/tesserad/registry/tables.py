@@ -95,6 +95,14 @@ def newest_stored_version(txn: ReadTxn, model: str) -> int:
     return 0
 
 
+def no_version(txn: ReadTxn, model: str, version: int) -> NotFound:
+    """NotFound for a version number the model lacks (for the model itself when there is no
+    such model); it names the newest version and how to list them, as numbers have gaps."""
+    latest = latest_version(txn, model)
+    newest = f"the newest is {latest}" if latest else "it has none yet"
+    return NotFound(f"model {model!r} has no version {version} ({newest}; ListVersions lists them)")
+
+
 def stored_alias(txn: ReadTxn, model: str, alias: str) -> dict[str, Any] | None:
     """A set alias's stored fields (version, updated_at, updated_by); None when it is not set."""
     raw = txn.get(ALIASES, (model, alias))

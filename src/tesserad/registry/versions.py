@@ -83,6 +83,7 @@ from tesserad.registry.tables import (
     model_missing,
     new_model_data,
     newest_stored_version,
+    no_version,
     put_model_data,
     resolve_number,
 )
@@ -157,8 +158,7 @@ def version_record(txn: ReadTxn, model: str, version: int) -> VersionRecord:
     """The stored version with its aliases; NotFound naming the model or the version."""
     raw = txn.get(VERSIONS, (model, version))
     if raw is None:
-        model_data(txn, model)
-        raise NotFound(f"model {model!r} has no version {version}")
+        raise no_version(txn, model, version)
     return with_parent_state(txn, with_aliases(txn, decode_version(raw)))
 
 

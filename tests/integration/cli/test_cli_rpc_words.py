@@ -3,10 +3,12 @@ CLI user runs instead, while the SDK keeps the API's words."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 import tessera
 from tessera.cli import EXIT_DAEMON
+from tests.integration.sdk.affine import affine_onnx
 
 SPEC = """\
 task = "classification"
@@ -30,6 +32,29 @@ def test_daemon_messages_name_cli_commands_in_the_cli(tessera_cli, tmp_path):
     assert missing_dataset.code == EXIT_DAEMON
     assert "upload it with `tessera datasets push NAME FILE`" in missing_dataset.err
     assert "UploadDataset" not in missing_dataset.err
+
+
+def test_a_missing_version_names_the_newest_and_the_command_that_lists_them(tessera_cli, client, tmp_path):
+    client.models.push("affine", affine_onnx(tmp_path / "a.onnx"))
+    client.models.push("affine", affine_onnx(tmp_path / "b.onnx", scale=3.0))
+    for words in (("models", "show", "affine", "--version", "7"), ("models", "alias", "affine", "prod", "7")):
+        missing = tessera_cli(*words)
+        assert missing.code == EXIT_DAEMON
+        assert (
+            "model 'affine' has no version 7 (the newest is 2; `tessera models versions MODEL` lists them)"
+            in missing.err
+        )
+    client.datasets.push("frames", x=np.zeros((2, 3), np.float32))
+    client.datasets.push("frames", x=np.ones((2, 3), np.float32))
+    for words in (("datasets", "rm", "frames:7"), ("datasets", "show", "frames:7")):
+        missing = tessera_cli(*words)
+        assert missing.code == EXIT_DAEMON
+        assert (
+            "dataset 'frames' has no version 7 (the newest is 2; `tessera datasets versions NAME` lists them)"
+            in missing.err
+        )
+    listed = tessera_cli("--json", "datasets", "versions", "frames").json()
+    assert [v["version"] for v in listed] == [2, 1]
 
 
 def test_the_sdk_keeps_the_api_words(client):

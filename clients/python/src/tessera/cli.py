@@ -664,6 +664,29 @@ def cmd_datasets_show(client: Client, args: argparse.Namespace, out: Output) -> 
     print_dataset_version(version, out)
 
 
+def cmd_datasets_versions(client: Client, args: argparse.Namespace, out: Output) -> None:
+    versions = list(client.datasets.versions(args.name))
+    if out.as_json:
+        return out.json(versions)
+    out.table(
+        f"{args.name} versions",
+        ["version", "samples", "arrays", "splits", "size", "created", "description"],
+        [
+            (
+                v.version,
+                v.num_samples,
+                ", ".join(a.name for a in v.arrays),
+                ", ".join(sp.name for sp in v.splits) or "-",
+                size(v.size_bytes),
+                when(v.created_at),
+                v.description,
+            )
+            for v in versions
+        ],
+        whole=("version",),
+    )
+
+
 def cmd_datasets_rm(client: Client, args: argparse.Namespace, out: Output) -> None:
     ref = dataset_ref(args.ref)
     deleted = client.datasets.delete(ref.name, ref.version, force=args.force)
@@ -1425,6 +1448,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--description", default="", help="free text stored with the version")
     command(datasets, "ls", cmd_datasets_ls, "list datasets").add_argument(
         "--prefix", default="", help="only datasets whose name starts with this"
+    )
+    command(datasets, "versions", cmd_datasets_versions, "a dataset's versions, newest first").add_argument(
+        "name"
     )
     command(
         datasets, "show", cmd_datasets_show, "arrays, statistics and splits of NAME[:VERSION]"

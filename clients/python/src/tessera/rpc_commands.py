@@ -26,6 +26,7 @@ COMMAND_BY_RPC: dict[str, str] = {
     "UploadDataset": "`tessera datasets push NAME FILE`",
     "ListDatasets": "`tessera datasets ls`",
     "GetDatasetVersion": "`tessera datasets show NAME[:VERSION]`",
+    "ListDatasetVersions": "`tessera datasets versions NAME`",
     "DeleteDataset": "`tessera datasets rm NAME[:VERSION]`",
     "DownloadDataset": "`tessera datasets download NAME[:VERSION]`",
     # Training
