@@ -4,9 +4,13 @@ and `--help` lists the exit statuses scripts test for."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tessera.cli import EXIT_USAGE, INT32_MAX, build_parser
+from tesserad.errors import InvalidArgument
+from tesserad.registry.ensembles import parse_ensemble_spec
 
 
 @pytest.mark.parametrize(
@@ -38,6 +42,33 @@ def test_malformed_values_are_argparse_usage_errors(capsys, args, flag):
     assert exited.value.code == EXIT_USAGE
     err = capsys.readouterr().err
     assert err.startswith("usage: tessera ") and f"argument {flag}: " in err, err
+
+
+def daemon_accepts_weights(weights: list[float]) -> bool:
+    members = [{"model": "a", "version": 1}, {"model": "b", "version": 1}]
+    spec = {"members": members, "combine": "weighted_mean", "weights": weights}
+    try:
+        parse_ensemble_spec(json.dumps(spec).encode())
+    except InvalidArgument:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("weights", "accepted"),
+    [("2,1", True), ("0,1", True), ("1e-300,0", True), ("-1,2", False), ("-0.5,0.5", False), ("0,0", False)],
+)
+def test_ensemble_weights_are_refused_where_the_daemon_refuses_them(capsys, weights, accepted):
+    assert daemon_accepts_weights([float(w) for w in weights.split(",")]) is accepted
+    args = ("models", "ensemble", "e", "a:1", "b:1", "--combine", "weighted_mean", f"--weights={weights}")
+    if accepted:
+        assert build_parser().parse_args(args).weights == [float(w) for w in weights.split(",")]
+        return
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(args)
+    assert exited.value.code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "argument --weights: must be finite numbers >= 0 with a positive sum" in err, err
 
 
 @pytest.mark.parametrize(

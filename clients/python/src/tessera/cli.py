@@ -260,13 +260,16 @@ def split(text: str) -> tuple[str, float]:
 
 
 def weight_list(text: str) -> list[float]:
-    """argparse's type for ensemble weights "2,1,1"."""
+    """argparse's type for ensemble weights "2,1,1": the daemon's rule (finite, >= 0, a positive
+    sum), so that a weight it would refuse is a usage error before any member is looked up."""
     try:
         weights = [float(part) for part in text.split(",")]
     except ValueError:
         weights = [math.nan]
-    if not all(math.isfinite(weight) for weight in weights):
-        raise argparse.ArgumentTypeError(f"must be numbers separated by commas, like 2,1,1; got {text!r}")
+    if not all(math.isfinite(weight) and weight >= 0 for weight in weights) or sum(weights) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"must be finite numbers >= 0 with a positive sum, separated by commas, like 2,1,1; got {text!r}"
+        )
     return weights
 
 
@@ -1362,7 +1365,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="mean of the outputs (default); vote: each member's top class is a vote; weighted_mean "
         "(--weights); stacking: a linear combiner fitted with --fit",
     )
-    sub.add_argument("--weights", type=weight_list, help="weighted_mean: one weight per member, e.g. 2,1,1")
+    sub.add_argument(
+        "--weights",
+        type=weight_list,
+        help="weighted_mean: one weight per member, finite and >= 0 with a positive sum, e.g. 2,1,1 or 1,0",
+    )
     sub.add_argument(
         "--fit",
         metavar="FILE.npz",
