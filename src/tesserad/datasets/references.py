@@ -5,16 +5,27 @@ once), so a record that stores a sha256 also writes a holder row in the same tra
 and removes it in the transaction that removes the record. A blob with no holder left is
 deleted from disk after that commit. Dataset versions are held the same way by what names
 them (a model version's lineage, a training job or a sweep until it ends), which is what
-DeleteDataset checks.
+DeleteDataset checks. Each dataset hold is two rows written and removed together: by version
+in `dataset_holders` (who holds this version?) and by holder in `dataset_holds` (what does this
+sweep hold?), so that neither question scans the whole table.
 """
 
 from __future__ import annotations
 
-from tesserad.store import BlobStore, ReadTxn, Store, WriteTxn
+import logging
+import time
+
+from tesserad.store import BlobStore, ReadTxn, Store, WriteTxn, encode_record
+
+log = logging.getLogger(__name__)
 
 BLOB_HOLDERS = "blob_holders"
+# (name, version, holder) and, the same holds by holder, (holder, name, version).
 DATASET_HOLDERS = "dataset_holders"
-TABLES = [BLOB_HOLDERS, DATASET_HOLDERS]
+DATASET_HOLDS = "dataset_holds"
+TABLES = [BLOB_HOLDERS, DATASET_HOLDERS, DATASET_HOLDS]
+# In the "meta" table once `dataset_holds` has a row for every `dataset_holders` row.
+HOLDS_INDEXED = ("dataset_holds_indexed",)
 
 
 def hold_blob(txn: WriteTxn, sha256: str, holder: str) -> None:
@@ -80,10 +91,34 @@ def collect_unheld_blobs(store: Store, blobs: BlobStore) -> list[str]:
 
 def hold_dataset(txn: WriteTxn, name: str, version: int, holder: str) -> None:
     txn.put(DATASET_HOLDERS, (name, version, holder), b"")
+    txn.put(DATASET_HOLDS, (holder, name, version), b"")
 
 
 def release_dataset(txn: WriteTxn, name: str, version: int, holder: str) -> None:
     txn.delete(DATASET_HOLDERS, (name, version, holder))
+    txn.delete(DATASET_HOLDS, (holder, name, version))
+
+
+def release_dataset_version(txn: WriteTxn, name: str, version: int) -> None:
+    """Drop every hold on a version being deleted."""
+    for key, _ in list(txn.scan(DATASET_HOLDERS, (name, version))):
+        release_dataset(txn, name, version, str(key[2]))
+
+
+def index_dataset_holds(store: Store) -> int:
+    """Write the by-holder row of every hold stored by a daemon older than `dataset_holds`,
+    once (a marker in "meta" then makes a start cost one read); returns how many were written."""
+    with store.read() as txn:
+        if txn.exists("meta", HOLDS_INDEXED):
+            return 0
+    with store.write() as txn:
+        keys = [key for key, _ in txn.scan(DATASET_HOLDERS)]
+        for name, version, holder in keys:
+            txn.put(DATASET_HOLDS, (holder, name, version), b"")
+        txn.put("meta", HOLDS_INDEXED, encode_record(HOLDS_INDEXED[0], 1, {"at": time.time()}))
+    if keys:
+        log.info("indexed dataset holds by holder", extra={"holds": len(keys)})
+    return len(keys)
 
 
 def job_holder(job_id: str) -> str:
@@ -99,35 +134,35 @@ def sweep_holder(sweep_id: str) -> str:
 
 def release_dataset_holds(txn: WriteTxn, holder: str) -> None:
     """Release every version `holder` holds (a sweep's: those its trials used)."""
-    for key in [key for key, _ in txn.scan(DATASET_HOLDERS) if key[2] == holder]:
-        txn.delete(DATASET_HOLDERS, key)
+    for key, _ in list(txn.scan(DATASET_HOLDS, (holder,))):
+        release_dataset(txn, str(key[1]), int(key[2]), holder)
 
 
-def release_ended_job_holds(store: Store, unended: set[str]) -> int:
-    """Release the dataset holds of every job not in `unended`; how many went. A job releases its
-    hold in the transaction that ends it, but jobs stored by a daemon older than that still hold
-    theirs. Called at start, before any job can be submitted."""
-    return _release_ended_holds(store, _JOB_PREFIX, unended)
-
-
-def release_ended_sweep_holds(store: Store, running: set[str]) -> int:
-    """As release_ended_job_holds, for sweeps: those not in `running` (one that ended while the
-    daemon stopped before its release was written, or under a daemon older than sweep holds)."""
-    return _release_ended_holds(store, _SWEEP_PREFIX, running)
-
-
-def _release_ended_holds(store: Store, prefix: str, unended: set[str]) -> int:
+def release_ended_holds(store: Store, unended_jobs: set[str], running_sweeps: set[str]) -> int:
+    """Release the dataset holds of every job not in `unended_jobs` and every sweep not in
+    `running_sweeps`, in one pass; how many went. A job or sweep releases its holds in the
+    transaction that ends it, but one stored by an older daemon, or a sweep that ended while the
+    daemon stopped before its release was written, still holds them. Called at start, before
+    any job or sweep can be submitted."""
     with store.read() as txn:
         stale = [
-            key
-            for key, _ in txn.scan(DATASET_HOLDERS)
-            if str(key[2]).startswith(prefix) and str(key[2]).removeprefix(prefix) not in unended
+            (str(name), int(version), str(holder))
+            for (name, version, holder), _ in txn.scan(DATASET_HOLDERS)
+            if _ended(str(holder), unended_jobs, running_sweeps)
         ]
     if stale:
         with store.write() as txn:
-            for key in stale:
-                txn.delete(DATASET_HOLDERS, key)
+            for name, version, holder in stale:
+                release_dataset(txn, name, version, holder)
     return len(stale)
+
+
+def _ended(holder: str, unended_jobs: set[str], running_sweeps: set[str]) -> bool:
+    if holder.startswith(_JOB_PREFIX):
+        return holder.removeprefix(_JOB_PREFIX) not in unended_jobs
+    if holder.startswith(_SWEEP_PREFIX):
+        return holder.removeprefix(_SWEEP_PREFIX) not in running_sweeps
+    return False
 
 
 def dataset_holders(txn: ReadTxn, name: str, version: int | None = None) -> list[str]:

@@ -27,13 +27,14 @@ import numpy as np
 from tesserad.config import format_size
 from tesserad.datasets.arrays import ArrayInfo, ArrayStats, inspect_file, open_arrays, unpacked_sizes
 from tesserad.datasets.references import (
-    DATASET_HOLDERS,
     dataset_holders,
     delete_unheld_blobs,
     drop_claimed_blobs,
     hold_blob,
     hold_dataset,
+    index_dataset_holds,
     release_blob,
+    release_dataset_version,
 )
 from tesserad.datasets.splits import SplitSpec, compute_splits, validate_split_spec
 from tesserad.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
@@ -167,6 +168,7 @@ class Datasets:
     """Dataset versions over a Store and a BlobStore."""
 
     def __init__(self, store: Store, blobs: BlobStore, *, max_dataset_size: int, quota: int) -> None:
+        index_dataset_holds(store)
         self._store = store
         self._blobs = blobs
         self.max_dataset_size = max_dataset_size
@@ -455,7 +457,7 @@ class Datasets:
     def _delete_rows(self, txn: WriteTxn, record: DatasetVersionRecord) -> None:
         txn.delete(VERSIONS, (record.name, record.version))
         txn.delete_range(SPLITS, (record.name, record.version))
-        txn.delete_range(DATASET_HOLDERS, (record.name, record.version))
+        release_dataset_version(txn, record.name, record.version)
         release_blob(txn, record.sha256, _holder(record.name, record.version))
 
     # -- reading -----------------------------------------------------------------------------

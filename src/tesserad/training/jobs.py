@@ -36,7 +36,6 @@ from tesserad.datasets.references import (
     job_holder,
     release_blob,
     release_dataset,
-    release_ended_job_holds,
     sweep_holder,
 )
 from tesserad.errors import FailedPrecondition, NotFound, ResourceExhausted
@@ -220,7 +219,6 @@ class Jobs:
         with self._store.read() as txn:
             records = [decode_job(raw) for _, raw in txn.scan("jobs")]
         self._state_counts.update(job.state for job in records)
-        release_ended_job_holds(self._store, {job.job_id for job in records if job.state not in ENDED})
         for job in records:
             self._events.open_job(job.job_id, job.last_seq, job.state in ENDED)
             if job.state in ENDED:
@@ -424,6 +422,11 @@ class Jobs:
                 queue_length=len(self._queue),
                 throughput=[clock.throughput for clock in self._step_clocks.values()],
             )
+
+    def unended_ids(self) -> set[str]:
+        """The jobs whose end is not stored (yet)."""
+        with self._lock:
+            return {*self._active, *self._unstored_ends}
 
     def get(self, job_id: str) -> JobRecord:
         with self._lock:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from tesserad.datasets.references import release_dataset_holds, release_ended_sweep_holds, sweep_holder
+from tesserad.datasets.references import release_dataset_holds, release_ended_holds, sweep_holder
 from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, TesseraError
 from tesserad.ids import new_id
 from tesserad.paging import make_token, page_size, resume_after
@@ -352,7 +352,10 @@ class Sweeps:
     def start(self) -> None:
         with self._store.read() as txn:
             records = [decode_sweep(raw) for _, raw in txn.scan("sweeps")]
-        release_ended_sweep_holds(self._store, {s.sweep_id for s in records if s.state == "running"})
+        # After jobs.start and before any trial is submitted: the holds of both kinds in one pass.
+        release_ended_holds(
+            self._store, self._jobs.unended_ids(), {s.sweep_id for s in records if s.state == "running"}
+        )
         with self._lock:
             for sweep in records:
                 unended = [t.job_id for t in sweep.trials if t.job_id and t.state not in ENDED]

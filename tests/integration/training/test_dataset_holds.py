@@ -13,7 +13,7 @@ import pytest
 
 from tessera.v1 import datasets_pb2, datasets_pb2_grpc, job_spec_pb2, training_pb2
 from tessera.v1 import training_pb2_grpc as training_grpc
-from tesserad.datasets.references import hold_dataset, job_holder, sweep_holder
+from tesserad.datasets.references import DATASET_HOLDS, HOLDS_INDEXED, hold_dataset, job_holder, sweep_holder
 from tesserad.errors import FailedPrecondition
 from tesserad.server import STORE_TABLES
 from tesserad.store import Store
@@ -211,6 +211,39 @@ def test_holds_of_sweeps_that_ended_under_an_older_daemon_are_released_at_start(
     daemon = InProcessDaemon(daemon_settings(data_dir, **TRAINING_SETTINGS)).start()
     try:
         assert _delete(daemon.channel(), "held-by-old-sweep") == 1
+    finally:
+        daemon.stop()
+
+
+def test_holds_stored_before_the_by_holder_rows_are_indexed_at_start(tmp_path) -> None:
+    # An ended sweep finds what it holds by holder: a store from before those rows gets them at
+    # start, or the cancelled sweep below would hold its dataset for ever.
+    data_dir = tmp_path / "data"
+    daemon = InProcessDaemon(daemon_settings(data_dir, **TRAINING_SETTINGS)).start()
+    try:
+        _push(daemon.channel(), "held-by-older-sweep")
+        spec = _sweep("held-by-older-sweep", epochs=0, max_steps=1_000_000)
+        sweep_id = (
+            training_grpc.TrainingStub(daemon.channel()).SubmitSweep(S.SubmitSweepRequest(spec=spec)).sweep_id
+        )
+    finally:
+        daemon.stop()
+    store = Store.open(data_dir / "store", map_size=1 << 30, tables=STORE_TABLES)
+    try:
+        with store.write() as txn:
+            assert txn.delete_range(DATASET_HOLDS, ()) == 2  # the sweep's and its running trial's
+            assert txn.delete_range("meta", HOLDS_INDEXED) == 1
+    finally:
+        store.close()
+    daemon = InProcessDaemon(daemon_settings(data_dir, **TRAINING_SETTINGS)).start()
+    try:
+        channel = daemon.channel()
+        training = training_grpc.TrainingStub(channel)
+        training.CancelSweep(S.CancelSweepRequest(sweep_id=sweep_id))
+        for trial in wait_sweep(training, sweep_id).trials:
+            if trial.job_id:
+                follow(training, trial.job_id)
+        assert _delete(channel, "held-by-older-sweep") == 1
     finally:
         daemon.stop()
 
