@@ -37,7 +37,7 @@ def upload_spec_from_proto(header: pb.UploadDatasetHeader) -> UploadSpec:
         size_bytes=header.size_bytes,
         splits=split_spec_from_proto(header.splits) if header.HasField("splits") else None,
         allow_nonfinite=header.allow_nonfinite,
-        array_name=header.array_name or "x",
+        array_name=header.array_name,
         description=header.description,
         tags=dict(header.tags),
     )

@@ -72,9 +72,14 @@ class UploadSpec:
     size_bytes: int = 0
     splits: SplitSpec | None = None
     allow_nonfinite: bool = False
-    array_name: str = "x"  # npy only
+    array_name: str = ""  # npy only: an npz names its arrays itself
     description: str = ""
     tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def npy_array(self) -> str:
+        """The name an npy file's array gets."""
+        return self.array_name or "x"
 
 
 @dataclass(frozen=True)
@@ -196,7 +201,13 @@ class Datasets:
         if spec.format not in FORMATS:
             raise InvalidArgument(f"format must be npz or npy, got {spec.format or 'unspecified'}")
         if spec.format == "npy":
-            validate_name("array_name", spec.array_name)
+            validate_name("array_name", spec.npy_array)
+        elif spec.array_name:
+            # Ignored, it would leave the arrays under names the caller did not expect.
+            raise InvalidArgument(
+                f"array_name names the array of an npy file; an npz names its arrays itself, so leave "
+                f"array_name empty (got {spec.array_name!r})"
+            )
         check_entries("tags", spec.tags)
         check_record_text("a dataset version", spec.description, spec.tags)
         if spec.sha256:
@@ -239,7 +250,7 @@ class Datasets:
         if not path.is_file():
             raise DataLoss(f"blob {blob.sha256} is missing from the blob directory; upload it again")
         self._check_unpacked(path, spec)
-        arrays, num_samples = inspect_file(path, spec.format, spec.array_name, spec.allow_nonfinite)
+        arrays, num_samples = inspect_file(path, spec.format, spec.npy_array, spec.allow_nonfinite)
         splits = compute_splits(spec.splits, num_samples)
         with self._store.write() as txn:
             raw = txn.get(DATASETS, (spec.name,))
@@ -276,7 +287,7 @@ class Datasets:
                 description=spec.description,
                 tags=dict(spec.tags),
                 allow_nonfinite=spec.allow_nonfinite,
-                array_name=spec.array_name if spec.format == "npy" else "",
+                array_name=spec.npy_array if spec.format == "npy" else "",
             )
             data["next_version"] = number + 1
             data["updated_at"] = now
@@ -291,7 +302,7 @@ class Datasets:
         """Compressed arrays are read into memory whole (for statistics, and by training), so
         what they unpack to is held to the size limit too: a small npz of zeros can unpack to
         more memory than the machine has."""
-        unpacked = unpacked_sizes(path, spec.format, spec.array_name)
+        unpacked = unpacked_sizes(path, spec.format, spec.npy_array)
         total = sum(unpacked.values())
         if total > self.max_dataset_size:
             listed = ", ".join(f"{name!r} {n} bytes" for name, n in unpacked.items())
@@ -312,7 +323,7 @@ class Datasets:
         if newest.sha256 != sha256 or newest.allow_nonfinite != spec.allow_nonfinite:
             return False
         # An npy's array name is not in its bytes: the same file under another name is new content.
-        if spec.format == "npy" and newest.array_name != spec.array_name:
+        if spec.format == "npy" and newest.array_name != spec.npy_array:
             return False
         if [s.name for s in newest.splits] != list(splits):
             return False

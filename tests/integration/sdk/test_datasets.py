@@ -60,6 +60,25 @@ def test_push_npz_and_npy_files_and_load_them_back(client, clips, tmp_path):
     assert np.array_equal(client.datasets.load("from-npy")["frames"], x)
 
 
+def test_array_name_is_refused_for_an_npz(client, clips, tmp_path):
+    x, y = clips
+    np.savez(tmp_path / "clips.npz", x=x, y=y)
+    for push in (
+        lambda: client.datasets.push("named-npz", tmp_path / "clips.npz", array_name="frames"),
+        lambda: client.datasets.push("named-npz", x=x, array_name="frames"),
+    ):
+        with pytest.raises(tessera.InvalidArgument) as refused:
+            push()
+        assert refused.value.message == (
+            "array_name names the array of an npy file; an npz names its arrays itself, so leave "
+            "array_name empty (got 'frames')"
+        )
+    with pytest.raises(tessera.NotFound):
+        client.datasets.get("named-npz")
+    np.save(tmp_path / "frames.npy", x)
+    assert [a.name for a in client.datasets.push("unnamed-npy", tmp_path / "frames.npy").arrays] == ["x"]
+
+
 def test_download_writes_the_verified_file(client, clips, tmp_path):
     x, y = clips
     client.datasets.push("clips", x=x, y=y)

@@ -1450,7 +1450,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--array-name",
         default="",
         metavar="NAME",
-        help="for a .npy file: the name its array gets, as a job's spec names it (default x)",
+        help="for a .npy file: the name its array gets, as a job's spec names it (default x); refused "
+        "for a .npz, which names its arrays itself",
     )
     sub.add_argument("--description", default="", help="free text stored with the version")
     command(datasets, "ls", cmd_datasets_ls, "list datasets").add_argument(

@@ -160,7 +160,9 @@ class Datasets(Part[C]):
     ) -> Upload[pb.DatasetVersion]:
         """Upload a new version: `push("clips", x=x, y=y, splits={"train": 0.8, "val": 0.2})` or
         `push("clips", "clips.npz")`. Streamed in chunks; `progress(done, total)` after each.
-        Identical content is stored once (the result has `deduplicated` set)."""
+        Identical content is stored once (the result has `deduplicated` set). `array_name`: for a
+        .npy file, the name its array gets (default x); an npz names its arrays itself, and the
+        daemon refuses array_name with one (InvalidArgument)."""
 
         def requests() -> Iterator[pb.UploadDatasetRequest]:
             return upload_requests(
