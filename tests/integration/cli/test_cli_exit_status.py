@@ -63,23 +63,25 @@ def test_a_closed_stderr_keeps_the_status_and_stdout_clean(daemon):
         os.close(write_end)
     assert reader_gone.returncode == EXIT_DAEMON and reader_gone.stdout == b""
     # `2>&-`: print(file=None) would have written the error to stdout.
-    no_stderr = run_cli(
-        "--target",
-        daemon.target,
-        "models",
-        "show",
-        "absent",
-        stderr=subprocess.DEVNULL,
-        preexec_fn=lambda: os.close(2),
-    )
+    no_stderr = run_with_closed(2, "--target", daemon.target, "models", "show", "absent")
     assert no_stderr.returncode == EXIT_DAEMON and no_stderr.stdout == b""
+
+
+def run_with_closed(fd: int, *args: str) -> subprocess.CompletedProcess:
+    """`tessera ... N>&-` through the shell: closing the descriptor in a preexec_fn runs Python
+    in the forked child of a process whose gRPC threads are running, which can abort it."""
+    return subprocess.run(
+        ["sh", "-c", f'exec "$@" {fd}>&-', "sh", sys.executable, "-m", "tessera.cli", *args],
+        stdout=subprocess.PIPE if fd != 1 else None,
+        stderr=subprocess.PIPE if fd != 2 else None,
+        timeout=120,
+        check=False,
+    )
 
 
 def stdout_closed(daemon, *command: str) -> subprocess.CompletedProcess:
     """`tessera ... >&-`: the command starts with no stdout at all."""
-    return run_cli(
-        "--target", daemon.target, *command, stdout=subprocess.DEVNULL, preexec_fn=lambda: os.close(1)
-    )
+    return run_with_closed(1, "--target", daemon.target, *command)
 
 
 @pytest.mark.parametrize("command", [("models", "ls"), ("--json", "models", "ls"), ("info",)])
