@@ -35,6 +35,8 @@ DEFAULT_TIMEOUT_S = 30.0
 # Uploads and downloads move whole artifacts and datasets: a deadline sized for them.
 DEFAULT_TRANSFER_TIMEOUT_S = 3600.0
 MAX_MESSAGE_BYTES = 64 * 2**20
+# Between attempts to reach a daemon that is away (gRPC's own default is 120 s).
+MAX_RECONNECT_BACKOFF_MS = 2000
 
 _STUBS: dict[str, type] = {
     "Registry": registry_pb2_grpc.RegistryStub,
@@ -204,6 +206,10 @@ def _channel_options(tls: TLS | None, retry: RetryPolicy) -> list[tuple[str, Any
         # gRPC keeps a call's request for a retry only up to this size (256 KiB by default):
         # a large Predict batch is retried like a small one.
         ("grpc.per_rpc_retry_buffer_size", MAX_MESSAGE_BYTES),
+        # gRPC waits up to 120 s between connection attempts to a daemon that stays away, and
+        # fails calls at once meanwhile: a follow (or a replica) would see a restarted daemon
+        # minutes late, or give up on it while it answers again.
+        ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
     ]
     if tls is not None and tls.server_name:
         options.append(("grpc.ssl_target_name_override", tls.server_name))
