@@ -5,6 +5,10 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# The suite runs in this many processes (pytest-xdist), each taking whole test files so a file's
+# module-scoped daemons and clusters start once; most tests wait on daemons and workers, so two
+# processes fit two cores. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 
 PROTO_SRC := $(shell find protos -name '*.proto')
 
@@ -50,7 +54,7 @@ browser:
 	else echo "chromium not found and apt-get (as root) is not available: the dashboard's browser tests will be skipped"; fi
 
 test: $(STAMP) $(TRITON_STAMP) $(NODE_DEPS) browser
-	TESSERA_TRITONCLIENT_PYTHON=$(CURDIR)/$(TRITON_VENV)/bin/python $(PY) -m pytest $(PYTEST_ARGS)
+	TESSERA_TRITONCLIENT_PYTHON=$(CURDIR)/$(TRITON_VENV)/bin/python $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The dashboard's browser tests, writing the README's screenshots into docs/screenshots/.
 screenshots: $(STAMP) browser
