@@ -342,6 +342,7 @@ class Daemon:
         sweeps = Sweeps(self._store, self.training, job_spec_document)
         await asyncio.to_thread(self.training.start)
         await asyncio.to_thread(sweeps.start)
+        artifacts = RunArtifacts(self._store, blobs, tracking, limits.max_run_artifact_size)
         _register(
             training_pb2_grpc.add_TrainingServicer_to_server,
             TrainingServicer(
@@ -349,7 +350,7 @@ class Daemon:
                 events,
                 tracking,
                 sweeps,
-                RunArtifacts(self._store, blobs, tracking, limits.max_run_artifact_size),
+                artifacts,
                 blobs,
                 limits.chunk_size,
             ),
@@ -367,6 +368,7 @@ class Daemon:
                 jobs=self.training,
                 events=events,
                 tracking=tracking,
+                artifacts=artifacts,
                 sweeps=sweeps,
                 registry=self.registry,
                 inference=self.inference,

@@ -26,8 +26,11 @@ from tesserad.security.tokens import TokenFile, format_time, token_digest, utc_n
 
 log = logging.getLogger(__name__)
 
-# Every page only reads, so the least role is enough.
+# Reading is enough to open the dashboard; its few changes (restores) check their own role.
 DASHBOARD_ROLE = Role.READER
+# Where an admitted request's role is kept (aiohttp's request mapping); without a tokens file
+# every caller may do everything, as on gRPC.
+ROLE_KEY = web.RequestKey("tessera_role", Role)
 TOKEN_COOKIE = "tessera_token"
 # The cookie carries the token itself, so a browser left logged in stops being so by itself;
 # removing the token from the tokens file ends every session at once, as on gRPC.
@@ -97,9 +100,12 @@ class Access:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if self._tokens is None or request.path == LOGIN_PATH or request.path.startswith(_OPEN_PREFIXES):
+            if self._tokens is None:
+                request[ROLE_KEY] = Role.ADMIN
             return await handler(request)
-        problem, digest = self._problem(request)
-        if problem is None and digest is not None:
+        problem, digest, role = self._problem(request)
+        if problem is None and digest is not None and role is not None:
+            request[ROLE_KEY] = role
             task = asyncio.current_task()
             assert task is not None, "aiohttp runs each request in a task"
             self._in_progress[task] = digest
@@ -123,33 +129,41 @@ class Access:
                 ended += 1
         return ended
 
-    def _problem(self, request: web.Request) -> tuple[str | None, bytes | None]:
-        """(None, the token's SHA-256) when the request carries a token good enough to read;
-        else (what is wrong, None)."""
+    def _problem(self, request: web.Request) -> tuple[str | None, bytes | None, Role | None]:
+        """(None, the token's SHA-256, its role) when the request carries a token good enough
+        to read; else (what is wrong, None, None)."""
         assert self._tokens is not None
         header = request.headers.get("Authorization")
         if header is not None:
             scheme, _, token = header.strip().partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
-                return "the Authorization header must be 'Bearer <token>'", None
+                return "the Authorization header must be 'Bearer <token>'", None, None
             token = token.strip()
         else:
             cookie = request.cookies.get(TOKEN_COOKIE)
             if not cookie:
-                return "this tesserad needs a token: log in with one made by `tesserad tokens add`", None
+                return (
+                    "this tesserad needs a token: log in with one made by `tesserad tokens add`",
+                    None,
+                    None,
+                )
             token = cookie
         digest = token_digest(token)
         identity = self._tokens.table.identify_digest(digest)
         if identity is None:
             return (
-                "the token is not valid for this tesserad (mistyped, or removed from its tokens file); "
-                "ask the operator for a token made with `tesserad tokens add`"
-            ), None
+                (
+                    "the token is not valid for this tesserad (mistyped, or removed from its tokens file); "
+                    "ask the operator for a token made with `tesserad tokens add`"
+                ),
+                None,
+                None,
+            )
         if identity.expires is not None and identity.expired(utc_now()):
-            return f"the token expired at {format_time(identity.expires)}; log in with a new one", None
+            return f"the token expired at {format_time(identity.expires)}; log in with a new one", None, None
         if identity.role < DASHBOARD_ROLE:
-            return f"the dashboard needs the {DASHBOARD_ROLE.label} role", None
-        return None, digest
+            return f"the dashboard needs the {DASHBOARD_ROLE.label} role", None, None
+        return None, digest, identity.role
 
     async def show_login(self, request: web.Request) -> web.StreamResponse:
         return login_page("")

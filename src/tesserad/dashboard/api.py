@@ -2,7 +2,8 @@
 
 Each handler parses its query, calls the same domain method the gRPC servicer calls, and
 answers with `json_forms`; domain errors become HTTP statuses in server.py's one table.
-Job events and system samples stream as server-sent events.
+Job events and system samples stream as server-sent events; run artifacts stream as files.
+The only changes are restores, each held to the role its gRPC method needs.
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import mimetypes
+import urllib.parse
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
@@ -18,13 +22,17 @@ from typing import Any
 from aiohttp import web
 
 from tesserad.dashboard import json_forms as forms
-from tesserad.errors import InvalidArgument, ResourceExhausted, Unavailable
+from tesserad.dashboard.access import ROLE_KEY
+from tesserad.errors import DataLoss, InvalidArgument, PermissionDenied, ResourceExhausted, Unavailable
 from tesserad.names import validate_name
 from tesserad.numbers import INT64_MAX, whole_number
 from tesserad.registry import Registry
+from tesserad.security import Role
 from tesserad.security.limits import ConcurrencyGate
+from tesserad.security.roles import ROLE_TABLE
 from tesserad.serving.service import InferenceService
 from tesserad.system import SystemService
+from tesserad.training.artifacts import RunArtifact, RunArtifacts
 from tesserad.training.events import EventLog, JobEvent
 from tesserad.training.jobs import Jobs
 from tesserad.training.sweeps import Sweeps
@@ -42,6 +50,34 @@ SSE_RETRY_MS = 1000
 ENCODED_EVENTS = 4096
 _METRIC_FIELDS = ("last", "min", "max")
 _METRIC_OPS = ("lt", "le", "gt", "ge", "eq")
+ARTIFACT_CHUNK_BYTES = 256 * 1024
+# Previews are read whole into the page; bigger artifacts are only downloaded.
+PREVIEW_MAX_BYTES = 1024 * 1024
+PREVIEW_IMAGE_TYPES = frozenset({"image/png", "image/svg+xml"})
+PREVIEW_TEXT_TYPES = frozenset(
+    {"application/json", "application/xml", "application/yaml", "application/toml"}
+)
+# Python's own table only: the system's mime.types would make the answer depend on the host.
+_TYPES = mimetypes.MimeTypes()
+for _suffix, _type in ((".log", "text/plain"), (".yaml", "application/yaml"), (".yml", "application/yaml")):
+    _TYPES.add_type(_type, _suffix)
+_TYPES.add_type("application/toml", ".toml")
+# An artifact is someone's file: never run as a page of this origin (an SVG or HTML artifact
+# may hold script), never sniffed into another type, never embedded by another site.
+ARTIFACT_HEADERS = {
+    "Content-Security-Policy": "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'",
+    "X-Content-Type-Options": "nosniff",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Cache-Control": "private, no-cache",
+}
+# A change must carry this header: a page on another site cannot send it without a CORS
+# preflight, which this server never answers, so such a page cannot make the browser restore.
+CHANGE_HEADER = "X-Tessera-Dashboard"
+_VIEWS = ("active", "deleted", "all")
+_RESTORE_RUN_ROLE = ROLE_TABLE["tessera.v1.Training"]["RestoreRun"]
+_RESTORE_EXPERIMENT_ROLE = ROLE_TABLE["tessera.v1.Training"]["RestoreExperiment"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,6 +87,7 @@ class Services:
     jobs: Jobs
     events: EventLog
     tracking: Tracking
+    artifacts: RunArtifacts
     sweeps: Sweeps
     registry: Registry
     inference: InferenceService
@@ -110,6 +147,64 @@ def _metric_filters(values: Iterable[str]) -> list[MetricFilter]:
     return filters
 
 
+def _view(request: web.Request) -> str:
+    view = request.query.get("view", "") or "active"
+    if view not in _VIEWS:
+        raise InvalidArgument(f"view {view[:40]!r} is not one of {', '.join(_VIEWS)}")
+    return view
+
+
+def _allow_change(request: web.Request, what: str, needed: Role) -> None:
+    """PermissionDenied unless the request may make this change: sent by the dashboard's own
+    page (CHANGE_HEADER, and an Origin, when sent, of this server) by a caller with `needed`."""
+    if request.headers.get(CHANGE_HEADER) != "1":
+        raise PermissionDenied(
+            f"a change must carry the header {CHANGE_HEADER}: 1, as the dashboard's pages send"
+        )
+    origin = request.headers.get("Origin")
+    if origin is not None and origin != f"{request.scheme}://{request.host}":
+        raise PermissionDenied(
+            f"a change must come from this dashboard's own pages, not from {origin[:100]!r}"
+        )
+    role = request.get(ROLE_KEY, Role.READER)
+    if role < needed:
+        raise PermissionDenied(
+            f"{what} needs the {needed.label} role (as on gRPC); this token has the {role.label} role. "
+            f"Log in with an {needed.label} token, or ask an operator"
+        )
+
+
+def artifact_type(path: str) -> str:
+    return _TYPES.guess_type(path, strict=False)[0] or "application/octet-stream"
+
+
+def preview_type(artifact: RunArtifact) -> str | None:
+    """The type an artifact is previewed as (text of any kind as plain text, so HTML shows as
+    its source), or None when it is not previewed."""
+    kind = artifact_type(artifact.path)
+    if artifact.size_bytes > PREVIEW_MAX_BYTES:
+        return None
+    if kind in PREVIEW_IMAGE_TYPES:
+        return kind
+    if kind.startswith("text/") or kind in PREVIEW_TEXT_TYPES:
+        return "text/plain; charset=utf-8"
+    return None
+
+
+def _artifact_json(artifact: RunArtifact) -> dict[str, Any]:
+    data = forms.artifact_json(artifact)
+    data["content_type"] = artifact_type(artifact.path)
+    data["preview"] = preview_type(artifact) is not None
+    return data
+
+
+def _disposition(kind: str, path: str) -> str:
+    """RFC 6266: an ASCII name for old clients and the UTF-8 one (RFC 8187) for the rest."""
+    name = path.rsplit("/", 1)[-1]
+    fallback = "".join(c if c.isascii() and c.isprintable() and c not in '"\\%' else "_" for c in name)
+    return f"{kind}; filename=\"{fallback}\"; filename*=UTF-8''{urllib.parse.quote(name, safe='')}"
+
+
 def _sse(seq: int | None, kind: str, data: Any) -> bytes:
     lines = [] if seq is None else [f"id: {seq}"]
     lines += [f"event: {kind}", f"data: {_dumps(forms.finite(data))}", "", ""]
@@ -146,6 +241,11 @@ class DashboardApi:
             get(PREFIX + "/runs", self.list_runs),
             get(PREFIX + "/runs/{run_id}", self.get_run),
             get(PREFIX + "/runs/{run_id}/metrics/{key}", self.metric_history),
+            get(PREFIX + "/runs/{run_id}/artifacts", self.list_artifacts),
+            get(PREFIX + "/runs/{run_id}/artifact", self.download_artifact),
+            get(PREFIX + "/session", self.session),
+            web.post(PREFIX + "/runs/{run_id}/restore", self.restore_run),
+            web.post(PREFIX + "/experiments/{name}/restore", self.restore_experiment),
             get(PREFIX + "/leaderboard", self.leaderboard),
             get(PREFIX + "/sweeps", self.list_sweeps),
             get(PREFIX + "/sweeps/{sweep_id}", self.get_sweep),
@@ -202,7 +302,11 @@ class DashboardApi:
     async def list_experiments(self, request: web.Request) -> web.Response:
         size, token = _page_args(request)
         experiments, next_token = await asyncio.to_thread(
-            self._s.tracking.list_experiments, request.query.get("name_prefix", ""), size, token
+            self._s.tracking.list_experiments,
+            request.query.get("name_prefix", ""),
+            size,
+            token,
+            _view(request),
         )
         return json_response(
             {"experiments": [forms.experiment_json(e) for e in experiments], "next_page_token": next_token}
@@ -218,12 +322,84 @@ class DashboardApi:
             _metric_filters(request.query.getall("metric", [])),
             size,
             token,
+            view=_view(request),
         )
         return json_response({"runs": [forms.run_json(r) for r in runs], "next_page_token": next_token})
 
     async def get_run(self, request: web.Request) -> web.Response:
         run = await asyncio.to_thread(self._s.tracking.get_run, request.match_info["run_id"])
         return json_response(forms.run_json(run))
+
+    async def list_artifacts(self, request: web.Request) -> web.Response:
+        """A page of the run's artifacts in path order: all, or those under `path`."""
+        size, token = _page_args(request)
+        page = await asyncio.to_thread(
+            self._s.artifacts.list, request.match_info["run_id"], request.query.get("path", ""), size, token
+        )
+        return json_response(
+            {"artifacts": [_artifact_json(a) for a in page.items], "next_page_token": page.next_page_token}
+        )
+
+    async def download_artifact(self, request: web.Request) -> web.StreamResponse:
+        """The artifact at `path` as a file (an attachment), or with `preview=1` shown in the
+        page when it is a small text, PNG or SVG file; either way sandboxed (ARTIFACT_HEADERS).
+
+        The bytes come from the domain's download, which holds back the last chunk until the
+        hash checks out: damage found before the first byte is a 500; later, the connection is
+        cut short of Content-Length, so no client takes the file as whole."""
+        run_id, path = request.match_info["run_id"], request.query.get("path", "")
+        preview = request.query.get("preview", "") == "1"
+        artifact = await asyncio.to_thread(self._s.artifacts.get, run_id, path)
+        kind = preview_type(artifact) if preview else artifact_type(path)
+        if kind is None:
+            raise InvalidArgument(
+                f"{path[:80]!r} is not previewed (only text, PNG and SVG artifacts up to "
+                f"{PREVIEW_MAX_BYTES // 1024} KiB are); download it instead"
+            )
+        chunks = self._s.artifacts.read_chunks(artifact, ARTIFACT_CHUNK_BYTES)
+        first = await asyncio.to_thread(next, chunks, b"")
+        headers = {
+            **ARTIFACT_HEADERS,
+            "Content-Type": kind,
+            "Content-Disposition": _disposition("inline" if preview else "attachment", path),
+            "X-Tessera-Sha256": artifact.sha256,
+        }
+        response = web.StreamResponse(headers=headers)
+        response.content_length = artifact.size_bytes
+        await response.prepare(request)
+        try:
+            chunk = first
+            while chunk:
+                await response.write(chunk)
+                chunk = await asyncio.to_thread(next, chunks, b"")
+        except DataLoss as exc:
+            log.error("run artifact download cut short", extra={"run_id": run_id, "error": exc.message})
+            response.force_close()
+            if request.transport is not None:
+                request.transport.close()
+        return response
+
+    async def session(self, request: web.Request) -> web.Response:
+        """What this caller may change, so a page offers only the actions it may take."""
+        role = request.get(ROLE_KEY, Role.READER)
+        return json_response(
+            {
+                "role": role.label,
+                "can_restore_runs": role >= _RESTORE_RUN_ROLE,
+                "can_restore_experiments": role >= _RESTORE_EXPERIMENT_ROLE,
+                "restore_role": _RESTORE_RUN_ROLE.label,
+            }
+        )
+
+    async def restore_run(self, request: web.Request) -> web.Response:
+        _allow_change(request, "restoring a run", _RESTORE_RUN_ROLE)
+        run = await asyncio.to_thread(self._s.tracking.restore_run, request.match_info["run_id"])
+        return json_response(forms.run_json(run))
+
+    async def restore_experiment(self, request: web.Request) -> web.Response:
+        _allow_change(request, "restoring an experiment", _RESTORE_EXPERIMENT_ROLE)
+        experiment = await asyncio.to_thread(self._s.tracking.restore_experiment, request.match_info["name"])
+        return json_response(forms.experiment_json(experiment))
 
     async def metric_history(self, request: web.Request) -> web.Response:
         """A metric's points, downsampled by the store to at most `max_points` (first, last, and

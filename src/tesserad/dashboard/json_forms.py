@@ -23,6 +23,7 @@ from tesserad.registry.records import (
 from tesserad.serving.histogram import Percentiles
 from tesserad.serving.pool import LoadedVersion
 from tesserad.system import ServerFacts
+from tesserad.training.artifacts import RunArtifact
 from tesserad.training.events import JobEvent
 from tesserad.training.job_records import JobRecord
 from tesserad.training.sweeps import Sweep
@@ -76,6 +77,10 @@ def experiment_json(experiment: Experiment) -> dict[str, Any]:
 
 def run_json(run: Run) -> dict[str, Any]:
     return _plain(run)
+
+
+def artifact_json(artifact: RunArtifact) -> dict[str, Any]:
+    return _plain(artifact)
 
 
 def history_json(run_id: str, key: str, pages: list[HistoryPage]) -> dict[str, Any]:

@@ -77,7 +77,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if exc.status == 404:
             return _failure(request, 404, f"nothing at {request.path[:200]}")
         if exc.status == 405:
-            return _failure(request, 405, "the dashboard only reads: use GET")
+            return _failure(request, 405, "the dashboard only reads, but for its restores: use GET")
         raise
     except Exception as exc:
         error_id = uuid.uuid4().hex[:12]
@@ -114,6 +114,7 @@ class DashboardServer:
                 web.post(LOGIN_PATH, access.log_in),
                 *(web.get(f"/{page}", self._page) for page in PAGES),
                 web.get("/jobs/{job_id}", self._job_page),
+                web.get("/runs/{run_id}", self._run_page),
                 web.get("/sweeps/{sweep_id}", self._sweep_page),
                 web.get("/models/{model}", self._model_page),
                 web.static("/static", STATIC_DIR),
@@ -150,6 +151,10 @@ class DashboardServer:
 
     async def _job_page(self, request: web.Request) -> web.Response:
         await asyncio.to_thread(self._services.jobs.get, request.match_info["job_id"])
+        return await self._page(request)
+
+    async def _run_page(self, request: web.Request) -> web.Response:
+        await asyncio.to_thread(self._services.tracking.get_run, request.match_info["run_id"])
         return await self._page(request)
 
     async def _sweep_page(self, request: web.Request) -> web.Response:

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.client
 import urllib.parse
 
 import numpy as np
 import pytest
 
+import tessera
 from tessera.v1 import training_pb2, training_pb2_grpc
 from tesserad.security import Role, hash_token, new_token
 from tesserad.security.tokens import format_entry
 from tesserad.server import StartupError
 from tests.conftest import InProcessDaemon, daemon_settings
-from tests.integration.dashboard.conftest import http_get, read_events, wait_until
+from tests.integration.dashboard.conftest import HttpAnswer, http_get, read_events, wait_until
 from tests.integration.sdk.affine import affine_onnx
 
 
@@ -393,5 +395,173 @@ def test_a_revoked_token_loses_its_open_event_stream_and_its_next_request(tmp_pa
         assert refused.status == 401 and "not valid" in refused.json()["error"]
         admin = {"Authorization": f"Bearer {clear[Role.ADMIN]}"}
         assert http_get(port, "/api/v1/jobs", admin).status == 200
+    finally:
+        daemon.stop()
+
+
+SVG_WITH_SCRIPT = (
+    b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script><rect width="4" height="4"/></svg>'
+)
+ARTIFACTS = {
+    "notes.txt": b"epoch 1: fine\n",
+    "plots/loss.svg": SVG_WITH_SCRIPT,
+    "plots/sub/report.html": b"<script>alert(1)</script>",
+    "plots-old.txt": b"sorts between plots and plots/",
+    "weights.bin": bytes(range(256)),
+}
+
+
+def _run_with_artifacts(client, tmp_path, experiment: str, files: dict[str, bytes]) -> str:
+    run_id = client.training.create_run(experiment).run_id
+    for number, (path, content) in enumerate(files.items()):
+        local = tmp_path / str(number) / path.rsplit("/", 1)[-1]
+        local.parent.mkdir(parents=True)
+        local.write_bytes(content)
+        client.training.log_artifact(run_id, local, path.rpartition("/")[0] or None)
+    return run_id
+
+
+def _artifact(port: int, run_id: str, path: str, preview: bool = False) -> HttpAnswer:
+    query = urllib.parse.urlencode({"path": path, **({"preview": "1"} if preview else {})})
+    return http_get(port, f"/api/v1/runs/{run_id}/artifact?{query}")
+
+
+def test_run_artifacts_list_a_page_at_a_time_and_by_directory(dash, client, tmp_path):
+    port = dash.daemon.http_port
+    run_id = _run_with_artifacts(client, tmp_path, "dash-artifacts", ARTIFACTS)
+    listed, token, pages = [], "", 0
+    while True:
+        page = http_get(port, f"/api/v1/runs/{run_id}/artifacts?page_size=2&page_token={token}").json()
+        listed += page["artifacts"]
+        token, pages = page["next_page_token"], pages + 1
+        if not token:
+            break
+    assert pages == 3 and [a["path"] for a in listed] == sorted(ARTIFACTS)
+    notes = next(a for a in listed if a["path"] == "notes.txt")
+    assert notes["size_bytes"] == len(ARTIFACTS["notes.txt"])
+    assert notes["sha256"] == hashlib.sha256(ARTIFACTS["notes.txt"]).hexdigest()
+    assert notes["content_type"] == "text/plain" and notes["preview"] is True
+    assert not next(a for a in listed if a["path"] == "weights.bin")["preview"]
+    plots = http_get(port, f"/api/v1/runs/{run_id}/artifacts?path=plots").json()["artifacts"]
+    assert [a["path"] for a in plots] == ["plots/loss.svg", "plots/sub/report.html"]
+    assert http_get(port, "/api/v1/runs/no-such-run/artifacts").status == 404
+
+
+def test_an_artifact_downloads_sandboxed_and_previews_only_as_text_png_or_svg(dash, client, tmp_path):
+    port = dash.daemon.http_port
+    run_id = _run_with_artifacts(client, tmp_path, "dash-artifacts", ARTIFACTS)
+    for path, content in ARTIFACTS.items():
+        answer = _artifact(port, run_id, path)
+        assert answer.status == 200 and answer.body == content, path
+        name = path.rsplit("/", 1)[-1]
+        assert answer.headers["content-disposition"].startswith(f'attachment; filename="{name}"')
+        assert answer.headers["x-tessera-sha256"] == hashlib.sha256(content).hexdigest()
+        assert answer.headers["content-security-policy"].startswith("sandbox;")
+        assert answer.headers["x-content-type-options"] == "nosniff"
+    assert _artifact(port, run_id, "weights.bin").headers["content-type"] == "application/octet-stream"
+    assert _artifact(port, run_id, "plots/sub/report.html").headers["content-type"].startswith("text/html")
+
+    svg = _artifact(port, run_id, "plots/loss.svg", preview=True)
+    assert svg.headers["content-type"] == "image/svg+xml" and svg.body == SVG_WITH_SCRIPT
+    assert svg.headers["content-disposition"].startswith("inline;")
+    assert "default-src 'none'" in svg.headers["content-security-policy"]
+    html_page = _artifact(port, run_id, "plots/sub/report.html", preview=True)
+    assert html_page.headers["content-type"] == "text/plain; charset=utf-8"  # its source, never a page
+    binary = _artifact(port, run_id, "weights.bin", preview=True)
+    assert binary.status == 400 and "download it instead" in binary.json()["error"]
+    assert _artifact(port, run_id, "nothing.txt").status == 404
+    escaping = _artifact(port, run_id, "../notes.txt")
+    assert escaping.status == 400 and "'..' segment" in escaping.json()["error"]
+
+
+def test_a_damaged_artifact_is_never_served_whole(dash, client, tmp_path):
+    port = dash.daemon.http_port
+    rng = np.random.default_rng(7)
+    small, large = rng.bytes(1000), rng.bytes(600_000)
+    run_id = _run_with_artifacts(client, tmp_path, "dash-artifacts", {"small.bin": small, "large.bin": large})
+    for content in (small, large):
+        blob = dash.settings.data_dir / "blobs" / "sha256" / hashlib.sha256(content).hexdigest()[:2]
+        blob = blob / hashlib.sha256(content).hexdigest()[2:]
+        blob.chmod(0o644)
+        blob.write_bytes(content[:-1] + bytes([content[-1] ^ 1]))
+    refused = _artifact(port, run_id, "small.bin")  # one chunk: checked before a byte is sent
+    assert refused.status == 500 and "damaged" in refused.json()["error"]
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("GET", f"/api/v1/runs/{run_id}/artifact?path=large.bin")
+        response = connection.getresponse()
+        assert response.status == 200 and int(response.getheader("Content-Length")) == len(large)
+        with pytest.raises(http.client.IncompleteRead):
+            response.read()
+    finally:
+        connection.close()
+
+
+RESTORE = {"X-Tessera-Dashboard": "1"}
+
+
+def _runs(port: int, query: str, headers: dict[str, str | bytes] | None = None) -> list[str]:
+    return [r["run_id"] for r in http_get(port, f"/api/v1/runs?{query}", headers).json()["runs"]]
+
+
+def test_deleted_runs_and_experiments_show_when_asked_for_and_restore(dash, client):
+    port = dash.daemon.http_port
+    kept, gone = (client.training.create_run("dash-deleted").run_id for _ in range(2))
+    client.training.delete_run(gone)
+    assert _runs(port, "experiment=dash-deleted") == [kept]
+    assert _runs(port, "experiment=dash-deleted&view=deleted") == [gone]
+    assert set(_runs(port, "experiment=dash-deleted&view=all")) == {kept, gone}
+    assert http_get(port, "/api/v1/runs?view=gone").status == 400
+
+    unsent = http_get(port, f"/api/v1/runs/{gone}/restore", method="POST")
+    assert unsent.status == 403 and "X-Tessera-Dashboard" in unsent.json()["error"]
+    elsewhere = http_get(
+        port, f"/api/v1/runs/{gone}/restore", {**RESTORE, "Origin": "http://elsewhere.example"}, "POST"
+    )
+    assert elsewhere.status == 403 and "own pages" in elsewhere.json()["error"]
+    origin = {**RESTORE, "Origin": f"http://127.0.0.1:{port}"}
+    restored = http_get(port, f"/api/v1/runs/{gone}/restore", origin, "POST")
+    assert restored.status == 200 and restored.json()["deleted_at"] is None
+    assert set(_runs(port, "experiment=dash-deleted")) == {kept, gone}
+
+    client.training.delete_experiment("dash-deleted")
+    deleted = http_get(port, "/api/v1/experiments?view=deleted").json()["experiments"]
+    assert "dash-deleted" in [e["name"] for e in deleted]
+    with_experiment = http_get(port, f"/api/v1/runs/{kept}/restore", RESTORE, "POST")
+    assert with_experiment.status == 409 and "RestoreExperiment" in with_experiment.json()["error"]
+    assert http_get(port, "/api/v1/experiments/dash-deleted/restore", RESTORE, "POST").status == 200
+    assert set(_runs(port, "experiment=dash-deleted")) == {kept, gone}
+
+
+def test_a_restore_needs_the_role_its_grpc_method_needs(tmp_path, tokens_file):
+    path, clear = tokens_file
+    daemon = InProcessDaemon(
+        daemon_settings(tmp_path / "data", **{"security.tokens_file": str(path)})
+    ).start()
+    try:
+        port = daemon.daemon.http_port
+        with tessera.Client(daemon.target, token=clear[Role.ADMIN]) as admin_client:
+            run_id = admin_client.training.create_run("guarded").run_id
+            admin_client.training.delete_run(run_id)
+        for role in (Role.READER, Role.TRAINER):
+            bearer = {"Authorization": f"Bearer {clear[role]}"}
+            session = http_get(port, "/api/v1/session", bearer).json()
+            assert session == {
+                "role": role.label,
+                "can_restore_runs": False,
+                "can_restore_experiments": False,
+                "restore_role": "admin",
+            }
+            refused = http_get(port, f"/api/v1/runs/{run_id}/restore", {**bearer, **RESTORE}, "POST")
+            assert refused.status == 403
+            assert (
+                f"needs the admin role (as on gRPC); this token has the {role.label} role"
+                in (refused.json()["error"])
+            )
+            assert _runs(port, "view=deleted", bearer) == [run_id]
+        admin = {"Authorization": f"Bearer {clear[Role.ADMIN]}", **RESTORE}
+        assert http_get(port, "/api/v1/session", admin).json()["can_restore_runs"] is True
+        assert http_get(port, f"/api/v1/runs/{run_id}/restore", admin, "POST").status == 200
+        assert http_get(port, f"/api/v1/runs/{run_id}/restore", RESTORE, "POST").status == 401
     finally:
         daemon.stop()
