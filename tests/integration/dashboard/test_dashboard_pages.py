@@ -240,6 +240,44 @@ def test_a_deleted_parent_is_its_own_node_in_the_lineage_graph(dash, page):
     assert page.eval_on_selector_all("#lineage-graph a", "links => links.length") == 0
 
 
+# An SVG artifact whose script would mark the page: shown in the run page, it must not run.
+PWNING_SVG = (
+    b'<svg xmlns="http://www.w3.org/2000/svg" width="60" height="20"><script>window.__pwned = 3</script>'
+    b'<rect width="60" height="20" fill="#2f6fde"/></svg>'
+)
+
+
+def test_run_page_browses_previews_artifacts_and_the_deleted_view_restores(dash, client, tmp_path, page):
+    run = client.training.create_run("dash-art", name="with-files", params={"lr": "0.01"})
+    client.training.log_metrics(run.run_id, {"loss": 0.5}, 1)
+    for path, content in (("notes.txt", b"fine\n" + HOSTILE.encode()), ("plots/loss.svg", PWNING_SVG)):
+        local = tmp_path / path
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_bytes(content)
+        client.training.log_artifact(run.run_id, local, path.rpartition("/")[0] or None)
+    open_page(page, dash, f"/runs/{run.run_id}")
+    assert page.text_content("#artifacts-table").count("plots/") == 1
+    page.click("#artifacts-table a.preview")
+    page.wait_for_selector("#artifact-preview pre")
+    assert HOSTILE in page.text_content("#artifact-preview pre")
+    page.click("#artifacts-table a.artifact-dir")
+    page.wait_for_selector("#artifact-path a:text-is('plots')")
+    page.click("#artifacts-table a.preview")
+    page.wait_for_function("document.querySelector('#artifact-preview img')?.naturalWidth === 60")
+    assert page.evaluate("window.__pwned") is None
+    screenshot(page, "run")
+    page.goto(url(dash, f"/api/v1/runs/{run.run_id}/artifact?path=plots/loss.svg&preview=1"))
+    assert page.evaluate("window.__pwned") is None  # opened on its own, the sandbox holds too
+
+    client.training.delete_run(run.run_id)
+    open_page(page, dash, "/runs?experiment=dash-art&view=deleted")
+    assert page.locator("#runs-table tbody tr").count() == 1
+    page.click(f"button[aria-label='restore {run.run_id}']")
+    page.wait_for_selector("text=No runs match.")
+    open_page(page, dash, "/runs?experiment=dash-art")
+    assert run.run_id in page.text_content("#runs-table")
+
+
 def test_the_models_page_follows_pages_that_end_at_the_byte_bound(tmp_path, page):
     """A list page ends at MAX_PAGE_BYTES of records as well as at page_size: models with long
     descriptions fill a page before 500 of them, and the page asks on for the rest."""

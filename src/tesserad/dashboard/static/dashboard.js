@@ -1,5 +1,5 @@
-// tessera dashboard: read-only pages over /api/v1. Every value is put into the page with
-// textContent (never innerHTML), so a name such as "<script>" shows as text.
+// tessera dashboard: pages over /api/v1, which read but for restores. Every value is put into
+// the page with textContent (never innerHTML), so a name such as "<script>" shows as text.
 "use strict";
 
 const API = "/api/v1";
@@ -36,6 +36,16 @@ function clear(node) {
 
 async function api(path) {
   const response = await fetch(API + path, { credentials: "same-origin", headers: { Accept: "application/json" } });
+  const body = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
+  if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
+  return body;
+}
+
+// A change (a restore): POST with the header that tells the server the dashboard's own page sent it.
+async function change(path) {
+  const response = await fetch(API + path, {
+    method: "POST", credentials: "same-origin", headers: { Accept: "application/json", "X-Tessera-Dashboard": "1" },
+  });
   const body = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
   if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
   return body;
@@ -344,7 +354,7 @@ async function jobPage(app, jobId) {
 function runsQuery() {
   const params = new URLSearchParams(location.search);
   const query = new URLSearchParams();
-  for (const name of ["experiment", "status", "param", "metric"]) for (const v of params.getAll(name)) if (v) query.append(name, v);
+  for (const name of ["experiment", "status", "param", "metric", "view"]) for (const v of params.getAll(name)) if (v) query.append(name, v);
   return query;
 }
 
@@ -353,12 +363,36 @@ const RUNS_SHOWN = 500;
 async function runsPage(app) {
   app.append(el("h1", { text: "Runs" }));
   const params = new URLSearchParams(location.search);
+  // MLflow's lifecycle filter: deleted runs (and experiments) are shown only when asked for.
+  const lifecycle = el("select", { name: "view" }, ["active", "deleted", "all"].map((v) => el("option", { value: v, text: v })));
+  lifecycle.value = ["deleted", "all"].includes(params.get("view")) ? params.get("view") : "active";
   const form = el("form", { class: "filters", method: "get", action: "/runs" },
     el("label", {}, "experiment ", el("input", { name: "experiment", value: params.get("experiment") || "", size: 14 })),
     el("label", {}, "param ", el("input", { name: "param", value: params.get("param") || "", placeholder: "lr=0.01", size: 14 })),
     el("label", {}, "metric ", el("input", { name: "metric", value: params.get("metric") || "", placeholder: "val_loss:last:lt:0.5", size: 20 })),
+    el("label", {}, "lifecycle ", lifecycle),
     el("button", { type: "submit", text: "Filter" }));
   app.append(form);
+  const deletedView = lifecycle.value !== "active";
+  const session = deletedView ? await api("/session") : null;
+  const restoreButton = (label, path, allowed) => allowed
+    ? el("button", { type: "button", class: "restore", text: "Restore", "aria-label": `restore ${label}`, onclick: async (e) => {
+      e.target.setAttribute("disabled", "");
+      try {
+        await change(path);
+        location.reload();
+      } catch (error) {
+        e.target.removeAttribute("disabled");
+        problem(app, error);
+      }
+    } })
+    : "";
+  if (deletedView) {
+    if (!session.can_restore_runs) {
+      app.append(el("p", { class: "muted", id: "restore-refused", text: `Restoring needs the ${session.restore_role} role; this token has the ${session.role} role.` }));
+    }
+    await deletedExperiments(app, params.get("experiment") || "", (x) => restoreButton(x.name, `/experiments/${encodeURIComponent(x.name)}/restore`, session.can_restore_experiments));
+  }
   let runs;
   let moreRuns;
   try {
@@ -381,10 +415,15 @@ async function runsPage(app) {
       if (e.target.checked) chosen.add(r.run_id); else chosen.delete(r.run_id);
       if (chosen.size >= 2) compareButton.removeAttribute("disabled"); else compareButton.setAttribute("disabled", "");
     } }) },
-    { label: "run", value: (r) => r.run_id, cell: (r) => r.job_id ? link(`/jobs/${encodeURIComponent(r.job_id)}`, r.run_id) : r.run_id },
+    { label: "run", value: (r) => r.run_id, cell: (r) => link(`/runs/${encodeURIComponent(r.run_id)}`, r.run_id) },
     { label: "name", value: (r) => r.name, cell: (r) => r.name },
     { label: "experiment", value: (r) => r.experiment, cell: (r) => r.experiment },
     { label: "status", value: (r) => r.status, cell: (r) => stateCell(r.status) },
+    { label: "job", value: (r) => r.job_id, cell: (r) => r.job_id ? link(`/jobs/${encodeURIComponent(r.job_id)}`, r.job_id) : "" },
+    ...(deletedView ? [{ label: "deleted", value: (r) => r.deleted_at || "", cell: (r) => r.deleted_at
+      ? el("span", {}, when(r.deleted_at), r.deleted_with_experiment ? " (with its experiment)" : " ",
+        r.deleted_with_experiment ? "" : restoreButton(r.run_id, `/runs/${encodeURIComponent(r.run_id)}/restore`, session.can_restore_runs))
+      : "" }] : []),
     ...paramKeys.map((k) => ({ label: k, value: (r) => { const v = r.params[k]; const n = Number(v); return v === undefined ? undefined : isNaN(n) ? v : n; }, cell: (r) => r.params[k] ?? "" })),
     ...metricKeys.map((k) => ({ label: k, value: (r) => lastOf(r, k), num: true })),
   ];
@@ -401,6 +440,109 @@ async function runsPage(app) {
   });
   app.append(table, el("div", { class: "filters" }, compareButton, el("label", {}, " metric ", compareKey)), compareBox);
   if (moreRuns) app.append(moreNote(RUNS_SHOWN, "tessera runs ls"));
+  rendered();
+}
+
+const EXPERIMENTS_SHOWN = 500;
+
+// The deleted experiments (`name` alone when given), each with its restore action, which also
+// restores the runs deleted with it.
+async function deletedExperiments(app, name, restore) {
+  const { items, more } = await listed("/experiments", "experiments", [["view", "deleted"], ["name_prefix", name]], EXPERIMENTS_SHOWN);
+  const shown = name ? items.filter((x) => x.name === name) : items;
+  app.append(el("h2", { text: "Deleted experiments" }));
+  const table = shown.length
+    ? plainTable(["experiment", "description", "deleted", ""], shown.map((x) => [x.name, x.description, when(x.deleted_at), restore(x)]))
+    : el("p", { class: "muted", text: "No deleted experiments." });
+  table.id = "deleted-experiments";
+  app.append(table);
+  if (more && !name) app.append(moreNote(EXPERIMENTS_SHOWN, "tessera experiments ls --view deleted"));
+  app.append(el("h2", { text: "Runs" }));
+}
+
+const ARTIFACTS_SHOWN = 1000;
+
+function artifactUrl(runId, path, preview) {
+  return `${API}/runs/${encodeURIComponent(runId)}/artifact?path=${encodeURIComponent(path)}${preview ? "&preview=1" : ""}`;
+}
+
+// An artifact shown in the page: text as text, PNG and SVG as an image (an SVG in <img> runs no
+// script, and the server sandboxes it besides).
+async function showPreview(box, runId, artifact) {
+  clear(box).append(el("h3", { class: "mono", text: artifact.path }));
+  const url = artifactUrl(runId, artifact.path, true);
+  if (artifact.content_type.startsWith("image/")) {
+    box.append(el("img", { class: "artifact-image", src: url, alt: artifact.path }));
+    return;
+  }
+  const response = await fetch(url, { credentials: "same-origin" });
+  if (!response.ok) throw new Error((await response.json().catch(() => ({}))).error || `HTTP ${response.status}`);
+  box.append(el("pre", { class: "artifact-text", text: await response.text() }));
+}
+
+// A run's artifacts as directories: `dir` ("" for the top) lists its subdirectories (files and
+// bytes under each) and its files, each with a download link and, when small text, PNG or SVG,
+// a preview.
+async function artifactBrowser(holder, runId, dir) {
+  const query = dir ? [["path", dir]] : [];
+  const { items, more } = await listed(`/runs/${encodeURIComponent(runId)}/artifacts`, "artifacts", query, ARTIFACTS_SHOWN);
+  const prefix = dir ? `${dir}/` : "";
+  const dirs = new Map();
+  const files = [];
+  for (const a of items) {
+    if (!a.path.startsWith(prefix)) continue;
+    const rest = a.path.slice(prefix.length);
+    const slash = rest.indexOf("/");
+    if (slash < 0) { files.push(a); continue; }
+    const d = dirs.get(rest.slice(0, slash)) || { files: 0, bytes: 0 };
+    d.files += 1;
+    d.bytes += a.size_bytes;
+    dirs.set(rest.slice(0, slash), d);
+  }
+  const open = (target) => artifactBrowser(holder, runId, target).catch((error) => problem(holder, error));
+  const crumbs = el("p", { class: "crumbs", id: "artifact-path" }, el("a", { href: "#", text: "artifacts", onclick: (e) => { e.preventDefault(); open(""); } }));
+  const parts = dir ? dir.split("/") : [];
+  parts.forEach((part, i) => crumbs.append(" / ", el("a", { href: "#", text: part, onclick: (e) => { e.preventDefault(); open(parts.slice(0, i + 1).join("/")); } })));
+  const preview = el("div", { class: "artifact-preview", id: "artifact-preview" });
+  const rows = [
+    ...Array.from(dirs.entries()).map(([name, d]) => [
+      el("a", { href: "#", class: "artifact-dir", text: `${name}/`, onclick: (e) => { e.preventDefault(); open(prefix + name); } }),
+      `${bytes(d.bytes)} in ${d.files} file${d.files === 1 ? "" : "s"}`, "", "", ""]),
+    ...files.map((a) => [
+      el("span", { class: "mono", text: a.path.slice(prefix.length) }), bytes(a.size_bytes),
+      el("span", { class: "mono", title: a.sha256, text: a.sha256.slice(0, 12) }), when(a.created_at),
+      el("span", {}, el("a", { href: artifactUrl(runId, a.path, false), download: a.path.slice(prefix.length), text: "download" }),
+        a.preview ? [" · ", el("a", { href: "#", class: "preview", text: "preview", onclick: (e) => {
+          e.preventDefault();
+          showPreview(preview, runId, a).catch((error) => problem(preview, error));
+        } })] : []),
+    ]),
+  ];
+  const table = rows.length ? plainTable(["path", "size", "sha256", "created", ""], rows) : el("p", { class: "muted", text: "No artifacts: store one with `tessera runs artifacts put`." });
+  table.id = "artifacts-table";
+  clear(holder).append(crumbs, table);
+  if (more) holder.append(moreNote(ARTIFACTS_SHOWN, `tessera runs artifacts ls ${runId}`));
+  holder.append(preview);
+}
+
+async function runPage(app, runId) {
+  const run = await api(`/runs/${encodeURIComponent(runId)}`);
+  app.append(el("h1", {}, "Run ", el("span", { class: "mono", text: run.run_id })));
+  app.append(el("div", { class: "cards" }, card("status", run.status), card("experiment", run.experiment),
+    card("started", when(run.start_time)), card("ended", when(run.end_time) || "-")));
+  app.append(el("p", { class: "muted" }, run.name ? `${run.name} · ` : "",
+    run.job_id ? ["job ", link(`/jobs/${encodeURIComponent(run.job_id)}`, run.job_id), " · "] : [],
+    link(`/runs?experiment=${encodeURIComponent(run.experiment)}`, `runs of ${run.experiment}`)));
+  if (run.deleted_at) {
+    app.append(el("p", { class: "problem", id: "run-deleted", text: `Deleted ${when(run.deleted_at)}${run.deleted_with_experiment ? " with its experiment" : ""}: the runs page's deleted view restores it.` }));
+  }
+  app.append(el("h2", { text: "Params" }), plainTable(["param", "value"], Object.entries(run.params).map(([k, v]) => [k, v])));
+  app.append(el("h2", { text: "Metrics" }), plainTable(["metric", "last", "min", "max", "steps"],
+    run.metrics.map((m) => [m.key, number(m.last), number(m.min), number(m.max), number(m.count)])));
+  app.append(el("h2", { text: "Artifacts" }));
+  const holder = el("div", { id: "artifacts" });
+  app.append(holder);
+  await artifactBrowser(holder, run.run_id, "");
   rendered();
 }
 
@@ -665,6 +807,7 @@ const ROUTES = [
   [/^\/jobs\/?$/, "jobs", jobsPage],
   [/^\/jobs\/([^/]+)$/, "jobs", jobPage],
   [/^\/runs\/?$/, "runs", runsPage],
+  [/^\/runs\/([^/]+)$/, "runs", runPage],
   [/^\/sweeps\/?$/, "sweeps", sweepsPage],
   [/^\/sweeps\/([^/]+)$/, "sweeps", sweepPage],
   [/^\/models\/?$/, "models", modelsPage],
