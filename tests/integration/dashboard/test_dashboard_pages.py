@@ -270,7 +270,9 @@ def test_run_page_browses_previews_artifacts_and_the_deleted_view_restores(dash,
     assert page.evaluate("window.__pwned") is None  # opened on its own, the sandbox holds too
 
     client.training.delete_run(run.run_id)
-    open_page(page, dash, "/runs?experiment=dash-art&view=deleted")
+    open_page(page, dash, f"/runs/{run.run_id}")
+    page.click("#run-deleted a")  # to the experiment's deleted runs
+    page.wait_for_selector("#runs-table")
     assert page.locator("#runs-table tbody tr").count() == 1
     page.click(f"button[aria-label='restore {run.run_id}']")
     page.wait_for_selector("text=No runs match.")

@@ -311,7 +311,7 @@ async function jobPage(app, jobId) {
       card("epoch", number(job.epoch)), card("step", `${number(job.step)} / ${number(job.total_steps)}`),
       card("ETA", duration(job.eta_s) || "-"), card("devices", job.devices.join(", ") || "-"),
     );
-    clear(facts).append(el("span", {}, `experiment ${job.experiment} · run `, link(`/runs?experiment=${encodeURIComponent(job.experiment)}`, job.run_id),
+    clear(facts).append(el("span", {}, `experiment ${job.experiment} · run `, link(`/runs/${encodeURIComponent(job.run_id)}`, job.run_id),
       ` · created ${when(job.created_at)} by ${job.created_by}`,
       job.registered ? [" · registered as ", link(`/models/${encodeURIComponent(job.registered.model)}`, `${job.registered.model} v${job.registered.version}`)] : [],
       job.error ? [" · ", el("span", { class: "problem", text: `${job.error.kind}: ${job.error.message}` })] : []));
@@ -534,7 +534,8 @@ async function runPage(app, runId) {
     run.job_id ? ["job ", link(`/jobs/${encodeURIComponent(run.job_id)}`, run.job_id), " · "] : [],
     link(`/runs?experiment=${encodeURIComponent(run.experiment)}`, `runs of ${run.experiment}`)));
   if (run.deleted_at) {
-    app.append(el("p", { class: "problem", id: "run-deleted", text: `Deleted ${when(run.deleted_at)}${run.deleted_with_experiment ? " with its experiment" : ""}: the runs page's deleted view restores it.` }));
+    app.append(el("p", { class: "problem", id: "run-deleted" }, `Deleted ${when(run.deleted_at)}${run.deleted_with_experiment ? " with its experiment" : ""}: `,
+      link(`/runs?experiment=${encodeURIComponent(run.experiment)}&view=deleted`, "the deleted runs of its experiment"), " offer a restore."));
   }
   app.append(el("h2", { text: "Params" }), plainTable(["param", "value"], Object.entries(run.params).map(([k, v]) => [k, v])));
   app.append(el("h2", { text: "Metrics" }), plainTable(["metric", "last", "min", "max", "steps"],
