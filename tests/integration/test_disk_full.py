@@ -26,6 +26,8 @@ from tessera.v1 import (
     job_spec_pb2,
     registry_pb2,
     registry_pb2_grpc,
+    system_pb2,
+    system_pb2_grpc,
     training_pb2,
     training_pb2_grpc,
 )
@@ -162,6 +164,24 @@ def test_a_run_artifact_upload_onto_a_full_disk_is_resource_exhausted_and_leaves
 
     filler.unlink()
     assert training.UploadRunArtifact(iter(requests), timeout=60).size_bytes == len(data)
+
+
+def test_a_backup_whose_store_copy_does_not_fit_is_resource_exhausted_and_leaves_nothing(daemon, disk):
+    training = training_pb2_grpc.TrainingStub(daemon.channel())
+    run_id = training.CreateRun(training_pb2.CreateRunRequest(experiment="full")).run_id
+    points = [training_pb2.MetricPoint(key="loss", value=float(step), step=step) for step in range(500)]
+    training.LogMetrics(training_pb2.LogMetricsRequest(run_id=run_id, points=points))
+    system = system_pb2_grpc.SystemStub(daemon.channel())
+    filler = fill_up(disk)
+
+    error = rpc_error(lambda: list(system.Backup(system_pb2.BackupRequest(), timeout=60)))
+
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+    assert FULL in error.details() and "the backup's copy of the store" in error.details(), error.details()
+    assert stored_blobs(disk / "data") == []
+
+    filler.unlink()
+    assert b"".join(chunk.data for chunk in system.Backup(system_pb2.BackupRequest(), timeout=60))
 
 
 def test_a_model_upload_onto_a_full_disk_is_resource_exhausted_and_leaves_nothing(daemon, disk):

@@ -30,6 +30,7 @@ from tessera.backup import BLOB_PREFIX, MANIFEST_NAME, STORE_NAME, Entry, Manife
 from tesserad.datasets.references import BLOB_HOLDERS, drop_claimed_blobs
 from tesserad.errors import DataLoss, NotFound, TesseraError, Unavailable
 from tesserad.store import BlobStore, ReadTxn, Store
+from tesserad.store.space import space_checked
 
 _BLOCK = tarfile.BLOCKSIZE
 
@@ -97,7 +98,8 @@ class Backup:
             fd, name = tempfile.mkstemp(dir=self._blobs.tmp_dir, prefix="backup-")
             self._copy = os.fdopen(fd, "w+b")
             self._copy_path = Path(name)
-            records, held = self._store.copy_snapshot(fd, self._pin)
+            with space_checked(self._blobs.root_dir, "the backup's copy of the store"):
+                records, held = self._store.copy_snapshot(fd, self._pin)
             manifest = Manifest(
                 tesserad_version=self._version,
                 created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

@@ -17,6 +17,7 @@ map were full, so a job whose checkpoint no longer fits can still be stored as F
 from __future__ import annotations
 
 import contextlib
+import errno
 import mmap
 import os
 import threading
@@ -317,6 +318,9 @@ class Store:
                 raise
         try:
             self._env.copyfd(fd, compact=True, txn=txn)
+        except lmdb.DiskError as exc:
+            # With its errno, so that the caller can say which disk is full.
+            raise OSError(errno.ENOSPC, f"cannot copy the store: {exc}") from None
         except lmdb.Error as exc:
             raise OSError(f"cannot copy the store: {exc}") from None
         finally:
