@@ -254,3 +254,31 @@ def test_the_aio_client_stores_and_fetches(artifacts_daemon: InProcessDaemon, tm
     assert stored.path == "confusion.csv" and paths == ["confusion.csv"]
     assert header.sha256 == stored.sha256
     assert (tmp_path / "copy.csv").read_bytes() == source.read_bytes()
+
+
+def test_a_download_goes_through_a_new_temp_file_of_its_own(
+    artifacts_daemon: InProcessDaemon, tmp_path: Path
+) -> None:
+    # A name at the filesystem's 255-byte limit, and a link at the old fixed temp name: the
+    # temp file is a new, short-named one, so the first downloads and the link's target is
+    # never written through.
+    source = tmp_path / ("n" * 251 + ".md")
+    source.write_bytes(b"notes")
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"untouched")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "plot.png.partial").symlink_to(victim)
+    (tmp_path / "plot.png").write_bytes(b"png bytes")
+    with tessera.Client(artifacts_daemon.target) as client:
+        run = client.training.create_run("temp-files")
+        client.training.log_artifact(run.run_id, source, "docs")
+        client.training.log_artifact(run.run_id, tmp_path / "plot.png")
+
+        local = client.training.download_artifacts(run.run_id, "docs", out)
+        client.training.download_artifact(run.run_id, "plot.png", out)
+
+    assert (local / source.name).read_bytes() == b"notes"
+    assert (out / "plot.png").read_bytes() == b"png bytes"
+    assert victim.read_bytes() == b"untouched"
+    assert sorted(p.name for p in out.iterdir()) == ["docs", "plot.png", "plot.png.partial"]

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tessera.errors import DataLoss
+from tessera.transfer import new_partial
 
 FORMAT = "tessera-backup"
 FORMAT_VERSION = 1
@@ -191,13 +192,13 @@ def _copy_checked(tar: tarfile.TarFile, member: tarfile.TarInfo, entry: Entry, t
 
 
 class BackupSink:
-    """Writes a streamed backup to `path` through `path.partial`, which becomes `path` only
-    once the whole archive is read back and checks out (`finish`); `abort` removes it."""
+    """Writes a streamed backup to `path` through a new temp file beside it, which becomes
+    `path` only once the whole archive is read back and checks out (`finish`); `abort`
+    removes it."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._partial = path.with_name(path.name + ".partial")
-        self._file = self._partial.open("wb")
+        self._partial, self._file = new_partial(path)
         self.size = 0
 
     def write(self, chunk: bytes) -> None:

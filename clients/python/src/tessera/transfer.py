@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Generic, Protocol, TypeVar
+from typing import BinaryIO, Generic, Protocol, TypeVar
 
 from tessera.errors import DataLoss
 
@@ -35,6 +37,15 @@ def file_chunks(path: Path, total: int, chunk_size: int, progress: Progress | No
             yield chunk
             if progress is not None:
                 progress(done, total)
+
+
+def new_partial(path: Path) -> tuple[Path, BinaryIO]:
+    """A new temp file beside `path`, to become it once whole: its own name, so that a name at
+    the filesystem's length limit still has room, a concurrent write to `path` keeps its own,
+    and a link planted at the name is refused (O_EXCL) rather than written through."""
+    partial = path.with_name(f".{path.name[:32]}.{secrets.token_hex(4)}.partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    return partial, os.fdopen(fd, "wb")
 
 
 def bytes_chunks(data: bytes, chunk_size: int, progress: Progress | None) -> Iterator[bytes]:
@@ -67,8 +78,7 @@ class DownloadSink(Generic[H]):
     def __init__(self, path: Path, header: H, progress: Progress | None) -> None:
         self.path = path
         self._header = header
-        self._partial = path.with_name(path.name + ".partial")
-        self._file = self._partial.open("wb")
+        self._partial, self._file = new_partial(path)
         self._digest = hashlib.sha256()
         self._size = 0
         self._progress = progress
