@@ -132,6 +132,27 @@ def _flip_first_blob_byte(name: str, data: bytes) -> bytes:
     return bytes([data[0] ^ 1]) + data[1:] if name.startswith(BLOB_PREFIX) else data
 
 
+def _manifest_changed(change):
+    """A `_rewritten` change that edits the manifest's document with change(document)."""
+
+    def changed(name: str, data: bytes) -> bytes:
+        return json.dumps(change(json.loads(data))).encode() if name == MANIFEST_NAME else data
+
+    return changed
+
+
+def _relinked(archive: Path, target: Path) -> Path:
+    """A copy of `archive` whose last blob is a hard link to the store copy, under its name."""
+    with tarfile.open(archive) as source, tarfile.open(target, "w") as out:
+        members = source.getmembers()
+        for member in members[:-1]:
+            out.addfile(member, source.extractfile(member))
+        link = tarfile.TarInfo(members[-1].name)
+        link.type, link.linkname = tarfile.LNKTYPE, STORE_NAME
+        out.addfile(link)
+    return target
+
+
 def _next_format(name: str, data: bytes) -> bytes:
     if name != MANIFEST_NAME:
         return data
@@ -146,6 +167,10 @@ def _next_format(name: str, data: bytes) -> bytes:
         ("tampered blob", "was altered or damaged"),
         ("format version 2", "format version 2"),
         ("not tar", "not a whole tar file"),
+        ("blob as a link", "is a link or special file, not a file"),
+        ("table the store lacks", "counts records in table 'extra', which its store copy does not have"),
+        ("counts as strings", "is malformed"),
+        ("size as a boolean", "is malformed"),
     ],
 )
 def test_a_damaged_archive_is_refused_and_nothing_is_written(
@@ -163,6 +188,17 @@ def test_a_damaged_archive_is_refused_and_nothing_is_written(
         _rewritten(archive, bad, _flip_first_blob_byte)
     elif damage == "format version 2":
         _rewritten(archive, bad, _next_format)
+    elif damage == "blob as a link":
+        _relinked(archive, bad)
+    elif damage == "table the store lacks":
+        _rewritten(archive, bad, _manifest_changed(lambda d: {**d, "records": {**d["records"], "extra": 0}}))
+    elif damage == "counts as strings":
+        records = _manifest_changed(lambda d: {**d, "records": {k: str(v) for k, v in d["records"].items()}})
+        _rewritten(archive, bad, records)
+    elif damage == "size as a boolean":
+        _rewritten(
+            archive, bad, _manifest_changed(lambda d: {**d, "blobs": [{**d["blobs"][0], "size": True}]})
+        )
     else:
         bad.write_bytes(b"not a tar file at all" * 100)
     target = tmp_path / "target"

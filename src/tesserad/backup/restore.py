@@ -121,7 +121,13 @@ def _check_store(store_dir: Path, manifest: Manifest) -> None:
     try:
         with env.begin() as txn:
             for table, expected in manifest.records.items():
-                count = int(txn.stat(env.open_db(table.encode(), txn=txn, create=False))["entries"])
+                try:
+                    db = env.open_db(table.encode(), txn=txn, create=False)
+                except lmdb.NotFoundError:
+                    raise ArchiveError(
+                        f"its manifest counts records in table {table!r}, which its store copy does not have"
+                    ) from None
+                count = int(txn.stat(db)["entries"])
                 if count != expected:
                     raise ArchiveError(
                         f"its store copy holds {count} records in {table}, and its manifest says {expected}"

@@ -86,7 +86,7 @@ class Manifest:
             return cls(
                 tesserad_version=str(document["tesserad_version"]),
                 created_at=str(document["created_at"]),
-                records={str(k): int(v) for k, v in document["records"].items()},
+                records={str(k): _size(v) for k, v in document["records"].items()},
                 store=Entry(_sha256(store["sha256"]), _size(store["size"])),
                 blobs={_sha256(b["sha256"]): _size(b["size"]) for b in document["blobs"]},
             )
@@ -103,8 +103,9 @@ def _sha256(value: Any) -> str:
 
 
 def _size(value: Any) -> int:
-    if not isinstance(value, int) or value < 0:
-        raise ValueError(f"not a size: {value!r}")
+    """A count or a size: an int >= 0 (JSON's true is not one)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"not a count or size: {value!r}")
     return value
 
 
@@ -145,8 +146,12 @@ def _read_members(tar: tarfile.TarFile, place: Place | None) -> Manifest:
     # tar.next(), not iteration, which starts again from the first member.
     while (member := tar.next()) is not None:
         entry = expected.get(member.name)
-        if entry is None or not member.isfile():
+        if entry is None:
             raise ArchiveError(f"it holds {member.name!r}, which its manifest does not name")
+        if not member.isfile():
+            raise ArchiveError(
+                f"its member {member.name!r} is a link or special file, not a file; it was altered"
+            )
         if member.name in seen:
             raise ArchiveError(f"it holds {member.name!r} twice")
         seen.add(member.name)
