@@ -78,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
             "command line."
         ),
     )
-    restore.add_argument("archive", type=Path, metavar="FILE", help="the backup archive")
+    restore.add_argument(
+        "archive", type=Path, metavar="FILE", help="the backup archive (or it compressed: gzip, bzip2, xz)"
+    )
     restore.add_argument(
         "--data-dir", type=Path, required=True, metavar="DIR", help="the data directory to create"
     )

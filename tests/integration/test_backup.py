@@ -209,6 +209,20 @@ def test_a_damaged_archive_is_refused_and_nothing_is_written(
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no target, no staging left
 
 
+@pytest.mark.parametrize("suffix", ["gz", "bz2", "xz"])
+def test_a_compressed_backup_restores(
+    source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str], suffix: str
+) -> None:
+    # Operators compress archives they keep; `tar` reads them as they are, so restore does too.
+    compressed = tmp_path / f"backup.tar.{suffix}"
+    with tarfile.open(source.archive) as plain, tarfile.open(compressed, f"w:{suffix}") as out:
+        for member in plain.getmembers():
+            out.addfile(member, plain.extractfile(member))
+    code, err = _restore(compressed, tmp_path / "restored", capsys)
+    assert (code, err) == (0, "")
+    assert sorted(p.name for p in (tmp_path / "restored").iterdir()) == ["blobs", "store"]
+
+
 def test_restore_refuses_a_data_dir_that_is_not_empty_or_in_use_and_takes_an_empty_one(
     source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -127,7 +127,8 @@ def read_archive(path: Path, place: Place | None = None) -> Manifest:
     bytes to what `place` gives; ArchiveError at the first fault. The files `place` gave are
     closed, whole or not: the caller removes them when this raises."""
     try:
-        with tarfile.open(path, mode="r|") as tar:
+        # "r|*": a backup compressed since (gzip, bzip2, xz) reads as it is, as tar reads it.
+        with tarfile.open(path, mode="r|*") as tar:
             return _read_members(tar, place)
     except tarfile.TarError as exc:
         raise ArchiveError(f"it is not a whole tar file ({exc}); it is truncated or damaged") from None
