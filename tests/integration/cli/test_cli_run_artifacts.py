@@ -45,3 +45,14 @@ def test_put_ls_and_get_files_and_directories(tessera_cli, client, tmp_path, mon
     assert escaping.code == EXIT_DAEMON and "INVALID_ARGUMENT" in escaping.err and "'..'" in escaping.err
     unreadable = tessera_cli("runs", "artifacts", "put", run, "absent.txt")
     assert unreadable.code == EXIT_FAILED and "absent.txt" in unreadable.err
+
+
+def test_get_everything_of_a_run_without_artifacts_says_so(tessera_cli, client, tmp_path):
+    run = client.training.create_run("cli-artifacts").run_id
+
+    got = tessera_cli("runs", "artifacts", "get", run, "", "-o", str(tmp_path / "out"))
+    assert got.code == 0, got.err
+    assert f"run {run} has no artifacts, so nothing was written" in got.out
+    as_json = tessera_cli("--json", "runs", "artifacts", "get", run, "")
+    assert as_json.code == 0 and as_json.json() == {"path": ".", "artifacts": []}
+    assert not (tmp_path / "out").exists()

@@ -930,6 +930,14 @@ def cmd_runs_artifacts_put(client: Client, args: argparse.Namespace, out: Output
 
 def cmd_runs_artifacts_get(client: Client, args: argparse.Namespace, out: Output) -> None:
     listed = list(client.training.list_artifacts(args.run_id, args.path))
+    if not listed and not args.path.strip("/"):
+        # Every artifact asked for, and there are none: not a path to refuse.
+        if out.as_json:
+            return out.json({"path": str(Path(args.output or ".")), "artifacts": []})
+        return out.line(
+            f"run {args.run_id} has no artifacts, so nothing was written; store one with: "
+            f"tessera runs artifacts put {args.run_id} FILE"
+        )
     if not listed or any(a.path == args.path for a in listed):
         # One file (or nothing there: the daemon's NOT_FOUND says so).
         path = artifact_target(args.path, args.output)
