@@ -223,6 +223,16 @@ def test_a_compressed_backup_restores(
     assert sorted(p.name for p in (tmp_path / "restored").iterdir()) == ["blobs", "store"]
 
 
+def test_a_backup_to_a_missing_directory_names_it(
+    source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "nodir" / "b.tar"
+    code = tessera_main(["--target", source.daemon.target, "admin", "backup", "-o", str(target)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"no directory {target.parent} to write it in" in err and ".partial" not in err, err
+
+
 def test_restore_refuses_a_data_dir_that_is_not_empty_or_in_use_and_takes_an_empty_one(
     source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

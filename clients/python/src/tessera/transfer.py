@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import secrets
@@ -44,7 +45,13 @@ def new_partial(path: Path) -> tuple[Path, BinaryIO]:
     the filesystem's length limit still has room, a concurrent write to `path` keeps its own,
     and a link planted at the name is refused (O_EXCL) rather than written through."""
     partial = path.with_name(f".{path.name[:32]}.{secrets.token_hex(4)}.partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileNotFoundError:
+        # Named for the file asked for, not the temp file the user never named.
+        raise FileNotFoundError(
+            errno.ENOENT, f"no directory {path.parent} to write it in; create it first", str(path)
+        ) from None
     return partial, os.fdopen(fd, "wb")
 
 
