@@ -35,6 +35,8 @@ TABLE = "run_artifacts"
 TABLES = [TABLE]
 # With the run id, a path of this many UTF-8 bytes keeps the record's key within LMDB's 511.
 MAX_PATH_BYTES = 400
+# A segment becomes a file or directory name when downloaded: NAME_MAX on Linux, macOS, ext4, APFS.
+MAX_SEGMENT_BYTES = 255
 _KIND = "run_artifact"
 _SCHEMA = 1
 _EXAMPLE = '"plots/loss.png"'
@@ -68,6 +70,12 @@ def _path_problem(path: str) -> str | None:
         return "has a '..' segment; artifact paths stay inside the run"
     if "." in segments:
         return "has a '.' segment; leave it out"
+    longest = max(segments, key=lambda segment: len(segment.encode()))
+    if len(longest.encode()) > MAX_SEGMENT_BYTES:
+        return (
+            f"has a segment of {len(longest.encode())} bytes in UTF-8, over the {MAX_SEGMENT_BYTES} a "
+            "file name may have, so it could not be downloaded"
+        )
     return None
 
 

@@ -147,6 +147,7 @@ def test_listing_by_directory_and_pages(stub: training_pb2_grpc.TrainingStub, ru
         ("a\x00b", "NUL or a newline"),
         ("a\nb", "NUL or a newline"),
         ("x" * 401, "over the 400 allowed"),
+        ("plots/" + "é" * 128 + ".png", "a segment of 260 bytes"),
     ],
 )
 def test_bad_paths_are_refused(

@@ -365,10 +365,11 @@ class TrainingServicer:
         and matches the header's size and sha256 when given (DATA_LOSS otherwise), so an upload cut
         short stores nothing. Uploading to a path again replaces the artifact there. INVALID_ARGUMENT
         for a path that is empty, absolute, over 400 bytes (UTF-8), or has an empty, "." or ".."
-        segment, a backslash, NUL or newline; NOT_FOUND for an unknown run; FAILED_PRECONDITION
-        for a deleted run, or for a path under another artifact ("a.txt/b") or with artifacts
-        under it (the artifacts make one directory tree); RESOURCE_EXHAUSTED over
-        limits.max_run_artifact_size or on a full disk. Ended runs take artifacts, as MLflow's do.
+        segment, a segment over 255 bytes (a file name's limit), a backslash, NUL or newline;
+        NOT_FOUND for an unknown run; FAILED_PRECONDITION for a deleted run, or for a path under
+        another artifact ("a.txt/b") or with artifacts under it (the artifacts make one directory
+        tree); RESOURCE_EXHAUSTED over limits.max_run_artifact_size or on a full disk. Ended runs
+        take artifacts, as MLflow's do.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -101,10 +101,11 @@ class TrainingStub:
     and matches the header's size and sha256 when given (DATA_LOSS otherwise), so an upload cut
     short stores nothing. Uploading to a path again replaces the artifact there. INVALID_ARGUMENT
     for a path that is empty, absolute, over 400 bytes (UTF-8), or has an empty, "." or ".."
-    segment, a backslash, NUL or newline; NOT_FOUND for an unknown run; FAILED_PRECONDITION
-    for a deleted run, or for a path under another artifact ("a.txt/b") or with artifacts
-    under it (the artifacts make one directory tree); RESOURCE_EXHAUSTED over
-    limits.max_run_artifact_size or on a full disk. Ended runs take artifacts, as MLflow's do.
+    segment, a segment over 255 bytes (a file name's limit), a backslash, NUL or newline;
+    NOT_FOUND for an unknown run; FAILED_PRECONDITION for a deleted run, or for a path under
+    another artifact ("a.txt/b") or with artifacts under it (the artifacts make one directory
+    tree); RESOURCE_EXHAUSTED over limits.max_run_artifact_size or on a full disk. Ended runs
+    take artifacts, as MLflow's do.
     """
     ListRunArtifacts: _grpc.UnaryUnaryMultiCallable[_training_pb2.ListRunArtifactsRequest, _training_pb2.ListRunArtifactsResponse]
     """A run's artifacts in path order, those under a directory with path; deleted runs' too."""
@@ -189,10 +190,11 @@ class TrainingAsyncStub(TrainingStub):
     and matches the header's size and sha256 when given (DATA_LOSS otherwise), so an upload cut
     short stores nothing. Uploading to a path again replaces the artifact there. INVALID_ARGUMENT
     for a path that is empty, absolute, over 400 bytes (UTF-8), or has an empty, "." or ".."
-    segment, a backslash, NUL or newline; NOT_FOUND for an unknown run; FAILED_PRECONDITION
-    for a deleted run, or for a path under another artifact ("a.txt/b") or with artifacts
-    under it (the artifacts make one directory tree); RESOURCE_EXHAUSTED over
-    limits.max_run_artifact_size or on a full disk. Ended runs take artifacts, as MLflow's do.
+    segment, a segment over 255 bytes (a file name's limit), a backslash, NUL or newline;
+    NOT_FOUND for an unknown run; FAILED_PRECONDITION for a deleted run, or for a path under
+    another artifact ("a.txt/b") or with artifacts under it (the artifacts make one directory
+    tree); RESOURCE_EXHAUSTED over limits.max_run_artifact_size or on a full disk. Ended runs
+    take artifacts, as MLflow's do.
     """
     ListRunArtifacts: _aio.UnaryUnaryMultiCallable[_training_pb2.ListRunArtifactsRequest, _training_pb2.ListRunArtifactsResponse]  # type: ignore[assignment]
     """A run's artifacts in path order, those under a directory with path; deleted runs' too."""
@@ -418,10 +420,11 @@ class TrainingServicer(metaclass=_abc_1.ABCMeta):
         and matches the header's size and sha256 when given (DATA_LOSS otherwise), so an upload cut
         short stores nothing. Uploading to a path again replaces the artifact there. INVALID_ARGUMENT
         for a path that is empty, absolute, over 400 bytes (UTF-8), or has an empty, "." or ".."
-        segment, a backslash, NUL or newline; NOT_FOUND for an unknown run; FAILED_PRECONDITION
-        for a deleted run, or for a path under another artifact ("a.txt/b") or with artifacts
-        under it (the artifacts make one directory tree); RESOURCE_EXHAUSTED over
-        limits.max_run_artifact_size or on a full disk. Ended runs take artifacts, as MLflow's do.
+        segment, a segment over 255 bytes (a file name's limit), a backslash, NUL or newline;
+        NOT_FOUND for an unknown run; FAILED_PRECONDITION for a deleted run, or for a path under
+        another artifact ("a.txt/b") or with artifacts under it (the artifacts make one directory
+        tree); RESOURCE_EXHAUSTED over limits.max_run_artifact_size or on a full disk. Ended runs
+        take artifacts, as MLflow's do.
         """
 
     @_abc_1.abstractmethod
