@@ -56,3 +56,15 @@ def test_get_everything_of_a_run_without_artifacts_says_so(tessera_cli, client, 
     as_json = tessera_cli("--json", "runs", "artifacts", "get", run, "")
     assert as_json.code == 0 and as_json.json() == {"path": ".", "artifacts": []}
     assert not (tmp_path / "out").exists()
+
+
+def test_get_into_a_new_directory_named_with_a_trailing_slash(tessera_cli, client, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = client.training.create_run("cli-artifacts").run_id
+    (tmp_path / "notes.md").write_text("kept\n")
+    assert tessera_cli("runs", "artifacts", "put", run, "notes.md").code == 0
+
+    got = tessera_cli("--json", "runs", "artifacts", "get", run, "notes.md", "-o", "fresh/")
+    assert got.code == 0, got.err
+    assert got.json()["path"] == "fresh/notes.md"
+    assert (tmp_path / "fresh" / "notes.md").read_text() == "kept\n"

@@ -1587,7 +1587,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-o",
         "--output",
         help="file or directory to write to (default: the current directory; a directory keeps "
-        "the artifacts' paths under it)",
+        "the artifacts' paths under it; end it with / to have it made)",
     )
     sub = command(runs, "leaderboard", cmd_runs_leaderboard, "an experiment's runs ranked by a metric")
     sub.add_argument("experiment")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,9 +99,12 @@ def artifact_requests(
 
 
 def artifact_target(artifact_path: str, dst: str | Path | None) -> Path:
-    """Where download_artifact writes: `dst`, or in the directory `dst` (None: the current one)
-    under the artifact's own name."""
+    """Where download_artifact writes: `dst`, or in the directory `dst` (None: the current one;
+    a str ending in a separator: a directory, made if missing) under the artifact's own name."""
     target = Path(dst) if dst is not None else Path(".")
+    # Path drops a trailing "/", which is how a user says "a directory", existing or not.
+    if isinstance(dst, str) and dst.endswith(("/", os.sep)):
+        target.mkdir(parents=True, exist_ok=True)
     return target / Path(artifact_path).name if target.is_dir() else target
 
 
@@ -484,8 +488,9 @@ class Training(Part[C]):
         chunk_size: int = CHUNK_BYTES,
         timeout: float | None = None,
     ) -> Download[pb.RunArtifact]:
-        """Write one artifact to `dst` (a file, or a directory to put it in under its own name;
-        None: the current directory), verified against its sha256; returns its description."""
+        """Write one artifact to `dst` (a file, or a directory to put it in under its own name:
+        one that exists, or a str ending in "/"; None: the current directory), verified against
+        its sha256; returns its description."""
         return self._artifact_download(
             run_id, path, artifact_target(path, dst), progress, chunk_size, timeout
         )
