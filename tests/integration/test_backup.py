@@ -233,6 +233,17 @@ def test_a_backup_to_a_missing_directory_names_it(
     assert f"no directory {target.parent} to write it in" in err and ".partial" not in err, err
 
 
+@pytest.mark.parametrize("output", ["existing", "fresh/"])
+def test_a_backup_to_a_directory_is_a_usage_error(
+    source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str], output: str
+) -> None:
+    (tmp_path / "existing").mkdir()
+    target = f"{tmp_path}/{output}"
+    code = tessera_main(["--target", source.daemon.target, "admin", "backup", "-o", target])
+    assert code == 2 and "is a directory; name the file to write" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]
+
+
 def test_restore_refuses_a_data_dir_that_is_not_empty_or_in_use_and_takes_an_empty_one(
     source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -723,8 +723,9 @@ def cmd_datasets_download(client: Client, args: argparse.Namespace, out: Output)
 
 def cmd_admin_backup(client: Client, args: argparse.Namespace, out: Output) -> None:
     path = Path(args.output)
-    if path.is_dir():
-        raise UsageError(f"--output {path} is a directory; name the file to write")
+    # A trailing "/" names a directory too, one that does not exist yet (Path drops it).
+    if path.is_dir() or args.output.endswith(("/", os.sep)):
+        raise UsageError(f"--output {args.output} is a directory; name the file to write")
     manifest = client.system.backup(path)
     records = sum(manifest.records.values())
     if out.as_json:
