@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
+
+import tessera
 from tessera.cli import EXIT_DAEMON, EXIT_FAILED
 
 
@@ -68,3 +71,22 @@ def test_get_into_a_new_directory_named_with_a_trailing_slash(tessera_cli, clien
     assert got.code == 0, got.err
     assert got.json()["path"] == "fresh/notes.md"
     assert (tmp_path / "fresh" / "notes.md").read_text() == "kept\n"
+
+
+def test_a_directory_named_with_a_trailing_slash_and_nothing_under_it_is_not_found(
+    tessera_cli, client, tmp_path
+):
+    run = client.training.create_run("cli-artifacts").run_id
+    (tmp_path / "notes.md").write_text("kept\n")
+    assert (
+        tessera_cli("runs", "artifacts", "put", run, str(tmp_path / "notes.md"), "--path", "docs").code == 0
+    )
+
+    missing = tessera_cli("runs", "artifacts", "get", run, "plots/", "-o", str(tmp_path / "out"))
+    assert missing.code == EXIT_DAEMON and "NOT_FOUND" in missing.err and "'plots'" in missing.err, (
+        missing.err
+    )
+    with pytest.raises(tessera.NotFound):
+        client.training.download_artifacts(run, "plots/", tmp_path / "out")
+    got = tessera_cli("--json", "runs", "artifacts", "get", run, "docs/", "-o", str(tmp_path / "out"))
+    assert got.code == 0 and got.json()["path"] == str(tmp_path / "out" / "docs"), got.err

@@ -930,6 +930,8 @@ def cmd_runs_artifacts_put(client: Client, args: argparse.Namespace, out: Output
 
 
 def cmd_runs_artifacts_get(client: Client, args: argparse.Namespace, out: Output) -> None:
+    # "plots/" is the directory "plots" (see download_artifacts).
+    args.path = args.path.removesuffix("/")
     listed = list(client.training.list_artifacts(args.run_id, args.path))
     if not listed and not args.path.strip("/"):
         # Every artifact asked for, and there are none: not a path to refuse.

@@ -502,6 +502,9 @@ class Training(Part[C]):
         """As MLflow's download_artifacts: the artifact at `path`, or every one under the
         directory `path` ("" for all), written under `dst_path` at their own paths and each
         verified; returns the local path of `path`."""
+        # "plots/" names the directory "plots", as the listing takes it; the daemon refuses a
+        # trailing "/" in one artifact's path, so the NOT_FOUND for nothing there names "plots".
+        path = path.removesuffix("/")
         root = Path(dst_path)
 
         def download(artifact_path: str, local: Path) -> Download[pb.RunArtifact]:
@@ -515,7 +518,7 @@ class Training(Part[C]):
         )
         # Nothing at or under a path named: the daemon's NOT_FOUND for the path says so.
         missing = download(path, root / path) if path else None
-        return ArtifactTree(listing, download, missing, root, root / path.removesuffix("/"))
+        return ArtifactTree(listing, download, missing, root, root / path)
 
     def _artifact_download(
         self,
