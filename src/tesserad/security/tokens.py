@@ -45,6 +45,8 @@ _REQUIRED_KEYS = {"name", "role", "sha256"}
 _OPTIONAL_KEYS = {"created", "expires"}
 _LIFETIME_RE = re.compile(r"^([0-9]+)([smhd])$")
 _LIFETIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# Longer lifetimes run past what a date can hold (year 9999) or a timedelta can (999999999 days).
+MAX_LIFETIME_DAYS = 36500
 
 
 class TokensFileError(Exception):
@@ -84,13 +86,20 @@ def format_time(moment: datetime.date) -> str:
 
 
 def parse_lifetime(text: str) -> datetime.timedelta:
-    """A token's lifetime such as 90s, 15m, 12h or 30d; ValueError for anything else or 0."""
+    """A token's lifetime such as 90s, 15m, 12h or 30d; ValueError for anything else, 0, or over
+    MAX_LIFETIME_DAYS."""
     match = _LIFETIME_RE.match(text.strip())
     if match is None or int(match[1]) == 0:
         raise ValueError(
             f"a lifetime must be a positive whole number with a unit s, m, h or d (such as 30d), not {text!r}"
         )
-    return datetime.timedelta(seconds=int(match[1]) * _LIFETIME_UNITS[match[2]])
+    seconds = int(match[1]) * _LIFETIME_UNITS[match[2]]
+    if seconds > MAX_LIFETIME_DAYS * 86400:
+        raise ValueError(
+            f"a lifetime must be at most {MAX_LIFETIME_DAYS}d (100 years), not {text!r}; leave "
+            "--expires-in out for a token that never expires"
+        )
+    return datetime.timedelta(seconds=seconds)
 
 
 def new_token() -> str:
@@ -209,7 +218,14 @@ class TokenTable:
             seen_names.add(name)
             seen_digests.add(digest)
             if expires is not None:
-                expires = expires.astimezone(datetime.UTC)
+                try:
+                    expires = expires.astimezone(datetime.UTC)
+                except OverflowError:
+                    problems.append(
+                        f"{where}: expires is out of range in UTC (before year 1 or after 9999); "
+                        "remove it for a token that never expires"
+                    )
+                    continue
             entries.append(TokenEntry(name, role, bytes.fromhex(digest), created, expires))
         if problems:
             raise TokensFileError(f"tokens file {source}:\n  " + "\n  ".join(problems))

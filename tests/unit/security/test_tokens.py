@@ -294,6 +294,19 @@ def test_tokens_add_refuses_a_lifetime_that_is_not_one_with_a_usage_error(tmp_pa
     assert not path.exists()
 
 
+@pytest.mark.parametrize("text", ["36501d", "3000000d", "99999999999999999999d", "876601h"])
+def test_tokens_add_refuses_a_lifetime_over_a_century_with_a_usage_error(tmp_path, capsys, text):
+    path = tmp_path / "tokens.toml"
+    argv = ["tokens", "add", "--file", str(path), "--name", "ci", "--role", "reader", "--expires-in", text]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and "at most 36500d" in err and "leave --expires-in out" in err
+    assert not path.exists()
+    assert parse_lifetime("36500d") == datetime.timedelta(days=36500)
+
+
 def test_tokens_add_writes_an_expiry_and_list_marks_expired_tokens(tmp_path, capsys):
     path = tmp_path / "tokens.toml"
     argv = ["tokens", "add", "--file", str(path), "--name", "ci", "--role", "reader", "--expires-in", "30d"]
@@ -351,6 +364,14 @@ def test_expires_must_be_a_date_time_with_its_offset(tmp_path, value):
     path = tmp_path / "tokens.toml"
     path.write_text(format_entry("a", Role.ADMIN, "a" * 64) + f"expires = {value}\n")
     with pytest.raises(TokensFileError, match="expires must be a TOML date-time with its offset"):
+        TokenTable.load(path)
+
+
+@pytest.mark.parametrize("value", ["9999-12-31T23:59:59-01:00", "0001-01-01T00:30:00+01:00"])
+def test_an_expiry_with_no_utc_moment_is_refused_saying_what_to_fix(tmp_path, value):
+    path = tmp_path / "tokens.toml"
+    path.write_text(format_entry("a", Role.ADMIN, "a" * 64) + f"expires = {value}\n")
+    with pytest.raises(TokensFileError, match="expires is out of range in UTC"):
         TokenTable.load(path)
 
 
