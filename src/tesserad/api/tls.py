@@ -134,7 +134,15 @@ def _read(files: _Files) -> grpc.ServerCertificateConfiguration:
     # the pair (and the CA bundle) first, so a bad file is refused before it serves.
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
-        context.load_cert_chain(files.cert, files.key)
+        # Without a password callback OpenSSL asks the terminal for an encrypted key's passphrase
+        # (blocking a daemon started in one), or fails with a bare OSError without one.
+        context.load_cert_chain(files.cert, files.key, password=_no_passphrase)
+    except _EncryptedKey:
+        raise CertificateError(
+            f"security.tls_key_file {files.key} is encrypted, and gRPC takes only an unencrypted "
+            f"key; write it out decrypted (`openssl pkey -in {files.key} -out NEW_KEY`), readable "
+            "by tesserad alone, and point security.tls_key_file at it"
+        ) from None
     except ssl.SSLError as exc:
         raise CertificateError(
             f"security.tls_cert_file {files.cert} and security.tls_key_file {files.key} are not a "
@@ -158,6 +166,14 @@ def _read(files: _Files) -> grpc.ServerCertificateConfiguration:
             "while it was read; it is read again at the next check or SIGHUP"
         )
     return grpc.ssl_server_certificate_configuration([(key_pem, cert_pem)], root_certificates=ca_pem)
+
+
+class _EncryptedKey(Exception):
+    """Raised by `_no_passphrase`: OpenSSL asked for the key's passphrase."""
+
+
+def _no_passphrase() -> bytes:
+    raise _EncryptedKey
 
 
 def _read_pem(setting: str, path: Path) -> bytes:

@@ -48,6 +48,21 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
 
 
+def encrypt_key(source: Path, target: Path) -> None:
+    """`source`'s private key encrypted with a passphrase, as some CAs hand keys out."""
+    _openssl(
+        "pkey",
+        "-in",
+        str(source),
+        "-out",
+        str(target),
+        "-aes256",
+        "-passout",
+        "pass:secret",
+        cwd=target.parent,
+    )
+
+
 def _make_ca(directory: Path, name: str) -> None:
     _openssl(
         "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",

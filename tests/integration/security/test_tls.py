@@ -8,7 +8,7 @@ import pytest
 from tesserad.security import Role
 from tesserad.server import StartupError
 from tests.conftest import InProcessDaemon, daemon_settings
-from tests.integration.security.conftest import Pki, bearer
+from tests.integration.security.conftest import Pki, bearer, encrypt_key
 
 PATH = "/tessera.v1.System/GetServerInfo"
 
@@ -126,3 +126,12 @@ def test_a_bad_tokens_file_stops_the_start(data_dir, tmp_path):
     (tmp_path / "tokens.toml").write_text('[[tokens]]\nname = "ci"\nrole = "root"\nsha256 = "00"\n')
     message = start_fails(data_dir, **{"security.tokens_file": str(tmp_path / "tokens.toml")})
     assert "unknown role 'root'" in message
+
+
+def test_an_encrypted_key_stops_the_start_saying_to_decrypt_it(data_dir, pki, tmp_path):
+    key = tmp_path / "encrypted.key"
+    encrypt_key(pki.server_key, key)
+    message = start_fails(
+        data_dir, **{"security.tls_cert_file": str(pki.server_cert), "security.tls_key_file": str(key)}
+    )
+    assert f"security.tls_key_file {key} is encrypted" in message and "openssl pkey" in message

@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.integration.security.conftest import Pki
+from tests.integration.security.conftest import Pki, encrypt_key
 from tests.integration.security.test_tls import secure_call
 
 
@@ -109,3 +109,35 @@ def test_the_periodic_check_applies_a_new_client_ca_without_a_signal(start_daemo
         assert time.monotonic() < deadline, "the new client CA was never applied"
         time.sleep(0.05)
     assert secure_call(port, pki.channel_credentials("client")) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_an_encrypted_key_is_refused_and_the_periodic_check_goes_on(start_daemon, pki, tmp_path, caplog):
+    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
+    install(pki.server_cert, cert)
+    install(pki.server_key, key)
+    daemon = start_daemon(
+        **{
+            "security.tls_cert_file": str(cert),
+            "security.tls_key_file": str(key),
+            "security.tokens_reload_interval_s": "0.05",
+        }
+    )
+    port = daemon.daemon.port
+    encrypted = tmp_path / "next-encrypted.key"
+    encrypt_key(pki.next_key, encrypted)
+    with caplog.at_level(logging.ERROR, logger="tesserad.api.tls"):
+        install(pki.next_cert, cert)
+        install(encrypted, key)
+        deadline = time.monotonic() + 30
+        while not any(r.getMessage().startswith("TLS files not applied") for r in caplog.records):
+            assert time.monotonic() < deadline, "the encrypted key was never reported"
+            time.sleep(0.05)
+    assert "is encrypted" in logged_error(caplog)
+    assert served_certificate(port, pki) == der(pki.server_cert)
+
+    # The check still runs: the plain key is applied when it lands.
+    install(pki.next_key, key)
+    deadline = time.monotonic() + 30
+    while served_certificate(port, pki) != der(pki.next_cert):
+        assert time.monotonic() < deadline, "the periodic check stopped after the encrypted key"
+        time.sleep(0.05)
