@@ -112,15 +112,12 @@ def check_primary_tls(settings: ReplicaSettings, timeout_s: float = 5.0) -> None
     when it fails. A primary that cannot be reached now passes: the follower keeps trying, as
     for a plaintext primary. Runs at start, so a wrong CA or name stops the replica at once
     instead of leaving it NOT_SERVING with the reason in its log only."""
-    address = _host_and_port(settings.primary)
-    if address is None:
-        log.info(
-            "the primary's certificate is checked at the first connection, not at start: its "
-            "target is not host:port",
-            extra={"primary": settings.primary},
+    if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
+        raise PrimaryCertificateError(
+            "replica.tls_cert_file and replica.tls_key_file go together: set both for mutual TLS "
+            "to the primary, or neither"
         )
-        return
-    host, port = address
+    # The files are checked whatever the target, so a bad one stops the start with its setting.
     try:
         context = ssl.create_default_context(
             cafile=None if settings.tls_ca_file is None else str(settings.tls_ca_file)
@@ -131,6 +128,15 @@ def check_primary_tls(settings: ReplicaSettings, timeout_s: float = 5.0) -> None
         raise PrimaryCertificateError(
             f"replica.tls_ca_file, replica.tls_cert_file or replica.tls_key_file cannot be used: {exc}"
         ) from None
+    address = _host_and_port(settings.primary)
+    if address is None:
+        log.info(
+            "the primary's certificate is checked at the first connection, not at start: its "
+            "target is not host:port",
+            extra={"primary": settings.primary},
+        )
+        return
+    host, port = address
     context.set_alpn_protocols(["h2"])
     name = settings.tls_server_name or host
     try:

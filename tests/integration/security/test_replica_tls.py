@@ -67,3 +67,28 @@ def test_a_replica_set_for_tls_does_not_start_against_a_plaintext_primary(start_
     primary = start_daemon()
     message = replica_start_error(tmp_path, **{"replica.primary": primary.target, "replica.tls": "true"})
     assert "check that it serves TLS" in message
+
+
+@pytest.mark.parametrize("given", ["replica.tls_cert_file", "replica.tls_key_file"])
+def test_a_client_certificate_without_its_key_stops_the_replica_naming_both(
+    tls_primary, pki, tmp_path, given
+):
+    path = pki.client_cert if given == "replica.tls_cert_file" else pki.client_key
+    message = replica_start_error(
+        tmp_path,
+        **{
+            "replica.primary": f"localhost:{tls_primary.daemon.port}",
+            "replica.tls_ca_file": str(pki.ca),
+            given: str(path),
+        },
+    )
+    assert "replica.tls_cert_file and replica.tls_key_file go together" in message
+
+
+def test_the_replicas_tls_files_are_checked_whatever_the_primarys_target(tmp_path):
+    # A target that is not host:port skips the start-up handshake, not the files' check.
+    missing = tmp_path / "missing-ca.pem"
+    message = replica_start_error(
+        tmp_path, **{"replica.primary": "dns:///primary.invalid", "replica.tls_ca_file": str(missing)}
+    )
+    assert "replica.tls_ca_file" in message and "cannot be used" in message
