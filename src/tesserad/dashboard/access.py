@@ -5,8 +5,8 @@ daemon off other networks unless the operator said --insecure). With one, every 
 API call needs a token whose role reaches `DASHBOARD_ROLE`, sent as `Authorization: Bearer
 <token>` or as the cookie the login form sets. The login form and the static assets (code,
 no data) stay open. A request in progress (an event stream above all) whose token a reload of
-the tokens file revokes is cancelled (`end_revoked`): its connection closes, and the page's
-reconnect meets the login form.
+the tokens file revokes, or whose token expires, is cancelled (`end_revoked`, an expiry timer):
+its connection closes, and the page's reconnect meets the login form.
 """
 
 from __future__ import annotations
@@ -96,6 +96,8 @@ class Access:
         self._secure_cookie = secure_cookie
         # Admitted requests in progress (each runs in its own task) -> their token's SHA-256.
         self._in_progress: dict[asyncio.Task[Any], bytes] = {}
+        # Those whose token expires -> the timer that ends them then (an event stream outlives it).
+        self._expiry_timers: dict[asyncio.Task[Any], asyncio.TimerHandle] = {}
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -109,10 +111,14 @@ class Access:
             task = asyncio.current_task()
             assert task is not None, "aiohttp runs each request in a task"
             self._in_progress[task] = digest
+            self._watch_expiry(task, self._tokens.table)
             try:
                 return await handler(request)
             finally:
                 self._in_progress.pop(task, None)
+                timer = self._expiry_timers.pop(task, None)
+                if timer is not None:
+                    timer.cancel()
         if request.path.startswith("/api/"):
             return web.json_response({"error": problem}, status=401, headers=CHALLENGE)
         return login_page(problem or "", status=401, then=request.path_qs)
@@ -127,7 +133,35 @@ class Access:
                 del self._in_progress[task]
                 task.cancel()
                 ended += 1
+            else:
+                # The reload may have moved the expiry.
+                self._watch_expiry(task, table)
         return ended
+
+    def _watch_expiry(self, task: asyncio.Task[Any], table: TokenTable) -> None:
+        """Arm the timer that cancels `task` when its token expires under `table` (none when it
+        never does), replacing the one it had."""
+        timer = self._expiry_timers.pop(task, None)
+        if timer is not None:
+            timer.cancel()
+        identity = table.identify_digest(self._in_progress[task])
+        if identity is None or identity.expires is None:
+            return
+        delay = max(0.0, (identity.expires - utc_now()).total_seconds())
+        self._expiry_timers[task] = asyncio.get_running_loop().call_later(delay, self._on_expiry, task)
+
+    def _on_expiry(self, task: asyncio.Task[Any]) -> None:
+        self._expiry_timers.pop(task, None)
+        if self._tokens is None or task not in self._in_progress:
+            return
+        identity = self._tokens.table.identify_digest(self._in_progress[task])
+        if identity is not None and not identity.expired(utc_now()):
+            # The loop's clock ran ahead of the wall clock.
+            self._watch_expiry(task, self._tokens.table)
+            return
+        log.info("token expired: its dashboard request ended")
+        del self._in_progress[task]
+        task.cancel()
 
     def _problem(self, request: web.Request) -> tuple[str | None, bytes | None, Role | None]:
         """(None, the token's SHA-256, its role) when the request carries a token good enough

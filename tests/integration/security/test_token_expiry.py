@@ -3,6 +3,7 @@ open streams at that moment, with no reload of the tokens file in between."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import http.client
 from pathlib import Path
@@ -82,3 +83,36 @@ def test_expired_tokens_are_refused_saying_when_and_end_their_streams_as_they_ex
     assert code == grpc.StatusCode.UNAUTHENTICATED and "expired at" in details
     assert isinstance(next(kept), system_pb2.SystemSample)
     kept.cancel()
+
+
+def test_a_dashboard_event_stream_ends_when_its_token_expires(start_daemon, tmp_path):
+    path = tmp_path / "tokens.toml"
+    soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=2)
+    clear = write(path, soon=soon, forever=None)
+    daemon = start_daemon(**{"security.tokens_file": str(path), "security.tokens_reload_interval_s": "0"})
+
+    def events(token: str) -> http.client.HTTPResponse:
+        connection = http.client.HTTPConnection("127.0.0.1", daemon.daemon.http_port, timeout=30)
+        connection.request(
+            "GET", "/api/v1/system/events?interval_ms=250", headers={"Authorization": f"Bearer {token}"}
+        )
+        answer = connection.getresponse()
+        assert answer.status == 200
+        return answer
+
+    expiring, kept = events(clear["soon"]), events(clear["forever"])
+    # The stream ends (its connection closes, mid-chunked-body) once the token has expired: no
+    # reload comes.
+    received = b""
+    with contextlib.suppress(http.client.IncompleteRead):
+        while chunk := expiring.read1(65536):
+            received += chunk
+            assert datetime.datetime.now(datetime.UTC) < soon + datetime.timedelta(seconds=60), (
+                "the event stream went on long after its token expired"
+            )
+    assert b"event: sample" in received
+    # The other token's stream goes on.
+    more = b""
+    while b"event: sample" not in more:
+        more += kept.read1(65536)
+    kept.close()
