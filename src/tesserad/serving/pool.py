@@ -242,6 +242,8 @@ class ModelPool:
                 if current is None:
                     with self._lock:
                         self._listed[key] = entry
+                    if self._metrics is not None:
+                        self._metrics.forget(stats)
                 raise
             with self._lock:
                 self._ready[key] = entry
@@ -266,7 +268,7 @@ class ModelPool:
                 del self._listed[key]
                 self._unloaded.add(key)
         if self._metrics is not None and key not in self._ready:
-            self._metrics.forget(model, version)
+            self._metrics.forget(entry.stats)
         return entry
 
     def ensemble_members(self) -> set[tuple[str, int]]:

@@ -111,10 +111,12 @@ class ServingMetrics(Collector):
         with self._lock:
             self._served[stats.label] = stats
 
-    def forget(self, model: str, version: int) -> None:
-        """Drop an unloaded version's series so /metrics lists only what is served."""
+    def forget(self, stats: ServingStats) -> None:
+        """Drop the series of a version unloaded or never loaded, so /metrics lists only what is
+        served; a later ServingStats of the same version (a new load) keeps its own."""
         with self._lock:
-            self._served.pop((model, str(version)), None)
+            if self._served.get(stats.label) is stats:
+                del self._served[stats.label]
 
     def describe(self) -> list[Metric]:
         return list(self._families())

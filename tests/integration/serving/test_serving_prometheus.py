@@ -5,9 +5,11 @@ from __future__ import annotations
 import time
 import urllib.request
 
+import grpc
 import numpy as np
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from serving_models import linear_model, predict_request, upload
+from serving_models import linear_model, predict_request, reshape_model, upload
 
 from tessera.v1 import common_pb2, inference_pb2
 from tesserad.oip import grpc_service_pb2 as pb
@@ -132,3 +134,16 @@ def test_triton_metrics_off_leaves_the_page_negotiated(start_daemon) -> None:
     content_type, text = scrape(daemon)
     assert content_type.startswith("application/openmetrics-text")
     assert "nv_inference" not in text and "tessera_store_blobs" in text
+
+
+def test_a_version_that_failed_to_load_has_no_series(daemon, channel, inference, linear) -> None:
+    broken = upload(channel, "broken", reshape_model([3]))  # every run fails: it cannot warm up
+    load = inference_pb2.LoadModelRequest(target=common_pb2.VersionRef(model="broken", version=broken))
+    with pytest.raises(grpc.RpcError) as err:
+        inference.LoadModel(load)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    inference.Predict(predict_request(linear, X, version=1))
+    text = scrape(daemon)[1]
+    # Listed as FAILED by ListLoaded, but not served: /metrics lists only what is, as Triton's does.
+    assert 'model="linear"' in text
+    assert 'model="broken"' not in text
