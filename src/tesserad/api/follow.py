@@ -27,6 +27,7 @@ from tessera.transport import TLS, AioConnection, Connection
 from tessera.v1 import common_pb2
 from tessera.v1 import registry_pb2 as pb
 from tesserad.api.convert_registry import architecture_to_dict, format_from_proto, signature_from_proto
+from tesserad.api.tls import EncryptedKeyError, encrypted_key_message, load_key_pair
 from tesserad.config import ReplicaSettings
 from tesserad.errors import FailedPrecondition, NotFound, TesseraError, Unavailable
 from tesserad.replica.followed import FollowedModel, FollowedRegistry, FollowedVersion
@@ -123,7 +124,12 @@ def check_primary_tls(settings: ReplicaSettings, timeout_s: float = 5.0) -> None
             cafile=None if settings.tls_ca_file is None else str(settings.tls_ca_file)
         )
         if settings.tls_cert_file is not None and settings.tls_key_file is not None:
-            context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+            try:
+                load_key_pair(context, settings.tls_cert_file, settings.tls_key_file)
+            except EncryptedKeyError:
+                raise PrimaryCertificateError(
+                    encrypted_key_message("replica.tls_key_file", settings.tls_key_file)
+                ) from None
     except (OSError, ssl.SSLError) as exc:
         raise PrimaryCertificateError(
             f"replica.tls_ca_file, replica.tls_cert_file or replica.tls_key_file cannot be used: {exc}"

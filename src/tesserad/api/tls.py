@@ -134,15 +134,9 @@ def _read(files: _Files) -> grpc.ServerCertificateConfiguration:
     # the pair (and the CA bundle) first, so a bad file is refused before it serves.
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
-        # Without a password callback OpenSSL asks the terminal for an encrypted key's passphrase
-        # (blocking a daemon started in one), or fails with a bare OSError without one.
-        context.load_cert_chain(files.cert, files.key, password=_no_passphrase)
-    except _EncryptedKey:
-        raise CertificateError(
-            f"security.tls_key_file {files.key} is encrypted, and gRPC takes only an unencrypted "
-            f"key; write it out decrypted (`openssl pkey -in {files.key} -out NEW_KEY`), readable "
-            "by tesserad alone, and point security.tls_key_file at it"
-        ) from None
+        load_key_pair(context, files.cert, files.key)
+    except EncryptedKeyError:
+        raise CertificateError(encrypted_key_message("security.tls_key_file", files.key)) from None
     except ssl.SSLError as exc:
         raise CertificateError(
             f"security.tls_cert_file {files.cert} and security.tls_key_file {files.key} are not a "
@@ -168,12 +162,27 @@ def _read(files: _Files) -> grpc.ServerCertificateConfiguration:
     return grpc.ssl_server_certificate_configuration([(key_pem, cert_pem)], root_certificates=ca_pem)
 
 
-class _EncryptedKey(Exception):
-    """Raised by `_no_passphrase`: OpenSSL asked for the key's passphrase."""
+class EncryptedKeyError(Exception):
+    """The private key is encrypted (OpenSSL asked for its passphrase); gRPC cannot use it."""
+
+
+def load_key_pair(context: ssl.SSLContext, cert: Path, key: Path) -> None:
+    """`context.load_cert_chain(cert, key)`, EncryptedKeyError for an encrypted key. Without a
+    password callback OpenSSL asks the terminal for the passphrase (blocking a daemon started in
+    one), or fails with a bare OSError when there is none."""
+    context.load_cert_chain(cert, key, password=_no_passphrase)
+
+
+def encrypted_key_message(setting: str, key: Path) -> str:
+    return (
+        f"{setting} {key} is encrypted, and gRPC takes only an unencrypted key; write it out "
+        f"decrypted (`openssl pkey -in {key} -out NEW_KEY`), readable by tesserad alone, and "
+        f"point {setting} at it"
+    )
 
 
 def _no_passphrase() -> bytes:
-    raise _EncryptedKey
+    raise EncryptedKeyError
 
 
 def _read_pem(setting: str, path: Path) -> bytes:
@@ -186,4 +195,11 @@ def _read_pem(setting: str, path: Path) -> bytes:
     return data
 
 
-__all__ = ["CertificateError", "ServerCertificates", "server_certificates"]
+__all__ = [
+    "CertificateError",
+    "EncryptedKeyError",
+    "ServerCertificates",
+    "encrypted_key_message",
+    "load_key_pair",
+    "server_certificates",
+]

@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tesserad.server import StartupError
 from tests.conftest import InProcessDaemon, daemon_settings
+from tests.integration.security.conftest import encrypt_key
 from tests.integration.security.test_tls import tls_settings
 
 
@@ -92,3 +93,18 @@ def test_the_replicas_tls_files_are_checked_whatever_the_primarys_target(tmp_pat
         tmp_path, **{"replica.primary": "dns:///primary.invalid", "replica.tls_ca_file": str(missing)}
     )
     assert "replica.tls_ca_file" in message and "cannot be used" in message
+
+
+def test_an_encrypted_client_key_stops_the_replica_saying_to_decrypt_it(tls_primary, pki, tmp_path):
+    key = tmp_path / "encrypted.key"
+    encrypt_key(pki.client_key, key)
+    message = replica_start_error(
+        tmp_path,
+        **{
+            "replica.primary": f"localhost:{tls_primary.daemon.port}",
+            "replica.tls_ca_file": str(pki.ca),
+            "replica.tls_cert_file": str(pki.client_cert),
+            "replica.tls_key_file": str(key),
+        },
+    )
+    assert f"replica.tls_key_file {key} is encrypted" in message and "openssl pkey" in message
