@@ -234,6 +234,9 @@ class BlobStore:
     def __init__(self, root: Path, *, syncfs: bool = True) -> None:
         """`syncfs`: make `put_each`'s blobs durable by syncfs(2) where it reports errors and
         the blob directory is one filesystem; else (or with False) by an fsync of each."""
+        # Absolute, as tempfile and the exporter name the files made in tmp_dir: with a relative
+        # --data-dir (`make run` gives ./var) put_moved took them for files elsewhere.
+        root = root.absolute()
         self.root = root
         self.tmp_dir = root / "tmp"
         self._root = str(root)

@@ -207,3 +207,16 @@ def test_a_stop_abandons_an_export_still_running_after_the_grace_period(
         assert [v.version for v in stub.ListVersions(R.ListVersionsRequest(model="mlp")).versions] == [1]
     finally:
         restarted.stop()
+
+
+def test_a_daemon_on_a_relative_data_dir_exports(tmp_path, weights, monkeypatch):
+    # `make run` starts the daemon with --data-dir ./var: the exporter's temp file was named
+    # absolutely and the blob store took it for a file outside its tmp directory (INTERNAL).
+    monkeypatch.chdir(tmp_path)
+    running = InProcessDaemon(daemon_settings(Path("var"))).start()
+    try:
+        stub = registry_pb2_grpc.RegistryStub(running.channel())
+        upload(stub, safetensors_header("mlp", weights), weights)
+        assert stub.ExportOnnx(SOURCE, timeout=300).version.version == 2
+    finally:
+        running.stop()
