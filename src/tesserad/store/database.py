@@ -56,6 +56,25 @@ def _map_full(map_size: int) -> ResourceExhausted:
     )
 
 
+# Free bytes under which an I/O error writing the store is taken for a full disk.
+_NEARLY_FULL_BYTES = 1 << 20
+
+
+def _out_of_room(exc: lmdb.Error, path: Path) -> bool:
+    """Whether LMDB's `exc` means the disk under `path` had no room: ENOSPC, or the EIO that
+    LMDB gives for a write cut short, which is how a disk with a few blocks left fills up."""
+    if isinstance(exc, lmdb.DiskError):
+        return True
+    io_error = getattr(exc, "code", None) == errno.EIO or os.strerror(errno.EIO) in str(exc)
+    if not io_error:
+        return False
+    try:
+        stat = os.statvfs(path)
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize < _NEARLY_FULL_BYTES
+
+
 def reserve_pages(map_size: int, page_size: int) -> int:
     """The pages only `reserved` writes may use: a twentieth of the map, and at least enough
     for a terminal write on a small map (each table it touches copies a path of pages)."""
@@ -365,7 +384,9 @@ class Store:
                 txn.commit()
             except lmdb.MapFullError:
                 raise _map_full(self._map_size) from None
-            except lmdb.DiskError:
+            except lmdb.Error as exc:
+                if not _out_of_room(exc, self.path):
+                    raise
                 raise disk_full(str(self.path), "to the database") from None
 
     def submit(self, work: Callable[[WriteTxn], T], *, reserved: bool = False) -> Future[T]:
@@ -441,14 +462,16 @@ class Store:
                 except BaseException:
                     txn.abort()
                     raise
-        except (lmdb.MapFullError, lmdb.DiskError) as exc:
-            error = (
-                _map_full(self._map_size)
-                if isinstance(exc, lmdb.MapFullError)
-                else disk_full(str(self.path), "to the database")
-            )
+        except lmdb.Error as exc:
+            if isinstance(exc, lmdb.MapFullError):
+                error: BaseException = _map_full(self._map_size)
+            elif _out_of_room(exc, self.path):
+                error = disk_full(str(self.path), "to the database")
+            else:
+                error = exc
             for item in batch:
-                item.future.set_exception(error)
+                if not item.future.done():
+                    item.future.set_exception(error)
             return
         except BaseException as exc:
             for item in batch:
