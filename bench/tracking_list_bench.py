@@ -1,0 +1,156 @@
+"""ListRuns ordered by a metric as an experiment grows: first page and a walk through every page.
+
+At each size (--sizes runs, one experiment, 95% of them with a `val_loss` whose values repeat
+so ties occur, the rest without it) the store is written through the tracking domain API (runs in
+transactions of 500, their metrics through log_metrics, relaxed durability) and then read through `list_runs`
+ordered by val_loss (ascending, its own direction): the first page of 100, in the experiment
+and across all experiments, and a walk through every page of --walk-page runs. Each timing is
+the median of --repeats, wall time beside this process's CPU time; the peak of memory the
+first page allocates (tracemalloc, in an untimed call) shows what one page holds. The build
+time per run shows what keeping an order costs ingest.
+
+    PYTHONPATH=src:clients/python/src .venv/bin/python bench/tracking_list_bench.py \
+        [--sizes 1000,10000,50000] [--repeats 5] [--label after]
+
+Run it against the tree before a change (PYTHONPATH pointing at that tree's src) with another
+--label to compare: results go to bench/results/tracking_list_bench_<label>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+from tesserad.server import STORE_TABLES
+from tesserad.store import Store
+from tesserad.training.tracking import MetricPoint, Run, RunOrder, Tracking
+
+RESULTS = Path(__file__).parent / "results"
+EXPERIMENT = "bench"
+PAGE = 100
+BATCH = 500
+
+
+def build(tracking: Tracking, store: Store, count: int) -> None:
+    """Runs in transactions of BATCH, their metrics through log_metrics (one group commit a batch)."""
+    for start in range(0, count, BATCH):
+        batch = range(start, min(start + BATCH, count))
+        with store.write() as txn:
+            tracking.ensure_experiment(txn, EXPERIMENT)
+            for i in batch:
+                run = Run(
+                    f"run-{i:012d}", EXPERIMENT, f"r{i}", "running", {"lr": str(i % 7)}, {}, 0.0, None, 0, ""
+                )
+                tracking.put_new_run(txn, run)
+        # 997 distinct values: ties at every size; one run in 20 has no val_loss.
+        logged = [
+            tracking.log_metrics(
+                f"run-{i:012d}",
+                [MetricPoint("val_loss", (i * 7919 % 997) / 997, 0), MetricPoint("lr", 0.1, 0)],
+            )
+            for i in batch
+            if i % 20
+        ]
+        for future in logged:
+            future.result()
+
+
+def timed(call: Callable[[], Any], repeats: int) -> dict[str, float]:
+    walls, cpus = [], []
+    for _ in range(repeats):
+        wall, cpu = time.perf_counter(), time.process_time()
+        call()
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return {"wall_s": median(walls), "cpu_s": median(cpus)}
+
+
+def walk(tracking: Tracking, experiment: str, order: RunOrder, page: int) -> int:
+    seen, token = 0, ""
+    while True:
+        runs, token = tracking.list_runs(experiment, size=page, token=token, order=order)
+        seen += len(runs)
+        if not token:
+            return seen
+
+
+def peak_bytes(call: Callable[[], Any]) -> int:
+    tracemalloc.start()
+    try:
+        call()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def measure(count: int, repeats: int, walk_page: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as root:
+        store = Store.open(Path(root) / "store", map_size=8 << 30, durability="relaxed", tables=STORE_TABLES)
+        try:
+            tracking = Tracking(store)
+            wall, cpu = time.perf_counter(), time.process_time()
+            build(tracking, store, count)
+            built = {
+                "wall_s_per_run": (time.perf_counter() - wall) / count,
+                "cpu_s_per_run": (time.process_time() - cpu) / count,
+            }
+            order = RunOrder("val_loss", "last", None)
+            first = tracking.list_runs(EXPERIMENT, size=PAGE, order=order)[0]
+            assert len(first) == min(PAGE, count)
+            assert walk(tracking, EXPERIMENT, order, walk_page) == count
+            return {
+                "runs": count,
+                "build": built,
+                "first_page": timed(lambda: tracking.list_runs(EXPERIMENT, size=PAGE, order=order), repeats),
+                "first_page_all_experiments": timed(
+                    lambda: tracking.list_runs(size=PAGE, order=order), repeats
+                ),
+                "first_page_peak_bytes": peak_bytes(
+                    lambda: tracking.list_runs(EXPERIMENT, size=PAGE, order=order)
+                ),
+                "walk": {
+                    "page_size": walk_page,
+                    **timed(lambda: walk(tracking, EXPERIMENT, order, walk_page), repeats),
+                },
+            }
+        finally:
+            store.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1000,10000,50000")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--walk-page", type=int, default=1000)
+    parser.add_argument("--label", default="after")
+    args = parser.parse_args()
+    results = []
+    for count in (int(s) for s in args.sizes.split(",")):
+        result = measure(count, args.repeats, args.walk_page)
+        print(json.dumps(result), flush=True)
+        results.append(result)
+    out = {
+        "bench": "tracking_list_bench",
+        "label": args.label,
+        "repeats": args.repeats,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "load_average": os.getloadavg(),
+        "results": results,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"tracking_list_bench_{args.label}.json"
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
