@@ -95,6 +95,34 @@ class Page(Generic[T]):
     next_page_token: str = ""
 
 
+class PageFill(Generic[T]):
+    """The page-end rule of every listing: a page ends at `requested_size` items or once they
+    take MAX_PAGE_BYTES (it always holds one), and its token points after its last item's key.
+
+    A listing offers each candidate it keeps with `room(its size)` and `add`s it while there is
+    room; a token is issued only when a further candidate was offered.
+    """
+
+    def __init__(self, requested_size: int, query: Mapping[str, Any]) -> None:
+        self._limit = page_size(requested_size)
+        self._query = query
+        self._bytes = 0
+        self._last: Key | None = None
+        self.page: Page[T] = Page()
+
+    def room(self, size: int) -> bool:
+        """Whether an item of `size` bytes still goes on the page; when not, the page is done."""
+        self._bytes += size
+        if self._last is not None and (len(self.page.items) == self._limit or self._bytes > MAX_PAGE_BYTES):
+            self.page.next_page_token = make_token(pack(self._last), self._query)
+            return False
+        return True
+
+    def add(self, key: Key, item: T) -> None:
+        self.page.items.append(item)
+        self._last = key
+
+
 def read_page(
     txn: ReadTxn,
     table: str,
@@ -113,15 +141,11 @@ def read_page(
 
     `query` identifies the listing (its filters included) for the page token; `keep` skips rows
     a filter rejects; the scan ends at the first key for which `until` is true; `start` is
-    where a first page begins (a resumed page begins after the token's key). The page ends at
-    `requested_size` rows or once they take MAX_PAGE_BYTES. The token points after the page's
-    last row and is issued only when a further row would be kept.
+    where a first page begins (a resumed page begins after the token's key). The page ends as
+    PageFill says, sizing rows as stored.
     """
-    limit = page_size(requested_size)
+    fill: PageFill[T] = PageFill(requested_size, query)
     after_key = resume_key(page_token, query)
-    page: Page[T] = Page()
-    last: Key | None = None
-    size = 0
     rows = txn.scan(
         table,
         prefix,
@@ -134,10 +158,7 @@ def read_page(
             break
         if keep is not None and not keep(key, raw):
             continue
-        size += len(raw)
-        if last is not None and (len(page.items) == limit or size > MAX_PAGE_BYTES):
-            page.next_page_token = make_token(pack(last), query)
+        if not fill.room(len(raw)):
             break
-        page.items.append(item(key, raw))
-        last = key
-    return page
+        fill.add(key, item(key, raw))
+    return fill.page

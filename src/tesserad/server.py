@@ -322,6 +322,7 @@ class Daemon:
         tracking = Tracking(self._store)
         await asyncio.to_thread(tracking.build_missing_buckets)
         await asyncio.to_thread(tracking.purge_nonfinite_points)
+        await asyncio.to_thread(tracking.index_run_order)
         self.training = self._jobs(
             system,
             self._store,

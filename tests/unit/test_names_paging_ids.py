@@ -10,7 +10,15 @@ from tesserad import names
 from tesserad.errors import InvalidArgument
 from tesserad.ids import new_id
 from tesserad.names import did_you_mean, validate_name
-from tesserad.paging import MAX_PAGE_BYTES, MAX_PAGE_SIZE, make_token, page_size, read_page, resume_after
+from tesserad.paging import (
+    MAX_PAGE_BYTES,
+    MAX_PAGE_SIZE,
+    PageFill,
+    make_token,
+    page_size,
+    read_page,
+    resume_after,
+)
 from tesserad.store import Store, pack
 
 
@@ -75,6 +83,28 @@ def test_a_page_ends_once_its_rows_take_max_page_bytes_and_always_holds_one(tmp_
         assert pages == [["a", "b"], ["c"], ["d"], ["e"]]
     finally:
         store.close()
+
+
+def test_a_page_filled_from_decoded_items_ends_at_its_size_or_bytes_with_a_token_after_its_last():
+    by_count: PageFill[str] = PageFill(2, {"q": 1})
+    for name in "abc":
+        if not by_count.room(1):
+            break
+        by_count.add((name,), name)
+    assert by_count.page.items == ["a", "b"]
+    assert resume_after(by_count.page.next_page_token, {"q": 1}) == pack(("b",))
+
+    by_bytes: PageFill[str] = PageFill(0, {})
+    assert by_bytes.room(2 * MAX_PAGE_BYTES)  # a page always holds one item
+    by_bytes.add(("big",), "big")
+    assert not by_bytes.room(1)
+    assert resume_after(by_bytes.page.next_page_token, {}) == pack(("big",))
+
+    last: PageFill[str] = PageFill(2, {})
+    for name in "ab":
+        assert last.room(1)
+        last.add((name,), name)
+    assert last.page.next_page_token == ""  # no further item was offered: no token
 
 
 def test_page_token_round_trip_and_query_binding():

@@ -800,11 +800,11 @@ class Jobs:
             points = [MetricPoint(k, v, data["step"]) for k, v in data["metrics"].items()]
         elif kind == "progress":
             job = replace(job, progress=data["fraction"], total_steps=data["total_steps"])
-        run_id = job.run_id
+        run_id, experiment = job.run_id, job.experiment
 
         def also(txn: WriteTxn, event: JobEvent) -> None:
             if points:
-                write_points(txn, run_id, points, event.time)
+                write_points(txn, experiment, run_id, points, event.time)
 
         job = self._append(job, kind, data, also)
         if kind == "epoch":

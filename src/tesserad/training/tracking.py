@@ -12,7 +12,7 @@ import logging
 import math
 import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -20,8 +20,9 @@ from typing import Any, NamedTuple
 from tesserad.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from tesserad.ids import new_id
 from tesserad.names import validate_name
-from tesserad.paging import MAX_PAGE_BYTES, foreign_token, make_token, page_size, resume_after
+from tesserad.paging import PageFill, foreign_token, make_token, resume_after
 from tesserad.store import (
+    Key,
     ReadTxn,
     Store,
     WriteTxn,
@@ -34,7 +35,7 @@ from tesserad.store import (
     unpack,
 )
 from tesserad.text import check_entries, check_record_text
-from tesserad.training import metric_buckets
+from tesserad.training import metric_buckets, run_order
 from tesserad.training.metric_buckets import MAX_STEP, Grouping, Sample, metric_prefix, point_key
 from tesserad.training.spec import default_mode
 
@@ -48,6 +49,7 @@ TABLES = [
     "deleted_runs",
     "metrics",
     "metric_summaries",
+    run_order.TABLE,
     metric_buckets.TABLE,
 ]
 
@@ -74,6 +76,11 @@ BUCKETS_BUILT = ("metric_buckets_built",)
 # In the "meta" table once the NaN and infinite points jobs stored before write_points refused
 # them are gone (stores from before are purged once at start).
 NONFINITE_PURGED = ("metric_nonfinite_purged",)
+# In the "meta" table once every summary is in run_metric_order (stores from before it are
+# indexed once at start).
+ORDER_INDEXED = ("run_metric_order_indexed",)
+# The summary fields a ListRuns can order by, each indexed in run_metric_order.
+ORDER_FIELDS = ("last", "min", "max")
 
 
 @dataclass
@@ -374,14 +381,12 @@ class Tracking:
         self, name_prefix: str = "", size: int = 0, token: str = "", view: str = "active"
     ) -> tuple[list[Experiment], str]:
         _check_view(view)
-        limit = page_size(size)
         query = {"list": "experiments", "prefix": name_prefix}
         if view != "active":
             # Tokens of active-only lists, issued before views existed, stay valid.
             query["view"] = view
+        fill: PageFill[Experiment] = PageFill(size, query)
         after = resume_after(token, query)
-        out: list[Experiment] = []
-        size = 0
         with self._store.read() as txn:
             for key, _ in txn.scan("experiments", after=unpack(after) if after else None):
                 name = str(key[0])
@@ -392,11 +397,10 @@ class Tracking:
                 experiment = self._experiment(txn, name)
                 if not _in_view(experiment.deleted_at, view):
                     continue
-                size += _text_bytes(experiment.tags) + len(experiment.description.encode())
-                if out and (len(out) == limit or size > MAX_PAGE_BYTES):
-                    return out, make_token(pack((out[-1].name,)), query)
-                out.append(experiment)
-        return out, ""
+                if not fill.room(_text_bytes(experiment.tags) + len(experiment.description.encode())):
+                    break
+                fill.add(key, experiment)
+        return fill.page.items, fill.page.next_page_token
 
     # -- runs
 
@@ -558,7 +562,6 @@ class Tracking:
             check_metric_key(order.metric, "order_by.metric")
             if order.descending is None:
                 order = RunOrder(order.metric, order.field, default_mode(order.metric) == "max")
-        limit = page_size(size)
         query: dict[str, Any] = {
             "list": "runs",
             "experiment": experiment,
@@ -570,61 +573,87 @@ class Tracking:
         for name, value in (("tags", tags), ("order", order and order.__dict__), ("view", view)):
             if value and value != "active":
                 query[name] = value
+        fill: PageFill[Run] = PageFill(size, query)
         after = resume_after(token, query)
 
-        def kept(run: Run) -> bool:
+        def matched(txn: ReadTxn, run_id: str) -> Run | None:
+            """The run with its metric summaries when every condition holds."""
+            run = self.load_run(txn, run_id)
             if not _in_view(run.deleted_at, view):
-                return False
+                return None
             if wanted and run.status not in wanted:
-                return False
-            return all(run.params.get(k) == v for k, v in params.items()) and all(
+                return None
+            if not all(run.params.get(k) == v for k, v in params.items()) or not all(
                 run.tags.get(k) == v for k, v in tags.items()
-            )
+            ):
+                return None
+            summaries = {s.key: s for s in self._summaries(txn, run_id)}
+            if not all(
+                f.key in summaries and _COMPARE[f.op](summaries[f.key].field(f.field), f.value)
+                for f in filters
+            ):
+                return None
+            run.metrics = list(summaries.values())
+            return run
 
-        out: list[Run] = []
-        size = 0
-        last_key: bytes = b""
         with self._store.read() as txn:
             if experiment:
                 self._experiment(txn, experiment)
-                keys = (
-                    (key, str(key[1]))
-                    for key, _ in txn.scan(
-                        "experiment_runs",
-                        (experiment,),
-                        after=unpack(after) if after and order is None else None,
-                        reverse=True,
-                    )
-                )
+            candidates: Iterator[tuple[Key, Run]]
+            if order is None:
+                newest = _newest_first(txn, experiment, unpack(after) if after else None)
+                candidates = ((key, run) for key, run_id in newest if (run := matched(txn, run_id)))
             else:
-                keys = (
-                    (key, str(key[0]))
-                    for key, _ in txn.scan(
-                        "runs", after=unpack(after) if after and order is None else None, reverse=True
-                    )
-                )
-            for key, run_id in keys:
-                run = self.load_run(txn, run_id)
-                if not kept(run):
-                    continue
-                summaries = {s.key: s for s in self._summaries(txn, run_id)}
-                if not all(
-                    f.key in summaries and _COMPARE[f.op](summaries[f.key].field(f.field), f.value)
-                    for f in filters
-                ):
-                    continue
-                run.metrics = list(summaries.values())
-                if order is not None:
-                    out.append(run)
-                    continue
-                size += _run_bytes(run)
-                if out and (len(out) == limit or size > MAX_PAGE_BYTES):
-                    return out, make_token(last_key, query)
-                out.append(run)
-                last_key = pack(key)
-        if order is None:
-            return out, ""
-        return _ordered_page(out, order, after, limit, query)
+                candidates = self._ordered(txn, experiment, order, after, matched)
+            for key, run in candidates:
+                if not fill.room(_run_bytes(run)):
+                    break
+                fill.add(key, run)
+        return fill.page.items, fill.page.next_page_token
+
+    @staticmethod
+    def _ordered(
+        txn: ReadTxn,
+        experiment: str,
+        order: RunOrder,
+        after: bytes | None,
+        matched: Callable[[ReadTxn, str], Run | None],
+    ) -> Iterator[tuple[Key, Run]]:
+        """The matching runs by `order` with their token keys (rank, run id): the runs with the
+        metric from the order index, then those without it newest first.
+
+        Equal ranks keep newest first, so (rank, run id) orders runs totally and a page resumes
+        exactly after the last run it showed, whatever was logged in between.
+        """
+        descending = bool(order.descending)
+        last_id: str | None = None
+        resume: tuple[bytes, str] | None = None
+        missing = 0
+        if after is not None:
+            missing, rank, last_id = _order_position(after)
+            resume = (run_order.order_value(-rank if descending else rank), last_id)
+        if missing == 0:
+            if experiment:
+                ranked = run_order.ranked(txn, experiment, order.metric, order.field, descending, resume)
+            else:
+                names = [str(key[0]) for key, _ in txn.scan("experiments")]
+                ranked = run_order.ranked_across(txn, names, order.metric, order.field, descending, resume)
+            for _, run_id in ranked:
+                run = matched(txn, run_id)
+                if run is not None:
+                    missing_now, value = _rank(run, order)
+                    yield (missing_now, _RANK_VALUE.pack(value), run_id), run
+            last_id = None
+        without = _RANK_VALUE.pack(0.0)
+        after_key: Key | None = None
+        if last_id is not None:
+            after_key = (experiment, last_id) if experiment else (last_id,)
+        for _, run_id in _newest_first(txn, experiment, after_key):
+            if txn.exists("metric_summaries", (run_id, order.metric)):
+                continue
+            run = matched(txn, run_id)
+            if run is not None:
+                yield (1, without, run_id), run
 
     def compare_runs(self, run_ids: list[str]) -> list[Run]:
         if len(run_ids) < 2:
@@ -709,8 +738,8 @@ class Tracking:
             raw = txn.get("runs", (run_id,))
             if raw is None:
                 raise NotFound(f"run {run_id!r} does not exist; create it with CreateRun first")
+            data = decode_record(raw, "run", 1)[1]
             if external:
-                data = decode_record(raw, "run", 1)[1]
                 if "deleted_at" in data:
                     _refuse_deleted_run(_run_from(data))
                 status = data["status"]
@@ -718,7 +747,7 @@ class Tracking:
                     raise FailedPrecondition(
                         f"run {run_id!r} has ended ({status.upper()}); log metrics to a running run"
                     )
-            write_points(txn, run_id, points, now)
+            write_points(txn, data["experiment"], run_id, points, now)
             return len(points)
 
         return self._store.submit(work)
@@ -783,6 +812,7 @@ class Tracking:
     def truncate_metrics_after(self, txn: WriteTxn, run_id: str, step: int) -> None:
         """Drop every point after `step` (a resumed attempt supersedes them); buckets and
         summaries are brought along exactly."""
+        experiment = _experiment_of(txn, run_id)
         for key, _ in list(txn.scan("metric_summaries", (run_id,))):
             metric = str(key[1])
             doomed = [k for k, _ in txn.scan("metrics", (run_id, metric), after=(run_id, metric, step))]
@@ -791,7 +821,7 @@ class Tracking:
             for k in doomed:
                 txn.delete("metrics", k)
             metric_buckets.truncate(txn, metric_prefix(run_id, metric), step)
-            _refresh_summary(txn, run_id, metric)
+            _refresh_summary(txn, experiment, run_id, metric)
 
     def build_missing_buckets(self, progress_every_s: float = 5.0) -> None:
         """Build the buckets of every metric once, for a store written before they existed.
@@ -818,7 +848,7 @@ class Tracking:
                 ]
                 for run_id, metric in keys:
                     points += metric_buckets.rebuild(txn, metric_prefix(run_id, metric))
-                    _refresh_summary(txn, run_id, metric)
+                    _refresh_summary(txn, _experiment_of(txn, run_id), run_id, metric)
                 if not keys:
                     txn.put(
                         "meta", BUCKETS_BUILT, encode_record("metric_buckets_built", 1, {"at": time.time()})
@@ -868,7 +898,7 @@ class Tracking:
                     for raw_key in doomed:
                         txn.delete_packed("metrics", raw_key)
                     metric_buckets.rebuild(txn, metric)
-                    _refresh_summary(txn, run_id, key)
+                    _refresh_summary(txn, _experiment_of(txn, run_id), run_id, key)
                     affected += 1
                     dropped += len(doomed)
                 if not keys:
@@ -896,6 +926,51 @@ class Tracking:
                 },
             )
 
+    def index_run_order(self, progress_every_s: float = 5.0) -> None:
+        """Put every stored summary in the order index once, for a store written before it.
+
+        Runs at start, after the other metric upgrades; logs progress every few seconds. An
+        interrupted pass starts over at the next start (writing a row again is idempotent).
+        """
+        with self._store.read() as txn:
+            if txn.exists("meta", ORDER_INDEXED):
+                return
+            metrics = txn.count("metric_summaries")
+        if metrics:
+            log.info(
+                "indexing runs by their metrics (once, for a store from an older tesserad)",
+                extra={"metrics": metrics},
+            )
+        started = reported = time.monotonic()
+        done = 0
+        after: Key | None = None
+        experiments: dict[str, str] = {}
+        while True:
+            with self._store.write() as txn:
+                rows = list(txn.scan("metric_summaries", after=after, limit=512))
+                for key, raw in rows:
+                    run_id = str(key[0])
+                    if run_id not in experiments:
+                        # Summaries come run by run: one run's experiment is enough to keep.
+                        experiments = {run_id: _experiment_of(txn, run_id)}
+                    summary = decode_record(raw, "metric_summary", 1)[1]
+                    run_order.update(
+                        txn, experiments[run_id], run_id, str(key[1]), None, _order_fields(summary)
+                    )
+                if not rows:
+                    txn.put("meta", ORDER_INDEXED, encode_record(ORDER_INDEXED[0], 1, {"at": time.time()}))
+                    break
+            done += len(rows)
+            after = rows[-1][0]
+            if time.monotonic() - reported >= progress_every_s:
+                reported = time.monotonic()
+                log.info("indexing runs by their metrics", extra={"metrics_done": done, "metrics": metrics})
+        if metrics:
+            log.info(
+                "indexed runs by their metrics",
+                extra={"metrics": done, "seconds": round(time.monotonic() - started, 1)},
+            )
+
     def _summaries(self, txn: ReadTxn, run_id: str) -> list[MetricSummary]:
         return [
             _summary_from(decode_record(raw, "metric_summary", 1)[1])
@@ -912,59 +987,66 @@ def _rank(run: Run, order: RunOrder) -> tuple[int, float]:
     return 0, -value if order.descending else value
 
 
-def _ordered_page(
-    runs: list[Run], order: RunOrder, after: bytes | None, limit: int, query: dict[str, Any]
-) -> tuple[list[Run], str]:
-    """One page of `runs` (newest first) sorted by `order`, after the token's (rank, run id).
-
-    Equal ranks keep newest first, so (rank, run id) orders runs totally and a page resumes
-    exactly after the last run it showed, whatever was logged in between.
-    """
-    runs.sort(key=lambda run: _rank(run, order))
-    if after is not None:
-        key = unpack(after)
-        if not (
-            len(key) == 3
-            and key[0] in (0, 1)
-            and isinstance(key[1], bytes)
-            and len(key[1]) == _RANK_VALUE.size
-            and isinstance(key[2], str)
-        ):
-            raise foreign_token()
-        last_rank, last_id = (int(key[0]), _RANK_VALUE.unpack(key[1])[0]), key[2]
-        runs = [
-            run
-            for run in runs
-            if _rank(run, order) > last_rank or (_rank(run, order) == last_rank and run.run_id < last_id)
-        ]
-    page: list[Run] = []
-    size = 0
-    for run in runs:
-        size += _run_bytes(run)
-        if page and (len(page) == limit or size > MAX_PAGE_BYTES):
-            break
-        page.append(run)
-    if len(page) == len(runs):
-        return runs, ""
-    missing, value = _rank(page[-1], order)
-    return page, make_token(pack((missing, _RANK_VALUE.pack(value), page[-1].run_id)), query)
+def _newest_first(txn: ReadTxn, experiment: str, after: Key | None) -> Iterator[tuple[Key, str]]:
+    """(key, run id) of the experiment's runs, or of all runs, newest first, after `after` (a key
+    of the table read: experiment_runs with an experiment, runs without)."""
+    if experiment:
+        for key, _ in txn.scan("experiment_runs", (experiment,), after=after, reverse=True):
+            yield key, str(key[1])
+    else:
+        for key, _ in txn.scan("runs", after=after, reverse=True):
+            yield key, str(key[0])
 
 
-def _refresh_summary(txn: WriteTxn, run_id: str, key: str) -> None:
-    """Recompute a key's summary from its top-level buckets and its last point."""
+def _order_position(after: bytes) -> tuple[int, float, str]:
+    """(0 with the metric or 1 without, rank, run id) from an ordered page token."""
+    key = unpack(after)
+    if not (
+        len(key) == 3
+        and key[0] in (0, 1)
+        and isinstance(key[1], bytes)
+        and len(key[1]) == _RANK_VALUE.size
+        and isinstance(key[2], str)
+    ):
+        raise foreign_token()
+    rank = _RANK_VALUE.unpack(key[1])[0]
+    if math.isnan(rank):
+        raise foreign_token()
+    return int(key[0]), rank, key[2]
+
+
+def _order_fields(summary: dict[str, Any]) -> dict[str, float]:
+    return {name: summary[name] for name in ORDER_FIELDS}
+
+
+def _refresh_summary(txn: WriteTxn, experiment: str, run_id: str, key: str) -> None:
+    """Recompute a key's summary from its top-level buckets and its last point, and move the
+    run's rows in the order index with it."""
     metric = metric_prefix(run_id, key)
+    raw = txn.get("metric_summaries", (run_id, key))
+    old = None if raw is None else _order_fields(decode_record(raw, "metric_summary", 1)[1])
     totals = metric_buckets.totals(txn, metric)
     last = metric_buckets.last_point(txn, metric)
     if totals is None or last is None:
         txn.delete("metric_summaries", (run_id, key))
+        run_order.update(txn, experiment, run_id, key, old, None)
         return
     low, high = totals.low.value, totals.high.value
     best = low if default_mode(key) == "min" else high
     summary = MetricSummary(key, last.value, low, high, best, totals.points, last.step)
     txn.put("metric_summaries", (run_id, key), encode_record("metric_summary", 1, summary.__dict__))
+    run_order.update(txn, experiment, run_id, key, old, _order_fields(summary.__dict__))
 
 
-def write_points(txn: WriteTxn, run_id: str, points: list[MetricPoint], now: float) -> None:
+def _experiment_of(txn: ReadTxn, run_id: str) -> str:
+    """The experiment of a stored run (every summary belongs to one)."""
+    raw = txn.get("runs", (run_id,))
+    if raw is None:
+        raise NotFound(f"run {run_id!r} does not exist")
+    return str(decode_record(raw, "run", 1)[1]["experiment"])
+
+
+def write_points(txn: WriteTxn, experiment: str, run_id: str, points: list[MetricPoint], now: float) -> None:
     """Store the finite points (of points at one step, the last written wins) and update their
     keys' buckets and summaries, in `txn`.
 
@@ -988,7 +1070,7 @@ def write_points(txn: WriteTxn, run_id: str, points: list[MetricPoint], now: flo
                 put("metrics", raw_key, value)
                 rewritten.append(sample.step)
         metric_buckets.add(txn, metric, list(batch.values()), rewritten)
-        _refresh_summary(txn, run_id, key)
+        _refresh_summary(txn, experiment, run_id, key)
 
 
 def _history_position(after: bytes, groups: int) -> tuple[int, int, int, int]:

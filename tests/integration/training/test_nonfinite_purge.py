@@ -35,7 +35,7 @@ def _write_as_an_old_daemon(data_dir: Path, points: dict[str, dict[int, float]],
                     txn.put("metrics", (run_id, "val_loss", step), encode_metric_point(value, now + step))
                 samples = [Sample(step, value, now + step) for step, value in values.items()]
                 metric_buckets.add(txn, metric, samples, ())
-                _refresh_summary(txn, run_id, "val_loss")
+                _refresh_summary(txn, "old", run_id, "val_loss")
     finally:
         store.close()
 

@@ -3,10 +3,19 @@ by a metric, over gRPC against a real daemon."""
 
 from __future__ import annotations
 
+import base64
+import json
+import math
+import struct
+
 import grpc
 import pytest
 
 from tessera.v1 import training_pb2, training_pb2_grpc
+from tesserad.server import STORE_TABLES
+from tesserad.store import Store, pack, unpack
+from tesserad.training import run_order
+from tesserad.training.tracking import ORDER_INDEXED
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.training.conftest import follow, job_spec, submit, sweep_values, wait_sweep
 
@@ -263,6 +272,98 @@ def test_runs_ordered_by_a_metric_page_stably_with_its_direction_by_default(trac
     assert other_query.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+# Per run: (experiment, first value, second value), None for a run without the metric; 0.0 and
+# -0.0 are a tie, as are the repeated values.
+_ORDERED = [
+    ("ord-a", 0.5, 1.5),
+    ("ord-a", -0.0, -2.0),
+    ("ord-b", 0.0, 0.0),
+    ("ord-a", -3.0, 0.5),
+    ("ord-a", 0.5, 1.5),
+    ("ord-b", 2.0, -3.0),
+    ("ord-a", None, None),
+    ("ord-b", 0.5, 1.5),
+    ("ord-b", None, None),
+]
+_FIELDS = {S.SUMMARY_FIELD_LAST: lambda a, b: b, S.SUMMARY_FIELD_MIN: min, S.SUMMARY_FIELD_MAX: max}
+
+
+def _expected_order(runs: list[tuple[str, tuple | None]], field: int, descending: bool) -> list[str]:
+    """The run ids by the summary field, ties and runs without the metric newest first."""
+    newest = sorted(runs, key=lambda run: run[0], reverse=True)
+
+    def rank(run: tuple[str, tuple | None]) -> tuple[int, float]:
+        if run[1] is None:
+            return 1, 0.0
+        value = _FIELDS[field](*run[1])
+        return 0, -value if descending else value
+
+    return [run_id for run_id, _ in sorted(newest, key=rank)]
+
+
+def test_runs_ordered_by_a_metric_are_every_kept_run_sorted_in_any_direction_field_and_view(tracker) -> None:
+    runs: dict[str, tuple[str, tuple | None]] = {}
+    for experiment, first, second in _ORDERED:
+        run_id = _run(tracker, experiment).run_id
+        if first is not None:
+            _log(tracker, run_id, "order_prop", first, 0)
+            _log(tracker, run_id, "order_prop", second, 1)
+        runs[run_id] = (experiment, None if first is None else (first, second))
+    ids = list(runs)
+    tracker.DeleteRun(S.DeleteRunRequest(run_id=ids[4]))
+    tracker.UpdateRun(S.UpdateRunRequest(run_id=ids[1], status=S.RUN_STATUS_SUCCEEDED))
+    tracker.UpdateRun(S.UpdateRunRequest(run_id=ids[5], status=S.RUN_STATUS_SUCCEEDED))
+
+    def expect(
+        experiment: str, field: int, descending: bool, keep=lambda run_id: run_id != ids[4]
+    ) -> list[str]:
+        chosen = [(r, v) for r, (e, v) in runs.items() if e == experiment and keep(r)]
+        return _expected_order(chosen, field, descending)
+
+    for field in _FIELDS:
+        for direction, descending in (
+            (S.SORT_DIRECTION_ASCENDING, False),
+            (S.SORT_DIRECTION_DESCENDING, True),
+        ):
+            order = S.RunOrder(metric="order_prop", field=field, direction=direction)
+            for experiment in ("ord-a", "ord-b"):
+                wanted = expect(experiment, field, descending)
+                for size in (1, 2, 100):
+                    assert _all_pages(tracker, size, experiment=experiment, order_by=order) == wanted
+            # Across experiments the two merge into one order; runs of other tests (without the
+            # metric) follow, newest first.
+            both = [(r, v) for r, (_, v) in runs.items() if r != ids[4]]
+            with_metric = [r for r in _expected_order(both, field, descending) if runs[r][1] is not None]
+            listed = _all_pages(tracker, 3, order_by=order)
+            assert listed[: len(with_metric)] == with_metric
+            newest = [r for r in _all_pages(tracker, 100) if r not in with_metric]
+            assert listed[len(with_metric) :] == newest
+
+    order = S.RunOrder(metric="order_prop", direction=S.SORT_DIRECTION_ASCENDING)
+    last = S.SUMMARY_FIELD_LAST
+    assert _all_pages(tracker, 1, experiment="ord-a", order_by=order, view=DELETED) == [ids[4]]
+    everything = expect("ord-a", last, False, keep=lambda _: True)
+    assert _all_pages(tracker, 2, experiment="ord-a", order_by=order, view=ALL) == everything
+    succeeded = [S.RUN_STATUS_SUCCEEDED]
+    listed = _all_pages(tracker, 1, order_by=order, statuses=succeeded)
+    assert listed[:2] == [ids[5], ids[1]] and not set(listed[2:]) & set(runs)
+    at_least = [S.MetricFilter(key="order_prop", field=S.SUMMARY_FIELD_MAX, op=S.COMPARISON_GE, value=1.5)]
+    assert _all_pages(tracker, 1, experiment="ord-a", order_by=order, metrics=at_least) == [ids[0]]
+
+
+def test_an_ordered_page_token_with_a_value_no_listing_issues_is_refused(tracker) -> None:
+    order = S.RunOrder(metric="val_loss")
+    page = tracker.ListRuns(S.ListRunsRequest(experiment="ordered", order_by=order, page_size=1))
+    decoded = json.loads(base64.urlsafe_b64decode(page.next_page_token))
+    run_id = unpack(bytes.fromhex(decoded["a"]))[2]
+    decoded["a"] = pack((0, struct.pack(">d", math.nan), run_id)).hex()
+    forged = base64.urlsafe_b64encode(json.dumps(decoded).encode()).decode()
+    error = _error(
+        lambda: tracker.ListRuns(S.ListRunsRequest(experiment="ordered", order_by=order, page_token=forged))
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "page_token" in error.details()
+
+
 def test_deletion_holds_across_a_restart(tmp_path) -> None:
     settings = daemon_settings(tmp_path / "data")
     daemon = InProcessDaemon(settings).start()
@@ -282,5 +383,40 @@ def test_deletion_holds_across_a_restart(tmp_path) -> None:
         assert stub.GetExperiment(S.GetExperimentRequest(name="gone-exp")).deleted
         assert stub.RestoreExperiment(S.RestoreExperimentRequest(name="gone-exp")).run_count == 1
         assert not stub.RestoreRun(S.RestoreRunRequest(run_id=doomed.run_id)).deleted
+    finally:
+        daemon.stop()
+
+
+def test_a_store_from_before_the_order_index_is_indexed_once_at_start(tmp_path) -> None:
+    settings = daemon_settings(tmp_path / "data")
+    daemon = InProcessDaemon(settings).start()
+    try:
+        stub = training_pb2_grpc.TrainingStub(daemon.channel())
+        runs = [_run(stub, experiment) for experiment in ("old-a", "old-b", "old-a", "old-a")]
+        for run, value in zip(runs, [0.3, 0.1, 0.3, 0.2], strict=True):
+            _log(stub, run.run_id, "val_loss", value)
+        bare = _run(stub, "old-a")
+    finally:
+        daemon.stop()
+    # As an older tesserad left it: summaries, no index and no marker.
+    store = Store.open(tmp_path / "data" / "store", map_size=2**30, tables=STORE_TABLES)
+    try:
+        with store.write() as txn:
+            assert txn.delete_range(run_order.TABLE, ()) == 3 * len(runs)
+            assert txn.delete("meta", ORDER_INDEXED)
+    finally:
+        store.close()
+    daemon = InProcessDaemon(settings).start()
+    try:
+        stub = training_pb2_grpc.TrainingStub(daemon.channel())
+        order = S.RunOrder(metric="val_loss")
+        ids = [run.run_id for run in runs]
+        assert _all_pages(stub, 1, experiment="old-a", order_by=order) == [
+            ids[3],
+            ids[2],
+            ids[0],
+            bare.run_id,
+        ]
+        assert _all_pages(stub, 2, order_by=order) == [ids[1], ids[3], ids[2], ids[0], bare.run_id]
     finally:
         daemon.stop()

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from tesserad.errors import InvalidArgument
 from tesserad.store import Store, encode_metric_point, encode_record, pack
-from tesserad.training import metric_buckets
+from tesserad.training import metric_buckets, run_order
 from tesserad.training.metric_buckets import LEVELS, MAX_STEP, Grouping, cover, metric_prefix
 from tesserad.training.tracking import TABLES, MetricPoint, Tracking, _history_position, write_points
 
@@ -118,6 +118,14 @@ def _highest(points: list[tuple[int, float]]) -> tuple[int, float]:
     return min(points, key=lambda p: (-p[1], p[0]))
 
 
+def _order_rows(tracking: Tracking, run_id: str) -> dict[str, bytes]:
+    """{summary field: encoded value} of the run's rows in the order index."""
+    with tracking._store.read() as txn:
+        rows = [key for key, _ in txn.scan(run_order.TABLE) if key[4] == run_id]
+    assert len({row[2] for row in rows}) == len(rows)  # one row a field
+    return {str(row[2]): bytes(row[3]) for row in rows if isinstance(row[3], bytes)}
+
+
 @given(st.lists(operation, min_size=1, max_size=12), st.integers(1, 40), st.data())
 def test_buckets_stay_exact_through_rewrites_and_truncation(
     tracking: Tracking, operations, groups, data
@@ -130,15 +138,19 @@ def test_buckets_stay_exact_through_rewrites_and_truncation(
                 tracking.truncate_metrics_after(txn, run_id, op[1])
                 stored = {s: v for s, v in stored.items() if s <= op[1]}
             else:
-                write_points(txn, run_id, [MetricPoint("loss", v, s) for s, v in op], float(n))
+                write_points(txn, "buckets", run_id, [MetricPoint("loss", v, s) for s, v in op], float(n))
                 stored.update(dict(op))  # of one step, the last write wins
 
     run = tracking.get_run(run_id)
     if not stored:
         assert run.metrics == [] and _bucket_table(tracking, run_id) == {}
+        assert _order_rows(tracking, run_id) == {}
         return
     points = sorted(stored.items())
     (summary,) = run.metrics
+    # The order index follows the summary through every rewrite and truncation.
+    fields = ("last", "min", "max")
+    assert _order_rows(tracking, run_id) == {f: run_order.order_value(summary.field(f)) for f in fields}
     assert (summary.count, summary.min, summary.max) == (len(points), _lowest(points)[1], _highest(points)[1])
     assert (summary.last_step, summary.last) == points[-1]
 
