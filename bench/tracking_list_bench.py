@@ -7,7 +7,8 @@ ordered by val_loss (ascending, its own direction): the first page of 100, in th
 and across all experiments, and a walk through every page of --walk-page runs. Each timing is
 the median of --repeats, wall time beside this process's CPU time; the peak of memory the
 first page allocates (tracemalloc, in an untimed call) shows what one page holds. The build
-time per run shows what keeping an order costs ingest.
+time per run, and --ingest-batches LogMetrics batches of a job's loss and lr into one run,
+show what keeping the order costs ingest.
 
     PYTHONPATH=src:clients/python/src .venv/bin/python bench/tracking_list_bench.py \
         [--sizes 1000,10000,50000] [--repeats 5] [--label after]
@@ -83,6 +84,41 @@ def walk(tracking: Tracking, experiment: str, order: RunOrder, page: int) -> int
             return seen
 
 
+def check_walk(tracking: Tracking, order: RunOrder, page: int, count: int) -> None:
+    assert walk(tracking, EXPERIMENT, order, page) == count
+
+
+def ingest(batches: int, repeats: int) -> dict[str, float]:
+    """A job's step metrics: `batches` LogMetrics batches of loss and lr (loss falling, so its
+    last and min change every batch), queued together so group commit shares the fsyncs."""
+
+    def once() -> None:
+        with tempfile.TemporaryDirectory() as root:
+            store = Store.open(
+                Path(root) / "store", map_size=1 << 30, durability="relaxed", tables=STORE_TABLES
+            )
+            try:
+                tracking = Tracking(store)
+                run_id = tracking.create_run("ingest").run_id
+                futures = [
+                    tracking.log_metrics(
+                        run_id, [MetricPoint("loss", 1 / (step + 1), step), MetricPoint("lr", 0.1, step)]
+                    )
+                    for step in range(batches)
+                ]
+                for future in futures:
+                    future.result()
+            finally:
+                store.close()
+
+    result = timed(once, repeats)
+    return {
+        "batches": batches,
+        "wall_s_per_batch": result["wall_s"] / batches,
+        "cpu_s_per_batch": result["cpu_s"] / batches,
+    }
+
+
 def peak_bytes(call: Callable[[], Any]) -> int:
     tracemalloc.start()
     try:
@@ -106,7 +142,6 @@ def measure(count: int, repeats: int, walk_page: int) -> dict[str, Any]:
             order = RunOrder("val_loss", "last", None)
             first = tracking.list_runs(EXPERIMENT, size=PAGE, order=order)[0]
             assert len(first) == min(PAGE, count)
-            assert walk(tracking, EXPERIMENT, order, walk_page) == count
             return {
                 "runs": count,
                 "build": built,
@@ -119,7 +154,7 @@ def measure(count: int, repeats: int, walk_page: int) -> dict[str, Any]:
                 ),
                 "walk": {
                     "page_size": walk_page,
-                    **timed(lambda: walk(tracking, EXPERIMENT, order, walk_page), repeats),
+                    **timed(lambda: check_walk(tracking, order, walk_page, count), repeats),
                 },
             }
         finally:
@@ -131,8 +166,12 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000,50000")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--walk-page", type=int, default=1000)
+    parser.add_argument("--ingest-batches", type=int, default=5000)
     parser.add_argument("--label", default="after")
     args = parser.parse_args()
+    load_before = os.getloadavg()
+    ingested = ingest(args.ingest_batches, args.repeats)
+    print(json.dumps({"ingest": ingested}), flush=True)
     results = []
     for count in (int(s) for s in args.sizes.split(",")):
         result = measure(count, args.repeats, args.walk_page)
@@ -143,7 +182,8 @@ def main() -> None:
         "label": args.label,
         "repeats": args.repeats,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "load_average": os.getloadavg(),
+        "load_average": {"start": load_before, "end": os.getloadavg()},
+        "ingest": ingested,
         "results": results,
     }
     RESULTS.mkdir(exist_ok=True)

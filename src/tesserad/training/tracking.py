@@ -222,6 +222,10 @@ def _refuse_deleted_run(run: Run) -> None:
     raise FailedPrecondition(f"run {run.run_id!r} is deleted; restore it with RestoreRun to change it")
 
 
+def _no_experiment(name: str) -> NotFound:
+    return NotFound(f"experiment {name!r} does not exist")
+
+
 def _refuse_deleted_experiment(experiment: Experiment) -> None:
     if experiment.deleted_at is not None:
         raise FailedPrecondition(
@@ -372,7 +376,7 @@ class Tracking:
     def _experiment(self, txn: ReadTxn, name: str) -> Experiment:
         raw = txn.get("experiments", (name,))
         if raw is None:
-            raise NotFound(f"experiment {name!r} does not exist")
+            raise _no_experiment(name)
         _, data = decode_record(raw, "experiment", 1)
         runs = txn.count("experiment_runs", (name,)) - txn.count("deleted_runs", (name,))
         return Experiment(**data, run_count=runs)
@@ -597,8 +601,9 @@ class Tracking:
             return run
 
         with self._store.read() as txn:
-            if experiment:
-                self._experiment(txn, experiment)
+            # Existence only: the experiment record's run count is a scan of its runs.
+            if experiment and not txn.exists("experiments", (experiment,)):
+                raise _no_experiment(experiment)
             candidates: Iterator[tuple[Key, Run]]
             if order is None:
                 newest = _newest_first(txn, experiment, unpack(after) if after else None)
