@@ -32,7 +32,7 @@ TRITON_STAMP := $(TRITON_VENV)/.installed
 
 $(TRITON_STAMP): constraints-triton.txt
 	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
-	$(TRITON_VENV)/bin/pip install --quiet --disable-pip-version-check -c constraints-triton.txt 'tritonclient[grpc]'
+	$(TRITON_VENV)/bin/pip install --quiet --disable-pip-version-check -c constraints-triton.txt 'tritonclient[grpc,http]'
 	touch $(TRITON_STAMP)
 
 # The Node.js client's test needs its packages; without npm that test skips and says why.

@@ -77,8 +77,8 @@ if TYPE_CHECKING:  # imported where used, as the bench imports them late
     from conftest import InProcessDaemon
 
     from tesserad.api.inference import InferenceServicer
-    from tesserad.api.oip import OipServicer
     from tesserad.nn.specs import Cnn4dSpec, MlpSpec
+    from tesserad.serving.open_inference import OpenInference
 
 RESULTS = Path(__file__).parent / "results" / "serve_bench.json"
 REPLICA_RESULTS = Path(__file__).parent / "results" / "replica_bench.json"
@@ -362,12 +362,13 @@ def start_file_daemon(
     return daemon, file_service
 
 
-def _servicers_of() -> list[InferenceServicer | OipServicer]:
-    """The daemon's Inference servicer instances, found through the gRPC server's handlers."""
+def _servicers_of() -> list[InferenceServicer | OpenInference]:
+    """What holds the daemon's InferenceService: the Inference servicer, and the Open Inference
+    Protocol's core its transports share."""
     from tesserad.api.inference import InferenceServicer
-    from tesserad.api.oip import OipServicer
+    from tesserad.serving.open_inference import OpenInference
 
-    return [o for o in gc.get_objects() if isinstance(o, InferenceServicer | OipServicer)]
+    return [o for o in gc.get_objects() if isinstance(o, InferenceServicer | OpenInference)]
 
 
 def process_cpu_s(pid: int | None) -> float:

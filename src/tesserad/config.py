@@ -366,6 +366,12 @@ class NnSettings:
 
 @dataclass(frozen=True)
 class ServingSettings:
+    oip_http_listen: Address | None = setting(
+        None,
+        parse_optional_address,
+        "the Open Inference Protocol over HTTP/REST (KServe v2 /v2/..., as Triton's port 8000; "
+        "e.g. 127.0.0.1:8000); off (the default) disables; port 0 picks a free port",
+    )
     autoload: bool = setting(
         True,
         parse_bool,

@@ -42,6 +42,7 @@ from tesserad.api.follow import Follower, PrimaryCertificateError, check_primary
 from tesserad.api.inference import InferenceServicer
 from tesserad.api.interceptors import CallInterceptor, ServerInterceptor
 from tesserad.api.oip import OipServicer
+from tesserad.api.oip_http import OipHttpServer
 from tesserad.api.registry import RegistryServicer
 from tesserad.api.system import SystemServicer
 from tesserad.api.tls import CertificateError, ServerCertificates, server_certificates
@@ -65,6 +66,7 @@ from tesserad.replica.blob_cache import BlobCache
 from tesserad.replica.changes import ChangeFeed
 from tesserad.replica.followed import FollowedRegistry, FollowedVersion
 from tesserad.runtime_env import worker_environment
+from tesserad.serving.open_inference import OpenInference
 from tesserad.serving.registry_source import build_inference, inference_over
 from tesserad.serving.service import CallCounter, InferenceService
 from tesserad.serving.triton_metrics import TritonMetrics
@@ -174,6 +176,7 @@ class Daemon:
         self.port: int = 0
         self.metrics_port: int | None = None
         self.http_port: int | None = None
+        self.oip_http_port: int | None = None
         self.metrics = DaemonMetrics()
         self._stopping = asyncio.Event()
         self._server: grpc.aio.Server | None = None
@@ -183,6 +186,7 @@ class Daemon:
         self._health: health.aio.HealthServicer | None = None
         self._metrics_http: MetricsHttpServer | None = None
         self._dashboard: DashboardServer | None = None
+        self._oip_http: OipHttpServer | None = None
         self._lock: DataDirLock | None = None
         self._store: Store | None = None
         self._gpus: Gpus | None = None
@@ -308,6 +312,7 @@ class Daemon:
         self.inference = build_inference(self.registry, settings.serving, self.metrics.registry, calls)
         self._export_triton_metrics()
         self.registry.add_listener(self.inference.on_registry_change)
+        oip = OpenInference(self.inference, self._stopping)
         _register(
             inference_pb2_grpc.add_InferenceServicer_to_server,
             InferenceServicer(self.inference, replicas=self._changes.replicas),
@@ -315,7 +320,7 @@ class Daemon:
         )
         _register(
             grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
-            OipServicer(self.inference, self._stopping),
+            OipServicer(oip),
             routes,
         )
         events = EventLog(self._store, settings.training.watch_buffer_events)
@@ -390,6 +395,7 @@ class Daemon:
                     "pass --http-listen with another address, or off"
                 ) from None
             self.http_port = self._dashboard.port
+        await self._serve_oip_http(oip, auth)
         log.info(
             "tesserad serving",
             extra={
@@ -400,6 +406,7 @@ class Daemon:
                 "dashboard": f"{self._dashboard.scheme}://{_host(settings.http_listen)}:{self.http_port}"
                 if self._dashboard is not None and settings.http_listen is not None
                 else "off",
+                "oip_http": self._oip_http_url(),
                 "data_dir": str(data_dir.resolve()),
                 "map_size": format_size(settings.store.map_size),
                 "tls": "mutual" if settings.security.tls_client_ca_file else bool(credentials),
@@ -466,6 +473,31 @@ class Daemon:
         if self.settings.serving.triton_metrics and self.inference is not None:
             self.metrics.add_text(TritonMetrics(self.inference.pool))
 
+    async def _serve_oip_http(self, oip: OpenInference, auth: AuthInterceptor) -> None:
+        """The Open Inference Protocol over HTTP/REST, when serving.oip_http_listen is set."""
+        address = self.settings.serving.oip_http_listen
+        if address is None:
+            return
+        self._oip_http = OipHttpServer(
+            oip, address, self.settings.security, auth.tokens, self.settings.max_message_size
+        )
+        if self._certificates is not None:
+            self._certificates.also_reload(self._oip_http.reload_tls)
+        try:
+            await self._oip_http.start()
+        except OSError as exc:
+            raise StartupError(
+                f"cannot serve the Open Inference Protocol over HTTP on {address}: {exc.strerror}; "
+                "set serving.oip_http_listen to another address, or off"
+            ) from None
+        self.oip_http_port = self._oip_http.port
+
+    def _oip_http_url(self) -> str:
+        address = self.settings.serving.oip_http_listen
+        if self._oip_http is None or address is None:
+            return "off"
+        return f"{self._oip_http.scheme}://{_host(address)}:{self.oip_http_port}"
+
     def _serve_metrics(self) -> None:
         settings = self.settings
         if settings.metrics_listen is not None:
@@ -495,12 +527,13 @@ class Daemon:
             sys.setswitchinterval(settings.serving.switch_interval_us / 1e6)
         self.inference = inference_over(followed, settings.serving, self.metrics.registry, calls)
         self._export_triton_metrics()
+        oip = OpenInference(self.inference, self._stopping)
         _register(
             inference_pb2_grpc.add_InferenceServicer_to_server, InferenceServicer(self.inference), routes
         )
         _register(
             grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
-            OipServicer(self.inference, self._stopping),
+            OipServicer(oip),
             routes,
         )
         refused = [m.DESCRIPTOR.services_by_name[n] for m, n in _SERVICES if n in _PRIMARY_ONLY]
@@ -538,6 +571,7 @@ class Daemon:
         await server.start()
         self._following = asyncio.create_task(self._follower.run())
         self._serve_metrics()
+        await self._serve_oip_http(oip, auth)
         log.info(
             "tesserad serving",
             extra={
@@ -546,6 +580,7 @@ class Daemon:
                 "metrics": f"{settings.metrics_listen.host}:{self.metrics_port}"
                 if settings.metrics_listen and self.metrics_port
                 else "off",
+                "oip_http": self._oip_http_url(),
                 "cache_size": format_size(settings.replica.cache_size),
                 "tls": "mutual" if settings.security.tls_client_ca_file else bool(credentials),
                 "tokens": len(auth.token_holders) if settings.security.tokens_file else "off",
@@ -627,6 +662,9 @@ class Daemon:
         if self._dashboard is not None:
             await self._dashboard.stop()
             self._dashboard = None
+        if self._oip_http is not None:
+            await self._oip_http.stop()
+            self._oip_http = None
         if self._following is not None:
             self._following.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -675,9 +713,11 @@ def _host(address: Address) -> str:
 def _check_exposure(settings: Settings, insecure: bool) -> None:
     """Refuse to serve beyond loopback without authentication, unless the operator said --insecure.
 
-    The dashboard's listener follows the same rule as the gRPC one: it shows the same data.
+    The dashboard's listener and the HTTP inference one follow the same rule as the gRPC one:
+    they show the same data.
     """
-    exposed = [a for a in (settings.listen, settings.http_listen) if a is not None and not a.is_loopback]
+    listeners = (settings.listen, settings.http_listen, settings.serving.oip_http_listen)
+    exposed = [a for a in listeners if a is not None and not a.is_loopback]
     if not exposed or authentication_enabled(settings.security):
         return
     if not insecure:

@@ -11,8 +11,14 @@ import ml_dtypes
 import numpy as np
 
 from tessera.v1 import common_pb2
-from tesserad.errors import InvalidArgument, Unimplemented
+from tesserad.errors import InvalidArgument
 from tesserad.oip import grpc_service_pb2 as oip
+from tesserad.serving.open_inference import (
+    OIP_DTYPES,
+    OIP_NAME_BY_DTYPE,
+    refuse_classification,
+    refuse_shared_memory,
+)
 from tesserad.serving.signature import Signature, TensorSpec
 
 DTYPE_BY_PROTO: dict[common_pb2.DataType.ValueType, np.dtype] = {
@@ -40,23 +46,7 @@ _PROTO_DTYPE_NAMES: dict[common_pb2.DataType.ValueType, str] = {
 # are, with no byte-order dtype built and no astype/copy per request.
 _NATIVE_IS_WIRE = sys.byteorder == "little"
 
-# Open Inference Protocol datatype names, and which typed-contents field carries each.
-OIP_DTYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "INT8": np.dtype(np.int8),
-    "UINT16": np.dtype(np.uint16),
-    "INT16": np.dtype(np.int16),
-    "UINT32": np.dtype(np.uint32),
-    "INT32": np.dtype(np.int32),
-    "UINT64": np.dtype(np.uint64),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-}
-OIP_NAME_BY_DTYPE: dict[np.dtype, str] = {dtype: name for name, dtype in OIP_DTYPES.items()}
+# Which typed-contents field carries each Open Inference Protocol datatype.
 _OIP_CONTENTS_FIELD = {
     "BOOL": "bool_contents",
     "UINT8": "uint_contents",
@@ -81,7 +71,7 @@ def _shape(shape: Sequence[int], name: str) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def _from_bytes(
+def array_from_bytes(
     data: bytes, dtype: np.dtype, shape: tuple[int, ...], name: str, dtype_name: str
 ) -> np.ndarray:
     """`data` as an array of `shape`, sharing its memory (read-only, as the bytes are)."""
@@ -106,7 +96,9 @@ def tensor_to_array(tensor: common_pb2.Tensor) -> np.ndarray:
         raise InvalidArgument(
             f"input {name!r} has no dtype; set dtype to one of the DataType values (e.g. DATA_TYPE_FLOAT32)"
         )
-    return _from_bytes(tensor.data, dtype, _shape(tensor.shape, name), name, _PROTO_DTYPE_NAMES[proto_dtype])
+    return array_from_bytes(
+        tensor.data, dtype, _shape(tensor.shape, name), name, _PROTO_DTYPE_NAMES[proto_dtype]
+    )
 
 
 def tensors_to_arrays(tensors: Sequence[common_pb2.Tensor]) -> dict[str, np.ndarray]:
@@ -118,7 +110,7 @@ def tensors_to_arrays(tensors: Sequence[common_pb2.Tensor]) -> dict[str, np.ndar
     return arrays
 
 
-def _little_endian_bytes(array: np.ndarray) -> bytes:
+def little_endian_bytes(array: np.ndarray) -> bytes:
     if _NATIVE_IS_WIRE and array.dtype.isnative:
         return array.tobytes()  # C order, whatever the array's layout
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
@@ -136,7 +128,7 @@ def fill_tensor(tensor: common_pb2.Tensor, name: str, array: np.ndarray) -> None
     tensor.name = name
     tensor.dtype = PROTO_BY_DTYPE[array.dtype]
     tensor.shape.extend(array.shape)
-    tensor.data = _little_endian_bytes(array)
+    tensor.data = little_endian_bytes(array)
 
 
 def spec_to_proto(spec: TensorSpec) -> common_pb2.TensorSpec:
@@ -178,7 +170,7 @@ def oip_inputs_to_arrays(request: oip.ModelInferRequest) -> dict[str, np.ndarray
                     f"{where} has contents as well as raw_input_contents; send each input's data "
                     "in one of them"
                 )
-            arrays[tensor.name] = _from_bytes(raw[index], dtype, shape, tensor.name, tensor.datatype)
+            arrays[tensor.name] = array_from_bytes(raw[index], dtype, shape, tensor.name, tensor.datatype)
             continue
         field = _OIP_CONTENTS_FIELD.get(tensor.datatype)
         if field is None:
@@ -220,15 +212,8 @@ def _narrowed(values: Sequence[int], dtype: np.dtype, where: str, field: str, na
 
 
 def _refuse_shared_memory(parameters: Mapping[str, oip.InferParameter], where: str) -> None:
-    """Unimplemented for a tensor that names a shared-memory region (tritonclient's
-    set_shared_memory): its data would be read from, or answered outside, the region."""
-    if "shared_memory_region" in parameters:
-        region = parameters["shared_memory_region"].string_param
-        raise Unimplemented(
-            f"{where} shared-memory region {region!r}; tesserad does not support shared-memory "
-            "tensors: send inputs in raw_input_contents or typed contents, and read outputs from "
-            "raw_output_contents"
-        )
+    region = parameters["shared_memory_region"].string_param if "shared_memory_region" in parameters else ""
+    refuse_shared_memory(parameters, region, where)
 
 
 def oip_requested_outputs(request: oip.ModelInferRequest) -> list[str]:
@@ -240,13 +225,7 @@ def oip_requested_outputs(request: oip.ModelInferRequest) -> list[str]:
             raise InvalidArgument(f"output {name!r} is requested twice; request each output once")
         if requested.parameters:
             _refuse_shared_memory(requested.parameters, f"output {name!r} is to be written to")
-        if "classification" in requested.parameters:
-            # Answering the raw values instead would hand the client something else than it asked.
-            raise Unimplemented(
-                f"output {name!r} asks for classification, an Open Inference Protocol extension "
-                "tesserad does not offer; request the output without it and take the top classes "
-                "from its values"
-            )
+            refuse_classification(requested.parameters, name)
         names.append(name)
     return names
 
@@ -256,4 +235,4 @@ def oip_output(name: str, array: np.ndarray) -> tuple[oip.ModelInferResponse.Inf
     tensor = oip.ModelInferResponse.InferOutputTensor(
         name=name, datatype=OIP_NAME_BY_DTYPE[array.dtype], shape=array.shape
     )
-    return tensor, _little_endian_bytes(array)
+    return tensor, little_endian_bytes(array)

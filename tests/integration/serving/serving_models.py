@@ -234,3 +234,39 @@ def predict_request(model: str, x: np.ndarray, **target: object) -> inference_pb
     return inference_pb2.PredictRequest(
         target=common_pb2.VersionRef(model=model, **target), inputs=[tensor("x", x)]
     )
+
+
+# Every datatype tesserad serves from ONNX (its onnxruntime serves no BF16), as the echo
+# model's inputs, with their ONNX element types.
+ECHO_TYPES = {
+    "BOOL": TensorProto.BOOL,
+    "UINT8": TensorProto.UINT8,
+    "INT8": TensorProto.INT8,
+    "UINT16": TensorProto.UINT16,
+    "INT16": TensorProto.INT16,
+    "UINT32": TensorProto.UINT32,
+    "INT32": TensorProto.INT32,
+    "UINT64": TensorProto.UINT64,
+    "INT64": TensorProto.INT64,
+    "FP16": TensorProto.FLOAT16,
+    "FP32": TensorProto.FLOAT,
+    "FP64": TensorProto.DOUBLE,
+}
+
+
+def echo_model() -> bytes:
+    """out_<t> = in_<t> for every datatype t, each of shape (N, 3)."""
+    names = [t.lower() for t in ECHO_TYPES]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [f"in_{n}"], [f"out_{n}"]) for n in names],
+        "echo",
+        [
+            helper.make_tensor_value_info(f"in_{n}", t, ["batch", 3])
+            for n, t in zip(names, ECHO_TYPES.values(), strict=True)
+        ],
+        [
+            helper.make_tensor_value_info(f"out_{n}", t, ["batch", 3])
+            for n, t in zip(names, ECHO_TYPES.values(), strict=True)
+        ],
+    )
+    return _model_bytes(graph)

@@ -1,4 +1,5 @@
-"""Conformance with Triton's own Python client (PyPI `tritonclient[grpc]`).
+"""Conformance with Triton's own Python client (PyPI `tritonclient[grpc,http]`), over gRPC and
+over HTTP/REST (serving.oip_http_listen).
 
 tritonclient pins protobuf<7 and ships its own `inference` package, so it cannot share this
 process: it runs in a subprocess under the interpreter of its own virtual environment, named by
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serving_models import W
+from serving_models import W, linear_model, upload
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -103,6 +104,62 @@ print(json.dumps(seen))
 """
 
 
+# tritonclient.http: binary tensor data by default (and JSON when asked), errors as HTTP statuses.
+HTTP_CLIENT_SCRIPT = r"""
+import json, sys
+import numpy as np
+import tritonclient.http as th
+from tritonclient.utils import InferenceServerException
+
+client = th.InferenceServerClient(sys.argv[1])
+model = sys.argv[2]
+seen = {"live": client.is_server_live(), "ready": client.is_server_ready()}
+seen["ready_before_load"] = client.is_model_ready(model)
+try:
+    client.load_model(model, config='{"max_batch_size": 4}')
+    seen["load_with_config"] = None
+except InferenceServerException as exc:
+    seen["load_with_config"] = [exc.status(), exc.message()]
+client.load_model(model)
+seen["ready_after_load"] = client.is_model_ready(model)
+seen["extensions"] = client.get_server_metadata()["extensions"]
+seen["inputs"] = [[t["name"], t["datatype"], t["shape"]] for t in client.get_model_metadata(model)["inputs"]]
+seen["max_batch_size"] = client.get_model_config(model)["max_batch_size"]
+
+x = np.arange(8, dtype=np.float32).reshape(2, 4)
+tensor = th.InferInput("x", [2, 4], "FP32")
+tensor.set_data_from_numpy(x)
+result = client.infer(model, [tensor], outputs=[th.InferRequestedOutput("y")], request_id="th-1")
+seen["y"] = result.as_numpy("y").tolist()
+seen["id"] = result.get_response()["id"]
+as_json = th.InferInput("x", [2, 4], "FP32")
+as_json.set_data_from_numpy(x, binary_data=False)
+seen["y_json"] = client.infer(
+    model, [as_json], outputs=[th.InferRequestedOutput("y", binary_data=False)]
+).as_numpy("y").tolist()
+seen["y_all_outputs"] = client.infer(model, [tensor], priority=2, timeout=60_000_000).as_numpy("y").tolist()
+
+bad = th.InferInput("x", [2, 5], "FP32")
+bad.set_data_from_numpy(np.zeros((2, 5), dtype=np.float32))
+for key, call in (
+    ("bad", lambda: client.infer(model, [bad])),
+    ("missing", lambda: client.infer("missing", [tensor])),
+    ("sequence", lambda: client.infer(model, [tensor], sequence_id=5, sequence_start=True)),
+):
+    try:
+        call()
+        seen[key] = None
+    except InferenceServerException as exc:
+        seen[key] = [exc.status(), exc.message()]
+stats = client.get_inference_statistics(model)["model_stats"][0]
+seen["success_count"] = stats["inference_stats"]["success"]["count"]
+seen["models"] = [[m["name"], m.get("state", "")] for m in client.get_model_repository_index()]
+client.unload_model(model)
+seen["ready_after_unload"] = client.is_model_ready(model)
+print(json.dumps(seen))
+"""
+
+
 def tritonclient_python() -> Path | None:
     named = os.environ.get("TESSERA_TRITONCLIENT_PYTHON")
     if named:
@@ -159,3 +216,46 @@ def test_tritonclient_talks_to_tesserad(daemon, linear) -> None:
     assert seen["success_count"] == 3
     assert [linear, "READY"] in seen["models"]
     assert seen["index_after_unload"] == [[linear, "2", "UNAVAILABLE", "unloaded"]]
+
+
+def test_tritonclient_http_talks_to_tesserad(start_daemon) -> None:
+    python = tritonclient_python()
+    if python is None:
+        pytest.skip(
+            "tritonclient is not installed: set TESSERA_TRITONCLIENT_PYTHON to a python with "
+            "'tritonclient[grpc,http]' (or create .venv-triton in the repository root)"
+        )
+    daemon = start_daemon(**{"serving.oip_http_listen": "127.0.0.1:0"})
+    channel = daemon.channel()
+    upload(channel, "linear", linear_model(1.0))
+    run = subprocess.run(
+        [str(python), "-c", HTTP_CLIENT_SCRIPT, f"127.0.0.1:{daemon.daemon.oip_http_port}", "linear"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    seen = json.loads(run.stdout)
+    assert (seen["live"], seen["ready"]) == (True, True)
+    assert (seen["ready_before_load"], seen["ready_after_load"], seen["ready_after_unload"]) == (
+        False,
+        True,
+        False,
+    )
+    assert "statistics" in seen["extensions"]
+    assert seen["inputs"] == [["x", "FP32", [-1, 4]]]
+    assert seen["max_batch_size"] == 32
+    expected = (np.arange(8, dtype=np.float32).reshape(2, 4) @ W).tolist()
+    assert seen["y"] == seen["y_json"] == seen["y_all_outputs"]
+    np.testing.assert_allclose(np.array(seen["y"]), expected, rtol=1e-6)
+    assert seen["id"] == "th-1"
+    status, message = seen["bad"]
+    assert status == "400" and "'x'" in message and "dimension 1" in message
+    status, message = seen["missing"]
+    assert status == "404" and "missing" in message
+    status, message = seen["sequence"]
+    assert status == "501" and "keeps no state between requests" in message
+    assert seen["load_with_config"][0] == "501"
+    assert seen["success_count"] == 3
+    assert ["linear", "READY"] in seen["models"]

@@ -1,0 +1,282 @@
+"""The Open Inference Protocol over HTTP/REST (KServe v2, as Triton's port 8000): aiohttp on
+the daemon's own event loop, on its own listener (`serving.oip_http_listen`).
+
+Thin, as the gRPC servicer (tesserad.api.oip) is: both call tesserad.serving.open_inference, and
+metadata, config, statistics and the repository index are the gRPC messages written as JSON.
+Access is the gRPC listener's: its TLS (and client-certificate rule), its tokens as `Authorization:
+Bearer <token>`, and the role its RPC of the same name needs. Errors are `{"error": "..."}` with
+the HTTP status of the gRPC code's meaning and the gRPC message.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+from aiohttp import web
+
+from tesserad import __version__, errors
+from tesserad.api.auth import expired_message
+from tesserad.api.oip import (
+    index_response,
+    metadata_of,
+    model_config_of,
+    statistics_response,
+)
+from tesserad.api.oip_json import (
+    HEADER_LENGTH,
+    KIND_NAMES,
+    infer_request,
+    infer_response,
+    message_json,
+    split_body,
+)
+from tesserad.config import Address, SecuritySettings, format_size
+from tesserad.dashboard.access import CHALLENGE, Handler, dashboard_tls
+from tesserad.dashboard.server import http_status_for
+from tesserad.security.roles import HEALTH_METHODS, ROLE_TABLE
+from tesserad.security.tokens import TokenFile, token_digest, utc_now
+from tesserad.serving.open_inference import EXTENSIONS, OpenInference, target_of, timeout_of
+
+log = logging.getLogger(__name__)
+
+_SERVICE = "inference.GRPCInferenceService"
+
+
+def _failure(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class OipHttpServer:
+    """Serves /v2 on `address`; `port` is the bound one (for port 0)."""
+
+    def __init__(
+        self,
+        core: OpenInference,
+        address: Address,
+        security: SecuritySettings,
+        tokens: TokenFile | None,
+        max_message_size: int,
+    ) -> None:
+        """`tokens`: the daemon's own (None without a tokens file), so a reload applies here too."""
+        self._core = core
+        self._address = address
+        self._tokens = tokens
+        self._health_open = security.health_open
+        self._max_message_size = max_message_size
+        self._tls = dashboard_tls(security)
+        app = web.Application(middlewares=[self._errors], client_max_size=max_message_size)
+        model = "/v2/models/{model}"
+        version = "/v2/models/{model}/versions/{version}"
+        app.add_routes(
+            [
+                web.get("/v2/health/live", self._live),
+                web.get("/v2/health/ready", self._ready),
+                web.get("/v2", self._server_metadata),
+                web.get("/v2/models/stats", self._statistics),
+                web.post("/v2/repository/index", self._index),
+                web.post("/v2/repository/models/{model}/load", self._load),
+                web.post("/v2/repository/models/{model}/unload", self._unload),
+                *(
+                    route
+                    for path in (model, version)
+                    for route in (
+                        web.get(path, self._model_metadata),
+                        web.get(f"{path}/ready", self._model_ready),
+                        web.get(f"{path}/config", self._config),
+                        web.get(f"{path}/stats", self._statistics),
+                        web.post(f"{path}/infer", self._infer),
+                    )
+                ),
+            ]
+        )
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        self.port = 0
+
+    def reload_tls(self) -> None:
+        """Read the TLS files again for new connections (the gRPC listener has checked them)."""
+        if self._tls is not None:
+            self._tls.reload()
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self._tls is not None else "http"
+
+    async def start(self) -> None:
+        """Bind and serve; OSError (with errno) when the address cannot be bound."""
+        await self._runner.setup()
+        context = None if self._tls is None else self._tls.context
+        site = web.TCPSite(self._runner, self._address.host, self._address.port, ssl_context=context)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except _Refused as exc:
+            return _failure(exc.status, exc.message, CHALLENGE if exc.status == 401 else None)
+        except errors.TesseraError as exc:
+            return _failure(http_status_for(exc), exc.message)
+        except web.HTTPRequestEntityTooLarge:
+            return _failure(
+                413,
+                f"the request body is larger than max_message_size ({format_size(self._max_message_size)}), "
+                "the largest request this tesserad accepts",
+            )
+        except web.HTTPException as exc:
+            if exc.status == 404:
+                return _failure(404, f"nothing at {request.path[:200]}; the protocol's paths start with /v2")
+            if exc.status == 405:
+                return _failure(405, f"{request.method} is not served at {request.path[:200]}")
+            raise
+        except Exception as exc:
+            error_id = uuid.uuid4().hex[:12]
+            log.error(
+                "unexpected error in an HTTP inference request", exc_info=exc, extra={"error_id": error_id}
+            )
+            return _failure(
+                500, f"internal error (id {error_id}); the daemon's log has the details under that id"
+            )
+
+    def _admit(self, request: web.Request, rpc: str) -> None:
+        """Refuse (401/403) a caller the gRPC RPC `rpc` would refuse. Without a tokens file every
+        caller is admitted: mutual TLS has checked the certificate, and without it the daemon
+        serves loopback only (or the operator said --insecure)."""
+        if self._tokens is None or (self._health_open and f"/{_SERVICE}/{rpc}" in HEALTH_METHODS):
+            return
+        header = request.headers.get("Authorization")
+        if header is None:
+            raise _Refused(
+                401,
+                "this tesserad needs a token: send the header 'Authorization: Bearer <token>' "
+                "(a token made with `tesserad tokens add`)",
+            )
+        scheme, _, token = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise _Refused(401, "the Authorization header must be 'Bearer <token>'")
+        identity = self._tokens.table.identify_digest(token_digest(token.strip()))
+        if identity is None:
+            raise _Refused(
+                401,
+                "the token is not valid for this tesserad (mistyped, or removed from its tokens "
+                "file); ask the operator for a token made with `tesserad tokens add`",
+            )
+        if identity.expires is not None and identity.expired(utc_now()):
+            raise _Refused(401, expired_message(identity))
+        required = ROLE_TABLE[_SERVICE][rpc]
+        if identity.role < required:
+            raise _Refused(
+                403,
+                f"{request.method} {request.path[:200]} needs the {required.label} role; the token "
+                f"{identity.name!r} has the {identity.role.label} role",
+            )
+
+    async def _live(self, request: web.Request) -> web.Response:
+        self._admit(request, "ServerLive")
+        return web.Response()
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        self._admit(request, "ServerReady")
+        return web.Response(status=200 if self._core.server_ready() else 503)
+
+    async def _server_metadata(self, request: web.Request) -> web.Response:
+        self._admit(request, "ServerMetadata")
+        return web.json_response({"name": "tesserad", "version": __version__, "extensions": EXTENSIONS})
+
+    async def _model_ready(self, request: web.Request) -> web.Response:
+        self._admit(request, "ModelReady")
+        ready = await self._core.model_ready(
+            request.match_info["model"], request.match_info.get("version", "")
+        )
+        return web.Response(status=200 if ready else 503)
+
+    async def _model_metadata(self, request: web.Request) -> web.Response:
+        self._admit(request, "ModelMetadata")
+        described = await self._core.describe(
+            request.match_info["model"], request.match_info.get("version", "")
+        )
+        return web.json_response(message_json(metadata_of(*described)))
+
+    async def _config(self, request: web.Request) -> web.Response:
+        self._admit(request, "ModelConfig")
+        described, _ = await self._core.describe(
+            request.match_info["model"], request.match_info.get("version", "")
+        )
+        # As Triton's: the config itself, not wrapped as gRPC's ModelConfigResponse wraps it.
+        return web.json_response(message_json(model_config_of(described)))
+
+    async def _statistics(self, request: web.Request) -> web.Response:
+        self._admit(request, "ModelStatistics")
+        entries = await self._core.statistics(
+            request.match_info.get("model", ""), request.match_info.get("version", "")
+        )
+        return web.json_response(message_json(statistics_response(entries)))
+
+    async def _json_object(self, request: web.Request) -> dict[str, object]:
+        """The body as a JSON object; an empty body is an empty object."""
+        body = await request.read()
+        if not body.strip():
+            return {}
+        document, _ = split_body(body, None)
+        if not isinstance(document, dict):
+            raise errors.InvalidArgument("the request body must be a JSON object")
+        return document
+
+    async def _index(self, request: web.Request) -> web.Response:
+        self._admit(request, "RepositoryIndex")
+        ready = (await self._json_object(request)).get("ready", False)
+        if not isinstance(ready, bool):
+            raise errors.InvalidArgument("'ready' must be true or false")
+        # As Triton's: the list itself.
+        return web.json_response(
+            message_json(index_response(await self._core.index(ready))).get("models", [])
+        )
+
+    async def _load(self, request: web.Request) -> web.Response:
+        self._admit(request, "RepositoryModelLoad")
+        parameters = (await self._json_object(request)).get("parameters", {})
+        if not isinstance(parameters, dict):
+            raise errors.InvalidArgument("'parameters' must be a JSON object")
+        await self._core.load(request.match_info["model"], parameters)
+        return web.Response()
+
+    async def _unload(self, request: web.Request) -> web.Response:
+        self._admit(request, "RepositoryModelUnload")
+        await self._core.unload(request.match_info["model"])
+        return web.Response()
+
+    async def _infer(self, request: web.Request) -> web.Response:
+        self._admit(request, "ModelInfer")
+        body = await request.read()
+        started = time.perf_counter_ns()
+        target = target_of(request.match_info["model"], request.match_info.get("version", ""))
+        parsed = infer_request(*split_body(body, request.headers.get(HEADER_LENGTH)))
+        timeout = timeout_of(parsed.parameters, KIND_NAMES) if parsed.parameters else None
+        decoded = time.perf_counter_ns()
+        version, prediction = await self._core.infer(
+            target, parsed.inputs, parsed.output_names, None, timeout, parsed.id
+        )
+        answered = time.perf_counter_ns()
+        answer, header_length = infer_response(target.model, version, parsed, prediction.outputs)
+        self._core.record_io(
+            target.model, version, parsed.inputs, decoded - started, time.perf_counter_ns() - answered
+        )
+        if header_length is None:
+            return web.Response(body=answer, content_type="application/json")
+        return web.Response(
+            body=answer,
+            content_type="application/octet-stream",
+            headers={HEADER_LENGTH: str(header_length)},
+        )

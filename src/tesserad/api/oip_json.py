@@ -1,0 +1,316 @@
+"""The Open Inference Protocol's HTTP/REST bodies <-> numpy and protobuf messages.
+
+JSON tensors (KServe v2: datatype, shape, row-major `data`) and Triton's binary tensor data
+extension: a body of JSON followed by raw little-endian tensors, the JSON's length in the
+`Inference-Header-Content-Length` header; an input's `binary_data_size` parameter says how
+many of those bytes it takes, in the order of the inputs; an output is answered that way when
+its `binary_data` parameter, or the request's `binary_data_output`, says so. tritonclient.http
+sends and asks for binary data by default.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
+
+from tesserad.api.convert_tensors import array_from_bytes, little_endian_bytes
+from tesserad.errors import InvalidArgument
+from tesserad.serving.open_inference import (
+    OIP_DTYPES,
+    OIP_NAME_BY_DTYPE,
+    Kind,
+    Parameter,
+    refuse_classification,
+    refuse_shared_memory,
+)
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+# How messages name a JSON parameter's kind.
+KIND_NAMES = {
+    Kind.BOOL: "boolean",
+    Kind.INT: "integer",
+    Kind.UINT: "integer",
+    Kind.DOUBLE: "number",
+    Kind.STRING: "string",
+    Kind.BYTES: "string",
+}
+_INT64_TYPES = frozenset(
+    {
+        FieldDescriptor.TYPE_INT64,
+        FieldDescriptor.TYPE_UINT64,
+        FieldDescriptor.TYPE_SINT64,
+        FieldDescriptor.TYPE_FIXED64,
+        FieldDescriptor.TYPE_SFIXED64,
+    }
+)
+_FLOAT_NAMES = frozenset({"FP16", "BF16", "FP32", "FP64"})
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    id: str
+    inputs: dict[str, np.ndarray]
+    output_names: list[str]
+    # Outputs whose binary_data parameter is set; the others follow binary_by_default.
+    binary_outputs: dict[str, bool]
+    binary_by_default: bool
+    parameters: dict[str, Parameter]
+
+
+def message_json(message: Message) -> dict[str, Any]:
+    """`message` as Triton's HTTP endpoints answer it: protobuf's JSON with field names as in the
+    .proto, fields at their defaults included, and 64-bit integers as numbers (protobuf's JSON
+    writes them as strings)."""
+    document = json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    # The generated classes' DESCRIPTOR is upb's Descriptor, which has the same interface.
+    _numbers(cast(Descriptor, message.DESCRIPTOR), document)
+    return document
+
+
+def _numbers(descriptor: Descriptor, document: dict[str, Any]) -> None:
+    for field in descriptor.fields:
+        if field.name not in document:
+            continue
+        value = document[field.name]
+        message_type = field.message_type
+        if message_type is not None and message_type.GetOptions().map_entry:
+            value_field = message_type.fields_by_name["value"]
+            if value_field.message_type is not None:
+                for item in value.values():
+                    _numbers(value_field.message_type, item)
+            elif value_field.type in _INT64_TYPES:
+                document[field.name] = {k: int(v) for k, v in value.items()}
+        elif message_type is not None:
+            for item in value if isinstance(value, list) else [value]:
+                _numbers(message_type, item)
+        elif field.type in _INT64_TYPES:
+            document[field.name] = [int(v) for v in value] if isinstance(value, list) else int(value)
+
+
+def _parameters(document: Mapping[str, Any], where: str) -> dict[str, Parameter]:
+    raw = document.get("parameters", {})
+    if not isinstance(raw, dict):
+        raise InvalidArgument(f"{where}'s parameters must be a JSON object")
+    parameters: dict[str, Parameter] = {}
+    for key, value in raw.items():
+        if isinstance(value, bool):
+            parameters[key] = Parameter(value, Kind.BOOL)
+        elif isinstance(value, int):
+            parameters[key] = Parameter(value, Kind.INT if value < 2**63 else Kind.UINT)
+        elif isinstance(value, float):
+            parameters[key] = Parameter(value, Kind.DOUBLE)
+        elif isinstance(value, str):
+            parameters[key] = Parameter(value, Kind.STRING)
+        else:
+            parameters[key] = Parameter(value, None)
+    return parameters
+
+
+def _flag(parameters: Mapping[str, Parameter], key: str, where: str) -> bool | None:
+    parameter = parameters.get(key)
+    if parameter is None:
+        return None
+    if parameter.kind is not Kind.BOOL:
+        raise InvalidArgument(f"{where}'s parameter {key!r} must be a boolean")
+    return bool(parameter.value)
+
+
+def _region(parameters: Mapping[str, Parameter]) -> str:
+    region = parameters.get("shared_memory_region")
+    return "" if region is None else str(region.value)
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[Any, bytes]:
+    """(the JSON document, the binary data after it)."""
+    if header_length is None:
+        length = len(body)
+    else:
+        try:
+            length = int(header_length)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= len(body):
+            raise InvalidArgument(
+                f"header {HEADER_LENGTH} is {header_length[:40]!r}; it must be the length in bytes of "
+                f"the JSON at the start of the body (the body has {len(body)} bytes)"
+            )
+    try:
+        document = json.loads(body[:length])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidArgument(f"the request body is not valid JSON: {exc}") from None
+    return document, body[length:]
+
+
+def _shape(tensor: Mapping[str, Any], where: str) -> tuple[int, ...]:
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise InvalidArgument(f"{where} needs a shape: a list of integers")
+    if min(shape, default=0) < 0:
+        raise InvalidArgument(f"{where} has shape {shape}; dimensions cannot be negative")
+    return tuple(shape)
+
+
+def _json_values(values: Any, datatype: str, shape: tuple[int, ...], where: str) -> np.ndarray:
+    """The `data` of an input as an array of `shape`; refuses values of another kind than
+    `datatype` (a float for an integer, a number for BOOL) and integers outside its range, which
+    numpy would round or wrap around: the model would be answering other numbers."""
+    dtype = OIP_DTYPES[datatype]
+    count = math.prod(shape)
+    try:
+        flat = np.asarray(values)
+    except ValueError:
+        raise InvalidArgument(
+            f"{where} has data of uneven nesting; send its values flat, row-major"
+        ) from None
+    if flat.size:
+        kinds = "b" if datatype == "BOOL" else "iuf" if datatype in _FLOAT_NAMES else "iu"
+        if flat.dtype.kind not in kinds:
+            expected = "true or false" if datatype == "BOOL" else "numbers" if kinds == "iuf" else "integers"
+            raise InvalidArgument(f"{where} is {datatype}: its data must be {expected}")
+    if flat.size != count:
+        raise InvalidArgument(
+            f"{where} has {flat.size} values in data, but shape {list(shape)} needs {count}"
+        )
+    if dtype.kind in "iu" and flat.size:
+        limits = np.iinfo(dtype)
+        low, high = flat.min(), flat.max()
+        if low < limits.min or high > limits.max:
+            outside = low if low < limits.min else high
+            raise InvalidArgument(
+                f"{where} has {outside} in data, outside {datatype}'s range {limits.min}..{limits.max}; "
+                "every value must fit the datatype the input is sent as"
+            )
+    return flat.astype(dtype).reshape(shape)
+
+
+def infer_request(document: Any, binary: bytes) -> InferRequest:
+    if not isinstance(document, dict):
+        raise InvalidArgument("the request body must be a JSON object with 'inputs'")
+    request_id = document.get("id", "")
+    if not isinstance(request_id, str):
+        raise InvalidArgument("the request's id must be a string")
+    tensors = document.get("inputs")
+    if not isinstance(tensors, list) or not all(isinstance(t, dict) for t in tensors):
+        raise InvalidArgument("the request needs 'inputs': a list of tensors, each a JSON object")
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for tensor in tensors:
+        name = tensor.get("name")
+        if not isinstance(name, str):
+            raise InvalidArgument("every input needs a name (a string)")
+        where = f"input {name!r}"
+        if name in inputs:
+            raise InvalidArgument(f"{where} is given twice; send each input once")
+        parameters = _parameters(tensor, where)
+        refuse_shared_memory(parameters, _region(parameters), f"{where} is in")
+        datatype = tensor.get("datatype")
+        if datatype not in OIP_DTYPES:
+            raise InvalidArgument(
+                f"{where} has datatype {datatype!r}; tesserad serves {', '.join(OIP_DTYPES)}"
+            )
+        shape = _shape(tensor, where)
+        size = parameters.get("binary_data_size")
+        if size is not None:
+            if size.kind is not Kind.INT or not isinstance(size.value, int) or size.value < 0:
+                raise InvalidArgument(
+                    f"{where}'s parameter 'binary_data_size' must be an integer of at least 0"
+                )
+            if "data" in tensor:
+                raise InvalidArgument(
+                    f"{where} has data as well as binary_data_size; send its data in one of them"
+                )
+            if offset + size.value > len(binary):
+                raise InvalidArgument(
+                    f"{where} takes {size.value} bytes of binary data from offset {offset}, but the body "
+                    f"has {len(binary)} bytes after the JSON (header {HEADER_LENGTH})"
+                )
+            inputs[name] = array_from_bytes(
+                binary[offset : offset + size.value], OIP_DTYPES[datatype], shape, name, datatype
+            )
+            offset += size.value
+        elif "data" in tensor:
+            inputs[name] = _json_values(tensor["data"], datatype, shape, where)
+        else:
+            raise InvalidArgument(
+                f"{where} has no data: send its {math.prod(shape)} values of shape {list(shape)} in "
+                "data, or as binary data with the parameter binary_data_size"
+            )
+    if offset != len(binary):
+        raise InvalidArgument(
+            f"the body has {len(binary)} bytes of binary data after the JSON, but the inputs' "
+            f"binary_data_size parameters take {offset}"
+        )
+    output_names: list[str] = []
+    binary_outputs: dict[str, bool] = {}
+    requested = document.get("outputs", [])
+    if not isinstance(requested, list) or not all(isinstance(o, dict) for o in requested):
+        raise InvalidArgument("the request's 'outputs' must be a list of JSON objects, each with a name")
+    for output in requested:
+        name = output.get("name")
+        if not isinstance(name, str):
+            raise InvalidArgument("every requested output needs a name (a string)")
+        if name in output_names:
+            raise InvalidArgument(f"output {name!r} is requested twice; request each output once")
+        parameters = _parameters(output, f"output {name!r}")
+        refuse_shared_memory(parameters, _region(parameters), f"output {name!r} is to be written to")
+        refuse_classification(parameters, name)
+        flag = _flag(parameters, "binary_data", f"output {name!r}")
+        if flag is not None:
+            binary_outputs[name] = flag
+        output_names.append(name)
+    parameters = _parameters(document, "the request")
+    return InferRequest(
+        id=request_id,
+        inputs=inputs,
+        output_names=output_names,
+        binary_outputs=binary_outputs,
+        binary_by_default=bool(_flag(parameters, "binary_data_output", "the request")),
+        parameters=parameters,
+    )
+
+
+def _json_data(array: np.ndarray) -> list[Any]:
+    # JSON has one number type; bfloat16 (an ml_dtypes type) has no tolist of its own.
+    if OIP_NAME_BY_DTYPE[array.dtype] == "BF16":
+        array = array.astype(np.float32)
+    values: list[Any] = array.ravel().tolist()
+    return values
+
+
+def infer_response(
+    model: str, version: int, request: InferRequest, outputs: Mapping[str, np.ndarray]
+) -> tuple[bytes, int | None]:
+    """(the body, the length of its JSON when binary data follows it)."""
+    tensors: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for name, array in outputs.items():
+        tensor: dict[str, Any] = {
+            "name": name,
+            "datatype": OIP_NAME_BY_DTYPE[array.dtype],
+            "shape": list(array.shape),
+        }
+        if request.binary_outputs.get(name, request.binary_by_default):
+            raw = little_endian_bytes(array)
+            tensor["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            tensor["data"] = _json_data(array)
+        tensors.append(tensor)
+    document: dict[str, Any] = {"model_name": model, "model_version": str(version)}
+    if request.id:
+        document["id"] = request.id
+    document["outputs"] = tensors
+    header = json.dumps(document).encode()
+    if not chunks:
+        return header, None
+    return header + b"".join(chunks), len(header)

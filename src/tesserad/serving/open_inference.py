@@ -1,0 +1,295 @@
+"""The Open Inference Protocol (KServe v2) as its transports share it: gRPC
+(inference.GRPCInferenceService) and HTTP/REST (/v2/...) call the same checks, routing, readiness,
+repository actions and request recording here, and only encode and decode messages themselves.
+
+Model names are tessera model names; a version is a version number as a string, or empty for
+what a request without a selector gets (the deployment, else "latest").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import time
+from collections.abc import Collection, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+
+import ml_dtypes
+import numpy as np
+
+from tesserad.errors import InvalidArgument, NotFound, Unimplemented
+from tesserad.names import validate_name
+from tesserad.numbers import INT64_MAX, whole_number
+from tesserad.serving.batcher import Prediction
+from tesserad.serving.pool import LoadedVersion, LoadState
+from tesserad.serving.predict import predict
+from tesserad.serving.service import InferenceService, Target, VersionDescription
+
+# The protocol's datatype names.
+OIP_DTYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "INT8": np.dtype(np.int8),
+    "UINT16": np.dtype(np.uint16),
+    "INT16": np.dtype(np.int16),
+    "UINT32": np.dtype(np.uint32),
+    "INT32": np.dtype(np.int32),
+    "UINT64": np.dtype(np.uint64),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+}
+OIP_NAME_BY_DTYPE: dict[np.dtype, str] = {dtype: name for name, dtype in OIP_DTYPES.items()}
+
+# Listed truthfully: perf_analyzer shows the server-side breakdown only with "statistics".
+EXTENSIONS = ["model_repository", "model_configuration", "statistics"]
+PLATFORMS = {"onnx": "onnxruntime_onnx", "torch": "pytorch_libtorch", "ensemble": "ensemble"}
+BACKENDS = {"onnx": "onnxruntime", "torch": "pytorch", "ensemble": ""}
+# Triton's names for a version's state in the repository index (its ModelReadyState).
+_INDEX_STATES = {
+    LoadState.LOADING: "LOADING",
+    LoadState.WARMING: "LOADING",
+    LoadState.READY: "READY",
+    LoadState.DRAINING: "UNLOADING",
+    LoadState.FAILED: "UNAVAILABLE",
+}
+
+# The one reserved request parameter Triton takes: each streamed answer says whether it is the
+# request's last (here every answer is: no model is decoupled).
+FINAL_RESPONSE_FLAG = "triton_enable_empty_final_response"
+
+
+def target_of(name: str, version: str) -> Target:
+    validate_name("model_name", name)
+    if not version:
+        return Target(name)
+    return Target(name, version=whole_number("model_version", version, 1, INT64_MAX))
+
+
+class Kind(enum.Enum):
+    """What a request parameter holds; each transport names the kinds in its own words."""
+
+    BOOL = "bool"
+    INT = "int"
+    UINT = "uint"
+    DOUBLE = "double"
+    STRING = "string"
+    BYTES = "bytes"
+
+
+@dataclass(frozen=True)
+class Parameter:
+    value: object
+    kind: Kind | None  # None: a gRPC parameter with no value set
+
+
+def _parameter(
+    parameters: Mapping[str, Parameter],
+    key: str,
+    kinds: tuple[Kind, ...],
+    names: Mapping[Kind, str],
+    unit: str = "",
+) -> object:
+    """The value of parameter `key` (None when absent); InvalidArgument for another kind."""
+    parameter = parameters.get(key)
+    if parameter is None:
+        return None
+    if parameter.kind not in kinds:
+        wanted = list(dict.fromkeys(names[k] for k in kinds))
+        article = "an" if wanted[0][0] in "aeiou" else "a"
+        got = names[parameter.kind] if parameter.kind is not None else "no value"
+        raise InvalidArgument(f"parameter {key!r} must be {article} {' or '.join(wanted)}{unit}, got {got}")
+    return parameter.value
+
+
+def timeout_of(parameters: Mapping[str, Parameter], names: Mapping[Kind, str]) -> float | None:
+    """The seconds the `timeout` parameter allows the request (None: no timeout), once the
+    parameters Triton itself reads are checked as Triton checks them; `names` says each kind
+    in the transport's words.
+
+    Keys starting with `triton_` are Triton's own: one it does not know is refused, as Triton
+    refuses it (ignoring it would hide a typo or a feature this server lacks). A sequence
+    (sequence_id, sequence_start, sequence_end) is refused: it is for a stateful model, whose
+    answer depends on the sequence's earlier requests, and tesserad has none. `priority` is
+    checked and otherwise ignored: no model here has priority levels, and Triton then serves every
+    priority alike. Other parameters are the model's own in Triton; no tesserad model reads any.
+    """
+    for key in parameters:
+        if key.startswith("triton_") and key != FINAL_RESPONSE_FLAG:
+            raise InvalidArgument(
+                f"parameter keys starting with 'triton_' are reserved for Triton usage; the only one "
+                f"allowed is {FINAL_RESPONSE_FLAG}, got {key!r}: remove it from the request"
+            )
+    _parameter(parameters, FINAL_RESPONSE_FLAG, (Kind.BOOL,), names)
+    sequence_id = _parameter(parameters, "sequence_id", (Kind.INT, Kind.STRING), names)
+    starts = _parameter(parameters, "sequence_start", (Kind.BOOL,), names)
+    ends = _parameter(parameters, "sequence_end", (Kind.BOOL,), names)
+    if sequence_id or starts or ends:
+        raise Unimplemented(
+            f"the request belongs to a sequence (sequence_id {sequence_id or 'none'}); "
+            "tesserad keeps no state between requests (no model has sequence batching), so it would "
+            "answer it as if alone: send the request without sequence_id, sequence_start and sequence_end"
+        )
+    priority = _parameter(parameters, "priority", (Kind.INT, Kind.UINT), names)
+    if isinstance(priority, int) and priority < 0:
+        raise InvalidArgument(f"parameter 'priority' must be at least 0, got {priority}")
+    timeout_us = _parameter(parameters, "timeout", (Kind.INT,), names, " (microseconds)")
+    if not isinstance(timeout_us, int) or timeout_us == 0:
+        return None
+    if timeout_us < 0:
+        raise InvalidArgument(
+            f"parameter 'timeout' must be at least 0 microseconds (0: none), got {timeout_us}"
+        )
+    return timeout_us / 1e6
+
+
+def refuse_shared_memory(parameters: Collection[str], region: str, where: str) -> None:
+    """Unimplemented for a tensor that names a shared-memory region (tritonclient's
+    set_shared_memory): its data would be read from, or answered outside, the region."""
+    if "shared_memory_region" in parameters:
+        raise Unimplemented(
+            f"{where} shared-memory region {region!r}; tesserad does not support shared-memory "
+            "tensors: send inputs in raw_input_contents or typed contents, and read outputs from "
+            "raw_output_contents"
+        )
+
+
+def refuse_classification(parameters: Collection[str], name: str) -> None:
+    if "classification" in parameters:
+        # Answering the raw values instead would hand the client something else than it asked.
+        raise Unimplemented(
+            f"output {name!r} asks for classification, an Open Inference Protocol extension "
+            "tesserad does not offer; request the output without it and take the top classes "
+            "from its values"
+        )
+
+
+@dataclass(frozen=True)
+class IndexRow:
+    name: str
+    version: str
+    state: str
+    reason: str
+
+
+class OpenInference:
+    """The protocol's operations over the inference service, for every transport."""
+
+    def __init__(self, service: InferenceService, stopping: asyncio.Event) -> None:
+        self._service = service
+        self._stopping = stopping
+
+    def server_ready(self) -> bool:
+        # Built only once the registry is open; shutting down is not ready.
+        return not self._stopping.is_set()
+
+    async def model_ready(self, name: str, version: str) -> bool:
+        target = target_of(name, version)
+        try:
+            versions = (
+                [target.version]
+                if target.version is not None
+                else await asyncio.to_thread(self._service.serving_versions, target.model)
+            )
+        except NotFound:
+            return False
+        pool = self._service.pool
+        return all(
+            (entry := pool.get(target.model, v)) is not None and entry.state is LoadState.READY
+            for v in versions
+        )
+
+    async def describe(self, name: str, version: str) -> tuple[VersionDescription, list[int]]:
+        """The version `name`/`version` selects, and the versions its metadata lists: as Triton,
+        the version asked for, else the ready versions (here, else the one described).
+
+        Never loads the version (as Triton's never does): see InferenceService.describe."""
+        described = await asyncio.to_thread(self._service.describe, target_of(name, version))
+        if version:
+            return described, [described.version]
+        return described, self._service.pool.ready_versions(described.model) or [described.version]
+
+    def infer(
+        self,
+        target: Target,
+        inputs: Mapping[str, np.ndarray],
+        output_names: Sequence[str],
+        deadline: float | None,
+        timeout: float | None,
+        request_id: str,
+    ) -> Coroutine[None, None, tuple[int, Prediction]]:
+        """(version that served, prediction), to await. `timeout` (seconds) acts as a deadline
+        too: a request still queued when it passes is dropped before it runs. Returns predict's
+        coroutine itself: each level of await costs the event loop's thread a frame."""
+        if timeout is not None:
+            ends = time.monotonic() + timeout
+            deadline = ends if deadline is None else min(deadline, ends)
+        # ModelConfig advertises max_batch_size; as in Triton, a request may not exceed it.
+        return predict(
+            self._service,
+            target,
+            inputs,
+            output_names,
+            deadline,
+            request_id,
+            within_max_batch=True,
+            dtype_names=OIP_NAME_BY_DTYPE,
+        )
+
+    def record_io(
+        self, model: str, version: int, inputs: Mapping[str, np.ndarray], input_ns: int, output_ns: int
+    ) -> None:
+        """Count the time a transport spent decoding a request and encoding its answer."""
+        entry = self._service.pool.get(model, version)
+        if entry is not None:
+            # Rows as the batcher counts them: the batch dimension, or 1 for a model without one.
+            batchable = entry.signature is not None and entry.signature.batchable and inputs
+            rows = next(iter(inputs.values())).shape[0] if batchable else 1
+            entry.stats.record_io(input_ns, output_ns, rows)
+
+    async def statistics(self, name: str, version: str) -> list[LoadedVersion]:
+        """The loaded versions whose statistics a request for `name` (empty: all) gets."""
+        if name:
+            return await asyncio.to_thread(self._service.stats_entries, target_of(name, version))
+        # As Triton: every ready version's (one loading or draining shows once named).
+        return [e for e in self._service.pool.list() if e.state is LoadState.READY]
+
+    async def index(self, ready_only: bool) -> list[IndexRow]:
+        names = await asyncio.to_thread(self._service.model_names)
+        pool = self._service.pool
+        index: list[IndexRow] = []
+        for name in names:
+            rows = {
+                entry.version: IndexRow(name, str(entry.version), _INDEX_STATES[entry.state], entry.error)
+                for entry in pool.list(name)
+            }
+            # As Triton: a version unloaded stays in the index, UNAVAILABLE for reason "unloaded".
+            for version in pool.unloaded_versions(name):
+                rows.setdefault(version, IndexRow(name, str(version), "UNAVAILABLE", "unloaded"))
+            if not rows and not ready_only:
+                index.append(IndexRow(name, "", "UNAVAILABLE", "unloaded"))
+            index.extend(row for _, row in sorted(rows.items()) if not ready_only or row.state == "READY")
+        return index
+
+    async def load(self, name: str, parameters: Collection[str]) -> None:
+        """Load `name` for serving; `parameters`: the request's parameter keys."""
+        validate_name("model_name", name)
+        overrides = sorted(k for k in parameters if k == "config" or k.startswith("file:"))
+        if overrides:
+            # Loading with the defaults instead would not be what the caller asked for.
+            raise Unimplemented(
+                f"tesserad does not take a model config or files in RepositoryModelLoad (got "
+                f"{', '.join(overrides)}); load without them, set serving options such as "
+                "max_batch_size with tessera.v1.Inference/LoadModel, and upload new weights as a "
+                "version through tessera.v1.Registry"
+            )
+        await asyncio.to_thread(self._service.load_serving, name)
+
+    async def unload(self, name: str) -> None:
+        validate_name("model_name", name)
+        # As in Triton, unloading a model that is not loaded succeeds.
+        with contextlib.suppress(NotFound):
+            await asyncio.to_thread(self._service.unload, Target(name))

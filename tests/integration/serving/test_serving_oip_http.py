@@ -1,0 +1,264 @@
+"""The Open Inference Protocol over HTTP/REST (KServe v2 /v2, serving.oip_http_listen), with
+plain urllib: JSON tensors, Triton's binary tensor data, errors as KServe's, tokens and roles."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from serving_models import W, echo_model, half_model, linear_model, upload
+
+from tesserad.security import Role, hash_token, new_token
+from tesserad.security.tokens import format_entry
+from tests.conftest import InProcessDaemon, daemon_settings
+
+X = np.arange(8, dtype=np.float32).reshape(2, 4)
+NUMPY = {
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "INT8": np.int8,
+    "UINT16": np.uint16,
+    "INT16": np.int16,
+    "UINT32": np.uint32,
+    "INT32": np.int32,
+    "UINT64": np.uint64,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The base URL of a daemon serving HTTP, with models linear (versions 1, 2), half and echo."""
+    settings = daemon_settings(tmp_path_factory.mktemp("http"), **{"serving.oip_http_listen": "127.0.0.1:0"})
+    daemon = InProcessDaemon(settings).start()
+    channel = daemon.channel()
+    upload(channel, "linear", linear_model(1.0))
+    upload(channel, "linear", linear_model(2.0))
+    upload(channel, "half", half_model())
+    upload(channel, "echo", echo_model())
+    try:
+        yield f"http://127.0.0.1:{daemon.daemon.oip_http_port}"
+    finally:
+        daemon.stop()
+
+
+def call(
+    url: str, body: bytes | dict[str, Any] | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, body); a POST when there is a body."""
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    request = urllib.request.Request(
+        url, data=data, headers=headers or {}, method="POST" if data is not None else "GET"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def ok_json(url: str, body: dict[str, Any] | None = None) -> Any:
+    status, _, answer = call(url, body)
+    assert status == 200, answer
+    return json.loads(answer)
+
+
+def error(
+    url: str, body: bytes | dict[str, Any] | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, str]:
+    status, answer_headers, answer = call(url, body, headers)
+    assert answer_headers["Content-Type"].startswith("application/json")
+    return status, json.loads(answer)["error"]
+
+
+def test_health_metadata_config_and_repository(served: str) -> None:
+    assert call(f"{served}/v2/health/live")[0] == 200
+    assert call(f"{served}/v2/health/ready")[0] == 200
+    server = ok_json(f"{served}/v2")
+    assert server["name"] == "tesserad" and "statistics" in server["extensions"]
+    metadata = ok_json(f"{served}/v2/models/linear/versions/1")
+    assert metadata == {
+        "name": "linear",
+        "versions": ["1"],
+        "platform": "onnxruntime_onnx",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 3]}],
+    }
+    config = ok_json(f"{served}/v2/models/linear/config")
+    assert config["max_batch_size"] == 32 and config["input"][0]["dims"] == [4]
+    assert config["dynamic_batching"]["default_queue_policy"]["max_queue_size"] == 1024
+    assert call(f"{served}/v2/models/half/ready")[0] == 503
+    assert call(f"{served}/v2/repository/models/half/load", b"")[0] == 200
+    assert call(f"{served}/v2/models/half/ready")[0] == 200
+    index = ok_json(f"{served}/v2/repository/index", {"ready": True})
+    assert {"name": "half", "version": "1", "state": "READY", "reason": ""} in index
+    assert error(f"{served}/v2/repository/models/half/load", {"parameters": {"config": "{}"}}) == (
+        501,
+        "tesserad does not take a model config or files in RepositoryModelLoad (got config); load "
+        "without them, set serving options such as max_batch_size with tessera.v1.Inference/LoadModel, "
+        "and upload new weights as a version through tessera.v1.Registry",
+    )
+    assert call(f"{served}/v2/repository/models/half/unload", b"")[0] == 200
+    assert call(f"{served}/v2/models/half/ready")[0] == 503
+
+
+def test_json_infer_routes_to_a_version_and_counts_statistics(served: str) -> None:
+    body = {
+        "id": "r-1",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 4], "data": X.ravel().tolist()}],
+    }
+    answer = ok_json(f"{served}/v2/models/linear/versions/1/infer", body)
+    assert (answer["model_name"], answer["model_version"], answer["id"]) == ("linear", "1", "r-1")
+    (y,) = answer["outputs"]
+    assert (y["name"], y["datatype"], y["shape"]) == ("y", "FP32", [2, 3])
+    np.testing.assert_allclose(np.array(y["data"]).reshape(2, 3), X @ W, rtol=1e-6)
+    # Nested data, and no version: the latest (2).
+    body["inputs"][0]["data"] = X.tolist()
+    latest = ok_json(f"{served}/v2/models/linear/infer", body)
+    assert latest["model_version"] == "2"
+    np.testing.assert_allclose(np.array(latest["outputs"][0]["data"]).reshape(2, 3), X @ (W * 2), rtol=1e-6)
+    stats = ok_json(f"{served}/v2/models/linear/versions/1/stats")["model_stats"][0]
+    assert stats["inference_stats"]["success"]["count"] == 1 and stats["inference_count"] == 2
+
+
+def test_every_datatype_round_trips_as_json_and_as_binary(served: str) -> None:
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for name, dtype in NUMPY.items():
+        if name == "BOOL":
+            arrays[name] = rng.random((2, 3)) > 0.5
+        else:
+            arrays[name] = (rng.random((2, 3)) * 100).astype(dtype)
+    inputs = [
+        {
+            "name": f"in_{t.lower()}",
+            "datatype": t,
+            "shape": [2, 3],
+            "data": a.ravel().tolist(),
+        }
+        for t, a in arrays.items()
+    ]
+    answer = ok_json(f"{served}/v2/models/echo/infer", {"inputs": inputs})
+    for output in answer["outputs"]:
+        datatype = output["datatype"]
+        assert output["name"] == f"out_{datatype.lower()}" and output["shape"] == [2, 3]
+        np.testing.assert_array_equal(
+            np.array(output["data"], dtype=NUMPY[datatype]).reshape(2, 3), arrays[datatype]
+        )
+
+    # Triton's binary tensor data: the JSON, then each input's bytes in order; outputs likewise.
+    binary_inputs = [
+        {
+            "name": f"in_{t.lower()}",
+            "datatype": t,
+            "shape": [2, 3],
+            "parameters": {"binary_data_size": a.nbytes},
+        }
+        for t, a in arrays.items()
+    ]
+    header = json.dumps({"inputs": binary_inputs, "parameters": {"binary_data_output": True}}).encode()
+    body = header + b"".join(a.tobytes() for a in arrays.values())
+    status, headers, answer_body = call(
+        f"{served}/v2/models/echo/infer", body, {"Inference-Header-Content-Length": str(len(header))}
+    )
+    assert status == 200, answer_body
+    length = int(headers["Inference-Header-Content-Length"])
+    document, offset = json.loads(answer_body[:length]), length
+    for output in document["outputs"]:
+        size = output["parameters"]["binary_data_size"]
+        datatype = output["datatype"]
+        got = np.frombuffer(answer_body[offset : offset + size], dtype=NUMPY[datatype]).reshape(2, 3)
+        np.testing.assert_array_equal(got, arrays[datatype])
+        offset += size
+    assert offset == len(answer_body)
+
+
+def test_bad_requests_are_refused_with_the_status_and_message_of_grpc(served: str) -> None:
+    infer = f"{served}/v2/models/linear/infer"
+
+    def tensor(**fields: Any) -> dict[str, Any]:
+        return {
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [0, 1, 2, 3], **fields}]
+        }
+
+    assert error(infer, b"{not json")[0] == 400
+    assert error(infer, tensor(datatype="BYTES", data=["a", "b", "c", "d"])) == (
+        400,
+        "input 'x' has datatype 'BYTES'; tesserad serves BOOL, UINT8, INT8, UINT16, INT16, UINT32, "
+        "INT32, UINT64, INT64, FP16, BF16, FP32, FP64",
+    )
+    status, message = error(infer, tensor(datatype="INT32"))
+    assert status == 400 and "'x'" in message and "int32" in message.lower()
+    assert error(infer, tensor(shape=[1, 5], data=[0] * 5))[0] == 400
+    assert error(infer, tensor(data=[0, 1, 2])) == (
+        400,
+        "input 'x' has 3 values in data, but shape [1, 4] needs 4",
+    )
+    assert error(infer, tensor(datatype="INT8", data=[0, 1, 2, 300]))[0] == 400
+    assert error(
+        f"{served}/v2/models/echo/infer",
+        {"inputs": [{"name": "in_bool", "datatype": "BOOL", "shape": [1, 3], "data": [1, 0, 1]}]},
+    ) == (
+        400,
+        "input 'in_bool' is BOOL: its data must be true or false",
+    )
+    assert error(infer, {**tensor(), "parameters": {"timeout": "1s"}}) == (
+        400,
+        "parameter 'timeout' must be an integer (microseconds), got string",
+    )
+    assert error(infer, {**tensor(), "parameters": {"sequence_id": 7}})[0] == 501
+    assert (
+        error(infer, {**tensor(), "outputs": [{"name": "y", "parameters": {"classification": 2}}]})[0] == 501
+    )
+    status, message = error(f"{served}/v2/models/missing/infer", tensor())
+    assert status == 404 and "missing" in message
+    assert error(f"{served}/v2/models/linear/versions/9")[0] == 404
+    assert error(f"{served}/v2/models/UPPER")[0] == 400
+    assert error(f"{served}/v1/models")[0] == 404
+    header = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "parameters": {"binary_data_size": 16}}]}'
+    assert error(infer, header + bytes(8), {"Inference-Header-Content-Length": str(len(header))})[0] == 400
+
+
+def test_tokens_and_roles_are_the_grpc_listener_s(tmp_path: Path) -> None:
+    reader = new_token()
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text(format_entry("reader-holder", Role.READER, hash_token(reader)))
+    settings = daemon_settings(
+        tmp_path / "data", **{"serving.oip_http_listen": "127.0.0.1:0", "security.tokens_file": str(tokens)}
+    )
+    daemon = InProcessDaemon(settings).start()
+    try:
+        base = f"http://127.0.0.1:{daemon.daemon.oip_http_port}"
+        as_reader = {"Authorization": f"Bearer {reader}"}
+        # Probes stay open (security.health_open), as ServerLive and ServerReady on gRPC.
+        assert call(f"{base}/v2/health/ready")[0] == 200
+        status, headers, _ = call(f"{base}/v2")
+        assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer")
+        assert error(f"{base}/v2", headers={"Authorization": "Bearer nope"})[0] == 401
+        assert call(f"{base}/v2", headers=as_reader)[0] == 200
+        assert error(f"{base}/v2/models/linear", headers=as_reader)[0] == 404
+        assert error(f"{base}/v2/repository/models/linear/load", b"", as_reader) == (
+            403,
+            "POST /v2/repository/models/linear/load needs the admin role; the token 'reader-holder' "
+            "has the reader role",
+        )
+    finally:
+        daemon.stop()
+
+
+def test_fp16_json_and_binary(served: str) -> None:
+    x = np.array([[1.5, -2.0]], dtype=np.float16)
+    answer = ok_json(
+        f"{served}/v2/models/half/infer",
+        {"inputs": [{"name": "x", "datatype": "FP16", "shape": [1, 2], "data": x.ravel().tolist()}]},
+    )
+    assert answer["outputs"][0]["datatype"] == "FP16" and answer["outputs"][0]["data"] == [3.0, -4.0]
