@@ -1,0 +1,83 @@
+"""The HTTP/REST bodies of the Open Inference Protocol: JSON and binary tensors, BF16 included
+(no ONNX model here serves BF16, so the daemon tests cannot send it)."""
+
+from __future__ import annotations
+
+import json
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from tesserad.api.oip_json import infer_request, infer_response, message_json, split_body
+from tesserad.errors import InvalidArgument
+from tesserad.oip import grpc_service_pb2 as pb
+
+
+def test_bf16_travels_as_json_numbers_and_as_binary() -> None:
+    x = np.array([[1.5, -2.0, 3.0]], dtype=ml_dtypes.bfloat16)
+    document = {
+        "id": "a",
+        "inputs": [{"name": "x", "datatype": "BF16", "shape": [1, 3], "data": [1.5, -2, 3]}],
+        "outputs": [{"name": "j", "parameters": {"binary_data": False}}],
+        "parameters": {"binary_data_output": True},
+    }
+    request = infer_request(document, b"")
+    np.testing.assert_array_equal(request.inputs["x"], x)
+    body, length = infer_response("m", 1, request, {"j": x, "b": x})
+    assert length is not None
+    answer = json.loads(body[:length])
+    assert answer["outputs"][0] == {
+        "name": "j",
+        "datatype": "BF16",
+        "shape": [1, 3],
+        "data": [1.5, -2.0, 3.0],
+    }
+    assert answer["outputs"][1]["parameters"] == {"binary_data_size": 6}
+    np.testing.assert_array_equal(np.frombuffer(body[length:], dtype=ml_dtypes.bfloat16), x.ravel())
+
+
+def test_binary_inputs_take_their_bytes_in_order() -> None:
+    a, b = np.arange(3, dtype=np.int16), np.array([True, False])
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "a", "datatype": "INT16", "shape": [3], "parameters": {"binary_data_size": 6}},
+                {"name": "b", "datatype": "BOOL", "shape": [2], "parameters": {"binary_data_size": 2}},
+            ]
+        }
+    ).encode()
+    request = infer_request(*split_body(header + a.tobytes() + b.tobytes(), str(len(header))))
+    np.testing.assert_array_equal(request.inputs["a"], a)
+    np.testing.assert_array_equal(request.inputs["b"], b)
+    with pytest.raises(InvalidArgument, match="bytes of binary data after the JSON"):
+        infer_request(*split_body(header + a.tobytes() + b.tobytes() + b"x", str(len(header))))
+    with pytest.raises(InvalidArgument, match="Inference-Header-Content-Length"):
+        split_body(header, str(len(header) + 1))
+
+
+@pytest.mark.parametrize(
+    ("tensor", "message"),
+    [
+        ({"datatype": "INT32", "shape": [2], "data": [1.5, 2]}, "its data must be integers"),
+        ({"datatype": "UINT8", "shape": [1], "data": [-1]}, "outside UINT8's range 0..255"),
+        ({"datatype": "FP32", "shape": [2], "data": [[1], [2, 3]]}, "uneven nesting"),
+        ({"datatype": "FP32", "shape": [-1], "data": []}, "dimensions cannot be negative"),
+        ({"datatype": "FP32", "shape": [2]}, "has no data"),
+    ],
+)
+def test_json_data_of_another_kind_or_size_is_refused(tensor: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        infer_request({"inputs": [{"name": "x", **tensor}]}, b"")
+
+
+def test_messages_in_json_have_64_bit_integers_as_numbers() -> None:
+    stats = pb.ModelStatisticsResponse(
+        model_stats=[pb.ModelStatistics(name="m", inference_count=3, last_inference=2**40)]
+    )
+    (entry,) = message_json(stats)["model_stats"]
+    assert (entry["inference_count"], entry["last_inference"], entry["execution_count"]) == (3, 2**40, 0)
+    metadata = message_json(
+        pb.ModelMetadataResponse(inputs=[pb.ModelMetadataResponse.TensorMetadata(shape=[-1, 4])])
+    )
+    assert metadata["inputs"][0]["shape"] == [-1, 4]
