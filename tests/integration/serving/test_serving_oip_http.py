@@ -16,6 +16,7 @@ from serving_models import W, echo_model, half_model, linear_model, upload
 
 from tesserad.security import Role, hash_token, new_token
 from tesserad.security.tokens import format_entry
+from tesserad.server import StartupError
 from tests.conftest import InProcessDaemon, daemon_settings
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
@@ -262,3 +263,10 @@ def test_fp16_json_and_binary(served: str) -> None:
         {"inputs": [{"name": "x", "datatype": "FP16", "shape": [1, 2], "data": x.ravel().tolist()}]},
     )
     assert answer["outputs"][0]["datatype"] == "FP16" and answer["outputs"][0]["data"] == [3.0, -4.0]
+
+
+def test_a_non_loopback_listener_needs_authentication(tmp_path: Path) -> None:
+    # The loopback rule holds for this listener too: it serves the same models.
+    settings = daemon_settings(tmp_path, **{"serving.oip_http_listen": "0.0.0.0:0"})
+    with pytest.raises(StartupError, match=r"refusing to listen on 0\.0\.0\.0:0 without authentication"):
+        InProcessDaemon(settings).start()
