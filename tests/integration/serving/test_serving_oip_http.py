@@ -3,7 +3,9 @@ plain urllib: JSON tensors, Triton's binary tensor data, errors as KServe's, tok
 
 from __future__ import annotations
 
+import http.client
 import json
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -14,10 +16,12 @@ import numpy as np
 import pytest
 from serving_models import W, echo_model, half_model, linear_model, upload
 
-from tesserad.security import Role, hash_token, new_token
-from tesserad.security.tokens import format_entry
+from tesserad.security import Role
 from tesserad.server import StartupError
 from tests.conftest import InProcessDaemon, daemon_settings
+from tests.integration.security.conftest import Pki, Tokens
+from tests.integration.security.conftest import pki as pki  # the session's throwaway PKI
+from tests.integration.security.conftest import tokens as tokens  # one token per role
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
 NUMPY = {
@@ -53,7 +57,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def call(
-    url: str, body: bytes | dict[str, Any] | None = None, headers: dict[str, str] | None = None
+    url: str,
+    body: bytes | dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+    context: ssl.SSLContext | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     """(status, headers, body); a POST when there is a body."""
     data = json.dumps(body).encode() if isinstance(body, dict) else body
@@ -61,7 +68,7 @@ def call(
         url, data=data, headers=headers or {}, method="POST" if data is not None else "GET"
     )
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=30, context=context) as response:
             return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers), exc.read()
@@ -74,9 +81,12 @@ def ok_json(url: str, body: dict[str, Any] | None = None) -> Any:
 
 
 def error(
-    url: str, body: bytes | dict[str, Any] | None = None, headers: dict[str, str] | None = None
+    url: str,
+    body: bytes | dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+    context: ssl.SSLContext | None = None,
 ) -> tuple[int, str]:
-    status, answer_headers, answer = call(url, body, headers)
+    status, answer_headers, answer = call(url, body, headers, context)
     assert answer_headers["Content-Type"].startswith("application/json")
     return status, json.loads(answer)["error"]
 
@@ -229,29 +239,38 @@ def test_bad_requests_are_refused_with_the_status_and_message_of_grpc(served: st
     assert error(infer, header + bytes(8), {"Inference-Header-Content-Length": str(len(header))})[0] == 400
 
 
-def test_tokens_and_roles_are_the_grpc_listener_s(tmp_path: Path) -> None:
-    reader = new_token()
-    tokens = tmp_path / "tokens.toml"
-    tokens.write_text(format_entry("reader-holder", Role.READER, hash_token(reader)))
+def test_tls_tokens_and_roles_are_the_grpc_listener_s(tmp_path: Path, pki: Pki, tokens: Tokens) -> None:
     settings = daemon_settings(
-        tmp_path / "data", **{"serving.oip_http_listen": "127.0.0.1:0", "security.tokens_file": str(tokens)}
+        tmp_path / "data",
+        **{
+            "serving.oip_http_listen": "127.0.0.1:0",
+            "security.tls_cert_file": str(pki.server_cert),
+            "security.tls_key_file": str(pki.server_key),
+            "security.tokens_file": str(tokens.file),
+        },
     )
     daemon = InProcessDaemon(settings).start()
     try:
-        base = f"http://127.0.0.1:{daemon.daemon.oip_http_port}"
-        as_reader = {"Authorization": f"Bearer {reader}"}
+        port = daemon.daemon.oip_http_port
+        context = ssl.create_default_context(cafile=str(pki.ca))
+        base = f"https://localhost:{port}"
+        as_reader = {"Authorization": f"Bearer {tokens.token[Role.READER]}"}
+        as_admin = {"Authorization": f"Bearer {tokens.token[Role.ADMIN]}"}
         # Probes stay open (security.health_open), as ServerLive and ServerReady on gRPC.
-        assert call(f"{base}/v2/health/ready")[0] == 200
-        status, headers, _ = call(f"{base}/v2")
+        assert call(f"{base}/v2/health/ready", context=context)[0] == 200
+        status, headers, _ = call(f"{base}/v2", context=context)
         assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer")
-        assert error(f"{base}/v2", headers={"Authorization": "Bearer nope"})[0] == 401
-        assert call(f"{base}/v2", headers=as_reader)[0] == 200
-        assert error(f"{base}/v2/models/linear", headers=as_reader)[0] == 404
-        assert error(f"{base}/v2/repository/models/linear/load", b"", as_reader) == (
+        assert error(f"{base}/v2", headers={"Authorization": "Bearer nope"}, context=context)[0] == 401
+        assert call(f"{base}/v2", headers=as_reader, context=context)[0] == 200
+        assert error(f"{base}/v2/models/linear", headers=as_reader, context=context)[0] == 404
+        assert error(f"{base}/v2/repository/models/linear/load", b"", as_reader, context) == (
             403,
             "POST /v2/repository/models/linear/load needs the admin role; the token 'reader-holder' "
             "has the reader role",
         )
+        assert error(f"{base}/v2/repository/models/linear/load", b"", as_admin, context)[0] == 404
+        with pytest.raises((http.client.HTTPException, OSError)):
+            call(f"http://127.0.0.1:{port}/v2", headers=as_reader)
     finally:
         daemon.stop()
 
