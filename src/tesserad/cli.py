@@ -24,6 +24,10 @@ SERVE_FLAGS = {
     "--data-dir": ("data_dir", "directory for the LMDB store and blobs (default ./var)"),
     "--metrics-listen": ("metrics_listen", "Prometheus /metrics address, or off (default 127.0.0.1:9464)"),
     "--http-listen": ("http_listen", "web dashboard address, or off (default 127.0.0.1:8080)"),
+    "--oip-http-listen": (
+        "serving.oip_http_listen",
+        "Open Inference Protocol over HTTP/REST address (KServe v2; Triton's is :8000), or off (default off)",
+    ),
     "--log-format": ("log_format", "console (default) or json"),
     "--log-level": ("log_level", "debug, info (default), warning or error"),
     "--follow": (

@@ -488,7 +488,7 @@ class Daemon:
         except OSError as exc:
             raise StartupError(
                 f"cannot serve the Open Inference Protocol over HTTP on {address}: {exc.strerror}; "
-                "set serving.oip_http_listen to another address, or off"
+                "pass --oip-http-listen with another address, or off"
             ) from None
         self.oip_http_port = self._oip_http.port
 
