@@ -33,7 +33,8 @@ from tesserad.api.oip_json import (
     split_body,
 )
 from tesserad.config import Address, SecuritySettings, format_size
-from tesserad.dashboard.access import CHALLENGE, Handler, dashboard_tls
+from tesserad.dashboard.access import CHALLENGE, Handler
+from tesserad.dashboard.listener import HttpListener
 from tesserad.dashboard.server import http_status_for
 from tesserad.security.roles import HEALTH_METHODS, ROLE_TABLE
 from tesserad.security.tokens import TokenFile, token_digest, utc_now
@@ -55,7 +56,7 @@ class _Refused(Exception):
         self.message = message
 
 
-class OipHttpServer:
+class OipHttpServer(HttpListener):
     """Serves /v2 on `address`; `port` is the bound one (for port 0)."""
 
     def __init__(
@@ -68,11 +69,10 @@ class OipHttpServer:
     ) -> None:
         """`tokens`: the daemon's own (None without a tokens file), so a reload applies here too."""
         self._core = core
-        self._address = address
+        super().__init__(address, security)
         self._tokens = tokens
         self._health_open = security.health_open
         self._max_message_size = max_message_size
-        self._tls = dashboard_tls(security)
         app = web.Application(middlewares=[self._errors], client_max_size=max_message_size)
         model = "/v2/models/{model}"
         version = "/v2/models/{model}/versions/{version}"
@@ -98,28 +98,7 @@ class OipHttpServer:
                 ),
             ]
         )
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        self.port = 0
-
-    def reload_tls(self) -> None:
-        """Read the TLS files again for new connections (the gRPC listener has checked them)."""
-        if self._tls is not None:
-            self._tls.reload()
-
-    @property
-    def scheme(self) -> str:
-        return "https" if self._tls is not None else "http"
-
-    async def start(self) -> None:
-        """Bind and serve; OSError (with errno) when the address cannot be bound."""
-        await self._runner.setup()
-        context = None if self._tls is None else self._tls.context
-        site = web.TCPSite(self._runner, self._address.host, self._address.port, ssl_context=context)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
-
-    async def stop(self) -> None:
-        await self._runner.cleanup()
+        self._serve(app)
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:

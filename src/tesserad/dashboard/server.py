@@ -18,8 +18,9 @@ from aiohttp import web
 
 from tesserad import errors
 from tesserad.config import Address, LimitsSettings, SecuritySettings
-from tesserad.dashboard.access import LOGIN_PATH, Access, Handler, dashboard_tls
+from tesserad.dashboard.access import LOGIN_PATH, Access, Handler
 from tesserad.dashboard.api import DashboardApi, Services, json_response
+from tesserad.dashboard.listener import HttpListener
 from tesserad.security.tokens import TokenFile
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         )
 
 
-class DashboardServer:
+class DashboardServer(HttpListener):
     """Serves the pages and /api/v1 on `address`; `port` is the bound one (for port 0)."""
 
     def __init__(
@@ -100,8 +101,7 @@ class DashboardServer:
     ) -> None:
         """`tokens`: the daemon's own (None without a tokens file), so a reload applies here too."""
         self._services = services
-        self._address = address
-        self._tls = dashboard_tls(security)
+        super().__init__(address, security)
         access = Access(tokens, secure_cookie=self._tls is not None)
         self.end_revoked = access.end_revoked
         self._shell = (STATIC_DIR / "page.html").read_text()
@@ -120,28 +120,7 @@ class DashboardServer:
                 web.static("/static", STATIC_DIR),
             ]
         )
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        self.port = 0
-
-    def reload_tls(self) -> None:
-        """Read the TLS files again for new connections (the gRPC listener has checked them)."""
-        if self._tls is not None:
-            self._tls.reload()
-
-    @property
-    def scheme(self) -> str:
-        return "https" if self._tls is not None else "http"
-
-    async def start(self) -> None:
-        """Bind and serve; OSError (with errno) when the address cannot be bound."""
-        await self._runner.setup()
-        context = None if self._tls is None else self._tls.context
-        site = web.TCPSite(self._runner, self._address.host, self._address.port, ssl_context=context)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
-
-    async def stop(self) -> None:
-        await self._runner.cleanup()
+        self._serve(app)
 
     async def _home(self, request: web.Request) -> web.StreamResponse:
         raise web.HTTPFound("/jobs")

@@ -1,0 +1,45 @@
+"""An aiohttp application on a listener of its own (the dashboard's, the HTTP inference one),
+over the daemon's TLS when it has one."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from tesserad.config import Address, SecuritySettings
+from tesserad.dashboard.access import dashboard_tls
+
+
+class HttpListener:
+    """Serves the application a subclass hands to `_serve` on `address`; `port` is the bound
+    one (for port 0)."""
+
+    def __init__(self, address: Address, security: SecuritySettings) -> None:
+        self._address = address
+        self._tls = dashboard_tls(security)
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    def _serve(self, app: web.Application) -> None:
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+
+    def reload_tls(self) -> None:
+        """Read the TLS files again for new connections (the gRPC listener has checked them)."""
+        if self._tls is not None:
+            self._tls.reload()
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self._tls is not None else "http"
+
+    async def start(self) -> None:
+        """Bind and serve; OSError (with errno) when the address cannot be bound."""
+        assert self._runner is not None, "the subclass hands its application to _serve"
+        await self._runner.setup()
+        context = None if self._tls is None else self._tls.context
+        site = web.TCPSite(self._runner, self._address.host, self._address.port, ssl_context=context)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
