@@ -414,6 +414,12 @@ class ServingSettings:
         parse_number(float, 0.0, 3600.0),
         "how long an unloaded or swapped-out version may finish its queue",
     )
+    response_cache_size: int = setting(
+        0,
+        parse_size,
+        "bytes of answers kept for versions loaded with response_cache (least recently used "
+        "evicted; shared by every version); 0: no response cache, and a load asking for it fails",
+    )
     explain_threads: int = setting(
         1,
         parse_number(int, 1, 64),

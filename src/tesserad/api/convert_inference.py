@@ -126,6 +126,7 @@ def config_from_proto(config: pb.ServingConfig) -> ServingConfig:
         max_queue_size=config.max_queue_size,
         warmup_runs=config.warmup_runs,
         intra_op_threads=config.intra_op_threads,
+        response_cache=config.response_cache,
     )
 
 
@@ -145,6 +146,7 @@ def loaded_to_proto(entry: LoadedVersion) -> pb.LoadedModel:
             max_queue_size=config.max_queue_size,
             warmup_runs=config.warmup_runs,
             intra_op_threads=config.intra_op_threads,
+            response_cache=config.response_cache,
         ),
         signature=signature_to_proto(entry.signature) if entry.signature else None,
         memory_bytes=entry.memory_bytes,
@@ -218,6 +220,10 @@ def stats_to_proto(entry: LoadedVersion, reset: bool, histograms: bool = False) 
         batch_sizes=[pb.BatchSizeCount(rows=rows, count=n) for rows, (n, _) in s.batches.items()],
         since=timestamp(s.since),
         shadow_count=s.shadow_count,
+        cache_hit_count=s.cache_hit_count,
+        cache_hit_time_us=s.cache_hit_ns // 1000,
+        cache_miss_count=s.cache_miss_count,
+        cache_miss_time_us=s.cache_miss_ns // 1000,
     )
 
 

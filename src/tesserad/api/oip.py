@@ -81,6 +81,8 @@ def _duration(count: int, ns: int) -> pb.StatisticDuration:
 def statistics_of(entry: LoadedVersion) -> pb.ModelStatistics:
     s = entry.stats.snapshot()
     succeeded = s.request_count - s.error_count
+    # As Triton's: success and queue count cache hits, the model's figures do not.
+    ran = succeeded - s.cache_hit_count
     # Decoding (and checking) the inputs and encoding the answer are timed per request; a batch's
     # share is its rows times their average per row (a request may hold several rows).
     input_ns_per_row = s.input_ns // s.io_rows if s.io_rows else 0
@@ -96,8 +98,10 @@ def statistics_of(entry: LoadedVersion) -> pb.ModelStatistics:
             fail=_duration(s.error_count, s.fail_ns),
             queue=_duration(succeeded, s.queue_ns),
             compute_input=_duration(s.io_count, s.input_ns),
-            compute_infer=_duration(succeeded, s.compute_ns),
+            compute_infer=_duration(ran, s.compute_ns),
             compute_output=_duration(s.io_count, s.output_ns),
+            cache_hit=_duration(s.cache_hit_count, s.cache_hit_ns),
+            cache_miss=_duration(s.cache_miss_count, s.cache_miss_ns),
         ),
         batch_stats=[
             pb.InferBatchStatistics(
@@ -161,6 +165,7 @@ def model_config_of(described: VersionDescription) -> model_config_pb2.ModelConf
         platform=PLATFORMS[config.runtime],
         backend=BACKENDS[config.runtime],
         max_batch_size=config.max_batch_size if batchable else 0,
+        response_cache=model_config_pb2.ModelResponseCache(enable=config.response_cache),
         input=[
             model_config_pb2.ModelInput(
                 name=s.name, data_type=_CONFIG_DTYPES[OIP_NAME_BY_DTYPE[s.dtype]], dims=dims(s.shape)
@@ -270,7 +275,7 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             response.outputs.append(tensor)
             response.raw_output_contents.append(raw)
         self._core.record_io(
-            target.model, version, inputs, decoded - started, time.perf_counter_ns() - answered
+            target.model, version, inputs, prediction, decoded - started, time.perf_counter_ns() - answered
         )
         return response
 

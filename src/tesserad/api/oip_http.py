@@ -250,7 +250,12 @@ class OipHttpServer(HttpListener):
         answered = time.perf_counter_ns()
         answer, header_length = infer_response(target.model, version, parsed, prediction.outputs)
         self._core.record_io(
-            target.model, version, parsed.inputs, decoded - started, time.perf_counter_ns() - answered
+            target.model,
+            version,
+            parsed.inputs,
+            prediction,
+            decoded - started,
+            time.perf_counter_ns() - answered,
         )
         if header_length is None:
             return web.Response(body=answer, content_type="application/json")

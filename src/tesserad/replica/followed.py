@@ -119,6 +119,7 @@ class FollowedRegistry:
             ensemble=(lambda: self._ensemble_plan(model, number, open_artifact))
             if followed.format == "ensemble"
             else None,
+            artifact_sha256=followed.sha256,
         )
 
     def _fetched_version(self, model: str, version: int) -> FollowedVersion:

@@ -240,11 +240,18 @@ class OpenInference:
         )
 
     def record_io(
-        self, model: str, version: int, inputs: Mapping[str, np.ndarray], input_ns: int, output_ns: int
+        self,
+        model: str,
+        version: int,
+        inputs: Mapping[str, np.ndarray],
+        prediction: Prediction,
+        input_ns: int,
+        output_ns: int,
     ) -> None:
-        """Count the time a transport spent decoding a request and encoding its answer."""
+        """Count the time a transport spent decoding a request and encoding its answer; an
+        answer from the response cache (batch_rows 0) is left out, as Triton leaves it."""
         entry = self._service.pool.get(model, version)
-        if entry is not None:
+        if entry is not None and prediction.batch_rows:
             # Rows as the batcher counts them: the batch dimension, or 1 for a model without one.
             batchable = entry.signature is not None and entry.signature.batchable and inputs
             rows = next(iter(inputs.values())).shape[0] if batchable else 1

@@ -20,6 +20,7 @@ import numpy as np
 from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, TesseraError
 from tesserad.serving.batcher import DynamicBatcher
 from tesserad.serving.ensemble import EnsemblePlan, EnsembleRuntime
+from tesserad.serving.response_cache import ResponseCache, VersionCache, version_identity
 from tesserad.serving.runtimes import OnnxRuntime, Runtime, TorchRuntime, default_device
 from tesserad.serving.signature import Signature, sample_inputs
 from tesserad.serving.stats import ServingMetrics, ServingStats
@@ -50,6 +51,9 @@ class ServingConfig:
     max_queue_size: int = 0
     warmup_runs: int = 0
     intra_op_threads: int = 0
+    # Answer requests identical to an earlier one from the daemon's response cache: for a version
+    # whose outputs depend on its inputs alone (see tesserad.serving.response_cache).
+    response_cache: bool = False
 
 
 # Instances per version when neither the load nor the daemon sets them: two on a CPU, as Triton
@@ -74,6 +78,8 @@ class ServingDefaults:
     inline_max_compute_us: float = 500.0
     # How long an unloaded or swapped-out version may take to finish its queue.
     drain_timeout_s: float = 30.0
+    # Bytes of the response cache shared by the versions loaded with response_cache; 0: none.
+    response_cache_size: int = 0
 
 
 # field -> (low, high): the accepted range of an explicit (non-zero) value.
@@ -104,6 +110,9 @@ class ServableVersion:
     parent: tuple[str, int] | None = None
     # The parent was deleted: the number may since name a recreated model's unrelated version.
     parent_deleted: bool = False
+    # The artifact's content hash: part of a cached answer's key, so that a version deleted and
+    # registered again under its number never finds the old artifact's answers.
+    artifact_sha256: str = ""
 
 
 def servable_file(model: str, version: int, format: str, path: Path, **more: Any) -> ServableVersion:
@@ -125,6 +134,16 @@ def effective_config(config: ServingConfig, defaults: ServingDefaults, format: s
         runtime = "ensemble"
     else:
         runtime = config.runtime or ("onnx" if format == "onnx" else "torch")
+    if config.response_cache and runtime == "ensemble":
+        # Its members may be swapped under it (loaded again, or another runtime): cache them.
+        raise FailedPrecondition(
+            "an ensemble's answers are not cached: load its members with response_cache instead"
+        )
+    if config.response_cache and not defaults.response_cache_size:
+        raise FailedPrecondition(
+            "response_cache needs the daemon's response cache: set serving.response_cache_size "
+            "(bytes, e.g. 256MiB) and restart tesserad"
+        )
     if runtime == "onnx" and format != "onnx":
         raise FailedPrecondition(
             "the onnx runtime needs an ONNX version; this version is safetensors: export it with "
@@ -148,6 +167,7 @@ def effective_config(config: ServingConfig, defaults: ServingDefaults, format: s
         intra_op_threads=config.intra_op_threads
         or defaults.intra_op_threads
         or (max(1, (os.cpu_count() or 1) // instances) if device == "cpu" else 0),
+        response_cache=config.response_cache,
         **filled,
     )
 
@@ -170,6 +190,8 @@ class LoadedVersion:
         self.label = f"model {model!r} version {version}"
         # For an ensemble: its members' (model, version), loaded in the pool as themselves.
         self.members: tuple[tuple[str, int], ...] = ()
+        # Set for a version loaded with response_cache; the request path looks only at this.
+        self.cache: VersionCache | None = None
 
 
 class ModelPool:
@@ -186,6 +208,9 @@ class ModelPool:
         # Versions unloaded since the daemon started: the repository index lists them as Triton
         # does (UNAVAILABLE, "unloaded") rather than forgetting they were ever served.
         self._unloaded: set[tuple[str, int]] = set()
+        self.response_cache = (
+            ResponseCache(defaults.response_cache_size) if defaults.response_cache_size else None
+        )
 
     def get(self, model: str, version: int) -> LoadedVersion | None:
         """The READY version, or None."""
@@ -230,6 +255,15 @@ class ModelPool:
                 raise FailedPrecondition(under_way.error)
             stats = current.stats if current is not None else ServingStats(*key, self._metrics)
             entry = LoadedVersion(servable.model, servable.version, effective, stats)
+            if effective.response_cache and self.response_cache is not None:
+                identity = version_identity(
+                    servable.model,
+                    servable.version,
+                    servable.artifact_sha256,
+                    effective.runtime,
+                    effective.device,
+                )
+                entry.cache = VersionCache(self.response_cache, identity, stats)
             if current is None:
                 with self._lock:
                     self._listed[key] = entry
@@ -263,6 +297,8 @@ class ModelPool:
                 raise NotFound(f"model {model!r} version {version} is not loaded (loaded versions: {loaded})")
             self._ready.pop(key, None)
         self._drain(entry)
+        if entry.cache is not None and self.response_cache is not None:
+            self.response_cache.forget(entry.cache.identity)
         with self._lock:
             if self._listed.get(key) is entry:
                 del self._listed[key]

@@ -55,6 +55,7 @@ class RegistrySource:
             if (lineage := record.lineage).parent_version
             else None,
             parent_deleted=lineage.parent_deleted is not None,
+            artifact_sha256=record.sha256,
         )
 
     def _ensemble_plan(self, record: VersionRecord) -> EnsemblePlan:
@@ -112,6 +113,7 @@ def inference_over(
         intra_op_threads=settings.intra_op_threads,
         inline_max_compute_us=settings.inline_max_compute_us,
         drain_timeout_s=settings.drain_timeout_s,
+        response_cache_size=settings.response_cache_size,
     )
     pool = ModelPool(defaults, ServingMetrics(prometheus))
     return InferenceService(

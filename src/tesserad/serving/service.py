@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import functools
 import logging
 import sys
 import threading
@@ -27,7 +28,7 @@ from typing import NamedTuple, Protocol
 import numpy as np
 
 from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, TesseraError, Unavailable
-from tesserad.serving.batcher import Answer, BatcherClosed
+from tesserad.serving.batcher import Answer, Answered, BatcherClosed, Prediction
 from tesserad.serving.explain import Explainer, ExplainOptions, Method, QueuedExplanation
 from tesserad.serving.pool import (
     LoadedVersion,
@@ -37,6 +38,7 @@ from tesserad.serving.pool import (
     ServingConfig,
     effective_config,
 )
+from tesserad.serving.response_cache import VersionCache
 from tesserad.serving.signature import Signature, validate_request
 
 log = logging.getLogger(__name__)
@@ -316,6 +318,16 @@ class InferenceService:
             rows = validate_request(entry.signature, inputs, output_names, entry.label, dtype_names)
             if within_max_batch and rows > entry.config.max_batch_size and entry.signature.batchable:
                 raise _over_max_batch(target.model, entry, rows)
+            cache = entry.cache
+            if cache is not None:
+                key, lookup_ns, cached = cache.lookup(inputs, output_names)
+                if cached is not None:
+                    # The batcher and the model skipped; batch_rows 0 says so.
+                    hit = Answered()
+                    hit.set_result(Prediction(cached, 0, 0, 0))
+                    if shadow_version is not None:
+                        self._shadow(target.model, request_id, version, shadow_version, inputs, hit)
+                    return Submitted(version, entry, hit, False, rows)
             holds = entry.batcher.holds(rows)
             self._holds[target.model] = holds
             held = hold and holds
@@ -323,6 +335,9 @@ class InferenceService:
                 future = entry.batcher.submit(inputs, output_names, rows, deadline, hold=held)
             except BatcherClosed:
                 continue
+            if cache is not None:
+                # Before the caller's own callback: the answer is in the cache when it is read.
+                future.add_done_callback(functools.partial(_cache_answer, cache, key, lookup_ns))
             if shadow_version is not None:
                 self._shadow(target.model, request_id, version, shadow_version, inputs, future)
             return Submitted(version, entry, future, held, rows)
@@ -710,6 +725,11 @@ def _over_max_batch(model: str, entry: LoadedVersion, rows: int) -> InvalidArgum
         f"max_batch_size {limit}; split the request, or load the version with a larger "
         "max_batch_size (tessera.v1.Inference/LoadModel)"
     )
+
+
+def _cache_answer(cache: VersionCache, key: bytes, lookup_ns: int, done: Answer) -> None:
+    failed = done.cancelled() or done.exception() is not None
+    cache.insert(key, lookup_ns, None if failed else done.result().outputs)
 
 
 class _Once:

@@ -201,6 +201,13 @@ class StatsSnapshot:
     output_ns: int
     io_count: int
     io_rows: int
+    # Response-cache hits (counted in request_count, not in row_count, the batches or the
+    # latency summaries: the model never ran them) and misses, with their cumulative time:
+    # lookup and copy out for a hit, lookup and insert for a miss.
+    cache_hit_count: int
+    cache_hit_ns: int
+    cache_miss_count: int
+    cache_miss_ns: int
     # Copies of the queue, compute and total histograms, when the snapshot asked for them.
     histograms: tuple[LogHistogram, LogHistogram, LogHistogram] | None = None
 
@@ -289,6 +296,10 @@ class ServingStats:
         self._output_ns = 0
         self._io_count = 0
         self._io_rows = 0
+        self._cache_hits = 0
+        self._cache_hit_ns = 0
+        self._cache_misses = 0
+        self._cache_miss_ns = 0
 
     def record_io(self, input_ns: int, output_ns: int, rows: int) -> None:
         """A request's decoding and answer-encoding time, and its rows. Called only on the event loop's
@@ -344,6 +355,22 @@ class ServingStats:
             histogram.record_many(values / 1000)
             prometheus.observe_many(values / 1e9)
 
+    def record_cache_hit(self, ns: int) -> None:
+        """A request answered from the response cache in `ns`: a success, as in Triton's figures."""
+        now_s = int(time.monotonic())
+        with self.lock:
+            self._requests += 1
+            self._cache_hits += 1
+            self._cache_hit_ns += ns
+            self._success_ns += ns
+            self._window.add(now_s)
+            self.prometheus.ok += 1
+
+    def record_cache_miss(self, ns: int) -> None:
+        with self.lock:
+            self._cache_misses += 1
+            self._cache_miss_ns += ns
+
     def record_failure(self, total_ns: int, shadow: bool) -> None:
         now_s = int(time.monotonic())
         with self.lock:
@@ -380,6 +407,10 @@ class ServingStats:
                 output_ns=self._output_ns,
                 io_count=self._io_count,
                 io_rows=self._io_rows,
+                cache_hit_count=self._cache_hits,
+                cache_hit_ns=self._cache_hit_ns,
+                cache_miss_count=self._cache_misses,
+                cache_miss_ns=self._cache_miss_ns,
                 histograms=(self._queue.copy(), self._compute.copy(), self._total.copy())
                 if histograms
                 else None,

@@ -235,6 +235,7 @@ class ServingConfig(_message.Message):
     MAX_QUEUE_SIZE_FIELD_NUMBER: _builtins.int
     WARMUP_RUNS_FIELD_NUMBER: _builtins.int
     INTRA_OP_THREADS_FIELD_NUMBER: _builtins.int
+    RESPONSE_CACHE_FIELD_NUMBER: _builtins.int
     runtime: Global___Runtime.ValueType
     device: _builtins.str
     """"cpu" or "cuda:N"; default cuda:0 when a GPU is present, else cpu."""
@@ -254,6 +255,13 @@ class ServingConfig(_message.Message):
     """Inference runs on random inputs before the version takes traffic; default 2."""
     intra_op_threads: _builtins.int
     """Threads per instance for the runtime's operators; default: the daemon's setting."""
+    response_cache: _builtins.bool
+    """Answer a request identical to an earlier one (inputs' names, dtypes, shapes and bytes, and
+    the outputs asked for) from the daemon's response cache, without running the model, as
+    Triton's response_cache does. Only for a version whose outputs depend on its inputs alone:
+    the daemon cannot tell. FAILED_PRECONDITION when serving.response_cache_size is 0, or for
+    an ensemble (load its members with it). Default off.
+    """
     def __init__(
         self,
         *,
@@ -265,10 +273,11 @@ class ServingConfig(_message.Message):
         max_queue_size: _builtins.int = ...,
         warmup_runs: _builtins.int = ...,
         intra_op_threads: _builtins.int = ...,
+        response_cache: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "instances", b"instances", "intra_op_threads", b"intra_op_threads", "max_batch_size", b"max_batch_size", "max_queue_delay_us", b"max_queue_delay_us", "max_queue_size", b"max_queue_size", "runtime", b"runtime", "warmup_runs", b"warmup_runs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "instances", b"instances", "intra_op_threads", b"intra_op_threads", "max_batch_size", b"max_batch_size", "max_queue_delay_us", b"max_queue_delay_us", "max_queue_size", b"max_queue_size", "response_cache", b"response_cache", "runtime", b"runtime", "warmup_runs", b"warmup_runs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -564,6 +573,10 @@ class ModelStats(_message.Message):
     BATCH_SIZES_FIELD_NUMBER: _builtins.int
     SINCE_FIELD_NUMBER: _builtins.int
     SHADOW_COUNT_FIELD_NUMBER: _builtins.int
+    CACHE_HIT_COUNT_FIELD_NUMBER: _builtins.int
+    CACHE_HIT_TIME_US_FIELD_NUMBER: _builtins.int
+    CACHE_MISS_COUNT_FIELD_NUMBER: _builtins.int
+    CACHE_MISS_TIME_US_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     version: _builtins.int
     request_count: _builtins.int
@@ -573,6 +586,15 @@ class ModelStats(_message.Message):
     """Requests per second over the last minute."""
     shadow_count: _builtins.int
     """Requests served as a shadow copy (not returned to callers)."""
+    cache_hit_count: _builtins.int
+    """Requests answered from the response cache: counted in request_count (as Triton counts them
+    as successes), not in row_count, batch_sizes or the latency summaries (the model never ran
+    them); and their cumulative lookup and copy time.
+    """
+    cache_hit_time_us: _builtins.int
+    cache_miss_count: _builtins.int
+    """Requests the response cache did not have, and their cumulative lookup and insert time."""
+    cache_miss_time_us: _builtins.int
     @_builtins.property
     def queue(self) -> Global___LatencySummary: ...
     @_builtins.property
@@ -600,10 +622,14 @@ class ModelStats(_message.Message):
         batch_sizes: _abc.Iterable[Global___BatchSizeCount] | None = ...,
         since: _timestamp_pb2.Timestamp | None = ...,
         shadow_count: _builtins.int = ...,
+        cache_hit_count: _builtins.int = ...,
+        cache_hit_time_us: _builtins.int = ...,
+        cache_miss_count: _builtins.int = ...,
+        cache_miss_time_us: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["compute", b"compute", "queue", b"queue", "since", b"since", "total", b"total"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_sizes", b"batch_sizes", "compute", b"compute", "error_count", b"error_count", "model", b"model", "queue", b"queue", "request_count", b"request_count", "row_count", b"row_count", "shadow_count", b"shadow_count", "since", b"since", "throughput_rps", b"throughput_rps", "total", b"total", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_sizes", b"batch_sizes", "cache_hit_count", b"cache_hit_count", "cache_hit_time_us", b"cache_hit_time_us", "cache_miss_count", b"cache_miss_count", "cache_miss_time_us", b"cache_miss_time_us", "compute", b"compute", "error_count", b"error_count", "model", b"model", "queue", b"queue", "request_count", b"request_count", "row_count", b"row_count", "shadow_count", b"shadow_count", "since", b"since", "throughput_rps", b"throughput_rps", "total", b"total", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
