@@ -283,3 +283,91 @@ def test_a_download_goes_through_a_new_temp_file_of_its_own(
     assert (out / "plot.png").read_bytes() == b"png bytes"
     assert victim.read_bytes() == b"untouched"
     assert sorted(p.name for p in out.iterdir()) == ["docs", "plot.png", "plot.png.partial"]
+
+
+def a_tree(root: Path) -> dict[str, bytes]:
+    """A nested directory, with a link to a file (stored as the file) and a link to a
+    directory (not followed, as MLflow's os.walk); the files it should store, by path."""
+    files = {"notes.md": b"notes", "plots/loss.png": b"\x89PNG" * 50, "plots/old/a b.csv": b"1,2\n"}
+    for path, data in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes(data)
+    (root / "latest.png").symlink_to(root / "plots" / "loss.png")
+    (root / "again").symlink_to(root / "plots", target_is_directory=True)
+    return files | {"latest.png": files["plots/loss.png"]}
+
+
+def test_log_artifacts_stores_a_tree_that_download_artifacts_gives_back(
+    artifacts_daemon: InProcessDaemon, run_id: str, tmp_path: Path
+) -> None:
+    files = a_tree(tmp_path / "out")
+    with tessera.Client(artifacts_daemon.target) as client:
+        stored = client.training.log_artifacts(run_id, tmp_path / "out", "run1/")
+        assert [a.path for a in stored] == sorted(f"run1/{path}" for path in files)
+        local = client.training.download_artifacts(run_id, "run1", tmp_path / "back")
+        assert client.training.log_artifacts(run_id, str(tmp_path / "out" / "plots")) == [
+            a for a in client.training.list_artifacts(run_id) if not a.path.startswith("run1/")
+        ]
+    assert local == tmp_path / "back" / "run1"
+    back = {p.relative_to(local).as_posix(): p.read_bytes() for p in local.rglob("*") if p.is_file()}
+    assert back == files
+
+
+def test_log_artifacts_of_an_empty_directory_stores_nothing(
+    artifacts_daemon: InProcessDaemon, run_id: str, tmp_path: Path
+) -> None:
+    (tmp_path / "empty" / "nested").mkdir(parents=True)
+    with tessera.Client(artifacts_daemon.target) as client:
+        assert client.training.log_artifacts(run_id, tmp_path / "empty") == []
+        assert list(client.training.list_artifacts(run_id)) == []
+
+
+def test_log_artifacts_refuses_what_is_not_a_directory_of_files(
+    artifacts_daemon: InProcessDaemon, run_id: str, tmp_path: Path
+) -> None:
+    (tmp_path / "one.txt").write_text("x")
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "fine.txt").write_text("x")
+    (odd / "gone.txt").symlink_to(tmp_path / "nowhere")
+    with tessera.Client(artifacts_daemon.target) as client:
+        with pytest.raises(NotADirectoryError, match=r"one\.txt is not a directory; log_artifact stores one"):
+            client.training.log_artifacts(run_id, tmp_path / "one.txt")
+        with pytest.raises(FileNotFoundError, match=r"no directory .*absent"):
+            client.training.log_artifacts(run_id, tmp_path / "absent")
+        with pytest.raises(ValueError, match=r"\(1: gone.txt\); nothing stored"):
+            client.training.log_artifacts(run_id, odd)
+        assert list(client.training.list_artifacts(run_id)) == []
+
+
+def test_a_failed_file_says_which_and_what_was_stored_before_it(
+    artifacts_daemon: InProcessDaemon, run_id: str, tmp_path: Path
+) -> None:
+    tree = tmp_path / "tree"
+    for path in ("a.txt", "b/c.txt", "d.txt"):
+        (tree / path).parent.mkdir(parents=True, exist_ok=True)
+        (tree / path).write_text(path)
+    (tmp_path / "b").write_text("a file where the tree has a directory")
+    with tessera.Client(artifacts_daemon.target) as client:
+        client.training.log_artifact(run_id, tmp_path / "b")
+        with pytest.raises(tessera.FailedPrecondition) as error:
+            client.training.log_artifacts(run_id, tree)
+        paths = [a.path for a in client.training.list_artifacts(run_id)]
+    message = error.value.message
+    assert message.startswith("storing b/c.txt failed; 1 of 3 files were stored before it (a.txt); 1 after")
+    assert "'b'" in message and paths == ["a.txt", "b"]
+
+
+def test_log_artifacts_on_the_aio_client(
+    artifacts_daemon: InProcessDaemon, run_id: str, tmp_path: Path
+) -> None:
+    files = a_tree(tmp_path / "out")
+
+    async def scenario() -> list[str]:
+        async with tessera.aio.Client(artifacts_daemon.target) as client:
+            stored = await client.training.log_artifacts(run_id, tmp_path / "out")
+            with pytest.raises(tessera.NotFound, match="none of the 4 files was stored"):
+                await client.training.log_artifacts("run-nosuchrun", tmp_path / "out")
+            return [a.path for a in stored]
+
+    assert asyncio.run(scenario()) == sorted(files)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from tessera.calls import (
     call,
     stream,
 )
-from tessera.errors import JobFailed
+from tessera.errors import JobFailed, TesseraError
 from tessera.events import JobEvent, JobState, event_from_proto
 from tessera.messages import from_dict
 from tessera.transfer import CHUNK_BYTES, DownloadSink, Progress, file_chunks, file_digest
@@ -144,6 +145,81 @@ class ArtifactTree(Call[Path]):
         for artifact in artifacts:
             await self.download(artifact.path, artifact_file(self.root, artifact.path)).run_async(conn)
         return self.result
+
+
+def artifact_tree(local_dir: Path) -> list[tuple[Path, str]]:
+    """Every file under `local_dir` with its relative path ("/"-separated), in path order. As
+    MLflow's log_artifacts (os.walk): a link to a file counts as that file, a link to a directory
+    is not followed (no cycles, nothing from outside). Anything else that is not a regular file
+    (a broken link, a FIFO, a socket) is refused before anything is stored."""
+    if not local_dir.is_dir():
+        if not local_dir.exists():
+            raise FileNotFoundError(f"no directory {local_dir}; nothing stored")
+        raise NotADirectoryError(f"{local_dir} is not a directory; log_artifact stores one file")
+    files: list[tuple[Path, str]] = []
+    odd: list[str] = []
+    for folder, _, names in os.walk(local_dir):
+        for name in names:
+            local = Path(folder) / name
+            relative = local.relative_to(local_dir).as_posix()
+            if local.is_file():
+                files.append((local, relative))
+            else:
+                odd.append(relative)
+    if odd:
+        raise ValueError(
+            f"not regular files under {local_dir} ({len(odd)}: {', '.join(sorted(odd)[:5])}); "
+            "nothing stored; remove them, or store the files one by one with log_artifact"
+        )
+    return sorted(files, key=lambda pair: pair[1])
+
+
+def partly_stored(
+    err: TesseraError | OSError, path: str, stored: Sequence[pb.RunArtifact], total: int
+) -> TesseraError | OSError:
+    """`err` (same type, so callers' handlers still match) saying which file failed and what
+    was stored before it: a directory upload is never left half done without a word."""
+    done = ", ".join(a.path for a in stored[:5]) + (", ..." if len(stored) > 5 else "")
+    if stored:
+        before = f"{len(stored)} of {total} files were stored before it ({done})"
+    else:
+        before = f"none of the {total} files was stored"
+    message = f"storing {path} failed; {before}; {total - len(stored) - 1} after it not tried: "
+    if isinstance(err, TesseraError):
+        return type(err)(message + err.message)
+    reason = f"{err.strerror}: {err.filename}" if err.strerror and err.filename else str(err)
+    return type(err)(err.errno, message + reason) if err.errno is not None else type(err)(message + reason)
+
+
+@dataclass(frozen=True)
+class ArtifactUploads(Call[list[pb.RunArtifact]]):
+    """Every file under `local_dir` stored one after another with `upload(local, relative)`
+    (one single-file upload each, in path order); on a failure, `partly_stored` says where."""
+
+    local_dir: Path
+    upload: Callable[[Path, str], Upload[pb.RunArtifact]]
+
+    def run(self, conn: Connection) -> list[pb.RunArtifact]:
+        files = artifact_tree(self.local_dir)
+        stored: list[pb.RunArtifact] = []
+        for local, relative in files:
+            upload = self.upload(local, relative)
+            try:
+                stored.append(upload.run(conn))
+            except (TesseraError, OSError) as err:
+                raise partly_stored(err, relative, stored, len(files)) from err
+        return stored
+
+    async def run_async(self, conn: AioConnection) -> list[pb.RunArtifact]:
+        files = await asyncio.to_thread(artifact_tree, self.local_dir)
+        stored: list[pb.RunArtifact] = []
+        for local, relative in files:
+            upload = self.upload(local, relative)
+            try:
+                stored.append(await upload.run_async(conn))
+            except (TesseraError, OSError) as err:
+                raise partly_stored(err, relative, stored, len(files)) from err
+        return stored
 
 
 class Job(Part[C]):
@@ -458,6 +534,42 @@ class Training(Part[C]):
         with its sha256; storing to a path again replaces what was there."""
         source = Path(local_path)
         path = f"{artifact_path.removesuffix('/')}/{source.name}" if artifact_path else source.name
+        return self._artifact_upload(run_id, source, path, progress, chunk_size, timeout)
+
+    @call
+    def log_artifacts(
+        self,
+        run_id: str,
+        local_dir: str | Path,
+        artifact_path: str | None = None,
+        *,
+        chunk_size: int = CHUNK_BYTES,
+        timeout: float | None = None,
+    ) -> ArtifactUploads:
+        """Store every file under `local_dir` with a run, as MLflow's log_artifacts: at its path
+        relative to `local_dir`, under the run's directory `artifact_path` (None: the top; the
+        directory's own name is not kept). Links to files are stored as those files, links to
+        directories are not followed (as MLflow's os.walk). One upload per file, in path order;
+        returns what was stored ([] for a directory with no files). A path that is not a
+        directory raises NotADirectoryError or FileNotFoundError; a failed file raises its own
+        error, saying which file and how many were stored before it."""
+        root = Path(local_dir)
+        prefix = f"{artifact_path.removesuffix('/')}/" if artifact_path else ""
+
+        def upload(local: Path, relative: str) -> Upload[pb.RunArtifact]:
+            return self._artifact_upload(run_id, local, prefix + relative, None, chunk_size, timeout)
+
+        return ArtifactUploads(root, upload)
+
+    def _artifact_upload(
+        self,
+        run_id: str,
+        source: Path,
+        path: str,
+        progress: Progress | None,
+        chunk_size: int,
+        timeout: float | None,
+    ) -> Upload[pb.RunArtifact]:
         return Upload(
             S,
             "UploadRunArtifact",
