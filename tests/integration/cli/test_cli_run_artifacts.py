@@ -90,3 +90,38 @@ def test_a_directory_named_with_a_trailing_slash_and_nothing_under_it_is_not_fou
         client.training.download_artifacts(run, "plots/", tmp_path / "out")
     got = tessera_cli("--json", "runs", "artifacts", "get", run, "docs/", "-o", str(tmp_path / "out"))
     assert got.code == 0 and got.json()["path"] == str(tmp_path / "out" / "docs"), got.err
+
+
+def test_put_a_directory_stores_its_files_as_mlflow_log_artifacts(tessera_cli, client, tmp_path):
+    run = client.training.create_run("cli-artifacts").run_id
+    tree = tmp_path / "out"
+    for path in ("notes.md", "plots/loss.png", "plots/old/loss.png"):
+        (tree / path).parent.mkdir(parents=True, exist_ok=True)
+        (tree / path).write_bytes(path.encode())
+    (tmp_path / "empty").mkdir()
+
+    put = tessera_cli("runs", "artifacts", "put", run, str(tree), "--path", "v1")
+    assert put.code == 0, put.err
+    assert f"stored 3 files (40 B) from {tree} under v1/ in run {run}" in put.out
+    as_json = tessera_cli("--json", "runs", "artifacts", "put", run, str(tree / "plots"))
+    assert as_json.code == 0 and [a["path"] for a in as_json.json()] == ["loss.png", "old/loss.png"]
+    got = tessera_cli("runs", "artifacts", "get", run, "v1", "-o", str(tmp_path / "back"))
+    assert got.code == 0 and (tmp_path / "back/v1/plots/old/loss.png").read_bytes() == b"plots/old/loss.png"
+
+    empty = tessera_cli("runs", "artifacts", "put", run, str(tmp_path / "empty"))
+    assert empty.code == 0 and "no files under" in empty.out and "nothing was stored" in empty.out
+    assert tessera_cli("--json", "runs", "artifacts", "put", run, str(tmp_path / "empty")).json() == []
+
+    # "loss.png" is a file in the run, so "loss.png/x" cannot be stored: the daemon refuses it.
+    (tree / "loss.png").mkdir()
+    (tree / "loss.png" / "x").write_text("x")
+    failed = tessera_cli("runs", "artifacts", "put", run, str(tree))
+    assert (
+        failed.code == EXIT_DAEMON and "tessera: FAILED_PRECONDITION: storing loss.png/x failed" in failed.err
+    )
+    assert "none of the 4 files was stored; 3 after it not tried" in failed.err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "gone").symlink_to(tmp_path / "nowhere")
+    refused = tessera_cli("runs", "artifacts", "put", run, str(broken))
+    assert refused.code == EXIT_FAILED and "(1: gone); nothing stored" in refused.err

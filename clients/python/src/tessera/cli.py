@@ -915,6 +915,8 @@ def cmd_runs_artifacts_ls(client: Client, args: argparse.Namespace, out: Output)
 
 
 def cmd_runs_artifacts_put(client: Client, args: argparse.Namespace, out: Output) -> None:
+    if Path(args.file).is_dir():
+        return put_artifact_tree(client, args, out)
     artifact = client.training.log_artifact(
         args.run_id,
         args.file,
@@ -926,6 +928,21 @@ def cmd_runs_artifacts_put(client: Client, args: argparse.Namespace, out: Output
     out.line(
         f"stored {artifact.path} in run {artifact.run_id} "
         f"({size(artifact.size_bytes)}, sha256 {artifact.sha256[:12]})"
+    )
+
+
+def put_artifact_tree(client: Client, args: argparse.Namespace, out: Output) -> None:
+    """`put RUN DIR`: every file under DIR, at its path under --path, as MLflow's log_artifacts."""
+    stored = client.training.log_artifacts(args.run_id, args.file, args.path or None)
+    if out.as_json:
+        return out.json(stored)
+    where = f"under {args.path.removesuffix('/')}/" if args.path else "at the top"
+    if not stored:
+        return out.line(f"no files under {args.file}, so nothing was stored in run {args.run_id}")
+    total = sum(a.size_bytes for a in stored)
+    out.line(
+        f"stored {len(stored)} files ({size(total)}) from {args.file} {where} in run {args.run_id}; "
+        f"list them with: tessera runs artifacts ls {args.run_id}"
     )
 
 
@@ -1572,9 +1589,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command(artifacts, "ls", cmd_runs_artifacts_ls, "list a run's artifacts in path order")
     sub.add_argument("run_id")
     sub.add_argument("path", nargs="?", default="", help="only those under this directory")
-    sub = command(artifacts, "put", cmd_runs_artifacts_put, "store a file with a run")
+    sub = command(
+        artifacts, "put", cmd_runs_artifacts_put, "store a file, or every file under a directory, with a run"
+    )
     sub.add_argument("run_id")
-    sub.add_argument("file")
+    sub.add_argument(
+        "file",
+        help="a file, or a directory: its files keep their paths under it, without its own name "
+        "(as MLflow's log_artifacts; links to directories are not followed)",
+    )
     sub.add_argument(
         "--path",
         default="",
