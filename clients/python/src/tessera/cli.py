@@ -1249,13 +1249,45 @@ def print_stats(stats: Sequence[inference_pb2.ModelStats], out: Output) -> None:
         )
 
 
+def cmd_load(client: Client, args: argparse.Namespace, out: Output) -> None:
+    config = {
+        name: value
+        for name, value in (
+            ("device", args.device),
+            ("instances", args.instances),
+            ("max_batch_size", args.max_batch_size),
+            ("response_cache", args.response_cache),
+        )
+        if value
+    }
+    loaded = client.inference.load(args.model, args.version, **config)
+    if out.as_json:
+        return out.json(loaded)
+    print_loaded([loaded], out)
+
+
 def cmd_serve_status(client: Client, args: argparse.Namespace, out: Output) -> None:
     loaded = client.inference.loaded(args.model)
     if out.as_json:
         return out.json(list(loaded))
+    print_loaded(loaded, out)
+
+
+def print_loaded(loaded: Sequence[inference_pb2.LoadedModel], out: Output) -> None:
     out.table(
         "loaded models",
-        ["model", "version", "state", "runtime", "device", "instances", "max batch", "memory", "loaded"],
+        [
+            "model",
+            "version",
+            "state",
+            "runtime",
+            "device",
+            "instances",
+            "max batch",
+            "response cache",
+            "memory",
+            "loaded",
+        ],
         [
             (
                 m.model,
@@ -1265,6 +1297,7 @@ def cmd_serve_status(client: Client, args: argparse.Namespace, out: Output) -> N
                 m.config.device,
                 m.config.instances,
                 m.config.max_batch_size,
+                "on" if m.config.response_cache else "off",
                 size(m.memory_bytes),
                 when(m.loaded_at),
             )
@@ -1757,6 +1790,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--cluster",
         action="store_true",
         help="at a primary: its figures merged with those of every serving replica following it",
+    )
+
+    sub = command(commands, "load", cmd_load, "load and warm up a version for serving (or reload it)")
+    sub.add_argument("model")
+    sub.add_argument("--version", type=version_or_alias, help="number or alias (default: latest)")
+    sub.add_argument("--device", default="", help='"cpu" or "cuda:N" (default: cuda:0 when present)')
+    sub.add_argument(
+        "--instances",
+        type=whole(1, INT32_MAX),
+        help="model instances running batches in parallel (default: the daemon's serving.instances)",
+    )
+    sub.add_argument(
+        "--max-batch-size", type=whole(1, INT32_MAX), help="most rows per batch (default 32; 1: no batching)"
+    )
+    sub.add_argument(
+        "--response-cache",
+        action="store_true",
+        help="answer a request identical to an earlier one from the daemon's response cache without "
+        "running the model: only for a version whose outputs are deterministic (depend on its inputs "
+        "alone); the daemon needs serving.response_cache_size > 0",
     )
 
     command(commands, "serve-status", cmd_serve_status, "the loaded model versions").add_argument(

@@ -56,7 +56,7 @@ COMMAND_BY_RPC: dict[str, str] = {
     "Explain": "`tessera explain MODEL --input FILE`",
     "GetStats": "`tessera stats MODEL`",
     "ListLoaded": "`tessera serve-status`",
-    "LoadModel": "the Python SDK's client.inference.load()",
+    "LoadModel": "`tessera load MODEL`",
     # System
     "GetServerInfo": "`tessera info`",
 }
