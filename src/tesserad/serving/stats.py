@@ -226,6 +226,10 @@ class Totals:
     input_ns: int = 0
     compute_ns: int = 0
     output_ns: int = 0
+    cache_hits: int = 0
+    cache_hit_ns: int = 0
+    cache_misses: int = 0
+    cache_miss_ns: int = 0
 
     def __add__(self, other: Totals) -> Totals:
         return Totals(
@@ -437,4 +441,8 @@ class ServingStats:
             input_ns=self._input_ns,
             compute_ns=self._compute_ns,
             output_ns=self._output_ns,
+            cache_hits=self._cache_hits,
+            cache_hit_ns=self._cache_hit_ns,
+            cache_misses=self._cache_misses,
+            cache_miss_ns=self._cache_miss_ns,
         )

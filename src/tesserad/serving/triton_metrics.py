@@ -8,7 +8,8 @@ Inference Protocol's ModelStatistics reports for the version (`ServingStats`), r
 across GetStats resets (a counter never goes down); each starts at 0 when its version loads and
 goes away when it unloads, as Triton's do. A time is the sum of the requests' nanoseconds
 in whole microseconds (Triton sums each request's whole microseconds: they differ by under one
-microsecond a request).
+microsecond a request). With a response cache, Triton's `nv_cache_*_per_model` counters come
+from the same figures, and gauges show the whole cache's use.
 
 Written in Prometheus's text format 0.0.4 by hand, as Triton (prometheus-cpp) writes them:
 prometheus_client names every counter `<name>_total`, and OpenMetrics requires that suffix, so
@@ -62,6 +63,26 @@ _COUNTERS: tuple[tuple[str, str, Callable[[Totals], int]], ...] = (
         lambda t: t.output_ns // 1000,
     ),
 )
+# Triton's per-model response-cache counters, for the versions loaded with response_cache only
+# (Triton has them only for models whose config enables the cache).
+_CACHE_COUNTERS: tuple[tuple[str, str, Callable[[Totals], int]], ...] = (
+    ("nv_cache_num_hits_per_model", "Requests answered from the response cache", lambda t: t.cache_hits),
+    (
+        "nv_cache_num_misses_per_model",
+        "Requests looked up in the response cache and not found there",
+        lambda t: t.cache_misses,
+    ),
+    (
+        "nv_cache_hit_duration_per_model",
+        "Cumulative time of cache hits (lookup and copy out), in microseconds",
+        lambda t: t.cache_hit_ns // 1000,
+    ),
+    (
+        "nv_cache_miss_duration_per_model",
+        "Cumulative time of cache misses (lookup and insert), in microseconds",
+        lambda t: t.cache_miss_ns // 1000,
+    ),
+)
 _PENDING = "nv_inference_pending_request_count"
 _PENDING_HELP = "Requests queued for the model now, not yet running"
 
@@ -79,14 +100,49 @@ class TritonMetrics:
             batcher = entry.batcher
             if batcher is not None:
                 labels = f'model="{_escape(entry.model)}",version="{entry.version}"'
-                served.append((labels, entry.stats.totals(), batcher.queued))
+                served.append((labels, entry.stats.totals(), batcher.queued, entry.cache is not None))
         lines: list[str] = []
         for name, help_text, value in _COUNTERS:
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
-            lines += [f"{name}{{{labels}}} {value(totals)}" for labels, totals, _ in served]
-        lines += [f"# HELP {_PENDING} {_PENDING_HELP}", f"# TYPE {_PENDING} gauge"]
-        lines += [f"{_PENDING}{{{labels}}} {pending}" for labels, _, pending in served]
+            lines += _family(name, help_text, "counter", [(labels, value(t)) for labels, t, _, _ in served])
+        lines += _family(
+            _PENDING, _PENDING_HELP, "gauge", [(labels, pending) for labels, _, pending, _ in served]
+        )
+        cache = self._pool.response_cache
+        if cache is not None:
+            cached = [(labels, totals) for labels, totals, _, on in served if on]
+            for name, help_text, value in _CACHE_COUNTERS:
+                lines += _family(name, help_text, "counter", [(labels, value(t)) for labels, t in cached])
+            used, entries = cache.used_bytes, len(cache)
+            lines += _family(
+                "nv_cache_num_entries", "Answers in the response cache", "gauge", [("", entries)]
+            )
+            lines += _family(
+                "nv_cache_util",
+                "Share of the response cache's budget in use [0.0 - 1.0]",
+                "gauge",
+                [("", used / cache.capacity_bytes)],
+            )
+            lines += _family(
+                "tessera_response_cache_bytes",
+                "Bytes of answers in the response cache",
+                "gauge",
+                [("", used)],
+            )
+            lines += _family(
+                "tessera_response_cache_budget_bytes",
+                "The response cache's budget (serving.response_cache_size), in bytes",
+                "gauge",
+                [("", cache.capacity_bytes)],
+            )
         return "\n".join(lines) + "\n"
+
+
+def _family(name: str, help_text: str, kind: str, values: list[tuple[str, float]]) -> list[str]:
+    """One family's lines; a sample with labels "" has none."""
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+    return lines + [
+        f"{name}{{{labels}}} {value}" if labels else f"{name} {value}" for labels, value in values
+    ]
 
 
 def _escape(value: str) -> str:

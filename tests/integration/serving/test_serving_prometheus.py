@@ -11,8 +11,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from serving_models import linear_model, predict_request, reshape_model, upload
 
-from tessera.v1 import common_pb2, inference_pb2
+from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from tesserad.oip import grpc_service_pb2 as pb
+from tesserad.oip import grpc_service_pb2_grpc
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
 OPENMETRICS = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
@@ -147,3 +148,50 @@ def test_a_version_that_failed_to_load_has_no_series(daemon, channel, inference,
     # Listed as FAILED by ListLoaded, but not served: /metrics lists only what is, as Triton's does.
     assert 'model="linear"' in text
     assert 'model="broken"' not in text
+
+
+def test_cache_metrics_are_the_model_statistics_cache_figures(start_daemon, daemon) -> None:
+    assert "nv_cache" not in scrape(daemon)[1]  # no budget: no cache, no cache families
+    budget = 1 << 20
+    cached = start_daemon(**{"serving.response_cache_size": budget})
+    channel = cached.channel()
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    oip = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    upload(channel, "linear", linear_model(1.0))
+    upload(channel, "plain", linear_model(2.0))
+    for model, cache in (("linear", True), ("plain", False)):
+        inference.LoadModel(
+            inference_pb2.LoadModelRequest(
+                target=common_pb2.VersionRef(model=model, version=1),
+                config=inference_pb2.ServingConfig(response_cache=cache),
+            )
+        )
+    for _ in range(2):  # a miss, then a hit
+        oip.ModelInfer(infer_request("linear", X, version="1"))
+    stats = settled_statistics(oip, "linear", "1").inference_stats
+    assert (stats.cache_hit.count, stats.cache_miss.count) == (1, 1)
+    content_type, text = scrape(cached)
+    assert content_type.startswith("text/plain; version=0.0.4")
+    got = samples(text)
+    labels = '{model="linear",version="1"}'
+    assert {
+        name: got[name + labels]
+        for name in (
+            "nv_cache_num_hits_per_model",
+            "nv_cache_num_misses_per_model",
+            "nv_cache_hit_duration_per_model",
+            "nv_cache_miss_duration_per_model",
+        )
+    } == {
+        "nv_cache_num_hits_per_model": stats.cache_hit.count,
+        "nv_cache_num_misses_per_model": stats.cache_miss.count,
+        "nv_cache_hit_duration_per_model": stats.cache_hit.ns // 1000,
+        "nv_cache_miss_duration_per_model": stats.cache_miss.ns // 1000,
+    }
+    # A version loaded without the cache has no cache series, as a Triton model without it.
+    assert not any(name.startswith("nv_cache") and "plain" in name for name in got)
+    types = {family.name: family.type for family in text_string_to_metric_families(text)}
+    assert types["nv_cache_num_hits_per_model"] == "counter" and types["nv_cache_util"] == "gauge"
+    assert got["nv_cache_num_entries"] == 1
+    assert got["tessera_response_cache_budget_bytes"] == budget
+    assert 0 < got["tessera_response_cache_bytes"] == got["nv_cache_util"] * budget
