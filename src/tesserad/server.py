@@ -15,7 +15,8 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -479,7 +480,7 @@ class Daemon:
         if address is None:
             return
         self._oip_http = OipHttpServer(
-            oip, address, self.settings.security, auth.tokens, self.settings.max_message_size
+            oip, address, self.settings.security, auth.tokens, auth.calls, self.settings.max_message_size
         )
         if self._certificates is not None:
             self._certificates.also_reload(self._oip_http.reload_tls)
@@ -623,10 +624,10 @@ class Daemon:
         tokens = None if auth is None else auth.tokens
         while True:
             await asyncio.sleep(interval_s)
-            if auth is not None and tokens is not None and await asyncio.to_thread(tokens.changed):
-                await auth.reload_tokens("the file changed")
-            if certificates is not None and await asyncio.to_thread(certificates.changed):
-                await certificates.reload("the file changed")
+            if auth is not None and tokens is not None:
+                await _apply_if_changed("the tokens file", tokens.changed, auth.reload_tokens)
+            if certificates is not None:
+                await _apply_if_changed("the TLS files", certificates.changed, certificates.reload)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking calls, let in-flight calls finish within the grace period, close the store."""
@@ -700,6 +701,25 @@ class Daemon:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+
+async def _apply_if_changed(
+    files: str, changed: Callable[[], bool], reload: Callable[[str], Awaitable[None]]
+) -> None:
+    """`reload` when `changed` says the files changed. An unexpected error is logged with an id
+    and goes no further, so the periodic check goes on and the next change is still applied;
+    until then the daemon keeps the tokens and certificates it last applied."""
+    try:
+        if await asyncio.to_thread(changed):
+            await reload("the file changed")
+    except Exception as exc:
+        error_id = uuid.uuid4().hex[:12]
+        log.error(
+            "unexpected error applying %s again: the ones last applied stay in use until the next change or SIGHUP",
+            files,
+            exc_info=exc,
+            extra={"error_id": error_id},
+        )
 
 
 def create_server(settings: Settings, insecure: bool = False) -> Daemon:

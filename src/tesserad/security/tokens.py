@@ -289,17 +289,18 @@ class TokenChanges:
 
 # What tells a changed file apart without reading it: an editor's in-place write changes the
 # modification time or size, an atomic rename (`tesserad tokens`, a Kubernetes Secret's symlink
-# swap) the inode.
-FileSignature = tuple[int, int, int, int]
+# swap) the inode, and a chmod or chown (making an unreadable file readable) the ctime alone.
+FileSignature = tuple[int, int, int, int, int]
 
 
 def file_signature(path: Path) -> FileSignature | None:
-    """The file's (device, inode, size, mtime in ns), following links; None when it cannot be stat'ed."""
+    """The file's (device, inode, size, mtime, ctime in ns), following links; None when it cannot
+    be stat'ed."""
     try:
         info = os.stat(path)
     except OSError:
         return None
-    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
 class TokenFile:

@@ -1,0 +1,111 @@
+"""The daemon's periodic check of the tokens file, in process: it sees a permission-only change,
+and an unexpected error in a reload is logged with an id without ending the check."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from tesserad import cli
+from tesserad.security import Role
+from tesserad.security.tokens import TokenTable
+from tests.integration.security.conftest import Tokens, bearer
+
+INFO = "/tessera.v1.System/GetServerInfo"
+
+
+def info(daemon: Any, token: str) -> grpc.StatusCode:
+    try:
+        daemon.channel().unary_unary(INFO)(b"", metadata=bearer(token), timeout=30)
+    except grpc.RpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+def watched(start_daemon: Any, tokens: Tokens) -> Any:
+    return start_daemon(
+        **{"security.tokens_file": str(tokens.file), "security.tokens_reload_interval_s": 0.05}
+    )
+
+
+def wait_for_record(
+    caplog: pytest.LogCaptureFixture, matches: Callable[[logging.LogRecord], bool], after: int = 0
+) -> logging.LogRecord:
+    """The first record past the first `after` that `matches`, waiting for it (30 s at most)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for record in caplog.records[after:]:
+            if matches(record):
+                return record
+        time.sleep(0.02)
+    pytest.fail("the daemon never logged the record waited for")
+
+
+def reloaded_on_change(record: logging.LogRecord) -> bool:
+    return getattr(record, "trigger", None) == "the file changed"
+
+
+def test_an_unexpected_error_in_a_reload_is_logged_and_the_next_change_is_applied(
+    start_daemon, tokens, monkeypatch, caplog
+):
+    caplog.set_level(logging.INFO)
+    daemon = watched(start_daemon, tokens)
+    load = TokenTable.load
+    failed = []
+
+    def failing_once(path: Path) -> TokenTable:
+        # The daemon reads the file off its event loop; the CLI here, on the test's own thread.
+        if not failed and threading.current_thread() is not threading.main_thread():
+            failed.append(path)
+            raise RuntimeError("injected failure")
+        return load(path)
+
+    monkeypatch.setattr(TokenTable, "load", failing_once)
+    reader, trainer = tokens.token[Role.READER], tokens.token[Role.TRAINER]
+
+    assert cli.main(["tokens", "remove", "reader-holder", "--file", str(tokens.file)]) == 0
+    failure = wait_for_record(caplog, lambda r: r.getMessage().startswith("unexpected error applying"))
+    assert failure.getMessage().startswith("unexpected error applying the tokens file again")
+    assert len(getattr(failure, "error_id", "")) == 12
+    assert failure.exc_info is not None and "injected failure" in str(failure.exc_info[1])
+    # The tokens last applied stay in use.
+    assert info(daemon, reader) == grpc.StatusCode.OK
+
+    assert cli.main(["tokens", "remove", "trainer-holder", "--file", str(tokens.file)]) == 0
+    applied = wait_for_record(caplog, lambda r: r.getMessage() == "tokens reloaded")
+    assert applied.removed == ["reader-holder", "trainer-holder"]
+    assert info(daemon, reader) == grpc.StatusCode.UNAUTHENTICATED
+    assert info(daemon, trainer) == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_permission_only_change_is_seen(start_daemon, tokens, caplog):
+    """A file replaced unreadable (mode 000) and then made readable by chmod alone: the chmod
+    changes neither size, mtime nor inode, only the ctime. Without root the first reload fails
+    and the chmod applies the file; as root (which reads a mode-000 file) the chmod is still seen."""
+    caplog.set_level(logging.INFO)
+    daemon = watched(start_daemon, tokens)
+    reader = tokens.token[Role.READER]
+    replacement = tokens.file.with_name("tokens.new")
+    replacement.write_bytes(tokens.file.read_bytes())
+    assert cli.main(["tokens", "remove", "reader-holder", "--file", str(replacement)]) == 0
+    replacement.chmod(0)
+    os.replace(replacement, tokens.file)
+    wait_for_record(caplog, reloaded_on_change)
+    before = len(caplog.records)
+
+    changed = os.stat(tokens.file).st_ctime_ns
+    # Within one clock tick the kernel may give the chmod the write's ctime; chmod again until not.
+    while os.stat(tokens.file).st_ctime_ns == changed:
+        tokens.file.chmod(0o600)
+
+    record = wait_for_record(caplog, reloaded_on_change, after=before)
+    assert record.getMessage() in {"tokens reloaded", "tokens file read again: no change"}
+    assert info(daemon, reader) == grpc.StatusCode.UNAUTHENTICATED
