@@ -139,6 +139,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return self._tokens
 
     @property
+    def calls(self) -> ConcurrencyGate:
+        """The calls in flight counted against limits.max_concurrent_calls; the HTTP inference
+        listener's requests take their slots here too."""
+        return self._calls
+
+    @property
     def token_holders(self) -> list[str]:
         return [] if self._tokens is None else self._tokens.table.names
 

@@ -4,8 +4,9 @@ the daemon's own event loop, on its own listener (`serving.oip_http_listen`).
 Thin, as the gRPC servicer (tesserad.api.oip) is: both call tesserad.serving.open_inference, and
 metadata, config, statistics and the repository index are the gRPC messages written as JSON.
 Access is the gRPC listener's: its TLS (and client-certificate rule), its tokens as `Authorization:
-Bearer <token>`, and the role its RPC of the same name needs. Errors are `{"error": "..."}` with
-the HTTP status of the gRPC code's meaning and the gRPC message.
+Bearer <token>`, the role its RPC of the same name needs, and a slot of limits.max_concurrent_calls
+(one count for both listeners). Errors are `{"error": "..."}` with the HTTP status of the gRPC
+code's meaning and the gRPC message.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from tesserad.config import Address, SecuritySettings, format_size
 from tesserad.dashboard.access import CHALLENGE, Handler
 from tesserad.dashboard.listener import HttpListener
 from tesserad.dashboard.server import http_status_for
+from tesserad.security.limits import ConcurrencyGate
 from tesserad.security.roles import HEALTH_METHODS, ROLE_TABLE
 from tesserad.security.tokens import TokenFile, token_digest, utc_now
 from tesserad.serving.open_inference import EXTENSIONS, OpenInference, target_of, timeout_of
@@ -65,35 +67,41 @@ class OipHttpServer(HttpListener):
         address: Address,
         security: SecuritySettings,
         tokens: TokenFile | None,
+        calls: ConcurrencyGate,
         max_message_size: int,
     ) -> None:
-        """`tokens`: the daemon's own (None without a tokens file), so a reload applies here too."""
+        """`tokens`: the daemon's own (None without a tokens file), so a reload applies here too;
+        `calls`: the gRPC listener's count of calls in flight, which requests here join."""
         self._core = core
         super().__init__(address, security)
         self._tokens = tokens
+        self._calls = calls
         self._health_open = security.health_open
         self._max_message_size = max_message_size
         app = web.Application(middlewares=[self._errors], client_max_size=max_message_size)
         model = "/v2/models/{model}"
         version = "/v2/models/{model}/versions/{version}"
+        admitted = self._admitted
         app.add_routes(
             [
-                web.get("/v2/health/live", self._live),
-                web.get("/v2/health/ready", self._ready),
-                web.get("/v2", self._server_metadata),
-                web.get("/v2/models/stats", self._statistics),
-                web.post("/v2/repository/index", self._index),
-                web.post("/v2/repository/models/{model}/load", self._load),
-                web.post("/v2/repository/models/{model}/unload", self._unload),
+                web.get("/v2/health/live", admitted("ServerLive", self._live)),
+                web.get("/v2/health/ready", admitted("ServerReady", self._ready)),
+                web.get("/v2", admitted("ServerMetadata", self._server_metadata)),
+                web.get("/v2/models/stats", admitted("ModelStatistics", self._statistics)),
+                web.post("/v2/repository/index", admitted("RepositoryIndex", self._index)),
+                web.post("/v2/repository/models/{model}/load", admitted("RepositoryModelLoad", self._load)),
+                web.post(
+                    "/v2/repository/models/{model}/unload", admitted("RepositoryModelUnload", self._unload)
+                ),
                 *(
                     route
                     for path in (model, version)
                     for route in (
-                        web.get(path, self._model_metadata),
-                        web.get(f"{path}/ready", self._model_ready),
-                        web.get(f"{path}/config", self._config),
-                        web.get(f"{path}/stats", self._statistics),
-                        web.post(f"{path}/infer", self._infer),
+                        web.get(path, admitted("ModelMetadata", self._model_metadata)),
+                        web.get(f"{path}/ready", admitted("ModelReady", self._model_ready)),
+                        web.get(f"{path}/config", admitted("ModelConfig", self._config)),
+                        web.get(f"{path}/stats", admitted("ModelStatistics", self._statistics)),
+                        web.post(f"{path}/infer", admitted("ModelInfer", self._infer)),
                     )
                 ),
             ]
@@ -129,6 +137,25 @@ class OipHttpServer(HttpListener):
                 500, f"internal error (id {error_id}); the daemon's log has the details under that id"
             )
 
+    def _admitted(self, rpc: str, handler: Handler) -> Handler:
+        """`handler` behind the checks the gRPC RPC `rpc` gets: who may call (`_admit`), then a
+        slot of limits.max_concurrent_calls shared with gRPC's calls (429 with gRPC's
+        RESOURCE_EXHAUSTED message when none is free). Health probes take no slot, as on gRPC."""
+        calls = self._calls
+        limited = f"/{_SERVICE}/{rpc}" not in HEALTH_METHODS
+
+        async def admitted(request: web.Request) -> web.StreamResponse:
+            self._admit(request, rpc)
+            if not limited:
+                return await handler(request)
+            calls.enter()
+            try:
+                return await handler(request)
+            finally:
+                calls.leave()
+
+        return admitted
+
     def _admit(self, request: web.Request, rpc: str) -> None:
         """Refuse (401/403) a caller the gRPC RPC `rpc` would refuse. Without a tokens file every
         caller is admitted: mutual TLS has checked the certificate, and without it the daemon
@@ -163,33 +190,27 @@ class OipHttpServer(HttpListener):
             )
 
     async def _live(self, request: web.Request) -> web.Response:
-        self._admit(request, "ServerLive")
         return web.Response()
 
     async def _ready(self, request: web.Request) -> web.Response:
-        self._admit(request, "ServerReady")
         return web.Response(status=200 if self._core.server_ready() else 503)
 
     async def _server_metadata(self, request: web.Request) -> web.Response:
-        self._admit(request, "ServerMetadata")
         return web.json_response({"name": "tesserad", "version": __version__, "extensions": EXTENSIONS})
 
     async def _model_ready(self, request: web.Request) -> web.Response:
-        self._admit(request, "ModelReady")
         ready = await self._core.model_ready(
             request.match_info["model"], request.match_info.get("version", "")
         )
         return web.Response(status=200 if ready else 503)
 
     async def _model_metadata(self, request: web.Request) -> web.Response:
-        self._admit(request, "ModelMetadata")
         described = await self._core.describe(
             request.match_info["model"], request.match_info.get("version", "")
         )
         return web.json_response(message_json(metadata_of(*described)))
 
     async def _config(self, request: web.Request) -> web.Response:
-        self._admit(request, "ModelConfig")
         described, _ = await self._core.describe(
             request.match_info["model"], request.match_info.get("version", "")
         )
@@ -197,7 +218,6 @@ class OipHttpServer(HttpListener):
         return web.json_response(message_json(model_config_of(described)))
 
     async def _statistics(self, request: web.Request) -> web.Response:
-        self._admit(request, "ModelStatistics")
         entries = await self._core.statistics(
             request.match_info.get("model", ""), request.match_info.get("version", "")
         )
@@ -214,7 +234,6 @@ class OipHttpServer(HttpListener):
         return document
 
     async def _index(self, request: web.Request) -> web.Response:
-        self._admit(request, "RepositoryIndex")
         ready = (await self._json_object(request)).get("ready", False)
         if not isinstance(ready, bool):
             raise errors.InvalidArgument("'ready' must be true or false")
@@ -224,7 +243,6 @@ class OipHttpServer(HttpListener):
         )
 
     async def _load(self, request: web.Request) -> web.Response:
-        self._admit(request, "RepositoryModelLoad")
         parameters = (await self._json_object(request)).get("parameters", {})
         if not isinstance(parameters, dict):
             raise errors.InvalidArgument("'parameters' must be a JSON object")
@@ -232,12 +250,10 @@ class OipHttpServer(HttpListener):
         return web.Response()
 
     async def _unload(self, request: web.Request) -> web.Response:
-        self._admit(request, "RepositoryModelUnload")
         await self._core.unload(request.match_info["model"])
         return web.Response()
 
     async def _infer(self, request: web.Request) -> web.Response:
-        self._admit(request, "ModelInfer")
         body = await request.read()
         started = time.perf_counter_ns()
         target = target_of(request.match_info["model"], request.match_info.get("version", ""))

@@ -8,7 +8,8 @@ from tesserad.errors import ResourceExhausted
 class ConcurrencyGate:
     """Counts calls in flight against `limit`.
 
-    Used from one event loop only (the grpc.aio server's), so a plain counter is exact.
+    Used from one event loop only (the daemon's, where the grpc.aio server and the HTTP
+    listeners run), so a plain counter is exact.
     """
 
     def __init__(self, limit: int, setting: str, what: str) -> None:

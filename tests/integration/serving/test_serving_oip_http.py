@@ -6,16 +6,19 @@ from __future__ import annotations
 import http.client
 import json
 import ssl
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 from serving_models import W, echo_model, half_model, linear_model, upload
 
+from tessera.v1 import system_pb2
 from tesserad.security import Role
 from tesserad.server import StartupError
 from tests.conftest import InProcessDaemon, daemon_settings
@@ -289,3 +292,57 @@ def test_a_non_loopback_listener_needs_authentication(tmp_path: Path) -> None:
     settings = daemon_settings(tmp_path, **{"serving.oip_http_listen": "0.0.0.0:0"})
     with pytest.raises(StartupError, match=r"refusing to listen on 0\.0\.0\.0:0 without authentication"):
         InProcessDaemon(settings).start()
+
+
+def _grpc_info(channel: grpc.Channel) -> tuple[grpc.StatusCode, str]:
+    try:
+        channel.unary_unary("/tessera.v1.System/GetServerInfo")(b"", timeout=30)
+    except grpc.RpcError as exc:
+        return exc.code(), exc.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
+def _until(check: Any) -> Any:
+    """Call `check` until it returns something true (30 s at most), and return that."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.02)
+    pytest.fail("the daemon never reached the state waited for")
+
+
+def test_requests_take_a_slot_of_max_concurrent_calls_with_grpc_s_calls(tmp_path: Path) -> None:
+    settings = daemon_settings(
+        tmp_path / "data",
+        **{"serving.oip_http_listen": "127.0.0.1:0", "limits.max_concurrent_calls": 1},
+    )
+    daemon = InProcessDaemon(settings).start()
+    try:
+        base = f"http://127.0.0.1:{daemon.daemon.oip_http_port}"
+        channel = daemon.channel()
+        # A gRPC stream holds the one slot: HTTP is refused as gRPC is, with the same message.
+        stream = channel.unary_stream("/tessera.v1.System/WatchSystem")(
+            system_pb2.WatchSystemRequest(interval_ms=100).SerializeToString(), timeout=60
+        )
+        next(stream)
+        code, message = _grpc_info(channel)
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "limits.max_concurrent_calls = 1" in message
+        assert error(f"{base}/v2") == (429, message)
+        assert error(f"{base}/v2/models/linear/infer", {"inputs": []}) == (429, message)
+        # Probes are never turned away, as on gRPC.
+        assert call(f"{base}/v2/health/live")[0] == 200
+        stream.cancel()
+        _until(lambda: call(f"{base}/v2")[0] == 200)
+
+        # An HTTP request in flight (its body not yet sent) holds the slot against gRPC.
+        connection = http.client.HTTPConnection("127.0.0.1", daemon.daemon.oip_http_port, timeout=30)
+        connection.putrequest("POST", "/v2/models/linear/infer")
+        connection.putheader("Content-Length", "1000")
+        connection.endheaders(b"{")
+        _until(lambda: _grpc_info(channel) == (grpc.StatusCode.RESOURCE_EXHAUSTED, message))
+        connection.close()
+        _until(lambda: _grpc_info(channel)[0] == grpc.StatusCode.OK)
+    finally:
+        daemon.stop()
