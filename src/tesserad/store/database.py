@@ -77,8 +77,10 @@ def _out_of_room(exc: lmdb.Error, path: Path) -> bool:
 
 def reserve_pages(map_size: int, page_size: int) -> int:
     """The pages only `reserved` writes may use: a twentieth of the map, and at least enough
-    for a terminal write on a small map (each table it touches copies a path of pages)."""
-    return max(map_size // 20, min(256 << 10, map_size // 4)) // page_size
+    for a terminal write on a small map (each table it touches copies a path of pages, and a
+    job's end touches a dozen: its record, events, run, metric summaries and order index,
+    dataset holds)."""
+    return max(map_size // 20, min(512 << 10, map_size // 2)) // page_size
 
 
 def _allocate(path: Path, size: int) -> None:
