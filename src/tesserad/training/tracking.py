@@ -83,6 +83,15 @@ ORDER_INDEXED = ("run_metric_order_indexed",)
 ORDER_FIELDS = ("last", "min", "max")
 
 
+@dataclass(frozen=True)
+class _Pass:
+    """What one of the start-up passes over the metric summaries went through."""
+
+    metrics: int  # summaries counted before it began
+    done: int
+    seconds: float
+
+
 @dataclass
 class MetricSummary:
     key: str
@@ -834,43 +843,26 @@ class Tracking:
         Runs at start, before anything reads or writes metrics; logs progress every few seconds.
         An interrupted build starts over at the next start (rebuilding a key is idempotent).
         """
-        with self._store.read() as txn:
-            if txn.exists("meta", BUCKETS_BUILT):
-                return
-            metrics = txn.count("metric_summaries")
-        if metrics:
-            log.info(
-                "building metric history summaries (once, for a store from an older tesserad)",
-                extra={"metrics": metrics},
-            )
-        started = reported = time.monotonic()
-        done = points = 0
-        after: tuple[str, str] | None = None
-        while True:
-            with self._store.write() as txn:
-                keys = [
-                    (str(k[0]), str(k[1])) for k, _ in txn.scan("metric_summaries", after=after, limit=64)
-                ]
-                for run_id, metric in keys:
-                    points += metric_buckets.rebuild(txn, metric_prefix(run_id, metric))
-                    _refresh_summary(txn, _experiment_of(txn, run_id), run_id, metric)
-                if not keys:
-                    txn.put(
-                        "meta", BUCKETS_BUILT, encode_record("metric_buckets_built", 1, {"at": time.time()})
-                    )
-                    break
-            done += len(keys)
-            after = keys[-1]
-            if time.monotonic() - reported >= progress_every_s:
-                reported = time.monotonic()
-                log.info(
-                    "building metric history summaries",
-                    extra={"metrics_done": done, "metrics": metrics, "points": points},
-                )
-        if metrics:
+        points = 0
+
+        def rebuild(txn: WriteTxn, run_id: str, metric: str, raw: bytes) -> None:
+            nonlocal points
+            points += metric_buckets.rebuild(txn, metric_prefix(run_id, metric))
+            _refresh_summary(txn, _experiment_of(txn, run_id), run_id, metric)
+
+        passed = self._each_summary_once(
+            BUCKETS_BUILT,
+            64,
+            rebuild,
+            "building metric history summaries",
+            lambda: {"points": points},
+            progress_every_s,
+            started_message="building metric history summaries (once, for a store from an older tesserad)",
+        )
+        if passed is not None and passed.metrics:
             log.info(
                 "built metric history summaries",
-                extra={"metrics": done, "points": points, "seconds": round(time.monotonic() - started, 1)},
+                extra={"metrics": passed.done, "points": points, "seconds": passed.seconds},
             )
 
     def purge_nonfinite_points(self, progress_every_s: float = 5.0) -> None:
@@ -883,52 +875,33 @@ class Tracking:
         Purging once at start reads every point once and keeps reads free of checks; an
         interrupted purge starts over at the next start (it is idempotent).
         """
-        with self._store.read() as txn:
-            if txn.exists("meta", NONFINITE_PURGED):
+        affected = dropped = 0
+
+        def purge(txn: WriteTxn, run_id: str, key: str, raw: bytes) -> None:
+            nonlocal affected, dropped
+            metric = metric_prefix(run_id, key)
+            doomed = metric_buckets.nonfinite_points(txn, metric)
+            if not doomed:
                 return
-            metrics = txn.count("metric_summaries")
-        started = reported = time.monotonic()
-        done = affected = dropped = 0
-        after: tuple[str, str] | None = None
-        while True:
-            with self._store.write() as txn:
-                keys = [
-                    (str(k[0]), str(k[1])) for k, _ in txn.scan("metric_summaries", after=after, limit=64)
-                ]
-                for run_id, key in keys:
-                    metric = metric_prefix(run_id, key)
-                    doomed = metric_buckets.nonfinite_points(txn, metric)
-                    if not doomed:
-                        continue
-                    for raw_key in doomed:
-                        txn.delete_packed("metrics", raw_key)
-                    metric_buckets.rebuild(txn, metric)
-                    _refresh_summary(txn, _experiment_of(txn, run_id), run_id, key)
-                    affected += 1
-                    dropped += len(doomed)
-                if not keys:
-                    txn.put(
-                        "meta",
-                        NONFINITE_PURGED,
-                        encode_record("metric_nonfinite_purged", 1, {"at": time.time()}),
-                    )
-                    break
-            done += len(keys)
-            after = keys[-1]
-            if time.monotonic() - reported >= progress_every_s:
-                reported = time.monotonic()
-                log.info(
-                    "looking for non-finite metric points (once, for a store from an older tesserad)",
-                    extra={"metrics_done": done, "metrics": metrics},
-                )
-        if affected:
+            for raw_key in doomed:
+                txn.delete_packed("metrics", raw_key)
+            metric_buckets.rebuild(txn, metric)
+            _refresh_summary(txn, _experiment_of(txn, run_id), run_id, key)
+            affected += 1
+            dropped += len(doomed)
+
+        passed = self._each_summary_once(
+            NONFINITE_PURGED,
+            64,
+            purge,
+            "looking for non-finite metric points (once, for a store from an older tesserad)",
+            dict,
+            progress_every_s,
+        )
+        if passed is not None and affected:
             log.warning(
                 "dropped non-finite metric points",
-                extra={
-                    "metrics": affected,
-                    "points": dropped,
-                    "seconds": round(time.monotonic() - started, 1),
-                },
+                extra={"metrics": affected, "points": dropped, "seconds": passed.seconds},
             )
 
     def index_run_order(self, progress_every_s: float = 5.0) -> None:
@@ -937,44 +910,68 @@ class Tracking:
         Runs at start, after the other metric upgrades; logs progress every few seconds. An
         interrupted pass starts over at the next start (writing a row again is idempotent).
         """
-        with self._store.read() as txn:
-            if txn.exists("meta", ORDER_INDEXED):
-                return
-            metrics = txn.count("metric_summaries")
-        if metrics:
+        experiments: dict[str, str] = {}
+
+        def index(txn: WriteTxn, run_id: str, key: str, raw: bytes) -> None:
+            nonlocal experiments
+            if run_id not in experiments:
+                # Summaries come run by run: one run's experiment is enough to keep.
+                experiments = {run_id: _experiment_of(txn, run_id)}
+            summary = decode_record(raw, "metric_summary", 1)[1]
+            run_order.update(txn, experiments[run_id], run_id, key, None, _order_fields(summary))
+
+        passed = self._each_summary_once(
+            ORDER_INDEXED,
+            512,
+            index,
+            "indexing runs by their metrics",
+            dict,
+            progress_every_s,
+            started_message="indexing runs by their metrics (once, for a store from an older tesserad)",
+        )
+        if passed is not None and passed.metrics:
             log.info(
-                "indexing runs by their metrics (once, for a store from an older tesserad)",
-                extra={"metrics": metrics},
+                "indexed runs by their metrics", extra={"metrics": passed.done, "seconds": passed.seconds}
             )
+
+    def _each_summary_once(
+        self,
+        marker: Key,
+        batch: int,
+        visit: Callable[[WriteTxn, str, str, bytes], None],
+        progress_message: str,
+        progress_extra: Callable[[], dict[str, Any]],
+        progress_every_s: float,
+        started_message: str | None = None,
+    ) -> _Pass | None:
+        """`visit(txn, run id, metric key, summary record)` for every metric summary, `batch` a
+        write transaction, then `marker` (named by its first part) in meta: the start-up
+        upgrades' one pass. None when `marker` was there already; progress every few seconds."""
+        with self._store.read() as txn:
+            if txn.exists("meta", marker):
+                return None
+            metrics = txn.count("metric_summaries")
+        if metrics and started_message is not None:
+            log.info(started_message, extra={"metrics": metrics})
         started = reported = time.monotonic()
         done = 0
         after: Key | None = None
-        experiments: dict[str, str] = {}
         while True:
             with self._store.write() as txn:
-                rows = list(txn.scan("metric_summaries", after=after, limit=512))
+                rows = list(txn.scan("metric_summaries", after=after, limit=batch))
                 for key, raw in rows:
-                    run_id = str(key[0])
-                    if run_id not in experiments:
-                        # Summaries come run by run: one run's experiment is enough to keep.
-                        experiments = {run_id: _experiment_of(txn, run_id)}
-                    summary = decode_record(raw, "metric_summary", 1)[1]
-                    run_order.update(
-                        txn, experiments[run_id], run_id, str(key[1]), None, _order_fields(summary)
-                    )
+                    visit(txn, str(key[0]), str(key[1]), raw)
                 if not rows:
-                    txn.put("meta", ORDER_INDEXED, encode_record(ORDER_INDEXED[0], 1, {"at": time.time()}))
+                    txn.put("meta", marker, encode_record(str(marker[0]), 1, {"at": time.time()}))
                     break
             done += len(rows)
             after = rows[-1][0]
             if time.monotonic() - reported >= progress_every_s:
                 reported = time.monotonic()
-                log.info("indexing runs by their metrics", extra={"metrics_done": done, "metrics": metrics})
-        if metrics:
-            log.info(
-                "indexed runs by their metrics",
-                extra={"metrics": done, "seconds": round(time.monotonic() - started, 1)},
-            )
+                log.info(
+                    progress_message, extra={"metrics_done": done, "metrics": metrics, **progress_extra()}
+                )
+        return _Pass(metrics, done, round(time.monotonic() - started, 1))
 
     def _summaries(self, txn: ReadTxn, run_id: str) -> list[MetricSummary]:
         return [
