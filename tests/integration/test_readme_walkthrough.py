@@ -126,6 +126,9 @@ def test_readme_walkthrough_runs_top_to_bottom(spawn_daemon, tmp_path: Path) -> 
     assert re.search(r"v2\W+90%", deployed) and re.search(r"v1\W+10%", deployed), deployed
     rolled_back = output_of(steps, "tessera models rollback clips-cnn4d")
     assert "clips-cnn4d: no deployment" in rolled_back, rolled_back  # as before the deploy
+    kept = output_of(steps, "tessera load clips-cnn4d --version 2 --keep-config")
+    assert re.search(r"clips-cnn4d\W+2\W+ready\W+onnx\W+cpu\W+2\W+32\W", kept), kept
+    assert "unloaded clips-cnn4d v2" in output_of(steps, "tessera unload clips-cnn4d")
     fine_tuned = output_of(steps, "tessera train finetune.toml")
     assert "succeeded" in fine_tuned and "clips-finetuned v1" in fine_tuned, fine_tuned
     shown = output_of(steps, "tessera models show clips-finetuned")

@@ -398,7 +398,11 @@ class InferenceService:
         if target.version is None and target.alias is None:
             entries = self.pool.list(target.model)
             if not entries:
-                raise NotFound(f"model {target.model!r} has no loaded version")
+                self._source.servable(target.model, None, LATEST)  # NotFound for a model that does not exist
+                raise NotFound(
+                    f"model {target.model!r} has no loaded version, so there is nothing to unload "
+                    "(ListLoaded lists what is loaded)"
+                )
             return [self.pool.unload(e.model, e.version) for e in entries]
         return [self.pool.unload(target.model, self.resolve_version(target))]
 

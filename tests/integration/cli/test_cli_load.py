@@ -1,5 +1,7 @@
-"""`tessera load`: loads a version, and --response-cache turns the daemon's response cache on
-for it, so that a second identical predict is answered from the cache."""
+"""`tessera load` and `tessera unload`: every ServingConfig field has a flag; a reload replaces the
+config unless --keep-config starts from the one the version runs with; --response-cache turns the
+daemon's response cache on, so that a second identical predict is answered from the cache; unload
+frees versions, and fails with NOT_FOUND where nothing is loaded."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tessera.cli import EXIT_DAEMON, EXIT_FAILED, EXIT_USAGE
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.sdk.affine import affine_onnx
 
@@ -44,3 +47,148 @@ def test_load_help_says_when_the_cache_is_safe(tessera_cli, capsys):
         tessera_cli("load", "--help")
     text = " ".join(capsys.readouterr().out.split())
     assert "deterministic" in text and "serving.response_cache_size" in text
+
+
+EVERY_OPTION = {
+    "runtime": "onnx",
+    "device": "cpu",
+    "instances": 1,
+    "max_batch_size": 4,
+    "max_queue_delay_us": 250,
+    "max_queue_size": 16,
+    "warmup_runs": 3,
+    "intra_op_threads": 1,
+    "response_cache": True,
+}
+
+
+def flags(config: dict[str, object]) -> list[str]:
+    """`tessera load` flags setting `config` (ServingConfig field names)."""
+    words: list[str] = []
+    for name, value in config.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            words.append(flag if value else "--no-" + flag[2:])
+        else:
+            words += [flag, str(value)]
+    return words
+
+
+def test_load_sets_every_serving_config_field(tessera_cli, client, tmp_path):
+    client.models.push("affine", affine_onnx(tmp_path / "affine.onnx"))
+    loaded = tessera_cli("--json", "load", "affine", *flags(EVERY_OPTION))
+    assert loaded.code == 0, loaded.err
+    assert loaded.json()["config"] == EVERY_OPTION
+    (listed,) = client.inference.loaded("affine")
+    assert (listed.config.max_queue_delay_us, listed.config.warmup_runs) == (250, 3)
+
+
+def test_a_reload_takes_the_defaults_unless_told_to_keep_the_config(tessera_cli, client, tmp_path):
+    client.models.push("affine", affine_onnx(tmp_path / "affine.onnx"))
+    assert tessera_cli("load", "affine", *flags(EVERY_OPTION)).code == 0
+    kept = tessera_cli(
+        "--json", "load", "affine", "--keep-config", "--max-batch-size", "8", "--no-response-cache"
+    )
+    assert kept.code == 0, kept.err
+    # proto3's JSON leaves out a field at its zero value (response_cache false).
+    without_cache = {name: value for name, value in EVERY_OPTION.items() if name != "response_cache"}
+    assert kept.json()["config"] == {**without_cache, "max_batch_size": 8}
+    # By alias ("latest") too: the version it names now is the one whose config is kept.
+    again = tessera_cli("--json", "load", "affine", "--version", "latest", "--keep-config")
+    assert again.json()["config"] == kept.json()["config"]
+
+    reset = tessera_cli("--json", "load", "affine", "--max-batch-size", "8").json()["config"]
+    assert reset["max_batch_size"] == 8
+    assert (reset.get("max_queue_delay_us", 0), reset["max_queue_size"], reset["warmup_runs"]) == (0, 1024, 2)
+    assert "response_cache" not in reset
+
+
+def test_keep_config_of_a_version_not_loaded_fails_and_loads_nothing(tessera_cli, client, tmp_path):
+    client.models.push("affine", affine_onnx(tmp_path / "affine.onnx"))
+    result = tessera_cli("load", "affine", "--keep-config", "--max-batch-size", "8")
+    assert result.code == EXIT_FAILED and "Traceback" not in result.err
+    assert result.err.startswith(
+        "tessera: model 'affine' version 1 is not loaded, so it has no config to keep"
+    )
+    assert "without --keep-config" in result.err and "tessera serve-status" in result.err
+    assert list(client.inference.loaded()) == []
+    missing = tessera_cli("load", "affine", "--version", "7", "--keep-config")
+    assert missing.code == EXIT_FAILED and "version 7 is not loaded" in missing.err
+    absent = tessera_cli("load", "absent", "--keep-config")
+    assert absent.code == EXIT_DAEMON and absent.err.startswith("tessera: NOT_FOUND: ")
+
+
+def test_load_options_out_of_range_are_refused_before_anything_loads(tessera_cli, client, tmp_path, capsys):
+    client.models.push("affine", affine_onnx(tmp_path / "affine.onnx"))
+    for bad in (["--max-queue-delay-us", "-1"], ["--warmup-runs", "0"], ["--runtime", "tensorrt"]):
+        with pytest.raises(SystemExit) as exited:
+            tessera_cli("load", "affine", *bad)
+        assert exited.value.code == EXIT_USAGE
+        assert bad[0] in capsys.readouterr().err
+    too_long = tessera_cli("load", "affine", "--max-queue-delay-us", "20000000")
+    assert too_long.code == EXIT_DAEMON
+    assert too_long.err.startswith(
+        "tessera: INVALID_ARGUMENT: config.max_queue_delay_us must be in 0..10000000"
+    )
+    torch = tessera_cli("load", "affine", "--runtime", "torch")
+    assert torch.code == EXIT_DAEMON and torch.err.startswith(
+        "tessera: FAILED_PRECONDITION: the torch runtime"
+    )
+    assert list(client.inference.loaded()) == []
+
+
+def test_unload_frees_the_version_and_says_so(tessera_cli, client, tmp_path):
+    client.models.push("affine", affine_onnx(tmp_path / "affine.onnx"))
+    client.models.push("affine", affine_onnx(tmp_path / "affine.onnx"))
+    for version in ("1", "2"):
+        assert tessera_cli("load", "affine", "--version", version).code == 0
+    one = tessera_cli("unload", "affine", "--version", "1")
+    assert one.code == 0, one.err
+    assert one.out.strip() == "unloaded affine v1"
+    assert [m.version for m in client.inference.loaded("affine")] == [2]
+    assert tessera_cli("load", "affine", "--version", "1").code == 0
+    every = tessera_cli("--json", "unload", "affine")
+    assert every.code == 0 and [(m["version"], m["model"]) for m in every.json()] == [
+        (1, "affine"),
+        (2, "affine"),
+    ]
+    assert list(client.inference.loaded()) == []
+
+
+def test_unload_of_what_is_not_loaded_fails_with_not_found(tessera_cli, client, tmp_path):
+    client.models.push("affine", affine_onnx(tmp_path / "affine.onnx"))
+    nothing = tessera_cli("unload", "affine")
+    assert nothing.code == EXIT_DAEMON and nothing.out == "" and "Traceback" not in nothing.err
+    assert nothing.err.strip() == (
+        "tessera: NOT_FOUND: model 'affine' has no loaded version, so there is nothing to unload "
+        "(`tessera serve-status` lists what is loaded)"
+    )
+    assert tessera_cli("load", "affine").code == 0
+    other = tessera_cli("unload", "affine", "--version", "2")
+    assert other.code == EXIT_DAEMON
+    assert other.err.startswith(
+        "tessera: NOT_FOUND: model 'affine' version 2 is not loaded (loaded versions: 1)"
+    )
+    alias = tessera_cli("unload", "affine", "--version", "production")
+    assert alias.code == EXIT_DAEMON and alias.err.startswith("tessera: NOT_FOUND: ")
+    absent = tessera_cli("unload", "absent")
+    assert absent.code == EXIT_DAEMON and absent.err.startswith(
+        "tessera: NOT_FOUND: model 'absent' does not exist"
+    )
+    assert [m.version for m in client.inference.loaded("affine")] == [1]
+
+
+def test_load_help_says_a_reload_replaces_the_config(tessera_cli, capsys):
+    with pytest.raises(SystemExit):
+        tessera_cli("load", "--help")
+    text = " ".join(capsys.readouterr().out.split())
+    assert "replaces the version's whole serving config" in text and "--keep-config" in text
+    for flag in (
+        "--runtime",
+        "--max-queue-delay-us",
+        "--max-queue-size",
+        "--warmup-runs",
+        "--intra-op-threads",
+    ):
+        assert flag in text
+    assert "microseconds" in text and "serving.max_queue_delay_us" in text

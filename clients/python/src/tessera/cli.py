@@ -47,7 +47,8 @@ EXIT_STATUS_HELP = f"""\
 exit status:
   0    done
   {EXIT_FAILED}    failed here: a file could not be read or written (stdout closed with `>&-` too),
-       a spec file is wrong, or a followed job or sweep ended without succeeding
+       a spec file is wrong, a followed job or sweep ended without succeeding, or
+       `load --keep-config` found the version not loaded (no config to keep)
   {EXIT_USAGE}    the command line is wrong: the message says what, under the command's usage
   {EXIT_DAEMON}    the daemon refused or failed the request, or could not be reached: the message
        starts with the gRPC status (NOT_FOUND, INVALID_ARGUMENT, UNAVAILABLE, ...)
@@ -1249,21 +1250,54 @@ def print_stats(stats: Sequence[inference_pb2.ModelStats], out: Output) -> None:
         )
 
 
+# `tessera load` flag -> ServingConfig field, in the proto's order.
+LOAD_FLAGS = (
+    "runtime",
+    "device",
+    "instances",
+    "max_batch_size",
+    "max_queue_delay_us",
+    "max_queue_size",
+    "warmup_runs",
+    "intra_op_threads",
+    "response_cache",
+)
+
+
 def cmd_load(client: Client, args: argparse.Namespace, out: Output) -> None:
-    config = {
-        name: value
-        for name, value in (
-            ("device", args.device),
-            ("instances", args.instances),
-            ("max_batch_size", args.max_batch_size),
-            ("response_cache", args.response_cache),
-        )
-        if value
-    }
+    config = current_config(client, args.model, args.version) if args.keep_config else {}
+    config.update((name, getattr(args, name)) for name in LOAD_FLAGS if getattr(args, name) is not None)
     loaded = client.inference.load(args.model, args.version, **config)
     if out.as_json:
         return out.json(loaded)
     print_loaded([loaded], out)
+
+
+def current_config(client: Client, model: str, version: int | str | None) -> dict[str, Any]:
+    """The config the version runs with now (every default filled in), as `load` takes it; a
+    version that is not loaded has none to keep, and is refused rather than loaded with the
+    defaults, which is what the caller asked not to get."""
+    number = version if isinstance(version, int) else client.models.version(model, version).version
+    found = next((m for m in client.inference.loaded(model) if m.version == number), None)
+    if found is None:
+        raise ValueError(
+            f"model {model!r} version {number} is not loaded, so it has no config to keep; "
+            "load it without --keep-config (`tessera serve-status` lists what is loaded)"
+        )
+    config = {field.name: getattr(found.config, field.name) for field in found.config.DESCRIPTOR.fields}
+    # An ensemble's runtime is unspecified: its version's format decides.
+    config["runtime"] = inference_pb2.Runtime.Name(found.config.runtime).removeprefix("RUNTIME_").lower()
+    if config["runtime"] == "unspecified":
+        del config["runtime"]
+    return config
+
+
+def cmd_unload(client: Client, args: argparse.Namespace, out: Output) -> None:
+    unloaded = client.inference.unload(args.model, args.version)
+    if out.as_json:
+        return out.json(list(unloaded))
+    for m in unloaded:
+        out.line(f"unloaded {m.model} v{m.version}")
 
 
 def cmd_serve_status(client: Client, args: argparse.Namespace, out: Output) -> None:
@@ -1792,24 +1826,88 @@ def build_parser() -> argparse.ArgumentParser:
         help="at a primary: its figures merged with those of every serving replica following it",
     )
 
-    sub = command(commands, "load", cmd_load, "load and warm up a version for serving (or reload it)")
+    sub = command(
+        commands,
+        "load",
+        cmd_load,
+        "load and warm up a version for serving (or reload it, swapping it without dropping requests)",
+    )
+    sub.description = (
+        f"{sub.description}. Loading replaces the version's whole serving config: an option not "
+        "given takes its default, not the value the version ran with, unless --keep-config is given."
+    )
     sub.add_argument("model")
     sub.add_argument("--version", type=version_or_alias, help="number or alias (default: latest)")
-    sub.add_argument("--device", default="", help='"cpu" or "cuda:N" (default: cuda:0 when present)')
+    sub.add_argument(
+        "--keep-config",
+        action="store_true",
+        help="start from the config the version runs with now (as `tessera serve-status --json` shows "
+        "it, defaults filled in: e.g. --instances alone keeps the intra-op threads worked out for the "
+        "old count) and change only the options given; the version must be loaded",
+    )
+    sub.add_argument(
+        "--runtime",
+        choices=["onnx", "torch"],
+        help="onnx (onnxruntime, with the CUDA provider on a GPU) or torch (default: onnx for an ONNX "
+        "version, torch for a safetensors one)",
+    )
+    sub.add_argument("--device", help='"cpu" or "cuda:N" (default: cuda:0 when a GPU is present, else cpu)')
     sub.add_argument(
         "--instances",
         type=whole(1, INT32_MAX),
-        help="model instances running batches in parallel (default: the daemon's serving.instances)",
+        help="model instances running batches in parallel (default: the daemon's serving.instances, "
+        "else 2 on a CPU and 1 on a GPU)",
     )
     sub.add_argument(
-        "--max-batch-size", type=whole(1, INT32_MAX), help="most rows per batch (default 32; 1: no batching)"
+        "--max-batch-size",
+        type=whole(1, INT32_MAX),
+        help="most rows per batch; 1: no batching (default: the daemon's serving.max_batch_size, 32 unless set)",
+    )
+    sub.add_argument(
+        "--max-queue-delay-us",
+        type=whole(0, INT64_MAX),
+        help="microseconds a request may wait for more rows to fill a batch while the model is idle; "
+        "under load batches fill without waiting (default: the daemon's serving.max_queue_delay_us, "
+        "0 unless set: a lone request never waits; 0 here also means that default)",
+    )
+    sub.add_argument(
+        "--max-queue-size",
+        type=whole(1, INT32_MAX),
+        help="most requests queued; beyond it a request is refused with RESOURCE_EXHAUSTED (default: the "
+        "daemon's serving.max_queue_size, 1024 unless set)",
+    )
+    sub.add_argument(
+        "--warmup-runs",
+        type=whole(1, INT32_MAX),
+        help="inference runs on random inputs before the version takes traffic (default: the daemon's "
+        "serving.warmup_runs, 2 unless set)",
+    )
+    sub.add_argument(
+        "--intra-op-threads",
+        type=whole(1, INT32_MAX),
+        help="threads per instance for the runtime's operators (default: the daemon's "
+        "serving.intra_op_threads, else on a CPU the cores shared among the instances, on a GPU "
+        "the runtime's own default)",
     )
     sub.add_argument(
         "--response-cache",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         help="answer a request identical to an earlier one from the daemon's response cache without "
         "running the model: only for a version whose outputs are deterministic (depend on its inputs "
-        "alone); the daemon needs serving.response_cache_size > 0",
+        "alone); the daemon needs serving.response_cache_size > 0 (default: off)",
+    )
+
+    sub = command(
+        commands,
+        "unload",
+        cmd_unload,
+        "stop serving a version: it takes no new requests, finishes those queued, and is freed",
+    )
+    sub.add_argument("model")
+    sub.add_argument(
+        "--version",
+        type=version_or_alias,
+        help="number or alias (default: every loaded version of the model)",
     )
 
     command(commands, "serve-status", cmd_serve_status, "the loaded model versions").add_argument(

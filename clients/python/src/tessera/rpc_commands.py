@@ -57,6 +57,7 @@ COMMAND_BY_RPC: dict[str, str] = {
     "GetStats": "`tessera stats MODEL`",
     "ListLoaded": "`tessera serve-status`",
     "LoadModel": "`tessera load MODEL`",
+    "UnloadModel": "`tessera unload MODEL`",
     # System
     "GetServerInfo": "`tessera info`",
 }
