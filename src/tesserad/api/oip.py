@@ -16,6 +16,7 @@ import grpc
 from tesserad import __version__
 from tesserad.api.convert_inference import deadline_of
 from tesserad.api.convert_tensors import oip_inputs_to_arrays, oip_output, oip_requested_outputs
+from tesserad.api.oip_config import serving_config_of
 from tesserad.api.streams import answer_stream
 from tesserad.errors import TesseraError, Unimplemented
 from tesserad.oip import grpc_service_pb2 as pb
@@ -64,7 +65,7 @@ _KINDS = {
 KIND_NAMES = {kind: field for field, kind in _KINDS.items()}
 
 
-def parameters_of(request: pb.ModelInferRequest) -> dict[str, Parameter]:
+def parameters_of(request: pb.ModelInferRequest | pb.RepositoryModelLoadRequest) -> dict[str, Parameter]:
     parameters: dict[str, Parameter] = {}
     for key, parameter in request.parameters.items():
         field = parameter.WhichOneof("parameter_choice")
@@ -340,7 +341,7 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         request: pb.RepositoryModelLoadRequest,
         context: grpc.aio.ServicerContext[pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse],
     ) -> pb.RepositoryModelLoadResponse:
-        await self._core.load(request.model_name, request.parameters)
+        await self._core.load(request.model_name, parameters_of(request), KIND_NAMES, serving_config_of)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(

@@ -25,11 +25,13 @@ from tesserad.api.oip import (
     model_config_of,
     statistics_response,
 )
+from tesserad.api.oip_config import serving_config_of
 from tesserad.api.oip_json import (
     HEADER_LENGTH,
     KIND_NAMES,
     infer_request,
     infer_response,
+    json_parameters,
     message_json,
     split_body,
 )
@@ -243,10 +245,8 @@ class OipHttpServer(HttpListener):
         )
 
     async def _load(self, request: web.Request) -> web.Response:
-        parameters = (await self._json_object(request)).get("parameters", {})
-        if not isinstance(parameters, dict):
-            raise errors.InvalidArgument("'parameters' must be a JSON object")
-        await self._core.load(request.match_info["model"], parameters)
+        parameters = json_parameters(await self._json_object(request), "the request")
+        await self._core.load(request.match_info["model"], parameters, KIND_NAMES, serving_config_of)
         return web.Response()
 
     async def _unload(self, request: web.Request) -> web.Response:

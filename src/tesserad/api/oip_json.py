@@ -97,7 +97,7 @@ def _numbers(descriptor: Descriptor, document: dict[str, Any]) -> None:
             document[field.name] = [int(v) for v in value] if isinstance(value, list) else int(value)
 
 
-def _parameters(document: Mapping[str, Any], where: str) -> dict[str, Parameter]:
+def json_parameters(document: Mapping[str, Any], where: str) -> dict[str, Parameter]:
     raw = document.get("parameters", {})
     if not isinstance(raw, dict):
         raise InvalidArgument(f"{where}'s parameters must be a JSON object")
@@ -211,7 +211,7 @@ def infer_request(document: Any, binary: bytes) -> InferRequest:
         where = f"input {name!r}"
         if name in inputs:
             raise InvalidArgument(f"{where} is given twice; send each input once")
-        parameters = _parameters(tensor, where)
+        parameters = json_parameters(tensor, where)
         refuse_shared_memory(parameters, _region(parameters), f"{where} is in")
         datatype = tensor.get("datatype")
         if datatype not in OIP_DTYPES:
@@ -261,14 +261,14 @@ def infer_request(document: Any, binary: bytes) -> InferRequest:
             raise InvalidArgument("every requested output needs a name (a string)")
         if name in output_names:
             raise InvalidArgument(f"output {name!r} is requested twice; request each output once")
-        parameters = _parameters(output, f"output {name!r}")
+        parameters = json_parameters(output, f"output {name!r}")
         refuse_shared_memory(parameters, _region(parameters), f"output {name!r} is to be written to")
         refuse_classification(parameters, name)
         flag = _flag(parameters, "binary_data", f"output {name!r}")
         if flag is not None:
             binary_outputs[name] = flag
         output_names.append(name)
-    parameters = _parameters(document, "the request")
+    parameters = json_parameters(document, "the request")
     return InferRequest(
         id=request_id,
         inputs=inputs,

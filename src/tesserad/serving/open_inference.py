@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import enum
 import time
-from collections.abc import Collection, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 
 import ml_dtypes
@@ -22,7 +22,7 @@ from tesserad.errors import InvalidArgument, NotFound, Unimplemented
 from tesserad.names import validate_name
 from tesserad.numbers import INT64_MAX, whole_number
 from tesserad.serving.batcher import Prediction
-from tesserad.serving.pool import LoadedVersion, LoadState
+from tesserad.serving.pool import LoadedVersion, LoadState, ServingConfig
 from tesserad.serving.predict import predict
 from tesserad.serving.service import InferenceService, Target, VersionDescription
 
@@ -281,19 +281,31 @@ class OpenInference:
             index.extend(row for _, row in sorted(rows.items()) if not ready_only or row.state == "READY")
         return index
 
-    async def load(self, name: str, parameters: Collection[str]) -> None:
-        """Load `name` for serving; `parameters`: the request's parameter keys."""
+    async def load(
+        self,
+        name: str,
+        parameters: Mapping[str, Parameter],
+        names: Mapping[Kind, str],
+        config_of: Callable[[str, str], ServingConfig],
+    ) -> None:
+        """Load `name` for serving. `parameters`: the request's; `names`: each kind in the
+        transport's words; `config_of(text, name)`: the ServingConfig a `config` parameter (a
+        Triton model configuration as JSON) asks for, InvalidArgument naming a field it cannot take.
+
+        Without `config`, a version already loaded keeps the config it runs with; with one, every
+        version the model serves loads with it, as Triton loads a model with a config override
+        (a field the override leaves out takes its default)."""
         validate_name("model_name", name)
-        overrides = sorted(k for k in parameters if k == "config" or k.startswith("file:"))
-        if overrides:
-            # Loading with the defaults instead would not be what the caller asked for.
+        files = sorted(k for k in parameters if k.startswith("file:"))
+        if files:
+            # Loading the registry's artifact instead would not be what the caller asked for.
             raise Unimplemented(
-                f"tesserad does not take a model config or files in RepositoryModelLoad (got "
-                f"{', '.join(overrides)}); load without them, set serving options such as "
-                "max_batch_size with tessera.v1.Inference/LoadModel, and upload new weights as a "
-                "version through tessera.v1.Registry"
+                f"tesserad does not take files in RepositoryModelLoad (got {', '.join(files)}); "
+                "upload new weights as a version through tessera.v1.Registry and load without them"
             )
-        await asyncio.to_thread(self._service.load_serving, name)
+        text = _parameter(parameters, "config", (Kind.STRING,), names)
+        config = config_of(text, name) if isinstance(text, str) else None
+        await asyncio.to_thread(self._service.load_serving, name, config)
 
     async def unload(self, name: str) -> None:
         validate_name("model_name", name)

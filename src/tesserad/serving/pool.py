@@ -83,7 +83,7 @@ class ServingDefaults:
 
 
 # field -> (low, high): the accepted range of an explicit (non-zero) value.
-_LIMITS = {
+CONFIG_LIMITS = {
     "instances": (1, 64),
     "max_batch_size": (1, 65536),
     "max_queue_delay_us": (0, 10_000_000),
@@ -122,7 +122,7 @@ def servable_file(model: str, version: int, format: str, path: Path, **more: Any
 
 def effective_config(config: ServingConfig, defaults: ServingDefaults, format: str) -> ServingConfig:
     """The config with every default filled in; InvalidArgument for a value out of range."""
-    for name, (low, high) in _LIMITS.items():
+    for name, (low, high) in CONFIG_LIMITS.items():
         value = getattr(config, name)
         if value != 0 and not low <= value <= high:
             raise InvalidArgument(f"config.{name} must be in {low}..{high} (0 for the default), got {value}")

@@ -261,15 +261,20 @@ class InferenceService:
     def model_names(self) -> list[str]:
         return self._source.model_names()
 
-    def load_serving(self, model: str) -> list[LoadedVersion]:
-        """Load every version a request without a selector may go to, shadow included; a version
-        already loaded keeps the config it runs with (it was asked to be served, not reset)."""
+    def load_serving(self, model: str, config: ServingConfig | None = None) -> list[LoadedVersion]:
+        """Load every version a request without a selector may go to, shadow included. Without
+        `config`, with the defaults, and a version already loaded keeps the config it runs with
+        (it was asked to be served, not reset); with one, each loads (or swaps) to it."""
         versions = set(self.serving_versions(model))
         router = self._router(model)
         if router is not None:
             versions |= router.versions()
         return [
-            self.pool.load(self._source.servable(model, version, None), ServingConfig(), keep_loaded=True)
+            self.pool.load(
+                self._source.servable(model, version, None),
+                config if config is not None else ServingConfig(),
+                keep_loaded=config is None,
+            )
             for version in sorted(versions)
         ]
 

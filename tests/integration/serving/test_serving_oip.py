@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import grpc
 import numpy as np
-from serving_models import W, half_model, reshape_model, slow_model, two_output_model, upload
+from serving_models import W, half_model, linear_model, reshape_model, slow_model, two_output_model, upload
 
 from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from tesserad.oip import grpc_service_pb2 as pb
@@ -71,21 +73,168 @@ def test_model_ready_only_once_loaded(oip, linear) -> None:
     assert [(m.version, m.state) for m in index] == [("1", "READY"), ("2", "READY")]
 
 
-def test_repository_load_refuses_a_config_or_files_it_would_ignore(oip, linear, expect_rpc_error) -> None:
-    # tritonclient's load_model(name, config=..., files=...): Triton loads with that config (and
-    # those files); loading with the defaults instead would not be what the caller asked for.
-    with_config = pb.RepositoryModelLoadRequest(model_name=linear)
-    with_config.parameters["config"].string_param = '{"max_batch_size": 4}'
-    with_files = pb.RepositoryModelLoadRequest(model_name=linear)
-    with_files.parameters["config"].string_param = "{}"
-    with_files.parameters["file:1/model.onnx"].bytes_param = b"onnx"
-    for request in (with_config, with_files):
+def load_request(model: str, config: str) -> pb.RepositoryModelLoadRequest:
+    """tritonclient's load_model(model, config=config)."""
+    request = pb.RepositoryModelLoadRequest(model_name=model)
+    request.parameters["config"].string_param = config
+    return request
+
+
+def test_repository_load_with_a_triton_config_loads_with_it(oip, inference, linear) -> None:
+    config = {
+        "name": linear,
+        "backend": "onnxruntime",
+        "max_batch_size": 4,
+        # protobuf's JSON writes 64-bit integers as strings, as get_model_config(as_json) gives them.
+        "dynamic_batching": {
+            "max_queue_delay_microseconds": "150",
+            "default_queue_policy": {"max_queue_size": 8, "allow_timeout_override": True},
+        },
+        "instance_group": [{"count": 1, "kind": "KIND_CPU"}],
+        "parameters": {"intra_op_thread_count": {"string_value": "1"}},
+    }
+    oip.RepositoryModelLoad(load_request(linear, json.dumps(config)))
+    reported = oip.ModelConfig(pb.ModelConfigRequest(name=linear)).config
+    assert reported.max_batch_size == 4
+    assert reported.dynamic_batching.max_queue_delay_microseconds == 150
+    assert reported.dynamic_batching.default_queue_policy.max_queue_size == 8
+    (group,) = reported.instance_group
+    assert (group.count, group.kind) == (1, model_config_pb2.ModelInstanceGroup.KIND_CPU)
+    (loaded,) = inference.ListLoaded(inference_pb2.ListLoadedRequest(model=linear)).models
+    assert (loaded.version, loaded.config.runtime, loaded.config.device) == (
+        2,
+        inference_pb2.RUNTIME_ONNX,
+        "cpu",
+    )
+    assert (loaded.config.instances, loaded.config.intra_op_threads) == (1, 1)
+    assert output(oip.ModelInfer(infer_request(linear, X))).shape == (2, 3)
+
+    # As in Triton, a config is the whole configuration: what it leaves out takes its default,
+    # and a loaded version swaps to it. camelCase names are protobuf's JSON too.
+    oip.RepositoryModelLoad(load_request(linear, '{"maxBatchSize": 2}'))
+    (loaded,) = inference.ListLoaded(inference_pb2.ListLoadedRequest(model=linear)).models
+    assert loaded.state == inference_pb2.LOAD_STATE_READY
+    assert (loaded.config.max_batch_size, loaded.config.max_queue_delay_us, loaded.config.max_queue_size) == (
+        2,
+        0,
+        1024,
+    )
+    # Without a config, a loaded version keeps the one it runs with.
+    oip.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=linear))
+    assert oip.ModelConfig(pb.ModelConfigRequest(name=linear)).config.max_batch_size == 2
+
+
+BAD_CONFIGS = [
+    ('{"foo": 1}', 'has no field named "foo"'),
+    ('{"dynamic_batching": {"bogus": 1}}', 'has no field named "bogus" at "ModelConfig.dynamic_batching"'),
+    ('{"max_batch_size": "many"}', "Failed to parse max_batch_size field"),
+    ('{"max_batch_size": 1.5}', "Failed to parse max_batch_size field"),
+    ('{"response_cache": {"enable": "yes"}}', "Failed to parse response_cache field"),
+    ('{"instance_group": [{"kind": "KIND_XPU"}]}', "Invalid enum value KIND_XPU"),
+    ("not json", "parameter 'config' is not JSON"),
+    ("[1]", "parameter 'config' must be a JSON object"),
+    (
+        '{"dynamic_batching": {"preferred_batch_size": [4]}}',
+        "config field 'dynamic_batching.preferred_batch_size' is not supported by tesserad",
+    ),
+    (
+        '{"dynamic_batching": {"default_queue_policy": {"timeout_action": "DELAY"}}}',
+        "config field 'dynamic_batching.default_queue_policy.timeout_action' is not supported",
+    ),
+    (
+        '{"input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [4]}]}',
+        "config field 'input' is not supported",
+    ),
+    ('{"model_warmup": [{"name": "w", "batch_size": 1}]}', "config field 'model_warmup' is not supported"),
+    ('{"instance_group": [{"rate_limiter": {}}]}', "config field 'instance_group[0].rate_limiter' is not"),
+    ('{"parameters": {"execution_mode": {"string_value": "1"}}}', "config field 'parameters.execution_mode'"),
+    (
+        '{"parameters": {"intra_op_thread_count": {"string_value": "two"}}}',
+        "config field 'parameters.intra_op_thread_count' must be a whole number",
+    ),
+    (
+        '{"max_batch_size": 70000}',
+        "config field 'max_batch_size' must be in 1..65536 (0 for the default), got 70000",
+    ),
+    ('{"max_batch_size": -1}', "config field 'max_batch_size' must be in 1..65536"),
+    (
+        '{"dynamic_batching": {"max_queue_delay_microseconds": 20000000}}',
+        "config field 'dynamic_batching.max_queue_delay_microseconds' must be in 0..10000000",
+    ),
+    ('{"instance_group": [{"count": 65}]}', "config field 'instance_group[0].count' must be in 1..64"),
+    ('{"instance_group": [{"count": 1}, {"count": 1}]}', "config field 'instance_group' has 2 groups"),
+    ('{"instance_group": [{"kind": "KIND_CPU", "gpus": [0]}]}', "may not be set for KIND_CPU"),
+    ('{"instance_group": [{"kind": "KIND_GPU", "gpus": [0, 1]}]}', "lists 2 GPUs"),
+    ('{"instance_group": [{"kind": "KIND_MODEL"}]}', "KIND_MODEL is not supported"),
+    ('{"platform": "tensorrt_plan"}', "config field 'platform' is 'tensorrt_plan'"),
+    ('{"platform": "onnxruntime_onnx", "backend": "pytorch"}', "disagree"),
+    ('{"name": "other"}', "config field 'name' is 'other', but the model loaded is 'linear'"),
+]
+
+
+def test_repository_load_refuses_a_config_it_cannot_take(oip, inference, linear, expect_rpc_error) -> None:
+    for config, message in BAD_CONFIGS:
         expect_rpc_error(
-            lambda request=request: oip.RepositoryModelLoad(request),
-            grpc.StatusCode.UNIMPLEMENTED,
-            "tesserad does not take a model config or files in RepositoryModelLoad",
+            lambda config=config: oip.RepositoryModelLoad(load_request(linear, config)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            message,
         )
     assert not oip.ModelReady(pb.ModelReadyRequest(name=linear)).ready
+    wrong_kind = pb.RepositoryModelLoadRequest(model_name=linear)
+    wrong_kind.parameters["config"].int64_param = 4
+    expect_rpc_error(
+        lambda: oip.RepositoryModelLoad(wrong_kind),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "parameter 'config' must be a string_param, got int64_param",
+    )
+    # Taken, then refused by the load itself, as LoadModel refuses it.
+    expect_rpc_error(
+        lambda: oip.RepositoryModelLoad(load_request(linear, '{"backend": "pytorch"}')),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "the torch runtime needs a safetensors version",
+    )
+    expect_rpc_error(
+        lambda: oip.RepositoryModelLoad(load_request(linear, '{"response_cache": {"enable": true}}')),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "response_cache needs the daemon's response cache: set serving.response_cache_size",
+    )
+    assert not oip.ModelReady(pb.ModelReadyRequest(name=linear)).ready
+
+    # A refused config leaves a loaded version running as it was.
+    oip.RepositoryModelLoad(load_request(linear, '{"max_batch_size": 4}'))
+    expect_rpc_error(
+        lambda: oip.RepositoryModelLoad(load_request(linear, '{"max_batch_size": 8, "foo": 1}')),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        'has no field named "foo"',
+    )
+    (loaded,) = inference.ListLoaded(inference_pb2.ListLoadedRequest(model=linear)).models
+    assert (loaded.state, loaded.config.max_batch_size) == (inference_pb2.LOAD_STATE_READY, 4)
+
+
+def test_repository_load_refuses_files_it_would_ignore(oip, linear, expect_rpc_error) -> None:
+    # tritonclient's load_model(name, config=..., files=...): Triton loads those files; loading the
+    # registry's artifact instead would not be what the caller asked for.
+    with_files = load_request(linear, "{}")
+    with_files.parameters["file:1/model.onnx"].bytes_param = b"onnx"
+    expect_rpc_error(
+        lambda: oip.RepositoryModelLoad(with_files),
+        grpc.StatusCode.UNIMPLEMENTED,
+        "tesserad does not take files in RepositoryModelLoad (got file:1/model.onnx)",
+    )
+    assert not oip.ModelReady(pb.ModelReadyRequest(name=linear)).ready
+
+
+def test_repository_load_config_turns_the_response_cache_on(start_daemon) -> None:
+    daemon = start_daemon(**{"serving.response_cache_size": 1 << 20})
+    channel = daemon.channel()
+    upload(channel, "linear", linear_model(1.0))
+    oip = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    oip.RepositoryModelLoad(load_request("linear", '{"response_cache": {"enable": true}}'))
+    assert oip.ModelConfig(pb.ModelConfigRequest(name="linear")).config.response_cache.enable
+    for _ in range(2):
+        oip.ModelInfer(infer_request("linear", X))
+    (stats,) = oip.ModelStatistics(pb.ModelStatisticsRequest(name="linear")).model_stats
+    assert (stats.inference_stats.cache_hit.count, stats.inference_stats.cache_miss.count) == (1, 1)
 
 
 def test_repository_load_of_a_loaded_model_keeps_its_serving_config(oip, inference, linear) -> None:

@@ -115,14 +115,32 @@ def test_health_metadata_config_and_repository(served: str) -> None:
     assert call(f"{served}/v2/models/half/ready")[0] == 200
     index = ok_json(f"{served}/v2/repository/index", {"ready": True})
     assert {"name": "half", "version": "1", "state": "READY", "reason": ""} in index
-    assert error(f"{served}/v2/repository/models/half/load", {"parameters": {"config": "{}"}}) == (
-        501,
-        "tesserad does not take a model config or files in RepositoryModelLoad (got config); load "
-        "without them, set serving options such as max_batch_size with tessera.v1.Inference/LoadModel, "
-        "and upload new weights as a version through tessera.v1.Registry",
-    )
     assert call(f"{served}/v2/repository/models/half/unload", b"")[0] == 200
     assert call(f"{served}/v2/models/half/ready")[0] == 503
+
+
+def test_repository_load_takes_a_triton_config_as_grpc_does(served: str) -> None:
+    load = f"{served}/v2/repository/models/linear/load"
+    config = {"max_batch_size": 4, "dynamic_batching": {"max_queue_delay_microseconds": 100}}
+    assert call(load, {"parameters": {"config": json.dumps(config)}})[0] == 200
+    reported = ok_json(f"{served}/v2/models/linear/config")
+    assert reported["max_batch_size"] == 4
+    assert int(reported["dynamic_batching"]["max_queue_delay_microseconds"]) == 100
+    assert error(load, {"parameters": {"config": '{"max_batch_size": 8, "sequence_batching": {}}'}}) == (
+        400,
+        "config field 'sequence_batching' is not supported by tesserad, which takes name, platform, backend, "
+        "max_batch_size, dynamic_batching.max_queue_delay_microseconds, "
+        "dynamic_batching.default_queue_policy.max_queue_size, instance_group[0].count/kind/gpus, "
+        "response_cache.enable, parameters.intra_op_thread_count: remove it",
+    )
+    assert error(load, {"parameters": {"config": 4}}) == (
+        400,
+        "parameter 'config' must be a string, got integer",
+    )
+    assert error(load, {"parameters": {"config": "{", "file:1/model.onnx": "b25ueA=="}})[0] == 501
+    assert error(load, {"parameters": ["config"]}) == (400, "the request's parameters must be a JSON object")
+    assert ok_json(f"{served}/v2/models/linear/config")["max_batch_size"] == 4  # as it was
+    assert call(f"{served}/v2/repository/models/linear/unload", b"")[0] == 200
 
 
 def test_json_infer_routes_to_a_version_and_counts_statistics(served: str) -> None:

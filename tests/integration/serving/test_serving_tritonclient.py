@@ -29,13 +29,14 @@ from tritonclient.utils import InferenceServerException
 
 client = tc.InferenceServerClient(sys.argv[1])
 model = sys.argv[2]
+CONFIG = {
+    "max_batch_size": 4,
+    "dynamic_batching": {"max_queue_delay_microseconds": 100},
+    "instance_group": [{"count": 1, "kind": "KIND_CPU"}],
+    "response_cache": {"enable": True},
+}
 seen = {"live": client.is_server_live(), "ready": client.is_server_ready()}
 seen["ready_before_load"] = client.is_model_ready(model)
-try:
-    client.load_model(model, config='{"max_batch_size": 4}')
-    seen["load_with_config"] = None
-except InferenceServerException as exc:
-    seen["load_with_config"] = [exc.status(), exc.message()]
 client.load_model(model)
 seen["ready_after_load"] = client.is_model_ready(model)
 seen["extensions"] = list(client.get_server_metadata().extensions)
@@ -100,6 +101,22 @@ seen["index_after_unload"] = [
     [m["name"], m.get("version", ""), m.get("state", ""), m.get("reason", "")]
     for m in client.get_model_repository_index(as_json=True)["models"]
 ]
+
+# load_model with a config override (Triton's model configuration as JSON), good and bad.
+client.load_model(model, config=json.dumps(CONFIG))
+config = client.get_model_config(model, as_json=True)["config"]
+seen["config_loaded"] = [
+    config["max_batch_size"],
+    int(config["dynamic_batching"]["max_queue_delay_microseconds"]),
+    config["instance_group"][0]["count"],
+    config["response_cache"].get("enable", False),
+]
+try:
+    client.load_model(model, config=json.dumps({**CONFIG, "optimization": {}}))
+    seen["bad_config"] = None
+except InferenceServerException as exc:
+    seen["bad_config"] = [exc.status(), exc.message()]
+seen["max_batch_size_after_bad_config"] = client.get_model_config(model, as_json=True)["config"]["max_batch_size"]
 print(json.dumps(seen))
 """
 
@@ -113,13 +130,14 @@ from tritonclient.utils import InferenceServerException
 
 client = th.InferenceServerClient(sys.argv[1])
 model = sys.argv[2]
+CONFIG = {
+    "max_batch_size": 4,
+    "dynamic_batching": {"max_queue_delay_microseconds": 100},
+    "instance_group": [{"count": 1, "kind": "KIND_CPU"}],
+    "response_cache": {"enable": True},
+}
 seen = {"live": client.is_server_live(), "ready": client.is_server_ready()}
 seen["ready_before_load"] = client.is_model_ready(model)
-try:
-    client.load_model(model, config='{"max_batch_size": 4}')
-    seen["load_with_config"] = None
-except InferenceServerException as exc:
-    seen["load_with_config"] = [exc.status(), exc.message()]
 client.load_model(model)
 seen["ready_after_load"] = client.is_model_ready(model)
 seen["extensions"] = client.get_server_metadata()["extensions"]
@@ -156,6 +174,21 @@ seen["success_count"] = stats["inference_stats"]["success"]["count"]
 seen["models"] = [[m["name"], m.get("state", "")] for m in client.get_model_repository_index()]
 client.unload_model(model)
 seen["ready_after_unload"] = client.is_model_ready(model)
+
+client.load_model(model, config=json.dumps(CONFIG))
+config = client.get_model_config(model)
+seen["config_loaded"] = [
+    config["max_batch_size"],
+    int(config["dynamic_batching"]["max_queue_delay_microseconds"]),
+    config["instance_group"][0]["count"],
+    config["response_cache"].get("enable", False),
+]
+try:
+    client.load_model(model, config=json.dumps({**CONFIG, "optimization": {}}))
+    seen["bad_config"] = None
+except InferenceServerException as exc:
+    seen["bad_config"] = [exc.status(), exc.message()]
+seen["max_batch_size_after_bad_config"] = client.get_model_config(model)["max_batch_size"]
 print(json.dumps(seen))
 """
 
@@ -168,13 +201,19 @@ def tritonclient_python() -> Path | None:
     return default if default.exists() else None
 
 
-def test_tritonclient_talks_to_tesserad(daemon, linear) -> None:
+def test_tritonclient_talks_to_tesserad(start_daemon) -> None:
     python = tritonclient_python()
     if python is None:
         pytest.skip(
             "tritonclient is not installed: set TESSERA_TRITONCLIENT_PYTHON to a python with "
             "'tritonclient[grpc]' (or create .venv-triton in the repository root)"
         )
+    # A response cache budget, for load_model's config to turn the cache on.
+    daemon = start_daemon(**{"serving.response_cache_size": 1 << 20})
+    channel = daemon.channel()
+    linear = "linear"
+    upload(channel, linear, linear_model(1.0))
+    upload(channel, linear, linear_model(2.0))
     run = subprocess.run(
         [str(python), "-c", CLIENT_SCRIPT, daemon.target, linear],
         capture_output=True,
@@ -200,8 +239,11 @@ def test_tritonclient_talks_to_tesserad(daemon, linear) -> None:
     assert seen["id"] == "tc-1"
     status, message = seen["bad"]
     assert status == "StatusCode.INVALID_ARGUMENT" and "'x'" in message and "dimension 1" in message
-    assert seen["load_with_config"][0] == "StatusCode.UNIMPLEMENTED"
-    assert "does not take a model config" in seen["load_with_config"][1]
+    assert seen["config_loaded"] == [4, 100, 1, True]
+    status, message = seen["bad_config"]
+    assert status == "StatusCode.INVALID_ARGUMENT"
+    assert message.startswith("config field 'optimization' is not supported by tesserad")
+    assert seen["max_batch_size_after_bad_config"] == 4
     status, message = seen["classification"]
     assert status == "StatusCode.UNIMPLEMENTED" and "classification" in message
     status, message = seen["over_max_batch"]
@@ -225,7 +267,9 @@ def test_tritonclient_http_talks_to_tesserad(start_daemon) -> None:
             "tritonclient is not installed: set TESSERA_TRITONCLIENT_PYTHON to a python with "
             "'tritonclient[grpc,http]' (or create .venv-triton in the repository root)"
         )
-    daemon = start_daemon(**{"serving.oip_http_listen": "127.0.0.1:0"})
+    daemon = start_daemon(
+        **{"serving.oip_http_listen": "127.0.0.1:0", "serving.response_cache_size": 1 << 20}
+    )
     channel = daemon.channel()
     upload(channel, "linear", linear_model(1.0))
     run = subprocess.run(
@@ -256,6 +300,9 @@ def test_tritonclient_http_talks_to_tesserad(start_daemon) -> None:
     assert status == "404" and "missing" in message
     status, message = seen["sequence"]
     assert status == "501" and "keeps no state between requests" in message
-    assert seen["load_with_config"][0] == "501"
+    assert seen["config_loaded"] == [4, 100, 1, True]
+    status, message = seen["bad_config"]
+    assert status == "400" and message.startswith("config field 'optimization' is not supported by tesserad")
+    assert seen["max_batch_size_after_bad_config"] == 4
     assert seen["success_count"] == 3
     assert ["linear", "READY"] in seen["models"]
