@@ -9,9 +9,11 @@ The fields taken, and what they set:
     name                                                    must be the model's name
     platform, backend                                       runtime: onnxruntime_onnx/onnxruntime -> onnx,
                                                             pytorch_libtorch/pytorch -> torch
-    max_batch_size                                          max_batch_size (0 or absent: the default)
+    max_batch_size                                          max_batch_size (absent: the default; 0,
+                                                            Triton's "no batching", is refused: 1 is)
     dynamic_batching.max_queue_delay_microseconds           max_queue_delay_us
-    dynamic_batching.default_queue_policy.max_queue_size    max_queue_size (0: the default)
+    dynamic_batching.default_queue_policy.max_queue_size    max_queue_size (absent: the default; 0,
+                                                            Triton's unbounded queue, is refused)
     dynamic_batching.default_queue_policy.allow_timeout_override   nothing (`timeout` always applies)
     instance_group (at most one group)                      .count -> instances, .kind and .gpus -> device
                                                             (KIND_CPU: cpu; KIND_GPU or gpus [N]: cuda:N)
@@ -87,6 +89,14 @@ def serving_config_of(text: str, model: str) -> ServingConfig:
             f"parameter 'config' is not a model configuration tesserad takes: {reason} (it takes {TAKEN_FIELDS})"
         ) from None
     _refuse_untaken(config, "")
+    _refuse_zero(
+        document, ("max_batch_size",), "Triton's 0 is a model without batching: give 1 to turn it off"
+    )
+    _refuse_zero(
+        document,
+        ("dynamic_batching", "default_queue_policy", "max_queue_size"),
+        "Triton's 0 is an unbounded queue, and tesserad's is always bounded: give a size",
+    )
     if config.name and config.name != model:
         raise InvalidArgument(
             f"config field 'name' is {config.name!r}, but the model loaded is {model!r}: leave it out or make it match"
@@ -134,6 +144,21 @@ def _refuse_untaken(message: Message, path: str) -> None:
             for index, item in enumerate(items):
                 suffix = f"[{index}]" if field.is_repeated else ""
                 _refuse_untaken(item, f"{where}{suffix}.")
+
+
+def _refuse_zero(document: Mapping[str, object], path: tuple[str, ...], meaning: str) -> None:
+    """InvalidArgument for a 0 given at `path` (snake_case or camelCase names), which Triton
+    reads otherwise than tesserad's "the default": protobuf's parser cannot tell it from absent."""
+    value: object = document
+    for name in path:
+        if not isinstance(value, Mapping):
+            return
+        camel = name.split("_")[0] + "".join(part.title() for part in name.split("_")[1:])
+        value = value.get(name, value.get(camel))
+    if value is not None and not isinstance(value, bool) and value in (0, "0"):
+        raise InvalidArgument(
+            f"config field {'.'.join(path)!r} is 0; {meaning}, or leave it out for the default"
+        )
 
 
 def _runtime(platform: str, backend: str) -> str:

@@ -156,6 +156,12 @@ BAD_CONFIGS = [
         '{"max_batch_size": 70000}',
         "config field 'max_batch_size' must be in 1..65536 (0 for the default), got 70000",
     ),
+    ('{"max_batch_size": 0}', "config field 'max_batch_size' is 0; Triton's 0 is a model without batching"),
+    ('{"maxBatchSize": "0"}', "config field 'max_batch_size' is 0"),
+    (
+        '{"dynamicBatching": {"default_queue_policy": {"maxQueueSize": 0}}}',
+        "config field 'dynamic_batching.default_queue_policy.max_queue_size' is 0; Triton's 0 is an unbounded",
+    ),
     ('{"max_batch_size": -1}', "config field 'max_batch_size' must be in 1..65536"),
     (
         '{"dynamic_batching": {"max_queue_delay_microseconds": 20000000}}',
