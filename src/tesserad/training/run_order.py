@@ -8,8 +8,9 @@ order as the floats do (-0.0 as 0.0, which compares equal to it); the metric key
 digest, which keeps the key within LMDB's 511 bytes with a 128-byte experiment name and a
 400-byte metric key. Rows cover deleted runs too: a listing filters by view as it reads.
 
-Ties keep newest first (run id descending) in either direction: descending is one reversed
-scan; ascending walks the distinct values upwards and each value's runs downwards.
+ListRuns keeps ties newest first (run id descending) in either direction: descending is one
+reversed scan; ascending walks the distinct values upwards and each value's runs downwards.
+Leaderboard keeps them oldest first, the mirror image.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import struct
 from collections.abc import Iterable, Iterator, Mapping
 
 from tesserad.store import ReadTxn, WriteTxn
-from tesserad.store.keys import KeyPart
+from tesserad.store.keys import Key, KeyPart
 
 TABLE = "run_metric_order"
 
@@ -84,21 +85,51 @@ def ranked(
         for key, _ in txn.scan(TABLE, prefix, after=resume, reverse=True):
             yield _value(key[3]), str(key[4])
         return
-    value: bytes | None = None
+    resumed: bytes | None = None
     if after is not None:
-        value, run_id = after
-        for key, _ in txn.scan(TABLE, (*prefix, value), after=(*prefix, value, run_id), reverse=True):
-            yield value, str(key[4])
-    while True:
-        # The first row of the next larger value: values are 8 bytes, so value + 0x00 is past
-        # every row of `value` and before any larger value.
-        start = None if value is None else (*prefix, value + b"\x00")
-        first = next(txn.scan(TABLE, prefix, start=start, limit=1), None)
-        if first is None:
-            return
-        value = _value(first[0][3])
+        resumed, run_id = after
+        for key, _ in txn.scan(TABLE, (*prefix, resumed), after=(*prefix, resumed, run_id), reverse=True):
+            yield resumed, str(key[4])
+    for value in _distinct_values(txn, prefix, False, resumed):
         for key, _ in txn.scan(TABLE, (*prefix, value), reverse=True):
             yield value, str(key[4])
+
+
+def leaders(txn: ReadTxn, experiment: str, metric: str, field: str, descending: bool) -> Iterator[str]:
+    """Run ids of the experiment's runs with `metric` in order, ties oldest first (run id
+    ascending) in either direction, as Leaderboard has always ranked them: ascending is one
+    scan; descending walks the distinct values downwards and each value's runs upwards."""
+    prefix = (experiment, _metric_tag(metric), field)
+    if not descending:
+        for key, _ in txn.scan(TABLE, prefix):
+            yield str(key[4])
+        return
+    for value in _distinct_values(txn, prefix, True):
+        for key, _ in txn.scan(TABLE, (*prefix, value)):
+            yield str(key[4])
+
+
+def _distinct_values(
+    txn: ReadTxn, prefix: tuple[str, bytes, str], descending: bool, beyond: bytes | None = None
+) -> Iterator[bytes]:
+    """Each distinct value under `prefix` once, in order, past `beyond` when given: one
+    single-row scan per value."""
+    value = beyond
+    while True:
+        start: Key | None = None
+        after: Key | None = None
+        if value is not None and descending:
+            # Every row of `value` extends (prefix, value), so that key bounds them from above.
+            after = (*prefix, value)
+        elif value is not None:
+            # Values are 8 bytes, so value + 0x00 is past every row of `value` and before any
+            # larger value.
+            start = (*prefix, value + b"\x00")
+        row = next(txn.scan(TABLE, prefix, start=start, after=after, reverse=descending, limit=1), None)
+        if row is None:
+            return
+        value = _value(row[0][3])
+        yield value
 
 
 def ranked_across(

@@ -685,22 +685,21 @@ class Tracking:
             raise InvalidArgument(f"limit must be >= 0 (0 for {DEFAULT_LEADERBOARD_LIMIT}), got {limit}")
         mode = mode or default_mode(metric)
         summary_field = summary_field or mode
+        limit = limit or DEFAULT_LEADERBOARD_LIMIT
         ranked: list[tuple[Run, float]] = []
         with self._store.read() as txn:
-            self._experiment(txn, experiment)
-            for key, _ in txn.scan("experiment_runs", (experiment,)):
-                run_id = str(key[1])
-                raw = txn.get("metric_summaries", (run_id, metric))
-                if raw is None:
-                    continue
-                value = _summary_from(decode_record(raw, "metric_summary", 1)[1]).field(summary_field)
+            if not txn.exists("experiments", (experiment,)):
+                raise _no_experiment(experiment)
+            for run_id in run_order.leaders(txn, experiment, metric, summary_field, mode == "max"):
+                if len(ranked) == limit:
+                    break
                 run = self.load_run(txn, run_id)
                 if run.deleted_at is not None:
                     continue
                 run.metrics = self._summaries(txn, run_id)
-                ranked.append((run, value))
-        ranked.sort(key=lambda item: item[1], reverse=mode == "max")
-        return ranked[: limit or DEFAULT_LEADERBOARD_LIMIT]
+                summary = next(s for s in run.metrics if s.key == metric)
+                ranked.append((run, summary.field(summary_field)))
+        return ranked
 
     # -- params
 
