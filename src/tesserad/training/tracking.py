@@ -41,12 +41,18 @@ from tesserad.training.spec import default_mode
 
 log = logging.getLogger(__name__)
 
+# experiment -> its active runs (a signed 8-byte integer), moved in the transaction that
+# creates, deletes or restores runs, so an experiment's run_count reads one row.
+RUN_COUNTS = "experiment_run_counts"
+_RUN_COUNT = struct.Struct(">q")
+
 TABLES = [
     "experiments",
     "runs",
     "run_names",
     "experiment_runs",
     "deleted_runs",
+    RUN_COUNTS,
     "metrics",
     "metric_summaries",
     run_order.TABLE,
@@ -81,13 +87,18 @@ NONFINITE_PURGED = ("metric_nonfinite_purged",)
 ORDER_INDEXED = ("run_metric_order_indexed",)
 # The summary fields a ListRuns can order by, each indexed in run_metric_order.
 ORDER_FIELDS = ("last", "min", "max")
+# In the "meta" table once every experiment has its count (stores from before the counts are
+# counted once at start).
+RUNS_COUNTED = ("experiment_runs_counted",)
+# What the start-up passes' progress logs call the rows of the tables they go through.
+_PASS_ROWS = {"metric_summaries": "metrics", "experiments": "experiments"}
 
 
 @dataclass(frozen=True)
 class _Pass:
-    """What one of the start-up passes over the metric summaries went through."""
+    """What one of the start-up passes over a table went through."""
 
-    metrics: int  # summaries counted before it began
+    rows: int  # rows of its table counted before it began
     done: int
     seconds: float
 
@@ -352,11 +363,12 @@ class Tracking:
                 for run in runs:
                     _refuse_unended_job(run)
                 now = time.time()
-                for run in runs:
-                    if run.deleted_at is None:
-                        run.deleted_at, run.deleted_with_experiment = now, True
-                        self.put_run(txn, run)
-                        txn.put("deleted_runs", (name, run.run_id), b"")
+                active = [run for run in runs if run.deleted_at is None]
+                for run in active:
+                    run.deleted_at, run.deleted_with_experiment = now, True
+                    self.put_run(txn, run)
+                    txn.put("deleted_runs", (name, run.run_id), b"")
+                _count_runs(txn, name, -len(active))
                 experiment.deleted_at = now
                 self._put_experiment(txn, experiment)
         return self.get_experiment(name)
@@ -367,12 +379,15 @@ class Tracking:
         with self._store.write() as txn:
             experiment = self._experiment(txn, name)
             if experiment.deleted_at is not None:
+                restored = 0
                 for key, _ in list(txn.scan("deleted_runs", (name,))):
                     run = self.load_run(txn, str(key[1]))
                     if run.deleted_with_experiment:
                         run.deleted_at, run.deleted_with_experiment = None, False
                         self.put_run(txn, run)
                         txn.delete("deleted_runs", key)
+                        restored += 1
+                _count_runs(txn, name, restored)
                 experiment.deleted_at = None
                 self._put_experiment(txn, experiment)
         return self.get_experiment(name)
@@ -387,8 +402,7 @@ class Tracking:
         if raw is None:
             raise _no_experiment(name)
         _, data = decode_record(raw, "experiment", 1)
-        runs = txn.count("experiment_runs", (name,)) - txn.count("deleted_runs", (name,))
-        return Experiment(**data, run_count=runs)
+        return Experiment(**data, run_count=_run_count(txn, name))
 
     def list_experiments(
         self, name_prefix: str = "", size: int = 0, token: str = "", view: str = "active"
@@ -463,6 +477,7 @@ class Tracking:
                 "or leave it empty to generate one"
             )
         txn.put("experiment_runs", (run.experiment, run.run_id), b"")
+        _count_runs(txn, run.experiment, 1)
         self.put_run(txn, run)
 
     def put_run(self, txn: WriteTxn, run: Run) -> None:
@@ -523,6 +538,7 @@ class Tracking:
                 run.deleted_at, run.deleted_with_experiment = time.time(), False
                 self.put_run(txn, run)
                 txn.put("deleted_runs", (run.experiment, run_id), b"")
+                _count_runs(txn, run.experiment, -1)
         return self.get_run(run_id)
 
     def restore_run(self, run_id: str) -> Run:
@@ -538,6 +554,7 @@ class Tracking:
                 run.deleted_at, run.deleted_with_experiment = None, False
                 self.put_run(txn, run)
                 txn.delete("deleted_runs", (run.experiment, run_id))
+                _count_runs(txn, run.experiment, 1)
         return self.get_run(run_id)
 
     def list_runs(
@@ -610,7 +627,6 @@ class Tracking:
             return run
 
         with self._store.read() as txn:
-            # Existence only: the experiment record's run count is a scan of its runs.
             if experiment and not txn.exists("experiments", (experiment,)):
                 raise _no_experiment(experiment)
             candidates: Iterator[tuple[Key, Run]]
@@ -844,12 +860,14 @@ class Tracking:
         """
         points = 0
 
-        def rebuild(txn: WriteTxn, run_id: str, metric: str, raw: bytes) -> None:
+        def rebuild(txn: WriteTxn, key: Key, raw: bytes) -> None:
             nonlocal points
+            run_id, metric = str(key[0]), str(key[1])
             points += metric_buckets.rebuild(txn, metric_prefix(run_id, metric))
             _refresh_summary(txn, _experiment_of(txn, run_id), run_id, metric)
 
-        passed = self._each_summary_once(
+        passed = self._each_row_once(
+            "metric_summaries",
             BUCKETS_BUILT,
             64,
             rebuild,
@@ -858,7 +876,7 @@ class Tracking:
             progress_every_s,
             started_message="building metric history summaries (once, for a store from an older tesserad)",
         )
-        if passed is not None and passed.metrics:
+        if passed is not None and passed.rows:
             log.info(
                 "built metric history summaries",
                 extra={"metrics": passed.done, "points": points, "seconds": passed.seconds},
@@ -876,8 +894,9 @@ class Tracking:
         """
         affected = dropped = 0
 
-        def purge(txn: WriteTxn, run_id: str, key: str, raw: bytes) -> None:
+        def purge(txn: WriteTxn, summary_key: Key, raw: bytes) -> None:
             nonlocal affected, dropped
+            run_id, key = str(summary_key[0]), str(summary_key[1])
             metric = metric_prefix(run_id, key)
             doomed = metric_buckets.nonfinite_points(txn, metric)
             if not doomed:
@@ -889,7 +908,8 @@ class Tracking:
             affected += 1
             dropped += len(doomed)
 
-        passed = self._each_summary_once(
+        passed = self._each_row_once(
+            "metric_summaries",
             NONFINITE_PURGED,
             64,
             purge,
@@ -911,15 +931,17 @@ class Tracking:
         """
         experiments: dict[str, str] = {}
 
-        def index(txn: WriteTxn, run_id: str, key: str, raw: bytes) -> None:
+        def index(txn: WriteTxn, summary_key: Key, raw: bytes) -> None:
             nonlocal experiments
+            run_id, key = str(summary_key[0]), str(summary_key[1])
             if run_id not in experiments:
                 # Summaries come run by run: one run's experiment is enough to keep.
                 experiments = {run_id: _experiment_of(txn, run_id)}
             summary = decode_record(raw, "metric_summary", 1)[1]
             run_order.update(txn, experiments[run_id], run_id, key, None, _order_fields(summary))
 
-        passed = self._each_summary_once(
+        passed = self._each_row_once(
+            "metric_summaries",
             ORDER_INDEXED,
             512,
             index,
@@ -928,38 +950,68 @@ class Tracking:
             progress_every_s,
             started_message="indexing runs by their metrics (once, for a store from an older tesserad)",
         )
-        if passed is not None and passed.metrics:
+        if passed is not None and passed.rows:
             log.info(
                 "indexed runs by their metrics", extra={"metrics": passed.done, "seconds": passed.seconds}
             )
 
-    def _each_summary_once(
+    def count_experiment_runs(self, progress_every_s: float = 5.0) -> None:
+        """Count every experiment's active runs once, for a store written before the counts.
+
+        Runs at start; an interrupted pass starts over at the next start (a count is written
+        whole, from the experiment's runs less its deleted ones).
+        """
+
+        def count(txn: WriteTxn, key: Key, raw: bytes) -> None:
+            name = str(key[0])
+            active = txn.count("experiment_runs", (name,)) - txn.count("deleted_runs", (name,))
+            _put_run_count(txn, name, active)
+
+        passed = self._each_row_once(
+            "experiments",
+            RUNS_COUNTED,
+            64,
+            count,
+            "counting the runs of experiments",
+            dict,
+            progress_every_s,
+            started_message="counting the runs of experiments (once, for a store from an older tesserad)",
+        )
+        if passed is not None and passed.rows:
+            log.info(
+                "counted the runs of experiments",
+                extra={"experiments": passed.done, "seconds": passed.seconds},
+            )
+
+    def _each_row_once(
         self,
+        table: str,
         marker: Key,
         batch: int,
-        visit: Callable[[WriteTxn, str, str, bytes], None],
+        visit: Callable[[WriteTxn, Key, bytes], None],
         progress_message: str,
         progress_extra: Callable[[], dict[str, Any]],
         progress_every_s: float,
         started_message: str | None = None,
     ) -> _Pass | None:
-        """`visit(txn, run id, metric key, summary record)` for every metric summary, `batch` a
-        write transaction, then `marker` (named by its first part) in meta: the start-up
-        upgrades' one pass. None when `marker` was there already; progress every few seconds."""
+        """`visit(txn, key, value)` for every row of `table`, `batch` a write transaction, then
+        `marker` (named by its first part) in meta: the start-up upgrades' one pass. None when
+        `marker` was there already; progress every few seconds."""
+        noun = _PASS_ROWS[table]
         with self._store.read() as txn:
             if txn.exists("meta", marker):
                 return None
-            metrics = txn.count("metric_summaries")
-        if metrics and started_message is not None:
-            log.info(started_message, extra={"metrics": metrics})
+            total = txn.count(table)
+        if total and started_message is not None:
+            log.info(started_message, extra={noun: total})
         started = reported = time.monotonic()
         done = 0
         after: Key | None = None
         while True:
             with self._store.write() as txn:
-                rows = list(txn.scan("metric_summaries", after=after, limit=batch))
+                rows = list(txn.scan(table, after=after, limit=batch))
                 for key, raw in rows:
-                    visit(txn, str(key[0]), str(key[1]), raw)
+                    visit(txn, key, raw)
                 if not rows:
                     txn.put("meta", marker, encode_record(str(marker[0]), 1, {"at": time.time()}))
                     break
@@ -967,10 +1019,8 @@ class Tracking:
             after = rows[-1][0]
             if time.monotonic() - reported >= progress_every_s:
                 reported = time.monotonic()
-                log.info(
-                    progress_message, extra={"metrics_done": done, "metrics": metrics, **progress_extra()}
-                )
-        return _Pass(metrics, done, round(time.monotonic() - started, 1))
+                log.info(progress_message, extra={f"{noun}_done": done, noun: total, **progress_extra()})
+        return _Pass(total, done, round(time.monotonic() - started, 1))
 
     def _summaries(self, txn: ReadTxn, run_id: str) -> list[MetricSummary]:
         return [
@@ -1037,6 +1087,21 @@ def _refresh_summary(txn: WriteTxn, experiment: str, run_id: str, key: str) -> N
     summary = MetricSummary(key, last.value, low, high, best, totals.points, last.step)
     txn.put("metric_summaries", (run_id, key), encode_record("metric_summary", 1, summary.__dict__))
     run_order.update(txn, experiment, run_id, key, old, _order_fields(summary.__dict__))
+
+
+def _run_count(txn: ReadTxn, experiment: str) -> int:
+    raw = txn.get(RUN_COUNTS, (experiment,))
+    return 0 if raw is None else int(_RUN_COUNT.unpack(raw)[0])
+
+
+def _put_run_count(txn: WriteTxn, experiment: str, count: int) -> None:
+    txn.put(RUN_COUNTS, (experiment,), _RUN_COUNT.pack(count))
+
+
+def _count_runs(txn: WriteTxn, experiment: str, change: int) -> None:
+    """Move the experiment's count of active runs by `change`, in the caller's transaction."""
+    if change:
+        _put_run_count(txn, experiment, _run_count(txn, experiment) + change)
 
 
 def _experiment_of(txn: ReadTxn, run_id: str) -> str:
