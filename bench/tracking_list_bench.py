@@ -10,11 +10,18 @@ first page allocates (tracemalloc, in an untimed call) shows what one page holds
 time per run, and --ingest-batches LogMetrics batches of a job's loss and lr into one run,
 show what keeping the order costs ingest.
 
+--mode board builds the same experiment and times what reads every run of an experiment
+without an index: Leaderboard (top 10 by val_loss, in its own direction and reversed on the
+last value) and the first ListExperiments page (each experiment's run count); the answers go
+beside the timings, so the runs before and after a change can be compared. One run in 50 is
+deleted after the build: leaderboards skip those, run counts leave them out.
+
     PYTHONPATH=src:clients/python/src .venv/bin/python bench/tracking_list_bench.py \
-        [--sizes 1000,10000,50000] [--repeats 5] [--label after]
+        [--mode list|board] [--sizes 1000,10000,50000] [--repeats 5] [--label after]
 
 Run it against the tree before a change (PYTHONPATH pointing at that tree's src) with another
---label to compare: results go to bench/results/tracking_list_bench_<label>.json.
+--label to compare: results go to bench/results/tracking_list_bench_<label>.json, or
+tracking_list_bench_board_<label>.json with --mode board.
 """
 
 from __future__ import annotations
@@ -161,8 +168,50 @@ def measure(count: int, repeats: int, walk_page: int) -> dict[str, Any]:
             store.close()
 
 
+def measure_board(count: int, repeats: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as root:
+        store = Store.open(Path(root) / "store", map_size=8 << 30, durability="relaxed", tables=STORE_TABLES)
+        try:
+            tracking = Tracking(store)
+            wall, cpu = time.perf_counter(), time.process_time()
+            build(tracking, store, count)
+            built = {
+                "wall_s_per_run": (time.perf_counter() - wall) / count,
+                "cpu_s_per_run": (time.process_time() - cpu) / count,
+            }
+            for i in range(0, count, 50):
+                tracking.delete_run(f"run-{i:012d}")
+            calls: dict[str, Callable[[], Any]] = {
+                "leaderboard_own_direction": lambda: tracking.leaderboard(
+                    EXPERIMENT, "val_loss", None, None, 10
+                ),
+                "leaderboard_reversed_last": lambda: tracking.leaderboard(
+                    EXPERIMENT, "val_loss", "max", "last", 10
+                ),
+                "list_experiments": lambda: tracking.list_experiments(size=PAGE),
+            }
+            answers = {
+                "leaderboard_own_direction": [
+                    (run.run_id, value) for run, value in calls["leaderboard_own_direction"]()
+                ],
+                "leaderboard_reversed_last": [
+                    (run.run_id, value) for run, value in calls["leaderboard_reversed_last"]()
+                ],
+                "list_experiments": [(e.name, e.run_count) for e in calls["list_experiments"]()[0]],
+            }
+            return {
+                "runs": count,
+                "build": built,
+                **{name: timed(call, repeats) for name, call in calls.items()},
+                "answers": answers,
+            }
+        finally:
+            store.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=("list", "board"), default="list")
     parser.add_argument("--sizes", default="1000,10000,50000")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--walk-page", type=int, default=1000)
@@ -170,24 +219,29 @@ def main() -> None:
     parser.add_argument("--label", default="after")
     args = parser.parse_args()
     load_before = os.getloadavg()
-    ingested = ingest(args.ingest_batches, args.repeats)
-    print(json.dumps({"ingest": ingested}), flush=True)
+    out: dict[str, Any] = {"bench": "tracking_list_bench", "label": args.label, "repeats": args.repeats}
+    name = f"tracking_list_bench_{args.label}.json"
+    if args.mode == "board":
+        out["mode"] = "board"
+        name = f"tracking_list_bench_board_{args.label}.json"
+    else:
+        out["ingest"] = ingest(args.ingest_batches, args.repeats)
+        print(json.dumps({"ingest": out["ingest"]}), flush=True)
     results = []
     for count in (int(s) for s in args.sizes.split(",")):
-        result = measure(count, args.repeats, args.walk_page)
-        print(json.dumps(result), flush=True)
+        if args.mode == "board":
+            result = measure_board(count, args.repeats)
+        else:
+            result = measure(count, args.repeats, args.walk_page)
+        print(json.dumps({k: v for k, v in result.items() if k != "answers"}), flush=True)
         results.append(result)
-    out = {
-        "bench": "tracking_list_bench",
-        "label": args.label,
-        "repeats": args.repeats,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "load_average": {"start": load_before, "end": os.getloadavg()},
-        "ingest": ingested,
-        "results": results,
-    }
+    out.update(
+        machine={"cpus": os.cpu_count(), "python": platform.python_version()},
+        load_average={"start": load_before, "end": os.getloadavg()},
+        results=results,
+    )
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"tracking_list_bench_{args.label}.json"
+    path = RESULTS / name
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {path}")
 
