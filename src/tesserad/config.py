@@ -176,6 +176,28 @@ def parse_optional_path(raw: Any) -> Path | None:
     return parse_path(raw)
 
 
+# A host name, or one with a leading dot for every name under it; no port, no scheme.
+_HOST_NAME_RE = re.compile(r"^\.?[a-z0-9_-]+(\.[a-z0-9_-]+)*$")
+
+
+def parse_host_names(raw: Any) -> tuple[str, ...]:
+    """Host names (lower case), from a list or one string separated by commas; `*` stands for any."""
+    items = raw if isinstance(raw, list) else str(raw).split(",")
+    names = []
+    for item in items:
+        name = str(item).strip().lower()
+        if not name:
+            continue
+        if name != "*" and not _HOST_NAME_RE.match(name):
+            raise ValueError(
+                f"{name[:100]!r} is not a host name: expected names such as tessera.example.com, "
+                ".example.com for every name under it, or * for any; no port or scheme (IP addresses "
+                "are always answered)"
+            )
+        names.append(name)
+    return tuple(names)
+
+
 def setting(default: Any, parse: Callable[[Any], Any], help: str) -> Any:
     """A settings field: its default, its parser and a line of help for --help and errors."""
     return field(default=default, metadata={"parse": parse, "help": help})
@@ -261,6 +283,14 @@ class SecuritySettings:
     )
     health_open: bool = setting(
         True, parse_bool, "answer grpc.health.v1.Health (and OIP ServerLive/ServerReady) without a token"
+    )
+    http_allowed_hosts: tuple[str, ...] = setting(
+        (),
+        parse_host_names,
+        "names (besides localhost and IP addresses) the HTTP listeners (dashboard, OIP over HTTP) "
+        "answer in the Host header, and whose pages may POST to them; a leading dot takes the names "
+        "under it, * any host. Host is checked on loopback or without authentication, against DNS "
+        "rebinding",
     )
 
 

@@ -141,3 +141,21 @@ def test_settings_piped_into_a_reader_that_stops_early_exits_quietly():
         os.close(write)
     assert done.returncode == 0
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
+
+
+def test_http_allowed_hosts_from_a_toml_list_or_a_comma_separated_string(tmp_path):
+    config = tmp_path / "tesserad.toml"
+    config.write_text('[security]\nhttp_allowed_hosts = ["Tessera.Example.com", ".corp.example"]\n')
+    assert load_settings(config, env={}).security.http_allowed_hosts == (
+        "tessera.example.com",
+        ".corp.example",
+    )
+    env = {"TESSERA_SECURITY_HTTP_ALLOWED_HOSTS": " gpu-box, *,"}
+    assert load_settings(env=env).security.http_allowed_hosts == ("gpu-box", "*")
+    assert load_settings(env={}).security.http_allowed_hosts == ()
+
+
+@pytest.mark.parametrize("bad", ["gpu-box:8080", "http://gpu-box", "[::1]", "a..b", "*.example.com"])
+def test_http_allowed_hosts_are_names_without_port_or_scheme(bad):
+    with pytest.raises(SettingsError, match=r"security\.http_allowed_hosts.*is not a host name"):
+        load_settings(env={"TESSERA_SECURITY_HTTP_ALLOWED_HOSTS": bad})

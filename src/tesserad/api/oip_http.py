@@ -80,7 +80,7 @@ class OipHttpServer(HttpListener):
         self._calls = calls
         self._health_open = security.health_open
         self._max_message_size = max_message_size
-        app = web.Application(middlewares=[self._errors], client_max_size=max_message_size)
+        app = web.Application(middlewares=[self._errors, self._guard], client_max_size=max_message_size)
         model = "/v2/models/{model}"
         version = "/v2/models/{model}/versions/{version}"
         admitted = self._admitted

@@ -1,23 +1,41 @@
 """An aiohttp application on a listener of its own (the dashboard's, the HTTP inference one),
-over the daemon's TLS when it has one."""
+over the daemon's TLS when it has one, answering only the hosts and origins of hosts.py."""
 
 from __future__ import annotations
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
+from tesserad.api.auth import authentication_enabled
 from tesserad.config import Address, SecuritySettings
-from tesserad.dashboard.access import dashboard_tls
+from tesserad.dashboard.access import Handler, dashboard_tls
+from tesserad.dashboard.hosts import HostRule
+from tesserad.errors import PermissionDenied
 
 
 class HttpListener:
     """Serves the application a subclass hands to `_serve` on `address`; `port` is the bound
-    one (for port 0)."""
+    one (for port 0). The application puts `_guard` first after its error middleware, which
+    answers the guard's PermissionDenied as 403 in the listener's own error form."""
 
     def __init__(self, address: Address, security: SecuritySettings) -> None:
         self._address = address
         self._tls = dashboard_tls(security)
+        self._hosts = HostRule(
+            security.http_allowed_hosts,
+            checked=address.is_loopback or not authentication_enabled(security),
+        )
         self._runner: web.AppRunner | None = None
         self.port = 0
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Refuse a request for a host this listener does not answer, or a change from another site."""
+        problem = self._hosts.refusal(
+            request.method, request.headers.get(hdrs.HOST), request.headers.get(hdrs.ORIGIN)
+        )
+        if problem is not None:
+            raise PermissionDenied(problem)
+        return await handler(request)
 
     def _serve(self, app: web.Application) -> None:
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)

@@ -105,7 +105,7 @@ class DashboardServer(HttpListener):
         access = Access(tokens, secure_cookie=self._tls is not None)
         self.end_revoked = access.end_revoked
         self._shell = (STATIC_DIR / "page.html").read_text()
-        app = web.Application(middlewares=[_errors, access.middleware])
+        app = web.Application(middlewares=[_errors, self._guard, access.middleware])
         app.add_routes(DashboardApi(services, limits.max_concurrent_streams).routes())
         app.add_routes(
             [
