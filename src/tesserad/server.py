@@ -609,9 +609,9 @@ class Daemon:
         if self._auth.tokens is None:
             log.info("SIGHUP: no tokens file to read again (security.tokens_file is not set)")
         else:
-            await self._auth.reload_tokens("SIGHUP")
+            await _apply("the tokens file", self._auth.reload_tokens, "SIGHUP")
         if self._certificates is not None:
-            await self._certificates.reload("SIGHUP")
+            await _apply("the TLS files", self._certificates.reload, "SIGHUP")
         log.info(
             "SIGHUP reads only security.tokens_file and the TLS files again; every other setting "
             "(the --config file, TESSERA_* variables, flags) is read at start: restart tesserad to "
@@ -626,9 +626,9 @@ class Daemon:
         while True:
             await asyncio.sleep(interval_s)
             if auth is not None and tokens is not None:
-                await _apply_if_changed("the tokens file", tokens.changed, auth.reload_tokens)
+                await _apply("the tokens file", auth.reload_tokens, _CHANGED, tokens.changed)
             if certificates is not None:
-                await _apply_if_changed("the TLS files", certificates.changed, certificates.reload)
+                await _apply("the TLS files", certificates.reload, _CHANGED, certificates.changed)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking calls, let in-flight calls finish within the grace period, close the store."""
@@ -704,22 +704,29 @@ class Daemon:
             self._lock = None
 
 
-async def _apply_if_changed(
-    files: str, changed: Callable[[], bool], reload: Callable[[str], Awaitable[None]]
+_CHANGED = "the file changed"
+
+
+async def _apply(
+    files: str,
+    reload: Callable[[str], Awaitable[None]],
+    trigger: str,
+    changed: Callable[[], bool] | None = None,
 ) -> None:
-    """`reload` when `changed` says the files changed. An unexpected error is logged with an id
-    and goes no further, so the periodic check goes on and the next change is still applied;
-    until then the daemon keeps the tokens and certificates it last applied."""
+    """`reload(trigger)`: on SIGHUP always (`changed` None), from the periodic check when
+    `changed` says the files changed. An unexpected error is logged with an id, every time, and
+    goes no further, so the periodic check goes on and the next change or SIGHUP is still
+    applied; until then the daemon keeps the tokens and certificates it last applied."""
     try:
-        if await asyncio.to_thread(changed):
-            await reload("the file changed")
+        if changed is None or await asyncio.to_thread(changed):
+            await reload(trigger)
     except Exception as exc:
         error_id = uuid.uuid4().hex[:12]
         log.error(
             "unexpected error applying %s again: the ones last applied stay in use until the next change or SIGHUP",
             files,
             exc_info=exc,
-            extra={"error_id": error_id},
+            extra={"error_id": error_id, "trigger": trigger},
         )
 
 

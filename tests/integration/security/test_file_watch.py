@@ -1,5 +1,7 @@
-"""The daemon's periodic check of the tokens file, in process: it sees a permission-only change,
-and an unexpected error in a reload is logged with an id without ending the check."""
+"""The daemon's periodic check of the tokens file, and SIGHUP, in process: the check sees a
+permission-only change, and an unexpected error in a reload (from the check or a SIGHUP) is
+logged with an id without ending the check.
+"""
 
 from __future__ import annotations
 
@@ -109,3 +111,30 @@ def test_a_permission_only_change_is_seen(start_daemon, tokens, caplog):
     record = wait_for_record(caplog, reloaded_on_change, after=before)
     assert record.getMessage() in {"tokens reloaded", "tokens file read again: no change"}
     assert info(daemon, reader) == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_sighup_logs_an_unexpected_error_with_an_id_each_time_and_keeps_the_tokens(
+    start_daemon, tokens, monkeypatch, caplog
+):
+    caplog.set_level(logging.INFO)
+    daemon = start_daemon(
+        **{"security.tokens_file": str(tokens.file), "security.tokens_reload_interval_s": 0}
+    )
+
+    def failing(path: Path) -> TokenTable:
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(TokenTable, "load", failing)
+    # The file does not change between the two: each SIGHUP reads it again, and says so.
+    for _ in range(2):
+        daemon.run(daemon.daemon.reload())
+    failures = [r for r in caplog.records if r.getMessage().startswith("unexpected error applying")]
+    assert [r.getMessage().split(":")[0] for r in failures] == [
+        "unexpected error applying the tokens file again"
+    ] * 2
+    assert [r.trigger for r in failures] == ["SIGHUP", "SIGHUP"]
+    assert len({r.error_id for r in failures}) == 2
+    assert all(r.exc_info is not None and "injected failure" in str(r.exc_info[1]) for r in failures)
+    # The rest of the SIGHUP still ran, and the tokens last applied stay in use.
+    assert any(r.getMessage().startswith("SIGHUP reads only") for r in caplog.records)
+    assert info(daemon, tokens.token[Role.READER]) == grpc.StatusCode.OK
