@@ -27,7 +27,13 @@ from tessera.transport import TLS, AioConnection, Connection
 from tessera.v1 import common_pb2
 from tessera.v1 import registry_pb2 as pb
 from tesserad.api.convert_registry import architecture_to_dict, format_from_proto, signature_from_proto
-from tesserad.api.tls import EncryptedKeyError, encrypted_key_message, load_key_pair
+from tesserad.api.tls import (
+    CertificateError,
+    EncryptedKeyError,
+    check_certificate_window,
+    encrypted_key_message,
+    load_key_pair,
+)
 from tesserad.config import ReplicaSettings
 from tesserad.errors import FailedPrecondition, NotFound, TesseraError, Unavailable
 from tesserad.replica.followed import FollowedModel, FollowedRegistry, FollowedVersion
@@ -105,20 +111,19 @@ def primary_error(what: str, primary: str, exc: sdk_errors.TesseraError) -> Tess
 
 class PrimaryCertificateError(Exception):
     """The primary's TLS certificate does not verify (or its TLS handshake fails) with the
-    replica's settings; the message names the setting to fix."""
+    replica's settings, or a replica.tls_* file cannot be used; the message names the setting
+    to fix."""
 
 
-def check_primary_tls(settings: ReplicaSettings, timeout_s: float = 5.0) -> None:
-    """One TLS handshake with the primary, checked as gRPC will check it; PrimaryCertificateError
-    when it fails. A primary that cannot be reached now passes: the follower keeps trying, as
-    for a plaintext primary. Runs at start, so a wrong CA or name stops the replica at once
-    instead of leaving it NOT_SERVING with the reason in its log only."""
+def check_replica_tls_files(settings: ReplicaSettings) -> ssl.SSLContext:
+    """The replica.tls_* files checked (readable, the client certificate valid now and its key
+    its own), as a client context; PrimaryCertificateError naming the setting otherwise. The
+    files serve a replica's link to its primary and a primary's calls to its replicas."""
     if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
         raise PrimaryCertificateError(
             "replica.tls_cert_file and replica.tls_key_file go together: set both for mutual TLS "
-            "to the primary, or neither"
+            "between a primary and its replicas, or neither"
         )
-    # The files are checked whatever the target, so a bad one stops the start with its setting.
     try:
         context = ssl.create_default_context(
             cafile=None if settings.tls_ca_file is None else str(settings.tls_ca_file)
@@ -130,10 +135,26 @@ def check_primary_tls(settings: ReplicaSettings, timeout_s: float = 5.0) -> None
                 raise PrimaryCertificateError(
                     encrypted_key_message("replica.tls_key_file", settings.tls_key_file)
                 ) from None
+            try:
+                check_certificate_window(
+                    "replica.tls_cert_file", settings.tls_cert_file, settings.tls_cert_file.read_bytes()
+                )
+            except CertificateError as exc:
+                raise PrimaryCertificateError(str(exc)) from None
     except (OSError, ssl.SSLError) as exc:
         raise PrimaryCertificateError(
             f"replica.tls_ca_file, replica.tls_cert_file or replica.tls_key_file cannot be used: {exc}"
         ) from None
+    return context
+
+
+def check_primary_tls(settings: ReplicaSettings, timeout_s: float = 5.0) -> None:
+    """One TLS handshake with the primary, checked as gRPC will check it; PrimaryCertificateError
+    when it fails. A primary that cannot be reached now passes: the follower keeps trying, as
+    for a plaintext primary. Runs at start, so a wrong CA or name stops the replica at once
+    instead of leaving it NOT_SERVING with the reason in its log only."""
+    # The files are checked whatever the target, so a bad one stops the start with its setting.
+    context = check_replica_tls_files(settings)
     address = _host_and_port(settings.primary)
     if address is None:
         log.info(

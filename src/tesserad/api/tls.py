@@ -4,7 +4,9 @@ gRPC's dynamic server credentials ask `ServerCertificates` for a new configurati
 handshake; `reload` (on SIGHUP, or when the periodic check sees a file change) reads and checks
 the files and hands them to the next handshake. Connections already open keep the certificate
 they were made with. Files that cannot be used (unreadable, not PEM, a key of another
-certificate) leave the certificate in use serving, and the log says why.
+certificate, a certificate outside its validity window) leave the certificate in use serving, and
+the log says why; at start they stop the daemon. A certificate that ends within a week
+(`security.certificates.EXPIRY_WARNING`) is served with a warning in the log.
 
 Whether clients must present a certificate is fixed at start (gRPC fixes it with the
 credentials): set or unset security.tls_client_ca_file with a restart.
@@ -23,6 +25,7 @@ from pathlib import Path
 import grpc
 
 from tesserad.config import SecuritySettings
+from tesserad.security.certificates import CertificateWindowError, check_validity
 from tesserad.security.tokens import FileSignature, file_signature
 
 log = logging.getLogger(__name__)
@@ -150,6 +153,7 @@ def _read(files: _Files) -> grpc.ServerCertificateConfiguration:
             raise CertificateError(
                 f"security.tls_client_ca_file {client_ca} holds no usable CA certificate ({exc.reason or exc})"
             ) from None
+    check_certificate_window("security.tls_cert_file", files.cert, cert_pem)
     # The check read the files by name: a rotation landing between the reads would pair bytes
     # that were never checked together.
     if _read_pem("security.tls_cert_file", files.cert) != cert_pem or (
@@ -181,6 +185,26 @@ def encrypted_key_message(setting: str, key: Path) -> str:
     )
 
 
+def check_certificate_window(setting: str, path: Path, pem: bytes) -> None:
+    """`check_validity` as CertificateError, with a warning logged for each certificate that
+    ends soon."""
+    try:
+        expiring = check_validity(setting, path, pem)
+    except CertificateWindowError as exc:
+        raise CertificateError(str(exc)) from None
+    for certificate in expiring:
+        log.warning(
+            "TLS certificate expires soon: renew it before clients refuse it",
+            extra={
+                "setting": setting,
+                "file": str(path),
+                "subject": certificate.subject,
+                "not_before": certificate.not_before,
+                "not_after": certificate.not_after,
+            },
+        )
+
+
 def _no_passphrase() -> bytes:
     raise EncryptedKeyError
 
@@ -199,6 +223,7 @@ __all__ = [
     "CertificateError",
     "EncryptedKeyError",
     "ServerCertificates",
+    "check_certificate_window",
     "encrypted_key_message",
     "load_key_pair",
     "server_certificates",

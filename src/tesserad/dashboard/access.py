@@ -22,6 +22,7 @@ from aiohttp import web
 
 from tesserad.config import SecuritySettings
 from tesserad.security import Role, TokenTable
+from tesserad.security.certificates import CertificateWindowError, check_validity
 from tesserad.security.tokens import TokenFile, format_time, token_digest, utc_now
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class DashboardTls:
         """Use the TLS files as they are now; files that cannot be used keep the old ones."""
         try:
             self._current = _tls_context(self._security)
-        except (OSError, ssl.SSLError) as exc:
+        except (OSError, ssl.SSLError, CertificateWindowError) as exc:
             log.error(
                 "TLS files not applied to the dashboard: its new connections keep the certificate in use",
                 extra={"error": str(exc)},
@@ -82,6 +83,9 @@ def _tls_context(security: SecuritySettings) -> ssl.SSLContext:
     assert security.tls_cert_file is not None and security.tls_key_file is not None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(security.tls_cert_file, security.tls_key_file)
+    # The files may have been replaced since the gRPC listener checked them; the warning about a
+    # certificate ending soon is the gRPC listener's to log.
+    check_validity("security.tls_cert_file", security.tls_cert_file, security.tls_cert_file.read_bytes())
     if security.tls_client_ca_file is not None:
         context.load_verify_locations(cafile=security.tls_client_ca_file)
         context.verify_mode = ssl.CERT_REQUIRED

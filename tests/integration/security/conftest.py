@@ -1,16 +1,23 @@
-"""Fixtures for security tests: a throwaway PKI made with the openssl command line, and tokens."""
+"""Fixtures for security tests: a throwaway PKI made with the openssl command line, certificates
+with chosen validity dates, and tokens."""
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from tesserad.security import Role, hash_token, new_token
 from tesserad.security.tokens import format_entry
@@ -63,10 +70,44 @@ def encrypt_key(source: Path, target: Path) -> None:
     )
 
 
+def dated_certificate(
+    directory: Path, name: str, not_before: datetime, not_after: datetime
+) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost/127.0.0.1 valid from `not_before` to `not_after`
+    (openssl's command line cannot date one in the past), and its key: (cert, key) under
+    `directory`."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
 def _make_ca(directory: Path, name: str) -> None:
     _openssl(
         "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2", "-subj", f"/CN={name}",
+        "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "30", "-subj", f"/CN={name}",
         cwd=directory,
     )  # fmt: skip
 
@@ -80,7 +121,7 @@ def _make_leaf(directory: Path, name: str, ca: str, extensions: str) -> None:
     )  # fmt: skip
     _openssl(
         "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-        "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext",
+        "-CAcreateserial", "-out", f"{name}.pem", "-days", "30", "-extfile", f"{name}.ext",
         cwd=directory,
     )  # fmt: skip
 
