@@ -521,18 +521,26 @@ class ReplicaSettings:
     tls: bool = setting(
         False,
         parse_bool,
-        "reach the primary over TLS (on by itself when any other replica.tls_* setting is set)",
+        "reach the primary over TLS (on by itself when any other replica.tls_* setting is set); on "
+        "a primary, ask the replicas for cluster statistics over TLS (also on when the primary "
+        "serves TLS itself), each replica's certificate checked against the address it announces",
     )
     tls_ca_file: Path | None = setting(
         None,
         parse_optional_path,
-        "PEM CA that signed the primary's certificate (default: the system's roots)",
+        "PEM CA that signed the primary's certificate (default: the system's roots); on a "
+        "primary, the CA that signed its replicas' certificates",
     )
     tls_cert_file: Path | None = setting(
-        None, parse_optional_path, "PEM client certificate for mutual TLS to the primary"
+        None,
+        parse_optional_path,
+        "PEM client certificate for mutual TLS to the primary; on a primary, the one it presents "
+        "to replicas that ask for one",
     )
     tls_key_file: Path | None = setting(None, parse_optional_path, "PEM private key of tls_cert_file")
-    tls_server_name: str = setting("", str, "name to check the primary's certificate against")
+    tls_server_name: str = setting(
+        "", str, "name to check the primary's certificate against (a replica's setting only)"
+    )
     token_file: Path | None = setting(
         None, parse_optional_path, "file holding the token a replica presents to the primary (reader role)"
     )

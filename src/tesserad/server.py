@@ -37,9 +37,16 @@ from tessera.v1 import (
 )
 from tesserad import __version__
 from tesserad.api.auth import AuthInterceptor, AuthSetupError, authentication_enabled
+from tesserad.api.cluster_stats import ClusterStats, replica_credentials
 from tesserad.api.convert_training import job_spec_document
 from tesserad.api.datasets import DatasetsServicer
-from tesserad.api.follow import Follower, PrimaryCertificateError, check_primary_tls, refusing_handlers
+from tesserad.api.follow import (
+    Follower,
+    PrimaryCertificateError,
+    check_primary_tls,
+    check_replica_tls_files,
+    refusing_handlers,
+)
 from tesserad.api.inference import InferenceServicer
 from tesserad.api.interceptors import CallInterceptor, ServerInterceptor
 from tesserad.api.oip import OipServicer
@@ -314,9 +321,13 @@ class Daemon:
         self._export_triton_metrics()
         self.registry.add_listener(self.inference.on_registry_change)
         oip = OpenInference(self.inference, self._stopping)
+        cluster = ClusterStats(
+            self._changes.replicas,
+            await asyncio.to_thread(self._replica_credentials, credentials is not None),
+        )
         _register(
             inference_pb2_grpc.add_InferenceServicer_to_server,
-            InferenceServicer(self.inference, replicas=self._changes.replicas),
+            InferenceServicer(self.inference, cluster),
             routes,
         )
         _register(
@@ -454,6 +465,17 @@ class Daemon:
         )
         self._server = server
         return server, credentials, auth, calls
+
+    def _replica_credentials(self, serves_tls: bool) -> grpc.ChannelCredentials | None:
+        """A primary's credentials for its replicas' statistics, its replica.tls_* files checked
+        first so that a bad one stops the start naming its setting."""
+        replica = self.settings.replica
+        if serves_tls or replica.uses_tls:
+            try:
+                check_replica_tls_files(replica)
+            except PrimaryCertificateError as exc:
+                raise StartupError(str(exc)) from None
+        return replica_credentials(serves_tls, replica)
 
     def _add_health_and_reflection(
         self, server: grpc.aio.Server, routes: _Routes

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import grpc
 
 from tessera.v1 import inference_pb2 as pb
 from tessera.v1 import inference_pb2_grpc
-from tesserad.api.cluster_stats import merge_stats, replica_stats
+from tesserad.api.cluster_stats import ClusterStats, merge_stats
 from tesserad.api.convert_inference import (
     config_from_proto,
     deadline_of,
@@ -34,13 +34,10 @@ DEFAULT_SHADOW_LIMIT = 100
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
-    def __init__(
-        self, service: InferenceService, replicas: Callable[[], list[tuple[str, str]]] | None = None
-    ) -> None:
-        """`replicas`: the (address, credential) of each serving replica following this daemon
-        (None on a replica); see ChangeFeed.replicas."""
+    def __init__(self, service: InferenceService, cluster: ClusterStats | None = None) -> None:
+        """`cluster`: the replicas following this daemon (None on a replica)."""
         self._service = service
-        self._replicas = replicas
+        self._cluster = cluster
 
     async def _predict(self, request: pb.PredictRequest, deadline: float | None) -> pb.PredictResponse:
         target = target_from_proto(request.target)
@@ -134,7 +131,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             return pb.GetStatsResponse(
                 stats=[stats_to_proto(e, request.reset, request.histograms) for e in entries]
             )
-        if self._replicas is None:
+        if self._cluster is None:
             raise FailedPrecondition(
                 "this tesserad is a serving replica; ask its primary for scope=cluster statistics"
             )
@@ -144,7 +141,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         except NotFound as exc:  # the replicas may have it loaded
             entries, missing = [], exc
         local = [stats_to_proto(e, request.reset, histograms=True) for e in entries]
-        remote, reached, unreachable = await replica_stats(self._replicas(), request)
+        remote, reached, unreachable = await self._cluster.gather(request)
         merged = merge_stats([local, *remote], request.histograms)
         if not merged and missing is not None:
             raise missing

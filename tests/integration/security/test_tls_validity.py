@@ -111,13 +111,16 @@ def test_a_certificate_ending_within_a_week_is_served_with_a_warning(start_daemo
     assert warnings and warnings[0].file == str(cert) and warnings[0].not_after.startswith(day(ends))
 
 
-def test_an_expired_replica_client_certificate_stops_the_start(pki, tmp_path):
+@pytest.mark.parametrize("role", ["replica", "primary"])
+def test_an_expired_replica_client_certificate_stops_the_start(pki, tmp_path, role):
+    # A replica presents it to its primary; a primary, to the replicas it asks for statistics.
     cert, key = dated_certificate(tmp_path, "client", *EXPIRED)
     settings = {
-        "replica.primary": "dns:///primary.invalid",
         "replica.tls_ca_file": str(pki.ca),
         "replica.tls_cert_file": str(cert),
         "replica.tls_key_file": str(key),
     }
+    if role == "replica":
+        settings["replica.primary"] = "dns:///primary.invalid"
     message = start_error(tmp_path, **settings)
     assert f"replica.tls_cert_file {cert}" in message and "has expired" in message
