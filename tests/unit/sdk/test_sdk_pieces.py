@@ -155,6 +155,23 @@ def test_the_sdk_imports_without_torch_tesserad_or_the_oip_package():
     assert result.returncode == 0, result.stderr
 
 
+def _run_python(code: str) -> None:
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_sdk_package_imports_its_parts_on_first_use():
+    # The daemon imports tessera.backup (the archive format): the package itself pulls nothing.
+    _run_python(
+        "import sys, tessera, tessera.backup; assert 'grpc' not in sys.modules, 'grpc'; "
+        "from tessera import Client, NotFound; import tessera.client, tessera.errors; "
+        "assert Client is tessera.client.Client and tessera.NotFound is tessera.errors.NotFound; "
+        "assert all(getattr(tessera, name) is not None for name in tessera.__all__); "
+        "assert set(tessera.__all__) <= set(dir(tessera)); "
+        "assert not hasattr(tessera, 'nothing')"
+    )
+
+
 def test_split_fractions_may_be_numpy_numbers_and_may_not_be_mixed_with_indices():
     spec = split_spec({"train": np.float32(0.75), "val": np.float64(0.25)}, seed=2)
     assert spec is not None and [(s.name, s.fraction) for s in spec.fractions.splits] == [

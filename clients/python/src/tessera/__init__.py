@@ -13,46 +13,96 @@
 subclass named after its status code (`tessera.NotFound`, `tessera.InvalidArgument`, ...).
 """
 
-from tessera.client import Client
-from tessera.errors import (
-    Aborted,
-    AlreadyExists,
-    Cancelled,
-    DataLoss,
-    DeadlineExceeded,
-    FailedPrecondition,
-    Internal,
-    InvalidArgument,
-    JobFailed,
-    NotFound,
-    OutOfRange,
-    PermissionDenied,
-    ResourceExhausted,
-    TesseraError,
-    Unauthenticated,
-    Unavailable,
-    Unimplemented,
-    Unknown,
-)
-from tessera.events import (
-    CheckpointSaved,
-    EpochMetrics,
-    JobError,
-    JobEvent,
-    JobState,
-    LogLine,
-    Progress,
-    ResourceUsage,
-    StateChanged,
-    StepMetrics,
-    VersionRegistered,
-)
-from tessera.explanations import Explanation, time_slice, top_positions
-from tessera.inference import Prediction
-from tessera.training import Job
-from tessera.transport import TLS, RetryPolicy
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tessera.client import Client
+    from tessera.errors import (
+        Aborted,
+        AlreadyExists,
+        Cancelled,
+        DataLoss,
+        DeadlineExceeded,
+        FailedPrecondition,
+        Internal,
+        InvalidArgument,
+        JobFailed,
+        NotFound,
+        OutOfRange,
+        PermissionDenied,
+        ResourceExhausted,
+        TesseraError,
+        Unauthenticated,
+        Unavailable,
+        Unimplemented,
+        Unknown,
+    )
+    from tessera.events import (
+        CheckpointSaved,
+        EpochMetrics,
+        JobError,
+        JobEvent,
+        JobState,
+        LogLine,
+        Progress,
+        ResourceUsage,
+        StateChanged,
+        StepMetrics,
+        VersionRegistered,
+    )
+    from tessera.explanations import Explanation, time_slice, top_positions
+    from tessera.inference import Prediction
+    from tessera.training import Job
+    from tessera.transport import TLS, RetryPolicy
 
 __version__ = "0.1.0"
+
+# Each public name's module, imported on first use (PEP 562): `import tessera.backup` (as the
+# daemon does) then loads the archive format alone, not the whole SDK with grpc and numpy.
+_NAMES_BY_MODULE = {
+    "tessera.client": ("Client",),
+    "tessera.errors": (
+        "Aborted",
+        "AlreadyExists",
+        "Cancelled",
+        "DataLoss",
+        "DeadlineExceeded",
+        "FailedPrecondition",
+        "Internal",
+        "InvalidArgument",
+        "JobFailed",
+        "NotFound",
+        "OutOfRange",
+        "PermissionDenied",
+        "ResourceExhausted",
+        "TesseraError",
+        "Unauthenticated",
+        "Unavailable",
+        "Unimplemented",
+        "Unknown",
+    ),
+    "tessera.events": (
+        "CheckpointSaved",
+        "EpochMetrics",
+        "JobError",
+        "JobEvent",
+        "JobState",
+        "LogLine",
+        "Progress",
+        "ResourceUsage",
+        "StateChanged",
+        "StepMetrics",
+        "VersionRegistered",
+    ),
+    "tessera.explanations": ("Explanation", "time_slice", "top_positions"),
+    "tessera.inference": ("Prediction",),
+    "tessera.training": ("Job",),
+    "tessera.transport": ("TLS", "RetryPolicy"),
+}
+_MODULE_OF = {name: module for module, names in _NAMES_BY_MODULE.items() for name in names}
 
 __all__ = [
     "TLS",
@@ -93,3 +143,17 @@ __all__ = [
     "time_slice",
     "top_positions",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    # Kept, so that this runs once per name.
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_MODULE_OF])

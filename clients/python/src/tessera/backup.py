@@ -6,6 +6,9 @@ the LMDB store; then `blobs/<sha256>` for every blob that copy references. The m
 names every other member with its sha256 and size, so a reader checks each as it reads it
 and, at the end, that none is missing (a file cut short at a member's boundary is still a
 tar file).
+
+The daemon imports this module, so it imports nothing beyond the standard library (and
+`tessera/__init__.py` imports the SDK only on first use): no grpc in the daemon's domain code.
 """
 
 from __future__ import annotations
@@ -18,9 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
-
-from tessera.errors import DataLoss
-from tessera.transfer import new_partial
 
 FORMAT = "tessera-backup"
 FORMAT_VERSION = 1
@@ -195,37 +195,3 @@ def _copy_checked(tar: tarfile.TarFile, member: tarfile.TarInfo, entry: Entry, t
             f"{member.name} has sha256 {digest.hexdigest()}, and its manifest says {entry.sha256}; "
             "it was altered or damaged"
         )
-
-
-class BackupSink:
-    """Writes a streamed backup to `path` through a new temp file beside it, which becomes
-    `path` only once the whole archive is read back and checks out (`finish`); `abort`
-    removes it."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._partial, self._file = new_partial(path)
-        self.size = 0
-
-    def write(self, chunk: bytes) -> None:
-        self._file.write(chunk)
-        self.size += len(chunk)
-
-    def finish(self) -> Manifest:
-        """The manifest of the backup now at `path`; DataLoss (nothing left) when what came is
-        not a whole backup."""
-        try:
-            self._file.close()
-            manifest = read_archive(self._partial)
-        except ArchiveError as exc:
-            self._partial.unlink(missing_ok=True)
-            raise DataLoss(f"the backup that arrived is not whole: {exc}; take it again") from None
-        except BaseException:
-            self._partial.unlink(missing_ok=True)
-            raise
-        self._partial.replace(self.path)
-        return manifest
-
-    def abort(self) -> None:
-        self._file.close()
-        self._partial.unlink(missing_ok=True)

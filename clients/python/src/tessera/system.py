@@ -4,11 +4,47 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tessera.backup import BackupSink, Manifest
+from tessera.backup import ArchiveError, Manifest, read_archive
 from tessera.calls import C, Op, Part, Save, ServerStream, call, stream
+from tessera.errors import DataLoss
+from tessera.transfer import new_partial
 from tessera.v1 import system_pb2 as pb
 
 S = "System"
+
+
+class BackupSink:
+    """Writes a streamed backup to `path` through a new temp file beside it, which becomes
+    `path` only once the whole archive is read back and checks out (`finish`); `abort`
+    removes it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._partial, self._file = new_partial(path)
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        self._file.write(chunk)
+        self.size += len(chunk)
+
+    def finish(self) -> Manifest:
+        """The manifest of the backup now at `path`; DataLoss (nothing left) when what came is
+        not a whole backup."""
+        try:
+            self._file.close()
+            manifest = read_archive(self._partial)
+        except ArchiveError as exc:
+            self._partial.unlink(missing_ok=True)
+            raise DataLoss(f"the backup that arrived is not whole: {exc}; take it again") from None
+        except BaseException:
+            self._partial.unlink(missing_ok=True)
+            raise
+        self._partial.replace(self.path)
+        return manifest
+
+    def abort(self) -> None:
+        self._file.close()
+        self._partial.unlink(missing_ok=True)
 
 
 class System(Part[C]):
