@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from tessera.backup import HEADER_MAX_BYTES, MANIFEST_MAX_BYTES
 from tesserad import __version__
 from tesserad.config import SettingsError, describe_settings, load_settings
 from tesserad.errors import TesseraError
@@ -76,7 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Restore a backup archive into DIR, which must be missing or empty and not in use. "
             "Every file is checked against the archive's manifest (sha256 and size) and the "
-            "store's record counts against it before anything is put in place; a refused "
+            "store's record counts against it before anything is put in place; members a backup "
+            "never holds (links, devices, other paths) and headers that claim too much to read into "
+            f"memory (a manifest over {MANIFEST_MAX_BYTES >> 20} MiB, an extended header over "
+            f"{HEADER_MAX_BYTES >> 20} MiB) are refused. A refused "
             "archive leaves nothing behind. Then `tesserad serve --data-dir DIR` starts on it. "
             "Exit status: 0 restored, 1 refused or failed (the message says why), 2 wrong "
             "command line."

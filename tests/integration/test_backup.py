@@ -8,6 +8,8 @@ import asyncio
 import hashlib
 import io
 import json
+import subprocess
+import sys
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +20,13 @@ import numpy as np
 import pytest
 
 import tessera
-from tessera.backup import BLOB_PREFIX, MANIFEST_NAME, STORE_NAME
+from tessera.backup import (
+    BLOB_PREFIX,
+    HEADER_MAX_BYTES,
+    MANIFEST_MAX_BYTES,
+    MANIFEST_NAME,
+    STORE_NAME,
+)
 from tessera.cli import main as tessera_main
 from tessera.v1 import system_pb2, system_pb2_grpc
 from tesserad.cli import main as tesserad_main
@@ -153,6 +161,40 @@ def _relinked(archive: Path, target: Path) -> Path:
     return target
 
 
+def _with_member(archive: Path, target: Path, member: tarfile.TarInfo) -> Path:
+    """A copy of `archive` with `member` (no data) in place of its last blob."""
+    with tarfile.open(archive) as source, tarfile.open(target, "w") as out:
+        for kept in source.getmembers()[:-1]:
+            out.addfile(kept, source.extractfile(kept))
+        out.addfile(member)
+    return target
+
+
+def _member(name: str, kind: bytes, linkname: str = "") -> tarfile.TarInfo:
+    member = tarfile.TarInfo(name)
+    member.type, member.linkname = kind, linkname
+    return member
+
+
+def _claiming(target: Path, header: tarfile.TarInfo, claimed: int) -> Path:
+    """An archive that is `header`, claiming `claimed` bytes, then a block of them: a reader
+    that believes the claim reads until the archive ends, as a compressed one of gigabytes
+    takes kilobytes."""
+    header.size = claimed
+    target.write_bytes(header.tobuf(tarfile.GNU_FORMAT) + b"{" * tarfile.BLOCKSIZE)
+    return target
+
+
+def _with_global_header(archive: Path, target: Path) -> Path:
+    with (
+        tarfile.open(archive) as source,
+        tarfile.open(target, "w", format=tarfile.PAX_FORMAT, pax_headers={"comment": "x" * 100}) as out,
+    ):
+        for member in source.getmembers():
+            out.addfile(member, source.extractfile(member))
+    return target
+
+
 def _next_format(name: str, data: bytes) -> bytes:
     if name != MANIFEST_NAME:
         return data
@@ -171,6 +213,16 @@ def _next_format(name: str, data: bytes) -> bytes:
         ("table the store lacks", "counts records in table 'extra', which its store copy does not have"),
         ("counts as strings", "is malformed"),
         ("size as a boolean", "is malformed"),
+        ("manifest over the cap", f"manifest.json is {MANIFEST_MAX_BYTES + 1} bytes, over the 64 MiB"),
+        ("pax header over the cap", "extended tar header of 1048577 bytes, over the 1 MiB"),
+        ("long name over the cap", "extended tar header of 1048577 bytes, over the 1 MiB"),
+        ("global pax header", "it holds a global pax header, which no backup holds"),
+        ("sparse member", "it holds a sparse file, which no backup holds"),
+        ("blob as a symlink", "is a link or special file, not a file"),
+        ("blob as a device", "is a link or special file, not a file"),
+        ("a path out of the directory", "it holds '../escape', which its manifest does not name"),
+        ("an absolute path", "it holds '/tmp/escape', which its manifest does not name"),
+        ("blob longer than its manifest says", "bytes, and its manifest says"),
     ],
 )
 def test_a_damaged_archive_is_refused_and_nothing_is_written(
@@ -199,6 +251,30 @@ def test_a_damaged_archive_is_refused_and_nothing_is_written(
         _rewritten(
             archive, bad, _manifest_changed(lambda d: {**d, "blobs": [{**d["blobs"][0], "size": True}]})
         )
+    elif damage == "manifest over the cap":
+        _claiming(bad, tarfile.TarInfo(MANIFEST_NAME), MANIFEST_MAX_BYTES + 1)
+    elif damage == "pax header over the cap":
+        _claiming(bad, _member("././@PaxHeader", tarfile.XHDTYPE), HEADER_MAX_BYTES + 1)
+    elif damage == "long name over the cap":
+        _claiming(bad, _member("././@LongLink", tarfile.GNUTYPE_LONGNAME), HEADER_MAX_BYTES + 1)
+    elif damage == "global pax header":
+        _with_global_header(archive, bad)
+    elif damage == "sparse member":
+        _with_member(archive, bad, _member(BLOB_PREFIX + "0" * 64, tarfile.GNUTYPE_SPARSE))
+    elif damage == "blob as a symlink":
+        with tarfile.open(archive) as tar:
+            last = tar.getmembers()[-1].name
+        _with_member(archive, bad, _member(last, tarfile.SYMTYPE, STORE_NAME))
+    elif damage == "blob as a device":
+        with tarfile.open(archive) as tar:
+            last = tar.getmembers()[-1].name
+        _with_member(archive, bad, _member(last, tarfile.CHRTYPE))
+    elif damage == "a path out of the directory":
+        _with_member(archive, bad, tarfile.TarInfo("../escape"))
+    elif damage == "an absolute path":
+        _with_member(archive, bad, tarfile.TarInfo("/tmp/escape"))
+    elif damage == "blob longer than its manifest says":
+        _rewritten(archive, bad, lambda name, data: data + b"!" if name.startswith(BLOB_PREFIX) else data)
     else:
         bad.write_bytes(b"not a tar file at all" * 100)
     target = tmp_path / "target"
@@ -346,3 +422,22 @@ def _wait_for(condition, daemon: InProcessDaemon) -> None:
             return
         daemon.run(asyncio.sleep(0.01))
     assert condition()
+
+
+def test_restore_refuses_an_archive_claiming_an_oversized_manifest_before_reading_it(tmp_path: Path) -> None:
+    # The command as an operator runs it: its status, its message, and the target untouched.
+    bad = _claiming(tmp_path / "bad.tar", tarfile.TarInfo(MANIFEST_NAME), 8 << 30)
+    target = tmp_path / "target"
+    target.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "tesserad", "restore", str(bad), "--data-dir", str(target)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert f"manifest.json is {8 << 30} bytes, over the 64 MiB a manifest may be" in result.stderr
+    assert "nothing was written" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.tar", "target"]
+    assert list(target.iterdir()) == []

@@ -20,7 +20,7 @@ import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 FORMAT = "tessera-backup"
 FORMAT_VERSION = 1
@@ -28,6 +28,12 @@ MANIFEST_NAME = "manifest.json"
 STORE_NAME = "store/data.mdb"
 BLOB_PREFIX = "blobs/"
 READ_BYTES = 1 << 20
+# The most a reader holds in memory of one member, whatever its header claims: a crafted
+# archive could otherwise declare (and, compressed, carry in kilobytes) gigabytes of manifest
+# or of extended header. 64 MiB is the manifest of some 600,000 blobs (111 bytes each); the
+# extended headers (pax, GNU long names) of a backup are some 100 bytes.
+MANIFEST_MAX_BYTES = 64 << 20
+HEADER_MAX_BYTES = 1 << 20
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -126,9 +132,14 @@ def read_archive(path: Path, place: Place | None = None) -> Manifest:
     sha256 and size, nothing unnamed, nothing twice, nothing missing), handing each member's
     bytes to what `place` gives; ArchiveError at the first fault. The files `place` gave are
     closed, whole or not: the caller removes them when this raises."""
+    with path.open("rb") as file:
+        return _read(file, place)
+
+
+def _read(file: IO[bytes], place: Place | None) -> Manifest:
     try:
         # "r|*": a backup compressed since (gzip, bzip2, xz) reads as it is, as tar reads it.
-        with tarfile.open(path, mode="r|*") as tar:
+        with tarfile.open(fileobj=file, mode="r|*", tarinfo=_BoundedTarInfo) as tar:
             return _read_members(tar, place)
     except tarfile.TarError as exc:
         raise ArchiveError(f"it is not a whole tar file ({exc}); it is truncated or damaged") from None
@@ -136,10 +147,46 @@ def read_archive(path: Path, place: Place | None = None) -> Manifest:
         raise ArchiveError("it ends in the middle of a member; it is truncated") from None
 
 
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A header whose payload tarfile reads whole into memory is refused when it claims more
+    than HEADER_MAX_BYTES; global pax headers (which tarfile keeps, one after another) and GNU
+    sparse members (whose map of holes it reads whole), which no backup holds, are refused.
+    `_proc_member` is where tarfile reads what follows a header: the one place to see the
+    claim before the bytes are read."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in (tarfile.XGLTYPE, tarfile.GNUTYPE_SPARSE):
+            kind = "sparse file" if self.type == tarfile.GNUTYPE_SPARSE else "global pax header"
+            raise ArchiveError(f"it holds a {kind}, which no backup holds; it was altered")
+        if self.type in _EXTENDED_HEADERS and self.size > HEADER_MAX_BYTES:
+            raise ArchiveError(
+                f"it holds an extended tar header of {self.size} bytes, over the {_mib(HEADER_MAX_BYTES)} "
+                "this reader takes; it was altered"
+            )
+        return super()._proc_member(tarfile_)  # type: ignore[misc,no-any-return]
+
+
+_EXTENDED_HEADERS = (
+    tarfile.XHDTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+)
+
+
+def _mib(size: int) -> str:
+    return f"{size >> 20} MiB"
+
+
 def _read_members(tar: tarfile.TarFile, place: Place | None) -> Manifest:
     first = tar.next()
     if first is None or first.name != MANIFEST_NAME or not first.isfile():
         raise ArchiveError(f"its first member is not {MANIFEST_NAME}; it is not a tessera backup")
+    if first.size > MANIFEST_MAX_BYTES:
+        raise ArchiveError(
+            f"its {MANIFEST_NAME} is {first.size} bytes, over the {_mib(MANIFEST_MAX_BYTES)} a manifest "
+            "may be; it was altered"
+        )
     manifest = Manifest.from_json(_member_bytes(tar, first))
     expected = {STORE_NAME: manifest.store}
     expected.update({BLOB_PREFIX + sha256: Entry(sha256, size) for sha256, size in manifest.blobs.items()})
