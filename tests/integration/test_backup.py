@@ -8,6 +8,8 @@ import asyncio
 import hashlib
 import io
 import json
+import os
+import pty
 import subprocess
 import sys
 import tarfile
@@ -26,7 +28,9 @@ from tessera.backup import (
     MANIFEST_MAX_BYTES,
     MANIFEST_NAME,
     STORE_NAME,
+    read_archive,
 )
+from tessera.cli import EXIT_USAGE
 from tessera.cli import main as tessera_main
 from tessera.v1 import system_pb2, system_pb2_grpc
 from tesserad.cli import main as tesserad_main
@@ -441,3 +445,113 @@ def test_restore_refuses_an_archive_claiming_an_oversized_manifest_before_readin
     assert "nothing was written" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.tar", "target"]
     assert list(target.iterdir()) == []
+
+
+def _backup_cli(daemon: InProcessDaemon, *args: str) -> list[str]:
+    return ["--target", daemon.target, "admin", "backup", *args]
+
+
+def test_a_backup_over_an_existing_file_is_refused_unless_forced(
+    source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    existing = tmp_path / "b.tar"
+    existing.write_bytes(b"last week's backup")
+    code = tessera_main(_backup_cli(source.daemon, "-o", str(existing)))
+    err = capsys.readouterr().err
+    assert code == EXIT_USAGE
+    assert f"--output {existing} exists; pass --force to replace it" in err
+    assert existing.read_bytes() == b"last week's backup"
+    assert [p.name for p in tmp_path.iterdir()] == ["b.tar"]  # no partial file either
+
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    assert tessera_main(_backup_cli(source.daemon, "-o", str(tmp_path / "link"))) == EXIT_USAGE
+    with tessera.Client(source.daemon.target) as client, pytest.raises(FileExistsError):
+        client.system.backup(existing)
+
+    assert tessera_main(_backup_cli(source.daemon, "-o", str(existing), "--force")) == 0
+    assert read_archive(existing).records == read_archive(source.archive).records
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.tar", "link"]
+
+
+def _damage_a_blob(daemon: InProcessDaemon, tmp_path: Path) -> None:
+    """A model version whose blob on the daemon's disk no longer matches its sha256."""
+    blob = _blob_file(daemon, _sha256(_push_model(daemon, tmp_path)))
+    blob.chmod(0o644)
+    data = blob.read_bytes()
+    blob.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+
+
+def test_a_backup_failing_mid_stream_leaves_no_file(
+    daemon: InProcessDaemon, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _damage_a_blob(daemon, tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    code = tessera_main(_backup_cli(daemon, "-o", str(out / "b.tar")))
+    err = capsys.readouterr().err
+    assert code == 3 and err.startswith("tessera: DATA_LOSS:"), err
+    assert list(out.iterdir()) == []
+
+
+def _run_cli(*args: str, stdout: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tessera.cli", *args],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_a_backup_streams_to_stdout_checked_with_its_summary_on_stderr(
+    source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    streamed = tmp_path / "streamed.tar"
+    with streamed.open("wb") as stdout:
+        result = _run_cli(*_backup_cli(source.daemon, "-o", "-"), stdout=stdout.fileno())
+    assert result.returncode == 0, result.stderr
+    manifest = read_archive(source.archive)
+    said = (
+        f"wrote the backup to stdout: {sum(manifest.records.values())} records, {len(manifest.blobs)} blobs"
+    )
+    assert result.stderr.startswith(said) and result.stderr.endswith("every file's sha256 verified\n")
+    assert read_archive(streamed).blobs == manifest.blobs
+    code, err = _restore(streamed, tmp_path / "restored", capsys)
+    assert (code, err) == (0, "")
+
+    with streamed.open("wb") as stdout:
+        result = _run_cli("--json", *_backup_cli(source.daemon, "-o", "-"), stdout=stdout.fileno())
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stderr)
+    assert summary["path"] == "-" and summary["blobs"] == len(manifest.blobs)
+    assert read_archive(streamed).blobs == manifest.blobs
+
+
+def test_a_backup_to_stdout_that_fails_mid_stream_exits_non_zero(
+    daemon: InProcessDaemon, tmp_path: Path
+) -> None:
+    _damage_a_blob(daemon, tmp_path)
+    result = _run_cli(*_backup_cli(daemon, "-o", "-"), stdout=subprocess.DEVNULL)
+    assert result.returncode == 3
+    assert result.stderr.startswith("tessera: DATA_LOSS:") and "damaged" in result.stderr, result.stderr
+
+
+def test_a_backup_to_a_terminal_is_refused(source: Source, tmp_path: Path) -> None:
+    terminal, stdout = pty.openpty()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "tessera.cli", *_backup_cli(source.daemon, "-o", "-")],
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(stdout)
+        os.close(terminal)
+    assert result.returncode == EXIT_USAGE
+    assert "refusing to write the backup to a terminal" in result.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import queue
 import re
 import tarfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,3 +244,87 @@ def _copy_checked(tar: tarfile.TarFile, member: tarfile.TarInfo, entry: Entry, t
             f"{member.name} has sha256 {digest.hexdigest()}, and its manifest says {entry.sha256}; "
             "it was altered or damaged"
         )
+
+
+class ArchiveCheck:
+    """Checks an archive as its bytes arrive, as `read_archive` checks a file: `feed` each
+    piece, then `end()` gives the manifest. tarfile reads from a file, so a thread of its own
+    reads the pieces through it; a fault it finds is raised by the next `feed`, so that a
+    stream can stop early, and by `end()`."""
+
+    def __init__(self) -> None:
+        self._pieces = _Pieces()
+        self._manifest: Manifest | None = None
+        self._fault: ArchiveError | None = None
+        self._thread = threading.Thread(target=self._check, name="tessera-backup-check", daemon=True)
+        self._thread.start()
+
+    def feed(self, data: bytes) -> None:
+        if self._fault is not None:
+            raise self._fault
+        self._pieces.put(data)
+
+    def end(self) -> Manifest:
+        """The manifest, once every byte is fed and checks out; ArchiveError otherwise."""
+        self.stop()
+        if self._fault is not None:
+            raise self._fault
+        assert self._manifest is not None
+        return self._manifest
+
+    def stop(self) -> None:
+        """No more bytes: the check ends (with a fault, unless every byte was fed)."""
+        if self._thread.is_alive():
+            self._pieces.put(None)
+            self._thread.join()
+
+    def _check(self) -> None:
+        try:
+            # Stream mode ("r|") only reads: typeshed asks for a whole file.
+            self._manifest = _read(self._pieces, None)  # type: ignore[arg-type]
+        except ArchiveError as exc:
+            self._fault = exc
+        except Exception as exc:
+            self._fault = ArchiveError(f"it could not be checked ({exc!r})")
+        self._pieces.drain()
+
+
+class _Pieces:
+    """The bytes fed to an ArchiveCheck, as a file its thread reads (None: the end). At most
+    `_QUEUED` pieces wait, so a check that falls behind holds the stream back."""
+
+    _QUEUED = 8
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[bytes | None] = queue.Queue(self._QUEUED)
+        self._piece = b""
+        self._offset = 0
+        self._ended = False
+
+    def put(self, data: bytes | None) -> None:
+        self._queue.put(data)
+
+    def read(self, size: int = -1) -> bytes:
+        """`size` bytes (-1: all), fewer only at the end."""
+        parts: list[bytes] = []
+        wanted = size
+        while wanted != 0:
+            if self._offset == len(self._piece):
+                piece = None if self._ended else self._queue.get()
+                if piece is None:
+                    self._ended = True
+                    break
+                self._piece, self._offset = piece, 0
+            take = len(self._piece) - self._offset
+            if wanted > 0:
+                take = min(take, wanted)
+                wanted -= take
+            parts.append(self._piece[self._offset : self._offset + take])
+            self._offset += take
+        return b"".join(parts)
+
+    def drain(self) -> None:
+        """Take what tarfile left unread (the padding after the end marker, or all that
+        follows a fault) up to the end, so that `put` never waits on a full queue."""
+        while not self._ended:
+            self._ended = self._queue.get() is None

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from tessera.backup import Manifest
 from tessera.client import Client
 from tessera.demo import run_demo
 from tessera.ensembles import COMBINES, fit_stacking, member_pair
@@ -723,26 +724,54 @@ def cmd_datasets_download(client: Client, args: argparse.Namespace, out: Output)
 
 
 def cmd_admin_backup(client: Client, args: argparse.Namespace, out: Output) -> None:
+    if args.output == "-":
+        return _backup_to_stdout(client, args)
     path = Path(args.output)
     # A trailing "/" names a directory too, one that does not exist yet (Path drops it).
     if path.is_dir() or args.output.endswith(("/", os.sep)):
         raise UsageError(f"--output {args.output} is a directory; name the file to write")
-    manifest = client.system.backup(path)
-    records = sum(manifest.records.values())
+    try:
+        manifest = client.system.backup(path, overwrite=args.force)
+    except FileExistsError:
+        raise UsageError(f"--output {args.output} exists; pass --force to replace it") from None
+    summary = _backup_summary(manifest, str(path), path.stat().st_size)
     if out.as_json:
-        return out.json(
-            {
-                "path": str(path),
-                "size_bytes": path.stat().st_size,
-                "tesserad_version": manifest.tesserad_version,
-                "created_at": manifest.created_at,
-                "records": records,
-                "blobs": len(manifest.blobs),
-                "blob_bytes": manifest.blob_bytes,
-            }
-        )
-    out.line(
-        f"wrote {path}: {size(path.stat().st_size)}, {records} records, {len(manifest.blobs)} blobs "
+        return out.json(summary)
+    out.line(f"wrote {path}: {size(summary['size_bytes'])}, {_backup_contents(manifest)}")
+
+
+def _backup_to_stdout(client: Client, args: argparse.Namespace) -> None:
+    """The archive on stdout as it comes, checked on the way; the summary on stderr."""
+    stdout = sys.stdout.buffer
+    if stdout.isatty():
+        # As tar refuses: an archive is no use on a terminal, and would garble it.
+        raise UsageError("refusing to write the backup to a terminal; redirect stdout (> FILE, | CMD)")
+    manifest = client.system.backup(stdout)
+    summary = _backup_summary(manifest, "-", None)
+    print(
+        dumps(summary, indent=2)
+        if args.json
+        else f"wrote the backup to stdout: {_backup_contents(manifest)}",
+        file=sys.stderr,
+    )
+
+
+def _backup_summary(manifest: Manifest, path: str, size_bytes: int | None) -> dict[str, Any]:
+    summary: dict[str, Any] = {"path": path}
+    if size_bytes is not None:
+        summary["size_bytes"] = size_bytes
+    return summary | {
+        "tesserad_version": manifest.tesserad_version,
+        "created_at": manifest.created_at,
+        "records": sum(manifest.records.values()),
+        "blobs": len(manifest.blobs),
+        "blob_bytes": manifest.blob_bytes,
+    }
+
+
+def _backup_contents(manifest: Manifest) -> str:
+    return (
+        f"{sum(manifest.records.values())} records, {len(manifest.blobs)} blobs "
         f"({size(manifest.blob_bytes)}), every file's sha256 verified"
     )
 
@@ -1714,19 +1743,23 @@ def build_parser() -> argparse.ArgumentParser:
     admin = commands.add_parser("admin", help="operator tasks (admin token)").add_subparsers(
         dest="subcommand", required=True, metavar="SUBCOMMAND"
     )
-    command(
+    sub = command(
         admin,
         "backup",
         cmd_admin_backup,
         "save a consistent backup of the running daemon (store and blobs) to a file; "
         "`tesserad restore FILE --data-dir DIR` restores it",
-    ).add_argument(
+    )
+    sub.add_argument(
         "-o",
         "--output",
         required=True,
         metavar="FILE",
-        help="the archive to write; it appears only once the whole backup has come and checks out",
+        help="the archive to write; it appears only once the whole backup has come and checks out. "
+        '"-": write it to stdout as it comes (not a terminal), checked on the way, the summary on '
+        "stderr; on a fault the status is non-zero and what was written is no backup",
     )
+    sub.add_argument("--force", action="store_true", help="replace the file --output names if it exists")
 
     export = commands.add_parser("export", help="export a version").add_subparsers(
         dest="subcommand", required=True, metavar="FORMAT"

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import os
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import BinaryIO
 
-from tessera.backup import ArchiveError, Manifest, read_archive
-from tessera.calls import C, Op, Part, Save, ServerStream, call, stream
+from tessera.backup import ArchiveCheck, ArchiveError, Manifest, read_archive
+from tessera.calls import C, Op, Part, Save, ServerStream, Sink, call, stream
 from tessera.errors import DataLoss
 from tessera.transfer import new_partial
 from tessera.v1 import system_pb2 as pb
@@ -13,19 +18,33 @@ from tessera.v1 import system_pb2 as pb
 S = "System"
 
 
+def _not_whole(exc: ArchiveError) -> DataLoss:
+    return DataLoss(f"the backup that arrived is not whole: {exc}; take it again")
+
+
+def _exists(path: Path) -> FileExistsError:
+    return FileExistsError(errno.EEXIST, "it exists; overwrite=True replaces it", str(path))
+
+
 class BackupSink:
     """Writes a streamed backup to `path` through a new temp file beside it, which becomes
     `path` only once the whole archive is read back and checks out (`finish`); `abort`
-    removes it."""
+    removes it. Unless `overwrite`, a file at `path` is refused (FileExistsError) before the
+    backup starts and again before it is put in place."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, overwrite: bool) -> None:
         self.path = path
+        self._overwrite = overwrite
+        self._check_free()
         self._partial, self._file = new_partial(path)
-        self.size = 0
+
+    def _check_free(self) -> None:
+        # lexists: a link left at the name (even a dangling one) is there too.
+        if not self._overwrite and os.path.lexists(self.path):
+            raise _exists(self.path)
 
     def write(self, chunk: bytes) -> None:
         self._file.write(chunk)
-        self.size += len(chunk)
 
     def finish(self) -> Manifest:
         """The manifest of the backup now at `path`; DataLoss (nothing left) when what came is
@@ -33,9 +52,11 @@ class BackupSink:
         try:
             self._file.close()
             manifest = read_archive(self._partial)
+            # A backup takes minutes: the name may have been taken meanwhile.
+            self._check_free()
         except ArchiveError as exc:
             self._partial.unlink(missing_ok=True)
-            raise DataLoss(f"the backup that arrived is not whole: {exc}; take it again") from None
+            raise _not_whole(exc) from None
         except BaseException:
             self._partial.unlink(missing_ok=True)
             raise
@@ -45,6 +66,34 @@ class BackupSink:
     def abort(self) -> None:
         self._file.close()
         self._partial.unlink(missing_ok=True)
+
+
+class BackupStream:
+    """Writes a streamed backup to an open binary file (stdout, a pipe) as it comes, checking
+    it on the way (each member's sha256 and size); a fault ends the call with DataLoss at
+    once. What was written by then stays written, and is no backup. The file is flushed,
+    never closed."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self._file = file
+        self._check = ArchiveCheck()
+
+    def write(self, chunk: bytes) -> None:
+        try:
+            self._check.feed(chunk)
+        except ArchiveError as exc:
+            raise _not_whole(exc) from None
+        self._file.write(chunk)
+
+    def finish(self) -> Manifest:
+        self._file.flush()
+        try:
+            return self._check.end()
+        except ArchiveError as exc:
+            raise _not_whole(exc) from None
+
+    def abort(self) -> None:
+        self._check.stop()
 
 
 class System(Part[C]):
@@ -65,14 +114,31 @@ class System(Part[C]):
         return ServerStream(S, "WatchSystem", request, timeout)
 
     @call
-    def backup(self, path: str | Path, chunk_size: int = 0, timeout: float | None = None) -> Save[Manifest]:
-        """Save a consistent backup of the daemon (admin only) to `path`, which appears only once
-        the whole archive has come and checks out; its manifest. `tesserad restore` restores it."""
+    def backup(
+        self,
+        path: str | Path | BinaryIO,
+        chunk_size: int = 0,
+        timeout: float | None = None,
+        overwrite: bool = False,
+    ) -> Save[Manifest]:
+        """Save a consistent backup of the daemon (admin only); its manifest. `tesserad restore`
+        restores it.
+
+        `path`: a file name, where the archive appears only once the whole of it has come and
+        checks out (a file already there is refused with FileExistsError before the backup
+        starts, unless `overwrite`); or an open binary file (`sys.stdout.buffer`, a pipe), which
+        gets the archive as it comes, checked on the way: a fault raises DataLoss, and what was
+        written by then is no backup."""
+        sink: Callable[[], Sink[Manifest]] = (
+            partial(BackupSink, Path(path), overwrite)
+            if isinstance(path, (str, os.PathLike))
+            else partial(BackupStream, path)
+        )
         return Save(
             S,
             "Backup",
             pb.BackupRequest(chunk_size=chunk_size),
             timeout or self._conn.transfer_timeout,
-            lambda: BackupSink(Path(path)),
+            sink,
             lambda response: response.data,
         )

@@ -1,0 +1,87 @@
+"""A backup written to an open file as it comes (`tessera admin backup -o -`) is checked on the
+way: a damaged member stops the stream with DataLoss at once, not at its end, and one cut
+short is DataLoss at the end."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tessera.backup import BLOB_PREFIX
+from tessera.errors import DataLoss
+from tessera.system import BackupStream
+from tesserad.backup import Backup
+from tesserad.datasets.references import BLOB_HOLDERS, hold_blob
+from tesserad.store import BlobStore, Store
+
+CHUNK = 4096
+
+
+def _archive(tmp_path: Path) -> bytes:
+    """A daemon's backup holding two blobs of 1 MiB."""
+    store = Store.open(tmp_path / "store", map_size=64 * 2**20, tables=["items", BLOB_HOLDERS])
+    blobs = BlobStore(tmp_path / "blobs")
+    try:
+        for holder in ("version:1", "version:2"):
+            sha256 = blobs.put_bytes(os.urandom(1 << 20)).sha256
+            with store.write() as txn:
+                hold_blob(txn, sha256, holder)
+            blobs.release(sha256)
+        backup = Backup(store, blobs, "test")
+        backup.prepare(CHUNK)
+        chunks = []
+        while (chunk := backup.next_chunk()) is not None:
+            chunks.append(chunk)
+        backup.close()
+    finally:
+        store.close()
+    return b"".join(chunks)
+
+
+def _chunks(data: bytes) -> list[bytes]:
+    return [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)]
+
+
+def test_a_whole_backup_passes_through_unchanged(tmp_path: Path) -> None:
+    data, out = _archive(tmp_path), io.BytesIO()
+    sink = BackupStream(out)
+    for chunk in _chunks(data):
+        sink.write(chunk)
+    assert len(sink.finish().blobs) == 2
+    assert out.getvalue() == data
+
+
+def test_a_damaged_blob_ends_the_stream_before_the_rest_comes(tmp_path: Path) -> None:
+    data = bytearray(_archive(tmp_path))
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        first = next(m for m in tar.getmembers() if m.name.startswith(BLOB_PREFIX))
+    data[first.offset_data + 10] ^= 1
+    chunks, out = _chunks(bytes(data)), io.BytesIO()
+    sink = BackupStream(out)
+    with pytest.raises(DataLoss, match=f"{first.name} has sha256 .* it was altered or damaged") as raised:
+        for chunk in chunks:
+            sink.write(chunk)
+    sink.abort()
+    # Found while the second blob (256 chunks) was still to come.
+    assert out.tell() < first.offset_data + first.size + (1 << 19)
+    assert "take it again" in str(raised.value)
+
+
+def test_a_backup_cut_short_is_data_loss_at_its_end(tmp_path: Path) -> None:
+    data, out = _archive(tmp_path), io.BytesIO()
+    sink = BackupStream(out)
+    for chunk in _chunks(data)[:100]:
+        sink.write(chunk)
+    with pytest.raises(DataLoss, match="truncated"):
+        sink.finish()
+
+
+def test_an_abandoned_stream_ends_its_check(tmp_path: Path) -> None:
+    sink = BackupStream(io.BytesIO())
+    sink.write(_archive(tmp_path)[:CHUNK])
+    sink.abort()
+    sink.abort()
