@@ -876,8 +876,9 @@ def python_path_stages(path: Path) -> dict[str, float]:
         "stats.record_batch": lambda: entry.stats.record_batch(5000, [(0, 6000, 1, False)]),
         # `future` is None only for a version yet to load (this one is loaded): no check for it
         # inside the timed stage.
+        # `started` is read only for a request the version refuses.
         "service.submit inline (route, validate, batcher, run, stats)": lambda: service.submit(
-            target, inputs, [], None, ""
+            target, inputs, [], None, "", started=0
         ).future.result(),  # type: ignore[union-attr]
         "prediction_to_proto (encode)": lambda: prediction_to_proto("", "tiny_mlp-off", 1, prediction),
         "serialise response": lambda: response.SerializeToString(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -25,7 +26,7 @@ from tesserad.api.convert_inference import (
 )
 from tesserad.api.convert_tensors import tensors_to_arrays
 from tesserad.api.streams import answer_stream
-from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound
+from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, TesseraError
 from tesserad.names import validate_name
 from tesserad.serving.predict import predict
 from tesserad.serving.service import InferenceService
@@ -40,10 +41,21 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         self._cluster = cluster
 
     async def _predict(self, request: pb.PredictRequest, deadline: float | None) -> pb.PredictResponse:
+        started = time.perf_counter_ns()
         target = target_from_proto(request.target)
-        inputs = tensors_to_arrays(request.inputs)
+        try:
+            inputs = tensors_to_arrays(request.inputs)
+        except TesseraError:
+            self._service.refused(target, started)
+            raise
         version, prediction = await predict(
-            self._service, target, inputs, request.output_names, deadline, request.request_id
+            self._service,
+            target,
+            inputs,
+            request.output_names,
+            deadline,
+            request.request_id,
+            started=started,
         )
         return prediction_to_proto(request.request_id, target.model, version, prediction)
 
@@ -54,10 +66,21 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     ) -> pb.PredictResponse:
         # _predict's steps in line, not awaited through it: each level of coroutine costs the
         # event loop's thread a frame on every request.
+        started = time.perf_counter_ns()
         target = target_from_proto(request.target)
-        inputs = tensors_to_arrays(request.inputs)
+        try:
+            inputs = tensors_to_arrays(request.inputs)
+        except TesseraError:
+            self._service.refused(target, started)
+            raise
         version, prediction = await predict(
-            self._service, target, inputs, request.output_names, deadline_of(context), request.request_id
+            self._service,
+            target,
+            inputs,
+            request.output_names,
+            deadline_of(context),
+            request.request_id,
+            started=started,
         )
         return prediction_to_proto(request.request_id, target.model, version, prediction)
 

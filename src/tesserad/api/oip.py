@@ -262,12 +262,16 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def _infer(self, request: pb.ModelInferRequest, deadline: float | None) -> pb.ModelInferResponse:
         started = time.perf_counter_ns()
         target = target_of(request.model_name, request.model_version)
-        timeout = timeout_of(parameters_of(request), KIND_NAMES) if request.parameters else None
-        inputs = oip_inputs_to_arrays(request)
-        output_names = oip_requested_outputs(request)
+        try:
+            timeout = timeout_of(parameters_of(request), KIND_NAMES) if request.parameters else None
+            inputs = oip_inputs_to_arrays(request)
+            output_names = oip_requested_outputs(request)
+        except TesseraError:
+            self._core.refused(target, started)
+            raise
         decoded = time.perf_counter_ns()
         version, prediction = await self._core.infer(
-            target, inputs, output_names, deadline, timeout, request.id
+            target, inputs, output_names, deadline, timeout, request.id, started
         )
         answered = time.perf_counter_ns()
         response = pb.ModelInferResponse(model_name=target.model, model_version=str(version), id=request.id)

@@ -257,11 +257,15 @@ class OipHttpServer(HttpListener):
         body = await request.read()
         started = time.perf_counter_ns()
         target = target_of(request.match_info["model"], request.match_info.get("version", ""))
-        parsed = infer_request(*split_body(body, request.headers.get(HEADER_LENGTH)))
-        timeout = timeout_of(parsed.parameters, KIND_NAMES) if parsed.parameters else None
+        try:
+            parsed = infer_request(*split_body(body, request.headers.get(HEADER_LENGTH)))
+            timeout = timeout_of(parsed.parameters, KIND_NAMES) if parsed.parameters else None
+        except errors.TesseraError:
+            self._core.refused(target, started)
+            raise
         decoded = time.perf_counter_ns()
         version, prediction = await self._core.infer(
-            target, parsed.inputs, parsed.output_names, None, timeout, parsed.id
+            target, parsed.inputs, parsed.output_names, None, timeout, parsed.id, started
         )
         answered = time.perf_counter_ns()
         answer, header_length = infer_response(target.model, version, parsed, prediction.outputs)

@@ -21,6 +21,9 @@
 - Deadline-aware: a request whose deadline has passed is answered DeadlineExceeded and never run.
 - Cancellation: cancelling a request's future removes it from the queue.
 - A failing batch is rerun request by request, so only the bad request gets the error.
+- Every request it fails, refuses or drops is counted a failure of its version once, with
+  Triton's reason (`FailureReason`): REJECTED (queue full, deadline passed, unloaded first),
+  CANCELED, BACKEND (the model's run failed).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import numpy as np
 
 from tesserad.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, TesseraError, Unavailable
 from tesserad.serving.runtimes import Runtime
-from tesserad.serving.stats import ServingStats
+from tesserad.serving.stats import FailureReason, ServingStats
 
 log = logging.getLogger(__name__)
 
@@ -369,6 +372,7 @@ class DynamicBatcher:
             )
             if not inline:
                 if len(self._queue) >= self._max_queue:
+                    self._failed(request, FailureReason.REJECTED)
                     raise ResourceExhausted(
                         f"{self.label} has {len(self._queue)} requests queued, its max_queue_size; "
                         "retry later, or load it with a larger max_queue_size or more instances"
@@ -460,18 +464,24 @@ class DynamicBatcher:
                 request.future.set_exception(
                     Unavailable(f"{self.label} was unloaded before this request ran; retry it")
                 )
+                self._failed(request, FailureReason.REJECTED)
+            else:
+                self._failed(request, FailureReason.CANCELED)
         for thread in self._threads:
             thread.join()
         for runtime in self._runtimes:
             runtime.close()
 
     def _forget_if_cancelled(self, future: Future[Prediction]) -> None:
+        """Take a cancelled request off the queue, and count it: whichever of this and `_gather`
+        takes it off (both hold the lock) counts it, so it counts once."""
         if not future.cancelled():
             return
         with self._lock:
             for request in self._queue:
                 if request.future is future:
                     self._queue.remove(request)
+                    self._failed(request, FailureReason.CANCELED)
                     self._wake_all_if_drained()
                     break
 
@@ -533,7 +543,9 @@ class DynamicBatcher:
                     request.future.set_exception(
                         DeadlineExceeded("the request's deadline passed while it was queued; it was not run")
                     )
-                    self._stats.record_failure(time.perf_counter_ns() - request.enqueued_ns, request.shadow)
+                    self._failed(request, FailureReason.REJECTED)
+                else:
+                    self._failed(request, FailureReason.CANCELED)
                 continue
             fits = not batch or (
                 self._batchable and request.shape_key == batch[0].shape_key and rows + request.rows <= limit
@@ -544,6 +556,7 @@ class DynamicBatcher:
                     break
                 continue
             if not request.future.set_running_or_notify_cancel():
+                self._failed(request, FailureReason.CANCELED)
                 continue
             batch.append(request)
             rows += request.rows
@@ -626,7 +639,11 @@ class DynamicBatcher:
         request.future.set_exception(
             error or InvalidArgument(f"{self.label} could not run this request: {_first_line(exc)}")
         )
-        self._stats.record_failure(time.perf_counter_ns() - request.enqueued_ns, request.shadow)
+        self._failed(request, FailureReason.BACKEND)
+
+    def _failed(self, request: _Request, reason: FailureReason) -> None:
+        """Count a request the batcher failed, its time from its queueing."""
+        self._stats.record_failure(time.perf_counter_ns() - request.enqueued_ns, request.shadow, reason)
 
 
 def _first_line(exc: Exception) -> str:

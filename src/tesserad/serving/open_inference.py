@@ -220,10 +220,12 @@ class OpenInference:
         deadline: float | None,
         timeout: float | None,
         request_id: str,
+        started: int,
     ) -> Coroutine[None, None, tuple[int, Prediction]]:
         """(version that served, prediction), to await. `timeout` (seconds) acts as a deadline
-        too: a request still queued when it passes is dropped before it runs. Returns predict's
-        coroutine itself: each level of await costs the event loop's thread a frame."""
+        too: a request still queued when it passes is dropped before it runs. `started`: the
+        request's arrival (perf_counter_ns). Returns predict's coroutine itself: each level of
+        await costs the event loop's thread a frame."""
         if timeout is not None:
             ends = time.monotonic() + timeout
             deadline = ends if deadline is None else min(deadline, ends)
@@ -235,9 +237,15 @@ class OpenInference:
             output_names,
             deadline,
             request_id,
+            started=started,
             within_max_batch=True,
             dtype_names=OIP_NAME_BY_DTYPE,
         )
+
+    def refused(self, target: Target, started: int) -> None:
+        """Count a request whose inputs or parameters a transport refused before `infer` as a
+        failure of the loaded version it was for (InferenceService.refused)."""
+        self._service.refused(target, started)
 
     def record_io(
         self,

@@ -34,13 +34,14 @@ async def predict(
     deadline: float | None,
     request_id: str,
     *,
+    started: int,
     within_max_batch: bool = False,
     dtype_names: Mapping[np.dtype, str] | None = None,
 ) -> tuple[int, Prediction]:
     """(version that served, prediction); loads the version first if needed and allowed.
 
-    `deadline` is a time.monotonic() instant, or None for none. `within_max_batch` and
-    `dtype_names`: see InferenceService.submit.
+    `deadline` is a time.monotonic() instant, or None for none. `started` (the request's arrival,
+    perf_counter_ns), `within_max_batch` and `dtype_names`: see InferenceService.submit.
     """
     if service.in_flight == 0 and service.may_hold(target.model):
         # Alone so far: yield once, so that the loop can begin the calls that arrived with this
@@ -64,6 +65,7 @@ async def predict(
                 output_names,
                 deadline,
                 request_id,
+                started=started,
                 hold=others,
                 within_max_batch=within_max_batch,
                 dtype_names=dtype_names,

@@ -40,6 +40,7 @@ from tesserad.serving.pool import (
 )
 from tesserad.serving.response_cache import VersionCache
 from tesserad.serving.signature import Signature, validate_request
+from tesserad.serving.stats import FailureReason
 
 log = logging.getLogger(__name__)
 
@@ -303,12 +304,15 @@ class InferenceService:
         deadline: float | None,
         request_id: str,
         *,
+        started: int,
         hold: bool = False,
         within_max_batch: bool = False,
         dtype_names: Mapping[np.dtype, str] | None = None,
     ) -> Submitted:
         """Route, validate and queue a request; `future` None means `version` must load first.
 
+        `started`: the request's arrival (perf_counter_ns); a request the version refuses counts
+        as its failure (OTHER) from then.
         `hold`: more requests are about to be submitted; a batching version queues this one
         without starting it, and the caller must call `entry.batcher.release()` (Submitted.held).
         `within_max_batch`: refuse a request of more rows than the version's max_batch_size (the
@@ -320,9 +324,13 @@ class InferenceService:
             entry = self.pool.get(target.model, version)
             if entry is None or entry.batcher is None or entry.signature is None:
                 return Submitted(version, None, None)
-            rows = validate_request(entry.signature, inputs, output_names, entry.label, dtype_names)
-            if within_max_batch and rows > entry.config.max_batch_size and entry.signature.batchable:
-                raise _over_max_batch(target.model, entry, rows)
+            try:
+                rows = validate_request(entry.signature, inputs, output_names, entry.label, dtype_names)
+                if within_max_batch and rows > entry.config.max_batch_size and entry.signature.batchable:
+                    raise _over_max_batch(target.model, entry, rows)
+            except TesseraError:
+                entry.stats.record_failure(time.perf_counter_ns() - started, False, FailureReason.OTHER)
+                raise
             cache = entry.cache
             if cache is not None:
                 key, lookup_ns, cached = cache.lookup(inputs, output_names)
@@ -349,6 +357,27 @@ class InferenceService:
         raise Unavailable(
             f"model {target.model!r} is being unloaded or swapped repeatedly; retry the request"
         )
+
+    def refused(self, target: Target, started: int) -> None:
+        """Count a request for `target` refused before it reached `submit` (its inputs or parameters
+        did not decode) as a failure (OTHER) of the loaded version it was for, from `started`
+        (perf_counter_ns). Without a version or alias that is the heaviest route of the model's
+        deployment (its split is not advanced), else `latest`. A model or version that does not
+        exist or is not loaded counts nothing, as in Triton."""
+        try:
+            if target.version is not None:
+                version = target.version
+            elif target.alias is not None:
+                version = self._alias_version(target.model, target.alias)
+            elif (router := self._router(target.model)) is not None:
+                version = max(router.plan.routes, key=lambda route: route[1])[0]
+            else:
+                version = self._alias_version(target.model, LATEST)
+        except TesseraError:
+            return
+        entry = self.pool.get(target.model, version)
+        if entry is not None:
+            entry.stats.record_failure(time.perf_counter_ns() - started, False, FailureReason.OTHER)
 
     def may_hold(self, model: str) -> bool:
         """Whether a request for `model` may be held for its burst (as its last request's version
@@ -548,7 +577,11 @@ class InferenceService:
             return
         started = time.perf_counter_ns()
         try:
-            rows = validate_request(entry.signature, inputs, (), entry.label)
+            try:
+                rows = validate_request(entry.signature, inputs, (), entry.label)
+            except TesseraError:
+                entry.stats.record_failure(time.perf_counter_ns() - started, True, FailureReason.OTHER)
+                raise
             # Never inline: the caller's answer must not wait for the shadow.
             shadow = entry.batcher.submit(inputs, (), rows, None, shadow=True, allow_inline=False)
         except (TesseraError, BatcherClosed) as exc:

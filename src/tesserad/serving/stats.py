@@ -16,6 +16,7 @@ request, caches cold; serve_bench's notes).
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 import threading
 import time
@@ -45,6 +46,22 @@ STAGES = ("queue", "compute", "total")
 # Pending requests' times are folded into the histograms once this many wait: each fold costs
 # tens of microseconds, whatever its size, on the thread that records the request that fills it.
 _FOLD_AT = 256
+
+
+class FailureReason(enum.IntEnum):
+    """Why a request for a loaded version failed: the `reason` label of Triton's
+    nv_inference_request_failure, with Triton's names."""
+
+    # Refused or dropped by the scheduler before it ran: its queue was full, its deadline or
+    # `timeout` passed while it was queued, or its version was unloaded first.
+    REJECTED = 0
+    # The caller went away (or its gRPC deadline passed) while it was queued.
+    CANCELED = 1
+    # The model's run failed.
+    BACKEND = 2
+    # The request itself was refused: inputs that do not decode or do not match the signature,
+    # parameters the protocol refuses, more rows than max_batch_size.
+    OTHER = 3
 
 
 class _PromHistogram:
@@ -218,7 +235,11 @@ class Totals:
     counters report them: GetStats's reset starts its snapshot's figures again, not these."""
 
     success: int = 0
-    failure: int = 0
+    # Failures, by FailureReason.
+    rejected: int = 0
+    canceled: int = 0
+    backend: int = 0
+    other: int = 0
     rows: int = 0
     executions: int = 0
     success_ns: int = 0
@@ -235,6 +256,18 @@ class Totals:
         return Totals(
             *(a + b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other), strict=True))
         )
+
+    @property
+    def failure(self) -> int:
+        return self.rejected + self.canceled + self.backend + self.other
+
+    def failures(self) -> dict[FailureReason, int]:
+        return {
+            FailureReason.REJECTED: self.rejected,
+            FailureReason.CANCELED: self.canceled,
+            FailureReason.BACKEND: self.backend,
+            FailureReason.OTHER: self.other,
+        }
 
 
 @dataclass
@@ -282,6 +315,8 @@ class ServingStats:
         self._total = LogHistogram()
         self._requests = 0
         self._errors = 0
+        # Failures by FailureReason (they add up to _errors).
+        self._failures = [0] * len(FailureReason)
         self._rows = 0
         self._shadows = 0
         self._batches: Counter[int] = Counter()
@@ -375,11 +410,14 @@ class ServingStats:
             self._cache_misses += 1
             self._cache_miss_ns += ns
 
-    def record_failure(self, total_ns: int, shadow: bool) -> None:
+    def record_failure(self, total_ns: int, shadow: bool, reason: FailureReason) -> None:
+        """A request that failed after `total_ns` (from its arrival, or its queueing when the batcher
+        failed it), as Triton counts it: once, whatever its rows, in count and time."""
         now_s = int(time.monotonic())
         with self.lock:
             self._requests += 1
             self._errors += 1
+            self._failures[reason] += 1
             self._shadows += shadow
             self._fail_ns += total_ns
             self._window.add(now_s)
@@ -433,7 +471,10 @@ class ServingStats:
         """`_carried` plus the figures since the last reset (called holding the lock)."""
         return self._carried + Totals(
             success=self._requests - self._errors,
-            failure=self._errors,
+            rejected=self._failures[FailureReason.REJECTED],
+            canceled=self._failures[FailureReason.CANCELED],
+            backend=self._failures[FailureReason.BACKEND],
+            other=self._failures[FailureReason.OTHER],
             rows=self._rows,
             executions=sum(self._batches.values()),
             success_ns=self._success_ns,

@@ -183,6 +183,11 @@ def test_full_queue_is_resource_exhausted_and_every_accepted_request_answered(in
     assert set(codes) == {"OK", "RESOURCE_EXHAUSTED"}, codes
     assert len(details) == 1 and "has 2 requests queued, its max_queue_size" in details.pop()
     assert codes["OK"] >= 3
+    # Each refused request is a failure of the version (Triton's REJECTED).
+    (stats,) = inference.GetStats(
+        inference_pb2.GetStatsRequest(target=common_pb2.VersionRef(model="slow"))
+    ).stats
+    assert (stats.request_count, stats.error_count) == (24, codes["RESOURCE_EXHAUSTED"])
 
 
 def _batch_rows(inference) -> set[int]:

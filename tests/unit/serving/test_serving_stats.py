@@ -7,7 +7,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from tesserad.serving.histogram import LogHistogram
-from tesserad.serving.stats import ServingMetrics, ServingStats
+from tesserad.serving.stats import FailureReason, ServingMetrics, ServingStats
 
 
 def _latency_lines(registry: CollectorRegistry) -> list[str]:
@@ -58,10 +58,19 @@ def test_totals_are_the_snapshots_figures_and_go_on_across_resets() -> None:
     stats = ServingStats("m", 1, None)
     stats.record_batch(40_000, [(1_000, 45_000, 2, False), (3_000, 47_000, 1, False)])
     stats.record_io(2_000, 500, 3)
-    stats.record_failure(9_000, False)
+    stats.record_failure(9_000, False, FailureReason.OTHER)
+    stats.record_failure(1_000, False, FailureReason.REJECTED)
+    stats.record_failure(4_000, True, FailureReason.OTHER)
     snapshot = stats.snapshot()
     totals = stats.totals()
-    assert (totals.success, totals.failure) == (snapshot.request_count - snapshot.error_count, 1)
+    assert (totals.success, totals.failure) == (snapshot.request_count - snapshot.error_count, 3)
+    assert (snapshot.error_count, snapshot.fail_ns, snapshot.shadow_count) == (3, 14_000, 1)
+    assert totals.failures() == {
+        FailureReason.REJECTED: 1,
+        FailureReason.CANCELED: 0,
+        FailureReason.BACKEND: 0,
+        FailureReason.OTHER: 2,
+    }
     assert (totals.rows, totals.executions) == (snapshot.row_count, snapshot.execution_count) == (3, 1)
     assert (totals.success_ns, totals.queue_ns, totals.compute_ns) == (92_000, 4_000, 80_000)
     assert (totals.input_ns, totals.output_ns) == (snapshot.input_ns, snapshot.output_ns) == (2_000, 500)
@@ -69,5 +78,7 @@ def test_totals_are_the_snapshots_figures_and_go_on_across_resets() -> None:
     assert stats.snapshot().request_count == 0
     assert stats.totals() == totals
     stats.record_batch(10_000, [(0, 10_000, 1, False)])
+    stats.record_failure(2_000, False, FailureReason.BACKEND)
     after = stats.totals()
     assert (after.success, after.rows, after.executions, after.success_ns) == (3, 4, 2, 102_000)
+    assert after.failures() == {**totals.failures(), FailureReason.BACKEND: 1}
