@@ -1,8 +1,8 @@
 """Triton's per-model inference metrics (`nv_inference_*`), so that dashboards, alerts and
 autoscalers built on Triton's /metrics work against tesserad unchanged.
 
-Names, types, units and labels (`model`, `version`) are Triton's: counts and cumulative
-microseconds as counters, the pending requests as a gauge. The figures are the ones the Open
+Names, types, units and labels (`model`, `version`, and `reason` on failures) are Triton's:
+counts and cumulative microseconds as counters, the pending requests as a gauge. The figures are the ones the Open
 Inference Protocol's ModelStatistics reports for the version (`ServingStats`), read when
 /metrics is scraped: nothing more is recorded per request. Unlike ModelStatistics they go on
 across GetStats resets (a counter never goes down); each starts at 0 when its version loads and
@@ -28,11 +28,6 @@ _COUNTERS: tuple[tuple[str, str, Callable[[Totals], int]], ...] = (
         "nv_inference_request_success",
         "Requests answered successfully (a request of several rows counts once)",
         lambda t: t.success,
-    ),
-    (
-        "nv_inference_request_failure",
-        "Requests that failed (a request of several rows counts once)",
-        lambda t: t.failure,
     ),
     ("nv_inference_count", "Inferences run: rows of the successful requests", lambda t: t.rows),
     ("nv_inference_exec_count", "Batches the model ran", lambda t: t.executions),
@@ -83,6 +78,13 @@ _CACHE_COUNTERS: tuple[tuple[str, str, Callable[[Totals], int]], ...] = (
         lambda t: t.cache_miss_ns // 1000,
     ),
 )
+# Labelled by reason as well, as newer Triton's: every reason of every version, 0 or not.
+_FAILURE = "nv_inference_request_failure"
+_FAILURE_HELP = (
+    "Requests that failed, by reason: REJECTED (queue full, timed out in the queue, unloaded "
+    "first), CANCELED (the caller went away), BACKEND (the model's run failed), OTHER (the "
+    "request refused: bad inputs or parameters); a request of several rows counts once"
+)
 _PENDING = "nv_inference_pending_request_count"
 _PENDING_HELP = "Requests queued for the model now, not yet running"
 
@@ -104,6 +106,16 @@ class TritonMetrics:
         lines: list[str] = []
         for name, help_text, value in _COUNTERS:
             lines += _family(name, help_text, "counter", [(labels, value(t)) for labels, t, _, _ in served])
+        lines += _family(
+            _FAILURE,
+            _FAILURE_HELP,
+            "counter",
+            [
+                (f'{labels},reason="{reason.name}"', count)
+                for labels, t, _, _ in served
+                for reason, count in t.failures().items()
+            ],
+        )
         lines += _family(
             _PENDING, _PENDING_HELP, "gauge", [(labels, pending) for labels, _, pending, _ in served]
         )

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.error
 import urllib.request
 
 import grpc
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from serving_models import linear_model, predict_request, reshape_model, upload
+from serving_models import linear_model, predict_request, reshape_model, slow_model, upload
 
 from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from tesserad.oip import grpc_service_pb2 as pb
@@ -42,6 +44,12 @@ def infer_request(model: str, x: np.ndarray, version: str) -> pb.ModelInferReque
     return request
 
 
+def failures(page: dict[str, float], model: str, version: str) -> dict[str, float]:
+    """nv_inference_request_failure of a version by its `reason` label."""
+    prefix = f'nv_inference_request_failure{{model="{model}",version="{version}",reason="'
+    return {name[len(prefix) : -len('"}')]: value for name, value in page.items() if name.startswith(prefix)}
+
+
 def settled_statistics(oip, model: str, version: str) -> pb.ModelStatistics:
     """ModelStatistics once two reads in a row agree (a request's answer-encoding time is
     recorded just after the client has its answer)."""
@@ -57,6 +65,14 @@ def test_triton_metrics_are_the_model_statistics_and_survive_a_reset(daemon, oip
         oip.ModelInfer(infer_request(linear, X, version="1"))
     for rows in (1, 5):
         inference.Predict(predict_request(linear, np.ones((rows, 4), np.float32), version=1))
+    # Refused by the version's signature: failures, as in Triton.
+    for refused in (
+        lambda: oip.ModelInfer(infer_request(linear, np.ones((2, 5), np.float32), version="1")),
+        lambda: inference.Predict(predict_request(linear, X.astype(np.float64), version=1)),
+    ):
+        with pytest.raises(grpc.RpcError) as err:
+            refused()
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     stats = settled_statistics(oip, linear, "1")
     content_type, text = scrape(daemon)
     assert stats == settled_statistics(oip, linear, "1")
@@ -85,9 +101,10 @@ def test_triton_metrics_are_the_model_statistics_and_survive_a_reset(daemon, oip
         if name.startswith("nv_") and name.endswith('{model="linear",version="1"}')
     }
     io = stats.inference_stats
+    assert failures(samples(text), linear, "1") == {"REJECTED": 0, "CANCELED": 0, "BACKEND": 0, "OTHER": 2}
+    assert io.fail.count == 2 and io.fail.ns > 0
     assert got == {
         "nv_inference_request_success": io.success.count,
-        "nv_inference_request_failure": io.fail.count,
         "nv_inference_count": stats.inference_count,
         "nv_inference_exec_count": stats.execution_count,
         "nv_inference_request_duration_us": io.success.ns // 1000,
@@ -104,8 +121,10 @@ def test_triton_metrics_are_the_model_statistics_and_survive_a_reset(daemon, oip
         inference_pb2.GetStatsRequest(target=common_pb2.VersionRef(model=linear, version=1), reset=True)
     )
     assert settled_statistics(oip, linear, "1").inference_stats.success.count == 0
+    assert settled_statistics(oip, linear, "1").inference_stats.fail.count == 0
     after = samples(scrape(daemon)[1])
     assert after['nv_inference_request_success{model="linear",version="1"}'] == 5
+    assert failures(after, linear, "1")["OTHER"] == 2
     # Version 2 was never loaded: Triton lists only loaded versions.
     assert not any('version="2"' in name for name in after if name.startswith("nv_"))
 
@@ -195,3 +214,130 @@ def test_cache_metrics_are_the_model_statistics_cache_figures(start_daemon, daem
     assert got["nv_cache_num_entries"] == 1
     assert got["tessera_response_cache_budget_bytes"] == budget
     assert 0 < got["tessera_response_cache_bytes"] == got["nv_cache_util"] * budget
+
+
+def http_infer(base: str, path: str, body: dict[str, object]) -> int:
+    """The HTTP status of an Open Inference Protocol infer request."""
+    request = urllib.request.Request(
+        f"{base}{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_refused_requests_are_failures_of_the_version_over_grpc_http_and_predict(start_daemon) -> None:
+    """Every request for a loaded version that fails counts in ModelStatistics' fail and in
+    nv_inference_request_failure, by reason; one for a model or version not loaded counts nowhere."""
+    daemon = start_daemon(**{"serving.oip_http_listen": "127.0.0.1:0"})
+    channel = daemon.channel()
+    oip = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    upload(channel, "linear", linear_model(1.0))
+    upload(channel, "linear", linear_model(2.0))
+    upload(channel, "one-row", reshape_model([1, 4]))  # a run of more than one row fails
+    oip.ModelInfer(infer_request("linear", X, version="1"))
+    oip.ModelInfer(infer_request("one-row", X[:1], version="1"))
+
+    wrong_dtype = infer_request("linear", X.astype(np.float64), version="1")
+    wrong_dtype.inputs[0].datatype = "FP64"
+    unknown_input = infer_request("linear", X, version="1")
+    unknown_input.inputs[0].name = "z"
+    short_payload = infer_request("linear", X, version="1")
+    short_payload.raw_input_contents[0] = X.tobytes()[:-4]
+    short_for_version_2 = infer_request("linear", X, version="2")  # exists, not loaded
+    short_for_version_2.raw_input_contents[0] = X.tobytes()[:-4]
+    short_predict = predict_request("linear", X, version=1)
+    short_predict.inputs[0].data = short_predict.inputs[0].data[:-4]
+    refused = [
+        (lambda r=r: oip.ModelInfer(r), grpc.StatusCode.INVALID_ARGUMENT)
+        for r in (
+            infer_request("linear", np.ones((2, 5), np.float32), version="1"),  # wrong shape
+            wrong_dtype,
+            unknown_input,
+            pb.ModelInferRequest(model_name="linear", model_version="1"),  # no input
+            short_payload,
+            short_for_version_2,
+        )
+    ] + [
+        (lambda: inference.Predict(predict_request("linear", np.ones((1, 5), np.float32), version=1)),
+         grpc.StatusCode.INVALID_ARGUMENT),
+        (lambda: inference.Predict(short_predict), grpc.StatusCode.INVALID_ARGUMENT),
+        (lambda: oip.ModelInfer(infer_request("missing", X, version="1")), grpc.StatusCode.NOT_FOUND),
+        (lambda: oip.ModelInfer(infer_request("one-row", X, version="1")), grpc.StatusCode.INVALID_ARGUMENT),
+    ]  # fmt: skip
+    for call, code in refused:
+        with pytest.raises(grpc.RpcError) as err:
+            call()
+        assert err.value.code() == code, err.value.details()
+    base = f"http://127.0.0.1:{daemon.daemon.oip_http_port}"
+    x = {"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [0, 1, 2, 3]}
+    for body in (
+        {"inputs": [{**x, "data": [0, 1, 2]}]},  # fewer values than its shape
+        {"inputs": [{**x, "datatype": "INT32"}]},
+        {"inputs": [{**x, "name": "z"}]},
+        {"inputs": []},
+    ):
+        assert http_infer(base, "/v2/models/linear/versions/1/infer", body) == 400
+    assert http_infer(base, "/v2/models/missing/infer", {"inputs": [x]}) == 404
+
+    page = samples(scrape(daemon)[1])
+    for model, reasons in (
+        ("linear", {"REJECTED": 0, "CANCELED": 0, "BACKEND": 0, "OTHER": 11}),
+        ("one-row", {"REJECTED": 0, "CANCELED": 0, "BACKEND": 1, "OTHER": 0}),
+    ):
+        (stats,) = oip.ModelStatistics(pb.ModelStatisticsRequest(name=model, version="1")).model_stats
+        fail = stats.inference_stats.fail
+        assert failures(page, model, "1") == reasons
+        assert fail.count == sum(reasons.values()) and fail.ns > 0
+        assert stats.inference_stats.success.count == 1
+        (native,) = inference.GetStats(
+            inference_pb2.GetStatsRequest(target=common_pb2.VersionRef(model=model, version=1))
+        ).stats
+        assert (native.request_count, native.error_count) == (1 + fail.count, fail.count)
+    # Version 2 was never loaded: its refused request counted nowhere.
+    assert not any('version="2"' in name or "missing" in name for name in page if name.startswith("nv_"))
+
+
+def test_requests_dropped_from_the_queue_are_rejected_or_canceled(daemon, oip, inference, channel) -> None:
+    upload(channel, "slow", slow_model())
+    inference.LoadModel(
+        inference_pb2.LoadModelRequest(
+            target=common_pb2.VersionRef(model="slow"),
+            config=inference_pb2.ServingConfig(max_batch_size=2048, instances=1),
+        )
+    )
+    rows = np.ones((2048, 384), np.float32)
+    # Full batches (~60 ms each on an idle dev box) on the one instance keep the two requests
+    # below queued: one whose caller goes away (CANCELED), one past its `timeout` (REJECTED, as by
+    # Triton's queue policy).
+    blockers = [oip.ModelInfer.future(infer_request("slow", rows, version="1")) for _ in range(6)]
+    time.sleep(0.05)
+    cancelled = oip.ModelInfer.future(infer_request("slow", rows[:5], version="1"))
+    request = infer_request("slow", rows[:3], version="1")
+    request.parameters["timeout"].int64_param = 1
+    timed_out = oip.ModelInfer.future(request)
+    # All 8 have arrived once those queued and those answered make 7 (one runs) twice in a row
+    # (between two batches, for an instant, 7 of them can make 7 too).
+    labels = '{model="slow",version="1"}'
+    reads, waited = 0, time.monotonic() + 30
+    while reads < 2:
+        assert time.monotonic() < waited, "the requests never all arrived"
+        page = samples(scrape(daemon)[1])
+        arrived = (
+            page[f"nv_inference_pending_request_count{labels}"]
+            + page[f"nv_inference_request_success{labels}"]
+        )
+        reads = reads + 1 if arrived >= 7 else 0
+    cancelled.cancel()
+    assert timed_out.exception(60).code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    for blocker in blockers:
+        blocker.result(60)
+    oip.ModelInfer(infer_request("slow", rows[:1], version="1"))
+    stats = settled_statistics(oip, "slow", "1")
+    assert {b.batch_size for b in stats.batch_stats} == {2048, 1}
+    assert (stats.inference_stats.success.count, stats.inference_stats.fail.count) == (7, 2)
+    page = samples(scrape(daemon)[1])
+    assert failures(page, "slow", "1") == {"REJECTED": 1, "CANCELED": 1, "BACKEND": 0, "OTHER": 0}
