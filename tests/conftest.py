@@ -130,10 +130,11 @@ class DaemonProcess:
     its default port would make parallel daemons collide.
     """
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
         self.args = [sys.executable, "-m", "tesserad", "serve", "--log-format", "json", *args]
         self.process = subprocess.Popen(
             self.args,
+            cwd=cwd,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -194,8 +195,8 @@ class DaemonProcess:
 def spawn_daemon() -> Iterator[Any]:
     started: list[DaemonProcess] = []
 
-    def spawn(*args: str, env: dict[str, str] | None = None) -> DaemonProcess:
-        process = DaemonProcess(list(args), env)
+    def spawn(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> DaemonProcess:
+        process = DaemonProcess(list(args), env, cwd)
         started.append(process)
         return process
 

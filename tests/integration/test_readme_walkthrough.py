@@ -91,8 +91,11 @@ def test_shell_blocks_are_read_from_the_section_only() -> None:
 def test_readme_walkthrough_runs_top_to_bottom(spawn_daemon, tmp_path: Path) -> None:
     blocks = shell_blocks(README.read_text(encoding="utf-8"), SECTION)
     assert blocks, f"README.md has no shell blocks under {SECTION!r}"
+    # As `make run` starts it: the data directory relative to the daemon's working directory.
+    daemon_cwd = tmp_path / "daemon"
+    daemon_cwd.mkdir()
     daemon = spawn_daemon(
-        "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(tmp_path / "data")
+        "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", "./var", cwd=daemon_cwd
     )
     target = daemon.wait_serving()
     workdir = tmp_path / "walkthrough"
@@ -110,6 +113,7 @@ def test_readme_walkthrough_runs_top_to_bottom(spawn_daemon, tmp_path: Path) -> 
             f"the walkthrough so far:\n{transcript(steps)}"
         )
 
+    assert (daemon_cwd / "var" / "store").is_dir(), "the daemon did not keep its data in ./var"
     assert "7/7" in output_of(steps, "tessera demo")
     assert {"clips.npz", "batch.npz", "spec.toml"} <= {p.name for p in workdir.iterdir()}
     assert "stored clips:1" in output_of(steps, "tessera datasets push clips")
