@@ -551,7 +551,8 @@ class Daemon:
             sys.setswitchinterval(settings.serving.switch_interval_us / 1e6)
         self.inference = inference_over(followed, settings.serving, self.metrics.registry, calls)
         self._export_triton_metrics()
-        oip = OpenInference(self.inference, self._stopping)
+        caught_up = asyncio.Event()
+        oip = OpenInference(self.inference, self._stopping, caught_up)
         _register(
             inference_pb2_grpc.add_InferenceServicer_to_server, InferenceServicer(self.inference), routes
         )
@@ -577,6 +578,10 @@ class Daemon:
         health_servicer = self._health
 
         async def set_ready(ready: bool) -> None:
+            if ready:
+                caught_up.set()
+            else:
+                caught_up.clear()
             status = (
                 health_pb2.HealthCheckResponse.SERVING
                 if ready

@@ -178,12 +178,20 @@ class IndexRow:
 class OpenInference:
     """The protocol's operations over the inference service, for every transport."""
 
-    def __init__(self, service: InferenceService, stopping: asyncio.Event) -> None:
+    def __init__(
+        self, service: InferenceService, stopping: asyncio.Event, caught_up: asyncio.Event | None = None
+    ) -> None:
+        """`caught_up`: a replica's, set while gRPC health says SERVING (it has caught up with its
+        primary and loaded what the deployments route to); None on a primary."""
         self._service = service
         self._stopping = stopping
+        self._caught_up = caught_up
 
     def server_ready(self) -> bool:
-        # Built only once the registry is open; shutting down is not ready.
+        # Built only once the registry is open; shutting down is not ready, nor is a replica
+        # that gRPC health reports NOT_SERVING (probes ask either).
+        if self._caught_up is not None and not self._caught_up.is_set():
+            return False
         return not self._stopping.is_set()
 
     async def model_ready(self, name: str, version: str) -> bool:

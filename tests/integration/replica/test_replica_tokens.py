@@ -5,6 +5,8 @@ back to it when it gathers cluster statistics."""
 from __future__ import annotations
 
 import time
+import urllib.error
+import urllib.request
 from concurrent import futures
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving_models import linear_model, predict_request, upload
 
 from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc
+from tesserad.oip import grpc_service_pb2, grpc_service_pb2_grpc
 from tesserad.security import Role, hash_token, new_token
 from tesserad.security.tokens import format_entry
 from tests.conftest import InProcessDaemon, daemon_settings
@@ -65,6 +68,8 @@ def test_a_replica_follows_with_its_token_and_serves_token_holders(
         ).start()
         channel = replica.channel()
         wait_for(health_pb2.HealthCheckResponse.SERVING, channel)
+        oip = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        assert oip.ServerReady(grpc_service_pb2.ServerReadyRequest(), timeout=10).ready
         inference = inference_pb2_grpc.InferenceStub(channel)
         x = np.ones((1, 4), dtype=np.float32)
         with pytest.raises(grpc.RpcError) as refused:
@@ -104,6 +109,42 @@ def test_a_replica_without_a_token_is_never_ready(tmp_path: Path, tokens: dict[R
                 == health_pb2.HealthCheckResponse.NOT_SERVING
             )
             time.sleep(0.1)
+    finally:
+        if replica is not None:
+            replica.stop()
+        primary.stop()
+
+
+def test_a_replica_not_caught_up_is_not_ready_over_the_open_inference_protocol(
+    tmp_path: Path, tokens: dict[Role, str]
+) -> None:
+    """Triton's clients and KServe's probes ask ServerReady (gRPC) or /v2/health/ready (HTTP):
+    they must see what gRPC health says, or a new replica takes traffic it cannot answer."""
+    primary = InProcessDaemon(
+        daemon_settings(tmp_path / "primary", **{"security.tokens_file": str(tmp_path / "tokens.toml")})
+    ).start()
+    replica = None
+    try:
+        replica = InProcessDaemon(
+            daemon_settings(
+                tmp_path / "replica",
+                **{"replica.primary": primary.target, "serving.oip_http_listen": "127.0.0.1:0"},
+            )
+        ).start()
+        channel = replica.channel()
+        oip = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        base = f"http://127.0.0.1:{replica.daemon.oip_http_port}"
+        assert (
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="")).status
+            == health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        assert not oip.ServerReady(grpc_service_pb2.ServerReadyRequest(), timeout=10).ready
+        assert oip.ServerLive(grpc_service_pb2.ServerLiveRequest(), timeout=10).live
+        with pytest.raises(urllib.error.HTTPError) as not_ready:
+            urllib.request.urlopen(f"{base}/v2/health/ready", timeout=10)
+        assert not_ready.value.code == 503
+        with urllib.request.urlopen(f"{base}/v2/health/live", timeout=10) as live:
+            assert live.status == 200
     finally:
         if replica is not None:
             replica.stop()
