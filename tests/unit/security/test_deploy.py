@@ -9,13 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from tesserad.config import Settings, load_settings
+from tesserad.config import Address, Settings, load_settings
 
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
 DATA_DIR = "/var/lib/tesserad"
 GRPC_PORT = 50051
 METRICS_PORT = 9464
 HTTP_PORT = 8080
+# The Open Inference Protocol over HTTP (serving.oip_http_listen), on Triton's port.
+OIP_HTTP_PORT = 8000
+READY_PATH = "/v2/health/ready"
 
 
 def settings_from_toml(text: str, tmp_path: Path) -> Settings:
@@ -40,11 +43,12 @@ def test_dockerfiles_run_non_root_with_a_grpc_health_check(name):
     runtime = text.rsplit("\nFROM ", 1)[1]
     assert re.search(r"^USER 10001:10001$", runtime, re.MULTILINE)
     assert f'VOLUME ["{DATA_DIR}"]' in runtime
-    assert f"EXPOSE {GRPC_PORT} {METRICS_PORT} {HTTP_PORT}" in runtime
+    assert f"EXPOSE {GRPC_PORT} {METRICS_PORT} {HTTP_PORT} {OIP_HTTP_PORT}" in runtime
     assert f'"tesserad.tools.healthcheck", "--address", "127.0.0.1:{GRPC_PORT}"' in runtime
     settings = env_settings(dockerfile_env(runtime))
     assert settings.listen.port == GRPC_PORT and settings.metrics_listen.port == METRICS_PORT
     assert settings.http_listen is not None and settings.http_listen.port == HTTP_PORT
+    assert settings.serving.oip_http_listen == Address("0.0.0.0", OIP_HTTP_PORT)
     assert str(settings.data_dir) == DATA_DIR
     # Listening on 0.0.0.0 needs authentication; the image turns tokens on.
     assert not settings.listen.is_loopback and settings.security.tokens_file is not None
@@ -75,6 +79,9 @@ def test_systemd_unit_is_hardened_and_waits_for_the_drain(tmp_path):
     assert int(service["TimeoutStopSec"]) > settings.grace_period_s
     assert settings.security.tokens_file == Path("/etc/tesserad/tokens.toml")
     assert settings.http_listen is not None and settings.http_listen.is_loopback
+    # Triton's clients reach it where they reach gRPC, with the same tokens.
+    oip_http = settings.serving.oip_http_listen
+    assert oip_http is not None and (oip_http.host, oip_http.port) == (settings.listen.host, OIP_HTTP_PORT)
 
 
 def load_all(path: Path) -> list[dict]:
@@ -96,10 +103,11 @@ def test_compose_runs_the_daemon_and_prometheus_scrapes_its_metrics_port():
     assert daemon["build"]["dockerfile"] == "deploy/docker/Dockerfile"
     assert (DEPLOY / daemon["build"]["context"] / daemon["build"]["dockerfile"]).is_file()
     settings = env_settings(daemon["environment"])
-    assert settings.http_listen is not None
+    assert settings.http_listen is not None and settings.serving.oip_http_listen is not None
     assert daemon["ports"] == [
-        f"127.0.0.1:{settings.listen.port}:{GRPC_PORT}",
-        f"127.0.0.1:{settings.http_listen.port}:{HTTP_PORT}",
+        f"127.0.0.1:{GRPC_PORT}:{settings.listen.port}",
+        f"127.0.0.1:{HTTP_PORT}:{settings.http_listen.port}",
+        f"127.0.0.1:{OIP_HTTP_PORT}:{settings.serving.oip_http_listen.port}",
     ]
     assert f"tesserad-data:{settings.data_dir}" in daemon["volumes"]
     assert int(daemon["stop_grace_period"].rstrip("s")) > settings.grace_period_s
@@ -126,15 +134,17 @@ def test_k8s_statefulset_probes_ports_volumes_and_settings_agree(tmp_path):
     settings = settings_from_toml(objects["ConfigMap/tesserad-config"]["data"]["tesserad.toml"], tmp_path)
 
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert settings.http_listen is not None
+    assert settings.http_listen is not None and settings.serving.oip_http_listen is not None
     assert ports == {
         "grpc": settings.listen.port,
         "metrics": settings.metrics_listen.port,
         "http": settings.http_listen.port,
+        "oip-http": settings.serving.oip_http_listen.port,
     }
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+    for probe in ("startupProbe", "livenessProbe"):
         assert container[probe]["grpc"]["port"] == settings.listen.port, probe
-    assert container["readinessProbe"]["grpc"]["service"] == "tessera.v1.Inference"
+    # Readiness gates both listeners' traffic; /v2/health/ready follows gRPC health.
+    assert container["readinessProbe"]["httpGet"] == {"path": READY_PATH, "port": "oip-http"}
     # Probes carry no token: health must stay open while tokens are on.
     assert settings.security.tokens_file is not None and settings.security.health_open
 
@@ -163,6 +173,7 @@ def test_k8s_service_targets_the_pod_ports():
         ("grpc", GRPC_PORT, "grpc"),
         ("metrics", METRICS_PORT, "metrics"),
         ("http", HTTP_PORT, "http"),
+        ("oip-http", OIP_HTTP_PORT, "oip-http"),
     }
     assert objects["StatefulSet/tesserad"]["spec"]["serviceName"] == "tesserad-headless"
     assert "Service/tesserad-headless" in objects
@@ -188,10 +199,15 @@ def test_k8s_replicas_follow_the_primary_behind_a_headless_service_and_an_autosc
     )
     assert settings.security.tokens_file is not None and settings.security.health_open
     assert mounts["cache"] == str(settings.data_dir)
-    assert container["readinessProbe"]["grpc"] == {
-        "port": settings.listen.port,
-        "service": "tessera.v1.Inference",
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert settings.serving.oip_http_listen is not None
+    assert ports == {
+        "grpc": settings.listen.port,
+        "metrics": settings.metrics_listen.port,
+        "oip-http": settings.serving.oip_http_listen.port,
     }
+    # Not ready (503) until caught up with the primary, as gRPC health.
+    assert container["readinessProbe"]["httpGet"] == {"path": READY_PATH, "port": "oip-http"}
 
     # Replica pods are not selected by the primary's Services, and only by the replicas' one.
     labels = deployment["spec"]["template"]["metadata"]["labels"]
@@ -200,6 +216,10 @@ def test_k8s_replicas_follow_the_primary_behind_a_headless_service_and_an_autosc
     service = objects["Service/tesserad-replica"]
     assert service["spec"]["clusterIP"] == "None"
     assert service["spec"]["selector"].items() <= labels.items()
+    assert {(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
+        ("grpc", GRPC_PORT, "grpc"),
+        ("oip-http", OIP_HTTP_PORT, "oip-http"),
+    }
 
     hpa = objects["HorizontalPodAutoscaler/tesserad-replica"]
     assert hpa["spec"]["scaleTargetRef"] == {
@@ -220,6 +240,8 @@ def test_ray_compose_points_the_daemon_at_its_ray_head_and_the_workers_back_at_t
     daemon = services["tesserad"]
     settings = env_settings(daemon["environment"])
     assert settings.training.backend == "ray"
+    assert settings.serving.oip_http_listen is not None
+    assert f"127.0.0.1:{OIP_HTTP_PORT}:{settings.serving.oip_http_listen.port}" in daemon["ports"]
     head = services["ray-head"]["command"]
     assert "--head" in head and settings.training.ray_address == "ray-head:" + next(
         a.split("=")[1] for a in head if a.startswith("--port=")
