@@ -143,3 +143,17 @@ def test_a_reader_gone_from_a_followed_job_ends_quietly(daemon, client, table_da
             os.close(write_end)
         assert result.returncode == EXIT_OUTPUT_CLOSED, result.stderr
         assert result.stderr == b""
+
+
+def test_a_file_that_cannot_be_read_or_written_is_named_with_the_reason_alone(tessera_cli, tmp_path):
+    """Python's `[Errno 2] No such file or directory: 'x'` read as a traceback's last line: the
+    message is the file, then why, as `cat` and `cp` say it."""
+    missing = tmp_path / "clips.npz"
+    pushed = tessera_cli("datasets", "push", "clips", str(missing))
+    assert pushed.code == EXIT_FAILED
+    assert pushed.err == f"tessera: {missing}: No such file or directory\n"
+    spec = tessera_cli("train", "spec.toml")
+    assert spec.err == "tessera: spec.toml: No such file or directory\n"
+    backup = tessera_cli("admin", "backup", "-o", str(tmp_path / "absent" / "backup.tar"))
+    assert backup.code == EXIT_FAILED and "Errno" not in backup.err, backup.err
+    assert backup.err.startswith(f"tessera: {tmp_path / 'absent' / 'backup.tar'}: "), backup.err

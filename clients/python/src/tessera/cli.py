@@ -2008,7 +2008,9 @@ def run(args: argparse.Namespace, out: Output) -> int:
         return _fail(EXIT_DAEMON, f"tessera: {err.code}: {in_cli_words(err.message)}{hint}")
     except JobFailed as err:
         return _fail(EXIT_FAILED, f"tessera: {in_cli_words(str(err))}")
-    except (ValueError, OSError) as err:
+    except OSError as err:
+        return _fail(EXIT_FAILED, f"tessera: {_os_error_words(err)}")
+    except ValueError as err:
         return _fail(EXIT_FAILED, f"tessera: {err}")
     except KeyboardInterrupt as err:
         return _fail(EXIT_INTERRUPTED, f"tessera: {str(err) or 'interrupted'}")
@@ -2016,6 +2018,14 @@ def run(args: argparse.Namespace, out: Output) -> int:
         # A bug in the CLI itself: still one line, with enough to report it.
         return _fail(EXIT_FAILED, f"tessera: unexpected {type(err).__name__}: {err}; please report this")
     return 0
+
+
+def _os_error_words(err: OSError) -> str:
+    """`FILE: reason`, as cat and cp say it, for an error about a file; else the error's text
+    (Python's `[Errno 2] ...: 'FILE'` reads as a crash's last line)."""
+    if err.filename is None or not err.strerror:
+        return str(err)
+    return f"{err.filename}: {err.strerror}"
 
 
 def _fail(status: int, message: str) -> int:
