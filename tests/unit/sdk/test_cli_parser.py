@@ -114,3 +114,24 @@ def test_an_occlusion_window_past_int32_is_refused_by_name(capsys):
         f"argument --window: must be sizes separated by commas, each 0..{INT32_MAX}"
         in capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "prog", "names"),
+    [
+        ((), "tessera", ("info", "models", "datasets", "train", "demo")),
+        (("models",), "tessera models", ("ls", "show", "push", "versions", "deploy", "rollback")),
+        (("runs", "artifacts"), "tessera runs artifacts", ("ls", "put", "get")),
+        (("export",), "tessera export", ("onnx",)),
+    ],
+)
+def test_a_missing_command_is_refused_naming_the_ones_there_are(capsys, args, prog, names):
+    """argparse said only "the following arguments are required: SUBCOMMAND"."""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(list(args))
+    assert exited.value.code == EXIT_USAGE
+    err = capsys.readouterr().err
+    listed = err.split(f"{prog}: error: ", 1)[1]
+    assert all(f" {name}," in listed or f" {name} " in listed for name in names), err
+    assert " list," not in listed, err  # an alias of ls, not a command of its own
+    assert f"`{prog} --help` says what each does" in listed, err

@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, NoReturn, TextIO, TypeVar
 
 import numpy as np
 from rich.cells import cell_len
@@ -1409,8 +1409,25 @@ def add_view(sub: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+class CommandParser(argparse.ArgumentParser):
+    """argparse's parser, saying which commands there are when one is missing (argparse says
+    only "the following arguments are required: SUBCOMMAND")."""
+
+    def error(self, message: str) -> NoReturn:
+        for action in self._actions:
+            if (
+                isinstance(action, argparse._SubParsersAction)
+                and isinstance(action.metavar, str)
+                and message == f"the following arguments are required: {action.metavar}"
+            ):
+                # The help entries: one per command, its aliases (`list` for `ls`) left out.
+                names = ", ".join(choice.dest for choice in action._get_subactions())
+                message = f"a {action.metavar.lower()} is needed: {names} (`{self.prog} --help` says what each does)"
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = CommandParser(
         prog="tessera",
         description="Talk to a running tesserad.",
         epilog=EXIT_STATUS_HELP,
