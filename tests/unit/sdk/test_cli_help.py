@@ -36,3 +36,15 @@ def test_every_command_has_a_description_and_every_option_a_help():
     ]
     assert not undescribed, f"commands without a description: {undescribed}"
     assert not unexplained, f"options without a help text: {unexplained}"
+
+
+def test_every_positional_argument_says_what_it_takes():
+    """`model`, `ref` or `job_id` alone in the usage line left open what to write (a name or a
+    version? NAME:VERSION? where to find an id?)."""
+    unexplained = [
+        f"{' '.join(path)} {action.metavar or action.dest}"
+        for path, parser in commands(build_parser())
+        for action in parser._actions
+        if not action.option_strings and not action.help
+    ]
+    assert not unexplained, f"positional arguments without a help text: {unexplained}"

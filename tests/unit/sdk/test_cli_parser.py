@@ -20,7 +20,7 @@ from tesserad.registry.ensembles import parse_ensemble_spec
         (("datasets", "push", "t", "t.npz", "--split", "train=most"), "--split"),
         (("models", "ensemble", "e", "a:1", "b:1", "--weights", "2,x"), "--weights"),
         (("models", "show", "affine", "--version", str(2**64)), "--version"),
-        (("datasets", "show", "t:x"), "ref"),
+        (("datasets", "show", "t:x"), "NAME[:VERSION]"),
         (("jobs", "ls", "--state", "done"), "--state"),
         (("runs", "ls", "--status", "done"), "--status"),
         (("runs", "ls", "--tag", "team"), "--tag"),

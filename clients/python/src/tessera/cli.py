@@ -1426,6 +1426,13 @@ class CommandParser(argparse.ArgumentParser):
         super().error(message)
 
 
+MODEL_HELP = "the model's name (`tessera models ls` lists them)"
+DATASET_HELP = "NAME:VERSION, or NAME for its newest version"
+JOB_HELP = "the job's id (`tessera jobs ls` lists them)"
+RUN_HELP = "the run's id (`tessera runs ls` lists them)"
+EXPERIMENT_HELP = "the experiment's name (`tessera experiments ls` lists them)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = CommandParser(
         prog="tessera",
@@ -1475,12 +1482,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--prefix", default="", help="only models whose name starts with this"
     )
     sub = command(models, "show", cmd_models_show, "a model version's details")
-    sub.add_argument("model")
+    sub.add_argument("model", help=MODEL_HELP)
     sub.add_argument("--version", type=version_or_alias, help="number or alias (default latest)")
     sub = command(
         models, "push", cmd_models_push, "register an ONNX file, or safetensors weights with --spec"
     )
-    sub.add_argument("model")
+    sub.add_argument("model", help="the model to add a version to (made with its first version)")
     sub.add_argument("file", help="model.onnx or weights.safetensors")
     sub.add_argument(
         "--format",
@@ -1490,15 +1497,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--spec", help="TOML with the [architecture] that built safetensors weights")
     sub.add_argument("--alias", help="move this alias to the new version")
     sub.add_argument("--description", default="", help="free text stored with the version")
-    command(models, "versions", cmd_models_versions, "a model's versions, newest first").add_argument("model")
+    command(models, "versions", cmd_models_versions, "a model's versions, newest first").add_argument(
+        "model", help=MODEL_HELP
+    )
     sub = command(
         models,
         "ensemble",
         cmd_models_ensemble,
         "register an ensemble of versions (MEMBER is MODEL:VERSION) as the model's next version",
     )
-    sub.add_argument("model")
-    sub.add_argument("members", nargs="+", type=member, metavar="MEMBER")
+    sub.add_argument("model", help="the model the ensemble is the next version of (made with it)")
+    sub.add_argument(
+        "members",
+        nargs="+",
+        type=member,
+        metavar="MEMBER",
+        help="a member version, MODEL:VERSION (its number), e.g. clf:3",
+    )
     sub.add_argument(
         "--combine",
         choices=COMBINES,
@@ -1523,14 +1538,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--alias", help="move this alias to the new version")
     sub.add_argument("--description", default="", help="free text stored with the version")
     sub = command(models, "alias", cmd_models_alias, "point an alias at a version")
-    sub.add_argument("model")
-    sub.add_argument("alias")
-    sub.add_argument("version", type=whole())
+    sub.add_argument("model", help=MODEL_HELP)
+    sub.add_argument("alias", help="the alias's name, e.g. production (latest is kept by the daemon)")
+    sub.add_argument("version", type=whole(), help="the version number it points at")
     sub = command(
         models, "deploy", cmd_models_deploy, "route traffic: ROUTE is VERSION=PERCENT or ALIAS=PERCENT"
     )
-    sub.add_argument("model")
-    sub.add_argument("routes", nargs="+", type=route, metavar="ROUTE")
+    sub.add_argument("model", help=MODEL_HELP)
+    sub.add_argument(
+        "routes",
+        nargs="+",
+        type=route,
+        metavar="ROUTE",
+        help="VERSION=PERCENT or ALIAS=PERCENT, e.g. 3=90 staging=10",
+    )
     sub.add_argument("--shadow", type=version_or_alias, help="version or alias that gets a copy of requests")
     sub.add_argument(
         "--shadow-percent",
@@ -1544,9 +1565,9 @@ def build_parser() -> argparse.ArgumentParser:
         "rollback",
         cmd_models_rollback,
         "restore the previous deployment (none before the first: requests then go to the latest version)",
-    ).add_argument("model")
+    ).add_argument("model", help=MODEL_HELP)
     sub = command(models, "compare", cmd_models_compare, "differences between two versions")
-    sub.add_argument("model")
+    sub.add_argument("model", help=MODEL_HELP)
     sub.add_argument("a", type=version_or_alias, help="version number or alias")
     sub.add_argument("b", type=version_or_alias, help="version number or alias")
     sub = command(
@@ -1567,16 +1588,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--follow", action="store_true", help="go on printing new changes as they come (Ctrl-C to stop)"
     )
     sub = command(models, "download", cmd_models_download, "write a version's artifact to a file (verified)")
-    sub.add_argument("model")
-    sub.add_argument("path")
+    sub.add_argument("model", help=MODEL_HELP)
+    sub.add_argument("path", help="the file to write")
     sub.add_argument("--version", type=version_or_alias, help="number or alias (default latest)")
 
     datasets = commands.add_parser("datasets", help="datasets").add_subparsers(
         dest="subcommand", required=True, metavar="SUBCOMMAND"
     )
     sub = command(datasets, "push", cmd_datasets_push, "upload a .npz or .npy file as a new version")
-    sub.add_argument("name")
-    sub.add_argument("file")
+    sub.add_argument("name", help="the dataset's name (a new version of it when it exists)")
+    sub.add_argument("file", help=".npz (its arrays by name) or .npy (one array, see --array-name)")
     sub.add_argument(
         "--split",
         action="append",
@@ -1599,11 +1620,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--prefix", default="", help="only datasets whose name starts with this"
     )
     command(datasets, "versions", cmd_datasets_versions, "a dataset's versions, newest first").add_argument(
-        "name"
+        "name", help="the dataset's name (`tessera datasets ls` lists them)"
     )
     command(
         datasets, "show", cmd_datasets_show, "arrays, statistics and splits of NAME[:VERSION]"
-    ).add_argument("ref", type=dataset)
+    ).add_argument("ref", type=dataset, metavar="NAME[:VERSION]", help=DATASET_HELP)
     sub = command(
         datasets,
         "rm",
@@ -1611,7 +1632,12 @@ def build_parser() -> argparse.ArgumentParser:
         "delete version VERSION of NAME, or with NAME alone the dataset and every version; refused "
         "while a queued or running job or a model version's lineage uses it",
     )
-    sub.add_argument("ref", type=dataset)
+    sub.add_argument(
+        "ref",
+        type=dataset,
+        metavar="NAME[:VERSION]",
+        help="NAME:VERSION for one version, NAME for every version",
+    )
     sub.add_argument(
         "--force",
         action="store_true",
@@ -1623,7 +1649,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_datasets_download,
         "write the stored .npz/.npy file of NAME[:VERSION] (default the newest), verified against its sha256",
     )
-    sub.add_argument("ref", type=dataset)
+    sub.add_argument("ref", type=dataset, metavar="NAME[:VERSION]", help=DATASET_HELP)
     sub.add_argument(
         "-o",
         "--output",
@@ -1646,9 +1672,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="only jobs in this state (repeatable)",
     )
     sub = command(jobs, "watch", cmd_jobs_watch, "follow a job's progress until it ends")
-    sub.add_argument("job_id")
+    sub.add_argument("job_id", help=JOB_HELP)
     sub.add_argument("--from-seq", type=whole(), default=1, help="replay events from this sequence number")
-    command(jobs, "cancel", cmd_jobs_cancel, "stop a job").add_argument("job_id")
+    command(jobs, "cancel", cmd_jobs_cancel, "stop a job").add_argument("job_id", help=JOB_HELP)
 
     add_sweep_commands(commands, command)
 
@@ -1693,19 +1719,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--desc", dest="descending", action="store_true", help="highest first (default: by the metric's name)"
     )
     add_view(sub, "runs")
-    command(runs, "show", cmd_runs_show, "a run's params and metrics").add_argument("run_id")
-    command(runs, "rm", cmd_runs_rm, "delete a run (kept until restored)").add_argument("run_id")
-    command(runs, "restore", cmd_runs_restore, "bring back a deleted run").add_argument("run_id")
+    command(runs, "show", cmd_runs_show, "a run's params and metrics").add_argument("run_id", help=RUN_HELP)
+    command(runs, "rm", cmd_runs_rm, "delete a run (kept until restored)").add_argument(
+        "run_id", help=RUN_HELP
+    )
+    command(runs, "restore", cmd_runs_restore, "bring back a deleted run").add_argument(
+        "run_id", help=RUN_HELP
+    )
     artifacts = runs.add_parser(
         "artifacts", help="files kept with a run (plots, notes, small models)"
     ).add_subparsers(dest="artifacts_command", required=True, metavar="SUBCOMMAND")
     sub = command(artifacts, "ls", cmd_runs_artifacts_ls, "list a run's artifacts in path order")
-    sub.add_argument("run_id")
+    sub.add_argument("run_id", help=RUN_HELP)
     sub.add_argument("path", nargs="?", default="", help="only those under this directory")
     sub = command(
         artifacts, "put", cmd_runs_artifacts_put, "store a file, or every file under a directory, with a run"
     )
-    sub.add_argument("run_id")
+    sub.add_argument("run_id", help=RUN_HELP)
     sub.add_argument(
         "file",
         help="a file, or a directory: its files keep their paths under it, without its own name "
@@ -1720,7 +1750,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command(
         artifacts, "get", cmd_runs_artifacts_get, "download an artifact, or every one under a directory"
     )
-    sub.add_argument("run_id")
+    sub.add_argument("run_id", help=RUN_HELP)
     sub.add_argument("path", help="an artifact's path, or a directory of them")
     sub.add_argument(
         "-o",
@@ -1729,8 +1759,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the artifacts' paths under it; end it with / to have it made)",
     )
     sub = command(runs, "leaderboard", cmd_runs_leaderboard, "an experiment's runs ranked by a metric")
-    sub.add_argument("experiment")
-    sub.add_argument("metric")
+    sub.add_argument("experiment", help=EXPERIMENT_HELP)
+    sub.add_argument("metric", help="the metric's name, e.g. val_loss")
     sub.add_argument("--mode", choices=["min", "max"], help="which is better (default: by the metric's name)")
     sub.add_argument("--limit", type=whole(high=INT32_MAX), default=10, help="runs shown (default 10)")
 
@@ -1741,7 +1771,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--prefix", default="", help="only names starting with this")
     add_view(sub, "experiments")
     sub = command(experiments, "update", cmd_experiments_update, "change an experiment's description or tags")
-    sub.add_argument("name")
+    sub.add_argument("name", help=EXPERIMENT_HELP)
     sub.add_argument("--description", help='the new description ("" clears it)')
     sub.add_argument(
         "--tag", action="append", type=key_value, metavar="KEY=VALUE", help="set a tag (repeatable)"
@@ -1749,13 +1779,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--remove-tag", action="append", metavar="KEY", help="drop a tag (repeatable)")
     command(
         experiments, "rm", cmd_experiments_rm, "delete an experiment and its runs (kept until restored)"
-    ).add_argument("name")
+    ).add_argument("name", help=EXPERIMENT_HELP)
     command(
         experiments,
         "restore",
         cmd_experiments_restore,
         "bring back an experiment and the runs deleted with it",
-    ).add_argument("name")
+    ).add_argument("name", help=EXPERIMENT_HELP)
 
     admin = commands.add_parser("admin", help="operator tasks (admin token)").add_subparsers(
         dest="subcommand", required=True, metavar="SUBCOMMAND"
@@ -1782,7 +1812,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="subcommand", required=True, metavar="FORMAT"
     )
     sub = command(export, "onnx", cmd_export_onnx, "export a safetensors version to ONNX as a new version")
-    sub.add_argument("model")
+    sub.add_argument("model", help=MODEL_HELP)
     sub.add_argument("--version", type=version_or_alias, help="number or alias (default latest)")
     sub.add_argument(
         "--opset",
@@ -1805,7 +1835,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sub = command(commands, "predict", cmd_predict, "run a model on inputs from a file")
-    sub.add_argument("model")
+    sub.add_argument("model", help=MODEL_HELP)
     sub.add_argument(
         "--input",
         required=True,
@@ -1821,7 +1851,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command(
         commands, "explain", cmd_explain, "attribute a model's output to each input position (captum)"
     )
-    sub.add_argument("model")
+    sub.add_argument("model", help=MODEL_HELP)
     sub.add_argument(
         "--input",
         required=True,
@@ -1886,7 +1916,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"{sub.description}. Loading replaces the version's whole serving config: an option not "
         "given takes its default, not the value the version ran with, unless --keep-config is given."
     )
-    sub.add_argument("model")
+    sub.add_argument("model", help=MODEL_HELP)
     sub.add_argument("--version", type=version_or_alias, help="number or alias (default: latest)")
     sub.add_argument(
         "--keep-config",
@@ -1953,7 +1983,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_unload,
         "stop serving a version: it takes no new requests, finishes those queued, and is freed",
     )
-    sub.add_argument("model")
+    sub.add_argument("model", help=MODEL_HELP)
     sub.add_argument(
         "--version",
         type=version_or_alias,
@@ -1961,7 +1991,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     command(commands, "serve-status", cmd_serve_status, "the loaded model versions").add_argument(
-        "model", nargs="?", default=""
+        "model", nargs="?", default="", help="only this model's versions (default: every loaded model)"
     )
 
     sub = command(commands, "demo", cmd_demo, "the whole life cycle on a synthetic spacetime dataset")

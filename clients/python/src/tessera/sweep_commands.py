@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from tessera.client import Client
 
 POLL_S = 1.0
+SWEEP_HELP = "the sweep's id (`tessera sweeps ls` lists them)"
 S = training_pb2
 
 
@@ -286,8 +287,8 @@ def add_sweep_commands(
     )
     command(sweeps, "ls", cmd_sweeps_ls, "list sweeps, newest first")
     sub = command(sweeps, "show", cmd_sweeps_show, "a sweep's trials, leaderboard and best-so-far plot")
-    sub.add_argument("sweep_id")
+    sub.add_argument("sweep_id", help=SWEEP_HELP)
     sub.add_argument("--follow", action="store_true", help="show the trials live until the sweep ends")
     command(sweeps, "cancel", cmd_sweeps_cancel, "stop a sweep and its running trials").add_argument(
-        "sweep_id"
+        "sweep_id", help=SWEEP_HELP
     )
