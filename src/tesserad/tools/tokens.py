@@ -57,6 +57,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add = actions.add_parser(
         "add",
         help="make a random token, add its hash and role to the file, print the token once",
+        description=(
+            "Make a random token for holder NAME with ROLE (reader: read and predict; trainer: "
+            "also push datasets and versions, train, track runs, export; admin: also aliases, "
+            "deployments, loading, deletes and backups), add its SHA-256 to the file and print "
+            "the token on stdout, once: the file never holds it."
+        ),
     )
     add.add_argument("--file", type=Path, required=True, help="tokens file (created if missing)")
     add.add_argument("--name", required=True, help="who holds the token; shown in audit logs")
@@ -77,6 +83,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     listing = actions.add_parser(
         "list",
         help="list the holders: name, role, when the token was made and expires (never the token)",
+        description="List the file's holders: name, role, when each token was made and when it expires.",
     )
     listing.add_argument("--file", type=Path, required=True, help="tokens file")
     actions.add_parser(

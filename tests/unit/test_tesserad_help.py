@@ -1,0 +1,21 @@
+"""`tesserad ... --help` answers an operator without the source, as `tessera`'s does: every
+command says what it does and every argument what it takes."""
+
+from __future__ import annotations
+
+from tesserad.cli import build_parser
+from tests.unit.sdk.test_cli_help import commands
+
+
+def test_every_command_has_a_description_and_every_argument_a_help():
+    found = list(commands(build_parser()))
+    assert len(found) >= 7, "the walk found too few commands: is it still reading the subparsers?"
+    undescribed = [" ".join(path) for path, parser in found if not parser.description]
+    unexplained = [
+        f"{' '.join(path)} {(action.option_strings or [action.metavar or action.dest])[-1]}"
+        for path, parser in found
+        for action in parser._actions
+        if not action.help
+    ]
+    assert not undescribed, f"commands without a description: {undescribed}"
+    assert not unexplained, f"arguments without a help text: {unexplained}"
