@@ -135,3 +135,32 @@ def test_a_missing_command_is_refused_naming_the_ones_there_are(capsys, args, pr
     assert all(f" {name}," in listed or f" {name} " in listed for name in names), err
     assert " list," not in listed, err  # an alias of ls, not a command of its own
     assert f"`{prog} --help` says what each does" in listed, err
+
+
+@pytest.mark.parametrize(
+    ("target", "said"),
+    [
+        ("http://127.0.0.1:50051", "is a URL; tesserad speaks gRPC: write HOST:PORT, e.g. 127.0.0.1:50051"),
+        ("https://tessera.example.com", "is a URL; tesserad speaks gRPC"),
+        ("127.0.0.1", "has no port: write HOST:PORT, e.g. 127.0.0.1:50051"),
+    ],
+)
+def test_a_target_that_is_a_url_or_lacks_a_port_is_refused_saying_the_form(capsys, monkeypatch, target, said):
+    """An MLflow user writes the tracking URI's form (http://host:5000): gRPC then failed to
+    resolve "http://127.0.0.1:50051"; without a port it dialled 443."""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["--target", target, "info"])
+    assert exited.value.code == EXIT_USAGE
+    assert said in capsys.readouterr().err
+    monkeypatch.setenv("TESSERA_TARGET", target)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["info"])
+    assert "TESSERA_TARGET" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["127.0.0.1:50051", "[::1]:50051", "dns:///tesserad-replica.default.svc:50051", "unix:/run/t.sock"],
+)
+def test_grpc_targets_are_taken(target):
+    assert build_parser().parse_args(["--target", target, "info"]).target == target

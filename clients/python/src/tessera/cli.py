@@ -207,6 +207,24 @@ def dataset(text: str) -> str:
     return text
 
 
+def daemon_target(text: str) -> str:
+    """argparse's type for --target (and TESSERA_TARGET): a gRPC target, never a URL, with a port
+    (gRPC resolves "http://host:port" as a host name, and dials 443 without a port)."""
+    where = "here or in env TESSERA_TARGET"
+    if text.startswith(("http://", "https://")):
+        host = text.split("://", 1)[1].split("/", 1)[0]
+        example = host if ":" in host else f"{host}:{DEFAULT_TARGET.rsplit(':', 1)[1]}"
+        tls = " (with --tls for TLS)" if text.startswith("https://") else ""
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is a URL; tesserad speaks gRPC: write HOST:PORT, e.g. {example}{tls}, {where}"
+        )
+    if ":" not in text:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has no port: write HOST:PORT, e.g. {text}:{DEFAULT_TARGET.rsplit(':', 1)[1]}, {where}"
+        )
+    return text
+
+
 def member(text: str) -> str:
     """argparse's type for an ensemble member MODEL:VERSION."""
     try:
@@ -1442,6 +1460,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--target",
+        type=daemon_target,
         default=os.environ.get("TESSERA_TARGET", DEFAULT_TARGET),
         help=f"daemon address host:port (env TESSERA_TARGET; default {DEFAULT_TARGET})",
     )
