@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _print_settings() -> None:
     for info in describe_settings():
-        print(f"{info.name}\n    env {info.env}, default {info.default}\n    {info.help}")
+        print(f"{info.name}\n    env {info.env}, default {info.default_text}\n    {info.help}")
 
 
 def _restore(archive: Path, data_dir: Path) -> int:

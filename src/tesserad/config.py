@@ -596,18 +596,38 @@ class Settings:
 
 @dataclass(frozen=True)
 class SettingInfo:
-    """One setting's name, where to set it, and its help line."""
+    """One setting's name, where to set it, its default (and that default as a TOML file or
+    the environment would give it), and its help line."""
 
     name: str
     env: str
     default: Any
     help: str
+    default_text: str
+
+
+def _default_text(default: Any, parse: Callable[[Any], Any]) -> str:
+    """`default` as its parser takes it back: true, off, 16 GiB, ./var (not True, None,
+    17179869184, var)."""
+    if isinstance(default, bool):
+        return "true" if default else "false"
+    if default is None or (default == "" and parse is parse_target):
+        return "off"
+    if default == "":
+        return '""'
+    if parse in (parse_size, parse_message_size):
+        return format_size(default)
+    if isinstance(default, Path) and not default.is_absolute():
+        return f"./{default}"
+    return str(default)
 
 
 def describe_settings() -> list[SettingInfo]:
     """Every setting, for --help texts and docs."""
     return [
-        SettingInfo(name, _env_name(name), default, f.metadata["help"])
+        SettingInfo(
+            name, _env_name(name), default, f.metadata["help"], _default_text(default, f.metadata["parse"])
+        )
         for name, f, default in _walk(Settings(), "")
     ]
 

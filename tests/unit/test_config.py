@@ -124,6 +124,27 @@ def test_every_setting_is_described_with_its_env_name():
     assert all(info.help for info in described.values())
 
 
+def test_settings_shows_each_default_as_a_toml_file_or_the_environment_takes_it():
+    """`tesserad settings` showed Python's words (None, True, 17179869184, var): a newcomer
+    copying `True` into TOML or `None` into TESSERA_* got a refusal."""
+    described = {info.name: info for info in describe_settings()}
+    assert described["serving.oip_http_listen"].default_text == "off"
+    assert described["security.tokens_file"].default_text == "off"
+    assert described["serving.autoload"].default_text == "true"
+    assert described["replica.tls"].default_text == "false"
+    assert described["store.map_size"].default_text == "16 GiB"
+    assert described["data_dir"].default_text == "./var"
+    assert described["listen"].default_text == "127.0.0.1:50051"
+    for name, info in described.items():
+        if info.default_text == '""':
+            continue  # a free string, empty: no word for it that its parser would not take as text
+        taken = load_settings(env={info.env: info.default_text})
+        value = taken
+        for part in name.split("."):
+            value = getattr(value, part)
+        assert value == info.default, (name, info.default_text)
+
+
 @pytest.mark.parametrize("address", ["auto", "head:6379", "10.0.0.5:6379", "ray://head:10001", "[::1]:6379"])
 def test_ray_addresses(address):
     assert load_settings(env={"TESSERA_TRAINING_RAY_ADDRESS": address}).training.ray_address == address
