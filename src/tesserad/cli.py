@@ -19,24 +19,39 @@ from tesserad.tools import tokens
 
 log = logging.getLogger("tesserad")
 
-# Flags of `tesserad serve` and the setting each one sets.
+# Flags of `tesserad serve`: the setting each one sets, the form of its value, its help.
 SERVE_FLAGS = {
-    "--listen": ("listen", "gRPC address host:port (default 127.0.0.1:50051; port 0 picks a free one)"),
-    "--data-dir": ("data_dir", "directory for the LMDB store and blobs (default ./var)"),
-    "--metrics-listen": ("metrics_listen", "Prometheus /metrics address, or off (default 127.0.0.1:9464)"),
-    "--http-listen": ("http_listen", "web dashboard address, or off (default 127.0.0.1:8080)"),
+    "--listen": (
+        "listen",
+        "HOST:PORT",
+        "gRPC address (default 127.0.0.1:50051; port 0 picks a free one)",
+    ),
+    "--data-dir": (
+        "data_dir",
+        "DIR",
+        "directory for the LMDB store and blobs, relative to the working directory (default ./var)",
+    ),
+    "--metrics-listen": (
+        "metrics_listen",
+        "HOST:PORT",
+        "Prometheus /metrics address, or off (default 127.0.0.1:9464)",
+    ),
+    "--http-listen": ("http_listen", "HOST:PORT", "web dashboard address, or off (default 127.0.0.1:8080)"),
     "--oip-http-listen": (
         "serving.oip_http_listen",
+        "HOST:PORT",
         "Open Inference Protocol over HTTP/REST address (KServe v2; Triton's is :8000), or off (default off)",
     ),
-    "--log-format": ("log_format", "console (default) or json"),
-    "--log-level": ("log_level", "debug, info (default), warning or error"),
+    "--log-format": ("log_format", "FORMAT", "console (default) or json"),
+    "--log-level": ("log_level", "LEVEL", "debug, info (default), warning or error"),
     "--follow": (
         "replica.primary",
-        "serve as a stateless replica of the tesserad at this address (settings replica.*)",
+        "PRIMARY",
+        "serve as a stateless replica of the tesserad at this gRPC address (settings replica.*)",
     ),
     "--grace-period": (
         "grace_period_s",
+        "SECONDS",
         "seconds in-flight calls get on SIGTERM before they are cancelled (default 10)",
     ),
 }
@@ -62,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     serve.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file")
-    for flag, (name, help_text) in SERVE_FLAGS.items():
-        serve.add_argument(flag, dest=name.replace(".", "__"), metavar="VALUE", help=help_text)
+    for flag, (name, metavar, help_text) in SERVE_FLAGS.items():
+        serve.add_argument(flag, dest=name.replace(".", "__"), metavar=metavar, help=help_text)
     serve.add_argument(
         "--insecure",
         action="store_true",
@@ -142,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "restore":
         return _restore(args.archive, args.data_dir)
 
-    overrides = {name: getattr(args, name.replace(".", "__")) for name, _ in SERVE_FLAGS.values()}
+    overrides = {name: getattr(args, name.replace(".", "__")) for name, _, _ in SERVE_FLAGS.values()}
     try:
         settings = load_settings(args.config, overrides=overrides)
     except SettingsError as exc:

@@ -19,3 +19,10 @@ def test_every_command_has_a_description_and_every_argument_a_help():
     ]
     assert not undescribed, f"commands without a description: {undescribed}"
     assert not unexplained, f"arguments without a help text: {unexplained}"
+
+
+def test_serve_flags_show_the_form_of_their_value():
+    """Every flag of `tesserad serve` read VALUE in the usage line, an address and a directory alike."""
+    usage = build_parser()._subparsers._group_actions[0].choices["serve"].format_usage()
+    assert "VALUE" not in usage, usage
+    assert "--listen HOST:PORT" in usage and "--data-dir DIR" in usage, usage
