@@ -1728,15 +1728,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="only runs with this tag (repeatable)",
     )
     sub.add_argument(
-        "--order-by", metavar="METRIC", help="order by the metric's last value (runs without it last)"
+        "--order-by",
+        metavar="METRIC",
+        help="order by the metric's last value: lowest first for a name with loss, error, mae, mse or "
+        "mape in it, else highest first (runs without it last)",
     )
     direction = sub.add_mutually_exclusive_group()
     direction.add_argument(
-        "--asc", dest="descending", action="store_false", default=None, help="lowest first"
+        "--asc", dest="descending", action="store_false", default=None, help="--order-by: lowest first"
     )
-    direction.add_argument(
-        "--desc", dest="descending", action="store_true", help="highest first (default: by the metric's name)"
-    )
+    direction.add_argument("--desc", dest="descending", action="store_true", help="--order-by: highest first")
     add_view(sub, "runs")
     command(runs, "show", cmd_runs_show, "a run's params and metrics").add_argument("run_id", help=RUN_HELP)
     command(runs, "rm", cmd_runs_rm, "delete a run (kept until restored)").add_argument(
@@ -1780,7 +1781,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command(runs, "leaderboard", cmd_runs_leaderboard, "an experiment's runs ranked by a metric")
     sub.add_argument("experiment", help=EXPERIMENT_HELP)
     sub.add_argument("metric", help="the metric's name, e.g. val_loss")
-    sub.add_argument("--mode", choices=["min", "max"], help="which is better (default: by the metric's name)")
+    sub.add_argument(
+        "--mode",
+        choices=["min", "max"],
+        help="which is better (default: min for a name with loss, error, mae, mse or mape in it, else max)",
+    )
     sub.add_argument("--limit", type=whole(high=INT32_MAX), default=10, help="runs shown (default 10)")
 
     experiments = commands.add_parser("experiments", help="experiments").add_subparsers(
