@@ -437,7 +437,7 @@ class Jobs:
         with self._store.read() as txn:
             raw = txn.get("jobs", (job_id,))
         if raw is None:
-            raise NotFound(f"job {job_id!r} does not exist")
+            raise NotFound(f"job {job_id!r} does not exist; ListJobs lists them")
         return decode_job(raw)
 
     def list(

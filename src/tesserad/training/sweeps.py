@@ -509,7 +509,7 @@ class Sweeps:
         with self._store.read() as txn:
             raw = txn.get("sweeps", (sweep_id,))
         if raw is None:
-            raise NotFound(f"sweep {sweep_id!r} does not exist")
+            raise NotFound(f"sweep {sweep_id!r} does not exist; ListSweeps lists them")
         return decode_sweep(raw)
 
     def list(self, size: int, token: str) -> tuple[list[Sweep], str]:

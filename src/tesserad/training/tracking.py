@@ -243,7 +243,7 @@ def _refuse_deleted_run(run: Run) -> None:
 
 
 def _no_experiment(name: str) -> NotFound:
-    return NotFound(f"experiment {name!r} does not exist")
+    return NotFound(f"experiment {name!r} does not exist; ListExperiments lists them")
 
 
 def _refuse_deleted_experiment(experiment: Experiment) -> None:
@@ -488,7 +488,7 @@ class Tracking:
             raise InvalidArgument("run_id is required")
         raw = txn.get("runs", (run_id,))
         if raw is None:
-            raise NotFound(f"run {run_id!r} does not exist")
+            raise NotFound(f"run {run_id!r} does not exist; ListRuns lists them")
         return _run_from(decode_record(raw, "run", 1)[1])
 
     def writable_run(self, txn: ReadTxn, run_id: str) -> Run:

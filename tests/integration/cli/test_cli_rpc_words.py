@@ -57,6 +57,29 @@ def test_a_missing_version_names_the_newest_and_the_command_that_lists_them(tess
     assert [v["version"] for v in listed] == [2, 1]
 
 
+@pytest.mark.parametrize(
+    ("words", "said"),
+    [
+        (("runs", "show", "run-absent"), "run 'run-absent' does not exist; `tessera runs ls` lists them"),
+        (("jobs", "watch", "job-absent"), "job 'job-absent' does not exist; `tessera jobs ls` lists them"),
+        (
+            ("sweeps", "show", "sweep-absent"),
+            "sweep 'sweep-absent' does not exist; `tessera sweeps ls` lists them",
+        ),
+        (
+            ("runs", "ls", "--experiment", "absent"),
+            "experiment 'absent' does not exist; `tessera experiments ls` lists them",
+        ),
+    ],
+)
+def test_an_id_or_name_not_found_says_where_they_are_listed(tessera_cli, words, said):
+    """As a missing model says how to make one: an id mistyped or copied from another daemon
+    was only "does not exist"."""
+    missing = tessera_cli(*words)
+    assert missing.code == EXIT_DAEMON
+    assert said in missing.err, missing.err
+
+
 def test_the_sdk_keeps_the_api_words(client):
     with pytest.raises(tessera.NotFound, match="create it with CreateModel"):
         client.models.get("absent")
