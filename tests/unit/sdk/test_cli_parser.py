@@ -164,3 +164,13 @@ def test_a_target_that_is_a_url_or_lacks_a_port_is_refused_saying_the_form(capsy
 )
 def test_grpc_targets_are_taken(target):
     assert build_parser().parse_args(["--target", target, "info"]).target == target
+
+
+def test_version_prints_the_clients_version(capsys):
+    """`tessera --version` was refused as a missing command; `tesserad --version` worked."""
+    import tessera
+
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"tessera {tessera.__version__} (the daemon's: `tessera info`)\n"

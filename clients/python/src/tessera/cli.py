@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from tessera import __version__
 from tessera.backup import Manifest
 from tessera.client import Client
 from tessera.demo import run_demo
@@ -1457,6 +1458,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Talk to a running tesserad.",
         epilog=EXIT_STATUS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"tessera {__version__} (the daemon's: `tessera info`)"
     )
     parser.add_argument(
         "--target",
