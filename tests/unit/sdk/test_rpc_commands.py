@@ -111,6 +111,17 @@ def test_a_field_to_set_becomes_the_flag_that_sets_it():
     assert in_cli_words("allow_nonfinites stay") == "allow_nonfinites stay"
 
 
+def test_an_rpc_named_by_its_method_path_becomes_the_command_whole():
+    """PERMISSION_DENIED names the method path: the CLI showed
+    "tessera.v1.Datasets/`tessera datasets push NAME FILE` needs the trainer role"."""
+    assert in_cli_words(
+        "tessera.v1.Datasets/UploadDataset needs the trainer role; the token 'r' has the reader role"
+    ) == ("`tessera datasets push NAME FILE` needs the trainer role; the token 'r' has the reader role")
+    assert in_cli_words("inference.GRPCInferenceService/ModelInfer needs the reader role") == (
+        "inference.GRPCInferenceService/ModelInfer needs the reader role"
+    )
+
+
 def test_only_a_daemon_that_cannot_be_reached_gets_the_hint_to_start_one():
     refused = "connections to all backends failing; last error: UNKNOWN: ipv4:127.0.0.1:1: Failed to connect"
     assert "is tesserad running at 127.0.0.1:1?" in unreachable_hint("UNAVAILABLE", refused, "127.0.0.1:1")

@@ -64,8 +64,11 @@ COMMAND_BY_RPC: dict[str, str] = {
 """RPC name -> the `tessera` command that does it (or, where none does, the SDK call)."""
 
 _SERVICES = ("Registry", "Datasets", "Training", "Inference", "System")
+# An RPC bare, as Service.Rpc, or as its method path tessera.v1.Service/Rpc (which PERMISSION_DENIED
+# names): the whole of it becomes the command.
 _RPC_WORD = re.compile(
-    rf"\b(?:(?:{'|'.join(_SERVICES)})\.)?({'|'.join(sorted(COMMAND_BY_RPC, key=len, reverse=True))})\b"
+    rf"(?:\btessera\.v1\.(?:{'|'.join(_SERVICES)})/|\b(?:{'|'.join(_SERVICES)})\.)?"
+    rf"\b({'|'.join(sorted(COMMAND_BY_RPC, key=len, reverse=True))})\b"
 )
 
 
@@ -79,7 +82,7 @@ _FIELD_WORD = re.compile(rf"\b({'|'.join(FLAG_BY_FIELD)})\b")
 
 
 def in_cli_words(message: str) -> str:
-    """`message` with each RPC it names (bare or as Service.Rpc) replaced by its command, and
+    """`message` with each RPC it names (bare, as Service.Rpc or tessera.v1.Service/Rpc) replaced by its command, and
     each request field it tells the caller to set by the flag that sets it."""
     message = _RPC_WORD.sub(lambda match: COMMAND_BY_RPC[match.group(1)], message)
     return _FIELD_WORD.sub(lambda match: FLAG_BY_FIELD[match.group(1)], message)
