@@ -499,7 +499,7 @@ class InferenceService:
             entry = failed[0]
             return NotFound(f"{entry.label} failed to load, so it has no statistics: {entry.error}")
         if self._autoload:
-            how = "send it a predict (tessera predict, or Predict) to load it, or load it with LoadModel"
+            how = "send it a request (Predict) to load it, or load it with LoadModel"
         else:
             how = "load it with LoadModel (serving.autoload is off)"
         return NotFound(f"{what}, so it has no statistics yet; {how}")

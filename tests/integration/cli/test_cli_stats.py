@@ -23,7 +23,10 @@ def test_stats_of_a_model_with_nothing_loaded_says_how_to_load_it(tessera_cli, c
     assert result.code == EXIT_DAEMON and result.err.startswith(
         "tessera: NOT_FOUND: model 'affine' has no loaded version, so it has no statistics yet"
     )
-    assert "tessera predict" in result.err
+    # The daemon's "(tessera predict, or Predict)" came out as "(tessera predict, or `tessera predict ...`)".
+    assert result.err.endswith(
+        "; send it a request (`tessera predict MODEL --input FILE`) to load it, or load it with `tessera load MODEL`\n"
+    ), result.err
     version = tessera_cli("stats", "affine", "--version", "1")
     assert version.code == EXIT_DAEMON and "model 'affine' version 1 is not loaded" in version.err
     assert tessera_cli("stats", "affine", "--version", "7").code == EXIT_DAEMON

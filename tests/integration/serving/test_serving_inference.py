@@ -333,8 +333,8 @@ def test_get_stats_of_what_is_not_loaded_is_not_found_saying_how_to_load_it(
     expect_rpc_error(
         stats(model=linear),
         not_found,
-        "model 'linear' has no loaded version, so it has no statistics yet; send it a predict "
-        "(tessera predict, or Predict) to load it, or load it with LoadModel",
+        "model 'linear' has no loaded version, so it has no statistics yet; send it a request "
+        "(Predict) to load it, or load it with LoadModel",
     )
     expect_rpc_error(stats(model=linear, version=9), not_found, "model 'linear' has no version 9")
     expect_rpc_error(
