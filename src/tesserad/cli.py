@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from tessera.backup import HEADER_MAX_BYTES, MANIFEST_MAX_BYTES
 from tesserad import __version__
@@ -57,8 +58,26 @@ SERVE_FLAGS = {
 }
 
 
+class CommandParser(argparse.ArgumentParser):
+    """argparse's parser, saying which commands there are when one is missing (argparse says
+    only "the following arguments are required: COMMAND"), as `tessera`'s does."""
+
+    def error(self, message: str) -> NoReturn:
+        for action in self._actions:
+            if (
+                isinstance(action, argparse._SubParsersAction)
+                and isinstance(action.metavar, str)
+                and message == f"the following arguments are required: {action.metavar}"
+            ):
+                names = ", ".join(choice.dest for choice in action._get_subactions())
+                message = (
+                    f"no {action.metavar.lower()} given: {names} (`{self.prog} --help` says what each does)"
+                )
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = CommandParser(
         prog="tesserad",
         description="tessera's daemon: model registry, datasets, training and inference over gRPC.",
     )

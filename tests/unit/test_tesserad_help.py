@@ -3,6 +3,8 @@ command says what it does and every argument what it takes."""
 
 from __future__ import annotations
 
+import pytest
+
 from tesserad.cli import build_parser
 from tests.unit.sdk.test_cli_help import commands
 
@@ -26,3 +28,19 @@ def test_serve_flags_show_the_form_of_their_value():
     usage = build_parser()._subparsers._group_actions[0].choices["serve"].format_usage()
     assert "VALUE" not in usage, usage
     assert "--listen HOST:PORT" in usage and "--data-dir DIR" in usage, usage
+
+
+@pytest.mark.parametrize(
+    ("args", "prog", "names"),
+    [
+        ((), "tesserad", "serve, tokens, restore, settings"),
+        (("tokens",), "tesserad tokens", "add, remove, list, hash"),
+    ],
+)
+def test_a_missing_command_is_refused_naming_the_ones_there_are(capsys, args, prog, names):
+    """argparse said only "the following arguments are required: COMMAND"."""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(list(args))
+    assert exited.value.code == 2
+    assert f"{prog}: error: " in (err := capsys.readouterr().err)
+    assert f"given: {names} (`{prog} --help` says what each does)" in err, err

@@ -1441,7 +1441,9 @@ class CommandParser(argparse.ArgumentParser):
             ):
                 # The help entries: one per command, its aliases (`list` for `ls`) left out.
                 names = ", ".join(choice.dest for choice in action._get_subactions())
-                message = f"a {action.metavar.lower()} is needed: {names} (`{self.prog} --help` says what each does)"
+                message = (
+                    f"no {action.metavar.lower()} given: {names} (`{self.prog} --help` says what each does)"
+                )
         super().error(message)
 
 
