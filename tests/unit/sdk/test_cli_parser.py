@@ -164,6 +164,7 @@ def test_a_target_that_is_a_url_or_lacks_a_port_is_refused_saying_the_form(capsy
 )
 def test_grpc_targets_are_taken(target):
     assert build_parser().parse_args(["--target", target, "info"]).target == target
+    assert "[--target HOST:PORT]" in build_parser().format_usage()
 
 
 def test_version_prints_the_clients_version(capsys):

@@ -1468,7 +1468,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--target",
         type=daemon_target,
         default=os.environ.get("TESSERA_TARGET", DEFAULT_TARGET),
-        help=f"daemon address host:port (env TESSERA_TARGET; default {DEFAULT_TARGET})",
+        metavar="HOST:PORT",
+        help=f"the daemon's gRPC address (env TESSERA_TARGET; default {DEFAULT_TARGET})",
     )
     parser.add_argument("--token", default=None, help=f"bearer token (default: env {TOKEN_ENV})")
     parser.add_argument("--tls", action="store_true", help="use TLS with the system's CAs")
@@ -1480,7 +1481,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--tls-server-name", metavar="NAME", help="name to check the daemon's certificate against"
     )
-    parser.add_argument("--timeout", type=seconds, default=30.0, help="seconds per call (default 30)")
+    parser.add_argument(
+        "--timeout", type=seconds, default=30.0, metavar="SECONDS", help="seconds per call (default 30)"
+    )
     parser.add_argument("--json", action="store_true", help=JSON_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
