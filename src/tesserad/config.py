@@ -613,8 +613,10 @@ def _default_text(default: Any, parse: Callable[[Any], Any]) -> str:
         return "true" if default else "false"
     if default is None or (default == "" and parse is parse_target):
         return "off"
-    if default == "":
+    if default in ("", ()):
         return '""'
+    if isinstance(default, tuple):
+        return ", ".join(default)
     if parse in (parse_size, parse_message_size):
         return format_size(default)
     if isinstance(default, Path) and not default.is_absolute():
