@@ -505,6 +505,7 @@ class Daemon:
         self._oip_http = OipHttpServer(
             oip, address, self.settings.security, auth.tokens, auth.calls, self.settings.max_message_size
         )
+        auth.also_revoke(self._oip_http.end_revoked)
         if self._certificates is not None:
             self._certificates.also_reload(self._oip_http.reload_tls)
         try:

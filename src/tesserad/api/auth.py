@@ -20,8 +20,10 @@ in the file's tokens, so a removed token's next call is UNAUTHENTICATED at once.
 opened with a token are tracked, and those whose token is gone (or whose role no longer reaches
 the RPC's) end with UNAUTHENTICATED (or PERMISSION_DENIED) at the reload: at once when the
 stream is waiting, or as soon as the message being sent is handed to gRPC; a client that stops
-reading gets its stream cancelled after REVOKED_SEND_GRACE_S. A unary call already running
-finishes: it holds no access beyond its own deadline.
+reading gets its stream cancelled after REVOKED_SEND_GRACE_S. So do the inference calls
+(`REVOKED_IN_FLIGHT`): one waiting in a batcher's queue leaves it unrun, one whose batch runs has
+its answer dropped. Any other unary call already running finishes: it is short, and a change
+cut off half-way would be applied all the same.
 
 Expiry: a token past its `expires` is refused on every call (UNAUTHENTICATED, saying when it
 expired), whether or not the file was read again since; a stream opened with an expiring token
@@ -64,6 +66,9 @@ ANONYMOUS = "anonymous"
 # How long a revoked stream's message already on its way out may take before the stream is
 # cancelled outright (a client that stopped reading would otherwise hold it open).
 REVOKED_SEND_GRACE_S = 5.0
+
+# Unary calls tracked as streams are, so that a reload ends them: they may wait in a queue.
+REVOKED_IN_FLIGHT = frozenset({"/inference.GRPCInferenceService/ModelInfer", "/tessera.v1.Inference/Predict"})
 
 # Each RPC runs in its own asyncio task, whose context is a copy made when the task starts,
 # so a value set here is seen by the servicer (and by asyncio.to_thread calls it makes) and
@@ -203,7 +208,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 continue
             refusal = stream.refusal_under(table, now)
             if refusal is None:
-                self._watch_expiry(stream, table)
+                if stream.streaming:
+                    self._watch_expiry(stream, table)
                 continue
             ended += 1
             _end_stream(stream, refusal)
@@ -336,8 +342,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         rpc = method.lstrip("/")
         open_streams = self._open_streams
         tokens = self._tokens
-        tracked_digest = digest if streaming else None
-        expires = identity is not None and identity.expires is not None
+        tracked_digest = digest if streaming or method in REVOKED_IN_FLIGHT else None
+        expires = streaming and identity is not None and identity.expires is not None
 
         def enter(context: Context) -> _OpenStream | None:
             """Bind the caller and count the call in, or raise _Refused (nothing counted) when the
@@ -355,7 +361,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                     raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message) from None
             if tracked_digest is None or tokens is None:
                 return None
-            stream = _OpenStream(asyncio.current_task(), tracked_digest, required, rpc)
+            stream = _OpenStream(asyncio.current_task(), tracked_digest, required, rpc, streaming)
             # The token was checked before the request was read; a reload may have come between.
             table = tokens.table
             refusal = stream.refusal_under(table, utc_now())
@@ -459,6 +465,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                         return encode(response)
                     except ResourceExhausted as exc:
                         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message)
+                except asyncio.CancelledError:
+                    await _end_if_refused(stream, context)
+                    raise
                 finally:
                     leave(stream)
 
@@ -533,16 +542,33 @@ _HandlerKey = tuple[str, Identity | None, bytes | None]
 
 
 class _OpenStream:
-    """A streaming call opened with a token, while it lasts: what a reload needs to end it."""
+    """A streaming call (or one of REVOKED_IN_FLIGHT) made with a token, while it lasts: what a
+    reload needs to end it."""
 
-    __slots__ = ("digest", "expiry_timer", "refusal", "required", "rpc", "sending", "task")
+    __slots__ = (
+        "digest",
+        "expiry_timer",
+        "refusal",
+        "required",
+        "rpc",
+        "sending",
+        "streaming",
+        "task",
+        "what",
+    )
 
-    def __init__(self, task: asyncio.Task[Any] | None, digest: bytes, required: Role, rpc: str) -> None:
+    def __init__(
+        self, task: asyncio.Task[Any] | None, digest: bytes, required: Role, rpc: str, streaming: bool
+    ) -> None:
         assert task is not None, "a gRPC call's handler runs in its own task"
         self.task = task
         self.digest = digest
         self.required = required
         self.rpc = rpc
+        # Only a stream ends when its token expires; a unary call was checked when it came.
+        self.streaming = streaming
+        # How messages name the call's token.
+        self.what = f"this {rpc} stream was opened with" if streaming else f"this {rpc} call was sent with"
         # True while a response it yielded is with gRPC, on its way out.
         self.sending = False
         # The status the stream ends with, once a reload (or its token's expiry) has revoked it.
@@ -557,14 +583,11 @@ class _OpenStream:
         if identity is None:
             return (
                 grpc.StatusCode.UNAUTHENTICATED,
-                f"the token this {self.rpc} stream was opened with was removed from the "
-                "tesserad's tokens file (or replaced); open it again with a valid token",
+                f"the token {self.what} was removed from the tesserad's tokens file (or replaced); "
+                "make the call again with a valid token",
             )
         if identity.expired(now):
-            return (
-                grpc.StatusCode.UNAUTHENTICATED,
-                f"{expired_message(identity)}; this {self.rpc} stream was opened with it",
-            )
+            return (grpc.StatusCode.UNAUTHENTICATED, f"{expired_message(identity)}; {self.what} it")
         if identity.role < self.required:
             return (
                 grpc.StatusCode.PERMISSION_DENIED,

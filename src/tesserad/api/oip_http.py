@@ -7,13 +7,23 @@ Access is the gRPC listener's: its TLS (and client-certificate rule), its tokens
 Bearer <token>`, the role its RPC of the same name needs, and a slot of limits.max_concurrent_calls
 (one count for both listeners). Errors are `{"error": "..."}` with the HTTP status of the gRPC
 code's meaning and the gRPC message.
+
+Revocation, as for gRPC's ModelInfer: each request is checked against the tokens as they are when
+it arrives (a kept-alive connection carries no decision over), and an inference request whose
+token a reload of the tokens file removes, or whose role it lowers below ModelInfer's, is answered
+401 or 403 at the reload: while its body arrives, while it waits in the batcher's queue (it leaves
+the queue, never run) or while its batch runs (the batch finishes, this answer is dropped). Other
+requests already running complete: they are short, and a load or unload cut off half-way would
+leave its change applied anyway. A token that expires while a request runs does not end it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
+from typing import Any
 
 from aiohttp import web
 
@@ -39,8 +49,9 @@ from tesserad.config import Address, SecuritySettings, format_size
 from tesserad.dashboard.access import CHALLENGE, Handler
 from tesserad.dashboard.listener import HttpListener
 from tesserad.dashboard.server import http_status_for
+from tesserad.security import TokenTable
 from tesserad.security.limits import ConcurrencyGate
-from tesserad.security.roles import HEALTH_METHODS, ROLE_TABLE
+from tesserad.security.roles import HEALTH_METHODS, ROLE_TABLE, Role
 from tesserad.security.tokens import TokenFile, token_digest, utc_now
 from tesserad.serving.open_inference import EXTENSIONS, OpenInference, target_of, timeout_of
 
@@ -58,6 +69,34 @@ class _Refused(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+class _Revocable:
+    """An inference request admitted with a token, while it runs: what a reload needs to end it."""
+
+    __slots__ = ("digest", "refusal", "required")
+
+    def __init__(self, digest: bytes, required: Role) -> None:
+        self.digest = digest
+        self.required = required
+        # The answer it gets once a reload has revoked its token.
+        self.refusal: _Refused | None = None
+
+    def refusal_under(self, table: TokenTable, request: str) -> _Refused | None:
+        identity = table.identify_digest(self.digest)
+        if identity is None:
+            return _Refused(
+                401,
+                f"the token {request} was sent with was removed from the tesserad's tokens file (or "
+                "replaced) before it was answered; send it again with a valid token",
+            )
+        if identity.role < self.required:
+            return _Refused(
+                403,
+                f"{request} needs the {self.required.label} role; the token {identity.name!r} now has "
+                f"the {identity.role.label} role",
+            )
+        return None
 
 
 class OipHttpServer(HttpListener):
@@ -80,6 +119,8 @@ class OipHttpServer(HttpListener):
         self._calls = calls
         self._health_open = security.health_open
         self._max_message_size = max_message_size
+        # Inference requests admitted with a token (each runs in its own task), for `end_revoked`.
+        self._revocable: dict[asyncio.Task[Any], _Revocable] = {}
         app = web.Application(middlewares=[self._errors, self._guard], client_max_size=max_message_size)
         model = "/v2/models/{model}"
         version = "/v2/models/{model}/versions/{version}"
@@ -145,25 +186,44 @@ class OipHttpServer(HttpListener):
         RESOURCE_EXHAUSTED message when none is free). Health probes take no slot, as on gRPC."""
         calls = self._calls
         limited = f"/{_SERVICE}/{rpc}" not in HEALTH_METHODS
+        revocable = self._revocable if rpc == "ModelInfer" else None
+        required = ROLE_TABLE[_SERVICE][rpc]
 
         async def admitted(request: web.Request) -> web.StreamResponse:
-            self._admit(request, rpc)
+            digest = self._admit(request, rpc)
             if not limited:
                 return await handler(request)
             calls.enter()
             try:
-                return await handler(request)
+                if revocable is None or digest is None:
+                    return await handler(request)
+                return await _revoked_at_reload(revocable, _Revocable(digest, required), handler, request)
             finally:
                 calls.leave()
 
         return admitted
 
-    def _admit(self, request: web.Request, rpc: str) -> None:
-        """Refuse (401/403) a caller the gRPC RPC `rpc` would refuse. Without a tokens file every
-        caller is admitted: mutual TLS has checked the certificate, and without it the daemon
-        serves loopback only (or the operator said --insecure)."""
+    def end_revoked(self, table: TokenTable) -> int:
+        """Answer each inference request in progress whose token `table` no longer admits to
+        ModelInfer with its refusal, now; how many."""
+        ended = 0
+        for task, entry in list(self._revocable.items()):
+            if entry.refusal is not None:
+                continue
+            refusal = entry.refusal_under(table, "this inference request")
+            if refusal is not None:
+                entry.refusal = refusal
+                task.cancel()
+                ended += 1
+        return ended
+
+    def _admit(self, request: web.Request, rpc: str) -> bytes | None:
+        """Refuse (401/403) a caller the gRPC RPC `rpc` would refuse; the SHA-256 of the token that
+        admitted it, or None when none was needed. Without a tokens file every caller is
+        admitted: mutual TLS has checked the certificate, and without it the daemon serves
+        loopback only (or the operator said --insecure)."""
         if self._tokens is None or (self._health_open and f"/{_SERVICE}/{rpc}" in HEALTH_METHODS):
-            return
+            return None
         header = request.headers.get("Authorization")
         if header is None:
             raise _Refused(
@@ -174,7 +234,8 @@ class OipHttpServer(HttpListener):
         scheme, _, token = header.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise _Refused(401, "the Authorization header must be 'Bearer <token>'")
-        identity = self._tokens.table.identify_digest(token_digest(token.strip()))
+        digest = token_digest(token.strip())
+        identity = self._tokens.table.identify_digest(digest)
         if identity is None:
             raise _Refused(
                 401,
@@ -190,6 +251,7 @@ class OipHttpServer(HttpListener):
                 f"{request.method} {request.path[:200]} needs the {required.label} role; the token "
                 f"{identity.name!r} has the {identity.role.label} role",
             )
+        return digest
 
     async def _live(self, request: web.Request) -> web.Response:
         return web.Response()
@@ -284,3 +346,25 @@ class OipHttpServer(HttpListener):
             content_type="application/octet-stream",
             headers={HEADER_LENGTH: str(header_length)},
         )
+
+
+async def _revoked_at_reload(
+    revocable: dict[asyncio.Task[Any], _Revocable],
+    entry: _Revocable,
+    handler: Handler,
+    request: web.Request,
+) -> web.StreamResponse:
+    """`handler(request)`, tracked while it runs so that `end_revoked` can end it: cancelled there
+    (which takes a queued request off the batcher's queue), it is answered with its refusal."""
+    task = asyncio.current_task()
+    assert task is not None, "aiohttp runs each request in a task"
+    revocable[task] = entry
+    try:
+        return await handler(request)
+    except asyncio.CancelledError:
+        if entry.refusal is None:
+            raise
+        task.uncancel()
+        raise entry.refusal from None
+    finally:
+        del revocable[task]

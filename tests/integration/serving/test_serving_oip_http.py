@@ -19,6 +19,7 @@ import pytest
 from serving_models import W, echo_model, half_model, linear_model, upload
 
 from tessera.v1 import system_pb2
+from tesserad import cli
 from tesserad.security import Role
 from tesserad.server import StartupError
 from tests.conftest import InProcessDaemon, daemon_settings
@@ -362,5 +363,53 @@ def test_requests_take_a_slot_of_max_concurrent_calls_with_grpc_s_calls(tmp_path
         _until(lambda: _grpc_info(channel) == (grpc.StatusCode.RESOURCE_EXHAUSTED, message))
         connection.close()
         _until(lambda: _grpc_info(channel)[0] == grpc.StatusCode.OK)
+    finally:
+        daemon.stop()
+
+
+def test_a_reload_refuses_a_removed_token_s_requests_in_progress_and_on_a_kept_alive_connection(
+    tmp_path: Path, tokens: Tokens
+) -> None:
+    settings = daemon_settings(
+        tmp_path / "data",
+        **{
+            "serving.oip_http_listen": "127.0.0.1:0",
+            "security.tokens_file": str(tokens.file),
+            "security.tokens_reload_interval_s": 0,
+        },
+    )
+    daemon = InProcessDaemon(settings).start()
+    try:
+        port = daemon.daemon.oip_http_port
+        reader = f"Bearer {tokens.token[Role.READER]}"
+        kept = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        kept.request("GET", "/v2", headers={"Authorization": reader})
+        first = kept.getresponse()
+        assert first.status == 200 and first.read()
+        # An inference request admitted, its body still on its way (it would then wait in the
+        # batcher's queue the same way): the reload answers it.
+        waiting = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        waiting.putrequest("POST", "/v2/models/nope/infer")
+        waiting.putheader("Authorization", reader)
+        waiting.putheader("Content-Length", "100")
+        waiting.endheaders(b"{")
+        _until(lambda: daemon.daemon._oip_http is not None and daemon.daemon._oip_http._calls.in_flight == 1)
+
+        assert cli.main(["tokens", "remove", "reader-holder", "--file", str(tokens.file)]) == 0
+        daemon.run(daemon.daemon.reload())
+
+        answer = waiting.getresponse()
+        assert answer.status == 401 and answer.getheader("WWW-Authenticate", "").startswith("Bearer")
+        assert json.loads(answer.read())["error"] == (
+            "the token this inference request was sent with was removed from the tesserad's tokens "
+            "file (or replaced) before it was answered; send it again with a valid token"
+        )
+        waiting.close()
+        # The kept-alive connection's next request is checked against the tokens now in use.
+        kept.request("GET", "/v2", headers={"Authorization": reader})
+        assert kept.getresponse().status == 401
+        kept.close()
+        admin = {"Authorization": f"Bearer {tokens.token[Role.ADMIN]}"}
+        assert error(f"http://127.0.0.1:{port}/v2/models/nope/infer", {"inputs": []}, admin)[0] == 404
     finally:
         daemon.stop()
