@@ -290,7 +290,7 @@ class SecuritySettings:
         "names (besides localhost and IP addresses) the HTTP listeners (dashboard, OIP over HTTP) "
         "answer in the Host header, and whose pages may POST to them; a leading dot takes the names "
         "under it, * any host. Host is checked on loopback or without authentication, against DNS "
-        "rebinding",
+        "rebinding; the metrics port checks it on loopback",
     )
 
 

@@ -3,6 +3,12 @@
 Nothing is registered on prometheus_client's global registry, so two daemons in one process
 (as in tests) never collide. Families that prometheus_client cannot name as their owner needs
 (Triton's counters, see serving/triton_metrics.py) are added as text (`add_text`).
+
+On loopback the port answers only the hosts the HTTP listeners answer (security.http_allowed_hosts,
+dashboard/hosts.py), so a page that rebinds its name to 127.0.0.1 cannot read the model names and
+counts. Beyond loopback the Host is not checked: the operator has put the metrics on the network
+for Prometheus, which scrapes them by names of every kind (a Service's, a pod's, a node's), and
+whoever a rebound page could reach them through can read them directly.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from tesserad.config import Address
+from tesserad.dashboard.hosts import HostRule
 
 log = logging.getLogger(__name__)
 
@@ -167,11 +174,11 @@ class MetricsHttpServer:
     same server with its WSGI app behind a route.
     """
 
-    def __init__(self, metrics: DaemonMetrics, address: Address) -> None:
+    def __init__(self, metrics: DaemonMetrics, address: Address, allowed_hosts: Iterable[str]) -> None:
+        """`allowed_hosts`: security.http_allowed_hosts, checked when `address` is loopback."""
         server_class = _Ipv6Server if ":" in address.host else ThreadingWSGIServer
-        self._server = make_server(
-            address.host, address.port, _metrics_only(metrics.page), server_class, _QuietHandler
-        )
+        app = _answered_hosts(_metrics_only(metrics.page), HostRule(allowed_hosts, address.is_loopback))
+        self._server = make_server(address.host, address.port, app, server_class, _QuietHandler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
         self._thread.start()
         self.port: int = self._server.server_port
@@ -180,6 +187,21 @@ class MetricsHttpServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+
+def _answered_hosts(app: WsgiApp, hosts: HostRule) -> WsgiApp:
+    """`app` for the hosts `hosts` answers; 403 saying why for any other."""
+
+    def guard(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        problem = hosts.refusal(
+            environ.get("REQUEST_METHOD", "GET"), environ.get("HTTP_HOST"), environ.get("HTTP_ORIGIN")
+        )
+        if problem is None:
+            return app(environ, start_response)
+        start_response("403 Forbidden", [("Content-Type", "text/plain; charset=utf-8")])
+        return [f"{problem}\n".encode()]
+
+    return guard
 
 
 def _metrics_only(app: WsgiApp) -> WsgiApp:

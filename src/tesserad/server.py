@@ -527,7 +527,9 @@ class Daemon:
         settings = self.settings
         if settings.metrics_listen is not None:
             try:
-                self._metrics_http = MetricsHttpServer(self.metrics, settings.metrics_listen)
+                self._metrics_http = MetricsHttpServer(
+                    self.metrics, settings.metrics_listen, settings.security.http_allowed_hosts
+                )
             except OSError as exc:
                 raise StartupError(
                     f"cannot serve metrics on {settings.metrics_listen}: {exc.strerror}; "

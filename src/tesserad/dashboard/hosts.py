@@ -1,5 +1,6 @@
-"""Which Host and Origin headers an HTTP listener (the dashboard's, the HTTP inference one)
-answers: the guard against DNS rebinding and cross-site requests (security.http_allowed_hosts).
+"""Which Host and Origin headers an HTTP listener (the dashboard's, the HTTP inference one, and
+the metrics port on loopback: tesserad.metrics) answers: the guard against DNS rebinding and
+cross-site requests (security.http_allowed_hosts).
 
 DNS rebinding: a page at evil.example has its name resolve to 127.0.0.1, and the browser, taking
 the daemon for the page's own server, lets it send requests and read the answers. Each such

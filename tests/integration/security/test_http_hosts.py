@@ -124,3 +124,30 @@ def test_beyond_loopback_with_tokens_the_host_is_not_checked_and_listed_origins_
     # A proxy that sends its backend's address as Host: its public name comes in Origin alone.
     proxied = {"Host": "10.0.0.5:8000", "Origin": "https://tessera.example.com", **reader}
     assert request(oip, index, proxied, "POST", b"")[0] == 200
+
+
+def metrics(port: int, host: str) -> tuple[int, str]:
+    status, _, body = request(port, "/metrics", {"Host": host})
+    return status, body.decode()
+
+
+def test_the_metrics_port_on_loopback_answers_the_same_hosts(start_daemon):
+    daemon = start_daemon(**{SETTING: "tessera.test"})
+    port = daemon.daemon.metrics_port
+    status, body = metrics(port, f"evil.example:{port}")
+    assert status == 403
+    assert "'evil.example'" in body and "DNS rebinding" in body and SETTING in body
+    assert "tessera_" not in body
+    for host in ("localhost", f"127.0.0.1:{port}", "[::1]", "tessera.test:9464"):
+        status, body = metrics(port, host)
+        assert status == 200 and "process_cpu_seconds_total" in body, host
+
+
+def test_beyond_loopback_the_metrics_port_answers_any_name_prometheus_scrapes_by(
+    start_daemon, tokens: Tokens
+):
+    daemon = start_daemon(**{"metrics_listen": "0.0.0.0:0", "security.tokens_file": str(tokens.file)})
+    port = daemon.daemon.metrics_port
+    for host in ("tesserad.monitoring.svc:9464", "10.0.0.7:9464", "gpu-box"):
+        status, body = metrics(port, host)
+        assert status == 200 and "process_cpu_seconds_total" in body, host
