@@ -256,6 +256,13 @@ class LimitsSettings:
         "streaming RPCs (watch, upload, download, predict streams) open at once; more answer "
         "RESOURCE_EXHAUSTED",
     )
+    http_request_timeout_s: float = setting(
+        60.0,
+        parse_number(float, 0.01, 3600.0),
+        "on the HTTP listeners: the time a client has to send a request's headers (from its "
+        "connection's start or its previous answer; an idle connection closes then) and then its "
+        "body (OIP over HTTP: 408 after it)",
+    )
 
 
 @dataclass(frozen=True)

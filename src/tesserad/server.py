@@ -503,7 +503,13 @@ class Daemon:
         if address is None:
             return
         self._oip_http = OipHttpServer(
-            oip, address, self.settings.security, auth.tokens, auth.calls, self.settings.max_message_size
+            oip,
+            address,
+            self.settings.security,
+            auth.tokens,
+            auth.calls,
+            self.settings.max_message_size,
+            self.settings.limits.http_request_timeout_s,
         )
         auth.also_revoke(self._oip_http.end_revoked)
         if self._certificates is not None:

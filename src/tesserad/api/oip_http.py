@@ -110,11 +110,13 @@ class OipHttpServer(HttpListener):
         tokens: TokenFile | None,
         calls: ConcurrencyGate,
         max_message_size: int,
+        request_timeout_s: float,
     ) -> None:
         """`tokens`: the daemon's own (None without a tokens file), so a reload applies here too;
-        `calls`: the gRPC listener's count of calls in flight, which requests here join."""
+        `calls`: the gRPC listener's count of calls in flight, which requests here join;
+        `request_timeout_s`: limits.http_request_timeout_s, for headers and then for a body."""
         self._core = core
-        super().__init__(address, security)
+        super().__init__(address, security, request_timeout_s)
         self._tokens = tokens
         self._calls = calls
         self._health_open = security.health_open
@@ -160,11 +162,7 @@ class OipHttpServer(HttpListener):
         except errors.TesseraError as exc:
             return _failure(http_status_for(exc), exc.message)
         except web.HTTPRequestEntityTooLarge:
-            return _failure(
-                413,
-                f"the request body is larger than max_message_size ({format_size(self._max_message_size)}), "
-                "the largest request this tesserad accepts",
-            )
+            return _failure(413, self._too_large(None))
         except web.HTTPException as exc:
             if exc.status == 404:
                 return _failure(404, f"nothing at {request.path[:200]}; the protocol's paths start with /v2")
@@ -191,6 +189,10 @@ class OipHttpServer(HttpListener):
 
         async def admitted(request: web.Request) -> web.StreamResponse:
             digest = self._admit(request, rpc)
+            length = request.content_length
+            if length is not None and length > self._max_message_size:
+                # Refused before a byte of it is read, or a slot taken while it (never) arrives.
+                raise _Refused(413, self._too_large(length))
             if not limited:
                 return await handler(request)
             calls.enter()
@@ -202,6 +204,33 @@ class OipHttpServer(HttpListener):
                 calls.leave()
 
         return admitted
+
+    def _too_large(self, size: int | None) -> str:
+        """What a body over max_message_size is told; `size` when its Content-Length says it."""
+        over = "over" if size is None else f"{format_size(size)}, over"
+        return (
+            f"the request body is {over} max_message_size = {format_size(self._max_message_size)}, "
+            "the largest request this tesserad accepts (gRPC's too); send fewer rows per request, or ask "
+            "the operator to raise max_message_size (env TESSERA_MAX_MESSAGE_SIZE)"
+        )
+
+    async def _body(self, request: web.Request) -> bytes:
+        """The request's body, once it has all arrived: 408 when that takes longer than
+        limits.http_request_timeout_s (a client that sends it slowly, or less than its
+        Content-Length, would otherwise hold its slot of limits.max_concurrent_calls for good)."""
+        try:
+            async with asyncio.timeout(self._request_timeout_s):
+                return await request.read()
+        except TimeoutError:
+            raise _Refused(
+                408,
+                f"the request body did not all arrive within limits.http_request_timeout_s = "
+                f"{self._request_timeout_s:g} s; send it at once, and no fewer bytes than its "
+                "Content-Length says",
+            ) from None
+        except ConnectionResetError:
+            # The client left: nobody reads this answer, and its leaving is no error of the daemon's.
+            raise _Refused(400, "the connection closed before the request body arrived") from None
 
     def end_revoked(self, table: TokenTable) -> int:
         """Answer each inference request in progress whose token `table` no longer admits to
@@ -289,7 +318,7 @@ class OipHttpServer(HttpListener):
 
     async def _json_object(self, request: web.Request) -> dict[str, object]:
         """The body as a JSON object; an empty body is an empty object."""
-        body = await request.read()
+        body = await self._body(request)
         if not body.strip():
             return {}
         document, _ = split_body(body, None)
@@ -316,7 +345,7 @@ class OipHttpServer(HttpListener):
         return web.Response()
 
     async def _infer(self, request: web.Request) -> web.Response:
-        body = await request.read()
+        body = await self._body(request)
         started = time.perf_counter_ns()
         target = target_of(request.match_info["model"], request.match_info.get("version", ""))
         try:

@@ -17,8 +17,10 @@ class HttpListener:
     one (for port 0). The application puts `_guard` first after its error middleware, which
     answers the guard's PermissionDenied as 403 in the listener's own error form."""
 
-    def __init__(self, address: Address, security: SecuritySettings) -> None:
+    def __init__(self, address: Address, security: SecuritySettings, request_timeout_s: float) -> None:
+        """`request_timeout_s`: limits.http_request_timeout_s."""
         self._address = address
+        self._request_timeout_s = request_timeout_s
         self._tls = dashboard_tls(security)
         self._hosts = HostRule(
             security.http_allowed_hosts,
@@ -38,7 +40,12 @@ class HttpListener:
         return await handler(request)
 
     def _serve(self, app: web.Application) -> None:
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        # aiohttp closes a connection still waiting for a request's headers this long after the
+        # connection's start or its previous answer (its own default is an hour: a client sending
+        # its headers a byte at a time held a connection that long).
+        self._runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=1.0, keepalive_timeout=self._request_timeout_s
+        )
 
     def reload_tls(self) -> None:
         """Read the TLS files again for new connections (the gRPC listener has checked them)."""

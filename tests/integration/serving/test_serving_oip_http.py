@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import ssl
 import time
 import urllib.error
@@ -411,5 +412,68 @@ def test_a_reload_refuses_a_removed_token_s_requests_in_progress_and_on_a_kept_a
         kept.close()
         admin = {"Authorization": f"Bearer {tokens.token[Role.ADMIN]}"}
         assert error(f"http://127.0.0.1:{port}/v2/models/nope/infer", {"inputs": []}, admin)[0] == 404
+    finally:
+        daemon.stop()
+
+
+def _raw(port: int, data: bytes) -> bytes:
+    """What the listener answers `data` with, until it closes the connection (b"" for nothing)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(data)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+            if b"\r\n\r\n" in answer and answer.endswith(b"}"):
+                break
+        return answer
+
+
+def _status_and_error(answer: bytes) -> tuple[int, str]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)["error"]
+
+
+def test_slow_clients_and_bodies_over_max_message_size_are_refused(tmp_path: Path) -> None:
+    settings = daemon_settings(
+        tmp_path / "data",
+        **{
+            "serving.oip_http_listen": "127.0.0.1:0",
+            "max_message_size": "1MiB",
+            "limits.http_request_timeout_s": 1,
+            "limits.max_concurrent_calls": 1,
+        },
+    )
+    daemon = InProcessDaemon(settings).start()
+    try:
+        port = daemon.daemon.oip_http_port
+        channel = daemon.channel()
+        infer = b"POST /v2/models/nope/infer HTTP/1.1\r\nHost: localhost\r\n"
+        # Headers sent a byte at a time and never finished: both listeners close the connection.
+        for listener in (port, daemon.daemon.http_port):
+            assert _raw(listener, b"GET /v2 HTTP/1.1\r\nHost: loc") == b""
+        # A body that never all arrives: 408, and its slot of max_concurrent_calls is free again.
+        status, message = _status_and_error(_raw(port, infer + b"Content-Length: 100\r\n\r\n{"))
+        assert status == 408 and message == (
+            "the request body did not all arrive within limits.http_request_timeout_s = 1 s; send it "
+            "at once, and no fewer bytes than its Content-Length says"
+        )
+        assert _grpc_info(channel)[0] == grpc.StatusCode.OK
+        # A Content-Length over max_message_size is refused before the body is read, as gRPC refuses.
+        status, message = _status_and_error(_raw(port, infer + b"Content-Length: 10000000000\r\n\r\n{"))
+        assert status == 413 and message == (
+            "the request body is 9.31 GiB, over max_message_size = 1 MiB, the largest request this "
+            "tesserad accepts (gRPC's too); send fewer rows per request, or ask the operator to raise "
+            "max_message_size (env TESSERA_MAX_MESSAGE_SIZE)"
+        )
+        # Chunked: its size shows as it arrives.
+        chunk = b"10000\r\n" + b" " * 65536 + b"\r\n"
+        status, message = _status_and_error(
+            _raw(port, infer + b"Transfer-Encoding: chunked\r\n\r\n" + chunk * 17 + b"0\r\n\r\n")
+        )
+        assert status == 413 and message.startswith("the request body is over max_message_size = 1 MiB,")
+        index = b"POST /v2/repository/index HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+        answer = _raw(port, index + b"2\r\n{}\r\n0\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"[]")
+        assert _grpc_info(channel)[0] == grpc.StatusCode.OK
     finally:
         daemon.stop()
