@@ -344,6 +344,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         tokens = self._tokens
         tracked_digest = digest if streaming or method in REVOKED_IN_FLIGHT else None
         expires = streaming and identity is not None and identity.expires is not None
+        # The tokens under which a unary call through this wrapper was last admitted: until a
+        # reload swaps them, the next call's check in handler_for stands (every call here has the
+        # same token and RPC), so it skips a second scan of the table.
+        admitted_under: list[TokenTable | None] = [None]
 
         def enter(context: Context) -> _OpenStream | None:
             """Bind the caller and count the call in, or raise _Refused (nothing counted) when the
@@ -364,11 +368,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             stream = _OpenStream(asyncio.current_task(), tracked_digest, required, rpc, streaming)
             # The token was checked before the request was read; a reload may have come between.
             table = tokens.table
-            refusal = stream.refusal_under(table, utc_now())
-            if refusal is not None:
-                for gate in gates:
-                    gate.leave()
-                raise _Refused(*refusal)
+            if streaming or table is not admitted_under[0]:
+                refusal = stream.refusal_under(table, utc_now())
+                if refusal is not None:
+                    for gate in gates:
+                        gate.leave()
+                    raise _Refused(*refusal)
+                admitted_under[0] = table
             open_streams.add(stream)
             if expires:
                 self._watch_expiry(stream, table)
@@ -554,7 +560,6 @@ class _OpenStream:
         "sending",
         "streaming",
         "task",
-        "what",
     )
 
     def __init__(
@@ -567,14 +572,18 @@ class _OpenStream:
         self.rpc = rpc
         # Only a stream ends when its token expires; a unary call was checked when it came.
         self.streaming = streaming
-        # How messages name the call's token.
-        self.what = f"this {rpc} stream was opened with" if streaming else f"this {rpc} call was sent with"
         # True while a response it yielded is with gRPC, on its way out.
         self.sending = False
         # The status the stream ends with, once a reload (or its token's expiry) has revoked it.
         self.refusal: tuple[grpc.StatusCode, str] | None = None
         # Ends the stream when its token expires; None when the token never does.
         self.expiry_timer: asyncio.TimerHandle | None = None
+
+    def _what(self) -> str:
+        """How a refusal names the call's token."""
+        if self.streaming:
+            return f"this {self.rpc} stream was opened with"
+        return f"this {self.rpc} call was sent with"
 
     def refusal_under(self, table: TokenTable, now: datetime.datetime) -> tuple[grpc.StatusCode, str] | None:
         """The status ending this stream if `table` were the tokens at `now`, or None when it
@@ -583,11 +592,11 @@ class _OpenStream:
         if identity is None:
             return (
                 grpc.StatusCode.UNAUTHENTICATED,
-                f"the token {self.what} was removed from the tesserad's tokens file (or replaced); "
+                f"the token {self._what()} was removed from the tesserad's tokens file (or replaced); "
                 "make the call again with a valid token",
             )
         if identity.expired(now):
-            return (grpc.StatusCode.UNAUTHENTICATED, f"{expired_message(identity)}; {self.what} it")
+            return (grpc.StatusCode.UNAUTHENTICATED, f"{expired_message(identity)}; {self._what()} it")
         if identity.role < self.required:
             return (
                 grpc.StatusCode.PERMISSION_DENIED,
