@@ -4,7 +4,7 @@ predictions, shadow results), and a call's deadline as the plain instant the ser
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 
@@ -122,12 +122,19 @@ def config_from_proto(config: pb.ServingConfig) -> ServingConfig:
         device=config.device,
         instances=config.instances,
         max_batch_size=config.max_batch_size,
-        max_queue_delay_us=config.max_queue_delay_us,
+        max_queue_delay_us=_present(config, "max_queue_delay_us"),
         max_queue_size=config.max_queue_size,
-        warmup_runs=config.warmup_runs,
-        intra_op_threads=config.intra_op_threads,
+        warmup_runs=_present(config, "warmup_runs"),
+        intra_op_threads=_present(config, "intra_op_threads"),
         response_cache=config.response_cache,
     )
+
+
+def _present(
+    config: pb.ServingConfig, field: Literal["max_queue_delay_us", "warmup_runs", "intra_op_threads"]
+) -> int | None:
+    """An optional field's value, None when unset (the daemon's default)."""
+    return getattr(config, field) if config.HasField(field) else None
 
 
 def loaded_to_proto(entry: LoadedVersion) -> pb.LoadedModel:

@@ -181,7 +181,7 @@ def model_config_of(described: VersionDescription) -> model_config_pb2.ModelConf
         ],
         dynamic_batching=model_config_pb2.ModelDynamicBatching(
             # No preferred_batch_size: as Triton without one, batches grow to max_batch_size.
-            max_queue_delay_microseconds=config.max_queue_delay_us,
+            max_queue_delay_microseconds=config.max_queue_delay_us or 0,
             # The queue's bound (refused beyond it), and the `timeout` parameter, which
             # drops a request still queued when it passes; no timeout without it.
             default_queue_policy=model_config_pb2.ModelQueuePolicy(

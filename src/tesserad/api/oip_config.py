@@ -11,7 +11,9 @@ The fields taken, and what they set:
                                                             pytorch_libtorch/pytorch -> torch
     max_batch_size                                          max_batch_size (absent: the default; 0,
                                                             Triton's "no batching", is refused: 1 is)
-    dynamic_batching.max_queue_delay_microseconds           max_queue_delay_us
+    dynamic_batching.max_queue_delay_microseconds           max_queue_delay_us (dynamic_batching given
+                                                            without it: 0, as Triton reads it;
+                                                            dynamic_batching absent: the default)
     dynamic_batching.default_queue_policy.max_queue_size    max_queue_size (absent: the default; 0,
                                                             Triton's unbounded queue, is refused)
     dynamic_batching.default_queue_policy.allow_timeout_override   nothing (`timeout` always applies)
@@ -115,11 +117,14 @@ def serving_config_of(text: str, model: str) -> ServingConfig:
         device=device,
         instances=_within("instance_group[0].count", instances, "instances"),
         max_batch_size=_within("max_batch_size", config.max_batch_size, "max_batch_size"),
+        # Triton's delay is 0 when dynamic_batching leaves it out, as protobuf's JSON writes a 0.
         max_queue_delay_us=_within(
             "dynamic_batching.max_queue_delay_microseconds",
             batching.max_queue_delay_microseconds,
             "max_queue_delay_us",
-        ),
+        )
+        if _given(document, ("dynamic_batching",))
+        else None,
         max_queue_size=_within(
             "dynamic_batching.default_queue_policy.max_queue_size", policy.max_queue_size, "max_queue_size"
         ),
@@ -147,18 +152,34 @@ def _refuse_untaken(message: Message, path: str) -> None:
 
 
 def _refuse_zero(document: Mapping[str, object], path: tuple[str, ...], meaning: str) -> None:
-    """InvalidArgument for a 0 given at `path` (snake_case or camelCase names), which Triton
-    reads otherwise than tesserad's "the default": protobuf's parser cannot tell it from absent."""
-    value: object = document
-    for name in path:
-        if not isinstance(value, Mapping):
-            return
-        camel = name.split("_")[0] + "".join(part.title() for part in name.split("_")[1:])
-        value = value.get(name, value.get(camel))
-    if value is not None and not isinstance(value, bool) and value in (0, "0"):
+    """InvalidArgument for a 0 given at `path`, which Triton reads otherwise than tesserad's
+    "the default": protobuf's parser cannot tell it from absent."""
+    if _is_zero(document, path):
         raise InvalidArgument(
             f"config field {'.'.join(path)!r} is 0; {meaning}, or leave it out for the default"
         )
+
+
+def _is_zero(document: Mapping[str, object], path: tuple[str, ...]) -> bool:
+    value = _value(document, path)
+    return value is not None and not isinstance(value, bool) and value in (0, "0")
+
+
+def _given(document: Mapping[str, object], path: tuple[str, ...]) -> bool:
+    """Whether the document has `path`, even as a value protobuf's parser keeps no trace of
+    (an empty object or list, a 0)."""
+    return _value(document, path) is not None
+
+
+def _value(document: Mapping[str, object], path: tuple[str, ...]) -> object:
+    """The value at `path` (snake_case or camelCase names), None where absent."""
+    value: object = document
+    for name in path:
+        if not isinstance(value, Mapping):
+            return None
+        camel = name.split("_")[0] + "".join(part.title() for part in name.split("_")[1:])
+        value = value.get(name, value.get(camel))
+    return value
 
 
 def _runtime(platform: str, backend: str) -> str:
@@ -202,12 +223,12 @@ def _placement(group: mc.ModelInstanceGroup) -> tuple[int, str]:
 
 
 def _within(field: str, value: int, serving_field: str) -> int:
-    """`value` when in the range LoadModel accepts for `serving_field` (0: the default)."""
+    """`value` when in the range LoadModel accepts for `serving_field` (0: the default where 0
+    is not in the range)."""
     low, high = CONFIG_LIMITS[serving_field]
     if value != 0 and not low <= value <= high:
-        raise InvalidArgument(
-            f"config field {field!r} must be in {low}..{high} (0 for the default), got {value}"
-        )
+        default = " (0 for the default)" if low else ""
+        raise InvalidArgument(f"config field {field!r} must be in {low}..{high}{default}, got {value}")
     return value
 
 

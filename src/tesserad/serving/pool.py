@@ -41,16 +41,18 @@ _LOADING = (LoadState.LOADING, LoadState.WARMING)
 
 @dataclass(frozen=True)
 class ServingConfig:
-    """How a version runs; zero or empty fields take the pool's defaults."""
+    """How a version runs; zero or empty fields take the pool's defaults, and so do None ones,
+    which are None only where 0 is a value of its own. An effective config has no None."""
 
     runtime: str = ""  # "onnx", "torch", "ensemble", or "" for the version's format
     device: str = ""
     instances: int = 0
     max_batch_size: int = 0
-    max_queue_delay_us: int = 0
+    max_queue_delay_us: int | None = None
     max_queue_size: int = 0
-    warmup_runs: int = 0
-    intra_op_threads: int = 0
+    warmup_runs: int | None = None
+    # 0: on a CPU the cores shared among the instances, on a GPU the runtime's own default.
+    intra_op_threads: int | None = None
     # Answer requests identical to an earlier one from the daemon's response cache: for a version
     # whose outputs depend on its inputs alone (see tesserad.serving.response_cache).
     response_cache: bool = False
@@ -82,7 +84,7 @@ class ServingDefaults:
     response_cache_size: int = 0
 
 
-# field -> (low, high): the accepted range of an explicit (non-zero) value.
+# field -> (low, high): the accepted range of an explicit value (not 0 where 0 is the default).
 CONFIG_LIMITS = {
     "instances": (1, 64),
     "max_batch_size": (1, 65536),
@@ -124,8 +126,9 @@ def effective_config(config: ServingConfig, defaults: ServingDefaults, format: s
     """The config with every default filled in; InvalidArgument for a value out of range."""
     for name, (low, high) in CONFIG_LIMITS.items():
         value = getattr(config, name)
-        if value != 0 and not low <= value <= high:
-            raise InvalidArgument(f"config.{name} must be in {low}..{high} (0 for the default), got {value}")
+        if value and not low <= value <= high:
+            default = " (0 for the default)" if low else ""
+            raise InvalidArgument(f"config.{name} must be in {low}..{high}{default}, got {value}")
     if format == "ensemble":
         if config.runtime not in ("", "ensemble"):
             raise FailedPrecondition(
@@ -154,22 +157,24 @@ def effective_config(config: ServingConfig, defaults: ServingDefaults, format: s
             "the torch runtime needs a safetensors version with an architecture; load this ONNX "
             "version with runtime onnx"
         )
-    filled = {
-        name: getattr(config, name) or getattr(defaults, name)
-        for name in ("max_batch_size", "max_queue_delay_us", "max_queue_size", "warmup_runs")
-    }
     device = config.device or default_device()
     instances = config.instances or defaults.instances or (CPU_INSTANCES if device == "cpu" else 1)
+    threads = _given(config.intra_op_threads, defaults.intra_op_threads)
     return ServingConfig(
         runtime=runtime,
         device=device,
         instances=instances,
-        intra_op_threads=config.intra_op_threads
-        or defaults.intra_op_threads
-        or (max(1, (os.cpu_count() or 1) // instances) if device == "cpu" else 0),
+        max_batch_size=config.max_batch_size or defaults.max_batch_size,
+        max_queue_delay_us=_given(config.max_queue_delay_us, defaults.max_queue_delay_us),
+        max_queue_size=config.max_queue_size or defaults.max_queue_size,
+        warmup_runs=_given(config.warmup_runs, defaults.warmup_runs),
+        intra_op_threads=threads or (max(1, (os.cpu_count() or 1) // instances) if device == "cpu" else 0),
         response_cache=config.response_cache,
-        **filled,
     )
+
+
+def _given(value: int | None, default: int) -> int:
+    return default if value is None else value
 
 
 class LoadedVersion:
@@ -346,7 +351,7 @@ class ModelPool:
             runtimes,
             entry.stats,
             max_batch_size=config.max_batch_size,
-            max_queue_delay_us=config.max_queue_delay_us,
+            max_queue_delay_us=config.max_queue_delay_us or 0,
             max_queue_size=config.max_queue_size,
             batchable=signature.batchable,
             # An ensemble waits on its members' worker threads: never on the event loop's thread.
@@ -397,7 +402,7 @@ class ModelPool:
             )
         with servable.open_artifact() as path:
             if config.runtime == "onnx":
-                return OnnxRuntime(path, config.device, config.intra_op_threads)
+                return OnnxRuntime(path, config.device, config.intra_op_threads or 0)
             assert servable.architecture is not None and servable.signature is not None
             return TorchRuntime(path, servable.architecture, servable.signature, config.device)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import tessera
 from tessera.cli import EXIT_DAEMON, EXIT_FAILED, EXIT_USAGE
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.sdk.affine import affine_onnx
@@ -103,6 +104,43 @@ def test_a_reload_takes_the_defaults_unless_told_to_keep_the_config(tessera_cli,
     assert "response_cache" not in reset
 
 
+def test_an_explicit_zero_overrides_a_non_zero_daemon_default(tessera_cli, tmp_path):
+    # An idle model holds a lone request up to the delay: 10 s by the daemon's default here.
+    held = InProcessDaemon(
+        daemon_settings(
+            tmp_path / "held", **{"serving.max_queue_delay_us": 10_000_000, "serving.warmup_runs": 3}
+        )
+    ).start()
+    try:
+        with tessera.Client(held.target) as client:
+            client.models.push("affine", affine_onnx(tmp_path / "affine.onnx"))
+            x = {"input": np.ones((1, 4), np.float32)}
+
+            def load(*words: str) -> dict[str, object]:
+                result = tessera_cli("--json", "load", "affine", *words, target=held.target)
+                assert result.code == 0, result.err
+                config: dict[str, object] = result.json()["config"]
+                return config
+
+            zero = load("--max-queue-delay-us", "0", "--warmup-runs", "0", "--intra-op-threads", "0")
+            assert (zero["max_queue_delay_us"], zero["warmup_runs"]) == (0, 0)
+            (listed,) = client.inference.loaded("affine")
+            assert listed.config.HasField("max_queue_delay_us") and listed.config.max_queue_delay_us == 0
+            # Not held: answered well within a deadline the daemon's default delay would pass.
+            client.inference.predict("affine", x, timeout=5.0)
+            # --keep-config keeps the zeros, which ListLoaded sets.
+            kept = load("--keep-config", "--max-batch-size", "8")
+            assert (kept["max_queue_delay_us"], kept["warmup_runs"], kept["max_batch_size"]) == (0, 0, 8)
+
+            # Without the flags, the daemon's defaults, and a lone request waits out the delay.
+            default = load()
+            assert (default["max_queue_delay_us"], default["warmup_runs"]) == (10_000_000, 3)
+            with pytest.raises(tessera.DeadlineExceeded):
+                client.inference.predict("affine", x, timeout=1.0)
+    finally:
+        held.stop()
+
+
 def test_keep_config_of_a_version_not_loaded_fails_and_loads_nothing(tessera_cli, client, tmp_path):
     client.models.push("affine", affine_onnx(tmp_path / "affine.onnx"))
     result = tessera_cli("load", "affine", "--keep-config", "--max-batch-size", "8")
@@ -120,7 +158,7 @@ def test_keep_config_of_a_version_not_loaded_fails_and_loads_nothing(tessera_cli
 
 def test_load_options_out_of_range_are_refused_before_anything_loads(tessera_cli, client, tmp_path, capsys):
     client.models.push("affine", affine_onnx(tmp_path / "affine.onnx"))
-    for bad in (["--max-queue-delay-us", "-1"], ["--warmup-runs", "0"], ["--runtime", "tensorrt"]):
+    for bad in (["--max-queue-delay-us", "-1"], ["--warmup-runs", "-1"], ["--runtime", "tensorrt"]):
         with pytest.raises(SystemExit) as exited:
             tessera_cli("load", "affine", *bad)
         assert exited.value.code == EXIT_USAGE

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import threading
 import time
 import urllib.request
@@ -557,3 +558,31 @@ def test_shadow_outputs_are_recorded_and_never_returned(
         INVALID,
         "limit must be >= 0",
     )
+
+
+def test_load_model_tells_an_explicit_0_from_unset(start_daemon) -> None:
+    # An idle model holds a lone request up to the delay: 10 s by the daemon's default here.
+    daemon = start_daemon(
+        **{"serving.max_queue_delay_us": 10_000_000, "serving.warmup_runs": 3, "serving.intra_op_threads": 3}
+    )
+    channel = daemon.channel()
+    upload(channel, "linear", linear_model(1.0))
+    inference = inference_pb2_grpc.InferenceStub(channel)
+
+    def load(config: inference_pb2.ServingConfig) -> inference_pb2.ServingConfig:
+        target = common_pb2.VersionRef(model="linear")
+        return inference.LoadModel(inference_pb2.LoadModelRequest(target=target, config=config)).config
+
+    # A client built before the fields were optional never sends a 0: it gets the defaults.
+    unset = load(inference_pb2.ServingConfig(device="cpu", max_batch_size=4))
+    assert (unset.max_queue_delay_us, unset.warmup_runs, unset.intra_op_threads) == (10_000_000, 3, 3)
+    zero = load(
+        inference_pb2.ServingConfig(device="cpu", max_queue_delay_us=0, warmup_runs=0, intra_op_threads=0)
+    )
+    # intra_op_threads 0: the cores shared among the version's 2 CPU instances.
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    assert (zero.max_queue_delay_us, zero.warmup_runs, zero.intra_op_threads) == (0, 0, threads)
+    (listed,) = inference.ListLoaded(inference_pb2.ListLoadedRequest(model="linear")).models
+    assert listed.config.HasField("max_queue_delay_us") and listed.config.max_queue_delay_us == 0
+    # Not held: answered well within a deadline the default delay would pass.
+    inference.Predict(predict_request("linear", X[:1]), timeout=5.0)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -118,6 +119,19 @@ def test_instances_default_to_two_on_a_cpu_and_one_on_a_gpu(
     defaults: ServingDefaults, config: ServingConfig, instances: int
 ) -> None:
     assert effective_config(config, defaults, "onnx").instances == instances
+
+
+def test_an_explicit_0_is_kept_where_0_is_a_value_and_unset_takes_the_default() -> None:
+    defaults = ServingDefaults(max_queue_delay_us=500, warmup_runs=3, intra_op_threads=4)
+    unset = effective_config(ServingConfig(device="cpu", instances=1), defaults, "onnx")
+    assert (unset.max_queue_delay_us, unset.warmup_runs, unset.intra_op_threads) == (500, 3, 4)
+    zero = effective_config(
+        ServingConfig(device="cpu", instances=1, max_queue_delay_us=0, warmup_runs=0, intra_op_threads=0),
+        defaults,
+        "onnx",
+    )
+    # intra_op_threads 0: the automatic count, the cores shared among the instances.
+    assert (zero.max_queue_delay_us, zero.warmup_runs, zero.intra_op_threads) == (0, 0, os.cpu_count() or 1)
 
 
 def test_unloadable_file_is_failed_precondition_and_listed_failed(pool: ModelPool, tmp_path: Path) -> None:

@@ -1980,8 +1980,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-queue-delay-us",
         type=whole(0, INT64_MAX),
         help="microseconds a request may wait for more rows to fill a batch while the model is idle; "
-        "under load batches fill without waiting (default: the daemon's serving.max_queue_delay_us, "
-        "0 unless set: a lone request never waits; 0 here also means that default)",
+        "under load batches fill without waiting; 0: a lone request never waits, whatever the daemon's "
+        "default (default: the daemon's serving.max_queue_delay_us, 0 unless set)",
     )
     sub.add_argument(
         "--max-queue-size",
@@ -1991,16 +1991,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument(
         "--warmup-runs",
-        type=whole(1, INT32_MAX),
-        help="inference runs on random inputs before the version takes traffic (default: the daemon's "
-        "serving.warmup_runs, 2 unless set)",
+        type=whole(0, INT32_MAX),
+        help="inference runs on random inputs before the version takes traffic; 0: none (default: the "
+        "daemon's serving.warmup_runs, 2 unless set)",
     )
     sub.add_argument(
         "--intra-op-threads",
-        type=whole(1, INT32_MAX),
-        help="threads per instance for the runtime's operators (default: the daemon's "
-        "serving.intra_op_threads, else on a CPU the cores shared among the instances, on a GPU "
-        "the runtime's own default)",
+        type=whole(0, INT32_MAX),
+        help="threads per instance for the runtime's operators; 0: on a CPU the cores shared among the "
+        "instances, on a GPU the runtime's own default (default: the daemon's serving.intra_op_threads, "
+        "else as 0)",
     )
     sub.add_argument(
         "--response-cache",

@@ -246,15 +246,22 @@ class ServingConfig(_message.Message):
     max_batch_size: _builtins.int
     """Most rows per batch; default 32. 1 turns batching off."""
     max_queue_delay_us: _builtins.int
-    """Longest a request waits for more rows to fill a batch while the model is idle; default 0
-    (never delay a lone request). Under load the batcher gathers greedily without waiting.
+    """Longest a request waits for more rows to fill a batch while the model is idle; unset: the
+    daemon's serving.max_queue_delay_us (0 unless set). 0 never delays a lone request. Under load
+    the batcher gathers greedily without waiting. The three `optional` fields tell an explicit 0
+    from unset (the daemon's default); on the wire they are what they were, so a client that
+    never sets them gets the default as before.
     """
     max_queue_size: _builtins.int
     """Most queued requests; beyond it RESOURCE_EXHAUSTED. Default 1024."""
     warmup_runs: _builtins.int
-    """Inference runs on random inputs before the version takes traffic; default 2."""
+    """Inference runs on random inputs before the version takes traffic; unset: the daemon's
+    serving.warmup_runs (2 unless set). 0: no warm-up.
+    """
     intra_op_threads: _builtins.int
-    """Threads per instance for the runtime's operators; default: the daemon's setting."""
+    """Threads per instance for the runtime's operators; unset: the daemon's serving.intra_op_threads.
+    0: on a CPU the cores shared among the instances, on a GPU the runtime's own default.
+    """
     response_cache: _builtins.bool
     """Answer a request identical to an earlier one (inputs' names, dtypes, shapes and bytes, and
     the outputs asked for) from the daemon's response cache, without running the model, as
@@ -269,17 +276,28 @@ class ServingConfig(_message.Message):
         device: _builtins.str = ...,
         instances: _builtins.int = ...,
         max_batch_size: _builtins.int = ...,
-        max_queue_delay_us: _builtins.int = ...,
+        max_queue_delay_us: _builtins.int | None = ...,
         max_queue_size: _builtins.int = ...,
-        warmup_runs: _builtins.int = ...,
-        intra_op_threads: _builtins.int = ...,
+        warmup_runs: _builtins.int | None = ...,
+        intra_op_threads: _builtins.int | None = ...,
         response_cache: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_intra_op_threads", b"_intra_op_threads", "_max_queue_delay_us", b"_max_queue_delay_us", "_warmup_runs", b"_warmup_runs", "intra_op_threads", b"intra_op_threads", "max_queue_delay_us", b"max_queue_delay_us", "warmup_runs", b"warmup_runs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "instances", b"instances", "intra_op_threads", b"intra_op_threads", "max_batch_size", b"max_batch_size", "max_queue_delay_us", b"max_queue_delay_us", "max_queue_size", b"max_queue_size", "response_cache", b"response_cache", "runtime", b"runtime", "warmup_runs", b"warmup_runs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_intra_op_threads", b"_intra_op_threads", "_max_queue_delay_us", b"_max_queue_delay_us", "_warmup_runs", b"_warmup_runs", "device", b"device", "instances", b"instances", "intra_op_threads", b"intra_op_threads", "max_batch_size", b"max_batch_size", "max_queue_delay_us", b"max_queue_delay_us", "max_queue_size", b"max_queue_size", "response_cache", b"response_cache", "runtime", b"runtime", "warmup_runs", b"warmup_runs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__intra_op_threads: _TypeAlias = _typing.Literal["intra_op_threads"]  # noqa: Y015
+    _WhichOneofArgType__intra_op_threads: _TypeAlias = _typing.Literal["_intra_op_threads", b"_intra_op_threads"]  # noqa: Y015
+    _WhichOneofReturnType__max_queue_delay_us: _TypeAlias = _typing.Literal["max_queue_delay_us"]  # noqa: Y015
+    _WhichOneofArgType__max_queue_delay_us: _TypeAlias = _typing.Literal["_max_queue_delay_us", b"_max_queue_delay_us"]  # noqa: Y015
+    _WhichOneofReturnType__warmup_runs: _TypeAlias = _typing.Literal["warmup_runs"]  # noqa: Y015
+    _WhichOneofArgType__warmup_runs: _TypeAlias = _typing.Literal["_warmup_runs", b"_warmup_runs"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__intra_op_threads) -> _WhichOneofReturnType__intra_op_threads | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_queue_delay_us) -> _WhichOneofReturnType__max_queue_delay_us | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__warmup_runs) -> _WhichOneofReturnType__warmup_runs | None: ...
 
 Global___ServingConfig: _TypeAlias = ServingConfig  # noqa: Y015
 
