@@ -16,13 +16,12 @@ import grpc
 from tesserad import __version__
 from tesserad.api.convert_inference import deadline_of
 from tesserad.api.convert_tensors import oip_inputs_to_arrays, oip_output, oip_requested_outputs
-from tesserad.api.oip_config import serving_config_of
+from tesserad.api.oip_config import model_config_of, serving_config_of
 from tesserad.api.streams import answer_stream
 from tesserad.errors import TesseraError, Unimplemented
 from tesserad.oip import grpc_service_pb2 as pb
-from tesserad.oip import grpc_service_pb2_grpc, model_config_pb2
+from tesserad.oip import grpc_service_pb2_grpc
 from tesserad.serving.open_inference import (
-    BACKENDS,
     EXTENSIONS,
     FINAL_RESPONSE_FLAG,
     OIP_NAME_BY_DTYPE,
@@ -34,25 +33,10 @@ from tesserad.serving.open_inference import (
     target_of,
     timeout_of,
 )
-from tesserad.serving.pool import LoadedVersion, warmup_batches
+from tesserad.serving.pool import LoadedVersion
 from tesserad.serving.service import VersionDescription
-from tesserad.serving.signature import TensorSpec, sample_is_random
+from tesserad.serving.signature import TensorSpec
 
-_CONFIG_DTYPES = {
-    "BOOL": model_config_pb2.TYPE_BOOL,
-    "UINT8": model_config_pb2.TYPE_UINT8,
-    "UINT16": model_config_pb2.TYPE_UINT16,
-    "UINT32": model_config_pb2.TYPE_UINT32,
-    "UINT64": model_config_pb2.TYPE_UINT64,
-    "INT8": model_config_pb2.TYPE_INT8,
-    "INT16": model_config_pb2.TYPE_INT16,
-    "INT32": model_config_pb2.TYPE_INT32,
-    "INT64": model_config_pb2.TYPE_INT64,
-    "FP16": model_config_pb2.TYPE_FP16,
-    "FP32": model_config_pb2.TYPE_FP32,
-    "FP64": model_config_pb2.TYPE_FP64,
-    "BF16": model_config_pb2.TYPE_BF16,
-}
 # InferParameter's oneof fields, as the protocol's kinds and as messages name them.
 _KINDS = {
     "bool_param": Kind.BOOL,
@@ -131,77 +115,6 @@ def metadata_of(described: VersionDescription, versions: list[int]) -> pb.ModelM
         platform=PLATFORMS[described.config.runtime],
         inputs=tensors(described.signature.inputs),
         outputs=tensors(described.signature.outputs),
-    )
-
-
-def model_config_of(described: VersionDescription) -> model_config_pb2.ModelConfig:
-    config = described.config
-    batchable = described.signature.batchable
-    kind = (
-        model_config_pb2.ModelInstanceGroup.KIND_CPU
-        if config.device == "cpu"
-        else model_config_pb2.ModelInstanceGroup.KIND_GPU
-    )
-    gpus = [] if config.device == "cpu" else [int(config.device.partition(":")[2] or 0)]
-
-    def dims(shape: tuple[int, ...]) -> list[int]:
-        # With max_batch_size > 0, Triton's dims leave out the batch dimension.
-        return list(shape[1:] if batchable else shape)
-
-    def warmup_input(spec: TensorSpec) -> model_config_pb2.ModelWarmup.Input:
-        # As sample_inputs makes it: other dynamic dimensions 1, floats random, others zeros.
-        sample = model_config_pb2.ModelWarmup.Input(
-            data_type=_CONFIG_DTYPES[OIP_NAME_BY_DTYPE[spec.dtype]],
-            dims=[max(d, 1) for d in dims(spec.shape)],
-        )
-        # One of a oneof: setting either field to False would still pick it.
-        if sample_is_random(spec.dtype):
-            sample.random_data = True
-        else:
-            sample.zero_data = True
-        return sample
-
-    return model_config_pb2.ModelConfig(
-        name=described.model,
-        platform=PLATFORMS[config.runtime],
-        backend=BACKENDS[config.runtime],
-        max_batch_size=config.max_batch_size if batchable else 0,
-        response_cache=model_config_pb2.ModelResponseCache(enable=config.response_cache),
-        input=[
-            model_config_pb2.ModelInput(
-                name=s.name, data_type=_CONFIG_DTYPES[OIP_NAME_BY_DTYPE[s.dtype]], dims=dims(s.shape)
-            )
-            for s in described.signature.inputs
-        ],
-        output=[
-            model_config_pb2.ModelOutput(
-                name=s.name, data_type=_CONFIG_DTYPES[OIP_NAME_BY_DTYPE[s.dtype]], dims=dims(s.shape)
-            )
-            for s in described.signature.outputs
-        ],
-        dynamic_batching=model_config_pb2.ModelDynamicBatching(
-            # No preferred_batch_size: as Triton without one, batches grow to max_batch_size.
-            max_queue_delay_microseconds=config.max_queue_delay_us or 0,
-            # The queue's bound (refused beyond it), and the `timeout` parameter, which
-            # drops a request still queued when it passes; no timeout without it.
-            default_queue_policy=model_config_pb2.ModelQueuePolicy(
-                timeout_action=model_config_pb2.ModelQueuePolicy.REJECT,
-                allow_timeout_override=True,
-                max_queue_size=config.max_queue_size,
-            ),
-        )
-        if batchable and config.max_batch_size > 1
-        else None,
-        instance_group=[model_config_pb2.ModelInstanceGroup(count=config.instances, kind=kind, gpus=gpus)],
-        model_warmup=[
-            model_config_pb2.ModelWarmup(
-                name=f"{rows} row{'s' if rows > 1 else ''}",
-                batch_size=rows,
-                count=runs,
-                inputs={s.name: warmup_input(s) for s in described.signature.inputs},
-            )
-            for rows, runs in warmup_batches(described.signature, config)
-        ],
     )
 
 

@@ -1,7 +1,8 @@
-"""A Triton model configuration given to RepositoryModelLoad (tritonclient's
-`load_model(name, config=json)`), read as Triton reads it (protobuf's JSON mapping of
-inference.ModelConfig: snake_case or camelCase names, 64-bit integers as numbers or strings,
-enums by name), and mapped onto the ServingConfig a LoadModel would take.
+"""Triton model configurations: the one ModelConfig answers for a version (model_config_of), and
+the one RepositoryModelLoad's `config` parameter gives (tritonclient's `load_model(name,
+config=json)`), read as Triton reads it (protobuf's JSON mapping of inference.ModelConfig:
+snake_case or camelCase names, 64-bit integers as numbers or strings, enums by name), and mapped
+onto the ServingConfig a LoadModel would take.
 
 As in Triton, the JSON is the whole configuration: a field it leaves out takes its default.
 The fields taken, and what they set:
@@ -10,7 +11,9 @@ The fields taken, and what they set:
     platform, backend                                       runtime: onnxruntime_onnx/onnxruntime -> onnx,
                                                             pytorch_libtorch/pytorch -> torch
     max_batch_size                                          max_batch_size (absent: the default; 0,
-                                                            Triton's "no batching", is refused: 1 is)
+                                                            Triton's "no batching", is refused: 1 is,
+                                                            unless the version cannot batch, as
+                                                            ModelConfig then says)
     dynamic_batching.max_queue_delay_microseconds           max_queue_delay_us (dynamic_batching given
                                                             without it: 0, as Triton reads it;
                                                             dynamic_batching absent: the default)
@@ -22,26 +25,37 @@ The fields taken, and what they set:
     response_cache.enable                                   response_cache
     parameters.intra_op_thread_count.string_value           intra_op_threads (the name Triton's
                                                             onnxruntime backend reads)
+    input, output                                           nothing: must be the version's signature
+    model_warmup                                            warmup_runs: the 1-row entry's count (given
+                                                            without one: 0); an entry of more rows
+                                                            (count 1) is the max_batch_size batch
+                                                            tesserad warms up first; inputs must be
+                                                            the signature's samples, as ModelConfig
+                                                            gives them
 
-Any other field is refused, naming it: ignoring it would load something other than what was
-asked for. tesserad always batches dynamically up to max_batch_size, so dynamic_batching only
-carries its delay and queue size. Inputs, outputs and warmup samples come from the version's
-signature, so they are refused too.
+So the config ModelConfig answers loads back as it is, and with a field changed. Any other field
+is refused, naming it: ignoring it would load something other than what was asked for. tesserad
+always batches dynamically up to max_batch_size, so dynamic_batching only carries its delay and
+queue size.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from tesserad.errors import InvalidArgument
 from tesserad.oip import model_config_pb2 as mc
-from tesserad.serving.pool import CONFIG_LIMITS, ServingConfig
+from tesserad.serving.open_inference import BACKENDS, OIP_NAME_BY_DTYPE, PLATFORMS
+from tesserad.serving.pool import CONFIG_LIMITS, ServingConfig, warmup_batches
+from tesserad.serving.service import VersionDescription
+from tesserad.serving.signature import Signature, TensorSpec, sample_is_random
 
-_RUNTIME_BY_PLATFORM = {"onnxruntime_onnx": "onnx", "pytorch_libtorch": "torch"}
+# An ensemble runs on its members' runtimes: the version's format decides, as without a platform.
+_RUNTIME_BY_PLATFORM = {"onnxruntime_onnx": "onnx", "pytorch_libtorch": "torch", "ensemble": ""}
 _RUNTIME_BY_BACKEND = {"onnxruntime": "onnx", "pytorch": "torch"}
 # message type -> the fields of it that are taken (others set are refused).
 _TAKEN: Mapping[str, frozenset[str]] = {
@@ -55,6 +69,9 @@ _TAKEN: Mapping[str, frozenset[str]] = {
             "instance_group",
             "response_cache",
             "parameters",
+            "input",
+            "output",
+            "model_warmup",
         }
     ),
     mc.ModelDynamicBatching.DESCRIPTOR.full_name: frozenset(
@@ -63,18 +80,41 @@ _TAKEN: Mapping[str, frozenset[str]] = {
     mc.ModelQueuePolicy.DESCRIPTOR.full_name: frozenset({"max_queue_size", "allow_timeout_override"}),
     mc.ModelInstanceGroup.DESCRIPTOR.full_name: frozenset({"name", "kind", "count", "gpus"}),
     mc.ModelResponseCache.DESCRIPTOR.full_name: frozenset({"enable"}),
+    mc.ModelWarmup.DESCRIPTOR.full_name: frozenset({"name", "batch_size", "count", "inputs"}),
+}
+# Fields compared whole with what ModelConfig answers for the version, not walked.
+_COMPARED = frozenset({"parameters", "input", "output", "inputs"})
+_CONFIG_DTYPES = {
+    "BOOL": mc.TYPE_BOOL,
+    "UINT8": mc.TYPE_UINT8,
+    "UINT16": mc.TYPE_UINT16,
+    "UINT32": mc.TYPE_UINT32,
+    "UINT64": mc.TYPE_UINT64,
+    "INT8": mc.TYPE_INT8,
+    "INT16": mc.TYPE_INT16,
+    "INT32": mc.TYPE_INT32,
+    "INT64": mc.TYPE_INT64,
+    "FP16": mc.TYPE_FP16,
+    "FP32": mc.TYPE_FP32,
+    "FP64": mc.TYPE_FP64,
+    "BF16": mc.TYPE_BF16,
 }
 _PARAMETERS = frozenset({"intra_op_thread_count"})
 TAKEN_FIELDS = (
     "name, platform, backend, max_batch_size, dynamic_batching.max_queue_delay_microseconds, "
     "dynamic_batching.default_queue_policy.max_queue_size, instance_group[0].count/kind/gpus, "
-    "response_cache.enable, parameters.intra_op_thread_count"
+    "response_cache.enable, parameters.intra_op_thread_count, and input, output and model_warmup "
+    "as ModelConfig gives them"
 )
 
 
-def serving_config_of(text: str, model: str) -> ServingConfig:
+def serving_config_of(
+    text: str, model: str, described: Callable[[], Sequence[VersionDescription]]
+) -> ServingConfig:
     """The ServingConfig the `config` parameter `text` asks `model` to load with; InvalidArgument
-    naming the field for JSON that is not a model configuration or sets what tesserad cannot do."""
+    naming the field for JSON that is not a model configuration, sets what tesserad cannot do, or
+    differs from the versions loaded (`described()`, asked only when a field needs them) in what
+    a config cannot change."""
     try:
         document = json.loads(text)
     except ValueError as err:
@@ -92,9 +132,6 @@ def serving_config_of(text: str, model: str) -> ServingConfig:
         ) from None
     _refuse_untaken(config, "")
     _refuse_zero(
-        document, ("max_batch_size",), "Triton's 0 is a model without batching: give 1 to turn it off"
-    )
-    _refuse_zero(
         document,
         ("dynamic_batching", "default_queue_policy", "max_queue_size"),
         "Triton's 0 is an unbounded queue, and tesserad's is always bounded: give a size",
@@ -103,6 +140,18 @@ def serving_config_of(text: str, model: str) -> ServingConfig:
         raise InvalidArgument(
             f"config field 'name' is {config.name!r}, but the model loaded is {model!r}: leave it out or make it match"
         )
+    versions = described() if _needs_versions(document, config) else ()
+    if any(v.signature.batchable for v in versions) or not versions:
+        _refuse_zero(
+            document, ("max_batch_size",), "Triton's 0 is a model without batching: give 1 to turn it off"
+        )
+    for version in versions:
+        _check_signature(config, version)
+        if config.platform == "ensemble" and version.config.runtime != "ensemble":
+            raise InvalidArgument(
+                f"config field 'platform' is 'ensemble', but {model} version {version.version} is not an "
+                "ensemble: leave platform out or name the version's runtime"
+            )
     batching = config.dynamic_batching
     policy = batching.default_queue_policy
     groups = config.instance_group
@@ -128,9 +177,148 @@ def serving_config_of(text: str, model: str) -> ServingConfig:
         max_queue_size=_within(
             "dynamic_batching.default_queue_policy.max_queue_size", policy.max_queue_size, "max_queue_size"
         ),
+        warmup_runs=_warmup_runs(config.model_warmup) if _given(document, ("model_warmup",)) else None,
         intra_op_threads=_intra_op_threads(config.parameters),
         response_cache=config.response_cache.enable,
     )
+
+
+def model_config_of(described: VersionDescription) -> mc.ModelConfig:
+    """The Triton model configuration of a version, as ModelConfig answers it."""
+    config = described.config
+    signature = described.signature
+    kind = mc.ModelInstanceGroup.KIND_CPU if config.device == "cpu" else mc.ModelInstanceGroup.KIND_GPU
+    gpus = [] if config.device == "cpu" else [int(config.device.partition(":")[2] or 0)]
+    return mc.ModelConfig(
+        name=described.model,
+        platform=PLATFORMS[config.runtime],
+        backend=BACKENDS[config.runtime],
+        max_batch_size=config.max_batch_size if signature.batchable else 0,
+        response_cache=mc.ModelResponseCache(enable=config.response_cache),
+        input=_inputs(signature),
+        output=_outputs(signature),
+        dynamic_batching=mc.ModelDynamicBatching(
+            # No preferred_batch_size: as Triton without one, batches grow to max_batch_size.
+            max_queue_delay_microseconds=config.max_queue_delay_us or 0,
+            # The queue's bound (refused beyond it), and the `timeout` parameter, which
+            # drops a request still queued when it passes; no timeout without it.
+            default_queue_policy=mc.ModelQueuePolicy(
+                timeout_action=mc.ModelQueuePolicy.REJECT,
+                allow_timeout_override=True,
+                max_queue_size=config.max_queue_size,
+            ),
+        )
+        if signature.batchable and config.max_batch_size > 1
+        else None,
+        instance_group=[mc.ModelInstanceGroup(count=config.instances, kind=kind, gpus=gpus)],
+        model_warmup=[
+            mc.ModelWarmup(
+                name=f"{rows} row{'s' if rows > 1 else ''}",
+                batch_size=rows,
+                count=runs,
+                inputs=_warmup_inputs(signature),
+            )
+            for rows, runs in warmup_batches(signature, config)
+        ],
+    )
+
+
+def _dims(signature: Signature, spec: TensorSpec) -> list[int]:
+    # With max_batch_size > 0, Triton's dims leave out the batch dimension.
+    return list(spec.shape[1:] if signature.batchable else spec.shape)
+
+
+def _data_type(spec: TensorSpec) -> mc.DataType.ValueType:
+    return _CONFIG_DTYPES[OIP_NAME_BY_DTYPE[spec.dtype]]
+
+
+def _inputs(signature: Signature) -> list[mc.ModelInput]:
+    return [
+        mc.ModelInput(name=s.name, data_type=_data_type(s), dims=_dims(signature, s))
+        for s in signature.inputs
+    ]
+
+
+def _outputs(signature: Signature) -> list[mc.ModelOutput]:
+    return [
+        mc.ModelOutput(name=s.name, data_type=_data_type(s), dims=_dims(signature, s))
+        for s in signature.outputs
+    ]
+
+
+def _warmup_inputs(signature: Signature) -> dict[str, mc.ModelWarmup.Input]:
+    """As sample_inputs makes them: other dynamic dimensions 1, floats random, others zeros."""
+    samples = {}
+    for spec in signature.inputs:
+        sample = mc.ModelWarmup.Input(
+            data_type=_data_type(spec), dims=[max(d, 1) for d in _dims(signature, spec)]
+        )
+        # One of a oneof: setting either field to False would still pick it.
+        if sample_is_random(spec.dtype):
+            sample.random_data = True
+        else:
+            sample.zero_data = True
+        samples[spec.name] = sample
+    return samples
+
+
+def _needs_versions(document: Mapping[str, object], config: mc.ModelConfig) -> bool:
+    """Whether the config has a field checked against the versions loaded."""
+    return (
+        bool(config.input or config.output or config.model_warmup)
+        or config.platform == "ensemble"
+        or _is_zero(document, ("max_batch_size",))
+    )
+
+
+def _check_signature(config: mc.ModelConfig, described: VersionDescription) -> None:
+    """InvalidArgument naming the first of input, output and model_warmup's inputs that is given
+    and differs from what ModelConfig answers for the version."""
+    signature = described.signature
+    version = f"{described.model} version {described.version}"
+    for field, given, has in (
+        ("input", list(config.input), _inputs(signature)),
+        ("output", list(config.output), _outputs(signature)),
+    ):
+        if given and given != has:
+            raise InvalidArgument(
+                f"config field {field!r} is {_tensors(given)}, but {version} has {_tensors(has)}: a config "
+                f"cannot change a model's signature; leave {field} out or give it as ModelConfig does"
+            )
+    samples = _warmup_inputs(signature)
+    for index, warmup in enumerate(config.model_warmup):
+        if dict(warmup.inputs) != samples:
+            raise InvalidArgument(
+                f"config field 'model_warmup[{index}].inputs' differs from the samples of {version}'s "
+                "signature, which tesserad warms up on: leave model_warmup out or give its inputs "
+                "as ModelConfig does"
+            )
+
+
+def _tensors(tensors: Sequence[mc.ModelInput] | Sequence[mc.ModelOutput]) -> str:
+    return ", ".join(
+        f"{t.name} {mc.DataType.Name(t.data_type).removeprefix('TYPE_')} {list(t.dims)}" for t in tensors
+    )
+
+
+def _warmup_runs(warmups: Sequence[mc.ModelWarmup]) -> int:
+    """warmup_runs from model_warmup: its 1-row entry's count, 0 without one."""
+    runs = 0
+    for index, warmup in enumerate(warmups):
+        if warmup.batch_size < 1 or (warmup.batch_size > 1 and warmup.count != 1):
+            raise InvalidArgument(
+                f"config field 'model_warmup[{index}]' is {warmup.batch_size} rows {warmup.count} times; "
+                "tesserad warms up with 1 row `count` times (warmup_runs), after one batch of "
+                "max_batch_size rows (count 1)"
+            )
+        if warmup.batch_size == 1:
+            if runs:
+                raise InvalidArgument(
+                    f"config field 'model_warmup[{index}]' is a second 1-row entry: give one, its count "
+                    "is the warm-up runs"
+                )
+            runs = _within(f"model_warmup[{index}].count", warmup.count, "warmup_runs")
+    return runs
 
 
 def _refuse_untaken(message: Message, path: str) -> None:
@@ -142,7 +330,7 @@ def _refuse_untaken(message: Message, path: str) -> None:
             raise InvalidArgument(
                 f"config field {where!r} is not supported by tesserad, which takes {TAKEN_FIELDS}: remove it"
             )
-        if field.name == "parameters":
+        if field.name in _COMPARED:
             continue
         if field.message_type is not None:
             items = value if field.is_repeated else [value]

@@ -32,10 +32,9 @@ from tesserad.api.auth import expired_message
 from tesserad.api.oip import (
     index_response,
     metadata_of,
-    model_config_of,
     statistics_response,
 )
-from tesserad.api.oip_config import serving_config_of
+from tesserad.api.oip_config import model_config_of, serving_config_of
 from tesserad.api.oip_json import (
     HEADER_LENGTH,
     KIND_NAMES,

@@ -14,6 +14,7 @@ import enum
 import time
 from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import ml_dtypes
 import numpy as np
@@ -302,11 +303,12 @@ class OpenInference:
         name: str,
         parameters: Mapping[str, Parameter],
         names: Mapping[Kind, str],
-        config_of: Callable[[str, str], ServingConfig],
+        config_of: Callable[[str, str, Callable[[], Sequence[VersionDescription]]], ServingConfig],
     ) -> None:
         """Load `name` for serving. `parameters`: the request's; `names`: each kind in the
-        transport's words; `config_of(text, name)`: the ServingConfig a `config` parameter (a
-        Triton model configuration as JSON) asks for, InvalidArgument naming a field it cannot take.
+        transport's words; `config_of(text, name, described)`: the ServingConfig a `config`
+        parameter (a Triton model configuration as JSON) asks for, InvalidArgument naming a field
+        it cannot take; `described()` describes the versions it would load.
 
         Without `config`, a version already loaded keeps the config it runs with; with one, every
         version the model serves loads with it, as Triton loads a model with a config override
@@ -320,8 +322,18 @@ class OpenInference:
                 "upload new weights as a version through tessera.v1.Registry and load without them"
             )
         text = _parameter(parameters, "config", (Kind.STRING,), names)
-        config = config_of(text, name) if isinstance(text, str) else None
-        await asyncio.to_thread(self._service.load_serving, name, config)
+        await asyncio.to_thread(self._load, name, text, config_of)
+
+    def _load(
+        self,
+        name: str,
+        text: object,
+        config_of: Callable[[str, str, Callable[[], Sequence[VersionDescription]]], ServingConfig],
+    ) -> None:
+        service = self._service
+        described = partial(service.describe_serving, name)
+        config = config_of(text, name, described) if isinstance(text, str) else None
+        service.load_serving(name, config)
 
     async def unload(self, name: str) -> None:
         validate_name("model_name", name)

@@ -266,18 +266,25 @@ class InferenceService:
         """Load every version a request without a selector may go to, shadow included. Without
         `config`, with the defaults, and a version already loaded keeps the config it runs with
         (it was asked to be served, not reset); with one, each loads (or swaps) to it."""
-        versions = set(self.serving_versions(model))
-        router = self._router(model)
-        if router is not None:
-            versions |= router.versions()
         return [
             self.pool.load(
                 self._source.servable(model, version, None),
                 config if config is not None else ServingConfig(),
                 keep_loaded=config is None,
             )
-            for version in sorted(versions)
+            for version in self._loaded_for_serving(model)
         ]
+
+    def describe_serving(self, model: str) -> list[VersionDescription]:
+        """The versions load_serving loads, described (see describe)."""
+        return [self.describe(Target(model, version)) for version in self._loaded_for_serving(model)]
+
+    def _loaded_for_serving(self, model: str) -> list[int]:
+        versions = set(self.serving_versions(model))
+        router = self._router(model)
+        if router is not None:
+            versions |= router.versions()
+        return sorted(versions)
 
     def _alias_version(self, model: str, alias: str) -> int:
         version = self._aliases.get((model, alias))

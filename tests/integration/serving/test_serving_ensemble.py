@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 import pytest
+from google.protobuf import json_format
 from serving_models import _upload, half_model, linear_model, upload
 
 import tessera
@@ -175,6 +176,29 @@ def test_served_through_the_open_inference_protocol(client, oip, members) -> Non
     assert oip.ModelConfig(oip_pb.ModelConfigRequest(name="ens")).config.platform == "ensemble"
     stats = oip.ModelStatistics(oip_pb.ModelStatisticsRequest(name="ens")).model_stats
     assert {s.name for s in stats} == {"ens", "a", "b", "c"}
+
+    # Its config loads back with a field changed (tritonclient's get_model_config, load_model).
+    config = oip.ModelConfig(oip_pb.ModelConfigRequest(name="ens")).config
+    config.max_batch_size = 8
+    load = oip_pb.RepositoryModelLoadRequest(model_name="ens")
+    load.parameters["config"].string_param = json_format.MessageToJson(config)
+    oip.RepositoryModelLoad(load)
+    after = oip.ModelConfig(oip_pb.ModelConfigRequest(name="ens")).config
+    assert (after.platform, after.max_batch_size, after.input, after.output) == (
+        "ensemble",
+        8,
+        config.input,
+        config.output,
+    )
+    # A plain version is no ensemble.
+    load = oip_pb.RepositoryModelLoadRequest(model_name="a")
+    load.parameters["config"].string_param = '{"platform": "ensemble"}'
+    with pytest.raises(grpc.RpcError) as refused:
+        oip.RepositoryModelLoad(load)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (
+        "config field 'platform' is 'ensemble', but a version 1 is not an ensemble" in refused.value.details()
+    )
 
 
 def test_aliased_and_deployed_like_any_version(client, channel, members) -> None:

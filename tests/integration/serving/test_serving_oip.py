@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf import json_format
 from serving_models import W, half_model, linear_model, reshape_model, slow_model, two_output_model, upload
 
 from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc
@@ -124,6 +126,8 @@ def test_repository_load_with_a_triton_config_loads_with_it(oip, inference, line
     assert oip.ModelConfig(pb.ModelConfigRequest(name=linear)).config.max_batch_size == 2
 
 
+# model_warmup's inputs as ModelConfig gives them for "linear".
+WARMUP_INPUTS = '{"x": {"data_type": "TYPE_FP32", "dims": [4], "random_data": true}}'
 BAD_CONFIGS = [
     ('{"foo": 1}', 'has no field named "foo"'),
     ('{"dynamic_batching": {"bogus": 1}}', 'has no field named "bogus" at "ModelConfig.dynamic_batching"'),
@@ -142,10 +146,37 @@ BAD_CONFIGS = [
         "config field 'dynamic_batching.default_queue_policy.timeout_action' is not supported",
     ),
     (
-        '{"input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [4]}]}',
-        "config field 'input' is not supported",
+        '{"input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [5]}]}',
+        "config field 'input' is x FP32 [5], but linear version 2 has x FP32 [4]: a config cannot change "
+        "a model's signature",
     ),
-    ('{"model_warmup": [{"name": "w", "batch_size": 1}]}', "config field 'model_warmup' is not supported"),
+    (
+        '{"output": [{"name": "y", "data_type": "TYPE_FP64", "dims": [3]}]}',
+        "config field 'output' is y FP64 [3], but linear version 2 has y FP32 [3]",
+    ),
+    ('{"input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [4], "optional": true}]}', "'input'"),
+    (
+        '{"model_warmup": [{"name": "w", "batch_size": 1}]}',
+        "config field 'model_warmup[0].inputs' differs from the samples of linear version 2's signature",
+    ),
+    (
+        '{"model_warmup": [{"batch_size": 4, "count": 2, "inputs": ' + WARMUP_INPUTS + "}]}",
+        "config field 'model_warmup[0]' is 4 rows 2 times",
+    ),
+    (
+        '{"model_warmup": [{"batch_size": 1, "count": 2, "inputs": '
+        + WARMUP_INPUTS
+        + '}, {"batch_size": 1, "count": 2, "inputs": '
+        + WARMUP_INPUTS
+        + "}]}",
+        "config field 'model_warmup[1]' is a second 1-row entry",
+    ),
+    (
+        '{"model_warmup": [{"batch_size": 1, "count": 2, "inputs": {"x": {"data_type": "TYPE_FP32", '
+        '"dims": [4], "input_data_file": "x.bin"}}}]}',
+        "config field 'model_warmup[0].inputs' differs",
+    ),
+    ('{"model_warmup": [{"batch_size": 1, "count": 1001, "inputs": ' + WARMUP_INPUTS + "}]}", "in 0..1000"),
     ('{"instance_group": [{"rate_limiter": {}}]}', "config field 'instance_group[0].rate_limiter' is not"),
     ('{"parameters": {"execution_mode": {"string_value": "1"}}}', "config field 'parameters.execution_mode'"),
     (
@@ -215,6 +246,96 @@ def test_repository_load_refuses_a_config_it_cannot_take(oip, inference, linear,
     )
     (loaded,) = inference.ListLoaded(inference_pb2.ListLoadedRequest(model=linear)).models
     assert (loaded.state, loaded.config.max_batch_size) == (inference_pb2.LOAD_STATE_READY, 4)
+
+
+def triton_json(config: model_config_pb2.ModelConfig) -> dict[str, Any]:
+    """`config` as tritonclient's get_model_config(name, as_json=True)["config"] gives it over gRPC:
+    protobuf's JSON, which leaves out fields at 0 and empty lists."""
+    document: dict[str, Any] = json.loads(json_format.MessageToJson(config, preserving_proto_field_name=True))
+    return document
+
+
+def test_the_config_model_config_answers_loads_back_and_with_fields_changed(oip, inference, linear) -> None:
+    # A Triton user's workflow: get the config, change a field, load the model with it.
+    oip.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=linear))
+    before = oip.ModelConfig(pb.ModelConfigRequest(name=linear)).config
+    assert before.input and before.output and len(before.model_warmup) == 2
+    oip.RepositoryModelLoad(load_request(linear, json.dumps(triton_json(before))))
+    assert oip.ModelConfig(pb.ModelConfigRequest(name=linear)).config == before
+
+    changed = triton_json(before)
+    changed["max_batch_size"] = 8
+    changed["dynamic_batching"]["max_queue_delay_microseconds"] = "300"
+    oip.RepositoryModelLoad(load_request(linear, json.dumps(changed)))
+    after = oip.ModelConfig(pb.ModelConfigRequest(name=linear)).config
+    assert (after.max_batch_size, after.dynamic_batching.max_queue_delay_microseconds) == (8, 300)
+    # The warm-up's largest batch follows max_batch_size; the rest is as it was.
+    assert [(w.batch_size, w.count) for w in after.model_warmup] == [(8, 1), (1, 2)]
+    assert (after.input, after.output, after.instance_group) == (
+        before.input,
+        before.output,
+        before.instance_group,
+    )
+    (loaded,) = inference.ListLoaded(inference_pb2.ListLoadedRequest(model=linear)).models
+    assert (loaded.config.max_batch_size, loaded.config.max_queue_delay_us, loaded.config.warmup_runs) == (
+        8,
+        300,
+        2,
+    )
+
+    # model_warmup's 1-row count is warmup_runs; without a 1-row entry there is no warm-up.
+    changed["model_warmup"][1]["count"] = 5
+    oip.RepositoryModelLoad(load_request(linear, json.dumps(changed)))
+    (loaded,) = inference.ListLoaded(inference_pb2.ListLoadedRequest(model=linear)).models
+    assert loaded.config.warmup_runs == 5
+    changed["model_warmup"] = []
+    oip.RepositoryModelLoad(load_request(linear, json.dumps(changed)))
+    (loaded,) = inference.ListLoaded(inference_pb2.ListLoadedRequest(model=linear)).models
+    assert (loaded.state, loaded.config.warmup_runs) == (inference_pb2.LOAD_STATE_READY, 0)
+    assert not oip.ModelConfig(pb.ModelConfigRequest(name=linear)).config.model_warmup
+    assert output(oip.ModelInfer(infer_request(linear, X))).shape == (2, 3)
+
+
+def test_a_version_that_cannot_batch_loads_back_its_max_batch_size_0(oip, channel, expect_rpc_error) -> None:
+    upload(channel, "fixed", reshape_model([1, 4]))
+    before = oip.ModelConfig(pb.ModelConfigRequest(name="fixed")).config
+    assert before.max_batch_size == 0 and list(before.input[0].dims) == [-1, 4]
+    document = json_format.MessageToDict(before, preserving_proto_field_name=True)
+    document["max_batch_size"] = 0
+    oip.RepositoryModelLoad(load_request("fixed", json.dumps(document)))
+    assert oip.ModelConfig(pb.ModelConfigRequest(name="fixed")).config == before
+    document["input"][0]["dims"] = ["4"]
+    expect_rpc_error(
+        lambda: oip.RepositoryModelLoad(load_request("fixed", json.dumps(document))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "config field 'input' is x FP32 [4], but fixed version 1 has x FP32 [-1, 4]",
+    )
+
+
+def test_a_config_sets_the_delay_to_0_under_a_non_zero_daemon_default(start_daemon) -> None:
+    # An idle model holds a lone request up to the delay: 10 s by the daemon's default here.
+    daemon = start_daemon(**{"serving.max_queue_delay_us": 10_000_000})
+    channel = daemon.channel()
+    upload(channel, "linear", linear_model(1.0))
+    oip = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    oip.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="linear"))
+    config = oip.ModelConfig(pb.ModelConfigRequest(name="linear")).config
+    assert config.dynamic_batching.max_queue_delay_microseconds == 10_000_000
+    config.dynamic_batching.max_queue_delay_microseconds = 0
+    # protobuf's JSON leaves the 0 out of dynamic_batching, and Triton reads that as 0.
+    document = triton_json(config)
+    assert "max_queue_delay_microseconds" not in document["dynamic_batching"]
+    oip.RepositoryModelLoad(load_request("linear", json.dumps(document)))
+    assert oip.ModelConfig(pb.ModelConfigRequest(name="linear")).config == config
+    (loaded,) = inference.ListLoaded(inference_pb2.ListLoadedRequest(model="linear")).models
+    assert loaded.config.HasField("max_queue_delay_us") and loaded.config.max_queue_delay_us == 0
+    # Not held: answered well within a deadline the default delay would pass.
+    oip.ModelInfer(infer_request("linear", X[:1]), timeout=5.0)
+    # Without dynamic_batching, the daemon's default.
+    oip.RepositoryModelLoad(load_request("linear", '{"max_batch_size": 4}'))
+    reported = oip.ModelConfig(pb.ModelConfigRequest(name="linear")).config
+    assert reported.dynamic_batching.max_queue_delay_microseconds == 10_000_000
 
 
 def test_repository_load_refuses_files_it_would_ignore(oip, linear, expect_rpc_error) -> None:

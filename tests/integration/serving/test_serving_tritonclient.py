@@ -117,6 +117,25 @@ try:
 except InferenceServerException as exc:
     seen["bad_config"] = [exc.status(), exc.message()]
 seen["max_batch_size_after_bad_config"] = client.get_model_config(model, as_json=True)["config"]["max_batch_size"]
+
+# Triton's workflow: get the config, change a field, load with it; a signature change is refused.
+config = client.get_model_config(model, as_json=True)["config"]
+config["max_batch_size"] = 8
+config["dynamic_batching"]["max_queue_delay_microseconds"] = "250"
+client.load_model(model, config=json.dumps(config))
+after = client.get_model_config(model, as_json=True)["config"]
+seen["round_trip"] = [
+    after["max_batch_size"],
+    int(after["dynamic_batching"]["max_queue_delay_microseconds"]),
+    [w["batch_size"] for w in after["model_warmup"]],
+    after["input"] == config["input"] and after["output"] == config["output"],
+]
+config["input"][0]["dims"] = ["5"]
+try:
+    client.load_model(model, config=json.dumps(config))
+    seen["signature_change"] = None
+except InferenceServerException as exc:
+    seen["signature_change"] = [exc.status(), exc.message()]
 print(json.dumps(seen))
 """
 
@@ -189,6 +208,25 @@ try:
 except InferenceServerException as exc:
     seen["bad_config"] = [exc.status(), exc.message()]
 seen["max_batch_size_after_bad_config"] = client.get_model_config(model)["max_batch_size"]
+
+# Triton's workflow over HTTP, whose config has every field, 0s included.
+config = client.get_model_config(model)
+config["max_batch_size"] = 8
+config["dynamic_batching"]["max_queue_delay_microseconds"] = 0
+client.load_model(model, config=json.dumps(config))
+after = client.get_model_config(model)
+seen["round_trip"] = [
+    after["max_batch_size"],
+    after["dynamic_batching"]["max_queue_delay_microseconds"],
+    [w["batch_size"] for w in after["model_warmup"]],
+    after["input"] == config["input"] and after["output"] == config["output"],
+]
+config["output"][0]["data_type"] = "TYPE_FP64"
+try:
+    client.load_model(model, config=json.dumps(config))
+    seen["signature_change"] = None
+except InferenceServerException as exc:
+    seen["signature_change"] = [exc.status(), exc.message()]
 print(json.dumps(seen))
 """
 
@@ -244,6 +282,10 @@ def test_tritonclient_talks_to_tesserad(start_daemon) -> None:
     assert status == "StatusCode.INVALID_ARGUMENT"
     assert message.startswith("config field 'optimization' is not supported by tesserad")
     assert seen["max_batch_size_after_bad_config"] == 4
+    assert seen["round_trip"] == [8, 250, [8, 1], True]
+    status, message = seen["signature_change"]
+    assert status == "StatusCode.INVALID_ARGUMENT"
+    assert message.startswith("config field 'input' is x FP32 [5], but linear version 2 has x FP32 [4]")
     status, message = seen["classification"]
     assert status == "StatusCode.UNIMPLEMENTED" and "classification" in message
     status, message = seen["over_max_batch"]
@@ -304,5 +346,9 @@ def test_tritonclient_http_talks_to_tesserad(start_daemon) -> None:
     status, message = seen["bad_config"]
     assert status == "400" and message.startswith("config field 'optimization' is not supported by tesserad")
     assert seen["max_batch_size_after_bad_config"] == 4
+    assert seen["round_trip"] == [8, 0, [8, 1], True]
+    status, message = seen["signature_change"]
+    assert status == "400"
+    assert message.startswith("config field 'output' is y FP64 [3], but linear version 1 has y FP32 [3]")
     assert seen["success_count"] == 3
     assert ["linear", "READY"] in seen["models"]
