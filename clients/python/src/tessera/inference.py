@@ -167,8 +167,10 @@ class Inference(Part[C]):
         self, /, model: str, version: VersionSelector | None = None, **config: Any
     ) -> Op[pb.LoadedModel]:
         """Load and warm up a version (default "latest"); `config` holds ServingConfig fields
-        (runtime="onnx", device="cpu", max_batch_size=8, max_queue_delay_us=500, ...). Loading
-        a loaded version with another config swaps it without dropping requests."""
+        (runtime="onnx", device="cpu", max_batch_size=8, max_queue_delay_us=500, ...); a field
+        left out takes the daemon's default, and max_queue_delay_us, warmup_runs and
+        intra_op_threads given as 0 are 0. Loading a loaded version with another config swaps it
+        without dropping requests."""
         request = pb.LoadModelRequest(
             target=ref(model, version), config=from_dict(pb.ServingConfig, config, "config")
         )
