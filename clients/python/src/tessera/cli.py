@@ -627,18 +627,39 @@ def cmd_models_compare(client: Client, args: argparse.Namespace, out: Output) ->
     out.table(title, ["", "a", "b", "b - a"], rows)
 
 
+SUFFIX_BY_FORMAT = {
+    registry_pb2.ARTIFACT_FORMAT_SAFETENSORS: ".safetensors",
+    registry_pb2.ARTIFACT_FORMAT_ONNX: ".onnx",
+    registry_pb2.ARTIFACT_FORMAT_ENSEMBLE: ".json",
+}
+"""The file suffix of each artifact format, for download's default name and its check of a given one."""
+
+
 def cmd_models_download(client: Client, args: argparse.Namespace, out: Output) -> None:
+    # Resolved first: the file's name must match the artifact's format, and the number pins
+    # the version downloaded to the one checked.
+    resolved = client.models.version(args.model, args.version)
+    suffix = SUFFIX_BY_FORMAT.get(resolved.format, "")
+    default = f"{resolved.model}-v{resolved.version}{suffix}"
+    path = Path(args.path) if args.path else Path(default)
+    if path.is_dir():
+        path = path / default
+    given = path.suffix.lower()
+    if suffix and given in SUFFIX_BY_FORMAT.values() and given != suffix:
+        kind = registry_pb2.ArtifactFormat.Name(resolved.format).removeprefix("ARTIFACT_FORMAT_").lower()
+        raise UsageError(
+            f"{path} names a {given[1:]} file, but {resolved.model} v{resolved.version} is a {kind} "
+            f"artifact; name it {suffix} (or leave the name out for {default})"
+        )
     version = client.models.download(
-        args.model,
-        args.path,
-        args.version,
+        resolved.model,
+        path,
+        resolved.version,
         progress=transfer_progress(out, f"downloading {args.model}"),
     )
     if out.as_json:
-        return out.json({"path": str(args.path), "version": to_plain(version)})
-    out.line(
-        f"wrote {args.path}: {version.model} v{version.version}, {size(version.size_bytes)}, sha256 verified"
-    )
+        return out.json({"path": str(path), "version": to_plain(version)})
+    out.line(f"wrote {path}: {version.model} v{version.version}, {size(version.size_bytes)}, sha256 verified")
 
 
 def cmd_datasets_push(client: Client, args: argparse.Namespace, out: Output) -> None:
@@ -1617,7 +1638,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = command(models, "download", cmd_models_download, "write a version's artifact to a file (verified)")
     sub.add_argument("model", help=MODEL_HELP)
-    sub.add_argument("path", help="the file to write")
+    sub.add_argument(
+        "path",
+        nargs="?",
+        help="file to write, or a directory to write it into (default ./MODEL-vVERSION.onnx, "
+        ".safetensors or .json, by the artifact's format); a suffix of another format is refused",
+    )
     sub.add_argument("--version", type=version_or_alias, help="number or alias (default latest)")
 
     datasets = commands.add_parser("datasets", help="datasets").add_subparsers(

@@ -1,0 +1,41 @@
+"""`tessera models download` names the file by the artifact's real format: a safetensors
+version's bytes were written under whatever name was given, `.onnx` included."""
+
+from __future__ import annotations
+
+from tessera.cli import EXIT_USAGE
+from tests.integration.cli.test_cli_export import MLP, MLP_SIGNATURE
+from tests.integration.registry.conftest import mlp_weights
+
+
+def test_a_name_whose_suffix_contradicts_the_format_is_refused_and_nothing_written(
+    tessera_cli, client, tmp_path
+):
+    weights = tmp_path / "mlp.safetensors"
+    weights.write_bytes(mlp_weights())
+    client.models.push("mlp", weights, architecture=MLP, signature=MLP_SIGNATURE)
+    into = tmp_path / "out"
+    into.mkdir()
+    refused = tessera_cli("models", "download", "mlp", str(into / "mlp.onnx"))
+    assert refused.code == EXIT_USAGE
+    assert "mlp v1 is a safetensors artifact" in refused.err and "name it .safetensors" in refused.err
+    assert list(into.iterdir()) == []
+    neutral = tessera_cli("models", "download", "mlp", str(into / "weights.bin"))
+    assert neutral.code == 0 and (into / "weights.bin").read_bytes() == weights.read_bytes()
+
+
+def test_the_default_name_and_a_directory_carry_the_version_and_the_format(
+    tessera_cli, client, tmp_path, monkeypatch
+):
+    weights = tmp_path / "mlp.safetensors"
+    weights.write_bytes(mlp_weights())
+    client.models.push("mlp", weights, architecture=MLP, signature=MLP_SIGNATURE)
+    monkeypatch.chdir(tmp_path)
+    default = tessera_cli("models", "download", "mlp")
+    assert default.code == 0 and default.out.startswith("wrote mlp-v1.safetensors: ")
+    assert (tmp_path / "mlp-v1.safetensors").read_bytes() == weights.read_bytes()
+    into = tmp_path / "into"
+    into.mkdir()
+    as_json = tessera_cli("--json", "models", "download", "mlp", str(into)).json()
+    assert as_json["path"] == str(into / "mlp-v1.safetensors")
+    assert (into / "mlp-v1.safetensors").read_bytes() == weights.read_bytes()
