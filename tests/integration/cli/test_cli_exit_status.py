@@ -4,13 +4,15 @@ them), quiet when its reader goes away (`| head`), and no crash when stderr is c
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 import tomllib
 
 import pytest
 
-from tessera.cli import EXIT_DAEMON, EXIT_FAILED, EXIT_OUTPUT_CLOSED, EXIT_USAGE
+from tessera.cli import EXIT_DAEMON, EXIT_FAILED, EXIT_OUTPUT_CLOSED, EXIT_TERMINATED, EXIT_USAGE
 from tests.integration.cli.test_cli_follow import JOB_SPEC
 from tests.integration.sdk.affine import affine_onnx
 
@@ -157,3 +159,32 @@ def test_a_file_that_cannot_be_read_or_written_is_named_with_the_reason_alone(te
     backup = tessera_cli("admin", "backup", "-o", str(tmp_path / "absent" / "backup.tar"))
     assert backup.code == EXIT_FAILED and "Errno" not in backup.err, backup.err
     assert backup.err.startswith(f"tessera: {tmp_path / 'absent' / 'backup.tar'}: "), backup.err
+
+
+def test_a_terminated_backup_leaves_no_partial_file(spawn_daemon, tmp_path):
+    """SIGTERM (a supervisor's stop, `timeout`) killed `admin backup -o FILE` outright and left
+    its `.FILE.<hex>.partial` behind, which Ctrl-C and errors remove: it is removed now too."""
+    daemon = spawn_daemon(
+        "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(tmp_path / "data")
+    )
+    target = daemon.wait_serving()
+    out = tmp_path / "out"
+    out.mkdir()
+    # Stopped, the daemon never answers: the backup waits on its call with the partial file
+    # made, however fast the machine, until the signal comes.
+    daemon.process.send_signal(signal.SIGSTOP)
+    command = ["--target", target, "admin", "backup", "-o", str(out / "b.tar")]
+    backup = subprocess.Popen([sys.executable, "-m", "tessera.cli", *command], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(out.iterdir()) and time.monotonic() < deadline and backup.poll() is None:
+            time.sleep(0.05)
+        assert [p.name.endswith(".partial") for p in out.iterdir()] == [True]
+        backup.send_signal(signal.SIGTERM)
+        _, err = backup.communicate(timeout=60)
+    finally:
+        backup.kill()
+        daemon.process.send_signal(signal.SIGCONT)
+    assert backup.returncode == EXIT_TERMINATED, err
+    assert err == b"tessera: terminated\n"
+    assert list(out.iterdir()) == []

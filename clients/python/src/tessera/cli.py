@@ -4,10 +4,13 @@ failure exits non-zero with the daemon's message, never a traceback."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import math
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO, TypeVar
@@ -43,6 +46,8 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_DAEMON = 3
 EXIT_INTERRUPTED = 130
+# What a shell reports for a tool killed by SIGTERM (128 + 15).
+EXIT_TERMINATED = 143
 # What a shell reports for a tool killed by SIGPIPE (128 + 13), as `yes | head` leaves for yes.
 EXIT_OUTPUT_CLOSED = 141
 EXIT_STATUS_HELP = f"""\
@@ -55,6 +60,7 @@ exit status:
   {EXIT_DAEMON}    the daemon refused or failed the request, or could not be reached: the message
        starts with the gRPC status (NOT_FOUND, INVALID_ARGUMENT, UNAVAILABLE, ...)
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
+  {EXIT_TERMINATED}  terminated (SIGTERM); a file being written is removed, as after Ctrl-C
   {EXIT_OUTPUT_CLOSED}  the output was closed early (`tessera ... | head`); nothing more is printed
 
 --json prints enum values as the tables show them, lowercase without their type's prefix
@@ -69,6 +75,16 @@ _V = TypeVar("_V")
 class UsageError(ValueError):
     """A mistake on the command line that argparse cannot see (flags that go together, a file
     whose suffix says nothing): it exits 2 under the command's usage line, as argparse's own do."""
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread where it is, as Ctrl-C raises KeyboardInterrupt: the
+    temp file of a download or backup is removed on the way out, where the default action of
+    SIGTERM would leave it behind."""
+
+
+def _terminate(signum: int, frame: object) -> NoReturn:
+    raise Terminated
 
 
 class _PipeConsole(Console):
@@ -2086,6 +2102,12 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
             "send it to a file, or to /dev/null to drop it",
         )
     out = Output(args.json, console)
+    # Only the main thread may set a handler; main() run from another thread keeps the default.
+    previous = (
+        signal.signal(signal.SIGTERM, _terminate)
+        if threading.current_thread() is threading.main_thread()
+        else None
+    )
     try:
         status = run(args, out)
         # Flushed here, not at exit: a reader gone shows as BrokenPipeError now, not as
@@ -2096,6 +2118,9 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
         # into the closed pipe at exit, where Python would print its own complaint.
         _close_output()
         return EXIT_OUTPUT_CLOSED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return status
 
 
@@ -2103,7 +2128,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
     """The command in `args`, its failures said in one line on stderr; returns the exit status."""
     try:
         with Client(args.target, token=args.token, tls=tls_from(args), timeout=args.timeout) as client:
-            args.handler(client, args, out)
+            _handle(client, args, out)
     except BrokenPipeError:
         raise
     except UsageError as err:
@@ -2118,12 +2143,26 @@ def run(args: argparse.Namespace, out: Output) -> int:
         return _fail(EXIT_FAILED, f"tessera: {_os_error_words(err)}")
     except ValueError as err:
         return _fail(EXIT_FAILED, f"tessera: {err}")
+    except Terminated:
+        return _fail(EXIT_TERMINATED, "tessera: terminated")
     except KeyboardInterrupt as err:
         return _fail(EXIT_INTERRUPTED, f"tessera: {str(err) or 'interrupted'}")
     except Exception as err:
         # A bug in the CLI itself: still one line, with enough to report it.
         return _fail(EXIT_FAILED, f"tessera: unexpected {type(err).__name__}: {err}; please report this")
     return 0
+
+
+def _handle(client: Client, args: argparse.Namespace, out: Output) -> None:
+    try:
+        args.handler(client, args, out)
+    except Terminated:
+        # The file being written was removed on the way here. Exit at once: closing the channel
+        # can wait forever on a call the signal cut short, so the process would never end.
+        _fail(EXIT_TERMINATED, "tessera: terminated")
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+        os._exit(EXIT_TERMINATED)
 
 
 def _os_error_words(err: OSError) -> str:
