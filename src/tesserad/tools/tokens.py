@@ -50,7 +50,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "Manage the tokens file named by security.tokens_file. A running tesserad reads it "
             "again on SIGHUP and when the file changes (security.tokens_reload_interval_s), "
             "without a restart: a removed token's next call is refused, and its open streams "
-            "end with UNAUTHENTICATED."
+            "end with UNAUTHENTICATED. Exit status: 0 done; 1 the file is missing, cannot be "
+            "read or written, or holds a wrong entry; 2 the command line is wrong (a name "
+            "already used or not in the file, a bad --expires-in)."
         ),
     )
     actions = tokens.add_subparsers(dest="tokens_command", required=True, metavar="ACTION")
@@ -103,7 +105,12 @@ def run(args: argparse.Namespace) -> int:
         if args.tokens_command == "list":
             return _list(args.file)
         return _hash(sys.stdin.readline().strip())
-    except (ValueError, TokensFileError) as exc:
+    except TokensFileError as exc:
+        # The file is missing or wrong: a failure here (1), as `tessera` says one; 2 is for a
+        # wrong command line.
+        print(f"tesserad tokens: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
         print(f"tesserad tokens: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

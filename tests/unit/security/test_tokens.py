@@ -384,3 +384,27 @@ def test_a_reload_reports_a_changed_expiry(tmp_path):
         format_entry("ci", Role.READER, digest, expires=datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC))
     )
     assert tokens.reload() == TokenChanges(expiry_changed=("ci",))
+
+
+@pytest.mark.parametrize(
+    ("action", "content"),
+    [
+        (["list"], None),
+        (["remove", "ci"], None),
+        (["list"], "[[tokens]\n"),
+        (["remove", "ci"], "[[tokens]\n"),
+        (["add", "--name", "ci", "--role", "reader"], "[[tokens]\n"),
+    ],
+    ids=["list-missing", "remove-missing", "list-broken", "remove-broken", "add-broken"],
+)
+def test_a_tokens_file_that_is_missing_or_broken_fails_with_status_1_not_as_a_usage_error(
+    tmp_path, capsys, action, content
+):
+    """A missing or unreadable file is an operational failure (1), as `tesserad restore` and
+    `tessera` report one; 2 is for a wrong command line, which this is not."""
+    path = tmp_path / "tokens.toml"
+    if content is not None:
+        path.write_text(content)
+    assert cli.main(["tokens", action[0], "--file", str(path), *action[1:]]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"tesserad tokens: tokens file {path} ") and "usage:" not in err
