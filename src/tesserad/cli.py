@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from tessera.backup import HEADER_MAX_BYTES, MANIFEST_MAX_BYTES
+from tessera.messages import counted
 from tesserad import __version__
 from tesserad.config import SettingsError, describe_settings, load_settings
 from tesserad.errors import TesseraError
@@ -153,7 +154,7 @@ def _restore(archive: Path, data_dir: Path) -> int:
         return 1
     records = sum(manifest.records.values())
     print(
-        f"restored {archive} into {data_dir}: {records} records, {len(manifest.blobs)} blobs "
+        f"restored {archive} into {data_dir}: {counted(records, 'record')}, {counted(len(manifest.blobs), 'blob')} "
         f"({manifest.blob_bytes} bytes), backed up by tesserad {manifest.tesserad_version} at "
         f"{manifest.created_at}; start it with `tesserad serve --data-dir {data_dir}`"
     )

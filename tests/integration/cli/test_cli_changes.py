@@ -99,7 +99,7 @@ def test_cluster_stats_on_a_daemon_no_replica_follows_are_its_own(tessera_cli, c
     assert tessera_cli("predict", "affine", "--input", str(inputs)).code == 0
     result = tessera_cli("stats", "affine", "--cluster")
     assert result.code == 0
-    assert "affine v1: 1 requests" in result.out
+    assert "affine v1: 1 request (0 failed)" in result.out
     assert "no serving replica follows this daemon: these are its own figures" in result.out
     data = tessera_cli("--json", "stats", "--cluster").json()
     assert data["replicas"] == [] and data["unreachable_replicas"] == []

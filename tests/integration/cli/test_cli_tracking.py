@@ -76,5 +76,5 @@ def test_experiments_update_rm_and_restore(tessera_cli, client):
     assert again.code == EXIT_DAEMON and "FAILED_PRECONDITION" in again.err
     assert "`tessera experiments restore NAME`" in again.err  # the RPC named in CLI words
     restored = tessera_cli("experiments", "restore", "cli-exp")
-    assert restored.code == 0 and "restored experiment cli-exp (1 runs)" in restored.out
+    assert restored.code == 0 and "restored experiment cli-exp (1 run)" in restored.out
     assert [e.name for e in client.training.experiments(prefix="cli-exp")] == ["cli-exp"]

@@ -31,7 +31,7 @@ from tessera.events import JobState
 from tessera.explanations import METHODS, SHORT_NAMES, top_positions
 from tessera.follow import follow
 from tessera.json_output import dumps, to_plain
-from tessera.messages import INT64_MAX, dataset_ref, is_digits, load_toml, to_datetime, whole_number
+from tessera.messages import INT64_MAX, counted, dataset_ref, is_digits, load_toml, to_datetime, whole_number
 from tessera.models import FORMAT_BY_SUFFIX
 from tessera.rpc_commands import in_cli_words, unreachable_hint
 from tessera.sweep_commands import add_sweep_commands
@@ -698,7 +698,7 @@ def cmd_datasets_push(client: Client, args: argparse.Namespace, out: Output) -> 
         return out.json(version)
     dedup = " (content already stored; shared)" if version.deduplicated else ""
     out.line(
-        f"stored {version.name}:{version.version}: {version.num_samples} samples, {size(version.size_bytes)}{dedup}"
+        f"stored {version.name}:{version.version}: {counted(version.num_samples, 'sample')}, {size(version.size_bytes)}{dedup}"
     )
     print_dataset_version(version, out)
 
@@ -774,7 +774,7 @@ def cmd_datasets_download(client: Client, args: argparse.Namespace, out: Output)
     if out.as_json:
         return out.json({"path": str(path), "version": to_plain(version)})
     out.line(
-        f"wrote {path}: {version.name}:{version.version}, {version.num_samples} samples, "
+        f"wrote {path}: {version.name}:{version.version}, {counted(version.num_samples, 'sample')}, "
         f"{size(version.size_bytes)}, sha256 verified"
     )
 
@@ -827,14 +827,14 @@ def _backup_summary(manifest: Manifest, path: str, size_bytes: int | None) -> di
 
 def _backup_contents(manifest: Manifest) -> str:
     return (
-        f"{sum(manifest.records.values())} records, {len(manifest.blobs)} blobs "
+        f"{counted(sum(manifest.records.values()), 'record')}, {counted(len(manifest.blobs), 'blob')} "
         f"({size(manifest.blob_bytes)}), every file's sha256 verified"
     )
 
 
 def print_dataset_version(version: Any, out: Output) -> None:
     out.table(
-        f"{version.name}:{version.version} ({version.num_samples} samples)",
+        f"{version.name}:{version.version} ({counted(version.num_samples, 'sample')})",
         ["array", "dtype", "shape", "min", "max", "mean", "std"],
         [
             (
@@ -962,7 +962,10 @@ def cmd_runs_show(client: Client, args: argparse.Namespace, out: Output) -> None
     rows += [(f"param {k}", v) for k, v in sorted(run.params.items())]
     rows += [(f"tag {k}", v) for k, v in sorted(run.tags.items())]
     rows += [
-        (f"metric {m.key}", f"last {m.last:.5g}  min {m.min:.5g}  max {m.max:.5g}  ({m.count} points)")
+        (
+            f"metric {m.key}",
+            f"last {m.last:.5g}  min {m.min:.5g}  max {m.max:.5g}  ({counted(m.count, 'point')})",
+        )
         for m in run.metrics
     ]
     out.pairs(f"run {run.run_id}", rows)
@@ -1027,7 +1030,7 @@ def put_artifact_tree(client: Client, args: argparse.Namespace, out: Output) -> 
         return out.line(f"no files under {args.file}, so nothing was stored in run {args.run_id}")
     total = sum(a.size_bytes for a in stored)
     out.line(
-        f"stored {len(stored)} files ({size(total)}) from {args.file} {where} in run {args.run_id}; "
+        f"stored {counted(len(stored), 'file')} ({size(total)}) from {args.file} {where} in run {args.run_id}; "
         f"list them with: tessera runs artifacts ls {args.run_id}"
     )
 
@@ -1058,7 +1061,7 @@ def cmd_runs_artifacts_get(client: Client, args: argparse.Namespace, out: Output
     if out.as_json:
         return out.json({"path": str(local), "artifacts": to_plain(listed)})
     total = sum(a.size_bytes for a in listed)
-    out.line(f"wrote {len(listed)} artifacts ({size(total)}) under {local}, each sha256 verified")
+    out.line(f"wrote {counted(len(listed), 'artifact')} ({size(total)}) under {local}, each sha256 verified")
 
 
 def cmd_experiments_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
@@ -1110,7 +1113,7 @@ def cmd_experiments_restore(client: Client, args: argparse.Namespace, out: Outpu
     experiment = client.training.restore_experiment(args.name)
     if out.as_json:
         return out.json(experiment)
-    out.line(f"restored experiment {experiment.name} ({experiment.run_count} runs)")
+    out.line(f"restored experiment {experiment.name} ({counted(experiment.run_count, 'run')})")
 
 
 def cmd_runs_leaderboard(client: Client, args: argparse.Namespace, out: Output) -> None:
@@ -1185,7 +1188,7 @@ def cmd_predict(client: Client, args: argparse.Namespace, out: Output) -> None:
         )
     out.line(
         f"{prediction.model} v{prediction.version}: queued {prediction.queue_time_us} us, "
-        f"computed {prediction.compute_time_us} us (batch of {prediction.batch_rows} rows)"
+        f"computed {prediction.compute_time_us} us (batch of {counted(prediction.batch_rows, 'row')})"
     )
     for name, array in prediction.outputs.items():
         out.line(
@@ -1245,7 +1248,7 @@ def cmd_explain(client: Client, args: argparse.Namespace, out: Output) -> None:
             completeness = f", completeness error {delta:+.2e}" if delta is not None else ""
             out.line(
                 f"{name}{shape} row {row}, output {explanation.output_indices[row]}{completeness}: "
-                f"top {len(positions)} positions (index within the row, attribution)"
+                f"top {counted(len(positions), 'position')} (index within the row, attribution)"
             )
             for index, value in positions:
                 out.line(f"  {index}  {value:+.6g}")
@@ -1298,7 +1301,7 @@ def print_cluster_stats(response: inference_pb2.GetStatsResponse, out: Output) -
         )
     print_stats(response.stats, out)
     if replicas:
-        out.line(f"merged: this daemon and {len(replicas)} replicas ({', '.join(replicas)})")
+        out.line(f"merged: this daemon and {counted(len(replicas), 'replica')} ({', '.join(replicas)})")
     elif not unreachable:
         out.line("no serving replica follows this daemon: these are its own figures")
     if unreachable:
@@ -1330,7 +1333,7 @@ def print_stats(stats: Sequence[inference_pb2.ModelStats], out: Output) -> None:
     for s in stats:
         batches = ", ".join(f"{b.rows}:{b.count}" for b in s.batch_sizes)
         out.line(
-            f"{s.model} v{s.version}: {s.request_count} requests ({s.error_count} failed), "
+            f"{s.model} v{s.version}: {counted(s.request_count, 'request')} ({s.error_count} failed), "
             f"{s.throughput_rps:.1f} req/s; batch rows:count {batches or '-'}"
         )
 

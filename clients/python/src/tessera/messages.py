@@ -53,6 +53,11 @@ def is_digits(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+def counted(count: int, noun: str) -> str:
+    """`1 request`, `2 requests`: a count with its noun (one that takes -s) in the right number."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def whole_number(text: str) -> int:
     """`text` as an int in 0..INT64_MAX, else ValueError saying what is taken; int() alone would
     also read "٣", "+3", " 3" and "1_0", and refuses over 4300 digits."""

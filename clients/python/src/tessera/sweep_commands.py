@@ -15,7 +15,7 @@ from rich.text import Text
 
 from tessera.errors import JobFailed, StoppedFollowing, Unavailable
 from tessera.follow import Outage
-from tessera.messages import load_toml
+from tessera.messages import counted, load_toml
 from tessera.plot import line_plot
 from tessera.v1 import job_spec_pb2, training_pb2
 
@@ -105,7 +105,7 @@ def trials_table(sweep: training_pb2.Sweep) -> Table:
     limit = f" of {sweep.spec.max_trials}" if sweep.spec.max_trials else ""
     table = Table(
         title=f"sweep {sweep.sweep_id} ({strategy_name(sweep.spec)}): {sweep_state(sweep)}, "
-        f"{done} trials done{limit}",
+        f"{counted(done, 'trial')} done{limit}",
         caption="\n".join([f"best {sweep.spec.metric}: {_best_text(sweep)}", *problems(sweep)]),
     )
     rows = trial_rows(sweep)
