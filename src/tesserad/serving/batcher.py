@@ -430,6 +430,8 @@ class DynamicBatcher:
             self._idle.append(runtime)
             self._busy -= 1
             self._wake_for_queue()
+            if self._closed and not self._busy:
+                self._cond.notify_all()  # close() waits for the runs in callers' threads
 
     def _wake_for_queue(self) -> None:
         """Wake one worker if requests wait (called holding the lock). Waking one for nothing
@@ -445,7 +447,8 @@ class DynamicBatcher:
             self._cond.notify_all()
 
     def close(self, timeout: float) -> None:
-        """Stop taking requests, finish the queued ones, stop the workers, free the runtimes.
+        """Stop taking requests, finish the queued ones and those running inline, stop the
+        workers, free the runtimes.
 
         What is still queued after `timeout` seconds is answered Unavailable.
         """
@@ -469,6 +472,11 @@ class DynamicBatcher:
                 self._failed(request, FailureReason.CANCELED)
         for thread in self._threads:
             thread.join()
+        with self._lock:
+            # A request run inline (submit, release) runs in its caller's thread, which the joins
+            # above do not wait for: its runtime must not be freed under it.
+            while self._busy:
+                self._cond.wait()
         for runtime in self._runtimes:
             runtime.close()
 

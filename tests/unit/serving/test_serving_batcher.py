@@ -13,6 +13,7 @@ from tesserad.serving.batcher import (
     EXPLORE_ROWS,
     HOLD_COST_NS,
     PAYS_MARGIN,
+    Answer,
     BatcherClosed,
     DynamicBatcher,
     Prediction,
@@ -241,6 +242,26 @@ def test_close_returns_once_the_queue_is_drained_whichever_worker_drained_it() -
         caller.join(10)
     closer.join(10)
     assert not closer.is_alive()
+
+
+def test_close_waits_for_a_request_running_inline_before_freeing_its_runtime() -> None:
+    """An inline request runs in its caller's thread, not a worker's: close once freed its runtime
+    under it as soon as the workers had exited (a swap failed the request InvalidArgument)."""
+    runtime = GatedRuntime()
+    batcher = make_batcher(runtime, inline_max_compute_us=1e9)
+    answers: list[Answer] = []
+    caller = threading.Thread(target=lambda: answers.append(batcher.submit(rows(1), ["y"], 1)))
+    caller.start()
+    assert runtime.started.acquire(timeout=10)
+    closer = threading.Thread(target=batcher.close, args=(5,))
+    closer.start()
+    closer.join(0.3)
+    assert closer.is_alive() and not runtime.closed
+    runtime.gate.set()
+    caller.join(10)
+    closer.join(10)
+    assert answers[0].result(0).outputs["y"].tolist() == [[2.0, 2.0]]
+    assert runtime.closed
 
 
 def test_stats_count_requests_rows_batches_and_errors() -> None:
