@@ -329,7 +329,10 @@ class InferenceService:
         for _ in range(_MAX_ROUTING_ROUNDS):
             version, shadow_version = self.route(target)
             entry = self.pool.get(target.model, version)
-            if entry is None or entry.batcher is None or entry.signature is None:
+            # Read once: a swap on another thread may drain the entry, and set its batcher to None,
+            # at any point below; the batcher read here then answers BatcherClosed instead.
+            batcher = entry.batcher if entry is not None else None
+            if entry is None or batcher is None or entry.signature is None:
                 return Submitted(version, None, None)
             try:
                 rows = validate_request(entry.signature, inputs, output_names, entry.label, dtype_names)
@@ -348,11 +351,11 @@ class InferenceService:
                     if shadow_version is not None:
                         self._shadow(target.model, request_id, version, shadow_version, inputs, hit)
                     return Submitted(version, entry, hit, False, rows)
-            holds = entry.batcher.holds(rows)
+            holds = batcher.holds(rows)
             self._holds[target.model] = holds
             held = hold and holds
             try:
-                future = entry.batcher.submit(inputs, output_names, rows, deadline, hold=held)
+                future = batcher.submit(inputs, output_names, rows, deadline, hold=held)
             except BatcherClosed:
                 continue
             if cache is not None:
@@ -575,7 +578,8 @@ class InferenceService:
         primary: Answer,
     ) -> None:
         entry = self.pool.get(model, shadow_version)
-        if entry is None or entry.batcher is None or entry.signature is None:
+        batcher = entry.batcher if entry is not None else None  # read once, as in submit
+        if entry is None or batcher is None or entry.signature is None:
             listed = self._listed(model, shadow_version)
             # As for a request (see autoload): a version whose load failed is not tried again.
             failed = listed is not None and listed.state is LoadState.FAILED
@@ -590,7 +594,7 @@ class InferenceService:
                 entry.stats.record_failure(time.perf_counter_ns() - started, True, FailureReason.OTHER)
                 raise
             # Never inline: the caller's answer must not wait for the shadow.
-            shadow = entry.batcher.submit(inputs, (), rows, None, shadow=True, allow_inline=False)
+            shadow = batcher.submit(inputs, (), rows, None, shadow=True, allow_inline=False)
         except (TesseraError, BatcherClosed) as exc:
             error = exc if isinstance(exc, TesseraError) else Unavailable(f"{entry.label} was unloading")
             self._record_shadow(

@@ -64,9 +64,12 @@ def test_new_config_swaps_without_failing_requests(pool: ModelPool, linear_onnx:
         from tesserad.serving.batcher import BatcherClosed
 
         while not stop.is_set():
-            entry = pool.get("m", 1)
+            # Read once, as the service does: the swap sets a drained entry's batcher to None.
+            batcher = pool.get("m", 1).batcher
+            if batcher is None:
+                continue
             try:
-                entry.batcher.submit({"x": np.ones((1, 4), np.float32)}, ["y"], 1).result(10)
+                batcher.submit({"x": np.ones((1, 4), np.float32)}, ["y"], 1).result(10)
                 served += 1
             except BatcherClosed:
                 continue  # the service routes again; the request has not failed

@@ -1,0 +1,64 @@
+"""A request routed to a version whose config is swapped while the request is being validated."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tesserad.serving import service as service_module
+from tesserad.serving.pool import ModelPool, ServableVersion, ServingConfig, ServingDefaults, servable_file
+from tesserad.serving.service import DeploymentPlan, InferenceService, Target
+
+
+class OneVersion:
+    """A VersionSource of one ONNX version, 'm' version 1."""
+
+    def __init__(self, path: Path) -> None:
+        self.version = servable_file("m", 1, "onnx", path)
+
+    def servable(self, model: str, version: int | None, alias: str | None) -> ServableVersion:
+        return self.version
+
+    def deployment(self, model: str) -> DeploymentPlan | None:
+        return None
+
+    def model_names(self) -> list[str]:
+        return ["m"]
+
+
+@pytest.fixture
+def inference(linear_onnx: Path) -> Iterator[InferenceService]:
+    service = InferenceService(
+        OneVersion(linear_onnx), ModelPool(ServingDefaults(intra_op_threads=1), None), autoload=True
+    )
+    yield service
+    service.close()
+
+
+def test_a_request_whose_version_is_swapped_while_it_is_validated_goes_to_the_new_one(
+    inference: InferenceService, linear_onnx: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A swap (on its own thread) may drain the old instance between the request's look at the
+    version and its queueing: the request is routed again, never failed (it once failed INTERNAL,
+    AttributeError on the drained instance's batcher, None by then)."""
+    version = servable_file("m", 1, "onnx", linear_onnx)
+    inference.pool.load(version, ServingConfig())
+    validate = service_module.validate_request
+    swapped: list[Any] = []
+
+    def validate_during_a_swap(*args: Any, **kwargs: Any) -> int:
+        if not swapped:
+            swapped.append(inference.pool.load(version, ServingConfig(max_batch_size=4)))
+        rows: int = validate(*args, **kwargs)
+        return rows
+
+    monkeypatch.setattr(service_module, "validate_request", validate_during_a_swap)
+    inputs: Mapping[str, np.ndarray] = {"x": np.ones((1, 4), np.float32)}
+    outputs: Sequence[str] = ["y"]
+    submitted = inference.submit(Target("m", 1), inputs, outputs, None, "r1")
+    assert submitted.entry is swapped[0]
+    assert submitted.future is not None and submitted.future.result(10).outputs["y"].shape == (1, 3)
