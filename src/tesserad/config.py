@@ -525,6 +525,12 @@ class ReplicaSettings:
         "on a primary: the newest registry changes kept in full for WatchChanges; older ones are "
         "compacted to each model's newest, which is all a replica needs to catch up",
     )
+    keepalive_s: float = setting(
+        20.0,
+        parse_number(float, 1.0, 3600.0),
+        "seconds between a replica's pings of its primary (HTTP/2 keepalive); a connection that "
+        "answers none for as long again is taken as lost, and the replica connects again",
+    )
     tls: bool = setting(
         False,
         parse_bool,

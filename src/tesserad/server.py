@@ -41,6 +41,7 @@ from tesserad.api.cluster_stats import ClusterStats, replica_credentials
 from tesserad.api.convert_training import job_spec_document
 from tesserad.api.datasets import DatasetsServicer
 from tesserad.api.follow import (
+    MIN_PING_INTERVAL_MS,
     Follower,
     PrimaryCertificateError,
     check_primary_tls,
@@ -461,6 +462,11 @@ class Daemon:
                 # setting; gRPC's own check would answer first with a message that does not.
                 ("grpc.max_receive_message_length", GRPC_MESSAGE_SIZE_CEILING),
                 ("grpc.max_send_message_length", settings.max_message_size),
+                # Replicas ping their primary every replica.keepalive_s (1 s at least), also while
+                # their change stream is quiet; gRPC's defaults (a ping in 5 minutes without data,
+                # none without calls) would answer such pings with GOAWAY ("too_many_pings").
+                ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
+                ("grpc.keepalive_permit_without_calls", 1),
             ],
         )
         self._server = server

@@ -45,6 +45,27 @@ log = logging.getLogger(__name__)
 RECONNECT_FIRST_S = 0.2
 RECONNECT_MAX_S = 5.0
 DOWNLOAD_CHUNK = 1 << 20
+# The pings a primary accepts from a replica, at most one per this many ms: half the shortest
+# replica.keepalive_s (1 s), for the slack of the replica's timers.
+MIN_PING_INTERVAL_MS = 500
+
+
+def keepalive_options(interval_s: float) -> list[tuple[str, Any]]:
+    """gRPC channel arguments that ping the primary every `interval_s` and drop a connection that
+    has not answered within as long again. Without them a connection the primary's side lost
+    without a word (its host gone, a NAT or load balancer forgetting it) looks alive forever: the
+    change stream, which only reads, would wait on it and never reach a primary that came back."""
+    ms = round(interval_s * 1000)
+    return [
+        ("grpc.keepalive_time_ms", ms),
+        ("grpc.keepalive_timeout_ms", ms),
+        # One ping is in flight at a time: a flow-control ping sent just before the connection
+        # went silent holds the keepalive back until it times out (60 s by default).
+        ("grpc.http2.ping_timeout_ms", ms),
+        # The download channel is idle between loads; a change stream sends no data while quiet.
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
 
 
 def followed_version(v: pb.ModelVersion) -> FollowedVersion:
@@ -225,8 +246,9 @@ class Follower:
             )
         token = settings.token_file.read_text().strip() if settings.token_file else None
         self.primary = settings.primary
-        self._watch = AioConnection(settings.primary, token=token, tls=tls)
-        self._downloads = Connection(settings.primary, token=token, tls=tls)
+        keepalive = keepalive_options(settings.keepalive_s)
+        self._watch = AioConnection(settings.primary, token=token, tls=tls, options=keepalive)
+        self._downloads = Connection(settings.primary, token=token, tls=tls, options=keepalive)
         self._followed = followed
         self._inference = inference
         self._advertise = advertise

@@ -13,7 +13,7 @@ import math
 import os
 import random
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -228,7 +228,9 @@ class _Channel(ABC):
         timeout: float = DEFAULT_TIMEOUT_S,
         transfer_timeout: float = DEFAULT_TRANSFER_TIMEOUT_S,
         retry: RetryPolicy | None = None,
+        options: Sequence[tuple[str, Any]] = (),
     ) -> None:
+        """`options`: gRPC channel arguments beside the SDK's own (keepalive, for one)."""
         if not all(0 < seconds < math.inf for seconds in (timeout, transfer_timeout)):
             raise ValueError(
                 f"timeouts must be a finite number of seconds above 0, got {timeout} and {transfer_timeout}"
@@ -240,9 +242,9 @@ class _Channel(ABC):
         self.timeout = timeout
         self.transfer_timeout = transfer_timeout
         self.retry = retry or RetryPolicy()
-        options = _channel_options(self.tls, self.retry)
+        channel_options = [*_channel_options(self.tls, self.retry), *options]
         credentials = None if self.tls is None else self.tls.credentials()
-        self.channel = self._open(target, credentials, options)
+        self.channel = self._open(target, credentials, channel_options)
         self._stubs = {name: stub(self.channel) for name, stub in _STUBS.items()}
 
     @abstractmethod
