@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,6 @@ def test_a_request_whose_version_is_swapped_while_it_is_validated_goes_to_the_ne
     monkeypatch.setattr(service_module, "validate_request", validate_during_a_swap)
     inputs: Mapping[str, np.ndarray] = {"x": np.ones((1, 4), np.float32)}
     outputs: Sequence[str] = ["y"]
-    submitted = inference.submit(Target("m", 1), inputs, outputs, None, "r1")
+    submitted = inference.submit(Target("m", 1), inputs, outputs, None, "r1", started=time.perf_counter_ns())
     assert submitted.entry is swapped[0]
     assert submitted.future is not None and submitted.future.result(10).outputs["y"].shape == (1, 3)
