@@ -9,9 +9,9 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
 from tessera.backup import HEADER_MAX_BYTES, MANIFEST_MAX_BYTES
+from tessera.command_parser import CommandParser
 from tessera.messages import counted
 from tesserad import __version__
 from tesserad.config import SettingsError, describe_settings, load_settings
@@ -57,24 +57,6 @@ SERVE_FLAGS = {
         "seconds in-flight calls get on SIGTERM before they are cancelled (default 10)",
     ),
 }
-
-
-class CommandParser(argparse.ArgumentParser):
-    """argparse's parser, saying which commands there are when one is missing (argparse says
-    only "the following arguments are required: COMMAND"), as `tessera`'s does."""
-
-    def error(self, message: str) -> NoReturn:
-        for action in self._actions:
-            if (
-                isinstance(action, argparse._SubParsersAction)
-                and isinstance(action.metavar, str)
-                and message == f"the following arguments are required: {action.metavar}"
-            ):
-                names = ", ".join(choice.dest for choice in action._get_subactions())
-                message = (
-                    f"no {action.metavar.lower()} given: {names} (`{self.prog} --help` says what each does)"
-                )
-        super().error(message)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,6 +24,7 @@ from rich.text import Text
 from tessera import __version__
 from tessera.backup import Manifest
 from tessera.client import Client
+from tessera.command_parser import CommandParser
 from tessera.demo import run_demo
 from tessera.ensembles import COMBINES, fit_stacking, member_pair
 from tessera.errors import JobFailed, TesseraError
@@ -1466,25 +1467,6 @@ def add_view(sub: argparse.ArgumentParser, what: str) -> None:
         default="active",
         help=f"active {what} (default), deleted ones only, or all",
     )
-
-
-class CommandParser(argparse.ArgumentParser):
-    """argparse's parser, saying which commands there are when one is missing (argparse says
-    only "the following arguments are required: SUBCOMMAND")."""
-
-    def error(self, message: str) -> NoReturn:
-        for action in self._actions:
-            if (
-                isinstance(action, argparse._SubParsersAction)
-                and isinstance(action.metavar, str)
-                and message == f"the following arguments are required: {action.metavar}"
-            ):
-                # The help entries: one per command, its aliases (`list` for `ls`) left out.
-                names = ", ".join(choice.dest for choice in action._get_subactions())
-                message = (
-                    f"no {action.metavar.lower()} given: {names} (`{self.prog} --help` says what each does)"
-                )
-        super().error(message)
 
 
 MODEL_HELP = "the model's name (`tessera models ls` lists them)"
