@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 
 RECONNECT_FIRST_S = 0.2
 RECONNECT_MAX_S = 5.0
+# Loads that failed while the primary could not be reached are tried again this often while
+# connected, doubling up to the cap while they keep failing.
+RETRY_FIRST_S = 1.0
+RETRY_MAX_S = 30.0
 DOWNLOAD_CHUNK = 1 << 20
 # The pings a primary accepts from a replica, at most one per this many ms: half the shortest
 # replica.keepalive_s (1 s), for the slack of the replica's timers.
@@ -286,6 +290,13 @@ class Follower:
 
     async def run(self) -> None:
         """Follow the primary until cancelled."""
+        retries = asyncio.create_task(self._retry_failed_loads())
+        try:
+            await self._follow_forever()
+        finally:
+            retries.cancel()
+
+    async def _follow_forever(self) -> None:
         delay = RECONNECT_FIRST_S
         while True:
             self._connected = False
@@ -318,7 +329,10 @@ class Follower:
                 state = followed_model(change.state) if change.HasField("state") else None
                 self._followed.apply(change.seq, change.model, state)
                 self._inference.on_registry_change(change.model)
-            elif not self._ready:
+            elif self._ready:
+                # Back after losing the primary: what failed to load meanwhile is tried again now.
+                await asyncio.to_thread(self._inference.retry_failed_loads)
+            else:
                 await asyncio.to_thread(self._load_deployments)
                 self._ready = True
                 await self._set_ready(True)
@@ -326,6 +340,16 @@ class Follower:
                     "replica caught up with the primary",
                     extra={"primary": self.primary, "seq": response.caught_up.seq},
                 )
+
+    async def _retry_failed_loads(self) -> None:
+        """While connected, try again the loads that failed because the primary could not be
+        reached (briefly gone, a connection cut mid-download), backing off while they fail:
+        the registry may not change again to set them off."""
+        delay = RETRY_FIRST_S
+        while True:
+            await asyncio.sleep(delay)
+            retried = await asyncio.to_thread(self._inference.retry_failed_loads) if self._connected else 0
+            delay = min(delay * 2, RETRY_MAX_S) if retried else RETRY_FIRST_S
 
     def _load_deployments(self) -> None:
         """Load what every deployment routes to; Unavailable (the primary went) is retried by

@@ -17,7 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, TesseraError
+from tesserad.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    TesseraError,
+    Unavailable,
+)
 from tesserad.serving.batcher import DynamicBatcher
 from tesserad.serving.ensemble import EnsemblePlan, EnsembleRuntime
 from tesserad.serving.response_cache import ResponseCache, VersionCache, version_identity
@@ -190,6 +197,8 @@ class LoadedVersion:
         self.memory_bytes = 0
         self.loaded_at = time.time()
         self.error = ""
+        # A failed load that may pass when tried again: the artifact's source could not be reached.
+        self.retryable = False
         self.batcher: DynamicBatcher | None = None
         # Built once: every request's validation takes it (formatting it cost ~3 us a request).
         self.label = f"model {model!r} version {version}"
@@ -277,6 +286,7 @@ class ModelPool:
             except TesseraError as exc:
                 entry.state = LoadState.FAILED
                 entry.error = exc.message
+                entry.retryable = isinstance(exc, Unavailable | DeadlineExceeded)
                 log.warning("loading %s failed: %s", entry.label, exc.message)
                 if current is None:
                     with self._lock:
@@ -311,6 +321,17 @@ class ModelPool:
         if self._metrics is not None and key not in self._ready:
             self._metrics.forget(entry.stats)
         return entry
+
+    def forget_failure(self, model: str, version: int) -> bool:
+        """Drop the version's failed listing, so that loads of it are no longer refused for the
+        failure; False when it is not listed as failed (any more)."""
+        key = (model, version)
+        with self._lock:
+            entry = self._listed.get(key)
+            if entry is None or entry.state is not LoadState.FAILED:
+                return False
+            del self._listed[key]
+            return True
 
     def ensemble_members(self) -> set[tuple[str, int]]:
         """(model, version) of every member of a loaded ensemble."""

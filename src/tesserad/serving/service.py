@@ -667,6 +667,28 @@ class InferenceService:
             self._refresh_queued.add(model)
         self._swaps.submit(self._refresh, model)
 
+    def retry_failed_loads(self) -> int:
+        """Try again every load that failed for a cause that passes (the primary could not be
+        reached): its failure is forgotten, so requests load it again, and its model's targets
+        are re-resolved, so a target held back by it moves. A load that failed for its artifact
+        or its runtime stays failed. Returns how many were retried."""
+        retried = 0
+        models: set[str] = set()
+        for entry in self.pool.list():
+            if entry.state is not LoadState.FAILED or not entry.retryable:
+                continue
+            if self.pool.forget_failure(entry.model, entry.version):
+                log.info(
+                    "retrying the load of version %s of %r, which failed: %s",
+                    entry.version, entry.model, entry.error,
+                    extra={"model": entry.model, "version": entry.version, "reason": entry.error},
+                )  # fmt: skip
+                retried += 1
+                models.add(entry.model)
+        for model in sorted(models):
+            self.on_registry_change(model)
+        return retried
+
     def _refresh(self, model: str) -> None:
         with self._refresh_lock:
             # From here on a new change queues a new refresh: this one may read too early for it.

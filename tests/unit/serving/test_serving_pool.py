@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from collections.abc import Iterator
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from serving_fakes import LINEAR_B, LINEAR_W
 
-from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound
+from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from tesserad.serving.pool import (
     LoadState,
     ModelPool,
@@ -145,6 +146,30 @@ def test_unloadable_file_is_failed_precondition_and_listed_failed(pool: ModelPoo
     (listed,) = pool.list("m")
     assert listed.state is LoadState.FAILED and "cannot load" in listed.error
     assert pool.get("m", 2) is None
+
+
+def test_a_load_whose_artifact_cannot_be_reached_is_retryable_and_its_failure_forgotten(
+    pool: ModelPool, linear_onnx: Path, tmp_path: Path
+) -> None:
+    @contextmanager
+    def unreachable() -> Iterator[Path]:
+        raise Unavailable("cannot download it from the primary: the connection was cut")
+        yield linear_onnx
+
+    with pytest.raises(Unavailable):
+        pool.load(dataclasses.replace(onnx_version(linear_onnx), open_artifact=unreachable), ServingConfig())
+    (listed,) = pool.list("m")
+    assert listed.state is LoadState.FAILED and listed.retryable
+    assert pool.forget_failure("m", 1)
+    assert pool.list("m") == []
+    assert pool.load(onnx_version(linear_onnx), ServingConfig()).state is LoadState.READY
+    assert not pool.forget_failure("m", 1)  # a loaded version is not forgotten
+
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(FailedPrecondition):
+        pool.load(onnx_version(junk, 2), ServingConfig())
+    assert not pool.get("m", 2) and not pool.list("m")[-1].retryable
 
 
 def test_runtime_failure_of_one_request_is_its_own(pool: ModelPool, lookup_onnx: Path) -> None:
