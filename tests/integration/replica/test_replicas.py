@@ -243,6 +243,43 @@ def test_replicas_serve_without_the_primary_and_catch_up_when_it_returns(cluster
         eventually(lambda channel=channel: assert_scale(channel, 3.0))
 
 
+@pytest.mark.parametrize("primary_restarts", [False, True], ids=["connected", "reconnected"])
+def test_a_replica_retries_a_download_the_primary_failed_without_another_change(
+    cluster: Cluster, tmp_path: Path, primary_restarts: bool
+) -> None:
+    channels = [cluster.channel(a) for a in cluster.replica_addresses]
+    for channel in channels:
+        eventually(lambda channel=channel: assert_serving(channel))
+    primary = f"127.0.0.1:{cluster.primary_port}"
+    with grpc.insecure_channel(primary) as channel:
+        assert upload(channel, "linear", linear_model(3.0)) == 3
+        registry = registry_pb2_grpc.RegistryStub(channel)
+        ref = common_pb2.VersionRef(model="linear", version=3)
+        sha256 = registry.GetVersion(registry_pb2.GetVersionRequest(ref=ref)).sha256
+        # The primary cannot serve version 3's artifact until the blob is back: each replica's
+        # download of it fails once the deployment moves to it.
+        blob = tmp_path / "primary" / "blobs" / "sha256" / sha256[:2] / sha256[2:]
+        aside = blob.rename(tmp_path / "blob-aside")
+        registry.SetAlias(registry_pb2.SetAliasRequest(model="linear", alias="production", version=3))
+    for channel in channels:
+        eventually(lambda channel=channel: assert_failed(channel, 3))
+        assert scale_served(channel) == 1.0  # the deployment is held back on version 1
+    if primary_restarts:
+        cluster.primary.kill()
+        aside.rename(blob)
+        cluster.start_primary()  # same data directory and port
+    else:
+        aside.rename(blob)
+    for channel in channels:
+        eventually(lambda channel=channel: assert_scale(channel, 3.0))
+
+
+def assert_failed(channel: grpc.Channel, version: int) -> None:
+    request = inference_pb2.ListLoadedRequest(model="linear")
+    loaded = inference_pb2_grpc.InferenceStub(channel).ListLoaded(request).models
+    assert any(m.version == version and m.state == inference_pb2.LOAD_STATE_FAILED for m in loaded)
+
+
 def test_a_damaged_cached_blob_is_found_and_fetched_again(cluster: Cluster, tmp_path: Path) -> None:
     channel = cluster.channel(cluster.replica_addresses[0])
     eventually(lambda: assert_serving(channel))
