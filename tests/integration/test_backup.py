@@ -555,3 +555,10 @@ def test_a_backup_to_a_terminal_is_refused(source: Source, tmp_path: Path) -> No
     assert result.returncode == EXIT_USAGE
     assert "refusing to write the backup to a terminal" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_force_with_a_backup_to_stdout_is_refused(source: Source) -> None:
+    # --force replaces a file: given with stdout it was ignored without a word.
+    result = _run_cli(*_backup_cli(source.daemon, "-o", "-", "--force"), stdout=subprocess.DEVNULL)
+    assert result.returncode == EXIT_USAGE
+    assert "--force replaces a file" in result.stderr

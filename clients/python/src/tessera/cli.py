@@ -782,6 +782,8 @@ def cmd_datasets_download(client: Client, args: argparse.Namespace, out: Output)
 
 def cmd_admin_backup(client: Client, args: argparse.Namespace, out: Output) -> None:
     if args.output == "-":
+        if args.force:
+            raise UsageError("--force replaces a file; with --output - there is none: leave it out")
         return _backup_to_stdout(client, args)
     path = Path(args.output)
     # A trailing "/" names a directory too, one that does not exist yet (Path drops it).
