@@ -128,10 +128,7 @@ def _restore(archive: Path, data_dir: Path) -> int:
 
     try:
         manifest = restore(archive, data_dir)
-    except RestoreError as exc:
-        print(f"tesserad restore: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
+    except (RestoreError, OSError) as exc:
         print(f"tesserad restore: {exc}", file=sys.stderr)
         return 1
     records = sum(manifest.records.values())
