@@ -756,7 +756,7 @@ def cmd_datasets_rm(client: Client, args: argparse.Namespace, out: Output) -> No
         return out.json({"name": ref.name, "version": ref.version, "deleted_versions": deleted})
     if ref.version:
         return out.line(f"deleted {ref.name}:{ref.version}")
-    out.line(f"deleted dataset {ref.name} ({deleted} version{'s' if deleted != 1 else ''})")
+    out.line(f"deleted dataset {ref.name} ({counted(deleted, 'version')})")
 
 
 def cmd_datasets_download(client: Client, args: argparse.Namespace, out: Output) -> None:
