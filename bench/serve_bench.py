@@ -574,7 +574,7 @@ class InProcess:
         config = effective_config(
             ServingConfig(device=device or "cpu", instances=instances), ServingDefaults(), "onnx"
         )
-        self._runtime = OnnxRuntime(path, device or "cpu", config.intra_op_threads or 0)
+        self._runtime = OnnxRuntime(path, device or "cpu", config.intra_op_threads)
         self._shape = shape
         self._costs: dict[int, dict[str, float]] = {}
 

@@ -112,7 +112,7 @@ def served(args: argparse.Namespace, work: Path, paths: dict[str, Path]) -> dict
     runs: dict[int, Run] = {id(r): r.run for r in runtimes}
     shape = sb.SHAPES["cnn4d"]
     x = {"input": np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
-    reference = OnnxRuntime(paths["cnn4d"], "cpu", served_version.config.intra_op_threads or 0)
+    reference = OnnxRuntime(paths["cnn4d"], "cpu", served_version.config.intra_op_threads)
     answer = {"output": np.zeros((1, sb.OUTPUT_SIZES["cnn4d"]), dtype=np.float32)}
     wall = paced(lambda: reference.run(x, ["output"]), 50, 0.0)[1] / 1e6
 

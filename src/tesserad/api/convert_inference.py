@@ -18,10 +18,14 @@ from tesserad.names import validate_name
 from tesserad.serving.batcher import Prediction
 from tesserad.serving.explain import ExplainOptions, Explanation, Method
 from tesserad.serving.histogram import LogHistogram, Percentiles
-from tesserad.serving.pool import LoadedVersion, LoadState, ServingConfig
+from tesserad.serving.pool import LoadedVersion, LoadState, RuntimeChoice, ServingConfig
 from tesserad.serving.service import ExplainSubmitted, ShadowResult, Target
 
-_RUNTIME_NAMES = {pb.RUNTIME_UNSPECIFIED: "", pb.RUNTIME_ONNX: "onnx", pb.RUNTIME_TORCH: "torch"}
+_RUNTIME_NAMES: dict[pb.Runtime.ValueType, RuntimeChoice] = {
+    pb.RUNTIME_UNSPECIFIED: "",
+    pb.RUNTIME_ONNX: "onnx",
+    pb.RUNTIME_TORCH: "torch",
+}
 _RUNTIME_PROTO = {name: proto for proto, name in _RUNTIME_NAMES.items()}
 _STATE_PROTO = {
     LoadState.LOADING: pb.LOAD_STATE_LOADING,

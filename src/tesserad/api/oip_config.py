@@ -50,13 +50,17 @@ from google.protobuf.message import Message
 from tesserad.errors import InvalidArgument
 from tesserad.oip import model_config_pb2 as mc
 from tesserad.serving.open_inference import BACKENDS, OIP_NAME_BY_DTYPE, PLATFORMS
-from tesserad.serving.pool import CONFIG_LIMITS, ServingConfig, warmup_batches
+from tesserad.serving.pool import CONFIG_LIMITS, RuntimeChoice, ServingConfig, warmup_batches
 from tesserad.serving.service import VersionDescription
 from tesserad.serving.signature import Signature, TensorSpec, sample_is_random
 
 # An ensemble runs on its members' runtimes: the version's format decides, as without a platform.
-_RUNTIME_BY_PLATFORM = {"onnxruntime_onnx": "onnx", "pytorch_libtorch": "torch", "ensemble": ""}
-_RUNTIME_BY_BACKEND = {"onnxruntime": "onnx", "pytorch": "torch"}
+_RUNTIME_BY_PLATFORM: Mapping[str, RuntimeChoice] = {
+    "onnxruntime_onnx": "onnx",
+    "pytorch_libtorch": "torch",
+    "ensemble": "",
+}
+_RUNTIME_BY_BACKEND: Mapping[str, RuntimeChoice] = {"onnxruntime": "onnx", "pytorch": "torch"}
 # message type -> the fields of it that are taken (others set are refused).
 _TAKEN: Mapping[str, frozenset[str]] = {
     mc.ModelConfig.DESCRIPTOR.full_name: frozenset(
@@ -199,7 +203,7 @@ def model_config_of(described: VersionDescription) -> mc.ModelConfig:
         output=_outputs(signature),
         dynamic_batching=mc.ModelDynamicBatching(
             # No preferred_batch_size: as Triton without one, batches grow to max_batch_size.
-            max_queue_delay_microseconds=config.max_queue_delay_us or 0,
+            max_queue_delay_microseconds=config.max_queue_delay_us,
             # The queue's bound (refused beyond it), and the `timeout` parameter, which
             # drops a request still queued when it passes; no timeout without it.
             default_queue_policy=mc.ModelQueuePolicy(
@@ -370,7 +374,7 @@ def _value(document: Mapping[str, object], path: tuple[str, ...]) -> object:
     return value
 
 
-def _runtime(platform: str, backend: str) -> str:
+def _runtime(platform: str, backend: str) -> RuntimeChoice:
     for field, value, runtimes in (
         ("platform", platform, _RUNTIME_BY_PLATFORM),
         ("backend", backend, _RUNTIME_BY_BACKEND),

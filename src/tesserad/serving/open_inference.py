@@ -23,7 +23,7 @@ from tesserad.errors import InvalidArgument, NotFound, Unimplemented
 from tesserad.names import validate_name
 from tesserad.numbers import INT64_MAX, whole_number
 from tesserad.serving.batcher import Prediction
-from tesserad.serving.pool import LoadedVersion, LoadState, ServingConfig
+from tesserad.serving.pool import LoadedVersion, LoadState, RuntimeName, ServingConfig
 from tesserad.serving.predict import predict
 from tesserad.serving.service import InferenceService, Target, VersionDescription
 
@@ -47,8 +47,12 @@ OIP_NAME_BY_DTYPE: dict[np.dtype, str] = {dtype: name for name, dtype in OIP_DTY
 
 # Listed truthfully: perf_analyzer shows the server-side breakdown only with "statistics".
 EXTENSIONS = ["model_repository", "model_configuration", "statistics"]
-PLATFORMS = {"onnx": "onnxruntime_onnx", "torch": "pytorch_libtorch", "ensemble": "ensemble"}
-BACKENDS = {"onnx": "onnxruntime", "torch": "pytorch", "ensemble": ""}
+PLATFORMS: Mapping[RuntimeName, str] = {
+    "onnx": "onnxruntime_onnx",
+    "torch": "pytorch_libtorch",
+    "ensemble": "ensemble",
+}
+BACKENDS: Mapping[RuntimeName, str] = {"onnx": "onnxruntime", "torch": "pytorch", "ensemble": ""}
 # Triton's names for a version's state in the repository index (its ModelReadyState).
 _INDEX_STATES = {
     LoadState.LOADING: "LOADING",

@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -46,12 +46,18 @@ class LoadState(Enum):
 _LOADING = (LoadState.LOADING, LoadState.WARMING)
 
 
+RuntimeName = Literal["onnx", "torch", "ensemble"]
+# A load's runtime: "" runs the version on the one its format takes.
+RuntimeChoice = RuntimeName | Literal[""]
+
+
 @dataclass(frozen=True)
 class ServingConfig:
-    """How a version runs; zero or empty fields take the pool's defaults, and so do None ones,
-    which are None only where 0 is a value of its own. An effective config has no None."""
+    """How a load asks a version to run; zero or empty fields take the pool's defaults, and so do
+    None ones, which are None only where 0 is a value of its own. Only effective_config reads it:
+    past it, a version runs with an EffectiveConfig."""
 
-    runtime: str = ""  # "onnx", "torch", "ensemble", or "" for the version's format
+    runtime: RuntimeChoice = ""
     device: str = ""
     instances: int = 0
     max_batch_size: int = 0
@@ -63,6 +69,37 @@ class ServingConfig:
     # Answer requests identical to an earlier one from the daemon's response cache: for a version
     # whose outputs depend on its inputs alone (see tesserad.serving.response_cache).
     response_cache: bool = False
+
+
+@dataclass(frozen=True)
+class EffectiveConfig:
+    """How a loaded version runs: a ServingConfig with the pool's defaults filled in
+    (effective_config makes it). Two loads with equal ones run alike."""
+
+    runtime: RuntimeName
+    device: str  # as asked ("cpu", "cuda" or "cuda:N"), else the default device
+    instances: int
+    max_batch_size: int
+    max_queue_delay_us: int
+    max_queue_size: int
+    warmup_runs: int
+    # 0 only on a GPU: the runtime's own default.
+    intra_op_threads: int
+    response_cache: bool
+
+    def as_request(self) -> ServingConfig:
+        """The ServingConfig that loads a version with this config again, whatever the defaults."""
+        return ServingConfig(
+            runtime=self.runtime,
+            device=self.device,
+            instances=self.instances,
+            max_batch_size=self.max_batch_size,
+            max_queue_delay_us=self.max_queue_delay_us,
+            max_queue_size=self.max_queue_size,
+            warmup_runs=self.warmup_runs,
+            intra_op_threads=self.intra_op_threads,
+            response_cache=self.response_cache,
+        )
 
 
 # Instances per version when neither the load nor the daemon sets them: two on a CPU, as Triton
@@ -129,8 +166,9 @@ def servable_file(model: str, version: int, format: str, path: Path, **more: Any
     return ServableVersion(model, version, format, lambda: nullcontext(path), **more)
 
 
-def effective_config(config: ServingConfig, defaults: ServingDefaults, format: str) -> ServingConfig:
-    """The config with every default filled in; InvalidArgument for a value out of range."""
+def effective_config(config: ServingConfig, defaults: ServingDefaults, format: str) -> EffectiveConfig:
+    """The config a load asks for, with every default filled in: the one place a request meets
+    the defaults. InvalidArgument for a value out of range."""
     for name, (low, high) in CONFIG_LIMITS.items():
         value = getattr(config, name)
         if value and not low <= value <= high:
@@ -141,7 +179,7 @@ def effective_config(config: ServingConfig, defaults: ServingDefaults, format: s
             raise FailedPrecondition(
                 f"an ensemble runs on its members' runtimes; load it without runtime {config.runtime}"
             )
-        runtime = "ensemble"
+        runtime: RuntimeName = "ensemble"
     else:
         runtime = config.runtime or ("onnx" if format == "onnx" else "torch")
     if config.response_cache and runtime == "ensemble":
@@ -167,7 +205,7 @@ def effective_config(config: ServingConfig, defaults: ServingDefaults, format: s
     device = config.device or default_device()
     instances = config.instances or defaults.instances or (CPU_INSTANCES if device == "cpu" else 1)
     threads = _given(config.intra_op_threads, defaults.intra_op_threads)
-    return ServingConfig(
+    return EffectiveConfig(
         runtime=runtime,
         device=device,
         instances=instances,
@@ -187,7 +225,7 @@ def _given(value: int | None, default: int) -> int:
 class LoadedVersion:
     """A version in the pool; `batcher` is set once it is READY."""
 
-    def __init__(self, model: str, version: int, config: ServingConfig, stats: ServingStats) -> None:
+    def __init__(self, model: str, version: int, config: EffectiveConfig, stats: ServingStats) -> None:
         self.model = model
         self.version = version
         self.config = config
@@ -372,7 +410,7 @@ class ModelPool:
             runtimes,
             entry.stats,
             max_batch_size=config.max_batch_size,
-            max_queue_delay_us=config.max_queue_delay_us or 0,
+            max_queue_delay_us=config.max_queue_delay_us,
             max_queue_size=config.max_queue_size,
             batchable=signature.batchable,
             # An ensemble waits on its members' worker threads: never on the event loop's thread.
@@ -405,7 +443,7 @@ class ModelPool:
             ) from None
 
     def _make_runtime(
-        self, servable: ServableVersion, config: ServingConfig, label: str, plan: EnsemblePlan | None
+        self, servable: ServableVersion, config: EffectiveConfig, label: str, plan: EnsemblePlan | None
     ) -> Runtime:
         if plan is not None:
             assert servable.signature is not None
@@ -423,12 +461,12 @@ class ModelPool:
             )
         with servable.open_artifact() as path:
             if config.runtime == "onnx":
-                return OnnxRuntime(path, config.device, config.intra_op_threads or 0)
+                return OnnxRuntime(path, config.device, config.intra_op_threads)
             assert servable.architecture is not None and servable.signature is not None
             return TorchRuntime(path, servable.architecture, servable.signature, config.device)
 
 
-def warmup_batches(signature: Signature, config: ServingConfig) -> list[tuple[int, int]]:
+def warmup_batches(signature: Signature, config: EffectiveConfig) -> list[tuple[int, int]]:
     """(rows, runs) of the warm-up a version gets before traffic, on inputs of its signature
     (sample_inputs): a batch of max_batch_size rows, so that the largest batch's memory is in
     place, then `warmup_runs` of one row (the last is timed)."""
@@ -440,7 +478,7 @@ def warmup_batches(signature: Signature, config: ServingConfig) -> list[tuple[in
     return batches
 
 
-def _warm_up(label: str, runtime: Runtime, signature: Signature, config: ServingConfig) -> float:
+def _warm_up(label: str, runtime: Runtime, signature: Signature, config: EffectiveConfig) -> float:
     """Run sample inputs through the runtime; the last one-row run's compute time in us."""
     rng = np.random.default_rng(0)
     compute_us = 0.0

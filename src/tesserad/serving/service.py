@@ -31,6 +31,7 @@ from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, Tesse
 from tesserad.serving.batcher import Answer, Answered, BatcherClosed, Prediction
 from tesserad.serving.explain import Explainer, ExplainOptions, Method, QueuedExplanation
 from tesserad.serving.pool import (
+    EffectiveConfig,
     LoadedVersion,
     LoadState,
     ModelPool,
@@ -94,7 +95,7 @@ class VersionDescription:
     model: str
     version: int
     signature: Signature
-    config: ServingConfig
+    config: EffectiveConfig
 
 
 @dataclass(frozen=True)
@@ -776,7 +777,7 @@ class InferenceService:
             return listed.error
         # The runtime follows the new version's format (a canary of an ONNX export beside its
         # safetensors original runs on torch); everything else is copied.
-        config = dataclasses.replace(current.config, runtime="")
+        config = dataclasses.replace(current.config.as_request(), runtime="")
         try:
             self.pool.load(self._source.servable(model, version, None), config)
         except TesseraError as exc:

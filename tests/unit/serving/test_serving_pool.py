@@ -138,6 +138,21 @@ def test_an_explicit_0_is_kept_where_0_is_a_value_and_unset_takes_the_default() 
     assert (zero.max_queue_delay_us, zero.warmup_runs, zero.intra_op_threads) == (0, 0, os.cpu_count() or 1)
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda:0"])
+def test_an_effective_config_asked_for_again_is_itself_whatever_the_defaults(device: str) -> None:
+    # The zeros an effective config holds where 0 is a value (and intra_op_threads's 0 on a GPU)
+    # are kept, not replaced by the other daemon's defaults.
+    running = effective_config(
+        ServingConfig(device=device, max_queue_delay_us=0, warmup_runs=0, intra_op_threads=0),
+        ServingDefaults(),
+        "onnx",
+    )
+    others = ServingDefaults(
+        instances=3, max_batch_size=8, max_queue_delay_us=500, warmup_runs=5, intra_op_threads=7
+    )
+    assert effective_config(running.as_request(), others, "onnx") == running
+
+
 def test_unloadable_file_is_failed_precondition_and_listed_failed(pool: ModelPool, tmp_path: Path) -> None:
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a model")
