@@ -215,6 +215,8 @@ def model_config_of(described: VersionDescription) -> mc.ModelConfig:
         if signature.batchable and config.max_batch_size > 1
         else None,
         instance_group=[mc.ModelInstanceGroup(count=config.instances, kind=kind, gpus=gpus)],
+        # As Triton's onnxruntime backend names it; 0 lets onnxruntime choose.
+        parameters={"intra_op_thread_count": mc.ModelParameter(string_value=str(config.intra_op_threads))},
         model_warmup=[
             mc.ModelWarmup(
                 name=f"{rows} row{'s' if rows > 1 else ''}",
@@ -424,7 +426,7 @@ def _within(field: str, value: int, serving_field: str) -> int:
     return value
 
 
-def _intra_op_threads(parameters: Mapping[str, mc.ModelParameter]) -> int:
+def _intra_op_threads(parameters: Mapping[str, mc.ModelParameter]) -> int | None:
     for key in parameters:
         if key not in _PARAMETERS:
             raise InvalidArgument(
@@ -432,7 +434,7 @@ def _intra_op_threads(parameters: Mapping[str, mc.ModelParameter]) -> int:
                 "remove it"
             )
     if "intra_op_thread_count" not in parameters:
-        return 0
+        return None
     text = parameters["intra_op_thread_count"].string_value
     if not text.isascii() or not text.isdigit():
         raise InvalidArgument(

@@ -126,6 +126,28 @@ def test_repository_load_with_a_triton_config_loads_with_it(oip, inference, line
     assert oip.ModelConfig(pb.ModelConfigRequest(name=linear)).config.max_batch_size == 2
 
 
+def test_a_triton_config_without_a_thread_count_takes_the_daemons(start_daemon) -> None:
+    channel = start_daemon(**{"serving.intra_op_threads": 3}).channel()
+    upload(channel, "linear", linear_model(1.0))
+    oip = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    inference = inference_pb2_grpc.InferenceStub(channel)
+
+    def threads() -> int:
+        (loaded,) = inference.ListLoaded(inference_pb2.ListLoadedRequest(model="linear")).models
+        return loaded.config.intra_op_threads
+
+    oip.RepositoryModelLoad(load_request("linear", '{"max_batch_size": 2}'))
+    assert threads() == 3
+    # ModelConfig names the count, so a config read back and loaded again keeps it.
+    config = oip.ModelConfig(pb.ModelConfigRequest(name="linear")).config
+    assert config.parameters["intra_op_thread_count"].string_value == "3"
+    config.parameters["intra_op_thread_count"].string_value = "1"
+    oip.RepositoryModelLoad(load_request("linear", json_format.MessageToJson(config)))
+    assert threads() == 1
+    config = oip.ModelConfig(pb.ModelConfigRequest(name="linear")).config
+    assert config.parameters["intra_op_thread_count"].string_value == "1"
+
+
 # model_warmup's inputs as ModelConfig gives them for "linear".
 WARMUP_INPUTS = '{"x": {"data_type": "TYPE_FP32", "dims": [4], "random_data": true}}'
 BAD_CONFIGS = [
