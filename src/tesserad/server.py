@@ -78,6 +78,7 @@ from tesserad.runtime_env import worker_environment
 from tesserad.serving.open_inference import OpenInference
 from tesserad.serving.registry_source import build_inference, inference_over
 from tesserad.serving.service import CallCounter, InferenceService
+from tesserad.serving.shared_memory import SharedMemory
 from tesserad.serving.triton_metrics import TritonMetrics
 from tesserad.store import BlobStore, DataDirLock, Store
 from tesserad.store.prometheus import StoreMetrics
@@ -196,6 +197,8 @@ class Daemon:
         self._metrics_http: MetricsHttpServer | None = None
         self._dashboard: DashboardServer | None = None
         self._oip_http: OipHttpServer | None = None
+        # Regions clients register through the Open Inference Protocol; the daemon's memory only.
+        self._shared_memory = SharedMemory()
         self._lock: DataDirLock | None = None
         self._store: Store | None = None
         self._gpus: Gpus | None = None
@@ -321,7 +324,7 @@ class Daemon:
         self.inference = build_inference(self.registry, settings.serving, self.metrics.registry, calls)
         self._export_triton_metrics()
         self.registry.add_listener(self.inference.on_registry_change)
-        oip = OpenInference(self.inference, self._stopping)
+        oip = OpenInference(self.inference, self._stopping, self._shared_memory)
         cluster = ClusterStats(
             self._changes.replicas,
             await asyncio.to_thread(self._replica_credentials, credentials is not None),
@@ -567,7 +570,7 @@ class Daemon:
         self.inference = inference_over(followed, settings.serving, self.metrics.registry, calls)
         self._export_triton_metrics()
         caught_up = asyncio.Event()
-        oip = OpenInference(self.inference, self._stopping, caught_up)
+        oip = OpenInference(self.inference, self._stopping, self._shared_memory, caught_up)
         _register(
             inference_pb2_grpc.add_InferenceServicer_to_server, InferenceServicer(self.inference), routes
         )
@@ -726,6 +729,7 @@ class Daemon:
         if self.inference is not None:
             await asyncio.to_thread(self.inference.close)
             self.inference = None
+        self._shared_memory.close()
         if self.exports is not None:
             await asyncio.to_thread(self.exports.close, exports_wait_s)
             self.exports = None

@@ -16,9 +16,13 @@ from tesserad.oip import grpc_service_pb2 as oip
 from tesserad.serving.open_inference import (
     OIP_DTYPES,
     OIP_NAME_BY_DTYPE,
+    Kind,
+    Parameter,
+    place_parameters,
     refuse_classification,
-    refuse_shared_memory,
+    tensor_place,
 )
+from tesserad.serving.shared_memory import Lease, TensorPlace
 from tesserad.serving.signature import Signature, TensorSpec
 
 DTYPE_BY_PROTO: dict[common_pb2.DataType.ValueType, np.dtype] = {
@@ -60,6 +64,31 @@ _OIP_CONTENTS_FIELD = {
     "FP32": "fp32_contents",
     "FP64": "fp64_contents",
 }
+
+
+# InferParameter's oneof fields, as the protocol's kinds and as messages name them.
+_KINDS = {
+    "bool_param": Kind.BOOL,
+    "int64_param": Kind.INT,
+    "uint64_param": Kind.UINT,
+    "double_param": Kind.DOUBLE,
+    "string_param": Kind.STRING,
+    "bytes_param": Kind.BYTES,
+}
+KIND_NAMES = {kind: field for field, kind in _KINDS.items()}
+
+
+def parameters_of(
+    parameters: Mapping[str, oip.InferParameter] | Mapping[str, oip.ModelRepositoryParameter],
+) -> dict[str, Parameter]:
+    """A request's or a tensor's parameters, as the protocol's transports share them."""
+    converted: dict[str, Parameter] = {}
+    for key, parameter in parameters.items():
+        field = parameter.WhichOneof("parameter_choice")
+        converted[key] = (
+            Parameter(None, None) if field is None else Parameter(getattr(parameter, field), _KINDS[field])
+        )
+    return converted
 
 
 # These run on every request: messages are only formatted for the error.
@@ -142,27 +171,49 @@ def signature_to_proto(signature: Signature) -> common_pb2.Signature:
     )
 
 
-def oip_inputs_to_arrays(request: oip.ModelInferRequest) -> dict[str, np.ndarray]:
-    """Inputs from typed `contents` or, when given, `raw_input_contents` (one per input, in order)."""
+def oip_inputs_to_arrays(request: oip.ModelInferRequest, lease: Lease) -> dict[str, np.ndarray]:
+    """Inputs from shared memory (read through `lease`), typed `contents` or, when given,
+    `raw_input_contents` (one per input not in shared memory, in order, as tritonclient sends)."""
+    places = {
+        index: place
+        for index, tensor in enumerate(request.inputs)
+        if tensor.parameters
+        and (place := tensor_place(parameters_of(tensor.parameters), f"input {tensor.name!r}", KIND_NAMES))
+        is not None
+    }
     raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
+    if raw and len(raw) != len(request.inputs) - len(places):
+        if places:
+            raise InvalidArgument(
+                f"raw_input_contents has {len(raw)} entries for {len(request.inputs) - len(places)} "
+                f"inputs not in shared memory; give one per input not in shared memory, in the order "
+                "of inputs"
+            )
         raise InvalidArgument(
             f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; "
             "give one per input, in the order of inputs"
         )
     arrays: dict[str, np.ndarray] = {}
+    raw_index = 0
     for index, tensor in enumerate(request.inputs):
         where = f"input {tensor.name!r}"
         if tensor.name in arrays:
             raise InvalidArgument(f"{where} is given twice; send each input once")
-        if tensor.parameters:
-            _refuse_shared_memory(tensor.parameters, f"{where} is in")
         dtype = OIP_DTYPES.get(tensor.datatype)
         if dtype is None:
             raise InvalidArgument(
                 f"{where} has datatype {tensor.datatype!r}; tesserad serves {', '.join(OIP_DTYPES)}"
             )
         shape = _shape(tensor.shape, tensor.name)
+        place = places.get(index) if places else None
+        if place is not None:
+            if tensor.HasField("contents"):
+                raise InvalidArgument(
+                    f"{where} has contents as well as shared_memory_region; send its data in one of them"
+                )
+            data = lease.read(place, math.prod(shape) * dtype.itemsize, where)
+            arrays[tensor.name] = array_from_bytes(data, dtype, shape, tensor.name, tensor.datatype)
+            continue
         if raw:
             if tensor.HasField("contents"):
                 # As Triton: one of the two would be ignored.
@@ -170,7 +221,8 @@ def oip_inputs_to_arrays(request: oip.ModelInferRequest) -> dict[str, np.ndarray
                     f"{where} has contents as well as raw_input_contents; send each input's data "
                     "in one of them"
                 )
-            arrays[tensor.name] = array_from_bytes(raw[index], dtype, shape, tensor.name, tensor.datatype)
+            arrays[tensor.name] = array_from_bytes(raw[raw_index], dtype, shape, tensor.name, tensor.datatype)
+            raw_index += 1
             continue
         field = _OIP_CONTENTS_FIELD.get(tensor.datatype)
         if field is None:
@@ -211,23 +263,26 @@ def _narrowed(values: Sequence[int], dtype: np.dtype, where: str, field: str, na
     return wide.astype(dtype)
 
 
-def _refuse_shared_memory(parameters: Mapping[str, oip.InferParameter], where: str) -> None:
-    region = parameters["shared_memory_region"].string_param if "shared_memory_region" in parameters else ""
-    refuse_shared_memory(parameters, region, where)
-
-
-def oip_requested_outputs(request: oip.ModelInferRequest) -> list[str]:
-    """The outputs a request names, in its order (none: every output)."""
+def oip_requested_outputs(
+    request: oip.ModelInferRequest, lease: Lease
+) -> tuple[list[str], dict[str, TensorPlace]]:
+    """The outputs a request names, in its order (none: every output), and where in shared memory
+    those to be written there go (their regions held in `lease` from now on)."""
     names: list[str] = []
+    places: dict[str, TensorPlace] = {}
     for requested in request.outputs:
         name = requested.name
         if name in names:
             raise InvalidArgument(f"output {name!r} is requested twice; request each output once")
         if requested.parameters:
-            _refuse_shared_memory(requested.parameters, f"output {name!r} is to be written to")
             refuse_classification(requested.parameters, name)
+            where = f"output {name!r}"
+            place = tensor_place(parameters_of(requested.parameters), where, KIND_NAMES)
+            if place is not None:
+                lease.reserve(place, where)
+                places[name] = place
         names.append(name)
-    return names
+    return names, places
 
 
 def oip_output(name: str, array: np.ndarray) -> tuple[oip.ModelInferResponse.InferOutputTensor, bytes]:
@@ -236,3 +291,20 @@ def oip_output(name: str, array: np.ndarray) -> tuple[oip.ModelInferResponse.Inf
         name=name, datatype=OIP_NAME_BY_DTYPE[array.dtype], shape=array.shape
     )
     return tensor, little_endian_bytes(array)
+
+
+def oip_shared_output(
+    name: str, array: np.ndarray, place: TensorPlace, lease: Lease
+) -> oip.ModelInferResponse.InferOutputTensor:
+    """An output written into shared memory: its metadata, with parameters that say where."""
+    data = little_endian_bytes(array)
+    lease.write(place, data, f"output {name!r}")
+    tensor = oip.ModelInferResponse.InferOutputTensor(
+        name=name, datatype=OIP_NAME_BY_DTYPE[array.dtype], shape=array.shape
+    )
+    for key, value in place_parameters(place, len(data)).items():
+        if isinstance(value, str):
+            tensor.parameters[key].string_param = value
+        else:
+            tensor.parameters[key].int64_param = value
+    return tensor

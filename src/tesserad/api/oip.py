@@ -7,6 +7,7 @@ shared with the HTTP/REST transport (tesserad.api.oip_http). The message builder
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable
 from typing import NoReturn
@@ -15,7 +16,14 @@ import grpc
 
 from tesserad import __version__
 from tesserad.api.convert_inference import deadline_of
-from tesserad.api.convert_tensors import oip_inputs_to_arrays, oip_output, oip_requested_outputs
+from tesserad.api.convert_tensors import (
+    KIND_NAMES,
+    oip_inputs_to_arrays,
+    oip_output,
+    oip_requested_outputs,
+    oip_shared_output,
+    parameters_of,
+)
 from tesserad.api.oip_config import model_config_of, serving_config_of
 from tesserad.api.streams import answer_stream
 from tesserad.errors import TesseraError, Unimplemented
@@ -24,39 +32,18 @@ from tesserad.oip import grpc_service_pb2_grpc
 from tesserad.serving.open_inference import (
     EXTENSIONS,
     FINAL_RESPONSE_FLAG,
+    NO_CUDA_SHARED_MEMORY,
     OIP_NAME_BY_DTYPE,
     PLATFORMS,
     IndexRow,
-    Kind,
     OpenInference,
-    Parameter,
     target_of,
     timeout_of,
 )
 from tesserad.serving.pool import LoadedVersion
 from tesserad.serving.service import VersionDescription
+from tesserad.serving.shared_memory import RegionStatus
 from tesserad.serving.signature import TensorSpec
-
-# InferParameter's oneof fields, as the protocol's kinds and as messages name them.
-_KINDS = {
-    "bool_param": Kind.BOOL,
-    "int64_param": Kind.INT,
-    "uint64_param": Kind.UINT,
-    "double_param": Kind.DOUBLE,
-    "string_param": Kind.STRING,
-    "bytes_param": Kind.BYTES,
-}
-KIND_NAMES = {kind: field for field, kind in _KINDS.items()}
-
-
-def parameters_of(request: pb.ModelInferRequest | pb.RepositoryModelLoadRequest) -> dict[str, Parameter]:
-    parameters: dict[str, Parameter] = {}
-    for key, parameter in request.parameters.items():
-        field = parameter.WhichOneof("parameter_choice")
-        parameters[key] = (
-            Parameter(None, None) if field is None else Parameter(getattr(parameter, field), _KINDS[field])
-        )
-    return parameters
 
 
 def _duration(count: int, ns: int) -> pb.StatisticDuration:
@@ -122,6 +109,17 @@ def statistics_response(entries: Iterable[LoadedVersion]) -> pb.ModelStatisticsR
     return pb.ModelStatisticsResponse(model_stats=[statistics_of(e) for e in entries])
 
 
+def shared_memory_status(regions: Iterable[RegionStatus]) -> pb.SystemSharedMemoryStatusResponse:
+    status = pb.SystemSharedMemoryStatusResponse()
+    for r in regions:
+        status.regions[r.name].CopyFrom(
+            pb.SystemSharedMemoryStatusResponse.RegionStatus(
+                name=r.name, key=r.key, offset=r.offset, byte_size=r.byte_size
+            )
+        )
+    return status
+
+
 def index_response(rows: Iterable[IndexRow]) -> pb.RepositoryIndexResponse:
     return pb.RepositoryIndexResponse(
         models=[
@@ -175,23 +173,33 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def _infer(self, request: pb.ModelInferRequest, deadline: float | None) -> pb.ModelInferResponse:
         started = time.perf_counter_ns()
         target = target_of(request.model_name, request.model_version)
-        try:
-            timeout = timeout_of(parameters_of(request), KIND_NAMES) if request.parameters else None
-            inputs = oip_inputs_to_arrays(request)
-            output_names = oip_requested_outputs(request)
-        except TesseraError:
-            self._core.refused(target, started)
-            raise
-        decoded = time.perf_counter_ns()
-        version, prediction = await self._core.infer(
-            target, inputs, output_names, deadline, timeout, request.id, started
-        )
-        answered = time.perf_counter_ns()
-        response = pb.ModelInferResponse(model_name=target.model, model_version=str(version), id=request.id)
-        for name, array in prediction.outputs.items():
-            tensor, raw = oip_output(name, array)
-            response.outputs.append(tensor)
-            response.raw_output_contents.append(raw)
+        with self._core.shared_memory.lease() as lease:
+            try:
+                timeout = (
+                    timeout_of(parameters_of(request.parameters), KIND_NAMES) if request.parameters else None
+                )
+                inputs = oip_inputs_to_arrays(request, lease)
+                output_names, places = oip_requested_outputs(request, lease)
+            except TesseraError:
+                self._core.refused(target, started)
+                raise
+            decoded = time.perf_counter_ns()
+            version, prediction = await self._core.infer(
+                target, inputs, output_names, deadline, timeout, request.id, started
+            )
+            answered = time.perf_counter_ns()
+            response = pb.ModelInferResponse(
+                model_name=target.model, model_version=str(version), id=request.id
+            )
+            for name, array in prediction.outputs.items():
+                place = places.get(name) if places else None
+                if place is None:
+                    tensor, raw = oip_output(name, array)
+                else:
+                    # As Triton: an empty entry keeps raw_output_contents one per output.
+                    tensor, raw = oip_shared_output(name, array, place, lease), b""
+                response.outputs.append(tensor)
+                response.raw_output_contents.append(raw)
         self._core.record_io(
             target.model, version, inputs, prediction, decoded - started, time.perf_counter_ns() - answered
         )
@@ -258,7 +266,9 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         request: pb.RepositoryModelLoadRequest,
         context: grpc.aio.ServicerContext[pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse],
     ) -> pb.RepositoryModelLoadResponse:
-        await self._core.load(request.model_name, parameters_of(request), KIND_NAMES, serving_config_of)
+        await self._core.load(
+            request.model_name, parameters_of(request.parameters), KIND_NAMES, serving_config_of
+        )
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(
@@ -269,22 +279,45 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         await self._core.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
-    async def SystemSharedMemoryStatus(self, request: object, context: object) -> NoReturn:
-        raise Unimplemented(_NO_SHARED_MEMORY)
+    async def SystemSharedMemoryStatus(
+        self,
+        request: pb.SystemSharedMemoryStatusRequest,
+        context: grpc.aio.ServicerContext[
+            pb.SystemSharedMemoryStatusRequest, pb.SystemSharedMemoryStatusResponse
+        ],
+    ) -> pb.SystemSharedMemoryStatusResponse:
+        return shared_memory_status(self._core.shared_memory.status(request.name))
 
-    SystemSharedMemoryRegister = SystemSharedMemoryStatus
-    SystemSharedMemoryUnregister = SystemSharedMemoryStatus
-    CudaSharedMemoryStatus = SystemSharedMemoryStatus
-    CudaSharedMemoryRegister = SystemSharedMemoryStatus
-    CudaSharedMemoryUnregister = SystemSharedMemoryStatus
+    async def SystemSharedMemoryRegister(
+        self,
+        request: pb.SystemSharedMemoryRegisterRequest,
+        context: grpc.aio.ServicerContext[
+            pb.SystemSharedMemoryRegisterRequest, pb.SystemSharedMemoryRegisterResponse
+        ],
+    ) -> pb.SystemSharedMemoryRegisterResponse:
+        await asyncio.to_thread(
+            self._core.shared_memory.register, request.name, request.key, request.offset, request.byte_size
+        )
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    async def SystemSharedMemoryUnregister(
+        self,
+        request: pb.SystemSharedMemoryUnregisterRequest,
+        context: grpc.aio.ServicerContext[
+            pb.SystemSharedMemoryUnregisterRequest, pb.SystemSharedMemoryUnregisterResponse
+        ],
+    ) -> pb.SystemSharedMemoryUnregisterResponse:
+        self._core.shared_memory.unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    async def CudaSharedMemoryStatus(self, request: object, context: object) -> NoReturn:
+        raise Unimplemented(NO_CUDA_SHARED_MEMORY)
+
+    CudaSharedMemoryRegister = CudaSharedMemoryStatus
+    CudaSharedMemoryUnregister = CudaSharedMemoryStatus
 
     async def TraceSetting(self, request: object, context: object) -> NoReturn:
         raise Unimplemented("tesserad does not support Triton trace settings; use its /metrics and GetStats")
 
     async def LogSettings(self, request: object, context: object) -> NoReturn:
         raise Unimplemented("tesserad does not support Triton log settings; set log_level in its settings")
-
-
-_NO_SHARED_MEMORY = (
-    "tesserad does not support shared-memory tensors; send inputs in raw_input_contents or typed contents"
-)

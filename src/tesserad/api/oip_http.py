@@ -52,7 +52,13 @@ from tesserad.security import TokenTable
 from tesserad.security.limits import ConcurrencyGate
 from tesserad.security.roles import HEALTH_METHODS, ROLE_TABLE, Role
 from tesserad.security.tokens import TokenFile, token_digest, utc_now
-from tesserad.serving.open_inference import EXTENSIONS, OpenInference, target_of, timeout_of
+from tesserad.serving.open_inference import (
+    EXTENSIONS,
+    NO_CUDA_SHARED_MEMORY,
+    OpenInference,
+    target_of,
+    timeout_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +142,41 @@ class OipHttpServer(HttpListener):
                 web.post("/v2/repository/models/{model}/load", admitted("RepositoryModelLoad", self._load)),
                 web.post(
                     "/v2/repository/models/{model}/unload", admitted("RepositoryModelUnload", self._unload)
+                ),
+                web.get(
+                    "/v2/systemsharedmemory/status", admitted("SystemSharedMemoryStatus", self._shm_status)
+                ),
+                web.get(
+                    "/v2/systemsharedmemory/region/{name}/status",
+                    admitted("SystemSharedMemoryStatus", self._shm_status),
+                ),
+                web.post(
+                    "/v2/systemsharedmemory/region/{name}/register",
+                    admitted("SystemSharedMemoryRegister", self._shm_register),
+                ),
+                web.post(
+                    "/v2/systemsharedmemory/unregister",
+                    admitted("SystemSharedMemoryUnregister", self._shm_unregister),
+                ),
+                web.post(
+                    "/v2/systemsharedmemory/region/{name}/unregister",
+                    admitted("SystemSharedMemoryUnregister", self._shm_unregister),
+                ),
+                web.get("/v2/cudasharedmemory/status", admitted("CudaSharedMemoryStatus", self._no_cuda)),
+                web.get(
+                    "/v2/cudasharedmemory/region/{name}/status",
+                    admitted("CudaSharedMemoryStatus", self._no_cuda),
+                ),
+                web.post(
+                    "/v2/cudasharedmemory/region/{name}/register",
+                    admitted("CudaSharedMemoryRegister", self._no_cuda),
+                ),
+                web.post(
+                    "/v2/cudasharedmemory/unregister", admitted("CudaSharedMemoryUnregister", self._no_cuda)
+                ),
+                web.post(
+                    "/v2/cudasharedmemory/region/{name}/unregister",
+                    admitted("CudaSharedMemoryUnregister", self._no_cuda),
                 ),
                 *(
                     route
@@ -343,22 +384,53 @@ class OipHttpServer(HttpListener):
         await self._core.unload(request.match_info["model"])
         return web.Response()
 
+    async def _shm_status(self, request: web.Request) -> web.Response:
+        regions = self._core.shared_memory.status(request.match_info.get("name", ""))
+        # As Triton's: a list of the regions, not gRPC's map by name.
+        return web.json_response(
+            [{"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size} for r in regions]
+        )
+
+    async def _shm_register(self, request: web.Request) -> web.Response:
+        document = await self._json_object(request)
+        key = document.get("key")
+        if not isinstance(key, str):
+            raise errors.InvalidArgument("the request needs 'key': the name of the shared-memory object")
+        offset = document.get("offset", 0)
+        byte_size = document.get("byte_size")
+        for field, value in (("offset", offset), ("byte_size", byte_size)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise errors.InvalidArgument(f"the request needs '{field}': a whole number of bytes")
+        assert isinstance(offset, int) and isinstance(byte_size, int)
+        await asyncio.to_thread(
+            self._core.shared_memory.register, request.match_info["name"], key, offset, byte_size
+        )
+        return web.Response()
+
+    async def _shm_unregister(self, request: web.Request) -> web.Response:
+        self._core.shared_memory.unregister(request.match_info.get("name", ""))
+        return web.Response()
+
+    async def _no_cuda(self, request: web.Request) -> web.Response:
+        raise errors.Unimplemented(NO_CUDA_SHARED_MEMORY)
+
     async def _infer(self, request: web.Request) -> web.Response:
         body = await self._body(request)
         started = time.perf_counter_ns()
         target = target_of(request.match_info["model"], request.match_info.get("version", ""))
-        try:
-            parsed = infer_request(*split_body(body, request.headers.get(HEADER_LENGTH)))
-            timeout = timeout_of(parsed.parameters, KIND_NAMES) if parsed.parameters else None
-        except errors.TesseraError:
-            self._core.refused(target, started)
-            raise
-        decoded = time.perf_counter_ns()
-        version, prediction = await self._core.infer(
-            target, parsed.inputs, parsed.output_names, None, timeout, parsed.id, started
-        )
-        answered = time.perf_counter_ns()
-        answer, header_length = infer_response(target.model, version, parsed, prediction.outputs)
+        with self._core.shared_memory.lease() as lease:
+            try:
+                parsed = infer_request(*split_body(body, request.headers.get(HEADER_LENGTH)), lease)
+                timeout = timeout_of(parsed.parameters, KIND_NAMES) if parsed.parameters else None
+            except errors.TesseraError:
+                self._core.refused(target, started)
+                raise
+            decoded = time.perf_counter_ns()
+            version, prediction = await self._core.infer(
+                target, parsed.inputs, parsed.output_names, None, timeout, parsed.id, started
+            )
+            answered = time.perf_counter_ns()
+            answer, header_length = infer_response(target.model, version, parsed, prediction.outputs, lease)
         self._core.record_io(
             target.model,
             version,

@@ -28,9 +28,11 @@ from tesserad.serving.open_inference import (
     OIP_NAME_BY_DTYPE,
     Kind,
     Parameter,
+    place_parameters,
     refuse_classification,
-    refuse_shared_memory,
+    tensor_place,
 )
+from tesserad.serving.shared_memory import Lease, TensorPlace
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # How messages name a JSON parameter's kind.
@@ -63,6 +65,8 @@ class InferRequest:
     binary_outputs: dict[str, bool]
     binary_by_default: bool
     parameters: dict[str, Parameter]
+    # Outputs to be written into shared memory, and where.
+    output_places: dict[str, TensorPlace]
 
 
 def message_json(message: Message) -> dict[str, Any]:
@@ -123,11 +127,6 @@ def _flag(parameters: Mapping[str, Parameter], key: str, where: str) -> bool | N
     if parameter.kind is not Kind.BOOL:
         raise InvalidArgument(f"{where}'s parameter {key!r} must be a boolean")
     return bool(parameter.value)
-
-
-def _region(parameters: Mapping[str, Parameter]) -> str:
-    region = parameters.get("shared_memory_region")
-    return "" if region is None else str(region.value)
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[Any, bytes]:
@@ -193,7 +192,9 @@ def _json_values(values: Any, datatype: str, shape: tuple[int, ...], where: str)
     return flat.astype(dtype).reshape(shape)
 
 
-def infer_request(document: Any, binary: bytes) -> InferRequest:
+def infer_request(document: Any, binary: bytes, lease: Lease) -> InferRequest:
+    """The request; inputs in shared memory are read through `lease`, and the regions of outputs
+    to be written there are held in it."""
     if not isinstance(document, dict):
         raise InvalidArgument("the request body must be a JSON object with 'inputs'")
     request_id = document.get("id", "")
@@ -212,7 +213,6 @@ def infer_request(document: Any, binary: bytes) -> InferRequest:
         if name in inputs:
             raise InvalidArgument(f"{where} is given twice; send each input once")
         parameters = json_parameters(tensor, where)
-        refuse_shared_memory(parameters, _region(parameters), f"{where} is in")
         datatype = tensor.get("datatype")
         if datatype not in OIP_DTYPES:
             raise InvalidArgument(
@@ -220,7 +220,17 @@ def infer_request(document: Any, binary: bytes) -> InferRequest:
             )
         shape = _shape(tensor, where)
         size = parameters.get("binary_data_size")
-        if size is not None:
+        place = tensor_place(parameters, where, KIND_NAMES) if parameters else None
+        if place is not None:
+            if size is not None or "data" in tensor:
+                raise InvalidArgument(
+                    f"{where} has {'data' if size is None else 'binary_data_size'} as well as "
+                    "shared_memory_region; send its data in one of them"
+                )
+            dtype = OIP_DTYPES[datatype]
+            data = lease.read(place, math.prod(shape) * dtype.itemsize, where)
+            inputs[name] = array_from_bytes(data, dtype, shape, name, datatype)
+        elif size is not None:
             if size.kind is not Kind.INT or not isinstance(size.value, int) or size.value < 0:
                 raise InvalidArgument(
                     f"{where}'s parameter 'binary_data_size' must be an integer of at least 0"
@@ -252,6 +262,7 @@ def infer_request(document: Any, binary: bytes) -> InferRequest:
         )
     output_names: list[str] = []
     binary_outputs: dict[str, bool] = {}
+    output_places: dict[str, TensorPlace] = {}
     requested = document.get("outputs", [])
     if not isinstance(requested, list) or not all(isinstance(o, dict) for o in requested):
         raise InvalidArgument("the request's 'outputs' must be a list of JSON objects, each with a name")
@@ -261,9 +272,13 @@ def infer_request(document: Any, binary: bytes) -> InferRequest:
             raise InvalidArgument("every requested output needs a name (a string)")
         if name in output_names:
             raise InvalidArgument(f"output {name!r} is requested twice; request each output once")
-        parameters = json_parameters(output, f"output {name!r}")
-        refuse_shared_memory(parameters, _region(parameters), f"output {name!r} is to be written to")
+        where = f"output {name!r}"
+        parameters = json_parameters(output, where)
         refuse_classification(parameters, name)
+        place = tensor_place(parameters, where, KIND_NAMES) if parameters else None
+        if place is not None:
+            lease.reserve(place, where)
+            output_places[name] = place
         flag = _flag(parameters, "binary_data", f"output {name!r}")
         if flag is not None:
             binary_outputs[name] = flag
@@ -276,6 +291,7 @@ def infer_request(document: Any, binary: bytes) -> InferRequest:
         binary_outputs=binary_outputs,
         binary_by_default=bool(_flag(parameters, "binary_data_output", "the request")),
         parameters=parameters,
+        output_places=output_places,
     )
 
 
@@ -288,9 +304,10 @@ def _json_data(array: np.ndarray) -> list[Any]:
 
 
 def infer_response(
-    model: str, version: int, request: InferRequest, outputs: Mapping[str, np.ndarray]
+    model: str, version: int, request: InferRequest, outputs: Mapping[str, np.ndarray], lease: Lease
 ) -> tuple[bytes, int | None]:
-    """(the body, the length of its JSON when binary data follows it)."""
+    """(the body, the length of its JSON when binary data follows it). Outputs to be written into
+    shared memory are, through `lease`; the body says where, with no data of theirs."""
     tensors: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     for name, array in outputs.items():
@@ -299,7 +316,12 @@ def infer_response(
             "datatype": OIP_NAME_BY_DTYPE[array.dtype],
             "shape": list(array.shape),
         }
-        if request.binary_outputs.get(name, request.binary_by_default):
+        place = request.output_places.get(name) if request.output_places else None
+        if place is not None:
+            raw = little_endian_bytes(array)
+            lease.write(place, raw, f"output {name!r}")
+            tensor["parameters"] = place_parameters(place, len(raw))
+        elif request.binary_outputs.get(name, request.binary_by_default):
             raw = little_endian_bytes(array)
             tensor["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)

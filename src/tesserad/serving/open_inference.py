@@ -26,6 +26,7 @@ from tesserad.serving.batcher import Prediction
 from tesserad.serving.pool import LoadedVersion, LoadState, RuntimeName, ServingConfig
 from tesserad.serving.predict import predict
 from tesserad.serving.service import InferenceService, Target, VersionDescription
+from tesserad.serving.shared_memory import SharedMemory, TensorPlace
 
 # The protocol's datatype names.
 OIP_DTYPES: dict[str, np.dtype] = {
@@ -46,7 +47,7 @@ OIP_DTYPES: dict[str, np.dtype] = {
 OIP_NAME_BY_DTYPE: dict[np.dtype, str] = {dtype: name for name, dtype in OIP_DTYPES.items()}
 
 # Listed truthfully: perf_analyzer shows the server-side breakdown only with "statistics".
-EXTENSIONS = ["model_repository", "model_configuration", "statistics"]
+EXTENSIONS = ["model_repository", "model_configuration", "statistics", "system_shared_memory"]
 PLATFORMS: Mapping[RuntimeName, str] = {
     "onnx": "onnxruntime_onnx",
     "torch": "pytorch_libtorch",
@@ -65,6 +66,16 @@ _INDEX_STATES = {
 # The one reserved request parameter Triton takes: each streamed answer says whether it is the
 # request's last (here every answer is: no model is decoupled).
 FINAL_RESPONSE_FLAG = "triton_enable_empty_final_response"
+# Honest about why: CUDA IPC handles need a daemon built against CUDA, with a GPU, to open them.
+NO_CUDA_SHARED_MEMORY = (
+    "tesserad does not support CUDA shared memory: opening a client's cudaIPC handle needs a daemon "
+    "built with CUDA and a GPU it can use, and tesserad has no such support; put tensors in system "
+    "shared memory (system_shared_memory) or send them in the request"
+)
+# A tensor's parameters that place it in a registered shared-memory region.
+SHM_REGION = "shared_memory_region"
+SHM_OFFSET = "shared_memory_offset"
+SHM_BYTE_SIZE = "shared_memory_byte_size"
 
 
 def target_of(name: str, version: str) -> Target:
@@ -151,15 +162,36 @@ def timeout_of(parameters: Mapping[str, Parameter], names: Mapping[Kind, str]) -
     return timeout_us / 1e6
 
 
-def refuse_shared_memory(parameters: Collection[str], region: str, where: str) -> None:
-    """Unimplemented for a tensor that names a shared-memory region (tritonclient's
-    set_shared_memory): its data would be read from, or answered outside, the region."""
-    if "shared_memory_region" in parameters:
-        raise Unimplemented(
-            f"{where} shared-memory region {region!r}; tesserad does not support shared-memory "
-            "tensors: send inputs in raw_input_contents or typed contents, and read outputs from "
-            "raw_output_contents"
-        )
+def tensor_place(
+    parameters: Mapping[str, Parameter], where: str, names: Mapping[Kind, str]
+) -> TensorPlace | None:
+    """Where in shared memory a tensor is (its shared_memory_* parameters), or None when it
+    travels in the request or its answer. As Triton: region and byte size come together, the
+    offset defaults to 0."""
+    region = _parameter(parameters, SHM_REGION, (Kind.STRING,), names)
+    byte_size = _parameter(parameters, SHM_BYTE_SIZE, (Kind.INT, Kind.UINT), names)
+    offset = _parameter(parameters, SHM_OFFSET, (Kind.INT, Kind.UINT), names)
+    if region is None and byte_size is None:
+        if offset is not None:
+            raise InvalidArgument(
+                f"{where} has {SHM_OFFSET} without {SHM_REGION} and {SHM_BYTE_SIZE}; give all of them "
+                "to place it in shared memory, or none"
+            )
+        return None
+    if region is None or byte_size is None:
+        given, missing = (SHM_REGION, SHM_BYTE_SIZE) if byte_size is None else (SHM_BYTE_SIZE, SHM_REGION)
+        raise InvalidArgument(f"{where} has {given} but no {missing}; give both to place it in shared memory")
+    assert isinstance(region, str) and isinstance(byte_size, int)
+    return TensorPlace(region, offset if isinstance(offset, int) else 0, byte_size)
+
+
+def place_parameters(place: TensorPlace, written: int) -> dict[str, str | int]:
+    """An answer's parameters for an output written into shared memory (`written` bytes), as
+    tritonclient sets them on a request: the region, the bytes, and the offset when not 0."""
+    echoed: dict[str, str | int] = {SHM_REGION: place.region, SHM_BYTE_SIZE: written}
+    if place.offset:
+        echoed[SHM_OFFSET] = place.offset
+    return echoed
 
 
 def refuse_classification(parameters: Collection[str], name: str) -> None:
@@ -184,12 +216,18 @@ class OpenInference:
     """The protocol's operations over the inference service, for every transport."""
 
     def __init__(
-        self, service: InferenceService, stopping: asyncio.Event, caught_up: asyncio.Event | None = None
+        self,
+        service: InferenceService,
+        stopping: asyncio.Event,
+        shared_memory: SharedMemory,
+        caught_up: asyncio.Event | None = None,
     ) -> None:
-        """`caught_up`: a replica's, set while gRPC health says SERVING (it has caught up with its
-        primary and loaded what the deployments route to); None on a primary."""
+        """`shared_memory`: the registered system shared-memory regions; `caught_up`: a replica's,
+        set while gRPC health says SERVING (it has caught up with its primary and loaded what the
+        deployments route to); None on a primary."""
         self._service = service
         self._stopping = stopping
+        self.shared_memory = shared_memory
         self._caught_up = caught_up
 
     def server_ready(self) -> bool:

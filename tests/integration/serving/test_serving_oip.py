@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
+import pytest
 from google.protobuf import json_format
 from serving_models import W, half_model, linear_model, reshape_model, slow_model, two_output_model, upload
 
@@ -45,7 +50,7 @@ def test_server_health_and_metadata(oip) -> None:
     assert oip.ServerReady(pb.ServerReadyRequest()).ready
     metadata = oip.ServerMetadata(pb.ServerMetadataRequest())
     assert metadata.name == "tesserad" and "statistics" in metadata.extensions
-    assert "model_repository" in metadata.extensions
+    assert "model_repository" in metadata.extensions and "system_shared_memory" in metadata.extensions
 
 
 def test_model_ready_only_once_loaded(oip, linear) -> None:
@@ -605,15 +610,14 @@ def test_statistics_of_unloaded_or_unknown_model_is_not_found(oip, linear, expec
 
 def test_unsupported_extensions_are_unimplemented_with_a_reason(oip, expect_rpc_error) -> None:
     unimplemented = grpc.StatusCode.UNIMPLEMENTED
-    expect_rpc_error(
-        lambda: oip.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest()),
-        unimplemented,
-        "shared-memory tensors",
-    )
-    expect_rpc_error(
+    error = expect_rpc_error(
         lambda: oip.CudaSharedMemoryRegister(pb.CudaSharedMemoryRegisterRequest()),
         unimplemented,
-        "raw_input_contents",
+        "tesserad does not support CUDA shared memory",
+    )
+    assert "system shared memory" in error.details()
+    expect_rpc_error(
+        lambda: oip.CudaSharedMemoryStatus(pb.CudaSharedMemoryStatusRequest()), unimplemented, "cudaIPC"
     )
     expect_rpc_error(lambda: oip.TraceSetting(pb.TraceSettingRequest()), unimplemented, "trace settings")
     expect_rpc_error(lambda: oip.LogSettings(pb.LogSettingsRequest()), unimplemented, "log settings")
@@ -911,25 +915,123 @@ def test_typed_contents_out_of_their_datatypes_range_are_invalid(oip, linear, ex
         )
 
 
-def test_a_tensor_in_shared_memory_is_refused_not_read_or_written_elsewhere(
-    oip, linear, expect_rpc_error
+@pytest.fixture
+def shm_object() -> Iterator[str]:
+    """A 256-byte POSIX shared-memory object of the test's own (its key), unlinked afterwards."""
+    key = f"/tessera-test-{uuid.uuid4().hex}"
+    path = Path("/dev/shm") / key[1:]
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.ftruncate(fd, 256)
+    finally:
+        os.close(fd)
+    yield key
+    path.unlink(missing_ok=True)
+
+
+def test_tensors_in_system_shared_memory_are_read_and_written_there(
+    oip, channel, shm_object: str, expect_rpc_error
 ) -> None:
-    # tritonclient's set_shared_memory(region, byte_size) puts the tensor in a region the server
-    # reads (an input) or writes (an output); answering in raw_output_contents instead would
-    # leave the client reading its region's stale bytes.
-    shared_input = infer_request(linear, X)
-    shared_input.inputs[0].parameters["shared_memory_region"].string_param = "inputs"
-    shared_input.inputs[0].parameters["shared_memory_byte_size"].int64_param = 32
-    shared_output = infer_request(linear, X)
-    shared_output.outputs[0].parameters["shared_memory_region"].string_param = "outputs"
-    for request, text in (
-        (shared_input, "input 'x' is in shared-memory region 'inputs'"),
-        (shared_output, "output 'y' is to be written to shared-memory region 'outputs'"),
-    ):
-        error = expect_rpc_error(
-            lambda request=request: oip.ModelInfer(request), grpc.StatusCode.UNIMPLEMENTED, text
+    upload(channel, "two", two_output_model())
+    path = Path("/dev/shm") / shm_object[1:]
+    with path.open("r+b") as f:
+        f.seek(64)
+        f.write(X.tobytes())
+    oip.SystemSharedMemoryRegister(
+        pb.SystemSharedMemoryRegisterRequest(name="io", key=shm_object, offset=64, byte_size=192)
+    )
+    status = oip.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest(name="io"))
+    assert dict(status.regions) == {
+        "io": pb.SystemSharedMemoryStatusResponse.RegionStatus(
+            name="io", key=shm_object, offset=64, byte_size=192
         )
-        assert "tesserad does not support shared-memory tensors" in error.details()
+    }
+    # x from the region; a into the region after x, b answered in the response as usual.
+    request = pb.ModelInferRequest(model_name="two", id="shm")
+    x = request.inputs.add(name="x", datatype="FP32", shape=[2, 4])
+    x.parameters["shared_memory_region"].string_param = "io"
+    x.parameters["shared_memory_byte_size"].int64_param = 32
+    a = request.outputs.add(name="a")
+    a.parameters["shared_memory_region"].string_param = "io"
+    a.parameters["shared_memory_byte_size"].int64_param = 64
+    a.parameters["shared_memory_offset"].int64_param = 32
+    request.outputs.add(name="b")
+    response = oip.ModelInfer(request)
+    assert [o.name for o in response.outputs] == ["a", "b"]
+    assert dict(response.outputs[0].parameters) == {
+        "shared_memory_region": pb.InferParameter(string_param="io"),
+        "shared_memory_byte_size": pb.InferParameter(int64_param=24),
+        "shared_memory_offset": pb.InferParameter(int64_param=32),
+    }
+    # As Triton: one raw_output_contents entry per output, empty for one in shared memory.
+    assert response.raw_output_contents[0] == b""
+    np.testing.assert_array_equal(
+        np.frombuffer(response.raw_output_contents[1], np.float32).reshape(2, 4), X + X
+    )
+    written = path.read_bytes()[64 + 32 : 64 + 56]
+    np.testing.assert_allclose(np.frombuffer(written, np.float32).reshape(2, 3), X @ W, rtol=1e-6)
+
+    x.parameters["shared_memory_byte_size"].int64_param = 36
+    expect_rpc_error(
+        lambda: oip.ModelInfer(request),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input 'x' has shared_memory_byte_size 36, but its shape and datatype need 32 bytes",
+    )
+    x.parameters["shared_memory_byte_size"].int64_param = 32
+    a.parameters["shared_memory_byte_size"].int64_param = 8
+    expect_rpc_error(
+        lambda: oip.ModelInfer(request),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "output 'a' has 24 bytes, more than the 8 of its shared_memory_byte_size in region 'io'",
+    )
+    expect_rpc_error(
+        lambda: oip.SystemSharedMemoryRegister(
+            pb.SystemSharedMemoryRegisterRequest(name="io", key=shm_object, byte_size=8)
+        ),
+        grpc.StatusCode.ALREADY_EXISTS,
+        "shared-memory region 'io' is already registered",
+    )
+    oip.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest(name="io"))
+    expect_rpc_error(
+        lambda: oip.ModelInfer(request),
+        grpc.StatusCode.NOT_FOUND,
+        "input 'x' names shared-memory region 'io', which is not registered",
+    )
+    expect_rpc_error(
+        lambda: oip.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest(name="io")),
+        grpc.StatusCode.NOT_FOUND,
+        "no system shared-memory region 'io' is registered",
+    )
+    assert path.exists()
+
+
+def test_registering_shared_memory_checks_the_object_and_the_bounds(
+    oip, shm_object: str, expect_rpc_error
+) -> None:
+    def register(key: str, offset: int, byte_size: int) -> object:
+        return oip.SystemSharedMemoryRegister(
+            pb.SystemSharedMemoryRegisterRequest(name="r", key=key, offset=offset, byte_size=byte_size)
+        )
+
+    expect_rpc_error(
+        lambda: register("/tessera-test-absent", 0, 8),
+        grpc.StatusCode.NOT_FOUND,
+        "there is no shared-memory object '/tessera-test-absent'",
+    )
+    expect_rpc_error(
+        lambda: register("/../etc/passwd", 0, 8),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "is not the name of a POSIX shared-memory object",
+    )
+    expect_rpc_error(
+        lambda: register(shm_object, 200, 100),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "has 256 bytes, but the region asks for 300 (offset plus byte_size)",
+    )
+    assert not oip.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest()).regions
+    register(shm_object, 0, 256)
+    oip.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest())
+    assert not oip.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest()).regions
 
 
 def test_a_datatype_mismatch_is_told_in_the_protocols_datatype_names(oip, linear, expect_rpc_error) -> None:

@@ -4,14 +4,19 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import ml_dtypes
 import numpy as np
 import pytest
 
 from tesserad.api.oip_json import infer_request, infer_response, message_json, split_body
-from tesserad.errors import InvalidArgument
+from tesserad.errors import InvalidArgument, NotFound
 from tesserad.oip import grpc_service_pb2 as pb
+from tesserad.serving.shared_memory import SharedMemory
+
+# Requests with no tensor in shared memory read nothing through it.
+NO_REGIONS = SharedMemory().lease()
 
 
 def test_bf16_travels_as_json_numbers_and_as_binary() -> None:
@@ -22,9 +27,9 @@ def test_bf16_travels_as_json_numbers_and_as_binary() -> None:
         "outputs": [{"name": "j", "parameters": {"binary_data": False}}],
         "parameters": {"binary_data_output": True},
     }
-    request = infer_request(document, b"")
+    request = infer_request(document, b"", NO_REGIONS)
     np.testing.assert_array_equal(request.inputs["x"], x)
-    body, length = infer_response("m", 1, request, {"j": x, "b": x})
+    body, length = infer_response("m", 1, request, {"j": x, "b": x}, NO_REGIONS)
     assert length is not None
     answer = json.loads(body[:length])
     assert answer["outputs"][0] == {
@@ -47,11 +52,11 @@ def test_binary_inputs_take_their_bytes_in_order() -> None:
             ]
         }
     ).encode()
-    request = infer_request(*split_body(header + a.tobytes() + b.tobytes(), str(len(header))))
+    request = infer_request(*split_body(header + a.tobytes() + b.tobytes(), str(len(header))), NO_REGIONS)
     np.testing.assert_array_equal(request.inputs["a"], a)
     np.testing.assert_array_equal(request.inputs["b"], b)
     with pytest.raises(InvalidArgument, match="bytes of binary data after the JSON"):
-        infer_request(*split_body(header + a.tobytes() + b.tobytes() + b"x", str(len(header))))
+        infer_request(*split_body(header + a.tobytes() + b.tobytes() + b"x", str(len(header))), NO_REGIONS)
     with pytest.raises(InvalidArgument, match="Inference-Header-Content-Length"):
         split_body(header, str(len(header) + 1))
 
@@ -68,7 +73,97 @@ def test_binary_inputs_take_their_bytes_in_order() -> None:
 )
 def test_json_data_of_another_kind_or_size_is_refused(tensor: dict[str, object], message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
-        infer_request({"inputs": [{"name": "x", **tensor}]}, b"")
+        infer_request({"inputs": [{"name": "x", **tensor}]}, b"", NO_REGIONS)
+
+
+def test_tensors_in_shared_memory_are_read_from_and_written_to_their_region(tmp_path: Path) -> None:
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    (tmp_path / "obj").write_bytes(bytes(16) + x.tobytes() + bytes(64))
+    memory = SharedMemory(tmp_path)
+    memory.register("r", "/obj", 16, 24 + 64)
+    document = {
+        "inputs": [
+            {
+                "name": "x",
+                "datatype": "FP32",
+                "shape": [2, 3],
+                "parameters": {"shared_memory_region": "r", "shared_memory_byte_size": 24},
+            },
+            {"name": "z", "datatype": "INT8", "shape": [1], "data": [7]},
+        ],
+        "outputs": [
+            {
+                "name": "y",
+                "parameters": {
+                    "shared_memory_region": "r",
+                    "shared_memory_byte_size": 64,
+                    "shared_memory_offset": 24,
+                },
+            },
+            {"name": "w", "parameters": {"binary_data": False}},
+        ],
+    }
+    with memory.lease() as lease:
+        request = infer_request(document, b"", lease)
+        np.testing.assert_array_equal(request.inputs["x"], x)
+        body, length = infer_response("m", 1, request, {"y": x * 2, "w": x[:1]}, lease)
+    assert length is None
+    y, w = json.loads(body)["outputs"]
+    # As Triton: the output in shared memory is told by its parameters, with no data of its own.
+    assert y == {
+        "name": "y",
+        "datatype": "FP32",
+        "shape": [2, 3],
+        "parameters": {
+            "shared_memory_region": "r",
+            "shared_memory_byte_size": 24,
+            "shared_memory_offset": 24,
+        },
+    }
+    assert w["data"] == [0.0, 1.0, 2.0]
+    written = (tmp_path / "obj").read_bytes()[16 + 24 : 16 + 48]
+    np.testing.assert_array_equal(np.frombuffer(written, dtype=np.float32).reshape(2, 3), x * 2)
+    memory.close()
+
+
+@pytest.mark.parametrize(
+    ("parameters", "error", "message"),
+    [
+        (
+            {"shared_memory_region": "r"},
+            InvalidArgument,
+            "has shared_memory_region but no shared_memory_byte_size",
+        ),
+        (
+            {"shared_memory_byte_size": 24},
+            InvalidArgument,
+            "has shared_memory_byte_size but no shared_memory_region",
+        ),
+        ({"shared_memory_offset": 4}, InvalidArgument, "shared_memory_offset without"),
+        ({"shared_memory_region": 3, "shared_memory_byte_size": 24}, InvalidArgument, "must be a string"),
+        ({"shared_memory_region": "r", "shared_memory_byte_size": 20}, InvalidArgument, "need 24 bytes"),
+        (
+            {"shared_memory_region": "r", "shared_memory_byte_size": 24, "shared_memory_offset": 16},
+            InvalidArgument,
+            "24 bytes at offset 16 do not fit in shared-memory region 'r', which has 32 bytes",
+        ),
+        (
+            {"shared_memory_region": "absent", "shared_memory_byte_size": 24},
+            NotFound,
+            "'absent', which is not registered",
+        ),
+    ],
+)
+def test_a_tensor_placed_in_shared_memory_wrongly_is_refused(
+    tmp_path: Path, parameters: dict[str, object], error: type[Exception], message: str
+) -> None:
+    (tmp_path / "obj").write_bytes(bytes(32))
+    memory = SharedMemory(tmp_path)
+    memory.register("r", "obj", 0, 32)
+    tensor = {"name": "x", "datatype": "FP32", "shape": [2, 3], "parameters": parameters}
+    with memory.lease() as lease, pytest.raises(error, match=message):
+        infer_request({"inputs": [tensor]}, b"", lease)
+    memory.close()
 
 
 def test_messages_in_json_have_64_bit_integers_as_numbers() -> None:
