@@ -917,7 +917,8 @@ def test_typed_contents_out_of_their_datatypes_range_are_invalid(oip, linear, ex
 
 @pytest.fixture
 def shm_object() -> Iterator[str]:
-    """A 256-byte POSIX shared-memory object of the test's own (its key), unlinked afterwards."""
+    """A 256-byte POSIX shared-memory object of the test's own (its key), unlinked afterwards;
+    the object must still be there then (the daemon never unlinks a client's object)."""
     key = f"/tessera-test-{uuid.uuid4().hex}"
     path = Path("/dev/shm") / key[1:]
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
@@ -926,7 +927,18 @@ def shm_object() -> Iterator[str]:
     finally:
         os.close(fd)
     yield key
+    kept = path.exists()
     path.unlink(missing_ok=True)
+    assert kept, f"the daemon unlinked the client's shared-memory object {key}"
+
+
+def test_a_daemon_stopping_leaves_the_clients_shared_memory_object(shm_object: str, oip) -> None:
+    # shm_object comes first: it is set up before the daemon and checked after the daemon stopped
+    # with the region still registered.
+    oip.SystemSharedMemoryRegister(
+        pb.SystemSharedMemoryRegisterRequest(name="r", key=shm_object, byte_size=256)
+    )
+    assert list(oip.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest()).regions) == ["r"]
 
 
 def test_tensors_in_system_shared_memory_are_read_and_written_there(
@@ -970,6 +982,14 @@ def test_tensors_in_system_shared_memory_are_read_and_written_there(
     )
     written = path.read_bytes()[64 + 32 : 64 + 56]
     np.testing.assert_allclose(np.frombuffer(written, np.float32).reshape(2, 3), X @ W, rtol=1e-6)
+    # The streaming variant too: a with 3 * x, from x changed in the region.
+    with path.open("r+b") as f:
+        f.seek(64)
+        f.write((3 * X).tobytes())
+    (streamed,) = oip.ModelStreamInfer(iter([request]))
+    assert streamed.error_message == "" and streamed.infer_response.raw_output_contents[0] == b""
+    written = path.read_bytes()[64 + 32 : 64 + 56]
+    np.testing.assert_allclose(np.frombuffer(written, np.float32).reshape(2, 3), 3 * X @ W, rtol=1e-6)
 
     x.parameters["shared_memory_byte_size"].int64_param = 36
     expect_rpc_error(

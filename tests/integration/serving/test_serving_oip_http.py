@@ -293,6 +293,13 @@ def test_tls_tokens_and_roles_are_the_grpc_listener_s(tmp_path: Path, pki: Pki, 
             "has the reader role",
         )
         assert error(f"{base}/v2/repository/models/linear/load", b"", as_admin, context)[0] == 404
+        # Registering shared memory maps a client's memory into the daemon: load's role.
+        register = f"{base}/v2/systemsharedmemory/region/r/register"
+        body = json.dumps({"key": "/tessera-test-absent", "offset": 0, "byte_size": 8}).encode()
+        assert error(register, body, as_reader, context)[0] == 403
+        assert error(f"{base}/v2/systemsharedmemory/unregister", b"", as_reader, context)[0] == 403
+        assert error(register, body, as_admin, context)[0] == 404
+        assert call(f"{base}/v2/systemsharedmemory/status", headers=as_reader, context=context)[0] == 200
         with pytest.raises((http.client.HTTPException, OSError)):
             call(f"http://127.0.0.1:{port}/v2", headers=as_reader)
     finally:

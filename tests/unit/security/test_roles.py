@@ -68,6 +68,9 @@ def test_oip_model_repository_changes_need_admin_and_inference_needs_reader():
     oip = ROLE_TABLE["inference.GRPCInferenceService"]
     assert oip["ModelInfer"] == oip["ModelStreamInfer"] == Role.READER
     assert oip["RepositoryModelLoad"] == oip["RepositoryModelUnload"] == Role.ADMIN
+    # Registering shared memory maps a client's memory into the daemon: as loading a model.
+    assert oip["SystemSharedMemoryRegister"] == oip["SystemSharedMemoryUnregister"] == Role.ADMIN
+    assert oip["SystemSharedMemoryStatus"] == Role.READER
 
 
 def test_health_methods_are_in_the_table():
