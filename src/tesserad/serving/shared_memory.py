@@ -5,12 +5,11 @@ read inputs from it and write outputs into it instead of carrying their bytes.
 Regions live in the daemon's memory only (never in the store): a restart forgets them. The
 daemon maps a client's object but never creates or unlinks one; the object stays the client's,
 after unregister and after shutdown alike. A region unregistered while requests use it stays
-mapped until the last of them ends (its name is free at once).
+open until the last of them ends (its name is free at once).
 """
 
 from __future__ import annotations
 
-import mmap
 import os
 import stat
 import threading
@@ -47,25 +46,40 @@ class TensorPlace:
 
 
 class _Region:
-    __slots__ = ("_mapping", "status", "unregistered", "users")
+    """A registered region over its object's open descriptor.
 
-    def __init__(self, status: RegionStatus, mapping: mmap.mmap) -> None:
+    Read and written with pread/pwrite rather than mapped: a client can shrink its object at any
+    time, and touching a mapping past the object's end kills the process with SIGBUS, where a
+    read past it returns short and a write is refused below."""
+
+    __slots__ = ("_fd", "status", "unregistered", "users")
+
+    def __init__(self, status: RegionStatus, fd: int) -> None:
         self.status = status
-        # The object from its start to the region's end (mmap offsets must be page-aligned).
-        self._mapping = mapping
+        self._fd = fd
         self.users = 0
         self.unregistered = False
 
-    def read(self, start: int, size: int) -> bytes:
-        begin = self.status.offset + start
-        return self._mapping[begin : begin + size]
+    def read(self, start: int, size: int, where: str) -> bytes:
+        data = os.pread(self._fd, size, self.status.offset + start)
+        if len(data) != size:
+            raise FailedPrecondition(self._shrunk(where))
+        return data
 
-    def write(self, start: int, data: bytes) -> None:
+    def write(self, start: int, data: bytes, where: str) -> None:
         begin = self.status.offset + start
-        self._mapping[begin : begin + len(data)] = data
+        # A write past the end would grow the client's object instead.
+        if os.fstat(self._fd).st_size < begin + len(data) or os.pwrite(self._fd, data, begin) != len(data):
+            raise FailedPrecondition(self._shrunk(where))
+
+    def _shrunk(self, where: str) -> str:
+        return (
+            f"{where}: shared-memory object {self.status.key!r} is smaller than region "
+            f"{self.status.name!r} was registered over (it was truncated since); register it again"
+        )
 
     def close(self) -> None:
-        self._mapping.close()
+        os.close(self._fd)
 
 
 def shm_path(key: str, directory: Path = SHM_DIRECTORY) -> Path:
@@ -111,7 +125,7 @@ class SharedMemory:
         self._lock = threading.Lock()
 
     def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
-        """Map `byte_size` bytes at `offset` of object `key` read/write, as region `name`."""
+        """Open object `key` read/write for its `byte_size` bytes at `offset`, as region `name`."""
         if not name or len(name) > _MAX_NAME:
             raise InvalidArgument(f"a shared-memory region needs a name of 1 to {_MAX_NAME} characters")
         path = shm_path(key, self._directory)
@@ -126,18 +140,20 @@ class SharedMemory:
                     f"shared-memory region {name!r} is already registered (key "
                     f"{self._regions[name].status.key!r}); unregister it first, or pick another name"
                 )
-            mapping = self._map(path, key, offset + byte_size)
-            self._regions[name] = _Region(RegionStatus(name, key, offset, byte_size), mapping)
+            fd = self._open(path, key, offset + byte_size)
+            self._regions[name] = _Region(RegionStatus(name, key, offset, byte_size), fd)
 
-    def _map(self, path: Path, key: str, length: int) -> mmap.mmap:
+    def _open(self, path: Path, key: str, length: int) -> int:
+        """The object's descriptor, open for reading and writing, once it is known to hold `length` bytes."""
         if not self._directory.is_dir():
             raise Unimplemented(
                 f"system shared memory needs POSIX shared-memory objects under {self._directory}, which "
                 "this host lacks; send tensors in the request instead"
             )
         try:
-            # O_NOFOLLOW: a link in the directory could name any file the daemon may write.
-            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+            # O_NOFOLLOW: a link in the directory could name any file the daemon may write;
+            # O_NONBLOCK: a FIFO there must not hold the open.
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError:
             raise NotFound(
                 f"there is no shared-memory object {key!r} on the daemon's host: create it first "
@@ -160,10 +176,10 @@ class SharedMemory:
                     f"shared-memory object {key!r} has {info.st_size} bytes, but the region asks for "
                     f"{length} (offset plus byte_size); register a region within the object"
                 )
-            return mmap.mmap(fd, length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        finally:
-            # The mapping stays valid without the descriptor.
+        except BaseException:
             os.close(fd)
+            raise
+        return fd
 
     def status(self, name: str = "") -> list[RegionStatus]:
         """Every region (`name` empty), else region `name`: NotFound when it is not registered."""
@@ -177,7 +193,7 @@ class SharedMemory:
 
     def unregister(self, name: str = "") -> None:
         """Forget region `name` (empty: every region); a name not registered is no error (as
-        Triton). Its mapping closes once no request uses it."""
+        Triton). Its object is closed once no request uses it."""
         with self._lock:
             names = list(self._regions) if not name else [name] if name in self._regions else []
             for gone in names:
@@ -212,7 +228,7 @@ class SharedMemory:
 
 
 class Lease:
-    """The regions one inference request uses, kept mapped until it ends (`with`): an unregister
+    """The regions one inference request uses, kept open until it ends (`with`): an unregister
     meanwhile closes them after it."""
 
     def __init__(self, memory: SharedMemory) -> None:
@@ -248,7 +264,7 @@ class Lease:
                 f"{where} has shared_memory_byte_size {place.byte_size}, but its shape and datatype "
                 f"need {expected} bytes; send the tensor's exact byte size"
             )
-        return region.read(place.offset, place.byte_size)
+        return region.read(place.offset, place.byte_size, where)
 
     def reserve(self, place: TensorPlace, where: str) -> None:
         """Hold an output's region from before the model runs, so that its answer has somewhere to go."""
@@ -261,4 +277,4 @@ class Lease:
                 f"{where} has {len(data)} bytes, more than the {place.byte_size} of its "
                 f"shared_memory_byte_size in region {place.region!r}; give it at least {len(data)}"
             )
-        region.write(place.offset, data)
+        region.write(place.offset, data, where)

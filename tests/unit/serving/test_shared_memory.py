@@ -1,5 +1,5 @@
 """The registry of system shared-memory regions, over files in a temporary directory standing in
-for /dev/shm (the registry maps them as it maps POSIX shared-memory objects)."""
+for /dev/shm (the registry opens them as it opens POSIX shared-memory objects)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tesserad.errors import AlreadyExists, InvalidArgument, NotFound
+from tesserad.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from tesserad.serving.shared_memory import RegionStatus, SharedMemory, TensorPlace, shm_path
 
 
@@ -97,7 +97,24 @@ def test_a_lease_reads_and_writes_within_its_region(memory: SharedMemory, tmp_pa
     assert (tmp_path / "obj").read_bytes()[40:48] == b"\xff" * 8
 
 
-def test_a_region_unregistered_while_in_use_stays_mapped_until_the_request_ends(memory: SharedMemory) -> None:
+def test_an_object_truncated_after_registration_is_refused_not_touched_past_its_end(
+    memory: SharedMemory, tmp_path: Path
+) -> None:
+    # Through a mapping, touching it past the object's end would kill the daemon (SIGBUS).
+    memory.register("r", "obj", 0, 64)
+    os.truncate(tmp_path / "obj", 16)
+    with memory.lease() as lease:
+        assert lease.read(TensorPlace("r", 8, 8), 8, "input 'x'") == bytes(range(8, 16))
+        with pytest.raises(FailedPrecondition, match="input 'x': shared-memory object 'obj' is smaller"):
+            lease.read(TensorPlace("r", 8, 16), 16, "input 'x'")
+        with pytest.raises(
+            FailedPrecondition, match=r"output .y.: .* \(it was truncated since\); register it again"
+        ):
+            lease.write(TensorPlace("r", 32, 8), b"\1" * 8, "output 'y'")
+    assert (tmp_path / "obj").stat().st_size == 16
+
+
+def test_a_region_unregistered_while_in_use_stays_open_until_the_request_ends(memory: SharedMemory) -> None:
     memory.register("r", "obj", 0, 64)
     with memory.lease() as lease:
         place = TensorPlace("r", 0, 8)
