@@ -3,7 +3,7 @@ POSIX shared-memory object, registers a region of it under a name, and inference
 read inputs from it and write outputs into it instead of carrying their bytes.
 
 Regions live in the daemon's memory only (never in the store): a restart forgets them. The
-daemon maps a client's object but never creates or unlinks one; the object stays the client's,
+daemon opens a client's object but never creates or unlinks one; the object stays the client's,
 after unregister and after shutdown alike. A region unregistered while requests use it stays
 open until the last of them ends (its name is free at once).
 """
