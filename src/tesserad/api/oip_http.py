@@ -46,7 +46,7 @@ from tesserad.api.oip_json import (
 )
 from tesserad.config import Address, SecuritySettings, format_size
 from tesserad.dashboard.access import CHALLENGE, Handler
-from tesserad.dashboard.listener import HttpListener
+from tesserad.dashboard.listener import HttpListener, Refused
 from tesserad.dashboard.server import http_status_for
 from tesserad.security import TokenTable
 from tesserad.security.limits import ConcurrencyGate
@@ -69,13 +69,6 @@ def _failure(status: int, message: str, headers: dict[str, str] | None = None) -
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
-class _Refused(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 class _Revocable:
     """An inference request admitted with a token, while it runs: what a reload needs to end it."""
 
@@ -85,18 +78,18 @@ class _Revocable:
         self.digest = digest
         self.required = required
         # The answer it gets once a reload has revoked its token.
-        self.refusal: _Refused | None = None
+        self.refusal: Refused | None = None
 
-    def refusal_under(self, table: TokenTable, request: str) -> _Refused | None:
+    def refusal_under(self, table: TokenTable, request: str) -> Refused | None:
         identity = table.identify_digest(self.digest)
         if identity is None:
-            return _Refused(
+            return Refused(
                 401,
                 f"the token {request} was sent with was removed from the tesserad's tokens file (or "
                 "replaced) before it was answered; send it again with a valid token",
             )
         if identity.role < self.required:
-            return _Refused(
+            return Refused(
                 403,
                 f"{request} needs the {self.required.label} role; the token {identity.name!r} now has "
                 f"the {identity.role.label} role",
@@ -197,8 +190,11 @@ class OipHttpServer(HttpListener):
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
-        except _Refused as exc:
-            return _failure(exc.status, exc.message, CHALLENGE if exc.status == 401 else None)
+        except Refused as exc:
+            response = _failure(exc.status, exc.message, CHALLENGE if exc.status == 401 else None)
+            if exc.close:
+                response.force_close()
+            return response
         except errors.TesseraError as exc:
             return _failure(http_status_for(exc), exc.message)
         except web.HTTPRequestEntityTooLarge:
@@ -232,7 +228,7 @@ class OipHttpServer(HttpListener):
             length = request.content_length
             if length is not None and length > self._max_message_size:
                 # Refused before a byte of it is read, or a slot taken while it (never) arrives.
-                raise _Refused(413, self._too_large(length))
+                raise Refused(413, self._too_large(length))
             if not limited:
                 return await handler(request)
             calls.enter()
@@ -255,22 +251,10 @@ class OipHttpServer(HttpListener):
         )
 
     async def _body(self, request: web.Request) -> bytes:
-        """The request's body, once it has all arrived: 408 when that takes longer than
-        limits.http_request_timeout_s (a client that sends it slowly, or less than its
-        Content-Length, would otherwise hold its slot of limits.max_concurrent_calls for good)."""
-        try:
-            async with asyncio.timeout(self._request_timeout_s):
-                return await request.read()
-        except TimeoutError:
-            raise _Refused(
-                408,
-                f"the request body did not all arrive within limits.http_request_timeout_s = "
-                f"{self._request_timeout_s:g} s; send it at once, and no fewer bytes than its "
-                "Content-Length says",
-            ) from None
-        except ConnectionResetError:
-            # The client left: nobody reads this answer, and its leaving is no error of the daemon's.
-            raise _Refused(400, "the connection closed before the request body arrived") from None
+        """The request's body, once it has all arrived (408 after limits.http_request_timeout_s:
+        a body that never all arrives would otherwise hold its slot of limits.max_concurrent_calls)."""
+        async with self._receiving_body():
+            return await request.read()
 
     def end_revoked(self, table: TokenTable) -> int:
         """Answer each inference request in progress whose token `table` no longer admits to
@@ -295,27 +279,27 @@ class OipHttpServer(HttpListener):
             return None
         header = request.headers.get("Authorization")
         if header is None:
-            raise _Refused(
+            raise Refused(
                 401,
                 "this tesserad needs a token: send the header 'Authorization: Bearer <token>' "
                 "(a token made with `tesserad tokens add`)",
             )
         scheme, _, token = header.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise _Refused(401, "the Authorization header must be 'Bearer <token>'")
+            raise Refused(401, "the Authorization header must be 'Bearer <token>'")
         digest = token_digest(token.strip())
         identity = self._tokens.table.identify_digest(digest)
         if identity is None:
-            raise _Refused(
+            raise Refused(
                 401,
                 "the token is not valid for this tesserad (mistyped, or removed from its tokens "
                 "file); ask the operator for a token made with `tesserad tokens add`",
             )
         if identity.expires is not None and identity.expired(utc_now()):
-            raise _Refused(401, expired_message(identity))
+            raise Refused(401, expired_message(identity))
         required = ROLE_TABLE[_SERVICE][rpc]
         if identity.role < required:
-            raise _Refused(
+            raise Refused(
                 403,
                 f"{request.method} {request.path[:200]} needs the {required.label} role; the token "
                 f"{identity.name!r} has the {identity.role.label} role",

@@ -16,6 +16,7 @@ import html
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from aiohttp import web
@@ -95,9 +96,16 @@ def _tls_context(security: SecuritySettings) -> ssl.SSLContext:
 class Access:
     """The aiohttp middleware that admits a request, and the login form's handlers."""
 
-    def __init__(self, tokens: TokenFile | None, secure_cookie: bool) -> None:
+    def __init__(
+        self,
+        tokens: TokenFile | None,
+        secure_cookie: bool,
+        receiving_body: Callable[[], AbstractAsyncContextManager[None]],
+    ) -> None:
+        """`receiving_body`: the listener's deadline on a request's body, for the login form."""
         self._tokens = tokens
         self._secure_cookie = secure_cookie
+        self._receiving_body = receiving_body
         # Admitted requests in progress (each runs in its own task) -> their token's SHA-256.
         self._in_progress: dict[asyncio.Task[Any], bytes] = {}
         # Those whose token expires -> the timer that ends them then (an event stream outlives it).
@@ -207,7 +215,8 @@ class Access:
         return login_page("")
 
     async def log_in(self, request: web.Request) -> web.StreamResponse:
-        form = await request.post()
+        async with self._receiving_body():
+            form = await request.post()
         token = str(form.get("token", "")).strip()
         then = _local_path(str(form.get("then", "/")))
         if self._tokens is None:

@@ -3,6 +3,10 @@ over the daemon's TLS when it has one, answering only the hosts and origins of h
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from aiohttp import hdrs, web
 
 from tesserad.api.auth import authentication_enabled
@@ -12,10 +16,22 @@ from tesserad.dashboard.hosts import HostRule
 from tesserad.errors import PermissionDenied
 
 
+class Refused(Exception):
+    """A request answered with `status` and `message` in the listener's own error form;
+    `close`: the answer closes the connection (the request's body is left unread)."""
+
+    def __init__(self, status: int, message: str, close: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.close = close
+
+
 class HttpListener:
     """Serves the application a subclass hands to `_serve` on `address`; `port` is the bound
     one (for port 0). The application puts `_guard` first after its error middleware, which
-    answers the guard's PermissionDenied as 403 in the listener's own error form."""
+    answers the guard's PermissionDenied as 403, and a Refused with its status, in the listener's
+    own error form."""
 
     def __init__(self, address: Address, security: SecuritySettings, request_timeout_s: float) -> None:
         """`request_timeout_s`: limits.http_request_timeout_s."""
@@ -46,6 +62,26 @@ class HttpListener:
         self._runner = web.AppRunner(
             app, access_log=None, shutdown_timeout=1.0, keepalive_timeout=self._request_timeout_s
         )
+
+    @asynccontextmanager
+    async def _receiving_body(self) -> AsyncIterator[None]:
+        """Around the read of a request's body: 408 (closing the connection) when it has not all
+        arrived within limits.http_request_timeout_s (a client that sends it slowly, or less than
+        its Content-Length, would otherwise hold its connection, and any slot it took, for good)."""
+        try:
+            async with asyncio.timeout(self._request_timeout_s):
+                yield
+        except TimeoutError:
+            raise Refused(
+                408,
+                f"the request body did not all arrive within limits.http_request_timeout_s = "
+                f"{self._request_timeout_s:g} s; send it at once, and no fewer bytes than its "
+                "Content-Length says",
+                close=True,
+            ) from None
+        except ConnectionResetError:
+            # The client left: nobody reads this answer, and its leaving is no error of the daemon's.
+            raise Refused(400, "the connection closed before the request body arrived") from None
 
     def reload_tls(self) -> None:
         """Read the TLS files again for new connections (the gRPC listener has checked them)."""

@@ -20,7 +20,7 @@ from tesserad import errors
 from tesserad.config import Address, LimitsSettings, SecuritySettings
 from tesserad.dashboard.access import LOGIN_PATH, Access, Handler
 from tesserad.dashboard.api import DashboardApi, Services, json_response
-from tesserad.dashboard.listener import HttpListener
+from tesserad.dashboard.listener import HttpListener, Refused
 from tesserad.security.tokens import TokenFile
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,11 @@ def _failure(request: web.Request, status: int, message: str) -> web.Response:
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except Refused as exc:
+        response = _failure(request, exc.status, exc.message)
+        if exc.close:
+            response.force_close()
+        return response
     except errors.TesseraError as exc:
         return _failure(request, http_status_for(exc), exc.message)
     except web.HTTPException as exc:
@@ -102,7 +107,7 @@ class DashboardServer(HttpListener):
         """`tokens`: the daemon's own (None without a tokens file), so a reload applies here too."""
         self._services = services
         super().__init__(address, security, limits.http_request_timeout_s)
-        access = Access(tokens, secure_cookie=self._tls is not None)
+        access = Access(tokens, secure_cookie=self._tls is not None, receiving_body=self._receiving_body)
         self.end_revoked = access.end_revoked
         self._shell = (STATIC_DIR / "page.html").read_text()
         app = web.Application(middlewares=[_errors, self._guard, access.middleware])

@@ -459,8 +459,11 @@ def test_slow_clients_and_bodies_over_max_message_size_are_refused(tmp_path: Pat
         # Headers sent a byte at a time and never finished: both listeners close the connection.
         for listener in (port, daemon.daemon.http_port):
             assert _raw(listener, b"GET /v2 HTTP/1.1\r\nHost: loc") == b""
-        # A body that never all arrives: 408, and its slot of max_concurrent_calls is free again.
-        status, message = _status_and_error(_raw(port, infer + b"Content-Length: 100\r\n\r\n{"))
+        # A body that never all arrives: 408, closing the connection, and its slot of
+        # max_concurrent_calls is free again.
+        answer = _raw(port, infer + b"Content-Length: 100\r\n\r\n{")
+        assert b"\r\nconnection: close\r\n" in answer.partition(b"\r\n\r\n")[0].lower() + b"\r\n"
+        status, message = _status_and_error(answer)
         assert status == 408 and message == (
             "the request body did not all arrive within limits.http_request_timeout_s = 1 s; send it "
             "at once, and no fewer bytes than its Content-Length says"
