@@ -263,6 +263,12 @@ class LimitsSettings:
         "connection's start or its previous answer; an idle connection closes then) and then its "
         "body (OIP over HTTP and the dashboard's login: 408 after it)",
     )
+    http_max_connections: int = setting(
+        1000,
+        parse_number(int, 1, 1_000_000),
+        "connections each HTTP listener (dashboard, OIP over HTTP, metrics) holds open at once; one "
+        "more is closed as it arrives, unanswered, and counted in tessera_http_connections_refused_total",
+    )
 
 
 @dataclass(frozen=True)

@@ -27,13 +27,19 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest, make_wsgi_app
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, ThreadingWSGIServer
-from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
-from tesserad.config import Address
+from tesserad.config import Address, LimitsSettings
 from tesserad.dashboard.hosts import HostRule
+from tesserad.security.limits import ConnectionLimit
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +67,7 @@ class DaemonMetrics:
         # The daemon's own CPU time, memory, open files and start time (process_*), from /proc.
         ProcessCollector(registry=self.registry)
         self._rpcs = _RpcMetrics(self.registry)
+        self._connections = _ConnectionMetrics(self.registry)
         self._text: list[TextFamilies] = []
         self._negotiated = make_wsgi_app(self.registry)
 
@@ -80,6 +87,10 @@ class DaemonMetrics:
             headers.append(("Content-Encoding", "gzip"))
         start_response("200 OK", headers)
         return [body]
+
+    def count_connections(self, limit: ConnectionLimit) -> None:
+        """Export an HTTP listener's open and refused connections."""
+        self._connections.limits.append(limit)
 
     def rpc_recorder(self, service: str, method: str) -> RpcRecorder:
         """Records the calls of one RPC; made once per method, so a call pays no label lookup."""
@@ -167,6 +178,37 @@ class _RpcMetrics(Collector):
         return [latency, calls]
 
 
+class _ConnectionMetrics(Collector):
+    """tessera_http_connections and tessera_http_connections_refused, per HTTP listener, read
+    from their limits at scrape time."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.limits: list[ConnectionLimit] = []
+        registry.register(self)
+
+    def describe(self) -> list[Metric]:
+        return self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def _families(self) -> list[Metric]:
+        opened = GaugeMetricFamily(
+            "tessera_http_connections",
+            "Connections open on each HTTP listener (at most limits.http_max_connections).",
+            labels=["listener"],
+        )
+        refused = CounterMetricFamily(
+            "tessera_http_connections_refused",
+            "Connections an HTTP listener closed on arrival: limits.http_max_connections were open.",
+            labels=["listener"],
+        )
+        for limit in list(self.limits):
+            opened.add_metric([limit.listener], limit.open)
+            refused.add_metric([limit.listener], limit.refused)
+        return [opened, refused]
+
+
 class MetricsHttpServer:
     """Serves /metrics (and nothing else: 404) from a background thread.
 
@@ -174,11 +216,15 @@ class MetricsHttpServer:
     same server with its WSGI app behind a route.
     """
 
-    def __init__(self, metrics: DaemonMetrics, address: Address, allowed_hosts: Iterable[str]) -> None:
+    def __init__(
+        self, metrics: DaemonMetrics, address: Address, allowed_hosts: Iterable[str], limits: LimitsSettings
+    ) -> None:
         """`allowed_hosts`: security.http_allowed_hosts, checked when `address` is loopback."""
-        server_class = _Ipv6Server if ":" in address.host else ThreadingWSGIServer
+        server_class = _Ipv6Server if ":" in address.host else _LimitedServer
         app = _answered_hosts(_metrics_only(metrics.page), HostRule(allowed_hosts, address.is_loopback))
         self._server = make_server(address.host, address.port, app, server_class, _QuietHandler)
+        self._server.connections = ConnectionLimit(limits.http_max_connections, "metrics")
+        metrics.count_connections(self._server.connections)
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
         self._thread.start()
         self.port: int = self._server.server_port
@@ -214,7 +260,24 @@ def _metrics_only(app: WsgiApp) -> WsgiApp:
     return route
 
 
-class _Ipv6Server(ThreadingWSGIServer):
+class _LimitedServer(ThreadingWSGIServer):
+    """A thread per connection, up to limits.http_max_connections; one more is closed unanswered."""
+
+    connections: ConnectionLimit
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.connections.admit():
+            self.close_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        """Called for each admitted connection once it is done (socketserver's contract)."""
+        super().shutdown_request(request)
+        self.connections.release()
+
+
+class _Ipv6Server(_LimitedServer):
     address_family = socket.AF_INET6
 
 

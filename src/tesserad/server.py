@@ -401,6 +401,7 @@ class Daemon:
             self._dashboard = DashboardServer(
                 services, settings.http_listen, settings.security, settings.limits, auth.tokens
             )
+            self.metrics.count_connections(self._dashboard.connections)
             auth.also_revoke(self._dashboard.end_revoked)
             if self._certificates is not None:
                 self._certificates.also_reload(self._dashboard.reload_tls)
@@ -518,8 +519,9 @@ class Daemon:
             auth.tokens,
             auth.calls,
             self.settings.max_message_size,
-            self.settings.limits.http_request_timeout_s,
+            self.settings.limits,
         )
+        self.metrics.count_connections(self._oip_http.connections)
         auth.also_revoke(self._oip_http.end_revoked)
         if self._certificates is not None:
             self._certificates.also_reload(self._oip_http.reload_tls)
@@ -543,7 +545,10 @@ class Daemon:
         if settings.metrics_listen is not None:
             try:
                 self._metrics_http = MetricsHttpServer(
-                    self.metrics, settings.metrics_listen, settings.security.http_allowed_hosts
+                    self.metrics,
+                    settings.metrics_listen,
+                    settings.security.http_allowed_hosts,
+                    settings.limits,
                 )
             except OSError as exc:
                 raise StartupError(

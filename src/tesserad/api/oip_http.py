@@ -44,7 +44,7 @@ from tesserad.api.oip_json import (
     message_json,
     split_body,
 )
-from tesserad.config import Address, SecuritySettings, format_size
+from tesserad.config import Address, LimitsSettings, SecuritySettings, format_size
 from tesserad.dashboard.access import CHALLENGE, Handler
 from tesserad.dashboard.listener import HttpListener, Refused
 from tesserad.dashboard.server import http_status_for
@@ -108,13 +108,12 @@ class OipHttpServer(HttpListener):
         tokens: TokenFile | None,
         calls: ConcurrencyGate,
         max_message_size: int,
-        request_timeout_s: float,
+        limits: LimitsSettings,
     ) -> None:
         """`tokens`: the daemon's own (None without a tokens file), so a reload applies here too;
-        `calls`: the gRPC listener's count of calls in flight, which requests here join;
-        `request_timeout_s`: limits.http_request_timeout_s, for headers and then for a body."""
+        `calls`: the gRPC listener's count of calls in flight, which requests here join."""
         self._core = core
-        super().__init__(address, security, request_timeout_s)
+        super().__init__(address, security, limits, "oip_http")
         self._tokens = tokens
         self._calls = calls
         self._health_open = security.health_open

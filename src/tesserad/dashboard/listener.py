@@ -1,19 +1,28 @@
 """An aiohttp application on a listener of its own (the dashboard's, the HTTP inference one),
-over the daemon's TLS when it has one, answering only the hosts and origins of hosts.py."""
+over the daemon's TLS when it has one, answering only the hosts and origins of hosts.py.
+
+Each listener holds at most limits.http_max_connections connections open. One more is closed as
+it arrives, unanswered: aiohttp has no hook that answers a connection before reading a request
+from it, so a 503 would hold the connection until its headers came (the very thing the limit
+bounds), and a 503 written before the request is read can be lost to the reset its unread request
+causes. Clients see a closed connection, as from a listener that is restarting, and retry.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import cast
 
 from aiohttp import hdrs, web
 
 from tesserad.api.auth import authentication_enabled
-from tesserad.config import Address, SecuritySettings
+from tesserad.config import Address, LimitsSettings, SecuritySettings
 from tesserad.dashboard.access import Handler, dashboard_tls
 from tesserad.dashboard.hosts import HostRule
 from tesserad.errors import PermissionDenied
+from tesserad.security.limits import ConnectionLimit
 
 
 class Refused(Exception):
@@ -27,22 +36,64 @@ class Refused(Exception):
         self.close = close
 
 
+class _Counted(asyncio.Protocol):
+    """One connection, counted against limits.http_max_connections while it is open: closed at
+    once beyond it, else served by aiohttp's protocol (made only then)."""
+
+    def __init__(self, serve: Callable[[], asyncio.Protocol], limit: ConnectionLimit) -> None:
+        self._serve = serve
+        self._limit = limit
+        self._served: asyncio.Protocol | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not self._limit.admit():
+            cast(asyncio.Transport, transport).abort()
+            return
+        self._served = self._serve()
+        self._served.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._served is not None:
+            self._limit.release()
+            self._served.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        assert self._served is not None, "an aborted connection receives nothing"
+        self._served.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        assert self._served is not None, "an aborted connection receives nothing"
+        return self._served.eof_received()
+
+    def pause_writing(self) -> None:
+        assert self._served is not None, "an aborted connection writes nothing"
+        self._served.pause_writing()
+
+    def resume_writing(self) -> None:
+        assert self._served is not None, "an aborted connection writes nothing"
+        self._served.resume_writing()
+
+
 class HttpListener:
     """Serves the application a subclass hands to `_serve` on `address`; `port` is the bound
     one (for port 0). The application puts `_guard` first after its error middleware, which
     answers the guard's PermissionDenied as 403, and a Refused with its status, in the listener's
     own error form."""
 
-    def __init__(self, address: Address, security: SecuritySettings, request_timeout_s: float) -> None:
-        """`request_timeout_s`: limits.http_request_timeout_s."""
+    def __init__(
+        self, address: Address, security: SecuritySettings, limits: LimitsSettings, name: str
+    ) -> None:
+        """`name`: the listener's in the log and the metrics."""
         self._address = address
-        self._request_timeout_s = request_timeout_s
+        self._request_timeout_s = limits.http_request_timeout_s
+        self.connections = ConnectionLimit(limits.http_max_connections, name)
         self._tls = dashboard_tls(security)
         self._hosts = HostRule(
             security.http_allowed_hosts,
             checked=address.is_loopback or not authentication_enabled(security),
         )
         self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
         self.port = 0
 
     @web.middleware
@@ -96,11 +147,24 @@ class HttpListener:
         """Bind and serve; OSError (with errno) when the address cannot be bound."""
         assert self._runner is not None, "the subclass hands its application to _serve"
         await self._runner.setup()
+        serve = self._runner.server
+        assert serve is not None, "set up above"
+        limit = self.connections
         context = None if self._tls is None else self._tls.context
-        site = web.TCPSite(self._runner, self._address.host, self._address.port, ssl_context=context)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
+        # Served here rather than by aiohttp's TCPSite, which hands each connection to aiohttp at
+        # once. A TLS handshake gets the time a request's headers get (asyncio's default is 60 s);
+        # a connection counts from its handshake's end, when it reaches the protocol.
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: _Counted(serve, limit),
+            self._address.host,
+            self._address.port,
+            ssl=context,
+            ssl_handshake_timeout=None if context is None else self._request_timeout_s,
+        )
+        self.port = int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
         if self._runner is not None:
             await self._runner.cleanup()

@@ -106,7 +106,7 @@ class DashboardServer(HttpListener):
     ) -> None:
         """`tokens`: the daemon's own (None without a tokens file), so a reload applies here too."""
         self._services = services
-        super().__init__(address, security, limits.http_request_timeout_s)
+        super().__init__(address, security, limits, "dashboard")
         access = Access(tokens, secure_cookie=self._tls is not None, receiving_body=self._receiving_body)
         self.end_revoked = access.end_revoked
         self._shell = (STATIC_DIR / "page.html").read_text()

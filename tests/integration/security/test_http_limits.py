@@ -1,24 +1,152 @@
-"""The HTTP listeners' limits on a real daemon over real sockets: the dashboard's login form has
-limits.http_request_timeout_s to send its body, as OIP's requests have."""
+"""The HTTP listeners' limits on a real daemon over real sockets: each listener (dashboard, OIP over
+HTTP, metrics) holds at most limits.http_max_connections connections open, and the dashboard's
+login form has limits.http_request_timeout_s to send its body, as OIP's requests have."""
 
 from __future__ import annotations
 
+import logging
 import socket
+import ssl
+import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from tesserad.security import Role
 from tests.conftest import InProcessDaemon, daemon_settings
-from tests.integration.security.conftest import Tokens
+from tests.integration.security.conftest import Pki, Tokens
+from tests.integration.security.conftest import pki as pki  # the session's throwaway PKI
 from tests.integration.security.conftest import tokens as tokens  # one token per role
+
+LIMIT = 3
+PATHS = {"dashboard": "/jobs", "oip_http": "/v2/health/live", "metrics": "/metrics"}
+
+
+def _until(check: Callable[[], bool]) -> None:
+    """Wait for `check` to hold (30 s at most: the bound of a daemon that never gets there)."""
+    deadline = time.monotonic() + 30
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail("the daemon never reached the state waited for")
+        time.sleep(0.02)
+
+
+def _request(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+
+
+def _answer(connection: socket.socket, path: str) -> bytes:
+    """The answer to a GET of `path` on `connection`, read until the listener closes it."""
+    with connection:
+        connection.sendall(_request(path))
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+        return answer
 
 
 def _status(answer: bytes) -> int:
     return int(answer.split(b" ", 2)[1])
 
 
+def _refused(connection: socket.socket, path: str) -> bool:
+    """Whether the listener closes `connection` without an answer to a request on it."""
+    with connection:
+        try:
+            connection.sendall(_request(path))
+            return connection.recv(65536) == b""
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+
+
 def _connect(port: int) -> socket.socket:
     return socket.create_connection(("127.0.0.1", port), timeout=30)
+
+
+def _sample(daemon: InProcessDaemon, name: str, listener: str) -> float | None:
+    return daemon.daemon.metrics.registry.get_sample_value(name, {"listener": listener})
+
+
+def test_each_listener_refuses_a_connection_beyond_the_limit_and_reuses_a_freed_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = daemon_settings(
+        tmp_path / "data",
+        **{"serving.oip_http_listen": "127.0.0.1:0", "limits.http_max_connections": LIMIT},
+    )
+    daemon = InProcessDaemon(settings).start()
+    caplog.set_level(logging.WARNING, logger="tesserad.security.limits")
+    try:
+        ports = {
+            "dashboard": daemon.daemon.http_port,
+            "oip_http": daemon.daemon.oip_http_port,
+            "metrics": daemon.daemon.metrics_port,
+        }
+        for listener, port in ports.items():
+            assert port is not None
+            path = PATHS[listener]
+
+            def open_now(listener: str = listener) -> float | None:
+                return _sample(daemon, "tessera_http_connections", listener)
+
+            # Connections that send nothing yet: what an idle or slow client holds.
+            held = [_connect(port) for _ in range(LIMIT)]
+            _until(lambda: open_now() == LIMIT)
+            assert _refused(_connect(port), path), listener
+            assert _refused(_connect(port), path), listener
+            assert _sample(daemon, "tessera_http_connections_refused_total", listener) == 2
+            # The connections held keep working; one answered and closed frees its place.
+            assert _status(_answer(held.pop(), path)) == 200, listener
+            _until(lambda: open_now() == LIMIT - 1)
+            assert _status(_answer(_connect(port), path)) == 200, listener
+            for connection in held:
+                assert _status(_answer(connection, path)) == 200, listener
+            _until(lambda: open_now() == 0)
+        # One line per listener for its two refusals.
+        lines = [r for r in caplog.records if r.getMessage().startswith("HTTP connections refused")]
+        assert sorted((r.__dict__["listener"], r.__dict__["refused"]) for r in lines) == [
+            ("dashboard", 1),
+            ("metrics", 1),
+            ("oip_http", 1),
+        ]
+    finally:
+        daemon.stop()
+
+
+def test_a_connection_over_tls_is_refused_beyond_the_limit(tmp_path: Path, pki: Pki, tokens: Tokens) -> None:
+    settings = daemon_settings(
+        tmp_path / "data",
+        **{
+            "security.tls_cert_file": str(pki.server_cert),
+            "security.tls_key_file": str(pki.server_key),
+            "security.tokens_file": str(tokens.file),
+            "limits.http_max_connections": LIMIT,
+        },
+    )
+    daemon = InProcessDaemon(settings).start()
+    try:
+        port = daemon.daemon.http_port
+        assert port is not None
+        context = ssl.create_default_context(cafile=str(pki.ca))
+
+        def tls() -> socket.socket:
+            return context.wrap_socket(_connect(port), server_hostname="localhost")
+
+        held = [tls() for _ in range(LIMIT)]
+        _until(lambda: _sample(daemon, "tessera_http_connections", "dashboard") == LIMIT)
+        try:
+            refused = _refused(tls(), "/login")
+        except (ssl.SSLError, ConnectionResetError):
+            # The close may reach the client while its handshake ends.
+            refused = True
+        assert refused
+        assert _status(_answer(held.pop(), "/login")) == 200
+        for connection in held:
+            connection.close()
+    finally:
+        daemon.stop()
 
 
 def test_a_login_whose_body_never_all_arrives_is_answered_408_and_its_connection_closed(
