@@ -224,6 +224,7 @@ class MetricsHttpServer:
         app = _answered_hosts(_metrics_only(metrics.page), HostRule(allowed_hosts, address.is_loopback))
         self._server = make_server(address.host, address.port, app, server_class, _QuietHandler)
         self._server.connections = ConnectionLimit(limits.http_max_connections, "metrics")
+        self._server.request_timeout_s = limits.http_request_timeout_s
         metrics.count_connections(self._server.connections)
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
         self._thread.start()
@@ -261,9 +262,17 @@ def _metrics_only(app: WsgiApp) -> WsgiApp:
 
 
 class _LimitedServer(ThreadingWSGIServer):
-    """A thread per connection, up to limits.http_max_connections; one more is closed unanswered."""
+    """A thread per connection, up to limits.http_max_connections; one more is closed unanswered.
+    A connection silent for limits.http_request_timeout_s is closed (it held its thread, and its
+    place under the limit, for good)."""
 
     connections: ConnectionLimit
+    request_timeout_s: float
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        connection, client_address = super().get_request()
+        connection.settimeout(self.request_timeout_s)
+        return connection, client_address
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.connections.admit():
@@ -282,7 +291,14 @@ class _Ipv6Server(_LimitedServer):
 
 
 class _QuietHandler(WSGIRequestHandler):
-    """No access log line per scrape."""
+    """No access log line per scrape, and no traceback for a client that went silent."""
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except TimeoutError:
+            # Past limits.http_request_timeout_s (_LimitedServer): the connection closes.
+            return
 
     def log_message(self, format: str, *args: Any) -> None:
         return

@@ -192,3 +192,24 @@ def test_a_login_whose_body_never_all_arrives_is_answered_408_and_its_connection
         assert _status(answer) == 303 and b"tessera_token=" in answer
     finally:
         daemon.stop()
+
+
+def test_the_metrics_port_closes_a_silent_connection_and_frees_its_place(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    settings = daemon_settings(
+        tmp_path / "data",
+        **{"limits.http_max_connections": 1, "limits.http_request_timeout_s": 1},
+    )
+    daemon = InProcessDaemon(settings).start()
+    try:
+        port = daemon.daemon.metrics_port
+        assert port is not None
+        with _connect(port) as silent:
+            # Closed by the listener (recv returns b""), not by this socket's own 30 s timeout.
+            assert silent.recv(65536) == b""
+        _until(lambda: _sample(daemon, "tessera_http_connections", "metrics") == 0)
+        assert _status(_answer(_connect(port), "/metrics")) == 200
+        assert "Traceback" not in capfd.readouterr().err
+    finally:
+        daemon.stop()
