@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,11 +130,18 @@ class DaemonProcess:
     its default port would make parallel daemons collide.
     """
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        preexec_fn: Callable[[], object] | None = None,
+    ) -> None:
         self.args = [sys.executable, "-m", "tesserad", "serve", "--log-format", "json", *args]
         self.process = subprocess.Popen(
             self.args,
             cwd=cwd,
+            preexec_fn=preexec_fn,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -195,8 +202,13 @@ class DaemonProcess:
 def spawn_daemon() -> Iterator[Any]:
     started: list[DaemonProcess] = []
 
-    def spawn(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> DaemonProcess:
-        process = DaemonProcess(list(args), env, cwd)
+    def spawn(
+        *args: str,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        preexec_fn: Callable[[], object] | None = None,
+    ) -> DaemonProcess:
+        process = DaemonProcess(list(args), env, cwd, preexec_fn)
         started.append(process)
         return process
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -59,6 +60,24 @@ class HostSample:
     process_cpu_percent: float
     process_rss_bytes: int
     gpus: list[GpuUsage] = field(default_factory=list)
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit; returns the soft limit.
+
+    Every connection, open blob and store reader holds a descriptor, and services still start
+    at a soft limit of 1024 (systemd keeps the hard limit high for programs to raise this way),
+    below what three HTTP listeners at limits.http_max_connections may hold."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or (hard != resource.RLIM_INFINITY and soft >= hard):
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as error:
+        # An infinite hard limit is refused above the kernel's nr_open: keep the soft one.
+        log.debug("open files: kept the soft limit of %d (%s)", soft, error)
+        return soft
+    return hard
 
 
 def usable_cpu_count() -> int:

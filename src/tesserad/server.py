@@ -64,7 +64,7 @@ from tesserad.datasets import TABLES as DATASET_TABLES
 from tesserad.datasets import Datasets
 from tesserad.datasets.references import collect_unheld_blobs
 from tesserad.errors import Unavailable
-from tesserad.host import Gpus
+from tesserad.host import Gpus, raise_open_file_limit
 from tesserad.metrics import DaemonMetrics, MetricsHttpServer
 from tesserad.oip import grpc_service_pb2, grpc_service_pb2_grpc
 from tesserad.registry import TABLES as REGISTRY_TABLES
@@ -845,6 +845,15 @@ def _why_bind_fails(address: Address) -> str:
 
 async def serve(settings: Settings, insecure: bool = False) -> None:
     """Run until SIGTERM or SIGINT, then drain and stop; on SIGHUP, reload the tokens and TLS files."""
+    open_files = raise_open_file_limit()
+    if open_files < 3 * settings.limits.http_max_connections:
+        log.warning(
+            "this process may open %d files, fewer than the HTTP listeners' connections may take "
+            "(limits.http_max_connections %d each): raise its limit (ulimit -n, systemd LimitNOFILE=) "
+            "or lower the setting",
+            open_files,
+            settings.limits.http_max_connections,
+        )
     daemon = create_server(settings, insecure)
     loop = asyncio.get_running_loop()
     reloads: set[asyncio.Task[None]] = set()

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import itertools
 import re
+import resource
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import pytest
@@ -188,3 +191,40 @@ def test_metrics_port_answers_404_outside_metrics(daemon, path):
         urllib.request.urlopen(url, timeout=5)
     assert info.value.code == 404
     assert b"tessera_rpc" not in info.value.read()
+
+
+def _open_files_of(pid: int) -> tuple[int, int]:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise AssertionError(f"no open-file limit in /proc/{pid}/limits")
+
+
+def _open_files_at(soft: int, hard: int | None = None) -> Callable[[], None]:
+    def limit() -> None:
+        resource.setrlimit(
+            resource.RLIMIT_NOFILE, (soft, hard or resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+        )
+
+    return limit
+
+
+def test_the_daemon_raises_its_open_file_limit_to_the_hard_one(spawn_daemon, tmp_path):
+    args = ("--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(tmp_path))
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.skip(f"the hard limit on open files here is {hard}: nothing to raise")
+    daemon = spawn_daemon(*args, preexec_fn=_open_files_at(256))
+    daemon.wait_serving()
+    soft, raised_hard = _open_files_of(daemon.process.pid)
+    assert soft == raised_hard and soft > 256
+
+
+def test_a_limit_below_the_http_connections_is_warned_about(spawn_daemon, tmp_path):
+    args = ("--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(tmp_path))
+    daemon = spawn_daemon(*args, preexec_fn=_open_files_at(256, 256))
+    daemon.wait_serving()
+    daemon.terminate()
+    log = daemon.output()
+    assert "may open 256 files" in log and "limits.http_max_connections 1000" in log, log
