@@ -344,6 +344,7 @@ class Daemon:
         await asyncio.to_thread(tracking.build_missing_buckets)
         await asyncio.to_thread(tracking.purge_nonfinite_points)
         await asyncio.to_thread(tracking.index_run_order)
+        await asyncio.to_thread(tracking.move_deleted_runs_order)
         await asyncio.to_thread(tracking.count_experiment_runs)
         self.training = self._jobs(
             system,

@@ -6,7 +6,9 @@ transaction that changes the summary, so ListRuns ordered by a metric reads a pa
 scans from the page token instead of sorting every run. The value is encoded so that bytes
 order as the floats do (-0.0 as 0.0, which compares equal to it); the metric key is a 16-byte
 digest, which keeps the key within LMDB's 511 bytes with a 128-byte experiment name and a
-400-byte metric key. Rows cover deleted runs too: a listing filters by view as it reads.
+400-byte metric key. Deleted runs' rows live in `deleted_run_metric_order`, the same layout,
+moved there and back in the transaction that deletes or restores the run: a Leaderboard or an
+active listing then reads no row of a deleted run, however many led the metric.
 
 ListRuns keeps ties newest first (run id descending) in either direction: descending is one
 reversed scan; ascending walks the distinct values upwards and each value's runs downwards.
@@ -24,6 +26,7 @@ from tesserad.store import ReadTxn, WriteTxn
 from tesserad.store.keys import Key, KeyPart
 
 TABLE = "run_metric_order"
+DELETED_TABLE = "deleted_run_metric_order"
 
 _DOUBLE = struct.Struct(">d")
 _BITS = struct.Struct(">Q")
@@ -47,6 +50,10 @@ def _metric_tag(metric: str) -> bytes:
     return hashlib.blake2b(metric.encode(), digest_size=16).digest()
 
 
+def _table(deleted: bool) -> str:
+    return DELETED_TABLE if deleted else TABLE
+
+
 def update(
     txn: WriteTxn,
     experiment: str,
@@ -54,9 +61,12 @@ def update(
     metric: str,
     old: Mapping[str, float] | None,
     new: Mapping[str, float] | None,
+    deleted: bool = False,
 ) -> None:
     """Move the run's rows for `metric` from the `old` summary fields to the `new` ones (None:
-    no summary); a field whose value did not change costs nothing."""
+    no summary), in the deleted runs' table when `deleted`; a field whose value did not change
+    costs nothing."""
+    table = _table(deleted)
     tag = _metric_tag(metric)
     for name in new or old or {}:
         before = None if old is None else order_value(old[name])
@@ -64,9 +74,21 @@ def update(
         if before == after:
             continue
         if before is not None:
-            txn.delete(TABLE, (experiment, tag, name, before, run_id))
+            txn.delete(table, (experiment, tag, name, before, run_id))
         if after is not None:
-            txn.put(TABLE, (experiment, tag, name, after, run_id), b"")
+            txn.put(table, (experiment, tag, name, after, run_id), b"")
+
+
+def move(
+    txn: WriteTxn, experiment: str, run_id: str, metric: str, fields: Mapping[str, float], deleted: bool
+) -> None:
+    """Put the run's rows for `metric` (its summary `fields`) in the deleted runs' table when
+    `deleted`, else in the active one, and out of the other; a row already in place stays."""
+    tag = _metric_tag(metric)
+    for name, value in fields.items():
+        key = (experiment, tag, name, order_value(value), run_id)
+        txn.delete(_table(not deleted), key)
+        txn.put(_table(deleted), key, b"")
 
 
 def ranked(
@@ -76,27 +98,29 @@ def ranked(
     field: str,
     descending: bool,
     after: tuple[bytes, str] | None = None,
+    deleted: bool = False,
 ) -> Iterator[tuple[bytes, str]]:
-    """(encoded value, run id) of the experiment's runs with `metric`, in order (ties: newest
-    first), after `after` when given."""
+    """(encoded value, run id) of the experiment's active runs (deleted ones when `deleted`) with
+    `metric`, in order (ties: newest first), after `after` when given."""
+    table = _table(deleted)
     prefix = (experiment, _metric_tag(metric), field)
     if descending:
         resume = None if after is None else (*prefix, *after)
-        for key, _ in txn.scan(TABLE, prefix, after=resume, reverse=True):
+        for key, _ in txn.scan(table, prefix, after=resume, reverse=True):
             yield _value(key[3]), str(key[4])
         return
     resumed: bytes | None = None
     if after is not None:
         resumed, run_id = after
-        for key, _ in txn.scan(TABLE, (*prefix, resumed), after=(*prefix, resumed, run_id), reverse=True):
+        for key, _ in txn.scan(table, (*prefix, resumed), after=(*prefix, resumed, run_id), reverse=True):
             yield resumed, str(key[4])
-    for value in _distinct_values(txn, prefix, False, resumed):
-        for key, _ in txn.scan(TABLE, (*prefix, value), reverse=True):
+    for value in _distinct_values(txn, table, prefix, False, resumed):
+        for key, _ in txn.scan(table, (*prefix, value), reverse=True):
             yield value, str(key[4])
 
 
 def leaders(txn: ReadTxn, experiment: str, metric: str, field: str, descending: bool) -> Iterator[str]:
-    """Run ids of the experiment's runs with `metric` in order, ties oldest first (run id
+    """Run ids of the experiment's active runs with `metric` in order, ties oldest first (run id
     ascending) in either direction, as Leaderboard has always ranked them: ascending is one
     scan; descending walks the distinct values downwards and each value's runs upwards."""
     prefix = (experiment, _metric_tag(metric), field)
@@ -104,13 +128,13 @@ def leaders(txn: ReadTxn, experiment: str, metric: str, field: str, descending: 
         for key, _ in txn.scan(TABLE, prefix):
             yield str(key[4])
         return
-    for value in _distinct_values(txn, prefix, True):
+    for value in _distinct_values(txn, TABLE, prefix, True):
         for key, _ in txn.scan(TABLE, (*prefix, value)):
             yield str(key[4])
 
 
 def _distinct_values(
-    txn: ReadTxn, prefix: tuple[str, bytes, str], descending: bool, beyond: bytes | None = None
+    txn: ReadTxn, table: str, prefix: tuple[str, bytes, str], descending: bool, beyond: bytes | None = None
 ) -> Iterator[bytes]:
     """Each distinct value under `prefix` once, in order, past `beyond` when given: one
     single-row scan per value."""
@@ -125,7 +149,7 @@ def _distinct_values(
             # Values are 8 bytes, so value + 0x00 is past every row of `value` and before any
             # larger value.
             start = (*prefix, value + b"\x00")
-        row = next(txn.scan(TABLE, prefix, start=start, after=after, reverse=descending, limit=1), None)
+        row = next(txn.scan(table, prefix, start=start, after=after, reverse=descending, limit=1), None)
         if row is None:
             return
         value = _value(row[0][3])
@@ -134,14 +158,14 @@ def _distinct_values(
 
 def ranked_across(
     txn: ReadTxn,
-    experiments: Iterable[str],
+    sources: Iterable[tuple[str, bool]],
     metric: str,
     field: str,
     descending: bool,
     after: tuple[bytes, str] | None = None,
 ) -> Iterator[tuple[bytes, str]]:
-    """`ranked` over several experiments at once, merged into the one order (run ids are unique
-    across experiments, so the order stays total)."""
+    """`ranked` over several (experiment, deleted) sources at once, merged into the one order (run
+    ids are unique across experiments, and a run is in one table, so the order stays total)."""
 
     def merge_key(entry: tuple[bytes, str]) -> tuple[bytes, str]:
         # Merged as a descending sequence: ties (run id descending) already are; ascending
@@ -149,5 +173,5 @@ def ranked_across(
         value, run_id = entry
         return (value if descending else bytes(255 - b for b in value)), run_id
 
-    streams = [ranked(txn, name, metric, field, descending, after) for name in experiments]
+    streams = [ranked(txn, name, metric, field, descending, after, deleted) for name, deleted in sources]
     yield from heapq.merge(*streams, key=merge_key, reverse=True)

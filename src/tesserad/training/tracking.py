@@ -8,6 +8,7 @@ handful of fsyncs and a history read costs what it returns.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import struct
@@ -56,6 +57,7 @@ TABLES = [
     "metrics",
     "metric_summaries",
     run_order.TABLE,
+    run_order.DELETED_TABLE,
     metric_buckets.TABLE,
 ]
 
@@ -85,13 +87,16 @@ NONFINITE_PURGED = ("metric_nonfinite_purged",)
 # In the "meta" table once every summary is in run_metric_order (stores from before it are
 # indexed once at start).
 ORDER_INDEXED = ("run_metric_order_indexed",)
+# In the "meta" table once deleted runs' rows are out of run_metric_order (stores from before
+# deletion moved them are sorted once at start).
+DELETED_ORDER_MOVED = ("deleted_run_metric_order_moved",)
 # The summary fields a ListRuns can order by, each indexed in run_metric_order.
 ORDER_FIELDS = ("last", "min", "max")
 # In the "meta" table once every experiment has its count (stores from before the counts are
 # counted once at start).
 RUNS_COUNTED = ("experiment_runs_counted",)
 # What the start-up passes' progress logs call the rows of the tables they go through.
-_PASS_ROWS = {"metric_summaries": "metrics", "experiments": "experiments"}
+_PASS_ROWS = {"metric_summaries": "metrics", "experiments": "experiments", "deleted_runs": "runs"}
 
 
 @dataclass(frozen=True)
@@ -368,6 +373,7 @@ class Tracking:
                     run.deleted_at, run.deleted_with_experiment = now, True
                     self.put_run(txn, run)
                     txn.put("deleted_runs", (name, run.run_id), b"")
+                    _move_order_rows(txn, name, run.run_id, deleted=True)
                 _count_runs(txn, name, -len(active))
                 experiment.deleted_at = now
                 self._put_experiment(txn, experiment)
@@ -386,6 +392,7 @@ class Tracking:
                         run.deleted_at, run.deleted_with_experiment = None, False
                         self.put_run(txn, run)
                         txn.delete("deleted_runs", key)
+                        _move_order_rows(txn, name, run.run_id, deleted=False)
                         restored += 1
                 _count_runs(txn, name, restored)
                 experiment.deleted_at = None
@@ -538,6 +545,7 @@ class Tracking:
                 run.deleted_at, run.deleted_with_experiment = time.time(), False
                 self.put_run(txn, run)
                 txn.put("deleted_runs", (run.experiment, run_id), b"")
+                _move_order_rows(txn, run.experiment, run_id, deleted=True)
                 _count_runs(txn, run.experiment, -1)
         return self.get_run(run_id)
 
@@ -554,6 +562,7 @@ class Tracking:
                 run.deleted_at, run.deleted_with_experiment = None, False
                 self.put_run(txn, run)
                 txn.delete("deleted_runs", (run.experiment, run_id))
+                _move_order_rows(txn, run.experiment, run_id, deleted=False)
                 _count_runs(txn, run.experiment, 1)
         return self.get_run(run_id)
 
@@ -634,7 +643,7 @@ class Tracking:
                 newest = _newest_first(txn, experiment, unpack(after) if after else None)
                 candidates = ((key, run) for key, run_id in newest if (run := matched(txn, run_id)))
             else:
-                candidates = self._ordered(txn, experiment, order, after, matched)
+                candidates = self._ordered(txn, experiment, order, view, after, matched)
             for key, run in candidates:
                 if not fill.room(_run_bytes(run)):
                     break
@@ -646,6 +655,7 @@ class Tracking:
         txn: ReadTxn,
         experiment: str,
         order: RunOrder,
+        view: str,
         after: bytes | None,
         matched: Callable[[ReadTxn, str], Run | None],
     ) -> Iterator[tuple[Key, Run]]:
@@ -663,11 +673,11 @@ class Tracking:
             missing, rank, last_id = _order_position(after)
             resume = (run_order.order_value(-rank if descending else rank), last_id)
         if missing == 0:
-            if experiment:
-                ranked = run_order.ranked(txn, experiment, order.metric, order.field, descending, resume)
-            else:
-                names = [str(key[0]) for key, _ in txn.scan("experiments")]
-                ranked = run_order.ranked_across(txn, names, order.metric, order.field, descending, resume)
+            names = [experiment] if experiment else [str(key[0]) for key, _ in txn.scan("experiments")]
+            # The view picks the tables: active runs' rows and deleted runs' rows are apart.
+            kinds = {"active": (False,), "deleted": (True,), "all": (False, True)}[view]
+            sources = [(name, deleted) for name in names for deleted in kinds]
+            ranked = run_order.ranked_across(txn, sources, order.metric, order.field, descending, resume)
             for _, run_id in ranked:
                 run = matched(txn, run_id)
                 if run is not None:
@@ -706,12 +716,9 @@ class Tracking:
         with self._store.read() as txn:
             if not txn.exists("experiments", (experiment,)):
                 raise _no_experiment(experiment)
-            for run_id in run_order.leaders(txn, experiment, metric, summary_field, mode == "max"):
-                if len(ranked) == limit:
-                    break
+            leaders = run_order.leaders(txn, experiment, metric, summary_field, mode == "max")
+            for run_id in itertools.islice(leaders, limit):
                 run = self.load_run(txn, run_id)
-                if run.deleted_at is not None:
-                    continue
                 run.metrics = self._summaries(txn, run_id)
                 summary = next(s for s in run.metrics if s.key == metric)
                 ranked.append((run, summary.field(summary_field)))
@@ -929,16 +936,18 @@ class Tracking:
         Runs at start, after the other metric upgrades; logs progress every few seconds. An
         interrupted pass starts over at the next start (writing a row again is idempotent).
         """
-        experiments: dict[str, str] = {}
+        experiments: dict[str, tuple[str, bool]] = {}
 
         def index(txn: WriteTxn, summary_key: Key, raw: bytes) -> None:
             nonlocal experiments
             run_id, key = str(summary_key[0]), str(summary_key[1])
             if run_id not in experiments:
                 # Summaries come run by run: one run's experiment is enough to keep.
-                experiments = {run_id: _experiment_of(txn, run_id)}
+                experiment = _experiment_of(txn, run_id)
+                experiments = {run_id: (experiment, txn.exists("deleted_runs", (experiment, run_id)))}
+            experiment, deleted = experiments[run_id]
             summary = decode_record(raw, "metric_summary", 1)[1]
-            run_order.update(txn, experiments[run_id], run_id, key, None, _order_fields(summary))
+            run_order.update(txn, experiment, run_id, key, None, _order_fields(summary), deleted)
 
         passed = self._each_row_once(
             "metric_summaries",
@@ -953,6 +962,34 @@ class Tracking:
         if passed is not None and passed.rows:
             log.info(
                 "indexed runs by their metrics", extra={"metrics": passed.done, "seconds": passed.seconds}
+            )
+
+    def move_deleted_runs_order(self, progress_every_s: float = 5.0) -> None:
+        """Move deleted runs' rows out of the order index once, for a store written while they
+        stayed there (Leaderboard read through them).
+
+        Runs at start, after the order index is built; an interrupted pass starts over at the
+        next start (a moved row stays moved).
+        """
+
+        def move(txn: WriteTxn, key: Key, raw: bytes) -> None:
+            _move_order_rows(txn, str(key[0]), str(key[1]), deleted=True)
+
+        passed = self._each_row_once(
+            "deleted_runs",
+            DELETED_ORDER_MOVED,
+            64,
+            move,
+            "moving deleted runs out of the order index",
+            dict,
+            progress_every_s,
+            started_message="moving deleted runs out of the order index (once, for a store from an "
+            "older tesserad)",
+        )
+        if passed is not None and passed.rows:
+            log.info(
+                "moved deleted runs out of the order index",
+                extra={"runs": passed.done, "seconds": passed.seconds},
             )
 
     def count_experiment_runs(self, progress_every_s: float = 5.0) -> None:
@@ -1076,17 +1113,25 @@ def _refresh_summary(txn: WriteTxn, experiment: str, run_id: str, key: str) -> N
     metric = metric_prefix(run_id, key)
     raw = txn.get("metric_summaries", (run_id, key))
     old = None if raw is None else _order_fields(decode_record(raw, "metric_summary", 1)[1])
+    deleted = txn.exists("deleted_runs", (experiment, run_id))
     totals = metric_buckets.totals(txn, metric)
     last = metric_buckets.last_point(txn, metric)
     if totals is None or last is None:
         txn.delete("metric_summaries", (run_id, key))
-        run_order.update(txn, experiment, run_id, key, old, None)
+        run_order.update(txn, experiment, run_id, key, old, None, deleted)
         return
     low, high = totals.low.value, totals.high.value
     best = low if default_mode(key) == "min" else high
     summary = MetricSummary(key, last.value, low, high, best, totals.points, last.step)
     txn.put("metric_summaries", (run_id, key), encode_record("metric_summary", 1, summary.__dict__))
-    run_order.update(txn, experiment, run_id, key, old, _order_fields(summary.__dict__))
+    run_order.update(txn, experiment, run_id, key, old, _order_fields(summary.__dict__), deleted)
+
+
+def _move_order_rows(txn: WriteTxn, experiment: str, run_id: str, deleted: bool) -> None:
+    """Move the run's rows in the order index to the deleted runs' table or back, in `txn`."""
+    for key, raw in txn.scan("metric_summaries", (run_id,)):
+        summary = decode_record(raw, "metric_summary", 1)[1]
+        run_order.move(txn, experiment, run_id, str(key[1]), _order_fields(summary), deleted)
 
 
 def _run_count(txn: ReadTxn, experiment: str) -> int:

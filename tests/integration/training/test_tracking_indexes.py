@@ -14,7 +14,7 @@ from tessera.v1 import job_spec_pb2, training_pb2, training_pb2_grpc
 from tesserad.server import STORE_TABLES
 from tesserad.store import Store
 from tesserad.training import run_order
-from tesserad.training.tracking import ORDER_INDEXED, RUN_COUNTS, RUNS_COUNTED
+from tesserad.training.tracking import DELETED_ORDER_MOVED, ORDER_INDEXED, RUN_COUNTS, RUNS_COUNTED
 from tests.conftest import InProcessDaemon, daemon_settings
 
 S = training_pb2
@@ -170,6 +170,7 @@ def _drop_indexes(data_dir) -> None:
     try:
         with store.write() as txn:
             assert txn.delete_range(run_order.TABLE, ()) > 0
+            txn.delete_range(run_order.DELETED_TABLE, ())
             assert txn.delete_range(RUN_COUNTS, ()) > 0
             assert txn.delete("meta", ORDER_INDEXED) and txn.delete("meta", RUNS_COUNTED)
     finally:
@@ -200,3 +201,89 @@ def test_leaderboards_and_run_counts_equal_the_scans_through_changes_and_an_upgr
         _check(stub, model)
     finally:
         daemon.stop()
+
+
+def _indexed_runs(data_dir) -> dict[str, set[str]]:
+    """{table: run ids with a row there} of the order index's two tables."""
+    store = Store.open(data_dir / "store", map_size=2**30, tables=STORE_TABLES)
+    try:
+        with store.read() as txn:
+            return {
+                table: {str(key[4]) for key, _ in txn.scan(table)}
+                for table in (run_order.TABLE, run_order.DELETED_TABLE)
+            }
+    finally:
+        store.close()
+
+
+def _keep_deleted_rows_in_the_index(data_dir) -> None:
+    """Leave the store as a tesserad that kept deleted runs' rows in the order index did."""
+    store = Store.open(data_dir / "store", map_size=2**30, tables=STORE_TABLES)
+    try:
+        with store.write() as txn:
+            rows = [key for key, _ in txn.scan(run_order.DELETED_TABLE)]
+            for key in rows:
+                txn.delete(run_order.DELETED_TABLE, key)
+                txn.put(run_order.TABLE, key, b"")
+            assert rows and txn.delete("meta", DELETED_ORDER_MOVED)
+    finally:
+        store.close()
+
+
+def test_deleted_leaders_leave_the_order_index_and_a_store_that_kept_them_is_sorted_once(tmp_path) -> None:
+    settings = daemon_settings(tmp_path / "data")
+
+    def ids(stub, view: int) -> list[str]:
+        listed = stub.ListRuns(
+            S.ListRunsRequest(
+                experiment="lead", order_by=S.RunOrder(metric="val_loss"), view=view, page_size=100
+            )
+        )
+        return [run.run_id for run in listed.runs]
+
+    def board(stub) -> list[tuple[str, float]]:
+        entries = stub.Leaderboard(
+            S.LeaderboardRequest(experiment="lead", metric="val_loss", limit=3)
+        ).entries
+        return [(entry.run.run_id, entry.value) for entry in entries]
+
+    daemon = InProcessDaemon(settings).start()
+    try:
+        stub = training_pb2_grpc.TrainingStub(daemon.channel())
+        runs = [stub.CreateRun(S.CreateRunRequest(experiment="lead")).run_id for _ in range(30)]
+        for i, run_id in enumerate(runs):
+            stub.LogMetrics(
+                S.LogMetricsRequest(run_id=run_id, points=[S.MetricPoint(key="val_loss", value=i, step=0)])
+            )
+        for run_id in runs[:25]:
+            stub.DeleteRun(S.DeleteRunRequest(run_id=run_id))
+        gone = stub.CreateRun(S.CreateRunRequest(experiment="lead-gone")).run_id
+        stub.LogMetrics(S.LogMetricsRequest(run_id=gone, points=[S.MetricPoint(key="val_loss", value=-1)]))
+        stub.DeleteExperiment(S.DeleteExperimentRequest(name="lead-gone"))
+        assert board(stub) == [(runs[25], 25.0), (runs[26], 26.0), (runs[27], 27.0)]
+        assert ids(stub, S.LIFECYCLE_VIEW_ACTIVE_ONLY) == runs[25:]
+        assert ids(stub, S.LIFECYCLE_VIEW_DELETED_ONLY) == runs[:25]
+        assert ids(stub, S.LIFECYCLE_VIEW_ALL) == runs
+        stub.RestoreRun(S.RestoreRunRequest(run_id=runs[3]))
+        assert board(stub) == [(runs[3], 3.0), (runs[25], 25.0), (runs[26], 26.0)]
+        stub.DeleteRun(S.DeleteRunRequest(run_id=runs[3]))
+    finally:
+        daemon.stop()
+    indexed = _indexed_runs(tmp_path / "data")
+    assert indexed == {run_order.TABLE: set(runs[25:]), run_order.DELETED_TABLE: {*runs[:25], gone}}
+    _keep_deleted_rows_in_the_index(tmp_path / "data")
+    daemon = InProcessDaemon(settings).start()
+    try:
+        stub = training_pb2_grpc.TrainingStub(daemon.channel())
+        assert board(stub) == [(runs[25], 25.0), (runs[26], 26.0), (runs[27], 27.0)]
+        assert ids(stub, S.LIFECYCLE_VIEW_DELETED_ONLY) == runs[:25]
+        assert ids(stub, S.LIFECYCLE_VIEW_ALL) == runs
+        stub.RestoreExperiment(S.RestoreExperimentRequest(name="lead-gone"))
+        top = stub.Leaderboard(S.LeaderboardRequest(experiment="lead-gone", metric="val_loss")).entries
+        assert [entry.run.run_id for entry in top] == [gone]
+    finally:
+        daemon.stop()
+    assert _indexed_runs(tmp_path / "data") == {
+        run_order.TABLE: {*runs[25:], gone},
+        run_order.DELETED_TABLE: set(runs[:25]),
+    }
