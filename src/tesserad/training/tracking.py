@@ -18,10 +18,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from tesserad.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from tesserad.config import format_size
+from tesserad.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from tesserad.ids import new_id
 from tesserad.names import validate_name
-from tesserad.paging import PageFill, foreign_token, make_token, resume_after
+from tesserad.paging import MAX_PAGE_BYTES, PageFill, foreign_token, make_token, resume_after
 from tesserad.store import (
     Key,
     ReadTxn,
@@ -700,7 +701,15 @@ class Tracking:
             raise InvalidArgument(f"run_ids: compare needs two or more runs, got {len(run_ids)}")
         if len(set(run_ids)) != len(run_ids):
             raise InvalidArgument("run_ids: a run is listed twice")
-        return [self.get_run(run_id) for run_id in run_ids]
+        runs = [self.get_run(run_id) for run_id in run_ids]
+        # The answer carries each param and last metric twice: in its run and in the comparison.
+        size = 2 * sum(_run_bytes(run) for run in runs)
+        if size > MAX_PAGE_BYTES:
+            raise ResourceExhausted(
+                f"run_ids: the {len(runs)} runs take about {format_size(size)} compared, more than one "
+                f"answer holds ({format_size(MAX_PAGE_BYTES)}); compare fewer runs at a time"
+            )
+        return runs
 
     def leaderboard(
         self, experiment: str, metric: str, mode: str | None, summary_field: str | None, limit: int
@@ -717,10 +726,19 @@ class Tracking:
             if not txn.exists("experiments", (experiment,)):
                 raise _no_experiment(experiment)
             leaders = run_order.leaders(txn, experiment, metric, summary_field, mode == "max")
+            size = 0
             for run_id in itertools.islice(leaders, limit):
                 run = self.load_run(txn, run_id)
                 run.metrics = self._summaries(txn, run_id)
                 summary = next(s for s in run.metrics if s.key == metric)
+                size += _run_bytes(run)
+                # As a ListRuns page, a board holds one run whatever its size.
+                if ranked and size > MAX_PAGE_BYTES:
+                    raise ResourceExhausted(
+                        f"limit: the top {len(ranked) + 1} runs by {metric} take more than one answer "
+                        f"holds ({format_size(MAX_PAGE_BYTES)}); ask for limit {len(ranked)} or less, "
+                        f"or page through ListRuns ordered by {metric}"
+                    )
                 ranked.append((run, summary.field(summary_field)))
         return ranked
 

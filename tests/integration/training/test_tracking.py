@@ -452,3 +452,27 @@ def test_a_page_of_runs_with_long_params_stays_under_the_default_receive_limit(t
         if not token:
             break
     assert seen == made[::-1]
+
+
+def test_a_leaderboard_or_comparison_too_large_for_one_answer_is_refused_saying_what_fits(tracker) -> None:
+    # Each run takes 120 KB of params: forty of them are more than one answer can carry (gRPC's
+    # default receive limit is 4 MiB), which a client used to learn as its own receive error.
+    params = {f"p{i}": "v" * 6000 for i in range(20)}
+    made = [
+        tracker.CreateRun(S.CreateRunRequest(experiment="wide-board", params=params)).run_id
+        for _ in range(40)
+    ]
+    for i, run_id in enumerate(made):
+        _log(tracker, run_id, "val_loss", [float(i)])
+    board = lambda limit: tracker.Leaderboard(  # noqa: E731
+        S.LeaderboardRequest(experiment="wide-board", metric="val_loss", limit=limit)
+    )
+    error = _error(lambda: board(40))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "limit" in error.details() and "ListRuns" in error.details(), error.details()
+    assert [entry.run.run_id for entry in board(10).entries] == made[:10]
+    error = _error(lambda: tracker.CompareRuns(S.CompareRunsRequest(run_ids=made)))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "fewer runs" in error.details(), error.details()
+    compared = tracker.CompareRuns(S.CompareRunsRequest(run_ids=made[:5]))
+    assert compared.ByteSize() < 4 * 2**20 and len(compared.params) == 20
