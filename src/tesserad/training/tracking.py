@@ -71,6 +71,9 @@ MAX_KEY_LENGTH = 250
 # 511-byte keys (250 characters may take 1000).
 MAX_KEY_BYTES = 400
 MAX_PARAM_LENGTH = 6000
+# A run's params and tags together, in UTF-8: with its metric summaries a run stays within the 4
+# MiB a GetRun answer may take, however many calls added to it.
+MAX_RUN_TEXT = 2 * 2**20
 DEFAULT_LEADERBOARD_LIMIT = 10
 DEFAULT_HISTORY_PAGE = 10_000
 MAX_HISTORY_PAGE = 100_000
@@ -289,6 +292,17 @@ def _text_bytes(entries: dict[str, str]) -> int:
     return sum(len(k.encode()) + len(v.encode()) for k, v in entries.items())
 
 
+def _check_run_text(run: Run) -> None:
+    """InvalidArgument when the run's params and tags take more than MAX_RUN_TEXT together."""
+    size = _text_bytes(run.params) + _text_bytes(run.tags)
+    if size > MAX_RUN_TEXT:
+        raise InvalidArgument(
+            f"a run's params and tags take at most {format_size(MAX_RUN_TEXT)} together, these would "
+            f"take {format_size(size)} ({size} bytes); keep large values in a run artifact "
+            "(UploadRunArtifact) and log its path"
+        )
+
+
 def _run_bytes(run: Run) -> int:
     """About what `run` takes in a ListRuns answer: its text, and each metric summary's key and
     six numbers; the fixed fields are small beside a page's bound."""
@@ -467,6 +481,7 @@ class Tracking:
             0,
             job_id,
         )
+        _check_run_text(run)
         with self._store.write() as txn:
             self.ensure_experiment(txn, experiment)
             self.put_new_run(txn, run)
@@ -534,6 +549,7 @@ class Tracking:
                     run.status = status
                     run.end_time = time.time()
             run.tags.update(set_tags)
+            _check_run_text(run)
             self.put_run(txn, run)
         return self.get_run(run_id)
 
@@ -762,6 +778,7 @@ class Tracking:
                     f"run {run_id!r} has ended ({run.status.upper()}); log params to a running run"
                 )
             run.params.update(params)
+            _check_run_text(run)
             self.put_run(txn, run)
 
     # -- metrics

@@ -476,3 +476,34 @@ def test_a_leaderboard_or_comparison_too_large_for_one_answer_is_refused_saying_
     assert "fewer runs" in error.details(), error.details()
     compared = tracker.CompareRuns(S.CompareRunsRequest(run_ids=made[:5]))
     assert compared.ByteSize() < 4 * 2**20 and len(compared.params) == 20
+
+
+def test_a_runs_params_and_tags_are_kept_to_2_mib_together(tracker) -> None:
+    # Each call is within the per-value limits; together they used to grow a run past what GetRun
+    # can answer in 4 MiB, so the run could no longer be read at all.
+    tags = {f"t{i}": "v" * 8000 for i in range(200)}
+    run = tracker.CreateRun(S.CreateRunRequest(experiment="wide-run", tags=tags))
+    tracker.UpdateRun(
+        S.UpdateRunRequest(run_id=run.run_id, set_tags={f"u{i}": "v" * 8000 for i in range(50)})
+    )
+    error = _error(
+        lambda: tracker.UpdateRun(
+            S.UpdateRunRequest(run_id=run.run_id, set_tags={f"w{i}": "v" * 8000 for i in range(50)})
+        )
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "params and tags take at most 2 MiB together" in error.details(), error.details()
+    error = _error(
+        lambda: tracker.LogParams(
+            S.LogParamsRequest(run_id=run.run_id, params={f"p{i}": "v" * 6000 for i in range(100)})
+        )
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "2 MiB" in error.details()
+    error = _error(
+        lambda: tracker.CreateRun(
+            S.CreateRunRequest(experiment="wide-run", params={f"p{i}": "v" * 6000 for i in range(400)})
+        )
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "2 MiB" in error.details()
+    got = tracker.GetRun(S.GetRunRequest(run_id=run.run_id))
+    assert len(got.tags) == 250 and not got.params
