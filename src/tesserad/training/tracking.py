@@ -327,6 +327,11 @@ class Tracking:
         experiment = Experiment(name, description, dict(tags or {}), time.time())
         with self._store.write() as txn:
             if txn.exists("experiments", (name,)):
+                if self._experiment(txn, name).deleted_at is not None:
+                    raise AlreadyExists(
+                        f"experiment {name!r} already exists and is deleted; restore it with "
+                        "RestoreExperiment or pick another name"
+                    )
                 raise AlreadyExists(f"experiment {name!r} already exists")
             self._put_experiment(txn, experiment)
         return experiment

@@ -174,6 +174,10 @@ def test_deleting_an_experiment_deletes_its_runs_and_restoring_brings_back_those
     assert update.code() == grpc.StatusCode.FAILED_PRECONDITION and "is deleted" in update.details()
     job = _error(lambda: submit(tracker, job_spec("mlp", experiment="del-exp")))
     assert job.code() == grpc.StatusCode.FAILED_PRECONDITION and "del-exp" in job.details()
+    # As MLflow's: the name stays the deleted experiment's, and the answer says so and what to do.
+    again = _error(lambda: tracker.CreateExperiment(S.CreateExperimentRequest(name="del-exp")))
+    assert again.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "is deleted" in again.details() and "RestoreExperiment" in again.details(), again.details()
 
     back = tracker.RestoreExperiment(S.RestoreExperimentRequest(name="del-exp"))
     assert not back.deleted and back.run_count == 2
