@@ -741,6 +741,11 @@ class Tracking:
             raise InvalidArgument(f"limit must be >= 0 (0 for {DEFAULT_LEADERBOARD_LIMIT}), got {limit}")
         mode = mode or default_mode(metric)
         summary_field = summary_field or mode
+        if summary_field == "best":
+            # The order index holds no "best" rows: best is the metric's own extreme.
+            summary_field = default_mode(metric)
+        if summary_field not in ORDER_FIELDS:
+            raise InvalidArgument(f"field {summary_field[:20]!r} is not one of last, min, max or best")
         limit = limit or DEFAULT_LEADERBOARD_LIMIT
         ranked: list[tuple[Run, float]] = []
         with self._store.read() as txn:

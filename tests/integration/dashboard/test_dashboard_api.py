@@ -173,6 +173,13 @@ def test_runs_filter_by_param_and_metric(dash, client):
         assert answer.status == 400 and "is not a number" in answer.json()["error"]
     board = http_get(port, "/api/v1/leaderboard?experiment=dash-filter&metric=acc").json()["entries"]
     assert [e["run"]["name"] for e in board] == ["high", "low"]
+    # "best" is the summary's best value: the highest for acc, whichever mode ranks the board.
+    for mode, names_in_order in (("", ["high", "low"]), ("min", ["low", "high"])):
+        query = f"/api/v1/leaderboard?experiment=dash-filter&metric=acc&field=best&mode={mode}"
+        board = http_get(port, query).json()["entries"]
+        assert [(e["run"]["name"], e["value"]) for e in board] == [
+            (name, {"high": 0.9, "low": 0.2}[name]) for name in names_in_order
+        ]
 
 
 def test_runs_filter_by_status_and_refuse_an_unknown_one(dash, client):
