@@ -442,12 +442,12 @@ class Tracking:
         fill: PageFill[Experiment] = PageFill(size, query)
         after = resume_after(token, query)
         with self._store.read() as txn:
-            for key, _ in txn.scan("experiments", after=unpack(after) if after else None):
+            # Names with the prefix sort together from the prefix itself on.
+            start = (name_prefix,) if name_prefix else None
+            for key, _ in txn.scan("experiments", start=start, after=unpack(after) if after else None):
                 name = str(key[0])
                 if not name.startswith(name_prefix):
-                    if name > name_prefix:
-                        break
-                    continue
+                    break
                 experiment = self._experiment(txn, name)
                 if not _in_view(experiment.deleted_at, view):
                     continue

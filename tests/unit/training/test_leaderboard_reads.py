@@ -27,14 +27,14 @@ def _log(tracking: Tracking, run_id: str, value: float) -> None:
     tracking.log_metrics(run_id, [MetricPoint("val_loss", value, 0)]).result()
 
 
-def _visited_rows(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """A counter of the order index's rows that scans yield from now on."""
+def _visited_rows(monkeypatch: pytest.MonkeyPatch, counted: str = run_order.TABLE) -> list[int]:
+    """A counter of the rows of table `counted` that scans yield from now on."""
     visited = [0]
     scan = ReadTxn.scan
 
     def counting(self: ReadTxn, table: str, *args: Any, **kwargs: Any) -> Iterator[tuple[Key, bytes]]:
         for row in scan(self, table, *args, **kwargs):
-            if table == run_order.TABLE:
+            if table == counted:
                 visited[0] += 1
             yield row
 
@@ -73,3 +73,19 @@ def test_a_run_deleted_with_its_experiment_is_read_past_by_no_leaderboard_either
     tracking.restore_experiment("lb-exp")
     board = tracking.leaderboard("lb-exp", "val_loss", None, None, 2)
     assert [run.run_id for run, _ in board] == runs[:2]
+
+
+def test_experiments_by_prefix_read_from_the_prefix_on(
+    tracking: Tracking, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(60):
+        tracking.create_experiment(f"aa-{i:02}")
+    tracking.create_experiment("zz-last")
+    visited = _visited_rows(monkeypatch, "experiments")
+    experiments, token = tracking.list_experiments("zz")
+    assert [e.name for e in experiments] == ["zz-last"] and not token
+    assert visited[0] <= 1
+    page, token = tracking.list_experiments("aa-5", size=5)
+    assert [e.name for e in page] == [f"aa-{i}" for i in range(50, 55)]
+    rest, token = tracking.list_experiments("aa-5", size=5, token=token)
+    assert [e.name for e in rest] == [f"aa-{i}" for i in range(55, 60)]
