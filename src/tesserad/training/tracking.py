@@ -662,7 +662,7 @@ class Tracking:
                 raise _no_experiment(experiment)
             candidates: Iterator[tuple[Key, Run]]
             if order is None:
-                newest = _newest_first(txn, experiment, unpack(after) if after else None)
+                newest = _newest_first(txn, experiment, unpack(after) if after else None, view)
                 candidates = ((key, run) for key, run_id in newest if (run := matched(txn, run_id)))
             else:
                 candidates = self._ordered(txn, experiment, order, view, after, matched)
@@ -710,7 +710,7 @@ class Tracking:
         after_key: Key | None = None
         if last_id is not None:
             after_key = (experiment, last_id) if experiment else (last_id,)
-        for _, run_id in _newest_first(txn, experiment, after_key):
+        for _, run_id in _newest_first(txn, experiment, after_key, view):
             if txn.exists("metric_summaries", (run_id, order.metric)):
                 continue
             run = matched(txn, run_id)
@@ -1120,11 +1120,13 @@ def _rank(run: Run, order: RunOrder) -> tuple[int, float]:
     return 0, -value if order.descending else value
 
 
-def _newest_first(txn: ReadTxn, experiment: str, after: Key | None) -> Iterator[tuple[Key, str]]:
+def _newest_first(txn: ReadTxn, experiment: str, after: Key | None, view: str) -> Iterator[tuple[Key, str]]:
     """(key, run id) of the experiment's runs, or of all runs, newest first, after `after` (a key
-    of the table read: experiment_runs with an experiment, runs without)."""
+    of the table read: experiment_runs with an experiment, runs without). An experiment's deleted
+    runs are read from deleted_runs, keyed as experiment_runs is, so its active runs cost nothing."""
     if experiment:
-        for key, _ in txn.scan("experiment_runs", (experiment,), after=after, reverse=True):
+        table = "deleted_runs" if view == "deleted" else "experiment_runs"
+        for key, _ in txn.scan(table, (experiment,), after=after, reverse=True):
             yield key, str(key[1])
     else:
         for key, _ in txn.scan("runs", after=after, reverse=True):

@@ -11,7 +11,7 @@ import pytest
 
 from tesserad.store import Key, ReadTxn, Store
 from tesserad.training import run_order
-from tesserad.training.tracking import TABLES, MetricPoint, Tracking
+from tesserad.training.tracking import TABLES, MetricPoint, RunOrder, Tracking
 
 
 @pytest.fixture
@@ -89,3 +89,19 @@ def test_experiments_by_prefix_read_from_the_prefix_on(
     assert [e.name for e in page] == [f"aa-{i}" for i in range(50, 55)]
     rest, token = tracking.list_experiments("aa-5", size=5, token=token)
     assert [e.name for e in rest] == [f"aa-{i}" for i in range(55, 60)]
+
+
+def test_an_experiments_deleted_runs_are_listed_without_reading_its_active_ones(
+    tracking: Tracking, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = [tracking.create_run("few-gone").run_id for _ in range(80)]
+    for run_id in runs[10], runs[50]:
+        tracking.delete_run(run_id)
+    visited = _visited_rows(monkeypatch, "experiment_runs")
+    listed, token = tracking.list_runs("few-gone", view="deleted", size=1)
+    assert [run.run_id for run in listed] == [runs[50]]
+    listed, token = tracking.list_runs("few-gone", view="deleted", size=1, token=token)
+    assert [run.run_id for run in listed] == [runs[10]] and not token
+    by_loss, _ = tracking.list_runs("few-gone", view="deleted", order=RunOrder("val_loss", "last", None))
+    assert [run.run_id for run in by_loss] == [runs[50], runs[10]]
+    assert visited[0] == 0
