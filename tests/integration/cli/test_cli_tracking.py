@@ -78,3 +78,16 @@ def test_experiments_update_rm_and_restore(tessera_cli, client):
     restored = tessera_cli("experiments", "restore", "cli-exp")
     assert restored.code == 0 and "restored experiment cli-exp (1 run)" in restored.out
     assert [e.name for e in client.training.experiments(prefix="cli-exp")] == ["cli-exp"]
+
+
+def test_runs_leaderboard_of_a_metric_no_run_has_says_so(tessera_cli, client):
+    run = client.training.create_run("cli-board")
+    client.training.log_metrics(run.run_id, {"val_loss": 0.5}, step=0)
+    # A misspelt metric used to print an empty table and succeed, leaving the user to guess.
+    empty = tessera_cli("runs", "leaderboard", "cli-board", "val_los")
+    assert empty.code == 0, empty.err
+    assert "no run of experiment cli-board has logged val_los" in empty.out, empty.out
+    assert "tessera runs ls --experiment cli-board" in empty.out
+    assert tessera_cli("--json", "runs", "leaderboard", "cli-board", "val_los").json() == []
+    board = tessera_cli("runs", "leaderboard", "cli-board", "val_loss")
+    assert board.code == 0 and run.run_id in board.out

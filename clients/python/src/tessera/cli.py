@@ -1123,6 +1123,11 @@ def cmd_runs_leaderboard(client: Client, args: argparse.Namespace, out: Output) 
     entries = client.training.leaderboard(args.experiment, args.metric, mode=args.mode, limit=args.limit)
     if out.as_json:
         return out.json(list(entries))
+    if not entries:
+        return out.line(
+            f"no run of experiment {args.experiment} has logged {args.metric}; the metrics its runs "
+            f"have: tessera runs ls --experiment {args.experiment}"
+        )
     out.table(
         f"{args.experiment} by {args.metric}",
         ["rank", args.metric, "run", "name", "params"],
