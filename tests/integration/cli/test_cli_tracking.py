@@ -91,3 +91,22 @@ def test_runs_leaderboard_of_a_metric_no_run_has_says_so(tessera_cli, client):
     assert tessera_cli("--json", "runs", "leaderboard", "cli-board", "val_los").json() == []
     board = tessera_cli("runs", "leaderboard", "cli-board", "val_loss")
     assert board.code == 0 and run.run_id in board.out
+
+
+def test_runs_leaderboard_ranks_by_any_summary_field(tessera_cli, client):
+    early, steady = client.training.create_run("cli-field"), client.training.create_run("cli-field")
+    client.training.log_metrics(early.run_id, {"val_loss": 0.5}, step=0)
+    client.training.log_metrics(early.run_id, {"val_loss": 0.9}, step=1)  # best 0.5, last 0.9
+    client.training.log_metrics(steady.run_id, {"val_loss": 0.7}, step=0)
+
+    def ranked(*flags: str) -> list[tuple[str, float]]:
+        result = tessera_cli("--json", "runs", "leaderboard", "cli-field", "val_loss", *flags)
+        assert result.code == 0, result.err
+        return [(e["run"]["run_id"], e["value"]) for e in result.json()]
+
+    assert ranked() == [(early.run_id, 0.5), (steady.run_id, 0.7)]
+    assert ranked("--field", "last") == [(steady.run_id, 0.7), (early.run_id, 0.9)]
+    board = client.training.leaderboard("cli-field", "val_loss", field="last")
+    assert [(e.run.run_id, e.value) for e in board] == [(steady.run_id, 0.7), (early.run_id, 0.9)]
+    with pytest.raises(ValueError, match="best"):
+        client.training.leaderboard("cli-field", "val_loss", field="best")

@@ -1120,7 +1120,9 @@ def cmd_experiments_restore(client: Client, args: argparse.Namespace, out: Outpu
 
 
 def cmd_runs_leaderboard(client: Client, args: argparse.Namespace, out: Output) -> None:
-    entries = client.training.leaderboard(args.experiment, args.metric, mode=args.mode, limit=args.limit)
+    entries = client.training.leaderboard(
+        args.experiment, args.metric, mode=args.mode, limit=args.limit, field=args.field
+    )
     if out.as_json:
         return out.json(list(entries))
     if not entries:
@@ -1828,6 +1830,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--mode",
         choices=["min", "max"],
         help="which is better (default: min for a name with loss, error, mae, mse or mape in it, else max)",
+    )
+    sub.add_argument(
+        "--field",
+        choices=["last", "min", "max"],
+        help="which value of each run's metric ranks it (default: min with --mode min, else max)",
     )
     sub.add_argument("--limit", type=whole(high=INT32_MAX), default=10, help="runs shown (default 10)")
 

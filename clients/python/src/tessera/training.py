@@ -477,12 +477,20 @@ class Training(Part[C]):
 
     @call
     def leaderboard(
-        self, experiment: str, metric: str, mode: str | None = None, limit: int = 10
+        self,
+        experiment: str,
+        metric: str,
+        mode: str | None = None,
+        limit: int = 10,
+        field: str | int | None = None,
     ) -> Op[Sequence[pb.LeaderboardEntry]]:
-        """An experiment's runs ranked by `metric` ("min" or "max" is better; default by name)."""
+        """An experiment's runs ranked by `metric` ("min" or "max" is better; default by name), by
+        its summary's `field` ("last", "min" or "max"; default: the one `mode` names)."""
         request = pb.LeaderboardRequest(experiment=experiment, metric=metric, limit=limit)
         if mode is not None:
             request.mode = enum_value(job_spec_pb2.OptimizeMode, "OPTIMIZE_MODE_", mode)
+        if field is not None:
+            request.field = enum_value(pb.SummaryField, "SUMMARY_FIELD_", field)
         return Op(S, "Leaderboard", request, lambda response: list(response.entries))
 
     @call
