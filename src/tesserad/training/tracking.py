@@ -516,7 +516,7 @@ class Tracking:
             raise InvalidArgument("run_id is required")
         raw = txn.get("runs", (run_id,))
         if raw is None:
-            raise NotFound(f"run {run_id!r} does not exist; ListRuns lists them")
+            raise NotFound(f"run {run_id[:80]!r} does not exist; ListRuns lists them")
         return _run_from(decode_record(raw, "run", 1)[1])
 
     def writable_run(self, txn: ReadTxn, run_id: str) -> Run:
@@ -818,7 +818,7 @@ class Tracking:
         def work(txn: WriteTxn) -> int:
             raw = txn.get("runs", (run_id,))
             if raw is None:
-                raise NotFound(f"run {run_id!r} does not exist; create it with CreateRun first")
+                raise NotFound(f"run {run_id[:80]!r} does not exist; create it with CreateRun first")
             data = decode_record(raw, "run", 1)[1]
             if external:
                 if "deleted_at" in data:
@@ -1200,7 +1200,7 @@ def _experiment_of(txn: ReadTxn, run_id: str) -> str:
     """The experiment of a stored run (every summary belongs to one)."""
     raw = txn.get("runs", (run_id,))
     if raw is None:
-        raise NotFound(f"run {run_id!r} does not exist")
+        raise NotFound(f"run {run_id[:80]!r} does not exist")
     return str(decode_record(raw, "run", 1)[1]["experiment"])
 
 

@@ -507,3 +507,21 @@ def test_a_runs_params_and_tags_are_kept_to_2_mib_together(tracker) -> None:
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "2 MiB" in error.details()
     got = tracker.GetRun(S.GetRunRequest(run_id=run.run_id))
     assert len(got.tags) == 250 and not got.params
+
+
+def test_an_unknown_run_id_of_any_length_is_not_found_with_an_answer_a_client_can_read(tracker) -> None:
+    # The whole id went into the message: past 16 KiB the client could not read the status and
+    # saw its own RESOURCE_EXHAUSTED about metadata instead of NOT_FOUND.
+    run_id = "run-" + "x" * 20_000
+    calls = {
+        "GetRun": lambda: tracker.GetRun(S.GetRunRequest(run_id=run_id)),
+        "DeleteRun": lambda: tracker.DeleteRun(S.DeleteRunRequest(run_id=run_id)),
+        "LogMetrics": lambda: tracker.LogMetrics(
+            S.LogMetricsRequest(run_id=run_id, points=[S.MetricPoint(key="loss", value=1.0)])
+        ),
+        "ListRunArtifacts": lambda: tracker.ListRunArtifacts(S.ListRunArtifactsRequest(run_id=run_id)),
+    }
+    for name, call in calls.items():
+        error = _error(call)
+        assert error.code() == grpc.StatusCode.NOT_FOUND, (name, error.details()[:200])
+        assert error.details().startswith("run 'run-xxx") and len(error.details()) < 300, name
