@@ -1322,7 +1322,11 @@ class CreateRunRequest(_message.Message):
     name: _builtins.str
     """Generated when empty."""
     @_builtins.property
-    def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """A run's params and tags together take at most 2 MiB of UTF-8 (INVALID_ARGUMENT beyond),
+        here and as UpdateRun and LogParams add to them, so GetRun can always answer the run.
+        """
+
     @_builtins.property
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
