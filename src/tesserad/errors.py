@@ -5,11 +5,30 @@ table (`tesserad.api.errors`). Nothing here knows about gRPC. The message is sen
 client as it is, so it must say what to fix and never carry internal detail.
 """
 
+# A message travels in a response header, percent-encoded where not plain ASCII (up to 3 bytes
+# a byte), and clients refuse headers over 8-16 KiB: a longer message, such as one that echoes a
+# huge id, would turn the error into RESOURCE_EXHAUSTED in the client. Both ends are kept, since
+# the end usually says what to do.
+MAX_MESSAGE_BYTES = 2048
+_HEAD_BYTES = 1280
+_TAIL_BYTES = 640
+
+
+def bounded_message(message: str) -> str:
+    """`message`, its middle left out when it takes more than MAX_MESSAGE_BYTES in UTF-8."""
+    encoded = message.encode()
+    if len(encoded) <= MAX_MESSAGE_BYTES:
+        return message
+    head = encoded[:_HEAD_BYTES].decode(errors="ignore")
+    tail = encoded[-_TAIL_BYTES:].decode(errors="ignore")
+    return f"{head} [... {len(encoded) - _HEAD_BYTES - _TAIL_BYTES} bytes left out ...] {tail}"
+
 
 class TesseraError(Exception):
     """Base of every error the daemon reports to a client on purpose."""
 
     def __init__(self, message: str) -> None:
+        message = bounded_message(message)
         super().__init__(message)
         self.message = message
 

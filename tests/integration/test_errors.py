@@ -10,6 +10,7 @@ import threading
 import grpc
 import pytest
 
+from tessera.v1 import training_pb2, training_pb2_grpc
 from tesserad import errors
 from tesserad.api.interceptors import CallInterceptor
 from tesserad.metrics import DaemonMetrics
@@ -120,3 +121,24 @@ def test_unexpected_error_mid_stream_is_internal(error_channel):
         next(stream)
     assert err.value.code() == grpc.StatusCode.INTERNAL
     assert "secret" not in err.value.details()
+
+
+@pytest.mark.parametrize("character", ["j", "\u00e9"])
+def test_a_message_echoing_a_huge_id_keeps_its_status(channel, character):
+    # 20,000 characters would make the message a header larger than clients take, and the client
+    # would see RESOURCE_EXHAUSTED instead of the daemon's answer.
+    training = training_pb2_grpc.TrainingStub(channel)
+    with pytest.raises(grpc.RpcError) as err:
+        training.GetJob(training_pb2.GetJobRequest(job_id=character * 20_000), timeout=10)
+    assert err.value.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT), (
+        err.value.details()
+    )
+    assert "bytes left out" in err.value.details()
+    assert len(err.value.details().encode()) < 2 * errors.MAX_MESSAGE_BYTES
+
+
+def test_a_short_message_is_kept_whole_and_a_long_one_keeps_both_ends():
+    assert errors.NotFound("run 'x' not found").message == "run 'x' not found"
+    message = errors.NotFound("run " + "\u00e9" * 5000 + " not found: list them with tessera runs ls").message
+    assert message.startswith("run \u00e9") and message.endswith("list them with tessera runs ls")
+    assert len(message.encode()) <= errors.MAX_MESSAGE_BYTES + 64
