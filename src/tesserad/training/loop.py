@@ -101,7 +101,9 @@ def use_compile(setting: str, device: torch.device) -> bool:
 
 def epoch_order(seed: int, epoch: int, count: int, dist: Distributed) -> torch.Tensor:
     """This rank's sample order for `epoch`: a seeded permutation, padded so ranks stay in step."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    # Reduced mod 2**64, the range torch seeds take: any int64 seed works, and a seed whose
+    # product was already in range keeps its order (torch reads a negative seed mod 2**64 too).
+    generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**64)
     order = torch.randperm(count, generator=generator)
     per_rank = math.ceil(count / dist.world)
     if per_rank * dist.world > count:

@@ -97,6 +97,15 @@ def test_same_spec_and_seed_give_the_same_loss_curve(
     assert len(curves[0]) == finished["mlp"][0].total_steps
 
 
+@pytest.mark.parametrize("seed", [2**62, -(2**63)])
+def test_a_seed_anywhere_in_the_int64_range_trains(seed: int, training: training_grpc.TrainingStub) -> None:
+    # The spec's seed is an int64: a large one is as good as a small one (epoch orders derive
+    # from it), not a job that fails at its first epoch.
+    job = submit(training, job_spec("mlp", epochs=1, seed=seed))
+    events = follow(training, job.job_id)
+    assert states(events)[-1] == S.JOB_STATE_SUCCEEDED, of_kind(events, "error")
+
+
 def test_watch_from_the_middle_of_a_finished_job(
     finished: dict, training: training_grpc.TrainingStub
 ) -> None:
