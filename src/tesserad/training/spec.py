@@ -28,6 +28,9 @@ from tesserad.training.finetune import ParentLookup, check_fine_tuning, check_pa
 OPTIMIZERS = ("sgd", "adam", "adamw")
 PRECISIONS = ("fp32", "bf16", "fp16")
 REGRESSION_LOSSES = ("mse", "l1", "huber")
+# Far beyond any real job, and low enough that epochs x steps per epoch (at most one step per
+# sample) stays within the int64 the API counts a job's steps in.
+MAX_EPOCHS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -294,6 +297,8 @@ def normalize_spec(
     epochs, max_steps = int(raw.get("epochs", 0)), int(raw.get("max_steps", 0))
     if epochs < 0:
         problems.invalid("spec.epochs", f"must be >= 0, got {epochs}")
+    elif epochs > MAX_EPOCHS:
+        problems.invalid("spec.epochs", f"must be at most {MAX_EPOCHS}, got {epochs}")
     if max_steps < 0:
         problems.invalid("spec.max_steps", f"must be >= 0, got {max_steps}")
     config["epochs"] = epochs if epochs or max_steps else 1

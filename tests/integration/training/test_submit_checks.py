@@ -167,6 +167,14 @@ CASES = [
         "spec.precision: must be one of fp32, bf16, fp16, got 'fp8'",
     ),
     (
+        # Its step count would not fit the int64 the API shows it in: every call that shows
+        # the job (GetJob, ListJobs, WatchJob) would fail.
+        "too many epochs",
+        _set("epochs", 2**62),
+        INVALID,
+        "spec.epochs: must be at most 1000000, got 4611686018427387904",
+    ),
+    (
         "fp16 on cpu",
         _set("precision", "fp16"),
         INVALID,
