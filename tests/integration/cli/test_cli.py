@@ -3,11 +3,16 @@ non-zero exit with the daemon's message (never a traceback) on every failure."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
+import tessera
 from tessera.cli import EXIT_DAEMON, EXIT_FAILED, EXIT_USAGE
 from tessera.demo import spacetime_clips
+from tessera.messages import load_toml
+from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.sdk.affine import affine_onnx
 
 
@@ -207,6 +212,34 @@ def test_train_follow_jobs_runs_and_export(tessera_cli, client, dataset_file, tm
     long_job = tessera_cli("--json", "train", str(spec)).json()["job_id"]
     cancelled = tessera_cli("jobs", "cancel", long_job)
     assert cancelled.code == 0 and f"job {long_job}" in cancelled.out
+
+
+def test_jobs_cancel_says_a_queued_job_ended_and_a_running_one_stops_at_its_next_step(
+    tessera_cli, dataset_file, tmp_path
+):
+    # One CPU slot: the second job waits in the queue behind the first.
+    one_slot = InProcessDaemon(
+        daemon_settings(tmp_path / "one-slot", **{"training.cpu_slots": 1, "training.threads_per_slot": 1})
+    ).start()
+    try:
+        with tessera.Client(one_slot.target) as sdk:
+            sdk.datasets.push("table", dataset_file, splits={"train": 0.75, "val": 0.25})
+            path = tmp_path / "long.toml"
+            path.write_text(SPEC.format(dataset="table").replace("epochs = 2", "epochs = 500"))
+            spec = load_toml(path)
+            running, queued = sdk.training.submit(spec), sdk.training.submit(spec)
+            while running.refresh().state != tessera.JobState.RUNNING:
+                time.sleep(0.05)
+            cancelled = tessera_cli("jobs", "cancel", queued.id, target=one_slot.target)
+            assert cancelled.code == 0 and cancelled.out == f"job {queued.id}: cancelled\n"
+            stopping = tessera_cli("jobs", "cancel", running.id, target=one_slot.target)
+            assert (
+                stopping.code == 0
+                and stopping.out == f"job {running.id}: running; it stops at its next step\n"
+            )
+            running.wait(check=False)
+    finally:
+        one_slot.stop()
 
 
 def test_runs_show_tells_an_ended_runs_status_times_and_tags(tessera_cli, client):

@@ -910,7 +910,9 @@ def cmd_jobs_cancel(client: Client, args: argparse.Namespace, out: Output) -> No
     job = client.training.cancel(args.job_id)
     if out.as_json:
         return out.json(job.info)
-    out.line(f"job {job.id}: {job.state.value} (stops at its next step)")
+    # A queued job ends at once; a running one is asked to stop and goes on until its next step.
+    stopping = "; it stops at its next step" if job.state == JobState.RUNNING else ""
+    out.line(f"job {job.id}: {job.state.value}{stopping}")
 
 
 def run_status(run: training_pb2.Run) -> str:
