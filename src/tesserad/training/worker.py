@@ -15,12 +15,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import traceback
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
+
+_CPU_ALLOCATION_REFUSED = re.compile(
+    r"DefaultCPUAllocator: can't allocate memory: you tried to allocate (\d+) bytes"
+)
 
 
 @dataclass
@@ -125,6 +130,15 @@ def _classify(exc: BaseException) -> tuple[str, str]:
     name = type(exc).__name__
     if isinstance(exc, MemoryError) or name == "OutOfMemoryError":
         return "out_of_memory", f"the worker ran out of memory: {exc}; use a smaller batch_size or model"
+    # torch's CPU allocator refuses with a plain RuntimeError that names its C++ source.
+    if isinstance(exc, RuntimeError) and (refused := _CPU_ALLOCATION_REFUSED.search(str(exc))):
+        from tesserad.config import format_size
+
+        return (
+            "out_of_memory",
+            f"the worker ran out of memory: it asked for {format_size(int(refused.group(1)))} at once; "
+            "use a smaller batch_size or model",
+        )
     last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
     where = f" (at {Path(last[0].filename).name}:{last[0].lineno})" if last else ""
     return "exception", f"{name}: {exc}{where}"

@@ -288,6 +288,20 @@ def test_a_worker_crash_fails_only_its_job(
         assert states(follow(training, after.job_id))[-1] == S.JOB_STATE_SUCCEEDED
 
 
+def test_a_model_too_big_for_memory_fails_as_out_of_memory(training: training_grpc.TrainingStub) -> None:
+    # The second layer's weights (65536 x 65536 x 3**4 floats, 1.4 TB) are more than the host
+    # could ever give: the allocator refuses them at once, without touching memory.
+    spec = job_spec("cnn4d", epochs=1)
+    spec.architecture.cnn4d.channels[:] = [65536, 65536]
+    events = follow(training, submit(training, spec).job_id)
+    (error,) = of_kind(events, "error")
+    assert error.kind == "out_of_memory"
+    assert error.message == (
+        "the worker ran out of memory: it asked for 1.27 TiB at once; use a smaller batch_size or model"
+    )
+    assert states(events)[-1] == S.JOB_STATE_FAILED
+
+
 def test_a_dead_fork_server_leaves_running_jobs_alone(training: training_grpc.TrainingStub) -> None:
     before = _worker_pids()
     job = submit(training, long_spec())
