@@ -42,8 +42,8 @@ from tesserad.errors import FailedPrecondition, NotFound, ResourceExhausted
 from tesserad.host import usable_cpu_count
 from tesserad.ids import new_id
 from tesserad.names import validate_name
-from tesserad.paging import make_token, page_size, resume_after
-from tesserad.store import BlobRef, BlobStore, Store, WriteTxn, pack, unpack
+from tesserad.paging import PageFill, resume_key
+from tesserad.store import BlobRef, BlobStore, Store, WriteTxn
 from tesserad.training.events import EventLog, JobEvent
 from tesserad.training.finetune import ParentLookup
 from tesserad.training.job_records import Checkpoint, JobError, JobRecord, Registered, decode_job, encode_job
@@ -446,23 +446,23 @@ class Jobs:
         """Newest first."""
         if experiment:
             validate_name("experiment", experiment)
-        limit = page_size(size)
         query = {"list": "jobs", "states": sorted(states), "experiment": experiment, "sweep": sweep_id}
-        after = resume_after(token, query)
-        out: list[JobRecord] = []
+        after = resume_key(token, query)
+        fill: PageFill[JobRecord] = PageFill(size, query)
         with self._lock:
             active = {**self._unstored_ends, **self._active}
         with self._store.read() as txn:
-            for key, raw in txn.scan("jobs", after=unpack(after) if after else None, reverse=True):
+            for key, raw in txn.scan("jobs", after=after, reverse=True):
                 job = active.get(str(key[0])) or decode_job(raw)
                 if (states and job.state not in states) or (experiment and job.experiment != experiment):
                     continue
                 if sweep_id and job.sweep_id != sweep_id:
                     continue
-                if len(out) == limit:
-                    return out, make_token(pack((out[-1].job_id,)), query)
-                out.append(job)
-        return out, ""
+                # Sized as stored: an unended job's newer record differs in its progress alone.
+                if not fill.room(len(raw)):
+                    break
+                fill.add(key, job)
+        return fill.page.items, fill.page.next_page_token
 
     def cancel(self, job_id: str) -> JobRecord:
         with self._lock:

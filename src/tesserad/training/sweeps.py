@@ -368,8 +368,7 @@ class Sweeps:
                 if sweep.state != "running":
                     continue
                 known = {t.job_id for t in sweep.trials}
-                jobs, _ = self._jobs.list([], "", sweep.sweep_id, MAX_TRIALS, "")
-                for job in jobs:
+                for job in self._sweep_jobs(sweep.sweep_id):
                     if job.job_id not in known:
                         self._orphans[job.config["run_name"]] = job
                 self._running[sweep.sweep_id] = sweep
@@ -377,6 +376,14 @@ class Sweeps:
                     if trial.pruned and trial.job_id and self._jobs.get(trial.job_id).state not in ENDED:
                         self._prune(trial.job_id)
                 self._tick(sweep)
+
+    def _sweep_jobs(self, sweep_id: str) -> builtins.list[JobRecord]:
+        """Every job of the sweep: a page of jobs also ends at a size, before MAX_TRIALS."""
+        jobs, token = self._jobs.list([], "", sweep_id, MAX_TRIALS, "")
+        while token:
+            page, token = self._jobs.list([], "", sweep_id, MAX_TRIALS, token)
+            jobs += page
+        return jobs
 
     def submit(self, request: SweepRequest, base: dict[str, Any], actor: str) -> Sweep:
         """Check the sweep over the plain spec `base`, each trial's spec like a job's (for searchers

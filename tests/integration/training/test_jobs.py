@@ -164,6 +164,30 @@ def test_list_jobs_filters_and_pages(finished: dict, training: training_grpc.Tra
     assert "experiment 'Tests' is not a valid name" in info.value.details()
 
 
+def test_a_page_of_jobs_ends_before_its_records_outgrow_a_message(
+    training: training_grpc.TrainingStub,
+) -> None:
+    # About 1 MB of tags each (130 values of 8000 characters, the longest a tag takes): five
+    # jobs are more than gRPC's default 4 MiB receive limit, which a page must stay within
+    # whatever page_size asks for, as every other listing does.
+    spec = job_spec("mlp", experiment="big-tags")
+    spec.tags.update({f"note-{i}": "x" * 8000 for i in range(130)})
+    submitted = []
+    for _ in range(5):
+        job = submit(training, spec)
+        training.CancelJob(S.CancelJobRequest(job_id=job.job_id))
+        submitted.append(job.job_id)
+    listed, token = [], ""
+    while True:
+        page = training.ListJobs(S.ListJobsRequest(experiment="big-tags", page_size=1000, page_token=token))
+        assert page.jobs
+        listed += [job.job_id for job in page.jobs]
+        token = page.next_page_token
+        if not token:
+            break
+    assert listed == submitted[::-1]
+
+
 def _wait_for(training: training_grpc.TrainingStub, job_id: str, state: int, timeout: float = 60) -> S.Job:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
