@@ -31,8 +31,8 @@ from typing import Any
 from tesserad.datasets.references import release_dataset_holds, release_ended_holds, sweep_holder
 from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, TesseraError
 from tesserad.ids import new_id
-from tesserad.paging import make_token, page_size, resume_after
-from tesserad.store import Store, decode_record, encode_record, pack, unpack
+from tesserad.paging import PageFill, resume_key
+from tesserad.store import Key, Store, decode_record, encode_record
 from tesserad.training.job_records import JobRecord
 from tesserad.training.jobs import ENDED, Jobs
 from tesserad.training.pbt import Member, PbtSettings, next_generation, pbt_settings
@@ -520,17 +520,16 @@ class Sweeps:
         return decode_sweep(raw)
 
     def list(self, size: int, token: str) -> tuple[list[Sweep], str]:
-        limit = page_size(size)
-        after = resume_after(token, {"list": "sweeps"})
+        query = {"list": "sweeps"}
+        after = resume_key(token, query)
+        # Sized as stored; a running sweep's newer record differs in its trials' states alone.
+        fill: PageFill[Key] = PageFill(size, query)
         with self._store.read() as txn:
-            keys = [
-                k
-                for k, _ in txn.scan(
-                    "sweeps", after=unpack(after) if after else None, reverse=True, limit=limit + 1
-                )
-            ]
-        sweeps = [self.get(str(k[0])) for k in keys[:limit]]
-        return sweeps, make_token(pack(keys[limit - 1]), {"list": "sweeps"}) if len(keys) > limit else ""
+            for key, raw in txn.scan("sweeps", after=after, reverse=True):
+                if not fill.room(len(raw)):
+                    break
+                fill.add(key, key)
+        return [self.get(str(key[0])) for key in fill.page.items], fill.page.next_page_token
 
     def cancel(self, sweep_id: str) -> Sweep:
         with self._lock:

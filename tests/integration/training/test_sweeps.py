@@ -426,3 +426,29 @@ def test_a_sweep_whose_trials_were_all_cancelled_ends_cancelled(
     assert ended.state == S.SWEEP_STATE_CANCELLED
     assert [t.state for t in ended.trials] == [S.JOB_STATE_CANCELLED] * 2
     assert ended.error == ""
+
+
+def test_a_page_of_sweeps_ends_before_its_records_outgrow_a_message(
+    training: training_pb2_grpc.TrainingStub,
+) -> None:
+    # About 1 MB of tags in each sweep's base spec: five sweeps are more than gRPC's default
+    # 4 MiB receive limit, which a page must stay within whatever page_size asks for.
+    base = job_spec("mlp", epochs=1)
+    base.tags.update({f"note-{i}": "x" * 8000 for i in range(130)})
+    spec = S.SweepSpec(
+        base=base, strategy=S.SWEEP_STRATEGY_GRID, parameters=[sweep_values("seed", "1")], metric="train_loss"
+    )
+    submitted = []
+    for _ in range(5):
+        sweep_id = training.SubmitSweep(S.SubmitSweepRequest(spec=spec)).sweep_id
+        training.CancelSweep(S.CancelSweepRequest(sweep_id=sweep_id))
+        submitted.append(sweep_id)
+    listed, token = [], ""
+    while True:
+        page = training.ListSweeps(S.ListSweepsRequest(page_size=1000, page_token=token))
+        assert page.sweeps
+        listed += [sweep.sweep_id for sweep in page.sweeps]
+        token = page.next_page_token
+        if not token:
+            break
+    assert [sweep_id for sweep_id in listed if sweep_id in submitted] == submitted[::-1]
