@@ -392,9 +392,13 @@ def _check_data(
         problems.unmet("spec.data.train_split", f"{where} has no split {train_split!r}; it has {splits}")
     elif facts.splits[train_split] == 0:
         problems.unmet("spec.data.train_split", f"split {train_split!r} of {where} is empty")
+    # An empty validation split gives no validation metrics, which early stopping and
+    # keep_best_metric would then look for in vain.
     if val_split and val_split not in facts.splits:
         problems.unmet("spec.data.val_split", f"{where} has no split {val_split!r}; it has {splits}")
-    if not val_split and "val" in facts.splits:
+    elif val_split and facts.splits[val_split] == 0:
+        problems.unmet("spec.data.val_split", f"split {val_split!r} of {where} is empty")
+    if not val_split and facts.splits.get("val"):
         data["val_split"] = "val"
     arrays = ", ".join(sorted(facts.arrays))
     for field_name, array in (("input_array", input_array), ("target_array", target_array)):
