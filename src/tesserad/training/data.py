@@ -23,6 +23,7 @@ class DatasetAccess:
             sha256=record.sha256,
             arrays={a.name: (a.dtype, tuple(a.shape)) for a in record.arrays},
             splits={s.name: s.count for s in record.splits},
+            ranges={a.name: (a.stats.min, a.stats.max) for a in record.arrays},
         )
 
     def hold(self, txn: WriteTxn, data: dict[str, Any], holder: str) -> str:

@@ -42,6 +42,8 @@ class DatasetFacts:
     sha256: str
     arrays: dict[str, tuple[str, tuple[int, ...]]]  # name -> (numpy dtype name, shape)
     splits: dict[str, int]  # name -> sample count
+    # name -> (min, max) over the array's finite values; unknown arrays go unchecked.
+    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -446,6 +448,8 @@ def _check_targets(
                 f"classification needs integer class ids shaped (N,), but {target_array!r} is {t_dtype} shaped "
                 f"{list(t_shape)}; use task REGRESSION for float targets",
             )
+        elif arch_spec is not None and target_array in facts.ranges:
+            _check_class_ids(facts.ranges[target_array], target_array, arch_spec.output_size, problems)
     elif arch_spec is not None:
         out = arch_spec.output_size
         if not (tuple(t_shape[1:]) == (out,) or (out == 1 and len(t_shape) == 1)):
@@ -454,6 +458,24 @@ def _check_targets(
                 f"regression with output_size {out} needs targets shaped (N, {out})"
                 f"{' or (N,)' if out == 1 else ''}, but {target_array!r} is shaped {list(t_shape)}",
             )
+
+
+def _check_class_ids(
+    id_range: tuple[float, float], target_array: str, output_size: int, problems: _Problems
+) -> None:
+    """Every class id must name one of the model's outputs: cross_entropy fails on one that does not."""
+    low, high = int(id_range[0]), int(id_range[1])
+    if low < 0:
+        problems.unmet(
+            "spec.data.target_array",
+            f"class ids must be >= 0, but {target_array!r} holds {low}; number the classes from 0",
+        )
+    elif high >= output_size:
+        problems.unmet(
+            "spec.architecture.output_size",
+            f"is {output_size}, but {target_array!r} holds class id {high}; set output_size to at least "
+            f"{high + 1}, one output per class",
+        )
 
 
 def _check_optimizer(raw: dict[str, Any], problems: _Problems) -> dict[str, Any]:

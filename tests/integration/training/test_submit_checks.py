@@ -266,3 +266,35 @@ def test_an_empty_validation_split_is_refused_by_name_and_never_taken_by_default
     events = follow(training, submit(training, spec).job_id)
     assert states(events)[-1] == training_pb2.JOB_STATE_SUCCEEDED, of_kind(events, "error")
     assert not any(key.startswith("val_") for epoch in of_kind(events, "epoch") for key in epoch.metrics)
+
+
+@pytest.mark.parametrize(
+    ("labels", "words"),
+    [
+        (
+            np.arange(40) % 5,
+            "spec.architecture.output_size: is 2, but 'y' holds class id 4; set output_size to at least 5, "
+            "one output per class",
+        ),
+        (
+            np.arange(40) % 2 - 1,
+            "spec.data.target_array: class ids must be >= 0, but 'y' holds -1; number the classes from 0",
+        ),
+    ],
+    ids=["beyond the outputs", "negative"],
+)
+def test_class_ids_the_model_has_no_output_for_are_refused_at_submit(
+    labels: np.ndarray, words: str, training_daemon, training: training_pb2_grpc.TrainingStub
+) -> None:
+    # They failed the job at its first step: "IndexError: Target 4 is out of bounds."
+    x = np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32)
+    name = f"labels-{int(labels.min()) + 1}-{int(labels.max())}"
+    upload_dataset(
+        training_daemon.channel(), name, {"x": x, "y": labels.astype(np.int64)}, {"train": list(range(40))}
+    )
+    spec = job_spec("mlp")
+    spec.data.dataset.name = name
+    with pytest.raises(grpc.RpcError) as info:
+        submit(training, spec)
+    assert info.value.code() == PRECONDITION
+    assert info.value.details() == words
