@@ -21,7 +21,13 @@ from tesserad.dtypes import INTEGER_DTYPES
 from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, TesseraError
 from tesserad.names import RESERVED_ALIASES, validate_name, version_like_alias
 from tesserad.nn.specs import FAMILIES as ARCHITECTURE_FAMILIES
-from tesserad.nn.specs import ArchitectureSpec, spec_problems, spec_to_dict, unchecked_spec_from_dict
+from tesserad.nn.specs import (
+    ArchitectureSpec,
+    MlpSpec,
+    spec_problems,
+    spec_to_dict,
+    unchecked_spec_from_dict,
+)
 from tesserad.text import entry_problems, record_text_problem
 from tesserad.training.finetune import ParentLookup, check_fine_tuning, check_parent
 
@@ -321,6 +327,8 @@ def normalize_spec(
     config["checkpoints"] = _check_checkpoints(raw.get("checkpoints") or {}, metrics, problems)
     config["devices"] = _check_devices(raw.get("devices") or {}, devices, problems)
     config["precision"] = _check_precision(raw.get("precision") or "fp32", config["devices"], problems)
+    if facts is not None and isinstance(arch_spec, MlpSpec) and arch_spec.norm == "batch":
+        _check_batch_norm_batches(config, facts.splits.get(data["train_split"], 0), problems)
     config["priority"] = int(raw.get("priority", 0))
     config["register_as"] = _check_register_as(raw.get("register_as") or {}, problems)
     config["tags"] = _check_tags(dict(raw.get("tags") or {}), config["register_as"], problems)
@@ -475,6 +483,31 @@ def _check_class_ids(
             "spec.architecture.output_size",
             f"is {output_size}, but {target_array!r} holds class id {high}; set output_size to at least "
             f"{high + 1}, one output per class",
+        )
+
+
+def _check_batch_norm_batches(config: dict[str, Any], train_count: int, problems: _Problems) -> None:
+    """BatchNorm1d cannot train on a batch of one sample (torch raises "Expected more than 1 value
+    per channel when training"): neither batch_size 1 nor a last batch of one in an epoch's steps."""
+    batch, world = config["batch_size"], config["devices"]["count"]
+    if batch < 1 or world < 1:  # refused already
+        return
+    per_rank = math.ceil(train_count / world)
+    steps_per_epoch = math.ceil(per_rank / batch)
+    last = per_rank - batch * (steps_per_epoch - 1)
+    reaches_last = not config["max_steps"] or config["max_steps"] >= steps_per_epoch
+    if batch == 1:
+        problems.unmet(
+            "spec.batch_size",
+            "architecture.mlp.norm 'batch' cannot train on batches of 1 sample; set batch_size >= 2, "
+            "or norm 'layer'",
+        )
+    elif last == 1 and reaches_last:
+        samples = f"{per_rank} training samples" + (f" per process ({world})" if world > 1 else "")
+        problems.unmet(
+            "spec.batch_size",
+            f"architecture.mlp.norm 'batch' cannot train on a batch of 1 sample, and {samples} in batches "
+            f"of {batch} leave one over; pick a batch_size that leaves none or at least 2, or norm 'layer'",
         )
 
 

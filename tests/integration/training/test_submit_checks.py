@@ -298,3 +298,26 @@ def test_class_ids_the_model_has_no_output_for_are_refused_at_submit(
         submit(training, spec)
     assert info.value.code() == PRECONDITION
     assert info.value.details() == words
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "words"),
+    [
+        (1, "spec.batch_size: architecture.mlp.norm 'batch' cannot train on batches of 1 sample"),
+        # 72 training samples: batches of 71 leave one over.
+        (71, "72 training samples in batches of 71 leave one over; pick a batch_size that leaves none or"),
+    ],
+)
+def test_batch_norm_batches_of_one_sample_are_refused_at_submit(
+    batch_size: int, words: str, training: training_pb2_grpc.TrainingStub
+) -> None:
+    # They failed the job in its first epoch: "ValueError: Expected more than 1 value per
+    # channel when training, got input size torch.Size([1, 16])".
+    spec = job_spec("mlp", batch_size=batch_size)
+    spec.architecture.mlp.norm = "batch"
+    with pytest.raises(grpc.RpcError) as info:
+        submit(training, spec)
+    assert info.value.code() == PRECONDITION
+    assert words in info.value.details()
+    spec.batch_size = 70  # two over
+    assert submit(training, spec).state == training_pb2.JOB_STATE_QUEUED
