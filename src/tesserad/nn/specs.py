@@ -235,6 +235,22 @@ def model_signature(spec: ArchitectureSpec) -> tuple[list[TensorSpec], list[Tens
     )
 
 
+def batch_norm_values_per_sample(spec: ArchitectureSpec) -> int | None:
+    """The fewest values one sample gives a batch norm layer per channel, None without batch norm:
+    torch refuses to train a layer on one value per channel, so at 1 a batch of one sample fails.
+    An mlp's norm sees one value per feature; a conv net's the spatial size at its last block
+    (blocks keep the size and pool 2 on dims >= 2 after their norm, as architectures._ConvNet)."""
+    if isinstance(spec, MlpSpec):
+        return 1 if spec.norm == "batch" else None
+    if isinstance(spec, Cnn2dSpec | Cnn4dSpec) and spec.norm == "batch" and spec.channels:
+        size = list(spec.input_shape[1:])
+        if spec.pool != "none":
+            for _ in spec.channels[:-1]:
+                size = [s // 2 if s >= 2 else s for s in size]
+        return math.prod(size)
+    return None
+
+
 def spec_to_dict(spec: ArchitectureSpec) -> dict[str, Any]:
     """A JSON-able dict with "family" and every field (tuples as lists)."""
     out: dict[str, Any] = {"family": family_of(spec)}

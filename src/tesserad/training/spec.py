@@ -23,7 +23,7 @@ from tesserad.names import RESERVED_ALIASES, validate_name, version_like_alias
 from tesserad.nn.specs import FAMILIES as ARCHITECTURE_FAMILIES
 from tesserad.nn.specs import (
     ArchitectureSpec,
-    MlpSpec,
+    batch_norm_values_per_sample,
     spec_problems,
     spec_to_dict,
     unchecked_spec_from_dict,
@@ -327,7 +327,7 @@ def normalize_spec(
     config["checkpoints"] = _check_checkpoints(raw.get("checkpoints") or {}, metrics, problems)
     config["devices"] = _check_devices(raw.get("devices") or {}, devices, problems)
     config["precision"] = _check_precision(raw.get("precision") or "fp32", config["devices"], problems)
-    if facts is not None and isinstance(arch_spec, MlpSpec) and arch_spec.norm == "batch":
+    if facts is not None and arch_spec is not None and batch_norm_values_per_sample(arch_spec) == 1:
         _check_batch_norm_batches(config, facts.splits.get(data["train_split"], 0), problems)
     config["priority"] = int(raw.get("priority", 0))
     config["register_as"] = _check_register_as(raw.get("register_as") or {}, problems)
@@ -487,9 +487,12 @@ def _check_class_ids(
 
 
 def _check_batch_norm_batches(config: dict[str, Any], train_count: int, problems: _Problems) -> None:
-    """BatchNorm1d cannot train on a batch of one sample (torch raises "Expected more than 1 value
-    per channel when training"): neither batch_size 1 nor a last batch of one in an epoch's steps."""
+    """For a model whose batch norm sees one value per channel of a sample, which cannot train on a
+    batch of one (torch raises "Expected more than 1 value per channel when training"): neither
+    batch_size 1 nor a last batch of one in an epoch's steps."""
     batch, world = config["batch_size"], config["devices"]["count"]
+    family = config["architecture"]["family"]
+    other_norm = "layer" if family == "mlp" else "none"
     if batch < 1 or world < 1:  # refused already
         return
     per_rank = math.ceil(train_count / world)
@@ -499,15 +502,16 @@ def _check_batch_norm_batches(config: dict[str, Any], train_count: int, problems
     if batch == 1:
         problems.unmet(
             "spec.batch_size",
-            "architecture.mlp.norm 'batch' cannot train on batches of 1 sample; set batch_size >= 2, "
-            "or norm 'layer'",
+            f"architecture.{family}.norm 'batch' cannot train on batches of 1 sample; set batch_size >= 2, "
+            f"or norm '{other_norm}'",
         )
     elif last == 1 and reaches_last:
         samples = f"{per_rank} training samples" + (f" per process ({world})" if world > 1 else "")
         problems.unmet(
             "spec.batch_size",
-            f"architecture.mlp.norm 'batch' cannot train on a batch of 1 sample, and {samples} in batches "
-            f"of {batch} leave one over; pick a batch_size that leaves none or at least 2, or norm 'layer'",
+            f"architecture.{family}.norm 'batch' cannot train on a batch of 1 sample, and {samples} in "
+            f"batches of {batch} leave one over; pick a batch_size that leaves none or at least 2, or "
+            f"norm '{other_norm}'",
         )
 
 

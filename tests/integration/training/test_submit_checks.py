@@ -321,3 +321,21 @@ def test_batch_norm_batches_of_one_sample_are_refused_at_submit(
     assert words in info.value.details()
     spec.batch_size = 70  # two over
     assert submit(training, spec).state == training_pb2.JOB_STATE_QUEUED
+
+
+def test_a_conv_net_whose_batch_norm_sees_one_value_per_sample_refuses_batches_of_one(
+    training: training_pb2_grpc.TrainingStub,
+) -> None:
+    # 6x6 images pooled to 3x3 and then 1x1: the third block's batch norm has one value per
+    # channel of a sample, and failed the job with "Expected more than 1 value per channel".
+    spec = job_spec("cnn2d", batch_size=1)
+    spec.architecture.cnn2d.channels[:] = [4, 4, 4]
+    with pytest.raises(grpc.RpcError) as info:
+        submit(training, spec)
+    assert info.value.code() == PRECONDITION
+    assert info.value.details() == (
+        "spec.batch_size: architecture.cnn2d.norm 'batch' cannot train on batches of 1 sample; set "
+        "batch_size >= 2, or norm 'none'"
+    )
+    spec.architecture.cnn2d.channels[:] = [4, 4]  # 3x3 values at the last norm: a sample is enough
+    assert submit(training, spec).state == training_pb2.JOB_STATE_QUEUED

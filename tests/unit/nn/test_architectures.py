@@ -25,7 +25,7 @@ from tesserad.nn import (
     spec_to_dict,
     validate_spec,
 )
-from tesserad.nn.specs import FAMILIES
+from tesserad.nn.specs import FAMILIES, batch_norm_values_per_sample
 
 SPECS = {
     "mlp": MlpSpec(input_shape=(3, 4), output_size=5, hidden_sizes=(16, 8), norm="layer", dropout=0.1),
@@ -185,3 +185,27 @@ def test_spec_fields_mirror_the_proto_messages() -> None:
         spec_fields = [f.name for f in fields(cls)][2:]
         assert spec_fields == proto_fields, family
         assert [f.name for f in fields(cls)][:2] == ["input_shape", "output_size"]
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        MlpSpec(input_shape=(3, 4), output_size=2, hidden_sizes=(8, 8), norm="batch"),
+        MlpSpec(input_shape=(6,), output_size=2, norm="layer"),
+        Cnn2dSpec(input_shape=(1, 6, 6), output_size=2, channels=(4, 4, 4)),
+        Cnn2dSpec(input_shape=(1, 6, 6), output_size=2, channels=(4,)),
+        Cnn2dSpec(input_shape=(1, 5, 1), output_size=2, channels=(2, 2), pool="avg"),
+        Cnn2dSpec(input_shape=(1, 6, 6), output_size=2, channels=(4, 4), norm="none"),
+        Cnn4dSpec(input_shape=(1, 3, 4, 4, 4), output_size=2, channels=(2, 2)),
+        Cnn4dSpec(input_shape=(1, 3, 4, 4, 4), output_size=2, channels=(2, 2, 2), pool="none"),
+    ],
+    ids=lambda spec: repr(spec),
+)
+def test_batch_norm_values_per_sample_are_those_the_model_normalises(spec) -> None:
+    model = build_model(spec).eval()
+    seen: list[int] = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.register_forward_pre_hook(lambda _module, args: seen.append(args[0][0, 0].numel()))
+    model(torch.zeros((1, *spec.input_shape)))
+    assert batch_norm_values_per_sample(spec) == (min(seen) if seen else None)
