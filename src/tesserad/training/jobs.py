@@ -484,7 +484,7 @@ class Jobs:
             job = self._active[job_id] if queued else job
         if queued:
             # Its record takes the request in the same write as its end.
-            self._finish(job, "cancelled", "cancelled before it started")
+            self._finish(job, "cancelled", cancelled_in_queue(job))
         elif requested_at is not None:
             self._store_cancel_request(job_id, requested_at)
         return self.get(job_id)
@@ -1056,6 +1056,16 @@ class Jobs:
     @staticmethod
     def _put(txn: WriteTxn, job: JobRecord) -> None:
         txn.put("jobs", (job.job_id,), encode_job(job))
+
+
+def cancelled_in_queue(job: JobRecord) -> str:
+    """Why a job cancelled before its next attempt started ended: a job queued again to resume
+    (after a restart) has run before."""
+    return (
+        f"cancelled before attempt {job.attempt + 1} started"
+        if job.attempt
+        else "cancelled before it started"
+    )
 
 
 def _stop_lingering(

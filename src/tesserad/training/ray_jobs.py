@@ -38,7 +38,7 @@ from typing import Any
 
 from tesserad.errors import InvalidArgument
 from tesserad.training.job_records import Checkpoint, JobRecord
-from tesserad.training.jobs import Jobs, _Running
+from tesserad.training.jobs import Jobs, _Running, cancelled_in_queue
 from tesserad.training.ray_cluster import RayCluster
 from tesserad.training.ray_worker import DatasetFetch, Placement, RayPayload, TrainingActor
 from tesserad.training.scheduler import DeviceInventory
@@ -154,7 +154,7 @@ class RayJobs(Jobs):
             if running.stopping_for_shutdown:
                 return
             if running.cancel_deadline is not None:
-                self._finish(job, "cancelled", "cancelled before it started")
+                self._finish(job, "cancelled", cancelled_in_queue(job))
                 return
         if job.config["devices"]["count"] > 1:
             self._run_trainer(job, running)

@@ -318,3 +318,23 @@ def test_a_queued_job_cancelled_before_a_sigkill_stays_cancelled(spawn_daemon: A
     assert states(events) == [S.JOB_STATE_QUEUED, S.JOB_STATE_CANCELLED]
     training.CancelJob(S.CancelJobRequest(job_id=first.job_id))
     channel.close()
+
+
+def test_a_job_cancelled_while_queued_to_resume_does_not_say_it_never_started(
+    spawn_daemon: Any, tmp_path: Path
+) -> None:
+    daemon, channel = _start(spawn_daemon, tmp_path)
+    _, job, _ = _run_until_checkpoint(channel, epoch=2)
+    daemon.terminate()
+    daemon.output()
+    channel.close()
+    # No CPU slot: the interrupted job waits in the queue to resume.
+    _, channel = _start(spawn_daemon, tmp_path, {**ENV, "TESSERA_TRAINING_CPU_SLOTS": "0"})
+    training = training_pb2_grpc.TrainingStub(channel)
+    assert training.GetJob(S.GetJobRequest(job_id=job.job_id)).state == S.JOB_STATE_QUEUED
+    cancelled = training.CancelJob(S.CancelJobRequest(job_id=job.job_id))
+    assert (cancelled.state, cancelled.attempt) == (S.JOB_STATE_CANCELLED, 1)
+    events = list(training.WatchJob(S.WatchJobRequest(job_id=job.job_id), timeout=120))
+    # Its first attempt trained for epochs: "cancelled before it started" said it never had.
+    assert of_kind(events, "state")[-1].reason == "cancelled before attempt 2 started"
+    channel.close()
