@@ -33,6 +33,7 @@ from tessera.v1 import (
 )
 from tesserad.errors import ResourceExhausted
 from tesserad.store import database
+from tesserad.training import jobs as jobs_module
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.registry.conftest import (
     mlp_architecture,
@@ -472,5 +473,33 @@ def test_a_job_whose_end_does_not_fit_either_shows_it_ended_until_a_restart(tmp_
         assert ended.state == training_pb2.JOB_STATE_FAILED, ended
         listed = training.ListJobs(training_pb2.ListJobsRequest()).jobs
         assert [j.state for j in listed] == [training_pb2.JOB_STATE_FAILED]
+    finally:
+        running.stop()
+
+
+def test_a_checkpoint_whose_record_the_store_refuses_leaves_no_blob_behind(tmp_path, monkeypatch):
+    hold_blob = jobs_module.hold_blob
+
+    def refuse_checkpoints(txn, sha256, holder):
+        """The store refuses the write that would record the checkpoint (a full disk or map)."""
+        if holder.endswith(":checkpoint"):
+            raise ResourceExhausted("the store is full")
+        hold_blob(txn, sha256, holder)
+
+    monkeypatch.setattr(jobs_module, "hold_blob", refuse_checkpoints)
+    data_dir = tmp_path / "data"
+    running = InProcessDaemon(daemon_settings(data_dir, **TRAINING_SETTINGS)).start()
+    try:
+        channel = running.channel()
+        x = np.random.default_rng(0).normal(size=(48, 6)).astype(np.float32)
+        upload_dataset(channel, "flat", {"x": x, "y": (x[:, 0] > 0).astype(np.int64)})
+        before = stored_blobs(data_dir)
+        training = training_pb2_grpc.TrainingStub(channel)
+        job = training.SubmitJob(training_pb2.SubmitJobRequest(spec=job_spec("mlp", epochs=3)))
+        events = follow_resuming(training, job.job_id)
+        assert [e.error.kind for e in events if e.WhichOneof("event") == "error"] == ["storage"]
+        # Nothing holds the checkpoint's blob: it went with the failed write, not at the next
+        # start, so the space it took is free for the user making room.
+        assert stored_blobs(data_dir) == before
     finally:
         running.stop()

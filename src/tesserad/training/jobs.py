@@ -846,8 +846,9 @@ class Jobs:
         finally:
             self._blobs.release(ref.sha256)
         # Only what nothing else holds: another job with the same spec and seed writes
-        # byte-identical checkpoints, which share one blob.
-        delete_unheld_blobs(self._store, self._blobs, dropped)
+        # byte-identical checkpoints, which share one blob. The new one is unheld only when the
+        # store refused its record (a full disk): then it goes now, not at the next start.
+        delete_unheld_blobs(self._store, self._blobs, {*dropped, ref.sha256})
         return job
 
     def _succeed(self, job: JobRecord, done: DoneMessage) -> None:
