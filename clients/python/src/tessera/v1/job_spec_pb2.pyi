@@ -129,7 +129,7 @@ class JobSpec(_message.Message):
     """Classification: cross_entropy (default). Regression: mse (default), l1, huber."""
     epochs: _builtins.int
     """Passes over the training split. Set epochs, max_steps or both (training stops at
-    whichever comes first); default 1 epoch when neither is set.
+    whichever comes first); default 1 epoch when neither is set. At most 1,000,000 epochs.
     """
     max_steps: _builtins.int
     batch_size: _builtins.int
