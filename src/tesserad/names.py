@@ -11,7 +11,8 @@ from tesserad.errors import InvalidArgument, NotFound
 if TYPE_CHECKING:
     from tesserad.store import ReadTxn
 
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+# Matched with fullmatch: `$` also matches before a final newline.
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
 # "latest" always means the newest version; nobody may point it elsewhere.
 RESERVED_ALIASES = frozenset({"latest"})
 # Aliases that read as a version number: the CLI takes digits as a version, so an alias "3" could
@@ -34,7 +35,7 @@ def validate_name(field: str, value: str) -> str:
     """Return `value` if it is a valid resource name, else raise InvalidArgument naming `field`."""
     if not value:
         raise InvalidArgument(f"{field} is required")
-    if not NAME_PATTERN.match(value):
+    if not NAME_PATTERN.fullmatch(value):
         raise InvalidArgument(
             f"{field} {value!r} is not a valid name: use 1 to 128 characters from a-z, 0-9, '.', '_' "
             "and '-', starting with a letter or digit"

@@ -27,7 +27,7 @@ def test_valid_names(name):
     assert validate_name("model", name) == name
 
 
-@pytest.mark.parametrize("name", ["", "A", "-a", ".hidden", "a b", "a/b", "../etc", "a" * 129, "é"])
+@pytest.mark.parametrize("name", ["", "A", "-a", ".hidden", "a b", "a/b", "../etc", "a" * 129, "é", "a\n"])
 def test_invalid_names_say_what_is_allowed(name):
     with pytest.raises(InvalidArgument) as err:
         validate_name("model", name)
