@@ -48,7 +48,8 @@ from tesserad.store.space import no_space, space_checked
 A = TypeVar("A")
 R = TypeVar("R")
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# Matched with fullmatch: `$` also matches before a final newline.
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 CHUNK_BYTES = 1 << 20
 # Threads that fsync the files of one `put_many` in parallel: the disk takes many flushes at
 # once, and a batch of small blobs would otherwise wait out each in turn.
@@ -69,7 +70,7 @@ class BlobCensus:
 
 def check_sha256(value: str, field: str = "sha256") -> str:
     """A lowercase hex sha256, or InvalidArgument naming the field."""
-    if not _SHA256.match(value):
+    if not _SHA256.fullmatch(value):
         raise InvalidArgument(f"{field} must be 64 lowercase hex digits, got {value[:80]!r}")
     return value
 

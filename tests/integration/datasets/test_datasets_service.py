@@ -180,6 +180,9 @@ def test_checksum_and_header_errors(ds, data_dir):
     data = npz_bytes()
     mismatch = rpc_error(upload_dataset, ds, "c", data, sha256="1" * 64)
     assert mismatch.code() == grpc.StatusCode.DATA_LOSS
+    line_end = rpc_error(upload_dataset, ds, "c", data, sha256=hashlib.sha256(data).hexdigest() + "\n")
+    assert line_end.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "sha256 must be 64 lowercase hex digits" in line_end.details()
     bad_format = rpc_error(upload_dataset, ds, "c", data, format=0)
     assert (
         bad_format.code() == grpc.StatusCode.INVALID_ARGUMENT

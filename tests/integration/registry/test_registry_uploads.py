@@ -78,6 +78,11 @@ def test_stream_that_ends_early_stores_nothing(stub, weights, data_dir):
 def test_header_rules(stub, weights):
     cases = [
         (safetensors_header("mlp", weights, sha256="abc"), "header.sha256 must be 64 lowercase hex digits"),
+        (
+            # Refused before the bytes are sent, not as a checksum mismatch after them.
+            safetensors_header("mlp", weights, sha256=hashlib.sha256(weights).hexdigest() + "\n"),
+            "header.sha256 must be 64 lowercase hex digits",
+        ),
         (safetensors_header("mlp", weights, format=0), "format must be safetensors, onnx or ensemble"),
         (safetensors_header("Bad Name", weights), "model 'Bad Name' is not a valid name"),
         (safetensors_header("mlp", weights, architecture=None), "architecture is required"),
