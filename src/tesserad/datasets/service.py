@@ -7,7 +7,7 @@ Guarantees:
   no NaN/Inf unless allowed; nothing truncated). Each mutation is one transaction.
 - Identical content is stored once: versions with the same bytes share one blob, and
   re-uploading what the newest version already holds (same bytes, splits, flags, npy array
-  name) returns that version instead of adding one.
+  name, description and tags) returns that version instead of adding one.
 - The dataset quota (limits.dataset_quota) counts each distinct file once; the size limit
   (limits.max_dataset_size) bounds the file and what its compressed arrays unpack to.
 - `open_arrays` memory-maps arrays from the verified blob (no copy) where they are stored
@@ -321,6 +321,9 @@ class Datasets:
         splits: dict[str, np.ndarray],
     ) -> bool:
         if newest.sha256 != sha256 or newest.allow_nonfinite != spec.allow_nonfinite:
+            return False
+        # Versions never change: new words for the same bytes are a version of their own.
+        if newest.description != spec.description or newest.tags != spec.tags:
             return False
         # An npy's array name is not in its bytes: the same file under another name is new content.
         if spec.format == "npy" and newest.array_name != spec.npy_array:

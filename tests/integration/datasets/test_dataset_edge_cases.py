@@ -95,3 +95,21 @@ def test_deleting_a_negative_version_says_what_0_deletes(ds):
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details() == "version must be >= 1 (0: the dataset with every version), got -1"
     assert ds.GetDataset(D.GetDatasetRequest(name="kept")).version_count == 1
+
+
+def test_the_same_file_with_another_description_or_tags_is_a_new_version(ds, data_dir):
+    """Versions never change, so a re-upload that describes the data anew is a version of its
+    own (sharing the blob); returning the old one dropped the new words without a sign."""
+    data = npz_bytes(10)
+    upload_dataset(ds, "clips", data, description="raw", tags={"source": "lab"})
+    described = upload_dataset(ds, "clips", data, description="cleaned", tags={"source": "lab"})
+    assert (described.version, described.description, described.deduplicated) == (2, "cleaned", True)
+    tagged = upload_dataset(ds, "clips", data, description="cleaned", tags={"source": "field"})
+    assert (tagged.version, dict(tagged.tags)) == (3, {"source": "field"})
+    again = upload_dataset(ds, "clips", data, description="cleaned", tags={"source": "field"})
+    assert again.version == 3 and again.deduplicated
+    stored = ds.GetDatasetVersion(
+        D.GetDatasetVersionRequest(ref=common_pb2.DatasetRef(name="clips", version=1))
+    )
+    assert (stored.description, dict(stored.tags)) == ("raw", {"source": "lab"})
+    assert len(stored_blobs(data_dir)) == 1
