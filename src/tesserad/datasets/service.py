@@ -376,13 +376,15 @@ class Datasets:
         hold_dataset(txn, name, record.version, holder)
         return record
 
-    def check_lineage(self, txn: ReadTxn, name: str, version: int, sha256: str) -> None:
-        """For a model version's lineage: the dataset version exists (and has that sha256 if given)."""
+    def check_lineage(self, txn: ReadTxn, name: str, version: int, sha256: str) -> str:
+        """For a model version's lineage: the dataset version exists (and has that sha256 if
+        given); its sha256."""
         record = self._resolve(txn, name, version)
         if sha256 and sha256 != record.sha256:
             raise InvalidArgument(
                 f"lineage dataset {name!r} v{version} has sha256 {record.sha256}, not {sha256}"
             )
+        return record.sha256
 
     def list_versions(
         self, name: str, page_size_: int = 0, page_token: str = ""

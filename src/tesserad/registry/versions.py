@@ -96,8 +96,8 @@ from tesserad.registry.validation import (
 from tesserad.store import BlobRef, BlobStore, ReadTxn, Store, WriteTxn, checked_digest, decode_record
 
 # Checks a dataset version named in lineage inside the registering transaction:
-# (txn, name, version, sha256) -> None, raising NotFound / InvalidArgument.
-DatasetCheck = Callable[[ReadTxn, str, int, str], None]
+# (txn, name, version, sha256) -> the version's sha256, raising NotFound / InvalidArgument.
+DatasetCheck = Callable[[ReadTxn, str, int, str], str]
 
 log = logging.getLogger(__name__)
 
@@ -547,7 +547,7 @@ class Versions:
             else:
                 fields = decode_record(raw, MODEL_KIND, SCHEMA)[1]
             number = int(fields["next_version"])
-            self._check_lineage(txn, model, lineage)
+            checked_lineage = self._check_lineage(txn, model, lineage)
             version_signature, version_parameters = signature, parameter_count
             if format == "ensemble":
                 # Checked in the recording transaction, so a member deleted meanwhile is seen.
@@ -564,7 +564,7 @@ class Versions:
                 params=dict(params),
                 metrics=dict(metrics),
                 tags=dict(tags),
-                lineage=lineage,
+                lineage=checked_lineage,
                 sha256=blob.sha256,
                 size_bytes=blob.size,
                 created_at=time.time(),
@@ -626,7 +626,9 @@ class Versions:
             )
         settled.set_exception(error)
 
-    def _check_lineage(self, txn: ReadTxn, model: str, lineage: Lineage) -> None:
+    def _check_lineage(self, txn: ReadTxn, model: str, lineage: Lineage) -> Lineage:
+        """`lineage` once checked, each dataset version with its sha256: named by number alone,
+        a dataset deleted and uploaded again would give that number to other data."""
         if lineage.parent_model:
             validate_name("lineage.parent_model", lineage.parent_model)
         if lineage.parent_version < 0:
@@ -639,12 +641,15 @@ class Versions:
                 )
         elif lineage.parent_model:
             raise InvalidArgument("lineage.parent_model is set without lineage.parent_version")
+        datasets = []
         for i, ds in enumerate(lineage.datasets):
             validate_name(f"lineage.datasets[{i}].name", ds.name)
             if ds.version < 1:
                 raise InvalidArgument(f"lineage.datasets[{i}].version must be >= 1, got {ds.version}")
             if self._dataset_check is not None:
-                self._dataset_check(txn, ds.name, ds.version, ds.sha256)
+                ds = replace(ds, sha256=self._dataset_check(txn, ds.name, ds.version, ds.sha256))
+            datasets.append(ds)
+        return replace(lineage, datasets=tuple(datasets))
 
     # -- reads -----------------------------------------------------------------------------
 

@@ -651,6 +651,10 @@ class DatasetLineage(_message.Message):
     name: _builtins.str
     version: _builtins.int
     sha256: _builtins.str
+    """Of the dataset version's file: INVALID_ARGUMENT in an upload when it is not that version's;
+    left empty, the daemon records it, as a dataset deleted and uploaded again numbers its
+    versions from 1 and its version of that number is other data.
+    """
     def __init__(
         self,
         *,

@@ -1,0 +1,40 @@
+"""A version's lineage names each dataset version by its content too: an upload that names one
+by name and number alone gets its sha256 recorded, since a dataset deleted (with force) and
+uploaded again numbers its versions from 1, and its v1 then is other data."""
+
+from __future__ import annotations
+
+from tessera.v1 import common_pb2, datasets_pb2, datasets_pb2_grpc, registry_pb2
+from tests.integration.datasets.conftest import npz_bytes, upload_dataset
+from tests.integration.registry.conftest import onnx_header, onnx_identity, upload
+
+R = registry_pb2
+
+
+def test_a_dataset_named_without_sha256_is_recorded_with_it(stub, channel):
+    ds = datasets_pb2_grpc.DatasetsStub(channel)
+    trained_on = upload_dataset(ds, "clips", npz_bytes(10))
+    data = onnx_identity()
+    lineage = R.Lineage(datasets=[R.DatasetLineage(name="clips", version=1)])
+    registered = upload(stub, onnx_header("clf", data, lineage=lineage), data)
+    assert [(d.name, d.version, d.sha256) for d in registered.lineage.datasets] == [
+        ("clips", 1, trained_on.sha256)
+    ]
+
+    ds.DeleteDataset(datasets_pb2.DeleteDatasetRequest(name="clips", force=True))
+    other = upload_dataset(ds, "clips", npz_bytes(20))
+    assert other.version == 1 and other.sha256 != trained_on.sha256
+    stored = stub.GetVersion(R.GetVersionRequest(ref=common_pb2.VersionRef(model="clf", version=1)))
+    assert [(d.version, d.sha256) for d in stored.lineage.datasets] == [(1, trained_on.sha256)]
+
+
+def test_each_upload_path_records_it(stub, channel):
+    ds = datasets_pb2_grpc.DatasetsStub(channel)
+    sha256 = upload_dataset(ds, "clips", npz_bytes(10)).sha256
+    data = onnx_identity()
+    header = onnx_header("clf", data, lineage=R.Lineage(datasets=[R.DatasetLineage(name="clips", version=1)]))
+    inline = stub.UploadVersionInline(R.UploadVersionInlineRequest(header=header, artifact=data))
+    batch = stub.UploadVersionBatch(
+        R.UploadVersionBatchRequest(items=[R.UploadVersionInlineRequest(header=header, artifact=data)])
+    )
+    assert [v.lineage.datasets[0].sha256 for v in (inline, *batch.versions)] == [sha256, sha256]
