@@ -222,7 +222,10 @@ class Datasets:
                 "(TESSERA_LIMITS_MAX_DATASET_SIZE) or split the data"
             )
         with self._store.read() as txn:
-            used, _ = self._usage(txn)
+            used, stored = self._usage(txn)
+        if spec.sha256 in stored:
+            # Content stored already takes no more of the quota (`register` checks it is).
+            return self.max_dataset_size
         if used + spec.size_bytes > self.quota:
             raise self._quota_error(used, spec.size_bytes)
         return min(self.max_dataset_size, self.quota - used)

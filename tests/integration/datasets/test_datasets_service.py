@@ -214,6 +214,25 @@ def test_quota_is_resource_exhausted_with_the_numbers(quota_daemon):
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+def test_content_already_stored_is_taken_with_the_quota_nearly_used(quota_daemon, data_dir):
+    """Identical content is stored once and counted once, so pushing it again (under another
+    name, or with other splits) needs no room in the quota; its declared sha256 says so."""
+    stub = datasets_pb2_grpc.DatasetsStub(quota_daemon.channel())
+    data = npz_bytes(n=150)
+    first = upload_dataset(stub, "one", data)
+    again = upload_dataset(stub, "two", data)
+    assert (again.version, again.sha256, again.deduplicated) == (1, first.sha256, True)
+    split = D.SplitSpec(indices=D.IndexSplit(splits=[D.SplitIndices(name="val", indices=[0, 1])]))
+    resplit = upload_dataset(stub, "one", data, splits=split)
+    assert (resplit.version, resplit.deduplicated) == (2, True)
+    assert len([b for b in stored_blobs(data_dir) if b.startswith("sha256/")]) == 1
+    # Bytes that are not what the header declared are refused as ever, leaving nothing.
+    other = npz_bytes(n=140)
+    error = rpc_error(upload_dataset, stub, "three", other, sha256=first.sha256, size_bytes=len(other))
+    assert error.code() == grpc.StatusCode.DATA_LOSS
+    assert stored_blobs(data_dir) == [f"sha256/{first.sha256[:2]}/{first.sha256[2:]}"]
+
+
 def test_datasets_survive_a_restart(data_dir):
     first = InProcessDaemon(daemon_settings(data_dir)).start()
     try:

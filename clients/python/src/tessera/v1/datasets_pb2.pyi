@@ -110,7 +110,9 @@ class UploadDatasetHeader(_message.Message):
     sha256: _builtins.str
     """Optional sha256 (hex) of the file; DATA_LOSS when the received bytes differ."""
     size_bytes: _builtins.int
-    """Optional total size in bytes; checked against the quota before any byte is stored."""
+    """Optional total size in bytes; checked against the quota before any byte is stored.
+    Content already stored (known by the declared sha256) takes none of the quota.
+    """
     allow_nonfinite: _builtins.bool
     """Accept NaN and Inf values in float arrays."""
     array_name: _builtins.str
