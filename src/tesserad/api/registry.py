@@ -226,8 +226,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     ) -> AsyncIterator[pb.DownloadVersionResponse]:
         size = chunk_size(request.chunk_size, self._chunk_size)
         record = await asyncio.to_thread(self._registry.resolve, *convert.ref_args(request.ref))
+        chunks = await asyncio.to_thread(self._registry.open_artifact, record, size)
         yield pb.DownloadVersionResponse(header=convert.version_to_proto(record))
-        async for chunk in stream_chunks(self._registry.open_artifact(record, size)):
+        async for chunk in stream_chunks(chunks):
             yield pb.DownloadVersionResponse(chunk=chunk)
 
     async def GetVersion(

@@ -502,5 +502,11 @@ class Datasets:
         return np.frombuffer(raw, dtype="<i8").copy()
 
     def read_chunks(self, record: DatasetVersionRecord, chunk_size: int) -> Iterator[bytes]:
-        """The stored file in chunks, verified against its sha256 (DataLoss if damaged)."""
-        return self._blobs.read_chunks(record.sha256, chunk_size)
+        """The stored file in chunks, verified against its sha256 (DataLoss if damaged). Its file
+        is opened now: a delete of the version after this leaves the stream whole, and one since
+        `record` was read is NotFound, as for any version that is gone."""
+        try:
+            return self._blobs.open_chunks(record.sha256, chunk_size)
+        except DataLoss:
+            self.resolve(record.name, record.version)
+            raise

@@ -679,8 +679,14 @@ class Versions:
             )
 
     def open_artifact(self, record: VersionRecord, chunk_size: int) -> Iterator[bytes]:
-        """The artifact's bytes in chunks, verified against its sha256 (DataLoss if damaged)."""
-        return self._blobs.read_chunks(record.sha256, chunk_size)
+        """The artifact's bytes in chunks, verified against its sha256 (DataLoss if damaged).
+        Its file is opened now: a delete of the version after this leaves the stream whole, and
+        one since `record` was read is NotFound, as for any version that is gone."""
+        try:
+            return self._blobs.open_chunks(record.sha256, chunk_size)
+        except DataLoss:
+            self.resolve(record.model, record.version)
+            raise
 
     def artifact_path(self, record: VersionRecord) -> Any:
         """The artifact's file after checking its hash: a context manager yielding a Path."""

@@ -555,10 +555,19 @@ class BlobStore:
 
     def read_chunks(self, sha256: str, chunk_size: int = CHUNK_BYTES) -> Iterator[bytes]:
         """Stream the blob; the last chunk is held back until the whole hash checks out."""
+        yield from self.open_chunks(sha256, chunk_size)
+
+    def open_chunks(self, sha256: str, chunk_size: int = CHUNK_BYTES) -> Iterator[bytes]:
+        """`read_chunks` with the file opened now rather than at the first chunk: a delete after
+        this returns leaves the stream whole, as the open file outlives its name."""
         try:
             file = self.path(sha256).open("rb")
         except FileNotFoundError:
             raise DataLoss(f"blob {sha256} is missing from the blob directory") from None
+        return self._chunks(file, sha256, chunk_size)
+
+    @staticmethod
+    def _chunks(file: BinaryIO, sha256: str, chunk_size: int) -> Iterator[bytes]:
         digest = hashlib.sha256()
         with file:
             previous = file.read(chunk_size)
