@@ -23,7 +23,8 @@ class FractionSplit:
 
 @dataclass(frozen=True)
 class IndexSplit:
-    """(name, indices) pairs; indices in [0, num_samples), no duplicates within a split."""
+    """(name, indices) pairs; at least one index each, in [0, num_samples), no duplicates
+    within a split."""
 
     splits: tuple[tuple[str, tuple[int, ...]], ...]
 
@@ -57,6 +58,12 @@ def validate_split_spec(spec: SplitSpec | None) -> None:
             raise InvalidArgument(f"split fractions must sum to 1, got {total:.6g}")
     else:
         _check_names([n for n, _ in spec.splits])
+        for name, indices in spec.splits:
+            if not indices:
+                # Nothing could train or validate on it, as on a fraction that rounds to none.
+                raise InvalidArgument(
+                    f"split {name!r} lists no sample; give it the indices of at least one, or leave it out"
+                )
 
 
 def compute_splits(spec: SplitSpec | None, num_samples: int) -> dict[str, np.ndarray]:

@@ -113,3 +113,17 @@ def test_the_same_file_with_another_description_or_tags_is_a_new_version(ds, dat
     )
     assert (stored.description, dict(stored.tags)) == ("raw", {"source": "lab"})
     assert len(stored_blobs(data_dir)) == 1
+
+
+def test_an_index_split_that_lists_no_sample_is_refused(ds, data_dir):
+    """As a fraction that rounds to no sample is: an empty split is no split to train or
+    validate on (a job takes a split named "val" as its validation split unasked)."""
+    indices = D.IndexSplit(
+        splits=[D.SplitIndices(name="train", indices=[0, 1, 2]), D.SplitIndices(name="val", indices=[])]
+    )
+    error = rpc_error(upload_dataset, ds, "listed", npz_bytes(5), splits=D.SplitSpec(indices=indices))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "split 'val' lists no sample" in error.details()
+    assert stored_blobs(data_dir) == []
+    missing = rpc_error(ds.GetDataset, D.GetDatasetRequest(name="listed"))
+    assert missing.code() == grpc.StatusCode.NOT_FOUND

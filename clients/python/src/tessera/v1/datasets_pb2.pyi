@@ -226,7 +226,9 @@ Global___SplitFraction: _TypeAlias = SplitFraction  # noqa: Y015
 
 @_typing.final
 class IndexSplit(_message.Message):
-    """Explicit sample indices per split; indices in [0, num_samples), no duplicates within a split."""
+    """Explicit sample indices per split: at least one each, in [0, num_samples), no duplicates
+    within a split.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
