@@ -12,6 +12,8 @@ from tesserad.errors import InvalidArgument
 # Tag keys and values as MLflow bounds run tags: keys are names a person reads, values short notes.
 MAX_TAG_KEY = 250
 MAX_TAG_VALUE = 8000
+# A param's value (a run's, a model version's), as MLflow bounds run params.
+MAX_PARAM_VALUE = 6000
 # A record's description and tags together (models, versions, datasets, experiments): lists send
 # up to a thousand records in one message, and versions reach every follower of their model
 # (MLflow keeps a description to 5000 characters).

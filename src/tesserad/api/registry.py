@@ -130,6 +130,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
             metrics=fields["metrics"],
             alias=fields["alias"],
             description=fields["description"],
+            params=fields["params"],
         )
         with self._blobs.writer(
             self._registry.max_artifact_size, "limits.max_artifact_size", header.size_bytes or None

@@ -8,7 +8,7 @@ import math
 from tesserad.dtypes import TENSOR_DTYPES
 from tesserad.errors import InvalidArgument
 from tesserad.registry.records import Signature
-from tesserad.text import check_entries, check_record_text
+from tesserad.text import MAX_PARAM_VALUE, check_entries, check_record_text
 
 _MAX_TENSOR_NAME = 256
 
@@ -41,6 +41,10 @@ def validate_signature(signature: Signature, *, required: bool) -> None:
 
 def validate_tags(field: str, tags: dict[str, str]) -> None:
     check_entries(field, tags)
+
+
+def validate_params(params: dict[str, str]) -> None:
+    check_entries("params", params, MAX_PARAM_VALUE)
 
 
 def validate_metrics(metrics: dict[str, float]) -> None:

@@ -89,6 +89,7 @@ from tesserad.registry.tables import (
 )
 from tesserad.registry.validation import (
     validate_metrics,
+    validate_params,
     validate_signature,
     validate_tags,
     validate_version_text,
@@ -231,10 +232,15 @@ class Versions:
         metrics: dict[str, float],
         alias: str,
         description: str,
+        params: dict[str, str] | None = None,
     ) -> None:
-        """What can be checked from an upload's header, before any byte is stored."""
+        """What can be checked from an upload's header, before any byte is stored. `params`:
+        a caller's, checked as a run's; a trained version's come from its job, whose
+        registration must not fail on them after the training."""
         validate_name("model", model)
         validate_tags("tags", tags)
+        if params is not None:
+            validate_params(params)
         validate_version_text(description, tags)
         validate_metrics(metrics)
         if alias:
@@ -464,6 +470,7 @@ class Versions:
             metrics=upload.metrics,
             alias=upload.alias,
             description=upload.description,
+            params=upload.params,
         )
 
     def _prepare_upload(self, upload: VersionUpload, digest: str) -> Callable[[WriteTxn], VersionRecord]:

@@ -36,7 +36,7 @@ from tesserad.store import (
     trailing_int,
     unpack,
 )
-from tesserad.text import check_entries, check_record_text
+from tesserad.text import MAX_PARAM_VALUE, check_entries, check_record_text
 from tesserad.training import metric_buckets, run_order
 from tesserad.training.metric_buckets import MAX_STEP, Grouping, Sample, metric_prefix, point_key
 from tesserad.training.spec import default_mode
@@ -70,7 +70,6 @@ MAX_KEY_LENGTH = 250
 # With the run id and two integers, a metric key of this many UTF-8 bytes stays within LMDB's
 # 511-byte keys (250 characters may take 1000).
 MAX_KEY_BYTES = 400
-MAX_PARAM_LENGTH = 6000
 # A run's params and tags together, in UTF-8: with its metric summaries a run stays within the 4
 # MiB a GetRun answer may take, however many calls added to it.
 MAX_RUN_TEXT = 2 * 2**20
@@ -472,7 +471,7 @@ class Tracking:
         run_id = new_id("run")
         name = name or run_id
         validate_name("name", name)
-        check_entries("params", params or {}, MAX_PARAM_LENGTH)
+        check_entries("params", params or {}, MAX_PARAM_VALUE)
         check_entries("tags", tags or {})
         run = Run(
             run_id,
@@ -773,7 +772,7 @@ class Tracking:
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
         """Add params to a running run; a param once logged cannot change value, and logging
         it again with its value is a repeat that holds (the SDK retries this call)."""
-        check_entries("params", params, MAX_PARAM_LENGTH)
+        check_entries("params", params, MAX_PARAM_VALUE)
         with self._store.write() as txn:
             run = self.load_run(txn, run_id)
             _refuse_deleted_run(run)

@@ -799,7 +799,11 @@ class UploadVersionHeader(_message.Message):
         """Required for safetensors: the weights must be exactly its model's tensors (names, shapes)."""
 
     @_builtins.property
-    def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """As a run's: keys 1 to 250 characters without NUL or newlines, values at most 6000;
+        INVALID_ARGUMENT beyond, before any byte of the artifact is stored.
+        """
+
     @_builtins.property
     def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
     @_builtins.property
