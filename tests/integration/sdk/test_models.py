@@ -223,3 +223,21 @@ def test_push_sends_a_small_artifact_in_one_message_and_streams_a_larger_one(
     client.models.download("wide", tmp_path / "large.onnx")
     assert (tmp_path / "small.onnx").read_bytes() == onnx_file.read_bytes()
     assert (tmp_path / "large.onnx").read_bytes() == wide.read_bytes()
+
+
+def test_a_download_onto_a_directory_is_refused_and_leaves_no_file(client, onnx_file, tmp_path):
+    """The CLI writes into a directory it is given; the SDK takes a file's path, and moved its
+    temp file onto the directory, failing with the temp file's name and leaving it beside."""
+    client.models.push("affine", onnx_file)
+    client.datasets.push("clips", x=np.zeros((3, 2), np.float32))
+    target = tmp_path / "out"
+    target.mkdir()
+    for download in (
+        lambda: client.models.download("affine", target),
+        lambda: client.datasets.download("clips", target),
+    ):
+        with pytest.raises(IsADirectoryError) as refused:
+            download()
+        assert f"{target} is a directory; name the file to write in it" in str(refused.value)
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []
+    assert list(target.iterdir()) == []

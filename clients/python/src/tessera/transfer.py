@@ -44,6 +44,11 @@ def new_partial(path: Path) -> tuple[Path, BinaryIO]:
     """A new temp file beside `path`, to become it once whole: its own name, so that a name at
     the filesystem's length limit still has room, a concurrent write to `path` keeps its own,
     and a link planted at the name is refused (O_EXCL) rather than written through."""
+    if path.is_dir():
+        # Else the temp file, written whole, could never be moved onto it.
+        raise IsADirectoryError(
+            errno.EISDIR, f"{path} is a directory; name the file to write in it", str(path)
+        )
     partial = path.with_name(f".{path.name[:32]}.{secrets.token_hex(4)}.partial")
     try:
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -107,7 +112,11 @@ class DownloadSink(Generic[H]):
                 f"download of {self.path.name} is corrupt: got {self._size} bytes with sha256 "
                 f"{self._digest.hexdigest()}, expected {size} bytes with sha256 {sha256}; download it again"
             )
-        self._partial.replace(self.path)
+        try:
+            self._partial.replace(self.path)
+        except OSError:
+            self._partial.unlink(missing_ok=True)
+            raise
         return self._header
 
     def abort(self) -> None:
