@@ -143,3 +143,13 @@ def test_pushed_big_endian_arrays_are_stored_little_endian(client):
     loaded = client.datasets.load("fits")
     np.testing.assert_array_equal(loaded["x"], x)
     assert loaded["x"].dtype == np.dtype("<f4")
+
+
+@pytest.mark.parametrize("number", [2**63, -(2**63) - 1])
+def test_a_delete_past_int64_is_invalid_argument_not_a_bare_value_error(client, clips, number):
+    """As for a model version: protobuf's bare "Value out of range" named nothing."""
+    x, y = clips
+    client.datasets.push("clips", x=x, y=y)
+    with pytest.raises(tessera.InvalidArgument, match=r"^INVALID_ARGUMENT: version must be a version"):
+        client.datasets.delete("clips", number)
+    assert client.datasets.get("clips").version_count == 1

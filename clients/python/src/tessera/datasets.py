@@ -13,7 +13,7 @@ import numpy as np
 
 from tessera.calls import C, Download, Op, Pages, Part, Upload, call, stream
 from tessera.errors import DataLoss
-from tessera.messages import dataset_ref
+from tessera.messages import dataset_ref, version_number
 from tessera.transfer import CHUNK_BYTES, DownloadSink, Progress, bytes_chunks, file_chunks, file_digest
 from tessera.v1 import common_pb2
 from tessera.v1 import datasets_pb2 as pb
@@ -214,7 +214,7 @@ class Datasets(Part[C]):
     def delete(self, name: str, version: int = 0, force: bool = False) -> Op[int]:
         """Delete one version (or all with version 0); returns how many went. FailedPrecondition
         while a queued or running job, a running sweep or a model version's lineage uses it, unless `force`."""
-        request = pb.DeleteDatasetRequest(name=name, version=version, force=force)
+        request = pb.DeleteDatasetRequest(name=name, version=version_number("version", version), force=force)
         return Op(S, "DeleteDataset", request, lambda response: response.deleted_versions)
 
     @call
