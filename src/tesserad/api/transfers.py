@@ -16,7 +16,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from tesserad.errors import InvalidArgument, TesseraError
+from tesserad.errors import DataLoss, InvalidArgument, TesseraError
 from tesserad.store import BlobRef, BlobWriter
 
 MAX_CHUNK_SIZE = 4 * 2**20
@@ -113,13 +113,22 @@ async def receive_chunks(
     register: Callable[[BlobRef], T],
     executor: Executor | None = None,
 ) -> T:
-    """Write every chunk after the header; then commit the blob (DataLoss if size or sha256
-    differ) and `register` it, in one job on `executor` that runs to its end even when the
-    call is cancelled meanwhile. The commit claims the blob and the registration ends the
-    claim, success or not: a cancel between the two would keep the blob, held by nothing,
-    until a restart."""
+    """Write every chunk after the header (DataLoss once they pass `expected_size`); then commit
+    the blob (DataLoss if size or sha256 differ) and `register` it, in one job on `executor`
+    that runs to its end even when the call is cancelled meanwhile. The commit claims the blob
+    and the registration ends the claim, success or not: a cancel between the two would keep
+    the blob, held by nothing, until a restart."""
+    received = 0
     async for message in messages:
-        await _write(writer, _chunk(message))
+        chunk = _chunk(message)
+        received += len(chunk)
+        if expected_size is not None and received > expected_size:
+            # Refused now: the rest would only be written to disk to be refused at the end.
+            raise DataLoss(
+                f"received more than the {expected_size} bytes the header declared; send the file "
+                "the header describes, or declare its true size"
+            )
+        await _write(writer, chunk)
     writer.hand_off()
 
     def commit_and_register() -> T:
