@@ -32,7 +32,7 @@ def split_spec_from_proto(message: pb.SplitSpec) -> SplitSpec | None:
 def upload_spec_from_proto(header: pb.UploadDatasetHeader) -> UploadSpec:
     return UploadSpec(
         name=header.name,
-        format=FORMAT_NAMES.get(header.format, ""),
+        format=FORMAT_NAMES.get(header.format, str(header.format) if header.format else ""),
         sha256=header.sha256,
         size_bytes=header.size_bytes,
         splits=split_spec_from_proto(header.splits) if header.HasField("splits") else None,

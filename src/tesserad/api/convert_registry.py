@@ -200,7 +200,8 @@ def version_to_proto(record: VersionRecord) -> pb.ModelVersion:
 
 
 def format_from_proto(value: pb.ArtifactFormat.ValueType) -> str:
-    return FORMAT_NAMES.get(value, "")
+    # A value this daemon does not know reaches the domain's check as its number, which names it.
+    return FORMAT_NAMES.get(value, str(value) if value else "")
 
 
 def ref_args(ref: common_pb2.VersionRef) -> tuple[str, int | None, str | None]:

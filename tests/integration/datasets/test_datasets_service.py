@@ -188,6 +188,9 @@ def test_checksum_and_header_errors(ds, data_dir):
         bad_format.code() == grpc.StatusCode.INVALID_ARGUMENT
         and "format must be npz or npy" in bad_format.details()
     )
+    unknown = rpc_error(upload_dataset, ds, "c", data, format=7)
+    assert unknown.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "format must be npz or npy, got 7" in unknown.details()
     assert stored_blobs(data_dir) == []
 
 

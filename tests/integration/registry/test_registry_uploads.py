@@ -84,6 +84,11 @@ def test_header_rules(stub, weights):
             "header.sha256 must be 64 lowercase hex digits",
         ),
         (safetensors_header("mlp", weights, format=0), "format must be safetensors, onnx or ensemble"),
+        # A value this daemon does not know (a newer client's) is named, not called unspecified.
+        (
+            safetensors_header("mlp", weights, format=99),
+            "format must be safetensors, onnx or ensemble, got 99",
+        ),
         (safetensors_header("Bad Name", weights), "model 'Bad Name' is not a valid name"),
         (safetensors_header("mlp", weights, architecture=None), "architecture is required"),
         (
