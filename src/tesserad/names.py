@@ -43,6 +43,15 @@ def validate_name(field: str, value: str) -> str:
     return value
 
 
+def validate_stored_name(field: str, value: str) -> str:
+    """`validate_name` for a delete: also takes a name stored before names were matched whole (a
+    valid name and a final newline), which no other call can name any more."""
+    before = value.removesuffix("\n")
+    if before != value and NAME_PATTERN.fullmatch(before):
+        return value
+    return validate_name(field, value)
+
+
 # Names read on each side of a missing one when looking for a near miss: keys sort by name, so
 # a typo past the first few characters sits among them, and the cost stays bounded however many
 # names a table holds.

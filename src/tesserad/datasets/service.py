@@ -38,7 +38,7 @@ from tesserad.datasets.references import (
 )
 from tesserad.datasets.splits import SplitSpec, compute_splits, validate_split_spec
 from tesserad.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
-from tesserad.names import missing_name, validate_name
+from tesserad.names import missing_name, validate_name, validate_stored_name
 from tesserad.paging import Page, read_page
 from tesserad.store import (
     BlobRef,
@@ -451,7 +451,7 @@ class Datasets:
 
     def delete(self, name: str, version: int = 0, force: bool = False) -> int:
         """Delete one version (or every version when 0); refused while something holds it, unless force."""
-        validate_name("name", name)
+        validate_stored_name("name", name)
         if version < 0:
             raise InvalidArgument(f"version must be >= 1 (0: the dataset with every version), got {version}")
         with self._store.write() as txn:

@@ -8,7 +8,7 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound
-from tesserad.names import RESERVED_ALIASES, validate_name, version_like_alias
+from tesserad.names import RESERVED_ALIASES, validate_name, validate_stored_name, version_like_alias
 from tesserad.paging import Page, read_page
 from tesserad.registry.deployments import current_deployment, deployment_aliases
 from tesserad.registry.records import (
@@ -38,9 +38,9 @@ from tesserad.registry.tables import (
 from tesserad.store import ReadTxn, Store, WriteTxn, decode_record, encode_record
 
 
-def check_alias_name(alias: str) -> None:
-    """A valid name other than "latest"."""
-    validate_name("alias", alias)
+def check_alias_name(alias: str, *, stored: bool = False) -> None:
+    """A valid name other than "latest"; with `stored`, also one `validate_stored_name` takes."""
+    (validate_stored_name if stored else validate_name)("alias", alias)
     if alias in RESERVED_ALIASES:
         raise InvalidArgument(f"alias {alias!r} is reserved: it always names the newest version")
 
@@ -170,8 +170,8 @@ class Aliases:
 
     def delete_alias(self, model: str, alias: str, actor: str = ANONYMOUS) -> None:
         """Refused while the current deployment routes through the alias."""
-        validate_name("model", model)
-        check_alias_name(alias)
+        validate_stored_name("model", model)
+        check_alias_name(alias, stored=True)
         with self._store.write() as txn:
             fields = model_data(txn, model)
             stored = stored_alias(txn, model, alias)

@@ -7,7 +7,7 @@ from typing import Any
 
 from tesserad.datasets.references import delete_unheld_blobs
 from tesserad.errors import AlreadyExists, FailedPrecondition
-from tesserad.names import validate_name
+from tesserad.names import validate_name, validate_stored_name
 from tesserad.paging import Page, read_page
 from tesserad.registry.deployments import current_deployment
 from tesserad.registry.ensembles import check_no_other_ensemble_uses_model
@@ -136,7 +136,7 @@ class Models:
         """Delete a model and its versions; refused while aliases or a deployment point into it
         (unless `force`), and always while an unfinished fine-tuning job starts from one of them
         or an ensemble version of another model uses one as a member."""
-        validate_name("name", name)
+        validate_stored_name("name", name)
         with self._store.write() as txn:
             model_data(txn, name)
             aliases = [str(key[1]) for key, _ in txn.scan(ALIASES, (name,))]
