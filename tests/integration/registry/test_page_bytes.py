@@ -15,7 +15,9 @@ RECEIVE_LIMIT = 4 * 2**20
 def test_a_page_of_versions_stays_under_the_default_receive_limit(stub):
     graph = onnx_identity()
     for i in range(5):
-        header = onnx_header("m", graph, create_model=True, params={"notes": str(i) * 2**20})
+        # About 1 MiB of params a version, in values of the longest length a param may have.
+        params = {f"note{j}": str(i) * 6000 for j in range(175)}
+        header = onnx_header("m", graph, create_model=True, params=params)
         stub.UploadVersionInline(R.UploadVersionInlineRequest(header=header, artifact=graph), timeout=60)
     seen, token, pages = [], "", 0
     while True:
