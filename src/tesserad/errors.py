@@ -79,3 +79,9 @@ class Unavailable(TesseraError):
 
 class Unimplemented(TesseraError):
     """A contract RPC whose feature has not been built yet."""
+
+
+class Lasting:
+    """Mixed into an error whose cause lasts until someone fixes it elsewhere (a serving
+    replica's primary holds a damaged artifact, or refuses the replica's token): trying again
+    at once cannot help, so such a failure is tried again rarely."""

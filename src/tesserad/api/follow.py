@@ -8,11 +8,18 @@ primary and loaded every deployed model's versions. When the primary goes away t
 keeps serving what it holds and reconnects with backoff, resuming after the last change it
 applied; when the primary answers that it never gave that change (another registry), the
 replica forgets its state and follows from the start.
+
+An answer only a fix at the primary cures (a refused token, DATA_LOSS for an artifact, a call it
+does not take) is not retried within seconds: it is logged once per cause, told to callers, and
+tried again every LASTING_RETRY_S, when the replica reconnects, and at once on SIGHUP (the
+operator's word that the primary is fixed). The primary being unreachable, slow or failing
+inside is retried soon, as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
@@ -35,7 +42,7 @@ from tesserad.api.tls import (
     load_key_pair,
 )
 from tesserad.config import ReplicaSettings
-from tesserad.errors import FailedPrecondition, NotFound, TesseraError, Unavailable
+from tesserad.errors import DataLoss, FailedPrecondition, Lasting, NotFound, TesseraError, Unavailable
 from tesserad.replica.followed import FollowedModel, FollowedRegistry, FollowedVersion
 from tesserad.serving.registry_source import serving_signature
 from tesserad.serving.service import DeploymentPlan, InferenceService
@@ -48,6 +55,10 @@ RECONNECT_MAX_S = 5.0
 # connected, doubling up to the cap while they keep failing.
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 30.0
+# Loads that failed for a cause only a fix at the primary cures (Lasting: a damaged artifact, a
+# refused token) are tried again this often, and at once on SIGHUP or when the replica reconnects:
+# often enough that a repair is picked up unattended, seldom enough that the log stays readable.
+LASTING_RETRY_S = 300.0
 DOWNLOAD_CHUNK = 1 << 20
 # The pings a primary accepts from a replica, at most one per this many ms: half the shortest
 # replica.keepalive_s (1 s), for the slack of the replica's timers.
@@ -95,6 +106,19 @@ def followed_model(state: pb.ModelServingState) -> FollowedModel:
     return FollowedModel(state.latest_version, dict(state.aliases), deployment, versions)
 
 
+# The primary's answers that no retry soon can change: a damaged artifact, a refused token, a call
+# it does not take from this replica at all (another kind of server, another version of tesserad,
+# a replica itself).
+_LASTING_ANSWERS = (
+    sdk_errors.DataLoss,
+    sdk_errors.Unauthenticated,
+    sdk_errors.PermissionDenied,
+    sdk_errors.InvalidArgument,
+    sdk_errors.Unimplemented,
+    sdk_errors.OutOfRange,
+    sdk_errors.FailedPrecondition,
+)
+
 # Words in gRPC's connection errors -> the cause in a replica's client's words.
 _CONNECTION_CAUSES = (
     ("connection refused", "nothing listens there (connection refused)"),
@@ -109,17 +133,55 @@ _CONNECTION_CAUSES = (
 )
 
 
+class LastingDataLoss(DataLoss, Lasting):
+    """The primary's copy of an artifact is damaged or missing."""
+
+
+class LastingFailedPrecondition(FailedPrecondition, Lasting):
+    """The primary refused this replica's token or its call."""
+
+
+def _until_fixed(where: str, cause: str) -> str:
+    minutes = LASTING_RETRY_S / 60
+    return (
+        f"{where}: {cause}; this replica tries again every {minutes:.0f} minutes, when it "
+        "reconnects to the primary, and on SIGHUP"
+    )
+
+
+def lasting_answer(exc: sdk_errors.TesseraError) -> bool:
+    """Whether the primary's answer lasts until someone fixes its cause there (see primary_error)."""
+    return isinstance(exc, _LASTING_ANSWERS)
+
+
 def primary_error(what: str, primary: str, exc: sdk_errors.TesseraError) -> TesseraError:
     """A failed call to the primary as the error this replica's caller gets: `what` failed, at
     which primary, and why in a few words, with the status the caller can act on. gRPC's own
-    connection text (addresses, subchannel states) goes to the log, not to the caller."""
+    connection text (addresses, subchannel states) goes to the log, not to the caller.
+
+    An answer that only a fix at the primary cures (a damaged artifact, a refused token, a call
+    it does not know) is Lasting: the load is tried again rarely, not within seconds. Anything
+    else (the primary unreachable, slow, overloaded or failing inside) is Unavailable and tried
+    again soon."""
     where = f"{what} from the primary {primary}"
     if isinstance(exc, sdk_errors.NotFound):
         return NotFound(f"{where}: the primary no longer has it ({exc.message})")
-    if isinstance(exc, sdk_errors.Unauthenticated | sdk_errors.PermissionDenied):
-        return FailedPrecondition(
-            f"{where}: the primary refused this replica's token (replica.token_file): {exc.message}"
+    if isinstance(exc, sdk_errors.DataLoss):
+        return LastingDataLoss(
+            _until_fixed(where, f"the primary's copy is damaged or missing ({exc.message}); restore it there")
         )
+    if isinstance(exc, sdk_errors.Unauthenticated | sdk_errors.PermissionDenied):
+        return LastingFailedPrecondition(
+            _until_fixed(
+                where, f"the primary refused this replica's token (replica.token_file): {exc.message}"
+            )
+        )
+    if lasting_answer(exc):
+        refusal = (
+            f"the primary refused the call ({exc.code}: {exc.message}); check that it is a tesserad "
+            "primary of this version"
+        )
+        return LastingFailedPrecondition(_until_fixed(where, refusal))
     if isinstance(exc, sdk_errors.Unavailable | sdk_errors.DeadlineExceeded):
         log.warning("the primary did not answer", extra={"primary": primary, "reason": exc.message})
         text = exc.message.lower()
@@ -259,6 +321,9 @@ class Follower:
         self._set_ready = set_ready
         self._ready = False
         self._connected = False  # the current stream has delivered something
+        # Set by retry_now: the watch's wait ends, and loads the primary refused are tried again.
+        self._wake = asyncio.Event()
+        self._retry_lasting_now = asyncio.Event()
 
     def fetch_version(self, model: str, version: int) -> FollowedVersion | None:
         """Version `version` of `model`'s record from the primary (runs on a request thread);
@@ -296,42 +361,89 @@ class Follower:
         finally:
             retries.cancel()
 
+    def retry_now(self) -> None:
+        """What SIGHUP does on a replica: try the primary again at once, the watch if it waits
+        and every failed load, those the primary refused lastingly too (an operator who fixed
+        the primary says so this way instead of waiting LASTING_RETRY_S)."""
+        self._wake.set()
+        self._retry_lasting_now.set()
+
     async def _follow_forever(self) -> None:
         delay = RECONNECT_FIRST_S
         while True:
             self._connected = False
+            from_seq = self._followed.seq + 1
+            refused: TesseraError | None = None
             try:
-                await self._follow()
+                await self._follow(from_seq)
             except sdk_errors.FailedPrecondition as exc:
-                log.warning(
-                    "the primary does not know this replica's changes; following it from the start",
-                    extra={"primary": self.primary, "reason": exc.message},
-                )
-                self._followed.clear()
-            except (sdk_errors.TesseraError, TesseraError) as exc:
-                log.warning(
-                    "lost the primary; serving what this replica holds until it is back",
-                    extra={"primary": self.primary, "reason": exc.message},
-                )
+                if from_seq > 1:
+                    log.warning(
+                        "the primary does not know this replica's changes; following it from the start",
+                        extra={"primary": self.primary, "reason": exc.message},
+                    )
+                    self._followed.clear()
+                else:  # no registry of changes to follow there (a replica, say)
+                    refused = self._refused(exc)
+            except sdk_errors.TesseraError as exc:
+                if lasting_answer(exc):
+                    refused = self._refused(exc)
+                else:
+                    self._lost(exc.message)
+            except TesseraError as exc:
+                self._lost(exc.message)
             except Exception:  # keep following whatever one change did; the log has it
                 log.exception("following the primary failed; reconnecting", extra={"primary": self.primary})
             if self._connected:  # a stream that worked: retry soon
                 delay = RECONNECT_FIRST_S
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RECONNECT_MAX_S)
+            if refused is None:
+                await self._sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_S)
+            else:
+                await self._sleep(LASTING_RETRY_S)
+                delay = RECONNECT_FIRST_S
 
-    async def _follow(self) -> None:
-        request = pb.WatchChangesRequest(from_seq=self._followed.seq + 1, replica_address=self._advertise)
+    def _lost(self, reason: str) -> None:
+        log.warning(
+            "lost the primary; serving what this replica holds until it is back",
+            extra={"primary": self.primary, "reason": reason},
+        )
+
+    def _refused(self, exc: sdk_errors.TesseraError) -> TesseraError:
+        """The primary refused the watch for a cause only a fix there cures: said once per
+        cause in the log, and to callers asking for what this replica does not hold."""
+        refused = primary_error("cannot follow the registry's changes", self.primary, exc)
+        if self._followed.refused is None or self._followed.refused.message != refused.message:
+            log.error(
+                "the primary refused this replica",
+                extra={"primary": self.primary, "reason": refused.message, "code": exc.code},
+            )
+        self._followed.refused = refused
+        return refused
+
+    async def _sleep(self, seconds: float) -> None:
+        """Wait `seconds`, or less when retry_now is called meanwhile."""
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except TimeoutError:
+            return
+        self._wake.clear()
+
+    async def _follow(self, from_seq: int) -> None:
+        request = pb.WatchChangesRequest(from_seq=from_seq, replica_address=self._advertise)
         async for response in self._watch.server_stream("Registry", "WatchChanges", request, None):
             self._connected = True
+            self._followed.refused = None
+            self._wake.clear()  # a SIGHUP while connected asks nothing of the next reconnect
             if response.HasField("change"):
                 change = response.change
                 state = followed_model(change.state) if change.HasField("state") else None
                 self._followed.apply(change.seq, change.model, state)
                 self._inference.on_registry_change(change.model)
             elif self._ready:
-                # Back after losing the primary: what failed to load meanwhile is tried again now.
-                await asyncio.to_thread(self._inference.retry_failed_loads)
+                # Back after losing the primary: what failed to load meanwhile is tried again
+                # now, what it refused too (a primary restarted may have been repaired).
+                await asyncio.to_thread(self._inference.retry_failed_loads, True)
             else:
                 await asyncio.to_thread(self._load_deployments)
                 self._ready = True
@@ -344,11 +456,21 @@ class Follower:
     async def _retry_failed_loads(self) -> None:
         """While connected, try again the loads that failed because the primary could not be
         reached (briefly gone, a connection cut mid-download), backing off while they fail:
-        the registry may not change again to set them off."""
+        the registry may not change again to set them off. Those the primary refused lastingly
+        (a damaged artifact) are tried every LASTING_RETRY_S, or at once on retry_now."""
         delay = RETRY_FIRST_S
+        lasting_due = asyncio.get_running_loop().time() + LASTING_RETRY_S
         while True:
-            await asyncio.sleep(delay)
-            retried = await asyncio.to_thread(self._inference.retry_failed_loads) if self._connected else 0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._retry_lasting_now.wait(), delay)
+            now = asyncio.get_running_loop().time()
+            lasting = self._retry_lasting_now.is_set() or now >= lasting_due
+            self._retry_lasting_now.clear()
+            if lasting:
+                lasting_due = now + LASTING_RETRY_S
+            retried = 0
+            if self._connected:
+                retried = await asyncio.to_thread(self._inference.retry_failed_loads, lasting)
             delay = min(delay * 2, RETRY_MAX_S) if retried else RETRY_FIRST_S
 
     def _load_deployments(self) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tesserad.errors import NotFound
+from tesserad.errors import NotFound, TesseraError
 from tesserad.registry.ensembles import parse_ensemble_spec
 from tesserad.replica.blob_cache import BlobCache
 from tesserad.serving.ensemble import EnsemblePlan, plan_ensemble
@@ -60,6 +60,9 @@ class FollowedRegistry:
         # Versions fetched on demand; a change to their model drops them (it may delete them).
         self._fetched: dict[tuple[str, int], FollowedVersion] = {}
         self.seq = 0  # the last change applied
+        # Why the primary refuses this replica's watch, while it does (a cause fixed there):
+        # what a caller asking for a model this replica does not hold is told.
+        self.refused: TesseraError | None = None
 
     def apply(self, seq: int, model: str, state: FollowedModel | None) -> None:
         with self._lock:
@@ -85,6 +88,9 @@ class FollowedRegistry:
         with self._lock:
             state = self._models.get(model)
         if state is None:
+            refused = self.refused
+            if refused is not None:
+                raise type(refused)(refused.message)
             raise NotFound(f"model {model!r} does not exist at the primary {self._primary}")
         return state
 

@@ -21,6 +21,7 @@ from tesserad.errors import (
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
+    Lasting,
     NotFound,
     TesseraError,
     Unavailable,
@@ -33,6 +34,20 @@ from tesserad.serving.signature import Signature, sample_inputs
 from tesserad.serving.stats import ServingMetrics, ServingStats
 
 log = logging.getLogger(__name__)
+
+
+class Retry(Enum):
+    """Whether a failed load may pass when tried again, and how soon it is worth trying."""
+
+    NEVER = "never"  # the artifact or the runtime is at fault
+    SOON = "soon"  # the artifact's source could not be reached (briefly gone, a cut connection)
+    LATER = "later"  # its source refused for a cause fixed there (errors.Lasting)
+
+
+def retry_for(error: TesseraError) -> Retry:
+    if isinstance(error, Lasting):
+        return Retry.LATER
+    return Retry.SOON if isinstance(error, Unavailable | DeadlineExceeded) else Retry.NEVER
 
 
 class LoadState(Enum):
@@ -235,8 +250,8 @@ class LoadedVersion:
         self.memory_bytes = 0
         self.loaded_at = time.time()
         self.error = ""
-        # A failed load that may pass when tried again: the artifact's source could not be reached.
-        self.retryable = False
+        # Of a failed load: whether trying again may help (see Retry).
+        self.retry = Retry.NEVER
         self.batcher: DynamicBatcher | None = None
         # Built once: every request's validation takes it (formatting it cost ~3 us a request).
         self.label = f"model {model!r} version {version}"
@@ -324,7 +339,7 @@ class ModelPool:
             except TesseraError as exc:
                 entry.state = LoadState.FAILED
                 entry.error = exc.message
-                entry.retryable = isinstance(exc, Unavailable | DeadlineExceeded)
+                entry.retry = retry_for(exc)
                 log.warning("loading %s failed: %s", entry.label, exc.message)
                 if current is None:
                     with self._lock:

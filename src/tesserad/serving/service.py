@@ -35,6 +35,7 @@ from tesserad.serving.pool import (
     LoadedVersion,
     LoadState,
     ModelPool,
+    Retry,
     ServableVersion,
     ServingConfig,
     effective_config,
@@ -668,15 +669,17 @@ class InferenceService:
             self._refresh_queued.add(model)
         self._swaps.submit(self._refresh, model)
 
-    def retry_failed_loads(self) -> int:
+    def retry_failed_loads(self, lasting: bool = False) -> int:
         """Try again every load that failed for a cause that passes (the primary could not be
-        reached): its failure is forgotten, so requests load it again, and its model's targets
-        are re-resolved, so a target held back by it moves. A load that failed for its artifact
-        or its runtime stays failed. Returns how many were retried."""
+        reached), and with `lasting` also those its source refused for a cause fixed there (a
+        damaged artifact at the primary): its failure is forgotten, so requests load it again,
+        and its model's targets are re-resolved, so a target held back by it moves. A load that
+        failed for its artifact or its runtime stays failed. Returns how many were retried."""
+        wanted = {Retry.SOON, Retry.LATER} if lasting else {Retry.SOON}
         retried = 0
         models: set[str] = set()
         for entry in self.pool.list():
-            if entry.state is not LoadState.FAILED or not entry.retryable:
+            if entry.state is not LoadState.FAILED or entry.retry not in wanted:
                 continue
             if self.pool.forget_failure(entry.model, entry.version):
                 log.info(

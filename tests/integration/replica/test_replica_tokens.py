@@ -109,10 +109,34 @@ def test_a_replica_without_a_token_is_never_ready(tmp_path: Path, tokens: dict[R
                 == health_pb2.HealthCheckResponse.NOT_SERVING
             )
             time.sleep(0.1)
+        # The primary's answer lasts until a token is given: a caller is told so, not that the
+        # primary has no such model.
+        refused = refusal_of_predict(channel)
+        assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert refused.details().startswith(
+            f"cannot follow the registry's changes from the primary {primary.target}: the primary "
+            "refused this replica's token (replica.token_file): "
+        )
     finally:
         if replica is not None:
             replica.stop()
         primary.stop()
+
+
+def refusal_of_predict(channel: grpc.Channel, timeout: float = 60) -> grpc.RpcError:
+    """A Predict's error once the replica has heard from its primary (NOT_FOUND before)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            inference_pb2_grpc.InferenceStub(channel).Predict(
+                predict_request("linear", np.ones((1, 4), dtype=np.float32)), timeout=10
+            )
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND or time.monotonic() > deadline:
+                return exc
+        else:
+            raise AssertionError("a replica refused by its primary served a prediction")
+        time.sleep(0.1)
 
 
 def test_a_replica_not_caught_up_is_not_ready_over_the_open_inference_protocol(

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from serving_fakes import LINEAR_B, LINEAR_W
 
-from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from tesserad.errors import DataLoss, FailedPrecondition, InvalidArgument, Lasting, NotFound, Unavailable
 from tesserad.serving.pool import (
     LoadState,
     ModelPool,
+    Retry,
     ServableVersion,
     ServingConfig,
     ServingDefaults,
@@ -174,7 +175,7 @@ def test_a_load_whose_artifact_cannot_be_reached_is_retryable_and_its_failure_fo
     with pytest.raises(Unavailable):
         pool.load(dataclasses.replace(onnx_version(linear_onnx), open_artifact=unreachable), ServingConfig())
     (listed,) = pool.list("m")
-    assert listed.state is LoadState.FAILED and listed.retryable
+    assert listed.state is LoadState.FAILED and listed.retry is Retry.SOON
     assert pool.forget_failure("m", 1)
     assert pool.list("m") == []
     assert pool.load(onnx_version(linear_onnx), ServingConfig()).state is LoadState.READY
@@ -184,7 +185,23 @@ def test_a_load_whose_artifact_cannot_be_reached_is_retryable_and_its_failure_fo
     junk.write_bytes(b"not a model")
     with pytest.raises(FailedPrecondition):
         pool.load(onnx_version(junk, 2), ServingConfig())
-    assert not pool.get("m", 2) and not pool.list("m")[-1].retryable
+    assert not pool.get("m", 2) and pool.list("m")[-1].retry is Retry.NEVER
+
+
+def test_a_load_its_source_refused_lastingly_is_retried_later(pool: ModelPool, linear_onnx: Path) -> None:
+    class Damaged(DataLoss, Lasting):
+        pass
+
+    @contextmanager
+    def damaged() -> Iterator[Path]:
+        raise Damaged("cannot download it from the primary: the primary's copy is damaged")
+        yield linear_onnx
+
+    with pytest.raises(DataLoss):
+        pool.load(dataclasses.replace(onnx_version(linear_onnx), open_artifact=damaged), ServingConfig())
+    (listed,) = pool.list("m")
+    assert listed.state is LoadState.FAILED and listed.retry is Retry.LATER
+    assert "the primary's copy is damaged" in listed.error
 
 
 def test_runtime_failure_of_one_request_is_its_own(pool: ModelPool, lookup_onnx: Path) -> None:
