@@ -542,8 +542,9 @@ class ReplicaSettings:
         False,
         parse_bool,
         "reach the primary over TLS (on by itself when any other replica.tls_* setting is set); on "
-        "a primary, ask the replicas for cluster statistics over TLS (also on when the primary "
-        "serves TLS itself), each replica's certificate checked against the address it announces",
+        "a primary (also on when it serves TLS itself), ask replicas that serve plaintext for "
+        "cluster statistics only at a loopback address; those that serve TLS are asked over TLS, "
+        "each replica's certificate checked against the address it announces",
     )
     tls_ca_file: Path | None = setting(
         None,

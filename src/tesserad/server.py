@@ -38,7 +38,7 @@ from tessera.v1 import (
 )
 from tesserad import __version__
 from tesserad.api.auth import AuthInterceptor, AuthSetupError, authentication_enabled
-from tesserad.api.cluster_stats import ClusterStats, replica_credentials
+from tesserad.api.cluster_stats import ClusterStats, Transport, replica_transport
 from tesserad.api.convert_training import job_spec_document
 from tesserad.api.datasets import DatasetsServicer
 from tesserad.api.follow import (
@@ -328,7 +328,7 @@ class Daemon:
         oip = OpenInference(self.inference, self._stopping, self._shared_memory)
         cluster = ClusterStats(
             self._changes.replicas,
-            await asyncio.to_thread(self._replica_credentials, credentials is not None),
+            await asyncio.to_thread(self._replica_transport, credentials is not None),
         )
         _register(
             inference_pb2_grpc.add_InferenceServicer_to_server,
@@ -478,16 +478,16 @@ class Daemon:
         self._server = server
         return server, credentials, auth, calls
 
-    def _replica_credentials(self, serves_tls: bool) -> grpc.ChannelCredentials | None:
-        """A primary's credentials for its replicas' statistics, its replica.tls_* files checked
-        first so that a bad one stops the start naming its setting."""
+    def _replica_transport(self, serves_tls: bool) -> Transport:
+        """How a primary reaches its replicas for their statistics, its replica.tls_* files
+        checked first so that a bad one stops the start naming its setting."""
         replica = self.settings.replica
         if serves_tls or replica.uses_tls:
             try:
                 check_replica_tls_files(replica)
             except PrimaryCertificateError as exc:
                 raise StartupError(str(exc)) from None
-        return replica_credentials(serves_tls, replica)
+        return replica_transport(serves_tls, replica)
 
     def _add_health_and_reflection(
         self, server: grpc.aio.Server, routes: _Routes
@@ -621,7 +621,9 @@ class Daemon:
             except PrimaryCertificateError as exc:
                 raise StartupError(str(exc)) from None
         advertise = settings.replica.advertise or self.address
-        self._follower = Follower(settings.replica, followed, self.inference, advertise, set_ready)
+        self._follower = Follower(
+            settings.replica, followed, self.inference, advertise, set_ready, credentials is not None
+        )
         await server.start()
         self._following = asyncio.create_task(self._follower.run())
         self._serve_metrics()

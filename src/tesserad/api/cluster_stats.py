@@ -1,26 +1,32 @@
 """GetStats scope=cluster: a primary's statistics merged with those of the replicas following it.
 
 The primary knows its replicas from their WatchChanges subscriptions (each announces the
-address it serves on). It asks each, concurrently, for its figures with histograms, with the
-authorization that replica's own watch presented (replicas share the primary's tokens file; the
-caller's token is never sent: any reader may announce an address, and an admin's token sent
-there would give that reader the admin role), and merges per model version: latency histograms
-by adding bucket counts (so percentiles stay within the histograms' relative error), counts,
-batch sizes and throughput by adding. A replica that does not answer is listed in
-`unreachable_replicas`, and the rest is still returned.
+address it serves on, and whether it serves TLS there). It asks each, concurrently, for its
+figures with histograms, with the authorization that replica's own watch presented (replicas
+share the primary's tokens file; the caller's token is never sent: any reader may announce an
+address, and an admin's token sent there would give that reader the admin role), and merges per
+model version: latency histograms by adding bucket counts (so percentiles stay within the
+histograms' relative error), counts, batch sizes and throughput by adding. A replica that does
+not answer is listed in `unreachable_replicas`, with why in `unreachable`, and the rest is still
+returned.
 
-The calls go over TLS whenever the daemon serves TLS or any replica.tls_* setting is set (see
-`replica_credentials`), the replica's certificate checked against the address it announced;
-then no call, and so no token, ever goes in plaintext: a replica that does not serve TLS is
-unreachable. Without TLS anywhere they go in plaintext, as every other call then does.
+Transport, per replica (see `Transport.choose`): a replica that says it serves TLS is asked over
+TLS, its certificate checked against the address it announced. One that says it serves
+plaintext is asked in plaintext when the primary uses no TLS (no TLS of its own, no
+replica.tls_* setting: every other call goes in plaintext then), or when its address is a
+loopback one (the call never leaves the host); otherwise it is not asked at all, since its token
+would travel off the host in plaintext. A replica that does not say (an older one) is asked over
+TLS exactly when the primary uses TLS.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import ipaddress
 import logging
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import grpc
 
@@ -29,6 +35,7 @@ from tessera.v1 import inference_pb2 as pb
 from tessera.v1 import inference_pb2_grpc
 from tesserad.api.convert_inference import latency_to_proto
 from tesserad.config import ReplicaSettings
+from tesserad.replica.changes import Replica
 from tesserad.serving.histogram import LogHistogram
 
 log = logging.getLogger(__name__)
@@ -37,40 +44,97 @@ REPLICA_TIMEOUT_S = 5.0
 _LATENCIES = ("queue", "compute", "total")
 
 
+# Words in gRPC's connection errors -> why a replica did not answer, in an operator's words.
+_CAUSES = (
+    ("connection refused", "nothing listens there (connection refused)"),
+    ("dns resolution failed", "its name does not resolve"),
+    ("name or service not known", "its name does not resolve"),
+    ("handshake", "the TLS handshake failed"),
+    ("ssl", "the TLS handshake failed"),
+    ("certificate", "the TLS handshake failed"),
+    ("socket closed", "the connection was cut"),
+    ("connection reset", "the connection was cut"),
+)
+_REFUSED = "nothing listens there (connection refused)"
+_HANDSHAKE = "the TLS handshake failed"
+PLAINTEXT_OFF_HOST = (
+    "not asked: it serves plaintext at an address off this host, and this primary sends tokens "
+    "off the host only over TLS; serve TLS on the replica (security.tls_cert_file) or announce a "
+    "loopback address (replica.advertise)"
+)
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a host:port, [v6]:port or dns:/// target names this host: a loopback IP, or
+    `localhost` (which resolves to loopback only)."""
+    host = address.removeprefix("dns:///").rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class Transport:
+    """How this primary may reach its replicas: `tls` for those that serve TLS, and whether
+    TLS is configured here (then plaintext goes to loopback addresses only)."""
+
+    tls: grpc.ChannelCredentials
+    uses_tls: bool
+
+    def choose(self, replica: Replica) -> grpc.ChannelCredentials | str | None:
+        """The credentials to ask `replica` with, None for plaintext, or why it is not asked."""
+        serves_tls = self.uses_tls if replica.tls is None else replica.tls
+        if serves_tls:
+            return self.tls
+        if self.uses_tls and not is_loopback(replica.address):
+            return PLAINTEXT_OFF_HOST
+        return None
+
+
 class ClusterStats:
     """Asks the replicas following this daemon for their statistics."""
 
-    def __init__(
-        self, replicas: Callable[[], list[tuple[str, str]]], tls: grpc.ChannelCredentials | None
-    ) -> None:
-        """`replicas`: the (address, credential) of each replica following now (see
-        ChangeFeed.replicas); `tls`: the credentials to reach them with, None for plaintext."""
+    def __init__(self, replicas: Callable[[], list[Replica]], transport: Transport) -> None:
+        """`replicas`: each replica following now (see ChangeFeed.replicas)."""
         self._replicas = replicas
-        self._tls = tls
+        self._transport = transport
 
     async def gather(
         self, request: pb.GetStatsRequest
-    ) -> tuple[list[list[pb.ModelStats]], list[str], list[str]]:
-        """(each answering replica's stats, the replicas that answered, those that did not)."""
+    ) -> tuple[list[list[pb.ModelStats]], list[str], list[tuple[str, str]]]:
+        """(each answering replica's stats, the replicas that answered, (address, why) of each
+        that did not)."""
         replicas = self._replicas()
         ask = pb.GetStatsRequest(target=request.target, histograms=True)
-        answers = await asyncio.gather(
-            *(self._one(address, credential, ask) for address, credential in replicas)
-        )
-        addresses = [address for address, _ in replicas]
-        reached = [a for a, s in zip(addresses, answers, strict=True) if s is not None]
-        unreachable = [a for a, s in zip(addresses, answers, strict=True) if s is None]
-        return [s for s in answers if s is not None], reached, unreachable
+        answers = await asyncio.gather(*(self._one(replica, ask) for replica in replicas))
+        stats: list[list[pb.ModelStats]] = []
+        reached: list[str] = []
+        unreachable: list[tuple[str, str]] = []
+        for replica, answer in zip(replicas, answers, strict=True):
+            if isinstance(answer, str):
+                unreachable.append((replica.address, answer))
+            else:
+                stats.append(answer)
+                reached.append(replica.address)
+        return stats, reached, unreachable
 
-    async def _one(
-        self, address: str, credential: str, ask: pb.GetStatsRequest
-    ) -> list[pb.ModelStats] | None:
-        """`address`'s stats ([] when it has none of the model), None when it did not answer."""
-        metadata = (("authorization", credential),) if credential else None
+    async def _one(self, replica: Replica, ask: pb.GetStatsRequest) -> list[pb.ModelStats] | str:
+        """The replica's stats ([] when it has none of the model), or why it did not answer."""
+        credentials = self._transport.choose(replica)
+        if isinstance(credentials, str):
+            log.warning(
+                "a replica was not asked for GetStats",
+                extra={"replica": replica.address, "reason": credentials},
+            )
+            return credentials
+        metadata = (("authorization", replica.credential),) if replica.credential else None
         channel = (
-            grpc.aio.insecure_channel(address)
-            if self._tls is None
-            else grpc.aio.secure_channel(address, self._tls)
+            grpc.aio.insecure_channel(replica.address)
+            if credentials is None
+            else grpc.aio.secure_channel(replica.address, credentials)
         )
         try:
             async with channel:
@@ -83,24 +147,46 @@ class ClusterStats:
             log.warning(
                 "a replica did not answer GetStats",
                 extra={
-                    "replica": address,
+                    "replica": replica.address,
                     "code": exc.code().name,
                     "reason": exc.details(),
-                    "tls": self._tls is not None,
+                    "tls": credentials is not None,
                 },
             )
-            return None
+            return unreachable_reason(exc.code(), exc.details() or "", tls=credentials is not None)
 
 
-def replica_credentials(serves_tls: bool, settings: ReplicaSettings) -> grpc.ChannelCredentials | None:
-    """How a primary reaches its replicas: over TLS when it serves TLS itself (its replicas
-    share its deployment's certificates) or any replica.tls_* setting is set, trusting
-    replica.tls_ca_file (default: the system's roots) and presenting replica.tls_cert_file
-    when set (replicas asking for client certificates); None for plaintext. The files must
+def unreachable_reason(code: grpc.StatusCode, details: str, tls: bool) -> str:
+    """Why a replica did not answer, in a few words; gRPC's own text stays in the log."""
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return "it did not answer in time"
+    if code == grpc.StatusCode.UNAVAILABLE:
+        text = details.lower()
+        cause = next((words for key, words in _CAUSES if key in text), "it cannot be reached")
+        if cause == _HANDSHAKE:
+            return (
+                f"{cause} (check that it serves TLS with a certificate for the address it "
+                "announced, signed by the CA of replica.tls_ca_file here)"
+            )
+        if tls or cause == _REFUSED:
+            return cause
+        return f"{cause} (asked in plaintext, as it announced: does it serve TLS?)"
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return (
+            f"it refused the primary ({code.name}: {details}); it admits the token its own watch "
+            "presents when its tokens file is the primary's"
+        )
+    return f"it answered {code.name}: {details}"
+
+
+def replica_transport(serves_tls: bool, settings: ReplicaSettings) -> Transport:
+    """How a primary reaches its replicas. TLS is configured when it serves TLS itself (its
+    replicas share its deployment's certificates) or any replica.tls_* setting is set. A replica
+    serving TLS is asked trusting replica.tls_ca_file (default: the system's roots), presenting
+    replica.tls_cert_file when set (for replicas asking for client certificates). The files must
     have been checked (`check_replica_tls_files`)."""
-    if not serves_tls and not settings.uses_tls:
-        return None
-    return TLS(settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file).credentials()
+    tls = TLS(settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file).credentials()
+    return Transport(tls, serves_tls or settings.uses_tls)
 
 
 def merge_stats(parts: Iterable[Sequence[pb.ModelStats]], histograms: bool) -> list[pb.ModelStats]:

@@ -17,6 +17,13 @@ _KINDS = {
 }
 
 
+def replica_tls_from_proto(transport: pb.ReplicaTransport.ValueType) -> bool | None:
+    """Whether a following replica serves TLS; None when it did not say."""
+    if transport == pb.REPLICA_TRANSPORT_UNSPECIFIED:
+        return None
+    return transport == pb.REPLICA_TRANSPORT_TLS
+
+
 def watch_response(event: changes.RegistryChange | changes.CaughtUp) -> pb.WatchChangesResponse:
     if isinstance(event, changes.CaughtUp):
         return pb.WatchChangesResponse(caught_up=pb.CaughtUp(seq=event.seq))

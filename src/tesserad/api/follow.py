@@ -301,7 +301,10 @@ class Follower:
         inference: InferenceService,
         advertise: str,
         set_ready: Callable[[bool], Awaitable[None]],
+        serves_tls: bool,
     ) -> None:
+        """`advertise`: the address this replica announces to its primary, `serves_tls` whether
+        it serves TLS there (the primary asks it for statistics in the matching transport)."""
         tls = None
         if settings.uses_tls:
             tls = TLS(
@@ -318,6 +321,7 @@ class Follower:
         self._followed = followed
         self._inference = inference
         self._advertise = advertise
+        self._transport = pb.REPLICA_TRANSPORT_TLS if serves_tls else pb.REPLICA_TRANSPORT_PLAINTEXT
         self._set_ready = set_ready
         self._ready = False
         self._connected = False  # the current stream has delivered something
@@ -430,7 +434,9 @@ class Follower:
         self._wake.clear()
 
     async def _follow(self, from_seq: int) -> None:
-        request = pb.WatchChangesRequest(from_seq=from_seq, replica_address=self._advertise)
+        request = pb.WatchChangesRequest(
+            from_seq=from_seq, replica_address=self._advertise, replica_transport=self._transport
+        )
         async for response in self._watch.server_stream("Registry", "WatchChanges", request, None):
             self._connected = True
             self._followed.refused = None

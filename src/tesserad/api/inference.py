@@ -168,7 +168,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         merged = merge_stats([local, *remote], request.histograms)
         if not merged and missing is not None:
             raise missing
-        return pb.GetStatsResponse(stats=merged, replicas=reached, unreachable_replicas=unreachable)
+        return pb.GetStatsResponse(
+            stats=merged,
+            replicas=reached,
+            unreachable_replicas=[address for address, _ in unreachable],
+            unreachable=[pb.UnreachableReplica(address=a, reason=why) for a, why in unreachable],
+        )
 
     async def ListShadowResults(
         self,

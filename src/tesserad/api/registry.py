@@ -15,7 +15,7 @@ from tessera.v1 import common_pb2, registry_pb2_grpc
 from tessera.v1 import registry_pb2 as pb
 from tesserad.api import convert_registry as convert
 from tesserad.api.auth import caller, presented_authorization
-from tesserad.api.convert_changes import watch_response
+from tesserad.api.convert_changes import replica_tls_from_proto, watch_response
 from tesserad.api.transfers import chunk_size, read_header, read_start, receive_chunks, stream_chunks
 from tesserad.errors import InvalidArgument
 from tesserad.registry import Registry
@@ -408,7 +408,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         context: grpc.aio.ServicerContext[pb.WatchChangesRequest, pb.WatchChangesResponse],
     ) -> AsyncIterator[pb.WatchChangesResponse]:
         watch = self._changes.watch(
-            request.from_seq, request.replica_address, presented_authorization(context)
+            request.from_seq,
+            request.replica_address,
+            presented_authorization(context),
+            replica_tls_from_proto(request.replica_transport),
         )
         async for event in watch:
             yield watch_response(event)

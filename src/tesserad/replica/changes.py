@@ -74,6 +74,17 @@ class ServingState:
 
 
 @dataclass(frozen=True)
+class Replica:
+    """A replica following this registry: the address it announced, the authorization its
+    watch presented ("" without one), and whether it said that address serves TLS (None: it
+    did not say, as replicas before it could)."""
+
+    address: str
+    credential: str
+    tls: bool | None
+
+
+@dataclass(frozen=True)
 class CaughtUp:
     """Every change numbered before the watch began has been sent; `seq` is the newest of them."""
 
@@ -222,9 +233,8 @@ class ChangeFeed:
         self._recorded = 0
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="registry-changes", daemon=True)
-        # Replicas following now ((address, credential) -> open streams): the primary merges
-        # their statistics.
-        self._replicas: dict[tuple[str, str], int] = {}
+        # Replicas following now (-> open streams): the primary merges their statistics.
+        self._replicas: dict[Replica, int] = {}
 
     def start(self) -> None:
         """Compare every model with its head (catching up after a crash), then follow the registry."""
@@ -327,24 +337,29 @@ class ChangeFeed:
             txn.delete(CHANGES, (_CHANNEL, seq))
             txn.delete(SUPERSEDED, (seq,))
 
-    def replicas(self) -> list[tuple[str, str]]:
-        """(address, credential) of each replica following this registry now, one per address.
+    def replicas(self) -> list[Replica]:
+        """Each replica following this registry now, one per address.
 
         The credential is the one the replica's own watch presented; the primary presents it
         back when it asks that address for statistics, so a caller's token never goes to an
         address that someone else (any reader may watch) announced.
         """
         with self._cond:
-            chosen: dict[str, str] = {}
-            for address, credential in sorted(self._replicas):
-                chosen.setdefault(address, credential)
-            return sorted(chosen.items())
+            chosen: dict[str, Replica] = {}
+            for replica in sorted(self._replicas, key=lambda r: (r.address, r.credential, str(r.tls))):
+                chosen.setdefault(replica.address, replica)
+            return [chosen[address] for address in sorted(chosen)]
 
     async def watch(
-        self, from_seq: int, replica_address: str = "", credential: str = ""
+        self,
+        from_seq: int,
+        replica_address: str = "",
+        credential: str = "",
+        replica_tls: bool | None = None,
     ) -> AsyncIterator[RegistryChange | CaughtUp]:
         """Changes from `from_seq` (stored, then live); see the WatchChanges RPC for the errors.
-        `credential`: the watching call's authorization ("" without one), kept with its address."""
+        `credential`: the watching call's authorization ("" without one), kept with its address
+        and `replica_tls` (whether the replica said that address serves TLS)."""
         if from_seq < 0:
             raise InvalidArgument(f"from_seq must be >= 0, got {from_seq}")
         await asyncio.to_thread(self.settle, _SETTLE_TIMEOUT_S)
@@ -355,7 +370,7 @@ class ChangeFeed:
                 f"{newest + 1}, or 0 for every change (a follower holding changes past {newest} followed "
                 "another registry: drop them and watch again with from_seq=0)"
             )
-        replica = (replica_address, credential)
+        replica = Replica(replica_address, credential, replica_tls)
         if replica_address:
             with self._cond:
                 self._replicas[replica] = self._replicas.get(replica, 0) + 1

@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 
+import grpc
 import numpy as np
 import pytest
 
 from tessera.cli import EXIT_DAEMON
+from tessera.v1 import registry_pb2, registry_pb2_grpc
 from tests.integration.sdk.affine import affine_onnx
 
 
@@ -102,7 +105,7 @@ def test_cluster_stats_on_a_daemon_no_replica_follows_are_its_own(tessera_cli, c
     assert "affine v1: 1 request (0 failed)" in result.out
     assert "no serving replica follows this daemon: these are its own figures" in result.out
     data = tessera_cli("--json", "stats", "--cluster").json()
-    assert data["replicas"] == [] and data["unreachable_replicas"] == []
+    assert data["replicas"] == [] and data["unreachable_replicas"] == [] and data["unreachable"] == []
     assert [(s["model"], s["request_count"]) for s in data["stats"]] == [("affine", 1)]
     absent = tessera_cli("stats", "absent", "--cluster")
     assert absent.code == EXIT_DAEMON and absent.err.startswith(
@@ -112,3 +115,29 @@ def test_cluster_stats_on_a_daemon_no_replica_follows_are_its_own(tessera_cli, c
         tessera_cli("stats", "--cluster", "--reset")
     assert usage.value.code == 2
     assert "argument --reset: not allowed with argument --cluster" in capsys.readouterr().err
+
+
+def test_cluster_stats_say_why_a_replica_was_left_out(tessera_cli, daemon):
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{unused.getsockname()[1]}"
+    with grpc.insecure_channel(daemon.target) as channel:
+        announcing = registry_pb2_grpc.RegistryStub(channel).WatchChanges(
+            registry_pb2.WatchChangesRequest(
+                replica_address=address, replica_transport=registry_pb2.REPLICA_TRANSPORT_PLAINTEXT
+            ),
+            timeout=60,
+        )
+        next(announcing)  # caught up: the address is announced
+        result = tessera_cli("stats", "--cluster")
+        data = tessera_cli("--json", "stats", "--cluster").json()
+        announcing.cancel()
+    assert result.code == 0
+    assert (
+        f"left out, did not answer: 1 replica\n  {address}: nothing listens there (connection refused)"
+        in (result.out)
+    )
+    assert data["unreachable_replicas"] == [address]
+    assert data["unreachable"] == [
+        {"address": address, "reason": "nothing listens there (connection refused)"}
+    ]

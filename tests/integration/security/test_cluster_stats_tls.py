@@ -1,10 +1,11 @@
 """A TLS primary asks its replicas for cluster statistics over TLS (replica.tls_* settings: the CA
 that signed their certificates, and the client certificate when they ask for one), checking
 each replica's certificate against the address it announced; a replica that answers only in
-plaintext gets no call, and so no token."""
+plaintext gets no call, and so no token, unless it said so and is on this host's loopback."""
 
 from __future__ import annotations
 
+import socket
 import time
 from concurrent import futures
 from pathlib import Path
@@ -102,8 +103,97 @@ def test_no_token_goes_in_plaintext_to_a_replica_when_tls_is_configured(
         next(announced)  # caught up: the address is announced
         response = inference_pb2_grpc.InferenceStub(channel).GetStats(CLUSTER, metadata=reader, timeout=30)
         assert list(response.unreachable_replicas) == [address] and not response.replicas
+        # It did not say how it serves (as replicas before the field did not): TLS, as configured.
+        assert response.unreachable[0].reason.startswith("the TLS handshake failed")
         assert recorder.authorizations == []
         announced.cancel()
+    finally:
+        channel.close()
+        fake.stop(None)
+
+
+def test_a_tls_primary_asks_a_plaintext_replica_on_loopback_in_plaintext(
+    start_daemon, pki, tokens: Tokens, tmp_path: Path
+):
+    # The primary serves TLS to its clients; a replica on the same host follows it over TLS but
+    # serves plaintext on 127.0.0.1 (a sidecar, a test box): it says so when it follows, and the
+    # primary asks it in plaintext, since nothing leaves the host.
+    primary = start_daemon(**tls_settings(pki), **{"security.tokens_file": str(tokens.file)})
+    token_file = tmp_path / "replica-token"
+    token_file.write_text(tokens.token[Role.READER] + "\n")
+    follow = {
+        "replica.primary": f"localhost:{primary.daemon.port}",
+        "replica.tls_ca_file": str(pki.ca),
+        "replica.token_file": str(token_file),
+        "security.tokens_file": str(tokens.file),
+    }
+    replica = InProcessDaemon(daemon_settings(tmp_path / "replica", **follow)).start()
+    try:
+        with grpc.secure_channel(f"localhost:{primary.daemon.port}", pki.channel_credentials()) as channel:
+            response = cluster_stats_once_announced(channel, bearer(tokens.token[Role.READER]))
+        assert list(response.replicas) == [replica.target]
+        assert not response.unreachable_replicas and not response.unreachable
+    finally:
+        replica.stop()
+
+
+def cluster_stats_once_announced(channel: grpc.Channel, metadata) -> inference_pb2.GetStatsResponse:
+    """The primary's cluster statistics once a replica is announced (reached or not)."""
+    stats = inference_pb2_grpc.InferenceStub(channel)
+    deadline = time.monotonic() + 60
+    while True:
+        response = stats.GetStats(CLUSTER, metadata=metadata, timeout=30)
+        if response.replicas or response.unreachable_replicas:
+            return response
+        assert time.monotonic() < deadline, "the replica never announced itself"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    ("announced", "transport", "reason"),
+    [
+        # Off this host a token goes only over TLS: no call is made at all.
+        (
+            "192.0.2.1:50051",
+            registry_pb2.REPLICA_TRANSPORT_PLAINTEXT,
+            "not asked: it serves plaintext at an address off this host, and this primary sends "
+            "tokens off the host only over TLS; serve TLS on the replica (security.tls_cert_file) "
+            "or announce a loopback address (replica.advertise)",
+        ),
+        ("fake", registry_pb2.REPLICA_TRANSPORT_TLS, "the TLS handshake failed"),
+        ("closed", registry_pb2.REPLICA_TRANSPORT_PLAINTEXT, "nothing listens there (connection refused)"),
+    ],
+    ids=["plaintext-off-loopback", "tls-to-plaintext", "refused"],
+)
+def test_an_unreachable_replica_is_listed_with_the_reason(
+    start_daemon, pki, tokens: Tokens, announced: str, transport: int, reason: str
+):
+    recorder = _PlaintextReplica()
+    fake = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    inference_pb2_grpc.add_InferenceServicer_to_server(recorder, fake)
+    fake_address = f"127.0.0.1:{fake.add_insecure_port('127.0.0.1:0')}"
+    fake.start()
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        closed_address = f"127.0.0.1:{unused.getsockname()[1]}"
+    address = {"fake": fake_address, "closed": closed_address}.get(announced, announced)
+    primary = start_daemon(**tls_settings(pki), **{"security.tokens_file": str(tokens.file)})
+    reader = bearer(tokens.token[Role.READER])
+    channel = grpc.secure_channel(f"localhost:{primary.daemon.port}", pki.channel_credentials())
+    try:
+        announcing = registry_pb2_grpc.RegistryStub(channel).WatchChanges(
+            registry_pb2.WatchChangesRequest(replica_address=address, replica_transport=transport),
+            metadata=reader,
+            timeout=60,
+        )
+        next(announcing)  # caught up: the address is announced
+        response = inference_pb2_grpc.InferenceStub(channel).GetStats(CLUSTER, metadata=reader, timeout=30)
+        assert list(response.unreachable_replicas) == [address] and not response.replicas
+        (unreachable,) = response.unreachable
+        assert unreachable.address == address
+        assert unreachable.reason.startswith(reason), unreachable.reason
+        assert recorder.authorizations == []
+        announcing.cancel()
     finally:
         channel.close()
         fake.stop(None)

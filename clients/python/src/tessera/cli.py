@@ -1307,9 +1307,15 @@ def cmd_stats(client: Client, args: argparse.Namespace, out: Output) -> None:
 
 def print_cluster_stats(response: inference_pb2.GetStatsResponse, out: Output) -> None:
     replicas, unreachable = list(response.replicas), list(response.unreachable_replicas)
+    reasons = {r.address: r.reason for r in response.unreachable}
     if out.as_json:
         return out.json(
-            {"stats": list(response.stats), "replicas": replicas, "unreachable_replicas": unreachable}
+            {
+                "stats": list(response.stats),
+                "replicas": replicas,
+                "unreachable_replicas": unreachable,
+                "unreachable": [{"address": a, "reason": reasons.get(a, "")} for a in unreachable],
+            }
         )
     print_stats(response.stats, out)
     if replicas:
@@ -1317,7 +1323,9 @@ def print_cluster_stats(response: inference_pb2.GetStatsResponse, out: Output) -
     elif not unreachable:
         out.line("no serving replica follows this daemon: these are its own figures")
     if unreachable:
-        out.line(f"left out, did not answer: {', '.join(unreachable)}")
+        out.line(f"left out, did not answer: {counted(len(unreachable), 'replica')}")
+        for address in unreachable:
+            out.line(f"  {address}: {reasons.get(address) or 'no reason given (an older primary)'}")
 
 
 def print_stats(stats: Sequence[inference_pb2.ModelStats], out: Output) -> None:

@@ -693,6 +693,7 @@ class GetStatsResponse(_message.Message):
     STATS_FIELD_NUMBER: _builtins.int
     REPLICAS_FIELD_NUMBER: _builtins.int
     UNREACHABLE_REPLICAS_FIELD_NUMBER: _builtins.int
+    UNREACHABLE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def stats(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelStats]: ...
     @_builtins.property
@@ -701,20 +702,49 @@ class GetStatsResponse(_message.Message):
 
     @_builtins.property
     def unreachable_replicas(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def unreachable(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnreachableReplica]:
+        """The same replicas as unreachable_replicas, each with why it was left out (the TLS handshake
+        failed, nothing listens there, not asked by policy...).
+        """
+
     def __init__(
         self,
         *,
         stats: _abc.Iterable[Global___ModelStats] | None = ...,
         replicas: _abc.Iterable[_builtins.str] | None = ...,
         unreachable_replicas: _abc.Iterable[_builtins.str] | None = ...,
+        unreachable: _abc.Iterable[Global___UnreachableReplica] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["replicas", b"replicas", "stats", b"stats", "unreachable_replicas", b"unreachable_replicas"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["replicas", b"replicas", "stats", b"stats", "unreachable", b"unreachable", "unreachable_replicas", b"unreachable_replicas"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetStatsResponse: _TypeAlias = GetStatsResponse  # noqa: Y015
+
+@_typing.final
+class UnreachableReplica(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    address: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        address: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnreachableReplica: _TypeAlias = UnreachableReplica  # noqa: Y015
 
 @_typing.final
 class ShadowResult(_message.Message):

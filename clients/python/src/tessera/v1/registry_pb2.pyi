@@ -56,6 +56,23 @@ outputs combine: {"members": [{"model", "version"}, ...], "combine": "mean" | "v
 """
 Global___ArtifactFormat: _TypeAlias = ArtifactFormat  # noqa: Y015
 
+class _ReplicaTransport:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReplicaTransportEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReplicaTransport.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REPLICA_TRANSPORT_UNSPECIFIED: _ReplicaTransport.ValueType  # 0
+    REPLICA_TRANSPORT_PLAINTEXT: _ReplicaTransport.ValueType  # 1
+    REPLICA_TRANSPORT_TLS: _ReplicaTransport.ValueType  # 2
+
+class ReplicaTransport(_ReplicaTransport, metaclass=_ReplicaTransportEnumTypeWrapper): ...
+
+REPLICA_TRANSPORT_UNSPECIFIED: ReplicaTransport.ValueType  # 0
+REPLICA_TRANSPORT_PLAINTEXT: ReplicaTransport.ValueType  # 1
+REPLICA_TRANSPORT_TLS: ReplicaTransport.ValueType  # 2
+Global___ReplicaTransport: _TypeAlias = ReplicaTransport  # noqa: Y015
+
 class _ChangeKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -1840,21 +1857,28 @@ class WatchChangesRequest(_message.Message):
 
     FROM_SEQ_FIELD_NUMBER: _builtins.int
     REPLICA_ADDRESS_FIELD_NUMBER: _builtins.int
+    REPLICA_TRANSPORT_FIELD_NUMBER: _builtins.int
     from_seq: _builtins.int
     """Replay changes with seq >= from_seq (0 and 1 both mean from the start)."""
     replica_address: _builtins.str
     """Set by a serving replica (`tesserad serve --follow`): the address its own gRPC server
     listens on, so that the primary can merge its statistics (GetStats scope=cluster).
     """
+    replica_transport: Global___ReplicaTransport.ValueType
+    """Set by a serving replica with replica_address: whether that address serves TLS, so that the
+    primary asks it in the matching transport (plaintext only to a loopback address, when the
+    primary uses TLS). Unspecified (an older replica): the primary's own TLS settings decide.
+    """
     def __init__(
         self,
         *,
         from_seq: _builtins.int = ...,
         replica_address: _builtins.str = ...,
+        replica_transport: Global___ReplicaTransport.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_seq", b"from_seq", "replica_address", b"replica_address"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_seq", b"from_seq", "replica_address", b"replica_address", "replica_transport", b"replica_transport"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
