@@ -2,8 +2,8 @@
 
 The one place that builds everything. `create_server(settings)` returns a `Daemon`; tests
 start it on 127.0.0.1:0 with a temporary data directory, `serve()` runs it until SIGTERM or
-SIGINT, and reloads its tokens file and TLS files on SIGHUP (a replica also tries its primary
-again then).
+SIGINT, and reloads its tokens file and TLS files on SIGHUP (a replica also reads its token for
+the primary again, and tries the primary again then).
 """
 
 from __future__ import annotations
@@ -667,7 +667,11 @@ class Daemon:
         if self._certificates is not None:
             await _apply("the TLS files", self._certificates.reload, "SIGHUP")
         if self._follower is not None:
-            log.info("SIGHUP: trying the primary again now, and every load that failed there")
+            log.info(
+                "SIGHUP: replica.token_file read again; trying the primary again now, and every "
+                "load that failed there"
+            )
+            await asyncio.to_thread(self._follower.read_token)
             self._follower.retry_now()
         log.info(
             "SIGHUP reads only security.tokens_file and the TLS files again; every other setting "

@@ -30,7 +30,7 @@ import grpc
 from google.protobuf import descriptor, message_factory
 
 import tessera.errors as sdk_errors
-from tessera.transport import TLS, AioConnection, Connection
+from tessera.transport import TLS, AioConnection, Connection, resolve_token
 from tessera.v1 import common_pb2
 from tessera.v1 import registry_pb2 as pb
 from tesserad.api.convert_registry import architecture_to_dict, format_from_proto, signature_from_proto
@@ -313,6 +313,7 @@ class Follower:
                 settings.tls_key_file,
                 settings.tls_server_name or None,
             )
+        self._token_file = settings.token_file
         token = settings.token_file.read_text().strip() if settings.token_file else None
         self.primary = settings.primary
         keepalive = keepalive_options(settings.keepalive_s)
@@ -365,10 +366,27 @@ class Follower:
         finally:
             retries.cancel()
 
+    def read_token(self) -> None:
+        """Read replica.token_file again (on SIGHUP), for the calls from now on: a replica whose
+        token the primary refused takes a new one without a restart. An unreadable file keeps
+        the token read before, and says so."""
+        if self._token_file is None:
+            return
+        try:
+            token = resolve_token(self._token_file.read_text())
+        except (OSError, ValueError) as exc:
+            log.error(
+                "replica.token_file cannot be read again; the token read before is kept",
+                extra={"path": str(self._token_file), "reason": str(exc)},
+            )
+            return
+        metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._watch.metadata = self._downloads.metadata = metadata
+
     def retry_now(self) -> None:
-        """What SIGHUP does on a replica: try the primary again at once, the watch if it waits
-        and every failed load, those the primary refused lastingly too (an operator who fixed
-        the primary says so this way instead of waiting LASTING_RETRY_S)."""
+        """What SIGHUP does on a replica (after read_token): try the primary again at once, the
+        watch if it waits and every failed load, those the primary refused lastingly too (an
+        operator who fixed the primary says so this way instead of waiting LASTING_RETRY_S)."""
         self._wake.set()
         self._retry_lasting_now.set()
 

@@ -123,6 +123,40 @@ def test_a_replica_without_a_token_is_never_ready(tmp_path: Path, tokens: dict[R
         primary.stop()
 
 
+def test_a_refused_replica_takes_a_new_token_on_sighup(tmp_path: Path, tokens: dict[Role, str]) -> None:
+    tokens_file = str(tmp_path / "tokens.toml")
+    primary = InProcessDaemon(
+        daemon_settings(tmp_path / "primary", **{"security.tokens_file": tokens_file})
+    ).start()
+    replica = None
+    token_file = tmp_path / "replica-token"
+    token_file.write_text(new_token() + "\n")  # one the primary does not know
+    try:
+        admin = grpc.intercept_channel(primary.channel(), _Bearer(tokens[Role.ADMIN]))
+        upload(admin, "linear", linear_model(1.0))
+        replica = InProcessDaemon(
+            daemon_settings(
+                tmp_path / "replica",
+                **{"replica.primary": primary.target, "replica.token_file": str(token_file)},
+            )
+        ).start()
+        channel = replica.channel()
+        refused = refusal_of_predict(channel)
+        assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "the primary refused this replica's token (replica.token_file)" in refused.details()
+        # The operator fixes the token and says so: no restart, no wait for the next try.
+        token_file.write_text(tokens[Role.READER] + "\n")
+        replica.run(replica.daemon.reload())
+        wait_for(health_pb2.HealthCheckResponse.SERVING, channel)
+        inference_pb2_grpc.InferenceStub(channel).Predict(
+            predict_request("linear", np.ones((1, 4), dtype=np.float32)), timeout=30
+        )
+    finally:
+        if replica is not None:
+            replica.stop()
+        primary.stop()
+
+
 def refusal_of_predict(channel: grpc.Channel, timeout: float = 60) -> grpc.RpcError:
     """A Predict's error once the replica has heard from its primary (NOT_FOUND before)."""
     deadline = time.monotonic() + timeout
