@@ -395,7 +395,7 @@ class Follower:
         while True:
             self._connected = False
             from_seq = self._followed.seq + 1
-            refused: TesseraError | None = None
+            refused = False  # for a cause only a fix at the primary cures
             try:
                 await self._follow(from_seq)
             except sdk_errors.FailedPrecondition as exc:
@@ -406,10 +406,12 @@ class Follower:
                     )
                     self._followed.clear()
                 else:  # no registry of changes to follow there (a replica, say)
-                    refused = self._refused(exc)
+                    refused = True
+                    self._refused(exc)
             except sdk_errors.TesseraError as exc:
                 if lasting_answer(exc):
-                    refused = self._refused(exc)
+                    refused = True
+                    self._refused(exc)
                 else:
                     self._lost(exc.message)
             except TesseraError as exc:
@@ -418,7 +420,7 @@ class Follower:
                 log.exception("following the primary failed; reconnecting", extra={"primary": self.primary})
             if self._connected:  # a stream that worked: retry soon
                 delay = RECONNECT_FIRST_S
-            if refused is None:
+            if not refused:
                 await self._sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX_S)
             else:
@@ -431,7 +433,7 @@ class Follower:
             extra={"primary": self.primary, "reason": reason},
         )
 
-    def _refused(self, exc: sdk_errors.TesseraError) -> TesseraError:
+    def _refused(self, exc: sdk_errors.TesseraError) -> None:
         """The primary refused the watch for a cause only a fix there cures: said once per
         cause in the log, and to callers asking for what this replica does not hold."""
         refused = primary_error("cannot follow the registry's changes", self.primary, exc)
@@ -441,7 +443,6 @@ class Follower:
                 extra={"primary": self.primary, "reason": refused.message, "code": exc.code},
             )
         self._followed.refused = refused
-        return refused
 
     async def _sleep(self, seconds: float) -> None:
         """Wait `seconds`, or less when retry_now is called meanwhile."""
