@@ -3,16 +3,21 @@ them), quiet when its reader goes away (`| head`), and no crash when stderr is c
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
 import sys
+import termios
 import time
 import tomllib
 
+import numpy as np
 import pytest
 
+import tessera
 from tessera.cli import EXIT_DAEMON, EXIT_FAILED, EXIT_OUTPUT_CLOSED, EXIT_TERMINATED, EXIT_USAGE
+from tests.integration.cli.test_cli_changes import CLI_WITH_CTRL_C
 from tests.integration.cli.test_cli_follow import JOB_SPEC
 from tests.integration.sdk.affine import affine_onnx
 
@@ -188,3 +193,103 @@ def test_a_terminated_backup_leaves_no_partial_file(spawn_daemon, tmp_path):
     assert backup.returncode == EXIT_TERMINATED, err
     assert err == b"tessera: terminated\n"
     assert list(out.iterdir()) == []
+
+
+# Hours of training: a job still running while it is watched, cancelled at the end.
+LONG_JOB_SPEC = """\
+experiment = "ctrl-c"
+task = "classification"
+epochs = 100000
+batch_size = 1
+data = { dataset = "table" }
+
+[architecture]
+input_shape = [4]
+output_size = 2
+mlp = { hidden_sizes = [8] }
+"""
+
+
+def _ctrl_c_once_started(args, started, stdout=subprocess.DEVNULL):
+    """Ctrl-C to `tessera ARGS` once `started()` says it is under way; its status and stderr. The
+    wait is generous, and no run may outlast it: after SIGTERM, closing the gRPC channel was seen
+    to wait forever, about one run in five."""
+    cli = subprocess.Popen(
+        [sys.executable, "-c", CLI_WITH_CTRL_C, *args], stdout=stdout, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not started() and time.monotonic() < deadline and cli.poll() is None:
+            time.sleep(0.01)
+        assert cli.poll() is None, "the command ended before Ctrl-C"
+        cli.send_signal(signal.SIGINT)
+        _, err = cli.communicate(timeout=60)
+    finally:
+        cli.kill()
+    return cli.returncode, err.decode()
+
+
+def _partial_written(directory):
+    return lambda: any(p.stat().st_size > 0 for p in directory.glob(".*.partial"))
+
+
+def _written(path):
+    return lambda: path.stat().st_size > 0
+
+
+def _pipe_holds_some(read_end):
+    return lambda: fcntl.ioctl(read_end, termios.FIONREAD, b"\0\0\0\0") != b"\0\0\0\0"
+
+
+def test_ctrl_c_mid_transfer_or_follow_exits_130_at_once_leaving_no_partial_file(spawn_daemon, tmp_path):
+    """Ctrl-C raised KeyboardInterrupt through the command, then the CLI closed the gRPC channel,
+    which can wait forever on the call the signal cut short: it now ends as SIGTERM does, the
+    partial file removed, one line said, status 130."""
+    daemon = spawn_daemon(
+        "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(tmp_path / "data")
+    )
+    target = daemon.wait_serving()
+    rng = np.random.default_rng(0)
+    with tessera.Client(target) as client:
+        # 64 MiB: a download or backup takes many chunks, so it is caught under way.
+        client.datasets.push("big", x=rng.normal(size=(64, 1 << 18)).astype(np.float32))
+        x = rng.normal(size=(40, 4)).astype(np.float32)
+        client.datasets.push("table", x=x, y=(x[:, 0] > 0).astype(np.int64))
+        job = client.training.submit(tomllib.loads(LONG_JOB_SPEC))
+    out, events = tmp_path / "out", tmp_path / "events"
+    out.mkdir()
+    try:
+        for _ in range(4):
+            for command in (
+                ["datasets", "download", "big", "-o", str(out / "big.npz")],
+                ["admin", "backup", "-o", str(out / "b.tar")],
+            ):
+                status, err = _ctrl_c_once_started(["--target", target, *command], _partial_written(out))
+                assert (status, err) == (130, "tessera: interrupted\n")
+                assert list(out.iterdir()) == []
+            # Stdout read by no one: the backup waits on its writes with the stream under way.
+            read_end, write_end = os.pipe()
+            try:
+                status, err = _ctrl_c_once_started(
+                    ["--target", target, "admin", "backup", "-o", "-"],
+                    _pipe_holds_some(read_end),
+                    stdout=write_end,
+                )
+            finally:
+                os.close(read_end)
+                os.close(write_end)
+            assert (status, err) == (130, "tessera: interrupted\n")
+            with events.open("wb") as stdout:
+                status, err = _ctrl_c_once_started(
+                    ["--target", target, "--json", "jobs", "watch", job.id],
+                    _written(events),
+                    stdout=stdout.fileno(),
+                )
+            assert status == 130 and "Traceback" not in err
+            assert (
+                err.startswith(f"tessera: stopped following job {job.id}, which goes on")
+                and err.count("\n") == 1
+            )
+    finally:
+        with tessera.Client(target) as client:
+            client.training.job(job.id).cancel()

@@ -60,7 +60,7 @@ exit status:
   {EXIT_USAGE}    the command line is wrong: the message says what, under the command's usage
   {EXIT_DAEMON}    the daemon refused or failed the request, or could not be reached: the message
        starts with the gRPC status (NOT_FOUND, INVALID_ARGUMENT, UNAVAILABLE, ...)
-  {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C); a file being written is removed
   {EXIT_TERMINATED}  terminated (SIGTERM); a file being written is removed, as after Ctrl-C
   {EXIT_OUTPUT_CLOSED}  the output was closed early (`tessera ... | head`); nothing more is printed
 
@@ -84,8 +84,33 @@ class Terminated(BaseException):
     SIGTERM would leave it behind."""
 
 
-def _terminate(signum: int, frame: object) -> NoReturn:
-    raise Terminated
+class _Signals:
+    """Ctrl-C (SIGINT) and SIGTERM while a command runs: each raises in the main thread
+    (KeyboardInterrupt, Terminated), so that the file being written is removed on the way out;
+    `caught` says one came. Only the main thread may set a handler: main() run from another
+    thread keeps the default. A signal ignored stays ignored (a shell's background job ignores
+    Ctrl-C)."""
+
+    def __init__(self) -> None:
+        self.caught = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    self._previous[signum] = signal.signal(signum, self._raise)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _raise(self, signum: int, frame: object) -> NoReturn:
+        self.caught = True
+        if signum == signal.SIGTERM:
+            raise Terminated
+        raise KeyboardInterrupt
 
 
 class _PipeConsole(Console):
@@ -2111,33 +2136,25 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
             "send it to a file, or to /dev/null to drop it",
         )
     out = Output(args.json, console)
-    # Only the main thread may set a handler; main() run from another thread keeps the default.
-    previous = (
-        signal.signal(signal.SIGTERM, _terminate)
-        if threading.current_thread() is threading.main_thread()
-        else None
-    )
     try:
-        status = run(args, out)
-        # Flushed here, not at exit: a reader gone shows as BrokenPipeError now, not as
-        # Python's complaint and status 120 after main returns.
-        sys.stdout.flush()
+        with _Signals() as signals:
+            status = run(args, out, signals)
+            # Flushed here, not at exit: a reader gone shows as BrokenPipeError now, not as
+            # Python's complaint and status 120 after main returns.
+            sys.stdout.flush()
     except BrokenPipeError:
         # Whoever reads the output stopped (`| head`): no message, and nothing left to flush
         # into the closed pipe at exit, where Python would print its own complaint.
         _close_output()
         return EXIT_OUTPUT_CLOSED
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
     return status
 
 
-def run(args: argparse.Namespace, out: Output) -> int:
+def run(args: argparse.Namespace, out: Output, signals: _Signals) -> int:
     """The command in `args`, its failures said in one line on stderr; returns the exit status."""
     try:
         with Client(args.target, token=args.token, tls=tls_from(args), timeout=args.timeout) as client:
-            _handle(client, args, out)
+            _handle(client, args, out, signals)
     except BrokenPipeError:
         raise
     except UsageError as err:
@@ -2152,26 +2169,36 @@ def run(args: argparse.Namespace, out: Output) -> int:
         return _fail(EXIT_FAILED, f"tessera: {_os_error_words(err)}")
     except ValueError as err:
         return _fail(EXIT_FAILED, f"tessera: {err}")
-    except Terminated:
-        return _fail(EXIT_TERMINATED, "tessera: terminated")
-    except KeyboardInterrupt as err:
-        return _fail(EXIT_INTERRUPTED, f"tessera: {str(err) or 'interrupted'}")
+    except (Terminated, KeyboardInterrupt) as err:
+        return _fail(*_stopped_by(err))
     except Exception as err:
         # A bug in the CLI itself: still one line, with enough to report it.
         return _fail(EXIT_FAILED, f"tessera: unexpected {type(err).__name__}: {err}; please report this")
     return 0
 
 
-def _handle(client: Client, args: argparse.Namespace, out: Output) -> None:
+def _handle(client: Client, args: argparse.Namespace, out: Output, signals: _Signals) -> None:
     try:
         args.handler(client, args, out)
-    except Terminated:
+    except (Terminated, KeyboardInterrupt) as err:
+        if not signals.caught:
+            # Raised by no signal (by a caller of main() in-process): no call was cut short.
+            raise
         # The file being written was removed on the way here. Exit at once: closing the channel
         # can wait forever on a call the signal cut short, so the process would never end.
-        _fail(EXIT_TERMINATED, "tessera: terminated")
+        status, message = _stopped_by(err)
+        _fail(status, message)
         with contextlib.suppress(OSError, ValueError):
             sys.stdout.flush()
-        os._exit(EXIT_TERMINATED)
+        os._exit(status)
+
+
+def _stopped_by(err: Terminated | KeyboardInterrupt) -> tuple[int, str]:
+    """The status and the one line for a command a signal stopped; a KeyboardInterrupt's own
+    words (StoppedFollowing's) say what goes on without the command."""
+    if isinstance(err, Terminated):
+        return EXIT_TERMINATED, "tessera: terminated"
+    return EXIT_INTERRUPTED, f"tessera: {str(err) or 'interrupted'}"
 
 
 def _os_error_words(err: OSError) -> str:
