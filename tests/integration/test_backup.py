@@ -5,14 +5,17 @@ admin may take one, and a client gone mid-stream leaves nothing on the server.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import json
 import os
 import pty
+import socket
 import subprocess
 import sys
 import tarfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -535,6 +538,91 @@ def test_a_backup_to_stdout_that_fails_mid_stream_exits_non_zero(
     result = _run_cli(*_backup_cli(daemon, "-o", "-"), stdout=subprocess.DEVNULL)
     assert result.returncode == 3
     assert result.stderr.startswith("tessera: DATA_LOSS:") and "damaged" in result.stderr, result.stderr
+    assert result.stderr.endswith("what reached stdout is an incomplete archive and must not be used\n")
+
+
+class _FlippingRelay:
+    """A TCP relay to `upstream` that flips a byte of the first `marker` the daemon sends back, as
+    a faulty link would where nothing checks the bytes (gRPC has no checksum of its own): the
+    daemon, which checks each blob as it reads it, sends the damaged one and goes on."""
+
+    def __init__(self, upstream: str, marker: bytes) -> None:
+        self._upstream = upstream.rsplit(":", 1)
+        self._marker = marker
+        self._flipped = False
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.target = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            client, _ = self._listener.accept()
+            daemon = socket.create_connection((self._upstream[0], int(self._upstream[1])))
+            threading.Thread(target=self._pump, args=(client, daemon, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(daemon, client, True), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, from_daemon: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(1 << 16):
+                at = data.find(self._marker) if from_daemon and not self._flipped else -1
+                if at >= 0:
+                    data = data[:at] + bytes([data[at] ^ 1]) + data[at + 1 :]
+                    self._flipped = True
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+
+def test_a_backup_to_stdout_stops_before_the_bytes_that_show_a_member_damaged_on_the_way(
+    spawn_daemon, tmp_path: Path
+) -> None:
+    """The check ran behind the writes, some ten chunks of 1 MiB: a blob found damaged at its end
+    was followed on stdout by the next blobs. Nothing from the chunk that shows it on is written."""
+    daemon = spawn_daemon(
+        "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(tmp_path / "d")
+    )
+    target = daemon.wait_serving()
+    marker = np.array([1.5, -2.25, 3.125, 42.0, -0.375, 7.75, 1e-3, 9.5], np.float32)
+    rng = np.random.default_rng(0)
+    with tessera.Client(target) as client:
+        # Four blobs of 3 MiB, each opening with the marker: the first of them in the archive,
+        # whichever it is, is damaged, and 9 MiB follow it.
+        for name in "abcd":
+            x = np.concatenate([np.tile(marker, 1 << 15), rng.normal(size=1 << 19).astype(np.float32)])
+            client.datasets.push(name, x=x.reshape(-1, 8))
+    relay = _FlippingRelay(target, marker.tobytes())
+    streamed = tmp_path / "streamed.tar"
+    with streamed.open("wb") as stdout:
+        result = _run_cli("--target", relay.target, "admin", "backup", "-o", "-", stdout=stdout.fileno())
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.startswith("tessera: DATA_LOSS: the backup that arrived is not whole: blobs/")
+    assert "it was altered or damaged; take it again" in result.stderr
+    assert result.stderr.endswith("what reached stdout is an incomplete archive and must not be used\n")
+    data = streamed.read_bytes()
+    damaged = _tar_headers(data)[2]
+    assert damaged.name.startswith(BLOB_PREFIX)
+    end = damaged.offset_data + damaged.size
+    past, members_after = len(data) - end, len(_tar_headers(data)) - 3
+    assert (past < 0, members_after) == (True, 0), (
+        f"{past} bytes and {members_after} members past the damaged one"
+    )
+
+
+def _tar_headers(data: bytes) -> list[tarfile.TarInfo]:
+    """The members of a tar stream cut short anywhere whose header is whole in `data`, each with
+    `offset_data` set."""
+    headers, offset = [], 0
+    while offset + tarfile.BLOCKSIZE <= len(data):
+        try:
+            info = tarfile.TarInfo.frombuf(
+                data[offset : offset + tarfile.BLOCKSIZE], "utf-8", "surrogateescape"
+            )
+        except tarfile.HeaderError:
+            break
+        info.offset_data = offset + tarfile.BLOCKSIZE
+        headers.append(info)
+        offset = info.offset_data + -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    return headers
 
 
 def test_a_backup_to_a_terminal_is_refused(source: Source, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ The daemon imports this module, so it imports nothing beyond the standard librar
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import queue
@@ -22,7 +23,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Literal, Protocol
 
 FORMAT = "tessera-backup"
 FORMAT_VERSION = 1
@@ -138,11 +139,17 @@ def read_archive(path: Path, place: Place | None = None) -> Manifest:
         return _read(file, place)
 
 
-def _read(file: IO[bytes], place: Place | None) -> Manifest:
+Checked = Callable[[int], None]
+"""Told the offset in the archive up to which every byte has checked out, as it grows."""
+
+
+def _read(file: IO[bytes], place: Place | None, checked: Checked | None = None) -> Manifest:
+    # "r|*": a backup compressed since (gzip, bzip2, xz) reads as it is, as tar reads it. With
+    # `checked`, "r|": the offsets it is told are those of the tar stream, which must be the bytes read.
+    mode: Literal["r|*", "r|"] = "r|*" if checked is None else "r|"
     try:
-        # "r|*": a backup compressed since (gzip, bzip2, xz) reads as it is, as tar reads it.
-        with tarfile.open(fileobj=file, mode="r|*", tarinfo=_BoundedTarInfo) as tar:
-            return _read_members(tar, place)
+        with tarfile.open(fileobj=file, mode=mode, tarinfo=_BoundedTarInfo) as tar:
+            return _read_members(tar, place, checked)
     except tarfile.TarError as exc:
         raise ArchiveError(f"it is not a whole tar file ({exc}); it is truncated or damaged") from None
     except EOFError:
@@ -180,7 +187,7 @@ def _mib(size: int) -> str:
     return f"{size >> 20} MiB"
 
 
-def _read_members(tar: tarfile.TarFile, place: Place | None) -> Manifest:
+def _read_members(tar: tarfile.TarFile, place: Place | None, checked: Checked | None) -> Manifest:
     first = tar.next()
     if first is None or first.name != MANIFEST_NAME or not first.isfile():
         raise ArchiveError(f"its first member is not {MANIFEST_NAME}; it is not a tessera backup")
@@ -205,7 +212,7 @@ def _read_members(tar: tarfile.TarFile, place: Place | None) -> Manifest:
         if member.name in seen:
             raise ArchiveError(f"it holds {member.name!r} twice")
         seen.add(member.name)
-        _copy_checked(tar, member, entry, place(member.name, entry) if place else None)
+        _copy_checked(tar, member, entry, place(member.name, entry) if place else None, checked)
     missing = expected.keys() - seen
     if missing:
         raise ArchiveError(
@@ -222,7 +229,13 @@ def _member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     return file.read()
 
 
-def _copy_checked(tar: tarfile.TarFile, member: tarfile.TarInfo, entry: Entry, target: Target | None) -> None:
+def _copy_checked(
+    tar: tarfile.TarFile,
+    member: tarfile.TarInfo,
+    entry: Entry,
+    target: Target | None,
+    checked: Checked | None,
+) -> None:
     if member.size != entry.size:
         raise ArchiveError(
             f"{member.name} is {member.size} bytes, and its manifest says {entry.size}; it was altered"
@@ -231,11 +244,16 @@ def _copy_checked(tar: tarfile.TarFile, member: tarfile.TarInfo, entry: Entry, t
     if source is None:
         raise ArchiveError(f"its member {member.name} is not a file")
     digest = hashlib.sha256()
+    done = 0
     try:
         while chunk := source.read(READ_BYTES):
             digest.update(chunk)
             if target is not None:
                 target.write(chunk)
+            done += len(chunk)
+            # The member's last bytes check out only with its sha256, below.
+            if checked is not None and done < member.size:
+                checked(member.offset_data + done)
     finally:
         if target is not None:
             target.close()
@@ -244,25 +262,43 @@ def _copy_checked(tar: tarfile.TarFile, member: tarfile.TarInfo, entry: Entry, t
             f"{member.name} has sha256 {digest.hexdigest()}, and its manifest says {entry.sha256}; "
             "it was altered or damaged"
         )
+    if checked is not None:
+        checked(member.offset_data + member.size)
 
 
 class ArchiveCheck:
     """Checks an archive as its bytes arrive, as `read_archive` checks a file: `feed` each
-    piece, then `end()` gives the manifest. tarfile reads from a file, so a thread of its own
-    reads the pieces through it; a fault it finds is raised by the next `feed`, so that a
-    stream can stop early, and by `end()`."""
+    piece, and pass on only the pieces `checked()` gives, every byte of which has checked out
+    (a member's last bytes, with its sha256); `end()` gives the manifest, after which
+    `checked()` gives the rest. tarfile reads from a file, so a thread of its own reads the
+    pieces through it while more arrive; a fault it finds is raised by the next `feed`, and
+    by `end()`, and no piece from the one it was found in on is ever given."""
 
     def __init__(self) -> None:
         self._pieces = _Pieces()
         self._manifest: Manifest | None = None
         self._fault: ArchiveError | None = None
+        # Pieces fed and not yet given, each with the offset of its end.
+        self._held: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._fed = 0
+        # Where the check has got to: written by its thread, then by end() once it has ended.
+        self._through = 0
         self._thread = threading.Thread(target=self._check, name="tessera-backup-check", daemon=True)
         self._thread.start()
 
     def feed(self, data: bytes) -> None:
         if self._fault is not None:
             raise self._fault
+        self._fed += len(data)
+        self._held.append((self._fed, data))
         self._pieces.put(data)
+
+    def checked(self) -> list[bytes]:
+        """The pieces fed, in order, up to the last whose every byte has checked out so far."""
+        given = []
+        while self._held and self._held[0][0] <= self._through:
+            given.append(self._held.popleft()[1])
+        return given
 
     def end(self) -> Manifest:
         """The manifest, once every byte is fed and checks out; ArchiveError otherwise."""
@@ -270,6 +306,8 @@ class ArchiveCheck:
         if self._fault is not None:
             raise self._fault
         assert self._manifest is not None
+        # The tar's end marker and padding, which no member's check covers, are whole too.
+        self._through = self._fed
         return self._manifest
 
     def stop(self) -> None:
@@ -281,12 +319,15 @@ class ArchiveCheck:
     def _check(self) -> None:
         try:
             # Stream mode ("r|") only reads: typeshed asks for a whole file.
-            self._manifest = _read(self._pieces, None)  # type: ignore[arg-type]
+            self._manifest = _read(self._pieces, None, self._checked_through)  # type: ignore[arg-type]
         except ArchiveError as exc:
             self._fault = exc
         except Exception as exc:
             self._fault = ArchiveError(f"it could not be checked ({exc!r})")
         self._pieces.drain()
+
+    def _checked_through(self, offset: int) -> None:
+        self._through = offset
 
 
 class _Pieces:

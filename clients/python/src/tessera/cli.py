@@ -830,7 +830,13 @@ def _backup_to_stdout(client: Client, args: argparse.Namespace) -> None:
     if stdout.isatty():
         # As tar refuses: an archive is no use on a terminal, and would garble it.
         raise UsageError("refusing to write the backup to a terminal; redirect stdout (> FILE, | CMD)")
-    manifest = client.system.backup(stdout)
+    try:
+        manifest = client.system.backup(stdout)
+    except TesseraError as err:
+        # Part of the archive may be on stdout already, where a reader could take it for one.
+        raise type(err)(
+            f"{err.message}; what reached stdout is an incomplete archive and must not be used"
+        ) from None
     summary = _backup_summary(manifest, "-", None)
     print(
         dumps(summary, indent=2)
@@ -1913,7 +1919,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="the archive to write; it appears only once the whole backup has come and checks out. "
         '"-": write it to stdout as it comes (not a terminal), checked on the way, the summary on '
-        "stderr; on a fault the status is non-zero and what was written is no backup",
+        "stderr; a fault stops it before the bytes that show it are written, the status is "
+        "non-zero, and what was written is an incomplete archive, no backup",
     )
     sub.add_argument("--force", action="store_true", help="replace the file --output names if it exists")
 

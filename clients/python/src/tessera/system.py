@@ -69,10 +69,10 @@ class BackupSink:
 
 
 class BackupStream:
-    """Writes a streamed backup to an open binary file (stdout, a pipe) as it comes, checking
-    it on the way (each member's sha256 and size); a fault ends the call with DataLoss at
-    once. What was written by then stays written, and is no backup. The file is flushed,
-    never closed."""
+    """Writes a streamed backup to an open binary file (stdout, a pipe) as it comes, checked on
+    the way (each member's sha256 and size): a byte is written once it checks out, so a fault
+    ends the call with DataLoss before the piece it was found in is written. What was written
+    by then stays written, and is no backup. The file is flushed, never closed."""
 
     def __init__(self, file: BinaryIO) -> None:
         self._file = file
@@ -83,17 +83,23 @@ class BackupStream:
             self._check.feed(chunk)
         except ArchiveError as exc:
             raise _not_whole(exc) from None
-        self._file.write(chunk)
+        self._pass_on()
 
     def finish(self) -> Manifest:
-        self._file.flush()
         try:
-            return self._check.end()
+            manifest = self._check.end()
         except ArchiveError as exc:
             raise _not_whole(exc) from None
+        self._pass_on()
+        self._file.flush()
+        return manifest
 
     def abort(self) -> None:
         self._check.stop()
+
+    def _pass_on(self) -> None:
+        for piece in self._check.checked():
+            self._file.write(piece)
 
 
 class System(Part[C]):
