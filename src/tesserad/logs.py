@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 NOISY_LIBRARIES = ("onnxscript", "onnx_ir")
@@ -65,10 +66,49 @@ def configure_logging(log_format: str, level: str) -> None:
     handler.setFormatter(JsonFormatter() if log_format == "json" else ConsoleFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    set_level(logging.getLevelNamesMapping()[level.upper()])
+
+
+def set_level(level: int) -> None:
+    """Make `level` the least severe level logged, the ONNX exporter's libraries included."""
+    root = logging.getLogger()
+    root.setLevel(level)
     # The ONNX exporter's libraries log each graph rewrite at INFO (dozens of lines per export,
     # "The value 'step' is not 1."), which would bury the daemon's own lines; at debug they show.
     for name in NOISY_LIBRARIES:
         logging.getLogger(name).setLevel(
-            logging.NOTSET if root.level < logging.INFO else max(root.level, logging.WARNING)
+            logging.NOTSET if level < logging.INFO else max(level, logging.WARNING)
         )
+
+
+def levels_now() -> Callable[[], None]:
+    """What puts back the levels `set_level` changes as they are now."""
+    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in NOISY_LIBRARIES)]
+    saved = [(logger, logger.level) for logger in loggers]
+
+    def restore() -> None:
+        for logger, level in saved:
+            logger.setLevel(level)
+
+    return restore
+
+
+def band(level: int) -> int:
+    """The band of levels `level` is in: DEBUG (anything below INFO), INFO, WARNING or ERROR
+    (CRITICAL included)."""
+    for floor in (logging.ERROR, logging.WARNING, logging.INFO):
+        if level >= floor:
+            return floor
+    return logging.DEBUG
+
+
+class BandFilter(logging.Filter):
+    """Drops the records of the bands in `muted`: a level alone can only cut every band below
+    one, where a runtime change (Triton's log_info, log_warning, log_error) may mute any."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.muted: frozenset[int] = frozenset()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return band(record.levelno) not in self.muted

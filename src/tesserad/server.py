@@ -66,6 +66,7 @@ from tesserad.datasets import Datasets
 from tesserad.datasets.references import collect_unheld_blobs
 from tesserad.errors import Unavailable
 from tesserad.host import Gpus, raise_open_file_limit
+from tesserad.log_settings import LogControl
 from tesserad.metrics import DaemonMetrics, MetricsHttpServer
 from tesserad.oip import grpc_service_pb2, grpc_service_pb2_grpc
 from tesserad.registry import TABLES as REGISTRY_TABLES
@@ -200,6 +201,8 @@ class Daemon:
         self._oip_http: OipHttpServer | None = None
         # Regions clients register through the Open Inference Protocol; the daemon's memory only.
         self._shared_memory = SharedMemory()
+        # The log settings clients may change through the Open Inference Protocol, until the stop.
+        self._logs = LogControl(settings.log_level)
         self._lock: DataDirLock | None = None
         self._store: Store | None = None
         self._gpus: Gpus | None = None
@@ -325,7 +328,7 @@ class Daemon:
         self.inference = build_inference(self.registry, settings.serving, self.metrics.registry, calls)
         self._export_triton_metrics()
         self.registry.add_listener(self.inference.on_registry_change)
-        oip = OpenInference(self.inference, self._stopping, self._shared_memory)
+        oip = OpenInference(self.inference, self._stopping, self._shared_memory, self._logs)
         cluster = ClusterStats(
             self._changes.replicas,
             await asyncio.to_thread(self._replica_transport, credentials is not None),
@@ -577,7 +580,7 @@ class Daemon:
         self.inference = inference_over(followed, settings.serving, self.metrics.registry, calls)
         self._export_triton_metrics()
         caught_up = asyncio.Event()
-        oip = OpenInference(self.inference, self._stopping, self._shared_memory, caught_up)
+        oip = OpenInference(self.inference, self._stopping, self._shared_memory, self._logs, caught_up)
         _register(
             inference_pb2_grpc.add_InferenceServicer_to_server, InferenceServicer(self.inference), routes
         )
@@ -746,6 +749,7 @@ class Daemon:
             await asyncio.to_thread(self.inference.close)
             self.inference = None
         self._shared_memory.close()
+        self._logs.close()
         if self.exports is not None:
             await asyncio.to_thread(self.exports.close, exports_wait_s)
             self.exports = None

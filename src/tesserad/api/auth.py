@@ -74,6 +74,10 @@ REVOKED_IN_FLIGHT = frozenset({"/inference.GRPCInferenceService/ModelInfer", "/t
 # so a value set here is seen by the servicer (and by asyncio.to_thread calls it makes) and
 # by nothing outside this call.
 _CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("tessera_caller", default=ANONYMOUS)
+# The caller's role, for an RPC whose role depends on what its request asks (LogSettings).
+_CALLER_ROLE: contextvars.ContextVar[Role] = contextvars.ContextVar(
+    "tessera_caller_role", default=Role.READER
+)
 
 
 def caller(context: Context) -> str:
@@ -84,6 +88,12 @@ def caller(context: Context) -> str:
     Call it from inside the servicer method that received `context`.
     """
     return _CALLER.get()
+
+
+def caller_role(context: Context) -> Role:
+    """The role of the caller of the RPC `context` belongs to: its token's; admin without tokens
+    (mutual TLS alone, or no authentication on loopback, admits every caller as admin)."""
+    return _CALLER_ROLE.get()
 
 
 def presented_authorization(context: Context) -> str:
@@ -337,6 +347,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         deserialize = handler.request_deserializer
         serialize = handler.response_serializer
         caller_name = None if identity is None else identity.name
+        # Only a health probe is admitted without an identity when there are tokens.
+        role = identity.role if identity is not None else Role.ADMIN if self._tokens is None else Role.READER
         certificates_identify = self._certificates_identify
         max_size = self._max_message_size
         rpc = method.lstrip("/")
@@ -356,6 +368,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 _CALLER.set(caller_name)
             elif certificates_identify:
                 _CALLER.set(_certificate_name(context))
+            _CALLER_ROLE.set(role)
             for index, gate in enumerate(gates):
                 try:
                     gate.enter()
@@ -715,5 +728,6 @@ __all__ = [
     "AuthSetupError",
     "authentication_enabled",
     "caller",
+    "caller_role",
     "presented_authorization",
 ]

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import NoReturn
 
 import grpc
 
 from tesserad import __version__
+from tesserad.api.auth import caller, caller_role
 from tesserad.api.convert_inference import deadline_of
 from tesserad.api.convert_tensors import (
     KIND_NAMES,
@@ -26,9 +27,11 @@ from tesserad.api.convert_tensors import (
 )
 from tesserad.api.oip_config import model_config_of, serving_config_of
 from tesserad.api.streams import answer_stream
-from tesserad.errors import TesseraError, Unimplemented
+from tesserad.errors import PermissionDenied, TesseraError, Unimplemented
+from tesserad.log_settings import SettingValue
 from tesserad.oip import grpc_service_pb2 as pb
 from tesserad.oip import grpc_service_pb2_grpc
+from tesserad.security.roles import LOG_SETTINGS_UPDATE
 from tesserad.serving.open_inference import (
     EXTENSIONS,
     FINAL_RESPONSE_FLAG,
@@ -319,5 +322,44 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def TraceSetting(self, request: object, context: object) -> NoReturn:
         raise Unimplemented("tesserad does not support Triton trace settings; use its /metrics and GetStats")
 
-    async def LogSettings(self, request: object, context: object) -> NoReturn:
-        raise Unimplemented("tesserad does not support Triton log settings; set log_level in its settings")
+    async def LogSettings(
+        self,
+        request: pb.LogSettingsRequest,
+        context: grpc.aio.ServicerContext[pb.LogSettingsRequest, pb.LogSettingsResponse],
+    ) -> pb.LogSettingsResponse:
+        logs = self._core.logs
+        if not request.settings:
+            return log_settings_response(logs.settings())
+        role = caller_role(context)
+        if role < LOG_SETTINGS_UPDATE:
+            raise PermissionDenied(
+                f"changing the log settings needs the {LOG_SETTINGS_UPDATE.label} role; the caller "
+                f"{caller(context)!r} has the {role.label} role; a request without settings reads them"
+            )
+        changes = {name: _setting_value(value) for name, value in request.settings.items()}
+        return log_settings_response(logs.update(changes, caller(context)))
+
+
+def _setting_value(value: pb.LogSettingsRequest.SettingValue) -> SettingValue | None:
+    """A setting's value as sent; None for one sent without a value."""
+    choice = value.WhichOneof("parameter_choice")
+    if choice == "bool_param":
+        return value.bool_param
+    if choice == "uint32_param":
+        return value.uint32_param
+    if choice == "string_param":
+        return value.string_param
+    return None
+
+
+def log_settings_response(settings: Mapping[str, SettingValue]) -> pb.LogSettingsResponse:
+    response = pb.LogSettingsResponse()
+    for name, value in settings.items():
+        entry = response.settings[name]
+        if isinstance(value, bool):
+            entry.bool_param = value
+        elif isinstance(value, int):
+            entry.uint32_param = value
+        else:
+            entry.string_param = value
+    return response

@@ -4,7 +4,8 @@ the daemon's own event loop, on its own listener (`serving.oip_http_listen`).
 Thin, as the gRPC servicer (tesserad.api.oip) is: both call tesserad.serving.open_inference, and
 metadata, config, statistics and the repository index are the gRPC messages written as JSON.
 Access is the gRPC listener's: its TLS (and client-certificate rule), its tokens as `Authorization:
-Bearer <token>`, the role its RPC of the same name needs, and a slot of limits.max_concurrent_calls
+Bearer <token>`, the role its RPC of the same name needs (POST /v2/logging: the role a LogSettings
+request that changes a setting needs), and a slot of limits.max_concurrent_calls
 (one count for both listeners). Errors are `{"error": "..."}` with the HTTP status of the gRPC
 code's meaning and the gRPC message.
 
@@ -28,7 +29,7 @@ from typing import Any
 from aiohttp import web
 
 from tesserad import __version__, errors
-from tesserad.api.auth import expired_message
+from tesserad.api.auth import ANONYMOUS, expired_message
 from tesserad.api.oip import (
     index_response,
     metadata_of,
@@ -50,7 +51,7 @@ from tesserad.dashboard.listener import HttpListener, Refused
 from tesserad.dashboard.server import http_status_for
 from tesserad.security import TokenTable
 from tesserad.security.limits import ConcurrencyGate
-from tesserad.security.roles import HEALTH_METHODS, ROLE_TABLE, Role
+from tesserad.security.roles import HEALTH_METHODS, LOG_SETTINGS_UPDATE, ROLE_TABLE, Role
 from tesserad.security.tokens import TokenFile, token_digest, utc_now
 from tesserad.serving.open_inference import (
     EXTENSIONS,
@@ -63,6 +64,8 @@ from tesserad.serving.open_inference import (
 log = logging.getLogger(__name__)
 
 _SERVICE = "inference.GRPCInferenceService"
+# The request's key for the name of the token that admitted it.
+_CALLER = web.RequestKey("tessera_caller", str)
 
 
 def _failure(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -154,6 +157,10 @@ class OipHttpServer(HttpListener):
                     "/v2/systemsharedmemory/region/{name}/unregister",
                     admitted("SystemSharedMemoryUnregister", self._shm_unregister),
                 ),
+                web.get("/v2/logging", admitted("LogSettings", self._log_settings)),
+                web.post(
+                    "/v2/logging", admitted("LogSettings", self._update_log_settings, LOG_SETTINGS_UPDATE)
+                ),
                 web.get("/v2/cudasharedmemory/status", admitted("CudaSharedMemoryStatus", self._no_cuda)),
                 web.get(
                     "/v2/cudasharedmemory/region/{name}/status",
@@ -213,17 +220,18 @@ class OipHttpServer(HttpListener):
                 500, f"internal error (id {error_id}); the daemon's log has the details under that id"
             )
 
-    def _admitted(self, rpc: str, handler: Handler) -> Handler:
-        """`handler` behind the checks the gRPC RPC `rpc` gets: who may call (`_admit`), then a
-        slot of limits.max_concurrent_calls shared with gRPC's calls (429 with gRPC's
-        RESOURCE_EXHAUSTED message when none is free). Health probes take no slot, as on gRPC."""
+    def _admitted(self, rpc: str, handler: Handler, required: Role | None = None) -> Handler:
+        """`handler` behind the checks the gRPC RPC `rpc` gets: who may call (`_admit`; `required`:
+        the role, when not the RPC's own), then a slot of limits.max_concurrent_calls shared with
+        gRPC's calls (429 with gRPC's RESOURCE_EXHAUSTED message when none is free). Health probes
+        take no slot, as on gRPC."""
         calls = self._calls
         limited = f"/{_SERVICE}/{rpc}" not in HEALTH_METHODS
         revocable = self._revocable if rpc == "ModelInfer" else None
-        required = ROLE_TABLE[_SERVICE][rpc]
+        needed = ROLE_TABLE[_SERVICE][rpc] if required is None else required
 
         async def admitted(request: web.Request) -> web.StreamResponse:
-            digest = self._admit(request, rpc)
+            digest = self._admit(request, rpc, needed)
             length = request.content_length
             if length is not None and length > self._max_message_size:
                 # Refused before a byte of it is read, or a slot taken while it (never) arrives.
@@ -234,7 +242,7 @@ class OipHttpServer(HttpListener):
             try:
                 if revocable is None or digest is None:
                     return await handler(request)
-                return await _revoked_at_reload(revocable, _Revocable(digest, required), handler, request)
+                return await _revoked_at_reload(revocable, _Revocable(digest, needed), handler, request)
             finally:
                 calls.leave()
 
@@ -269,9 +277,10 @@ class OipHttpServer(HttpListener):
                 ended += 1
         return ended
 
-    def _admit(self, request: web.Request, rpc: str) -> bytes | None:
-        """Refuse (401/403) a caller the gRPC RPC `rpc` would refuse; the SHA-256 of the token that
-        admitted it, or None when none was needed. Without a tokens file every caller is
+    def _admit(self, request: web.Request, rpc: str, required: Role) -> bytes | None:
+        """Refuse (401/403) a caller the gRPC RPC `rpc` would refuse, or whose role is below
+        `required`; the SHA-256 of the token that admitted it (its name is the request's
+        `_CALLER`), or None when none was needed. Without a tokens file every caller is
         admitted: mutual TLS has checked the certificate, and without it the daemon serves
         loopback only (or the operator said --insecure)."""
         if self._tokens is None or (self._health_open and f"/{_SERVICE}/{rpc}" in HEALTH_METHODS):
@@ -296,13 +305,13 @@ class OipHttpServer(HttpListener):
             )
         if identity.expires is not None and identity.expired(utc_now()):
             raise Refused(401, expired_message(identity))
-        required = ROLE_TABLE[_SERVICE][rpc]
         if identity.role < required:
             raise Refused(
                 403,
                 f"{request.method} {request.path[:200]} needs the {required.label} role; the token "
                 f"{identity.name!r} has the {identity.role.label} role",
             )
+        request[_CALLER] = identity.name
         return digest
 
     async def _live(self, request: web.Request) -> web.Response:
@@ -393,6 +402,13 @@ class OipHttpServer(HttpListener):
     async def _shm_unregister(self, request: web.Request) -> web.Response:
         self._core.shared_memory.unregister(request.match_info.get("name", ""))
         return web.Response()
+
+    async def _log_settings(self, request: web.Request) -> web.Response:
+        return web.json_response(self._core.logs.settings())
+
+    async def _update_log_settings(self, request: web.Request) -> web.Response:
+        changes = await self._json_object(request)
+        return web.json_response(self._core.logs.update(changes, request.get(_CALLER, ANONYMOUS)))
 
     async def _no_cuda(self, request: web.Request) -> web.Response:
         raise errors.Unimplemented(NO_CUDA_SHARED_MEMORY)

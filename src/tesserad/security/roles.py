@@ -153,13 +153,19 @@ ROLE_TABLE: dict[str, dict[str, Role]] = {
         "CudaSharedMemoryStatus": _R,
         "CudaSharedMemoryRegister": _A,
         "CudaSharedMemoryUnregister": _A,
-        # Both change daemon-wide settings when the request carries any.
+        # Changes daemon-wide settings when the request carries any.
         "TraceSetting": _A,
-        "LogSettings": _A,
+        # Reading; a request that changes a setting needs LOG_SETTINGS_UPDATE, which the servicer
+        # checks once it has read the request (an empty one only reads).
+        "LogSettings": _R,
     },
     "grpc.health.v1.Health": {"Check": _R, "List": _R, "Watch": _R},
     "grpc.reflection.v1alpha.ServerReflection": {"ServerReflectionInfo": _R},
 }
+
+# Changing the daemon's log settings (the Open Inference Protocol's logging extension): they decide
+# what every operator's log shows.
+LOG_SETTINGS_UPDATE = Role.ADMIN
 
 # Liveness and readiness carry no data; `security.health_open` lets probes call them without a token.
 HEALTH_METHODS = frozenset(

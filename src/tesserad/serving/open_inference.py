@@ -20,6 +20,7 @@ import ml_dtypes
 import numpy as np
 
 from tesserad.errors import InvalidArgument, NotFound, Unimplemented
+from tesserad.log_settings import LogControl
 from tesserad.names import validate_name
 from tesserad.numbers import INT64_MAX, whole_number
 from tesserad.serving.batcher import Prediction
@@ -47,7 +48,7 @@ OIP_DTYPES: dict[str, np.dtype] = {
 OIP_NAME_BY_DTYPE: dict[np.dtype, str] = {dtype: name for name, dtype in OIP_DTYPES.items()}
 
 # Listed truthfully: perf_analyzer shows the server-side breakdown only with "statistics".
-EXTENSIONS = ["model_repository", "model_configuration", "statistics", "system_shared_memory"]
+EXTENSIONS = ["model_repository", "model_configuration", "statistics", "system_shared_memory", "logging"]
 PLATFORMS: Mapping[RuntimeName, str] = {
     "onnx": "onnxruntime_onnx",
     "torch": "pytorch_libtorch",
@@ -220,14 +221,17 @@ class OpenInference:
         service: InferenceService,
         stopping: asyncio.Event,
         shared_memory: SharedMemory,
+        logs: LogControl,
         caught_up: asyncio.Event | None = None,
     ) -> None:
-        """`shared_memory`: the registered system shared-memory regions; `caught_up`: a replica's,
+        """`shared_memory`: the registered system shared-memory regions; `logs`: the daemon's log
+        settings (the logging extension); `caught_up`: a replica's,
         set while gRPC health says SERVING (it has caught up with its primary and loaded what the
         deployments route to); None on a primary."""
         self._service = service
         self._stopping = stopping
         self.shared_memory = shared_memory
+        self.logs = logs
         self._caught_up = caught_up
 
     def server_ready(self) -> bool:

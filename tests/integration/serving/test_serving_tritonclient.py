@@ -352,3 +352,76 @@ def test_tritonclient_http_talks_to_tesserad(start_daemon) -> None:
     assert message.startswith("config field 'output' is y FP64 [3], but linear version 1 has y FP32 [3]")
     assert seen["success_count"] == 3
     assert ["linear", "READY"] in seen["models"]
+
+
+# Triton's logging extension, as tritonclient reads and changes it over gRPC and HTTP.
+LOGGING_CLIENT_SCRIPT = r"""
+import json, sys
+import tritonclient.grpc as tc
+import tritonclient.http as th
+from tritonclient.utils import InferenceServerException
+
+seen = {}
+for kind, client in (("grpc", tc.InferenceServerClient(sys.argv[1])), ("http", th.InferenceServerClient(sys.argv[2]))):
+    if kind == "grpc":
+        read = lambda: {k: next(iter(v.values())) for k, v in client.get_log_settings(as_json=True)["settings"].items()}
+        update = lambda s: {k: next(iter(v.values())) for k, v in client.update_log_settings(s, as_json=True)["settings"].items()}
+        extensions = list(client.get_server_metadata().extensions)
+    else:
+        read, update = client.get_log_settings, client.update_log_settings
+        extensions = client.get_server_metadata()["extensions"]
+    entry = {"logging": "logging" in extensions, "read": read()}
+    entry["round_trip"] = update(entry["read"])
+    entry["changed"] = update({"log_info": False, "log_verbose_level": 1})
+    for key, settings in (
+        ("file", {"log_file": "triton.log"}),
+        ("format", {"log_format": "default"}),
+        ("unknown", {"log_warnings": False}),
+    ):
+        try:
+            update(settings)
+            entry[key] = None
+        except InferenceServerException as exc:
+            entry[key] = [exc.status(), exc.message()]
+    entry["restored"] = update({"log_info": True, "log_verbose_level": 0})
+    seen[kind] = entry
+print(json.dumps(seen))
+"""
+
+
+def test_tritonclient_reads_and_changes_the_log_settings(start_daemon) -> None:
+    python = tritonclient_python()
+    if python is None:
+        pytest.skip(
+            "tritonclient is not installed: set TESSERA_TRITONCLIENT_PYTHON to a python with "
+            "'tritonclient[grpc,http]' (or create .venv-triton in the repository root)"
+        )
+    daemon = start_daemon(**{"serving.oip_http_listen": "127.0.0.1:0"})
+    run = subprocess.run(
+        [str(python), "-c", LOGGING_CLIENT_SCRIPT, daemon.target, f"127.0.0.1:{daemon.daemon.oip_http_port}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    seen = json.loads(run.stdout)
+    defaults = {
+        "log_file": "",
+        "log_info": True,
+        "log_warning": True,
+        "log_error": True,
+        "log_verbose_level": 0,
+        "log_format": "ISO8601",
+    }
+    for kind, invalid in (("grpc", "StatusCode.INVALID_ARGUMENT"), ("http", "400")):
+        entry = seen[kind]
+        assert entry["logging"], kind
+        assert entry["read"] == entry["round_trip"] == entry["restored"] == defaults, kind
+        assert entry["changed"] == {**defaults, "log_info": False, "log_verbose_level": 1}, kind
+        status, message = entry["file"]
+        assert status == invalid and message.startswith("log setting 'log_file' cannot name a file"), kind
+        status, message = entry["format"]
+        assert status == invalid and message.startswith("log setting 'log_format' cannot be 'default'"), kind
+        status, message = entry["unknown"]
+        assert status == invalid and message.startswith("unknown log setting 'log_warnings'"), kind

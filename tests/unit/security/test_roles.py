@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 from tessera.v1 import datasets_pb2, inference_pb2, registry_pb2, system_pb2, training_pb2
 from tesserad.oip import grpc_service_pb2
 from tesserad.security import MissingRoleError, Role, required_roles
-from tesserad.security.roles import HEALTH_METHODS, ROLE_TABLE
+from tesserad.security.roles import HEALTH_METHODS, LOG_SETTINGS_UPDATE, ROLE_TABLE
 
 PROTOS = Path(__file__).resolve().parents[3] / "protos"
 PROTO_MODULES = [system_pb2, registry_pb2, datasets_pb2, training_pb2, inference_pb2, grpc_service_pb2]
@@ -117,3 +117,8 @@ def test_roles_are_ordered_and_parsed():
     assert Role.parse(" Admin ") is Role.ADMIN
     with pytest.raises(ValueError, match="expected one of reader, trainer, admin"):
         Role.parse("root")
+
+
+def test_reading_the_log_settings_needs_reader_and_changing_them_admin():
+    assert ROLE_TABLE["inference.GRPCInferenceService"]["LogSettings"] == Role.READER
+    assert LOG_SETTINGS_UPDATE == Role.ADMIN
