@@ -39,8 +39,8 @@ from tesserad.security.roles import Role
 
 TOKEN_PREFIX = "tsr_"
 MIN_TOKEN_LENGTH = 24
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}\Z")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
 _REQUIRED_KEYS = {"name", "role", "sha256"}
 _OPTIONAL_KEYS = {"created", "expires"}
 _LIFETIME_RE = re.compile(r"^([0-9]+)([smhd])$")

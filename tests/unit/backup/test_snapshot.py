@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tessera.backup import BLOB_PREFIX, STORE_NAME, read_archive
+from tessera.backup import BLOB_PREFIX, STORE_NAME, ArchiveError, Entry, Manifest, read_archive
 from tesserad.backup import Backup, Backups
 from tesserad.datasets.references import BLOB_HOLDERS, delete_unheld_blobs, hold_blob, release_blob
 from tesserad.errors import Unavailable
@@ -116,3 +116,12 @@ def test_a_daemon_stopping_ends_its_open_backups_unavailable(parts: tuple[Store,
         backup.next_chunk()
     assert list(blobs.tmp_dir.iterdir()) == []
     assert not blobs.claimed(sha256)
+
+
+def test_a_manifest_digest_with_a_line_end_is_malformed():
+    # `$` also matches before a final newline, and the name would not be the blob's in the archive.
+    good = Manifest("1", "now", {}, Entry("a" * 64, 1), {"b" * 64: 2})
+    assert Manifest.from_json(good.to_json()) == good
+    damaged = Manifest("1", "now", {}, Entry("a" * 64, 1), {"b" * 64 + "\n": 2})
+    with pytest.raises(ArchiveError, match="malformed"):
+        Manifest.from_json(damaged.to_json())

@@ -20,6 +20,7 @@ from tesserad.security.tokens import (
     format_entry,
     format_time,
     parse_lifetime,
+    validate_name,
 )
 
 
@@ -408,3 +409,12 @@ def test_a_tokens_file_that_is_missing_or_broken_fails_with_status_1_not_as_a_us
     assert cli.main(["tokens", action[0], "--file", str(path), *action[1:]]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"tesserad tokens: tokens file {path} ") and "usage:" not in err
+
+
+def test_a_name_or_digest_with_a_line_end_is_refused():
+    # `$` also matches before a final newline: such a name would be a second name for the holder.
+    with pytest.raises(ValueError, match="token name"):
+        validate_name("alice\n")
+    digest = hash_token(new_token())
+    with pytest.raises(TokensFileError, match="sha256 must be 64 hex digits"):
+        TokenTable.parse({"tokens": [{"name": "alice", "role": "reader", "sha256": digest + "\n"}]}, "test")

@@ -38,7 +38,7 @@ READ_BYTES = 1 << 20
 MANIFEST_MAX_BYTES = 64 << 20
 HEADER_MAX_BYTES = 1 << 20
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 class ArchiveError(ValueError):
