@@ -350,6 +350,7 @@ class Daemon:
         await asyncio.to_thread(tracking.index_run_order)
         await asyncio.to_thread(tracking.move_deleted_runs_order)
         await asyncio.to_thread(tracking.count_experiment_runs)
+        await asyncio.to_thread(tracking.count_run_metrics)
         self.training = self._jobs(
             system,
             self._store,

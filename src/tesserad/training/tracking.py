@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 # creates, deletes or restores runs, so an experiment's run_count reads one row.
 RUN_COUNTS = "experiment_run_counts"
 _RUN_COUNT = struct.Struct(">q")
+# run -> its distinct metric keys (a signed 8-byte integer), moved in the transaction that adds
+# or drops a key's summary, so refusing a key past MAX_RUN_METRICS reads one row.
+METRIC_COUNTS = "run_metric_counts"
 
 TABLES = [
     "experiments",
@@ -55,6 +58,7 @@ TABLES = [
     "experiment_runs",
     "deleted_runs",
     RUN_COUNTS,
+    METRIC_COUNTS,
     "metrics",
     "metric_summaries",
     run_order.TABLE,
@@ -73,6 +77,10 @@ MAX_KEY_BYTES = 400
 # A run's params and tags together, in UTF-8: with its metric summaries a run stays within the 4
 # MiB a GetRun answer may take, however many calls added to it.
 MAX_RUN_TEXT = 2 * 2**20
+# Distinct metric keys a run holds. A summary of a key of MAX_KEY_BYTES takes at most about 460
+# bytes on the wire, so these take under 1 MB: with MAX_RUN_TEXT of params and tags a run stays
+# within the 4 MiB of a GetRun answer, and ListRuns, CompareRuns and Leaderboard can carry it.
+MAX_RUN_METRICS = 2000
 DEFAULT_LEADERBOARD_LIMIT = 10
 DEFAULT_HISTORY_PAGE = 10_000
 MAX_HISTORY_PAGE = 100_000
@@ -98,8 +106,16 @@ ORDER_FIELDS = ("last", "min", "max")
 # In the "meta" table once every experiment has its count (stores from before the counts are
 # counted once at start).
 RUNS_COUNTED = ("experiment_runs_counted",)
+# In the "meta" table once every run has its count of metric keys (stores from before the counts
+# are counted once at start).
+METRICS_COUNTED = ("run_metrics_counted",)
 # What the start-up passes' progress logs call the rows of the tables they go through.
-_PASS_ROWS = {"metric_summaries": "metrics", "experiments": "experiments", "deleted_runs": "runs"}
+_PASS_ROWS = {
+    "metric_summaries": "metrics",
+    "experiments": "experiments",
+    "deleted_runs": "runs",
+    "runs": "runs",
+}
 
 
 @dataclass(frozen=True)
@@ -827,6 +843,7 @@ class Tracking:
                     raise FailedPrecondition(
                         f"run {run_id!r} has ended ({status.upper()}); log metrics to a running run"
                     )
+            _check_metric_room(txn, run_id, (point.key for point in points))
             write_points(txn, data["experiment"], run_id, points, now)
             return len(points)
 
@@ -1064,6 +1081,43 @@ class Tracking:
                 extra={"experiments": passed.done, "seconds": passed.seconds},
             )
 
+    def count_run_metrics(self, progress_every_s: float = 5.0) -> None:
+        """Count every run's metric keys once, for a store written before the counts.
+
+        Runs at start, after the passes that may drop summaries; an interrupted pass starts over
+        at the next start (a count is written whole, from the run's summaries). Runs from before
+        the cap that hold more keys than it keep them, take no new ones, and are logged.
+        """
+        over: list[str] = []
+
+        def count(txn: WriteTxn, key: Key, raw: bytes) -> None:
+            run_id = str(key[0])
+            held = txn.count("metric_summaries", (run_id,))
+            _put_metric_count(txn, run_id, held)
+            if held > MAX_RUN_METRICS:
+                over.append(run_id)
+
+        passed = self._each_row_once(
+            "runs",
+            METRICS_COUNTED,
+            64,
+            count,
+            "counting the metric keys of runs",
+            dict,
+            progress_every_s,
+            started_message="counting the metric keys of runs (once, for a store from an older tesserad)",
+        )
+        if passed is not None and passed.rows:
+            log.info(
+                "counted the metric keys of runs", extra={"runs": passed.done, "seconds": passed.seconds}
+            )
+        if over:
+            log.warning(
+                "runs hold more metric keys than a run may now take; they take no new keys, and an "
+                "answer holding one may exceed a client's 4 MiB receive limit",
+                extra={"runs": len(over), "run_ids": over[:10], "max_run_metrics": MAX_RUN_METRICS},
+            )
+
     def _each_row_once(
         self,
         table: str,
@@ -1163,9 +1217,12 @@ def _refresh_summary(txn: WriteTxn, experiment: str, run_id: str, key: str) -> N
     totals = metric_buckets.totals(txn, metric)
     last = metric_buckets.last_point(txn, metric)
     if totals is None or last is None:
-        txn.delete("metric_summaries", (run_id, key))
+        if txn.delete("metric_summaries", (run_id, key)):
+            _count_metrics(txn, run_id, -1)
         run_order.update(txn, experiment, run_id, key, old, None, deleted)
         return
+    if raw is None:
+        _count_metrics(txn, run_id, 1)
     low, high = totals.low.value, totals.high.value
     best = low if default_mode(key) == "min" else high
     summary = MetricSummary(key, last.value, low, high, best, totals.points, last.step)
@@ -1195,6 +1252,41 @@ def _count_runs(txn: WriteTxn, experiment: str, change: int) -> None:
         _put_run_count(txn, experiment, _run_count(txn, experiment) + change)
 
 
+def _metric_count(txn: ReadTxn, run_id: str) -> int:
+    raw = txn.get(METRIC_COUNTS, (run_id,))
+    return 0 if raw is None else int(_RUN_COUNT.unpack(raw)[0])
+
+
+def _put_metric_count(txn: WriteTxn, run_id: str, count: int) -> None:
+    if count:
+        txn.put(METRIC_COUNTS, (run_id,), _RUN_COUNT.pack(count))
+    else:
+        txn.delete(METRIC_COUNTS, (run_id,))
+
+
+def _count_metrics(txn: WriteTxn, run_id: str, change: int) -> None:
+    """Move the run's count of metric keys by `change`, in the caller's transaction."""
+    _put_metric_count(txn, run_id, _metric_count(txn, run_id) + change)
+
+
+def _new_keys(txn: ReadTxn, run_id: str, keys: Iterable[str]) -> list[str]:
+    """The distinct `keys` the run has no summary of yet, in their order."""
+    return [key for key in dict.fromkeys(keys) if not txn.exists("metric_summaries", (run_id, key))]
+
+
+def _check_metric_room(txn: ReadTxn, run_id: str, keys: Iterable[str]) -> None:
+    """ResourceExhausted when the keys new to the run would take it past MAX_RUN_METRICS."""
+    new = _new_keys(txn, run_id, keys)
+    held = _metric_count(txn, run_id)
+    if new and held + len(new) > MAX_RUN_METRICS:
+        raise ResourceExhausted(
+            f"points: run {run_id!r} has {held:,} metric keys and this batch adds {len(new):,} new ones "
+            f"({new[0][:80]!r} first); a run holds at most {MAX_RUN_METRICS:,} distinct metric keys, "
+            "so that one answer can carry it. Log to the keys the run has, or log these to another "
+            "run (CreateRun)"
+        )
+
+
 def _experiment_of(txn: ReadTxn, run_id: str) -> str:
     """The experiment of a stored run (every summary belongs to one)."""
     raw = txn.get("runs", (run_id,))
@@ -1216,6 +1308,10 @@ def write_points(txn: WriteTxn, experiment: str, run_id: str, points: list[Metri
     for point in points:
         if math.isfinite(point.value):
             by_key.setdefault(point.key, {})[point.step] = Sample(point.step, point.value, point.time or now)
+    # A job's keys past the cap stay in its events, as LogMetrics refuses them to a caller.
+    room = MAX_RUN_METRICS - _metric_count(txn, run_id)
+    for key in _new_keys(txn, run_id, by_key)[max(room, 0) :]:
+        del by_key[key]
     put = txn.put_packed
     for key, batch in by_key.items():
         metric = metric_prefix(run_id, key)

@@ -15,7 +15,14 @@ from tesserad.errors import InvalidArgument
 from tesserad.store import Store, encode_metric_point, encode_record, pack
 from tesserad.training import metric_buckets, run_order
 from tesserad.training.metric_buckets import LEVELS, MAX_STEP, Grouping, cover, metric_prefix
-from tesserad.training.tracking import TABLES, MetricPoint, Tracking, _history_position, write_points
+from tesserad.training.tracking import (
+    TABLES,
+    MetricPoint,
+    Tracking,
+    _history_position,
+    _metric_count,
+    write_points,
+)
 
 steps = st.integers(0, MAX_STEP)
 
@@ -142,6 +149,9 @@ def test_buckets_stay_exact_through_rewrites_and_truncation(
                 stored.update(dict(op))  # of one step, the last write wins
 
     run = tracking.get_run(run_id)
+    # The run's count of metric keys follows its summaries, a truncation dropping the key too.
+    with tracking._store.read() as txn:
+        assert _metric_count(txn, run_id) == len(run.metrics)
     if not stored:
         assert run.metrics == [] and _bucket_table(tracking, run_id) == {}
         assert _order_rows(tracking, run_id) == {}

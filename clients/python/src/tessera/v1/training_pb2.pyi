@@ -1240,7 +1240,9 @@ class Run(_message.Message):
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
-    def metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricSummary]: ...
+    def metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricSummary]:
+        """One per metric key: 2,000 at most (see LogMetrics)."""
+
     @_builtins.property
     def deleted_at(self) -> _timestamp_pb2.Timestamp:
         """Set while deleted."""

@@ -337,7 +337,11 @@ class TrainingServicer:
         raise NotImplementedError('Method not implemented!')
 
     def LogMetrics(self, request, context):
-        """A batch of metric points for one run.
+        """A batch of metric points for one run. A run holds at most 2,000 distinct metric keys, so
+        that with its params and tags (2 MiB at most) one 4 MiB answer (gRPC's default receive
+        limit) always carries it in GetRun, ListRuns, CompareRuns and Leaderboard: a batch that
+        would take it past them is refused whole with RESOURCE_EXHAUSTED naming the cap; points for
+        the keys it has are always taken. A job's keys past the cap stay in its events.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -87,7 +87,12 @@ class TrainingStub:
     """Runs of an experiment ranked by one metric's summary."""
     LogParams: _grpc.UnaryUnaryMultiCallable[_training_pb2.LogParamsRequest, _training_pb2.LogParamsResponse]
     LogMetrics: _grpc.UnaryUnaryMultiCallable[_training_pb2.LogMetricsRequest, _training_pb2.LogMetricsResponse]
-    """A batch of metric points for one run."""
+    """A batch of metric points for one run. A run holds at most 2,000 distinct metric keys, so
+    that with its params and tags (2 MiB at most) one 4 MiB answer (gRPC's default receive
+    limit) always carries it in GetRun, ListRuns, CompareRuns and Leaderboard: a batch that
+    would take it past them is refused whole with RESOURCE_EXHAUSTED naming the cap; points for
+    the keys it has are always taken. A job's keys past the cap stay in its events.
+    """
     LogMetricsStream: _grpc.StreamUnaryMultiCallable[_training_pb2.LogMetricsRequest, _training_pb2.LogMetricsResponse]
     """Many batches over one call; the response counts every accepted point."""
     GetMetricHistory: _grpc.UnaryUnaryMultiCallable[_training_pb2.GetMetricHistoryRequest, _training_pb2.MetricHistory]
@@ -176,7 +181,12 @@ class TrainingAsyncStub(TrainingStub):
     """Runs of an experiment ranked by one metric's summary."""
     LogParams: _aio.UnaryUnaryMultiCallable[_training_pb2.LogParamsRequest, _training_pb2.LogParamsResponse]  # type: ignore[assignment]
     LogMetrics: _aio.UnaryUnaryMultiCallable[_training_pb2.LogMetricsRequest, _training_pb2.LogMetricsResponse]  # type: ignore[assignment]
-    """A batch of metric points for one run."""
+    """A batch of metric points for one run. A run holds at most 2,000 distinct metric keys, so
+    that with its params and tags (2 MiB at most) one 4 MiB answer (gRPC's default receive
+    limit) always carries it in GetRun, ListRuns, CompareRuns and Leaderboard: a batch that
+    would take it past them is refused whole with RESOURCE_EXHAUSTED naming the cap; points for
+    the keys it has are always taken. A job's keys past the cap stay in its events.
+    """
     LogMetricsStream: _aio.StreamUnaryMultiCallable[_training_pb2.LogMetricsRequest, _training_pb2.LogMetricsResponse]  # type: ignore[assignment]
     """Many batches over one call; the response counts every accepted point."""
     GetMetricHistory: _aio.UnaryUnaryMultiCallable[_training_pb2.GetMetricHistoryRequest, _training_pb2.MetricHistory]  # type: ignore[assignment]
@@ -388,7 +398,12 @@ class TrainingServicer(metaclass=_abc_1.ABCMeta):
         request: _training_pb2.LogMetricsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_training_pb2.LogMetricsResponse, _abc.Awaitable[_training_pb2.LogMetricsResponse]]:
-        """A batch of metric points for one run."""
+        """A batch of metric points for one run. A run holds at most 2,000 distinct metric keys, so
+        that with its params and tags (2 MiB at most) one 4 MiB answer (gRPC's default receive
+        limit) always carries it in GetRun, ListRuns, CompareRuns and Leaderboard: a batch that
+        would take it past them is refused whole with RESOURCE_EXHAUSTED naming the cap; points for
+        the keys it has are always taken. A job's keys past the cap stay in its events.
+        """
 
     @_abc_1.abstractmethod
     def LogMetricsStream(

@@ -1,0 +1,118 @@
+"""A run holds at most MAX_RUN_METRICS distinct metric keys, so that one answer within gRPC's
+default receive limit (4 MiB) always carries it, whatever its params and tags: through a real
+daemon, and after a restart that counts the keys of a store written without the counts."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from tessera.v1 import job_spec_pb2, training_pb2, training_pb2_grpc
+from tesserad.server import STORE_TABLES
+from tesserad.store import Store
+from tesserad.training.tracking import MAX_RUN_METRICS, METRIC_COUNTS, METRICS_COUNTED
+from tests.conftest import InProcessDaemon, daemon_settings
+
+S = training_pb2
+RECEIVE_LIMIT = 4 * 2**20
+BATCH = 1000
+
+
+def _key(i: int) -> str:
+    """The longest key there may be: 250 characters, 400 bytes of UTF-8."""
+    return f"{i:05d}" + "é" * 150 + "k" * 95
+
+
+KEYS = [_key(i) for i in range(MAX_RUN_METRICS)]
+
+
+def _log(stub: training_pb2_grpc.TrainingStub, run_id: str, keys: list[str], value: float, step: int) -> int:
+    accepted = 0
+    for at in range(0, len(keys), BATCH):
+        points = [S.MetricPoint(key=key, value=value, step=step) for key in keys[at : at + BATCH]]
+        accepted += stub.LogMetrics(S.LogMetricsRequest(run_id=run_id, points=points)).accepted
+    return accepted
+
+
+def _refused(stub: training_pb2_grpc.TrainingStub, run_id: str, keys: list[str]) -> grpc.RpcError:
+    points = [S.MetricPoint(key=key, value=9.0, step=7) for key in keys]
+    with pytest.raises(grpc.RpcError) as info:
+        stub.LogMetrics(S.LogMetricsRequest(run_id=run_id, points=points))
+    error = info.value
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+    assert f"at most {MAX_RUN_METRICS:,} distinct metric keys" in error.details(), error.details()
+    assert "another run" in error.details(), error.details()
+    return error
+
+
+def _forget_counts(data_dir) -> None:
+    """Leave the store as a tesserad from before the runs' counts of metric keys did."""
+    store = Store.open(data_dir / "store", map_size=2**30, tables=STORE_TABLES)
+    try:
+        with store.write() as txn:
+            assert txn.delete_range(METRIC_COUNTS, ()) > 0
+            assert txn.delete("meta", METRICS_COUNTED)
+    finally:
+        store.close()
+
+
+def test_a_run_at_the_metric_key_cap_stays_readable_and_refuses_one_more_key(tmp_path) -> None:
+    settings = daemon_settings(tmp_path / "data")
+    daemon = InProcessDaemon(settings).start()
+    try:
+        stub = training_pb2_grpc.TrainingStub(daemon.channel())
+        # Params and tags near their 2 MiB, and the longest keys: the largest run there may be.
+        tags = {f"t{i}": "v" * 8000 for i in range(262)}
+        full = stub.CreateRun(S.CreateRunRequest(experiment="keys", tags=tags)).run_id
+        lean = stub.CreateRun(S.CreateRunRequest(experiment="keys")).run_id
+        small = stub.CreateRun(S.CreateRunRequest(experiment="keys")).run_id
+        assert _log(stub, full, KEYS, 0.0, 0) == MAX_RUN_METRICS
+        assert _log(stub, lean, KEYS, 1.0, 0) == MAX_RUN_METRICS
+        assert _log(stub, small, KEYS[:1], 2.0, 0) == 1
+
+        got = stub.GetRun(S.GetRunRequest(run_id=full))
+        assert len(got.metrics) == MAX_RUN_METRICS and len(got.tags) == 262
+        assert got.ByteSize() < RECEIVE_LIMIT
+        seen, token = [], ""
+        while True:
+            page = stub.ListRuns(S.ListRunsRequest(experiment="keys", page_token=token))
+            assert page.ByteSize() < RECEIVE_LIMIT
+            seen += [run.run_id for run in page.runs]
+            token = page.next_page_token
+            if not token:
+                break
+        assert seen == [small, lean, full]
+        board = stub.Leaderboard(
+            S.LeaderboardRequest(
+                experiment="keys", metric=KEYS[0], mode=job_spec_pb2.OPTIMIZE_MODE_MIN, limit=1
+            )
+        )
+        assert [entry.run.run_id for entry in board.entries] == [full]
+        assert len(board.entries[0].run.metrics) == MAX_RUN_METRICS
+        compared = stub.CompareRuns(S.CompareRunsRequest(run_ids=[lean, small]))
+        assert len(compared.metrics) == MAX_RUN_METRICS and compared.ByteSize() < RECEIVE_LIMIT
+
+        # One more key is refused, with the batch it came in: nothing of it is stored.
+        _refused(stub, full, [KEYS[0], "one-more"])
+        _refused(stub, lean, ["one-more"])
+        got = stub.GetRun(S.GetRunRequest(run_id=full))
+        assert len(got.metrics) == MAX_RUN_METRICS
+        assert {summary.count for summary in got.metrics} == {1}
+        # The keys a run has take points as before.
+        assert _log(stub, full, KEYS, 3.0, 1) == MAX_RUN_METRICS
+        got = stub.GetRun(S.GetRunRequest(run_id=full))
+        assert {(summary.count, summary.last) for summary in got.metrics} == {(2, 3.0)}
+    finally:
+        daemon.stop()
+
+    _forget_counts(tmp_path / "data")
+    daemon = InProcessDaemon(settings).start()
+    try:
+        stub = training_pb2_grpc.TrainingStub(daemon.channel())
+        _refused(stub, full, ["one-more"])
+        _refused(stub, lean, [KEYS[0], "one-more"])
+        assert _log(stub, lean, KEYS[:BATCH], 4.0, 1) == BATCH
+        assert _log(stub, small, KEYS[1:BATCH], 5.0, 1) == BATCH - 1
+        assert len(stub.GetRun(S.GetRunRequest(run_id=small)).metrics) == BATCH
+    finally:
+        daemon.stop()
