@@ -74,9 +74,13 @@ MAX_KEY_LENGTH = 250
 # With the run id and two integers, a metric key of this many UTF-8 bytes stays within LMDB's
 # 511-byte keys (250 characters may take 1000).
 MAX_KEY_BYTES = 400
-# A run's params and tags together, in UTF-8: with its metric summaries a run stays within the 4
-# MiB a GetRun answer may take, however many calls added to it.
+# A run's params and tags together, in UTF-8 and counting what each entry adds on the wire: with
+# its metric summaries a run stays within the 4 MiB a GetRun answer may take, however many calls
+# added to it.
 MAX_RUN_TEXT = 2 * 2**20
+# What a param or tag takes in an answer beside its UTF-8, at most: the entry's field tag and
+# length, and its key's and value's (a tag of 8,000 characters takes a 3-byte length).
+_ENTRY_WIRE_BYTES = 11
 # Distinct metric keys a run holds. A summary of a key of MAX_KEY_BYTES takes at most about 460
 # bytes on the wire, so these take under 1 MB: with MAX_RUN_TEXT of params and tags a run stays
 # within the 4 MiB of a GetRun answer, and ListRuns, CompareRuns and Leaderboard can carry it.
@@ -304,7 +308,10 @@ def check_metric_key(key: str, where: str) -> None:
 
 
 def _text_bytes(entries: dict[str, str]) -> int:
-    return sum(len(k.encode()) + len(v.encode()) for k, v in entries.items())
+    """What `entries` take on the wire at most: their UTF-8 and each entry's field tags and
+    lengths, which outweigh the text of entries of a few bytes."""
+    text = sum(len(k.encode()) + len(v.encode()) for k, v in entries.items())
+    return text + _ENTRY_WIRE_BYTES * len(entries)
 
 
 def _check_run_text(run: Run) -> None:
@@ -313,8 +320,8 @@ def _check_run_text(run: Run) -> None:
     if size > MAX_RUN_TEXT:
         raise InvalidArgument(
             f"a run's params and tags take at most {format_size(MAX_RUN_TEXT)} together, these would "
-            f"take {format_size(size)} ({size} bytes); keep large values in a run artifact "
-            "(UploadRunArtifact) and log its path"
+            f"take {format_size(size)} ({size} bytes, counting {_ENTRY_WIRE_BYTES} bytes an entry "
+            "beside its UTF-8); keep large values in a run artifact (UploadRunArtifact) and log its path"
         )
 
 

@@ -509,6 +509,31 @@ def test_a_runs_params_and_tags_are_kept_to_2_mib_together(tracker) -> None:
     assert len(got.tags) == 250 and not got.params
 
 
+def test_a_runs_many_short_tags_are_kept_to_what_fits_one_answer(tracker) -> None:
+    # Entries of a few bytes take twice their text and more on the wire (each has field tags and
+    # lengths): 2 MiB of them used to make a run GetRun could not answer within 4 MiB.
+    digits = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+    def key(n: int) -> str:
+        return "".join(digits[n // len(digits) ** i % len(digits)] for i in range(4))
+
+    run = tracker.CreateRun(S.CreateRunRequest(experiment="short-tags")).run_id
+    refused = []
+    for batch in range(6):
+        tags = {key(n): "" for n in range(batch * 100_000, (batch + 1) * 100_000)}
+        try:
+            tracker.UpdateRun(S.UpdateRunRequest(run_id=run, set_tags=tags))
+        except grpc.RpcError as error:
+            refused.append(error)
+            break
+    assert refused and refused[0].code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "params and tags take at most 2 MiB together" in refused[0].details(), refused[0].details()
+    got = tracker.GetRun(S.GetRunRequest(run_id=run))
+    assert got.tags and got.ByteSize() < 4 * 2**20
+    page = tracker.ListRuns(S.ListRunsRequest(experiment="short-tags"))
+    assert [r.run_id for r in page.runs] == [run] and page.ByteSize() < 4 * 2**20
+
+
 def test_an_unknown_run_id_of_any_length_is_not_found_with_an_answer_a_client_can_read(tracker) -> None:
     # The whole id went into the message: past 16 KiB the client could not read the status and
     # saw its own RESOURCE_EXHAUSTED about metadata instead of NOT_FOUND.

@@ -1325,8 +1325,9 @@ class CreateRunRequest(_message.Message):
     """Generated when empty."""
     @_builtins.property
     def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """A run's params and tags together take at most 2 MiB of UTF-8 (INVALID_ARGUMENT beyond),
-        here and as UpdateRun and LogParams add to them, so GetRun can always answer the run.
+        """A run's params and tags together take at most 2 MiB of UTF-8, counting 11 bytes an entry
+        for its field tags and lengths (INVALID_ARGUMENT beyond), here and as UpdateRun and
+        LogParams add to them, so GetRun can always answer the run.
         """
 
     @_builtins.property
