@@ -748,9 +748,11 @@ class Tracking:
         # The answer carries each param and last metric twice: in its run and in the comparison.
         size = 2 * sum(_run_bytes(run) for run in runs)
         if size > MAX_PAGE_BYTES:
+            # Two runs near their limits of params, tags and metric keys fit no comparison.
+            instead = "compare fewer runs at a time" if len(runs) > 2 else "read each with GetRun"
             raise ResourceExhausted(
                 f"run_ids: the {len(runs)} runs take about {format_size(size)} compared, more than one "
-                f"answer holds ({format_size(MAX_PAGE_BYTES)}); compare fewer runs at a time"
+                f"answer holds ({format_size(MAX_PAGE_BYTES)}); {instead}"
             )
         return runs
 

@@ -91,6 +91,11 @@ def test_a_run_at_the_metric_key_cap_stays_readable_and_refuses_one_more_key(tmp
         assert len(board.entries[0].run.metrics) == MAX_RUN_METRICS
         compared = stub.CompareRuns(S.CompareRunsRequest(run_ids=[lean, small]))
         assert len(compared.metrics) == MAX_RUN_METRICS and compared.ByteSize() < RECEIVE_LIMIT
+        # A comparison carries each run twice: the largest run fits none, and says what to do.
+        with pytest.raises(grpc.RpcError) as info:
+            stub.CompareRuns(S.CompareRunsRequest(run_ids=[full, small]))
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "read each with GetRun" in info.value.details(), info.value.details()
 
         # One more key is refused, with the batch it came in: nothing of it is stored.
         _refused(stub, full, [KEYS[0], "one-more"])

@@ -318,7 +318,10 @@ class TrainingServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CompareRuns(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The answer carries each run twice (in runs, and its params and last metrics compared):
+        RESOURCE_EXHAUSTED when that exceeds one answer, as for two runs near their limits of
+        params, tags and metric keys (read those with GetRun).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -83,6 +83,10 @@ class TrainingStub:
     hold); newest first, or by a metric's summary with order_by.
     """
     CompareRuns: _grpc.UnaryUnaryMultiCallable[_training_pb2.CompareRunsRequest, _training_pb2.CompareRunsResponse]
+    """The answer carries each run twice (in runs, and its params and last metrics compared):
+    RESOURCE_EXHAUSTED when that exceeds one answer, as for two runs near their limits of
+    params, tags and metric keys (read those with GetRun).
+    """
     Leaderboard: _grpc.UnaryUnaryMultiCallable[_training_pb2.LeaderboardRequest, _training_pb2.LeaderboardResponse]
     """Runs of an experiment ranked by one metric's summary."""
     LogParams: _grpc.UnaryUnaryMultiCallable[_training_pb2.LogParamsRequest, _training_pb2.LogParamsResponse]
@@ -177,6 +181,10 @@ class TrainingAsyncStub(TrainingStub):
     hold); newest first, or by a metric's summary with order_by.
     """
     CompareRuns: _aio.UnaryUnaryMultiCallable[_training_pb2.CompareRunsRequest, _training_pb2.CompareRunsResponse]  # type: ignore[assignment]
+    """The answer carries each run twice (in runs, and its params and last metrics compared):
+    RESOURCE_EXHAUSTED when that exceeds one answer, as for two runs near their limits of
+    params, tags and metric keys (read those with GetRun).
+    """
     Leaderboard: _aio.UnaryUnaryMultiCallable[_training_pb2.LeaderboardRequest, _training_pb2.LeaderboardResponse]  # type: ignore[assignment]
     """Runs of an experiment ranked by one metric's summary."""
     LogParams: _aio.UnaryUnaryMultiCallable[_training_pb2.LogParamsRequest, _training_pb2.LogParamsResponse]  # type: ignore[assignment]
@@ -375,7 +383,11 @@ class TrainingServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _training_pb2.CompareRunsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_training_pb2.CompareRunsResponse, _abc.Awaitable[_training_pb2.CompareRunsResponse]]: ...
+    ) -> _typing.Union[_training_pb2.CompareRunsResponse, _abc.Awaitable[_training_pb2.CompareRunsResponse]]:
+        """The answer carries each run twice (in runs, and its params and last metrics compared):
+        RESOURCE_EXHAUSTED when that exceeds one answer, as for two runs near their limits of
+        params, tags and metric keys (read those with GetRun).
+        """
 
     @_abc_1.abstractmethod
     def Leaderboard(
