@@ -8,6 +8,7 @@ idempotent calls listed in `RETRIED_METHODS`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -216,6 +217,29 @@ def _channel_options(tls: TLS | None, retry: RetryPolicy) -> list[tuple[str, Any
     return options
 
 
+class _Requests:
+    """A stream's requests as gRPC takes them, keeping the exception that making one raised (the
+    caller's progress callback, an item that cannot be encoded): gRPC drops it and fails the
+    call UNKNOWN "Exception iterating requests!" (blocking) or with a bare CancelledError
+    (asyncio), where the caller must see their own error."""
+
+    def __init__(self, requests: Iterable[Message]) -> None:
+        self._requests = iter(requests)
+        self.error: BaseException | None = None
+
+    def __iter__(self) -> Iterator[Message]:
+        return self
+
+    def __next__(self) -> Message:
+        try:
+            return next(self._requests)
+        except StopIteration:
+            raise
+        except BaseException as error:
+            self.error = error
+            raise
+
+
 class _Channel(ABC):
     """What both connections share: target, metadata, deadlines, the retry policy, and the
     stubs on a channel that the subclass opens (blocking or asyncio)."""
@@ -292,19 +316,25 @@ class Connection(_Channel):
 
     def client_stream(self, service: str, method: str, requests: Iterable[Message], timeout: float) -> Any:
         """The response of a client stream fed from `requests`."""
+        feed = _Requests(requests)
         try:
-            return self.method(service, method)(iter(requests), timeout=timeout, metadata=self.metadata)
+            return self.method(service, method)(feed, timeout=timeout, metadata=self.metadata)
         except grpc.RpcError as err:
+            if feed.error is not None:
+                raise feed.error from None
             raise error_from_rpc(err) from None
 
     def bidi_stream(
         self, service: str, method: str, requests: Iterable[Message], timeout: float | None
     ) -> Iterator[Any]:
         """The responses of a bidirectional stream fed from `requests`; `timeout` None: no deadline."""
-        call = self.method(service, method)(iter(requests), timeout=timeout, metadata=self.metadata)
+        feed = _Requests(requests)
+        call = self.method(service, method)(feed, timeout=timeout, metadata=self.metadata)
         try:
             yield from call
         except grpc.RpcError as err:
+            if feed.error is not None:
+                raise feed.error from None
             raise error_from_rpc(err) from None
         finally:
             call.cancel()
@@ -349,23 +379,35 @@ class AioConnection(_Channel):
         self, service: str, method: str, requests: Iterable[Message], timeout: float
     ) -> Any:
         """The response of a client stream fed from `requests`."""
+        feed = _Requests(requests)
         try:
-            return await self.method(service, method)(iter(requests), timeout=timeout, metadata=self.metadata)
-        except grpc.RpcError as err:
-            raise error_from_rpc(err) from None
+            return await self.method(service, method)(feed, timeout=timeout, metadata=self.metadata)
+        except (grpc.RpcError, asyncio.CancelledError) as err:
+            raise _stream_error(err, feed) from None
 
     async def bidi_stream(
         self, service: str, method: str, requests: Iterable[Message], timeout: float | None
     ) -> AsyncIterator[Any]:
         """The responses of a bidirectional stream fed from `requests`; `timeout` None: no deadline."""
-        call = self.method(service, method)(iter(requests), timeout=timeout, metadata=self.metadata)
+        feed = _Requests(requests)
+        call = self.method(service, method)(feed, timeout=timeout, metadata=self.metadata)
         try:
             async for response in call:
                 yield response
-        except grpc.RpcError as err:
-            raise error_from_rpc(err) from None
+        except (grpc.RpcError, asyncio.CancelledError) as err:
+            raise _stream_error(err, feed) from None
         finally:
             call.cancel()
 
     async def close(self) -> None:
         await self.channel.close()
+
+
+def _stream_error(err: grpc.RpcError | asyncio.CancelledError, feed: _Requests) -> BaseException:
+    """What an asyncio stream call that `err` ended raises: the exception making its requests
+    raised, else the SDK's error for `err` (a cancellation of the caller's task stays one)."""
+    if feed.error is not None:
+        return feed.error
+    if isinstance(err, asyncio.CancelledError):
+        return err
+    return error_from_rpc(err)

@@ -1,0 +1,61 @@
+"""The blocking and the asyncio client alike at the edges, against a real daemon: an exception
+raised while the client makes a stream's requests, and a client used after close()."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+import tessera
+import tessera.aio
+
+
+class UserAbort(Exception):
+    """What a caller's progress callback raises to stop an upload."""
+
+
+def _abort(done: int, total: int) -> None:
+    raise UserAbort(f"stopped at {done} of {total} bytes")
+
+
+def _items():
+    yield np.ones((1, 4), np.float32)
+    yield np.array([object()], dtype=object)
+
+
+BIG = np.zeros((200_000, 4), np.float32)
+
+
+def test_an_exception_raised_making_an_uploads_requests_reaches_the_caller(client):
+    with pytest.raises(UserAbort, match="stopped at"):
+        client.datasets.push("clips", x=BIG, progress=_abort, chunk_size=65536)
+    with pytest.raises(tessera.NotFound):
+        client.datasets.get("clips")
+
+
+def test_aio_an_exception_raised_making_an_uploads_requests_reaches_the_caller(daemon):
+    async def scenario() -> None:
+        async with tessera.aio.Client(daemon.target) as client:
+            with pytest.raises(UserAbort, match="stopped at"):
+                await client.datasets.push("clips", x=BIG, progress=_abort, chunk_size=65536)
+            with pytest.raises(tessera.NotFound):
+                await client.datasets.get("clips")
+
+    asyncio.run(scenario())
+
+
+def test_a_stream_item_that_cannot_be_sent_raises_its_value_error(client):
+    with pytest.raises(ValueError, match="dtype object cannot be sent"):
+        list(client.inference.predict_stream("affine", _items()))
+
+
+def test_aio_a_stream_item_that_cannot_be_sent_raises_its_value_error(daemon):
+    async def scenario() -> None:
+        async with tessera.aio.Client(daemon.target) as client:
+            with pytest.raises(ValueError, match="dtype object cannot be sent"):
+                async for _ in client.inference.predict_stream("affine", _items()):
+                    pass
+
+    asyncio.run(scenario())
