@@ -43,7 +43,7 @@ def test_aio_an_exception_raised_making_an_uploads_requests_reaches_the_caller(d
             with pytest.raises(tessera.NotFound):
                 await client.datasets.get("clips")
 
-    asyncio.run(scenario())
+    asyncio.run(asyncio.wait_for(scenario(), 60))
 
 
 def test_a_stream_item_that_cannot_be_sent_raises_its_value_error(client):
@@ -58,4 +58,38 @@ def test_aio_a_stream_item_that_cannot_be_sent_raises_its_value_error(daemon):
                 async for _ in client.inference.predict_stream("affine", _items()):
                     pass
 
-    asyncio.run(scenario())
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_a_closed_client_refuses_calls_and_cuts_the_calls_in_flight(daemon, onnx_file):
+    client = tessera.Client(daemon.target)
+    client.models.push("m", onnx_file)
+    changes = client.models.watch_changes()
+    next(changes)
+    client.close()
+    with pytest.raises(tessera.Cancelled, match="closed while the call was in flight"):
+        next(changes)
+    with pytest.raises(ValueError, match="is closed; make a new one"):
+        client.system.info()
+    with pytest.raises(ValueError, match="is closed; make a new one"):
+        list(client.models.list())
+    client.close()
+
+
+def test_aio_a_closed_client_refuses_calls_and_cuts_the_calls_in_flight(daemon, onnx_file):
+    async def scenario() -> None:
+        client = tessera.aio.Client(daemon.target)
+        await client.models.push("m", onnx_file)
+        changes = client.models.watch_changes()
+        await anext(changes)
+        await client.close()
+        with pytest.raises(tessera.Cancelled, match="closed while the call was in flight"):
+            await anext(changes)
+        with pytest.raises(ValueError, match="is closed; make a new one"):
+            await client.system.info()
+        with pytest.raises(ValueError, match="is closed; make a new one"):
+            async for _ in client.models.list():
+                pass
+        await client.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))

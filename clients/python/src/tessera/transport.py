@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
-from tessera.errors import error_from_rpc
+from tessera.errors import Cancelled, error_from_rpc
 from tessera.v1 import (
     datasets_pb2_grpc,
     inference_pb2_grpc,
@@ -268,6 +268,7 @@ class _Channel(ABC):
         self.retry = retry or RetryPolicy()
         channel_options = [*_channel_options(self.tls, self.retry), *options]
         credentials = None if self.tls is None else self.tls.credentials()
+        self.closed = False
         self.channel = self._open(target, credentials, channel_options)
         self._stubs = {name: stub(self.channel) for name, stub in _STUBS.items()}
 
@@ -278,7 +279,30 @@ class _Channel(ABC):
         """The gRPC channel (credentials None: plaintext)."""
 
     def method(self, service: str, method: str) -> Any:
+        if self.closed:
+            # gRPC's own words differ between its channels (a ValueError, an aio UsageError).
+            raise ValueError(
+                f"this client of {self.target} is closed; make a new one to call the daemon again"
+            )
         return getattr(self._stubs[service], method)
+
+    def error(
+        self, err: grpc.RpcError | asyncio.CancelledError, feed: _Requests | None = None
+    ) -> BaseException:
+        """What a call that `err` ended raises: the exception that making its requests raised;
+        Cancelled, saying so, for a call that close() cut (an asyncio channel raises a bare
+        CancelledError for one, as if the caller's own task were cancelled, which stays one);
+        else the SDK's error for the status."""
+        if feed is not None and feed.error is not None:
+            return feed.error
+        if isinstance(err, asyncio.CancelledError):
+            task = asyncio.current_task()
+            if not self.closed or (task is not None and task.cancelling()):
+                return err
+            return Cancelled(f"the client of {self.target} was closed while the call was in flight")
+        if self.closed and err.code() == grpc.StatusCode.CANCELLED:
+            return Cancelled(f"the client of {self.target} was closed while the call was in flight")
+        return error_from_rpc(err)
 
 
 class Connection(_Channel):
@@ -300,7 +324,7 @@ class Connection(_Channel):
                 request, timeout=self.timeout if timeout is None else timeout, metadata=self.metadata
             )
         except grpc.RpcError as err:
-            raise error_from_rpc(err) from None
+            raise self.error(err) from None
 
     def server_stream(
         self, service: str, method: str, request: Message, timeout: float | None
@@ -310,7 +334,7 @@ class Connection(_Channel):
         try:
             yield from call
         except grpc.RpcError as err:
-            raise error_from_rpc(err) from None
+            raise self.error(err) from None
         finally:
             call.cancel()
 
@@ -320,9 +344,7 @@ class Connection(_Channel):
         try:
             return self.method(service, method)(feed, timeout=timeout, metadata=self.metadata)
         except grpc.RpcError as err:
-            if feed.error is not None:
-                raise feed.error from None
-            raise error_from_rpc(err) from None
+            raise self.error(err, feed) from None
 
     def bidi_stream(
         self, service: str, method: str, requests: Iterable[Message], timeout: float | None
@@ -333,13 +355,12 @@ class Connection(_Channel):
         try:
             yield from call
         except grpc.RpcError as err:
-            if feed.error is not None:
-                raise feed.error from None
-            raise error_from_rpc(err) from None
+            raise self.error(err, feed) from None
         finally:
             call.cancel()
 
     def close(self) -> None:
+        self.closed = True
         self.channel.close()
 
 
@@ -359,8 +380,8 @@ class AioConnection(_Channel):
             return await self.method(service, method)(
                 request, timeout=self.timeout if timeout is None else timeout, metadata=self.metadata
             )
-        except grpc.RpcError as err:
-            raise error_from_rpc(err) from None
+        except (grpc.RpcError, asyncio.CancelledError) as err:
+            raise self.error(err) from None
 
     async def server_stream(
         self, service: str, method: str, request: Message, timeout: float | None
@@ -370,8 +391,8 @@ class AioConnection(_Channel):
         try:
             async for response in call:
                 yield response
-        except grpc.RpcError as err:
-            raise error_from_rpc(err) from None
+        except (grpc.RpcError, asyncio.CancelledError) as err:
+            raise self.error(err) from None
         finally:
             call.cancel()
 
@@ -383,7 +404,7 @@ class AioConnection(_Channel):
         try:
             return await self.method(service, method)(feed, timeout=timeout, metadata=self.metadata)
         except (grpc.RpcError, asyncio.CancelledError) as err:
-            raise _stream_error(err, feed) from None
+            raise self.error(err, feed) from None
 
     async def bidi_stream(
         self, service: str, method: str, requests: Iterable[Message], timeout: float | None
@@ -395,19 +416,10 @@ class AioConnection(_Channel):
             async for response in call:
                 yield response
         except (grpc.RpcError, asyncio.CancelledError) as err:
-            raise _stream_error(err, feed) from None
+            raise self.error(err, feed) from None
         finally:
             call.cancel()
 
     async def close(self) -> None:
+        self.closed = True
         await self.channel.close()
-
-
-def _stream_error(err: grpc.RpcError | asyncio.CancelledError, feed: _Requests) -> BaseException:
-    """What an asyncio stream call that `err` ended raises: the exception making its requests
-    raised, else the SDK's error for `err` (a cancellation of the caller's task stays one)."""
-    if feed.error is not None:
-        return feed.error
-    if isinstance(err, asyncio.CancelledError):
-        return err
-    return error_from_rpc(err)
