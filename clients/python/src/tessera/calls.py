@@ -31,7 +31,7 @@ from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, cast
 from google.protobuf.message import Message
 
 from tessera.errors import ResourceExhausted, TesseraError, Unavailable
-from tessera.transport import AioConnection, Connection, RetryPolicy
+from tessera.transport import AioConnection, Connection, RetryPolicy, call_timeout
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -324,6 +324,7 @@ class SeqCursor(ABC):
         self.next_seq = from_seq
         self._retry = retry
         self._failures = 0
+        timeout = call_timeout(timeout)
         self._deadline = None if timeout is None else time.monotonic() + timeout
 
     @abstractmethod

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import os
 import random
 from abc import ABC, abstractmethod
@@ -35,6 +34,9 @@ TOKEN_ENV = "TESSERA_TOKEN"
 DEFAULT_TIMEOUT_S = 30.0
 # Uploads and downloads move whole artifacts and datasets: a deadline sized for them.
 DEFAULT_TRANSFER_TIMEOUT_S = 3600.0
+# gRPC turns a timeout into a deadline on a clock that ends a few billion seconds from now: a
+# call given more fails at once with a bare DEADLINE_EXCEEDED.
+MAX_TIMEOUT_S = 1e9
 MAX_MESSAGE_BYTES = 64 * 2**20
 # Between attempts to reach a daemon that is away (gRPC's own default is 120 s).
 MAX_RECONNECT_BACKOFF_MS = 2000
@@ -179,6 +181,17 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.9f}".rstrip("0").rstrip(".") + "s"
 
 
+def call_timeout(timeout: float | None) -> float | None:
+    """A call's `timeout` as gRPC takes it; ValueError for one gRPC cannot keep, which it would
+    fail at once with a bare DEADLINE_EXCEEDED (negative, NaN, inf, past its clock)."""
+    if timeout is not None and not 0 <= timeout <= MAX_TIMEOUT_S:
+        raise ValueError(
+            f"timeout must be seconds from 0 to {MAX_TIMEOUT_S:g}, got {timeout}; "
+            "None takes the client's default (no deadline for a watch or a stream)"
+        )
+    return timeout
+
+
 def resolve_token(token: str | None) -> str | None:
     """The token given, else TESSERA_TOKEN from the environment, else None; without the
     whitespace around it (a token read from a file or a secret often ends in a newline).
@@ -255,9 +268,10 @@ class _Channel(ABC):
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         """`options`: gRPC channel arguments beside the SDK's own (keepalive, for one)."""
-        if not all(0 < seconds < math.inf for seconds in (timeout, transfer_timeout)):
+        if not all(0 < seconds <= MAX_TIMEOUT_S for seconds in (timeout, transfer_timeout)):
             raise ValueError(
-                f"timeouts must be a finite number of seconds above 0, got {timeout} and {transfer_timeout}"
+                f"timeouts must be a finite number of seconds above 0 (at most {MAX_TIMEOUT_S:g}), "
+                f"got {timeout} and {transfer_timeout}"
             )
         self.target = target
         self.tls = TLS() if tls is True else (tls or None)
@@ -321,7 +335,9 @@ class Connection(_Channel):
         RETRIED_METHODS within it)."""
         try:
             return self.method(service, method)(
-                request, timeout=self.timeout if timeout is None else timeout, metadata=self.metadata
+                request,
+                timeout=self.timeout if timeout is None else call_timeout(timeout),
+                metadata=self.metadata,
             )
         except grpc.RpcError as err:
             raise self.error(err) from None
@@ -330,7 +346,7 @@ class Connection(_Channel):
         self, service: str, method: str, request: Message, timeout: float | None
     ) -> Generator[Any]:
         """The responses of a server stream; `timeout` None: no deadline. Closing it cancels the call."""
-        call = self.method(service, method)(request, timeout=timeout, metadata=self.metadata)
+        call = self.method(service, method)(request, timeout=call_timeout(timeout), metadata=self.metadata)
         try:
             yield from call
         except grpc.RpcError as err:
@@ -342,7 +358,7 @@ class Connection(_Channel):
         """The response of a client stream fed from `requests`."""
         feed = _Requests(requests)
         try:
-            return self.method(service, method)(feed, timeout=timeout, metadata=self.metadata)
+            return self.method(service, method)(feed, timeout=call_timeout(timeout), metadata=self.metadata)
         except grpc.RpcError as err:
             raise self.error(err, feed) from None
 
@@ -351,7 +367,7 @@ class Connection(_Channel):
     ) -> Iterator[Any]:
         """The responses of a bidirectional stream fed from `requests`; `timeout` None: no deadline."""
         feed = _Requests(requests)
-        call = self.method(service, method)(feed, timeout=timeout, metadata=self.metadata)
+        call = self.method(service, method)(feed, timeout=call_timeout(timeout), metadata=self.metadata)
         try:
             yield from call
         except grpc.RpcError as err:
@@ -378,7 +394,9 @@ class AioConnection(_Channel):
         """The response of a unary call; `timeout` None: the client's."""
         try:
             return await self.method(service, method)(
-                request, timeout=self.timeout if timeout is None else timeout, metadata=self.metadata
+                request,
+                timeout=self.timeout if timeout is None else call_timeout(timeout),
+                metadata=self.metadata,
             )
         except (grpc.RpcError, asyncio.CancelledError) as err:
             raise self.error(err) from None
@@ -387,7 +405,7 @@ class AioConnection(_Channel):
         self, service: str, method: str, request: Message, timeout: float | None
     ) -> AsyncGenerator[Any]:
         """The responses of a server stream; `timeout` None: no deadline. Closing it cancels the call."""
-        call = self.method(service, method)(request, timeout=timeout, metadata=self.metadata)
+        call = self.method(service, method)(request, timeout=call_timeout(timeout), metadata=self.metadata)
         try:
             async for response in call:
                 yield response
@@ -402,7 +420,9 @@ class AioConnection(_Channel):
         """The response of a client stream fed from `requests`."""
         feed = _Requests(requests)
         try:
-            return await self.method(service, method)(feed, timeout=timeout, metadata=self.metadata)
+            return await self.method(service, method)(
+                feed, timeout=call_timeout(timeout), metadata=self.metadata
+            )
         except (grpc.RpcError, asyncio.CancelledError) as err:
             raise self.error(err, feed) from None
 
@@ -411,7 +431,7 @@ class AioConnection(_Channel):
     ) -> AsyncIterator[Any]:
         """The responses of a bidirectional stream fed from `requests`; `timeout` None: no deadline."""
         feed = _Requests(requests)
-        call = self.method(service, method)(feed, timeout=timeout, metadata=self.metadata)
+        call = self.method(service, method)(feed, timeout=call_timeout(timeout), metadata=self.metadata)
         try:
             async for response in call:
                 yield response
