@@ -4,12 +4,15 @@ raised while the client makes a stream's requests, and a client used after close
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import numpy as np
 import pytest
 
 import tessera
 import tessera.aio
+import tessera.datasets
+from tessera.datasets import parse_arrays
 
 
 class UserAbort(Exception):
@@ -120,3 +123,23 @@ def test_aio_a_calls_timeout_outside_what_grpc_can_keep_is_refused_before_sendin
                     pass
 
     asyncio.run(scenario())
+
+
+def test_aio_load_checks_and_parses_a_dataset_off_the_event_loop(daemon, monkeypatch):
+    parsed_on: list[threading.Thread] = []
+
+    def parse(header, data):
+        parsed_on.append(threading.current_thread())
+        return parse_arrays(header, data)
+
+    monkeypatch.setattr(tessera.datasets, "parse_arrays", parse)
+
+    async def scenario() -> threading.Thread:
+        async with tessera.aio.Client(daemon.target) as client:
+            await client.datasets.push("clips", x=np.arange(12.0).reshape(3, 4))
+            arrays = await client.datasets.load("clips")
+            np.testing.assert_array_equal(arrays["x"], np.arange(12.0).reshape(3, 4))
+            return threading.current_thread()
+
+    loop_thread = asyncio.run(scenario())
+    assert parsed_on and parsed_on[0] is not loop_thread

@@ -147,7 +147,8 @@ class Download(Call[T_co]):
         except BaseException:
             sink.abort()
             raise
-        return sink.finish()
+        # finish hashes (and for `load`, parses) the whole file: not on the caller's event loop.
+        return await asyncio.to_thread(sink.finish)
 
 
 @dataclass(frozen=True)
