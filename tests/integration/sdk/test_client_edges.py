@@ -143,3 +143,10 @@ def test_aio_load_checks_and_parses_a_dataset_off_the_event_loop(daemon, monkeyp
 
     loop_thread = asyncio.run(scenario())
     assert parsed_on and parsed_on[0] is not loop_thread
+
+
+def test_push_with_a_format_it_does_not_know_names_the_formats(client, onnx_file):
+    with pytest.raises(ValueError, match="format 'pt' is not one of ensemble, onnx, safetensors"):
+        client.models.push("affine", onnx_file, format="pt")
+    with pytest.raises(tessera.NotFound):
+        client.models.get("affine")

@@ -476,7 +476,14 @@ def upload_header(
         raise ValueError(
             f"{path}: cannot tell the format from the suffix; pass format='onnx' or 'safetensors'"
         )
-    artifact_format = pb.ArtifactFormat.Value(f"ARTIFACT_FORMAT_{format.upper()}")
+    formats = {
+        name.removeprefix("ARTIFACT_FORMAT_").lower(): number
+        for name, number in pb.ArtifactFormat.items()
+        if number != pb.ARTIFACT_FORMAT_UNSPECIFIED
+    }
+    if format.lower() not in formats:
+        raise ValueError(f"{path}: format {format!r} is not one of {', '.join(sorted(formats))}")
+    artifact_format = formats[format.lower()]
     if artifact_format == pb.ARTIFACT_FORMAT_SAFETENSORS and architecture is None:
         raise ValueError(
             f"{path}: safetensors weights need the architecture that built them (architecture=...)"
