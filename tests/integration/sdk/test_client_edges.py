@@ -150,3 +150,23 @@ def test_push_with_a_format_it_does_not_know_names_the_formats(client, onnx_file
         client.models.push("affine", onnx_file, format="pt")
     with pytest.raises(tessera.NotFound):
         client.models.get("affine")
+
+
+def test_a_download_onto_a_directory_says_so_and_leaves_no_partial_file(client, onnx_file, tmp_path):
+    client.datasets.push("clips", x=np.zeros((10, 4), np.float32))
+    client.models.push("affine", onnx_file)
+    target = tmp_path / "out"
+    target.mkdir()
+    with pytest.raises(IsADirectoryError, match="out is a directory"):
+        client.datasets.download("clips", target)
+    with pytest.raises(IsADirectoryError, match="out is a directory"):
+        client.models.download("affine", target)
+
+    async def scenario() -> None:
+        async with tessera.aio.Client(client.target) as aio_client:
+            with pytest.raises(IsADirectoryError, match="out is a directory"):
+                await aio_client.datasets.download("clips", target)
+
+    asyncio.run(scenario())
+    assert not list(tmp_path.glob("*.partial"))
+    assert list(target.iterdir()) == []
