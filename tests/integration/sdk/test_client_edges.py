@@ -170,3 +170,18 @@ def test_a_download_onto_a_directory_says_so_and_leaves_no_partial_file(client, 
     asyncio.run(scenario())
     assert not list(tmp_path.glob("*.partial"))
     assert list(target.iterdir()) == []
+
+
+@pytest.mark.parametrize("chunk_size", [0, -1])
+def test_an_upload_chunk_size_below_1_is_refused_before_sending(client, onnx_file, tmp_path, chunk_size):
+    np.save(tmp_path / "x.npy", np.zeros((10, 4), np.float32))
+    with pytest.raises(ValueError, match=f"chunk_size must be at least 1 byte, got {chunk_size}"):
+        client.datasets.push("clips", tmp_path / "x.npy", chunk_size=chunk_size)
+    with pytest.raises(ValueError, match=f"chunk_size must be at least 1 byte, got {chunk_size}"):
+        client.datasets.push("clips", x=np.zeros((3, 3)), chunk_size=chunk_size)
+    with pytest.raises(ValueError, match=f"chunk_size must be at least 1 byte, got {chunk_size}"):
+        client.models.push("affine", onnx_file, chunk_size=chunk_size)
+    with pytest.raises(tessera.NotFound):
+        client.datasets.get("clips")
+    with pytest.raises(tessera.NotFound):
+        client.models.get("affine")

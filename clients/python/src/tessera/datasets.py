@@ -14,7 +14,15 @@ import numpy as np
 from tessera.calls import C, Download, Op, Pages, Part, Upload, call, stream
 from tessera.errors import DataLoss
 from tessera.messages import dataset_ref, version_number
-from tessera.transfer import CHUNK_BYTES, DownloadSink, Progress, bytes_chunks, file_chunks, file_digest
+from tessera.transfer import (
+    CHUNK_BYTES,
+    DownloadSink,
+    Progress,
+    bytes_chunks,
+    check_chunk_size,
+    file_chunks,
+    file_digest,
+)
 from tessera.v1 import common_pb2
 from tessera.v1 import datasets_pb2 as pb
 
@@ -163,6 +171,7 @@ class Datasets(Part[C]):
         Identical content is stored once (the result has `deduplicated` set). `array_name`: for a
         .npy file, the name its array gets (default x); an npz names its arrays itself, and the
         daemon refuses array_name with one (InvalidArgument)."""
+        check_chunk_size(chunk_size)
 
         def requests() -> Iterator[pb.UploadDatasetRequest]:
             return upload_requests(

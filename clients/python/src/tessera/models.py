@@ -13,7 +13,7 @@ from tessera.calls import C, Download, Op, Pages, Part, Resumable, SeqCursor, Up
 from tessera.ensembles import Member, ensemble_spec
 from tessera.errors import InvalidArgument
 from tessera.messages import from_dict, version_number, version_ref
-from tessera.transfer import CHUNK_BYTES, DownloadSink, Progress, file_chunks, file_digest
+from tessera.transfer import CHUNK_BYTES, DownloadSink, Progress, check_chunk_size, file_chunks, file_digest
 from tessera.transport import RetryPolicy
 from tessera.v1 import architecture_pb2, common_pb2
 from tessera.v1 import registry_pb2 as pb
@@ -141,6 +141,7 @@ class Models(Part[C]):
         message when at most INLINE_BYTES; `progress(done, total)` is called after each chunk
         read. `alias` moves that alias to the new version."""
         artifact = Path(path)
+        check_chunk_size(chunk_size)
 
         def requests() -> pb.UploadVersionInlineRequest | Iterator[pb.UploadVersionRequest]:
             header = upload_header(

@@ -27,7 +27,7 @@ from tessera.calls import (
 from tessera.errors import JobFailed, TesseraError
 from tessera.events import JobEvent, JobState, event_from_proto
 from tessera.messages import from_dict
-from tessera.transfer import CHUNK_BYTES, DownloadSink, Progress, file_chunks, file_digest
+from tessera.transfer import CHUNK_BYTES, DownloadSink, Progress, check_chunk_size, file_chunks, file_digest
 from tessera.transport import AioConnection, Connection, RetryPolicy
 from tessera.v1 import common_pb2, job_spec_pb2
 from tessera.v1 import training_pb2 as pb
@@ -578,6 +578,7 @@ class Training(Part[C]):
         chunk_size: int,
         timeout: float | None,
     ) -> Upload[pb.RunArtifact]:
+        check_chunk_size(chunk_size)
         return Upload(
             S,
             "UploadRunArtifact",

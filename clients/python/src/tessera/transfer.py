@@ -18,6 +18,13 @@ Progress = Callable[[int, int], None]
 CHUNK_BYTES = 1 << 20
 
 
+def check_chunk_size(chunk_size: int) -> None:
+    """ValueError for an upload's `chunk_size` below 1 byte, where a file would go as no bytes
+    (0: the daemon answers DATA_LOSS) or whole in one message (a negative size)."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1 byte, got {chunk_size} (default {CHUNK_BYTES})")
+
+
 def file_digest(path: Path) -> tuple[str, int]:
     """sha256 (hex) and size of a file, read in chunks."""
     digest = hashlib.sha256()
