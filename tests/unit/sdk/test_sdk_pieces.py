@@ -72,6 +72,13 @@ def test_unsupported_dtypes_are_refused_naming_the_input():
         to_tensor("z", np.zeros(2, np.complex64))
 
 
+def test_the_refusal_of_a_dtype_lists_bfloat16_which_is_sent_too():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    assert to_tensor("b", np.ones(2, ml_dtypes.bfloat16)).dtype == common_pb2.DATA_TYPE_BFLOAT16
+    with pytest.raises(ValueError, match=r"use one of bfloat16 \(ml_dtypes\), bool, float16"):
+        to_tensor("z", np.zeros(2, np.complex64))
+
+
 def test_specs_from_dicts_take_short_enum_names_and_dataset_strings():
     spec = from_dict(
         job_spec_pb2.JobSpec,

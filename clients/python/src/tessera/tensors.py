@@ -45,7 +45,7 @@ def to_tensor(name: str, array: np.typing.ArrayLike) -> common_pb2.Tensor:
         if data_type == common_pb2.DATA_TYPE_UNSPECIFIED:
             raise ValueError(
                 f"input {name!r}: dtype {array.dtype} cannot be sent; "
-                f"use one of {', '.join(sorted(_ENUM_BY_DTYPE))}"
+                f"use one of {', '.join(sorted([f'{_BFLOAT16} (ml_dtypes)', *_ENUM_BY_DTYPE]))}"
             )
         array = array.astype(array.dtype.newbyteorder("<"), copy=False)
     return common_pb2.Tensor(
