@@ -185,3 +185,21 @@ def test_an_upload_chunk_size_below_1_is_refused_before_sending(client, onnx_fil
         client.datasets.get("clips")
     with pytest.raises(tessera.NotFound):
         client.models.get("affine")
+
+
+def test_aio_client_made_outside_its_event_loop_says_where_to_make_it(daemon):
+    with pytest.raises(RuntimeError, match="inside a running event loop"):
+        tessera.aio.Client(daemon.target)
+
+    async def make() -> tessera.aio.Client:
+        return tessera.aio.Client(daemon.target)
+
+    client = asyncio.run(make())
+
+    async def info() -> None:
+        await client.system.info()
+
+    with pytest.raises(
+        RuntimeError, match="used in the event loop it was made in; make one client per event loop"
+    ):
+        asyncio.run(info())

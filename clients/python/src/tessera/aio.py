@@ -12,6 +12,7 @@ the blocking client returns an iterator.
 
 from __future__ import annotations
 
+import asyncio
 from types import TracebackType
 
 from tessera.datasets import Datasets
@@ -38,6 +39,14 @@ class Client:
         transfer_timeout: float = DEFAULT_TRANSFER_TIMEOUT_S,
         retry: RetryPolicy | None = None,
     ) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            # gRPC would bind the channel to another loop and fail every call with a riddle.
+            raise RuntimeError(
+                "tessera.aio.Client must be made inside a running event loop (in an async function, "
+                "e.g. `async with tessera.aio.Client(...)`); use tessera.Client from blocking code"
+            ) from None
         self._conn = AioConnection(target, token, tls, timeout, transfer_timeout, retry)
         self.models: Models[AioConnection] = Models(self._conn)
         self.datasets: Datasets[AioConnection] = Datasets(self._conn)

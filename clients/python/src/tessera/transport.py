@@ -386,9 +386,22 @@ class AioConnection(_Channel):
     def _open(
         self, target: str, credentials: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]
     ) -> Any:
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
         if credentials is None:
             return grpc.aio.insecure_channel(target, options=options)
         return grpc.aio.secure_channel(target, credentials, options=options)
+
+    def method(self, service: str, method: str) -> Any:
+        if self._loop is not None and asyncio.get_running_loop() is not self._loop:
+            # gRPC's words for it are "Event loop is closed" or a Future "attached to a different loop".
+            raise RuntimeError(
+                f"this asyncio client of {self.target} can only be used in the event loop it was made "
+                "in; make one client per event loop"
+            )
+        return super().method(service, method)
 
     async def unary(self, service: str, method: str, request: Message, timeout: float | None) -> Any:
         """The response of a unary call; `timeout` None: the client's."""
