@@ -95,11 +95,6 @@ class DownloadSink(Generic[H]):
     and sha256 of its `header`; `finish` gives the header."""
 
     def __init__(self, path: Path, header: H, progress: Progress | None) -> None:
-        if path.is_dir():
-            # Said before a byte is fetched: the rename at the end would fail on it.
-            raise IsADirectoryError(
-                errno.EISDIR, f"{path} is a directory; name the file to write in it", str(path)
-            )
         self.path = path
         self._header = header
         self._partial, self._file = new_partial(path)
