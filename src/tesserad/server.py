@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
 import logging
 import signal
 import socket
@@ -72,6 +73,7 @@ from tesserad.oip import grpc_service_pb2, grpc_service_pb2_grpc
 from tesserad.registry import TABLES as REGISTRY_TABLES
 from tesserad.registry import Registry
 from tesserad.registry.export import Exports
+from tesserad.registry.lineage import lineage_datasets
 from tesserad.replica import changes as replica_changes
 from tesserad.replica.blob_cache import BlobCache
 from tesserad.replica.changes import ChangeFeed
@@ -94,7 +96,7 @@ from tesserad.training import tracking as training_tracking
 from tesserad.training.artifacts import RunArtifacts
 from tesserad.training.data import DatasetAccess
 from tesserad.training.events import EventLog
-from tesserad.training.jobs import Jobs
+from tesserad.training.jobs import Jobs, job_datasets
 from tesserad.training.parents import ParentAccess
 from tesserad.training.prometheus import TrainingMetrics
 from tesserad.training.registration import JobRegistration
@@ -291,7 +293,11 @@ class Daemon:
             routes,
         )
         self.datasets = Datasets(
-            self._store, blobs, max_dataset_size=limits.max_dataset_size, quota=limits.dataset_quota
+            self._store,
+            blobs,
+            max_dataset_size=limits.max_dataset_size,
+            quota=limits.dataset_quota,
+            referenced=lambda txn: itertools.chain(lineage_datasets(txn), job_datasets(txn)),
         )
         self.registry = Registry(
             self._store,

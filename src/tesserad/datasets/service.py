@@ -8,6 +8,8 @@ Guarantees:
 - Identical content is stored once: versions with the same bytes share one blob, and
   re-uploading what the newest version already holds (same bytes, splits, flags, npy array
   name, description and tags) returns that version instead of adding one.
+- Version numbers are never reused (tesserad.datasets.numbering), so a number that a lineage
+  or a job names keeps naming that content once the version, or the dataset, is deleted.
 - The dataset quota (limits.dataset_quota) counts each distinct file once; the size limit
   (limits.max_dataset_size) bounds the file and what its compressed arrays unpack to.
 - `open_arrays` memory-maps arrays from the verified blob (no copy) where they are stored
@@ -16,6 +18,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -26,6 +29,7 @@ import numpy as np
 
 from tesserad.config import format_size
 from tesserad.datasets.arrays import ArrayInfo, ArrayStats, inspect_file, open_arrays, unpacked_sizes
+from tesserad.datasets.numbering import NUMBERS, NUMBERS_DERIVED, References, next_number, put_next_number
 from tesserad.datasets.references import (
     dataset_holders,
     delete_unheld_blobs,
@@ -52,10 +56,12 @@ from tesserad.store import (
 )
 from tesserad.text import check_entries, check_record_text
 
+log = logging.getLogger(__name__)
+
 DATASETS = "datasets"
 VERSIONS = "dataset_versions"
 SPLITS = "dataset_splits"
-TABLES = [DATASETS, VERSIONS, SPLITS]
+TABLES = [DATASETS, VERSIONS, SPLITS, NUMBERS]
 FORMATS = ("npz", "npy")
 _DATASET_KIND = "dataset"
 _VERSION_KIND = "dataset_version"
@@ -169,11 +175,43 @@ def _missing(txn: ReadTxn, name: str) -> NotFound:
     return missing_name(txn, DATASETS, "dataset", name, "upload it with UploadDataset")
 
 
+def _derive_numbers(store: Store, referenced: References) -> int:
+    """Once per store: give each dataset name a record still mentions its next number, past the
+    number its record gave, each stored version and each version named elsewhere; how many got one."""
+    with store.read() as txn:
+        if txn.exists("meta", NUMBERS_DERIVED):
+            return 0
+    highest: dict[str, int] = {}
+
+    def seen(name: str, number: int) -> None:
+        highest[name] = max(highest.get(name, 0), number)
+
+    with store.write() as txn:
+        for key, raw in txn.scan(DATASETS):
+            # A record written before `dataset_numbers` kept its dataset's next number.
+            seen(str(key[0]), int(decode_record(raw, _DATASET_KIND, _SCHEMA)[1].get("next_version", 1)) - 1)
+        for key, _ in txn.scan(VERSIONS):
+            seen(str(key[0]), int(key[1]))
+        for name, number in referenced(txn):
+            seen(name, number)
+        for name, number in highest.items():
+            put_next_number(txn, name, max(number + 1, next_number(txn, name)))
+        txn.put("meta", NUMBERS_DERIVED, encode_record(NUMBERS_DERIVED[0], 1, {"at": time.time()}))
+    if highest:
+        log.info("derived the next version numbers of datasets", extra={"datasets": len(highest)})
+    return len(highest)
+
+
 class Datasets:
     """Dataset versions over a Store and a BlobStore."""
 
-    def __init__(self, store: Store, blobs: BlobStore, *, max_dataset_size: int, quota: int) -> None:
+    def __init__(
+        self, store: Store, blobs: BlobStore, *, max_dataset_size: int, quota: int, referenced: References
+    ) -> None:
+        """`referenced`: the dataset versions the store's other records name, read once to number
+        the datasets of a store from before `dataset_numbers` (tesserad.datasets.numbering)."""
         index_dataset_holds(store)
+        _derive_numbers(store, referenced)
         self._store = store
         self._blobs = blobs
         self.max_dataset_size = max_dataset_size
@@ -261,12 +299,7 @@ class Datasets:
             data: dict[str, Any] = (
                 decode_record(raw, _DATASET_KIND, _SCHEMA)[1]
                 if raw
-                else {
-                    "name": spec.name,
-                    "created_at": now,
-                    "updated_at": now,
-                    "next_version": 1,
-                }
+                else {"name": spec.name, "created_at": now, "updated_at": now}
             )
             newest = self._newest(txn, spec.name)
             if newest is not None and self._same_content(txn, newest, blob.sha256, spec, splits):
@@ -275,7 +308,7 @@ class Datasets:
             shared = blob.sha256 in stored
             if not shared and used + blob.size > self.quota:
                 raise self._quota_error(used, blob.size)
-            number = int(data["next_version"])
+            number = next_number(txn, spec.name)
             record = DatasetVersionRecord(
                 name=spec.name,
                 version=number,
@@ -292,7 +325,7 @@ class Datasets:
                 allow_nonfinite=spec.allow_nonfinite,
                 array_name=spec.npy_array if spec.format == "npy" else "",
             )
-            data["next_version"] = number + 1
+            put_next_number(txn, spec.name, number + 1)
             data["updated_at"] = now
             txn.put(DATASETS, (spec.name,), encode_record(_DATASET_KIND, _SCHEMA, data))
             txn.put(VERSIONS, (spec.name, number), _encode_version(record))

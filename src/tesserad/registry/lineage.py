@@ -9,10 +9,11 @@ table, keyed by the child, so the child's record stays as registered.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 
-from tesserad.registry.records import DeletedParent, VersionRecord
-from tesserad.registry.tables import DELETED_PARENTS, DERIVED
+from tesserad.registry.records import DeletedParent, VersionRecord, decode_version
+from tesserad.registry.tables import DELETED_PARENTS, DERIVED, VERSIONS
 from tesserad.store import ReadTxn, WriteTxn, decode_record, encode_record
 
 DELETED_PARENT_KIND = "deleted_parent"
@@ -55,3 +56,10 @@ def with_parent_state(txn: ReadTxn, record: VersionRecord) -> VersionRecord:
     data = decode_record(raw, DELETED_PARENT_KIND, DELETED_PARENT_SCHEMA)[1]
     gone = DeletedParent(sha256=data["sha256"], deleted_at=data["deleted_at"])
     return replace(record, lineage=replace(record.lineage, parent_deleted=gone))
+
+
+def lineage_datasets(txn: ReadTxn) -> Iterator[tuple[str, int]]:
+    """The (dataset, version) of every dataset version a stored version's lineage names."""
+    for _key, raw in txn.scan(VERSIONS):
+        for dataset in decode_version(raw).lineage.datasets:
+            yield dataset.name, dataset.version

@@ -22,7 +22,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
@@ -43,7 +43,7 @@ from tesserad.host import usable_cpu_count
 from tesserad.ids import new_id
 from tesserad.names import validate_name
 from tesserad.paging import PageFill, resume_key
-from tesserad.store import BlobRef, BlobStore, Store, WriteTxn
+from tesserad.store import BlobRef, BlobStore, ReadTxn, Store, WriteTxn
 from tesserad.training.events import EventLog, JobEvent
 from tesserad.training.finetune import ParentLookup
 from tesserad.training.job_records import Checkpoint, JobError, JobRecord, Registered, decode_job, encode_job
@@ -68,6 +68,15 @@ log = logging.getLogger(__name__)
 TABLES = ["jobs"]
 STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 ENDED = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def job_datasets(txn: ReadTxn) -> Iterator[tuple[str, int]]:
+    """The (dataset, version) every stored job trained on, or was to."""
+    for _key, raw in txn.scan("jobs"):
+        data = decode_job(raw).config["data"]
+        yield str(data["dataset"]), int(data["version"])
+
+
 _POLL_S = 0.25
 # A rank that has sent its outcome gets this long to exit, and the job's result is known by then:
 # a backstop (freeing a gloo process group could deadlock; training.worker no longer frees it).
