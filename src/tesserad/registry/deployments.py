@@ -1,7 +1,9 @@
 """Deployments: how requests without a version or alias are routed (weighted routes and a
 shadow), kept as a history of revisions with rollback.
 
-Every Deploy and Rollback adds a revision; the newest is the model's deployment. Rolling back
+Every Deploy and Rollback adds a revision; the newest is the model's deployment. A Deploy of
+what is deployed already (the same routes, in any order, and shadow) adds none and returns the
+current revision, so a Rollback after it restores the deployment before, not the same routes. Rolling back
 the first deployment adds a revision without routes (`undeployed`): the model then has no
 deployment and requests route as before any, to the latest version.
 """
@@ -89,6 +91,16 @@ def resolved(txn: ReadTxn, deployment: DeploymentRecord) -> DeploymentRecord:
     return replace(deployment, routes=routes, shadow=shadow)
 
 
+def _same_routing(a: DeploymentRecord, b: DeploymentRecord) -> bool:
+    """Whether the two send requests alike: the same weight per target, the same shadow."""
+
+    def shadow(d: DeploymentRecord) -> tuple[Target, int] | None:
+        return (d.shadow.target, d.shadow.percent) if d.shadow else None
+
+    weights = {r.target: r.weight for r in a.routes}
+    return weights == {r.target: r.weight for r in b.routes} and shadow(a) == shadow(b)
+
+
 def _check_target(txn: ReadTxn, model: str, target: Target, where: str) -> None:
     if bool(target.version) == bool(target.alias):
         raise InvalidArgument(f"{where} needs exactly one of version or alias")
@@ -144,7 +156,8 @@ class Deployments:
         comment: str = "",
         actor: str = ANONYMOUS,
     ) -> DeploymentRecord:
-        """A new deployment revision: weights 1..100 summing to 100, every target resolvable."""
+        """A new deployment revision: weights 1..100 summing to 100, every target resolvable; the
+        current revision, unchanged, when it routes the same already."""
         validate_name("model", model)
         if not routes:
             raise InvalidArgument("routes must name at least one version or alias with a weight")
@@ -186,6 +199,8 @@ class Deployments:
                 previous_revision=latest.revision if latest else 0,
             )
             _check_targets(txn, record)
+            if latest is not None and not latest.undeployed and _same_routing(latest, record):
+                return resolved(txn, latest)
             txn.put(DEPLOYMENTS, (model, record.revision), encode_deployment(record))
             result = resolved(txn, record)
         self._notify(model)
@@ -228,7 +243,7 @@ class Deployments:
         """Restore what was deployed before the current revision, as a new revision.
 
         Before the first deployment there was none, so rolling it back records an undeployed
-        revision. The new revision's predecessor is the restored one's, so repeated rollbacks
+        revision. A revision that routes as the current one is passed over. The new revision's predecessor is the restored one's, so repeated rollbacks
         walk the history back to no deployment; one more is FailedPrecondition.
         """
         validate_name("model", model)
@@ -245,13 +260,17 @@ class Deployments:
                     "back to none, and requests without a version or alias go to its latest version"
                 )
             restored: DeploymentRecord | None = None
-            if latest.previous_revision:
-                raw = txn.get(DEPLOYMENTS, (model, latest.previous_revision))
+            previous = latest.previous_revision
+            while previous:
+                raw = txn.get(DEPLOYMENTS, (model, previous))
                 if raw is None:
-                    raise FailedPrecondition(
-                        f"deployment revision {latest.previous_revision} of {model!r} is gone"
-                    )
+                    raise FailedPrecondition(f"deployment revision {previous} of {model!r} is gone")
                 restored = decode_deployment(raw)
+                # An older daemon recorded a Deploy of what was deployed as a revision of its own.
+                if latest.undeployed or restored.undeployed or not _same_routing(restored, latest):
+                    break
+                previous, restored = restored.previous_revision, None
+            if restored is not None:
                 gone, alias_gone = _gone_targets(txn, restored)
                 if gone:
                     # The model and the revision exist; what it routes to does not any more.

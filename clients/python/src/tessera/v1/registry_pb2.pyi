@@ -1697,7 +1697,7 @@ class Deployment(_message.Message):
     UNDEPLOYED_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     revision: _builtins.int
-    """Increases by one with every Deploy or Rollback."""
+    """Increases by one with every Deploy that changes the routing, and every Rollback."""
     created_by: _builtins.str
     comment: _builtins.str
     rolled_back_from: _builtins.int

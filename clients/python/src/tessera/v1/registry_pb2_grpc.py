@@ -320,7 +320,10 @@ class RegistryServicer:
 
     def Deploy(self, request, context):
         """Deployments: how Predict calls without a version or alias are routed. Each version or alias
-        has at most one route (INVALID_ARGUMENT naming a repeated one).
+        has at most one route (INVALID_ARGUMENT naming a repeated one). A Deploy that routes as the
+        current deployment does (the same weight per target, in any order, and the same shadow; the
+        comment aside) changes nothing and returns the current revision, so a Rollback after it
+        restores the deployment before that one.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -343,8 +346,9 @@ class RegistryServicer:
     def Rollback(self, request, context):
         """Restores what was deployed before the current revision, as a new revision. Rolling back
         the first deployment returns the model to no deployment: the new revision has
-        `undeployed` set and no routes, and requests route as before any deployment. Repeated
-        rollbacks walk further back; FAILED_PRECONDITION when the model has no deployment, or when
+        `undeployed` set and no routes, and requests route as before any deployment. A revision
+        that routes as the current one (an older tesserad recorded identical Deploys) is passed
+        over. Repeated rollbacks walk further back; FAILED_PRECONDITION when the model has no deployment, or when
         the revision to restore routes to a version or alias deleted since (nothing is written).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

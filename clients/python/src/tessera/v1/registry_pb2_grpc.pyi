@@ -96,7 +96,10 @@ class RegistryStub:
     """
     Deploy: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeployRequest, _registry_pb2.Deployment]
     """Deployments: how Predict calls without a version or alias are routed. Each version or alias
-    has at most one route (INVALID_ARGUMENT naming a repeated one).
+    has at most one route (INVALID_ARGUMENT naming a repeated one). A Deploy that routes as the
+    current deployment does (the same weight per target, in any order, and the same shadow; the
+    comment aside) changes nothing and returns the current revision, so a Rollback after it
+    restores the deployment before that one.
     """
     GetDeployment: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetDeploymentRequest, _registry_pb2.Deployment]
     """NOT_FOUND when the model has no deployment: never deployed, or rolled back to none."""
@@ -105,8 +108,9 @@ class RegistryStub:
     Rollback: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RollbackRequest, _registry_pb2.Deployment]
     """Restores what was deployed before the current revision, as a new revision. Rolling back
     the first deployment returns the model to no deployment: the new revision has
-    `undeployed` set and no routes, and requests route as before any deployment. Repeated
-    rollbacks walk further back; FAILED_PRECONDITION when the model has no deployment, or when
+    `undeployed` set and no routes, and requests route as before any deployment. A revision
+    that routes as the current one (an older tesserad recorded identical Deploys) is passed
+    over. Repeated rollbacks walk further back; FAILED_PRECONDITION when the model has no deployment, or when
     the revision to restore routes to a version or alias deleted since (nothing is written).
     """
     WatchChanges: _grpc.UnaryStreamMultiCallable[_registry_pb2.WatchChangesRequest, _registry_pb2.WatchChangesResponse]
@@ -187,7 +191,10 @@ class RegistryAsyncStub(RegistryStub):
     """
     Deploy: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeployRequest, _registry_pb2.Deployment]  # type: ignore[assignment]
     """Deployments: how Predict calls without a version or alias are routed. Each version or alias
-    has at most one route (INVALID_ARGUMENT naming a repeated one).
+    has at most one route (INVALID_ARGUMENT naming a repeated one). A Deploy that routes as the
+    current deployment does (the same weight per target, in any order, and the same shadow; the
+    comment aside) changes nothing and returns the current revision, so a Rollback after it
+    restores the deployment before that one.
     """
     GetDeployment: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetDeploymentRequest, _registry_pb2.Deployment]  # type: ignore[assignment]
     """NOT_FOUND when the model has no deployment: never deployed, or rolled back to none."""
@@ -196,8 +203,9 @@ class RegistryAsyncStub(RegistryStub):
     Rollback: _aio.UnaryUnaryMultiCallable[_registry_pb2.RollbackRequest, _registry_pb2.Deployment]  # type: ignore[assignment]
     """Restores what was deployed before the current revision, as a new revision. Rolling back
     the first deployment returns the model to no deployment: the new revision has
-    `undeployed` set and no routes, and requests route as before any deployment. Repeated
-    rollbacks walk further back; FAILED_PRECONDITION when the model has no deployment, or when
+    `undeployed` set and no routes, and requests route as before any deployment. A revision
+    that routes as the current one (an older tesserad recorded identical Deploys) is passed
+    over. Repeated rollbacks walk further back; FAILED_PRECONDITION when the model has no deployment, or when
     the revision to restore routes to a version or alias deleted since (nothing is written).
     """
     WatchChanges: _aio.UnaryStreamMultiCallable[_registry_pb2.WatchChangesRequest, _registry_pb2.WatchChangesResponse]  # type: ignore[assignment]
@@ -401,7 +409,10 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.Deployment, _abc.Awaitable[_registry_pb2.Deployment]]:
         """Deployments: how Predict calls without a version or alias are routed. Each version or alias
-        has at most one route (INVALID_ARGUMENT naming a repeated one).
+        has at most one route (INVALID_ARGUMENT naming a repeated one). A Deploy that routes as the
+        current deployment does (the same weight per target, in any order, and the same shadow; the
+        comment aside) changes nothing and returns the current revision, so a Rollback after it
+        restores the deployment before that one.
         """
 
     @_abc_1.abstractmethod
@@ -428,8 +439,9 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_registry_pb2.Deployment, _abc.Awaitable[_registry_pb2.Deployment]]:
         """Restores what was deployed before the current revision, as a new revision. Rolling back
         the first deployment returns the model to no deployment: the new revision has
-        `undeployed` set and no routes, and requests route as before any deployment. Repeated
-        rollbacks walk further back; FAILED_PRECONDITION when the model has no deployment, or when
+        `undeployed` set and no routes, and requests route as before any deployment. A revision
+        that routes as the current one (an older tesserad recorded identical Deploys) is passed
+        over. Repeated rollbacks walk further back; FAILED_PRECONDITION when the model has no deployment, or when
         the revision to restore routes to a version or alias deleted since (nothing is written).
         """
 
