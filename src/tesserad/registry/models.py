@@ -142,7 +142,8 @@ class Models:
             aliases = [str(key[1]) for key, _ in txn.scan(ALIASES, (name,))]
             deployed = current_deployment(txn, name) is not None
             if not force and (aliases or deployed):
-                uses = [f"aliases {', '.join(aliases)}"] if aliases else []
+                named = ", ".join(repr(a) for a in aliases)
+                uses = [f"{'aliases' if len(aliases) > 1 else 'alias'} {named}"] if aliases else []
                 uses += ["a deployment"] if deployed else []
                 raise FailedPrecondition(
                     f"model {name!r} is in use by {' and '.join(uses)}; delete those first or pass force"

@@ -707,7 +707,7 @@ class Versions:
         validate_name("model", model)
         with self._store.write() as txn:
             record = version_record(txn, model, version)
-            users = [a for a in record.aliases if a != LATEST]
+            users = [f"alias {a!r}" for a in record.aliases if a != LATEST]
             deployment = current_deployment(txn, model)
             if deployment is not None and version in deployment_versions(txn, deployment):
                 users.append(f"deployment revision {deployment.revision}")

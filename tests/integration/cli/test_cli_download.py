@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tessera.cli import EXIT_USAGE
 from tests.integration.cli.test_cli_export import MLP, MLP_SIGNATURE
-from tests.integration.registry.conftest import mlp_weights
+from tests.integration.registry.conftest import mlp_weights, onnx_identity
 
 
 def test_a_name_whose_suffix_contradicts_the_format_is_refused_and_nothing_written(
@@ -20,6 +20,12 @@ def test_a_name_whose_suffix_contradicts_the_format_is_refused_and_nothing_writt
     assert refused.code == EXIT_USAGE
     assert "mlp v1 is a safetensors artifact" in refused.err and "name it .safetensors" in refused.err
     assert list(into.iterdir()) == []
+    onnx = tmp_path / "identity.onnx"
+    onnx.write_bytes(onnx_identity())
+    client.models.push("identity", onnx)
+    refused = tessera_cli("models", "download", "identity", str(into / "identity.safetensors"))
+    assert "identity v1 is an ONNX artifact; name it .onnx" in refused.err
+    assert "names a .safetensors file" in refused.err
     neutral = tessera_cli("models", "download", "mlp", str(into / "weights.bin"))
     assert neutral.code == 0 and (into / "weights.bin").read_bytes() == weights.read_bytes()
 

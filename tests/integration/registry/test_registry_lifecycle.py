@@ -72,9 +72,13 @@ def test_versions_list_newest_first_and_delete_guards(stub, weights, data_dir):
     assert [v.version for v in page.versions] == [1] and not page.next_page_token
     stub.SetAlias(R.SetAliasRequest(model="mlp", alias="production", version=1))
     error = rpc_error(stub.DeleteVersion, R.DeleteVersionRequest(model="mlp", version=1))
-    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "in use by production" in error.details()
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error.details() == (
+        "version 1 of model 'mlp' is in use by alias 'production'; move those to another version first"
+    )
     error = rpc_error(stub.DeleteModel, R.DeleteModelRequest(name="mlp"))
-    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "aliases production" in error.details()
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error.details() == "model 'mlp' is in use by alias 'production'; delete those first or pass force"
     stub.DeleteVersion(R.DeleteVersionRequest(model="mlp", version=2))
     assert stub.GetModel(R.GetModelRequest(name="mlp")).latest_version == 1
     assert stub.DeleteModel(R.DeleteModelRequest(name="mlp", force=True)).deleted_versions == 1
@@ -251,7 +255,7 @@ def test_deployments_rollback_and_guards(stub, weights):
     assert (undeployed.revision, undeployed.rolled_back_from, undeployed.undeployed) == (4, 3, True)
     assert "no deployment" in undeployed.comment
     in_use = rpc_error(stub.DeleteModel, R.DeleteModelRequest(name="mlp"))
-    assert "aliases production;" in in_use.details() and "deployment" not in in_use.details()
+    assert "alias 'production';" in in_use.details() and "deployment" not in in_use.details()
     assert stub.DeleteModel(R.DeleteModelRequest(name="mlp", force=True)).deleted_versions == 2
 
 

@@ -669,6 +669,13 @@ def cmd_models_compare(client: Client, args: argparse.Namespace, out: Output) ->
     out.table(title, ["", "a", "b", "b - a"], rows)
 
 
+FORMAT_WORDS = {
+    registry_pb2.ARTIFACT_FORMAT_SAFETENSORS: "a safetensors",
+    registry_pb2.ARTIFACT_FORMAT_ONNX: "an ONNX",
+    registry_pb2.ARTIFACT_FORMAT_ENSEMBLE: "an ensemble",
+}
+"""Each artifact format with its article, as a message names it."""
+
 SUFFIX_BY_FORMAT = {
     registry_pb2.ARTIFACT_FORMAT_SAFETENSORS: ".safetensors",
     registry_pb2.ARTIFACT_FORMAT_ONNX: ".onnx",
@@ -688,9 +695,9 @@ def cmd_models_download(client: Client, args: argparse.Namespace, out: Output) -
         path = path / default
     given = path.suffix.lower()
     if suffix and given in SUFFIX_BY_FORMAT.values() and given != suffix:
-        kind = registry_pb2.ArtifactFormat.Name(resolved.format).removeprefix("ARTIFACT_FORMAT_").lower()
         raise UsageError(
-            f"{path} names a {given[1:]} file, but {resolved.model} v{resolved.version} is a {kind} "
+            f"{path} names a {given} file, but {resolved.model} v{resolved.version} is "
+            f"{FORMAT_WORDS[resolved.format]} "
             f"artifact; name it {suffix} (or leave the name out for {default})"
         )
     version = client.models.download(
