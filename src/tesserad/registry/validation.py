@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import math
 
+from tesserad.config import format_size
 from tesserad.dtypes import TENSOR_DTYPES
 from tesserad.errors import InvalidArgument
 from tesserad.registry.records import Signature
 from tesserad.text import MAX_PARAM_VALUE, check_entries, check_record_text
 
 _MAX_TENSOR_NAME = 256
+# A version's params together, keys and values in UTF-8, as a run's params and tags are bounded:
+# a version travels whole in a GetVersion answer (4 MiB by gRPC's default limit), beside its
+# signature and lineage.
+MAX_VERSION_PARAMS = 2 * 2**20
+# Where a trained version's params say which of its job's params did not fit; room is kept for it.
+LEFT_OUT_KEY = "tessera.params_left_out"
+_LEFT_OUT_ROOM = 8 * 2**10
+_LEFT_OUT_NAMED = 10
 
 
 def validate_signature(signature: Signature, *, required: bool) -> None:
@@ -43,8 +52,48 @@ def validate_tags(field: str, tags: dict[str, str]) -> None:
     check_entries(field, tags)
 
 
+def _params_bytes(params: dict[str, str]) -> int:
+    return sum(len(k.encode()) + len(v.encode()) for k, v in params.items())
+
+
 def validate_params(params: dict[str, str]) -> None:
     check_entries("params", params, MAX_PARAM_VALUE)
+    size = _params_bytes(params)
+    if size > MAX_VERSION_PARAMS:
+        raise InvalidArgument(
+            f"a model version's params take at most {format_size(MAX_VERSION_PARAMS)} together, these "
+            f"take {format_size(size)} ({size} bytes); keep large values in a file (a run artifact, "
+            "UploadRunArtifact) and record its path"
+        )
+
+
+def fit_params(params: dict[str, str]) -> dict[str, str]:
+    """Params within MAX_VERSION_PARAMS for a version whose registration must not fail on them
+    (a job's, flattened from its spec, registered after the training): as many as fit, smallest
+    first, in their order, and under LEFT_OUT_KEY the names of those left out. A trained
+    version's lineage keeps its whole job spec, so nothing is lost."""
+    if _params_bytes(params) <= MAX_VERSION_PARAMS:
+        return params
+    room = MAX_VERSION_PARAMS - _LEFT_OUT_ROOM
+    kept: set[str] = set()
+    for key in sorted(params, key=lambda k: len(k.encode()) + len(params[k].encode())):
+        size = len(key.encode()) + len(params[key].encode())
+        if size > room:
+            break
+        room -= size
+        kept.add(key)
+    left_out = [k for k in params if k not in kept]
+    named = ", ".join(left_out[:_LEFT_OUT_NAMED])
+    more = f" and {len(left_out) - _LEFT_OUT_NAMED} more" if len(left_out) > _LEFT_OUT_NAMED else ""
+    note = (
+        f"{len(left_out)} params left out to keep a version's params within "
+        f"{format_size(MAX_VERSION_PARAMS)}: {named}{more}"
+    )
+    fitted = {k: v for k, v in params.items() if k in kept}
+    # Within the rule a caller's values follow (characters) and the room kept for it (bytes).
+    cut = note[:MAX_PARAM_VALUE].encode()[: _LEFT_OUT_ROOM - len(LEFT_OUT_KEY)]
+    fitted[LEFT_OUT_KEY] = cut.decode(errors="ignore")
+    return fitted
 
 
 def validate_metrics(metrics: dict[str, float]) -> None:

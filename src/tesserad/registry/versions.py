@@ -88,6 +88,7 @@ from tesserad.registry.tables import (
     resolve_number,
 )
 from tesserad.registry.validation import (
+    fit_params,
     validate_metrics,
     validate_params,
     validate_signature,
@@ -297,9 +298,11 @@ class Versions:
         architecture; a version without a signature takes the architecture's. onnx:
         onnx.checker and, when a signature is given, that it matches the graph; a version
         without one takes the graph's).
-        On any failure the blob is deleted unless something else holds it; either way the
-        claim of the put that stored `blob` ends here (BlobStore's claims). With `alias`, the
-        returned record's `alias_moved` says where the alias pointed before.
+        `params` are not refused here (an upload's were checked with its header): a job's must not
+        fail its registration after the training, so `fit_params` cuts any over the bound.
+        On any failure the blob is deleted unless something else holds it; either way the claim
+        of the put that stored `blob` ends here (BlobStore's claims). With `alias`, the returned
+        record's `alias_moved` says where the alias pointed before.
         """
         try:
             self.check_upload(
@@ -320,7 +323,7 @@ class Versions:
                 blob=blob,
                 signature=signature or Signature(),
                 architecture=architecture,
-                params=params or {},
+                params=fit_params(params or {}),
                 metrics=metrics or {},
                 tags=tags or {},
                 lineage=lineage or Lineage(),

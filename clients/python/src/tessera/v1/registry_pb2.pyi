@@ -528,7 +528,11 @@ class ModelVersion(_message.Message):
         """Set for safetensors versions."""
 
     @_builtins.property
-    def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """At most 2 MiB together. A trained version's come from its job's spec (whole in its lineage):
+        those that would not fit are left out, and "tessera.params_left_out" names them.
+        """
+
     @_builtins.property
     def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
     @_builtins.property
@@ -817,8 +821,9 @@ class UploadVersionHeader(_message.Message):
 
     @_builtins.property
     def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """As a run's: keys 1 to 250 characters without NUL or newlines, values at most 6000;
-        INVALID_ARGUMENT beyond, before any byte of the artifact is stored.
+        """As a run's: keys 1 to 250 characters without NUL or newlines, values at most 6000, and 2 MiB
+        together (keys and values, UTF-8); INVALID_ARGUMENT beyond, before any byte of the artifact
+        is stored.
         """
 
     @_builtins.property
