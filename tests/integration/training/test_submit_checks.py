@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tessera.v1 import job_spec_pb2, training_pb2, training_pb2_grpc
-from tests.integration.training.conftest import follow, job_spec, of_kind, states, submit, upload_dataset
+from tests.integration.training.conftest import job_spec, submit, upload_dataset
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
@@ -244,28 +244,6 @@ def test_problems_that_are_all_preconditions_are_failed_precondition(
     assert details.startswith("the spec has 2 problems:")
     assert "spec.data.input_array: dataset 'flat' v1 has no array 'xs'" in details
     assert "spec.devices.gpu_count: the job asks for 9 GPUs" in details
-
-
-def test_an_empty_validation_split_is_refused_by_name_and_never_taken_by_default(
-    training_daemon, training: training_pb2_grpc.TrainingStub
-) -> None:
-    x = np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32)
-    arrays = {"x": x, "y": (x[:, 0] > 0).astype(np.int64)}
-    upload_dataset(training_daemon.channel(), "empty-val", arrays, {"train": list(range(40)), "val": []})
-    spec = job_spec("mlp", early_stopping=job_spec_pb2.EarlyStopping(patience=1))
-    spec.data.dataset.name = "empty-val"
-    named = job_spec_pb2.JobSpec()
-    named.CopyFrom(spec)
-    named.data.val_split = "val"
-    with pytest.raises(grpc.RpcError) as info:
-        submit(training, named)
-    assert info.value.code() == PRECONDITION
-    assert info.value.details() == "spec.data.val_split: split 'val' of dataset 'empty-val' v1 is empty"
-    # Left to the default, the empty "val" split is not taken: the job stops early on its
-    # training loss, where it failed with KeyError: 'val_loss' after its first epoch.
-    events = follow(training, submit(training, spec).job_id)
-    assert states(events)[-1] == training_pb2.JOB_STATE_SUCCEEDED, of_kind(events, "error")
-    assert not any(key.startswith("val_") for epoch in of_kind(events, "epoch") for key in epoch.metrics)
 
 
 @pytest.mark.parametrize(

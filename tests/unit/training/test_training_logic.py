@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from pathlib import Path
@@ -193,3 +194,17 @@ def test_spec_regression_targets_must_fit_the_output() -> None:
         normalize_spec(_raw(data={"dataset": {"name": "e"}}), _dataset, devices, _no_parent)
     with pytest.raises(InvalidArgument, match=re.escape("spec.architecture.mlp.hidden_sizes")):
         normalize_spec(_raw(architecture={**arch, "hidden_sizes": [0]}), _dataset, devices, _no_parent)
+
+
+def test_an_empty_validation_split_is_refused_by_name_and_never_taken_by_default() -> None:
+    # Uploads refuse empty splits now; a store written before that may still hold one, and a job
+    # validating on it failed after its first epoch with KeyError: 'val_loss'.
+    facts = dataclasses.replace(FACTS, splits={"train": 8, "val": 0})
+    devices = DeviceFacts(cpu_slots=1, gpu_count=0)
+    named = _raw(data={"dataset": {"name": "d"}, "val_split": "val"})
+    with pytest.raises(
+        FailedPrecondition, match=re.escape("spec.data.val_split: split 'val' of dataset 'd' v3 is empty")
+    ):
+        normalize_spec(named, lambda name, version: facts, devices, _no_parent)
+    config = normalize_spec(_raw(), lambda name, version: facts, devices, _no_parent)
+    assert not config["data"]["val_split"]
