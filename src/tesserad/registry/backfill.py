@@ -10,6 +10,8 @@
 - Marks of deleted lineage parents (`lineage`): a version whose parent is missing, or was
   registered after it (its model deleted and created again), is marked once, with what was
   lost (sha256, time) left empty; batched and finished by a marker in "meta" likewise.
+- The index of the versions training jobs registered (`JOB_VERSIONS`): batched and finished
+  by a marker in "meta" likewise.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from tesserad.registry.records import MODEL_KIND, SCHEMA, VersionRecord, decode_
 from tesserad.registry.tables import (
     DELETED_PARENTS,
     DERIVED,
+    JOB_VERSIONS,
     MODELS,
     VERSIONS,
     newest_stored_version,
@@ -38,6 +41,8 @@ log = logging.getLogger(__name__)
 MEMBERS_INDEXED = ("ensemble_members_indexed",)
 # In the "meta" table once every version whose lineage parent is gone is marked.
 PARENTS_MARKED = ("deleted_parents_marked",)
+# In the "meta" table once every version a training job registered is indexed by its job.
+JOB_VERSIONS_INDEXED = ("job_versions_indexed",)
 # Versions read per write transaction of the member index's and the marks' backfills.
 _INDEX_BATCH = 512
 
@@ -138,6 +143,21 @@ def backfill_deleted_parents(store: Store) -> int:
     if marked:
         log.info("marked the deleted parents of versions' lineage", extra={"versions": marked})
     return marked
+
+
+def backfill_job_versions(store: Store) -> int:
+    """Index the versions training jobs registered by job, once; returns how many were indexed."""
+
+    def index(txn: WriteTxn, record: VersionRecord) -> bool:
+        if not record.lineage.job_id:
+            return False
+        txn.put(JOB_VERSIONS, (record.lineage.job_id, record.model, record.version), b"")
+        return True
+
+    indexed = _each_version_once(store, JOB_VERSIONS_INDEXED, index)
+    if indexed:
+        log.info("indexed the versions training jobs registered", extra={"versions": indexed})
+    return indexed
 
 
 def _parent_gone(txn: ReadTxn, record: VersionRecord) -> bool:

@@ -26,6 +26,7 @@ from tesserad.registry.aliases import Aliases
 from tesserad.registry.backfill import (
     backfill_deleted_parents,
     backfill_ensemble_members,
+    backfill_job_versions,
     backfill_version_counts,
 )
 from tesserad.registry.deployments import Deployments
@@ -53,6 +54,7 @@ class Registry:
         backfill_version_counts(store)
         backfill_ensemble_members(store, blobs)
         backfill_deleted_parents(store)
+        backfill_job_versions(store)
         self._listeners: list[Callable[[str], None]] = []
         models = Models(store, blobs, self._notify)
         versions = Versions(

@@ -29,6 +29,10 @@ MEMBER_OF = "ensemble_member_of"
 # derived_versions rows go then), removed with the version. Kept apart from the version's
 # record, which never changes once registered.
 DELETED_PARENTS = "deleted_parents"
+# The versions a training job registered: (job id, model, version), written and removed with the
+# version, so that a job registering again (resumed after its first registration was committed)
+# finds the version it has instead of adding one.
+JOB_VERSIONS = "job_versions"
 TABLES = [
     MODELS,
     VERSIONS,
@@ -39,6 +43,7 @@ TABLES = [
     ENSEMBLE_MEMBERS,
     MEMBER_OF,
     DELETED_PARENTS,
+    JOB_VERSIONS,
 ]
 
 LATEST = "latest"

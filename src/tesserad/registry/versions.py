@@ -75,6 +75,7 @@ from tesserad.registry.records import (
 from tesserad.registry.tables import (
     ANONYMOUS,
     DERIVED,
+    JOB_VERSIONS,
     LATEST,
     MODELS,
     VERSIONS,
@@ -182,6 +183,8 @@ def delete_version_rows(txn: WriteTxn, record: VersionRecord) -> str:
     their parent is deleted; the sha256 of the blob that may now be unheld."""
     name = holder(record.model, record.version)
     txn.delete(VERSIONS, (record.model, record.version))
+    if record.lineage.job_id:
+        txn.delete(JOB_VERSIONS, (record.lineage.job_id, record.model, record.version))
     orphan_derived(txn, record)
     drop_mark(txn, record)
     release_blob(txn, record.sha256, name)
@@ -193,6 +196,13 @@ def delete_version_rows(txn: WriteTxn, record: VersionRecord) -> str:
     if record.format == "ensemble":
         unindex_members(txn, Member(record.model, record.version))
     return record.sha256
+
+
+def job_version(txn: ReadTxn, job_id: str, model: str) -> VersionRecord | None:
+    """The version of `model` that training job `job_id` registered, if it did."""
+    for key, _ in txn.scan(JOB_VERSIONS, (job_id, model)):
+        return version_record(txn, model, int(key[2]))
+    return None
 
 
 class Versions:
@@ -291,6 +301,7 @@ class Versions:
         create_model_if_missing: bool = False,
         alias: str = "",
         actor: str = ANONYMOUS,
+        once_per_job: bool = False,
     ) -> VersionRecord:
         """Record a stored blob as the model's next version (all or nothing).
 
@@ -302,7 +313,10 @@ class Versions:
         fail its registration after the training, so `fit_params` cuts any over the bound.
         On any failure the blob is deleted unless something else holds it; either way the claim
         of the put that stored `blob` ends here (BlobStore's claims). With `alias`, the returned
-        record's `alias_moved` says where the alias pointed before.
+        record's `alias_moved` says where the alias pointed before. With `once_per_job`, a
+        lineage job that has a version of the model already gets that version back, unchanged
+        (its alias stays where it is): a training job resumed after its registration was
+        committed registers once.
         """
         try:
             self.check_upload(
@@ -331,12 +345,17 @@ class Versions:
                 create_model_if_missing=create_model_if_missing,
                 alias=alias,
                 actor=actor,
+                once_per_job=once_per_job,
             )
             committed = self._commit(record, {model}, {blob.sha256})
         except BaseException:
             drop_claimed_blobs(self._store, self._blobs, {blob.sha256})
             raise
-        return committed.result()
+        registered = committed.result()
+        if registered.sha256 != blob.sha256:
+            # The job's earlier version, of other bytes: nothing holds this blob.
+            delete_unheld_blobs(self._store, self._blobs, {blob.sha256})
+        return registered
 
     def submit_upload(self, upload: VersionUpload) -> Future[VersionRecord]:
         """Register a version whose artifact is at hand, with the checks, errors and promises of
@@ -512,6 +531,7 @@ class Versions:
         alias: str,
         actor: str,
         artifact: bytes | None = None,
+        once_per_job: bool = False,
     ) -> Callable[[WriteTxn], VersionRecord]:
         """Check the artifact of a blob whose header checks (`check_upload`) have passed; the
         function that records its version in a write transaction. `artifact`: the blob's bytes,
@@ -549,6 +569,10 @@ class Versions:
         # Recorded through the store's group commit: registrations in flight together share one
         # commit and its fsync, and the result comes back only once that commit is durable.
         def record_version(txn: WriteTxn) -> VersionRecord:
+            if once_per_job and lineage.job_id:
+                registered = job_version(txn, lineage.job_id, model)
+                if registered is not None:
+                    return registered
             raw = txn.get(MODELS, (model,))
             if raw is None:
                 if not create_model_if_missing:
@@ -586,6 +610,8 @@ class Versions:
             fields["latest_version"] = number
             fields["updated_at"] = record.created_at
             txn.put(VERSIONS, (model, number), encode_version(record))
+            if lineage.job_id:
+                txn.put(JOB_VERSIONS, (lineage.job_id, model, number), b"")
             hold_blob(txn, blob.sha256, holder(model, number))
             for ds in lineage.datasets:
                 hold_dataset(txn, ds.name, ds.version, holder(model, number))

@@ -14,7 +14,8 @@ class JobRegistration:
         self._registry = registry
 
     def register(self, job: JobRecord, weights: BlobRef) -> Registered:
-        """A new version of register_as.model (created if missing); the alias moves with it."""
+        """A new version of register_as.model (created if missing); the alias moves with it. A job
+        that has registered its version already (it was resumed after that) gets it back."""
         config = job.config
         target = config["register_as"]
         data = config["data"]
@@ -42,5 +43,6 @@ class JobRegistration:
             create_model_if_missing=True,
             alias=target["alias"],
             actor=job.created_by,
+            once_per_job=True,
         )
         return Registered(record.model, record.version, target["alias"])

@@ -1,0 +1,93 @@
+"""A training job registers once: `register_version(once_per_job=True)` for a job that has a
+version of the model already returns that version, found through the job_versions index, which
+goes with the version and is built at start for a store written before it."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tesserad.registry import Lineage, Registry
+from tesserad.registry.backfill import JOB_VERSIONS_INDEXED
+from tesserad.registry.tables import JOB_VERSIONS
+from tesserad.server import STORE_TABLES
+from tesserad.store import BlobStore, Store
+from tests.integration.registry.conftest import mlp_weights
+
+ARCHITECTURE = {"family": "mlp", "input_shape": [4], "output_size": 2, "hidden_sizes": [8]}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    opened = Store.open(tmp_path / "store", map_size=1 << 30, tables=STORE_TABLES)
+    yield opened
+    opened.close()
+
+
+def registry(store: Store, tmp_path: Path) -> Registry:
+    return Registry(store, BlobStore(tmp_path / "blobs"), max_artifact_size=1 << 30)
+
+
+def register(registry: Registry, tmp_path: Path, job_id: str, seed: int, once: bool = True) -> int:
+    blobs = BlobStore(tmp_path / "blobs")
+    record = registry.register_version(
+        "m",
+        format="safetensors",
+        blob=blobs.put_bytes(mlp_weights(seed=seed)),
+        architecture=ARCHITECTURE,
+        lineage=Lineage(job_id=job_id),
+        create_model_if_missing=True,
+        alias="staging",
+        once_per_job=once,
+    )
+    return record.version
+
+
+def index(store: Store) -> list[tuple[object, ...]]:
+    with store.read() as txn:
+        return [key for key, _ in txn.scan(JOB_VERSIONS)]
+
+
+def test_a_job_registering_again_gets_its_version_and_nothing_else_changes(
+    store: Store, tmp_path: Path
+) -> None:
+    versions = registry(store, tmp_path)
+    assert register(versions, tmp_path, "job-a", seed=1) == 1
+    assert register(versions, tmp_path, "job-b", seed=2) == 2
+    # Other bytes (a job's weights read back from its final checkpoint): the same version, and
+    # the new blob, held by nothing, is gone.
+    assert register(versions, tmp_path, "job-a", seed=3) == 1
+    assert versions.get_model("m").version_count == 2
+    assert versions.get_alias("m", "staging").version == 2
+    assert not BlobStore(tmp_path / "blobs").path(hashlib.sha256(mlp_weights(seed=3)).hexdigest()).exists()
+    # An upload naming a job in its lineage is not a job's registration: it adds a version.
+    assert register(versions, tmp_path, "job-a", seed=4, once=False) == 3
+    assert sorted(index(store)) == [("job-a", "m", 1), ("job-a", "m", 3), ("job-b", "m", 2)]
+
+
+def test_the_index_goes_with_the_version_and_a_job_can_register_again_then(
+    store: Store, tmp_path: Path
+) -> None:
+    versions = registry(store, tmp_path)
+    register(versions, tmp_path, "job-a", seed=1)
+    register(versions, tmp_path, "job-b", seed=2)
+    versions.delete_version("m", 1)
+    assert index(store) == [("job-b", "m", 2)]
+    assert register(versions, tmp_path, "job-a", seed=1) == 3
+    versions.delete_model("m", force=True)
+    assert index(store) == []
+
+
+def test_a_store_from_before_the_index_is_indexed_at_start(store: Store, tmp_path: Path) -> None:
+    versions = registry(store, tmp_path)
+    register(versions, tmp_path, "job-a", seed=1)
+    register(versions, tmp_path, "", seed=2)
+    with store.write() as txn:
+        txn.delete_range(JOB_VERSIONS, ())
+        assert txn.delete_range("meta", JOB_VERSIONS_INDEXED) == 1
+    again = registry(store, tmp_path)
+    assert index(store) == [("job-a", "m", 1)]
+    assert register(again, tmp_path, "job-a", seed=3) == 1
