@@ -91,3 +91,9 @@ def _metadata(data: bytes) -> dict[str, str]:
     header = json.loads(data[8 : 8 + header_len])
     metadata: dict[str, str] = header.get("__metadata__", {})
     return metadata
+
+
+def checkpoint_weights(data: bytes) -> bytes:
+    """A checkpoint's model weights alone, as `weights_bytes` saves them from the model."""
+    tensors = load_tensors(data)
+    return save_tensors({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})

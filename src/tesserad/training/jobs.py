@@ -44,6 +44,7 @@ from tesserad.ids import new_id
 from tesserad.names import validate_name
 from tesserad.paging import PageFill, resume_key
 from tesserad.store import BlobRef, BlobStore, ReadTxn, Store, WriteTxn
+from tesserad.training.checkpoints import checkpoint_weights
 from tesserad.training.events import EventLog, JobEvent
 from tesserad.training.finetune import ParentLookup
 from tesserad.training.job_records import Checkpoint, JobError, JobRecord, Registered, decode_job, encode_job
@@ -254,9 +255,12 @@ class Jobs:
                 )
             if job.state == "interrupted":
                 self._events.reopen(job.job_id)
-                checkpoint = self._resume_checkpoint(job)
+                final = self._final_checkpoint(job)
+                checkpoint = final or self._resume_checkpoint(job)
                 why = (
-                    f"re-queued to resume from the epoch {checkpoint.epoch} checkpoint"
+                    f"re-queued to finish from its final (epoch {final.epoch}) checkpoint: its training is done"
+                    if final
+                    else f"re-queued to resume from the epoch {checkpoint.epoch} checkpoint"
                     if checkpoint
                     else "re-queued to start again (no checkpoint yet)"
                 )
@@ -552,6 +556,13 @@ class Jobs:
     def _supervise(self, job_id: str, devices: builtins.list[str]) -> None:
         with self._lock:
             job = self._active[job_id]
+        final = self._final_checkpoint(job)
+        if final is not None:
+            try:
+                self._finish_trained(job, final)
+            finally:
+                self._release(job_id, devices)
+            return
         try:
             job, running = self._launch(job, devices)
         except Exception as exc:
@@ -580,6 +591,34 @@ class Jobs:
             self._running.pop(job_id, None)
             self._inventory.release(devices)
             self._wake.notify_all()
+
+    @staticmethod
+    def _final_checkpoint(job: JobRecord) -> Checkpoint | None:
+        """The checkpoint saved when the job's training finished, if it was: a job that has one
+        only ends (`_finish_trained`), it never trains again."""
+        return next((c for c in job.checkpoints if c.reason == "final"), None)
+
+    def _finish_trained(self, job: JobRecord, final: Checkpoint) -> None:
+        """End a job whose training finished but whose end was not stored (the daemon or the
+        worker died in between): SUCCEEDED with the final checkpoint's weights and metrics,
+        registered unless the record says it was (a registration that was committed but not
+        recorded here is found again: registration is idempotent per job)."""
+        log.info(
+            "job finished from its final checkpoint, without training again",
+            extra={"job_id": job.job_id, "epoch": final.epoch, "step": final.step},
+        )
+        try:
+            weights = None
+            if job.config["register_as"] and job.registered is None:
+                weights = checkpoint_weights(self._blobs.read_bytes(final.sha256))
+            self._succeed(job, DoneMessage("succeeded", final.epoch, final.step, final.metrics, weights))
+        except Exception as exc:
+            log.exception("finishing a job from its final checkpoint failed", extra={"job_id": job.job_id})
+            self._fail(
+                self.get(job.job_id),
+                "exception",
+                f"the job could not finish from its final checkpoint: {exc}",
+            )
 
     @staticmethod
     def _resume_checkpoint(job: JobRecord) -> Checkpoint | None:
@@ -770,6 +809,9 @@ class Jobs:
             self._finish(job, "cancelled", f"cancelled, though the worker died before it stopped: {died}")
         elif done is not None or running.cancel_deadline is not None:
             self._cancelled(job, at_step_boundary=done is not None)
+        elif (final := self._final_checkpoint(job)) is not None:
+            # It died after its training finished (the final checkpoint is stored).
+            self._finish_trained(job, final)
         else:
             self._fail(
                 job, *_crash_error(crash_code if crash_code is not None else running.processes[0].exitcode)

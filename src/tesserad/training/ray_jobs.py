@@ -150,6 +150,10 @@ class RayJobs(Jobs):
                 self._wake.notify_all()
 
     def _run_on_ray(self, job: JobRecord, running: _Running) -> None:
+        final = self._final_checkpoint(job)
+        if final is not None:
+            self._finish_trained(job, final)
+            return
         while not self._cluster.wait_connected(_POLL_S):
             if running.stopping_for_shutdown:
                 return
@@ -427,7 +431,12 @@ class RayJobs(Jobs):
         self._settle(job, running, ended.done, ended.error, ended.died)
 
     def _worker_died(self, job: JobRecord, why: str) -> None:
-        """Fail the job with Ray's reason, or queue it again per spec.max_restarts."""
+        """Fail the job with Ray's reason, or queue it again per spec.max_restarts; a job whose
+        training had finished (its final checkpoint is stored) ends from that checkpoint."""
+        final = self._final_checkpoint(job)
+        if final is not None:
+            self._finish_trained(job, final)
+            return
         restarts = job.restarts
         allowed = job.config.get("max_restarts", 0)
         message = f"the Ray worker died: {why}"

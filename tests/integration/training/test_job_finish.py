@@ -1,0 +1,89 @@
+"""A job whose training finished but whose end was not stored (the daemon was SIGKILLed in
+between) ends at the next start from its final checkpoint: it is not trained again, and it is
+registered once, even when the kill came after the registry committed its version.
+
+The kills land at exact points through tests/integration/training/kill_hook (see there)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from tessera.v1 import job_spec_pb2, registry_pb2, registry_pb2_grpc, training_pb2, training_pb2_grpc
+from tests.integration.training.conftest import follow, job_spec, of_kind, upload_standard_datasets
+
+S = training_pb2
+ENV = {"TESSERA_TRAINING_CPU_SLOTS": "1", "TESSERA_TRAINING_THREADS_PER_SLOT": "1"}
+HOOK = Path(__file__).parent / "kill_hook"
+EPOCHS = 3
+
+
+def _start(spawn_daemon: Any, data_dir: Path, env: dict[str, str]) -> tuple[Any, grpc.Channel]:
+    daemon = spawn_daemon(
+        "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(data_dir), env=env
+    )
+    return daemon, grpc.insecure_channel(daemon.wait_serving())
+
+
+def _killed_at(spawn_daemon: Any, data_dir: Path, point: str, model: str) -> training_pb2.Job:
+    """Submit a job that registers to `model` to a daemon that SIGKILLs itself at `point`."""
+    path = os.pathsep.join([str(HOOK), os.environ.get("PYTHONPATH", "")])
+    env = {**ENV, "PYTHONPATH": path, "TESSERA_TEST_KILL_AT": point}
+    daemon, channel = _start(spawn_daemon, data_dir, env)
+    upload_standard_datasets(channel)
+    spec = job_spec(
+        "mlp",
+        epochs=EPOCHS,
+        checkpoints=job_spec_pb2.CheckpointPolicy(every_n_epochs=1, keep_last=1),
+        register_as=job_spec_pb2.RegisterAs(model=model, alias="staging"),
+    )
+    job = training_pb2_grpc.TrainingStub(channel).SubmitJob(S.SubmitJobRequest(spec=spec))
+    assert daemon.process.wait(120) == -9
+    channel.close()
+    return job
+
+
+def _check_finished_once(channel: grpc.Channel, job_id: str, model: str) -> list[training_pb2.JobEvent]:
+    """The job SUCCEEDED with one version of `model`, trained once; its events."""
+    training = training_pb2_grpc.TrainingStub(channel)
+    events = follow(training, job_id)
+    job = training.GetJob(S.GetJobRequest(job_id=job_id))
+    assert job.state == S.JOB_STATE_SUCCEEDED
+    registry = registry_pb2_grpc.RegistryStub(channel)
+    versions = registry.ListVersions(registry_pb2.ListVersionsRequest(model=model)).versions
+    assert [(v.version, v.lineage.job_id) for v in versions] == [(1, job_id)]
+    # Every epoch trained once, by the first attempt only.
+    assert [e.epoch for e in of_kind(events, "epoch")] == list(range(1, EPOCHS + 1))
+    requeued = [s.reason for s in of_kind(events, "state") if s.state == S.JOB_STATE_QUEUED][-1]
+    assert requeued.startswith(f"re-queued to finish from its final (epoch {EPOCHS}) checkpoint")
+    history = training.GetMetricHistory(S.GetMetricHistoryRequest(run_id=job.run_id, key="train_loss"))
+    assert len(history.points) == EPOCHS and len({p.step for p in history.points}) == EPOCHS
+    loss = training.GetMetricHistory(S.GetMetricHistoryRequest(run_id=job.run_id, key="loss"))
+    assert len(loss.points) == len({p.step for p in loss.points}) == job.total_steps
+    run = training.GetRun(S.GetRunRequest(run_id=job.run_id))
+    assert run.status == S.RUN_STATUS_SUCCEEDED and run.attempts == 1
+
+    assert (job.registered.model, job.registered.version) == (model, 1)
+    assert [(r.model, r.version) for r in of_kind(events, "registered")] == [(model, 1)]
+    staging = registry.GetVersion(registry_pb2.GetVersionRequest(ref={"model": model, "alias": "staging"}))
+    assert staging.version == 1
+    return events
+
+
+@pytest.mark.parametrize("point", ["final_checkpoint", "registered"])
+def test_a_job_killed_after_its_training_finished_is_finished_not_trained_again(
+    spawn_daemon: Any, tmp_path: Path, point: str
+) -> None:
+    model = f"finish-{point.replace('_', '-')}"
+    job = _killed_at(spawn_daemon, tmp_path, point, model)
+    restarted, channel = _start(spawn_daemon, tmp_path, ENV)
+    _check_finished_once(channel, job.job_id, model)
+    finished = "job finished from its final checkpoint, without training again"
+    # It may have come before the daemon said it was serving.
+    if not any(finished in line for line in restarted.log):
+        restarted.wait_for_log(finished)
+    channel.close()
