@@ -162,6 +162,14 @@ CASES = [
         "16 KiB together, these take 16 KiB (16385 bytes)",
     ),
     (
+        # Without a version to register they still go in the job's record, which GetJob and
+        # ListJobs answers hold.
+        "job tags over 16 KiB",
+        _tags({f"k{i}": "v" * 7000 for i in range(3)}),
+        INVALID,
+        "spec.tags: a job's tags take at most 16 KiB together (UTF-8), these take 20.5 KiB (21006 bytes)",
+    ),
+    (
         "precision",
         _set("precision", "fp8"),
         INVALID,
