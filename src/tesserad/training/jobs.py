@@ -3,7 +3,9 @@
 States: QUEUED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED; a daemon that stops (or dies)
 while a job runs leaves it INTERRUPTED, and the next daemon re-queues it to resume from its
 last checkpoint as a new attempt of the same run; but a job whose cancel the daemon had
-acknowledged (the request is stored with the job) ends CANCELLED at the next start instead.
+acknowledged (the request is stored with the job) ends CANCELLED at the next start instead, and
+one whose training had finished (its final checkpoint is stored) ends from that checkpoint,
+registered once, without training again.
 Each job runs in its own worker process (one per rank under DDP, started by
 tesserad.training.launcher), supervised by one thread that stores and fans out what the worker
 sends; a worker that dies takes nothing else with it.

@@ -7,6 +7,7 @@ The kills land at exact points through tests/integration/training/kill_hook (see
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -29,25 +30,34 @@ def _start(spawn_daemon: Any, data_dir: Path, env: dict[str, str]) -> tuple[Any,
     return daemon, grpc.insecure_channel(daemon.wait_serving())
 
 
-def _killed_at(spawn_daemon: Any, data_dir: Path, point: str, model: str) -> training_pb2.Job:
-    """Submit a job that registers to `model` to a daemon that SIGKILLs itself at `point`."""
+def kill_hook_env(point: str) -> dict[str, str]:
+    """The environment of a daemon that SIGKILLs itself at `point` (see kill_hook)."""
     path = os.pathsep.join([str(HOOK), os.environ.get("PYTHONPATH", "")])
-    env = {**ENV, "PYTHONPATH": path, "TESSERA_TEST_KILL_AT": point}
-    daemon, channel = _start(spawn_daemon, data_dir, env)
-    upload_standard_datasets(channel)
-    spec = job_spec(
+    return {"PYTHONPATH": path, "TESSERA_TEST_KILL_AT": point}
+
+
+def finishing_spec(model: str) -> job_spec_pb2.JobSpec:
+    """EPOCHS epochs, registered to `model`, keeping only the last checkpoint (the final one)."""
+    return job_spec(
         "mlp",
         epochs=EPOCHS,
         checkpoints=job_spec_pb2.CheckpointPolicy(every_n_epochs=1, keep_last=1),
         register_as=job_spec_pb2.RegisterAs(model=model, alias="staging"),
     )
+
+
+def _killed_at(spawn_daemon: Any, data_dir: Path, point: str, model: str) -> training_pb2.Job:
+    """Submit a job that registers to `model` to a daemon that SIGKILLs itself at `point`."""
+    daemon, channel = _start(spawn_daemon, data_dir, {**ENV, **kill_hook_env(point)})
+    upload_standard_datasets(channel)
+    spec = finishing_spec(model)
     job = training_pb2_grpc.TrainingStub(channel).SubmitJob(S.SubmitJobRequest(spec=spec))
-    assert daemon.process.wait(120) == -9
+    assert daemon.process.wait(120) == -signal.SIGKILL
     channel.close()
     return job
 
 
-def _check_finished_once(channel: grpc.Channel, job_id: str, model: str) -> list[training_pb2.JobEvent]:
+def check_finished_once(channel: grpc.Channel, job_id: str, model: str) -> list[training_pb2.JobEvent]:
     """The job SUCCEEDED with one version of `model`, trained once; its events."""
     training = training_pb2_grpc.TrainingStub(channel)
     events = follow(training, job_id)
@@ -81,7 +91,7 @@ def test_a_job_killed_after_its_training_finished_is_finished_not_trained_again(
     model = f"finish-{point.replace('_', '-')}"
     job = _killed_at(spawn_daemon, tmp_path, point, model)
     restarted, channel = _start(spawn_daemon, tmp_path, ENV)
-    _check_finished_once(channel, job.job_id, model)
+    check_finished_once(channel, job.job_id, model)
     finished = "job finished from its final checkpoint, without training again"
     # It may have come before the daemon said it was serving.
     if not any(finished in line for line in restarted.log):

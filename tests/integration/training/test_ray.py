@@ -52,6 +52,7 @@ from tests.integration.training.conftest import (
     upload_standard_datasets,
     wait_sweep,
 )
+from tests.integration.training.test_job_finish import check_finished_once, finishing_spec, kill_hook_env
 
 pytest.importorskip(
     "ray", reason="training.backend = ray needs the tesserad[ray] extra: ray is not installed"
@@ -456,6 +457,28 @@ def test_a_sigkilled_daemon_resumes_its_ray_job_from_the_last_checkpoint(
     # The metric history holds each step once: the first attempt's up to the checkpoint, then the second's.
     history = training.GetMetricHistory(S.GetMetricHistoryRequest(run_id=final.run_id, key="loss"))
     assert [p.step for p in history.points] == list(range(1, final.step + 1))
+    channel.close()
+
+
+@pytest.mark.parametrize("point", ["final_checkpoint", "registered"])
+def test_a_ray_job_killed_after_its_training_finished_is_finished_not_trained_again(
+    ray_nodes: RayNodes, spawn_daemon: Any, tmp_path: Path, point: str
+) -> None:
+    """As test_job_finish's local jobs: the daemon SIGKILLs itself once the final checkpoint
+    is stored, or once the registry committed the version; the next one only ends the job."""
+    model = f"ray-finish-{point.replace('_', '-')}"
+    daemon, channel, training = _ray_backed_daemon(spawn_daemon, ray_nodes, tmp_path, kill_hook_env(point))
+    upload_standard_datasets(channel)
+    spec = finishing_spec(model)
+    spec.devices.ray_resources["node_b"] = 1
+    job = submit(training, spec)
+    assert daemon.process.wait(180) == -signal.SIGKILL
+    channel.close()
+
+    _, channel, _ = _ray_backed_daemon(spawn_daemon, ray_nodes, tmp_path)
+    events = check_finished_once(channel, job.job_id, model)
+    # Nothing was placed on Ray to finish it.
+    assert len(placed(events)) == 1
     channel.close()
 
 
