@@ -606,7 +606,7 @@ class Jobs:
         registered unless the record says it was (a registration that was committed but not
         recorded here is found again: registration is idempotent per job)."""
         log.info(
-            "job finished from its final checkpoint, without training again",
+            "job finishing from its final checkpoint, without training again",
             extra={"job_id": job.job_id, "epoch": final.epoch, "step": final.step},
         )
         try:

@@ -15,7 +15,14 @@ import grpc
 import pytest
 
 from tessera.v1 import job_spec_pb2, registry_pb2, registry_pb2_grpc, training_pb2, training_pb2_grpc
-from tests.integration.training.conftest import follow, job_spec, of_kind, upload_standard_datasets
+from tests.integration.training.conftest import (
+    follow,
+    job_spec,
+    of_kind,
+    sweep_values,
+    upload_standard_datasets,
+    wait_sweep,
+)
 
 S = training_pb2
 ENV = {"TESSERA_TRAINING_CPU_SLOTS": "1", "TESSERA_TRAINING_THREADS_PER_SLOT": "1"}
@@ -92,8 +99,40 @@ def test_a_job_killed_after_its_training_finished_is_finished_not_trained_again(
     job = _killed_at(spawn_daemon, tmp_path, point, model)
     restarted, channel = _start(spawn_daemon, tmp_path, ENV)
     check_finished_once(channel, job.job_id, model)
-    finished = "job finished from its final checkpoint, without training again"
+    finished = "job finishing from its final checkpoint, without training again"
     # It may have come before the daemon said it was serving.
     if not any(finished in line for line in restarted.log):
         restarted.wait_for_log(finished)
+    channel.close()
+
+
+def test_a_sweep_trial_killed_after_its_training_finished_counts_once(
+    spawn_daemon: Any, tmp_path: Path
+) -> None:
+    daemon, channel = _start(spawn_daemon, tmp_path, {**ENV, **kill_hook_env("final_checkpoint")})
+    upload_standard_datasets(channel)
+    training = training_pb2_grpc.TrainingStub(channel)
+    spec = S.SweepSpec(
+        base=job_spec(
+            "mlp", epochs=EPOCHS, checkpoints=job_spec_pb2.CheckpointPolicy(every_n_epochs=1, keep_last=1)
+        ),
+        strategy=S.SWEEP_STRATEGY_GRID,
+        parameters=[sweep_values("optimizer.lr", "0.01")],
+        max_concurrent=1,
+        metric="val_loss",
+    )
+    sweep_id = training.SubmitSweep(S.SubmitSweepRequest(spec=spec)).sweep_id
+    assert daemon.process.wait(120) == -signal.SIGKILL
+    channel.close()
+
+    _, channel = _start(spawn_daemon, tmp_path, ENV)
+    training = training_pb2_grpc.TrainingStub(channel)
+    sweep = wait_sweep(training, sweep_id)
+    assert sweep.state == S.SWEEP_STATE_SUCCEEDED
+    assert [(t.number, t.state, t.has_metric) for t in sweep.trials] == [(0, S.JOB_STATE_SUCCEEDED, True)]
+    jobs = training.ListJobs(S.ListJobsRequest(sweep_id=sweep_id)).jobs
+    assert [j.job_id for j in jobs] == [sweep.trials[0].job_id]
+    events = follow(training, jobs[0].job_id)
+    assert [e.epoch for e in of_kind(events, "epoch")] == list(range(1, EPOCHS + 1))
+    assert sweep.trials[0].metric == pytest.approx(of_kind(events, "epoch")[-1].metrics["val_loss"])
     channel.close()
