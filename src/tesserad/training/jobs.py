@@ -40,7 +40,7 @@ from tesserad.datasets.references import (
     release_dataset,
     sweep_holder,
 )
-from tesserad.errors import FailedPrecondition, NotFound, ResourceExhausted
+from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from tesserad.host import usable_cpu_count
 from tesserad.ids import new_id
 from tesserad.names import validate_name
@@ -53,7 +53,7 @@ from tesserad.training.job_records import Checkpoint, JobError, JobRecord, Regis
 from tesserad.training.launcher import worker_context
 from tesserad.training.scheduler import DeviceInventory, QueuedJob, pick_runnable, queue_position
 from tesserad.training.spec import DatasetFacts, DeviceFacts, normalize_spec
-from tesserad.training.tracking import MetricPoint, Run, Tracking, write_points
+from tesserad.training.tracking import MetricPoint, Run, Tracking, run_text_problem, write_points
 from tesserad.training.worker import (
     CancelMessage,
     CheckpointMessage,
@@ -313,6 +313,10 @@ class Jobs:
     def check(self, raw_spec: dict[str, Any]) -> dict[str, Any]:
         """The complete config of a spec, or the error SubmitJob would give."""
         config = normalize_spec(raw_spec, self._datasets.facts, self._device_facts, self._parents)
+        # The tags are the job's run's, with the hyperparameters as its params: bounded as any
+        # run's, they keep the job's record within what a GetJob or ListJobs answer can hold.
+        if problem := run_text_problem(flatten_params(config), config["tags"]):
+            raise InvalidArgument(f"spec.tags: {problem}")
         if config.get("max_restarts") and not self.restarts_dead_workers:
             raise FailedPrecondition(
                 "spec.max_restarts: the local backend does not restart a job whose worker died; "

@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tesserad.config import format_size
 from tesserad.dtypes import INTEGER_DTYPES
 from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, TesseraError
 from tesserad.names import RESERVED_ALIASES, validate_name, version_like_alias
@@ -29,7 +28,7 @@ from tesserad.nn.specs import (
     spec_to_dict,
     unchecked_spec_from_dict,
 )
-from tesserad.text import MAX_RECORD_TEXT, entry_problems, record_text_problem
+from tesserad.text import entry_problems, record_text_problem
 from tesserad.training.finetune import ParentLookup, check_fine_tuning, check_parent
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -696,22 +695,13 @@ def _check_tags(
     tags: dict[str, str], register_as: dict[str, str] | None, problems: _Problems
 ) -> dict[str, str]:
     """The job's tags become its run's tags and its version's: refused here, before the training,
-    not at registration after it. Without a version they are bounded as a record's all the same:
-    the job's record holds them, and GetJob and ListJobs answers hold the record."""
+    not at registration after it."""
     for problem in entry_problems("spec.tags", tags):
         problems.add(InvalidArgument, problem)
     if register_as is not None:
         problem = record_text_problem("a model version", register_as["description"], tags)
         if problem:
             problems.invalid("spec.register_as.description and spec.tags", problem)
-        return tags
-    size = sum(len(key.encode()) + len(value.encode()) for key, value in tags.items())
-    if size > MAX_RECORD_TEXT:
-        problems.invalid(
-            "spec.tags",
-            f"a job's tags take at most {format_size(MAX_RECORD_TEXT)} together (UTF-8), these take "
-            f"{format_size(size)} ({size} bytes); keep longer notes in a run artifact",
-        )
     return tags
 
 

@@ -314,15 +314,23 @@ def _text_bytes(entries: dict[str, str]) -> int:
     return text + _ENTRY_WIRE_BYTES * len(entries)
 
 
+def run_text_problem(params: dict[str, str], tags: dict[str, str]) -> str:
+    """Why a run's params and tags take too much together (over MAX_RUN_TEXT); "" when they fit."""
+    size = _text_bytes(params) + _text_bytes(tags)
+    if size <= MAX_RUN_TEXT:
+        return ""
+    return (
+        f"a run's params and tags take at most {format_size(MAX_RUN_TEXT)} together, these would "
+        f"take {format_size(size)} ({size} bytes, counting {_ENTRY_WIRE_BYTES} bytes an entry "
+        "beside its UTF-8); keep large values in a run artifact (UploadRunArtifact) and log its path"
+    )
+
+
 def _check_run_text(run: Run) -> None:
-    """InvalidArgument when the run's params and tags take more than MAX_RUN_TEXT together."""
-    size = _text_bytes(run.params) + _text_bytes(run.tags)
-    if size > MAX_RUN_TEXT:
-        raise InvalidArgument(
-            f"a run's params and tags take at most {format_size(MAX_RUN_TEXT)} together, these would "
-            f"take {format_size(size)} ({size} bytes, counting {_ENTRY_WIRE_BYTES} bytes an entry "
-            "beside its UTF-8); keep large values in a run artifact (UploadRunArtifact) and log its path"
-        )
+    """InvalidArgument when `run_text_problem` finds one."""
+    problem = run_text_problem(run.params, run.tags)
+    if problem:
+        raise InvalidArgument(problem)
 
 
 def _run_bytes(run: Run) -> int:

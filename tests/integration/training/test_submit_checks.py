@@ -162,12 +162,12 @@ CASES = [
         "16 KiB together, these take 16 KiB (16385 bytes)",
     ),
     (
-        # Without a version to register they still go in the job's record, which GetJob and
-        # ListJobs answers hold.
-        "job tags over 16 KiB",
-        _tags({f"k{i}": "v" * 7000 for i in range(3)}),
+        # Without a version to register they are still the run's, and in the job's record,
+        # which GetJob and ListJobs answers hold.
+        "job tags over 2 MiB",
+        _tags({f"k{i}": "v" * 8000 for i in range(300)}),
         INVALID,
-        "spec.tags: a job's tags take at most 16 KiB together (UTF-8), these take 20.5 KiB (21006 bytes)",
+        "spec.tags: a run's params and tags take at most 2 MiB together, these would take 2.29 MiB",
     ),
     (
         "precision",

@@ -178,9 +178,9 @@ class JobSpec(_message.Message):
     @_builtins.property
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """The run's tags and the registered version's: keys 1 to 250 characters without NUL or
-        newlines, values at most 8000, and at most 16 KiB together (UTF-8), with
-        register_as.description when it is set. Checked at SubmitJob (INVALID_ARGUMENT), not after
-        the training.
+        newlines, values at most 8000; with register_as.description at most 16 KiB (UTF-8), and
+        without it at most 2 MiB together with the run's params (the flattened hyperparameters).
+        Checked at SubmitJob (INVALID_ARGUMENT), not after the training.
         """
 
     @_builtins.property
