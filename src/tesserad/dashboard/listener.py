@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from typing import cast
 
 from aiohttp import hdrs, web
+from aiohttp.web_protocol import RequestHandler
 
 from tesserad.api.auth import authentication_enabled
 from tesserad.config import Address, LimitsSettings, SecuritySettings
@@ -40,17 +41,25 @@ class _Counted(asyncio.Protocol):
     """One connection, counted against limits.http_max_connections while it is open: closed at
     once beyond it, else served by aiohttp's protocol (made only then)."""
 
-    def __init__(self, serve: Callable[[], asyncio.Protocol], limit: ConnectionLimit) -> None:
+    def __init__(
+        self, serve: Callable[[], RequestHandler], limit: ConnectionLimit, tasks: set[asyncio.Task[None]]
+    ) -> None:
+        """`tasks`: where the task serving the connection is kept until it ends."""
         self._serve = serve
         self._limit = limit
+        self._tasks = tasks
         self._served: asyncio.Protocol | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not self._limit.admit():
             cast(asyncio.Transport, transport).abort()
             return
-        self._served = self._serve()
-        self._served.connection_made(transport)
+        served = self._served = self._serve()
+        served.connection_made(transport)
+        task = served._task_handler
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._served is not None:
@@ -94,6 +103,7 @@ class HttpListener:
         )
         self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
+        self._connection_tasks: set[asyncio.Task[None]] = set()
         self.port = 0
 
     @web.middleware
@@ -149,13 +159,13 @@ class HttpListener:
         await self._runner.setup()
         serve = self._runner.server
         assert serve is not None, "set up above"
-        limit = self.connections
+        limit, tasks = self.connections, self._connection_tasks
         context = None if self._tls is None else self._tls.context
         # Served here rather than by aiohttp's TCPSite, which hands each connection to aiohttp at
         # once. A TLS handshake gets the time a request's headers get (asyncio's default is 60 s);
         # a connection counts from its handshake's end, when it reaches the protocol.
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: _Counted(serve, limit),
+            lambda: _Counted(serve, limit, tasks),
             self._address.host,
             self._address.port,
             ssl=context,
@@ -168,3 +178,9 @@ class HttpListener:
             self._server.close()
         if self._runner is not None:
             await self._runner.cleanup()
+        # aiohttp's cleanup ends the connections still open; one its client closed while aiohttp
+        # read the rest of an unanswered body (up to 10 s after the answer) is out of its reach,
+        # and its task would outlive the loop.
+        for task in self._connection_tasks:
+            task.cancel()
+        await asyncio.gather(*self._connection_tasks, return_exceptions=True)
