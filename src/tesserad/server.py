@@ -210,6 +210,7 @@ class Daemon:
         self._gpus: Gpus | None = None
         self.registry: Registry | None = None
         self.exports: Exports | None = None
+        self._registry_servicer: RegistryServicer | None = None
         self._backups: Backups | None = None
         self._follower: Follower | None = None
         self._following: asyncio.Task[None] | None = None
@@ -318,11 +319,10 @@ class Daemon:
             history=settings.replica.change_history,
         )
         await asyncio.to_thread(self._changes.start)
-        _register(
-            registry_pb2_grpc.add_RegistryServicer_to_server,
-            RegistryServicer(self.registry, self._changes, blobs, self.exports, limits.chunk_size),
-            routes,
+        self._registry_servicer = RegistryServicer(
+            self.registry, self._changes, blobs, self.exports, limits.chunk_size
         )
+        _register(registry_pb2_grpc.add_RegistryServicer_to_server, self._registry_servicer, routes)
         _register(
             datasets_pb2_grpc.add_DatasetsServicer_to_server,
             DatasetsServicer(self.datasets, blobs, limits.chunk_size),
@@ -760,6 +760,12 @@ class Daemon:
         if self.exports is not None:
             await asyncio.to_thread(self.exports.close, exports_wait_s)
             self.exports = None
+        if self._registry_servicer is not None:
+            await asyncio.to_thread(self._registry_servicer.close)
+            self._registry_servicer = None
+        if self.registry is not None:
+            await asyncio.to_thread(self.registry.close)
+            self.registry = None
         if self._metrics_http is not None:
             self._metrics_http.close()
             self._metrics_http = None

@@ -49,6 +49,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         self._uploads = ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="registry-upload")
         self._handoff: _LoopHandoff | None = None
 
+    def close(self) -> None:
+        """Wait for the upload threads' work (calls the server has ended may have left some)."""
+        self._uploads.shutdown(wait=True)
+
     # -- models
 
     async def CreateModel(

@@ -86,6 +86,7 @@ class Registry:
         self.artifact_path = versions.artifact_path
         self.get_lineage = versions.get_lineage
         self.compare = versions.compare
+        self.close = versions.close
 
         self.set_alias = aliases.set_alias
         self.get_alias = aliases.get_alias

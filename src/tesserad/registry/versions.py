@@ -228,6 +228,10 @@ class Versions:
         self._gathering = False
         self._gatherer = ThreadPoolExecutor(1, thread_name_prefix="registry-uploads")
 
+    def close(self) -> None:
+        """Wait for the uploads submitted so far to be stored, and end the worker thread."""
+        self._gatherer.shutdown(wait=True)
+
     # -- uploads ---------------------------------------------------------------------------
 
     def check_upload(
