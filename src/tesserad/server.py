@@ -207,6 +207,7 @@ class Daemon:
         self._logs = LogControl(settings.log_level)
         self._lock: DataDirLock | None = None
         self._store: Store | None = None
+        self._blobs: BlobStore | BlobCache | None = None
         self._gpus: Gpus | None = None
         self.registry: Registry | None = None
         self.exports: Exports | None = None
@@ -270,7 +271,7 @@ class Daemon:
                 tables=STORE_TABLES,
                 group_commit_interval_s=settings.store.group_commit_interval_ms / 1000,
             )
-            blobs = BlobStore(data_dir / "blobs")
+            blobs = self._blobs = BlobStore(data_dir / "blobs")
         collected = await asyncio.to_thread(collect_unheld_blobs, self._store, blobs)
         if collected:
             log.info("removed blobs nothing holds", extra={"count": len(collected)})
@@ -575,7 +576,7 @@ class Daemon:
         primary = settings.replica.primary
         server, credentials, auth, calls = self._new_server()
         routes = _Routes(server)
-        cache = BlobCache(settings.data_dir / "replica-cache", settings.replica.cache_size)
+        cache = self._blobs = BlobCache(settings.data_dir / "replica-cache", settings.replica.cache_size)
         followed = FollowedRegistry(
             primary,
             cache,
@@ -772,6 +773,9 @@ class Daemon:
         if self._backups is not None:
             await asyncio.to_thread(self._backups.close)
             self._backups = None
+        if self._blobs is not None:
+            await asyncio.to_thread(self._blobs.close)
+            self._blobs = None
         if self._store is not None:
             await asyncio.to_thread(self._store.close)
             self._store = None

@@ -36,6 +36,9 @@ class BlobCache:
         for sha256 in self._blobs.all():  # what a previous run left: kept, checked when opened
             self._sizes[sha256] = self._blobs.size(sha256)
 
+    def close(self) -> None:
+        self._blobs.close()
+
     @property
     def used_bytes(self) -> int:
         with self._lock:

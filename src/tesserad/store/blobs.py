@@ -249,6 +249,7 @@ class BlobStore:
         self._tmp_names = itertools.count()
         self._syncfs = _syncfs_call() if syncfs and self._one_filesystem() else None
         self._sync_pool: ThreadPoolExecutor | None = None
+        self._sync_pool_lock = threading.Lock()
         self._claims: Counter[str] = Counter()
         self._claims_lock = threading.Lock()
         self._placing: set[str] = set()  # digests a put holds until its blob is durable or gone
@@ -413,6 +414,13 @@ class BlobStore:
     def _place_unsynced(self, blob: tuple[str, bytes]) -> str | None:
         return self._place(blob, fsync=False)
 
+    def close(self) -> None:
+        """End the sync threads once the work handed to them is done."""
+        with self._sync_pool_lock:
+            pool, self._sync_pool = self._sync_pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
     def _one_filesystem(self) -> bool:
         """Whether the temp and shard directories all lie on the root's filesystem."""
         device = os.stat(self._root).st_dev
@@ -428,9 +436,11 @@ class BlobStore:
                 return [work(pending[0])]
             except Exception as exc:
                 return [exc]
-        if self._sync_pool is None:
-            self._sync_pool = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="blob-sync")
-        futures = [self._sync_pool.submit(work, item) for item in pending]
+        with self._sync_pool_lock:
+            if self._sync_pool is None:
+                self._sync_pool = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="blob-sync")
+            pool = self._sync_pool
+        futures = [pool.submit(work, item) for item in pending]
         outcomes: list[R | Exception] = []
         for future in futures:
             try:
