@@ -149,7 +149,8 @@ class DaemonProcess:
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.log: list[str] = []
-        threading.Thread(target=self._pump, daemon=True).start()
+        self._pump_thread = threading.Thread(target=self._pump, daemon=True)
+        self._pump_thread.start()
 
     def _pump(self) -> None:
         assert self.process.stderr is not None
@@ -197,6 +198,15 @@ class DaemonProcess:
             self.process.kill()
             self.process.wait(10)
 
+    def close(self) -> None:
+        """Kill the process if it still runs, and close its stderr once the pump has read it all
+        (closed under a blocked read, it would wait for that read)."""
+        self.kill()
+        self._pump_thread.join(30)
+        if not self._pump_thread.is_alive():
+            assert self.process.stderr is not None
+            self.process.stderr.close()
+
 
 @pytest.fixture
 def spawn_daemon() -> Iterator[Any]:
@@ -214,4 +224,4 @@ def spawn_daemon() -> Iterator[Any]:
 
     yield spawn
     for process in started:
-        process.kill()
+        process.close()
