@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -56,6 +57,9 @@ def daemon_settings(data_dir: Path, **overrides: Any) -> Settings:
     return load_settings(env={}, overrides=values)
 
 
+_LOOP_THREAD = "tesserad-test-loop"
+
+
 @dataclass
 class InProcessDaemon:
     """A real Daemon on its own event loop thread, reached over real gRPC on 127.0.0.1."""
@@ -65,10 +69,12 @@ class InProcessDaemon:
     _loop: asyncio.AbstractEventLoop = field(init=False)
     _thread: threading.Thread = field(init=False)
     _channels: list[grpc.Channel] = field(default_factory=list)
+    _threads_before: set[threading.Thread] = field(default_factory=set)
 
     def start(self) -> InProcessDaemon:
+        self._threads_before = set(threading.enumerate())
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="tesserad-test-loop", daemon=True)
+        self._thread = threading.Thread(target=self._loop.run_forever, name=_LOOP_THREAD, daemon=True)
         self._thread.start()
         self.daemon = create_server(self.settings)
         try:
@@ -91,19 +97,54 @@ class InProcessDaemon:
         self._channels.append(channel)
         return channel
 
-    def stop(self, grace: float | None = 0) -> None:
+    def stop(self, grace: float | None = 0, outliving: tuple[str, ...] = ()) -> None:
+        """`outliving`: name prefixes of threads the test means to outlive the stop (an export
+        the grace period abandoned, which nothing can interrupt)."""
         for channel in self._channels:
             channel.close()
         self._channels.clear()
         try:
             self.run(self.daemon.stop(grace))
+            pending = self.run(_pending_tasks())
         finally:
             self._stop_loop()
+        # What a stopped daemon leaves behind runs on (or is destroyed pending) after its test.
+        assert not pending, f"tasks still pending after Daemon.stop(): {pending}"
+        if any(t.name == _LOOP_THREAD for t in threading.enumerate()):
+            return  # a thread does not say which daemon started it: the last one to stop checks
+        # The daemon names its threads; one named by default is the test's own. One on its way
+        # out (a gRPC channel's, say) gets a moment to end.
+        deadline = time.monotonic() + 5
+        threads = [
+            t
+            for t in threading.enumerate()
+            if t not in self._threads_before
+            and not _serves_the_process(t)
+            and not re.match(r"Thread-\d+", t.name)
+        ]
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        left = [t for t in threads if t.is_alive() and not t.name.startswith(outliving)]
+        assert not left, f"threads still running after Daemon.stop(): {left}"
 
     def _stop_loop(self) -> None:
+        # As asyncio.run does when `tesserad serve` returns.
+        asyncio.run_coroutine_threadsafe(self._loop.shutdown_default_executor(), self._loop).result(60)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         self._loop.close()
+
+
+def _serves_the_process(thread: threading.Thread) -> bool:
+    """A library's named thread that starts at its first use and serves the whole process from
+    then on, never one daemon: tqdm's monitor (torch.fx makes a progress bar, disabled, in an ONNX
+    export, and never closes it). grpc.aio's poller is one too, named by default."""
+    return thread.name == "tqdm_monitor"
+
+
+async def _pending_tasks() -> list[asyncio.Task[Any]]:
+    current = asyncio.current_task()
+    return [task for task in asyncio.all_tasks() if task is not current]
 
 
 @pytest.fixture
