@@ -56,8 +56,10 @@ class _Counted(asyncio.Protocol):
             return
         served = self._served = self._serve()
         served.connection_made(transport)
-        task = served._task_handler
-        if task is not None:
+        # aiohttp's own (private) handle on the connection's task, read defensively: were it gone
+        # in another aiohttp, connections would still be served, only not ended at stop.
+        task = getattr(served, "_task_handler", None)
+        if isinstance(task, asyncio.Task):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
