@@ -76,8 +76,16 @@ ENDED = frozenset({"succeeded", "failed", "cancelled"})
 def job_datasets(txn: ReadTxn) -> Iterator[tuple[str, int]]:
     """The (dataset, version) every stored job trained on, or was to."""
     for _key, raw in txn.scan("jobs"):
-        data = decode_job(raw).config["data"]
-        yield str(data["dataset"]), int(data["version"])
+        job = decode_job(raw)
+        if "data" in job.config:
+            yield str(job.config["data"]["dataset"]), int(job.config["data"]["version"])
+            continue
+        # A record whose config does not carry its data (written by an earlier daemon) still
+        # names the dataset in its spec; version 0 there means "the newest", no number.
+        named = job.spec.get("data", {}).get("dataset", {})
+        version = int(named.get("version") or 0)
+        if named.get("name") and version > 0:
+            yield str(named["name"]), version
 
 
 _POLL_S = 0.25
