@@ -387,6 +387,19 @@ class TrainingSettings:
         "bytes of fetched datasets each Ray node keeps for the jobs that follow (least recently "
         "used evicted; one a job began with in the last minute stays)",
     )
+    checkpoints_keep_latest: int = setting(
+        1,
+        parse_number(int, 0, 1000),
+        "checkpoints an ended job keeps, newest first (the rest are released and their blobs deleted); "
+        "1: the one a fine-tune or a later PBT trial starts from; a job's spec.checkpoints.retain_latest "
+        "overrides it. A sweep's trials keep theirs until the sweep ends",
+    )
+    checkpoints_keep_best: int = setting(
+        1,
+        parse_number(int, 0, 1000),
+        "checkpoints an ended job keeps besides those, best first by its spec.checkpoints.keep_best_metric "
+        "(none without one); a job's spec.checkpoints.retain_best overrides it",
+    )
     worker_start: str = setting(
         "forkserver",
         parse_choice("forkserver", "spawn"),

@@ -77,6 +77,8 @@ class JobRecord:
     # When CancelJob was accepted: a job that has not ended by a daemon's stop ends CANCELLED at
     # the next start instead of being run again.
     cancel_requested_at: float | None = None
+    # Checkpoints released when the job ended (the retention policy): only the kept ones are listed.
+    checkpoints_released: int = 0
 
 
 def encode_job(job: JobRecord) -> bytes:
@@ -129,6 +131,8 @@ def encode_job(job: JobRecord) -> bytes:
         data["restarts"] = job.restarts
     if job.cancel_requested_at is not None:
         data["cancel_requested_at"] = job.cancel_requested_at
+    if job.checkpoints_released:
+        data["checkpoints_released"] = job.checkpoints_released
     return encode_record(KIND, SCHEMA, data)
 
 
@@ -175,4 +179,22 @@ def decode_job(raw: bytes) -> JobRecord:
         start_weights=data.get("start_weights", ""),
         restarts=data.get("restarts", 0),
         cancel_requested_at=data.get("cancel_requested_at"),
+        checkpoints_released=data.get("checkpoints_released", 0),
     )
+
+
+def retained_at_end(
+    checkpoints: tuple[Checkpoint, ...], latest: int, best: int, metric: str, mode: str
+) -> tuple[tuple[Checkpoint, ...], set[str]]:
+    """What an ended job keeps: its `latest` newest checkpoints (the final one newest at its step)
+    and its `best` best by `metric` (`mode` min or max; none without a metric). Returns the kept
+    checkpoints, in step order, and the sha256 of every blob none of them is (identical checkpoints
+    share one blob, which goes only when no kept one is it)."""
+    newest = sorted(checkpoints, key=lambda c: (c.step, c.reason == "final"), reverse=True)
+    kept_ids = {id(c) for c in newest[:latest]}
+    if metric and best:
+        scored = [c for c in checkpoints if metric in c.metrics]
+        scored.sort(key=lambda c: c.metrics[metric], reverse=mode == "max")
+        kept_ids |= {id(c) for c in scored[:best]}
+    kept = tuple(c for c in sorted(checkpoints, key=lambda c: c.step) if id(c) in kept_ids)
+    return kept, {c.sha256 for c in checkpoints} - {c.sha256 for c in kept}

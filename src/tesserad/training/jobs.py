@@ -45,11 +45,19 @@ from tesserad.host import usable_cpu_count
 from tesserad.ids import new_id
 from tesserad.names import validate_name
 from tesserad.paging import PageFill, resume_key
-from tesserad.store import BlobRef, BlobStore, ReadTxn, Store, WriteTxn
+from tesserad.store import BlobRef, BlobStore, ReadTxn, Store, WriteTxn, encode_record
 from tesserad.training.checkpoints import checkpoint_weights
 from tesserad.training.events import EventLog, JobEvent
 from tesserad.training.finetune import ParentLookup
-from tesserad.training.job_records import Checkpoint, JobError, JobRecord, Registered, decode_job, encode_job
+from tesserad.training.job_records import (
+    Checkpoint,
+    JobError,
+    JobRecord,
+    Registered,
+    decode_job,
+    encode_job,
+    retained_at_end,
+)
 from tesserad.training.launcher import worker_context
 from tesserad.training.scheduler import DeviceInventory, QueuedJob, pick_runnable, queue_position
 from tesserad.training.spec import DatasetFacts, DeviceFacts, normalize_spec
@@ -94,6 +102,10 @@ _POLL_S = 0.25
 _EXIT_GRACE_S = 15.0
 # Steps/s is measured over at least this long: step events can arrive in bursts.
 _RATE_WINDOW_S = 1.0
+# In the "meta" table once the checkpoint retention policy was applied to the jobs a daemon
+# older than it left ended.
+CHECKPOINTS_RETAINED = ("checkpoints_retained",)
+_RETAIN_BATCH = 256
 
 # Starting a process reads os.environ; the worker's variables are set around the start only.
 _ENV_LOCK = threading.Lock()
@@ -230,6 +242,8 @@ class Jobs:
         self._supervisors: list[threading.Thread] = []
         self._closing = False
         self._mp = worker_context(settings.worker_start)
+        # Whether a sweep's ended trials must keep every checkpoint (PBT copies them while it runs).
+        self._sweep_needs_checkpoints: Callable[[str], bool] = lambda _sweep_id: False
         self._scheduler = threading.Thread(target=self._schedule_loop, name="training-scheduler", daemon=True)
 
     # -- lifecycle
@@ -303,6 +317,77 @@ class Jobs:
             if thread.is_alive():
                 thread.join(timeout=30)
         self._events.shutdown()
+
+    def keep_trial_checkpoints_while(self, running: Callable[[str], bool]) -> None:
+        """A trial of a sweep for which `running(sweep id)` holds keeps its checkpoints when it
+        ends; the sweep's end releases them (`release_checkpoints`)."""
+        self._sweep_needs_checkpoints = running
+
+    def release_checkpoints(self, txn: WriteTxn, job_id: str) -> set[str]:
+        """Apply the retention policy to an ended job in `txn` (none to one that has not ended):
+        its record lists only the kept checkpoints, and the others' holds go. Returns their sha256,
+        for `collect_blobs` after the commit."""
+        raw = txn.get("jobs", (job_id,))
+        return set() if raw is None else self._release_ended(txn, decode_job(raw))
+
+    def _release_ended(self, txn: WriteTxn, job: JobRecord) -> set[str]:
+        if job.state not in ENDED:
+            return set()
+        job, dropped = self._retained(job)
+        if dropped:
+            self._put(txn, job)
+            self._release_checkpoint_holds(txn, job.job_id, dropped)
+        return dropped
+
+    def collect_blobs(self, candidates: set[str]) -> None:
+        """Delete those of `candidates` nothing holds (after the commit that released them)."""
+        delete_unheld_blobs(self._store, self._blobs, candidates)
+
+    def release_ended_checkpoints_once(self, running_sweeps: set[str]) -> int:
+        """Apply the retention policy to every job a daemon older than it left ended (but not to
+        trials of `running_sweeps`), once: a marker in "meta" then makes a start cost one read.
+        Called at start, before any job can end. Returns how many blobs were released."""
+        with self._store.read() as txn:
+            if txn.exists("meta", CHECKPOINTS_RETAINED):
+                return 0
+        released: set[str] = set()
+        after = None
+        while True:
+            # A batch a transaction; a stop between two leaves the marker unwritten, and the
+            # next start goes over the jobs again (releasing twice leaves the same records).
+            with self._store.write(reserved=True) as txn:
+                rows = list(txn.scan("jobs", after=after, limit=_RETAIN_BATCH))
+                for _, raw in rows:
+                    job = decode_job(raw)
+                    if job.sweep_id not in running_sweeps:
+                        released |= self._release_ended(txn, job)
+                if not rows:
+                    marker = encode_record(CHECKPOINTS_RETAINED[0], 1, {"at": time.time()})
+                    txn.put("meta", CHECKPOINTS_RETAINED, marker)
+                    break
+            after = rows[-1][0]
+            self.collect_blobs(released)
+        if released:
+            log.info("released the checkpoints ended jobs no longer keep", extra={"blobs": len(released)})
+        return len(released)
+
+    def _retained(self, job: JobRecord) -> tuple[JobRecord, set[str]]:
+        """The job as the retention policy leaves it when it ends, and the blobs it drops."""
+        policy = job.config["checkpoints"]
+        kept, dropped = retained_at_end(
+            job.checkpoints,
+            policy.get("retain_latest", self._settings.checkpoints_keep_latest),
+            policy.get("retain_best", self._settings.checkpoints_keep_best),
+            policy["keep_best_metric"],
+            policy["keep_best_mode"],
+        )
+        released = job.checkpoints_released + len(job.checkpoints) - len(kept)
+        return replace(job, checkpoints=kept, checkpoints_released=released), dropped
+
+    @staticmethod
+    def _release_checkpoint_holds(txn: WriteTxn, job_id: str, dropped: set[str]) -> None:
+        for sha256 in dropped:
+            release_blob(txn, sha256, checkpoint_holder(job_id))
 
     # -- API
 
@@ -897,7 +982,7 @@ class Jobs:
         retained = {c.sha256: c for c in [*periodic, *best, *final, entry]}
         dropped = {c.sha256 for c in kept} - set(retained)
         job = replace(job, checkpoints=tuple(sorted(retained.values(), key=lambda c: c.step)))
-        holder = f"job:{job.job_id}:checkpoint"
+        holder = checkpoint_holder(job.job_id)
 
         def also(txn: WriteTxn, _event: JobEvent) -> None:
             hold_blob(txn, ref.sha256, holder)
@@ -1000,6 +1085,9 @@ class Jobs:
 
         start_weights = job.start_weights
         data = job.config["data"]
+        dropped: set[str] = set()
+        if not (job.sweep_id and self._sweep_needs_checkpoints(job.sweep_id)):
+            job, dropped = self._retained(job)
 
         def end(txn: WriteTxn, event: JobEvent) -> None:
             run_status(txn, event)
@@ -1008,6 +1096,7 @@ class Jobs:
                 release_blob(txn, fine_tune["sha256"], holder)
             if start_weights:
                 release_blob(txn, start_weights, f"job:{job.job_id}:start")
+            self._release_checkpoint_holds(txn, job.job_id, dropped)
 
         try:
             job = self._set_state(job, state, reason, ends=True, also=end)
@@ -1027,6 +1116,7 @@ class Jobs:
         released = {fine_tune["sha256"]} if fine_tune else set()
         if start_weights:
             released.add(start_weights)
+        released |= dropped
         if released:
             delete_unheld_blobs(self._store, self._blobs, released)
         with self._lock:
@@ -1122,6 +1212,11 @@ class Jobs:
     @staticmethod
     def _put(txn: WriteTxn, job: JobRecord) -> None:
         txn.put("jobs", (job.job_id,), encode_job(job))
+
+
+def checkpoint_holder(job_id: str) -> str:
+    """How a job is named among the holders of its checkpoints' blobs."""
+    return f"job:{job_id}:checkpoint"
 
 
 def cancelled_in_queue(job: JobRecord) -> str:

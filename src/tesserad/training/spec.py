@@ -188,6 +188,8 @@ SPEC_FIELDS: Mapping[str, SpecField] = {
             "keep_last": _value(int),
             "keep_best_metric": _value(str),
             "keep_best_mode": _value(_MODE),
+            "retain_latest": _value(int),
+            "retain_best": _value(int),
         }
     ),
     "devices": _message(
@@ -614,12 +616,21 @@ def _check_checkpoints(raw: dict[str, Any], metrics: list[str] | None, problems:
             "spec.checkpoints.keep_best_metric",
             f"this job reports {', '.join(metrics)} each epoch, not {best!r}",
         )
-    return {
+    checked = {
         "every_n_epochs": every,
         "keep_last": keep_last,
         "keep_best_metric": best,
         "keep_best_mode": _mode(raw.get("keep_best_mode", ""), best) if best else "",
     }
+    # Only set when asked, so that the configs of jobs without them stay as they were; unset, the
+    # daemon's training.checkpoints_keep_* apply when the job ends.
+    for name in ("retain_latest", "retain_best"):
+        if name in raw:
+            count = int(raw[name])
+            if count < 0:
+                problems.invalid(f"spec.checkpoints.{name}", f"must be >= 0, got {count}")
+            checked[name] = count
+    return checked
 
 
 def _check_devices(raw: dict[str, Any], devices: DeviceFacts, problems: _Problems) -> dict[str, Any]:

@@ -348,14 +348,15 @@ class Sweeps:
         # Jobs a crash left out of their sweep's record (submitted, id not yet written), by run name.
         self._orphans: dict[str, JobRecord] = {}
         jobs.add_listener(self._on_job)
+        jobs.keep_trial_checkpoints_while(self._running_sweep)
 
     def start(self) -> None:
         with self._store.read() as txn:
             records = [decode_sweep(raw) for _, raw in txn.scan("sweeps")]
         # After jobs.start and before any trial is submitted: the holds of both kinds in one pass.
-        release_ended_holds(
-            self._store, self._jobs.unended_ids(), {s.sweep_id for s in records if s.state == "running"}
-        )
+        running = {s.sweep_id for s in records if s.state == "running"}
+        release_ended_holds(self._store, self._jobs.unended_ids(), running)
+        self._jobs.release_ended_checkpoints_once(running)
         with self._lock:
             for sweep in records:
                 unended = [t.job_id for t in sweep.trials if t.job_id and t.state not in ENDED]
@@ -376,6 +377,16 @@ class Sweeps:
                     if trial.pruned and trial.job_id and self._jobs.get(trial.job_id).state not in ENDED:
                         self._prune(trial.job_id)
                 self._tick(sweep)
+
+    def _running_sweep(self, sweep_id: str) -> bool:
+        """Whether the sweep still runs, so may yet copy its ended trials' checkpoints (PBT).
+        Asked of the store too: a job may end at the daemon's start before `start` read the sweeps."""
+        with self._lock:
+            if sweep_id in self._running:
+                return self._running[sweep_id].state == "running"
+        with self._store.read() as txn:
+            raw = txn.get("sweeps", (sweep_id,))
+        return raw is not None and decode_sweep(raw).state == "running"
 
     def _sweep_jobs(self, sweep_id: str) -> builtins.list[JobRecord]:
         """Every job of the sweep: a page of jobs also ends at a size, before MAX_TRIALS."""
@@ -758,12 +769,19 @@ class Sweeps:
         trial's job adds the hold of a version first named at its submit). An ended sweep holds none.
         `reserved`: a trial's end or the sweep's own, which may use the store's kept room."""
         holder = sweep_holder(sweep.sweep_id)
+        released: set[str] = set()
         with self._store.write(reserved=reserved) as txn:
             for config in hold or []:
                 self._jobs.hold_dataset(txn, config, holder)
             if sweep.state != "running":
                 release_dataset_holds(txn, holder)
+                # Its trials kept their checkpoints while it ran; those yet to end release theirs
+                # as they do.
+                for trial in sweep.trials:
+                    if trial.job_id:
+                        released |= self._jobs.release_checkpoints(txn, trial.job_id)
             txn.put("sweeps", (sweep.sweep_id,), encode_sweep(sweep))
+        self._jobs.collect_blobs(released)
 
 
 def encode_sweep(sweep: Sweep) -> bytes:

@@ -509,6 +509,8 @@ class CheckpointPolicy(_message.Message):
     KEEP_LAST_FIELD_NUMBER: _builtins.int
     KEEP_BEST_METRIC_FIELD_NUMBER: _builtins.int
     KEEP_BEST_MODE_FIELD_NUMBER: _builtins.int
+    RETAIN_LATEST_FIELD_NUMBER: _builtins.int
+    RETAIN_BEST_FIELD_NUMBER: _builtins.int
     every_n_epochs: _builtins.int
     """Save every N epochs; default 1."""
     keep_last: _builtins.int
@@ -516,6 +518,12 @@ class CheckpointPolicy(_message.Message):
     keep_best_metric: _builtins.str
     """Also keep the best checkpoint by this metric (e.g. val_loss); empty: none."""
     keep_best_mode: Global___OptimizeMode.ValueType
+    retain_latest: _builtins.int
+    """Once the job ended (a sweep's trial: once its sweep ended), keep only the newest N
+    checkpoints and the best M by keep_best_metric; the rest are deleted. Unset: the daemon's
+    training.checkpoints_keep_latest and training.checkpoints_keep_best. 0 is allowed.
+    """
+    retain_best: _builtins.int
     def __init__(
         self,
         *,
@@ -523,12 +531,21 @@ class CheckpointPolicy(_message.Message):
         keep_last: _builtins.int = ...,
         keep_best_metric: _builtins.str = ...,
         keep_best_mode: Global___OptimizeMode.ValueType = ...,
+        retain_latest: _builtins.int | None = ...,
+        retain_best: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_retain_best", b"_retain_best", "_retain_latest", b"_retain_latest", "retain_best", b"retain_best", "retain_latest", b"retain_latest"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["every_n_epochs", b"every_n_epochs", "keep_best_metric", b"keep_best_metric", "keep_best_mode", b"keep_best_mode", "keep_last", b"keep_last"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_retain_best", b"_retain_best", "_retain_latest", b"_retain_latest", "every_n_epochs", b"every_n_epochs", "keep_best_metric", b"keep_best_metric", "keep_best_mode", b"keep_best_mode", "keep_last", b"keep_last", "retain_best", b"retain_best", "retain_latest", b"retain_latest"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__retain_best: _TypeAlias = _typing.Literal["retain_best"]  # noqa: Y015
+    _WhichOneofArgType__retain_best: _TypeAlias = _typing.Literal["_retain_best", b"_retain_best"]  # noqa: Y015
+    _WhichOneofReturnType__retain_latest: _TypeAlias = _typing.Literal["retain_latest"]  # noqa: Y015
+    _WhichOneofArgType__retain_latest: _TypeAlias = _typing.Literal["_retain_latest", b"_retain_latest"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__retain_best) -> _WhichOneofReturnType__retain_best | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__retain_latest) -> _WhichOneofReturnType__retain_latest | None: ...
 
 Global___CheckpointPolicy: _TypeAlias = CheckpointPolicy  # noqa: Y015
 
