@@ -10,6 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
+import pytest
+
 from tessera.v1 import job_spec_pb2, training_pb2, training_pb2_grpc
 from tesserad.server import STORE_TABLES
 from tesserad.store import Store
@@ -81,16 +84,21 @@ def test_the_daemon_defaults_keep_the_newest_and_the_best_by_the_checkpoint_metr
 ) -> None:
     data_dir = Path(training_daemon.settings.data_dir)
     before = _checkpoint_blobs(data_dir)
-    # A learning rate this high makes train_loss wander: the best epoch is seldom the last.
-    policy = job_spec_pb2.CheckpointPolicy(every_n_epochs=1, keep_last=5, keep_best_metric="train_loss")
+    # Best by the highest train_loss: an early epoch, not the newest one.
+    policy = job_spec_pb2.CheckpointPolicy(
+        every_n_epochs=1,
+        keep_last=5,
+        keep_best_metric="train_loss",
+        keep_best_mode=job_spec_pb2.OPTIMIZE_MODE_MAX,
+    )
     spec = job_spec("mlp", epochs=5, seed=102, checkpoints=policy)
-    spec.optimizer.lr = 0.5
     job = submit(training, spec)
     events = follow(training, job.job_id)
     losses = {
         e.epoch.epoch: e.epoch.metrics["train_loss"] for e in events if e.WhichOneof("event") == "epoch"
     }
-    best_epoch = min(losses, key=losses.__getitem__)
+    best_epoch = max(losses, key=losses.__getitem__)
+    assert best_epoch != 5
 
     record = training_daemon.daemon.training.get(job.job_id)
     assert [c.epoch for c in record.checkpoints] == sorted({best_epoch, 5})
@@ -231,3 +239,11 @@ def test_an_interrupted_job_keeps_its_checkpoints_and_resumes_from_them(data_dir
         assert record.state == "cancelled" and len(record.checkpoints) == 1
     finally:
         daemon.stop()
+
+
+def test_a_negative_retention_is_refused(training) -> None:
+    policy = job_spec_pb2.CheckpointPolicy(retain_latest=-1)
+    with pytest.raises(grpc.RpcError) as refused:
+        submit(training, job_spec("mlp", checkpoints=policy))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "spec.checkpoints.retain_latest" in (refused.value.details() or "")
