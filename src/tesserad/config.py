@@ -391,7 +391,7 @@ class TrainingSettings:
         1,
         parse_number(int, 0, 1000),
         "checkpoints an ended job keeps, newest first (the rest are released and their blobs deleted); "
-        "1: the one a fine-tune or a later PBT trial starts from; a job's spec.checkpoints.retain_latest "
+        "1: the newest, which PBT copies and a finished job's weights come from; a job's spec.checkpoints.retain_latest "
         "overrides it. A sweep's trials keep theirs until the sweep ends",
     )
     checkpoints_keep_best: int = setting(

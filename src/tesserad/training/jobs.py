@@ -350,9 +350,10 @@ class Jobs:
         with self._store.read() as txn:
             if txn.exists("meta", CHECKPOINTS_RETAINED):
                 return 0
-        released: set[str] = set()
+        count = 0
         after = None
         while True:
+            released: set[str] = set()
             # A batch a transaction; a stop between two leaves the marker unwritten, and the
             # next start goes over the jobs again (releasing twice leaves the same records).
             with self._store.write(reserved=True) as txn:
@@ -367,9 +368,10 @@ class Jobs:
                     break
             after = rows[-1][0]
             self.collect_blobs(released)
-        if released:
-            log.info("released the checkpoints ended jobs no longer keep", extra={"blobs": len(released)})
-        return len(released)
+            count += len(released)
+        if count:
+            log.info("released the checkpoints ended jobs no longer keep", extra={"blobs": count})
+        return count
 
     def _retained(self, job: JobRecord) -> tuple[JobRecord, set[str]]:
         """The job as the retention policy leaves it when it ends, and the blobs it drops."""
