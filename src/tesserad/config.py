@@ -456,6 +456,12 @@ class ServingSettings:
     warmup_runs: int = setting(
         2, parse_number(int, 0, 1000), "default inference runs on random inputs before traffic"
     )
+    max_shared_memory_regions: int = setting(
+        256,
+        parse_number(int, 1, 65536),
+        "most system shared-memory regions registered at once (each holds an open file "
+        "descriptor until unregistered); beyond: RESOURCE_EXHAUSTED",
+    )
     intra_op_threads: int = setting(
         0,
         parse_number(int, 0, 1024),

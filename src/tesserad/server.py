@@ -202,7 +202,7 @@ class Daemon:
         self._dashboard: DashboardServer | None = None
         self._oip_http: OipHttpServer | None = None
         # Regions clients register through the Open Inference Protocol; the daemon's memory only.
-        self._shared_memory = SharedMemory()
+        self._shared_memory = SharedMemory(settings.serving.max_shared_memory_regions)
         # The log settings clients may change through the Open Inference Protocol, until the stop.
         self._logs = LogControl(settings.log_level)
         self._lock: DataDirLock | None = None

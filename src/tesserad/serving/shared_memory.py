@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from tesserad.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unimplemented
+from tesserad.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unimplemented,
+)
 
 # Where Linux (glibc's shm_open) keeps POSIX shared-memory objects.
 SHM_DIRECTORY = Path("/dev/shm")
@@ -119,8 +126,9 @@ def _check_place(region: RegionStatus, offset: int, byte_size: int, where: str) 
 class SharedMemory:
     """The registered system shared-memory regions, by name. Thread-safe."""
 
-    def __init__(self, directory: Path = SHM_DIRECTORY) -> None:
+    def __init__(self, max_regions: int, directory: Path = SHM_DIRECTORY) -> None:
         self._directory = directory
+        self._max_regions = max_regions
         self._regions: dict[str, _Region] = {}
         self._lock = threading.Lock()
 
@@ -139,6 +147,11 @@ class SharedMemory:
                 raise AlreadyExists(
                     f"shared-memory region {name!r} is already registered (key "
                     f"{self._regions[name].status.key!r}); unregister it first, or pick another name"
+                )
+            if len(self._regions) >= self._max_regions:
+                raise ResourceExhausted(
+                    f"{len(self._regions)} system shared-memory regions are registered, as many as "
+                    "serving.max_shared_memory_regions allows; unregister one first, or raise the setting"
                 )
             fd = self._open(path, key, offset + byte_size)
             self._regions[name] = _Region(RegionStatus(name, key, offset, byte_size), fd)

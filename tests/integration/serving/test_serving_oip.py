@@ -1024,6 +1024,32 @@ def test_tensors_in_system_shared_memory_are_read_and_written_there(
     assert path.exists()
 
 
+def test_registering_more_regions_than_the_setting_allows_is_resource_exhausted(
+    shm_object: str, start_daemon, expect_rpc_error
+) -> None:
+    # Each region holds a file descriptor until it is unregistered.
+    oip = grpc_service_pb2_grpc.GRPCInferenceServiceStub(
+        start_daemon(**{"serving.max_shared_memory_regions": 2}).channel()
+    )
+
+    def register(name: str) -> object:
+        return oip.SystemSharedMemoryRegister(
+            pb.SystemSharedMemoryRegisterRequest(name=name, key=shm_object, byte_size=8)
+        )
+
+    register("a")
+    register("b")
+    expect_rpc_error(
+        lambda: register("c"),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "2 system shared-memory regions are registered, as many as serving.max_shared_memory_regions",
+    )
+    oip.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest(name="a"))
+    register("c")
+    status = oip.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest())
+    assert sorted(status.regions) == ["b", "c"]
+
+
 def test_registering_shared_memory_checks_the_object_and_the_bounds(
     oip, shm_object: str, expect_rpc_error
 ) -> None:

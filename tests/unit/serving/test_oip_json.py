@@ -16,7 +16,7 @@ from tesserad.oip import grpc_service_pb2 as pb
 from tesserad.serving.shared_memory import SharedMemory
 
 # Requests with no tensor in shared memory read nothing through it.
-NO_REGIONS = SharedMemory().lease()
+NO_REGIONS = SharedMemory(256).lease()
 
 
 def test_bf16_travels_as_json_numbers_and_as_binary() -> None:
@@ -79,7 +79,7 @@ def test_json_data_of_another_kind_or_size_is_refused(tensor: dict[str, object],
 def test_tensors_in_shared_memory_are_read_from_and_written_to_their_region(tmp_path: Path) -> None:
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     (tmp_path / "obj").write_bytes(bytes(16) + x.tobytes() + bytes(64))
-    memory = SharedMemory(tmp_path)
+    memory = SharedMemory(256, tmp_path)
     memory.register("r", "/obj", 16, 24 + 64)
     document = {
         "inputs": [
@@ -158,7 +158,7 @@ def test_a_tensor_placed_in_shared_memory_wrongly_is_refused(
     tmp_path: Path, parameters: dict[str, object], error: type[Exception], message: str
 ) -> None:
     (tmp_path / "obj").write_bytes(bytes(32))
-    memory = SharedMemory(tmp_path)
+    memory = SharedMemory(256, tmp_path)
     memory.register("r", "obj", 0, 32)
     tensor = {"name": "x", "datatype": "FP32", "shape": [2, 3], "parameters": parameters}
     with memory.lease() as lease, pytest.raises(error, match=message):

@@ -15,7 +15,7 @@ from tesserad.serving.shared_memory import RegionStatus, SharedMemory, TensorPla
 @pytest.fixture
 def memory(tmp_path: Path) -> SharedMemory:
     (tmp_path / "obj").write_bytes(bytes(range(64)))
-    return SharedMemory(tmp_path)
+    return SharedMemory(256, tmp_path)
 
 
 def test_a_region_is_registered_reported_and_unregistered(memory: SharedMemory, tmp_path: Path) -> None:
