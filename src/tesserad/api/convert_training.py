@@ -272,6 +272,7 @@ def run_to_proto(run: Run) -> pb.Run:
         attempts=run.attempts,
         job_id=run.job_id,
         metrics=[summary_to_proto(s) for s in run.metrics],
+        metrics_left_out=run.metrics_left_out,
     )
     if run.end_time:
         message.end_time.CopyFrom(timestamp(run.end_time))

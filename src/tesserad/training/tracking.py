@@ -168,6 +168,9 @@ class Run:
     attempts: int
     job_id: str
     metrics: list[MetricSummary] = field(default_factory=list)
+    # Summaries not in `metrics`: those past the first MAX_RUN_METRICS by key of a run an older
+    # store gave more keys.
+    metrics_left_out: int = 0
     deleted_at: float | None = None
     # Deleted by its experiment's deletion, which a restore of the experiment undoes.
     deleted_with_experiment: bool = False
@@ -331,6 +334,14 @@ def _check_run_text(run: Run) -> None:
     problem = run_text_problem(run.params, run.tags)
     if problem:
         raise InvalidArgument(problem)
+
+
+def _with_summaries(run: Run, summaries: list[MetricSummary]) -> Run:
+    """`run` answering its first MAX_RUN_METRICS summaries (in key order), so that a run an older
+    store gave more keys still fits in one answer; the rest are counted, and read by their history."""
+    run.metrics = summaries[:MAX_RUN_METRICS]
+    run.metrics_left_out = len(summaries) - len(run.metrics)
+    return run
 
 
 def _run_bytes(run: Run) -> int:
@@ -558,7 +569,7 @@ class Tracking:
     def get_run(self, run_id: str) -> Run:
         with self._store.read() as txn:
             run = self.load_run(txn, run_id)
-            run.metrics = self._summaries(txn, run_id)
+            _with_summaries(run, self._summaries(txn, run_id))
         return run
 
     def update_run(self, run_id: str, status: str | None, set_tags: dict[str, str]) -> Run:
@@ -684,8 +695,7 @@ class Tracking:
                 for f in filters
             ):
                 return None
-            run.metrics = list(summaries.values())
-            return run
+            return _with_summaries(run, list(summaries.values()))
 
         with self._store.read() as txn:
             if experiment and not txn.exists("experiments", (experiment,)):
@@ -733,7 +743,7 @@ class Tracking:
             for _, run_id in ranked:
                 run = matched(txn, run_id)
                 if run is not None:
-                    missing_now, value = _rank(run, order)
+                    missing_now, value = _rank(txn, run_id, order)
                     yield (missing_now, _RANK_VALUE.pack(value), run_id), run
             last_id = None
         without = _RANK_VALUE.pack(0.0)
@@ -787,8 +797,9 @@ class Tracking:
             size = 0
             for run_id in itertools.islice(leaders, limit):
                 run = self.load_run(txn, run_id)
-                run.metrics = self._summaries(txn, run_id)
-                summary = next(s for s in run.metrics if s.key == metric)
+                summaries = self._summaries(txn, run_id)
+                summary = next(s for s in summaries if s.key == metric)
+                _with_summaries(run, summaries)
                 size += _run_bytes(run)
                 # As a ListRuns page, a board holds one run whatever its size.
                 if ranked and size > MAX_PAGE_BYTES:
@@ -1130,8 +1141,8 @@ class Tracking:
             )
         if over:
             log.warning(
-                "runs hold more metric keys than a run may now take; they take no new keys, and an "
-                "answer holding one may exceed a client's 4 MiB receive limit",
+                "runs hold more metric keys than a run may now take; they take no new keys, and "
+                "answer the first of them by key (the rest by their history)",
                 extra={"runs": len(over), "run_ids": over[:10], "max_run_metrics": MAX_RUN_METRICS},
             )
 
@@ -1181,11 +1192,13 @@ class Tracking:
         ]
 
 
-def _rank(run: Run, order: RunOrder) -> tuple[int, float]:
-    """Where a run sorts: (0, value, negated when descending), or (1, 0.0) without the metric."""
-    summary = next((s for s in run.metrics if s.key == order.metric), None)
-    if summary is None:
+def _rank(txn: ReadTxn, run_id: str, order: RunOrder) -> tuple[int, float]:
+    """Where a run sorts: (0, value, negated when descending), or (1, 0.0) without the metric.
+    Read from the summary's row: the metric may be one a run answers without (metrics_left_out)."""
+    raw = txn.get("metric_summaries", (run_id, order.metric))
+    if raw is None:
         return 1, 0.0
+    summary = _summary_from(decode_record(raw, "metric_summary", 1)[1])
     value = summary.field(order.field)
     return 0, -value if order.descending else value
 

@@ -10,6 +10,7 @@ import pytest
 from tessera.v1 import job_spec_pb2, training_pb2, training_pb2_grpc
 from tesserad.server import STORE_TABLES
 from tesserad.store import Store
+from tesserad.training import tracking
 from tesserad.training.tracking import MAX_RUN_METRICS, METRIC_COUNTS, METRICS_COUNTED
 from tests.conftest import InProcessDaemon, daemon_settings
 
@@ -119,5 +120,38 @@ def test_a_run_at_the_metric_key_cap_stays_readable_and_refuses_one_more_key(tmp
         assert _log(stub, lean, KEYS[:BATCH], 4.0, 1) == BATCH
         assert _log(stub, small, KEYS[1:BATCH], 5.0, 1) == BATCH - 1
         assert len(stub.GetRun(S.GetRunRequest(run_id=small)).metrics) == BATCH
+    finally:
+        daemon.stop()
+
+
+def test_a_run_an_older_store_gave_more_keys_answers_the_first_by_key_and_says_how_many_are_left_out(
+    tmp_path, monkeypatch
+) -> None:
+    more = 3 * MAX_RUN_METRICS
+    daemon = InProcessDaemon(daemon_settings(tmp_path / "data")).start()
+    try:
+        stub = training_pb2_grpc.TrainingStub(daemon.channel())
+        tags = {f"t{i}": "v" * 8000 for i in range(261)}
+        big = stub.CreateRun(S.CreateRunRequest(experiment="old", tags=tags)).run_id
+        # A tesserad from before the cap took every key it was sent.
+        monkeypatch.setattr(tracking, "MAX_RUN_METRICS", more)
+        keys = [_key(i) for i in range(more)]
+        assert _log(stub, big, keys[::-1], 1.0, 3) == more
+        monkeypatch.undo()
+
+        got = stub.GetRun(S.GetRunRequest(run_id=big))
+        assert got.ByteSize() < RECEIVE_LIMIT
+        assert [summary.key for summary in got.metrics] == keys[:MAX_RUN_METRICS]
+        assert got.metrics_left_out == more - MAX_RUN_METRICS
+        (listed,) = stub.ListRuns(S.ListRunsRequest(experiment="old")).runs
+        assert listed.metrics == got.metrics and listed.metrics_left_out == got.metrics_left_out
+        # A key left out of the run is still ranked by, and read through its history.
+        last = keys[-1]
+        (ordered,) = stub.ListRuns(S.ListRunsRequest(experiment="old", order_by=S.RunOrder(metric=last))).runs
+        assert ordered.run_id == big and ordered.metrics_left_out == more - MAX_RUN_METRICS
+        board = stub.Leaderboard(S.LeaderboardRequest(experiment="old", metric=last, limit=1))
+        assert [(entry.run.run_id, entry.value) for entry in board.entries] == [(big, 1.0)]
+        history = stub.GetMetricHistory(S.GetMetricHistoryRequest(run_id=big, key=last))
+        assert [(point.step, point.value) for point in history.points] == [(3, 1.0)]
     finally:
         daemon.stop()

@@ -1223,6 +1223,7 @@ class Run(_message.Message):
     METRICS_FIELD_NUMBER: _builtins.int
     DELETED_FIELD_NUMBER: _builtins.int
     DELETED_AT_FIELD_NUMBER: _builtins.int
+    METRICS_LEFT_OUT_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     experiment: _builtins.str
     name: _builtins.str
@@ -1231,6 +1232,11 @@ class Run(_message.Message):
     job_id: _builtins.str
     """The job that produced the run; empty for external runs."""
     deleted: _builtins.bool
+    metrics_left_out: _builtins.int
+    """Summaries of the run's keys not in `metrics`: a run an older tesserad stored with more than
+    2,000 keys answers its first 2,000 by key, so that it fits in 4 MiB (gRPC's default receive
+    limit). Read the rest with GetMetricHistory, key by key. 0 when `metrics` holds every key.
+    """
     @_builtins.property
     def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -1241,7 +1247,7 @@ class Run(_message.Message):
     def end_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricSummary]:
-        """One per metric key: 2,000 at most (see LogMetrics)."""
+        """One per metric key, in key order: 2,000 at most (see LogMetrics and metrics_left_out)."""
 
     @_builtins.property
     def deleted_at(self) -> _timestamp_pb2.Timestamp:
@@ -1263,10 +1269,11 @@ class Run(_message.Message):
         metrics: _abc.Iterable[Global___MetricSummary] | None = ...,
         deleted: _builtins.bool = ...,
         deleted_at: _timestamp_pb2.Timestamp | None = ...,
+        metrics_left_out: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deleted_at", b"deleted_at", "end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "deleted", b"deleted", "deleted_at", b"deleted_at", "end_time", b"end_time", "experiment", b"experiment", "job_id", b"job_id", "metrics", b"metrics", "name", b"name", "params", b"params", "run_id", b"run_id", "start_time", b"start_time", "status", b"status", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "deleted", b"deleted", "deleted_at", b"deleted_at", "end_time", b"end_time", "experiment", b"experiment", "job_id", b"job_id", "metrics", b"metrics", "metrics_left_out", b"metrics_left_out", "name", b"name", "params", b"params", "run_id", b"run_id", "start_time", b"start_time", "status", b"status", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
