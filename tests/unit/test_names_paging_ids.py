@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from tesserad.paging import (
     MAX_PAGE_BYTES,
     MAX_PAGE_SIZE,
     PageFill,
+    answer_bytes,
     make_token,
     page_size,
     read_page,
@@ -72,14 +74,20 @@ def test_a_page_ends_once_its_rows_take_max_page_bytes_and_always_holds_one(tmp_
         pages, token = [], ""
         with store.read() as txn:
             while True:
+                # Items with their rows: a page sizes the items it answers.
                 page = read_page(
-                    txn, "rows", query={}, page_token=token, requested_size=0, item=lambda key, _: key[0]
+                    txn,
+                    "rows",
+                    query={},
+                    page_token=token,
+                    requested_size=0,
+                    item=lambda key, raw: (key[0], raw),
                 )
-                pages.append(page.items)
+                pages.append([name for name, _ in page.items])
                 token = page.next_page_token
                 if not token:
                     break
-        # a, b and c would take 10 bytes past the bound; d alone is over it, and still listed.
+        # a, b and c would take past the bound; d alone is over it, and still listed.
         assert pages == [["a", "b"], ["c"], ["d"], ["e"]]
     finally:
         store.close()
@@ -139,3 +147,17 @@ def test_ids_made_in_one_millisecond_or_after_the_clock_stepped_back_keep_their_
     later = new_id("run")
     made = same_ms + stepped_back + [later]
     assert made == sorted(made) and len(set(made)) == len(made)
+
+
+def test_answer_bytes_counts_each_entrys_tags_and_lengths_beside_its_text():
+    @dataclass
+    class Record:
+        name: str
+        version: int
+        aliases: dict[str, int]
+        tags: tuple[str, ...]
+
+    record = Record("m", 1, {"a": 1, "é": 2}, ("x", "yz"))
+    # A string: its UTF-8 and 6 bytes; a number 16; a map entry 6 beside its key and value; the record 6.
+    entries = (6 + (1 + 6) + 16) + (6 + (2 + 6) + 16)
+    assert answer_bytes(record) == 6 + (1 + 6) + 16 + entries + (1 + 6) + (2 + 6)
