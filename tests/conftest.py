@@ -112,15 +112,16 @@ class InProcessDaemon:
         assert not pending, f"tasks still pending after Daemon.stop(): {pending}"
         if any(t.name == _LOOP_THREAD for t in threading.enumerate()):
             return  # a thread does not say which daemon started it: the last one to stop checks
-        # The daemon names its threads; one named by default is the test's own. One on its way
-        # out (a gRPC channel's, say) gets a moment to end.
+        # The daemon names its threads and its pools' threads; one named by default (a thread's
+        # or an executor's) is the test's own. One on its way out (a gRPC channel's, say) gets a
+        # moment to end.
         deadline = time.monotonic() + 5
         threads = [
             t
             for t in threading.enumerate()
             if t not in self._threads_before
             and not _serves_the_process(t)
-            and not re.match(r"Thread-\d+", t.name)
+            and not re.match(r"(Thread|ThreadPoolExecutor)-\d+", t.name)
         ]
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))

@@ -225,7 +225,8 @@ def test_jobs_cancel_says_a_queued_job_ended_and_a_running_one_stops_at_its_next
         with tessera.Client(one_slot.target) as sdk:
             sdk.datasets.push("table", dataset_file, splits={"train": 0.75, "val": 0.25})
             path = tmp_path / "long.toml"
-            path.write_text(SPEC.format(dataset="table").replace("epochs = 2", "epochs = 500"))
+            # Long enough never to end by itself before its cancel, however loaded the machine.
+            path.write_text(SPEC.format(dataset="table").replace("epochs = 2", "epochs = 100000"))
             spec = load_toml(path)
             running, queued = sdk.training.submit(spec), sdk.training.submit(spec)
             while running.refresh().state != tessera.JobState.RUNNING:
