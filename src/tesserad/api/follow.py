@@ -46,6 +46,7 @@ from tesserad.errors import DataLoss, FailedPrecondition, Lasting, NotFound, Tes
 from tesserad.replica.followed import FollowedModel, FollowedRegistry, FollowedVersion
 from tesserad.serving.registry_source import serving_signature
 from tesserad.serving.service import DeploymentPlan, InferenceService
+from tesserad.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -364,7 +365,7 @@ class Follower:
         try:
             await self._follow_forever()
         finally:
-            retries.cancel()
+            await cancel_and_wait([retries])
 
     def read_token(self) -> None:
         """Read replica.token_file again (on SIGHUP), for the calls from now on: a replica whose

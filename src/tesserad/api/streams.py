@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from tesserad.errors import TesseraError
+from tesserad.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +60,7 @@ async def answer_stream(
             yield response
         await reader
     finally:
-        reader.cancel()
-        for task in list(tasks):
-            task.cancel()
+        await cancel_and_wait([reader, *tasks])
 
 
 class _Internal(TesseraError):
