@@ -88,6 +88,7 @@ from tesserad.store import BlobStore, DataDirLock, Store
 from tesserad.store.prometheus import StoreMetrics
 from tesserad.store.space import space_checked
 from tesserad.system import SystemService
+from tesserad.tasks import cancel_and_wait
 from tesserad.training import artifacts as training_artifacts
 from tesserad.training import events as training_events
 from tesserad.training import jobs as training_jobs
@@ -903,4 +904,13 @@ async def serve(settings: Settings, insecure: bool = False) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    await daemon.stop()
+    # A SIGHUP from now on is not applied to a daemon going away (nor left to end the process).
+    loop.add_signal_handler(signal.SIGHUP, log.info, "SIGHUP ignored: tesserad is stopping")
+    # A reload under way finishes first: asyncio.run would cancel it halfway through the files.
+    deadline = time.monotonic() + settings.grace_period_s
+    if reloads:
+        _, unfinished = await asyncio.wait(reloads, timeout=settings.grace_period_s)
+        if unfinished:
+            log.warning("a SIGHUP reload did not finish within the grace period; it is abandoned")
+            await cancel_and_wait(unfinished)
+    await daemon.stop(max(0.0, deadline - time.monotonic()))
