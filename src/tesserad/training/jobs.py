@@ -1048,6 +1048,19 @@ class Jobs:
             ends=True,
             also=self._run_status(job, "interrupted"),
         )
+        final = self._final_checkpoint(job)
+        if final is not None:  # the next start only ends it (`_finish_trained`), training nothing
+            log.info(
+                "job interrupted by the shutdown after its training finished; it finishes from its "
+                "final checkpoint when tesserad starts again",
+                extra={
+                    "job_id": job.job_id,
+                    "attempt": job.attempt,
+                    "epoch": final.epoch,
+                    "step": final.step,
+                },
+            )
+            return
         checkpoint = self._resume_checkpoint(job)
         log.info(
             "job interrupted by the shutdown; it resumes when tesserad starts again",

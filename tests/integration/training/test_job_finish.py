@@ -6,16 +6,22 @@ The kills land at exact points through tests/integration/training/kill_hook (see
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
+import tesserad.training.jobs
 from tessera.v1 import job_spec_pb2, registry_pb2, registry_pb2_grpc, training_pb2, training_pb2_grpc
+from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.training.conftest import (
+    TRAINING_SETTINGS,
     follow,
     job_spec,
     of_kind,
@@ -136,3 +142,38 @@ def test_a_sweep_trial_killed_after_its_training_finished_counts_once(
     assert [e.epoch for e in of_kind(events, "epoch")] == list(range(1, EPOCHS + 1))
     assert sweep.trials[0].metric == pytest.approx(of_kind(events, "epoch")[-1].metrics["val_loss"])
     channel.close()
+
+
+def test_a_job_stopped_by_the_shutdown_after_its_final_checkpoint_is_said_to_finish(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    jobs = tesserad.training.jobs.Jobs
+    on_checkpoint = jobs._on_checkpoint
+    final_stored = threading.Event()
+
+    def held_after_final(self: Any, job: Any, message: Any) -> Any:
+        job = on_checkpoint(self, job, message)
+        if message.info.reason == "final":
+            # The job's end is not stored before the shutdown that the test starts now.
+            final_stored.set()
+            deadline = time.monotonic() + 60
+            while not self._closing and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return job
+
+    monkeypatch.setattr(jobs, "_on_checkpoint", held_after_final)
+    running = InProcessDaemon(daemon_settings(tmp_path / "data", **TRAINING_SETTINGS)).start()
+    try:
+        channel = running.channel()
+        upload_standard_datasets(channel)
+        training_pb2_grpc.TrainingStub(channel).SubmitJob(S.SubmitJobRequest(spec=finishing_spec("m")))
+        assert final_stored.wait(120)
+    finally:
+        with caplog.at_level(logging.INFO, logger="tesserad.training.jobs"):
+            running.stop()
+    said = [r for r in caplog.records if r.getMessage().startswith("job interrupted by the shutdown")]
+    assert [r.getMessage() for r in said] == [
+        "job interrupted by the shutdown after its training finished; it finishes from its final "
+        "checkpoint when tesserad starts again"
+    ]
+    assert (said[0].epoch, hasattr(said[0], "from_epoch")) == (EPOCHS, False)
