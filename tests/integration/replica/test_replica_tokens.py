@@ -226,7 +226,8 @@ def test_cluster_statistics_never_send_the_callers_token_to_an_announced_address
     # A reader may announce any address as a replica's; an admin's token sent there would
     # hand the reader the admin role. The primary presents each replica its own token back.
     recorder = _RecordingReplica()
-    fake = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    pool = futures.ThreadPoolExecutor(max_workers=2)
+    fake = grpc.server(pool)
     inference_pb2_grpc.add_InferenceServicer_to_server(recorder, fake)
     address = f"127.0.0.1:{fake.add_insecure_port('127.0.0.1:0')}"
     fake.start()
@@ -250,8 +251,10 @@ def test_cluster_statistics_never_send_the_callers_token_to_an_announced_address
         assert recorder.authorizations == [f"Bearer {tokens[Role.READER]}"]
         announced.cancel()
     finally:
-        primary.stop()
+        # The fake's threads are the test's own: ended first, the primary's stop checks its own.
         fake.stop(None)
+        pool.shutdown()
+        primary.stop()
 
 
 class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientInterceptor):
