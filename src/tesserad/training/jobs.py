@@ -375,13 +375,14 @@ class Jobs:
 
     def _retained(self, job: JobRecord) -> tuple[JobRecord, set[str]]:
         """The job as the retention policy leaves it when it ends, and the blobs it drops."""
-        policy = job.config["checkpoints"]
+        # A record stored by an earlier daemon may carry no checkpoint policy: the settings' then.
+        policy = job.config.get("checkpoints", {})
         kept, dropped = retained_at_end(
             job.checkpoints,
             policy.get("retain_latest", self._settings.checkpoints_keep_latest),
             policy.get("retain_best", self._settings.checkpoints_keep_best),
-            policy["keep_best_metric"],
-            policy["keep_best_mode"],
+            policy.get("keep_best_metric", ""),
+            policy.get("keep_best_mode", "min"),
         )
         released = job.checkpoints_released + len(job.checkpoints) - len(kept)
         return replace(job, checkpoints=kept, checkpoints_released=released), dropped

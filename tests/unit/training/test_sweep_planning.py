@@ -36,12 +36,21 @@ _SCALARS = {
 }
 
 
+def _real_oneof(field: FieldDescriptor) -> str:
+    """The name of the oneof `field` is in; "" for none, or for the one protoc makes for a proto3
+    `optional` field (named after it, holding it alone)."""
+    oneof = field.containing_oneof
+    if oneof is None or (oneof.name == f"_{field.name}" and len(oneof.fields) == 1):
+        return ""
+    return str(oneof.name)
+
+
 def _mirrors(fields: Mapping[str, SpecField], message: Descriptor, where: str) -> None:
     """SPEC_FIELDS describes `message` field for field: kinds, types, oneofs."""
     assert set(fields) == set(message.fields_by_name), where
     for name, proto in message.fields_by_name.items():
         spec_field, at = fields[name], f"{where}.{name}"
-        oneof = proto.containing_oneof.name if proto.containing_oneof else ""
+        oneof = _real_oneof(proto)
         assert spec_field.oneof == oneof, at
         if proto.is_repeated:  # lists and maps
             assert spec_field.kind == "list", at
