@@ -40,10 +40,15 @@ def check_entries(field: str, entries: Mapping[str, str], max_value: int = MAX_T
         raise InvalidArgument(problems[0])
 
 
+def entries_bytes(entries: Mapping[str, str]) -> int:
+    """What `entries`' keys and values take in UTF-8, as they are stored."""
+    return sum(len(k.encode()) + len(v.encode()) for k, v in entries.items())
+
+
 def record_text_problem(what: str, description: str, tags: Mapping[str, str]) -> str:
     """Why `what`'s ("a model") description and tags are too long together; "" when they fit.
     Counted in UTF-8 bytes, as they are stored."""
-    size = len(description.encode()) + sum(len(k.encode()) + len(v.encode()) for k, v in tags.items())
+    size = len(description.encode()) + entries_bytes(tags)
     if size <= MAX_RECORD_TEXT:
         return ""
     return (

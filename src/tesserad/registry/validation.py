@@ -9,7 +9,7 @@ from tesserad.config import format_size
 from tesserad.dtypes import TENSOR_DTYPES
 from tesserad.errors import InvalidArgument
 from tesserad.registry.records import Signature
-from tesserad.text import MAX_PARAM_VALUE, check_entries, check_record_text
+from tesserad.text import MAX_PARAM_VALUE, check_entries, check_record_text, entries_bytes
 
 _MAX_TENSOR_NAME = 256
 # A version's params together, keys and values in UTF-8, as a run's params and tags are bounded:
@@ -52,13 +52,9 @@ def validate_tags(field: str, tags: dict[str, str]) -> None:
     check_entries(field, tags)
 
 
-def _params_bytes(params: dict[str, str]) -> int:
-    return sum(len(k.encode()) + len(v.encode()) for k, v in params.items())
-
-
 def validate_params(params: dict[str, str]) -> None:
     check_entries("params", params, MAX_PARAM_VALUE)
-    size = _params_bytes(params)
+    size = entries_bytes(params)
     if size > MAX_VERSION_PARAMS:
         raise InvalidArgument(
             f"a model version's params take at most {format_size(MAX_VERSION_PARAMS)} together, these "
@@ -72,12 +68,13 @@ def fit_params(params: dict[str, str]) -> dict[str, str]:
     (a job's, flattened from its spec, registered after the training): as many as fit, smallest
     first, in their order, and under LEFT_OUT_KEY the names of those left out. A trained
     version's lineage keeps its whole job spec, so nothing is lost."""
-    if _params_bytes(params) <= MAX_VERSION_PARAMS:
+    if entries_bytes(params) <= MAX_VERSION_PARAMS:
         return params
     room = MAX_VERSION_PARAMS - _LEFT_OUT_ROOM
     kept: set[str] = set()
-    for key in sorted(params, key=lambda k: len(k.encode()) + len(params[k].encode())):
-        size = len(key.encode()) + len(params[key].encode())
+    sizes = {key: len(key.encode()) + len(value.encode()) for key, value in params.items()}
+    for key in sorted(params, key=sizes.__getitem__):
+        size = sizes[key]
         if size > room:
             break
         room -= size

@@ -36,7 +36,7 @@ from tesserad.store import (
     trailing_int,
     unpack,
 )
-from tesserad.text import MAX_PARAM_VALUE, check_entries, check_record_text
+from tesserad.text import MAX_PARAM_VALUE, check_entries, check_record_text, entries_bytes
 from tesserad.training import metric_buckets, run_order
 from tesserad.training.metric_buckets import MAX_STEP, Grouping, Sample, metric_prefix, point_key
 from tesserad.training.spec import default_mode
@@ -313,8 +313,7 @@ def check_metric_key(key: str, where: str) -> None:
 def _text_bytes(entries: dict[str, str]) -> int:
     """What `entries` take on the wire at most: their UTF-8 and each entry's field tags and
     lengths, which outweigh the text of entries of a few bytes."""
-    text = sum(len(k.encode()) + len(v.encode()) for k, v in entries.items())
-    return text + _ENTRY_WIRE_BYTES * len(entries)
+    return entries_bytes(entries) + _ENTRY_WIRE_BYTES * len(entries)
 
 
 def run_text_problem(params: dict[str, str], tags: dict[str, str]) -> str:
