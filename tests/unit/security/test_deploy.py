@@ -79,6 +79,8 @@ def test_systemd_unit_is_hardened_and_waits_for_the_drain(tmp_path):
     assert int(service["TimeoutStopSec"]) > settings.grace_period_s
     assert settings.security.tokens_file == Path("/etc/tesserad/tokens.toml")
     assert settings.http_listen is not None and settings.http_listen.is_loopback
+    # The daemon warns below 3 x the per-listener connection limit; the unit gives room above it.
+    assert int(service["LimitNOFILE"]) >= 3 * settings.limits.http_max_connections + 1024
     # Triton's clients reach it where they reach gRPC, with the same tokens.
     oip_http = settings.serving.oip_http_listen
     assert oip_http is not None and (oip_http.host, oip_http.port) == (settings.listen.host, OIP_HTTP_PORT)
