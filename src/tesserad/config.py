@@ -262,7 +262,8 @@ class LimitsSettings:
         "on the HTTP listeners: the time a client has to send a request's headers (from its "
         "connection's start or its previous answer; an idle connection closes then) and then its "
         "body (OIP over HTTP and the dashboard's login: 408 after it); on the metrics port, the "
-        "longest a connection may stay silent",
+        "time a client has to send its whole request from its connection's start (it is closed "
+        "then)",
     )
     http_max_connections: int = setting(
         1000,

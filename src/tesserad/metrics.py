@@ -14,6 +14,7 @@ whoever a rebound page could reach them through can read them directly.
 from __future__ import annotations
 
 import gzip
+import io
 import itertools
 import logging
 import math
@@ -263,8 +264,9 @@ def _metrics_only(app: WsgiApp) -> WsgiApp:
 
 class _LimitedServer(ThreadingWSGIServer):
     """A thread per connection, up to limits.http_max_connections; one more is closed unanswered.
-    A connection silent for limits.http_request_timeout_s is closed (it held its thread, and its
-    place under the limit, for good)."""
+    A connection whose request has not all arrived within limits.http_request_timeout_s of its
+    start is closed, however steadily it trickles in (it held its thread, and its place under the
+    limit, for good); so is one whose answer goes unread that long at a time."""
 
     connections: ConnectionLimit
     request_timeout_s: float
@@ -290,8 +292,43 @@ class _Ipv6Server(_LimitedServer):
     address_family = socket.AF_INET6
 
 
+class _DeadlineReader(io.RawIOBase):
+    """A socket read until a deadline (time.monotonic): each read waits only for the time left,
+    so a request trickled a byte at a time ends at the deadline as a silent one does. Reads past
+    it raise TimeoutError; the socket's own timeout (for the answer's writes) is left as it was."""
+
+    def __init__(self, connection: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self._connection = connection
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request did not all arrive in time")
+        timeout = self._connection.gettimeout()
+        self._connection.settimeout(left)
+        try:
+            return self._connection.recv_into(buffer)
+        finally:
+            self._connection.settimeout(timeout)
+
+
 class _QuietHandler(WSGIRequestHandler):
-    """No access log line per scrape, and no traceback for a client that went silent."""
+    """No access log line per scrape, and no traceback for a client that went silent. The request
+    is read against one deadline, limits.http_request_timeout_s from the connection's start
+    (wsgiref answers one request per connection)."""
+
+    server: _LimitedServer
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # the socket's own reader, replaced by one with the deadline
+        deadline = time.monotonic() + self.server.request_timeout_s
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, deadline))
 
     def handle(self) -> None:
         try:

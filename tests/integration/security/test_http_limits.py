@@ -5,6 +5,7 @@ login form has limits.http_request_timeout_s to send its body, as OIP's requests
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import ssl
 import time
@@ -208,6 +209,41 @@ def test_the_metrics_port_closes_a_silent_connection_and_frees_its_place(
         with _connect(port) as silent:
             # Closed by the listener (recv returns b""), not by this socket's own 30 s timeout.
             assert silent.recv(65536) == b""
+        _until(lambda: _sample(daemon, "tessera_http_connections", "metrics") == 0)
+        assert _status(_answer(_connect(port), "/metrics")) == 200
+        assert "Traceback" not in capfd.readouterr().err
+    finally:
+        daemon.stop()
+
+
+def test_the_metrics_port_closes_a_connection_whose_request_trickles_past_the_timeout(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # A byte well within every per-read timeout, over and over: the whole request's deadline
+    # (limits.http_request_timeout_s from the connection's start) is what closes it.
+    settings = daemon_settings(
+        tmp_path / "data",
+        **{"limits.http_max_connections": 1, "limits.http_request_timeout_s": 1},
+    )
+    daemon = InProcessDaemon(settings).start()
+    try:
+        port = daemon.daemon.metrics_port
+        assert port is not None
+        # A request that never ends: 100 bytes of it, a byte each 0.1 s (ten times the timeout).
+        request = (b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Trickle: " + b"a" * 100)[:100]
+        closed = False
+        with _connect(port) as trickling:
+            for byte in request:
+                try:
+                    trickling.sendall(bytes([byte]))
+                    readable, _, _ = select.select([trickling], [], [], 0.1)
+                    if readable and trickling.recv(65536) == b"":
+                        closed = True
+                        break
+                except (ConnectionResetError, BrokenPipeError):
+                    closed = True
+                    break
+        assert closed, "the listener kept a connection whose request never completed"
         _until(lambda: _sample(daemon, "tessera_http_connections", "metrics") == 0)
         assert _status(_answer(_connect(port), "/metrics")) == 200
         assert "Traceback" not in capfd.readouterr().err
