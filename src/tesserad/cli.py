@@ -74,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Run the daemon. Settings come from, in rising priority: built-in defaults, the TOML "
             "file given by --config, TESSERA_* environment variables, these flags. "
             "`tesserad settings` lists every setting. SIGTERM or SIGINT stops it gracefully; "
-            "SIGHUP reads security.tokens_file and the TLS certificate, key and client CA again "
-            "(and only those: other settings need a restart)."
+            "SIGHUP reads security.tokens_file and the TLS certificate, key and client CA again, "
+            "and on a replica replica.token_file (and only those: other settings need a restart)."
         ),
     )
     serve.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file")

@@ -666,29 +666,40 @@ class Daemon:
         return self._follower.fetch_version(model, version)
 
     async def reload(self) -> None:
-        """What SIGHUP does: apply the tokens file and the TLS files again. Nothing else is read
-        again, and the log says so, so an operator who changed another setting knows a restart
-        is needed."""
+        """What SIGHUP does: apply the tokens file and the TLS files again, and on a replica read
+        replica.token_file again and try the primary at once. Nothing else is read again; one
+        log line lists what was, so an operator who changed another setting knows a restart is
+        needed."""
         if self._auth is None:
             log.warning("SIGHUP ignored: tesserad is not started yet")
             return
-        if self._auth.tokens is None:
-            log.info("SIGHUP: no tokens file to read again (security.tokens_file is not set)")
-        else:
+        read_again = []
+        if self._auth.tokens is not None:
             await _apply("the tokens file", self._auth.reload_tokens, "SIGHUP")
+            read_again.append("security.tokens_file")
         if self._certificates is not None:
             await _apply("the TLS files", self._certificates.reload, "SIGHUP")
-        if self._follower is not None:
-            log.info(
-                "SIGHUP: replica.token_file read again; trying the primary again now, and every "
-                "load that failed there"
+            read_again.append(
+                "the TLS files (security.tls_cert_file, security.tls_key_file"
+                + (", security.tls_client_ca_file)" if self._certificates.mutual else ")")
             )
-            await asyncio.to_thread(self._follower.read_token)
-            self._follower.retry_now()
+        follower = self._follower
+        if follower is not None:
+            if await asyncio.to_thread(follower.read_token):
+                read_again.append("replica.token_file")
+            follower.retry_now()
+        if read_again:
+            said = f"SIGHUP read {_listed(read_again)} again"
+        else:
+            said = (
+                "SIGHUP read nothing again (no security.tokens_file, TLS files or replica.token_file is set)"
+            )
+        if follower is not None:
+            said += " and tries the primary again now, with every load that failed there"
         log.info(
-            "SIGHUP reads only security.tokens_file and the TLS files again; every other setting "
-            "(the --config file, TESSERA_* variables, flags) is read at start: restart tesserad to "
-            "change one"
+            f"{said}; every other setting (the --config file, TESSERA_* variables, flags) is read "
+            "at start: restart tesserad to change one",
+            extra={"read_again": read_again},
         )
 
     async def _watch_files(self, interval_s: float) -> None:
@@ -789,6 +800,11 @@ class Daemon:
 
 
 _CHANGED = "the file changed"
+
+
+def _listed(items: list[str]) -> str:
+    """["a", "b", "c"] -> "a, b and c"."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 async def _apply(

@@ -367,12 +367,13 @@ class Follower:
         finally:
             await cancel_and_wait([retries])
 
-    def read_token(self) -> None:
+    def read_token(self) -> bool:
         """Read replica.token_file again (on SIGHUP), for the calls from now on: a replica whose
         token the primary refused takes a new one without a restart. An unreadable file keeps
-        the token read before, and says so."""
+        the token read before, and says so. Whether a token was read (False without the
+        setting too)."""
         if self._token_file is None:
-            return
+            return False
         try:
             token = resolve_token(self._token_file.read_text())
         except (OSError, ValueError) as exc:
@@ -380,9 +381,10 @@ class Follower:
                 "replica.token_file cannot be read again; the token read before is kept",
                 extra={"path": str(self._token_file), "reason": str(exc)},
             )
-            return
+            return False
         metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._watch.metadata = self._downloads.metadata = metadata
+        return True
 
     def retry_now(self) -> None:
         """What SIGHUP does on a replica (after read_token): try the primary again at once, the

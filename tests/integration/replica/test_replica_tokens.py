@@ -4,6 +4,7 @@ back to it when it gathers cluster statistics."""
 
 from __future__ import annotations
 
+import logging
 import time
 import urllib.error
 import urllib.request
@@ -123,7 +124,9 @@ def test_a_replica_without_a_token_is_never_ready(tmp_path: Path, tokens: dict[R
         primary.stop()
 
 
-def test_a_refused_replica_takes_a_new_token_on_sighup(tmp_path: Path, tokens: dict[Role, str]) -> None:
+def test_a_refused_replica_takes_a_new_token_on_sighup(
+    tmp_path: Path, tokens: dict[Role, str], caplog: pytest.LogCaptureFixture
+) -> None:
     tokens_file = str(tmp_path / "tokens.toml")
     primary = InProcessDaemon(
         daemon_settings(tmp_path / "primary", **{"security.tokens_file": tokens_file})
@@ -146,7 +149,16 @@ def test_a_refused_replica_takes_a_new_token_on_sighup(tmp_path: Path, tokens: d
         assert "the primary refused this replica's token (replica.token_file)" in refused.details()
         # The operator fixes the token and says so: no restart, no wait for the next try.
         token_file.write_text(tokens[Role.READER] + "\n")
+        caplog.set_level(logging.INFO, logger="tesserad.server")
         replica.run(replica.daemon.reload())
+        # One line says what SIGHUP read again, the replica's token among it, and what it did.
+        said = [r for r in caplog.records if r.name == "tesserad.server" and "SIGHUP" in r.getMessage()]
+        assert [r.getMessage() for r in said] == [
+            "SIGHUP read replica.token_file again and tries the primary again now, with every load "
+            "that failed there; every other setting (the --config file, TESSERA_* variables, flags) "
+            "is read at start: restart tesserad to change one"
+        ]
+        assert said[0].read_again == ["replica.token_file"]
         wait_for(health_pb2.HealthCheckResponse.SERVING, channel)
         inference_pb2_grpc.InferenceStub(channel).Predict(
             predict_request("linear", np.ones((1, 4), dtype=np.float32)), timeout=30
