@@ -38,8 +38,9 @@ from tessera.v1 import (
     training_pb2_grpc,
 )
 from tesserad import __version__
+from tesserad.api.aio_handlers import ErrorListener
 from tesserad.api.auth import AuthInterceptor, AuthSetupError, authentication_enabled
-from tesserad.api.cluster_stats import ClusterStats, Transport, replica_transport
+from tesserad.api.cluster_stats import ClusterStats, RefusalNotes, Transport, replica_transport
 from tesserad.api.convert_training import job_spec_document
 from tesserad.api.datasets import DatasetsServicer
 from tesserad.api.follow import (
@@ -78,6 +79,7 @@ from tesserad.replica import changes as replica_changes
 from tesserad.replica.blob_cache import BlobCache
 from tesserad.replica.changes import ChangeFeed
 from tesserad.replica.followed import FollowedRegistry, FollowedVersion
+from tesserad.replica.refusals import ReplicaRefusals
 from tesserad.runtime_env import worker_environment
 from tesserad.serving.open_inference import OpenInference
 from tesserad.serving.registry_source import build_inference, inference_over
@@ -279,7 +281,8 @@ class Daemon:
         StoreMetrics(self._store, blobs, data_dir, self.metrics.registry)
         self._gpus = Gpus()
 
-        server, credentials, auth, calls = self._new_server()
+        refusals = ReplicaRefusals()
+        server, credentials, auth, calls = self._new_server(RefusalNotes(refusals))
         routes = _Routes(server)
         system = SystemService(data_dir, self._store, blobs, self._gpus, self.service_names)
         limits = settings.limits
@@ -319,6 +322,7 @@ class Daemon:
             self.registry,
             settings.training.watch_buffer_events,
             history=settings.replica.change_history,
+            refusals=refusals,
         )
         await asyncio.to_thread(self._changes.start)
         self._registry_servicer = RegistryServicer(
@@ -340,6 +344,7 @@ class Daemon:
         cluster = ClusterStats(
             self._changes.replicas,
             await asyncio.to_thread(self._replica_transport, credentials is not None),
+            refusals.recent,
         )
         _register(
             inference_pb2_grpc.add_InferenceServicer_to_server,
@@ -447,10 +452,11 @@ class Daemon:
         )
 
     def _new_server(
-        self,
+        self, failed: ErrorListener | None = None
     ) -> tuple[grpc.aio.Server, grpc.ServerCredentials | None, AuthInterceptor, CallCounter]:
         """The gRPC server with its interceptors and options, its credentials (None: plaintext),
-        and the counter of calls in flight its interceptor keeps."""
+        and the counter of calls in flight its interceptor keeps. `failed`: told of each call
+        refused or ended by an error."""
         settings = self.settings
         _check_exposure(settings, self.insecure)
         served = [
@@ -460,7 +466,9 @@ class Daemon:
         ]
         try:
             certificates = server_certificates(settings.security)
-            auth = AuthInterceptor(settings.security, settings.limits, settings.max_message_size, served)
+            auth = AuthInterceptor(
+                settings.security, settings.limits, settings.max_message_size, served, failed
+            )
         except (AuthSetupError, CertificateError) as exc:
             raise StartupError(str(exc)) from None
         self._auth = auth
@@ -471,7 +479,7 @@ class Daemon:
             self._files_watch = asyncio.create_task(self._watch_files(interval))
         calls = CallCounter()
         server = grpc.aio.server(
-            interceptors=[ServerInterceptor(auth, CallInterceptor(self.metrics, calls))],
+            interceptors=[ServerInterceptor(auth, CallInterceptor(self.metrics, calls, failed))],
             options=[
                 # gRPC sets SO_REUSEPORT by default, which would let a second daemon silently
                 # share the port; a taken port must be an error.

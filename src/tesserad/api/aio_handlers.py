@@ -21,6 +21,9 @@ Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 # The first argument is the request, or an async iterator of requests for request streaming.
 UnaryResponse: TypeAlias = "Callable[[Any, Context], Awaitable[Any]]"
 StreamResponse: TypeAlias = "Callable[[Any, Context], AsyncIterator[Any]]"
+# Told of each call that ends in an error as it ends: (its context, its method's full name, the
+# status code and the message the caller gets).
+ErrorListener: TypeAlias = "Callable[[Context, str, grpc.StatusCode, str], None]"
 
 
 def unary_unary(handler: Handler) -> UnaryResponse | None:

@@ -44,7 +44,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError
 
 from tesserad.api import aio_handlers
-from tesserad.api.aio_handlers import Context, Handler
+from tesserad.api.aio_handlers import Context, ErrorListener, Handler
 from tesserad.api.errors import status_for
 from tesserad.config import LimitsSettings, SecuritySettings, format_size
 from tesserad.errors import InvalidArgument, ResourceExhausted
@@ -127,7 +127,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         limits: LimitsSettings,
         max_message_size: int,
         services: Iterable[ServiceDescriptor],
+        refused: ErrorListener | None = None,
     ) -> None:
+        """`refused`: told of each call refused here (unauthenticated, or without the role)."""
         try:
             self._roles = required_roles(services)
             self._tokens = None if security.tokens_file is None else TokenFile(security.tokens_file)
@@ -147,6 +149,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self._open_streams: set[_OpenStream] = set()
         self._reloading = asyncio.Lock()
         self._revokers: list[Callable[[TokenTable], int]] = []
+        self._refused = refused
 
     @property
     def tokens(self) -> TokenFile | None:
@@ -275,6 +278,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if required is None:
             return _refusal(
                 handler,
+                self._refused,
+                method,
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{method.lstrip('/')} has no role in this tesserad's role table, so no caller may use it",
             )
@@ -291,16 +296,22 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if identity is None:
             return _refusal(
                 handler,
+                self._refused,
+                method,
                 grpc.StatusCode.UNAUTHENTICATED,
                 problem
                 or "the token is not valid for this tesserad (mistyped, or removed from its tokens "
                 "file); ask the operator for a token made with `tesserad tokens add`",
             )
         if identity.expires is not None and identity.expired(utc_now()):
-            return _refusal(handler, grpc.StatusCode.UNAUTHENTICATED, expired_message(identity))
+            return _refusal(
+                handler, self._refused, method, grpc.StatusCode.UNAUTHENTICATED, expired_message(identity)
+            )
         if identity.role < required:
             return _refusal(
                 handler,
+                self._refused,
+                method,
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{method.lstrip('/')} needs the {required.label} role; the token {identity.name!r} has "
                 f"the {identity.role.label} role",
@@ -701,8 +712,15 @@ def _certificate_name(context: Context) -> str:
     return f"cert:{names[0].decode(errors='replace')}" if names else "cert:unknown"
 
 
-def _refusal(handler: Handler, code: grpc.StatusCode, message: str) -> Handler:
-    """A handler of the call's response kind that refuses it without reading the request.
+def _refusal(
+    handler: Handler,
+    refused: ErrorListener | None,
+    method: str,
+    code: grpc.StatusCode,
+    message: str,
+) -> Handler:
+    """A handler of the call's response kind that refuses it without reading the request,
+    telling `refused` first.
 
     Declared request-streaming whatever the RPC is, so gRPC never receives or parses the
     request of a caller we turn away.
@@ -711,12 +729,16 @@ def _refusal(handler: Handler, code: grpc.StatusCode, message: str) -> Handler:
     if handler.response_streaming:
 
         async def refuse_stream(requests: Any, context: Context) -> AsyncIterator[bytes]:
+            if refused is not None:
+                refused(context, method, code, message)
             await context.abort(code, message)
             yield b""  # unreachable; makes this an async generator, as a streaming handler must be
 
         return grpc.stream_stream_rpc_method_handler(refuse_stream)
 
     async def refuse(requests: Any, context: Context) -> None:
+        if refused is not None:
+            refused(context, method, code, message)
         await context.abort(code, message)
 
     return grpc.stream_unary_rpc_method_handler(refuse)

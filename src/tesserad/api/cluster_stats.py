@@ -10,6 +10,11 @@ histograms' relative error), counts, batch sizes and throughput by adding. A rep
 not answer is listed in `unreachable_replicas`, with why in `unreachable`, and the rest is still
 returned.
 
+A replica the primary refuses (its watch, or a download) with an answer only a fix cures is
+remembered for a while (tesserad.replica.refusals: `RefusalNotes` notes them as the interceptors
+end such calls) and listed in `refused`: one refused its watch never follows, and would show
+nowhere else.
+
 Transport, per replica (see `Transport.choose`): a replica that says it serves TLS is asked over
 TLS, its certificate checked against the address it announced. One that says it serves
 plaintext is asked in plaintext when the primary uses no TLS (no TLS of its own, no
@@ -33,9 +38,11 @@ import grpc
 from tessera.transport import TLS
 from tessera.v1 import inference_pb2 as pb
 from tessera.v1 import inference_pb2_grpc
+from tesserad.api.aio_handlers import Context
 from tesserad.api.convert_inference import latency_to_proto
 from tesserad.config import ReplicaSettings
 from tesserad.replica.changes import Replica
+from tesserad.replica.refusals import REPLICA_HEADER, Refusal, ReplicaRefusals
 from tesserad.serving.histogram import LogHistogram
 
 log = logging.getLogger(__name__)
@@ -94,13 +101,53 @@ class Transport:
         return None
 
 
+# The answers a replica takes to last until someone fixes their cause at the primary (as the
+# replica's follow.lasting_answer reads them): a call from a replica that ends with one is noted.
+LASTING_CODES = frozenset(
+    {
+        grpc.StatusCode.DATA_LOSS,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    }
+)
+
+
+class RefusalNotes:
+    """An interceptor's ErrorListener: notes each call that carries REPLICA_HEADER (a replica's)
+    and ends with one of LASTING_CODES in `refusals`."""
+
+    def __init__(self, refusals: ReplicaRefusals) -> None:
+        self._refusals = refusals
+
+    def __call__(self, context: Context, method: str, code: grpc.StatusCode, message: str) -> None:
+        if code not in LASTING_CODES:
+            return
+        address = next(
+            (v for k, v in context.invocation_metadata() or () if k == REPLICA_HEADER and isinstance(v, str)),
+            "",
+        )
+        if address:
+            self._refusals.note(address, context.peer(), method.lstrip("/"), code.name, message)
+
+
 class ClusterStats:
     """Asks the replicas following this daemon for their statistics."""
 
-    def __init__(self, replicas: Callable[[], list[Replica]], transport: Transport) -> None:
-        """`replicas`: each replica following now (see ChangeFeed.replicas)."""
+    def __init__(
+        self,
+        replicas: Callable[[], list[Replica]],
+        transport: Transport,
+        refused: Callable[[], list[Refusal]],
+    ) -> None:
+        """`replicas`: each replica following now (see ChangeFeed.replicas); `refused`: the
+        replicas' calls refused lately (ReplicaRefusals.recent)."""
         self._replicas = replicas
         self._transport = transport
+        self.refused = refused
 
     async def gather(
         self, request: pb.GetStatsRequest

@@ -15,6 +15,7 @@ from tesserad.api.convert_tensors import array_to_tensor, fill_tensor, signature
 from tesserad.api.errors import status_for
 from tesserad.errors import InvalidArgument, TesseraError
 from tesserad.names import validate_name
+from tesserad.replica.refusals import Refusal
 from tesserad.serving.batcher import Prediction
 from tesserad.serving.explain import ExplainOptions, Explanation, Method
 from tesserad.serving.histogram import LogHistogram, Percentiles
@@ -249,4 +250,15 @@ def shadow_to_proto(result: ShadowResult) -> pb.ShadowResult:
         shadow_total_time_us=result.shadow_total_ns // 1000,
         time=timestamp(result.time),
         status=status_to_proto(result.error) if result.error is not None else None,
+    )
+
+
+def refused_to_proto(refusal: Refusal) -> pb.RefusedReplica:
+    return pb.RefusedReplica(
+        address=refusal.address,
+        peer=refusal.peer,
+        rpc=refusal.rpc,
+        code=refusal.code,
+        reason=refusal.reason,
+        time=timestamp(refusal.time),
     )

@@ -44,6 +44,7 @@ from tesserad.api.tls import (
 from tesserad.config import ReplicaSettings
 from tesserad.errors import DataLoss, FailedPrecondition, Lasting, NotFound, TesseraError, Unavailable
 from tesserad.replica.followed import FollowedModel, FollowedRegistry, FollowedVersion
+from tesserad.replica.refusals import REPLICA_HEADER
 from tesserad.serving.registry_source import serving_signature
 from tesserad.serving.service import DeploymentPlan, InferenceService
 from tesserad.tasks import cancel_and_wait
@@ -320,9 +321,10 @@ class Follower:
         keepalive = keepalive_options(settings.keepalive_s)
         self._watch = AioConnection(settings.primary, token=token, tls=tls, options=keepalive)
         self._downloads = Connection(settings.primary, token=token, tls=tls, options=keepalive)
+        self._advertise = advertise
+        self._present(self._watch.metadata)
         self._followed = followed
         self._inference = inference
-        self._advertise = advertise
         self._transport = pb.REPLICA_TRANSPORT_TLS if serves_tls else pb.REPLICA_TRANSPORT_PLAINTEXT
         self._set_ready = set_ready
         self._ready = False
@@ -382,9 +384,16 @@ class Follower:
                 extra={"path": str(self._token_file), "reason": str(exc)},
             )
             return False
-        metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self._watch.metadata = self._downloads.metadata = metadata
+        self._present((("authorization", f"Bearer {token}"),) if token else ())
         return True
+
+    def _present(self, authorization: tuple[tuple[str, str], ...]) -> None:
+        """Send `authorization` on the calls to the primary from now on, beside this replica's
+        address, by which the primary lists the calls it refuses it (tesserad.replica.refusals)."""
+        self._watch.metadata = self._downloads.metadata = (
+            *authorization,
+            (REPLICA_HEADER, self._advertise),
+        )
 
     def retry_now(self) -> None:
         """What SIGHUP does on a replica (after read_token): try the primary again at once, the

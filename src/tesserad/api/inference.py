@@ -20,6 +20,7 @@ from tesserad.api.convert_inference import (
     loaded_to_proto,
     method_from_proto,
     prediction_to_proto,
+    refused_to_proto,
     shadow_to_proto,
     stats_to_proto,
     target_from_proto,
@@ -173,6 +174,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             replicas=reached,
             unreachable_replicas=[address for address, _ in unreachable],
             unreachable=[pb.UnreachableReplica(address=a, reason=why) for a, why in unreachable],
+            refused=[refused_to_proto(r) for r in self._cluster.refused()],
         )
 
     async def ListShadowResults(

@@ -4,7 +4,9 @@
 - a domain error (tesserad.errors) becomes its status code and message, from the one table;
 - any other exception becomes INTERNAL with an error id that is logged with the traceback,
   while the client sees only the id (no internals leak);
-- every call's latency and final status code are recorded in the Prometheus metrics.
+- every call's latency and final status code are recorded in the Prometheus metrics;
+- a listener, when given, is told of each call a domain error ends (a primary notes there the
+  calls it refuses its replicas: tesserad.replica.refusals).
 
 `ServerInterceptor`, the daemon server's one interceptor, runs AuthInterceptor and then this.
 """
@@ -21,7 +23,7 @@ from typing import Any, NoReturn
 import grpc
 
 from tesserad.api import aio_handlers
-from tesserad.api.aio_handlers import Context, Handler
+from tesserad.api.aio_handlers import Context, ErrorListener, Handler
 from tesserad.api.auth import AuthInterceptor
 from tesserad.api.errors import status_for
 from tesserad.errors import TesseraError
@@ -64,8 +66,12 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     """Wraps each RPC's handler once and reuses the wrapper: gRPC asks for a handler on every
     call, and building closures and a handler per call cost ~15 us of the daemon's one thread."""
 
-    def __init__(self, metrics: DaemonMetrics, calls: CallCounter | None = None) -> None:
+    def __init__(
+        self, metrics: DaemonMetrics, calls: CallCounter | None = None, failed: ErrorListener | None = None
+    ) -> None:
+        """`failed`: told of each call that a domain error ends."""
         self._metrics = metrics
+        self._failed = failed
         # Counts each call as it begins: inference holds requests for a burst on it.
         self._calls = calls
         # method -> (the handler wrapped, its wrapper)
@@ -98,6 +104,13 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         record = recorder.record
         rpc = f"{service}/{name}"
         clock = time.perf_counter
+        failed = self._failed
+
+        async def abort_for(exc: Exception, context: Context) -> NoReturn:
+            if failed is not None and isinstance(exc, TesseraError):
+                failed(context, method, status_for(exc), exc.message)
+            await _abort_for(exc, context, rpc)
+
         # A behaviour that streams with context.write is awaited like a unary one.
         inner = (
             aio_handlers.unary_unary(handler)
@@ -118,7 +131,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                     raise
                 except Exception as exc:
                     record(_status_of(exc).name, clock() - start)
-                    await _abort_for(exc, context, rpc)
+                    await abort_for(exc, context)
                 record("OK", clock() - start)
                 return response
 
@@ -144,7 +157,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 raise
             except Exception as exc:
                 record(_status_of(exc).name, clock() - start)
-                await _abort_for(exc, context, rpc)
+                await abort_for(exc, context)
             record("OK", clock() - start)
 
         return aio_handlers.handler_factory(handler)(

@@ -33,6 +33,7 @@ from typing import Any
 from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound
 from tesserad.registry import DeploymentRecord, Registry, Route, Shadow, Target, VersionRecord
 from tesserad.registry.records import SCHEMA, VERSION_KIND, decode_version
+from tesserad.replica.refusals import ReplicaRefusals
 from tesserad.store import Store, WriteTxn, decode_record, encode_record
 from tesserad.training.events import EventLog, JobEvent, follow
 
@@ -216,8 +217,17 @@ def _decode_change(event: JobEvent) -> RegistryChange:
 class ChangeFeed:
     """Records, numbers and streams the registry's changes (see the module docstring)."""
 
-    def __init__(self, store: Store, registry: Registry, watch_buffer: int, history: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        watch_buffer: int,
+        history: int,
+        refusals: ReplicaRefusals | None = None,
+    ) -> None:
+        """`refusals`: the replicas' calls refused lately; a replica that follows is forgotten there."""
         self._store = store
+        self._refusals = refusals
         self._registry = registry
         self._history = history
         self._log = EventLog(store, watch_buffer, table=CHANGES)
@@ -374,6 +384,8 @@ class ChangeFeed:
         if replica_address:
             with self._cond:
                 self._replicas[replica] = self._replicas.get(replica, 0) + 1
+            if self._refusals is not None:
+                self._refusals.forget(replica_address)
         caught_up = max(from_seq, 1) > newest
         try:
             if caught_up:

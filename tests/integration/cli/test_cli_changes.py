@@ -141,3 +141,33 @@ def test_cluster_stats_say_why_a_replica_was_left_out(tessera_cli, daemon):
     assert data["unreachable"] == [
         {"address": address, "reason": "nothing listens there (connection refused)"}
     ]
+
+
+def test_cluster_stats_list_the_calls_refused_to_a_replica(tessera_cli, daemon):
+    # A call that names the replica it comes from (its replica.advertise) and that the primary
+    # answers with an error only a fix cures: here a watch from a negative seq.
+    address = "replica-7.example:50051"
+    with grpc.insecure_channel(daemon.target) as channel, pytest.raises(grpc.RpcError) as refused:
+        next(
+            registry_pb2_grpc.RegistryStub(channel).WatchChanges(
+                registry_pb2.WatchChangesRequest(from_seq=-1, replica_address=address),
+                metadata=[("tessera-replica", address)],
+                timeout=60,
+            )
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    result = tessera_cli("stats", "--cluster")
+    data = tessera_cli("--json", "stats", "--cluster").json()
+    assert result.code == 0
+    lines = result.out.splitlines()
+    at = lines.index("refused by this daemon lately: 1 replica")
+    assert lines[at + 1].startswith(f"  {address} (from ipv4:127.0.0.1:")
+    assert lines[at + 1].endswith(
+        ": tessera.v1.Registry/WatchChanges INVALID_ARGUMENT: from_seq must be >= 0, got -1"
+    )
+    (entry,) = data["refused"]
+    assert (entry["address"], entry["rpc"], entry["code"]) == (
+        address,
+        "tessera.v1.Registry/WatchChanges",
+        "INVALID_ARGUMENT",
+    )

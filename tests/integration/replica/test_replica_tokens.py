@@ -169,6 +169,59 @@ def test_a_refused_replica_takes_a_new_token_on_sighup(
         primary.stop()
 
 
+def test_the_primary_lists_a_replica_it_refused_until_it_follows(
+    tmp_path: Path, tokens: dict[Role, str]
+) -> None:
+    # Refused its watch, the replica never follows: the primary's cluster statistics are where an
+    # operator looking at the primary learns of it, without the token it presented.
+    tokens_file = str(tmp_path / "tokens.toml")
+    primary = InProcessDaemon(
+        daemon_settings(tmp_path / "primary", **{"security.tokens_file": tokens_file})
+    ).start()
+    replica = None
+    token_file = tmp_path / "replica-token"
+    wrong = new_token()
+    token_file.write_text(wrong + "\n")
+    try:
+        replica = InProcessDaemon(
+            daemon_settings(
+                tmp_path / "replica",
+                **{"replica.primary": primary.target, "replica.token_file": str(token_file)},
+            )
+        ).start()
+        channel = replica.channel()
+        assert refusal_of_predict(channel).code() == grpc.StatusCode.FAILED_PRECONDITION
+        stats = cluster_stats(primary.channel(), tokens[Role.READER])
+        assert not stats.replicas and not stats.unreachable
+        (refused,) = stats.refused
+        assert (refused.address, refused.rpc, refused.code) == (
+            replica.target,
+            "tessera.v1.Registry/WatchChanges",
+            "UNAUTHENTICATED",
+        )
+        assert refused.peer.startswith("ipv4:127.0.0.1:") and refused.time.seconds > 0
+        assert refused.reason.startswith("the token is not valid for this tesserad")
+        assert wrong.encode() not in stats.SerializeToString()
+        # Given a token the primary knows, it follows, and is listed as following only.
+        token_file.write_text(tokens[Role.READER] + "\n")
+        replica.run(replica.daemon.reload())
+        wait_for(health_pb2.HealthCheckResponse.SERVING, channel)
+        stats = cluster_stats(primary.channel(), tokens[Role.READER])
+        assert list(stats.replicas) == [replica.target] and not stats.refused
+    finally:
+        if replica is not None:
+            replica.stop()
+        primary.stop()
+
+
+def cluster_stats(channel: grpc.Channel, token: str) -> inference_pb2.GetStatsResponse:
+    return inference_pb2_grpc.InferenceStub(channel).GetStats(
+        inference_pb2.GetStatsRequest(scope=inference_pb2.STATS_SCOPE_CLUSTER),
+        metadata=bearer(token),
+        timeout=30,
+    )
+
+
 def refusal_of_predict(channel: grpc.Channel, timeout: float = 60) -> grpc.RpcError:
     """A Predict's error once the replica has heard from its primary (NOT_FOUND before)."""
     deadline = time.monotonic() + timeout

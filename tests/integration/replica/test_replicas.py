@@ -276,6 +276,16 @@ def test_a_download_the_primary_answered_data_loss_is_reported_and_retried_once_
             f"cannot download version 3 of 'linear' (blob sha256 {sha256[:12]}) from the primary "
             f"{primary}: the primary's copy is damaged or missing (blob {sha256} is missing"
         ) in refused.value.details()
+    with grpc.insecure_channel(primary) as channel:
+        stats = inference_pb2_grpc.InferenceStub(channel).GetStats(
+            inference_pb2.GetStatsRequest(scope=inference_pb2.STATS_SCOPE_CLUSTER), timeout=30
+        )
+    # An operator looking at the primary sees the downloads it refused, and to which replica.
+    assert sorted((r.address, r.rpc, r.code) for r in stats.refused) == [
+        (address, "tessera.v1.Registry/DownloadVersion", "DATA_LOSS")
+        for address in sorted(cluster.replica_addresses)
+    ]
+    assert all(f"blob {sha256} is missing" in r.reason for r in stats.refused)
     if primary_restarts:
         cluster.primary.kill()
         aside.rename(blob)

@@ -1353,6 +1353,7 @@ def print_cluster_stats(response: inference_pb2.GetStatsResponse, out: Output) -
                 "replicas": replicas,
                 "unreachable_replicas": unreachable,
                 "unreachable": [{"address": a, "reason": reasons.get(a, "")} for a in unreachable],
+                "refused": list(response.refused),
             }
         )
     print_stats(response.stats, out)
@@ -1364,6 +1365,10 @@ def print_cluster_stats(response: inference_pb2.GetStatsResponse, out: Output) -
         out.line(f"left out, did not answer: {counted(len(unreachable), 'replica')}")
         for address in unreachable:
             out.line(f"  {address}: {reasons.get(address) or 'no reason given (an older primary)'}")
+    if response.refused:
+        out.line(f"refused by this daemon lately: {counted(len(response.refused), 'replica')}")
+        for r in response.refused:
+            out.line(f"  {r.address} (from {r.peer}) at {when(r.time)}: {r.rpc} {r.code}: {r.reason}")
 
 
 def print_stats(stats: Sequence[inference_pb2.ModelStats], out: Output) -> None:

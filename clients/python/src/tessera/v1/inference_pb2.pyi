@@ -694,6 +694,7 @@ class GetStatsResponse(_message.Message):
     REPLICAS_FIELD_NUMBER: _builtins.int
     UNREACHABLE_REPLICAS_FIELD_NUMBER: _builtins.int
     UNREACHABLE_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def stats(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelStats]: ...
     @_builtins.property
@@ -708,6 +709,15 @@ class GetStatsResponse(_message.Message):
         failed, nothing listens there, not asked by policy...).
         """
 
+    @_builtins.property
+    def refused(self) -> _containers.RepeatedCompositeFieldContainer[Global___RefusedReplica]:
+        """scope=cluster: replicas whose calls this primary refused lately with an answer only a fix
+        cures (a token it does not know, a damaged artifact...), newest first, one per announced
+        address, each kept 15 minutes after its last refusal (a replica tries such a call again every
+        5 minutes) and dropped once the replica follows again. A replica refused its watch never
+        follows: this is where an operator of the primary sees it.
+        """
+
     def __init__(
         self,
         *,
@@ -715,10 +725,11 @@ class GetStatsResponse(_message.Message):
         replicas: _abc.Iterable[_builtins.str] | None = ...,
         unreachable_replicas: _abc.Iterable[_builtins.str] | None = ...,
         unreachable: _abc.Iterable[Global___UnreachableReplica] | None = ...,
+        refused: _abc.Iterable[Global___RefusedReplica] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["replicas", b"replicas", "stats", b"stats", "unreachable", b"unreachable", "unreachable_replicas", b"unreachable_replicas"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["refused", b"refused", "replicas", b"replicas", "stats", b"stats", "unreachable", b"unreachable", "unreachable_replicas", b"unreachable_replicas"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -745,6 +756,47 @@ class UnreachableReplica(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UnreachableReplica: _TypeAlias = UnreachableReplica  # noqa: Y015
+
+@_typing.final
+class RefusedReplica(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    PEER_FIELD_NUMBER: _builtins.int
+    RPC_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    address: _builtins.str
+    """The address the replica announced (replica.advertise), as its call said, and where the call
+    came from (gRPC's peer, e.g. ipv4:10.0.0.5:41234).
+    """
+    peer: _builtins.str
+    rpc: _builtins.str
+    """The call refused (e.g. tessera.v1.Registry/WatchChanges), its status code's name and the
+    message the replica got; what the replica presented (its token) is never echoed.
+    """
+    code: _builtins.str
+    reason: _builtins.str
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        address: _builtins.str = ...,
+        peer: _builtins.str = ...,
+        rpc: _builtins.str = ...,
+        code: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "code", b"code", "peer", b"peer", "reason", b"reason", "rpc", b"rpc", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefusedReplica: _TypeAlias = RefusedReplica  # noqa: Y015
 
 @_typing.final
 class ShadowResult(_message.Message):
