@@ -27,6 +27,7 @@ from tessera.client import Client
 from tessera.command_parser import CommandParser
 from tessera.demo import run_demo
 from tessera.ensembles import COMBINES, fit_stacking, member_pair
+from tessera.entry import EXIT_INTERRUPTED, EXIT_TERMINATED
 from tessera.errors import JobFailed, TesseraError
 from tessera.events import JobState
 from tessera.explanations import METHODS, SHORT_NAMES, top_positions
@@ -46,9 +47,6 @@ INT32_MAX = 2**31 - 1
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_DAEMON = 3
-EXIT_INTERRUPTED = 130
-# What a shell reports for a tool killed by SIGTERM (128 + 15).
-EXIT_TERMINATED = 143
 # What a shell reports for a tool killed by SIGPIPE (128 + 13), as `yes | head` leaves for yes.
 EXIT_OUTPUT_CLOSED = 141
 EXIT_STATUS_HELP = f"""\

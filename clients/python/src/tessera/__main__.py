@@ -1,0 +1,7 @@
+"""`python -m tessera`: the `tessera` command."""
+
+import sys
+
+from tessera.entry import main
+
+sys.exit(main())
