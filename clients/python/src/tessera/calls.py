@@ -30,7 +30,7 @@ from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, cast
 
 from google.protobuf.message import Message
 
-from tessera.errors import ResourceExhausted, TesseraError, Unavailable
+from tessera.errors import DeadlineExceeded, ResourceExhausted, TesseraError, Unavailable
 from tessera.transport import AioConnection, Connection, RetryPolicy, call_timeout
 
 T = TypeVar("T")
@@ -74,6 +74,9 @@ class Op(Call[T_co]):
     convert: Callable[[Any], T_co] = field(default=_same)
     timeout: float | None = None
 
+    def __post_init__(self) -> None:
+        call_timeout(self.timeout)
+
     def run(self, conn: Connection) -> T_co:
         return self.convert(conn.unary(self.service, self.method, self.request, self.timeout))
 
@@ -93,6 +96,9 @@ class Upload(Call[T_co]):
     timeout: float
     convert: Callable[[Any], T_co] = field(default=_same)
     inline_method: str = ""
+
+    def __post_init__(self) -> None:
+        call_timeout(self.timeout)
 
     def run(self, conn: Connection) -> T_co:
         requests = self.requests()
@@ -126,6 +132,9 @@ class Download(Call[T_co]):
     request: Message
     timeout: float
     sink: Callable[[Any], Sink[T_co]]
+
+    def __post_init__(self) -> None:
+        call_timeout(self.timeout)
 
     def run(self, conn: Connection) -> T_co:
         responses = conn.server_stream(self.service, self.method, self.request, self.timeout)
@@ -161,6 +170,9 @@ class Save(Call[T_co]):
     timeout: float
     sink: Callable[[], Sink[T_co]]
     data: Callable[[Any], bytes]
+
+    def __post_init__(self) -> None:
+        call_timeout(self.timeout)
 
     def run(self, conn: Connection) -> T_co:
         sink = self.sink()
@@ -266,6 +278,9 @@ class ServerStream(Stream[T_co]):
     timeout: float | None
     convert: Callable[[Any], T_co] = field(default=_same)
 
+    def __post_init__(self) -> None:
+        call_timeout(self.timeout)
+
     def iterate(self, conn: Connection) -> Iterator[T_co]:
         for response in conn.server_stream(self.service, self.method, self.request, self.timeout):
             yield self.convert(response)
@@ -284,6 +299,9 @@ class BidiStream(Stream[T_co]):
     requests: Iterable[Message]
     timeout: float | None
     convert: Callable[[Any], T_co] = field(default=_same)
+
+    def __post_init__(self) -> None:
+        call_timeout(self.timeout)
 
     def iterate(self, conn: Connection) -> Iterator[T_co]:
         for response in conn.bidi_stream(self.service, self.method, self.requests, self.timeout):
@@ -333,7 +351,16 @@ class SeqCursor(ABC):
         """The request that resumes the stream at `next_seq`."""
 
     def remaining(self) -> float | None:
-        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+        """Seconds left of the watch's timeout; DeadlineExceeded once none are (gRPC's
+        asyncio channel does not always fail a call given 0)."""
+        if self._deadline is None:
+            return None
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceeded(
+                f"watching {self.what} ran past its timeout; watch again from seq {self.next_seq}"
+            )
+        return remaining
 
     def accept_seq(self, seq: int) -> bool:
         """Record a received response's seq; False for a replayed one the caller already has."""
@@ -354,8 +381,7 @@ class SeqCursor(ABC):
                 f"watch again from seq {self.next_seq})"
             )
         pause = self._retry.backoff_s(self._failures)
-        remaining = self.remaining()
-        if remaining is not None and pause >= remaining:
+        if self._deadline is not None and time.monotonic() + pause >= self._deadline:
             raise error
         return pause
 

@@ -21,7 +21,9 @@ class Client:
     TESSERA_TOKEN environment variable). `tls` is a `tessera.TLS` (CA file, client cert and
     key) or True for the system's CAs; None is plaintext. `timeout` is the deadline of every
     unary call in seconds (per-call `timeout=` overrides it); uploads and downloads use
-    `transfer_timeout`. Idempotent calls that fail UNAVAILABLE are retried per `retry`.
+    `transfer_timeout`. A per-call `timeout=` is seconds above 0, None for the default (no
+    deadline for a watch or a stream); 0 or less raises ValueError before anything is sent, in
+    `tessera.aio.Client` too. Idempotent calls that fail UNAVAILABLE are retried per `retry`.
 
         with tessera.Client("127.0.0.1:50051") as client:
             print(client.system.info().version)

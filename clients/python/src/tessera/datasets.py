@@ -23,6 +23,7 @@ from tessera.transfer import (
     file_chunks,
     file_digest,
 )
+from tessera.transport import timeout_or
 from tessera.v1 import common_pb2
 from tessera.v1 import datasets_pb2 as pb
 
@@ -187,7 +188,7 @@ class Datasets(Part[C]):
                 progress=progress,
             )
 
-        return Upload(S, "UploadDataset", requests, timeout or self._conn.transfer_timeout)
+        return Upload(S, "UploadDataset", requests, timeout_or(timeout, self._conn.transfer_timeout))
 
     @call
     def get(self, name: str) -> Op[pb.Dataset]:
@@ -241,7 +242,7 @@ class Datasets(Part[C]):
             S,
             "DownloadDataset",
             request,
-            timeout or self._conn.transfer_timeout,
+            timeout_or(timeout, self._conn.transfer_timeout),
             lambda header: DownloadSink(Path(path), header, progress),
         )
 
@@ -251,7 +252,9 @@ class Datasets(Part[C]):
     ) -> Download[dict[str, np.ndarray]]:
         """A version's arrays in memory, by name (downloaded, verified, parsed without pickle)."""
         request = pb.DownloadDatasetRequest(ref=dataset_ref(ref))
-        return Download(S, "DownloadDataset", request, timeout or self._conn.transfer_timeout, ArraysSink)
+        return Download(
+            S, "DownloadDataset", request, timeout_or(timeout, self._conn.transfer_timeout), ArraysSink
+        )
 
 
 def parse_arrays(header: pb.DatasetVersion, data: bytes) -> dict[str, np.ndarray]:

@@ -14,6 +14,7 @@ from tessera.explanations import Explanation, method_number
 from tessera.messages import from_dict, version_ref
 from tessera.models import VersionSelector, ref
 from tessera.tensors import from_tensor, to_tensors
+from tessera.transport import timeout_or
 from tessera.v1 import inference_pb2 as pb
 
 S = "Inference"
@@ -160,7 +161,9 @@ class Inference(Part[C]):
         )
         if target is not None:
             request.output_index = target
-        return Op(S, "Explain", request, Explanation.from_proto, timeout or max(self._conn.timeout, 300.0))
+        return Op(
+            S, "Explain", request, Explanation.from_proto, timeout_or(timeout, max(self._conn.timeout, 300.0))
+        )
 
     @call
     def load(

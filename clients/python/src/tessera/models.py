@@ -14,7 +14,7 @@ from tessera.ensembles import Member, ensemble_spec
 from tessera.errors import InvalidArgument
 from tessera.messages import from_dict, version_number, version_ref
 from tessera.transfer import CHUNK_BYTES, DownloadSink, Progress, check_chunk_size, file_chunks, file_digest
-from tessera.transport import RetryPolicy
+from tessera.transport import RetryPolicy, timeout_or
 from tessera.v1 import architecture_pb2, common_pb2
 from tessera.v1 import registry_pb2 as pb
 
@@ -166,7 +166,7 @@ class Models(Part[C]):
             S,
             "UploadVersion",
             requests,
-            timeout or self._conn.transfer_timeout,
+            timeout_or(timeout, self._conn.transfer_timeout),
             inline_method="UploadVersionInline",
         )
 
@@ -205,7 +205,7 @@ class Models(Part[C]):
             "UploadVersionBatch",
             pb.UploadVersionBatchRequest(items=items),
             lambda response: list(response.versions),
-            timeout or self._conn.transfer_timeout,
+            timeout_or(timeout, self._conn.transfer_timeout),
         )
 
     @call
@@ -246,7 +246,7 @@ class Models(Part[C]):
             yield pb.UploadVersionRequest(header=header)
             yield pb.UploadVersionRequest(chunk=spec)
 
-        return Upload(S, "UploadVersion", requests, timeout or self._conn.transfer_timeout)
+        return Upload(S, "UploadVersion", requests, timeout_or(timeout, self._conn.transfer_timeout))
 
     @call
     def download(
@@ -264,7 +264,7 @@ class Models(Part[C]):
             S,
             "DownloadVersion",
             request,
-            timeout or self._conn.transfer_timeout,
+            timeout_or(timeout, self._conn.transfer_timeout),
             lambda header: DownloadSink(Path(path), header, progress),
         )
 
@@ -364,7 +364,7 @@ class Models(Part[C]):
         request = pb.ExportOnnxRequest(
             source=ref(name, version), opset=opset, conv4d=conv4d, alias=alias or "", description=description
         )
-        return Op(S, "ExportOnnx", request, timeout=timeout or max(self._conn.timeout, 300.0))
+        return Op(S, "ExportOnnx", request, timeout=timeout_or(timeout, max(self._conn.timeout, 300.0)))
 
     @call
     def deploy(

@@ -13,6 +13,7 @@ from tessera.backup import ArchiveCheck, ArchiveError, Manifest, read_archive
 from tessera.calls import C, Op, Part, Save, ServerStream, Sink, call, stream
 from tessera.errors import DataLoss
 from tessera.transfer import new_partial
+from tessera.transport import timeout_or
 from tessera.v1 import system_pb2 as pb
 
 S = "System"
@@ -144,7 +145,7 @@ class System(Part[C]):
             S,
             "Backup",
             pb.BackupRequest(chunk_size=chunk_size),
-            timeout or self._conn.transfer_timeout,
+            timeout_or(timeout, self._conn.transfer_timeout),
             sink,
             lambda response: response.data,
         )

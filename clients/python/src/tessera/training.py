@@ -28,7 +28,7 @@ from tessera.errors import JobFailed, TesseraError
 from tessera.events import JobEvent, JobState, event_from_proto
 from tessera.messages import from_dict
 from tessera.transfer import CHUNK_BYTES, DownloadSink, Progress, check_chunk_size, file_chunks, file_digest
-from tessera.transport import AioConnection, Connection, RetryPolicy
+from tessera.transport import AioConnection, Connection, RetryPolicy, call_timeout, timeout_or
 from tessera.v1 import common_pb2, job_spec_pb2
 from tessera.v1 import training_pb2 as pb
 
@@ -561,6 +561,8 @@ class Training(Part[C]):
         returns what was stored ([] for a directory with no files). A path that is not a
         directory raises NotADirectoryError or FileNotFoundError; a failed file raises its own
         error, saying which file and how many were stored before it."""
+        # Refused before the walk: a directory with no files makes no upload to refuse it.
+        call_timeout(timeout)
         root = Path(local_dir)
         prefix = f"{artifact_path.removesuffix('/')}/" if artifact_path else ""
 
@@ -583,7 +585,7 @@ class Training(Part[C]):
             S,
             "UploadRunArtifact",
             lambda: artifact_requests(run_id, path, source, chunk_size, progress),
-            timeout or self._conn.transfer_timeout,
+            timeout_or(timeout, self._conn.transfer_timeout),
         )
 
     @stream
@@ -627,6 +629,8 @@ class Training(Part[C]):
         # trailing "/" in one artifact's path, so the NOT_FOUND for nothing there names "plots".
         path = path.removesuffix("/")
         root = Path(dst_path)
+        # Refused before the listing is asked for, not at the first download.
+        call_timeout(timeout)
 
         def download(artifact_path: str, local: Path) -> Download[pb.RunArtifact]:
             return self._artifact_download(run_id, artifact_path, local, None, CHUNK_BYTES, timeout)
@@ -655,7 +659,7 @@ class Training(Part[C]):
             S,
             "DownloadRunArtifact",
             request,
-            timeout or self._conn.transfer_timeout,
+            timeout_or(timeout, self._conn.transfer_timeout),
             lambda header: DownloadSink(target, header, progress),
         )
 

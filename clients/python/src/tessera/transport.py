@@ -182,14 +182,23 @@ def _duration(seconds: float) -> str:
 
 
 def call_timeout(timeout: float | None) -> float | None:
-    """A call's `timeout` as gRPC takes it; ValueError for one gRPC cannot keep, which it would
-    fail at once with a bare DEADLINE_EXCEEDED (negative, NaN, inf, past its clock)."""
-    if timeout is not None and not 0 <= timeout <= MAX_TIMEOUT_S:
+    """A method's `timeout=` as gRPC takes it. One method or another took 0 as the default or
+    as a deadline already past, which the asyncio channel did not always fail: every method
+    refuses 0, as it does what gRPC cannot keep (negative, NaN, inf, past its clock, which it
+    fails at once with a bare DEADLINE_EXCEEDED), with ValueError before anything is sent."""
+    if timeout is not None and not 0 < timeout <= MAX_TIMEOUT_S:
         raise ValueError(
-            f"timeout must be seconds from 0 to {MAX_TIMEOUT_S:g}, got {timeout}; "
+            f"timeout must be seconds above 0 (at most {MAX_TIMEOUT_S:g}), got {timeout}; "
             "None takes the client's default (no deadline for a watch or a stream)"
         )
     return timeout
+
+
+def timeout_or(timeout: float | None, default: float) -> float:
+    """A method's `timeout=`, checked as call_timeout does, else `default` (`timeout or
+    default` took 0 for the default)."""
+    checked = call_timeout(timeout)
+    return default if checked is None else checked
 
 
 def resolve_token(token: str | None) -> str | None:
