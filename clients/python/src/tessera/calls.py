@@ -1,9 +1,9 @@
 """SDK methods written once for the blocking and the asyncio client.
 
 A client part's method builds a description of what to do (`Op`: one unary call; `Upload`,
-`Download`, `Then`; or a stream of results: `Pages`, `ServerStream`, `Resumable`,
-`BidiStream`), and each kind of description knows how to run itself on a blocking
-`Connection` and on an asyncio `AioConnection`. The `call` and `stream` decorators make the
+`Download`, `Then`; or a stream of results: `Pages`, `Resumable`, `ReconnectingBidi`), and
+each kind of description knows how to run itself on a blocking `Connection` and on an asyncio
+`AioConnection`. The `call` and `stream` decorators make the
 method, on a part holding a `Connection`, return the result (or an iterator of results), and
 on a part holding an `AioConnection`, a coroutine (or an async iterator):
 
@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import functools
 import inspect
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
@@ -268,50 +269,6 @@ class JoinedPages(Call[T_co]):
         joined.next_page_token = page.next_page_token  # empty on the last page: MergeFrom skips it
 
 
-@dataclass(frozen=True)
-class ServerStream(Stream[T_co]):
-    """The responses of a server stream; `timeout` None: no deadline."""
-
-    service: str
-    method: str
-    request: Message
-    timeout: float | None
-    convert: Callable[[Any], T_co] = field(default=_same)
-
-    def __post_init__(self) -> None:
-        call_timeout(self.timeout)
-
-    def iterate(self, conn: Connection) -> Iterator[T_co]:
-        for response in conn.server_stream(self.service, self.method, self.request, self.timeout):
-            yield self.convert(response)
-
-    async def iterate_async(self, conn: AioConnection) -> AsyncIterator[T_co]:
-        async for response in conn.server_stream(self.service, self.method, self.request, self.timeout):
-            yield self.convert(response)
-
-
-@dataclass(frozen=True)
-class BidiStream(Stream[T_co]):
-    """The responses of a bidirectional stream fed from `requests`; `timeout` None: no deadline."""
-
-    service: str
-    method: str
-    requests: Iterable[Message]
-    timeout: float | None
-    convert: Callable[[Any], T_co] = field(default=_same)
-
-    def __post_init__(self) -> None:
-        call_timeout(self.timeout)
-
-    def iterate(self, conn: Connection) -> Iterator[T_co]:
-        for response in conn.bidi_stream(self.service, self.method, self.requests, self.timeout):
-            yield self.convert(response)
-
-    async def iterate_async(self, conn: AioConnection) -> AsyncIterator[T_co]:
-        async for response in conn.bidi_stream(self.service, self.method, self.requests, self.timeout):
-            yield self.convert(response)
-
-
 class Cursor(Protocol):
     """Where a resumable stream has got to (see `tessera.training.WatchCursor`)."""
 
@@ -332,58 +289,79 @@ class Cursor(Protocol):
         ...
 
 
-class SeqCursor(ABC):
-    """Where a stream of numbered responses has got to (a job's events, the registry's
-    changes), and whether a broken stream is resumed: UNAVAILABLE (connection cut, daemon
-    restarting) and RESOURCE_EXHAUSTED (watcher too slow) resume from the next sequence
-    number after a backoff, until `retry.attempts` tries in a row have failed."""
+class Reconnects:
+    """Whether a broken stream is made again, and when: after an error of `RESUMED` (UNAVAILABLE:
+    connection cut, daemon restarting) and a backoff, until `retry.attempts` tries in a row have
+    failed or the whole stream's `timeout` would run out. `doing` names the stream in messages
+    ("watching job j-1"), `again` says how to go on after one gives up."""
 
-    def __init__(self, what: str, from_seq: int, retry: RetryPolicy, timeout: float | None) -> None:
-        self.what = what
-        self.next_seq = from_seq
+    RESUMED: tuple[type[TesseraError], ...] = (Unavailable,)
+
+    def __init__(self, doing: str, again: str, retry: RetryPolicy, timeout: float | None) -> None:
+        self.doing = doing
+        self._again = again
         self._retry = retry
         self._failures = 0
         timeout = call_timeout(timeout)
         self._deadline = None if timeout is None else time.monotonic() + timeout
 
-    @abstractmethod
-    def request(self) -> Message:
-        """The request that resumes the stream at `next_seq`."""
+    def again(self) -> str:
+        return self._again
 
     def remaining(self) -> float | None:
-        """Seconds left of the watch's timeout; DeadlineExceeded once none are (gRPC's
+        """Seconds left of the stream's timeout; DeadlineExceeded once none are (gRPC's
         asyncio channel does not always fail a call given 0)."""
         if self._deadline is None:
             return None
         remaining = self._deadline - time.monotonic()
         if remaining <= 0:
-            raise DeadlineExceeded(
-                f"watching {self.what} ran past its timeout; watch again from seq {self.next_seq}"
-            )
+            raise DeadlineExceeded(f"{self.doing} ran past its timeout; {self.again()}")
         return remaining
+
+    def went_on(self) -> None:
+        """A response came: the failures in a row start again from none."""
+        self._failures = 0
+
+    def resume_after(self, error: TesseraError) -> float:
+        """Seconds to wait before resuming; re-raises `error` when it must not be resumed."""
+        if not isinstance(error, self.RESUMED):
+            raise error
+        self._failures += 1
+        if self._failures >= self._retry.attempts:
+            raise type(error)(
+                f"{error.message} (gave up {self.doing} after {self._failures} reconnects; {self.again()})"
+            )
+        pause = self._retry.backoff_s(self._failures)
+        if self._deadline is not None and time.monotonic() + pause >= self._deadline:
+            raise error
+        return pause
+
+
+class SeqCursor(Reconnects, ABC):
+    """Where a stream of numbered responses has got to (a job's events, the registry's
+    changes): resumed from the next sequence number, after RESOURCE_EXHAUSTED (watcher too
+    slow) too."""
+
+    RESUMED = (Unavailable, ResourceExhausted)
+
+    def __init__(self, what: str, from_seq: int, retry: RetryPolicy, timeout: float | None) -> None:
+        super().__init__(f"watching {what}", "watch again", retry, timeout)
+        self.next_seq = from_seq
+
+    @abstractmethod
+    def request(self) -> Message:
+        """The request that resumes the stream at `next_seq`."""
+
+    def again(self) -> str:
+        return f"{super().again()} from seq {self.next_seq}"
 
     def accept_seq(self, seq: int) -> bool:
         """Record a received response's seq; False for a replayed one the caller already has."""
         if seq < self.next_seq:
             return False
         self.next_seq = seq + 1
-        self._failures = 0
+        self.went_on()
         return True
-
-    def resume_after(self, error: TesseraError) -> float:
-        """Seconds to wait before resuming; re-raises `error` when it must not be resumed."""
-        if not isinstance(error, Unavailable | ResourceExhausted):
-            raise error
-        self._failures += 1
-        if self._failures >= self._retry.attempts:
-            raise type(error)(
-                f"{error.message} (gave up watching {self.what} after {self._failures} reconnects; "
-                f"watch again from seq {self.next_seq})"
-            )
-        pause = self._retry.backoff_s(self._failures)
-        if self._deadline is not None and time.monotonic() + pause >= self._deadline:
-            raise error
-        return pause
 
 
 @dataclass(frozen=True)
@@ -429,6 +407,127 @@ class Resumable(Stream[T_co]):
                 return
             except TesseraError as error:
                 await asyncio.sleep(self.cursor.resume_after(error))
+
+
+class _SharedRequests:
+    """The caller's requests, taken once each by the calls of a reconnecting stream one after
+    another. gRPC's sending thread for a call that broke may be waiting on the caller's
+    iterator meanwhile: what it takes then is kept for the next call, not lost."""
+
+    def __init__(self, requests: Iterable[Message], key: Callable[[Any], str]) -> None:
+        self.requests = iter(requests)
+        self.key = key
+        # Held while the caller's iterator is asked: one thread at a time may ask it.
+        self.taking = threading.Lock()
+        # Held briefly, never while asking the iterator: a break must not wait for the caller.
+        self.state = threading.Lock()
+        self.kept: list[Message] = []
+
+    def feed(self) -> _Feed:
+        return _Feed(self)
+
+
+class _Feed:
+    """One call's requests from `_SharedRequests`; those sent and not answered are in flight."""
+
+    def __init__(self, shared: _SharedRequests) -> None:
+        self._shared = shared
+        self._in_flight: list[Message] = []
+        self._broken = False
+
+    def __iter__(self) -> Iterator[Message]:
+        return self
+
+    def __next__(self) -> Message:
+        shared = self._shared
+        with shared.taking:
+            with shared.state:
+                if self._broken:
+                    raise StopIteration
+                if shared.kept:
+                    request = shared.kept.pop(0)
+                    self._in_flight.append(request)
+                    return request
+            request = next(shared.requests)
+            with shared.state:
+                if self._broken:
+                    shared.kept.append(request)
+                    raise StopIteration
+                self._in_flight.append(request)
+                return request
+
+    def answered(self, response: Any) -> None:
+        key = self._shared.key(response)
+        with self._shared.state:
+            for index, request in enumerate(self._in_flight):
+                if self._shared.key(request) == key:
+                    del self._in_flight[index]
+                    return
+
+    def break_off(self) -> list[Message]:
+        """End this call's requests; those in flight, which may or may not have been run."""
+        with self._shared.state:
+            self._broken = True
+            unanswered, self._in_flight = self._in_flight, []
+        return unanswered
+
+
+@dataclass(frozen=True)
+class ReconnectingBidi(Stream[T_co]):
+    """A bidirectional stream of requests answered one each (`key` of a request and of its
+    response match), made again after the errors `reconnects` allows, for the requests not yet
+    sent. A request in flight when the stream broke is not sent again, since the daemon may
+    have run it already: it is given back as `unanswered(request, error)`, in order, before the
+    stream goes on."""
+
+    service: str
+    method: str
+    requests: Iterable[Message]
+    reconnects: Reconnects
+    key: Callable[[Any], str]
+    unanswered: Callable[[Any, TesseraError], T_co]
+    convert: Callable[[Any], T_co] = field(default=_same)
+
+    def iterate(self, conn: Connection) -> Iterator[T_co]:
+        shared = _SharedRequests(self.requests, self.key)
+        while True:
+            feed = shared.feed()
+            try:
+                responses = conn.bidi_stream(self.service, self.method, feed, self.reconnects.remaining())
+                # closing: a stream the caller leaves is cancelled now, not when it is collected.
+                with contextlib.closing(responses):
+                    for response in responses:
+                        feed.answered(response)
+                        self.reconnects.went_on()
+                        yield self.convert(response)
+                return
+            except TesseraError as error:
+                pause = self.reconnects.resume_after(error)
+                for request in feed.break_off():
+                    yield self.unanswered(request, error)
+                time.sleep(pause)
+            finally:
+                feed.break_off()
+
+    async def iterate_async(self, conn: AioConnection) -> AsyncIterator[T_co]:
+        shared = _SharedRequests(self.requests, self.key)
+        while True:
+            feed = shared.feed()
+            try:
+                responses = conn.bidi_stream(self.service, self.method, feed, self.reconnects.remaining())
+                async with contextlib.aclosing(responses):
+                    async for response in responses:
+                        feed.answered(response)
+                        self.reconnects.went_on()
+                        yield self.convert(response)
+                return
+            except TesseraError as error:
+                pause = self.reconnects.resume_after(error)
+                for request in feed.break_off():
+                    yield self.unanswered(request, error)
+                await asyncio.sleep(pause)
+            finally:
+                feed.break_off()
 
 
 class Part(Generic[C]):

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from tessera.calls import BidiStream, C, Op, Part, call, stream
+from tessera.calls import C, Op, Part, ReconnectingBidi, Reconnects, call, stream
 from tessera.errors import TesseraError, error_from_status_number
 from tessera.explanations import Explanation, method_number
 from tessera.messages import from_dict, version_ref
@@ -90,6 +90,28 @@ def stream_requests(
         yield predict_request(model, inputs, version, alias, outputs, request_id)
 
 
+def _request_id(message: pb.PredictRequest | pb.PredictResponse) -> str:
+    return message.request_id
+
+
+def _unanswered(request: pb.PredictRequest, error: TesseraError) -> Prediction:
+    """The result of a request that a broken stream took with it: failed, saying so."""
+    return Prediction(
+        outputs={},
+        model=request.target.model,
+        version=0,
+        queue_time_us=0,
+        compute_time_us=0,
+        batch_rows=0,
+        request_id=request.request_id,
+        error=type(error)(
+            f"request {request.request_id!r} was sent, but the stream broke before its answer came "
+            f"({error.message}); it was not sent again, since the daemon may have run it: send it "
+            "again if its result is still wanted"
+        ),
+    )
+
+
 class Inference(Part[C]):
     """`client.inference`: predictions and the pool of loaded model versions."""
 
@@ -120,12 +142,23 @@ class Inference(Part[C]):
         alias: str | None = None,
         outputs: Sequence[str] = (),
         timeout: float | None = None,
-    ) -> BidiStream[Prediction]:
+    ) -> ReconnectingBidi[Prediction]:
         """Many predictions over one stream. Each item is inputs or (request_id, inputs);
         results come as each is ready (match them by `request_id`), and a failed one carries
-        `error` while the stream goes on. `timeout` bounds the whole stream (None: none)."""
+        `error` while the stream goes on. `timeout` bounds the whole stream (None: none).
+
+        A cut connection or a daemon restart does not end the stream: the items not yet sent
+        go on a new one (see `tessera.RetryPolicy`). An item sent and not answered when it broke
+        comes back failed with Unavailable, not sent again, since the daemon may have run it
+        (its work counted in the stats, a shadow version given it too): send it again if its
+        result is still wanted."""
         requests = stream_requests(model, items, version, alias, outputs)
-        return BidiStream(S, "PredictStream", requests, timeout, Prediction.from_proto)
+        reconnects = Reconnects(
+            f"streaming predictions of {model}", "send the rest on a new stream", self._conn.retry, timeout
+        )
+        return ReconnectingBidi(
+            S, "PredictStream", requests, reconnects, _request_id, _unanswered, Prediction.from_proto
+        )
 
     @call
     def explain(

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from tessera.backup import ArchiveCheck, ArchiveError, Manifest, read_archive
-from tessera.calls import C, Op, Part, Save, ServerStream, Sink, call, stream
+from tessera.calls import C, Op, Part, Reconnects, Resumable, Save, Sink, call, stream
 from tessera.errors import DataLoss
 from tessera.transfer import new_partial
-from tessera.transport import timeout_or
+from tessera.transport import RetryPolicy, timeout_or
 from tessera.v1 import system_pb2 as pb
 
 S = "System"
@@ -103,6 +103,29 @@ class BackupStream:
             self._file.write(piece)
 
 
+class SampleCursor(Reconnects):
+    """Where a watch of the system's samples has got to: how many a bounded watch still lacks."""
+
+    def __init__(self, interval_ms: int, max_samples: int, retry: RetryPolicy, timeout: float | None) -> None:
+        super().__init__("watching the system", "watch again", retry, timeout)
+        self.interval_ms = interval_ms
+        self.max_samples = max_samples
+        self.received = 0
+
+    def request(self) -> pb.WatchSystemRequest:
+        # 0 asks for no bound: a bounded watch that has them all ends at `done`, never asks.
+        left = self.max_samples - self.received if self.max_samples else 0
+        return pb.WatchSystemRequest(interval_ms=self.interval_ms, max_samples=left)
+
+    def accept(self, sample: pb.SystemSample) -> bool:
+        self.received += 1
+        self.went_on()
+        return True
+
+    def done(self, sample: pb.SystemSample) -> bool:
+        return 0 < self.max_samples <= self.received
+
+
 class System(Part[C]):
     """`client.system`: what the daemon is and what it is using."""
 
@@ -114,11 +137,15 @@ class System(Part[C]):
     @stream
     def watch(
         self, interval_ms: int = 1000, max_samples: int = 0, timeout: float | None = None
-    ) -> ServerStream[pb.SystemSample]:
+    ) -> Resumable[pb.SystemSample]:
         """A CPU/memory/GPU sample every `interval_ms` (100..60000) until `max_samples` have
-        come (0: until you stop iterating). `timeout` bounds the whole stream (None: none)."""
-        request = pb.WatchSystemRequest(interval_ms=interval_ms, max_samples=max_samples)
-        return ServerStream(S, "WatchSystem", request, timeout)
+        come (0: until you stop iterating). `timeout` bounds the whole stream (None: none).
+
+        A cut connection or a daemon restart is resumed (see `tessera.RetryPolicy`) with the
+        next sample taken: samples are not kept, so none is replayed, and the ones the daemon
+        would have taken while it was away are missing (see each one's `time`)."""
+        cursor = SampleCursor(interval_ms, max_samples, self._conn.retry, timeout)
+        return Resumable(S, "WatchSystem", cursor, until=cursor.done)
 
     @call
     def backup(

@@ -13,7 +13,7 @@ import json
 import os
 import random
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
-from tessera.errors import Cancelled, error_from_rpc
+from tessera.errors import Cancelled, Unavailable, error_from_rpc
 from tessera.v1 import (
     datasets_pb2_grpc,
     inference_pb2_grpc,
@@ -315,14 +315,22 @@ class _Channel(ABC):
         """What a call that `err` ended raises: the exception that making its requests raised;
         Cancelled, saying so, for a call that close() cut (an asyncio channel raises a bare
         CancelledError for one, as if the caller's own task were cancelled, which stays one);
-        else the SDK's error for the status."""
+        Unavailable for a stream whose requests could not be sent (the asyncio channel cancels
+        it, with a bare CancelledError too, where the connection broke under them); else the
+        SDK's error for the status."""
         if feed is not None and feed.error is not None:
             return feed.error
         if isinstance(err, asyncio.CancelledError):
             task = asyncio.current_task()
-            if not self.closed or (task is not None and task.cancelling()):
+            if task is not None and task.cancelling():
                 return err
-            return Cancelled(f"the client of {self.target} was closed while the call was in flight")
+            if self.closed:
+                return Cancelled(f"the client of {self.target} was closed while the call was in flight")
+            if feed is not None:
+                return Unavailable(
+                    f"the connection to {self.target} broke while the call's requests were sent"
+                )
+            return err
         if self.closed and err.code() == grpc.StatusCode.CANCELLED:
             return Cancelled(f"the client of {self.target} was closed while the call was in flight")
         return error_from_rpc(err)
@@ -373,7 +381,7 @@ class Connection(_Channel):
 
     def bidi_stream(
         self, service: str, method: str, requests: Iterable[Message], timeout: float | None
-    ) -> Iterator[Any]:
+    ) -> Generator[Any]:
         """The responses of a bidirectional stream fed from `requests`; `timeout` None: no deadline."""
         feed = _Requests(requests)
         call = self.method(service, method)(feed, timeout=call_timeout(timeout), metadata=self.metadata)
@@ -450,7 +458,7 @@ class AioConnection(_Channel):
 
     async def bidi_stream(
         self, service: str, method: str, requests: Iterable[Message], timeout: float | None
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncGenerator[Any]:
         """The responses of a bidirectional stream fed from `requests`; `timeout` None: no deadline."""
         feed = _Requests(requests)
         call = self.method(service, method)(feed, timeout=call_timeout(timeout), metadata=self.metadata)
