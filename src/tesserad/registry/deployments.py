@@ -124,6 +124,22 @@ def _check_targets(txn: ReadTxn, deployment: DeploymentRecord) -> None:
         _check_target(txn, deployment.model, deployment.shadow.target, "shadow")
 
 
+def _check_shadow_differs(txn: ReadTxn, deployment: DeploymentRecord) -> None:
+    """A shadow copies requests to a version beside the one that answers them: refused when every
+    route sends requests to the version the shadow resolves to."""
+    now = resolved(txn, deployment)
+    if now.shadow is None:
+        return
+    version = now.shadow.resolved_version
+    if all(route.resolved_version == version for route in now.routes):
+        target = now.shadow.target
+        named = f"version {version}" if target.version else f"alias {target.alias!r} (version {version})"
+        raise InvalidArgument(
+            f"shadow names {named}, the version every route sends requests to, so each copied "
+            "request would run on it twice; shadow a version the routes do not serve, or deploy without a shadow"
+        )
+
+
 def _gone_targets(txn: ReadTxn, deployment: DeploymentRecord) -> tuple[list[str], bool]:
     """The targets of an earlier revision that no longer resolve, in words, and whether an
     alias is among them."""
@@ -199,6 +215,7 @@ class Deployments:
                 previous_revision=latest.revision if latest else 0,
             )
             _check_targets(txn, record)
+            _check_shadow_differs(txn, record)
             if latest is not None and not latest.undeployed and _same_routing(latest, record):
                 return resolved(txn, latest)
             txn.put(DEPLOYMENTS, (model, record.revision), encode_deployment(record))
