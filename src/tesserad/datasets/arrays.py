@@ -9,6 +9,7 @@ that is gone is FailedPrecondition.
 from __future__ import annotations
 
 import math
+import re
 import struct
 import zipfile
 import zlib
@@ -30,6 +31,10 @@ _INT64_MAX = 2**63 - 1
 # pulled into memory whole.
 _STATS_CHUNK_ELEMENTS = 1 << 20
 _ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")
+# An npz array's name, as a job spec names it (data.input_array, data.target_array) and a table
+# shows it: a member at the archive's top level (no folder), without control characters or
+# spaces. Matched with fullmatch. Upper case is allowed: np.savez(file, X=X) is common.
+_NPZ_ARRAY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -260,16 +265,37 @@ def array_stats(name: str, array: np.ndarray, allow_nonfinite: bool) -> ArraySta
     return ArrayStats(low, high, mean, math.sqrt(m2 / count), nonfinite, classes or {})
 
 
+def _check_npz_array_name(name: str) -> None:
+    """Checked on upload only: a stored dataset stays readable whatever its names."""
+    if not _NPZ_ARRAY_NAME.fullmatch(name):
+        raise InvalidArgument(
+            f"npz array {name[:80]!r}: a job spec names arrays (data.input_array, data.target_array) "
+            "by names of 1 to 128 characters from letters, digits, '.', '_' and '-', starting with a "
+            "letter or digit, at the archive's top level (no folders); save the arrays under such "
+            "names, e.g. np.savez(file, x=x, y=y)"
+        )
+
+
 def inspect_file(
     path: Path, format: str, array_name: str, allow_nonfinite: bool
 ) -> tuple[list[ArrayInfo], int]:
     """Check every array of a dataset file; (arrays with statistics, number of samples)."""
     members = _members(path, format, array_name)
+    if format == "npz":
+        for member in members:
+            _check_npz_array_name(member.name)
     first_dims = {m.name: m.shape[0] for m in members}
     if len(set(first_dims.values())) > 1:
         listed = ", ".join(f"{name} has {n}" for name, n in first_dims.items())
         raise InvalidArgument(
             f"arrays differ in their first (sample) dimension: {listed}; every array needs one row per sample"
+        )
+    if members[0].shape[0] == 0:
+        # No split, and so no job, could take a sample from it.
+        shapes = ", ".join(f"{m.name} {list(m.shape)}" for m in members)
+        raise InvalidArgument(
+            f"the dataset holds no samples: the first (sample) dimension of its arrays is 0 ({shapes}); "
+            "upload arrays with one row per sample, at least one"
         )
     infos = [
         ArrayInfo(m.name, m.dtype.name, m.shape, array_stats(m.name, _load(path, m), allow_nonfinite))

@@ -1,0 +1,69 @@
+"""UploadDataset refuses files no job could train on: arrays without a sample, and npz arrays
+under names a job spec cannot give (folders in the archive, spaces, control characters)."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+
+from tessera.v1 import datasets_pb2
+from tests.integration.datasets.conftest import npy_bytes, npz_bytes, upload_dataset
+from tests.integration.registry.conftest import rpc_error, stored_blobs
+
+D = datasets_pb2
+
+NAME_RULE = (
+    "a job spec names arrays (data.input_array, data.target_array) by names of 1 to 128 characters "
+    "from letters, digits, '.', '_' and '-', starting with a letter or digit, at the archive's top "
+    "level (no folders); save the arrays under such names, e.g. np.savez(file, x=x, y=y)"
+)
+
+
+def assert_nothing_stored(ds, data_dir, name: str) -> None:
+    assert stored_blobs(data_dir) == []
+    missing = rpc_error(ds.GetDataset, D.GetDatasetRequest(name=name))
+    assert missing.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    ("data", "fields", "shapes"),
+    [
+        (npz_bytes(x=np.zeros((0, 3), np.float32), y=np.zeros(0, np.int64)), {}, "x [0, 3], y [0]"),
+        (npy_bytes(np.zeros((0, 2, 2), np.float32)), {"format": D.DATASET_FORMAT_NPY}, "x [0, 2, 2]"),
+        (
+            npy_bytes(np.zeros((0, 4), np.float32)),
+            {"format": D.DATASET_FORMAT_NPY, "array_name": "frames"},
+            "frames [0, 4]",
+        ),
+    ],
+    ids=["npz", "npy", "named-npy"],
+)
+def test_a_dataset_without_samples_is_invalid_argument(ds, data_dir, data, fields, shapes):
+    error = rpc_error(upload_dataset, ds, "empty", data, **fields)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == (
+        f"the dataset holds no samples: the first (sample) dimension of its arrays is 0 ({shapes}); "
+        "upload arrays with one row per sample, at least one"
+    )
+    assert_nothing_stored(ds, data_dir, "empty")
+
+
+def test_samples_of_no_values_are_samples(ds):
+    # Five rows of width 0: a shape a caller may mean, with a sample count to split.
+    assert upload_dataset(ds, "narrow", npz_bytes(x=np.zeros((5, 0), np.float32))).num_samples == 5
+
+
+@pytest.mark.parametrize("name", ["data/x", "x y", "-x", ".x", "x\n", "x\t", "é", "x" * 129], ids=repr)
+def test_an_npz_array_name_a_job_cannot_give_is_invalid_argument(ds, data_dir, name):
+    data = npz_bytes(**{name: np.zeros((3, 2), np.float32), "y": np.zeros(3, np.int64)})
+    error = rpc_error(upload_dataset, ds, "badnames", data)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == f"npz array {name[:80]!r}: {NAME_RULE}"
+    assert_nothing_stored(ds, data_dir, "badnames")
+
+
+def test_npz_array_names_a_job_can_give_are_stored(ds):
+    arrays = {"X_train": np.zeros((3, 2)), "arr_0": np.zeros(3), "y.v2": np.zeros(3), "x" * 128: np.zeros(3)}
+    version = upload_dataset(ds, "goodnames", npz_bytes(**arrays))
+    assert sorted(a.name for a in version.arrays) == sorted(arrays)
