@@ -18,6 +18,10 @@ MAX_PARAM_VALUE = 6000
 # up to a thousand records in one message, and versions reach every follower of their model
 # (MLflow keeps a description to 5000 characters).
 MAX_RECORD_TEXT = 16 * 2**10
+# What a map entry (a param, a tag) takes in an answer beside its key's and value's UTF-8, at most:
+# the entry's field tag and length, and its key's and value's (a value of 8,000 characters takes
+# a 3-byte length).
+ENTRY_WIRE_BYTES = 11
 
 
 def entry_problems(field: str, entries: Mapping[str, str], max_value: int = MAX_TAG_VALUE) -> list[str]:
@@ -43,6 +47,12 @@ def check_entries(field: str, entries: Mapping[str, str], max_value: int = MAX_T
 def entries_bytes(entries: Mapping[str, str]) -> int:
     """What `entries`' keys and values take in UTF-8, as they are stored."""
     return sum(len(k.encode()) + len(v.encode()) for k, v in entries.items())
+
+
+def entries_wire_bytes(entries: Mapping[str, str]) -> int:
+    """What `entries` take in an answer at most: their UTF-8 and each entry's field tags and
+    lengths, which outweigh the text of entries of a few bytes."""
+    return entries_bytes(entries) + ENTRY_WIRE_BYTES * len(entries)
 
 
 def record_text_problem(what: str, description: str, tags: Mapping[str, str]) -> str:

@@ -9,12 +9,18 @@ from tesserad.config import format_size
 from tesserad.dtypes import TENSOR_DTYPES
 from tesserad.errors import InvalidArgument
 from tesserad.registry.records import Signature
-from tesserad.text import MAX_PARAM_VALUE, check_entries, check_record_text, entries_bytes
+from tesserad.text import (
+    ENTRY_WIRE_BYTES,
+    MAX_PARAM_VALUE,
+    check_entries,
+    check_record_text,
+    entries_wire_bytes,
+)
 
 _MAX_TENSOR_NAME = 256
-# A version's params together, keys and values in UTF-8, as a run's params and tags are bounded:
-# a version travels whole in a GetVersion answer (4 MiB by gRPC's default limit), beside its
-# signature and lineage.
+# A version's params together, keys and values in UTF-8 and what each entry adds on the wire, as a
+# run's params and tags are bounded: a version travels whole in a GetVersion answer (4 MiB by
+# gRPC's default limit), beside its signature, lineage and aliases.
 MAX_VERSION_PARAMS = 2 * 2**20
 # Where a trained version's params say which of its job's params did not fit; room is kept for it.
 LEFT_OUT_KEY = "tessera.params_left_out"
@@ -54,11 +60,12 @@ def validate_tags(field: str, tags: dict[str, str]) -> None:
 
 def validate_params(params: dict[str, str]) -> None:
     check_entries("params", params, MAX_PARAM_VALUE)
-    size = entries_bytes(params)
+    size = entries_wire_bytes(params)
     if size > MAX_VERSION_PARAMS:
         raise InvalidArgument(
             f"a model version's params take at most {format_size(MAX_VERSION_PARAMS)} together, these "
-            f"take {format_size(size)} ({size} bytes); keep large values in a file (a run artifact, "
+            f"take {format_size(size)} ({size} bytes, counting {ENTRY_WIRE_BYTES} bytes a param beside "
+            "its UTF-8); keep large values, or many small ones, in a file (a run artifact, "
             "UploadRunArtifact) and record its path"
         )
 
@@ -68,11 +75,11 @@ def fit_params(params: dict[str, str]) -> dict[str, str]:
     (a job's, flattened from its spec, registered after the training): as many as fit, smallest
     first, in their order, and under LEFT_OUT_KEY the names of those left out. A trained
     version's lineage keeps its whole job spec, so nothing is lost."""
-    if entries_bytes(params) <= MAX_VERSION_PARAMS:
+    if entries_wire_bytes(params) <= MAX_VERSION_PARAMS:
         return params
     room = MAX_VERSION_PARAMS - _LEFT_OUT_ROOM
     kept: set[str] = set()
-    sizes = {key: len(key.encode()) + len(value.encode()) for key, value in params.items()}
+    sizes = {key: entries_wire_bytes({key: value}) for key, value in params.items()}
     for key in sorted(params, key=sizes.__getitem__):
         size = sizes[key]
         if size > room:
@@ -88,7 +95,7 @@ def fit_params(params: dict[str, str]) -> dict[str, str]:
     )
     fitted = {k: v for k, v in params.items() if k in kept}
     # Within the rule a caller's values follow (characters) and the room kept for it (bytes).
-    cut = note[:MAX_PARAM_VALUE].encode()[: _LEFT_OUT_ROOM - len(LEFT_OUT_KEY)]
+    cut = note[:MAX_PARAM_VALUE].encode()[: _LEFT_OUT_ROOM - len(LEFT_OUT_KEY) - ENTRY_WIRE_BYTES]
     fitted[LEFT_OUT_KEY] = cut.decode(errors="ignore")
     return fitted
 

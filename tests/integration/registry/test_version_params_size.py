@@ -21,8 +21,11 @@ OVER = {f"note{j:03}": "x" * 6000 for j in range(360)}
 def test_params_over_2_mib_are_refused_on_every_upload_path(stub, data_dir):
     data = onnx_identity()
     header = onnx_header("m", data, params=OVER)
-    size = sum(len(k) + len(v) for k, v in OVER.items())
-    words = f"a model version's params take at most 2 MiB together, these take 2.06 MiB ({size} bytes)"
+    size = sum(len(k) + len(v) + 11 for k, v in OVER.items())
+    words = (
+        f"a model version's params take at most 2 MiB together, these take 2.07 MiB ({size} bytes, "
+        "counting 11 bytes a param beside its UTF-8)"
+    )
     streamed = rpc_error(upload, stub, header, data)
     inline = rpc_error(stub.UploadVersionInline, R.UploadVersionInlineRequest(header=header, artifact=data))
     batch = rpc_error(
@@ -46,7 +49,7 @@ def test_a_trained_versions_params_are_cut_to_fit_and_say_so(daemon: InProcessDa
     got = stub.GetVersion(R.GetVersionRequest(ref=common_pb2.VersionRef(model="m", version=record.version)))
     kept = dict(got.params)
     left_out = kept.pop("tessera.params_left_out")
-    assert sum(len(k) + len(v) for k, v in got.params.items()) <= 2 * 2**20
+    assert sum(len(k) + len(v) + 11 for k, v in got.params.items()) <= 2 * 2**20
     assert kept["optimizer.lr"] == "0.001" and kept["architecture.hidden_sizes"] == "8"
     assert len(kept) == 1 + 347 + 1
     assert left_out.startswith("13 params left out to keep a version's params within 2 MiB: note347, ")

@@ -529,8 +529,9 @@ class ModelVersion(_message.Message):
 
     @_builtins.property
     def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """At most 2 MiB together. A trained version's come from its job's spec (whole in its lineage):
-        those that would not fit are left out, and "tessera.params_left_out" names them.
+        """At most 2 MiB together, counting 11 bytes a param beside its UTF-8. A trained version's come
+        from its job's spec (whole in its lineage): those that would not fit are left out, and
+        "tessera.params_left_out" names them.
         """
 
     @_builtins.property
@@ -822,8 +823,9 @@ class UploadVersionHeader(_message.Message):
     @_builtins.property
     def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """As a run's: keys 1 to 250 characters without NUL or newlines, values at most 6000, and 2 MiB
-        together (keys and values, UTF-8); INVALID_ARGUMENT beyond, before any byte of the artifact
-        is stored.
+        together (keys and values in UTF-8, counting 11 bytes a param for its field tags and
+        lengths, so GetVersion can always answer the version); INVALID_ARGUMENT beyond, before any
+        byte of the artifact is stored.
         """
 
     @_builtins.property
