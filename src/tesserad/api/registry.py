@@ -289,8 +289,12 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         request: pb.ListAliasesRequest,
         context: grpc.aio.ServicerContext[pb.ListAliasesRequest, pb.ListAliasesResponse],
     ) -> pb.ListAliasesResponse:
-        records = await asyncio.to_thread(self._registry.list_aliases, request.model)
-        return pb.ListAliasesResponse(aliases=[convert.alias_to_proto(a) for a in records])
+        page = await asyncio.to_thread(
+            self._registry.list_aliases, request.model, request.page_size, request.page_token
+        )
+        return pb.ListAliasesResponse(
+            aliases=[convert.alias_to_proto(a) for a in page.items], next_page_token=page.next_page_token
+        )
 
     async def DeleteAlias(
         self,

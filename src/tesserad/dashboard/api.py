@@ -471,10 +471,16 @@ class DashboardApi:
             versions = registry.list_versions(name, 1000)
             history = registry.list_alias_history(name, "", 1000)
             deployments = registry.list_deployments(name, 1000)
+            # Every alias: a page holds 1000 and a model as many, "latest" aside.
+            page = registry.list_aliases(name, 1000)
+            aliases = page.items
+            while page.next_page_token:
+                page = registry.list_aliases(name, 1000, page.next_page_token)
+                aliases += page.items
             return {
                 "model": forms.model_json(model),
                 "versions": [forms.version_json(v) for v in versions.items],
-                "aliases": [forms.alias_json(a) for a in registry.list_aliases(name)],
+                "aliases": [forms.alias_json(a) for a in aliases],
                 "alias_history": [forms.alias_event_json(e) for e in history.items],
                 "deployments": [forms.deployment_json(d) for d in deployments.items],
             }

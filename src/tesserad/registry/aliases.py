@@ -7,9 +7,9 @@ import time
 from dataclasses import asdict, replace
 from typing import Any
 
-from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound
+from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from tesserad.names import RESERVED_ALIASES, validate_name, validate_stored_name, version_like_alias
-from tesserad.paging import Page, read_page
+from tesserad.paging import Page, PageFill, answer_bytes, read_page, resume_key
 from tesserad.registry.deployments import current_deployment, deployment_aliases
 from tesserad.registry.records import (
     ALIAS_EVENT_KIND,
@@ -37,6 +37,12 @@ from tesserad.registry.tables import (
 )
 from tesserad.store import ReadTxn, Store, WriteTxn, decode_record, encode_record
 
+# Aliases a model holds. GetModel answers all of them and GetVersion those on the version: at the
+# cap, names of 128 characters take about 150 KB of an answer, which leaves a version's 2 MiB of
+# params and its text room within gRPC's default 4 MiB. A store from before the cap may hold
+# more: they stay readable and movable; only new ones are refused.
+MAX_MODEL_ALIASES = 1000
+
 
 def check_alias_name(alias: str, *, stored: bool = False) -> None:
     """A valid name other than "latest"; with `stored`, also one `validate_stored_name` takes."""
@@ -51,6 +57,19 @@ def check_settable_alias(alias: str) -> None:
     problem = version_like_alias(alias)
     if problem:
         raise InvalidArgument(f"alias {alias!r} {problem}")
+
+
+def check_alias_room(txn: ReadTxn, model: str, alias: str) -> None:
+    """ResourceExhausted when `alias` would be new to a model that holds MAX_MODEL_ALIASES."""
+    if stored_alias(txn, model, alias) is not None:
+        return
+    held = sum(1 for _ in txn.scan(ALIASES, (model,)))
+    if held >= MAX_MODEL_ALIASES:
+        raise ResourceExhausted(
+            f"model {model!r} has {held:,} aliases; a model holds at most {MAX_MODEL_ALIASES:,}, so that "
+            f"one answer can carry them all. Delete aliases it no longer uses (DeleteAlias), or move "
+            f"one of them instead of adding {alias!r}"
+        )
 
 
 def with_aliases(txn: ReadTxn, record: VersionRecord) -> VersionRecord:
@@ -87,6 +106,7 @@ def move_alias(
             f"alias {alias!r} of model {model!r} {where}, not {expected if expected else 'absent'} as expected; "
             "read it again and retry"
         )
+    check_alias_room(txn, model, alias)
     event = AliasEvent(model, alias, current, version, time.time(), actor)
     txn.put(
         ALIASES,
@@ -149,24 +169,30 @@ class Aliases:
                 raise no_alias(fields["name"], alias)
             return AliasRecord(model, alias, stored["version"], stored["updated_at"], stored["updated_by"])
 
-    def list_aliases(self, model: str) -> list[AliasRecord]:
-        """Every alias of the model, "latest" included when there is a version."""
+    def list_aliases(self, model: str, page_size_: int = 0, page_token: str = "") -> Page[AliasRecord]:
+        """The model's aliases by name, a page at a time; "latest" ends the last page when the
+        model has a version."""
         validate_name("model", model)
+        query = {"list": "aliases", "model": model}
+        fill: PageFill[AliasRecord] = PageFill(page_size_, query)
         with self._store.read() as txn:
             model_data(txn, model)
-            out = []
-            for key, raw in txn.scan(ALIASES, (model,)):
+            for key, raw in txn.scan(ALIASES, (model,), after=resume_key(page_token, query)):
                 stored = decode_record(raw, ALIAS_KIND, SCHEMA)[1]
-                out.append(
-                    AliasRecord(
-                        model, str(key[1]), stored["version"], stored["updated_at"], stored["updated_by"]
-                    )
+                record = AliasRecord(
+                    model, str(key[1]), stored["version"], stored["updated_at"], stored["updated_by"]
                 )
+                if not fill.room(answer_bytes(record)):
+                    return fill.page
+                fill.add(key, record)
             latest = latest_version(txn, model)
             if latest:
                 newest = decode_version(txn.get(VERSIONS, (model, latest)) or b"")
-                out.append(AliasRecord(model, LATEST, latest, newest.created_at, newest.created_by))
-        return out
+                record = AliasRecord(model, LATEST, latest, newest.created_at, newest.created_by)
+                # When the page is full, the next one resumes after the last alias: it holds "latest".
+                if fill.room(answer_bytes(record)):
+                    fill.add((model, LATEST), record)
+        return fill.page
 
     def delete_alias(self, model: str, alias: str, actor: str = ANONYMOUS) -> None:
         """Refused while the current deployment routes through the alias."""

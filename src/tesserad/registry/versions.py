@@ -37,7 +37,7 @@ from tesserad.errors import (
 )
 from tesserad.names import validate_name
 from tesserad.paging import Page, read_page
-from tesserad.registry.aliases import check_settable_alias, move_alias, with_aliases
+from tesserad.registry.aliases import check_alias_room, check_settable_alias, move_alias, with_aliases
 from tesserad.registry.architectures import architecture_signature, check_weights_fit
 from tesserad.registry.artifacts import (
     check_onnx,
@@ -285,9 +285,12 @@ class Versions:
                 f"limits.max_artifact_size ({format_size(self._max_artifact_size)}); raise the limit "
                 "(TESSERA_LIMITS_MAX_ARTIFACT_SIZE) or upload a smaller artifact"
             )
-        if not create_model_if_missing:
-            with self._store.read() as txn:
+        with self._store.read() as txn:
+            if not create_model_if_missing:
                 model_data(txn, model)
+            if alias:
+                # Before any byte is stored; the registration's transaction checks again.
+                check_alias_room(txn, model, alias)
 
     def register_version(
         self,

@@ -6,10 +6,10 @@ could list the model at all."""
 from __future__ import annotations
 
 from tessera.v1 import registry_pb2, registry_pb2_grpc
-from tesserad.registry.aliases import move_alias
-from tesserad.registry.tables import model_data, put_model_data
+from tesserad.registry.records import ALIAS_KIND, SCHEMA
+from tesserad.registry.tables import ALIASES
 from tesserad.server import STORE_TABLES
-from tesserad.store import Store
+from tesserad.store import Store, encode_record
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.registry.conftest import onnx_header, onnx_identity
 
@@ -39,15 +39,14 @@ def test_a_page_of_versions_stays_under_the_default_receive_limit(stub):
 
 
 def _add_aliases(data_dir, model: str, names: list[str]) -> None:
-    """Point `names` at the model's versions in turn, through the store (as SetAlias would, in
-    one transaction rather than one call each)."""
+    """Point `names` at the model's versions in turn, through the store: more than a model takes
+    now (1,000), as a daemon from before that cap stored them."""
     store = Store.open(data_dir / "store", map_size=2**30, tables=STORE_TABLES)
     try:
         with store.write() as txn:
-            fields = model_data(txn, model)
             for i, name in enumerate(names):
-                move_alias(txn, fields, name, 1 + i % 2, "test", None)
-            put_model_data(txn, fields)
+                fields = {"version": 1 + i % 2, "updated_at": 0.0, "updated_by": "test"}
+                txn.put(ALIASES, (model, name), encode_record(ALIAS_KIND, SCHEMA, fields))
     finally:
         store.close()
 

@@ -39,7 +39,9 @@ class DatasetsStub:
     UploadDataset: _grpc.StreamUnaryMultiCallable[_datasets_pb2.UploadDatasetRequest, _datasets_pb2.DatasetVersion]
     """Client stream: a header, then the file in chunks. Parsed without pickle; object arrays,
     ragged data, arrays whose first dimensions differ, NaN/Inf (unless allowed) and truncated
-    files are INVALID_ARGUMENT naming the array and the problem. Identical content is stored
+    files are INVALID_ARGUMENT naming the array and the problem, as are arrays without a sample
+    (a first dimension of 0) and npz arrays under a name a job spec cannot give (1 to 128
+    letters, digits, '.', '_' and '-', starting with a letter or digit; no folders). Identical content is stored
     once. Over the storage quota, or over limits.max_dataset_size (the file, or what the
     arrays compressed in an npz unpack to): RESOURCE_EXHAUSTED with the numbers.
     """
@@ -62,7 +64,9 @@ class DatasetsAsyncStub(DatasetsStub):
     UploadDataset: _aio.StreamUnaryMultiCallable[_datasets_pb2.UploadDatasetRequest, _datasets_pb2.DatasetVersion]  # type: ignore[assignment]
     """Client stream: a header, then the file in chunks. Parsed without pickle; object arrays,
     ragged data, arrays whose first dimensions differ, NaN/Inf (unless allowed) and truncated
-    files are INVALID_ARGUMENT naming the array and the problem. Identical content is stored
+    files are INVALID_ARGUMENT naming the array and the problem, as are arrays without a sample
+    (a first dimension of 0) and npz arrays under a name a job spec cannot give (1 to 128
+    letters, digits, '.', '_' and '-', starting with a letter or digit; no folders). Identical content is stored
     once. Over the storage quota, or over limits.max_dataset_size (the file, or what the
     arrays compressed in an npz unpack to): RESOURCE_EXHAUSTED with the numbers.
     """
@@ -88,7 +92,9 @@ class DatasetsServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_datasets_pb2.DatasetVersion, _abc.Awaitable[_datasets_pb2.DatasetVersion]]:
         """Client stream: a header, then the file in chunks. Parsed without pickle; object arrays,
         ragged data, arrays whose first dimensions differ, NaN/Inf (unless allowed) and truncated
-        files are INVALID_ARGUMENT naming the array and the problem. Identical content is stored
+        files are INVALID_ARGUMENT naming the array and the problem, as are arrays without a sample
+        (a first dimension of 0) and npz arrays under a name a job spec cannot give (1 to 128
+        letters, digits, '.', '_' and '-', starting with a letter or digit; no folders). Identical content is stored
         once. Over the storage quota, or over limits.max_dataset_size (the file, or what the
         arrays compressed in an npz unpack to): RESOURCE_EXHAUSTED with the numbers.
         """

@@ -265,7 +265,10 @@ class RegistryServicer:
     def SetAlias(self, request, context):
         """Aliases: set (create or move), resolve, list, delete; every move is kept in an audit log.
         "latest" is reserved: it always resolves to the newest version and cannot be set. Names that
-        read as a version number ("3", "v3") are INVALID_ARGUMENT where an alias is set.
+        read as a version number ("3", "v3") are INVALID_ARGUMENT where an alias is set. A model
+        holds at most 1,000 aliases ("latest" aside), so that GetModel can answer them all: a new one
+        past that (SetAlias, or an upload or export naming one) is RESOURCE_EXHAUSTED, before any
+        byte of an upload is stored; moving or deleting one the model has is not refused.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -320,7 +323,9 @@ class RegistryServicer:
 
     def Deploy(self, request, context):
         """Deployments: how Predict calls without a version or alias are routed. Each version or alias
-        has at most one route (INVALID_ARGUMENT naming a repeated one). A Deploy that routes as the
+        has at most one route (INVALID_ARGUMENT naming a repeated one). A shadow that resolves to the
+        version every route sends requests to is INVALID_ARGUMENT: it would compare the version with
+        itself. A Deploy that routes as the
         current deployment does (the same weight per target, in any order, and the same shadow; the
         comment aside) changes nothing and returns the current revision, so a Rollback after it
         restores the deployment before that one.

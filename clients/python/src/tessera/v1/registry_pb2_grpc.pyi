@@ -79,7 +79,10 @@ class RegistryStub:
     SetAlias: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SetAliasRequest, _registry_pb2.Alias]
     """Aliases: set (create or move), resolve, list, delete; every move is kept in an audit log.
     "latest" is reserved: it always resolves to the newest version and cannot be set. Names that
-    read as a version number ("3", "v3") are INVALID_ARGUMENT where an alias is set.
+    read as a version number ("3", "v3") are INVALID_ARGUMENT where an alias is set. A model
+    holds at most 1,000 aliases ("latest" aside), so that GetModel can answer them all: a new one
+    past that (SetAlias, or an upload or export naming one) is RESOURCE_EXHAUSTED, before any
+    byte of an upload is stored; moving or deleting one the model has is not refused.
     """
     GetAlias: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetAliasRequest, _registry_pb2.Alias]
     ListAliases: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListAliasesRequest, _registry_pb2.ListAliasesResponse]
@@ -96,7 +99,9 @@ class RegistryStub:
     """
     Deploy: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeployRequest, _registry_pb2.Deployment]
     """Deployments: how Predict calls without a version or alias are routed. Each version or alias
-    has at most one route (INVALID_ARGUMENT naming a repeated one). A Deploy that routes as the
+    has at most one route (INVALID_ARGUMENT naming a repeated one). A shadow that resolves to the
+    version every route sends requests to is INVALID_ARGUMENT: it would compare the version with
+    itself. A Deploy that routes as the
     current deployment does (the same weight per target, in any order, and the same shadow; the
     comment aside) changes nothing and returns the current revision, so a Rollback after it
     restores the deployment before that one.
@@ -174,7 +179,10 @@ class RegistryAsyncStub(RegistryStub):
     SetAlias: _aio.UnaryUnaryMultiCallable[_registry_pb2.SetAliasRequest, _registry_pb2.Alias]  # type: ignore[assignment]
     """Aliases: set (create or move), resolve, list, delete; every move is kept in an audit log.
     "latest" is reserved: it always resolves to the newest version and cannot be set. Names that
-    read as a version number ("3", "v3") are INVALID_ARGUMENT where an alias is set.
+    read as a version number ("3", "v3") are INVALID_ARGUMENT where an alias is set. A model
+    holds at most 1,000 aliases ("latest" aside), so that GetModel can answer them all: a new one
+    past that (SetAlias, or an upload or export naming one) is RESOURCE_EXHAUSTED, before any
+    byte of an upload is stored; moving or deleting one the model has is not refused.
     """
     GetAlias: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetAliasRequest, _registry_pb2.Alias]  # type: ignore[assignment]
     ListAliases: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListAliasesRequest, _registry_pb2.ListAliasesResponse]  # type: ignore[assignment]
@@ -191,7 +199,9 @@ class RegistryAsyncStub(RegistryStub):
     """
     Deploy: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeployRequest, _registry_pb2.Deployment]  # type: ignore[assignment]
     """Deployments: how Predict calls without a version or alias are routed. Each version or alias
-    has at most one route (INVALID_ARGUMENT naming a repeated one). A Deploy that routes as the
+    has at most one route (INVALID_ARGUMENT naming a repeated one). A shadow that resolves to the
+    version every route sends requests to is INVALID_ARGUMENT: it would compare the version with
+    itself. A Deploy that routes as the
     current deployment does (the same weight per target, in any order, and the same shadow; the
     comment aside) changes nothing and returns the current revision, so a Rollback after it
     restores the deployment before that one.
@@ -344,7 +354,10 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_registry_pb2.Alias, _abc.Awaitable[_registry_pb2.Alias]]:
         """Aliases: set (create or move), resolve, list, delete; every move is kept in an audit log.
         "latest" is reserved: it always resolves to the newest version and cannot be set. Names that
-        read as a version number ("3", "v3") are INVALID_ARGUMENT where an alias is set.
+        read as a version number ("3", "v3") are INVALID_ARGUMENT where an alias is set. A model
+        holds at most 1,000 aliases ("latest" aside), so that GetModel can answer them all: a new one
+        past that (SetAlias, or an upload or export naming one) is RESOURCE_EXHAUSTED, before any
+        byte of an upload is stored; moving or deleting one the model has is not refused.
         """
 
     @_abc_1.abstractmethod
@@ -409,7 +422,9 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.Deployment, _abc.Awaitable[_registry_pb2.Deployment]]:
         """Deployments: how Predict calls without a version or alias are routed. Each version or alias
-        has at most one route (INVALID_ARGUMENT naming a repeated one). A Deploy that routes as the
+        has at most one route (INVALID_ARGUMENT naming a repeated one). A shadow that resolves to the
+        version every route sends requests to is INVALID_ARGUMENT: it would compare the version with
+        itself. A Deploy that routes as the
         current deployment does (the same weight per target, in any order, and the same shadow; the
         comment aside) changes nothing and returns the current revision, so a Rollback after it
         restores the deployment before that one.
