@@ -71,6 +71,21 @@ def test_aliases_move_and_keep_a_history(client, two_versions):
         client.models.set_alias("affine", "latest", 1)
 
 
+def test_aliases_pages_through_every_alias_sync_and_aio(daemon, client, two_versions):
+    canaries = [f"canary-{i:02}" for i in range(11)]
+    for name in canaries:
+        client.models.set_alias("affine", name, 1)
+    every = [*canaries, "staging", "latest"]
+    assert [a.alias for a in client.models.aliases("affine", page_size=5)] == every
+    assert [a.alias for a in client.models.aliases("affine")] == every
+
+    async def scenario():
+        async with tessera.aio.Client(daemon.target) as aio_client:
+            return [a.alias async for a in aio_client.models.aliases("affine", page_size=2)]
+
+    assert asyncio.run(scenario()) == every
+
+
 def test_compare_lineage_and_download(client, two_versions, tmp_path):
     diff = client.models.compare("affine", 1, "staging")
     assert (diff.a.version, diff.b.version) == (1, 2)

@@ -562,6 +562,24 @@ def cmd_models_alias(client: Client, args: argparse.Namespace, out: Output) -> N
     out.line(f"{alias.model}: {alias.alias} -> v{alias.version}")
 
 
+def cmd_models_aliases(client: Client, args: argparse.Namespace, out: Output) -> None:
+    aliases = list(client.models.aliases(args.model))
+    if out.as_json:
+        return out.json(aliases)
+    out.table(
+        f"{args.model} aliases",
+        ["alias", "version", "updated", "by"],
+        [(a.alias, f"v{a.version}", when(a.updated_at), a.updated_by) for a in aliases],
+    )
+
+
+def cmd_models_unalias(client: Client, args: argparse.Namespace, out: Output) -> None:
+    client.models.delete_alias(args.model, args.alias)
+    if out.as_json:
+        return out.json({"model": args.model, "alias": args.alias, "deleted": True})
+    out.line(f"{args.model}: alias {args.alias} deleted")
+
+
 def cmd_models_deploy(client: Client, args: argparse.Namespace, out: Output) -> None:
     routes: dict[int | str, int] = {}
     for chosen, weight in args.routes:
@@ -1651,6 +1669,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("model", help=MODEL_HELP)
     sub.add_argument("alias", help="the alias's name, e.g. production (latest is kept by the daemon)")
     sub.add_argument("version", type=whole(), help="the version number it points at")
+    command(
+        models,
+        "aliases",
+        cmd_models_aliases,
+        "a model's aliases by name, latest last (at most 1,000 a model)",
+    ).add_argument("model", help=MODEL_HELP)
+    sub = command(
+        models,
+        "unalias",
+        cmd_models_unalias,
+        "delete an alias (refused while the deployment routes through it)",
+    )
+    sub.add_argument("model", help=MODEL_HELP)
+    sub.add_argument("alias", help="the alias's name")
     sub = command(
         models, "deploy", cmd_models_deploy, "route traffic: ROUTE is VERSION=PERCENT or ALIAS=PERCENT"
     )

@@ -308,12 +308,15 @@ class Models(Part[C]):
         """Where an alias points."""
         return Op(S, "GetAlias", pb.GetAliasRequest(model=name, alias=alias))
 
-    @call
-    def aliases(self, name: str) -> Op[Sequence[pb.Alias]]:
-        """Every alias of the model."""
-        return Op(
-            S, "ListAliases", pb.ListAliasesRequest(model=name), lambda response: list(response.aliases)
-        )
+    @stream
+    def aliases(self, name: str, page_size: int = 0) -> Pages[pb.Alias]:
+        """Every alias of the model by name, "latest" last; fetched a page at a time."""
+
+        def page(token: str) -> Op[pb.ListAliasesResponse]:
+            request = pb.ListAliasesRequest(model=name, page_size=page_size, page_token=token)
+            return Op(S, "ListAliases", request)
+
+        return Pages(page, "aliases")
 
     @call
     def delete_alias(self, name: str, alias: str) -> Op[None]:
