@@ -155,6 +155,11 @@ class Aliases:
         self._notify(model)
         return AliasRecord(model, alias, version, event.time, actor)
 
+    def check_room(self, model: str, alias: str) -> None:
+        """`check_alias_room` for work that would set `alias` only once it is done (an export)."""
+        with self._store.read() as txn:
+            check_alias_room(txn, model, alias)
+
     def get_alias(self, model: str, alias: str) -> AliasRecord:
         validate_name("model", model)
         validate_name("alias", alias)

@@ -151,6 +151,9 @@ class Exports:
         already wait."""
         description = description or f"ONNX export of v{source.version}"
         architecture = _check(source, opset, alias, description)
+        if alias:
+            # Before the export runs for minutes; its registration checks again.
+            self._registry.check_alias_room(source.model, alias)
         request = _Request(source, architecture, opset, conv4d, alias, description, actor)
         with self._lock:
             if self._closed:

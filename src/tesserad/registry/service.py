@@ -89,6 +89,7 @@ class Registry:
         self.close = versions.close
 
         self.set_alias = aliases.set_alias
+        self.check_alias_room = aliases.check_room
         self.get_alias = aliases.get_alias
         self.list_aliases = aliases.list_aliases
         self.delete_alias = aliases.delete_alias

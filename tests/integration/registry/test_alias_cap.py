@@ -15,7 +15,14 @@ from tesserad.registry.tables import ALIASES
 from tesserad.server import STORE_TABLES
 from tesserad.store import Store, encode_record
 from tests.conftest import InProcessDaemon, daemon_settings
-from tests.integration.registry.conftest import onnx_header, onnx_identity, rpc_error, stored_blobs, upload
+from tests.integration.registry.conftest import (
+    onnx_header,
+    onnx_identity,
+    rpc_error,
+    safetensors_header,
+    stored_blobs,
+    upload,
+)
 
 R = registry_pb2
 
@@ -56,7 +63,7 @@ def two_versions(stub) -> None:
         upload(stub, onnx_header("m", artifact, **fields), artifact)
 
 
-def test_a_model_at_the_cap_refuses_new_aliases_and_fits_every_answer(stub, two_versions, data_dir):
+def test_a_model_at_the_cap_refuses_new_aliases_and_fits_every_answer(stub, two_versions, weights, data_dir):
     for i in range(CAP):
         stub.SetAlias(R.SetAliasRequest(model="m", alias=long_alias(i), version=1))
 
@@ -72,6 +79,8 @@ def test_a_model_at_the_cap_refuses_new_aliases_and_fits_every_answer(stub, two_
     rest = stub.ListAliases(R.ListAliasesRequest(model="m", page_size=1000, page_token=page.next_page_token))
     assert [a.alias for a in rest.aliases] == ["latest"] and rest.next_page_token == ""
 
+    trained = upload(stub, safetensors_header("m", weights), weights)
+    before = stub.GetModel(R.GetModelRequest(name="m"))
     history = stub.ListAliasHistory(R.ListAliasHistoryRequest(model="m", page_size=1)).events
     blobs = stored_blobs(data_dir)
     error = rpc_error(stub.SetAlias, R.SetAliasRequest(model="m", alias="one-more", version=2))
@@ -81,8 +90,15 @@ def test_a_model_at_the_cap_refuses_new_aliases_and_fits_every_answer(stub, two_
     error = rpc_error(upload, stub, onnx_header("m", artifact, alias="one-more"), artifact)
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert error.details() == cap_message(CAP, "one-more")
+    # Refused before the export runs.
+    export = R.ExportOnnxRequest(
+        source=common_pb2.VersionRef(model="m", version=trained.version), alias="one-more"
+    )
+    error = rpc_error(stub.ExportOnnx, export)
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error.details() == cap_message(CAP, "one-more")
     assert stored_blobs(data_dir) == blobs
-    assert stub.GetModel(R.GetModelRequest(name="m")) == model
+    assert stub.GetModel(R.GetModelRequest(name="m")) == before
     assert stub.ListAliasHistory(R.ListAliasHistoryRequest(model="m", page_size=1)).events == history
 
     # At the cap, an alias the model has still moves, and one deleted makes room.
