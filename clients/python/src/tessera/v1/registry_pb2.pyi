@@ -824,8 +824,8 @@ class UploadVersionHeader(_message.Message):
     def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """As a run's: keys 1 to 250 characters without NUL or newlines, values at most 6000, and 2 MiB
         together (keys and values in UTF-8, counting 11 bytes a param for its field tags and
-        lengths, so GetVersion can always answer the version); INVALID_ARGUMENT beyond, before any
-        byte of the artifact is stored.
+        lengths, as they take a GetVersion answer); INVALID_ARGUMENT beyond, before any byte of the
+        artifact is stored.
         """
 
     @_builtins.property
