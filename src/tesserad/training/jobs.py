@@ -848,6 +848,9 @@ class Jobs:
         """Handle worker messages until every process has exited, then settle the job's state."""
         done: DoneMessage | None = None
         done_at: dict[int, float] = {}  # rank: when its DoneMessage arrived
+        # The leader's outcome alone carries the weights: without it a succeeded outcome (from
+        # another rank) means the leader died after its training finished.
+        leader_done: DoneMessage | None = None
         stopped: set[int] = set()  # ranks killed for lingering after it
         error: ErrorMessage | None = None
         crash_code: int | None = None
@@ -878,8 +881,10 @@ class Jobs:
                 elif isinstance(message, DoneMessage):
                     rank = running.conns.index(ready)
                     done_at[rank] = time.monotonic()
+                    if rank == 0:
+                        leader_done = message
                     if rank == 0 or done is None:
-                        done = message  # the leader's carries the weights
+                        done = message
                 elif isinstance(message, ErrorMessage) and error is None:
                     error = message
             if running.cancel_deadline is not None and time.monotonic() > running.cancel_deadline:
@@ -904,8 +909,16 @@ class Jobs:
             error = self._refused_events(job.job_id)
         if error is not None:
             self._fail(job, error.kind, error.message)
+        elif leader_done is not None and leader_done.status == "succeeded":
+            self._succeed(job, leader_done)
         elif done is not None and done.status == "succeeded":
-            self._succeed(job, done)
+            # Another rank finished training, but the leader died before its outcome, with the
+            # weights, arrived: the leader's final checkpoint has them when it was stored.
+            final = self._final_checkpoint(job)
+            if final is not None:
+                self._finish_trained(job, final)
+            else:
+                self._fail(job, *_crash_error(running.processes[0].exitcode))
         elif done is None and running.cancel_deadline is not None and not overdue:
             _, died = _crash_error(crash_code if crash_code is not None else running.processes[0].exitcode)
             self._finish(job, "cancelled", f"cancelled, though the worker died before it stopped: {died}")
@@ -1042,14 +1055,17 @@ class Jobs:
                 extra={"job_id": job.job_id, "attempt": job.attempt},
             )
             return
+        final = self._final_checkpoint(job)
         job = self._set_state(
             job,
             "interrupted",
-            "tesserad is shutting down; the job resumes when it starts again",
+            f"tesserad is shutting down after the job's training finished; it finishes from its final "
+            f"(epoch {final.epoch}) checkpoint when tesserad starts again, without training again"
+            if final
+            else "tesserad is shutting down; the job resumes when it starts again",
             ends=True,
             also=self._run_status(job, "interrupted"),
         )
-        final = self._final_checkpoint(job)
         if final is not None:  # the next start only ends it (`_finish_trained`), training nothing
             log.info(
                 "job interrupted by the shutdown after its training finished; it finishes from its "

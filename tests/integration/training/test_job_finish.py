@@ -1,27 +1,23 @@
-"""A job whose training finished but whose end was not stored (the daemon was SIGKILLed in
-between) ends at the next start from its final checkpoint: it is not trained again, and it is
-registered once, even when the kill came after the registry committed its version.
+"""A job whose training finished but whose end was not stored (the daemon was SIGKILLed or
+stopped in between) ends at the next start from its final checkpoint: it is not trained again,
+and it is registered once, even when the kill came after the registry committed its version. A
+job whose worker died in between is finished from it at once.
 
 The kills land at exact points through tests/integration/training/kill_hook (see there)."""
 
 from __future__ import annotations
 
-import logging
+import json
 import os
 import signal
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
-import tesserad.training.jobs
 from tessera.v1 import job_spec_pb2, registry_pb2, registry_pb2_grpc, training_pb2, training_pb2_grpc
-from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.training.conftest import (
-    TRAINING_SETTINGS,
     follow,
     job_spec,
     of_kind,
@@ -66,6 +62,21 @@ def _killed_at(spawn_daemon: Any, data_dir: Path, point: str, model: str) -> tra
     spec = finishing_spec(model)
     job = training_pb2_grpc.TrainingStub(channel).SubmitJob(S.SubmitJobRequest(spec=spec))
     assert daemon.process.wait(120) == -signal.SIGKILL
+    channel.close()
+    return job
+
+
+def _stopped_at(spawn_daemon: Any, data_dir: Path, point: str, model: str) -> training_pb2.Job:
+    """Submit a job that registers to `model` to a daemon that stops gracefully at `point`."""
+    daemon, channel = _start(spawn_daemon, data_dir, {**ENV, **kill_hook_env(point)})
+    upload_standard_datasets(channel)
+    job = training_pb2_grpc.TrainingStub(channel).SubmitJob(S.SubmitJobRequest(spec=finishing_spec(model)))
+    assert daemon.process.wait(120) == 0
+    said = [json.loads(line)["msg"] for line in daemon.output().splitlines() if line.startswith("{")]
+    assert [m for m in said if m.startswith("job interrupted by the shutdown")] == [
+        "job interrupted by the shutdown after its training finished; it finishes from its final "
+        "checkpoint when tesserad starts again"
+    ]
     channel.close()
     return job
 
@@ -145,35 +156,52 @@ def test_a_sweep_trial_killed_after_its_training_finished_counts_once(
 
 
 def test_a_job_stopped_by_the_shutdown_after_its_final_checkpoint_is_said_to_finish(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    spawn_daemon: Any, tmp_path: Path
 ) -> None:
-    jobs = tesserad.training.jobs.Jobs
-    on_checkpoint = jobs._on_checkpoint
-    final_stored = threading.Event()
-
-    def held_after_final(self: Any, job: Any, message: Any) -> Any:
-        job = on_checkpoint(self, job, message)
-        if message.info.reason == "final":
-            # The job's end is not stored before the shutdown that the test starts now.
-            final_stored.set()
-            deadline = time.monotonic() + 60
-            while not self._closing and time.monotonic() < deadline:
-                time.sleep(0.01)
-        return job
-
-    monkeypatch.setattr(jobs, "_on_checkpoint", held_after_final)
-    running = InProcessDaemon(daemon_settings(tmp_path / "data", **TRAINING_SETTINGS)).start()
-    try:
-        channel = running.channel()
-        upload_standard_datasets(channel)
-        training_pb2_grpc.TrainingStub(channel).SubmitJob(S.SubmitJobRequest(spec=finishing_spec("m")))
-        assert final_stored.wait(120)
-    finally:
-        with caplog.at_level(logging.INFO, logger="tesserad.training.jobs"):
-            running.stop()
-    said = [r for r in caplog.records if r.getMessage().startswith("job interrupted by the shutdown")]
-    assert [r.getMessage() for r in said] == [
-        "job interrupted by the shutdown after its training finished; it finishes from its final "
-        "checkpoint when tesserad starts again"
+    model = "finish-after-stop"
+    job = _stopped_at(spawn_daemon, tmp_path, "stop_after_final_checkpoint", model)
+    _, channel = _start(spawn_daemon, tmp_path, ENV)
+    events = check_finished_once(channel, job.job_id, model)
+    interrupted = [s.reason for s in of_kind(events, "state") if s.state == S.JOB_STATE_INTERRUPTED]
+    assert interrupted == [
+        f"tesserad is shutting down after the job's training finished; it finishes from its final "
+        f"(epoch {EPOCHS}) checkpoint when tesserad starts again, without training again"
     ]
-    assert (said[0].epoch, hasattr(said[0], "from_epoch")) == (EPOCHS, False)
+    channel.close()
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_job_whose_worker_died_after_its_final_checkpoint_is_finished_from_it(
+    spawn_daemon: Any, tmp_path: Path, processes: int
+) -> None:
+    """The leader's worker dies once it has sent the final checkpoint: under DDP the other rank
+    still reports its outcome, which carries no weights; the job is finished from the checkpoint."""
+    model = "finish-worker-died"
+    env = {**ENV, "TESSERA_TRAINING_CPU_SLOTS": str(processes), **kill_hook_env("worker_final_checkpoint")}
+    daemon, channel = _start(spawn_daemon, tmp_path, env)
+    upload_standard_datasets(channel)
+    training = training_pb2_grpc.TrainingStub(channel)
+    spec = finishing_spec(model)
+    spec.devices.CopyFrom(job_spec_pb2.DeviceRequest(cpu=True, cpu_processes=processes))
+    job = training.SubmitJob(S.SubmitJobRequest(spec=spec))
+    events = follow(training, job.job_id)
+    ended = training.GetJob(S.GetJobRequest(job_id=job.job_id))
+    assert (ended.state, ended.attempt, ended.error) == (S.JOB_STATE_SUCCEEDED, 1, "")
+    assert [e.epoch for e in of_kind(events, "epoch")] == list(range(1, EPOCHS + 1))
+    assert [s.state for s in of_kind(events, "state")] == [
+        S.JOB_STATE_QUEUED,
+        S.JOB_STATE_RUNNING,
+        S.JOB_STATE_SUCCEEDED,
+    ]
+    assert of_kind(events, "error") == []
+    registry = registry_pb2_grpc.RegistryStub(channel)
+    versions = registry.ListVersions(registry_pb2.ListVersionsRequest(model=model)).versions
+    assert [(v.version, v.lineage.job_id) for v in versions] == [(1, job.job_id)]
+    assert (ended.registered.model, ended.registered.version) == (model, 1)
+    final = [c for c in of_kind(events, "checkpoint") if c.reason == "final"]
+    assert [c.epoch for c in final] == [EPOCHS]
+    assert ended.metrics["val_loss"] == pytest.approx(of_kind(events, "epoch")[-1].metrics["val_loss"])
+    run = training.GetRun(S.GetRunRequest(run_id=ended.run_id))
+    assert (run.status, run.attempts) == (S.RUN_STATUS_SUCCEEDED, 1)
+    daemon.wait_for_log("job finishing from its final checkpoint, without training again")
+    channel.close()

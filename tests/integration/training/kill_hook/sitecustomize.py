@@ -1,13 +1,20 @@
 """Kill points for crash tests: a daemon started with this directory first on PYTHONPATH and
-TESSERA_TEST_KILL_AT set SIGKILLs itself at that point of a training job's end.
+TESSERA_TEST_KILL_AT set stops at that point of a training job's end.
 
-- "final_checkpoint": once the job's final checkpoint is stored (its end is not yet).
-- "registered": once the registry has committed the job's version (the job's record and end
-  are not yet written).
+- "final_checkpoint": the daemon SIGKILLs itself once the job's final checkpoint is stored (its
+  end is not yet).
+- "registered": the daemon SIGKILLs itself once the registry has committed the job's version
+  (the job's record and end are not yet written).
+- "stop_after_final_checkpoint": once the job's final checkpoint is stored, the daemon sends
+  itself SIGTERM and holds the job's supervisor until the shutdown has begun: a graceful stop
+  that catches the job after its training finished.
+- "worker_final_checkpoint": the job's worker process SIGKILLs itself once it has sent its final
+  checkpoint (before its outcome); the daemon goes on.
 
-Python imports `sitecustomize` at start-up; the hook patches the daemon's modules as they are
-first imported, so the daemon starts as it always does. The variable is removed from the
-environment here, so the workers the daemon starts leave their code alone.
+Python imports `sitecustomize` at start-up; the hook patches the modules as they are first
+imported, so the daemon starts as it always does. For a daemon's kill point the variable is
+removed from the environment here, so the workers the daemon starts leave their code alone; for
+a worker's it stays, for the worker processes (and the fork server that starts them) to read.
 """
 
 from __future__ import annotations
@@ -17,10 +24,14 @@ import importlib.machinery
 import os
 import signal
 import sys
+import time
 from types import ModuleType
 from typing import Any
 
-_AT = os.environ.pop("TESSERA_TEST_KILL_AT", "")
+_WORKER_POINTS = {"worker_final_checkpoint"}
+_AT = os.environ.get("TESSERA_TEST_KILL_AT", "")
+if _AT not in _WORKER_POINTS:
+    os.environ.pop("TESSERA_TEST_KILL_AT", None)
 
 
 def _die() -> None:
@@ -39,6 +50,22 @@ def _patch_jobs(module: ModuleType) -> None:
     module.Jobs._on_checkpoint = killing_on_checkpoint
 
 
+def _patch_jobs_stop(module: ModuleType) -> None:
+    on_checkpoint = module.Jobs._on_checkpoint
+
+    def stopping_on_checkpoint(self: Any, job: Any, message: Any) -> Any:
+        job = on_checkpoint(self, job, message)
+        if message.info.reason == "final":
+            os.kill(os.getpid(), signal.SIGTERM)
+            # The job's end must not be stored before the shutdown stops its worker.
+            deadline = time.monotonic() + 60
+            while not self._closing and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return job
+
+    module.Jobs._on_checkpoint = stopping_on_checkpoint
+
+
 def _patch_registration(module: ModuleType) -> None:
     register = module.JobRegistration.register
 
@@ -49,9 +76,25 @@ def _patch_registration(module: ModuleType) -> None:
     module.JobRegistration.register = killing_register
 
 
+def _patch_trainer(module: ModuleType) -> None:
+    maybe_checkpoint = module.Trainer._maybe_checkpoint
+
+    def killing_maybe_checkpoint(
+        self: Any, epoch: int, step: int, metrics: dict[str, float], final: bool
+    ) -> None:
+        maybe_checkpoint(self, epoch, step, metrics, final)
+        # Sent in full: what is in the pipe outlives the process that wrote it.
+        if final and self.dist.leader:
+            _die()
+
+    module.Trainer._maybe_checkpoint = killing_maybe_checkpoint
+
+
 _PATCHES = {
     "final_checkpoint": ("tesserad.training.jobs", _patch_jobs),
     "registered": ("tesserad.training.registration", _patch_registration),
+    "stop_after_final_checkpoint": ("tesserad.training.jobs", _patch_jobs_stop),
+    "worker_final_checkpoint": ("tesserad.training.loop", _patch_trainer),
 }
 
 
