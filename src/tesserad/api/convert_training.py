@@ -14,7 +14,7 @@ from tesserad.api.convert_registry import job_spec_to_dict
 from tesserad.errors import InvalidArgument
 from tesserad.training.artifacts import RunArtifact
 from tesserad.training.events import JobEvent
-from tesserad.training.job_records import JobRecord
+from tesserad.training.job_records import Checkpoint, JobRecord, listed_checkpoints
 from tesserad.training.pbt import PbtSettings
 from tesserad.training.search_space import SweepParameter
 from tesserad.training.sweeps import AshaSettings, Sweep, SweepRequest
@@ -177,6 +177,9 @@ def job_to_proto(job: JobRecord) -> pb.Job:
         last_seq=job.last_seq,
         created_by=job.created_by,
         sweep_id=job.sweep_id,
+        checkpoints=[_checkpoint_to_proto(c) for c in listed_checkpoints(job.checkpoints)],
+        checkpoints_kept=len(job.checkpoints),
+        checkpoints_released=job.checkpoints_released,
     )
     json_format.ParseDict(job.spec, message.spec, ignore_unknown_fields=True)
     if job.started_at:
@@ -187,6 +190,21 @@ def job_to_proto(job: JobRecord) -> pb.Job:
         message.registered.CopyFrom(
             common_pb2.VersionRef(model=job.registered.model, version=job.registered.version)
         )
+    return message
+
+
+def _checkpoint_to_proto(checkpoint: Checkpoint) -> pb.JobCheckpoint:
+    message = pb.JobCheckpoint(
+        epoch=checkpoint.epoch,
+        step=checkpoint.step,
+        reason=checkpoint.reason,
+        best=checkpoint.best,
+        metrics=checkpoint.metrics,
+        size_bytes=checkpoint.size_bytes,
+        sha256=checkpoint.sha256,
+    )
+    if checkpoint.created_at is not None:
+        message.created_at.CopyFrom(timestamp(checkpoint.created_at))
     return message
 
 

@@ -15,6 +15,9 @@ from tesserad.store import decode_record, encode_record
 
 KIND = "job"
 SCHEMA = 1
+# A job may keep every checkpoint (a large keep_last or retain_latest; a sweep's trial until its
+# sweep ends): a GetJob or ListJobs answer lists this many of them at most.
+MAX_LISTED_CHECKPOINTS = 16
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class Checkpoint:
     metrics: dict[str, float]
     sha256: str
     size_bytes: int
+    created_at: float | None = None  # None: stored by a daemon from before it was kept
 
 
 @dataclass(frozen=True)
@@ -110,19 +114,7 @@ def encode_job(job: JobRecord) -> bytes:
         "last_seq": job.last_seq,
         "created_by": job.created_by,
         "sweep_id": job.sweep_id,
-        "checkpoints": [
-            {
-                "epoch": c.epoch,
-                "step": c.step,
-                "reason": c.reason,
-                "periodic": c.periodic,
-                "best": c.best,
-                "metrics": c.metrics,
-                "sha256": c.sha256,
-                "size_bytes": c.size_bytes,
-            }
-            for c in job.checkpoints
-        ],
+        "checkpoints": [_encode_checkpoint(c) for c in job.checkpoints],
     }
     # Written only when set: earlier records keep their stored form.
     if job.start_weights:
@@ -134,6 +126,23 @@ def encode_job(job: JobRecord) -> bytes:
     if job.checkpoints_released:
         data["checkpoints_released"] = job.checkpoints_released
     return encode_record(KIND, SCHEMA, data)
+
+
+def _encode_checkpoint(checkpoint: Checkpoint) -> dict[str, Any]:
+    data = {
+        "epoch": checkpoint.epoch,
+        "step": checkpoint.step,
+        "reason": checkpoint.reason,
+        "periodic": checkpoint.periodic,
+        "best": checkpoint.best,
+        "metrics": checkpoint.metrics,
+        "sha256": checkpoint.sha256,
+        "size_bytes": checkpoint.size_bytes,
+    }
+    # Written only when known: an earlier record's checkpoints keep their stored form.
+    if checkpoint.created_at is not None:
+        data["created_at"] = checkpoint.created_at
+    return data
 
 
 def decode_job(raw: bytes) -> JobRecord:
@@ -173,6 +182,7 @@ def decode_job(raw: bytes) -> JobRecord:
                 metrics=c["metrics"],
                 sha256=c["sha256"],
                 size_bytes=c["size_bytes"],
+                created_at=c.get("created_at"),
             )
             for c in data["checkpoints"]
         ),
@@ -198,3 +208,22 @@ def retained_at_end(
         kept_ids |= {id(c) for c in scored[:best]}
     kept = tuple(c for c in sorted(checkpoints, key=lambda c: c.step) if id(c) in kept_ids)
     return kept, {c.sha256 for c in checkpoints} - {c.sha256 for c in kept}
+
+
+def listed_checkpoints(
+    checkpoints: tuple[Checkpoint, ...], limit: int = MAX_LISTED_CHECKPOINTS
+) -> tuple[Checkpoint, ...]:
+    """The checkpoints a job's answer lists, in step order: all when they are at most `limit`,
+    else the final one, the newest best and the newest others (those a job resumes, registers
+    or is fine-tuned from)."""
+    if len(checkpoints) <= limit:
+        return checkpoints
+    newest_best = [c for c in checkpoints if c.best][-1:]
+    final = [c for c in checkpoints if c.reason == "final"]
+    newest = sorted(checkpoints, key=lambda c: c.step, reverse=True)
+    chosen: dict[int, Checkpoint] = {}
+    for c in [*final, *newest_best, *newest]:
+        if len(chosen) == limit:
+            break
+        chosen.setdefault(id(c), c)
+    return tuple(sorted(chosen.values(), key=lambda c: c.step))

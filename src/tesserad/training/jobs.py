@@ -989,6 +989,7 @@ class Jobs:
             metrics=info.metrics,
             sha256=ref.sha256,
             size_bytes=ref.size,
+            created_at=time.time(),
         )
         kept = [*job.checkpoints, entry]
         keep_last = job.config["checkpoints"]["keep_last"]

@@ -197,6 +197,21 @@ def test_train_follow_jobs_runs_and_export(tessera_cli, client, dataset_file, tm
     lines = tessera_cli("--json", "jobs", "watch", job_id).out.strip().splitlines()
     assert '"kind": "StateChanged"' in lines[0] and '"kind": "Job"' in lines[-1]
     assert job_id in tessera_cli("jobs", "ls").out
+    shown = tessera_cli("jobs", "show", job_id)
+    assert shown.code == 0, shown.err
+    rows = {
+        line.split("│")[1].strip(): line.split("│")[2].strip()
+        for line in shown.out.splitlines()
+        if "│" in line
+    }
+    # Two epochs, a checkpoint each: the daemon's retention keeps the newest, the final one.
+    assert rows["state"] == "succeeded" and rows["registered"] == "cli-mlp v1"
+    assert rows["checkpoints"] == "1 kept, 1 released"
+    cells = [
+        [c.strip() for c in line.split("│")[1:-1]] for line in shown.out.splitlines() if " final " in line
+    ]
+    assert [(row[0], row[2]) for row in cells] == [("2", "final")]
+    assert tessera_cli("--json", "jobs", "show", job_id).json()["checkpoints"][0]["reason"] == "final"
     assert tessera_cli("--json", "jobs", "ls", "--state", "succeeded").json()[0]["job_id"] == job_id
     submitted = tessera_cli("--json", "train", str(spec)).json()
     assert submitted["job_id"] != job_id

@@ -1,7 +1,8 @@
 """Checkpoints an ended job no longer needs are released: it keeps its newest and its best (the
 daemon's training.checkpoints_keep_* or its spec's retain_*), the rest leave its record and the
 disk. A sweep's trials keep theirs until the sweep ends (PBT copies them); an interrupted job keeps
-all of its own to resume from; a store from before the policy has it applied once at start."""
+all of its own to resume from; a store from before the policy has it applied once at start.
+GetJob and ListJobs show the kept checkpoints (up to a cap) and how many were released."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 from tessera.v1 import job_spec_pb2, training_pb2, training_pb2_grpc
 from tesserad.server import STORE_TABLES
 from tesserad.store import Store
-from tesserad.training.job_records import Checkpoint, JobRecord, decode_job
+from tesserad.training.job_records import MAX_LISTED_CHECKPOINTS, Checkpoint, JobRecord, decode_job
 from tesserad.training.jobs import CHECKPOINTS_RETAINED
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.training.conftest import (
@@ -247,3 +248,47 @@ def test_a_negative_retention_is_refused(training) -> None:
         submit(training, job_spec("mlp", checkpoints=policy))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "spec.checkpoints.retain_latest" in (refused.value.details() or "")
+
+
+def test_get_job_and_list_jobs_show_the_kept_checkpoints_and_how_many_were_released(training) -> None:
+    # Best by the highest train_loss: an early epoch, kept beside the final one.
+    policy = job_spec_pb2.CheckpointPolicy(
+        every_n_epochs=1,
+        keep_last=5,
+        keep_best_metric="train_loss",
+        keep_best_mode=job_spec_pb2.OPTIMIZE_MODE_MAX,
+        retain_latest=1,
+        retain_best=1,
+    )
+    submitted = submit(training, job_spec("mlp", epochs=5, seed=103, checkpoints=policy))
+    events = follow(training, submitted.job_id)
+    saved = {(c.epoch, c.reason): c for c in of_kind(events, "checkpoint")}
+    losses = {e.epoch: e.metrics["train_loss"] for e in of_kind(events, "epoch")}
+    best_epoch = max(losses, key=losses.__getitem__)
+    assert best_epoch != 5
+
+    job = training.GetJob(S.GetJobRequest(job_id=submitted.job_id))
+    assert [c.epoch for c in job.checkpoints] == [best_epoch, 5]
+    assert (job.checkpoints_kept, job.checkpoints_released) == (2, 3)
+    best, final = job.checkpoints
+    assert (best.best, best.metrics["train_loss"]) == (True, pytest.approx(losses[best_epoch]))
+    assert (final.reason, final.metrics["train_loss"]) == ("final", pytest.approx(losses[5]))
+    for listed in job.checkpoints:
+        event = saved[(listed.epoch, listed.reason)]
+        assert (listed.step, listed.size_bytes) == (event.step, event.size_bytes)
+        assert len(listed.sha256) == 64 and listed.created_at.seconds > 0
+    assert best.created_at.ToNanoseconds() < final.created_at.ToNanoseconds() <= job.ended_at.ToNanoseconds()
+
+    listed = [j for j in training.ListJobs(S.ListJobsRequest(page_size=1000)).jobs if j.job_id == job.job_id]
+    assert listed == [job]
+
+
+def test_a_job_keeping_more_checkpoints_than_an_answer_lists_says_how_many_it_keeps(training) -> None:
+    epochs = MAX_LISTED_CHECKPOINTS + 4
+    policy = job_spec_pb2.CheckpointPolicy(every_n_epochs=1, keep_last=epochs, retain_latest=epochs)
+    submitted = submit(training, job_spec("mlp", epochs=epochs, seed=104, checkpoints=policy))
+    follow(training, submitted.job_id)
+    job = training.GetJob(S.GetJobRequest(job_id=submitted.job_id))
+    assert (job.checkpoints_kept, job.checkpoints_released) == (epochs, 0)
+    assert [c.epoch for c in job.checkpoints] == list(range(5, epochs + 1))
+    assert job.checkpoints[-1].reason == "final"

@@ -955,6 +955,58 @@ def cmd_jobs_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
     )
 
 
+def cmd_jobs_show(client: Client, args: argparse.Namespace, out: Output) -> None:
+    job = client.training.job(args.job_id).info
+    if out.as_json:
+        return out.json(job)
+    registered = f"{job.registered.model} v{job.registered.version}" if job.HasField("registered") else "-"
+    out.pairs(
+        f"job {job.job_id}",
+        [
+            ("state", JobState.from_proto(job.state).value),
+            ("experiment", job.experiment),
+            ("run", job.run_id),
+            ("sweep", job.sweep_id or "-"),
+            ("attempt", job.attempt),
+            ("progress", f"{job.progress:.0%} (epoch {job.epoch}, step {job.step} of {job.total_steps})"),
+            ("created", when(job.created_at)),
+            ("started", when(job.started_at)),
+            ("ended", when(job.ended_at)),
+            ("error", job.error or "-"),
+            ("registered", registered),
+            *[(f"metric {k}", f"{v:.5g}") for k, v in sorted(job.metrics.items())],
+            (
+                "checkpoints",
+                f"{job.checkpoints_kept} kept"
+                + (f" ({len(job.checkpoints)} listed)" if len(job.checkpoints) < job.checkpoints_kept else "")
+                + f", {job.checkpoints_released} released",
+            ),
+        ],
+    )
+    if not job.checkpoints:
+        return None
+    # The value of the metric that makes a checkpoint the best, beside each.
+    metric = job.spec.checkpoints.keep_best_metric
+    out.table(
+        "checkpoints",
+        ["epoch", "step", "reason", *([metric] if metric else []), "size", "saved", "sha256"],
+        [
+            (
+                c.epoch,
+                c.step,
+                c.reason + (" (best)" if c.best and c.reason != "best" else ""),
+                *([f"{c.metrics[metric]:.5g}" if metric in c.metrics else "-"] if metric else []),
+                size(c.size_bytes),
+                when(c.created_at),
+                c.sha256[:12],
+            )
+            for c in job.checkpoints
+        ],
+        whole=("epoch", "step", "sha256"),
+    )
+    return None
+
+
 def cmd_jobs_watch(client: Client, args: argparse.Namespace, out: Output) -> None:
     job = client.training.job(args.job_id)
     finish(follow(job, out.console, out.as_json, from_seq=args.from_seq))
@@ -1817,6 +1869,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=str.lower,
         choices=[state.value for state in JobState if state != JobState.UNSPECIFIED],
         help="only jobs in this state (repeatable)",
+    )
+    command(jobs, "show", cmd_jobs_show, "a job's state, metrics and kept checkpoints").add_argument(
+        "job_id", help=JOB_HELP
     )
     sub = command(jobs, "watch", cmd_jobs_watch, "follow a job's progress until it ends")
     sub.add_argument("job_id", help=JOB_HELP)

@@ -292,6 +292,9 @@ class Job(_message.Message):
     LAST_SEQ_FIELD_NUMBER: _builtins.int
     CREATED_BY_FIELD_NUMBER: _builtins.int
     SWEEP_ID_FIELD_NUMBER: _builtins.int
+    CHECKPOINTS_FIELD_NUMBER: _builtins.int
+    CHECKPOINTS_KEPT_FIELD_NUMBER: _builtins.int
+    CHECKPOINTS_RELEASED_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     state: Global___JobState.ValueType
     experiment: _builtins.str
@@ -310,6 +313,12 @@ class Job(_message.Message):
     created_by: _builtins.str
     sweep_id: _builtins.str
     """Set when the job belongs to a sweep."""
+    checkpoints_kept: _builtins.int
+    """How many checkpoints the job keeps, listed or not."""
+    checkpoints_released: _builtins.int
+    """How many checkpoints the retention policy released (deleted) when the job ended (a sweep's
+    trial: when its sweep ended). Those dropped while it ran (beyond keep_last) are not counted.
+    """
     @_builtins.property
     def spec(self) -> _job_spec_pb2.JobSpec: ...
     @_builtins.property
@@ -329,6 +338,15 @@ class Job(_message.Message):
     @_builtins.property
     def registered(self) -> _common_pb2.VersionRef:
         """The version registered on success."""
+
+    @_builtins.property
+    def checkpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobCheckpoint]:
+        """The checkpoints the job keeps, in step order: while it runs, its newest
+        spec.checkpoints.keep_last periodic ones, its best and its final one; once it ended, what
+        spec.checkpoints.retain_latest and retain_best (or the daemon's training.checkpoints_keep_*)
+        leave. At most 16 are listed, so that a job keeping every checkpoint still fits an answer:
+        then the final one, the newest best and the newest others; checkpoints_kept counts them all.
+        """
 
     def __init__(
         self,
@@ -353,14 +371,90 @@ class Job(_message.Message):
         last_seq: _builtins.int = ...,
         created_by: _builtins.str = ...,
         sweep_id: _builtins.str = ...,
+        checkpoints: _abc.Iterable[Global___JobCheckpoint] | None = ...,
+        checkpoints_kept: _builtins.int = ...,
+        checkpoints_released: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "registered", b"registered", "spec", b"spec", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "created_at", b"created_at", "created_by", b"created_by", "devices", b"devices", "ended_at", b"ended_at", "epoch", b"epoch", "error", b"error", "experiment", b"experiment", "job_id", b"job_id", "last_seq", b"last_seq", "metrics", b"metrics", "progress", b"progress", "registered", b"registered", "run_id", b"run_id", "spec", b"spec", "started_at", b"started_at", "state", b"state", "step", b"step", "sweep_id", b"sweep_id", "total_steps", b"total_steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "checkpoints", b"checkpoints", "checkpoints_kept", b"checkpoints_kept", "checkpoints_released", b"checkpoints_released", "created_at", b"created_at", "created_by", b"created_by", "devices", b"devices", "ended_at", b"ended_at", "epoch", b"epoch", "error", b"error", "experiment", b"experiment", "job_id", b"job_id", "last_seq", b"last_seq", "metrics", b"metrics", "progress", b"progress", "registered", b"registered", "run_id", b"run_id", "spec", b"spec", "started_at", b"started_at", "state", b"state", "step", b"step", "sweep_id", b"sweep_id", "total_steps", b"total_steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Job: _TypeAlias = Job  # noqa: Y015
+
+@_typing.final
+class JobCheckpoint(_message.Message):
+    """A checkpoint a job keeps."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetricsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    EPOCH_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    BEST_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    epoch: _builtins.int
+    step: _builtins.int
+    reason: _builtins.str
+    """Why it was saved: "periodic", "best" or "final" (its training finished: the weights the
+    job registers).
+    """
+    best: _builtins.bool
+    """Its spec.checkpoints.keep_best_metric (in metrics) improved on every earlier checkpoint's."""
+    size_bytes: _builtins.int
+    sha256: _builtins.str
+    """Of the checkpoint file (byte-identical checkpoints share one)."""
+    @_builtins.property
+    def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """The metrics of the epoch it was saved after (train_loss, val_loss, ...)."""
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """Unset for a checkpoint stored by a daemon from before this was kept."""
+
+    def __init__(
+        self,
+        *,
+        epoch: _builtins.int = ...,
+        step: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        best: _builtins.bool = ...,
+        metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        size_bytes: _builtins.int = ...,
+        sha256: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best", b"best", "created_at", b"created_at", "epoch", b"epoch", "metrics", b"metrics", "reason", b"reason", "sha256", b"sha256", "size_bytes", b"size_bytes", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobCheckpoint: _TypeAlias = JobCheckpoint  # noqa: Y015
 
 @_typing.final
 class SubmitJobRequest(_message.Message):
