@@ -44,7 +44,7 @@ from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, Resou
 from tesserad.host import usable_cpu_count
 from tesserad.ids import new_id
 from tesserad.names import validate_name
-from tesserad.paging import PageFill, resume_key
+from tesserad.paging import PageFill, answer_bytes, resume_key
 from tesserad.store import BlobRef, BlobStore, ReadTxn, Store, WriteTxn, encode_record
 from tesserad.training.checkpoints import checkpoint_weights
 from tesserad.training.events import EventLog, JobEvent
@@ -56,6 +56,7 @@ from tesserad.training.job_records import (
     Registered,
     decode_job,
     encode_job,
+    listed_checkpoints,
     retained_at_end,
 )
 from tesserad.training.launcher import worker_context
@@ -573,8 +574,7 @@ class Jobs:
                     continue
                 if sweep_id and job.sweep_id != sweep_id:
                     continue
-                # Sized as stored: an unended job's newer record differs in its progress alone.
-                if not fill.room(len(raw)):
+                if not fill.room(answered_bytes(job)):
                     break
                 fill.add(key, job)
         return fill.page.items, fill.page.next_page_token
@@ -1245,6 +1245,13 @@ class Jobs:
     @staticmethod
     def _put(txn: WriteTxn, job: JobRecord) -> None:
         txn.put("jobs", (job.job_id,), encode_job(job))
+
+
+def answered_bytes(job: JobRecord) -> int:
+    """What `job` takes in a GetJob or ListJobs answer at most, as paging.answer_bytes sizes
+    every listing's items: its record less its config, which no answer carries (its stored row
+    holds the spec twice over, as given and checked), with the checkpoints an answer lists."""
+    return answer_bytes(replace(job, config={}, checkpoints=listed_checkpoints(job.checkpoints)))
 
 
 def checkpoint_holder(job_id: str) -> str:

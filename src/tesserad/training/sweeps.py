@@ -31,8 +31,8 @@ from typing import Any
 from tesserad.datasets.references import release_dataset_holds, release_ended_holds, sweep_holder
 from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, TesseraError
 from tesserad.ids import new_id
-from tesserad.paging import PageFill, resume_key
-from tesserad.store import Key, Store, decode_record, encode_record
+from tesserad.paging import PageFill, answer_bytes, resume_key
+from tesserad.store import Store, decode_record, encode_record
 from tesserad.training.job_records import JobRecord
 from tesserad.training.jobs import ENDED, Jobs
 from tesserad.training.pbt import Member, PbtSettings, next_generation, pbt_settings
@@ -140,6 +140,14 @@ class Sweep:
     @property
     def searcher(self) -> str:
         return searcher_and_pruner(self.strategy, "")[0]
+
+
+def answered_bytes(sweep: Sweep) -> int:
+    """What `sweep` takes in a GetSweep or ListSweeps answer at most, as paging.answer_bytes
+    sizes every listing's items: its record less what no answer carries (each trial's job spec,
+    the searcher's and the pruner's state), which its stored row holds."""
+    trials = [replace(t, raw={}, document={}, sampler_attrs={}) for t in sweep.trials]
+    return answer_bytes(replace(sweep, trials=trials, rungs={}, base={}, parameters=[], brackets=[]))
 
 
 def searcher_and_pruner(strategy: str, pruner: str) -> tuple[str, str]:
@@ -513,34 +521,41 @@ class Sweeps:
 
     def get(self, sweep_id: str) -> Sweep:
         """A copy of the sweep, safe to read while its trials go on."""
-        with self._lock:
-            if sweep_id in self._running:
-                sweep = self._running[sweep_id]
-                # The record takes a trial's state from its job when the job ends; until then, ask the job.
-                trials = [
-                    replace(t, state=self._jobs.get(t.job_id).state)
-                    if t.job_id and t.state not in ENDED
-                    else replace(t)
-                    for t in sweep.trials
-                ]
-                return replace(sweep, trials=trials, rungs=copy.deepcopy(sweep.rungs))
+        running = self._running_copy(sweep_id)
+        if running is not None:
+            return running
         with self._store.read() as txn:
             raw = txn.get("sweeps", (sweep_id,))
         if raw is None:
             raise NotFound(f"sweep {sweep_id!r} does not exist; ListSweeps lists them")
         return decode_sweep(raw)
 
+    def _running_copy(self, sweep_id: str) -> Sweep | None:
+        """A copy of the sweep if it runs, else None."""
+        with self._lock:
+            sweep = self._running.get(sweep_id)
+            if sweep is None:
+                return None
+            # The record takes a trial's state from its job when the job ends; until then, ask the job.
+            trials = [
+                replace(t, state=self._jobs.get(t.job_id).state)
+                if t.job_id and t.state not in ENDED
+                else replace(t)
+                for t in sweep.trials
+            ]
+            return replace(sweep, trials=trials, rungs=copy.deepcopy(sweep.rungs))
+
     def list(self, size: int, token: str) -> tuple[list[Sweep], str]:
         query = {"list": "sweeps"}
         after = resume_key(token, query)
-        # Sized as stored; a running sweep's newer record differs in its trials' states alone.
-        fill: PageFill[Key] = PageFill(size, query)
+        fill: PageFill[Sweep] = PageFill(size, query)
         with self._store.read() as txn:
             for key, raw in txn.scan("sweeps", after=after, reverse=True):
-                if not fill.room(len(raw)):
+                sweep = self._running_copy(str(key[0])) or decode_sweep(raw)
+                if not fill.room(answered_bytes(sweep)):
                     break
-                fill.add(key, key)
-        return [self.get(str(key[0])) for key in fill.page.items], fill.page.next_page_token
+                fill.add(key, sweep)
+        return fill.page.items, fill.page.next_page_token
 
     def cancel(self, sweep_id: str) -> Sweep:
         with self._lock:
