@@ -145,7 +145,8 @@ def lineage_to_proto(lineage: Lineage) -> pb.Lineage:
         job_id=lineage.job_id,
         experiment=lineage.experiment,
         datasets=[
-            pb.DatasetLineage(name=d.name, version=d.version, sha256=d.sha256) for d in lineage.datasets
+            pb.DatasetLineage(name=d.name, version=d.version, sha256=d.sha256, deleted=d.deleted)
+            for d in lineage.datasets
         ],
         parent_version=lineage.parent_version,
         parent_model=lineage.parent_model,

@@ -31,6 +31,9 @@ class DatasetLineage:
     name: str
     version: int
     sha256: str = ""
+    # The version was gone when this model version was registered: a training job's dataset
+    # force-deleted while it ran (see Versions.register_version). Nothing holds it.
+    deleted: bool = False
 
 
 @dataclass(frozen=True)
@@ -243,7 +246,8 @@ def encode_version(record: VersionRecord) -> bytes:
             "job_id": lineage.job_id,
             "experiment": lineage.experiment,
             "datasets": [
-                {"name": ds.name, "version": ds.version, "sha256": ds.sha256} for ds in lineage.datasets
+                {"name": ds.name, "version": ds.version, "sha256": ds.sha256, "deleted": ds.deleted}
+                for ds in lineage.datasets
             ],
             "parent_version": lineage.parent_version,
             "parent_model": lineage.parent_model,

@@ -309,6 +309,7 @@ class Versions:
         alias: str = "",
         actor: str = ANONYMOUS,
         once_per_job: bool = False,
+        datasets_may_be_deleted: bool = False,
     ) -> VersionRecord:
         """Record a stored blob as the model's next version (all or nothing).
 
@@ -323,7 +324,10 @@ class Versions:
         record's `alias_moved` says where the alias pointed before. With `once_per_job`, a
         lineage job that has a version of the model already gets that version back, unchanged
         (its alias stays where it is): a training job resumed after its registration was
-        committed registers once.
+        committed registers once. With `datasets_may_be_deleted`, a lineage dataset version
+        named with its sha256 that is gone (deleted, or deleted and its number uploaded again as
+        other data) is recorded as deleted instead of refused: a training job's, force-deleted
+        while it ran, must not lose the trained model.
         """
         try:
             self.check_upload(
@@ -353,6 +357,7 @@ class Versions:
                 alias=alias,
                 actor=actor,
                 once_per_job=once_per_job,
+                datasets_may_be_deleted=datasets_may_be_deleted,
             )
             committed = self._commit(record, {model}, {blob.sha256})
         except BaseException:
@@ -539,6 +544,7 @@ class Versions:
         actor: str,
         artifact: bytes | None = None,
         once_per_job: bool = False,
+        datasets_may_be_deleted: bool = False,
     ) -> Callable[[WriteTxn], VersionRecord]:
         """Check the artifact of a blob whose header checks (`check_upload`) have passed; the
         function that records its version in a write transaction. `artifact`: the blob's bytes,
@@ -588,7 +594,7 @@ class Versions:
             else:
                 fields = decode_record(raw, MODEL_KIND, SCHEMA)[1]
             number = int(fields["next_version"])
-            checked_lineage = self._check_lineage(txn, model, lineage)
+            checked_lineage = self._check_lineage(txn, model, lineage, datasets_may_be_deleted)
             version_signature, version_parameters = signature, parameter_count
             if format == "ensemble":
                 # Checked in the recording transaction, so a member deleted meanwhile is seen.
@@ -620,8 +626,9 @@ class Versions:
             if lineage.job_id:
                 txn.put(JOB_VERSIONS, (lineage.job_id, model, number), b"")
             hold_blob(txn, blob.sha256, holder(model, number))
-            for ds in lineage.datasets:
-                hold_dataset(txn, ds.name, ds.version, holder(model, number))
+            for ds in checked_lineage.datasets:
+                if not ds.deleted:
+                    hold_dataset(txn, ds.name, ds.version, holder(model, number))
             if lineage.parent_version:
                 txn.put(DERIVED, (lineage.parent_model or model, lineage.parent_version, model, number), b"")
             if format == "ensemble":
@@ -669,9 +676,12 @@ class Versions:
             )
         settled.set_exception(error)
 
-    def _check_lineage(self, txn: ReadTxn, model: str, lineage: Lineage) -> Lineage:
+    def _check_lineage(
+        self, txn: ReadTxn, model: str, lineage: Lineage, datasets_may_be_deleted: bool = False
+    ) -> Lineage:
         """`lineage` once checked, each dataset version with its sha256: named by number alone,
-        a dataset deleted and uploaded again would give that number to other data."""
+        a dataset deleted and uploaded again would give that number to other data. With
+        `datasets_may_be_deleted`, one named with its sha256 that is gone is marked deleted."""
         if lineage.parent_model:
             validate_name("lineage.parent_model", lineage.parent_model)
         if lineage.parent_version < 0:
@@ -690,7 +700,13 @@ class Versions:
             if ds.version < 1:
                 raise InvalidArgument(f"lineage.datasets[{i}].version must be >= 1, got {ds.version}")
             if self._dataset_check is not None:
-                ds = replace(ds, sha256=self._dataset_check(txn, ds.name, ds.version, ds.sha256))
+                try:
+                    ds = replace(ds, sha256=self._dataset_check(txn, ds.name, ds.version, ds.sha256))
+                except (NotFound, InvalidArgument):
+                    # InvalidArgument: the number names other data now (the sha256 differs).
+                    if not (datasets_may_be_deleted and ds.sha256):
+                        raise
+                    ds = replace(ds, deleted=True)
             datasets.append(ds)
         return replace(lineage, datasets=tuple(datasets))
 

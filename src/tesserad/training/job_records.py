@@ -33,6 +33,9 @@ class Registered:
     model: str
     version: int
     alias: str
+    # Its dataset version was gone (force-deleted while the job ran) when it was registered:
+    # said once, as the job ends, and not stored (the version's lineage keeps it).
+    dataset_deleted: bool = False
 
 
 @dataclass(frozen=True)

@@ -1031,6 +1031,18 @@ class Jobs:
                     job, "registration", f"training succeeded but registering the weights failed: {message}"
                 )
                 return
+            if registered.dataset_deleted:
+                data = job.config["data"]
+                message = (
+                    f"dataset {data['dataset']!r} v{data['version']} was deleted while the job ran; the "
+                    "model version's lineage names it, marked deleted, with the sha256 of the data it "
+                    "was trained on"
+                )
+                log.warning(
+                    "registered a job's model whose dataset version was deleted while the job ran",
+                    extra={"job_id": job.job_id, "dataset": data["dataset"], "version": data["version"]},
+                )
+                job = self._append(job, "log", {"level": "warning", "message": message})
             job = self._append(
                 replace(job, registered=registered),
                 "registered",

@@ -15,7 +15,8 @@ class JobRegistration:
 
     def register(self, job: JobRecord, weights: BlobRef) -> Registered:
         """A new version of register_as.model (created if missing); the alias moves with it. A job
-        that has registered its version already (it was resumed after that) gets it back."""
+        that has registered its version already (it was resumed after that) gets it back. A
+        dataset version deleted since the job began is named in the lineage, marked deleted."""
         config = job.config
         target = config["register_as"]
         data = config["data"]
@@ -44,5 +45,8 @@ class JobRegistration:
             alias=target["alias"],
             actor=job.created_by,
             once_per_job=True,
+            # The trained model is not lost to a dataset force-deleted while the job ran.
+            datasets_may_be_deleted=True,
         )
-        return Registered(record.model, record.version, target["alias"])
+        deleted = any(ds.deleted for ds in record.lineage.datasets)
+        return Registered(record.model, record.version, target["alias"], dataset_deleted=deleted)

@@ -1,17 +1,29 @@
 """A job holds its dataset version while it is queued or running, not after it ends: deleting a
 dataset an ended job used needs no force; a model version trained on it still protects it. A
 sweep holds its trials' dataset version until it ends, between trials too. A submit holds the
-version in the transaction that stores the job or sweep, so a delete since its check refuses it."""
+version in the transaction that stores the job or sweep, so a delete since its check refuses it.
+A version force-deleted while a job ran does not lose the job's model: it is registered, its
+lineage naming the version as deleted."""
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
+from rich.console import Console
 
-from tessera.v1 import datasets_pb2, datasets_pb2_grpc, job_spec_pb2, training_pb2
+from tessera.cli import main
+from tessera.v1 import (
+    datasets_pb2,
+    datasets_pb2_grpc,
+    job_spec_pb2,
+    registry_pb2,
+    registry_pb2_grpc,
+    training_pb2,
+)
 from tessera.v1 import training_pb2_grpc as training_grpc
 from tesserad.datasets.references import DATASET_HOLDS, HOLDS_INDEXED, hold_dataset, job_holder, sweep_holder
 from tesserad.errors import FailedPrecondition
@@ -32,10 +44,10 @@ from tests.integration.training.conftest import (
 S = training_pb2
 
 
-def _push(channel: grpc.Channel, name: str) -> None:
+def _push(channel: grpc.Channel, name: str) -> datasets_pb2.DatasetVersion:
     rng = np.random.default_rng(3)
     x = rng.normal(size=(48, 6)).astype(np.float32)
-    upload_dataset(channel, name, {"x": x, "y": (x[:, 0] > 0).astype(np.int64)})
+    return upload_dataset(channel, name, {"x": x, "y": (x[:, 0] > 0).astype(np.int64)})
 
 
 def _spec(dataset: str, **fields) -> job_spec_pb2.JobSpec:
@@ -291,3 +303,44 @@ def test_a_dataset_deleted_while_a_sweep_is_submitted_refuses_the_sweep(
         "spec.data.dataset: dataset 'deleted-during-sweep' does not exist"
     )
     assert len(training.ListSweeps(S.ListSweepsRequest(page_size=1000)).sweeps) == before
+
+
+def test_a_job_whose_dataset_was_force_deleted_while_it_ran_registers_its_model_saying_so(
+    training_daemon, training: training_grpc.TrainingStub
+) -> None:
+    channel = training_daemon.channel()
+    sha256 = _push(channel, "deleted-while-running").sha256
+    spec = _spec(
+        "deleted-while-running",
+        epochs=40,
+        register_as=job_spec_pb2.RegisterAs(model="trained-on-deleted", alias="staging"),
+    )
+    job = submit(training, spec)
+    events = training.WatchJob(S.WatchJobRequest(job_id=job.job_id), timeout=120)
+    next(e for e in events if e.WhichOneof("event") == "epoch")
+    assert _delete(channel, "deleted-while-running", force=True) == 1
+    # The delete came while the job ran (not after its end, which would prove nothing).
+    assert training.GetJob(S.GetJobRequest(job_id=job.job_id)).state == S.JOB_STATE_RUNNING
+    rest = list(events)
+    ended = training.GetJob(S.GetJobRequest(job_id=job.job_id))
+    assert (ended.state, ended.error) == (S.JOB_STATE_SUCCEEDED, "")
+    assert (ended.registered.model, ended.registered.version) == ("trained-on-deleted", 1)
+    said = [e.log.message for e in rest if e.WhichOneof("event") == "log" and e.log.level == "warning"]
+    assert said == [
+        "dataset 'deleted-while-running' v1 was deleted while the job ran; the model version's "
+        "lineage names it, marked deleted, with the sha256 of the data it was trained on"
+    ]
+    registry = registry_pb2_grpc.RegistryStub(channel)
+    version = registry.GetVersion(
+        registry_pb2.GetVersionRequest(ref={"model": "trained-on-deleted", "alias": "staging"})
+    )
+    assert [(d.name, d.version, d.sha256, d.deleted) for d in version.lineage.datasets] == [
+        ("deleted-while-running", 1, sha256, True)
+    ]
+    screen = io.StringIO()
+    shown = ["--target", training_daemon.target, "models", "show", "trained-on-deleted"]
+    assert main(shown, console=Console(file=screen, width=200, color_system=None)) == 0
+    assert f"deleted-while-running:1 (deleted, sha256 {sha256[:12]})" in screen.getvalue()
+    # Nothing holds a version that is gone: one uploaded again under the name is not held by it.
+    _push(channel, "deleted-while-running")
+    assert _delete(channel, "deleted-while-running") == 1

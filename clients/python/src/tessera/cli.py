@@ -444,7 +444,8 @@ def version_rows(version: registry_pb2.ModelVersion) -> list[tuple[str, Any]]:
     if lineage.job_id:
         rows.append(("trained by", f"job {lineage.job_id}, run {lineage.run_id}"))
     for dataset in lineage.datasets:
-        rows.append(("dataset", f"{dataset.name}:{dataset.version}"))
+        gone = f" (deleted, sha256 {dataset.sha256[:12]})" if dataset.deleted else ""
+        rows.append(("dataset", f"{dataset.name}:{dataset.version}{gone}"))
     if lineage.parent_version:
         rows.append(("parent", parent_text(version)))
     return rows

@@ -670,6 +670,7 @@ class DatasetLineage(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
+    DELETED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.int
     sha256: _builtins.str
@@ -677,16 +678,22 @@ class DatasetLineage(_message.Message):
     left empty, the daemon records it, as a dataset deleted and uploaded again numbers its
     versions from 1 and its version of that number is other data.
     """
+    deleted: _builtins.bool
+    """Set by the daemon (ignored in an upload): the dataset version was gone when this version
+    was registered, force-deleted while the training job that made it ran. name, version and
+    sha256 say what the data was; nothing holds it.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         version: _builtins.int = ...,
         sha256: _builtins.str = ...,
+        deleted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "sha256", b"sha256", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "name", b"name", "sha256", b"sha256", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
