@@ -549,9 +549,13 @@ class Sweeps:
         query = {"list": "sweeps"}
         after = resume_key(token, query)
         fill: PageFill[Sweep] = PageFill(size, query)
+        # Copied before the scan: a running sweep's copy asks its trials' jobs, which may read the store.
+        with self._lock:
+            running_ids = list(self._running)
+        running = {sweep_id: found for sweep_id in running_ids if (found := self._running_copy(sweep_id))}
         with self._store.read() as txn:
             for key, raw in txn.scan("sweeps", after=after, reverse=True):
-                sweep = self._running_copy(str(key[0])) or decode_sweep(raw)
+                sweep = running.get(str(key[0])) or decode_sweep(raw)
                 if not fill.room(answered_bytes(sweep)):
                     break
                 fill.add(key, sweep)
