@@ -430,6 +430,13 @@ class ServingSettings:
         "the Open Inference Protocol over HTTP/REST (KServe v2 /v2/..., as Triton's port 8000; "
         "e.g. 127.0.0.1:8000); off (the default) disables; port 0 picks a free port",
     )
+    trace_file: Path | None = setting(
+        None,
+        parse_optional_path,
+        "the file the Open Inference Protocol's trace extension writes traces to (Triton's "
+        "trace_file; with a log_frequency, FILE.0, FILE.1, ...), overwritten as tracing starts; "
+        "clients turn tracing on and off, never change the file; off (the default): tracing stays off",
+    )
     autoload: bool = setting(
         True,
         parse_bool,

@@ -81,10 +81,11 @@ from tesserad.replica.changes import ChangeFeed
 from tesserad.replica.followed import FollowedRegistry, FollowedVersion
 from tesserad.replica.refusals import ReplicaRefusals
 from tesserad.runtime_env import worker_environment
-from tesserad.serving.open_inference import OpenInference
+from tesserad.serving.open_inference import OIP_NAME_BY_DTYPE, OpenInference
 from tesserad.serving.registry_source import build_inference, inference_over
 from tesserad.serving.service import CallCounter, InferenceService
 from tesserad.serving.shared_memory import SharedMemory
+from tesserad.serving.trace import Tracer, usable_trace_file
 from tesserad.serving.triton_metrics import TritonMetrics
 from tesserad.store import BlobStore, DataDirLock, Store
 from tesserad.store.prometheus import StoreMetrics
@@ -208,6 +209,8 @@ class Daemon:
         self._shared_memory = SharedMemory(settings.serving.max_shared_memory_regions)
         # The log settings clients may change through the Open Inference Protocol, until the stop.
         self._logs = LogControl(settings.log_level)
+        # Triton's trace extension, tracing off until the start has checked serving.trace_file.
+        self._tracer = Tracer(None, OIP_NAME_BY_DTYPE)
         self._lock: DataDirLock | None = None
         self._store: Store | None = None
         self._blobs: BlobStore | BlobCache | None = None
@@ -263,6 +266,11 @@ class Daemon:
         self._lock = DataDirLock(data_dir)
         with space_checked(str(data_dir), "the data directory's files at start"):
             self._lock.acquire()
+        if settings.serving.trace_file is not None:
+            try:
+                self._tracer = Tracer(usable_trace_file(settings.serving.trace_file), OIP_NAME_BY_DTYPE)
+            except ValueError as exc:
+                raise StartupError(str(exc)) from None
         if settings.replica.primary:
             await self._start_replica()
             return
@@ -340,7 +348,7 @@ class Daemon:
         self.inference = build_inference(self.registry, settings.serving, self.metrics.registry, calls)
         self._export_triton_metrics()
         self.registry.add_listener(self.inference.on_registry_change)
-        oip = OpenInference(self.inference, self._stopping, self._shared_memory, self._logs)
+        oip = OpenInference(self.inference, self._stopping, self._shared_memory, self._logs, self._tracer)
         cluster = ClusterStats(
             self._changes.replicas,
             await asyncio.to_thread(self._replica_transport, credentials is not None),
@@ -597,7 +605,9 @@ class Daemon:
         self.inference = inference_over(followed, settings.serving, self.metrics.registry, calls)
         self._export_triton_metrics()
         caught_up = asyncio.Event()
-        oip = OpenInference(self.inference, self._stopping, self._shared_memory, self._logs, caught_up)
+        oip = OpenInference(
+            self.inference, self._stopping, self._shared_memory, self._logs, self._tracer, caught_up
+        )
         _register(
             inference_pb2_grpc.add_InferenceServicer_to_server, InferenceServicer(self.inference), routes
         )
@@ -778,6 +788,7 @@ class Daemon:
             self.inference = None
         self._shared_memory.close()
         self._logs.close()
+        self._tracer.close()
         if self.exports is not None:
             await asyncio.to_thread(self.exports.close, exports_wait_s)
             self.exports = None

@@ -74,7 +74,8 @@ REVOKED_IN_FLIGHT = frozenset({"/inference.GRPCInferenceService/ModelInfer", "/t
 # so a value set here is seen by the servicer (and by asyncio.to_thread calls it makes) and
 # by nothing outside this call.
 _CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("tessera_caller", default=ANONYMOUS)
-# The caller's role, for an RPC whose role depends on what its request asks (LogSettings).
+# The caller's role, for an RPC whose role depends on what its request asks (LogSettings,
+# TraceSetting).
 _CALLER_ROLE: contextvars.ContextVar[Role] = contextvars.ContextVar(
     "tessera_caller_role", default=Role.READER
 )

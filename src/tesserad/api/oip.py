@@ -31,7 +31,7 @@ from tesserad.errors import PermissionDenied, TesseraError, Unimplemented
 from tesserad.log_settings import SettingValue
 from tesserad.oip import grpc_service_pb2 as pb
 from tesserad.oip import grpc_service_pb2_grpc
-from tesserad.security.roles import LOG_SETTINGS_UPDATE
+from tesserad.security.roles import LOG_SETTINGS_UPDATE, TRACE_SETTINGS_UPDATE
 from tesserad.serving.open_inference import (
     EXTENSIONS,
     FINAL_RESPONSE_FLAG,
@@ -137,6 +137,7 @@ def index_response(rows: Iterable[IndexRow]) -> pb.RepositoryIndexResponse:
 class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, core: OpenInference) -> None:
         self._core = core
+        self._tracer = core.tracer
 
     async def ServerLive(
         self,
@@ -203,9 +204,10 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                     tensor, raw = oip_shared_output(name, array, place, lease), b""
                 response.outputs.append(tensor)
                 response.raw_output_contents.append(raw)
-        self._core.record_io(
-            target.model, version, inputs, prediction, decoded - started, time.perf_counter_ns() - answered
-        )
+        encoded = time.perf_counter_ns()
+        self._core.record_io(target.model, version, inputs, prediction, decoded - started, encoded - answered)
+        if self._tracer.on:
+            self._tracer.trace(target.model, version, request.id, started, prediction, inputs, encoded)
         return response
 
     async def ModelInfer(
@@ -319,8 +321,25 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     CudaSharedMemoryRegister = CudaSharedMemoryStatus
     CudaSharedMemoryUnregister = CudaSharedMemoryStatus
 
-    async def TraceSetting(self, request: object, context: object) -> NoReturn:
-        raise Unimplemented("tesserad does not support Triton trace settings; use its /metrics and GetStats")
+    async def TraceSetting(
+        self,
+        request: pb.TraceSettingRequest,
+        context: grpc.aio.ServicerContext[pb.TraceSettingRequest, pb.TraceSettingResponse],
+    ) -> pb.TraceSettingResponse:
+        model = request.model_name
+        if not request.settings:
+            return trace_settings_response(await self._core.trace_settings(model))
+        role = caller_role(context)
+        if role < TRACE_SETTINGS_UPDATE:
+            raise PermissionDenied(
+                f"changing the trace settings needs the {TRACE_SETTINGS_UPDATE.label} role; the caller "
+                f"{caller(context)!r} has the {role.label} role; a request without settings reads them"
+            )
+        # A setting without values is tritonclient's None: clear it.
+        changes = {name: list(value.value) or None for name, value in request.settings.items()}
+        return trace_settings_response(
+            await self._core.update_trace_settings(model, changes, caller(context))
+        )
 
     async def LogSettings(
         self,
@@ -350,6 +369,13 @@ def _setting_value(value: pb.LogSettingsRequest.SettingValue) -> SettingValue | 
     if choice == "string_param":
         return value.string_param
     return None
+
+
+def trace_settings_response(settings: Mapping[str, list[str]]) -> pb.TraceSettingResponse:
+    response = pb.TraceSettingResponse()
+    for name, values in settings.items():
+        response.settings[name].value.extend(values)
+    return response
 
 
 def log_settings_response(settings: Mapping[str, SettingValue]) -> pb.LogSettingsResponse:

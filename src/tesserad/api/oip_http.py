@@ -4,9 +4,9 @@ the daemon's own event loop, on its own listener (`serving.oip_http_listen`).
 Thin, as the gRPC servicer (tesserad.api.oip) is: both call tesserad.serving.open_inference, and
 metadata, config, statistics and the repository index are the gRPC messages written as JSON.
 Access is the gRPC listener's: its TLS (and client-certificate rule), its tokens as `Authorization:
-Bearer <token>`, the role its RPC of the same name needs (POST /v2/logging: the role a LogSettings
-request that changes a setting needs), and a slot of limits.max_concurrent_calls
-(one count for both listeners). Errors are `{"error": "..."}` with the HTTP status of the gRPC
+Bearer <token>`, the role its RPC of the same name needs (POST /v2/logging and POST
+.../trace/setting: the role a LogSettings or TraceSetting request that changes a setting needs), and
+a slot of limits.max_concurrent_calls (one count for both listeners). Errors are `{"error": "..."}` with the HTTP status of the gRPC
 code's meaning and the gRPC message.
 
 Revocation, as for gRPC's ModelInfer: each request is checked against the tokens as they are when
@@ -24,6 +24,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -51,7 +52,13 @@ from tesserad.dashboard.listener import HttpListener, Refused
 from tesserad.dashboard.server import http_status_for
 from tesserad.security import TokenTable
 from tesserad.security.limits import ConcurrencyGate
-from tesserad.security.roles import HEALTH_METHODS, LOG_SETTINGS_UPDATE, ROLE_TABLE, Role
+from tesserad.security.roles import (
+    HEALTH_METHODS,
+    LOG_SETTINGS_UPDATE,
+    ROLE_TABLE,
+    TRACE_SETTINGS_UPDATE,
+    Role,
+)
 from tesserad.security.tokens import TokenFile, token_digest, utc_now
 from tesserad.serving.open_inference import (
     EXTENSIONS,
@@ -60,6 +67,7 @@ from tesserad.serving.open_inference import (
     target_of,
     timeout_of,
 )
+from tesserad.serving.trace import TRACE_LEVEL
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +124,7 @@ class OipHttpServer(HttpListener):
         """`tokens`: the daemon's own (None without a tokens file), so a reload applies here too;
         `calls`: the gRPC listener's count of calls in flight, which requests here join."""
         self._core = core
+        self._tracer = core.tracer
         super().__init__(address, security, limits, "oip_http")
         self._tokens = tokens
         self._calls = calls
@@ -160,6 +169,17 @@ class OipHttpServer(HttpListener):
                 web.get("/v2/logging", admitted("LogSettings", self._log_settings)),
                 web.post(
                     "/v2/logging", admitted("LogSettings", self._update_log_settings, LOG_SETTINGS_UPDATE)
+                ),
+                *(
+                    route
+                    for path in ("/v2/trace/setting", "/v2/models/{model}/trace/setting")
+                    for route in (
+                        web.get(path, admitted("TraceSetting", self._trace_settings)),
+                        web.post(
+                            path,
+                            admitted("TraceSetting", self._update_trace_settings, TRACE_SETTINGS_UPDATE),
+                        ),
+                    )
                 ),
                 web.get("/v2/cudasharedmemory/status", admitted("CudaSharedMemoryStatus", self._no_cuda)),
                 web.get(
@@ -410,6 +430,17 @@ class OipHttpServer(HttpListener):
         changes = await self._json_object(request)
         return web.json_response(self._core.logs.update(changes, request.get(_CALLER, ANONYMOUS)))
 
+    async def _trace_settings(self, request: web.Request) -> web.Response:
+        settings = await self._core.trace_settings(request.match_info.get("model", ""))
+        return web.json_response(_trace_settings_json(settings))
+
+    async def _update_trace_settings(self, request: web.Request) -> web.Response:
+        changes = await self._json_object(request)
+        settings = await self._core.update_trace_settings(
+            request.match_info.get("model", ""), changes, request.get(_CALLER, ANONYMOUS)
+        )
+        return web.json_response(_trace_settings_json(settings))
+
     async def _no_cuda(self, request: web.Request) -> web.Response:
         raise errors.Unimplemented(NO_CUDA_SHARED_MEMORY)
 
@@ -430,14 +461,12 @@ class OipHttpServer(HttpListener):
             )
             answered = time.perf_counter_ns()
             answer, header_length = infer_response(target.model, version, parsed, prediction.outputs, lease)
+        encoded = time.perf_counter_ns()
         self._core.record_io(
-            target.model,
-            version,
-            parsed.inputs,
-            prediction,
-            decoded - started,
-            time.perf_counter_ns() - answered,
+            target.model, version, parsed.inputs, prediction, decoded - started, encoded - answered
         )
+        if self._tracer.on:
+            self._tracer.trace(target.model, version, parsed.id, started, prediction, parsed.inputs, encoded)
         if header_length is None:
             return web.Response(body=answer, content_type="application/json")
         return web.Response(
@@ -445,6 +474,11 @@ class OipHttpServer(HttpListener):
             content_type="application/octet-stream",
             headers={HEADER_LENGTH: str(header_length)},
         )
+
+
+def _trace_settings_json(settings: Mapping[str, list[str]]) -> dict[str, str | list[str]]:
+    """As Triton's HTTP answers them: trace_level a list, each other setting a string."""
+    return {name: values if name == TRACE_LEVEL else values[0] for name, values in settings.items()}
 
 
 async def _revoked_at_reload(

@@ -153,8 +153,9 @@ ROLE_TABLE: dict[str, dict[str, Role]] = {
         "CudaSharedMemoryStatus": _R,
         "CudaSharedMemoryRegister": _A,
         "CudaSharedMemoryUnregister": _A,
-        # Changes daemon-wide settings when the request carries any.
-        "TraceSetting": _A,
+        # Reading; a request that changes a setting needs TRACE_SETTINGS_UPDATE, which the servicer
+        # checks once it has read the request (one without settings only reads).
+        "TraceSetting": _R,
         # Reading; a request that changes a setting needs LOG_SETTINGS_UPDATE, which the servicer
         # checks once it has read the request (an empty one only reads).
         "LogSettings": _R,
@@ -166,6 +167,9 @@ ROLE_TABLE: dict[str, dict[str, Role]] = {
 # Changing the daemon's log settings (the Open Inference Protocol's logging extension): they decide
 # what every operator's log shows.
 LOG_SETTINGS_UPDATE = Role.ADMIN
+# Changing the trace settings (the trace extension): tracing writes files on the daemon's host and
+# costs every traced request its time.
+TRACE_SETTINGS_UPDATE = Role.ADMIN
 
 # Liveness and readiness carry no data; `security.health_open` lets probes call them without a token.
 HEALTH_METHODS = frozenset(

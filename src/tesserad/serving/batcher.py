@@ -158,6 +158,11 @@ class Prediction(NamedTuple):
     queue_ns: int
     compute_ns: int
     batch_rows: int
+    # When its batch began, had joined its inputs, and had taken its outputs (perf_counter_ns; 0
+    # for an answer from the response cache): the trace extension's timestamps.
+    started_ns: int = 0
+    joined_ns: int = 0
+    ended_ns: int = 0
 
 
 class Answered:
@@ -598,8 +603,10 @@ class DynamicBatcher:
         try:
             if alone:
                 inputs = batch[0].inputs
+                joined = started
             else:
                 inputs = {name: np.concatenate([r.inputs[name] for r in batch]) for name in batch[0].inputs}
+                joined = time.perf_counter_ns()
             outputs = runtime.run(inputs, names)
         except Exception as exc:  # a runtime's own errors; one bad request must not fail the others
             if not alone:
@@ -619,10 +626,9 @@ class DynamicBatcher:
                 mine = {n: outputs[n][offset : offset + request.rows] for n in request.output_names}
             offset += request.rows
             queue_ns = started - request.enqueued_ns
-            predictions.append(Prediction(mine, queue_ns, compute_ns, rows))
-            answered.append(
-                (queue_ns, time.perf_counter_ns() - request.enqueued_ns, request.rows, request.shadow)
-            )
+            ended = time.perf_counter_ns()
+            predictions.append(Prediction(mine, queue_ns, compute_ns, rows, started, joined, ended))
+            answered.append((queue_ns, ended - request.enqueued_ns, request.rows, request.shadow))
         # Counted before answered: a caller that reads the stats after its answer finds it there.
         self._stats.record_batch(compute_ns, answered)
         self._learn(compute_ns / rows, self._cost_now(runtime) - cost_started if measured else None, rows)

@@ -28,6 +28,7 @@ from tesserad.serving.pool import LoadedVersion, LoadState, RuntimeName, Serving
 from tesserad.serving.predict import predict
 from tesserad.serving.service import InferenceService, Target, VersionDescription
 from tesserad.serving.shared_memory import SharedMemory, TensorPlace
+from tesserad.serving.trace import Tracer
 
 # The protocol's datatype names.
 OIP_DTYPES: dict[str, np.dtype] = {
@@ -48,7 +49,14 @@ OIP_DTYPES: dict[str, np.dtype] = {
 OIP_NAME_BY_DTYPE: dict[np.dtype, str] = {dtype: name for name, dtype in OIP_DTYPES.items()}
 
 # Listed truthfully: perf_analyzer shows the server-side breakdown only with "statistics".
-EXTENSIONS = ["model_repository", "model_configuration", "statistics", "system_shared_memory", "logging"]
+EXTENSIONS = [
+    "model_repository",
+    "model_configuration",
+    "statistics",
+    "system_shared_memory",
+    "logging",
+    "trace",
+]
 PLATFORMS: Mapping[RuntimeName, str] = {
     "onnx": "onnxruntime_onnx",
     "torch": "pytorch_libtorch",
@@ -222,16 +230,19 @@ class OpenInference:
         stopping: asyncio.Event,
         shared_memory: SharedMemory,
         logs: LogControl,
+        tracer: Tracer,
         caught_up: asyncio.Event | None = None,
     ) -> None:
         """`shared_memory`: the registered system shared-memory regions; `logs`: the daemon's log
-        settings (the logging extension); `caught_up`: a replica's,
+        settings (the logging extension); `tracer`: its trace settings and traces (the trace
+        extension); `caught_up`: a replica's,
         set while gRPC health says SERVING (it has caught up with its primary and loaded what the
         deployments route to); None on a primary."""
         self._service = service
         self._stopping = stopping
         self.shared_memory = shared_memory
         self.logs = logs
+        self.tracer = tracer
         self._caught_up = caught_up
 
     def server_ready(self) -> bool:
@@ -319,6 +330,28 @@ class OpenInference:
             batchable = entry.signature is not None and entry.signature.batchable and inputs
             rows = next(iter(inputs.values())).shape[0] if batchable else 1
             entry.stats.record_io(input_ns, output_ns, rows)
+
+    async def trace_settings(self, model: str) -> dict[str, list[str]]:
+        """The trace settings `model` (empty: none, the global ones) is traced with."""
+        await self._check_model(model)
+        return self.tracer.settings(model)
+
+    async def update_trace_settings(
+        self, model: str, changes: Mapping[str, object], who: str
+    ) -> dict[str, list[str]]:
+        """Change `model`'s trace settings (empty: the global ones); see Tracer.update."""
+        await self._check_model(model)
+        return self.tracer.update(model, changes, who)
+
+    async def _check_model(self, model: str) -> None:
+        if not model:
+            return
+        validate_name("model_name", model)
+        if model not in await asyncio.to_thread(self._service.model_names):
+            raise NotFound(
+                f"model {model!r} does not exist; a model's trace settings are for a model of the "
+                "registry (the repository index lists them)"
+            )
 
     async def statistics(self, name: str, version: str) -> list[LoadedVersion]:
         """The loaded versions whose statistics a request for `name` (empty: all) gets."""

@@ -619,7 +619,6 @@ def test_unsupported_extensions_are_unimplemented_with_a_reason(oip, expect_rpc_
     expect_rpc_error(
         lambda: oip.CudaSharedMemoryStatus(pb.CudaSharedMemoryStatusRequest()), unimplemented, "cudaIPC"
     )
-    expect_rpc_error(lambda: oip.TraceSetting(pb.TraceSettingRequest()), unimplemented, "trace settings")
 
 
 def test_a_request_over_max_batch_size_is_refused_as_triton_does(

@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 from tessera.v1 import datasets_pb2, inference_pb2, registry_pb2, system_pb2, training_pb2
 from tesserad.oip import grpc_service_pb2
 from tesserad.security import MissingRoleError, Role, required_roles
-from tesserad.security.roles import HEALTH_METHODS, LOG_SETTINGS_UPDATE, ROLE_TABLE
+from tesserad.security.roles import HEALTH_METHODS, LOG_SETTINGS_UPDATE, ROLE_TABLE, TRACE_SETTINGS_UPDATE
 
 PROTOS = Path(__file__).resolve().parents[3] / "protos"
 PROTO_MODULES = [system_pb2, registry_pb2, datasets_pb2, training_pb2, inference_pb2, grpc_service_pb2]
@@ -122,3 +122,8 @@ def test_roles_are_ordered_and_parsed():
 def test_reading_the_log_settings_needs_reader_and_changing_them_admin():
     assert ROLE_TABLE["inference.GRPCInferenceService"]["LogSettings"] == Role.READER
     assert LOG_SETTINGS_UPDATE == Role.ADMIN
+
+
+def test_reading_the_trace_settings_needs_reader_and_changing_them_admin():
+    assert ROLE_TABLE["inference.GRPCInferenceService"]["TraceSetting"] == Role.READER
+    assert TRACE_SETTINGS_UPDATE == Role.ADMIN

@@ -1,0 +1,460 @@
+"""Triton's trace extension as tesserad honours it: which Open Inference Protocol inference
+requests are traced, and their traces, written as Triton's "triton" trace mode writes them
+(TraceSetting over gRPC, /v2[/models/NAME]/trace/setting over HTTP). The transports turn their
+messages into a plain {name: value} mapping (None for a setting sent without a value) and back.
+
+The settings, each answered as a list of strings (as Triton's):
+- trace_level: OFF, or TIMESTAMPS and/or TENSORS (the request's input and output tensors).
+- trace_rate: one answered request in this many is traced (the rate-th, the 2*rate-th, ...).
+- trace_count: traces still to take, counting down as they are taken; -1: no limit.
+- log_frequency: every this many traces are written to FILE.0, FILE.1, ...; 0 keeps them until
+  the settings change (or the count runs out, then FILE.N) or the daemon stops, then appends them
+  to FILE (a JSON array, closed at the stop).
+- trace_file: the daemon's serving.trace_file setting. A client cannot change it: a file name
+  from the network would let any admin token make the daemon overwrite any file it may write
+  (recent Triton refuses it too). What a client reads goes back unchanged.
+- trace_mode: "triton" (OpenTelemetry is not offered).
+
+A model may have settings of its own: the others are the global ones, and a setting sent as null
+clears the model's own back to the global one (a global one back to its default). Each set of
+settings at work counts its own requests and traces, and a change starts the count again, as
+Triton's does. A request counts once answered: a failed request is neither counted nor traced.
+
+Timestamps are time.perf_counter_ns() (CLOCK_MONOTONIC, as Triton's steady clock), from the
+request's path: REQUEST_START as the transport has the request (for HTTP its body read), before
+decoding it; QUEUE_START as its version's batcher took it; COMPUTE_START as its batch began;
+COMPUTE_INPUT_END once the batch's inputs were joined (COMPUTE_START for a request run alone:
+its decoded inputs go to the model as they are); COMPUTE_OUTPUT_START as the model's run returned;
+COMPUTE_END once its outputs were taken from the batch's; REQUEST_END once its answer was encoded.
+An answer from the response cache has REQUEST_START and REQUEST_END only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from tesserad.errors import FailedPrecondition, InvalidArgument
+from tesserad.serving.batcher import Prediction
+
+log = logging.getLogger(__name__)
+
+TRACE_FILE = "trace_file"
+TRACE_LEVEL = "trace_level"
+TRACE_RATE = "trace_rate"
+TRACE_COUNT = "trace_count"
+LOG_FREQUENCY = "log_frequency"
+TRACE_MODE = "trace_mode"
+OFF = "OFF"
+TIMESTAMPS = "TIMESTAMPS"
+TENSORS = "TENSORS"
+TRITON_MODE = "triton"
+# Where the daemon's settings name the file; the refusal of a client's trace_file says so.
+FILE_SETTING = (
+    "serving.trace_file (env TESSERA_SERVING_TRACE_FILE, or trace_file under [serving] in the config file)"
+)
+UINT32_MAX = 2**32 - 1
+INT32_MAX = 2**31 - 1
+
+_NAMES = (TRACE_FILE, TRACE_LEVEL, TRACE_RATE, TRACE_COUNT, LOG_FREQUENCY, TRACE_MODE)
+# The whole-number settings: their field, least and most value, and what the ends mean.
+_NUMBERS = {
+    TRACE_RATE: ("rate", 1, UINT32_MAX, "1 traces every request, 1000 one in 1000"),
+    TRACE_COUNT: ("count", -1, INT32_MAX, "-1: no limit"),
+    LOG_FREQUENCY: (
+        "log_frequency",
+        0,
+        UINT32_MAX,
+        "0: write the traces when the settings change or tesserad stops",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class TraceSettings:
+    """One set of trace settings; `levels` () is OFF."""
+
+    levels: tuple[str, ...] = ()
+    rate: int = 1000
+    count: int = -1
+    log_frequency: int = 0
+
+
+DEFAULTS = TraceSettings()
+
+
+def _kind(value: object) -> str:
+    """How a refusal names what a setting was sent as."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "a list" if isinstance(value, list) else "an object"
+
+
+def _strings(name: str, value: object) -> list[str]:
+    """A setting's value as its list of strings: gRPC sends a list, HTTP a string, a list (the
+    levels) or, leniently, a whole number."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [str(value)]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    raise InvalidArgument(
+        f'trace setting {name!r} must be a string (such as "1000") or a list of strings, got {_kind(value)}'
+    )
+
+
+def _levels(values: list[str]) -> tuple[str, ...]:
+    if not values:
+        raise InvalidArgument(
+            f"trace setting {TRACE_LEVEL!r} needs a level: {OFF}, or {TIMESTAMPS} and/or {TENSORS}"
+        )
+    for value in values:
+        if value not in (OFF, TIMESTAMPS, TENSORS):
+            raise InvalidArgument(
+                f"trace setting {TRACE_LEVEL!r} cannot be {value[:40]!r}; the levels are {OFF}, "
+                f"{TIMESTAMPS} and {TENSORS} (in capitals)"
+            )
+    if OFF in values:
+        if len(values) > 1:
+            raise InvalidArgument(f"trace setting {TRACE_LEVEL!r} {OFF} goes alone, got {', '.join(values)}")
+        return ()
+    return tuple(level for level in (TIMESTAMPS, TENSORS) if level in values)
+
+
+def _number(name: str, values: list[str]) -> int:
+    _, low, high, meaning = _NUMBERS[name]
+    text = values[0].strip() if len(values) == 1 else ""
+    digits = text.removeprefix("-")
+    if len(values) == 1 and digits.isascii() and digits.isdigit() and len(digits) <= 10:
+        number = int(text)
+        if low <= number <= high:
+            return number
+    got = repr(values[0][:40]) if len(values) == 1 else f"{len(values)} values"
+    raise InvalidArgument(
+        f"trace setting {name!r} must be one whole number from {low} to {high} ({meaning}), got {got}"
+    )
+
+
+def parsed_changes(changes: Mapping[str, object], file: str) -> dict[str, Any]:
+    """`changes` as TraceSettings fields: a value, or None to clear. InvalidArgument naming the
+    first setting that is unknown, of the wrong form or one tesserad cannot honour. `file`: the
+    trace file a client reads, which it may send back unchanged."""
+    fields: dict[str, Any] = {}
+    for name, value in changes.items():
+        if name == TRACE_FILE:
+            if value is not None and _strings(name, value) != [file]:
+                raise InvalidArgument(
+                    f"trace setting {TRACE_FILE!r} cannot be changed by a client: tesserad writes "
+                    f"traces only to the file its operator names in its setting {FILE_SETTING}, "
+                    f"read at start; this tesserad's is {file!r}"
+                    + ("" if file else " (none: tracing is off)")
+                )
+        elif name == TRACE_MODE:
+            if value is not None and _strings(name, value) != [TRITON_MODE]:
+                raise InvalidArgument(
+                    f"trace setting {TRACE_MODE!r} can only be {TRITON_MODE!r} on tesserad (traces "
+                    "written as JSON to its trace file); OpenTelemetry is not offered"
+                )
+        elif name == TRACE_LEVEL:
+            fields["levels"] = None if value is None else _levels(_strings(name, value))
+        elif name in _NUMBERS:
+            fields[_NUMBERS[name][0]] = None if value is None else _number(name, _strings(name, value))
+        else:
+            raise InvalidArgument(
+                f"unknown trace setting {name[:80]!r}; the trace settings are {', '.join(_NAMES)}"
+            )
+    return fields
+
+
+def usable_trace_file(path: Path) -> Path:
+    """`path` made absolute; ValueError saying what is wrong when the daemon could not write it."""
+    path = path.absolute()
+    if path.is_dir():
+        raise ValueError(f"serving.trace_file {path} is a directory; name a file in it")
+    if not path.parent.is_dir():
+        raise ValueError(f"serving.trace_file {path}: its directory does not exist; create it first")
+    return path
+
+
+class _Scope:
+    """One set of settings at work (the global one, or a model's): its requests and traces."""
+
+    __slots__ = ("left", "pending", "seen", "settings")
+
+    def __init__(self, settings: TraceSettings) -> None:
+        self.settings = settings
+        self.seen = 0
+        self.left = settings.count
+        # Traces taken and not yet written: each a JSON text of its entries, without brackets.
+        self.pending: list[str] = []
+
+    @property
+    def on(self) -> bool:
+        return bool(self.settings.levels) and self.left != 0
+
+    def sampled(self) -> bool:
+        """Count an answered request; whether it is traced."""
+        if not self.on:
+            return False
+        self.seen += 1
+        if self.seen % self.settings.rate:
+            return False
+        if self.left > 0:
+            self.left -= 1
+        return True
+
+
+class Tracer:
+    """The daemon's trace settings and the traces they take. Called on the event loop's thread
+    (the transports' handlers); the lock keeps it right should another thread call."""
+
+    def __init__(self, file: Path | None, dtype_names: Mapping[np.dtype, str]) -> None:
+        """`file`: serving.trace_file (checked by usable_trace_file), None where tracing is off;
+        `dtype_names`: the protocol's datatype names, for TENSORS."""
+        self._file = file
+        self._dtype_names = dtype_names
+        self._lock = threading.Lock()
+        self._global = _Scope(DEFAULTS)
+        # A model's own settings, by field (what the global ones are for the rest).
+        self._own: dict[str, dict[str, Any]] = {}
+        self._models: dict[str, _Scope] = {}
+        self._next_id = 1
+        self._next_index = 0
+        # The trace file, once traces were appended to it (it ends with "]" at the stop).
+        self._appending: TextIO | None = None
+        # The one check a request's path makes: whether any set of settings takes traces now.
+        self.on = False
+
+    @property
+    def file_text(self) -> str:
+        return "" if self._file is None else str(self._file)
+
+    def settings(self, model: str = "") -> dict[str, list[str]]:
+        """The settings `model` (empty: the global ones) is traced with, as the protocol answers
+        them; trace_count is what is left."""
+        with self._lock:
+            scope = self._models.get(model, self._global) if model else self._global
+            return {
+                TRACE_FILE: [self.file_text],
+                TRACE_LEVEL: list(scope.settings.levels) or [OFF],
+                TRACE_RATE: [str(scope.settings.rate)],
+                TRACE_COUNT: [str(scope.left)],
+                LOG_FREQUENCY: [str(scope.settings.log_frequency)],
+                TRACE_MODE: [TRITON_MODE],
+            }
+
+    def update(self, model: str, changes: Mapping[str, object], who: str) -> dict[str, list[str]]:
+        """Apply `changes` (all or none; see parsed_changes) to `model`'s settings (empty: the
+        global ones) for the caller `who`; the settings after them."""
+        fields = parsed_changes(changes, self.file_text)
+        with self._lock:
+            before = self._effective(model)
+            global_settings = self._global.settings
+            own = dict(self._own)
+            if model:
+                mine = dict(own.get(model, {}))
+                for name, value in fields.items():
+                    if value is None:
+                        mine.pop(name, None)
+                    else:
+                        mine[name] = value
+                if mine:
+                    own[model] = mine
+                else:
+                    own.pop(model, None)
+            else:
+                global_settings = replace(
+                    global_settings,
+                    **{n: getattr(DEFAULTS, n) if v is None else v for n, v in fields.items()},
+                )
+            every = [global_settings, *(replace(global_settings, **o) for o in own.values())]
+            if self._file is None and any(s.levels for s in every):
+                raise FailedPrecondition(
+                    f"tracing needs a trace file, and this tesserad has none: its operator names one "
+                    f"in its setting {FILE_SETTING} (off by default); until then {TRACE_LEVEL} stays {OFF}"
+                )
+            self._own = own
+            # The settings sent start their count again even where they equal the ones before
+            # (sending trace_count again takes that many more traces).
+            if global_settings != self._global.settings or (fields and not model):
+                self._retire(self._global)
+                self._global = _Scope(global_settings)
+            for name in list(self._models):
+                if name not in self._own:
+                    self._retire(self._models.pop(name))
+            for name in self._own:
+                self._renew_model(name, bool(fields) and name == model)
+            self._update_on()
+            after = self._effective(model)
+        if after != before:
+            log.warning(
+                "trace settings changed at runtime, until tesserad stops (its settings are unchanged)",
+                extra={
+                    "by": who,
+                    "model": model or None,
+                    "changes": {
+                        name: {"from": getattr(before, field), "to": getattr(after, field)}
+                        for name, field in (
+                            (TRACE_LEVEL, "levels"),
+                            *((n, f[0]) for n, f in _NUMBERS.items()),
+                        )
+                        if getattr(before, field) != getattr(after, field)
+                    },
+                },
+            )
+        return self.settings(model)
+
+    def _effective(self, model: str) -> TraceSettings:
+        """`model`'s settings (empty: the global ones)."""
+        return replace(self._global.settings, **self._own.get(model, {}))
+
+    def _renew_model(self, model: str, sent: bool) -> None:
+        """Give `model` a fresh scope where its settings changed or were `sent` (called holding
+        the lock)."""
+        settings = self._effective(model)
+        scope = self._models.get(model)
+        if scope is not None and scope.settings == settings and not sent:
+            return
+        if scope is not None:
+            self._retire(scope)
+        self._models[model] = _Scope(settings)
+
+    def _update_on(self) -> None:
+        self.on = self._global.on or any(s.on for s in self._models.values())
+
+    def trace(
+        self,
+        model: str,
+        version: int,
+        request_id: str,
+        started: int,
+        prediction: Prediction,
+        inputs: Mapping[str, np.ndarray],
+        ended: int,
+    ) -> None:
+        """Count an answered request, and trace it if its settings sample it. `started` and
+        `ended`: REQUEST_START and REQUEST_END (perf_counter_ns)."""
+        with self._lock:
+            scope = self._models.get(model, self._global)
+            if not scope.sampled():
+                return
+            trace_id = self._next_id
+            self._next_id += 1
+            scope.pending.append(
+                self._entries(
+                    trace_id, model, version, request_id, scope.settings, started, prediction, inputs, ended
+                )
+            )
+            frequency = scope.settings.log_frequency
+            if scope.left == 0 or (frequency and len(scope.pending) >= frequency):
+                self._write_indexed(scope)
+            if scope.left == 0:
+                self._update_on()
+
+    def _entries(
+        self,
+        trace_id: int,
+        model: str,
+        version: int,
+        request_id: str,
+        settings: TraceSettings,
+        started: int,
+        prediction: Prediction,
+        inputs: Mapping[str, np.ndarray],
+        ended: int,
+    ) -> str:
+        head: dict[str, object] = {"id": trace_id, "model_name": model, "model_version": version}
+        if request_id:
+            head["request_id"] = request_id
+        entries: list[dict[str, object]] = [head]
+        if TIMESTAMPS in settings.levels:
+            times = [("REQUEST_START", started)]
+            if prediction.started_ns:
+                times += [
+                    ("QUEUE_START", prediction.started_ns - prediction.queue_ns),
+                    ("COMPUTE_START", prediction.started_ns),
+                    ("COMPUTE_INPUT_END", prediction.joined_ns),
+                    ("COMPUTE_OUTPUT_START", prediction.started_ns + prediction.compute_ns),
+                    ("COMPUTE_END", prediction.ended_ns),
+                ]
+            times.append(("REQUEST_END", ended))
+            entries.append({"id": trace_id, "timestamps": [{"name": n, "ns": ns} for n, ns in times]})
+        if TENSORS in settings.levels:
+            for activity, tensors in (
+                ("TENSOR_QUEUE_INPUT", inputs),
+                ("TENSOR_BACKEND_OUTPUT", prediction.outputs),
+            ):
+                entries.extend(
+                    {"id": trace_id, "activity": activity, "tensor": self._tensor(name, array)}
+                    for name, array in tensors.items()
+                )
+        return ",".join(json.dumps(e, separators=(",", ":")) for e in entries)
+
+    def _tensor(self, name: str, array: np.ndarray) -> dict[str, str]:
+        # As Triton writes a tensor: its values, and shape, as comma-separated text.
+        values = array.astype(np.uint8) if array.dtype == np.bool_ else array
+        return {
+            "name": name,
+            "data": ",".join(str(v) for v in values.ravel().tolist()),
+            "shape": ",".join(str(d) for d in array.shape),
+            "dtype": self._dtype_names.get(array.dtype, str(array.dtype)),
+        }
+
+    def _retire(self, scope: _Scope) -> None:
+        """Write what a scope no longer at work has taken, as Triton does: to the next FILE.N with
+        a log_frequency, else appended to FILE (called holding the lock)."""
+        if not scope.pending:
+            return
+        if scope.settings.log_frequency:
+            self._write_indexed(scope)
+        else:
+            self._append(scope)
+
+    def _write_indexed(self, scope: _Scope) -> None:
+        assert self._file is not None, "no trace is taken without a trace file"
+        path = self._file.with_name(f"{self._file.name}.{self._next_index}")
+        self._next_index += 1
+        text, scope.pending = "[" + ",".join(scope.pending) + "]", []
+        try:
+            path.write_text(text)
+        except OSError as exc:
+            log.error("could not write traces to %s: %s", path, exc)
+
+    def _append(self, scope: _Scope) -> None:
+        assert self._file is not None, "no trace is taken without a trace file"
+        text, scope.pending = ",".join(scope.pending), []
+        try:
+            if self._appending is None:
+                self._appending = self._file.open("w")
+                self._appending.write("[" + text)
+            else:
+                self._appending.write("," + text)
+            self._appending.flush()
+        except OSError as exc:
+            log.error("could not write traces to %s: %s", self._file, exc)
+
+    def close(self) -> None:
+        """Write every trace taken and not yet written, and close the trace file's array."""
+        with self._lock:
+            for scope in (self._global, *self._models.values()):
+                self._retire(scope)
+            self.on = False
+            if self._appending is not None:
+                try:
+                    self._appending.write("]")
+                    self._appending.close()
+                except OSError as exc:
+                    log.error("could not write traces to %s: %s", self._file, exc)
+                self._appending = None

@@ -1,0 +1,173 @@
+"""Triton's trace settings as tesserad takes them: each refused by name with what to send, the
+sampling that trace_rate and trace_count make, a model's own settings over the global ones, and
+the files the traces go to (Triton's FILE.N for log_frequency, FILE at the stop)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tesserad.errors import FailedPrecondition, InvalidArgument
+from tesserad.serving.batcher import Prediction
+from tesserad.serving.open_inference import OIP_NAME_BY_DTYPE
+from tesserad.serving.trace import Tracer, TraceSettings, parsed_changes, usable_trace_file
+
+X = {"x": np.ones((1, 2), dtype=np.float32)}
+# A request queued at 100, batched with others at 110 (inputs joined at 115), the model run
+# returning at 140, its outputs taken at 142.
+PREDICTION = Prediction({"y": np.array([[True, False]])}, 10, 30, 2, 110, 115, 142)
+
+
+def answer(tracer: Tracer, model: str = "m", request_id: str = "") -> None:
+    tracer.trace(model, 1, request_id, 90, PREDICTION, X, 150)
+
+
+def written(path: Path) -> list[dict[str, object]]:
+    return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"trace_rate": ["0"]},
+            "trace setting 'trace_rate' must be one whole number from 1 to 4294967295 (1 traces",
+        ),
+        ({"trace_rate": ["4294967296"]}, "got '4294967296'"),
+        ({"trace_rate": ["+5"]}, "got '+5'"),
+        ({"trace_rate": ["1e3"]}, "got '1e3'"),
+        ({"trace_rate": []}, "got 0 values"),
+        (
+            {"trace_count": ["-2"]},
+            "'trace_count' must be one whole number from -1 to 2147483647 (-1: no limit)",
+        ),
+        (
+            {"log_frequency": ["-1"]},
+            "'log_frequency' must be one whole number from 0 to 4294967295 (0: write",
+        ),
+        ({"trace_rate": 2.5}, 'must be a string (such as "1000") or a list of strings, got a number'),
+        ({"trace_rate": {"a": 1}}, "got an object"),
+        (
+            {"trace_level": ["timestamps"]},
+            "cannot be 'timestamps'; the levels are OFF, TIMESTAMPS and TENSORS",
+        ),
+        ({"trace_level": ["OFF", "OFF"]}, "'trace_level' OFF goes alone, got OFF, OFF"),
+        ({"trace_mode": "opentelemetry"}, "can only be 'triton'"),
+        ({"trace_file": "other.json"}, "this tesserad's is '/srv/trace.json'"),
+        ({"trace": ["OFF"]}, "unknown trace setting 'trace'"),
+    ],
+)
+def test_a_bad_setting_is_refused_by_name(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        parsed_changes(changes, "/srv/trace.json")
+    assert message in refused.value.message
+
+
+def test_settings_take_strings_lists_and_whole_numbers() -> None:
+    assert parsed_changes(
+        {
+            "trace_level": ["TENSORS", "TIMESTAMPS"],
+            "trace_rate": "7",
+            "trace_count": -1,
+            "log_frequency": [" 3"],
+            "trace_file": ["/srv/trace.json"],
+            "trace_mode": None,
+        },
+        "/srv/trace.json",
+    ) == {"levels": ("TIMESTAMPS", "TENSORS"), "rate": 7, "count": -1, "log_frequency": 3}
+    assert parsed_changes({"trace_level": "OFF", "trace_rate": None}, "") == {"levels": (), "rate": None}
+
+
+def test_one_request_in_rate_is_traced_until_the_count_runs_out(tmp_path: Path) -> None:
+    file = tmp_path / "trace.json"
+    tracer = Tracer(file, OIP_NAME_BY_DTYPE)
+    assert not tracer.on
+    answer(tracer)  # tracing off: not even counted
+    settings = tracer.update(
+        "", {"trace_level": ["TIMESTAMPS"], "trace_rate": ["3"], "trace_count": ["2"]}, "t"
+    )
+    assert tracer.on and settings["trace_count"] == ["2"]
+    for n in range(9):
+        answer(tracer, request_id=str(n))
+    # The 3rd and 6th were traced; the count ran out, so they were written to FILE.0, and tracing
+    # stopped.
+    assert tracer.settings()["trace_count"] == ["0"] and not tracer.on
+    entries = written(tmp_path / "trace.json.0")
+    assert [e.get("request_id") for e in entries if "model_name" in e] == ["2", "5"]
+    assert entries[1] == {
+        "id": 1,
+        "timestamps": [
+            {"name": "REQUEST_START", "ns": 90},
+            {"name": "QUEUE_START", "ns": 100},
+            {"name": "COMPUTE_START", "ns": 110},
+            {"name": "COMPUTE_INPUT_END", "ns": 115},
+            {"name": "COMPUTE_OUTPUT_START", "ns": 140},
+            {"name": "COMPUTE_END", "ns": 142},
+            {"name": "REQUEST_END", "ns": 150},
+        ],
+    }
+    # Sending the count again takes that many more.
+    tracer.update("", {"trace_count": ["2"]}, "t")
+    assert tracer.on
+    tracer.close()
+    assert not file.exists()
+
+
+def test_a_cached_answer_has_the_request_timestamps_only(tmp_path: Path) -> None:
+    tracer = Tracer(tmp_path / "trace.json", OIP_NAME_BY_DTYPE)
+    tracer.update(
+        "", {"trace_level": ["TIMESTAMPS", "TENSORS"], "trace_rate": ["1"], "log_frequency": ["1"]}, "t"
+    )
+    tracer.trace("m", 2, "", 5, Prediction({"y": np.zeros((1,), dtype=np.float16)}, 0, 0, 0), X, 9)
+    head, stamps, queued, answered = written(tmp_path / "trace.json.0")
+    assert head == {"id": 1, "model_name": "m", "model_version": 2}
+    assert stamps["timestamps"] == [{"name": "REQUEST_START", "ns": 5}, {"name": "REQUEST_END", "ns": 9}]
+    assert queued["tensor"] == {"name": "x", "data": "1.0,1.0", "shape": "1,2", "dtype": "FP32"}
+    assert answered["activity"] == "TENSOR_BACKEND_OUTPUT"
+    assert answered["tensor"] == {"name": "y", "data": "0.0", "shape": "1", "dtype": "FP16"}
+
+
+def test_a_models_own_settings_and_their_clearing(tmp_path: Path) -> None:
+    file = tmp_path / "trace.json"
+    tracer = Tracer(file, OIP_NAME_BY_DTYPE)
+    own = tracer.update("m", {"trace_level": ["TENSORS"], "trace_rate": ["1"]}, "t")
+    assert own["trace_level"] == ["TENSORS"] and own["trace_rate"] == ["1"]
+    assert tracer.settings()["trace_level"] == ["OFF"] and tracer.on
+    answer(tracer, "other")
+    answer(tracer, "m")
+    # A global change reaches what the model did not set; the model's count starts again.
+    tracer.update("", {"trace_rate": ["50"], "log_frequency": ["4"]}, "t")
+    assert tracer.settings("m")["log_frequency"] == ["4"] and tracer.settings("m")["trace_rate"] == ["1"]
+    # Its trace taken under log_frequency 0 was appended to FILE as its settings changed.
+    tracer.update("m", {"trace_level": None, "trace_rate": None}, "t")
+    assert tracer.settings("m") == tracer.settings() and not tracer.on
+    tracer.close()
+    (head, tensors_in, tensors_out) = written(file)
+    assert head["model_name"] == "m" and tensors_in["activity"] == "TENSOR_QUEUE_INPUT"
+    assert tensors_out["tensor"]["data"] == "1,0"  # booleans as Triton writes them
+
+
+def test_without_a_trace_file_tracing_cannot_start() -> None:
+    tracer = Tracer(None, OIP_NAME_BY_DTYPE)
+    assert tracer.settings()["trace_file"] == [""]
+    tracer.update("", {"trace_rate": ["1"]}, "t")
+    for model in ("", "m"):
+        with pytest.raises(FailedPrecondition, match=r"serving\.trace_file"):
+            tracer.update(model, {"trace_level": ["TIMESTAMPS"]}, "t")
+    assert tracer.settings() == tracer.settings("m") and tracer.settings()["trace_level"] == ["OFF"]
+    assert tracer.settings()["trace_rate"] == ["1"]
+
+
+def test_the_trace_file_must_be_a_file_in_a_directory_that_exists(tmp_path: Path) -> None:
+    assert usable_trace_file(tmp_path / "trace.json") == tmp_path / "trace.json"
+    with pytest.raises(ValueError, match="is a directory"):
+        usable_trace_file(tmp_path)
+    with pytest.raises(ValueError, match="its directory does not exist"):
+        usable_trace_file(tmp_path / "absent" / "trace.json")
+
+
+def test_defaults_are_tritons() -> None:
+    assert TraceSettings() == TraceSettings(levels=(), rate=1000, count=-1, log_frequency=0)
