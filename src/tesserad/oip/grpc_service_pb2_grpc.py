@@ -29,10 +29,9 @@ class GRPCInferenceServiceStub:
     """The inference service. All RPCs are unary except ModelStreamInfer.
 
     tesserad implements the health, metadata, inference, configuration,
-    statistics and repository RPCs. The shared-memory, trace and log RPCs are
-    part of the contract so that a client probing them gets a proper gRPC
-    status (UNIMPLEMENTED, or a truthful empty status) rather than an
-    unknown-method error.
+    statistics, repository, system shared-memory, trace and log RPCs. The CUDA
+    shared-memory RPCs are part of the contract so that a client probing them
+    gets UNIMPLEMENTED, saying why, rather than an unknown-method error.
     """
 
     def __init__(self, channel):
@@ -147,10 +146,9 @@ class GRPCInferenceServiceServicer:
     """The inference service. All RPCs are unary except ModelStreamInfer.
 
     tesserad implements the health, metadata, inference, configuration,
-    statistics and repository RPCs. The shared-memory, trace and log RPCs are
-    part of the contract so that a client probing them gets a proper gRPC
-    status (UNIMPLEMENTED, or a truthful empty status) rather than an
-    unknown-method error.
+    statistics, repository, system shared-memory, trace and log RPCs. The CUDA
+    shared-memory RPCs are part of the contract so that a client probing them
+    gets UNIMPLEMENTED, saying why, rather than an unknown-method error.
     """
 
     def ServerLive(self, request, context):
@@ -416,10 +414,9 @@ class GRPCInferenceService:
     """The inference service. All RPCs are unary except ModelStreamInfer.
 
     tesserad implements the health, metadata, inference, configuration,
-    statistics and repository RPCs. The shared-memory, trace and log RPCs are
-    part of the contract so that a client probing them gets a proper gRPC
-    status (UNIMPLEMENTED, or a truthful empty status) rather than an
-    unknown-method error.
+    statistics, repository, system shared-memory, trace and log RPCs. The CUDA
+    shared-memory RPCs are part of the contract so that a client probing them
+    gets UNIMPLEMENTED, saying why, rather than an unknown-method error.
     """
 
     @staticmethod

@@ -54,10 +54,9 @@ class GRPCInferenceServiceStub:
     """The inference service. All RPCs are unary except ModelStreamInfer.
 
     tesserad implements the health, metadata, inference, configuration,
-    statistics and repository RPCs. The shared-memory, trace and log RPCs are
-    part of the contract so that a client probing them gets a proper gRPC
-    status (UNIMPLEMENTED, or a truthful empty status) rather than an
-    unknown-method error.
+    statistics, repository, system shared-memory, trace and log RPCs. The CUDA
+    shared-memory RPCs are part of the contract so that a client probing them
+    gets UNIMPLEMENTED, saying why, rather than an unknown-method error.
     """
 
     @_typing.overload
@@ -122,10 +121,9 @@ class GRPCInferenceServiceAsyncStub(GRPCInferenceServiceStub):
     """The inference service. All RPCs are unary except ModelStreamInfer.
 
     tesserad implements the health, metadata, inference, configuration,
-    statistics and repository RPCs. The shared-memory, trace and log RPCs are
-    part of the contract so that a client probing them gets a proper gRPC
-    status (UNIMPLEMENTED, or a truthful empty status) rather than an
-    unknown-method error.
+    statistics, repository, system shared-memory, trace and log RPCs. The CUDA
+    shared-memory RPCs are part of the contract so that a client probing them
+    gets UNIMPLEMENTED, saying why, rather than an unknown-method error.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -186,10 +184,9 @@ class GRPCInferenceServiceServicer(metaclass=_abc_1.ABCMeta):
     """The inference service. All RPCs are unary except ModelStreamInfer.
 
     tesserad implements the health, metadata, inference, configuration,
-    statistics and repository RPCs. The shared-memory, trace and log RPCs are
-    part of the contract so that a client probing them gets a proper gRPC
-    status (UNIMPLEMENTED, or a truthful empty status) rather than an
-    unknown-method error.
+    statistics, repository, system shared-memory, trace and log RPCs. The CUDA
+    shared-memory RPCs are part of the contract so that a client probing them
+    gets UNIMPLEMENTED, saying why, rather than an unknown-method error.
     """
 
     @_abc_1.abstractmethod
