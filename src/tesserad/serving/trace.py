@@ -403,11 +403,12 @@ class Tracer:
         return ",".join(json.dumps(e, separators=(",", ":")) for e in entries)
 
     def _tensor(self, name: str, array: np.ndarray) -> dict[str, str]:
-        # As Triton writes a tensor: its values, and shape, as comma-separated text.
+        # As Triton writes a tensor: its values, and shape, as comma-separated text. Each value as
+        # its own dtype prints it (float32 0.1 is "0.1", not the float64 it widens to).
         values = array.astype(np.uint8) if array.dtype == np.bool_ else array
         return {
             "name": name,
-            "data": ",".join(str(v) for v in values.ravel().tolist()),
+            "data": ",".join(map(str, values.ravel())),
             "shape": ",".join(str(d) for d in array.shape),
             "dtype": self._dtype_names.get(array.dtype, str(array.dtype)),
         }

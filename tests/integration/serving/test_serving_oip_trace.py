@@ -169,6 +169,16 @@ def test_sampled_requests_write_ordered_timestamps(traced: tuple[InProcessDaemon
         assert before <= times[0] and times[-1] <= after
 
 
+def test_streamed_requests_are_traced_too(traced: tuple[InProcessDaemon, Path]) -> None:
+    daemon, file = traced
+    oip = grpc_service_pb2_grpc.GRPCInferenceServiceStub(daemon.channel())
+    oip.TraceSetting(request_of(trace_level="TIMESTAMPS", trace_rate="1", log_frequency="2"))
+    answers = list(oip.ModelStreamInfer(iter([infer_request("linear", X), infer_request("linear", X)])))
+    assert [a.error_message for a in answers] == ["", ""]
+    traces = traces_in(file.with_name("trace.json.0"))
+    assert len(traces) == 2 and all(list(t["timestamps"]) == ORDER for t in traces.values())
+
+
 def test_log_frequency_writes_every_n_traces_and_the_rest_at_the_stop(tmp_path: Path) -> None:
     file = tmp_path / "trace.json"
     daemon = InProcessDaemon(daemon_settings(tmp_path / "data", **{"serving.trace_file": str(file)})).start()

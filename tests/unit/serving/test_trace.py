@@ -15,7 +15,7 @@ from tesserad.serving.batcher import Prediction
 from tesserad.serving.open_inference import OIP_NAME_BY_DTYPE
 from tesserad.serving.trace import Tracer, TraceSettings, parsed_changes, usable_trace_file
 
-X = {"x": np.ones((1, 2), dtype=np.float32)}
+X = {"x": np.array([[1.0, 0.1]], dtype=np.float32)}
 # A request queued at 100, batched with others at 110 (inputs joined at 115), the model run
 # returning at 140, its outputs taken at 142.
 PREDICTION = Prediction({"y": np.array([[True, False]])}, 10, 30, 2, 110, 115, 142)
@@ -125,7 +125,7 @@ def test_a_cached_answer_has_the_request_timestamps_only(tmp_path: Path) -> None
     head, stamps, queued, answered = written(tmp_path / "trace.json.0")
     assert head == {"id": 1, "model_name": "m", "model_version": 2}
     assert stamps["timestamps"] == [{"name": "REQUEST_START", "ns": 5}, {"name": "REQUEST_END", "ns": 9}]
-    assert queued["tensor"] == {"name": "x", "data": "1.0,1.0", "shape": "1,2", "dtype": "FP32"}
+    assert queued["tensor"] == {"name": "x", "data": "1.0,0.1", "shape": "1,2", "dtype": "FP32"}
     assert answered["activity"] == "TENSOR_BACKEND_OUTPUT"
     assert answered["tensor"] == {"name": "y", "data": "0.0", "shape": "1", "dtype": "FP16"}
 
