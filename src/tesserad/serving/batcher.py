@@ -165,6 +165,9 @@ class Prediction(NamedTuple):
     ended_ns: int = 0
 
 
+_new_tuple = tuple.__new__
+
+
 class Answered:
     """The answer of a request run inline, in the caller's thread: what the caller reads of a
     Future, without its Condition and RLock (building a Future per request cost a few
@@ -627,7 +630,11 @@ class DynamicBatcher:
             offset += request.rows
             queue_ns = started - request.enqueued_ns
             ended = time.perf_counter_ns()
-            predictions.append(Prediction(mine, queue_ns, compute_ns, rows, started, joined, ended))
+            # tuple.__new__ skips the NamedTuple's Python-level __new__: 156 ns a request instead
+            # of 290 on the dev box (timeit; 265 for the four fields before the trace timestamps).
+            predictions.append(
+                _new_tuple(Prediction, (mine, queue_ns, compute_ns, rows, started, joined, ended))
+            )
             answered.append((queue_ns, ended - request.enqueued_ns, request.rows, request.shadow))
         # Counted before answered: a caller that reads the stats after its answer finds it there.
         self._stats.record_batch(compute_ns, answered)
