@@ -188,6 +188,16 @@ def usable_trace_file(path: Path) -> Path:
     return path
 
 
+def _loggable(settings: TraceSettings) -> dict[str, object]:
+    """`settings` by the protocol's names, for the log."""
+    return {
+        TRACE_LEVEL: list(settings.levels) or [OFF],
+        TRACE_RATE: settings.rate,
+        TRACE_COUNT: settings.count,
+        LOG_FREQUENCY: settings.log_frequency,
+    }
+
+
 class _Scope:
     """One set of settings at work (the global one, or a model's): its requests and traces."""
 
@@ -299,19 +309,13 @@ class Tracer:
             self._update_on()
             after = self._effective(model)
         if after != before:
+            old, new = _loggable(before), _loggable(after)
             log.warning(
                 "trace settings changed at runtime, until tesserad stops (its settings are unchanged)",
                 extra={
                     "by": who,
                     "model": model or None,
-                    "changes": {
-                        name: {"from": getattr(before, field), "to": getattr(after, field)}
-                        for name, field in (
-                            (TRACE_LEVEL, "levels"),
-                            *((n, f[0]) for n, f in _NUMBERS.items()),
-                        )
-                        if getattr(before, field) != getattr(after, field)
-                    },
+                    "changes": {n: {"from": old[n], "to": new[n]} for n in old if old[n] != new[n]},
                 },
             )
         return self.settings(model)

@@ -5,6 +5,7 @@ the files the traces go to (Triton's FILE.N for log_frequency, FILE at the stop)
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -171,3 +172,18 @@ def test_the_trace_file_must_be_a_file_in_a_directory_that_exists(tmp_path: Path
 
 def test_defaults_are_tritons() -> None:
     assert TraceSettings() == TraceSettings(levels=(), rate=1000, count=-1, log_frequency=0)
+
+
+def test_a_change_is_logged_with_who_made_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="tesserad.serving.trace")
+    tracer = Tracer(tmp_path / "trace.json", OIP_NAME_BY_DTYPE)
+    tracer.update("m", {"trace_level": ["TIMESTAMPS"], "trace_rate": ["1000"]}, "admin-holder")
+    # Sent again, nothing changes: nothing is logged.
+    tracer.update("m", {"trace_rate": ["1000"]}, "admin-holder")
+    (record,) = caplog.records
+    assert (
+        record.getMessage()
+        == "trace settings changed at runtime, until tesserad stops (its settings are unchanged)"
+    )
+    assert record.by == "admin-holder" and record.model == "m"  # type: ignore[attr-defined]
+    assert record.changes == {"trace_level": {"from": ["OFF"], "to": ["TIMESTAMPS"]}}  # type: ignore[attr-defined]
