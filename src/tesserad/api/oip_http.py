@@ -6,8 +6,8 @@ metadata, config, statistics and the repository index are the gRPC messages writ
 Access is the gRPC listener's: its TLS (and client-certificate rule), its tokens as `Authorization:
 Bearer <token>`, the role its RPC of the same name needs (POST /v2/logging and POST
 .../trace/setting: the role a LogSettings or TraceSetting request that changes a setting needs), and
-a slot of limits.max_concurrent_calls (one count for both listeners). Errors are `{"error": "..."}` with the HTTP status of the gRPC
-code's meaning and the gRPC message.
+a slot of limits.max_concurrent_calls (one count for both listeners). Errors are `{"error": "..."}`
+with the HTTP status of the gRPC code's meaning and the gRPC message.
 
 Revocation, as for gRPC's ModelInfer: each request is checked against the tokens as they are when
 it arrives (a kept-alive connection carries no decision over), and an inference request whose
