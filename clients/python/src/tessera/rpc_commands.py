@@ -16,6 +16,7 @@ COMMAND_BY_RPC: dict[str, str] = {
     "ListVersions": "`tessera models versions MODEL`",
     "DownloadVersion": "`tessera models download MODEL PATH`",
     "SetAlias": "`tessera models alias MODEL ALIAS VERSION`",
+    "DeleteAlias": "`tessera models unalias MODEL ALIAS`",
     "CompareVersions": "`tessera models compare MODEL A B`",
     "ExportOnnx": "`tessera export onnx MODEL`",
     "Deploy": "`tessera models deploy MODEL ROUTE...`",
