@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=50, help="distinct keys per batch")
     parser.add_argument("--steps", type=int, default=10, help="points per key per batch")
     parser.add_argument("--writers", type=int, default=4, help="batches in flight")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the results go (JSON)")
     args = parser.parse_args()
     load_before = os.getloadavg()
     rows = []
@@ -97,10 +98,10 @@ def main() -> None:
             "this": round(statistics.median(r["this"]["cpu_s"] for r in rows), 3),
         },
         "repeats": rows,
-        "params": {k: v for k, v in vars(args).items() if k != "baseline_src"},
+        "params": {k: v for k, v in vars(args).items() if k not in ("baseline_src", "out")},
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "repeats"}, indent=2))
 
 

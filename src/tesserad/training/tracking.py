@@ -81,10 +81,14 @@ MAX_RUN_TEXT = 2 * 2**20
 # What a param or tag takes in an answer beside its UTF-8, at most: the entry's field tag and
 # length, and its key's and value's (a tag of 8,000 characters takes a 3-byte length).
 _ENTRY_WIRE_BYTES = 11
-# Distinct metric keys a run holds. A summary of a key of MAX_KEY_BYTES takes at most about 460
-# bytes on the wire, so these take under 1 MB: with MAX_RUN_TEXT of params and tags a run stays
-# within the 4 MiB of a GetRun answer, and ListRuns, CompareRuns and Leaderboard can carry it.
-MAX_RUN_METRICS = 2000
+# Distinct metric keys a run holds: per-class metrics of a thousand classes take thousands.
+MAX_RUN_METRICS = 10_000
+# Metric summaries an answer carries for a run, the first by key; the rest are counted
+# (metrics_left_out) and read with GetMetricHistory. A summary of a key of MAX_KEY_BYTES takes at
+# most about 460 bytes on the wire, so these take under 1 MB: with MAX_RUN_TEXT of params and
+# tags a run stays within the 4 MiB of a GetRun answer, and ListRuns, CompareRuns and Leaderboard
+# can carry it, however many keys it holds.
+MAX_ANSWERED_METRICS = 2000
 DEFAULT_LEADERBOARD_LIMIT = 10
 DEFAULT_HISTORY_PAGE = 10_000
 MAX_HISTORY_PAGE = 100_000
@@ -168,8 +172,7 @@ class Run:
     attempts: int
     job_id: str
     metrics: list[MetricSummary] = field(default_factory=list)
-    # Summaries not in `metrics`: those past the first MAX_RUN_METRICS by key of a run an older
-    # store gave more keys.
+    # Summaries not in `metrics`: those past the first MAX_ANSWERED_METRICS by key.
     metrics_left_out: int = 0
     deleted_at: float | None = None
     # Deleted by its experiment's deletion, which a restore of the experiment undoes.
@@ -335,12 +338,22 @@ def _check_run_text(run: Run) -> None:
         raise InvalidArgument(problem)
 
 
-def _with_summaries(run: Run, summaries: list[MetricSummary]) -> Run:
-    """`run` answering its first MAX_RUN_METRICS summaries (in key order), so that a run an older
-    store gave more keys still fits in one answer; the rest are counted, and read by their history."""
-    run.metrics = summaries[:MAX_RUN_METRICS]
-    run.metrics_left_out = len(summaries) - len(run.metrics)
+def _with_summaries(txn: ReadTxn, run: Run) -> Run:
+    """`run` answering its first MAX_ANSWERED_METRICS summaries (in key order), so that a run of
+    many keys still fits in one answer; the rest are counted, and read by their history. Reads
+    what it answers and the run's count of keys, not every summary."""
+    run.metrics = [
+        _summary_from(decode_record(raw, "metric_summary", 1)[1])
+        for _, raw in txn.scan("metric_summaries", (run.run_id,), limit=MAX_ANSWERED_METRICS)
+    ]
+    run.metrics_left_out = _metric_count(txn, run.run_id) - len(run.metrics)
     return run
+
+
+def _summary(txn: ReadTxn, run_id: str, key: str) -> MetricSummary | None:
+    """The run's summary of `key`, answered or left out; None if the run has no such key."""
+    raw = txn.get("metric_summaries", (run_id, key))
+    return None if raw is None else _summary_from(decode_record(raw, "metric_summary", 1)[1])
 
 
 def _run_bytes(run: Run) -> int:
@@ -567,8 +580,7 @@ class Tracking:
 
     def get_run(self, run_id: str) -> Run:
         with self._store.read() as txn:
-            run = self.load_run(txn, run_id)
-            _with_summaries(run, self._summaries(txn, run_id))
+            run = _with_summaries(txn, self.load_run(txn, run_id))
         return run
 
     def update_run(self, run_id: str, status: str | None, set_tags: dict[str, str]) -> Run:
@@ -688,13 +700,11 @@ class Tracking:
                 run.tags.get(k) == v for k, v in tags.items()
             ):
                 return None
-            summaries = {s.key: s for s in self._summaries(txn, run_id)}
-            if not all(
-                f.key in summaries and _COMPARE[f.op](summaries[f.key].field(f.field), f.value)
-                for f in filters
-            ):
-                return None
-            return _with_summaries(run, list(summaries.values()))
+            for f in filters:
+                summary = _summary(txn, run_id, f.key)
+                if summary is None or not _COMPARE[f.op](summary.field(f.field), f.value):
+                    return None
+            return _with_summaries(txn, run)
 
         with self._store.read() as txn:
             if experiment and not txn.exists("experiments", (experiment,)):
@@ -795,10 +805,9 @@ class Tracking:
             leaders = run_order.leaders(txn, experiment, metric, summary_field, mode == "max")
             size = 0
             for run_id in itertools.islice(leaders, limit):
-                run = self.load_run(txn, run_id)
-                summaries = self._summaries(txn, run_id)
-                summary = next(s for s in summaries if s.key == metric)
-                _with_summaries(run, summaries)
+                run = _with_summaries(txn, self.load_run(txn, run_id))
+                summary = _summary(txn, run_id, metric)
+                assert summary is not None, "a run in the order index has the metric's summary"
                 size += _run_bytes(run)
                 # As a ListRuns page, a board holds one run whatever its size.
                 if ranked and size > MAX_PAGE_BYTES:
@@ -1184,20 +1193,13 @@ class Tracking:
                 log.info(progress_message, extra={f"{noun}_done": done, noun: total, **progress_extra()})
         return _Pass(total, done, round(time.monotonic() - started, 1))
 
-    def _summaries(self, txn: ReadTxn, run_id: str) -> list[MetricSummary]:
-        return [
-            _summary_from(decode_record(raw, "metric_summary", 1)[1])
-            for _, raw in txn.scan("metric_summaries", (run_id,))
-        ]
-
 
 def _rank(txn: ReadTxn, run_id: str, order: RunOrder) -> tuple[int, float]:
     """Where a run sorts: (0, value, negated when descending), or (1, 0.0) without the metric.
     Read from the summary's row: the metric may be one a run answers without (metrics_left_out)."""
-    raw = txn.get("metric_summaries", (run_id, order.metric))
-    if raw is None:
+    summary = _summary(txn, run_id, order.metric)
+    if summary is None:
         return 1, 0.0
-    summary = _summary_from(decode_record(raw, "metric_summary", 1)[1])
     value = summary.field(order.field)
     return 0, -value if order.descending else value
 
@@ -1310,9 +1312,8 @@ def _check_metric_room(txn: ReadTxn, run_id: str, keys: Iterable[str]) -> None:
     if new and held + len(new) > MAX_RUN_METRICS:
         raise ResourceExhausted(
             f"points: run {run_id!r} has {held:,} metric keys and this batch adds {len(new):,} new ones "
-            f"({new[0][:80]!r} first); a run holds at most {MAX_RUN_METRICS:,} distinct metric keys, "
-            "so that one answer can carry it. Log to the keys the run has, or log these to another "
-            "run (CreateRun)"
+            f"({new[0][:80]!r} first); a run holds at most {MAX_RUN_METRICS:,} distinct metric keys. "
+            "Log to the keys the run has, or log these to another run (CreateRun)"
         )
 
 

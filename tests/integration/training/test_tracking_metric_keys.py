@@ -1,6 +1,7 @@
-"""A run holds at most MAX_RUN_METRICS distinct metric keys, so that one answer within gRPC's
-default receive limit (4 MiB) always carries it, whatever its params and tags: through a real
-daemon, and after a restart that counts the keys of a store written without the counts."""
+"""A run holds at most MAX_RUN_METRICS distinct metric keys, and an answer carries the first
+MAX_ANSWERED_METRICS of them, so that one answer within gRPC's default receive limit (4 MiB) always
+carries a run, whatever its params and tags: through a real daemon, and after a restart that
+counts the keys of a store written without the counts."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from tessera.v1 import job_spec_pb2, training_pb2, training_pb2_grpc
 from tesserad.server import STORE_TABLES
 from tesserad.store import Store
 from tesserad.training import tracking
-from tesserad.training.tracking import MAX_RUN_METRICS, METRIC_COUNTS, METRICS_COUNTED
+from tesserad.training.tracking import MAX_ANSWERED_METRICS, MAX_RUN_METRICS, METRIC_COUNTS, METRICS_COUNTED
 from tests.conftest import InProcessDaemon, daemon_settings
 
 S = training_pb2
@@ -71,27 +72,35 @@ def test_a_run_at_the_metric_key_cap_stays_readable_and_refuses_one_more_key(tmp
         assert _log(stub, lean, KEYS, 1.0, 0) == MAX_RUN_METRICS
         assert _log(stub, small, KEYS[:1], 2.0, 0) == 1
 
+        left_out = MAX_RUN_METRICS - MAX_ANSWERED_METRICS
         got = stub.GetRun(S.GetRunRequest(run_id=full))
-        assert len(got.metrics) == MAX_RUN_METRICS and len(got.tags) == 261
+        assert [summary.key for summary in got.metrics] == KEYS[:MAX_ANSWERED_METRICS]
+        assert got.metrics_left_out == left_out and len(got.tags) == 261
         assert got.ByteSize() < RECEIVE_LIMIT
         seen, token = [], ""
         while True:
             page = stub.ListRuns(S.ListRunsRequest(experiment="keys", page_token=token))
             assert page.ByteSize() < RECEIVE_LIMIT
             seen += [run.run_id for run in page.runs]
+            assert {run.metrics_left_out for run in page.runs} <= {0, left_out}
             token = page.next_page_token
             if not token:
                 break
         assert seen == [small, lean, full]
+        # A key past the answered ones filters, ranks and reads like any other.
+        last = KEYS[-1]
+        over = S.MetricFilter(key=last, field=S.SUMMARY_FIELD_LAST, op=S.COMPARISON_LT, value=0.5)
+        filtered = stub.ListRuns(S.ListRunsRequest(experiment="keys", metrics=[over]))
+        assert [run.run_id for run in filtered.runs] == [full]
         board = stub.Leaderboard(
-            S.LeaderboardRequest(
-                experiment="keys", metric=KEYS[0], mode=job_spec_pb2.OPTIMIZE_MODE_MIN, limit=1
-            )
+            S.LeaderboardRequest(experiment="keys", metric=last, mode=job_spec_pb2.OPTIMIZE_MODE_MIN, limit=1)
         )
-        assert [entry.run.run_id for entry in board.entries] == [full]
-        assert len(board.entries[0].run.metrics) == MAX_RUN_METRICS
+        assert [(entry.run.run_id, entry.value) for entry in board.entries] == [(full, 0.0)]
+        assert len(board.entries[0].run.metrics) == MAX_ANSWERED_METRICS
+        history = stub.GetMetricHistory(S.GetMetricHistoryRequest(run_id=lean, key=last))
+        assert [(point.step, point.value) for point in history.points] == [(0, 1.0)]
         compared = stub.CompareRuns(S.CompareRunsRequest(run_ids=[lean, small]))
-        assert len(compared.metrics) == MAX_RUN_METRICS and compared.ByteSize() < RECEIVE_LIMIT
+        assert len(compared.metrics) == MAX_ANSWERED_METRICS and compared.ByteSize() < RECEIVE_LIMIT
         # A comparison carries each run twice: the largest run fits none, and says what to do.
         with pytest.raises(grpc.RpcError) as info:
             stub.CompareRuns(S.CompareRunsRequest(run_ids=[full, small]))
@@ -102,12 +111,13 @@ def test_a_run_at_the_metric_key_cap_stays_readable_and_refuses_one_more_key(tmp
         _refused(stub, full, [KEYS[0], "one-more"])
         _refused(stub, lean, ["one-more"])
         got = stub.GetRun(S.GetRunRequest(run_id=full))
-        assert len(got.metrics) == MAX_RUN_METRICS
+        assert len(got.metrics) == MAX_ANSWERED_METRICS and got.metrics_left_out == left_out
         assert {summary.count for summary in got.metrics} == {1}
         # The keys a run has take points as before.
         assert _log(stub, full, KEYS, 3.0, 1) == MAX_RUN_METRICS
         got = stub.GetRun(S.GetRunRequest(run_id=full))
         assert {(summary.count, summary.last) for summary in got.metrics} == {(2, 3.0)}
+        assert got.metrics_left_out == left_out
     finally:
         daemon.stop()
 
@@ -124,10 +134,20 @@ def test_a_run_at_the_metric_key_cap_stays_readable_and_refuses_one_more_key(tmp
         daemon.stop()
 
 
+def test_a_run_takes_per_class_metrics_of_a_thousand_classes(daemon) -> None:
+    stub = training_pb2_grpc.TrainingStub(daemon.channel())
+    run_id = stub.CreateRun(S.CreateRunRequest(experiment="classes")).run_id
+    keys = [f"{name}/class_{c:04d}" for c in range(1000) for name in ("precision", "recall", "f1")]
+    assert _log(stub, run_id, keys, 0.5, 0) == 3000
+    got = stub.GetRun(S.GetRunRequest(run_id=run_id))
+    assert [summary.key for summary in got.metrics] == sorted(keys)[:MAX_ANSWERED_METRICS]
+    assert got.metrics_left_out == 3000 - MAX_ANSWERED_METRICS
+
+
 def test_a_run_an_older_store_gave_more_keys_answers_the_first_by_key_and_says_how_many_are_left_out(
     tmp_path, monkeypatch
 ) -> None:
-    more = 3 * MAX_RUN_METRICS
+    more = MAX_RUN_METRICS + 3
     daemon = InProcessDaemon(daemon_settings(tmp_path / "data")).start()
     try:
         stub = training_pb2_grpc.TrainingStub(daemon.channel())
@@ -141,14 +161,14 @@ def test_a_run_an_older_store_gave_more_keys_answers_the_first_by_key_and_says_h
 
         got = stub.GetRun(S.GetRunRequest(run_id=big))
         assert got.ByteSize() < RECEIVE_LIMIT
-        assert [summary.key for summary in got.metrics] == keys[:MAX_RUN_METRICS]
-        assert got.metrics_left_out == more - MAX_RUN_METRICS
+        assert [summary.key for summary in got.metrics] == keys[:MAX_ANSWERED_METRICS]
+        assert got.metrics_left_out == more - MAX_ANSWERED_METRICS
         (listed,) = stub.ListRuns(S.ListRunsRequest(experiment="old")).runs
         assert listed.metrics == got.metrics and listed.metrics_left_out == got.metrics_left_out
         # A key left out of the run is still ranked by, and read through its history.
         last = keys[-1]
         (ordered,) = stub.ListRuns(S.ListRunsRequest(experiment="old", order_by=S.RunOrder(metric=last))).runs
-        assert ordered.run_id == big and ordered.metrics_left_out == more - MAX_RUN_METRICS
+        assert ordered.run_id == big and ordered.metrics_left_out == more - MAX_ANSWERED_METRICS
         board = stub.Leaderboard(S.LeaderboardRequest(experiment="old", metric=last, limit=1))
         assert [(entry.run.run_id, entry.value) for entry in board.entries] == [(big, 1.0)]
         history = stub.GetMetricHistory(S.GetMetricHistoryRequest(run_id=big, key=last))

@@ -1327,9 +1327,10 @@ class Run(_message.Message):
     """The job that produced the run; empty for external runs."""
     deleted: _builtins.bool
     metrics_left_out: _builtins.int
-    """Summaries of the run's keys not in `metrics`: a run an older tesserad stored with more than
-    2,000 keys answers its first 2,000 by key, so that it fits in 4 MiB (gRPC's default receive
-    limit). Read the rest with GetMetricHistory, key by key. 0 when `metrics` holds every key.
+    """Summaries of the run's keys not in `metrics`: a run of more than 2,000 keys (it may hold
+    10,000) answers its first 2,000 by key, so that it fits in 4 MiB (gRPC's default receive
+    limit). Read the rest with GetMetricHistory, key by key; ListRuns filters and orders by them,
+    and Leaderboard ranks by them, as by any key. 0 when `metrics` holds every key.
     """
     @_builtins.property
     def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
@@ -1341,7 +1342,7 @@ class Run(_message.Message):
     def end_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricSummary]:
-        """One per metric key, in key order: 2,000 at most (see LogMetrics and metrics_left_out)."""
+        """One per metric key, in key order: the first 2,000 keys (see LogMetrics and metrics_left_out)."""
 
     @_builtins.property
     def deleted_at(self) -> _timestamp_pb2.Timestamp:

@@ -340,11 +340,12 @@ class TrainingServicer:
         raise NotImplementedError('Method not implemented!')
 
     def LogMetrics(self, request, context):
-        """A batch of metric points for one run. A run holds at most 2,000 distinct metric keys, so
-        that with its params and tags (2 MiB at most) one 4 MiB answer (gRPC's default receive
-        limit) always carries it in GetRun, ListRuns, CompareRuns and Leaderboard: a batch that
-        would take it past them is refused whole with RESOURCE_EXHAUSTED naming the cap; points for
-        the keys it has are always taken. A job's keys past the cap stay in its events.
+        """A batch of metric points for one run. A run holds at most 10,000 distinct metric keys: a
+        batch that would take it past them is refused whole with RESOURCE_EXHAUSTED naming the cap;
+        points for the keys it has are always taken. A job's keys past the cap stay in its events.
+        GetRun, ListRuns, CompareRuns and Leaderboard answer a run's first 2,000 keys' summaries
+        (see Run.metrics_left_out), so that with its params and tags (2 MiB at most) one 4 MiB
+        answer (gRPC's default receive limit) always carries it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

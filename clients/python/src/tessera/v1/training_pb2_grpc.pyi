@@ -91,11 +91,12 @@ class TrainingStub:
     """Runs of an experiment ranked by one metric's summary."""
     LogParams: _grpc.UnaryUnaryMultiCallable[_training_pb2.LogParamsRequest, _training_pb2.LogParamsResponse]
     LogMetrics: _grpc.UnaryUnaryMultiCallable[_training_pb2.LogMetricsRequest, _training_pb2.LogMetricsResponse]
-    """A batch of metric points for one run. A run holds at most 2,000 distinct metric keys, so
-    that with its params and tags (2 MiB at most) one 4 MiB answer (gRPC's default receive
-    limit) always carries it in GetRun, ListRuns, CompareRuns and Leaderboard: a batch that
-    would take it past them is refused whole with RESOURCE_EXHAUSTED naming the cap; points for
-    the keys it has are always taken. A job's keys past the cap stay in its events.
+    """A batch of metric points for one run. A run holds at most 10,000 distinct metric keys: a
+    batch that would take it past them is refused whole with RESOURCE_EXHAUSTED naming the cap;
+    points for the keys it has are always taken. A job's keys past the cap stay in its events.
+    GetRun, ListRuns, CompareRuns and Leaderboard answer a run's first 2,000 keys' summaries
+    (see Run.metrics_left_out), so that with its params and tags (2 MiB at most) one 4 MiB
+    answer (gRPC's default receive limit) always carries it.
     """
     LogMetricsStream: _grpc.StreamUnaryMultiCallable[_training_pb2.LogMetricsRequest, _training_pb2.LogMetricsResponse]
     """Many batches over one call; the response counts every accepted point."""
@@ -189,11 +190,12 @@ class TrainingAsyncStub(TrainingStub):
     """Runs of an experiment ranked by one metric's summary."""
     LogParams: _aio.UnaryUnaryMultiCallable[_training_pb2.LogParamsRequest, _training_pb2.LogParamsResponse]  # type: ignore[assignment]
     LogMetrics: _aio.UnaryUnaryMultiCallable[_training_pb2.LogMetricsRequest, _training_pb2.LogMetricsResponse]  # type: ignore[assignment]
-    """A batch of metric points for one run. A run holds at most 2,000 distinct metric keys, so
-    that with its params and tags (2 MiB at most) one 4 MiB answer (gRPC's default receive
-    limit) always carries it in GetRun, ListRuns, CompareRuns and Leaderboard: a batch that
-    would take it past them is refused whole with RESOURCE_EXHAUSTED naming the cap; points for
-    the keys it has are always taken. A job's keys past the cap stay in its events.
+    """A batch of metric points for one run. A run holds at most 10,000 distinct metric keys: a
+    batch that would take it past them is refused whole with RESOURCE_EXHAUSTED naming the cap;
+    points for the keys it has are always taken. A job's keys past the cap stay in its events.
+    GetRun, ListRuns, CompareRuns and Leaderboard answer a run's first 2,000 keys' summaries
+    (see Run.metrics_left_out), so that with its params and tags (2 MiB at most) one 4 MiB
+    answer (gRPC's default receive limit) always carries it.
     """
     LogMetricsStream: _aio.StreamUnaryMultiCallable[_training_pb2.LogMetricsRequest, _training_pb2.LogMetricsResponse]  # type: ignore[assignment]
     """Many batches over one call; the response counts every accepted point."""
@@ -410,11 +412,12 @@ class TrainingServicer(metaclass=_abc_1.ABCMeta):
         request: _training_pb2.LogMetricsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_training_pb2.LogMetricsResponse, _abc.Awaitable[_training_pb2.LogMetricsResponse]]:
-        """A batch of metric points for one run. A run holds at most 2,000 distinct metric keys, so
-        that with its params and tags (2 MiB at most) one 4 MiB answer (gRPC's default receive
-        limit) always carries it in GetRun, ListRuns, CompareRuns and Leaderboard: a batch that
-        would take it past them is refused whole with RESOURCE_EXHAUSTED naming the cap; points for
-        the keys it has are always taken. A job's keys past the cap stay in its events.
+        """A batch of metric points for one run. A run holds at most 10,000 distinct metric keys: a
+        batch that would take it past them is refused whole with RESOURCE_EXHAUSTED naming the cap;
+        points for the keys it has are always taken. A job's keys past the cap stay in its events.
+        GetRun, ListRuns, CompareRuns and Leaderboard answer a run's first 2,000 keys' summaries
+        (see Run.metrics_left_out), so that with its params and tags (2 MiB at most) one 4 MiB
+        answer (gRPC's default receive limit) always carries it.
         """
 
     @_abc_1.abstractmethod
