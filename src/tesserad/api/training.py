@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator
 from concurrent.futures import Future
 
@@ -33,17 +34,21 @@ from tesserad.api.convert_training import (
     view_from_proto,
 )
 from tesserad.api.transfers import chunk_size, read_header, receive_chunks, stream_chunks
-from tesserad.errors import InvalidArgument
+from tesserad.errors import InvalidArgument, TesseraError
 from tesserad.store import BlobStore
 from tesserad.training.artifacts import RunArtifacts
 from tesserad.training.events import EventLog
 from tesserad.training.jobs import Jobs
 from tesserad.training.sweeps import Sweeps
-from tesserad.training.tracking import Tracking
+from tesserad.training.tracking import BatchSequence, Tracking
 from tesserad.training.watch import watch_job
 
 # LogMetricsStream keeps at most this many batches waiting for their group commit.
 _MAX_PENDING_BATCHES = 64
+# Trailing metadata of a failed LogMetricsStream: how many batches, from the first, are stored
+# (none after them is), and how many points they hold.
+STORED_BATCHES_HEADER = "tessera-stored-batches"
+STORED_POINTS_HEADER = "tessera-stored-points"
 
 
 def _job_id(job_id: str) -> str:
@@ -56,6 +61,18 @@ def _sweep_id(sweep_id: str) -> str:
     if not sweep_id:
         raise InvalidArgument("sweep_id is required: the id SubmitSweep returned (see ListSweeps)")
     return sweep_id
+
+
+def _stream_stored(batches: int, points: int) -> str:
+    """What a failed LogMetricsStream stored, for its message: the batches before the one that
+    failed, counted from 0, and none after it."""
+    if batches == 0:
+        return "batch 0 of the stream failed and nothing of the stream is stored; resend from batch 0"
+    return (
+        f"batch {batches} of the stream (counting from 0) failed; batches 0 to {batches - 1} "
+        f"({points:,} points) are stored and nothing after them; resend from batch {batches} "
+        "(resending a stored point changes nothing: points are kept by key and step)"
+    )
 
 
 def _retrieve_outcome(future: asyncio.Future[int]) -> None:
@@ -313,28 +330,54 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
         context: grpc.aio.ServicerContext[pb.LogMetricsRequest, pb.LogMetricsResponse],
     ) -> pb.LogMetricsResponse:
         # Batches are queued for group commit as they arrive and awaited together, so a stream
-        # costs a few commits however many batches it carries.
-        pending: list[asyncio.Future[int]] = []
-        accepted = 0
+        # costs a few commits however many batches it carries. They commit in order, and once
+        # one fails the rest are refused (BatchSequence): a failed stream stored exactly the
+        # batches before the failure, which its answer counts.
+        sequence = BatchSequence()
+        pending: deque[asyncio.Future[int]] = deque()
+        batches = points = 0  # stored so far, in stream order
         try:
             async for request in request_iterator:
-                pending.append(asyncio.wrap_future(self._log(request)))
+                pending.append(self._queue(request, sequence))
+                if pending[-1].done() and pending[-1].exception() is not None:
+                    break  # refused before it was queued: read no further
                 if len(pending) >= _MAX_PENDING_BATCHES:
-                    accepted += await pending.pop(0)
+                    points += await pending.popleft()
+                    batches += 1
             while pending:
-                accepted += await pending.pop(0)
+                points += await pending.popleft()
+                batches += 1
+        except TesseraError as exc:
+            # The batches after the failed one are refused unstored; wait for them, so that
+            # the answer is final when the client resends.
+            await asyncio.gather(*pending, return_exceptions=True)
+            pending.clear()
+            context.set_trailing_metadata(
+                ((STORED_BATCHES_HEADER, str(batches)), (STORED_POINTS_HEADER, str(points)))
+            )
+            raise type(exc)(f"{_stream_stored(batches, points)}: {exc.message}") from exc
         finally:
-            # When one batch fails the stream ends with its error; the batches still in flight
-            # finish on their own, and their outcome is read here so that a second failure is
-            # not logged by asyncio as an exception nobody retrieved.
+            # A failure outside the table (the store closing, the call cancelled) leaves batches
+            # in flight; their outcome is read so that asyncio does not log it as unretrieved.
             for future in pending:
                 future.add_done_callback(_retrieve_outcome)
-        return pb.LogMetricsResponse(accepted=accepted)
+        return pb.LogMetricsResponse(accepted=points)
 
-    def _log(self, request: pb.LogMetricsRequest) -> Future[int]:
+    def _queue(self, request: pb.LogMetricsRequest, sequence: BatchSequence) -> asyncio.Future[int]:
+        """The batch's outcome: queued for commit, or already failed when it is refused at once."""
+        try:
+            return asyncio.wrap_future(self._log(request, sequence))
+        except TesseraError as exc:
+            refused: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            refused.set_exception(exc)
+            return refused
+
+    def _log(self, request: pb.LogMetricsRequest, sequence: BatchSequence | None = None) -> Future[int]:
         if not request.run_id:
             raise InvalidArgument("run_id is required")
-        return self._tracking.log_metrics(request.run_id, points_from_proto(request.points))
+        return self._tracking.log_metrics(
+            request.run_id, points_from_proto(request.points), sequence=sequence
+        )
 
     async def GetMetricHistory(
         self,

@@ -188,6 +188,24 @@ class MetricPoint(NamedTuple):
     time: float | None = None  # wall clock; server time when None
 
 
+class BatchSequence:
+    """The batches of one stream of metric batches, queued in order: once one fails, those queued
+    after it are refused unstored, so what a failed stream stored is exactly the batches before
+    its first failure, and a client resends from there."""
+
+    def __init__(self) -> None:
+        self.failed = False
+
+    def watch(self, outcome: Future[int]) -> None:
+        """Mark the sequence failed when `outcome` fails after its work ran (a commit that
+        failed as a whole); its callback runs before the next commit begins."""
+        outcome.add_done_callback(self._note)
+
+    def _note(self, outcome: Future[int]) -> None:
+        if outcome.exception() is not None:
+            self.failed = True
+
+
 @dataclass(frozen=True)
 class MetricFilter:
     key: str
@@ -858,15 +876,34 @@ class Tracking:
             if point.step < 0:
                 raise InvalidArgument(f"points[{i}].step must be >= 0, got {point.step}")
 
-    def log_metrics(self, run_id: str, points: list[MetricPoint], *, external: bool = True) -> Future[int]:
+    def log_metrics(
+        self,
+        run_id: str,
+        points: list[MetricPoint],
+        *,
+        external: bool = True,
+        sequence: BatchSequence | None = None,
+    ) -> Future[int]:
         """Queue a batch for the next group commit; the future gives the count once durable.
 
-        External callers may only log to a running run; jobs log through the same path.
+        External callers may only log to a running run; jobs log through the same path. A batch
+        of a `sequence` is refused unstored once an earlier batch of it failed.
         """
         self.check_points(points)
         now = time.time()
 
         def work(txn: WriteTxn) -> int:
+            if sequence is None:
+                return store(txn)
+            if sequence.failed:
+                raise FailedPrecondition("an earlier batch of the stream failed; this one is not stored")
+            try:
+                return store(txn)
+            except BaseException:
+                sequence.failed = True
+                raise
+
+        def store(txn: WriteTxn) -> int:
             raw = txn.get("runs", (run_id,))
             if raw is None:
                 raise NotFound(f"run {run_id[:80]!r} does not exist; create it with CreateRun first")
@@ -883,7 +920,10 @@ class Tracking:
             write_points(txn, data["experiment"], run_id, points, now)
             return len(points)
 
-        return self._store.submit(work)
+        outcome = self._store.submit(work)
+        if sequence is not None:
+            sequence.watch(outcome)
+        return outcome
 
     def metric_history(
         self,

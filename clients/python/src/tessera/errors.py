@@ -7,6 +7,8 @@ failure, or a subclass (`NotFound`, `InvalidArgument`, ...) for one kind.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
+from typing import Any, cast
 
 import grpc
 
@@ -16,9 +18,12 @@ class TesseraError(Exception):
 
     code: str = "UNKNOWN"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, trailers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        # The call's trailing metadata: where a call says more than its status (such as how
+        # much of a LogMetricsStream was stored).
+        self.trailers: dict[str, str] = dict(trailers or {})
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
@@ -155,17 +160,22 @@ ERROR_BY_CODE: dict[grpc.StatusCode, type[TesseraError]] = {
 _CODE_BY_NUMBER: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
 
 
-def error_for(code: grpc.StatusCode, message: str) -> TesseraError:
+def error_for(code: grpc.StatusCode, message: str, trailers: Mapping[str, str] | None = None) -> TesseraError:
     """The exception for a status code (Unknown for a code outside the table)."""
-    return ERROR_BY_CODE.get(code, Unknown)(message)
+    return ERROR_BY_CODE.get(code, Unknown)(message, trailers)
 
 
 def error_from_rpc(err: grpc.RpcError) -> TesseraError:
     """The SDK exception for a failed gRPC call (sync or asyncio)."""
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details = err.details() if hasattr(err, "details") else None
+    # Pairs of key and value on both clients (the blocking one's are named tuples).
+    metadata = cast(
+        Iterable[tuple[str, Any]], err.trailing_metadata() if hasattr(err, "trailing_metadata") else ()
+    )
+    trailers = {key: value for key, value in metadata or () if isinstance(value, str)}
     return error_for(
-        code, _client_limit_message(details) or details or str(code.name if code else "no message")
+        code, _client_limit_message(details) or details or str(code.name if code else "no message"), trailers
     )
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,7 @@ from tessera.calls import (
     call,
     stream,
 )
-from tessera.errors import JobFailed, TesseraError
+from tessera.errors import JobFailed, TesseraError, Unavailable
 from tessera.events import JobEvent, JobState, event_from_proto
 from tessera.messages import from_dict
 from tessera.transfer import CHUNK_BYTES, DownloadSink, Progress, check_chunk_size, file_chunks, file_digest
@@ -220,6 +222,142 @@ class ArtifactUploads(Call[list[pb.RunArtifact]]):
             except (TesseraError, OSError) as err:
                 raise partly_stored(err, relative, stored, len(files)) from err
         return stored
+
+
+# Trailing metadata of a failed LogMetricsStream: how many of its batches, from the first, the
+# daemon stored (none after them).
+STORED_BATCHES = "tessera-stored-batches"
+
+
+class _MetricBatches:
+    """The batches of a metric stream, made from `steps` as they are sent and kept until an
+    answer says they are stored, so that a cut stream is sent again from the first batch not
+    known to be stored.
+
+    Each try of the stream reads `requests()` anew. A cut try's iterator may still be read by
+    gRPC's thread once more: a lock and the try's number keep it from taking steps the next try
+    would miss, and everything taken from `steps` is kept here, never in an iterator's locals.
+    """
+
+    def __init__(
+        self, run_id: str, steps: Iterable[tuple[int, Mapping[str, float]]], batch_points: int
+    ) -> None:
+        self._run_id = run_id
+        self._steps = iter(steps)
+        self._batch_points = batch_points
+        self._kept: list[pb.LogMetricsRequest] = []  # made and not known stored, in order
+        self._taken: list[pb.MetricPoint] = []  # from steps read, not yet in a batch
+        self._try = 0
+        self._lock = threading.Lock()
+        self.stored_points = 0
+        self.last_stored_step: int | None = None
+
+    def requests(self) -> Iterator[pb.LogMetricsRequest]:
+        """The kept batches, then new ones from `steps`, for one try of the stream."""
+        with self._lock:
+            self._try += 1
+            this_try, again = self._try, list(self._kept)
+        yield from again
+        while True:
+            with self._lock:
+                if this_try != self._try:
+                    return
+                batch = self._next_batch()
+            if batch is None:
+                return
+            yield batch
+
+    def _next_batch(self) -> pb.LogMetricsRequest | None:
+        """A batch of the next points of `steps`, kept; None when they are all sent."""
+        while len(self._taken) < self._batch_points:
+            item = next(self._steps, None)
+            if item is None:
+                break
+            step, metrics = item
+            self._taken += [
+                pb.MetricPoint(key=key, value=float(value), step=step) for key, value in metrics.items()
+            ]
+        if not self._taken:
+            return None
+        batch = pb.LogMetricsRequest(run_id=self._run_id, points=self._taken[: self._batch_points])
+        del self._taken[: self._batch_points]
+        self._kept.append(batch)
+        return batch
+
+    def stored(self, batches: int) -> bool:
+        """Drop the first `batches` kept batches, which an answer says are stored; True if any."""
+        with self._lock:
+            for batch in self._kept[:batches]:
+                self.stored_points += len(batch.points)
+                self.last_stored_step = batch.points[-1].step
+            del self._kept[:batches]
+        return batches > 0
+
+    def failed(self, error: TesseraError) -> TesseraError:
+        """`error` (same type) saying what of the whole stream is stored."""
+        if STORED_BATCHES not in error.trailers:
+            # Cut without the daemon's answer: what was sent after the known batches may be stored.
+            done = f"at least {self.stored_points:,} points are stored, the rest may be"
+        elif self.last_stored_step is None:
+            done = "no point of the stream is stored"
+        else:
+            done = (
+                f"{self.stored_points:,} points are stored, up to step {self.last_stored_step} (in "
+                "the order sent), and none after them"
+            )
+        return type(error)(
+            f"{done}; resend from there (resending a stored point changes nothing): {error.message}",
+            error.trailers,
+        )
+
+
+@dataclass(frozen=True)
+class MetricSteps(Call[int]):
+    """Metric points of many steps over LogMetricsStream, in batches of `batch_points`.
+
+    The daemon stores a stream's batches in order and, when one fails, answers how many before
+    it are stored (none after them). A stream cut UNAVAILABLE (the connection lost, the daemon
+    restarting) is sent again after a backoff from its first batch not known to be stored, up to
+    the client's `RetryPolicy.attempts` tries in a row: a cut without an answer sends again what
+    may be stored, which changes nothing, as the daemon keeps one point per key and step. Any
+    other failure raises the daemon's error, saying which points are stored.
+    """
+
+    run_id: str
+    steps: Iterable[tuple[int, Mapping[str, float]]]
+    batch_points: int
+    timeout: float
+
+    def _after(self, batches: _MetricBatches, error: TesseraError, failures: int, retry: RetryPolicy) -> int:
+        """The failures in a row after `error`, or raise it when it is not to be resent."""
+        if batches.stored(int(error.trailers.get(STORED_BATCHES, "0"))):
+            failures = 0
+        failures += 1
+        if not isinstance(error, Unavailable) or failures >= retry.attempts:
+            raise batches.failed(error) from None
+        return failures
+
+    def run(self, conn: Connection) -> int:
+        batches = _MetricBatches(self.run_id, self.steps, self.batch_points)
+        failures = 0
+        while True:
+            try:
+                response = conn.client_stream(S, "LogMetricsStream", batches.requests(), self.timeout)
+                return batches.stored_points + int(response.accepted)
+            except TesseraError as error:
+                failures = self._after(batches, error, failures, conn.retry)
+                time.sleep(conn.retry.backoff_s(failures))
+
+    async def run_async(self, conn: AioConnection) -> int:
+        batches = _MetricBatches(self.run_id, self.steps, self.batch_points)
+        failures = 0
+        while True:
+            try:
+                response = await conn.client_stream(S, "LogMetricsStream", batches.requests(), self.timeout)
+                return batches.stored_points + int(response.accepted)
+            except TesseraError as error:
+                failures = self._after(batches, error, failures, conn.retry)
+                await asyncio.sleep(conn.retry.backoff_s(failures))
 
 
 class Job(Part[C]):
@@ -505,6 +643,22 @@ class Training(Part[C]):
         points = [pb.MetricPoint(key=key, value=float(value), step=step) for key, value in metrics.items()]
         request = pb.LogMetricsRequest(run_id=run_id, points=points)
         return Op(S, "LogMetrics", request, lambda response: response.accepted)
+
+    @call
+    def log_metrics_stream(
+        self,
+        run_id: str,
+        steps: Iterable[tuple[int, Mapping[str, float]]],
+        batch_points: int = 1000,
+        timeout: float = 600.0,
+    ) -> MetricSteps:
+        """Record the metrics of many steps, `(step, {key: value})` in order, over one stream in
+        batches of `batch_points` points; returns how many points were accepted. A cut stream
+        is resent from its first batch not known to be stored; a failure says which points are
+        stored (resending them is harmless: the daemon keeps one point per key and step)."""
+        if batch_points < 1:
+            raise ValueError(f"batch_points must be >= 1, got {batch_points}")
+        return MetricSteps(run_id, steps, batch_points, timeout)
 
     @call
     def metric_history(

@@ -352,7 +352,12 @@ class TrainingServicer:
         raise NotImplementedError('Method not implemented!')
 
     def LogMetricsStream(self, request_iterator, context):
-        """Many batches over one call; the response counts every accepted point.
+        """Many batches over one call; the response counts every accepted point. Batches are stored
+        in order, each whole or not at all; when one fails, the call ends with its status, and the
+        batches before it are stored and none after it. The message says which batch failed, and
+        the trailing metadata `tessera-stored-batches` and `tessera-stored-points` count the
+        batches (from the first) and points stored: resend from the failed batch. Resending a
+        stored point changes nothing (a metric keeps one point per key and step).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

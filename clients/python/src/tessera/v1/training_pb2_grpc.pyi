@@ -99,7 +99,13 @@ class TrainingStub:
     answer (gRPC's default receive limit) always carries it.
     """
     LogMetricsStream: _grpc.StreamUnaryMultiCallable[_training_pb2.LogMetricsRequest, _training_pb2.LogMetricsResponse]
-    """Many batches over one call; the response counts every accepted point."""
+    """Many batches over one call; the response counts every accepted point. Batches are stored
+    in order, each whole or not at all; when one fails, the call ends with its status, and the
+    batches before it are stored and none after it. The message says which batch failed, and
+    the trailing metadata `tessera-stored-batches` and `tessera-stored-points` count the
+    batches (from the first) and points stored: resend from the failed batch. Resending a
+    stored point changes nothing (a metric keeps one point per key and step).
+    """
     GetMetricHistory: _grpc.UnaryUnaryMultiCallable[_training_pb2.GetMetricHistoryRequest, _training_pb2.MetricHistory]
     """One metric's history, downsampled on the server when longer than max_points; the first,
     the last and the extreme points are always kept. Pages: a long answer (every point of a
@@ -198,7 +204,13 @@ class TrainingAsyncStub(TrainingStub):
     answer (gRPC's default receive limit) always carries it.
     """
     LogMetricsStream: _aio.StreamUnaryMultiCallable[_training_pb2.LogMetricsRequest, _training_pb2.LogMetricsResponse]  # type: ignore[assignment]
-    """Many batches over one call; the response counts every accepted point."""
+    """Many batches over one call; the response counts every accepted point. Batches are stored
+    in order, each whole or not at all; when one fails, the call ends with its status, and the
+    batches before it are stored and none after it. The message says which batch failed, and
+    the trailing metadata `tessera-stored-batches` and `tessera-stored-points` count the
+    batches (from the first) and points stored: resend from the failed batch. Resending a
+    stored point changes nothing (a metric keeps one point per key and step).
+    """
     GetMetricHistory: _aio.UnaryUnaryMultiCallable[_training_pb2.GetMetricHistoryRequest, _training_pb2.MetricHistory]  # type: ignore[assignment]
     """One metric's history, downsampled on the server when longer than max_points; the first,
     the last and the extreme points are always kept. Pages: a long answer (every point of a
@@ -426,7 +438,13 @@ class TrainingServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_training_pb2.LogMetricsRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_training_pb2.LogMetricsResponse, _abc.Awaitable[_training_pb2.LogMetricsResponse]]:
-        """Many batches over one call; the response counts every accepted point."""
+        """Many batches over one call; the response counts every accepted point. Batches are stored
+        in order, each whole or not at all; when one fails, the call ends with its status, and the
+        batches before it are stored and none after it. The message says which batch failed, and
+        the trailing metadata `tessera-stored-batches` and `tessera-stored-points` count the
+        batches (from the first) and points stored: resend from the failed batch. Resending a
+        stored point changes nothing (a metric keeps one point per key and step).
+        """
 
     @_abc_1.abstractmethod
     def GetMetricHistory(

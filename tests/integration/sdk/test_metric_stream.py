@@ -1,0 +1,69 @@
+"""client.training.log_metrics_stream against a real daemon: a failed batch raises saying which
+points are stored (exactly those before it), and a stream whose connection is cut is sent again
+from the first batch not known to be stored, ending with every point stored once."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Iterator
+
+import pytest
+
+import tessera
+import tessera.aio
+
+
+def _steps(count: int, bad_at: int = -1) -> Iterator[tuple[int, dict[str, float]]]:
+    for step in range(count):
+        yield step, {"loss": math.nan if step == bad_at else 1.0 / (step + 1)}
+
+
+def _stored_steps(client: tessera.Client, run_id: str) -> list[int]:
+    return [point.step for point in client.training.metric_history(run_id, "loss").points]
+
+
+def test_a_failed_batch_raises_saying_which_points_are_stored(client) -> None:
+    run_id = client.training.create_run("sdk-streams").run_id
+    with pytest.raises(tessera.InvalidArgument) as info:
+        client.training.log_metrics_stream(run_id, _steps(60, bad_at=25), batch_points=10)
+    message = info.value.message
+    assert message.startswith(
+        "20 points are stored, up to step 19 (in the order sent), and none after them; resend from there"
+    ), message
+    assert "not a finite number" in message
+    assert info.value.trailers["tessera-stored-batches"] == "2"
+    assert _stored_steps(client, run_id) == list(range(20))
+
+
+def test_the_asyncio_client_says_the_same(daemon) -> None:
+    async def log() -> tuple[str, str]:
+        async with tessera.aio.Client(daemon.target, timeout=30) as aio:
+            run_id = (await aio.training.create_run("sdk-streams")).run_id
+            with pytest.raises(tessera.InvalidArgument) as info:
+                await aio.training.log_metrics_stream(run_id, _steps(30, bad_at=3), batch_points=10)
+            return run_id, info.value.message
+
+    run_id, message = asyncio.run(log())
+    assert message.startswith("no point of the stream is stored; resend from there"), message
+    with tessera.Client(daemon.target, timeout=30) as client:
+        assert _stored_steps(client, run_id) == []
+
+
+def test_a_cut_stream_is_sent_again_and_every_point_is_stored_once(daemon, proxy_to) -> None:
+    proxy = proxy_to(daemon.daemon.port)
+    retry = tessera.RetryPolicy(attempts=5, initial_backoff_s=0.05, max_backoff_s=0.2)
+    with tessera.Client(proxy.target, timeout=30, retry=retry) as client:
+        run_id = client.training.create_run("sdk-streams").run_id
+
+        def steps() -> Iterator[tuple[int, dict[str, float]]]:
+            for step, metrics in _steps(100):
+                if step == 55 and not proxy.cuts:
+                    proxy.cut()
+                yield step, metrics
+
+        assert client.training.log_metrics_stream(run_id, steps(), batch_points=10) == 100
+        assert proxy.cuts == 1
+        assert _stored_steps(client, run_id) == list(range(100))
+        (summary,) = client.training.run(run_id).metrics
+        assert summary.count == 100
