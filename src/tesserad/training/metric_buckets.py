@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import NamedTuple
@@ -306,6 +306,50 @@ def count(txn: ReadTxn, metric: bytes, first: int, last: int) -> int:
     return total
 
 
+def spread(
+    txn: ReadTxn, metric: bytes, first: int, last: int, points: int, taken: Collection[int], wanted: int
+) -> list[Sample]:
+    """`wanted` points of steps first..last, which hold `points` points, at evenly spaced ranks
+    among those not at the steps `taken` (each holding a point), in step order."""
+    # A taken point's rank is the count of points before it; a rank among the others moves past
+    # each taken rank at or below it.
+    skipped = sorted(count(txn, metric, first, step - 1) for step in taken)
+    left = points - len(skipped)
+    ranks = []
+    for i in range(wanted):
+        rank = (2 * i + 1) * left // (2 * wanted)
+        for held in skipped:
+            if held <= rank:
+                rank += 1
+        ranks.append(rank)
+    if points <= _FANOUT * wanted:
+        # Reading them all costs little more than finding each in the buckets.
+        samples = [bucket.low for bucket in records(txn, metric, 0, first, last)]
+        return [samples[rank] for rank in ranks]
+    return [_nth(txn, metric, first, last, rank, LEVELS) for rank in ranks]
+
+
+def _nth(txn: ReadTxn, metric: bytes, first: int, last: int, rank: int, top: int) -> Sample:
+    """The point at `rank` (from 0) among those of steps first..last, found through the bucket
+    counts of levels <= `top`: at most 16 records a level on the way down, plus the range's ends."""
+    for level, low, high in cover(first, last, top):
+        if level == 0:
+            for raw_key, raw in txn.packed_range(POINTS, point_key(metric, low), point_key(metric, high)):
+                if rank == 0:
+                    return Sample(trailing_int(raw_key), *_POINT.unpack(raw))
+                rank -= 1
+            continue
+        for raw_key, raw in txn.packed_range(
+            TABLE, _bucket_key(metric, level, low), _bucket_key(metric, level, high)
+        ):
+            held = _RECORD.unpack_from(raw)[0]
+            if rank < held:
+                index, shift = trailing_int(raw_key), _BITS * level
+                return _nth(txn, metric, index << shift, ((index + 1) << shift) - 1, rank, level - 1)
+            rank -= held
+    raise AssertionError(f"steps {first}..{last} hold fewer points than their buckets count")
+
+
 def _run_table(txn: ReadTxn, metric: bytes, level: int, first: int, last: int) -> np.ndarray:
     """The records of buckets first..last of a level as one array (points as buckets of one),
     decoded in bulk: a downsampled read goes through thousands of them."""
@@ -374,9 +418,9 @@ class Grouping:
 
     def extremes(
         self, txn: ReadTxn, metric: bytes, start: int, stop: int
-    ) -> list[tuple[int, Sample, Sample]]:
-        """(group, lowest point, highest point) of each group start..stop-1 that holds points,
-        in order; of equal values the earliest step."""
+    ) -> list[tuple[int, int, Sample, Sample]]:
+        """(group, its points, lowest point, highest point) of each group start..stop-1 that holds
+        points, in order; of equal values the earliest step."""
         shift, n = _BITS * self.level, self._buckets
         low, high = self.steps(start, stop)
         parts = [_run_table(txn, metric, *run) for run in cover(low, high, self.level)]
@@ -390,6 +434,7 @@ class Grouping:
         group = np.searchsorted(bounds, place, side="right") - 1 + start
         starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
         sizes = np.diff(np.r_[starts, len(table)])
+        counts = np.add.reduceat(table["count"], starts)
         lows = np.repeat(np.minimum.reduceat(table["low_value"], starts), sizes)
         highs = np.repeat(np.maximum.reduceat(table["high_value"], starts), sizes)
         # Records are in step order, so the first record holding a group's extreme holds the
@@ -397,9 +442,10 @@ class Grouping:
         low_rows = table[_first_where(table["low_value"] == lows, starts)]
         high_rows = table[_first_where(table["high_value"] == highs, starts)]
         return [
-            (g, Sample(*lo), Sample(*hi))
-            for g, lo, hi in zip(
+            (g, n, Sample(*lo), Sample(*hi))
+            for g, n, lo, hi in zip(
                 group[starts].tolist(),
+                counts.tolist(),
                 low_rows[["low_step", "low_value", "low_time"]].tolist(),
                 high_rows[["high_step", "high_value", "high_time"]].tolist(),
                 strict=True,

@@ -936,7 +936,8 @@ class Tracking:
         token: str = "",
     ) -> HistoryPage:
         """One page of a metric's points in a step range: every point, or when the range holds
-        more than `max_points`, the extremes of equal step ranges plus the first and last point.
+        more than `max_points`, exactly `max_points` of them: the first and last point, and the
+        rest chosen over groups of equal step ranges, each group's extremes first (`_downsampled`).
 
         The first page fixes the answer (the steps of the range's first and last points, and
         the bucket level); the token carries it, so pages join into one answer.
@@ -957,6 +958,7 @@ class Tracking:
         after = resume_after(token, query)
         groups = (max_points - 2) // 2
         metric = metric_prefix(run_id, key)
+        position: tuple[int, ...]
         with self._store.read() as txn:
             self.load_run(txn, run_id)
             if after is None:
@@ -966,20 +968,23 @@ class Tracking:
                 first, last = ends
                 total = metric_buckets.count(txn, metric, first, last)
                 if max_points == 0 or total <= max_points:
-                    level, position = _EVERY_POINT, first
+                    level, position = _EVERY_POINT, (first,)
                 else:
-                    level, position = Grouping.plan(first, last, groups).level, 0
+                    level, position = Grouping.plan(first, last, groups).level, (0, 0, 0, 0)
             else:
                 level, first, last, position = _history_position(after, groups)
                 total = metric_buckets.count(txn, metric, first, last)
+            following: tuple[int, ...] | None
             if level == _EVERY_POINT:
-                points, position = _every_point(txn, metric, key, position, last, limit)
+                points, step = _every_point(txn, metric, key, position[0], last, limit)
+                following = (step,) if step >= 0 else None
             else:
                 grouping = Grouping(first, last, level, groups)
-                stop = min(groups, position + max(1, (limit - 2) // 2))
-                points = _downsampled(txn, metric, key, grouping, position, stop)
-                position = stop if stop < groups else -1
-        next_token = make_token(pack((level, first, last, position)), query) if position >= 0 else ""
+                points, cursor = _downsampled(
+                    txn, metric, key, grouping, max_points, total, _Cursor._make(position), limit
+                )
+                following = None if cursor is None else tuple(cursor)
+        next_token = "" if following is None else make_token(pack((level, first, last, *following)), query)
         return HistoryPage(points, total, level != _EVERY_POINT, next_token)
 
     def truncate_metrics_after(self, txn: WriteTxn, run_id: str, step: int) -> None:
@@ -1396,25 +1401,34 @@ def write_points(txn: WriteTxn, experiment: str, run_id: str, points: list[Metri
         _refresh_summary(txn, experiment, run_id, key)
 
 
-def _history_position(after: bytes, groups: int) -> tuple[int, int, int, int]:
-    """(level, first step, last step, next step or group) from a history page token."""
+def _history_position(after: bytes, groups: int) -> tuple[int, int, int, tuple[int, ...]]:
+    """(level, first step, last step, where the next page starts) from a history page token:
+    (step,) for every point, the fields of a `_Cursor` for a downsampled answer."""
     try:
         position = unpack(after)
     except (ValueError, IndexError):
         raise foreign_token() from None
-    if len(position) != 4 or not all(isinstance(part, int) for part in position):
+    if len(position) not in (4, 7) or not all(isinstance(part, int) for part in position):
         raise foreign_token()
-    level, first, last, next_at = (int(part) for part in position)
+    level, first, last, *rest = (int(part) for part in position)
     if not 0 <= first <= last <= MAX_STEP:
         raise foreign_token()
     if level == _EVERY_POINT:
-        within = first <= next_at <= last
+        within = len(rest) == 1 and first <= rest[0] <= last
     else:
         # The level is the one the first page planned: any other would read more than planned.
-        within = 0 < next_at < groups and level == Grouping.plan(first, last, groups).level
+        # At most 2 * groups + 1 interior points are chosen (max_points - 2).
+        group, taken, seen, sent = rest if len(rest) == 4 else (-1, -1, -1, -1)
+        within = (
+            0 <= group < groups
+            and 0 <= taken <= 2 * groups + 1
+            and seen >= 0
+            and sent >= 0
+            and level == Grouping.plan(first, last, groups).level
+        )
     if not within:
         raise foreign_token()
-    return level, first, last, next_at
+    return level, first, last, tuple(rest)
 
 
 def _every_point(
@@ -1434,18 +1448,102 @@ def _every_point(
     return points, -1
 
 
+class _Cursor(NamedTuple):
+    """Where a page of a downsampled answer starts: the group, the interior points chosen in the
+    groups before it and those the groups before it hold, and how many of the group's own points
+    earlier pages sent."""
+
+    group: int
+    taken: int
+    seen: int
+    sent: int
+
+
+def interior_quota(budget: int, remaining: int, points: int, groups_left: int) -> int:
+    """How many of a group's `points` interior points (neither the range's first nor its last
+    point) a downsampled answer keeps, with `budget` interior points still to choose in this
+    group and the groups after it (`groups_left` in all), which hold `remaining` of them.
+
+    An even share of the budget, but at least what the later groups are short of and at most
+    what the group holds: so sparse groups pass their share on to later ones, and where the
+    later ones are sparse, earlier ones keep more. Group by group this chooses exactly the
+    budget when it is at most the points there are.
+    """
+    share = budget // groups_left
+    short = budget - (remaining - points)
+    return max(0, min(max(share, short), points, budget))
+
+
 def _downsampled(
-    txn: ReadTxn, metric: bytes, key: str, grouping: Grouping, start: int, stop: int
-) -> list[MetricPoint]:
-    """Groups start..stop-1 of a downsampled answer: each group's lowest and highest point, and
-    the range's first and last point with the first and last group."""
+    txn: ReadTxn,
+    metric: bytes,
+    key: str,
+    grouping: Grouping,
+    max_points: int,
+    total: int,
+    cursor: _Cursor,
+    limit: int,
+) -> tuple[list[MetricPoint], _Cursor | None]:
+    """Up to `limit` points of a downsampled answer from `cursor`, and where the next page
+    starts (None: the answer is complete).
+
+    The answer holds the range's first and last point and max_points - 2 interior points,
+    chosen group by group (`interior_quota`); `total` (> max_points) is the range's points.
+    """
+    better_low = default_mode(key) == "min"
     points: list[MetricPoint] = []
-    for group, low, high in grouping.extremes(txn, metric, start, stop):
-        chosen = {low.step: low, high.step: high}
-        for end, wanted in ((grouping.first, group == 0), (grouping.last, group == grouping.groups - 1)):
-            raw = txn.get_packed("metrics", point_key(metric, end)) if wanted else None
-            if raw is not None:
-                value, at = decode_metric_point(raw)
-                chosen[end] = Sample(end, value, at)
-        points.extend(MetricPoint(key, s.value, s.step, s.time) for s in sorted(chosen.values()))
-    return points
+    group, taken, seen, sent = cursor
+    span = 0
+    while group < grouping.groups:
+        # Groups keep about two points each: fetch the extremes of about as many as fill the
+        # page, and of twice as many after a run of empty groups, which sparse steps leave.
+        span = max(1, (limit - len(points) + 1) // 2, 2 * span)
+        stop = min(grouping.groups, group + span)
+        for g, held, low, high in grouping.extremes(txn, metric, group, stop):
+            span = 0
+            interior = held - (g == 0) - (g == grouping.groups - 1)
+            quota = interior_quota(max_points - 2 - taken, total - 2 - seen, interior, grouping.groups - g)
+            extremes = (low, high) if better_low else (high, low)
+            chosen = _group_points(txn, metric, grouping, g, held, quota, extremes)
+            page = chosen[sent : sent + limit - len(points)]
+            points.extend(MetricPoint(key, s.value, s.step, s.time) for s in page)
+            if sent + len(page) < len(chosen):
+                return points, _Cursor(g, taken, seen, sent + len(page))
+            taken, seen, sent = taken + quota, seen + interior, 0
+            if len(points) == limit:
+                return points, _Cursor(g + 1, taken, seen, 0) if g + 1 < grouping.groups else None
+        group = stop
+    return points, None
+
+
+def _group_points(
+    txn: ReadTxn,
+    metric: bytes,
+    grouping: Grouping,
+    group: int,
+    held: int,
+    quota: int,
+    extremes: tuple[Sample, Sample],
+) -> list[Sample]:
+    """A group's points in a downsampled answer, in step order: the range's first or last point
+    where the group holds it, and `quota` of its other points: its extremes (the metric's better
+    one first), then points at evenly spaced ranks among the rest."""
+    first, last = group == 0, group == grouping.groups - 1
+    if not (first or last) and (quota < 2 or (quota == 2 and extremes[0].step != extremes[1].step)):
+        # Most groups: their extremes alone (a read of a thousand groups makes no more objects).
+        return sorted(extremes[:quota])
+    ends: dict[int, Sample] = {}
+    for end, held_here in ((grouping.first, first), (grouping.last, last)):
+        raw = txn.get_packed("metrics", point_key(metric, end)) if held_here else None
+        if raw is not None:
+            ends[end] = Sample(end, *decode_metric_point(raw))
+    chosen: dict[int, Sample] = {}
+    for sample in extremes:
+        if len(chosen) < quota and sample.step not in ends:
+            chosen.setdefault(sample.step, sample)
+    if len(chosen) < quota:
+        low, high = grouping.steps(group, group + 1)
+        taken = ends.keys() | chosen.keys()
+        for sample in metric_buckets.spread(txn, metric, low, high, held, taken, quota - len(chosen)):
+            chosen[sample.step] = sample
+    return sorted([*ends.values(), *chosen.values()])

@@ -112,6 +112,16 @@ def test_downsampled_pages_join_into_the_one_page_answer(tracker) -> None:
     assert [p for page in pages for p in page.points] == list(whole.points)
 
 
+def test_a_downsampled_answer_over_sparse_steps_holds_max_points(tracker) -> None:
+    run_id = tracker.CreateRun(S.CreateRunRequest(experiment="history")).run_id
+    stored = {0: 5.0, 1: 4.0, 2: 3.0, 3: 2.0, 4: 1.0, 1_000_000: 0.5}
+    _log_batches(tracker, run_id, list(stored.items()))
+    history = tracker.GetMetricHistory(S.GetMetricHistoryRequest(run_id=run_id, key="loss", max_points=4))
+    assert history.downsampled and history.total_points == 6
+    # The one group's extremes are the first and last point: the two more come from between.
+    assert [(p.step, p.value) for p in history.points] == [(0, 5.0), (2, 3.0), (4, 1.0), (1_000_000, 0.5)]
+
+
 def test_history_page_tokens_and_sizes_are_checked(tracker) -> None:
     run_id = tracker.CreateRun(S.CreateRunRequest(experiment="history")).run_id
     _log_batches(tracker, run_id, [(step, float(step)) for step in range(50)])

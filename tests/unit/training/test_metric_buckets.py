@@ -79,14 +79,20 @@ def test_grouping_cuts_the_range_into_contiguous_groups_of_whole_buckets(
         (LEVELS + 1, 0, 5, 1),  # no such level
         (-1, 5, 0, 5),  # first after last
         (-1, 0, 5, 6),  # every point: next step past the range
-        (0, 0, 5, 7),  # downsampled: no such group
-        (0, 0, 2**20, 1),  # downsampled: not the level the first page planned (4 for 7 groups)
+        (-1, 0, 5, 2, 0, 0, 0),  # every point: a downsampled position
+        (0, 0, 5, 7, 0, 0, 0),  # downsampled: no such group
+        (0, 0, 5, 1),  # downsampled: an every-point position
+        (0, 0, 5, 1, 16, 0, 0),  # downsampled: more chosen than max_points (at most 2 * 7 + 1)
+        (0, 0, 5, 1, 2, -1, 0),  # downsampled: negative count
+        (0, 0, 5, 1, 2, 2, -1),  # downsampled: negative count
+        (0, 0, 2**20, 1, 2, 2, 0),  # downsampled: not the level the first page planned (4 for 7 groups)
     ],
 )
 def test_history_token_positions_out_of_shape_are_refused(position: tuple) -> None:
     with pytest.raises(InvalidArgument, match="page_token"):
         _history_position(pack(position), groups=7)
-    assert _history_position(pack((4, 0, 2**20, 1)), groups=7) == (4, 0, 2**20, 1)
+    assert _history_position(pack((4, 0, 2**20, 1, 2, 9, 1)), groups=7) == (4, 0, 2**20, (1, 2, 9, 1))
+    assert _history_position(pack((-1, 0, 5, 3)), groups=7) == (-1, 0, 5, (3,))
 
 
 # -- on a real store
@@ -182,15 +188,15 @@ def test_buckets_stay_exact_through_rewrites_and_truncation(
             return
         grouping = Grouping.plan(first, last, groups)
         got = {
-            g: ((low.step, low.value), (high.step, high.value))
-            for g, low, high in grouping.extremes(txn, metric, 0, groups)
+            g: (held, (low.step, low.value), (high.step, high.value))
+            for g, held, low, high in grouping.extremes(txn, metric, 0, groups)
         }
     expected = {}
     for j in range(groups):
         low, high = grouping.steps(j, j + 1)
         members = [p for p in inside if low <= p[0] <= high]
         if members:
-            expected[j] = (_lowest(members), _highest(members))
+            expected[j] = (len(members), _lowest(members), _highest(members))
     assert got == expected
 
 

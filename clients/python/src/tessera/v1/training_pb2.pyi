@@ -2072,9 +2072,14 @@ class GetMetricHistoryRequest(_message.Message):
     key: _builtins.str
     max_points: _builtins.int
     """0 returns every point; otherwise >= 4. When the range holds more than max_points points,
-    the answer cuts it into (max_points - 2) / 2 groups spanning equal step ranges and keeps
-    each group's lowest and highest point (of equal values, the earliest step) and the range's
-    first and last point, in step order: at most max_points points, with the curve's shape.
+    the answer holds exactly max_points of them, in step order: the range's first and last
+    point, and max_points - 2 more chosen over (max_points - 2) / 2 groups spanning equal step
+    ranges. Each group gives an even share of them (about two), but a group with fewer points
+    gives what it has and leaves the rest of its share to the groups after it, and where the
+    later groups hold too few, earlier ones give more: so sparse steps still fill the answer.
+    A group gives its lowest and highest point first (of equal values, the earliest step; the
+    lowest first for a key minimised by name, as Leaderboard's default mode), then points at
+    evenly spaced ranks among the rest.
     """
     start_step: _builtins.int
     """Inclusive step range; 0 and 0 mean all steps."""
