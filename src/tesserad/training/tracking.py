@@ -36,7 +36,13 @@ from tesserad.store import (
     trailing_int,
     unpack,
 )
-from tesserad.text import MAX_PARAM_VALUE, check_entries, check_record_text, entries_bytes
+from tesserad.text import (
+    ENTRY_WIRE_BYTES,
+    MAX_PARAM_VALUE,
+    check_entries,
+    check_record_text,
+    entries_wire_bytes,
+)
 from tesserad.training import metric_buckets, run_order
 from tesserad.training.metric_buckets import MAX_STEP, Grouping, Sample, metric_prefix, point_key
 from tesserad.training.spec import default_mode
@@ -78,9 +84,6 @@ MAX_KEY_BYTES = 400
 # its metric summaries a run stays within the 4 MiB a GetRun answer may take, however many calls
 # added to it.
 MAX_RUN_TEXT = 2 * 2**20
-# What a param or tag takes in an answer beside its UTF-8, at most: the entry's field tag and
-# length, and its key's and value's (a tag of 8,000 characters takes a 3-byte length).
-_ENTRY_WIRE_BYTES = 11
 # Distinct metric keys a run holds: per-class metrics of a thousand classes take thousands.
 MAX_RUN_METRICS = 10_000
 # Metric summaries an answer carries for a run, the first by key; the rest are counted
@@ -331,20 +334,14 @@ def check_metric_key(key: str, where: str) -> None:
         )
 
 
-def _text_bytes(entries: dict[str, str]) -> int:
-    """What `entries` take on the wire at most: their UTF-8 and each entry's field tags and
-    lengths, which outweigh the text of entries of a few bytes."""
-    return entries_bytes(entries) + _ENTRY_WIRE_BYTES * len(entries)
-
-
 def run_text_problem(params: dict[str, str], tags: dict[str, str]) -> str:
     """Why a run's params and tags take too much together (over MAX_RUN_TEXT); "" when they fit."""
-    size = _text_bytes(params) + _text_bytes(tags)
+    size = entries_wire_bytes(params) + entries_wire_bytes(tags)
     if size <= MAX_RUN_TEXT:
         return ""
     return (
         f"a run's params and tags take at most {format_size(MAX_RUN_TEXT)} together, these would "
-        f"take {format_size(size)} ({size} bytes, counting {_ENTRY_WIRE_BYTES} bytes an entry "
+        f"take {format_size(size)} ({size} bytes, counting {ENTRY_WIRE_BYTES} bytes an entry "
         "beside its UTF-8); keep large values in a run artifact (UploadRunArtifact) and log its path"
     )
 
@@ -378,7 +375,7 @@ def _run_bytes(run: Run) -> int:
     """About what `run` takes in a ListRuns answer: its text, and each metric summary's key and
     six numbers; the fixed fields are small beside a page's bound."""
     metrics = sum(len(summary.key.encode()) + _SUMMARY_WIRE_BYTES for summary in run.metrics)
-    return _text_bytes(run.params) + _text_bytes(run.tags) + metrics
+    return entries_wire_bytes(run.params) + entries_wire_bytes(run.tags) + metrics
 
 
 class Tracking:
@@ -522,7 +519,7 @@ class Tracking:
                 experiment = self._experiment(txn, name)
                 if not _in_view(experiment.deleted_at, view):
                     continue
-                if not fill.room(_text_bytes(experiment.tags) + len(experiment.description.encode())):
+                if not fill.room(entries_wire_bytes(experiment.tags) + len(experiment.description.encode())):
                     break
                 fill.add(key, experiment)
         return fill.page.items, fill.page.next_page_token
