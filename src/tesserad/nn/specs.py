@@ -19,6 +19,8 @@ ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
 # Keeps a spec from a client from asking a worker for an absurd model before anything is built.
 MAX_WIDTH = 1 << 16
 MAX_DEPTH = 64
+# The Architecture message's fields every family has, set beside the family rather than in it.
+SHARED_FIELDS = ("input_shape", "output_size")
 
 
 @dataclass(frozen=True)
@@ -122,16 +124,25 @@ def family_of(spec: ArchitectureSpec) -> str:
 # Validation
 
 
+def field_path(family: str, field: str) -> str:
+    """Where `field` (e.g. "channels[1]") sits in an Architecture message, as a spec's TOML writes
+    it too: input_shape and output_size beside the family ("architecture.input_shape"), the
+    family's hyperparameters in it ("architecture.cnn4d.channels[1]")."""
+    if field.partition("[")[0] in SHARED_FIELDS:
+        return f"architecture.{field}"
+    return f"architecture.{family}.{field}"
+
+
 class _Checker:
-    """Collects "architecture.<family>.<field>: ..." problems of one spec; each check says
-    whether the value passed, so checks that build on it can be skipped."""
+    """Collects "architecture[.<family>].<field>: ..." problems of one spec (see field_path); each
+    check says whether the value passed, so checks that build on it can be skipped."""
 
     def __init__(self, family: str) -> None:
         self.family = family
         self.problems: list[str] = []
 
     def fail(self, field: str, what: str) -> bool:
-        self.problems.append(f"architecture.{self.family}.{field}: {what}")
+        self.problems.append(f"{field_path(self.family, field)}: {what}")
         return False
 
     def int_range(self, field: str, value: object, low: int, high: int) -> bool:
@@ -145,7 +156,8 @@ class _Checker:
 
     def int_list(self, field: str, value: object, high: int) -> bool:
         if not isinstance(value, tuple) or not value:
-            return self.fail(field, f"must be a non-empty tuple of integers, got {value!r}")
+            shown = list(value) if isinstance(value, tuple) else value
+            return self.fail(field, f"must be a non-empty list of integers, got {shown!r}")
         if len(value) > MAX_DEPTH:
             return self.fail(field, f"must have at most {MAX_DEPTH} entries, got {len(value)}")
         return all([self.int_range(f"{field}[{i}]", v, 1, high) for i, v in enumerate(value)])
@@ -163,13 +175,15 @@ class _Checker:
         return True
 
     def shape(self, value: object, rank: int | None, layout: str) -> bool:
+        # Shown as the list a spec's TOML or JSON writes, not as the tuple it became here.
+        shown = list(value) if isinstance(value, tuple) else value
         if not isinstance(value, tuple) or not value:
             return self.fail(
-                "input_shape", f"must be a non-empty tuple {layout} (no batch dim), got {value!r}"
+                "input_shape", f"must be a non-empty list {layout} (no batch dim), got {shown!r}"
             )
         if rank is not None and len(value) != rank:
             return self.fail(
-                "input_shape", f"must have {rank} dims {layout} (no batch dim), got {len(value)}: {value}"
+                "input_shape", f"must have {rank} dims {layout} (no batch dim), got {len(value)}: {shown}"
             )
         return all([self.int_range(f"input_shape[{i}]", v, 1, MAX_WIDTH * 16) for i, v in enumerate(value)])
 
@@ -286,9 +300,9 @@ def unchecked_spec_from_dict(d: dict[str, Any]) -> ArchitectureSpec:
                 f"architecture.{family}.{key}: unknown field; {family} takes {', '.join(fields)}"
             )
         kwargs[key] = tuple(value) if isinstance(value, list) else value
-    for required in ("input_shape", "output_size"):
+    for required in SHARED_FIELDS:
         if required not in kwargs:
-            raise InvalidArgument(f"architecture.{family}.{required}: is required")
+            raise InvalidArgument(f"{field_path(family, required)}: is required")
     if isinstance(kwargs.get("dropout"), int) and not isinstance(kwargs["dropout"], bool):
         kwargs["dropout"] = float(kwargs["dropout"])  # JSON writes 0.0 as 0
     spec: ArchitectureSpec = cls(**kwargs)

@@ -71,3 +71,27 @@ def test_train_from_an_unknown_version_says_so_through_the_daemon(tessera_cli, t
     result = tessera_cli("train", str(spec))
     assert result.code == EXIT_DAEMON and "Traceback" not in result.err
     assert "spec.init_from: model 'nope' does not exist" in result.err, result.err
+
+
+def test_train_names_input_shape_and_output_size_where_the_spec_sets_them(
+    tessera_cli, tmp_path, table_dataset
+):
+    # They sit in [architecture], beside the family's table: a message naming them inside it
+    # (architecture.mlp.input_shape) sends the user to a key the file may not have.
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        'experiment = "shapes"\n\n[architecture]\ninput_shape = [4, 1]\n\n[architecture.mlp]\n'
+        'hidden_sizes = [8]\n\n[data]\ndataset = "table"\n'
+    )
+    result = tessera_cli("train", str(spec))
+    assert result.code == EXIT_DAEMON and "Traceback" not in result.err
+    assert "spec.architecture.output_size: must be >= 1, got 0" in result.err, result.err
+    spec.write_text(
+        'experiment = "shapes"\n\n[architecture]\noutput_size = 2\n\n[architecture.cnn2d]\n'
+        'channels = [4]\n\n[data]\ndataset = "table"\n'
+    )
+    result = tessera_cli("train", str(spec))
+    assert result.code == EXIT_DAEMON
+    assert "spec.architecture.input_shape: must be a non-empty list (C, H, W) (no batch dim), got []" in (
+        result.err
+    ), result.err

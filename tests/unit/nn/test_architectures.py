@@ -87,13 +87,16 @@ BAD = [
     ),
     (MlpSpec((3,), 2, dropout=1.0), "architecture.mlp.dropout: must be in [0, 1), got 1.0"),
     (MlpSpec((3,), 2, norm="group"), "architecture.mlp.norm"),
-    (MlpSpec((), 2), "architecture.mlp.input_shape"),
-    (MlpSpec((3,), 0), "architecture.mlp.output_size: must be >= 1, got 0"),
-    (Cnn2dSpec((3, 8), 2), "architecture.cnn2d.input_shape: must have 3 dims"),
+    (MlpSpec((), 2), "architecture.input_shape: must be a non-empty list of any rank"),
+    (MlpSpec((3,), 0), "architecture.output_size: must be >= 1, got 0"),
+    (
+        Cnn2dSpec((3, 8), 2),
+        "architecture.input_shape: must have 3 dims (C, H, W) (no batch dim), got 2: [3, 8]",
+    ),
     (Cnn2dSpec((3, 8, 8), 2, kernel_size=0), "architecture.cnn2d.kernel_size: must be >= 1, got 0"),
     (Cnn2dSpec((3, 8, 8), 2, pool="min"), "architecture.cnn2d.pool"),
     (Cnn4dSpec((3, 8, 8, 8, 8), 2, kernel_size=0), "architecture.cnn4d.kernel_size: must be >= 1, got 0"),
-    (Cnn4dSpec((3, 8, 8, 0, 8), 2), "architecture.cnn4d.input_shape[3]: must be >= 1, got 0"),
+    (Cnn4dSpec((3, 8, 8, 0, 8), 2), "architecture.input_shape[3]: must be >= 1, got 0"),
     (Cnn4dSpec((3, 8, 8, 8, 8), 2, channels=(8, -1)), "architecture.cnn4d.channels[1]"),
     (Cnn4dSpec((3, 8, 8, 8, 8), 2, norm="layer"), "architecture.cnn4d.norm: must be one of batch, none"),
     (Cnn4dSpec((3, 8, 8, 8, 8), 2, activation="elu"), "architecture.cnn4d.activation"),
@@ -101,7 +104,7 @@ BAD = [
     (LstmSpec((5, 3), 2, hidden_size=0), "architecture.lstm.hidden_size: must be >= 1, got 0"),
     (LstmSpec((5, 3), 2, num_layers=0), "architecture.lstm.num_layers"),
     (LstmSpec((5, 3), 2, dropout=0.5), "architecture.lstm.dropout: applies between stacked layers"),
-    (LstmSpec((5, 3, 1), 2), "architecture.lstm.input_shape: must have 2 dims"),
+    (LstmSpec((5, 3, 1), 2), "architecture.input_shape: must have 2 dims"),
     (
         TransformerSpec((5, 3), 2, d_model=10, num_heads=4),
         "architecture.transformer.d_model: must be divisible by num_heads=4",
@@ -153,7 +156,7 @@ def test_from_dict_fills_defaults_and_rejects_unknowns() -> None:
         spec_from_dict({"family": "resnet", "input_shape": [2], "output_size": 1})
     with pytest.raises(InvalidArgument, match=r"architecture.lstm.width: unknown field"):
         spec_from_dict({"family": "lstm", "input_shape": [2, 2], "output_size": 1, "width": 3})
-    with pytest.raises(InvalidArgument, match=r"architecture.mlp.output_size: is required"):
+    with pytest.raises(InvalidArgument, match=r"architecture.output_size: is required"):
         spec_from_dict({"family": "mlp", "input_shape": [2]})
     with pytest.raises(InvalidArgument, match=r"architecture.mlp.hidden_sizes\[0\]: must be an integer"):
         spec_from_dict({"family": "mlp", "input_shape": [2], "output_size": 1, "hidden_sizes": ["8"]})
