@@ -110,3 +110,22 @@ def test_runs_leaderboard_ranks_by_any_summary_field(tessera_cli, client):
     assert [(e.run.run_id, e.value) for e in board] == [(steady.run_id, 0.7), (early.run_id, 0.9)]
     with pytest.raises(ValueError, match="best"):
         client.training.leaderboard("cli-field", "val_loss", field="best")
+
+
+def test_runs_leaderboard_shows_the_params_that_differ_between_the_runs(tessera_cli, client):
+    # A job's run logs every field of its spec (some 50 params): listing them all in each row
+    # buried the one or two a search varied.
+    runs = [
+        client.training.create_run("cli-differ", params={"lr": lr, "seed": "0", "epochs": "5"})
+        for lr in ("0.1", "0.01")
+    ]
+    client.training.log_params(runs[1].run_id, {"momentum": "0.9"})
+    for run, loss in zip(runs, (0.2, 0.4), strict=True):
+        client.training.log_metrics(run.run_id, {"val_loss": loss}, step=0)
+    board = tessera_cli("runs", "leaderboard", "cli-differ", "val_loss")
+    assert board.code == 0, board.err
+    assert "lr=0.1" in board.out and "lr=0.01, momentum=0.9" in board.out, board.out
+    assert "seed=0" not in board.out and "epochs=5" not in board.out, board.out
+    assert "left out: 2 params with one value in every run above" in board.out, board.out
+    entries = tessera_cli("--json", "runs", "leaderboard", "cli-differ", "val_loss").json()
+    assert entries[0]["run"]["params"] == {"lr": "0.1", "seed": "0", "epochs": "5"}

@@ -1239,21 +1239,37 @@ def cmd_runs_leaderboard(client: Client, args: argparse.Namespace, out: Output) 
             f"no run of experiment {args.experiment} has logged {args.metric}; the metrics its runs "
             f"have: tessera runs ls --experiment {args.experiment}"
         )
+    runs = [e.run for e in entries]
+    differing = differing_params(runs)
     out.table(
         f"{args.experiment} by {args.metric}",
-        ["rank", args.metric, "run", "name", "params"],
+        ["rank", args.metric, "run", "name", "params that differ"],
         [
             (
                 e.rank,
                 f"{e.value:.5g}",
                 e.run.run_id,
                 e.run.name,
-                ", ".join(f"{k}={v}" for k, v in sorted(e.run.params.items())),
+                ", ".join(f"{k}={e.run.params[k]}" for k in differing if k in e.run.params),
             )
             for e in entries
         ],
         whole=("rank", "run", "name"),
     )
+    same = len({k for run in runs for k in run.params}) - len(differing)
+    if same:
+        out.line(
+            f"left out: {counted(same, 'param')} with one value in every run above "
+            "(`tessera runs show RUN` or --json lists them)"
+        )
+
+
+def differing_params(runs: Sequence[training_pb2.Run]) -> list[str]:
+    """The params whose values are not the same in every run (set in some runs only included),
+    sorted: a job's run logs every field of its spec, and the few a search varies are what a
+    leaderboard is read for."""
+    names = sorted({k for run in runs for k in run.params})
+    return [k for k in names if len({run.params.get(k) for run in runs}) > 1]
 
 
 def cmd_export_onnx(client: Client, args: argparse.Namespace, out: Output) -> None:
