@@ -1250,7 +1250,7 @@ def cmd_runs_leaderboard(client: Client, args: argparse.Namespace, out: Output) 
                 f"{e.value:.5g}",
                 e.run.run_id,
                 e.run.name,
-                ", ".join(f"{k}={e.run.params[k]}" for k in differing if k in e.run.params),
+                "\n".join(f"{k}={e.run.params[k]}" for k in differing if k in e.run.params),
             )
             for e in entries
         ],
