@@ -1,6 +1,8 @@
 """The README's "Walk through the life cycle", run as written: each of its shell blocks, top to
 bottom, by bash in a fresh directory, with `tessera` on the PATH and TESSERA_TARGET pointing at a
-real `tesserad serve`. The blocks are read from README.md, so the test runs whatever it says."""
+real `tesserad serve`. The blocks are read from README.md, so the test runs whatever it says.
+Its Triton step runs Triton's own client from `.venv-triton` in that directory: the venv the
+tritonclient conformance test uses (TESSERA_TRITONCLIENT_PYTHON, else the checkout's own)."""
 
 from __future__ import annotations
 
@@ -14,11 +16,13 @@ from pathlib import Path
 import pytest
 from markdown_it import MarkdownIt
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+REPO = Path(__file__).resolve().parents[2]
+README = REPO / "README.md"
 SECTION = "Walk through the life cycle"
 SHELLS = {"sh", "bash", "shell"}
 # bash traces each command it runs with this prefix (PS4), which splits the transcript into steps.
 STEP_MARK = "+walkthrough$ "
+TRITON_VENV = ".venv-triton"
 
 
 def shell_blocks(markdown: str, section: str) -> list[str]:
@@ -67,15 +71,25 @@ def run_block(block: str, cwd: Path, env: dict[str, str]) -> tuple[int, list[Ste
     return done.returncode, steps
 
 
+def tritonclient_venv() -> Path | None:
+    """The venv holding tritonclient, as tests/integration/serving/test_serving_tritonclient.py
+    finds its python; None when there is none."""
+    named = os.environ.get("TESSERA_TRITONCLIENT_PYTHON")
+    python = Path(named) if named else REPO / TRITON_VENV / "bin" / "python"
+    return python.parents[1] if python.exists() else None
+
+
 def transcript(steps: list[Step]) -> str:
     return "".join(f"$ {step.command}\n{step.output}" for step in steps)
 
 
-def output_of(steps: list[Step], command: str) -> str:
-    """What the walkthrough's `command` (a prefix of the traced command line) printed."""
+def output_of(steps: list[Step], command: str, nth: int = 0) -> str:
+    """What the walkthrough's `nth` run of `command` (a prefix of the traced command line) printed."""
     found = [step.output for step in steps if step.command.startswith(command)]
-    assert found, f"the README walkthrough no longer runs {command!r}; it ran:\n{transcript(steps)}"
-    return found[0]
+    assert len(found) > nth, (
+        f"the README walkthrough no longer runs {command!r}; it ran:\n{transcript(steps)}"
+    )
+    return found[nth]
 
 
 def test_shell_blocks_are_read_from_the_section_only() -> None:
@@ -103,6 +117,13 @@ def test_readme_walkthrough_runs_top_to_bottom(spawn_daemon, tmp_path: Path) -> 
     # The README activates the venv; its bin holds `tessera` and the `python` with numpy.
     bin_dir = os.path.dirname(sys.executable)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "TESSERA_TARGET": target}
+    triton = tritonclient_venv()
+    if triton is None:
+        pytest.skip(
+            "the walkthrough's Triton step needs tritonclient: set TESSERA_TRITONCLIENT_PYTHON to a "
+            f"python with 'tritonclient[grpc]' (or make {TRITON_VENV}/.installed in the repository root)"
+        )
+    (workdir / TRITON_VENV).symlink_to(triton, target_is_directory=True)
 
     steps: list[Step] = []
     for block in blocks:
@@ -130,6 +151,10 @@ def test_readme_walkthrough_runs_top_to_bottom(spawn_daemon, tmp_path: Path) -> 
     assert re.search(r"v2\W+90%", deployed) and re.search(r"v1\W+10%", deployed), deployed
     rolled_back = output_of(steps, "tessera models rollback clips-cnn4d")
     assert "clips-cnn4d: no deployment" in rolled_back, rolled_back  # as before the deploy
+    # The SDK (the second `python -` block: the first makes the data) and Triton's client.
+    by_sdk = output_of(steps, "python -", nth=1)
+    assert re.fullmatch(r"v2 \[[01] [01] [01] [01]\]\n", by_sdk), by_sdk
+    assert output_of(steps, f"{TRITON_VENV}/bin/python -") == by_sdk
     kept = output_of(steps, "tessera load clips-cnn4d --version 2 --keep-config")
     assert re.search(r"clips-cnn4d\W+2\W+ready\W+onnx\W+cpu\W+2\W+32\W", kept), kept
     assert "unloaded clips-cnn4d v2" in output_of(steps, "tessera unload clips-cnn4d")
@@ -137,6 +162,10 @@ def test_readme_walkthrough_runs_top_to_bottom(spawn_daemon, tmp_path: Path) -> 
     assert "succeeded" in fine_tuned and "clips-finetuned v1" in fine_tuned, fine_tuned
     shown = output_of(steps, "tessera models show clips-finetuned")
     assert re.search(r"parent\W+clips-cnn4d v1", shown), shown
+    runs = output_of(steps, "tessera runs ls --experiment clips")
+    assert runs.count("succeeded") == 2, runs
+    board = output_of(steps, "tessera runs leaderboard clips val_loss")
+    assert "clips by val_loss" in board and re.search(r"left out: \d+ params", board), board
     assert "registered clips-ensemble v1: mean of" in output_of(steps, "tessera models ensemble")
     assert "clips-ensemble v1" in output_of(steps, "tessera predict clips-ensemble")
     ensemble_stats = output_of(steps, "tessera stats clips-ensemble")
