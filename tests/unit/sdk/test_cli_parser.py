@@ -175,3 +175,16 @@ def test_version_prints_the_clients_version(capsys):
         build_parser().parse_args(["--version"])
     assert exited.value.code == 0
     assert capsys.readouterr().out == f"tessera {tessera.__version__} (the daemon's: `tessera info`)\n"
+
+
+def test_help_says_where_a_spec_is_described_and_what_export_alias_moves(capsys):
+    # A newcomer met "JobSpec fields" with nothing naming where they are, and read `export onnx
+    # --alias staging` as exporting the version staging points at.
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    assert "protos/tessera/v1/job_spec.proto" in " ".join(capsys.readouterr().out.split())
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["export", "onnx", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "the safetensors version to export" in shown
+    assert "move this alias to the exported version (--version picks the one exported)" in shown

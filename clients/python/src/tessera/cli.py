@@ -1874,7 +1874,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sub = command(commands, "train", cmd_train, "submit a training job from a TOML spec")
-    sub.add_argument("spec", help="SPEC.toml (JobSpec fields); - reads it from stdin")
+    sub.add_argument(
+        "spec",
+        help="SPEC.toml: a JobSpec in TOML, enum values by their short names (its fields: "
+        "protos/tessera/v1/job_spec.proto; an example: the README's spec.toml); - reads it from stdin",
+    )
     sub.add_argument("--follow", action="store_true", help="show live progress until the job ends")
 
     jobs = commands.add_parser("jobs", help="training jobs").add_subparsers(
@@ -2043,7 +2047,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = command(export, "onnx", cmd_export_onnx, "export a safetensors version to ONNX as a new version")
     sub.add_argument("model", help=MODEL_HELP)
-    sub.add_argument("--version", type=version_or_alias, help="number or alias (default latest)")
+    sub.add_argument(
+        "--version",
+        type=version_or_alias,
+        help="the safetensors version to export, a number or alias (default latest)",
+    )
     sub.add_argument(
         "--opset",
         type=whole(high=INT32_MAX),
@@ -2057,7 +2065,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="how Conv4d layers are written: auto (default; the faster graph in onnxruntime), decomposed "
         "(3-D convolutions) or native (one Conv node with four spatial dimensions)",
     )
-    sub.add_argument("--alias", help="move this alias to the exported version")
+    sub.add_argument(
+        "--alias", help="move this alias to the exported version (--version picks the one exported)"
+    )
     sub.add_argument(
         "--description",
         default="",
