@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+import zipfile
 from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO, TypeVar
@@ -68,6 +69,8 @@ failure is text on stderr, never JSON (stdout holds only what was done, as with 
 kubectl): test the status, and for 3 the gRPC status after "tessera: "
 ("tessera: NOT_FOUND: ...")."""
 JSON_HELP = "print JSON for scripts instead of tables"
+# The first bytes of a .npy file and of a .npz (a zip archive).
+NPY_MAGIC, ZIP_MAGIC = b"\x93NUMPY", b"PK\x03\x04"
 _V = TypeVar("_V")
 
 
@@ -1405,18 +1408,35 @@ def window_sizes(text: str) -> list[int]:
 
 
 def load_inputs(path: str) -> dict[str, np.ndarray]:
-    """Inputs from a .npz (each array by name) or a .npy (the input named "input"); "-" reads
-    either from standard input, told apart by its first bytes."""
-    if path == "-":
-        loaded = np.load(io.BytesIO(sys.stdin.buffer.read()), allow_pickle=False)
+    """Inputs from a .npz (each array by name) or a .npy (the input named "input"), told apart by
+    their first bytes; "-" reads either from standard input. A file numpy cannot read is a
+    ValueError naming it."""
+    source: str | io.BytesIO = io.BytesIO(sys.stdin.buffer.read()) if path == "-" else path
+    name = "<stdin>" if path == "-" else path
+    try:
+        loaded = np.load(source, allow_pickle=False)
         if isinstance(loaded, np.ndarray):
             return {"input": loaded}
         with loaded as archive:
-            return {name: archive[name] for name in archive.files}
-    if path.endswith(".npy"):
-        return {"input": np.load(path, allow_pickle=False)}
-    with np.load(path, allow_pickle=False) as archive:
-        return {name: archive[name] for name in archive.files}
+            return {array: archive[array] for array in archive.files}
+    except (ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{name}: {unreadable_arrays(source, err)}") from None
+
+
+def unreadable_arrays(source: str | io.BytesIO, err: Exception) -> str:
+    """Why numpy could not read `source`. For a file with neither format's header numpy offers
+    to unpickle it, advice that does not apply to inputs, so the message says what is read."""
+    if isinstance(source, io.BytesIO):
+        head = source.getvalue()[: len(NPY_MAGIC)]
+    else:
+        with open(source, "rb") as file:
+            head = file.read(len(NPY_MAGIC))
+    if not head.startswith((NPY_MAGIC, ZIP_MAGIC)):
+        return (
+            "not a .npz or .npy file; write one with numpy.savez(FILE, input=x) (an array per "
+            "input name) or numpy.save(FILE, x)"
+        )
+    return f"cannot be read as numpy arrays: {err}"
 
 
 def cmd_stats(client: Client, args: argparse.Namespace, out: Output) -> None:
