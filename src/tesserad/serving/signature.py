@@ -86,7 +86,7 @@ def validate_request(
         if array.ndim != len(spec.shape):
             raise InvalidArgument(
                 f"input {spec.name!r} has shape {list(array.shape)} (rank {array.ndim}); "
-                f"{label} expects rank {len(spec.shape)}: {list(spec.shape)}"
+                f"{label} expects rank {len(spec.shape)}: {list(spec.shape)}{_batch_hint(array.shape, spec.shape)}"
             )
         for axis, (got, expected) in enumerate(zip(array.shape, spec.shape, strict=True)):
             if expected == -1 and got < 1:
@@ -113,6 +113,17 @@ def validate_request(
                 f"output {name!r} is not an output of {label}; its outputs are {', '.join(known_outputs)}"
             )
     return rows if rows is not None else 1
+
+
+def _batch_hint(shape: tuple[int, ...], expected: tuple[int, ...]) -> str:
+    """For one sample sent without the batch dimension (shape [1, 4, 4] where [-1, 1, 4, 4] is
+    expected), the likeliest slip, how to send it; else nothing."""
+    sample = expected[1:]
+    if not expected or expected[0] != -1 or len(shape) != len(sample):
+        return ""
+    if any(want not in (-1, got) for got, want in zip(shape, sample, strict=True)):
+        return ""
+    return f"; the first dimension is the batch: send one sample shaped {[1, *shape]}"
 
 
 def sample_is_random(dtype: np.dtype) -> bool:

@@ -230,6 +230,15 @@ def test_validation_names_the_input_and_what_is_expected(pool: ModelPool, linear
         with pytest.raises(InvalidArgument) as raised:
             validate_request(signature, inputs, outputs, label)
         assert raised.value.message.startswith(message)
+    # One sample without its batch dimension: the message says how to send it.
+    with pytest.raises(InvalidArgument) as raised:
+        validate_request(signature, {"x": np.zeros(4, np.float32)}, [], label)
+    assert raised.value.message.endswith(
+        "expects rank 2: [-1, 4]; the first dimension is the batch: send one sample shaped [1, 4]"
+    )
+    with pytest.raises(InvalidArgument) as raised:
+        validate_request(signature, {"x": np.zeros(5, np.float32)}, [], label)
+    assert raised.value.message.endswith("expects rank 2: [-1, 4]")  # not a sample of it: no hint
 
 
 class _CountingLock:
