@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -24,6 +26,9 @@ def test_ensemble_command_registers_and_serves(tessera_cli, client, tmp_path):
     )
     shown = tessera_cli("models", "show", "ens")
     assert "ensemble" in shown.out
+    status = tessera_cli("serve-status", "ens")
+    # Its runtime is its members': "unspecified" on the wire, which the table once showed.
+    assert re.search(r"ens\W+1\W+ready\W+ensemble\W", status.out), status.out
 
     weighted = tessera_cli(
         "models", "ensemble", "ens", "a:1", "b:1", "--combine", "weighted_mean", "--weights", "3,1"

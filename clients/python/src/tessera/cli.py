@@ -1563,6 +1563,14 @@ def cmd_serve_status(client: Client, args: argparse.Namespace, out: Output) -> N
     print_loaded(loaded, out)
 
 
+def runtime_word(runtime: inference_pb2.Runtime.ValueType) -> str:
+    """A loaded version's runtime as the table says it. The daemon fills in the runtime of every
+    loaded version but an ensemble's, which runs on its members' and is sent unspecified."""
+    if runtime == inference_pb2.RUNTIME_UNSPECIFIED:
+        return "ensemble"
+    return inference_pb2.Runtime.Name(runtime).removeprefix("RUNTIME_").lower()
+
+
 def print_loaded(loaded: Sequence[inference_pb2.LoadedModel], out: Output) -> None:
     out.table(
         "loaded models",
@@ -1583,7 +1591,7 @@ def print_loaded(loaded: Sequence[inference_pb2.LoadedModel], out: Output) -> No
                 m.model,
                 m.version,
                 inference_pb2.LoadState.Name(m.state).removeprefix("LOAD_STATE_").lower(),
-                inference_pb2.Runtime.Name(m.config.runtime).removeprefix("RUNTIME_").lower(),
+                runtime_word(m.config.runtime),
                 m.config.device,
                 m.config.instances,
                 m.config.max_batch_size,
