@@ -1,8 +1,9 @@
 """The README's "Walk through the life cycle", run as written: each of its shell blocks, top to
 bottom, by bash in a fresh directory, with `tessera` on the PATH and TESSERA_TARGET pointing at a
 real `tesserad serve`. The blocks are read from README.md, so the test runs whatever it says.
-Its Triton step runs Triton's own client from `.venv-triton` in that directory: the venv the
-tritonclient conformance test uses (TESSERA_TRITONCLIENT_PYTHON, else the checkout's own)."""
+Its Triton block runs Triton's own client from `.venv-triton` in that directory: the venv the
+tritonclient conformance test uses (TESSERA_TRITONCLIENT_PYTHON, else the checkout's own). Without
+one, every other block runs and is checked, and the test then skips, saying why."""
 
 from __future__ import annotations
 
@@ -118,15 +119,13 @@ def test_readme_walkthrough_runs_top_to_bottom(spawn_daemon, tmp_path: Path) -> 
     bin_dir = os.path.dirname(sys.executable)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "TESSERA_TARGET": target}
     triton = tritonclient_venv()
-    if triton is None:
-        pytest.skip(
-            "the walkthrough's Triton step needs tritonclient: set TESSERA_TRITONCLIENT_PYTHON to a "
-            f"python with 'tritonclient[grpc]' (or make {TRITON_VENV}/.installed in the repository root)"
-        )
-    (workdir / TRITON_VENV).symlink_to(triton, target_is_directory=True)
+    if triton is not None:
+        (workdir / TRITON_VENV).symlink_to(triton, target_is_directory=True)
 
     steps: list[Step] = []
     for block in blocks:
+        if triton is None and f"{TRITON_VENV}/" in block:
+            continue
         code, ran = run_block(block, workdir, env)
         steps += ran
         assert code == 0, (
@@ -154,7 +153,8 @@ def test_readme_walkthrough_runs_top_to_bottom(spawn_daemon, tmp_path: Path) -> 
     # The SDK (the second `python -` block: the first makes the data) and Triton's client.
     by_sdk = output_of(steps, "python -", nth=1)
     assert re.fullmatch(r"v2 \[[01] [01] [01] [01]\]\n", by_sdk), by_sdk
-    assert output_of(steps, f"{TRITON_VENV}/bin/python -") == by_sdk
+    if triton is not None:
+        assert output_of(steps, f"{TRITON_VENV}/bin/python -") == by_sdk
     kept = output_of(steps, "tessera load clips-cnn4d --version 2 --keep-config")
     assert re.search(r"clips-cnn4d\W+2\W+ready\W+onnx\W+cpu\W+2\W+32\W", kept), kept
     assert "unloaded clips-cnn4d v2" in output_of(steps, "tessera unload clips-cnn4d")
@@ -173,3 +173,9 @@ def test_readme_walkthrough_runs_top_to_bottom(spawn_daemon, tmp_path: Path) -> 
     explained = output_of(steps, "tessera explain clips-cnn4d")
     assert "clips-cnn4d v2, explained through torch v1" in explained, explained
     assert "input[4, 1, 4, 4, 4, 4] row 3, output" in explained and (workdir / "attr.npz").exists(), explained
+    if triton is None:
+        pytest.skip(
+            "every README step ran but Triton's, which needs tritonclient: set "
+            "TESSERA_TRITONCLIENT_PYTHON to a python with 'tritonclient[grpc]' (or make "
+            f"{TRITON_VENV}/.installed in the repository root)"
+        )
