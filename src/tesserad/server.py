@@ -85,7 +85,7 @@ from tesserad.serving.open_inference import OIP_NAME_BY_DTYPE, OpenInference
 from tesserad.serving.registry_source import build_inference, inference_over
 from tesserad.serving.service import CallCounter, InferenceService
 from tesserad.serving.shared_memory import SharedMemory
-from tesserad.serving.trace import Tracer, usable_trace_file
+from tesserad.serving.trace import TraceMetrics, Tracer, usable_trace_file
 from tesserad.serving.triton_metrics import TritonMetrics
 from tesserad.store import BlobStore, DataDirLock, Store
 from tesserad.store.prometheus import StoreMetrics
@@ -271,6 +271,7 @@ class Daemon:
                 self._tracer = Tracer(usable_trace_file(settings.serving.trace_file), OIP_NAME_BY_DTYPE)
             except ValueError as exc:
                 raise StartupError(str(exc)) from None
+        TraceMetrics(self._tracer, self.metrics.registry)
         if settings.replica.primary:
             await self._start_replica()
             return
@@ -348,6 +349,7 @@ class Daemon:
         self.inference = build_inference(self.registry, settings.serving, self.metrics.registry, calls)
         self._export_triton_metrics()
         self.registry.add_listener(self.inference.on_registry_change)
+        self.inference.add_deletion_listener(self._tracer.forget)
         oip = OpenInference(self.inference, self._stopping, self._shared_memory, self._logs, self._tracer)
         cluster = ClusterStats(
             self._changes.replicas,
@@ -356,7 +358,7 @@ class Daemon:
         )
         _register(
             inference_pb2_grpc.add_InferenceServicer_to_server,
-            InferenceServicer(self.inference, cluster),
+            InferenceServicer(self.inference, self._tracer, cluster),
             routes,
         )
         _register(
@@ -603,13 +605,16 @@ class Daemon:
         if settings.serving.switch_interval_us:
             sys.setswitchinterval(settings.serving.switch_interval_us / 1e6)
         self.inference = inference_over(followed, settings.serving, self.metrics.registry, calls)
+        self.inference.add_deletion_listener(self._tracer.forget)
         self._export_triton_metrics()
         caught_up = asyncio.Event()
         oip = OpenInference(
             self.inference, self._stopping, self._shared_memory, self._logs, self._tracer, caught_up
         )
         _register(
-            inference_pb2_grpc.add_InferenceServicer_to_server, InferenceServicer(self.inference), routes
+            inference_pb2_grpc.add_InferenceServicer_to_server,
+            InferenceServicer(self.inference, self._tracer),
+            routes,
         )
         _register(
             grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
@@ -788,7 +793,8 @@ class Daemon:
             self.inference = None
         self._shared_memory.close()
         self._logs.close()
-        self._tracer.close()
+        # Waits for the trace writer's thread, which may be held up by a slow disk.
+        await asyncio.to_thread(self._tracer.close)
         if self.exports is not None:
             await asyncio.to_thread(self.exports.close, exports_wait_s)
             self.exports = None

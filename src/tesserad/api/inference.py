@@ -31,14 +31,20 @@ from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, Tesse
 from tesserad.names import validate_name
 from tesserad.serving.predict import predict
 from tesserad.serving.service import InferenceService
+from tesserad.serving.trace import Tracer
 
 DEFAULT_SHADOW_LIMIT = 100
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
-    def __init__(self, service: InferenceService, cluster: ClusterStats | None = None) -> None:
-        """`cluster`: the replicas following this daemon (None on a replica)."""
+    def __init__(
+        self, service: InferenceService, tracer: Tracer, cluster: ClusterStats | None = None
+    ) -> None:
+        """`tracer`: the trace settings of Triton's trace extension, which sample Predict's
+        requests as they sample the Open Inference Protocol's; `cluster`: the replicas following
+        this daemon (None on a replica)."""
         self._service = service
+        self._tracer = tracer
         self._cluster = cluster
 
     async def _predict(self, request: pb.PredictRequest, deadline: float | None) -> pb.PredictResponse:
@@ -58,7 +64,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             request.request_id,
             started=started,
         )
-        return prediction_to_proto(request.request_id, target.model, version, prediction)
+        response = prediction_to_proto(request.request_id, target.model, version, prediction)
+        if self._tracer.on:
+            self._tracer.trace(
+                target.model, version, request.request_id, started, prediction, inputs, time.perf_counter_ns()
+            )
+        return response
 
     async def Predict(
         self,
@@ -83,7 +94,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             request.request_id,
             started=started,
         )
-        return prediction_to_proto(request.request_id, target.model, version, prediction)
+        response = prediction_to_proto(request.request_id, target.model, version, prediction)
+        if self._tracer.on:
+            self._tracer.trace(
+                target.model, version, request.request_id, started, prediction, inputs, time.perf_counter_ns()
+            )
+        return response
 
     async def PredictStream(
         self,

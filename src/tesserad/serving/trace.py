@@ -1,7 +1,13 @@
-"""Triton's trace extension as tesserad honours it: which Open Inference Protocol inference
-requests are traced, and their traces, written as Triton's "triton" trace mode writes them
-(TraceSetting over gRPC, /v2[/models/NAME]/trace/setting over HTTP). The transports turn their
-messages into a plain {name: value} mapping (None for a setting sent without a value) and back.
+"""Triton's trace extension as tesserad honours it: which inference requests are traced (the Open
+Inference Protocol's, and tessera's own Predict and PredictStream: every answer the daemon gives a
+model), and their traces, written as Triton's "triton" trace mode writes them (TraceSetting over
+gRPC, /v2[/models/NAME]/trace/setting over HTTP). The transports turn their messages into a plain
+{name: value} mapping (None for a setting sent without a value) and back.
+
+Traces are written by a thread of their own, in the order they were taken, so that a slow disk
+never holds up a request: past WRITE_QUEUE_SIZE writes waiting, traces are dropped, logged and
+counted (tessera_traces_dropped). The stop writes every trace taken before it returns. A model's
+own settings go with the model when it is deleted.
 
 The settings, each answered as a list of strings (as Triton's):
 - trace_level: OFF, or TIMESTAMPS and/or TENSORS (the request's input and output tensors).
@@ -33,13 +39,16 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 import numpy as np
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
 
 from tesserad.errors import FailedPrecondition, InvalidArgument
 from tesserad.serving.batcher import Prediction
@@ -60,6 +69,9 @@ TRITON_MODE = "triton"
 FILE_SETTING = (
     "serving.trace_file (env TESSERA_SERVING_TRACE_FILE, or trace_file under [serving] in the config file)"
 )
+# Writes waiting for the writer's thread: past these, traces are dropped (and counted) rather
+# than the requests that take them waiting on the disk.
+WRITE_QUEUE_SIZE = 256
 UINT32_MAX = 2**32 - 1
 INT32_MAX = 2**31 - 1
 
@@ -228,12 +240,17 @@ class _Scope:
 
 class Tracer:
     """The daemon's trace settings and the traces they take. Called on the event loop's thread
-    (the transports' handlers); the lock keeps it right should another thread call."""
+    (the transports' handlers), and on the serving swaps' as a model is deleted (forget): the
+    lock keeps it right."""
 
-    def __init__(self, file: Path | None, dtype_names: Mapping[np.dtype, str]) -> None:
+    def __init__(
+        self, file: Path | None, dtype_names: Mapping[np.dtype, str], queue_size: int = WRITE_QUEUE_SIZE
+    ) -> None:
         """`file`: serving.trace_file (checked by usable_trace_file), None where tracing is off;
-        `dtype_names`: the protocol's datatype names, for TENSORS."""
+        `dtype_names`: the protocol's datatype names, for TENSORS; `queue_size`: the writes that
+        may wait for the disk before traces are dropped."""
         self._file = file
+        self._writer = None if file is None else _Writer(file, queue_size)
         self._dtype_names = dtype_names
         self._lock = threading.Lock()
         self._global = _Scope(DEFAULTS)
@@ -241,9 +258,6 @@ class Tracer:
         self._own: dict[str, dict[str, Any]] = {}
         self._models: dict[str, _Scope] = {}
         self._next_id = 1
-        self._next_index = 0
-        # The trace file, once traces were appended to it (it ends with "]" at the stop).
-        self._appending: TextIO | None = None
         # The one check a request's path makes: whether any set of settings takes traces now.
         self.on = False
 
@@ -320,6 +334,18 @@ class Tracer:
             )
         return self.settings(model)
 
+    def forget(self, model: str) -> None:
+        """Drop `model`'s own settings, the model deleted: a new model of its name is traced
+        with the global ones. What they took is written."""
+        with self._lock:
+            if self._own.pop(model, None) is None:
+                return
+            scope = self._models.pop(model, None)
+            if scope is not None:
+                self._retire(scope)
+            self._update_on()
+        log.info("dropped the trace settings of model %r: it was deleted", model, extra={"model": model})
+
     def _effective(self, model: str) -> TraceSettings:
         """`model`'s settings (empty: the global ones)."""
         return replace(self._global.settings, **self._own.get(model, {}))
@@ -363,7 +389,7 @@ class Tracer:
             )
             frequency = scope.settings.log_frequency
             if scope.left == 0 or (frequency and len(scope.pending) >= frequency):
-                self._write_indexed(scope)
+                self._write(scope, indexed=True)
             if scope.left == 0:
                 self._update_on()
 
@@ -418,28 +444,115 @@ class Tracer:
         }
 
     def _retire(self, scope: _Scope) -> None:
-        """Write what a scope no longer at work has taken, as Triton does: to the next FILE.N with
-        a log_frequency, else appended to FILE (called holding the lock)."""
-        if not scope.pending:
-            return
-        if scope.settings.log_frequency:
-            self._write_indexed(scope)
-        else:
-            self._append(scope)
+        """Hand what a scope no longer at work has taken to the writer, as Triton writes it: to
+        the next FILE.N with a log_frequency, else appended to FILE (called holding the lock)."""
+        if scope.pending:
+            self._write(scope, indexed=bool(scope.settings.log_frequency))
 
-    def _write_indexed(self, scope: _Scope) -> None:
-        assert self._file is not None, "no trace is taken without a trace file"
+    def _write(self, scope: _Scope, indexed: bool, wait: bool = False) -> None:
+        assert self._writer is not None, "no trace is taken without a trace file"
+        traces, scope.pending = scope.pending, []
+        self._writer.submit(_Write(indexed, traces), wait)
+
+    @property
+    def dropped(self) -> int:
+        """Traces taken and dropped: the writer's queue was full (the disk too slow for them)."""
+        return 0 if self._writer is None else self._writer.dropped
+
+    def close(self) -> None:
+        """Write every trace taken and not yet written, and close the trace file's array; waits
+        for the writer to finish (never call it on the event loop's thread)."""
+        with self._lock:
+            self.on = False
+            if self._writer is None:
+                return
+            for scope in (self._global, *self._models.values()):
+                if scope.pending:
+                    self._write(scope, bool(scope.settings.log_frequency), wait=True)
+        self._writer.close()
+
+
+class _Write(NamedTuple):
+    """Traces to write: to the next FILE.N (`indexed`), else appended to FILE."""
+
+    indexed: bool
+    traces: list[str]
+
+
+class _Writer:
+    """Writes traces to the trace files on a thread of its own, in the order they were handed to
+    it: a slow disk must not stall the event loop's thread, which takes the traces. What finds
+    the queue full is dropped, counted, and logged once a run of drops ends."""
+
+    def __init__(self, file: Path, queue_size: int) -> None:
+        self._file = file
+        self._queue: queue.Queue[_Write | None] = queue.Queue(queue_size)
+        self._next_index = 0
+        # The trace file, once traces were appended to it (it ends with "]" at the close).
+        self._appending: TextIO | None = None
+        self.dropped = 0
+        self._dropped_unlogged = 0
+        self._thread = threading.Thread(target=self._run, name="tessera-trace-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, write: _Write, wait: bool) -> None:
+        """Queue `write`; dropped if the queue is full, unless `wait` (called holding the
+        tracer's lock, so writes queue in the order they were taken)."""
+        try:
+            self._queue.put(write, block=wait)
+        except queue.Full:
+            if not self._dropped_unlogged:
+                log.warning(
+                    "traces are dropped: writing them to %s is slower than they are taken "
+                    "(lower trace_rate, or raise log_frequency)",
+                    self._file,
+                )
+            self.dropped += len(write.traces)
+            self._dropped_unlogged += len(write.traces)
+            return
+        self._log_dropped()
+
+    def _log_dropped(self) -> None:
+        if self._dropped_unlogged:
+            log.warning(
+                "dropped %d traces: the trace writer was behind",
+                self._dropped_unlogged,
+                extra={"dropped": self._dropped_unlogged, "dropped_in_all": self.dropped},
+            )
+            self._dropped_unlogged = 0
+
+    def close(self) -> None:
+        """Write what is queued, close FILE's array, and end the thread."""
+        if not self._thread.is_alive():
+            return
+        self._log_dropped()
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (write := self._queue.get()) is not None:
+            if write.indexed:
+                self._write_indexed(write.traces)
+            else:
+                self._append(write.traces)
+        if self._appending is not None:
+            try:
+                self._appending.write("]")
+                self._appending.close()
+            except OSError as exc:
+                log.error("could not write traces to %s: %s", self._file, exc)
+            self._appending = None
+
+    def _write_indexed(self, traces: list[str]) -> None:
         path = self._file.with_name(f"{self._file.name}.{self._next_index}")
         self._next_index += 1
-        text, scope.pending = "[" + ",".join(scope.pending) + "]", []
         try:
-            path.write_text(text)
+            path.write_text("[" + ",".join(traces) + "]")
         except OSError as exc:
             log.error("could not write traces to %s: %s", path, exc)
 
-    def _append(self, scope: _Scope) -> None:
-        assert self._file is not None, "no trace is taken without a trace file"
-        text, scope.pending = ",".join(scope.pending), []
+    def _append(self, traces: list[str]) -> None:
+        text = ",".join(traces)
         try:
             if self._appending is None:
                 self._appending = self._file.open("w")
@@ -450,16 +563,24 @@ class Tracer:
         except OSError as exc:
             log.error("could not write traces to %s: %s", self._file, exc)
 
-    def close(self) -> None:
-        """Write every trace taken and not yet written, and close the trace file's array."""
-        with self._lock:
-            for scope in (self._global, *self._models.values()):
-                self._retire(scope)
-            self.on = False
-            if self._appending is not None:
-                try:
-                    self._appending.write("]")
-                    self._appending.close()
-                except OSError as exc:
-                    log.error("could not write traces to %s: %s", self._file, exc)
-                self._appending = None
+
+class TraceMetrics(Collector):
+    """tessera_traces_dropped: traces the writer could not keep up with, read at scrape time."""
+
+    def __init__(self, tracer: Tracer, registry: CollectorRegistry) -> None:
+        self._tracer = tracer
+        registry.register(self)
+
+    def describe(self) -> list[CounterMetricFamily]:
+        return [self._family()]
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = self._family()
+        family.add_metric([], self._tracer.dropped)
+        yield family
+
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(
+            "tessera_traces_dropped",
+            "Traces taken (Triton's trace extension) and dropped: writing them fell behind.",
+        )

@@ -1,6 +1,7 @@
 """Triton's trace extension (TraceSetting over gRPC, /v2[/models/NAME]/trace/setting over HTTP)
 through a real daemon: what a client reads and changes, who may change it, what is refused, and the
-traces the daemon writes for the requests it samples."""
+traces the daemon writes for the requests it samples (tessera's Predict too), and what becomes of
+a model's own settings when it is deleted."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from serving_models import W, linear_model, upload
+from serving_models import W, linear_model, predict_request, upload
 from test_serving_oip import X, infer_request
+from test_serving_prometheus import samples, scrape
 
+from tessera.v1 import inference_pb2_grpc, registry_pb2, registry_pb2_grpc
 from tesserad.oip import grpc_service_pb2 as pb
 from tesserad.oip import grpc_service_pb2_grpc
 from tesserad.security import Role
@@ -58,10 +61,25 @@ def request_of(model: str = "", **settings: str | list[str] | None) -> pb.TraceS
     return request
 
 
+def written(path: Path, timeout: float = 60) -> list[dict[str, Any]]:
+    """A trace file's entries, once written whole: the daemon writes traces on a thread of its
+    own, after the answers of the requests they trace."""
+    ends = time.monotonic() + timeout
+    while True:
+        try:
+            entries: list[dict[str, Any]] = json.loads(path.read_text())
+            return entries
+        except (FileNotFoundError, json.JSONDecodeError):
+            if time.monotonic() > ends:
+                raise
+            time.sleep(0.01)
+
+
 def traces_in(path: Path) -> dict[int, dict[str, Any]]:
-    """The traces of a trace file by id: the head's fields, `timestamps` by name, `tensors`."""
+    """The traces of a trace file by id (waiting for it to be written): the head's fields,
+    `timestamps` by name, `tensors`."""
     traces: dict[int, dict[str, Any]] = {}
-    for entry in json.loads(path.read_text()):
+    for entry in written(path):
         trace = traces.setdefault(entry["id"], {"timestamps": {}, "tensors": []})
         if "timestamps" in entry:
             trace["timestamps"].update({t["name"]: t["ns"] for t in entry["timestamps"]})
@@ -346,3 +364,53 @@ def test_a_trace_file_in_a_missing_directory_stops_the_start(tmp_path: Path) -> 
     daemon = InProcessDaemon(daemon_settings(tmp_path / "data", **{"serving.trace_file": str(file)}))
     with pytest.raises(StartupError, match="its directory does not exist; create it first"):
         daemon.start()
+
+
+def test_predict_requests_are_traced_with_the_same_settings(traced: tuple[InProcessDaemon, Path]) -> None:
+    daemon, file = traced
+    channel = daemon.channel()
+    oip = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    oip.TraceSetting(request_of("linear", trace_level="TIMESTAMPS", trace_rate="1", log_frequency="3"))
+    request = predict_request("linear", X)
+    request.request_id = "tessera-1"
+    before = time.perf_counter_ns()
+    inference.Predict(request)
+    after = time.perf_counter_ns()
+    answers = list(inference.PredictStream(iter([request, request])))
+    assert [a.request_id for a in answers] == ["tessera-1", "tessera-1"]
+    traces = traces_in(file.with_name("trace.json.0"))
+    assert sorted(traces) == [1, 2, 3]
+    for trace in traces.values():
+        assert (trace["model_name"], trace["model_version"], trace["request_id"]) == (
+            "linear",
+            1,
+            "tessera-1",
+        )
+        assert list(trace["timestamps"]) == ORDER
+        times = [trace["timestamps"][name] for name in ORDER]
+        assert times == sorted(times)
+    assert (
+        before <= traces[1]["timestamps"]["REQUEST_START"] <= traces[1]["timestamps"]["REQUEST_END"] <= after
+    )
+    # Nothing was dropped: the writer kept up.
+    assert samples(scrape(daemon)[1])["tessera_traces_dropped_total"] == 0
+
+
+def test_a_deleted_models_own_settings_go_with_it(traced: tuple[InProcessDaemon, Path]) -> None:
+    daemon, _ = traced
+    channel = daemon.channel()
+    upload(channel, "other", linear_model(2.0))
+    oip = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    oip.TraceSetting(request_of("other", trace_level="TIMESTAMPS", trace_rate="1"))
+    global_settings = settings_of(oip.TraceSetting(pb.TraceSettingRequest()))
+    registry_pb2_grpc.RegistryStub(channel).DeleteModel(
+        registry_pb2.DeleteModelRequest(name="other", force=True)
+    )
+    upload(channel, "other", linear_model(3.0))
+    # The daemon learns of the deletion in the background, as serving does of every change.
+    ends = time.monotonic() + 60
+    while (now := settings_of(oip.TraceSetting(request_of("other")))) != global_settings:
+        assert time.monotonic() < ends, f"a new model 'other' still has the deleted one's settings: {now}"
+        time.sleep(0.05)
+    assert settings_of(oip.TraceSetting(request_of("linear"))) == global_settings

@@ -1,20 +1,24 @@
 """Triton's trace settings as tesserad takes them: each refused by name with what to send, the
 sampling that trace_rate and trace_count make, a model's own settings over the global ones, and
-the files the traces go to (Triton's FILE.N for log_frequency, FILE at the stop)."""
+the files the traces go to (Triton's FILE.N for log_frequency, FILE at the stop), written off the
+caller's thread, in order, dropping (and counting) what a stuck disk cannot take."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
 from tesserad.errors import FailedPrecondition, InvalidArgument
 from tesserad.serving.batcher import Prediction
 from tesserad.serving.open_inference import OIP_NAME_BY_DTYPE
-from tesserad.serving.trace import Tracer, TraceSettings, parsed_changes, usable_trace_file
+from tesserad.serving.trace import TraceMetrics, Tracer, TraceSettings, parsed_changes, usable_trace_file
 
 X = {"x": np.array([[1.0, 0.1]], dtype=np.float32)}
 # A request queued at 100, batched with others at 110 (inputs joined at 115), the model run
@@ -96,6 +100,11 @@ def test_one_request_in_rate_is_traced_until_the_count_runs_out(tmp_path: Path) 
     # The 3rd and 6th were traced; the count ran out, so they were written to FILE.0, and tracing
     # stopped.
     assert tracer.settings()["trace_count"] == ["0"] and not tracer.on
+    # Sending the count again takes that many more.
+    tracer.update("", {"trace_count": ["2"]}, "t")
+    assert tracer.on
+    tracer.close()
+    assert not file.exists()
     entries = written(tmp_path / "trace.json.0")
     assert [e.get("request_id") for e in entries if "model_name" in e] == ["2", "5"]
     assert entries[1] == {
@@ -110,11 +119,6 @@ def test_one_request_in_rate_is_traced_until_the_count_runs_out(tmp_path: Path) 
             {"name": "REQUEST_END", "ns": 150},
         ],
     }
-    # Sending the count again takes that many more.
-    tracer.update("", {"trace_count": ["2"]}, "t")
-    assert tracer.on
-    tracer.close()
-    assert not file.exists()
 
 
 def test_a_cached_answer_has_the_request_timestamps_only(tmp_path: Path) -> None:
@@ -123,6 +127,7 @@ def test_a_cached_answer_has_the_request_timestamps_only(tmp_path: Path) -> None
         "", {"trace_level": ["TIMESTAMPS", "TENSORS"], "trace_rate": ["1"], "log_frequency": ["1"]}, "t"
     )
     tracer.trace("m", 2, "", 5, Prediction({"y": np.zeros((1,), dtype=np.float16)}, 0, 0, 0), X, 9)
+    tracer.close()
     head, stamps, queued, answered = written(tmp_path / "trace.json.0")
     assert head == {"id": 1, "model_name": "m", "model_version": 2}
     assert stamps["timestamps"] == [{"name": "REQUEST_START", "ns": 5}, {"name": "REQUEST_END", "ns": 9}]
@@ -187,3 +192,90 @@ def test_a_change_is_logged_with_who_made_it(tmp_path: Path, caplog: pytest.LogC
     )
     assert record.by == "admin-holder" and record.model == "m"  # type: ignore[attr-defined]
     assert record.changes == {"trace_level": {"from": ["OFF"], "to": ["TIMESTAMPS"]}}  # type: ignore[attr-defined]
+    tracer.close()
+
+
+def test_many_traces_are_written_complete_and_in_order(tmp_path: Path) -> None:
+    file = tmp_path / "trace.json"
+    tracer = Tracer(file, OIP_NAME_BY_DTYPE)
+    tracer.update("", {"trace_level": ["TIMESTAMPS"], "trace_rate": ["1"], "log_frequency": ["3"]}, "t")
+    for n in range(600):
+        answer(tracer, request_id=str(n))
+    # Under log_frequency 0 the traces are appended to FILE at each change, and the rest at the stop.
+    tracer.update("", {"log_frequency": ["0"]}, "t")
+    for n in range(600, 1000):
+        answer(tracer, request_id=str(n))
+        if n % 100 == 0:
+            tracer.update("", {"trace_rate": ["1"]}, "t")
+    tracer.close()
+    indexed = [written(file.with_name(f"trace.json.{i}")) for i in range(200)]
+    assert not file.with_name("trace.json.200").exists()
+    heads = [e for entries in indexed for e in entries if "model_name" in e]
+    assert [(h["id"], h["request_id"]) for h in heads] == [(n + 1, str(n)) for n in range(600)]
+    appended = [e for e in written(file) if "model_name" in e]
+    assert [(h["id"], h["request_id"]) for h in appended] == [(n + 1, str(n)) for n in range(600, 1000)]
+
+
+def test_the_stop_writes_every_trace_taken(tmp_path: Path) -> None:
+    file = tmp_path / "trace.json"
+    tracer = Tracer(file, OIP_NAME_BY_DTYPE)
+    tracer.update("m", {"trace_level": ["TIMESTAMPS"], "trace_rate": ["1"], "log_frequency": ["5"]}, "t")
+    tracer.update("", {"trace_level": ["TIMESTAMPS"], "trace_rate": ["1"]}, "t")
+    for _ in range(7):
+        answer(tracer, "m")
+    answer(tracer, "other")
+    tracer.close()
+    assert not tracer.on
+    # m's first 5 went to FILE.0 as they were taken, its last 2 to FILE.1 at the stop; other's
+    # (log_frequency 0) to FILE, its array closed.
+    assert [len(written(file.with_name(f"trace.json.{i}"))) for i in (0, 1)] == [10, 4]
+    assert [e["model_name"] for e in written(file) if "model_name" in e] == ["other"]
+    tracer.close()  # a second close finds nothing to write
+
+
+def test_traces_are_dropped_and_counted_while_the_writer_is_stuck(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="tesserad.serving.trace")
+    file = tmp_path / "trace.json"
+    # FILE.0 a FIFO: the writer's open of it waits until something reads it, as on a stuck disk.
+    fifo = file.with_name("trace.json.0")
+    os.mkfifo(fifo)
+    tracer = Tracer(file, OIP_NAME_BY_DTYPE, queue_size=2)
+    metrics = CollectorRegistry()
+    TraceMetrics(tracer, metrics)
+    assert metrics.get_sample_value("tessera_traces_dropped_total") == 0
+    tracer.update("", {"trace_level": ["TIMESTAMPS"], "trace_rate": ["1"], "log_frequency": ["1"]}, "t")
+    for n in range(20):
+        answer(tracer, request_id=str(n))  # never waits for the writer
+    # The first trace holds the writer; at most the queue's 2 more wait behind it.
+    dropped = tracer.dropped
+    assert 17 <= dropped <= 18
+    assert metrics.get_sample_value("tessera_traces_dropped_total") == dropped
+    assert "traces are dropped: writing them to" in caplog.text
+    read: list[str] = []
+    reader = threading.Thread(target=lambda: read.append(fifo.read_text()))
+    reader.start()
+    tracer.close()
+    reader.join()
+    assert f"dropped {dropped} traces: the trace writer was behind" in caplog.text
+    # What was not dropped was written in order, with no gap in the FILE.N numbers.
+    first = [e["request_id"] for e in json.loads(read[0]) if "model_name" in e]
+    rest = [written(file.with_name(f"trace.json.{i}")) for i in range(1, 20 - dropped)]
+    assert not file.with_name(f"trace.json.{20 - dropped}").exists()
+    kept = first + [e["request_id"] for entries in rest for e in entries if "model_name" in e]
+    assert kept == [str(n) for n in range(20 - dropped)]
+
+
+def test_a_deleted_models_own_settings_are_dropped(tmp_path: Path) -> None:
+    file = tmp_path / "trace.json"
+    tracer = Tracer(file, OIP_NAME_BY_DTYPE)
+    tracer.update("m", {"trace_level": ["TIMESTAMPS"], "trace_rate": ["1"]}, "t")
+    answer(tracer, "m")
+    tracer.forget("m")
+    assert tracer.settings("m") == tracer.settings() and not tracer.on
+    answer(tracer, "m")  # a new model of its name: traced with the global settings (OFF)
+    tracer.forget("never-traced")
+    tracer.close()
+    # What its settings took was written as they went.
+    assert [e["model_name"] for e in written(file) if "model_name" in e] == ["m"]
