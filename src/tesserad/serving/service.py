@@ -226,8 +226,8 @@ class InferenceService:
         self._refresh_lock = threading.Lock()
         # Models with a target kept on its old version because the new one failed to warm.
         self._held_back: set[str] = set()
-        # Called with a model's name once it is deleted (see add_deletion_listener).
-        self._deletion_listeners: list[Callable[[str], None]] = []
+        # (callback, keeps): see add_deletion_listener.
+        self._deletion_listeners: list[tuple[Callable[[str], None], Callable[[str], bool]]] = []
         limits = explain_limits or ExplainLimits()
         self.explainer = Explainer(
             threads=limits.threads,
@@ -671,11 +671,12 @@ class InferenceService:
             self._refresh_queued.add(model)
         self._swaps.submit(self._refresh, model)
 
-    def add_deletion_listener(self, callback: Callable[[str], None]) -> None:
+    def add_deletion_listener(self, callback: Callable[[str], None], keeps: Callable[[str], bool]) -> None:
         """Call `callback(model)` once a change found `model` deleted (on the swaps' thread, as
         the registry's change is refreshed): what is kept for a model goes with it, and must not
-        apply to a new model of its name."""
-        self._deletion_listeners.append(callback)
+        apply to a new model of its name. `keeps(model)`: whether the listener keeps anything for
+        `model` (cheap; the registry is read only for a model some listener keeps)."""
+        self._deletion_listeners.append((callback, keeps))
 
     def retry_failed_loads(self, lasting: bool = False) -> int:
         """Try again every load that failed for a cause that passes (the primary could not be
@@ -709,8 +710,9 @@ class InferenceService:
             self._swap_targets(model)
         except Exception:
             log.exception("refreshing the serving targets of %r failed", model)
-        if self._deletion_listeners and model not in self._source.model_names():
-            for callback in self._deletion_listeners:
+        concerned = [callback for callback, keeps in self._deletion_listeners if keeps(model)]
+        if concerned and model not in self._source.model_names():
+            for callback in concerned:
                 try:
                     callback(model)
                 except Exception:

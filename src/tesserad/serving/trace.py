@@ -334,6 +334,10 @@ class Tracer:
             )
         return self.settings(model)
 
+    def keeps(self, model: str) -> bool:
+        """Whether `model` has settings of its own (read unlocked: one dict lookup)."""
+        return model in self._own
+
     def forget(self, model: str) -> None:
         """Drop `model`'s own settings, the model deleted: a new model of its name is traced
         with the global ones. What they took is written."""

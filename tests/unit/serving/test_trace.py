@@ -272,7 +272,9 @@ def test_a_deleted_models_own_settings_are_dropped(tmp_path: Path) -> None:
     tracer = Tracer(file, OIP_NAME_BY_DTYPE)
     tracer.update("m", {"trace_level": ["TIMESTAMPS"], "trace_rate": ["1"]}, "t")
     answer(tracer, "m")
+    assert tracer.keeps("m") and not tracer.keeps("other")
     tracer.forget("m")
+    assert not tracer.keeps("m")
     assert tracer.settings("m") == tracer.settings() and not tracer.on
     answer(tracer, "m")  # a new model of its name: traced with the global settings (OFF)
     tracer.forget("never-traced")
