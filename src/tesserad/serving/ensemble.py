@@ -12,7 +12,7 @@ import numpy as np
 
 from tesserad.errors import FailedPrecondition, NotFound, Unavailable
 from tesserad.registry.ensembles import EnsembleSpec, Member
-from tesserad.serving.batcher import Answer, BatcherClosed
+from tesserad.serving.batcher import Answer, BatcherClosed, MemberAnswer
 from tesserad.serving.signature import Signature, validate_request
 
 if TYPE_CHECKING:
@@ -67,12 +67,19 @@ class EnsembleRuntime:
         self.signature = signature
         self.device = device
         self.memory_bytes = 0  # the members' memory is theirs, reported under their names
+        # The members' answers to the batch last run, read by the batcher after `run` (the
+        # runtime is its worker's alone meanwhile): its requests' child traces.
+        self.member_answers: tuple[MemberAnswer, ...] = ()
 
     def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
         # Queued to every member before waiting on any: the members' workers run at once.
         futures = [self._submit(member, inputs, output_names) for member in self._plan.members]
-        answers = [future.result().outputs for future in futures]
-        return combine(self._plan, answers, output_names)
+        predictions = [future.result() for future in futures]
+        self.member_answers = tuple(
+            MemberAnswer(member.model, member.version, prediction)
+            for member, prediction in zip(self._plan.members, predictions, strict=True)
+        )
+        return combine(self._plan, [p.outputs for p in predictions], output_names)
 
     def helper_cpu_ns(self) -> int:
         """0: its members run in their own batchers, which cost their own batches."""

@@ -33,6 +33,11 @@ COMPUTE_INPUT_END once the batch's inputs were joined (COMPUTE_START for a reque
 its decoded inputs go to the model as they are); COMPUTE_OUTPUT_START as the model's run returned;
 COMPUTE_END once its outputs were taken from the batch's; REQUEST_END once its answer was encoded.
 An answer from the response cache has REQUEST_START and REQUEST_END only.
+
+A traced ensemble request is followed by a child trace for each member (parent_id: its id), as
+Triton writes one for each composing model's request: the member's timestamps for the ensemble
+batch it answered (REQUEST_START at its QUEUE_START, REQUEST_END at its COMPUTE_END), and at TENSORS
+the request's inputs and the member's outputs for its rows.
 """
 
 from __future__ import annotations
@@ -386,11 +391,32 @@ class Tracer:
                 return
             trace_id = self._next_id
             self._next_id += 1
-            scope.pending.append(
+            texts = [
                 self._entries(
                     trace_id, model, version, request_id, scope.settings, started, prediction, inputs, ended
                 )
-            )
+            ]
+            # An ensemble's members: a child trace each, as Triton writes a trace for each
+            # composing model's request. A member's request starts as it is queued, and ends
+            # once its outputs are taken.
+            for member in prediction.members:
+                child = member.prediction
+                texts.append(
+                    self._entries(
+                        self._next_id,
+                        member.model,
+                        member.version,
+                        request_id,
+                        scope.settings,
+                        child.started_ns - child.queue_ns,
+                        child,
+                        inputs,
+                        child.ended_ns,
+                        parent_id=trace_id,
+                    )
+                )
+                self._next_id += 1
+            scope.pending.append(",".join(texts))
             frequency = scope.settings.log_frequency
             if scope.left == 0 or (frequency and len(scope.pending) >= frequency):
                 self._write(scope, indexed=True)
@@ -408,10 +434,13 @@ class Tracer:
         prediction: Prediction,
         inputs: Mapping[str, np.ndarray],
         ended: int,
+        parent_id: int = 0,
     ) -> str:
         head: dict[str, object] = {"id": trace_id, "model_name": model, "model_version": version}
         if request_id:
             head["request_id"] = request_id
+        if parent_id:
+            head["parent_id"] = parent_id
         entries: list[dict[str, object]] = [head]
         if TIMESTAMPS in settings.levels:
             times = [("REQUEST_START", started)]

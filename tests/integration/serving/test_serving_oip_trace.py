@@ -1,7 +1,7 @@
 """Triton's trace extension (TraceSetting over gRPC, /v2[/models/NAME]/trace/setting over HTTP)
 through a real daemon: what a client reads and changes, who may change it, what is refused, and the
-traces the daemon writes for the requests it samples (tessera's Predict too), and what becomes of
-a model's own settings when it is deleted."""
+traces the daemon writes for the requests it samples (tessera's Predict too; an ensemble's members
+as child traces), and what becomes of a model's own settings when it is deleted."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from serving_models import W, linear_model, predict_request, upload
 from test_serving_oip import X, infer_request
 from test_serving_prometheus import samples, scrape
 
+import tessera
 from tessera.v1 import inference_pb2_grpc, registry_pb2, registry_pb2_grpc
 from tesserad.oip import grpc_service_pb2 as pb
 from tesserad.oip import grpc_service_pb2_grpc
@@ -414,3 +415,35 @@ def test_a_deleted_models_own_settings_go_with_it(traced: tuple[InProcessDaemon,
         assert time.monotonic() < ends, f"a new model 'other' still has the deleted one's settings: {now}"
         time.sleep(0.05)
     assert settings_of(oip.TraceSetting(request_of("linear"))) == global_settings
+
+
+def test_an_ensembles_members_get_child_traces(traced: tuple[InProcessDaemon, Path]) -> None:
+    daemon, file = traced
+    channel = daemon.channel()
+    for name, scale in (("a", 1.0), ("b", 2.0)):
+        upload(channel, name, linear_model(scale))
+    with tessera.Client(daemon.target, timeout=60) as client:
+        client.models.register_ensemble("ens", ["a:1", "b:1"], "mean")
+    oip = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    oip.TraceSetting(request_of(trace_level=["TIMESTAMPS", "TENSORS"], trace_rate="1", log_frequency="1"))
+    oip.ModelInfer(infer_request("ens", X))
+    traces = traces_in(file.with_name("trace.json.0"))
+    assert sorted(traces) == [1, 2, 3]
+    parent = traces[1]
+    assert (parent["model_name"], parent.get("parent_id")) == ("ens", None)
+    children = [traces[2], traces[3]]
+    assert [(c["model_name"], c["model_version"], c["parent_id"]) for c in children] == [
+        ("a", 1, 1),
+        ("b", 1, 1),
+    ]
+    for child, scale in zip(children, (1.0, 2.0), strict=True):
+        stamps = child["timestamps"]
+        assert list(stamps) == ORDER
+        # Each member ran inside the ensemble's compute.
+        assert parent["timestamps"]["COMPUTE_START"] <= stamps["QUEUE_START"]
+        assert stamps["COMPUTE_END"] <= parent["timestamps"]["COMPUTE_OUTPUT_START"]
+        (_, x), (_, y) = child["tensors"]
+        assert x["shape"] == "2,4" and y["shape"] == "2,3"
+        np.testing.assert_allclose(
+            [float(v) for v in y["data"].split(",")], (X @ W * scale).ravel(), rtol=1e-6
+        )

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 
 import numpy as np
@@ -16,6 +17,7 @@ from tesserad.serving.batcher import (
     Answer,
     BatcherClosed,
     DynamicBatcher,
+    MemberAnswer,
     Prediction,
     RowCosts,
     batching_pays,
@@ -63,6 +65,32 @@ def test_requests_queued_while_busy_run_as_one_batch_and_split_back() -> None:
     assert runtime.batches == [1, 6]
     batcher.close(5)
     assert runtime.closed
+
+
+class EnsembleLikeRuntime(GatedRuntime):
+    """Answers as an ensemble's runtime does: with its members' answers to the batch kept."""
+
+    def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
+        outputs = super().run(inputs, output_names)
+        member = Prediction({"y": inputs["x"] * 3}, 5, 7, len(inputs["x"]), 100, 101, 110)
+        self.member_answers = (MemberAnswer("member", 4, member),)
+        return outputs
+
+
+def test_an_ensembles_member_answers_are_split_back_with_its_outputs() -> None:
+    runtime = EnsembleLikeRuntime()
+    batcher = make_batcher(runtime)
+    first = occupy(batcher, runtime)
+    queued = [batcher.submit(rows(n, float(n)), ["y"], n) for n in (1, 2)]
+    runtime.gate.set()
+    (alone,) = first.result(10).members
+    assert (alone.model, alone.version, alone.prediction.batch_rows) == ("member", 4, 1)
+    for n, future in zip((1, 2), queued, strict=True):
+        (member,) = future.result(10).members
+        np.testing.assert_array_equal(member.prediction.outputs["y"], np.full((n, 2), 3.0 * n))
+        assert member.prediction.started_ns == 100 and member.prediction.batch_rows == 3
+    assert runtime.batches == [1, 3]
+    batcher.close(5)
 
 
 def test_batches_hold_at_most_max_batch_size_rows() -> None:

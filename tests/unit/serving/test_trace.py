@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tesserad.errors import FailedPrecondition, InvalidArgument
-from tesserad.serving.batcher import Prediction
+from tesserad.serving.batcher import MemberAnswer, Prediction
 from tesserad.serving.open_inference import OIP_NAME_BY_DTYPE
 from tesserad.serving.trace import TraceMetrics, Tracer, TraceSettings, parsed_changes, usable_trace_file
 
@@ -281,3 +281,43 @@ def test_a_deleted_models_own_settings_are_dropped(tmp_path: Path) -> None:
     tracer.close()
     # What its settings took was written as they went.
     assert [e["model_name"] for e in written(file) if "model_name" in e] == ["m"]
+
+
+def test_an_ensembles_members_get_child_traces(tmp_path: Path) -> None:
+    file = tmp_path / "trace.json"
+    tracer = Tracer(file, OIP_NAME_BY_DTYPE)
+    tracer.update(
+        "", {"trace_level": ["TIMESTAMPS", "TENSORS"], "trace_rate": ["1"], "log_frequency": ["1"]}, "t"
+    )
+    # Each member queued at 111 (inside the ensemble's batch), run from 112 to 120.
+    members = tuple(
+        MemberAnswer(name, 3, Prediction({"y": np.array([[2.0]], dtype=np.float32)}, 1, 6, 1, 112, 112, 120))
+        for name in ("a", "b")
+    )
+    tracer.trace("ens", 1, "r", 90, PREDICTION._replace(members=members), X, 150)
+    answer(tracer, "plain")
+    tracer.close()
+    entries = written(file.with_name("trace.json.0"))
+    heads = [e for e in entries if "model_name" in e]
+    assert heads == [
+        {"id": 1, "model_name": "ens", "model_version": 1, "request_id": "r"},
+        {"id": 2, "model_name": "a", "model_version": 3, "request_id": "r", "parent_id": 1},
+        {"id": 3, "model_name": "b", "model_version": 3, "request_id": "r", "parent_id": 1},
+    ]
+    (child_stamps,) = [e["timestamps"] for e in entries if e["id"] == 2 and "timestamps" in e]
+    assert [(t["name"], t["ns"]) for t in child_stamps] == [
+        ("REQUEST_START", 111),
+        ("QUEUE_START", 111),
+        ("COMPUTE_START", 112),
+        ("COMPUTE_INPUT_END", 112),
+        ("COMPUTE_OUTPUT_START", 118),
+        ("COMPUTE_END", 120),
+        ("REQUEST_END", 120),
+    ]
+    child_tensors = [e for e in entries if e["id"] == 2 and "activity" in e]
+    assert [(e["activity"], e["tensor"]["data"]) for e in child_tensors] == [
+        ("TENSOR_QUEUE_INPUT", "1.0,0.1"),
+        ("TENSOR_BACKEND_OUTPUT", "2.0"),
+    ]
+    # The next trace's id follows its children's.
+    assert [e["id"] for e in written(file.with_name("trace.json.1")) if "model_name" in e] == [4]
