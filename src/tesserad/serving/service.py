@@ -711,12 +711,22 @@ class InferenceService:
         except Exception:
             log.exception("refreshing the serving targets of %r failed", model)
         concerned = [callback for callback, keeps in self._deletion_listeners if keeps(model)]
-        if concerned and model not in self._source.model_names():
-            for callback in concerned:
-                try:
-                    callback(model)
-                except Exception:
-                    log.exception("a listener for the deletion of %r failed", model)
+        if concerned:
+            self._tell_deleted(model, concerned)
+
+    def _tell_deleted(self, model: str, listeners: list[Callable[[str], None]]) -> None:
+        """Call `listeners` with `model` if it no longer exists."""
+        try:
+            if model in self._source.model_names():
+                return
+        except Exception:
+            log.exception("could not tell whether %r was deleted", model)
+            return
+        for callback in listeners:
+            try:
+                callback(model)
+            except Exception:
+                log.exception("a listener for the deletion of %r failed", model)
 
     def _swap_targets(self, model: str) -> None:
         previously_served: set[int] = set()
