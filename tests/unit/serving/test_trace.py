@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -258,13 +259,20 @@ def test_traces_are_dropped_and_counted_while_the_writer_is_stuck(
     reader.start()
     tracer.close()
     reader.join()
-    assert f"dropped {dropped} traces: the trace writer was behind" in caplog.text
+    # Each run of drops is logged as it ends; the writer may take a trace between the runs.
+    runs = re.findall(r"dropped (\d+) traces: the trace writer was behind", caplog.text)
+    assert runs and sum(map(int, runs)) == dropped
     # What was not dropped was written in order, with no gap in the FILE.N numbers.
     first = [e["request_id"] for e in json.loads(read[0]) if "model_name" in e]
     rest = [written(file.with_name(f"trace.json.{i}")) for i in range(1, 20 - dropped)]
     assert not file.with_name(f"trace.json.{20 - dropped}").exists()
     kept = first + [e["request_id"] for entries in rest for e in entries if "model_name" in e]
-    assert kept == [str(n) for n in range(20 - dropped)]
+    # Which traces are kept depends on when the writer took the first one; those kept are in order.
+    assert (
+        len(kept) == 20 - dropped
+        and sorted(kept, key=int) == kept
+        and set(kept) <= {str(n) for n in range(20)}
+    )
 
 
 def test_a_deleted_models_own_settings_are_dropped(tmp_path: Path) -> None:
