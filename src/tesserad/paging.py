@@ -33,13 +33,13 @@ _TEXT_WIRE_BYTES = 6
 _NUMBER_WIRE_BYTES = 16
 
 
-def page_size(requested: int) -> int:
-    """0 means the default; larger than the maximum is capped to it."""
+def page_size(requested: int, default: int | None = DEFAULT_PAGE_SIZE) -> int | None:
+    """0 means `default` (None: as many as MAX_PAGE_BYTES holds); larger than the maximum is
+    capped to it."""
     if requested < 0:
-        raise InvalidArgument(
-            f"page_size must be >= 0 (0 for the default of {DEFAULT_PAGE_SIZE}), got {requested}"
-        )
-    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        zero = f"the default of {default}" if default else "all that fit one answer"
+        raise InvalidArgument(f"page_size must be >= 0 (0 for {zero}), got {requested}")
+    return min(requested, MAX_PAGE_SIZE) if requested else default
 
 
 def answer_bytes(value: Any) -> int:
@@ -125,11 +125,14 @@ class PageFill(Generic[T]):
     take MAX_PAGE_BYTES (it always holds one), and its token points after its last item's key.
 
     A listing offers each candidate it keeps with `room(its size)` and `add`s it while there is
-    room; a token is issued only when a further candidate was offered.
+    room; a token is issued only when a further candidate was offered. `default_size`: the page
+    size that `requested_size` 0 gives (None: MAX_PAGE_BYTES alone ends the page).
     """
 
-    def __init__(self, requested_size: int, query: Mapping[str, Any]) -> None:
-        self._limit = page_size(requested_size)
+    def __init__(
+        self, requested_size: int, query: Mapping[str, Any], default_size: int | None = DEFAULT_PAGE_SIZE
+    ) -> None:
+        self._limit = page_size(requested_size, default_size)
         self._query = query
         self._bytes = 0
         self._last: Key | None = None

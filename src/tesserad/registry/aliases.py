@@ -176,10 +176,11 @@ class Aliases:
 
     def list_aliases(self, model: str, page_size_: int = 0, page_token: str = "") -> Page[AliasRecord]:
         """The model's aliases by name, a page at a time; "latest" ends the last page when the
-        model has a version."""
+        model has a version. Page size 0 gives as many as one answer holds: every alias of a
+        model within MAX_MODEL_ALIASES, as clients from before ListAliases paged expect."""
         validate_name("model", model)
         query = {"list": "aliases", "model": model}
-        fill: PageFill[AliasRecord] = PageFill(page_size_, query)
+        fill: PageFill[AliasRecord] = PageFill(page_size_, query, default_size=None)
         with self._store.read() as txn:
             model_data(txn, model)
             for key, raw in txn.scan(ALIASES, (model,), after=resume_key(page_token, query)):

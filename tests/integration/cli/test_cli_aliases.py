@@ -7,7 +7,7 @@ from tests.integration.sdk.affine import affine_onnx
 
 def test_aliases_lists_every_page_and_unalias_deletes(tessera_cli, client, tmp_path):
     client.models.push("affine", affine_onnx(tmp_path / "affine.onnx"))
-    names = [f"canary-{i:03}" for i in range(120)]  # more than a page of 100
+    names = [f"canary-{i:03}" for i in range(120)]  # more than the 100 a page held once
     for name in names:
         client.models.set_alias("affine", name, 1)
 

@@ -113,9 +113,11 @@ def test_list_aliases_pages_through_every_alias(stub, two_versions):
     names = sorted(f"alias-{i:03}" for i in range(250))
     for name in names:
         stub.SetAlias(R.SetAliasRequest(model="m", alias=name, version=1))
-    first = stub.ListAliases(R.ListAliasesRequest(model="m"))
+    # page_size 0 (what a client from before ListAliases paged sends): all of them on one page.
+    every = stub.ListAliases(R.ListAliasesRequest(model="m"))
+    assert [a.alias for a in every.aliases] == [*names, "latest"] and every.next_page_token == ""
+    first = stub.ListAliases(R.ListAliasesRequest(model="m", page_size=100))
     assert len(first.aliases) == 100 and first.next_page_token
-    assert [a.alias for a in list_all(stub)] == [*names, "latest"]
     assert [a.alias for a in list_all(stub, page_size=7)] == [*names, "latest"]
     assert [a.alias for a in list_all(stub, page_size=250)] == [*names, "latest"]
 

@@ -1189,6 +1189,9 @@ class ListAliasesRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     page_size: _builtins.int
+    """0: as many as one answer holds (every alias of a model within the 1,000-alias cap, "latest"
+    included); otherwise at most this many (1,000 at most) a page.
+    """
     page_token: _builtins.str
     def __init__(
         self,
