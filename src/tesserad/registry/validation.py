@@ -12,9 +12,11 @@ from tesserad.registry.records import Signature
 from tesserad.text import (
     ENTRY_WIRE_BYTES,
     MAX_PARAM_VALUE,
+    MAX_TAG_KEY,
     check_entries,
     check_record_text,
     entries_wire_bytes,
+    entry_problems,
 )
 
 _MAX_TENSOR_NAME = 256
@@ -22,8 +24,14 @@ _MAX_TENSOR_NAME = 256
 # run's params and tags are bounded: a version travels whole in a GetVersion answer (4 MiB by
 # gRPC's default limit), beside its signature, lineage and aliases.
 MAX_VERSION_PARAMS = 2 * 2**20
-# Where a trained version's params say which of its job's params did not fit; room is kept for it.
+# A version's metrics together, counted as its params are with a value's 8 bytes for its text:
+# with its params, its text and the aliases on it, a GetVersion answer stays within 4 MiB.
+MAX_VERSION_METRICS = 512 * 2**10
+_METRIC_VALUE_BYTES = 8
+# Where a trained (or exported) version's params say which of its job's params, and which of its
+# metrics, did not fit; room is kept for each.
 LEFT_OUT_KEY = "tessera.params_left_out"
+METRICS_LEFT_OUT_KEY = "tessera.metrics_left_out"
 _LEFT_OUT_ROOM = 8 * 2**10
 _LEFT_OUT_NAMED = 10
 
@@ -70,14 +78,17 @@ def validate_params(params: dict[str, str]) -> None:
         )
 
 
-def fit_params(params: dict[str, str]) -> dict[str, str]:
+def fit_params(params: dict[str, str], notes: dict[str, str] | None = None) -> dict[str, str]:
     """Params within MAX_VERSION_PARAMS for a version whose registration must not fail on them
     (a job's, flattened from its spec, registered after the training): as many as fit, smallest
     first, in their order, and under LEFT_OUT_KEY the names of those left out. A trained
-    version's lineage keeps its whole job spec, so nothing is lost."""
-    if entries_wire_bytes(params) <= MAX_VERSION_PARAMS:
-        return params
-    room = MAX_VERSION_PARAMS - _LEFT_OUT_ROOM
+    version's lineage keeps its whole job spec, so nothing is lost. `notes` (`fit_metrics`')
+    are kept beside them, each cut to the room kept for it."""
+    kept_notes = {key: _within_room(key, note) for key, note in (notes or {}).items()}
+    room = MAX_VERSION_PARAMS - entries_wire_bytes(kept_notes)
+    if entries_wire_bytes(params) <= room:
+        return {**params, **kept_notes}
+    room -= _LEFT_OUT_ROOM
     kept: set[str] = set()
     sizes = {key: entries_wire_bytes({key: value}) for key, value in params.items()}
     for key in sorted(params, key=sizes.__getitem__):
@@ -87,23 +98,73 @@ def fit_params(params: dict[str, str]) -> dict[str, str]:
         room -= size
         kept.add(key)
     left_out = [k for k in params if k not in kept]
-    named = ", ".join(left_out[:_LEFT_OUT_NAMED])
-    more = f" and {len(left_out) - _LEFT_OUT_NAMED} more" if len(left_out) > _LEFT_OUT_NAMED else ""
-    note = (
-        f"{len(left_out)} params left out to keep a version's params within "
-        f"{format_size(MAX_VERSION_PARAMS)}: {named}{more}"
-    )
+    note = f"{len(left_out)} params left out to keep a version's params within {format_size(MAX_VERSION_PARAMS)}: "
     fitted = {k: v for k, v in params.items() if k in kept}
-    # Within the rule a caller's values follow (characters) and the room kept for it (bytes).
-    cut = note[:MAX_PARAM_VALUE].encode()[: _LEFT_OUT_ROOM - len(LEFT_OUT_KEY) - ENTRY_WIRE_BYTES]
-    fitted[LEFT_OUT_KEY] = cut.decode(errors="ignore")
-    return fitted
+    fitted[LEFT_OUT_KEY] = _within_room(LEFT_OUT_KEY, note + _named(left_out))
+    return {**fitted, **kept_notes}
+
+
+def _named(keys: list[str]) -> str:
+    more = f" and {len(keys) - _LEFT_OUT_NAMED} more" if len(keys) > _LEFT_OUT_NAMED else ""
+    return ", ".join(keys[:_LEFT_OUT_NAMED]) + more
+
+
+def _within_room(key: str, note: str) -> str:
+    """`note` within the rule a caller's values follow (characters) and the room kept for it (bytes)."""
+    cut = note[:MAX_PARAM_VALUE].encode()[: _LEFT_OUT_ROOM - len(key) - ENTRY_WIRE_BYTES]
+    return cut.decode(errors="ignore")
+
+
+def metrics_wire_bytes(metrics: dict[str, float]) -> int:
+    """What `metrics` take in an answer at most, as `entries_wire_bytes` counts params."""
+    return entries_wire_bytes({key: "" for key in metrics}) + _METRIC_VALUE_BYTES * len(metrics)
+
+
+def _metric_problem(key: str, value: float) -> str:
+    problems = entry_problems("metrics", {key: ""})
+    if problems:
+        return problems[0]
+    if not math.isfinite(value):
+        return f"metrics[{key!r}] is {value}; metrics must be finite numbers"
+    return ""
 
 
 def validate_metrics(metrics: dict[str, float]) -> None:
     for key, value in metrics.items():
-        if not math.isfinite(value):
-            raise InvalidArgument(f"metrics[{key!r}] is {value}; metrics must be finite numbers")
+        if problem := _metric_problem(key, value):
+            raise InvalidArgument(problem)
+    size = metrics_wire_bytes(metrics)
+    if size > MAX_VERSION_METRICS:
+        raise InvalidArgument(
+            f"a model version's metrics take at most {format_size(MAX_VERSION_METRICS)} together, these "
+            f"{len(metrics):,} take {format_size(size)} ({size} bytes, counting "
+            f"{ENTRY_WIRE_BYTES + _METRIC_VALUE_BYTES} bytes a metric beside its key's UTF-8); keep "
+            "the version's summary metrics here and the rest in its run (LogMetrics)"
+        )
+
+
+def fit_metrics(metrics: dict[str, float]) -> tuple[dict[str, float], str]:
+    """Metrics `validate_metrics` takes, for a version whose registration must not fail on them
+    (a job's, registered after the training; an export's, copied from a version stored before
+    the bound): those with a valid key and a finite value, as many as fit, smallest first, and
+    a note naming those left out ("" when none was), for METRICS_LEFT_OUT_KEY."""
+    valid = {key: value for key, value in metrics.items() if not _metric_problem(key, value)}
+    room = MAX_VERSION_METRICS
+    kept: set[str] = set()
+    for key in sorted(valid, key=lambda k: len(k.encode())):
+        size = metrics_wire_bytes({key: 0.0})
+        if size > room:
+            break
+        room -= size
+        kept.add(key)
+    left_out = [k for k in metrics if k not in kept]
+    if not left_out:
+        return metrics, ""
+    note = (
+        f"{len(left_out)} metrics left out (a version's metrics are finite, keyed by 1 to {MAX_TAG_KEY} "
+        f"characters, and take at most {format_size(MAX_VERSION_METRICS)} together): "
+    )
+    return {k: v for k, v in metrics.items() if k in kept}, note + _named(left_out)
 
 
 def validate_model_text(description: str, tags: dict[str, str]) -> None:

@@ -89,6 +89,8 @@ from tesserad.registry.tables import (
     resolve_number,
 )
 from tesserad.registry.validation import (
+    METRICS_LEFT_OUT_KEY,
+    fit_metrics,
     fit_params,
     validate_metrics,
     validate_params,
@@ -317,8 +319,9 @@ class Versions:
         architecture; a version without a signature takes the architecture's. onnx:
         onnx.checker and, when a signature is given, that it matches the graph; a version
         without one takes the graph's).
-        `params` are not refused here (an upload's were checked with its header): a job's must not
-        fail its registration after the training, so `fit_params` cuts any over the bound.
+        `params` and `metrics` are not refused here (an upload's were checked with its header): a
+        job's must not fail its registration after the training, so `fit_params` and
+        `fit_metrics` cut any over the bounds, and the params name what was left out.
         On any failure the blob is deleted unless something else holds it; either way the claim
         of the put that stored `blob` ends here (BlobStore's claims). With `alias`, the returned
         record's `alias_moved` says where the alias pointed before. With `once_per_job`, a
@@ -330,6 +333,8 @@ class Versions:
         while it ran, must not lose the trained model.
         """
         try:
+            fitted_metrics, metrics_left_out = fit_metrics(metrics or {})
+            notes = {METRICS_LEFT_OUT_KEY: metrics_left_out} if metrics_left_out else {}
             self.check_upload(
                 model,
                 format=format,
@@ -338,7 +343,7 @@ class Versions:
                 size_bytes=blob.size,
                 create_model_if_missing=create_model_if_missing,
                 tags=tags or {},
-                metrics=metrics or {},
+                metrics=fitted_metrics,
                 alias=alias,
                 description=description,
             )
@@ -348,8 +353,8 @@ class Versions:
                 blob=blob,
                 signature=signature or Signature(),
                 architecture=architecture,
-                params=fit_params(params or {}),
-                metrics=metrics or {},
+                params=fit_params(params or {}, notes),
+                metrics=fitted_metrics,
                 tags=tags or {},
                 lineage=lineage or Lineage(),
                 description=description,

@@ -4,6 +4,7 @@ client could read the model. ListAliases pages. A store from before the cap stay
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import grpc
@@ -28,9 +29,18 @@ R = registry_pb2
 
 CAP = 1000
 ANSWER_LIMIT = 4 * 2**20
-# The longest params a version takes (2 MiB, counting 11 bytes a param) and the longest text.
+# The longest params a version takes (2 MiB, counting 11 bytes a param), the most metrics (512
+# KiB, counting 19 bytes a metric), and the longest text (16 KiB), half of it in as many tags as
+# fit, which take the most bytes on the wire.
 PARAMS = {f"p{j:03}": "x" * 6000 for j in range(348)}
-DESCRIPTION = "d" * (16 * 2**10)
+METRICS = {
+    "".join(key): 0.5
+    for key in itertools.islice(itertools.product(map(chr, range(33, 127)), repeat=3), 2**19 // 22)
+}
+DESCRIPTION = "d" * (8 * 2**10)
+TAGS = {
+    "".join(key): "" for key in itertools.islice(itertools.product(map(chr, range(33, 127)), repeat=2), 4096)
+}
 
 
 def long_alias(i: int) -> str:
@@ -58,7 +68,8 @@ def list_all(stub: registry_pb2_grpc.RegistryStub, page_size: int = 0) -> list[R
 
 @pytest.fixture
 def two_versions(stub) -> None:
-    for width, fields in ((4, {"params": PARAMS, "description": DESCRIPTION}), (5, {})):
+    at_every_cap = {"params": PARAMS, "metrics": METRICS, "description": DESCRIPTION, "tags": TAGS}
+    for width, fields in ((4, at_every_cap), (5, {})):
         artifact = onnx_identity(width)
         upload(stub, onnx_header("m", artifact, **fields), artifact)
 
@@ -71,9 +82,19 @@ def test_a_model_at_the_cap_refuses_new_aliases_and_fits_every_answer(stub, two_
     model = stub.GetModel(R.GetModelRequest(name="m"))
     version = stub.GetVersion(R.GetVersionRequest(ref=common_pb2.VersionRef(model="m", version=1)))
     page = stub.ListAliases(R.ListAliasesRequest(model="m", page_size=1000))
+    # page_size 0, as a client from before ListAliases paged sends: every alias, "latest" too.
+    whole = stub.ListAliases(R.ListAliasesRequest(model="m"))
     assert len(model.aliases) == CAP + 1 and len(version.aliases) == CAP and len(page.aliases) == CAP
-    sizes = {"GetModel": model.ByteSize(), "GetVersion": version.ByteSize(), "ListAliases": page.ByteSize()}
-    print(f"answer bytes at {CAP} aliases of 128 characters: {sizes}")
+    assert len(whole.aliases) == CAP + 1 and whole.aliases[-1].alias == "latest" and not whole.next_page_token
+    assert len(version.params) == len(PARAMS) and len(version.metrics) == len(METRICS)
+    assert len(version.tags) == len(TAGS)
+    sizes = {
+        "GetModel": model.ByteSize(),
+        "GetVersion": version.ByteSize(),
+        "ListAliases": page.ByteSize(),
+        "ListAliases page_size 0": whole.ByteSize(),
+    }
+    print(f"answer bytes at {CAP} aliases of 128 characters, version 1 at every cap: {sizes}")
     assert all(size < ANSWER_LIMIT for size in sizes.values())
     # "latest" ends the listing, on the page after a full one.
     rest = stub.ListAliases(R.ListAliasesRequest(model="m", page_size=1000, page_token=page.next_page_token))

@@ -535,7 +535,12 @@ class ModelVersion(_message.Message):
         """
 
     @_builtins.property
-    def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+    def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """At most 512 KiB together, counting 19 bytes a metric beside its key's UTF-8. A trained
+        version's come from its job: those that would not fit (or are not finite) are left out, and
+        the param "tessera.metrics_left_out" names them.
+        """
+
     @_builtins.property
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -836,7 +841,12 @@ class UploadVersionHeader(_message.Message):
         """
 
     @_builtins.property
-    def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+    def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Finite values, keys 1 to 250 characters without NUL or newlines, and 512 KiB together
+        (keys in UTF-8, counting 19 bytes a metric for its value, field tags and lengths);
+        INVALID_ARGUMENT beyond, before any byte of the artifact is stored.
+        """
+
     @_builtins.property
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
