@@ -27,11 +27,11 @@ import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound
-from tesserad.registry import DeploymentRecord, Registry, Route, Shadow, Target, VersionRecord
+from tesserad.registry import DeploymentRecord, Lineage, Registry, Route, Shadow, Target, VersionRecord
 from tesserad.registry.records import SCHEMA, VERSION_KIND, decode_version
 from tesserad.replica.refusals import ReplicaRefusals
 from tesserad.store import Store, WriteTxn, decode_record, encode_record
@@ -120,10 +120,26 @@ def read_state(registry: Registry, model: str) -> ServingState | None:
     versions = []
     for number in sorted(wanted - {0}):
         try:
-            versions.append(registry.get_version(model, number))
+            versions.append(serving_version(registry.get_version(model, number)))
         except NotFound:
             continue  # deleted since the model was read: the next change says so
     return ServingState(record.latest_version, record.version_count, aliases, deployment, tuple(versions))
+
+
+def serving_version(record: VersionRecord) -> VersionRecord:
+    """What a follower needs of a version to load and serve it. Its params (2 MiB at most), metrics,
+    text and lineage are left out: a change carries every version its model's aliases and routes
+    resolve to, and must fit one answer; GetVersion answers the rest."""
+    return replace(
+        record,
+        description="",
+        params={},
+        metrics={},
+        tags={},
+        lineage=Lineage(),
+        aliases=(),
+        alias_moved=None,
+    )
 
 
 def _head(state: ServingState) -> dict[str, Any]:
@@ -209,7 +225,11 @@ def _decode_change(event: JobEvent) -> RegistryChange:
             version_count=state["version_count"],
             aliases=state["aliases"],
             deployment=_decode_deployment(state["deployment"]),
-            versions=tuple(decode_version(encode_record(VERSION_KIND, SCHEMA, v)) for v in state["versions"]),
+            # A change recorded before the state left these out carries whole versions.
+            versions=tuple(
+                serving_version(decode_version(encode_record(VERSION_KIND, SCHEMA, v)))
+                for v in state["versions"]
+            ),
         ),
     )
 

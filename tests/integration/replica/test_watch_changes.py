@@ -8,9 +8,11 @@ import grpc
 import pytest
 from serving_models import linear_model, upload
 
+from tessera.v1 import common_pb2, registry_pb2_grpc
 from tessera.v1 import registry_pb2 as pb
-from tessera.v1 import registry_pb2_grpc
 from tests.conftest import InProcessDaemon, daemon_settings
+from tests.integration.registry.conftest import onnx_header, onnx_identity
+from tests.integration.registry.conftest import upload as registry_upload
 
 
 def _changes(channel: grpc.Channel, from_seq: int, count: int) -> list[pb.RegistryChange]:
@@ -178,3 +180,37 @@ def test_changes_past_the_history_are_compacted_to_each_models_newest(tmp_path) 
         assert [c.seq for c in _changes(channel, 0, 4)] == [4, 7, 8, 9]
     finally:
         running.stop()
+
+
+def test_a_state_of_versions_with_2_mib_of_params_each_fits_one_message(channel: grpc.Channel) -> None:
+    """A state carried every version its aliases resolve to, params included: three aliases on
+    versions of 2 MiB of params each took a change past gRPC's 4 MiB, and the watch broke for
+    every watcher. The state carries what serving needs; GetVersion has the params."""
+    registry = registry_pb2_grpc.RegistryStub(channel)
+    params = {f"p{j:03}": "x" * 6000 for j in range(348)}  # 2 MiB, the most a version takes
+    for width in (4, 5, 6):
+        artifact = onnx_identity(width)
+        registry_upload(registry, onnx_header("m", artifact, params=params, metrics={"acc": 0.9}), artifact)
+    for alias, version in (("a", 1), ("b", 2), ("c", 3)):
+        registry.SetAlias(pb.SetAliasRequest(model="m", alias=alias, version=version))
+
+    # Over the test's channel, which takes gRPC's default of 4 MiB a message: every change so far.
+    stream = registry.WatchChanges(pb.WatchChangesRequest(from_seq=0), timeout=60)
+    got = []
+    for response in stream:
+        if response.HasField("caught_up"):
+            stream.cancel()
+            break
+        got.append(response.change)
+    change = got[-1]
+    assert dict(change.state.aliases) == {"a": 1, "b": 2, "c": 3}
+    state = change.state
+    assert [v.version for v in state.versions] == [1, 2, 3] and state.ByteSize() < 2**20
+    for carried in state.versions:
+        whole = registry.GetVersion(
+            pb.GetVersionRequest(ref=common_pb2.VersionRef(model="m", version=carried.version))
+        )
+        assert carried.sha256 == whole.sha256 and carried.signature == whole.signature
+        assert carried.size_bytes == whole.size_bytes and carried.format == whole.format
+        assert not carried.params and not carried.metrics
+        assert dict(whole.params) == params and dict(whole.metrics) == {"acc": 0.9}

@@ -2051,7 +2051,12 @@ class ModelServingState(_message.Message):
 
     @_builtins.property
     def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelVersion]:
-        """The versions latest, an alias or the deployment resolves to (their artifacts by sha256)."""
+        """The versions latest, an alias or the deployment resolves to (their artifacts by sha256), with
+        what serving needs of them: format, signature, architecture, sha256, size. Their params,
+        metrics, description, tags and lineage are left out (a version's params alone may take 2 MiB,
+        and a state carries every version its aliases resolve to within one message): GetVersion
+        answers them.
+        """
 
     def __init__(
         self,
