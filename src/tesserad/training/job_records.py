@@ -36,6 +36,9 @@ class Registered:
     # Its dataset version was gone (force-deleted while the job ran) when it was registered:
     # said once, as the job ends, and not stored (the version's lineage keeps it).
     dataset_deleted: bool = False
+    # Why register_as.alias was not set ("" when it was, or none was asked for): the model had
+    # reached its alias cap while the job ran. Said once, as the job ends; not stored.
+    alias_refused: str = ""
 
 
 @dataclass(frozen=True)

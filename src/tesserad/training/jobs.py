@@ -132,6 +132,10 @@ class DatasetAccess(Protocol):
 
 
 class Registration(Protocol):
+    def check_alias_room(self, model: str, alias: str) -> None:
+        """ResourceExhausted when register_as.alias would be new to a model at its alias cap."""
+        ...
+
     def register(self, job: JobRecord, weights: BlobRef) -> Registered:
         """Register the weights per job.config["register_as"]."""
         ...
@@ -414,6 +418,10 @@ class Jobs:
         # run's, they keep the job's record within what a GetJob or ListJobs answer can hold.
         if problem := run_text_problem(flatten_params(config), config["tags"]):
             raise InvalidArgument(f"spec.tags: {problem}")
+        target = config["register_as"]
+        if target and target["alias"]:
+            # Checked again at registration: the model may reach its cap while the job runs.
+            self._registration.check_alias_room(target["model"], target["alias"])
         if config.get("max_restarts") and not self.restarts_dead_workers:
             raise FailedPrecondition(
                 "spec.max_restarts: the local backend does not restart a job whose worker died; "
@@ -1041,6 +1049,17 @@ class Jobs:
                 log.warning(
                     "registered a job's model whose dataset version was deleted while the job ran",
                     extra={"job_id": job.job_id, "dataset": data["dataset"], "version": data["version"]},
+                )
+                job = self._append(job, "log", {"level": "warning", "message": message})
+            if registered.alias_refused:
+                alias = job.config["register_as"]["alias"]
+                message = (
+                    f"registered {registered.model} v{registered.version} without alias {alias!r}: "
+                    f"{registered.alias_refused}; then set it with SetAlias"
+                )
+                log.warning(
+                    "registered a job's model without its alias: the model has no room for it",
+                    extra={"job_id": job.job_id, "model": registered.model, "alias": alias},
                 )
                 job = self._append(job, "log", {"level": "warning", "message": message})
             job = self._append(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tesserad.errors import ResourceExhausted
 from tesserad.registry import DatasetLineage, Lineage, Registry
 from tesserad.registry.architectures import architecture_signature
 from tesserad.store import BlobRef
@@ -13,12 +14,28 @@ class JobRegistration:
     def __init__(self, registry: Registry) -> None:
         self._registry = registry
 
+    def check_alias_room(self, model: str, alias: str) -> None:
+        """ResourceExhausted when `alias` would be new to `model` and the model holds as many
+        aliases as it may: a job told so at submit does not train to find out."""
+        try:
+            self._registry.check_alias_room(model, alias)
+        except ResourceExhausted as exc:
+            raise ResourceExhausted(f"spec.register_as.alias: {exc.message}") from exc
+
     def register(self, job: JobRecord, weights: BlobRef) -> Registered:
         """A new version of register_as.model (created if missing); the alias moves with it. A job
         that has registered its version already (it was resumed after that) gets it back. A
-        dataset version deleted since the job began is named in the lineage, marked deleted."""
+        dataset version deleted since the job began is named in the lineage, marked deleted. An
+        alias the model has no room for (it reached its alias cap while the job ran) is not set,
+        and the Registered says why: the trained model is registered all the same."""
         config = job.config
         target = config["register_as"]
+        alias, alias_refused = target["alias"], ""
+        if alias:
+            try:
+                self._registry.check_alias_room(target["model"], alias)
+            except ResourceExhausted as exc:
+                alias, alias_refused = "", exc.message
         data = config["data"]
         parent = config.get("fine_tune") or {}
         lineage = Lineage(
@@ -42,11 +59,13 @@ class JobRegistration:
             lineage=lineage,
             description=target["description"],
             create_model_if_missing=True,
-            alias=target["alias"],
+            alias=alias,
             actor=job.created_by,
             once_per_job=True,
             # The trained model is not lost to a dataset force-deleted while the job ran.
             datasets_may_be_deleted=True,
         )
         deleted = any(ds.deleted for ds in record.lineage.datasets)
-        return Registered(record.model, record.version, target["alias"], dataset_deleted=deleted)
+        return Registered(
+            record.model, record.version, alias, dataset_deleted=deleted, alias_refused=alias_refused
+        )

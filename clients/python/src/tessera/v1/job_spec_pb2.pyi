@@ -644,7 +644,10 @@ class RegisterAs(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     alias: _builtins.str
-    """Optional alias moved to the new version, e.g. "staging"."""
+    """Optional alias moved to the new version, e.g. "staging". One that would be new to a model
+    at its 1,000-alias cap is RESOURCE_EXHAUSTED at SubmitJob; when the model reaches the cap
+    while the job runs, the version is registered without it and a warning log event says so.
+    """
     description: _builtins.str
     def __init__(
         self,
