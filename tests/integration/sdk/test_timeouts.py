@@ -55,6 +55,9 @@ CALLS: dict[str, Callable[[Any, dict[str, Path], float], Any]] = {
     ),
     "training.log_artifact": lambda part, files, t: part.log_artifact("r", files["npz"], timeout=t),
     "training.log_artifacts": lambda part, files, t: part.log_artifacts("r", files["npz"].parent, timeout=t),
+    "training.log_metrics_stream": lambda part, files, t: part.log_metrics_stream(
+        "r", [(0, {"m": 1.0})], timeout=t
+    ),
     "training.watch": lambda part, files, t: part.watch("j", timeout=t),
 }
 REFUSED = pytest.raises(ValueError, match=r"timeout must be seconds above 0 \(at most 1e\+09\), got ")

@@ -650,7 +650,7 @@ class Training(Part[C]):
         run_id: str,
         steps: Iterable[tuple[int, Mapping[str, float]]],
         batch_points: int = 1000,
-        timeout: float = 600.0,
+        timeout: float | None = None,
     ) -> MetricSteps:
         """Record the metrics of many steps, `(step, {key: value})` in order, over one stream in
         batches of `batch_points` points; returns how many points were accepted. A cut stream
@@ -658,7 +658,7 @@ class Training(Part[C]):
         stored (resending them is harmless: the daemon keeps one point per key and step)."""
         if batch_points < 1:
             raise ValueError(f"batch_points must be >= 1, got {batch_points}")
-        return MetricSteps(run_id, steps, batch_points, timeout)
+        return MetricSteps(run_id, steps, batch_points, timeout_or(timeout, self._conn.transfer_timeout))
 
     @call
     def metric_history(
