@@ -75,6 +75,12 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# The test cluster listens on 127.0.0.1 only, without Ray's token authentication: Ray 2.60 turns
+# it on wherever ~/.ray/auth_token exists (any local ray.init() on the machine writes one), and
+# then the second node's `ray start` was refused (InvalidAuthToken), so the whole file errored.
+RAY_AUTH_OFF = {"RAY_AUTH_MODE": "disabled"}
+
+
 def _ray_start(args: list[str], temp: Path) -> int:
     ray = str(Path(sys.executable).parent / "ray")
     # Its own session: the Ray processes it leaves behind share its process group, the fixture's
@@ -85,7 +91,7 @@ def _ray_start(args: list[str], temp: Path) -> int:
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
-        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": str(temp)},
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": str(temp), **RAY_AUTH_OFF},
     )
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 0, output
@@ -98,6 +104,10 @@ def ray_nodes() -> Iterator[RayNodes]:
     temp = Path(tempfile.mkdtemp(prefix="tray"))
     port, client_port = _free_port(), _free_port()
     groups: list[int] = []
+    # The daemons of this file, in this process or spawned from it, connect as the nodes expect.
+    environment = pytest.MonkeyPatch()
+    for name, value in RAY_AUTH_OFF.items():
+        environment.setenv(name, value)
     try:
         groups.append(
             _ray_start(
@@ -120,6 +130,7 @@ def ray_nodes() -> Iterator[RayNodes]:
         for group in groups:
             _stop_group(group)
         shutil.rmtree(temp, ignore_errors=True)
+        environment.undo()
 
 
 def _stop_group(group: int) -> None:
