@@ -12,6 +12,7 @@ import json
 import os
 import pty
 import socket
+import stat
 import subprocess
 import sys
 import tarfile
@@ -650,3 +651,22 @@ def test_force_with_a_backup_to_stdout_is_refused(source: Source) -> None:
     result = _run_cli(*_backup_cli(source.daemon, "-o", "-", "--force"), stdout=subprocess.DEVNULL)
     assert result.returncode == EXIT_USAGE
     assert "--force replaces a file" in result.stderr
+
+
+def test_the_backup_file_is_readable_by_its_owner_alone_whatever_the_umask(
+    source: Source, tmp_path: Path
+) -> None:
+    # It holds every model, dataset and run; a umask of 022 left it readable by every user.
+    replaced = tmp_path / "replaced.tar"
+    replaced.write_bytes(b"")
+    replaced.chmod(0o644)
+    previous = os.umask(0o022)
+    try:
+        assert tessera_main(_backup_cli(source.daemon, "-o", str(tmp_path / "new.tar"))) == 0
+        assert tessera_main(_backup_cli(source.daemon, "-o", str(replaced), "--force")) == 0
+    finally:
+        os.umask(previous)
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()} == {
+        "new.tar": 0o600,
+        "replaced.tar": 0o600,
+    }

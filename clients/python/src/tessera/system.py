@@ -17,6 +17,9 @@ from tessera.transport import RetryPolicy, timeout_or
 from tessera.v1 import system_pb2 as pb
 
 S = "System"
+# A backup holds every model, dataset and run the daemon keeps, and outlives the host it was
+# taken on: only its owner reads it, whatever the umask.
+BACKUP_FILE_MODE = 0o600
 
 
 def _not_whole(exc: ArchiveError) -> DataLoss:
@@ -31,13 +34,13 @@ class BackupSink:
     """Writes a streamed backup to `path` through a new temp file beside it, which becomes
     `path` only once the whole archive is read back and checks out (`finish`); `abort`
     removes it. Unless `overwrite`, a file at `path` is refused (FileExistsError) before the
-    backup starts and again before it is put in place."""
+    backup starts and again before it is put in place, readable by its owner alone."""
 
     def __init__(self, path: Path, overwrite: bool) -> None:
         self.path = path
         self._overwrite = overwrite
         self._check_free()
-        self._partial, self._file = new_partial(path)
+        self._partial, self._file = new_partial(path, BACKUP_FILE_MODE)
 
     def _check_free(self) -> None:
         # lexists: a link left at the name (even a dangling one) is there too.

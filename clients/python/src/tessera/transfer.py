@@ -47,10 +47,11 @@ def file_chunks(path: Path, total: int, chunk_size: int, progress: Progress | No
                 progress(done, total)
 
 
-def new_partial(path: Path) -> tuple[Path, BinaryIO]:
+def new_partial(path: Path, mode: int = 0o666) -> tuple[Path, BinaryIO]:
     """A new temp file beside `path`, to become it once whole: its own name, so that a name at
     the filesystem's length limit still has room, a concurrent write to `path` keeps its own,
-    and a link planted at the name is refused (O_EXCL) rather than written through."""
+    and a link planted at the name is refused (O_EXCL) rather than written through. `mode`:
+    its permissions (less the umask), which `path` keeps."""
     if path.is_dir():
         # Else the temp file, written whole, could never be moved onto it.
         raise IsADirectoryError(
@@ -58,7 +59,7 @@ def new_partial(path: Path) -> tuple[Path, BinaryIO]:
         )
     partial = path.with_name(f".{path.name[:32]}.{secrets.token_hex(4)}.partial")
     try:
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     except FileNotFoundError:
         # Named for the file asked for, not the temp file the user never named.
         raise FileNotFoundError(
