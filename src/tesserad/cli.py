@@ -6,9 +6,11 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from tessera.backup import HEADER_MAX_BYTES, MANIFEST_MAX_BYTES
 from tessera.command_parser import CommandParser
@@ -18,6 +20,10 @@ from tesserad.config import SettingsError, describe_settings, load_settings
 from tesserad.errors import TesseraError
 from tesserad.logs import configure_logging
 from tesserad.tools import tokens
+
+# What a shell reports for a command interrupted by Ctrl-C (128 + SIGINT) and by SIGTERM (128 + 15).
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 log = logging.getLogger("tesserad")
 
@@ -92,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
         "restore",
         help="restore a backup (`tessera admin backup`) into a new data directory, offline",
         description=(
-            "Restore a backup archive into DIR, which must be missing or empty and not in use. "
+            "Restore a backup archive (a file or a pipe) into DIR, which must be missing or empty "
+            "(a new disk's mount point too) and not in use, on a disk with room for it. An archive "
+            "from a newer tesserad, whose store has tables this one does not know, is refused. "
             "Every file is checked against the archive's manifest (sha256 and size) and the "
             "store's record counts against it before anything is put in place; members a backup "
             "never holds (links, devices, other paths) and headers that claim too much to read into "
@@ -100,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
             f"{HEADER_MAX_BYTES >> 20} MiB) are refused. A refused "
             "archive leaves nothing behind. Then `tesserad serve --data-dir DIR` starts on it. "
             "Exit status: 0 restored, 1 refused or failed (the message says why), 2 wrong "
-            "command line."
+            "command line, 130 or 143 interrupted (Ctrl-C, SIGTERM: nothing is left behind)."
         ),
     )
     restore.add_argument(
@@ -123,14 +131,30 @@ def _print_settings() -> None:
         print(f"{info.name}\n    env {info.env}, default {info.default_text}\n    {info.help}")
 
 
+class _Terminated(BaseException):
+    """SIGTERM during a restore: raised so that its staging directory is removed on the way out,
+    where the signal's default action would leave gigabytes of it behind."""
+
+
+def _terminate(_signum: int, _frame: object) -> NoReturn:
+    raise _Terminated
+
+
 def _restore(archive: Path, data_dir: Path) -> int:
     from tesserad.backup.restore import RestoreError, restore
+    from tesserad.server import STORE_TABLES
 
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        manifest = restore(archive, data_dir)
+        manifest = restore(archive, data_dir, STORE_TABLES)
     except (RestoreError, OSError) as exc:
         print(f"tesserad restore: {exc}", file=sys.stderr)
         return 1
+    except (KeyboardInterrupt, _Terminated) as exc:
+        print(f"tesserad restore: interrupted; nothing was written to {data_dir}", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(exc, _Terminated) else EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     records = sum(manifest.records.values())
     print(
         f"restored {archive} into {data_dir}: {counted(records, 'record')}, {counted(len(manifest.blobs), 'blob')} "

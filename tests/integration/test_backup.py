@@ -218,7 +218,7 @@ def _next_format(name: str, data: bytes) -> bytes:
         ("format version 2", "format version 2"),
         ("not tar", "not a whole tar file"),
         ("blob as a link", "is a link or special file, not a file"),
-        ("table the store lacks", "counts records in table 'extra', which its store copy does not have"),
+        ("table of a newer tesserad", "does not know (extra); restore it with tesserad"),
         ("counts as strings", "is malformed"),
         ("size as a boolean", "is malformed"),
         ("manifest over the cap", f"manifest.json is {MANIFEST_MAX_BYTES + 1} bytes, over the 64 MiB"),
@@ -250,7 +250,7 @@ def test_a_damaged_archive_is_refused_and_nothing_is_written(
         _rewritten(archive, bad, _next_format)
     elif damage == "blob as a link":
         _relinked(archive, bad)
-    elif damage == "table the store lacks":
+    elif damage == "table of a newer tesserad":
         _rewritten(archive, bad, _manifest_changed(lambda d: {**d, "records": {**d["records"], "extra": 0}}))
     elif damage == "counts as strings":
         records = _manifest_changed(lambda d: {**d, "records": {k: str(v) for k, v in d["records"].items()}})
@@ -670,3 +670,91 @@ def test_the_backup_file_is_readable_by_its_owner_alone_whatever_the_umask(
         "new.tar": 0o600,
         "replaced.tar": 0o600,
     }
+
+
+@contextlib.contextmanager
+def _tmpfs(mount_point: Path, options: str) -> Iterator[Path]:
+    """A tmpfs at `mount_point` (made), unmounted after; the test skips where mounting is not
+    permitted (not root, no CAP_SYS_ADMIN), as tests/integration/test_disk_full.py does."""
+    mount_point.mkdir()
+    try:
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)], capture_output=True, text=True
+        )
+    except FileNotFoundError:
+        pytest.skip("no mount command here")
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip() or mounted.returncode}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
+
+
+def test_restore_onto_a_disk_without_room_for_it_is_refused_before_writing(
+    source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = read_archive(source.archive)
+    needed = manifest.store.size + manifest.blob_bytes
+    with _tmpfs(tmp_path / "disk", f"size={needed // 2}") as disk:
+        code, err = _restore(source.archive, disk / "data", capsys)
+        assert code == 1
+        assert f"the disk of {disk} has no room for the restore: it needs" in err, err
+        assert "free space there, or restore onto another disk; nothing was written" in err
+        assert list(disk.iterdir()) == []
+
+
+def test_restore_running_out_of_room_midway_says_so_and_leaves_nothing(
+    source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Bytes to spare but few inodes: the disk fills as the blobs' directories are made.
+    with _tmpfs(tmp_path / "disk", "size=64m,nr_inodes=6") as disk:
+        code, err = _restore(source.archive, disk / "data", capsys)
+        assert code == 1
+        assert f"the disk of {disk} has no room for the restore: it ran out of room" in err, err
+        assert "nothing was written" in err
+        assert list(disk.iterdir()) == []
+
+
+def test_restore_into_an_empty_mount_point_puts_it_on_that_disk(
+    source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A new disk mounted as the data directory: staged beside it, on the parent's disk, the
+    # restore failed at the end moving it across (EXDEV).
+    with _tmpfs(tmp_path / "mnt", "size=64m") as mount_point:
+        code, err = _restore(source.archive, mount_point, capsys)
+        assert (code, err) == (0, "")
+        assert sorted(p.name for p in mount_point.iterdir()) == ["blobs", "store", "tesserad.lock"]
+        assert (mount_point / "store").stat().st_dev == mount_point.stat().st_dev != tmp_path.stat().st_dev
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mnt"]
+
+
+def test_a_restore_terminated_midway_removes_what_it_staged(source: Source, tmp_path: Path) -> None:
+    # The archive comes through a pipe (`<(ssh host cat b.tar)`), held mid-store: SIGTERM's
+    # default action left the staged part behind, beside the target.
+    with tarfile.open(source.archive) as tar:
+        store = tar.getmember(STORE_NAME)
+    fifo = tmp_path / "archive.tar"
+    os.mkfifo(fifo)
+    # Read and write: opening does not wait for the reader, which may never come.
+    writer = os.open(fifo, os.O_RDWR)
+    restore = subprocess.Popen(
+        [sys.executable, "-m", "tesserad", "restore", str(fifo), "--data-dir", str(tmp_path / "target")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        os.write(writer, source.archive.read_bytes()[: store.offset_data + store.size // 2])
+        staged = lambda: list(tmp_path.glob(".target.restore-*/store/data.mdb"))  # noqa: E731
+        while not staged() and restore.poll() is None:
+            threading.Event().wait(0.05)
+        assert restore.poll() is None, restore.communicate()
+        restore.terminate()
+        _, err = restore.communicate(timeout=120)
+    finally:
+        restore.kill()
+        os.close(writer)
+    assert restore.returncode == 143, err
+    assert "interrupted; nothing was written" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["archive.tar"]

@@ -1,23 +1,29 @@
 """`tesserad restore`: a backup archive made into a new data directory, offline.
 
-Nothing is put in place before everything is checked: the archive is read into a staging
-directory beside the target (every member against the manifest's sha256 and size, none
-missing), the store copy is opened and its record counts compared with the manifest's, and
-every blob it references must be among those restored. Only then does the staging directory
-become the data directory (a rename; into an existing empty directory, under its lock). Any
-failure removes the staging directory, so a refused archive leaves nothing behind.
+Nothing is put in place before everything is checked: the manifest must name only tables this
+tesserad knows and fit in the disk's free space; the archive is read into a staging directory
+on the target's disk (in it when it exists, since it may be a mount point; else beside it),
+every member against the manifest's sha256 and size, none missing; the store copy is opened and
+its record counts compared with the manifest's, and every blob it references must be among
+those restored. Only then does the staging directory become the data directory (a rename; into
+an existing empty directory, under its lock). Any failure removes the staging directory, so a
+refused archive leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 
 import lmdb
 
-from tessera.backup import BLOB_PREFIX, STORE_NAME, ArchiveError, Manifest, read_archive
+from tessera.backup import BLOB_PREFIX, STORE_NAME, ArchiveError, Entry, Manifest, read_archive
+from tesserad import __version__
+from tesserad.config import format_size
 from tesserad.datasets.references import BLOB_HOLDERS
 from tesserad.errors import FailedPrecondition
 from tesserad.store import DataDirLock, unpack
@@ -25,6 +31,8 @@ from tesserad.store.lockfile import LOCK_NAME
 
 # What a data directory holds besides its lock: the store and the blobs.
 _PARTS = ("store", "blobs")
+# A write that found the disk full, or the user's quota used up.
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
 
 
 class RestoreError(Exception):
@@ -50,27 +58,85 @@ class _SyncedFile:
                 self._file.close()
 
 
-def restore(archive: Path, data_dir: Path) -> Manifest:
-    """Restore `archive` into `data_dir` (missing, or empty); its manifest."""
+def restore(archive: Path, data_dir: Path, tables: Collection[str]) -> Manifest:
+    """Restore `archive` into `data_dir` (missing, or empty); its manifest. `tables`: those of
+    this tesserad's store."""
     data_dir = data_dir.absolute()
     _check_target(data_dir)
-    if not archive.is_file():
-        raise RestoreError(f"{archive} is not a file")
+    # A pipe reads as well as a file (`<(ssh host cat b.tar)`): only a directory cannot be read.
+    if not archive.exists():
+        raise RestoreError(f"{archive} does not exist; pass the backup archive's path")
+    if archive.is_dir():
+        raise RestoreError(f"{archive} is a directory; pass the backup archive's path")
     if not data_dir.parent.is_dir():
         raise RestoreError(f"{data_dir.parent} does not exist; create it, or pass another --data-dir")
-    staging = Path(tempfile.mkdtemp(dir=data_dir.parent, prefix=f".{data_dir.name}.restore-"))
+    staging = _Staging(data_dir, tables)
     try:
         try:
-            manifest = read_archive(archive, lambda name, _entry: _SyncedFile(_staged(staging, name)))
-            _check_store(staging / "store", manifest)
+            manifest = read_archive(archive, staging.place, staging.check_manifest)
+            _check_store(staging.path / "store", manifest)
         except ArchiveError as exc:
             raise RestoreError(f"{archive} cannot be restored: {exc}; nothing was written") from None
-        _sync_dirs(staging)
-        _put_in_place(staging, data_dir)
+        except OSError as exc:
+            if exc.errno not in _NO_ROOM:
+                raise
+            raise RestoreError(f"{staging.no_room()}; nothing was written") from None
+        _sync_dirs(staging.path)
+        _put_in_place(staging.path, data_dir)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging.path, ignore_errors=True)
         raise
     return manifest
+
+
+class _Staging:
+    """The directory an archive is read into, on the target's disk so that putting it in place
+    is a rename: in the target when it exists (it may be a mount point), else beside it."""
+
+    def __init__(self, data_dir: Path, tables: Collection[str]) -> None:
+        self._tables = tables
+        self._disk = data_dir if data_dir.exists() else data_dir.parent
+        self._needed: int | None = None
+        try:
+            self.path = Path(tempfile.mkdtemp(dir=self._disk, prefix=f".{data_dir.name}.restore-"))
+        except OSError as exc:
+            if exc.errno not in _NO_ROOM:
+                raise
+            raise RestoreError(f"{self.no_room()}; nothing was written") from None
+
+    def check_manifest(self, manifest: Manifest) -> None:
+        """ArchiveError for a store of tables this tesserad does not know; RestoreError when the
+        disk has no room for what the manifest names."""
+        unknown = sorted(manifest.records.keys() - set(self._tables))
+        if unknown:
+            raise ArchiveError(
+                f"it was made by tesserad {manifest.tesserad_version}, whose store has tables this "
+                f"tesserad ({__version__}) does not know ({', '.join(unknown)}); restore it with "
+                f"tesserad {manifest.tesserad_version} or later"
+            )
+        self._needed = manifest.store.size + manifest.blob_bytes
+        free = _free_bytes(self._disk)
+        if self._needed > free:
+            raise RestoreError(f"{self.no_room()}; nothing was written")
+
+    def no_room(self) -> str:
+        free = _free_bytes(self._disk)
+        if self._needed is not None and self._needed > free:
+            why = f"it needs {format_size(self._needed)}, and {format_size(free)} is free"
+        else:
+            why = f"it ran out of room with {format_size(free)} free (its inodes or a quota may be used up)"
+        return (
+            f"the disk of {self._disk} has no room for the restore: {why}; free space there, or "
+            "restore onto another disk"
+        )
+
+    def place(self, name: str, _entry: Entry) -> _SyncedFile:
+        return _SyncedFile(_staged(self.path, name))
+
+
+def _free_bytes(directory: Path) -> int:
+    stat = os.statvfs(directory)
+    return stat.f_bavail * stat.f_frsize
 
 
 def _check_target(data_dir: Path) -> None:
@@ -84,8 +150,9 @@ def _check_target(data_dir: Path) -> None:
     _check_empty(data_dir)
 
 
-def _check_empty(data_dir: Path) -> None:
-    others = sorted(entry.name for entry in data_dir.iterdir() if entry.name != LOCK_NAME)
+def _check_empty(data_dir: Path, staging: Path | None = None) -> None:
+    ours = {LOCK_NAME} | ({staging.name} if staging is not None else set())
+    others = sorted(entry.name for entry in data_dir.iterdir() if entry.name not in ours)
     if others:
         raise RestoreError(
             f"{data_dir} is not empty (it holds {', '.join(others[:5])}); restore into a new or empty "
@@ -158,6 +225,7 @@ def _sync_dirs(staging: Path) -> None:
 def _put_in_place(staging: Path, data_dir: Path) -> None:
     if not data_dir.exists():
         staging.rename(data_dir)
+        renamed_in = data_dir.parent
     else:
         lock = DataDirLock(data_dir)
         try:
@@ -166,14 +234,15 @@ def _put_in_place(staging: Path, data_dir: Path) -> None:
             raise RestoreError(str(exc)) from None
         try:
             # Checked again under the lock: a daemon may have started on it meanwhile.
-            _check_empty(data_dir)
+            _check_empty(data_dir, staging)
             for part in _PARTS:
                 if (staging / part).exists():
                     (staging / part).rename(data_dir / part)
         finally:
             lock.release()
         staging.rmdir()
-    fd = os.open(data_dir.parent, os.O_RDONLY)
+        renamed_in = data_dir
+    fd = os.open(renamed_in, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

@@ -129,27 +129,39 @@ class Target(Protocol):
 Place = Callable[[str, Entry], Target]
 """Where a member's bytes go, by its name and manifest entry."""
 
+ReadManifest = Callable[[Manifest], None]
+"""Told the manifest once it is read, before the members it names."""
 
-def read_archive(path: Path, place: Place | None = None) -> Manifest:
+
+def read_archive(
+    path: Path, place: Place | None = None, read_manifest: ReadManifest | None = None
+) -> Manifest:
     """Read the archive at `path` through, checking every member against the manifest (its
     sha256 and size, nothing unnamed, nothing twice, nothing missing), handing each member's
-    bytes to what `place` gives; ArchiveError at the first fault. The files `place` gave are
-    closed, whole or not: the caller removes them when this raises."""
+    bytes to what `place` gives; ArchiveError at the first fault. `read_manifest` is given the
+    manifest before any other member is read (to refuse the archive before its bytes are
+    placed: it raises). The files `place` gave are closed, whole or not: the caller removes them
+    when this raises."""
     with path.open("rb") as file:
-        return _read(file, place)
+        return _read(file, place, read_manifest=read_manifest)
 
 
 Checked = Callable[[int], None]
 """Told the offset in the archive up to which every byte has checked out, as it grows."""
 
 
-def _read(file: IO[bytes], place: Place | None, checked: Checked | None = None) -> Manifest:
+def _read(
+    file: IO[bytes],
+    place: Place | None,
+    checked: Checked | None = None,
+    read_manifest: ReadManifest | None = None,
+) -> Manifest:
     # "r|*": a backup compressed since (gzip, bzip2, xz) reads as it is, as tar reads it. With
     # `checked`, "r|": the offsets it is told are those of the tar stream, which must be the bytes read.
     mode: Literal["r|*", "r|"] = "r|*" if checked is None else "r|"
     try:
         with tarfile.open(fileobj=file, mode=mode, tarinfo=_BoundedTarInfo) as tar:
-            return _read_members(tar, place, checked)
+            return _read_members(tar, place, checked, read_manifest)
     except tarfile.TarError as exc:
         raise ArchiveError(f"it is not a whole tar file ({exc}); it is truncated or damaged") from None
     except EOFError:
@@ -187,7 +199,9 @@ def _mib(size: int) -> str:
     return f"{size >> 20} MiB"
 
 
-def _read_members(tar: tarfile.TarFile, place: Place | None, checked: Checked | None) -> Manifest:
+def _read_members(
+    tar: tarfile.TarFile, place: Place | None, checked: Checked | None, read_manifest: ReadManifest | None
+) -> Manifest:
     first = tar.next()
     if first is None or first.name != MANIFEST_NAME or not first.isfile():
         raise ArchiveError(f"its first member is not {MANIFEST_NAME}; it is not a tessera backup")
@@ -197,6 +211,8 @@ def _read_members(tar: tarfile.TarFile, place: Place | None, checked: Checked | 
             "may be; it was altered"
         )
     manifest = Manifest.from_json(_member_bytes(tar, first))
+    if read_manifest is not None:
+        read_manifest(manifest)
     expected = {STORE_NAME: manifest.store}
     expected.update({BLOB_PREFIX + sha256: Entry(sha256, size) for sha256, size in manifest.blobs.items()})
     seen: set[str] = set()
