@@ -517,9 +517,10 @@ def test_a_backup_streams_to_stdout_checked_with_its_summary_on_stderr(
     assert result.returncode == 0, result.stderr
     manifest = read_archive(source.archive)
     said = (
-        f"wrote the backup to stdout: {sum(manifest.records.values())} records, {len(manifest.blobs)} blobs"
+        f"sha256 {_sha256(streamed)}, {sum(manifest.records.values())} records, {len(manifest.blobs)} blobs"
     )
-    assert result.stderr.startswith(said) and result.stderr.endswith("every file's sha256 verified\n")
+    assert result.stderr.startswith("wrote the backup to stdout: ") and said in result.stderr
+    assert result.stderr.endswith("every file's sha256 verified\n")
     assert read_archive(streamed).blobs == manifest.blobs
     code, err = _restore(streamed, tmp_path / "restored", capsys)
     assert (code, err) == (0, "")
@@ -530,6 +531,8 @@ def test_a_backup_streams_to_stdout_checked_with_its_summary_on_stderr(
     summary = json.loads(result.stderr)
     assert summary["path"] == "-" and summary["blobs"] == len(manifest.blobs)
     assert read_archive(streamed).blobs == manifest.blobs
+    # What went through the pipe, to check the copy at its far end against.
+    assert (summary["sha256"], summary["size_bytes"]) == (_sha256(streamed), streamed.stat().st_size)
 
 
 def test_a_backup_to_stdout_that_fails_mid_stream_exits_non_zero(
@@ -758,3 +761,14 @@ def test_a_restore_terminated_midway_removes_what_it_staged(source: Source, tmp_
     assert restore.returncode == 143, err
     assert "interrupted; nothing was written" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["archive.tar"]
+
+
+def test_a_backup_says_its_archive_sha256_and_size_to_record_beside_it(
+    source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    archive = tmp_path / "b.tar"
+    assert tessera_main(["--json", *_backup_cli(source.daemon, "-o", str(archive))]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["sha256"], summary["size_bytes"]) == (_sha256(archive), archive.stat().st_size)
+    assert tessera_main(_backup_cli(source.daemon, "-o", str(archive), "--force")) == 0
+    assert f"sha256 {_sha256(archive)}" in " ".join(capsys.readouterr().out.split())

@@ -14,6 +14,7 @@ The daemon imports this module, so it imports nothing beyond the standard librar
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import json
 import queue
@@ -103,6 +104,21 @@ class Manifest:
             raise ArchiveError(
                 f"its {MANIFEST_NAME} is malformed ({exc!r}); the archive is damaged"
             ) from None
+
+
+@dataclass(frozen=True)
+class SavedBackup(Manifest):
+    """The manifest of a backup as saved, with the sha256 and size of the archive's own bytes
+    (what `sha256sum` says of the file), for the operator to record beside it."""
+
+    archive_sha256: str
+    archive_size: int
+
+    @classmethod
+    def of(cls, manifest: Manifest, digest: Any, size: int) -> SavedBackup:
+        """`manifest` with the archive's `digest` (a hashlib sha256 fed every byte) and size."""
+        known = {field.name: getattr(manifest, field.name) for field in dataclasses.fields(Manifest)}
+        return cls(**known, archive_sha256=digest.hexdigest(), archive_size=size)
 
 
 def _sha256(value: Any) -> str:

@@ -23,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tessera import __version__
-from tessera.backup import Manifest
+from tessera.backup import Manifest, SavedBackup
 from tessera.client import Client
 from tessera.command_parser import CommandParser
 from tessera.demo import run_demo
@@ -842,13 +842,12 @@ def cmd_admin_backup(client: Client, args: argparse.Namespace, out: Output) -> N
     if path.is_dir() or args.output.endswith(("/", os.sep)):
         raise UsageError(f"--output {args.output} is a directory; name the file to write")
     try:
-        manifest = client.system.backup(path, overwrite=args.force)
+        saved = client.system.backup(path, overwrite=args.force)
     except FileExistsError:
         raise UsageError(f"--output {args.output} exists; pass --force to replace it") from None
-    summary = _backup_summary(manifest, str(path), path.stat().st_size)
     if out.as_json:
-        return out.json(summary)
-    out.line(f"wrote {path}: {size(summary['size_bytes'])}, {_backup_contents(manifest)}")
+        return out.json(_backup_summary(saved, str(path)))
+    out.line(f"wrote {path}: {_backup_file(saved)}, {_backup_contents(saved)}")
 
 
 def _backup_to_stdout(client: Client, args: argparse.Namespace) -> None:
@@ -858,32 +857,36 @@ def _backup_to_stdout(client: Client, args: argparse.Namespace) -> None:
         # As tar refuses: an archive is no use on a terminal, and would garble it.
         raise UsageError("refusing to write the backup to a terminal; redirect stdout (> FILE, | CMD)")
     try:
-        manifest = client.system.backup(stdout)
+        saved = client.system.backup(stdout)
     except TesseraError as err:
         # Part of the archive may be on stdout already, where a reader could take it for one.
         raise type(err)(
             f"{err.message}; what reached stdout is an incomplete archive and must not be used"
         ) from None
-    summary = _backup_summary(manifest, "-", None)
     print(
-        dumps(summary, indent=2)
+        dumps(_backup_summary(saved, "-"), indent=2)
         if args.json
-        else f"wrote the backup to stdout: {_backup_contents(manifest)}",
+        else f"wrote the backup to stdout: {_backup_file(saved)}, {_backup_contents(saved)}",
         file=sys.stderr,
     )
 
 
-def _backup_summary(manifest: Manifest, path: str, size_bytes: int | None) -> dict[str, Any]:
-    summary: dict[str, Any] = {"path": path}
-    if size_bytes is not None:
-        summary["size_bytes"] = size_bytes
-    return summary | {
-        "tesserad_version": manifest.tesserad_version,
-        "created_at": manifest.created_at,
-        "records": sum(manifest.records.values()),
-        "blobs": len(manifest.blobs),
-        "blob_bytes": manifest.blob_bytes,
+def _backup_summary(saved: SavedBackup, path: str) -> dict[str, Any]:
+    return {
+        "path": path,
+        "size_bytes": saved.archive_size,
+        "sha256": saved.archive_sha256,
+        "tesserad_version": saved.tesserad_version,
+        "created_at": saved.created_at,
+        "records": sum(saved.records.values()),
+        "blobs": len(saved.blobs),
+        "blob_bytes": saved.blob_bytes,
     }
+
+
+def _backup_file(saved: SavedBackup) -> str:
+    """The archive's size and sha256, to record beside it (what `sha256sum` prints of it)."""
+    return f"{size(saved.archive_size)}, sha256 {saved.archive_sha256}"
 
 
 def _backup_contents(manifest: Manifest) -> str:

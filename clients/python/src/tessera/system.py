@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
-from tessera.backup import ArchiveCheck, ArchiveError, Manifest, read_archive
+from tessera.backup import ArchiveCheck, ArchiveError, SavedBackup, read_archive
 from tessera.calls import C, Op, Part, Reconnects, Resumable, Save, Sink, call, stream
 from tessera.errors import DataLoss
 from tessera.transfer import new_partial
@@ -41,6 +42,8 @@ class BackupSink:
         self._overwrite = overwrite
         self._check_free()
         self._partial, self._file = new_partial(path, BACKUP_FILE_MODE)
+        self._digest = hashlib.sha256()
+        self._size = 0
 
     def _check_free(self) -> None:
         # lexists: a link left at the name (even a dangling one) is there too.
@@ -49,8 +52,10 @@ class BackupSink:
 
     def write(self, chunk: bytes) -> None:
         self._file.write(chunk)
+        self._digest.update(chunk)
+        self._size += len(chunk)
 
-    def finish(self) -> Manifest:
+    def finish(self) -> SavedBackup:
         """The manifest of the backup now at `path`; DataLoss (nothing left) when what came is
         not a whole backup."""
         try:
@@ -65,7 +70,7 @@ class BackupSink:
             self._partial.unlink(missing_ok=True)
             raise
         self._partial.replace(self.path)
-        return manifest
+        return SavedBackup.of(manifest, self._digest, self._size)
 
     def abort(self) -> None:
         self._file.close()
@@ -81,6 +86,8 @@ class BackupStream:
     def __init__(self, file: BinaryIO) -> None:
         self._file = file
         self._check = ArchiveCheck()
+        self._digest = hashlib.sha256()
+        self._size = 0
 
     def write(self, chunk: bytes) -> None:
         try:
@@ -89,14 +96,14 @@ class BackupStream:
             raise _not_whole(exc) from None
         self._pass_on()
 
-    def finish(self) -> Manifest:
+    def finish(self) -> SavedBackup:
         try:
             manifest = self._check.end()
         except ArchiveError as exc:
             raise _not_whole(exc) from None
         self._pass_on()
         self._file.flush()
-        return manifest
+        return SavedBackup.of(manifest, self._digest, self._size)
 
     def abort(self) -> None:
         self._check.stop()
@@ -104,6 +111,8 @@ class BackupStream:
     def _pass_on(self) -> None:
         for piece in self._check.checked():
             self._file.write(piece)
+            self._digest.update(piece)
+            self._size += len(piece)
 
 
 class SampleCursor(Reconnects):
@@ -157,16 +166,16 @@ class System(Part[C]):
         chunk_size: int = 0,
         timeout: float | None = None,
         overwrite: bool = False,
-    ) -> Save[Manifest]:
-        """Save a consistent backup of the daemon (admin only); its manifest. `tesserad restore`
-        restores it.
+    ) -> Save[SavedBackup]:
+        """Save a consistent backup of the daemon (admin only); its manifest, with the sha256
+        and size of the archive written. `tesserad restore` restores it.
 
         `path`: a file name, where the archive appears only once the whole of it has come and
         checks out (a file already there is refused with FileExistsError before the backup
         starts, unless `overwrite`); or an open binary file (`sys.stdout.buffer`, a pipe), which
         gets the archive as it comes, checked on the way: a fault raises DataLoss, and what was
         written by then is no backup."""
-        sink: Callable[[], Sink[Manifest]] = (
+        sink: Callable[[], Sink[SavedBackup]] = (
             partial(BackupSink, Path(path), overwrite)
             if isinstance(path, (str, os.PathLike))
             else partial(BackupStream, path)
