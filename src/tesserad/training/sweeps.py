@@ -564,8 +564,10 @@ class Sweeps:
     def cancel(self, sweep_id: str) -> Sweep:
         with self._lock:
             sweep = self._running.get(sweep_id)
-            if sweep is None:
-                state = self.get(sweep_id).state
+            # A cancelled sweep stays among the running until its trials' jobs have stopped (their
+            # ends reach it after GetJob shows them): it is refused alike before and after.
+            state = self.get(sweep_id).state if sweep is None else sweep.state
+            if sweep is None or state != "running":
                 raise FailedPrecondition(f"sweep {sweep_id} has already ended ({state.upper()})")
             sweep.state = "cancelled"
             for trial in sweep.trials:

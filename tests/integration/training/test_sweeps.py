@@ -13,7 +13,14 @@ from tessera.v1 import datasets_pb2, datasets_pb2_grpc, training_pb2, training_p
 from tesserad.errors import InvalidArgument
 from tesserad.training import sweeps
 from tesserad.training.jobs import Jobs
-from tests.integration.training.conftest import job_spec, sweep_values, upload_dataset, wait_sweep
+from tests.integration.training.conftest import (
+    follow,
+    job_spec,
+    states,
+    sweep_values,
+    upload_dataset,
+    wait_sweep,
+)
 
 S = training_pb2
 
@@ -150,6 +157,37 @@ def test_cancel_sweep_cancels_its_trials(training: training_pb2_grpc.TrainingStu
         training.CancelSweep(S.CancelSweepRequest(sweep_id=sweep.sweep_id))
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "already ended (CANCELLED)" in info.value.details()
+
+
+def test_a_cancelled_sweep_refuses_another_cancel_while_its_trials_stop(
+    training: training_pb2_grpc.TrainingStub,
+) -> None:
+    # A cancelled sweep stayed among the running until its trial's job had stopped: a second
+    # CancelSweep in between was answered as the first, one after it refused, and GetSweep could
+    # show every trial cancelled before that.
+    spec = S.SweepSpec(
+        base=job_spec("mlp", epochs=0, max_steps=1_000_000),
+        strategy=S.SWEEP_STRATEGY_GRID,
+        parameters=[sweep_values("seed", "1", "2")],
+        max_concurrent=1,
+        metric="train_loss",
+    )
+    sweep = training.SubmitSweep(S.SubmitSweepRequest(spec=spec))
+    job_id = sweep.trials[0].job_id
+    events = training.WatchJob(S.WatchJobRequest(job_id=job_id), timeout=120)
+    next(e for e in events if e.WhichOneof("event") == "step")  # running, so it stops at a step boundary
+    events.cancel()
+    cancelled = training.CancelSweep(S.CancelSweepRequest(sweep_id=sweep.sweep_id))
+    assert cancelled.state == S.SWEEP_STATE_CANCELLED
+    for _ in range(2):  # while its trial stops, then once it has
+        with pytest.raises(grpc.RpcError) as info:
+            training.CancelSweep(S.CancelSweepRequest(sweep_id=sweep.sweep_id))
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert info.value.details() == f"sweep {sweep.sweep_id} has already ended (CANCELLED)"
+        assert states(follow(training, job_id))[-1] == S.JOB_STATE_CANCELLED
+    ended = training.GetSweep(S.GetSweepRequest(sweep_id=sweep.sweep_id))
+    assert ended.state == S.SWEEP_STATE_CANCELLED
+    assert [t.state for t in ended.trials] == [S.JOB_STATE_CANCELLED, S.JOB_STATE_CANCELLED]
 
 
 @pytest.mark.parametrize(
