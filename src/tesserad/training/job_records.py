@@ -22,7 +22,7 @@ MAX_LISTED_CHECKPOINTS = 16
 
 @dataclass(frozen=True)
 class JobError:
-    kind: str  # exception, crash, out_of_memory, nonfinite_loss, registration, storage
+    kind: str  # exception, crash, out_of_memory, nonfinite_loss, registration, storage, dataset_deleted
     message: str
 
 

@@ -128,7 +128,14 @@ class DatasetAccess(Protocol):
         """Hold the version `data` names (NotFound if it is gone); its sha256."""
         ...
 
-    def worker_data(self, data: dict[str, Any]) -> WorkerData: ...
+    def worker_data(self, data: dict[str, Any]) -> WorkerData:
+        """The version `data` names, resolved for a worker (NotFound if it is gone)."""
+        ...
+
+
+class DatasetGone(FailedPrecondition):
+    """The dataset version a job trains on was deleted (with force) before the job could start
+    or resume: it cannot go on, on that version or any other."""
 
 
 class Registration(Protocol):
@@ -675,6 +682,10 @@ class Jobs:
             return
         try:
             job, running = self._launch(job, devices)
+        except DatasetGone as gone:
+            self._fail_dataset_gone(job_id, gone)
+            self._release(job_id, devices)
+            return
         except Exception as exc:
             log.exception("job failed to start", extra={"job_id": job_id})
             self._fail(self.get(job_id), "exception", f"the job could not start: {exc}")
@@ -736,6 +747,27 @@ class Jobs:
         periodic = [c for c in job.checkpoints if c.reason != "final"]
         return max(periodic, key=lambda c: c.step) if periodic else None
 
+    def _worker_data(self, job: JobRecord) -> WorkerData:
+        """The data the job's workers train on; DatasetGone if its version was deleted since the
+        job was submitted (by force, while it was queued, or while it ran and was then interrupted)."""
+        data = job.config["data"]
+        try:
+            return self._datasets.worker_data(data)
+        except NotFound:
+            checkpoint = self._resume_checkpoint(job)
+            where = f"resume from its epoch {checkpoint.epoch} checkpoint" if checkpoint else "start"
+            kept = "; its checkpoints are kept as its checkpoint retention says" if job.checkpoints else ""
+            raise DatasetGone(
+                f"dataset {data['dataset']!r} v{data['version']} was deleted before the job could {where}, "
+                "and a job trains only on the version it was submitted with: submit it again on another "
+                f"version of the dataset (ListDatasetVersions lists them){kept}"
+            ) from None
+
+    def _fail_dataset_gone(self, job_id: str, gone: DatasetGone) -> None:
+        # A force delete's expected outcome, said in the job's error: no traceback in the log.
+        log.warning("a job's dataset version was deleted before it could run", extra={"job_id": job_id})
+        self._fail(self.get(job_id), "dataset_deleted", gone.message)
+
     def _begin_attempt(
         self, job: JobRecord, devices: builtins.list[str]
     ) -> tuple[JobRecord, Checkpoint | None, bytes, bytes]:
@@ -788,7 +820,7 @@ class Jobs:
 
     def _launch(self, job: JobRecord, devices: builtins.list[str]) -> tuple[JobRecord, _Running]:
         config = job.config
-        data = self._datasets.worker_data(config["data"])
+        data = self._worker_data(job)
         job, checkpoint, resume_bytes, initial_bytes = self._begin_attempt(job, devices)
         kind = config["devices"]["kind"]
         world = len(devices)

@@ -38,7 +38,7 @@ from typing import Any
 
 from tesserad.errors import InvalidArgument
 from tesserad.training.job_records import Checkpoint, JobRecord
-from tesserad.training.jobs import Jobs, _Running, cancelled_in_queue
+from tesserad.training.jobs import DatasetGone, Jobs, _Running, cancelled_in_queue
 from tesserad.training.ray_cluster import RayCluster
 from tesserad.training.ray_worker import DatasetFetch, Placement, RayPayload, TrainingActor
 from tesserad.training.scheduler import DeviceInventory
@@ -139,6 +139,8 @@ class RayJobs(Jobs):
                 self._request_stop(running)
         try:
             self._run_on_ray(job, running)
+        except DatasetGone as gone:
+            self._fail_dataset_gone(job_id, gone)
         except Exception as exc:
             log.exception("a Ray job failed", extra={"job_id": job_id})
             self._fail(self.get(job_id), "exception", f"the job could not run on Ray: {exc}")
@@ -168,7 +170,7 @@ class RayJobs(Jobs):
     def _payload(self, job: JobRecord, checkpoint: Checkpoint | None) -> RayPayload:
         """What a Ray worker needs of the attempt that has just begun (`_begin_attempt`)."""
         config = job.config
-        data = self._datasets.worker_data(config["data"])
+        data = self._worker_data(job)
         source = data.source
         return RayPayload(
             job_id=job.job_id,

@@ -3,7 +3,8 @@ dataset an ended job used needs no force; a model version trained on it still pr
 sweep holds its trials' dataset version until it ends, between trials too. A submit holds the
 version in the transaction that stores the job or sweep, so a delete since its check refuses it.
 A version force-deleted while a job ran does not lose the job's model: it is registered, its
-lineage naming the version as deleted."""
+lineage naming the version as deleted. One force-deleted before its job could resume (the daemon
+stopped meanwhile) fails the job, saying so."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from tests.integration.training.conftest import (
     TRAINING_SETTINGS,
     follow,
     job_spec,
+    of_kind,
     states,
     submit,
     sweep_values,
@@ -344,3 +346,38 @@ def test_a_job_whose_dataset_was_force_deleted_while_it_ran_registers_its_model_
     # Nothing holds a version that is gone: one uploaded again under the name is not held by it.
     _push(channel, "deleted-while-running")
     assert _delete(channel, "deleted-while-running") == 1
+
+
+def test_a_job_whose_dataset_was_force_deleted_before_it_resumed_fails_naming_the_version(tmp_path) -> None:
+    # The job failed at its resume with "the job could not start: dataset ... does not exist;
+    # upload it with UploadDataset": a new upload is another version, which the job does not use.
+    data_dir = tmp_path / "data"
+    daemon = InProcessDaemon(daemon_settings(data_dir, **TRAINING_SETTINGS)).start()
+    try:
+        channel = daemon.channel()
+        _push(channel, "deleted-while-stopped")
+        training = training_grpc.TrainingStub(channel)
+        job = submit(training, _spec("deleted-while-stopped", epochs=100_000))
+        events = training.WatchJob(S.WatchJobRequest(job_id=job.job_id), timeout=120)
+        next(e for e in events if e.WhichOneof("event") == "checkpoint")
+        events.cancel()
+        assert _delete(channel, "deleted-while-stopped", force=True) == 1
+    finally:
+        daemon.stop()  # before the job ends: it is interrupted, to resume at the next start
+    daemon = InProcessDaemon(daemon_settings(data_dir, **TRAINING_SETTINGS)).start()
+    try:
+        training = training_grpc.TrainingStub(daemon.channel())
+        events = follow(training, job.job_id)
+        assert states(events)[-3:] == [S.JOB_STATE_INTERRUPTED, S.JOB_STATE_QUEUED, S.JOB_STATE_FAILED]
+        ended = training.GetJob(S.GetJobRequest(job_id=job.job_id))
+        latest = max(ended.checkpoints, key=lambda c: c.step)  # kept: the retention policy's to drop
+        message = (
+            f"dataset 'deleted-while-stopped' v1 was deleted before the job could resume from its "
+            f"epoch {latest.epoch} checkpoint, and a job trains only on the version it was submitted "
+            "with: submit it again on another version of the dataset (ListDatasetVersions lists "
+            "them); its checkpoints are kept as its checkpoint retention says"
+        )
+        assert (ended.state, ended.error) == (S.JOB_STATE_FAILED, message)
+        assert [(e.kind, e.message) for e in of_kind(events, "error")] == [("dataset_deleted", message)]
+    finally:
+        daemon.stop()

@@ -907,7 +907,8 @@ class JobError(_message.Message):
     kind: _builtins.str
     """exception, crash (the worker process died), out_of_memory, nonfinite_loss, registration
     (training succeeded, registering its weights failed), storage (the disk or the database
-    map was full).
+    map was full), dataset_deleted (its dataset version was deleted, by force, before the job
+    could start or resume).
     """
     message: _builtins.str
     def __init__(
