@@ -785,3 +785,28 @@ def test_a_daemon_restart_keeps_the_restarts_a_job_has_used(
     (error,) = of_kind(events, "error")
     assert error.kind == "crash" and error.message.endswith("(after 1 restarts)"), error.message
     channel.close()
+
+
+def test_a_job_whose_dataset_was_force_deleted_before_it_resumed_on_ray_fails_naming_the_version(
+    ray_nodes: RayNodes, spawn_daemon: Any, tmp_path: Path
+) -> None:
+    daemon, channel, training = _ray_backed_daemon(spawn_daemon, ray_nodes, tmp_path)
+    upload_standard_datasets(channel)
+    job = submit(training, on_node("node_b", epochs=100_000))
+    watch_until(training, job.job_id, lambda e: e.WhichOneof("event") == "checkpoint")
+    delete = datasets_pb2.DeleteDatasetRequest(name="flat", force=True)
+    assert datasets_pb2_grpc.DatasetsStub(channel).DeleteDataset(delete).deleted_versions == 1
+    daemon.kill()
+    channel.close()
+
+    _, channel, training = _ray_backed_daemon(spawn_daemon, ray_nodes, tmp_path)
+    events = follow(training, job.job_id)
+    assert states(events)[-1] == S.JOB_STATE_FAILED
+    ended = training.GetJob(S.GetJobRequest(job_id=job.job_id))
+    latest = max(ended.checkpoints, key=lambda c: c.step)
+    (error,) = of_kind(events, "error")
+    assert (error.kind, error.message) == ("dataset_deleted", ended.error)
+    assert error.message.startswith(
+        f"dataset 'flat' v1 was deleted before the job could resume from its epoch {latest.epoch} checkpoint"
+    ), error.message
+    channel.close()
