@@ -350,9 +350,19 @@ class RayJobs(Jobs):
                 remove_placement_group(probe)
 
         try:
+            waiting = False
             while not ray.wait([probe.ready()], timeout=_POLL_S)[0]:
                 if self._stopped_while_waiting(job, running, remove_probe):
                     return
+                if not waiting:
+                    # Said once: a job QUEUED for minutes otherwise gives no reason.
+                    waiting = True
+                    each = ", ".join(f"{amount:g} {name}" for name, amount in ray_resources(devices).items())
+                    note = (
+                        f"waiting for room on the Ray cluster: {world} processes of {each} each; "
+                        "the job starts once Ray can place them all"
+                    )
+                    job = self._append(job, "log", {"level": "info", "message": note})
         finally:
             remove_probe()
         if self._driver_class is None:

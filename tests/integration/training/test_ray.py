@@ -743,10 +743,17 @@ def test_cancel_stops_a_ddp_trainer_and_frees_its_nodes(
     busy = submit(training, on_node("node_b", epochs=100_000))
     watch_until(training, busy.job_id, lambda e: e.WhichOneof("event") == "step")
     waiting = submit(training, ddp_spec())
+    # Cancelled once Ray holds it waiting for room; before that it ends "before it started".
+    watch_until(
+        training, waiting.job_id, lambda e: e.log.message.startswith("waiting for room on the Ray cluster")
+    )
     training.CancelJob(S.CancelJobRequest(job_id=waiting.job_id))
     never_ran = follow(training, waiting.job_id)
     assert states(never_ran) == [S.JOB_STATE_QUEUED, S.JOB_STATE_CANCELLED]
     assert of_kind(never_ran, "state")[-1].reason == "cancelled before Ray placed it"
+    assert of_kind(never_ran, "log")[0].message.startswith(
+        "waiting for room on the Ray cluster: 2 processes of"
+    )
     training.CancelJob(S.CancelJobRequest(job_id=busy.job_id))
     assert states(follow(training, busy.job_id))[-1] == S.JOB_STATE_CANCELLED
     free = _free_cpus(system, 2)
