@@ -87,8 +87,8 @@ class LogLevels:
         }
 
 
-def _kind(value: object) -> str:
-    """How a refusal names what a setting was sent as."""
+def json_kind(value: object) -> str:
+    """How a refusal names what a setting was sent as (the logging and trace extensions')."""
     if value is None:
         return "no value"
     if isinstance(value, bool):
@@ -108,7 +108,7 @@ def changed_levels(current: LogLevels, changes: Mapping[str, object]) -> LogLeve
         if name in _TOGGLES:
             if not isinstance(value, bool):
                 raise InvalidArgument(
-                    f"log setting {name!r} must be a boolean (true or false), got {_kind(value)}"
+                    f"log setting {name!r} must be a boolean (true or false), got {json_kind(value)}"
                 )
             levels = replace(levels, **{_TOGGLES[name]: value})
         elif name == LOG_VERBOSE_LEVEL:
@@ -116,7 +116,7 @@ def changed_levels(current: LogLevels, changes: Mapping[str, object]) -> LogLeve
                 got = (
                     repr(value)
                     if isinstance(value, int | float) and not isinstance(value, bool)
-                    else _kind(value)
+                    else json_kind(value)
                 )
                 raise InvalidArgument(
                     f"log setting {name!r} must be a whole number from 0 to {UINT32_MAX} (above 0 logs "
@@ -136,7 +136,7 @@ def changed_levels(current: LogLevels, changes: Mapping[str, object]) -> LogLeve
 
 def _check_format(value: object) -> None:
     if not isinstance(value, str):
-        raise InvalidArgument(f"log setting {LOG_FORMAT!r} must be a string, got {_kind(value)}")
+        raise InvalidArgument(f"log setting {LOG_FORMAT!r} must be a string, got {json_kind(value)}")
     if value != ISO8601:
         raise InvalidArgument(
             f"log setting {LOG_FORMAT!r} cannot be {value[:80]!r} on tesserad: each line it writes "
@@ -147,7 +147,7 @@ def _check_format(value: object) -> None:
 
 def _check_file(value: object) -> None:
     if not isinstance(value, str):
-        raise InvalidArgument(f"log setting {LOG_FILE!r} must be a string, got {_kind(value)}")
+        raise InvalidArgument(f"log setting {LOG_FILE!r} must be a string, got {json_kind(value)}")
     if value:
         raise InvalidArgument(
             f"log setting {LOG_FILE!r} cannot name a file on tesserad: it writes its log to stderr "

@@ -56,6 +56,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from tesserad.errors import FailedPrecondition, InvalidArgument
+from tesserad.log_settings import json_kind
 from tesserad.serving.batcher import Prediction
 
 log = logging.getLogger(__name__)
@@ -107,17 +108,6 @@ class TraceSettings:
 DEFAULTS = TraceSettings()
 
 
-def _kind(value: object) -> str:
-    """How a refusal names what a setting was sent as."""
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    return "a list" if isinstance(value, list) else "an object"
-
-
 def _strings(name: str, value: object) -> list[str]:
     """A setting's value as its list of strings: gRPC sends a list, HTTP a string, a list (the
     levels) or, leniently, a whole number."""
@@ -128,7 +118,7 @@ def _strings(name: str, value: object) -> list[str]:
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return value
     raise InvalidArgument(
-        f'trace setting {name!r} must be a string (such as "1000") or a list of strings, got {_kind(value)}'
+        f'trace setting {name!r} must be a string (such as "1000") or a list of strings, got {json_kind(value)}'
     )
 
 
