@@ -65,7 +65,12 @@ def did_you_mean(txn: ReadTxn, table: str, name: str) -> str:
         *txn.scan(table, start=(name,), limit=NEAR_NAMES_EACH_SIDE),
         *txn.scan(table, start=(name,), reverse=True, limit=NEAR_NAMES_EACH_SIDE),
     ]
-    close = difflib.get_close_matches(name, [str(key[0]) for key, _ in around], n=1)
+    return closest([str(key[0]) for key, _ in around], name)
+
+
+def closest(names: list[str], name: str) -> str:
+    """ "did you mean 'x'? " for the one of `names` closest to the missing `name`, else ""."""
+    close = difflib.get_close_matches(name, names, n=1)
     return f"did you mean {close[0]!r}? " if close else ""
 
 

@@ -7,7 +7,7 @@ import time
 from dataclasses import asdict, replace
 from typing import Any
 
-from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from tesserad.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from tesserad.names import RESERVED_ALIASES, validate_name, validate_stored_name, version_like_alias
 from tesserad.paging import Page, PageFill, answer_bytes, read_page, resume_key
 from tesserad.registry.deployments import current_deployment, deployment_aliases
@@ -171,7 +171,7 @@ class Aliases:
                 return AliasRecord(model, LATEST, number, created.created_at, created.created_by)
             stored = stored_alias(txn, model, alias)
             if stored is None:
-                raise no_alias(fields["name"], alias)
+                raise no_alias(txn, fields["name"], alias)
             return AliasRecord(model, alias, stored["version"], stored["updated_at"], stored["updated_by"])
 
     def list_aliases(self, model: str, page_size_: int = 0, page_token: str = "") -> Page[AliasRecord]:
@@ -208,7 +208,7 @@ class Aliases:
             fields = model_data(txn, model)
             stored = stored_alias(txn, model, alias)
             if stored is None:
-                raise NotFound(f"model {model!r} has no alias {alias!r}")
+                raise no_alias(txn, fields["name"], alias)
             deployment = current_deployment(txn, model)
             if deployment is not None and alias in deployment_aliases(deployment):
                 raise FailedPrecondition(

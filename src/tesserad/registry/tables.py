@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tesserad.errors import InvalidArgument, NotFound
-from tesserad.names import missing_name, validate_name
+from tesserad.names import closest, missing_name, validate_name
 from tesserad.registry.records import ALIAS_KIND, MODEL_KIND, SCHEMA
 from tesserad.store import ReadTxn, WriteTxn, decode_record, encode_record
 
@@ -130,13 +130,28 @@ def resolve_number(txn: ReadTxn, model: str, version: int | None, alias: str | N
     validate_name("alias", alias)
     stored = stored_alias(txn, model, alias)
     if stored is None:
-        raise no_alias(model, alias)
+        raise no_alias(txn, model, alias)
     return int(stored["version"])
 
 
-def no_alias(model: str, alias: str) -> NotFound:
-    """NotFound for an alias that is not set; an alias written as the tables show a version
-    ("v2") is most likely that version, so the message says how to name it."""
+# Aliases a "has no alias" message names; past these it says how many more there are.
+LISTED_ALIASES = 10
+
+
+def no_alias(txn: ReadTxn, model: str, alias: str) -> NotFound:
+    """NotFound for an alias that is not set, naming the ones that are (a near miss first); an
+    alias written as the tables show a version ("v2") is most likely that version, so the
+    message says how to name it."""
     numbered = re.fullmatch(r"v(\d+)", alias)
     hint = f" (to name version {numbered[1]}, write {numbered[1]})" if numbered else ""
-    return NotFound(f"model {model!r} has no alias {alias!r}{hint}; set it with SetAlias")
+    # Bounded by MAX_MODEL_ALIASES, and read only on the error path.
+    held = [str(key[1]) for key, _ in txn.scan(ALIASES, (model,))]
+    if not held:
+        return NotFound(
+            f"model {model!r} has no alias {alias!r}{hint} and no aliases at all; set one with SetAlias"
+        )
+    listed = ", ".join(repr(name) for name in held[:LISTED_ALIASES])
+    more = f" and {len(held) - LISTED_ALIASES:,} more" if len(held) > LISTED_ALIASES else ""
+    near = closest(held, alias)
+    fix = f"{near}Or set it with SetAlias" if near else "set it with SetAlias"
+    return NotFound(f"model {model!r} has no alias {alias!r}{hint}; it has {listed}{more}; {fix}")

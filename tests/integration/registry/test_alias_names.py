@@ -93,3 +93,37 @@ def test_a_streamed_upload_checks_its_header_before_taking_the_artifact(stub, da
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
     assert words in error.details()
     assert stored_blobs(data_dir) == []
+
+
+def test_a_missing_alias_names_the_model_has_none(stub, two_versions):
+    error = rpc_error(stub.GetAlias, R.GetAliasRequest(model="m", alias="prod"))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert error.details() == "model 'm' has no alias 'prod' and no aliases at all; set one with SetAlias"
+
+
+def test_a_missing_alias_lists_the_set_ones_and_the_near_miss(stub, two_versions):
+    for alias in ["staging", "prd"]:
+        stub.SetAlias(R.SetAliasRequest(model="m", alias=alias, version=1))
+    near = (
+        "model 'm' has no alias 'prod'; it has 'prd', 'staging'; did you mean 'prd'? Or set it with SetAlias"
+    )
+    for call, request in [
+        (stub.GetAlias, R.GetAliasRequest(model="m", alias="prod")),
+        (stub.DeleteAlias, R.DeleteAliasRequest(model="m", alias="prod")),
+        (stub.GetVersion, R.GetVersionRequest(ref=common_pb2.VersionRef(model="m", alias="prod"))),
+    ]:
+        error = rpc_error(call, request)
+        assert error.code() == grpc.StatusCode.NOT_FOUND
+        assert error.details() == near
+    far = rpc_error(stub.GetAlias, R.GetAliasRequest(model="m", alias="canary"))
+    assert far.details() == "model 'm' has no alias 'canary'; it has 'prd', 'staging'; set it with SetAlias"
+
+
+def test_a_missing_alias_lists_ten_set_ones_and_counts_the_rest(stub, two_versions):
+    for number in range(12):
+        stub.SetAlias(R.SetAliasRequest(model="m", alias=f"a{number:02}", version=1))
+    error = rpc_error(stub.GetAlias, R.GetAliasRequest(model="m", alias="zzz"))
+    listed = ", ".join(f"'a{number:02}'" for number in range(10))
+    assert (
+        error.details() == f"model 'm' has no alias 'zzz'; it has {listed} and 2 more; set it with SetAlias"
+    )
