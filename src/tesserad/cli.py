@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="restore a backup (`tessera admin backup`) into a new data directory, offline",
         description=(
             "Restore a backup archive (a file or a pipe) into DIR, which must be missing or empty "
-            "(a new disk's mount point too) and not in use, on a disk with room for it. An archive "
+            "(a new disk's mount point too, its lost+found aside) and not in use, on a disk with room for it. An archive "
             "from a newer tesserad, whose store has tables this one does not know, is refused. "
             "Every file is checked against the archive's manifest (sha256 and size) and the "
             "store's record counts against it before anything is put in place; members a backup "

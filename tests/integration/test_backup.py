@@ -349,6 +349,27 @@ def test_restore_refuses_a_data_dir_that_is_not_empty_or_in_use_and_takes_an_emp
     assert sorted(p.name for p in empty.iterdir()) == ["blobs", "store", "tesserad.lock"]
 
 
+def test_restore_takes_a_new_disks_mount_point_holding_only_lost_and_found(
+    source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # mkfs.ext4 leaves lost+found at the root of a new disk, which then read as "not empty".
+    mount_point = tmp_path / "mnt"
+    (mount_point / "lost+found").mkdir(parents=True)
+    (mount_point / "lost+found" / "#12").write_text("recovered")
+    code, err = _restore(source.archive, mount_point, capsys)
+    assert (code, err) == (0, "")
+    assert sorted(p.name for p in mount_point.iterdir()) == ["blobs", "lost+found", "store", "tesserad.lock"]
+    assert (mount_point / "lost+found" / "#12").read_text() == "recovered"
+
+    # Anything else beside it is still someone's data.
+    occupied = tmp_path / "occupied"
+    (occupied / "lost+found").mkdir(parents=True)
+    (occupied / "notes.txt").write_text("mine")
+    code, err = _restore(source.archive, occupied, capsys)
+    assert code == 1 and f"{occupied} is not empty (it holds notes.txt)" in err
+    assert sorted(p.name for p in occupied.iterdir()) == ["lost+found", "notes.txt"]
+
+
 def test_only_an_admin_may_take_a_backup_and_its_chunks_fit_the_send_limit(
     data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

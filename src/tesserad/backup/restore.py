@@ -140,7 +140,8 @@ def _free_bytes(directory: Path) -> int:
 
 
 def _check_target(data_dir: Path) -> None:
-    """RestoreError unless `data_dir` is missing or empty (an unheld lock file aside)."""
+    """RestoreError unless `data_dir` is missing or empty (an unheld lock file and a
+    lost+found aside)."""
     if not data_dir.exists():
         return
     if not data_dir.is_dir():
@@ -152,12 +153,20 @@ def _check_target(data_dir: Path) -> None:
 
 def _check_empty(data_dir: Path, staging: Path | None = None) -> None:
     ours = {LOCK_NAME} | ({staging.name} if staging is not None else set())
-    others = sorted(entry.name for entry in data_dir.iterdir() if entry.name not in ours)
+    others = sorted(
+        entry.name for entry in data_dir.iterdir() if entry.name not in ours and not _fsck_dir(entry)
+    )
     if others:
         raise RestoreError(
             f"{data_dir} is not empty (it holds {', '.join(others[:5])}); restore into a new or empty "
             "directory, so that no data is overwritten"
         )
+
+
+def _fsck_dir(entry: Path) -> bool:
+    """Whether `entry` is the lost+found that mkfs puts at a new ext disk's root: a mount point
+    holding only it is empty, and the restore goes beside it."""
+    return entry.name == "lost+found" and entry.is_dir() and not entry.is_symlink()
 
 
 def _check_unlocked(data_dir: Path) -> None:
