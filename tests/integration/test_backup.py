@@ -349,6 +349,21 @@ def test_restore_refuses_a_data_dir_that_is_not_empty_or_in_use_and_takes_an_emp
     assert sorted(p.name for p in empty.iterdir()) == ["blobs", "store", "tesserad.lock"]
 
 
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o755), (0o027, 0o750)])
+def test_a_restored_data_dir_has_the_mode_serve_gives_a_new_one(
+    source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str], umask: int, mode: int
+) -> None:
+    # serve makes its data directory with mkdir (0777 less the umask); a restored one was the
+    # renamed mkdtemp staging directory, 0700 whatever the umask.
+    previous = os.umask(umask)
+    try:
+        code, err = _restore(source.archive, tmp_path / "restored", capsys)
+    finally:
+        os.umask(previous)
+    assert (code, err) == (0, "")
+    assert stat.S_IMODE((tmp_path / "restored").stat().st_mode) == mode
+
+
 def test_restore_takes_a_new_disks_mount_point_holding_only_lost_and_found(
     source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

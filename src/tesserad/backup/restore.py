@@ -233,6 +233,7 @@ def _sync_dirs(staging: Path) -> None:
 
 def _put_in_place(staging: Path, data_dir: Path) -> None:
     if not data_dir.exists():
+        staging.chmod(_new_dir_mode())
         staging.rename(data_dir)
         renamed_in = data_dir.parent
     else:
@@ -256,3 +257,12 @@ def _put_in_place(staging: Path, data_dir: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _new_dir_mode() -> int:
+    """The mode a directory gets from mkdir (0777 less the umask), as the data directory that
+    tesserad serve makes does; the staging directory, from mkdtemp, is 0700."""
+    # os.umask only reads by setting: set a stricter one for the moment it is read.
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return 0o777 & ~umask
