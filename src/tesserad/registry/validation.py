@@ -139,7 +139,7 @@ def validate_metrics(metrics: dict[str, float]) -> None:
             f"a model version's metrics take at most {format_size(MAX_VERSION_METRICS)} together, these "
             f"{len(metrics):,} take {format_size(size)} ({size} bytes, counting "
             f"{ENTRY_WIRE_BYTES + _METRIC_VALUE_BYTES} bytes a metric beside its key's UTF-8); keep "
-            "the version's summary metrics here and the rest in its run (LogMetrics)"
+            "the version's summary metrics here and the rest as its run's metrics"
         )
 
 

@@ -50,7 +50,7 @@ def test_metrics_over_512_kib_are_refused_on_every_upload_path(stub, data_dir):
     message = (
         f"a model version's metrics take at most 512 KiB together, these 24,000 take 516 KiB "
         f"({measured(OVER)} bytes, counting 19 bytes a metric beside its key's UTF-8); keep the "
-        "version's summary metrics here and the rest in its run (LogMetrics)"
+        "version's summary metrics here and the rest as its run's metrics"
     )
     assert streamed.code() == grpc.StatusCode.INVALID_ARGUMENT and streamed.details() == message
     assert inline.code() == grpc.StatusCode.INVALID_ARGUMENT and inline.details() == message

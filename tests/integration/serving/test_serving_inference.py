@@ -292,10 +292,14 @@ def test_a_fast_model_run_on_the_event_loop_still_batches_under_load(inference, 
     _load(inference, channel, "fast", slow_model(layers=2, width=64), max_batch_size=16)
     x = np.ones((1, 64), dtype=np.float32)
     batches: Counter[int] = Counter()
-    for _ in range(3):
+    # Up to ten bursts: on a box whose cores another test run holds, a burst may arrive one
+    # request at a time (the CI's other worker); batches must still form in some of them.
+    for burst in range(1, 11):
         batches.update(_burst_batches(inference, "fast", x, 64))
-    assert sum(rows * n for rows, n in batches.items()) == 3 * 64
-    assert sum(batches.values()) < 3 * 64, batches  # the mean batch is more than one row
+        assert sum(rows * n for rows, n in batches.items()) == burst * 64
+        if sum(batches.values()) < burst * 64:
+            break
+    assert sum(batches.values()) < burst * 64, batches  # the mean batch is more than one row
 
 
 def test_a_model_whose_batches_do_not_pay_ends_up_not_batching(inference, channel) -> None:
