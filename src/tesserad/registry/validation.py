@@ -88,20 +88,24 @@ def fit_params(params: dict[str, str], notes: dict[str, str] | None = None) -> d
     room = MAX_VERSION_PARAMS - entries_wire_bytes(kept_notes)
     if entries_wire_bytes(params) <= room:
         return {**params, **kept_notes}
-    room -= _LEFT_OUT_ROOM
-    kept: set[str] = set()
     sizes = {key: entries_wire_bytes({key: value}) for key, value in params.items()}
-    for key in sorted(params, key=sizes.__getitem__):
-        size = sizes[key]
-        if size > room:
-            break
-        room -= size
-        kept.add(key)
+    kept = _smallest_that_fit(sizes, room - _LEFT_OUT_ROOM)
     left_out = [k for k in params if k not in kept]
     note = f"{len(left_out)} params left out to keep a version's params within {format_size(MAX_VERSION_PARAMS)}: "
     fitted = {k: v for k, v in params.items() if k in kept}
     fitted[LEFT_OUT_KEY] = _within_room(LEFT_OUT_KEY, note + _named(left_out))
     return {**fitted, **kept_notes}
+
+
+def _smallest_that_fit(sizes: dict[str, int], room: int) -> set[str]:
+    """The keys kept when as many as fit `room` are kept, smallest first (ties in their order)."""
+    kept: set[str] = set()
+    for key in sorted(sizes, key=sizes.__getitem__):
+        if sizes[key] > room:
+            break
+        room -= sizes[key]
+        kept.add(key)
+    return kept
 
 
 def _named(keys: list[str]) -> str:
@@ -148,15 +152,12 @@ def fit_metrics(metrics: dict[str, float]) -> tuple[dict[str, float], str]:
     (a job's, registered after the training; an export's, copied from a version stored before
     the bound): those with a valid key and a finite value, as many as fit, smallest first, and
     a note naming those left out ("" when none was), for METRICS_LEFT_OUT_KEY."""
-    valid = {key: value for key, value in metrics.items() if not _metric_problem(key, value)}
-    room = MAX_VERSION_METRICS
-    kept: set[str] = set()
-    for key in sorted(valid, key=lambda k: len(k.encode())):
-        size = metrics_wire_bytes({key: 0.0})
-        if size > room:
-            break
-        room -= size
-        kept.add(key)
+    sizes = {
+        key: metrics_wire_bytes({key: value})
+        for key, value in metrics.items()
+        if not _metric_problem(key, value)
+    }
+    kept = _smallest_that_fit(sizes, MAX_VERSION_METRICS)
     left_out = [k for k in metrics if k not in kept]
     if not left_out:
         return metrics, ""
