@@ -50,6 +50,7 @@ _COMPARISONS = {
     pb.COMPARISON_GT: "gt",
     pb.COMPARISON_GE: "ge",
     pb.COMPARISON_EQ: "eq",
+    pb.COMPARISON_NE: "ne",
 }
 _FIELDS = {
     pb.SUMMARY_FIELD_UNSPECIFIED: "last",
@@ -354,7 +355,7 @@ def metric_filters_from_proto(filters: Any) -> list[MetricFilter]:
     out = []
     for i, f in enumerate(filters):
         if f.op not in _COMPARISONS:
-            raise InvalidArgument(f"metrics[{i}].op: set a comparison (LT, LE, GT, GE or EQ)")
+            raise InvalidArgument(f"metrics[{i}].op: set a comparison (LT, LE, GT, GE, EQ or NE)")
         if f.field not in _FIELDS:
             raise InvalidArgument(f"metrics[{i}].field: unknown summary field {f.field}")
         out.append(MetricFilter(f.key, _FIELDS[f.field], _COMPARISONS[f.op], f.value))

@@ -213,7 +213,7 @@ class BatchSequence:
 class MetricFilter:
     key: str
     field: str  # last, min, max
-    op: str  # lt, le, gt, ge, eq
+    op: str  # lt, le, gt, ge, eq, ne
     value: float
 
 
@@ -248,6 +248,7 @@ _COMPARE: dict[str, Callable[[float, float], bool]] = {
     "gt": lambda a, b: a > b,
     "ge": lambda a, b: a >= b,
     "eq": lambda a, b: a == b,
+    "ne": lambda a, b: a != b,
 }
 _RANK_VALUE = struct.Struct(">d")
 

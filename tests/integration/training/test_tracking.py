@@ -196,6 +196,27 @@ def test_list_runs_filters_leaderboard_and_compare(tracker) -> None:
     assert one.code() == grpc.StatusCode.INVALID_ARGUMENT and "two or more" in one.details()
 
 
+def test_list_runs_not_equal_skips_the_value_and_the_runs_without_the_metric(tracker) -> None:
+    for name, best in (("half", 0.5), ("other", 0.25)):
+        _log(tracker, _run(tracker, "not-equal", name=name).run_id, "val_loss", [1.0, best])
+    _run(tracker, "not-equal", name="unlogged")
+
+    def listed(field: S.SummaryField.ValueType, value: float) -> list[str]:
+        ne = S.MetricFilter(key="val_loss", field=field, op=S.COMPARISON_NE, value=value)
+        return [
+            r.name for r in tracker.ListRuns(S.ListRunsRequest(experiment="not-equal", metrics=[ne])).runs
+        ]
+
+    assert listed(S.SUMMARY_FIELD_LAST, 0.5) == ["other"]
+    assert listed(S.SUMMARY_FIELD_MIN, 0.25) == ["half"]
+    assert listed(S.SUMMARY_FIELD_MAX, 1.0) == []
+    unknown = _error(
+        lambda: tracker.ListRuns(S.ListRunsRequest(metrics=[S.MetricFilter(key="val_loss", op=7)]))
+    )
+    assert unknown.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert unknown.details() == "metrics[0].op: set a comparison (LT, LE, GT, GE, EQ or NE)"
+
+
 def test_out_of_range_point_time_is_invalid(tracker) -> None:
     run = _run(tracker, "times")
     point = S.MetricPoint(key="a", value=1.0)

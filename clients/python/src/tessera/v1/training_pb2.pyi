@@ -108,6 +108,8 @@ class _ComparisonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Comparison
     COMPARISON_GT: _Comparison.ValueType  # 3
     COMPARISON_GE: _Comparison.ValueType  # 4
     COMPARISON_EQ: _Comparison.ValueType  # 5
+    COMPARISON_NE: _Comparison.ValueType  # 6
+    """Runs without the metric match no comparison, this one included."""
 
 class Comparison(_Comparison, metaclass=_ComparisonEnumTypeWrapper): ...
 
@@ -117,6 +119,8 @@ COMPARISON_LE: Comparison.ValueType  # 2
 COMPARISON_GT: Comparison.ValueType  # 3
 COMPARISON_GE: Comparison.ValueType  # 4
 COMPARISON_EQ: Comparison.ValueType  # 5
+COMPARISON_NE: Comparison.ValueType  # 6
+"""Runs without the metric match no comparison, this one included."""
 Global___Comparison: _TypeAlias = Comparison  # noqa: Y015
 
 class _SummaryField:
