@@ -1,0 +1,397 @@
+"""MLflow's run-search strings read into ListRuns' structured filters and order, without a daemon.
+
+Filter: conditions joined by AND (any case), e.g.
+`metrics.val_acc > 0.9 and params.lr = '0.01' and tags.team = 'vision' and attributes.status = 'FINISHED'`
+
+- `metrics.KEY OP NUMBER`, OP one of < <= > >= = !=, compares the metric's last value;
+  `metrics.KEY.min` or `.max` (or `.last`) compares that value of its summary instead.
+- `params.KEY = 'VALUE'` and `tags.KEY = 'VALUE'`: exact text, in single or double quotes (a quote
+  inside doubled: 'it''s').
+- `attributes.status = 'X'`, `!= 'X'`, `IN ('X', 'Y')` or `NOT IN (...)`: a run status, or MLflow's
+  FINISHED (succeeded) and KILLED (cancelled).
+- A key of other characters than letters, digits and _ goes in backquotes: metrics.`val-loss`.
+  MLflow's other entity spellings (metric, param, parameter, tag, attribute, attr, run) work too.
+
+Order: `metrics.KEY [ASC|DESC]` (with .last, .min or .max as above); without ASC or DESC, the
+metric's own direction (lowest first for a loss or error). ListRuns orders by one metric.
+
+Mistakes raise RunFilterError (a ValueError) naming the column and what fits there.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from tessera.v1 import training_pb2 as pb
+
+_ENTITIES = {
+    "metric": "metrics",
+    "metrics": "metrics",
+    "param": "params",
+    "params": "params",
+    "parameter": "params",
+    "parameters": "params",
+    "tag": "tags",
+    "tags": "tags",
+    "attribute": "attributes",
+    "attributes": "attributes",
+    "attr": "attributes",
+    "run": "attributes",
+}
+# Longest first, so "<=" is not read as "<" then "=".
+_COMPARISONS = {
+    "<=": pb.COMPARISON_LE,
+    ">=": pb.COMPARISON_GE,
+    "!=": pb.COMPARISON_NE,
+    "<": pb.COMPARISON_LT,
+    ">": pb.COMPARISON_GT,
+    "=": pb.COMPARISON_EQ,
+}
+_FIELDS = {"last": pb.SUMMARY_FIELD_LAST, "min": pb.SUMMARY_FIELD_MIN, "max": pb.SUMMARY_FIELD_MAX}
+RUN_STATUSES = tuple(
+    value.name.removeprefix("RUN_STATUS_").lower() for value in pb.RunStatus.DESCRIPTOR.values if value.number
+)
+# MLflow's names for the statuses tessera names otherwise.
+_STATUS_ALIASES = {"finished": "succeeded", "killed": "cancelled"}
+_STATUS_NAMES = [
+    status + "".join(f" (or {alias.upper()})" for alias, same in _STATUS_ALIASES.items() if same == status)
+    for status in RUN_STATUSES
+]
+_STATUS_CHOICES = f"{', '.join(_STATUS_NAMES[:-1])} or {_STATUS_NAMES[-1]}"
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_KEY = re.compile(r"[A-Za-z0-9_]+")
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_CONDITIONS = "metrics.KEY, params.KEY, tags.KEY or attributes.status"
+
+
+class RunFilterError(ValueError):
+    """A filter or order string that cannot be read: where (1-based column) and why."""
+
+    def __init__(self, text: str, column: int, reason: str) -> None:
+        self.text, self.column, self.reason = text, column, reason
+        super().__init__(f"column {column}: {reason}\n  {text}\n  {' ' * (column - 1)}^")
+
+
+@dataclass
+class RunFilter:
+    """A filter string as ListRuns' fields; every condition must hold."""
+
+    statuses: list[str] = field(default_factory=list)  # empty: any status
+    params: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    metrics: list[pb.MetricFilter] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RunOrderBy:
+    """An order string as ListRuns' RunOrder."""
+
+    metric: str
+    field: pb.SummaryField.ValueType  # UNSPECIFIED when not given: the last value
+    descending: bool | None  # None: the metric's own direction
+
+
+class _Scanner:
+    """Reads a string left to right, failing with the column it got to."""
+
+    def __init__(self, text: str) -> None:
+        self.text, self.at = text, 0
+
+    def fail(self, reason: str, at: int | None = None) -> RunFilterError:
+        return RunFilterError(self.text, (self.at if at is None else at) + 1, reason)
+
+    def space(self) -> None:
+        while self.at < len(self.text) and self.text[self.at].isspace():
+            self.at += 1
+
+    def done(self) -> bool:
+        self.space()
+        return self.at == len(self.text)
+
+    def match(self, pattern: re.Pattern[str]) -> str:
+        found = pattern.match(self.text, self.at)
+        if not found:
+            return ""
+        self.at = found.end()
+        return found.group()
+
+    def peek_word(self) -> str:
+        found = _WORD.match(self.text, self.at)
+        return found.group() if found else ""
+
+    def take(self, literal: str) -> bool:
+        if self.text.startswith(literal, self.at):
+            self.at += len(literal)
+            return True
+        return False
+
+    def quoted(self, quotes: str, what: str) -> str:
+        """Text between a pair of one of `quotes`, a quote inside it doubled; "" if none opens here."""
+        start, quote = self.at, self.text[self.at : self.at + 1]
+        if not quote or quote not in quotes:
+            return ""
+        self.at += 1
+        parts = []
+        while True:
+            end = self.text.find(quote, self.at)
+            if end < 0:
+                raise self.fail(f"the {what} opened here has no closing {quote}", start)
+            parts.append(self.text[self.at : end])
+            self.at = end + 1
+            if not self.take(quote):
+                return quote.join(parts)
+
+
+@dataclass
+class _Operand:
+    """`entity.key[.field]` as written, with where it starts."""
+
+    entity: str
+    key: str
+    field: str
+    start: int
+
+
+def _operand(scan: _Scanner, allowed: str) -> _Operand:
+    scan.space()
+    start = scan.at
+    word = scan.match(_WORD)
+    entity = _ENTITIES.get(word.lower())
+    if entity is None:
+        raise scan.fail(
+            f"{word!r} is not a condition; write {allowed}" if word else f"expected {allowed}", start
+        )
+    if not scan.take("."):
+        raise scan.fail(f"expected . and a key after {word}, e.g. {entity}.val_loss")
+    key_at = scan.at
+    key = scan.quoted('`"', "key") or scan.match(_KEY)
+    if not key:
+        if scan.at != key_at:
+            raise scan.fail("the key is empty", key_at)
+        raise scan.fail(
+            f"expected a key after {word}.: letters, digits and _, or any key in backquotes, "
+            f"e.g. {entity}.`val-loss`"
+        )
+    summary = ""
+    if scan.take("."):
+        suffix_at = scan.at
+        summary = scan.match(_WORD)
+        if entity != "metrics" or summary not in _FIELDS:
+            after = ".last, .min or .max after a metric's key, or " if entity == "metrics" else ""
+            dotted = f"{key}.{summary}" if summary else "a.b"
+            raise scan.fail(f"write {after}a key with dots in backquotes: {entity}.`{dotted}`", suffix_at)
+    return _Operand(entity, key, summary, start)
+
+
+def _comparison(scan: _Scanner) -> str:
+    scan.space()
+    if scan.take("=="):
+        raise scan.fail("write = to compare for equality, not ==", scan.at - 2)
+    return next((op for op in _COMPARISONS if scan.take(op)), "")
+
+
+def _number(scan: _Scanner, compared: str) -> float:
+    scan.space()
+    start = scan.at
+    if scan.text[start : start + 1] in ("'", '"'):
+        raise scan.fail(f"a metric compares with a number, not text: write {compared} > 0.9")
+    text = scan.match(_NUMBER)
+    if not text or scan.peek_word() or scan.text[scan.at : scan.at + 1] in (".", "`", '"', "'"):
+        raise scan.fail(f"expected a number after {compared}'s comparison, e.g. 0.9 or 1e-3", start)
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise scan.fail(f"{text} is past the largest number a metric holds", start)
+    return value
+
+
+def _text(scan: _Scanner, operand: _Operand) -> str:
+    scan.space()
+    start = scan.at
+    value = scan.quoted("'\"", "value")
+    if scan.at == start:
+        raise scan.fail(f"quote the value: {operand.entity}.{operand.key} = 'VALUE'")
+    return value
+
+
+def _status(scan: _Scanner) -> str:
+    scan.space()
+    start = scan.at
+    value = _text(scan, _Operand("attributes", "status", "", start))
+    status = _STATUS_ALIASES.get(value.lower(), value.lower())
+    if status not in RUN_STATUSES:
+        raise scan.fail(f"{value!r} is not a run status; use {_STATUS_CHOICES}", start)
+    return status
+
+
+def _status_list(scan: _Scanner) -> set[str]:
+    scan.space()
+    if not scan.take("("):
+        raise scan.fail("expected ( and the statuses after IN, e.g. IN ('failed', 'cancelled')")
+    statuses = {_status(scan)}
+    while True:
+        scan.space()
+        if scan.take(")"):
+            return statuses
+        if not scan.take(","):
+            raise scan.fail("expected , and another status, or ) to close the list")
+        statuses.add(_status(scan))
+
+
+def _status_condition(scan: _Scanner, operand: _Operand) -> set[str]:
+    """The statuses `attributes.status OP ...` lets through."""
+    if operand.key != "status":
+        raise scan.fail(
+            f"attributes.{operand.key} cannot be filtered: ListRuns filters attributes by status only",
+            operand.start,
+        )
+    scan.space()
+    at = scan.at
+    word = scan.peek_word().upper()
+    if word in ("IN", "NOT"):
+        scan.match(_WORD)
+        if word == "NOT":
+            scan.space()
+            if scan.match(_WORD).upper() != "IN":
+                raise scan.fail("expected IN after NOT", at)
+        listed = _status_list(scan)
+        return set(RUN_STATUSES) - listed if word == "NOT" else listed
+    op = _comparison(scan)
+    if op not in ("=", "!="):
+        raise scan.fail("attributes.status compares with =, !=, IN (...) or NOT IN (...)", at)
+    status = _status(scan)
+    return set(RUN_STATUSES) - {status} if op == "!=" else {status}
+
+
+def _text_condition(scan: _Scanner, operand: _Operand, kept: dict[str, str]) -> None:
+    scan.space()
+    at = scan.at
+    if _comparison(scan) != "=":
+        singular = operand.entity[:-1]
+        raise scan.fail(
+            f"{operand.entity} compare with = only: ListRuns matches a {singular}'s exact text, "
+            f"e.g. {operand.entity}.{operand.key} = 'VALUE'",
+            at,
+        )
+    value = _text(scan, operand)
+    if kept.get(operand.key, value) != value:
+        raise scan.fail(
+            f"{operand.entity}.{operand.key} is already compared with {kept[operand.key]!r}; "
+            "a run has one value, so no run matches both",
+            operand.start,
+        )
+    kept[operand.key] = value
+
+
+def parse_filter(text: str) -> RunFilter:
+    """A filter string (see the module's docstring) as ListRuns' fields; "" filters nothing."""
+    scan = _Scanner(text)
+    found = RunFilter()
+    statuses: set[str] | None = None
+    while not scan.done():
+        operand = _operand(scan, _CONDITIONS)
+        if operand.entity == "metrics":
+            scan.space()
+            at = scan.at
+            op = _comparison(scan)
+            if not op:
+                raise scan.fail(
+                    f"expected a comparison after metrics.{operand.key}: <, <=, >, >=, = or !=", at
+                )
+            value = _number(scan, f"metrics.{operand.key}")
+            found.metrics.append(
+                pb.MetricFilter(
+                    key=operand.key,
+                    field=_FIELDS[operand.field or "last"],
+                    op=_COMPARISONS[op],
+                    value=value,
+                )
+            )
+        elif operand.entity == "attributes":
+            allowed = _status_condition(scan, operand)
+            statuses = allowed if statuses is None else statuses & allowed
+            if not statuses:
+                raise scan.fail("no run status meets every condition on attributes.status", operand.start)
+        else:
+            _text_condition(scan, operand, found.params if operand.entity == "params" else found.tags)
+        if scan.done():
+            break
+        joiner_at = scan.at
+        joiner = scan.match(_WORD).upper()
+        if joiner == "OR":
+            raise scan.fail(
+                "OR is not supported (nor in MLflow's search): list once per alternative, or for "
+                "statuses write attributes.status IN ('failed', 'cancelled')",
+                joiner_at,
+            )
+        if joiner != "AND":
+            raise scan.fail("expected AND between two conditions, or the end of the filter", joiner_at)
+        if scan.done():
+            raise scan.fail(f"expected a condition after AND: {_CONDITIONS}")
+    found.statuses = [s for s in RUN_STATUSES if s in statuses] if statuses is not None else []
+    return found
+
+
+def parse_metric_condition(text: str) -> pb.MetricFilter:
+    """`KEY OP NUMBER` on a metric's last value, e.g. val_acc>0.9 (the CLI's --metric): the key
+    as written up to the comparison, dots and dashes included."""
+    scan = _Scanner(text)
+    scan.at = next((i for i, c in enumerate(text) if c in "<>=!"), len(text))
+    key = text[: scan.at].strip()
+    if not key:
+        raise scan.fail("expected a metric's key, then a comparison and a number, e.g. val_acc>0.9", 0)
+    if scan.at == len(text):
+        raise scan.fail("expected a comparison, <, <=, >, >=, = or !=, and a number, e.g. val_acc>0.9")
+    op = _comparison(scan)
+    if not op:
+        raise scan.fail(f"expected a comparison after {key}: <, <=, >, >=, = or !=, e.g. {key}>0.9")
+    value = _number(scan, key)
+    if not scan.done():
+        raise scan.fail("expected the end after the number")
+    return pb.MetricFilter(key=key, field=pb.SUMMARY_FIELD_LAST, op=_COMPARISONS[op], value=value)
+
+
+def parse_order(text: str) -> RunOrderBy:
+    """An order string, `metrics.KEY[.FIELD] [ASC|DESC]`, as ListRuns' RunOrder."""
+    scan = _Scanner(text)
+    if scan.done():
+        raise scan.fail("the order is empty; write metrics.KEY, then ASC or DESC if you choose")
+    operand = _operand(scan, "metrics.KEY, then ASC or DESC")
+    if operand.entity != "metrics":
+        raise scan.fail(
+            "ListRuns orders runs by a metric only (metrics.KEY [ASC|DESC]); without an order they "
+            "come newest first",
+            operand.start,
+        )
+    descending: bool | None = None
+    if not scan.done():
+        at = scan.at
+        direction = scan.match(_WORD).upper()
+        if direction not in ("ASC", "DESC"):
+            if scan.take(","):
+                raise scan.fail("ListRuns orders by one metric: leave out the orders after the first", at)
+            raise scan.fail("expected ASC or DESC, or the end of the order", at)
+        descending = direction == "DESC"
+        if not scan.done():
+            raise scan.fail("ListRuns orders by one metric: leave out the orders after the first")
+    field = _FIELDS[operand.field] if operand.field else pb.SUMMARY_FIELD_UNSPECIFIED
+    return RunOrderBy(operand.key, field, descending)
+
+
+def is_order_string(text: str) -> bool:
+    """Whether an order names `entity.key` (then read by parse_order) rather than a metric alone."""
+    entity, dot, _ = text.strip().partition(".")
+    return bool(dot) and entity.lower() in _ENTITIES
+
+
+def parse_orders(orders: str | Iterable[str]) -> RunOrderBy | None:
+    """MLflow's order_by, a string or a list of at most one; None for no order."""
+    given = [orders] if isinstance(orders, str) else list(orders)
+    given = [o for o in given if o.strip()]
+    if len(given) > 1:
+        raise ValueError(
+            f"order_by: ListRuns orders by one metric, {len(given)} orders given; give one, e.g. "
+            "'metrics.val_loss ASC'"
+        )
+    return parse_order(given[0]) if given else None
