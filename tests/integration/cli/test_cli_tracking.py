@@ -9,6 +9,7 @@ import pytest
 
 from tessera.cli import EXIT_DAEMON, EXIT_USAGE
 from tessera.errors import FailedPrecondition
+from tessera.run_filter import RunFilterError
 
 
 def test_runs_ls_filters_by_status_param_and_tag_and_orders_by_a_metric(tessera_cli, client):
@@ -40,6 +41,96 @@ def test_runs_ls_filters_by_status_param_and_tag_and_orders_by_a_metric(tessera_
     assert by_last == [other.run_id, high.run_id, low.run_id]
     by_min = training.runs("cli-ls", order_by="val_loss", order_field="min", page_size=2)
     assert [r.run_id for r in by_min] == [low.run_id, other.run_id, high.run_id]
+
+
+def _search_runs(training) -> dict[str, str]:
+    """Four runs of experiment "search", oldest first, by name: their ids."""
+    ids = {}
+    for name, lr, team, status, acc in (
+        ("a", "0.01", "vision", "succeeded", [0.5, 0.95]),  # last 0.95, min 0.5
+        ("b", "0.01", "vision", None, [0.92, 0.85]),  # last 0.85, max 0.92, still running
+        ("c", "0.1", "nlp", "succeeded", [0.97]),
+        ("d", "0.01", "vision", "failed", []),  # no val_acc
+    ):
+        run = training.create_run("search", name=name, params={"lr": lr}, tags={"team": team})
+        for step, value in enumerate(acc):
+            training.log_metrics(run.run_id, {"val_acc": value}, step=step)
+        if status:
+            training.update_run(run.run_id, status=status)
+        ids[name] = run.run_id
+    return ids
+
+
+def test_sdk_runs_take_mlflows_filter_and_order_strings(client):
+    training = client.training
+    ids = _search_runs(training)
+    names = {run_id: name for name, run_id in ids.items()}
+
+    def searched(**arguments) -> str:
+        return "".join(names[r.run_id] for r in training.runs("search", page_size=1, **arguments))
+
+    mlflow = (
+        "metrics.val_acc > 0.9 and params.lr = '0.01' and tags.team = 'vision' "
+        "and attributes.status = 'FINISHED'"
+    )
+    assert searched(filter=mlflow) == "a"
+    assert searched(filter="metrics.val_acc.max > 0.9 AND params.lr = '0.01'") == "ba"
+    assert searched(filter="metrics.val_acc.min >= 0.85") == "cb"
+    assert searched(filter="metrics.val_acc != 0.85") == "ca"  # d has no val_acc
+    assert searched(filter="attributes.status IN ('running', 'failed')") == "db"
+    assert searched(filter="tags.team = 'vision'", params={"lr": "0.01"}, statuses=["succeeded"]) == "a"
+    assert searched(order_by="metrics.val_acc DESC") == "cabd"  # runs without it last
+    assert searched(order_by=["metrics.val_acc.max ASC"]) == "bacd"
+    assert searched(order_by="metrics.val_acc", filter="params.lr = '0.01'") == "abd"  # acc: highest first
+    assert searched(order_by="val_acc", descending=False, order_field="max") == "bacd"
+
+    with pytest.raises(ValueError, match=r"params is filtered twice, in filter and in params="):
+        training.runs("search", filter="params.lr = '0.1'", params={"lr": "0.1"})
+    with pytest.raises(ValueError, match="gives its direction: leave out descending="):
+        training.runs("search", order_by="metrics.val_acc ASC", descending=True)
+    with pytest.raises(ValueError, match="names the summary field: leave out order_field="):
+        training.runs("search", order_by="metrics.val_acc.min", order_field="max")
+    with pytest.raises(ValueError, match="ListRuns orders by one metric, 2 orders given"):
+        training.runs("search", order_by=["metrics.val_acc DESC", "metrics.val_loss ASC"])
+    with pytest.raises(RunFilterError, match="OR is not supported") as refused:
+        training.runs("search", filter="params.lr = '0.1' or params.lr = '0.01'")
+    assert refused.value.column == 19
+
+
+def test_runs_ls_filter_metric_and_mlflow_order(tessera_cli, client, capsys):
+    ids = _search_runs(client.training)
+    names = {run_id: name for name, run_id in ids.items()}
+
+    def listed(*flags: str) -> str:
+        result = tessera_cli("--json", "runs", "ls", "--experiment", "search", *flags)
+        assert result.code == 0, result.err
+        return "".join(names[r["run_id"]] for r in result.json())
+
+    assert listed("--filter", "metrics.val_acc > 0.9 and tags.team = 'vision'") == "a"
+    assert listed("--metric", "val_acc>0.9", "--param", "lr=0.01") == "a"
+    assert listed("--metric", "val_acc>=0.85", "--metric", "val_acc<0.96") == "ba"
+    assert listed("--filter", "attributes.status != 'succeeded'", "--metric", "val_acc<1") == "b"
+    assert listed("--order-by", "metrics.val_acc.max ASC") == "bacd"
+    assert listed("--order-by", "metrics.val_acc", "--asc") == "bacd"
+    assert listed("--order-by", "val_acc") == "cabd"  # the plain METRIC form, highest first for acc
+
+    bad = tessera_cli("runs", "ls", "--filter", "metrics.val_acc ~ 0.9")
+    assert bad.code == EXIT_USAGE
+    assert "--filter: column 17: expected a comparison after metrics.val_acc" in bad.err, bad.err
+    assert "  metrics.val_acc ~ 0.9\n" + " " * 18 + "^" in bad.err
+    twice = tessera_cli("runs", "ls", "--filter", "params.lr = '0.01'", "--param", "lr=0.01")
+    assert twice.code == EXIT_USAGE and "--filter compares params and --param too" in twice.err
+    direction = tessera_cli("runs", "ls", "--order-by", "metrics.val_acc DESC", "--asc")
+    assert direction.code == EXIT_USAGE and "gives its direction: leave out --asc and --desc" in direction.err
+    order = tessera_cli("runs", "ls", "--order-by", "metrics.a, metrics.b")
+    assert order.code == EXIT_USAGE and "--order-by: column 10: ListRuns orders by one metric" in order.err
+    with pytest.raises(SystemExit) as usage:
+        tessera_cli("runs", "ls", "--metric", "val_acc~0.9")
+    assert usage.value.code == EXIT_USAGE
+    assert (
+        "argument --metric: column 12: expected a comparison, <, <=, >, >=, = or !="
+        in capsys.readouterr().err
+    )
 
 
 def test_runs_rm_and_restore(tessera_cli, client):

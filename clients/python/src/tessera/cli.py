@@ -37,6 +37,13 @@ from tessera.json_output import dumps, to_plain
 from tessera.messages import INT64_MAX, counted, dataset_ref, is_digits, load_toml, to_datetime, whole_number
 from tessera.models import FORMAT_BY_SUFFIX
 from tessera.rpc_commands import in_cli_words, unreachable_hint
+from tessera.run_filter import (
+    RunFilterError,
+    is_order_string,
+    parse_filter,
+    parse_metric_condition,
+    parse_order,
+)
 from tessera.sweep_commands import add_sweep_commands
 from tessera.tensors import dtype_name
 from tessera.training import artifact_target
@@ -1033,16 +1040,52 @@ def run_status(run: training_pb2.Run) -> str:
     return f"{status} (deleted)" if run.deleted else status
 
 
+def metric_condition(text: str) -> training_pb2.MetricFilter:
+    """argparse's type for --metric KEY<VALUE (or <=, >, >=, =, !=)."""
+    try:
+        return parse_metric_condition(text)
+    except RunFilterError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def check_run_search(args: argparse.Namespace) -> None:
+    """UsageError for a --filter or --order-by that cannot be read, or that says again what a
+    flag beside it says (whether both should hold would be a guess)."""
+    try:
+        found = parse_filter(args.filter)
+    except RunFilterError as err:
+        raise UsageError(f"--filter: {err}") from None
+    try:
+        order = parse_order(args.order_by) if args.order_by and is_order_string(args.order_by) else None
+    except RunFilterError as err:
+        raise UsageError(f"--order-by: {err}") from None
+    for flag, given, written, in_filter in (
+        ("--status", args.status, "attributes.status", found.statuses),
+        ("--param", args.param, "params", found.params),
+        ("--tag", args.tag, "tags", found.tags),
+        ("--metric", args.metric, "metrics", found.metrics),
+    ):
+        if given and in_filter:
+            raise UsageError(
+                f"--filter compares {written} and {flag} too; give those conditions in one of them"
+            )
+    if order is not None and order.descending is not None and args.descending is not None:
+        raise UsageError(f"--order-by {args.order_by!r} gives its direction: leave out --asc and --desc")
+
+
 def cmd_runs_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
+    check_run_search(args)
     runs = list(
         client.training.runs(
             experiment=args.experiment,
             statuses=args.status or (),
             params=once_each(args.param, "--param"),
             tags=once_each(args.tag, "--tag"),
+            metrics=args.metric or (),
             order_by=args.order_by or "",
             descending=args.descending,
             view=VIEWS[args.view],
+            filter=args.filter,
         )
     )
     if out.as_json:
@@ -1963,10 +2006,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="only runs with this tag (repeatable)",
     )
     sub.add_argument(
+        "--metric",
+        action="append",
+        type=metric_condition,
+        metavar="KEY<VALUE",
+        help="only runs whose metric's last value compares so: <, <=, >, >=, = or != (repeatable; quote "
+        "it for the shell, e.g. 'val_acc>0.9')",
+    )
+    sub.add_argument(
+        "--filter",
+        default="",
+        metavar="FILTER",
+        help="MLflow's search filter, conditions joined by AND: metrics.KEY OP NUMBER (OP <, <=, >, >=, = "
+        "or !=; metrics.KEY.min or .max for that value of the summary), params.KEY = 'VALUE', "
+        "tags.KEY = 'VALUE', attributes.status = 'STATUS' (or !=, IN (...), NOT IN (...)); backquote "
+        "a key of other characters than letters, digits and _, e.g. metrics.`val-loss`",
+    )
+    sub.add_argument(
         "--order-by",
-        metavar="METRIC",
-        help="order by the metric's last value: lowest first for a name with loss, error, mae, mse or "
-        "mape in it, else highest first (runs without it last)",
+        metavar="ORDER",
+        help="order by a metric: METRIC or MLflow's 'metrics.METRIC [ASC|DESC]' (metrics.METRIC.min or "
+        ".max for that value of its summary, else the last); without ASC or DESC, lowest first for a "
+        "name with loss, error, mae, mse or mape in it, else highest first (runs without it last)",
     )
     direction = sub.add_mutually_exclusive_group()
     direction.add_argument(

@@ -29,6 +29,7 @@ from tessera.calls import (
 from tessera.errors import JobFailed, TesseraError, Unavailable
 from tessera.events import JobEvent, JobState, event_from_proto
 from tessera.messages import from_dict
+from tessera.run_filter import RunFilter, RunOrderBy, is_order_string, parse_filter, parse_orders
 from tessera.transfer import CHUNK_BYTES, DownloadSink, Progress, check_chunk_size, file_chunks, file_digest
 from tessera.transport import AioConnection, Connection, RetryPolicy, call_timeout, timeout_or
 from tessera.v1 import common_pb2, job_spec_pb2
@@ -62,6 +63,52 @@ def enum_value(enum: _EnumTypeWrapper[_V], prefix: str, value: str | int) -> _V:
 def _as_text(values: Mapping[str, Any] | None) -> dict[str, str]:
     """Params and tags as the daemon keeps them: text (3 -> "3", True -> "True")."""
     return {key: str(value) for key, value in (values or {}).items()}
+
+
+def _add_filter(request: pb.ListRunsRequest, found: RunFilter) -> None:
+    """A filter string's conditions into `request`; ValueError where the request already has
+    conditions of the same kind, as it is not said whether the two should both hold."""
+    kinds = (
+        ("attributes.status", "statuses", found.statuses),
+        ("params", "params", found.params),
+        ("tags", "tags", found.tags),
+        ("metrics", "metrics", found.metrics),
+    )
+    for written, argument, conditions in kinds:
+        if conditions and getattr(request, argument):
+            raise ValueError(
+                f"{written} is filtered twice, in filter and in {argument}=; give the conditions in one of them"
+            )
+    request.statuses.extend(enum_value(pb.RunStatus, "RUN_STATUS_", s) for s in found.statuses)
+    request.params.extend(pb.ParamFilter(key=k, value=v) for k, v in found.params.items())
+    request.tags.extend(pb.TagFilter(key=k, value=v) for k, v in found.tags.items())
+    request.metrics.extend(found.metrics)
+
+
+def _run_order(
+    order_by: str | Sequence[str], descending: bool | None, order_field: str | int | None
+) -> pb.RunOrder | None:
+    """ListRuns' order from a metric's name or MLflow's order string, and the direction and
+    summary field given beside it (which apply to no order without order_by); ValueError where
+    both say the same thing."""
+    orders = [order_by] if isinstance(order_by, str) else list(order_by)
+    if len(orders) == 1 and not is_order_string(orders[0]):
+        parsed = RunOrderBy(orders[0], pb.SUMMARY_FIELD_UNSPECIFIED, None) if orders[0] else None
+    else:
+        parsed = parse_orders(orders)
+    if parsed is None:
+        return None
+    if parsed.descending is not None and descending is not None:
+        raise ValueError(f"order_by {orders[0]!r} gives its direction: leave out descending=")
+    if parsed.field != pb.SUMMARY_FIELD_UNSPECIFIED and order_field is not None:
+        raise ValueError(f"order_by {orders[0]!r} names the summary field: leave out order_field=")
+    order = pb.RunOrder(metric=parsed.metric, field=parsed.field)
+    if order_field is not None:
+        order.field = enum_value(pb.SummaryField, "SUMMARY_FIELD_", order_field)
+    direction = parsed.descending if parsed.descending is not None else descending
+    if direction is not None:
+        order.direction = pb.SORT_DIRECTION_DESCENDING if direction else pb.SORT_DIRECTION_ASCENDING
+    return order
 
 
 class WatchCursor(SeqCursor):
@@ -576,35 +623,40 @@ class Training(Part[C]):
         metrics: Sequence[pb.MetricFilter] = (),
         page_size: int = 0,
         tags: Mapping[str, Any] | None = None,
-        order_by: str = "",
+        order_by: str | Sequence[str] = "",
         descending: bool | None = None,
         view: str | int = "active_only",
-        order_field: str | int = "last",
+        order_field: str | int | None = None,
+        filter: str = "",
     ) -> Pages[pb.Run]:
-        """Runs matching every filter given (param and tag values as text), newest first, or by
-        metric `order_by`'s `order_field` ("last", "min" or "max"; `descending` None: the
-        metric's own direction, e.g. lowest loss first); `view` "deleted_only" or "all" shows
-        deleted runs."""
+        """Runs matching every filter given (param and tag values as text), newest first, or by a
+        metric. `filter` is MLflow's search string, e.g. "metrics.val_acc > 0.9 and params.lr =
+        '0.01'" (see tessera.run_filter), in place of the structured argument of each kind it
+        uses. `order_by` names a metric ("val_loss") or is MLflow's "metrics.val_loss ASC" (a
+        list of one too); `order_field` "last" (default), "min" or "max"; `descending` None: the
+        metric's own direction, e.g. lowest loss first. `view` "deleted_only" or "all" shows
+        deleted runs. A filter or order that cannot be read raises RunFilterError (a ValueError)
+        naming the column."""
+        request = pb.ListRunsRequest(
+            experiment=experiment,
+            statuses=[enum_value(pb.RunStatus, "RUN_STATUS_", s) for s in statuses],
+            params=[pb.ParamFilter(key=k, value=v) for k, v in _as_text(params).items()],
+            tags=[pb.TagFilter(key=k, value=v) for k, v in _as_text(tags).items()],
+            metrics=list(metrics),
+            page_size=page_size,
+            view=enum_value(pb.LifecycleView, "LIFECYCLE_VIEW_", view),
+        )
+        if filter:
+            _add_filter(request, parse_filter(filter))
+        order = _run_order(order_by, descending, order_field)
+        if order is not None:
+            request.order_by.CopyFrom(order)
 
         def page(token: str) -> Op[pb.ListRunsResponse]:
-            request = pb.ListRunsRequest(
-                experiment=experiment,
-                statuses=[enum_value(pb.RunStatus, "RUN_STATUS_", s) for s in statuses],
-                params=[pb.ParamFilter(key=k, value=v) for k, v in _as_text(params).items()],
-                tags=[pb.TagFilter(key=k, value=v) for k, v in _as_text(tags).items()],
-                metrics=list(metrics),
-                page_size=page_size,
-                page_token=token,
-                view=enum_value(pb.LifecycleView, "LIFECYCLE_VIEW_", view),
-            )
-            if order_by:
-                request.order_by.metric = order_by
-                request.order_by.field = enum_value(pb.SummaryField, "SUMMARY_FIELD_", order_field)
-                if descending is not None:
-                    request.order_by.direction = (
-                        pb.SORT_DIRECTION_DESCENDING if descending else pb.SORT_DIRECTION_ASCENDING
-                    )
-            return Op(S, "ListRuns", request)
+            paged = pb.ListRunsRequest()
+            paged.CopyFrom(request)
+            paged.page_token = token
+            return Op(S, "ListRuns", paged)
 
         return Pages(page, "runs")
 
