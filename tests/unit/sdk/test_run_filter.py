@@ -54,14 +54,14 @@ def test_each_comparison_reads_as_its_op(text: str, op: pb.Comparison.ValueType)
 def test_summary_fields_backquoted_keys_and_entity_spellings() -> None:
     found = parse_filter(
         "metric.val_loss.min < 0.3 and METRICS.`val-loss.max` >= .5 and metrics.acc.max = 1 "
-        "and param.`a b` = 'it''s' and parameters.\"x.y\" = '' and tag.t = 'v'"
+        "and param.`a b` = 'it''s' and parameters.\"x.y\" = '' and tag.précision = 'v'"
     )
     assert found.metrics == [
         _metric("val_loss", pb.COMPARISON_LT, 0.3, pb.SUMMARY_FIELD_MIN),
         _metric("val-loss.max", pb.COMPARISON_GE, 0.5),
         _metric("acc", pb.COMPARISON_EQ, 1.0, pb.SUMMARY_FIELD_MAX),
     ]
-    assert found.params == {"a b": "it's", "x.y": ""} and found.tags == {"t": "v"}
+    assert found.params == {"a b": "it's", "x.y": ""} and found.tags == {"précision": "v"}
 
 
 def test_status_conditions_keep_the_statuses_every_one_allows() -> None:
@@ -168,7 +168,12 @@ def test_orders_read_a_metric_its_field_and_direction() -> None:
         ("metrics.a, metrics.b", 10, "ListRuns orders by one metric"),
         ("metrics.a sideways", 11, "expected ASC or DESC, or the end of the order"),
         ("attributes.start_time DESC", 1, "ListRuns orders runs by a metric only"),
-        ("params.lr", 1, "ListRuns orders runs by a metric only"),
+        (
+            "run.loss ASC",
+            1,
+            "ListRuns orders runs by a metric only (metrics.KEY [ASC|DESC]); without an "
+            "order they come newest first (a metric named run.loss is metrics.`run.loss`)",
+        ),
     ],
 )
 def test_an_order_mistake_names_its_column(text: str, column: int, reason: str) -> None:

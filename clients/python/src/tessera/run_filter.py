@@ -61,7 +61,7 @@ _STATUS_NAMES = [
 ]
 _STATUS_CHOICES = f"{', '.join(_STATUS_NAMES[:-1])} or {_STATUS_NAMES[-1]}"
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_KEY = re.compile(r"[A-Za-z0-9_]+")
+_KEY = re.compile(r"\w+")  # letters of any script, digits and _
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _CONDITIONS = "metrics.KEY, params.KEY, tags.KEY or attributes.status"
 
@@ -359,9 +359,10 @@ def parse_order(text: str) -> RunOrderBy:
         raise scan.fail("the order is empty; write metrics.KEY, then ASC or DESC if you choose")
     operand = _operand(scan, "metrics.KEY, then ASC or DESC")
     if operand.entity != "metrics":
+        written = text[operand.start : scan.at]
         raise scan.fail(
             "ListRuns orders runs by a metric only (metrics.KEY [ASC|DESC]); without an order they "
-            "come newest first",
+            f"come newest first (a metric named {written} is metrics.`{written}`)",
             operand.start,
         )
     descending: bool | None = None
