@@ -104,6 +104,7 @@ def test_an_empty_filter_filters_nothing_and_one_value_twice_is_one_condition() 
         ),
         ("metrics.`val-loss > 1", 9, "the key opened here has no closing `"),
         ("metrics.`` > 1", 9, "the key is empty"),
+        ("metrics.``abc > 1", 9, "the key is empty"),
         ("metrics. > 1", 9, "expected a key after metrics.: letters, digits and _, or any key in backquotes"),
         ("metrics-a > 1", 8, "expected . and a key after metrics"),
         ("params.lr = 0.01", 13, "quote the value: params.lr = 'VALUE'"),

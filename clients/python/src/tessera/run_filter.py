@@ -166,9 +166,10 @@ def _operand(scan: _Scanner, allowed: str) -> _Operand:
     if not scan.take("."):
         raise scan.fail(f"expected . and a key after {word}, e.g. {entity}.val_loss")
     key_at = scan.at
-    key = scan.quoted('`"', "key") or scan.match(_KEY)
+    quoted = scan.text[key_at : key_at + 1] in ("`", '"')
+    key = scan.quoted('`"', "key") if quoted else scan.match(_KEY)
     if not key:
-        if scan.at != key_at:
+        if quoted:
             raise scan.fail("the key is empty", key_at)
         raise scan.fail(
             f"expected a key after {word}.: letters, digits and _, or any key in backquotes, "
