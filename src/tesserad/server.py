@@ -62,6 +62,7 @@ from tesserad.api.training import TrainingServicer
 from tesserad.backup import Backups
 from tesserad.config import GRPC_MESSAGE_SIZE_CEILING, Address, Settings, format_size
 from tesserad.dashboard import DashboardServer, Services
+from tesserad.datasets import MARKERS as DATASET_MARKERS
 from tesserad.datasets import REFERENCE_TABLES as DATASET_REFERENCE_TABLES
 from tesserad.datasets import TABLES as DATASET_TABLES
 from tesserad.datasets import Datasets
@@ -71,6 +72,7 @@ from tesserad.host import Gpus, raise_open_file_limit
 from tesserad.log_settings import LogControl
 from tesserad.metrics import DaemonMetrics, MetricsHttpServer
 from tesserad.oip import grpc_service_pb2, grpc_service_pb2_grpc
+from tesserad.registry import MARKERS as REGISTRY_MARKERS
 from tesserad.registry import TABLES as REGISTRY_TABLES
 from tesserad.registry import Registry
 from tesserad.registry.export import Exports
@@ -87,8 +89,9 @@ from tesserad.serving.service import CallCounter, InferenceService
 from tesserad.serving.shared_memory import SharedMemory
 from tesserad.serving.trace import TraceMetrics, Tracer, usable_trace_file
 from tesserad.serving.triton_metrics import TritonMetrics
-from tesserad.store import BlobStore, DataDirLock, Store
+from tesserad.store import BlobStore, DataDirLock, Key, Store
 from tesserad.store.prometheus import StoreMetrics
+from tesserad.store.schema import open_for_writing
 from tesserad.store.space import space_checked
 from tesserad.system import SystemService
 from tesserad.tasks import cancel_and_wait
@@ -124,6 +127,15 @@ STORE_TABLES: list[str] = [
     *training_jobs.TABLES,
     *training_sweeps.TABLES,
 ]
+
+# The start-up markers in "meta", each with the store schema from which every daemon keeps what
+# it marks; a new one goes in its package's MARKERS (see tesserad.store.schema).
+STORE_MARKERS: dict[Key, int] = {
+    **REGISTRY_MARKERS,
+    **DATASET_MARKERS,
+    **training_tracking.MARKERS,
+    **training_jobs.MARKERS,
+}
 
 # The tessera.v1 services, as (generated module, service name).
 _SERVICES = [
@@ -284,6 +296,14 @@ class Daemon:
                 group_commit_interval_s=settings.store.group_commit_interval_ms / 1000,
             )
             blobs = self._blobs = BlobStore(data_dir / "blobs")
+            dropped = await asyncio.to_thread(
+                open_for_writing, self._store, self._lock, STORE_MARKERS, __version__
+            )
+        if dropped:
+            log.info(
+                "the store was last written by an older tesserad: the start-up upgrades run again",
+                extra={"markers": [str(marker[0]) for marker in dropped]},
+            )
         collected = await asyncio.to_thread(collect_unheld_blobs, self._store, blobs)
         if collected:
             log.info("removed blobs nothing holds", extra={"count": len(collected)})

@@ -8,6 +8,7 @@ training worker processes.
 from tesserad.datasets.arrays import ArrayInfo, ArrayStats, open_arrays
 from tesserad.datasets.references import TABLES as REFERENCE_TABLES
 from tesserad.datasets.service import (
+    MARKERS,
     TABLES,
     DatasetRecord,
     Datasets,
@@ -19,6 +20,7 @@ from tesserad.datasets.splits import FractionSplit, IndexSplit, SplitSpec
 from tesserad.paging import Page
 
 __all__ = [
+    "MARKERS",
     "REFERENCE_TABLES",
     "TABLES",
     "ArrayInfo",

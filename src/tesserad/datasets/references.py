@@ -106,13 +106,16 @@ def release_dataset_version(txn: WriteTxn, name: str, version: int) -> None:
 
 
 def index_dataset_holds(store: Store) -> int:
-    """Write the by-holder row of every hold stored by a daemon older than `dataset_holds`,
-    once (a marker in "meta" then makes a start cost one read); returns how many were written."""
+    """Write the by-holder rows of the holds anew, for holds stored by a daemon older than
+    `dataset_holds`, once (a marker in "meta" then makes a start cost one read); returns how many
+    were written."""
     with store.read() as txn:
         if txn.exists("meta", HOLDS_INDEXED):
             return 0
     with store.write() as txn:
         keys = [key for key, _ in txn.scan(DATASET_HOLDERS)]
+        # Whole: an older daemon may have left rows of holds it released.
+        txn.clear(DATASET_HOLDS)
         for name, version, holder in keys:
             txn.put(DATASET_HOLDS, (holder, name, version), b"")
         txn.put("meta", HOLDS_INDEXED, encode_record(HOLDS_INDEXED[0], 1, {"at": time.time()}))

@@ -31,6 +31,7 @@ from tesserad.config import format_size
 from tesserad.datasets.arrays import ArrayInfo, ArrayStats, inspect_file, open_arrays, unpacked_sizes
 from tesserad.datasets.numbering import NUMBERS, NUMBERS_DERIVED, References, next_number, put_next_number
 from tesserad.datasets.references import (
+    HOLDS_INDEXED,
     dataset_holders,
     delete_unheld_blobs,
     drop_claimed_blobs,
@@ -47,6 +48,7 @@ from tesserad.paging import Page, read_page
 from tesserad.store import (
     BlobRef,
     BlobStore,
+    Key,
     ReadTxn,
     Store,
     WriteTxn,
@@ -62,6 +64,9 @@ DATASETS = "datasets"
 VERSIONS = "dataset_versions"
 SPLITS = "dataset_splits"
 TABLES = [DATASETS, VERSIONS, SPLITS, NUMBERS]
+# The start-up markers of datasets, each with the store schema from which every daemon keeps
+# what it marks (tesserad.store.schema drops those an older daemon may have broken).
+MARKERS: dict[Key, int] = {HOLDS_INDEXED: 1, NUMBERS_DERIVED: 1}
 FORMATS = ("npz", "npy")
 _DATASET_KIND = "dataset"
 _VERSION_KIND = "dataset_version"

@@ -5,6 +5,7 @@ guarantees; each concern lives in its own module: models, versions (uploads, lin
 comparison), aliases, deployments; tables holds the reads they share.
 """
 
+from tesserad.registry.backfill import MARKERS
 from tesserad.registry.records import (
     AliasEvent,
     AliasRecord,
@@ -26,6 +27,7 @@ from tesserad.registry.tables import LATEST, TABLES
 
 __all__ = [
     "LATEST",
+    "MARKERS",
     "TABLES",
     "AliasEvent",
     "AliasRecord",

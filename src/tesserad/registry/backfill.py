@@ -4,14 +4,16 @@
   without the fields gets them from one walk over its versions, in its own write transaction,
   with progress in the log. A store whose records all have them costs one scan of the models
   table.
-- The index of ensemble members (`ensembles.index_members`): every ensemble version's spec is
-  read once and its members indexed, in write transactions of a batch of versions each; the
-  last one writes a marker in the "meta" table, after which a start costs one read.
+- The index of ensemble members (`ensembles.index_members`): emptied, then every ensemble
+  version's spec is read once and its members indexed, in write transactions of a batch of
+  versions each; the last one writes a marker in the "meta" table, after which a start costs
+  one read. A marker an older daemon may have outlived is dropped first (tesserad.store.schema),
+  and the index is built again.
 - Marks of deleted lineage parents (`lineage`): a version whose parent is missing, or was
   registered after it (its model deleted and created again), is marked once, with what was
   lost (sha256, time) left empty; batched and finished by a marker in "meta" likewise.
-- The index of the versions training jobs registered (`JOB_VERSIONS`): batched and finished
-  by a marker in "meta" likewise.
+- The index of the versions training jobs registered (`JOB_VERSIONS`): emptied, then batched
+  and finished by a marker in "meta" likewise.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from tesserad.registry.records import MODEL_KIND, SCHEMA, VersionRecord, decode_
 from tesserad.registry.tables import (
     DELETED_PARENTS,
     DERIVED,
+    ENSEMBLE_MEMBERS,
     JOB_VERSIONS,
+    MEMBER_OF,
     MODELS,
     VERSIONS,
     newest_stored_version,
@@ -43,6 +47,9 @@ MEMBERS_INDEXED = ("ensemble_members_indexed",)
 PARENTS_MARKED = ("deleted_parents_marked",)
 # In the "meta" table once every version a training job registered is indexed by its job.
 JOB_VERSIONS_INDEXED = ("job_versions_indexed",)
+# The markers above, each with the store schema from which every daemon keeps what it marks
+# (tesserad.store.schema drops those an older daemon may have broken).
+MARKERS: dict[Key, int] = {MEMBERS_INDEXED: 1, PARENTS_MARKED: 1, JOB_VERSIONS_INDEXED: 1}
 # Versions read per write transaction of the member index's and the marks' backfills.
 _INDEX_BATCH = 512
 
@@ -75,11 +82,15 @@ def backfill_version_counts(store: Store) -> int:
 
 
 def _each_version_once(
-    store: Store, marker: tuple[str], visit: Callable[[WriteTxn, VersionRecord], bool]
+    store: Store,
+    marker: tuple[str],
+    visit: Callable[[WriteTxn, VersionRecord], bool],
+    rebuilt: tuple[str, ...] = (),
 ) -> int:
     """Call `visit` on every stored version, in write transactions of _INDEX_BATCH versions each,
-    unless `marker` is in "meta"; the last transaction writes it. Returns how many visits
-    returned True (changed something)."""
+    unless `marker` is in "meta"; the last transaction writes it. `rebuilt`: index tables the
+    visits write whole, emptied first (an older daemon may have left rows of versions it
+    deleted). Returns how many visits returned True (changed something)."""
     with store.read() as txn:
         if txn.exists("meta", marker):
             return 0
@@ -87,6 +98,9 @@ def _each_version_once(
     after: Key | None = None
     while True:
         with store.write() as txn:
+            if after is None:
+                for table in rebuilt:
+                    txn.clear(table)
             rows = list(txn.scan(VERSIONS, after=after, limit=_INDEX_BATCH))
             changed += sum(visit(txn, decode_version(raw)) for _key, raw in rows)
             if not rows:
@@ -121,7 +135,7 @@ def backfill_ensemble_members(store: Store, blobs: BlobStore) -> int:
             )
         return True
 
-    indexed = _each_version_once(store, MEMBERS_INDEXED, index)
+    indexed = _each_version_once(store, MEMBERS_INDEXED, index, (ENSEMBLE_MEMBERS, MEMBER_OF))
     if indexed:
         log.info("indexed the members of ensemble versions", extra={"ensembles": indexed})
     return indexed
@@ -154,7 +168,7 @@ def backfill_job_versions(store: Store) -> int:
         txn.put(JOB_VERSIONS, (record.lineage.job_id, record.model, record.version), b"")
         return True
 
-    indexed = _each_version_once(store, JOB_VERSIONS_INDEXED, index)
+    indexed = _each_version_once(store, JOB_VERSIONS_INDEXED, index, (JOB_VERSIONS,))
     if indexed:
         log.info("indexed the versions training jobs registered", extra={"versions": indexed})
     return indexed

@@ -221,6 +221,10 @@ class WriteTxn(ReadTxn):
         """`delete` for a key already packed."""
         return bool(self._txn.delete(raw, db=self._db(table)))
 
+    def clear(self, table: str) -> None:
+        """Delete every key of `table`: LMDB frees its pages without reading them."""
+        self._txn.drop(self._db(table), delete=False)
+
     def delete_range(self, table: str, prefix: Key) -> int:
         """Delete every key beginning with `prefix`; returns how many went."""
         keys = [key for key, _ in self.scan(table, prefix)]

@@ -1,4 +1,10 @@
-"""One daemon per data directory: a second one fails at once, naming the first."""
+"""One daemon per data directory: a second one fails at once, naming the first.
+
+The lock file holds the holder's pid on its first line, then the token that ties the store's
+schema record to this data directory (see tesserad.store.schema): kept by each tesserad that
+takes the directory, so that one from before schema versions, which writes its pid alone,
+leaves a trace.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from pathlib import Path
 from tesserad.errors import FailedPrecondition
 
 LOCK_NAME = "tesserad.lock"
+_TOKEN_PREFIX = "store "
 
 
 class DataDirLock:
@@ -17,21 +24,37 @@ class DataDirLock:
     def __init__(self, data_dir: Path) -> None:
         self.path = data_dir / LOCK_NAME
         self._fd: int | None = None
+        # The store token the file held when it was taken; None when it held none.
+        self.store_token: str | None = None
 
     def acquire(self) -> None:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            holder = os.read(fd, 32).decode(errors="replace").partition("\n")[0].strip() or "unknown"
             os.close(fd)
             raise FailedPrecondition(
                 f"data directory {self.path.parent} is in use by another tesserad (pid {holder}); "
                 "stop that daemon or pass another --data-dir"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        lines = os.pread(fd, 256, 0).decode(errors="replace").splitlines()
+        tokens = [line.removeprefix(_TOKEN_PREFIX) for line in lines[1:2] if line.startswith(_TOKEN_PREFIX)]
+        self.store_token = tokens[0] if tokens else None
         self._fd = fd
+        self._write(fd)
+
+    def keep_store_token(self, token: str) -> None:
+        """Write `token` into the lock file, beside the pid."""
+        if self._fd is None:
+            raise RuntimeError(f"{self.path} is not held")
+        self.store_token = token
+        self._write(self._fd)
+
+    def _write(self, fd: int) -> None:
+        token = "" if self.store_token is None else f"{_TOKEN_PREFIX}{self.store_token}\n"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n{token}".encode(), 0)
 
     def release(self) -> None:
         if self._fd is not None:

@@ -45,7 +45,7 @@ from tesserad.host import usable_cpu_count
 from tesserad.ids import new_id
 from tesserad.names import validate_name
 from tesserad.paging import PageFill, answer_bytes, resume_key
-from tesserad.store import BlobRef, BlobStore, ReadTxn, Store, WriteTxn, encode_record
+from tesserad.store import BlobRef, BlobStore, Key, ReadTxn, Store, WriteTxn, encode_record
 from tesserad.training.checkpoints import checkpoint_weights
 from tesserad.training.events import EventLog, JobEvent
 from tesserad.training.finetune import ParentLookup
@@ -106,6 +106,9 @@ _RATE_WINDOW_S = 1.0
 # In the "meta" table once the checkpoint retention policy was applied to the jobs a daemon
 # older than it left ended.
 CHECKPOINTS_RETAINED = ("checkpoints_retained",)
+# The start-up marker above, with the store schema from which every daemon keeps what it
+# marks (tesserad.store.schema drops it when an older daemon may have broken it).
+MARKERS: dict[Key, int] = {CHECKPOINTS_RETAINED: 1}
 _RETAIN_BATCH = 256
 
 # Starting a process reads os.environ; the worker's variables are set around the start only.

@@ -120,6 +120,16 @@ RUNS_COUNTED = ("experiment_runs_counted",)
 # In the "meta" table once every run has its count of metric keys (stores from before the counts
 # are counted once at start).
 METRICS_COUNTED = ("run_metrics_counted",)
+# The start-up markers above, each with the store schema from which every daemon keeps what it
+# marks (tesserad.store.schema drops those an older daemon may have broken).
+MARKERS: dict[Key, int] = {
+    BUCKETS_BUILT: 1,
+    NONFINITE_PURGED: 1,
+    ORDER_INDEXED: 1,
+    DELETED_ORDER_MOVED: 1,
+    RUNS_COUNTED: 1,
+    METRICS_COUNTED: 1,
+}
 # What the start-up passes' progress logs call the rows of the tables they go through.
 _PASS_ROWS = {
     "metric_summaries": "metrics",
@@ -1071,10 +1081,11 @@ class Tracking:
             )
 
     def index_run_order(self, progress_every_s: float = 5.0) -> None:
-        """Put every stored summary in the order index once, for a store written before it.
+        """Build the order index anew from every stored summary once, for a store written before
+        it or since by a daemon that did not keep it.
 
         Runs at start, after the other metric upgrades; logs progress every few seconds. An
-        interrupted pass starts over at the next start (writing a row again is idempotent).
+        interrupted pass starts over at the next start (it empties the index first).
         """
         experiments: dict[str, tuple[str, bool]] = {}
 
@@ -1098,6 +1109,7 @@ class Tracking:
             dict,
             progress_every_s,
             started_message="indexing runs by their metrics (once, for a store from an older tesserad)",
+            rebuilt=(run_order.TABLE, run_order.DELETED_TABLE),
         )
         if passed is not None and passed.rows:
             log.info(
@@ -1207,10 +1219,12 @@ class Tracking:
         progress_extra: Callable[[], dict[str, Any]],
         progress_every_s: float,
         started_message: str | None = None,
+        rebuilt: tuple[str, ...] = (),
     ) -> _Pass | None:
         """`visit(txn, key, value)` for every row of `table`, `batch` a write transaction, then
         `marker` (named by its first part) in meta: the start-up upgrades' one pass. None when
-        `marker` was there already; progress every few seconds."""
+        `marker` was there already; progress every few seconds. `rebuilt`: index tables the
+        visits write whole, emptied first (an older daemon may have left rows it made stale)."""
         noun = _PASS_ROWS[table]
         with self._store.read() as txn:
             if txn.exists("meta", marker):
@@ -1223,6 +1237,9 @@ class Tracking:
         after: Key | None = None
         while True:
             with self._store.write() as txn:
+                if after is None:
+                    for index in rebuilt:
+                        txn.clear(index)
                 rows = list(txn.scan(table, after=after, limit=batch))
                 for key, raw in rows:
                     visit(txn, key, raw)

@@ -1,0 +1,165 @@
+"""The store's schema version (tesserad.store.schema): each start records it, a daemon refuses
+a store of a newer one, and the start-up upgrades run again after an older tesserad wrote the
+store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tessera
+from tesserad import __version__
+from tesserad.registry import Lineage
+from tesserad.registry.backfill import JOB_VERSIONS_INDEXED
+from tesserad.registry.tables import JOB_VERSIONS
+from tesserad.server import STORE_TABLES
+from tesserad.store import BlobStore, Store, encode_record
+from tesserad.store.lockfile import LOCK_NAME
+from tesserad.store.schema import SCHEMA_KEY, STORE_SCHEMA, SchemaRecord, recorded_schema
+from tesserad.training import run_order
+from tests.conftest import InProcessDaemon, daemon_settings
+from tests.integration.registry.conftest import mlp_weights
+
+ARCHITECTURE = {"family": "mlp", "input_shape": [4], "output_size": 2, "hidden_sizes": [8]}
+
+
+def _open(data_dir: Path) -> Store:
+    return Store.open(data_dir / "store", map_size=1 << 30, tables=STORE_TABLES)
+
+
+def _recorded(store: Store) -> SchemaRecord | None:
+    with store.read() as txn:
+        return recorded_schema(txn)
+
+
+def _record(data_dir: Path) -> SchemaRecord | None:
+    store = _open(data_dir)
+    try:
+        return _recorded(store)
+    finally:
+        store.close()
+
+
+def _put_record(store: Store, schema: int, version: str, token: str) -> None:
+    data = {"schema": schema, "tesserad_version": version, "token": token, "at": 0.0}
+    with store.write() as txn:
+        txn.put("meta", SCHEMA_KEY, encode_record("store_schema", 1, data))
+
+
+def test_a_start_records_the_schema_and_the_tesserad_version(data_dir: Path) -> None:
+    InProcessDaemon(daemon_settings(data_dir)).start().stop()
+    record = _record(data_dir)
+    assert record is not None
+    assert (record.schema, record.tesserad_version) == (STORE_SCHEMA, __version__)
+    # The token that ties the record to this data directory, beside the holder's pid.
+    assert (data_dir / LOCK_NAME).read_text().splitlines()[1] == f"store {record.token}"
+
+
+def test_a_daemon_refuses_a_store_of_a_newer_schema_and_leaves_it_as_it_was(
+    spawn_daemon: Any, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    store = _open(data_dir)
+    _put_record(store, STORE_SCHEMA + 1, "9.0.0", "newer")
+    store.close()
+    daemon = spawn_daemon("--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(data_dir))
+    assert daemon.process.wait(30) == 1
+    output = daemon.output()
+    assert (
+        f"tesserad cannot start: the store in {data_dir} has schema {STORE_SCHEMA + 1}, written by "
+        f"tesserad 9.0.0; this tesserad writes schema {STORE_SCHEMA} and cannot open a newer one. "
+        "Run tesserad 9.0.0 or newer on it, or restore a backup made before the upgrade"
+    ) in output
+    assert _record(data_dir) == SchemaRecord(STORE_SCHEMA + 1, "9.0.0", "newer")
+
+
+def _register(daemon: InProcessDaemon, job_id: str, seed: int) -> int:
+    """A version of model m registered by training job `job_id` (once per job); its number."""
+    assert daemon.daemon.registry is not None
+    blobs = BlobStore(daemon.settings.data_dir / "blobs")
+    record = daemon.daemon.registry.register_version(
+        "m",
+        format="safetensors",
+        blob=blobs.put_bytes(mlp_weights(seed=seed)),
+        architecture=ARCHITECTURE,
+        lineage=Lineage(job_id=job_id),
+        create_model_if_missing=True,
+        once_per_job=True,
+    )
+    return record.version
+
+
+@pytest.mark.parametrize(
+    "older",
+    ["an older tesserad took the data directory", "the recorded schema stepped back", "no record"],
+)
+def test_an_index_an_older_tesserad_did_not_keep_is_repaired_at_the_next_start(
+    data_dir: Path, older: str
+) -> None:
+    daemon = InProcessDaemon(daemon_settings(data_dir)).start()
+    try:
+        assert _register(daemon, "job-a", seed=1) == 1
+    finally:
+        daemon.stop()
+    # What an older tesserad leaves when it writes the store after the index's backfill wrote its
+    # marker: a version it registered without its index row, and the row of a version it deleted.
+    store = _open(data_dir)
+    try:
+        with store.write() as txn:
+            assert txn.delete(JOB_VERSIONS, ("job-a", "m", 1))
+            txn.put(JOB_VERSIONS, ("job-b", "m", 7), b"")
+            assert txn.exists("meta", JOB_VERSIONS_INDEXED)
+            if older == "no record":
+                # A store last opened by a tesserad from before schema versions.
+                txn.delete("meta", SCHEMA_KEY)
+        record = _recorded(store)
+        if older == "the recorded schema stepped back":
+            assert record is not None
+            _put_record(store, STORE_SCHEMA - 1, "0.0.1", record.token)
+    finally:
+        store.close()
+    if older != "the recorded schema stepped back":
+        # Every tesserad rewrites the lock file with its pid as it takes the data directory.
+        (data_dir / LOCK_NAME).write_text("4242\n")
+    daemon = InProcessDaemon(daemon_settings(data_dir)).start()
+    try:
+        # The job's registration, retried, finds its version through the index again, and a job
+        # whose version is gone registers a new one.
+        assert _register(daemon, "job-a", seed=2) == 1
+        assert _register(daemon, "job-b", seed=3) == 2
+        assert daemon.daemon.registry is not None
+        assert daemon.daemon.registry.get_model("m").version_count == 2
+    finally:
+        daemon.stop()
+    record_after = _record(data_dir)
+    assert record_after is not None and record_after.schema == STORE_SCHEMA
+
+
+def test_order_rows_an_older_tesserad_left_stale_are_gone_after_the_next_start(data_dir: Path) -> None:
+    daemon = InProcessDaemon(daemon_settings(data_dir)).start()
+    try:
+        with tessera.Client(daemon.target) as client:
+            run_id = client.training.create_run("exp").run_id
+            client.training.log_metrics(run_id, {"loss": 1.0}, step=1)
+    finally:
+        daemon.stop()
+    # An older tesserad that logged to the run without moving its order rows: rows of a value
+    # the run's summary no longer has.
+    store = _open(data_dir)
+    try:
+        with store.write() as txn:
+            run_order.update(txn, "exp", run_id, "loss", None, {"last": 9.0, "min": 9.0, "max": 9.0})
+            assert txn.count(run_order.TABLE) == 6
+    finally:
+        store.close()
+    (data_dir / LOCK_NAME).write_text("4242\n")
+    InProcessDaemon(daemon_settings(data_dir)).start().stop()
+    store = _open(data_dir)
+    try:
+        with store.read() as txn:
+            # last, min and max of the one point logged.
+            assert txn.count(run_order.TABLE) == 3
+    finally:
+        store.close()
