@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Restore a backup archive (a file or a pipe) into DIR, which must be missing or empty "
             "(a new disk's mount point too, its lost+found aside) and not in use, on a disk with room for it. An archive "
-            "from a newer tesserad, whose store has tables this one does not know, is refused. "
+            "from a newer tesserad, whose store has a newer schema or tables this one does not know, is refused. "
             "Every file is checked against the archive's manifest (sha256 and size) and the "
             "store's record counts against it before anything is put in place; members a backup "
             "never holds (links, devices, other paths) and headers that claim too much to read into "

@@ -1,16 +1,22 @@
 """The store's schema version (tesserad.store.schema): each start records it, a daemon refuses
-a store of a newer one, and the start-up upgrades run again after an older tesserad wrote the
-store."""
+a store of a newer one, the start-up upgrades run again after an older tesserad wrote the store,
+and a backup carries it, so that restore refuses one it cannot open."""
 
 from __future__ import annotations
 
+import io
+import json
+import tarfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import tessera
+from tessera.backup import MANIFEST_NAME
+from tessera.cli import main as tessera_main
 from tesserad import __version__
+from tesserad.cli import main as tesserad_main
 from tesserad.registry import Lineage
 from tesserad.registry.backfill import JOB_VERSIONS_INDEXED
 from tesserad.registry.tables import JOB_VERSIONS
@@ -163,3 +169,56 @@ def test_order_rows_an_older_tesserad_left_stale_are_gone_after_the_next_start(d
             assert txn.count(run_order.TABLE) == 3
     finally:
         store.close()
+
+
+def _with_manifest(archive: Path, target: Path, change: Any) -> Path:
+    """A copy of `archive` whose manifest is change(manifest document)."""
+    with tarfile.open(archive) as source, tarfile.open(target, "w") as out:
+        for member in source.getmembers():
+            file = source.extractfile(member)
+            assert file is not None
+            data = file.read()
+            if member.name == MANIFEST_NAME:
+                data = json.dumps(change(json.loads(data))).encode()
+            member.size = len(data)
+            out.addfile(member, io.BytesIO(data))
+    return target
+
+
+def test_restore_refuses_a_backup_of_a_newer_schema_and_takes_an_older_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    daemon = InProcessDaemon(daemon_settings(tmp_path / "source")).start()
+    archive = tmp_path / "backup.tar"
+    try:
+        assert tessera_main(["--target", daemon.target, "admin", "backup", "-o", str(archive)]) == 0
+    finally:
+        daemon.stop()
+    capsys.readouterr()
+    with tarfile.open(archive) as tar:
+        manifest_file = tar.extractfile(MANIFEST_NAME)
+        assert manifest_file is not None
+        assert json.loads(manifest_file.read())["store_schema"] == STORE_SCHEMA
+
+    newer = _with_manifest(
+        archive,
+        tmp_path / "newer.tar",
+        lambda d: {**d, "store_schema": STORE_SCHEMA + 1, "tesserad_version": "9.0.0"},
+    )
+    assert tesserad_main(["restore", str(newer), "--data-dir", str(tmp_path / "refused")]) == 1
+    err = capsys.readouterr().err
+    assert (
+        f"it was made by tesserad 9.0.0, whose store has schema {STORE_SCHEMA + 1}, and this tesserad "
+        f"({__version__}) opens schema {STORE_SCHEMA} at most; restore it with tesserad 9.0.0 or later"
+    ) in err
+    assert not (tmp_path / "refused").exists()
+
+    # A backup from a tesserad before schema versions: restored, then upgraded as it opens.
+    older = _with_manifest(
+        archive, tmp_path / "older.tar", lambda d: {k: v for k, v in d.items() if k != "store_schema"}
+    )
+    restored = tmp_path / "restored"
+    assert tesserad_main(["restore", str(older), "--data-dir", str(restored)]) == 0
+    InProcessDaemon(daemon_settings(restored)).start().stop()
+    record = _record(restored)
+    assert record is not None and (record.schema, record.tesserad_version) == (STORE_SCHEMA, __version__)

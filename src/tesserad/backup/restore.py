@@ -28,6 +28,7 @@ from tesserad.datasets.references import BLOB_HOLDERS
 from tesserad.errors import FailedPrecondition
 from tesserad.store import DataDirLock, unpack
 from tesserad.store.lockfile import LOCK_NAME
+from tesserad.store.schema import STORE_SCHEMA
 
 # What a data directory holds besides its lock: the store and the blobs.
 _PARTS = ("store", "blobs")
@@ -105,8 +106,14 @@ class _Staging:
             raise RestoreError(f"{self.no_room()}; nothing was written") from None
 
     def check_manifest(self, manifest: Manifest) -> None:
-        """ArchiveError for a store of tables this tesserad does not know; RestoreError when the
-        disk has no room for what the manifest names."""
+        """ArchiveError for a store of a newer schema or of tables this tesserad does not know;
+        RestoreError when the disk has no room for what the manifest names."""
+        if manifest.store_schema is not None and manifest.store_schema > STORE_SCHEMA:
+            raise ArchiveError(
+                f"it was made by tesserad {manifest.tesserad_version}, whose store has schema "
+                f"{manifest.store_schema}, and this tesserad ({__version__}) opens schema "
+                f"{STORE_SCHEMA} at most; restore it with tesserad {manifest.tesserad_version} or later"
+            )
         unknown = sorted(manifest.records.keys() - set(self._tables))
         if unknown:
             raise ArchiveError(

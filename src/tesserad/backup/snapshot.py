@@ -30,6 +30,7 @@ from tessera.backup import BLOB_PREFIX, MANIFEST_NAME, STORE_NAME, Entry, Manife
 from tesserad.datasets.references import BLOB_HOLDERS, drop_claimed_blobs
 from tesserad.errors import DataLoss, NotFound, TesseraError, Unavailable
 from tesserad.store import BlobStore, ReadTxn, Store
+from tesserad.store.schema import STORE_SCHEMA
 from tesserad.store.space import space_checked
 
 _BLOCK = tarfile.BLOCKSIZE
@@ -106,6 +107,8 @@ class Backup:
                 records=records,
                 store=self._hash_copy(self._copy),
                 blobs={sha256: self._blob_size(sha256) for sha256 in sorted(held)},
+                # The daemon recorded it in the copy's "meta" as it opened the store.
+                store_schema=STORE_SCHEMA,
             )
             self._chunks = self._archive(manifest, self._copy, chunk_size)
             return manifest

@@ -59,6 +59,8 @@ class Manifest:
     records: dict[str, int]  # entries per store table
     store: Entry
     blobs: dict[str, int]  # sha256 -> size
+    # The store schema of the copy (tesserad.store.schema); None from a tesserad before them.
+    store_schema: int | None = None
 
     @property
     def blob_bytes(self) -> int:
@@ -74,6 +76,8 @@ class Manifest:
             "store": {"name": STORE_NAME, "sha256": self.store.sha256, "size": self.store.size},
             "blobs": [{"sha256": sha256, "size": size} for sha256, size in sorted(self.blobs.items())],
         }
+        if self.store_schema is not None:
+            document["store_schema"] = self.store_schema
         return json.dumps(document, indent=1).encode()
 
     @classmethod
@@ -99,6 +103,7 @@ class Manifest:
                 records={str(k): _size(v) for k, v in document["records"].items()},
                 store=Entry(_sha256(store["sha256"]), _size(store["size"])),
                 blobs={_sha256(b["sha256"]): _size(b["size"]) for b in document["blobs"]},
+                store_schema=None if "store_schema" not in document else _size(document["store_schema"]),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ArchiveError(
@@ -106,7 +111,7 @@ class Manifest:
             ) from None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SavedBackup(Manifest):
     """The manifest of a backup as saved, with the sha256 and size of the archive's own bytes
     (what `sha256sum` says of the file), for the operator to record beside it."""
