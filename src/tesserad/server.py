@@ -301,7 +301,8 @@ class Daemon:
             )
         if dropped:
             log.info(
-                "the store was last written by an older tesserad: the start-up upgrades run again",
+                "an older tesserad may have written the store since its start-up upgrades ran: "
+                "they run again",
                 extra={"markers": [str(marker[0]) for marker in dropped]},
             )
         collected = await asyncio.to_thread(collect_unheld_blobs, self._store, blobs)
