@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
             f"{HEADER_MAX_BYTES >> 20} MiB) are refused. A refused "
             "archive leaves nothing behind. Then `tesserad serve --data-dir DIR` starts on it. "
             "Exit status: 0 restored, 1 refused or failed (the message says why), 2 wrong "
-            "command line, 130 or 143 interrupted (Ctrl-C, SIGTERM: nothing is left behind)."
+            "command line, 130 or 143 interrupted (Ctrl-C, SIGTERM: nothing is left behind). What a "
+            "restore killed outright (SIGKILL) staged is removed by the next restore into DIR."
         ),
     )
     restore.add_argument(
@@ -144,6 +145,11 @@ def _restore(archive: Path, data_dir: Path) -> int:
     from tesserad.backup.restore import RestoreError, restore
     from tesserad.server import STORE_TABLES
 
+    # What the restore tells on the way (a dead restore's staging directory it removed).
+    told = logging.StreamHandler(sys.stderr)
+    told.setFormatter(logging.Formatter("tesserad restore: %(message)s"))
+    restore_log = logging.getLogger(restore.__module__)
+    restore_log.addHandler(told)
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         manifest = restore(archive, data_dir, STORE_TABLES)
@@ -155,6 +161,7 @@ def _restore(archive: Path, data_dir: Path) -> int:
         return EXIT_TERMINATED if isinstance(exc, _Terminated) else EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, previous)
+        restore_log.removeHandler(told)
     records = sum(manifest.records.values())
     print(
         f"restored {archive} into {data_dir}: {counted(records, 'record')}, {counted(len(manifest.blobs), 'blob')} "

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import pty
+import signal
 import socket
 import stat
 import subprocess
@@ -768,35 +769,76 @@ def test_restore_into_an_empty_mount_point_puts_it_on_that_disk(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mnt"]
 
 
-def test_a_restore_terminated_midway_removes_what_it_staged(source: Source, tmp_path: Path) -> None:
-    # The archive comes through a pipe (`<(ssh host cat b.tar)`), held mid-store: SIGTERM's
-    # default action left the staged part behind, beside the target.
+@contextlib.contextmanager
+def _restore_held_mid_store(source: Source, target: Path, fifo: Path) -> Iterator[subprocess.Popen[str]]:
+    """A `tesserad restore` into `target` reading the archive through the pipe `fifo`
+    (`<(ssh host cat b.tar)`), held once it has staged half the store; killed on the way out."""
     with tarfile.open(source.archive) as tar:
         store = tar.getmember(STORE_NAME)
-    fifo = tmp_path / "archive.tar"
     os.mkfifo(fifo)
     # Read and write: opening does not wait for the reader, which may never come.
     writer = os.open(fifo, os.O_RDWR)
     restore = subprocess.Popen(
-        [sys.executable, "-m", "tesserad", "restore", str(fifo), "--data-dir", str(tmp_path / "target")],
+        [sys.executable, "-m", "tesserad", "restore", str(fifo), "--data-dir", str(target)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
         os.write(writer, source.archive.read_bytes()[: store.offset_data + store.size // 2])
-        staged = lambda: list(tmp_path.glob(".target.restore-*/store/data.mdb"))  # noqa: E731
-        while not staged() and restore.poll() is None:
+        # The staging directory is in the target when it exists, else beside it.
+        staged = f".{target.name}.restore-*/store/data.mdb"
+        while not [*target.parent.glob(staged), *target.glob(staged)] and restore.poll() is None:
             threading.Event().wait(0.05)
         assert restore.poll() is None, restore.communicate()
-        restore.terminate()
-        _, err = restore.communicate(timeout=120)
+        yield restore
     finally:
         restore.kill()
         os.close(writer)
+
+
+def test_a_restore_terminated_midway_removes_what_it_staged(source: Source, tmp_path: Path) -> None:
+    # SIGTERM's default action left the staged part behind, beside the target.
+    with _restore_held_mid_store(source, tmp_path / "target", tmp_path / "archive.tar") as restore:
+        restore.terminate()
+        _, err = restore.communicate(timeout=120)
     assert restore.returncode == 143, err
     assert "interrupted; nothing was written" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["archive.tar"]
+
+
+@pytest.mark.parametrize("target_made", [True, False], ids=["into-an-empty-dir", "into-a-new-dir"])
+def test_a_restore_killed_midway_leaves_its_staging_to_the_next_restore_which_removes_it(
+    source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str], target_made: bool
+) -> None:
+    # SIGKILL leaves the staging directory behind (in an empty target, or beside a new one):
+    # the next restore refused the target as "not empty", naming it, or left it there.
+    target = tmp_path / "target"
+    if target_made:
+        target.mkdir()
+    with _restore_held_mid_store(source, target, tmp_path / "archive.tar") as first:
+        (staging,) = (target if target_made else tmp_path).glob(".target.restore-*")
+        code, err = _restore(source.archive, target, capsys)
+        assert code == 1
+        assert err == (
+            f"tesserad restore: {staging} is the staging directory of a restore into {target} that is "
+            f"still running (pid {first.pid}); let it finish, or stop it, before restoring again\n"
+        )
+        first.kill()
+        first.communicate(timeout=120)
+    assert first.returncode == -signal.SIGKILL
+    assert (staging / "store" / "data.mdb").exists()
+
+    code, err = _restore(source.archive, target, capsys)
+    assert code == 0, err
+    assert err == (
+        f"tesserad restore: removed {staging}, left by a restore into {target} (pid {first.pid}) that "
+        "was killed before it finished\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["archive.tar", "target"]
+    # A directory that was there keeps the lock file its restore took to put the data in it.
+    made = ["tesserad.lock"] if target_made else []
+    assert sorted(p.name for p in target.iterdir()) == ["blobs", "store", *made]
 
 
 def test_a_backup_says_its_archive_sha256_and_size_to_record_beside_it(

@@ -8,11 +8,18 @@ its record counts compared with the manifest's, and every blob it references mus
 those restored. Only then does the staging directory become the data directory (a rename; into
 an existing empty directory, under its lock). Any failure removes the staging directory, so a
 refused archive leaves nothing behind.
+
+A restore killed outright (SIGKILL, a power cut) cannot remove its staging directory; the next
+restore into the same directory does. Each restore holds a `flock` on a lock file in its
+staging directory while it runs, so one whose lock can be taken was left by a dead restore,
+and one whose lock is held belongs to a restore still running, which is left alone.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
+import logging
 import os
 import shutil
 import tempfile
@@ -30,8 +37,12 @@ from tesserad.store import DataDirLock, unpack
 from tesserad.store.lockfile import LOCK_NAME
 from tesserad.store.schema import STORE_SCHEMA
 
+log = logging.getLogger(__name__)
+
 # What a data directory holds besides its lock: the store and the blobs.
 _PARTS = ("store", "blobs")
+# In a staging directory: held by its restore while it runs, with its pid.
+STAGING_LOCK_NAME = "restore.lock"
 # A write that found the disk full, or the user's quota used up.
 _NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
 
@@ -63,6 +74,7 @@ def restore(archive: Path, data_dir: Path, tables: Collection[str]) -> Manifest:
     """Restore `archive` into `data_dir` (missing, or empty); its manifest. `tables`: those of
     this tesserad's store."""
     data_dir = data_dir.absolute()
+    _remove_dead_staging(data_dir)
     _check_target(data_dir)
     # A pipe reads as well as a file (`<(ssh host cat b.tar)`): only a directory cannot be read.
     if not archive.exists():
@@ -87,6 +99,8 @@ def restore(archive: Path, data_dir: Path, tables: Collection[str]) -> Manifest:
     except BaseException:
         shutil.rmtree(staging.path, ignore_errors=True)
         raise
+    finally:
+        staging.unlock()
     return manifest
 
 
@@ -99,11 +113,20 @@ class _Staging:
         self._disk = data_dir if data_dir.exists() else data_dir.parent
         self._needed: int | None = None
         try:
-            self.path = Path(tempfile.mkdtemp(dir=self._disk, prefix=f".{data_dir.name}.restore-"))
+            self.path = Path(tempfile.mkdtemp(dir=self._disk, prefix=_staging_prefix(data_dir)))
+            try:
+                self._lock = _lock_staging(self.path)
+            except BaseException:
+                shutil.rmtree(self.path, ignore_errors=True)
+                raise
         except OSError as exc:
             if exc.errno not in _NO_ROOM:
                 raise
             raise RestoreError(f"{self.no_room()}; nothing was written") from None
+
+    def unlock(self) -> None:
+        """End the restore's hold on its staging directory (put in place, or removed, by now)."""
+        os.close(self._lock)
 
     def check_manifest(self, manifest: Manifest) -> None:
         """ArchiveError for a store of a newer schema or of tables this tesserad does not know;
@@ -139,6 +162,72 @@ class _Staging:
 
     def place(self, name: str, _entry: Entry) -> _SyncedFile:
         return _SyncedFile(_staged(self.path, name))
+
+
+def _staging_prefix(data_dir: Path) -> str:
+    return f".{data_dir.name}.restore-"
+
+
+def _lock_staging(staging: Path) -> int:
+    """The open lock file of this restore's staging directory, held, with its pid for another
+    restore to name. It goes before the staging directory is put in place; the hold, with the
+    restore."""
+    fd = os.open(staging / STAGING_LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _remove_dead_staging(data_dir: Path) -> None:
+    """Remove the staging directories that restores into `data_dir` killed outright left (in it,
+    or beside it); RestoreError for one whose restore is still running."""
+    for place in (data_dir.parent, data_dir):
+        if not place.is_dir():
+            continue
+        for staging in sorted(place.iterdir()):
+            ours = staging.name.startswith(_staging_prefix(data_dir))
+            if not ours or staging.is_symlink() or not staging.is_dir():
+                continue
+            owner = _staging_owner(staging)
+            if owner is None:
+                # No lock file: made by a tesserad before this one, which may be restoring still.
+                continue
+            pid, running = owner
+            if running:
+                raise RestoreError(
+                    f"{staging} is the staging directory of a restore into {data_dir} that is still "
+                    f"running (pid {pid}); let it finish, or stop it, before restoring again"
+                )
+            shutil.rmtree(staging)
+            log.warning(
+                "removed %s, left by a restore into %s (pid %s) that was killed before it finished",
+                staging,
+                data_dir,
+                pid,
+            )
+
+
+def _staging_owner(staging: Path) -> tuple[str, bool] | None:
+    """The pid in a staging directory's lock file, and whether that restore is running (holds
+    it); None when it has no lock file, unless it is empty: a restore killed between making it
+    and its lock file."""
+    try:
+        fd = os.open(staging / STAGING_LOCK_NAME, os.O_RDONLY)
+    except FileNotFoundError:
+        return None if any(staging.iterdir()) else ("unknown", False)
+    try:
+        pid = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return pid, True
+        return pid, False
+    finally:
+        os.close(fd)
 
 
 def _free_bytes(directory: Path) -> int:
@@ -239,6 +328,9 @@ def _sync_dirs(staging: Path) -> None:
 
 
 def _put_in_place(staging: Path, data_dir: Path) -> None:
+    # Not a part of the data directory. Another restore leaves a staging directory that has
+    # no lock file alone, and this one's stays held until it ends.
+    (staging / STAGING_LOCK_NAME).unlink()
     if not data_dir.exists():
         staging.chmod(_new_dir_mode())
         staging.rename(data_dir)
