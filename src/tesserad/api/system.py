@@ -20,8 +20,9 @@ from tesserad.training.ray_cluster import ClusterStatus
 MIN_INTERVAL_MS = 100
 MAX_INTERVAL_MS = 60_000
 DEFAULT_INTERVAL_MS = 1000
-# A BackupChunk's bytes beside its data: the field's tag and length.
-_CHUNK_FRAMING = 16
+# A BackupChunk's bytes beside its data: the field's tag and length (6 at most), and
+# archive_size's tag and varint (11 at most).
+_CHUNK_FRAMING = 32
 
 
 class SystemServicer(system_pb2_grpc.SystemServicer):
@@ -89,7 +90,7 @@ class SystemServicer(system_pb2_grpc.SystemServicer):
         try:
             await asyncio.to_thread(backup.prepare, size)
             while (data := await asyncio.to_thread(backup.next_chunk)) is not None:
-                yield pb.BackupChunk(data=data)
+                yield pb.BackupChunk(data=data, archive_size=backup.archive_size)
         finally:
             # Runs to its end in its thread even if this call is cancelled again meanwhile:
             # the temp copy goes and the pinned blobs are released whatever the client does.

@@ -49,6 +49,18 @@ def _padding(size: int) -> bytes:
     return b"\0" * (-size % _BLOCK)
 
 
+def _archive_size(document: bytes, manifest: Manifest, mtime: float) -> int:
+    """The bytes `Backup._archive` yields for `manifest`: each member's header, data and
+    padding, the end-of-archive marker, and the padding to a whole record."""
+    members = [
+        (MANIFEST_NAME, len(document)),
+        (STORE_NAME, manifest.store.size),
+        *((BLOB_PREFIX + sha256, size) for sha256, size in manifest.blobs.items()),
+    ]
+    size = sum(len(_header(name, n, mtime)) + n + -n % _BLOCK for name, n in members) + 2 * _BLOCK
+    return size + -size % tarfile.RECORDSIZE
+
+
 class _Chunks:
     """Bytes gathered into chunks of one size (the last one shorter)."""
 
@@ -90,6 +102,8 @@ class Backup:
         self._copy_path: Path | None = None
         self._pinned: set[str] = set()
         self._chunks: Generator[bytes] | None = None
+        # The archive's whole size in bytes, known once prepared.
+        self.archive_size = 0
 
     def prepare(self, chunk_size: int) -> Manifest | None:
         """Copy the store, pin its blobs and write the manifest; None once closed."""
@@ -101,16 +115,19 @@ class Backup:
             self._copy_path = Path(name)
             with space_checked(self._blobs.root_dir, "the backup's copy of the store"):
                 records, held = self._store.copy_snapshot(fd, self._pin)
+            now = datetime.datetime.now(datetime.UTC)
             manifest = Manifest(
                 tesserad_version=self._version,
-                created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                created_at=now.isoformat(timespec="seconds"),
                 records=records,
                 store=self._hash_copy(self._copy),
                 blobs={sha256: self._blob_size(sha256) for sha256 in sorted(held)},
                 # The daemon recorded it in the copy's "meta" as it opened the store.
                 store_schema=STORE_SCHEMA,
             )
-            self._chunks = self._archive(manifest, self._copy, chunk_size)
+            document = manifest.to_json()
+            self.archive_size = _archive_size(document, manifest, now.timestamp())
+            self._chunks = self._archive(document, manifest, self._copy, chunk_size, now.timestamp())
             return manifest
 
     def _pin(self, snapshot: ReadTxn) -> tuple[dict[str, int], set[str]]:
@@ -135,10 +152,12 @@ class Backup:
         digest = hashlib.file_digest(copy, "sha256").hexdigest()
         return Entry(digest, os.fstat(copy.fileno()).st_size)
 
-    def _archive(self, manifest: Manifest, copy: io.BufferedRandom, chunk_size: int) -> Generator[bytes]:
+    def _archive(
+        self, document: bytes, manifest: Manifest, copy: io.BufferedRandom, chunk_size: int, now: float
+    ) -> Generator[bytes]:
+        """The archive of `manifest` (its JSON: `document`), its members' time `now`; what
+        `_archive_size` counts."""
         chunks = _Chunks(chunk_size)
-        now = datetime.datetime.now(datetime.UTC).timestamp()
-        document = manifest.to_json()
         yield from chunks.add(_header(MANIFEST_NAME, len(document), now) + document + _padding(len(document)))
         yield from chunks.add(_header(STORE_NAME, manifest.store.size, now))
         copy.seek(0)

@@ -66,6 +66,24 @@ def test_a_blob_deleted_during_a_backup_is_in_it_and_goes_when_it_ends(
     assert not blobs.exists(sha256)  # unheld and unpinned: deleted as the backup ended
 
 
+@pytest.mark.parametrize("chunk_size", [512, 1000, 1 << 20])
+def test_a_backup_says_its_archives_size_before_the_first_chunk(
+    parts: tuple[Store, BlobStore], chunk_size: int
+) -> None:
+    # Blobs around a tar block's size, so that each member's padding and the end's are counted.
+    store, blobs = parts
+    for data in (b"", b"a", b"b" * 511, b"c" * 512, b"d" * 513, b"e" * 10_240, b"f" * 10_241):
+        _held_blob(store, blobs, data)
+    backup = Backup(store, blobs, "test")
+    assert backup.prepare(chunk_size) is not None
+    size = backup.archive_size
+    chunks = []
+    while (chunk := backup.next_chunk()) is not None:
+        chunks.append(chunk)
+    backup.close()
+    assert size == len(b"".join(chunks))
+
+
 def test_a_backup_closed_mid_stream_leaves_no_copy_and_no_pin(parts: tuple[Store, BlobStore]) -> None:
     store, blobs = parts
     sha256 = _held_blob(store, blobs, bytes(range(256)) * 64)

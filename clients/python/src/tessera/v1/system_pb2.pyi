@@ -361,16 +361,22 @@ class BackupChunk(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DATA_FIELD_NUMBER: _builtins.int
+    ARCHIVE_SIZE_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
     """The archive's next bytes; concatenated in order they are the whole tar file."""
+    archive_size: _builtins.int
+    """The whole archive's size in bytes, the same on every chunk: how much of it has come, for
+    progress. 0 from a tesserad that does not say.
+    """
     def __init__(
         self,
         *,
         data: _builtins.bytes = ...,
+        archive_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archive_size", b"archive_size", "data", b"data"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
