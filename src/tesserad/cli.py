@@ -15,6 +15,7 @@ from typing import NoReturn
 from tessera.backup import HEADER_MAX_BYTES, MANIFEST_MAX_BYTES
 from tessera.command_parser import CommandParser
 from tessera.messages import counted
+from tessera.progress_line import ProgressLine, progress_wanted
 from tesserad import __version__
 from tesserad.config import SettingsError, describe_settings, load_settings
 from tesserad.errors import TesseraError
@@ -118,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument(
         "--data-dir", type=Path, required=True, metavar="DIR", help="the data directory to create"
     )
+    restore.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        help="draw the bytes restored of the archive's files' size, the rate and the time left on "
+        "stderr, over one line (default: when stderr is a terminal)",
+    )
 
     commands.add_parser(
         "settings",
@@ -141,7 +148,7 @@ def _terminate(_signum: int, _frame: object) -> NoReturn:
     raise _Terminated
 
 
-def _restore(archive: Path, data_dir: Path) -> int:
+def _restore(archive: Path, data_dir: Path, progress: bool | None) -> int:
     from tesserad.backup.restore import RestoreError, restore
     from tesserad.server import STORE_TABLES
 
@@ -151,8 +158,11 @@ def _restore(archive: Path, data_dir: Path) -> int:
     restore_log = logging.getLogger(restore.__module__)
     restore_log.addHandler(told)
     previous = signal.signal(signal.SIGTERM, _terminate)
+    wanted = progress_wanted(progress, False, sys.stderr)
     try:
-        manifest = restore(archive, data_dir, STORE_TABLES)
+        with ProgressLine("restore", sys.stderr if wanted else None) as line:
+            manifest = restore(archive, data_dir, STORE_TABLES, line.update)
+            line.finish(manifest.store.size + manifest.blob_bytes)
     except (RestoreError, OSError) as exc:
         print(f"tesserad restore: {exc}", file=sys.stderr)
         return 1
@@ -185,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "tokens":
         return tokens.run(args)
     if args.command == "restore":
-        return _restore(args.archive, args.data_dir)
+        return _restore(args.archive, args.data_dir, args.progress)
 
     overrides = {name: getattr(args, name.replace(".", "__")) for name, _, _ in SERVE_FLAGS.values()}
     try:

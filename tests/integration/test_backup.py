@@ -11,6 +11,7 @@ import io
 import json
 import os
 import pty
+import re
 import signal
 import socket
 import stat
@@ -37,6 +38,7 @@ from tessera.backup import (
 )
 from tessera.cli import EXIT_USAGE
 from tessera.cli import main as tessera_main
+from tessera.progress_line import byte_size
 from tessera.v1 import system_pb2, system_pb2_grpc
 from tesserad.cli import main as tesserad_main
 from tesserad.security import Role, hash_token, new_token
@@ -850,3 +852,102 @@ def test_a_backup_says_its_archive_sha256_and_size_to_record_beside_it(
     assert (summary["sha256"], summary["size_bytes"]) == (_sha256(archive), archive.stat().st_size)
     assert tessera_main(_backup_cli(source.daemon, "-o", str(archive), "--force")) == 0
     assert f"sha256 {_sha256(archive)}" in " ".join(capsys.readouterr().out.split())
+
+
+def _drawn(err: str) -> list[str]:
+    """What a progress line drew, each drawing without the spaces that cover a longer one."""
+    assert err.startswith("\r") and err.endswith("\n"), repr(err)
+    return [text.rstrip(" ") for text in err[1:-1].split("\r")]
+
+
+def _ended(label: str, size: str, drawn: str) -> bool:
+    return re.fullmatch(rf"{label}: {re.escape(size)} in \d+s(, [\d.]+ [KMG]?i?B/s)?", drawn) is not None
+
+
+def test_a_backup_asked_for_progress_draws_it_on_stderr_up_to_the_archives_size(
+    source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    archive = tmp_path / "b.tar"
+    assert tessera_main(_backup_cli(source.daemon, "-o", str(archive), "--progress")) == 0
+    captured = capsys.readouterr()
+    size = byte_size(archive.stat().st_size)
+    drawn = _drawn(captured.err)
+    assert drawn[0] == "backup: the daemon is copying its store"
+    # The daemon says the archive's size up front: the last piece is all of it.
+    assert drawn[-2].startswith(f"backup: {size} of {size} (100%)"), drawn
+    assert _ended("backup", size, drawn[-1]), drawn
+    assert " ".join(captured.out.split()).startswith(f"wrote {archive}: ")  # as rich wraps it
+
+    # --json: stdout holds the JSON alone.
+    assert (
+        tessera_main(["--json", *_backup_cli(source.daemon, "-o", str(archive), "--progress", "--force")])
+        == 0
+    )
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["size_bytes"] == archive.stat().st_size
+    assert _ended("backup", byte_size(archive.stat().st_size), _drawn(captured.err)[-1])
+
+
+def test_progress_with_json_and_a_backup_to_stdout_is_refused(
+    source: Source, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The summary goes to stderr there, as JSON a script parses.
+    assert tessera_main(["--json", *_backup_cli(source.daemon, "-o", "-", "--progress")]) == EXIT_USAGE
+    assert "--progress with --json and --output - would put both on stderr" in capsys.readouterr().err
+
+
+def test_the_sdk_tells_a_backups_progress_up_to_the_archives_size(source: Source, tmp_path: Path) -> None:
+    told: list[tuple[int, int]] = []
+    with tessera.Client(source.daemon.target) as client:
+        saved = client.system.backup(tmp_path / "b.tar", chunk_size=4096, progress=lambda *p: told.append(p))
+    assert len(told) > 1
+    assert [done for done, _ in told] == sorted({done for done, _ in told})
+    assert {total for _, total in told} == {saved.archive_size}
+    assert told[-1] == (saved.archive_size, saved.archive_size)
+
+
+def _backup_with_stderr_on_a_terminal(source: Source, tmp_path: Path, *args: str) -> str:
+    terminal, stderr = pty.openpty()
+    try:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tessera.cli",
+                *_backup_cli(source.daemon, "-o", str(tmp_path / "b.tar"), *args),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0
+        os.set_blocking(terminal, False)
+        try:
+            return os.read(terminal, 1 << 16).decode()
+        except BlockingIOError:
+            return ""
+    finally:
+        os.close(stderr)
+        os.close(terminal)
+
+
+def test_a_backup_draws_progress_for_a_terminal_unless_told_not_to(source: Source, tmp_path: Path) -> None:
+    drawn = _backup_with_stderr_on_a_terminal(source, tmp_path)
+    size = byte_size((tmp_path / "b.tar").stat().st_size)
+    # The terminal ends a line with "\r\n".
+    assert _ended("backup", size, drawn.removesuffix("\r\n").split("\r")[-1].rstrip(" ")), repr(drawn)
+    assert _backup_with_stderr_on_a_terminal(source, tmp_path, "--force", "--no-progress") == ""
+
+
+def test_a_restore_asked_for_progress_draws_it_up_to_the_size_of_the_archives_files(
+    source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = tesserad_main(["restore", str(source.archive), "--data-dir", str(tmp_path / "r"), "--progress"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    manifest = read_archive(source.archive)
+    size = byte_size(manifest.store.size + manifest.blob_bytes)
+    drawn = _drawn(err)
+    assert drawn[-2].startswith(f"restore: {size} of {size} (100%)"), drawn
+    assert _ended("restore", size, drawn[-1]), drawn

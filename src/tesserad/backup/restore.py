@@ -23,7 +23,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import lmdb
@@ -51,15 +51,22 @@ class RestoreError(Exception):
     """The restore was refused or failed; nothing was put in place. The message says why."""
 
 
-class _SyncedFile:
-    """A new file that is fsynced as it is closed."""
+Progress = Callable[[int, int], None]
+"""Told the bytes staged and how many the archive's files hold, after each piece."""
 
-    def __init__(self, path: Path) -> None:
+
+class _SyncedFile:
+    """A new file that is fsynced as it is closed; `wrote` is told each piece's size."""
+
+    def __init__(self, path: Path, wrote: Callable[[int], None]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file = path.open("xb")
+        self._wrote = wrote
 
     def write(self, data: bytes) -> int:
-        return self._file.write(data)
+        written = self._file.write(data)
+        self._wrote(written)
+        return written
 
     def close(self) -> None:
         if not self._file.closed:
@@ -70,9 +77,11 @@ class _SyncedFile:
                 self._file.close()
 
 
-def restore(archive: Path, data_dir: Path, tables: Collection[str]) -> Manifest:
+def restore(
+    archive: Path, data_dir: Path, tables: Collection[str], progress: Progress | None = None
+) -> Manifest:
     """Restore `archive` into `data_dir` (missing, or empty); its manifest. `tables`: those of
-    this tesserad's store."""
+    this tesserad's store; `progress`, told how much is staged."""
     data_dir = data_dir.absolute()
     _remove_dead_staging(data_dir)
     _check_target(data_dir)
@@ -83,7 +92,7 @@ def restore(archive: Path, data_dir: Path, tables: Collection[str]) -> Manifest:
         raise RestoreError(f"{archive} is a directory; pass the backup archive's path")
     if not data_dir.parent.is_dir():
         raise RestoreError(f"{data_dir.parent} does not exist; create it, or pass another --data-dir")
-    staging = _Staging(data_dir, tables)
+    staging = _Staging(data_dir, tables, progress)
     try:
         try:
             manifest = read_archive(archive, staging.place, staging.check_manifest)
@@ -108,10 +117,12 @@ class _Staging:
     """The directory an archive is read into, on the target's disk so that putting it in place
     is a rename: in the target when it exists (it may be a mount point), else beside it."""
 
-    def __init__(self, data_dir: Path, tables: Collection[str]) -> None:
+    def __init__(self, data_dir: Path, tables: Collection[str], progress: Progress | None) -> None:
         self._tables = tables
+        self._progress = progress
         self._disk = data_dir if data_dir.exists() else data_dir.parent
         self._needed: int | None = None
+        self._staged = 0
         try:
             self.path = Path(tempfile.mkdtemp(dir=self._disk, prefix=_staging_prefix(data_dir)))
             try:
@@ -161,7 +172,12 @@ class _Staging:
         )
 
     def place(self, name: str, _entry: Entry) -> _SyncedFile:
-        return _SyncedFile(_staged(self.path, name))
+        return _SyncedFile(_staged(self.path, name), self._wrote)
+
+    def _wrote(self, size: int) -> None:
+        self._staged += size
+        if self._progress is not None and self._needed is not None:
+            self._progress(self._staged, self._needed)
 
 
 def _staging_prefix(data_dir: Path) -> str:

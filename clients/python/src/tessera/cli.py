@@ -14,7 +14,7 @@ import threading
 import zipfile
 from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TextIO, TypeVar
+from typing import Any, BinaryIO, NoReturn, TextIO, TypeVar
 
 import numpy as np
 from rich.cells import cell_len
@@ -36,6 +36,7 @@ from tessera.follow import follow
 from tessera.json_output import dumps, to_plain
 from tessera.messages import INT64_MAX, counted, dataset_ref, is_digits, load_toml, to_datetime, whole_number
 from tessera.models import FORMAT_BY_SUFFIX
+from tessera.progress_line import ProgressLine, progress_wanted
 from tessera.rpc_commands import in_cli_words, unreachable_hint
 from tessera.run_filter import (
     RunFilterError,
@@ -843,13 +844,17 @@ def cmd_admin_backup(client: Client, args: argparse.Namespace, out: Output) -> N
     if args.output == "-":
         if args.force:
             raise UsageError("--force replaces a file; with --output - there is none: leave it out")
-        return _backup_to_stdout(client, args)
+        if args.progress and out.as_json:
+            raise UsageError(
+                "--progress with --json and --output - would put both on stderr: leave --progress out"
+            )
+        return _backup_to_stdout(client, args, out)
     path = Path(args.output)
     # A trailing "/" names a directory too, one that does not exist yet (Path drops it).
     if path.is_dir() or args.output.endswith(("/", os.sep)):
         raise UsageError(f"--output {args.output} is a directory; name the file to write")
     try:
-        saved = client.system.backup(path, overwrite=args.force)
+        saved = _backup_with_progress(client, path, args, out)
     except FileExistsError:
         raise UsageError(f"--output {args.output} exists; pass --force to replace it") from None
     if out.as_json:
@@ -857,14 +862,27 @@ def cmd_admin_backup(client: Client, args: argparse.Namespace, out: Output) -> N
     out.line(f"wrote {path}: {_backup_file(saved)}, {_backup_contents(saved)}")
 
 
-def _backup_to_stdout(client: Client, args: argparse.Namespace) -> None:
+def _backup_with_progress(
+    client: Client, path: Path | BinaryIO, args: argparse.Namespace, out: Output
+) -> SavedBackup:
+    """The backup to `path`, its progress drawn on stderr for whoever watches it."""
+    wanted = progress_wanted(args.progress, out.as_json, sys.stderr)
+    with ProgressLine("backup", sys.stderr if wanted else None) as line:
+        # Nothing comes until the daemon has copied its store: minutes, for a large one.
+        line.note("the daemon is copying its store")
+        saved = client.system.backup(path, overwrite=args.force, progress=line.update)
+        line.finish(saved.archive_size)
+    return saved
+
+
+def _backup_to_stdout(client: Client, args: argparse.Namespace, out: Output) -> None:
     """The archive on stdout as it comes, checked on the way; the summary on stderr."""
     stdout = sys.stdout.buffer
     if stdout.isatty():
         # As tar refuses: an archive is no use on a terminal, and would garble it.
         raise UsageError("refusing to write the backup to a terminal; redirect stdout (> FILE, | CMD)")
     try:
-        saved = client.system.backup(stdout)
+        saved = _backup_with_progress(client, stdout, args, out)
     except TesseraError as err:
         # Part of the archive may be on stdout already, where a reader could take it for one.
         raise type(err)(
@@ -2133,6 +2151,12 @@ def build_parser() -> argparse.ArgumentParser:
         "non-zero, and what was written is an incomplete archive, no backup",
     )
     sub.add_argument("--force", action="store_true", help="replace the file --output names if it exists")
+    sub.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        help="draw the bytes come of the archive's size, the rate and the time left on stderr, over one "
+        "line (default: when stderr is a terminal, and not with --json)",
+    )
 
     export = commands.add_parser("export", help="export a version").add_subparsers(
         dest="subcommand", required=True, metavar="FORMAT"

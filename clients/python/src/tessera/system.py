@@ -13,7 +13,7 @@ from typing import BinaryIO
 from tessera.backup import ArchiveCheck, ArchiveError, SavedBackup, read_archive
 from tessera.calls import C, Op, Part, Reconnects, Resumable, Save, Sink, call, stream
 from tessera.errors import DataLoss
-from tessera.transfer import new_partial
+from tessera.transfer import Progress, new_partial
 from tessera.transport import RetryPolicy, timeout_or
 from tessera.v1 import system_pb2 as pb
 
@@ -115,6 +115,22 @@ class BackupStream:
             self._size += len(piece)
 
 
+class BackupReceived:
+    """The bytes of a backup's chunks as they come: `data` gives each chunk's, after telling
+    `progress(done, total)` how many have come of the archive's size (0 from a tesserad that
+    does not say)."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self._progress = progress
+        self.done = 0
+
+    def data(self, chunk: pb.BackupChunk) -> bytes:
+        self.done += len(chunk.data)
+        if self._progress is not None:
+            self._progress(self.done, chunk.archive_size)
+        return chunk.data
+
+
 class SampleCursor(Reconnects):
     """Where a watch of the system's samples has got to: how many a bounded watch still lacks."""
 
@@ -166,6 +182,7 @@ class System(Part[C]):
         chunk_size: int = 0,
         timeout: float | None = None,
         overwrite: bool = False,
+        progress: Progress | None = None,
     ) -> Save[SavedBackup]:
         """Save a consistent backup of the daemon (admin only); its manifest, with the sha256
         and size of the archive written. `tesserad restore` restores it.
@@ -174,7 +191,9 @@ class System(Part[C]):
         checks out (a file already there is refused with FileExistsError before the backup
         starts, unless `overwrite`); or an open binary file (`sys.stdout.buffer`, a pipe), which
         gets the archive as it comes, checked on the way: a fault raises DataLoss, and what was
-        written by then is no backup."""
+        written by then is no backup. `progress(done, total)` is called after each chunk with
+        the bytes come and the archive's size (0 from a tesserad that does not say); the first
+        comes once the daemon has copied its store, which takes a while for a large one."""
         sink: Callable[[], Sink[SavedBackup]] = (
             partial(BackupSink, Path(path), overwrite)
             if isinstance(path, (str, os.PathLike))
@@ -186,5 +205,5 @@ class System(Part[C]):
             pb.BackupRequest(chunk_size=chunk_size),
             timeout_or(timeout, self._conn.transfer_timeout),
             sink,
-            lambda response: response.data,
+            BackupReceived(progress).data,
         )
