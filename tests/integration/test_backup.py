@@ -874,7 +874,8 @@ def test_a_backup_asked_for_progress_draws_it_on_stderr_up_to_the_archives_size(
     drawn = _drawn(captured.err)
     assert drawn[0] == "backup: the daemon is copying its store"
     # The daemon says the archive's size up front: the last piece is all of it.
-    assert drawn[-2].startswith(f"backup: {size} of {size} (100%)"), drawn
+    assert drawn[-3].startswith(f"backup: {size} of {size} (100%)"), drawn
+    assert drawn[-2] == f"backup: all {size} came; reading it back to check it"
     assert _ended("backup", size, drawn[-1]), drawn
     assert " ".join(captured.out.split()).startswith(f"wrote {archive}: ")  # as rich wraps it
 

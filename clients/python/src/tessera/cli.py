@@ -36,7 +36,7 @@ from tessera.follow import follow
 from tessera.json_output import dumps, to_plain
 from tessera.messages import INT64_MAX, counted, dataset_ref, is_digits, load_toml, to_datetime, whole_number
 from tessera.models import FORMAT_BY_SUFFIX
-from tessera.progress_line import ProgressLine, progress_wanted
+from tessera.progress_line import ProgressLine, byte_size, progress_wanted
 from tessera.rpc_commands import in_cli_words, unreachable_hint
 from tessera.run_filter import (
     RunFilterError,
@@ -868,9 +868,16 @@ def _backup_with_progress(
     """The backup to `path`, its progress drawn on stderr for whoever watches it."""
     wanted = progress_wanted(args.progress, out.as_json, sys.stderr)
     with ProgressLine("backup", sys.stderr if wanted else None) as line:
+
+        def told(done: int, total: int) -> None:
+            line.update(done, total)
+            if done == total and isinstance(path, Path):
+                # A file is read back whole to check it before it takes its name.
+                line.note(f"all {byte_size(total)} came; reading it back to check it")
+
         # Nothing comes until the daemon has copied its store: minutes, for a large one.
         line.note("the daemon is copying its store")
-        saved = client.system.backup(path, overwrite=args.force, progress=line.update)
+        saved = client.system.backup(path, overwrite=args.force, progress=told)
         line.finish(saved.archive_size)
     return saved
 
