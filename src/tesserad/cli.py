@@ -15,7 +15,7 @@ from typing import NoReturn
 from tessera.backup import HEADER_MAX_BYTES, MANIFEST_MAX_BYTES
 from tessera.command_parser import CommandParser
 from tessera.messages import counted
-from tessera.progress_line import ProgressLine, progress_wanted
+from tessera.progress_line import ProgressLine, byte_size, progress_wanted
 from tesserad import __version__
 from tesserad.config import SettingsError, describe_settings, load_settings
 from tesserad.errors import TesseraError
@@ -161,7 +161,13 @@ def _restore(archive: Path, data_dir: Path, progress: bool | None) -> int:
     wanted = progress_wanted(progress, False, sys.stderr)
     try:
         with ProgressLine("restore", sys.stderr if wanted else None) as line:
-            manifest = restore(archive, data_dir, STORE_TABLES, line.update)
+
+            def staged(done: int, total: int) -> None:
+                line.update(done, total)
+                if done == total:
+                    line.note(f"all {byte_size(total)} staged; checking the store and putting it in place")
+
+            manifest = restore(archive, data_dir, STORE_TABLES, staged)
             line.finish(manifest.store.size + manifest.blob_bytes)
     except (RestoreError, OSError) as exc:
         print(f"tesserad restore: {exc}", file=sys.stderr)

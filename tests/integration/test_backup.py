@@ -843,6 +843,26 @@ def test_a_restore_killed_midway_leaves_its_staging_to_the_next_restore_which_re
     assert sorted(p.name for p in target.iterdir()) == ["blobs", "store", *made]
 
 
+def test_a_staging_directory_without_a_lock_file_is_removed_only_when_empty(
+    source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Empty: a restore killed between making it and its lock file. Not empty: one made by a
+    # tesserad before restore.lock, whose restore may be running still.
+    target = tmp_path / "target"
+    (target / ".target.restore-old").mkdir(parents=True)
+    (target / ".target.restore-old" / "store").mkdir()
+    (target / ".target.restore-new").mkdir()
+    code, err = _restore(source.archive, target, capsys)
+    assert code == 1
+    assert err == (
+        f"tesserad restore: removed {target / '.target.restore-new'}, left by a restore into {target} "
+        f"(pid unknown) that was killed before it finished\n"
+        f"tesserad restore: {target} is not empty (it holds .target.restore-old); restore into a new or "
+        "empty directory, so that no data is overwritten\n"
+    )
+    assert [p.name for p in target.iterdir()] == [".target.restore-old"]
+
+
 def test_a_backup_says_its_archive_sha256_and_size_to_record_beside_it(
     source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -950,5 +970,6 @@ def test_a_restore_asked_for_progress_draws_it_up_to_the_size_of_the_archives_fi
     manifest = read_archive(source.archive)
     size = byte_size(manifest.store.size + manifest.blob_bytes)
     drawn = _drawn(err)
-    assert drawn[-2].startswith(f"restore: {size} of {size} (100%)"), drawn
+    assert drawn[-3].startswith(f"restore: {size} of {size} (100%)"), drawn
+    assert drawn[-2] == f"restore: all {size} staged; checking the store and putting it in place"
     assert _ended("restore", size, drawn[-1]), drawn
