@@ -814,8 +814,11 @@ class Daemon:
             self.inference = None
         self._shared_memory.close()
         self._logs.close()
-        # Waits for the trace writer's thread, which may be held up by a slow disk.
-        await asyncio.to_thread(self._tracer.close)
+        # The trace writer gets a grace period of its own, not what the calls left of the stop's:
+        # its traces are of calls already answered, and a working disk writes them in moments,
+        # so a stop(0) or a call that held the whole grace period must not drop them; a disk that
+        # takes no write (a hung mount) holds the stop no longer than that, then is logged.
+        await asyncio.to_thread(self._tracer.close, self.settings.grace_period_s)
         if self.exports is not None:
             await asyncio.to_thread(self.exports.close, exports_wait_s)
             self.exports = None

@@ -6,8 +6,11 @@ gRPC, /v2[/models/NAME]/trace/setting over HTTP). The transports turn their mess
 
 Traces are written by a thread of their own, in the order they were taken, so that a slow disk
 never holds up a request: past WRITE_QUEUE_SIZE writes waiting, traces are dropped, logged and
-counted (tessera_traces_dropped). The stop writes every trace taken before it returns. A model's
-own settings go with the model when it is deleted.
+counted (tessera_traces_dropped). The stop writes every trace taken, waiting for the writer up to a
+time it is given (the daemon's grace period): past it, a disk that does not take a write (a hung
+mount) gets no more waiting, and what is left unwritten is logged. Once stopped, the settings can
+no longer change (Unavailable: tracing could start again with nothing to write its traces). A
+model's own settings go with the model when it is deleted.
 
 The settings, each answered as a list of strings (as Triton's):
 - trace_level: OFF, or TIMESTAMPS and/or TENSORS (the request's input and output tensors).
@@ -46,6 +49,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -55,7 +59,7 @@ import numpy as np
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from tesserad.errors import FailedPrecondition, InvalidArgument
+from tesserad.errors import FailedPrecondition, InvalidArgument, Unavailable
 from tesserad.log_settings import json_kind
 from tesserad.serving.batcher import Prediction
 
@@ -76,7 +80,12 @@ FILE_SETTING = (
     "serving.trace_file (env TESSERA_SERVING_TRACE_FILE, or trace_file under [serving] in the config file)"
 )
 # Writes waiting for the writer's thread: past these, traces are dropped (and counted) rather
-# than the requests that take them waiting on the disk.
+# than the requests that take them waiting on the disk. Not a setting, as it is not one in Triton:
+# a write is a whole FILE.N or a settings change's traces, so 256 of them ride out a disk's stall
+# of seconds at any trace_rate a server can take, and what a longer stall drops is counted in
+# tessera_traces_dropped and logged, which tells an operator to lower trace_rate or raise
+# log_frequency: a bigger queue would only hold more traces in memory for a disk that is not coming
+# back.
 WRITE_QUEUE_SIZE = 256
 UINT32_MAX = 2**32 - 1
 INT32_MAX = 2**31 - 1
@@ -253,6 +262,8 @@ class Tracer:
         self._own: dict[str, dict[str, Any]] = {}
         self._models: dict[str, _Scope] = {}
         self._next_id = 1
+        # Set by close: the writer has stopped, and the settings stay as they are.
+        self._closed = False
         # The one check a request's path makes: whether any set of settings takes traces now.
         self.on = False
 
@@ -276,9 +287,14 @@ class Tracer:
 
     def update(self, model: str, changes: Mapping[str, object], who: str) -> dict[str, list[str]]:
         """Apply `changes` (all or none; see parsed_changes) to `model`'s settings (empty: the
-        global ones) for the caller `who`; the settings after them."""
+        global ones) for the caller `who`; the settings after them. Unavailable once closed."""
         fields = parsed_changes(changes, self.file_text)
         with self._lock:
+            if self._closed:
+                raise Unavailable(
+                    "tesserad is shutting down: its trace writer has stopped, so the trace settings "
+                    "can no longer change; change them once it is back"
+                )
             before = self._effective(model)
             global_settings = self._global.settings
             own = dict(self._own)
@@ -361,7 +377,7 @@ class Tracer:
         self._models[model] = _Scope(settings)
 
     def _update_on(self) -> None:
-        self.on = self._global.on or any(s.on for s in self._models.values())
+        self.on = not self._closed and (self._global.on or any(s.on for s in self._models.values()))
 
     def trace(
         self,
@@ -472,27 +488,33 @@ class Tracer:
         if scope.pending:
             self._write(scope, indexed=bool(scope.settings.log_frequency))
 
-    def _write(self, scope: _Scope, indexed: bool, wait: bool = False) -> None:
+    def _write(self, scope: _Scope, indexed: bool) -> None:
         assert self._writer is not None, "no trace is taken without a trace file"
         traces, scope.pending = scope.pending, []
-        self._writer.submit(_Write(indexed, traces), wait)
+        self._writer.submit(_Write(indexed, traces))
 
     @property
     def dropped(self) -> int:
         """Traces taken and dropped: the writer's queue was full (the disk too slow for them)."""
         return 0 if self._writer is None else self._writer.dropped
 
-    def close(self) -> None:
-        """Write every trace taken and not yet written, and close the trace file's array; waits
-        for the writer to finish (never call it on the event loop's thread)."""
+    def close(self, timeout: float) -> None:
+        """Stop tracing: write every trace taken and not yet written, and close the trace file's
+        array, waiting for the writer at most `timeout` seconds (never call it on the event loop's
+        thread); past them what is left unwritten is logged. The settings no longer change."""
         with self._lock:
+            if self._closed:
+                return
+            self._closed = True
             self.on = False
             if self._writer is None:
                 return
+            last = []
             for scope in (self._global, *self._models.values()):
                 if scope.pending:
-                    self._write(scope, bool(scope.settings.log_frequency), wait=True)
-        self._writer.close()
+                    last.append(_Write(bool(scope.settings.log_frequency), scope.pending))
+                    scope.pending = []
+        self._writer.close(last, timeout)
 
 
 class _Write(NamedTuple):
@@ -515,15 +537,18 @@ class _Writer:
         self._appending: TextIO | None = None
         self.dropped = 0
         self._dropped_unlogged = 0
+        # Traces queued and not yet written (or failed): what a stop that gives up leaves.
+        self._unwritten = 0
+        self._unwritten_lock = threading.Lock()
+        # A daemon thread: one held by a write that never returns (a hung disk) must not keep the
+        # process alive once the stop has given up on it.
         self._thread = threading.Thread(target=self._run, name="tessera-trace-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, write: _Write, wait: bool) -> None:
-        """Queue `write`; dropped if the queue is full, unless `wait` (called holding the
-        tracer's lock, so writes queue in the order they were taken)."""
-        try:
-            self._queue.put(write, block=wait)
-        except queue.Full:
+    def submit(self, write: _Write) -> None:
+        """Queue `write`; dropped if the queue is full (called holding the tracer's lock, so
+        writes queue in the order they were taken)."""
+        if not self._queued(write, 0.0):
             if not self._dropped_unlogged:
                 log.warning(
                     "traces are dropped: writing them to %s is slower than they are taken "
@@ -535,6 +560,20 @@ class _Writer:
             return
         self._log_dropped()
 
+    def _queued(self, write: _Write | None, timeout: float) -> bool:
+        """Put `write` (None: the end) on the queue, waiting for room at most `timeout` seconds
+        (0: not at all); whether it was put."""
+        traces = 0 if write is None else len(write.traces)
+        with self._unwritten_lock:
+            self._unwritten += traces
+        try:
+            self._queue.put(write, timeout=timeout)
+        except queue.Full:
+            with self._unwritten_lock:
+                self._unwritten -= traces
+            return False
+        return True
+
     def _log_dropped(self) -> None:
         if self._dropped_unlogged:
             log.warning(
@@ -544,13 +583,30 @@ class _Writer:
             )
             self._dropped_unlogged = 0
 
-    def close(self) -> None:
-        """Write what is queued, close FILE's array, and end the thread."""
+    def close(self, last: list[_Write], timeout: float) -> None:
+        """Write what is queued and `last`, close FILE's array, and end the thread, waiting at
+        most `timeout` seconds: past them the thread is left to its write (it cannot keep the
+        process alive) and what it has not written is logged."""
+        deadline = time.monotonic() + timeout
+        self._log_dropped()
+        left_out = 0
+        for write in (*last, None):
+            if not self._queued(write, max(0.0, deadline - time.monotonic())):
+                left_out += 0 if write is None else len(write.traces)
+        self._thread.join(max(0.0, deadline - time.monotonic()))
         if not self._thread.is_alive():
             return
-        self._log_dropped()
-        self._queue.put(None)
-        self._thread.join()
+        with self._unwritten_lock:
+            unwritten = self._unwritten + left_out
+        log.error(
+            "the trace writer did not finish within the stop's %gs (grace_period_s): the disk of %s "
+            "takes no write (a hung mount?), and tesserad stops without it: %d traces taken are not "
+            "written, and the trace file may be left without its closing ']'",
+            timeout,
+            self._file,
+            unwritten,
+            extra={"unwritten_traces": unwritten, "trace_file": str(self._file)},
+        )
 
     def _run(self) -> None:
         while (write := self._queue.get()) is not None:
@@ -558,6 +614,8 @@ class _Writer:
                 self._write_indexed(write.traces)
             else:
                 self._append(write.traces)
+            with self._unwritten_lock:
+                self._unwritten -= len(write.traces)
         if self._appending is not None:
             try:
                 self._appending.write("]")

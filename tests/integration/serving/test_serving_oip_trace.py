@@ -6,6 +6,9 @@ as child traces), and what becomes of a model's own settings when it is deleted.
 from __future__ import annotations
 
 import json
+import logging
+import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -222,6 +225,65 @@ def test_log_frequency_writes_every_n_traces_and_the_rest_at_the_stop(tmp_path: 
     traces = traces_in(file)
     assert sorted(traces) == [6, 7, 8]
     assert all(list(t["timestamps"]) == ORDER for t in traces.values())
+
+
+def test_a_stop_goes_on_when_the_trace_files_disk_takes_no_write(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="tesserad.serving.trace")
+    file = tmp_path / "trace.json"
+    # A FIFO nobody reads: the trace writer's open of it never returns, as on a hung mount.
+    os.mkfifo(file)
+    threads_before = set(threading.enumerate())
+    daemon = InProcessDaemon(
+        daemon_settings(tmp_path / "data", **{"serving.trace_file": str(file), "grace_period_s": 0.5})
+    ).start()
+    read: list[str] = []
+    try:
+        channel = daemon.channel()
+        upload(channel, "linear", linear_model(1.0))
+        oip = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        oip.TraceSetting(request_of(trace_level="TIMESTAMPS", trace_rate="1"))
+        for _ in range(2):
+            oip.ModelInfer(infer_request("linear", X))
+        oip.TraceSetting(request_of(trace_rate="1"))  # hands the 2 traces to the writer: it hangs
+        oip.ModelInfer(infer_request("linear", X))
+    finally:
+        (writer,) = [
+            t for t in set(threading.enumerate()) - threads_before if t.name == "tessera-trace-writer"
+        ]
+        # The stop gives the writer grace_period_s, then goes on without it.
+        daemon.stop(outliving=("tessera-trace-writer",))
+        assert writer.is_alive() and writer.daemon  # a daemon thread: it cannot keep the process alive
+        reader = threading.Thread(target=lambda: read.append(file.read_text()))
+        reader.start()
+        writer.join()
+        reader.join()
+    (record,) = [r for r in caplog.records if "the trace writer did not finish" in r.getMessage()]
+    assert record.unwritten_traces == 3  # type: ignore[attr-defined]
+    # Given its disk back, the writer still writes what it had.
+    assert len([e for e in json.loads(read[0]) if "model_name" in e]) == 3
+
+
+def test_once_the_trace_writer_stopped_a_change_is_unavailable(traced: tuple[InProcessDaemon, Path]) -> None:
+    daemon, _ = traced
+    oip = grpc_service_pb2_grpc.GRPCInferenceServiceStub(daemon.channel())
+    # As the stop closes it, after the calls it waited for: one still answered then is refused.
+    daemon.daemon._tracer.close(60)
+    message = (
+        "tesserad is shutting down: its trace writer has stopped, so the trace settings can no longer "
+        "change; change them once it is back"
+    )
+    for model in ("", "linear"):
+        with pytest.raises(grpc.RpcError) as refused:
+            oip.TraceSetting(request_of(model, trace_level="TIMESTAMPS"))
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert refused.value.details() == message
+    served = f"http://127.0.0.1:{daemon.daemon.oip_http_port}"
+    for path in ("/v2/trace/setting", "/v2/models/linear/trace/setting"):
+        assert error(served + path, {"trace_level": ["TIMESTAMPS"]}) == (503, message)
+    # Reading them is still answered: tracing is off.
+    assert settings_of(oip.TraceSetting(pb.TraceSettingRequest()))["trace_level"] == ["OFF"]
 
 
 def test_a_model_has_settings_of_its_own_until_cleared(

@@ -16,12 +16,14 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tesserad.errors import FailedPrecondition, InvalidArgument
+from tesserad.errors import FailedPrecondition, InvalidArgument, Unavailable
 from tesserad.serving.batcher import MemberAnswer, Prediction
 from tesserad.serving.open_inference import OIP_NAME_BY_DTYPE
 from tesserad.serving.trace import TraceMetrics, Tracer, TraceSettings, parsed_changes, usable_trace_file
 
 X = {"x": np.array([[1.0, 0.1]], dtype=np.float32)}
+# What a close waits for the writer here: a working disk writes in moments.
+WAIT_S = 60
 # A request queued at 100, batched with others at 110 (inputs joined at 115), the model run
 # returning at 140, its outputs taken at 142.
 PREDICTION = Prediction({"y": np.array([[True, False]])}, 10, 30, 2, 110, 115, 142)
@@ -104,7 +106,7 @@ def test_one_request_in_rate_is_traced_until_the_count_runs_out(tmp_path: Path) 
     # Sending the count again takes that many more.
     tracer.update("", {"trace_count": ["2"]}, "t")
     assert tracer.on
-    tracer.close()
+    tracer.close(WAIT_S)
     assert not file.exists()
     entries = written(tmp_path / "trace.json.0")
     assert [e.get("request_id") for e in entries if "model_name" in e] == ["2", "5"]
@@ -128,7 +130,7 @@ def test_a_cached_answer_has_the_request_timestamps_only(tmp_path: Path) -> None
         "", {"trace_level": ["TIMESTAMPS", "TENSORS"], "trace_rate": ["1"], "log_frequency": ["1"]}, "t"
     )
     tracer.trace("m", 2, "", 5, Prediction({"y": np.zeros((1,), dtype=np.float16)}, 0, 0, 0), X, 9)
-    tracer.close()
+    tracer.close(WAIT_S)
     head, stamps, queued, answered = written(tmp_path / "trace.json.0")
     assert head == {"id": 1, "model_name": "m", "model_version": 2}
     assert stamps["timestamps"] == [{"name": "REQUEST_START", "ns": 5}, {"name": "REQUEST_END", "ns": 9}]
@@ -151,7 +153,7 @@ def test_a_models_own_settings_and_their_clearing(tmp_path: Path) -> None:
     # Its trace taken under log_frequency 0 was appended to FILE as its settings changed.
     tracer.update("m", {"trace_level": None, "trace_rate": None}, "t")
     assert tracer.settings("m") == tracer.settings() and not tracer.on
-    tracer.close()
+    tracer.close(WAIT_S)
     (head, tensors_in, tensors_out) = written(file)
     assert head["model_name"] == "m" and tensors_in["activity"] == "TENSOR_QUEUE_INPUT"
     assert tensors_out["tensor"]["data"] == "1,0"  # booleans as Triton writes them
@@ -193,7 +195,7 @@ def test_a_change_is_logged_with_who_made_it(tmp_path: Path, caplog: pytest.LogC
     )
     assert record.by == "admin-holder" and record.model == "m"  # type: ignore[attr-defined]
     assert record.changes == {"trace_level": {"from": ["OFF"], "to": ["TIMESTAMPS"]}}  # type: ignore[attr-defined]
-    tracer.close()
+    tracer.close(WAIT_S)
 
 
 def test_many_traces_are_written_complete_and_in_order(tmp_path: Path) -> None:
@@ -208,7 +210,7 @@ def test_many_traces_are_written_complete_and_in_order(tmp_path: Path) -> None:
         answer(tracer, request_id=str(n))
         if n % 100 == 0:
             tracer.update("", {"trace_rate": ["1"]}, "t")
-    tracer.close()
+    tracer.close(WAIT_S)
     indexed = [written(file.with_name(f"trace.json.{i}")) for i in range(200)]
     assert not file.with_name("trace.json.200").exists()
     heads = [e for entries in indexed for e in entries if "model_name" in e]
@@ -225,13 +227,13 @@ def test_the_stop_writes_every_trace_taken(tmp_path: Path) -> None:
     for _ in range(7):
         answer(tracer, "m")
     answer(tracer, "other")
-    tracer.close()
+    tracer.close(WAIT_S)
     assert not tracer.on
     # m's first 5 went to FILE.0 as they were taken, its last 2 to FILE.1 at the stop; other's
     # (log_frequency 0) to FILE, its array closed.
     assert [len(written(file.with_name(f"trace.json.{i}"))) for i in (0, 1)] == [10, 4]
     assert [e["model_name"] for e in written(file) if "model_name" in e] == ["other"]
-    tracer.close()  # a second close finds nothing to write
+    tracer.close(WAIT_S)  # a second close finds nothing to write
 
 
 def test_traces_are_dropped_and_counted_while_the_writer_is_stuck(
@@ -257,7 +259,7 @@ def test_traces_are_dropped_and_counted_while_the_writer_is_stuck(
     read: list[str] = []
     reader = threading.Thread(target=lambda: read.append(fifo.read_text()))
     reader.start()
-    tracer.close()
+    tracer.close(WAIT_S)
     reader.join()
     # Each run of drops is logged as it ends; the writer may take a trace between the runs.
     runs = re.findall(r"dropped (\d+) traces: the trace writer was behind", caplog.text)
@@ -275,6 +277,46 @@ def test_traces_are_dropped_and_counted_while_the_writer_is_stuck(
     )
 
 
+def test_a_stop_gives_up_on_a_disk_that_takes_no_write_and_logs_what_is_left(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="tesserad.serving.trace")
+    file = tmp_path / "trace.json"
+    # FILE a FIFO nobody reads: the writer's open of it never returns, as on a hung mount.
+    os.mkfifo(file)
+    tracer = Tracer(file, OIP_NAME_BY_DTYPE)
+    tracer.update("", {"trace_level": ["TIMESTAMPS"], "trace_rate": ["1"]}, "t")
+    for n in range(3):
+        answer(tracer, request_id=str(n))
+    tracer.update("", {"trace_rate": ["1"]}, "t")  # hands the 3 to the writer, which hangs on them
+    for n in range(3, 5):
+        answer(tracer, request_id=str(n))
+    tracer.close(0.2)
+    (record,) = [r for r in caplog.records if "the trace writer did not finish" in r.getMessage()]
+    assert record.unwritten_traces == 5  # type: ignore[attr-defined]
+    assert "within the stop's 0.2s (grace_period_s)" in record.getMessage()
+    assert not tracer.on
+    (writer,) = [t for t in threading.enumerate() if t.name == "tessera-trace-writer" and t.is_alive()]
+    assert writer.daemon  # it cannot keep the process alive
+    read: list[str] = []
+    reader = threading.Thread(target=lambda: read.append(file.read_text()))
+    reader.start()
+    writer.join()
+    reader.join()
+    # The disk back, the writer finishes what it had.
+    assert [e["request_id"] for e in json.loads(read[0]) if "model_name" in e] == list("01234")
+
+
+def test_once_closed_the_settings_no_longer_change(tmp_path: Path) -> None:
+    tracer = Tracer(tmp_path / "trace.json", OIP_NAME_BY_DTYPE)
+    tracer.close(WAIT_S)
+    for model in ("", "m"):
+        with pytest.raises(Unavailable) as refused:
+            tracer.update(model, {"trace_level": ["TIMESTAMPS"]}, "t")
+        assert refused.value.message.startswith("tesserad is shutting down: its trace writer has stopped")
+    assert tracer.settings()["trace_level"] == ["OFF"] and not tracer.on
+
+
 def test_a_deleted_models_own_settings_are_dropped(tmp_path: Path) -> None:
     file = tmp_path / "trace.json"
     tracer = Tracer(file, OIP_NAME_BY_DTYPE)
@@ -286,7 +328,7 @@ def test_a_deleted_models_own_settings_are_dropped(tmp_path: Path) -> None:
     assert tracer.settings("m") == tracer.settings() and not tracer.on
     answer(tracer, "m")  # a new model of its name: traced with the global settings (OFF)
     tracer.forget("never-traced")
-    tracer.close()
+    tracer.close(WAIT_S)
     # What its settings took was written as they went.
     assert [e["model_name"] for e in written(file) if "model_name" in e] == ["m"]
 
@@ -304,7 +346,7 @@ def test_an_ensembles_members_get_child_traces(tmp_path: Path) -> None:
     )
     tracer.trace("ens", 1, "r", 90, PREDICTION._replace(members=members), X, 150)
     answer(tracer, "plain")
-    tracer.close()
+    tracer.close(WAIT_S)
     entries = written(file.with_name("trace.json.0"))
     heads = [e for e in entries if "model_name" in e]
     assert heads == [
