@@ -3,8 +3,14 @@ while the daemon runs (LogSettings over gRPC, /v2/logging over HTTP). The transp
 messages into a plain {name: value} mapping (None for a setting sent without a value) and back.
 
 - log_info, log_warning, log_error: whether INFO, WARNING and ERROR lines (CRITICAL with ERROR)
-  are written; log_verbose_level above 0 writes DEBUG lines too (tesserad has one verbose level,
-  so 1 and 5 log the same lines; the number is kept as sent).
+  are written.
+- log_verbose_level: as Triton's, 0 writes no verbose lines and each level up writes more
+  (Triton's docs: level N writes its verbose messages of levels 1 to N). Verbose is DEBUG here, in
+  two steps: 1 writes tesserad's own DEBUG lines (its loggers, tesserad.*), 2 and above those of
+  every library that logs through Python's logging too (grpc, aiohttp, asyncio, the ONNX
+  exporter's onnxscript), which are many and seldom what an operator is after. onnxruntime logs
+  through its own C++ logger, not Python's, so no level changes it. The number is kept as sent
+  (3 and 5 write what 2 does).
 - log_format: every line tesserad writes starts with an ISO 8601 UTC timestamp, in its console
   and its json layout alike, so this is "ISO8601"; Triton's "default" (glog's layout) is refused.
 - log_file: tesserad writes to stderr only, so this is ""; a file name is refused.
@@ -32,6 +38,9 @@ LOG_VERBOSE_LEVEL = "log_verbose_level"
 LOG_FORMAT = "log_format"
 ISO8601 = "ISO8601"
 UINT32_MAX = 2**32 - 1
+# The log_verbose_level from which tesserad's own DEBUG lines are written, and every library's.
+VERBOSE_OWN = 1
+VERBOSE_ALL = 2
 
 SettingValue = bool | int | str
 
@@ -41,7 +50,8 @@ _NAMES = (LOG_FILE, LOG_INFO, LOG_WARNING, LOG_ERROR, LOG_VERBOSE_LEVEL, LOG_FOR
 
 @dataclass(frozen=True)
 class LogLevels:
-    """Which lines are written: a toggle per band, and the verbose level (DEBUG above 0)."""
+    """Which lines are written: a toggle per band, and the verbose level (see VERBOSE_OWN and
+    VERBOSE_ALL)."""
 
     info: bool = True
     warning: bool = True
@@ -50,13 +60,14 @@ class LogLevels:
 
     @classmethod
     def configured(cls, log_level: str) -> LogLevels:
-        """The levels of the log_level setting: it writes its level and every more severe one."""
+        """The levels of the log_level setting: it writes its level and every more severe one
+        (debug: every library's debug lines too, VERBOSE_ALL)."""
         level = logging.getLevelNamesMapping()[log_level.upper()]
         return cls(
             info=level <= logging.INFO,
             warning=level <= logging.WARNING,
             error=True,
-            verbose_level=1 if level <= logging.DEBUG else 0,
+            verbose_level=VERBOSE_ALL if level <= logging.DEBUG else 0,
         )
 
     @property
@@ -67,13 +78,19 @@ class LogLevels:
 
     @property
     def threshold(self) -> int:
-        """The least severe level written; above CRITICAL when nothing is."""
-        if self.verbose_level > 0:
+        """The least severe level written by every logger; above CRITICAL when nothing is."""
+        if self.verbose_level >= VERBOSE_ALL:
             return logging.DEBUG
         written = [
             floor for floor in (logging.INFO, logging.WARNING, logging.ERROR) if floor not in self.muted
         ]
         return written[0] if written else logging.CRITICAL + 1
+
+    @property
+    def own_threshold(self) -> int:
+        """The least severe level tesserad's own loggers write: DEBUG from VERBOSE_OWN, else
+        NOTSET (`threshold`)."""
+        return logging.DEBUG if self.verbose_level >= VERBOSE_OWN else logging.NOTSET
 
     def settings(self) -> dict[str, SettingValue]:
         """As the protocol names them, every setting."""
@@ -119,8 +136,8 @@ def changed_levels(current: LogLevels, changes: Mapping[str, object]) -> LogLeve
                     else json_kind(value)
                 )
                 raise InvalidArgument(
-                    f"log setting {name!r} must be a whole number from 0 to {UINT32_MAX} (above 0 logs "
-                    f"debug lines), got {got}"
+                    f"log setting {name!r} must be a whole number from 0 to {UINT32_MAX} (0: no debug "
+                    f"lines, 1: tesserad's, 2 and above: every library's too), got {got}"
                 )
             levels = replace(levels, verbose_level=value)
         elif name == LOG_FORMAT:
@@ -194,7 +211,7 @@ class LogControl:
         if self._restore is None:
             self._restore = self._saved()
         self._levels = levels
-        set_level(levels.threshold)
+        set_level(levels.threshold, levels.own_threshold)
         self._filter.muted = levels.muted
 
     def _saved(self) -> Callable[[], None]:

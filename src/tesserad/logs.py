@@ -16,6 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 NOISY_LIBRARIES = ("onnxscript", "onnx_ir")
+# The daemon's own loggers (tesserad.*), which may log more than the libraries it runs.
+OWN_LOGGER = "tesserad"
 
 # Attributes every LogRecord has; anything else on a record came from `extra`.
 _STANDARD_ATTRS = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
@@ -69,10 +71,13 @@ def configure_logging(log_format: str, level: str) -> None:
     set_level(logging.getLevelNamesMapping()[level.upper()])
 
 
-def set_level(level: int) -> None:
-    """Make `level` the least severe level logged, the ONNX exporter's libraries included."""
+def set_level(level: int, own: int = logging.NOTSET) -> None:
+    """Make `level` the least severe level logged, the ONNX exporter's libraries included; `own`
+    tesserad's own loggers' (below `level`: their debug lines without every library's), NOTSET:
+    `level` too."""
     root = logging.getLogger()
     root.setLevel(level)
+    logging.getLogger(OWN_LOGGER).setLevel(own)
     # The ONNX exporter's libraries log each graph rewrite at INFO (dozens of lines per export,
     # "The value 'step' is not 1."), which would bury the daemon's own lines; at debug they show.
     for name in NOISY_LIBRARIES:
@@ -83,7 +88,7 @@ def set_level(level: int) -> None:
 
 def levels_now() -> Callable[[], None]:
     """What puts back the levels `set_level` changes as they are now."""
-    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in NOISY_LIBRARIES)]
+    loggers = [logging.getLogger(name) for name in ("", OWN_LOGGER, *NOISY_LIBRARIES)]
     saved = [(logger, logger.level) for logger in loggers]
 
     def restore() -> None:

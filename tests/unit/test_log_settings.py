@@ -1,6 +1,6 @@
-"""Triton's log settings mapped onto the daemon's logging: each toggle mutes its band, a verbose
-level above 0 writes debug lines, log_file and log_format hold what tesserad does, and a bad
-setting is refused by name with nothing applied."""
+"""Triton's log settings mapped onto the daemon's logging: each toggle mutes its band, verbose
+level 1 writes tesserad's debug lines and 2 every library's too, log_file and log_format hold what
+tesserad does, and a bad setting is refused by name with nothing applied."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from tesserad.errors import InvalidArgument
 from tesserad.log_settings import LogControl, LogLevels, changed_levels
-from tesserad.logs import NOISY_LIBRARIES, configure_logging
+from tesserad.logs import NOISY_LIBRARIES, OWN_LOGGER, configure_logging
 
 DEFAULTS = {
     "log_file": "",
@@ -38,7 +38,7 @@ def handler() -> Iterator[Collect]:
     what would be written; put back afterwards."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
-    levels = {name: logging.getLogger(name).level for name in NOISY_LIBRARIES}
+    levels = {name: logging.getLogger(name).level for name in (OWN_LOGGER, *NOISY_LIBRARIES)}
     configure_logging("console", "info")
     collect = Collect()
     root.handlers[:] = [collect]
@@ -64,7 +64,7 @@ ALL = (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRIT
 @pytest.mark.parametrize(
     ("log_level", "expected"),
     [
-        ("debug", {"log_verbose_level": 1}),
+        ("debug", {"log_verbose_level": 2}),
         ("info", {}),
         ("warning", {"log_info": False}),
         ("error", {"log_info": False, "log_warning": False}),
@@ -99,15 +99,56 @@ def test_each_toggle_mutes_its_band_and_the_verbose_level_adds_debug(handler):
     assert written(handler, *ALL) == list(ALL[1:])
 
 
+@pytest.mark.parametrize(
+    ("verbose_level", "threshold", "own_threshold"),
+    [
+        (0, logging.INFO, logging.NOTSET),
+        (1, logging.INFO, logging.DEBUG),
+        (2, logging.DEBUG, logging.DEBUG),
+        (7, logging.DEBUG, logging.DEBUG),
+    ],
+)
+def test_each_verbose_level_up_writes_more_debug_lines(verbose_level, threshold, own_threshold):
+    levels = LogLevels(verbose_level=verbose_level)
+    assert (levels.threshold, levels.own_threshold) == (threshold, own_threshold)
+    # Whatever bands are muted, verbose level 1 writes tesserad's debug lines alone.
+    muted = LogLevels(info=False, warning=False, error=False, verbose_level=verbose_level)
+    assert muted.own_threshold == own_threshold
+    assert muted.threshold == (logging.DEBUG if verbose_level >= 2 else logging.CRITICAL + 1)
+
+
+def test_verbose_level_1_writes_tesserads_debug_lines_and_2_every_librarys(handler):
+    control = LogControl("info")
+    library = logging.getLogger("aiohttp.server")
+    rewriter = logging.getLogger("onnxscript.rewriter")
+    assert not rewriter.isEnabledFor(logging.INFO)
+    try:
+        control.update({"log_verbose_level": 1}, "alice")
+        assert written(handler, *ALL) == list(ALL)
+        assert not library.isEnabledFor(logging.DEBUG) and library.isEnabledFor(logging.INFO)
+        # The exporter's libraries stay at WARNING: their INFO lines bury the daemon's own.
+        assert not rewriter.isEnabledFor(logging.INFO)
+        assert control.settings()["log_verbose_level"] == 1
+        control.update({"log_verbose_level": 2}, "alice")
+        assert written(handler, *ALL) == list(ALL)
+        assert library.isEnabledFor(logging.DEBUG) and rewriter.isEnabledFor(logging.DEBUG)
+        assert control.settings()["log_verbose_level"] == 2
+        control.update({"log_verbose_level": 0}, "alice")
+        assert written(handler, *ALL) == list(ALL[1:])
+    finally:
+        control.close()
+
+
 def test_debug_lets_the_exporter_libraries_speak_and_closing_puts_their_levels_back(handler):
     control = LogControl("info")
     rewriter = logging.getLogger("onnxscript.rewriter")
     assert not rewriter.isEnabledFor(logging.INFO)
-    control.update({"log_verbose_level": 1}, "alice")
+    control.update({"log_verbose_level": 2}, "alice")
     assert rewriter.isEnabledFor(logging.DEBUG)
     control.close()
     assert not rewriter.isEnabledFor(logging.INFO)
     assert logging.getLogger().level == logging.INFO
+    assert logging.getLogger(OWN_LOGGER).level == logging.NOTSET
     assert not [f for h in logging.getLogger().handlers for f in h.filters]
 
 

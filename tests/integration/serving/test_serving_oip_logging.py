@@ -106,10 +106,14 @@ def test_the_daemon_puts_its_logging_back_when_it_stops(tmp_path: Path) -> None:
     before = root.level
     daemon = InProcessDaemon(daemon_settings(tmp_path / "data")).start()
     stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(daemon.channel())
-    stub.LogSettings(request_of(log_verbose_level=1))
-    assert root.level == logging.DEBUG
+    own, library = logging.getLogger("tesserad.serving"), logging.getLogger("aiohttp.server")
+    # Verbose level 1: tesserad's own debug lines; 2: every library's too.
+    assert settings_of(stub.LogSettings(request_of(log_verbose_level=1)))["log_verbose_level"] == 1
+    assert own.isEnabledFor(logging.DEBUG) and not library.isEnabledFor(logging.DEBUG)
+    assert settings_of(stub.LogSettings(request_of(log_verbose_level=2)))["log_verbose_level"] == 2
+    assert root.level == logging.DEBUG and library.isEnabledFor(logging.DEBUG)
     daemon.stop()
-    assert root.level == before
+    assert root.level == before and logging.getLogger("tesserad").level == logging.NOTSET
     assert not [f for h in root.handlers for f in h.filters]
 
 

@@ -373,6 +373,7 @@ for kind, client in (("grpc", tc.InferenceServerClient(sys.argv[1])), ("http", t
     entry = {"logging": "logging" in extensions, "read": read()}
     entry["round_trip"] = update(entry["read"])
     entry["changed"] = update({"log_info": False, "log_verbose_level": 1})
+    entry["verbose"] = update({"log_verbose_level": 2})
     for key, settings in (
         ("file", {"log_file": "triton.log"}),
         ("format", {"log_format": "default"}),
@@ -419,6 +420,7 @@ def test_tritonclient_reads_and_changes_the_log_settings(start_daemon) -> None:
         assert entry["logging"], kind
         assert entry["read"] == entry["round_trip"] == entry["restored"] == defaults, kind
         assert entry["changed"] == {**defaults, "log_info": False, "log_verbose_level": 1}, kind
+        assert entry["verbose"] == {**defaults, "log_info": False, "log_verbose_level": 2}, kind
         status, message = entry["file"]
         assert status == invalid and message.startswith("log setting 'log_file' cannot name a file"), kind
         status, message = entry["format"]
