@@ -379,7 +379,7 @@ class Daemon:
         )
         _register(
             inference_pb2_grpc.add_InferenceServicer_to_server,
-            InferenceServicer(self.inference, self._tracer, cluster),
+            InferenceServicer(self.inference, self._tracer, self._stopping, cluster),
             routes,
         )
         _register(
@@ -634,7 +634,7 @@ class Daemon:
         )
         _register(
             inference_pb2_grpc.add_InferenceServicer_to_server,
-            InferenceServicer(self.inference, self._tracer),
+            InferenceServicer(self.inference, self._tracer, self._stopping),
             routes,
         )
         _register(

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import queue
 import signal
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
 
-from tessera.v1 import system_pb2, system_pb2_grpc
+from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc, system_pb2, system_pb2_grpc
+from tesserad.oip import grpc_service_pb2, grpc_service_pb2_grpc
 
 
 def _watch(address: str, **fields: int):
@@ -39,6 +43,40 @@ def test_open_ended_watch_is_told_to_reconnect_on_shutdown(spawn_daemon, tmp_pat
         list(stream)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "shutting down" in err.value.details()
+    assert daemon.process.wait(30) == 0
+    channel.close()
+
+
+def _prediction_stream(channel: grpc.Channel, kind: str, requests: Iterator[Any]) -> Any:
+    if kind == "PredictStream":
+        return inference_pb2_grpc.InferenceStub(channel).PredictStream(
+            inference_pb2.PredictRequest(target=common_pb2.VersionRef(model="absent"), request_id=r)
+            for r in requests
+        )
+    return grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(
+        grpc_service_pb2.ModelInferRequest(model_name="absent", id=r) for r in requests
+    )
+
+
+@pytest.mark.parametrize("kind", ["PredictStream", "ModelStreamInfer"])
+def test_an_open_prediction_stream_is_told_to_reconnect_on_shutdown(spawn_daemon, tmp_path, kind):
+    """It ended at the end of the grace period, through gRPC's cancellation of every call."""
+    daemon = spawn_daemon("--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(tmp_path))
+    channel = grpc.insecure_channel(daemon.wait_serving())
+    more: queue.Queue[str | None] = queue.Queue()
+    more.put("first")
+    stream = _prediction_stream(channel, kind, iter(more.get, None))
+    try:
+        next(stream)  # answered (the model is absent), so the stream is open on the daemon
+        daemon.terminate()
+        with pytest.raises(grpc.RpcError) as err:
+            list(stream)
+    finally:
+        more.put(None)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "tesserad is shutting down" in err.value.details()
+    # The requests it did not answer were not run: a client may send them again.
+    assert ("tessera-unanswered-not-run", "true") in err.value.trailing_metadata()
     assert daemon.process.wait(30) == 0
     channel.close()
 

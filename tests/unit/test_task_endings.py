@@ -41,12 +41,12 @@ def test_a_stream_that_ends_has_ended_its_tasks() -> None:
             await _turns()
 
     async def consume() -> None:
-        async for _ in answer_stream(requests(), never, lambda _r, exc: exc):
+        async for _ in answer_stream(requests(), never, lambda _r, exc: exc, asyncio.Event(), None):
             pass
 
     async def main() -> None:
         consumer, started = await _started_by(consume())
-        assert len(started) == 2  # the reader and the request's answer
+        assert len(started) == 3  # the reader, the watch for the daemon's stop, the request's answer
         consumer.cancel()
         with pytest.raises(asyncio.CancelledError):
             await consumer

@@ -38,12 +38,18 @@ DEFAULT_SHADOW_LIMIT = 100
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     def __init__(
-        self, service: InferenceService, tracer: Tracer, cluster: ClusterStats | None = None
+        self,
+        service: InferenceService,
+        tracer: Tracer,
+        stopping: asyncio.Event,
+        cluster: ClusterStats | None = None,
     ) -> None:
         """`tracer`: the trace settings of Triton's trace extension, which sample Predict's
-        requests as they sample the Open Inference Protocol's; `cluster`: the replicas following
-        this daemon (None on a replica)."""
+        requests as they sample the Open Inference Protocol's; `stopping`: set when the daemon
+        stops, which ends open prediction streams; `cluster`: the replicas following this daemon
+        (None on a replica)."""
         self._service = service
+        self._stopping = stopping
         self._tracer = tracer
         self._cluster = cluster
 
@@ -107,7 +113,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         context: grpc.aio.ServicerContext[pb.PredictRequest, pb.PredictResponse],
     ) -> AsyncIterator[pb.PredictResponse]:
         deadline = deadline_of(context)
-        answers = answer_stream(request_iterator, lambda r: self._predict(r, deadline), failed_prediction)
+        answers = answer_stream(
+            request_iterator, lambda r: self._predict(r, deadline), failed_prediction, self._stopping, context
+        )
         async for response in answers:
             yield response
 

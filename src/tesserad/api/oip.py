@@ -241,7 +241,7 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                 ),
             )
 
-        async for response in answer_stream(request_iterator, answer, failed):
+        async for response in answer_stream(request_iterator, answer, failed, self._core.stopping, context):
             yield response
 
     async def ModelConfig(

@@ -233,13 +233,14 @@ class OpenInference:
         tracer: Tracer,
         caught_up: asyncio.Event | None = None,
     ) -> None:
-        """`shared_memory`: the registered system shared-memory regions; `logs`: the daemon's log
+        """`stopping`: set when the daemon stops (it is not ready, and open streams end);
+        `shared_memory`: the registered system shared-memory regions; `logs`: the daemon's log
         settings (the logging extension); `tracer`: its trace settings and traces (the trace
         extension); `caught_up`: a replica's,
         set while gRPC health says SERVING (it has caught up with its primary and loaded what the
         deployments route to); None on a primary."""
         self._service = service
-        self._stopping = stopping
+        self.stopping = stopping
         self.shared_memory = shared_memory
         self.logs = logs
         self.tracer = tracer
@@ -250,7 +251,7 @@ class OpenInference:
         # that gRPC health reports NOT_SERVING (probes ask either).
         if self._caught_up is not None and not self._caught_up.is_set():
             return False
-        return not self._stopping.is_set()
+        return not self.stopping.is_set()
 
     async def model_ready(self, name: str, version: str) -> bool:
         target = target_of(name, version)

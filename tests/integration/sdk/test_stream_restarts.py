@@ -28,6 +28,16 @@ RETRY = tessera.RetryPolicy(attempts=100, initial_backoff_s=0.05, max_backoff_s=
 X = np.ones((1, 4), np.float32)
 
 
+# Refused at once (a row of 3 values where the model takes 4): once it is answered, the daemon has
+# read the item sent before it, which is then in flight there.
+PROBE = ("probe", np.ones((1, 3), np.float32))
+
+
+def assert_probe_answered(result: Prediction | BaseException) -> None:
+    assert isinstance(result, Prediction), result
+    assert result.request_id == "probe" and isinstance(result.error, tessera.InvalidArgument), result
+
+
 def restarted(first: InProcessDaemon, data_dir: Path) -> InProcessDaemon:
     """`first` stopped at once, and a daemon started in its place (same port, same data)."""
     port = first.daemon.port
@@ -83,12 +93,10 @@ def test_a_prediction_stream_goes_on_after_a_restart_failing_the_item_in_flight(
     data_dir = tmp_path / "data"
     first = InProcessDaemon(daemon_settings(data_dir)).start()
     later: queue.Queue[tuple[str, np.ndarray] | None] = queue.Queue()
-    sent = threading.Event()
 
     def items() -> Iterator[tuple[str, np.ndarray]]:
         yield "in-flight", X
-        # gRPC asks for the next item once the one before is written.
-        sent.set()
+        yield PROBE
         while (item := later.get()) is not None:
             yield item
 
@@ -107,7 +115,7 @@ def test_a_prediction_stream_goes_on_after_a_restart_failing_the_item_in_flight(
 
         predictor = threading.Thread(target=predict)
         predictor.start()
-        assert sent.wait(30)
+        assert_probe_answered(results.get(timeout=30))
         second = restarted(first, data_dir)
         try:
             failed = results.get(timeout=60)
@@ -136,11 +144,10 @@ def test_an_asyncio_prediction_stream_fails_the_item_in_flight_and_ends_after_a_
     with tessera.Client(first.target) as client:
         client.models.push("affine", affine_onnx(tmp_path / "affine.onnx"))
         client.inference.load("affine", max_batch_size=8, max_queue_delay_us=10_000_000)
-    sent = threading.Event()
 
     def items() -> Iterator[tuple[str, np.ndarray]]:
         yield "in-flight", X
-        sent.set()
+        yield PROBE
 
     async def scenario() -> tuple[Prediction, list[Prediction]]:
         loop = asyncio.get_running_loop()
@@ -149,12 +156,11 @@ def test_an_asyncio_prediction_stream_fails_the_item_in_flight_and_ends_after_a_
         with ThreadPoolExecutor() as pool:
             async with tessera.aio.Client(first.target, retry=RETRY) as aio_client:
                 predictions = aio_client.inference.predict_stream("affine", items())
-                failed = asyncio.ensure_future(anext(predictions))
-                assert await loop.run_in_executor(pool, sent.wait, 30)
+                assert_probe_answered(await anext(predictions))
                 second = await loop.run_in_executor(pool, restarted, first, data_dir)
                 try:
                     # The stream made again has nothing left to send: it ends.
-                    return await failed, [p async for p in predictions]
+                    return await anext(predictions), [p async for p in predictions]
                 finally:
                     await loop.run_in_executor(pool, second.stop)
 
