@@ -2,7 +2,8 @@
 (`client.inference.predict_stream`) go on across a daemon restart on the same address and data:
 both ended with UNAVAILABLE. A watch goes on with the next sample (samples are not kept); a
 prediction stream sends the items not yet sent on a new stream, and gives back the one sent
-and not answered as failed, not sending it twice."""
+and not answered as failed, not sending it twice, unless the daemon's graceful stop ended the
+stream saying that it did not run it."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import tessera
 import tessera.aio
@@ -38,10 +41,11 @@ def assert_probe_answered(result: Prediction | BaseException) -> None:
     assert result.request_id == "probe" and isinstance(result.error, tessera.InvalidArgument), result
 
 
-def restarted(first: InProcessDaemon, data_dir: Path) -> InProcessDaemon:
-    """`first` stopped at once, and a daemon started in its place (same port, same data)."""
+def restarted(first: InProcessDaemon, data_dir: Path, grace: float = 0) -> InProcessDaemon:
+    """`first` stopped (at once, or letting calls in flight finish within `grace` seconds), and
+    a daemon started in its place (same port, same data)."""
     port = first.daemon.port
-    first.stop()
+    first.stop(grace)
     return InProcessDaemon(daemon_settings(data_dir, listen=f"127.0.0.1:{port}")).start()
 
 
@@ -168,3 +172,59 @@ def test_an_asyncio_prediction_stream_fails_the_item_in_flight_and_ends_after_a_
     assert failed.request_id == "in-flight" and isinstance(failed.error, tessera.Unavailable)
     assert "it was not sent again" in failed.error.message
     assert rest == []
+
+
+def test_a_prediction_stream_a_graceful_stop_ends_sends_what_the_daemon_did_not_run_again(tmp_path):
+    """The stop answers the items the stream has read and ends it saying that it ran no other:
+    the item sent after it stopped reading goes to the next daemon, not back failed."""
+    data_dir = tmp_path / "data"
+    first = InProcessDaemon(daemon_settings(data_dir)).start()
+    later: queue.Queue[tuple[str, np.ndarray] | None] = queue.Queue()
+    sent = threading.Event()
+
+    def items() -> Iterator[tuple[str, np.ndarray]]:
+        yield "read", X
+        sent.set()
+        while (item := later.get()) is not None:
+            yield item
+
+    results: queue.Queue[Prediction | BaseException] = queue.Queue()
+    health_channel = grpc.insecure_channel(first.target)
+    with tessera.Client(first.target, retry=RETRY) as client, ThreadPoolExecutor(1) as pool:
+        client.models.push("affine", affine_onnx(tmp_path / "affine.onnx"))
+        # A lone request waits 2 s for more rows: the stop comes while it is in flight.
+        client.inference.load("affine", max_batch_size=8, max_queue_delay_us=2_000_000)
+
+        def predict() -> None:
+            try:
+                for prediction in client.inference.predict_stream("affine", items()):
+                    results.put(prediction)
+            except BaseException as error:
+                results.put(error)
+
+        predictor = threading.Thread(target=predict)
+        predictor.start()
+        health = health_pb2_grpc.HealthStub(health_channel).Watch(health_pb2.HealthCheckRequest())
+        try:
+            assert next(health).status == health_pb2.HealthCheckResponse.SERVING
+            assert sent.wait(30)
+            restarting = pool.submit(restarted, first, data_dir, 60)
+            # Said once the daemon stops, by then no longer reading the stream's items.
+            assert next(health).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            health.cancel()  # gRPC's health watch would hold the stop for its whole grace period
+            later.put(("unread", X))
+            second = restarting.result(120)
+            try:
+                answered = [results.get(timeout=60) for _ in range(2)]
+                assert all(isinstance(p, Prediction) and p.error is None for p in answered), answered
+                assert [p.request_id for p in answered] == ["read", "unread"]
+                later.put(None)
+                predictor.join(60)
+                assert not predictor.is_alive()
+            finally:
+                later.put(None)
+                second.stop()
+        finally:
+            health.cancel()
+            health_channel.close()
+    assert results.empty()

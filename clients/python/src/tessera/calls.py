@@ -31,7 +31,7 @@ from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, cast
 
 from google.protobuf.message import Message
 
-from tessera.errors import DeadlineExceeded, ResourceExhausted, TesseraError, Unavailable
+from tessera.errors import DeadlineExceeded, ResourceExhausted, TesseraError, Unavailable, reached_no_daemon
 from tessera.transport import AioConnection, Connection, RetryPolicy, call_timeout
 
 T = TypeVar("T")
@@ -426,6 +426,11 @@ class _SharedRequests:
     def feed(self) -> _Feed:
         return _Feed(self)
 
+    def send_again(self, requests: list[Message]) -> None:
+        """Send `requests` (taken before those kept) first on the next call."""
+        with self.state:
+            self.kept[:0] = requests
+
 
 class _Feed:
     """One call's requests from `_SharedRequests`; those sent and not answered are in flight."""
@@ -440,14 +445,13 @@ class _Feed:
 
     def __next__(self) -> Message:
         shared = self._shared
+        # Kept requests first, without waiting for `taking`: the thread of a call that broke
+        # may hold it for as long as the caller's iterator waits for its next request.
+        if (request := self._kept()) is not None:
+            return request
         with shared.taking:
-            with shared.state:
-                if self._broken:
-                    raise StopIteration
-                if shared.kept:
-                    request = shared.kept.pop(0)
-                    self._in_flight.append(request)
-                    return request
+            if (request := self._kept()) is not None:
+                return request
             request = next(shared.requests)
             with shared.state:
                 if self._broken:
@@ -455,6 +459,18 @@ class _Feed:
                     raise StopIteration
                 self._in_flight.append(request)
                 return request
+
+    def _kept(self) -> Message | None:
+        """The first kept request, now in flight on this call; None when none is kept."""
+        shared = self._shared
+        with shared.state:
+            if self._broken:
+                raise StopIteration
+            if not shared.kept:
+                return None
+            request = shared.kept.pop(0)
+            self._in_flight.append(request)
+            return request
 
     def answered(self, response: Any) -> None:
         key = self._shared.key(response)
@@ -472,13 +488,25 @@ class _Feed:
         return unanswered
 
 
+# Trailing metadata of a stream the daemon ended as it stopped: it answered every request it read
+# first, so those in flight were not run.
+UNANSWERED_NOT_RUN = "tessera-unanswered-not-run"
+
+
+def _ran_none(error: TesseraError) -> bool:
+    """Whether the daemon ran none of the requests in flight on the call that `error` ended."""
+    return error.trailers.get(UNANSWERED_NOT_RUN) == "true" or reached_no_daemon(error)
+
+
 @dataclass(frozen=True)
 class ReconnectingBidi(Stream[T_co]):
     """A bidirectional stream of requests answered one each (`key` of a request and of its
     response match), made again after the errors `reconnects` allows, for the requests not yet
     sent. A request in flight when the stream broke is not sent again, since the daemon may
     have run it already: it is given back as `unanswered(request, error)`, in order, before the
-    stream goes on."""
+    stream goes on; unless the daemon ran none of them, which it says when its stop ended the
+    stream (UNANSWERED_NOT_RUN), as gRPC does when the call found no connection: then they are
+    sent again first."""
 
     service: str
     method: str
@@ -503,8 +531,12 @@ class ReconnectingBidi(Stream[T_co]):
                 return
             except TesseraError as error:
                 pause = self.reconnects.resume_after(error)
-                for request in feed.break_off():
-                    yield self.unanswered(request, error)
+                in_flight = feed.break_off()
+                if _ran_none(error):
+                    shared.send_again(in_flight)
+                else:
+                    for request in in_flight:
+                        yield self.unanswered(request, error)
                 time.sleep(pause)
             finally:
                 feed.break_off()
@@ -523,8 +555,12 @@ class ReconnectingBidi(Stream[T_co]):
                 return
             except TesseraError as error:
                 pause = self.reconnects.resume_after(error)
-                for request in feed.break_off():
-                    yield self.unanswered(request, error)
+                in_flight = feed.break_off()
+                if _ran_none(error):
+                    shared.send_again(in_flight)
+                else:
+                    for request in in_flight:
+                        yield self.unanswered(request, error)
                 await asyncio.sleep(pause)
             finally:
                 feed.break_off()

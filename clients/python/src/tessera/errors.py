@@ -157,6 +157,16 @@ ERROR_BY_CODE: dict[grpc.StatusCode, type[TesseraError]] = {
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
 }
 
+# gRPC's words when no connection could be made at all, as opposed to a daemon answering
+# UNAVAILABLE itself (shutting down, a version unloading).
+UNREACHABLE = re.compile(r"backends failing|failed to connect|errors resolving", re.IGNORECASE)
+
+
+def reached_no_daemon(error: TesseraError) -> bool:
+    """Whether `error` is gRPC's for a call that found no connection: none of it was sent."""
+    return isinstance(error, Unavailable) and UNREACHABLE.search(error.message) is not None
+
+
 _CODE_BY_NUMBER: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
 
 

@@ -151,7 +151,8 @@ class Inference(Part[C]):
         go on a new one (see `tessera.RetryPolicy`). An item sent and not answered when it broke
         comes back failed with Unavailable, not sent again, since the daemon may have run it
         (its work counted in the stats, a shadow version given it too): send it again if its
-        result is still wanted."""
+        result is still wanted. A daemon that stops gracefully answers the items it has read
+        and says it ran no other, so those go on the new stream too."""
         requests = stream_requests(model, items, version, alias, outputs)
         reconnects = Reconnects(
             f"streaming predictions of {model}", "send the rest on a new stream", self._conn.retry, timeout

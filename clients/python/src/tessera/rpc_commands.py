@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+from tessera.errors import UNREACHABLE
+
 COMMAND_BY_RPC: dict[str, str] = {
     # Registry
     "CreateModel": "`tessera models push MODEL FILE`",
@@ -89,14 +91,9 @@ def in_cli_words(message: str) -> str:
     return _FIELD_WORD.sub(lambda match: FLAG_BY_FIELD[match.group(1)], message)
 
 
-# gRPC's words when no connection could be made at all, as opposed to a daemon answering
-# UNAVAILABLE itself (shutting down, a version unloading).
-_UNREACHABLE = re.compile(r"backends failing|failed to connect|errors resolving", re.IGNORECASE)
-
-
 def unreachable_hint(code: str, message: str, target: str) -> str:
     """What to do when no daemon could be reached at `target`; empty for every other failure."""
-    if code != "UNAVAILABLE" or not _UNREACHABLE.search(message):
+    if code != "UNAVAILABLE" or not UNREACHABLE.search(message):
         return ""
     return (
         f"; is tesserad running at {target}? Start it with `make run` in a checkout (or `tesserad serve`), "
