@@ -3,6 +3,14 @@ failure exits non-zero with the daemon's message, never a traceback."""
 
 from __future__ import annotations
 
+if __name__ == "__main__":
+    # `python -m tessera.cli`: before the imports below (grpc, numpy, rich: a good part of a
+    # second), the entry the `tessera` command runs, which answers Ctrl-C and SIGTERM from the
+    # first instant and then imports this module as tessera.cli to run it.
+    from tessera.entry import main as entry_main
+
+    raise SystemExit(entry_main())
+
 import argparse
 import contextlib
 import io
@@ -2485,7 +2493,3 @@ def _close_output(stream: TextIO | None = None) -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, fd)
     os.close(devnull)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
