@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 'use strict';
-// tessera-node: `info`, `models [PREFIX]`, `predict MODEL INPUT_JSON [--version N | --alias A]`.
+// tessera-node: `info`, `models [PREFIX]`, `predict MODEL INPUT_JSON [--version N | --alias A]`;
+// `--timeout SECONDS` bounds each call (default 30), as `tessera --timeout` does.
 // Prints JSON on stdout; on failure prints "tessera-node: CODE: message" and exits 1.
 //   node cli.js --target 127.0.0.1:50051 predict affine '{"input": {"dtype": "DATA_TYPE_FLOAT32",
 //     "shape": [1, 4], "values": [1, 2, 3, 4]}}'
@@ -16,6 +17,19 @@ function wholeNumber(name, text) {
   return Number(text);
 }
 
+// A plain decimal number above 0: Number() also reads "", " 1", "0x10" and "1e3", and a deadline
+// of NaN or Infinity is none at all.
+function seconds(name, text) {
+  const value = Number(text);
+  if (!/^[0-9]*\.?[0-9]+$/.test(text || '') || !(value > 0 && value <= 1e9)) {
+    throw new Error(
+      `${name} must be seconds above 0 (at most 1e9) written in digits and a point, such as 30 or 0.5, ` +
+        `got ${JSON.stringify(text)}`,
+    );
+  }
+  return value;
+}
+
 function parse(argv) {
   const args = { target: process.env.TESSERA_TARGET || '127.0.0.1:50051', positional: [] };
   for (let i = 0; i < argv.length; i += 1) {
@@ -24,6 +38,7 @@ function parse(argv) {
     else if (arg === '--token') args.token = argv[++i];
     else if (arg === '--version') args.version = wholeNumber('--version', argv[++i]);
     else if (arg === '--alias') args.alias = argv[++i];
+    else if (arg === '--timeout') args.timeoutMs = seconds('--timeout', argv[++i]) * 1000;
     else args.positional.push(arg);
   }
   return args;
@@ -32,7 +47,7 @@ function parse(argv) {
 async function main() {
   const args = parse(process.argv.slice(2));
   const [command, ...rest] = args.positional;
-  const client = new Client(args.target, { token: args.token });
+  const client = new Client(args.target, { token: args.token, timeoutMs: args.timeoutMs });
   try {
     let result;
     if (command === 'info') {

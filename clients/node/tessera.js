@@ -33,6 +33,25 @@ function loadPackage() {
   return grpc.loadPackageDefinition(definition).tessera.v1;
 }
 
+// Every call has a deadline, as in the Python SDK: a timeout left undefined takes the default
+// (this client's calls are all unary), and one that is not a number of milliseconds above 0 is
+// refused before anything is sent (0 took the default through `||`, and a negative one failed at
+// once with a bare DEADLINE_EXCEEDED).
+const DEFAULT_TIMEOUT_MS = 30000;
+const MAX_TIMEOUT_MS = 1e12;
+
+function timeoutMs(value, fallback) {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'number' || !(value > 0 && value <= MAX_TIMEOUT_MS)) {
+    const given = typeof value === 'string' ? JSON.stringify(value) : String(value);
+    throw new RangeError(
+      `timeoutMs must be milliseconds above 0 (at most ${MAX_TIMEOUT_MS}), got ${given}; ` +
+        `leave it out for the default (${DEFAULT_TIMEOUT_MS} ms)`,
+    );
+  }
+  return value;
+}
+
 // A TesseraError carries the gRPC status name and the daemon's message.
 class TesseraError extends Error {
   constructor(err) {
@@ -44,13 +63,14 @@ class TesseraError extends Error {
 }
 
 class Client {
-  // target: "host:port"; options: { token, timeoutMs, rootCert (Buffer, enables TLS) }.
+  // target: "host:port"; options: { token, timeoutMs (each call's deadline, default 30000),
+  // rootCert (Buffer, enables TLS) }.
   constructor(target, options = {}) {
+    this.timeoutMs = timeoutMs(options.timeoutMs, DEFAULT_TIMEOUT_MS);
     const v1 = loadPackage();
     const credentials = options.rootCert
       ? grpc.credentials.createSsl(options.rootCert)
       : grpc.credentials.createInsecure();
-    this.timeoutMs = options.timeoutMs || 30000;
     this.metadata = new grpc.Metadata();
     const token = options.token || process.env.TESSERA_TOKEN;
     if (token) this.metadata.set('authorization', `Bearer ${token}`);
@@ -59,8 +79,9 @@ class Client {
     this.system = new v1.System(target, credentials, { channelOverride: this.registry.getChannel() });
   }
 
-  call(stub, method, request) {
-    const deadline = new Date(Date.now() + this.timeoutMs);
+  // `timeout`: this call's timeoutMs (undefined: the client's).
+  call(stub, method, request, timeout) {
+    const deadline = new Date(Date.now() + timeoutMs(timeout, this.timeoutMs));
     return new Promise((resolve, reject) => {
       stub[method](request, this.metadata, { deadline }, (err, response) =>
         err ? reject(new TesseraError(err)) : resolve(response),
@@ -68,16 +89,18 @@ class Client {
     });
   }
 
-  info() {
-    return this.call(this.system, 'GetServerInfo', {});
+  // Each method takes { timeoutMs } last, for its calls instead of the client's.
+  async info({ timeoutMs: timeout } = {}) {
+    return this.call(this.system, 'GetServerInfo', {}, timeout);
   }
 
-  // Every model, following page tokens.
-  async listModels(namePrefix = '') {
+  // Every model, following page tokens; each page is a call of its own, with its own deadline.
+  async listModels(namePrefix = '', { timeoutMs: timeout } = {}) {
     const models = [];
     let pageToken = '';
     do {
-      const page = await this.call(this.registry, 'ListModels', { name_prefix: namePrefix, page_token: pageToken });
+      const request = { name_prefix: namePrefix, page_token: pageToken };
+      const page = await this.call(this.registry, 'ListModels', request, timeout);
       models.push(...page.models);
       pageToken = page.next_page_token;
     } while (pageToken);
@@ -86,7 +109,7 @@ class Client {
 
   // inputs: { name: { dtype: 'DATA_TYPE_FLOAT32', shape: [2, 4], values: [...] } }.
   // Resolves to { version, outputs: { name: { dtype, shape, values } } }.
-  async predict(model, inputs, { version, alias } = {}) {
+  async predict(model, inputs, { version, alias, timeoutMs: timeout } = {}) {
     const target = { model };
     if (version !== undefined) target.version = version;
     if (alias !== undefined) target.alias = alias;
@@ -94,7 +117,7 @@ class Client {
       target,
       inputs: Object.entries(inputs).map(([name, tensor]) => encodeTensor(name, tensor)),
     };
-    const response = await this.call(this.inference, 'Predict', request);
+    const response = await this.call(this.inference, 'Predict', request, timeout);
     const outputs = {};
     for (const tensor of response.outputs) outputs[tensor.name] = decodeTensor(tensor);
     return { model: response.model, version: response.version, outputs };

@@ -1,4 +1,6 @@
-"""The Node.js client (clients/node) against a real daemon: list models and Predict."""
+"""The Node.js client (clients/node) against a real daemon: list models and Predict, each call
+within a deadline (the Python SDK's rule: a timeout left out takes the default, and one not
+above 0 is refused before anything is sent)."""
 
 from __future__ import annotations
 
@@ -68,3 +70,70 @@ def test_node_client_version_is_digits_0_to_9(node_ready, daemon, client, onnx_f
     predicted = run_node(daemon.target, "predict", "affine", inputs, "--version", "1")
     assert predicted.returncode == 0, predicted.stderr
     assert json.loads(predicted.stdout)["version"] == 1
+
+
+def run_node_script(script: str, target: str) -> subprocess.CompletedProcess[str]:
+    """`script` with `Client` (clients/node/tessera.js) in scope and `target` as TARGET."""
+    prelude = f"const {{ Client }} = require({json.dumps(str(NODE_CLIENT / 'tessera.js'))});\n"
+    prelude += f"const TARGET = {json.dumps(target)};\n"
+    return subprocess.run(
+        ["node", "-e", prelude + script], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_node_client_refuses_a_timeout_not_above_0(node_ready, daemon):
+    """0 took the default (`timeoutMs || 30000`); NaN and a negative one no deadline to speak of."""
+    refused = run_node_script(
+        """
+        const values = [0, -1, NaN, Infinity, '5', 1e13];
+        for (const timeoutMs of values) {
+          try {
+            new Client(TARGET, { timeoutMs });
+            console.log(`constructed with ${timeoutMs}`);
+          } catch (err) {
+            console.log(err.name);
+          }
+        }
+        const client = new Client(TARGET);
+        const calls = [
+          client.info({ timeoutMs: 0 }),
+          client.listModels('', { timeoutMs: 0 }),
+          client.predict('absent', {}, { timeoutMs: -5 }),
+        ];
+        Promise.allSettled(calls).then((results) => {
+          for (const result of results) console.log(result.status, result.reason && result.reason.name);
+          client.close();
+        });
+        """,
+        daemon.target,
+    )
+    assert refused.returncode == 0, refused.stderr
+    assert refused.stdout.split("\n") == [*(["RangeError"] * 6), *(["rejected RangeError"] * 3), ""]
+    for text in ("0", "-1", "nan", "Infinity", "", "0x10", "1e3"):
+        failed = run_node(daemon.target, "--timeout", text, "info")
+        assert failed.returncode == 1, (text, failed.stdout)
+        assert failed.stderr.startswith("tessera-node: --timeout must be seconds above 0"), failed.stderr
+
+
+def test_node_client_calls_end_at_their_deadline(node_ready, daemon, client, onnx_file):
+    # A lone request waits 10 s for more rows to batch with: a model for each call, so that
+    # neither is batched with the other.
+    for model in ("affine", "affine-too"):
+        client.models.push(model, onnx_file)
+        client.inference.load(model, max_batch_size=8, max_queue_delay_us=10_000_000)
+    inputs = json.dumps({"input": {"dtype": "DATA_TYPE_FLOAT32", "shape": [1, 4], "values": [0, 0, 0, 0]}})
+    failed = run_node(daemon.target, "--timeout", "0.5", "predict", "affine", inputs)
+    assert failed.returncode == 1
+    assert failed.stderr.startswith("tessera-node: DEADLINE_EXCEEDED: "), failed.stderr
+    per_call = run_node_script(
+        f"""
+        const client = new Client(TARGET);
+        const inputs = {inputs};
+        client.predict('affine-too', inputs, {{ timeoutMs: 500 }}).then(
+          () => console.log('answered'),
+          (err) => console.log(err.code),
+        ).finally(() => client.close());
+        """,
+        daemon.target,
+    )
+    assert (per_call.returncode, per_call.stdout) == (0, "DEADLINE_EXCEEDED\n"), per_call.stderr
