@@ -61,8 +61,12 @@ def check_settable_alias(alias: str) -> None:
 
 def check_alias_room(txn: ReadTxn, model: str, alias: str) -> None:
     """ResourceExhausted when `alias` would be new to a model that holds MAX_MODEL_ALIASES."""
-    if stored_alias(txn, model, alias) is not None:
-        return
+    if stored_alias(txn, model, alias) is None:
+        check_room_for_new_alias(txn, model, alias)
+
+
+def check_room_for_new_alias(txn: ReadTxn, model: str, alias: str) -> None:
+    """`check_alias_room` for an alias the caller read and found not set."""
     held = sum(1 for _ in txn.scan(ALIASES, (model,)))
     if held >= MAX_MODEL_ALIASES:
         raise ResourceExhausted(
@@ -106,7 +110,8 @@ def move_alias(
             f"alias {alias!r} of model {model!r} {where}, not {expected if expected else 'absent'} as expected; "
             "read it again and retry"
         )
-    check_alias_room(txn, model, alias)
+    if stored is None:
+        check_room_for_new_alias(txn, model, alias)
     event = AliasEvent(model, alias, current, version, time.time(), actor)
     txn.put(
         ALIASES,
