@@ -113,7 +113,7 @@ def model_json(model: ModelRecord) -> dict[str, Any]:
 
 def version_json(version: VersionRecord) -> dict[str, Any]:
     data = _plain(version)
-    del data["alias_moved"]
+    del data["alias_moved"], data["alias_refused"]
     return data
 
 

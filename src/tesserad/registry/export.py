@@ -261,8 +261,13 @@ class Exports:
                 blob = self._blobs.put_moved(path)
                 earlier = _earlier_export(registry, source, blob.sha256)
                 if earlier is not None:
-                    if alias:
-                        earlier = _move_alias(registry, earlier, alias, actor)
+                    # The earlier export holds these bytes: the put's claim on them ends here,
+                    # else they would outlive that version's delete until the next start.
+                    try:
+                        if alias:
+                            earlier = _move_alias(registry, earlier, alias, actor)
+                    finally:
+                        self._blobs.release(blob.sha256)
                     return ExportResult(
                         earlier, report.opset, report.max_abs_diff or 0.0, report.conv4d_mode, reused=True
                     )

@@ -92,6 +92,9 @@ class VersionRecord:
     aliases: tuple[str, ...] = ()  # filled in when read
     # Set on the record a registration with an alias returns: how that alias moved.
     alias_moved: AliasEvent | None = None
+    # Set on the record a registration with `alias_if_room` returns when the model had no room
+    # for its alias: why it was not set.
+    alias_refused: str = ""
 
 
 @dataclass(frozen=True)

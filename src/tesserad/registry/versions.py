@@ -250,10 +250,12 @@ class Versions:
         alias: str,
         description: str,
         params: dict[str, str] | None = None,
+        alias_if_room: bool = False,
     ) -> None:
         """What can be checked from an upload's header, before any byte is stored. `params`:
         a caller's, checked as a run's; a trained version's come from its job, whose
-        registration must not fail on them after the training."""
+        registration must not fail on them after the training. With `alias_if_room`, a model
+        with no room for `alias` is no refusal (see `register_version`)."""
         validate_name("model", model)
         validate_tags("tags", tags)
         if params is not None:
@@ -290,7 +292,7 @@ class Versions:
         with self._store.read() as txn:
             if not create_model_if_missing:
                 model_data(txn, model)
-            if alias:
+            if alias and not alias_if_room:
                 # Before any byte is stored; the registration's transaction checks again.
                 check_alias_room(txn, model, alias)
 
@@ -312,6 +314,7 @@ class Versions:
         actor: str = ANONYMOUS,
         once_per_job: bool = False,
         datasets_may_be_deleted: bool = False,
+        alias_if_room: bool = False,
     ) -> VersionRecord:
         """Record a stored blob as the model's next version (all or nothing).
 
@@ -324,7 +327,10 @@ class Versions:
         `fit_metrics` cut any over the bounds, and the params name what was left out.
         On any failure the blob is deleted unless something else holds it; either way the claim
         of the put that stored `blob` ends here (BlobStore's claims). With `alias`, the returned
-        record's `alias_moved` says where the alias pointed before. With `once_per_job`, a
+        record's `alias_moved` says where the alias pointed before; a model with no room for it
+        (MAX_MODEL_ALIASES) when the version is committed refuses the registration
+        (ResourceExhausted), unless `alias_if_room`: then the version is registered without it,
+        and the record's `alias_refused` says why. With `once_per_job`, a
         lineage job that has a version of the model already gets that version back, unchanged
         (its alias stays where it is): a training job resumed after its registration was
         committed registers once. With `datasets_may_be_deleted`, a lineage dataset version
@@ -346,6 +352,7 @@ class Versions:
                 metrics=fitted_metrics,
                 alias=alias,
                 description=description,
+                alias_if_room=alias_if_room,
             )
             record = self._prepare(
                 model,
@@ -363,6 +370,7 @@ class Versions:
                 actor=actor,
                 once_per_job=once_per_job,
                 datasets_may_be_deleted=datasets_may_be_deleted,
+                alias_if_room=alias_if_room,
             )
             committed = self._commit(record, {model}, {blob.sha256})
         except BaseException:
@@ -550,6 +558,7 @@ class Versions:
         artifact: bytes | None = None,
         once_per_job: bool = False,
         datasets_may_be_deleted: bool = False,
+        alias_if_room: bool = False,
     ) -> Callable[[WriteTxn], VersionRecord]:
         """Check the artifact of a blob whose header checks (`check_upload`) have passed; the
         function that records its version in a write transaction. `artifact`: the blob's bytes,
@@ -638,9 +647,17 @@ class Versions:
                 txn.put(DERIVED, (lineage.parent_model or model, lineage.parent_version, model, number), b"")
             if format == "ensemble":
                 index_members(txn, Member(model, number), ensemble)
-            moved = move_alias(txn, fields, alias, number, actor, expected=None) if alias else None
+            moved, refused = None, ""
+            if alias:
+                try:
+                    moved = move_alias(txn, fields, alias, number, actor, expected=None)
+                except ResourceExhausted as exc:
+                    # The cap, reached since the checks before the work: move_alias wrote nothing.
+                    if not alias_if_room:
+                        raise
+                    refused = exc.message
             put_model_data(txn, fields)
-            return replace(with_aliases(txn, record), alias_moved=moved)
+            return replace(with_aliases(txn, record), alias_moved=moved, alias_refused=refused)
 
         return record_version
 

@@ -139,6 +139,7 @@ def serving_version(record: VersionRecord) -> VersionRecord:
         lineage=Lineage(),
         aliases=(),
         alias_moved=None,
+        alias_refused="",
     )
 
 
@@ -183,6 +184,7 @@ def _encode_state(state: ServingState | None) -> dict[str, Any] | None:
         data = asdict(version)
         data.pop("aliases")
         data.pop("alias_moved")
+        data.pop("alias_refused")
         versions.append(data)
     return {**_head(state), "versions": versions}
 

@@ -26,16 +26,11 @@ class JobRegistration:
         """A new version of register_as.model (created if missing); the alias moves with it. A job
         that has registered its version already (it was resumed after that) gets it back. A
         dataset version deleted since the job began is named in the lineage, marked deleted. An
-        alias the model has no room for (it reached its alias cap while the job ran) is not set,
-        and the Registered says why: the trained model is registered all the same."""
+        alias the model has no room for when the version is committed (it reached its alias cap
+        while the job ran) is not set, and the Registered says why: the trained model is
+        registered all the same."""
         config = job.config
         target = config["register_as"]
-        alias, alias_refused = target["alias"], ""
-        if alias:
-            try:
-                self._registry.check_alias_room(target["model"], alias)
-            except ResourceExhausted as exc:
-                alias, alias_refused = "", exc.message
         data = config["data"]
         parent = config.get("fine_tune") or {}
         lineage = Lineage(
@@ -59,13 +54,15 @@ class JobRegistration:
             lineage=lineage,
             description=target["description"],
             create_model_if_missing=True,
-            alias=alias,
+            alias=target["alias"],
+            alias_if_room=True,
             actor=job.created_by,
             once_per_job=True,
             # The trained model is not lost to a dataset force-deleted while the job ran.
             datasets_may_be_deleted=True,
         )
         deleted = any(ds.deleted for ds in record.lineage.datasets)
+        alias = "" if record.alias_refused else target["alias"]
         return Registered(
-            record.model, record.version, alias, dataset_deleted=deleted, alias_refused=alias_refused
+            record.model, record.version, alias, dataset_deleted=deleted, alias_refused=record.alias_refused
         )

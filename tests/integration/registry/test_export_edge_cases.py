@@ -149,3 +149,18 @@ def test_exporting_again_with_another_description_keeps_the_first(stub, weights)
     assert again.version.description == "for the edge box"
     stored = stub.GetVersion(R.GetVersionRequest(ref=source(first.version.version)), timeout=30)
     assert stored.description == "for the edge box"
+
+
+def test_an_export_that_found_its_bytes_registered_leaves_them_to_go_with_that_version(
+    stub, weights, data_dir
+):
+    # The second export's put of the same bytes claims them as any put does; a claim left
+    # behind kept the blob on disk after its version was deleted, until the next start.
+    upload(stub, safetensors_header("mlp", weights), weights)
+    before = stored_blobs(data_dir)
+    first = stub.ExportOnnx(R.ExportOnnxRequest(source=source()), timeout=120)
+    again = stub.ExportOnnx(R.ExportOnnxRequest(source=source(), alias="serving"), timeout=120)
+    assert again.reused and again.version.version == first.version.version == 2
+    stub.DeleteAlias(R.DeleteAliasRequest(model="mlp", alias="serving"))
+    stub.DeleteVersion(R.DeleteVersionRequest(model="mlp", version=2))
+    assert stored_blobs(data_dir) == before

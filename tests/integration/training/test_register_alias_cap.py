@@ -1,7 +1,8 @@
 """A job's register_as.alias that would be new to a model at its 1,000-alias cap is refused at
 SubmitJob, as SetAlias refuses it: the job used to train for its whole run and then fail to
-register. When the model reaches the cap while the job runs, the job registers its version
-without the alias and says so in a warning, rather than lose the trained model."""
+register. When the model reaches the cap while the job runs, even as its version is being
+committed, the job registers its version without the alias and says so in a warning, rather than
+lose the trained model."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from tessera.v1 import job_spec_pb2, registry_pb2, registry_pb2_grpc, training_pb2
 from tessera.v1 import training_pb2_grpc as training_grpc
 from tests.integration.registry.conftest import onnx_header, onnx_identity, rpc_error, upload
+from tests.integration.registry.test_alias_cap_race import fill_while_checking
 from tests.integration.training.conftest import follow, job_spec, submit
 
 S = training_pb2
@@ -86,3 +88,28 @@ def test_a_model_that_reaches_the_cap_while_the_job_runs_gets_the_version_withou
     assert list(version.aliases) == ["latest"]
     missing = rpc_error(registry.GetAlias, R.GetAliasRequest(model="filling", alias="trained"))
     assert missing.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_model_that_reaches_the_cap_as_the_version_is_committed_gets_it_without_the_alias(
+    registry, training: training_grpc.TrainingStub, training_daemon, monkeypatch
+) -> None:
+    # Past every check before the commit: the weights' check is the last step before it.
+    _model_with_aliases(registry, "racing", CAP - 1)
+    second = registry_pb2_grpc.RegistryStub(training_daemon.channel())
+    request = R.SetAliasRequest(model="racing", alias="the-last-one", version=1)
+    fill_while_checking(monkeypatch, "check_weights_fit", lambda: second.SetAlias(request, timeout=30))
+    spec = job_spec("mlp", register_as=job_spec_pb2.RegisterAs(model="racing", alias="trained"))
+    job = submit(training, spec)
+    events = follow(training, job.job_id)
+
+    ended = training.GetJob(S.GetJobRequest(job_id=job.job_id))
+    assert (ended.state, ended.error) == (S.JOB_STATE_SUCCEEDED, "")
+    assert (ended.registered.model, ended.registered.version, ended.registered.alias) == ("racing", 2, "")
+    said = [e.log.message for e in events if e.WhichOneof("event") == "log" and e.log.level == "warning"]
+    assert said == [
+        f"registered racing v2 without alias 'trained': {_cap_message('racing', 'trained')}; then set "
+        "it with SetAlias"
+    ]
+    assert registry.GetAlias(R.GetAliasRequest(model="racing", alias="the-last-one")).version == 1
+    version = registry.GetVersion(R.GetVersionRequest(ref={"model": "racing", "version": 2}))
+    assert list(version.aliases) == ["latest"]
