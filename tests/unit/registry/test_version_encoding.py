@@ -34,18 +34,26 @@ RECORD = VersionRecord(
     parameter_count=58,
     aliases=("latest",),
     alias_moved=AliasEvent("m", "prod", 1, 3, 2.0, "me"),
+    alias_refused="no room",
 )
 
 
 def test_a_version_is_stored_as_every_field_but_the_read_time_ones():
     # A field added to VersionRecord (or a nested record) and not to encode_version fails here.
     expected = asdict(RECORD)
-    del expected["aliases"], expected["alias_moved"], expected["lineage"]["parent_deleted"]
+    del expected["aliases"], expected["alias_moved"], expected["alias_refused"]
+    del expected["lineage"]["parent_deleted"]
     stored = json.loads(encode_version(RECORD))["data"]
     assert stored == json.loads(json.dumps(expected))
-    assert {f.name for f in fields(VersionRecord)} - set(stored) == {"aliases", "alias_moved"}
+    assert {f.name for f in fields(VersionRecord)} - set(stored) == {
+        "aliases",
+        "alias_moved",
+        "alias_refused",
+    }
     assert {f.name for f in fields(Lineage)} - set(stored["lineage"]) == {"parent_deleted"}
 
 
 def test_a_stored_version_reads_back_as_written():
-    assert decode_version(encode_version(RECORD)) == replace(RECORD, aliases=(), alias_moved=None)
+    assert decode_version(encode_version(RECORD)) == replace(
+        RECORD, aliases=(), alias_moved=None, alias_refused=""
+    )
