@@ -139,13 +139,17 @@ LISTED_ALIASES = 10
 
 
 def no_alias(txn: ReadTxn, model: str, alias: str) -> NotFound:
-    """NotFound for an alias that is not set, naming the ones that are (a near miss first); an
-    alias written as the tables show a version ("v2") is most likely that version, so the
-    message says how to name it."""
+    """`alias_not_set` with the aliases the model holds (read only on the error path; at most
+    MAX_MODEL_ALIASES)."""
+    return alias_not_set(model, alias, [str(key[1]) for key, _ in txn.scan(ALIASES, (model,))])
+
+
+def alias_not_set(model: str, alias: str, held: list[str]) -> NotFound:
+    """NotFound for an alias that is not set, naming those `held` (sorted: the first few, a
+    near miss first); an alias written as the tables show a version ("v2") is most likely that
+    version, so the message says how to name it. A replica says it in the same words."""
     numbered = re.fullmatch(r"v(\d+)", alias)
     hint = f" (to name version {numbered[1]}, write {numbered[1]})" if numbered else ""
-    # Bounded by MAX_MODEL_ALIASES, and read only on the error path.
-    held = [str(key[1]) for key, _ in txn.scan(ALIASES, (model,))]
     if not held:
         return NotFound(
             f"model {model!r} has no alias {alias!r}{hint} and no aliases at all; set one with SetAlias"

@@ -12,6 +12,7 @@ from typing import Any
 
 from tesserad.errors import NotFound, TesseraError
 from tesserad.registry.ensembles import parse_ensemble_spec
+from tesserad.registry.tables import alias_not_set
 from tesserad.replica.blob_cache import BlobCache
 from tesserad.serving.ensemble import EnsemblePlan, plan_ensemble
 from tesserad.serving.pool import ServableVersion
@@ -105,7 +106,7 @@ class FollowedRegistry:
         elif alias in state.aliases:
             number = state.aliases[alias]
         else:
-            raise NotFound(f"model {model!r} has no alias {alias!r}")
+            raise alias_not_set(model, alias, sorted(state.aliases))
         followed = state.versions.get(number) or self._fetched_version(model, number)
 
         def open_artifact() -> Any:

@@ -15,7 +15,7 @@ from serving_models import W, linear_model, predict_request, to_array, upload
 from test_replicas import Cluster, assert_serving, eventually, scale_served
 
 import tessera
-from tessera.v1 import inference_pb2_grpc
+from tessera.v1 import inference_pb2_grpc, registry_pb2, registry_pb2_grpc
 
 X = np.ones((2, 4), dtype=np.float32)
 
@@ -48,6 +48,27 @@ def test_a_replica_serves_a_version_its_feed_does_not_carry(cluster: Cluster) ->
         refusals.append((refused.value.code(), refused.value.details()))
     assert refusals[1][0] == refusals[0][0] == grpc.StatusCode.NOT_FOUND
     assert "'linear' has no version 3" in refusals[1][1]
+
+
+def test_an_alias_not_set_is_told_at_a_replica_in_the_primary_s_words(cluster: Cluster) -> None:
+    # The replica said only "has no alias": the primary names the aliases set and a near miss.
+    primary = cluster.channel(f"127.0.0.1:{cluster.primary_port}")
+    registry = registry_pb2_grpc.RegistryStub(primary)
+    for alias, version in (("production", 1), ("staging", 2)):
+        registry.SetAlias(registry_pb2.SetAliasRequest(model="linear", alias=alias, version=version))
+    replica = cluster.channel(cluster.replica_addresses[0])
+    assert eventually(lambda: scale_served(replica, alias="staging")) == 2.0  # the feed brought them
+    refusals = []
+    for channel in (primary, replica):
+        with pytest.raises(grpc.RpcError) as refused:
+            scale_served(channel, alias="prodution")
+        refusals.append((refused.value.code(), refused.value.details()))
+    told = (
+        grpc.StatusCode.NOT_FOUND,
+        "model 'linear' has no alias 'prodution'; it has 'production', 'staging'; did you mean "
+        "'production'? Or set it with SetAlias",
+    )
+    assert refusals == [told, told]
 
 
 def test_an_ensemble_answers_at_a_replica_as_at_the_primary(cluster: Cluster) -> None:
