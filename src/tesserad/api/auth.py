@@ -130,13 +130,19 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         services: Iterable[ServiceDescriptor],
         refused: ErrorListener | None = None,
     ) -> None:
-        """`refused`: told of each call refused here (unauthenticated, or without the role)."""
+        """`refused`: told of each call refused here (unauthenticated, or without the role) whose
+        caller this daemon knows from any other: by a token of its tokens file (one expired
+        too), or by the client certificate mutual TLS checked. A caller with no token, or one
+        the file lacks, could be anyone: what it says of itself (a replica's address, for the
+        primary's list of refused replicas) is not to be believed, so `refused` is not told."""
         try:
             self._roles = required_roles(services)
             self._tokens = None if security.tokens_file is None else TokenFile(security.tokens_file)
         except (MissingRoleError, TokensFileError) as exc:
             raise AuthSetupError(str(exc)) from None
         self._certificates_identify = self._tokens is None and security.tls_client_ca_file is not None
+        # Mutual TLS admits only callers whose certificate its CA signed.
+        self._certificates_checked = security.tls_client_ca_file is not None
         self._health_open = security.health_open
         self._max_message_size = max_message_size
         self._calls = ConcurrencyGate(limits.max_concurrent_calls, "limits.max_concurrent_calls", "calls")
@@ -297,7 +303,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if identity is None:
             return _refusal(
                 handler,
-                self._refused,
+                self._refused if self._certificates_checked else None,
                 method,
                 grpc.StatusCode.UNAUTHENTICATED,
                 problem

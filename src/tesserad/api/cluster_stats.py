@@ -118,7 +118,8 @@ LASTING_CODES = frozenset(
 
 class RefusalNotes:
     """An interceptor's ErrorListener: notes each call that carries REPLICA_HEADER (a replica's)
-    and ends with one of LASTING_CODES in `refusals`."""
+    and ends with one of LASTING_CODES in `refusals`. AuthInterceptor tells it of no caller that
+    could be anyone (no token, or one the tokens file lacks)."""
 
     def __init__(self, refusals: ReplicaRefusals) -> None:
         self._refusals = refusals

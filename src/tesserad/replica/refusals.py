@@ -1,6 +1,6 @@
 """A primary's memory of the calls it refused its replicas lately, for its cluster statistics.
 
-A replica whose watch the primary refuses (a token it does not know, say) never follows, so the
+A replica whose watch the primary refuses (its token expired, say) never follows, so the
 primary would not know of it, and an operator looking at the primary would see nothing. Each
 replica names the address it serves on in REPLICA_HEADER on its calls to the primary; a call
 carrying it that the primary answers with an error only a fix cures is noted here, one entry per
@@ -8,8 +8,13 @@ announced address (the newest refusal), at most `limit` addresses, each kept `ke
 last refusal: long enough to outlast a replica's retry of such an answer (every 5 minutes), so
 one that is still refused stays listed. A replica that follows again is forgotten at once.
 
-The address is as the caller announced it (any caller may send the header: the bound keeps that
-cheap); the peer is where the call came from. What a caller presented (its token) is never kept.
+The address is as the caller announced it; the peer is where the call came from. What a caller
+presented (its token) is never kept. Only a caller that could be a replica is heard: with
+authentication on, one the primary knows by a token of its tokens file (an expired one too: a
+replica whose token lapsed is the case to show) or by its certificate under mutual TLS. A caller
+with no token or an unknown one could be anyone, and is not listed (a replica given a wrong token
+says so itself, in its health and its answers). Without authentication every caller is admin and
+any caller's header is heard; the bound keeps that cheap.
 """
 
 from __future__ import annotations

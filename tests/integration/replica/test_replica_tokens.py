@@ -4,6 +4,7 @@ back to it when it gathers cluster statistics."""
 
 from __future__ import annotations
 
+import datetime
 import logging
 import time
 import urllib.error
@@ -19,6 +20,7 @@ from serving_models import linear_model, predict_request, upload
 
 from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc
 from tesserad.oip import grpc_service_pb2, grpc_service_pb2_grpc
+from tesserad.replica.refusals import REPLICA_HEADER
 from tesserad.security import Role, hash_token, new_token
 from tesserad.security.tokens import format_entry
 from tests.conftest import InProcessDaemon, daemon_settings
@@ -174,14 +176,17 @@ def test_the_primary_lists_a_replica_it_refused_until_it_follows(
 ) -> None:
     # Refused its watch, the replica never follows: the primary's cluster statistics are where an
     # operator looking at the primary learns of it, without the token it presented.
+    lapsed = new_token()
+    expired = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    with (tmp_path / "tokens.toml").open("a") as file:
+        file.write(format_entry("lapsed-replica", Role.READER, hash_token(lapsed), expires=expired))
     tokens_file = str(tmp_path / "tokens.toml")
     primary = InProcessDaemon(
         daemon_settings(tmp_path / "primary", **{"security.tokens_file": tokens_file})
     ).start()
     replica = None
     token_file = tmp_path / "replica-token"
-    wrong = new_token()
-    token_file.write_text(wrong + "\n")
+    token_file.write_text(lapsed + "\n")
     try:
         replica = InProcessDaemon(
             daemon_settings(
@@ -200,8 +205,8 @@ def test_the_primary_lists_a_replica_it_refused_until_it_follows(
             "UNAUTHENTICATED",
         )
         assert refused.peer.startswith("ipv4:127.0.0.1:") and refused.time.seconds > 0
-        assert refused.reason.startswith("the token is not valid for this tesserad")
-        assert wrong.encode() not in stats.SerializeToString()
+        assert refused.reason.startswith("the token 'lapsed-replica' expired at 2026-01-01")
+        assert lapsed.encode() not in stats.SerializeToString()
         # Given a token the primary knows, it follows, and is listed as following only.
         token_file.write_text(tokens[Role.READER] + "\n")
         replica.run(replica.daemon.reload())
@@ -211,6 +216,36 @@ def test_the_primary_lists_a_replica_it_refused_until_it_follows(
     finally:
         if replica is not None:
             replica.stop()
+        primary.stop()
+
+
+def test_the_primary_lists_no_refusal_of_a_caller_it_does_not_know(
+    tmp_path: Path, tokens: dict[Role, str]
+) -> None:
+    # Without a token, or with one the tokens file lacks, a caller could be anyone: one that
+    # says it is a replica at an address made up its entries, and pushed real ones out.
+    primary = InProcessDaemon(
+        daemon_settings(tmp_path / "primary", **{"security.tokens_file": str(tmp_path / "tokens.toml")})
+    ).start()
+    try:
+        registry = registry_pb2_grpc.RegistryStub(primary.channel())
+        watch = registry_pb2.WatchChangesRequest(from_seq=-1)
+        for i, presented in enumerate([[], bearer(new_token())]):
+            with pytest.raises(grpc.RpcError) as refused:
+                list(registry.WatchChanges(watch, metadata=[*presented, (REPLICA_HEADER, f"made-up:{i}")]))
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert not cluster_stats(primary.channel(), tokens[Role.READER]).refused
+        # A caller with a token of the file could be a replica: its refusal is listed.
+        with pytest.raises(grpc.RpcError) as refused:
+            list(
+                registry.WatchChanges(
+                    watch, metadata=[*bearer(tokens[Role.READER]), (REPLICA_HEADER, "reader-host:1")]
+                )
+            )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        listed = cluster_stats(primary.channel(), tokens[Role.READER]).refused
+        assert [(r.address, r.code) for r in listed] == [("reader-host:1", "INVALID_ARGUMENT")]
+    finally:
         primary.stop()
 
 

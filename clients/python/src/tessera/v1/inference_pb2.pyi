@@ -712,10 +712,12 @@ class GetStatsResponse(_message.Message):
     @_builtins.property
     def refused(self) -> _containers.RepeatedCompositeFieldContainer[Global___RefusedReplica]:
         """scope=cluster: replicas whose calls this primary refused lately with an answer only a fix
-        cures (a token it does not know, a damaged artifact...), newest first, one per announced
+        cures (an expired token, a damaged artifact...), newest first, one per announced
         address, each kept 15 minutes after its last refusal (a replica tries such a call again every
         5 minutes) and dropped once the replica follows again. A replica refused its watch never
-        follows: this is where an operator of the primary sees it.
+        follows: this is where an operator of the primary sees it. With authentication on, only
+        callers the primary knows are listed (a token of its tokens file, expired too, or a client
+        certificate under mutual TLS).
         """
 
     def __init__(
