@@ -35,6 +35,7 @@ from tesserad.api.convert_training import (
 )
 from tesserad.api.transfers import chunk_size, read_header, receive_chunks, stream_chunks
 from tesserad.errors import InvalidArgument, TesseraError
+from tesserad.registry.validation import check_job_spec_size
 from tesserad.store import BlobStore
 from tesserad.training.artifacts import RunArtifacts
 from tesserad.training.events import EventLog
@@ -106,6 +107,8 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
     ) -> pb.Job:
         if not request.HasField("spec"):
             raise InvalidArgument("spec is required")
+        if request.spec.register_as.model:
+            check_job_spec_size("spec (with register_as)", request.spec.ByteSize())
         raw, document = job_spec_from_proto(request.spec)
         job = await asyncio.to_thread(self._jobs.submit, raw, document, caller(context))
         return job_to_proto(job)
@@ -456,6 +459,8 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
     ) -> pb.Sweep:
         if not request.spec.HasField("base"):
             raise InvalidArgument("spec.base is required: the job spec every trial starts from")
+        if request.spec.base.register_as.model:
+            check_job_spec_size("spec.base (with register_as)", request.spec.base.ByteSize())
         sweep = sweep_request_from_proto(request.spec)
         base, _ = job_spec_from_proto(request.spec.base)
         result = await asyncio.to_thread(self._sweeps.submit, sweep, base, caller(context))

@@ -19,6 +19,9 @@ ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
 # Keeps a spec from a client from asking a worker for an absurd model before anything is built.
 MAX_WIDTH = 1 << 16
 MAX_DEPTH = 64
+# A sample's dims: with the batch dim, 64, the most numpy makes an array of (and a version's
+# signature holds).
+MAX_SAMPLE_DIMS = 63
 # The Architecture message's fields every family has, set beside the family rather than in it.
 SHARED_FIELDS = ("input_shape", "output_size")
 
@@ -180,6 +183,10 @@ class _Checker:
         if not isinstance(value, tuple) or not value:
             return self.fail(
                 "input_shape", f"must be a non-empty list {layout} (no batch dim), got {shown!r}"
+            )
+        if len(value) > MAX_SAMPLE_DIMS:
+            return self.fail(
+                "input_shape", f"must have at most {MAX_SAMPLE_DIMS} dims (no batch dim), got {len(value):,}"
             )
         if rank is not None and len(value) != rank:
             return self.fail(

@@ -20,6 +20,19 @@ from tesserad.text import (
 )
 
 _MAX_TENSOR_NAME = 256
+# A signature's tensors (inputs and outputs together) and the dims of each: at the bounds, with
+# names of _MAX_TENSOR_NAME characters and every dim -1 (10 bytes on the wire), a signature takes
+# 0.9 MB of a GetVersion answer, which with MAX_VERSION_PARAMS, MAX_VERSION_METRICS,
+# MAX_JOB_SPEC_BYTES, the text and the aliases on the version stays within gRPC's default 4 MiB.
+# Unbounded, a signature went as far as a request (max_message_size) or an ONNX graph allowed.
+# numpy makes no array of more than 64 dims, so no served tensor has more.
+MAX_SIGNATURE_TENSORS = 1024
+MAX_TENSOR_DIMS = 64
+# A version's lineage.job_spec, and so the spec of a job that registers a version (SubmitJob, a
+# sweep's base, with register_as), serialized: a job's spec takes a few KiB; beside a version's
+# other fields it must leave a GetVersion answer within 4 MiB. (A job that registers nothing keeps
+# its spec in its own record, and its tags may take 2 MiB as a run's.)
+MAX_JOB_SPEC_BYTES = 256 * 2**10
 # A version's params together, keys and values in UTF-8 and what each entry adds on the wire, as a
 # run's params and tags are bounded: a version travels whole in a GetVersion answer (4 MiB by
 # gRPC's default limit), beside its signature, lineage and aliases.
@@ -42,6 +55,13 @@ def validate_signature(signature: Signature, *, required: bool) -> None:
         raise InvalidArgument(
             "signature needs at least one input and one output (name, dtype, shape with -1 for dynamic dims)"
         )
+    tensors = len(signature.inputs) + len(signature.outputs)
+    if tensors > MAX_SIGNATURE_TENSORS:
+        raise InvalidArgument(
+            f"a signature holds at most {MAX_SIGNATURE_TENSORS:,} tensors (inputs and outputs together), "
+            f"this one {tensors:,} ({len(signature.inputs):,} inputs, {len(signature.outputs):,} outputs), "
+            "so that a version's answer stays within 4 MiB"
+        )
     for kind, specs in (("inputs", signature.inputs), ("outputs", signature.outputs)):
         seen: set[str] = set()
         for i, spec in enumerate(specs):
@@ -55,11 +75,26 @@ def validate_signature(signature: Signature, *, required: bool) -> None:
                 raise InvalidArgument(
                     f"{where} ({spec.name!r}).dtype is required; one of {', '.join(TENSOR_DTYPES)}"
                 )
+            if len(spec.shape) > MAX_TENSOR_DIMS:
+                raise InvalidArgument(
+                    f"{where} ({spec.name!r}).shape has {len(spec.shape):,} dims; a tensor has at most "
+                    f"{MAX_TENSOR_DIMS}"
+                )
             bad = [d for d in spec.shape if d != -1 and d < 1]
             if bad:
                 raise InvalidArgument(
                     f"{where} ({spec.name!r}).shape {list(spec.shape)}: dims must be -1 (dynamic) or >= 1"
                 )
+
+
+def check_job_spec_size(field: str, size: int) -> None:
+    """InvalidArgument unless a job spec of `size` bytes (serialized) fits MAX_JOB_SPEC_BYTES."""
+    if size > MAX_JOB_SPEC_BYTES:
+        raise InvalidArgument(
+            f"{field} takes {format_size(size)} ({size:,} bytes) serialized; the job spec a model version "
+            f"keeps (its lineage.job_spec) takes at most {format_size(MAX_JOB_SPEC_BYTES)}, as it travels "
+            "whole in every answer with the version; keep large values in a file and name it"
+        )
 
 
 def validate_tags(field: str, tags: dict[str, str]) -> None:

@@ -4,7 +4,8 @@ isort:skip_file
 Model architectures tesserad builds from a spec. A training job names one; a registered
 safetensors version stores its spec beside the weights so the daemon can rebuild the model.
 
-Every family takes `input_shape`, the shape of one sample WITHOUT the batch dimension, and
+Every family takes `input_shape`, the shape of one sample WITHOUT the batch dimension (at most
+63 dims: with the batch dimension, the 64 numpy arrays hold at most), and
 `output_size`, the number of classes (classification: the model returns logits) or of
 regression targets. A hyperparameter left at its zero value takes the default given in its
 comment; a bad value is INVALID_ARGUMENT naming the field, e.g.

@@ -611,7 +611,11 @@ class Lineage(_message.Message):
     @_builtins.property
     def datasets(self) -> _containers.RepeatedCompositeFieldContainer[Global___DatasetLineage]: ...
     @_builtins.property
-    def job_spec(self) -> _job_spec_pb2.JobSpec: ...
+    def job_spec(self) -> _job_spec_pb2.JobSpec:
+        """At most 256 KiB serialized (INVALID_ARGUMENT beyond; SubmitJob refuses the spec of a job
+        with register_as past it, so a trained version's fits too).
+        """
+
     @_builtins.property
     def parent_deleted(self) -> Global___DeletedParent:
         """Set by the daemon (ignored in an upload) when the parent version no longer exists: it, or
@@ -825,7 +829,8 @@ class UploadVersionHeader(_message.Message):
         """For safetensors it is taken from the architecture when omitted; for onnx it must match
         the graph's inputs and outputs (names, dtypes, ranks and fixed dims), and is taken from
         the graph when omitted; for an ensemble it is taken from the members (which must agree)
-        and must match theirs when given.
+        and must match theirs when given. At most 1,024 tensors (inputs and outputs together) of at
+        most 64 dims each, declared or read from the graph; INVALID_ARGUMENT beyond.
         """
 
     @_builtins.property
