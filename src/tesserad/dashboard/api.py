@@ -49,7 +49,7 @@ SYSTEM_INTERVAL_MS = (250, 60_000, 1000)  # least, most, default
 SSE_RETRY_MS = 1000
 ENCODED_EVENTS = 4096
 _METRIC_FIELDS = ("last", "min", "max")
-_METRIC_OPS = ("lt", "le", "gt", "ge", "eq")
+_METRIC_OPS = ("lt", "le", "gt", "ge", "eq", "ne")
 ARTIFACT_CHUNK_BYTES = 256 * 1024
 # Previews are read whole into the page; bigger artifacts are only downloaded.
 PREVIEW_MAX_BYTES = 1024 * 1024

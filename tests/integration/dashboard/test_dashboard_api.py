@@ -168,6 +168,8 @@ def test_runs_filter_by_param_and_metric(dash, client):
     assert sorted(names("")) == ["high", "low"]
     assert names("param=lr%3D0.5") == ["high"]
     assert names("metric=acc:last:lt:0.5") == ["low"]
+    # As ListRuns' COMPARISON_NE (MLflow's !=).
+    assert names("metric=acc:last:ne:0.9") == ["low"]
     for value in ("%D9%A3", "1_0"):  # float() read these as 3 and 10
         answer = http_get(port, f"/api/v1/runs?experiment=dash-filter&metric=acc:last:lt:{value}")
         assert answer.status == 400 and "is not a number" in answer.json()["error"]

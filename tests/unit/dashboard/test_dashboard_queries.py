@@ -14,14 +14,15 @@ from tesserad.training.tracking import MetricFilter
 
 
 def test_metric_filters_parse_key_field_op_value():
-    assert _metric_filters(["val_loss:last:lt:0.5", "a:b:max:ge:-1e3"]) == [
+    assert _metric_filters(["val_loss:last:lt:0.5", "a:b:max:ge:-1e3", "acc:min:ne:0"]) == [
         MetricFilter("val_loss", "last", "lt", 0.5),
         MetricFilter("a:b", "max", "ge", -1000.0),
+        MetricFilter("acc", "min", "ne", 0.0),
     ]
 
 
 @pytest.mark.parametrize(
-    "raw", ["val_loss", "val_loss:last:lt", "x:best:lt:1", "x:last:ne:1", "x:last:lt:big"]
+    "raw", ["val_loss", "val_loss:last:lt", "x:best:lt:1", "x:last:neq:1", "x:last:lt:big"]
 )
 def test_bad_metric_filters_say_the_form(raw):
     with pytest.raises(errors.InvalidArgument, match=r"val_loss:last:lt:0\.5|is not a number"):
