@@ -122,6 +122,10 @@ def test_runs_ls_filter_metric_and_mlflow_order(tessera_cli, client, capsys):
     assert twice.code == EXIT_USAGE and "--filter compares params and --param too" in twice.err
     direction = tessera_cli("runs", "ls", "--order-by", "metrics.val_acc DESC", "--asc")
     assert direction.code == EXIT_USAGE and "gives its direction: leave out --asc and --desc" in direction.err
+    for flag in ("--asc", "--desc"):
+        unordered = tessera_cli("runs", "ls", flag)
+        assert unordered.code == EXIT_USAGE, unordered.err
+        assert f"{flag} orders by the metric --order-by names: add --order-by METRIC" in unordered.err
     order = tessera_cli("runs", "ls", "--order-by", "metrics.a, metrics.b")
     assert order.code == EXIT_USAGE and "--order-by: column 10: ListRuns orders by one metric" in order.err
     with pytest.raises(SystemExit) as usage:

@@ -1082,8 +1082,8 @@ def metric_condition(text: str) -> training_pb2.MetricFilter:
 
 
 def check_run_search(args: argparse.Namespace) -> None:
-    """UsageError for a --filter or --order-by that cannot be read, or that says again what a
-    flag beside it says (whether both should hold would be a guess)."""
+    """UsageError for a --filter or --order-by that cannot be read, that says again what a flag
+    beside it says (whether both should hold would be a guess), or --asc/--desc without an order."""
     try:
         found = parse_filter(args.filter)
     except RunFilterError as err:
@@ -1102,6 +1102,9 @@ def check_run_search(args: argparse.Namespace) -> None:
             raise UsageError(
                 f"--filter compares {written} and {flag} too; give those conditions in one of them"
             )
+    if args.descending is not None and not args.order_by:
+        flag = "--desc" if args.descending else "--asc"
+        raise UsageError(f"{flag} orders by the metric --order-by names: add --order-by METRIC")
     if order is not None and order.descending is not None and args.descending is not None:
         raise UsageError(f"--order-by {args.order_by!r} gives its direction: leave out --asc and --desc")
 
