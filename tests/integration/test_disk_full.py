@@ -503,3 +503,69 @@ def test_a_checkpoint_whose_record_the_store_refuses_leaves_no_blob_behind(tmp_p
         assert stored_blobs(data_dir) == before
     finally:
         running.stop()
+
+
+METRIC_POINTS = 200  # per batch of a metric stream, one key, consecutive steps
+METRIC_BATCHES = 400  # about 80,000 points: far more than the room the tests leave
+
+
+def metric_batch(run_id: str, index: int) -> training_pb2.LogMetricsRequest:
+    steps = range(index * METRIC_POINTS, (index + 1) * METRIC_POINTS)
+    points = [training_pb2.MetricPoint(key="loss", value=float(step), step=step) for step in steps]
+    return training_pb2.LogMetricsRequest(run_id=run_id, points=points)
+
+
+def refused_metric_stream(training: training_pb2_grpc.TrainingStub, run_id: str) -> tuple[grpc.RpcError, int]:
+    """The error of a metric stream the store cannot hold, checked to say what it stored and to
+    have stored exactly that, and the batches it stored."""
+    requests = [metric_batch(run_id, i) for i in range(METRIC_BATCHES)]
+    error = rpc_error(training.LogMetricsStream, iter(requests), timeout=60)
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+    trailers = dict(error.trailing_metadata())
+    stored = int(trailers["tessera-stored-batches"])
+    assert 0 <= stored < METRIC_BATCHES
+    assert trailers["tessera-stored-points"] == str(stored * METRIC_POINTS)
+    assert f"resend from batch {stored}" in error.details(), error.details()
+    # No part of a batch after them: the points, the summary and the history's buckets agree.
+    last = stored * METRIC_POINTS - 1
+    request = training_pb2.GetMetricHistoryRequest(run_id=run_id, key="loss")
+    assert [p.step for p in training.GetMetricHistory(request).points] == list(range(last + 1))
+    request.max_points = 4
+    assert training.GetMetricHistory(request).total_points == last + 1
+    summaries = training.GetRun(training_pb2.GetRunRequest(run_id=run_id)).metrics
+    assert [(s.count, s.last_step, s.last, s.max) for s in summaries] == (
+        [(last + 1, last, last, last)] if stored else []
+    )
+    return error, stored
+
+
+@pytest.mark.parametrize("left", [0, 1 << 20], ids=["no-block-left", "room-for-some-batches"])
+def test_a_metric_stream_whose_commit_finds_the_disk_full_stores_only_the_batches_it_says(daemon, disk, left):
+    # A commit that fails as a whole fails every batch in it after their work ran: the stream
+    # stored the batches of the commits before it, and no part of a batch after them.
+    training = training_pb2_grpc.TrainingStub(daemon.channel())
+    run_id = training.CreateRun(training_pb2.CreateRunRequest(experiment="full")).run_id
+    filler = fill_up(disk) if left == 0 else fill(disk, leave=left)
+
+    error, stored = refused_metric_stream(training, run_id)
+
+    assert FULL in error.details() and "writing to the database failed" in error.details(), error.details()
+    filler.unlink()
+    resent = [metric_batch(run_id, i) for i in range(stored, METRIC_BATCHES)]
+    assert training.LogMetricsStream(iter(resent), timeout=60).accepted == len(resent) * METRIC_POINTS
+    history = training.GetMetricHistory(training_pb2.GetMetricHistoryRequest(run_id=run_id, key="loss"))
+    assert history.total_points == METRIC_BATCHES * METRIC_POINTS
+
+
+def test_a_metric_stream_that_fills_the_database_map_stores_only_the_batches_it_says(tmp_path):
+    running = InProcessDaemon(daemon_settings(tmp_path / "data", **{"store.map_size": "1MiB"})).start()
+    try:
+        training = training_pb2_grpc.TrainingStub(running.channel())
+        run_id = training.CreateRun(training_pb2.CreateRunRequest(experiment="full")).run_id
+
+        error, stored = refused_metric_stream(training, run_id)
+
+        assert stored > 0
+        assert "store.map_size = 1 MiB" in error.details(), error.details()
+    finally:
+        running.stop()
