@@ -58,6 +58,7 @@ _FIELDS = {
     pb.SUMMARY_FIELD_MIN: "min",
     pb.SUMMARY_FIELD_MAX: "max",
 }
+_USE_FIELDS = "use LAST, MIN or MAX"
 _VIEWS = {
     pb.LIFECYCLE_VIEW_UNSPECIFIED: "active",
     pb.LIFECYCLE_VIEW_ACTIVE_ONLY: "active",
@@ -315,7 +316,7 @@ def run_order_from_proto(request: pb.ListRunsRequest) -> RunOrder | None:
     if not order.metric:
         raise InvalidArgument("order_by.metric is required: the metric whose summary orders the runs")
     if order.field not in _FIELDS:
-        raise InvalidArgument(f"order_by.field: unknown summary field {order.field}")
+        raise InvalidArgument(f"order_by.field: unknown summary field {order.field}; {_USE_FIELDS}")
     if order.direction not in _DIRECTIONS:
         raise InvalidArgument(
             f"order_by.direction: unknown value {order.direction}; use ASCENDING or DESCENDING"
@@ -339,7 +340,9 @@ def run_statuses_from_proto(values: Any, field: str = "statuses") -> list[str]:
     out = []
     for value in values:
         if value not in _RUN_STATUS_NAMES:
-            raise InvalidArgument(f"{field}: unknown run status {value}")
+            raise InvalidArgument(
+                f"{field}: unknown run status {value}; use RUNNING, SUCCEEDED, FAILED, CANCELLED or INTERRUPTED"
+            )
         out.append(_RUN_STATUS_NAMES[value])
     return out
 
@@ -357,7 +360,7 @@ def metric_filters_from_proto(filters: Any) -> list[MetricFilter]:
         if f.op not in _COMPARISONS:
             raise InvalidArgument(f"metrics[{i}].op: set a comparison (LT, LE, GT, GE, EQ or NE)")
         if f.field not in _FIELDS:
-            raise InvalidArgument(f"metrics[{i}].field: unknown summary field {f.field}")
+            raise InvalidArgument(f"metrics[{i}].field: unknown summary field {f.field}; {_USE_FIELDS}")
         out.append(MetricFilter(f.key, _FIELDS[f.field], _COMPARISONS[f.op], f.value))
     return out
 
@@ -370,7 +373,7 @@ def mode_from_proto(value: job_spec_pb2.OptimizeMode.ValueType) -> str | None:
 
 def summary_field_from_proto(value: pb.SummaryField.ValueType) -> str | None:
     if value not in _FIELDS:
-        raise InvalidArgument(f"field: unknown summary field {value}")
+        raise InvalidArgument(f"field: unknown summary field {value}; {_USE_FIELDS}")
     return None if value == pb.SUMMARY_FIELD_UNSPECIFIED else _FIELDS[value]
 
 

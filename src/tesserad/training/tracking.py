@@ -795,6 +795,10 @@ class Tracking:
     def compare_runs(self, run_ids: list[str]) -> list[Run]:
         if len(run_ids) < 2:
             raise InvalidArgument(f"run_ids: compare needs two or more runs, got {len(run_ids)}")
+        if "" in run_ids:
+            raise InvalidArgument(
+                f"run_ids[{run_ids.index('')}] is empty: give the id of each run to compare (see ListRuns)"
+            )
         if len(set(run_ids)) != len(run_ids):
             raise InvalidArgument("run_ids: a run is listed twice")
         runs = [self.get_run(run_id) for run_id in run_ids]

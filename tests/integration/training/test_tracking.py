@@ -571,3 +571,36 @@ def test_an_unknown_run_id_of_any_length_is_not_found_with_an_answer_a_client_ca
         error = _error(call)
         assert error.code() == grpc.StatusCode.NOT_FOUND, (name, error.details()[:200])
         assert error.details().startswith("run 'run-xxx") and len(error.details()) < 300, name
+
+
+def test_a_comparison_with_an_empty_run_id_names_its_place(tracker) -> None:
+    run = _run(tracker, "compare-empty")
+    error = _error(lambda: tracker.CompareRuns(S.CompareRunsRequest(run_ids=[run.run_id, ""])))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "run_ids[1] is empty: give the id of each run to compare (see ListRuns)"
+
+
+def test_an_unknown_status_or_summary_field_says_which_to_use(tracker) -> None:
+    # A client built from a newer .proto may send numbers this daemon does not know.
+    run = _run(tracker, "unknown-enums")
+    fields = "unknown summary field 7; use LAST, MIN or MAX"
+    statuses = "unknown run status 9; use RUNNING, SUCCEEDED, FAILED, CANCELLED or INTERRUPTED"
+    calls = {
+        f"metrics[0].field: {fields}": lambda: tracker.ListRuns(
+            S.ListRunsRequest(metrics=[S.MetricFilter(key="a", op=S.COMPARISON_LT, field=7)])
+        ),
+        f"order_by.field: {fields}": lambda: tracker.ListRuns(
+            S.ListRunsRequest(order_by=S.RunOrder(metric="a", field=7))
+        ),
+        f"field: {fields}": lambda: tracker.Leaderboard(
+            S.LeaderboardRequest(experiment="unknown-enums", metric="a", field=7)
+        ),
+        f"statuses: {statuses}": lambda: tracker.ListRuns(S.ListRunsRequest(statuses=[9])),
+        f"status: {statuses}": lambda: tracker.UpdateRun(S.UpdateRunRequest(run_id=run.run_id, status=9)),
+    }
+    for message, call in calls.items():
+        error = _error(call)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and error.details() == message, (
+            error.details()
+        )
+
