@@ -388,7 +388,7 @@ def points_from_proto(points: Any) -> list[MetricPoint]:
 
 def point_to_proto(point: MetricPoint) -> pb.MetricPoint:
     message = pb.MetricPoint(key=point.key, value=point.value, step=point.step)
-    if point.time:
+    if point.time is not None:
         message.time.CopyFrom(timestamp(point.time))
     return message
 

@@ -1401,7 +1401,9 @@ def write_points(txn: WriteTxn, experiment: str, run_id: str, points: list[Metri
     by_key: dict[str, dict[int, Sample]] = {}
     for point in points:
         if math.isfinite(point.value):
-            by_key.setdefault(point.key, {})[point.step] = Sample(point.step, point.value, point.time or now)
+            by_key.setdefault(point.key, {})[point.step] = Sample(
+                point.step, point.value, now if point.time is None else point.time
+            )
     # A job's keys past the cap stay in its events, as LogMetrics refuses them to a caller.
     room = MAX_RUN_METRICS - _metric_count(txn, run_id)
     for key in _new_keys(txn, run_id, by_key)[max(room, 0) :]:

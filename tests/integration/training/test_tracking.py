@@ -604,3 +604,15 @@ def test_an_unknown_status_or_summary_field_says_which_to_use(tracker) -> None:
             error.details()
         )
 
+
+def test_a_point_logged_at_the_epoch_keeps_its_time(tracker) -> None:
+    # Time 0 is a time a caller gave (1970-01-01), not "none": only an unset time is the server's.
+    run = _run(tracker, "epoch-time")
+    given = S.MetricPoint(key="a", value=1.0, step=0)
+    given.time.seconds = 0
+    unset = S.MetricPoint(key="a", value=2.0, step=1)
+    tracker.LogMetrics(S.LogMetricsRequest(run_id=run.run_id, points=[given, unset]))
+    history = tracker.GetMetricHistory(S.GetMetricHistoryRequest(run_id=run.run_id, key="a"))
+    epoch, now = history.points
+    assert epoch.HasField("time") and (epoch.time.seconds, epoch.time.nanos) == (0, 0)
+    assert now.time.seconds > 0
