@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import mimetypes
 import urllib.parse
 from collections import OrderedDict
@@ -141,7 +142,8 @@ def _metric_filters(values: Iterable[str]) -> list[MetricFilter]:
             number = float(value) if value.isascii() and "_" not in value else None
         except ValueError:
             number = None
-        if number is None:
+        # NaN reads as a float, but compares true against no value.
+        if number is None or math.isnan(number):
             raise InvalidArgument(f"metric filter {raw[:80]!r}: {value[:40]!r} is not a number")
         filters.append(MetricFilter(key, field, op, number))
     return filters

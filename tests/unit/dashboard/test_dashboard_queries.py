@@ -22,7 +22,7 @@ def test_metric_filters_parse_key_field_op_value():
 
 
 @pytest.mark.parametrize(
-    "raw", ["val_loss", "val_loss:last:lt", "x:best:lt:1", "x:last:neq:1", "x:last:lt:big"]
+    "raw", ["val_loss", "val_loss:last:lt", "x:best:lt:1", "x:last:neq:1", "x:last:lt:big", "x:last:lt:nan"]
 )
 def test_bad_metric_filters_say_the_form(raw):
     with pytest.raises(errors.InvalidArgument, match=r"val_loss:last:lt:0\.5|is not a number"):
