@@ -528,8 +528,10 @@ def refused_metric_stream(training: training_pb2_grpc.TrainingStub, run_id: str)
     assert f"resend from batch {stored}" in error.details(), error.details()
     # No part of a batch after them: the points, the summary and the history's buckets agree.
     last = stored * METRIC_POINTS - 1
-    request = training_pb2.GetMetricHistoryRequest(run_id=run_id, key="loss")
+    # The largest page (100,000 points) holds every point the stream can store.
+    request = training_pb2.GetMetricHistoryRequest(run_id=run_id, key="loss", page_size=100_000)
     assert [p.step for p in training.GetMetricHistory(request).points] == list(range(last + 1))
+    request.page_size = 0
     request.max_points = 4
     assert training.GetMetricHistory(request).total_points == last + 1
     summaries = training.GetRun(training_pb2.GetRunRequest(run_id=run_id)).metrics
