@@ -259,6 +259,8 @@ class Jobs:
         self._mp = worker_context(settings.worker_start)
         # Whether a sweep's ended trials must keep every checkpoint (PBT copies them while it runs).
         self._sweep_needs_checkpoints: Callable[[str], bool] = lambda _sweep_id: False
+        # Held while a sweep trial's end is stored and its listeners are told (`end_trials_holding`).
+        self._trial_end_lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         self._scheduler = threading.Thread(target=self._schedule_loop, name="training-scheduler", daemon=True)
 
     # -- lifecycle
@@ -338,6 +340,11 @@ class Jobs:
         ends; the sweep's end releases them (`release_checkpoints`)."""
         self._sweep_needs_checkpoints = running
 
+    def end_trials_holding(self, lock: contextlib.AbstractContextManager[Any]) -> None:
+        """Store a sweep trial's end and tell the listeners of it while holding `lock`: a reader
+        that takes `lock` sees the trial's end only together with its sweep's answer to it."""
+        self._trial_end_lock = lock
+
     def release_checkpoints(self, txn: WriteTxn, job_id: str) -> set[str]:
         """Apply the retention policy to an ended job in `txn` (none to one that has not ended):
         its record lists only the kept checkpoints, and the others' holds go. Returns their sha256,
@@ -411,7 +418,8 @@ class Jobs:
 
     def add_listener(self, callback: JobListener) -> None:
         """Call `callback(job, kind, data)` after each epoch event ("epoch") and when a job ends
-        ("ended"); it runs in the job's supervisor thread, outside every lock of this class."""
+        ("ended"); it runs in the job's supervisor thread, outside every lock of this class (a
+        sweep trial's end: under the lock given to `end_trials_holding`)."""
         self._listeners.append(callback)
 
     def _notify(self, job: JobRecord, kind: str, data: dict[str, Any]) -> None:
@@ -1177,6 +1185,13 @@ class Jobs:
         self._finish(job, "failed", message)
 
     def _finish(self, job: JobRecord, state: str, reason: str) -> None:
+        # A trial's end and its sweep's answer to it (the sweep's own end, its next trial) are one
+        # step to a reader of the sweep: it never sees every trial ended and the sweep running.
+        with self._trial_end_lock if job.sweep_id else contextlib.nullcontext():
+            self._notify(self._store_end(job, state, reason), "ended", {})
+
+    def _store_end(self, job: JobRecord, state: str, reason: str) -> JobRecord:
+        """Store the job's end and free what it held; the record as ended."""
         job = replace(job, ended_at=time.time())
         run_status = self._run_status(job, state)
         fine_tune = job.config.get("fine_tune")
@@ -1221,7 +1236,7 @@ class Jobs:
         with self._lock:
             self._active.pop(job.job_id, None)
             self._cancel_requested.pop(job.job_id, None)
-        self._notify(job, "ended", {})
+        return job
 
     def _end_stored(self, job_id: str, state: str) -> bool:
         with self._store.read() as txn:

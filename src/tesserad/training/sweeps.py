@@ -357,6 +357,7 @@ class Sweeps:
         self._orphans: dict[str, JobRecord] = {}
         jobs.add_listener(self._on_job)
         jobs.keep_trial_checkpoints_while(self._running_sweep)
+        jobs.end_trials_holding(self._lock)
 
     def start(self) -> None:
         with self._store.read() as txn:

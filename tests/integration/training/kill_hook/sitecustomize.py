@@ -10,6 +10,10 @@ TESSERA_TEST_KILL_AT set stops at that point of a training job's end.
   that catches the job after its training finished.
 - "worker_final_checkpoint": the job's worker process SIGKILLs itself once it has sent its final
   checkpoint (before its outcome); the daemon goes on.
+- "hold_sweep_at_trial_end": the daemon holds the first sweep trial's end between the job's end
+  and its sweep taking it: it logs "test hold: a trial ended", then logs "test hold: sweep read"
+  at each GetSweep that comes meanwhile (before answering it), and goes on once the file named by
+  TESSERA_TEST_HOLD_RELEASE exists.
 
 Python imports `sitecustomize` at start-up; the hook patches the modules as they are first
 imported, so the daemon starts as it always does. For a daemon's kill point the variable is
@@ -25,6 +29,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -66,6 +71,30 @@ def _patch_jobs_stop(module: ModuleType) -> None:
     module.Jobs._on_checkpoint = stopping_on_checkpoint
 
 
+def _patch_sweeps_hold(module: ModuleType) -> None:
+    on_job, get = module.Sweeps._on_job, module.Sweeps.get
+    release = Path(os.environ["TESSERA_TEST_HOLD_RELEASE"])
+    holding: list[bool] = []  # once: [True] while the hold lasts, [False] after
+
+    def holding_on_job(self: Any, job: Any, kind: str, data: Any) -> None:
+        if kind == "ended" and job.sweep_id and not holding:
+            holding.append(True)
+            module.log.warning("test hold: a trial ended")
+            deadline = time.monotonic() + 60
+            while not release.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            holding[0] = False
+        on_job(self, job, kind, data)
+
+    def said_get(self: Any, sweep_id: str) -> Any:
+        if holding and holding[0]:
+            module.log.warning("test hold: sweep read")
+        return get(self, sweep_id)
+
+    module.Sweeps._on_job = holding_on_job
+    module.Sweeps.get = said_get
+
+
 def _patch_registration(module: ModuleType) -> None:
     register = module.JobRegistration.register
 
@@ -95,6 +124,7 @@ _PATCHES = {
     "registered": ("tesserad.training.registration", _patch_registration),
     "stop_after_final_checkpoint": ("tesserad.training.jobs", _patch_jobs_stop),
     "worker_final_checkpoint": ("tesserad.training.loop", _patch_trainer),
+    "hold_sweep_at_trial_end": ("tesserad.training.sweeps", _patch_sweeps_hold),
 }
 
 
