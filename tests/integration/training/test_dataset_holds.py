@@ -381,3 +381,39 @@ def test_a_job_whose_dataset_was_force_deleted_before_it_resumed_fails_naming_th
         assert [(e.kind, e.message) for e in of_kind(events, "error")] == [("dataset_deleted", message)]
     finally:
         daemon.stop()
+
+
+def test_a_job_whose_dataset_was_force_deleted_while_it_was_queued_fails_before_it_starts(
+    training_daemon, training: training_grpc.TrainingStub
+) -> None:
+    channel = training_daemon.channel()
+    _push(channel, "deleted-while-queued")
+    # One job per CPU slot: the job on the deleted version waits in the queue behind them.
+    blockers = [submit(training, job_spec("mlp", epochs=0, max_steps=1_000_000)) for _ in range(2)]
+    for blocker in blockers:
+        watched = training.WatchJob(S.WatchJobRequest(job_id=blocker.job_id), timeout=120)
+        next(e for e in watched if e.WhichOneof("event") == "state" and e.state.state == S.JOB_STATE_RUNNING)
+        watched.cancel()
+    job = submit(training, _spec("deleted-while-queued", epochs=1))
+    try:
+        assert _delete(channel, "deleted-while-queued", force=True) == 1
+        assert training.GetJob(S.GetJobRequest(job_id=job.job_id)).state == S.JOB_STATE_QUEUED
+    finally:
+        for blocker in blockers:
+            training.CancelJob(S.CancelJobRequest(job_id=blocker.job_id))
+    events = follow(training, job.job_id)
+    assert states(events) == [S.JOB_STATE_QUEUED, S.JOB_STATE_FAILED]
+    message = (
+        "dataset 'deleted-while-queued' v1 was deleted before the job could start, and a job trains "
+        "only on the version it was submitted with: submit it again on another version of the dataset "
+        "(ListDatasetVersions lists them)"
+    )
+    ended = training.GetJob(S.GetJobRequest(job_id=job.job_id))
+    assert (ended.state, ended.error, ended.attempt) == (S.JOB_STATE_FAILED, message, 0)
+    assert [(e.kind, e.message) for e in of_kind(events, "error")] == [("dataset_deleted", message)]
+    assert of_kind(events, "state")[-1].reason == message
+    run = training.GetRun(S.GetRunRequest(run_id=ended.run_id))
+    assert (run.status, run.attempts) == (S.RUN_STATUS_FAILED, 0)
+    # It holds nothing: a version uploaded again under the name is deleted without force.
+    _push(channel, "deleted-while-queued")
+    assert _delete(channel, "deleted-while-queued") == 1
