@@ -14,9 +14,11 @@ for a CUDA job, and any custom resources of spec.devices.ray_resources.
   sets up torch.distributed (gloo on CPU, NCCL on GPUs). Its ranks' messages reach the same
   event path through the trainer's driver actor. Cancel stops the ranks together at a step
   boundary; past training.cancel_grace_s (or before the ranks began) Ray Train aborts the
-  run, removing its workers and their placement group.
+  run, removing its workers and their placement group. So does a failure in the daemon once the
+  trainer's driver is launched (its attempt's begin, the store), before the job ends FAILED.
 
-The job stays QUEUED until Ray has placed every process; it is RUNNING from then. Ray, not the
+The job stays QUEUED until Ray has placed every process; it is RUNNING from then (a job whose
+dataset version was force-deleted meanwhile fails from QUEUED, as a local one). Ray, not the
 daemon's queue, decides which of the waiting jobs starts next. A worker that dies (killed, its
 node lost) fails the job with Ray's reason, unless spec.max_restarts allows another attempt from
 the last checkpoint (not while the job's cancel waits: it ends CANCELLED); the restarts a job
@@ -38,7 +40,7 @@ from typing import Any
 
 from tesserad.errors import InvalidArgument
 from tesserad.training.job_records import Checkpoint, JobRecord
-from tesserad.training.jobs import DatasetGone, Jobs, _Running, cancelled_in_queue
+from tesserad.training.jobs import DatasetGone, Jobs, WorkerData, _Running, cancelled_in_queue
 from tesserad.training.ray_cluster import RayCluster
 from tesserad.training.ray_worker import DatasetFetch, Placement, RayPayload, TrainingActor
 from tesserad.training.scheduler import DeviceInventory
@@ -167,10 +169,10 @@ class RayJobs(Jobs):
         else:
             self._run_actor(job, running)
 
-    def _payload(self, job: JobRecord, checkpoint: Checkpoint | None) -> RayPayload:
-        """What a Ray worker needs of the attempt that has just begun (`_begin_attempt`)."""
+    def _payload(self, job: JobRecord, checkpoint: Checkpoint | None, data: WorkerData) -> RayPayload:
+        """What a Ray worker needs of the attempt that has just begun (`_begin_attempt`) on `data`
+        (`_worker_data`, asked before the begin: a job whose dataset is gone never runs)."""
         config = job.config
-        data = self._worker_data(job)
         source = data.source
         return RayPayload(
             job_id=job.job_id,
@@ -301,9 +303,10 @@ class RayJobs(Jobs):
         import ray
         from ray.exceptions import RayError
 
+        data = self._worker_data(job)
         job, checkpoint, start, initial = self._begin_attempt(job, [f"ray:{placement.node_id}"])
         job = self._log_placements(job, [placement])
-        actor.start.remote(self._payload(job, checkpoint), start, initial)
+        actor.start.remote(self._payload(job, checkpoint, data), start, initial)
         ended = _Ended()
         killed = False
         cancel_sent = False
@@ -330,10 +333,9 @@ class RayJobs(Jobs):
 
     def _run_trainer(self, job: JobRecord, running: _Running) -> None:
         import ray
-        from ray.exceptions import RayError
         from ray.util.placement_group import placement_group, remove_placement_group
 
-        from tesserad.training.ray_trainer import Begin, Relayed, TrainDriver, TrainerSpec, driver_env
+        from tesserad.training.ray_trainer import TrainDriver, driver_env
 
         devices = job.config["devices"]
         world = devices["count"]
@@ -372,6 +374,25 @@ class RayJobs(Jobs):
             max_concurrency=TrainDriver.concurrency(world),
             runtime_env={"env_vars": driver_env(self._worker_env)},
         ).remote()
+        try:
+            self._follow_trainer(job, running, driver)
+        except BaseException:
+            # Whatever failed once the driver was launched (the dataset, the attempt's begin, the
+            # store): left running, its trainer holds every rank's resources until the daemon stops.
+            log.warning("stopping the Ray Train trainer of a job that failed", extra={"job_id": job.job_id})
+            _stop_trainer(driver)
+            raise
+
+    def _follow_trainer(self, job: JobRecord, running: _Running, driver: Any) -> None:
+        """Start the trainer on `driver`, begin the attempt once Ray placed every rank, relay
+        until the fit ends, and store how it ended."""
+        import ray
+        from ray.exceptions import RayError
+
+        from tesserad.training.ray_trainer import Begin, Relayed, TrainerSpec
+
+        devices = job.config["devices"]
+        world = devices["count"]
         driver.fit.remote(
             TrainerSpec(
                 run_name=f"tessera-{job.job_id}-{job.attempt + 1}",
@@ -403,11 +424,12 @@ class RayJobs(Jobs):
                 relayed: Relayed = ray.get(driver.take.remote(_POLL_S))
                 if not begun and len(relayed.placed) == world:
                     placements = [relayed.placed[rank] for rank in range(world)]
+                    data = self._worker_data(job)
                     job, checkpoint, start, initial = self._begin_attempt(
                         job, [f"ray:{p.node_id}" for p in placements]
                     )
                     job = self._log_placements(job, placements)
-                    driver.begin.remote(Begin(self._payload(job, checkpoint), start, initial))
+                    driver.begin.remote(Begin(self._payload(job, checkpoint, data), start, initial))
                     begun = True
                 for message in relayed.messages:
                     job = self._handle(job, message, ended)
@@ -483,6 +505,18 @@ class _Ended:
     error: ErrorMessage | None = None
     died: str | None = None  # a worker process died: Ray's reason
     failed: str = ""  # Ray Train failed otherwise: its reason
+
+
+def _stop_trainer(driver: Any) -> None:
+    """Abort a trainer and kill its driver: Ray Train's abort removes the ranks and their
+    placement group (ranks not yet begun return at once), and the driver's end the rest."""
+    import ray
+
+    from tesserad.training.ray_trainer import wait_ended
+
+    driver.abort.remote()
+    wait_ended(driver, _ABORT_WAIT_S)
+    ray.kill(driver)
 
 
 def _end_when_placed(driver: Any) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+import psutil
 import pytest
 
 from tessera.v1 import (
@@ -758,6 +759,63 @@ def test_cancel_stops_a_ddp_trainer_and_frees_its_nodes(
     assert states(follow(training, busy.job_id))[-1] == S.JOB_STATE_CANCELLED
     free = _free_cpus(system, 2)
     assert free["node_a"] == 1 and free["node_b"] == 1
+
+
+# Ray names each actor's process after its class: the trainer's driver, its controller, its ranks.
+TRAINER_PROCESSES = ("ray::TrainDriver", "ray::TrainController", "ray::RayTrainWorker")
+
+
+def _trainer_processes(nodes: RayNodes) -> dict[int, str]:
+    """pid: which of TRAINER_PROCESSES, of every such process of the cluster `nodes`: others may
+    run Ray on the machine. An actor's process has a process group of its own, but stays in the
+    session its `ray start` began (whose id is that of the group `nodes` names)."""
+    found = {}
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or ())
+        name = next((n for n in TRAINER_PROCESSES if cmdline.startswith(n)), None)
+        with contextlib.suppress(ProcessLookupError):
+            if name is not None and os.getsid(process.pid) in nodes.groups:
+                found[process.pid] = name
+    return found
+
+
+def test_a_ddp_job_that_fails_once_its_trainer_is_placed_stops_the_trainer_and_frees_its_nodes(
+    training: training_pb2_grpc.TrainingStub,
+    ray_nodes: RayNodes,
+    ray_daemon: InProcessDaemon,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A failure after the trainer's driver was launched (here the attempt's begin, once Ray placed
+    every rank) fails the job and ends the trainer: its driver, controller and ranks are gone, and
+    their CPUs free."""
+    system = system_pb2_grpc.SystemStub(ray_daemon.channel())
+    before = set(_trainer_processes(ray_nodes))
+    launched: list[list[str]] = []
+
+    def failing_begin(job: Any, devices: list[str]) -> Any:
+        launched.append(sorted(n for pid, n in _trainer_processes(ray_nodes).items() if pid not in before))
+        raise RuntimeError("the attempt could not begin")
+
+    monkeypatch.setattr(ray_daemon.daemon.training, "_begin_attempt", failing_begin)
+    job = submit(training, ddp_spec())
+    events = follow(training, job.job_id)
+    monkeypatch.undo()
+    assert states(events) == [S.JOB_STATE_QUEUED, S.JOB_STATE_FAILED]
+    # The trainer ran when the begin failed: its driver, its controller and both ranks.
+    assert launched == [sorted([*TRAINER_PROCESSES, "ray::RayTrainWorker"])]
+    (error,) = of_kind(events, "error")
+    assert (error.kind, error.message) == (
+        "exception",
+        "the job could not run on Ray: the attempt could not begin",
+    )
+    free = _free_cpus(system, 2)
+    assert free["node_a"] == 1 and free["node_b"] == 1
+    deadline = time.monotonic() + 30
+    while left := {pid: name for pid, name in _trainer_processes(ray_nodes).items() if pid not in before}:
+        assert time.monotonic() < deadline, left
+        time.sleep(0.2)
+    # The cluster runs the next DDP job.
+    assert states(follow(training, submit(training, ddp_spec()).job_id))[-1] == S.JOB_STATE_SUCCEEDED
 
 
 def test_a_daemon_restart_keeps_the_restarts_a_job_has_used(
