@@ -818,6 +818,40 @@ def test_a_ddp_job_that_fails_once_its_trainer_is_placed_stops_the_trainer_and_f
     assert states(follow(training, submit(training, ddp_spec()).job_id))[-1] == S.JOB_STATE_SUCCEEDED
 
 
+def test_a_ddp_job_whose_dataset_was_force_deleted_while_it_waited_fails_before_it_starts(
+    training: training_pb2_grpc.TrainingStub, ray_daemon: InProcessDaemon
+) -> None:
+    """Found once Ray placed its ranks: the job fails from QUEUED, as a local one, and its trainer
+    is stopped."""
+    channel = ray_daemon.channel()
+    x = np.random.default_rng(5).normal(size=(48, 6)).astype(np.float32)
+    upload_dataset(channel, "deleted-while-waiting", {"x": x, "y": (x[:, 0] > 0).astype(np.int64)})
+    system = system_pb2_grpc.SystemStub(channel)
+    busy = submit(training, on_node("node_b", epochs=100_000))
+    watch_until(training, busy.job_id, lambda e: e.WhichOneof("event") == "step")
+    spec = ddp_spec()
+    spec.data.dataset.name = "deleted-while-waiting"
+    waiting = submit(training, spec)
+    watch_until(
+        training, waiting.job_id, lambda e: e.log.message.startswith("waiting for room on the Ray cluster")
+    )
+    delete = datasets_pb2.DeleteDatasetRequest(name="deleted-while-waiting", force=True)
+    assert datasets_pb2_grpc.DatasetsStub(channel).DeleteDataset(delete).deleted_versions == 1
+    training.CancelJob(S.CancelJobRequest(job_id=busy.job_id))
+    assert states(follow(training, busy.job_id))[-1] == S.JOB_STATE_CANCELLED
+    events = follow(training, waiting.job_id)
+    assert states(events) == [S.JOB_STATE_QUEUED, S.JOB_STATE_FAILED]
+    (error,) = of_kind(events, "error")
+    assert (error.kind, error.message) == (
+        "dataset_deleted",
+        "dataset 'deleted-while-waiting' v1 was deleted before the job could start, and a job trains "
+        "only on the version it was submitted with: submit it again on another version of the "
+        "dataset (ListDatasetVersions lists them)",
+    )
+    free = _free_cpus(system, 2)
+    assert free["node_a"] == 1 and free["node_b"] == 1
+
+
 def test_a_daemon_restart_keeps_the_restarts_a_job_has_used(
     ray_nodes: RayNodes, spawn_daemon: Any, tmp_path: Path
 ) -> None:
