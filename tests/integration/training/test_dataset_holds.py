@@ -3,8 +3,8 @@ dataset an ended job used needs no force; a model version trained on it still pr
 sweep holds its trials' dataset version until it ends, between trials too. A submit holds the
 version in the transaction that stores the job or sweep, so a delete since its check refuses it.
 A version force-deleted while a job ran does not lose the job's model: it is registered, its
-lineage naming the version as deleted. One force-deleted before its job could resume (the daemon
-stopped meanwhile) fails the job, saying so."""
+lineage naming the version as deleted. One force-deleted before its job could start (it was queued)
+or resume (the daemon stopped meanwhile) fails the job, saying so."""
 
 from __future__ import annotations
 
