@@ -276,6 +276,23 @@ def _check_npz_array_name(name: str) -> None:
         )
 
 
+def _check_sample_count(path: Path, members: list[_Member]) -> None:
+    """A sample that holds a value takes at least a byte of the file or of what it unpacks to, and
+    both are bounded by limits.max_dataset_size. Samples that hold none take no byte: a header
+    alone could claim 2**62 of them, whose statistics and split indices (8 bytes a sample) no
+    daemon could compute or store. So those are held to the file's size in bytes."""
+    if any(math.prod(m.shape[1:]) for m in members):
+        return
+    size = path.stat().st_size
+    if members[0].shape[0] > size:
+        shapes = ", ".join(f"{m.name} {list(m.shape)}" for m in members)
+        raise InvalidArgument(
+            f"the arrays hold no values ({shapes}), and a dataset whose samples hold none may have at "
+            f"most as many samples as its file has bytes ({size}); give each sample a value or upload "
+            "fewer samples"
+        )
+
+
 def inspect_file(
     path: Path, format: str, array_name: str, allow_nonfinite: bool
 ) -> tuple[list[ArrayInfo], int]:
@@ -297,6 +314,7 @@ def inspect_file(
             f"the dataset holds no samples: the first (sample) dimension of its arrays is 0 ({shapes}); "
             "upload arrays with one row per sample, at least one"
         )
+    _check_sample_count(path, members)
     infos = [
         ArrayInfo(m.name, m.dtype.name, m.shape, array_stats(m.name, _load(path, m), allow_nonfinite))
         for m in members

@@ -1,7 +1,10 @@
-"""UploadDataset refuses files no job could train on: arrays without a sample, and npz arrays
-under names a job spec cannot give (folders in the archive, spaces, control characters)."""
+"""UploadDataset refuses files no job could train on: arrays without a sample, samples of no value
+past the file's bytes, and npz arrays under names a job spec cannot give (folders in the
+archive, spaces, control characters)."""
 
 from __future__ import annotations
+
+import io
 
 import grpc
 import numpy as np
@@ -18,6 +21,14 @@ NAME_RULE = (
     "from letters, digits, '.', '_' and '-', starting with a letter or digit, at the archive's top "
     "level (no folders); save the arrays under such names, e.g. np.savez(file, x=x, y=y)"
 )
+
+
+def npy_header_alone(shape: tuple[int, ...]) -> bytes:
+    """An npy file of a float32 array of `shape` that holds no value: its header is all of it.
+    Written by hand, as numpy makes no array whose shape would take more than 2**63 bytes."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    return buffer.getvalue()
 
 
 def assert_nothing_stored(ds, data_dir, name: str) -> None:
@@ -50,8 +61,39 @@ def test_a_dataset_without_samples_is_invalid_argument(ds, data_dir, data, field
 
 
 def test_samples_of_no_values_are_samples(ds):
-    # Five rows of width 0: a shape a caller may mean, with a sample count to split.
-    assert upload_dataset(ds, "narrow", npz_bytes(x=np.zeros((5, 0), np.float32))).num_samples == 5
+    # Rows of width 0: a shape a caller may mean, with a sample count to split; as many as the
+    # file has bytes.
+    data = npz_bytes(x=np.zeros((5, 0), np.float32))
+    assert upload_dataset(ds, "narrow", data).num_samples == 5
+    hollow = np.zeros((len(data), 0), np.float32)
+    assert upload_dataset(ds, "narrow", npz_bytes(x=hollow)).num_samples == len(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "fields", "shapes"),
+    [
+        (npz_bytes(x=np.zeros((2**40, 0), np.float32)), {}, "x [1099511627776, 0]"),
+        (
+            npy_header_alone((2**62, 0)),
+            {"format": D.DATASET_FORMAT_NPY},
+            "x [4611686018427387904, 0]",
+        ),
+    ],
+    ids=["npz", "npy"],
+)
+def test_more_samples_of_no_values_than_the_file_has_bytes_is_invalid_argument(
+    ds, data_dir, data, fields, shapes
+):
+    # A header alone claims them: the daemon could neither compute their statistics nor store
+    # the split's 8 bytes a sample.
+    error = rpc_error(upload_dataset, ds, "hollow", data, **fields)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == (
+        f"the arrays hold no values ({shapes}), and a dataset whose samples hold none may have at "
+        f"most as many samples as its file has bytes ({len(data)}); give each sample a value or "
+        "upload fewer samples"
+    )
+    assert_nothing_stored(ds, data_dir, "hollow")
 
 
 @pytest.mark.parametrize("name", ["data/x", "x y", "-x", ".x", "x\n", "x\t", "é", "x" * 129], ids=repr)

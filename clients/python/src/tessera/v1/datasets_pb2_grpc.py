@@ -78,7 +78,8 @@ class DatasetsServicer:
         """Client stream: a header, then the file in chunks. Parsed without pickle; object arrays,
         ragged data, arrays whose first dimensions differ, NaN/Inf (unless allowed) and truncated
         files are INVALID_ARGUMENT naming the array and the problem, as are arrays without a sample
-        (a first dimension of 0) and npz arrays under a name a job spec cannot give (1 to 128
+        (a first dimension of 0), samples that hold no value (shapes like (N, 0)) more numerous than
+        the file's bytes, and npz arrays under a name a job spec cannot give (1 to 128
         letters, digits, '.', '_' and '-', starting with a letter or digit; no folders). Identical content is stored
         once. Over the storage quota, or over limits.max_dataset_size (the file, or what the
         arrays compressed in an npz unpack to): RESOURCE_EXHAUSTED with the numbers.
