@@ -4,7 +4,8 @@ Guarantees:
 - A version is recorded only after its file is complete in the blob directory, its sha256
   matches what the sender declared, and every array passed the checks in `arrays.py`
   (no pickle; no object, ragged, non-numeric or big-endian arrays; one sample dimension;
-  no NaN/Inf unless allowed; nothing truncated). Each mutation is one transaction.
+  no NaN/Inf unless allowed; nothing truncated) and its record fits one answer
+  (`_check_answer_size`). Each mutation is one transaction.
 - Identical content is stored once: versions with the same bytes share one blob, and
   re-uploading what the newest version already holds (same bytes, splits, flags, npy array
   name, description and tags) returns that version instead of adding one.
@@ -44,7 +45,7 @@ from tesserad.datasets.references import (
 from tesserad.datasets.splits import SplitSpec, compute_splits, validate_split_spec
 from tesserad.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from tesserad.names import missing_name, validate_name, validate_stored_name
-from tesserad.paging import Page, read_page
+from tesserad.paging import MAX_PAGE_BYTES, Page, answer_bytes, read_page
 from tesserad.store import (
     BlobRef,
     BlobStore,
@@ -153,6 +154,23 @@ def _decode_version(raw: bytes) -> DatasetVersionRecord:
             "splits": tuple(SplitInfo(**s) for s in data["splits"]),
             "deduplicated": False,
         }
+    )
+
+
+def _check_answer_size(record: DatasetVersionRecord) -> None:
+    """A version is answered whole (its upload, GetDatasetVersion, a download's header, a page
+    of ListDatasetVersions, which always holds one), so it must fit one answer: gRPC's default
+    limit of 4 MiB in most clients, which a Ray worker's fetch of the file keeps too."""
+    size = answer_bytes(record)
+    if size <= MAX_PAGE_BYTES:
+        return
+    classes = sum(len(a.stats.class_counts) for a in record.arrays)
+    among = f", {classes} class counts among them" if classes else ""
+    raise InvalidArgument(
+        f"the dataset's {len(record.arrays)} arrays take about {format_size(size)} to describe (their "
+        f"names, shapes and statistics{among}), more than one answer holds "
+        f"({format_size(MAX_PAGE_BYTES)}); upload fewer arrays in one version, e.g. stack arrays of "
+        "one shape into one"
     )
 
 
@@ -330,6 +348,7 @@ class Datasets:
                 allow_nonfinite=spec.allow_nonfinite,
                 array_name=spec.npy_array if spec.format == "npy" else "",
             )
+            _check_answer_size(record)
             put_next_number(txn, spec.name, number + 1)
             data["updated_at"] = now
             txn.put(DATASETS, (spec.name,), encode_record(_DATASET_KIND, _SCHEMA, data))

@@ -1,0 +1,44 @@
+"""A dataset version is answered whole (by its upload, GetDatasetVersion, a download's header and a
+page of ListDatasetVersions), so UploadDataset refuses one that would not fit gRPC's default 4 MiB
+answer, before it is stored."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+
+from tessera.v1 import common_pb2, datasets_pb2
+from tests.integration.datasets.conftest import npz_bytes, upload_dataset
+from tests.integration.registry.conftest import rpc_error, stored_blobs
+
+D = datasets_pb2
+# 1,000 distinct label values, each a 10-byte varint in an answer's class counts.
+LABELS = -(10**15) * np.arange(1, 1001, dtype=np.int64)
+
+
+def test_a_version_too_large_for_one_answer_is_invalid_argument_and_stores_nothing(ds, data_dir):
+    # Their class counts alone take over 4 MiB: the version was stored while the upload's own
+    # answer failed at the caller.
+    data = npz_bytes(**{f"y{i}": LABELS for i in range(300)})
+    error = rpc_error(upload_dataset, ds, "wide", data)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = error.details()
+    assert details.startswith("the dataset's 300 arrays take about ")
+    assert details.endswith(
+        " to describe (their names, shapes and statistics, 300000 class counts among them), more "
+        "than one answer holds (3 MiB); upload fewer arrays in one version, e.g. stack arrays of "
+        "one shape into one"
+    )
+    assert stored_blobs(data_dir) == []
+    missing = rpc_error(ds.GetDataset, D.GetDatasetRequest(name="wide"))
+    assert missing.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_many_arrays_that_fit_one_answer_are_stored_and_answered(ds):
+    version = upload_dataset(ds, "labels", npz_bytes(**{f"y{i}": LABELS for i in range(30)}))
+    assert len(version.arrays) == 30
+    assert all(len(a.stats.class_counts) == 1000 for a in version.arrays)
+    got = ds.GetDatasetVersion(D.GetDatasetVersionRequest(ref=common_pb2.DatasetRef(name="labels")))
+    assert got == version
+    listed = ds.ListDatasetVersions(D.ListDatasetVersionsRequest(name="labels")).versions
+    assert list(listed) == [version]
