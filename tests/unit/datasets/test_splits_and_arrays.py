@@ -20,6 +20,20 @@ def test_fraction_splits_partition_every_sample_reproducibly():
     assert not np.array_equal(first["val"], other_seed["val"])
 
 
+def test_a_seed_gives_the_same_split_on_every_daemon():
+    # Pinned: the documented shuffle (numpy's PCG64 seeded with the seed, cut at the rounded
+    # cumulative fractions, halves to even). A numpy whose permutation differed would split a
+    # re-upload of the same file and seed otherwise than the versions stored before it.
+    cut = compute_splits(FractionSplit((("train", 0.6), ("val", 0.4)), seed=7), 10)
+    assert {name: indices.tolist() for name, indices in cut.items()} == {
+        "train": [0, 1, 3, 6, 7, 8],
+        "val": [2, 4, 5, 9],
+    }
+    halves = FractionSplit((("train", 0.25), ("val", 0.75)), seed=0)
+    assert compute_splits(halves, 10)["train"].tolist() == [4, 6]
+    assert compute_splits(halves, 14)["train"].tolist() == [0, 2, 3, 5]
+
+
 def test_default_split_and_index_rules():
     assert compute_splits(None, 5)["train"].tolist() == [0, 1, 2, 3, 4]
     assert compute_splits(IndexSplit((("a", (4, 0)),)), 5)["a"].tolist() == [0, 4]

@@ -177,8 +177,10 @@ Global___SplitSpec: _TypeAlias = SplitSpec  # noqa: Y015
 
 @_typing.final
 class FractionSplit(_message.Message):
-    """Random split by fractions that sum to 1 (within 1e-6), reproducible from the seed (>= 0);
-    INVALID_ARGUMENT when a fraction rounds to no sample.
+    """Random split by fractions that sum to 1 (within 1e-6), reproducible from the seed (>= 0): the
+    sample indices shuffled by numpy's PCG64 seeded with it, cut in the order given at the
+    cumulative fractions times the sample count, rounded (halves to even); the last split takes
+    the rest. INVALID_ARGUMENT when a fraction rounds to no sample.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
