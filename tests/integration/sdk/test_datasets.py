@@ -119,6 +119,48 @@ def test_bad_inputs_are_refused_before_anything_is_sent(client, tmp_path):
         client.datasets.push("Bad Name", x=np.zeros(2))
 
 
+@pytest.mark.parametrize(
+    ("splits", "message"),
+    [
+        (
+            {"train": [0, 1.5, 2], "val": [3]},
+            "splits['train']: sample indices are whole numbers (int or a numpy integer), got 1.5; "
+            "pass the indices themselves, e.g. range(80)",
+        ),
+        (
+            {"train": np.arange(10.0), "val": [11]},
+            "splits['train']: sample indices are whole numbers (int or a numpy integer), got "
+            "np.float64(0.0); pass the indices themselves, e.g. range(80)",
+        ),
+        (
+            {"train": range(10), "val": [True]},
+            "splits['val']: sample indices are whole numbers (int or a numpy integer), got True; "
+            "pass the indices themselves, e.g. range(80)",
+        ),
+        ({"train": True}, "splits['train']: give a fraction or a list of sample indices, got True"),
+        ({"train": "0-9"}, "splits['train']: give a fraction or a list of sample indices, got '0-9'"),
+    ],
+    ids=["float", "float-array", "bool", "bool-split", "text"],
+)
+def test_index_splits_of_anything_but_integers_are_refused_before_anything_is_sent(
+    client, clips, splits, message
+):
+    # int() made 1.5 sample 1 and 0.0 sample 0: a version split otherwise than asked.
+    x, y = clips
+    with pytest.raises(ValueError, match=r"^splits\[") as refused:
+        client.datasets.push("indexed", x=x, y=y, splits=splits)
+    assert str(refused.value) == message
+    with pytest.raises(tessera.NotFound):
+        client.datasets.get("indexed")
+
+
+def test_index_splits_take_ints_ranges_and_integer_arrays(client, clips):
+    x, y = clips
+    splits = {"train": range(12), "val": np.arange(12, 18, dtype=np.uint8), "test": [np.int64(18), 19]}
+    version = client.datasets.push("indexed", x=x, y=y, splits=splits)
+    assert {s.name: s.count for s in version.splits} == {"train": 12, "val": 6, "test": 2}
+
+
 def test_aio_push_list_and_load(daemon, clips):
     x, y = clips
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import numbers
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,8 +93,26 @@ def split_spec(splits: Splits | None, seed: int) -> pb.SplitSpec | None:
         raise ValueError(
             f"splits: give every split a fraction or every split its indices, not both ({listed})"
         )
-    indices = [pb.SplitIndices(name=name, indices=[int(i) for i in idx]) for name, idx in splits.items()]  # type: ignore[union-attr]
+    indices = [pb.SplitIndices(name=name, indices=sample_indices(name, idx)) for name, idx in splits.items()]
     return pb.SplitSpec(indices=pb.IndexSplit(splits=indices))
+
+
+def sample_indices(name: str, given: object) -> list[int]:
+    """A split's sample indices as ints; ValueError for anything else, which int() would have
+    turned into other samples without a word (1.5 into 1) or failed on with a bare TypeError."""
+    if isinstance(given, np.ndarray) and given.ndim == 1 and given.dtype.kind in "iu":
+        return [int(i) for i in given.tolist()]
+    if isinstance(given, str | bytes) or not isinstance(given, Iterable):
+        raise ValueError(f"splits[{name!r}]: give a fraction or a list of sample indices, got {given!r}")
+    indices = []
+    for index in given:
+        if isinstance(index, bool | np.bool_) or not isinstance(index, numbers.Integral):
+            raise ValueError(
+                f"splits[{name!r}]: sample indices are whole numbers (int or a numpy integer), got "
+                f"{index!r}; pass the indices themselves, e.g. range(80)"
+            )
+        indices.append(int(index))
+    return indices
 
 
 def upload_requests(
