@@ -27,6 +27,9 @@ from tesserad.errors import FailedPrecondition, InvalidArgument
 # numpy dtype names a dataset array may have (tessera.v1.DataType, without bfloat16, which numpy lacks).
 ARRAY_DTYPES = frozenset(TENSOR_DTYPES) - {"bfloat16"}
 MAX_CLASSES = 1000
+# Arrays an upload may hold, checked before any is read: a version is answered whole, and this
+# many with names of up to 128 characters take about 3 MiB to describe.
+MAX_ARRAYS = 10_000
 _INT64_MAX = 2**63 - 1
 # Statistics read this many elements at a time, so a large memory-mapped array is never
 # pulled into memory whole.
@@ -121,13 +124,21 @@ def _npy_members(path: Path, array_name: str) -> list[_Member]:
     return [_Member(array_name, dtype, shape, fortran, header)]
 
 
-def _npz_members(path: Path) -> list[_Member]:
+def _npz_members(path: Path, most: int | None) -> list[_Member]:
+    """`most`: how many members an upload's archive may have (None: as many as a stored one has)."""
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError):
         raise InvalidArgument(
             "the file is not a complete npz archive (no zip directory at its end: truncated, or not an npz)"
         ) from None
+    if most is not None and len(archive.infolist()) > most:
+        archive.close()
+        raise InvalidArgument(
+            f"the npz archive holds {len(archive.infolist())} members, over the {most} arrays a dataset "
+            "may have (so that any answer holding its version fits gRPC's 4 MiB); stack arrays of one "
+            "shape into one, or split the data into several datasets"
+        )
     members: list[_Member] = []
     seen: set[str] = set()
     with archive, path.open("rb") as raw:
@@ -170,7 +181,7 @@ def _npz_members(path: Path) -> list[_Member]:
     return members
 
 
-def _members(path: Path, format: str, array_name: str) -> list[_Member]:
+def _members(path: Path, format: str, array_name: str, most: int | None = None) -> list[_Member]:
     if not path.is_file():
         # A worker can reach a version deleted with force after its job started. The path is
         # the server's own and stays out of the message.
@@ -180,7 +191,7 @@ def _members(path: Path, format: str, array_name: str) -> list[_Member]:
         )
     if format == "npy":
         return _npy_members(path, array_name)
-    return _npz_members(path)
+    return _npz_members(path, most)
 
 
 def _mapped(path: Path, member: _Member, offset: int) -> np.ndarray:
@@ -216,11 +227,11 @@ def _loaded(path: Path, members: list[_Member]) -> Generator[tuple[_Member, np.n
 
 
 def unpacked_sizes(path: Path, format: str, array_name: str = "x") -> dict[str, int]:
-    """Bytes of each array compressed inside an npz: those are read into memory whole, where
-    stored arrays are memory-mapped. Only headers are read."""
+    """Bytes of each array compressed inside an upload's npz: those are read into memory whole,
+    where stored arrays are memory-mapped. Only headers are read."""
     return {
         m.name: math.prod(m.shape) * m.dtype.itemsize
-        for m in _members(path, format, array_name)
+        for m in _members(path, format, array_name, MAX_ARRAYS)
         if m.offset is None
     }
 
@@ -317,7 +328,7 @@ def inspect_file(
     path: Path, format: str, array_name: str, allow_nonfinite: bool
 ) -> tuple[list[ArrayInfo], int]:
     """Check every array of a dataset file; (arrays with statistics, number of samples)."""
-    members = _members(path, format, array_name)
+    members = _members(path, format, array_name, MAX_ARRAYS)
     if format == "npz":
         for member in members:
             _check_npz_array_name(member.name)

@@ -42,3 +42,17 @@ def test_many_arrays_that_fit_one_answer_are_stored_and_answered(ds):
     assert got == version
     listed = ds.ListDatasetVersions(D.ListDatasetVersionsRequest(name="labels")).versions
     assert list(listed) == [version]
+
+
+def test_an_npz_of_more_arrays_than_a_dataset_may_have_is_refused_before_any_is_read(ds, data_dir):
+    one = np.zeros(1, np.uint8)
+    error = rpc_error(upload_dataset, ds, "scattered", npz_bytes(**{f"a{i}": one for i in range(10_001)}))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == (
+        "the npz archive holds 10001 members, over the 10000 arrays a dataset may have (so that any "
+        "answer holding its version fits gRPC's 4 MiB); stack arrays of one shape into one, or split "
+        "the data into several datasets"
+    )
+    assert stored_blobs(data_dir) == []
+    version = upload_dataset(ds, "scattered", npz_bytes(**{f"a{i}": one for i in range(10_000)}))
+    assert len(version.arrays) == 10_000

@@ -82,9 +82,9 @@ class DatasetsServicer:
         the file's bytes, and npz arrays under a name a job spec cannot give (1 to 128
         letters, digits, '.', '_' and '-', starting with a letter or digit; no folders). Identical content is stored
         once. Over the storage quota, or over limits.max_dataset_size (the file, or what the
-        arrays compressed in an npz unpack to): RESOURCE_EXHAUSTED with the numbers. Arrays whose
-        names, shapes and statistics would take more than one answer holds (3 MiB, so that every
-        answer holding a version fits gRPC's 4 MiB) are INVALID_ARGUMENT.
+        arrays compressed in an npz unpack to): RESOURCE_EXHAUSTED with the numbers. So that every
+        answer holding a version fits gRPC's 4 MiB, an npz of more than 10,000 arrays, or arrays whose
+        names, shapes and statistics take more than 3 MiB, are INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
