@@ -64,6 +64,17 @@ def validate_split_spec(spec: SplitSpec | None) -> None:
                 raise InvalidArgument(
                     f"split {name!r} lists no sample; give it the indices of at least one, or leave it out"
                 )
+            # Checked here, before the file is taken; the upper bound needs its sample count.
+            values = np.asarray(indices, dtype=np.int64)
+            if values.min() < 0:
+                raise InvalidArgument(
+                    f"split {name!r}: index {int(values[values < 0][0])} is negative; samples are "
+                    "numbered from 0"
+                )
+            if np.unique(values).size != values.size:
+                raise InvalidArgument(
+                    f"split {name!r}: indices repeat (e.g. {_first_repeat(values)}); list each sample once"
+                )
 
 
 def compute_splits(spec: SplitSpec | None, num_samples: int) -> dict[str, np.ndarray]:
@@ -89,17 +100,12 @@ def compute_splits(spec: SplitSpec | None, num_samples: int) -> dict[str, np.nda
     out = {}
     for name, indices in spec.splits:
         values = np.asarray(indices, dtype=np.int64)
-        bad = values[(values < 0) | (values >= num_samples)]
+        bad = values[values >= num_samples]
         if bad.size:
             raise InvalidArgument(
                 f"split {name!r}: index {int(bad[0])} is outside [0, {num_samples}) (the dataset has {num_samples} samples)"
             )
-        unique = np.unique(values)
-        if unique.size != values.size:
-            raise InvalidArgument(
-                f"split {name!r}: indices repeat (e.g. {_first_repeat(values)}); list each sample once"
-            )
-        out[name] = unique
+        out[name] = np.sort(values)
     return out
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import grpc
 import numpy as np
 import pytest
 
 from tessera.v1 import common_pb2, datasets_pb2, datasets_pb2_grpc
 from tests.conftest import InProcessDaemon, daemon_settings
-from tests.integration.datasets.conftest import npy_bytes, npz_bytes, upload_dataset
+from tests.integration.datasets.conftest import dataset_requests, npy_bytes, npz_bytes, upload_dataset
 from tests.integration.registry.conftest import rpc_error, stored_blobs
 
 D = datasets_pb2
@@ -127,3 +129,35 @@ def test_an_index_split_that_lists_no_sample_is_refused(ds, data_dir):
     assert stored_blobs(data_dir) == []
     missing = rpc_error(ds.GetDataset, D.GetDatasetRequest(name="listed"))
     assert missing.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    ("indices", "message"),
+    [
+        ([3, -2, -1], "split 'val': index -2 is negative; samples are numbered from 0"),
+        ([4, 7, 4], "split 'val': indices repeat (e.g. 4); list each sample once"),
+    ],
+    ids=["negative", "repeated"],
+)
+def test_index_split_mistakes_the_header_shows_are_refused_before_the_file_is_taken(
+    ds, data_dir, indices, message
+):
+    data = npz_bytes(20_000)
+    splits = D.SplitSpec(
+        indices=D.IndexSplit(
+            splits=[D.SplitIndices(name="train", indices=[0, 1]), D.SplitIndices(name="val", indices=indices)]
+        )
+    )
+    header = D.UploadDatasetHeader(
+        name="indexed",
+        format=D.DATASET_FORMAT_NPZ,
+        sha256=hashlib.sha256(data).hexdigest(),
+        size_bytes=len(data),
+        splits=splits,
+    )
+    # Only the header and the first chunk are sent: the refusal shows the header was checked
+    # before the rest of the file was awaited (a caller learnt of a -1 after sending it all).
+    error = rpc_error(ds.UploadDataset, iter(list(dataset_requests(header, data))[:2]), timeout=60)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == message
+    assert stored_blobs(data_dir) == []

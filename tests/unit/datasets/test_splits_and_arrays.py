@@ -40,8 +40,10 @@ def test_a_seed_gives_the_same_split_on_every_daemon():
 def test_default_split_and_index_rules():
     assert compute_splits(None, 5)["train"].tolist() == [0, 1, 2, 3, 4]
     assert compute_splits(IndexSplit((("a", (4, 0)),)), 5)["a"].tolist() == [0, 4]
-    with pytest.raises(InvalidArgument, match="index -1 is outside"):
+    with pytest.raises(InvalidArgument, match="index -1 is negative"):
         compute_splits(IndexSplit((("a", (-1,)),)), 5)
+    with pytest.raises(InvalidArgument, match=r"index 5 is outside \[0, 5\)"):
+        compute_splits(IndexSplit((("a", (5,)),)), 5)
     with pytest.raises(InvalidArgument, match="repeated: a"):
         compute_splits(IndexSplit((("a", (1,)), ("a", (2,)))), 5)
 
