@@ -1956,7 +1956,7 @@ def build_parser() -> argparse.ArgumentParser:
         "rm",
         cmd_datasets_rm,
         "delete version VERSION of NAME, or with NAME alone the dataset and every version; refused "
-        "while a queued or running job or a model version's lineage uses it",
+        "while a queued or running job, a running sweep or a model version's lineage uses it",
     )
     sub.add_argument(
         "ref",
@@ -1967,7 +1967,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--force",
         action="store_true",
-        help="delete even what a job or a model version's lineage uses (a job still running may then fail)",
+        help="delete even what a job, a sweep or a model version's lineage uses (a job still running may "
+        "then fail)",
     )
     sub = command(
         datasets,
