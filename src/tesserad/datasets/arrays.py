@@ -132,10 +132,11 @@ def _npz_members(path: Path, most: int | None) -> list[_Member]:
         raise InvalidArgument(
             "the file is not a complete npz archive (no zip directory at its end: truncated, or not an npz)"
         ) from None
-    if most is not None and len(archive.infolist()) > most:
+    count = len(archive.infolist())
+    if most is not None and count > most:
         archive.close()
         raise InvalidArgument(
-            f"the npz archive holds {len(archive.infolist())} members, over the {most} arrays a dataset "
+            f"the npz archive holds {count} members, over the {most} arrays a dataset "
             "may have (so that any answer holding its version fits gRPC's 4 MiB); stack arrays of one "
             "shape into one, or split the data into several datasets"
         )
