@@ -64,6 +64,12 @@ def test_summary_fields_backquoted_keys_and_entity_spellings() -> None:
     assert found.params == {"a b": "it's", "x.y": ""} and found.tags == {"précision": "v"}
 
 
+def test_param_and_tag_keys_take_dots_unquoted_as_in_mlflow() -> None:
+    found = parse_filter("params.optimizer.lr = '0.001' and tags.mlflow.runName = 'a' and params.x = 'y'")
+    assert found.params == {"optimizer.lr": "0.001", "x": "y"}
+    assert found.tags == {"mlflow.runName": "a"}
+
+
 def test_status_conditions_keep_the_statuses_every_one_allows() -> None:
     assert parse_filter("attributes.status IN ('failed', 'KILLED', 'running')").statuses == [
         "running",
@@ -110,7 +116,8 @@ def test_an_empty_filter_filters_nothing_and_one_value_twice_is_one_condition() 
         ("params.lr = 0.01", 13, "quote the value: params.lr = 'VALUE'"),
         ("params.lr = '0.01", 13, "the value opened here has no closing '"),
         ("tags.team LIKE 'vis%'", 11, "tags compare with = only: ListRuns matches a tag's exact text"),
-        ("params.a.b = 'x'", 10, "write a key with dots in backquotes: params.`a.b`"),
+        ("params.a. = 'x'", 10, "expected the rest of the key after params.a."),
+        ("params.`a`.b = 'x'", 12, "write a key with dots in backquotes: params.`a.b`"),
         ("params.lr = 'a' and params.lr = 'b'", 21, "params.lr is already compared with 'a'"),
         (
             "attributes.status = 'done'",

@@ -2033,7 +2033,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         type=key_value,
         metavar="KEY=VALUE",
-        help="only runs with this param (repeatable)",
+        help="only runs with this param (repeatable); a job's run has its spec's fields by path, "
+        "e.g. optimizer.lr=0.001",
     )
     sub.add_argument(
         "--tag",
@@ -2057,7 +2058,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="MLflow's search filter, conditions joined by AND: metrics.KEY OP NUMBER (OP <, <=, >, >=, = "
         "or !=; metrics.KEY.min or .max for that value of the summary), params.KEY = 'VALUE', "
         "tags.KEY = 'VALUE', attributes.status = 'STATUS' (or !=, IN (...), NOT IN (...)); backquote "
-        "a key of other characters than letters, digits and _, e.g. metrics.`val-loss`",
+        "a key of other characters than letters, digits and _, e.g. metrics.`val-loss` (a param's or "
+        "tag's may hold dots: params.optimizer.lr = '0.001')",
     )
     sub.add_argument(
         "--order-by",

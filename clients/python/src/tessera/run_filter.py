@@ -9,7 +9,8 @@ Filter: conditions joined by AND (any case), e.g.
   inside doubled: 'it''s').
 - `attributes.status = 'X'`, `!= 'X'`, `IN ('X', 'Y')` or `NOT IN (...)`: a run status, or MLflow's
   FINISHED (succeeded) and KILLED (cancelled).
-- A key of other characters than letters, digits and _ goes in backquotes: metrics.`val-loss`.
+- A key of other characters than letters, digits and _ goes in backquotes: metrics.`val-loss`;
+  a param's or tag's may hold dots without them, as in MLflow: params.optimizer.lr.
   MLflow's other entity spellings (metric, param, parameter, tag, attribute, attr, run) work too.
 
 Order: `metrics.KEY [ASC|DESC]` (with .last, .min or .max as above); without ASC or DESC, the
@@ -176,7 +177,15 @@ def _operand(scan: _Scanner, allowed: str) -> _Operand:
             f"e.g. {entity}.`val-loss`"
         )
     summary = ""
-    if scan.take("."):
+    if entity in ("params", "tags") and not quoted:
+        # As in MLflow, whose key is all after the entity's dot: a job's run names its spec's
+        # params by their path (optimizer.lr), and params and tags have no .min or .max to tell apart.
+        while scan.take("."):
+            part = scan.match(_KEY)
+            if not part:
+                raise scan.fail(f"expected the rest of the key after {entity}.{key}.")
+            key = f"{key}.{part}"
+    elif scan.take("."):
         suffix_at = scan.at
         summary = scan.match(_WORD)
         if entity != "metrics" or summary not in _FIELDS:
