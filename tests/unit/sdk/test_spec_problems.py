@@ -145,6 +145,21 @@ def test_problems_in_a_dict_are_named_without_lines():
         from_dict(inference_pb2.ServingConfig, {"runtime": "onx"}, "config")
 
 
+def test_a_key_of_a_table_below_names_that_table(tmp_path):
+    """A newcomer writes `lr` or `dataset` at the spec's top; TOML takes the dotted key as the fix."""
+    path = tmp_path / "spec.toml"
+    path.write_text('experiment = "clips"\nlr = 0.01\ndataset = "clips"\nmodel = "m"\n')
+    with pytest.raises(ValueError, match=r"spec.toml has 3 problems:\n") as caught:
+        from_dict(job_spec_pb2.JobSpec, load_toml(path))
+    assert problem_lines(caught) == [
+        f"{path}:2: lr: unknown key; did you mean optimizer.lr?",
+        f"{path}:3: dataset: unknown key; did you mean data.dataset?",
+        f"{path}:4: model: unknown key; did you mean register_as.model or init_from.model?",
+    ]
+    path.write_text('experiment = "clips"\noptimizer.lr = 0.01\ndata.dataset = "clips"\n')
+    assert from_dict(job_spec_pb2.JobSpec, load_toml(path)).optimizer.lr == 0.01
+
+
 def test_numbers_out_of_range_and_unknown_keys_far_from_any_name():
     with pytest.raises(ValueError, match=r"^sweep has 3 problems:\n") as caught:
         from_dict(

@@ -193,7 +193,7 @@ def _message(descriptor: Descriptor, data: Any, path: KeyPath, problems: _Proble
         here = (*path, key)
         field = descriptor.fields_by_name.get(key) or descriptor.fields_by_camelcase_name.get(key)
         if field is None:
-            problems.append((here, "unknown key" + _suggestion(str(key), list(descriptor.fields_by_name))))
+            problems.append((here, "unknown key" + _key_suggestion(str(key), descriptor)))
             continue
         if field.name in out:
             problems.append((here, f"set twice (as {field.name} and {field.json_name})"))
@@ -321,6 +321,21 @@ def _enum(enum_type: EnumDescriptor, value: Any, path: KeyPath, problems: _Probl
     else:
         problems.append((path, f"expected one of {', '.join(choices)}, got {_describe(value)}"))
     return value
+
+
+def _key_suggestion(key: str, descriptor: Descriptor) -> str:
+    """_suggestion's hint, or first the tables one level down that hold `key` exactly: `lr` at a
+    spec's top belongs in [optimizer], and TOML takes `optimizer.lr = 0.01` there as it is."""
+    tables = [
+        field.name
+        for field in descriptor.fields
+        if field.message_type is not None
+        and not field.message_type.GetOptions().map_entry
+        and key in field.message_type.fields_by_name
+    ]
+    if tables:
+        return f"; did you mean {' or '.join(f'{table}.{key}' for table in tables)}?"
+    return _suggestion(key, list(descriptor.fields_by_name))
 
 
 def _suggestion(word: str, known: list[str]) -> str:
