@@ -222,3 +222,27 @@ def test_restore_refuses_a_backup_of_a_newer_schema_and_takes_an_older_one(
     InProcessDaemon(daemon_settings(restored)).start().stop()
     record = _record(restored)
     assert record is not None and (record.schema, record.tesserad_version) == (STORE_SCHEMA, __version__)
+
+
+def test_a_restored_backup_keeps_its_daemons_start_up_markers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The restored directory's lock file carries the token of the store's schema record, so the
+    first start trusts the record (keeps its token) instead of running every start-up upgrade
+    again, into a new directory and into an empty one (a new disk's mount point) alike."""
+    source = tmp_path / "source"
+    daemon = InProcessDaemon(daemon_settings(source)).start()
+    archive = tmp_path / "backup.tar"
+    try:
+        assert tessera_main(["--target", daemon.target, "admin", "backup", "-o", str(archive)]) == 0
+    finally:
+        daemon.stop()
+    capsys.readouterr()
+    backed_up = _record(source)
+    assert backed_up is not None
+    (tmp_path / "mount").mkdir()
+    for restored in (tmp_path / "new", tmp_path / "mount"):
+        assert tesserad_main(["restore", str(archive), "--data-dir", str(restored)]) == 0
+        assert (restored / LOCK_NAME).read_text().splitlines()[1] == f"store {backed_up.token}"
+        InProcessDaemon(daemon_settings(restored)).start().stop()
+        assert _record(restored) == SchemaRecord(STORE_SCHEMA, __version__, backed_up.token)

@@ -32,10 +32,10 @@ from tessera.backup import BLOB_PREFIX, STORE_NAME, ArchiveError, Entry, Manifes
 from tesserad import __version__
 from tesserad.config import format_size
 from tesserad.datasets.references import BLOB_HOLDERS
-from tesserad.errors import FailedPrecondition
-from tesserad.store import DataDirLock, unpack
+from tesserad.errors import DataLoss, FailedPrecondition
+from tesserad.store import DataDirLock, pack, unpack
 from tesserad.store.lockfile import LOCK_NAME
-from tesserad.store.schema import STORE_SCHEMA
+from tesserad.store.schema import SCHEMA_KEY, STORE_SCHEMA, decode_schema_record
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def restore(
     try:
         try:
             manifest = read_archive(archive, staging.place, staging.check_manifest)
-            _check_store(staging.path / "store", manifest)
+            store_token = _check_store(staging.path / "store", manifest)
         except ArchiveError as exc:
             raise RestoreError(f"{archive} cannot be restored: {exc}; nothing was written") from None
         except OSError as exc:
@@ -104,7 +104,7 @@ def restore(
                 raise
             raise RestoreError(f"{staging.no_room()}; nothing was written") from None
         _sync_dirs(staging.path)
-        _put_in_place(staging.path, data_dir)
+        _put_in_place(staging.path, data_dir, store_token)
     except BaseException:
         shutil.rmtree(staging.path, ignore_errors=True)
         raise
@@ -297,9 +297,10 @@ def _staged(staging: Path, name: str) -> Path:
     return staging / "blobs" / "sha256" / sha256[:2] / sha256[2:]
 
 
-def _check_store(store_dir: Path, manifest: Manifest) -> None:
+def _check_store(store_dir: Path, manifest: Manifest) -> str | None:
     """ArchiveError unless the staged store opens, holds the manifest's record counts, and
-    references only blobs the archive held."""
+    references only blobs the archive held. Returns the token for the data directory's lock file
+    (see _trusted_token)."""
     try:
         env = lmdb.open(
             str(store_dir), readonly=True, lock=False, max_dbs=len(manifest.records) + 1, readahead=False
@@ -323,6 +324,7 @@ def _check_store(store_dir: Path, manifest: Manifest) -> None:
             holders = env.open_db(BLOB_HOLDERS.encode(), txn=txn, create=False)
             missing = {str(unpack(key)[0]) for key in txn.cursor(holders).iternext(values=False)}
             missing -= manifest.blobs.keys()
+            token = _trusted_token(env, txn, manifest)
     except lmdb.Error as exc:
         raise ArchiveError(f"its store copy cannot be read ({exc})") from None
     finally:
@@ -331,6 +333,25 @@ def _check_store(store_dir: Path, manifest: Manifest) -> None:
         raise ArchiveError(
             f"its store references {len(missing)} blobs it does not hold (e.g. {min(missing)})"
         )
+    return token
+
+
+def _trusted_token(env: lmdb.Environment, txn: lmdb.Transaction, manifest: Manifest) -> str | None:
+    """The token of the store copy's schema record when the daemon that made the archive wrote
+    that record (it recorded its schema in the manifest too; one from before schema versions
+    leaves another's record in place), else None. Kept in the restored directory's lock file, it
+    lets the first start trust the start-up markers that daemon kept, instead of running every
+    start-up upgrade again and logging that an older tesserad may have written the store."""
+    if manifest.store_schema is None or "meta" not in manifest.records:
+        return None
+    raw = txn.get(pack(SCHEMA_KEY), db=env.open_db(b"meta", txn=txn, create=False))
+    if raw is None:
+        return None
+    try:
+        record = decode_schema_record(bytes(raw))
+    except DataLoss:
+        return None  # trusted with nothing: the daemon's start reports the damage
+    return record.token if record.schema == manifest.store_schema else None
 
 
 def _sync_dirs(staging: Path) -> None:
@@ -343,11 +364,13 @@ def _sync_dirs(staging: Path) -> None:
             os.close(fd)
 
 
-def _put_in_place(staging: Path, data_dir: Path) -> None:
+def _put_in_place(staging: Path, data_dir: Path, store_token: str | None) -> None:
     # Not a part of the data directory. Another restore leaves a staging directory that has
     # no lock file alone, and this one's stays held until it ends.
     (staging / STAGING_LOCK_NAME).unlink()
     if not data_dir.exists():
+        if store_token is not None:
+            _keep_store_token(DataDirLock(staging), store_token)
         staging.chmod(_new_dir_mode())
         staging.rename(data_dir)
         renamed_in = data_dir.parent
@@ -363,6 +386,8 @@ def _put_in_place(staging: Path, data_dir: Path) -> None:
             for part in _PARTS:
                 if (staging / part).exists():
                     (staging / part).rename(data_dir / part)
+            if store_token is not None:
+                lock.keep_store_token(store_token)
         finally:
             lock.release()
         staging.rmdir()
@@ -372,6 +397,14 @@ def _put_in_place(staging: Path, data_dir: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _keep_store_token(lock: DataDirLock, token: str) -> None:
+    lock.acquire()
+    try:
+        lock.keep_store_token(token)
+    finally:
+        lock.release()
 
 
 def _new_dir_mode() -> int:

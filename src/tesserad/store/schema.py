@@ -67,8 +67,11 @@ class SchemaRecord:
 def recorded_schema(txn: ReadTxn) -> SchemaRecord | None:
     """The store's schema record; None for a store that has none (made before schema versions)."""
     raw = txn.get("meta", SCHEMA_KEY)
-    if raw is None:
-        return None
+    return None if raw is None else decode_schema_record(raw)
+
+
+def decode_schema_record(raw: bytes) -> SchemaRecord:
+    """The schema record stored as `raw` (the "meta" row at SCHEMA_KEY)."""
     data = decode_record(raw, _KIND, _RECORD_SCHEMA)[1]
     return SchemaRecord(int(data["schema"]), str(data["tesserad_version"]), str(data["token"]))
 
