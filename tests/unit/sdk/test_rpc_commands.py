@@ -130,3 +130,17 @@ def test_only_a_daemon_that_cannot_be_reached_gets_the_hint_to_start_one():
     # The daemon answered: it is running, so starting one is the wrong advice.
     assert unreachable_hint("UNAVAILABLE", "tesserad is shutting down; reconnect", "127.0.0.1:50051") == ""
     assert unreachable_hint("NOT_FOUND", "failed to connect the dots", "127.0.0.1:50051") == ""
+
+
+def test_an_http_port_as_the_target_is_named_so_not_taken_for_a_daemon_to_start():
+    """grpc's words for tesserad's dashboard port given as the target."""
+    dashboard = (
+        "connections to all backends failing; last error: INTERNAL: ipv4:127.0.0.1:8080: Failed parsing "
+        "HTTP/2 (Expected SETTINGS frame as the first frame, got frame type 80) (Trying to connect an "
+        "http1.x server (HTTP status 400))"
+    )
+    assert unreachable_hint("UNAVAILABLE", dashboard, "127.0.0.1:8080") == (
+        "; 127.0.0.1:8080 answers HTTP/1.x, so it is an HTTP port (the dashboard's, /metrics or the Open "
+        "Inference Protocol over HTTP), not tesserad's gRPC address (`tesserad serve --listen`, default "
+        "127.0.0.1:50051): pass that as --target HOST:PORT (env TESSERA_TARGET)"
+    )

@@ -91,10 +91,22 @@ def in_cli_words(message: str) -> str:
     return _FIELD_WORD.sub(lambda match: FLAG_BY_FIELD[match.group(1)], message)
 
 
+# gRPC's words when what answered at the address speaks HTTP/1.x, not HTTP/2.
+_HTTP1_PEER = re.compile(r"connect an http1\.x server", re.IGNORECASE)
+
+
 def unreachable_hint(code: str, message: str, target: str) -> str:
     """What to do when no daemon could be reached at `target`; empty for every other failure."""
     if code != "UNAVAILABLE" or not UNREACHABLE.search(message):
         return ""
+    if _HTTP1_PEER.search(message):
+        # Something listens there, so starting a daemon is the wrong advice: the dashboard's
+        # port (8080) is the one a newcomer has just opened in a browser.
+        return (
+            f"; {target} answers HTTP/1.x, so it is an HTTP port (the dashboard's, /metrics or the Open "
+            "Inference Protocol over HTTP), not tesserad's gRPC address (`tesserad serve --listen`, "
+            "default 127.0.0.1:50051): pass that as --target HOST:PORT (env TESSERA_TARGET)"
+        )
     return (
         f"; is tesserad running at {target}? Start it with `make run` in a checkout (or `tesserad serve`), "
         "or pass --target HOST:PORT (env TESSERA_TARGET)"
