@@ -761,7 +761,8 @@ class Daemon:
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking calls, let in-flight calls finish within the grace period, close the store."""
         grace = self.settings.grace_period_s if grace is None else grace
-        log.info("tesserad stopping", extra={"grace_period_s": grace})
+        # What is left of the grace after a SIGHUP reload: ms are all a reader needs of it.
+        log.info("tesserad stopping", extra={"grace_period_s": round(grace, 3)})
         self._stopping.set()
         if self._health is not None:
             await self._health.enter_graceful_shutdown()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -30,7 +31,10 @@ def test_signal_drains_an_in_flight_stream_then_exits_0(spawn_daemon, tmp_path, 
     rest = list(stream)  # raises if the call does not end with OK
     assert len([first, *rest]) == 5
     assert daemon.process.wait(30) == 0
-    assert "tesserad stopped" in daemon.output()
+    output = daemon.output()
+    assert "tesserad stopped" in output
+    # The grace left, in ms at most: not 9.999995161999323.
+    assert re.search(r'"tesserad stopping", "grace_period_s": \d+(\.\d{1,3})?\}', output), output
     channel.close()
 
 
