@@ -181,7 +181,7 @@ def _restore(archive: Path, data_dir: Path, progress: bool | None) -> int:
     records = sum(manifest.records.values())
     print(
         f"restored {archive} into {data_dir}: {counted(records, 'record')}, {counted(len(manifest.blobs), 'blob')} "
-        f"({manifest.blob_bytes} bytes), backed up by tesserad {manifest.tesserad_version} at "
+        f"({byte_size(manifest.blob_bytes)}), backed up by tesserad {manifest.tesserad_version} at "
         f"{manifest.created_at}; start it with `tesserad serve --data-dir {data_dir}`"
     )
     return 0

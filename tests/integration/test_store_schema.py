@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -243,6 +244,10 @@ def test_a_restored_backup_keeps_its_daemons_start_up_markers(
     (tmp_path / "mount").mkdir()
     for restored in (tmp_path / "new", tmp_path / "mount"):
         assert tesserad_main(["restore", str(archive), "--data-dir", str(restored)]) == 0
+        # Sized as the backup's summary sizes them, not "(969601 bytes)".
+        assert re.search(
+            r", \d+ blobs? \((\d+ B|\d+\.\d [KMG]iB)\), backed up by tesserad", capsys.readouterr().out
+        )
         assert (restored / LOCK_NAME).read_text().splitlines()[1] == f"store {backed_up.token}"
         InProcessDaemon(daemon_settings(restored)).start().stop()
         assert _record(restored) == SchemaRecord(STORE_SCHEMA, __version__, backed_up.token)
