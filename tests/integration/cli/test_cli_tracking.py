@@ -114,6 +114,13 @@ def test_runs_ls_filter_metric_and_mlflow_order(tessera_cli, client, capsys):
     assert listed("--order-by", "metrics.val_acc", "--asc") == "bacd"
     assert listed("--order-by", "val_acc") == "cabd"  # the plain METRIC form, highest first for acc
 
+    # What is listed when nothing matches says where to find the keys to compare.
+    none = tessera_cli("runs", "ls", "--experiment", "search", "--filter", "params.optimizer.lr = '0.01'")
+    assert none.code == 0 and " ".join(none.out.split()) == (
+        "no run of experiment search meets these conditions; `tessera runs show RUN_ID` lists the params, "
+        "tags and metrics a run has (a job's run has each field of its spec as a param, by path: optimizer.lr)"
+    ), none.out
+
     bad = tessera_cli("runs", "ls", "--filter", "metrics.val_acc ~ 0.9")
     assert bad.code == EXIT_USAGE
     assert "--filter: column 17: expected a comparison after metrics.val_acc" in bad.err, bad.err

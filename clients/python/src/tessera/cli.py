@@ -1126,6 +1126,13 @@ def cmd_runs_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
     )
     if out.as_json:
         return out.json(runs)
+    if not runs and (args.status or args.param or args.tag or args.metric or args.filter):
+        # An empty table gives no clue that a key was misspelt (`lr` where a job's run says optimizer.lr).
+        of = f" of experiment {args.experiment}" if args.experiment else ""
+        return out.line(
+            f"no run{of} meets these conditions; `tessera runs show RUN_ID` lists the params, tags and "
+            "metrics a run has (a job's run has each field of its spec as a param, by path: optimizer.lr)"
+        )
     out.table(
         "runs",
         ["id", "experiment", "name", "status", "metrics (last values)", "started"],
