@@ -643,13 +643,15 @@ def test_a_backup_to_stdout_stops_before_the_bytes_that_show_a_member_damaged_on
     assert "it was altered or damaged; take it again" in result.stderr
     assert result.stderr.endswith("what reached stdout is an incomplete archive and must not be used\n")
     data = streamed.read_bytes()
-    damaged = _tar_headers(data)[2]
-    assert damaged.name.startswith(BLOB_PREFIX)
-    end = damaged.offset_data + damaged.size
-    past, members_after = len(data) - end, len(_tar_headers(data)) - 3
-    assert (past < 0, members_after) == (True, 0), (
-        f"{past} bytes and {members_after} members past the damaged one"
-    )
+    headers = _tar_headers(data)
+    # The manifest, the store, then the damaged blob. A check that runs ahead of the writes can
+    # find the fault before the pieces it passed were written; stdout then ends sooner still.
+    assert len(headers) <= 3, f"{len(headers) - 3} members past the damaged one"
+    if len(headers) == 3:
+        damaged = headers[2]
+        assert damaged.name.startswith(BLOB_PREFIX)
+        past = len(data) - (damaged.offset_data + damaged.size)
+        assert past < 0, f"{past} bytes past the damaged member"
 
 
 def _tar_headers(data: bytes) -> list[tarfile.TarInfo]:
