@@ -35,6 +35,24 @@ _INT64_MAX = 2**63 - 1
 # pulled into memory whole.
 _STATS_CHUNK_ELEMENTS = 1 << 20
 _ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")
+# The records at a zip's end that say how large its central directory is: the end record
+# (signature, disk numbers, entries on this disk, entries, directory size, directory offset,
+# comment length), and for zip64 a locator (signature, disk, offset of the zip64 end record,
+# disks) after the zip64 end record (signature, record size, versions, disk numbers, entries on
+# this disk, entries, directory size, directory offset).
+_ZIP_END = struct.Struct("<4s4H2LH")
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")
+_ZIP64_END = struct.Struct("<4sQ2H2L4Q")
+_ZIP_END_MAGIC, _ZIP64_LOCATOR_MAGIC, _ZIP64_END_MAGIC = b"PK\x05\x06", b"PK\x06\x07", b"PK\x06\x06"
+# zipfile looks for an end record followed by a comment (of up to 65535 bytes) this far back.
+_ZIP_END_SEARCH = 1 << 16
+# An end record's entry count or directory size at its largest means "see the zip64 record".
+_ZIP_COUNT_IN_ZIP64, _ZIP_SIZE_IN_ZIP64 = 0xFFFF, 0xFFFFFFFF
+# Directory bytes an upload's npz may have per array it may hold: the 46 fixed bytes of an
+# entry, a name of up to 132 (128 and ".npy") and room for the extra fields and comments zip
+# tools add. Far more bytes would be tiny entries, each a ZipInfo object once parsed.
+_ZIP_DIRECTORY_BYTES_PER_ARRAY = 512
+_NOT_AN_NPZ = "the file is not a complete npz archive (no zip directory at its end: truncated, or not an npz)"
 # An npz array's name, as a job spec names it (data.input_array, data.target_array) and a table
 # shows it: a member at the archive's top level (no folder), without control characters or
 # spaces. Matched with fullmatch. Upper case is allowed: np.savez(file, X=X) is common.
@@ -124,22 +142,92 @@ def _npy_members(path: Path, array_name: str) -> list[_Member]:
     return [_Member(array_name, dtype, shape, fortran, header)]
 
 
+@dataclass(frozen=True)
+class ZipDirectory:
+    """What a zip's end records say of its central directory."""
+
+    entries: int
+    size: int  # bytes
+
+
+def _zip_end_at(tail: bytes) -> int | None:
+    """Where the end record lies in a file's last bytes, found as zipfile finds it: last, or
+    followed by its comment."""
+    last = len(tail) - _ZIP_END.size
+    if last >= 0 and tail.startswith(_ZIP_END_MAGIC, last) and tail.endswith(b"\0\0"):
+        return last
+    at = tail.rfind(_ZIP_END_MAGIC, max(0, last - _ZIP_END_SEARCH))
+    if at < 0 or len(tail) - at < _ZIP_END.size:
+        return None
+    return at
+
+
+def zip_directory(file: IO[bytes]) -> ZipDirectory:
+    """The entry count and size of a zip's central directory, read from its end records alone:
+    zipfile parses the whole directory into a ZipInfo per entry before it can be asked how many
+    there are. Where records disagree (a zip64 record where zipfile may read one, an end record
+    without the zip64 placeholders) the largest is answered, so no zipfile reads a larger
+    directory than this says. InvalidArgument when the file has no end record."""
+    file_size = file.seek(0, 2)
+    start = max(0, file_size - (_ZIP64_END.size + _ZIP64_LOCATOR.size + _ZIP_END.size + _ZIP_END_SEARCH))
+    file.seek(start)
+    tail = file.read()
+    end = _zip_end_at(tail)
+    if end is None:
+        raise InvalidArgument(_NOT_AN_NPZ)
+    entries, size = _ZIP_END.unpack_from(tail, end)[4:6]
+    zip64: list[tuple[int, int]] = []
+    locator = end - _ZIP64_LOCATOR.size
+    if locator >= 0 and tail[locator : locator + 4] == _ZIP64_LOCATOR_MAGIC:
+        record_offset = _ZIP64_LOCATOR.unpack_from(tail, locator)[2]
+        # zipfile (3.11) reads the zip64 record just before the locator; the zip format puts it
+        # where the locator says. Both are read.
+        candidates = [tail[max(0, locator - _ZIP64_END.size) : locator]]
+        if record_offset + _ZIP64_END.size <= file_size:
+            file.seek(record_offset)
+            candidates.append(file.read(_ZIP64_END.size))
+        for record in candidates:
+            if len(record) == _ZIP64_END.size and record[:4] == _ZIP64_END_MAGIC:
+                zip64.append(_ZIP64_END.unpack(record)[7:9])
+    counts = [n for n, _ in zip64] + ([] if zip64 and entries == _ZIP_COUNT_IN_ZIP64 else [entries])
+    sizes = [s for _, s in zip64] + ([] if zip64 and size == _ZIP_SIZE_IN_ZIP64 else [size])
+    return ZipDirectory(max(counts), max(sizes))
+
+
+def _check_zip_directory(directory: ZipDirectory, most: int) -> None:
+    if directory.entries > most:
+        raise InvalidArgument(_too_many_members(directory.entries, most))
+    if directory.size > most * _ZIP_DIRECTORY_BYTES_PER_ARRAY:
+        raise InvalidArgument(
+            f"the npz archive's directory takes {directory.size} bytes, more than the "
+            f"{most * _ZIP_DIRECTORY_BYTES_PER_ARRAY} that the {most} arrays a dataset may have need "
+            f"({_ZIP_DIRECTORY_BYTES_PER_ARRAY} bytes each); the archive is damaged or holds far more "
+            "members than arrays: save the arrays with np.savez"
+        )
+
+
+def _too_many_members(count: int, most: int) -> str:
+    return (
+        f"the npz archive holds {count} members, over the {most} arrays a dataset "
+        "may have (so that any answer holding its version fits gRPC's 4 MiB); stack arrays of one "
+        "shape into one, or split the data into several datasets"
+    )
+
+
 def _npz_members(path: Path, most: int | None) -> list[_Member]:
     """`most`: how many members an upload's archive may have (None: as many as a stored one has)."""
+    if most is not None:
+        with path.open("rb") as file:
+            _check_zip_directory(zip_directory(file), most)
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError):
-        raise InvalidArgument(
-            "the file is not a complete npz archive (no zip directory at its end: truncated, or not an npz)"
-        ) from None
+        raise InvalidArgument(_NOT_AN_NPZ) from None
     count = len(archive.infolist())
+    # An end record may understate the entries its directory holds.
     if most is not None and count > most:
         archive.close()
-        raise InvalidArgument(
-            f"the npz archive holds {count} members, over the {most} arrays a dataset "
-            "may have (so that any answer holding its version fits gRPC's 4 MiB); stack arrays of one "
-            "shape into one, or split the data into several datasets"
-        )
+        raise InvalidArgument(_too_many_members(count, most))
     members: list[_Member] = []
     seen: set[str] = set()
     with archive, path.open("rb") as raw:

@@ -10,6 +10,7 @@ import numpy as np
 from tessera.v1 import common_pb2, datasets_pb2
 from tests.integration.datasets.conftest import npz_bytes, upload_dataset
 from tests.integration.registry.conftest import rpc_error, stored_blobs
+from tests.unit.datasets.zips import with_zip64_end
 
 D = datasets_pb2
 # 1,000 distinct label values, each a 10-byte varint in an answer's class counts.
@@ -56,3 +57,20 @@ def test_an_npz_of_more_arrays_than_a_dataset_may_have_is_refused_before_any_is_
     assert stored_blobs(data_dir) == []
     version = upload_dataset(ds, "scattered", npz_bytes(**{f"a{i}": one for i in range(10_000)}))
     assert len(version.arrays) == 10_000
+
+
+def test_an_npz_whose_end_record_claims_more_arrays_than_a_dataset_may_have_is_refused(ds, data_dir):
+    # Its directory lists one array: zipfile would parse only that and never read the count, so a
+    # file near the size limit listing tens of millions of tiny entries would be parsed whole.
+    data = with_zip64_end(npz_bytes(x=np.zeros(3)), entries=50_000_000)
+    error = rpc_error(upload_dataset, ds, "claims", data)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == (
+        "the npz archive holds 50000000 members, over the 10000 arrays a dataset may have (so that "
+        "any answer holding its version fits gRPC's 4 MiB); stack arrays of one shape into one, or "
+        "split the data into several datasets"
+    )
+    assert stored_blobs(data_dir) == []
+    assert rpc_error(ds.GetDataset, D.GetDatasetRequest(name="claims")).code() == grpc.StatusCode.NOT_FOUND
+    version = upload_dataset(ds, "claims", with_zip64_end(npz_bytes(x=np.zeros(3))))
+    assert [(a.name, list(a.shape)) for a in version.arrays] == [("x", [3])]

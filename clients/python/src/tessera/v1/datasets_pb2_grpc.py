@@ -84,7 +84,9 @@ class DatasetsServicer:
         once. Over the storage quota, or over limits.max_dataset_size (the file, or what the
         arrays compressed in an npz unpack to): RESOURCE_EXHAUSTED with the numbers. So that every
         answer holding a version fits gRPC's 4 MiB, an npz of more than 10,000 arrays, or arrays whose
-        names, shapes and statistics take more than 3 MiB, are INVALID_ARGUMENT.
+        names, shapes and statistics take more than 3 MiB, are INVALID_ARGUMENT. The arrays are
+        counted from the zip's end records (zip64 too) before its directory is read, and a directory
+        of more than 512 bytes per array allowed is INVALID_ARGUMENT too.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

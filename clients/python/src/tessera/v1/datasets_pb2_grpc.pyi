@@ -46,7 +46,9 @@ class DatasetsStub:
     once. Over the storage quota, or over limits.max_dataset_size (the file, or what the
     arrays compressed in an npz unpack to): RESOURCE_EXHAUSTED with the numbers. So that every
     answer holding a version fits gRPC's 4 MiB, an npz of more than 10,000 arrays, or arrays whose
-    names, shapes and statistics take more than 3 MiB, are INVALID_ARGUMENT.
+    names, shapes and statistics take more than 3 MiB, are INVALID_ARGUMENT. The arrays are
+    counted from the zip's end records (zip64 too) before its directory is read, and a directory
+    of more than 512 bytes per array allowed is INVALID_ARGUMENT too.
     """
     GetDataset: _grpc.UnaryUnaryMultiCallable[_datasets_pb2.GetDatasetRequest, _datasets_pb2.Dataset]
     ListDatasets: _grpc.UnaryUnaryMultiCallable[_datasets_pb2.ListDatasetsRequest, _datasets_pb2.ListDatasetsResponse]
@@ -74,7 +76,9 @@ class DatasetsAsyncStub(DatasetsStub):
     once. Over the storage quota, or over limits.max_dataset_size (the file, or what the
     arrays compressed in an npz unpack to): RESOURCE_EXHAUSTED with the numbers. So that every
     answer holding a version fits gRPC's 4 MiB, an npz of more than 10,000 arrays, or arrays whose
-    names, shapes and statistics take more than 3 MiB, are INVALID_ARGUMENT.
+    names, shapes and statistics take more than 3 MiB, are INVALID_ARGUMENT. The arrays are
+    counted from the zip's end records (zip64 too) before its directory is read, and a directory
+    of more than 512 bytes per array allowed is INVALID_ARGUMENT too.
     """
     GetDataset: _aio.UnaryUnaryMultiCallable[_datasets_pb2.GetDatasetRequest, _datasets_pb2.Dataset]  # type: ignore[assignment]
     ListDatasets: _aio.UnaryUnaryMultiCallable[_datasets_pb2.ListDatasetsRequest, _datasets_pb2.ListDatasetsResponse]  # type: ignore[assignment]
@@ -105,7 +109,9 @@ class DatasetsServicer(metaclass=_abc_1.ABCMeta):
         once. Over the storage quota, or over limits.max_dataset_size (the file, or what the
         arrays compressed in an npz unpack to): RESOURCE_EXHAUSTED with the numbers. So that every
         answer holding a version fits gRPC's 4 MiB, an npz of more than 10,000 arrays, or arrays whose
-        names, shapes and statistics take more than 3 MiB, are INVALID_ARGUMENT.
+        names, shapes and statistics take more than 3 MiB, are INVALID_ARGUMENT. The arrays are
+        counted from the zip's end records (zip64 too) before its directory is read, and a directory
+        of more than 512 bytes per array allowed is INVALID_ARGUMENT too.
         """
 
     @_abc_1.abstractmethod
