@@ -1,4 +1,4 @@
-"""`tessera datasets rm`, `download` and `push --array-name` against a real daemon."""
+"""`tessera datasets rm`, `download` and `push --array-name` and `--tag` against a real daemon."""
 
 from __future__ import annotations
 
@@ -34,6 +34,18 @@ def test_push_names_the_array_of_an_npy_file(tessera_cli, client, npy_file, tmp_
     refused = tessera_cli("datasets", "push", "table", str(npz), "--array-name", "frames")
     assert refused.code == EXIT_USAGE and "--array-name names the array of a .npy file" in refused.err
     assert "--array-name NAME" in help_text("datasets", "push")
+
+
+def test_push_stores_tags(tessera_cli, client, npy_file):
+    pushed = tessera_cli(
+        "datasets", "push", "frames", str(npy_file), "--tag", "source=cam=2", "--tag", "empty="
+    )
+    assert pushed.code == 0, pushed.err
+    assert dict(client.datasets.version("frames").tags) == {"source": "cam=2", "empty": ""}
+    twice = tessera_cli("datasets", "push", "frames", str(npy_file), "--tag", "a=1", "--tag", "a=2")
+    assert twice.code == EXIT_USAGE and "--tag a is given twice; give each once" in twice.err
+    assert client.datasets.get("frames").version_count == 1
+    assert "--tag KEY=VALUE" in help_text("datasets", "push")
 
 
 def test_download_writes_the_stored_file_where_asked(tessera_cli, client, npy_file, tmp_path, monkeypatch):

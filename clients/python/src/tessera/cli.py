@@ -749,6 +749,7 @@ def cmd_models_download(client: Client, args: argparse.Namespace, out: Output) -
 
 def cmd_datasets_push(client: Client, args: argparse.Namespace, out: Output) -> None:
     splits = once_each(args.split, "--split")
+    tags = once_each(args.tag, "--tag")
     if args.array_name and Path(args.file).suffix.lower() != ".npy":
         raise UsageError(
             f"--array-name names the array of a .npy file; {args.file} is not one (an .npz names its arrays itself)"
@@ -761,6 +762,7 @@ def cmd_datasets_push(client: Client, args: argparse.Namespace, out: Output) -> 
         array_name=args.array_name,
         allow_nonfinite=args.allow_nonfinite,
         description=args.description,
+        tags=tags,
         progress=transfer_progress(out, f"pushing {Path(args.file).name}"),
     )
     if out.as_json:
@@ -1949,6 +1951,13 @@ def build_parser() -> argparse.ArgumentParser:
         "for a .npz, which names its arrays itself",
     )
     sub.add_argument("--description", default="", help="free text stored with the version")
+    sub.add_argument(
+        "--tag",
+        action="append",
+        type=key_value,
+        metavar="KEY=VALUE",
+        help="a tag stored with the version (repeatable); a re-push with other tags is a new version",
+    )
     command(datasets, "ls", cmd_datasets_ls, "list datasets").add_argument(
         "--prefix", default="", help="only datasets whose name starts with this"
     )
