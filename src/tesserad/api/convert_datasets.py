@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tessera.v1 import common_pb2
 from tessera.v1 import datasets_pb2 as pb
 from tesserad.api.convert_common import timestamp
 from tesserad.api.convert_registry import dtype_value
@@ -74,6 +75,10 @@ def version_to_proto(record: DatasetVersionRecord) -> pb.DatasetVersion:
         tags=record.tags,
         allow_nonfinite=record.allow_nonfinite,
         deduplicated=record.deduplicated,
+        existing_version=record.existing_version,
+        shared_with=common_pb2.DatasetRef(name=record.shared_with[0], version=record.shared_with[1])
+        if record.shared_with
+        else None,
     )
 
 

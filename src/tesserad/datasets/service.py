@@ -116,7 +116,11 @@ class DatasetVersionRecord:
     tags: dict[str, str]
     allow_nonfinite: bool
     array_name: str
+    # An upload's answer only, never stored: its bytes were stored already, by this very version
+    # (existing_version: the upload added none) or by `shared_with` (name, version).
     deduplicated: bool = False
+    existing_version: bool = False
+    shared_with: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,8 @@ def _holder(name: str, version: int) -> str:
 
 def _encode_version(record: DatasetVersionRecord) -> bytes:
     data = asdict(record)
+    # Kept out of the record, which a daemon from before them could not decode.
+    del data["existing_version"], data["shared_with"]
     for array in data["arrays"]:
         array["stats"]["class_counts"] = [[k, v] for k, v in array["stats"]["class_counts"].items()]
     return encode_record(_VERSION_KIND, _SCHEMA, data)
@@ -242,12 +248,15 @@ class Datasets:
 
     # -- quota -------------------------------------------------------------------------------
 
-    def _usage(self, txn: ReadTxn) -> tuple[int, set[str]]:
+    def _usage(self, txn: ReadTxn) -> tuple[int, dict[str, tuple[str, int]]]:
+        """Bytes the stored files take (each once); by sha256, a version (name, number) holding each."""
         sizes: dict[str, int] = {}
-        for _, raw in txn.scan(VERSIONS):
+        holders: dict[str, tuple[str, int]] = {}
+        for key, raw in txn.scan(VERSIONS):
             record = decode_record(raw, _VERSION_KIND, _SCHEMA)[1]
             sizes[record["sha256"]] = record["size_bytes"]
-        return sum(sizes.values()), set(sizes)
+            holders.setdefault(record["sha256"], (str(key[0]), int(key[1])))
+        return sum(sizes.values()), holders
 
     def _quota_error(self, used: int, size: int) -> ResourceExhausted:
         return ResourceExhausted(
@@ -326,10 +335,10 @@ class Datasets:
             )
             newest = self._newest(txn, spec.name)
             if newest is not None and self._same_content(txn, newest, blob.sha256, spec, splits):
-                return replace(newest, deduplicated=True)
+                return replace(newest, deduplicated=True, existing_version=True)
             used, stored = self._usage(txn)
-            shared = blob.sha256 in stored
-            if not shared and used + blob.size > self.quota:
+            shared = stored.get(blob.sha256)
+            if shared is None and used + blob.size > self.quota:
                 raise self._quota_error(used, blob.size)
             number = next_number(txn, spec.name)
             record = DatasetVersionRecord(
@@ -356,7 +365,7 @@ class Datasets:
             for split_name, indices in splits.items():
                 txn.put(SPLITS, (spec.name, number, split_name), indices.astype("<i8").tobytes())
             hold_blob(txn, blob.sha256, _holder(spec.name, number))
-        return replace(record, deduplicated=shared)
+        return replace(record, deduplicated=shared is not None, shared_with=shared)
 
     def _check_unpacked(self, path: Path, spec: UploadSpec) -> None:
         """Compressed arrays are read into memory whole (for statistics, and by training), so

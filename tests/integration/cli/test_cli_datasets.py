@@ -48,6 +48,20 @@ def test_push_stores_tags(tessera_cli, client, npy_file):
     assert "--tag KEY=VALUE" in help_text("datasets", "push")
 
 
+def test_push_says_whether_it_added_a_version_or_found_one(tessera_cli, npy_file):
+    first = tessera_cli("datasets", "push", "frames", str(npy_file))
+    assert first.code == 0, first.err
+    assert "stored frames:1: 6 samples, " in first.out and "shared" not in first.out
+    again = tessera_cli("datasets", "push", "frames", str(npy_file))
+    assert again.code == 0, again.err
+    assert "already stored as frames:1 (same bytes and splits): 6 samples, " in again.out
+    tagged = tessera_cli("datasets", "push", "frames", str(npy_file), "--tag", "camera=2")
+    assert tagged.code == 0, tagged.err
+    assert "stored frames:2 (bytes shared with frames:1): 6 samples, " in tagged.out
+    elsewhere = tessera_cli("datasets", "push", "copy", str(npy_file))
+    assert "stored copy:1 (bytes shared with frames:1): 6 samples, " in elsewhere.out
+
+
 def test_download_writes_the_stored_file_where_asked(tessera_cli, client, npy_file, tmp_path, monkeypatch):
     client.datasets.push("frames", npy_file)
     client.datasets.push("frames", x=np.ones((2, 3), np.float32))

@@ -131,10 +131,18 @@ def test_npy_and_compressed_npz(ds, daemon):
 def test_identical_content_is_stored_once(ds, data_dir):
     data = npz_bytes()
     first = upload_dataset(ds, "a", data)
+    assert (first.existing_version, first.HasField("shared_with")) == (False, False)
     again = upload_dataset(ds, "a", data)
-    assert again.version == first.version and again.deduplicated
+    assert again.version == first.version and again.deduplicated and again.existing_version
+    assert not again.HasField("shared_with")
     other = upload_dataset(ds, "b", data)
-    assert other.version == 1 and other.deduplicated
+    assert other.version == 1 and other.deduplicated and not other.existing_version
+    assert other.shared_with == common_pb2.DatasetRef(name="a", version=1)
+    # Neither is kept with the version: they say what the upload did.
+    assert not ds.GetDatasetVersion(D.GetDatasetVersionRequest(ref=other.shared_with)).existing_version
+    assert not ds.GetDatasetVersion(D.GetDatasetVersionRequest(ref=common_pb2.DatasetRef(name="b"))).HasField(
+        "shared_with"
+    )
     assert len(stored_blobs(data_dir)) == 1
     assert ds.GetDataset(D.GetDatasetRequest(name="a")).size_bytes == len(data)
     ds.DeleteDataset(D.DeleteDatasetRequest(name="a"))

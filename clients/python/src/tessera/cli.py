@@ -767,10 +767,14 @@ def cmd_datasets_push(client: Client, args: argparse.Namespace, out: Output) -> 
     )
     if out.as_json:
         return out.json(version)
-    dedup = " (content already stored; shared)" if version.deduplicated else ""
-    out.line(
-        f"stored {version.name}:{version.version}: {counted(version.num_samples, 'sample')}, {size(version.size_bytes)}{dedup}"
-    )
+    described = f"{counted(version.num_samples, 'sample')}, {size(version.size_bytes)}"
+    if version.existing_version:
+        out.line(f"already stored as {version.name}:{version.version} (same bytes and splits): {described}")
+    elif version.HasField("shared_with"):
+        shared = f"{version.shared_with.name}:{version.shared_with.version}"
+        out.line(f"stored {version.name}:{version.version} (bytes shared with {shared}): {described}")
+    else:
+        out.line(f"stored {version.name}:{version.version}: {described}")
     print_dataset_version(version, out)
 
 

@@ -187,7 +187,10 @@ class Datasets(Part[C]):
     ) -> Upload[pb.DatasetVersion]:
         """Upload a new version: `push("clips", x=x, y=y, splits={"train": 0.8, "val": 0.2})` or
         `push("clips", "clips.npz")`. Streamed in chunks; `progress(done, total)` after each.
-        Identical content is stored once (the result has `deduplicated` set). `array_name`: for a
+        Identical content is stored once (the result has `deduplicated` set): a push that the
+        newest version matches in bytes, splits, flags, description and tags adds no version and
+        answers that one (`existing_version`); a new version of stored bytes names a version that
+        holds them (`shared_with`). `array_name`: for a
         .npy file, the name its array gets (default x); an npz names its arrays itself, and the
         daemon refuses array_name with one (InvalidArgument)."""
         check_chunk_size(chunk_size)

@@ -421,6 +421,8 @@ class DatasetVersion(_message.Message):
     TAGS_FIELD_NUMBER: _builtins.int
     ALLOW_NONFINITE_FIELD_NUMBER: _builtins.int
     DEDUPLICATED_FIELD_NUMBER: _builtins.int
+    EXISTING_VERSION_FIELD_NUMBER: _builtins.int
+    SHARED_WITH_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.int
     format: Global___DatasetFormat.ValueType
@@ -431,7 +433,14 @@ class DatasetVersion(_message.Message):
     description: _builtins.str
     allow_nonfinite: _builtins.bool
     deduplicated: _builtins.bool
-    """True when the same content was already stored (its bytes are shared, not copied)."""
+    """True when the same content was already stored (its bytes are shared, not copied): by this very
+    version (existing_version) or by another (shared_with).
+    """
+    existing_version: _builtins.bool
+    """UploadDataset's answer only: true when the upload added no version, as the dataset's newest
+    version holds the same bytes, splits, allow_nonfinite, npy array name, description and tags;
+    that version is answered.
+    """
     @_builtins.property
     def arrays(self) -> _containers.RepeatedCompositeFieldContainer[Global___ArrayInfo]: ...
     @_builtins.property
@@ -440,6 +449,12 @@ class DatasetVersion(_message.Message):
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def shared_with(self) -> _common_pb2.DatasetRef:
+        """UploadDataset's answer only, for a new version whose bytes were already stored: a version
+        (of this dataset or another) that holds them.
+        """
+
     def __init__(
         self,
         *,
@@ -457,10 +472,12 @@ class DatasetVersion(_message.Message):
         tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         allow_nonfinite: _builtins.bool = ...,
         deduplicated: _builtins.bool = ...,
+        existing_version: _builtins.bool = ...,
+        shared_with: _common_pb2.DatasetRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "shared_with", b"shared_with"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_nonfinite", b"allow_nonfinite", "arrays", b"arrays", "created_at", b"created_at", "created_by", b"created_by", "deduplicated", b"deduplicated", "description", b"description", "format", b"format", "name", b"name", "num_samples", b"num_samples", "sha256", b"sha256", "size_bytes", b"size_bytes", "splits", b"splits", "tags", b"tags", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_nonfinite", b"allow_nonfinite", "arrays", b"arrays", "created_at", b"created_at", "created_by", b"created_by", "deduplicated", b"deduplicated", "description", b"description", "existing_version", b"existing_version", "format", b"format", "name", b"name", "num_samples", b"num_samples", "sha256", b"sha256", "shared_with", b"shared_with", "size_bytes", b"size_bytes", "splits", b"splits", "tags", b"tags", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
