@@ -116,8 +116,9 @@ class DatasetVersionRecord:
     tags: dict[str, str]
     allow_nonfinite: bool
     array_name: str
-    # An upload's answer only, never stored: its bytes were stored already, by this very version
-    # (existing_version: the upload added none) or by `shared_with` (name, version).
+    # What an upload found, in its answer only: its bytes were stored already, by this very
+    # version (existing_version: the upload added none) or by `shared_with` (name, version).
+    # Stored records hold deduplicated (always false), never the other two.
     deduplicated: bool = False
     existing_version: bool = False
     shared_with: tuple[str, int] | None = None
