@@ -65,6 +65,7 @@ from tesserad.dashboard import DashboardServer, Services
 from tesserad.datasets import MARKERS as DATASET_MARKERS
 from tesserad.datasets import REFERENCE_TABLES as DATASET_REFERENCE_TABLES
 from tesserad.datasets import TABLES as DATASET_TABLES
+from tesserad.datasets import USAGE_TABLES as DATASET_USAGE_TABLES
 from tesserad.datasets import Datasets
 from tesserad.datasets.references import collect_unheld_blobs
 from tesserad.errors import Unavailable
@@ -121,6 +122,7 @@ STORE_TABLES: list[str] = [
     *replica_changes.TABLES,
     *DATASET_TABLES,
     *DATASET_REFERENCE_TABLES,
+    *DATASET_USAGE_TABLES,
     *training_tracking.TABLES,
     *training_artifacts.TABLES,
     *training_events.TABLES,

@@ -21,7 +21,7 @@ from tesserad.cli import main as tesserad_main
 from tesserad.registry import Lineage
 from tesserad.registry.backfill import JOB_VERSIONS_INDEXED
 from tesserad.registry.tables import JOB_VERSIONS
-from tesserad.server import STORE_TABLES
+from tesserad.server import STORE_MARKERS, STORE_TABLES
 from tesserad.store import BlobStore, Store, encode_record
 from tesserad.store.lockfile import LOCK_NAME
 from tesserad.store.schema import SCHEMA_KEY, STORE_SCHEMA, SchemaRecord, recorded_schema
@@ -124,7 +124,8 @@ def test_an_index_an_older_tesserad_did_not_keep_is_repaired_at_the_next_start(
         record = _recorded(store)
         if older == "the recorded schema stepped back":
             assert record is not None
-            _put_record(store, STORE_SCHEMA - 1, "0.0.1", record.token)
+            # Below the schema from which every daemon keeps the index.
+            _put_record(store, STORE_MARKERS[JOB_VERSIONS_INDEXED] - 1, "0.0.1", record.token)
     finally:
         store.close()
     if older != "the recorded schema stepped back":

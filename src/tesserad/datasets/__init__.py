@@ -17,12 +17,14 @@ from tesserad.datasets.service import (
     UploadSpec,
 )
 from tesserad.datasets.splits import FractionSplit, IndexSplit, SplitSpec
+from tesserad.datasets.usage import TABLES as USAGE_TABLES
 from tesserad.paging import Page
 
 __all__ = [
     "MARKERS",
     "REFERENCE_TABLES",
     "TABLES",
+    "USAGE_TABLES",
     "ArrayInfo",
     "ArrayStats",
     "DatasetRecord",

@@ -28,6 +28,10 @@ TABLES = [BLOB_HOLDERS, DATASET_HOLDERS, DATASET_HOLDS]
 HOLDS_INDEXED = ("dataset_holds_indexed",)
 
 
+# A dataset version holds its file as "dataset:<name>:<version>".
+DATASET_HOLDER_PREFIX = "dataset:"
+
+
 def hold_blob(txn: WriteTxn, sha256: str, holder: str) -> None:
     txn.put(BLOB_HOLDERS, (sha256, holder), b"")
 
@@ -38,6 +42,17 @@ def release_blob(txn: WriteTxn, sha256: str, holder: str) -> None:
 
 def blob_held(txn: ReadTxn, sha256: str) -> bool:
     return any(True for _ in txn.scan(BLOB_HOLDERS, (sha256,), limit=1))
+
+
+def first_dataset_version_holding(txn: ReadTxn, sha256: str) -> tuple[str, int] | None:
+    """The dataset version (name, number), first in that order, that holds the blob; None if none."""
+    versions = [
+        (name, int(number))
+        for key, _ in txn.scan(BLOB_HOLDERS, (sha256,))
+        if str(key[1]).startswith(DATASET_HOLDER_PREFIX)
+        for name, number in [str(key[1]).removeprefix(DATASET_HOLDER_PREFIX).rsplit(":", 1)]
+    ]
+    return min(versions, default=None)
 
 
 # A fine-tuning job holds the weights it starts from as "job:<job id>:init_from".

@@ -12,7 +12,10 @@ Guarantees:
 - Version numbers are never reused (tesserad.datasets.numbering), so a number that a lineage
   or a job names keeps naming that content once the version, or the dataset, is deleted.
 - The dataset quota (limits.dataset_quota) counts each distinct file once; the size limit
-  (limits.max_dataset_size) bounds the file and what its compressed arrays unpack to.
+  (limits.max_dataset_size) bounds the file and what its compressed arrays unpack to. What
+  the quota counts, and each dataset's summary (newest version, count, size), are kept in the
+  transactions that add and delete versions (tesserad.datasets.usage), so that neither an
+  upload nor GetDataset or ListDatasets reads every version.
 - `open_arrays` memory-maps arrays from the verified blob (no copy) where they are stored
   uncompressed; `split_indices` returns sorted int64 sample indices.
 """
@@ -32,10 +35,12 @@ from tesserad.config import format_size
 from tesserad.datasets.arrays import ArrayInfo, ArrayStats, inspect_file, open_arrays, unpacked_sizes
 from tesserad.datasets.numbering import NUMBERS, NUMBERS_DERIVED, References, next_number, put_next_number
 from tesserad.datasets.references import (
+    DATASET_HOLDER_PREFIX,
     HOLDS_INDEXED,
     dataset_holders,
     delete_unheld_blobs,
     drop_claimed_blobs,
+    first_dataset_version_holding,
     hold_blob,
     hold_dataset,
     index_dataset_holds,
@@ -43,6 +48,15 @@ from tesserad.datasets.references import (
     release_dataset_version,
 )
 from tesserad.datasets.splits import SplitSpec, compute_splits, validate_split_spec
+from tesserad.datasets.usage import (
+    USAGE_INDEXED,
+    add_version,
+    content_stored,
+    index_usage,
+    remove_version,
+    summary,
+    used_bytes,
+)
 from tesserad.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from tesserad.names import missing_name, validate_name, validate_stored_name
 from tesserad.paging import MAX_PAGE_BYTES, Page, answer_bytes, read_page
@@ -67,7 +81,7 @@ SPLITS = "dataset_splits"
 TABLES = [DATASETS, VERSIONS, SPLITS, NUMBERS]
 # The start-up markers of datasets, each with the store schema from which every daemon keeps
 # what it marks (tesserad.store.schema drops those an older daemon may have broken).
-MARKERS: dict[Key, int] = {HOLDS_INDEXED: 1, NUMBERS_DERIVED: 1}
+MARKERS: dict[Key, int] = {HOLDS_INDEXED: 1, NUMBERS_DERIVED: 1, USAGE_INDEXED: 2}
 FORMATS = ("npz", "npy")
 _DATASET_KIND = "dataset"
 _VERSION_KIND = "dataset_version"
@@ -135,7 +149,7 @@ class DatasetRecord:
 
 
 def _holder(name: str, version: int) -> str:
-    return f"dataset:{name}:{version}"
+    return f"{DATASET_HOLDER_PREFIX}{name}:{version}"
 
 
 def _encode_version(record: DatasetVersionRecord) -> bytes:
@@ -162,6 +176,12 @@ def _decode_version(raw: bytes) -> DatasetVersionRecord:
             "deduplicated": False,
         }
     )
+
+
+def _version_content(raw: bytes) -> tuple[str, int]:
+    """The sha256 and size of a stored version, read without building its whole record."""
+    data = decode_record(raw, _VERSION_KIND, _SCHEMA)[1]
+    return str(data["sha256"]), int(data["size_bytes"])
 
 
 def _check_answer_size(record: DatasetVersionRecord) -> None:
@@ -242,22 +262,13 @@ class Datasets:
         the datasets of a store from before `dataset_numbers` (tesserad.datasets.numbering)."""
         index_dataset_holds(store)
         _derive_numbers(store, referenced)
+        index_usage(store, VERSIONS, _version_content)
         self._store = store
         self._blobs = blobs
         self.max_dataset_size = max_dataset_size
         self.quota = quota
 
     # -- quota -------------------------------------------------------------------------------
-
-    def _usage(self, txn: ReadTxn) -> tuple[int, dict[str, tuple[str, int]]]:
-        """Bytes the stored files take (each once); by sha256, a version (name, number) holding each."""
-        sizes: dict[str, int] = {}
-        holders: dict[str, tuple[str, int]] = {}
-        for key, raw in txn.scan(VERSIONS):
-            record = decode_record(raw, _VERSION_KIND, _SCHEMA)[1]
-            sizes[record["sha256"]] = record["size_bytes"]
-            holders.setdefault(record["sha256"], (str(key[0]), int(key[1])))
-        return sum(sizes.values()), holders
 
     def _quota_error(self, used: int, size: int) -> ResourceExhausted:
         return ResourceExhausted(
@@ -293,8 +304,9 @@ class Datasets:
                 "(TESSERA_LIMITS_MAX_DATASET_SIZE) or split the data"
             )
         with self._store.read() as txn:
-            used, stored = self._usage(txn)
-        if spec.sha256 in stored:
+            used = used_bytes(txn)
+            stored = bool(spec.sha256) and content_stored(txn, spec.sha256)
+        if stored:
             # Content stored already takes no more of the quota (`register` checks it is).
             return self.max_dataset_size
         if used + spec.size_bytes > self.quota:
@@ -337,8 +349,8 @@ class Datasets:
             newest = self._newest(txn, spec.name)
             if newest is not None and self._same_content(txn, newest, blob.sha256, spec, splits):
                 return replace(newest, deduplicated=True, existing_version=True)
-            used, stored = self._usage(txn)
-            shared = stored.get(blob.sha256)
+            used = used_bytes(txn)
+            shared = first_dataset_version_holding(txn, blob.sha256)
             if shared is None and used + blob.size > self.quota:
                 raise self._quota_error(used, blob.size)
             number = next_number(txn, spec.name)
@@ -366,6 +378,7 @@ class Datasets:
             for split_name, indices in splits.items():
                 txn.put(SPLITS, (spec.name, number, split_name), indices.astype("<i8").tobytes())
             hold_blob(txn, blob.sha256, _holder(spec.name, number))
+            add_version(txn, spec.name, number, blob.sha256, blob.size)
         return replace(record, deduplicated=shared is not None, shared_with=shared)
 
     def _check_unpacked(self, path: Path, spec: UploadSpec) -> None:
@@ -480,17 +493,12 @@ class Datasets:
         if raw is None:
             raise _missing(txn, name)
         data = decode_record(raw, _DATASET_KIND, _SCHEMA)[1]
-        sizes: dict[str, int] = {}
-        latest = 0
-        for key, raw_version in txn.scan(VERSIONS, (name,)):
-            version = decode_record(raw_version, _VERSION_KIND, _SCHEMA)[1]
-            sizes[version["sha256"]] = version["size_bytes"]
-            latest = int(key[1])
+        counted = summary(txn, name)
         return DatasetRecord(
             name,
-            latest,
-            txn.count(VERSIONS, (name,)),
-            sum(sizes.values()),
+            counted.latest_version,
+            counted.version_count,
+            counted.size_bytes,
             data["created_at"],
             data["updated_at"],
         )
@@ -545,6 +553,10 @@ class Datasets:
         txn.delete_range(SPLITS, (record.name, record.version))
         release_dataset_version(txn, record.name, record.version)
         release_blob(txn, record.sha256, _holder(record.name, record.version))
+        newest = next(
+            (int(key[1]) for key, _ in txn.scan(VERSIONS, (record.name,), reverse=True, limit=1)), 0
+        )
+        remove_version(txn, record.name, record.sha256, record.size_bytes, newest)
 
     # -- reading -----------------------------------------------------------------------------
 
