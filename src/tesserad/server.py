@@ -92,7 +92,7 @@ from tesserad.serving.trace import TraceMetrics, Tracer, usable_trace_file
 from tesserad.serving.triton_metrics import TritonMetrics
 from tesserad.store import BlobStore, DataDirLock, Key, Store
 from tesserad.store.prometheus import StoreMetrics
-from tesserad.store.schema import open_for_writing
+from tesserad.store.schema import open_for_writing, refuse_newer
 from tesserad.store.space import space_checked
 from tesserad.system import SystemService
 from tesserad.tasks import cancel_and_wait
@@ -296,6 +296,7 @@ class Daemon:
                 durability=settings.store.durability,
                 tables=STORE_TABLES,
                 group_commit_interval_s=settings.store.group_commit_interval_ms / 1000,
+                check=refuse_newer(str(data_dir)),
             )
             blobs = self._blobs = BlobStore(data_dir / "blobs")
             dropped = await asyncio.to_thread(

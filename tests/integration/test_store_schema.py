@@ -11,6 +11,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+import lmdb
 import pytest
 
 import tessera
@@ -68,9 +69,12 @@ def test_a_daemon_refuses_a_store_of_a_newer_schema_and_leaves_it_as_it_was(
     spawn_daemon: Any, tmp_path: Path
 ) -> None:
     data_dir = tmp_path / "data"
-    store = _open(data_dir)
+    # A store with fewer tables than this daemon's: it must not gain the missing ones either.
+    store = Store.open(data_dir / "store", map_size=1 << 30, tables=["meta"])
     _put_record(store, STORE_SCHEMA + 1, "9.0.0", "newer")
     store.close()
+    data_file = data_dir / "store" / "data.mdb"
+    before = data_file.read_bytes()
     daemon = spawn_daemon("--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(data_dir))
     assert daemon.process.wait(30) == 1
     output = daemon.output()
@@ -79,7 +83,19 @@ def test_a_daemon_refuses_a_store_of_a_newer_schema_and_leaves_it_as_it_was(
         f"tesserad 9.0.0; this tesserad writes schema {STORE_SCHEMA} and cannot open a newer one. "
         "Run tesserad 9.0.0 or newer on it, or restore a backup made before the upgrade"
     ) in output
+    assert data_file.read_bytes() == before
+    assert _table_names(data_dir / "store") == ["meta"]
     assert _record(data_dir) == SchemaRecord(STORE_SCHEMA + 1, "9.0.0", "newer")
+
+
+def _table_names(store_dir: Path) -> list[str]:
+    """The named tables in the store at `store_dir`: the keys of LMDB's main database."""
+    env = lmdb.open(str(store_dir), readonly=True, max_dbs=1)
+    try:
+        with env.begin() as txn:
+            return [bytes(key).decode() for key in txn.cursor().iternext(values=False)]
+    finally:
+        env.close()
 
 
 def _register(daemon: InProcessDaemon, job_id: str, seed: int) -> int:

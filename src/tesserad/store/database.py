@@ -93,6 +93,18 @@ def _allocate(path: Path, size: int) -> None:
         os.close(fd)
 
 
+def _check_existing(env: lmdb.Environment, tables: list[str], check: Callable[[ReadTxn], None]) -> None:
+    """Run `check` on a read snapshot of those of `tables` that `env` already has."""
+    with env.begin(buffers=False) as txn:
+        existing: dict[str, Any] = {}
+        for name in tables:
+            try:
+                existing[name] = env.open_db(name.encode(), txn=txn, create=False)
+            except lmdb.NotFoundError:
+                continue
+        check(ReadTxn(txn, existing))
+
+
 class ReadTxn:
     """A consistent snapshot of every table; valid only inside its `with` block."""
 
@@ -112,6 +124,11 @@ class ReadTxn:
     def get_packed(self, table: str, key: bytes) -> bytes | None:
         """`get` for a key already packed (hot paths pack a shared prefix once)."""
         return self._txn.get(key, db=self._db(table))
+
+    def has_table(self, table: str) -> bool:
+        """Whether `table` is in this snapshot: always, except in a `Store.open` check, which
+        sees only the tables the store already had."""
+        return table in self._tables
 
     def exists(self, table: str, key: Key) -> bool:
         return self.get(table, key) is not None
@@ -280,12 +297,15 @@ class Store:
         group_commit_interval_s: float = 0.0,
         sync_interval_s: float = 1.0,
         max_readers: int = 256,
+        check: Callable[[ReadTxn], None] | None = None,
     ) -> Store:
         """Open (creating if needed) the environment at `path` with the given tables.
 
         durability "full" fsyncs every commit; "relaxed" leaves commits to the OS and
         fsyncs every `sync_interval_s` (a daemon crash loses nothing, a power cut may lose
-        the last interval).
+        the last interval). `check` reads a snapshot of the tables the store already has
+        before any missing one is created: what it raises is raised with the store closed
+        and left as it was.
         """
         if durability not in ("full", "relaxed"):
             raise ValueError(f"durability must be full or relaxed, not {durability!r}")
@@ -312,6 +332,12 @@ class Store:
             raise
         # Readers left in the lock table by a process that died would pin old pages forever.
         env.reader_check()
+        try:
+            if check is not None:
+                _check_existing(env, tables, check)
+        except BaseException:
+            env.close()
+            raise
         try:
             handles = {name: env.open_db(name.encode(), create=True) for name in tables}
         except lmdb.MapFullError:

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from tesserad.errors import FailedPrecondition
@@ -65,7 +65,10 @@ class SchemaRecord:
 
 
 def recorded_schema(txn: ReadTxn) -> SchemaRecord | None:
-    """The store's schema record; None for a store that has none (made before schema versions)."""
+    """The store's schema record; None for a store that has none (made before schema versions,
+    or new)."""
+    if not txn.has_table("meta"):
+        return None
     raw = txn.get("meta", SCHEMA_KEY)
     return None if raw is None else decode_schema_record(raw)
 
@@ -85,18 +88,30 @@ def too_new(record: SchemaRecord, where: str) -> FailedPrecondition:
     )
 
 
+def refuse_newer(where: str) -> Callable[[ReadTxn], None]:
+    """A `Store.open` check that refuses (FailedPrecondition) a store whose recorded schema is
+    newer than this daemon's, before the open creates any table in it. `where`: its data
+    directory, for the message."""
+
+    def check(txn: ReadTxn) -> None:
+        record = recorded_schema(txn)
+        if record is not None and record.schema > STORE_SCHEMA:
+            raise too_new(record, where)
+
+    return check
+
+
 def open_for_writing(
     store: Store, lock: DataDirLock, markers: Mapping[Key, int], tesserad_version: str
 ) -> list[Key]:
-    """Take `store` for this daemon before anything writes it: refuse a newer schema
-    (FailedPrecondition), drop the `markers` the last writer may not have kept, and record this
-    daemon's schema and version. `markers`: each marker's key and the schema from which every
-    daemon keeps what it marks. `lock`: the data directory's, held. Returns the markers dropped."""
+    """Take `store` for this daemon before anything writes it: drop the `markers` the last
+    writer may not have kept, and record this daemon's schema and version. `store`: opened with
+    the check `refuse_newer`, so that a newer store is refused before its open creates a table.
+    `markers`: each marker's key and the schema from which every daemon keeps what it marks.
+    `lock`: the data directory's, held. Returns the markers dropped."""
     # Reserved: a daemon must start on a full store, for its operator to make room.
     with store.write(reserved=True) as txn:
         record = recorded_schema(txn)
-        if record is not None and record.schema > STORE_SCHEMA:
-            raise too_new(record, str(lock.path.parent))
         known = record is not None and record.token == lock.store_token
         last_writer = record.schema if record is not None and known else UNKNOWN_SCHEMA
         token = record.token if record is not None and known else secrets.token_hex(8)

@@ -6,12 +6,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import lmdb
 import pytest
 
 from tesserad.errors import FailedPrecondition
 from tesserad.store import Store, encode_record
 from tesserad.store.lockfile import LOCK_NAME, DataDirLock
-from tesserad.store.schema import SCHEMA_KEY, STORE_SCHEMA, open_for_writing, recorded_schema
+from tesserad.store.schema import SCHEMA_KEY, STORE_SCHEMA, open_for_writing, recorded_schema, refuse_newer
 
 KEPT_SINCE_THIS = ("kept_since_this_schema",)
 KEPT_SINCE_NEXT = ("kept_since_the_next_schema",)
@@ -67,16 +68,32 @@ def test_a_store_from_before_schema_versions_drops_the_markers_it_holds(store: S
     assert start(store, tmp_path) == [KEPT_SINCE_THIS]
 
 
-def test_a_newer_schema_is_refused_and_left_as_it_was(store: Store, tmp_path: Path) -> None:
+def test_a_newer_schema_is_refused_before_the_open_creates_a_table(store: Store, tmp_path: Path) -> None:
     start(store, tmp_path)
     newer = {"schema": STORE_SCHEMA + 1, "tesserad_version": "9.0.0", "token": "t", "at": 0.0}
     with store.write() as txn:
         txn.put("meta", SCHEMA_KEY, encode_record("store_schema", 1, newer))
+    store.close()
     with pytest.raises(
         FailedPrecondition, match=rf"has schema {STORE_SCHEMA + 1}, written by tesserad 9.0.0"
     ):
-        start(store, tmp_path)
-    with store.read() as txn:
-        record = recorded_schema(txn)
-        assert txn.exists("meta", KEPT_SINCE_THIS)
-    assert record is not None and (record.schema, record.tesserad_version) == (STORE_SCHEMA + 1, "9.0.0")
+        Store.open(tmp_path / "store", map_size=1 << 24, tables=["meta", "new"], check=refuse_newer("d"))
+    reopened = Store.open(tmp_path / "store", map_size=1 << 24, tables=["meta"])
+    try:
+        with reopened.read() as txn:
+            record = recorded_schema(txn)
+            assert txn.exists("meta", KEPT_SINCE_THIS)
+        assert record is not None and (record.schema, record.tesserad_version) == (STORE_SCHEMA + 1, "9.0.0")
+    finally:
+        reopened.close()
+    env = lmdb.open(str(tmp_path / "store"), readonly=True, max_dbs=1)
+    try:
+        with env.begin() as txn:
+            assert [bytes(key) for key in txn.cursor().iternext(values=False)] == [b"meta"]
+    finally:
+        env.close()
+
+
+def test_a_new_store_passes_the_check(tmp_path: Path) -> None:
+    opened = Store.open(tmp_path / "store", map_size=1 << 24, tables=["meta"], check=refuse_newer("d"))
+    opened.close()
