@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from tessera.v1 import (
@@ -51,6 +51,7 @@ from tesserad.api.follow import (
     check_replica_tls_files,
     refusing_handlers,
 )
+from tesserad.api.health import HealthServicer
 from tesserad.api.inference import InferenceServicer
 from tesserad.api.interceptors import CallInterceptor, ServerInterceptor
 from tesserad.api.oip import OipServicer
@@ -215,7 +216,7 @@ class Daemon:
         self._auth: AuthInterceptor | None = None
         self._certificates: ServerCertificates | None = None
         self._files_watch: asyncio.Task[None] | None = None
-        self._health: health.aio.HealthServicer | None = None
+        self._health: HealthServicer | None = None
         self._metrics_http: MetricsHttpServer | None = None
         self._dashboard: DashboardServer | None = None
         self._oip_http: OipHttpServer | None = None
@@ -543,11 +544,9 @@ class Daemon:
                 raise StartupError(str(exc)) from None
         return replica_transport(serves_tls, replica)
 
-    def _add_health_and_reflection(
-        self, server: grpc.aio.Server, routes: _Routes
-    ) -> health.aio.HealthServicer:
+    def _add_health_and_reflection(self, server: grpc.aio.Server, routes: _Routes) -> HealthServicer:
         """gRPC health and reflection, for the primary and the replica alike."""
-        health_servicer = health.aio.HealthServicer()
+        health_servicer = HealthServicer()
         _register(health_pb2_grpc.add_HealthServicer_to_server, health_servicer, routes)
         reflection.enable_server_reflection(
             [
@@ -768,6 +767,7 @@ class Daemon:
         log.info("tesserad stopping", extra={"grace_period_s": round(grace, 3)})
         self._stopping.set()
         if self._health is not None:
+            # Health watchers hear NOT_SERVING now and their streams end, not at the grace's end.
             await self._health.enter_graceful_shutdown()
         if self.training is not None:
             # Workers stop first (their jobs stay INTERRUPTED and resume at the next start) and

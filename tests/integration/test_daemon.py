@@ -8,6 +8,7 @@ import resource
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -52,6 +53,34 @@ def test_health_watch_streams_the_status(channel):
     unknown = stub.Watch(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=10)
     assert next(unknown).status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
     unknown.cancel()
+
+
+def test_health_watchers_hear_not_serving_at_a_stop_and_their_streams_end(data_dir: Path) -> None:
+    daemon = InProcessDaemon(daemon_settings(data_dir)).start()
+    channel = grpc.insecure_channel(daemon.target)
+    try:
+        stub = health_pb2_grpc.HealthStub(channel)
+        # Deadlines far inside the grace period: a watch that held the stop would miss them.
+        streams = {
+            service: stub.Watch(health_pb2.HealthCheckRequest(service=service), timeout=60)
+            for service in ["", "tessera.v1.Inference", "no.such.Service"]
+        }
+        assert [next(stream).status for stream in streams.values()] == [
+            health_pb2.HealthCheckResponse.SERVING,
+            health_pb2.HealthCheckResponse.SERVING,
+            health_pb2.HealthCheckResponse.SERVICE_UNKNOWN,
+        ]
+        with ThreadPoolExecutor(1) as pool:
+            stopping = pool.submit(daemon.stop, 3600)
+            # What each watcher hears next, and then its stream ends with OK.
+            assert {service: [r.status for r in stream] for service, stream in streams.items()} == {
+                "": [health_pb2.HealthCheckResponse.NOT_SERVING],
+                "tessera.v1.Inference": [health_pb2.HealthCheckResponse.NOT_SERVING],
+                "no.such.Service": [],
+            }
+            stopping.result(60)
+    finally:
+        channel.close()
 
 
 def test_reflection_lists_every_service(channel):
