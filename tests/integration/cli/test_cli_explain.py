@@ -50,6 +50,11 @@ def test_explain_errors_say_what_to_fix(tessera_cli, client, tmp_path, capsys):
     bad_target = tessera_cli("explain", "voxel", "--input", str(tmp_path / "x.npy"), "--target", "7")
     assert bad_target.code == EXIT_DAEMON
     assert "INVALID_ARGUMENT: output_index must be in 0..1" in bad_target.err
+    np.savez(tmp_path / "clips.npz", x=clips(1))
+    misnamed = tessera_cli("explain", "voxel", "--input", str(tmp_path / "clips.npz"))
+    assert misnamed.code == EXIT_DAEMON
+    assert "input 'x' is not an input of model 'voxel' version 1; its inputs are input " in misnamed.err
+    assert f"In {tmp_path / 'clips.npz'}, name the array 'x' after the input it is for" in misnamed.err
     for flags, text in (
         (("--method", "occlusion", "--window", "2,x"), "like 1,1,4,4,4"),
         (("--method", "lime"), "invalid choice: 'lime'"),

@@ -20,7 +20,7 @@ import signal
 import sys
 import threading
 import zipfile
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn, TextIO, TypeVar
 
@@ -37,7 +37,7 @@ from tessera.command_parser import CommandParser
 from tessera.demo import run_demo
 from tessera.ensembles import COMBINES, fit_stacking, member_pair
 from tessera.entry import EXIT_INTERRUPTED, EXIT_TERMINATED
-from tessera.errors import JobFailed, TesseraError
+from tessera.errors import InvalidArgument, JobFailed, TesseraError
 from tessera.events import JobState
 from tessera.explanations import METHODS, SHORT_NAMES, top_positions
 from tessera.follow import follow
@@ -1400,11 +1400,31 @@ def print_alias_moved(out: Output, moved: registry_pb2.AliasEvent) -> None:
     out.line(f"alias {moved.alias}: {before} -> v{moved.to_version}")
 
 
+@contextlib.contextmanager
+def input_names_explained(path: str, inputs: Collection[str]) -> Iterator[None]:
+    """The daemon's refusal of an array of `path` whose name is no input of the model, with how
+    to name it: the daemon knows the model's inputs, not the file they came from."""
+    try:
+        yield
+    except InvalidArgument as err:
+        refused = [name for name in inputs if err.message.startswith(f"input {name!r} is not an input of ")]
+        if not refused:
+            raise
+        where = "standard input" if path == "-" else path
+        raise type(err)(
+            f"{err.message}. In {where}, name the array {refused[0]!r} after the input it is for: "
+            "numpy.savez(FILE, NAME=array) stores each array under its input's name (a .npy file "
+            "is sent as 'input')",
+            err.trailers,
+        ) from None
+
+
 def cmd_predict(client: Client, args: argparse.Namespace, out: Output) -> None:
     inputs = load_inputs(args.input)
-    prediction = client.inference.predict(
-        args.model, inputs, version=args.version, alias=args.alias, timeout=args.timeout
-    )
+    with input_names_explained(args.input, inputs):
+        prediction = client.inference.predict(
+            args.model, inputs, version=args.version, alias=args.alias, timeout=args.timeout
+        )
     if args.output:
         # allow_pickle named so that an output of that name cannot be taken for the flag;
         # outputs are numeric arrays, which need no pickling.
@@ -1432,18 +1452,20 @@ def cmd_predict(client: Client, args: argparse.Namespace, out: Output) -> None:
 
 
 def cmd_explain(client: Client, args: argparse.Namespace, out: Output) -> None:
-    explanation = client.inference.explain(
-        args.model,
-        load_inputs(args.input),
-        args.method,
-        version=args.version,
-        alias=args.alias,
-        target=args.output_index,
-        steps=args.steps,
-        baseline=args.baseline,
-        window=args.window,
-        timeout=max(args.timeout, 300.0),
-    )
+    inputs = load_inputs(args.input)
+    with input_names_explained(args.input, inputs):
+        explanation = client.inference.explain(
+            args.model,
+            inputs,
+            args.method,
+            version=args.version,
+            alias=args.alias,
+            target=args.output_index,
+            steps=args.steps,
+            baseline=args.baseline,
+            window=args.window,
+            timeout=max(args.timeout, 300.0),
+        )
     if args.out:
         np.savez(args.out, allow_pickle=False, **explanation.attributions)
     top = {
