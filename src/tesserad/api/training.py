@@ -228,6 +228,7 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
             request.run_id,
             run_status_from_proto(request.status),
             dict(request.set_tags),
+            list(request.remove_tags),
         )
         return run_to_proto(run)
 

@@ -296,6 +296,17 @@ def _in_view(deleted_at: float | None, view: str) -> bool:
     return view == "all" or (deleted_at is not None) == (view == "deleted")
 
 
+def _tag_changes(set_tags: dict[str, str], remove_tags: Iterable[str]) -> set[str]:
+    """Check an update's tags; the keys to remove. A key both set and removed is refused; one
+    removed that is not there is no error."""
+    check_entries("set_tags", set_tags)
+    removed = set(remove_tags)
+    both = sorted(removed & set_tags.keys())
+    if both:
+        raise InvalidArgument(f"tag {both[0][:80]!r} is both in set_tags and remove_tags; give it once")
+    return removed
+
+
 def _refuse_deleted_run(run: Run) -> None:
     """FailedPrecondition for a change to a deleted run, saying how to bring it back."""
     if run.deleted_at is None:
@@ -440,11 +451,7 @@ class Tracking:
     ) -> Experiment:
         """Change the description (None leaves it) and tags of an active experiment."""
         validate_name("name", name)
-        check_entries("set_tags", set_tags)
-        removed = set(remove_tags)
-        both = sorted(removed & set_tags.keys())
-        if both:
-            raise InvalidArgument(f"tag {both[0][:80]!r} is both in set_tags and remove_tags; give it once")
+        removed = _tag_changes(set_tags, remove_tags)
         with self._store.write() as txn:
             experiment = self._experiment(txn, name)
             _refuse_deleted_experiment(experiment)
@@ -609,13 +616,15 @@ class Tracking:
             run = _with_summaries(txn, self.load_run(txn, run_id))
         return run
 
-    def update_run(self, run_id: str, status: str | None, set_tags: dict[str, str]) -> Run:
+    def update_run(
+        self, run_id: str, status: str | None, set_tags: dict[str, str], remove_tags: Iterable[str] = ()
+    ) -> Run:
         """End an external run (status + end time) or change its tags."""
         if status is not None and status not in ENDED_STATUSES:
             raise InvalidArgument(
                 f"status: a run can be ended as SUCCEEDED, FAILED or CANCELLED, not {status.upper()}"
             )
-        check_entries("set_tags", set_tags)
+        removed = _tag_changes(set_tags, remove_tags)
         with self._store.write() as txn:
             run = self.load_run(txn, run_id)
             _refuse_deleted_run(run)
@@ -632,6 +641,8 @@ class Tracking:
                     run.status = status
                     run.end_time = time.time()
             run.tags.update(set_tags)
+            for key in removed:
+                run.tags.pop(key, None)
             _check_run_text(run)
             self.put_run(txn, run)
         return self.get_run(run_id)

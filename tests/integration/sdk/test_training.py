@@ -144,7 +144,8 @@ def test_params_and_tags_of_any_value_are_sent_as_text_everywhere(client):
     take the same values (MLflow's log_param and set_tag turn theirs into text too)."""
     client.training.create_experiment("as-text", tags={"priority": 1})
     run = client.training.create_run("as-text", params={"lr": 0.1, "layers": 3}, tags={"seeded": True})
-    client.training.update_run(run.run_id, set_tags={"attempt": 2})
+    client.training.update_run(run.run_id, set_tags={"attempt": 2, "draft": True})
+    client.training.update_run(run.run_id, remove_tags=["draft"])
     client.training.log_params(run.run_id, {"dropout": 0.5})
     shown = client.training.run(run.run_id)
     assert shown.params == {"lr": "0.1", "layers": "3", "dropout": "0.5"}

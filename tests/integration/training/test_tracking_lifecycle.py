@@ -104,6 +104,27 @@ def test_update_experiment_checks_fields_as_create_does(tracker) -> None:
     assert both.code() == grpc.StatusCode.INVALID_ARGUMENT and "'k'" in both.details()
 
 
+def test_update_run_removes_tags_as_update_experiment_does(tracker) -> None:
+    run = _run(tracker, "upd-run-tags", tags={"team": "a", "x": "1"})
+    # remove_tags drops keys, a missing one is no error; set_tags applies alongside.
+    got = tracker.UpdateRun(
+        S.UpdateRunRequest(run_id=run.run_id, set_tags={"team": "b"}, remove_tags=["x", "absent"])
+    )
+    assert got.tags == {"team": "b"}
+    assert tracker.GetRun(S.GetRunRequest(run_id=run.run_id)).tags == {"team": "b"}
+    assert _ids(tracker, experiment="upd-run-tags", tags=[S.TagFilter(key="x", value="1")]) == []
+    both = _error(
+        lambda: tracker.UpdateRun(
+            S.UpdateRunRequest(
+                run_id=run.run_id, status=S.RUN_STATUS_SUCCEEDED, set_tags={"k": "v"}, remove_tags=["k"]
+            )
+        )
+    )
+    assert both.code() == grpc.StatusCode.INVALID_ARGUMENT and "'k'" in both.details()
+    unchanged = tracker.GetRun(S.GetRunRequest(run_id=run.run_id))
+    assert unchanged.tags == {"team": "b"} and unchanged.status == S.RUN_STATUS_RUNNING
+
+
 def test_a_deleted_run_is_hidden_refuses_changes_keeps_its_data_and_comes_back(tracker) -> None:
     kept = _run(tracker, "del-run", lr="0.1")
     doomed = _run(tracker, "del-run", name="doomed", lr="0.2")

@@ -591,10 +591,17 @@ class Training(Part[C]):
 
     @call
     def update_run(
-        self, run_id: str, status: str | int | None = None, set_tags: Mapping[str, Any] | None = None
+        self,
+        run_id: str,
+        status: str | int | None = None,
+        set_tags: Mapping[str, Any] | None = None,
+        remove_tags: Iterable[str] = (),
     ) -> Op[pb.Run]:
-        """End a run ("succeeded", "failed", "cancelled") or change its tags (values as text)."""
-        request = pb.UpdateRunRequest(run_id=run_id, set_tags=_as_text(set_tags))
+        """End a run ("succeeded", "failed", "cancelled") or change its tags (values as text;
+        `remove_tags` drops these keys, one not there is no error)."""
+        request = pb.UpdateRunRequest(
+            run_id=run_id, set_tags=_as_text(set_tags), remove_tags=list(remove_tags)
+        )
         if status is not None:
             request.status = enum_value(pb.RunStatus, "RUN_STATUS_", status)
         return Op(S, "UpdateRun", request)

@@ -1482,21 +1482,27 @@ class UpdateRunRequest(_message.Message):
     RUN_ID_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     SET_TAGS_FIELD_NUMBER: _builtins.int
+    REMOVE_TAGS_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     status: Global___RunStatus.ValueType
     """Set to end the run (SUCCEEDED, FAILED or CANCELLED)."""
     @_builtins.property
     def set_tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def remove_tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tags to drop; a key that is not there is no error. A key both set and removed is invalid."""
+
     def __init__(
         self,
         *,
         run_id: _builtins.str = ...,
         status: Global___RunStatus.ValueType = ...,
         set_tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        remove_tags: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id", "set_tags", b"set_tags", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["remove_tags", b"remove_tags", "run_id", b"run_id", "set_tags", b"set_tags", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
