@@ -8,7 +8,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -100,16 +99,18 @@ def test_group_commit_batches_writers_and_isolates_failures(store: Store) -> Non
 
         return work
 
-    started = threading.Event()
+    started, submitted = threading.Event(), threading.Event()
 
-    def slow(txn):
+    def held(txn):
         started.set()
-        time.sleep(0.2)
+        submitted.wait(10)
 
-    store.submit(slow)
+    store.submit(held)
     started.wait(5)
-    # Everything submitted while a commit runs shares the next one.
+    # Everything submitted while a commit runs shares the next one. The first commit is held
+    # until all 200 are in, however slowly a busy machine submits them.
     futures = [store.submit(put(i)) for i in range(200)]
+    submitted.set()
     results = []
     for i, future in enumerate(futures):
         if i == 7:
