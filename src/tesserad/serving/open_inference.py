@@ -49,9 +49,11 @@ OIP_DTYPES: dict[str, np.dtype] = {
 OIP_NAME_BY_DTYPE: dict[np.dtype, str] = {dtype: name for name, dtype in OIP_DTYPES.items()}
 
 # Listed truthfully: perf_analyzer shows the server-side breakdown only with "statistics".
+# binary_tensor_data is HTTP's; Triton lists it on both transports, as the server's.
 EXTENSIONS = [
     "model_repository",
     "model_configuration",
+    "binary_tensor_data",
     "statistics",
     "system_shared_memory",
     "logging",

@@ -51,6 +51,8 @@ def test_server_health_and_metadata(oip) -> None:
     metadata = oip.ServerMetadata(pb.ServerMetadataRequest())
     assert metadata.name == "tesserad" and "statistics" in metadata.extensions
     assert "model_repository" in metadata.extensions and "system_shared_memory" in metadata.extensions
+    # Listed on both transports, as Triton lists it: the HTTP listener serves it.
+    assert "binary_tensor_data" in metadata.extensions
 
 
 def test_model_ready_only_once_loaded(oip, linear) -> None:

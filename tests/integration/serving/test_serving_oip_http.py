@@ -101,6 +101,8 @@ def test_health_metadata_config_and_repository(served: str) -> None:
     assert call(f"{served}/v2/health/ready")[0] == 200
     server = ok_json(f"{served}/v2")
     assert server["name"] == "tesserad" and "statistics" in server["extensions"]
+    # Triton's binary tensor data extension is served here, and a server that serves it says so.
+    assert "binary_tensor_data" in server["extensions"]
     metadata = ok_json(f"{served}/v2/models/linear/versions/1")
     assert metadata == {
         "name": "linear",
