@@ -116,7 +116,13 @@ def json_parameters(document: Mapping[str, Any], where: str) -> dict[str, Parame
         elif isinstance(value, str):
             parameters[key] = Parameter(value, Kind.STRING)
         else:
-            parameters[key] = Parameter(value, None)
+            # As Triton: a parameter has one of the protocol's kinds; taking a list or an object
+            # would let a request through that Triton refuses, its value read by nothing.
+            kind = "null" if value is None else "a list" if isinstance(value, list) else "an object"
+            raise InvalidArgument(
+                f"{where}'s parameter {key!r} is {kind}; a parameter's value must be a boolean, "
+                "integer, number or string"
+            )
     return parameters
 
 

@@ -253,6 +253,18 @@ def test_bad_requests_are_refused_with_the_status_and_message_of_grpc(served: st
         "parameter 'timeout' must be an integer (microseconds), got string",
     )
     assert error(infer, {**tensor(), "parameters": {"sequence_id": 7}})[0] == 501
+    # As Triton: a parameter is a boolean, integer, number or string; anything else is refused.
+    assert error(infer, {**tensor(), "parameters": {"labels": ["a", "b"]}}) == (
+        400,
+        "the request's parameter 'labels' is a list; a parameter's value must be a boolean, integer, "
+        "number or string",
+    )
+    assert error(infer, {**tensor(), "outputs": [{"name": "y", "parameters": {"note": None}}]}) == (
+        400,
+        "output 'y''s parameter 'note' is null; a parameter's value must be a boolean, integer, "
+        "number or string",
+    )
+    assert error(infer, tensor(parameters={"hint": {"a": 1}}))[0] == 400
     assert (
         error(infer, {**tensor(), "outputs": [{"name": "y", "parameters": {"classification": 2}}]})[0] == 501
     )
