@@ -82,6 +82,26 @@ def test_model_ready_only_once_loaded(oip, linear) -> None:
     assert [(m.version, m.state) for m in index] == [("1", "READY"), ("2", "READY")]
 
 
+def test_a_named_repository_is_refused_as_triton_refuses_it(oip, linear, expect_rpc_error) -> None:
+    # tesserad has one repository, its registry: answering for it would answer another question.
+    for call in (
+        lambda: oip.RepositoryIndex(pb.RepositoryIndexRequest(repository_name="models")),
+        lambda: oip.RepositoryModelLoad(
+            pb.RepositoryModelLoadRequest(repository_name="models", model_name=linear)
+        ),
+        lambda: oip.RepositoryModelUnload(
+            pb.RepositoryModelUnloadRequest(repository_name="models", model_name=linear)
+        ),
+    ):
+        expect_rpc_error(
+            call,
+            grpc.StatusCode.UNIMPLEMENTED,
+            "repository_name 'models': tesserad has one model repository (its registry) and does not "
+            "take a repository's name; send the request without repository_name",
+        )
+    assert not oip.ModelReady(pb.ModelReadyRequest(name=linear)).ready  # the load did not run
+
+
 def load_request(model: str, config: str) -> pb.RepositoryModelLoadRequest:
     """tritonclient's load_model(model, config=config)."""
     request = pb.RepositoryModelLoadRequest(model_name=model)
