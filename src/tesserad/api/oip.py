@@ -284,7 +284,7 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         context: grpc.aio.ServicerContext[pb.RepositoryModelUnloadRequest, pb.RepositoryModelUnloadResponse],
     ) -> pb.RepositoryModelUnloadResponse:
         _refuse_repository_name(request.repository_name)
-        await self._core.unload(request.model_name)
+        await self._core.unload(request.model_name, parameters_of(request.parameters), KIND_NAMES)
         return pb.RepositoryModelUnloadResponse()
 
     async def SystemSharedMemoryStatus(

@@ -393,7 +393,8 @@ class OipHttpServer(HttpListener):
         return web.Response()
 
     async def _unload(self, request: web.Request) -> web.Response:
-        await self._core.unload(request.match_info["model"])
+        parameters = json_parameters(await self._json_object(request), "the request")
+        await self._core.unload(request.match_info["model"], parameters, KIND_NAMES)
         return web.Response()
 
     async def _shm_status(self, request: web.Request) -> web.Response:

@@ -417,8 +417,12 @@ class OpenInference:
         config = config_of(text, name, described) if isinstance(text, str) else None
         service.load_serving(name, config)
 
-    async def unload(self, name: str) -> None:
+    async def unload(self, name: str, parameters: Mapping[str, Parameter], names: Mapping[Kind, str]) -> None:
+        """Unload every loaded version of `name`. `parameters`: the request's; unload_dependents
+        is checked as Triton checks it (a boolean) and otherwise ignored: only `name` unloads, an
+        ensemble's loaded members stay loaded, as in Triton without it."""
         validate_name("model_name", name)
+        _parameter(parameters, "unload_dependents", (Kind.BOOL,), names)
         # As in Triton, unloading a model that is not loaded succeeds.
         with contextlib.suppress(NotFound):
             await asyncio.to_thread(self._service.unload, Target(name))

@@ -148,6 +148,17 @@ def test_repository_load_takes_a_triton_config_as_grpc_does(served: str) -> None
     assert call(f"{served}/v2/repository/models/linear/unload", b"")[0] == 200
 
 
+def test_unload_reads_its_body_as_triton_does(served: str) -> None:
+    # tritonclient.http's unload_model sends {"parameters": {"unload_dependents": <bool>}}.
+    unload = f"{served}/v2/repository/models/half/unload"
+    assert error(unload, b"{not json")[0] == 400
+    assert error(unload, {"parameters": {"unload_dependents": "yes"}}) == (
+        400,
+        "parameter 'unload_dependents' must be a boolean, got string",
+    )
+    assert call(unload, {"parameters": {"unload_dependents": False}})[0] == 200
+
+
 def test_json_infer_routes_to_a_version_and_counts_statistics(served: str) -> None:
     body = {
         "id": "r-1",
