@@ -102,6 +102,19 @@ def test_a_named_repository_is_refused_as_triton_refuses_it(oip, linear, expect_
     assert not oip.ModelReady(pb.ModelReadyRequest(name=linear)).ready  # the load did not run
 
 
+def test_unload_dependents_is_a_boolean(oip, linear, expect_rpc_error) -> None:
+    # tritonclient's unload_model(name, unload_dependents=...) sends it as bool_param.
+    request = pb.RepositoryModelUnloadRequest(model_name=linear)
+    request.parameters["unload_dependents"].string_param = "true"
+    expect_rpc_error(
+        lambda: oip.RepositoryModelUnload(request),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "parameter 'unload_dependents' must be a bool_param, got string_param",
+    )
+    request.parameters["unload_dependents"].bool_param = True
+    oip.RepositoryModelUnload(request)
+
+
 def load_request(model: str, config: str) -> pb.RepositoryModelLoadRequest:
     """tritonclient's load_model(model, config=config)."""
     request = pb.RepositoryModelLoadRequest(model_name=model)
