@@ -40,6 +40,7 @@ from tesserad.serving.open_inference import (
     PLATFORMS,
     IndexRow,
     OpenInference,
+    refuse_repository_name,
     target_of,
     timeout_of,
 )
@@ -264,7 +265,7 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         request: pb.RepositoryIndexRequest,
         context: grpc.aio.ServicerContext[pb.RepositoryIndexRequest, pb.RepositoryIndexResponse],
     ) -> pb.RepositoryIndexResponse:
-        _refuse_repository_name(request.repository_name)
+        refuse_repository_name(request.repository_name)
         return index_response(await self._core.index(request.ready))
 
     async def RepositoryModelLoad(
@@ -272,7 +273,7 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         request: pb.RepositoryModelLoadRequest,
         context: grpc.aio.ServicerContext[pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse],
     ) -> pb.RepositoryModelLoadResponse:
-        _refuse_repository_name(request.repository_name)
+        refuse_repository_name(request.repository_name)
         await self._core.load(
             request.model_name, parameters_of(request.parameters), KIND_NAMES, serving_config_of
         )
@@ -283,7 +284,7 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         request: pb.RepositoryModelUnloadRequest,
         context: grpc.aio.ServicerContext[pb.RepositoryModelUnloadRequest, pb.RepositoryModelUnloadResponse],
     ) -> pb.RepositoryModelUnloadResponse:
-        _refuse_repository_name(request.repository_name)
+        refuse_repository_name(request.repository_name)
         await self._core.unload(request.model_name, parameters_of(request.parameters), KIND_NAMES)
         return pb.RepositoryModelUnloadResponse()
 
@@ -360,15 +361,6 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             )
         changes = {name: _setting_value(value) for name, value in request.settings.items()}
         return log_settings_response(logs.update(changes, caller(context)))
-
-
-def _refuse_repository_name(name: str) -> None:
-    if name:
-        # As Triton: a repository named is refused, not answered for the one there is.
-        raise Unimplemented(
-            f"repository_name {name[:100]!r}: tesserad has one model repository (its registry) and does "
-            "not take a repository's name; send the request without repository_name"
-        )
 
 
 def _setting_value(value: pb.LogSettingsRequest.SettingValue) -> SettingValue | None:

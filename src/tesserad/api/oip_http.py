@@ -64,6 +64,7 @@ from tesserad.serving.open_inference import (
     EXTENSIONS,
     NO_CUDA_SHARED_MEMORY,
     OpenInference,
+    refuse_repository_name,
     target_of,
     timeout_of,
 )
@@ -146,6 +147,16 @@ class OipHttpServer(HttpListener):
                 web.post("/v2/repository/models/{model}/load", admitted("RepositoryModelLoad", self._load)),
                 web.post(
                     "/v2/repository/models/{model}/unload", admitted("RepositoryModelUnload", self._unload)
+                ),
+                # As Triton's paths, which may name a repository; refused (tesserad has one).
+                web.post("/v2/repository/{repository}/index", admitted("RepositoryIndex", self._index)),
+                web.post(
+                    "/v2/repository/{repository}/models/{model}/load",
+                    admitted("RepositoryModelLoad", self._load),
+                ),
+                web.post(
+                    "/v2/repository/{repository}/models/{model}/unload",
+                    admitted("RepositoryModelUnload", self._unload),
                 ),
                 web.get(
                     "/v2/systemsharedmemory/status", admitted("SystemSharedMemoryStatus", self._shm_status)
@@ -379,6 +390,7 @@ class OipHttpServer(HttpListener):
         return document
 
     async def _index(self, request: web.Request) -> web.Response:
+        refuse_repository_name(request.match_info.get("repository", ""))
         ready = (await self._json_object(request)).get("ready", False)
         if not isinstance(ready, bool):
             raise errors.InvalidArgument("'ready' must be true or false")
@@ -388,11 +400,13 @@ class OipHttpServer(HttpListener):
         )
 
     async def _load(self, request: web.Request) -> web.Response:
+        refuse_repository_name(request.match_info.get("repository", ""))
         parameters = json_parameters(await self._json_object(request), "the request")
         await self._core.load(request.match_info["model"], parameters, KIND_NAMES, serving_config_of)
         return web.Response()
 
     async def _unload(self, request: web.Request) -> web.Response:
+        refuse_repository_name(request.match_info.get("repository", ""))
         parameters = json_parameters(await self._json_object(request), "the request")
         await self._core.unload(request.match_info["model"], parameters, KIND_NAMES)
         return web.Response()

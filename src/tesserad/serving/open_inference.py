@@ -215,6 +215,15 @@ def refuse_classification(parameters: Collection[str], name: str) -> None:
         )
 
 
+def refuse_repository_name(name: str) -> None:
+    if name:
+        # As Triton: a repository named is refused, not answered for the one there is.
+        raise Unimplemented(
+            f"repository_name {name[:100]!r}: tesserad has one model repository (its registry) and does "
+            "not take a repository's name; send the request without repository_name"
+        )
+
+
 @dataclass(frozen=True)
 class IndexRow:
     name: str

@@ -159,6 +159,16 @@ def test_unload_reads_its_body_as_triton_does(served: str) -> None:
     assert call(unload, {"parameters": {"unload_dependents": False}})[0] == 200
 
 
+def test_a_named_repository_is_refused_as_triton_refuses_it(served: str) -> None:
+    message = (
+        "repository_name 'models': tesserad has one model repository (its registry) and does not "
+        "take a repository's name; send the request without repository_name"
+    )
+    assert error(f"{served}/v2/repository/models/index", b"") == (501, message)
+    assert error(f"{served}/v2/repository/models/models/linear/load", b"") == (501, message)
+    assert error(f"{served}/v2/repository/models/models/linear/unload", b"") == (501, message)
+
+
 def test_json_infer_routes_to_a_version_and_counts_statistics(served: str) -> None:
     body = {
         "id": "r-1",
