@@ -729,6 +729,9 @@ class InferenceService:
                 log.exception("a listener for the deletion of %r failed", model)
 
     def _swap_targets(self, model: str) -> None:
+        # A target is held on its old version only while that version exists: one deleted since
+        # must stop serving, even if the version the target names now cannot.
+        gone = self._deleted_versions(model)
         previously_served: set[int] = set()
         held_back = False
         for (m, alias), old in list(self._aliases.items()):
@@ -743,7 +746,13 @@ class InferenceService:
             if new == old:
                 continue
             failure = self._warm_like(model, new, old)
-            if failure is not None:
+            if failure is not None and old in gone:
+                log.warning(
+                    "alias %r of %r moves to version %s, which failed to load (%s): version %s it "
+                    "served was deleted; fix the version and load it with LoadModel, or move the alias",
+                    alias, model, new, failure, old,
+                )  # fmt: skip
+            elif failure is not None:
                 held_back = True
                 log.warning(
                     "alias %r of %r stays on version %s: version %s it now names failed to load (%s); "
@@ -768,7 +777,15 @@ class InferenceService:
                     failure = self._warm_like(model, version, like)
                     if failure is not None:
                         failures.append(f"version {version}: {failure}")
-            if failures:
+            if failures and old_versions & gone:
+                log.warning(
+                    "the deployment of %r moves to its new routes although %s failed to load: "
+                    "version %s it served was deleted; fix the version and load it with LoadModel, "
+                    "or deploy again",
+                    model, "; ".join(failures), ", ".join(str(v) for v in sorted(old_versions & gone)),
+                )  # fmt: skip
+                self._routers[model] = new_router
+            elif failures:
                 # The whole new plan waits: a split with one route gone would not be the one asked for.
                 held_back = True
                 serving = sorted(old_versions) or "its latest version"
@@ -789,10 +806,35 @@ class InferenceService:
             still_served |= router.versions()
         # A loaded ensemble's member stays: the ensemble would load it again on its next request.
         in_ensembles = {v for m, v in self.pool.ensemble_members() if m == model}
-        for version in sorted(previously_served - still_served - in_ensembles):
+        for version in sorted(previously_served - still_served - in_ensembles - gone):
             if self.pool.get(model, version) is not None:
                 self.pool.unload(model, version)
                 log.info("unloaded version %s of %r after its targets moved", version, model)
+        for version in sorted(gone):
+            if self.pool.get(model, version) is not None:
+                self.pool.unload(model, version)
+                log.info("unloaded version %s of %r: it was deleted", version, model)
+            # A failed load of a deleted version would be listed, and refuse its number, forever.
+            self.pool.forget_failure(model, version)
+
+    def _deleted_versions(self, model: str) -> set[int]:
+        """The versions of `model` that serving holds (listed in the pool, or a target's) and its
+        source no longer has."""
+        held = {entry.version for entry in self.pool.list(model)}
+        held |= {version for (m, _), version in self._aliases.items() if m == model}
+        router = self._routers.get(model)
+        if router is not None:
+            held |= router.versions()
+        gone: set[int] = set()
+        for version in held:
+            try:
+                self._source.servable(model, version, None)
+            except NotFound:
+                gone.add(version)
+            except TesseraError:
+                # The source cannot tell now (a replica's primary out of reach): keep serving it.
+                continue
+        return gone
 
     def _warm_like(self, model: str, version: int, like: int) -> str | None:
         """Load `version` with the config `like` was loaded with, if `like` is loaded (else a
