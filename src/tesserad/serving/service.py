@@ -217,6 +217,10 @@ class InferenceService:
         self._aliases: dict[tuple[str, str], int] = {}
         # model -> router, or None when the model has no deployment.
         self._routers: dict[str, _Router | None] = {}
+        # Changes the registry reported (to any model): a request caches what it read only if
+        # none came meanwhile, as the refresh of a change passes over what is not cached yet.
+        self._changes = 0
+        self._cache_lock = threading.Lock()
         self._shadows: dict[str, deque[ShadowResult]] = {}
         # Swaps run one at a time, off the registry's commit path.
         self._swaps = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serving-swap")
@@ -293,16 +297,22 @@ class InferenceService:
     def _alias_version(self, model: str, alias: str) -> int:
         version = self._aliases.get((model, alias))
         if version is None:
+            changes = self._changes
             version = self._source.servable(model, None, alias).version
-            self._aliases[(model, alias)] = version
+            with self._cache_lock:
+                if self._changes == changes:
+                    self._aliases[(model, alias)] = version
         return version
 
     def _router(self, model: str) -> _Router | None:
         if model in self._routers:
             return self._routers[model]
+        changes = self._changes
         plan = self._source.deployment(model)
         router = _Router(plan) if plan is not None and plan.routes else None
-        self._routers[model] = router
+        with self._cache_lock:
+            if self._changes == changes:
+                self._routers[model] = router
         return router
 
     # -- requests --------------------------------------------------------------------------
@@ -665,6 +675,8 @@ class InferenceService:
         """The registry committed a change to `model`; re-resolve its targets in the background."""
         if self._closed:
             return
+        with self._cache_lock:
+            self._changes += 1
         with self._refresh_lock:
             if model in self._refresh_queued:
                 return
