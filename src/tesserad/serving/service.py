@@ -58,7 +58,7 @@ class DeploymentPlan:
     """A model's deployment with every target resolved to a version."""
 
     routes: tuple[tuple[int, int], ...]  # (version, weight percent)
-    shadow: tuple[int, int] | None = None  # (version, percent of requests copied)
+    shadow: tuple[int, int] | None = None  # (version, percent of other versions' requests copied)
 
 
 class VersionSource(Protocol):
@@ -158,7 +158,8 @@ class _Router:
                     best = i
             self._current[best] -= sum(weight for _, weight in routes)
             shadow = None
-            if self.plan.shadow is not None:
+            # A request the shadow's version answers is not copied to it, nor counted in its percent.
+            if self.plan.shadow is not None and self.plan.shadow[0] != routes[best][0]:
                 self._shadow_credit += self.plan.shadow[1]
                 if self._shadow_credit >= 100:
                     self._shadow_credit -= 100

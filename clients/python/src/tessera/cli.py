@@ -1913,7 +1913,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--shadow-percent",
         type=whole(),
         default=100,
-        help="percent of requests copied to --shadow (default 100)",
+        help="percent of the requests other versions answer that are copied to --shadow (default 100)",
     )
     sub.add_argument("--comment", default="", help="free text stored with the deployment's revision")
     command(

@@ -379,7 +379,8 @@ class Models(Part[C]):
         comment: str = "",
     ) -> Op[pb.Deployment]:
         """Route un-pinned Predict calls: `routes` maps a version or alias to a percent of traffic
-        (summing to 100); `shadow` gets a copy of `shadow_percent` (1..100) of requests.
+        (summing to 100); `shadow` gets a copy of `shadow_percent` (1..100) of the requests other
+        versions answer (one its own version answers is not copied to it again).
         InvalidArgument for a weight or percent the message's int32 fields cannot hold."""
         request = pb.DeployRequest(model=name, comment=comment)
         for i, (target, weight) in enumerate(routes.items()):

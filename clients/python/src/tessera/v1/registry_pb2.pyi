@@ -1705,7 +1705,9 @@ class Shadow(_message.Message):
     version: _builtins.int
     alias: _builtins.str
     percent: _builtins.int
-    """Percent of requests copied to the shadow; default 100."""
+    """Percent of the requests another version answers that are copied to the shadow; default 100.
+    A request the shadow's own version answers (a canary route to it) is never copied.
+    """
     resolved_version: _builtins.int
     def __init__(
         self,
