@@ -14,7 +14,7 @@ from tessera.v1 import training_pb2 as S
 
 def shown(sweep: S.Sweep) -> str:
     screen = io.StringIO()
-    Console(file=screen, width=200, color_system=None).print(trials_table(sweep))
+    Console(file=screen, width=200, color_system=None).print(trials_table(sweep, 200).table)
     return " ".join(screen.getvalue().split())
 
 

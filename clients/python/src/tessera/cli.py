@@ -20,12 +20,11 @@ import signal
 import sys
 import threading
 import zipfile
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn, TextIO, TypeVar
 
 import numpy as np
-from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -53,7 +52,8 @@ from tessera.run_filter import (
     parse_metric_condition,
     parse_order,
 )
-from tessera.sweep_commands import add_sweep_commands
+from tessera.sweep_commands import add_sweep_commands, short_value
+from tessera.tables import FittedTable, fitted_table
 from tessera.tensors import dtype_name
 from tessera.training import artifact_target
 from tessera.transport import TLS, TOKEN_ENV
@@ -163,36 +163,24 @@ class Output:
         columns: Sequence[str],
         rows: Iterable[Sequence[Any]],
         whole: Collection[str] = (),
+        unbroken: Collection[str] = (),
+        stacked: Mapping[str, str] | None = None,
+        leave_out_first: Sequence[str] = (),
+        narrower_rows: Iterable[Sequence[Any]] | None = None,
     ) -> None:
-        """A table that fits the console without cutting what people copy: the columns named in
-        `whole` (ids, names, version numbers) are never cut or wrapped; the others wrap, and
-        when even that does not fit, columns are left out from the right (the caption says
-        which). A table whose whole columns alone are too wide is printed wider than the
-        console rather than cut. Cells are plain text, never rich markup."""
-        cells = [[str(cell) for cell in row] for row in rows]
-        widths = [
-            _column_width(column, [row[i] for row in cells], column in whole)
-            for i, column in enumerate(columns)
-        ]
-        shown = list(range(len(columns)))
-        while _table_width([widths[i] for i in shown]) > self.console.width:
-            droppable = [i for i in shown if columns[i] not in whole]
-            if not droppable:
-                break
-            shown.remove(droppable[-1])
-        left_out = [columns[i] for i in range(len(columns)) if i not in shown]
-        caption = f"left out to fit the width: {', '.join(left_out)} (--json has all)" if left_out else None
-        table = Table(title=title, caption=caption)
-        for i in shown:
-            if columns[i] in whole:
-                table.add_column(columns[i], no_wrap=True, min_width=widths[i])
-            else:
-                table.add_column(columns[i], overflow="fold")
-        for row in cells:
-            table.add_row(*(Text(row[i]) for i in shown))
-        self.console.print(
-            table, width=max(self.console.width, _table_width([widths[i] for i in shown])), crop=False
-        )
+        """A table that fits the console (see `fitted_table`); one whose whole columns alone are
+        too wide is printed wider than the console rather than cut. `narrower_rows`, the same
+        rows in shorter words, are shown instead when `rows` would leave a column out."""
+
+        def fitted(cells: Iterable[Sequence[Any]]) -> FittedTable:
+            return fitted_table(
+                self.console.width, title, columns, list(cells), whole, unbroken, stacked, leave_out_first
+            )
+
+        table = fitted(rows)
+        if table.left_out and narrower_rows is not None:
+            table = fitted(narrower_rows)
+        self.console.print(table.table, width=table.width, crop=False)
 
     def pairs(self, title: str, pairs: Iterable[tuple[str, Any]]) -> None:
         table = Table(title=title, show_header=False)
@@ -204,25 +192,6 @@ class Output:
 
     def line(self, text: str) -> None:
         self.console.print(text, markup=False)
-
-
-# Below this many cells a wrapped column is left out rather than folded letter by letter.
-_NARROWEST_WRAPPED = 8
-
-
-def _column_width(header: str, cells: Sequence[str], whole: bool) -> int:
-    """The narrowest a column may be: all of its widest cell when whole, else its header's
-    longest word or its cells' (up to _NARROWEST_WRAPPED), whichever is wider."""
-    if whole:
-        return max(cell_len(text) for text in [header, *cells])
-    longest_cell_word = max((cell_len(word) for text in cells for word in text.split()), default=1)
-    longest_header_word = max((cell_len(word) for word in header.split()), default=1)
-    return max(longest_header_word, min(longest_cell_word, _NARROWEST_WRAPPED))
-
-
-def _table_width(column_widths: Sequence[int]) -> int:
-    """Width of a rich table with these columns: a space each side of each, and the rules."""
-    return sum(width + 2 for width in column_widths) + len(column_widths) + 1
 
 
 def selector(text: str) -> int | str:
@@ -1154,6 +1123,8 @@ def cmd_runs_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
             for r in runs
         ],
         whole=("id", "experiment", "name"),
+        unbroken=("metrics (last values)",),
+        stacked={"name": "id"},
     )
 
 
@@ -1339,20 +1310,29 @@ def cmd_runs_leaderboard(client: Client, args: argparse.Namespace, out: Output) 
         )
     runs = [e.run for e in entries]
     differing = differing_params(runs)
-    out.table(
-        f"{args.experiment} by {args.metric}",
-        ["rank", args.metric, "run", "name", "params that differ"],
-        [
+
+    def rows(shown_keys: dict[str, str], value: Callable[[str], str]) -> list[tuple[Any, ...]]:
+        return [
             (
                 e.rank,
                 f"{e.value:.5g}",
                 e.run.run_id,
                 e.run.name,
-                "\n".join(f"{k}={e.run.params[k]}" for k in differing if k in e.run.params),
+                "\n".join(
+                    f"{shown_keys[k]}={value(e.run.params[k])}" for k in differing if k in e.run.params
+                ),
             )
             for e in entries
-        ],
+        ]
+
+    out.table(
+        f"{args.experiment} by {args.metric}",
+        ["rank", args.metric, "run", "name", "params that differ"],
+        rows({k: k for k in differing}, str),
         whole=("rank", "run", "name"),
+        unbroken=("params that differ",),
+        stacked={"name": "run"},
+        narrower_rows=rows(shortest_suffixes(differing), short_value),
     )
     same = len({k for run in runs for k in run.params}) - len(differing)
     if same:
@@ -1360,6 +1340,20 @@ def cmd_runs_leaderboard(client: Client, args: argparse.Namespace, out: Output) 
             f"left out: {counted(same, 'param')} with one value in every run above "
             "(`tessera runs show RUN` or --json lists them)"
         )
+
+
+def shortest_suffixes(paths: Sequence[str]) -> dict[str, str]:
+    """Each dotted path by its shortest tail of parts that no other path ends with
+    (optimizer.weight_decay as weight_decay, unless another path ends in weight_decay too)."""
+    shown = {}
+    for path in paths:
+        parts = path.split(".")
+        for start in range(len(parts) - 1, -1, -1):
+            tail = ".".join(parts[start:])
+            if not any(other != path and (other == tail or other.endswith("." + tail)) for other in paths):
+                break
+        shown[path] = tail
+    return shown
 
 
 def differing_params(runs: Sequence[training_pb2.Run]) -> list[str]:

@@ -10,13 +10,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from rich.live import Live
-from rich.table import Table
-from rich.text import Text
 
 from tessera.errors import JobFailed, StoppedFollowing, Unavailable
 from tessera.follow import Outage
 from tessera.messages import counted, load_toml
 from tessera.plot import line_plot
+from tessera.tables import FittedTable, fitted_table
 from tessera.v1 import job_spec_pb2, training_pb2
 
 if TYPE_CHECKING:
@@ -51,10 +50,13 @@ def trial_state(trial: training_pb2.SweepTrial) -> str:
 
 def params_text(params: Any) -> str:
     """`lr=0.01, name=sgd`: each parameter by the last part of its path, in path order."""
-    return ", ".join(f"{path.rsplit('.', 1)[-1]}={_short(value)}" for path, value in sorted(params.items()))
+    return ", ".join(
+        f"{path.rsplit('.', 1)[-1]}={short_value(value)}" for path, value in sorted(params.items())
+    )
 
 
-def _short(text: str) -> str:
+def short_value(text: str) -> str:
+    """A number to 4 significant digits (an integer as it is), any other text as it is."""
     try:
         number = float(text)
     except ValueError:
@@ -100,22 +102,23 @@ def maximises(sweep: training_pb2.Sweep) -> bool:
     return not sweep.spec.metric.endswith(("loss", "error", "mse", "mae"))
 
 
-def trials_table(sweep: training_pb2.Sweep) -> Table:
+def trials_table(sweep: training_pb2.Sweep, width: int) -> FittedTable:
+    """The sweep's trials for a console `width` cells wide."""
     done = sum(1 for t in sweep.trials if t.state in _ENDED or t.pruned)
     limit = f" of {sweep.spec.max_trials}" if sweep.spec.max_trials else ""
-    table = Table(
-        title=f"sweep {sweep.sweep_id} ({strategy_name(sweep.spec)}): {sweep_state(sweep)}, "
-        f"{counted(done, 'trial')} done{limit}",
-        caption="\n".join([f"best {sweep.spec.metric}: {_best_text(sweep)}", *problems(sweep)]),
-    )
     rows = trial_rows(sweep)
     columns = ["#", "state", sweep.spec.metric, "params", "lineage", "job"]
     shown = [i for i, column in enumerate(columns) if column != "lineage" or any(row[i] for row in rows)]
-    for i in shown:
-        table.add_column(columns[i], overflow="fold", no_wrap=columns[i] in ("#", "job"))
-    for row in rows:
-        table.add_row(*(Text(row[i]) for i in shown))
-    return table
+    return fitted_table(
+        width,
+        f"sweep {sweep.sweep_id} ({strategy_name(sweep.spec)}): {sweep_state(sweep)}, "
+        f"{counted(done, 'trial')} done{limit}",
+        [columns[i] for i in shown],
+        [[row[i] for i in shown] for row in rows],
+        whole=("#", "job"),
+        unbroken=("params", "lineage"),
+        caption="\n".join([f"best {sweep.spec.metric}: {_best_text(sweep)}", *problems(sweep)]),
+    )
 
 
 _ENDED = {S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLED}
@@ -150,6 +153,8 @@ def print_result(sweep: training_pb2.Sweep, out: Output) -> None:
         ["rank", sweep.spec.metric, "trial", "state", "params", "job"],
         leaderboard_rows(sweep),
         whole=("rank", "trial", "job"),
+        unbroken=("params",),
+        leave_out_first=("state",),
     )
     plot = line_plot(
         {f"best {sweep.spec.metric} so far": best_so_far(sweep, maximises(sweep))}, x_label="trials"
@@ -182,11 +187,11 @@ def wait_live(get: Callable[[], training_pb2.Sweep], out: Output) -> training_pb
             time.sleep(POLL_S)
             sweep = get()
         return sweep
-    with Live(trials_table(sweep), console=out.console, auto_refresh=False) as live:
+    with Live(trials_table(sweep, out.console.width).table, console=out.console, auto_refresh=False) as live:
         while sweep.state == S.SWEEP_STATE_RUNNING:
             time.sleep(POLL_S)
             sweep = get()
-            live.update(trials_table(sweep), refresh=True)
+            live.update(trials_table(sweep, out.console.width).table, refresh=True)
     out.line("")
     return sweep
 
@@ -257,7 +262,8 @@ def cmd_sweeps_show(client: Client, args: argparse.Namespace, out: Output) -> No
     sweep = client.training.sweep(args.sweep_id)
     if out.as_json:
         return out.json(sweep)
-    out.console.print(trials_table(sweep))
+    fitted = trials_table(sweep, out.console.width)
+    out.console.print(fitted.table, width=fitted.width, crop=False)
     if sweep.state != S.SWEEP_STATE_RUNNING:
         print_result(sweep, out)
     return None

@@ -1,0 +1,108 @@
+"""Tables that fit the console without cutting what people copy or read as one word."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+
+from rich.cells import cell_len
+from rich.table import Table
+from rich.text import Text
+
+# Below this many cells a wrapped column is left out rather than folded letter by letter.
+_NARROWEST_WRAPPED = 8
+
+
+@dataclass
+class FittedTable:
+    table: Table
+    # What it needs: more than the console's width when its whole columns alone are wider.
+    width: int
+    left_out: list[str]
+
+
+def fitted_table(
+    width: int,
+    title: str | None,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[object]],
+    whole: Collection[str] = (),
+    unbroken: Collection[str] = (),
+    stacked: Mapping[str, str] | None = None,
+    leave_out_first: Sequence[str] = (),
+    caption: str | None = None,
+) -> FittedTable:
+    """A table for a console `width` cells wide. The columns named in `whole` (ids, names,
+    version numbers) are never cut or wrapped; those in `unbroken` (key=value lists) wrap only
+    between words; the others wrap anywhere. When the table is too wide, each column named in
+    `stacked` goes under the column it maps to, in one cell on two lines (a run's name under its
+    id); if it is still too wide, columns are left out, those in `leave_out_first` first, then
+    from the right (the caption says which).
+    Cells are plain text, never rich markup."""
+    headers = list(columns)
+    cells = [[str(cell) for cell in row] for row in rows]
+    widths = [
+        _column_width(header, [row[i] for row in cells], header in whole, header in unbroken)
+        for i, header in enumerate(columns)
+    ]
+    shown = list(range(len(columns)))
+    stacked_now: list[str] = []
+    for below, above in (stacked or {}).items():
+        if _table_width([widths[i] for i in shown]) <= width:
+            break
+        i, j = columns.index(below), columns.index(above)
+        headers[j] = f"{headers[j]}\n{headers[i]}"
+        for row in cells:
+            row[j] = f"{row[j]}\n{row[i]}"
+        widths[j] = max(widths[j], widths[i])
+        shown.remove(i)
+        stacked_now.append(below)
+    while _table_width([widths[i] for i in shown]) > width:
+        droppable = [i for i in shown if columns[i] not in whole]
+        droppable.sort(key=lambda i: columns[i] in leave_out_first)
+        if not droppable:
+            break
+        shown.remove(droppable[-1])
+    left_out = [columns[i] for i in range(len(columns)) if i not in shown and columns[i] not in stacked_now]
+    notes = [caption] if caption else []
+    if left_out:
+        notes.append(f"left out to fit the width: {', '.join(left_out)} (--json has all)")
+    natural = [
+        max(cell_len(line) for text in [headers[i], *(row[i] for row in cells)] for line in text.split("\n"))
+        for i in shown
+    ]
+    # rich narrows the widest wrapping columns first, below their min_width, then widens them
+    # back to it, past the console's width: an unbroken column that must narrow gets its
+    # narrowest width fixed instead, so that rich narrows the others.
+    squeezed = _table_width(natural) > width
+    table = Table(title=title, caption="\n".join(notes) or None)
+    for i in shown:
+        if columns[i] in whole:
+            table.add_column(headers[i], no_wrap=True, min_width=widths[i])
+        elif columns[i] in unbroken and squeezed:
+            table.add_column(headers[i], width=widths[i])
+        elif columns[i] in unbroken:
+            table.add_column(headers[i], min_width=widths[i])
+        else:
+            table.add_column(headers[i], overflow="fold")
+    for row in cells:
+        table.add_row(*(Text(row[i]) for i in shown))
+    return FittedTable(table, max(width, _table_width([widths[i] for i in shown])), left_out)
+
+
+def _column_width(header: str, cells: Sequence[str], whole: bool, unbroken: bool) -> int:
+    """The narrowest a column may be: all of its widest cell when whole, its longest word when
+    unbroken, else its header's longest word or its cells' (up to _NARROWEST_WRAPPED),
+    whichever is wider."""
+    if whole:
+        return max(cell_len(text) for text in [header, *cells])
+    longest_cell_word = max((cell_len(word) for text in cells for word in text.split()), default=1)
+    longest_header_word = max((cell_len(word) for word in header.split()), default=1)
+    if unbroken:
+        return max(longest_header_word, longest_cell_word)
+    return max(longest_header_word, min(longest_cell_word, _NARROWEST_WRAPPED))
+
+
+def _table_width(column_widths: Sequence[int]) -> int:
+    """Width of a rich table with these columns: a space each side of each, and the rules."""
+    return sum(width + 2 for width in column_widths) + len(column_widths) + 1

@@ -1,0 +1,139 @@
+"""Tables at 60, 80, 100 and 120 columns after a real sweep: ids whole, key=value cells never
+broken inside a word, and the columns a table is read for kept at 80 columns and up."""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+from collections.abc import Sequence
+
+import pytest
+from rich.console import Console
+
+from tessera.cli import main
+from tessera.messages import load_toml
+from tessera.sweep_commands import params_text, short_value
+from tessera.v1 import training_pb2
+
+SPEC = """\
+strategy = "random"
+metric = "val_loss"
+max_trials = 3
+max_concurrent = 2
+seed = 3
+
+[base]
+experiment = "cli-widths"
+task = "classification"
+epochs = 1
+batch_size = 16
+data = { dataset = "table", val_split = "val" }
+optimizer = { name = "adam", lr = 0.01 }
+
+[base.architecture]
+input_shape = [4]
+output_size = 2
+mlp = { hidden_sizes = [8] }
+
+[[parameters]]
+path = "optimizer.lr"
+range = { min = 0.001, max = 0.1, log_scale = true }
+
+[[parameters]]
+path = "optimizer.weight_decay"
+range = { min = 0.00001, max = 0.001, log_scale = true }
+"""
+
+WIDTHS = [60, 80, 100, 120]
+
+
+@pytest.fixture
+def sweep(client, table_dataset, tmp_path):
+    spec = tmp_path / "sweep.toml"
+    spec.write_text(SPEC)
+    sweep_id = client.training.submit_sweep(load_toml(spec)).sweep_id
+    while (found := client.training.sweep(sweep_id)).state == training_pb2.SWEEP_STATE_RUNNING:
+        time.sleep(0.2)
+    assert found.state == training_pb2.SWEEP_STATE_SUCCEEDED, found.error
+    return found
+
+
+def printed(daemon, width: int, *args: str) -> str:
+    screen = io.StringIO()
+    console = Console(file=screen, width=width, force_terminal=False, color_system=None)
+    assert main(["--target", daemon.target, *args], console=console) == 0
+    return screen.getvalue()
+
+
+def shown_whole(text: str, word: str) -> bool:
+    """The word stands in a cell on one line, between spaces or rules (a comma may follow)."""
+    return re.search(rf"(?<![^\s│]){re.escape(word)}(?![^\s│,])", text) is not None
+
+
+def assert_whole(text: str, words: Sequence[str]) -> None:
+    for word in words:
+        assert shown_whole(text, word), f"{word!r} is broken in:\n{text}"
+
+
+def has_column(text: str, column: str) -> bool:
+    return any(line.startswith("┃") and f" {column} " in line for line in text.splitlines())
+
+
+def left_out(text: str) -> str:
+    return "\n".join(line for line in text.splitlines() if "left out to fit the width" in line)
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_runs_leaderboard_keeps_params_whole(daemon, client, sweep, width):
+    runs = [r for r in client.training.runs("cli-widths")]
+    text = printed(daemon, width, "runs", "leaderboard", "cli-widths", "val_loss")
+    assert all(len(line) <= width for line in text.splitlines()), text
+    assert_whole(text, [r.run_id for r in runs] + [r.name for r in runs])
+    if width >= 80:
+        assert has_column(text, "params that differ") and not left_out(text)
+    if has_column(text, "params that differ"):
+        # In full where that fits, else by the path's last part with 4 significant digits.
+        for r in runs:
+            for path in ("optimizer.lr", "optimizer.weight_decay"):
+                full, short = (
+                    f"{path}={r.params[path]}",
+                    f"{path.split('.')[-1]}={short_value(r.params[path])}",
+                )
+                assert shown_whole(text, full) or shown_whole(text, short), f"{full} is broken in:\n{text}"
+    else:
+        assert "params that differ" in left_out(text)
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_runs_ls_keeps_metrics_at_80_columns(daemon, client, sweep, width):
+    runs = [r for r in client.training.runs("cli-widths")]
+    text = printed(daemon, width, "runs", "ls", "--experiment", "cli-widths")
+    assert all(len(line) <= width for line in text.splitlines()), text
+    assert_whole(text, [r.run_id for r in runs] + [r.name for r in runs])
+    if width >= 80:
+        assert has_column(text, "metrics (last values)")
+    if has_column(text, "metrics (last values)"):
+        assert_whole(text, [f"{m.key}={m.last:.4g}" for r in runs for m in r.metrics])
+    else:
+        assert "metrics (last values)" in left_out(text)
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("command", ["show", "leaderboard"])
+def test_sweeps_show_keeps_params_whole(daemon, sweep, width, command):
+    args = (
+        ["sweeps", "show", sweep.sweep_id]
+        if command == "show"
+        else ["sweeps", "show", sweep.sweep_id, "--follow"]
+    )
+    text = printed(daemon, width, *args)
+    if command == "show":  # the plot below a leaderboard is as wide as it is
+        assert all(len(line) <= width for line in text.splitlines()), text
+    assert_whole(text, [t.job_id for t in sweep.trials])
+    if width >= 80:
+        assert has_column(text, "params") and "params" not in left_out(text)
+    if has_column(text, "params"):
+        assert_whole(text, [word.rstrip(",") for t in sweep.trials for word in params_text(t.params).split()])
+    else:
+        assert "params" in left_out(text)
