@@ -3,6 +3,7 @@ non-zero exit with the daemon's message (never a traceback) on every failure."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -322,3 +323,13 @@ def test_synthetic_clips_need_time_to_tell_apart():
     assert x.shape == (32, 1, 4, 4, 4, 4) and set(np.unique(y)) <= {0, 1}
     # Summed over time, both classes light the same number of voxels: only motion separates them.
     assert np.isclose((x > 1.0).sum(axis=(1, 2, 3, 4, 5)).mean(), 4, atol=0.5)
+
+
+def test_models_show_prints_the_versions_tags(tessera_cli, client, model_file):
+    client.models.push("affine", model_file, description="scaled", tags={"team": "vision", "empty": ""})
+    shown = tessera_cli("models", "show", "affine")
+    assert shown.code == 0, shown.err
+    assert re.search(r"│ description +│ scaled +│\n│ tag empty +│ +│\n│ tag team +│ vision +│", shown.out), (
+        shown.out
+    )
+    assert tessera_cli("--json", "models", "show", "affine").json()["tags"] == {"team": "vision", "empty": ""}

@@ -131,3 +131,29 @@ def test_rm_refuses_what_a_lineage_holds_until_forced(tessera_cli, client, daemo
     forced = tessera_cli("datasets", "rm", "frames:1", "--force")
     assert forced.code == 0 and "deleted frames:1" in forced.out
     assert "--force" in help_text("datasets", "rm")
+
+
+def test_show_prints_the_versions_description_and_tags(tessera_cli, npy_file):
+    pushed = tessera_cli(
+        "datasets",
+        "push",
+        "frames",
+        str(npy_file),
+        "--description",
+        "hall camera",
+        "--tag",
+        "source=cam=2",
+        "--tag",
+        "empty=",
+    )
+    assert pushed.code == 0, pushed.err
+    assert "description: hall camera\ntags: empty=, source=cam=2\n" in pushed.out
+    shown = tessera_cli("datasets", "show", "frames:1")
+    assert shown.code == 0, shown.err
+    assert "description: hall camera\ntags: empty=, source=cam=2\n" in shown.out
+    untagged = tessera_cli("datasets", "push", "plain", str(npy_file))
+    assert "description" not in untagged.out and "tags" not in untagged.out
+    assert tessera_cli("--json", "datasets", "show", "frames").json()["tags"] == {
+        "source": "cam=2",
+        "empty": "",
+    }

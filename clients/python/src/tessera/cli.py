@@ -423,6 +423,7 @@ def version_rows(version: registry_pb2.ModelVersion) -> list[tuple[str, Any]]:
     ]
     if version.description:
         rows.append(("description", version.description))
+    rows += [(f"tag {k}", v) for k, v in sorted(version.tags.items())]
     for spec in version.signature.inputs:
         rows.append((f"input {spec.name}", shape(spec.shape)))
     for spec in version.signature.outputs:
@@ -931,6 +932,10 @@ def print_dataset_version(version: Any, out: Output) -> None:
     )
     if version.splits:
         out.line("splits: " + ", ".join(f"{s.name} {s.count}" for s in version.splits))
+    if version.description:
+        out.line(f"description: {version.description}")
+    if version.tags:
+        out.line("tags: " + ", ".join(f"{k}={v}" for k, v in sorted(version.tags.items())))
 
 
 def cmd_train(client: Client, args: argparse.Namespace, out: Output) -> None:
