@@ -15,6 +15,7 @@ from tessera.cli import main
 from tessera.messages import load_toml
 from tessera.sweep_commands import params_text, short_value
 from tessera.v1 import training_pb2
+from tests.integration.sdk.affine import affine_onnx
 
 SPEC = """\
 strategy = "random"
@@ -137,3 +138,32 @@ def test_sweeps_show_keeps_params_whole(daemon, sweep, width, command):
         assert_whole(text, [word.rstrip(",") for t in sweep.trials for word in params_text(t.params).split()])
     else:
         assert "params" in left_out(text)
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_listings_keep_names_tags_and_headers_whole(daemon, client, sweep, tmp_path, width):
+    model = affine_onnx(tmp_path / "affine.onnx")
+    client.models.push("affine-classifier-production", model, alias="production")
+    client.models.push("affine-classifier-production", model, alias="staging", description="a second try")
+    client.training.update_experiment(
+        "cli-widths", description="lr and weight decay search", set_tags={"purpose": "width-checks"}
+    )
+    models = printed(daemon, width, "models", "ls")
+    if has_column(models, "aliases"):
+        assert_whole(models, ["production=1", "staging=2"])
+    experiments = printed(daemon, width, "experiments", "ls")
+    if has_column(experiments, "tags"):
+        assert_whole(experiments, ["purpose=width-checks"])
+    versions = printed(daemon, width, "models", "versions", "affine-classifier-production")
+    assert has_column(versions, "aliases") and has_column(versions, "created")
+    assert_whole(versions, ["production", "staging,"])
+    jobs = printed(daemon, width, "jobs", "ls")
+    assert_whole(jobs, [t.job_id for t in sweep.trials] + ["succeeded"])
+    if width >= 80:
+        assert has_column(models, "aliases") and has_column(experiments, "tags")
+        assert has_column(jobs, "train_loss")
+    sweeps = printed(daemon, width, "sweeps", "ls")
+    if has_column(sweeps, "best"):
+        assert_whole(sweeps, [f"{sweep.best_job_id})"])
+    for text in (models, experiments, versions, jobs, sweeps):
+        assert all(len(line) <= width for line in text.splitlines()), text

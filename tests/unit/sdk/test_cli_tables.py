@@ -53,3 +53,27 @@ def test_cells_are_text_not_markup():
     out.table("versions", ["version", "description"], [(1, "[beta] model [/]")], whole=("version",))
     out.pairs("v1", [("description", "[bold]not bold[/bold]")])
     assert "[beta] model [/]" in screen.getvalue() and "[bold]not bold[/bold]" in screen.getvalue()
+
+
+def test_unbroken_columns_and_headers_keep_their_words_at_every_width():
+    """rich narrows the widest wrapping column below its narrowest and widens it back past
+    the console: the widths are set so that neither a word nor the table's width breaks."""
+    params = "optimizer.lr=0.0123, optimizer.weight_decay=0.00012, batch_size=32"
+    for width in range(72, 140, 5):  # from the narrowest that holds id, state and params
+        screen = io.StringIO()
+        out = Output(as_json=False, console=Console(file=screen, width=width, color_system=None))
+        out.table(
+            "runs",
+            ["id", "state", "params", "description", "created"],
+            [(JOB_ID, "succeeded", params, "a long free-text description of the run", "2026-12-03 22:20:23")],
+            whole=("id",),
+            unbroken=("params",),
+        )
+        text = screen.getvalue()
+        assert all(len(line) <= width for line in text.splitlines()), text
+        header = next(line for line in text.splitlines() if line.startswith("┃"))
+        assert " state " in header and " params " in header, text
+        for word in params.split():
+            assert word in text, text
+        if " description " in header:
+            assert "succeeded" in text, text

@@ -402,6 +402,7 @@ def cmd_models_ls(client: Client, args: argparse.Namespace, out: Output) -> None
             for m in models
         ],
         whole=("name", "latest"),
+        unbroken=("aliases",),
     )
 
 
@@ -472,6 +473,7 @@ def cmd_models_versions(client: Client, args: argparse.Namespace, out: Output) -
             for v in versions
         ],
         whole=("version",),
+        unbroken=("aliases",),
     )
 
 
@@ -790,6 +792,7 @@ def cmd_datasets_versions(client: Client, args: argparse.Namespace, out: Output)
             for v in versions
         ],
         whole=("version",),
+        unbroken=("arrays", "splits"),
     )
 
 
@@ -979,6 +982,7 @@ def cmd_jobs_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
             for j in jobs
         ],
         whole=("id",),
+        leave_out_first=("created", "epoch"),
     )
 
 
@@ -1268,6 +1272,7 @@ def cmd_experiments_ls(client: Client, args: argparse.Namespace, out: Output) ->
             for e in experiments
         ],
         whole=("name",),
+        unbroken=("tags",),
     )
 
 

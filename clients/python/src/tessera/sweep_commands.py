@@ -252,6 +252,7 @@ def cmd_sweeps_ls(client: Client, args: argparse.Namespace, out: Output) -> None
             for s in sweeps
         ],
         whole=("id",),
+        unbroken=("best",),
     )
 
 

@@ -67,27 +67,58 @@ def fitted_table(
     notes = [caption] if caption else []
     if left_out:
         notes.append(f"left out to fit the width: {', '.join(left_out)} (--json has all)")
-    natural = [
-        max(cell_len(line) for text in [headers[i], *(row[i] for row in cells)] for line in text.split("\n"))
-        for i in shown
-    ]
-    # rich narrows the widest wrapping columns first, below their min_width, then widens them
-    # back to it, past the console's width: an unbroken column that must narrow gets its
-    # narrowest width fixed instead, so that rich narrows the others.
-    squeezed = _table_width(natural) > width
     table = Table(title=title, caption="\n".join(notes) or None)
-    for i in shown:
+    fixed = _wrapping_widths(
+        width,
+        [headers[i] for i in shown],
+        [[row[i] for i in shown] for row in cells],
+        [widths[i] for i in shown],
+        [columns[i] not in whole for i in shown],
+    )
+    for i, column_width in zip(shown, fixed, strict=True):
         if columns[i] in whole:
             table.add_column(headers[i], no_wrap=True, min_width=widths[i])
-        elif columns[i] in unbroken and squeezed:
-            table.add_column(headers[i], width=widths[i])
-        elif columns[i] in unbroken:
-            table.add_column(headers[i], min_width=widths[i])
+        elif column_width is not None:
+            table.add_column(headers[i], overflow="fold", width=column_width)
         else:
-            table.add_column(headers[i], overflow="fold")
+            table.add_column(headers[i], overflow="fold", min_width=widths[i])
     for row in cells:
         table.add_row(*(Text(row[i]) for i in shown))
     return FittedTable(table, max(width, _table_width([widths[i] for i in shown])), left_out)
+
+
+def _wrapping_widths(
+    width: int,
+    headers: Sequence[str],
+    cells: Sequence[Sequence[str]],
+    narrowest: Sequence[int],
+    wrapping: Sequence[bool],
+) -> list[int | None]:
+    """The width of each wrapping column of a table that does not fit `width` unwrapped: its
+    longest word while that fits (from the left), else its narrowest; then a share of what is left
+    by how much wider it would be unwrapped. None for each column when the table fits: rich
+    then sizes them. rich's own narrowing would take the widest wrapping columns below their
+    narrowest (breaking a word, or a header's word) and then widen them back past the
+    console's width."""
+    texts = [[header, *(row[k] for row in cells)] for k, header in enumerate(headers)]
+    natural = [max(cell_len(line) for text in column for line in text.split("\n")) for column in texts]
+    if _table_width(natural) <= width:
+        return [None] * len(headers)
+    words = [
+        max(cell_len(word) for text in column for word in text.split()) if column else 0 for column in texts
+    ]
+    base = list(narrowest)
+    for k in range(len(headers)):
+        whole_words = max(narrowest[k], min(words[k], natural[k])) if wrapping[k] else narrowest[k]
+        if _table_width([*base[:k], whole_words, *base[k + 1 :]]) <= width:
+            base[k] = whole_words
+    spare = max(0, width - _table_width(base))
+    wants = [max(0, natural[k] - base[k]) if wrapping[k] else 0 for k in range(len(headers))]
+    total = sum(wants)
+    return [
+        base[k] + (spare * wants[k] // total if total else 0) if wrapping[k] else None
+        for k in range(len(headers))
+    ]
 
 
 def _column_width(header: str, cells: Sequence[str], whole: bool, unbroken: bool) -> int:
