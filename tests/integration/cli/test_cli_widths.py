@@ -167,3 +167,11 @@ def test_listings_keep_names_tags_and_headers_whole(daemon, client, sweep, tmp_p
         assert_whole(sweeps, [f"{sweep.best_job_id})"])
     for text in (models, experiments, versions, jobs, sweeps):
         assert all(len(line) <= width for line in text.splitlines()), text
+
+
+def test_the_columns_variable_sets_the_width(daemon, client, sweep, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["--target", daemon.target, "runs", "leaderboard", "cli-widths", "val_loss"]) == 0
+    text = capsys.readouterr().out
+    assert all(len(line) <= 80 for line in text.splitlines()), text
+    assert has_column(text, "params that differ") and not left_out(text)
