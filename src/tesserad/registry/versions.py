@@ -781,14 +781,19 @@ class Versions:
         validate_name("model", model)
         with self._store.write() as txn:
             record = version_record(txn, model, version)
-            users = [f"alias {a!r}" for a in record.aliases if a != LATEST]
+            aliases = [a for a in record.aliases if a != LATEST]
+            users = [f"alias {a!r}" for a in aliases]
+            remedies = ["move the aliases to another version (SetAlias) or drop them (DeleteAlias)"]
             deployment = current_deployment(txn, model)
             if deployment is not None and version in deployment_versions(txn, deployment):
                 users.append(f"deployment revision {deployment.revision}")
+                # A route may follow `latest`, which moves to this version's predecessor only
+                # once it is gone: the deployment must name other versions first.
+                remedies.append("deploy routes that do not serve it (Deploy, or Rollback)")
             if users:
                 raise FailedPrecondition(
-                    f"version {version} of model {model!r} is in use by {', '.join(users)}; "
-                    "move those to another version first"
+                    f"version {version} of model {model!r} is in use by {', '.join(users)}; first "
+                    + " and ".join(remedies[0 if aliases else 1 :])
                 )
             check_not_fine_tuned_from(txn, record)
             check_no_ensemble_uses_version(txn, Member(model, version))

@@ -90,6 +90,14 @@ def test_sdk_runs_take_mlflows_filter_and_order_strings(client):
         training.runs("search", order_by="metrics.val_acc ASC", descending=True)
     with pytest.raises(ValueError, match="names the summary field: leave out order_field="):
         training.runs("search", order_by="metrics.val_acc.min", order_field="max")
+    with pytest.raises(
+        ValueError, match=r"descending= applies to the metric order_by names: give order_by too"
+    ):
+        training.runs("search", descending=True)
+    with pytest.raises(
+        ValueError, match=r"order_field= applies to the metric order_by names: give order_by too"
+    ):
+        training.runs("search", order_field="min")
     with pytest.raises(ValueError, match="ListRuns orders by one metric, 2 orders given"):
         training.runs("search", order_by=["metrics.val_acc DESC", "metrics.val_loss ASC"])
     with pytest.raises(RunFilterError, match="OR is not supported") as refused:

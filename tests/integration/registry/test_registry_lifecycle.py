@@ -74,7 +74,8 @@ def test_versions_list_newest_first_and_delete_guards(stub, weights, data_dir):
     error = rpc_error(stub.DeleteVersion, R.DeleteVersionRequest(model="mlp", version=1))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert error.details() == (
-        "version 1 of model 'mlp' is in use by alias 'production'; move those to another version first"
+        "version 1 of model 'mlp' is in use by alias 'production'; first move the aliases to another "
+        "version (SetAlias) or drop them (DeleteAlias)"
     )
     error = rpc_error(stub.DeleteModel, R.DeleteModelRequest(name="mlp"))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -231,8 +232,10 @@ def test_deployments_rollback_and_guards(stub, weights):
     )
     assert second.revision == 2 and second.shadow.percent == 100 and second.shadow.resolved_version == 2
     in_use = rpc_error(stub.DeleteVersion, R.DeleteVersionRequest(model="mlp", version=2))
-    assert (
-        in_use.code() == grpc.StatusCode.FAILED_PRECONDITION and "deployment revision 2" in in_use.details()
+    assert in_use.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert in_use.details() == (
+        "version 2 of model 'mlp' is in use by deployment revision 2; first deploy routes that do not "
+        "serve it (Deploy, or Rollback)"
     )
     alias_in_use = rpc_error(stub.DeleteAlias, R.DeleteAliasRequest(model="mlp", alias="production"))
     assert alias_in_use.code() == grpc.StatusCode.FAILED_PRECONDITION

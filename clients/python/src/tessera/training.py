@@ -89,14 +89,17 @@ def _run_order(
     order_by: str | Sequence[str], descending: bool | None, order_field: str | int | None
 ) -> pb.RunOrder | None:
     """ListRuns' order from a metric's name or MLflow's order string, and the direction and
-    summary field given beside it (which apply to no order without order_by); ValueError where
-    both say the same thing."""
+    summary field given beside it; ValueError where both say the same thing, or where either is
+    given without an order to apply to."""
     orders = [order_by] if isinstance(order_by, str) else list(order_by)
     if len(orders) == 1 and not is_order_string(orders[0]):
         parsed = RunOrderBy(orders[0], pb.SUMMARY_FIELD_UNSPECIFIED, None) if orders[0] else None
     else:
         parsed = parse_orders(orders)
     if parsed is None:
+        for name, value in (("descending", descending), ("order_field", order_field)):
+            if value is not None:
+                raise ValueError(f"{name}= applies to the metric order_by names: give order_by too")
         return None
     if parsed.descending is not None and descending is not None:
         raise ValueError(f"order_by {orders[0]!r} gives its direction: leave out descending=")
@@ -641,7 +644,7 @@ class Training(Part[C]):
         '0.01'" (see tessera.run_filter), in place of the structured argument of each kind it
         uses. `order_by` names a metric ("val_loss") or is MLflow's "metrics.val_loss ASC" (a
         list of one too); `order_field` "last" (default), "min" or "max"; `descending` None: the
-        metric's own direction, e.g. lowest loss first. `view` "deleted_only" or "all" shows
+        metric's own direction, e.g. lowest loss first (both need order_by). `view` "deleted_only" or "all" shows
         deleted runs. A filter or order that cannot be read raises RunFilterError (a ValueError)
         naming the column."""
         request = pb.ListRunsRequest(
