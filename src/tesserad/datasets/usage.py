@@ -19,11 +19,10 @@ older daemon may have added or deleted versions without them: tesserad.store.sch
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tesserad.store import Key, ReadTxn, Store, WriteTxn, decode_record, encode_record
+from tesserad.store import Key, ReadTxn, Store, WriteTxn, decode_record, each_row_once, encode_record
 
 log = logging.getLogger(__name__)
 
@@ -141,26 +140,14 @@ def remove_version(txn: WriteTxn, name: str, sha256: str, size: int, newest: int
 def index_usage(store: Store, versions_table: str, read_content: ReadContent) -> int:
     """Build the tables from every row of `versions_table` (keyed (name, version)), once (see
     the module's doc); how many versions were counted."""
-    with store.read() as txn:
-        if txn.exists("meta", USAGE_INDEXED):
-            return 0
-    counted = 0
-    after: Key | None = None
-    while True:
-        with store.write() as txn:
-            if after is None:
-                # Whole: an older daemon may have added or deleted versions without these rows.
-                for table in TABLES:
-                    txn.clear(table)
-            rows = list(txn.scan(versions_table, after=after, limit=_INDEX_BATCH))
-            for key, raw in rows:
-                sha256, size = read_content(raw)
-                add_version(txn, str(key[0]), int(key[1]), sha256, size)
-            counted += len(rows)
-            if not rows:
-                txn.put("meta", USAGE_INDEXED, encode_record(USAGE_INDEXED[0], 1, {"at": time.time()}))
-                break
-        after = rows[-1][0]
+
+    def count(txn: WriteTxn, key: Key, raw: bytes) -> bool:
+        sha256, size = read_content(raw)
+        add_version(txn, str(key[0]), int(key[1]), sha256, size)
+        return True
+
+    # TABLES whole: an older daemon may have added or deleted versions without these rows.
+    counted = each_row_once(store, versions_table, USAGE_INDEXED, count, batch=_INDEX_BATCH, rebuilt=TABLES)
     if counted:
         log.info("indexed the quota usage of dataset versions", extra={"versions": counted})
     return counted

@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 
 from tesserad.errors import TesseraError
@@ -37,7 +36,7 @@ from tesserad.registry.tables import (
     newest_stored_version,
     put_model_data,
 )
-from tesserad.store import BlobStore, Key, ReadTxn, Store, WriteTxn, decode_record, encode_record
+from tesserad.store import BlobStore, Key, ReadTxn, Store, WriteTxn, decode_record, each_row_once
 
 log = logging.getLogger(__name__)
 
@@ -87,26 +86,15 @@ def _each_version_once(
     visit: Callable[[WriteTxn, VersionRecord], bool],
     rebuilt: tuple[str, ...] = (),
 ) -> int:
-    """Call `visit` on every stored version, in write transactions of _INDEX_BATCH versions each,
-    unless `marker` is in "meta"; the last transaction writes it. `rebuilt`: index tables the
-    visits write whole, emptied first (an older daemon may have left rows of versions it
-    deleted). Returns how many visits returned True (changed something)."""
-    with store.read() as txn:
-        if txn.exists("meta", marker):
-            return 0
-    changed = 0
-    after: Key | None = None
-    while True:
-        with store.write() as txn:
-            if after is None:
-                for table in rebuilt:
-                    txn.clear(table)
-            rows = list(txn.scan(VERSIONS, after=after, limit=_INDEX_BATCH))
-            changed += sum(visit(txn, decode_version(raw)) for _key, raw in rows)
-            if not rows:
-                txn.put("meta", marker, encode_record(marker[0], 1, {"at": time.time()}))
-                return changed
-        after = rows[-1][0]
+    """`each_row_once` over the stored versions, each decoded for `visit`."""
+    return each_row_once(
+        store,
+        VERSIONS,
+        marker,
+        lambda txn, _key, raw: visit(txn, decode_version(raw)),
+        batch=_INDEX_BATCH,
+        rebuilt=rebuilt,
+    )
 
 
 def backfill_ensemble_members(store: Store, blobs: BlobStore) -> int:

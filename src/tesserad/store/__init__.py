@@ -4,6 +4,7 @@ from tesserad.store.blobs import BlobRef, BlobStore, BlobWriter, check_sha256, c
 from tesserad.store.database import ReadTxn, Store, StoreUsage, WriteTxn
 from tesserad.store.keys import Key, pack, pack_int, prefix_range, trailing_int, unpack
 from tesserad.store.lockfile import DataDirLock
+from tesserad.store.passes import each_row_once
 from tesserad.store.records import decode_metric_point, decode_record, encode_metric_point, encode_record
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "checked_digest",
     "decode_metric_point",
     "decode_record",
+    "each_row_once",
     "encode_metric_point",
     "encode_record",
     "pack",
