@@ -1,4 +1,5 @@
-"""Dataset calls as the stored versions grow: one upload, one delete, GetDataset, ListDatasets.
+"""Dataset calls as the stored versions grow: one upload, one delete, GetDataset, ListDatasets,
+and the delete of a whole dataset.
 
 At each size (--sizes stored versions, spread evenly over --datasets datasets, each version
 its own small npz, so that every version counts towards the quota) a store is built in this
@@ -8,6 +9,8 @@ put, the header's quota check and `register`, as UploadDataset does them), the d
 version it added (so that the size stays put), GetDataset of the first dataset and the first
 page of ListDatasets. Each figure is the median of the repeats, wall time beside this process's
 CPU time; the answers go beside them so that runs before and after a change can be compared.
+Last, the first dataset is deleted whole (DeleteDataset without a version), once: it holds
+--sizes / --datasets versions (--datasets 1 puts them all in it).
 
 The versions are written as `register` writes them (version record, blob holder, next number,
 the dataset's record; no splits), 500 to a transaction, with the blobs put 500 at a time:
@@ -151,6 +154,7 @@ def measure(versions: int, datasets: int, repeats: int) -> dict[str, Any]:
                 delete_times.append(timed(delete, 1)[0])
             got, dataset = timed(lambda: service.get_dataset(first), repeats)
             listed, page = timed(lambda: service.list_datasets(), repeats)
+            deleted_whole, deleted_versions = timed(lambda: service.delete(first), 1)
             return {
                 "versions": versions,
                 "datasets": datasets,
@@ -160,18 +164,20 @@ def measure(versions: int, datasets: int, repeats: int) -> dict[str, Any]:
                 "delete_version": {k: median(t[k] for t in delete_times) for k in ("wall_s", "cpu_s")},
                 "get_dataset": got,
                 "list_datasets": listed,
+                "delete_dataset": deleted_whole,
                 "answers": {
                     "get_dataset": [dataset.latest_version, dataset.version_count, dataset.size_bytes],
                     "list_datasets": [
                         [d.name, d.latest_version, d.version_count, d.size_bytes] for d in page.items
                     ],
+                    "delete_dataset": deleted_versions,
                 },
             }
         finally:
             store.close()
 
 
-_TIMED = ("open", "upload", "delete_version", "get_dataset", "list_datasets")
+_TIMED = ("open", "upload", "delete_version", "get_dataset", "list_datasets", "delete_dataset")
 
 
 def ratios(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
@@ -191,6 +197,7 @@ def ratios(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]
                         for k in ("wall_s", "cpu_s")
                     }
                     for call in _TIMED
+                    if call in earlier
                 },
                 "same_answers": earlier["answers"] == result["answers"],
             }

@@ -120,6 +120,21 @@ def release_dataset_version(txn: WriteTxn, name: str, version: int) -> None:
         release_dataset(txn, name, version, str(key[2]))
 
 
+def release_whole_dataset(txn: WriteTxn, name: str, contents: list[str]) -> None:
+    """For a dataset deleted whole: drop every hold on its versions, and their holds on their
+    files (`contents`: the sha256s they hold), from the holder rows alone."""
+    for key, _ in list(txn.scan(DATASET_HOLDERS, (name,))):
+        release_dataset(txn, name, int(key[1]), str(key[2]))
+    # Names never hold ':', so exactly this dataset's versions are named by holders with this
+    # prefix, which sort together among a file's holders.
+    prefix = f"{DATASET_HOLDER_PREFIX}{name}:"
+    for sha256 in contents:
+        for key, _ in list(txn.scan(BLOB_HOLDERS, (sha256,), start=(sha256, prefix))):
+            if not str(key[1]).startswith(prefix):
+                break
+            release_blob(txn, sha256, str(key[1]))
+
+
 def index_dataset_holds(store: Store) -> int:
     """Write the by-holder rows of the holds anew, for holds stored by a daemon older than
     `dataset_holds`, once (a marker in "meta" then makes a start cost one read); returns how many

@@ -15,7 +15,8 @@ Guarantees:
   (limits.max_dataset_size) bounds the file and what its compressed arrays unpack to. What
   the quota counts, and each dataset's summary (newest version, count, size), are kept in the
   transactions that add and delete versions (tesserad.datasets.usage), so that neither an
-  upload nor GetDataset or ListDatasets reads every version.
+  upload nor GetDataset or ListDatasets reads every version; deleting a dataset whole reads
+  none (its keys, the index and the holder rows say what to delete and release).
 - `open_arrays` memory-maps arrays from the verified blob (no copy) where they are stored
   uncompressed; `split_indices` returns sorted int64 sample indices.
 """
@@ -46,6 +47,7 @@ from tesserad.datasets.references import (
     index_dataset_holds,
     release_blob,
     release_dataset_version,
+    release_whole_dataset,
 )
 from tesserad.datasets.splits import SplitSpec, compute_splits, validate_split_spec
 from tesserad.datasets.usage import (
@@ -53,6 +55,7 @@ from tesserad.datasets.usage import (
     add_version,
     content_stored,
     index_usage,
+    remove_dataset,
     remove_version,
     summary,
     used_bytes,
@@ -530,23 +533,34 @@ class Datasets:
         if version < 0:
             raise InvalidArgument(f"version must be >= 1 (0: the dataset with every version), got {version}")
         with self._store.write() as txn:
-            if version:
-                targets = [self._resolve(txn, name, version)]
+            if not version:
+                deleted, freed = self._delete_dataset(txn, name, force)
             else:
-                if not txn.exists(DATASETS, (name,)):
-                    raise _missing(txn, name)
-                targets = [_decode_version(raw) for _, raw in txn.scan(VERSIONS, (name,))]
-            holders = [h for t in targets for h in dataset_holders(txn, name, t.version)]
-            if holders and not force:
-                raise FailedPrecondition(_in_use(name, holders))
-            freed = set()
-            for record in targets:
+                record = self._resolve(txn, name, version)
+                holders = dataset_holders(txn, name, version)
+                if holders and not force:
+                    raise FailedPrecondition(_in_use(name, holders))
                 self._delete_rows(txn, record)
-                freed.add(record.sha256)
-            if not any(True for _ in txn.scan(VERSIONS, (name,), limit=1)):
-                txn.delete(DATASETS, (name,))
-        delete_unheld_blobs(self._store, self._blobs, freed)
-        return len(targets)
+                deleted, freed = 1, [record.sha256]
+                if not any(True for _ in txn.scan(VERSIONS, (name,), limit=1)):
+                    txn.delete(DATASETS, (name,))
+        delete_unheld_blobs(self._store, self._blobs, set(freed))
+        return deleted
+
+    def _delete_dataset(self, txn: WriteTxn, name: str, force: bool) -> tuple[int, list[str]]:
+        """Delete every version of `name` from the keys and the indexes (tesserad.datasets.usage,
+        the holder rows), reading no version record; (versions deleted, the files they held)."""
+        if not txn.exists(DATASETS, (name,)):
+            raise _missing(txn, name)
+        holders = dataset_holders(txn, name)
+        if holders and not force:
+            raise FailedPrecondition(_in_use(name, holders))
+        contents = remove_dataset(txn, name)
+        release_whole_dataset(txn, name, contents)
+        deleted = txn.delete_range(VERSIONS, (name,))
+        txn.delete_range(SPLITS, (name,))
+        txn.delete(DATASETS, (name,))
+        return deleted, contents
 
     def _delete_rows(self, txn: WriteTxn, record: DatasetVersionRecord) -> None:
         txn.delete(VERSIONS, (record.name, record.version))

@@ -1,8 +1,9 @@
 """What datasets take of the quota, and each dataset's summary, kept as versions come and go.
 
 Every transaction that adds or deletes a dataset version calls `add_version` or
-`remove_version` in it, so that an upload's quota check, GetDataset and ListDatasets read a
-few rows whatever the number of versions stored:
+`remove_version` in it (`remove_dataset` for all of a dataset's versions at once, which also
+says what files they held), so that an upload's quota check, GetDataset and ListDatasets read
+a few rows whatever the number of versions stored, and deleting a dataset reads none of them:
 
 - `dataset_summaries` (name,): the dataset's newest version, its number of versions and the
   bytes of its distinct contents (a file that several of its versions hold counted once).
@@ -118,13 +119,7 @@ def remove_version(txn: WriteTxn, name: str, sha256: str, size: int, newest: int
         _write(txn, CONTENTS, (name, sha256), _CONTENT_KIND, {"versions": versions - 1})
     else:
         txn.delete(CONTENTS, (name, sha256))
-        shared = _read(txn, USAGE, ("content", sha256), _USAGE_KIND)
-        if shared is None or shared["datasets"] <= 1:
-            txn.delete(USAGE, ("content", sha256))
-            _add_to_total(txn, -size)
-        else:
-            data = {"datasets": shared["datasets"] - 1, "size_bytes": shared["size_bytes"]}
-            _write(txn, USAGE, ("content", sha256), _USAGE_KIND, data)
+        _uncount_holder(txn, sha256)
     current = summary(txn, name)
     if current.version_count <= 1:
         txn.delete(SUMMARIES, (name,))
@@ -135,6 +130,31 @@ def remove_version(txn: WriteTxn, name: str, sha256: str, size: int, newest: int
         "size_bytes": current.size_bytes - (size if last_of_content else 0),
     }
     _write(txn, SUMMARIES, (name,), _SUMMARY_KIND, data)
+
+
+def remove_dataset(txn: WriteTxn, name: str) -> list[str]:
+    """Uncount every version of a dataset deleted whole in this transaction, from the index's
+    rows alone (no version record is read); the sha256s of the contents its versions held."""
+    contents = [str(key[1]) for key, _ in txn.scan(CONTENTS, (name,))]
+    for sha256 in contents:
+        txn.delete(CONTENTS, (name, sha256))
+        _uncount_holder(txn, sha256)
+    txn.delete(SUMMARIES, (name,))
+    return contents
+
+
+def _uncount_holder(txn: WriteTxn, sha256: str) -> None:
+    """A dataset no longer holds the content `sha256`; the quota stops counting it once no
+    dataset does."""
+    shared = _read(txn, USAGE, ("content", sha256), _USAGE_KIND)
+    if shared is None:
+        return
+    if shared["datasets"] <= 1:
+        txn.delete(USAGE, ("content", sha256))
+        _add_to_total(txn, -shared["size_bytes"])
+    else:
+        data = {"datasets": shared["datasets"] - 1, "size_bytes": shared["size_bytes"]}
+        _write(txn, USAGE, ("content", sha256), _USAGE_KIND, data)
 
 
 def index_usage(store: Store, versions_table: str, read_content: ReadContent) -> int:

@@ -1,7 +1,8 @@
 """The quota's usage and each dataset's summary are kept in the transactions that add and delete
 versions (tesserad.datasets.usage): after uploads, deletes, force-deletes and refused calls
 they equal a recount of the stored versions, and a store whose index an older daemon may have
-left stale gets it rebuilt at the next start."""
+left stale gets it rebuilt at the next start. A dataset deleted whole goes by its index and its
+holder rows, no version record read."""
 
 from __future__ import annotations
 
@@ -12,14 +13,15 @@ import numpy as np
 import pytest
 
 from tessera.v1 import datasets_pb2, datasets_pb2_grpc, registry_pb2, registry_pb2_grpc
-from tesserad.datasets.service import VERSIONS
+from tesserad.datasets.references import BLOB_HOLDERS
+from tesserad.datasets.service import SPLITS, VERSIONS
 from tesserad.datasets.usage import SUMMARIES, USAGE, USAGE_INDEXED
 from tesserad.server import STORE_TABLES
 from tesserad.store import Store, decode_record, encode_record
 from tesserad.store.schema import SCHEMA_KEY, recorded_schema
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.datasets.conftest import npz_bytes, upload_dataset
-from tests.integration.registry.conftest import onnx_header, onnx_identity, rpc_error, upload
+from tests.integration.registry.conftest import onnx_header, onnx_identity, rpc_error, stored_blobs, upload
 from tests.unit.datasets.test_usage import index_rows, recount
 
 D = datasets_pb2
@@ -110,6 +112,49 @@ def test_the_quota_counts_a_file_again_once_its_last_version_is_deleted(tmp_path
     finally:
         daemon.stop()
     _assert_index_is_a_recount(tmp_path / "data")
+
+
+def test_a_dataset_is_deleted_whole_from_its_index_without_reading_its_versions(data_dir: Path) -> None:
+    own, shared = npz_bytes(10), npz_bytes(11)
+    daemon = InProcessDaemon(daemon_settings(data_dir)).start()
+    try:
+        ds = datasets_pb2_grpc.DatasetsStub(daemon.channel())
+        upload_dataset(ds, "a", own)
+        upload_dataset(
+            ds,
+            "a",
+            shared,
+            splits=D.SplitSpec(indices=D.IndexSplit(splits=[D.SplitIndices(name="train", indices=[0, 1])])),
+        )
+        kept = upload_dataset(ds, "b", shared)
+        upload_dataset(ds, "a", own, description="again")
+    finally:
+        daemon.stop()
+    # A version record no daemon can read: a delete that decoded the versions would fail.
+    store = _open(data_dir)
+    try:
+        with store.write() as txn:
+            txn.put(VERSIONS, ("a", 1), b"damaged")
+    finally:
+        store.close()
+    daemon = InProcessDaemon(daemon_settings(data_dir)).start()
+    try:
+        ds = datasets_pb2_grpc.DatasetsStub(daemon.channel())
+        assert ds.DeleteDataset(D.DeleteDatasetRequest(name="a")).deleted_versions == 3
+        assert _summary(ds, "b") == (1, 1, len(shared))
+        assert rpc_error(ds.GetDataset, D.GetDatasetRequest(name="a")).code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        daemon.stop()
+    # The file only dataset a held is gone; the one b holds stays, held by b alone.
+    assert stored_blobs(data_dir) == [f"sha256/{kept.sha256[:2]}/{kept.sha256[2:]}"]
+    _assert_index_is_a_recount(data_dir)
+    store = _open(data_dir)
+    try:
+        with store.read() as txn:
+            assert [key for key, _ in txn.scan(BLOB_HOLDERS)] == [(kept.sha256, "dataset:b:1")]
+            assert [key for key, _ in txn.scan(SPLITS, ("a",))] == []
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize("older", ["the marker was removed", "an older tesserad wrote the store"])

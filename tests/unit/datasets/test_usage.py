@@ -1,6 +1,6 @@
 """The datasets' usage index (tesserad.datasets.usage) against a recount of the versions it counts,
-after every step of seeded random sequences of adds and deletes that share contents across
-versions and datasets."""
+after every step of seeded random sequences of adds, deletes and deletes of whole datasets that
+share contents across versions and datasets."""
 
 from __future__ import annotations
 
@@ -66,7 +66,13 @@ def test_the_index_equals_a_recount_after_each_add_and_delete(store: Store, seed
     stored: dict[tuple[str, int], str] = {}
     next_number = {name: 1 for name in ("a", "b", "c")}
     for _ in range(300):
-        if stored and rng.random() < 0.4:
+        if stored and rng.random() < 0.03:
+            name = rng.choice(sorted({n for n, _ in stored}))
+            held = {s for (n, _), s in stored.items() if n == name}
+            stored = {key: s for key, s in stored.items() if key[0] != name}
+            with store.write() as txn:
+                assert sorted(usage.remove_dataset(txn, name)) == sorted(held)
+        elif stored and rng.random() < 0.4:
             name, version = rng.choice(sorted(stored))
             sha256 = stored.pop((name, version))
             newest = max((v for n, v in stored if n == name), default=0)
