@@ -2,10 +2,10 @@
 
 `Datasets` is the entry point (see tesserad.datasets.service for its guarantees);
 `open_arrays(path, format, array_name)` opens a dataset file from its path alone, for
-training worker processes.
+training worker processes, once `check_npz_directory` passed it.
 """
 
-from tesserad.datasets.arrays import ArrayInfo, ArrayStats, open_arrays
+from tesserad.datasets.arrays import ArrayInfo, ArrayStats, check_npz_directory, open_arrays
 from tesserad.datasets.references import TABLES as REFERENCE_TABLES
 from tesserad.datasets.service import (
     MARKERS,
@@ -36,5 +36,6 @@ __all__ = [
     "SplitInfo",
     "SplitSpec",
     "UploadSpec",
+    "check_npz_directory",
     "open_arrays",
 ]

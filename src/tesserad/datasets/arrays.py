@@ -214,20 +214,31 @@ def _too_many_members(count: int, most: int) -> str:
     )
 
 
-def _npz_members(path: Path, most: int | None) -> list[_Member]:
-    """`most`: how many members an upload's archive may have (None: as many as a stored one has)."""
-    if most is not None:
-        with path.open("rb") as file:
-            _check_zip_directory(zip_directory(file), most)
+def check_npz_directory(path: Path, format: str) -> None:
+    """An npz's end records against the MAX_ARRAYS arrays a dataset may have, before zipfile
+    parses its directory (a ZipInfo object per entry, so many that a crafted archive takes more
+    memory than the machine has): every upload's file passes it, and a stored file passes it
+    again before a job's workers open it, as a store restored from an older tesserad's backup
+    may hold one that never did. InvalidArgument if it fails; an npy passes."""
+    if format != "npz":
+        return
+    with path.open("rb") as file:
+        _check_zip_directory(zip_directory(file), MAX_ARRAYS)
+
+
+def _npz_members(path: Path, upload: bool) -> list[_Member]:
+    """`upload`: the archive may have MAX_ARRAYS members at most (else as many as a stored one has)."""
+    if upload:
+        check_npz_directory(path, "npz")
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError):
         raise InvalidArgument(_NOT_AN_NPZ) from None
     count = len(archive.infolist())
     # An end record may understate the entries its directory holds.
-    if most is not None and count > most:
+    if upload and count > MAX_ARRAYS:
         archive.close()
-        raise InvalidArgument(_too_many_members(count, most))
+        raise InvalidArgument(_too_many_members(count, MAX_ARRAYS))
     members: list[_Member] = []
     seen: set[str] = set()
     with archive, path.open("rb") as raw:
@@ -270,7 +281,7 @@ def _npz_members(path: Path, most: int | None) -> list[_Member]:
     return members
 
 
-def _members(path: Path, format: str, array_name: str, most: int | None = None) -> list[_Member]:
+def _members(path: Path, format: str, array_name: str, upload: bool = False) -> list[_Member]:
     if not path.is_file():
         # A worker can reach a version deleted with force after its job started. The path is
         # the server's own and stays out of the message.
@@ -280,7 +291,7 @@ def _members(path: Path, format: str, array_name: str, most: int | None = None) 
         )
     if format == "npy":
         return _npy_members(path, array_name)
-    return _npz_members(path, most)
+    return _npz_members(path, upload)
 
 
 def _mapped(path: Path, member: _Member, offset: int) -> np.ndarray:
@@ -320,7 +331,7 @@ def unpacked_sizes(path: Path, format: str, array_name: str = "x") -> dict[str, 
     where stored arrays are memory-mapped. Only headers are read."""
     return {
         m.name: math.prod(m.shape) * m.dtype.itemsize
-        for m in _members(path, format, array_name, MAX_ARRAYS)
+        for m in _members(path, format, array_name, upload=True)
         if m.offset is None
     }
 
@@ -417,7 +428,7 @@ def inspect_file(
     path: Path, format: str, array_name: str, allow_nonfinite: bool
 ) -> tuple[list[ArrayInfo], int]:
     """Check every array of a dataset file; (arrays with statistics, number of samples)."""
-    members = _members(path, format, array_name, MAX_ARRAYS)
+    members = _members(path, format, array_name, upload=True)
     if format == "npz":
         for member in members:
             _check_npz_array_name(member.name)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tesserad.datasets import Datasets, DatasetVersionRecord
+from tesserad.datasets import Datasets, DatasetVersionRecord, check_npz_directory
+from tesserad.errors import FailedPrecondition, InvalidArgument
 from tesserad.store import WriteTxn
 from tesserad.training.jobs import WorkerData
 from tesserad.training.spec import DatasetFacts
@@ -31,10 +32,22 @@ class DatasetAccess:
         return self._datasets.hold(txn, data["dataset"], data["version"], holder).sha256
 
     def worker_data(self, data: dict[str, Any]) -> WorkerData:
-        """The verified dataset file and the split indices, resolved by the daemon for a worker."""
+        """The verified dataset file and the split indices, resolved by the daemon for a worker: the
+        file is held to the checks an upload's file passes before zipfile reads it, as a worker's
+        open of an npz parses its whole directory."""
         record: DatasetVersionRecord = self._datasets.resolve(data["dataset"], data["version"])
+        path = self._datasets.path(record)
+        try:
+            check_npz_directory(path, record.format)
+        except InvalidArgument as exc:
+            raise FailedPrecondition(
+                f"dataset {record.name!r} v{record.version}'s stored file fails a check every upload "
+                f"passes now: {exc.message}. A tesserad older than that check stored it (a store "
+                "restored from its backup), or it was damaged: upload the data again and submit the "
+                "job on that version"
+            ) from None
         source = DataSource(
-            path=str(self._datasets.path(record)),
+            path=str(path),
             format=record.format,
             array_name=record.array_name or "x",
             input_array=data["input_array"],

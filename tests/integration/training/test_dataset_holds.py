@@ -4,7 +4,8 @@ sweep holds its trials' dataset version until it ends, between trials too. A sub
 version in the transaction that stores the job or sweep, so a delete since its check refuses it.
 A version force-deleted while a job ran does not lose the job's model: it is registered, its
 lineage naming the version as deleted. One force-deleted before its job could start (it was queued)
-or resume (the daemon stopped meanwhile) fails the job, saying so."""
+or resume (the daemon stopped meanwhile) fails the job, saying so, as does a stored npz that
+fails the checks an upload passes now (a job's workers would open it)."""
 
 from __future__ import annotations
 
@@ -26,11 +27,13 @@ from tessera.v1 import (
     training_pb2,
 )
 from tessera.v1 import training_pb2_grpc as training_grpc
+from tesserad.datasets import arrays
 from tesserad.datasets.references import DATASET_HOLDS, HOLDS_INDEXED, hold_dataset, job_holder, sweep_holder
 from tesserad.errors import FailedPrecondition
 from tesserad.server import STORE_TABLES
 from tesserad.store import Store
 from tests.conftest import InProcessDaemon, daemon_settings
+from tests.integration.datasets.conftest import upload_dataset as upload_file
 from tests.integration.training.conftest import (
     TRAINING_SETTINGS,
     follow,
@@ -42,6 +45,7 @@ from tests.integration.training.conftest import (
     upload_dataset,
     wait_sweep,
 )
+from tests.unit.datasets.zips import with_zip64_end
 
 S = training_pb2
 
@@ -417,3 +421,33 @@ def test_a_job_whose_dataset_was_force_deleted_while_it_was_queued_fails_before_
     # It holds nothing: a version uploaded again under the name is deleted without force.
     _push(channel, "deleted-while-queued")
     assert _delete(channel, "deleted-while-queued") == 1
+
+
+def test_a_job_on_a_stored_npz_an_upload_would_refuse_fails_before_it_starts(
+    training_daemon, training: training_grpc.TrainingStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(48, 6)).astype(np.float32)
+    buffer = io.BytesIO()
+    np.savez(buffer, x=x, y=(x[:, 0] > 0).astype(np.int64))
+    # End records claiming 50 million arrays, which zipfile never looks at: a worker's open
+    # would read the archive as it is, however many entries its directory lists.
+    crafted = with_zip64_end(buffer.getvalue(), entries=50_000_000)
+    # Stored as a tesserad from before the check stored it (a store restored from its backup).
+    with monkeypatch.context() as older:
+        older.setattr(arrays, "check_npz_directory", lambda _path, _format: None)
+        upload_file(datasets_pb2_grpc.DatasetsStub(training_daemon.channel()), "unchecked", crafted)
+    job = submit(training, _spec("unchecked", epochs=1))
+    events = follow(training, job.job_id)
+    assert states(events) == [S.JOB_STATE_QUEUED, S.JOB_STATE_FAILED]
+    message = (
+        "the job could not start: dataset 'unchecked' v1's stored file fails a check every upload "
+        "passes now: the npz archive holds 50000000 members, over the 10000 arrays a dataset may have "
+        "(so that any answer holding its version fits gRPC's 4 MiB); stack arrays of one shape into "
+        "one, or split the data into several datasets. A tesserad older than that check stored it (a "
+        "store restored from its backup), or it was damaged: upload the data again and submit the job "
+        "on that version"
+    )
+    ended = training.GetJob(S.GetJobRequest(job_id=job.job_id))
+    assert (ended.state, ended.error, ended.attempt) == (S.JOB_STATE_FAILED, message, 0)
+    assert [(e.kind, e.message) for e in of_kind(events, "error")] == [("exception", message)]
