@@ -3,7 +3,8 @@
 The lock file holds the holder's pid on its first line, then the token that ties the store's
 schema record to this data directory (see tesserad.store.schema): kept by each tesserad that
 takes the directory, so that one from before schema versions, which writes its pid alone,
-leaves a trace.
+leaves a trace. Such a tesserad, refused, names the holder by the file's first 32 bytes,
+stripped: the pid's line is padded with spaces to fill them, so that it shows the pid alone.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from tesserad.errors import FailedPrecondition
 
 LOCK_NAME = "tesserad.lock"
 _TOKEN_PREFIX = "store "
+# What a tesserad reads of the file to name the holder it is refused by; the pid's line fills it.
+_HOLDER_BYTES = 32
 
 
 class DataDirLock:
@@ -32,7 +35,9 @@ class DataDirLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").partition("\n")[0].strip() or "unknown"
+            holder = (
+                os.read(fd, _HOLDER_BYTES).decode(errors="replace").partition("\n")[0].strip() or "unknown"
+            )
             os.close(fd)
             raise FailedPrecondition(
                 f"data directory {self.path.parent} is in use by another tesserad (pid {holder}); "
@@ -54,7 +59,8 @@ class DataDirLock:
     def _write(self, fd: int) -> None:
         token = "" if self.store_token is None else f"{_TOKEN_PREFIX}{self.store_token}\n"
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n{token}".encode(), 0)
+        pid = str(os.getpid()).ljust(_HOLDER_BYTES - 1)
+        os.pwrite(fd, f"{pid}\n{token}".encode(), 0)
 
     def release(self) -> None:
         if self._fd is not None:
