@@ -626,7 +626,7 @@ class Settings:
         10.0,
         parse_number(float, 0.0, 3600.0),
         "on SIGTERM, how long in-flight calls may run before they are cancelled; the trace writer "
-        "then gets as long again to write the traces taken (serving.trace_file)",
+        "then gets as long again (at least 1 s) to write the traces taken (serving.trace_file)",
     )
     max_message_size: int = setting(
         64 * 2**20,

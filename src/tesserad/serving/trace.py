@@ -7,7 +7,7 @@ gRPC, /v2[/models/NAME]/trace/setting over HTTP). The transports turn their mess
 Traces are written by a thread of their own, in the order they were taken, so that a slow disk
 never holds up a request: past WRITE_QUEUE_SIZE writes waiting, traces are dropped, logged and
 counted (tessera_traces_dropped). The stop writes every trace taken, waiting for the writer up to a
-time it is given (the daemon's grace period): past it, a disk that does not take a write (a hung
+time it is given (the daemon's grace period, and at least CLOSE_WAIT_MIN_S): past it, a disk that does not take a write (a hung
 mount) gets no more waiting, and what is left unwritten is logged. Once stopped, the settings can
 no longer change (Unavailable: tracing could start again with nothing to write its traces). A
 model's own settings go with the model when it is deleted.
@@ -500,8 +500,8 @@ class Tracer:
 
     def close(self, timeout: float) -> None:
         """Stop tracing: write every trace taken and not yet written, and close the trace file's
-        array, waiting for the writer at most `timeout` seconds (never call it on the event loop's
-        thread); past them what is left unwritten is logged. The settings no longer change."""
+        array, waiting for the writer at most `timeout` seconds, never less than CLOSE_WAIT_MIN_S
+        (never call it on the event loop's thread); past them what is left unwritten is logged. The settings no longer change."""
         with self._lock:
             if self._closed:
                 return
@@ -515,6 +515,12 @@ class Tracer:
                     last.append(_Write(bool(scope.settings.log_frequency), scope.pending))
                     scope.pending = []
         self._writer.close(last, timeout)
+
+
+# The least a stop waits for the writer, whatever its grace period (grace_period_s = 0 included):
+# a working disk writes the last traces in moments, and only waiting at all lets it; a disk that
+# takes no write costs the stop this much more, once.
+CLOSE_WAIT_MIN_S = 1.0
 
 
 class _Write(NamedTuple):
@@ -585,8 +591,9 @@ class _Writer:
 
     def close(self, last: list[_Write], timeout: float) -> None:
         """Write what is queued and `last`, close FILE's array, and end the thread, waiting at
-        most `timeout` seconds: past them the thread is left to its write (it cannot keep the
-        process alive) and what it has not written is logged."""
+        most `timeout` seconds, and never less than CLOSE_WAIT_MIN_S: past them the thread is left
+        to its write (it cannot keep the process alive) and what it has not written is logged."""
+        timeout = max(timeout, CLOSE_WAIT_MIN_S)
         deadline = time.monotonic() + timeout
         self._log_dropped()
         left_out = 0

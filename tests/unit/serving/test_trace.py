@@ -19,7 +19,14 @@ from prometheus_client import CollectorRegistry
 from tesserad.errors import FailedPrecondition, InvalidArgument, Unavailable
 from tesserad.serving.batcher import MemberAnswer, Prediction
 from tesserad.serving.open_inference import OIP_NAME_BY_DTYPE
-from tesserad.serving.trace import TraceMetrics, Tracer, TraceSettings, parsed_changes, usable_trace_file
+from tesserad.serving.trace import (
+    CLOSE_WAIT_MIN_S,
+    TraceMetrics,
+    Tracer,
+    TraceSettings,
+    parsed_changes,
+    usable_trace_file,
+)
 
 X = {"x": np.array([[1.0, 0.1]], dtype=np.float32)}
 # What a close waits for the writer here: a working disk writes in moments.
@@ -291,10 +298,10 @@ def test_a_stop_gives_up_on_a_disk_that_takes_no_write_and_logs_what_is_left(
     tracer.update("", {"trace_rate": ["1"]}, "t")  # hands the 3 to the writer, which hangs on them
     for n in range(3, 5):
         answer(tracer, request_id=str(n))
-    tracer.close(0.2)
+    tracer.close(0)  # grace_period_s = 0: the writer still gets CLOSE_WAIT_MIN_S
     (record,) = [r for r in caplog.records if "the trace writer did not finish" in r.getMessage()]
     assert record.unwritten_traces == 5  # type: ignore[attr-defined]
-    assert "within the stop's 0.2s (grace_period_s)" in record.getMessage()
+    assert f"within the stop's {CLOSE_WAIT_MIN_S:g}s (grace_period_s)" in record.getMessage()
     assert not tracer.on
     (writer,) = [t for t in threading.enumerate() if t.name == "tessera-trace-writer" and t.is_alive()]
     assert writer.daemon  # it cannot keep the process alive
@@ -305,6 +312,23 @@ def test_a_stop_gives_up_on_a_disk_that_takes_no_write_and_logs_what_is_left(
     reader.join()
     # The disk back, the writer finishes what it had.
     assert [e["request_id"] for e in json.loads(read[0]) if "model_name" in e] == list("01234")
+
+
+def test_a_stop_with_no_grace_period_still_writes_a_working_disk_s_last_traces(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="tesserad.serving.trace")
+    file = tmp_path / "trace.json"
+    tracer = Tracer(file, OIP_NAME_BY_DTYPE)
+    tracer.update("", {"trace_level": ["TIMESTAMPS"], "trace_rate": ["1"]}, "t")
+    for n in range(3):
+        answer(tracer, request_id=str(n))
+    tracer.update("", {"trace_rate": ["1"]}, "t")  # the 3 queued for the writer
+    for n in range(3, 5):
+        answer(tracer, request_id=str(n))  # 2 still pending at the stop
+    tracer.close(0)
+    assert "the trace writer did not finish" not in caplog.text
+    assert [e["request_id"] for e in written(file) if "model_name" in e] == list("01234")
 
 
 def test_once_closed_the_settings_no_longer_change(tmp_path: Path) -> None:
