@@ -49,6 +49,12 @@ class FailedPrecondition(TesseraError):
     """The request is valid but the current state forbids it (e.g. deleting a model in use)."""
 
 
+class NotLoaded(FailedPrecondition):
+    """A version a request needs is not loaded, and the request may not load it (autoload is off,
+    or its last load failed). The Open Inference Protocol answers it as Triton answers a model
+    that is not ready; tessera's own API as the FailedPrecondition it is."""
+
+
 class ResourceExhausted(TesseraError):
     """A limit or quota is reached; the message names the limit and the setting that raises it."""
 

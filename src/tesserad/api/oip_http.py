@@ -64,6 +64,7 @@ from tesserad.serving.open_inference import (
     EXTENSIONS,
     NO_CUDA_SHARED_MEMORY,
     OpenInference,
+    not_ready,
     refuse_repository_name,
     target_of,
     timeout_of,
@@ -349,16 +350,24 @@ class OipHttpServer(HttpListener):
         return web.Response()
 
     async def _ready(self, request: web.Request) -> web.Response:
-        return web.Response(status=200 if self._core.server_ready() else 503)
+        # The protocol's health answers: the status is the boolean, 200 true and 4xx false (Triton
+        # answers 400), with no body.
+        return web.Response(status=200 if self._core.server_ready() else 400)
 
     async def _server_metadata(self, request: web.Request) -> web.Response:
         return web.json_response({"name": "tesserad", "version": __version__, "extensions": EXTENSIONS})
 
     async def _model_ready(self, request: web.Request) -> web.Response:
-        ready = await self._core.model_ready(
-            request.match_info["model"], request.match_info.get("version", "")
+        model, version = request.match_info["model"], request.match_info.get("version", "")
+        if await self._core.model_ready(model, version):
+            return web.Response()
+        # 400 as for the server; as Triton, with an error saying so.
+        named = f"model {model!r} version {version}" if version else f"model {model!r}"
+        return _failure(
+            400,
+            f"{named} is not ready: not loaded, still loading, or not in the registry (the repository "
+            "index says which); load it with POST /v2/repository/models/NAME/load",
         )
-        return web.Response(status=200 if ready else 503)
 
     async def _model_metadata(self, request: web.Request) -> web.Response:
         described = await self._core.describe(
@@ -471,9 +480,12 @@ class OipHttpServer(HttpListener):
                 self._core.refused(target, started)
                 raise
             decoded = time.perf_counter_ns()
-            version, prediction = await self._core.infer(
-                target, parsed.inputs, parsed.output_names, None, timeout, parsed.id, started
-            )
+            try:
+                version, prediction = await self._core.infer(
+                    target, parsed.inputs, parsed.output_names, None, timeout, parsed.id, started
+                )
+            except errors.NotLoaded as exc:
+                raise not_ready(target, exc) from None
             answered = time.perf_counter_ns()
             answer, header_length = infer_response(target.model, version, parsed, prediction.outputs, lease)
         encoded = time.perf_counter_ns()

@@ -19,7 +19,7 @@ from functools import partial
 import ml_dtypes
 import numpy as np
 
-from tesserad.errors import InvalidArgument, NotFound, Unimplemented
+from tesserad.errors import InvalidArgument, NotFound, NotLoaded, TesseraError, Unavailable, Unimplemented
 from tesserad.log_settings import LogControl
 from tesserad.names import validate_name
 from tesserad.numbers import INT64_MAX, whole_number
@@ -94,6 +94,16 @@ def target_of(name: str, version: str) -> Target:
     if not version:
         return Target(name)
     return Target(name, version=whole_number("model_version", version, 1, INT64_MAX))
+
+
+def not_ready(target: Target, error: NotLoaded) -> TesseraError:
+    """What an inference request for a version that is not loaded (and may not be loaded for it)
+    is answered, as Triton answers a model that is not ready: a version named is UNAVAILABLE
+    (HTTP 503), a request without one NOT_FOUND (HTTP 404: no version of it is available to it);
+    with tessera's message, which says how to load it."""
+    if target.version is not None:
+        return Unavailable(error.message)
+    return NotFound(error.message)
 
 
 class Kind(enum.Enum):

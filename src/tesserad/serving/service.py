@@ -27,7 +27,14 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, TesseraError, Unavailable
+from tesserad.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    NotLoaded,
+    TesseraError,
+    Unavailable,
+)
 from tesserad.serving.batcher import Answer, Answered, BatcherClosed, Prediction
 from tesserad.serving.explain import Explainer, ExplainOptions, Method, QueuedExplanation
 from tesserad.serving.pool import (
@@ -411,9 +418,9 @@ class InferenceService:
 
     def autoload(self, model: str, version: int) -> LoadedVersion:
         """Load a version a request needs, with the defaults. When autoload is off: Unavailable
-        while a load of it is under way (it will be served), else FailedPrecondition.
+        while a load of it is under way (it will be served), else NotLoaded.
 
-        A version whose last load failed is not loaded again for a request (FailedPrecondition
+        A version whose last load failed is not loaded again for a request (NotLoaded
         with the reason), as Triton keeps a model that failed UNAVAILABLE until it is loaded
         explicitly: a broken artifact would fail every request as slowly as a load, and a cause
         outside it (memory) is the operator's to fix. LoadModel or RepositoryModelLoad loads it
@@ -421,7 +428,7 @@ class InferenceService:
         """
         listed = self._listed(model, version)
         if self._autoload and listed is not None and listed.state is LoadState.FAILED:
-            raise FailedPrecondition(
+            raise NotLoaded(
                 f"{listed.label} failed to load, and requests do not load it again: {listed.error}; "
                 "once the cause is fixed, load it with LoadModel or RepositoryModelLoad"
             )
@@ -432,7 +439,7 @@ class InferenceService:
                     "state READY in ListLoaded)"
                 )
             failed = f" (its last load failed: {listed.error})" if listed is not None and listed.error else ""
-            raise FailedPrecondition(
+            raise NotLoaded(
                 f"model {model!r} version {version} is not loaded{failed}; load it with LoadModel "
                 "(or turn on serving.autoload)"
             )

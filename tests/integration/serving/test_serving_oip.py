@@ -913,7 +913,7 @@ def test_without_autoload_a_version_still_loading_is_unavailable_not_unloaded(
     never.raw_input_contents[0] = np.ones((1, 4), np.float32).tobytes()
     expect_rpc_error(
         lambda: oip.ModelInfer(never),
-        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.NOT_FOUND,
         "model 'never' version 1 is not loaded (its last load failed: warm-up of model 'never' version 1 "
         "failed on random inputs of its signature: Non-zero status code",
     )
@@ -1168,10 +1168,14 @@ def test_requests_do_not_load_again_a_version_whose_load_failed(oip, channel, ex
     del never.outputs[:]
     failed = "warm-up of model 'never' version 1 failed on random inputs of its signature"
     expect_rpc_error(lambda: oip.ModelInfer(never), grpc.StatusCode.FAILED_PRECONDITION, failed)
-    for _ in range(2):
+    named = infer_request("never", np.ones((1, 4), np.float32), version="1")
+    del named.outputs[:]
+    # As Triton answers a model not ready: no version named, NOT_FOUND (none is available to the
+    # request); a version named, UNAVAILABLE.
+    for request, code in ((never, grpc.StatusCode.NOT_FOUND), (named, grpc.StatusCode.UNAVAILABLE)):
         error = expect_rpc_error(
-            lambda: oip.ModelInfer(never),
-            grpc.StatusCode.FAILED_PRECONDITION,
+            lambda request=request: oip.ModelInfer(request),
+            code,
             "model 'never' version 1 failed to load, and requests do not load it again: warm-up of "
             "model 'never' version 1 failed",
         )

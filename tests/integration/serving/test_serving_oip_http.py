@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from serving_models import W, echo_model, half_model, linear_model, upload
+from serving_models import W, echo_model, half_model, linear_model, reshape_model, upload
 
 from tessera.v1 import system_pb2
 from tesserad import cli
@@ -47,7 +47,8 @@ NUMPY = {
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The base URL of a daemon serving HTTP, with models linear (versions 1, 2), half and echo."""
+    """The base URL of a daemon serving HTTP, with models linear (versions 1, 2), half, echo and
+    never (which fails to load)."""
     settings = daemon_settings(tmp_path_factory.mktemp("http"), **{"serving.oip_http_listen": "127.0.0.1:0"})
     daemon = InProcessDaemon(settings).start()
     channel = daemon.channel()
@@ -55,6 +56,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     upload(channel, "linear", linear_model(2.0))
     upload(channel, "half", half_model())
     upload(channel, "echo", echo_model())
+    upload(channel, "never", reshape_model([3]))  # every run fails: it cannot warm up
     try:
         yield f"http://127.0.0.1:{daemon.daemon.oip_http_port}"
     finally:
@@ -114,13 +116,24 @@ def test_health_metadata_config_and_repository(served: str) -> None:
     config = ok_json(f"{served}/v2/models/linear/config")
     assert config["max_batch_size"] == 32 and config["input"][0]["dims"] == [4]
     assert config["dynamic_batching"]["default_queue_policy"]["max_queue_size"] == 1024
-    assert call(f"{served}/v2/models/half/ready")[0] == 503
+    # The protocol's health answer: 4xx is false (Triton's 400, with an error saying so).
+    not_ready = (
+        400,
+        "model 'half' is not ready: not loaded, still loading, or not in the registry (the repository "
+        "index says which); load it with POST /v2/repository/models/NAME/load",
+    )
+    assert error(f"{served}/v2/models/half/ready") == not_ready
+    assert error(f"{served}/v2/models/half/versions/7/ready") == (
+        400,
+        not_ready[1].replace("model 'half'", "model 'half' version 7"),
+    )
+    assert error(f"{served}/v2/models/nope/ready")[0] == 400
     assert call(f"{served}/v2/repository/models/half/load", b"")[0] == 200
     assert call(f"{served}/v2/models/half/ready")[0] == 200
     index = ok_json(f"{served}/v2/repository/index", {"ready": True})
     assert {"name": "half", "version": "1", "state": "READY", "reason": ""} in index
     assert call(f"{served}/v2/repository/models/half/unload", b"")[0] == 200
-    assert call(f"{served}/v2/models/half/ready")[0] == 503
+    assert error(f"{served}/v2/models/half/ready") == not_ready
 
 
 def test_repository_load_takes_a_triton_config_as_grpc_does(served: str) -> None:
@@ -157,6 +170,18 @@ def test_unload_reads_its_body_as_triton_does(served: str) -> None:
         "parameter 'unload_dependents' must be a boolean, got string",
     )
     assert call(unload, {"parameters": {"unload_dependents": False}})[0] == 200
+
+
+def test_inference_on_a_version_not_ready_is_answered_as_triton_answers_it(served: str) -> None:
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [0, 1, 2, 3]}]}
+    failed = "model 'never' version 1 failed to load, and requests do not load it again: warm-up of"
+    # The first request loads it, and the load fails; later ones are not ready.
+    assert error(f"{served}/v2/models/never/infer", body)[0] == 409
+    # No version named: 404, none available to the request; a version named: 503, as in Triton.
+    for path, status in (("never", 404), ("never/versions/1", 503)):
+        code, message = error(f"{served}/v2/models/{path}/infer", body)
+        assert code == status and message.startswith(failed), message
+        assert message.endswith("load it with LoadModel or RepositoryModelLoad")
 
 
 def test_a_named_repository_is_refused_as_triton_refuses_it(served: str) -> None:
