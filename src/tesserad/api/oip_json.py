@@ -53,7 +53,10 @@ _INT64_TYPES = frozenset(
         FieldDescriptor.TYPE_SFIXED64,
     }
 )
-_FLOAT_NAMES = frozenset({"FP16", "BF16", "FP32", "FP64"})
+_FLOAT_NAMES = frozenset({"FP32", "FP64"})
+# Datatypes that travel as binary data only, as in Triton: JSON numbers have no 16-bit float form
+# (the protocol calls FP16 in JSON problematic), so values would be rounded on the way.
+_BINARY_ONLY = frozenset({"FP16", "BF16"})
 
 
 @dataclass(frozen=True)
@@ -255,6 +258,12 @@ def infer_request(document: Any, binary: bytes, lease: Lease) -> InferRequest:
             )
             offset += size.value
         elif "data" in tensor:
+            if datatype in _BINARY_ONLY:
+                raise InvalidArgument(
+                    f"{where} is {datatype}, which JSON data cannot carry (as in Triton); send it as "
+                    "binary data: its bytes after the JSON, with the parameter binary_data_size "
+                    "(tritonclient: set_data_from_numpy(..., binary_data=True))"
+                )
             inputs[name] = _json_values(tensor["data"], datatype, shape, where)
         else:
             raise InvalidArgument(
@@ -301,10 +310,14 @@ def infer_request(document: Any, binary: bytes, lease: Lease) -> InferRequest:
     )
 
 
-def _json_data(array: np.ndarray) -> list[Any]:
-    # JSON has one number type; bfloat16 (an ml_dtypes type) has no tolist of its own.
-    if OIP_NAME_BY_DTYPE[array.dtype] == "BF16":
-        array = array.astype(np.float32)
+def _json_data(name: str, array: np.ndarray) -> list[Any]:
+    datatype = OIP_NAME_BY_DTYPE[array.dtype]
+    if datatype in _BINARY_ONLY:
+        raise InvalidArgument(
+            f"output {name!r} is {datatype}, which JSON data cannot carry (as in Triton); ask for it as "
+            "binary data: the output's parameter binary_data: true, or the request's "
+            "binary_data_output: true (tritonclient: InferRequestedOutput(..., binary_data=True))"
+        )
     values: list[Any] = array.ravel().tolist()
     return values
 
@@ -332,7 +345,7 @@ def infer_response(
             tensor["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
-            tensor["data"] = _json_data(array)
+            tensor["data"] = _json_data(name, array)
         tensors.append(tensor)
     document: dict[str, Any] = {"model_name": model, "model_version": str(version)}
     if request.id:

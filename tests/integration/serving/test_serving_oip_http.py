@@ -221,22 +221,39 @@ def test_every_datatype_round_trips_as_json_and_as_binary(served: str) -> None:
             arrays[name] = rng.random((2, 3)) > 0.5
         else:
             arrays[name] = (rng.random((2, 3)) * 100).astype(dtype)
-    inputs = [
-        {
-            "name": f"in_{t.lower()}",
-            "datatype": t,
-            "shape": [2, 3],
-            "data": a.ravel().tolist(),
-        }
+    # As JSON, but FP16: as in Triton, it travels as binary data only, in and out.
+    inputs: list[dict[str, Any]] = [
+        {"name": f"in_{t.lower()}", "datatype": t, "shape": [2, 3], "data": a.ravel().tolist()}
         for t, a in arrays.items()
+        if t != "FP16"
     ]
-    answer = ok_json(f"{served}/v2/models/echo/infer", {"inputs": inputs})
+    half = arrays["FP16"]
+    inputs.append(
+        {
+            "name": "in_fp16",
+            "datatype": "FP16",
+            "shape": [2, 3],
+            "parameters": {"binary_data_size": half.nbytes},
+        }
+    )
+    outputs = [{"name": f"out_{t.lower()}", "parameters": {"binary_data": t == "FP16"}} for t in arrays]
+    header = json.dumps({"inputs": inputs, "outputs": outputs}).encode()
+    status, headers, answer_body = call(
+        f"{served}/v2/models/echo/infer",
+        header + half.tobytes(),
+        {"Inference-Header-Content-Length": str(len(header))},
+    )
+    assert status == 200, answer_body
+    length = int(headers["Inference-Header-Content-Length"])
+    answer = json.loads(answer_body[:length])
     for output in answer["outputs"]:
         datatype = output["datatype"]
         assert output["name"] == f"out_{datatype.lower()}" and output["shape"] == [2, 3]
-        np.testing.assert_array_equal(
-            np.array(output["data"], dtype=NUMPY[datatype]).reshape(2, 3), arrays[datatype]
-        )
+        if datatype == "FP16":
+            got = np.frombuffer(answer_body[length:], dtype=np.float16).reshape(2, 3)
+        else:
+            got = np.array(output["data"], dtype=NUMPY[datatype]).reshape(2, 3)
+        np.testing.assert_array_equal(got, arrays[datatype])
 
     # Triton's binary tensor data: the JSON, then each input's bytes in order; outputs likewise.
     binary_inputs = [
@@ -366,13 +383,36 @@ def test_tls_tokens_and_roles_are_the_grpc_listener_s(tmp_path: Path, pki: Pki, 
         daemon.stop()
 
 
-def test_fp16_json_and_binary(served: str) -> None:
+def test_fp16_and_bf16_travel_as_binary_data_only_as_in_triton(served: str) -> None:
+    infer = f"{served}/v2/models/half/infer"
     x = np.array([[1.5, -2.0]], dtype=np.float16)
-    answer = ok_json(
-        f"{served}/v2/models/half/infer",
-        {"inputs": [{"name": "x", "datatype": "FP16", "shape": [1, 2], "data": x.ravel().tolist()}]},
+    for datatype in ("FP16", "BF16"):
+        tensor = {"name": "x", "datatype": datatype, "shape": [1, 2], "data": x.ravel().tolist()}
+        assert error(infer, {"inputs": [tensor]}) == (
+            400,
+            f"input 'x' is {datatype}, which JSON data cannot carry (as in Triton); send it as binary "
+            "data: its bytes after the JSON, with the parameter binary_data_size (tritonclient: "
+            "set_data_from_numpy(..., binary_data=True))",
+        )
+    binary_x = {"name": "x", "datatype": "FP16", "shape": [1, 2], "parameters": {"binary_data_size": 4}}
+
+    def infer_binary(**request: Any) -> tuple[int, dict[str, str], bytes]:
+        header = json.dumps({"inputs": [binary_x], **request}).encode()
+        return call(infer, header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header))})
+
+    # An FP16 output asked for as JSON is refused; as binary data, answered.
+    status, _, answer = infer_binary(outputs=[{"name": "y"}])
+    assert (status, json.loads(answer)["error"]) == (
+        400,
+        "output 'y' is FP16, which JSON data cannot carry (as in Triton); ask for it as binary data: "
+        "the output's parameter binary_data: true, or the request's binary_data_output: true "
+        "(tritonclient: InferRequestedOutput(..., binary_data=True))",
     )
-    assert answer["outputs"][0]["datatype"] == "FP16" and answer["outputs"][0]["data"] == [3.0, -4.0]
+    status, headers, answer = infer_binary(parameters={"binary_data_output": True})
+    assert status == 200, answer
+    length = int(headers["Inference-Header-Content-Length"])
+    assert json.loads(answer[:length])["outputs"][0]["datatype"] == "FP16"
+    np.testing.assert_array_equal(np.frombuffer(answer[length:], dtype=np.float16), [3.0, -4.0])
 
 
 def test_a_non_loopback_listener_needs_authentication(tmp_path: Path) -> None:

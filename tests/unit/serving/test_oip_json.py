@@ -19,27 +19,31 @@ from tesserad.serving.shared_memory import SharedMemory
 NO_REGIONS = SharedMemory(256).lease()
 
 
-def test_bf16_travels_as_json_numbers_and_as_binary() -> None:
+def test_bf16_travels_as_binary_data_only_as_in_triton() -> None:
     x = np.array([[1.5, -2.0, 3.0]], dtype=ml_dtypes.bfloat16)
-    document = {
-        "id": "a",
-        "inputs": [{"name": "x", "datatype": "BF16", "shape": [1, 3], "data": [1.5, -2, 3]}],
-        "outputs": [{"name": "j", "parameters": {"binary_data": False}}],
-        "parameters": {"binary_data_output": True},
-    }
-    request = infer_request(document, b"", NO_REGIONS)
+    as_json = {"inputs": [{"name": "x", "datatype": "BF16", "shape": [1, 3], "data": [1.5, -2, 3]}]}
+    with pytest.raises(InvalidArgument) as refused:
+        infer_request(as_json, b"", NO_REGIONS)
+    assert refused.value.message.startswith("input 'x' is BF16, which JSON data cannot carry (as in Triton)")
+    header = json.dumps(
+        {
+            "id": "a",
+            "inputs": [
+                {"name": "x", "datatype": "BF16", "shape": [1, 3], "parameters": {"binary_data_size": 6}}
+            ],
+            "outputs": [{"name": "b", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    request = infer_request(*split_body(header + x.tobytes(), str(len(header))), NO_REGIONS)
     np.testing.assert_array_equal(request.inputs["x"], x)
-    body, length = infer_response("m", 1, request, {"j": x, "b": x}, NO_REGIONS)
+    body, length = infer_response("m", 1, request, {"b": x}, NO_REGIONS)
     assert length is not None
-    answer = json.loads(body[:length])
-    assert answer["outputs"][0] == {
-        "name": "j",
-        "datatype": "BF16",
-        "shape": [1, 3],
-        "data": [1.5, -2.0, 3.0],
-    }
-    assert answer["outputs"][1]["parameters"] == {"binary_data_size": 6}
+    assert json.loads(body[:length])["outputs"][0]["parameters"] == {"binary_data_size": 6}
     np.testing.assert_array_equal(np.frombuffer(body[length:], dtype=ml_dtypes.bfloat16), x.ravel())
+    # An output asked for as JSON (here by default) is refused, saying how to ask for it.
+    with pytest.raises(InvalidArgument) as refused:
+        infer_response("m", 1, infer_request({"inputs": []}, b"", NO_REGIONS), {"j": x}, NO_REGIONS)
+    assert refused.value.message.startswith("output 'j' is BF16, which JSON data cannot carry (as in Triton)")
 
 
 def test_binary_inputs_take_their_bytes_in_order() -> None:
