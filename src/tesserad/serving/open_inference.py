@@ -52,6 +52,8 @@ OIP_NAME_BY_DTYPE: dict[np.dtype, str] = {dtype: name for name, dtype in OIP_DTY
 # binary_tensor_data is HTTP's; Triton lists it on both transports, as the server's.
 EXTENSIONS = [
     "model_repository",
+    # Triton's name for the repository extension's optional unload_dependents.
+    "model_repository(unload_dependents)",
     "model_configuration",
     "binary_tensor_data",
     "statistics",
@@ -437,11 +439,24 @@ class OpenInference:
         service.load_serving(name, config)
 
     async def unload(self, name: str, parameters: Mapping[str, Parameter], names: Mapping[Kind, str]) -> None:
-        """Unload every loaded version of `name`. `parameters`: the request's; unload_dependents
-        is checked as Triton checks it (a boolean) and otherwise ignored: only `name` unloads, an
-        ensemble's loaded members stay loaded, as in Triton without it."""
+        """Unload every loaded version of `name`. `parameters`: the request's. With
+        unload_dependents true, as Triton's (the models composing an ensemble go with it), the
+        members of the ensembles unloaded are unloaded too, but for those another loaded ensemble
+        still uses; without it, an ensemble's members stay loaded."""
         validate_name("model_name", name)
-        _parameter(parameters, "unload_dependents", (Kind.BOOL,), names)
-        # As in Triton, unloading a model that is not loaded succeeds.
-        with contextlib.suppress(NotFound):
-            await asyncio.to_thread(self._service.unload, Target(name))
+        dependents = _parameter(parameters, "unload_dependents", (Kind.BOOL,), names) is True
+        await asyncio.to_thread(self._unload, name, dependents)
+
+    def _unload(self, name: str, dependents: bool) -> None:
+        try:
+            unloaded = self._service.unload(Target(name))
+        except NotFound:
+            return  # as in Triton, unloading a model that is not loaded succeeds
+        if not dependents:
+            return
+        pool = self._service.pool
+        members = {member for entry in unloaded for member in entry.members} - pool.ensemble_members()
+        for model, version in sorted(members):
+            # One unloaded meanwhile (or a version of `name` itself) is not loaded: nothing to do.
+            with contextlib.suppress(NotFound):
+                pool.unload(model, version)

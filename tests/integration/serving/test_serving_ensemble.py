@@ -200,6 +200,20 @@ def test_served_through_the_open_inference_protocol(client, oip, members) -> Non
         "config field 'platform' is 'ensemble', but a version 1 is not an ensemble" in refused.value.details()
     )
 
+    # Triton's unload_dependents: the ensemble's members go with it, but for those another
+    # loaded ensemble still uses; without it, only the model named.
+    client.models.register_ensemble("pair", ["a:1", "b:1"])
+    client.inference.load("pair", 1)
+    unload = oip_pb.RepositoryModelUnloadRequest(model_name="ens")
+    unload.parameters["unload_dependents"].bool_param = True
+    oip.RepositoryModelUnload(unload)
+    loaded = {(m.model, m.version) for m in client.inference.loaded()}
+    assert loaded == {("pair", 1), ("a", 1), ("b", 1)}
+    oip.RepositoryModelUnload(oip_pb.RepositoryModelUnloadRequest(model_name="pair"))
+    assert {(m.model, m.version) for m in client.inference.loaded()} == {("a", 1), ("b", 1)}
+    extensions = oip.ServerMetadata(oip_pb.ServerMetadataRequest()).extensions
+    assert "model_repository(unload_dependents)" in extensions
+
 
 def test_aliased_and_deployed_like_any_version(client, channel, members) -> None:
     upload(channel, "ens", linear_model(10.0))  # version 1: a plain model
