@@ -208,7 +208,7 @@ def test_k8s_replicas_follow_the_primary_behind_a_headless_service_and_an_autosc
         "metrics": settings.metrics_listen.port,
         "oip-http": settings.serving.oip_http_listen.port,
     }
-    # Not ready (503) until caught up with the primary, as gRPC health.
+    # Not ready (400) until caught up with the primary, as gRPC health.
     assert container["readinessProbe"]["httpGet"] == {"path": READY_PATH, "port": "oip-http"}
 
     # Replica pods are not selected by the primary's Services, and only by the replicas' one.
