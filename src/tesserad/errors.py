@@ -87,6 +87,11 @@ class Unimplemented(TesseraError):
     """A contract RPC whose feature has not been built yet."""
 
 
+class Internal(TesseraError):
+    """An unexpected failure, told with what it stopped; the message gives an error id under
+    which the daemon's log has the details, and never the details themselves."""
+
+
 class Lasting:
     """Mixed into an error whose cause lasts until someone fixes it elsewhere (a serving
     replica's primary holds a damaged artifact, or refuses the replica's token): trying again

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator
 from concurrent.futures import Future
@@ -34,7 +36,7 @@ from tesserad.api.convert_training import (
     view_from_proto,
 )
 from tesserad.api.transfers import chunk_size, read_header, receive_chunks, stream_chunks
-from tesserad.errors import InvalidArgument, TesseraError
+from tesserad.errors import Internal, InvalidArgument, TesseraError
 from tesserad.registry.validation import check_job_spec_size
 from tesserad.store import BlobStore
 from tesserad.training.artifacts import RunArtifacts
@@ -43,6 +45,8 @@ from tesserad.training.jobs import Jobs
 from tesserad.training.sweeps import Sweeps
 from tesserad.training.tracking import BatchSequence, Tracking
 from tesserad.training.watch import watch_job
+
+log = logging.getLogger(__name__)
 
 # LogMetricsStream keeps at most this many batches waiting for their group commit.
 _MAX_PENDING_BATCHES = 64
@@ -351,18 +355,33 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
             while pending:
                 points += await pending.popleft()
                 batches += 1
-        except TesseraError as exc:
+        except grpc.aio.AbortError:
+            raise  # the call is aborted already, its status set
+        except Exception as exc:
             # The batches after the failed one are refused unstored; wait for them, so that
-            # the answer is final when the client resends.
+            # the answer is final when the client resends. An unexpected error (one the store
+            # does not map, such as a damaged database) ends the stream the same way, saying
+            # what it stored, so that a client still knows where to resend from.
             await asyncio.gather(*pending, return_exceptions=True)
             pending.clear()
             context.set_trailing_metadata(
                 ((STORED_BATCHES_HEADER, str(batches)), (STORED_POINTS_HEADER, str(points)))
             )
-            raise type(exc)(f"{_stream_stored(batches, points)}: {exc.message}") from exc
+            stored = _stream_stored(batches, points)
+            if isinstance(exc, TesseraError):
+                raise type(exc)(f"{stored}: {exc.message}") from exc
+            error_id = uuid.uuid4().hex[:12]
+            log.error(
+                "unexpected error in a batch of a metric stream",
+                exc_info=exc,
+                extra={"error_id": error_id, "stored_batches": batches},
+            )
+            raise Internal(
+                f"{stored}: internal error (id {error_id}); the daemon's log has the details under that id"
+            ) from exc
         finally:
-            # A failure outside the table (the store closing, the call cancelled) leaves batches
-            # in flight; their outcome is read so that asyncio does not log it as unretrieved.
+            # A call cancelled or aborted leaves batches in flight; their outcome is read so that
+            # asyncio does not log it as unretrieved.
             for future in pending:
                 future.add_done_callback(_retrieve_outcome)
         return pb.LogMetricsResponse(accepted=points)

@@ -4,10 +4,14 @@ daemon, for a batch refused on arrival and for one refused where it is stored.""
 
 from __future__ import annotations
 
+import re
+
 import grpc
+import lmdb
 import pytest
 
 from tessera.v1 import training_pb2, training_pb2_grpc
+from tesserad.training import tracking as tracking_module
 
 S = training_pb2
 POINTS = 10  # per batch, one key, consecutive steps
@@ -64,3 +68,39 @@ def test_a_failed_batch_leaves_the_batches_before_it_stored_and_says_where_to_re
     requests[bad_at] = _batch(run_id, bad_at)
     assert stub.LogMetricsStream(iter(requests[bad_at:])).accepted == (batches - bad_at) * POINTS
     assert _steps(stub, run_id) == list(range(batches * POINTS))
+
+
+def test_an_unexpected_database_error_ends_the_stream_saying_what_it_stored(
+    channel, monkeypatch, caplog
+) -> None:
+    # A database error the store does not map (a damaged page) while storing batch 2: the stream
+    # ends INTERNAL, but as every failed stream does, with what it stored and where to resend.
+    write_points = tracking_module.write_points
+
+    def damaged(txn, experiment, run_id, points, now) -> None:
+        if points[0].step == 2 * POINTS:
+            raise lmdb.CorruptedError("mdb_put: MDB_CORRUPTED: Located page was wrong type")
+        write_points(txn, experiment, run_id, points, now)
+
+    monkeypatch.setattr(tracking_module, "write_points", damaged)
+    stub = training_pb2_grpc.TrainingStub(channel)
+    run_id = stub.CreateRun(S.CreateRunRequest(experiment="streams")).run_id
+    with pytest.raises(grpc.RpcError) as info:
+        stub.LogMetricsStream(iter([_batch(run_id, i) for i in range(5)]))
+    error = info.value
+    assert error.code() == grpc.StatusCode.INTERNAL, error.details()
+    trailers = dict(error.trailing_metadata())
+    assert trailers["tessera-stored-batches"] == "2"
+    assert trailers["tessera-stored-points"] == str(2 * POINTS)
+    assert error.details().startswith(
+        f"batch 2 of the stream (counting from 0) failed; batches 0 to 1 ({2 * POINTS} points) are "
+        "stored and nothing after them; resend from batch 2"
+    ), error.details()
+    found = re.search(
+        r"resend from batch 2 \(.*\): internal error \(id (\w+)\); the daemon's log has the details",
+        error.details(),
+    )
+    assert found and "MDB_CORRUPTED" not in error.details(), error.details()
+    logged = [r for r in caplog.records if getattr(r, "error_id", None) == found.group(1)]
+    assert logged and isinstance(logged[0].exc_info[1], lmdb.CorruptedError)
+    assert _steps(stub, run_id) == list(range(2 * POINTS))

@@ -353,7 +353,8 @@ class TrainingServicer:
 
     def LogMetricsStream(self, request_iterator, context):
         """Many batches over one call; the response counts every accepted point. Batches are stored
-        in order, each whole or not at all; when one fails, the call ends with its status, and the
+        in order, each whole or not at all; when one fails, the call ends with its status (INTERNAL,
+        with an error id the daemon's log has the details under, for an unexpected failure), and the
         batches before it are stored and none after it. The message says which batch failed, and
         the trailing metadata `tessera-stored-batches` and `tessera-stored-points` count the
         batches (from the first) and points stored: resend from the failed batch. Resending a

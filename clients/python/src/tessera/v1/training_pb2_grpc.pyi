@@ -100,7 +100,8 @@ class TrainingStub:
     """
     LogMetricsStream: _grpc.StreamUnaryMultiCallable[_training_pb2.LogMetricsRequest, _training_pb2.LogMetricsResponse]
     """Many batches over one call; the response counts every accepted point. Batches are stored
-    in order, each whole or not at all; when one fails, the call ends with its status, and the
+    in order, each whole or not at all; when one fails, the call ends with its status (INTERNAL,
+    with an error id the daemon's log has the details under, for an unexpected failure), and the
     batches before it are stored and none after it. The message says which batch failed, and
     the trailing metadata `tessera-stored-batches` and `tessera-stored-points` count the
     batches (from the first) and points stored: resend from the failed batch. Resending a
@@ -205,7 +206,8 @@ class TrainingAsyncStub(TrainingStub):
     """
     LogMetricsStream: _aio.StreamUnaryMultiCallable[_training_pb2.LogMetricsRequest, _training_pb2.LogMetricsResponse]  # type: ignore[assignment]
     """Many batches over one call; the response counts every accepted point. Batches are stored
-    in order, each whole or not at all; when one fails, the call ends with its status, and the
+    in order, each whole or not at all; when one fails, the call ends with its status (INTERNAL,
+    with an error id the daemon's log has the details under, for an unexpected failure), and the
     batches before it are stored and none after it. The message says which batch failed, and
     the trailing metadata `tessera-stored-batches` and `tessera-stored-points` count the
     batches (from the first) and points stored: resend from the failed batch. Resending a
@@ -439,7 +441,8 @@ class TrainingServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_training_pb2.LogMetricsResponse, _abc.Awaitable[_training_pb2.LogMetricsResponse]]:
         """Many batches over one call; the response counts every accepted point. Batches are stored
-        in order, each whole or not at all; when one fails, the call ends with its status, and the
+        in order, each whole or not at all; when one fails, the call ends with its status (INTERNAL,
+        with an error id the daemon's log has the details under, for an unexpected failure), and the
         batches before it are stored and none after it. The message says which batch failed, and
         the trailing metadata `tessera-stored-batches` and `tessera-stored-points` count the
         batches (from the first) and points stored: resend from the failed batch. Resending a
