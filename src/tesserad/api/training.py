@@ -413,7 +413,7 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
             request.key,
             request.max_points,
             request.start_step,
-            request.end_step,
+            request.end_step if request.HasField("end_step") else None,
             request.page_size,
             request.page_token,
         )

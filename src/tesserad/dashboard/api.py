@@ -404,7 +404,7 @@ class DashboardApi:
         run_id, key = request.match_info["run_id"], request.match_info["key"]
         max_points = _int(request, "max_points", DEFAULT_HISTORY_POINTS, 4, MAX_HISTORY_POINTS)
         start = _int(request, "start_step", 0, 0, MAX_SEQ)
-        end = _int(request, "end_step", 0, 0, MAX_SEQ)
+        end = _int(request, "end_step", 0, 0, MAX_SEQ) if request.query.get("end_step") else None
 
         def read() -> list[HistoryPage]:
             pages = [self._s.tracking.metric_history(run_id, key, max_points, start, end)]

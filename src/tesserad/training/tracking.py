@@ -954,13 +954,14 @@ class Tracking:
         key: str,
         max_points: int,
         start_step: int,
-        end_step: int,
+        end_step: int | None,
         size: int = 0,
         token: str = "",
     ) -> HistoryPage:
-        """One page of a metric's points in a step range: every point, or when the range holds
-        more than `max_points`, exactly `max_points` of them: the first and last point, and the
-        rest chosen over groups of equal step ranges, each group's extremes first (`_downsampled`).
+        """One page of a metric's points in a step range (`end_step` None: to the last step):
+        every point, or when the range holds more than `max_points`, exactly `max_points` of
+        them: the first and last point, and the rest chosen over groups of equal step ranges,
+        each group's extremes first (`_downsampled`).
 
         The first page fixes the answer (the steps of the range's first and last points, and
         the bucket level); the token carries it, so pages join into one answer.
@@ -971,13 +972,23 @@ class Tracking:
                 f"max_points must be 0 (every point) or >= 4 (first, last, min and max are always "
                 f"kept), got {max_points}"
             )
-        if start_step < 0 or end_step < 0 or (end_step and end_step < start_step):
+        if start_step < 0 or (end_step is not None and not 0 <= start_step <= end_step):
             raise InvalidArgument(
-                f"start_step and end_step must be >= 0 with start_step <= end_step (0 and 0 for all), "
-                f"got {start_step} and {end_step}"
+                f"start_step and end_step must be >= 0 with start_step <= end_step (end_step unset "
+                f"for every step from start_step on), got {start_step} and {end_step}"
             )
         limit = history_page_size(size, key)
-        query = {"history": run_id, "key": key, "max": max_points, "start": start_step, "end": end_step}
+        query: dict[str, Any] = {
+            "history": run_id,
+            "key": key,
+            "max": max_points,
+            "start": start_step,
+            "end": end_step or 0,
+        }
+        if end_step == 0:
+            # Step 0 alone; an unset end keeps "end": 0, so tokens issued before it could be set
+            # stay valid.
+            query["end_set"] = True
         after = resume_after(token, query)
         groups = (max_points - 2) // 2
         metric = metric_prefix(run_id, key)
@@ -985,7 +996,8 @@ class Tracking:
         with self._store.read() as txn:
             self.load_run(txn, run_id)
             if after is None:
-                ends = metric_buckets.end_steps(txn, metric, start_step, end_step or MAX_STEP)
+                last_step = MAX_STEP if end_step is None else end_step
+                ends = metric_buckets.end_steps(txn, metric, start_step, last_step)
                 if ends is None:
                     return HistoryPage([], 0, False, "")
                 first, last = ends

@@ -136,6 +136,7 @@ def test_long_histories_come_downsampled_by_the_store(dash, client):
     assert history["downsampled"] and history["total_points"] == steps
     assert len(history["steps"]) <= 100
     assert history["steps"][0] == 0 and history["steps"][-1] == steps - 1
+    assert http_get(port, f"/api/v1/runs/{run.run_id}/metrics/loss?end_step=0").json()["steps"] == [0]
     assert http_get(port, f"/api/v1/runs/{run.run_id}/metrics/loss?max_points=2").status == 400
 
 

@@ -25,6 +25,7 @@ def test_metric_history_joins_pages_sync_and_aio(daemon, client) -> None:
     assert history.total_points == len(steps) and not history.next_page_token and not history.downsampled
     ranged = client.training.metric_history(run_id, "loss", start_step=10_001, end_step=49_999)
     assert [p.step for p in ranged.points] == [s for s in steps if 10_001 <= s <= 49_999]
+    assert [p.step for p in client.training.metric_history(run_id, "loss", end_step=0).points] == [0]
     downsampled = client.training.metric_history(run_id, "loss", max_points=100)
     assert downsampled.downsampled and len(downsampled.points) <= 100
 

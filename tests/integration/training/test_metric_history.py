@@ -138,4 +138,6 @@ def test_history_page_tokens_and_sizes_are_checked(tracker) -> None:
     assert "page_token" in refused(page_token=first.next_page_token[:-4]).details()
     assert "different query" in refused(page_token=first.next_page_token, max_points=20).details()
     assert "different query" in refused(page_token=first.next_page_token, start_step=5).details()
+    # Step 0 alone is another query than every step, which an unset end_step reads.
+    assert "different query" in refused(page_token=first.next_page_token, end_step=0).details()
     assert "page_size" in refused(page_size=-1).details()

@@ -81,6 +81,28 @@ def test_metrics_summaries_and_history(tracker) -> None:
     assert [p.step for p in ranged.points] == [1, 2, 3] and ranged.total_points == 3
 
 
+def test_a_history_range_can_end_at_step_0_and_an_unset_end_reads_to_the_last_step(tracker) -> None:
+    run = _run(tracker, "hist-0")
+    _log(tracker, run.run_id, "loss", [5.0, 3.0, 4.0])
+
+    def steps(**range_: int) -> list[int]:
+        request = S.GetMetricHistoryRequest(run_id=run.run_id, key="loss", **range_)
+        return [p.step for p in tracker.GetMetricHistory(request).points]
+
+    assert steps(start_step=0, end_step=0) == [0]
+    assert steps(end_step=1) == [0, 1]
+    # A client from before end_step was optional sends nothing for 0: every step, as it did.
+    assert steps(start_step=0) == steps() == [0, 1, 2]
+    assert steps(start_step=1) == [1, 2]
+    backwards = _error(
+        lambda: tracker.GetMetricHistory(
+            S.GetMetricHistoryRequest(run_id=run.run_id, key="loss", start_step=2, end_step=0)
+        )
+    )
+    assert backwards.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "start_step <= end_step (end_step unset for every step from start_step on)" in backwards.details()
+
+
 def test_a_stream_of_batches_for_an_unknown_run_is_not_found_and_logs_nothing(tracker, caplog) -> None:
     requests = [
         S.LogMetricsRequest(run_id="no-such-run", points=[S.MetricPoint(key="loss", value=1.0, step=i)])

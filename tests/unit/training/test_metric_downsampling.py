@@ -61,7 +61,7 @@ def _answer(tracking: Tracking, run_id: str, max_points: int, size: int = 0) -> 
     points: list[MetricPoint] = []
     token = ""
     while True:
-        page = tracking.metric_history(run_id, "loss", max_points, 0, 0, size, token)
+        page = tracking.metric_history(run_id, "loss", max_points, 0, None, size, token)
         points += page.points
         token = page.next_token
         if not token:

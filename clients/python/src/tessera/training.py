@@ -724,10 +724,16 @@ class Training(Part[C]):
 
     @call
     def metric_history(
-        self, run_id: str, key: str, max_points: int = 0, start_step: int = 0, end_step: int = 0
+        self,
+        run_id: str,
+        key: str,
+        max_points: int = 0,
+        start_step: int = 0,
+        end_step: int | None = None,
     ) -> JoinedPages[pb.MetricHistory]:
-        """One metric's points, downsampled by the daemon to `max_points` when set; the daemon's
-        pages are joined into one MetricHistory."""
+        """One metric's points from `start_step` to `end_step` (inclusive; None: to the last
+        step, so end_step=0 reads step 0 alone), downsampled by the daemon to `max_points` when
+        set; the daemon's pages are joined into one MetricHistory."""
 
         def page(token: str) -> Op[pb.MetricHistory]:
             request = pb.GetMetricHistoryRequest(

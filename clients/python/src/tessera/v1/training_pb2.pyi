@@ -2093,7 +2093,11 @@ class GetMetricHistoryRequest(_message.Message):
     evenly spaced ranks among the rest.
     """
     start_step: _builtins.int
-    """Inclusive step range; 0 and 0 mean all steps."""
+    """Inclusive step range: from start_step (0 from the first) to end_step, or to the last step
+    when end_step is unset; start_step 0 and end_step 0 set read step 0 alone. A client built
+    before end_step was optional sends no end_step for 0 (proto3 leaves zeros out), so its 0
+    and 0 still read every step.
+    """
     end_step: _builtins.int
     page_size: _builtins.int
     """Points per page: 0 for the default (10,000); at most 100,000, and never more than fit in
@@ -2111,15 +2115,17 @@ class GetMetricHistoryRequest(_message.Message):
         key: _builtins.str = ...,
         max_points: _builtins.int = ...,
         start_step: _builtins.int = ...,
-        end_step: _builtins.int = ...,
+        end_step: _builtins.int | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_end_step", b"_end_step", "end_step", b"end_step"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_step", b"end_step", "key", b"key", "max_points", b"max_points", "page_size", b"page_size", "page_token", b"page_token", "run_id", b"run_id", "start_step", b"start_step"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_end_step", b"_end_step", "end_step", b"end_step", "key", b"key", "max_points", b"max_points", "page_size", b"page_size", "page_token", b"page_token", "run_id", b"run_id", "start_step", b"start_step"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__end_step: _TypeAlias = _typing.Literal["end_step"]  # noqa: Y015
+    _WhichOneofArgType__end_step: _TypeAlias = _typing.Literal["_end_step", b"_end_step"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__end_step) -> _WhichOneofReturnType__end_step | None: ...
 
 Global___GetMetricHistoryRequest: _TypeAlias = GetMetricHistoryRequest  # noqa: Y015
 
