@@ -81,7 +81,11 @@ def test_sdk_runs_take_mlflows_filter_and_order_strings(client):
     assert searched(filter="tags.team = 'vision'", params={"lr": "0.01"}, statuses=["succeeded"]) == "a"
     assert searched(order_by="metrics.val_acc DESC") == "cabd"  # runs without it last
     assert searched(order_by=["metrics.val_acc.max ASC"]) == "bacd"
-    assert searched(order_by="metrics.val_acc", filter="params.lr = '0.01'") == "abd"  # acc: highest first
+    # An order string without ASC or DESC sorts ascending, as MLflow's; a name alone, the metric's way.
+    assert searched(order_by="metrics.val_acc", filter="params.lr = '0.01'") == "bad"
+    assert searched(order_by=["metrics.val_acc"]) == "bacd"
+    assert searched(order_by="metrics.val_acc", descending=True) == "cabd"
+    assert searched(order_by="val_acc") == "cabd"
     assert searched(order_by="val_acc", descending=False, order_field="max") == "bacd"
 
     with pytest.raises(ValueError, match=r"params is filtered twice, in filter and in params="):
@@ -120,6 +124,8 @@ def test_runs_ls_filter_metric_and_mlflow_order(tessera_cli, client, capsys):
     assert listed("--filter", "attributes.status != 'succeeded'", "--metric", "val_acc<1") == "b"
     assert listed("--order-by", "metrics.val_acc.max ASC") == "bacd"
     assert listed("--order-by", "metrics.val_acc", "--asc") == "bacd"
+    assert listed("--order-by", "metrics.val_acc") == "bacd"  # MLflow's: ascending without a direction
+    assert listed("--order-by", "metrics.val_acc", "--desc") == "cabd"
     assert listed("--order-by", "val_acc") == "cabd"  # the plain METRIC form, highest first for acc
 
     # What is listed when nothing matches says where to find the keys to compare.

@@ -13,8 +13,9 @@ Filter: conditions joined by AND (any case), e.g.
   a param's or tag's may hold dots without them, as in MLflow: params.optimizer.lr.
   MLflow's other entity spellings (metric, param, parameter, tag, attribute, attr, run) work too.
 
-Order: `metrics.KEY [ASC|DESC]` (with .last, .min or .max as above); without ASC or DESC, the
-metric's own direction (lowest first for a loss or error). ListRuns orders by one metric.
+Order: `metrics.KEY [ASC|DESC]` (with .last, .min or .max as above); without ASC or DESC,
+ascending, as in MLflow (the SDK's runs() reads it so; a metric's name alone, order_by="val_loss",
+takes the metric's own direction instead). ListRuns orders by one metric.
 
 Mistakes raise RunFilterError (a ValueError) naming the column and what fits there.
 """
@@ -91,7 +92,7 @@ class RunOrderBy:
 
     metric: str
     field: pb.SummaryField.ValueType  # UNSPECIFIED when not given: the last value
-    descending: bool | None  # None: the metric's own direction
+    descending: bool | None  # None: not written (ascending, as MLflow's, unless told otherwise)
 
 
 class _Scanner:

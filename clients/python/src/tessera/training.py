@@ -90,9 +90,11 @@ def _run_order(
 ) -> pb.RunOrder | None:
     """ListRuns' order from a metric's name or MLflow's order string, and the direction and
     summary field given beside it; ValueError where both say the same thing, or where either is
-    given without an order to apply to."""
+    given without an order to apply to. Without a direction, a metric's name takes the metric's
+    own (the daemon's default), an order string ascending, as MLflow's search_runs does."""
     orders = [order_by] if isinstance(order_by, str) else list(order_by)
-    if len(orders) == 1 and not is_order_string(orders[0]):
+    named = len(orders) == 1 and not is_order_string(orders[0])
+    if named:
         parsed = RunOrderBy(orders[0], pb.SUMMARY_FIELD_UNSPECIFIED, None) if orders[0] else None
     else:
         parsed = parse_orders(orders)
@@ -109,6 +111,8 @@ def _run_order(
     if order_field is not None:
         order.field = enum_value(pb.SummaryField, "SUMMARY_FIELD_", order_field)
     direction = parsed.descending if parsed.descending is not None else descending
+    if direction is None and not named:
+        direction = False
     if direction is not None:
         order.direction = pb.SORT_DIRECTION_DESCENDING if direction else pb.SORT_DIRECTION_ASCENDING
     return order
@@ -643,10 +647,11 @@ class Training(Part[C]):
         metric. `filter` is MLflow's search string, e.g. "metrics.val_acc > 0.9 and params.lr =
         '0.01'" (see tessera.run_filter), in place of the structured argument of each kind it
         uses. `order_by` names a metric ("val_loss") or is MLflow's "metrics.val_loss ASC" (a
-        list of one too); `order_field` "last" (default), "min" or "max"; `descending` None: the
-        metric's own direction, e.g. lowest loss first (both need order_by). `view` "deleted_only" or "all" shows
-        deleted runs. A filter or order that cannot be read raises RunFilterError (a ValueError)
-        naming the column."""
+        list of one too); `order_field` "last" (default), "min" or "max"; `descending` None: for
+        a metric's name, the metric's own direction, e.g. lowest loss first, and for an order
+        string without ASC or DESC, ascending, as in MLflow (both need order_by). `view`
+        "deleted_only" or "all" shows deleted runs. A filter or order that cannot be read raises
+        RunFilterError (a ValueError) naming the column."""
         request = pb.ListRunsRequest(
             experiment=experiment,
             statuses=[enum_value(pb.RunStatus, "RUN_STATUS_", s) for s in statuses],
