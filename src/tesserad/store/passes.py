@@ -18,16 +18,18 @@ def each_row_once(
     *,
     batch: int,
     rebuilt: tuple[str, ...] | list[str] = (),
+    committed: Callable[[int], None] | None = None,
 ) -> int:
     """Call `visit(txn, key, value)` on every row of `table`, `batch` rows a write transaction,
     unless `marker` is in "meta"; the last transaction writes it, so a stop midway leaves the
     pass to run again at the next start. `rebuilt`: index tables the visits write whole, emptied
-    first (an older daemon may have left rows of what it deleted). Returns how many visits
-    returned True (changed something)."""
+    first (an older daemon may have left rows of what it deleted). `committed(rows)`: called
+    after each batch commits, with the rows visited so far (a long pass logs its progress).
+    Returns how many visits returned True (changed something)."""
     with store.read() as txn:
         if txn.exists("meta", marker):
             return 0
-    changed = 0
+    changed = visited = 0
     after: Key | None = None
     while True:
         with store.write() as txn:
@@ -40,3 +42,6 @@ def each_row_once(
                 txn.put("meta", marker, encode_record(marker[0], 1, {"at": time.time()}))
                 return changed
         after = rows[-1][0]
+        visited += len(rows)
+        if committed is not None:
+            committed(visited)

@@ -30,6 +30,7 @@ from tesserad.store import (
     WriteTxn,
     decode_metric_point,
     decode_record,
+    each_row_once,
     encode_metric_point,
     encode_record,
     pack,
@@ -1239,7 +1240,7 @@ class Tracking:
     def _each_row_once(
         self,
         table: str,
-        marker: Key,
+        marker: tuple[str],
         batch: int,
         visit: Callable[[WriteTxn, Key, bytes], None],
         progress_message: str,
@@ -1248,10 +1249,8 @@ class Tracking:
         started_message: str | None = None,
         rebuilt: tuple[str, ...] = (),
     ) -> _Pass | None:
-        """`visit(txn, key, value)` for every row of `table`, `batch` a write transaction, then
-        `marker` (named by its first part) in meta: the start-up upgrades' one pass. None when
-        `marker` was there already; progress every few seconds. `rebuilt`: index tables the
-        visits write whole, emptied first (an older daemon may have left rows it made stale)."""
+        """The store's `each_row_once` for the start-up upgrades, logging as it goes: None when
+        `marker` was there already; progress every `progress_every_s` seconds."""
         noun = _PASS_ROWS[table]
         with self._store.read() as txn:
             if txn.exists("meta", marker):
@@ -1260,24 +1259,20 @@ class Tracking:
         if total and started_message is not None:
             log.info(started_message, extra={noun: total})
         started = reported = time.monotonic()
-        done = 0
-        after: Key | None = None
-        while True:
-            with self._store.write() as txn:
-                if after is None:
-                    for index in rebuilt:
-                        txn.clear(index)
-                rows = list(txn.scan(table, after=after, limit=batch))
-                for key, raw in rows:
-                    visit(txn, key, raw)
-                if not rows:
-                    txn.put("meta", marker, encode_record(str(marker[0]), 1, {"at": time.time()}))
-                    break
-            done += len(rows)
-            after = rows[-1][0]
+
+        def visit_row(txn: WriteTxn, key: Key, raw: bytes) -> bool:
+            visit(txn, key, raw)
+            return True  # each_row_once then counts the rows visited
+
+        def progress(done: int) -> None:
+            nonlocal reported
             if time.monotonic() - reported >= progress_every_s:
                 reported = time.monotonic()
                 log.info(progress_message, extra={f"{noun}_done": done, noun: total, **progress_extra()})
+
+        done = each_row_once(
+            self._store, table, marker, visit_row, batch=batch, rebuilt=rebuilt, committed=progress
+        )
         return _Pass(total, done, round(time.monotonic() - started, 1))
 
 
