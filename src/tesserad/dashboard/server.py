@@ -33,6 +33,7 @@ HTTP_STATUS_BY_ERROR: dict[type[errors.TesseraError], int] = {
     errors.NotFound: 404,
     errors.AlreadyExists: 409,
     errors.FailedPrecondition: 409,
+    errors.NotLoaded: 409,
     errors.ResourceExhausted: 429,
     errors.DataLoss: 500,
     errors.Unauthenticated: 401,
