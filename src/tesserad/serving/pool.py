@@ -240,9 +240,14 @@ def _given(value: int | None, default: int) -> int:
 class LoadedVersion:
     """A version in the pool; `batcher` is set once it is READY."""
 
-    def __init__(self, model: str, version: int, config: EffectiveConfig, stats: ServingStats) -> None:
+    def __init__(
+        self, model: str, version: int, artifact_sha256: str, config: EffectiveConfig, stats: ServingStats
+    ) -> None:
         self.model = model
         self.version = version
+        # Which artifact runs: a model deleted and registered again numbers its versions from 1
+        # again, so the number alone does not tell the new version 1 from the old one.
+        self.artifact_sha256 = artifact_sha256
         self.config = config
         self.stats = stats
         self.state = LoadState.LOADING
@@ -316,12 +321,19 @@ class ModelPool:
         under_way = listed if listed is not None and listed.state in _LOADING else None
         with load_lock:
             current = self._ready.get(key)
+            if current is not None and current.artifact_sha256 != servable.artifact_sha256:
+                # Another artifact under the number (its model was deleted and registered again):
+                # the old one stops answering now, and its figures and cached answers go with it.
+                self.unload(*key)
+                current = None
             if current is not None and (keep_loaded or current.config == effective):
                 return current
             if keep_loaded and under_way is not None and under_way.state is LoadState.FAILED:
                 raise FailedPrecondition(under_way.error)
             stats = current.stats if current is not None else ServingStats(*key, self._metrics)
-            entry = LoadedVersion(servable.model, servable.version, effective, stats)
+            entry = LoadedVersion(
+                servable.model, servable.version, servable.artifact_sha256, effective, stats
+            )
             if effective.response_cache and self.response_cache is not None:
                 identity = version_identity(
                     servable.model,

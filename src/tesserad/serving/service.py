@@ -839,8 +839,10 @@ class InferenceService:
 
     def _deleted_versions(self, model: str) -> set[int]:
         """The versions of `model` that serving holds (listed in the pool, or a target's) and its
-        source no longer has."""
-        held = {entry.version for entry in self.pool.list(model)}
+        source no longer has: deleted, or deleted with their model and registered again under
+        their number (another artifact, which the pool lists under the old one's)."""
+        artifacts = {entry.version: entry.artifact_sha256 for entry in self.pool.list(model)}
+        held = set(artifacts)
         held |= {version for (m, _), version in self._aliases.items() if m == model}
         router = self._routers.get(model)
         if router is not None:
@@ -848,12 +850,15 @@ class InferenceService:
         gone: set[int] = set()
         for version in held:
             try:
-                self._source.servable(model, version, None)
+                servable = self._source.servable(model, version, None)
             except NotFound:
                 gone.add(version)
+                continue
             except TesseraError:
                 # The source cannot tell now (a replica's primary out of reach): keep serving it.
                 continue
+            if version in artifacts and artifacts[version] != servable.artifact_sha256:
+                gone.add(version)
         return gone
 
     def _warm_like(self, model: str, version: int, like: int) -> str | None:

@@ -1,16 +1,21 @@
 """Serving never answers from a version deleted from the registry: not by number, not through a
-deployment or an alias held back on it because the version they moved to failed to warm."""
+deployment or an alias held back on it because the version they moved to failed to warm, nor once
+its model is deleted and registered again under its number."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 
 import grpc
 import numpy as np
-from serving_models import predict_request, reshape_model, upload
+from serving_models import W, linear_model, predict_request, reshape_model, to_array, upload
 
-from tessera.v1 import common_pb2, inference_pb2, registry_pb2
+from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc
+from tesserad.serving.service import InferenceService
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
 
@@ -83,3 +88,90 @@ def test_an_alias_held_back_on_a_version_deleted_since_stops_serving_it(
     assert _predict_code(inference, predict_request(linear, X, alias="production")) == (
         grpc.StatusCode.FAILED_PRECONDITION
     )
+
+
+class HeldRefreshes:
+    """Holds the serving refreshes of a daemon's registry changes: one thread runs them in turn,
+    and each ends by asking the deletion listeners whether they keep anything for its model, so a
+    listener that blocks there holds every refresh queued after it."""
+
+    def __init__(self, service: InferenceService) -> None:
+        self._lock = threading.Condition()
+        self._hold_after = ""
+        self._holding = False
+        self._refreshed: Counter[str] = Counter()
+        service.add_deletion_listener(lambda model: None, self._refresh_ends)
+
+    def _refresh_ends(self, model: str) -> bool:
+        with self._lock:
+            self._refreshed[model] += 1
+            self._lock.notify_all()
+            if model == self._hold_after:
+                self._holding = True
+                self._lock.notify_all()
+                self._lock.wait_for(lambda: not self._hold_after, 30)
+        return False
+
+    @contextlib.contextmanager
+    def held_after(self, model: str, change: Callable[[], object]) -> Iterator[None]:
+        """Hold the refreshes queued after the one that `change` (a change to `model`) queues,
+        until the block ends (release_and_wait releases them earlier)."""
+        with self._lock:
+            self._hold_after = model
+        try:
+            change()
+            with self._lock:
+                assert self._lock.wait_for(lambda: self._holding, 30), "the change was never refreshed"
+                self._refreshed.clear()
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        with self._lock:
+            self._hold_after = ""
+            self._holding = False
+            self._lock.notify_all()
+
+    def release_and_wait(self, *models: str) -> None:
+        """Let the held refreshes run, and wait until each of `models` has been refreshed."""
+        self._release()
+        with self._lock:
+            assert self._lock.wait_for(lambda: all(self._refreshed[m] for m in models), 30)
+
+
+def test_a_model_deleted_and_registered_again_between_refreshes_answers_with_its_new_artifact(
+    start_daemon,
+) -> None:
+    daemon = start_daemon(**{"serving.response_cache_size": "1MiB"})
+    channel = daemon.channel()
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    registry = registry_pb2_grpc.RegistryStub(channel)
+    cached = inference_pb2.ServingConfig(response_cache=True)
+    for model in ("loaded", "refreshed"):
+        upload(channel, model, linear_model(1.0))
+        inference.LoadModel(
+            inference_pb2.LoadModelRequest(
+                target=common_pb2.VersionRef(model=model, version=1), config=cached
+            )
+        )
+        np.testing.assert_allclose(
+            to_array(inference.Predict(predict_request(model, X, version=1)).outputs[0]), X @ W, rtol=1e-6
+        )
+    refreshes = HeldRefreshes(daemon.daemon.inference)
+    with refreshes.held_after("other", lambda: upload(channel, "other", linear_model(1.0))):
+        for model in ("loaded", "refreshed"):
+            registry.DeleteModel(registry_pb2.DeleteModelRequest(name=model))
+            assert upload(channel, model, linear_model(3.0)) == 1
+        # Loaded again with the config it had: the registry's version 1 is another artifact now,
+        # so the old one is not kept, nor are its cached answers (to X, as below) found.
+        inference.LoadModel(
+            inference_pb2.LoadModelRequest(
+                target=common_pb2.VersionRef(model="loaded", version=1), config=cached
+            )
+        )
+        answer = inference.Predict(predict_request("loaded", X, version=1))
+        np.testing.assert_allclose(to_array(answer.outputs[0]), X @ W * 3, rtol=1e-6)
+        refreshes.release_and_wait("loaded", "refreshed")
+    answer = inference.Predict(predict_request("refreshed", X, version=1))
+    np.testing.assert_allclose(to_array(answer.outputs[0]), X @ W * 3, rtol=1e-6)
