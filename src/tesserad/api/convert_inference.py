@@ -122,8 +122,12 @@ def explanation_to_proto(
 
 
 def config_from_proto(config: pb.ServingConfig) -> ServingConfig:
+    runtime = _RUNTIME_NAMES.get(config.runtime)
+    if runtime is None:
+        names = ", ".join(pb.Runtime.Name(r) for r in _RUNTIME_NAMES)
+        raise InvalidArgument(f"config.runtime must be one of {names}, got {config.runtime}")
     return ServingConfig(
-        runtime=_RUNTIME_NAMES.get(config.runtime, ""),
+        runtime=runtime,
         device=config.device,
         instances=config.instances,
         max_batch_size=config.max_batch_size,

@@ -34,6 +34,7 @@ from tesserad.serving.service import InferenceService
 from tesserad.serving.trace import Tracer
 
 DEFAULT_SHADOW_LIMIT = 100
+_SCOPES = (pb.STATS_SCOPE_UNSPECIFIED, pb.STATS_SCOPE_CLUSTER)
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
@@ -174,6 +175,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         context: grpc.aio.ServicerContext[pb.GetStatsRequest, pb.GetStatsResponse],
     ) -> pb.GetStatsResponse:
         target = target_from_proto(request.target, model_required=False)
+        if request.scope not in _SCOPES:
+            names = ", ".join(pb.StatsScope.Name(s) for s in _SCOPES)
+            raise InvalidArgument(f"scope must be one of {names}, got {request.scope}")
         if request.scope != pb.STATS_SCOPE_CLUSTER:
             entries = await asyncio.to_thread(self._service.stats_entries, target)
             return pb.GetStatsResponse(

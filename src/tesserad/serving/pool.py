@@ -29,7 +29,7 @@ from tesserad.errors import (
 from tesserad.serving.batcher import DynamicBatcher
 from tesserad.serving.ensemble import EnsemblePlan, EnsembleRuntime
 from tesserad.serving.response_cache import ResponseCache, VersionCache, version_identity
-from tesserad.serving.runtimes import OnnxRuntime, Runtime, TorchRuntime, default_device
+from tesserad.serving.runtimes import OnnxRuntime, Runtime, TorchRuntime, cuda_index, default_device
 from tesserad.serving.signature import Signature, sample_inputs
 from tesserad.serving.stats import ServingMetrics, ServingStats
 
@@ -218,6 +218,8 @@ def effective_config(config: ServingConfig, defaults: ServingDefaults, format: s
             "version with runtime onnx"
         )
     device = config.device or default_device()
+    # Here, not as its runtime loads: a device misspelt must leave no failed load listed.
+    cuda_index(device)
     instances = config.instances or defaults.instances or (CPU_INSTANCES if device == "cpu" else 1)
     threads = _given(config.intra_op_threads, defaults.intra_op_threads)
     return EffectiveConfig(

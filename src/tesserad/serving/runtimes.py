@@ -104,7 +104,7 @@ def default_device() -> str:
     return "cuda:0" if cuda_available() else "cpu"
 
 
-def _cuda_index(device: str) -> int | None:
+def cuda_index(device: str) -> int | None:
     """None for "cpu", N for "cuda:N" (or "cuda"); InvalidArgument for anything else."""
     if device == "cpu":
         return None
@@ -118,7 +118,7 @@ class OnnxRuntime:
     def __init__(self, path: Path, device: str, intra_op_threads: int) -> None:
         import onnxruntime
 
-        cuda = _cuda_index(device)
+        cuda = cuda_index(device)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
@@ -241,7 +241,7 @@ class TorchRuntime:
         from tesserad.nn.architectures import build_model
         from tesserad.nn.specs import spec_from_dict
 
-        cuda = _cuda_index(device)
+        cuda = cuda_index(device)
         if cuda is not None and not torch.cuda.is_available():
             raise FailedPrecondition(
                 f"device {device} asks for CUDA, but torch sees no GPU; load with device cpu"

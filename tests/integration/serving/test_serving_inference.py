@@ -108,6 +108,14 @@ def test_load_bad_paths(inference, linear, expect_rpc_error) -> None:
         grpc.StatusCode.FAILED_PRECONDITION,
         "the torch runtime needs a safetensors version",
     )
+    # A runtime this daemon does not know (a newer client's) was taken for "unspecified".
+    expect_rpc_error(
+        load(inference_pb2.ServingConfig(runtime=9)),  # type: ignore[arg-type]
+        INVALID,
+        "config.runtime must be one of RUNTIME_UNSPECIFIED, RUNTIME_ONNX, RUNTIME_TORCH, got 9",
+    )
+    # A config refused leaves no failed load listed, which requests would find and be refused for.
+    assert list(inference.ListLoaded(inference_pb2.ListLoadedRequest(model=linear)).models) == []
     if not cuda_available():
         expect_rpc_error(
             load(inference_pb2.ServingConfig(device="cuda:0")),
@@ -383,6 +391,12 @@ def test_get_stats_of_what_is_not_loaded_is_not_found_saying_how_to_load_it(
         "model 'linear' version 2 is not loaded, so it has no statistics",
     )
     expect_rpc_error(stats(model=linear, alias="latest"), not_found, "model 'linear' version 2 is not loaded")
+    # A scope this daemon does not know was taken for this daemon's own figures.
+    expect_rpc_error(
+        lambda: inference.GetStats(inference_pb2.GetStatsRequest(scope=7)),  # type: ignore[arg-type]
+        INVALID,
+        "scope must be one of STATS_SCOPE_UNSPECIFIED, STATS_SCOPE_CLUSTER, got 7",
+    )
 
 
 def test_predict_stream_answers_each_with_its_id_and_keeps_going_after_errors(inference, linear) -> None:
