@@ -326,7 +326,7 @@ class ModelPool:
             if current is not None and current.artifact_sha256 != servable.artifact_sha256:
                 # Another artifact under the number (its model was deleted and registered again):
                 # the old one stops answering now, and its figures and cached answers go with it.
-                self.unload(*key)
+                self._unload(key)
                 current = None
             if current is not None and (keep_loaded or current.config == effective):
                 return current
@@ -370,8 +370,19 @@ class ModelPool:
             return entry
 
     def unload(self, model: str, version: int) -> LoadedVersion:
-        """Stop routing to the version, let its queue finish, free it."""
+        """Stop routing to the version, let its queue finish, free it. A load or unload of it under
+        way is waited for first: the load's version is then unloaded, and after the unload it is
+        NotFound (not loaded), as a load that finished later would leave it serving, and two
+        unloads at once would drain it twice."""
         key = (model, version)
+        with self._lock:
+            load_lock = self._load_locks.setdefault(key, threading.Lock())
+        with load_lock:
+            return self._unload(key)
+
+    def _unload(self, key: tuple[str, int]) -> LoadedVersion:
+        """unload, for a caller that holds the version's load lock."""
+        model, version = key
         with self._lock:
             entry = self._listed.get(key)
             if entry is None:

@@ -300,3 +300,64 @@ def test_loads_that_waited_for_a_failing_load_share_its_failure(pool: ModelPool,
     with pytest.raises(FailedPrecondition, match="onnxruntime cannot load this model"):
         pool.load(servable, ServingConfig(), keep_loaded=True)
     assert len(opened) == 2
+
+
+class _ArrivalLock:
+    """A lock that releases `arrivals` for each caller that finds it held (about to wait)."""
+
+    def __init__(self, arrivals: threading.Semaphore) -> None:
+        self._lock = threading.Lock()
+        self._arrivals = arrivals
+
+    def __enter__(self) -> None:
+        if self._lock.locked():
+            self._arrivals.release()
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+def test_unloads_while_the_version_loads_wait_for_it_and_one_unloads_it(
+    pool: ModelPool, linear_onnx: Path
+) -> None:
+    # An unload that found the load under way answered at once, as if it had unloaded the
+    # version, which the load then left serving; two unloads at once both drained one batcher
+    # (the second could find it gone under it: an AttributeError, INTERNAL to the caller).
+    inside = threading.Event()
+    release = threading.Event()
+
+    @contextmanager
+    def open_artifact() -> Iterator[Path]:
+        inside.set()
+        assert release.wait(30)
+        yield linear_onnx
+
+    arrivals = threading.Semaphore(0)
+    pool._load_locks[("m", 1)] = _ArrivalLock(arrivals)  # type: ignore[assignment]
+    loading = threading.Thread(
+        target=pool.load, args=(ServableVersion("m", 1, "onnx", open_artifact), ServingConfig())
+    )
+    loading.start()
+    assert inside.wait(30)
+    outcomes: list[str] = []
+
+    def unload() -> None:
+        try:
+            pool.unload("m", 1)
+            outcomes.append("unloaded")
+        except NotFound as exc:
+            outcomes.append(exc.message)
+        finally:
+            arrivals.release()  # it answered without waiting (or, waiting first, it answered now)
+
+    unloads = [threading.Thread(target=unload) for _ in range(2)]
+    for thread in unloads:
+        thread.start()
+    for _ in unloads:  # each waits for the load, or answered without waiting for it
+        assert arrivals.acquire(timeout=30)
+    release.set()
+    for thread in (loading, *unloads):
+        thread.join(30)
+    assert sorted(outcomes) == ["model 'm' version 1 is not loaded (loaded versions: none)", "unloaded"]
+    assert pool.get("m", 1) is None and pool.list() == []
