@@ -630,6 +630,20 @@ class DynamicBatcher:
                 return
             self._fail(batch[0], exc)
             return
+        if not alone and not _follows_rows(outputs, names, rows):
+            # A model that answers a batch with other than one row per input row (one that
+            # reduces over the batch) cannot be batched: split by rows, its answer would give each
+            # request another's. Each runs alone, and so do its requests from now on.
+            if self._max_rows > 1:
+                log.warning(
+                    "%s answered a batch of %d rows with outputs of other row counts; its requests "
+                    "run alone from now on (batching them would mix their answers)",
+                    self.label, rows,
+                )  # fmt: skip
+            self._max_rows = 1
+            for request in batch:
+                self._run(runtime, [request])
+            return
         compute_ns = time.perf_counter_ns() - started
         answered: list[tuple[int, int, int, bool]] = []
         predictions: list[Prediction] = []
@@ -681,6 +695,13 @@ class DynamicBatcher:
     def _failed(self, request: _Request, reason: FailureReason) -> None:
         """Count a request the batcher failed, its time from its queueing."""
         self._stats.record_failure(time.perf_counter_ns() - request.enqueued_ns, request.shadow, reason)
+
+
+def _follows_rows(outputs: Mapping[str, np.ndarray], names: Sequence[str], rows: int) -> bool:
+    """Whether each of the outputs `names` has one row per input row of the batch."""
+    return all(
+        (array := outputs.get(name)) is not None and array.ndim > 0 and len(array) == rows for name in names
+    )
 
 
 def _rows_of(members: tuple[MemberAnswer, ...], offset: int, rows: int) -> tuple[MemberAnswer, ...]:

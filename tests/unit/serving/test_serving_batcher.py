@@ -93,6 +93,32 @@ def test_an_ensembles_member_answers_are_split_back_with_its_outputs() -> None:
     batcher.close(5)
 
 
+class BatchSumRuntime(GatedRuntime):
+    """A model whose output does not follow its input's rows: the sum over the whole batch."""
+
+    def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
+        super().run(inputs, output_names)
+        return {"y": inputs["x"].sum(axis=0, keepdims=True)}
+
+
+def test_a_model_whose_outputs_do_not_follow_the_batch_answers_each_request_alone_and_stops_batching() -> (
+    None
+):
+    # Its answer to a batch was split by rows as if it had one per input row: the first request
+    # got the whole batch's sum, the others empty arrays.
+    runtime = BatchSumRuntime()
+    batcher = make_batcher(runtime)
+    first = occupy(batcher, runtime)
+    queued = [batcher.submit(rows(n, float(n)), ["y"], n) for n in (1, 2, 3)]
+    runtime.gate.set()
+    first.result(10)
+    for n, future in zip((1, 2, 3), queued, strict=True):
+        np.testing.assert_array_equal(future.result(10).outputs["y"], np.full((1, 2), float(n * n)))
+    assert runtime.batches == [1, 6, 1, 2, 3]
+    assert not batcher.batches
+    batcher.close(5)
+
+
 def test_batches_hold_at_most_max_batch_size_rows() -> None:
     runtime = GatedRuntime()
     batcher = make_batcher(runtime, max_batch_size=4)
