@@ -465,11 +465,18 @@ class InferenceService:
             entries = self.pool.list(target.model)
             if not entries:
                 self._source.servable(target.model, None, LATEST)  # NotFound for a model that does not exist
+            unloaded = []
+            for entry in entries:
+                try:
+                    unloaded.append(self.pool.unload(entry.model, entry.version))
+                except NotFound:
+                    continue  # unloaded since it was listed (another UnloadModel, a deletion)
+            if not unloaded:
                 raise NotFound(
                     f"model {target.model!r} has no loaded version, so there is nothing to unload "
                     "(ListLoaded lists what is loaded)"
                 )
-            return [self.pool.unload(e.model, e.version) for e in entries]
+            return unloaded
         return [self.pool.unload(target.model, self.resolve_version(target))]
 
     def describe(self, target: Target) -> VersionDescription:

@@ -1,4 +1,5 @@
-"""Helpers for the serving unit tests: ONNX graph saving, weights, and a gated runtime."""
+"""Helpers for the serving unit tests: ONNX graph saving, weights, a gated runtime, and a lock
+that says who waits for it."""
 
 from __future__ import annotations
 
@@ -53,3 +54,19 @@ class GatedRuntime:
 
     def close(self) -> None:
         self.closed = True
+
+
+class ArrivalLock:
+    """A lock that releases `arrivals` for each caller that finds it held (about to wait)."""
+
+    def __init__(self, arrivals: threading.Semaphore) -> None:
+        self._lock = threading.Lock()
+        self._arrivals = arrivals
+
+    def __enter__(self) -> None:
+        if self._lock.locked():
+            self._arrivals.release()
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()

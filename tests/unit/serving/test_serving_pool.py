@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serving_fakes import LINEAR_B, LINEAR_W
+from serving_fakes import LINEAR_B, LINEAR_W, ArrivalLock
 
 from tesserad.errors import DataLoss, FailedPrecondition, InvalidArgument, Lasting, NotFound, Unavailable
 from tesserad.serving.pool import (
@@ -302,22 +302,6 @@ def test_loads_that_waited_for_a_failing_load_share_its_failure(pool: ModelPool,
     assert len(opened) == 2
 
 
-class _ArrivalLock:
-    """A lock that releases `arrivals` for each caller that finds it held (about to wait)."""
-
-    def __init__(self, arrivals: threading.Semaphore) -> None:
-        self._lock = threading.Lock()
-        self._arrivals = arrivals
-
-    def __enter__(self) -> None:
-        if self._lock.locked():
-            self._arrivals.release()
-        self._lock.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self._lock.release()
-
-
 def test_unloads_while_the_version_loads_wait_for_it_and_one_unloads_it(
     pool: ModelPool, linear_onnx: Path
 ) -> None:
@@ -334,7 +318,7 @@ def test_unloads_while_the_version_loads_wait_for_it_and_one_unloads_it(
         yield linear_onnx
 
     arrivals = threading.Semaphore(0)
-    pool._load_locks[("m", 1)] = _ArrivalLock(arrivals)  # type: ignore[assignment]
+    pool._load_locks[("m", 1)] = ArrivalLock(arrivals)  # type: ignore[assignment]
     loading = threading.Thread(
         target=pool.load, args=(ServableVersion("m", 1, "onnx", open_artifact), ServingConfig())
     )

@@ -1,14 +1,18 @@
-"""A request routed to a version whose config is swapped while the request is being validated."""
+"""A request routed to a version whose config is swapped while the request is being validated, and
+an unload of a model whose versions are unloaded by others meanwhile."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from serving_fakes import ArrivalLock
 
 from tesserad.serving import service as service_module
 from tesserad.serving.pool import ModelPool, ServableVersion, ServingConfig, ServingDefaults, servable_file
@@ -63,3 +67,39 @@ def test_a_request_whose_version_is_swapped_while_it_is_validated_goes_to_the_ne
     submitted = inference.submit(Target("m", 1), inputs, outputs, None, "r1", started=time.perf_counter_ns())
     assert submitted.entry is swapped[0]
     assert submitted.future is not None and submitted.future.result(10).outputs["y"].shape == (1, 3)
+
+
+def test_unloading_a_model_skips_its_versions_unloaded_meanwhile(
+    inference: InferenceService, linear_onnx: Path
+) -> None:
+    """It listed the loaded versions, then unloaded each: one unloaded by another call in between
+    failed the whole call NOT_FOUND, although it had unloaded the others."""
+    for version in (1, 2):
+        inference.pool.load(servable_file("m", version, "onnx", linear_onnx), ServingConfig())
+    inside = threading.Event()
+    release = threading.Event()
+
+    @contextmanager
+    def open_artifact() -> Iterator[Path]:
+        inside.set()
+        assert release.wait(30)
+        yield linear_onnx
+
+    arrivals = threading.Semaphore(0)
+    inference.pool._load_locks[("m", 1)] = ArrivalLock(arrivals)  # type: ignore[assignment]
+    swap = ServableVersion("m", 1, "onnx", open_artifact)
+    swapping = threading.Thread(target=inference.pool.load, args=(swap, ServingConfig(max_batch_size=4)))
+    swapping.start()
+    assert inside.wait(30)
+    unloaded: list[list[int]] = []
+    unloading = threading.Thread(
+        target=lambda: unloaded.append([e.version for e in inference.unload(Target("m"))])
+    )
+    unloading.start()
+    assert arrivals.acquire(timeout=30)  # it listed both, and waits for the swap of version 1
+    inference.pool.unload("m", 2)
+    release.set()
+    swapping.join(30)
+    unloading.join(30)
+    assert unloaded == [[1]]
+    assert inference.pool.list() == []
