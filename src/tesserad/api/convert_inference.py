@@ -68,6 +68,11 @@ def target_from_proto(ref: common_pb2.VersionRef, *, model_required: bool = True
 def _checked_target(ref: common_pb2.VersionRef, selector: str | None, model_required: bool) -> Target:
     if model_required or ref.model:
         validate_name("target.model", ref.model)
+    elif selector is not None:
+        raise InvalidArgument(
+            "target.model is required with target.version or target.alias; leave the whole target "
+            "empty for every loaded version"
+        )
     if selector == "version":
         if ref.version < 1:
             raise InvalidArgument(f"target.version must be >= 1 (versions count from 1), got {ref.version}")

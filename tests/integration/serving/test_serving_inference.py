@@ -391,6 +391,14 @@ def test_get_stats_of_what_is_not_loaded_is_not_found_saying_how_to_load_it(
         "model 'linear' version 2 is not loaded, so it has no statistics",
     )
     expect_rpc_error(stats(model=linear, alias="latest"), not_found, "model 'linear' version 2 is not loaded")
+    # A version or alias without a model was ignored: every loaded version's figures came back.
+    for target in ({"version": 1}, {"alias": "production"}):
+        expect_rpc_error(
+            stats(**target),
+            INVALID,
+            "target.model is required with target.version or target.alias; leave the whole target "
+            "empty for every loaded version",
+        )
     # A scope this daemon does not know was taken for this daemon's own figures.
     expect_rpc_error(
         lambda: inference.GetStats(inference_pb2.GetStatsRequest(scope=7)),  # type: ignore[arg-type]

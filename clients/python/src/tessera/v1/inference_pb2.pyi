@@ -668,7 +668,9 @@ class GetStatsRequest(_message.Message):
     """Include each latency's histogram (LatencySummary.histogram)."""
     @_builtins.property
     def target(self) -> _common_pb2.VersionRef:
-        """Unset selector: every loaded version of the model. Empty model: every loaded version."""
+        """Unset selector: every loaded version of the model. Empty model: every loaded version (a
+        version or alias without a model is INVALID_ARGUMENT).
+        """
 
     def __init__(
         self,
