@@ -285,6 +285,7 @@ class ModelPool:
         self.response_cache = (
             ResponseCache(defaults.response_cache_size) if defaults.response_cache_size else None
         )
+        self._closed = False
 
     def get(self, model: str, version: int) -> LoadedVersion | None:
         """The READY version, or None."""
@@ -318,6 +319,11 @@ class ModelPool:
         effective = effective_config(config, self.defaults, servable.format)
         key = (servable.model, servable.version)
         with self._lock:
+            if self._closed:
+                raise Unavailable(
+                    f"cannot load model {servable.model!r} version {servable.version}: tesserad is "
+                    "stopping; retry once it runs again"
+                )
             load_lock = self._load_locks.setdefault(key, threading.Lock())
             listed = self._listed.get(key)
         under_way = listed if listed is not None and listed.state in _LOADING else None
@@ -417,6 +423,14 @@ class ModelPool:
             return {key for entry in self._listed.values() for key in entry.members}
 
     def close(self) -> None:
+        """Unload everything; a load begun before waits to finish and is unloaded, a later one is
+        refused (a request's autoload runs in a thread that a stop cannot interrupt)."""
+        with self._lock:
+            self._closed = True
+            under_way = list(self._load_locks.values())
+        for load_lock in under_way:
+            with load_lock:  # held by a load from its start until its version is listed
+                pass
         # Ensembles first: one still draining would load a member unloaded before it again.
         for entry in sorted(self.list(), key=lambda e: not e.members):
             self.unload(entry.model, entry.version)

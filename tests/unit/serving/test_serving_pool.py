@@ -345,3 +345,13 @@ def test_unloads_while_the_version_loads_wait_for_it_and_one_unloads_it(
         thread.join(30)
     assert sorted(outcomes) == ["model 'm' version 1 is not loaded (loaded versions: none)", "unloaded"]
     assert pool.get("m", 1) is None and pool.list() == []
+
+
+def test_a_load_after_the_pool_closed_is_refused_and_leaves_nothing_running(linear_onnx: Path) -> None:
+    # A request's autoload runs in a thread the daemon's stop cannot interrupt: one that reached
+    # the pool after it closed loaded the version anyway, its batcher's threads outliving the stop.
+    pool = ModelPool(ServingDefaults(intra_op_threads=1), None)
+    pool.close()
+    with pytest.raises(Unavailable, match=r"cannot load model 'm' version 1: tesserad is stopping"):
+        pool.load(onnx_version(linear_onnx), ServingConfig())
+    assert pool.list() == []
