@@ -365,9 +365,9 @@ def metric_filters_from_proto(filters: Any) -> list[MetricFilter]:
     return out
 
 
-def mode_from_proto(value: job_spec_pb2.OptimizeMode.ValueType) -> str | None:
+def mode_from_proto(value: job_spec_pb2.OptimizeMode.ValueType, field: str = "mode") -> str | None:
     if value not in _MODES:
-        raise InvalidArgument(f"mode: unknown value {value}; use MIN or MAX")
+        raise InvalidArgument(f"{field}: unknown value {value}; use MIN or MAX")
     return _MODES[value] or None
 
 
@@ -423,7 +423,7 @@ def sweep_request_from_proto(spec: pb.SweepSpec) -> SweepRequest:
         max_trials=spec.max_trials,
         max_concurrent=spec.max_concurrent,
         metric=spec.metric,
-        mode=mode_from_proto(spec.mode) or "",
+        mode=mode_from_proto(spec.mode, "spec.mode") or "",
         seed=spec.seed,
         asha=AshaSettings(spec.asha.min_epochs, spec.asha.reduction_factor),
         document=json_format.MessageToDict(spec, preserving_proto_field_name=True),

@@ -57,7 +57,7 @@ def pbt_settings(asked: PbtSettings, max_trials: int) -> PbtSettings:
         raise InvalidArgument("spec.pbt: perturb must be in (0, 1) and resample_probability in [0, 1]")
     if max_trials < 2 * settings.population:
         raise InvalidArgument(
-            f"max_trials: PBT runs generations of {settings.population} trials; "
+            f"spec.max_trials: PBT runs generations of {settings.population} trials; "
             f"give at least two generations ({2 * settings.population} trials), got {max_trials}"
         )
     return settings

@@ -33,13 +33,17 @@ class SweepParameter:
 def check_space(parameters: list[SweepParameter]) -> None:
     """Refuse a space no searcher can draw from, naming the parameter and what to fix."""
     if not parameters:
-        raise InvalidArgument("parameters: a sweep varies at least one field")
+        raise InvalidArgument("spec.parameters: a sweep varies at least one field")
     paths = [p.path for p in parameters]
     if len(set(paths)) != len(paths):
-        raise InvalidArgument("parameters: a path is listed twice")
+        raise InvalidArgument("spec.parameters: a path is listed twice")
     earlier: dict[str, SweepParameter] = {}
     for i, p in enumerate(parameters):
-        where = f"parameters[{i}]"
+        where = f"spec.parameters[{i}]"
+        if not p.path:
+            raise InvalidArgument(
+                f"{where}.path: is required: the JobSpec field the parameter sets, e.g. optimizer.lr"
+            )
         if p.values is not None and not p.values:
             raise InvalidArgument(f"{where}.values: list at least one value")
         if p.values is None:
@@ -107,7 +111,7 @@ def grid_points(parameters: list[SweepParameter], limit: int) -> list[dict[str, 
     for i, p in enumerate(parameters):
         if p.values is None:
             raise InvalidArgument(
-                f"parameters[{i}]: a grid sweep needs explicit values for {p.path}, not a range"
+                f"spec.parameters[{i}]: a grid sweep needs explicit values for {p.path}, not a range"
             )
     points: list[dict[str, str]] = []
     stack: list[tuple[int, dict[str, str]]] = [(0, {})]
@@ -160,7 +164,7 @@ def plan_points(
     """Every trial's values for the searchers that plan them all at submit: grid and random."""
     check_space(parameters)
     if max_trials < 0:
-        raise InvalidArgument(f"max_trials must be >= 0, got {max_trials}")
+        raise InvalidArgument(f"spec.max_trials must be >= 0, got {max_trials}")
     if searcher == "grid":
         # Grid's max_trials is an upper bound; past MAX_TRIALS it bounds nothing a sweep may run.
         points = grid_points(parameters, min(max_trials or MAX_TRIALS + 1, MAX_TRIALS + 1))
@@ -171,9 +175,11 @@ def plan_points(
             )
     else:
         if max_trials == 0:
-            raise InvalidArgument(f"max_trials: a {searcher} sweep needs the number of trials (> 0)")
+            raise InvalidArgument(f"spec.max_trials: a {searcher} sweep needs the number of trials (> 0)")
         if max_trials > MAX_TRIALS:  # checked before drawing them
-            raise InvalidArgument(f"max_trials: a sweep runs at most {MAX_TRIALS} trials, got {max_trials}")
+            raise InvalidArgument(
+                f"spec.max_trials: a sweep runs at most {MAX_TRIALS} trials, got {max_trials}"
+            )
         rng = random.Random(seed)
         points = [random_point(parameters, rng) for _ in range(max_trials)]
     return points

@@ -174,14 +174,14 @@ def check_searcher_space(searcher: str, parameters: list[SweepParameter]) -> Non
         # (a grid takes no ranges, and says so).
         if searcher != "grid" and p.values is None and not p.integer and _value_type(p.path) is int:
             raise InvalidArgument(
-                f"parameters[{i}].range: {p.path!r} takes whole numbers; set range.integer = true"
+                f"spec.parameters[{i}].range: {p.path!r} takes whole numbers; set range.integer = true"
             )
     if searcher == "cmaes":
         for i, p in enumerate(parameters):
             if p.values is not None or p.when_path:
                 kind = "categorical" if p.values is not None else "conditional"
                 raise InvalidArgument(
-                    f"parameters[{i}]: CMA-ES searches numeric ranges only and {p.path!r} is {kind}; "
+                    f"spec.parameters[{i}]: CMA-ES searches numeric ranges only and {p.path!r} is {kind}; "
                     "use strategy TPE for categorical or conditional parameters"
                 )
 
@@ -430,7 +430,7 @@ class Sweeps:
         else:
             if not 0 < request.max_trials <= MAX_TRIALS:
                 raise InvalidArgument(
-                    f"max_trials: a {request.strategy} sweep needs the number of trials (1 to {MAX_TRIALS}), "
+                    f"spec.max_trials: a {request.strategy} sweep needs the number of trials (1 to {MAX_TRIALS}), "
                     f"got {request.max_trials}"
                 )
             checked = list(boundary_points(request.parameters))
@@ -500,18 +500,13 @@ class Sweeps:
     def _check_point(
         self, base: dict[str, Any], point: dict[str, str], metric: str, index: int, planned: bool
     ) -> dict[str, Any]:
-        where = (
-            f"trial {index}"
-            if planned
-            else f"the trial with {', '.join(f'{k}={v}' for k, v in point.items())}"
-        )
+        values = ", ".join(f"{k}={v}" for k, v in point.items())
+        where = f"trial {index} ({values})" if planned else f"the trial with {values}"
         raw = trial_spec(base, point)
         try:
             config = self._jobs.check(raw)
             self._document_of(raw)  # a value the check takes may not fit the stored form's field
         except TesseraError as exc:
-            if planned:
-                raise
             raise type(exc)(f"{where}: {exc.message}") from None
         reported = epoch_metric_names(config["task"], bool(config["data"]["val_split"]))
         if metric not in reported:

@@ -109,7 +109,7 @@ def test_asha_prunes_trials_that_trail_at_a_rung(training: training_pb2_grpc.Tra
             ),
             "parameters[1].range: min and max must be finite numbers, got 0.0 and inf",
         ),
-        (lambda s: setattr(s, "metric", "val_f1"), "spec.metric: trial 0 reports"),
+        (lambda s: setattr(s, "metric", "val_f1"), "spec.metric: trial 0 (optimizer.lr=0.01) reports"),
         (
             lambda s: s.parameters.add(
                 path="architecture.lstm.hidden_size", values=S.SweepValues(values=["4"])
@@ -132,6 +132,139 @@ def test_bad_sweeps_are_refused(change, words: str, training: training_pb2_grpc.
         training.SubmitSweep(S.SubmitSweepRequest(spec=spec))
     assert info.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION)
     assert words in info.value.details()
+
+
+def _range(path: str, low: float, high: float, **fields: Any) -> S.SweepParameter:
+    return S.SweepParameter(path=path, range=S.SweepRange(min=low, max=high, **fields))
+
+
+@pytest.mark.parametrize(
+    ("strategy", "parameters", "fields", "message"),
+    [
+        (
+            S.SWEEP_STRATEGY_GRID,
+            [S.SweepParameter(path="optimizer.lr", values=S.SweepValues())],
+            {},
+            "spec.parameters[0].values: list at least one value",
+        ),
+        (
+            S.SWEEP_STRATEGY_RANDOM,
+            [_range("optimizer.lr", 0.1, 0.01)],
+            {"max_trials": 2},
+            "spec.parameters[0].range: need min <= max, got 0.1 and 0.01",
+        ),
+        (
+            S.SWEEP_STRATEGY_RANDOM,
+            [_range("optimizer.lr", 0, 0.01, log_scale=True)],
+            {"max_trials": 2},
+            "spec.parameters[0].range: a log-scale range needs min > 0",
+        ),
+        (
+            S.SWEEP_STRATEGY_GRID,
+            [sweep_values("optimizer.momentum", "0.9", when=("optimizer.name", ["sgd"]))],
+            {},
+            "spec.parameters[0].when: 'optimizer.name' must be a categorical parameter listed before "
+            "'optimizer.momentum'",
+        ),
+        (S.SWEEP_STRATEGY_GRID, [], {}, "spec.parameters: a sweep varies at least one field"),
+        (
+            S.SWEEP_STRATEGY_GRID,
+            [sweep_values("seed", "1"), sweep_values("seed", "2")],
+            {},
+            "spec.parameters: a path is listed twice",
+        ),
+        (
+            S.SWEEP_STRATEGY_GRID,
+            [sweep_values("", "1")],
+            {},
+            "spec.parameters[0].path: is required: the JobSpec field the parameter sets, e.g. optimizer.lr",
+        ),
+        (
+            S.SWEEP_STRATEGY_RANDOM,
+            [_range("batch_size", 8, 32)],
+            {"max_trials": 2},
+            "spec.parameters[0].range: 'batch_size' takes whole numbers; set range.integer = true",
+        ),
+        (
+            S.SWEEP_STRATEGY_GRID,
+            [_range("epochs", 1, 3)],
+            {},
+            "spec.parameters[0]: a grid sweep needs explicit values for epochs, not a range",
+        ),
+        (
+            S.SWEEP_STRATEGY_RANDOM,
+            [_range("optimizer.lr", 0.001, 0.1)],
+            {"max_trials": 1001},
+            "spec.max_trials: a sweep runs at most 1000 trials, got 1001",
+        ),
+        (
+            S.SWEEP_STRATEGY_RANDOM,
+            [_range("optimizer.lr", 0.001, 0.1)],
+            {"max_trials": 0},
+            "spec.max_trials: a random sweep needs the number of trials (> 0)",
+        ),
+        (
+            S.SWEEP_STRATEGY_GRID,
+            [sweep_values("seed", "1")],
+            {"max_trials": -1},
+            "spec.max_trials must be >= 0, got -1",
+        ),
+        (
+            S.SWEEP_STRATEGY_TPE,
+            [_range("optimizer.lr", 0.001, 0.1)],
+            {"max_trials": 1001},
+            "spec.max_trials: a tpe sweep needs the number of trials (1 to 1000), got 1001",
+        ),
+        (
+            S.SWEEP_STRATEGY_PBT,
+            [_range("optimizer.lr", 0.001, 0.1)],
+            {"max_trials": 5},
+            "spec.max_trials: PBT runs generations of 4 trials; give at least two generations (8 trials), got 5",
+        ),
+        (
+            S.SWEEP_STRATEGY_CMA_ES,
+            [sweep_values("optimizer.name", "adam", "sgd")],
+            {"max_trials": 2},
+            "spec.parameters[0]: CMA-ES searches numeric ranges only and 'optimizer.name' is categorical; "
+            "use strategy TPE for categorical or conditional parameters",
+        ),
+        (
+            # A trial the grid plans says which it is, as one a searcher draws does.
+            S.SWEEP_STRATEGY_GRID,
+            [sweep_values("optimizer.lr", "0.1", "-1")],
+            {},
+            "trial 1 (optimizer.lr=-1): spec.optimizer.lr: must be > 0, got -1.0",
+        ),
+        (
+            S.SWEEP_STRATEGY_GRID,
+            [sweep_values("seed", "1")],
+            {"mode": 77},
+            "spec.mode: unknown value 77; use MIN or MAX",
+        ),
+    ],
+)
+def test_a_bad_sweep_is_refused_naming_its_field_and_stores_nothing(
+    strategy: int,
+    parameters: list[S.SweepParameter],
+    fields: dict[str, Any],
+    message: str,
+    training: training_pb2_grpc.TrainingStub,
+) -> None:
+    # The request's field is spec: every refusal names its field from there, as spec.metric does.
+    spec = S.SweepSpec(
+        base=job_spec("mlp", epochs=1),
+        strategy=strategy,
+        parameters=parameters,
+        metric="train_loss",
+        **fields,
+    )
+    sweeps_before = training.ListSweeps(S.ListSweepsRequest()).sweeps
+    jobs_before = training.ListJobs(S.ListJobsRequest()).jobs
+    with pytest.raises(grpc.RpcError) as info:
+        training.SubmitSweep(S.SubmitSweepRequest(spec=spec))
+    assert (info.value.code(), info.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT, message)
+    assert training.ListSweeps(S.ListSweepsRequest()).sweeps == sweeps_before
+    assert training.ListJobs(S.ListJobsRequest()).jobs == jobs_before
 
 
 def test_cancel_sweep_cancels_its_trials(training: training_pb2_grpc.TrainingStub) -> None:
