@@ -16,6 +16,8 @@ from safetensors.torch import load as load_tensors
 from tessera.v1 import (
     architecture_pb2,
     common_pb2,
+    datasets_pb2,
+    datasets_pb2_grpc,
     job_spec_pb2,
     registry_pb2,
     registry_pb2_grpc,
@@ -344,3 +346,61 @@ def test_a_resumed_fine_tuning_job_keeps_its_backbone_frozen_and_its_curve(
         for j in (resumed, again)
     ]
     assert curves[0] == curves[1]
+
+
+def test_a_fine_tuning_job_whose_start_fails_holds_nothing_after(
+    data: np.ndarray, training, training_daemon, registry
+) -> None:
+    """Its dataset version is force-deleted while it waits: it fails before it starts, and lets
+    go of all it held (the dataset version, the parent's weights); nothing is registered."""
+    channel = training_daemon.channel()
+    parent_spec = _spec(
+        "task-a",
+        architecture=_architecture_message(),
+        epochs=1,
+        register_as=job_spec_pb2.RegisterAs(model="start-fails-parent"),
+    )
+    parent = _run(training, parent_spec).registered
+    upload_dataset(channel, "start-fails", {"x": data, "y": _task_b_labels(data)}, {"train": list(range(N))})
+    # One job per CPU slot: the fine-tuning job waits in the queue behind them.
+    blockers = [
+        submit(training, _spec("task-a", architecture=_architecture_message(), epochs=0, max_steps=1_000_000))
+        for _ in range(2)
+    ]
+    for blocker in blockers:
+        watched = training.WatchJob(S.WatchJobRequest(job_id=blocker.job_id), timeout=120)
+        next(e for e in watched if e.WhichOneof("event") == "state" and e.state.state == S.JOB_STATE_RUNNING)
+        watched.cancel()
+    spec = _spec(
+        "start-fails",
+        init_from=common_pb2.VersionRef(model=parent.model, version=parent.version),
+        replace_head=job_spec_pb2.ReplaceHead(output_size=3),
+        register_as=job_spec_pb2.RegisterAs(model="start-fails-child", alias="candidate"),
+    )
+    job = submit(training, spec)
+    delete_parent = registry_pb2.DeleteVersionRequest(model=parent.model, version=parent.version)
+    try:
+        with pytest.raises(grpc.RpcError) as held:
+            registry.DeleteVersion(delete_parent)
+        assert held.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert job.job_id in held.value.details()
+        deleted = datasets_pb2_grpc.DatasetsStub(channel).DeleteDataset(
+            datasets_pb2.DeleteDatasetRequest(name="start-fails", force=True)
+        )
+        assert deleted.deleted_versions == 1
+    finally:
+        for blocker in blockers:
+            training.CancelJob(S.CancelJobRequest(job_id=blocker.job_id))
+    follow(training, job.job_id)
+    ended = training.GetJob(S.GetJobRequest(job_id=job.job_id))
+    assert (ended.state, ended.attempt, list(ended.devices)) == (S.JOB_STATE_FAILED, 0, [])
+    assert ended.error.startswith("dataset 'start-fails' v1 was deleted before the job could start")
+    assert not ended.HasField("registered")
+    failed = training.ListJobs(S.ListJobsRequest(states=[S.JOB_STATE_FAILED], experiment="fine-tuning"))
+    assert job.job_id in [j.job_id for j in failed.jobs]
+    assert training.GetRun(S.GetRunRequest(run_id=ended.run_id)).status == S.RUN_STATUS_FAILED
+    with pytest.raises(grpc.RpcError) as unregistered:
+        registry.GetModel(registry_pb2.GetModelRequest(name="start-fails-child"))
+    assert unregistered.value.code() == grpc.StatusCode.NOT_FOUND
+    # The parent's weights are no longer held for it.
+    registry.DeleteVersion(delete_parent)
