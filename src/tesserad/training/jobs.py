@@ -115,6 +115,22 @@ _RETAIN_BATCH = 256
 _ENV_LOCK = threading.Lock()
 
 
+@contextlib.contextmanager
+def _worker_environ(env: dict[str, str]) -> Iterator[None]:
+    """os.environ with `env` set, for the processes started inside."""
+    with _ENV_LOCK:
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
 @dataclass(frozen=True)
 class WorkerData:
     """What a worker needs to read the job's dataset."""
@@ -839,10 +855,8 @@ class Jobs:
         port = _free_port() if world > 1 else 0
         processes: list[multiprocessing.process.BaseProcess] = []
         conns: list[Connection] = []
-        with _ENV_LOCK:
-            saved = {k: os.environ.get(k) for k in self._worker_env}
-            os.environ.update(self._worker_env)
-            try:
+        try:
+            with _worker_environ(self._worker_env):
                 for rank in range(world):
                     parent_end, child_end = self._mp.Pipe()
                     payload = WorkerPayload(
@@ -874,17 +888,19 @@ class Jobs:
                     child_end.close()
                     processes.append(process)
                     conns.append(parent_end)
-            finally:
-                for key, value in saved.items():
-                    if value is None:
-                        os.environ.pop(key, None)
-                    else:
-                        os.environ[key] = value
+            for start in (resume_bytes, initial_bytes):
+                if start:
+                    for conn in conns:
+                        conn.send_bytes(start)
+        except BaseException:
+            # A rank started before the failure would wait for its peers, or its start, for ever.
+            _kill(processes)
+            for started in processes:
+                started.join(timeout=10)
+            for conn in conns:
+                conn.close()
+            raise
         running = _Running(processes, conns)
-        for start in (resume_bytes, initial_bytes):
-            if start:
-                for conn in conns:
-                    conn.send_bytes(start)
         with self._lock:
             self._running[job.job_id] = running
             if self._closing:

@@ -6,6 +6,7 @@ import signal
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -376,6 +377,44 @@ def test_ddp_with_gloo_on_two_processes(training: training_grpc.TrainingStub) ->
     assert "rank 0 of 2" in of_kind(events, "log")[0].message
     # 72 training samples, 24 per process per step: 2 steps per epoch.
     assert [s.step for s in of_kind(events, "step")] == [1, 2]
+
+
+class _SecondRankCannotStart:
+    """The daemon's worker context, but the start of each job's rank 1 fails (as a fork does when
+    the host is out of processes or memory)."""
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+
+    def Pipe(self) -> Any:
+        return self._context.Pipe()
+
+    def Process(self, **fields: Any) -> Any:
+        process = self._context.Process(**fields)
+        if fields["name"].endswith("-1"):
+
+            def refuse() -> None:
+                raise OSError("[Errno 11] Resource temporarily unavailable")
+
+            process.start = refuse
+        return process
+
+
+def test_a_job_whose_second_rank_cannot_start_leaves_no_worker_behind(
+    training_daemon, training: training_grpc.TrainingStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Rank 0 was started and left waiting for its peer, outliving its failed job and holding
+    # a process (and its memory) the scheduler had given back.
+    jobs = training_daemon.daemon.training
+    monkeypatch.setattr(jobs, "_mp", _SecondRankCannotStart(jobs._mp))
+    before = _worker_pids()
+    spec = job_spec("mlp", epochs=1, devices=job_spec_pb2.DeviceRequest(cpu=True, cpu_processes=2))
+    job = submit(training, spec)
+    assert states(follow(training, job.job_id))[-1] == S.JOB_STATE_FAILED
+    ended = training.GetJob(S.GetJobRequest(job_id=job.job_id))
+    assert ended.error == "the job could not start: [Errno 11] Resource temporarily unavailable"
+    assert not ended.devices
+    assert _worker_pids() - before == set()
 
 
 @pytest.mark.cuda
