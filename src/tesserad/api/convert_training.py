@@ -212,9 +212,12 @@ def _checkpoint_to_proto(checkpoint: Checkpoint) -> pb.JobCheckpoint:
 
 def job_states_from_proto(states: Any) -> list[str]:
     out = []
-    for value in states:
+    for index, value in enumerate(states):
         if value not in _JOB_STATE_NAMES:
-            raise InvalidArgument(f"states: unknown job state {value}")
+            raise InvalidArgument(
+                f"states[{index}]: unknown job state {value}; use QUEUED, RUNNING, SUCCEEDED, FAILED, "
+                "CANCELLED or INTERRUPTED"
+            )
         out.append(_JOB_STATE_NAMES[value])
     return out
 

@@ -165,6 +165,19 @@ def test_list_jobs_filters_and_pages(finished: dict, training: training_grpc.Tra
     assert "experiment 'Tests' is not a valid name" in info.value.details()
 
 
+@pytest.mark.parametrize("state", [S.JOB_STATE_UNSPECIFIED, 99])
+def test_list_jobs_by_an_unknown_state_says_which_states_there_are(
+    state: int, training: training_grpc.TrainingStub
+) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        training.ListJobs(S.ListJobsRequest(states=[S.JOB_STATE_QUEUED, state]))
+    assert (info.value.code(), info.value.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"states[1]: unknown job state {state}; use QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED or "
+        "INTERRUPTED",
+    )
+
+
 def test_a_page_of_jobs_ends_before_its_records_outgrow_a_message(
     training: training_grpc.TrainingStub,
 ) -> None:
