@@ -227,6 +227,8 @@ class _Running:
 class Jobs:
     # spec.max_restarts: only the Ray backend (training.ray_jobs) starts a dead worker's job again.
     restarts_dead_workers = False
+    # spec.devices.ray_resources: only the Ray backend places a job's processes by them.
+    places_by_ray_resources = False
 
     def __init__(
         self,
@@ -460,6 +462,11 @@ class Jobs:
             raise FailedPrecondition(
                 "spec.max_restarts: the local backend does not restart a job whose worker died; "
                 "it applies with training.backend = ray"
+            )
+        if config["devices"].get("ray_resources") and not self.places_by_ray_resources:
+            raise FailedPrecondition(
+                "spec.devices.ray_resources: the local backend places jobs on this host only; they apply "
+                "with training.backend = ray"
             )
         return config
 

@@ -86,6 +86,7 @@ def ray_resources(devices: dict[str, Any]) -> dict[str, float]:
 
 class RayJobs(Jobs):
     restarts_dead_workers = True
+    places_by_ray_resources = True
 
     def __init__(
         self, *args: Any, cluster: RayCluster, daemon_target: Callable[[], str], **kwargs: Any

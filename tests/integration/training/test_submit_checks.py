@@ -223,6 +223,23 @@ def test_missing_spec_and_run_name_clash(training: training_pb2_grpc.TrainingStu
     training.CancelJob(training_pb2.CancelJobRequest(job_id=first.job_id))
 
 
+def test_ray_resources_on_the_local_backend_are_refused_not_ignored(
+    training: training_pb2_grpc.TrainingStub,
+) -> None:
+    # The job ran, placed on no node by them, as if they were not there.
+    spec = job_spec("mlp")
+    spec.devices.ray_resources["node_b"] = 1
+    before = len(training.ListJobs(training_pb2.ListJobsRequest()).jobs)
+    with pytest.raises(grpc.RpcError) as info:
+        submit(training, spec)
+    assert (info.value.code(), info.value.details()) == (
+        PRECONDITION,
+        "spec.devices.ray_resources: the local backend places jobs on this host only; they apply "
+        "with training.backend = ray",
+    )
+    assert len(training.ListJobs(training_pb2.ListJobsRequest()).jobs) == before
+
+
 def test_every_problem_of_a_spec_is_reported_at_once(training: training_pb2_grpc.TrainingStub) -> None:
     spec = job_spec("mlp", epochs=-1)
     spec.optimizer.lr = -1
