@@ -616,6 +616,19 @@ def _check_checkpoints(raw: dict[str, Any], metrics: list[str] | None, problems:
             "spec.checkpoints.keep_best_metric",
             f"this job reports {', '.join(metrics)} each epoch, not {best!r}",
         )
+    if not best:
+        # Without a metric nothing ranks the checkpoints: these would be stored and do nothing.
+        choose = f"set keep_best_metric to one of {', '.join(metrics)}" if metrics else "set keep_best_metric"
+        if int(raw.get("retain_best", 0)) > 0:
+            problems.invalid(
+                "spec.checkpoints.retain_best",
+                f"keeps the best checkpoints by keep_best_metric; {choose}, or retain_best 0",
+            )
+        if raw.get("keep_best_mode"):
+            problems.invalid(
+                "spec.checkpoints.keep_best_mode",
+                f"applies with keep_best_metric; {choose}, or leave keep_best_mode unset",
+            )
     checked = {
         "every_n_epochs": every,
         "keep_last": keep_last,

@@ -128,6 +128,21 @@ CASES = [
         "spec.checkpoints.keep_best_metric",
     ),
     (
+        # It was stored and kept no best checkpoint: there is no metric to rank them by.
+        "retain best without a metric",
+        _set("checkpoints", job_spec_pb2.CheckpointPolicy(retain_best=2)),
+        INVALID,
+        "spec.checkpoints.retain_best: keeps the best checkpoints by keep_best_metric; set "
+        "keep_best_metric to one of train_loss, train_accuracy, val_loss, val_accuracy, or retain_best 0",
+    ),
+    (
+        "best mode without a metric",
+        _set("checkpoints", job_spec_pb2.CheckpointPolicy(keep_best_mode=job_spec_pb2.OPTIMIZE_MODE_MAX)),
+        INVALID,
+        "spec.checkpoints.keep_best_mode: applies with keep_best_metric; set keep_best_metric to one of "
+        "train_loss, train_accuracy, val_loss, val_accuracy, or leave keep_best_mode unset",
+    ),
+    (
         "register name",
         _set("register_as", job_spec_pb2.RegisterAs(model="Bad Name")),
         INVALID,
