@@ -125,7 +125,7 @@ def grow_model(data_dir: Path, model: str, versions: int) -> float:
     store = Store.open(data_dir / "store", map_size=8 << 30, durability="relaxed", tables=STORE_TABLES)
     try:
         blobs = BlobStore(data_dir / "blobs")
-        registry = Registry(store, blobs, max_artifact_size=1 << 30)
+        registry = Registry(store, blobs, max_artifact_size=1 << 30, deployment_history=100)
         have = registry.get_model(model).version_count if _has_model(registry, model) else 0
         blob = blobs.put_bytes(tiny_safetensors(0))
         arch = {"family": "mlp", "input_shape": [4], "output_size": 2, "hidden_sizes": HIDDEN}
@@ -328,7 +328,7 @@ def domain_registration_rate(root: Path, count: int, concurrency: int) -> dict[s
     store = Store.open(root / "domain" / "store", map_size=1 << 30, tables=STORE_TABLES)
     try:
         blobs = BlobStore(root / "domain" / "blobs")
-        registry = Registry(store, blobs, max_artifact_size=1 << 30)
+        registry = Registry(store, blobs, max_artifact_size=1 << 30, deployment_history=100)
         arch = {"family": "mlp", "input_shape": [4], "output_size": 2, "hidden_sizes": HIDDEN}
         sig = Signature(
             (TensorSpec("input", "float32", (-1, 4)),), (TensorSpec("output", "float32", (-1, 2)),)

@@ -536,6 +536,13 @@ class RegistrySettings:
         "most ONNX exports waiting for an export thread; beyond: RESOURCE_EXHAUSTED (each waiting "
         "export holds a call open and, once it runs, a model's weights in memory)",
     )
+    deployment_history: int = setting(
+        100,
+        parse_number(int, 1, 1_000_000),
+        "deployment revisions kept per model (ListDeployments): each Deploy or Rollback drops those "
+        "older than this many, except the ones before the current deployment that Rollbacks restore "
+        "in turn, so this many minus one Rollbacks always find what to restore",
+    )
 
 
 @dataclass(frozen=True)

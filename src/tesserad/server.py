@@ -343,6 +343,7 @@ class Daemon:
             self._store,
             blobs,
             max_artifact_size=limits.max_artifact_size,
+            deployment_history=settings.registry.deployment_history,
             dataset_check=self.datasets.check_lineage,
         )
         self.exports = Exports(

@@ -6,6 +6,12 @@ what is deployed already (the same routes, in any order, and shadow) adds none a
 current revision, so a Rollback after it restores the deployment before, not the same routes. Rolling back
 the first deployment adds a revision without routes (`undeployed`): the model then has no
 deployment and requests route as before any, to the latest version.
+
+History is bounded (`registry.deployment_history`, N): the write that adds a revision drops those
+older than the newest N, except the N - 1 that Rollbacks from the new one would restore in turn,
+so that N - 1 Rollbacks always succeed as long as what they restore still resolves. A revision
+holds nothing (DeleteVersion and DeleteAlias look only at the current one), so a dropped one
+releases nothing.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from tesserad.registry.tables import (
     no_version,
     resolve_number,
 )
-from tesserad.store import ReadTxn, Store
+from tesserad.store import ReadTxn, Store, WriteTxn
 
 # Each change a model's followers receive and each page of its history carry the comment.
 MAX_COMMENT = 4 * 2**10
@@ -157,12 +163,36 @@ def _gone_targets(txn: ReadTxn, deployment: DeploymentRecord) -> tuple[list[str]
     return gone, any(not version and target.alias for _, target, version in named)
 
 
-class Deployments:
-    """Deploy, read, list and roll back a model's deployment revisions."""
+def _prune(txn: WriteTxn, latest: DeploymentRecord, history: int) -> None:
+    """Drop `latest`'s model's revisions older than the newest `history`, except the `history` - 1
+    that Rollbacks from `latest` would restore in turn (its chain of previous revisions)."""
+    oldest_kept = latest.revision - history + 1
+    if oldest_kept <= 1:
+        return
+    restorable: set[int] = set()
+    previous = latest.previous_revision
+    while previous and len(restorable) < history - 1:
+        restorable.add(previous)
+        raw = txn.get(DEPLOYMENTS, (latest.model, previous))
+        previous = decode_deployment(raw).previous_revision if raw is not None else 0
+    dropped = []
+    for key, _ in txn.scan(DEPLOYMENTS, (latest.model,)):
+        if int(key[1]) >= oldest_kept:
+            break
+        if int(key[1]) not in restorable:
+            dropped.append(key)
+    for key in dropped:
+        txn.delete(DEPLOYMENTS, key)
 
-    def __init__(self, store: Store, notify: Notify) -> None:
+
+class Deployments:
+    """Deploy, read, list and roll back a model's deployment revisions, keeping `history` of
+    them per model (see the module's docstring)."""
+
+    def __init__(self, store: Store, notify: Notify, history: int) -> None:
         self._store = store
         self._notify = notify
+        self._history = history
 
     def deploy(
         self,
@@ -219,6 +249,7 @@ class Deployments:
             if latest is not None and not latest.undeployed and _same_routing(latest, record):
                 return resolved(txn, latest)
             txn.put(DEPLOYMENTS, (model, record.revision), encode_deployment(record))
+            _prune(txn, record, self._history)
             result = resolved(txn, record)
         self._notify(model)
         return result
@@ -281,7 +312,13 @@ class Deployments:
             while previous:
                 raw = txn.get(DEPLOYMENTS, (model, previous))
                 if raw is None:
-                    raise FailedPrecondition(f"deployment revision {previous} of {model!r} is gone")
+                    raise FailedPrecondition(
+                        f"model {model!r} cannot roll back to deployment revision {previous}: it is no "
+                        f"longer kept (registry.deployment_history is {self._history}, so a model keeps "
+                        f"the {self._history - 1} deployments before its current one that Rollbacks "
+                        "restore); deploy what should serve now with Deploy (`tessera models deploy`), "
+                        "or raise registry.deployment_history to keep more"
+                    )
                 restored = decode_deployment(raw)
                 # An older daemon recorded a Deploy of what was deployed as a revision of its own.
                 if latest.undeployed or restored.undeployed or not _same_routing(restored, latest):
@@ -314,6 +351,7 @@ class Deployments:
                 previous_revision=restored.previous_revision if restored else 0,
             )
             txn.put(DEPLOYMENTS, (model, record.revision), encode_deployment(record))
+            _prune(txn, record, self._history)
             result = resolved(txn, record)
         self._notify(model)
         return result

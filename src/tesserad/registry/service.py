@@ -48,6 +48,7 @@ class Registry:
         blobs: BlobStore,
         *,
         max_artifact_size: int,
+        deployment_history: int,
         dataset_check: DatasetCheck | None = None,
     ) -> None:
         self.max_artifact_size = max_artifact_size
@@ -65,7 +66,7 @@ class Registry:
             dataset_check=dataset_check,
         )
         aliases = Aliases(store, self._notify)
-        deployments = Deployments(store, self._notify)
+        deployments = Deployments(store, self._notify, deployment_history)
 
         self.create_model = models.create_model
         self.get_model = models.get_model

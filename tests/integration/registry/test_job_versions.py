@@ -28,7 +28,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 
 def registry(store: Store, tmp_path: Path) -> Registry:
-    return Registry(store, BlobStore(tmp_path / "blobs"), max_artifact_size=1 << 30)
+    return Registry(store, BlobStore(tmp_path / "blobs"), max_artifact_size=1 << 30, deployment_history=100)
 
 
 def register(registry: Registry, tmp_path: Path, job_id: str, seed: int, once: bool = True) -> int:

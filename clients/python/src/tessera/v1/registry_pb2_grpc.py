@@ -342,7 +342,8 @@ class RegistryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListDeployments(self, request, context):
-        """Deployment history, newest first.
+        """Deployment history, newest first: the newest revisions (tesserad's
+        registry.deployment_history, 100 by default) and the older ones further Rollbacks restore.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -354,7 +355,8 @@ class RegistryServicer:
         `undeployed` set and no routes, and requests route as before any deployment. A revision
         that routes as the current one (an older tesserad recorded identical Deploys) is passed
         over. Repeated rollbacks walk further back; FAILED_PRECONDITION when the model has no deployment, or when
-        the revision to restore routes to a version or alias deleted since (nothing is written).
+        the revision to restore routes to a version or alias deleted since, or is no longer kept
+        (past registry.deployment_history) (nothing is written).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -109,14 +109,17 @@ class RegistryStub:
     GetDeployment: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetDeploymentRequest, _registry_pb2.Deployment]
     """NOT_FOUND when the model has no deployment: never deployed, or rolled back to none."""
     ListDeployments: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListDeploymentsRequest, _registry_pb2.ListDeploymentsResponse]
-    """Deployment history, newest first."""
+    """Deployment history, newest first: the newest revisions (tesserad's
+    registry.deployment_history, 100 by default) and the older ones further Rollbacks restore.
+    """
     Rollback: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RollbackRequest, _registry_pb2.Deployment]
     """Restores what was deployed before the current revision, as a new revision. Rolling back
     the first deployment returns the model to no deployment: the new revision has
     `undeployed` set and no routes, and requests route as before any deployment. A revision
     that routes as the current one (an older tesserad recorded identical Deploys) is passed
     over. Repeated rollbacks walk further back; FAILED_PRECONDITION when the model has no deployment, or when
-    the revision to restore routes to a version or alias deleted since (nothing is written).
+    the revision to restore routes to a version or alias deleted since, or is no longer kept
+    (past registry.deployment_history) (nothing is written).
     """
     WatchChanges: _grpc.UnaryStreamMultiCallable[_registry_pb2.WatchChangesRequest, _registry_pb2.WatchChangesResponse]
     """The registry's change feed: every change to a model's versions, aliases or deployment,
@@ -209,14 +212,17 @@ class RegistryAsyncStub(RegistryStub):
     GetDeployment: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetDeploymentRequest, _registry_pb2.Deployment]  # type: ignore[assignment]
     """NOT_FOUND when the model has no deployment: never deployed, or rolled back to none."""
     ListDeployments: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListDeploymentsRequest, _registry_pb2.ListDeploymentsResponse]  # type: ignore[assignment]
-    """Deployment history, newest first."""
+    """Deployment history, newest first: the newest revisions (tesserad's
+    registry.deployment_history, 100 by default) and the older ones further Rollbacks restore.
+    """
     Rollback: _aio.UnaryUnaryMultiCallable[_registry_pb2.RollbackRequest, _registry_pb2.Deployment]  # type: ignore[assignment]
     """Restores what was deployed before the current revision, as a new revision. Rolling back
     the first deployment returns the model to no deployment: the new revision has
     `undeployed` set and no routes, and requests route as before any deployment. A revision
     that routes as the current one (an older tesserad recorded identical Deploys) is passed
     over. Repeated rollbacks walk further back; FAILED_PRECONDITION when the model has no deployment, or when
-    the revision to restore routes to a version or alias deleted since (nothing is written).
+    the revision to restore routes to a version or alias deleted since, or is no longer kept
+    (past registry.deployment_history) (nothing is written).
     """
     WatchChanges: _aio.UnaryStreamMultiCallable[_registry_pb2.WatchChangesRequest, _registry_pb2.WatchChangesResponse]  # type: ignore[assignment]
     """The registry's change feed: every change to a model's versions, aliases or deployment,
@@ -444,7 +450,9 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.ListDeploymentsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.ListDeploymentsResponse, _abc.Awaitable[_registry_pb2.ListDeploymentsResponse]]:
-        """Deployment history, newest first."""
+        """Deployment history, newest first: the newest revisions (tesserad's
+        registry.deployment_history, 100 by default) and the older ones further Rollbacks restore.
+        """
 
     @_abc_1.abstractmethod
     def Rollback(
@@ -457,7 +465,8 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         `undeployed` set and no routes, and requests route as before any deployment. A revision
         that routes as the current one (an older tesserad recorded identical Deploys) is passed
         over. Repeated rollbacks walk further back; FAILED_PRECONDITION when the model has no deployment, or when
-        the revision to restore routes to a version or alias deleted since (nothing is written).
+        the revision to restore routes to a version or alias deleted since, or is no longer kept
+        (past registry.deployment_history) (nothing is written).
         """
 
     @_abc_1.abstractmethod

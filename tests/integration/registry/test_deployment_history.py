@@ -1,0 +1,77 @@
+"""A model's deployment history is bounded (registry.deployment_history, here 3): a model deployed
+by CI again and again keeps its newest revisions and those its Rollbacks restore in turn, and a
+Rollback past them is refused saying what to do, with nothing changed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from tessera.v1 import registry_pb2, registry_pb2_grpc
+from tests.conftest import InProcessDaemon, daemon_settings
+from tests.integration.registry.conftest import onnx_header, onnx_identity, rpc_error, upload
+
+R = registry_pb2
+HISTORY = 3
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[registry_pb2_grpc.RegistryStub]:
+    running = InProcessDaemon(
+        daemon_settings(
+            tmp_path_factory.mktemp("deployments") / "data", **{"registry.deployment_history": HISTORY}
+        )
+    ).start()
+    yield registry_pb2_grpc.RegistryStub(running.channel())
+    running.stop()
+
+
+def with_versions(stub: registry_pb2_grpc.RegistryStub, model: str, count: int) -> None:
+    data = onnx_identity()
+    for _ in range(count):
+        upload(stub, onnx_header(model, data), data)
+
+
+def deploy(stub: registry_pb2_grpc.RegistryStub, model: str, version: int) -> R.Deployment:
+    return stub.Deploy(R.DeployRequest(model=model, routes=[R.Route(version=version, weight=100)]))
+
+
+def history(stub: registry_pb2_grpc.RegistryStub, model: str) -> list[tuple[int, int]]:
+    """(revision, version routed) of each kept revision, newest first."""
+    listed = stub.ListDeployments(R.ListDeploymentsRequest(model=model, page_size=1000))
+    return [(d.revision, d.routes[0].version if d.routes else 0) for d in listed.deployments]
+
+
+def test_deploys_keep_the_newest_revisions_and_rollbacks_walk_back_as_far_as_kept(registry):
+    with_versions(registry, "ci", 4)
+    for version in (1, 2, 3, 4, 1, 2, 3, 4, 1, 2):
+        deploy(registry, "ci", version)
+    assert history(registry, "ci") == [(10, 2), (9, 1), (8, 4)]
+
+    # Each Rollback adds a revision, yet keeps the revisions the next Rollbacks restore.
+    first = registry.Rollback(R.RollbackRequest(model="ci"))
+    assert (first.revision, first.routes[0].version) == (11, 1)
+    assert history(registry, "ci") == [(11, 1), (10, 2), (9, 1), (8, 4)]
+    second = registry.Rollback(R.RollbackRequest(model="ci"))
+    assert (second.revision, second.routes[0].version) == (12, 4)
+    assert second.comment == "rollback of revision 11 to revision 8"
+    kept = history(registry, "ci")
+    assert kept == [(12, 4), (11, 1), (10, 2)]
+
+    past = rpc_error(registry.Rollback, R.RollbackRequest(model="ci"))
+    assert (past.code(), past.details()) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "model 'ci' cannot roll back to deployment revision 7: it is no longer kept "
+        "(registry.deployment_history is 3, so a model keeps the 2 deployments before its current one "
+        "that Rollbacks restore); deploy what should serve now with Deploy (`tessera models deploy`), "
+        "or raise registry.deployment_history to keep more",
+    )
+    assert history(registry, "ci") == kept
+    assert registry.GetDeployment(R.GetDeploymentRequest(model="ci")).revision == 12
+
+    # A version only dropped revisions routed to is in no one's use.
+    registry.DeleteVersion(R.DeleteVersionRequest(model="ci", version=3))
+    assert deploy(registry, "ci", 1).revision == 13
+    assert history(registry, "ci") == [(13, 1), (12, 4), (11, 1)]
