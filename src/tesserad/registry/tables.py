@@ -102,10 +102,20 @@ def newest_stored_version(txn: ReadTxn, model: str) -> int:
 
 def no_version(txn: ReadTxn, model: str, version: int) -> NotFound:
     """NotFound for a version number the model lacks (for the model itself when there is no
-    such model); it names the newest version and how to list them, as numbers have gaps."""
-    latest = latest_version(txn, model)
+    such model)."""
+    return version_missing(model, version, latest_version(txn, model))
+
+
+def version_missing(model: str, version: int, latest: int) -> NotFound:
+    """NotFound for version `version` of a model whose newest is `latest` (0: none); it names the
+    newest and how to list them, as numbers have gaps. A replica says it in the same words."""
     newest = f"the newest is {latest}" if latest else "it has none yet"
     return NotFound(f"model {model!r} has no version {version} ({newest}; ListVersions lists them)")
+
+
+def no_versions_yet(model: str) -> NotFound:
+    """NotFound for `latest` of a model without versions. A replica says it in the same words."""
+    return NotFound(f"model {model!r} has no versions yet; upload one with UploadVersion")
 
 
 def stored_alias(txn: ReadTxn, model: str, alias: str) -> dict[str, Any] | None:
@@ -125,7 +135,7 @@ def resolve_number(txn: ReadTxn, model: str, version: int | None, alias: str | N
     if alias == LATEST:
         latest = int(data["latest_version"])
         if not latest:
-            raise NotFound(f"model {data['name']!r} has no versions yet; upload one with UploadVersion")
+            raise no_versions_yet(model)
         return latest
     validate_name("alias", alias)
     stored = stored_alias(txn, model, alias)

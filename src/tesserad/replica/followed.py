@@ -12,7 +12,7 @@ from typing import Any
 
 from tesserad.errors import NotFound, TesseraError
 from tesserad.registry.ensembles import parse_ensemble_spec
-from tesserad.registry.tables import alias_not_set
+from tesserad.registry.tables import alias_not_set, no_versions_yet, version_missing
 from tesserad.replica.blob_cache import BlobCache
 from tesserad.serving.ensemble import EnsemblePlan, plan_ensemble
 from tesserad.serving.pool import ServableVersion
@@ -102,12 +102,12 @@ class FollowedRegistry:
         elif not alias or alias == "latest":
             number = state.latest_version
             if not number:
-                raise NotFound(f"model {model!r} has no versions yet")
+                raise no_versions_yet(model)
         elif alias in state.aliases:
             number = state.aliases[alias]
         else:
             raise alias_not_set(model, alias, sorted(state.aliases))
-        followed = state.versions.get(number) or self._fetched_version(model, number)
+        followed = state.versions.get(number) or self._fetched_version(model, number, state.latest_version)
 
         def open_artifact() -> Any:
             return self._cache.open(
@@ -129,9 +129,9 @@ class FollowedRegistry:
             artifact_sha256=followed.sha256,
         )
 
-    def _fetched_version(self, model: str, version: int) -> FollowedVersion:
+    def _fetched_version(self, model: str, version: int, latest: int) -> FollowedVersion:
         """The version's record from the primary (on a request thread), kept until its model
-        changes; NotFound when the primary has no such version."""
+        changes; NotFound when the primary has no such version (the model's newest: `latest`)."""
         with self._lock:
             known = self._fetched.get((model, version))
             seq = self.seq
@@ -139,7 +139,7 @@ class FollowedRegistry:
             return known
         fetched = self._fetch_version(model, version)
         if fetched is None:
-            raise NotFound(f"model {model!r} has no version {version}")
+            raise version_missing(model, version, latest)
         with self._lock:
             if self.seq == seq:  # else a change came meanwhile: the record may be gone, keep nothing
                 self._fetched[(model, version)] = fetched

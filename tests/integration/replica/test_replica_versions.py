@@ -40,14 +40,37 @@ def test_a_replica_serves_a_version_its_feed_does_not_carry(cluster: Cluster) ->
     assert scale_served(replica, version=1) == 1.0  # neither latest nor aliased: fetched
     assert scale_served(replica, version=1) == 1.0
 
+    # A version neither has, and a model whose versions are all deleted, are told in the primary's
+    # words (the replica said only "has no version 3" and "has no versions yet").
     primary = cluster.channel(f"127.0.0.1:{cluster.primary_port}")
-    refusals = []
-    for channel in (primary, replica):
-        with pytest.raises(grpc.RpcError) as refused:
-            scale_served(channel, version=3)
-        refusals.append((refused.value.code(), refused.value.details()))
-    assert refusals[1][0] == refusals[0][0] == grpc.StatusCode.NOT_FOUND
-    assert "'linear' has no version 3" in refusals[1][1]
+    upload(primary, "empty", linear_model(1.0))
+    registry_pb2_grpc.RegistryStub(primary).DeleteVersion(
+        registry_pb2.DeleteVersionRequest(model="empty", version=1)
+    )
+
+    def refusal(channel: grpc.Channel, model: str, **target: object) -> tuple[grpc.StatusCode, str]:
+        try:
+            inference_pb2_grpc.InferenceStub(channel).Predict(predict_request(model, X, **target), timeout=30)
+        except grpc.RpcError as refused:
+            return refused.code(), refused.details()
+        raise AssertionError(f"{model} {target} answered")
+
+    no_version = (
+        grpc.StatusCode.NOT_FOUND,
+        "model 'linear' has no version 3 (the newest is 2; ListVersions lists them)",
+    )
+    assert refusal(primary, "linear", version=3) == no_version
+    assert refusal(replica, "linear", version=3) == no_version
+    no_versions = (
+        grpc.StatusCode.NOT_FOUND,
+        "model 'empty' has no versions yet; upload one with UploadVersion",
+    )
+    assert refusal(primary, "empty") == no_versions
+
+    def told_at_the_replica() -> None:  # once the feed brought the delete
+        assert refusal(replica, "empty") == no_versions
+
+    eventually(told_at_the_replica)
 
 
 def test_an_alias_not_set_is_told_at_a_replica_in_the_primary_s_words(cluster: Cluster) -> None:
