@@ -46,7 +46,7 @@ from tesserad.registry.artifacts import (
     signature_mismatches,
     total_parameters,
 )
-from tesserad.registry.deployments import current_deployment, deployment_versions
+from tesserad.registry.deployments import current_deployment, deployment_versions, resolved
 from tesserad.registry.ensembles import (
     MAX_SPEC_BYTES,
     Member,
@@ -63,6 +63,7 @@ from tesserad.registry.records import (
     MODEL_KIND,
     SCHEMA,
     Comparison,
+    DeploymentRecord,
     Lineage,
     MetricDiff,
     Signature,
@@ -198,6 +199,24 @@ def delete_version_rows(txn: WriteTxn, record: VersionRecord) -> str:
     if record.format == "ensemble":
         unindex_members(txn, Member(record.model, record.version))
     return record.sha256
+
+
+def _followed_aliases(txn: ReadTxn, deployment: DeploymentRecord, version: int) -> str:
+    """How `deployment` reaches `version` through aliases, in words (" (routes[0] follows
+    'latest')"); "" when it names the version by number alone."""
+    now = resolved(txn, deployment)
+    targets = [(f"routes[{i}]", r.target, r.resolved_version) for i, r in enumerate(now.routes)]
+    if now.shadow is not None:
+        targets.append(("shadow", now.shadow.target, now.shadow.resolved_version))
+    aliases = [(where, t.alias) for where, t, resolved_to in targets if t.alias and resolved_to == version]
+    if not aliases:
+        return ""
+    followed = ", ".join(f"{where} follows {alias!r}" for where, alias in aliases)
+    # `latest` moves to this version's predecessor only once it is gone: the deployment must
+    # name other versions first.
+    if any(alias == LATEST for _, alias in aliases):
+        followed += f", which names version {version} until it is deleted"
+    return f" ({followed})"
 
 
 def job_version(txn: ReadTxn, job_id: str, model: str) -> VersionRecord | None:
@@ -786,10 +805,13 @@ class Versions:
             remedies = ["move the aliases to another version (SetAlias) or drop them (DeleteAlias)"]
             deployment = current_deployment(txn, model)
             if deployment is not None and version in deployment_versions(txn, deployment):
-                users.append(f"deployment revision {deployment.revision}")
-                # A route may follow `latest`, which moves to this version's predecessor only
-                # once it is gone: the deployment must name other versions first.
-                remedies.append("deploy routes that do not serve it (Deploy, or Rollback)")
+                users.append(
+                    f"deployment revision {deployment.revision}{_followed_aliases(txn, deployment, version)}"
+                )
+                remedies.append(
+                    f"deploy routes that do not serve it with Deploy (`tessera models deploy {model} "
+                    f"VERSION=PERCENT`) or Rollback (`tessera models rollback {model}`)"
+                )
             if users:
                 raise FailedPrecondition(
                     f"version {version} of model {model!r} is in use by {', '.join(users)}; first "

@@ -46,3 +46,20 @@ def test_a_comment_over_4_kib_is_refused(stub, data):
     )
     assert list(stub.ListDeployments(R.ListDeploymentsRequest(model="m")).deployments) == []
     assert stub.Deploy(R.DeployRequest(model="m", routes=routes, comment="c" * 4096)).revision == 1
+
+
+def test_deleting_the_version_latest_routes_to_says_how_to_deploy_elsewhere(stub, data):
+    # It said "move those to another version first", though `latest` cannot be moved: the
+    # deployment has to name another version.
+    upload(stub, onnx_header("m", data), data)
+    stub.Deploy(R.DeployRequest(model="m", routes=[R.Route(alias="latest", weight=100)]))
+    error = rpc_error(stub.DeleteVersion, R.DeleteVersionRequest(model="m", version=2))
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "version 2 of model 'm' is in use by deployment revision 1 (routes[0] follows 'latest', which "
+        "names version 2 until it is deleted); first deploy routes that do not serve it with Deploy "
+        "(`tessera models deploy m VERSION=PERCENT`) or Rollback (`tessera models rollback m`)",
+    )
+    assert stub.GetModel(R.GetModelRequest(name="m")).latest_version == 2
+    stub.Deploy(R.DeployRequest(model="m", routes=[R.Route(version=1, weight=100)]))
+    stub.DeleteVersion(R.DeleteVersionRequest(model="m", version=2))

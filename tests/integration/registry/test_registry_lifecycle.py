@@ -234,8 +234,9 @@ def test_deployments_rollback_and_guards(stub, weights):
     in_use = rpc_error(stub.DeleteVersion, R.DeleteVersionRequest(model="mlp", version=2))
     assert in_use.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert in_use.details() == (
-        "version 2 of model 'mlp' is in use by deployment revision 2; first deploy routes that do not "
-        "serve it (Deploy, or Rollback)"
+        "version 2 of model 'mlp' is in use by deployment revision 2 (shadow follows 'latest', which "
+        "names version 2 until it is deleted); first deploy routes that do not serve it with Deploy "
+        "(`tessera models deploy mlp VERSION=PERCENT`) or Rollback (`tessera models rollback mlp`)"
     )
     alias_in_use = rpc_error(stub.DeleteAlias, R.DeleteAliasRequest(model="mlp", alias="production"))
     assert alias_in_use.code() == grpc.StatusCode.FAILED_PRECONDITION
