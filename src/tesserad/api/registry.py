@@ -20,7 +20,7 @@ from tesserad.api.transfers import chunk_size, read_header, read_start, receive_
 from tesserad.errors import InvalidArgument
 from tesserad.registry import Registry
 from tesserad.registry.export import Exports
-from tesserad.registry.validation import check_job_spec_size
+from tesserad.registry.validation import check_job_spec_size, check_lineage_datasets
 from tesserad.registry.versions import VersionUpload, batch_item
 from tesserad.replica.changes import ChangeFeed
 from tesserad.store import BlobStore, check_sha256
@@ -466,6 +466,7 @@ def _version_fields(
     """An upload header's checked sha256 and its version fields in the domain's terms."""
     check_sha256(header.sha256, "header.sha256")
     check_job_spec_size("lineage.job_spec", header.lineage.job_spec.ByteSize())
+    check_lineage_datasets(len(header.lineage.datasets))
     return {
         "format": convert.format_from_proto(header.format),
         "signature": convert.signature_from_proto(header.signature),

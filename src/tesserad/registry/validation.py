@@ -23,7 +23,8 @@ _MAX_TENSOR_NAME = 256
 # A signature's tensors (inputs and outputs together) and the dims of each: at the bounds, with
 # names of _MAX_TENSOR_NAME characters and every dim -1 (10 bytes on the wire), a signature takes
 # 0.9 MB of a GetVersion answer, which with MAX_VERSION_PARAMS, MAX_VERSION_METRICS,
-# MAX_JOB_SPEC_BYTES, the text and the aliases on the version stays within gRPC's default 4 MiB.
+# MAX_JOB_SPEC_BYTES, MAX_LINEAGE_DATASETS, the text and the aliases on the version stays within
+# gRPC's default 4 MiB (tests/unit/registry/test_version_answer_budget.py builds that answer).
 # Unbounded, a signature went as far as a request (max_message_size) or an ONNX graph allowed.
 # numpy makes no array of more than 64 dims, so no served tensor has more.
 MAX_SIGNATURE_TENSORS = 1024
@@ -33,6 +34,9 @@ MAX_TENSOR_DIMS = 64
 # other fields it must leave a GetVersion answer within 4 MiB. (A job that registers nothing keeps
 # its spec in its own record, and its tags may take 2 MiB as a run's.)
 MAX_JOB_SPEC_BYTES = 256 * 2**10
+# The dataset versions a version's lineage names: a model is trained on a few; at the bound, with
+# names of 128 characters and their sha256, they take 54 KB of a GetVersion answer.
+MAX_LINEAGE_DATASETS = 256
 # A version's params together, keys and values in UTF-8 and what each entry adds on the wire, as a
 # run's params and tags are bounded: a version travels whole in a GetVersion answer (4 MiB by
 # gRPC's default limit), beside its signature, lineage and aliases.
@@ -94,6 +98,16 @@ def check_job_spec_size(field: str, size: int) -> None:
             f"{field} takes {format_size(size)} ({size:,} bytes) serialized; the job spec a model version "
             f"keeps (its lineage.job_spec) takes at most {format_size(MAX_JOB_SPEC_BYTES)}, as it travels "
             "whole in every answer with the version; keep large values in a file and name it"
+        )
+
+
+def check_lineage_datasets(count: int) -> None:
+    """InvalidArgument unless a lineage naming `count` dataset versions fits MAX_LINEAGE_DATASETS."""
+    if count > MAX_LINEAGE_DATASETS:
+        raise InvalidArgument(
+            f"lineage.datasets names {count:,} dataset versions; a model version's lineage names at "
+            f"most {MAX_LINEAGE_DATASETS}, as it travels whole in every answer with the version; put "
+            "data trained on together in one dataset (a dataset version holds many named arrays)"
         )
 
 

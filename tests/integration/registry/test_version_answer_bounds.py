@@ -131,6 +131,20 @@ def test_a_lineage_job_spec_past_256_kib_is_refused(stub, data_dir):
     )
 
 
+def test_a_lineage_naming_more_than_256_dataset_versions_is_refused(stub, data_dir):
+    # Refused before the dataset versions are looked up: none of these exists.
+    data = onnx_identity()
+    datasets = [R.DatasetLineage(name="shards", version=v) for v in range(1, 258)]
+    header = onnx_header("wide", data, lineage=R.Lineage(datasets=datasets))
+    error = refused_upload(stub, data_dir, header, data)
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "lineage.datasets names 257 dataset versions; a model version's lineage names at most 256, as "
+        "it travels whole in every answer with the version; put data trained on together in one "
+        "dataset (a dataset version holds many named arrays)",
+    )
+
+
 def test_a_job_spec_that_registers_a_version_past_256_kib_is_refused_at_submit(channel):
     # One that registers nothing is the run's alone: its tags may take 2 MiB (test_submit_checks).
     training = training_pb2_grpc.TrainingStub(channel)

@@ -609,7 +609,9 @@ class Lineage(_message.Message):
     """
     parent_model: _builtins.str
     @_builtins.property
-    def datasets(self) -> _containers.RepeatedCompositeFieldContainer[Global___DatasetLineage]: ...
+    def datasets(self) -> _containers.RepeatedCompositeFieldContainer[Global___DatasetLineage]:
+        """At most 256 (INVALID_ARGUMENT beyond)."""
+
     @_builtins.property
     def job_spec(self) -> _job_spec_pb2.JobSpec:
         """At most 256 KiB serialized (INVALID_ARGUMENT beyond; SubmitJob refuses the spec of a job
