@@ -4,7 +4,7 @@ field and the limit. Nothing here runs on read, so records stored before a rule 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from tesserad.config import format_size
 from tesserad.errors import InvalidArgument
@@ -42,6 +42,13 @@ def check_entries(field: str, entries: Mapping[str, str], max_value: int = MAX_T
     problems = entry_problems(field, entries, max_value)
     if problems:
         raise InvalidArgument(problems[0])
+
+
+def check_tag_update(set_tags: Mapping[str, str], remove_tags: Iterable[str]) -> None:
+    """InvalidArgument for a key one update both sets and removes: which it means is unclear."""
+    both = sorted(set(remove_tags) & set_tags.keys())
+    if both:
+        raise InvalidArgument(f"tag {both[0][:80]!r} is both in set_tags and remove_tags; give it once")
 
 
 def entries_bytes(entries: Mapping[str, str]) -> int:

@@ -28,6 +28,7 @@ from tesserad.registry.tables import (
 from tesserad.registry.validation import validate_model_text, validate_tags
 from tesserad.registry.versions import check_not_fine_tuned_from, delete_version_rows
 from tesserad.store import BlobStore, ReadTxn, Store, decode_record
+from tesserad.text import check_tag_update
 
 
 def model_record(txn: ReadTxn, fields: dict[str, Any]) -> ModelRecord:
@@ -120,6 +121,7 @@ class Models:
     ) -> ModelRecord:
         validate_name("name", name)
         validate_tags("set_tags", set_tags or {})
+        check_tag_update(set_tags or {}, remove_tags)
         with self._store.write() as txn:
             fields = model_data(txn, name)
             if description is not None:
@@ -145,8 +147,12 @@ class Models:
                 named = ", ".join(repr(a) for a in aliases)
                 uses = [f"{'aliases' if len(aliases) > 1 else 'alias'} {named}"] if aliases else []
                 uses += ["a deployment"] if deployed else []
+                them = "them" if len(aliases) + deployed > 1 else "it"
+                # A deployment has no delete of its own (Rollbacks past its first revision end it).
+                first = "" if deployed else f"delete {them} first (DeleteAlias) or "
                 raise FailedPrecondition(
-                    f"model {name!r} is in use by {' and '.join(uses)}; delete those first or pass force"
+                    f"model {name!r} is in use by {' and '.join(uses)}; {first}pass force to delete "
+                    f"{them} with the model"
                 )
             check_no_other_ensemble_uses_model(txn, name)
             freed: set[str] = set()

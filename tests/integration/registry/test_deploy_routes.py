@@ -63,3 +63,16 @@ def test_deleting_the_version_latest_routes_to_says_how_to_deploy_elsewhere(stub
     assert stub.GetModel(R.GetModelRequest(name="m")).latest_version == 2
     stub.Deploy(R.DeployRequest(model="m", routes=[R.Route(version=1, weight=100)]))
     stub.DeleteVersion(R.DeleteVersionRequest(model="m", version=2))
+
+
+def test_a_deployed_model_is_deleted_with_force_the_message_says(stub, data):
+    # It said "delete those first", but a deployment has no delete: it ends with its model.
+    stub.Deploy(R.DeployRequest(model="m", routes=[R.Route(version=1, weight=100)]))
+    stub.SetAlias(R.SetAliasRequest(model="m", alias="prod", version=1))
+    error = rpc_error(stub.DeleteModel, R.DeleteModelRequest(name="m"))
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "model 'm' is in use by alias 'prod' and a deployment; pass force to delete them with the model",
+    )
+    assert stub.GetDeployment(R.GetDeploymentRequest(model="m")).revision == 1
+    assert stub.DeleteModel(R.DeleteModelRequest(name="m", force=True)).deleted_versions == 1

@@ -60,6 +60,17 @@ def test_models_crud_filters_and_pages(stub):
         R.UpdateModelRequest(name="a-1", description="new", set_tags={"k": "v"}, remove_tags=["team"])
     )
     assert updated.description == "new" and dict(updated.tags) == {"k": "v"}
+    # A tag both set and removed was removed: which the caller meant is unclear.
+    both = rpc_error(
+        stub.UpdateModel,
+        R.UpdateModelRequest(name="a-1", description="newer", set_tags={"k": "w"}, remove_tags=["k"]),
+    )
+    assert (both.code(), both.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "tag 'k' is both in set_tags and remove_tags; give it once",
+    )
+    unchanged = stub.GetModel(R.GetModelRequest(name="a-1"))
+    assert unchanged.description == "new" and dict(unchanged.tags) == {"k": "v"}
     assert stub.DeleteModel(R.DeleteModelRequest(name="a-1")).deleted_versions == 0
     assert rpc_error(stub.GetModel, R.GetModelRequest(name="a-1")).code() == grpc.StatusCode.NOT_FOUND
 
@@ -79,7 +90,10 @@ def test_versions_list_newest_first_and_delete_guards(stub, weights, data_dir):
     )
     error = rpc_error(stub.DeleteModel, R.DeleteModelRequest(name="mlp"))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert error.details() == "model 'mlp' is in use by alias 'production'; delete those first or pass force"
+    assert error.details() == (
+        "model 'mlp' is in use by alias 'production'; delete it first (DeleteAlias) or pass force to "
+        "delete it with the model"
+    )
     stub.DeleteVersion(R.DeleteVersionRequest(model="mlp", version=2))
     assert stub.GetModel(R.GetModelRequest(name="mlp")).latest_version == 1
     assert stub.DeleteModel(R.DeleteModelRequest(name="mlp", force=True)).deleted_versions == 1
