@@ -46,6 +46,11 @@ from tesserad.store import ReadTxn, Store, WriteTxn
 MAX_COMMENT = 4 * 2**10
 
 
+def redeploy_hint(model: str) -> str:
+    """How to move `model`'s requests elsewhere, for a refusal that the deployment causes."""
+    return f"with Deploy (`tessera models deploy {model} VERSION=PERCENT`) or Rollback (`tessera models rollback {model}`)"
+
+
 def latest_revision(txn: ReadTxn, model: str) -> DeploymentRecord | None:
     """The newest revision, an undeployed one included; None when the model was never deployed."""
     for _, raw in txn.scan(DEPLOYMENTS, (model,), reverse=True, limit=1):

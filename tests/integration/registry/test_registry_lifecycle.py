@@ -254,6 +254,11 @@ def test_deployments_rollback_and_guards(stub, weights):
     )
     alias_in_use = rpc_error(stub.DeleteAlias, R.DeleteAliasRequest(model="mlp", alias="production"))
     assert alias_in_use.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert alias_in_use.details() == (
+        "alias 'production' is used by deployment revision 2 of model 'mlp'; first deploy routes that "
+        "do not name it with Deploy (`tessera models deploy mlp VERSION=PERCENT`) or Rollback "
+        "(`tessera models rollback mlp`)"
+    )
 
     rolled = stub.Rollback(R.RollbackRequest(model="mlp"))
     assert (rolled.revision, rolled.rolled_back_from) == (3, 2)
