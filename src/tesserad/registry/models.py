@@ -89,6 +89,8 @@ class Models:
         """Models in name order whose name starts with `name_prefix` and that carry every tag
         in `tags` (an empty value matches any value)."""
         tags = tags or {}
+        # A key no tag can have would match nothing, silently.
+        validate_tags("tags", tags)
 
         def tagged(_key: Any, raw: bytes) -> bool:
             have = decode_record(raw, MODEL_KIND, SCHEMA)[1]["tags"]

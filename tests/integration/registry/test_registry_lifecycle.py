@@ -54,6 +54,11 @@ def test_models_crud_filters_and_pages(stub):
     assert [m.name for m in tagged.models] == ["a-1", "a-3", "b-1"]
     any_team = stub.ListModels(R.ListModelsRequest(tags={"team": ""}))
     assert len(any_team.models) == 4
+    no_key = rpc_error(stub.ListModels, R.ListModelsRequest(tags={"": "x"}))
+    assert (no_key.code(), no_key.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "tags: key '' must be 1 to 250 characters without NUL or newlines",
+    )
     bad = rpc_error(stub.ListModels, R.ListModelsRequest(name_prefix="b", page_token=first.next_page_token))
     assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT and "different query" in bad.details()
     updated = stub.UpdateModel(
