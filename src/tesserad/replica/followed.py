@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tesserad.errors import NotFound, TesseraError
+from tesserad.names import closest
 from tesserad.registry.ensembles import parse_ensemble_spec
 from tesserad.registry.tables import alias_not_set, no_versions_yet, version_missing
 from tesserad.replica.blob_cache import BlobCache
@@ -92,7 +93,13 @@ class FollowedRegistry:
             refused = self.refused
             if refused is not None:
                 raise type(refused)(refused.message)
-            raise NotFound(f"model {model!r} does not exist at the primary {self._primary}")
+            near = closest(self.model_names(), model)
+            fix = "create it there with CreateModel"
+            # As the primary says it (names.missing_name), naming the primary.
+            raise NotFound(
+                f"model {model!r} does not exist at the primary {self._primary}; "
+                + (f"{near}Or {fix}" if near else fix)
+            )
         return state
 
     def servable(self, model: str, version: int | None, alias: str | None) -> ServableVersion:

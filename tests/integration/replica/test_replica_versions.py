@@ -71,6 +71,15 @@ def test_a_replica_serves_a_version_its_feed_does_not_carry(cluster: Cluster) ->
         assert refusal(replica, "empty") == no_versions
 
     eventually(told_at_the_replica)
+    assert refusal(primary, "linaer") == (
+        grpc.StatusCode.NOT_FOUND,
+        "model 'linaer' does not exist; did you mean 'linear'? Or create it with CreateModel",
+    )
+    assert refusal(replica, "linaer") == (
+        grpc.StatusCode.NOT_FOUND,
+        f"model 'linaer' does not exist at the primary 127.0.0.1:{cluster.primary_port}; did you mean "
+        "'linear'? Or create it there with CreateModel",
+    )
 
 
 def test_an_alias_not_set_is_told_at_a_replica_in_the_primary_s_words(cluster: Cluster) -> None:
