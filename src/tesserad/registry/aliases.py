@@ -10,7 +10,7 @@ from typing import Any
 from tesserad.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from tesserad.names import RESERVED_ALIASES, validate_name, validate_stored_name, version_like_alias
 from tesserad.paging import Page, PageFill, answer_bytes, read_page, resume_key
-from tesserad.registry.deployments import current_deployment, deployment_aliases, redeploy_hint
+from tesserad.registry.deployments import current_deployment, deployment_aliases, redeploy
 from tesserad.registry.records import (
     ALIAS_EVENT_KIND,
     ALIAS_KIND,
@@ -218,7 +218,7 @@ class Aliases:
             if deployment is not None and alias in deployment_aliases(deployment):
                 raise FailedPrecondition(
                     f"alias {alias!r} is used by deployment revision {deployment.revision} of model {model!r}; "
-                    f"first deploy routes that do not name it {redeploy_hint(model)}"
+                    f"first {redeploy('name')}"
                 )
             txn.delete(ALIASES, (model, alias))
             _log_event(txn, fields, AliasEvent(model, alias, int(stored["version"]), 0, time.time(), actor))

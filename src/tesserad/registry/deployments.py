@@ -46,9 +46,12 @@ from tesserad.store import ReadTxn, Store, WriteTxn
 MAX_COMMENT = 4 * 2**10
 
 
-def redeploy_hint(model: str) -> str:
-    """How to move `model`'s requests elsewhere, for a refusal that the deployment causes."""
-    return f"with Deploy (`tessera models deploy {model} VERSION=PERCENT`) or Rollback (`tessera models rollback {model}`)"
+def redeploy(uses: str) -> str:
+    """How to end a use (`uses`: "serve", "name") the current deployment makes of a version or
+    alias, for a refusal it causes. Names RPCs; the CLI shows its commands instead."""
+    return (
+        f"deploy routes that do not {uses} it (Deploy), or roll back to a deployment that does not (Rollback)"
+    )
 
 
 def latest_revision(txn: ReadTxn, model: str) -> DeploymentRecord | None:
@@ -321,7 +324,7 @@ class Deployments:
                         f"model {model!r} cannot roll back to deployment revision {previous}: it is no "
                         f"longer kept (registry.deployment_history is {self._history}, so a model keeps "
                         f"the {self._history - 1} deployments before its current one that Rollbacks "
-                        "restore); deploy what should serve now with Deploy (`tessera models deploy`), "
+                        "restore); deploy what should serve now with Deploy, "
                         "or raise registry.deployment_history to keep more"
                     )
                 restored = decode_deployment(raw)

@@ -46,7 +46,7 @@ from tesserad.registry.artifacts import (
     signature_mismatches,
     total_parameters,
 )
-from tesserad.registry.deployments import current_deployment, deployment_versions, redeploy_hint, resolved
+from tesserad.registry.deployments import current_deployment, deployment_versions, redeploy, resolved
 from tesserad.registry.ensembles import (
     MAX_SPEC_BYTES,
     Member,
@@ -808,7 +808,7 @@ class Versions:
                 users.append(
                     f"deployment revision {deployment.revision}{_followed_aliases(txn, deployment, version)}"
                 )
-                remedies.append(f"deploy routes that do not serve it {redeploy_hint(model)}")
+                remedies.append(redeploy("serve"))
             if users:
                 raise FailedPrecondition(
                     f"version {version} of model {model!r} is in use by {', '.join(users)}; first "

@@ -19,7 +19,9 @@ def test_aliases_lists_every_page_and_unalias_deletes(tessera_cli, client, tmp_p
 
     client.models.deploy("affine", {"canary-000": 100})
     refused = tessera_cli("models", "unalias", "affine", "canary-000")
-    assert refused.code != 0 and "`tessera models deploy affine VERSION=PERCENT`" in refused.err
+    assert refused.code != 0 and "do not name it (`tessera models deploy MODEL ROUTE...`), or roll back" in (
+        refused.err
+    )
     deleted = tessera_cli("models", "unalias", "affine", "canary-001")
     assert deleted.code == 0 and "affine: alias canary-001 deleted" in deleted.out
     after = [a["alias"] for a in tessera_cli("--json", "models", "aliases", "affine").json()]

@@ -57,8 +57,8 @@ def test_deleting_the_version_latest_routes_to_says_how_to_deploy_elsewhere(stub
     assert (error.code(), error.details()) == (
         grpc.StatusCode.FAILED_PRECONDITION,
         "version 2 of model 'm' is in use by deployment revision 1 (routes[0] follows 'latest', which "
-        "names version 2 until it is deleted); first deploy routes that do not serve it with Deploy "
-        "(`tessera models deploy m VERSION=PERCENT`) or Rollback (`tessera models rollback m`)",
+        "names version 2 until it is deleted); first deploy routes that do not serve it (Deploy), or "
+        "roll back to a deployment that does not (Rollback)",
     )
     assert stub.GetModel(R.GetModelRequest(name="m")).latest_version == 2
     stub.Deploy(R.DeployRequest(model="m", routes=[R.Route(version=1, weight=100)]))

@@ -65,8 +65,8 @@ def test_deploys_keep_the_newest_revisions_and_rollbacks_walk_back_as_far_as_kep
         grpc.StatusCode.FAILED_PRECONDITION,
         "model 'ci' cannot roll back to deployment revision 7: it is no longer kept "
         "(registry.deployment_history is 3, so a model keeps the 2 deployments before its current one "
-        "that Rollbacks restore); deploy what should serve now with Deploy (`tessera models deploy`), "
-        "or raise registry.deployment_history to keep more",
+        "that Rollbacks restore); deploy what should serve now with Deploy, or raise "
+        "registry.deployment_history to keep more",
     )
     assert history(registry, "ci") == kept
     assert registry.GetDeployment(R.GetDeploymentRequest(model="ci")).revision == 12

@@ -254,15 +254,14 @@ def test_deployments_rollback_and_guards(stub, weights):
     assert in_use.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert in_use.details() == (
         "version 2 of model 'mlp' is in use by deployment revision 2 (shadow follows 'latest', which "
-        "names version 2 until it is deleted); first deploy routes that do not serve it with Deploy "
-        "(`tessera models deploy mlp VERSION=PERCENT`) or Rollback (`tessera models rollback mlp`)"
+        "names version 2 until it is deleted); first deploy routes that do not serve it (Deploy), or "
+        "roll back to a deployment that does not (Rollback)"
     )
     alias_in_use = rpc_error(stub.DeleteAlias, R.DeleteAliasRequest(model="mlp", alias="production"))
     assert alias_in_use.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert alias_in_use.details() == (
         "alias 'production' is used by deployment revision 2 of model 'mlp'; first deploy routes that "
-        "do not name it with Deploy (`tessera models deploy mlp VERSION=PERCENT`) or Rollback "
-        "(`tessera models rollback mlp`)"
+        "do not name it (Deploy), or roll back to a deployment that does not (Rollback)"
     )
 
     rolled = stub.Rollback(R.RollbackRequest(model="mlp"))
