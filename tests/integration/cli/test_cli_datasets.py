@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tessera.cli import EXIT_USAGE, build_parser
+from tessera.cli import EXIT_USAGE
+from tessera.cli.parser import build_parser
 from tessera.models import upload_header
 from tessera.v1 import registry_pb2, registry_pb2_grpc
 from tests.integration.cli.test_cli import assert_failed_cleanly

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterator
 
-from tessera.cli import build_parser
+from tessera.cli.parser import build_parser
 
 
 def commands(

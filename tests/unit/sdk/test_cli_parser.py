@@ -8,7 +8,9 @@ import json
 
 import pytest
 
-from tessera.cli import EXIT_USAGE, INT32_MAX, build_parser
+from tessera.cli import EXIT_USAGE
+from tessera.cli.arguments import INT32_MAX
+from tessera.cli.parser import build_parser
 from tesserad.errors import InvalidArgument
 from tesserad.registry.ensembles import parse_ensemble_spec
 

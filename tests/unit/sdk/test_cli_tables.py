@@ -7,7 +7,7 @@ import io
 
 from rich.console import Console
 
-from tessera.cli import Output
+from tessera.cli.output import Output
 
 JOB_ID = "job-01m8yzx4r0sb3yhrsw"
 COLUMNS = ["id", "state", "experiment", "progress", "created"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import tesserad.errors
-from tessera.cli import build_parser
+from tessera.cli.parser import build_parser
 from tessera.rpc_commands import COMMAND_BY_RPC, in_cli_words, unreachable_hint
 from tessera.v1 import datasets_pb2, inference_pb2, registry_pb2, system_pb2, training_pb2
 

@@ -157,7 +157,7 @@ def test_line_plot_draws_each_series_with_its_mark():
 
 def test_the_sdk_imports_without_torch_tesserad_or_the_oip_package():
     blocked = "import sys; [sys.modules.__setitem__(m, None) for m in ('torch', 'tesserad', 'inference')]"
-    code = f"{blocked}; import tessera, tessera.aio, tessera.cli; print('ok')"
+    code = f"{blocked}; import tessera, tessera.aio, tessera.cli.runner; print('ok')"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
 

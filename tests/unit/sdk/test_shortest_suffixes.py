@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tessera.cli import shortest_suffixes
+from tessera.cli.tracking import shortest_suffixes
 
 
 def test_each_path_by_its_last_part_unless_another_path_ends_so_too():

@@ -19,7 +19,7 @@ from tessera.tables import FittedTable, fitted_table
 from tessera.v1 import job_spec_pb2, training_pb2
 
 if TYPE_CHECKING:
-    from tessera.cli import Output
+    from tessera.cli.output import Output
     from tessera.client import Client
 
 POLL_S = 1.0

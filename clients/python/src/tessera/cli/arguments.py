@@ -1,0 +1,200 @@
+"""argparse's types for the command line's values, and the mistakes on it that argparse cannot see."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+from tessera.ensembles import member_pair
+from tessera.messages import INT64_MAX, dataset_ref, is_digits, whole_number
+from tessera.run_filter import (
+    RunFilterError,
+    parse_metric_condition,
+)
+from tessera.v1 import training_pb2
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+INT32_MAX = 2**31 - 1
+
+
+_V = TypeVar("_V")
+
+
+class UsageError(ValueError):
+    """A mistake on the command line that argparse cannot see (flags that go together, a file
+    whose suffix says nothing): it exits 2 under the command's usage line, as argparse's own do."""
+
+
+def selector(text: str) -> int | str:
+    """A version given on the command line: a number, or else an alias."""
+    return whole_number(text) if is_digits(text) else text
+
+
+def version_or_alias(text: str) -> int | str:
+    """argparse's type for a version number or an alias."""
+    try:
+        return selector(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def whole(low: int = 0, high: int = INT64_MAX) -> Callable[[str], int]:
+    """argparse's type for versions, counts and sequence numbers in low..high, the range of the
+    proto field the option fills: past an int32 field's, protobuf fails with a bare "Value out
+    of range" (and int() also reads "٣" as 3)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = whole_number(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            shown = text if len(text) <= 40 else text[:40] + "..."
+            raise argparse.ArgumentTypeError(
+                f"must be a whole number in {low}..{high} written in digits 0-9, got {shown!r}"
+            )
+        return value
+
+    return parse
+
+
+def dataset(text: str) -> str:
+    """argparse's type for NAME[:VERSION]."""
+    try:
+        dataset_ref(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def daemon_target(text: str) -> str:
+    """argparse's type for --target (and TESSERA_TARGET): a gRPC target, never a URL, with a port
+    (gRPC resolves "http://host:port" as a host name, and dials 443 without a port)."""
+    where = "here or in env TESSERA_TARGET"
+    if text.startswith(("http://", "https://")):
+        host = text.split("://", 1)[1].split("/", 1)[0]
+        example = host if ":" in host else f"{host}:{DEFAULT_TARGET.rsplit(':', 1)[1]}"
+        tls = " (with --tls for TLS)" if text.startswith("https://") else ""
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is a URL; tesserad speaks gRPC: write HOST:PORT, e.g. {example}{tls}, {where}"
+        )
+    if ":" not in text:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has no port: write HOST:PORT, e.g. {text}:{DEFAULT_TARGET.rsplit(':', 1)[1]}, {where}"
+        )
+    return text
+
+
+def member(text: str) -> str:
+    """argparse's type for an ensemble member MODEL:VERSION."""
+    try:
+        member_pair(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def route(text: str) -> tuple[int | str, int]:
+    """argparse's type for a deployment route VERSION=PERCENT or ALIAS=PERCENT."""
+    target, sep, weight = text.partition("=")
+    if not sep or not target or not is_digits(weight):
+        raise argparse.ArgumentTypeError(
+            f"route {text!r}: write VERSION=PERCENT or ALIAS=PERCENT, e.g. 3=90 staging=10"
+        )
+    return version_or_alias(target), int(weight)
+
+
+def key_value(text: str) -> tuple[str, str]:
+    """argparse's type for a param or tag KEY=VALUE."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: write KEY=VALUE")
+    return key, value
+
+
+def once_each(pairs: Iterable[tuple[str, _V]] | None, flag: str) -> dict[str, _V]:
+    """The pairs a repeated flag gave, as a dict; UsageError for a key given twice, whose first
+    value a dict would drop without a word."""
+    given: dict[str, _V] = {}
+    for key, value in pairs or ():
+        if key in given:
+            raise UsageError(f"{flag} {key} is given twice; give each once")
+        given[key] = value
+    return given
+
+
+def split(text: str) -> tuple[str, float]:
+    """argparse's type for a dataset split NAME=FRACTION."""
+    name, sep, fraction = text.partition("=")
+    try:
+        value = float(fraction)
+    except ValueError:
+        value = math.nan
+    if not sep or not name or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r}: write NAME=FRACTION, e.g. train=0.8")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: the fraction must be above 0 and at most 1, e.g. train=0.8"
+        )
+    return name, value
+
+
+def weight_list(text: str) -> list[float]:
+    """argparse's type for ensemble weights "2,1,1": the daemon's rule (finite, >= 0, a positive
+    sum), so that a weight it would refuse is a usage error before any member is looked up."""
+    try:
+        weights = [float(part) for part in text.split(",")]
+    except ValueError:
+        weights = [math.nan]
+    if not all(math.isfinite(weight) and weight >= 0 for weight in weights) or sum(weights) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"must be finite numbers >= 0 with a positive sum, separated by commas, like 2,1,1; got {text!r}"
+        )
+    return weights
+
+
+def finite(text: str) -> float:
+    """argparse's type for a plain number: float() also reads "nan" and "inf" (and "1e400" as
+    inf), which no input value or threshold means."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, like 0 or -1.5; got {text!r}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """argparse's type for durations: float() also reads "nan" and "inf", and gRPC ends a call
+    with either as its deadline at once."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
+    return value
+
+
+def metric_condition(text: str) -> training_pb2.MetricFilter:
+    """argparse's type for --metric KEY<VALUE (or <=, >, >=, =, !=)."""
+    try:
+        return parse_metric_condition(text)
+    except RunFilterError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def window_sizes(text: str) -> list[int]:
+    """An occlusion window as "1,1,4,4,4"."""
+    try:
+        sizes = [whole_number(part) for part in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or max(sizes) > INT32_MAX:
+        raise argparse.ArgumentTypeError(
+            f"must be sizes separated by commas, each 0..{INT32_MAX}, like 1,1,4,4,4; got {text!r}"
+        )
+    return sizes

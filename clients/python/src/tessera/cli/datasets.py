@@ -1,0 +1,149 @@
+"""`tessera datasets ...`. Each command takes (client, args, out) and prints its result."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from tessera.cli.arguments import UsageError, once_each
+from tessera.cli.output import Output, shape, size, transfer_progress, when
+from tessera.client import Client
+from tessera.json_output import to_plain
+from tessera.messages import counted, dataset_ref
+from tessera.tensors import dtype_name
+from tessera.v1 import datasets_pb2
+
+
+def cmd_datasets_push(client: Client, args: argparse.Namespace, out: Output) -> None:
+    splits = once_each(args.split, "--split")
+    tags = once_each(args.tag, "--tag")
+    if args.array_name and Path(args.file).suffix.lower() != ".npy":
+        raise UsageError(
+            f"--array-name names the array of a .npy file; {args.file} is not one (an .npz names its arrays itself)"
+        )
+    version = client.datasets.push(
+        args.name,
+        args.file,
+        splits=splits or None,
+        seed=args.seed,
+        array_name=args.array_name,
+        allow_nonfinite=args.allow_nonfinite,
+        description=args.description,
+        tags=tags,
+        progress=transfer_progress(out, f"pushing {Path(args.file).name}"),
+    )
+    if out.as_json:
+        return out.json(version)
+    described = f"{counted(version.num_samples, 'sample')}, {size(version.size_bytes)}"
+    if version.existing_version:
+        out.line(f"already stored as {version.name}:{version.version} (same bytes and splits): {described}")
+    elif version.HasField("shared_with"):
+        shared = f"{version.shared_with.name}:{version.shared_with.version}"
+        out.line(f"stored {version.name}:{version.version} (bytes shared with {shared}): {described}")
+    else:
+        out.line(f"stored {version.name}:{version.version}: {described}")
+    print_dataset_version(version, out)
+
+
+def cmd_datasets_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
+    datasets = list(client.datasets.list(prefix=args.prefix))
+    if out.as_json:
+        return out.json(datasets)
+    out.table(
+        "datasets",
+        ["name", "latest", "versions", "size", "updated"],
+        [
+            (d.name, d.latest_version, d.version_count, size(d.size_bytes), when(d.updated_at))
+            for d in datasets
+        ],
+        whole=("name", "latest"),
+    )
+
+
+def cmd_datasets_show(client: Client, args: argparse.Namespace, out: Output) -> None:
+    version = client.datasets.version(args.ref)
+    if out.as_json:
+        return out.json(version)
+    print_dataset_version(version, out)
+
+
+def cmd_datasets_versions(client: Client, args: argparse.Namespace, out: Output) -> None:
+    versions = list(client.datasets.versions(args.name))
+    if out.as_json:
+        return out.json(versions)
+    out.table(
+        f"{args.name} versions",
+        ["version", "samples", "arrays", "splits", "size", "created", "description"],
+        [
+            (
+                v.version,
+                v.num_samples,
+                ", ".join(a.name for a in v.arrays),
+                ", ".join(sp.name for sp in v.splits) or "-",
+                size(v.size_bytes),
+                when(v.created_at),
+                v.description,
+            )
+            for v in versions
+        ],
+        whole=("version",),
+        unbroken=("arrays", "splits"),
+    )
+
+
+def cmd_datasets_rm(client: Client, args: argparse.Namespace, out: Output) -> None:
+    ref = dataset_ref(args.ref)
+    deleted = client.datasets.delete(ref.name, ref.version, force=args.force)
+    if out.as_json:
+        return out.json({"name": ref.name, "version": ref.version, "deleted_versions": deleted})
+    if ref.version:
+        return out.line(f"deleted {ref.name}:{ref.version}")
+    out.line(f"deleted dataset {ref.name} ({counted(deleted, 'version')})")
+
+
+def cmd_datasets_download(client: Client, args: argparse.Namespace, out: Output) -> None:
+    # Resolved first: the default file name carries the version and the stored format.
+    version = client.datasets.version(args.ref)
+    suffix = "npy" if version.format == datasets_pb2.DATASET_FORMAT_NPY else "npz"
+    default = f"{version.name}-v{version.version}.{suffix}"
+    path = Path(args.output) if args.output else Path(default)
+    if path.is_dir():
+        path = path / default
+    version = client.datasets.download(
+        f"{version.name}:{version.version}",
+        path,
+        progress=None if out.as_json else transfer_progress(out, f"downloading {version.name}"),
+    )
+    if out.as_json:
+        return out.json({"path": str(path), "version": to_plain(version)})
+    out.line(
+        f"wrote {path}: {version.name}:{version.version}, {counted(version.num_samples, 'sample')}, "
+        f"{size(version.size_bytes)}, sha256 verified"
+    )
+
+
+def print_dataset_version(version: Any, out: Output) -> None:
+    out.table(
+        f"{version.name}:{version.version} ({counted(version.num_samples, 'sample')})",
+        ["array", "dtype", "shape", "min", "max", "mean", "std"],
+        [
+            (
+                a.name,
+                dtype_name(a.dtype),
+                shape(a.shape),
+                f"{a.stats.min:.4g}",
+                f"{a.stats.max:.4g}",
+                f"{a.stats.mean:.4g}",
+                f"{a.stats.std:.4g}",
+            )
+            for a in version.arrays
+        ],
+        whole=("array",),
+    )
+    if version.splits:
+        out.line("splits: " + ", ".join(f"{s.name} {s.count}" for s in version.splits))
+    if version.description:
+        out.line(f"description: {version.description}")
+    if version.tags:
+        out.line("tags: " + ", ".join(f"{k}={v}" for k, v in sorted(version.tags.items())))

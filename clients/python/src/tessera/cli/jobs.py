@@ -1,0 +1,125 @@
+"""`tessera train` and `tessera jobs ...`: training jobs. Each command takes (client, args, out)
+and prints its result."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from tessera.cli.output import Output, size, when
+from tessera.client import Client
+from tessera.errors import JobFailed
+from tessera.events import JobState
+from tessera.follow import follow
+from tessera.messages import load_toml
+
+
+def cmd_train(client: Client, args: argparse.Namespace, out: Output) -> None:
+    job = client.training.submit(load_toml(args.spec))
+    if not args.follow:
+        if out.as_json:
+            return out.json(job.info)
+        out.line(f"submitted job {job.id} ({job.state.value}); follow it with: tessera jobs watch {job.id}")
+        return None
+    if not out.as_json:
+        out.line(f"submitted job {job.id}")
+    finish(follow(job, out.console, out.as_json))
+    return None
+
+
+def finish(job: Any) -> None:
+    """A followed job that did not succeed makes the command fail."""
+    if job.state != JobState.SUCCEEDED:
+        raise JobFailed(
+            job, f"job {job.id} ended {job.state.value}" + (f": {job.info.error}" if job.info.error else "")
+        )
+
+
+def cmd_jobs_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
+    jobs = list(client.training.jobs(states=args.state or ()))
+    if out.as_json:
+        return out.json([job.info for job in jobs])
+    out.table(
+        "jobs",
+        ["id", "state", "experiment", "progress", "epoch", "train_loss (epoch)", "created"],
+        [
+            (
+                j.id,
+                j.state.value,
+                j.info.experiment,
+                f"{j.info.progress:.0%}",
+                j.info.epoch,
+                f"{j.info.metrics['train_loss']:.4g}" if "train_loss" in j.info.metrics else "-",
+                when(j.info.created_at),
+            )
+            for j in jobs
+        ],
+        whole=("id",),
+        leave_out_first=("created", "epoch"),
+    )
+
+
+def cmd_jobs_show(client: Client, args: argparse.Namespace, out: Output) -> None:
+    job = client.training.job(args.job_id).info
+    if out.as_json:
+        return out.json(job)
+    registered = f"{job.registered.model} v{job.registered.version}" if job.HasField("registered") else "-"
+    out.pairs(
+        f"job {job.job_id}",
+        [
+            ("state", JobState.from_proto(job.state).value),
+            ("experiment", job.experiment),
+            ("run", job.run_id),
+            ("sweep", job.sweep_id or "-"),
+            ("attempt", job.attempt),
+            ("progress", f"{job.progress:.0%} (epoch {job.epoch}, step {job.step} of {job.total_steps})"),
+            ("created", when(job.created_at)),
+            ("started", when(job.started_at)),
+            ("ended", when(job.ended_at)),
+            ("error", job.error or "-"),
+            ("registered", registered),
+            *[(f"metric {k}", f"{v:.5g}") for k, v in sorted(job.metrics.items())],
+            (
+                "checkpoints",
+                f"{job.checkpoints_kept} kept"
+                + (f" ({len(job.checkpoints)} listed)" if len(job.checkpoints) < job.checkpoints_kept else "")
+                + f", {job.checkpoints_released} released",
+            ),
+        ],
+    )
+    if not job.checkpoints:
+        return None
+    # The value of the metric that makes a checkpoint the best, beside each.
+    metric = job.spec.checkpoints.keep_best_metric
+    out.table(
+        "checkpoints",
+        ["epoch", "step", "reason", *([metric] if metric else []), "size", "saved", "sha256"],
+        [
+            (
+                c.epoch,
+                c.step,
+                c.reason + (" (best)" if c.best and c.reason != "best" else ""),
+                *([f"{c.metrics[metric]:.5g}" if metric in c.metrics else "-"] if metric else []),
+                size(c.size_bytes),
+                when(c.created_at),
+                c.sha256[:12],
+            )
+            for c in job.checkpoints
+        ],
+        whole=("epoch", "step", "sha256"),
+    )
+    return None
+
+
+def cmd_jobs_watch(client: Client, args: argparse.Namespace, out: Output) -> None:
+    job = client.training.job(args.job_id)
+    finish(follow(job, out.console, out.as_json, from_seq=args.from_seq))
+
+
+def cmd_jobs_cancel(client: Client, args: argparse.Namespace, out: Output) -> None:
+    job = client.training.cancel(args.job_id)
+    if out.as_json:
+        return out.json(job.info)
+    # A queued job ends at once; a running one is asked to stop and goes on until its next step.
+    stopping = "; it stops at its next step" if job.state == JobState.RUNNING else ""
+    out.line(f"job {job.id}: {job.state.value}{stopping}")

@@ -1,0 +1,384 @@
+"""`tessera models ...` and `tessera export onnx`: the model registry. Each command takes
+(client, args, out) and prints its result."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tessera.cli.arguments import UsageError
+from tessera.cli.inputs import load_inputs
+from tessera.cli.output import Output, shape, size, transfer_progress, when
+from tessera.client import Client
+from tessera.ensembles import fit_stacking, member_pair
+from tessera.json_output import dumps, to_plain
+from tessera.messages import load_toml
+from tessera.models import FORMAT_BY_SUFFIX
+from tessera.v1 import registry_pb2
+
+
+def cmd_models_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
+    models = list(client.models.list(prefix=args.prefix))
+    if out.as_json:
+        return out.json(models)
+    out.table(
+        "models",
+        ["name", "latest", "versions", "aliases", "updated"],
+        [
+            (
+                m.name,
+                m.latest_version or "-",
+                m.version_count,
+                ", ".join(f"{a}={v}" for a, v in sorted(m.aliases.items()) if a != "latest") or "-",
+                when(m.updated_at),
+            )
+            for m in models
+        ],
+        whole=("name", "latest"),
+        unbroken=("aliases",),
+    )
+
+
+def cmd_models_show(client: Client, args: argparse.Namespace, out: Output) -> None:
+    version = client.models.version(args.model, args.version)
+    if out.as_json:
+        return out.json(version)
+    out.pairs(f"{version.model} v{version.version}", version_rows(version))
+
+
+def version_rows(version: registry_pb2.ModelVersion) -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = [
+        ("format", registry_pb2.ArtifactFormat.Name(version.format).removeprefix("ARTIFACT_FORMAT_").lower()),
+        ("size", size(version.size_bytes)),
+        ("sha256", version.sha256),
+        ("parameters", f"{version.parameter_count:,}"),
+        ("aliases", ", ".join(version.aliases) or "-"),
+        ("created", f"{when(version.created_at)} by {version.created_by or '-'}"),
+    ]
+    if version.description:
+        rows.append(("description", version.description))
+    rows += [(f"tag {k}", v) for k, v in sorted(version.tags.items())]
+    for spec in version.signature.inputs:
+        rows.append((f"input {spec.name}", shape(spec.shape)))
+    for spec in version.signature.outputs:
+        rows.append((f"output {spec.name}", shape(spec.shape)))
+    rows += [(f"metric {k}", f"{v:.5g}") for k, v in sorted(version.metrics.items())]
+    lineage = version.lineage
+    if lineage.job_id:
+        rows.append(("trained by", f"job {lineage.job_id}, run {lineage.run_id}"))
+    for dataset in lineage.datasets:
+        gone = f" (deleted, sha256 {dataset.sha256[:12]})" if dataset.deleted else ""
+        rows.append(("dataset", f"{dataset.name}:{dataset.version}{gone}"))
+    if lineage.parent_version:
+        rows.append(("parent", parent_text(version)))
+    return rows
+
+
+def parent_text(version: registry_pb2.ModelVersion) -> str:
+    """The lineage parent; a deleted one says so, since a model created again under its name
+    has a version of the same number that is another one."""
+    lineage = version.lineage
+    text = f"{lineage.parent_model or version.model} v{lineage.parent_version}"
+    if not lineage.HasField("parent_deleted"):
+        return text
+    gone = lineage.parent_deleted
+    known = [f"deleted {when(gone.deleted_at)}" if gone.HasField("deleted_at") else "deleted"]
+    known += [f"sha256 {gone.sha256}"] if gone.sha256 else []
+    return f"{text} ({', '.join(known)})"
+
+
+def cmd_models_versions(client: Client, args: argparse.Namespace, out: Output) -> None:
+    versions = list(client.models.versions(args.model))
+    if out.as_json:
+        return out.json(versions)
+    out.table(
+        f"{args.model} versions",
+        ["version", "format", "size", "aliases", "created", "description"],
+        [
+            (
+                v.version,
+                registry_pb2.ArtifactFormat.Name(v.format).removeprefix("ARTIFACT_FORMAT_").lower(),
+                size(v.size_bytes),
+                ", ".join(v.aliases) or "-",
+                when(v.created_at),
+                v.description,
+            )
+            for v in versions
+        ],
+        whole=("version",),
+        unbroken=("aliases",),
+    )
+
+
+def cmd_models_push(client: Client, args: argparse.Namespace, out: Output) -> None:
+    # The SDK's own messages for these name its keyword arguments (format=, architecture=).
+    artifact_format = args.format or FORMAT_BY_SUFFIX.get(Path(args.file).suffix.lower())
+    if artifact_format is None:
+        raise UsageError(
+            f"{args.file}: cannot tell the format from the suffix; name the file .onnx or .safetensors, "
+            "or pass --format"
+        )
+    if artifact_format == "safetensors" and not args.spec:
+        raise UsageError(
+            f"{args.file}: safetensors weights need --spec SPEC.toml with the [architecture] that built them"
+        )
+    architecture = None
+    if args.spec:
+        spec = load_toml(args.spec)
+        architecture = spec.get("architecture", spec)
+    version = client.models.push(
+        args.model,
+        args.file,
+        format=artifact_format,
+        architecture=architecture,
+        alias=args.alias,
+        description=args.description,
+        progress=transfer_progress(out, f"pushing {Path(args.file).name}"),
+    )
+    if out.as_json:
+        return out.json(version)
+    out.line(
+        f"registered {version.model} v{version.version} ({size(version.size_bytes)}, sha256 {version.sha256[:12]})"
+    )
+    if version.HasField("alias_moved"):
+        print_alias_moved(out, version.alias_moved)
+
+
+def cmd_models_ensemble(client: Client, args: argparse.Namespace, out: Output) -> None:
+    stacking = None
+    if args.fit:
+        if args.combine != "stacking":
+            raise UsageError("--fit fits a stacking combiner; use it with --combine stacking")
+        stacking = fit_stacking_on(client, args.members, args.fit, args.fit_target)
+    version = client.models.register_ensemble(
+        args.model,
+        args.members,
+        args.combine,
+        weights=args.weights,
+        stacking=stacking,
+        alias=args.alias,
+        description=args.description,
+    )
+    if out.as_json:
+        return out.json(version)
+    out.line(f"registered {version.model} v{version.version}: {args.combine} of {', '.join(args.members)}")
+
+
+def fit_stacking_on(client: Client, members: Sequence[str], path: str, target: str) -> dict[str, Any]:
+    """A stacking combiner fitted on held-out rows: the .npz's inputs run through each member."""
+    arrays = load_inputs(path)
+    if target not in arrays:
+        raise ValueError(
+            f"{path} has no {target!r} array (the targets: class labels or scores); name it with --fit-target"
+        )
+    targets = arrays.pop(target)
+    outputs = []
+    for member in members:
+        model, version = member_pair(member)
+        (output,) = client.inference.predict(model, arrays, version=version).outputs.values()
+        outputs.append(output)
+    return fit_stacking(outputs, targets)
+
+
+def cmd_models_alias(client: Client, args: argparse.Namespace, out: Output) -> None:
+    alias = client.models.set_alias(args.model, args.alias, args.version)
+    if out.as_json:
+        return out.json(alias)
+    out.line(f"{alias.model}: {alias.alias} -> v{alias.version}")
+
+
+def cmd_models_aliases(client: Client, args: argparse.Namespace, out: Output) -> None:
+    aliases = list(client.models.aliases(args.model))
+    if out.as_json:
+        return out.json(aliases)
+    out.table(
+        f"{args.model} aliases",
+        ["alias", "version", "updated", "by"],
+        [(a.alias, f"v{a.version}", when(a.updated_at), a.updated_by) for a in aliases],
+    )
+
+
+def cmd_models_unalias(client: Client, args: argparse.Namespace, out: Output) -> None:
+    client.models.delete_alias(args.model, args.alias)
+    if out.as_json:
+        return out.json({"model": args.model, "alias": args.alias, "deleted": True})
+    out.line(f"{args.model}: alias {args.alias} deleted")
+
+
+def cmd_models_deploy(client: Client, args: argparse.Namespace, out: Output) -> None:
+    routes: dict[int | str, int] = {}
+    for chosen, weight in args.routes:
+        if chosen in routes:
+            words = f"version {chosen}" if isinstance(chosen, int) else f"alias {chosen!r}"
+            raise UsageError(f"route {words} is given twice; give it one route with the percents added")
+        routes[chosen] = weight
+    deployment = client.models.deploy(
+        args.model,
+        routes,
+        shadow=args.shadow,
+        shadow_percent=args.shadow_percent,
+        comment=args.comment,
+    )
+    print_deployment(deployment, out)
+
+
+def cmd_models_rollback(client: Client, args: argparse.Namespace, out: Output) -> None:
+    print_deployment(client.models.rollback(args.model), out)
+
+
+def print_deployment(deployment: registry_pb2.Deployment, out: Output) -> None:
+    if out.as_json:
+        return out.json(deployment)
+    if deployment.undeployed:
+        return out.line(
+            f"{deployment.model}: no deployment (revision {deployment.revision}: {deployment.comment}); "
+            "requests without a version or alias go to the latest version"
+        )
+    rows = []
+    for route in deployment.routes:
+        target = f"alias {route.alias}" if route.WhichOneof("target") == "alias" else f"v{route.version}"
+        rows.append(
+            (target, f"{route.weight}%", f"v{route.resolved_version}" if route.resolved_version else "-")
+        )
+    if deployment.HasField("shadow") and deployment.shadow.WhichOneof("target"):
+        shadow = deployment.shadow
+        target = f"alias {shadow.alias}" if shadow.WhichOneof("target") == "alias" else f"v{shadow.version}"
+        rows.append((f"shadow {target}", f"{shadow.percent}% copied", f"v{shadow.resolved_version}"))
+    out.table(
+        f"{deployment.model} deployment revision {deployment.revision}",
+        ["route", "traffic", "resolves to"],
+        rows,
+        whole=("route", "resolves to"),
+    )
+
+
+def cmd_models_changes(client: Client, args: argparse.Namespace, out: Output) -> None:
+    shown = 0
+    for change in client.models.watch_changes(from_seq=args.from_seq, follow=args.follow):
+        shown += 1
+        if out.as_json:
+            print(dumps(change), flush=True)
+        else:
+            out.line(change_line(change))
+    if not shown and not out.as_json:
+        out.line(f"no changes from seq {max(args.from_seq, 1)} on")
+
+
+def change_line(change: registry_pb2.RegistryChange) -> str:
+    """One change in words: "7  2026-12-04 10:00:00  linear: alias moved; latest v2, production=v2,
+    deployed production 100% (v2)"."""
+    kinds = ", ".join(
+        registry_pb2.ChangeKind.Name(kind).removeprefix("CHANGE_KIND_").lower().replace("_", " ")
+        for kind in change.kinds
+    )
+    head = f"{change.seq}  {when(change.time)}  {change.model}: {kinds}"
+    if not change.HasField("state"):
+        return head
+    state = change.state
+    parts = [f"latest v{state.latest_version}" if state.latest_version else "no versions"]
+    parts += [f"{alias}=v{version}" for alias, version in sorted(state.aliases.items())]
+    if state.HasField("deployment") and not state.deployment.undeployed:
+        routes = ", ".join(
+            f"{route.alias or f'v{route.version}'} {route.weight}% (v{route.resolved_version})"
+            for route in state.deployment.routes
+        )
+        parts.append(f"deployed {routes}")
+        shadow = state.deployment.shadow
+        if shadow.WhichOneof("target"):
+            parts.append(f"shadow {shadow.alias or f'v{shadow.version}'} {shadow.percent}%")
+    return f"{head}; {', '.join(parts)}"
+
+
+def cmd_models_compare(client: Client, args: argparse.Namespace, out: Output) -> None:
+    diff = client.models.compare(args.model, args.a, args.b)
+    if out.as_json:
+        return out.json(diff)
+    title = f"{args.model}: v{diff.a.version} vs v{diff.b.version}"
+    rows: list[tuple[str, str, str, str]] = []
+    for m in diff.metrics:
+        a = f"{m.a:.5g}" if m.present_a else "-"
+        b = f"{m.b:.5g}" if m.present_b else "-"
+        rows.append((f"metric {m.key}", a, b, f"{m.delta:+.5g}" if m.present_a and m.present_b else ""))
+    for p in diff.params:
+        rows.append((f"param {p.key}", p.a if p.present_a else "-", p.b if p.present_b else "-", ""))
+    for item in diff.lineage:
+        rows.append((f"lineage {item.key}", item.a or "-", item.b or "-", ""))
+    rows.append(("size", size(diff.a.size_bytes), size(diff.b.size_bytes), f"{diff.size_delta:+,} B"))
+    rows.append(
+        ("signature", "", "", "same" if diff.same_signature else "; ".join(diff.signature_differences))
+    )
+    out.table(title, ["", "a", "b", "b - a"], rows)
+
+
+FORMAT_WORDS = {
+    registry_pb2.ARTIFACT_FORMAT_SAFETENSORS: "a safetensors",
+    registry_pb2.ARTIFACT_FORMAT_ONNX: "an ONNX",
+    registry_pb2.ARTIFACT_FORMAT_ENSEMBLE: "an ensemble",
+}
+"""Each artifact format with its article, as a message names it."""
+
+SUFFIX_BY_FORMAT = {
+    registry_pb2.ARTIFACT_FORMAT_SAFETENSORS: ".safetensors",
+    registry_pb2.ARTIFACT_FORMAT_ONNX: ".onnx",
+    registry_pb2.ARTIFACT_FORMAT_ENSEMBLE: ".json",
+}
+"""The file suffix of each artifact format, for download's default name and its check of a given one."""
+
+
+def cmd_models_download(client: Client, args: argparse.Namespace, out: Output) -> None:
+    # Resolved first: the file's name must match the artifact's format, and the number pins
+    # the version downloaded to the one checked.
+    resolved = client.models.version(args.model, args.version)
+    suffix = SUFFIX_BY_FORMAT.get(resolved.format, "")
+    default = f"{resolved.model}-v{resolved.version}{suffix}"
+    path = Path(args.path) if args.path else Path(default)
+    if path.is_dir():
+        path = path / default
+    given = path.suffix.lower()
+    if suffix and given in SUFFIX_BY_FORMAT.values() and given != suffix:
+        raise UsageError(
+            f"{path} names a {given} file, but {resolved.model} v{resolved.version} is "
+            f"{FORMAT_WORDS[resolved.format]} "
+            f"artifact; name it {suffix} (or leave the name out for {default})"
+        )
+    version = client.models.download(
+        resolved.model,
+        path,
+        resolved.version,
+        progress=transfer_progress(out, f"downloading {args.model}"),
+    )
+    if out.as_json:
+        return out.json({"path": str(path), "version": to_plain(version)})
+    out.line(f"wrote {path}: {version.model} v{version.version}, {size(version.size_bytes)}, sha256 verified")
+
+
+def cmd_export_onnx(client: Client, args: argparse.Namespace, out: Output) -> None:
+    result = client.models.export_onnx(
+        args.model,
+        args.version,
+        opset=args.opset,
+        conv4d=args.conv4d,
+        alias=args.alias,
+        description=args.description,
+    )
+    if out.as_json:
+        return out.json(result)
+    done = "already exported as" if result.reused else "exported"
+    out.line(
+        f"{done} {result.version.model} v{result.version.version} (onnx opset {result.opset}, conv4d "
+        f"{result.conv4d}, max |onnx - torch| {result.max_abs_error:.2e})"
+    )
+    if result.reused and args.description and args.description != result.version.description:
+        out.line(
+            f"description not applied: v{result.version.version} keeps its own "
+            f"({result.version.description!r}); versions are immutable"
+        )
+    if result.HasField("alias_moved"):
+        print_alias_moved(out, result.alias_moved)
+
+
+def print_alias_moved(out: Output, moved: registry_pb2.AliasEvent) -> None:
+    before = f"v{moved.from_version}" if moved.from_version else "(new)"
+    out.line(f"alias {moved.alias}: {before} -> v{moved.to_version}")

@@ -1,0 +1,112 @@
+"""Where a command's results go (tables or JSON on stdout, progress on stderr), and how values read in them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from tessera.json_output import dumps
+from tessera.messages import to_datetime
+from tessera.tables import FittedTable, fitted_table
+
+
+class _PipeConsole(Console):
+    """rich exits with status 1 when its output is closed; the CLI ends quietly instead."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
+class _StatusConsole(Console):
+    """Progress on stderr: when its reader has gone, the command goes on without it."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+
+
+class Output:
+    """Where a command's results go: rich tables on the terminal, or JSON on stdout; progress
+    goes to stderr (`status`), so that `> file` or `| jq` gets the results alone."""
+
+    def __init__(self, as_json: bool, console: Console | None = None) -> None:
+        self.as_json = as_json
+        self.console = console or _PipeConsole(highlight=False, soft_wrap=False)
+        self.status = _StatusConsole(stderr=True, highlight=False)
+
+    def json(self, value: Any) -> None:
+        print(dumps(value, indent=2))
+
+    def table(
+        self,
+        title: str | None,
+        columns: Sequence[str],
+        rows: Iterable[Sequence[Any]],
+        whole: Collection[str] = (),
+        unbroken: Collection[str] = (),
+        stacked: Mapping[str, str] | None = None,
+        leave_out_first: Sequence[str] = (),
+        narrower_rows: Iterable[Sequence[Any]] | None = None,
+    ) -> None:
+        """A table that fits the console (see `fitted_table`); one whose whole columns alone are
+        too wide is printed wider than the console rather than cut. `narrower_rows`, the same
+        rows in shorter words, are shown instead when `rows` would leave a column out."""
+
+        def fitted(cells: Iterable[Sequence[Any]]) -> FittedTable:
+            return fitted_table(
+                self.console.width, title, columns, list(cells), whole, unbroken, stacked, leave_out_first
+            )
+
+        table = fitted(rows)
+        if table.left_out and narrower_rows is not None:
+            table = fitted(narrower_rows)
+        self.console.print(table.table, width=table.width, crop=False)
+
+    def pairs(self, title: str, pairs: Iterable[tuple[str, Any]]) -> None:
+        table = Table(title=title, show_header=False)
+        table.add_column("field", style="bold", no_wrap=True)
+        table.add_column("value", overflow="fold")
+        for key, value in pairs:
+            table.add_row(Text(key), Text(str(value)))
+        self.console.print(table)
+
+    def line(self, text: str) -> None:
+        self.console.print(text, markup=False)
+
+
+def when(timestamp: Any) -> str:
+    moment = to_datetime(timestamp)
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else "-"
+
+
+def size(num_bytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if num_bytes < 1024 or unit == "GiB":
+            return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
+        num_bytes /= 1024
+    return f"{num_bytes:.1f} GiB"
+
+
+def shape(dims: Iterable[int]) -> str:
+    return "(" + ", ".join("?" if d < 0 else str(d) for d in dims) + ")"
+
+
+def transfer_progress(out: Output, label: str) -> Callable[[int, int], None] | None:
+    """A progress callback printing whole-percent steps of an upload or download on stderr;
+    None where no one watches (a script's stderr, as git decides) or with --json."""
+    if out.as_json or not out.status.is_terminal:
+        return None
+    shown = {"percent": -1}
+
+    def report(done: int, total: int) -> None:
+        percent = 100 if total == 0 else done * 100 // total
+        if percent // 25 > shown["percent"] // 25 or done == total:
+            if percent != shown["percent"]:
+                out.status.print(f"[dim]{label}: {percent}% of {size(total)}[/dim]")
+            shown["percent"] = percent
+
+    return report

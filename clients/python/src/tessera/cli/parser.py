@@ -1,0 +1,753 @@
+"""The `tessera` command line: every command, its arguments and its --help."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+
+from tessera import __version__
+from tessera.cli import EXIT_STATUS_HELP
+from tessera.cli.arguments import (
+    DEFAULT_TARGET,
+    INT32_MAX,
+    daemon_target,
+    dataset,
+    finite,
+    key_value,
+    member,
+    metric_condition,
+    route,
+    seconds,
+    split,
+    version_or_alias,
+    weight_list,
+    whole,
+    window_sizes,
+)
+from tessera.cli.datasets import (
+    cmd_datasets_download,
+    cmd_datasets_ls,
+    cmd_datasets_push,
+    cmd_datasets_rm,
+    cmd_datasets_show,
+    cmd_datasets_versions,
+)
+from tessera.cli.jobs import cmd_jobs_cancel, cmd_jobs_ls, cmd_jobs_show, cmd_jobs_watch, cmd_train
+from tessera.cli.models import (
+    cmd_export_onnx,
+    cmd_models_alias,
+    cmd_models_aliases,
+    cmd_models_changes,
+    cmd_models_compare,
+    cmd_models_deploy,
+    cmd_models_download,
+    cmd_models_ensemble,
+    cmd_models_ls,
+    cmd_models_push,
+    cmd_models_rollback,
+    cmd_models_show,
+    cmd_models_unalias,
+    cmd_models_versions,
+)
+from tessera.cli.serving import cmd_explain, cmd_load, cmd_predict, cmd_serve_status, cmd_stats, cmd_unload
+from tessera.cli.system import cmd_admin_backup, cmd_demo, cmd_info
+from tessera.cli.tracking import (
+    VIEWS,
+    cmd_experiments_ls,
+    cmd_experiments_restore,
+    cmd_experiments_rm,
+    cmd_experiments_update,
+    cmd_runs_artifacts_get,
+    cmd_runs_artifacts_ls,
+    cmd_runs_artifacts_put,
+    cmd_runs_leaderboard,
+    cmd_runs_ls,
+    cmd_runs_restore,
+    cmd_runs_rm,
+    cmd_runs_show,
+)
+from tessera.command_parser import CommandParser
+from tessera.ensembles import COMBINES
+from tessera.events import JobState
+from tessera.explanations import METHODS, SHORT_NAMES
+from tessera.messages import INT64_MAX
+from tessera.models import FORMAT_BY_SUFFIX
+from tessera.sweep_commands import add_sweep_commands
+from tessera.transport import TOKEN_ENV
+from tessera.v1 import training_pb2
+
+JSON_HELP = "print JSON for scripts instead of tables"
+
+
+def add_view(sub: argparse.ArgumentParser, what: str) -> None:
+    sub.add_argument(
+        "--view",
+        choices=list(VIEWS),
+        default="active",
+        help=f"active {what} (default), deleted ones only, or all",
+    )
+
+
+MODEL_HELP = "the model's name (`tessera models ls` lists them)"
+DATASET_HELP = "NAME:VERSION, or NAME for its newest version"
+JOB_HELP = "the job's id (`tessera jobs ls` lists them)"
+RUN_HELP = "the run's id (`tessera runs ls` lists them)"
+EXPERIMENT_HELP = "the experiment's name (`tessera experiments ls` lists them)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = CommandParser(
+        prog="tessera",
+        description="Talk to a running tesserad.",
+        epilog=EXIT_STATUS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"tessera {__version__} (the daemon's: `tessera info`)"
+    )
+    parser.add_argument(
+        "--target",
+        type=daemon_target,
+        default=os.environ.get("TESSERA_TARGET", DEFAULT_TARGET),
+        metavar="HOST:PORT",
+        help=f"the daemon's gRPC address (env TESSERA_TARGET; default {DEFAULT_TARGET})",
+    )
+    parser.add_argument("--token", default=None, help=f"bearer token (default: env {TOKEN_ENV})")
+    parser.add_argument("--tls", action="store_true", help="use TLS with the system's CAs")
+    parser.add_argument(
+        "--tls-ca", metavar="FILE", help="CA certificate that signed the daemon's (implies TLS)"
+    )
+    parser.add_argument("--tls-cert", metavar="FILE", help="client certificate for mutual TLS")
+    parser.add_argument("--tls-key", metavar="FILE", help="client private key for mutual TLS")
+    parser.add_argument(
+        "--tls-server-name", metavar="NAME", help="name to check the daemon's certificate against"
+    )
+    parser.add_argument(
+        "--timeout", type=seconds, default=30.0, metavar="SECONDS", help="seconds per call (default 30)"
+    )
+    parser.add_argument("--json", action="store_true", help=JSON_HELP)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(
+        group: argparse._SubParsersAction[argparse.ArgumentParser],
+        name: str,
+        handler: Callable[..., None],
+        help: str,
+    ) -> argparse.ArgumentParser:
+        # Every `ls` also answers to `list`, as `tessera sweeps` does.
+        aliases = ["list"] if name == "ls" else []
+        sub = group.add_parser(name, aliases=aliases, help=help, description=help)
+        sub.set_defaults(handler=handler, parser=sub)
+        # Scripts often put flags last; SUPPRESS keeps a --json given before the command.
+        sub.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=JSON_HELP)
+        return sub
+
+    command(commands, "info", cmd_info, "the daemon's version, devices and data directory")
+
+    models = commands.add_parser("models", help="the model registry").add_subparsers(
+        dest="subcommand", required=True, metavar="SUBCOMMAND"
+    )
+    command(models, "ls", cmd_models_ls, "list models").add_argument(
+        "--prefix", default="", help="only models whose name starts with this"
+    )
+    sub = command(models, "show", cmd_models_show, "a model version's details")
+    sub.add_argument("model", help=MODEL_HELP)
+    sub.add_argument("--version", type=version_or_alias, help="number or alias (default latest)")
+    sub = command(
+        models, "push", cmd_models_push, "register an ONNX file, or safetensors weights with --spec"
+    )
+    sub.add_argument("model", help="the model to add a version to (made with its first version)")
+    sub.add_argument("file", help="model.onnx or weights.safetensors")
+    sub.add_argument(
+        "--format",
+        choices=sorted(set(FORMAT_BY_SUFFIX.values())),
+        help="default: from the file's suffix",
+    )
+    sub.add_argument("--spec", help="TOML with the [architecture] that built safetensors weights")
+    sub.add_argument("--alias", help="move this alias to the new version")
+    sub.add_argument("--description", default="", help="free text stored with the version")
+    command(models, "versions", cmd_models_versions, "a model's versions, newest first").add_argument(
+        "model", help=MODEL_HELP
+    )
+    sub = command(
+        models,
+        "ensemble",
+        cmd_models_ensemble,
+        "register an ensemble of versions (MEMBER is MODEL:VERSION) as the model's next version",
+    )
+    sub.add_argument("model", help="the model the ensemble is the next version of (made with it)")
+    sub.add_argument(
+        "members",
+        nargs="+",
+        type=member,
+        metavar="MEMBER",
+        help="a member version, MODEL:VERSION (its number), e.g. clf:3",
+    )
+    sub.add_argument(
+        "--combine",
+        choices=COMBINES,
+        default="mean",
+        help="mean of the outputs (default); vote: each member's top class is a vote; weighted_mean "
+        "(--weights); stacking: a linear combiner fitted with --fit",
+    )
+    sub.add_argument(
+        "--weights",
+        type=weight_list,
+        help="weighted_mean: one weight per member, finite and >= 0 with a positive sum, e.g. 2,1,1 or 1,0",
+    )
+    sub.add_argument(
+        "--fit",
+        metavar="FILE.npz",
+        help="stacking: held-out inputs (by name) and targets; each member predicts them, and the "
+        "combiner is fitted by least squares",
+    )
+    sub.add_argument(
+        "--fit-target", default="y", metavar="NAME", help="the targets' array in --fit (default y)"
+    )
+    sub.add_argument("--alias", help="move this alias to the new version")
+    sub.add_argument("--description", default="", help="free text stored with the version")
+    sub = command(models, "alias", cmd_models_alias, "point an alias at a version")
+    sub.add_argument("model", help=MODEL_HELP)
+    sub.add_argument("alias", help="the alias's name, e.g. production (latest is kept by the daemon)")
+    sub.add_argument("version", type=whole(), help="the version number it points at")
+    command(
+        models,
+        "aliases",
+        cmd_models_aliases,
+        "a model's aliases by name, latest last (at most 1,000 a model)",
+    ).add_argument("model", help=MODEL_HELP)
+    sub = command(
+        models,
+        "unalias",
+        cmd_models_unalias,
+        "delete an alias (refused while the deployment routes through it)",
+    )
+    sub.add_argument("model", help=MODEL_HELP)
+    sub.add_argument("alias", help="the alias's name")
+    sub = command(
+        models, "deploy", cmd_models_deploy, "route traffic: ROUTE is VERSION=PERCENT or ALIAS=PERCENT"
+    )
+    sub.add_argument("model", help=MODEL_HELP)
+    sub.add_argument(
+        "routes",
+        nargs="+",
+        type=route,
+        metavar="ROUTE",
+        help="VERSION=PERCENT or ALIAS=PERCENT, e.g. 3=90 staging=10",
+    )
+    sub.add_argument("--shadow", type=version_or_alias, help="version or alias that gets a copy of requests")
+    sub.add_argument(
+        "--shadow-percent",
+        type=whole(),
+        default=100,
+        help="percent of the requests other versions answer that are copied to --shadow (default 100)",
+    )
+    sub.add_argument("--comment", default="", help="free text stored with the deployment's revision")
+    command(
+        models,
+        "rollback",
+        cmd_models_rollback,
+        "restore the previous deployment (none before the first: requests then go to the latest version)",
+    ).add_argument("model", help=MODEL_HELP)
+    sub = command(models, "compare", cmd_models_compare, "differences between two versions")
+    sub.add_argument("model", help=MODEL_HELP)
+    sub.add_argument("a", type=version_or_alias, help="version number or alias")
+    sub.add_argument("b", type=version_or_alias, help="version number or alias")
+    sub = command(
+        models,
+        "changes",
+        cmd_models_changes,
+        "the registry's changes, numbered in commit order, with each model's serving state after "
+        "it (before the daemon's newest replica.change_history, only each model's newest is kept)",
+    )
+    sub.add_argument(
+        "--from-seq",
+        type=whole(),
+        default=0,
+        metavar="SEQ",
+        help="start at this change (default 0: the first)",
+    )
+    sub.add_argument(
+        "--follow", action="store_true", help="go on printing new changes as they come (Ctrl-C to stop)"
+    )
+    sub = command(models, "download", cmd_models_download, "write a version's artifact to a file (verified)")
+    sub.add_argument("model", help=MODEL_HELP)
+    sub.add_argument(
+        "path",
+        nargs="?",
+        help="file to write, or a directory to write it into (default ./MODEL-vVERSION.onnx, "
+        ".safetensors or .json, by the artifact's format); a suffix of another format is refused",
+    )
+    sub.add_argument("--version", type=version_or_alias, help="number or alias (default latest)")
+
+    datasets = commands.add_parser("datasets", help="datasets").add_subparsers(
+        dest="subcommand", required=True, metavar="SUBCOMMAND"
+    )
+    sub = command(datasets, "push", cmd_datasets_push, "upload a .npz or .npy file as a new version")
+    sub.add_argument("name", help="the dataset's name (a new version of it when it exists)")
+    sub.add_argument("file", help=".npz (its arrays by name) or .npy (one array, see --array-name)")
+    sub.add_argument(
+        "--split",
+        action="append",
+        type=split,
+        default=[],
+        metavar="NAME=FRACTION",
+        help="once per split, the fractions summing to 1: --split train=0.8 --split val=0.2",
+    )
+    sub.add_argument("--seed", type=whole(), default=0, help="seed of the random split (default 0)")
+    sub.add_argument("--allow-nonfinite", action="store_true", help="accept NaN and Inf")
+    sub.add_argument(
+        "--array-name",
+        default="",
+        metavar="NAME",
+        help="for a .npy file: the name its array gets, as a job's spec names it (default x); refused "
+        "for a .npz, which names its arrays itself",
+    )
+    sub.add_argument("--description", default="", help="free text stored with the version")
+    sub.add_argument(
+        "--tag",
+        action="append",
+        type=key_value,
+        metavar="KEY=VALUE",
+        help="a tag stored with the version (repeatable); a re-push with other tags is a new version",
+    )
+    command(datasets, "ls", cmd_datasets_ls, "list datasets").add_argument(
+        "--prefix", default="", help="only datasets whose name starts with this"
+    )
+    command(datasets, "versions", cmd_datasets_versions, "a dataset's versions, newest first").add_argument(
+        "name", help="the dataset's name (`tessera datasets ls` lists them)"
+    )
+    command(
+        datasets, "show", cmd_datasets_show, "arrays, statistics and splits of NAME[:VERSION]"
+    ).add_argument("ref", type=dataset, metavar="NAME[:VERSION]", help=DATASET_HELP)
+    sub = command(
+        datasets,
+        "rm",
+        cmd_datasets_rm,
+        "delete version VERSION of NAME, or with NAME alone the dataset and every version; refused "
+        "while a queued or running job, a running sweep or a model version's lineage uses it",
+    )
+    sub.add_argument(
+        "ref",
+        type=dataset,
+        metavar="NAME[:VERSION]",
+        help="NAME:VERSION for one version, NAME for every version",
+    )
+    sub.add_argument(
+        "--force",
+        action="store_true",
+        help="delete even what a job, a sweep or a model version's lineage uses (a job still running may "
+        "then fail)",
+    )
+    sub = command(
+        datasets,
+        "download",
+        cmd_datasets_download,
+        "write the stored .npz/.npy file of NAME[:VERSION] (default the newest), verified against its sha256",
+    )
+    sub.add_argument("ref", type=dataset, metavar="NAME[:VERSION]", help=DATASET_HELP)
+    sub.add_argument(
+        "-o",
+        "--output",
+        metavar="PATH",
+        help="file to write, or a directory to write it into (default ./NAME-vVERSION.npz or .npy)",
+    )
+
+    sub = command(commands, "train", cmd_train, "submit a training job from a TOML spec")
+    sub.add_argument(
+        "spec",
+        help="SPEC.toml: a JobSpec in TOML, enum values by their short names (its fields: "
+        "protos/tessera/v1/job_spec.proto; an example: the README's spec.toml); - reads it from stdin",
+    )
+    sub.add_argument("--follow", action="store_true", help="show live progress until the job ends")
+
+    jobs = commands.add_parser("jobs", help="training jobs").add_subparsers(
+        dest="subcommand", required=True, metavar="SUBCOMMAND"
+    )
+    command(jobs, "ls", cmd_jobs_ls, "list jobs, newest first").add_argument(
+        "--state",
+        action="append",
+        type=str.lower,
+        choices=[state.value for state in JobState if state != JobState.UNSPECIFIED],
+        help="only jobs in this state (repeatable)",
+    )
+    command(jobs, "show", cmd_jobs_show, "a job's state, metrics and kept checkpoints").add_argument(
+        "job_id", help=JOB_HELP
+    )
+    sub = command(jobs, "watch", cmd_jobs_watch, "follow a job's progress until it ends")
+    sub.add_argument("job_id", help=JOB_HELP)
+    sub.add_argument("--from-seq", type=whole(), default=1, help="replay events from this sequence number")
+    command(jobs, "cancel", cmd_jobs_cancel, "stop a job").add_argument("job_id", help=JOB_HELP)
+
+    add_sweep_commands(commands, command)
+
+    runs = commands.add_parser("runs", help="experiment runs").add_subparsers(
+        dest="subcommand", required=True, metavar="SUBCOMMAND"
+    )
+    sub = command(runs, "ls", cmd_runs_ls, "list runs, newest first")
+    sub.add_argument("--experiment", default="", help="only this experiment's runs (default: every run)")
+    sub.add_argument(
+        "--status",
+        action="append",
+        type=str.lower,
+        choices=[
+            value.name.removeprefix("RUN_STATUS_").lower()
+            for value in training_pb2.RunStatus.DESCRIPTOR.values
+            if value.number
+        ],
+        help="only runs with this status (repeatable)",
+    )
+    sub.add_argument(
+        "--param",
+        action="append",
+        type=key_value,
+        metavar="KEY=VALUE",
+        help="only runs with this param (repeatable); a job's run has its spec's fields by path, "
+        "e.g. optimizer.lr=0.001",
+    )
+    sub.add_argument(
+        "--tag",
+        action="append",
+        type=key_value,
+        metavar="KEY=VALUE",
+        help="only runs with this tag (repeatable)",
+    )
+    sub.add_argument(
+        "--metric",
+        action="append",
+        type=metric_condition,
+        metavar="KEY<VALUE",
+        help="only runs whose metric's last value compares so: <, <=, >, >=, = or != (repeatable; quote "
+        "it for the shell, e.g. 'val_acc>0.9')",
+    )
+    sub.add_argument(
+        "--filter",
+        default="",
+        metavar="FILTER",
+        help="MLflow's search filter, conditions joined by AND: metrics.KEY OP NUMBER (OP <, <=, >, >=, = "
+        "or !=; metrics.KEY.min or .max for that value of the summary), params.KEY = 'VALUE', "
+        "tags.KEY = 'VALUE', attributes.status = 'STATUS' (or !=, IN (...), NOT IN (...)); backquote "
+        "a key of other characters than letters, digits and _, e.g. metrics.`val-loss` (a param's or "
+        "tag's may hold dots: params.optimizer.lr = '0.001')",
+    )
+    sub.add_argument(
+        "--order-by",
+        metavar="ORDER",
+        help="order by a metric: METRIC or MLflow's 'metrics.METRIC [ASC|DESC]' (metrics.METRIC.min or "
+        ".max for that value of its summary, else the last); without ASC or DESC, lowest first for a "
+        "name with loss, error, mae, mse or mape in it, else highest first (runs without it last)",
+    )
+    direction = sub.add_mutually_exclusive_group()
+    direction.add_argument(
+        "--asc", dest="descending", action="store_false", default=None, help="--order-by: lowest first"
+    )
+    direction.add_argument("--desc", dest="descending", action="store_true", help="--order-by: highest first")
+    add_view(sub, "runs")
+    command(runs, "show", cmd_runs_show, "a run's params and metrics").add_argument("run_id", help=RUN_HELP)
+    command(runs, "rm", cmd_runs_rm, "delete a run (kept until restored)").add_argument(
+        "run_id", help=RUN_HELP
+    )
+    command(runs, "restore", cmd_runs_restore, "bring back a deleted run").add_argument(
+        "run_id", help=RUN_HELP
+    )
+    artifacts = runs.add_parser(
+        "artifacts", help="files kept with a run (plots, notes, small models)"
+    ).add_subparsers(dest="artifacts_command", required=True, metavar="SUBCOMMAND")
+    sub = command(artifacts, "ls", cmd_runs_artifacts_ls, "list a run's artifacts in path order")
+    sub.add_argument("run_id", help=RUN_HELP)
+    sub.add_argument("path", nargs="?", default="", help="only those under this directory")
+    sub = command(
+        artifacts, "put", cmd_runs_artifacts_put, "store a file, or every file under a directory, with a run"
+    )
+    sub.add_argument("run_id", help=RUN_HELP)
+    sub.add_argument(
+        "file",
+        help="a file, or a directory: its files keep their paths under it, without its own name "
+        "(as MLflow's log_artifacts; links to directories are not followed)",
+    )
+    sub.add_argument(
+        "--path",
+        default="",
+        metavar="DIR",
+        help="directory in the run to store it in, under the file's own name (default: the top)",
+    )
+    sub = command(
+        artifacts, "get", cmd_runs_artifacts_get, "download an artifact, or every one under a directory"
+    )
+    sub.add_argument("run_id", help=RUN_HELP)
+    sub.add_argument("path", help="an artifact's path, or a directory of them")
+    sub.add_argument(
+        "-o",
+        "--output",
+        help="file or directory to write to (default: the current directory; a directory keeps "
+        "the artifacts' paths under it; end it with / to have it made)",
+    )
+    sub = command(runs, "leaderboard", cmd_runs_leaderboard, "an experiment's runs ranked by a metric")
+    sub.add_argument("experiment", help=EXPERIMENT_HELP)
+    sub.add_argument("metric", help="the metric's name, e.g. val_loss")
+    sub.add_argument(
+        "--mode",
+        choices=["min", "max"],
+        help="which is better (default: min for a name with loss, error, mae, mse or mape in it, else max)",
+    )
+    sub.add_argument(
+        "--field",
+        choices=["last", "min", "max"],
+        help="which value of each run's metric ranks it (default: min with --mode min, else max)",
+    )
+    sub.add_argument("--limit", type=whole(high=INT32_MAX), default=10, help="runs shown (default 10)")
+
+    experiments = commands.add_parser("experiments", help="experiments").add_subparsers(
+        dest="subcommand", required=True, metavar="SUBCOMMAND"
+    )
+    sub = command(experiments, "ls", cmd_experiments_ls, "list experiments")
+    sub.add_argument("--prefix", default="", help="only names starting with this")
+    add_view(sub, "experiments")
+    sub = command(experiments, "update", cmd_experiments_update, "change an experiment's description or tags")
+    sub.add_argument("name", help=EXPERIMENT_HELP)
+    sub.add_argument("--description", help='the new description ("" clears it)')
+    sub.add_argument(
+        "--tag", action="append", type=key_value, metavar="KEY=VALUE", help="set a tag (repeatable)"
+    )
+    sub.add_argument("--remove-tag", action="append", metavar="KEY", help="drop a tag (repeatable)")
+    command(
+        experiments, "rm", cmd_experiments_rm, "delete an experiment and its runs (kept until restored)"
+    ).add_argument("name", help=EXPERIMENT_HELP)
+    command(
+        experiments,
+        "restore",
+        cmd_experiments_restore,
+        "bring back an experiment and the runs deleted with it",
+    ).add_argument("name", help=EXPERIMENT_HELP)
+
+    admin = commands.add_parser("admin", help="operator tasks (admin token)").add_subparsers(
+        dest="subcommand", required=True, metavar="SUBCOMMAND"
+    )
+    sub = command(
+        admin,
+        "backup",
+        cmd_admin_backup,
+        "save a consistent backup of the running daemon (store and blobs) to a file; "
+        "`tesserad restore FILE --data-dir DIR` restores it",
+    )
+    sub.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="FILE",
+        help="the archive to write; it appears only once the whole backup has come and checks out. "
+        '"-": write it to stdout as it comes (not a terminal), checked on the way, the summary on '
+        "stderr; a fault stops it before the bytes that show it are written, the status is "
+        "non-zero, and what was written is an incomplete archive, no backup",
+    )
+    sub.add_argument("--force", action="store_true", help="replace the file --output names if it exists")
+    sub.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        help="draw the bytes come of the archive's size, the rate and the time left on stderr, over one "
+        "line (default: when stderr is a terminal, and not with --json)",
+    )
+
+    export = commands.add_parser("export", help="export a version").add_subparsers(
+        dest="subcommand", required=True, metavar="FORMAT"
+    )
+    sub = command(export, "onnx", cmd_export_onnx, "export a safetensors version to ONNX as a new version")
+    sub.add_argument("model", help=MODEL_HELP)
+    sub.add_argument(
+        "--version",
+        type=version_or_alias,
+        help="the safetensors version to export, a number or alias (default latest)",
+    )
+    sub.add_argument(
+        "--opset",
+        type=whole(high=INT32_MAX),
+        default=0,
+        help="ONNX opset (default 0: the exporter's default)",
+    )
+    sub.add_argument(
+        "--conv4d",
+        choices=["auto", "decomposed", "native"],
+        default="auto",
+        help="how Conv4d layers are written: auto (default; the faster graph in onnxruntime), decomposed "
+        "(3-D convolutions) or native (one Conv node with four spatial dimensions)",
+    )
+    sub.add_argument(
+        "--alias", help="move this alias to the exported version (--version picks the one exported)"
+    )
+    sub.add_argument(
+        "--description",
+        default="",
+        help="free text stored with the new version (an existing export keeps its own)",
+    )
+
+    sub = command(commands, "predict", cmd_predict, "run a model on inputs from a file")
+    sub.add_argument("model", help=MODEL_HELP)
+    sub.add_argument(
+        "--input",
+        required=True,
+        help=".npz with arrays by input name, or .npy for 'input'; - reads either from stdin",
+    )
+    pick = sub.add_mutually_exclusive_group()
+    pick.add_argument(
+        "--version", type=whole(), help="this version number (default: as the deployment routes, else latest)"
+    )
+    pick.add_argument("--alias", help="the version this alias points at")
+    sub.add_argument("--output", help="write the outputs to this .npz")
+
+    sub = command(
+        commands, "explain", cmd_explain, "attribute a model's output to each input position (captum)"
+    )
+    sub.add_argument("model", help=MODEL_HELP)
+    sub.add_argument(
+        "--input",
+        required=True,
+        help=".npz with arrays by input name, or .npy for 'input'; - reads either from stdin",
+    )
+    sub.add_argument(
+        "--method",
+        choices=[*SHORT_NAMES, *METHODS],
+        default="ig",
+        help="ig (integrated gradients, default), saliency, occlusion, or shap (GradientShap)",
+    )
+    sub.add_argument(
+        "--target",
+        dest="output_index",
+        type=whole(high=INT32_MAX),
+        metavar="N",
+        help="the output index (class) to explain; default: each row's largest output (the daemon address, also --target, goes before the command)",
+    )
+    pick = sub.add_mutually_exclusive_group()
+    pick.add_argument(
+        "--version",
+        type=whole(),
+        help="this version number (default: the lowest the deployment routes to, else latest)",
+    )
+    pick.add_argument("--alias", help="the version this alias points at")
+    sub.add_argument(
+        "--steps",
+        type=whole(high=INT32_MAX),
+        default=0,
+        help="ig path steps (default 32), shap samples (default 16)",
+    )
+    sub.add_argument("--baseline", type=finite, default=0.0, help="the input value compared with (default 0)")
+    sub.add_argument(
+        "--window",
+        type=window_sizes,
+        default=[],
+        help="occlusion window per dimension of one row, e.g. 1,1,4,4,4",
+    )
+    sub.add_argument("--top", type=whole(), default=10, help="positions to print per row (default 10)")
+    sub.add_argument("--out", help="write the attributions to this .npz (arrays by input name)")
+
+    sub = command(commands, "stats", cmd_stats, "latency percentiles and throughput of a loaded model")
+    sub.add_argument("model", nargs="?", default="", help="default: every loaded model")
+    sub.add_argument(
+        "--version", type=version_or_alias, help="number or alias (default: every loaded version)"
+    )
+    scope = sub.add_mutually_exclusive_group()
+    scope.add_argument("--reset", action="store_true", help="zero the figures after reading them")
+    scope.add_argument(
+        "--cluster",
+        action="store_true",
+        help="at a primary: its figures merged with those of every serving replica following it",
+    )
+
+    sub = command(
+        commands,
+        "load",
+        cmd_load,
+        "load and warm up a version for serving (or reload it, swapping it without dropping requests)",
+    )
+    sub.description = (
+        f"{sub.description}. Loading replaces the version's whole serving config: an option not "
+        "given takes its default, not the value the version ran with, unless --keep-config is given."
+    )
+    sub.add_argument("model", help=MODEL_HELP)
+    sub.add_argument("--version", type=version_or_alias, help="number or alias (default: latest)")
+    sub.add_argument(
+        "--keep-config",
+        action="store_true",
+        help="start from the config the version runs with now (as `tessera serve-status --json` shows "
+        "it, defaults filled in: e.g. --instances alone keeps the intra-op threads worked out for the "
+        "old count) and change only the options given; the version must be loaded",
+    )
+    sub.add_argument(
+        "--runtime",
+        choices=["onnx", "torch"],
+        help="onnx (onnxruntime, with the CUDA provider on a GPU) or torch (default: onnx for an ONNX "
+        "version, torch for a safetensors one)",
+    )
+    sub.add_argument("--device", help='"cpu" or "cuda:N" (default: cuda:0 when a GPU is present, else cpu)')
+    sub.add_argument(
+        "--instances",
+        type=whole(1, INT32_MAX),
+        help="model instances running batches in parallel (default: the daemon's serving.instances, "
+        "else 2 on a CPU and 1 on a GPU)",
+    )
+    sub.add_argument(
+        "--max-batch-size",
+        type=whole(1, INT32_MAX),
+        help="most rows per batch; 1: no batching (default: the daemon's serving.max_batch_size, 32 unless set)",
+    )
+    sub.add_argument(
+        "--max-queue-delay-us",
+        type=whole(0, INT64_MAX),
+        help="microseconds a request may wait for more rows to fill a batch while the model is idle; "
+        "under load batches fill without waiting; 0: a lone request never waits, whatever the daemon's "
+        "default (default: the daemon's serving.max_queue_delay_us, 0 unless set)",
+    )
+    sub.add_argument(
+        "--max-queue-size",
+        type=whole(1, INT32_MAX),
+        help="most requests queued; beyond it a request is refused with RESOURCE_EXHAUSTED (default: the "
+        "daemon's serving.max_queue_size, 1024 unless set)",
+    )
+    sub.add_argument(
+        "--warmup-runs",
+        type=whole(0, INT32_MAX),
+        help="inference runs on random inputs before the version takes traffic; 0: none (default: the "
+        "daemon's serving.warmup_runs, 2 unless set)",
+    )
+    sub.add_argument(
+        "--intra-op-threads",
+        type=whole(0, INT32_MAX),
+        help="threads per instance for the runtime's operators; 0: on a CPU the cores shared among the "
+        "instances, on a GPU the runtime's own default (default: the daemon's serving.intra_op_threads, "
+        "else as 0)",
+    )
+    sub.add_argument(
+        "--response-cache",
+        action=argparse.BooleanOptionalAction,
+        help="answer a request identical to an earlier one from the daemon's response cache without "
+        "running the model: only for a version whose outputs are deterministic (depend on its inputs "
+        "alone); the daemon needs serving.response_cache_size > 0 (default: off)",
+    )
+
+    sub = command(
+        commands,
+        "unload",
+        cmd_unload,
+        "stop serving a version: it takes no new requests, finishes those queued, and is freed",
+    )
+    sub.add_argument("model", help=MODEL_HELP)
+    sub.add_argument(
+        "--version",
+        type=version_or_alias,
+        help="number or alias (default: every loaded version of the model)",
+    )
+
+    command(commands, "serve-status", cmd_serve_status, "the loaded model versions").add_argument(
+        "model", nargs="?", default="", help="only this model's versions (default: every loaded model)"
+    )
+
+    sub = command(commands, "demo", cmd_demo, "the whole life cycle on a synthetic spacetime dataset")
+    sub.add_argument("--name", default="demo", help="prefix of the dataset and model names")
+    sub.add_argument(
+        "--samples", type=whole(), default=192, help="clips in the synthetic dataset (default 192)"
+    )
+    sub.add_argument("--epochs", type=whole(), default=3, help="training epochs (default 3)")
+    sub.add_argument(
+        "--requests", type=whole(), default=200, help="predict calls for the latency figures (default 200)"
+    )
+    return parser

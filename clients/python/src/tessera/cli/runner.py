@@ -1,0 +1,178 @@
+"""One command run: its client, Ctrl-C and SIGTERM while it runs, and each failure in one line on
+stderr with its exit status."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any, NoReturn, TextIO
+
+from rich.console import Console
+
+from tessera.cli import EXIT_DAEMON, EXIT_FAILED, EXIT_OUTPUT_CLOSED, EXIT_USAGE
+from tessera.cli.arguments import UsageError
+from tessera.cli.output import Output
+from tessera.cli.parser import build_parser
+from tessera.client import Client
+from tessera.entry import EXIT_INTERRUPTED, EXIT_TERMINATED
+from tessera.errors import JobFailed, TesseraError
+from tessera.rpc_commands import in_cli_words, unreachable_hint
+from tessera.transport import TLS
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread where it is, as Ctrl-C raises KeyboardInterrupt: the
+    temp file of a download or backup is removed on the way out, where the default action of
+    SIGTERM would leave it behind."""
+
+
+class _Signals:
+    """Ctrl-C (SIGINT) and SIGTERM while a command runs: each raises in the main thread
+    (KeyboardInterrupt, Terminated), so that the file being written is removed on the way out;
+    `caught` says one came. Only the main thread may set a handler: main() run from another
+    thread keeps the default. A signal ignored stays ignored (a shell's background job ignores
+    Ctrl-C)."""
+
+    def __init__(self) -> None:
+        self.caught = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    self._previous[signum] = signal.signal(signum, self._raise)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _raise(self, signum: int, frame: object) -> NoReturn:
+        self.caught = True
+        if signum == signal.SIGTERM:
+            raise Terminated
+        raise KeyboardInterrupt
+
+
+def tls_from(args: argparse.Namespace) -> TLS | None:
+    if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key):
+        return None
+    return TLS(
+        ca_file=args.tls_ca, cert_file=args.tls_cert, key_file=args.tls_key, server_name=args.tls_server_name
+    )
+
+
+def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:
+    """Run one command; returns the exit status (EXIT_STATUS_HELP lists them). argparse's own
+    usage errors exit 2 through SystemExit."""
+    args = build_parser().parse_args(argv)
+    if sys.stdout is None:
+        # `>&-`: Python leaves sys.stdout None and print() then drops every line, so the
+        # command would act and exit 0 with its result lost; refused before it acts.
+        return _fail(
+            EXIT_FAILED,
+            "tessera: standard output is closed, so the result could not be printed; "
+            "send it to a file, or to /dev/null to drop it",
+        )
+    out = Output(args.json, console)
+    try:
+        with _Signals() as signals:
+            status = run(args, out, signals)
+            # Flushed here, not at exit: a reader gone shows as BrokenPipeError now, not as
+            # Python's complaint and status 120 after main returns.
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # Whoever reads the output stopped (`| head`): no message, and nothing left to flush
+        # into the closed pipe at exit, where Python would print its own complaint.
+        _close_output()
+        return EXIT_OUTPUT_CLOSED
+    return status
+
+
+def run(args: argparse.Namespace, out: Output, signals: _Signals) -> int:
+    """The command in `args`, its failures said in one line on stderr; returns the exit status."""
+    try:
+        with Client(args.target, token=args.token, tls=tls_from(args), timeout=args.timeout) as client:
+            _handle(client, args, out, signals)
+    except BrokenPipeError:
+        raise
+    except UsageError as err:
+        args.parser.print_usage(sys.stderr)
+        return _fail(EXIT_USAGE, f"{args.parser.prog}: error: {err}")
+    except TesseraError as err:
+        hint = unreachable_hint(err.code, err.message, args.target)
+        return _fail(EXIT_DAEMON, f"tessera: {err.code}: {in_cli_words(err.message)}{hint}")
+    except JobFailed as err:
+        return _fail(EXIT_FAILED, f"tessera: {in_cli_words(str(err))}")
+    except OSError as err:
+        return _fail(EXIT_FAILED, f"tessera: {_os_error_words(err)}")
+    except ValueError as err:
+        return _fail(EXIT_FAILED, f"tessera: {err}")
+    except (Terminated, KeyboardInterrupt) as err:
+        return _fail(*_stopped_by(err))
+    except Exception as err:
+        # A bug in the CLI itself: still one line, with enough to report it.
+        return _fail(EXIT_FAILED, f"tessera: unexpected {type(err).__name__}: {err}; please report this")
+    return 0
+
+
+def _handle(client: Client, args: argparse.Namespace, out: Output, signals: _Signals) -> None:
+    try:
+        args.handler(client, args, out)
+    except (Terminated, KeyboardInterrupt) as err:
+        if not signals.caught:
+            # Raised by no signal (by a caller of main() in-process): no call was cut short.
+            raise
+        # The file being written was removed on the way here. Exit at once: closing the channel
+        # can wait forever on a call the signal cut short, so the process would never end.
+        status, message = _stopped_by(err)
+        _fail(status, message)
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+        os._exit(status)
+
+
+def _stopped_by(err: Terminated | KeyboardInterrupt) -> tuple[int, str]:
+    """The status and the one line for a command a signal stopped; a KeyboardInterrupt's own
+    words (StoppedFollowing's) say what goes on without the command."""
+    if isinstance(err, Terminated):
+        return EXIT_TERMINATED, "tessera: terminated"
+    return EXIT_INTERRUPTED, f"tessera: {str(err) or 'interrupted'}"
+
+
+def _os_error_words(err: OSError) -> str:
+    """`FILE: reason`, as cat and cp say it, for an error about a file; else the error's text
+    (Python's `[Errno 2] ...: 'FILE'` reads as a crash's last line)."""
+    if err.filename is None or not err.strerror:
+        return str(err)
+    return f"{err.filename}: {err.strerror}"
+
+
+def _fail(status: int, message: str) -> int:
+    """`message` on stderr while it is open: with `2>&-` or a reader gone, the status alone
+    says it (and print(file=None) would write to stdout)."""
+    if sys.stderr is None:
+        return status
+    try:
+        print(message, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        _close_output(sys.stderr)
+    return status
+
+
+def _close_output(stream: TextIO | None = None) -> None:
+    """Point `stream` (default stdout) at /dev/null: Python flushes it once more at exit, and
+    a failure there prints its own complaint and makes the status 120."""
+    try:
+        fd = (stream or sys.stdout).fileno()
+    except (OSError, ValueError, AttributeError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)

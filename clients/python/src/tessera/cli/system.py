@@ -1,0 +1,132 @@
+"""`tessera info`, `tessera admin backup` and `tessera demo`: the daemon as a whole. Each command
+takes (client, args, out) and prints its result."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from tessera.backup import Manifest, SavedBackup
+from tessera.cli.arguments import UsageError
+from tessera.cli.output import Output, size
+from tessera.client import Client
+from tessera.demo import run_demo
+from tessera.errors import TesseraError
+from tessera.json_output import dumps
+from tessera.messages import counted
+from tessera.progress_line import ProgressLine, byte_size, progress_wanted
+
+
+def cmd_info(client: Client, args: argparse.Namespace, out: Output) -> None:
+    info = client.system.info()
+    if out.as_json:
+        return out.json(info)
+    out.line(f"tesserad {info.version} on {info.hostname} (pid {info.pid}), up {info.uptime_s:.0f} s")
+    out.table(
+        "devices",
+        ["id", "name", "cores", "memory"],
+        [(d.id, d.name, d.cores or "-", size(d.memory_total_bytes)) for d in info.devices],
+        whole=("id", "name"),
+    )
+    usage = info.data_dir
+    out.line(
+        f"data {usage.path}: store {size(usage.store_bytes)} of {size(usage.store_map_size_bytes)}, "
+        f"blobs {size(usage.blob_bytes)}, {size(usage.fs_free_bytes)} free"
+    )
+
+
+def cmd_admin_backup(client: Client, args: argparse.Namespace, out: Output) -> None:
+    if args.output == "-":
+        if args.force:
+            raise UsageError("--force replaces a file; with --output - there is none: leave it out")
+        if args.progress and out.as_json:
+            raise UsageError(
+                "--progress with --json and --output - would put both on stderr: leave --progress out"
+            )
+        return _backup_to_stdout(client, args, out)
+    path = Path(args.output)
+    # A trailing "/" names a directory too, one that does not exist yet (Path drops it).
+    if path.is_dir() or args.output.endswith(("/", os.sep)):
+        raise UsageError(f"--output {args.output} is a directory; name the file to write")
+    try:
+        saved = _backup_with_progress(client, path, args, out)
+    except FileExistsError:
+        raise UsageError(f"--output {args.output} exists; pass --force to replace it") from None
+    if out.as_json:
+        return out.json(_backup_summary(saved, str(path)))
+    out.line(f"wrote {path}: {_backup_file(saved)}, {_backup_contents(saved)}")
+
+
+def _backup_with_progress(
+    client: Client, path: Path | BinaryIO, args: argparse.Namespace, out: Output
+) -> SavedBackup:
+    """The backup to `path`, its progress drawn on stderr for whoever watches it."""
+    wanted = progress_wanted(args.progress, out.as_json, sys.stderr)
+    with ProgressLine("backup", sys.stderr if wanted else None) as line:
+
+        def told(done: int, total: int) -> None:
+            line.update(done, total)
+            if done == total and isinstance(path, Path):
+                # A file is read back whole to check it before it takes its name.
+                line.note(f"all {byte_size(total)} came; reading it back to check it")
+
+        # Nothing comes until the daemon has copied its store: minutes, for a large one.
+        line.note("the daemon is copying its store")
+        saved = client.system.backup(path, overwrite=args.force, progress=told)
+        line.finish(saved.archive_size)
+    return saved
+
+
+def _backup_to_stdout(client: Client, args: argparse.Namespace, out: Output) -> None:
+    """The archive on stdout as it comes, checked on the way; the summary on stderr."""
+    stdout = sys.stdout.buffer
+    if stdout.isatty():
+        # As tar refuses: an archive is no use on a terminal, and would garble it.
+        raise UsageError("refusing to write the backup to a terminal; redirect stdout (> FILE, | CMD)")
+    try:
+        saved = _backup_with_progress(client, stdout, args, out)
+    except TesseraError as err:
+        # Part of the archive may be on stdout already, where a reader could take it for one.
+        raise type(err)(
+            f"{err.message}; what reached stdout is an incomplete archive and must not be used"
+        ) from None
+    print(
+        dumps(_backup_summary(saved, "-"), indent=2)
+        if args.json
+        else f"wrote the backup to stdout: {_backup_file(saved)}, {_backup_contents(saved)}",
+        file=sys.stderr,
+    )
+
+
+def _backup_summary(saved: SavedBackup, path: str) -> dict[str, Any]:
+    return {
+        "path": path,
+        "size_bytes": saved.archive_size,
+        "sha256": saved.archive_sha256,
+        "tesserad_version": saved.tesserad_version,
+        "created_at": saved.created_at,
+        "records": sum(saved.records.values()),
+        "blobs": len(saved.blobs),
+        "blob_bytes": saved.blob_bytes,
+    }
+
+
+def _backup_file(saved: SavedBackup) -> str:
+    """The archive's size and sha256, to record beside it (what `sha256sum` prints of it)."""
+    return f"{size(saved.archive_size)}, sha256 {saved.archive_sha256}"
+
+
+def _backup_contents(manifest: Manifest) -> str:
+    return (
+        f"{counted(sum(manifest.records.values()), 'record')}, {counted(len(manifest.blobs), 'blob')} "
+        f"({size(manifest.blob_bytes)}), every file's sha256 verified"
+    )
+
+
+def cmd_demo(client: Client, args: argparse.Namespace, out: Output) -> None:
+    run_demo(
+        client, out.console, name=args.name, samples=args.samples, epochs=args.epochs, requests=args.requests
+    )

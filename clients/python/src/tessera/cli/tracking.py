@@ -1,0 +1,341 @@
+"""`tessera runs ...` and `tessera experiments ...`: the runs jobs log, their artifacts and
+leaderboards. Each command takes (client, args, out) and prints its result."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tessera.cli.arguments import UsageError, once_each
+from tessera.cli.output import Output, size, transfer_progress, when
+from tessera.client import Client
+from tessera.json_output import to_plain
+from tessera.messages import counted
+from tessera.run_filter import (
+    RunFilterError,
+    is_order_string,
+    parse_filter,
+    parse_order,
+)
+from tessera.sweep_commands import short_value
+from tessera.training import artifact_target
+from tessera.v1 import training_pb2
+
+VIEWS = {"active": "active_only", "deleted": "deleted_only", "all": "all"}
+"""--view choices -> the SDK's LifecycleView names."""
+
+
+def run_status(run: training_pb2.Run) -> str:
+    status = training_pb2.RunStatus.Name(run.status).removeprefix("RUN_STATUS_").lower()
+    return f"{status} (deleted)" if run.deleted else status
+
+
+def check_run_search(args: argparse.Namespace) -> None:
+    """UsageError for a --filter or --order-by that cannot be read, that says again what a flag
+    beside it says (whether both should hold would be a guess), or --asc/--desc without an order."""
+    try:
+        found = parse_filter(args.filter)
+    except RunFilterError as err:
+        raise UsageError(f"--filter: {err}") from None
+    try:
+        order = parse_order(args.order_by) if args.order_by and is_order_string(args.order_by) else None
+    except RunFilterError as err:
+        raise UsageError(f"--order-by: {err}") from None
+    for flag, given, written, in_filter in (
+        ("--status", args.status, "attributes.status", found.statuses),
+        ("--param", args.param, "params", found.params),
+        ("--tag", args.tag, "tags", found.tags),
+        ("--metric", args.metric, "metrics", found.metrics),
+    ):
+        if given and in_filter:
+            raise UsageError(
+                f"--filter compares {written} and {flag} too; give those conditions in one of them"
+            )
+    if args.descending is not None and not args.order_by:
+        flag = "--desc" if args.descending else "--asc"
+        raise UsageError(f"{flag} orders by the metric --order-by names: add --order-by METRIC")
+    if order is not None and order.descending is not None and args.descending is not None:
+        raise UsageError(f"--order-by {args.order_by!r} gives its direction: leave out --asc and --desc")
+
+
+def cmd_runs_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
+    check_run_search(args)
+    runs = list(
+        client.training.runs(
+            experiment=args.experiment,
+            statuses=args.status or (),
+            params=once_each(args.param, "--param"),
+            tags=once_each(args.tag, "--tag"),
+            metrics=args.metric or (),
+            order_by=args.order_by or "",
+            descending=args.descending,
+            view=VIEWS[args.view],
+            filter=args.filter,
+        )
+    )
+    if out.as_json:
+        return out.json(runs)
+    if not runs and (args.status or args.param or args.tag or args.metric or args.filter):
+        # An empty table gives no clue that a key was misspelt (`lr` where a job's run says optimizer.lr).
+        of = f" of experiment {args.experiment}" if args.experiment else ""
+        return out.line(
+            f"no run{of} meets these conditions; `tessera runs show RUN_ID` lists the params, tags and "
+            "metrics a run has (a job's run has each field of its spec as a param, by path: optimizer.lr)"
+        )
+    out.table(
+        "runs",
+        ["id", "experiment", "name", "status", "metrics (last values)", "started"],
+        [
+            (
+                r.run_id,
+                r.experiment,
+                r.name,
+                run_status(r),
+                ", ".join(f"{m.key}={m.last:.4g}" for m in r.metrics),
+                when(r.start_time),
+            )
+            for r in runs
+        ],
+        whole=("id", "experiment", "name"),
+        unbroken=("metrics (last values)",),
+        stacked={"name": "id"},
+    )
+
+
+def cmd_runs_show(client: Client, args: argparse.Namespace, out: Output) -> None:
+    run = client.training.run(args.run_id)
+    if out.as_json:
+        return out.json(run)
+    rows: list[tuple[str, Any]] = [
+        ("experiment", run.experiment),
+        ("name", run.name),
+        ("status", run_status(run)),
+        ("job", run.job_id or "-"),
+        ("started", when(run.start_time)),
+        ("ended", when(run.end_time)),
+    ]
+    rows += [(f"param {k}", v) for k, v in sorted(run.params.items())]
+    rows += [(f"tag {k}", v) for k, v in sorted(run.tags.items())]
+    rows += [
+        (
+            f"metric {m.key}",
+            f"last {m.last:.5g}  min {m.min:.5g}  max {m.max:.5g}  ({counted(m.count, 'point')})",
+        )
+        for m in run.metrics
+    ]
+    out.pairs(f"run {run.run_id}", rows)
+
+
+def cmd_runs_rm(client: Client, args: argparse.Namespace, out: Output) -> None:
+    run = client.training.delete_run(args.run_id)
+    if out.as_json:
+        return out.json(run)
+    out.line(f"deleted run {run.run_id}; bring it back with: tessera runs restore {run.run_id}")
+
+
+def cmd_runs_restore(client: Client, args: argparse.Namespace, out: Output) -> None:
+    run = client.training.restore_run(args.run_id)
+    if out.as_json:
+        return out.json(run)
+    out.line(f"restored run {run.run_id}")
+
+
+def cmd_runs_artifacts_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
+    artifacts = list(client.training.list_artifacts(args.run_id, args.path))
+    if out.as_json:
+        return out.json(artifacts)
+    under = f" under {args.path}" if args.path else ""
+    if not artifacts:
+        return out.line(
+            f"run {args.run_id} has no artifacts{under}; store one with: "
+            f"tessera runs artifacts put {args.run_id} FILE"
+        )
+    out.table(
+        f"artifacts of run {args.run_id}{under}",
+        ["path", "size", "sha256", "stored"],
+        [(a.path, size(a.size_bytes), a.sha256[:12], when(a.created_at)) for a in artifacts],
+        whole=("path",),
+    )
+
+
+def cmd_runs_artifacts_put(client: Client, args: argparse.Namespace, out: Output) -> None:
+    if Path(args.file).is_dir():
+        return put_artifact_tree(client, args, out)
+    artifact = client.training.log_artifact(
+        args.run_id,
+        args.file,
+        args.path or None,
+        progress=transfer_progress(out, f"storing {Path(args.file).name}"),
+    )
+    if out.as_json:
+        return out.json(artifact)
+    out.line(
+        f"stored {artifact.path} in run {artifact.run_id} "
+        f"({size(artifact.size_bytes)}, sha256 {artifact.sha256[:12]})"
+    )
+
+
+def put_artifact_tree(client: Client, args: argparse.Namespace, out: Output) -> None:
+    """`put RUN DIR`: every file under DIR, at its path under --path, as MLflow's log_artifacts."""
+    stored = client.training.log_artifacts(args.run_id, args.file, args.path or None)
+    if out.as_json:
+        return out.json(stored)
+    where = f"under {args.path.removesuffix('/')}/" if args.path else "at the top"
+    if not stored:
+        return out.line(f"no files under {args.file}, so nothing was stored in run {args.run_id}")
+    total = sum(a.size_bytes for a in stored)
+    out.line(
+        f"stored {counted(len(stored), 'file')} ({size(total)}) from {args.file} {where} in run {args.run_id}; "
+        f"list them with: tessera runs artifacts ls {args.run_id}"
+    )
+
+
+def cmd_runs_artifacts_get(client: Client, args: argparse.Namespace, out: Output) -> None:
+    # "plots/" is the directory "plots" (see download_artifacts).
+    args.path = args.path.removesuffix("/")
+    listed = list(client.training.list_artifacts(args.run_id, args.path))
+    if not listed and not args.path.strip("/"):
+        # Every artifact asked for, and there are none: not a path to refuse.
+        if out.as_json:
+            return out.json({"path": str(Path(args.output or ".")), "artifacts": []})
+        return out.line(
+            f"run {args.run_id} has no artifacts, so nothing was written; store one with: "
+            f"tessera runs artifacts put {args.run_id} FILE"
+        )
+    if not listed or any(a.path == args.path for a in listed):
+        # One file (or nothing there: the daemon's NOT_FOUND says so).
+        path = artifact_target(args.path, args.output)
+        artifact = client.training.download_artifact(
+            args.run_id, args.path, path, progress=transfer_progress(out, f"downloading {args.path}")
+        )
+        if out.as_json:
+            return out.json({"path": str(path), "artifact": to_plain(artifact)})
+        return out.line(f"wrote {path}: {artifact.path}, {size(artifact.size_bytes)}, sha256 verified")
+    root = Path(args.output or ".")
+    local = client.training.download_artifacts(args.run_id, args.path, root)
+    if out.as_json:
+        return out.json({"path": str(local), "artifacts": to_plain(listed)})
+    total = sum(a.size_bytes for a in listed)
+    out.line(f"wrote {counted(len(listed), 'artifact')} ({size(total)}) under {local}, each sha256 verified")
+
+
+def cmd_experiments_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
+    experiments = list(client.training.experiments(prefix=args.prefix, view=VIEWS[args.view]))
+    if out.as_json:
+        return out.json(experiments)
+    out.table(
+        "experiments",
+        ["name", "runs", "description", "tags", "created"],
+        [
+            (
+                e.name + (" (deleted)" if e.deleted else ""),
+                e.run_count,
+                e.description,
+                ", ".join(f"{k}={v}" for k, v in sorted(e.tags.items())),
+                when(e.created_at),
+            )
+            for e in experiments
+        ],
+        whole=("name",),
+        unbroken=("tags",),
+    )
+
+
+def cmd_experiments_update(client: Client, args: argparse.Namespace, out: Output) -> None:
+    experiment = client.training.update_experiment(
+        args.name,
+        description=args.description,
+        set_tags=once_each(args.tag, "--tag"),
+        remove_tags=args.remove_tag or (),
+    )
+    if out.as_json:
+        return out.json(experiment)
+    rows: list[tuple[str, Any]] = [("description", experiment.description or "-")]
+    rows += [(f"tag {k}", v) for k, v in sorted(experiment.tags.items())]
+    out.pairs(f"experiment {experiment.name}", rows)
+
+
+def cmd_experiments_rm(client: Client, args: argparse.Namespace, out: Output) -> None:
+    experiment = client.training.delete_experiment(args.name)
+    if out.as_json:
+        return out.json(experiment)
+    out.line(
+        f"deleted experiment {experiment.name} and its runs; bring them back with: "
+        f"tessera experiments restore {experiment.name}"
+    )
+
+
+def cmd_experiments_restore(client: Client, args: argparse.Namespace, out: Output) -> None:
+    experiment = client.training.restore_experiment(args.name)
+    if out.as_json:
+        return out.json(experiment)
+    out.line(f"restored experiment {experiment.name} ({counted(experiment.run_count, 'run')})")
+
+
+def cmd_runs_leaderboard(client: Client, args: argparse.Namespace, out: Output) -> None:
+    entries = client.training.leaderboard(
+        args.experiment, args.metric, mode=args.mode, limit=args.limit, field=args.field
+    )
+    if out.as_json:
+        return out.json(list(entries))
+    if not entries:
+        return out.line(
+            f"no run of experiment {args.experiment} has logged {args.metric}; the metrics its runs "
+            f"have: tessera runs ls --experiment {args.experiment}"
+        )
+    runs = [e.run for e in entries]
+    differing = differing_params(runs)
+
+    def rows(shown_keys: dict[str, str], value: Callable[[str], str]) -> list[tuple[Any, ...]]:
+        return [
+            (
+                e.rank,
+                f"{e.value:.5g}",
+                e.run.run_id,
+                e.run.name,
+                "\n".join(
+                    f"{shown_keys[k]}={value(e.run.params[k])}" for k in differing if k in e.run.params
+                ),
+            )
+            for e in entries
+        ]
+
+    out.table(
+        f"{args.experiment} by {args.metric}",
+        ["rank", args.metric, "run", "name", "params that differ"],
+        rows({k: k for k in differing}, str),
+        whole=("rank", "run", "name"),
+        unbroken=("params that differ",),
+        stacked={"name": "run"},
+        narrower_rows=rows(shortest_suffixes(differing), short_value),
+    )
+    same = len({k for run in runs for k in run.params}) - len(differing)
+    if same:
+        out.line(
+            f"left out: {counted(same, 'param')} with one value in every run above "
+            "(`tessera runs show RUN` or --json lists them)"
+        )
+
+
+def shortest_suffixes(paths: Sequence[str]) -> dict[str, str]:
+    """Each dotted path by its shortest tail of parts that no other path ends with
+    (optimizer.weight_decay as weight_decay, unless another path ends in weight_decay too)."""
+    shown = {}
+    for path in paths:
+        parts = path.split(".")
+        for start in range(len(parts) - 1, -1, -1):
+            tail = ".".join(parts[start:])
+            if not any(other != path and (other == tail or other.endswith("." + tail)) for other in paths):
+                break
+        shown[path] = tail
+    return shown
+
+
+def differing_params(runs: Sequence[training_pb2.Run]) -> list[str]:
+    """The params whose values are not the same in every run (set in some runs only included),
+    sorted: a job's run logs every field of its spec, and the few a search varies are what a
+    leaderboard is read for."""
+    names = sorted({k for run in runs for k in run.params})
+    return [k for k in names if len({run.params.get(k) for run in runs}) > 1]
