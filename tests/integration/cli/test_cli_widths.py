@@ -157,11 +157,14 @@ def test_listings_keep_names_tags_and_headers_whole(daemon, client, sweep, tmp_p
     versions = printed(daemon, width, "models", "versions", "affine-classifier-production")
     assert has_column(versions, "aliases") and has_column(versions, "created")
     assert_whole(versions, ["production", "staging,"])
+    shown = printed(daemon, width, "models", "show", "affine-classifier-production")
+    assert_whole(shown, [client.models.version("affine-classifier-production").sha256])
     jobs = printed(daemon, width, "jobs", "ls")
     assert_whole(jobs, [t.job_id for t in sweep.trials] + ["succeeded"])
     if width >= 80:
         assert has_column(models, "aliases") and has_column(experiments, "tags")
         assert has_column(jobs, "train_loss")
+        assert all(len(line) <= width for line in shown.splitlines()), shown
     sweeps = printed(daemon, width, "sweeps", "ls")
     if has_column(sweeps, "best"):
         assert_whole(sweeps, [f"{sweep.best_job_id})"])

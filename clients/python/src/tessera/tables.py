@@ -48,7 +48,7 @@ def fitted_table(
     shown = list(range(len(columns)))
     stacked_now: list[str] = []
     for below, above in (stacked or {}).items():
-        if _table_width([widths[i] for i in shown]) <= width:
+        if table_width([widths[i] for i in shown]) <= width:
             break
         i, j = columns.index(below), columns.index(above)
         headers[j] = f"{headers[j]}\n{headers[i]}"
@@ -57,7 +57,7 @@ def fitted_table(
         widths[j] = max(widths[j], widths[i])
         shown.remove(i)
         stacked_now.append(below)
-    while _table_width([widths[i] for i in shown]) > width:
+    while table_width([widths[i] for i in shown]) > width:
         droppable = [i for i in shown if columns[i] not in whole]
         droppable.sort(key=lambda i: columns[i] in leave_out_first)
         if not droppable:
@@ -84,7 +84,7 @@ def fitted_table(
             table.add_column(headers[i], overflow="fold", min_width=widths[i])
     for row in cells:
         table.add_row(*(Text(row[i]) for i in shown))
-    return FittedTable(table, max(width, _table_width([widths[i] for i in shown])), left_out)
+    return FittedTable(table, max(width, table_width([widths[i] for i in shown])), left_out)
 
 
 def _wrapping_widths(
@@ -102,7 +102,7 @@ def _wrapping_widths(
     console's width."""
     texts = [[header, *(row[k] for row in cells)] for k, header in enumerate(headers)]
     natural = [max(cell_len(line) for text in column for line in text.split("\n")) for column in texts]
-    if _table_width(natural) <= width:
+    if table_width(natural) <= width:
         return [None] * len(headers)
     words = [
         max(cell_len(word) for text in column for word in text.split()) if column else 0 for column in texts
@@ -110,9 +110,9 @@ def _wrapping_widths(
     base = list(narrowest)
     for k in range(len(headers)):
         whole_words = max(narrowest[k], min(words[k], natural[k])) if wrapping[k] else narrowest[k]
-        if _table_width([*base[:k], whole_words, *base[k + 1 :]]) <= width:
+        if table_width([*base[:k], whole_words, *base[k + 1 :]]) <= width:
             base[k] = whole_words
-    spare = max(0, width - _table_width(base))
+    spare = max(0, width - table_width(base))
     wants = [max(0, natural[k] - base[k]) if wrapping[k] else 0 for k in range(len(headers))]
     total = sum(wants)
     return [
@@ -134,6 +134,6 @@ def _column_width(header: str, cells: Sequence[str], whole: bool, unbroken: bool
     return max(longest_header_word, min(longest_cell_word, _NARROWEST_WRAPPED))
 
 
-def _table_width(column_widths: Sequence[int]) -> int:
+def table_width(column_widths: Sequence[int]) -> int:
     """Width of a rich table with these columns: a space each side of each, and the rules."""
     return sum(width + 2 for width in column_widths) + len(column_widths) + 1

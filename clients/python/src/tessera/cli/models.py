@@ -45,7 +45,7 @@ def cmd_models_show(client: Client, args: argparse.Namespace, out: Output) -> No
     version = client.models.version(args.model, args.version)
     if out.as_json:
         return out.json(version)
-    out.pairs(f"{version.model} v{version.version}", version_rows(version))
+    out.pairs(f"{version.model} v{version.version}", version_rows(version), whole=("sha256",))
 
 
 def version_rows(version: registry_pb2.ModelVersion) -> list[tuple[str, Any]]:

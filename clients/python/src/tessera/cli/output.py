@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from tessera.json_output import dumps
 from tessera.messages import to_datetime
-from tessera.tables import FittedTable, fitted_table
+from tessera.tables import FittedTable, fitted_table, table_width
 
 
 class _PipeConsole(Console):
@@ -66,13 +67,27 @@ class Output:
             table = fitted(narrower_rows)
         self.console.print(table.table, width=table.width, crop=False)
 
-    def pairs(self, title: str, pairs: Iterable[tuple[str, Any]]) -> None:
+    def pairs(self, title: str, pairs: Iterable[tuple[str, Any]], whole: Collection[str] = ()) -> None:
+        """Fields and their values in two columns, a long value folded. The value of a field in
+        `whole` (a sha256, copied whole) is never folded: where the table cannot hold it on one
+        line within the console's width, it goes on a line of its own below the table."""
+        rows = [(key, str(value)) for key, value in pairs]
+        key_width = max((cell_len(key) for key, _ in rows), default=0)
+        below = [
+            (key, value)
+            for key, value in rows
+            if key in whole and table_width([key_width, cell_len(value)]) > self.console.width
+        ]
         table = Table(title=title, show_header=False)
         table.add_column("field", style="bold", no_wrap=True)
         table.add_column("value", overflow="fold")
-        for key, value in pairs:
-            table.add_row(Text(key), Text(str(value)))
+        for key, value in rows:
+            if (key, value) not in below:
+                table.add_row(Text(key), Text(value))
         self.console.print(table)
+        for key, value in below:
+            # soft_wrap: on a console narrower still, the terminal wraps the line; no newline is put in it.
+            self.console.print(f"{key}: {value}", markup=False, soft_wrap=True)
 
     def line(self, text: str) -> None:
         self.console.print(text, markup=False)
