@@ -166,8 +166,13 @@ def test_listings_keep_names_tags_and_headers_whole(daemon, client, sweep, tmp_p
         assert has_column(jobs, "train_loss")
         assert all(len(line) <= width for line in shown.splitlines()), shown
     sweeps = printed(daemon, width, "sweeps", "ls")
+    if width >= 80:
+        assert has_column(sweeps, "best"), sweeps
+        assert_whole(sweeps, ["succeeded", "val_loss"])
     if has_column(sweeps, "best"):
-        assert_whole(sweeps, [f"{sweep.best_job_id})"])
+        # With its job where that fits, else its trial alone.
+        best = next(t for t in sweep.trials if t.job_id == sweep.best_job_id)
+        assert shown_whole(sweeps, f"{best.job_id})") or shown_whole(sweeps, f"{best.number})"), sweeps
     for text in (models, experiments, versions, jobs, sweeps):
         assert all(len(line) <= width for line in text.splitlines()), text
 

@@ -132,9 +132,15 @@ def problems(sweep: training_pb2.Sweep) -> list[str]:
     return lines
 
 
-def _best_text(sweep: training_pb2.Sweep) -> str:
+def _best_text(sweep: training_pb2.Sweep, with_job: bool = True) -> str:
     best = next((t for t in sweep.trials if t.job_id == sweep.best_job_id and t.has_metric), None)
-    return f"{best.metric:.5g} (trial {best.number}, {best.job_id})" if best else "-"
+    if best is None:
+        return "-"
+    return (
+        f"{best.metric:.5g} (trial {best.number}, {best.job_id})"
+        if with_job
+        else f"{best.metric:.5g} (trial {best.number})"
+    )
 
 
 def leaderboard_rows(sweep: training_pb2.Sweep, limit: int = 10) -> list[tuple[str, ...]]:
@@ -157,7 +163,8 @@ def print_result(sweep: training_pb2.Sweep, out: Output) -> None:
         leave_out_first=("state",),
     )
     plot = line_plot(
-        {f"best {sweep.spec.metric} so far": best_so_far(sweep, maximises(sweep))}, x_label="trials"
+        {f"best {sweep.spec.metric} so far": best_so_far(sweep, maximises(sweep))},
+        x_label="trials",
     )
     if plot:
         out.line(plot)
@@ -236,23 +243,31 @@ def cmd_sweeps_ls(client: Client, args: argparse.Namespace, out: Output) -> None
     sweeps = list(client.training.sweeps())
     if out.as_json:
         return out.json(sweeps)
-    out.table(
-        "sweeps",
-        ["id", "strategy", "state", "trials", "metric", "best", "created"],
-        [
+
+    def rows(with_job: bool) -> list[tuple[Any, ...]]:
+        return [
             (
                 s.sweep_id,
                 strategy_name(s.spec),
                 sweep_state(s),
                 len(s.trials),
                 s.spec.metric,
-                _best_text(s),
+                _best_text(s, with_job),
                 s.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"),
             )
             for s in sweeps
-        ],
+        ]
+
+    # What a sweep is listed for: its state and its best. Where both do not fit, the best's job
+    # goes (`tessera sweeps show` names it), then the strategy and the creation time.
+    out.table(
+        "sweeps",
+        ["id", "strategy", "state", "trials", "metric", "best", "created"],
+        rows(with_job=True),
         whole=("id",),
-        unbroken=("best",),
+        unbroken=("state", "metric", "best"),
+        leave_out_first=("strategy", "created"),
+        narrower_rows=rows(with_job=False),
     )
 
 

@@ -55,7 +55,7 @@ class Output:
     ) -> None:
         """A table that fits the console (see `fitted_table`); one whose whole columns alone are
         too wide is printed wider than the console rather than cut. `narrower_rows`, the same
-        rows in shorter words, are shown instead when `rows` would leave a column out."""
+        rows in shorter words, are shown instead when they leave out fewer columns than `rows`."""
 
         def fitted(cells: Iterable[Sequence[Any]]) -> FittedTable:
             return fitted_table(
@@ -64,7 +64,9 @@ class Output:
 
         table = fitted(rows)
         if table.left_out and narrower_rows is not None:
-            table = fitted(narrower_rows)
+            narrower = fitted(narrower_rows)
+            if len(narrower.left_out) < len(table.left_out):
+                table = narrower
         self.console.print(table.table, width=table.width, crop=False)
 
     def pairs(self, title: str, pairs: Iterable[tuple[str, Any]], whole: Collection[str] = ()) -> None:
