@@ -81,6 +81,17 @@ def has_column(text: str, column: str) -> bool:
     return any(line.startswith("┃") and f" {column} " in line for line in text.splitlines())
 
 
+def assert_plot_whole(text: str, width: int) -> None:
+    """The best-so-far plot fits `width`, none of its lines folded: 12 rows on the y axis, then
+    the x axis, its labels and the legend."""
+    lines = text.splitlines()
+    legend = next(i for i, line in enumerate(lines) if "• best val_loss so far" in line)
+    plot = lines[legend - 14 : legend + 1]
+    assert all(len(line) <= width for line in plot), text
+    assert all(" │" in line for line in plot[:12]), text
+    assert re.fullmatch(r"\s*└─+", plot[12]) and plot[13].endswith("trials 3"), text
+
+
 def left_out(text: str) -> str:
     return "\n".join(line for line in text.splitlines() if "left out to fit the width" in line)
 
@@ -129,8 +140,8 @@ def test_sweeps_show_keeps_params_whole(daemon, sweep, width, command):
         else ["sweeps", "show", sweep.sweep_id, "--follow"]
     )
     text = printed(daemon, width, *args)
-    if command == "show":  # the plot below a leaderboard is as wide as it is
-        assert all(len(line) <= width for line in text.splitlines()), text
+    assert all(len(line) <= width for line in text.splitlines()), text
+    assert_plot_whole(text, width)
     assert_whole(text, [t.job_id for t in sweep.trials])
     if width >= 80:
         assert has_column(text, "params") and "params" not in left_out(text)

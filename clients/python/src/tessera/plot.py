@@ -6,6 +6,8 @@ import math
 from collections.abc import Mapping, Sequence
 
 MARKS = "•x+o*#"
+# Below this the points of a plot run together.
+NARROWEST_GRID = 20
 
 
 def line_plot(
@@ -13,9 +15,12 @@ def line_plot(
     width: int = 60,
     height: int = 12,
     x_label: str = "step",
+    max_width: int | None = None,
 ) -> str:
-    """Each series (name -> (x, y) points) drawn with its own mark on one grid, with the y range
-    on the left and a legend below. Non-finite points are skipped; empty input gives ""."""
+    """Each series (name -> (x, y) points) drawn with its own mark on one grid `width` cells
+    wide, with the y range on the left and a legend below. With `max_width` (a console's), the
+    grid narrows, to no fewer than NARROWEST_GRID cells, and the legend goes over more lines,
+    so that no line is wider. Non-finite points are skipped; empty input gives ""."""
     points = {
         name: [(x, y) for x, y in values if math.isfinite(x) and math.isfinite(y)]
         for name, values in series.items()
@@ -29,14 +34,18 @@ def line_plot(
     y_min, y_max = min(ys), max(ys)
     if y_max == y_min:
         y_max = y_min + 1.0
+    labels = [f"{y_max:.4g}", f"{(y_max + y_min) / 2:.4g}", f"{y_min:.4g}"]
+    pad = max(len(label) for label in labels)
+    # Each line starts with the y labels' width and " │" (or two spaces).
+    room = None if max_width is None else max_width - pad - 2
+    if room is not None:
+        width = max(min(width, room), NARROWEST_GRID)
     grid = [[" "] * width for _ in range(height)]
     for mark, values in zip(MARKS, points.values(), strict=False):
         for x, y in values:
             col = 0 if x_max == x_min else round((x - x_min) / (x_max - x_min) * (width - 1))
             row = round((y_max - y) / (y_max - y_min) * (height - 1))
             grid[row][col] = mark
-    labels = [f"{y_max:.4g}", f"{(y_max + y_min) / 2:.4g}", f"{y_min:.4g}"]
-    pad = max(len(label) for label in labels)
     lines = []
     for row, cells in enumerate(grid):
         label = (
@@ -51,6 +60,17 @@ def line_plot(
         lines.append(f"{label:>{pad}} │{''.join(cells)}")
     lines.append(f"{'':>{pad}} └{'─' * width}")
     lines.append(f"{'':>{pad}}  {x_min:<.4g}{f'{x_label} {x_max:.4g}':>{width - len(f'{x_min:.4g}')}}")
-    legend = "   ".join(f"{mark} {name}" for mark, name in zip(MARKS, points, strict=False))
-    lines.append(f"{'':>{pad}}  {legend}")
+    entries = [f"{mark} {name}" for mark, name in zip(MARKS, points, strict=False)]
+    lines += [f"{'':>{pad}}  {legend}" for legend in _legend_lines(entries, room)]
     return "\n".join(lines)
+
+
+def _legend_lines(entries: Sequence[str], width: int | None) -> list[str]:
+    """The legend's entries three spaces apart, on as many lines as `width` (None: any) needs."""
+    legend = [entries[0]]
+    for entry in entries[1:]:
+        if width is None or len(legend[-1]) + 3 + len(entry) <= width:
+            legend[-1] += "   " + entry
+        else:
+            legend.append(entry)
+    return legend

@@ -165,6 +165,7 @@ def print_result(sweep: training_pb2.Sweep, out: Output) -> None:
     plot = line_plot(
         {f"best {sweep.spec.metric} so far": best_so_far(sweep, maximises(sweep))},
         x_label="trials",
+        max_width=out.console.width,
     )
     if plot:
         out.line(plot)
