@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from tessera.cli.arguments import UsageError, once_each
-from tessera.cli.output import Output, shape, size, transfer_progress, when
+from tessera.cli.output import Output, shape, transfer_progress, when
 from tessera.client import Client
 from tessera.json_output import to_plain
 from tessera.messages import counted, dataset_ref
+from tessera.progress_line import byte_size
 from tessera.tensors import dtype_name
 from tessera.v1 import datasets_pb2
 
@@ -35,7 +36,7 @@ def cmd_datasets_push(client: Client, args: argparse.Namespace, out: Output) -> 
     )
     if out.as_json:
         return out.json(version)
-    described = f"{counted(version.num_samples, 'sample')}, {size(version.size_bytes)}"
+    described = f"{counted(version.num_samples, 'sample')}, {byte_size(version.size_bytes)}"
     if version.existing_version:
         out.line(f"already stored as {version.name}:{version.version} (same bytes and splits): {described}")
     elif version.HasField("shared_with"):
@@ -54,7 +55,7 @@ def cmd_datasets_ls(client: Client, args: argparse.Namespace, out: Output) -> No
         "datasets",
         ["name", "latest", "versions", "size", "updated"],
         [
-            (d.name, d.latest_version, d.version_count, size(d.size_bytes), when(d.updated_at))
+            (d.name, d.latest_version, d.version_count, byte_size(d.size_bytes), when(d.updated_at))
             for d in datasets
         ],
         whole=("name", "latest"),
@@ -81,7 +82,7 @@ def cmd_datasets_versions(client: Client, args: argparse.Namespace, out: Output)
                 v.num_samples,
                 ", ".join(a.name for a in v.arrays),
                 ", ".join(sp.name for sp in v.splits) or "-",
-                size(v.size_bytes),
+                byte_size(v.size_bytes),
                 when(v.created_at),
                 v.description,
             )
@@ -119,7 +120,7 @@ def cmd_datasets_download(client: Client, args: argparse.Namespace, out: Output)
         return out.json({"path": str(path), "version": to_plain(version)})
     out.line(
         f"wrote {path}: {version.name}:{version.version}, {counted(version.num_samples, 'sample')}, "
-        f"{size(version.size_bytes)}, sha256 verified"
+        f"{byte_size(version.size_bytes)}, sha256 verified"
     )
 
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tessera.cli.output import Output, size, when
+from tessera.cli.output import Output, when
 from tessera.client import Client
 from tessera.errors import JobFailed
 from tessera.events import JobState
 from tessera.follow import follow
 from tessera.messages import load_toml
+from tessera.progress_line import byte_size
 
 
 def cmd_train(client: Client, args: argparse.Namespace, out: Output) -> None:
@@ -100,7 +101,7 @@ def cmd_jobs_show(client: Client, args: argparse.Namespace, out: Output) -> None
                 c.step,
                 c.reason + (" (best)" if c.best and c.reason != "best" else ""),
                 *([f"{c.metrics[metric]:.5g}" if metric in c.metrics else "-"] if metric else []),
-                size(c.size_bytes),
+                byte_size(c.size_bytes),
                 when(c.created_at),
                 c.sha256[:12],
             )

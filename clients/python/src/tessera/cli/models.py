@@ -10,12 +10,13 @@ from typing import Any
 
 from tessera.cli.arguments import UsageError
 from tessera.cli.inputs import load_inputs
-from tessera.cli.output import Output, shape, size, transfer_progress, when
+from tessera.cli.output import Output, shape, transfer_progress, when
 from tessera.client import Client
 from tessera.ensembles import fit_stacking, member_pair
 from tessera.json_output import dumps, to_plain
 from tessera.messages import load_toml
 from tessera.models import FORMAT_BY_SUFFIX
+from tessera.progress_line import byte_size
 from tessera.v1 import registry_pb2
 
 
@@ -51,7 +52,7 @@ def cmd_models_show(client: Client, args: argparse.Namespace, out: Output) -> No
 def version_rows(version: registry_pb2.ModelVersion) -> list[tuple[str, Any]]:
     rows: list[tuple[str, Any]] = [
         ("format", registry_pb2.ArtifactFormat.Name(version.format).removeprefix("ARTIFACT_FORMAT_").lower()),
-        ("size", size(version.size_bytes)),
+        ("size", byte_size(version.size_bytes)),
         ("sha256", version.sha256),
         ("parameters", f"{version.parameter_count:,}"),
         ("aliases", ", ".join(version.aliases) or "-"),
@@ -100,7 +101,7 @@ def cmd_models_versions(client: Client, args: argparse.Namespace, out: Output) -
             (
                 v.version,
                 registry_pb2.ArtifactFormat.Name(v.format).removeprefix("ARTIFACT_FORMAT_").lower(),
-                size(v.size_bytes),
+                byte_size(v.size_bytes),
                 ", ".join(v.aliases) or "-",
                 when(v.created_at),
                 v.description,
@@ -140,7 +141,7 @@ def cmd_models_push(client: Client, args: argparse.Namespace, out: Output) -> No
     if out.as_json:
         return out.json(version)
     out.line(
-        f"registered {version.model} v{version.version} ({size(version.size_bytes)}, sha256 {version.sha256[:12]})"
+        f"registered {version.model} v{version.version} ({byte_size(version.size_bytes)}, sha256 {version.sha256[:12]})"
     )
     if version.HasField("alias_moved"):
         print_alias_moved(out, version.alias_moved)
@@ -305,7 +306,9 @@ def cmd_models_compare(client: Client, args: argparse.Namespace, out: Output) ->
         rows.append((f"param {p.key}", p.a if p.present_a else "-", p.b if p.present_b else "-", ""))
     for item in diff.lineage:
         rows.append((f"lineage {item.key}", item.a or "-", item.b or "-", ""))
-    rows.append(("size", size(diff.a.size_bytes), size(diff.b.size_bytes), f"{diff.size_delta:+,} B"))
+    rows.append(
+        ("size", byte_size(diff.a.size_bytes), byte_size(diff.b.size_bytes), f"{diff.size_delta:+,} B")
+    )
     rows.append(
         ("signature", "", "", "same" if diff.same_signature else "; ".join(diff.signature_differences))
     )
@@ -351,7 +354,9 @@ def cmd_models_download(client: Client, args: argparse.Namespace, out: Output) -
     )
     if out.as_json:
         return out.json({"path": str(path), "version": to_plain(version)})
-    out.line(f"wrote {path}: {version.model} v{version.version}, {size(version.size_bytes)}, sha256 verified")
+    out.line(
+        f"wrote {path}: {version.model} v{version.version}, {byte_size(version.size_bytes)}, sha256 verified"
+    )
 
 
 def cmd_export_onnx(client: Client, args: argparse.Namespace, out: Output) -> None:

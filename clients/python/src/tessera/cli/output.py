@@ -12,6 +12,7 @@ from rich.text import Text
 
 from tessera.json_output import dumps
 from tessera.messages import to_datetime
+from tessera.progress_line import byte_size
 from tessera.tables import FittedTable, fitted_table, table_width
 
 
@@ -100,14 +101,6 @@ def when(timestamp: Any) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else "-"
 
 
-def size(num_bytes: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if num_bytes < 1024 or unit == "GiB":
-            return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
-        num_bytes /= 1024
-    return f"{num_bytes:.1f} GiB"
-
-
 def shape(dims: Iterable[int]) -> str:
     return "(" + ", ".join("?" if d < 0 else str(d) for d in dims) + ")"
 
@@ -123,7 +116,7 @@ def transfer_progress(out: Output, label: str) -> Callable[[int, int], None] | N
         percent = 100 if total == 0 else done * 100 // total
         if percent // 25 > shown["percent"] // 25 or done == total:
             if percent != shown["percent"]:
-                out.status.print(f"[dim]{label}: {percent}% of {size(total)}[/dim]")
+                out.status.print(f"[dim]{label}: {percent}% of {byte_size(total)}[/dim]")
             shown["percent"] = percent
 
     return report

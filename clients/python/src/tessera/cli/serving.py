@@ -10,10 +10,11 @@ from typing import Any
 import numpy as np
 
 from tessera.cli.inputs import input_names_explained, load_inputs
-from tessera.cli.output import Output, size, when
+from tessera.cli.output import Output, when
 from tessera.client import Client
 from tessera.explanations import SHORT_NAMES, top_positions
 from tessera.messages import counted
+from tessera.progress_line import byte_size
 from tessera.v1 import inference_pb2
 
 
@@ -266,7 +267,7 @@ def print_loaded(loaded: Sequence[inference_pb2.LoadedModel], out: Output) -> No
                 m.config.instances,
                 m.config.max_batch_size,
                 "on" if m.config.response_cache else "off",
-                size(m.memory_bytes),
+                byte_size(m.memory_bytes),
                 when(m.loaded_at),
             )
             for m in loaded

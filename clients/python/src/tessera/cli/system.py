@@ -11,7 +11,7 @@ from typing import Any, BinaryIO
 
 from tessera.backup import Manifest, SavedBackup
 from tessera.cli.arguments import UsageError
-from tessera.cli.output import Output, size
+from tessera.cli.output import Output
 from tessera.client import Client
 from tessera.demo import run_demo
 from tessera.errors import TesseraError
@@ -28,13 +28,13 @@ def cmd_info(client: Client, args: argparse.Namespace, out: Output) -> None:
     out.table(
         "devices",
         ["id", "name", "cores", "memory"],
-        [(d.id, d.name, d.cores or "-", size(d.memory_total_bytes)) for d in info.devices],
+        [(d.id, d.name, d.cores or "-", byte_size(d.memory_total_bytes)) for d in info.devices],
         whole=("id", "name"),
     )
     usage = info.data_dir
     out.line(
-        f"data {usage.path}: store {size(usage.store_bytes)} of {size(usage.store_map_size_bytes)}, "
-        f"blobs {size(usage.blob_bytes)}, {size(usage.fs_free_bytes)} free"
+        f"data {usage.path}: store {byte_size(usage.store_bytes)} of {byte_size(usage.store_map_size_bytes)}, "
+        f"blobs {byte_size(usage.blob_bytes)}, {byte_size(usage.fs_free_bytes)} free"
     )
 
 
@@ -116,13 +116,13 @@ def _backup_summary(saved: SavedBackup, path: str) -> dict[str, Any]:
 
 def _backup_file(saved: SavedBackup) -> str:
     """The archive's size and sha256, to record beside it (what `sha256sum` prints of it)."""
-    return f"{size(saved.archive_size)}, sha256 {saved.archive_sha256}"
+    return f"{byte_size(saved.archive_size)}, sha256 {saved.archive_sha256}"
 
 
 def _backup_contents(manifest: Manifest) -> str:
     return (
         f"{counted(sum(manifest.records.values()), 'record')}, {counted(len(manifest.blobs), 'blob')} "
-        f"({size(manifest.blob_bytes)}), every file's sha256 verified"
+        f"({byte_size(manifest.blob_bytes)}), every file's sha256 verified"
     )
 
 

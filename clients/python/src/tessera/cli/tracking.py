@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from tessera.cli.arguments import UsageError, once_each
-from tessera.cli.output import Output, size, transfer_progress, when
+from tessera.cli.output import Output, transfer_progress, when
 from tessera.client import Client
 from tessera.json_output import to_plain
 from tessera.messages import counted
+from tessera.progress_line import byte_size
 from tessera.run_filter import (
     RunFilterError,
     is_order_string,
@@ -155,7 +156,7 @@ def cmd_runs_artifacts_ls(client: Client, args: argparse.Namespace, out: Output)
     out.table(
         f"artifacts of run {args.run_id}{under}",
         ["path", "size", "sha256", "stored"],
-        [(a.path, size(a.size_bytes), a.sha256[:12], when(a.created_at)) for a in artifacts],
+        [(a.path, byte_size(a.size_bytes), a.sha256[:12], when(a.created_at)) for a in artifacts],
         whole=("path",),
     )
 
@@ -173,7 +174,7 @@ def cmd_runs_artifacts_put(client: Client, args: argparse.Namespace, out: Output
         return out.json(artifact)
     out.line(
         f"stored {artifact.path} in run {artifact.run_id} "
-        f"({size(artifact.size_bytes)}, sha256 {artifact.sha256[:12]})"
+        f"({byte_size(artifact.size_bytes)}, sha256 {artifact.sha256[:12]})"
     )
 
 
@@ -187,7 +188,7 @@ def put_artifact_tree(client: Client, args: argparse.Namespace, out: Output) -> 
         return out.line(f"no files under {args.file}, so nothing was stored in run {args.run_id}")
     total = sum(a.size_bytes for a in stored)
     out.line(
-        f"stored {counted(len(stored), 'file')} ({size(total)}) from {args.file} {where} in run {args.run_id}; "
+        f"stored {counted(len(stored), 'file')} ({byte_size(total)}) from {args.file} {where} in run {args.run_id}; "
         f"list them with: tessera runs artifacts ls {args.run_id}"
     )
 
@@ -212,13 +213,15 @@ def cmd_runs_artifacts_get(client: Client, args: argparse.Namespace, out: Output
         )
         if out.as_json:
             return out.json({"path": str(path), "artifact": to_plain(artifact)})
-        return out.line(f"wrote {path}: {artifact.path}, {size(artifact.size_bytes)}, sha256 verified")
+        return out.line(f"wrote {path}: {artifact.path}, {byte_size(artifact.size_bytes)}, sha256 verified")
     root = Path(args.output or ".")
     local = client.training.download_artifacts(args.run_id, args.path, root)
     if out.as_json:
         return out.json({"path": str(local), "artifacts": to_plain(listed)})
     total = sum(a.size_bytes for a in listed)
-    out.line(f"wrote {counted(len(listed), 'artifact')} ({size(total)}) under {local}, each sha256 verified")
+    out.line(
+        f"wrote {counted(len(listed), 'artifact')} ({byte_size(total)}) under {local}, each sha256 verified"
+    )
 
 
 def cmd_experiments_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
