@@ -435,8 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--order-by",
         metavar="ORDER",
         help="order by a metric: METRIC or MLflow's 'metrics.METRIC [ASC|DESC]' (metrics.METRIC.min or "
-        ".max for that value of its summary, else the last); without ASC or DESC, lowest first for a "
-        "name with loss, error, mae, mse or mape in it, else highest first (runs without it last)",
+        ".max for that value of its summary, else the last); METRIC alone sorts lowest first for a "
+        "name with loss, error, mae, mse or mape in it, else highest first; 'metrics.METRIC' without "
+        "ASC or DESC sorts lowest first, as MLflow's (runs without it last)",
     )
     direction = sub.add_mutually_exclusive_group()
     direction.add_argument(
