@@ -98,10 +98,14 @@ def parse_message_size(raw: Any) -> int:
 
 
 def format_size(n: int) -> str:
-    """The largest binary unit that keeps the number readable: 17179869184 -> "16 GiB"."""
+    """The largest binary unit that parse_size reads (up to TiB) and keeps the number at 1 or
+    more, to 3 significant digits and never in exponent notation: 17179869184 -> "16 GiB",
+    1000 GiB -> "1000 GiB", 1 PiB -> "1024 TiB"."""
     for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= factor:
-            return f"{n / factor:.3g} {unit}"
+            value = n / factor
+            # `g` writes 3 significant digits of 999.5 and more as "1e+03"; whole ones read plainer.
+            return f"{value:.0f} {unit}" if value >= 100 else f"{value:.3g} {unit}"
     return f"{n} B"
 
 

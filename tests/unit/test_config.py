@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tesserad.config import Address, SettingsError, describe_settings, load_settings, parse_size
+from tesserad.config import Address, SettingsError, describe_settings, format_size, load_settings, parse_size
 
 
 def test_defaults():
@@ -56,6 +56,31 @@ def test_layers_file_then_env_then_flags(tmp_path):
 )
 def test_sizes(raw, expected):
     assert parse_size(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1024, "1 KiB"),
+        (16385, "16 KiB"),
+        (800_000 * 4, "3.05 MiB"),
+        (int(123.4 * 2**20), "123 MiB"),
+        (16 * 2**30, "16 GiB"),
+        # 3 significant digits in `g` notation wrote these "1e+03 GiB" and "1.02e+03 TiB".
+        (int(999.6 * 2**30), "1000 GiB"),
+        (1000 * 2**30, "1000 GiB"),
+        (1023 * 2**30, "1023 GiB"),
+        (int(1.27 * 2**40), "1.27 TiB"),
+        (2**50, "1024 TiB"),
+        (2**63 - 1, "8388608 TiB"),
+    ],
+)
+def test_sizes_print_as_plain_numbers_that_parse_back(size, expected):
+    assert format_size(size) == expected
+    # What the settings' help prints for a size is read back by the same setting.
+    assert abs(parse_size(expected) - size) <= 0.005 * size
 
 
 @pytest.mark.parametrize(
