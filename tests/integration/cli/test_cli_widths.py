@@ -81,15 +81,15 @@ def has_column(text: str, column: str) -> bool:
     return any(line.startswith("┃") and f" {column} " in line for line in text.splitlines())
 
 
-def assert_plot_whole(text: str, width: int) -> None:
-    """The best-so-far plot fits `width`, none of its lines folded: 12 rows on the y axis, then
-    the x axis, its labels and the legend."""
+def assert_plot_whole(text: str, width: int, legend: str, x_end: str) -> None:
+    """The plot whose legend starts with `legend` fits `width`, none of its lines folded: 12 rows
+    on the y axis, then the x axis, its labels (the last one matching `x_end`) and the legend."""
     lines = text.splitlines()
-    legend = next(i for i, line in enumerate(lines) if "• best val_loss so far" in line)
-    plot = lines[legend - 14 : legend + 1]
+    first_legend_line = next(i for i, line in enumerate(lines) if line.strip().startswith(legend))
+    plot = lines[first_legend_line - 14 : first_legend_line + 1]
     assert all(len(line) <= width for line in plot), text
     assert all(" │" in line for line in plot[:12]), text
-    assert re.fullmatch(r"\s*└─+", plot[12]) and plot[13].endswith("trials 3"), text
+    assert re.fullmatch(r"\s*└─+", plot[12]) and re.search(rf"{x_end}$", plot[13]), text
 
 
 def left_out(text: str) -> str:
@@ -141,7 +141,7 @@ def test_sweeps_show_keeps_params_whole(daemon, sweep, width, command):
     )
     text = printed(daemon, width, *args)
     assert all(len(line) <= width for line in text.splitlines()), text
-    assert_plot_whole(text, width)
+    assert_plot_whole(text, width, "• best val_loss so far", "trials 3")
     assert_whole(text, [t.job_id for t in sweep.trials])
     if width >= 80:
         assert has_column(text, "params") and "params" not in left_out(text)
@@ -194,3 +194,34 @@ def test_the_columns_variable_sets_the_width(daemon, client, sweep, capsys, monk
     text = capsys.readouterr().out
     assert all(len(line) <= 80 for line in text.splitlines()), text
     assert has_column(text, "params that differ") and not left_out(text)
+
+
+JOB_SPEC = """\
+experiment = "cli-widths"
+task = "classification"
+epochs = 2
+batch_size = 8
+log_every_n_steps = 1
+data = { dataset = "table", val_split = "val" }
+
+[architecture]
+input_shape = [4]
+output_size = 2
+mlp = { hidden_sizes = [8] }
+"""
+
+
+def test_a_followed_jobs_loss_plot_fits_the_columns_variable(
+    daemon, client, table_dataset, tmp_path, capsys, monkeypatch
+):
+    # `jobs watch` of an ended job prints what `train --follow` prints at its end: the summary,
+    # then the loss plot, whose grid was 60 columns whatever the terminal.
+    spec = tmp_path / "job.toml"
+    spec.write_text(JOB_SPEC)
+    job = client.training.submit(load_toml(spec)).wait()
+    for width in (60, 80):
+        monkeypatch.setenv("COLUMNS", str(width))
+        assert main(["--target", daemon.target, "jobs", "watch", job.id]) == 0
+        text = capsys.readouterr().out
+        assert all(len(line) <= width for line in text.splitlines()), text
+        assert_plot_whole(text, width, "• train_loss", rf"step {job.info.step}")

@@ -130,7 +130,7 @@ def _follow(job: Job[Connection], console: Console, as_json: bool, from_seq: int
     _live(events_outlasting_restarts(job, from_seq), curves, console)
     job.refresh()
     console.print(summary_table(job, curves, time.monotonic() - started))
-    plot = line_plot({"train_loss": curves.train_loss, "val_loss": curves.val_loss})
+    plot = line_plot({"train_loss": curves.train_loss, "val_loss": curves.val_loss}, max_width=console.width)
     if plot:
         console.print(plot, markup=False, highlight=False)
     return job
