@@ -46,7 +46,7 @@ def cmd_models_show(client: Client, args: argparse.Namespace, out: Output) -> No
     version = client.models.version(args.model, args.version)
     if out.as_json:
         return out.json(version)
-    out.pairs(f"{version.model} v{version.version}", version_rows(version), whole=("sha256",))
+    out.pairs(f"{version.model} v{version.version}", version_rows(version), whole=("sha256", "parent sha256"))
 
 
 def version_rows(version: registry_pb2.ModelVersion) -> list[tuple[str, Any]]:
@@ -74,20 +74,21 @@ def version_rows(version: registry_pb2.ModelVersion) -> list[tuple[str, Any]]:
         rows.append(("dataset", f"{dataset.name}:{dataset.version}{gone}"))
     if lineage.parent_version:
         rows.append(("parent", parent_text(version)))
+        # A row of its own, not inside the parent's: so the hash stays whole, as the version's.
+        if lineage.parent_deleted.sha256:
+            rows.append(("parent sha256", lineage.parent_deleted.sha256))
     return rows
 
 
 def parent_text(version: registry_pb2.ModelVersion) -> str:
     """The lineage parent; a deleted one says so, since a model created again under its name
-    has a version of the same number that is another one."""
+    has a version of the same number that is another one (its sha256 tells them apart)."""
     lineage = version.lineage
     text = f"{lineage.parent_model or version.model} v{lineage.parent_version}"
     if not lineage.HasField("parent_deleted"):
         return text
     gone = lineage.parent_deleted
-    known = [f"deleted {when(gone.deleted_at)}" if gone.HasField("deleted_at") else "deleted"]
-    known += [f"sha256 {gone.sha256}"] if gone.sha256 else []
-    return f"{text} ({', '.join(known)})"
+    return f"{text} (deleted {when(gone.deleted_at)})" if gone.HasField("deleted_at") else f"{text} (deleted)"
 
 
 def cmd_models_versions(client: Client, args: argparse.Namespace, out: Output) -> None:
