@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tessera.cli import EXIT_DAEMON
+from tessera.cli import EXIT_DAEMON, EXIT_USAGE
 from tests.integration.sdk.affine import affine_onnx
 
 
@@ -37,3 +37,15 @@ def test_stats_of_a_model_with_nothing_loaded_says_how_to_load_it(tessera_cli, c
     loaded = tessera_cli("stats", "affine")
     assert loaded.code == 0 and "affine v1: 1 request (0 failed)" in loaded.out
     assert [s["model"] for s in tessera_cli("--json", "stats").json()] == ["affine"]
+
+
+def test_a_version_without_a_model_is_a_usage_error(tessera_cli):
+    # It was left out of the request, so every loaded version's figures came back.
+    for args in (("stats", "--version", "2"), ("stats", "--version", "production", "--cluster")):
+        result = tessera_cli(*args)
+        assert result.code == EXIT_USAGE and result.out == "", result
+        assert result.err.startswith("usage: tessera stats"), result.err
+        assert (
+            f"error: --version picks a version of a model: name it too (`tessera stats MODEL --version {args[2]}`)"
+            in result.err
+        )

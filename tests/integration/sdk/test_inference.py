@@ -96,6 +96,14 @@ def test_stats_count_requests_and_reset(client, served):
     (after,) = client.inference.stats("affine", 1)
     assert after.request_count == 0
     assert {(s.model, s.version) for s in client.inference.stats()} == {("affine", 1), ("affine", 2)}
+    # A version without a model was left out of the request: every loaded version's figures came
+    # back as if they were that version's.
+    for version in (1, "production"):
+        refused = rf"version={version!r} picks a version of a model: give model too"
+        with pytest.raises(ValueError, match=refused):
+            client.inference.stats(version=version)
+        with pytest.raises(ValueError, match=refused):
+            client.inference.cluster_stats(version=version)
 
 
 def test_unload_frees_versions(client, served):

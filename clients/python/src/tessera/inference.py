@@ -235,10 +235,10 @@ class Inference(Part[C]):
         self, model: str = "", version: VersionSelector | None = None, reset: bool = False
     ) -> Op[Sequence[pb.ModelStats]]:
         """Latency percentiles (queue, compute, total), batch sizes and throughput per loaded
-        version; `reset` zeroes the figures after reading them."""
+        version (of `model`, or of every model); `reset` zeroes the figures after reading them.
+        ValueError for a `version` without a `model`."""
         request = pb.GetStatsRequest(reset=reset)
-        if model:
-            request.target.CopyFrom(ref(model, version))
+        _set_stats_target(request, model, version)
         return Op(S, "GetStats", request, lambda response: list(response.stats))
 
     @call
@@ -250,8 +250,7 @@ class Inference(Part[C]):
         The response's `replicas` are those merged in (none: only the primary's own figures),
         `unreachable_replicas` those that did not answer. FailedPrecondition on a replica."""
         request = pb.GetStatsRequest(scope=pb.STATS_SCOPE_CLUSTER, histograms=histograms)
-        if model:
-            request.target.CopyFrom(ref(model, version))
+        _set_stats_target(request, model, version)
         return Op(S, "GetStats", request)
 
     @call
@@ -259,3 +258,13 @@ class Inference(Part[C]):
         """The latest shadow comparisons of a model's deployment, newest first."""
         request = pb.ListShadowResultsRequest(model=model, limit=limit)
         return Op(S, "ListShadowResults", request, lambda response: list(response.results))
+
+
+def _set_stats_target(request: pb.GetStatsRequest, model: str, version: VersionSelector | None) -> None:
+    """The statistics' target: a model, a version of it, or (left empty) every loaded version."""
+    if version is not None and not model:
+        # Refused before a call, as the SDK's other argument mistakes are (the daemon would say
+        # INVALID_ARGUMENT).
+        raise ValueError(f"version={version!r} picks a version of a model: give model too")
+    if model:
+        request.target.CopyFrom(ref(model, version))

@@ -644,7 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command(commands, "stats", cmd_stats, "latency percentiles and throughput of a loaded model")
     sub.add_argument("model", nargs="?", default="", help="default: every loaded model")
     sub.add_argument(
-        "--version", type=version_or_alias, help="number or alias (default: every loaded version)"
+        "--version", type=version_or_alias, help="number or alias, with MODEL (default: every loaded version)"
     )
     scope = sub.add_mutually_exclusive_group()
     scope.add_argument("--reset", action="store_true", help="zero the figures after reading them")

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from tessera.cli.arguments import UsageError
 from tessera.cli.inputs import input_names_explained, load_inputs
 from tessera.cli.output import Output, when
 from tessera.client import Client
@@ -111,6 +112,10 @@ def cmd_explain(client: Client, args: argparse.Namespace, out: Output) -> None:
 
 
 def cmd_stats(client: Client, args: argparse.Namespace, out: Output) -> None:
+    if args.version is not None and not args.model:
+        raise UsageError(
+            f"--version picks a version of a model: name it too (`tessera stats MODEL --version {args.version}`)"
+        )
     if args.cluster:
         return print_cluster_stats(client.inference.cluster_stats(args.model, args.version), out)
     stats = client.inference.stats(args.model, args.version, reset=args.reset)
