@@ -19,12 +19,14 @@ def each_row_once(
     batch: int,
     rebuilt: tuple[str, ...] | list[str] = (),
     committed: Callable[[int], None] | None = None,
+    reserved: bool = False,
 ) -> int:
     """Call `visit(txn, key, value)` on every row of `table`, `batch` rows a write transaction,
     unless `marker` is in "meta"; the last transaction writes it, so a stop midway leaves the
     pass to run again at the next start. `rebuilt`: index tables the visits write whole, emptied
     first (an older daemon may have left rows of what it deleted). `committed(rows)`: called
-    after each batch commits, with the rows visited so far (a long pass logs its progress).
+    after each batch commits, with the rows visited so far (a long pass logs its progress, one
+    that releases blobs deletes them). `reserved`: the pass frees space (as `Store.write`'s).
     Returns how many visits returned True (changed something)."""
     with store.read() as txn:
         if txn.exists("meta", marker):
@@ -32,7 +34,7 @@ def each_row_once(
     changed = visited = 0
     after: Key | None = None
     while True:
-        with store.write() as txn:
+        with store.write(reserved=reserved) as txn:
             if after is None:
                 for index in rebuilt:
                     txn.clear(index)

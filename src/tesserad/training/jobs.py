@@ -45,7 +45,7 @@ from tesserad.host import usable_cpu_count
 from tesserad.ids import new_id
 from tesserad.names import validate_name
 from tesserad.paging import PageFill, answer_bytes, resume_key
-from tesserad.store import BlobRef, BlobStore, Key, ReadTxn, Store, WriteTxn, encode_record
+from tesserad.store import BlobRef, BlobStore, Key, ReadTxn, Store, WriteTxn, each_row_once
 from tesserad.training.checkpoints import checkpoint_weights
 from tesserad.training.events import EventLog, JobEvent
 from tesserad.training.finetune import ParentLookup
@@ -387,28 +387,35 @@ class Jobs:
         """Apply the retention policy to every job a daemon older than it left ended (but not to
         trials of `running_sweeps`), once: a marker in "meta" then makes a start cost one read.
         Called at start, before any job can end. Returns how many blobs were released."""
-        with self._store.read() as txn:
-            if txn.exists("meta", CHECKPOINTS_RETAINED):
-                return 0
+        released: set[str] = set()
         count = 0
-        after = None
-        while True:
-            released: set[str] = set()
-            # A batch a transaction; a stop between two leaves the marker unwritten, and the
-            # next start goes over the jobs again (releasing twice leaves the same records).
-            with self._store.write(reserved=True) as txn:
-                rows = list(txn.scan("jobs", after=after, limit=_RETAIN_BATCH))
-                for _, raw in rows:
-                    job = decode_job(raw)
-                    if job.sweep_id not in running_sweeps:
-                        released |= self._release_ended(txn, job)
-                if not rows:
-                    marker = encode_record(CHECKPOINTS_RETAINED[0], 1, {"at": time.time()})
-                    txn.put("meta", CHECKPOINTS_RETAINED, marker)
-                    break
-            after = rows[-1][0]
+
+        def release(txn: WriteTxn, key: Key, raw: bytes) -> bool:
+            job = decode_job(raw)
+            if job.sweep_id in running_sweeps:
+                return False
+            dropped = self._release_ended(txn, job)
+            released.update(dropped)
+            return bool(dropped)
+
+        def collect(rows: int) -> None:
+            # Each batch's released blobs go once it commits: a stop midway leaves none of the
+            # committed batches' on disk, and the next start goes over the jobs again (releasing
+            # twice leaves the same records).
+            nonlocal count
             self.collect_blobs(released)
             count += len(released)
+            released.clear()
+
+        each_row_once(
+            self._store,
+            "jobs",
+            CHECKPOINTS_RETAINED,
+            release,
+            batch=_RETAIN_BATCH,
+            reserved=True,
+            committed=collect,
+        )
         if count:
             log.info("released the checkpoints ended jobs no longer keep", extra={"blobs": count})
         return count
