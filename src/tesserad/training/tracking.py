@@ -42,6 +42,7 @@ from tesserad.text import (
     MAX_PARAM_VALUE,
     check_entries,
     check_record_text,
+    check_tag_update,
     entries_wire_bytes,
 )
 from tesserad.training import metric_buckets, run_order
@@ -302,9 +303,7 @@ def _tag_changes(set_tags: dict[str, str], remove_tags: Iterable[str]) -> set[st
     removed that is not there is no error."""
     check_entries("set_tags", set_tags)
     removed = set(remove_tags)
-    both = sorted(removed & set_tags.keys())
-    if both:
-        raise InvalidArgument(f"tag {both[0][:80]!r} is both in set_tags and remove_tags; give it once")
+    check_tag_update(set_tags, removed)
     return removed
 
 
