@@ -6,8 +6,8 @@ import time
 from typing import Any
 
 from tesserad.datasets.references import delete_unheld_blobs
-from tesserad.errors import AlreadyExists, FailedPrecondition
-from tesserad.names import validate_name, validate_stored_name
+from tesserad.errors import AlreadyExists, FailedPrecondition, NotFound
+from tesserad.names import missing_name, validate_name, validate_stored_name
 from tesserad.paging import Page, read_page
 from tesserad.registry.deployments import current_deployment
 from tesserad.registry.ensembles import check_no_other_ensemble_uses_model
@@ -108,6 +108,12 @@ class Models:
                 until=lambda key: not str(key[0]).startswith(name_prefix),
                 start=(name_prefix,) if name_prefix else None,
             )
+
+    def missing_model(self, name: str, fix: str) -> NotFound | None:
+        """NotFound for a model that does not exist, saying `fix` (how to make what the caller
+        needs) after a stored name close to it; None when it exists."""
+        with self._store.read() as txn:
+            return None if txn.exists(MODELS, (name,)) else missing_name(txn, MODELS, "model", name, fix)
 
     def model_names(self) -> list[str]:
         """Every model's name, in name order, from one read."""

@@ -72,6 +72,7 @@ class Registry:
         self.get_model = models.get_model
         self.list_models = models.list_models
         self.model_names = models.model_names
+        self.missing_model = models.missing_model
         self.update_model = models.update_model
         self.delete_model = models.delete_model
 

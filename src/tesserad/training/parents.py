@@ -10,6 +10,13 @@ from tesserad.errors import NotFound
 from tesserad.registry import Registry
 from tesserad.training.finetune import ParentFacts
 
+# What makes a parent: a model with a version to start from ("create it with CreateModel" makes
+# an empty model, which cannot be one).
+_MAKE_PARENT = (
+    "fine-tuning starts from one of its torch (safetensors) versions: upload one with UploadVersion, "
+    "or train one with SubmitJob (register_as names the model)"
+)
+
 
 class ParentAccess:
     def __init__(self, registry: Registry) -> None:
@@ -17,7 +24,10 @@ class ParentAccess:
 
     def facts(self, model: str, version: int | None, alias: str | None) -> ParentFacts:
         """The version by number or alias ("latest" when neither); NotFound as the registry says."""
-        record = self._registry.resolve(model, version=version, alias=alias)
+        try:
+            record = self._registry.resolve(model, version=version, alias=alias)
+        except NotFound as exc:
+            raise (self._registry.missing_model(model, _MAKE_PARENT) or exc) from None
         tensors: dict[str, tuple[int, ...]] = {}
         torch_source = 0
         if record.format == "safetensors":

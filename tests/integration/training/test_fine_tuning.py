@@ -272,7 +272,13 @@ def test_an_onnx_parent_is_refused_naming_its_torch_source(parent: S.Job, traini
             common_pb2.VersionRef(model=PARENT, alias="nope"),
             f"spec.init_from: model '{PARENT}' has no alias 'nope'",
         ),
-        (common_pb2.VersionRef(model="no-such-model"), "spec.init_from: model 'no-such-model'"),
+        (
+            common_pb2.VersionRef(model="no-such-model"),
+            # Not "create it with CreateModel": an empty model cannot be a parent.
+            "spec.init_from: model 'no-such-model' does not exist; fine-tuning starts from one of its torch "
+            "(safetensors) versions: upload one with UploadVersion, or train one with SubmitJob (register_as "
+            "names the model)",
+        ),
     ],
 )
 def test_an_unknown_parent_is_not_found(parent: S.Job, training, ref, message: str) -> None:
