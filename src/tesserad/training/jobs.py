@@ -569,7 +569,7 @@ class Jobs:
         try:
             sha256 = self._datasets.hold(txn, data, holder)
         except NotFound as exc:
-            raise FailedPrecondition(f"spec.data.dataset: {exc.message}") from None
+            raise NotFound(f"spec.data.dataset: {exc.message}") from None
         if sha256 != config["dataset_sha256"]:
             raise FailedPrecondition(
                 f"spec.data.dataset: dataset {data['dataset']!r} v{data['version']} was replaced while "

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tesserad.dtypes import INTEGER_DTYPES
-from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, TesseraError
+from tesserad.errors import FailedPrecondition, InvalidArgument, TesseraError
 from tesserad.names import RESERVED_ALIASES, validate_name, version_like_alias
 from tesserad.nn.specs import FAMILIES as ARCHITECTURE_FAMILIES
 from tesserad.nn.specs import (
@@ -236,7 +236,8 @@ class _Problems:
         self.add(InvalidArgument, f"{path}: {what}")
 
     def unmet(self, path: str, what: str) -> None:
-        """A problem with what the spec refers to (a dataset, a device): FAILED_PRECONDITION."""
+        """A problem with what the spec refers to (a dataset's splits and arrays, a device):
+        FAILED_PRECONDITION."""
         self.add(FailedPrecondition, f"{path}: {what}")
 
     def name(self, path: str, value: str) -> str:
@@ -266,7 +267,8 @@ class _Problems:
 def normalize_spec(
     raw: dict[str, Any], dataset: Any, devices: DeviceFacts, parents: ParentLookup
 ) -> dict[str, Any]:
-    """The complete job config, or InvalidArgument / FailedPrecondition naming every bad field.
+    """The complete job config, or InvalidArgument / NotFound / FailedPrecondition naming every
+    bad field.
 
     `dataset(name, version)` returns DatasetFacts or raises NotFound; `parents` looks up the
     version a fine-tuning job starts from (training.finetune).
@@ -390,11 +392,9 @@ def _check_data(
         return data, None
     try:
         facts: DatasetFacts = dataset(name, version)
-    except NotFound as exc:
-        # A missing dataset is a precondition of this job, not a resource the call names.
-        problems.unmet("spec.data.dataset", exc.message)
-        return data, None
     except TesseraError as exc:
+        # NotFound for a dataset or version that does not exist, as for every reference to a
+        # missing thing (init_from, a deployment's version).
         problems.add(type(exc), f"spec.data.dataset: {exc.message}")
         return data, None
     data["version"] = facts.version

@@ -288,7 +288,7 @@ def test_a_dataset_deleted_while_a_job_is_submitted_refuses_the_submit(
     _delete_after_check(training_daemon, monkeypatch, "deleted-during-submit")
     with pytest.raises(grpc.RpcError) as refused:
         submit(training, _spec("deleted-during-submit"))
-    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND
     assert refused.value.details().startswith(
         "spec.data.dataset: dataset 'deleted-during-submit' does not exist"
     )
@@ -304,7 +304,7 @@ def test_a_dataset_deleted_while_a_sweep_is_submitted_refuses_the_sweep(
     _delete_after_check(training_daemon, monkeypatch, "deleted-during-sweep")
     with pytest.raises(grpc.RpcError) as refused:
         training.SubmitSweep(S.SubmitSweepRequest(spec=_sweep("deleted-during-sweep", ("0.01",), epochs=1)))
-    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND
     assert refused.value.details().startswith(
         "spec.data.dataset: dataset 'deleted-during-sweep' does not exist"
     )

@@ -13,6 +13,7 @@ from tests.integration.training.conftest import job_spec, submit, upload_dataset
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
+NOT_FOUND = grpc.StatusCode.NOT_FOUND
 
 
 def _no_family(spec: job_spec_pb2.JobSpec) -> None:
@@ -53,8 +54,9 @@ CASES = [
         INVALID,
         "spec.architecture.mlp.activation",
     ),
-    ("missing dataset", _set("data.dataset.name", "nope"), PRECONDITION, "spec.data.dataset: dataset 'nope'"),
-    ("missing version", _set("data.dataset.version", 9), PRECONDITION, "spec.data.dataset:"),
+    # NOT_FOUND, as for a missing init_from or a deployment's missing version.
+    ("missing dataset", _set("data.dataset.name", "nope"), NOT_FOUND, "spec.data.dataset: dataset 'nope'"),
+    ("missing version", _set("data.dataset.version", 9), NOT_FOUND, "spec.data.dataset:"),
     (
         "missing input array",
         _set("data.input_array", "xs"),

@@ -190,7 +190,7 @@ def test_spec_regression_targets_must_fit_the_output() -> None:
             devices,
             _no_parent,
         )
-    with pytest.raises(FailedPrecondition, match=re.escape("spec.data.dataset: dataset 'e' does not exist")):
+    with pytest.raises(NotFound, match=re.escape("spec.data.dataset: dataset 'e' does not exist")):
         normalize_spec(_raw(data={"dataset": {"name": "e"}}), _dataset, devices, _no_parent)
     with pytest.raises(InvalidArgument, match=re.escape("spec.architecture.mlp.hidden_sizes")):
         normalize_spec(_raw(architecture={**arch, "hidden_sizes": [0]}), _dataset, devices, _no_parent)
