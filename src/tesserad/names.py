@@ -11,8 +11,12 @@ from tesserad.errors import InvalidArgument, NotFound
 if TYPE_CHECKING:
     from tesserad.store import ReadTxn
 
+MAX_NAME_LENGTH = 128
 # Matched with fullmatch: `$` also matches before a final newline.
-NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
+NAME_PATTERN = re.compile(rf"[a-z0-9][a-z0-9._-]{{0,{MAX_NAME_LENGTH - 1}}}")
+# The characters a refusal shows of a name too long to be one: its length is what is wrong, and
+# the whole of it (a pasted file, say) would bury the message.
+_SHOWN_OF_LONG_NAME = 64
 # "latest" always means the newest version; nobody may point it elsewhere.
 RESERVED_ALIASES = frozenset({"latest"})
 # Aliases that read as a version number: the CLI takes digits as a version, so an alias "3" could
@@ -36,9 +40,12 @@ def validate_name(field: str, value: str) -> str:
     if not value:
         raise InvalidArgument(f"{field} is required")
     if not NAME_PATTERN.fullmatch(value):
+        shown = repr(value)
+        if len(value) > MAX_NAME_LENGTH:
+            shown = f"{value[:_SHOWN_OF_LONG_NAME]!r}… ({len(value):,} characters)"
         raise InvalidArgument(
-            f"{field} {value!r} is not a valid name: use 1 to 128 characters from a-z, 0-9, '.', '_' "
-            "and '-', starting with a letter or digit"
+            f"{field} {shown} is not a valid name: use 1 to {MAX_NAME_LENGTH} characters from a-z, 0-9, "
+            "'.', '_' and '-', starting with a letter or digit"
         )
     return value
 

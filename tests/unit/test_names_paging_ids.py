@@ -36,6 +36,24 @@ def test_invalid_names_say_what_is_allowed(name):
     assert "model" in err.value.message
 
 
+def test_an_invalid_name_is_shown_whole_up_to_the_longest_name_and_cut_beyond() -> None:
+    with pytest.raises(InvalidArgument) as short:
+        validate_name("model", "Clips")
+    assert short.value.message == (
+        "model 'Clips' is not a valid name: use 1 to 128 characters from a-z, 0-9, '.', '_' and '-', "
+        "starting with a letter or digit"
+    )
+    with pytest.raises(InvalidArgument) as longest:
+        validate_name("model", "A" * 128)
+    assert repr("A" * 128) in longest.value.message
+    with pytest.raises(InvalidArgument) as pasted:
+        validate_name("model", "x" * 1000)
+    assert pasted.value.message == (
+        f"model {'x' * 64!r}… (1,000 characters) is not a valid name: use 1 to 128 characters from a-z, "
+        "0-9, '.', '_' and '-', starting with a letter or digit"
+    )
+
+
 def test_did_you_mean_reads_only_the_names_beside_the_missing_one(tmp_path: Path, monkeypatch):
     """A near miss is found among the names that sort beside the missing one, so a registry
     with many names costs no more than one with a thousand."""
