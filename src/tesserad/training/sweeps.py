@@ -251,7 +251,7 @@ def ended_state(sweep: Sweep) -> str:
 def trial_spec(base: dict[str, Any], values: dict[str, str]) -> dict[str, Any]:
     """The plain base spec with each path set to its value, parsed to the field's type."""
     spec = copy.deepcopy(base)
-    spec.pop("run_name", None)  # each trial gets its own run
+    spec.pop("run_name", None)  # a sweep stored before base.run_name was refused may hold one
     for path, text in values.items():
         _set_path(spec, path, text)
     return spec
@@ -413,6 +413,14 @@ class Sweeps:
             raise InvalidArgument(
                 "spec.metric is required: the epoch metric that ranks trials, e.g. val_loss"
             )
+        if base.get("run_name"):
+            # As Ray Tune and Optuna number a study's trials themselves: the name is the sweep's
+            # to give (its id and the trial's number), unique in the experiment, and how a
+            # restarted daemon finds the trial a job belongs to.
+            raise InvalidArgument(
+                "spec.base.run_name: a sweep names its trials' runs itself (SWEEP_ID-TRIAL_NUMBER); "
+                "leave it unset, and group the trials' runs by spec.base.experiment or tags"
+            )
         searcher, pruner = searcher_and_pruner(request.strategy, request.pruner)
         asha = asha_settings(request.asha)
         if not pruner and request.asha != AshaSettings(0, 0):
@@ -462,8 +470,11 @@ class Sweeps:
                 )
             brackets = hyperband_counts(max_epochs, asha.min_epochs, asha.reduction_factor)
         max_concurrent = request.max_concurrent or (pbt.population if pbt else 1)
-        if max_concurrent < 0:
-            raise InvalidArgument(f"spec.max_concurrent must be >= 0 (0 for 1), got {max_concurrent}")
+        if not 0 <= max_concurrent <= MAX_TRIALS:
+            # No sweep runs more trials than MAX_TRIALS, so none can run more at once.
+            raise InvalidArgument(
+                f"spec.max_concurrent must be 0 (for 1) to {MAX_TRIALS}, a sweep's most trials; got {max_concurrent}"
+            )
         sweep = Sweep(
             sweep_id=new_id("sweep"),
             strategy=request.strategy,

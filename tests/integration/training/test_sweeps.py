@@ -241,6 +241,26 @@ def _range(path: str, low: float, high: float, **fields: Any) -> S.SweepParamete
             {"mode": 77},
             "spec.mode: unknown value 77; use MIN or MAX",
         ),
+        (
+            S.SWEEP_STRATEGY_GRID,
+            [sweep_values("seed", "1")],
+            {"max_concurrent": 10**6},
+            "spec.max_concurrent must be 0 (for 1) to 1000, a sweep's most trials; got 1000000",
+        ),
+        (
+            S.SWEEP_STRATEGY_GRID,
+            [sweep_values("seed", "1")],
+            {"max_concurrent": -1},
+            "spec.max_concurrent must be 0 (for 1) to 1000, a sweep's most trials; got -1",
+        ),
+        (
+            # It was dropped without a word: trials' runs are SWEEP_ID-TRIAL_NUMBER.
+            S.SWEEP_STRATEGY_GRID,
+            [sweep_values("seed", "1")],
+            {"base": job_spec("mlp", epochs=1, run_name="baseline")},
+            "spec.base.run_name: a sweep names its trials' runs itself (SWEEP_ID-TRIAL_NUMBER); leave it "
+            "unset, and group the trials' runs by spec.base.experiment or tags",
+        ),
     ],
 )
 def test_a_bad_sweep_is_refused_naming_its_field_and_stores_nothing(
@@ -252,11 +272,10 @@ def test_a_bad_sweep_is_refused_naming_its_field_and_stores_nothing(
 ) -> None:
     # The request's field is spec: every refusal names its field from there, as spec.metric does.
     spec = S.SweepSpec(
-        base=job_spec("mlp", epochs=1),
+        **{"base": job_spec("mlp", epochs=1), **fields},
         strategy=strategy,
         parameters=parameters,
         metric="train_loss",
-        **fields,
     )
     sweeps_before = training.ListSweeps(S.ListSweepsRequest()).sweeps
     jobs_before = training.ListJobs(S.ListJobsRequest()).jobs
