@@ -399,9 +399,9 @@ class Jobs:
             return bool(dropped)
 
         def collect(rows: int) -> None:
-            # Each batch's released blobs go once it commits: a stop midway leaves none of the
-            # committed batches' on disk, and the next start goes over the jobs again (releasing
-            # twice leaves the same records).
+            # Each batch's released blobs go as soon as it commits, not at the pass's end: a stop
+            # midway leaves on disk at most the batch it stopped in. The next start goes over the
+            # jobs again (releasing twice leaves the same records).
             nonlocal count
             self.collect_blobs(released)
             count += len(released)
