@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,17 @@ import tessera.aio
 from tessera.calls import Part
 from tessera.models import VersionFile
 from tessera.v1 import training_pb2
+from tests.conftest import InProcessDaemon, daemon_settings
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessDaemon]:
+    """One daemon for the module's hundred-odd tests: each checks the daemon got nothing from
+    it (_nothing_sent), which holds on a shared daemon for as long as none does; a daemon
+    started and stopped for each cost more than the test itself."""
+    running = InProcessDaemon(daemon_settings(tmp_path_factory.mktemp("timeouts") / "data")).start()
+    yield running
+    running.stop()
 
 
 def _job(training: Any) -> Any:
