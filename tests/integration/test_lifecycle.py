@@ -107,26 +107,25 @@ def test_calls_longer_than_the_grace_period_are_cancelled(spawn_daemon, tmp_path
     channel.close()
 
 
-def test_second_daemon_on_the_same_data_dir_fails_fast(spawn_daemon, tmp_path):
-    first = spawn_daemon("--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(tmp_path))
-    first.wait_serving()
-    second = spawn_daemon("--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(tmp_path))
-    assert second.process.wait(30) == 1
-    output = second.output()
-    assert f"in use by another tesserad (pid {first.process.pid})" in output
-    assert first.process.poll() is None
-
-
-def test_second_daemon_on_the_same_port_fails_fast(spawn_daemon, tmp_path):
+def test_second_daemon_on_the_same_data_dir_or_port_fails_fast(spawn_daemon, tmp_path):
+    # One first daemon for both refusals: starting one costs more than either check.
     first = spawn_daemon(
         "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(tmp_path / "a")
     )
     address = first.wait_serving()
-    second = spawn_daemon("--listen", address, "--metrics-listen", "off", "--data-dir", str(tmp_path / "b"))
-    assert second.process.wait(30) == 1
-    output = second.output()
+    same_dir = spawn_daemon(
+        "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(tmp_path / "a")
+    )
+    same_port = spawn_daemon(
+        "--listen", address, "--metrics-listen", "off", "--data-dir", str(tmp_path / "b")
+    )
+    assert same_dir.process.wait(30) == 1
+    assert f"in use by another tesserad (pid {first.process.pid})" in same_dir.output()
+    assert same_port.process.wait(30) == 1
+    output = same_port.output()
     assert f"cannot listen on {address}" in output
     assert "already in use" in output
+    assert first.process.poll() is None
 
 
 def test_bad_settings_exit_2_naming_the_setting(spawn_daemon, tmp_path):
