@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tesserad.api.streams import STOPPED_STREAM, UNANSWERED_NOT_RUN_HEADER, answer_stream
-from tesserad.errors import TesseraError, Unavailable
+from tesserad.errors import Internal, TesseraError, Unavailable
 
 
 class Trailers:
@@ -79,3 +79,26 @@ def test_a_stop_after_the_last_request_ends_the_stream_as_usual() -> None:
         return answers, trailers.set
 
     assert asyncio.run(main()) == ([10], ())
+
+
+def test_an_unexpected_error_fails_its_request_as_internal_and_the_stream_goes_on() -> None:
+    async def main() -> list[int | TesseraError]:
+        async def requests() -> AsyncIterator[int]:
+            yield 1
+            yield 2
+
+        async def answer(request: int) -> int:
+            if request == 1:
+                raise RuntimeError("a bug")
+            return request * 10
+
+        stream = answer_stream(requests(), answer, lambda _r, exc: exc, asyncio.Event(), Trailers())
+        return [r async for r in stream]
+
+    answers = asyncio.run(main())
+    assert 20 in answers
+    (error,) = [a for a in answers if isinstance(a, TesseraError)]
+    # Internal, which the one table of statuses answers with INTERNAL; the details stay in the log.
+    assert isinstance(error, Internal)
+    assert "a bug" not in error.message
+    assert "the daemon's log has the details under that id" in error.message

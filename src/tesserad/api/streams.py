@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 
-from tesserad.errors import TesseraError, Unavailable
+from tesserad.errors import Internal, TesseraError, Unavailable
 from tesserad.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,10 @@ async def answer_stream(
         except Exception as exc:  # stays in this request; the log has the details under the id
             error_id = uuid.uuid4().hex[:12]
             log.error("unexpected error in a stream request", exc_info=exc, extra={"error_id": error_id})
-            response = failed(request, _Internal(error_id))
+            response = failed(
+                request,
+                Internal(f"internal error (id {error_id}); the daemon's log has the details under that id"),
+            )
         await answers.put(response)
 
     async def read() -> None:
@@ -85,8 +88,3 @@ async def answer_stream(
             raise Unavailable(STOPPED_STREAM)
     finally:
         await cancel_and_wait([reader, stop_watch, *tasks])
-
-
-class _Internal(TesseraError):
-    def __init__(self, error_id: str) -> None:
-        super().__init__(f"internal error (id {error_id}); the daemon's log has the details under that id")
