@@ -105,13 +105,16 @@ def default_device() -> str:
 
 
 def cuda_index(device: str) -> int | None:
-    """None for "cpu", N for "cuda:N" (or "cuda"); InvalidArgument for anything else."""
+    """None for "cpu", N for "cuda:N", 0 for "cuda"; InvalidArgument for anything else, "cuda:"
+    included: an index left out after the colon is more likely a slip than a wish for GPU 0."""
     if device == "cpu":
         return None
-    prefix, _, index = device.partition(":")
-    if prefix == "cuda" and (index == "" or is_digits(index)):
-        return int(index or 0)
-    raise InvalidArgument(f"device must be cpu or cuda:N, got {device!r}")
+    if device == "cuda":
+        return 0
+    prefix, colon, index = device.partition(":")
+    if prefix == "cuda" and colon and is_digits(index):
+        return int(index)
+    raise InvalidArgument(f"device must be cpu, cuda or cuda:N (N a GPU index, e.g. cuda:0), got {device!r}")
 
 
 class OnnxRuntime:

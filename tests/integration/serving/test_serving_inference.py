@@ -96,12 +96,13 @@ def test_load_bad_paths(inference, linear, expect_rpc_error) -> None:
         INVALID,
         "config.max_queue_size must be in 1..1000000 (0 for the default), got -5",
     )
-    # str.isdigit() passes both; int() refused "²" (INTERNAL) and read "٣" as 3.
-    for device in ("cuda:\u00b2", "cuda:\u0663"):
+    # str.isdigit() passes the first two; int() refused "²" (INTERNAL) and read "٣" as 3. "cuda:"
+    # was read as cuda:0.
+    for device in ("cuda:\u00b2", "cuda:\u0663", "cuda:"):
         expect_rpc_error(
             load(inference_pb2.ServingConfig(device=device)),
             INVALID,
-            f"device must be cpu or cuda:N, got {device!r}",
+            f"device must be cpu, cuda or cuda:N (N a GPU index, e.g. cuda:0), got {device!r}",
         )
     expect_rpc_error(
         load(inference_pb2.ServingConfig(runtime=inference_pb2.RUNTIME_TORCH)),

@@ -107,7 +107,9 @@ def test_bad_config_values_name_the_field(pool: ModelPool, linear_onnx: Path) ->
         pool.load(onnx_version(linear_onnx), ServingConfig(max_batch_size=-1))
     with pytest.raises(FailedPrecondition, match="torch runtime needs a safetensors version"):
         pool.load(onnx_version(linear_onnx), ServingConfig(runtime="torch"))
-    with pytest.raises(InvalidArgument, match="device must be cpu or cuda:N, got 'tpu'"):
+    with pytest.raises(
+        InvalidArgument, match=r"device must be cpu, cuda or cuda:N \(N a GPU index, e.g. cuda:0\), got 'tpu'"
+    ):
         pool.load(onnx_version(linear_onnx), ServingConfig(device="tpu"))
 
 

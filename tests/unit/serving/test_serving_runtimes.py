@@ -1,5 +1,5 @@
 """OnnxRuntime with a real onnxruntime session: its count of its intra-op pool's CPU time, and
-its refusal of a CUDA session that onnxruntime quietly built on the CPU."""
+its refusal of a CUDA session that onnxruntime quietly built on the CPU; the device names read."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from serving_fakes import save
 
-from tesserad.errors import FailedPrecondition
+from tesserad.errors import FailedPrecondition, InvalidArgument
 from tesserad.serving import runtimes
-from tesserad.serving.runtimes import OnnxRuntime
+from tesserad.serving.runtimes import OnnxRuntime, cuda_index
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux's /proc")
 
@@ -128,3 +128,20 @@ def test_a_cuda_session_onnxruntime_built_on_the_cpu_is_refused(
 )
 def test_onnxruntime_messages_lose_their_source_locations_checks_and_host(raw: str, clean: str) -> None:
     assert runtimes.onnxruntime_message(RuntimeError(raw)) == clean
+
+
+@pytest.mark.parametrize(("device", "index"), [("cpu", None), ("cuda", 0), ("cuda:0", 0), ("cuda:12", 12)])
+def test_device_names_read_as_a_cuda_index(device: str, index: int | None) -> None:
+    assert cuda_index(device) == index
+
+
+# "cuda:" was read as cuda:0; "²" and "٣" pass str.isdigit().
+@pytest.mark.parametrize(
+    "device", ["cuda:", "cuda:-1", "cuda:x", "cuda:0:1", "gpu:0", "CPU", "", "cuda:\u00b2", "cuda:\u0663"]
+)
+def test_other_device_names_are_refused_naming_the_forms_accepted(device: str) -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        cuda_index(device)
+    assert refused.value.message == (
+        f"device must be cpu, cuda or cuda:N (N a GPU index, e.g. cuda:0), got {device!r}"
+    )
