@@ -55,7 +55,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event
 from pathlib import Path
@@ -169,6 +169,9 @@ class FileSource:
 
     def model_names(self) -> list[str]:
         return sorted(self._paths)
+
+    def model_identity(self, model: str) -> Hashable:
+        return model  # never deleted
 
 
 # -- servers, each in its own process ---------------------------------------------------------

@@ -165,9 +165,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     ) -> pb.ListLoadedResponse:
         if request.model:
             validate_name("model", request.model)
-        return pb.ListLoadedResponse(
-            models=[loaded_to_proto(e) for e in self._service.pool.list(request.model)]
-        )
+        loaded = await asyncio.to_thread(self._service.loaded, request.model)
+        return pb.ListLoadedResponse(models=[loaded_to_proto(e) for e in loaded])
 
     async def GetStats(
         self,
@@ -213,5 +212,6 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         validate_name("model", request.model)
         if request.limit < 0:
             raise InvalidArgument(f"limit must be >= 0 (0 for {DEFAULT_SHADOW_LIMIT}), got {request.limit}")
-        results = self._service.shadow_results(request.model, request.limit or DEFAULT_SHADOW_LIMIT)
+        limit = request.limit or DEFAULT_SHADOW_LIMIT
+        results = await asyncio.to_thread(self._service.shadow_results, request.model, limit)
         return pb.ListShadowResultsResponse(results=[shadow_to_proto(r) for r in results])

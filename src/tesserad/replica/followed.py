@@ -6,7 +6,7 @@ primary when a request names it, and kept until its model changes."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +59,10 @@ class FollowedRegistry:
         self._fetch_version = fetch_version
         self._lock = threading.Lock()
         self._models: dict[str, FollowedModel] = {}
+        # A number for each model, new whenever the feed gives a model it did not have: the feed
+        # tells a model deleted and created again by its deletion.
+        self._incarnations: dict[str, int] = {}
+        self._last_incarnation = 0
         # Versions fetched on demand; a change to their model drops them (it may delete them).
         self._fetched: dict[tuple[str, int], FollowedVersion] = {}
         self.seq = 0  # the last change applied
@@ -70,7 +74,11 @@ class FollowedRegistry:
         with self._lock:
             if state is None:
                 self._models.pop(model, None)
+                self._incarnations.pop(model, None)
             else:
+                if model not in self._models:
+                    self._last_incarnation += 1
+                    self._incarnations[model] = self._last_incarnation
                 self._models[model] = state
             self._fetched = {key: v for key, v in self._fetched.items() if key[0] != model}
             self.seq = seq
@@ -79,6 +87,7 @@ class FollowedRegistry:
         """Forget everything (the primary is another registry now): the feed is replayed from 0."""
         with self._lock:
             self._models.clear()
+            self._incarnations.clear()
             self._fetched.clear()
             self.seq = 0
 
@@ -167,3 +176,11 @@ class FollowedRegistry:
     def model_names(self) -> list[str]:
         with self._lock:
             return sorted(self._models)
+
+    def model_identity(self, model: str) -> Hashable:
+        with self._lock:
+            incarnation = self._incarnations.get(model)
+        if incarnation is None:
+            self._model(model)  # raises: NotFound, or why the primary refuses this replica
+            return self.model_identity(model)  # the feed gave it meanwhile
+        return incarnation

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from functools import partial
@@ -91,6 +92,10 @@ class RegistrySource:
 
     def model_names(self) -> list[str]:
         return self._registry.model_names()
+
+    def model_identity(self, model: str) -> Hashable:
+        # A model deleted and created again under its name is created at another time.
+        return self._registry.get_model(model).created_at
 
 
 def build_inference(

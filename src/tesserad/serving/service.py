@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
@@ -76,6 +76,11 @@ class VersionSource(Protocol):
     def deployment(self, model: str) -> DeploymentPlan | None: ...
 
     def model_names(self) -> list[str]: ...
+
+    def model_identity(self, model: str) -> Hashable:
+        """What tells `model` from a model of its name created after it was deleted; NotFound,
+        naming a model close to it, when there is no such model."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -277,6 +282,14 @@ class InferenceService:
 
     def model_names(self) -> list[str]:
         return self._source.model_names()
+
+    def loaded(self, model: str) -> list[LoadedVersion]:
+        """The versions listed in the pool (of `model` when given: NotFound for a model the source
+        does not have and that has none listed)."""
+        entries = self.pool.list(model)
+        if model and not entries:
+            self._source.model_identity(model)
+        return entries
 
     def load_serving(self, model: str, config: ServingConfig | None = None) -> list[LoadedVersion]:
         """Load every version a request without a selector may go to, shadow included. Without
@@ -673,8 +686,13 @@ class InferenceService:
             self._shadows.setdefault(result.model, deque(maxlen=SHADOW_RESULTS_KEPT)).appendleft(result)
 
     def shadow_results(self, model: str, limit: int) -> list[ShadowResult]:
+        """`model`'s newest shadow results first; NotFound for a model the source does not have
+        and that has none kept."""
         with self._lock:
-            return list(self._shadows.get(model, ()))[:limit]
+            results = list(self._shadows.get(model, ()))[:limit]
+        if not results:
+            self._source.model_identity(model)
+        return results
 
     def _load_quietly(self, model: str, version: int) -> None:
         if self.pool.get(model, version) is not None:

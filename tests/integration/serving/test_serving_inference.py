@@ -612,6 +612,28 @@ def test_shadow_outputs_are_recorded_and_never_returned(
     )
 
 
+@pytest.mark.parametrize("rpc", ["ListLoaded", "ListShadowResults"])
+def test_listing_for_a_model_that_does_not_exist_is_not_found(
+    rpc, inference, registry, linear, expect_rpc_error
+) -> None:
+    def list_for(model: str) -> list[object]:
+        if rpc == "ListLoaded":
+            return list(inference.ListLoaded(inference_pb2.ListLoadedRequest(model=model)).models)
+        request = inference_pb2.ListShadowResultsRequest(model=model)
+        return list(inference.ListShadowResults(request).results)
+
+    # It answered an empty list, which a misspelt name cannot be told by.
+    expect_rpc_error(
+        lambda: list_for("lineer"),
+        grpc.StatusCode.NOT_FOUND,
+        "model 'lineer' does not exist; did you mean 'linear'? Or create it with CreateModel",
+    )
+    # A model with nothing loaded (or no shadow results), with versions or without, has none.
+    registry.CreateModel(registry_pb2.CreateModelRequest(name="empty"))
+    assert list_for(linear) == []
+    assert list_for("empty") == []
+
+
 def test_load_model_tells_an_explicit_0_from_unset(start_daemon) -> None:
     # An idle model holds a lone request up to the delay: 10 s by the daemon's default here.
     daemon = start_daemon(

@@ -1,5 +1,6 @@
 """The replica's followed registry: versions the change feed does not carry are fetched from
-the primary once, and forgotten when their model changes (the change may have deleted them)."""
+the primary once, and forgotten when their model changes (the change may have deleted them); a
+model deleted and created again is told from the one before."""
 
 from __future__ import annotations
 
@@ -65,3 +66,17 @@ def test_a_change_to_the_model_forgets_its_fetched_versions(
 def test_a_version_the_primary_lacks_is_not_found(followed: FollowedRegistry) -> None:
     with pytest.raises(NotFound, match="model 'm' has no version 7"):
         followed.servable("m", 7, None)
+
+
+def test_a_model_created_again_after_its_deletion_is_told_from_the_one_before(
+    followed: FollowedRegistry,
+) -> None:
+    first = followed.model_identity("m")
+    assert followed.model_identity("other") != first
+    followed.apply(3, "m", FollowedModel(4, {}, None, {4: record(4)}))  # a change keeps it
+    assert followed.model_identity("m") == first
+    followed.apply(4, "m", None)
+    with pytest.raises(NotFound, match="model 'm' does not exist at the primary primary:50051"):
+        followed.model_identity("m")
+    followed.apply(5, "m", FollowedModel(1, {}, None, {1: record(1)}))
+    assert followed.model_identity("m") != first

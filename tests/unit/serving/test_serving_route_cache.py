@@ -4,7 +4,7 @@ while a request fills that cache must not leave the cache on what the change rep
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from pathlib import Path
 
 import pytest
@@ -42,6 +42,9 @@ class ChangingDeployment:
 
     def model_names(self) -> list[str]:
         return ["m"]
+
+    def model_identity(self, model: str) -> Hashable:
+        return 1
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,9 @@ class OneVersion:
 
     def model_names(self) -> list[str]:
         return ["m"]
+
+    def model_identity(self, model: str) -> Hashable:
+        return 1
 
 
 @pytest.fixture

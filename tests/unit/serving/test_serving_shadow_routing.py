@@ -5,7 +5,7 @@ with itself), as when a canary's version also shadows, or an alias moved under t
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from pathlib import Path
 
 import pytest
@@ -29,6 +29,9 @@ class Deployed:
 
     def model_names(self) -> list[str]:
         return ["m"]
+
+    def model_identity(self, model: str) -> Hashable:
+        return 1
 
 
 @pytest.fixture
