@@ -19,7 +19,15 @@ from functools import partial
 import ml_dtypes
 import numpy as np
 
-from tesserad.errors import InvalidArgument, NotFound, NotLoaded, TesseraError, Unavailable, Unimplemented
+from tesserad.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    NotLoaded,
+    TesseraError,
+    Unavailable,
+    Unimplemented,
+)
 from tesserad.log_settings import LogControl
 from tesserad.names import validate_name
 from tesserad.numbers import INT64_MAX, whole_number
@@ -415,7 +423,10 @@ class OpenInference:
 
         Without `config`, a version already loaded keeps the config it runs with; with one, every
         version the model serves loads with it, as Triton loads a model with a config override
-        (a field the override leaves out takes its default)."""
+        (a field the override leaves out takes its default). A load that fails for the model or
+        the config asked for (FailedPrecondition in tessera's own LoadModel) is InvalidArgument,
+        as Triton answers any failed load (INVALID_ARG, HTTP 400); a model that does not exist
+        stays NotFound."""
         validate_name("model_name", name)
         files = sorted(k for k in parameters if k.startswith("file:"))
         if files:
@@ -435,8 +446,11 @@ class OpenInference:
     ) -> None:
         service = self._service
         described = partial(service.describe_serving, name)
-        config = config_of(text, name, described) if isinstance(text, str) else None
-        service.load_serving(name, config)
+        try:
+            config = config_of(text, name, described) if isinstance(text, str) else None
+            service.load_serving(name, config)
+        except FailedPrecondition as exc:
+            raise InvalidArgument(exc.message) from None
 
     async def unload(self, name: str, parameters: Mapping[str, Parameter], names: Mapping[Kind, str]) -> None:
         """Unload every loaded version of `name`. `parameters`: the request's. With

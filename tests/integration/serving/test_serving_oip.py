@@ -286,15 +286,16 @@ def test_repository_load_refuses_a_config_it_cannot_take(oip, inference, linear,
         grpc.StatusCode.INVALID_ARGUMENT,
         "parameter 'config' must be a string_param, got int64_param",
     )
-    # Taken, then refused by the load itself, as LoadModel refuses it.
+    # Taken, then refused by the load itself, in LoadModel's words; INVALID_ARGUMENT, as Triton
+    # answers a load that fails (LoadModel: FAILED_PRECONDITION).
     expect_rpc_error(
         lambda: oip.RepositoryModelLoad(load_request(linear, '{"backend": "pytorch"}')),
-        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.INVALID_ARGUMENT,
         "the torch runtime needs a safetensors version",
     )
     expect_rpc_error(
         lambda: oip.RepositoryModelLoad(load_request(linear, '{"response_cache": {"enable": true}}')),
-        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.INVALID_ARGUMENT,
         "response_cache needs the daemon's response cache: set serving.response_cache_size",
     )
     assert not oip.ModelReady(pb.ModelReadyRequest(name=linear)).ready
@@ -816,7 +817,7 @@ def test_a_version_that_failed_to_load_is_in_the_index_but_has_no_statistics(
     oip.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=linear))
     expect_rpc_error(
         lambda: oip.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="never")),
-        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.INVALID_ARGUMENT,
         "warm-up of model 'never' version 1 failed",
     )
     index = {
@@ -905,7 +906,7 @@ def test_without_autoload_a_version_still_loading_is_unavailable_not_unloaded(
     upload(channel, "never", reshape_model([3]))
     expect_rpc_error(
         lambda: oip.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="never")),
-        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.INVALID_ARGUMENT,
         "warm-up of model 'never' version 1 failed",
     )
     never = slow_request("never")
@@ -1185,7 +1186,7 @@ def test_requests_do_not_load_again_a_version_whose_load_failed(oip, channel, ex
     # An explicit load tries again (and fails again, the artifact being what it is) ...
     expect_rpc_error(
         lambda: oip.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="never")),
-        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.INVALID_ARGUMENT,
         failed,
     )
     # ... and so does a request once the version is unloaded.

@@ -136,6 +136,13 @@ try:
     seen["signature_change"] = None
 except InferenceServerException as exc:
     seen["signature_change"] = [exc.status(), exc.message()]
+# A load that fails (an ONNX version cannot load on the torch runtime), and a model not there.
+for key, name, override in (("failed_load", model, '{"backend": "pytorch"}'), ("missing_load", "missing", None)):
+    try:
+        client.load_model(name, config=override)
+        seen[key] = None
+    except InferenceServerException as exc:
+        seen[key] = [exc.status(), exc.message()]
 print(json.dumps(seen))
 """
 
@@ -227,6 +234,12 @@ try:
     seen["signature_change"] = None
 except InferenceServerException as exc:
     seen["signature_change"] = [exc.status(), exc.message()]
+for key, name, override in (("failed_load", model, '{"backend": "pytorch"}'), ("missing_load", "missing", None)):
+    try:
+        client.load_model(name, config=override)
+        seen[key] = None
+    except InferenceServerException as exc:
+        seen[key] = [exc.status(), exc.message()]
 print(json.dumps(seen))
 """
 
@@ -286,6 +299,13 @@ def test_tritonclient_talks_to_tesserad(start_daemon) -> None:
     status, message = seen["signature_change"]
     assert status == "StatusCode.INVALID_ARGUMENT"
     assert message.startswith("config field 'input' is x FP32 [5], but linear version 2 has x FP32 [4]")
+    # As Triton answers a load that fails; a model that is not there stays NOT_FOUND.
+    status, message = seen["failed_load"]
+    assert (
+        status == "StatusCode.INVALID_ARGUMENT" and "the torch runtime needs a safetensors version" in message
+    )
+    status, message = seen["missing_load"]
+    assert status == "StatusCode.NOT_FOUND" and "model 'missing' does not exist" in message
     status, message = seen["classification"]
     assert status == "StatusCode.UNIMPLEMENTED" and "classification" in message
     status, message = seen["over_max_batch"]
@@ -350,6 +370,10 @@ def test_tritonclient_http_talks_to_tesserad(start_daemon) -> None:
     status, message = seen["signature_change"]
     assert status == "400"
     assert message.startswith("config field 'output' is y FP64 [3], but linear version 1 has y FP32 [3]")
+    status, message = seen["failed_load"]
+    assert status == "400" and "the torch runtime needs a safetensors version" in message
+    status, message = seen["missing_load"]
+    assert status == "404" and "model 'missing' does not exist" in message
     assert seen["success_count"] == 3
     assert ["linear", "READY"] in seen["models"]
 
