@@ -375,7 +375,7 @@ class Daemon:
         self.inference = build_inference(self.registry, settings.serving, self.metrics.registry, calls)
         self._export_triton_metrics()
         self.registry.add_listener(self.inference.on_registry_change)
-        self.inference.add_deletion_listener(self._tracer.forget, self._tracer.keeps)
+        self.inference.add_deletion_listener(self._tracer.forget, self._tracer.kept)
         oip = OpenInference(self.inference, self._stopping, self._shared_memory, self._logs, self._tracer)
         cluster = ClusterStats(
             self._changes.replicas,
@@ -629,7 +629,7 @@ class Daemon:
         if settings.serving.switch_interval_us:
             sys.setswitchinterval(settings.serving.switch_interval_us / 1e6)
         self.inference = inference_over(followed, settings.serving, self.metrics.registry, calls)
-        self.inference.add_deletion_listener(self._tracer.forget, self._tracer.keeps)
+        self.inference.add_deletion_listener(self._tracer.forget, self._tracer.kept)
         self._export_triton_metrics()
         caught_up = asyncio.Event()
         oip = OpenInference(

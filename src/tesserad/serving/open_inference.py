@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import enum
 import time
-from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Collection, Coroutine, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -365,25 +365,26 @@ class OpenInference:
 
     async def trace_settings(self, model: str) -> dict[str, list[str]]:
         """The trace settings `model` (empty: none, the global ones) is traced with."""
-        await self._check_model(model)
-        return self.tracer.settings(model)
+        return self.tracer.settings(model, await self._model_identity(model))
 
     async def update_trace_settings(
         self, model: str, changes: Mapping[str, object], who: str
     ) -> dict[str, list[str]]:
         """Change `model`'s trace settings (empty: the global ones); see Tracer.update."""
-        await self._check_model(model)
-        return self.tracer.update(model, changes, who)
+        return self.tracer.update(model, changes, who, await self._model_identity(model))
 
-    async def _check_model(self, model: str) -> None:
+    async def _model_identity(self, model: str) -> Hashable:
+        """The identity of the registry's model `model` (None for none, the global settings)."""
         if not model:
-            return
+            return None
         validate_name("model_name", model)
-        if model not in await asyncio.to_thread(self._service.model_names):
+        try:
+            return await asyncio.to_thread(self._service.model_identity, model)
+        except NotFound:
             raise NotFound(
                 f"model {model!r} does not exist; a model's trace settings are for a model of the "
                 "registry (the repository index lists them)"
-            )
+            ) from None
 
     async def statistics(self, name: str, version: str) -> list[LoadedVersion]:
         """The loaded versions whose statistics a request for `name` (empty: all) gets."""

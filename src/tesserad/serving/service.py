@@ -243,8 +243,10 @@ class InferenceService:
         self._refresh_lock = threading.Lock()
         # Models with a target kept on its old version because the new one failed to warm.
         self._held_back: set[str] = set()
-        # (callback, keeps): see add_deletion_listener.
-        self._deletion_listeners: list[tuple[Callable[[str], None], Callable[[str], bool]]] = []
+        # (callback, kept): see add_deletion_listener.
+        self._deletion_listeners: list[
+            tuple[Callable[[str, Hashable], None], Callable[[str], Hashable | None]]
+        ] = []
         limits = explain_limits or ExplainLimits()
         self.explainer = Explainer(
             threads=limits.threads,
@@ -282,6 +284,10 @@ class InferenceService:
 
     def model_names(self) -> list[str]:
         return self._source.model_names()
+
+    def model_identity(self, model: str) -> Hashable:
+        """See VersionSource.model_identity."""
+        return self._source.model_identity(model)
 
     def loaded(self, model: str) -> list[LoadedVersion]:
         """The versions listed in the pool (of `model` when given: NotFound for a model the source
@@ -716,12 +722,17 @@ class InferenceService:
             self._refresh_queued.add(model)
         self._swaps.submit(self._refresh, model)
 
-    def add_deletion_listener(self, callback: Callable[[str], None], keeps: Callable[[str], bool]) -> None:
-        """Call `callback(model)` once a change found `model` deleted (on the swaps' thread, as
-        the registry's change is refreshed): what is kept for a model goes with it, and must not
-        apply to a new model of its name. `keeps(model)`: whether the listener keeps anything for
-        `model` (cheap; the registry is read only for a model some listener keeps)."""
-        self._deletion_listeners.append((callback, keeps))
+    def add_deletion_listener(
+        self, callback: Callable[[str, Hashable], None], kept: Callable[[str], Hashable | None]
+    ) -> None:
+        """Call `callback(model, identity)` once a change found the model `model` the listener
+        keeps something for deleted (on the swaps' thread, as the registry's change is
+        refreshed), also when a new model of its name was created since, before the refresh:
+        what is kept for a model goes with it, and must not apply to a new model of its name.
+        `kept(model)`: the identity (VersionSource.model_identity) of the model the listener
+        keeps something for under that name, None for none (cheap; the registry is read only
+        for a model some listener keeps)."""
+        self._deletion_listeners.append((callback, kept))
 
     def retry_failed_loads(self, lasting: bool = False) -> int:
         """Try again every load that failed for a cause that passes (the primary could not be
@@ -755,21 +766,31 @@ class InferenceService:
             self._swap_targets(model)
         except Exception:
             log.exception("refreshing the serving targets of %r failed", model)
-        concerned = [callback for callback, keeps in self._deletion_listeners if keeps(model)]
+        concerned = [
+            (callback, identity)
+            for callback, kept in self._deletion_listeners
+            if (identity := kept(model)) is not None
+        ]
         if concerned:
             self._tell_deleted(model, concerned)
 
-    def _tell_deleted(self, model: str, listeners: list[Callable[[str], None]]) -> None:
-        """Call `listeners` with `model` if it no longer exists."""
+    def _tell_deleted(
+        self, model: str, listeners: list[tuple[Callable[[str, Hashable], None], Hashable]]
+    ) -> None:
+        """Call each of `listeners` (callback, the identity of the model it keeps something for)
+        whose model no longer exists: `model` is gone, or is another model of its name now."""
         try:
-            if model in self._source.model_names():
-                return
+            current: Hashable | None = self._source.model_identity(model)
+        except NotFound:
+            current = None
         except Exception:
             log.exception("could not tell whether %r was deleted", model)
             return
-        for callback in listeners:
+        for callback, identity in listeners:
+            if identity == current:
+                continue
             try:
-                callback(model)
+                callback(model, identity)
             except Exception:
                 log.exception("a listener for the deletion of %r failed", model)
 

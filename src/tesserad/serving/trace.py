@@ -10,7 +10,8 @@ counted (tessera_traces_dropped). The stop writes every trace taken, waiting for
 time it is given (the daemon's grace period, and at least CLOSE_WAIT_MIN_S): past it, a disk that does not take a write (a hung
 mount) gets no more waiting, and what is left unwritten is logged. Once stopped, the settings can
 no longer change (Unavailable: tracing could start again with nothing to write its traces). A
-model's own settings go with the model when it is deleted.
+model's own settings go with the model when it is deleted, also when a model of its name was
+created since: they are kept with the model's identity (its creation in the registry).
 
 The settings, each answered as a list of strings (as Triton's):
 - trace_level: OFF, or TIMESTAMPS and/or TENSORS (the request's input and output tensors).
@@ -50,7 +51,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple, TextIO
@@ -258,8 +259,10 @@ class Tracer:
         self._dtype_names = dtype_names
         self._lock = threading.Lock()
         self._global = _Scope(DEFAULTS)
-        # A model's own settings, by field (what the global ones are for the rest).
+        # A model's own settings, by field (what the global ones are for the rest), and the
+        # identity (VersionSource.model_identity) of the model they were set for.
         self._own: dict[str, dict[str, Any]] = {}
+        self._identities: dict[str, Hashable] = {}
         self._models: dict[str, _Scope] = {}
         self._next_id = 1
         # Set by close: the writer has stopped, and the settings stay as they are.
@@ -271,11 +274,12 @@ class Tracer:
     def file_text(self) -> str:
         return "" if self._file is None else str(self._file)
 
-    def settings(self, model: str = "") -> dict[str, list[str]]:
-        """The settings `model` (empty: the global ones) is traced with, as the protocol answers
-        them; trace_count is what is left."""
+    def settings(self, model: str = "", identity: Hashable = None) -> dict[str, list[str]]:
+        """The settings `model` (empty: the global ones; `identity`: its identity) is traced
+        with, as the protocol answers them; trace_count is what is left. A model created again
+        since it was given settings of its own has the global ones."""
         with self._lock:
-            scope = self._models.get(model, self._global) if model else self._global
+            scope = self._models.get(model, self._global) if self._is_kept(model, identity) else self._global
             return {
                 TRACE_FILE: [self.file_text],
                 TRACE_LEVEL: list(scope.settings.levels) or [OFF],
@@ -285,9 +289,13 @@ class Tracer:
                 TRACE_MODE: [TRITON_MODE],
             }
 
-    def update(self, model: str, changes: Mapping[str, object], who: str) -> dict[str, list[str]]:
+    def update(
+        self, model: str, changes: Mapping[str, object], who: str, identity: Hashable = None
+    ) -> dict[str, list[str]]:
         """Apply `changes` (all or none; see parsed_changes) to `model`'s settings (empty: the
-        global ones) for the caller `who`; the settings after them. Unavailable once closed."""
+        global ones; `identity`: its identity) for the caller `who`; the settings after them.
+        Settings kept for a model of its name deleted since are not built on. Unavailable once
+        closed."""
         fields = parsed_changes(changes, self.file_text)
         with self._lock:
             if self._closed:
@@ -295,11 +303,11 @@ class Tracer:
                     "tesserad is shutting down: its trace writer has stopped, so the trace settings "
                     "can no longer change; change them once it is back"
                 )
-            before = self._effective(model)
+            before = self._effective(model) if self._is_kept(model, identity) else self._global.settings
             global_settings = self._global.settings
             own = dict(self._own)
             if model:
-                mine = dict(own.get(model, {}))
+                mine = dict(own.get(model, {})) if self._is_kept(model, identity) else {}
                 for name, value in fields.items():
                     if value is None:
                         mine.pop(name, None)
@@ -321,6 +329,9 @@ class Tracer:
                     f"in its setting {FILE_SETTING} (off by default); until then {TRACE_LEVEL} stays {OFF}"
                 )
             self._own = own
+            if model:
+                self._identities[model] = identity
+            self._identities = {name: self._identities[name] for name in own}
             # The settings sent start their count again even where they equal the ones before
             # (sending trace_count again takes that many more traces).
             if global_settings != self._global.settings or (fields and not model):
@@ -343,23 +354,29 @@ class Tracer:
                     "changes": {n: {"from": old[n], "to": new[n]} for n in old if old[n] != new[n]},
                 },
             )
-        return self.settings(model)
+        return self.settings(model, identity)
 
-    def keeps(self, model: str) -> bool:
-        """Whether `model` has settings of its own (read unlocked: one dict lookup)."""
-        return model in self._own
+    def kept(self, model: str) -> Hashable | None:
+        """The identity of the model `model` has settings of its own for, None when it has none
+        (read unlocked: one dict lookup)."""
+        return self._identities.get(model)
 
-    def forget(self, model: str) -> None:
-        """Drop `model`'s own settings, the model deleted: a new model of its name is traced
-        with the global ones. What they took is written."""
+    def forget(self, model: str, identity: Hashable) -> None:
+        """Drop `model`'s own settings, set for the model of `identity`, that model deleted: a
+        new model of its name is traced with the global ones. What they took is written."""
         with self._lock:
-            if self._own.pop(model, None) is None:
+            if not self._is_kept(model, identity) or self._own.pop(model, None) is None:
                 return
+            self._identities.pop(model, None)
             scope = self._models.pop(model, None)
             if scope is not None:
                 self._retire(scope)
             self._update_on()
         log.info("dropped the trace settings of model %r: it was deleted", model, extra={"model": model})
+
+    def _is_kept(self, model: str, identity: Hashable) -> bool:
+        """Whether settings kept for `model` (if any) are for the model of `identity`."""
+        return self._identities.get(model, identity) == identity
 
     def _effective(self, model: str) -> TraceSettings:
         """`model`'s settings (empty: the global ones)."""

@@ -100,9 +100,10 @@ class HeldRefreshes:
         self._hold_after = ""
         self._holding = False
         self._refreshed: Counter[str] = Counter()
-        service.add_deletion_listener(lambda model: None, self._refresh_ends)
+        service.add_deletion_listener(lambda model, identity: None, self._refresh_ends)
 
-    def _refresh_ends(self, model: str) -> bool:
+    def _refresh_ends(self, model: str) -> None:
+        """Asked what it keeps for `model`: nothing, it only watches the refreshes end."""
         with self._lock:
             self._refreshed[model] += 1
             self._lock.notify_all()
@@ -110,7 +111,6 @@ class HeldRefreshes:
                 self._holding = True
                 self._lock.notify_all()
                 self._lock.wait_for(lambda: not self._hold_after, 30)
-        return False
 
     @contextlib.contextmanager
     def held_after(self, model: str, change: Callable[[], object]) -> Iterator[None]:

@@ -18,6 +18,7 @@ import grpc
 import numpy as np
 import pytest
 from serving_models import W, linear_model, predict_request, upload
+from test_serving_deleted_versions import HeldRefreshes
 from test_serving_oip import X, infer_request
 from test_serving_prometheus import samples, scrape
 
@@ -477,6 +478,36 @@ def test_a_deleted_models_own_settings_go_with_it(traced: tuple[InProcessDaemon,
         assert time.monotonic() < ends, f"a new model 'other' still has the deleted one's settings: {now}"
         time.sleep(0.05)
     assert settings_of(oip.TraceSetting(request_of("linear"))) == global_settings
+
+
+def test_a_model_deleted_and_created_again_between_refreshes_loses_the_old_ones_settings(
+    traced: tuple[InProcessDaemon, Path],
+) -> None:
+    daemon, file = traced
+    channel = daemon.channel()
+    oip = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    upload(channel, "other", linear_model(2.0))
+    # Each trace written to the next FILE.N at once.
+    every_request = {"trace_level": "TIMESTAMPS", "trace_rate": "1", "log_frequency": "1"}
+    oip.TraceSetting(request_of("other", **every_request))
+    refreshes = HeldRefreshes(daemon.daemon.inference)
+    with refreshes.held_after("linear", lambda: upload(channel, "linear", linear_model(2.0))):
+        registry_pb2_grpc.RegistryStub(channel).DeleteModel(
+            registry_pb2.DeleteModelRequest(name="other", force=True)
+        )
+        upload(channel, "other", linear_model(3.0))
+        # The one refresh of both changes finds a model "other": another one.
+        refreshes.release_and_wait("other")
+    request = infer_request("other", X)
+    request.id = "global-settings"  # trace_level OFF: not traced
+    oip.ModelInfer(request)
+    # Its own settings start from the global ones, not from the deleted model's.
+    assert settings_of(oip.TraceSetting(request_of("other", trace_rate="1")))["trace_level"] == ["OFF"]
+    oip.TraceSetting(request_of("other", **every_request))
+    request.id = "own-settings"
+    oip.ModelInfer(request)
+    traces = traces_in(file.with_name("trace.json.0"))
+    assert [t["request_id"] for t in traces.values()] == ["own-settings"]
 
 
 def test_an_ensembles_members_get_child_traces(traced: tuple[InProcessDaemon, Path]) -> None:

@@ -52,7 +52,7 @@ def source(linear_onnx: Path) -> Iterator[ChangingDeployment]:
     source = ChangingDeployment(linear_onnx)
     service = InferenceService(source, ModelPool(ServingDefaults(intra_op_threads=1), None), autoload=True)
     # Asked on the swaps' thread at the end of each refresh: the sign that one ran.
-    service.add_deletion_listener(lambda model: None, lambda model: source.refreshed.set() is not None)
+    service.add_deletion_listener(lambda model, identity: None, lambda model: source.refreshed.set())
     source.service = service
     yield source
     service.close()

@@ -344,17 +344,32 @@ def test_once_closed_the_settings_no_longer_change(tmp_path: Path) -> None:
 def test_a_deleted_models_own_settings_are_dropped(tmp_path: Path) -> None:
     file = tmp_path / "trace.json"
     tracer = Tracer(file, OIP_NAME_BY_DTYPE)
-    tracer.update("m", {"trace_level": ["TIMESTAMPS"], "trace_rate": ["1"]}, "t")
+    tracer.update("m", {"trace_level": ["TIMESTAMPS"], "trace_rate": ["1"]}, "t", identity=1)
     answer(tracer, "m")
-    assert tracer.keeps("m") and not tracer.keeps("other")
-    tracer.forget("m")
-    assert not tracer.keeps("m")
-    assert tracer.settings("m") == tracer.settings() and not tracer.on
+    assert tracer.kept("m") == 1 and tracer.kept("other") is None
+    tracer.forget("m", 1)
+    assert tracer.kept("m") is None
+    assert tracer.settings("m", 2) == tracer.settings() and not tracer.on
     answer(tracer, "m")  # a new model of its name: traced with the global settings (OFF)
-    tracer.forget("never-traced")
+    tracer.forget("never-traced", 1)
     tracer.close(WAIT_S)
     # What its settings took was written as they went.
     assert [e["model_name"] for e in written(file) if "model_name" in e] == ["m"]
+
+
+def test_a_model_created_again_is_not_given_the_deleted_ones_settings(tmp_path: Path) -> None:
+    tracer = Tracer(tmp_path / "trace.json", OIP_NAME_BY_DTYPE)
+    tracer.update("m", {"trace_level": ["TIMESTAMPS"], "trace_rate": ["1"]}, "t", identity=1)
+    # Before serving learns of the deletion, the new model "m" (identity 2) reads the global
+    # settings, and its own start from them.
+    assert tracer.settings("m", 2) == tracer.settings()
+    assert tracer.settings("m", 1)["trace_level"] == ["TIMESTAMPS"]
+    own = tracer.update("m", {"trace_count": ["5"]}, "t", identity=2)
+    assert (own["trace_level"], own["trace_rate"], own["trace_count"]) == (["OFF"], ["1000"], ["5"])
+    # The old model's deletion, told late, leaves the new one's settings.
+    tracer.forget("m", 1)
+    assert tracer.kept("m") == 2 and tracer.settings("m", 2) == own
+    tracer.close(WAIT_S)
 
 
 def test_an_ensembles_members_get_child_traces(tmp_path: Path) -> None:
