@@ -4,7 +4,8 @@ that says who waits for it."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -70,3 +71,22 @@ class ArrivalLock:
 
     def __exit__(self, *exc: object) -> None:
         self._lock.release()
+
+
+class HeldArtifact:
+    """An artifact opener for a ServableVersion that sets `inside` when a load opens it and holds
+    that load until `release` is set: a load under way, for as long as a test needs it. `opened`
+    counts the loads that opened it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.inside = threading.Event()
+        self.release = threading.Event()
+        self.opened = 0
+
+    @contextmanager
+    def __call__(self) -> Iterator[Path]:
+        self.opened += 1
+        self.inside.set()
+        assert self.release.wait(30)
+        yield self.path

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serving_fakes import LINEAR_B, LINEAR_W, ArrivalLock
+from serving_fakes import LINEAR_B, LINEAR_W, ArrivalLock, HeldArtifact
 
 from tesserad.errors import DataLoss, FailedPrecondition, InvalidArgument, Lasting, NotFound, Unavailable
 from tesserad.serving.pool import (
@@ -267,18 +267,8 @@ def test_loads_that_waited_for_a_failing_load_share_its_failure(pool: ModelPool,
     # turn, each as slowly. A later load tries again.
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a model")
-    inside = threading.Event()
-    release = threading.Event()
-    opened: list[int] = []
-
-    @contextmanager
-    def open_artifact() -> Iterator[Path]:
-        opened.append(1)
-        inside.set()
-        assert release.wait(30)
-        yield junk
-
-    servable = ServableVersion("m", 1, "onnx", open_artifact)
+    held = HeldArtifact(junk)
+    servable = ServableVersion("m", 1, "onnx", held)
     lock = pool._load_locks[("m", 1)] = _CountingLock()
     errors: list[BaseException] = []
 
@@ -290,18 +280,18 @@ def test_loads_that_waited_for_a_failing_load_share_its_failure(pool: ModelPool,
 
     first = threading.Thread(target=load)
     first.start()
-    assert inside.wait(30)
+    assert held.inside.wait(30)
     waiting = threading.Thread(target=load, kwargs={"keep_loaded": True})
     waiting.start()
     assert lock.second_waits.wait(30)
-    release.set()
+    held.release.set()
     first.join(30)
     waiting.join(30)
-    assert len(opened) == 1
+    assert held.opened == 1
     assert len(errors) == 2 and all("onnxruntime cannot load this model" in str(e) for e in errors)
     with pytest.raises(FailedPrecondition, match="onnxruntime cannot load this model"):
         pool.load(servable, ServingConfig(), keep_loaded=True)
-    assert len(opened) == 2
+    assert held.opened == 2
 
 
 def test_unloads_while_the_version_loads_wait_for_it_and_one_unloads_it(
@@ -310,22 +300,14 @@ def test_unloads_while_the_version_loads_wait_for_it_and_one_unloads_it(
     # An unload that found the load under way answered at once, as if it had unloaded the
     # version, which the load then left serving; two unloads at once both drained one batcher
     # (the second could find it gone under it: an AttributeError, INTERNAL to the caller).
-    inside = threading.Event()
-    release = threading.Event()
-
-    @contextmanager
-    def open_artifact() -> Iterator[Path]:
-        inside.set()
-        assert release.wait(30)
-        yield linear_onnx
-
+    held = HeldArtifact(linear_onnx)
     arrivals = threading.Semaphore(0)
     pool._load_locks[("m", 1)] = ArrivalLock(arrivals)  # type: ignore[assignment]
     loading = threading.Thread(
-        target=pool.load, args=(ServableVersion("m", 1, "onnx", open_artifact), ServingConfig())
+        target=pool.load, args=(ServableVersion("m", 1, "onnx", held), ServingConfig())
     )
     loading.start()
-    assert inside.wait(30)
+    assert held.inside.wait(30)
     outcomes: list[str] = []
 
     def unload() -> None:
@@ -342,7 +324,7 @@ def test_unloads_while_the_version_loads_wait_for_it_and_one_unloads_it(
         thread.start()
     for _ in unloads:  # each waits for the load, or answered without waiting for it
         assert arrivals.acquire(timeout=30)
-    release.set()
+    held.release.set()
     for thread in (loading, *unloads):
         thread.join(30)
     assert sorted(outcomes) == ["model 'm' version 1 is not loaded (loaded versions: none)", "unloaded"]

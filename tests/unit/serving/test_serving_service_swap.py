@@ -6,13 +6,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Hashable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from serving_fakes import ArrivalLock
+from serving_fakes import ArrivalLock, HeldArtifact
 
 from tesserad.serving import service as service_module
 from tesserad.serving.pool import ModelPool, ServableVersion, ServingConfig, ServingDefaults, servable_file
@@ -79,21 +78,13 @@ def test_unloading_a_model_skips_its_versions_unloaded_meanwhile(
     failed the whole call NOT_FOUND, although it had unloaded the others."""
     for version in (1, 2):
         inference.pool.load(servable_file("m", version, "onnx", linear_onnx), ServingConfig())
-    inside = threading.Event()
-    release = threading.Event()
-
-    @contextmanager
-    def open_artifact() -> Iterator[Path]:
-        inside.set()
-        assert release.wait(30)
-        yield linear_onnx
-
+    held = HeldArtifact(linear_onnx)
     arrivals = threading.Semaphore(0)
     inference.pool._load_locks[("m", 1)] = ArrivalLock(arrivals)  # type: ignore[assignment]
-    swap = ServableVersion("m", 1, "onnx", open_artifact)
+    swap = ServableVersion("m", 1, "onnx", held)
     swapping = threading.Thread(target=inference.pool.load, args=(swap, ServingConfig(max_batch_size=4)))
     swapping.start()
-    assert inside.wait(30)
+    assert held.inside.wait(30)
     unloaded: list[list[int]] = []
     unloading = threading.Thread(
         target=lambda: unloaded.append([e.version for e in inference.unload(Target("m"))])
@@ -101,7 +92,7 @@ def test_unloading_a_model_skips_its_versions_unloaded_meanwhile(
     unloading.start()
     assert arrivals.acquire(timeout=30)  # it listed both, and waits for the swap of version 1
     inference.pool.unload("m", 2)
-    release.set()
+    held.release.set()
     swapping.join(30)
     unloading.join(30)
     assert unloaded == [[1]]
