@@ -423,7 +423,8 @@ class Store:
 
     def submit(self, work: Callable[[WriteTxn], T], *, reserved: bool = False) -> Future[T]:
         """Queue `work` for the next group commit; the future resolves once it is durable.
-        `reserved`: as for `write`."""
+        Cancelling the future before that commit begins drops the write; once it has begun,
+        cancel() fails and the future gives the outcome. `reserved`: as for `write`."""
         future: Future[T] = Future()
         with self._cond:
             if self._closing:
@@ -467,7 +468,12 @@ class Store:
             if closing and not batch:
                 return
 
-    def _commit_batch(self, batch: list[_Pending]) -> None:
+    def _commit_batch(self, queued: list[_Pending]) -> None:
+        # A caller that stopped waiting (an RPC its client cancelled) cancels its future: its
+        # write is not made. The rest are claimed before any work runs, so that no cancel can
+        # come between a write and its outcome (setting a cancelled future's outcome raises,
+        # which would end this thread and leave every later write waiting forever).
+        batch = [item for item in queued if item.future.set_running_or_notify_cancel()]
         outcomes: list[tuple[_Pending, Any, BaseException | None]] = []
         try:
             with self._write_lock:
@@ -502,13 +508,11 @@ class Store:
             else:
                 error = exc
             for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(error)
+                item.future.set_exception(error)
             return
         except BaseException as exc:
             for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(exc)
+                item.future.set_exception(exc)
             return
         self.group_commits += 1
         for item, result, failure in outcomes:

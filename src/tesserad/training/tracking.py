@@ -213,11 +213,12 @@ class BatchSequence:
 
     def watch(self, outcome: Future[int]) -> None:
         """Mark the sequence failed when `outcome` fails after its work ran (a commit that
-        failed as a whole); its callback runs before the next commit begins."""
+        failed as a whole), its callback run before the next commit begins; or when it is
+        cancelled, as its stream's call was, and so not stored."""
         outcome.add_done_callback(self._note)
 
     def _note(self, outcome: Future[int]) -> None:
-        if outcome.exception() is not None:
+        if outcome.cancelled() or outcome.exception() is not None:
             self.failed = True
 
 

@@ -145,6 +145,45 @@ def test_submit_all_shares_one_commit_and_fails_each_write_alone(store: Store) -
         assert [key[1] for key, _ in txn.scan("items", ("q",))] == [0, 1, 2, 4, 5]
 
 
+def test_a_write_cancelled_while_queued_is_not_made_and_the_writes_after_it_are(store: Store) -> None:
+    # An RPC cancelled by its client (a cut connection, a deadline) cancels the future it
+    # awaits; the committer once set that future's result anyway, died on the error, and left
+    # every later write of the daemon waiting forever.
+    started, release = threading.Event(), threading.Event()
+
+    def held(txn):
+        started.set()
+        release.wait(10)
+
+    store.submit(held)
+    started.wait(10)
+    cancelled = store.submit(lambda txn: txn.put("items", ("cancelled",), b"v"))
+    assert cancelled.cancel()
+    release.set()
+    store.submit(lambda txn: txn.put("items", ("after",), b"v")).result(timeout=10)
+    with store.read() as txn:
+        assert [key for key, _ in txn.scan("items", ())] == [("after",)]
+
+
+def test_a_write_whose_commit_has_begun_cannot_be_cancelled_and_gives_its_outcome(store: Store) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def held(txn):
+        txn.put("items", ("held",), b"v")
+        started.set()
+        release.wait(10)
+        return "stored"
+
+    running = store.submit(held)
+    started.wait(10)
+    assert not running.cancel()
+    release.set()
+    assert running.result(timeout=10) == "stored"
+    store.submit(lambda txn: txn.put("items", ("after",), b"v")).result(timeout=10)
+    with store.read() as txn:
+        assert [key for key, _ in txn.scan("items", ())] == [("after",), ("held",)]
+
+
 def test_concurrent_writers_from_threads(store: Store) -> None:
     def writer(n: int) -> None:
         for i in range(50):

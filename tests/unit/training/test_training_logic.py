@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from tesserad.training.ray_jobs import ray_resources
 from tesserad.training.scheduler import DeviceInventory, QueuedJob, pick_runnable
 from tesserad.training.schedules import lr_at
 from tesserad.training.spec import DatasetFacts, DeviceFacts, normalize_spec
+from tesserad.training.tracking import BatchSequence
 
 
 def test_schedules_are_pure_functions_of_the_step() -> None:
@@ -106,6 +108,16 @@ def _raw(**changes: object) -> dict:
     }
     raw.update(changes)
     return raw
+
+
+def test_a_metric_batch_cancelled_with_its_stream_refuses_the_batches_after_it() -> None:
+    # The store drops a write whose future is cancelled before its commit: the batches queued
+    # after it must not be stored either, or the stream would leave a gap.
+    sequence = BatchSequence()
+    outcome: Future[int] = Future()
+    sequence.watch(outcome)
+    assert outcome.cancel()
+    assert sequence.failed
 
 
 def test_spec_defaults_are_applied() -> None:
