@@ -355,6 +355,8 @@ class Sweeps:
         self._running: dict[str, Sweep] = {}
         # Jobs a crash left out of their sweep's record (submitted, id not yet written), by run name.
         self._orphans: dict[str, JobRecord] = {}
+        # Sweeps whose trials' jobs are being cancelled: their ends are recorded once, after the last.
+        self._cancelling: set[str] = set()
         jobs.add_listener(self._on_job)
         jobs.keep_trial_checkpoints_while(self._running_sweep)
         jobs.end_trials_holding(self._lock)
@@ -372,9 +374,7 @@ class Sweeps:
                 if sweep.state == "cancelled" and unended:
                     # The daemon stopped before the cancelled trials did: their jobs were re-queued.
                     self._running[sweep.sweep_id] = sweep
-                    for job_id in unended:
-                        self._prune(job_id)
-                    self._tick(sweep)
+                    self._cancel_trials(sweep, unended)
                 if sweep.state != "running":
                     continue
                 known = {t.job_id for t in sweep.trials}
@@ -576,17 +576,28 @@ class Sweeps:
             state = self.get(sweep_id).state if sweep is None else sweep.state
             if sweep is None or state != "running":
                 raise FailedPrecondition(f"sweep {sweep_id} has already ended ({state.upper()})")
-            sweep.state = "cancelled"
-            for trial in sweep.trials:
-                if trial.state == "pending":
-                    trial.state = "cancelled"
+            trials = [replace(t, state="cancelled") if t.state == "pending" else t for t in sweep.trials]
+            # Stored before any trial's job is cancelled: a daemon killed meanwhile finishes the
+            # cancel at its start. Taken in memory once stored: a refused write leaves it running.
+            self._save(replace(sweep, state="cancelled", trials=trials), reserved=True)
+            sweep.state, sweep.trials = "cancelled", trials
             running = [t.job_id for t in sweep.trials if t.job_id and t.state not in ENDED]
-        for job_id in running:
-            with contextlib.suppress(FailedPrecondition):  # it may have ended meanwhile
-                self._jobs.cancel(job_id)
-        with self._lock:
-            self._tick(sweep)
+        self._cancel_trials(sweep, running)
         return self.get(sweep_id)
+
+    def _cancel_trials(self, sweep: Sweep, job_ids: builtins.list[str]) -> None:
+        """Cancel the jobs of the cancelled `sweep`'s trials; their ends reach its record in one
+        write after the last cancel. A write each, of the whole record, made a cancel's time grow
+        with the square of the trials."""
+        with self._lock:
+            self._cancelling.add(sweep.sweep_id)
+        try:
+            for job_id in job_ids:
+                self._prune(job_id)
+        finally:
+            with self._lock:
+                self._cancelling.discard(sweep.sweep_id)
+                self._tick(sweep)
 
     # -- driving the trials
 
@@ -626,7 +637,8 @@ class Sweeps:
                     self._save(sweep)
             elif kind == "ended":
                 self._settle(sweep, trial, job)
-                self._tick(sweep)
+                if sweep.sweep_id not in self._cancelling:
+                    self._tick(sweep)
 
     def _prune(self, job_id: str) -> None:
         with contextlib.suppress(FailedPrecondition):  # it may have ended meanwhile

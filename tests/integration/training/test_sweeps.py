@@ -311,6 +311,50 @@ def test_cancel_sweep_cancels_its_trials(training: training_pb2_grpc.TrainingStu
     assert "already ended (CANCELLED)" in info.value.details()
 
 
+def test_cancel_sweep_writes_the_sweep_record_a_few_times_however_many_trials_it_cancels(
+    training: training_pb2_grpc.TrainingStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each queued trial's cancelled end rewrote the whole sweep record (every trial in it): a
+    # cancel's writes grew with the trials, its time with their square (a minute for 300).
+    trials = 40
+    spec = S.SweepSpec(
+        base=job_spec("mlp", epochs=0, max_steps=1_000_000),
+        strategy=S.SWEEP_STRATEGY_GRID,
+        parameters=[sweep_values("seed", *(str(i) for i in range(trials)))],
+        max_concurrent=trials,
+        metric="train_loss",
+    )
+    sweep = training.SubmitSweep(S.SubmitSweepRequest(spec=spec))
+    written: list[str] = []
+
+    def counted(record: sweeps.Sweep) -> bytes:
+        written.append(record.sweep_id)
+        return encode_sweep(record)
+
+    encode_sweep = sweeps.encode_sweep
+    monkeypatch.setattr(sweeps, "encode_sweep", counted)
+    cancelled = training.CancelSweep(S.CancelSweepRequest(sweep_id=sweep.sweep_id))
+    monkeypatch.undo()
+    # The cancel's own write, the queued trials' ends in one, and one for each running trial (of
+    # the daemon's 2 CPU slots) that stopped before the answer.
+    assert written.count(sweep.sweep_id) <= 4
+    assert cancelled.state == S.SWEEP_STATE_CANCELLED
+    queued = [t.job_id for t in cancelled.trials if t.state == S.JOB_STATE_CANCELLED]
+    assert len(queued) >= trials - 2
+    assert states(follow(training, queued[-1]))[-1] == S.JOB_STATE_CANCELLED
+    deadline = time.monotonic() + 60
+    ended = training.GetSweep(S.GetSweepRequest(sweep_id=sweep.sweep_id))
+    while any(t.state != S.JOB_STATE_CANCELLED for t in ended.trials):  # the running trials stop
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+        ended = training.GetSweep(S.GetSweepRequest(sweep_id=sweep.sweep_id))
+    assert ended.state == S.SWEEP_STATE_CANCELLED
+    assert [t.state for t in ended.trials] == [S.JOB_STATE_CANCELLED] * trials
+    listed = training.ListJobs(S.ListJobsRequest(sweep_id=sweep.sweep_id, page_size=100)).jobs
+    assert sorted(j.job_id for j in listed) == sorted(t.job_id for t in ended.trials)
+    assert all(j.state == S.JOB_STATE_CANCELLED for j in listed)
+
+
 def test_a_cancelled_sweep_refuses_another_cancel_while_its_trials_stop(
     training: training_pb2_grpc.TrainingStub,
 ) -> None:
