@@ -319,15 +319,14 @@ class ModelPool:
         effective = effective_config(config, self.defaults, servable.format)
         key = (servable.model, servable.version)
         with self._lock:
-            if self._closed:
-                raise Unavailable(
-                    f"cannot load model {servable.model!r} version {servable.version}: tesserad is "
-                    "stopping; retry once it runs again"
-                )
+            self._refuse_when_closed(servable)
             load_lock = self._load_locks.setdefault(key, threading.Lock())
             listed = self._listed.get(key)
         under_way = listed if listed is not None and listed.state in _LOADING else None
         with load_lock:
+            # Again: a close between taking the lock object and holding it found it free.
+            with self._lock:
+                self._refuse_when_closed(servable)
             current = self._ready.get(key)
             if current is not None and current.artifact_sha256 != servable.artifact_sha256:
                 # Another artifact under the number (its model was deleted and registered again):
@@ -421,6 +420,13 @@ class ModelPool:
         """(model, version) of every member of a loaded ensemble."""
         with self._lock:
             return {key for entry in self._listed.values() for key in entry.members}
+
+    def _refuse_when_closed(self, servable: ServableVersion) -> None:
+        if self._closed:
+            raise Unavailable(
+                f"cannot load model {servable.model!r} version {servable.version}: tesserad is "
+                "stopping; retry once it runs again"
+            )
 
     def close(self) -> None:
         """Unload everything; a load begun before waits to finish and is unloaded, a later one is

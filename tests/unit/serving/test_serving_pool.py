@@ -331,6 +331,32 @@ def test_unloads_while_the_version_loads_wait_for_it_and_one_unloads_it(
     assert pool.get("m", 1) is None and pool.list() == []
 
 
+class _ClosingFirst:
+    """A load lock whose first taker finds the pool closed between taking the lock object and
+    holding it: the close found the lock free, so it waited for nothing."""
+
+    def __init__(self, pool: ModelPool) -> None:
+        self._pool: ModelPool | None = pool
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()  # which takes this lock too, free
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+def test_a_load_the_close_overtook_before_it_held_its_lock_is_refused(linear_onnx: Path) -> None:
+    pool = ModelPool(ServingDefaults(intra_op_threads=1), None)
+    pool._load_locks[("m", 1)] = _ClosingFirst(pool)  # type: ignore[assignment]
+    with pytest.raises(Unavailable, match=r"cannot load model 'm' version 1: tesserad is stopping"):
+        pool.load(onnx_version(linear_onnx), ServingConfig())
+    assert pool.list() == []
+
+
 def test_a_load_after_the_pool_closed_is_refused_and_leaves_nothing_running(linear_onnx: Path) -> None:
     # A request's autoload runs in a thread the daemon's stop cannot interrupt: one that reached
     # the pool after it closed loaded the version anyway, its batcher's threads outliving the stop.
