@@ -210,11 +210,14 @@ class BatchSequence:
 
     def __init__(self) -> None:
         self.failed = False
+        self.last: Future[int] | None = None  # the outcome of the batch queued last
 
     def watch(self, outcome: Future[int]) -> None:
         """Mark the sequence failed when `outcome` fails after its work ran (a commit that
         failed as a whole), its callback run before the next commit begins; or when it is
-        cancelled, as its stream's call was, and so not stored."""
+        cancelled, as its stream's call was, and so not stored (the next batch also reads that
+        from `last`: a cancel runs its callbacks after the committer may have seen it)."""
+        self.last = outcome
         outcome.add_done_callback(self._note)
 
     def _note(self, outcome: Future[int]) -> None:
@@ -915,11 +918,13 @@ class Tracking:
         """
         self.check_points(points)
         now = time.time()
+        previous = None if sequence is None else sequence.last
 
         def work(txn: WriteTxn) -> int:
             if sequence is None:
                 return store(txn)
-            if sequence.failed:
+            if sequence.failed or (previous is not None and previous.cancelled()):
+                sequence.failed = True
                 raise FailedPrecondition("an earlier batch of the stream failed; this one is not stored")
             try:
                 return store(txn)

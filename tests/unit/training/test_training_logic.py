@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import threading
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from tesserad.training.ray_jobs import ray_resources
 from tesserad.training.scheduler import DeviceInventory, QueuedJob, pick_runnable
 from tesserad.training.schedules import lr_at
 from tesserad.training.spec import DatasetFacts, DeviceFacts, normalize_spec
-from tesserad.training.tracking import BatchSequence
+from tesserad.training.tracking import TABLES as TRACKING_TABLES
+from tesserad.training.tracking import BatchSequence, MetricPoint, Tracking
 
 
 def test_schedules_are_pure_functions_of_the_step() -> None:
@@ -118,6 +120,41 @@ def test_a_metric_batch_cancelled_with_its_stream_refuses_the_batches_after_it()
     sequence.watch(outcome)
     assert outcome.cancel()
     assert sequence.failed
+
+
+def test_a_batch_queued_after_a_cancelled_one_is_refused_before_the_cancel_is_noted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A cancel marks its future cancelled, then runs its callbacks: the committer could drop
+    # the cancelled batch and store the next in between, before the sequence heard of it.
+    store = Store.open(tmp_path / "store", map_size=64 * 2**20, tables=[*TRACKING_TABLES, "meta"])
+    tracking = Tracking(store)
+    run_id = tracking.create_run("cancelled-batches").run_id
+    noting, noted = threading.Event(), threading.Event()
+    note = BatchSequence._note
+
+    def slow_note(self: BatchSequence, outcome: Future[int]) -> None:
+        noting.set()
+        assert noted.wait(10)
+        note(self, outcome)
+
+    monkeypatch.setattr(BatchSequence, "_note", slow_note)
+    holding, release = threading.Event(), threading.Event()
+    store.submit(lambda txn: (holding.set(), release.wait(10)))
+    assert holding.wait(10)
+    sequence = BatchSequence()
+    first = tracking.log_metrics(run_id, [MetricPoint("loss", 1.0, 0)], sequence=sequence)
+    second = tracking.log_metrics(run_id, [MetricPoint("loss", 0.5, 1)], sequence=sequence)
+    cancelling = threading.Thread(target=first.cancel)
+    cancelling.start()
+    assert noting.wait(10)  # cancelled, its callback not yet run
+    release.set()
+    with pytest.raises(FailedPrecondition, match="an earlier batch of the stream failed"):
+        second.result(timeout=10)
+    noted.set()
+    cancelling.join(10)
+    assert tracking.metric_history(run_id, "loss", 0, 0, None).points == []
+    store.close()
 
 
 def test_spec_defaults_are_applied() -> None:
