@@ -873,6 +873,7 @@ class Jobs:
             with _worker_environ(self._worker_env):
                 for rank in range(world):
                     parent_end, child_end = self._mp.Pipe()
+                    conns.append(parent_end)  # closed below if any start fails
                     payload = WorkerPayload(
                         job_id=job.job_id,
                         config=config,
@@ -898,10 +899,11 @@ class Jobs:
                         name=f"tessera-{job.job_id}-{rank}",
                         daemon=True,
                     )
-                    process.start()
-                    child_end.close()
+                    try:
+                        process.start()
+                    finally:
+                        child_end.close()  # the worker's end, in its process only from here
                     processes.append(process)
-                    conns.append(parent_end)
             for start in (resume_bytes, initial_bytes):
                 if start:
                     for conn in conns:
