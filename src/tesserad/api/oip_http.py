@@ -366,7 +366,7 @@ class OipHttpServer(HttpListener):
         return _failure(
             400,
             f"{named} is not ready: not loaded, still loading, or not in the registry (the repository "
-            "index says which); load it with POST /v2/repository/models/NAME/load",
+            f"index says which); load it with POST /v2/repository/models/{model}/load",
         )
 
     async def _model_metadata(self, request: web.Request) -> web.Response:

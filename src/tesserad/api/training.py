@@ -372,7 +372,7 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
                 raise type(exc)(f"{stored}: {exc.message}") from exc
             error_id = uuid.uuid4().hex[:12]
             log.error(
-                "unexpected error in a batch of a metric stream",
+                "unexpected error in a metric stream",
                 exc_info=exc,
                 extra={"error_id": error_id, "stored_batches": batches},
             )

@@ -120,7 +120,7 @@ def test_health_metadata_config_and_repository(served: str) -> None:
     not_ready = (
         400,
         "model 'half' is not ready: not loaded, still loading, or not in the registry (the repository "
-        "index says which); load it with POST /v2/repository/models/NAME/load",
+        "index says which); load it with POST /v2/repository/models/half/load",
     )
     assert error(f"{served}/v2/models/half/ready") == not_ready
     assert error(f"{served}/v2/models/half/versions/7/ready") == (
