@@ -6,8 +6,9 @@ and the Registry (a version's lineage records the spec it was trained from).
 
 Everything that can be checked before the job runs is checked at submit time: an unknown
 architecture value, a missing dataset, split or array, an input shape that does not fit the
-dataset, an impossible device. The error is INVALID_ARGUMENT or FAILED_PRECONDITION naming
-the field (e.g. "spec.data.input_array: dataset 'clips' v2 has no array 'xs'; it has x, y").
+dataset, an impossible device. The error names the field: NOT_FOUND for a dataset, version
+or parent model that does not exist, INVALID_ARGUMENT or FAILED_PRECONDITION for the rest
+(e.g. "spec.data.input_array: dataset 'clips' v2 has no array 'xs'; it has x, y").
 """
 
 from collections import abc as _abc
