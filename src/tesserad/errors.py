@@ -5,6 +5,12 @@ table (`tesserad.api.errors`). Nothing here knows about gRPC. The message is sen
 client as it is, so it must say what to fix and never carry internal detail.
 """
 
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
 # A message travels in a response header, percent-encoded where not plain ASCII (up to 3 bytes
 # a byte), and clients refuse headers over 8-16 KiB: a longer message, such as one that echoes a
 # huge id, would turn the error into RESOURCE_EXHAUSTED in the client. Both ends are kept, since
@@ -90,6 +96,14 @@ class Unimplemented(TesseraError):
 class Internal(TesseraError):
     """An unexpected failure, told with what it stopped; the message gives an error id under
     which the daemon's log has the details, and never the details themselves."""
+
+
+def logged_internal(log: logging.Logger, where: str, exc: BaseException, **extra: Any) -> Internal:
+    """The Internal error to answer for `exc`, unexpected in `where` ("a stream request"): its
+    details go to `log` under a new error id, which the answer names instead of them."""
+    error_id = uuid.uuid4().hex[:12]
+    log.error("unexpected error in %s", where, exc_info=exc, extra={"error_id": error_id, **extra})
+    return Internal(f"internal error (id {error_id}); the daemon's log has the details under that id")
 
 
 class Lasting:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn
 
@@ -26,7 +25,7 @@ from tesserad.api import aio_handlers
 from tesserad.api.aio_handlers import Context, ErrorListener, Handler
 from tesserad.api.auth import AuthInterceptor
 from tesserad.api.errors import status_for
-from tesserad.errors import TesseraError
+from tesserad.errors import TesseraError, logged_internal
 from tesserad.metrics import DaemonMetrics
 from tesserad.serving.service import CallCounter
 
@@ -47,12 +46,7 @@ async def _abort_for(exc: Exception, context: Context, rpc: str) -> NoReturn:
     """Abort the call with `exc`'s status: a domain error's message, else an error id only."""
     if isinstance(exc, TesseraError):
         await context.abort(status_for(exc), exc.message)
-    error_id = uuid.uuid4().hex[:12]
-    log.error("unexpected error in %s", rpc, exc_info=exc, extra={"error_id": error_id})
-    await context.abort(
-        grpc.StatusCode.INTERNAL,
-        f"internal error (id {error_id}); the daemon's log has the details under that id",
-    )
+    await context.abort(grpc.StatusCode.INTERNAL, logged_internal(log, rpc, exc).message)
 
 
 def _code_name(context: Context) -> str:

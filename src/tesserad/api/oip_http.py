@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -244,13 +243,7 @@ class OipHttpServer(HttpListener):
                 return _failure(405, f"{request.method} is not served at {request.path[:200]}")
             raise
         except Exception as exc:
-            error_id = uuid.uuid4().hex[:12]
-            log.error(
-                "unexpected error in an HTTP inference request", exc_info=exc, extra={"error_id": error_id}
-            )
-            return _failure(
-                500, f"internal error (id {error_id}); the daemon's log has the details under that id"
-            )
+            return _failure(500, errors.logged_internal(log, "an HTTP inference request", exc).message)
 
     def _admitted(self, rpc: str, handler: Handler, required: Role | None = None) -> Handler:
         """`handler` behind the checks the gRPC RPC `rpc` gets: who may call (`_admit`; `required`:

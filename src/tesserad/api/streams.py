@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 
-from tesserad.errors import Internal, TesseraError, Unavailable
+from tesserad.errors import TesseraError, Unavailable, logged_internal
 from tesserad.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -52,12 +51,7 @@ async def answer_stream(
         except TesseraError as exc:
             response = failed(request, exc)
         except Exception as exc:  # stays in this request; the log has the details under the id
-            error_id = uuid.uuid4().hex[:12]
-            log.error("unexpected error in a stream request", exc_info=exc, extra={"error_id": error_id})
-            response = failed(
-                request,
-                Internal(f"internal error (id {error_id}); the daemon's log has the details under that id"),
-            )
+            response = failed(request, logged_internal(log, "a stream request", exc))
         await answers.put(response)
 
     async def read() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections import deque
 from collections.abc import AsyncIterator
 from concurrent.futures import Future
@@ -36,7 +35,7 @@ from tesserad.api.convert_training import (
     view_from_proto,
 )
 from tesserad.api.transfers import chunk_size, read_header, receive_chunks, stream_chunks
-from tesserad.errors import Internal, InvalidArgument, TesseraError
+from tesserad.errors import Internal, InvalidArgument, TesseraError, logged_internal
 from tesserad.registry.validation import check_job_spec_size
 from tesserad.store import BlobStore
 from tesserad.training.artifacts import RunArtifacts
@@ -370,15 +369,8 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
             stored = _stream_stored(batches, points)
             if isinstance(exc, TesseraError):
                 raise type(exc)(f"{stored}: {exc.message}") from exc
-            error_id = uuid.uuid4().hex[:12]
-            log.error(
-                "unexpected error in a metric stream",
-                exc_info=exc,
-                extra={"error_id": error_id, "stored_batches": batches},
-            )
-            raise Internal(
-                f"{stored}: internal error (id {error_id}); the daemon's log has the details under that id"
-            ) from exc
+            internal = logged_internal(log, "a metric stream", exc, stored_batches=batches)
+            raise Internal(f"{stored}: {internal.message}") from exc
         finally:
             # A call cancelled or aborted leaves batches in flight; their outcome is read so that
             # asyncio does not log it as unretrieved.

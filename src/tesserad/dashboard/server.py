@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
-import uuid
 from importlib import resources
 from pathlib import Path
 
@@ -88,11 +87,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             return _failure(request, 405, "the dashboard only reads, but for its restores: use GET")
         raise
     except Exception as exc:
-        error_id = uuid.uuid4().hex[:12]
-        log.error("unexpected error in a dashboard request", exc_info=exc, extra={"error_id": error_id})
-        return _failure(
-            request, 500, f"internal error (id {error_id}); the daemon's log has the details under that id"
-        )
+        return _failure(request, 500, errors.logged_internal(log, "a dashboard request", exc).message)
 
 
 class DashboardServer(HttpListener):
