@@ -60,7 +60,9 @@ class FollowedRegistry:
         self._lock = threading.Lock()
         self._models: dict[str, FollowedModel] = {}
         # A number for each model, new whenever the feed gives a model it did not have: the feed
-        # tells a model deleted and created again by its deletion.
+        # tells a model deleted and created again by its deletion, unless the two changes were
+        # merged before this replica read them (then the model keeps its number: its trace
+        # settings stay; serving still tells the new versions by their artifacts' sha256).
         self._incarnations: dict[str, int] = {}
         self._last_incarnation = 0
         # Versions fetched on demand; a change to their model drops them (it may delete them).
