@@ -32,7 +32,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable
@@ -41,6 +40,7 @@ from statistics import median
 from typing import Any
 
 import numpy as np
+import results_file
 
 from tesserad.datasets import Datasets, UploadSpec
 from tesserad.datasets.arrays import inspect_file
@@ -58,7 +58,6 @@ from tesserad.datasets.service import (
 from tesserad.server import STORE_TABLES
 from tesserad.store import BlobStore, Store, checked_digest, encode_record
 
-RESULTS = Path(__file__).parent / "results"
 BATCH = 500
 SAMPLES = 8
 
@@ -210,34 +209,16 @@ def main() -> None:
     parser.add_argument("--sizes", default="10,1000,5000", help="stored versions to time the calls at")
     parser.add_argument("--datasets", type=int, default=10, help="datasets the versions are spread over")
     parser.add_argument("--repeats", type=int, default=5, help="calls of each kind (medians reported)")
-    parser.add_argument("--label", default="", help="what this run measures, e.g. before or after")
-    parser.add_argument("--out", default="", help="write the result to bench/results/OUT (a new file)")
-    parser.add_argument("--before", default="", help="an earlier result to give old / new ratios against")
+    results_file.add_arguments(parser)
     args = parser.parse_args()
-    path = RESULTS / args.out if args.out else None
-    if path is not None and path.exists():
-        parser.error(f"{path} exists; results files are never overwritten, pick another --out name")
+    path = results_file.out_path(parser, args)
     load_before = os.getloadavg()
     results = []
     for versions in (int(s) for s in args.sizes.split(",")):
         result = measure(versions, args.datasets, args.repeats)
         print(json.dumps({k: v for k, v in result.items() if k != "answers"}), flush=True)
         results.append(result)
-    out: dict[str, Any] = {
-        "bench": "dataset_scale_bench",
-        "label": args.label,
-        "repeats": args.repeats,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "load_average": {"start": load_before, "end": os.getloadavg()},
-        "results": results,
-    }
-    if args.before:
-        out["before_over_after"] = ratios(json.loads(Path(args.before).read_text()), out)
-        print(json.dumps(out["before_over_after"], indent=2))
-    if path is not None:
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(json.dumps(out, indent=2) + "\n")
-        print(f"wrote {path}")
+    results_file.finish("dataset_scale_bench", args, path, results, load_before, ratios)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -36,12 +35,12 @@ import numpy as np
 import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
+import results_file
 from daemon_process import start_daemon
 from search_bench import upload
 
 from tessera.v1 import architecture_pb2, common_pb2, job_spec_pb2, training_pb2, training_pb2_grpc
 
-RESULTS = Path(__file__).parent / "results"
 S = training_pb2
 
 
@@ -150,13 +149,9 @@ def main() -> None:
     parser.add_argument(
         "--repeats", type=int, default=3, help="sweeps cancelled at each size (medians reported)"
     )
-    parser.add_argument("--label", default="", help="what this run measures, e.g. before or after")
-    parser.add_argument("--out", default="", help="write the result to bench/results/OUT (a new file)")
-    parser.add_argument("--before", default="", help="an earlier result to give old / new ratios against")
+    results_file.add_arguments(parser)
     args = parser.parse_args()
-    path = RESULTS / args.out if args.out else None
-    if path is not None and path.exists():
-        parser.error(f"{path} exists; results files are never overwritten, pick another --out name")
+    path = results_file.out_path(parser, args)
     os.environ["TESSERA_TRAINING_CPU_SLOTS"] = "1"
     os.environ["TESSERA_TRAINING_THREADS_PER_SLOT"] = "1"
     load_before = os.getloadavg()
@@ -165,21 +160,7 @@ def main() -> None:
         result = measure(trials, args.repeats)
         print(json.dumps(result), flush=True)
         results.append(result)
-    out: dict[str, Any] = {
-        "bench": "sweep_cancel_bench",
-        "label": args.label,
-        "repeats": args.repeats,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "load_average": {"start": load_before, "end": os.getloadavg()},
-        "results": results,
-    }
-    if args.before:
-        out["before_over_after"] = ratios(json.loads(Path(args.before).read_text()), out)
-        print(json.dumps(out["before_over_after"], indent=2))
-    if path is not None:
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(json.dumps(out, indent=2) + "\n")
-        print(f"wrote {path}")
+    results_file.finish("sweep_cancel_bench", args, path, results, load_before, ratios)
 
 
 if __name__ == "__main__":
