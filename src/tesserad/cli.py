@@ -33,7 +33,8 @@ SERVE_FLAGS = {
     "--listen": (
         "listen",
         "HOST:PORT",
-        "gRPC address (default 127.0.0.1:50051; port 0 picks a free one)",
+        "gRPC address (default 127.0.0.1:50051; port 0 picks a free one); clients may ping it (HTTP/2 "
+        "keepalive) as often as every 0.5 s",
     ),
     "--data-dir": (
         "data_dir",

@@ -616,7 +616,11 @@ class ReplicaSettings:
 @dataclass(frozen=True)
 class Settings:
     listen: Address = setting(
-        Address("127.0.0.1", 50051), parse_address, "gRPC address; port 0 picks a free port"
+        Address("127.0.0.1", 50051),
+        parse_address,
+        "gRPC address; port 0 picks a free port; clients and replicas may ping it (HTTP/2 keepalive) as "
+        "often as every 0.5 s, also with no call in flight (pings more often, three times over, close "
+        'the connection with GOAWAY "too_many_pings")',
     )
     data_dir: Path = setting(Path("./var"), parse_path, "where the LMDB store and the blobs live")
     metrics_listen: Address | None = setting(

@@ -525,8 +525,10 @@ class Daemon:
                 ("grpc.max_receive_message_length", GRPC_MESSAGE_SIZE_CEILING),
                 ("grpc.max_send_message_length", settings.max_message_size),
                 # Replicas ping their primary every replica.keepalive_s (1 s at least), also while
-                # their change stream is quiet; gRPC's defaults (a ping in 5 minutes without data,
-                # none without calls) would answer such pings with GOAWAY ("too_many_pings").
+                # their change stream is quiet, and SDK clients ping while a call is in flight
+                # (every 30 s by default, 1 s at least); gRPC's defaults (a ping in 5 minutes
+                # without data, none without calls) would answer such pings with GOAWAY
+                # ("too_many_pings") and cut the calls on the connection.
                 ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
                 ("grpc.keepalive_permit_without_calls", 1),
             ],

@@ -30,7 +30,7 @@ import grpc
 from google.protobuf import descriptor, message_factory
 
 import tessera.errors as sdk_errors
-from tessera.transport import TLS, AioConnection, Connection, resolve_token
+from tessera.transport import TLS, AioConnection, Connection, keepalive_options, resolve_token
 from tessera.v1 import common_pb2
 from tessera.v1 import registry_pb2 as pb
 from tesserad.api.convert_registry import architecture_to_dict, format_from_proto, signature_from_proto
@@ -62,27 +62,18 @@ RETRY_MAX_S = 30.0
 # often enough that a repair is picked up unattended, seldom enough that the log stays readable.
 LASTING_RETRY_S = 300.0
 DOWNLOAD_CHUNK = 1 << 20
-# The pings a primary accepts from a replica, at most one per this many ms: half the shortest
-# replica.keepalive_s (1 s), for the slack of the replica's timers.
+# The pings a daemon accepts from a replica or an SDK client, at most one per this many ms: half
+# the shortest replica.keepalive_s and SDK keepalive (1 s), for the slack of the peers' timers.
 MIN_PING_INTERVAL_MS = 500
 
 
-def keepalive_options(interval_s: float) -> list[tuple[str, Any]]:
+def replica_keepalive(interval_s: float) -> list[tuple[str, Any]]:
     """gRPC channel arguments that ping the primary every `interval_s` and drop a connection that
-    has not answered within as long again. Without them a connection the primary's side lost
-    without a word (its host gone, a NAT or load balancer forgetting it) looks alive forever: the
-    change stream, which only reads, would wait on it and never reach a primary that came back."""
-    ms = round(interval_s * 1000)
-    return [
-        ("grpc.keepalive_time_ms", ms),
-        ("grpc.keepalive_timeout_ms", ms),
-        # One ping is in flight at a time: a flow-control ping sent just before the connection
-        # went silent holds the keepalive back until it times out (60 s by default).
-        ("grpc.http2.ping_timeout_ms", ms),
-        # The download channel is idle between loads; a change stream sends no data while quiet.
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.max_pings_without_data", 0),
-    ]
+    has not answered within as long again, also while no call is in flight (the download channel
+    is idle between loads). Without them a connection the primary's side lost without a word (its
+    host gone, a NAT or load balancer forgetting it) looks alive forever: the change stream, which
+    only reads, would wait on it and never reach a primary that came back."""
+    return keepalive_options(interval_s, interval_s, without_calls=True)
 
 
 def followed_version(v: pb.ModelVersion) -> FollowedVersion:
@@ -318,9 +309,10 @@ class Follower:
         self._token_file = settings.token_file
         token = settings.token_file.read_text().strip() if settings.token_file else None
         self.primary = settings.primary
-        keepalive = keepalive_options(settings.keepalive_s)
-        self._watch = AioConnection(settings.primary, token=token, tls=tls, options=keepalive)
-        self._downloads = Connection(settings.primary, token=token, tls=tls, options=keepalive)
+        # The replica's own keepalive, not the SDK's (nor TESSERA_KEEPALIVE_S from the environment).
+        keepalive = replica_keepalive(settings.keepalive_s)
+        self._watch = AioConnection(settings.primary, token=token, tls=tls, options=keepalive, keepalive=0)
+        self._downloads = Connection(settings.primary, token=token, tls=tls, options=keepalive, keepalive=0)
         self._advertise = advertise
         self._present(self._watch.metadata)
         self._followed = followed

@@ -136,13 +136,16 @@ def fake() -> Iterator[FakeDaemon]:
 
 class CuttableProxy:
     """A TCP proxy in front of a target; `cut()` drops every open connection, as a broken
-    network or a restarted load balancer would. New connections keep working."""
+    network or a restarted load balancer would; `black_hole()` makes them pass nothing either
+    way while both ends keep them open, as a NAT or VPN that forgot them would, with no word to
+    either end. New connections keep working."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.connections: list[socket.socket] = []
+        self.black_holes: list[threading.Event] = []
         self.cuts = 0
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
@@ -158,25 +161,38 @@ class CuttableProxy:
             except OSError:
                 return
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            black_holed = threading.Event()
             with self._lock:
+                # Black-holed sockets stay referenced here: one collected would close, and its
+                # peer would hear of it.
                 self.connections += [downstream, upstream]
+                self.black_holes.append(black_holed)
             for source, sink in ((downstream, upstream), (upstream, downstream)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+                threading.Thread(target=self._pump, args=(source, sink, black_holed), daemon=True).start()
 
     @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    def _pump(source: socket.socket, sink: socket.socket, black_holed: threading.Event) -> None:
         try:
             while data := source.recv(65536):
-                sink.sendall(data)
+                if not black_holed.is_set():
+                    sink.sendall(data)
         except OSError:
             pass
+        if black_holed.is_set():
+            return  # not even an end gets through a black hole
         for sock in (source, sink):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
+    def black_hole(self) -> None:
+        with self._lock:
+            for black_holed in self.black_holes:
+                black_holed.set()
+
     def cut(self) -> None:
         with self._lock:
             connections, self.connections = self.connections, []
+            self.black_holes = []
             self.cuts += 1
         for sock in connections:
             with contextlib.suppress(OSError):

@@ -194,8 +194,8 @@ def test_split_fractions_may_be_numpy_numbers_and_may_not_be_mixed_with_indices(
 def test_channels_try_an_absent_daemon_again_every_few_seconds():
     # gRPC's default waits up to 120 s between attempts and fails calls at once meanwhile, so a
     # follow riding out a restart (it asks every second for 120 s) could miss the daemon's return.
-    from tessera.transport import MAX_RECONNECT_BACKOFF_MS, RetryPolicy, _channel_options
+    from tessera.transport import DEFAULT_KEEPALIVE_S, MAX_RECONNECT_BACKOFF_MS, RetryPolicy, _channel_options
 
     assert MAX_RECONNECT_BACKOFF_MS <= 5000
-    options = dict(_channel_options(None, RetryPolicy()))
+    options = dict(_channel_options(None, RetryPolicy(), DEFAULT_KEEPALIVE_S))
     assert options["grpc.max_reconnect_backoff_ms"] == MAX_RECONNECT_BACKOFF_MS

@@ -38,6 +38,7 @@ class Client:
         *,
         transfer_timeout: float = DEFAULT_TRANSFER_TIMEOUT_S,
         retry: RetryPolicy | None = None,
+        keepalive: float | None = None,
     ) -> None:
         try:
             asyncio.get_running_loop()
@@ -47,7 +48,7 @@ class Client:
                 "tessera.aio.Client must be made inside a running event loop (in an async function, "
                 "e.g. `async with tessera.aio.Client(...)`); use tessera.Client from blocking code"
             ) from None
-        self._conn = AioConnection(target, token, tls, timeout, transfer_timeout, retry)
+        self._conn = AioConnection(target, token, tls, timeout, transfer_timeout, retry, keepalive=keepalive)
         self.models: Models[AioConnection] = Models(self._conn)
         self.datasets: Datasets[AioConnection] = Datasets(self._conn)
         self.training: Training[AioConnection] = Training(self._conn)

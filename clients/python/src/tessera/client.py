@@ -24,6 +24,12 @@ class Client:
     `transfer_timeout`. A per-call `timeout=` is seconds above 0, None for the default (no
     deadline for a watch or a stream); 0 or less raises ValueError before anything is sent, in
     `tessera.aio.Client` too. Idempotent calls that fail UNAVAILABLE are retried per `retry`.
+    While a call is in flight, a connection silent for `keepalive` seconds (default: the
+    TESSERA_KEEPALIVE_S environment variable, else 30) is pinged, and one that leaves a ping
+    unanswered for 20 s (or `keepalive`, when shorter) is dropped: a call on it, a watch without
+    deadline too, fails UNAVAILABLE (a watch connects again) instead of waiting for ever on a
+    connection lost without a word (a NAT or VPN that forgot it). 0 turns pings off, for a proxy
+    that limits them; else 1 to 3600, or ValueError.
 
         with tessera.Client("127.0.0.1:50051") as client:
             print(client.system.info().version)
@@ -38,8 +44,9 @@ class Client:
         *,
         transfer_timeout: float = DEFAULT_TRANSFER_TIMEOUT_S,
         retry: RetryPolicy | None = None,
+        keepalive: float | None = None,
     ) -> None:
-        self._conn = Connection(target, token, tls, timeout, transfer_timeout, retry)
+        self._conn = Connection(target, token, tls, timeout, transfer_timeout, retry, keepalive=keepalive)
         self.models: Models[Connection] = Models(self._conn)
         """The registry: models, versions, aliases, lineage, ONNX export, deployments."""
         self.datasets: Datasets[Connection] = Datasets(self._conn)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import random
 from abc import ABC, abstractmethod
@@ -40,6 +41,19 @@ MAX_TIMEOUT_S = 1e9
 MAX_MESSAGE_BYTES = 64 * 2**20
 # Between attempts to reach a daemon that is away (gRPC's own default is 120 s).
 MAX_RECONNECT_BACKOFF_MS = 2000
+KEEPALIVE_ENV = "TESSERA_KEEPALIVE_S"
+# A call in flight whose connection has been silent this long pings the daemon: often enough
+# that a connection lost without a word (a NAT or VPN forgetting it, a host gone) ends a watch
+# within a minute, and that most NATs (which forget an idle connection after 1 to 5 minutes)
+# keep this one; seldom enough to cost nothing (one small frame per connection).
+DEFAULT_KEEPALIVE_S = 30.0
+# A ping unanswered this long (or the interval, when shorter) drops the connection: a daemon
+# answers pings from gRPC's own threads, in milliseconds even when busy.
+KEEPALIVE_TIMEOUT_S = 20.0
+# tesserad takes a ping every 0.5 s (its MIN_PING_INTERVAL_MS) and answers more with GOAWAY
+# "too_many_pings"; twice that leaves room for the slack of the timers.
+MIN_KEEPALIVE_S = 1.0
+MAX_KEEPALIVE_S = 3600.0
 
 _STUBS: dict[str, type] = {
     "Registry": registry_pb2_grpc.RegistryStub,
@@ -201,6 +215,64 @@ def timeout_or(timeout: float | None, default: float) -> float:
     return default if checked is None else checked
 
 
+def check_keepalive(seconds: float) -> float:
+    """`seconds` between keepalive pings, as a float; ValueError unless 0 (no pings) or from
+    MIN_KEEPALIVE_S to MAX_KEEPALIVE_S (NaN and infinities too)."""
+    if seconds != 0 and not MIN_KEEPALIVE_S <= seconds <= MAX_KEEPALIVE_S:
+        raise ValueError(
+            f"seconds between keepalive pings must be 0 (no pings) or from {MIN_KEEPALIVE_S:g} to "
+            f"{MAX_KEEPALIVE_S:g} (tesserad refuses pings more often than twice a second), got {seconds}"
+        )
+    return float(seconds)
+
+
+def resolve_keepalive(keepalive: float | None) -> float:
+    """Seconds between keepalive pings: `keepalive` given, else TESSERA_KEEPALIVE_S from the
+    environment, else DEFAULT_KEEPALIVE_S; 0 turns pings off. ValueError, naming where the value
+    came from, for one that `check_keepalive` refuses."""
+    if keepalive is not None:
+        try:
+            return check_keepalive(keepalive)
+        except ValueError as err:
+            raise ValueError(f"keepalive: {err}") from None
+    text = os.environ.get(KEEPALIVE_ENV, "").strip()
+    if not text:
+        return DEFAULT_KEEPALIVE_S
+    try:
+        return check_keepalive(parse_seconds(text))
+    except ValueError as err:
+        raise ValueError(f"{KEEPALIVE_ENV}={text!r}: {err}") from None
+
+
+def parse_seconds(text: str) -> float:
+    """`text` as a number, NaN when it is none (for the range checks to refuse it)."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
+def keepalive_options(
+    interval_s: float, timeout_s: float, without_calls: bool = False
+) -> list[tuple[str, Any]]:
+    """gRPC channel arguments that ping the daemon after `interval_s` of silence on the connection
+    and drop it when a ping is not answered within `timeout_s` (calls on it fail UNAVAILABLE);
+    with `without_calls`, also while no call is in flight. `interval_s` 0: no arguments (no pings)."""
+    if interval_s == 0:
+        return []
+    return [
+        ("grpc.keepalive_time_ms", round(interval_s * 1000)),
+        ("grpc.keepalive_timeout_ms", round(timeout_s * 1000)),
+        # One ping is in flight at a time: a flow-control ping sent just before the connection
+        # went silent holds the keepalive back until it times out (60 s by default).
+        ("grpc.http2.ping_timeout_ms", round(timeout_s * 1000)),
+        ("grpc.keepalive_permit_without_calls", int(without_calls)),
+        # gRPC stops pinging after 2 pings while it sends no data (a watch sends none after its
+        # request) unless told not to (grpc/grpc#25722).
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
 def resolve_token(token: str | None) -> str | None:
     """The token given, else TESSERA_TOKEN from the environment, else None; without the
     whitespace around it (a token read from a file or a secret often ends in a newline).
@@ -219,8 +291,9 @@ def resolve_token(token: str | None) -> str | None:
     return token
 
 
-def _channel_options(tls: TLS | None, retry: RetryPolicy) -> list[tuple[str, Any]]:
+def _channel_options(tls: TLS | None, retry: RetryPolicy, keepalive_s: float) -> list[tuple[str, Any]]:
     options: list[tuple[str, Any]] = [
+        *keepalive_options(keepalive_s, min(keepalive_s, KEEPALIVE_TIMEOUT_S)),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.primary_user_agent", "tessera-client/0.1"),
@@ -275,8 +348,10 @@ class _Channel(ABC):
         transfer_timeout: float = DEFAULT_TRANSFER_TIMEOUT_S,
         retry: RetryPolicy | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        keepalive: float | None = None,
     ) -> None:
-        """`options`: gRPC channel arguments beside the SDK's own (keepalive, for one)."""
+        """`options`: gRPC channel arguments beside the SDK's own. `keepalive`: seconds between
+        pings on a silent connection while a call is in flight (see `resolve_keepalive`)."""
         if not all(0 < seconds <= MAX_TIMEOUT_S for seconds in (timeout, transfer_timeout)):
             raise ValueError(
                 f"timeouts must be a finite number of seconds above 0 (at most {MAX_TIMEOUT_S:g}), "
@@ -289,7 +364,8 @@ class _Channel(ABC):
         self.timeout = timeout
         self.transfer_timeout = transfer_timeout
         self.retry = retry or RetryPolicy()
-        channel_options = [*_channel_options(self.tls, self.retry), *options]
+        self.keepalive = resolve_keepalive(keepalive)
+        channel_options = [*_channel_options(self.tls, self.retry, self.keepalive), *options]
         credentials = None if self.tls is None else self.tls.credentials()
         self.closed = False
         self.channel = self._open(target, credentials, channel_options)

@@ -13,6 +13,7 @@ from tessera.run_filter import (
     RunFilterError,
     parse_metric_condition,
 )
+from tessera.transport import KEEPALIVE_ENV, check_keepalive, parse_seconds
 from tessera.v1 import training_pb2
 
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -177,6 +178,14 @@ def seconds(text: str) -> float:
     if not 0 < value < math.inf:
         raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
     return value
+
+
+def keepalive_seconds(text: str) -> float:
+    """argparse's type for --keepalive (and TESSERA_KEEPALIVE_S): 0, or seconds in the SDK's range."""
+    try:
+        return check_keepalive(parse_seconds(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{err}, here or in env {KEEPALIVE_ENV}") from None
 
 
 def metric_condition(text: str) -> training_pb2.MetricFilter:

@@ -14,6 +14,7 @@ from tessera.cli.arguments import (
     daemon_target,
     dataset,
     finite,
+    keepalive_seconds,
     key_value,
     member,
     metric_condition,
@@ -74,7 +75,7 @@ from tessera.explanations import METHODS, SHORT_NAMES
 from tessera.messages import INT64_MAX
 from tessera.models import FORMAT_BY_SUFFIX
 from tessera.sweep_commands import add_sweep_commands
-from tessera.transport import TOKEN_ENV
+from tessera.transport import DEFAULT_KEEPALIVE_S, KEEPALIVE_ENV, KEEPALIVE_TIMEOUT_S, TOKEN_ENV
 from tessera.v1 import training_pb2
 
 JSON_HELP = "print JSON for scripts instead of tables"
@@ -125,6 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--timeout", type=seconds, default=30.0, metavar="SECONDS", help="seconds per call (default 30)"
+    )
+    parser.add_argument(
+        "--keepalive",
+        type=keepalive_seconds,
+        default=os.environ.get(KEEPALIVE_ENV) or None,
+        metavar="SECONDS",
+        help=f"ping the daemon after this many seconds of silence during a call, and give the connection "
+        f"up when a ping goes unanswered for {KEEPALIVE_TIMEOUT_S:g} s (or as long, when shorter), so that "
+        f"a watch over a connection lost without a word (a NAT or VPN that forgot it) connects again; 0: no "
+        f"pings, for a proxy that limits them (env {KEEPALIVE_ENV}; default {DEFAULT_KEEPALIVE_S:g})",
     )
     parser.add_argument("--json", action="store_true", help=JSON_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

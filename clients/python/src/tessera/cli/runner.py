@@ -98,7 +98,9 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
 def run(args: argparse.Namespace, out: Output, signals: _Signals) -> int:
     """The command in `args`, its failures said in one line on stderr; returns the exit status."""
     try:
-        with Client(args.target, token=args.token, tls=tls_from(args), timeout=args.timeout) as client:
+        with Client(
+            args.target, token=args.token, tls=tls_from(args), timeout=args.timeout, keepalive=args.keepalive
+        ) as client:
             _handle(client, args, out, signals)
     except BrokenPipeError:
         raise
