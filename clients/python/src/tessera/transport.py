@@ -44,11 +44,11 @@ MAX_RECONNECT_BACKOFF_MS = 2000
 KEEPALIVE_ENV = "TESSERA_KEEPALIVE_S"
 # A call in flight whose connection has been silent this long pings the daemon: often enough
 # that a connection lost without a word (a NAT or VPN forgetting it, a host gone) ends a watch
-# within a minute, and that most NATs (which forget an idle connection after 1 to 5 minutes)
-# keep this one; seldom enough to cost nothing (one small frame per connection).
+# within a minute, and that a NAT or load balancer that forgets connections idle for a few
+# minutes keeps this one; seldom enough to cost nothing (one small frame per connection).
 DEFAULT_KEEPALIVE_S = 30.0
-# A ping unanswered this long (or the interval, when shorter) drops the connection: a daemon
-# answers pings from gRPC's own threads, in milliseconds even when busy.
+# A ping unanswered this long (or the interval, when shorter) drops the connection: gRPC's own
+# default, ample for a slow link, since gRPC's transport answers pings, not the daemon's handlers.
 KEEPALIVE_TIMEOUT_S = 20.0
 # tesserad takes a ping every 0.5 s (its MIN_PING_INTERVAL_MS) and answers more with GOAWAY
 # "too_many_pings"; twice that leaves room for the slack of the timers.
