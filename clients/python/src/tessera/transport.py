@@ -215,13 +215,15 @@ def timeout_or(timeout: float | None, default: float) -> float:
     return default if checked is None else checked
 
 
-def check_keepalive(seconds: float) -> float:
-    """`seconds` between keepalive pings, as a float; ValueError unless 0 (no pings) or from
-    MIN_KEEPALIVE_S to MAX_KEEPALIVE_S (NaN and infinities too)."""
+def check_keepalive(seconds: float, text: str | None = None) -> float:
+    """`seconds` between keepalive pings, as a float; ValueError, showing `text` (what was
+    written, where it was read) or else `seconds`, unless 0 (no pings) or from MIN_KEEPALIVE_S to
+    MAX_KEEPALIVE_S (NaN and infinities too)."""
     if seconds != 0 and not MIN_KEEPALIVE_S <= seconds <= MAX_KEEPALIVE_S:
         raise ValueError(
             f"seconds between keepalive pings must be 0 (no pings) or from {MIN_KEEPALIVE_S:g} to "
-            f"{MAX_KEEPALIVE_S:g} (tesserad refuses pings more often than twice a second), got {seconds}"
+            f"{MAX_KEEPALIVE_S:g} (tesserad refuses pings more often than twice a second), "
+            f"got {seconds if text is None else repr(text)}"
         )
     return float(seconds)
 
@@ -239,9 +241,9 @@ def resolve_keepalive(keepalive: float | None) -> float:
     if not text:
         return DEFAULT_KEEPALIVE_S
     try:
-        return check_keepalive(parse_seconds(text))
+        return check_keepalive(parse_seconds(text), text)
     except ValueError as err:
-        raise ValueError(f"{KEEPALIVE_ENV}={text!r}: {err}") from None
+        raise ValueError(f"{KEEPALIVE_ENV}: {err}") from None
 
 
 def parse_seconds(text: str) -> float:

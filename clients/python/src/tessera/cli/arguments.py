@@ -183,7 +183,7 @@ def seconds(text: str) -> float:
 def keepalive_seconds(text: str) -> float:
     """argparse's type for --keepalive (and TESSERA_KEEPALIVE_S): 0, or seconds in the SDK's range."""
     try:
-        return check_keepalive(parse_seconds(text))
+        return check_keepalive(parse_seconds(text), text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"{err}, here or in env {KEEPALIVE_ENV}") from None
 
