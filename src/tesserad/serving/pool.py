@@ -8,8 +8,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -277,8 +277,11 @@ class ModelPool:
         self._ready: dict[tuple[str, int], LoadedVersion] = {}
         # Every version to list: ready, loading, warming, draining or failed.
         self._listed: dict[tuple[str, int], LoadedVersion] = {}
-        # Loads of one version are serialised; different versions load in parallel.
+        # Loads of one version are serialised; different versions load in parallel. A version's
+        # lock is kept while someone holds or waits for it (counted in _load_lock_users), not
+        # once per version ever loaded.
         self._load_locks: dict[tuple[str, int], threading.Lock] = {}
+        self._load_lock_users: dict[tuple[str, int], int] = {}
         # Versions unloaded since the daemon started: the repository index lists them as Triton
         # does (UNAVAILABLE, "unloaded") rather than forgetting they were ever served.
         self._unloaded: set[tuple[str, int]] = set()
@@ -320,11 +323,10 @@ class ModelPool:
         key = (servable.model, servable.version)
         with self._lock:
             self._refuse_when_closed(servable)
-            load_lock = self._load_locks.setdefault(key, threading.Lock())
             listed = self._listed.get(key)
         under_way = listed if listed is not None and listed.state in _LOADING else None
-        with load_lock:
-            # Again: a close between taking the lock object and holding it found it free.
+        with self._holding_load_lock(key):
+            # Again: a close before this load held the lock found it free, or not yet taken.
             with self._lock:
                 self._refuse_when_closed(servable)
             current = self._ready.get(key)
@@ -379,11 +381,26 @@ class ModelPool:
         way is waited for first: the load's version is then unloaded, and after the unload it is
         NotFound (not loaded), as a load that finished later would leave it serving, and two
         unloads at once would drain it twice."""
-        key = (model, version)
+        with self._holding_load_lock((model, version)):
+            return self._unload((model, version))
+
+    @contextmanager
+    def _holding_load_lock(self, key: tuple[str, int]) -> Iterator[None]:
+        """Hold the version's load lock (see load and unload); it is dropped once no one holds
+        or waits for it: a later taker makes a new one, as no one can hold the old."""
         with self._lock:
             load_lock = self._load_locks.setdefault(key, threading.Lock())
-        with load_lock:
-            return self._unload(key)
+            self._load_lock_users[key] = self._load_lock_users.get(key, 0) + 1
+        try:
+            with load_lock:
+                yield
+        finally:
+            with self._lock:
+                users = self._load_lock_users.pop(key) - 1
+                if users:
+                    self._load_lock_users[key] = users
+                else:
+                    del self._load_locks[key]
 
     def _unload(self, key: tuple[str, int]) -> LoadedVersion:
         """unload, for a caller that holds the version's load lock."""

@@ -365,3 +365,20 @@ def test_a_load_after_the_pool_closed_is_refused_and_leaves_nothing_running(line
     with pytest.raises(Unavailable, match=r"cannot load model 'm' version 1: tesserad is stopping"):
         pool.load(onnx_version(linear_onnx), ServingConfig())
     assert pool.list() == []
+
+
+def test_a_version_s_load_lock_is_dropped_once_no_one_holds_or_waits_for_it(
+    pool: ModelPool, linear_onnx: Path, tmp_path: Path
+) -> None:
+    # One lock was kept per version ever loaded or unloaded: a daemon that served many versions
+    # over its life held a lock for each, long after they were gone.
+    for version in (1, 2, 3):
+        pool.load(onnx_version(linear_onnx, version), ServingConfig())
+    pool.unload("m", 2)
+    with pytest.raises(NotFound):
+        pool.unload("m", 9)
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(FailedPrecondition):
+        pool.load(onnx_version(junk, 4), ServingConfig())
+    assert pool._load_locks == {} and pool._load_lock_users == {}
