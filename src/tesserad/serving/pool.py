@@ -266,6 +266,10 @@ class LoadedVersion:
         self.members: tuple[tuple[str, int], ...] = ()
         # Set for a version loaded with response_cache; the request path looks only at this.
         self.cache: VersionCache | None = None
+        # The serving layer's count of registry changes when this version's artifact was last
+        # found still registered under its number (see InferenceService.submit); 0: never since
+        # it loaded.
+        self.checked_at_change = 0
 
 
 class ModelPool:
@@ -383,6 +387,15 @@ class ModelPool:
         unloads at once would drain it twice."""
         with self._holding_load_lock((model, version)):
             return self._unload((model, version))
+
+    def unload_replaced(self, entry: LoadedVersion) -> None:
+        """Unload `entry` if it is still the version listed under its number: a load of the
+        artifact that replaced it (its model deleted and registered again) may have done so
+        meanwhile, and that one must stay."""
+        key = (entry.model, entry.version)
+        with self._holding_load_lock(key):
+            if self._listed.get(key) is entry:
+                self._unload(key)
 
     @contextmanager
     def _holding_load_lock(self, key: tuple[str, int]) -> Iterator[None]:

@@ -233,6 +233,11 @@ class InferenceService:
         # Changes the registry reported (to any model): a request caches what it read only if
         # none came meanwhile, as the refresh of a change passes over what is not cached yet.
         self._changes = 0
+        # model -> the count of changes (_changes) at its latest change, while serving has not
+        # refreshed it since: a loaded version of it not checked against the source after that
+        # change (LoadedVersion.checked_at_change) may be a deleted one's, and is checked before
+        # it answers (see autoload).
+        self._unsettled: dict[str, int] = {}
         self._cache_lock = threading.Lock()
         self._shadows: dict[str, deque[ShadowResult]] = {}
         # Swaps run one at a time, off the registry's commit path.
@@ -373,7 +378,7 @@ class InferenceService:
             # Read once: a swap on another thread may drain the entry, and set its batcher to None,
             # at any point below; the batcher read here then answers BatcherClosed instead.
             batcher = entry.batcher if entry is not None else None
-            if entry is None or batcher is None or entry.signature is None:
+            if entry is None or batcher is None or entry.signature is None or self._unchecked(entry):
                 return Submitted(version, None, None)
             try:
                 rows = validate_request(entry.signature, inputs, output_names, entry.label, dtype_names)
@@ -435,9 +440,21 @@ class InferenceService:
         would have been; True before any): where it may not, looking for the burst is wasted."""
         return self._holds.get(model, True)
 
+    def _unchecked(self, entry: LoadedVersion) -> bool:
+        """Whether `entry`'s model changed since serving last refreshed it, and `entry` was not
+        found still registered after that change (see autoload). One truth test while no change
+        waits for its refresh."""
+        unsettled = self._unsettled
+        return bool(unsettled) and entry.checked_at_change < unsettled.get(entry.model, 0)
+
     def autoload(self, model: str, version: int) -> LoadedVersion:
         """Load a version a request needs, with the defaults. When autoload is off: Unavailable
         while a load of it is under way (it will be served), else NotLoaded.
+
+        A loaded version whose model changed since serving refreshed it is checked first: until
+        the refresh, the version under its number may be the artifact of a model since deleted
+        (and registered again), or a version since deleted, which must not answer. It is then
+        unloaded, and the request gets NotFound, or the new artifact as for any version not loaded.
 
         A version whose last load failed is not loaded again for a request (NotLoaded
         with the reason), as Triton keeps a model that failed UNAVAILABLE until it is loaded
@@ -445,6 +462,9 @@ class InferenceService:
         outside it (memory) is the operator's to fix. LoadModel or RepositoryModelLoad loads it
         again; so does a request once it is unloaded.
         """
+        loaded = self.pool.get(model, version)
+        if loaded is not None and self._still_registered(loaded):
+            return loaded
         listed = self._listed(model, version)
         if self._autoload and listed is not None and listed.state is LoadState.FAILED:
             raise NotLoaded(
@@ -464,6 +484,27 @@ class InferenceService:
             )
         # A load under way (LoadModel's, with the operator's config) is waited for and kept.
         return self.pool.load(self._source.servable(model, version, None), ServingConfig(), keep_loaded=True)
+
+    def _still_registered(self, entry: LoadedVersion) -> bool:
+        """Whether `entry` is the artifact its source has under its number (checked only while
+        `_unchecked`); one that is not is unloaded, and NotFound raised for a version gone."""
+        if not self._unchecked(entry):
+            return True
+        changes = self._changes  # before the read: a change after it is checked again
+        try:
+            servable = self._source.servable(entry.model, entry.version, None)
+        except NotFound:
+            self.pool.unload_replaced(entry)
+            raise
+        except TesseraError:
+            # The source cannot tell now (a replica's primary out of reach): keep serving it, as
+            # a refresh does.
+            return True
+        if servable.artifact_sha256 != entry.artifact_sha256:
+            self.pool.unload_replaced(entry)
+            return False
+        entry.checked_at_change = max(entry.checked_at_change, changes)
+        return True
 
     def _listed(self, model: str, version: int) -> LoadedVersion | None:
         """The version as the pool lists it (loading, ready, draining or failed), or None."""
@@ -627,7 +668,7 @@ class InferenceService:
     ) -> None:
         entry = self.pool.get(model, shadow_version)
         batcher = entry.batcher if entry is not None else None  # read once, as in submit
-        if entry is None or batcher is None or entry.signature is None:
+        if entry is None or batcher is None or entry.signature is None or self._unchecked(entry):
             listed = self._listed(model, shadow_version)
             # As for a request (see autoload): a version whose load failed is not tried again.
             failed = listed is not None and listed.state is LoadState.FAILED
@@ -701,8 +742,6 @@ class InferenceService:
         return results
 
     def _load_quietly(self, model: str, version: int) -> None:
-        if self.pool.get(model, version) is not None:
-            return
         try:
             self.autoload(model, version)
         except TesseraError as exc:
@@ -716,6 +755,7 @@ class InferenceService:
             return
         with self._cache_lock:
             self._changes += 1
+            self._unsettled[model] = self._changes
         with self._refresh_lock:
             if model in self._refresh_queued:
                 return
@@ -762,10 +802,18 @@ class InferenceService:
         with self._refresh_lock:
             # From here on a new change queues a new refresh: this one may read too early for it.
             self._refresh_queued.discard(model)
+        with self._cache_lock:
+            changes = self._changes
         try:
             self._swap_targets(model)
         except Exception:
             log.exception("refreshing the serving targets of %r failed", model)
+        else:
+            with self._cache_lock:
+                # Every version of it the source no longer has is unloaded now, unless a change
+                # came since the refresh began (its own refresh settles it).
+                if self._unsettled.get(model, 0) <= changes:
+                    self._unsettled.pop(model, None)
         concerned = [
             (callback, identity)
             for callback, kept in self._deletion_listeners

@@ -175,3 +175,30 @@ def test_a_model_deleted_and_registered_again_between_refreshes_answers_with_its
         refreshes.release_and_wait("loaded", "refreshed")
     answer = inference.Predict(predict_request("refreshed", X, version=1))
     np.testing.assert_allclose(to_array(answer.outputs[0]), X @ W * 3, rtol=1e-6)
+
+
+def test_a_version_replaced_before_its_refresh_never_answers_with_the_old_artifact(start_daemon) -> None:
+    daemon = start_daemon()
+    channel = daemon.channel()
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    registry = registry_pb2_grpc.RegistryStub(channel)
+    for model in ("numbered", "latest", "deleted"):
+        upload(channel, model, linear_model(1.0))
+        inference.LoadModel(
+            inference_pb2.LoadModelRequest(target=common_pb2.VersionRef(model=model, version=1))
+        )
+        assert inference.Predict(predict_request(model, X, version=1)).version == 1
+    refreshes = HeldRefreshes(daemon.daemon.inference)
+    with refreshes.held_after("other", lambda: upload(channel, "other", linear_model(1.0))):
+        # Serving has not refreshed any of these changes yet: a request must still not find the
+        # artifact the registry no longer has under the version it asks for.
+        for model in ("numbered", "latest"):
+            registry.DeleteModel(registry_pb2.DeleteModelRequest(name=model))
+            assert upload(channel, model, linear_model(3.0)) == 1
+        upload(channel, "deleted", linear_model(2.0))
+        registry.DeleteVersion(registry_pb2.DeleteVersionRequest(model="deleted", version=1))
+        answer = inference.Predict(predict_request("numbered", X, version=1))
+        np.testing.assert_allclose(to_array(answer.outputs[0]), X @ W * 3, rtol=1e-6)
+        answer = inference.Predict(predict_request("latest", X))
+        np.testing.assert_allclose(to_array(answer.outputs[0]), X @ W * 3, rtol=1e-6)
+        assert _predict_code(inference, predict_request("deleted", X, version=1)) == grpc.StatusCode.NOT_FOUND
