@@ -9,7 +9,6 @@ what a request without a selector gets (the deployment, else "latest").
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import time
 from collections.abc import Callable, Collection, Coroutine, Hashable, Mapping, Sequence
@@ -457,7 +456,8 @@ class OpenInference:
         """Unload every loaded version of `name`. `parameters`: the request's. With
         unload_dependents true, as Triton's (the models composing an ensemble go with it), the
         members of the ensembles unloaded are unloaded too, but for those another loaded ensemble
-        still uses; without it, an ensemble's members stay loaded."""
+        still uses and those loaded as themselves (LoadModel, RepositoryModelLoad, a request of
+        their own), which Triton keeps too; without it, an ensemble's members stay loaded."""
         validate_name("model_name", name)
         dependents = _parameter(parameters, "unload_dependents", (Kind.BOOL,), names) is True
         await asyncio.to_thread(self._unload, name, dependents)
@@ -470,8 +470,5 @@ class OpenInference:
         if not dependents:
             return
         pool = self._service.pool
-        members = {member for entry in unloaded for member in entry.members} - pool.ensemble_members()
-        for model, version in sorted(members):
-            # One unloaded meanwhile (or a version of `name` itself) is not loaded: nothing to do.
-            with contextlib.suppress(NotFound):
-                pool.unload(model, version)
+        for model, version in sorted({member for entry in unloaded for member in entry.members}):
+            pool.unload_member(model, version)

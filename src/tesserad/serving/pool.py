@@ -264,6 +264,9 @@ class LoadedVersion:
         self.label = f"model {model!r} version {version}"
         # For an ensemble: its members' (model, version), loaded in the pool as themselves.
         self.members: tuple[tuple[str, int], ...] = ()
+        # Loaded only because an ensemble needed it, and never asked for as itself since: an
+        # unload of its ensembles with their dependents takes it too (see unload_member).
+        self.member_only = False
         # Set for a version loaded with response_cache; the request path looks only at this.
         self.cache: VersionCache | None = None
         # The serving layer's count of registry changes when this version's artifact was last
@@ -314,7 +317,12 @@ class ModelPool:
             return sorted(v for (m, v) in self._unloaded if m == model and (m, v) not in self._listed)
 
     def load(
-        self, servable: ServableVersion, config: ServingConfig, *, keep_loaded: bool = False
+        self,
+        servable: ServableVersion,
+        config: ServingConfig,
+        *,
+        keep_loaded: bool = False,
+        as_member: bool = False,
     ) -> LoadedVersion:
         """Load and warm a version; a loaded version with another config is swapped without a gap.
 
@@ -322,6 +330,8 @@ class ModelPool:
         own config) is returned as it is: for loads that need the version served, not configured.
         Such a load that waited for another's first load of the version shares its failure: the
         same load again, once per waiting request, would fail as slowly in turn.
+        `as_member`: loaded for an ensemble that needs it (LoadedVersion.member_only); any other
+        load makes it a version loaded for itself.
         """
         effective = effective_config(config, self.defaults, servable.format)
         key = (servable.model, servable.version)
@@ -340,6 +350,7 @@ class ModelPool:
                 self._unload(key)
                 current = None
             if current is not None and (keep_loaded or current.config == effective):
+                current.member_only = current.member_only and as_member
                 return current
             if keep_loaded and under_way is not None and under_way.state is LoadState.FAILED:
                 raise FailedPrecondition(under_way.error)
@@ -347,6 +358,7 @@ class ModelPool:
             entry = LoadedVersion(
                 servable.model, servable.version, servable.artifact_sha256, effective, stats
             )
+            entry.member_only = as_member and (current is None or current.member_only)
             if effective.response_cache and self.response_cache is not None:
                 identity = version_identity(
                     servable.model,
@@ -387,6 +399,17 @@ class ModelPool:
         unloads at once would drain it twice."""
         with self._holding_load_lock((model, version)):
             return self._unload((model, version))
+
+    def unload_member(self, model: str, version: int) -> bool:
+        """Unload the version if an ensemble's load loaded it, no load asked for it as itself,
+        and no loaded ensemble has it as a member (any more); whether it was unloaded."""
+        key = (model, version)
+        with self._holding_load_lock(key):
+            entry = self._listed.get(key)
+            if entry is None or not entry.member_only or key in self.ensemble_members():
+                return False
+            self._unload(key)
+            return True
 
     def unload_replaced(self, entry: LoadedVersion) -> None:
         """Unload `entry` if it is still the version listed under its number: a load of the
@@ -525,7 +548,7 @@ class ModelPool:
         if current is not None:
             return current
         try:
-            return self.load(member, ServingConfig(), keep_loaded=True)
+            return self.load(member, ServingConfig(), keep_loaded=True, as_member=True)
         except TesseraError as exc:
             raise FailedPrecondition(
                 f"{ensemble} is an ensemble whose member {member.model}:{member.version} cannot "

@@ -248,3 +248,16 @@ def test_a_member_stays_loaded_when_its_alias_moves_on(client, channel, members)
         assert time.monotonic() < deadline, f"fence v2 was never swapped in: {loaded}"
         time.sleep(0.05)
     assert {("a", 1), ("a", 2), ("ens", 1)} <= loaded
+
+
+def test_unload_dependents_keeps_the_members_loaded_as_themselves(client, oip, members) -> None:
+    # As Triton's repository manager: a composing model goes with its ensemble only if it was
+    # loaded for it alone; one loaded explicitly stays loaded, before or after the ensemble.
+    client.inference.load("a", 1)
+    client.models.register_ensemble("ens", members)
+    client.inference.load("ens", 1)
+    client.inference.load("b", 1)
+    unload = oip_pb.RepositoryModelUnloadRequest(model_name="ens")
+    unload.parameters["unload_dependents"].bool_param = True
+    oip.RepositoryModelUnload(unload)
+    assert {(m.model, m.version) for m in client.inference.loaded()} == {("a", 1), ("b", 1)}
