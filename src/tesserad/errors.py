@@ -89,6 +89,12 @@ class Unavailable(TesseraError):
     """Temporarily unable to serve (shutting down, not ready); the caller may retry."""
 
 
+class StillLoading(Unavailable):
+    """A version a request needs is still loading, and the request may not wait for it
+    (autoload is off). The Open Inference Protocol answers it as Triton answers a model that is
+    not ready; tessera's own API as the Unavailable it is (retry once it is ready)."""
+
+
 class Unimplemented(TesseraError):
     """A contract RPC whose feature has not been built yet."""
 

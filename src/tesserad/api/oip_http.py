@@ -63,7 +63,6 @@ from tesserad.serving.open_inference import (
     EXTENSIONS,
     NO_CUDA_SHARED_MEMORY,
     OpenInference,
-    not_ready,
     refuse_repository_name,
     target_of,
     timeout_of,
@@ -473,12 +472,9 @@ class OipHttpServer(HttpListener):
                 self._core.refused(target, started)
                 raise
             decoded = time.perf_counter_ns()
-            try:
-                version, prediction = await self._core.infer(
-                    target, parsed.inputs, parsed.output_names, None, timeout, parsed.id, started
-                )
-            except errors.NotLoaded as exc:
-                raise not_ready(target, exc) from None
+            version, prediction = await self._core.infer(
+                target, parsed.inputs, parsed.output_names, None, timeout, parsed.id, started
+            )
             answered = time.perf_counter_ns()
             answer, header_length = infer_response(target.model, version, parsed, prediction.outputs, lease)
         encoded = time.perf_counter_ns()

@@ -40,6 +40,7 @@ HTTP_STATUS_BY_ERROR: dict[type[errors.TesseraError], int] = {
     errors.DeadlineExceeded: 504,
     errors.Cancelled: 499,
     errors.Unavailable: 503,
+    errors.StillLoading: 503,
     errors.Unimplemented: 501,
     errors.Internal: 500,
 }

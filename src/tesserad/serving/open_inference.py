@@ -23,6 +23,7 @@ from tesserad.errors import (
     InvalidArgument,
     NotFound,
     NotLoaded,
+    StillLoading,
     TesseraError,
     Unavailable,
     Unimplemented,
@@ -105,11 +106,12 @@ def target_of(name: str, version: str) -> Target:
     return Target(name, version=whole_number("model_version", version, 1, INT64_MAX))
 
 
-def not_ready(target: Target, error: NotLoaded) -> TesseraError:
-    """What an inference request for a version that is not loaded (and may not be loaded for it)
-    is answered, as Triton answers a model that is not ready: a version named is UNAVAILABLE
-    (HTTP 503), a request without one NOT_FOUND (HTTP 404: no version of it is available to it);
-    with tessera's message, which says how to load it."""
+def not_ready(target: Target, error: NotLoaded | StillLoading) -> TesseraError:
+    """What an inference request for a version that is not ready (not loaded and not loaded for
+    it, its load failed, or still loading) is answered, as Triton answers a model that is not
+    ready (core's ModelLifeCycle::GetModel): a version named is UNAVAILABLE (HTTP 503), a request
+    without one NOT_FOUND (HTTP 404: no version of it is available to it); with tessera's
+    message, which says how to load it or when to retry."""
     if target.version is not None:
         return Unavailable(error.message)
     return NotFound(error.message)
@@ -337,6 +339,7 @@ class OpenInference:
             started=started,
             within_max_batch=True,
             dtype_names=OIP_NAME_BY_DTYPE,
+            not_ready=not_ready,
         )
 
     def refused(self, target: Target, started: int) -> None:

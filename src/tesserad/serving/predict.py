@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 
 import numpy as np
 
-from tesserad.errors import Unavailable
+from tesserad.errors import NotLoaded, StillLoading, TesseraError, Unavailable
 from tesserad.serving.batcher import DynamicBatcher, Prediction
 from tesserad.serving.service import InferenceService, Target
 
@@ -37,11 +37,14 @@ async def predict(
     started: int,
     within_max_batch: bool = False,
     dtype_names: Mapping[np.dtype, str] | None = None,
+    not_ready: Callable[[Target, NotLoaded | StillLoading], TesseraError] | None = None,
 ) -> tuple[int, Prediction]:
     """(version that served, prediction); loads the version first if needed and allowed.
 
     `deadline` is a time.monotonic() instant, or None for none. `started` (the request's arrival,
     perf_counter_ns), `within_max_batch` and `dtype_names`: see InferenceService.submit.
+    `not_ready`: what the caller's protocol answers for a version that is not ready (not loaded
+    and not loaded for the request, or still loading); None: those errors as they are.
     """
     if service.in_flight == 0 and service.may_hold(target.model):
         # Alone so far: yield once, so that the loop can begin the calls that arrived with this
@@ -72,7 +75,12 @@ async def predict(
             )
             future = submitted.future
             if future is None:
-                await asyncio.to_thread(service.autoload, target.model, submitted.version)
+                try:
+                    await asyncio.to_thread(service.autoload, target.model, submitted.version)
+                except (NotLoaded, StillLoading) as exc:
+                    if not_ready is None:
+                        raise
+                    raise not_ready(target, exc) from None
                 continue
             if future.done():  # ran inline (never held)
                 return submitted.version, future.result()

@@ -32,6 +32,7 @@ from tesserad.errors import (
     InvalidArgument,
     NotFound,
     NotLoaded,
+    StillLoading,
     TesseraError,
     Unavailable,
 )
@@ -448,8 +449,9 @@ class InferenceService:
         return bool(unsettled) and entry.checked_at_change < unsettled.get(entry.model, 0)
 
     def autoload(self, model: str, version: int) -> LoadedVersion:
-        """Load a version a request needs, with the defaults. When autoload is off: Unavailable
-        while a load of it is under way (it will be served), else NotLoaded.
+        """Load a version a request needs, with the defaults; NotLoaded when that load fails.
+        When autoload is off: StillLoading while a load of it is under way (it will be served),
+        else NotLoaded.
 
         A loaded version whose model changed since serving refreshed it is checked first: until
         the refresh, the version under its number may be the artifact of a model since deleted
@@ -473,7 +475,7 @@ class InferenceService:
             )
         if not self._autoload:
             if listed is not None and listed.state in (LoadState.LOADING, LoadState.WARMING):
-                raise Unavailable(
+                raise StillLoading(
                     f"{listed.label} is still loading; retry once it is ready (ModelReady, or "
                     "state READY in ListLoaded)"
                 )
@@ -482,8 +484,17 @@ class InferenceService:
                 f"model {model!r} version {version} is not loaded{failed}; load it with LoadModel "
                 "(or turn on serving.autoload)"
             )
-        # A load under way (LoadModel's, with the operator's config) is waited for and kept.
-        return self.pool.load(self._source.servable(model, version, None), ServingConfig(), keep_loaded=True)
+        servable = self._source.servable(model, version, None)
+        try:
+            # A load under way (LoadModel's, with the operator's config) is waited for and kept.
+            return self.pool.load(servable, ServingConfig(), keep_loaded=True)
+        except FailedPrecondition as exc:
+            # Its version's failure, as later requests are told it: a version whose load failed
+            # is not ready (Triton's UNAVAILABLE), not a request in a wrong state.
+            raise NotLoaded(
+                f"model {model!r} version {version} failed to load: {exc.message}; once the cause "
+                "is fixed, load it with LoadModel or RepositoryModelLoad"
+            ) from None
 
     def _still_registered(self, entry: LoadedVersion) -> bool:
         """Whether `entry` is the artifact its source has under its number (checked only while

@@ -796,7 +796,7 @@ def test_onnxruntime_errors_reach_the_client_without_its_source_locations(
     )
     failed_load = expect_rpc_error(
         lambda: oip.ModelInfer(request("never")),
-        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.NOT_FOUND,
         "warm-up of model 'never' version 1 failed on random inputs of its signature: Non-zero status "
         "code returned while running Reshape node. Name:'' Status Message: The input tensor cannot be "
         "reshaped to the requested shape. Input shape:{1,4}, requested shape:{3}",
@@ -885,18 +885,25 @@ def test_a_request_during_a_load_waits_for_it_and_keeps_its_config(oip, inferenc
 def test_without_autoload_a_version_still_loading_is_unavailable_not_unloaded(
     start_daemon, expect_rpc_error
 ) -> None:
-    # As Triton answers a version not ready yet: UNAVAILABLE, so a client retries instead of
-    # being told to load what is being loaded.
+    # As Triton answers a version not ready yet: a version named UNAVAILABLE, so a client
+    # retries instead of being told to load what is being loaded; no version named, NOT_FOUND
+    # (none is available to the request yet), as for any version not ready.
     channel = start_daemon(**{"serving.autoload": "false"}).channel()
     oip = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
     inference = inference_pb2_grpc.InferenceStub(channel)
     loading = _load_slowly(inference, channel, "slow")
-    expect_rpc_error(
-        lambda: oip.ModelInfer(slow_request("slow")),
-        grpc.StatusCode.UNAVAILABLE,
-        "model 'slow' version 1 is still loading; retry once it is ready (ModelReady, or state "
-        "READY in ListLoaded)",
-    )
+    named = slow_request("slow")
+    named.model_version = "1"
+    for request, code in (
+        (named, grpc.StatusCode.UNAVAILABLE),
+        (slow_request("slow"), grpc.StatusCode.NOT_FOUND),
+    ):
+        expect_rpc_error(
+            lambda request=request: oip.ModelInfer(request),
+            code,
+            "model 'slow' version 1 is still loading; retry once it is ready (ModelReady, or state "
+            "READY in ListLoaded)",
+        )
     # Metadata needs no loaded version: the registry's signature, and the config being loaded.
     assert [t.name for t in oip.ModelMetadata(pb.ModelMetadataRequest(name="slow")).inputs] == ["x"]
     assert oip.ModelConfig(pb.ModelConfigRequest(name="slow", version="1")).config.max_batch_size == 4
@@ -1168,7 +1175,12 @@ def test_requests_do_not_load_again_a_version_whose_load_failed(oip, channel, ex
     never = infer_request("never", np.ones((1, 4), np.float32))
     del never.outputs[:]
     failed = "warm-up of model 'never' version 1 failed on random inputs of its signature"
-    expect_rpc_error(lambda: oip.ModelInfer(never), grpc.StatusCode.FAILED_PRECONDITION, failed)
+    # The request that loads it is answered as the later ones are: its model is not ready.
+    expect_rpc_error(
+        lambda: oip.ModelInfer(never),
+        grpc.StatusCode.NOT_FOUND,
+        f"model 'never' version 1 failed to load: {failed}",
+    )
     named = infer_request("never", np.ones((1, 4), np.float32), version="1")
     del named.outputs[:]
     # As Triton answers a model not ready: no version named, NOT_FOUND (none is available to the
@@ -1191,7 +1203,7 @@ def test_requests_do_not_load_again_a_version_whose_load_failed(oip, channel, ex
     )
     # ... and so does a request once the version is unloaded.
     oip.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="never"))
-    expect_rpc_error(lambda: oip.ModelInfer(never), grpc.StatusCode.FAILED_PRECONDITION, failed)
+    expect_rpc_error(lambda: oip.ModelInfer(never), grpc.StatusCode.NOT_FOUND, failed)
 
 
 def test_metadata_and_config_describe_a_version_without_loading_it(oip, inference, linear) -> None:

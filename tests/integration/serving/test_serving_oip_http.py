@@ -175,8 +175,9 @@ def test_unload_reads_its_body_as_triton_does(served: str) -> None:
 def test_inference_on_a_version_not_ready_is_answered_as_triton_answers_it(served: str) -> None:
     body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [0, 1, 2, 3]}]}
     failed = "model 'never' version 1 failed to load, and requests do not load it again: warm-up of"
-    # The first request loads it, and the load fails; later ones are not ready.
-    assert error(f"{served}/v2/models/never/infer", body)[0] == 409
+    # The first request loads it, and the load fails: it is not ready, as for later ones.
+    code, message = error(f"{served}/v2/models/never/infer", body)
+    assert code == 404 and message.startswith("model 'never' version 1 failed to load: warm-up of"), message
     # No version named: 404, none available to the request; a version named: 503, as in Triton.
     for path, status in (("never", 404), ("never/versions/1", 503)):
         code, message = error(f"{served}/v2/models/{path}/infer", body)
