@@ -690,7 +690,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="onnx (onnxruntime, with the CUDA provider on a GPU) or torch (default: onnx for an ONNX "
         "version, torch for a safetensors one)",
     )
-    sub.add_argument("--device", help='"cpu" or "cuda:N" (default: cuda:0 when a GPU is present, else cpu)')
+    sub.add_argument(
+        "--device",
+        help="cpu, cuda:N (N a GPU index) or cuda (GPU 0) (default: cuda:0 when a GPU is present, else cpu)",
+    )
     sub.add_argument(
         "--instances",
         type=whole(1, INT32_MAX),

@@ -238,7 +238,9 @@ class ServingConfig(_message.Message):
     RESPONSE_CACHE_FIELD_NUMBER: _builtins.int
     runtime: Global___Runtime.ValueType
     device: _builtins.str
-    """"cpu" or "cuda:N"; default cuda:0 when a GPU is present, else cpu."""
+    """"cpu", "cuda:N" (N a GPU index) or "cuda" (GPU 0); default cuda:0 when a GPU is present,
+    else cpu. Anything else ("cuda:" included) is INVALID_ARGUMENT.
+    """
     instances: _builtins.int
     """Model instances running batches in parallel; default: the daemon's setting (serving.instances),
     which is 2 on a CPU and 1 on a GPU unless set.

@@ -113,7 +113,9 @@ class InferenceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListLoaded(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Versions loading, ready, draining or whose load failed. A model the registry does not have
+        is NOT_FOUND; one with nothing loaded answers an empty list.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -125,7 +127,8 @@ class InferenceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListShadowResults(self, request, context):
-        """The most recent shadow results of a model's deployment, newest first.
+        """The most recent shadow results of a model's deployment, newest first. A model the registry
+        does not have is NOT_FOUND; one without shadow results answers an empty list.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -53,9 +53,14 @@ class InferenceStub:
     UnloadModel: _grpc.UnaryUnaryMultiCallable[_inference_pb2.UnloadModelRequest, _inference_pb2.UnloadModelResponse]
     """Stops taking requests, drains the queue, frees the version."""
     ListLoaded: _grpc.UnaryUnaryMultiCallable[_inference_pb2.ListLoadedRequest, _inference_pb2.ListLoadedResponse]
+    """Versions loading, ready, draining or whose load failed. A model the registry does not have
+    is NOT_FOUND; one with nothing loaded answers an empty list.
+    """
     GetStats: _grpc.UnaryUnaryMultiCallable[_inference_pb2.GetStatsRequest, _inference_pb2.GetStatsResponse]
     ListShadowResults: _grpc.UnaryUnaryMultiCallable[_inference_pb2.ListShadowResultsRequest, _inference_pb2.ListShadowResultsResponse]
-    """The most recent shadow results of a model's deployment, newest first."""
+    """The most recent shadow results of a model's deployment, newest first. A model the registry
+    does not have is NOT_FOUND; one without shadow results answers an empty list.
+    """
     Explain: _grpc.UnaryUnaryMultiCallable[_inference_pb2.ExplainRequest, _inference_pb2.ExplainResponse]
     """Attributions of a torch version's output to each input position (captum). An ONNX version
     is explained through the torch version it was exported from (its lineage parent), else
@@ -87,9 +92,14 @@ class InferenceAsyncStub(InferenceStub):
     UnloadModel: _aio.UnaryUnaryMultiCallable[_inference_pb2.UnloadModelRequest, _inference_pb2.UnloadModelResponse]  # type: ignore[assignment]
     """Stops taking requests, drains the queue, frees the version."""
     ListLoaded: _aio.UnaryUnaryMultiCallable[_inference_pb2.ListLoadedRequest, _inference_pb2.ListLoadedResponse]  # type: ignore[assignment]
+    """Versions loading, ready, draining or whose load failed. A model the registry does not have
+    is NOT_FOUND; one with nothing loaded answers an empty list.
+    """
     GetStats: _aio.UnaryUnaryMultiCallable[_inference_pb2.GetStatsRequest, _inference_pb2.GetStatsResponse]  # type: ignore[assignment]
     ListShadowResults: _aio.UnaryUnaryMultiCallable[_inference_pb2.ListShadowResultsRequest, _inference_pb2.ListShadowResultsResponse]  # type: ignore[assignment]
-    """The most recent shadow results of a model's deployment, newest first."""
+    """The most recent shadow results of a model's deployment, newest first. A model the registry
+    does not have is NOT_FOUND; one without shadow results answers an empty list.
+    """
     Explain: _aio.UnaryUnaryMultiCallable[_inference_pb2.ExplainRequest, _inference_pb2.ExplainResponse]  # type: ignore[assignment]
     """Attributions of a torch version's output to each input position (captum). An ONNX version
     is explained through the torch version it was exported from (its lineage parent), else
@@ -147,7 +157,10 @@ class InferenceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _inference_pb2.ListLoadedRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_inference_pb2.ListLoadedResponse, _abc.Awaitable[_inference_pb2.ListLoadedResponse]]: ...
+    ) -> _typing.Union[_inference_pb2.ListLoadedResponse, _abc.Awaitable[_inference_pb2.ListLoadedResponse]]:
+        """Versions loading, ready, draining or whose load failed. A model the registry does not have
+        is NOT_FOUND; one with nothing loaded answers an empty list.
+        """
 
     @_abc_1.abstractmethod
     def GetStats(
@@ -162,7 +175,9 @@ class InferenceServicer(metaclass=_abc_1.ABCMeta):
         request: _inference_pb2.ListShadowResultsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_inference_pb2.ListShadowResultsResponse, _abc.Awaitable[_inference_pb2.ListShadowResultsResponse]]:
-        """The most recent shadow results of a model's deployment, newest first."""
+        """The most recent shadow results of a model's deployment, newest first. A model the registry
+        does not have is NOT_FOUND; one without shadow results answers an empty list.
+        """
 
     @_abc_1.abstractmethod
     def Explain(
