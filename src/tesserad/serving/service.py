@@ -379,7 +379,13 @@ class InferenceService:
             # Read once: a swap on another thread may drain the entry, and set its batcher to None,
             # at any point below; the batcher read here then answers BatcherClosed instead.
             batcher = entry.batcher if entry is not None else None
-            if entry is None or batcher is None or entry.signature is None or self._unchecked(entry):
+            if (
+                entry is None
+                or batcher is None
+                or entry.signature is None
+                # A call only while a change waits for its refresh (rarely): one per request costs.
+                or (self._unsettled and self._unchecked(entry))
+            ):
                 return Submitted(version, None, None)
             try:
                 rows = validate_request(entry.signature, inputs, output_names, entry.label, dtype_names)
@@ -443,10 +449,8 @@ class InferenceService:
 
     def _unchecked(self, entry: LoadedVersion) -> bool:
         """Whether `entry`'s model changed since serving last refreshed it, and `entry` was not
-        found still registered after that change (see autoload). One truth test while no change
-        waits for its refresh."""
-        unsettled = self._unsettled
-        return bool(unsettled) and entry.checked_at_change < unsettled.get(entry.model, 0)
+        found still registered after that change (see autoload)."""
+        return entry.checked_at_change < self._unsettled.get(entry.model, 0)
 
     def autoload(self, model: str, version: int) -> LoadedVersion:
         """Load a version a request needs, with the defaults; NotLoaded when that load fails.

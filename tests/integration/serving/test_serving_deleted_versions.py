@@ -202,3 +202,23 @@ def test_a_version_replaced_before_its_refresh_never_answers_with_the_old_artifa
         answer = inference.Predict(predict_request("latest", X))
         np.testing.assert_allclose(to_array(answer.outputs[0]), X @ W * 3, rtol=1e-6)
         assert _predict_code(inference, predict_request("deleted", X, version=1)) == grpc.StatusCode.NOT_FOUND
+
+
+def test_without_autoload_a_version_replaced_before_its_refresh_is_not_loaded(start_daemon) -> None:
+    daemon = start_daemon(**{"serving.autoload": "false"})
+    channel = daemon.channel()
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    registry = registry_pb2_grpc.RegistryStub(channel)
+    upload(channel, "numbered", linear_model(1.0))
+    inference.LoadModel(
+        inference_pb2.LoadModelRequest(target=common_pb2.VersionRef(model="numbered", version=1))
+    )
+    refreshes = HeldRefreshes(daemon.daemon.inference)
+    with refreshes.held_after("other", lambda: upload(channel, "other", linear_model(1.0))):
+        registry.DeleteModel(registry_pb2.DeleteModelRequest(name="numbered"))
+        assert upload(channel, "numbered", linear_model(3.0)) == 1
+        # The old artifact is unloaded, and the request may not load the new one.
+        assert _predict_code(inference, predict_request("numbered", X, version=1)) == (
+            grpc.StatusCode.FAILED_PRECONDITION
+        )
+        assert 1 not in _loaded(inference, "numbered")
