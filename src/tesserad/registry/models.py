@@ -72,7 +72,11 @@ class Models:
                 raise AlreadyExists(f"model {name!r} already exists; pick another name or use UpdateModel")
             fields = new_model_data(name, description, tags or {})
             put_model_data(txn, fields)
-            return model_record(txn, fields)
+            record = model_record(txn, fields)
+        # A model with no version yet still exists for routing ("has no versions yet", not "does
+        # not exist"): the change feed must carry it to replicas.
+        self._notify(name)
+        return record
 
     def get_model(self, name: str) -> ModelRecord:
         validate_name("name", name)

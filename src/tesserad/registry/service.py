@@ -14,7 +14,8 @@ Guarantees:
   name is never taken for it.
 - "latest" is reserved: it always resolves to the newest version and cannot be set.
 - Listeners (`add_listener`) are called with the model name after every commit that can
-  change where an alias, "latest" or the deployment points (serving reacts by hot swap).
+  change where an alias, "latest" or the deployment points (serving reacts by hot swap), and
+  after a model is created or deleted (the change feed tells replicas).
 """
 
 from __future__ import annotations

@@ -42,7 +42,10 @@ def test_a_replica_serves_a_version_its_feed_does_not_carry(cluster: Cluster) ->
 
     # A version neither has, and a model whose versions are all deleted, are told in the primary's
     # words (the replica said only "has no version 3" and "has no versions yet").
+    # So is a model created with no version (the replica said it did not exist at the primary:
+    # its creation sent no change).
     primary = cluster.channel(f"127.0.0.1:{cluster.primary_port}")
+    registry_pb2_grpc.RegistryStub(primary).CreateModel(registry_pb2.CreateModelRequest(name="bare"))
     upload(primary, "empty", linear_model(1.0))
     registry_pb2_grpc.RegistryStub(primary).DeleteVersion(
         registry_pb2.DeleteVersionRequest(model="empty", version=1)
@@ -71,6 +74,10 @@ def test_a_replica_serves_a_version_its_feed_does_not_carry(cluster: Cluster) ->
         assert refusal(replica, "empty") == no_versions
 
     eventually(told_at_the_replica)
+    # The feed brings changes in commit order: the delete above came after "bare" was created.
+    bare = (grpc.StatusCode.NOT_FOUND, "model 'bare' has no versions yet; upload one with UploadVersion")
+    assert refusal(primary, "bare") == bare
+    assert refusal(replica, "bare") == bare
     assert refusal(primary, "linaer") == (
         grpc.StatusCode.NOT_FOUND,
         "model 'linaer' does not exist; did you mean 'linear'? Or create it with CreateModel",
