@@ -40,14 +40,18 @@ def validate_name(field: str, value: str) -> str:
     if not value:
         raise InvalidArgument(f"{field} is required")
     if not NAME_PATTERN.fullmatch(value):
-        shown = repr(value)
-        if len(value) > MAX_NAME_LENGTH:
-            shown = f"{value[:_SHOWN_OF_LONG_NAME]!r}… ({len(value):,} characters)"
         raise InvalidArgument(
-            f"{field} {shown} is not a valid name: use 1 to {MAX_NAME_LENGTH} characters from a-z, 0-9, "
-            "'.', '_' and '-', starting with a letter or digit"
+            f"{field} {_shown(value)} is not a valid name: use 1 to {MAX_NAME_LENGTH} characters from "
+            "a-z, 0-9, '.', '_' and '-', starting with a letter or digit"
         )
     return value
+
+
+def _shown(value: str) -> str:
+    """A refused name as its message shows it."""
+    if len(value) > MAX_NAME_LENGTH:
+        return f"{value[:_SHOWN_OF_LONG_NAME]!r}… ({len(value):,} characters)"
+    return repr(value)
 
 
 def validate_stored_name(field: str, value: str) -> str:
@@ -57,6 +61,19 @@ def validate_stored_name(field: str, value: str) -> str:
     if before != value and NAME_PATTERN.fullmatch(before):
         return value
     return validate_name(field, value)
+
+
+def validate_name_prefix(field: str, value: str) -> str:
+    """Return `value` if some name can start with it ("" starts every name), else raise
+    InvalidArgument naming the name rule: such a filter would list nothing, silently, where the
+    caller most likely mistyped it ("Models-", "my model"). Every non-empty start of a valid name
+    is itself a valid name."""
+    if not value or NAME_PATTERN.fullmatch(value):
+        return value
+    raise InvalidArgument(
+        f"{field} {_shown(value)} can start no name, so it would match nothing: names use 1 to "
+        f"{MAX_NAME_LENGTH} characters from a-z, 0-9, '.', '_' and '-', starting with a letter or digit"
+    )
 
 
 # Names read on each side of a missing one when looking for a near miss: keys sort by name, so

@@ -61,7 +61,7 @@ from tesserad.datasets.usage import (
     used_bytes,
 )
 from tesserad.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
-from tesserad.names import missing_name, validate_name, validate_stored_name
+from tesserad.names import missing_name, validate_name, validate_name_prefix, validate_stored_name
 from tesserad.paging import MAX_PAGE_BYTES, Page, answer_bytes, read_page
 from tesserad.store import (
     BlobRef,
@@ -515,6 +515,7 @@ class Datasets:
         self, name_prefix: str = "", page_size_: int = 0, page_token: str = ""
     ) -> Page[DatasetRecord]:
         """Datasets in name order whose name starts with `name_prefix`."""
+        validate_name_prefix("name_prefix", name_prefix)
         with self._store.read() as txn:
             return read_page(
                 txn,

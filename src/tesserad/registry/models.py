@@ -7,7 +7,7 @@ from typing import Any
 
 from tesserad.datasets.references import delete_unheld_blobs
 from tesserad.errors import AlreadyExists, FailedPrecondition, NotFound
-from tesserad.names import missing_name, validate_name, validate_stored_name
+from tesserad.names import missing_name, validate_name, validate_name_prefix, validate_stored_name
 from tesserad.paging import Page, read_page
 from tesserad.registry.deployments import current_deployment
 from tesserad.registry.ensembles import check_no_other_ensemble_uses_model
@@ -93,6 +93,7 @@ class Models:
         """Models in name order whose name starts with `name_prefix` and that carry every tag
         in `tags` (an empty value matches any value)."""
         tags = tags or {}
+        validate_name_prefix("name_prefix", name_prefix)
         # A key no tag can have would match nothing, silently.
         validate_tags("tags", tags)
 

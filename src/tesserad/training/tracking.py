@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 from tesserad.config import format_size
 from tesserad.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from tesserad.ids import new_id
-from tesserad.names import validate_name
+from tesserad.names import validate_name, validate_name_prefix
 from tesserad.paging import MAX_PAGE_BYTES, PageFill, foreign_token, make_token, resume_after
 from tesserad.store import (
     Key,
@@ -525,6 +525,7 @@ class Tracking:
         self, name_prefix: str = "", size: int = 0, token: str = "", view: str = "active"
     ) -> tuple[list[Experiment], str]:
         _check_view(view)
+        validate_name_prefix("name_prefix", name_prefix)
         query = {"list": "experiments", "prefix": name_prefix}
         if view != "active":
             # Tokens of active-only lists, issued before views existed, stay valid.

@@ -282,7 +282,9 @@ class ListModelsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     name_prefix: _builtins.str
-    """Only models whose name starts with this."""
+    """Only models whose name starts with this ("": all). A prefix no name can start with (outside
+    the name rule: a-z, 0-9, '.', '_', '-', starting with a letter or digit) is INVALID_ARGUMENT.
+    """
     page_size: _builtins.int
     page_token: _builtins.str
     @_builtins.property

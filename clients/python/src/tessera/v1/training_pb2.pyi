@@ -1092,6 +1092,9 @@ class ListExperimentsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     VIEW_FIELD_NUMBER: _builtins.int
     name_prefix: _builtins.str
+    """Only experiments whose name starts with this ("": all). A prefix no name can start with (outside
+    the name rule: a-z, 0-9, '.', '_', '-', starting with a letter or digit) is INVALID_ARGUMENT.
+    """
     page_size: _builtins.int
     page_token: _builtins.str
     view: Global___LifecycleView.ValueType
