@@ -543,9 +543,10 @@ class RegistrySettings:
     deployment_history: int = setting(
         100,
         parse_number(int, 1, 1_000_000),
-        "deployment revisions kept per model (ListDeployments): each Deploy or Rollback drops those "
-        "older than this many, except the ones before the current deployment that Rollbacks restore "
-        "in turn, so this many minus one Rollbacks always find what to restore",
+        "deployment revisions kept per model (ListDeployments): each Deploy or Rollback, and each "
+        "start for every model, drops those older than this many, except the ones before the current "
+        "deployment that Rollbacks restore in turn, so this many minus one Rollbacks always find what "
+        "to restore",
     )
 
 

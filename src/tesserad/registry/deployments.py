@@ -9,13 +9,15 @@ deployment and requests route as before any, to the latest version.
 
 History is bounded (`registry.deployment_history`, N): the write that adds a revision drops those
 older than the newest N, except the N - 1 that Rollbacks from the new one would restore in turn,
-so that N - 1 Rollbacks always succeed as long as what they restore still resolves. A revision
+so that N - 1 Rollbacks always succeed as long as what they restore still resolves. Each start
+bounds every model's history the same way, so a lowered N holds for models not deployed again. A revision
 holds nothing (DeleteVersion and DeleteAlias look only at the current one), so a dropped one
 releases nothing.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import replace
 
@@ -34,6 +36,7 @@ from tesserad.registry.records import (
 from tesserad.registry.tables import (
     ANONYMOUS,
     DEPLOYMENTS,
+    MODELS,
     VERSIONS,
     Notify,
     model_data,
@@ -42,6 +45,10 @@ from tesserad.registry.tables import (
 )
 from tesserad.store import ReadTxn, Store, WriteTxn
 
+log = logging.getLogger(__name__)
+
+# Models whose revisions one write transaction of the start-up pruning bounds.
+_PRUNE_BATCH = 256
 # Each change a model's followers receive and each page of its history carry the comment.
 MAX_COMMENT = 4 * 2**10
 
@@ -171,12 +178,13 @@ def _gone_targets(txn: ReadTxn, deployment: DeploymentRecord) -> tuple[list[str]
     return gone, any(not version and target.alias for _, target, version in named)
 
 
-def _prune(txn: WriteTxn, latest: DeploymentRecord, history: int) -> None:
+def _prune(txn: WriteTxn, latest: DeploymentRecord, history: int) -> int:
     """Drop `latest`'s model's revisions older than the newest `history`, except the `history` - 1
-    that Rollbacks from `latest` would restore in turn (its chain of previous revisions)."""
+    that Rollbacks from `latest` would restore in turn (its chain of previous revisions); returns
+    how many it dropped."""
     oldest_kept = latest.revision - history + 1
     if oldest_kept <= 1:
-        return
+        return 0
     restorable: set[int] = set()
     previous = latest.previous_revision
     while previous and len(restorable) < history - 1:
@@ -191,6 +199,38 @@ def _prune(txn: WriteTxn, latest: DeploymentRecord, history: int) -> None:
             dropped.append(key)
     for key in dropped:
         txn.delete(DEPLOYMENTS, key)
+    return len(dropped)
+
+
+def _over_history(txn: ReadTxn, model: str, history: int) -> bool:
+    """Whether `model` keeps a revision older than its newest `history` (one `_prune` may drop)."""
+    latest = latest_revision(txn, model)
+    if latest is None:
+        return False
+    oldest = next(txn.scan(DEPLOYMENTS, (model,), limit=1))[0]
+    return int(oldest[1]) < latest.revision - history + 1
+
+
+def prune_histories(store: Store, history: int) -> None:
+    """Bound every model's revisions at start as the write that adds one does (`_prune`): a
+    lowered registry.deployment_history holds from the next start, also for a model never
+    deployed again. Run at every start (the setting may change at any), so not a one-time pass
+    with a marker; a model within the bound costs two reads."""
+    with store.read() as txn:
+        over = [str(key[0]) for key, _ in txn.scan(MODELS) if _over_history(txn, str(key[0]), history)]
+    dropped = 0
+    for start in range(0, len(over), _PRUNE_BATCH):
+        # Frees space: may use the map's reserve, so that a full store can start and shrink.
+        with store.write(reserved=True) as txn:
+            for model in over[start : start + _PRUNE_BATCH]:
+                latest = latest_revision(txn, model)
+                if latest is not None:
+                    dropped += _prune(txn, latest, history)
+    if dropped:
+        log.info(
+            "pruned deployment history to registry.deployment_history",
+            extra={"models": len(over), "revisions": dropped, "history": history},
+        )
 
 
 class Deployments:

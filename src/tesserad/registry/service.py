@@ -30,7 +30,7 @@ from tesserad.registry.backfill import (
     backfill_job_versions,
     backfill_version_counts,
 )
-from tesserad.registry.deployments import Deployments
+from tesserad.registry.deployments import Deployments, prune_histories
 from tesserad.registry.models import Models
 from tesserad.registry.versions import DatasetCheck, Versions
 from tesserad.store import BlobStore, Store
@@ -57,6 +57,7 @@ class Registry:
         backfill_ensemble_members(store, blobs)
         backfill_deleted_parents(store)
         backfill_job_versions(store)
+        prune_histories(store, deployment_history)
         self._listeners: list[Callable[[str], None]] = []
         models = Models(store, blobs, self._notify)
         versions = Versions(

@@ -75,3 +75,35 @@ def test_deploys_keep_the_newest_revisions_and_rollbacks_walk_back_as_far_as_kep
     registry.DeleteVersion(R.DeleteVersionRequest(model="ci", version=3))
     assert deploy(registry, "ci", 1).revision == 13
     assert history(registry, "ci") == [(13, 1), (12, 4), (11, 1)]
+
+
+def test_a_lowered_history_holds_from_the_next_start_for_models_not_deployed_again(
+    tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = tmp_path / "data"
+    running = InProcessDaemon(daemon_settings(data, **{"registry.deployment_history": 20})).start()
+    stub = registry_pb2_grpc.RegistryStub(running.channel())
+    with_versions(stub, "ci", 4)
+    for version in (1, 2, 3, 4, 1, 2, 3, 4, 1, 2):
+        deploy(stub, "ci", version)
+    stub.Rollback(R.RollbackRequest(model="ci"))  # revision 11 restores revision 9's routes
+    with_versions(stub, "steady", 1)
+    deploy(stub, "steady", 1)
+    with_versions(stub, "idle", 1)
+    running.stop()
+
+    caplog.set_level("INFO", logger="tesserad.registry")
+    running = InProcessDaemon(daemon_settings(data, **{"registry.deployment_history": HISTORY})).start()
+    try:
+        stub = registry_pb2_grpc.RegistryStub(running.channel())
+        # As a Deploy or Rollback would have left it: the newest 3, and the 2 revisions before the
+        # current one that Rollbacks restore in turn (11 restores 8, then 7).
+        assert history(stub, "ci") == [(11, 1), (10, 2), (9, 1), (8, 4), (7, 3)]
+        assert history(stub, "steady") == [(1, 1)]
+        assert [
+            (r.getMessage(), r.models, r.revisions) for r in caplog.records if "pruned" in r.getMessage()
+        ] == [("pruned deployment history to registry.deployment_history", 1, 6)]
+        assert stub.Rollback(R.RollbackRequest(model="ci")).routes[0].version == 4
+        assert stub.Rollback(R.RollbackRequest(model="ci")).routes[0].version == 3
+    finally:
+        running.stop()
