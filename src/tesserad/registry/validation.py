@@ -12,11 +12,15 @@ from tesserad.registry.records import Signature
 from tesserad.text import (
     ENTRY_WIRE_BYTES,
     MAX_PARAM_VALUE,
+    MAX_RECORD_TEXT,
     MAX_TAG_KEY,
+    MAX_TAG_VALUE,
     check_entries,
     check_record_text,
+    entries_bytes,
     entries_wire_bytes,
     entry_problems,
+    record_text_problem,
 )
 
 _MAX_TENSOR_NAME = 256
@@ -45,10 +49,11 @@ MAX_VERSION_PARAMS = 2 * 2**20
 # with its params, its text and the aliases on it, a GetVersion answer stays within 4 MiB.
 MAX_VERSION_METRICS = 512 * 2**10
 _METRIC_VALUE_BYTES = 8
-# Where a trained (or exported) version's params say which of its job's params, and which of its
-# metrics, did not fit; room is kept for each.
+# Where a trained (or exported) version's params say which of its job's params, which of its
+# metrics, and which of its tags did not fit; room is kept for each.
 LEFT_OUT_KEY = "tessera.params_left_out"
 METRICS_LEFT_OUT_KEY = "tessera.metrics_left_out"
+TAGS_LEFT_OUT_KEY = "tessera.tags_left_out"
 _LEFT_OUT_ROOM = 8 * 2**10
 _LEFT_OUT_NAMED = 10
 
@@ -215,6 +220,41 @@ def fit_metrics(metrics: dict[str, float]) -> tuple[dict[str, float], str]:
         f"characters, and take at most {format_size(MAX_VERSION_METRICS)} together): "
     )
     return {k: v for k, v in metrics.items() if k in kept}, note + _named(left_out)
+
+
+def _rule_abiding(tags: dict[str, str]) -> dict[str, str]:
+    """The tags whose key and value follow the tag rule (`check_entries`)."""
+    return {key: value for key, value in tags.items() if not entry_problems("tags", {key: value})}
+
+
+def fit_tags(tags: dict[str, str], description: str) -> tuple[dict[str, str], str]:
+    """Tags `validate_tags` and `validate_version_text` take beside `description`, for a version
+    whose registration must not fail on them (an export's, copied from a version stored before
+    the rules, which no call can change; a job's, checked when it was submitted): those that follow
+    the tag rule, as many as fit beside the description, smallest first, and a note naming those
+    left out ("" when none was), for TAGS_LEFT_OUT_KEY."""
+    sizes = {key: entries_bytes({key: value}) for key, value in _rule_abiding(tags).items()}
+    kept = _smallest_that_fit(sizes, MAX_RECORD_TEXT - len(description.encode()))
+    left_out = [key for key in tags if key not in kept]
+    if not left_out:
+        return tags, ""
+    note = (
+        f"{len(left_out)} tags left out (a version's tag keys are 1 to {MAX_TAG_KEY} characters without "
+        f"NUL or newlines, values at most {MAX_TAG_VALUE} characters, and its description and tags "
+        f"take at most {format_size(MAX_RECORD_TEXT)} together): "
+    )
+    # Shown as written in Python: a key left out may be empty or hold a newline.
+    named = _named([repr(key) for key in left_out])
+    return {key: value for key, value in tags.items() if key in kept}, note + named
+
+
+def check_description_room(description: str, tags: dict[str, str]) -> None:
+    """InvalidArgument when `description` takes the room of tags a derived version carries
+    (`fit_tags`): the caller can shorten it. Tags stored before the 16 KiB bound that take more
+    alone are fitted, not refused: no call can change them."""
+    kept = _rule_abiding(tags)
+    if not record_text_problem("a model version", "", kept):
+        validate_version_text(description, kept)
 
 
 def validate_model_text(description: str, tags: dict[str, str]) -> None:

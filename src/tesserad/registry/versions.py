@@ -91,8 +91,10 @@ from tesserad.registry.tables import (
 )
 from tesserad.registry.validation import (
     METRICS_LEFT_OUT_KEY,
+    TAGS_LEFT_OUT_KEY,
     fit_metrics,
     fit_params,
+    fit_tags,
     validate_metrics,
     validate_params,
     validate_signature,
@@ -341,9 +343,10 @@ class Versions:
         architecture; a version without a signature takes the architecture's. onnx:
         onnx.checker and, when a signature is given, that it matches the graph; a version
         without one takes the graph's).
-        `params` and `metrics` are not refused here (an upload's were checked with its header): a
-        job's must not fail its registration after the training, so `fit_params` and
-        `fit_metrics` cut any over the bounds, and the params name what was left out.
+        `params`, `metrics` and `tags` are not refused here (an upload's were checked with its
+        header): a job's must not fail its registration after the training, nor an export on
+        what its source kept from before a rule, so `fit_params`, `fit_metrics` and `fit_tags`
+        cut any over the bounds, and the params name what was left out.
         On any failure the blob is deleted unless something else holds it; either way the claim
         of the put that stored `blob` ends here (BlobStore's claims). With `alias`, the returned
         record's `alias_moved` says where the alias pointed before; a model with no room for it
@@ -359,7 +362,15 @@ class Versions:
         """
         try:
             fitted_metrics, metrics_left_out = fit_metrics(metrics or {})
-            notes = {METRICS_LEFT_OUT_KEY: metrics_left_out} if metrics_left_out else {}
+            fitted_tags, tags_left_out = fit_tags(tags or {}, description)
+            notes = {
+                key: note
+                for key, note in (
+                    (METRICS_LEFT_OUT_KEY, metrics_left_out),
+                    (TAGS_LEFT_OUT_KEY, tags_left_out),
+                )
+                if note
+            }
             self.check_upload(
                 model,
                 format=format,
@@ -367,7 +378,7 @@ class Versions:
                 architecture=architecture,
                 size_bytes=blob.size,
                 create_model_if_missing=create_model_if_missing,
-                tags=tags or {},
+                tags=fitted_tags,
                 metrics=fitted_metrics,
                 alias=alias,
                 description=description,
@@ -381,7 +392,7 @@ class Versions:
                 architecture=architecture,
                 params=fit_params(params or {}, notes),
                 metrics=fitted_metrics,
-                tags=tags or {},
+                tags=fitted_tags,
                 lineage=lineage or Lineage(),
                 description=description,
                 create_model_if_missing=create_model_if_missing,

@@ -135,3 +135,36 @@ def test_records_stored_before_the_limits_stay_readable(tmp_path):
         )
     finally:
         daemon.stop()
+
+
+def test_an_export_of_a_version_stored_before_the_rules_leaves_out_the_tags_they_refuse(tmp_path, weights):
+    data_dir = tmp_path / "data"
+    daemon = InProcessDaemon(daemon_settings(data_dir)).start()
+    try:
+        upload(registry_pb2_grpc.RegistryStub(daemon.channel()), safetensors_header("mlp", weights), weights)
+    finally:
+        daemon.stop()
+    # As an earlier daemon, which took any tags, could have stored them; a version's tags cannot
+    # be changed since, so an export must not fail on them.
+    legacy_tags = {"": "empty key", "a\nb": "x", "team": "vision", "n1": "n" * 8000, "n2": "n" * 8000}
+    legacy_tags["n3"] = "n" * 8000  # within the tag rule, over 16 KiB with the others
+    store = Store.open(data_dir / "store", map_size=1 << 26, tables=STORE_TABLES)
+    with store.write() as txn:
+        raw = txn.get(VERSIONS, ("mlp", 1))
+        txn.put(VERSIONS, ("mlp", 1), encode_version(replace(decode_version(raw), tags=legacy_tags)))
+    store.close()
+
+    daemon = InProcessDaemon(daemon_settings(data_dir)).start()
+    try:
+        registry = registry_pb2_grpc.RegistryStub(daemon.channel())
+        source = common_pb2.VersionRef(model="mlp", version=1)
+        exported = registry.ExportOnnx(R.ExportOnnxRequest(source=source), timeout=120).version
+        assert (exported.version, exported.description) == (2, "ONNX export of v1")
+        assert dict(exported.tags) == {"team": "vision", "n1": "n" * 8000, "n2": "n" * 8000}
+        assert exported.params["tessera.tags_left_out"] == (
+            "3 tags left out (a version's tag keys are 1 to 250 characters without NUL or newlines, "
+            "values at most 8000 characters, and its description and tags take at most 16 KiB "
+            "together): '', 'a\\nb', 'n3'"
+        )
+    finally:
+        daemon.stop()

@@ -544,7 +544,12 @@ class ModelVersion(_message.Message):
         """
 
     @_builtins.property
-    def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """An export carries its source's: those that break the tag rules (kept by a version stored
+        before them) or no longer fit beside its description are left out, and the param
+        "tessera.tags_left_out" names them.
+        """
+
     @_builtins.property
     def lineage(self) -> Global___Lineage: ...
     @_builtins.property
