@@ -7,7 +7,7 @@ const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 
 const PROTO_ROOT = path.resolve(__dirname, '..', '..', 'protos');
-const PROTO_FILES = ['registry', 'inference', 'system'].map((name) => `tessera/v1/${name}.proto`);
+const PROTO_FILES = ['registry', 'inference', 'system', 'training'].map((name) => `tessera/v1/${name}.proto`);
 
 // Little-endian element readers/writers for the float and integer dtypes a Tensor carries.
 const DTYPES = {
@@ -21,16 +21,28 @@ const DTYPES = {
   },
 };
 
-function loadPackage() {
-  const definition = protoLoader.loadSync(PROTO_FILES, {
-    includeDirs: [PROTO_ROOT],
-    keepCase: true,
-    longs: Number,
-    enums: String,
-    defaults: true,
-    oneofs: true,
-  });
-  return grpc.loadPackageDefinition(definition).tessera.v1;
+const DEFINITION = protoLoader.loadSync(PROTO_FILES, {
+  includeDirs: [PROTO_ROOT],
+  keepCase: true,
+  longs: Number,
+  enums: String,
+  defaults: true,
+  oneofs: true,
+});
+
+// An enum value by its full name ('RUN_STATUS_SUCCEEDED') or its short one ('succeeded'), as the
+// Python SDK takes them: proto-loader sends a name it does not know as 0 (unspecified) without a
+// word, which the daemon reads as "not given".
+function enumValue(enumName, prefix, value) {
+  const names = DEFINITION[`tessera.v1.${enumName}`].type.value.map((v) => v.name);
+  const full = typeof value === 'string' ? (value.startsWith(prefix) ? value : prefix + value.toUpperCase()) : '';
+  if (!names.includes(full) || full.endsWith('_UNSPECIFIED')) {
+    const choices = names.filter((name) => !name.endsWith('_UNSPECIFIED'));
+    throw new RangeError(
+      `${enumName} ${JSON.stringify(value)} is not one of ${choices.map((name) => name.slice(prefix.length).toLowerCase()).join(', ')}`,
+    );
+  }
+  return full;
 }
 
 // Every call has a deadline, as in the Python SDK: a timeout left undefined takes the default
@@ -52,31 +64,86 @@ function timeoutMs(value, fallback) {
   return value;
 }
 
-// A TesseraError carries the gRPC status name and the daemon's message.
+// A TesseraError carries the gRPC status name (`code`), the daemon's message (`details`) and the
+// call's trailing metadata (`metadata`, a grpc.Metadata; empty when the call never reached it).
 class TesseraError extends Error {
   constructor(err) {
     const code = Object.keys(grpc.status).find((name) => grpc.status[name] === err.code) || 'UNKNOWN';
     super(`${code}: ${err.details || err.message}`);
+    this.name = 'TesseraError';
     this.code = code;
     this.details = err.details || err.message;
+    this.metadata = err.metadata || new grpc.Metadata();
   }
+}
+
+// Keepalive pings find a connection that died without a word (a NAT or load balancer that forgot
+// it, a peer host gone): without them a watch on it waits for ever. tesserad takes a ping every
+// 500 ms at most, also between calls; one more often is answered with GOAWAY (too_many_pings),
+// so the interval is 1 s at least. Pings go only while a call is open.
+const DEFAULT_KEEPALIVE = { timeMs: 30000, timeoutMs: 20000 };
+const MIN_KEEPALIVE_TIME_MS = 1000;
+
+function keepaliveOptions(keepalive) {
+  if (keepalive === false) return {};
+  const given = keepalive === undefined || keepalive === true ? {} : keepalive;
+  if (typeof given !== 'object' || given === null) {
+    throw new TypeError(`keepalive must be false, true or { timeMs, timeoutMs }, got ${String(keepalive)}`);
+  }
+  const { timeMs = DEFAULT_KEEPALIVE.timeMs, timeoutMs: ackMs = DEFAULT_KEEPALIVE.timeoutMs } = given;
+  if (typeof timeMs !== 'number' || !(timeMs >= MIN_KEEPALIVE_TIME_MS && timeMs <= MAX_TIMEOUT_MS)) {
+    throw new RangeError(
+      `keepalive.timeMs must be milliseconds from ${MIN_KEEPALIVE_TIME_MS} to ${MAX_TIMEOUT_MS} (tesserad ` +
+        `refuses pings more often than every 500 ms), got ${String(timeMs)}; keepalive: false turns pings off`,
+    );
+  }
+  if (typeof ackMs !== 'number' || !(ackMs > 0 && ackMs <= MAX_TIMEOUT_MS)) {
+    throw new RangeError(`keepalive.timeoutMs must be milliseconds above 0 (at most ${MAX_TIMEOUT_MS}), got ${String(ackMs)}`);
+  }
+  return { 'grpc.keepalive_time_ms': timeMs, 'grpc.keepalive_timeout_ms': ackMs };
+}
+
+function channelCredentials({ tls, rootCert, clientCert, clientKey }) {
+  if (Boolean(clientCert) !== Boolean(clientKey)) {
+    throw new TypeError('clientCert and clientKey go together: give both for mutual TLS, or neither');
+  }
+  if (!tls && !rootCert && !clientCert) return grpc.credentials.createInsecure();
+  return grpc.credentials.createSsl(rootCert || null, clientKey || null, clientCert || null);
+}
+
+// A whole number a request's int64 field takes: proto-loader sends 1.5 as 1 and '7' as 7.
+function wholeNumber(name, value) {
+  if (!Number.isSafeInteger(value) || value < 0) {
+    throw new RangeError(`${name} must be a whole number >= 0, got ${String(value)}`);
+  }
+  return value;
+}
+
+// Param and tag values are text, as in the Python SDK: numbers and booleans are written out.
+function asText(values = {}) {
+  return Object.fromEntries(Object.entries(values).map(([key, value]) => [key, String(value)]));
 }
 
 class Client {
   // target: "host:port"; options: { token, timeoutMs (each call's deadline, default 30000),
-  // rootCert (Buffer, enables TLS) }.
+  // tls (true: TLS trusting the system's CAs), rootCert (PEM Buffer of the CA that signed the
+  // daemon's certificate; enables TLS), clientCert and clientKey (PEM Buffers, for a daemon that
+  // asks for client certificates; enable TLS), keepalive ({ timeMs, timeoutMs }: a ping every
+  // timeMs (default 30000) while a call is open, the connection dropped when one is not answered
+  // within timeoutMs (default 20000); false: no pings) }.
   constructor(target, options = {}) {
     this.timeoutMs = timeoutMs(options.timeoutMs, DEFAULT_TIMEOUT_MS);
-    const v1 = loadPackage();
-    const credentials = options.rootCert
-      ? grpc.credentials.createSsl(options.rootCert)
-      : grpc.credentials.createInsecure();
+    const channelOptions = keepaliveOptions(options.keepalive);
+    const v1 = grpc.loadPackageDefinition(DEFINITION).tessera.v1;
+    const credentials = channelCredentials(options);
     this.metadata = new grpc.Metadata();
     const token = options.token || process.env.TESSERA_TOKEN;
     if (token) this.metadata.set('authorization', `Bearer ${token}`);
-    this.registry = new v1.Registry(target, credentials);
-    this.inference = new v1.Inference(target, credentials, { channelOverride: this.registry.getChannel() });
-    this.system = new v1.System(target, credentials, { channelOverride: this.registry.getChannel() });
+    this.registry = new v1.Registry(target, credentials, channelOptions);
+    const shared = { channelOverride: this.registry.getChannel() };
+    this.inference = new v1.Inference(target, credentials, shared);
+    this.system = new v1.System(target, credentials, shared);
+    this.training = new v1.Training(target, credentials, shared);
   }
 
   // `timeout`: this call's timeoutMs (undefined: the client's).
@@ -89,22 +156,26 @@ class Client {
     });
   }
 
+  // Every page of a listing, each page a call of its own with its own deadline.
+  async pages(stub, method, request, field, timeout) {
+    const items = [];
+    let pageToken = '';
+    do {
+      const page = await this.call(stub, method, { ...request, page_token: pageToken }, timeout);
+      items.push(...page[field]);
+      pageToken = page.next_page_token;
+    } while (pageToken);
+    return items;
+  }
+
   // Each method takes { timeoutMs } last, for its calls instead of the client's.
   async info({ timeoutMs: timeout } = {}) {
     return this.call(this.system, 'GetServerInfo', {}, timeout);
   }
 
-  // Every model, following page tokens; each page is a call of its own, with its own deadline.
+  // Every model, following page tokens.
   async listModels(namePrefix = '', { timeoutMs: timeout } = {}) {
-    const models = [];
-    let pageToken = '';
-    do {
-      const request = { name_prefix: namePrefix, page_token: pageToken };
-      const page = await this.call(this.registry, 'ListModels', request, timeout);
-      models.push(...page.models);
-      pageToken = page.next_page_token;
-    } while (pageToken);
-    return models;
+    return this.pages(this.registry, 'ListModels', { name_prefix: namePrefix }, 'models', timeout);
   }
 
   // inputs: { name: { dtype: 'DATA_TYPE_FLOAT32', shape: [2, 4], values: [...] } }.
@@ -123,9 +194,188 @@ class Client {
     return { model: response.model, version: response.version, outputs };
   }
 
+  // Training jobs. spec: a JobSpec (protos/tessera/v1/job_spec.proto) with its field names, enum
+  // values by their full names ('TASK_CLASSIFICATION'). Resolves to the Job.
+  async submitJob(spec, { timeoutMs: timeout } = {}) {
+    return this.call(this.training, 'SubmitJob', { spec }, timeout);
+  }
+
+  async getJob(jobId, { timeoutMs: timeout } = {}) {
+    return this.call(this.training, 'GetJob', { job_id: jobId }, timeout);
+  }
+
+  async cancelJob(jobId, { timeoutMs: timeout } = {}) {
+    return this.call(this.training, 'CancelJob', { job_id: jobId }, timeout);
+  }
+
+  // A job's events (JobEvent: `event` names the one it carries, e.g. event.state) from fromSeq,
+  // then live until the job ends, for `for await`. No deadline unless timeoutMs bounds the whole
+  // watch. A failure, a cut connection included, throws a TesseraError: watch again from the
+  // last seq seen + 1 to miss and repeat nothing. Leaving the loop early ends the call.
+  watchJob(jobId, { fromSeq = 1, timeoutMs: timeout } = {}) {
+    const request = { job_id: jobId, from_seq: wholeNumber('fromSeq', fromSeq) };
+    const ms = timeoutMs(timeout, undefined);
+    const callOptions = ms === undefined ? {} : { deadline: new Date(Date.now() + ms) };
+    return events(this.training.WatchJob(request, this.metadata, callOptions));
+  }
+
+  // Tracking: experiments hold runs; a run holds params (fixed once logged), tags and metric
+  // points (key, value, step). Param and tag values are sent as text.
+  async createExperiment(name, { description = '', tags, timeoutMs: timeout } = {}) {
+    const request = { name, description, tags: asText(tags) };
+    return this.call(this.training, 'CreateExperiment', request, timeout);
+  }
+
+  async getExperiment(name, { timeoutMs: timeout } = {}) {
+    return this.call(this.training, 'GetExperiment', { name }, timeout);
+  }
+
+  // view: 'active_only' (default), 'deleted_only' or 'all'.
+  async listExperiments(namePrefix = '', { view = 'active_only', timeoutMs: timeout } = {}) {
+    const request = { name_prefix: namePrefix, view: enumValue('LifecycleView', 'LIFECYCLE_VIEW_', view) };
+    return this.pages(this.training, 'ListExperiments', request, 'experiments', timeout);
+  }
+
+  // A run for a process outside the daemon (a service logging online metrics, a script);
+  // end it with updateRun(runId, { status }). Resolves to the Run; run.run_id names it.
+  async createRun(experiment, { name = '', params, tags, timeoutMs: timeout } = {}) {
+    const request = { experiment, name, params: asText(params), tags: asText(tags) };
+    return this.call(this.training, 'CreateRun', request, timeout);
+  }
+
+  // status: 'succeeded', 'failed' or 'cancelled' ends the run; setTags and removeTags change its
+  // tags (a removed key that is not there is no error).
+  async updateRun(runId, { status, setTags, removeTags = [], timeoutMs: timeout } = {}) {
+    const request = { run_id: runId, set_tags: asText(setTags), remove_tags: removeTags };
+    if (status !== undefined) request.status = enumValue('RunStatus', 'RUN_STATUS_', status);
+    return this.call(this.training, 'UpdateRun', request, timeout);
+  }
+
+  // A run with its params, tags and metric summaries (run.metrics: key, last, min, max, count).
+  async getRun(runId, { timeoutMs: timeout } = {}) {
+    return this.call(this.training, 'GetRun', { run_id: runId }, timeout);
+  }
+
+  // Runs matching every filter given, newest first, or by a metric's summary with orderBy; every
+  // page. statuses: ['running', ...]; params, tags: { key: value }; metrics: [{ key, op ('lt',
+  // 'le', 'gt', 'ge', 'eq', 'ne'), value, field ('last' (default), 'min', 'max') }]; orderBy: a
+  // metric's key, with orderField and descending (undefined: the metric's own direction, lowest
+  // loss first); view as listExperiments'.
+  async listRuns(
+    experiment = '',
+    {
+      statuses = [],
+      params,
+      tags,
+      metrics = [],
+      orderBy,
+      orderField,
+      descending,
+      view = 'active_only',
+      pageSize = 0,
+      timeoutMs: timeout,
+    } = {},
+  ) {
+    const request = {
+      experiment,
+      statuses: statuses.map((status) => enumValue('RunStatus', 'RUN_STATUS_', status)),
+      params: Object.entries(asText(params)).map(([key, value]) => ({ key, value })),
+      tags: Object.entries(asText(tags)).map(([key, value]) => ({ key, value })),
+      metrics: metrics.map(({ key, op, value, field = 'last' }) => ({
+        key,
+        op: enumValue('Comparison', 'COMPARISON_', op),
+        value: metricValue(key, value),
+        field: enumValue('SummaryField', 'SUMMARY_FIELD_', field),
+      })),
+      view: enumValue('LifecycleView', 'LIFECYCLE_VIEW_', view),
+      page_size: wholeNumber('pageSize', pageSize),
+    };
+    if (orderBy !== undefined) {
+      request.order_by = {
+        metric: orderBy,
+        field: enumValue('SummaryField', 'SUMMARY_FIELD_', orderField === undefined ? 'last' : orderField),
+      };
+      if (descending !== undefined) request.order_by.direction = descending ? 'SORT_DIRECTION_DESCENDING' : 'SORT_DIRECTION_ASCENDING';
+    } else if (orderField !== undefined || descending !== undefined) {
+      throw new RangeError('orderField and descending order by a metric: give its key as orderBy');
+    }
+    return this.pages(this.training, 'ListRuns', request, 'runs', timeout);
+  }
+
+  // A logged param cannot change value; logging it again with its value changes nothing.
+  async logParams(runId, params, { timeoutMs: timeout } = {}) {
+    await this.call(this.training, 'LogParams', { run_id: runId, params: asText(params) }, timeout);
+  }
+
+  // metrics: { key: number } at one step (a whole number >= 0: a request count, a time bucket);
+  // time: a Date for the points (default: the daemon's clock). Resolves to the points accepted.
+  // A run keeps one point per key and step: sending a point again changes nothing.
+  async logMetrics(runId, metrics, step, { time, timeoutMs: timeout } = {}) {
+    wholeNumber('step', step);
+    const stamp = time === undefined ? undefined : timestamp(time);
+    const points = Object.entries(metrics).map(([key, value]) => ({
+      key,
+      value: metricValue(key, value),
+      step,
+      ...(stamp && { time: stamp }),
+    }));
+    const response = await this.call(this.training, 'LogMetrics', { run_id: runId, points }, timeout);
+    return response.accepted;
+  }
+
+  // One metric's points from startStep to endStep (inclusive; undefined: to the last step), in
+  // step order, downsampled by the daemon to maxPoints (0: every point; else 4 or more). The
+  // daemon's pages are joined: { run_id, key, points: [{ key, value, step, time }],
+  // total_points, downsampled }.
+  async metricHistory(runId, key, { maxPoints = 0, startStep = 0, endStep, timeoutMs: timeout } = {}) {
+    const request = {
+      run_id: runId,
+      key,
+      max_points: wholeNumber('maxPoints', maxPoints),
+      start_step: wholeNumber('startStep', startStep),
+    };
+    if (endStep !== undefined) request.end_step = wholeNumber('endStep', endStep);
+    let history;
+    let pageToken = '';
+    do {
+      const page = await this.call(this.training, 'GetMetricHistory', { ...request, page_token: pageToken }, timeout);
+      if (history === undefined) history = page;
+      else history.points.push(...page.points);
+      pageToken = page.next_page_token;
+    } while (pageToken);
+    delete history.next_page_token;
+    return history;
+  }
+
   close() {
     this.registry.close();
   }
+}
+
+// The events of a server stream, its failure as a TesseraError; leaving early cancels the call.
+async function* events(stream) {
+  try {
+    for await (const event of stream) yield event;
+  } catch (err) {
+    throw new TesseraError(err);
+  } finally {
+    stream.cancel();
+  }
+}
+
+// A metric value is a number (proto-loader would send '0.5' as 0.5 and true as 1); the daemon
+// refuses NaN and the infinities, naming the point.
+function metricValue(key, value) {
+  if (typeof value !== 'number') throw new TypeError(`metric ${key}: value must be a number, got ${typeof value}`);
+  return value;
+}
+
+function timestamp(date) {
+  if (!(date instanceof Date) || Number.isNaN(date.getTime())) {
+    throw new TypeError(`time must be a valid Date, got ${String(date)}`);
+  }
+  const ms = date.getTime();
+  return { seconds: Math.floor(ms / 1000), nanos: (ms - Math.floor(ms / 1000) * 1000) * 1e6 };
 }
 
 function encodeTensor(name, { dtype, shape, values }) {

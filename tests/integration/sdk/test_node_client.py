@@ -1,13 +1,16 @@
 """The Node.js client (clients/node) against a real daemon: list models and Predict, each call
 within a deadline (the Python SDK's rule: a timeout left out takes the default, and one not
-above 0 is refused before anything is sent)."""
+above 0 is refused before anything is sent); training jobs watched; experiment tracking; keepalive
+pings that find a dead connection."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -72,12 +75,25 @@ def test_node_client_version_is_digits_0_to_9(node_ready, daemon, client, onnx_f
     assert json.loads(predicted.stdout)["version"] == 1
 
 
-def run_node_script(script: str, target: str) -> subprocess.CompletedProcess[str]:
-    """`script` with `Client` (clients/node/tessera.js) in scope and `target` as TARGET."""
+def node_script(script: str, target: str) -> list[str]:
+    """`node -e` arguments: `script` with `Client` (clients/node/tessera.js) in scope and `target`
+    as TARGET."""
     prelude = f"const {{ Client }} = require({json.dumps(str(NODE_CLIENT / 'tessera.js'))});\n"
     prelude += f"const TARGET = {json.dumps(target)};\n"
+    return ["node", "-e", prelude + script]
+
+
+def run_node_script(
+    script: str, target: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`script` run as `node_script` makes it, with `env` added to the environment."""
     return subprocess.run(
-        ["node", "-e", prelude + script], capture_output=True, text=True, timeout=60, check=False
+        node_script(script, target),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -137,3 +153,251 @@ def test_node_client_calls_end_at_their_deadline(node_ready, daemon, client, onn
         daemon.target,
     )
     assert (per_call.returncode, per_call.stdout) == (0, "DEADLINE_EXCEEDED\n"), per_call.stderr
+
+
+def node_json(script: str, target: str) -> Any:
+    """What `script` prints as JSON (its last line), the script failing the test when it fails."""
+    done = run_node_script(script, target)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_node_client_tracks_an_experiment_and_its_runs(node_ready, daemon, client):
+    """What a service logging online metrics does: a run with params and tags, metric points
+    step by step, then reads and searches them back."""
+    found = node_json(
+        """
+        (async () => {
+          const client = new Client(TARGET);
+          await client.createExperiment('online', { description: 'live traffic', tags: { team: 'ml' } });
+          const run = await client.createRun('online', { name: 'canary', params: { lr: 0.01 }, tags: { region: 'eu' } });
+          const other = await client.createRun('online', { params: { lr: 0.1 } });
+          await client.logParams(run.run_id, { batch: 32 });
+          const accepted = [];
+          for (const step of [0, 1, 2]) {
+            accepted.push(await client.logMetrics(run.run_id, { latency_ms: 40 - step * 5, errors: step }, step));
+          }
+          await client.logMetrics(other.run_id, { latency_ms: 90 }, 0, { time: new Date(Date.UTC(2026, 0, 2)) });
+          const ended = await client.updateRun(run.run_id, { status: 'succeeded', setTags: { verdict: 'ok' }, removeTags: ['region'] });
+          const got = await client.getRun(run.run_id);
+          const history = await client.metricHistory(run.run_id, 'latency_ms');
+          const otherHistory = await client.metricHistory(other.run_id, 'latency_ms');
+          const fast = await client.listRuns('online', { metrics: [{ key: 'latency_ms', op: 'lt', value: 50 }] });
+          const byParam = await client.listRuns('online', { params: { lr: 0.1 }, statuses: ['running'] });
+          const ranked = await client.listRuns('online', { orderBy: 'latency_ms', descending: true });
+          const experiments = await client.listExperiments('onl');
+          const experiment = await client.getExperiment('online');
+          client.close();
+          console.log(JSON.stringify({
+            accepted, status: ended.status, tags: got.tags, params: got.params,
+            metrics: got.metrics.map(({ key, last, min, max, count }) => ({ key, last, min, max, count })),
+            history: history.points.map(({ step, value }) => [step, value]), total: history.total_points,
+            otherTime: otherHistory.points[0].time.seconds,
+            fast: fast.map((r) => r.run_id), byParam: byParam.map((r) => r.run_id),
+            ranked: ranked.map((r) => r.run_id), experiments: experiments.map((e) => e.name),
+            runCount: experiment.run_count, description: experiment.description,
+            runId: run.run_id, otherId: other.run_id,
+          }));
+        })();
+        """,
+        daemon.target,
+    )
+    run_id, other_id = found["runId"], found["otherId"]
+    assert found["accepted"] == [2, 2, 2]
+    assert found["status"] == "RUN_STATUS_SUCCEEDED"
+    assert found["tags"] == {"verdict": "ok"} and found["params"] == {"lr": "0.01", "batch": "32"}
+    assert found["metrics"] == [
+        {"key": "errors", "last": 2, "min": 0, "max": 2, "count": 3},
+        {"key": "latency_ms", "last": 30, "min": 30, "max": 40, "count": 3},
+    ]
+    assert found["history"] == [[0, 40], [1, 35], [2, 30]] and found["total"] == 3
+    assert found["otherTime"] == 1767312000
+    assert found["fast"] == [run_id] and found["byParam"] == [other_id]
+    assert found["ranked"] == [other_id, run_id]
+    assert found["experiments"] == ["online"] and found["runCount"] == 2
+    assert found["description"] == "live traffic"
+    # What the Node client logged is what the Python SDK reads.
+    assert client.training.run(run_id).params == {"lr": "0.01", "batch": "32"}
+
+
+def test_node_client_tracking_errors_name_the_code_and_what_to_fix(node_ready, daemon, client):
+    client.training.create_experiment("online")
+    run_id = client.training.create_run("online").run_id
+    outcomes = node_json(
+        f"""
+        const runId = {json.dumps(run_id)};
+        (async () => {{
+          const client = new Client(TARGET);
+          const attempts = {{
+            getRun: () => client.getRun('run-absent'),
+            logMetricsToAbsent: () => client.logMetrics('run-absent', {{ loss: 1 }}, 0),
+            nan: () => client.logMetrics(runId, {{ loss: NaN }}, 0),
+            negativeStep: () => client.logMetrics(runId, {{ loss: 1 }}, -1),
+            fractionalStep: () => client.logMetrics(runId, {{ loss: 1 }}, 1.5),
+            textValue: () => client.logMetrics(runId, {{ loss: '0.5' }}, 0),
+            status: () => client.updateRun(runId, {{ status: 'finished' }}),
+            history: () => client.metricHistory(runId, 'loss', {{ maxPoints: 2 }}),
+            absentExperiment: () => client.getExperiment('absent'),
+          }};
+          const outcomes = {{}};
+          for (const [name, attempt] of Object.entries(attempts)) {{
+            try {{
+              await attempt();
+              outcomes[name] = 'answered';
+            }} catch (err) {{
+              outcomes[name] = {{ name: err.name, code: err.code, message: err.message }};
+            }}
+          }}
+          client.close();
+          console.log(JSON.stringify(outcomes));
+        }})();
+        """,
+        daemon.target,
+    )
+    for name in ("getRun", "logMetricsToAbsent"):
+        assert outcomes[name]["name"] == "TesseraError" and outcomes[name]["code"] == "NOT_FOUND"
+        assert (
+            outcomes[name]["message"].startswith("NOT_FOUND: ") and "run-absent" in outcomes[name]["message"]
+        )
+    assert (
+        outcomes["absentExperiment"]["code"] == "NOT_FOUND"
+        and "absent" in outcomes["absentExperiment"]["message"]
+    )
+    assert outcomes["nan"]["code"] == "INVALID_ARGUMENT" and "finite" in outcomes["nan"]["message"]
+    assert (
+        outcomes["history"]["code"] == "INVALID_ARGUMENT" and "max_points" in outcomes["history"]["message"]
+    )
+    # Refused before anything is sent: proto-loader would send 1.5 as step 1, '0.5' as 0.5 and an
+    # unknown status as none at all.
+    assert outcomes["negativeStep"]["name"] == "RangeError" and "step" in outcomes["negativeStep"]["message"]
+    assert (
+        outcomes["fractionalStep"]["name"] == "RangeError" and "1.5" in outcomes["fractionalStep"]["message"]
+    )
+    assert outcomes["textValue"]["name"] == "TypeError" and "loss" in outcomes["textValue"]["message"]
+    assert outcomes["status"]["name"] == "RangeError"
+    assert "succeeded, failed, cancelled" in outcomes["status"]["message"]
+    assert client.training.run(run_id).metrics == []
+
+
+def small_spec(dataset: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "experiment": "node",
+        "architecture": {"input_shape": [4], "output_size": 2, "mlp": {"hidden_sizes": [8]}},
+        "task": "TASK_CLASSIFICATION",
+        "data": {"dataset": dataset, "train_split": "train", "val_split": "val"},
+        "epochs": 2,
+        "batch_size": 8,
+        "seed": 0,
+    }
+
+
+def test_node_client_submits_and_watches_a_training_job(node_ready, daemon, client):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(48, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    version = client.datasets.push("table", x=x, y=y, splits={"train": 0.75, "val": 0.25})
+    watched = node_json(
+        f"""
+        (async () => {{
+          const client = new Client(TARGET);
+          const job = await client.submitJob({json.dumps(small_spec({"name": "table", "version": version.version}))});
+          const seen = [];
+          for await (const event of client.watchJob(job.job_id)) seen.push([event.seq, event.event, event.state && event.state.state]);
+          const again = [];
+          for await (const event of client.watchJob(job.job_id, {{ fromSeq: 2 }})) {{
+            again.push(event.seq);
+            break;
+          }}
+          const ended = await client.getJob(job.job_id);
+          let absent;
+          try {{
+            for await (const event of client.watchJob('job-absent')) absent = event;
+          }} catch (err) {{
+            absent = err.message;
+          }}
+          client.close();
+          console.log(JSON.stringify({{ seen, again, state: ended.state, lastSeq: ended.last_seq, absent }}));
+        }})();
+        """,
+        daemon.target,
+    )
+    seen = watched["seen"]
+    assert (
+        [seq for seq, _, _ in seen] == list(range(1, len(seen) + 1)) == list(range(1, watched["lastSeq"] + 1))
+    )
+    assert {"state", "step", "epoch"} <= {kind for _, kind, _ in seen}
+    assert seen[-1][2] == "JOB_STATE_SUCCEEDED" and watched["state"] == "JOB_STATE_SUCCEEDED"
+    assert watched["again"] == [2]
+    assert watched["absent"].startswith("NOT_FOUND: ") and "job-absent" in watched["absent"]
+
+
+def test_node_client_keepalive_ends_a_watch_on_a_dead_connection(node_ready, daemon, proxy_to):
+    """A watch on a connection that went silent (a NAT that forgot it) waited for ever; the
+    keepalive pings find it dead and the watch fails UNAVAILABLE. Without pings it waits out its
+    deadline."""
+    proxy = proxy_to(daemon.daemon.port)
+    script = """
+        const keepalive = JSON.parse(process.argv[1]);
+        (async () => {
+          const client = new Client(TARGET, { keepalive });
+          await client.info();
+          console.log('connected');
+          await new Promise((resolve) => process.stdin.once('data', resolve));
+          try {
+            for await (const event of client.watchJob('job-unheard', { timeoutMs: 8000 })) console.log(event.seq);
+          } catch (err) {
+            console.log(err.code);
+          }
+          client.close();
+          process.stdin.destroy();
+        })();
+        """
+    outcomes = []
+    for keepalive in ({"timeMs": 1000, "timeoutMs": 1000}, False):
+        with subprocess.Popen(
+            [*node_script(script, proxy.target), json.dumps(keepalive)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as node:
+            assert node.stdout is not None and node.stdin is not None
+            assert node.stdout.readline() == "connected\n"
+            proxy.black_hole()
+            node.stdin.write("\n")
+            node.stdin.flush()
+            out, err = node.communicate(timeout=60)
+        assert node.returncode == 0, err
+        outcomes.append(out)
+    assert outcomes == ["UNAVAILABLE\n", "DEADLINE_EXCEEDED\n"]
+
+
+def test_node_client_refuses_keepalive_pings_the_daemon_refuses(node_ready, daemon):
+    refused = run_node_script(
+        """
+        const values = [{ timeMs: 500 }, { timeMs: '30000' }, { timeoutMs: 0 }, 30000, null];
+        for (const keepalive of values) {
+          try {
+            new Client(TARGET, { keepalive }).close();
+            console.log('constructed');
+          } catch (err) {
+            console.log(err.name, err.message);
+          }
+        }
+        const client = new Client(TARGET, { keepalive: false });
+        client.info().then((info) => console.log('answered', info.version.length > 0)).finally(() => client.close());
+        """,
+        daemon.target,
+    )
+    assert refused.returncode == 0, refused.stderr
+    lines = refused.stdout.splitlines()
+    assert [line.split(" ")[0] for line in lines] == [
+        "RangeError",
+        "RangeError",
+        "RangeError",
+        "TypeError",
+        "TypeError",
+        "answered",
+    ]
+    assert "500 ms" in lines[0] and "keepalive: false" in lines[0]
+    assert lines[-1] == "answered true"
