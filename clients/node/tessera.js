@@ -195,9 +195,12 @@ class Client {
   }
 
   // Training jobs. spec: a JobSpec (protos/tessera/v1/job_spec.proto) with its field names, enum
-  // values by their full names ('TASK_CLASSIFICATION'). Resolves to the Job.
+  // values by their full or short names ('TASK_REGRESSION' or 'regression'); a field or enum
+  // name the proto does not have is refused before sending. Resolves to the Job.
   async submitJob(spec, { timeoutMs: timeout } = {}) {
-    return this.call(this.training, 'SubmitJob', { spec }, timeout);
+    const { requestSerialize, requestDeserialize } = this.training.SubmitJob;
+    const request = checked({ spec }, requestDeserialize(requestSerialize({ spec })), '');
+    return this.call(this.training, 'SubmitJob', request, timeout);
   }
 
   async getJob(jobId, { timeoutMs: timeout } = {}) {
@@ -361,6 +364,41 @@ async function* events(stream) {
   } finally {
     stream.cancel();
   }
+}
+
+// `given` with its enum values by their full names, checked against `echoed` (what proto-loader
+// makes of it): proto-loader drops a field the message does not have and sends an enum name it
+// does not know as 0 (unspecified), both without a word, so a misspelt field or value would
+// train something else than asked.
+function checked(given, echoed, path) {
+  if (Array.isArray(given)) return given.map((value, i) => checked(value, echoed[i], `${path}[${i}]`));
+  if (typeof given === 'string' && typeof echoed === 'string' && given !== echoed) {
+    return enumName(given, echoed, path);
+  }
+  if (given === null || typeof given !== 'object' || Buffer.isBuffer(given)) return given;
+  const result = {};
+  for (const [key, value] of Object.entries(given)) {
+    const name = path ? `${path}.${key}` : key;
+    if (value === undefined) continue;
+    if (echoed === null || typeof echoed !== 'object' || !(key in echoed)) {
+      throw new RangeError(`${name} is not a field of this message; see protos/tessera/v1/`);
+    }
+    result[key] = checked(value, echoed[key], name);
+  }
+  return result;
+}
+
+// The full name of enum value `given`, its field sent as `unspecified` (the enum's 0 value).
+function enumName(given, unspecified, path) {
+  const prefix = unspecified.slice(0, -'UNSPECIFIED'.length);
+  const type = Object.values(DEFINITION).find(
+    (definition) => definition.format && definition.format.includes('Enum') && definition.type.value.some((v) => v.name === unspecified),
+  );
+  const names = type.type.value.map((v) => v.name).filter((name) => name !== unspecified);
+  const full = prefix + given.toUpperCase();
+  if (names.includes(full)) return full;
+  const choices = names.map((name) => name.slice(prefix.length).toLowerCase()).join(', ');
+  throw new RangeError(`${path}: ${JSON.stringify(given)} is not one of ${choices}`);
 }
 
 // A metric value is a number (proto-loader would send '0.5' as 0.5 and true as 1); the daemon

@@ -283,24 +283,31 @@ def small_spec(dataset: dict[str, Any]) -> dict[str, Any]:
     return {
         "experiment": "node",
         "architecture": {"input_shape": [4], "output_size": 2, "mlp": {"hidden_sizes": [8]}},
-        "task": "TASK_CLASSIFICATION",
+        "task": "classification",
         "data": {"dataset": dataset, "train_split": "train", "val_split": "val"},
         "epochs": 2,
         "batch_size": 8,
         "seed": 0,
+        "early_stopping": {"metric": "val_loss", "mode": "min", "patience": 5},
     }
 
 
-def test_node_client_submits_and_watches_a_training_job(node_ready, daemon, client):
+@pytest.fixture
+def table(client) -> dict[str, Any]:
+    """A dataset of 48 rows of 4 features and a class, as a JobSpec's data.dataset."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(48, 4)).astype(np.float32)
     y = (x[:, 0] > 0).astype(np.int64)
     version = client.datasets.push("table", x=x, y=y, splits={"train": 0.75, "val": 0.25})
+    return {"name": "table", "version": version.version}
+
+
+def test_node_client_submits_and_watches_a_training_job(node_ready, daemon, table):
     watched = node_json(
         f"""
         (async () => {{
           const client = new Client(TARGET);
-          const job = await client.submitJob({json.dumps(small_spec({"name": "table", "version": version.version}))});
+          const job = await client.submitJob({json.dumps(small_spec(table))});
           const seen = [];
           for await (const event of client.watchJob(job.job_id)) seen.push([event.seq, event.event, event.state && event.state.state]);
           const again = [];
@@ -316,7 +323,8 @@ def test_node_client_submits_and_watches_a_training_job(node_ready, daemon, clie
             absent = err.message;
           }}
           client.close();
-          console.log(JSON.stringify({{ seen, again, state: ended.state, lastSeq: ended.last_seq, absent }}));
+          const mode = ended.spec.early_stopping.mode;
+          console.log(JSON.stringify({{ seen, again, state: ended.state, lastSeq: ended.last_seq, absent, mode }}));
         }})();
         """,
         daemon.target,
@@ -328,7 +336,48 @@ def test_node_client_submits_and_watches_a_training_job(node_ready, daemon, clie
     assert {"state", "step", "epoch"} <= {kind for _, kind, _ in seen}
     assert seen[-1][2] == "JOB_STATE_SUCCEEDED" and watched["state"] == "JOB_STATE_SUCCEEDED"
     assert watched["again"] == [2]
+    # Short enum names, as the Python SDK takes them ("min" sent as unspecified would not be).
+    assert watched["mode"] == "OPTIMIZE_MODE_MIN"
     assert watched["absent"].startswith("NOT_FOUND: ") and "job-absent" in watched["absent"]
+
+
+def test_node_client_refuses_a_spec_the_proto_does_not_read(node_ready, daemon, client, table):
+    """proto-loader dropped a misspelt field and sent an unknown enum name as unspecified (for
+    task: classification) without a word: the job trained something else than asked."""
+    spec = small_spec(table)
+    outcomes = node_json(
+        f"""
+        const spec = {json.dumps(spec)};
+        const specs = [
+          {{ ...spec, task: 'regresion' }},
+          {{ ...spec, epoch: 5 }},
+          {{ ...spec, architecture: {{ ...spec.architecture, mlp: {{ hidden_sizes: [8], activaton: 'relu' }} }} }},
+          {{ ...spec, early_stopping: {{ mode: 'minimum' }} }},
+        ];
+        (async () => {{
+          const client = new Client(TARGET);
+          const outcomes = [];
+          for (const bad of specs) {{
+            try {{
+              await client.submitJob(bad);
+              outcomes.push('submitted');
+            }} catch (err) {{
+              outcomes.push(`${{err.name}}: ${{err.message}}`);
+            }}
+          }}
+          client.close();
+          console.log(JSON.stringify(outcomes));
+        }})();
+        """,
+        daemon.target,
+    )
+    assert outcomes == [
+        'RangeError: spec.task: "regresion" is not one of classification, regression',
+        "RangeError: spec.epoch is not a field of this message; see protos/tessera/v1/",
+        "RangeError: spec.architecture.mlp.activaton is not a field of this message; see protos/tessera/v1/",
+        'RangeError: spec.early_stopping.mode: "minimum" is not one of min, max',
+    ]
+    assert list(client.training.jobs()) == []
 
 
 def test_node_client_keepalive_ends_a_watch_on_a_dead_connection(node_ready, daemon, proxy_to):
