@@ -30,23 +30,23 @@ const DEFINITION = protoLoader.loadSync(PROTO_FILES, {
   oneofs: true,
 });
 
-// An enum value by its full name ('RUN_STATUS_SUCCEEDED') or its short one ('succeeded'), as the
-// Python SDK takes them: proto-loader sends a name it does not know as 0 (unspecified) without a
-// word, which the daemon reads as "not given".
-function enumValue(enumName, prefix, value) {
-  const names = DEFINITION[`tessera.v1.${enumName}`].type.value.map((v) => v.name);
-  const full = typeof value === 'string' ? (value.startsWith(prefix) ? value : prefix + value.toUpperCase()) : '';
-  if (!names.includes(full) || full.endsWith('_UNSPECIFIED')) {
-    const choices = names.filter((name) => !name.endsWith('_UNSPECIFIED'));
-    throw new RangeError(
-      `${enumName} ${JSON.stringify(value)} is not one of ${choices.map((name) => name.slice(prefix.length).toLowerCase()).join(', ')}`,
-    );
-  }
-  return full;
+// The value of enum `typeName` ('tessera.v1.RunStatus') that `given` names, in full
+// ('RUN_STATUS_SUCCEEDED') or short ('succeeded'), as the Python SDK takes them: proto-loader
+// sends a name it does not know as 0 (unspecified) without a word, which the daemon reads as "not
+// given". `label` names the argument in the error.
+function enumValue(typeName, given, label) {
+  const names = DEFINITION[typeName].type.value.map((v) => v.name);
+  // Every enum of the protos starts with its 0 value, PREFIX_UNSPECIFIED.
+  const [unspecified, ...choices] = names;
+  const prefix = unspecified.slice(0, -'UNSPECIFIED'.length);
+  const full = typeof given === 'string' ? (given.startsWith(prefix) ? given : prefix + given.toUpperCase()) : '';
+  if (choices.includes(full)) return full;
+  const short = choices.map((name) => name.slice(prefix.length).toLowerCase()).join(', ');
+  throw new RangeError(`${label}: ${JSON.stringify(given)} is not one of ${short}`);
 }
 
 // Every call has a deadline, as in the Python SDK: a timeout left undefined takes the default
-// (this client's calls are all unary), and one that is not a number of milliseconds above 0 is
+// (watchJob's: none, a watch lasts as long as its job), and one that is not a number of milliseconds above 0 is
 // refused before anything is sent (0 took the default through `||`, and a negative one failed at
 // once with a bare DEADLINE_EXCEEDED).
 const DEFAULT_TIMEOUT_MS = 30000;
@@ -235,7 +235,7 @@ class Client {
 
   // view: 'active_only' (default), 'deleted_only' or 'all'.
   async listExperiments(namePrefix = '', { view = 'active_only', timeoutMs: timeout } = {}) {
-    const request = { name_prefix: namePrefix, view: enumValue('LifecycleView', 'LIFECYCLE_VIEW_', view) };
+    const request = { name_prefix: namePrefix, view: enumValue('tessera.v1.LifecycleView', view, 'view') };
     return this.pages(this.training, 'ListExperiments', request, 'experiments', timeout);
   }
 
@@ -250,7 +250,7 @@ class Client {
   // tags (a removed key that is not there is no error).
   async updateRun(runId, { status, setTags, removeTags = [], timeoutMs: timeout } = {}) {
     const request = { run_id: runId, set_tags: asText(setTags), remove_tags: removeTags };
-    if (status !== undefined) request.status = enumValue('RunStatus', 'RUN_STATUS_', status);
+    if (status !== undefined) request.status = enumValue('tessera.v1.RunStatus', status, 'status');
     return this.call(this.training, 'UpdateRun', request, timeout);
   }
 
@@ -281,22 +281,22 @@ class Client {
   ) {
     const request = {
       experiment,
-      statuses: statuses.map((status) => enumValue('RunStatus', 'RUN_STATUS_', status)),
+      statuses: statuses.map((status, i) => enumValue('tessera.v1.RunStatus', status, `statuses[${i}]`)),
       params: Object.entries(asText(params)).map(([key, value]) => ({ key, value })),
       tags: Object.entries(asText(tags)).map(([key, value]) => ({ key, value })),
-      metrics: metrics.map(({ key, op, value, field = 'last' }) => ({
+      metrics: metrics.map(({ key, op, value, field = 'last' }, i) => ({
         key,
-        op: enumValue('Comparison', 'COMPARISON_', op),
+        op: enumValue('tessera.v1.Comparison', op, `metrics[${i}].op`),
         value: metricValue(key, value),
-        field: enumValue('SummaryField', 'SUMMARY_FIELD_', field),
+        field: enumValue('tessera.v1.SummaryField', field, `metrics[${i}].field`),
       })),
-      view: enumValue('LifecycleView', 'LIFECYCLE_VIEW_', view),
+      view: enumValue('tessera.v1.LifecycleView', view, 'view'),
       page_size: wholeNumber('pageSize', pageSize),
     };
     if (orderBy !== undefined) {
       request.order_by = {
         metric: orderBy,
-        field: enumValue('SummaryField', 'SUMMARY_FIELD_', orderField === undefined ? 'last' : orderField),
+        field: enumValue('tessera.v1.SummaryField', orderField === undefined ? 'last' : orderField, 'orderField'),
       };
       if (descending !== undefined) request.order_by.direction = descending ? 'SORT_DIRECTION_DESCENDING' : 'SORT_DIRECTION_ASCENDING';
     } else if (orderField !== undefined || descending !== undefined) {
@@ -390,15 +390,11 @@ function checked(given, echoed, path) {
 
 // The full name of enum value `given`, its field sent as `unspecified` (the enum's 0 value).
 function enumName(given, unspecified, path) {
-  const prefix = unspecified.slice(0, -'UNSPECIFIED'.length);
-  const type = Object.values(DEFINITION).find(
-    (definition) => definition.format && definition.format.includes('Enum') && definition.type.value.some((v) => v.name === unspecified),
-  );
-  const names = type.type.value.map((v) => v.name).filter((name) => name !== unspecified);
-  const full = prefix + given.toUpperCase();
-  if (names.includes(full)) return full;
-  const choices = names.map((name) => name.slice(prefix.length).toLowerCase()).join(', ');
-  throw new RangeError(`${path}: ${JSON.stringify(given)} is not one of ${choices}`);
+  const typeName = Object.keys(DEFINITION).find((name) => {
+    const { format, type } = DEFINITION[name];
+    return format === 'Protocol Buffer 3 EnumDescriptorProto' && type.value[0].name === unspecified;
+  });
+  return enumValue(typeName, given, path);
 }
 
 // A metric value is a number (proto-loader would send '0.5' as 0.5 and true as 1); the daemon
