@@ -423,6 +423,30 @@ def test_node_client_keepalive_ends_a_watch_on_a_dead_connection(node_ready, dae
     assert outcomes == ["UNAVAILABLE\n", "DEADLINE_EXCEEDED\n"]
 
 
+def test_node_client_keepalive_pings_are_taken_by_the_daemon(node_ready, daemon, client, onnx_file):
+    """Pings every second on a call that sends nothing for 7 s: under gRPC's default server
+    policy (a ping in 5 minutes without data) the fifth is answered with GOAWAY (too_many_pings)
+    and the call fails RESOURCE_EXHAUSTED; tesserad takes one every 500 ms."""
+    client.models.push("affine", onnx_file)
+    # A lone request waits this long for more rows to batch with: the call stays open, quiet.
+    client.inference.load("affine", max_batch_size=8, max_queue_delay_us=7_000_000)
+    inputs = {"input": {"dtype": "DATA_TYPE_FLOAT32", "shape": [1, 4], "values": [0, 0, 0, 0]}}
+    answered = run_node_script(
+        f"""
+        const client = new Client(TARGET, {{ keepalive: {{ timeMs: 1000, timeoutMs: 5000 }} }});
+        client.predict('affine', {json.dumps(inputs)}).then(
+          (result) => console.log(JSON.stringify(result.outputs.output.values)),
+          (err) => console.log(err.message),
+        ).finally(() => client.close());
+        """,
+        daemon.target,
+        env={"GRPC_TRACE": "keepalive,transport", "GRPC_VERBOSITY": "DEBUG"},
+    )
+    assert (answered.returncode, answered.stdout) == (0, "[1,1,1,1]\n"), answered.stderr
+    assert answered.stderr.count("Received ping response") >= 2, answered.stderr
+    assert "GOAWAY" not in answered.stderr
+
+
 def test_node_client_refuses_keepalive_pings_the_daemon_refuses(node_ready, daemon):
     refused = run_node_script(
         """
