@@ -328,14 +328,15 @@ class Client {
 
   // One metric's points from startStep to endStep (inclusive; undefined: to the last step), in
   // step order, downsampled by the daemon to maxPoints (0: every point; else 4 or more). The
-  // daemon's pages are joined: { run_id, key, points: [{ key, value, step, time }],
-  // total_points, downsampled }.
-  async metricHistory(runId, key, { maxPoints = 0, startStep = 0, endStep, timeoutMs: timeout } = {}) {
+  // daemon's pages (pageSize points each; 0: its default, 10,000) are joined, each a call of its
+  // own: { run_id, key, points: [{ key, value, step, time }], total_points, downsampled }.
+  async metricHistory(runId, key, { maxPoints = 0, startStep = 0, endStep, pageSize = 0, timeoutMs: timeout } = {}) {
     const request = {
       run_id: runId,
       key,
       max_points: wholeNumber('maxPoints', maxPoints),
       start_step: wholeNumber('startStep', startStep),
+      page_size: wholeNumber('pageSize', pageSize),
     };
     if (endStep !== undefined) request.end_step = wholeNumber('endStep', endStep);
     let history;

@@ -180,7 +180,8 @@ def test_node_client_tracks_an_experiment_and_its_runs(node_ready, daemon, clien
           await client.logMetrics(other.run_id, { latency_ms: 90 }, 0, { time: new Date(Date.UTC(2026, 0, 2)) });
           const ended = await client.updateRun(run.run_id, { status: 'succeeded', setTags: { verdict: 'ok' }, removeTags: ['region'] });
           const got = await client.getRun(run.run_id);
-          const history = await client.metricHistory(run.run_id, 'latency_ms');
+          const history = await client.metricHistory(run.run_id, 'latency_ms', { pageSize: 2 });
+          const middle = await client.metricHistory(run.run_id, 'latency_ms', { startStep: 1, endStep: 1 });
           const otherHistory = await client.metricHistory(other.run_id, 'latency_ms');
           const fast = await client.listRuns('online', { metrics: [{ key: 'latency_ms', op: 'lt', value: 50 }] });
           const byParam = await client.listRuns('online', { params: { lr: 0.1 }, statuses: ['running'] });
@@ -192,6 +193,7 @@ def test_node_client_tracks_an_experiment_and_its_runs(node_ready, daemon, clien
             accepted, status: ended.status, tags: got.tags, params: got.params,
             metrics: got.metrics.map(({ key, last, min, max, count }) => ({ key, last, min, max, count })),
             history: history.points.map(({ step, value }) => [step, value]), total: history.total_points,
+            middle: middle.points.map(({ step, value }) => [step, value]), pageToken: history.next_page_token,
             otherTime: otherHistory.points[0].time.seconds,
             fast: fast.map((r) => r.run_id), byParam: byParam.map((r) => r.run_id),
             ranked: ranked.map((r) => r.run_id), experiments: experiments.map((e) => e.name),
@@ -210,7 +212,9 @@ def test_node_client_tracks_an_experiment_and_its_runs(node_ready, daemon, clien
         {"key": "errors", "last": 2, "min": 0, "max": 2, "count": 3},
         {"key": "latency_ms", "last": 30, "min": 30, "max": 40, "count": 3},
     ]
+    # Two pages of two points and one, joined.
     assert found["history"] == [[0, 40], [1, 35], [2, 30]] and found["total"] == 3
+    assert "pageToken" not in found and found["middle"] == [[1, 35]]
     assert found["otherTime"] == 1767312000
     assert found["fast"] == [run_id] and found["byParam"] == [other_id]
     assert found["ranked"] == [other_id, run_id]
