@@ -46,9 +46,9 @@ function enumValue(typeName, given, label) {
 }
 
 // Every call has a deadline, as in the Python SDK: a timeout left undefined takes the default
-// (watchJob's: none, a watch lasts as long as its job), and one that is not a number of milliseconds above 0 is
-// refused before anything is sent (0 took the default through `||`, and a negative one failed at
-// once with a bare DEADLINE_EXCEEDED).
+// (watchJob's: none, a watch lasts as long as its job), and one that is not a number of
+// milliseconds above 0 is refused before anything is sent (0 took the default through `||`, and
+// a negative one failed at once with a bare DEADLINE_EXCEEDED).
 const DEFAULT_TIMEOUT_MS = 30000;
 const MAX_TIMEOUT_MS = 1e12;
 
@@ -213,13 +213,47 @@ class Client {
 
   // A job's events (JobEvent: `event` names the one it carries, e.g. event.state) from fromSeq,
   // then live until the job ends, for `for await`. No deadline unless timeoutMs bounds the whole
-  // watch. A failure, a cut connection included, throws a TesseraError: watch again from the
-  // last seq seen + 1 to miss and repeat nothing. Leaving the loop early ends the call.
-  watchJob(jobId, { fromSeq = 1, timeoutMs: timeout } = {}) {
-    const request = { job_id: jobId, from_seq: wholeNumber('fromSeq', fromSeq) };
+  // watch. A cut connection (UNAVAILABLE: the daemon restarting, a dead connection the keepalive
+  // found) or a watcher too slow for the daemon (RESOURCE_EXHAUSTED) is watched again from the
+  // event after the last one given, up to `reconnects` times in a row (default 5, about 3 s of
+  // backoff; 0: none), so no event is missed or repeated. Any other failure, or one more, throws
+  // a TesseraError. Leaving the loop early ends the call.
+  watchJob(jobId, { fromSeq = 1, reconnects = DEFAULT_RECONNECTS, timeoutMs: timeout } = {}) {
+    wholeNumber('fromSeq', fromSeq);
+    wholeNumber('reconnects', reconnects);
     const ms = timeoutMs(timeout, undefined);
-    const callOptions = ms === undefined ? {} : { deadline: new Date(Date.now() + ms) };
-    return events(this.training.WatchJob(request, this.metadata, callOptions));
+    const deadline = ms === undefined ? undefined : Date.now() + ms;
+    return this.resumedEvents(jobId, fromSeq, reconnects, deadline);
+  }
+
+  async *resumedEvents(jobId, fromSeq, reconnects, deadline) {
+    let nextSeq = fromSeq;
+    let failures = 0;
+    for (;;) {
+      const callOptions = deadline === undefined ? {} : { deadline: new Date(deadline) };
+      const stream = this.training.WatchJob({ job_id: jobId, from_seq: nextSeq }, this.metadata, callOptions);
+      try {
+        for await (const event of stream) {
+          nextSeq = event.seq + 1;
+          failures = 0;
+          yield event;
+        }
+        return;
+      } catch (err) {
+        const error = new TesseraError(err);
+        failures += 1;
+        const pause = backoffMs(failures);
+        const late = deadline !== undefined && Date.now() + pause >= deadline;
+        if (!RESUMED_CODES.includes(error.code) || late) throw error;
+        if (failures > reconnects) {
+          error.message += ` (gave up watching job ${jobId} after ${reconnects} reconnects; watch again with fromSeq ${nextSeq})`;
+          throw error;
+        }
+        await new Promise((resolve) => setTimeout(resolve, pause));
+      } finally {
+        stream.cancel();
+      }
+    }
   }
 
   // Tracking: experiments hold runs; a run holds params (fixed once logged), tags and metric
@@ -356,15 +390,15 @@ class Client {
   }
 }
 
-// The events of a server stream, its failure as a TesseraError; leaving early cancels the call.
-async function* events(stream) {
-  try {
-    for await (const event of stream) yield event;
-  } catch (err) {
-    throw new TesseraError(err);
-  } finally {
-    stream.cancel();
-  }
+// A watch is resumed after these, as the Python SDK's: a cut connection, a watcher too slow.
+const RESUMED_CODES = ['UNAVAILABLE', 'RESOURCE_EXHAUSTED'];
+const DEFAULT_RECONNECTS = 5;
+
+// The Python SDK's RetryPolicy backoff: 100 ms doubling to 2 s at most, with full jitter, which
+// spreads reconnecting clients apart after a daemon restart.
+function backoffMs(failure) {
+  const ceiling = Math.min(2000, 100 * 2 ** (failure - 1));
+  return ceiling / 2 + Math.random() * (ceiling / 2);
 }
 
 // `given` with its enum values by their full names, checked against `echoed` (what proto-loader

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -386,6 +387,71 @@ def test_node_client_refuses_a_spec_the_proto_does_not_read(node_ready, daemon, 
     assert list(client.training.jobs()) == []
 
 
+def test_node_client_watch_resumes_after_the_connection_is_cut(node_ready, daemon, client, table, proxy_to):
+    """A cut connection ended the watch with UNAVAILABLE; it is watched again from the event
+    after the last one given, as the Python SDK's is: none missed, none repeated."""
+    job = client.training.submit({**small_spec(table), "epochs": 200})
+    proxy = proxy_to(daemon.daemon.port)
+    script = f"""
+        (async () => {{
+          const client = new Client(TARGET);
+          for await (const event of client.watchJob({json.dumps(job.id)})) {{
+            console.log(event.seq);
+            // The job goes on while the connection is cut; the watch waits for the test.
+            if (event.seq === 2) await new Promise((resolve) => process.stdin.once('data', resolve));
+          }}
+          client.close();
+          process.stdin.destroy();
+        }})();
+        """
+    with subprocess.Popen(
+        node_script(script, proxy.target),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as node:
+        assert node.stdout is not None and node.stdin is not None
+        assert [node.stdout.readline(), node.stdout.readline()] == ["1\n", "2\n"]
+        proxy.cut()
+        node.stdin.write("\n")
+        node.stdin.flush()
+        client.training.cancel(job.id)
+        out, err = node.communicate(timeout=120)
+    assert node.returncode == 0, err
+    seqs = [1, 2, *map(int, out.split())]
+    assert proxy.cuts == 1
+    assert seqs == list(range(1, client.training.job(job.id).info.last_seq + 1))
+
+
+def test_node_client_watch_gives_up_after_its_reconnects(node_ready):
+    """Nothing listens at the target: the watch tries `reconnects` more times, then says where
+    to resume from."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+    outcomes = node_json(
+        """
+        (async () => {
+          const client = new Client(TARGET);
+          const outcomes = [];
+          for (const reconnects of [2, 1.5]) {
+            try {
+              for await (const event of client.watchJob('job-1', { fromSeq: 7, reconnects })) outcomes.push(event.seq);
+            } catch (err) {
+              outcomes.push(`${err.name}: ${err.message}`);
+            }
+          }
+          client.close();
+          console.log(JSON.stringify(outcomes));
+        })();
+        """,
+        f"127.0.0.1:{port}",
+    )
+    assert outcomes[0].startswith("TesseraError: UNAVAILABLE: ")
+    assert outcomes[0].endswith("(gave up watching job job-1 after 2 reconnects; watch again with fromSeq 7)")
+    assert outcomes[1] == "RangeError: reconnects must be a whole number >= 0, got 1.5"
+
+
 def test_node_client_keepalive_ends_a_watch_on_a_dead_connection(node_ready, daemon, proxy_to):
     """A watch on a connection that went silent (a NAT that forgot it) waited for ever; the
     keepalive pings find it dead and the watch fails UNAVAILABLE. Without pings it waits out its
@@ -399,7 +465,8 @@ def test_node_client_keepalive_ends_a_watch_on_a_dead_connection(node_ready, dae
           console.log('connected');
           await new Promise((resolve) => process.stdin.once('data', resolve));
           try {
-            for await (const event of client.watchJob('job-unheard', { timeoutMs: 8000 })) console.log(event.seq);
+            const watch = client.watchJob('job-unheard', { reconnects: 0, timeoutMs: 8000 });
+            for await (const event of watch) console.log(event.seq);
           } catch (err) {
             console.log(err.code);
           }
