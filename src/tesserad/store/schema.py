@@ -46,7 +46,8 @@ from tesserad.store.lockfile import DataDirLock
 from tesserad.store.records import decode_record, encode_record
 
 # The schema this tesserad writes. Bump it here (see the module's doc for when).
-STORE_SCHEMA = 2
+# 3: a sweep's trials in rows of their own (training.sweeps), which an older tesserad misreads.
+STORE_SCHEMA = 3
 # The "meta" row that records who last opened the store for writing.
 SCHEMA_KEY = ("store_schema",)
 _KIND = "store_schema"

@@ -8,11 +8,13 @@ their rungs. Each trial's values are set in a copy of the base spec (its plain f
 training.spec.SPEC_FIELDS) and checked like any job's spec; trials run as jobs, at most
 `max_concurrent` at a time.
 
-Everything is stored in the sweep's record as it happens: a trial is written with its values
-before its job is submitted (and named after it, so a job whose id did not reach the record
-before a crash is found again), rung results are keyed by trial, and searchers rebuild their
-state from the record. A sweep so survives a restart of the daemon: each trial is counted
-once, and the searcher continues where it was.
+Everything is stored as it happens: the sweep's own state in its record ("sweeps"), each trial
+in a row of its own ("sweep_trials", by sweep id and trial number), so that a trial's end
+writes that trial, not every trial of the sweep. A trial is written with its values before its
+job is submitted (and named after it, so a job whose id did not reach the record before a
+crash is found again), rung results are keyed by trial, and searchers rebuild their state from
+the stored trials. A sweep so survives a restart of the daemon: each trial is counted once, and
+the searcher continues where it was.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from tesserad.datasets.references import release_dataset_holds, release_ended_ho
 from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, TesseraError
 from tesserad.ids import new_id
 from tesserad.paging import PageFill, answer_bytes, resume_key
-from tesserad.store import Store, decode_record, encode_record
+from tesserad.store import ReadTxn, Store, decode_record, encode_record
 from tesserad.training.job_records import JobRecord
 from tesserad.training.jobs import ENDED, Jobs
 from tesserad.training.pbt import Member, PbtSettings, next_generation, pbt_settings
@@ -55,9 +57,12 @@ from tesserad.training.spec import SPEC_FIELDS, Choice, SpecField, default_mode,
 
 log = logging.getLogger(__name__)
 
-TABLES = ["sweeps"]
+TABLES = ["sweeps", "sweep_trials"]
 KIND = "sweep"
-SCHEMA = 1
+# 2: the trials in rows of their own ("sweep_trials"); 1 held them in the sweep's record.
+SCHEMA = 2
+TRIAL_KIND = "sweep_trial"
+TRIAL_SCHEMA = 1
 PLANNED = ("grid", "random")  # searchers that draw every trial at submit
 NO_PBT = PbtSettings(0, 0.0, 0.0, 0.0)
 # Longer whole numbers go through float(): out of int64 either way, refused with the spec's fields.
@@ -357,13 +362,16 @@ class Sweeps:
         self._orphans: dict[str, JobRecord] = {}
         # Sweeps whose trials' jobs are being cancelled: their ends are recorded once, after the last.
         self._cancelling: set[str] = set()
+        # By sweep: the numbers of its trials changed in memory since their rows were last written.
+        self._unsaved: dict[str, set[int]] = {}
         jobs.add_listener(self._on_job)
         jobs.keep_trial_checkpoints_while(self._running_sweep)
         jobs.end_trials_holding(self._lock)
 
     def start(self) -> None:
+        self._split_trials_once()
         with self._store.read() as txn:
-            records = [decode_sweep(raw) for _, raw in txn.scan("sweeps")]
+            records = [read_sweep(txn, str(key[0]), raw) for key, raw in txn.scan("sweeps")]
         # After jobs.start and before any trial is submitted: the holds of both kinds in one pass.
         running = {s.sweep_id for s in records if s.state == "running"}
         release_ended_holds(self._store, self._jobs.unended_ids(), running)
@@ -387,6 +395,24 @@ class Sweeps:
                         self._prune(trial.job_id)
                 self._tick(sweep)
 
+    def _split_trials_once(self) -> None:
+        """Move the trials of sweeps stored with them in their record (schema 1) to rows of their
+        own, each sweep in one write: a stop between two leaves every sweep readable."""
+        with self._store.read() as txn:
+            old = [key for key, raw in txn.scan("sweeps") if decode_record(raw, KIND, SCHEMA)[0] == 1]
+        for key in old:
+            # Reserved: a daemon must start on a full store, for its operator to make room.
+            with self._store.write(reserved=True) as txn:
+                raw = txn.get("sweeps", key)
+                if raw is None or decode_record(raw, KIND, SCHEMA)[0] != 1:
+                    continue
+                sweep = decode_sweep(raw, [])
+                for trial in sweep.trials:
+                    txn.put("sweep_trials", (sweep.sweep_id, trial.number), encode_trial(trial))
+                txn.put("sweeps", key, encode_sweep(sweep))
+        if old:
+            log.info("sweeps' trials moved to rows of their own", extra={"sweeps": len(old)})
+
     def _running_sweep(self, sweep_id: str) -> bool:
         """Whether the sweep still runs, so may yet copy its ended trials' checkpoints (PBT).
         Asked of the store too: a job may end at the daemon's start before `start` read the sweeps."""
@@ -395,7 +421,7 @@ class Sweeps:
                 return self._running[sweep_id].state == "running"
         with self._store.read() as txn:
             raw = txn.get("sweeps", (sweep_id,))
-        return raw is not None and decode_sweep(raw).state == "running"
+        return raw is not None and decode_sweep(raw, []).state == "running"
 
     def _sweep_jobs(self, sweep_id: str) -> builtins.list[JobRecord]:
         """Every job of the sweep: a page of jobs also ends at a size, before MAX_TRIALS."""
@@ -503,7 +529,7 @@ class Sweeps:
         used = {(c["data"]["dataset"], c["data"]["version"]): c for c in configs}
         with self._lock:
             # Written before any trial's job is submitted: a restart then finds each job's trial.
-            self._save(sweep, hold=list(used.values()))
+            self._write(sweep, sweep.trials, head=True, hold=list(used.values()))
             self._running[sweep.sweep_id] = sweep
             self._tick(sweep)
         return self.get(sweep.sweep_id)
@@ -533,9 +559,9 @@ class Sweeps:
             return running
         with self._store.read() as txn:
             raw = txn.get("sweeps", (sweep_id,))
-        if raw is None:
-            raise NotFound(f"sweep {sweep_id!r} does not exist; ListSweeps lists them")
-        return decode_sweep(raw)
+            if raw is None:
+                raise NotFound(f"sweep {sweep_id!r} does not exist; ListSweeps lists them")
+            return read_sweep(txn, sweep_id, raw)
 
     def _running_copy(self, sweep_id: str) -> Sweep | None:
         """A copy of the sweep if it runs, else None."""
@@ -562,7 +588,7 @@ class Sweeps:
         running = {sweep_id: found for sweep_id in running_ids if (found := self._running_copy(sweep_id))}
         with self._store.read() as txn:
             for key, raw in txn.scan("sweeps", after=after, reverse=True):
-                sweep = running.get(str(key[0])) or decode_sweep(raw)
+                sweep = running.get(str(key[0])) or read_sweep(txn, str(key[0]), raw)
                 if not fill.room(answered_bytes(sweep)):
                     break
                 fill.add(key, sweep)
@@ -577,9 +603,12 @@ class Sweeps:
             if sweep is None or state != "running":
                 raise FailedPrecondition(f"sweep {sweep_id} has already ended ({state.upper()})")
             trials = [replace(t, state="cancelled") if t.state == "pending" else t for t in sweep.trials]
+            never_started = [t for t in trials if t.state == "cancelled" and not t.job_id]
             # Stored before any trial's job is cancelled: a daemon killed meanwhile finishes the
             # cancel at its start. Taken in memory once stored: a refused write leaves it running.
-            self._save(replace(sweep, state="cancelled", trials=trials), reserved=True)
+            self._write(
+                replace(sweep, state="cancelled", trials=trials), never_started, head=True, reserved=True
+            )
             sweep.state, sweep.trials = "cancelled", trials
             running = [t.job_id for t in sweep.trials if t.job_id and t.state not in ENDED]
         self._cancel_trials(sweep, running)
@@ -613,6 +642,7 @@ class Sweeps:
                 return
             if kind == "epoch" and sweep.metric in data["metrics"]:
                 trial.metric, trial.has_metric = float(data["metrics"][sweep.metric]), True
+                self._changed(sweep, trial)
                 if sweep.pruner:
                     rungs, min_epochs = sweep.rungs, sweep.asha.min_epochs
                     if sweep.pruner == "hyperband":
@@ -634,7 +664,7 @@ class Sweeps:
                         threading.Thread(target=self._prune, args=(job.job_id,), daemon=True).start()
                     # Rung results decide later trials' fate and must survive a restart; the
                     # trial's latest metric is written with them (one write per epoch).
-                    self._save(sweep)
+                    self._save(sweep, head=True)
             elif kind == "ended":
                 self._settle(sweep, trial, job)
                 if sweep.sweep_id not in self._cancelling:
@@ -646,15 +676,23 @@ class Sweeps:
 
     def _settle(self, sweep: Sweep, trial: Trial, job: JobRecord) -> None:
         """Take the job's state, and its last metric once it ended (an epoch event may have been missed)."""
+        before = (trial.state, trial.pruned, trial.metric, trial.has_metric)
         trial.state = job.state
         if job.state == "succeeded" and trial.pruned:
             # It ended on its own (its max_steps, early stopping) before the prune's cancel reached it.
             trial.pruned, trial.pruned_at = False, 0
         if job.state in ENDED and sweep.metric in job.metrics:
             trial.metric, trial.has_metric = float(job.metrics[sweep.metric]), True
+        if (trial.state, trial.pruned, trial.metric, trial.has_metric) != before:
+            self._changed(sweep, trial)
+
+    def _changed(self, sweep: Sweep, trial: Trial) -> None:
+        """Note that `trial` changed in memory: the sweep's next write stores its row."""
+        self._unsaved.setdefault(sweep.sweep_id, set()).add(trial.number)
 
     def _tick(self, sweep: Sweep) -> None:
         """Bring trial states up to date, start trials up to max_concurrent, end when done."""
+        own_state = (sweep.state, sweep.error, sweep.best_job_id)
         for trial in sweep.trials:
             if trial.job_id and trial.state not in ENDED:
                 self._settle(sweep, trial, self._jobs.get(trial.job_id))
@@ -676,6 +714,7 @@ class Sweeps:
             for trial in sweep.trials:  # planned, or drawn with a PBT generation: never to start
                 if trial.state == "pending" and not trial.job_id:
                     trial.state = "cancelled"
+                    self._changed(sweep, trial)
         if all(t.state in ENDED for t in sweep.trials):
             if sweep.state == "running":
                 sweep.state = ended_state(sweep)
@@ -685,7 +724,7 @@ class Sweeps:
             pick = min if sweep.mode == "min" else max
             sweep.best_job_id = pick(scored, key=lambda t: t.metric).job_id
         # It records trials' ends and the sweep's own: the store's reserve is for such writes.
-        self._save(sweep, reserved=True)
+        self._save(sweep, head=(sweep.state, sweep.error, sweep.best_job_id) != own_state, reserved=True)
 
     @staticmethod
     def _draw_error(sweep: Sweep, exc: Exception) -> str:
@@ -719,7 +758,7 @@ class Sweeps:
         if not drawn:
             return None
         sweep.trials.extend(drawn)
-        self._save(sweep)
+        self._write(sweep, drawn, head=False)
         return drawn[0]
 
     def _next_generation(self, sweep: Sweep, settings: PbtSettings) -> builtins.list[Trial]:
@@ -768,6 +807,7 @@ class Sweeps:
     def _start(self, sweep: Sweep, trial: Trial) -> None:
         name = f"{sweep.sweep_id}-{trial.number}"
         orphan = self._orphans.pop(name, None)
+        self._changed(sweep, trial)
         if orphan is not None:  # submitted before a crash: the same trial, counted once
             trial.job_id = orphan.job_id
             self._settle(sweep, trial, self._jobs.get(orphan.job_id))
@@ -802,29 +842,52 @@ class Sweeps:
             return
         trial.job_id, trial.state = job.job_id, job.state
 
-    def _save(
-        self, sweep: Sweep, hold: builtins.list[dict[str, Any]] | None = None, *, reserved: bool = False
+    def _save(self, sweep: Sweep, *, head: bool, reserved: bool = False) -> None:
+        """Write the trials changed since the sweep's last write, and its own record if `head`."""
+        unsaved = self._unsaved.get(sweep.sweep_id, set())
+        self._write(sweep, [sweep.trials[n] for n in sorted(unsaved)], head=head, reserved=reserved)
+
+    def _write(
+        self,
+        sweep: Sweep,
+        trials: builtins.list[Trial],
+        *,
+        head: bool,
+        hold: builtins.list[dict[str, Any]] | None = None,
+        reserved: bool = False,
     ) -> None:
-        """Write the record; `hold`: configs whose dataset versions the sweep holds from now (a
-        trial's job adds the hold of a version first named at its submit). An ended sweep holds none.
+        """Write `trials`' rows, and the sweep's own record if `head` (its state, best trial, error,
+        rungs: what is not a trial's); a trial's end so writes that trial alone, whatever the
+        sweep's size. `hold`: configs whose dataset versions the sweep holds from now (a trial's
+        job adds the hold of a version first named at its submit). An ended sweep holds none.
         `reserved`: a trial's end or the sweep's own, which may use the store's kept room."""
         holder = sweep_holder(sweep.sweep_id)
         released: set[str] = set()
+        ended = sweep.state != "running"
         with self._store.write(reserved=reserved) as txn:
             for config in hold or []:
                 self._jobs.hold_dataset(txn, config, holder)
-            if sweep.state != "running":
+            if ended and head:
                 release_dataset_holds(txn, holder)
-                # Its trials kept their checkpoints while it ran; those yet to end release theirs
-                # as they do.
-                for trial in sweep.trials:
-                    if trial.job_id:
-                        released |= self._jobs.release_checkpoints(txn, trial.job_id)
-            txn.put("sweeps", (sweep.sweep_id,), encode_sweep(sweep))
+            # Its trials kept their checkpoints while it ran: all release them when its end is
+            # written, those yet to end as they do.
+            for trial in sweep.trials if ended and head else trials if ended else []:
+                if trial.job_id:
+                    released |= self._jobs.release_checkpoints(txn, trial.job_id)
+            for trial in trials:
+                txn.put("sweep_trials", (sweep.sweep_id, trial.number), encode_trial(trial))
+            if head:
+                txn.put("sweeps", (sweep.sweep_id,), encode_sweep(sweep))
+        unsaved = self._unsaved.get(sweep.sweep_id)
+        if unsaved is not None:
+            unsaved.difference_update(t.number for t in trials)
+            if not unsaved:
+                del self._unsaved[sweep.sweep_id]
         self._jobs.collect_blobs(released)
 
 
 def encode_sweep(sweep: Sweep) -> bytes:
+    """The sweep's own record: all but its trials, which `encode_trial` stores in rows of their own."""
     data = {
         "sweep_id": sweep.sweep_id,
         "strategy": sweep.strategy,
@@ -838,7 +901,6 @@ def encode_sweep(sweep: Sweep) -> bytes:
         "created_by": sweep.created_by,
         "best_job_id": sweep.best_job_id,
         "rungs": sweep.rungs,
-        "trials": [asdict(t) for t in sweep.trials],
         "pruner": sweep.pruner,
         "base": sweep.base,
         "parameters": [asdict(p) for p in sweep.parameters],
@@ -851,8 +913,24 @@ def encode_sweep(sweep: Sweep) -> bytes:
     return encode_record(KIND, SCHEMA, data)
 
 
-def decode_sweep(raw: bytes) -> Sweep:
-    _, data = decode_record(raw, KIND, SCHEMA)
+def encode_trial(trial: Trial) -> bytes:
+    return encode_record(TRIAL_KIND, TRIAL_SCHEMA, asdict(trial))
+
+
+def read_sweep(txn: ReadTxn, sweep_id: str, raw: bytes) -> Sweep:
+    """The sweep stored as `raw` in "sweeps", with its trials' rows."""
+    return decode_sweep(raw, [row for _, row in txn.scan("sweep_trials", (sweep_id,))])
+
+
+def decode_sweep(raw: bytes, trial_rows: builtins.list[bytes]) -> Sweep:
+    """The sweep stored as `raw`, its trials from `trial_rows` (by number); a record of schema 1
+    holds its trials itself."""
+    schema, data = decode_record(raw, KIND, SCHEMA)
+    stored_trials = (
+        data["trials"]
+        if schema == 1
+        else [decode_record(row, TRIAL_KIND, TRIAL_SCHEMA)[1] for row in trial_rows]
+    )
     pbt = data.get("pbt")
     return Sweep(
         sweep_id=data["sweep_id"],
@@ -868,7 +946,7 @@ def decode_sweep(raw: bytes) -> Sweep:
         best_job_id=data["best_job_id"],
         rungs=data["rungs"],
         # Records written before trials were numbered: their place in the list.
-        trials=[Trial(**{"number": i, **t}) for i, t in enumerate(data["trials"])],
+        trials=[Trial(**{"number": i, **t}) for i, t in enumerate(stored_trials)],
         pruner=data.get("pruner", "asha" if data["strategy"] == "asha" else ""),
         base=data.get("base", {}),
         parameters=[

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 from tessera.v1 import training_pb2, training_pb2_grpc
 from tesserad.server import STORE_TABLES
 from tesserad.store import Store
 from tesserad.training.job_records import decode_job, encode_job
+from tesserad.training.sweeps import Trial
 from tests.conftest import InProcessDaemon, daemon_settings
 
 S = training_pb2
@@ -142,7 +144,21 @@ def test_records_stored_by_an_earlier_daemon_load(tmp_path: Path) -> None:
     try:
         with store.read() as txn:
             raw = txn.get("jobs", ("job-01old",))
+            sweep_raw = txn.get("sweeps", ("sweep-01old",))
+            trial_rows = [json.loads(row) for _, row in txn.scan("sweep_trials", ("sweep-01old",))]
         assert raw is not None
         assert json.loads(encode_job(decode_job(raw))) == {"kind": "job", "schema": 1, "data": JOB}
+        # The sweep's trials moved to rows of their own at the daemon's start, the rest kept.
+        assert sweep_raw is not None
+        stored_sweep = json.loads(sweep_raw)
+        assert stored_sweep["schema"] == 2
+        assert stored_sweep["data"] == {
+            **stored_sweep["data"],
+            **{k: v for k, v in SWEEP.items() if k != "trials"},
+        }
+        assert "trials" not in stored_sweep["data"]
+        assert [(row["kind"], row["data"]) for row in trial_rows] == [
+            ("sweep_trial", asdict(Trial(number=0, **SWEEP["trials"][0])))
+        ]
     finally:
         store.close()

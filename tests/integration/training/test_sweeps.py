@@ -11,6 +11,7 @@ import pytest
 
 from tessera.v1 import datasets_pb2, datasets_pb2_grpc, training_pb2, training_pb2_grpc
 from tesserad.errors import InvalidArgument
+from tesserad.store import WriteTxn
 from tesserad.training import sweeps
 from tesserad.training.jobs import Jobs
 from tests.integration.training.conftest import (
@@ -694,3 +695,48 @@ def test_a_page_of_sweeps_ends_before_its_records_outgrow_a_message(
         if not token:
             break
     assert [sweep_id for sweep_id in listed if sweep_id in submitted] == submitted[::-1]
+
+
+def _bytes_written_per_trial_end(
+    training: training_pb2_grpc.TrainingStub, monkeypatch: pytest.MonkeyPatch, trials: int
+) -> int:
+    """The most bytes a queued trial's end (its job cancelled alone) writes to the sweeps' tables,
+    in a grid sweep of `trials` trials all submitted at once."""
+    spec = S.SweepSpec(
+        base=job_spec("mlp", epochs=0, max_steps=1_000_000),
+        strategy=S.SWEEP_STRATEGY_GRID,
+        parameters=[sweep_values("seed", *(str(i) for i in range(trials)))],
+        max_concurrent=trials,
+        metric="train_loss",
+    )
+    sweep = training.SubmitSweep(S.SubmitSweepRequest(spec=spec))
+    written: list[int] = []
+    put = WriteTxn.put
+
+    def counted(txn: WriteTxn, table: str, key: Any, value: bytes, **kwargs: Any) -> bool:
+        if table in sweeps.TABLES:
+            written.append(len(value))
+        return put(txn, table, key, value, **kwargs)
+
+    per_end = []
+    monkeypatch.setattr(WriteTxn, "put", counted)
+    try:
+        for trial in reversed(sweep.trials[2:]):  # the first two run (2 CPU slots), the others wait
+            written.clear()
+            cancelled = training.CancelJob(S.CancelJobRequest(job_id=trial.job_id))
+            assert cancelled.state == S.JOB_STATE_CANCELLED
+            per_end.append(sum(written))
+    finally:
+        monkeypatch.undo()
+    training.CancelSweep(S.CancelSweepRequest(sweep_id=sweep.sweep_id))
+    return max(per_end)
+
+
+def test_a_trial_end_writes_as_much_in_a_large_sweep_as_in_a_small_one(
+    training: training_pb2_grpc.TrainingStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each trial's end rewrote the whole sweep record, every trial in it: its bytes grew with the
+    # sweep, a sweep's bookkeeping with the square of its trials.
+    small = _bytes_written_per_trial_end(training, monkeypatch, 10)
+    large = _bytes_written_per_trial_end(training, monkeypatch, 60)
+    assert small > 0 and large < small * 1.5
