@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from tesserad.datasets.references import release_dataset_holds, release_ended_holds, sweep_holder
-from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, TesseraError
+from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, TesseraError, logged_internal
 from tesserad.ids import new_id
 from tesserad.paging import PageFill, answer_bytes, resume_key
 from tesserad.store import ReadTxn, Store, decode_record, encode_record
@@ -241,6 +241,20 @@ def submit_failures_in_a_row(trials: list[Trial]) -> int:
     return count
 
 
+def cancel_failures(sweep: Sweep, failures: list[tuple[str, TesseraError]]) -> TesseraError | None:
+    """The error of a sweep cancel whose trials' jobs in `failures` (job id, why) could not be
+    cancelled: of the first failure's kind, naming each trial, and saying what goes on now."""
+    if not failures:
+        return None
+    number = {t.job_id: t.number for t in sweep.trials}
+    each = "; ".join(f"trial {number[job_id]} (job {job_id}): {exc.message}" for job_id, exc in failures)
+    return type(failures[0][1])(
+        f"sweep {sweep.sweep_id} is CANCELLED and its other trials' jobs were cancelled, but "
+        f"{len(failures)} could not be: {each}. They run on until they end; cancel them with "
+        "CancelJob, or restart tesserad, which cancels them at its start"
+    )
+
+
 def ended_state(sweep: Sweep) -> str:
     """The state of a sweep whose trials have all ended: cancelled when each was cancelled (not
     pruned), as a sweep cancelled whole is; failed when it stopped early or none succeeded."""
@@ -382,7 +396,12 @@ class Sweeps:
                 if sweep.state == "cancelled" and unended:
                     # The daemon stopped before the cancelled trials did: their jobs were re-queued.
                     self._running[sweep.sweep_id] = sweep
-                    self._cancel_trials(sweep, unended)
+                    failed = self._cancel_trials(sweep, unended)
+                    if failed:
+                        log.error(
+                            "a cancelled sweep's trials could not all be cancelled",
+                            extra={"sweep_id": sweep.sweep_id, "error": failed.message},
+                        )
                 if sweep.state != "running":
                     continue
                 known = {t.job_id for t in sweep.trials}
@@ -611,22 +630,33 @@ class Sweeps:
             )
             sweep.state, sweep.trials = "cancelled", trials
             running = [t.job_id for t in sweep.trials if t.job_id and t.state not in ENDED]
-        self._cancel_trials(sweep, running)
+        failed = self._cancel_trials(sweep, running)
+        if failed:
+            raise failed
         return self.get(sweep_id)
 
-    def _cancel_trials(self, sweep: Sweep, job_ids: builtins.list[str]) -> None:
+    def _cancel_trials(self, sweep: Sweep, job_ids: builtins.list[str]) -> TesseraError | None:
         """Cancel the jobs of the cancelled `sweep`'s trials; their ends reach its record in one
         write after the last cancel. A write each, of the whole record, made a cancel's time grow
-        with the square of the trials."""
+        with the square of the trials. A job that cannot be cancelled does not stop the others'
+        cancel: returned is the error that names each such trial, None when there is none."""
+        failures: builtins.list[tuple[str, TesseraError]] = []
         with self._lock:
             self._cancelling.add(sweep.sweep_id)
         try:
             for job_id in job_ids:
-                self._prune(job_id)
+                try:
+                    self._prune(job_id)
+                except TesseraError as exc:
+                    failures.append((job_id, exc))
+                except Exception as exc:
+                    where = "a sweep trial's cancel"
+                    failures.append((job_id, logged_internal(log, where, exc, sweep_id=sweep.sweep_id)))
         finally:
             with self._lock:
                 self._cancelling.discard(sweep.sweep_id)
                 self._tick(sweep)
+        return cancel_failures(sweep, failures)
 
     # -- driving the trials
 

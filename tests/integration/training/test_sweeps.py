@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tessera.v1 import datasets_pb2, datasets_pb2_grpc, training_pb2, training_pb2_grpc
-from tesserad.errors import InvalidArgument
+from tesserad.errors import InvalidArgument, ResourceExhausted
 from tesserad.store import WriteTxn
 from tesserad.training import sweeps
 from tesserad.training.jobs import Jobs
@@ -740,3 +740,47 @@ def test_a_trial_end_writes_as_much_in_a_large_sweep_as_in_a_small_one(
     small = _bytes_written_per_trial_end(training, monkeypatch, 10)
     large = _bytes_written_per_trial_end(training, monkeypatch, 60)
     assert small > 0 and large < small * 1.5
+
+
+def test_a_trial_whose_job_cannot_be_cancelled_does_not_stop_the_sweep_cancel(
+    training: training_pb2_grpc.TrainingStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A cancel failing otherwise than FAILED_PRECONDITION (the store full) stopped the sweep's
+    # cancel at that trial: the trials after it stayed queued, and the answer named none.
+    spec = S.SweepSpec(
+        base=job_spec("mlp", epochs=0, max_steps=1_000_000),
+        strategy=S.SWEEP_STRATEGY_GRID,
+        parameters=[sweep_values("seed", *(str(i) for i in range(5)))],
+        max_concurrent=5,
+        metric="train_loss",
+    )
+    sweep = training.SubmitSweep(S.SubmitSweepRequest(spec=spec))
+    stuck = sweep.trials[2].job_id
+    cancel = Jobs.cancel
+
+    def failing_cancel(self: Jobs, job_id: str) -> Any:
+        if job_id == stuck:
+            raise ResourceExhausted("the store is full")
+        return cancel(self, job_id)
+
+    monkeypatch.setattr(Jobs, "cancel", failing_cancel)
+    with pytest.raises(grpc.RpcError) as info:
+        training.CancelSweep(S.CancelSweepRequest(sweep_id=sweep.sweep_id))
+    monkeypatch.undo()
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert info.value.details() == (
+        f"sweep {sweep.sweep_id} is CANCELLED and its other trials' jobs were cancelled, but 1 could "
+        f"not be: trial 2 (job {stuck}): the store is full. They run on until they end; cancel them "
+        "with CancelJob, or restart tesserad, which cancels them at its start"
+    )
+    shown = training.GetSweep(S.GetSweepRequest(sweep_id=sweep.sweep_id))
+    assert shown.state == S.SWEEP_STATE_CANCELLED
+    # The stuck trial goes on (it may start as the cancelled ones free their slots).
+    assert shown.trials[2].state in (S.JOB_STATE_QUEUED, S.JOB_STATE_RUNNING)
+    assert [t.state for t in shown.trials][3:] == [S.JOB_STATE_CANCELLED] * 2
+    training.CancelJob(S.CancelJobRequest(job_id=stuck))
+    deadline = time.monotonic() + 60
+    while any(t.state != S.JOB_STATE_CANCELLED for t in shown.trials):  # the running trials stop
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+        shown = training.GetSweep(S.GetSweepRequest(sweep_id=sweep.sweep_id))
