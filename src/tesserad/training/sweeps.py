@@ -466,6 +466,18 @@ class Sweeps:
                 "spec.base.run_name: a sweep names its trials' runs itself (SWEEP_ID-TRIAL_NUMBER); "
                 "leave it unset, and group the trials' runs by spec.base.experiment or tags"
             )
+        register_as = base.get("register_as") or {}
+        if register_as.get("alias"):
+            # Each trial registers its own version as it succeeds, and the alias would follow each
+            # in turn: it would end on the trial that finished last, not the best. As Ray Tune,
+            # Optuna and Determined leave picking the best to the user once the search is done.
+            raise InvalidArgument(
+                f"spec.base.register_as.alias: each trial registers a version of {register_as.get('model')!r} "
+                f"as it succeeds, so {register_as['alias']!r} would move to each in turn and end on the "
+                "trial that finished last, not the best; leave the alias unset, and once the sweep "
+                "ended set it on the best trial's version (the sweep's best_job_id; its job's "
+                "registered version) with SetAlias (`tessera models alias MODEL ALIAS VERSION`)"
+            )
         searcher, pruner = searcher_and_pruner(request.strategy, request.pruner)
         asha = asha_settings(request.asha)
         if not pruner and request.asha != AshaSettings(0, 0):

@@ -9,7 +9,7 @@ import grpc
 import numpy as np
 import pytest
 
-from tessera.v1 import datasets_pb2, datasets_pb2_grpc, training_pb2, training_pb2_grpc
+from tessera.v1 import datasets_pb2, datasets_pb2_grpc, job_spec_pb2, training_pb2, training_pb2_grpc
 from tesserad.errors import InvalidArgument, ResourceExhausted
 from tesserad.store import WriteTxn
 from tesserad.training import sweeps
@@ -261,6 +261,21 @@ def _range(path: str, low: float, high: float, **fields: Any) -> S.SweepParamete
             {"base": job_spec("mlp", epochs=1, run_name="baseline")},
             "spec.base.run_name: a sweep names its trials' runs itself (SWEEP_ID-TRIAL_NUMBER); leave it "
             "unset, and group the trials' runs by spec.base.experiment or tags",
+        ),
+        (
+            # Each trial moved the alias to its own version in turn: it ended on the last to finish.
+            S.SWEEP_STRATEGY_GRID,
+            [sweep_values("seed", "1", "2")],
+            {
+                "base": job_spec(
+                    "mlp", epochs=1, register_as=job_spec_pb2.RegisterAs(model="tuned", alias="prod")
+                )
+            },
+            "spec.base.register_as.alias: each trial registers a version of 'tuned' as it succeeds, so "
+            "'prod' would move to each in turn and end on the trial that finished last, not the best; "
+            "leave the alias unset, and once the sweep ended set it on the best trial's version (the "
+            "sweep's best_job_id; its job's registered version) with SetAlias (`tessera models alias "
+            "MODEL ALIAS VERSION`)",
         ),
     ],
 )
