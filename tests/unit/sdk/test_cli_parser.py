@@ -190,3 +190,27 @@ def test_help_says_where_a_spec_is_described_and_what_export_alias_moves(capsys)
     shown = " ".join(capsys.readouterr().out.split())
     assert "the safetensors version to export" in shown
     assert "move this alias to the exported version (--version picks the one exported)" in shown
+
+
+@pytest.mark.parametrize(
+    ("args", "dest", "value"),
+    [
+        (("models", "download", "m", "--version", "2", "m.onnx"), "path", "m.onnx"),
+        (("runs", "artifacts", "ls", "run-1", "--json", "plots"), "path", "plots"),
+        (("stats", "--version", "2", "m"), "model", "m"),
+    ],
+)
+def test_an_optional_positional_may_follow_the_options(args, dest, value):
+    """`tessera models download clips-cnn4d --version 2 out.onnx` was refused as unrecognized
+    arguments: argparse fills an optional positional, empty, with the one before the options."""
+    assert getattr(build_parser().parse_args(list(args)), dest) == value
+
+
+def test_extra_arguments_are_refused_under_the_commands_usage(capsys):
+    """They were refused under `tessera`'s own usage, which says nothing of the command's."""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["models", "versions", "m", "extra"])
+    assert exited.value.code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("usage: tessera models versions "), err
+    assert "tessera models versions: error: unrecognized arguments: extra" in err, err

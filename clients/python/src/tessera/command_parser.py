@@ -4,12 +4,33 @@ the daemon's command line imports it without the SDK."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from typing import NoReturn
 
 
 class CommandParser(argparse.ArgumentParser):
     """argparse's parser, saying which commands there are when one is missing (argparse says
-    only "the following arguments are required: COMMAND")."""
+    only "the following arguments are required: COMMAND"). A command's own parser takes its
+    positionals between its options, and refuses what is left over under its own usage."""
+
+    _intermixing = False
+
+    def parse_known_args(  # type: ignore[override]  # typeshed's overloads; the same signature
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if self._intermixing or any(isinstance(a, argparse._SubParsersAction) for a in self._actions):
+            return super().parse_known_args(args, namespace)
+        # Plain parsing fills an optional positional (`models download MODEL [PATH]`), empty,
+        # from the positionals before the first option, so `MODEL --version 2 PATH` left PATH
+        # over; and what is left over was refused under the top parser's usage, not this one's.
+        self._intermixing = True
+        try:
+            parsed, extras = self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
 
     def error(self, message: str) -> NoReturn:
         for action in self._actions:
