@@ -145,6 +145,13 @@ def test_problems_in_a_dict_are_named_without_lines():
         from_dict(inference_pb2.ServingConfig, {"runtime": "onx"}, "config")
 
 
+def test_an_enum_value_far_from_any_lists_the_values_once():
+    """A sweep's `strategy = "bayes"` read "is not one of grid, random, ... (known: grid,
+    random, ...)": the values twice."""
+    with pytest.raises(ValueError, match=r'^config: runtime: "tensorrt" is not one of onnx, torch$'):
+        from_dict(inference_pb2.ServingConfig, {"runtime": "tensorrt"}, "config")
+
+
 def test_a_key_of_a_table_below_names_that_table(tmp_path):
     """A newcomer writes `lr` or `dataset` at the spec's top; TOML takes the dotted key as the fix."""
     path = tmp_path / "spec.toml"

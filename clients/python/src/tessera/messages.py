@@ -314,8 +314,8 @@ def _enum(enum_type: EnumDescriptor, value: Any, path: KeyPath, problems: _Probl
         problems.append(
             (
                 path,
-                f"{_describe(value)} is not one of {', '.join(choices)}"
-                + _suggestion(value.lower(), choices),
+                # The values are listed already: only a near miss is worth adding.
+                f"{_describe(value)} is not one of {', '.join(choices)}" + _near_miss(value.lower(), choices),
             )
         )
     else:
@@ -340,10 +340,16 @@ def _key_suggestion(key: str, descriptor: Descriptor) -> str:
 
 def _suggestion(word: str, known: list[str]) -> str:
     """ "; did you mean X?" for a near miss, else the known names when they are few."""
-    close = difflib.get_close_matches(word, known, n=1)
-    if close:
-        return f"; did you mean {close[0]}?"
+    near = _near_miss(word, known)
+    if near:
+        return near
     return f" (known: {', '.join(known)})" if len(known) <= 8 else ""
+
+
+def _near_miss(word: str, known: list[str]) -> str:
+    """ "; did you mean X?" for the known name nearest `word`, "" when none is near."""
+    close = difflib.get_close_matches(word, known, n=1)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def _describe(value: Any) -> str:
