@@ -89,3 +89,17 @@ def test_errors_under_json_stay_one_line_of_text_on_stderr_and_leave_stdout_empt
         last = result.err.splitlines()[-1]
         assert last.startswith("tessera"), result.err
     assert failures[3].err.startswith("tessera: NOT_FOUND: ")
+
+
+def test_fields_at_their_zero_value_are_printed(tessera_cli, client, model_file, tmp_path):
+    """proto3's JSON leaves out a field at 0, "" or false: a sweep's trial 0 had no "number" and
+    a trial whose val_loss was 0 no "metric", so `jq '.trials[0].number'` read null."""
+    tessera_cli("models", "push", "affine", str(model_file))
+    client.inference.load("affine")
+    inputs = tmp_path / "inputs.npz"
+    np.savez(inputs, input=np.ones((2, 4), np.float32))
+    assert tessera_cli("predict", "affine", "--input", str(inputs)).code == 0
+    (stats,) = tessera_cli("--json", "stats").json()
+    assert stats["error_count"] == 0, stats
+    (version,) = tessera_cli("--json", "models", "versions", "affine").json()
+    assert version["description"] == "" and version["version"] == 1, version

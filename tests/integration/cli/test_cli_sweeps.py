@@ -92,7 +92,7 @@ def test_sweep_follow_shows_trials_then_a_leaderboard_and_a_plot(tessera_cli, ta
     assert "rank" in result.out and "best val_loss so far" in result.out and "trials" in result.out
     listed = tessera_cli("--json", "sweeps", "list").json()
     sweep_id = listed[0]["sweep_id"]
-    assert [t.get("number", 0) for t in listed[0]["trials"]] == [0, 1, 2]
+    assert [t["number"] for t in listed[0]["trials"]] == [0, 1, 2]
     shown = tessera_cli("sweeps", "show", sweep_id)
     assert shown.code == 0 and sweep_id in shown.out and "momentum=" in shown.out + "name=adam"
     assert "tpe + asha" in tessera_cli("sweeps", "ls").out

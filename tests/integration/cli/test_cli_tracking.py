@@ -182,7 +182,7 @@ def test_experiments_update_rm_and_restore(tessera_cli, client):
     assert updated.code == 0, updated.err
     assert updated.json()["description"] == "4-D CNN" and updated.json()["tags"] == {"team": "vision"}
     dropped = tessera_cli("--json", "experiments", "update", "cli-exp", "--remove-tag", "team").json()
-    assert "tags" not in dropped and dropped["description"] == "4-D CNN"
+    assert dropped["tags"] == {} and dropped["description"] == "4-D CNN"
 
     removed = tessera_cli("experiments", "rm", "cli-exp")
     assert removed.code == 0 and "tessera experiments restore cli-exp" in removed.out

@@ -1,7 +1,9 @@
 """What `tessera --json` prints: JSON that any reader, jq included, parses, with one type per field.
 
 Messages follow proto3's JSON mapping (field names as in the .proto, timestamps as RFC 3339
-text) except in two ways. 64-bit integers are numbers: the mapping writes them as strings, for
+text) except in three ways. A field at its zero value (0, "", false, an empty list) is printed,
+not left out, so that a script reads trial 0's "number" or a loss of 0 as such, not as null.
+64-bit integers are numbers: the mapping writes them as strings, for
 JavaScript's sake, so `jq '.version + 1'` failed while 32-bit fields and the CLI's own
 figures were numbers. Enum values are lowercase without their type's prefix ("succeeded",
 not "JOB_STATE_SUCCEEDED"), as the tables, the flags (`jobs ls --state`) and the job events
@@ -56,8 +58,11 @@ def to_plain(value: Any) -> Any:
 
 
 def message_to_plain(message: Message) -> dict[str, Any]:
-    """`message` in proto3's JSON mapping, but with its 64-bit integers as numbers."""
-    plain = MessageToDict(message, preserving_proto_field_name=True)
+    """`message` in proto3's JSON mapping, but with its 64-bit integers as numbers and its
+    fields at their zero value printed."""
+    plain = MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
     descriptor: Descriptor = message.DESCRIPTOR  # type: ignore[assignment]  # upb's is the same type
     return _with_numbers(descriptor, plain)
 

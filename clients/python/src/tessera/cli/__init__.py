@@ -47,7 +47,8 @@ exit status:
   {EXIT_OUTPUT_CLOSED}  the output was closed early (`tessera ... | head`); nothing more is printed
 
 --json prints enum values as the tables show them, lowercase without their type's prefix
-("succeeded", not "JOB_STATE_SUCCEEDED"); 64-bit integers are numbers. With --json too, a
+("succeeded", not "JOB_STATE_SUCCEEDED"); 64-bit integers are numbers; a field at 0, "" or
+false is printed, not left out. With --json too, a
 failure is text on stderr, never JSON (stdout holds only what was done, as with gh or
 kubectl): test the status, and for 3 the gRPC status after "tessera: "
 ("tessera: NOT_FOUND: ...")."""
