@@ -4,6 +4,8 @@ leaderboards. Each command takes (client, args, out) and prints its result."""
 from __future__ import annotations
 
 import argparse
+import difflib
+import itertools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -284,10 +286,7 @@ def cmd_runs_leaderboard(client: Client, args: argparse.Namespace, out: Output) 
     if out.as_json:
         return out.json(list(entries))
     if not entries:
-        return out.line(
-            f"no run of experiment {args.experiment} has logged {args.metric}; the metrics its runs "
-            f"have: tessera runs ls --experiment {args.experiment}"
-        )
+        return out.line(metric_not_logged(client, args.experiment, args.metric))
     runs = [e.run for e in entries]
     differing = differing_params(runs)
 
@@ -320,6 +319,31 @@ def cmd_runs_leaderboard(client: Client, args: argparse.Namespace, out: Output) 
             f"left out: {counted(same, 'param')} with one value in every run above "
             "(`tessera runs show RUN` or --json lists them)"
         )
+
+
+# Runs and keys a leaderboard of a metric no run logged reads and names, so that a misspelt
+# metric is answered at once in an experiment of thousands of runs and keys.
+RUNS_READ_FOR_KEYS = 100
+KEYS_NAMED = 20
+
+
+def metric_not_logged(client: Client, experiment: str, metric: str) -> str:
+    """That no run of `experiment` has logged `metric`, with the keys its newest runs have
+    logged, a near miss named first: a misspelt name is the likely cause."""
+    runs = list(
+        itertools.islice(client.training.runs(experiment, page_size=RUNS_READ_FOR_KEYS), RUNS_READ_FOR_KEYS)
+    )
+    keys = sorted({summary.key for run in runs for summary in run.metrics})
+    said = f"no run of experiment {experiment} has logged {metric}"
+    near = difflib.get_close_matches(metric, keys, n=1)
+    if near:
+        said += f"; did you mean {near[0]}?"
+    whose = f"its newest {len(runs)} runs" if len(runs) == RUNS_READ_FOR_KEYS else "its runs"
+    if not keys:
+        return f"{said}; {whose} have logged no metric yet"
+    named = ", ".join(keys[:KEYS_NAMED])
+    more = f" and {len(keys) - KEYS_NAMED} more" if len(keys) > KEYS_NAMED else ""
+    return f"{said}. {whose.capitalize()} have logged: {named}{more}."
 
 
 def shortest_suffixes(paths: Sequence[str]) -> dict[str, str]:
