@@ -54,7 +54,8 @@ def test_explain_errors_say_what_to_fix(tessera_cli, client, tmp_path, capsys):
     misnamed = tessera_cli("explain", "voxel", "--input", str(tmp_path / "clips.npz"))
     assert misnamed.code == EXIT_DAEMON
     assert "input 'x' is not an input of model 'voxel' version 1; its inputs are input " in misnamed.err
-    assert f"In {tmp_path / 'clips.npz'}, name the array 'x' after the input it is for" in misnamed.err
+    # "name the array 'x' after the input it is for" read as "name the array 'x'".
+    assert f"In {tmp_path / 'clips.npz'}, rename the array 'x' to the input it is for" in misnamed.err
     for flags, text in (
         (("--method", "occlusion", "--window", "2,x"), "like 1,1,4,4,4"),
         (("--method", "lime"), "invalid choice: 'lime'"),

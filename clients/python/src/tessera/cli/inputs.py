@@ -28,7 +28,7 @@ def input_names_explained(path: str, inputs: Collection[str]) -> Iterator[None]:
             raise
         where = "standard input" if path == "-" else path
         raise type(err)(
-            f"{err.message}. In {where}, name the array {refused[0]!r} after the input it is for: "
+            f"{err.message}. In {where}, rename the array {refused[0]!r} to the input it is for: "
             "numpy.savez(FILE, NAME=array) stores each array under its input's name (a .npy file "
             "is sent as 'input')",
             err.trailers,
