@@ -114,6 +114,30 @@ def test_ctrl_c_while_following_a_sweep_says_how_to_follow_or_stop_it(
     assert f"`tessera sweeps cancel {sweep_id}`" in result.err
 
 
+def test_ctrl_c_while_a_sweeps_trials_are_drawn_ends_their_table_with_a_newline(
+    tessera_cli, client, table_dataset, tmp_path, monkeypatch
+):
+    """The table's last line ("best val_loss: ...") had no newline after Ctrl-C, so the message
+    on stderr, and then the shell's prompt, went on at the end of it."""
+    polled = tessera.sweep_commands.outlasting_restarts
+
+    def interrupted_at_the_second_poll(get):
+        first = polled(get)
+        polls = iter([first])
+
+        def poll():
+            return next(polls, ctrl_c)()
+
+        return poll
+
+    monkeypatch.setattr(tessera.sweep_commands, "outlasting_restarts", interrupted_at_the_second_poll)
+    spec = tmp_path / "sweep.toml"
+    spec.write_text(SWEEP_SPEC)
+    result = tessera_cli("sweep", str(spec), "--follow")
+    assert result.code == 130, result.err
+    assert "best val_loss" in result.out and result.out.endswith("\n"), repr(result.out[-200:])
+
+
 def test_following_a_job_outlasts_a_daemon_restart(spawn_daemon, tmp_path, capsys):
     # The job resumes after a SIGKILL of the daemon; its follower gave up with UNAVAILABLE after
     # the SDK's 5 reconnects (about 2 s), where a sweep's follower waits up to 2 minutes.

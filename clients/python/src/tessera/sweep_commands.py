@@ -195,12 +195,17 @@ def wait_live(get: Callable[[], training_pb2.Sweep], out: Output) -> training_pb
             time.sleep(POLL_S)
             sweep = get()
         return sweep
-    with Live(trials_table(sweep, out.console.width).table, console=out.console, auto_refresh=False) as live:
-        while sweep.state == S.SWEEP_STATE_RUNNING:
-            time.sleep(POLL_S)
-            sweep = get()
-            live.update(trials_table(sweep, out.console.width).table, refresh=True)
-    out.line("")
+    try:
+        with Live(
+            trials_table(sweep, out.console.width).table, console=out.console, auto_refresh=False
+        ) as live:
+            while sweep.state == S.SWEEP_STATE_RUNNING:
+                time.sleep(POLL_S)
+                sweep = get()
+                live.update(trials_table(sweep, out.console.width).table, refresh=True)
+    finally:
+        # Live leaves its last line open, also when Ctrl-C ends it: what follows starts below it.
+        out.line("")
     return sweep
 
 
