@@ -214,3 +214,13 @@ def test_extra_arguments_are_refused_under_the_commands_usage(capsys):
     err = capsys.readouterr().err
     assert err.startswith("usage: tessera models versions "), err
     assert "tessera models versions: error: unrecognized arguments: extra" in err, err
+
+
+def test_jobs_watch_help_says_what_from_seq_takes(capsys):
+    """It read "--from-seq FROM_SEQ  replay events from this sequence number": which numbers,
+    and where to find one, it did not say."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["jobs", "watch", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "--from-seq SEQ start at the job's event of this number, the `seq` of --json's lines" in shown
+    assert "(default 1: every event)" in shown

@@ -388,7 +388,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = command(jobs, "watch", cmd_jobs_watch, "follow a job's progress until it ends")
     sub.add_argument("job_id", help=JOB_HELP)
-    sub.add_argument("--from-seq", type=whole(), default=1, help="replay events from this sequence number")
+    sub.add_argument(
+        "--from-seq",
+        type=whole(),
+        default=1,
+        metavar="SEQ",
+        help="start at the job's event of this number, the `seq` of --json's lines (default 1: every event)",
+    )
     command(jobs, "cancel", cmd_jobs_cancel, "stop a job").add_argument("job_id", help=JOB_HELP)
 
     add_sweep_commands(commands, command)
