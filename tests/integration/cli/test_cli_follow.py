@@ -119,23 +119,30 @@ def test_ctrl_c_while_a_sweeps_trials_are_drawn_ends_their_table_with_a_newline(
 ):
     """The table's last line ("best val_loss: ...") had no newline after Ctrl-C, so the message
     on stderr, and then the shell's prompt, went on at the end of it."""
-    polled = tessera.sweep_commands.outlasting_restarts
-
-    def interrupted_at_the_second_poll(get):
-        first = polled(get)
-        polls = iter([first])
-
-        def poll():
-            return next(polls, ctrl_c)()
-
-        return poll
-
-    monkeypatch.setattr(tessera.sweep_commands, "outlasting_restarts", interrupted_at_the_second_poll)
+    # Ctrl-C at the first poll after the sweep's first answer, with its table drawn.
+    monkeypatch.setattr(tessera.sweep_commands, "outlasting_restarts", lambda get: ctrl_c)
     spec = tmp_path / "sweep.toml"
     spec.write_text(SWEEP_SPEC)
     result = tessera_cli("sweep", str(spec), "--follow")
     assert result.code == 130, result.err
     assert "best val_loss" in result.out and result.out.endswith("\n"), repr(result.out[-200:])
+
+
+def test_following_a_sweep_of_a_daemon_never_reached_fails_at_once(tessera_cli, monkeypatch):
+    """`tessera sweeps show SWEEP --follow` with no daemon there (not started yet, a wrong
+    --target) printed nothing for 2 minutes, waiting out an outage as for a restart, where
+    `tessera jobs watch` said UNAVAILABLE at once."""
+
+    def outage_waited(self: tessera.follow.Outage, error: Exception) -> None:
+        raise AssertionError(f"waited out an outage of a daemon never reached: {error}")
+
+    monkeypatch.setattr(tessera.follow.Outage, "wait", outage_waited)
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        nobody = f"127.0.0.1:{unused.getsockname()[1]}"
+    result = tessera_cli("sweeps", "show", "sweep-x", "--follow", target=nobody)
+    assert result.code == 3 and result.err.startswith("tessera: UNAVAILABLE: "), result.err
+    assert f"is tesserad running at {nobody}?" in result.err
 
 
 def test_following_a_job_outlasts_a_daemon_restart(spawn_daemon, tmp_path, capsys):

@@ -11,6 +11,7 @@ import grpc
 from rich.console import Console
 
 import tessera
+import tessera.sweep_commands
 from tessera.cli import EXIT_DAEMON, main
 from tessera.messages import load_toml
 from tessera.v1 import training_pb2, training_pb2_grpc
@@ -122,9 +123,19 @@ def test_a_refused_sweep_names_the_combination(tessera_cli, table_dataset, tmp_p
     )
 
 
-def test_follow_outlasts_a_daemon_restart(spawn_daemon, tmp_path, capsys):
+def test_follow_outlasts_a_daemon_restart(spawn_daemon, tmp_path, capsys, monkeypatch):
     # The sweep survives a SIGKILL of the daemon; its follower gave up with UNAVAILABLE at the
     # first poll that found the daemon gone (gRPC's retries span about a second, a restart more).
+    # Its first answer is not waited for (a daemon never reached is said at once), so the kill
+    # comes once the follower has had it, as `jobs watch`'s comes once it has shown the job.
+    polls_outlasting = tessera.sweep_commands.outlasting_restarts
+    first_answered = threading.Event()
+
+    def after_the_first_answer(get):
+        first_answered.set()
+        return polls_outlasting(get)
+
+    monkeypatch.setattr(tessera.sweep_commands, "outlasting_restarts", after_the_first_answer)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -146,6 +157,7 @@ def test_follow_outlasts_a_daemon_restart(spawn_daemon, tmp_path, capsys):
         )
     )
     follower.start()
+    assert first_answered.wait(timeout=60)
     training = training_pb2_grpc.TrainingStub(channel)
     deadline = time.monotonic() + 60
     while not any(

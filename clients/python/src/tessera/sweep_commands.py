@@ -188,8 +188,10 @@ def outlasting_restarts(get: Callable[[], training_pb2.Sweep]) -> Callable[[], t
 
 def wait_live(get: Callable[[], training_pb2.Sweep], out: Output) -> training_pb2.Sweep:
     """Poll the sweep until it ends, redrawing its table of trials each time."""
-    get = outlasting_restarts(get)
+    # The first answer is not waited for: a daemon never reached (not started, a wrong
+    # --target) is said at once, as `jobs watch` says it; later polls outlast a restart.
     sweep = get()
+    get = outlasting_restarts(get)
     if out.as_json:
         while sweep.state == S.SWEEP_STATE_RUNNING:
             time.sleep(POLL_S)
