@@ -4,7 +4,9 @@ and `--help` lists the exit statuses scripts test for."""
 
 from __future__ import annotations
 
+import argparse
 import json
+from collections.abc import Iterator
 
 import pytest
 
@@ -224,3 +226,23 @@ def test_jobs_watch_help_says_what_from_seq_takes(capsys):
     shown = " ".join(capsys.readouterr().out.split())
     assert "--from-seq SEQ start at the job's event of this number, the `seq` of --json's lines" in shown
     assert "(default 1: every event)" in shown
+
+
+def test_every_option_with_a_default_says_it_in_its_help():
+    """`demo --name` said only "prefix of the dataset and model names": a newcomer looking for
+    the model the demo made could not tell it is demo-cnn4d."""
+
+    def options(parser: argparse.ArgumentParser) -> Iterator[tuple[str, argparse.Action]]:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for command in action.choices.values():
+                    yield from options(command)
+            elif action.option_strings and action.help and action.default not in (None, False, "", []):
+                yield parser.prog, action
+
+    silent = [
+        f"{prog} {action.option_strings[-1]}"
+        for prog, action in options(build_parser())
+        if action.default is not argparse.SUPPRESS and "default" not in action.help
+    ]
+    assert silent == []

@@ -763,7 +763,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sub = command(commands, "demo", cmd_demo, "the whole life cycle on a synthetic spacetime dataset")
-    sub.add_argument("--name", default="demo", help="prefix of the dataset and model names")
+    sub.add_argument(
+        "--name",
+        default="demo",
+        help="prefix of the dataset and model names (default demo: demo-spacetime, demo-cnn4d)",
+    )
     sub.add_argument(
         "--samples", type=whole(), default=192, help="clips in the synthetic dataset (default 192)"
     )
