@@ -246,3 +246,17 @@ def test_every_option_with_a_default_says_it_in_its_help():
         if action.default is not argparse.SUPPRESS and "default" not in action.help
     ]
     assert silent == []
+
+
+@pytest.mark.parametrize(
+    "command", [("predict", "m", "--input", "x.npz"), ("explain", "m", "--input", "x.npz")]
+)
+def test_an_alias_given_as_version_where_alias_has_its_own_flag_is_pointed_at_it(capsys, command):
+    """`models show`, `download` and `load` take an alias in --version; `predict` and `explain`
+    refused `--version staging` as not a whole number, with no word of their --alias."""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args([*command, "--version", "staging"])
+    assert exited.value.code == EXIT_USAGE
+    err = " ".join(capsys.readouterr().err.split())
+    assert "argument --version: must be a whole number" in err, err
+    assert "for the version an alias points at, pass --alias staging" in err, err

@@ -61,6 +61,19 @@ def whole(low: int = 0, high: int = INT64_MAX) -> Callable[[str], int]:
     return parse
 
 
+def version_beside_alias(text: str) -> int:
+    """argparse's type for the --version of a command with an --alias of its own (predict,
+    explain): the word other commands take as an alias there is pointed at --alias."""
+    try:
+        return whole()(text)
+    except argparse.ArgumentTypeError as err:
+        if text[:1].isalpha():
+            raise argparse.ArgumentTypeError(
+                f"{err}; for the version an alias points at, pass --alias {text}"
+            ) from None
+        raise
+
+
 def dataset(text: str) -> str:
     """argparse's type for NAME[:VERSION]."""
     try:

@@ -21,6 +21,7 @@ from tessera.cli.arguments import (
     route,
     seconds,
     split,
+    version_beside_alias,
     version_or_alias,
     weight_list,
     whole,
@@ -608,7 +609,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pick = sub.add_mutually_exclusive_group()
     pick.add_argument(
-        "--version", type=whole(), help="this version number (default: as the deployment routes, else latest)"
+        "--version",
+        type=version_beside_alias,
+        help="this version number (default: as the deployment routes, else latest)",
     )
     pick.add_argument("--alias", help="the version this alias points at")
     sub.add_argument("--output", help="write the outputs to this .npz")
@@ -638,7 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
     pick = sub.add_mutually_exclusive_group()
     pick.add_argument(
         "--version",
-        type=whole(),
+        type=version_beside_alias,
         help="this version number (default: the lowest the deployment routes to, else latest)",
     )
     pick.add_argument("--alias", help="the version this alias points at")
