@@ -63,3 +63,26 @@ def test_every_ls_also_answers_to_list(daemon, finished_job, group):
     listed = printed(daemon, 200, group, "list")
     assert listed == printed(daemon, 200, group, "ls")
     assert listed.strip()
+
+
+@pytest.mark.parametrize(
+    ("command", "said"),
+    [
+        (("models", "ls"), "no models yet; `tessera models push MODEL FILE` registers one"),
+        (("models", "ls", "--prefix", "clips"), "no model's name starts with clips"),
+        (("datasets", "ls"), "no datasets yet; `tessera datasets push NAME FILE` uploads one"),
+        (("jobs", "ls"), "no jobs yet; `tessera train SPEC.toml` submits one"),
+        (("jobs", "ls", "--state", "running"), "no job is running"),
+        (("experiments", "ls"), "no experiments yet; a job makes its spec's experiment"),
+        (("experiments", "ls", "--view", "deleted"), "no experiment is deleted"),
+        (("sweeps", "ls"), "no sweeps yet; `tessera sweep SPEC.toml` starts one"),
+        (("serve-status",), "nothing is loaded; `tessera load MODEL` loads a version"),
+        (("stats",), "nothing is loaded, so there are no figures; `tessera load MODEL` loads a version"),
+    ],
+)
+def test_an_empty_listing_says_so_and_how_to_fill_it(tessera_cli, command, said):
+    """A newcomer's first `tessera models ls` on a new daemon drew an empty box."""
+    listed = tessera_cli(*command)
+    assert listed.code == 0, listed.err
+    assert said in " ".join(listed.out.split()), listed.out
+    assert tessera_cli("--json", *command).json() == []

@@ -251,6 +251,8 @@ def cmd_sweeps_ls(client: Client, args: argparse.Namespace, out: Output) -> None
     sweeps = list(client.training.sweeps())
     if out.as_json:
         return out.json(sweeps)
+    if not sweeps:
+        return out.line("no sweeps yet; `tessera sweep SPEC.toml` starts one")
 
     def rows(with_job: bool) -> list[tuple[Any, ...]]:
         return [

@@ -51,6 +51,10 @@ def cmd_datasets_ls(client: Client, args: argparse.Namespace, out: Output) -> No
     datasets = list(client.datasets.list(prefix=args.prefix))
     if out.as_json:
         return out.json(datasets)
+    if not datasets:
+        if args.prefix:
+            return out.line(f"no dataset's name starts with {args.prefix}")
+        return out.line("no datasets yet; `tessera datasets push NAME FILE` uploads one")
     out.table(
         "datasets",
         ["name", "latest", "versions", "size", "updated"],

@@ -40,6 +40,10 @@ def cmd_jobs_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
     jobs = list(client.training.jobs(states=args.state or ()))
     if out.as_json:
         return out.json([job.info for job in jobs])
+    if not jobs:
+        if args.state:
+            return out.line(f"no job is {' or '.join(args.state)}")
+        return out.line("no jobs yet; `tessera train SPEC.toml` submits one")
     out.table(
         "jobs",
         ["id", "state", "experiment", "progress", "epoch", "train_loss (epoch)", "created"],

@@ -24,6 +24,12 @@ def cmd_models_ls(client: Client, args: argparse.Namespace, out: Output) -> None
     models = list(client.models.list(prefix=args.prefix))
     if out.as_json:
         return out.json(models)
+    if not models:
+        if args.prefix:
+            return out.line(f"no model's name starts with {args.prefix}")
+        return out.line(
+            "no models yet; `tessera models push MODEL FILE` registers one, as a job's register_as does"
+        )
     out.table(
         "models",
         ["name", "latest", "versions", "aliases", "updated"],

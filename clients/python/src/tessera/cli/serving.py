@@ -121,7 +121,19 @@ def cmd_stats(client: Client, args: argparse.Namespace, out: Output) -> None:
     stats = client.inference.stats(args.model, args.version, reset=args.reset)
     if out.as_json:
         return out.json(list(stats))
+    if not stats:
+        return out.line(
+            f"nothing is loaded{_of(args.model, args.version)}, so there are no figures; "
+            "`tessera load MODEL` loads a version, as a predict does"
+        )
     print_stats(stats, out)
+
+
+def _of(model: str, version: int | str | None = None) -> str:
+    """ " of MODEL [vVERSION]" for a listing narrowed to a model, else ""."""
+    if not model:
+        return ""
+    return f" of {model}" + (f" v{version}" if version is not None else "")
 
 
 def print_cluster_stats(response: inference_pb2.GetStatsResponse, out: Output) -> None:
@@ -236,6 +248,10 @@ def cmd_serve_status(client: Client, args: argparse.Namespace, out: Output) -> N
     loaded = client.inference.loaded(args.model)
     if out.as_json:
         return out.json(list(loaded))
+    if not loaded:
+        return out.line(
+            f"nothing is loaded{_of(args.model)}; `tessera load MODEL` loads a version, as a predict does"
+        )
     print_loaded(loaded, out)
 
 

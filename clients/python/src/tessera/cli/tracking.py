@@ -230,6 +230,13 @@ def cmd_experiments_ls(client: Client, args: argparse.Namespace, out: Output) ->
     experiments = list(client.training.experiments(prefix=args.prefix, view=VIEWS[args.view]))
     if out.as_json:
         return out.json(experiments)
+    if not experiments:
+        deleted = "deleted " if args.view == "deleted" else ""
+        if args.prefix:
+            return out.line(f"no {deleted}experiment's name starts with {args.prefix}")
+        if deleted:
+            return out.line("no experiment is deleted")
+        return out.line("no experiments yet; a job makes its spec's experiment, a run its own")
     out.table(
         "experiments",
         ["name", "runs", "description", "tags", "created"],
