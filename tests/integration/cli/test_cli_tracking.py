@@ -207,7 +207,9 @@ def test_runs_leaderboard_of_a_metric_no_run_has_says_so(tessera_cli, client):
     said = " ".join(empty.out.split())
     # It named `runs ls` for the metrics, a table to read through: they are named here.
     assert "no run of experiment cli-board has logged val_los; did you mean val_loss?" in said, said
-    assert "Its runs have logged: val_loss, val_mse." in said, said
+    assert "did you mean val_loss? Its runs have logged: val_loss, val_mse." in said, said
+    other = tessera_cli("runs", "leaderboard", "cli-board", "accuracy")
+    assert "has logged accuracy. Its runs have logged: val_loss, val_mse." in " ".join(other.out.split())
     assert tessera_cli("--json", "runs", "leaderboard", "cli-board", "val_los").json() == []
     board = tessera_cli("runs", "leaderboard", "cli-board", "val_loss")
     assert board.code == 0 and run.run_id in board.out

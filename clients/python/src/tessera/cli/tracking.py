@@ -350,7 +350,8 @@ def metric_not_logged(client: Client, experiment: str, metric: str) -> str:
         return f"{said}; {whose} have logged no metric yet"
     named = ", ".join(keys[:KEYS_NAMED])
     more = f" and {len(keys) - KEYS_NAMED} more" if len(keys) > KEYS_NAMED else ""
-    return f"{said}. {whose.capitalize()} have logged: {named}{more}."
+    end = " " if near else ". "
+    return f"{said}{end}{whose.capitalize()} have logged: {named}{more}."
 
 
 def shortest_suffixes(paths: Sequence[str]) -> dict[str, str]:
