@@ -83,6 +83,9 @@ class TesseraError extends Error {
 // so the interval is 1 s at least. Pings go only while a call is open.
 const DEFAULT_KEEPALIVE = { timeMs: 30000, timeoutMs: 20000 };
 const MIN_KEEPALIVE_TIME_MS = 1000;
+// An hour, as the Python SDK's bound: grpc-js hands these to setTimeout, which takes a delay past
+// 2^31 - 1 ms as 1 ms (a ping every millisecond, or a connection dropped at once).
+const MAX_KEEPALIVE_MS = 3600000;
 
 function keepaliveOptions(keepalive) {
   if (keepalive === false) return {};
@@ -91,14 +94,14 @@ function keepaliveOptions(keepalive) {
     throw new TypeError(`keepalive must be false, true or { timeMs, timeoutMs }, got ${String(keepalive)}`);
   }
   const { timeMs = DEFAULT_KEEPALIVE.timeMs, timeoutMs: ackMs = DEFAULT_KEEPALIVE.timeoutMs } = given;
-  if (typeof timeMs !== 'number' || !(timeMs >= MIN_KEEPALIVE_TIME_MS && timeMs <= MAX_TIMEOUT_MS)) {
+  if (typeof timeMs !== 'number' || !(timeMs >= MIN_KEEPALIVE_TIME_MS && timeMs <= MAX_KEEPALIVE_MS)) {
     throw new RangeError(
-      `keepalive.timeMs must be milliseconds from ${MIN_KEEPALIVE_TIME_MS} to ${MAX_TIMEOUT_MS} (tesserad ` +
+      `keepalive.timeMs must be milliseconds from ${MIN_KEEPALIVE_TIME_MS} to ${MAX_KEEPALIVE_MS} (tesserad ` +
         `refuses pings more often than every 500 ms), got ${String(timeMs)}; keepalive: false turns pings off`,
     );
   }
-  if (typeof ackMs !== 'number' || !(ackMs > 0 && ackMs <= MAX_TIMEOUT_MS)) {
-    throw new RangeError(`keepalive.timeoutMs must be milliseconds above 0 (at most ${MAX_TIMEOUT_MS}), got ${String(ackMs)}`);
+  if (typeof ackMs !== 'number' || !(ackMs > 0 && ackMs <= MAX_KEEPALIVE_MS)) {
+    throw new RangeError(`keepalive.timeoutMs must be milliseconds above 0 (at most ${MAX_KEEPALIVE_MS}), got ${String(ackMs)}`);
   }
   return { 'grpc.keepalive_time_ms': timeMs, 'grpc.keepalive_timeout_ms': ackMs };
 }

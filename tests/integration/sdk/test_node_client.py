@@ -521,7 +521,9 @@ def test_node_client_keepalive_pings_are_taken_by_the_daemon(node_ready, daemon,
 def test_node_client_refuses_keepalive_pings_the_daemon_refuses(node_ready, daemon):
     refused = run_node_script(
         """
-        const values = [{ timeMs: 500 }, { timeMs: '30000' }, { timeoutMs: 0 }, 30000, null];
+        const values = [
+          { timeMs: 500 }, { timeMs: '30000' }, { timeoutMs: 0 }, { timeMs: 3e9 }, { timeoutMs: 3600001 }, 30000, null,
+        ];
         for (const keepalive of values) {
           try {
             new Client(TARGET, { keepalive }).close();
@@ -538,6 +540,8 @@ def test_node_client_refuses_keepalive_pings_the_daemon_refuses(node_ready, daem
     assert refused.returncode == 0, refused.stderr
     lines = refused.stdout.splitlines()
     assert [line.split(" ")[0] for line in lines] == [
+        "RangeError",
+        "RangeError",
         "RangeError",
         "RangeError",
         "RangeError",
