@@ -84,6 +84,12 @@ def test_a_keepalive_out_of_range_is_refused_before_anything_is_sent(keepalive):
         asyncio.run(make())
 
 
+@pytest.mark.parametrize("keepalive", [True, False, "30", b"30"])
+def test_a_keepalive_that_is_not_a_number_is_refused(keepalive):
+    with pytest.raises(ValueError, match=r"^keepalive: .*must be a number: 0 \(no pings\) or from 1 to 3600"):
+        tessera.Client("127.0.0.1:1", keepalive=keepalive)
+
+
 @pytest.mark.parametrize("keepalive", [0, 1, 45.5, 3600])
 def test_a_keepalive_in_range_is_taken(keepalive):
     assert resolve_keepalive(keepalive) == keepalive

@@ -218,7 +218,14 @@ def timeout_or(timeout: float | None, default: float) -> float:
 def check_keepalive(seconds: float, text: str | None = None) -> float:
     """`seconds` between keepalive pings, as a float; ValueError, showing `text` (what was
     written, where it was read) or else `seconds`, unless 0 (no pings) or from MIN_KEEPALIVE_S to
-    MAX_KEEPALIVE_S (NaN and infinities too)."""
+    MAX_KEEPALIVE_S (NaN and infinities too). A bool is refused: True would be 1 s, the most
+    pings there are, where a reader expects "the default"."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise ValueError(
+            "seconds between keepalive pings must be a number: 0 (no pings) or from "
+            f"{MIN_KEEPALIVE_S:g} to {MAX_KEEPALIVE_S:g}; None takes the default "
+            f"({DEFAULT_KEEPALIVE_S:g} s), got {seconds!r}"
+        )
     if seconds != 0 and not MIN_KEEPALIVE_S <= seconds <= MAX_KEEPALIVE_S:
         raise ValueError(
             f"seconds between keepalive pings must be 0 (no pings) or from {MIN_KEEPALIVE_S:g} to "
