@@ -43,7 +43,7 @@ from tesserad.registry.tables import (
     no_version,
     resolve_number,
 )
-from tesserad.store import ReadTxn, Store, WriteTxn
+from tesserad.store import Key, ReadTxn, Store, WriteTxn
 
 log = logging.getLogger(__name__)
 
@@ -178,13 +178,16 @@ def _gone_targets(txn: ReadTxn, deployment: DeploymentRecord) -> tuple[list[str]
     return gone, any(not version and target.alias for _, target, version in named)
 
 
-def _prune(txn: WriteTxn, latest: DeploymentRecord, history: int) -> int:
-    """Drop `latest`'s model's revisions older than the newest `history`, except the `history` - 1
-    that Rollbacks from `latest` would restore in turn (its chain of previous revisions); returns
-    how many it dropped."""
+def _droppable(txn: ReadTxn, latest: DeploymentRecord, history: int) -> list[Key]:
+    """The keys of `latest`'s model's revisions older than the newest `history`, except the
+    `history` - 1 that Rollbacks from `latest` would restore in turn (its chain of previous
+    revisions)."""
     oldest_kept = latest.revision - history + 1
     if oldest_kept <= 1:
-        return 0
+        return []
+    oldest = next(txn.scan(DEPLOYMENTS, (latest.model,), limit=1))[0]
+    if int(oldest[1]) >= oldest_kept:
+        return []  # the common case, in two reads
     restorable: set[int] = set()
     previous = latest.previous_revision
     while previous and len(restorable) < history - 1:
@@ -197,25 +200,30 @@ def _prune(txn: WriteTxn, latest: DeploymentRecord, history: int) -> int:
             break
         if int(key[1]) not in restorable:
             dropped.append(key)
+    return dropped
+
+
+def _prune(txn: WriteTxn, latest: DeploymentRecord, history: int) -> int:
+    """Drop what `_droppable` names; how many it dropped."""
+    dropped = _droppable(txn, latest, history)
     for key in dropped:
         txn.delete(DEPLOYMENTS, key)
     return len(dropped)
 
 
 def _over_history(txn: ReadTxn, model: str, history: int) -> bool:
-    """Whether `model` keeps a revision older than its newest `history` (one `_prune` may drop)."""
+    """Whether `_prune` would drop any of `model`'s revisions: a model that keeps old revisions
+    only because rollbacks restore them is not over, so it gets no write at each start."""
     latest = latest_revision(txn, model)
-    if latest is None:
-        return False
-    oldest = next(txn.scan(DEPLOYMENTS, (model,), limit=1))[0]
-    return int(oldest[1]) < latest.revision - history + 1
+    return latest is not None and bool(_droppable(txn, latest, history))
 
 
 def prune_histories(store: Store, history: int) -> None:
     """Bound every model's revisions at start as the write that adds one does (`_prune`): a
     lowered registry.deployment_history holds from the next start, also for a model never
     deployed again. Run at every start (the setting may change at any), so not a one-time pass
-    with a marker; a model within the bound costs two reads."""
+    with a marker; a model within the bound costs two or three reads, one that keeps older
+    revisions only for its rollbacks a walk of that chain, and neither a write."""
     with store.read() as txn:
         over = [str(key[0]) for key, _ in txn.scan(MODELS) if _over_history(txn, str(key[0]), history)]
     dropped = 0

@@ -10,6 +10,9 @@ import grpc
 import pytest
 
 from tessera.v1 import registry_pb2, registry_pb2_grpc
+from tesserad.registry.deployments import _over_history
+from tesserad.server import STORE_TABLES
+from tesserad.store import Store
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.registry.conftest import onnx_header, onnx_identity, rpc_error, upload
 
@@ -103,6 +106,21 @@ def test_a_lowered_history_holds_from_the_next_start_for_models_not_deployed_aga
         assert [
             (r.getMessage(), r.models, r.revisions) for r in caplog.records if "pruned" in r.getMessage()
         ] == [("pruned deployment history to registry.deployment_history", 1, 6)]
+    finally:
+        running.stop()
+
+    # What the Rollbacks keep is not over the bound: the next start writes nothing for it.
+    store = Store.open(data / "store", map_size=2**30, tables=STORE_TABLES)
+    try:
+        with store.read() as txn:
+            assert [m for m in ("ci", "steady", "idle") if _over_history(txn, m, HISTORY)] == []
+    finally:
+        store.close()
+
+    running = InProcessDaemon(daemon_settings(data, **{"registry.deployment_history": HISTORY})).start()
+    try:
+        stub = registry_pb2_grpc.RegistryStub(running.channel())
+        assert history(stub, "ci") == [(11, 1), (10, 2), (9, 1), (8, 4), (7, 3)]
         assert stub.Rollback(R.RollbackRequest(model="ci")).routes[0].version == 4
         assert stub.Rollback(R.RollbackRequest(model="ci")).routes[0].version == 3
     finally:
