@@ -260,3 +260,12 @@ def test_an_alias_given_as_version_where_alias_has_its_own_flag_is_pointed_at_it
     err = " ".join(capsys.readouterr().err.split())
     assert "argument --version: must be a whole number" in err, err
     assert "for the version an alias points at, pass --alias staging" in err, err
+
+
+def test_a_version_written_as_tables_show_it_is_pointed_at_its_number(capsys):
+    """Tables print versions as "v2"; `--version v2` was told to pass `--alias v2`."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["predict", "m", "--input", "x.npz", "--version", "v2"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert "for version 2, pass --version 2" in err, err
+    assert "pass --alias" not in err, err

@@ -67,6 +67,10 @@ def version_beside_alias(text: str) -> int:
     try:
         return whole()(text)
     except argparse.ArgumentTypeError as err:
+        if text[:1] in "vV" and text[1:].isascii() and text[1:].isdigit():  # "v2", as tables show it
+            raise argparse.ArgumentTypeError(
+                f"{err}; for version {text[1:]}, pass --version {text[1:]}"
+            ) from None
         if text[:1].isalpha():
             raise argparse.ArgumentTypeError(
                 f"{err}; for the version an alias points at, pass --alias {text}"
