@@ -424,7 +424,10 @@ class TrainingServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelSweep(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Stores the sweep CANCELLED, then cancels its trials' jobs. A trial whose job cannot be
+        cancelled does not stop the rest: the call then answers that trial's error code with a
+        message naming each such trial, though the sweep is CANCELLED (GetSweep shows it).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

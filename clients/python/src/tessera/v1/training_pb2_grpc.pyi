@@ -135,6 +135,10 @@ class TrainingStub:
     GetSweep: _grpc.UnaryUnaryMultiCallable[_training_pb2.GetSweepRequest, _training_pb2.Sweep]
     ListSweeps: _grpc.UnaryUnaryMultiCallable[_training_pb2.ListSweepsRequest, _training_pb2.ListSweepsResponse]
     CancelSweep: _grpc.UnaryUnaryMultiCallable[_training_pb2.CancelSweepRequest, _training_pb2.Sweep]
+    """Stores the sweep CANCELLED, then cancels its trials' jobs. A trial whose job cannot be
+    cancelled does not stop the rest: the call then answers that trial's error code with a
+    message naming each such trial, though the sweep is CANCELLED (GetSweep shows it).
+    """
 
 @_typing.type_check_only
 class TrainingAsyncStub(TrainingStub):
@@ -241,6 +245,10 @@ class TrainingAsyncStub(TrainingStub):
     GetSweep: _aio.UnaryUnaryMultiCallable[_training_pb2.GetSweepRequest, _training_pb2.Sweep]  # type: ignore[assignment]
     ListSweeps: _aio.UnaryUnaryMultiCallable[_training_pb2.ListSweepsRequest, _training_pb2.ListSweepsResponse]  # type: ignore[assignment]
     CancelSweep: _aio.UnaryUnaryMultiCallable[_training_pb2.CancelSweepRequest, _training_pb2.Sweep]  # type: ignore[assignment]
+    """Stores the sweep CANCELLED, then cancels its trials' jobs. A trial whose job cannot be
+    cancelled does not stop the rest: the call then answers that trial's error code with a
+    message naming each such trial, though the sweep is CANCELLED (GetSweep shows it).
+    """
 
 class TrainingServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -523,6 +531,10 @@ class TrainingServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _training_pb2.CancelSweepRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_training_pb2.Sweep, _abc.Awaitable[_training_pb2.Sweep]]: ...
+    ) -> _typing.Union[_training_pb2.Sweep, _abc.Awaitable[_training_pb2.Sweep]]:
+        """Stores the sweep CANCELLED, then cancels its trials' jobs. A trial whose job cannot be
+        cancelled does not stop the rest: the call then answers that trial's error code with a
+        message naming each such trial, though the sweep is CANCELLED (GetSweep shows it).
+        """
 
 def add_TrainingServicer_to_server(servicer: TrainingServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
