@@ -62,7 +62,11 @@ class Device(_message.Message):
     MEMORY_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
     CORES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """"cpu" or "cuda:N", the names training and serving configs use."""
+    """"cpu": the host's CPUs, one entry, always listed first; then "cuda:N" for each CUDA GPU the
+    daemon sees through NVML, N numbered as torch numbers it (among CUDA_VISIBLE_DEVICES when that
+    lists indices). These are the names ServingConfig.device takes; a training job's devices
+    name the CPU "cpu:0".
+    """
     kind: Global___DeviceKind.ValueType
     name: _builtins.str
     """e.g. "NVIDIA H100 80GB HBM3", or the CPU model."""
