@@ -411,14 +411,16 @@ class ModelPool:
             self._unload(key)
             return True
 
-    def unload_replaced(self, entry: LoadedVersion) -> None:
-        """Unload `entry` if it is still the version listed under its number: a load of the
-        artifact that replaced it (its model deleted and registered again) may have done so
-        meanwhile, and that one must stay."""
+    def unload_replaced(self, entry: LoadedVersion) -> bool:
+        """Unload `entry` if it is still the version listed under its number: another call may
+        have unloaded it meanwhile, or a load of the artifact that replaced it (its model deleted
+        and registered again) done so, and that one must stay. Whether it was unloaded."""
         key = (entry.model, entry.version)
         with self._holding_load_lock(key):
-            if self._listed.get(key) is entry:
-                self._unload(key)
+            if self._listed.get(key) is not entry:
+                return False
+            self._unload(key)
+            return True
 
     @contextmanager
     def _holding_load_lock(self, key: tuple[str, int]) -> Iterator[None]:

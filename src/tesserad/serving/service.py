@@ -935,13 +935,15 @@ class InferenceService:
             still_served |= router.versions()
         # A loaded ensemble's member stays: the ensemble would load it again on its next request.
         in_ensembles = {v for m, v in self.pool.ensemble_members() if m == model}
+        # Each unloaded only if no other call (a request, UnloadModel) unloaded or replaced it
+        # since it was looked at: the refresh goes on to its other steps either way.
         for version in sorted(previously_served - still_served - in_ensembles - gone):
-            if self.pool.get(model, version) is not None:
-                self.pool.unload(model, version)
+            entry = self.pool.get(model, version)
+            if entry is not None and self.pool.unload_replaced(entry):
                 log.info("unloaded version %s of %r after its targets moved", version, model)
         for version in sorted(gone):
-            if self.pool.get(model, version) is not None:
-                self.pool.unload(model, version)
+            entry = self.pool.get(model, version)
+            if entry is not None and self.pool.unload_replaced(entry):
                 log.info("unloaded version %s of %r: it was deleted", version, model)
             # A failed load of a deleted version would be listed, and refuse its number, forever.
             self.pool.forget_failure(model, version)

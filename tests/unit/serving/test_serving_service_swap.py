@@ -1,5 +1,6 @@
-"""A request routed to a version whose config is swapped while the request is being validated, and
-an unload of a model whose versions are unloaded by others meanwhile."""
+"""A request routed to a version whose config is swapped while the request is being validated, an
+unload of a model whose versions are unloaded by others meanwhile, and a refresh of a registry
+change whose versions are unloaded by others while it runs."""
 
 from __future__ import annotations
 
@@ -13,8 +14,16 @@ import numpy as np
 import pytest
 from serving_fakes import ArrivalLock, HeldArtifact
 
+from tesserad.errors import NotFound, TesseraError
 from tesserad.serving import service as service_module
-from tesserad.serving.pool import ModelPool, ServableVersion, ServingConfig, ServingDefaults, servable_file
+from tesserad.serving.pool import (
+    LoadedVersion,
+    ModelPool,
+    ServableVersion,
+    ServingConfig,
+    ServingDefaults,
+    servable_file,
+)
 from tesserad.serving.service import DeploymentPlan, InferenceService, Target
 
 
@@ -26,6 +35,28 @@ class OneVersion:
 
     def servable(self, model: str, version: int | None, alias: str | None) -> ServableVersion:
         return self.version
+
+    def deployment(self, model: str) -> DeploymentPlan | None:
+        return None
+
+    def model_names(self) -> list[str]:
+        return ["m"]
+
+    def model_identity(self, model: str) -> Hashable:
+        return 1
+
+
+class Versions:
+    """A VersionSource of ONNX versions of 'm', which a test deletes from `versions`."""
+
+    def __init__(self, versions: dict[int, ServableVersion]) -> None:
+        self.versions = versions
+
+    def servable(self, model: str, version: int | None, alias: str | None) -> ServableVersion:
+        number = version if version is not None else max(self.versions, default=0)
+        if number not in self.versions:
+            raise NotFound(f"model 'm' has no version {number}")
+        return self.versions[number]
 
     def deployment(self, model: str) -> DeploymentPlan | None:
         return None
@@ -97,3 +128,40 @@ def test_unloading_a_model_skips_its_versions_unloaded_meanwhile(
     unloading.join(30)
     assert unloaded == [[1]]
     assert inference.pool.list() == []
+
+
+def test_a_refresh_finishes_when_a_version_it_unloads_is_unloaded_under_it(
+    linear_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refresh of a deletion found a version loaded, and a request or UnloadModel unloaded it
+    before the refresh did: its NotFound aborted the refresh, so the versions after it stayed (a
+    deleted version's failed load among them) and the model stayed marked as changed, each request
+    checking its version against the registry until the model's next change."""
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not an ONNX graph")
+    source = Versions(
+        {1: servable_file("m", 1, "onnx", linear_onnx), 2: servable_file("m", 2, "onnx", broken)}
+    )
+    service = InferenceService(source, ModelPool(ServingDefaults(intra_op_threads=1), None), autoload=True)
+    try:
+        service.pool.load(source.versions[1], ServingConfig())
+        with pytest.raises(TesseraError):
+            service.pool.load(source.versions[2], ServingConfig())
+        refreshed = threading.Event()
+        service.add_deletion_listener(lambda model, identity: None, lambda model: refreshed.set())
+        get = service.pool.get
+
+        def get_then_unloaded_by_another(model: str, version: int) -> LoadedVersion | None:
+            entry = get(model, version)
+            if entry is not None and threading.current_thread().name.startswith("serving-swap"):
+                service.pool.unload(model, version)  # another call's, just after the refresh looked
+            return entry
+
+        monkeypatch.setattr(service.pool, "get", get_then_unloaded_by_another)
+        source.versions.clear()
+        service.on_registry_change("m")
+        assert refreshed.wait(30)
+        assert service.pool.list() == []  # version 2's failure is forgotten too
+        assert service._unsettled == {}
+    finally:
+        service.close()
