@@ -17,6 +17,7 @@ import numpy as np
 
 from tesserad.errors import NotLoaded, StillLoading, TesseraError, Unavailable
 from tesserad.serving.batcher import DynamicBatcher, Prediction
+from tesserad.serving.pool import LoadedVersion
 from tesserad.serving.service import InferenceService, Target
 
 # An autoload that races an unload is retried this many times before the error stands.
@@ -59,6 +60,7 @@ async def predict(
     # One coroutine for the whole path (each level of await costs the event loop's thread a frame).
     service.in_flight += 1
     try:
+        checked: LoadedVersion | None = None
         for _ in range(_AUTOLOAD_ROUNDS):
             # Signs of load, both public: other requests waiting here, or calls begun after this one.
             others = service.in_flight > 1 or service.calls.begun_after_this_one()
@@ -72,11 +74,12 @@ async def predict(
                 hold=others,
                 within_max_batch=within_max_batch,
                 dtype_names=dtype_names,
+                checked=checked,
             )
             future = submitted.future
             if future is None:
                 try:
-                    await asyncio.to_thread(service.autoload, target.model, submitted.version)
+                    checked = await asyncio.to_thread(service.autoload, target.model, submitted.version)
                 except (NotLoaded, StillLoading) as exc:
                     if not_ready is None:
                         raise

@@ -362,6 +362,7 @@ class InferenceService:
         hold: bool = False,
         within_max_batch: bool = False,
         dtype_names: Mapping[np.dtype, str] | None = None,
+        checked: LoadedVersion | None = None,
     ) -> Submitted:
         """Route, validate and queue a request; `future` None means `version` must load first.
 
@@ -372,6 +373,9 @@ class InferenceService:
         `within_max_batch`: refuse a request of more rows than the version's max_batch_size (the
         batcher would run it alone), as Triton does for a protocol that advertises that limit.
         `dtype_names`: the names the caller's protocol gives dtypes, for its error messages.
+        `checked`: what autoload returned for this request: found registered after the
+        request arrived, it answers although its model changed again since (a model changed
+        faster than one check takes would otherwise send the request back to autoload forever).
         """
         for _ in range(_MAX_ROUTING_ROUNDS):
             version, shadow_version = self.route(target)
@@ -384,7 +388,7 @@ class InferenceService:
                 or batcher is None
                 or entry.signature is None
                 # A call only while a change waits for its refresh (rarely): one per request costs.
-                or (self._unsettled and self._unchecked(entry))
+                or (self._unsettled and entry is not checked and self._unchecked(entry))
             ):
                 return Submitted(version, None, None)
             try:

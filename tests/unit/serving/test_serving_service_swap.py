@@ -4,6 +4,7 @@ change whose versions are unloaded by others while it runs."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Hashable, Iterator, Mapping, Sequence
@@ -24,6 +25,7 @@ from tesserad.serving.pool import (
     ServingDefaults,
     servable_file,
 )
+from tesserad.serving.predict import predict
 from tesserad.serving.service import DeploymentPlan, InferenceService, Target
 
 
@@ -164,4 +166,43 @@ def test_a_refresh_finishes_when_a_version_it_unloads_is_unloaded_under_it(
         assert service.pool.list() == []  # version 2's failure is forgotten too
         assert service._unsettled == {}
     finally:
+        service.close()
+
+
+def test_a_request_is_answered_when_its_model_changes_during_each_check(linear_onnx: Path) -> None:
+    """While a change waits for its refresh, a request checks its loaded version against the
+    registry; a change to the model during that check left the version unchecked, so a model
+    changed faster than one check takes sent the request back to check again until its rounds
+    ran out (UNAVAILABLE), although each check found the version still registered."""
+    source = Versions({1: servable_file("m", 1, "onnx", linear_onnx)})
+    service = InferenceService(source, ModelPool(ServingDefaults(intra_op_threads=1), None), autoload=True)
+    refreshing = threading.Event()
+    refreshes_released = threading.Event()
+
+    def kept(model: str) -> None:
+        if model == "other":  # holds every refresh queued after its own
+            refreshing.set()
+            assert refreshes_released.wait(30)
+
+    try:
+        service.pool.load(source.versions[1], ServingConfig())
+        service.add_deletion_listener(lambda model, identity: None, kept)
+        service.on_registry_change("other")
+        assert refreshing.wait(30)
+        service.on_registry_change("m")
+        servable = source.servable
+
+        def changed_while_read(model: str, version: int | None, alias: str | None) -> ServableVersion:
+            found = servable(model, version, alias)
+            service.on_registry_change(model)  # another registration of it, committed meanwhile
+            return found
+
+        source.servable = changed_while_read  # type: ignore[method-assign]
+        inputs = {"x": np.ones((1, 4), np.float32)}
+        version, answer = asyncio.run(
+            predict(service, Target("m"), inputs, ["y"], None, "r1", started=time.perf_counter_ns())
+        )
+        assert (version, answer.outputs["y"].shape) == (1, (1, 3))
+    finally:
+        refreshes_released.set()
         service.close()
