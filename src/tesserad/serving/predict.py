@@ -79,7 +79,7 @@ async def predict(
             future = submitted.future
             if future is None:
                 try:
-                    checked = await asyncio.to_thread(service.autoload, target.model, submitted.version)
+                    checked = await asyncio.to_thread(service.autoload_routed, target, submitted.version)
                 except (NotLoaded, StillLoading) as exc:
                     if not_ready is None:
                         raise

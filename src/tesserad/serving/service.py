@@ -373,7 +373,7 @@ class InferenceService:
         `within_max_batch`: refuse a request of more rows than the version's max_batch_size (the
         batcher would run it alone), as Triton does for a protocol that advertises that limit.
         `dtype_names`: the names the caller's protocol gives dtypes, for its error messages.
-        `checked`: what autoload returned for this request: found registered after the
+        `checked`: what autoload_routed returned for this request: found registered after the
         request arrived, it answers although its model changed again since (a model changed
         faster than one check takes would otherwise send the request back to autoload forever).
         """
@@ -455,6 +455,35 @@ class InferenceService:
         """Whether `entry`'s model changed since serving last refreshed it, and `entry` was not
         found still registered after that change (see autoload)."""
         return entry.checked_at_change < self._unsettled.get(entry.model, 0)
+
+    def autoload_routed(self, target: Target, version: int) -> LoadedVersion | None:
+        """autoload for a request for `target` that was routed to `version` (Submitted.version):
+        the version loaded and checked for it (submit's `checked`), or None to route it again.
+
+        Without a version named, NotFound for `version` comes from a route cached before a change
+        not refreshed yet (its model deleted and created again, say): the model's cached routes
+        to it are dropped and the caller routes the request again, from the source, rather than
+        answer NOT_FOUND for a version the request did not name.
+        """
+        try:
+            return self.autoload(target.model, version)
+        except NotFound:
+            if target.version is not None or not self._forget_routes(target.model, version):
+                raise
+        return None
+
+    def _forget_routes(self, model: str, version: int) -> bool:
+        """Drop `model`'s cached alias targets and deployment that route to `version` (the next
+        request reads them from the source); whether any was cached."""
+        with self._cache_lock:
+            aliases = [key for key, cached in self._aliases.items() if key[0] == model and cached == version]
+            for key in aliases:
+                self._aliases.pop(key, None)
+            router = self._routers.get(model)
+            deployed = router is not None and version in router.versions()
+            if deployed:
+                self._routers.pop(model, None)
+        return bool(aliases) or deployed
 
     def autoload(self, model: str, version: int) -> LoadedVersion:
         """Load a version a request needs, with the defaults; NotLoaded when that load fails.
@@ -562,16 +591,28 @@ class InferenceService:
         """The version a request for `target` (a model, and a version or none) finds first (without
         a version, the lowest a request may go to), as metadata calls describe it.
 
-        Read from the pool when the version is loaded, else from the registry, and never loaded
-        for it, as Triton never loads a model for a metadata call: its config is then the one a
+        Read from the pool when the version is loaded (and, while a change to its model waits
+        for its refresh, still the registry's artifact: a request checks it so too), else from
+        the registry, and never loaded for it, as Triton never loads a model for a metadata call: its config is then the one a
         load under way gives it, or the one any load without a config (a request's, or
         RepositoryModelLoad's) would. Only a version the registry has no signature for is loaded
         (where autoload allows), its signature being known only from its runtime.
         """
         model = target.model
         version = target.version if target.version is not None else self.serving_versions(model)[0]
+        try:
+            return self._describe(model, version)
+        except NotFound:
+            # A route cached before a change not refreshed yet, as for a request (autoload_routed).
+            if target.version is not None or not self._forget_routes(model, version):
+                raise
+        return self._describe(model, self.serving_versions(model)[0])
+
+    def _describe(self, model: str, version: int) -> VersionDescription:
         ready = self.pool.get(model, version)
-        if ready is not None and ready.signature is not None:
+        # Checked as a request checks it (autoload): a version replaced since its model's change,
+        # not refreshed yet, does not describe what a request would be served by.
+        if ready is not None and ready.signature is not None and self._still_registered(ready):
             return VersionDescription(model, version, ready.signature, ready.config)
         servable = self._source.servable(model, version, None)  # NotFound for a version that does not exist
         if servable.signature is None:

@@ -12,9 +12,11 @@ from collections.abc import Callable, Iterator
 
 import grpc
 import numpy as np
-from serving_models import W, linear_model, predict_request, reshape_model, to_array, upload
+from serving_models import W, half_model, linear_model, predict_request, reshape_model, to_array, upload
 
 from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc
+from tesserad.oip import grpc_service_pb2 as oip_pb2
+from tesserad.oip import grpc_service_pb2_grpc as oip_grpc
 from tesserad.serving.service import InferenceService
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
@@ -222,3 +224,47 @@ def test_without_autoload_a_version_replaced_before_its_refresh_is_not_loaded(st
             grpc.StatusCode.FAILED_PRECONDITION
         )
         assert 1 not in _loaded(inference, "numbered")
+
+
+def test_a_request_without_a_version_before_the_refresh_goes_to_the_new_models_latest(start_daemon) -> None:
+    """Its route to the old model's latest version (or alias target), cached, named a version
+    the model created again lacks: the request was answered NOT_FOUND for that version, which it
+    never named."""
+    daemon = start_daemon()
+    channel = daemon.channel()
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    registry = registry_pb2_grpc.RegistryStub(channel)
+    upload(channel, "routed", linear_model(1.0))
+    upload(channel, "routed", linear_model(2.0), alias="production")
+    assert inference.Predict(predict_request("routed", X)).version == 2
+    assert inference.Predict(predict_request("routed", X, alias="production")).version == 2
+    refreshes = HeldRefreshes(daemon.daemon.inference)
+    with refreshes.held_after("other", lambda: upload(channel, "other", linear_model(1.0))):
+        registry.DeleteModel(registry_pb2.DeleteModelRequest(name="routed", force=True))
+        assert upload(channel, "routed", linear_model(3.0), alias="production") == 1
+        for request in (predict_request("routed", X), predict_request("routed", X, alias="production")):
+            answer = inference.Predict(request)
+            assert answer.version == 1
+            np.testing.assert_allclose(to_array(answer.outputs[0]), X @ W * 3, rtol=1e-6)
+
+
+def test_metadata_before_the_refresh_describes_the_new_models_version(start_daemon) -> None:
+    """A loaded version of the model deleted since was described, by number or as the model's
+    cached latest, although a request would be served by the new model's version."""
+    daemon = start_daemon()
+    channel = daemon.channel()
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    registry = registry_pb2_grpc.RegistryStub(channel)
+    oip = oip_grpc.GRPCInferenceServiceStub(channel)
+    upload(channel, "described", linear_model(1.0))
+    upload(channel, "described", linear_model(2.0))
+    assert inference.Predict(predict_request("described", X, version=1)).version == 1
+    assert inference.Predict(predict_request("described", X)).version == 2
+    refreshes = HeldRefreshes(daemon.daemon.inference)
+    with refreshes.held_after("other", lambda: upload(channel, "other", linear_model(1.0))):
+        registry.DeleteModel(registry_pb2.DeleteModelRequest(name="described"))
+        assert upload(channel, "described", half_model()) == 1
+        for version in ("1", ""):
+            metadata = oip.ModelMetadata(oip_pb2.ModelMetadataRequest(name="described", version=version))
+            assert list(metadata.versions) == ["1"]
+            assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs] == [("x", "FP16", [-1, 2])]
