@@ -59,9 +59,10 @@ _CUDA_PLACE = re.compile(r" ?; (?:hostname|file|line|expr)=[^;]*")
 
 
 def onnxruntime_message(exc: Exception) -> str:
-    """onnxruntime's message for `exc` without its source locations, checks and host."""
+    """onnxruntime's message for `exc` without its source locations, checks and host, nor the
+    line break it may end with (the messages built around it go on after it)."""
     text = _CUDA_PLACE.sub("", str(exc))
-    return _ORT_SOURCE.sub("", _ORT_PREFIX.sub("", text)).strip(" ;")
+    return _ORT_SOURCE.sub("", _ORT_PREFIX.sub("", text)).strip(" ;\n")
 
 
 class Runtime(Protocol):
