@@ -460,7 +460,9 @@ class OpenInference:
         unload_dependents true, as Triton's (the models composing an ensemble go with it), the
         members of the ensembles unloaded are unloaded too, but for those another loaded ensemble
         still uses and those loaded as themselves (LoadModel, RepositoryModelLoad, a request of
-        their own), which Triton keeps too; without it, an ensemble's members stay loaded."""
+        their own that loaded them; requests served by a member the ensemble loaded do not mark
+        it, to keep the request path free of writes), which Triton keeps too; without it, an
+        ensemble's members stay loaded."""
         validate_name("model_name", name)
         dependents = _parameter(parameters, "unload_dependents", (Kind.BOOL,), names) is True
         await asyncio.to_thread(self._unload, name, dependents)
