@@ -31,11 +31,8 @@ def asha_prunes(
     At its `last_epoch` (its spec's epochs; 0: no epoch limit, it stops at max_steps) a trial
     has finished: its result ranks later trials, but it is complete, not pruned.
     """
-    rung_epochs, rung = min_epochs, 0
-    while rung_epochs < epoch:
-        rung_epochs *= reduction_factor
-        rung += 1
-    if rung_epochs != epoch:
+    rung = rung_of(epoch, min_epochs, reduction_factor)
+    if rung is None:
         return False
     results = rungs.setdefault(str(rung), {})
     if isinstance(results, list):  # sweeps recorded before results were keyed by trial
@@ -45,6 +42,15 @@ def asha_prunes(
     keep = max(1, len(ranked) // reduction_factor)
     finished = 0 < last_epoch <= epoch
     return not finished and len(ranked) >= reduction_factor and ranked.index(metric) >= keep
+
+
+def rung_of(epoch: int, min_epochs: int, reduction_factor: int) -> int | None:
+    """The rung (k) whose epoch min_epochs * rf^k `epoch` is; None if it is none."""
+    rung_epochs, rung = min_epochs, 0
+    while rung_epochs < epoch:
+        rung_epochs *= reduction_factor
+        rung += 1
+    return rung if rung_epochs == epoch else None
 
 
 def hyperband_counts(max_epochs: int, min_epochs: int, reduction_factor: int) -> list[int]:

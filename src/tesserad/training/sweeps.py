@@ -12,8 +12,9 @@ Everything is stored as it happens: the sweep's own state in its record ("sweeps
 in a row of its own ("sweep_trials", by sweep id and trial number), so that a trial's end
 writes that trial, not every trial of the sweep. A trial is written with its values before its
 job is submitted (and named after it, so a job whose id did not reach the record before a
-crash is found again), rung results are keyed by trial, and searchers rebuild their state from
-the stored trials. A sweep so survives a restart of the daemon: each trial is counted once, and
+crash is found again), a trial's rung results are in its row (the pruner's tables are rebuilt
+from the rows, as searchers rebuild their state from the stored trials), so that an epoch at a
+rung writes that trial alone too. A sweep so survives a restart of the daemon: each trial is counted once, and
 the searcher continues where it was.
 """
 
@@ -43,6 +44,7 @@ from tesserad.training.pruning import (
     bracket_min_epochs,
     hyperband_bracket,
     hyperband_counts,
+    rung_of,
 )
 from tesserad.training.samplers import PastTrial, suggest
 from tesserad.training.search_space import (
@@ -60,9 +62,11 @@ log = logging.getLogger(__name__)
 TABLES = ["sweeps", "sweep_trials"]
 KIND = "sweep"
 # 2: the trials in rows of their own ("sweep_trials"); 1 held them in the sweep's record.
-SCHEMA = 2
+# 3: the rung results in their trials' rows; the record keeps only those no trial holds.
+SCHEMA = 3
 TRIAL_KIND = "sweep_trial"
-TRIAL_SCHEMA = 1
+# 2: the trial's rung results (`rungs`).
+TRIAL_SCHEMA = 2
 PLANNED = ("grid", "random")  # searchers that draw every trial at submit
 NO_PBT = PbtSettings(0, 0.0, 0.0, 0.0)
 # Longer whole numbers go through float(): out of int64 either way, refused with the spec's fields.
@@ -115,6 +119,8 @@ class Trial:
     start_checkpoint: str = ""  # PBT: the sha256 of the checkpoint it starts from
     sampler_attrs: dict[str, Any] = field(default_factory=dict)  # the model-based searcher's notes
     error: str = ""  # why its job could not be submitted
+    # The pruner's results of this trial: rung -> its metric there (in its bracket's under Hyperband).
+    rungs: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -130,7 +136,8 @@ class Sweep:
     created_at: float
     created_by: str
     best_job_id: str
-    # rung -> {job id: metric} (see asha_prunes); Hyperband: bracket -> that, per bracket
+    # rung -> {job id: metric} (see asha_prunes); Hyperband: bracket -> that, per bracket. Built
+    # from `unowned_rungs` and each trial's own (`Trial.rungs`), which are what is stored.
     rungs: dict[str, Any]
     trials: list[Trial] = field(default_factory=list)
     pruner: str = ""
@@ -141,6 +148,8 @@ class Sweep:
     pbt: PbtSettings | None = None
     brackets: list[int] = field(default_factory=list)  # Hyperband: trials per bracket in a round
     error: str = ""  # why it stopped starting trials before its search was done (it ends failed)
+    # Results no trial holds: stored before results were keyed by trial ("#i"), in `rungs`' shape.
+    unowned_rungs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def searcher(self) -> str:
@@ -151,8 +160,10 @@ def answered_bytes(sweep: Sweep) -> int:
     """What `sweep` takes in a GetSweep or ListSweeps answer at most, as paging.answer_bytes
     sizes every listing's items: its record less what no answer carries (each trial's job spec,
     the searcher's and the pruner's state), which its stored row holds."""
-    trials = [replace(t, raw={}, document={}, sampler_attrs={}) for t in sweep.trials]
-    return answer_bytes(replace(sweep, trials=trials, rungs={}, base={}, parameters=[], brackets=[]))
+    trials = [replace(t, raw={}, document={}, sampler_attrs={}, rungs={}) for t in sweep.trials]
+    return answer_bytes(
+        replace(sweep, trials=trials, rungs={}, base={}, parameters=[], brackets=[], unowned_rungs={})
+    )
 
 
 def searcher_and_pruner(strategy: str, pruner: str) -> tuple[str, str]:
@@ -253,6 +264,42 @@ def cancel_failures(sweep: Sweep, failures: list[tuple[str, TesseraError]]) -> T
         f"{len(failures)} could not be: {each}. They run on until they end; cancel them with "
         "CancelJob, or restart tesserad, which cancels them at its start"
     )
+
+
+def rung_table(pruner: str, rungs: dict[str, Any], bracket: int) -> dict[str, Any]:
+    """The rung -> {job id: metric} table of `rungs` that judges a trial of `bracket`."""
+    return rungs.setdefault(f"bracket {bracket}", {}) if pruner == "hyperband" else rungs
+
+
+def built_rungs(pruner: str, unowned: dict[str, Any], trials: list[Trial]) -> dict[str, Any]:
+    """The pruner's rung tables: the results no trial holds, and each trial's own."""
+    rungs = copy.deepcopy(unowned)
+    for trial in trials:
+        if trial.rungs:
+            table = rung_table(pruner, rungs, trial.bracket)
+            for rung, metric in trial.rungs.items():
+                table.setdefault(rung, {})[trial.job_id] = metric
+    return rungs
+
+
+def split_rungs(pruner: str, rungs: dict[str, Any], trials: list[Trial]) -> dict[str, Any]:
+    """Give each of `trials` its results from the rung tables of a record that held them all
+    (schema 2 and older); returned are those no trial holds, in the same shape. Results kept in
+    lists (before they were keyed by trial) are keyed "#i", as asha_prunes keys them."""
+    by_job = {t.job_id: t for t in trials if t.job_id}
+    unowned: dict[str, Any] = {}
+    for bracket, table in rungs.items() if pruner == "hyperband" else [("", rungs)]:
+        for rung, results in table.items():
+            if isinstance(results, list):
+                results = {f"#{i}": value for i, value in enumerate(results)}
+            for key, metric in results.items():
+                trial = by_job.get(key)
+                if trial is not None and bracket in ("", f"bracket {trial.bracket}"):
+                    trial.rungs[rung] = metric
+                else:
+                    kept = unowned.setdefault(bracket, {}) if bracket else unowned
+                    kept.setdefault(rung, {})[key] = metric
+    return unowned
 
 
 def ended_state(sweep: Sweep) -> str:
@@ -383,7 +430,7 @@ class Sweeps:
         jobs.end_trials_holding(self._lock)
 
     def start(self) -> None:
-        self._split_trials_once()
+        self._migrate_records_once()
         with self._store.read() as txn:
             records = [read_sweep(txn, str(key[0]), raw) for key, raw in txn.scan("sweeps")]
         # After jobs.start and before any trial is submitted: the holds of both kinds in one pass.
@@ -414,23 +461,24 @@ class Sweeps:
                         self._prune(trial.job_id)
                 self._tick(sweep)
 
-    def _split_trials_once(self) -> None:
-        """Move the trials of sweeps stored with them in their record (schema 1) to rows of their
-        own, each sweep in one write: a stop between two leaves every sweep readable."""
+    def _migrate_records_once(self) -> None:
+        """Move what older records hold of their trials to the trials' rows, each sweep in one
+        write (a stop between two leaves every sweep readable): the trials themselves from a
+        schema-1 record, the rung results from a schema-1 or 2 one."""
         with self._store.read() as txn:
-            old = [key for key, raw in txn.scan("sweeps") if decode_record(raw, KIND, SCHEMA)[0] == 1]
+            old = [key for key, raw in txn.scan("sweeps") if decode_record(raw, KIND, SCHEMA)[0] < SCHEMA]
         for key in old:
             # Reserved: a daemon must start on a full store, for its operator to make room.
             with self._store.write(reserved=True) as txn:
                 raw = txn.get("sweeps", key)
-                if raw is None or decode_record(raw, KIND, SCHEMA)[0] != 1:
+                if raw is None or decode_record(raw, KIND, SCHEMA)[0] == SCHEMA:
                     continue
-                sweep = decode_sweep(raw, [])
+                sweep = read_sweep(txn, str(key[0]), raw)
                 for trial in sweep.trials:
                     txn.put("sweep_trials", (sweep.sweep_id, trial.number), encode_trial(trial))
                 txn.put("sweeps", key, encode_sweep(sweep))
         if old:
-            log.info("sweeps' trials moved to rows of their own", extra={"sweeps": len(old)})
+            log.info("sweeps' trials and rung results moved to the trials' rows", extra={"sweeps": len(old)})
 
     def _running_sweep(self, sweep_id: str) -> bool:
         """Whether the sweep still runs, so may yet copy its ended trials' checkpoints (PBT).
@@ -686,9 +734,9 @@ class Sweeps:
                 trial.metric, trial.has_metric = float(data["metrics"][sweep.metric]), True
                 self._changed(sweep, trial)
                 if sweep.pruner:
-                    rungs, min_epochs = sweep.rungs, sweep.asha.min_epochs
+                    rungs = rung_table(sweep.pruner, sweep.rungs, trial.bracket)
+                    min_epochs = sweep.asha.min_epochs
                     if sweep.pruner == "hyperband":
-                        rungs = sweep.rungs.setdefault(f"bracket {trial.bracket}", {})
                         min_epochs = bracket_min_epochs(
                             trial.bracket, min_epochs, sweep.asha.reduction_factor
                         )
@@ -704,9 +752,14 @@ class Sweeps:
                     ):
                         trial.pruned, trial.pruned_at = True, data["epoch"]
                         threading.Thread(target=self._prune, args=(job.job_id,), daemon=True).start()
-                    # Rung results decide later trials' fate and must survive a restart; the
-                    # trial's latest metric is written with them (one write per epoch).
-                    self._save(sweep, head=True)
+                    rung = rung_of(data["epoch"], min_epochs, sweep.asha.reduction_factor)
+                    if rung is not None:
+                        # A new dict: copies of the trial handed to readers share the old one.
+                        trial.rungs = {**trial.rungs, str(rung): trial.metric}
+                    # Rung results decide later trials' fate and must survive a restart: they are
+                    # written in the trial's row, with its latest metric (one write per epoch, of
+                    # that trial alone, however many trials reached a rung).
+                    self._save(sweep, head=False)
             elif kind == "ended":
                 self._settle(sweep, trial, job)
                 if sweep.sweep_id not in self._cancelling:
@@ -898,8 +951,8 @@ class Sweeps:
         hold: builtins.list[dict[str, Any]] | None = None,
         reserved: bool = False,
     ) -> None:
-        """Write `trials`' rows, and the sweep's own record if `head` (its state, best trial, error,
-        rungs: what is not a trial's); a trial's end so writes that trial alone, whatever the
+        """Write `trials`' rows, and the sweep's own record if `head` (its state, best trial, error:
+        what is not a trial's); a trial's end or rung so writes that trial alone, whatever the
         sweep's size. `hold`: configs whose dataset versions the sweep holds from now (a trial's
         job adds the hold of a version first named at its submit). An ended sweep holds none.
         `reserved`: a trial's end or the sweep's own, which may use the store's kept room."""
@@ -942,7 +995,7 @@ def encode_sweep(sweep: Sweep) -> bytes:
         "created_at": sweep.created_at,
         "created_by": sweep.created_by,
         "best_job_id": sweep.best_job_id,
-        "rungs": sweep.rungs,
+        "rungs": sweep.unowned_rungs,
         "pruner": sweep.pruner,
         "base": sweep.base,
         "parameters": [asdict(p) for p in sweep.parameters],
@@ -966,7 +1019,7 @@ def read_sweep(txn: ReadTxn, sweep_id: str, raw: bytes) -> Sweep:
 
 def decode_sweep(raw: bytes, trial_rows: builtins.list[bytes]) -> Sweep:
     """The sweep stored as `raw`, its trials from `trial_rows` (by number); a record of schema 1
-    holds its trials itself."""
+    holds its trials itself, one of schema 1 or 2 all rung results."""
     schema, data = decode_record(raw, KIND, SCHEMA)
     stored_trials = (
         data["trials"]
@@ -974,6 +1027,10 @@ def decode_sweep(raw: bytes, trial_rows: builtins.list[bytes]) -> Sweep:
         else [decode_record(row, TRIAL_KIND, TRIAL_SCHEMA)[1] for row in trial_rows]
     )
     pbt = data.get("pbt")
+    # Records written before trials were numbered: their place in the list.
+    trials = [Trial(**{"number": i, **t}) for i, t in enumerate(stored_trials)]
+    pruner = data.get("pruner", "asha" if data["strategy"] == "asha" else "")
+    unowned = data["rungs"] if schema >= 3 else split_rungs(pruner, data["rungs"], trials)
     return Sweep(
         sweep_id=data["sweep_id"],
         strategy=data["strategy"],
@@ -986,10 +1043,9 @@ def decode_sweep(raw: bytes, trial_rows: builtins.list[bytes]) -> Sweep:
         created_at=data["created_at"],
         created_by=data["created_by"],
         best_job_id=data["best_job_id"],
-        rungs=data["rungs"],
-        # Records written before trials were numbered: their place in the list.
-        trials=[Trial(**{"number": i, **t}) for i, t in enumerate(stored_trials)],
-        pruner=data.get("pruner", "asha" if data["strategy"] == "asha" else ""),
+        rungs=built_rungs(pruner, unowned, trials),
+        trials=trials,
+        pruner=pruner,
         base=data.get("base", {}),
         parameters=[
             SweepParameter(**{**p, "when_values": tuple(p.get("when_values", ()))})
@@ -1000,4 +1056,5 @@ def decode_sweep(raw: bytes, trial_rows: builtins.list[bytes]) -> Sweep:
         pbt=PbtSettings(**pbt) if pbt else None,
         brackets=data.get("brackets", []),
         error=data.get("error", ""),
+        unowned_rungs=unowned,
     )

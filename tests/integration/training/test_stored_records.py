@@ -10,7 +10,7 @@ from tessera.v1 import training_pb2, training_pb2_grpc
 from tesserad.server import STORE_TABLES
 from tesserad.store import Store
 from tesserad.training.job_records import decode_job, encode_job
-from tesserad.training.sweeps import Trial
+from tesserad.training.sweeps import Trial, decode_sweep
 from tests.conftest import InProcessDaemon, daemon_settings
 
 S = training_pb2
@@ -151,7 +151,7 @@ def test_records_stored_by_an_earlier_daemon_load(tmp_path: Path) -> None:
         # The sweep's trials moved to rows of their own at the daemon's start, the rest kept.
         assert sweep_raw is not None
         stored_sweep = json.loads(sweep_raw)
-        assert stored_sweep["schema"] == 2
+        assert stored_sweep["schema"] == 3
         assert stored_sweep["data"] == {
             **stored_sweep["data"],
             **{k: v for k, v in SWEEP.items() if k != "trials"},
@@ -162,3 +162,51 @@ def test_records_stored_by_an_earlier_daemon_load(tmp_path: Path) -> None:
         ]
     finally:
         store.close()
+
+
+def test_rung_results_in_a_sweep_record_move_to_their_trials_rows(tmp_path: Path) -> None:
+    # A sweep record of schema 2 held every rung result, so each epoch at a rung rewrote them all.
+    # Keyed by a trial's job, a result moves to that trial's row; one kept in a list (before
+    # results were keyed by trial) belongs to none, and stays in the record.
+    data_dir = tmp_path / "data"
+    trials = [
+        {**SWEEP["trials"][0], "number": 0},
+        {**SWEEP["trials"][0], "number": 1, "job_id": "job-02old", "state": "cancelled", "pruned": True},
+    ]
+    rungs = {"0": {"job-01old": 0.4, "job-02old": 0.9, "#0": 0.7}, "1": [0.3]}
+    head = {**{k: v for k, v in SWEEP.items() if k != "trials"}, "strategy": "asha", "pruner": "asha"}
+    store = Store.open(data_dir / "store", map_size=1 << 26, tables=STORE_TABLES)
+    with store.write() as txn:
+        txn.put(
+            "sweeps",
+            (SWEEP["sweep_id"],),
+            json.dumps({"kind": "sweep", "schema": 2, "data": {**head, "rungs": rungs}}).encode(),
+        )
+        for trial in trials:
+            txn.put("sweep_trials", (SWEEP["sweep_id"], trial["number"]), _record("sweep_trial", trial))
+    store.close()
+
+    daemon = InProcessDaemon(daemon_settings(data_dir)).start()
+    try:
+        training = training_pb2_grpc.TrainingStub(daemon.channel())
+        sweep = training.GetSweep(S.GetSweepRequest(sweep_id="sweep-01old"))
+        assert [(t.job_id, t.pruned) for t in sweep.trials] == [("job-01old", False), ("job-02old", True)]
+    finally:
+        daemon.stop()
+
+    store = Store.open(data_dir / "store", map_size=1 << 26, tables=STORE_TABLES)
+    try:
+        with store.read() as txn:
+            sweep_raw = txn.get("sweeps", ("sweep-01old",))
+            trial_rows = [row for _, row in txn.scan("sweep_trials", ("sweep-01old",))]
+    finally:
+        store.close()
+    assert sweep_raw is not None
+    stored_sweep = json.loads(sweep_raw)
+    assert (stored_sweep["schema"], stored_sweep["data"]["rungs"]) == (
+        3,
+        {"0": {"#0": 0.7}, "1": {"#0": 0.3}},
+    )
+    assert [json.loads(row)["data"]["rungs"] for row in trial_rows] == [{"0": 0.4}, {"0": 0.9}]
+    # The pruner's tables, rebuilt from the record and the rows, are those stored before.
+    assert decode_sweep(sweep_raw, trial_rows).rungs == {**rungs, "1": {"#0": 0.3}}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -14,6 +15,7 @@ from tesserad.errors import InvalidArgument, ResourceExhausted
 from tesserad.store import WriteTxn
 from tesserad.training import sweeps
 from tesserad.training.jobs import Jobs
+from tests.conftest import InProcessDaemon
 from tests.integration.training.conftest import (
     follow,
     job_spec,
@@ -755,6 +757,50 @@ def test_a_trial_end_writes_as_much_in_a_large_sweep_as_in_a_small_one(
     small = _bytes_written_per_trial_end(training, monkeypatch, 10)
     large = _bytes_written_per_trial_end(training, monkeypatch, 60)
     assert small > 0 and large < small * 1.5
+
+
+def test_a_trial_at_a_rung_writes_as_much_as_the_first_to_reach_it(
+    training: training_pb2_grpc.TrainingStub,
+    training_daemon: InProcessDaemon,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each epoch at a rung rewrote the sweep record with every rung result in it: its bytes grew
+    # with the trials that had reached a rung. No worker runs here: each queued trial's job
+    # reports its first epoch (ASHA's first rung) to the sweep as its worker's event would.
+    trials = 80
+    spec = S.SweepSpec(
+        base=job_spec("mlp", epochs=0, max_steps=1_000_000),
+        strategy=S.SWEEP_STRATEGY_ASHA,
+        parameters=[_range("optimizer.lr", 0.001, 0.1)],
+        max_trials=trials,
+        max_concurrent=trials,
+        metric="train_loss",
+        asha=S.AshaSettings(min_epochs=1, reduction_factor=3),
+    )
+    sweep = training.SubmitSweep(S.SubmitSweepRequest(spec=spec))
+    jobs = training_daemon.daemon.training
+    written: list[int] = []
+    put = WriteTxn.put
+    this_thread = threading.get_ident()
+
+    def counted(txn: WriteTxn, table: str, key: Any, value: bytes, **kwargs: Any) -> bool:
+        # This thread's writes only: the two running trials' own epochs write meanwhile.
+        if table in sweeps.TABLES and threading.get_ident() == this_thread:
+            written.append(len(value))
+        return put(txn, table, key, value, **kwargs)
+
+    per_rung = []
+    monkeypatch.setattr(WriteTxn, "put", counted)
+    try:
+        for i, trial in enumerate(sweep.trials[2:]):  # the first two run (2 CPU slots), the others wait
+            written.clear()
+            # Each better than all before: none is pruned, so each rung is one epoch's write alone.
+            jobs._notify(jobs.get(trial.job_id), "epoch", {"epoch": 1, "metrics": {"train_loss": 100.0 - i}})
+            per_rung.append(sum(written))
+    finally:
+        monkeypatch.undo()
+    training.CancelSweep(S.CancelSweepRequest(sweep_id=sweep.sweep_id))
+    assert per_rung[0] > 0 and max(per_rung) < per_rung[0] * 1.1
 
 
 def test_a_trial_whose_job_cannot_be_cancelled_does_not_stop_the_sweep_cancel(
