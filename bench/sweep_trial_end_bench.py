@@ -11,8 +11,16 @@ trial is cancelled last and the sweep waited on until it ended. Each figure is t
 the repeats; the answers (the sweep's state and its trials' states) go beside them so that
 runs before and after a change can be compared.
 
+--rungs times an ASHA sweep's rungs instead: every trial of an ASHA sweep of that many trials
+submitted at once (one CPU slot: one runs, the others wait), each trial's job reports its first
+epoch, ASHA's first rung, to the sweep, one at a time, each better than all before (so none is
+pruned, whatever the running trial reports). No worker runs to
+report it: the daemon runs in this process and the epoch is handed to the sweep as the job's
+worker event hands it, in this thread, where the sweep's bookkeeping runs. Timed: this thread's
+CPU time over each report; counted: the bytes each writes to the sweeps' tables.
+
     PYTHONPATH=src:clients/python/src .venv/bin/python bench/sweep_trial_end_bench.py \
-        [--sizes 100,300,1000] [--repeats 3] [--label after] [--out NAME.json] [--before OLD.json]
+        [--sizes 100,300,1000] [--repeats 3] [--rungs] [--label after] [--out NAME.json] [--before OLD.json]
 
 Run it against the tree before a change (PYTHONPATH pointing at that tree's src) and after;
 --out writes the result to bench/results/NAME.json (never over an existing file), and
@@ -22,10 +30,12 @@ Run it against the tree before a change (PYTHONPATH pointing at that tree's src)
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -43,6 +53,10 @@ from search_bench import upload
 from sweep_cancel_bench import own_cpu_s, sweep_spec, wait_ended
 
 from tessera.v1 import training_pb2, training_pb2_grpc
+from tesserad.config import load_settings
+from tesserad.server import create_server
+from tesserad.store import WriteTxn
+from tesserad.training import sweeps
 
 S = training_pb2
 
@@ -118,15 +132,102 @@ def measure(trials: int, repeats: int) -> dict[str, Any]:
     }
 
 
+def asha_sweep_spec(trials: int) -> S.SweepSpec:
+    """sweep_cancel_bench's base as an ASHA sweep of `trials` trials, its first rung at epoch 1."""
+    spec = endless_sweep_spec(trials)
+    del spec.parameters[:]
+    spec.parameters.add(path="optimizer.lr", range=S.SweepRange(min=0.001, max=0.1))
+    spec.strategy, spec.max_trials = S.SWEEP_STRATEGY_ASHA, trials
+    spec.asha.min_epochs, spec.asha.reduction_factor = 1, 3
+    return spec
+
+
+def measure_rungs(trials: int, repeats: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="sweep-rung-bench-") as tmp:
+        overrides = {
+            "listen": "127.0.0.1:0",
+            "metrics_listen": "off",
+            "http_listen": "off",
+            "data_dir": tmp,
+            "training.cpu_slots": "1",
+            "training.threads_per_slot": "1",
+        }
+        loop = asyncio.new_event_loop()
+        threading.Thread(target=loop.run_forever, daemon=True).start()
+        daemon = create_server(load_settings(env={}, overrides=overrides))
+        asyncio.run_coroutine_threadsafe(daemon.start(), loop).result(120)
+        written: list[int] = []
+        put = WriteTxn.put
+        this_thread = threading.get_ident()
+
+        def counted(txn: WriteTxn, table: str, key: Any, value: bytes, **kwargs: Any) -> bool:
+            if table in sweeps.TABLES and threading.get_ident() == this_thread:
+                written.append(len(value))
+            return put(txn, table, key, value, **kwargs)
+
+        try:
+            channel = grpc.insecure_channel(f"127.0.0.1:{daemon.port}")
+            rng = np.random.default_rng(0)
+            x = rng.normal(size=(64, 4)).astype(np.float32)
+            upload(channel, "tiny", x, x.sum(1).astype(np.float32))
+            training = training_pb2_grpc.TrainingStub(channel)
+            jobs = daemon.training
+            assert jobs is not None
+            rung_cpus, last_cpus, first_bytes, last_bytes = [], [], [], []
+            answer: dict[str, Any] = {}
+            for _ in range(repeats):
+                sweep = training.SubmitSweep(S.SubmitSweepRequest(spec=asha_sweep_spec(trials)))
+                cpus, sizes = [], []
+                WriteTxn.put = counted  # type: ignore[assignment]
+                try:
+                    for i, trial in enumerate(sweep.trials):
+                        written.clear()
+                        job = jobs.get(trial.job_id)
+                        cpu = time.thread_time()
+                        jobs._notify(
+                            job, "epoch", {"epoch": 1, "step": 64, "metrics": {"val_loss": -1e6 - i}}
+                        )
+                        cpus.append(time.thread_time() - cpu)
+                        sizes.append(sum(written))
+                finally:
+                    WriteTxn.put = put  # type: ignore[method-assign]
+                rung_cpus.append(sum(cpus))
+                last_cpus.append(median(cpus[-max(1, trials // 10) :]))
+                first_bytes.append(sizes[0])
+                last_bytes.append(sizes[-1])
+                shown = training.GetSweep(S.GetSweepRequest(sweep_id=sweep.sweep_id))
+                # Of the queued trials: the running one's own epochs may reach its rung after ours.
+                pruned = sum(t.pruned for t in shown.trials[1:])
+                ended = training.CancelSweep(S.CancelSweepRequest(sweep_id=sweep.sweep_id))
+                answer = {"sweep": S.SweepState.Name(ended.state), "pruned": pruned}
+            channel.close()
+        finally:
+            asyncio.run_coroutine_threadsafe(daemon.stop(0), loop).result(120)
+            loop.call_soon_threadsafe(loop.stop)
+    return {
+        "trials": trials,
+        "rungs_reached": trials,
+        "rungs": {
+            "cpu_s": median(rung_cpus),
+            "cpu_ms_per_rung": median(rung_cpus) / trials * 1000,
+            "cpu_ms_last_tenth": median(last_cpus) * 1000,
+            "bytes_first": median(first_bytes),
+            "bytes_last": median(last_bytes),
+        },
+        "rungs_runs": {"cpu_s": rung_cpus},
+        "answers": answer,
+    }
+
+
 def ratios(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
-    """Before / after of the trial ends' figures, at each size both runs measured."""
+    """Before / after of the trial ends' (or rungs') figures, at each size both runs measured."""
     old = {r["trials"]: r for r in before["results"]}
+    part = "rungs" if "rungs" in after["results"][0] else "ends"
     return [
         {
             "trials": result["trials"],
-            "ends": {
-                k: round(old[result["trials"]]["ends"][k] / max(result["ends"][k], 1e-9), 2)
-                for k in ("cpu_s", "cpu_ms_per_end", "wall_s")
+            part: {
+                k: round(old[result["trials"]][part][k] / max(result[part][k], 1e-9), 2) for k in result[part]
             },
             "same_answers": old[result["trials"]]["answers"] == result["answers"],
         }
@@ -141,6 +242,9 @@ def main() -> None:
     parser.add_argument(
         "--repeats", type=int, default=3, help="sweeps whose trials end at each size (medians reported)"
     )
+    parser.add_argument(
+        "--rungs", action="store_true", help="time an ASHA sweep's trials reaching a rung, not trial ends"
+    )
     results_file.add_arguments(parser)
     args = parser.parse_args()
     path = results_file.out_path(parser, args)
@@ -149,7 +253,7 @@ def main() -> None:
     load_before = os.getloadavg()
     results = []
     for trials in (int(s) for s in args.sizes.split(",")):
-        result = measure(trials, args.repeats)
+        result = (measure_rungs if args.rungs else measure)(trials, args.repeats)
         print(json.dumps(result), flush=True)
         results.append(result)
     results_file.finish("sweep_trial_end_bench", args, path, results, load_before, ratios)
