@@ -50,9 +50,10 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "Manage the tokens file named by security.tokens_file. A running tesserad reads it "
             "again on SIGHUP and when the file changes (security.tokens_reload_interval_s), "
             "without a restart: a removed token's next call is refused, and its open streams "
-            "end with UNAUTHENTICATED. Exit status: 0 done; 1 the file is missing, cannot be "
-            "read or written, or holds a wrong entry; 2 the command line is wrong (a name "
-            "already used or not in the file, a bad --expires-in)."
+            "end with UNAUTHENTICATED. Exit status, as `tessera`'s: 0 done; 1 the file is missing, "
+            "cannot be read or written, or holds a wrong entry; 2 the command line is wrong (a bad "
+            "name or --expires-in); 3 the file refuses the change: no token of that name (NOT_FOUND, "
+            "3 in `tessera` too), a name already used, or the last token to remove."
         ),
     )
     actions = tokens.add_subparsers(dest="tokens_command", required=True, metavar="ACTION")
@@ -96,6 +97,18 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
 
 
+# Exit statuses beyond 0 (done), as `tessera`'s table has them (EXIT_STATUS_HELP there): a
+# script handles a name not in the file as it handles NOT_FOUND from the daemon.
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_REFUSED = 3
+
+
+class Refused(Exception):
+    """The file as it stands refuses the change: the name is not in it, or already is, or it is
+    the last token; `tessera` exits 3 for the daemon's NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION."""
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         if args.tokens_command == "add":
@@ -109,13 +122,16 @@ def run(args: argparse.Namespace) -> int:
         # The file is missing or wrong: a failure here (1), as `tessera` says one; 2 is for a
         # wrong command line.
         print(f"tesserad tokens: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
+    except Refused as exc:
+        print(f"tesserad tokens: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
     except ValueError as exc:
         print(f"tesserad tokens: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except OSError as exc:
         print(f"tesserad tokens: {exc.filename or args.file}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
 
 
 def _lifetime(text: str) -> datetime.timedelta:
@@ -132,7 +148,7 @@ def _add(path: Path, name: str, role: Role, lifetime: datetime.timedelta | None)
         document = _document(text, path)
         # A file of comments only (as a new one starts) has no tokens yet, and that is fine here.
         if document.get("tokens") and name in TokenTable.parse(document, str(path)).names:
-            raise ValueError(f"{path} already has a token named {name!r}; pick another name")
+            raise Refused(f"{path} already has a token named {name!r}; pick another name")
         token = new_token()
         created = utc_now().replace(microsecond=0)
         expires = None if lifetime is None else created + lifetime
@@ -154,9 +170,12 @@ def _remove(path: Path, name: str) -> int:
         table = TokenTable.load(path)
         if name not in table.names:
             known = ", ".join(sorted(table.names))
-            raise ValueError(f"{path} has no token named {name!r}; its holders are: {known}")
+            raise Refused(
+                f"{path} has no token named {name!r}; its holders are: {known} "
+                f"(`tesserad tokens list --file {path}` shows their roles)"
+            )
         if table.names == [name]:
-            raise ValueError(
+            raise Refused(
                 f"{name!r} holds the only token in {path}, and a tokens file without tokens cannot "
                 "be used (no call could succeed); add another token first, or turn token "
                 "authentication off by unsetting security.tokens_file"

@@ -125,11 +125,11 @@ def test_tokens_add_appends_a_hashed_token_and_prints_it_once(tmp_path, capsys):
     assert table.identify(second) == Identity("ci", Role.TRAINER)
 
 
-def test_tokens_add_refuses_a_name_already_used(tmp_path, capsys):
+def test_tokens_add_refuses_a_name_already_used_with_the_status_tessera_gives_a_refusal(tmp_path, capsys):
     path = tmp_path / "tokens.toml"
     cli.main(["tokens", "add", "--file", str(path), "--name", "alice", "--role", "admin"])
     before = path.read_text()
-    assert cli.main(["tokens", "add", "--file", str(path), "--name", "alice", "--role", "reader"]) == 2
+    assert cli.main(["tokens", "add", "--file", str(path), "--name", "alice", "--role", "reader"]) == 3
     assert "already has a token named 'alice'" in capsys.readouterr().err
     assert path.read_text() == before
 
@@ -204,10 +204,19 @@ def test_tokens_remove_keeps_the_other_entries_their_comments_and_the_mode(tmp_p
 def test_tokens_remove_of_an_unknown_name_or_the_last_token_changes_nothing(tmp_path, capsys):
     path = tmp_path / "tokens.toml"
     add(path, "alice", "admin")
+    add(path, "ci", "trainer")
+    capsys.readouterr()
     before = path.read_text()
-    assert cli.main(["tokens", "remove", "bob", "--file", str(path)]) == 2
-    assert "no token named 'bob'; its holders are: alice" in capsys.readouterr().err
-    assert cli.main(["tokens", "remove", "alice", "--file", str(path)]) == 2
+    # 3, as `tessera` exits for NOT_FOUND: 2 is a wrong command line.
+    assert cli.main(["tokens", "remove", "bob", "--file", str(path)]) == 3
+    assert capsys.readouterr().err == (
+        f"tesserad tokens: {path} has no token named 'bob'; its holders are: alice, ci "
+        f"(`tesserad tokens list --file {path}` shows their roles)\n"
+    )
+    assert cli.main(["tokens", "remove", "ci", "--file", str(path)]) == 0
+    capsys.readouterr()
+    before = path.read_text()
+    assert cli.main(["tokens", "remove", "alice", "--file", str(path)]) == 3
     assert "holds the only token" in capsys.readouterr().err
     assert path.read_text() == before
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
