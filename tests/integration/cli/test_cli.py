@@ -50,7 +50,10 @@ def test_info_table_and_json(tessera_cli):
 
 def test_an_unreachable_daemon_fails_with_a_message(tessera_cli):
     result = tessera_cli("--timeout", "2", "info", target="127.0.0.1:1")
-    assert_failed_cleanly(result, "UNAVAILABLE", "is tesserad running at 127.0.0.1:1?", "--target")
+    assert_failed_cleanly(result, "UNAVAILABLE", "is tesserad running at 127.0.0.1:1?", "--target", "--tls")
+    # The SDK's message says it in the SDK's words; the CLI in its flags, and once.
+    assert result.err.count("is tesserad running") == 1 and "target=" not in result.err, result.err
+    assert result.err.count("gRPC said: ") == 1, result.err
 
 
 def test_a_token_no_header_can_carry_fails_with_a_message_that_does_not_show_it(tessera_cli):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
+import tessera
 from tesserad.security import Role
 from tesserad.server import StartupError
 from tests.conftest import InProcessDaemon, daemon_settings
@@ -135,3 +136,14 @@ def test_an_encrypted_key_stops_the_start_saying_to_decrypt_it(data_dir, pki, tm
         data_dir, **{"security.tls_cert_file": str(pki.server_cert), "security.tls_key_file": str(key)}
     )
     assert f"security.tls_key_file {key} is encrypted" in message and "openssl pkey" in message
+
+
+def test_an_sdk_client_in_plaintext_to_a_tls_daemon_is_told_to_turn_tls_on(start_daemon, pki):
+    daemon = start_daemon(**tls_settings(pki))
+    target = f"127.0.0.1:{daemon.daemon.port}"
+    with tessera.Client(target, timeout=5) as client, pytest.raises(tessera.Unavailable) as failed:
+        client.system.info()
+    message = failed.value.message
+    assert message.startswith(f"is tesserad running at {target}? "), message
+    assert "this client sends plaintext: a daemon serving TLS needs `tls=`" in message, message
+    assert message.count("; gRPC said: ") == 1, message

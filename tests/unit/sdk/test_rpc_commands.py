@@ -9,11 +9,13 @@ import inspect
 import re
 from pathlib import Path
 
+import grpc
 import pytest
 
 import tesserad.errors
 from tessera.cli.parser import build_parser
-from tessera.rpc_commands import COMMAND_BY_RPC, in_cli_words, unreachable_hint
+from tessera.errors import Unavailable, error_for, explain_unreachable, unreachable_message
+from tessera.rpc_commands import COMMAND_BY_RPC, in_cli_words
 from tessera.v1 import datasets_pb2, inference_pb2, registry_pb2, system_pb2, training_pb2
 
 DAEMON_SOURCE = Path(__file__).resolve().parents[3] / "src" / "tesserad"
@@ -124,12 +126,29 @@ def test_an_rpc_named_by_its_method_path_becomes_the_command_whole():
 
 def test_only_a_daemon_that_cannot_be_reached_gets_the_hint_to_start_one():
     refused = "connections to all backends failing; last error: UNKNOWN: ipv4:127.0.0.1:1: Failed to connect"
-    assert "is tesserad running at 127.0.0.1:1?" in unreachable_hint("UNAVAILABLE", refused, "127.0.0.1:1")
+    explained = explain_unreachable(error_for(grpc.StatusCode.UNAVAILABLE, refused), "127.0.0.1:1", False)
+    assert isinstance(explained, Unavailable)
+    assert explained.message.startswith("is tesserad running at 127.0.0.1:1? ")
+    assert explained.message.endswith(f"; gRPC said: {refused}")
     unresolved = "errors resolving nosuch.invalid:50051: Domain name not found"
-    assert "--target" in unreachable_hint("UNAVAILABLE", unresolved, "nosuch.invalid:50051")
+    assert "`target=`" in unreachable_message("nosuch.invalid:50051", unresolved, False)
     # The daemon answered: it is running, so starting one is the wrong advice.
-    assert unreachable_hint("UNAVAILABLE", "tesserad is shutting down; reconnect", "127.0.0.1:50051") == ""
-    assert unreachable_hint("NOT_FOUND", "failed to connect the dots", "127.0.0.1:50051") == ""
+    shutting_down = error_for(grpc.StatusCode.UNAVAILABLE, "tesserad is shutting down; reconnect")
+    assert explain_unreachable(shutting_down, "127.0.0.1:50051", False) is shutting_down
+    not_found = error_for(grpc.StatusCode.NOT_FOUND, "failed to connect the dots")
+    assert explain_unreachable(not_found, "127.0.0.1:50051", False) is not_found
+
+
+def test_the_cli_names_its_flags_where_the_sdk_names_client_arguments():
+    """The SDK says `target=` and `tls=` to a notebook; the CLI says the same with its flags, once."""
+    refused = "connections to all backends failing; last error: UNKNOWN: ipv4:127.0.0.1:1: Failed to connect"
+    assert in_cli_words(unreachable_message("127.0.0.1:1", refused, False)) == (
+        "is tesserad running at 127.0.0.1:1? Start it with `tesserad serve` (`make run` in a checkout), or "
+        "give the address it listens on as --target HOST:PORT (env TESSERA_TARGET); this client sends "
+        "plaintext: a daemon serving TLS needs --tls (the system's CAs) or --tls-ca FILE; gRPC said: "
+        f"{refused}"
+    )
+    assert "a daemon serving plaintext does not answer it" in unreachable_message("h:1", refused, True)
 
 
 def test_an_http_port_as_the_target_is_named_so_not_taken_for_a_daemon_to_start():
@@ -139,8 +158,9 @@ def test_an_http_port_as_the_target_is_named_so_not_taken_for_a_daemon_to_start(
         "HTTP/2 (Expected SETTINGS frame as the first frame, got frame type 80) (Trying to connect an "
         "http1.x server (HTTP status 400))"
     )
-    assert unreachable_hint("UNAVAILABLE", dashboard, "127.0.0.1:8080") == (
-        "; 127.0.0.1:8080 answers HTTP/1.x, so it is an HTTP port (the dashboard's, /metrics or the Open "
+    assert in_cli_words(unreachable_message("127.0.0.1:8080", dashboard, False)) == (
+        "127.0.0.1:8080 answers HTTP/1.x, so it is an HTTP port (the dashboard's, /metrics or the Open "
         "Inference Protocol over HTTP), not tesserad's gRPC address (`tesserad serve --listen`, default "
-        "127.0.0.1:50051): pass that as --target HOST:PORT (env TESSERA_TARGET)"
+        "127.0.0.1:50051): pass that as --target HOST:PORT (env TESSERA_TARGET); gRPC said: "
+        f"{dashboard}"
     )

@@ -167,6 +167,47 @@ def reached_no_daemon(error: TesseraError) -> bool:
     return isinstance(error, Unavailable) and UNREACHABLE.search(error.message) is not None
 
 
+# The SDK's words for the settings a message about an unreachable daemon points at; the CLI
+# says its flags instead (tessera.rpc_commands).
+TARGET_WORDS = "`target=`"
+TLS_WORDS = "`tls=` (a tessera.TLS, or True for the system's CAs)"
+
+# gRPC's words when what answered at the address speaks HTTP/1.x, not HTTP/2.
+_HTTP1_PEER = re.compile(r"connect an http1\.x server", re.IGNORECASE)
+
+
+def unreachable_message(target: str, detail: str, tls: bool) -> str:
+    """What to check when no daemon answered at `target` (this client with TLS or not), then
+    gRPC's own words, `detail`."""
+    if _HTTP1_PEER.search(detail):
+        # Something listens there, so starting a daemon is the wrong advice: the dashboard's
+        # port (8080) is the one a newcomer has just opened in a browser.
+        advice = (
+            f"{target} answers HTTP/1.x, so it is an HTTP port (the dashboard's, /metrics or the Open "
+            "Inference Protocol over HTTP), not tesserad's gRPC address (`tesserad serve --listen`, "
+            f"default 127.0.0.1:50051): pass that as {TARGET_WORDS}"
+        )
+    else:
+        transport = (
+            "this client uses TLS: a daemon serving plaintext does not answer it"
+            if tls
+            else f"this client sends plaintext: a daemon serving TLS needs {TLS_WORDS}"
+        )
+        advice = (
+            f"is tesserad running at {target}? Start it with `tesserad serve` (`make run` in a checkout), "
+            f"or give the address it listens on as {TARGET_WORDS}; {transport}"
+        )
+    return f"{advice}; gRPC said: {detail}"
+
+
+def explain_unreachable(error: TesseraError, target: str, tls: bool) -> TesseraError:
+    """`error` saying what to check when gRPC's words say no daemon answered at `target`; else
+    `error` itself (a daemon that answers UNAVAILABLE, shutting down, keeps its words)."""
+    if not reached_no_daemon(error):
+        return error
+    return Unavailable(unreachable_message(target, error.message, tls), error.trailers)
+
+
 _CODE_BY_NUMBER: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
 
 

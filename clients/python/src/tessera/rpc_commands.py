@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from tessera.errors import UNREACHABLE
+from tessera.errors import TARGET_WORDS, TLS_WORDS
 
 COMMAND_BY_RPC: dict[str, str] = {
     # Registry
@@ -83,31 +83,17 @@ FLAG_BY_FIELD: dict[str, str] = {
 
 _FIELD_WORD = re.compile(rf"\b({'|'.join(FLAG_BY_FIELD)})\b")
 
+FLAG_BY_ARGUMENT: dict[str, str] = {
+    TARGET_WORDS: "--target HOST:PORT (env TESSERA_TARGET)",
+    TLS_WORDS: "--tls (the system's CAs) or --tls-ca FILE",
+}
+"""The SDK's words for a client argument (an unreachable daemon's message names them) -> the flags."""
+
 
 def in_cli_words(message: str) -> str:
     """`message` with each RPC it names (bare, as Service.Rpc or tessera.v1.Service/Rpc) replaced by its command, and
-    each request field it tells the caller to set by the flag that sets it."""
+    each request field or client argument it tells the caller to set by the flag that sets it."""
+    for argument, flag in FLAG_BY_ARGUMENT.items():
+        message = message.replace(argument, flag)
     message = _RPC_WORD.sub(lambda match: COMMAND_BY_RPC[match.group(1)], message)
     return _FIELD_WORD.sub(lambda match: FLAG_BY_FIELD[match.group(1)], message)
-
-
-# gRPC's words when what answered at the address speaks HTTP/1.x, not HTTP/2.
-_HTTP1_PEER = re.compile(r"connect an http1\.x server", re.IGNORECASE)
-
-
-def unreachable_hint(code: str, message: str, target: str) -> str:
-    """What to do when no daemon could be reached at `target`; empty for every other failure."""
-    if code != "UNAVAILABLE" or not UNREACHABLE.search(message):
-        return ""
-    if _HTTP1_PEER.search(message):
-        # Something listens there, so starting a daemon is the wrong advice: the dashboard's
-        # port (8080) is the one a newcomer has just opened in a browser.
-        return (
-            f"; {target} answers HTTP/1.x, so it is an HTTP port (the dashboard's, /metrics or the Open "
-            "Inference Protocol over HTTP), not tesserad's gRPC address (`tesserad serve --listen`, "
-            "default 127.0.0.1:50051): pass that as --target HOST:PORT (env TESSERA_TARGET)"
-        )
-    return (
-        f"; is tesserad running at {target}? Start it with `make run` in a checkout (or `tesserad serve`), "
-        "or pass --target HOST:PORT (env TESSERA_TARGET)"
-    )

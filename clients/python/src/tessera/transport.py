@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
-from tessera.errors import Cancelled, Unavailable, error_from_rpc
+from tessera.errors import Cancelled, Unavailable, error_from_rpc, explain_unreachable
 from tessera.v1 import (
     datasets_pb2_grpc,
     inference_pb2_grpc,
@@ -402,7 +402,7 @@ class _Channel(ABC):
         CancelledError for one, as if the caller's own task were cancelled, which stays one);
         Unavailable for a stream whose requests could not be sent (the asyncio channel cancels
         it, with a bare CancelledError too, where the connection broke under them); else the
-        SDK's error for the status."""
+        SDK's error for the status (for no daemon reached, saying what to check)."""
         if feed is not None and feed.error is not None:
             return feed.error
         if isinstance(err, asyncio.CancelledError):
@@ -418,7 +418,7 @@ class _Channel(ABC):
             return err
         if self.closed and err.code() == grpc.StatusCode.CANCELLED:
             return Cancelled(f"the client of {self.target} was closed while the call was in flight")
-        return error_from_rpc(err)
+        return explain_unreachable(error_from_rpc(err), self.target, self.tls is not None)
 
 
 class Connection(_Channel):

@@ -21,7 +21,7 @@ from tessera.cli.parser import build_parser
 from tessera.client import Client
 from tessera.entry import EXIT_INTERRUPTED, EXIT_TERMINATED
 from tessera.errors import JobFailed, TesseraError
-from tessera.rpc_commands import in_cli_words, unreachable_hint
+from tessera.rpc_commands import in_cli_words
 from tessera.transport import TLS
 
 
@@ -108,8 +108,7 @@ def run(args: argparse.Namespace, out: Output, signals: _Signals) -> int:
         args.parser.print_usage(sys.stderr)
         return _fail(EXIT_USAGE, f"{args.parser.prog}: error: {err}")
     except TesseraError as err:
-        hint = unreachable_hint(err.code, err.message, args.target)
-        return _fail(EXIT_DAEMON, f"tessera: {err.code}: {in_cli_words(err.message)}{hint}")
+        return _fail(EXIT_DAEMON, f"tessera: {err.code}: {in_cli_words(err.message)}")
     except JobFailed as err:
         return _fail(EXIT_FAILED, f"tessera: {in_cli_words(str(err))}")
     except OSError as err:
