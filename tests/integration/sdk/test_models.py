@@ -97,6 +97,28 @@ def test_compare_lineage_and_download(client, two_versions, tmp_path):
     assert (tmp_path / "copy.onnx").read_bytes() == (tmp_path / "a.onnx").read_bytes()
 
 
+def test_a_download_with_overwrite_false_refuses_a_file_there_sync_and_aio(
+    daemon, client, two_versions, tmp_path
+):
+    """The replacing default stays for existing callers; the CLI asks for the refusal."""
+    copy = tmp_path / "out" / "copy.onnx"
+    copy.parent.mkdir()
+    copy.write_bytes(b"mine")
+    with pytest.raises(FileExistsError) as refused:
+        client.models.download("affine", copy, version=1, overwrite=False)
+    assert refused.value.filename == str(copy) and copy.read_bytes() == b"mine"
+
+    async def scenario() -> None:
+        async with tessera.aio.Client(daemon.target) as aio_client:
+            with pytest.raises(FileExistsError):
+                await aio_client.models.download("affine", copy, version=1, overwrite=False)
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert copy.read_bytes() == b"mine" and list(copy.parent.iterdir()) == [copy]
+    client.models.download("affine", copy, version=1)
+    assert copy.read_bytes() == (tmp_path / "a.onnx").read_bytes()
+
+
 def test_deploy_rollback_and_their_errors(client, two_versions):
     with pytest.raises(tessera.NotFound):
         client.models.deployment("affine")

@@ -256,15 +256,17 @@ class Datasets(Part[C]):
         progress: Progress | None = None,
         chunk_size: int = CHUNK_BYTES,
         timeout: float | None = None,
+        overwrite: bool = True,
     ) -> Download[pb.DatasetVersion]:
-        """Write a version's stored file to `path`, verified against its sha256."""
+        """Write a version's stored file to `path`, verified against its sha256; it takes the
+        name only once whole. `overwrite` False: a file at `path` is refused with FileExistsError."""
         request = pb.DownloadDatasetRequest(ref=dataset_ref(ref), chunk_size=chunk_size)
         return Download(
             S,
             "DownloadDataset",
             request,
             timeout_or(timeout, self._conn.transfer_timeout),
-            lambda header: DownloadSink(Path(path), header, progress),
+            lambda header: DownloadSink(Path(path), header, progress, overwrite),
         )
 
     @call

@@ -257,15 +257,18 @@ class Models(Part[C]):
         progress: Progress | None = None,
         chunk_size: int = CHUNK_BYTES,
         timeout: float | None = None,
+        overwrite: bool = True,
     ) -> Download[pb.ModelVersion]:
-        """Write a version's artifact to `path`, verified against its sha256 (DataLoss if not)."""
+        """Write a version's artifact to `path`, verified against its sha256 (DataLoss if not);
+        it takes the name only once whole. `overwrite` False: a file at `path` is refused with
+        FileExistsError."""
         request = pb.DownloadVersionRequest(ref=ref(name, version), chunk_size=chunk_size)
         return Download(
             S,
             "DownloadVersion",
             request,
             timeout_or(timeout, self._conn.transfer_timeout),
-            lambda header: DownloadSink(Path(path), header, progress),
+            lambda header: DownloadSink(Path(path), header, progress, overwrite),
         )
 
     @call

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 from collections.abc import Callable
@@ -13,7 +12,7 @@ from typing import BinaryIO
 from tessera.backup import ArchiveCheck, ArchiveError, SavedBackup, read_archive
 from tessera.calls import C, Op, Part, Reconnects, Resumable, Save, Sink, call, stream
 from tessera.errors import DataLoss
-from tessera.transfer import Progress, new_partial
+from tessera.transfer import Progress, check_free, new_partial
 from tessera.transport import RetryPolicy, timeout_or
 from tessera.v1 import system_pb2 as pb
 
@@ -27,10 +26,6 @@ def _not_whole(exc: ArchiveError) -> DataLoss:
     return DataLoss(f"the backup that arrived is not whole: {exc}; take it again")
 
 
-def _exists(path: Path) -> FileExistsError:
-    return FileExistsError(errno.EEXIST, "it exists; overwrite=True replaces it", str(path))
-
-
 class BackupSink:
     """Writes a streamed backup to `path` through a new temp file beside it, which becomes
     `path` only once the whole archive is read back and checks out (`finish`); `abort`
@@ -40,15 +35,10 @@ class BackupSink:
     def __init__(self, path: Path, overwrite: bool) -> None:
         self.path = path
         self._overwrite = overwrite
-        self._check_free()
+        check_free(path, overwrite)
         self._partial, self._file = new_partial(path, BACKUP_FILE_MODE)
         self._digest = hashlib.sha256()
         self._size = 0
-
-    def _check_free(self) -> None:
-        # lexists: a link left at the name (even a dangling one) is there too.
-        if not self._overwrite and os.path.lexists(self.path):
-            raise _exists(self.path)
 
     def write(self, chunk: bytes) -> None:
         self._file.write(chunk)
@@ -62,7 +52,7 @@ class BackupSink:
             self._file.close()
             manifest = read_archive(self._partial)
             # A backup takes minutes: the name may have been taken meanwhile.
-            self._check_free()
+            check_free(self.path, self._overwrite)
         except ArchiveError as exc:
             self._partial.unlink(missing_ok=True)
             raise _not_whole(exc) from None

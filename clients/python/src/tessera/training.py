@@ -30,7 +30,15 @@ from tessera.errors import JobFailed, TesseraError, Unavailable
 from tessera.events import JobEvent, JobState, event_from_proto
 from tessera.messages import from_dict
 from tessera.run_filter import RunFilter, RunOrderBy, is_order_string, parse_filter, parse_orders
-from tessera.transfer import CHUNK_BYTES, DownloadSink, Progress, check_chunk_size, file_chunks, file_digest
+from tessera.transfer import (
+    CHUNK_BYTES,
+    DownloadSink,
+    Progress,
+    check_chunk_size,
+    check_free,
+    file_chunks,
+    file_digest,
+)
 from tessera.transport import AioConnection, Connection, RetryPolicy, call_timeout, timeout_or
 from tessera.v1 import common_pb2, job_spec_pb2
 from tessera.v1 import training_pb2 as pb
@@ -185,11 +193,18 @@ class ArtifactTree(Call[Path]):
     missing: Call[Any] | None
     root: Path
     result: Path
+    overwrite: bool
+
+    def _check_free(self, artifacts: Sequence[pb.RunArtifact]) -> None:
+        """Every file refused before any is written: a refusal never leaves half a tree."""
+        for artifact in artifacts:
+            check_free(artifact_file(self.root, artifact.path), self.overwrite)
 
     def run(self, conn: Connection) -> Path:
         artifacts = list(self.listing.iterate(conn))
         if not artifacts and self.missing is not None:
             self.missing.run(conn)
+        self._check_free(artifacts)
         for artifact in artifacts:
             self.download(artifact.path, artifact_file(self.root, artifact.path)).run(conn)
         return self.result
@@ -198,6 +213,7 @@ class ArtifactTree(Call[Path]):
         artifacts = [artifact async for artifact in self.listing.iterate_async(conn)]
         if not artifacts and self.missing is not None:
             await self.missing.run_async(conn)
+        self._check_free(artifacts)
         for artifact in artifacts:
             await self.download(artifact.path, artifact_file(self.root, artifact.path)).run_async(conn)
         return self.result
@@ -837,21 +853,30 @@ class Training(Part[C]):
         progress: Progress | None = None,
         chunk_size: int = CHUNK_BYTES,
         timeout: float | None = None,
+        overwrite: bool = True,
     ) -> Download[pb.RunArtifact]:
         """Write one artifact to `dst` (a file, or a directory to put it in under its own name:
         one that exists, or a str ending in "/"; None: the current directory), verified against
-        its sha256; returns its description."""
+        its sha256; returns its description. `overwrite` False: a file there is refused with
+        FileExistsError."""
         return self._artifact_download(
-            run_id, path, artifact_target(path, dst), progress, chunk_size, timeout
+            run_id, path, artifact_target(path, dst), progress, chunk_size, timeout, overwrite
         )
 
     @call
     def download_artifacts(
-        self, run_id: str, path: str = "", dst_path: str | Path = ".", *, timeout: float | None = None
+        self,
+        run_id: str,
+        path: str = "",
+        dst_path: str | Path = ".",
+        *,
+        timeout: float | None = None,
+        overwrite: bool = True,
     ) -> ArtifactTree:
         """As MLflow's download_artifacts: the artifact at `path`, or every one under the
         directory `path` ("" for all), written under `dst_path` at their own paths and each
-        verified; returns the local path of `path`."""
+        verified; returns the local path of `path`. `overwrite` False: a file already at one of
+        those paths is refused with FileExistsError before any is written."""
         # "plots/" names the directory "plots", as the listing takes it; the daemon refuses a
         # trailing "/" in one artifact's path, so the NOT_FOUND for nothing there names "plots".
         path = path.removesuffix("/")
@@ -860,7 +885,9 @@ class Training(Part[C]):
         call_timeout(timeout)
 
         def download(artifact_path: str, local: Path) -> Download[pb.RunArtifact]:
-            return self._artifact_download(run_id, artifact_path, local, None, CHUNK_BYTES, timeout)
+            return self._artifact_download(
+                run_id, artifact_path, local, None, CHUNK_BYTES, timeout, overwrite
+            )
 
         listing: Pages[pb.RunArtifact] = Pages(
             lambda token: Op(
@@ -870,7 +897,7 @@ class Training(Part[C]):
         )
         # Nothing at or under a path named: the daemon's NOT_FOUND for the path says so.
         missing = download(path, root / path) if path else None
-        return ArtifactTree(listing, download, missing, root, root / path)
+        return ArtifactTree(listing, download, missing, root, root / path, overwrite)
 
     def _artifact_download(
         self,
@@ -880,6 +907,7 @@ class Training(Part[C]):
         progress: Progress | None,
         chunk_size: int,
         timeout: float | None,
+        overwrite: bool,
     ) -> Download[pb.RunArtifact]:
         request = pb.DownloadRunArtifactRequest(run_id=run_id, path=path, chunk_size=chunk_size)
         return Download(
@@ -887,7 +915,7 @@ class Training(Part[C]):
             "DownloadRunArtifact",
             request,
             timeout_or(timeout, self._conn.transfer_timeout),
-            lambda header: DownloadSink(target, header, progress),
+            lambda header: DownloadSink(target, header, progress, overwrite),
         )
 
     @call

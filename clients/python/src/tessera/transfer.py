@@ -91,12 +91,23 @@ class FileHeader(Protocol):
 H = TypeVar("H", bound=FileHeader)
 
 
+def check_free(path: Path, overwrite: bool) -> None:
+    """FileExistsError for a file at `path` unless `overwrite` (a link left there, even a
+    dangling one, is there too)."""
+    if not overwrite and os.path.lexists(path):
+        raise FileExistsError(errno.EEXIST, "it exists; overwrite=True replaces it", str(path))
+
+
 class DownloadSink(Generic[H]):
     """Writes a downloaded file to `path` (through a temp file), checking it against the size
-    and sha256 of its `header`; `finish` gives the header."""
+    and sha256 of its `header`; `finish` gives the header. Unless `overwrite`, a file at `path`
+    is refused (FileExistsError) before anything is written and again before the download takes
+    its name."""
 
-    def __init__(self, path: Path, header: H, progress: Progress | None) -> None:
+    def __init__(self, path: Path, header: H, progress: Progress | None, overwrite: bool = True) -> None:
+        check_free(path, overwrite)
         self.path = path
+        self._overwrite = overwrite
         self._header = header
         self._partial, self._file = new_partial(path)
         self._digest = hashlib.sha256()
@@ -121,6 +132,8 @@ class DownloadSink(Generic[H]):
                 f"{self._digest.hexdigest()}, expected {size} bytes with sha256 {sha256}; download it again"
             )
         try:
+            # A download takes a while: the name may have been taken meanwhile.
+            check_free(self.path, self._overwrite)
             self._partial.replace(self.path)
         except OSError:
             self._partial.unlink(missing_ok=True)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from tessera.ensembles import member_pair
@@ -26,6 +27,16 @@ _V = TypeVar("_V")
 class UsageError(ValueError):
     """A mistake on the command line that argparse cannot see (flags that go together, a file
     whose suffix says nothing): it exits 2 under the command's usage line, as argparse's own do."""
+
+
+@contextlib.contextmanager
+def replaced_only_with_force() -> Iterator[None]:
+    """A refusal of a file already at a name the user gave (a download's overwrite=False,
+    check_free) as the usage error `admin backup` gives for one: exit 2, naming --force."""
+    try:
+        yield
+    except FileExistsError as err:
+        raise UsageError(f"{err.filename} exists; pass --force to replace it") from None
 
 
 def selector(text: str) -> int | str:

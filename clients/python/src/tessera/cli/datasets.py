@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from tessera.cli.arguments import UsageError, once_each
+from tessera.cli.arguments import UsageError, once_each, replaced_only_with_force
 from tessera.cli.output import Output, shape, transfer_progress, when
 from tessera.client import Client
 from tessera.json_output import to_plain
@@ -115,11 +115,13 @@ def cmd_datasets_download(client: Client, args: argparse.Namespace, out: Output)
     path = Path(args.output) if args.output else Path(default)
     if path.is_dir():
         path = path / default
-    version = client.datasets.download(
-        f"{version.name}:{version.version}",
-        path,
-        progress=None if out.as_json else transfer_progress(out, f"downloading {version.name}"),
-    )
+    with replaced_only_with_force():
+        version = client.datasets.download(
+            f"{version.name}:{version.version}",
+            path,
+            progress=None if out.as_json else transfer_progress(out, f"downloading {version.name}"),
+            overwrite=args.force,
+        )
     if out.as_json:
         return out.json({"path": str(path), "version": to_plain(version)})
     out.line(

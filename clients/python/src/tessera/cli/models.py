@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tessera.cli.arguments import UsageError
+from tessera.cli.arguments import UsageError, replaced_only_with_force
 from tessera.cli.inputs import load_inputs
 from tessera.cli.output import Output, shape, transfer_progress, when
 from tessera.client import Client
@@ -353,12 +353,14 @@ def cmd_models_download(client: Client, args: argparse.Namespace, out: Output) -
             f"{FORMAT_WORDS[resolved.format]} "
             f"artifact; name it {suffix} (or leave the name out for {default})"
         )
-    version = client.models.download(
-        resolved.model,
-        path,
-        resolved.version,
-        progress=transfer_progress(out, f"downloading {args.model}"),
-    )
+    with replaced_only_with_force():
+        version = client.models.download(
+            resolved.model,
+            path,
+            resolved.version,
+            progress=transfer_progress(out, f"downloading {args.model}"),
+            overwrite=args.force,
+        )
     if out.as_json:
         return out.json({"path": str(path), "version": to_plain(version)})
     out.line(

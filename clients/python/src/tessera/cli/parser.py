@@ -292,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
         ".safetensors or .json, by the artifact's format); a suffix of another format is refused",
     )
     sub.add_argument("--version", type=version_or_alias, help="number or alias (default latest)")
+    sub.add_argument(
+        "--force", action="store_true", help="replace the file if it exists (else refused, exit 2)"
+    )
 
     datasets = commands.add_parser("datasets", help="datasets").add_subparsers(
         dest="subcommand", required=True, metavar="SUBCOMMAND"
@@ -364,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         metavar="PATH",
         help="file to write, or a directory to write it into (default ./NAME-vVERSION.npz or .npy)",
+    )
+    sub.add_argument(
+        "--force", action="store_true", help="replace the file if it exists (else refused, exit 2)"
     )
 
     sub = command(commands, "train", cmd_train, "submit a training job from a TOML spec")
@@ -502,6 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="file or directory to write to (default: the current directory; a directory keeps "
         "the artifacts' paths under it; end it with / to have it made)",
     )
+    sub.add_argument(
+        "--force", action="store_true", help="replace the files already there (else refused, exit 2)"
+    )
     sub = command(runs, "leaderboard", cmd_runs_leaderboard, "an experiment's runs ranked by a metric")
     sub.add_argument("experiment", help=EXPERIMENT_HELP)
     sub.add_argument("metric", help="the metric's name, e.g. val_loss")
@@ -614,7 +623,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="this version number (default: as the deployment routes, else latest)",
     )
     pick.add_argument("--alias", help="the version this alias points at")
-    sub.add_argument("--output", help="write the outputs to this .npz")
+    sub.add_argument(
+        "--output",
+        help="write the outputs to this .npz (.npz is added where missing); an existing one is refused",
+    )
+    sub.add_argument("--force", action="store_true", help="replace the --output file if it exists")
 
     sub = command(
         commands, "explain", cmd_explain, "attribute a model's output to each input position (captum)"
@@ -659,7 +672,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="occlusion window per dimension of one row, e.g. 1,1,4,4,4",
     )
     sub.add_argument("--top", type=whole(), default=10, help="positions to print per row (default 10)")
-    sub.add_argument("--out", help="write the attributions to this .npz (arrays by input name)")
+    sub.add_argument(
+        "--out",
+        help="write the attributions to this .npz (arrays by input name; .npz is added where missing); "
+        "an existing one is refused",
+    )
+    sub.add_argument("--force", action="store_true", help="replace the --out file if it exists")
 
     sub = command(commands, "stats", cmd_stats, "latency percentiles and throughput of a loaded model")
     sub.add_argument("model", nargs="?", default="", help="default: every loaded model")

@@ -4,31 +4,61 @@ command takes (client, args, out) and prints its result."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tessera.cli.arguments import UsageError
+from tessera.cli.arguments import UsageError, replaced_only_with_force
 from tessera.cli.inputs import input_names_explained, load_inputs
 from tessera.cli.output import Output, when
 from tessera.client import Client
 from tessera.explanations import SHORT_NAMES, top_positions
 from tessera.messages import counted
 from tessera.progress_line import byte_size
+from tessera.transfer import check_free, new_partial
 from tessera.v1 import inference_pb2
 
 
+def npz_target(name: str | None, force: bool) -> Path | None:
+    """The .npz file `name` names (".npz" added where it is missing, as np.savez adds it); a
+    file already there refused unless `force`, before the daemon is asked for anything."""
+    if not name:
+        return None
+    path = Path(name if name.endswith(".npz") else f"{name}.npz")
+    with replaced_only_with_force():
+        check_free(path, force)
+    return path
+
+
+def save_npz(path: Path, arrays: Mapping[str, np.ndarray], force: bool) -> None:
+    """`arrays` written to `path` through a temp file beside it, so that a failure or Ctrl-C
+    never leaves half a file under the name."""
+    partial, file = new_partial(path)
+    try:
+        with file:
+            # allow_pickle named so that an array of that name cannot be taken for the flag;
+            # outputs and attributions are numeric arrays, which need no pickling.
+            np.savez(file, allow_pickle=False, **arrays)
+        with replaced_only_with_force():
+            # The name may have been taken while the daemon computed.
+            check_free(path, force)
+        partial.replace(path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
 def cmd_predict(client: Client, args: argparse.Namespace, out: Output) -> None:
+    output = npz_target(args.output, args.force)
     inputs = load_inputs(args.input)
     with input_names_explained(args.input, inputs):
         prediction = client.inference.predict(
             args.model, inputs, version=args.version, alias=args.alias, timeout=args.timeout
         )
-    if args.output:
-        # allow_pickle named so that an output of that name cannot be taken for the flag;
-        # outputs are numeric arrays, which need no pickling.
-        np.savez(args.output, allow_pickle=False, **prediction.outputs)
+    if output:
+        save_npz(output, prediction.outputs, args.force)
     if out.as_json:
         return out.json(
             {
@@ -47,11 +77,12 @@ def cmd_predict(client: Client, args: argparse.Namespace, out: Output) -> None:
         out.line(
             f"{name} {array.dtype}{list(array.shape)}:\n{np.array2string(array, precision=4, threshold=64)}"
         )
-    if args.output:
-        out.line(f"wrote {args.output}")
+    if output:
+        out.line(f"wrote {output}")
 
 
 def cmd_explain(client: Client, args: argparse.Namespace, out: Output) -> None:
+    attributions_file = npz_target(args.out, args.force)
     inputs = load_inputs(args.input)
     with input_names_explained(args.input, inputs):
         explanation = client.inference.explain(
@@ -66,8 +97,8 @@ def cmd_explain(client: Client, args: argparse.Namespace, out: Output) -> None:
             window=args.window,
             timeout=max(args.timeout, 300.0),
         )
-    if args.out:
-        np.savez(args.out, allow_pickle=False, **explanation.attributions)
+    if attributions_file:
+        save_npz(attributions_file, explanation.attributions, args.force)
     top = {
         name: [top_positions(row, args.top) for row in array]
         for name, array in explanation.attributions.items()
@@ -107,8 +138,8 @@ def cmd_explain(client: Client, args: argparse.Namespace, out: Output) -> None:
             )
             for index, value in positions:
                 out.line(f"  {index}  {value:+.6g}")
-    if args.out:
-        out.line(f"wrote {args.out}")
+    if attributions_file:
+        out.line(f"wrote {attributions_file}")
 
 
 def cmd_stats(client: Client, args: argparse.Namespace, out: Output) -> None:
