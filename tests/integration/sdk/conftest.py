@@ -148,7 +148,9 @@ class CuttableProxy:
         self.black_holes: list[threading.Event] = []
         self.cuts = 0
         self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._pumps: list[threading.Thread] = []
+        self._acceptor = threading.Thread(target=self._accept, daemon=True)
+        self._acceptor.start()
 
     @property
     def target(self) -> str:
@@ -162,13 +164,18 @@ class CuttableProxy:
                 return
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
             black_holed = threading.Event()
+            pumps = [
+                threading.Thread(target=self._pump, args=(source, sink, black_holed), daemon=True)
+                for source, sink in ((downstream, upstream), (upstream, downstream))
+            ]
             with self._lock:
                 # Black-holed sockets stay referenced here: one collected would close, and its
                 # peer would hear of it.
                 self.connections += [downstream, upstream]
                 self.black_holes.append(black_holed)
-            for source, sink in ((downstream, upstream), (upstream, downstream)):
-                threading.Thread(target=self._pump, args=(source, sink, black_holed), daemon=True).start()
+                self._pumps += pumps
+            for pump in pumps:
+                pump.start()
 
     @staticmethod
     def _pump(source: socket.socket, sink: socket.socket, black_holed: threading.Event) -> None:
@@ -200,8 +207,19 @@ class CuttableProxy:
             sock.close()
 
     def close(self) -> None:
+        """Stop accepting, cut every connection and wait for the proxy's threads to end. A
+        listener's close alone does not wake a thread blocked in accept(); its shutdown does."""
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
+        self._acceptor.join(5)
         self.cut()
+        with self._lock:
+            pumps = list(self._pumps)
+        for pump in pumps:
+            pump.join(5)
+        left = [t for t in (self._acceptor, *pumps) if t.is_alive()]
+        assert not left, f"proxy threads still running after close(): {left}"
 
 
 @pytest.fixture
