@@ -44,13 +44,18 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def daemon_settings(data_dir: Path, **overrides: Any) -> Settings:
-    """Settings for a daemon under test: free ports, a small map, a short grace period."""
+    """Settings for a daemon under test: free ports, a small map, a short grace period, and
+    commits left to the OS to write (store.durability relaxed: a crash of the daemon loses
+    nothing, only a power cut would): an fsync a commit was most of many tests' time. A test of
+    how the store meets the disk passes "full", the product's default; `tesserad serve`
+    subprocesses (the SIGKILL tests) keep that default."""
     values = {
         "listen": "127.0.0.1:0",
         "metrics_listen": "127.0.0.1:0",
         "http_listen": "127.0.0.1:0",
         "data_dir": str(data_dir),
         "store.map_size": "1GiB",
+        "store.durability": "relaxed",
         "grace_period_s": 5,
     }
     values.update(overrides)

@@ -14,6 +14,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -31,6 +32,7 @@ from tessera.v1 import (
     training_pb2,
     training_pb2_grpc,
 )
+from tesserad.config import Settings
 from tesserad.errors import ResourceExhausted
 from tesserad.store import database
 from tesserad.training import jobs as jobs_module
@@ -57,6 +59,12 @@ from tests.integration.training.conftest import (
 FULL = "the disk under tesserad's data directory is full"
 
 
+def disk_settings(data_dir: Path, **overrides: Any) -> Settings:
+    """daemon_settings with the product's default durability: the store's fsyncs meet the full
+    disk too."""
+    return daemon_settings(data_dir, **{"store.durability": "full", **overrides})
+
+
 @pytest.fixture
 def disk(tmp_path: Path) -> Iterator[Path]:
     """A 16 MiB tmpfs, unmounted after the test."""
@@ -78,7 +86,7 @@ def disk(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.fixture
 def daemon(disk: Path) -> Iterator[InProcessDaemon]:
-    running = InProcessDaemon(daemon_settings(disk / "data", **TRAINING_SETTINGS)).start()
+    running = InProcessDaemon(disk_settings(disk / "data", **TRAINING_SETTINGS)).start()
     yield running
     running.stop()
 
@@ -321,7 +329,7 @@ def test_an_export_with_room_for_its_file_once_but_not_twice_succeeds(daemon, di
 
 
 def test_a_full_database_map_is_resource_exhausted_naming_its_setting_and_deletes_make_room(tmp_path):
-    running = InProcessDaemon(daemon_settings(tmp_path / "data", **{"store.map_size": "256KiB"})).start()
+    running = InProcessDaemon(disk_settings(tmp_path / "data", **{"store.map_size": "256KiB"})).start()
     try:
         registry = registry_pb2_grpc.RegistryStub(running.channel())
 
@@ -371,7 +379,7 @@ def follow_resuming(training: training_pb2_grpc.TrainingStub, job_id: str) -> li
 
 @pytest.mark.parametrize("checkpoints", [False, True], ids=["events", "checkpoints"])
 def test_a_job_that_fills_the_database_map_ends_failed_and_stays_so_after_a_restart(tmp_path, checkpoints):
-    settings = daemon_settings(tmp_path / "data", **TRAINING_SETTINGS, **{"store.map_size": "512KiB"})
+    settings = disk_settings(tmp_path / "data", **TRAINING_SETTINGS, **{"store.map_size": "512KiB"})
     running = InProcessDaemon(settings).start()
     try:
         channel = running.channel()
@@ -406,7 +414,7 @@ def test_a_job_that_fills_the_database_map_ends_failed_and_stays_so_after_a_rest
 
 
 def test_a_sweep_whose_trials_fill_the_database_map_ends_and_stays_ended_after_a_restart(tmp_path):
-    settings = daemon_settings(tmp_path / "data", **TRAINING_SETTINGS, **{"store.map_size": "512KiB"})
+    settings = disk_settings(tmp_path / "data", **TRAINING_SETTINGS, **{"store.map_size": "512KiB"})
     running = InProcessDaemon(settings).start()
     try:
         channel = running.channel()
@@ -455,7 +463,7 @@ def test_a_job_whose_end_does_not_fit_either_shows_it_ended_until_a_restart(tmp_
         return submit(store, refused if reserved else work)
 
     monkeypatch.setattr(database.Store, "submit", refuse_reserved)
-    settings = daemon_settings(tmp_path / "data", **TRAINING_SETTINGS, **{"store.map_size": "512KiB"})
+    settings = disk_settings(tmp_path / "data", **TRAINING_SETTINGS, **{"store.map_size": "512KiB"})
     running = InProcessDaemon(settings).start()
     try:
         channel = running.channel()
@@ -488,7 +496,7 @@ def test_a_checkpoint_whose_record_the_store_refuses_leaves_no_blob_behind(tmp_p
 
     monkeypatch.setattr(jobs_module, "hold_blob", refuse_checkpoints)
     data_dir = tmp_path / "data"
-    running = InProcessDaemon(daemon_settings(data_dir, **TRAINING_SETTINGS)).start()
+    running = InProcessDaemon(disk_settings(data_dir, **TRAINING_SETTINGS)).start()
     try:
         channel = running.channel()
         x = np.random.default_rng(0).normal(size=(48, 6)).astype(np.float32)
@@ -560,7 +568,7 @@ def test_a_metric_stream_whose_commit_finds_the_disk_full_stores_only_the_batche
 
 
 def test_a_metric_stream_that_fills_the_database_map_stores_only_the_batches_it_says(tmp_path):
-    running = InProcessDaemon(daemon_settings(tmp_path / "data", **{"store.map_size": "1MiB"})).start()
+    running = InProcessDaemon(disk_settings(tmp_path / "data", **{"store.map_size": "1MiB"})).start()
     try:
         training = training_pb2_grpc.TrainingStub(running.channel())
         run_id = training.CreateRun(training_pb2.CreateRunRequest(experiment="full")).run_id

@@ -5,7 +5,6 @@ client could read the model. ListAliases pages. A store from before the cap stay
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -42,15 +41,6 @@ DESCRIPTION = "d" * (8 * 2**10)
 TAGS = {
     "".join(key): "" for key in itertools.islice(itertools.product(map(chr, range(33, 127)), repeat=2), 4096)
 }
-
-
-@pytest.fixture
-def daemon(data_dir: Path) -> Iterator[InProcessDaemon]:
-    """The daemon, with store.durability relaxed: a test here commits about a thousand
-    aliases, and an fsync of each (as full does) costs seconds and checks nothing it is about."""
-    running = InProcessDaemon(daemon_settings(data_dir, **{"store.durability": "relaxed"})).start()
-    yield running
-    running.stop()
 
 
 def long_alias(i: int) -> str:

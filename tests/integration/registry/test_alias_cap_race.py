@@ -8,8 +8,7 @@ version without the alias instead: tests/integration/training/test_register_alia
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -17,7 +16,7 @@ import pytest
 
 import tesserad.registry.versions
 from tessera.v1 import common_pb2, registry_pb2, registry_pb2_grpc
-from tests.conftest import InProcessDaemon, daemon_settings
+from tests.conftest import InProcessDaemon
 from tests.integration.registry.conftest import (
     onnx_header,
     onnx_identity,
@@ -29,15 +28,6 @@ from tests.integration.registry.conftest import (
 
 R = registry_pb2
 CAP = 1000
-
-
-@pytest.fixture
-def daemon(data_dir: Path) -> Iterator[InProcessDaemon]:
-    """The daemon, with store.durability relaxed: a test here commits about a thousand
-    aliases, and an fsync of each (as full does) costs seconds and checks nothing it is about."""
-    running = InProcessDaemon(daemon_settings(data_dir, **{"store.durability": "relaxed"})).start()
-    yield running
-    running.stop()
 
 
 def fill_while_checking(monkeypatch: pytest.MonkeyPatch, check: str, fill: Callable[[], object]) -> None:

@@ -6,22 +6,17 @@ lose the trained model."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import grpc
 import pytest
 
 from tessera.v1 import job_spec_pb2, registry_pb2, registry_pb2_grpc, training_pb2
 from tessera.v1 import training_pb2_grpc as training_grpc
-from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.registry.conftest import onnx_header, onnx_identity, rpc_error, upload
 from tests.integration.registry.test_alias_cap_race import fill_while_checking
 from tests.integration.training.conftest import (
-    TRAINING_SETTINGS,
     follow,
     job_spec,
     submit,
-    upload_standard_datasets,
 )
 
 S = training_pb2
@@ -42,19 +37,6 @@ def _cap_message(model: str, alias: str) -> str:
         f"them all. Delete aliases it no longer uses (DeleteAlias), or move one of them instead of "
         f"adding {alias!r}"
     )
-
-
-@pytest.fixture(scope="module")
-def training_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessDaemon]:
-    """The module's daemon, with store.durability relaxed: a test here commits about a thousand
-    aliases, and an fsync of each (as full does) costs seconds and checks nothing it is about."""
-    settings = {**TRAINING_SETTINGS, "store.durability": "relaxed"}
-    running = InProcessDaemon(
-        daemon_settings(tmp_path_factory.mktemp("training") / "data", **settings)
-    ).start()
-    upload_standard_datasets(running.channel())
-    yield running
-    running.stop()
 
 
 @pytest.fixture(scope="module")
