@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import queue
@@ -174,7 +175,8 @@ class DaemonProcess:
     """`tesserad serve` as a child process with JSON logs, for signal and exit-code tests.
 
     The dashboard is off unless a test turns it on (--http-listen or its environment variable):
-    its default port would make parallel daemons collide.
+    its default port would make parallel daemons collide. The process leads a process group of
+    its own, which `close` ends whole.
     """
 
     def __init__(
@@ -189,6 +191,7 @@ class DaemonProcess:
             self.args,
             cwd=cwd,
             preexec_fn=preexec_fn,
+            start_new_session=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -246,8 +249,12 @@ class DaemonProcess:
             self.process.wait(10)
 
     def close(self) -> None:
-        """Kill the process if it still runs, and close its stderr once the pump has read it all
-        (closed under a blocked read, it would wait for that read)."""
+        """Kill the process and what it started (its process group), and close its stderr once
+        the pump has read it all (closed under a blocked read, it would wait for that read). A
+        fork server or worker that a SIGKILLed daemon left behind holds that stderr open until
+        it notices, which can take it many seconds (a fork server first imports torch)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         self.kill()
         self._pump_thread.join(30)
         if not self._pump_thread.is_alive():
