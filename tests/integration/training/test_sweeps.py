@@ -614,10 +614,13 @@ def test_trials_that_keep_failing_to_start_end_the_sweep_failed_saying_why(
         metric="train_loss",
     )
     sweep = training.SubmitSweep(S.SubmitSweepRequest(spec=spec))
+    # The first trial runs before the dataset goes: one still waiting to start would fail for it.
+    first = sweep.trials[0].job_id
+    next(e for e in training.WatchJob(S.WatchJobRequest(job_id=first), timeout=120) if e.HasField("step"))
     datasets_pb2_grpc.DatasetsStub(channel).DeleteDataset(
         datasets_pb2.DeleteDatasetRequest(name="sweep-gone-tpe", force=True)
     )
-    training.CancelJob(S.CancelJobRequest(job_id=sweep.trials[0].job_id))
+    training.CancelJob(S.CancelJobRequest(job_id=first))
     ended = wait_sweep(training, sweep.sweep_id)
     assert ended.state == S.SWEEP_STATE_FAILED
     assert [(t.job_id, t.state) for t in ended.trials[1:]] == [("", S.JOB_STATE_FAILED)] * 3
