@@ -14,6 +14,7 @@ import datetime
 import fcntl
 import os
 import re
+import shlex
 import sys
 import tempfile
 import tomllib
@@ -98,7 +99,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 # Exit statuses beyond 0 (done), as `tessera`'s table has them (EXIT_STATUS_HELP there): a
-# script handles a name not in the file as it handles NOT_FOUND from the daemon.
+# script handles a name not in the file as it handles NOT_FOUND from the daemon. Written out
+# here, as the daemon does not import the SDK.
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_REFUSED = 3
@@ -172,7 +174,7 @@ def _remove(path: Path, name: str) -> int:
             known = ", ".join(sorted(table.names))
             raise Refused(
                 f"{path} has no token named {name!r}; its holders are: {known} "
-                f"(`tesserad tokens list --file {path}` shows their roles)"
+                f"(`tesserad tokens list --file {shlex.quote(str(path))}` shows their roles)"
             )
         if table.names == [name]:
             raise Refused(

@@ -222,6 +222,14 @@ def test_tokens_remove_of_an_unknown_name_or_the_last_token_changes_nothing(tmp_
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
+def test_tokens_remove_of_an_unknown_name_shows_a_list_command_that_pastes(tmp_path, capsys):
+    path = tmp_path / "team tokens.toml"
+    add(path, "alice", "admin")
+    capsys.readouterr()
+    assert cli.main(["tokens", "remove", "bob", "--file", str(path)]) == 3
+    assert f"(`tesserad tokens list --file '{path}'` shows their roles)" in capsys.readouterr().err
+
+
 def test_tokens_remove_rewrites_entries_it_cannot_cut_out(tmp_path, capsys):
     path = tmp_path / "tokens.toml"
     keep = new_token()
