@@ -460,30 +460,30 @@ class InferenceService:
         """autoload for a request for `target` that was routed to `version` (Submitted.version):
         the version loaded and checked for it (submit's `checked`), or None to route it again.
 
-        Without a version named, NotFound for `version` comes from a route cached before a change
-        not refreshed yet (its model deleted and created again, say): the model's cached routes
-        to it are dropped and the caller routes the request again, from the source, rather than
-        answer NOT_FOUND for a version the request did not name.
+        Without a version named, NotFound for `version` means the route the request took is stale:
+        cached before a change not refreshed yet (its model deleted and created again, say), or
+        rewritten by a refresh that ran between the routing and this load (the version deleted).
+        The model's cached routes to it are dropped and the caller routes the request again,
+        rather than answer NOT_FOUND for a version the request did not name.
         """
         try:
             return self.autoload(target.model, version)
         except NotFound:
-            if target.version is not None or not self._forget_routes(target.model, version):
+            if target.version is not None:
                 raise
+            self._forget_routes(target.model, version)
         return None
 
-    def _forget_routes(self, model: str, version: int) -> bool:
+    def _forget_routes(self, model: str, version: int) -> None:
         """Drop `model`'s cached alias targets and deployment that route to `version` (the next
-        request reads them from the source); whether any was cached."""
+        request reads them from the source); a refresh may have rewritten them already."""
         with self._cache_lock:
             aliases = [key for key, cached in self._aliases.items() if key[0] == model and cached == version]
             for key in aliases:
                 self._aliases.pop(key, None)
             router = self._routers.get(model)
-            deployed = router is not None and version in router.versions()
-            if deployed:
+            if router is not None and version in router.versions():
                 self._routers.pop(model, None)
-        return bool(aliases) or deployed
 
     def autoload(self, model: str, version: int) -> LoadedVersion:
         """Load a version a request needs, with the defaults; NotLoaded when that load fails.
@@ -599,13 +599,15 @@ class InferenceService:
         (where autoload allows), its signature being known only from its runtime.
         """
         model = target.model
-        version = target.version if target.version is not None else self.serving_versions(model)[0]
-        try:
-            return self._describe(model, version)
-        except NotFound:
-            # A route cached before a change not refreshed yet, as for a request (autoload_routed).
-            if target.version is not None or not self._forget_routes(model, version):
-                raise
+        if target.version is not None:
+            return self._describe(model, target.version)
+        for _ in range(_MAX_ROUTING_ROUNDS - 1):
+            version = self.serving_versions(model)[0]
+            try:
+                return self._describe(model, version)
+            except NotFound:
+                # A stale route, cached or rewritten meanwhile, as for a request (autoload_routed).
+                self._forget_routes(model, version)
         return self._describe(model, self.serving_versions(model)[0])
 
     def _describe(self, model: str, version: int) -> VersionDescription:

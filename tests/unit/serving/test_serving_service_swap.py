@@ -1,13 +1,14 @@
 """A request routed to a version whose config is swapped while the request is being validated, an
-unload of a model whose versions are unloaded by others meanwhile, and a refresh of a registry
-change whose versions are unloaded by others while it runs."""
+unload of a model whose versions are unloaded by others meanwhile, a refresh of a registry change
+whose versions are unloaded by others while it runs, and a request or metadata call routed to a
+version that is deleted, and its refresh run, before it is loaded."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -206,3 +207,75 @@ def test_a_request_is_answered_when_its_model_changes_during_each_check(linear_o
     finally:
         refreshes_released.set()
         service.close()
+
+
+def _deleted_when_read(service: InferenceService, source: Versions, doomed: set[int]) -> None:
+    """Delete each version of `doomed` when a request or call first reads it from `source`, and
+    let the refresh of that deletion run to completion before the read answers: the refresh wins
+    the race with the request, and rewrites the routes the request took."""
+    refreshed = threading.Event()
+    service.add_deletion_listener(lambda model, identity: None, lambda model: refreshed.set())
+    servable = source.servable
+
+    def deleted_first(model: str, version: int | None, alias: str | None) -> ServableVersion:
+        if version in doomed and not threading.current_thread().name.startswith("serving-swap"):
+            doomed.discard(version)
+            del source.versions[version]
+            refreshed.clear()
+            service.on_registry_change(model)
+            assert refreshed.wait(30)
+        return servable(model, version, alias)
+
+    source.servable = deleted_first  # type: ignore[method-assign]
+
+
+@pytest.fixture
+def routed_to_latest(linear_onnx: Path) -> Iterator[Callable[[int], tuple[InferenceService, Versions]]]:
+    """Makes a service of 'm' versions 1 to the count given, none loaded, `latest` routed (and
+    cached) to the last."""
+    services: list[InferenceService] = []
+
+    def make(count: int) -> tuple[InferenceService, Versions]:
+        source = Versions({v: servable_file("m", v, "onnx", linear_onnx) for v in range(1, count + 1)})
+        service = InferenceService(
+            source, ModelPool(ServingDefaults(intra_op_threads=1), None), autoload=True
+        )
+        services.append(service)
+        assert service.route(Target("m")) == (count, None)
+        return service, source
+
+    yield make
+    for service in services:
+        service.close()
+
+
+def _predict(service: InferenceService, target: Target) -> int:
+    inputs = {"x": np.ones((1, 4), np.float32)}
+    version, answer = asyncio.run(
+        predict(service, target, inputs, ["y"], None, "r1", started=time.perf_counter_ns())
+    )
+    assert answer.outputs["y"].shape == (1, 3)
+    return version
+
+
+def test_a_request_without_a_version_whose_version_is_deleted_before_it_loads_goes_to_the_new_latest(
+    routed_to_latest: Callable[[int], tuple[InferenceService, Versions]],
+) -> None:
+    """Routed to version 3, which was deleted before its autoload read it: the refresh had
+    rewritten `latest` to 2 (no route to 3 left to drop), and the request was answered NOT_FOUND
+    for version 3, which it never named."""
+    service, source = routed_to_latest(3)
+    _deleted_when_read(service, source, {3})
+    assert _predict(service, Target("m")) == 2
+    with pytest.raises(NotFound, match="no version 3"):
+        _predict(service, Target("m", 3))  # a version named is never routed elsewhere
+
+
+def test_metadata_without_a_version_whose_version_is_deleted_before_it_is_read_describes_the_new_latest(
+    routed_to_latest: Callable[[int], tuple[InferenceService, Versions]],
+) -> None:
+    service, source = routed_to_latest(3)
+    _deleted_when_read(service, source, {3})
+    assert service.describe(Target("m")).version == 2
+    with pytest.raises(NotFound, match="no version 3"):
+        service.describe(Target("m", 3))
