@@ -20,7 +20,8 @@ from tesserad.serving.batcher import DynamicBatcher, Prediction
 from tesserad.serving.pool import LoadedVersion
 from tesserad.serving.service import InferenceService, Target
 
-# An autoload that races an unload is retried this many times before the error stands.
+# A request whose autoload races an unload, or whose route went to a version deleted meanwhile,
+# is submitted again this many times before it fails.
 _AUTOLOAD_ROUNDS = 3
 # Held requests wait at most this many event-loop iterations for the rest of their burst; each
 # iteration runs other calls' handlers (tens to hundreds of microseconds).
@@ -61,6 +62,7 @@ async def predict(
     service.in_flight += 1
     try:
         checked: LoadedVersion | None = None
+        rerouted = False
         for _ in range(_AUTOLOAD_ROUNDS):
             # Signs of load, both public: other requests waiting here, or calls begun after this one.
             others = service.in_flight > 1 or service.calls.begun_after_this_one()
@@ -84,6 +86,7 @@ async def predict(
                     if not_ready is None:
                         raise
                     raise not_ready(target, exc) from None
+                rerouted = checked is None
                 continue
             if future.done():  # ran inline (never held)
                 return submitted.version, future.result()
@@ -100,6 +103,11 @@ async def predict(
             except asyncio.CancelledError:
                 future.cancel()  # the client went away: take it off the queue
                 raise
+        if rerouted:
+            raise Unavailable(
+                f"the versions of model {target.model!r} changed while this request was routed (the "
+                "version it was routed to last was deleted before it loaded); retry it"
+            )
         raise Unavailable(f"model {target.model!r} was unloaded while it loaded for this request; retry it")
     finally:
         service.in_flight -= 1

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from serving_fakes import ArrivalLock, HeldArtifact
 
-from tesserad.errors import NotFound, TesseraError
+from tesserad.errors import NotFound, TesseraError, Unavailable
 from tesserad.serving import service as service_module
 from tesserad.serving.pool import (
     LoadedVersion,
@@ -279,3 +279,13 @@ def test_metadata_without_a_version_whose_version_is_deleted_before_it_is_read_d
     assert service.describe(Target("m")).version == 2
     with pytest.raises(NotFound, match="no version 3"):
         service.describe(Target("m", 3))
+
+
+def test_a_request_routed_to_a_deleted_version_in_every_round_says_its_versions_changed(
+    routed_to_latest: Callable[[int], tuple[InferenceService, Versions]],
+) -> None:
+    """Its rounds ran out: it was told the model was unloaded while it loaded, which it was not."""
+    service, source = routed_to_latest(4)
+    _deleted_when_read(service, source, {4, 3, 2})
+    with pytest.raises(Unavailable, match="changed while this request was routed"):
+        _predict(service, Target("m"))
