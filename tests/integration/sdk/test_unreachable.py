@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Iterator
 
 import pytest
 
@@ -15,7 +16,7 @@ from tessera.errors import reached_no_daemon
 
 
 @pytest.fixture
-def nobody() -> str:
+def nobody() -> Iterator[str]:
     """A port of 127.0.0.1 that nothing listens on (bound, never listened, so refused)."""
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))

@@ -147,3 +147,23 @@ def test_an_sdk_client_in_plaintext_to_a_tls_daemon_is_told_to_turn_tls_on(start
     assert message.startswith(f"is tesserad running at {target}? "), message
     assert "this client sends plaintext: a daemon serving TLS needs `tls=`" in message, message
     assert message.count("; gRPC said: ") == 1, message
+
+
+def test_an_sdk_client_that_does_not_trust_the_daemon_is_told_to_check_its_tls_not_to_start_one(
+    start_daemon, pki
+):
+    """A daemon serving TLS with a certificate this client's CA did not sign is running."""
+    daemon = start_daemon(**tls_settings(pki))
+    target = f"127.0.0.1:{daemon.daemon.port}"
+    wrong_ca = tessera.TLS(ca_file=pki.client_ca)
+    with (
+        tessera.Client(target, tls=wrong_ca, timeout=5) as client,
+        pytest.raises(tessera.Unavailable) as failed,
+    ):
+        client.system.info()
+    message = failed.value.message
+    assert message.startswith(f"the TLS handshake with {target} failed: "), message
+    assert "`TLS(ca_file=)`" in message and "`TLS(server_name=)`" in message, message
+    assert "`TLS(cert_file=, key_file=)`" in message, message
+    assert "tesserad serve" not in message, message
+    assert "CERTIFICATE_VERIFY_FAILED" in message.split("; gRPC said: ", 1)[1], message

@@ -131,7 +131,10 @@ def test_only_a_daemon_that_cannot_be_reached_gets_the_hint_to_start_one():
     assert explained.message.startswith("is tesserad running at 127.0.0.1:1? ")
     assert explained.message.endswith(f"; gRPC said: {refused}")
     unresolved = "errors resolving nosuch.invalid:50051: Domain name not found"
-    assert "`target=`" in unreachable_message("nosuch.invalid:50051", unresolved, False)
+    assert unreachable_message("nosuch.invalid:50051", unresolved, False) == (
+        "the host name in nosuch.invalid:50051 does not resolve: check it, or give the address tesserad "
+        f"listens on as `target=`; gRPC said: {unresolved}"
+    )
     # The daemon answered: it is running, so starting one is the wrong advice.
     shutting_down = error_for(grpc.StatusCode.UNAVAILABLE, "tesserad is shutting down; reconnect")
     assert explain_unreachable(shutting_down, "127.0.0.1:50051", False) is shutting_down
@@ -163,4 +166,27 @@ def test_an_http_port_as_the_target_is_named_so_not_taken_for_a_daemon_to_start(
         "Inference Protocol over HTTP), not tesserad's gRPC address (`tesserad serve --listen`, default "
         "127.0.0.1:50051): pass that as --target HOST:PORT (env TESSERA_TARGET); gRPC said: "
         f"{dashboard}"
+    )
+
+
+def test_tls_failures_name_the_tls_settings_in_cli_flags_not_a_daemon_to_start():
+    """gRPC's words for a TLS client whose CA did not sign the daemon's certificate, and for one
+    that reached a daemon serving plaintext."""
+    untrusted = (
+        "connections to all backends failing; last error: UNKNOWN: ipv4:127.0.0.1:1: Tls handshake failed "
+        "(TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:1000007d:SSL routines:OPENSSL_internal:"
+        "CERTIFICATE_VERIFY_FAILED: unable to get local issuer certificate: OK"
+    )
+    assert in_cli_words(unreachable_message("127.0.0.1:1", untrusted, True)) == (
+        "the TLS handshake with 127.0.0.1:1 failed: check that the CA given as --tls-ca FILE signed the "
+        "daemon's certificate, that the certificate names the host in --target HOST:PORT (env "
+        "TESSERA_TARGET) (or give the name it has as --tls-server-name NAME), and, where the daemon asks "
+        "for one (mutual TLS), a client certificate it trusts as --tls-cert FILE and --tls-key FILE; "
+        f"gRPC said: {untrusted}"
+    )
+    plaintext = untrusted.replace("1000007d", "100000f7").replace(
+        "CERTIFICATE_VERIFY_FAILED: unable to get local issuer certificate", "WRONG_VERSION_NUMBER"
+    )
+    assert unreachable_message("127.0.0.1:1", plaintext, True).startswith(
+        "127.0.0.1:1 answers in plaintext, not TLS: connect to it without `tls=`"
     )

@@ -171,15 +171,40 @@ def reached_no_daemon(error: TesseraError) -> bool:
 # says its flags instead (tessera.rpc_commands).
 TARGET_WORDS = "`target=`"
 TLS_WORDS = "`tls=` (a tessera.TLS, or True for the system's CAs)"
+TLS_CA_WORDS = "`TLS(ca_file=)`"
+TLS_NAME_WORDS = "`TLS(server_name=)`"
+TLS_CLIENT_WORDS = "`TLS(cert_file=, key_file=)`"
 
 # gRPC's words when what answered at the address speaks HTTP/1.x, not HTTP/2.
 _HTTP1_PEER = re.compile(r"connect an http1\.x server", re.IGNORECASE)
+# gRPC's words when the host name in the address does not resolve.
+_UNRESOLVED = re.compile(r"errors resolving|dns resolution failed|name or service not known", re.IGNORECASE)
+# OpenSSL's words when a TLS client's first bytes are answered in plaintext.
+_PLAINTEXT_PEER = re.compile(r"wrong_version_number", re.IGNORECASE)
+# gRPC's and OpenSSL's words when a daemon answered but the TLS handshake failed on its
+# certificate, its name or this client's (the daemon's cluster_stats tells these apart too).
+_HANDSHAKE = re.compile(r"handshake|certificate|hostname verification|ssl", re.IGNORECASE)
 
 
 def unreachable_message(target: str, detail: str, tls: bool) -> str:
     """What to check when no daemon answered at `target` (this client with TLS or not), then
     gRPC's own words, `detail`."""
-    if _HTTP1_PEER.search(detail):
+    if _UNRESOLVED.search(detail):
+        advice = (
+            f"the host name in {target} does not resolve: check it, or give the address tesserad "
+            f"listens on as {TARGET_WORDS}"
+        )
+    elif _PLAINTEXT_PEER.search(detail):
+        advice = f"{target} answers in plaintext, not TLS: connect to it without {TLS_WORDS}"
+    elif _HANDSHAKE.search(detail):
+        # Something answers TLS there, so starting a daemon is the wrong advice.
+        advice = (
+            f"the TLS handshake with {target} failed: check that the CA given as {TLS_CA_WORDS} signed "
+            f"the daemon's certificate, that the certificate names the host in {TARGET_WORDS} (or give "
+            f"the name it has as {TLS_NAME_WORDS}), and, where the daemon asks for one (mutual TLS), a "
+            f"client certificate it trusts as {TLS_CLIENT_WORDS}"
+        )
+    elif _HTTP1_PEER.search(detail):
         # Something listens there, so starting a daemon is the wrong advice: the dashboard's
         # port (8080) is the one a newcomer has just opened in a browser.
         advice = (

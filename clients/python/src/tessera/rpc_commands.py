@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from tessera.errors import TARGET_WORDS, TLS_WORDS
+from tessera.errors import TARGET_WORDS, TLS_CA_WORDS, TLS_CLIENT_WORDS, TLS_NAME_WORDS, TLS_WORDS
 
 COMMAND_BY_RPC: dict[str, str] = {
     # Registry
@@ -86,6 +86,9 @@ _FIELD_WORD = re.compile(rf"\b({'|'.join(FLAG_BY_FIELD)})\b")
 FLAG_BY_ARGUMENT: dict[str, str] = {
     TARGET_WORDS: "--target HOST:PORT (env TESSERA_TARGET)",
     TLS_WORDS: "--tls (the system's CAs) or --tls-ca FILE",
+    TLS_CA_WORDS: "--tls-ca FILE",
+    TLS_NAME_WORDS: "--tls-server-name NAME",
+    TLS_CLIENT_WORDS: "--tls-cert FILE and --tls-key FILE",
 }
 """The SDK's words for a client argument (an unreachable daemon's message names them) -> the flags."""
 
