@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import re
 import urllib.request
 from pathlib import Path
@@ -14,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import tessera
 import tessera.aio
+import tessera.transfer
 from tessera.models import INLINE_BYTES
 from tessera.v1 import registry_pb2
 
@@ -117,6 +119,51 @@ def test_a_download_with_overwrite_false_refuses_a_file_there_sync_and_aio(
     assert copy.read_bytes() == b"mine" and list(copy.parent.iterdir()) == [copy]
     client.models.download("affine", copy, version=1)
     assert copy.read_bytes() == (tmp_path / "a.onnx").read_bytes()
+
+
+def claim_at_the_end(name: Path) -> tessera.transfer.Progress:
+    """A progress callback that creates a file at `name` once the last chunk has come, as another
+    program could while the download finishes."""
+
+    def claim(done: int, total: int) -> None:
+        if done == total:
+            name.write_bytes(b"theirs")
+
+    return claim
+
+
+def test_a_download_with_overwrite_false_keeps_a_file_that_came_after_every_check(
+    client, two_versions, tmp_path, monkeypatch
+):
+    """The refusal holds to the moment the download takes the name, not only at the checks."""
+    copy = tmp_path / "out" / "copy.onnx"
+    copy.parent.mkdir()
+    # Every look at the name is made before the file comes: only placing the download is left.
+    monkeypatch.setattr(tessera.transfer, "check_free", lambda path, overwrite: None)
+    with pytest.raises(FileExistsError) as refused:
+        client.models.download("affine", copy, version=1, progress=claim_at_the_end(copy), overwrite=False)
+    assert refused.value.filename == str(copy)
+    assert copy.read_bytes() == b"theirs" and list(copy.parent.iterdir()) == [copy]
+
+
+def test_where_hard_links_are_refused_a_download_checks_the_name_then_renames(
+    client, two_versions, tmp_path, monkeypatch
+):
+    """A filesystem without hard links (FAT answers EPERM) still takes downloads, and refuses a
+    file that came while one ran."""
+
+    def no_hard_links(source: Path, target: Path) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted", str(source), None, str(target))
+
+    monkeypatch.setattr(tessera.transfer.os, "link", no_hard_links)
+    copy = tmp_path / "out" / "copy.onnx"
+    copy.parent.mkdir()
+    client.models.download("affine", copy, version=1, overwrite=False)
+    assert copy.read_bytes() == (tmp_path / "a.onnx").read_bytes()
+    late = copy.with_name("late.onnx")
+    with pytest.raises(FileExistsError):
+        client.models.download("affine", late, version=1, progress=claim_at_the_end(late), overwrite=False)
+    assert late.read_bytes() == b"theirs" and sorted(copy.parent.iterdir()) == [copy, late]
 
 
 def test_deploy_rollback_and_their_errors(client, two_versions):

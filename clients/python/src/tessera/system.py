@@ -12,7 +12,7 @@ from typing import BinaryIO
 from tessera.backup import ArchiveCheck, ArchiveError, SavedBackup, read_archive
 from tessera.calls import C, Op, Part, Reconnects, Resumable, Save, Sink, call, stream
 from tessera.errors import DataLoss
-from tessera.transfer import Progress, check_free, new_partial
+from tessera.transfer import Progress, check_free, new_partial, put_in_place
 from tessera.transport import RetryPolicy, timeout_or
 from tessera.v1 import system_pb2 as pb
 
@@ -30,7 +30,7 @@ class BackupSink:
     """Writes a streamed backup to `path` through a new temp file beside it, which becomes
     `path` only once the whole archive is read back and checks out (`finish`); `abort`
     removes it. Unless `overwrite`, a file at `path` is refused (FileExistsError) before the
-    backup starts and again before it is put in place, readable by its owner alone."""
+    backup starts and again as it is put in place, readable by its owner alone."""
 
     def __init__(self, path: Path, overwrite: bool) -> None:
         self.path = path
@@ -52,14 +52,13 @@ class BackupSink:
             self._file.close()
             manifest = read_archive(self._partial)
             # A backup takes minutes: the name may have been taken meanwhile.
-            check_free(self.path, self._overwrite)
+            put_in_place(self._partial, self.path, self._overwrite)
         except ArchiveError as exc:
             self._partial.unlink(missing_ok=True)
             raise _not_whole(exc) from None
         except BaseException:
             self._partial.unlink(missing_ok=True)
             raise
-        self._partial.replace(self.path)
         return SavedBackup.of(manifest, self._digest, self._size)
 
     def abort(self) -> None:

@@ -95,13 +95,42 @@ def check_free(path: Path, overwrite: bool) -> None:
     """FileExistsError for a file at `path` unless `overwrite` (a link left there, even a
     dangling one, is there too)."""
     if not overwrite and os.path.lexists(path):
-        raise FileExistsError(errno.EEXIST, "it exists; overwrite=True replaces it", str(path))
+        raise _exists(path)
+
+
+def _exists(path: Path) -> FileExistsError:
+    return FileExistsError(errno.EEXIST, "it exists; overwrite=True replaces it", str(path))
+
+
+# errnos of a filesystem that makes no hard links (FAT, some network and FUSE mounts).
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
+
+
+def put_in_place(partial: Path, path: Path, overwrite: bool) -> None:
+    """The finished temp file `partial` becomes `path`. Unless `overwrite`, a file at `path` by
+    now is refused (FileExistsError, `partial` left for the caller to remove): a hard link takes
+    the name only where it is free, in one step, so a file created at any moment before is kept."""
+    if overwrite:
+        partial.replace(path)
+        return
+    try:
+        os.link(partial, path)
+    except FileExistsError:
+        raise _exists(path) from None
+    except OSError as err:
+        if err.errno not in _NO_HARD_LINKS:
+            raise
+        # No hard links here: check, then rename. A file created between the two is replaced.
+        check_free(path, overwrite)
+        partial.replace(path)
+        return
+    partial.unlink()
 
 
 class DownloadSink(Generic[H]):
     """Writes a downloaded file to `path` (through a temp file), checking it against the size
     and sha256 of its `header`; `finish` gives the header. Unless `overwrite`, a file at `path`
-    is refused (FileExistsError) before anything is written and again before the download takes
+    is refused (FileExistsError) before anything is written and again as the download takes
     its name."""
 
     def __init__(self, path: Path, header: H, progress: Progress | None, overwrite: bool = True) -> None:
@@ -133,8 +162,7 @@ class DownloadSink(Generic[H]):
             )
         try:
             # A download takes a while: the name may have been taken meanwhile.
-            check_free(self.path, self._overwrite)
-            self._partial.replace(self.path)
+            put_in_place(self._partial, self.path, self._overwrite)
         except OSError:
             self._partial.unlink(missing_ok=True)
             raise

@@ -17,7 +17,7 @@ from tessera.client import Client
 from tessera.explanations import SHORT_NAMES, top_positions
 from tessera.messages import counted
 from tessera.progress_line import byte_size
-from tessera.transfer import check_free, new_partial
+from tessera.transfer import check_free, new_partial, put_in_place
 from tessera.v1 import inference_pb2
 
 
@@ -43,8 +43,7 @@ def save_npz(path: Path, arrays: Mapping[str, np.ndarray], force: bool) -> None:
             np.savez(file, allow_pickle=False, **arrays)
         with replaced_only_with_force():
             # The name may have been taken while the daemon computed.
-            check_free(path, force)
-        partial.replace(path)
+            put_in_place(partial, path, force)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
