@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import inspect
 import re
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -17,6 +20,7 @@ import tessera
 import tessera.aio
 import tessera.transfer
 from tessera.models import INLINE_BYTES
+from tessera.transport import AioConnection, Connection
 from tessera.v1 import registry_pb2
 
 
@@ -119,6 +123,39 @@ def test_a_download_with_overwrite_false_refuses_a_file_there_sync_and_aio(
     assert copy.read_bytes() == b"mine" and list(copy.parent.iterdir()) == [copy]
     client.models.download("affine", copy, version=1)
     assert copy.read_bytes() == (tmp_path / "a.onnx").read_bytes()
+
+
+def test_a_refused_download_cancels_its_stream_at_once_sync_and_aio(
+    daemon, client, two_versions, tmp_path, monkeypatch
+):
+    """overwrite=False refusing the file closes the response stream (the generator's close
+    cancels the call) rather than leaving it to the garbage collector."""
+    streams: list[Any] = []
+
+    def recorded(server_stream: Callable[..., Any]) -> Callable[..., Any]:
+        def record(*args: Any) -> Any:
+            streams.append(server_stream(*args))
+            return streams[-1]
+
+        return record
+
+    monkeypatch.setattr(Connection, "server_stream", recorded(Connection.server_stream))
+    monkeypatch.setattr(AioConnection, "server_stream", recorded(AioConnection.server_stream))
+    copy = tmp_path / "copy.onnx"
+    copy.write_bytes(b"mine")
+    with pytest.raises(FileExistsError):
+        client.models.download("affine", copy, version=1, overwrite=False)
+    assert inspect.getgeneratorstate(streams[-1]) == inspect.GEN_CLOSED
+
+    async def scenario() -> None:
+        async with tessera.aio.Client(daemon.target) as aio_client:
+            with pytest.raises(FileExistsError):
+                await aio_client.models.download("affine", copy, version=1, overwrite=False)
+            # Looked at before asyncio.run's own shutdown closes what is left open.
+            assert streams[-1].ag_frame is None
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert len(streams) == 2 and copy.read_bytes() == b"mine"
 
 
 def claim_at_the_end(name: Path) -> tessera.transfer.Progress:

@@ -138,25 +138,30 @@ class Download(Call[T_co]):
         call_timeout(self.timeout)
 
     def run(self, conn: Connection) -> T_co:
-        responses = conn.server_stream(self.service, self.method, self.request, self.timeout)
-        sink = self.sink(next(responses).header)
-        try:
-            for response in responses:
-                sink.write(response.chunk)
-        except BaseException:
-            sink.abort()
-            raise
+        # Closed (the call cancelled) also when the sink is refused, overwrite=False finding a file.
+        with contextlib.closing(
+            conn.server_stream(self.service, self.method, self.request, self.timeout)
+        ) as responses:
+            sink = self.sink(next(responses).header)
+            try:
+                for response in responses:
+                    sink.write(response.chunk)
+            except BaseException:
+                sink.abort()
+                raise
         return sink.finish()
 
     async def run_async(self, conn: AioConnection) -> T_co:
-        responses = conn.server_stream(self.service, self.method, self.request, self.timeout)
-        sink = self.sink((await anext(responses)).header)
-        try:
-            async for response in responses:
-                sink.write(response.chunk)
-        except BaseException:
-            sink.abort()
-            raise
+        async with contextlib.aclosing(
+            conn.server_stream(self.service, self.method, self.request, self.timeout)
+        ) as responses:
+            sink = self.sink((await anext(responses)).header)
+            try:
+                async for response in responses:
+                    sink.write(response.chunk)
+            except BaseException:
+                sink.abort()
+                raise
         # finish hashes (and for `load`, parses) the whole file: not on the caller's event loop.
         return await asyncio.to_thread(sink.finish)
 
