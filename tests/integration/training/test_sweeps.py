@@ -304,6 +304,18 @@ def test_a_bad_sweep_is_refused_naming_its_field_and_stores_nothing(
     assert training.ListJobs(S.ListJobsRequest()).jobs == jobs_before
 
 
+def queued_grid(trials: int) -> S.SweepSpec:
+    """A grid of `trials` seeds, all submitted at once; their steps outlast the test, so one
+    trial runs and the others wait queued until cancelled."""
+    return S.SweepSpec(
+        base=job_spec("mlp", epochs=0, max_steps=1_000_000),
+        strategy=S.SWEEP_STRATEGY_GRID,
+        parameters=[sweep_values("seed", *(str(i) for i in range(trials)))],
+        max_concurrent=trials,
+        metric="train_loss",
+    )
+
+
 def test_cancel_sweep_cancels_its_trials(training: training_pb2_grpc.TrainingStub) -> None:
     spec = S.SweepSpec(
         base=job_spec("mlp", epochs=0, max_steps=1_000_000),
@@ -335,14 +347,7 @@ def test_cancel_sweep_writes_the_sweep_record_a_few_times_however_many_trials_it
     # Each queued trial's cancelled end rewrote the whole sweep record (every trial in it): a
     # cancel's writes grew with the trials, its time with their square (a minute for 300).
     trials = 40
-    spec = S.SweepSpec(
-        base=job_spec("mlp", epochs=0, max_steps=1_000_000),
-        strategy=S.SWEEP_STRATEGY_GRID,
-        parameters=[sweep_values("seed", *(str(i) for i in range(trials)))],
-        max_concurrent=trials,
-        metric="train_loss",
-    )
-    sweep = training.SubmitSweep(S.SubmitSweepRequest(spec=spec))
+    sweep = training.SubmitSweep(S.SubmitSweepRequest(spec=queued_grid(trials)))
     written: list[str] = []
 
     def counted(record: sweeps.Sweep) -> bytes:
@@ -722,14 +727,7 @@ def _bytes_written_per_trial_end(
 ) -> int:
     """The most bytes a queued trial's end (its job cancelled alone) writes to the sweeps' tables,
     in a grid sweep of `trials` trials all submitted at once."""
-    spec = S.SweepSpec(
-        base=job_spec("mlp", epochs=0, max_steps=1_000_000),
-        strategy=S.SWEEP_STRATEGY_GRID,
-        parameters=[sweep_values("seed", *(str(i) for i in range(trials)))],
-        max_concurrent=trials,
-        metric="train_loss",
-    )
-    sweep = training.SubmitSweep(S.SubmitSweepRequest(spec=spec))
+    sweep = training.SubmitSweep(S.SubmitSweepRequest(spec=queued_grid(trials)))
     written: list[int] = []
     put = WriteTxn.put
 
