@@ -518,6 +518,8 @@ def test_a_trial_that_could_not_start_says_why(
     )
     sweep = training.SubmitSweep(S.SubmitSweepRequest(spec=spec))
     first = sweep.trials[0].job_id
+    # The first trial runs before the dataset goes: one still waiting to start would fail for it.
+    next(e for e in training.WatchJob(S.WatchJobRequest(job_id=first), timeout=120) if e.HasField("step"))
     # Gone before the second trial's turn: its job cannot be submitted.
     datasets_pb2_grpc.DatasetsStub(channel).DeleteDataset(
         datasets_pb2.DeleteDatasetRequest(name="sweep-gone", force=True)
