@@ -593,9 +593,9 @@ class InferenceService:
 
         Read from the pool when the version is loaded (and, while a change to its model waits
         for its refresh, still the registry's artifact: a request checks it so too), else from
-        the registry, and never loaded for it, as Triton never loads a model for a metadata call: its config is then the one a
-        load under way gives it, or the one any load without a config (a request's, or
-        RepositoryModelLoad's) would. Only a version the registry has no signature for is loaded
+        the registry, and never loaded for it, as Triton never loads a model for a metadata
+        call: its config is then the one a load under way gives it, or the one any load without
+        a config (a request's, or RepositoryModelLoad's) would. Only a version the registry has no signature for is loaded
         (where autoload allows), its signature being known only from its runtime.
         """
         model = target.model
