@@ -18,11 +18,8 @@ import numpy as np
 from tesserad.errors import NotLoaded, StillLoading, TesseraError, Unavailable
 from tesserad.serving.batcher import DynamicBatcher, Prediction
 from tesserad.serving.pool import LoadedVersion
-from tesserad.serving.service import InferenceService, Target
+from tesserad.serving.service import REROUTE_ROUNDS, InferenceService, Target
 
-# A request whose autoload races an unload, or whose route went to a version deleted meanwhile,
-# is submitted again this many times before it fails.
-_AUTOLOAD_ROUNDS = 3
 # Held requests wait at most this many event-loop iterations for the rest of their burst; each
 # iteration runs other calls' handlers (tens to hundreds of microseconds).
 _MAX_HOLD_TICKS = 16
@@ -63,7 +60,8 @@ async def predict(
     try:
         checked: LoadedVersion | None = None
         rerouted = False
-        for _ in range(_AUTOLOAD_ROUNDS):
+        # A request whose autoload races an unload is submitted again too, within these rounds.
+        for _ in range(REROUTE_ROUNDS):
             # Signs of load, both public: other requests waiting here, or calls begun after this one.
             others = service.in_flight > 1 or service.calls.begun_after_this_one()
             submitted = service.submit(

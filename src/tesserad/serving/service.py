@@ -59,6 +59,10 @@ SHADOW_RESULTS_KEPT = 1000
 # A request routed to a version that is swapped out in between is routed again; more than
 # a few rounds means versions are being unloaded faster than requests can find one.
 _MAX_ROUTING_ROUNDS = 5
+# A call without a version (a request, a metadata call) whose route was stale, or whose version
+# was deleted or unloaded before it was loaded or read, is routed again this many times in all
+# before it fails UNAVAILABLE: more means its model's versions change faster than calls find one.
+REROUTE_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -595,20 +599,25 @@ class InferenceService:
         for its refresh, still the registry's artifact: a request checks it so too), else from
         the registry, and never loaded for it, as Triton never loads a model for a metadata
         call: its config is then the one a load under way gives it, or the one any load without
-        a config (a request's, or RepositoryModelLoad's) would. Only a version the registry has no signature for is loaded
-        (where autoload allows), its signature being known only from its runtime.
+        a config (a request's, or RepositoryModelLoad's) would. Only a version the registry has
+        no signature for is loaded (where autoload allows), its signature being known only from
+        its runtime.
+        Without a version, a stale route is routed again as a request's is (REROUTE_ROUNDS).
         """
         model = target.model
         if target.version is not None:
             return self._describe(model, target.version)
-        for _ in range(_MAX_ROUTING_ROUNDS - 1):
+        for _ in range(REROUTE_ROUNDS):
             version = self.serving_versions(model)[0]
             try:
                 return self._describe(model, version)
             except NotFound:
                 # A stale route, cached or rewritten meanwhile, as for a request (autoload_routed).
                 self._forget_routes(model, version)
-        return self._describe(model, self.serving_versions(model)[0])
+        raise Unavailable(
+            f"the versions of model {model!r} changed while this metadata call was routed (the version "
+            "it was routed to last was deleted before it was read); retry it"
+        )
 
     def _describe(self, model: str, version: int) -> VersionDescription:
         ready = self.pool.get(model, version)

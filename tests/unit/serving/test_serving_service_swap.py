@@ -289,3 +289,14 @@ def test_a_request_routed_to_a_deleted_version_in_every_round_says_its_versions_
     _deleted_when_read(service, source, {4, 3, 2})
     with pytest.raises(Unavailable, match="changed while this request was routed"):
         _predict(service, Target("m"))
+
+
+def test_metadata_without_a_version_routed_to_a_deleted_version_in_every_round_says_its_versions_changed(
+    routed_to_latest: Callable[[int], tuple[InferenceService, Versions]],
+) -> None:
+    """It re-routed up to 5 rounds (a request 3), and its last answered NOT_FOUND for a version
+    it never named."""
+    service, source = routed_to_latest(4)
+    _deleted_when_read(service, source, {4, 3, 2})
+    with pytest.raises(Unavailable, match="changed while this metadata call was routed"):
+        service.describe(Target("m"))
