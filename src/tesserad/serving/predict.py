@@ -104,7 +104,8 @@ async def predict(
         if rerouted:
             raise Unavailable(
                 f"the versions of model {target.model!r} changed while this request was routed (the "
-                "version it was routed to last was deleted before it loaded); retry it"
+                "version it was routed to last was deleted, or no longer routed to, before it loaded); "
+                "retry it"
             )
         raise Unavailable(f"model {target.model!r} was unloaded while it loaded for this request; retry it")
     finally:

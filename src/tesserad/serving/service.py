@@ -468,15 +468,35 @@ class InferenceService:
         cached before a change not refreshed yet (its model deleted and created again, say), or
         rewritten by a refresh that ran between the routing and this load (the version deleted).
         The model's cached routes to it are dropped and the caller routes the request again,
-        rather than answer NOT_FOUND for a version the request did not name.
+        rather than answer NOT_FOUND for a version the request did not name. So too for a version
+        not loaded (NotLoaded, StillLoading) that the target no longer routes to in the source (a
+        stale route with autoload off): the request is answered for the version it routes to now.
         """
         try:
             return self.autoload(target.model, version)
         except NotFound:
             if target.version is not None:
                 raise
-            self._forget_routes(target.model, version)
+        except (NotLoaded, StillLoading):
+            if target.version is not None or self._still_routed(target, version):
+                raise
+        self._forget_routes(target.model, version)
         return None
+
+    def _still_routed(self, target: Target, version: int) -> bool:
+        """Whether a request for `target` (no version named) routes to `version` as the source
+        has it now, the route cache passed over (True where the source cannot tell now); NotFound
+        for a model or alias it no longer has."""
+        try:
+            if target.alias is None:
+                plan = self._source.deployment(target.model)
+                if plan is not None and plan.routes:
+                    return version in {routed for routed, _ in plan.routes}
+            return version == self._source.servable(target.model, None, target.alias or LATEST).version
+        except NotFound:
+            raise
+        except TesseraError:
+            return True
 
     def _forget_routes(self, model: str, version: int) -> None:
         """Drop `model`'s cached alias targets and deployment that route to `version` (the next

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 
 import grpc
 import numpy as np
+import pytest
 from serving_models import W, half_model, linear_model, predict_request, reshape_model, to_array, upload
 
 from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc
@@ -268,3 +269,45 @@ def test_metadata_before_the_refresh_describes_the_new_models_version(start_daem
             metadata = oip.ModelMetadata(oip_pb2.ModelMetadataRequest(name="described", version=version))
             assert list(metadata.versions) == ["1"]
             assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs] == [("x", "FP16", [-1, 2])]
+
+
+def _infer_request(model: str, x: np.ndarray) -> oip_pb2.ModelInferRequest:
+    request = oip_pb2.ModelInferRequest(model_name=model)
+    request.inputs.add(name="x", datatype="FP32", shape=x.shape)
+    request.raw_input_contents.append(x.tobytes())
+    return request
+
+
+def test_without_autoload_a_stale_route_is_answered_for_the_version_the_registry_names_now(
+    start_daemon,
+) -> None:
+    """A request without a version whose cached route named a version deleted since, before the
+    refresh, was answered that this version is not loaded: a version it never named."""
+    daemon = start_daemon(**{"serving.autoload": "false"})
+    channel = daemon.channel()
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    registry = registry_pb2_grpc.RegistryStub(channel)
+    oip = oip_grpc.GRPCInferenceServiceStub(channel)
+    for scale in (1.0, 2.0, 3.0):
+        upload(channel, "stale", linear_model(scale))
+    inference.LoadModel(
+        inference_pb2.LoadModelRequest(target=common_pb2.VersionRef(model="stale", version=1))
+    )
+    with contextlib.suppress(grpc.RpcError):
+        inference.Predict(predict_request("stale", X))  # routes `latest` to 3 (cached), not loaded
+    refreshes = HeldRefreshes(daemon.daemon.inference)
+    with refreshes.held_after("other", lambda: upload(channel, "other", linear_model(1.0))):
+        registry.DeleteVersion(registry_pb2.DeleteVersionRequest(model="stale", version=3))
+        for call in (
+            lambda: inference.Predict(predict_request("stale", X)),
+            lambda: oip.ModelInfer(_infer_request("stale", X)),
+        ):
+            with pytest.raises(grpc.RpcError) as refused:
+                call()
+            assert "version 2 is not loaded" in refused.value.details()
+            assert "version 3" not in refused.value.details()
+        registry.DeleteVersion(registry_pb2.DeleteVersionRequest(model="stale", version=2))
+        answer = inference.Predict(predict_request("stale", X))
+        assert answer.version == 1
+        np.testing.assert_allclose(to_array(answer.outputs[0]), X @ W, rtol=1e-6)
+        assert oip.ModelInfer(_infer_request("stale", X)).model_version == "1"
