@@ -309,7 +309,8 @@ class OpenInference:
         described = await asyncio.to_thread(self._service.describe, target_of(name, version))
         if version:
             return described, [described.version]
-        return described, self._service.pool.ready_versions(described.model) or [described.version]
+        ready = await asyncio.to_thread(self._service.ready_versions, described.model)
+        return described, ready or [described.version]
 
     def infer(
         self,

@@ -558,22 +558,32 @@ class InferenceService:
             ) from None
 
     def _still_registered(self, entry: LoadedVersion) -> bool:
-        """Whether `entry` is the artifact its source has under its number (checked only while
-        `_unchecked`); one that is not is unloaded, and NotFound raised for a version gone."""
+        """Whether `entry` is the artifact its source has under its number (see _registered); one
+        that is not is unloaded, and NotFound raised for a version gone."""
+        try:
+            if self._registered(entry):
+                return True
+        except NotFound:
+            self.pool.unload_replaced(entry)
+            raise
+        self.pool.unload_replaced(entry)
+        return False
+
+    def _registered(self, entry: LoadedVersion) -> bool:
+        """Whether `entry` is the artifact its source has under its number, NotFound for a version
+        gone; checked only while `_unchecked`, and changing nothing loaded (a metadata call's)."""
         if not self._unchecked(entry):
             return True
         changes = self._changes  # before the read: a change after it is checked again
         try:
             servable = self._source.servable(entry.model, entry.version, None)
         except NotFound:
-            self.pool.unload_replaced(entry)
             raise
         except TesseraError:
             # The source cannot tell now (a replica's primary out of reach): keep serving it, as
             # a refresh does.
             return True
         if servable.artifact_sha256 != entry.artifact_sha256:
-            self.pool.unload_replaced(entry)
             return False
         entry.checked_at_change = max(entry.checked_at_change, changes)
         return True
@@ -617,11 +627,11 @@ class InferenceService:
 
         Read from the pool when the version is loaded (and, while a change to its model waits
         for its refresh, still the registry's artifact: a request checks it so too), else from
-        the registry, and never loaded for it, as Triton never loads a model for a metadata
-        call: its config is then the one a load under way gives it, or the one any load without
-        a config (a request's, or RepositoryModelLoad's) would. Only a version the registry has
-        no signature for is loaded (where autoload allows), its signature being known only from
-        its runtime.
+        the registry. As Triton's metadata calls, it changes nothing loaded: a version replaced
+        or deleted is left to the refresh of its change to unload, and none is loaded for it; its
+        config is then the one a load under way gives it, or the one any load without a config (a
+        request's, or RepositoryModelLoad's) would. Only a version the registry has no signature
+        for is loaded (where autoload allows), its signature being known only from its runtime.
         Without a version, a stale route is routed again as a request's is (REROUTE_ROUNDS).
         """
         model = target.model
@@ -639,11 +649,25 @@ class InferenceService:
             "it was routed to last was deleted before it was read); retry it"
         )
 
+    def ready_versions(self, model: str) -> list[int]:
+        """The versions of `model` ready to serve as what the source has under their numbers: one
+        it replaced or deleted since, not unloaded yet by the refresh of that change, is left out
+        (checked as describe checks, changing nothing loaded)."""
+        ready = []
+        for version in self.pool.ready_versions(model):
+            entry = self.pool.get(model, version)
+            try:
+                if entry is not None and self._registered(entry):
+                    ready.append(version)
+            except NotFound:
+                continue
+        return ready
+
     def _describe(self, model: str, version: int) -> VersionDescription:
         ready = self.pool.get(model, version)
         # Checked as a request checks it (autoload): a version replaced since its model's change,
         # not refreshed yet, does not describe what a request would be served by.
-        if ready is not None and ready.signature is not None and self._still_registered(ready):
+        if ready is not None and ready.signature is not None and self._registered(ready):
             return VersionDescription(model, version, ready.signature, ready.config)
         servable = self._source.servable(model, version, None)  # NotFound for a version that does not exist
         if servable.signature is None:
@@ -651,7 +675,12 @@ class InferenceService:
             assert loaded.signature is not None
             return VersionDescription(model, version, loaded.signature, loaded.config)
         listed = self._listed(model, version)
-        if listed is not None and listed.state is not LoadState.FAILED:
+        if (
+            listed is not None
+            and listed.state is not LoadState.FAILED
+            # Not a replaced artifact's, still listed: a request loads the new one with the defaults.
+            and listed.artifact_sha256 == servable.artifact_sha256
+        ):
             config = listed.config
         else:
             config = effective_config(ServingConfig(), self.pool.defaults, servable.format)

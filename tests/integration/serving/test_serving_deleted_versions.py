@@ -5,8 +5,11 @@ its model is deleted and registered again under its number."""
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 
@@ -311,3 +314,40 @@ def test_without_autoload_a_stale_route_is_answered_for_the_version_the_registry
         assert answer.version == 1
         np.testing.assert_allclose(to_array(answer.outputs[0]), X @ W, rtol=1e-6)
         assert oip.ModelInfer(_infer_request("stale", X)).model_version == "1"
+
+
+def test_metadata_unloads_nothing_the_registry_replaced(start_daemon) -> None:
+    """ModelMetadata (gRPC and HTTP) unloaded a loaded version replaced or deleted before the
+    refresh of its change, as a request does: a metadata call changes nothing loaded (Triton's
+    neither); the refresh unloads it."""
+    daemon = start_daemon(**{"serving.oip_http_listen": "127.0.0.1:0"})
+    channel = daemon.channel()
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    registry = registry_pb2_grpc.RegistryStub(channel)
+    oip = oip_grpc.GRPCInferenceServiceStub(channel)
+    base = f"http://127.0.0.1:{daemon.daemon.oip_http_port}/v2/models"
+    for model in ("replaced", "deleted"):
+        upload(channel, model, linear_model(1.0))
+        assert inference.Predict(predict_request(model, X)).version == 1
+    refreshes = HeldRefreshes(daemon.daemon.inference)
+    with refreshes.held_after("other", lambda: upload(channel, "other", linear_model(1.0))):
+        registry.DeleteModel(registry_pb2.DeleteModelRequest(name="replaced"))
+        assert upload(channel, "replaced", half_model()) == 1
+        upload(channel, "deleted", linear_model(2.0))
+        registry.DeleteVersion(registry_pb2.DeleteVersionRequest(model="deleted", version=1))
+        for version in ("1", ""):
+            metadata = oip.ModelMetadata(oip_pb2.ModelMetadataRequest(name="replaced", version=version))
+            assert [(t.name, t.datatype) for t in metadata.inputs] == [("x", "FP16")]
+        with urllib.request.urlopen(f"{base}/replaced/versions/1", timeout=30) as response:
+            assert json.loads(response.read())["inputs"][0]["datatype"] == "FP16"
+        with pytest.raises(grpc.RpcError) as refused:
+            oip.ModelMetadata(oip_pb2.ModelMetadataRequest(name="deleted", version="1"))
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(urllib.error.HTTPError) as gone:
+            urllib.request.urlopen(f"{base}/deleted/versions/1", timeout=30)
+        assert gone.value.code == 404
+        assert 1 in _loaded(inference, "replaced")
+        assert 1 in _loaded(inference, "deleted")
+        refreshes.release_and_wait("replaced", "deleted")
+    assert 1 not in _loaded(inference, "replaced")
+    assert 1 not in _loaded(inference, "deleted")
