@@ -63,6 +63,11 @@ _MAX_ROUTING_ROUNDS = 5
 # was deleted or unloaded before it was loaded or read, is routed again this many times in all
 # before it fails UNAVAILABLE: more means its model's versions change faster than calls find one.
 REROUTE_ROUNDS = 3
+# After the source failed to say whether a loaded version is still registered (the registry, or
+# a replica's primary, out of reach or slow), requests for its model are served without asking
+# it again for this long (seconds): one read of it a model per interval, not one a request. A
+# registry change of the model asks again at once.
+SOURCE_RETRY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -220,9 +225,11 @@ class InferenceService:
         autoload: bool,
         explain_limits: ExplainLimits | None = None,
         calls: CallCounter | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.pool = pool
         self._source = source
+        self._clock = clock
         # Requests inside serving.predict on the daemon's event loop (touched only there), and the
         # calls the daemon's server began (counted by its API layer): predict's signs of load.
         self.in_flight = 0
@@ -243,6 +250,9 @@ class InferenceService:
         # change (LoadedVersion.checked_at_change) may be a deleted one's, and is checked before
         # it answers (see autoload).
         self._unsettled: dict[str, int] = {}
+        # model -> when (self._clock) requests may ask the source again whether its loaded
+        # versions are still registered, after it failed to say (see SOURCE_RETRY_S).
+        self._source_retry_at: dict[str, float] = {}
         self._cache_lock = threading.Lock()
         self._shadows: dict[str, deque[ShadowResult]] = {}
         # Swaps run one at a time, off the registry's commit path.
@@ -574,19 +584,36 @@ class InferenceService:
         gone; checked only while `_unchecked`, and changing nothing loaded (a metadata call's)."""
         if not self._unchecked(entry):
             return True
+        model = entry.model
+        with self._cache_lock:
+            retry_at = self._source_retry_at.get(model)
+            if retry_at is not None:
+                now = self._clock()
+                if now < retry_at:
+                    return True  # the source failed to say lately: served as when it fails
+                # This request asks it; the others meanwhile are served as above.
+                self._source_retry_at[model] = now + SOURCE_RETRY_S
         changes = self._changes  # before the read: a change after it is checked again
         try:
-            servable = self._source.servable(entry.model, entry.version, None)
+            servable = self._source.servable(model, entry.version, None)
         except NotFound:
+            self._source_answered(model)
             raise
         except TesseraError:
             # The source cannot tell now (a replica's primary out of reach): keep serving it, as
             # a refresh does.
+            with self._cache_lock:
+                self._source_retry_at[model] = self._clock() + SOURCE_RETRY_S
             return True
+        self._source_answered(model)
         if servable.artifact_sha256 != entry.artifact_sha256:
             return False
         entry.checked_at_change = max(entry.checked_at_change, changes)
         return True
+
+    def _source_answered(self, model: str) -> None:
+        with self._cache_lock:
+            self._source_retry_at.pop(model, None)
 
     def _listed(self, model: str, version: int) -> LoadedVersion | None:
         """The version as the pool lists it (loading, ready, draining or failed), or None."""
@@ -876,6 +903,8 @@ class InferenceService:
         with self._cache_lock:
             self._changes += 1
             self._unsettled[model] = self._changes
+            # News from the source: a request asks it again at once whether its version is current.
+            self._source_retry_at.pop(model, None)
         with self._refresh_lock:
             if model in self._refresh_queued:
                 return

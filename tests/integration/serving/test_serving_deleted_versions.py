@@ -19,9 +19,10 @@ import pytest
 from serving_models import W, half_model, linear_model, predict_request, reshape_model, to_array, upload
 
 from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc
+from tesserad.errors import Unavailable
 from tesserad.oip import grpc_service_pb2 as oip_pb2
 from tesserad.oip import grpc_service_pb2_grpc as oip_grpc
-from tesserad.serving.service import InferenceService
+from tesserad.serving.service import SOURCE_RETRY_S, InferenceService
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
 
@@ -351,3 +352,45 @@ def test_metadata_unloads_nothing_the_registry_replaced(start_daemon) -> None:
         refreshes.release_and_wait("replaced", "deleted")
     assert 1 not in _loaded(inference, "replaced")
     assert 1 not in _loaded(inference, "deleted")
+
+
+def test_while_the_registry_cannot_be_read_requests_read_it_once_an_interval(
+    start_daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the refresh of a change kept failing (the registry unreadable), each request read the
+    registry to check its loaded version; once readable, the artifact it replaced never answers."""
+    daemon = start_daemon()
+    channel = daemon.channel()
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    registry = registry_pb2_grpc.RegistryStub(channel)
+    upload(channel, "unreadable", linear_model(1.0))
+    assert inference.Predict(predict_request("unreadable", X)).version == 1  # `latest` cached
+    now = [0.0]
+    monkeypatch.setattr(daemon.daemon.inference, "_clock", lambda: now[0])
+    resolve = daemon.daemon.registry.resolve
+    reads: list[int | None] = []
+    failing = threading.Event()
+
+    def unreadable(model: str, version: int | None = None, alias: str | None = None) -> object:
+        if model == "unreadable":
+            reads.append(version)
+            if failing.is_set():
+                raise Unavailable("the registry's store cannot be read")
+        return resolve(model, version, alias)
+
+    monkeypatch.setattr(daemon.daemon.registry, "resolve", unreadable)
+    refreshes = HeldRefreshes(daemon.daemon.inference)
+    with refreshes.held_after("other", lambda: upload(channel, "other", linear_model(1.0))):
+        registry.DeleteModel(registry_pb2.DeleteModelRequest(name="unreadable"))
+        assert upload(channel, "unreadable", linear_model(3.0)) == 1
+        failing.set()
+        refreshes.release_and_wait("unreadable")  # it failed: `latest` could not be read
+    reads.clear()
+    for _ in range(5):  # the registry cannot say it was replaced: served as it is
+        answer = inference.Predict(predict_request("unreadable", X, version=1))
+        np.testing.assert_allclose(to_array(answer.outputs[0]), X @ W, rtol=1e-6)
+    assert reads == [1]
+    failing.clear()
+    now[0] += SOURCE_RETRY_S
+    answer = inference.Predict(predict_request("unreadable", X, version=1))
+    np.testing.assert_allclose(to_array(answer.outputs[0]), X @ W * 3, rtol=1e-6)

@@ -300,3 +300,98 @@ def test_metadata_without_a_version_routed_to_a_deleted_version_in_every_round_s
     _deleted_when_read(service, source, {4, 3, 2})
     with pytest.raises(Unavailable, match="changed while this metadata call was routed"):
         service.describe(Target("m"))
+
+
+class UnreadableVersions(Versions):
+    """Versions whose reads fail (Unavailable, a registry out of reach) while `failing` is set;
+    `reads` counts the reads of a version by its number."""
+
+    def __init__(self, versions: dict[int, ServableVersion]) -> None:
+        super().__init__(versions)
+        self.failing = False
+        self.reads = 0
+
+    def servable(self, model: str, version: int | None, alias: str | None) -> ServableVersion:
+        if version is not None:
+            self.reads += 1
+        if self.failing:
+            raise Unavailable("the registry cannot be reached")
+        return super().servable(model, version, alias)
+
+
+def test_while_the_source_fails_requests_ask_it_once_an_interval_and_follow_it_once_readable(
+    linear_onnx: Path,
+) -> None:
+    """While a change's refresh kept failing, each request read the source to check its loaded
+    version; it may still never answer from an artifact the source, readable again, replaced."""
+    source = UnreadableVersions({1: servable_file("m", 1, "onnx", linear_onnx, artifact_sha256="old")})
+    now = [0.0]
+    service = InferenceService(
+        source,
+        ModelPool(ServingDefaults(intra_op_threads=1), None),
+        autoload=True,
+        clock=lambda: now[0],
+    )
+    refreshed = threading.Event()
+    service.add_deletion_listener(lambda model, identity: None, lambda model: refreshed.set())
+    try:
+        assert _predict(service, Target("m")) == 1  # loaded, and `latest` cached
+        source.failing = True
+        service.on_registry_change("m")
+        assert refreshed.wait(30)  # it failed: `latest` could not be read
+        source.reads = 0
+        for _ in range(5):
+            assert _predict(service, Target("m")) == 1
+        assert source.reads == 1
+        now[0] += service_module.SOURCE_RETRY_S
+        assert _predict(service, Target("m")) == 1
+        assert source.reads == 2
+        # Readable again, with another artifact under the number: the old one never answers again.
+        source.versions[1] = servable_file("m", 1, "onnx", linear_onnx, artifact_sha256="new")
+        source.failing = False
+        now[0] += service_module.SOURCE_RETRY_S
+        assert _predict(service, Target("m")) == 1
+        loaded = service.pool.get("m", 1)
+        assert loaded is not None and loaded.artifact_sha256 == "new"
+    finally:
+        service.close()
+
+
+def test_a_change_asks_a_source_that_failed_again_at_once(linear_onnx: Path) -> None:
+    """A change committed is news from the source: before its refresh, a request checks its
+    version against the source, though the source failed within the interval."""
+    source = UnreadableVersions({1: servable_file("m", 1, "onnx", linear_onnx, artifact_sha256="old")})
+    service = InferenceService(
+        source,
+        ModelPool(ServingDefaults(intra_op_threads=1), None),
+        autoload=True,
+        clock=lambda: 0.0,
+    )
+    refreshed = threading.Event()
+    holding = threading.Event()
+    refreshes_released = threading.Event()
+
+    def kept(model: str) -> None:
+        refreshed.set()
+        if model == "other":  # holds every refresh queued after its own
+            holding.set()
+            assert refreshes_released.wait(30)
+
+    service.add_deletion_listener(lambda model, identity: None, kept)
+    try:
+        assert _predict(service, Target("m")) == 1
+        source.failing = True
+        service.on_registry_change("m")
+        assert refreshed.wait(30)
+        assert _predict(service, Target("m")) == 1  # the source failed to say: served
+        service.on_registry_change("other")
+        assert holding.wait(30)
+        source.versions[1] = servable_file("m", 1, "onnx", linear_onnx, artifact_sha256="new")
+        source.failing = False
+        service.on_registry_change("m")  # its refresh waits
+        assert _predict(service, Target("m")) == 1
+        loaded = service.pool.get("m", 1)
+        assert loaded is not None and loaded.artifact_sha256 == "new"
+    finally:
+        refreshes_released.set()
+        service.close()
