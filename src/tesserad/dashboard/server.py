@@ -27,12 +27,12 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(str(resources.files("tesserad.dashboard") / "static"))
 PAGES = ("jobs", "runs", "sweeps", "models", "serving", "system")
 
+# A subclass not listed (NotLoaded, StillLoading) answers as its parent (see http_status_for).
 HTTP_STATUS_BY_ERROR: dict[type[errors.TesseraError], int] = {
     errors.InvalidArgument: 400,
     errors.NotFound: 404,
     errors.AlreadyExists: 409,
     errors.FailedPrecondition: 409,
-    errors.NotLoaded: 409,
     errors.ResourceExhausted: 429,
     errors.DataLoss: 500,
     errors.Unauthenticated: 401,
@@ -40,7 +40,6 @@ HTTP_STATUS_BY_ERROR: dict[type[errors.TesseraError], int] = {
     errors.DeadlineExceeded: 504,
     errors.Cancelled: 499,
     errors.Unavailable: 503,
-    errors.StillLoading: 503,
     errors.Unimplemented: 501,
     errors.Internal: 500,
 }
