@@ -83,3 +83,18 @@ def test_an_id_or_name_not_found_says_where_they_are_listed(tessera_cli, words, 
 def test_the_sdk_keeps_the_api_words(client):
     with pytest.raises(tessera.NotFound, match="create it with CreateModel"):
         client.models.get("absent")
+
+
+@pytest.mark.parametrize("group", ["models", "datasets", "experiments"])
+def test_a_prefix_no_name_can_start_with_names_the_flag_typed(tessera_cli, group):
+    """The daemon names the request field (name_prefix); the user typed --prefix."""
+    refused = tessera_cli(group, "ls", "--prefix", "A!")
+    assert refused.code == EXIT_DAEMON
+    assert "INVALID_ARGUMENT: --prefix 'A!' can start no name, so it would match nothing" in refused.err
+    assert "name_prefix" not in refused.err
+
+
+def test_the_sdk_keeps_the_request_field_of_a_refused_prefix(client):
+    with pytest.raises(tessera.InvalidArgument) as refused:
+        list(client.models.list(prefix="A!"))
+    assert "name_prefix 'A!' can start no name" in refused.value.message

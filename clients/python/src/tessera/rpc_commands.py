@@ -78,8 +78,10 @@ _RPC_WORD = re.compile(
 FLAG_BY_FIELD: dict[str, str] = {
     "allow_nonfinite": "`tessera datasets push --allow-nonfinite`",
     "force": "--force",
+    # Every list the CLI filters by a name prefix (models, datasets, experiments ls) sends it here.
+    "name_prefix": "--prefix",
 }
-"""Request field a daemon message tells the caller to set -> the flag that sets it."""
+"""Request field a daemon message names (one to set, or one it refused) -> the flag that sets it."""
 
 _FIELD_WORD = re.compile(rf"\b({'|'.join(FLAG_BY_FIELD)})\b")
 
