@@ -72,6 +72,10 @@ class ServingState:
     aliases: dict[str, int]
     deployment: DeploymentRecord | None
     versions: tuple[VersionRecord, ...]
+    # When the model was created: a model deleted and created again is another model, though its
+    # versions, aliases and deployment may number as the old one's did. 0.0 in a change recorded
+    # before changes carried it.
+    created_at: float
 
 
 @dataclass(frozen=True)
@@ -123,7 +127,9 @@ def read_state(registry: Registry, model: str) -> ServingState | None:
             versions.append(serving_version(registry.get_version(model, number)))
         except NotFound:
             continue  # deleted since the model was read: the next change says so
-    return ServingState(record.latest_version, record.version_count, aliases, deployment, tuple(versions))
+    return ServingState(
+        record.latest_version, record.version_count, aliases, deployment, tuple(versions), record.created_at
+    )
 
 
 def serving_version(record: VersionRecord) -> VersionRecord:
@@ -150,6 +156,7 @@ def _head(state: ServingState) -> dict[str, Any]:
         "version_count": state.version_count,
         "aliases": state.aliases,
         "deployment": asdict(deployment) if deployment is not None else None,
+        "created_at": state.created_at,
     }
 
 
@@ -162,6 +169,12 @@ def _kinds(before: dict[str, Any] | None, after: dict[str, Any] | None) -> tuple
     if after is None:
         return () if before is None else (MODEL_DELETED,)
     kinds = []
+    # A head written before heads kept created_at cannot tell; the model's next change records it.
+    if before is not None and before.get("created_at", after["created_at"]) != after["created_at"]:
+        # Deleted and created again since its previous change (commits the feed read as one, or
+        # made before a crash): compared with the old model's head it might not differ at all.
+        kinds.append(MODEL_DELETED)
+        before = None
     if before is None:
         kinds.append(MODEL_CREATED)
         before = _NO_MODEL
@@ -232,6 +245,7 @@ def _decode_change(event: JobEvent) -> RegistryChange:
                 serving_version(decode_version(encode_record(VERSION_KIND, SCHEMA, v)))
                 for v in state["versions"]
             ),
+            created_at=state.get("created_at", 0.0),
         ),
     )
 

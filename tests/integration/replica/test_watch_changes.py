@@ -10,6 +10,9 @@ from serving_models import linear_model, upload
 
 from tessera.v1 import common_pb2, registry_pb2_grpc
 from tessera.v1 import registry_pb2 as pb
+from tesserad.registry import Registry
+from tesserad.server import STORE_TABLES
+from tesserad.store import BlobStore, Store
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.registry.conftest import onnx_header, onnx_identity
 from tests.integration.registry.conftest import upload as registry_upload
@@ -143,6 +146,45 @@ def test_changes_survive_a_restart_and_numbering_goes_on(data_dir, spawn_daemon)
     with grpc.insecure_channel(second.wait_serving()) as channel:
         upload(channel, "linear", linear_model(2.0))
         assert [(c.seq, c.state.latest_version) for c in _changes(channel, 1, 2)] == [(1, 1), (2, 2)]
+
+
+def test_a_model_made_again_with_the_same_numbers_is_a_change(data_dir) -> None:
+    """A model deleted and made again, its versions, aliases and deployment numbered as before,
+    in commits the feed did not record one by one (here: made while no daemon ran, as after a
+    crash between commit and record) was no change: the head compared equal, and a follower
+    kept serving the deleted version 1's artifact for the new version 1."""
+    daemon = InProcessDaemon(daemon_settings(data_dir)).start()
+    try:
+        upload(daemon.channel(), "linear", linear_model(1.0))
+        old = _changes(daemon.channel(), 1, 1)[0].state.versions[0].sha256
+    finally:
+        daemon.stop()
+    store = Store.open(data_dir / "store", map_size=2**30, tables=STORE_TABLES)
+    try:
+        blobs = BlobStore(data_dir / "blobs")
+        registry = Registry(store, blobs, max_artifact_size=1 << 30, deployment_history=100)
+        registry.delete_model("linear")
+        registry.register_version(
+            "linear", format="onnx", blob=blobs.put_bytes(linear_model(2.0)), create_model_if_missing=True
+        )
+        registry.close()
+    finally:
+        store.close()
+
+    daemon = InProcessDaemon(daemon_settings(data_dir)).start()
+    try:
+        assert _first(daemon.channel(), 2, 1) == ["change 2"]
+        change = _changes(daemon.channel(), 2, 1)[0]
+        assert list(change.kinds) == [
+            pb.CHANGE_KIND_MODEL_DELETED,
+            pb.CHANGE_KIND_MODEL_CREATED,
+            pb.CHANGE_KIND_VERSION_REGISTERED,
+        ]
+        assert change.state.latest_version == 1
+        assert [v.version for v in change.state.versions] == [1]
+        assert change.state.versions[0].sha256 not in ("", old)
+    finally:
+        daemon.stop()
 
 
 def test_changes_past_the_history_are_compacted_to_each_models_newest(tmp_path) -> None:

@@ -2002,11 +2002,16 @@ class RegistryChange(_message.Message):
     def time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def kinds(self) -> _containers.RepeatedScalarFieldContainer[Global___ChangeKind.ValueType]:
-        """What changed since the model's previous change."""
+        """What changed since the model's previous change. A model deleted and created again since then
+        has MODEL_DELETED then MODEL_CREATED (and what its new state registers, aliases or deploys):
+        its versions are not the old ones, though they may number alike.
+        """
 
     @_builtins.property
     def state(self) -> Global___ModelServingState:
-        """The model's serving state after the change; unset when the model was deleted."""
+        """The model's serving state after the change; unset when the model was deleted (and not
+        created again).
+        """
 
     def __init__(
         self,
