@@ -467,7 +467,8 @@ class Follower:
             if response.HasField("change"):
                 change = response.change
                 state = followed_model(change.state) if change.HasField("state") else None
-                self._followed.apply(change.seq, change.model, state)
+                created = pb.CHANGE_KIND_MODEL_CREATED in change.kinds
+                self._followed.apply(change.seq, change.model, state, created)
                 self._inference.on_registry_change(change.model)
             elif self._ready:
                 # Back after losing the primary: what failed to load meanwhile is tried again

@@ -59,10 +59,8 @@ class FollowedRegistry:
         self._fetch_version = fetch_version
         self._lock = threading.Lock()
         self._models: dict[str, FollowedModel] = {}
-        # A number for each model, new whenever the feed gives a model it did not have: the feed
-        # tells a model deleted and created again by its deletion, unless the two changes were
-        # merged before this replica read them (then the model keeps its number: its trace
-        # settings stay; serving still tells the new versions by their artifacts' sha256).
+        # A number for each model, new whenever the feed gives a model it did not have, or says
+        # a model it has was created (deleted and created again, the two in one change).
         self._incarnations: dict[str, int] = {}
         self._last_incarnation = 0
         # Versions fetched on demand; a change to their model drops them (it may delete them).
@@ -72,13 +70,14 @@ class FollowedRegistry:
         # what a caller asking for a model this replica does not hold is told.
         self.refused: TesseraError | None = None
 
-    def apply(self, seq: int, model: str, state: FollowedModel | None) -> None:
+    def apply(self, seq: int, model: str, state: FollowedModel | None, created: bool = False) -> None:
+        """`created`: the change says the model was created since its previous change."""
         with self._lock:
             if state is None:
                 self._models.pop(model, None)
                 self._incarnations.pop(model, None)
             else:
-                if model not in self._models:
+                if created or model not in self._models:
                     self._last_incarnation += 1
                     self._incarnations[model] = self._last_incarnation
                 self._models[model] = state

@@ -80,3 +80,12 @@ def test_a_model_created_again_after_its_deletion_is_told_from_the_one_before(
         followed.model_identity("m")
     followed.apply(5, "m", FollowedModel(1, {}, None, {1: record(1)}))
     assert followed.model_identity("m") != first
+
+
+def test_a_model_created_again_in_one_change_is_told_from_the_one_before(followed: FollowedRegistry) -> None:
+    """The feed gives a model's deletion and its creation again as one change (MODEL_CREATED for
+    a model this replica holds) when the primary recorded them as one, or compacted the deletion
+    away before this replica read it."""
+    first = followed.model_identity("m")
+    followed.apply(3, "m", FollowedModel(1, {}, None, {1: record(1)}), created=True)
+    assert followed.model_identity("m") != first
