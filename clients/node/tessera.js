@@ -2,6 +2,8 @@
 // A small Node.js client for tesserad. It loads the .proto contract from protos/ at run time,
 // so it always speaks the same API as the daemon built from this checkout.
 
+const crypto = require('node:crypto');
+const fs = require('node:fs');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
@@ -50,6 +52,10 @@ function enumValue(typeName, given, label) {
 // milliseconds above 0 is refused before anything is sent (0 took the default through `||`, and
 // a negative one failed at once with a bare DEADLINE_EXCEEDED).
 const DEFAULT_TIMEOUT_MS = 30000;
+// Streams that move files or many metric points: an hour, as the Python SDK's transfer_timeout.
+const DEFAULT_TRANSFER_TIMEOUT_MS = 3600000;
+// An upload's chunk, as the Python SDK's (the daemon takes messages up to 4 MiB).
+const CHUNK_BYTES = 1 << 20;
 const MAX_TIMEOUT_MS = 1e12;
 
 function timeoutMs(value, fallback) {
@@ -201,9 +207,7 @@ class Client {
   // values by their full or short names ('TASK_REGRESSION' or 'regression'); a field or enum
   // name the proto does not have is refused before sending. Resolves to the Job.
   async submitJob(spec, { timeoutMs: timeout } = {}) {
-    const { requestSerialize, requestDeserialize } = this.training.SubmitJob;
-    const request = checked({ spec }, requestDeserialize(requestSerialize({ spec })), '');
-    return this.call(this.training, 'SubmitJob', request, timeout);
+    return this.call(this.training, 'SubmitJob', checkedRequest(this.training.SubmitJob, { spec }), timeout);
   }
 
   async getJob(jobId, { timeoutMs: timeout } = {}) {
@@ -388,6 +392,189 @@ class Client {
     return history;
   }
 
+  // Soft deletes, as MLflow's: a deleted experiment (with its runs) or run is hidden from lists
+  // and refuses new runs, params and metrics, and keeps its data until restored. Each resolves to
+  // the Experiment or Run; a repeat changes nothing.
+  async deleteExperiment(name, { timeoutMs: timeout } = {}) {
+    return this.call(this.training, 'DeleteExperiment', { name }, timeout);
+  }
+
+  // Brings back the experiment and the runs its deletion deleted (not those deleted one by one).
+  async restoreExperiment(name, { timeoutMs: timeout } = {}) {
+    return this.call(this.training, 'RestoreExperiment', { name }, timeout);
+  }
+
+  async deleteRun(runId, { timeoutMs: timeout } = {}) {
+    return this.call(this.training, 'DeleteRun', { run_id: runId }, timeout);
+  }
+
+  // FAILED_PRECONDITION while the run's experiment is deleted (restoreExperiment restores both).
+  async restoreRun(runId, { timeoutMs: timeout } = {}) {
+    return this.call(this.training, 'RestoreRun', { run_id: runId }, timeout);
+  }
+
+  // Many steps' metrics over one LogMetricsStream call: `steps` yields [step, { key: number }]
+  // in order (an array, a generator or an async generator), sent in batches of batchPoints
+  // points. Resolves to the points accepted. The daemon stores the batches in order, each whole
+  // or not at all; when one fails the TesseraError says how many points are stored and up to
+  // which step (storedPoints, lastStoredStep), none after them: resend from there (a stored
+  // point sent again changes nothing). timeoutMs bounds the whole stream (default an hour).
+  async logMetricsStream(runId, steps, { batchPoints = 1000, timeoutMs: timeout } = {}) {
+    if (!Number.isSafeInteger(batchPoints) || batchPoints < 1) {
+      throw new RangeError(`batchPoints must be a whole number >= 1, got ${String(batchPoints)}`);
+    }
+    const deadline = new Date(Date.now() + timeoutMs(timeout, DEFAULT_TRANSFER_TIMEOUT_MS));
+    const sent = [];
+    const call = clientStream(this.training, 'LogMetricsStream', this.metadata, deadline);
+    const send = (points) => {
+      sent.push(points);
+      return call.send({ run_id: runId, points });
+    };
+    try {
+      let batch = [];
+      for await (const item of steps) {
+        if (call.answered) break;
+        if (!Array.isArray(item) || item.length !== 2) {
+          throw new TypeError(`steps must yield [step, { key: value }], got ${JSON.stringify(item)}`);
+        }
+        const [step, metrics] = item;
+        wholeNumber('step', step);
+        for (const [key, value] of Object.entries(metrics)) {
+          batch.push({ key, value: metricValue(key, value), step });
+          if (batch.length === batchPoints) {
+            await send(batch);
+            batch = [];
+          }
+        }
+      }
+      if (batch.length) await send(batch);
+    } catch (err) {
+      call.stream.cancel();
+      throw err;
+    }
+    call.stream.end();
+    try {
+      return (await call.response).accepted;
+    } catch (err) {
+      throw streamFailure(err, sent);
+    }
+  }
+
+  // Run artifacts (MLflow's log_artifact): the file at localPath stored with the run under the
+  // directory artifactPath ('plots'; undefined: the top) with the file's own name. Streamed in
+  // chunks after a header with its size and sha256, which the daemon checks: an upload cut short
+  // stores nothing. Storing to a path again replaces what was there. Resolves to the RunArtifact.
+  async uploadArtifact(runId, localPath, { artifactPath, chunkSize = CHUNK_BYTES, timeoutMs: timeout } = {}) {
+    if (!Number.isSafeInteger(chunkSize) || chunkSize < 1) {
+      throw new RangeError(`chunkSize must be a whole number of bytes >= 1, got ${String(chunkSize)}`);
+    }
+    const deadline = new Date(Date.now() + timeoutMs(timeout, DEFAULT_TRANSFER_TIMEOUT_MS));
+    const name = path.basename(localPath);
+    const artifact = artifactPath ? `${artifactPath.replace(/\/$/, '')}/${name}` : name;
+    const { sha256, size } = await fileDigest(localPath);
+    const call = clientStream(this.training, 'UploadRunArtifact', this.metadata, deadline);
+    try {
+      await call.send({ header: { run_id: runId, path: artifact, sha256, size_bytes: size } });
+      for await (const chunk of fs.createReadStream(localPath, { highWaterMark: chunkSize })) {
+        if (call.answered) break;
+        await call.send({ chunk });
+      }
+    } catch (err) {
+      call.stream.cancel();
+      throw err;
+    }
+    call.stream.end();
+    return call.response;
+  }
+
+  // A run's artifacts in path order: every one, or those under the directory `path`.
+  async listArtifacts(runId, { path: under = '', timeoutMs: timeout } = {}) {
+    return this.pages(this.training, 'ListRunArtifacts', { run_id: runId, path: under }, 'artifacts', timeout);
+  }
+
+  // The artifact at `artifactPath` written to `dst` (a file; or a directory that exists, or a path
+  // ending in '/', to put it in under its own name; default: the current directory), checked
+  // against the header's size and sha256 before it takes the file's place: a download that fails
+  // leaves what was there. overwrite: false refuses a file already there (EEXIST) before the call.
+  // Resolves to { artifact (the RunArtifact), file (where it was written) }.
+  async downloadArtifact(runId, artifactPath, dst = '.', { overwrite = true, timeoutMs: timeout } = {}) {
+    const deadline = new Date(Date.now() + timeoutMs(timeout, DEFAULT_TRANSFER_TIMEOUT_MS));
+    if (dst.endsWith('/')) fs.mkdirSync(dst, { recursive: true });
+    const isDir = fs.existsSync(dst) && fs.statSync(dst).isDirectory();
+    const file = isDir ? path.join(dst, path.posix.basename(artifactPath)) : dst;
+    if (!overwrite && fs.existsSync(file)) {
+      throw Object.assign(new Error(`${file} exists; not overwritten (overwrite: false)`), { code: 'EEXIST' });
+    }
+    const partial = `${file}.partial-${process.pid}`;
+    const stream = this.training.DownloadRunArtifact({ run_id: runId, path: artifactPath }, this.metadata, { deadline });
+    const out = await fs.promises.open(partial, 'w');
+    const hash = crypto.createHash('sha256');
+    let header;
+    let received = 0;
+    try {
+      try {
+        for await (const message of stream) {
+          if (message.part === 'header') {
+            header = message.header;
+          } else {
+            hash.update(message.chunk);
+            received += message.chunk.length;
+            await out.write(message.chunk);
+          }
+        }
+      } catch (err) {
+        throw new TesseraError(err);
+      }
+      await out.close();
+      const digest = hash.digest('hex');
+      if (!header || received !== header.size_bytes || digest !== header.sha256) {
+        const expected = header ? `${header.size_bytes} bytes, sha256 ${header.sha256}` : 'a header first';
+        throw new Error(`artifact ${artifactPath}: received ${received} bytes, sha256 ${digest}; expected ${expected}`);
+      }
+      fs.renameSync(partial, file);
+      return { artifact: header, file };
+    } finally {
+      stream.cancel();
+      await out.close();
+      fs.rmSync(partial, { force: true });
+    }
+  }
+
+  // Hyperparameter sweeps: many jobs from one base spec. spec: a SweepSpec
+  // (protos/tessera/v1/training.proto) with its field names, enum values by their full or short
+  // names ('SWEEP_STRATEGY_GRID' or 'grid'), checked as submitJob's. Resolves to the Sweep.
+  async submitSweep(spec, { timeoutMs: timeout } = {}) {
+    return this.call(this.training, 'SubmitSweep', checkedRequest(this.training.SubmitSweep, { spec }), timeout);
+  }
+
+  // A sweep with its trials (each trial's job_id, params, state and metric) and best_job_id.
+  async getSweep(sweepId, { timeoutMs: timeout } = {}) {
+    return this.call(this.training, 'GetSweep', { sweep_id: sweepId }, timeout);
+  }
+
+  // Every sweep, following page tokens.
+  async listSweeps({ timeoutMs: timeout } = {}) {
+    return this.pages(this.training, 'ListSweeps', {}, 'sweeps', timeout);
+  }
+
+  // Stores the sweep CANCELLED, then cancels its trials' jobs; a trial whose job could not be
+  // cancelled is named in the TesseraError, though the sweep is CANCELLED (getSweep shows it).
+  async cancelSweep(sweepId, { timeoutMs: timeout } = {}) {
+    return this.call(this.training, 'CancelSweep', { sweep_id: sweepId }, timeout);
+  }
+
+  // Deletes a model with its versions; force: even when aliases or a deployment point into it
+  // (they go too). Resolves to the number of versions deleted. There is no restore.
+  async deleteModel(name, { force = false, timeoutMs: timeout } = {}) {
+    const response = await this.call(this.registry, 'DeleteModel', { name, force }, timeout);
+    return response.deleted_versions;
+  }
+
+  // Deletes one version of a model (FAILED_PRECONDITION while an alias points at it).
+  async deleteVersion(model, version, { timeoutMs: timeout } = {}) {
+    await this.call(this.registry, 'DeleteVersion', { model, version: wholeNumber('version', version) }, timeout);
+  }
+
   close() {
     this.registry.close();
   }
@@ -402,6 +589,13 @@ const DEFAULT_RECONNECTS = 5;
 function backoffMs(failure) {
   const ceiling = Math.min(2000, 100 * 2 ** (failure - 1));
   return ceiling / 2 + Math.random() * (ceiling / 2);
+}
+
+// `request` as the daemon will read it, refused (RangeError) where proto-loader would drop a field
+// or send an enum value as unspecified: see `checked`.
+function checkedRequest(method, request) {
+  const { requestSerialize, requestDeserialize } = method;
+  return checked(request, requestDeserialize(requestSerialize(request)), '');
 }
 
 // `given` with its enum values by their full names, checked against `echoed` (what proto-loader
@@ -440,6 +634,61 @@ function enumName(given, unspecified, path) {
 function metricValue(key, value) {
   if (typeof value !== 'number') throw new TypeError(`metric ${key}: value must be a number, got ${typeof value}`);
   return value;
+}
+
+// Trailing metadata of a failed LogMetricsStream: how many of its batches, from the first, the
+// daemon stored (none after them).
+const STORED_BATCHES = 'tessera-stored-batches';
+
+// `error` with what of a metric stream is stored: storedPoints and lastStoredStep (undefined when
+// none is), and its message saying so. `sent`: the stream's batches, in order.
+function streamFailure(error, sent) {
+  const [count] = error.metadata.get(STORED_BATCHES);
+  const stored = sent.slice(0, Number(count || 0)).flat();
+  error.storedPoints = stored.length;
+  error.lastStoredStep = stored.length ? stored[stored.length - 1].step : undefined;
+  let done;
+  if (count === undefined) done = 'the stream was cut without the daemon saying what it stored; some points may be';
+  else if (!stored.length) done = 'no point of the stream is stored';
+  else done = `${stored.length} points are stored, up to step ${error.lastStoredStep} (in the order sent), none after them`;
+  error.message = `${error.message} (${done}; resend from there: a stored point sent again changes nothing)`;
+  return error;
+}
+
+// A client-streaming call of `method`: stream (grpc-js's, to write and end), response (its
+// answer's promise; a TesseraError when it fails), answered (whether it has come) and send (a
+// message written, waiting while the stream's buffer is full until it drains or the call is
+// answered: a call the daemon ended early takes no more and never drains).
+function clientStream(stub, method, metadata, deadline) {
+  const call = { answered: false };
+  call.response = new Promise((resolve, reject) => {
+    call.stream = stub[method](metadata, { deadline }, (err, response) => {
+      call.answered = true;
+      return err ? reject(new TesseraError(err)) : resolve(response);
+    });
+  });
+  // Awaited once the stream is sent; a failure meanwhile shows there, not as an unhandled one.
+  const settled = call.response.then(
+    () => undefined,
+    () => undefined,
+  );
+  call.send = async (message) => {
+    if (!call.stream.write(message)) {
+      await Promise.race([new Promise((resolve) => call.stream.once('drain', resolve)), settled]);
+    }
+  };
+  return call;
+}
+
+// A file's hex sha256 and size, read before an upload's header is sent.
+async function fileDigest(file) {
+  const hash = crypto.createHash('sha256');
+  let size = 0;
+  for await (const chunk of fs.createReadStream(file)) {
+    hash.update(chunk);
+    size += chunk.length;
+  }
+  return { sha256: hash.digest('hex'), size };
 }
 
 function timestamp(date) {

@@ -5,6 +5,7 @@ pings that find a dead connection."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -551,3 +552,213 @@ def test_node_client_refuses_keepalive_pings_the_daemon_refuses(node_ready, daem
     ]
     assert "500 ms" in lines[0] and "keepalive: false" in lines[0]
     assert lines[-1] == "answered true"
+
+
+def test_node_client_streams_metrics_and_keeps_artifacts(node_ready, daemon, client, tmp_path):
+    work = tmp_path / "node"
+    work.mkdir()
+    """LogMetricsStream from a generator in batches; an artifact uploaded in chunks with its
+    sha256, listed, and downloaded checked against it."""
+    client.training.create_experiment("online")
+    run_id = client.training.create_run("online").run_id
+    (work / "loss.csv").write_bytes(b"step,loss\n" + b"0,1.0\n" * 5000)
+    found = node_json(
+        f"""
+        const runId = {json.dumps(run_id)};
+        const dir = {json.dumps(str(work))};
+        (async () => {{
+          const client = new Client(TARGET);
+          async function* steps() {{
+            for (let step = 0; step < 10; step += 1) yield [step, {{ loss: 1 / (step + 1), lr: 0.1 }}];
+          }}
+          const accepted = await client.logMetricsStream(runId, steps(), {{ batchPoints: 3 }});
+          const uploaded = await client.uploadArtifact(runId, `${{dir}}/loss.csv`, {{ artifactPath: 'plots/', chunkSize: 4096 }});
+          await client.uploadArtifact(runId, `${{dir}}/loss.csv`);
+          const listed = await client.listArtifacts(runId, {{ path: 'plots' }});
+          const everything = await client.listArtifacts(runId);
+          const downloaded = await client.downloadArtifact(runId, 'plots/loss.csv', `${{dir}}/out/`);
+          let refused;
+          try {{
+            await client.downloadArtifact(runId, 'plots/loss.csv', `${{dir}}/out`, {{ overwrite: false }});
+          }} catch (err) {{
+            refused = err.code;
+          }}
+          let absent;
+          try {{
+            await client.downloadArtifact(runId, 'plots/absent.csv', `${{dir}}/absent.csv`);
+          }} catch (err) {{
+            absent = err.message;
+          }}
+          client.close();
+          console.log(JSON.stringify({{
+            accepted, uploaded, listed: listed.map((a) => a.path), everything: everything.map((a) => a.path),
+            downloaded, refused, absent,
+          }}));
+        }})();
+        """,
+        daemon.target,
+    )
+    assert found["accepted"] == 20
+    history = client.training.metric_history(run_id, "loss")
+    assert [(p.step, p.value) for p in history.points] == [(s, 1 / (s + 1)) for s in range(10)]
+    content = (work / "loss.csv").read_bytes()
+    assert found["uploaded"]["path"] == "plots/loss.csv"
+    assert found["uploaded"]["size_bytes"] == len(content)
+    assert found["uploaded"]["sha256"] == hashlib.sha256(content).hexdigest()
+    assert found["listed"] == ["plots/loss.csv"] and found["everything"] == ["loss.csv", "plots/loss.csv"]
+    assert found["downloaded"]["file"] == str(work / "out" / "loss.csv")
+    assert (work / "out" / "loss.csv").read_bytes() == content
+    assert found["refused"] == "EEXIST"
+    assert found["absent"].startswith("NOT_FOUND: ") and "absent.csv" in found["absent"]
+    assert sorted(p.name for p in work.iterdir()) == ["loss.csv", "out"]
+    assert [p.name for p in (work / "out").iterdir()] == ["loss.csv"]
+
+
+def test_node_client_metric_stream_failure_says_what_is_stored(node_ready, daemon, client):
+    """A batch the daemon refuses ends the stream: the error says which points are stored (the
+    batches before it, from the trailing metadata) so that the caller resends from there."""
+    client.training.create_experiment("online")
+    run_id = client.training.create_run("online").run_id
+    outcome = node_json(
+        f"""
+        (async () => {{
+          const client = new Client(TARGET);
+          const steps = [[0, {{ loss: 1 }}], [1, {{ loss: 2 }}], [2, {{ loss: 3 }}], [3, {{ loss: 4, bad: Infinity }}], [4, {{ loss: 5 }}]];
+          const outcome = {{}};
+          try {{
+            await client.logMetricsStream({json.dumps(run_id)}, steps, {{ batchPoints: 2 }});
+          }} catch (err) {{
+            Object.assign(outcome, {{ name: err.name, code: err.code, message: err.message, stored: err.storedPoints, step: err.lastStoredStep }});
+          }}
+          try {{
+            await client.logMetricsStream({json.dumps(run_id)}, [[-1, {{ loss: 1 }}]]);
+          }} catch (err) {{
+            outcome.negative = `${{err.name}}: ${{err.message}}`;
+          }}
+          client.close();
+          console.log(JSON.stringify(outcome));
+        }})();
+        """,
+        daemon.target,
+    )
+    assert (outcome["name"], outcome["code"]) == ("TesseraError", "INVALID_ARGUMENT")
+    # Batches of two points: [loss 0, loss 1], [loss 2, loss 3], then [bad 3, loss 4] refused.
+    assert (outcome["stored"], outcome["step"]) == (4, 3)
+    assert "4 points are stored, up to step 3 (in the order sent), none after them" in outcome["message"]
+    assert outcome["negative"] == "RangeError: step must be a whole number >= 0, got -1"
+    history = client.training.metric_history(run_id, "loss")
+    assert [p.step for p in history.points] == [0, 1, 2, 3]
+
+
+def test_node_client_deletes_and_restores_runs_and_experiments(node_ready, daemon, client, onnx_file):
+    client.training.create_experiment("online")
+    kept = client.training.create_run("online").run_id
+    dropped = client.training.create_run("online").run_id
+    client.models.push("affine", onnx_file)
+    client.models.push("affine", onnx_file)
+    client.models.push("other", onnx_file)
+    found = node_json(
+        f"""
+        (async () => {{
+          const client = new Client(TARGET);
+          const ids = (runs) => runs.map((r) => r.run_id).sort();
+          const deletedRun = await client.deleteRun({json.dumps(dropped)});
+          const afterRunDelete = ids(await client.listRuns('online'));
+          const deletedOnly = ids(await client.listRuns('online', {{ view: 'deleted_only' }}));
+          const deletedExperiment = await client.deleteExperiment('online');
+          let restoreRefused;
+          try {{
+            await client.restoreRun({json.dumps(dropped)});
+          }} catch (err) {{
+            restoreRefused = err.code;
+          }}
+          const afterExperimentDelete = (await client.listExperiments()).map((e) => e.name);
+          const restoredExperiment = await client.restoreExperiment('online');
+          const restoredRun = await client.restoreRun({json.dumps(dropped)});
+          const afterRestore = ids(await client.listRuns('online'));
+          await client.deleteVersion('affine', 1);
+          const deletedVersions = await client.deleteModel('other');
+          let badVersion;
+          try {{
+            await client.deleteVersion('affine', 1.5);
+          }} catch (err) {{
+            badVersion = err.name;
+          }}
+          let absent;
+          try {{
+            await client.deleteModel('absent');
+          }} catch (err) {{
+            absent = err.message;
+          }}
+          const models = (await client.listModels()).map((m) => m.name);
+          client.close();
+          console.log(JSON.stringify({{
+            deletedRun: deletedRun.deleted, afterRunDelete, deletedOnly, deletedExperiment: deletedExperiment.deleted,
+            restoreRefused, afterExperimentDelete, restoredExperiment: restoredExperiment.deleted,
+            restoredRun: restoredRun.deleted, afterRestore, deletedVersions, badVersion, absent, models,
+          }}));
+        }})();
+        """,
+        daemon.target,
+    )
+    assert found["deletedRun"] is True and found["afterRunDelete"] == [kept]
+    assert found["deletedOnly"] == [dropped]
+    assert found["deletedExperiment"] is True and found["afterExperimentDelete"] == []
+    assert found["restoreRefused"] == "FAILED_PRECONDITION"
+    assert found["restoredExperiment"] is False and found["restoredRun"] is False
+    assert found["afterRestore"] == sorted([kept, dropped])
+    assert found["deletedVersions"] == 1 and found["badVersion"] == "RangeError"
+    assert found["absent"].startswith("NOT_FOUND: ") and "absent" in found["absent"]
+    assert found["models"] == ["affine"]
+    assert [v.version for v in client.models.versions("affine")] == [2]
+
+
+def test_node_client_submits_lists_and_cancels_a_sweep(node_ready, daemon, client, table):
+    spec = {
+        "base": {**small_spec(table), "epochs": 200},
+        "strategy": "grid",
+        "parameters": [{"path": "seed", "values": {"values": ["1", "2"]}}],
+        "max_concurrent": 1,
+        "metric": "val_loss",
+        "mode": "min",
+    }
+    found = node_json(
+        f"""
+        const spec = {json.dumps(spec)};
+        (async () => {{
+          const client = new Client(TARGET);
+          const refused = [];
+          for (const bad of [{{ ...spec, strategy: 'gird' }}, {{ ...spec, max_trial: 2 }}]) {{
+            try {{
+              await client.submitSweep(bad);
+            }} catch (err) {{
+              refused.push(`${{err.name}}: ${{err.message}}`);
+            }}
+          }}
+          const sweep = await client.submitSweep(spec);
+          const got = await client.getSweep(sweep.sweep_id);
+          const listed = (await client.listSweeps()).map((s) => s.sweep_id);
+          const cancelled = await client.cancelSweep(sweep.sweep_id);
+          let absent;
+          try {{
+            await client.getSweep('sweep-absent');
+          }} catch (err) {{
+            absent = err.code;
+          }}
+          client.close();
+          console.log(JSON.stringify({{
+            refused, id: sweep.sweep_id, strategy: got.spec.strategy, listed, state: cancelled.state,
+            trials: cancelled.trials.map((t) => t.params.seed), absent,
+          }}));
+        }})();
+        """,
+        daemon.target,
+    )
+    assert found["refused"] == [
+        'RangeError: spec.strategy: "gird" is not one of grid, random, asha, tpe, cma_es, hyperband, pbt',
+        "RangeError: spec.max_trial is not a field of this message; see protos/tessera/v1/",
+    ]
+    assert found["strategy"] == "SWEEP_STRATEGY_GRID" and found["listed"] == [found["id"]]
+    assert found["state"] == "SWEEP_STATE_CANCELLED" and found["trials"] == ["1", "2"]
+    assert found["absent"] == "NOT_FOUND"
+    assert [sweep.sweep_id for sweep in client.training.sweeps()] == [found["id"]]
