@@ -762,3 +762,133 @@ def test_node_client_submits_lists_and_cancels_a_sweep(node_ready, daemon, clien
     assert found["state"] == "SWEEP_STATE_CANCELLED" and found["trials"] == ["1", "2"]
     assert found["absent"] == "NOT_FOUND"
     assert [sweep.sweep_id for sweep in client.training.sweeps()] == [found["id"]]
+
+
+def test_node_cli_help_for_each_command(node_ready):
+    general = run_node("127.0.0.1:1", "--help")
+    assert general.returncode == 0 and general.stdout.startswith("usage: tessera-node [options] COMMAND")
+    usages = {
+        ("info",): "info",
+        ("jobs", "submit"): "jobs submit SPEC.json [--follow]",
+        ("jobs", "watch"): "jobs watch JOB_ID [--from-seq N]",
+        ("runs", "ls"): "runs ls [EXPERIMENT] [--status STATUS]...",
+        ("sweeps", "ls"): "sweeps ls",
+        ("sweeps", "show"): "sweeps show SWEEP_ID",
+    }
+    for words, usage in usages.items():
+        shown = run_node("127.0.0.1:1", *words, "--help")
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout.startswith(f"usage: tessera-node [options] {usage}\n"), shown.stdout
+        assert usage in general.stdout
+    hint = "(tessera-node --help lists the commands)\n"
+    wrong = {
+        ("jobs", "submit"): "tessera-node: jobs submit takes 1 argument(s), got 0\n"
+        "usage: tessera-node jobs submit SPEC.json [--follow]\n",
+        ("runs", "ls", "--follow"): "tessera-node: --follow is not an option of runs ls\n"
+        "usage: tessera-node runs ls [EXPERIMENT] [--status STATUS]...\n",
+        ("jobs", "start"): f'tessera-node: unknown command "jobs start"\n{hint}',
+        ("info", "--verbose"): f"tessera-node: unknown option --verbose\n{hint}",
+    }
+    for words, message in wrong.items():
+        failed = run_node("127.0.0.1:1", *words)
+        assert (failed.returncode, failed.stderr) == (1, message)
+
+
+def test_node_cli_submits_follows_and_watches_a_job(node_ready, daemon, client, table, tmp_path):
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(small_spec(table)))
+    followed = run_node(daemon.target, "jobs", "submit", str(spec), "--follow")
+    assert followed.returncode == 0, followed.stderr
+    job, *events = map(json.loads, followed.stdout.splitlines())
+    assert job["state"] == "JOB_STATE_QUEUED" and job["spec"]["task"] == "TASK_CLASSIFICATION"
+    assert [event["seq"] for event in events] == list(range(1, len(events) + 1))
+    assert events[-1]["state"]["state"] == "JOB_STATE_SUCCEEDED"
+    watched = run_node(daemon.target, "jobs", "watch", job["job_id"], "--from-seq", "2")
+    assert watched.returncode == 0, watched.stderr
+    assert watched.stdout.splitlines() == followed.stdout.splitlines()[2:]
+
+    submitted = run_node(daemon.target, "jobs", "submit", str(spec))
+    assert submitted.returncode == 0, submitted.stderr
+    queued = json.loads(submitted.stdout)
+    client.training.cancel(queued["job_id"])
+    cancelled = run_node(daemon.target, "jobs", "watch", queued["job_id"])
+    assert cancelled.returncode == 1
+    assert cancelled.stderr == f"tessera-node: job {queued['job_id']} ended JOB_STATE_CANCELLED\n"
+    assert json.loads(cancelled.stdout.splitlines()[-1])["state"]["state"] == "JOB_STATE_CANCELLED"
+
+
+def test_node_cli_job_errors_exit_non_zero_and_say_what_to_fix(node_ready, daemon, table, tmp_path):
+    not_json = tmp_path / "spec.toml"
+    not_json.write_text('experiment = "node"\n')
+    misspelt = tmp_path / "misspelt.json"
+    misspelt.write_text(json.dumps({**small_spec(table), "task": "regresion"}))
+    absent_dataset = tmp_path / "absent.json"
+    absent_dataset.write_text(json.dumps({**small_spec(table), "data": {"dataset": {"name": "absent"}}}))
+    outcomes = {
+        name: run_node(daemon.target, *args)
+        for name, args in {
+            "not_json": ("jobs", "submit", str(not_json)),
+            "missing": ("jobs", "submit", str(tmp_path / "missing.json")),
+            "misspelt": ("jobs", "submit", str(misspelt)),
+            "absent_dataset": ("jobs", "submit", str(absent_dataset)),
+            "absent_job": ("jobs", "watch", "job-absent"),
+            "bad_seq": ("jobs", "watch", "job-absent", "--from-seq", "1.5"),
+        }.items()
+    }
+    assert all(done.returncode == 1 and done.stdout == "" for done in outcomes.values())
+    stderr = {name: done.stderr for name, done in outcomes.items()}
+    assert stderr["not_json"].startswith(f"tessera-node: {not_json} is not JSON: ")
+    assert stderr["missing"].startswith(f"tessera-node: cannot read {tmp_path / 'missing.json'}: ENOENT")
+    assert stderr["misspelt"] == (
+        'tessera-node: spec.task: "regresion" is not one of classification, regression\n'
+    )
+    assert (
+        stderr["absent_dataset"].startswith("tessera-node: NOT_FOUND: ")
+        and "absent" in stderr["absent_dataset"]
+    )
+    assert (
+        stderr["absent_job"].startswith("tessera-node: NOT_FOUND: ") and "job-absent" in stderr["absent_job"]
+    )
+    assert stderr["bad_seq"].startswith("tessera-node: --from-seq must be a whole number")
+
+
+def test_node_cli_lists_runs_and_sweeps(node_ready, daemon, client, table):
+    client.training.create_experiment("online")
+    running = client.training.create_run("online").run_id
+    ended = client.training.create_run("online").run_id
+    client.training.update_run(ended, status="succeeded")
+    client.training.create_experiment("other")
+    elsewhere = client.training.create_run("other").run_id
+    sweep = client.training.submit_sweep(
+        {
+            "base": {**small_spec(table), "epochs": 200},
+            "strategy": "SWEEP_STRATEGY_GRID",
+            "parameters": [{"path": "seed", "values": {"values": ["1", "2"]}}],
+            "metric": "val_loss",
+        }
+    )
+    client.training.cancel_sweep(sweep.sweep_id)
+
+    def listed(*args: str) -> Any:
+        done = run_node(daemon.target, *args)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    def tracked(*args: str) -> list[str]:
+        """The runs listed, less the sweep's trials' (experiment "node")."""
+        return [run["run_id"] for run in listed(*args) if run["experiment"] != "node"]
+
+    assert tracked("runs", "ls") == [elsewhere, ended, running]
+    assert tracked("runs", "ls", "online") == [ended, running]
+    assert tracked("runs", "ls", "--status", "running", "--status", "failed") == [elsewhere, running]
+    assert [s["sweep_id"] for s in listed("sweeps", "ls")] == [sweep.sweep_id]
+    shown = listed("sweeps", "show", sweep.sweep_id)
+    assert shown["state"] == "SWEEP_STATE_CANCELLED"
+    assert [trial["params"]["seed"] for trial in shown["trials"]] == ["1", "2"]
+    absent = run_node(daemon.target, "sweeps", "show", "sweep-absent")
+    assert absent.returncode == 1 and absent.stderr.startswith("tessera-node: NOT_FOUND: ")
+    bad_status = run_node(daemon.target, "runs", "ls", "--status", "finished")
+    assert bad_status.returncode == 1
+    assert bad_status.stderr.startswith(
+        'tessera-node: statuses[0]: "finished" is not one of running, succeeded'
+    )
