@@ -58,3 +58,30 @@ def test_node_client_speaks_mutual_tls_with_a_token(node_ready, start_daemon, pk
         "plaintext UNAVAILABLE",
         "certWithoutKey TypeError",
     ]
+
+
+def test_node_client_tls_true_trusts_the_system_cas(node_ready, start_daemon, pki: Pki):
+    """`tls: true` checks the daemon's certificate against the system's CAs: a daemon whose CA is
+    not among them is refused at once with the certificate error (not a hang, not plaintext);
+    one gRPC's GRPC_DEFAULT_SSL_ROOTS_FILE_PATH names (it stands for the system's) lets it in."""
+    daemon = start_daemon(**tls_settings(pki))
+    script = """
+        (async () => {
+          const client = new Client(TARGET, { tls: true, timeoutMs: 20000 });
+          try {
+            const info = await client.info();
+            console.log('answered', info.version.length > 0);
+          } catch (err) {
+            console.log(err.code, err.details);
+          }
+          client.close();
+        })();
+        """
+    target = f"localhost:{daemon.daemon.port}"
+    untrusted = run_node_script(script, target, env={"GRPC_DEFAULT_SSL_ROOTS_FILE_PATH": ""})
+    assert untrusted.returncode == 0, untrusted.stderr
+    code, _, details = untrusted.stdout.strip().partition(" ")
+    assert code == "UNAVAILABLE", untrusted.stdout
+    assert "certificate" in details, details
+    trusted = run_node_script(script, target, env={"GRPC_DEFAULT_SSL_ROOTS_FILE_PATH": str(pki.ca)})
+    assert (trusted.returncode, trusted.stdout) == (0, "answered true\n"), trusted.stderr
