@@ -656,9 +656,9 @@ function streamFailure(error, sent) {
 }
 
 // A client-streaming call of `method`: stream (grpc-js's, to write and end), response (its
-// answer's promise; a TesseraError when it fails), answered (whether it has come) and send (a
-// message written, waiting while the stream's buffer is full until it drains or the call is
-// answered: a call the daemon ended early takes no more and never drains).
+// answer's promise; a TesseraError when it fails), answered (whether it has come: a call the
+// daemon ended early needs no more messages) and send (a message written, waiting while the
+// stream's buffer is full).
 function clientStream(stub, method, metadata, deadline) {
   const call = { answered: false };
   call.response = new Promise((resolve, reject) => {
@@ -668,14 +668,9 @@ function clientStream(stub, method, metadata, deadline) {
     });
   });
   // Awaited once the stream is sent; a failure meanwhile shows there, not as an unhandled one.
-  const settled = call.response.then(
-    () => undefined,
-    () => undefined,
-  );
+  call.response.catch(() => {});
   call.send = async (message) => {
-    if (!call.stream.write(message)) {
-      await Promise.race([new Promise((resolve) => call.stream.once('drain', resolve)), settled]);
-    }
+    if (!call.stream.write(message)) await new Promise((resolve) => call.stream.once('drain', resolve));
   };
   return call;
 }

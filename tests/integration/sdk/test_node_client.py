@@ -892,3 +892,49 @@ def test_node_cli_lists_runs_and_sweeps(node_ready, daemon, client, table):
     assert bad_status.stderr.startswith(
         'tessera-node: statuses[0]: "finished" is not one of running, succeeded'
     )
+
+
+def test_node_client_artifact_upload_errors(node_ready, daemon, client, tmp_path):
+    """A refused upload fails with the daemon's status while its file is still being sent; a file
+    that cannot be read, or a chunk size below 1, fails before anything is sent."""
+    client.training.create_experiment("online")
+    run_id = client.training.create_run("online").run_id
+    work = tmp_path / "node"
+    work.mkdir()
+    (work / "big.bin").write_bytes(os.urandom(8 << 20))
+    outcomes = node_json(
+        f"""
+        const runId = {json.dumps(run_id)};
+        const dir = {json.dumps(str(work))};
+        (async () => {{
+          const client = new Client(TARGET);
+          const attempts = {{
+            absentRun: () => client.uploadArtifact('run-absent', `${{dir}}/big.bin`, {{ chunkSize: 65536 }}),
+            badPath: () => client.uploadArtifact(runId, `${{dir}}/big.bin`, {{ artifactPath: '../up' }}),
+            missingFile: () => client.uploadArtifact(runId, `${{dir}}/missing.bin`),
+            chunkSize: () => client.uploadArtifact(runId, `${{dir}}/big.bin`, {{ chunkSize: 0 }}),
+          }};
+          const outcomes = {{}};
+          for (const [name, attempt] of Object.entries(attempts)) {{
+            try {{
+              await attempt();
+              outcomes[name] = 'stored';
+            }} catch (err) {{
+              outcomes[name] = `${{err.name}} ${{err.code}}: ${{err.message}}`;
+            }}
+          }}
+          client.close();
+          console.log(JSON.stringify(outcomes));
+        }})();
+        """,
+        daemon.target,
+    )
+    assert (
+        outcomes["absentRun"].startswith("TesseraError NOT_FOUND: ") and "run-absent" in outcomes["absentRun"]
+    )
+    assert (
+        outcomes["badPath"].startswith("TesseraError INVALID_ARGUMENT: ") and "../up" in outcomes["badPath"]
+    )
+    assert outcomes["missingFile"].startswith("Error ENOENT: ")
+    assert outcomes["chunkSize"].startswith("RangeError undefined: chunkSize must be a whole number")
+    assert list(client.training.list_artifacts(run_id)) == []
