@@ -34,7 +34,7 @@ const COMMANDS = {
   },
   'runs ls': {
     usage: 'runs ls [EXPERIMENT] [--status STATUS]...',
-    about: 'runs, newest first: of EXPERIMENT (default: all), in one of the STATUSes (running, succeeded, failed, cancelled)',
+    about: 'runs, newest first: of EXPERIMENT (default: all), in one of the STATUSes (running, succeeded, failed, cancelled, interrupted)',
   },
   'sweeps ls': { usage: 'sweeps ls', about: 'every sweep' },
   'sweeps show': { usage: 'sweeps show SWEEP_ID', about: 'a sweep with its trials' },

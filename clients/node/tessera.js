@@ -647,11 +647,12 @@ function streamFailure(error, sent) {
   const stored = sent.slice(0, Number(count || 0)).flat();
   error.storedPoints = stored.length;
   error.lastStoredStep = stored.length ? stored[stored.length - 1].step : undefined;
+  // The daemon's message counts the stored batches; this says which steps those are.
   let done;
-  if (count === undefined) done = 'the stream was cut without the daemon saying what it stored; some points may be';
-  else if (!stored.length) done = 'no point of the stream is stored';
-  else done = `${stored.length} points are stored, up to step ${error.lastStoredStep} (in the order sent), none after them`;
-  error.message = `${error.message} (${done}; resend from there: a stored point sent again changes nothing)`;
+  if (count === undefined) done = 'cut without the daemon saying what it stored: some points may be';
+  else if (!stored.length) done = 'no point of this stream is stored';
+  else done = `${stored.length} points of this stream are stored, up to step ${error.lastStoredStep}`;
+  error.message = `${error.message} (${done})`;
   return error;
 }
 
