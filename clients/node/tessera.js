@@ -418,7 +418,9 @@ class Client {
   // points. Resolves to the points accepted. The daemon stores the batches in order, each whole
   // or not at all; when one fails the TesseraError says how many points are stored and up to
   // which step (storedPoints, lastStoredStep), none after them: resend from there (a stored
-  // point sent again changes nothing). timeoutMs bounds the whole stream (default an hour).
+  // point sent again changes nothing). A step or value refused here (RangeError, TypeError) ends
+  // the stream where it is; batches sent before it may be stored. timeoutMs bounds the whole
+  // stream (default an hour).
   async logMetricsStream(runId, steps, { batchPoints = 1000, timeoutMs: timeout } = {}) {
     if (!Number.isSafeInteger(batchPoints) || batchPoints < 1) {
       throw new RangeError(`batchPoints must be a whole number >= 1, got ${String(batchPoints)}`);
@@ -506,8 +508,9 @@ class Client {
       throw Object.assign(new Error(`${file} exists; not overwritten (overwrite: false)`), { code: 'EEXIST' });
     }
     const partial = `${file}.partial-${process.pid}`;
-    const stream = this.training.DownloadRunArtifact({ run_id: runId, path: artifactPath }, this.metadata, { deadline });
+    // Opened before the call: a directory that is not there fails with nothing left open.
     const out = await fs.promises.open(partial, 'w');
+    const stream = this.training.DownloadRunArtifact({ run_id: runId, path: artifactPath }, this.metadata, { deadline });
     const hash = crypto.createHash('sha256');
     let header;
     let received = 0;
@@ -523,7 +526,8 @@ class Client {
           }
         }
       } catch (err) {
-        throw new TesseraError(err);
+        // The call's failures carry a gRPC status code (a number); a write's are the file's.
+        throw typeof err.code === 'number' ? new TesseraError(err) : err;
       }
       await out.close();
       const digest = hash.digest('hex');

@@ -589,10 +589,16 @@ def test_node_client_streams_metrics_and_keeps_artifacts(node_ready, daemon, cli
           }} catch (err) {{
             absent = err.message;
           }}
+          let nowhere;
+          try {{
+            await client.downloadArtifact(runId, 'plots/loss.csv', `${{dir}}/nowhere/loss.csv`);
+          }} catch (err) {{
+            nowhere = err.code;
+          }}
           client.close();
           console.log(JSON.stringify({{
             accepted, uploaded, listed: listed.map((a) => a.path), everything: everything.map((a) => a.path),
-            downloaded, refused, absent,
+            downloaded, refused, absent, nowhere,
           }}));
         }})();
         """,
@@ -610,6 +616,7 @@ def test_node_client_streams_metrics_and_keeps_artifacts(node_ready, daemon, cli
     assert (work / "out" / "loss.csv").read_bytes() == content
     assert found["refused"] == "EEXIST"
     assert found["absent"].startswith("NOT_FOUND: ") and "absent.csv" in found["absent"]
+    assert found["nowhere"] == "ENOENT"
     assert sorted(p.name for p in work.iterdir()) == ["loss.csv", "out"]
     assert [p.name for p in (work / "out").iterdir()] == ["loss.csv"]
 
