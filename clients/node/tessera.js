@@ -428,8 +428,9 @@ class Client {
     const deadline = new Date(Date.now() + timeoutMs(timeout, DEFAULT_TRANSFER_TIMEOUT_MS));
     const sent = [];
     const call = clientStream(this.training, 'LogMetricsStream', this.metadata, deadline);
+    // Each batch sent as its point count and last step, for what a failure says is stored.
     const send = (points) => {
-      sent.push(points);
+      sent.push({ count: points.length, lastStep: points[points.length - 1].step });
       return call.send({ run_id: runId, points });
     };
     try {
@@ -645,17 +646,17 @@ function metricValue(key, value) {
 const STORED_BATCHES = 'tessera-stored-batches';
 
 // `error` with what of a metric stream is stored: storedPoints and lastStoredStep (undefined when
-// none is), and its message saying so. `sent`: the stream's batches, in order.
+// none is), and its message saying so. `sent`: the stream's batches ({ count, lastStep }), in order.
 function streamFailure(error, sent) {
-  const [count] = error.metadata.get(STORED_BATCHES);
-  const stored = sent.slice(0, Number(count || 0)).flat();
-  error.storedPoints = stored.length;
-  error.lastStoredStep = stored.length ? stored[stored.length - 1].step : undefined;
+  const [batches] = error.metadata.get(STORED_BATCHES);
+  const stored = sent.slice(0, Number(batches || 0));
+  error.storedPoints = stored.reduce((total, batch) => total + batch.count, 0);
+  error.lastStoredStep = stored.length ? stored[stored.length - 1].lastStep : undefined;
   // The daemon's message counts the stored batches; this says which steps those are.
   let done;
-  if (count === undefined) done = 'cut without the daemon saying what it stored: some points may be';
+  if (batches === undefined) done = 'cut without the daemon saying what it stored: some points may be';
   else if (!stored.length) done = 'no point of this stream is stored';
-  else done = `${stored.length} points of this stream are stored, up to step ${error.lastStoredStep}`;
+  else done = `${error.storedPoints} points of this stream are stored, up to step ${error.lastStoredStep}`;
   error.message = `${error.message} (${done})`;
   return error;
 }

@@ -638,6 +638,11 @@ def test_node_client_metric_stream_failure_says_what_is_stored(node_ready, daemo
             Object.assign(outcome, {{ name: err.name, code: err.code, message: err.message, stored: err.storedPoints, step: err.lastStoredStep }});
           }}
           try {{
+            await client.logMetricsStream({json.dumps(run_id)}, [[9, {{ loss: NaN }}], [10, {{ loss: 1 }}]]);
+          }} catch (err) {{
+            outcome.first = [err.code, err.storedPoints, err.lastStoredStep === undefined, err.message];
+          }}
+          try {{
             await client.logMetricsStream({json.dumps(run_id)}, [[-1, {{ loss: 1 }}]]);
           }} catch (err) {{
             outcome.negative = `${{err.name}}: ${{err.message}}`;
@@ -652,6 +657,9 @@ def test_node_client_metric_stream_failure_says_what_is_stored(node_ready, daemo
     # Batches of two points: [loss 0, loss 1], [loss 2, loss 3], then [bad 3, loss 4] refused.
     assert (outcome["stored"], outcome["step"]) == (4, 3)
     assert outcome["message"].endswith("(4 points of this stream are stored, up to step 3)")
+    code, stored, no_step, message = outcome["first"]
+    assert (code, stored, no_step) == ("INVALID_ARGUMENT", 0, True)
+    assert message.endswith("(no point of this stream is stored)")
     assert outcome["negative"] == "RangeError: step must be a whole number >= 0, got -1"
     history = client.training.metric_history(run_id, "loss")
     assert [p.step for p in history.points] == [0, 1, 2, 3]
