@@ -53,8 +53,10 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "without a restart: a removed token's next call is refused, and its open streams "
             "end with UNAUTHENTICATED. Exit status, as `tessera`'s: 0 done; 1 the file is missing, "
             "cannot be read or written, or holds a wrong entry; 2 the command line is wrong (a bad "
-            "name or --expires-in); 3 the file refuses the change: no token of that name (NOT_FOUND, "
-            "3 in `tessera` too), a name already used, or the last token to remove."
+            "name or --expires-in, a short token to hash), said under the action's usage; 3 the file "
+            "refuses the change, and the message starts with the status `tessera` would show: "
+            "NOT_FOUND (no token of that name), ALREADY_EXISTS (a name already used) or "
+            "FAILED_PRECONDITION (the last token to remove)."
         ),
     )
     actions = tokens.add_subparsers(dest="tokens_command", required=True, metavar="ACTION")
@@ -69,7 +71,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
     )
     add.add_argument("--file", type=Path, required=True, help="tokens file (created if missing)")
-    add.add_argument("--name", required=True, help="who holds the token; shown in audit logs")
+    add.add_argument(
+        "--name", type=_holder_name, required=True, help="who holds the token; shown in audit logs"
+    )
     add.add_argument("--role", required=True, choices=[r.label for r in Role], help="what it may do")
     add.add_argument(
         "--expires-in",
@@ -90,12 +94,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="List the file's holders: name, role, when each token was made and when it expires.",
     )
     listing.add_argument("--file", type=Path, required=True, help="tokens file")
-    actions.add_parser(
+    hashing = actions.add_parser(
         "hash",
         help="print the sha256 of a token read from stdin (for tokens made elsewhere)",
         description="Reads one token from standard input (so it stays out of shell history) and "
         "prints the line to put in a tokens file.",
     )
+    for action in (add, remove, listing, hashing):
+        action.set_defaults(tokens_parser=action)
 
 
 # Exit statuses beyond 0 (done), as `tessera`'s table has them (EXIT_STATUS_HELP there): a
@@ -108,7 +114,12 @@ EXIT_REFUSED = 3
 
 class Refused(Exception):
     """The file as it stands refuses the change: the name is not in it, or already is, or it is
-    the last token; `tessera` exits 3 for the daemon's NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION."""
+    the last token. `code` is the gRPC status name the daemon would answer such a refusal with;
+    `tessera` exits 3 for those and starts its message with the name, and so does this."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def run(args: argparse.Namespace) -> int:
@@ -126,14 +137,24 @@ def run(args: argparse.Namespace) -> int:
         print(f"tesserad tokens: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except Refused as exc:
-        print(f"tesserad tokens: {exc}", file=sys.stderr)
+        print(f"tesserad tokens: {exc.code}: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     except ValueError as exc:
-        print(f"tesserad tokens: {exc}", file=sys.stderr)
+        # A wrong command line (the token `hash` read), said as argparse says its own.
+        parser: argparse.ArgumentParser = args.tokens_parser
+        parser.print_usage(sys.stderr)
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:
         print(f"tesserad tokens: {exc.filename or args.file}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _holder_name(text: str) -> str:
+    try:
+        return validate_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _lifetime(text: str) -> datetime.timedelta:
@@ -144,13 +165,12 @@ def _lifetime(text: str) -> datetime.timedelta:
 
 
 def _add(path: Path, name: str, role: Role, lifetime: datetime.timedelta | None) -> int:
-    validate_name(name)
     with _locked(path):
         text = path.read_text() if path.exists() else ""
         document = _document(text, path)
         # A file of comments only (as a new one starts) has no tokens yet, and that is fine here.
         if document.get("tokens") and name in TokenTable.parse(document, str(path)).names:
-            raise Refused(f"{path} already has a token named {name!r}; pick another name")
+            raise Refused("ALREADY_EXISTS", f"{path} already has a token named {name!r}; pick another name")
         token = new_token()
         created = utc_now().replace(microsecond=0)
         expires = None if lifetime is None else created + lifetime
@@ -173,14 +193,16 @@ def _remove(path: Path, name: str) -> int:
         if name not in table.names:
             known = ", ".join(sorted(table.names))
             raise Refused(
+                "NOT_FOUND",
                 f"{path} has no token named {name!r}; its holders are: {known} "
-                f"(`tesserad tokens list --file {shlex.quote(str(path))}` shows their roles)"
+                f"(`tesserad tokens list --file {shlex.quote(str(path))}` shows their roles)",
             )
         if table.names == [name]:
             raise Refused(
+                "FAILED_PRECONDITION",
                 f"{name!r} holds the only token in {path}, and a tokens file without tokens cannot "
                 "be used (no call could succeed); add another token first, or turn token "
-                "authentication off by unsetting security.tokens_file"
+                "authentication off by unsetting security.tokens_file",
             )
         text = path.read_text()
         new_text = _without_entry(text, name)

@@ -128,10 +128,28 @@ def test_tokens_add_appends_a_hashed_token_and_prints_it_once(tmp_path, capsys):
 def test_tokens_add_refuses_a_name_already_used_with_the_status_tessera_gives_a_refusal(tmp_path, capsys):
     path = tmp_path / "tokens.toml"
     cli.main(["tokens", "add", "--file", str(path), "--name", "alice", "--role", "admin"])
+    capsys.readouterr()
     before = path.read_text()
     assert cli.main(["tokens", "add", "--file", str(path), "--name", "alice", "--role", "reader"]) == 3
-    assert "already has a token named 'alice'" in capsys.readouterr().err
+    # The status first, as `tessera` shows the daemon's ALREADY_EXISTS.
+    assert capsys.readouterr().err == (
+        f"tesserad tokens: ALREADY_EXISTS: {path} already has a token named 'alice'; pick another name\n"
+    )
     assert path.read_text() == before
+
+
+@pytest.mark.parametrize("name", ["-alice", "al ice", "alice\n", "a" * 129])
+def test_tokens_add_refuses_a_bad_name_under_its_usage_as_tessera_says_a_wrong_command_line(
+    tmp_path, capsys, name
+):
+    path = tmp_path / "tokens.toml"
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["tokens", "add", "--file", str(path), f"--name={name}", "--role", "reader"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: tesserad tokens add ")
+    assert "tesserad tokens add: error: argument --name: token name " in err
+    assert not path.exists()
 
 
 def test_tokens_hash_reads_the_token_from_stdin(monkeypatch, capsys):
@@ -144,7 +162,9 @@ def test_tokens_hash_reads_the_token_from_stdin(monkeypatch, capsys):
 def test_tokens_hash_refuses_a_short_token(monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
     assert cli.main(["tokens", "hash"]) == 2
-    assert "at least" in capsys.readouterr().err
+    usage, error = capsys.readouterr().err.splitlines()
+    assert usage.startswith("usage: tesserad tokens hash")
+    assert error.startswith("tesserad tokens hash: error: a token must be at least ")
 
 
 def test_the_gate_refuses_over_its_limit_and_names_the_setting():
@@ -210,14 +230,16 @@ def test_tokens_remove_of_an_unknown_name_or_the_last_token_changes_nothing(tmp_
     # 3, as `tessera` exits for NOT_FOUND: 2 is a wrong command line.
     assert cli.main(["tokens", "remove", "bob", "--file", str(path)]) == 3
     assert capsys.readouterr().err == (
-        f"tesserad tokens: {path} has no token named 'bob'; its holders are: alice, ci "
+        f"tesserad tokens: NOT_FOUND: {path} has no token named 'bob'; its holders are: alice, ci "
         f"(`tesserad tokens list --file {path}` shows their roles)\n"
     )
     assert cli.main(["tokens", "remove", "ci", "--file", str(path)]) == 0
     capsys.readouterr()
     before = path.read_text()
     assert cli.main(["tokens", "remove", "alice", "--file", str(path)]) == 3
-    assert "holds the only token" in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith(
+        f"tesserad tokens: FAILED_PRECONDITION: 'alice' holds the only token in {path}, "
+    )
     assert path.read_text() == before
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
