@@ -9,6 +9,7 @@ reported at once, naming the setting and where the value came from.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import math
 import os
@@ -711,17 +712,9 @@ def load_settings(
     known = {name for name, _, _ in _walk(Settings(), "")}
 
     if config_file is not None:
-        try:
-            document = tomllib.loads(config_file.read_text())
-        except FileNotFoundError:
-            raise SettingsError(f"config file {config_file} does not exist") from None
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise SettingsError(f"config file {config_file} cannot be read: {exc}") from None
-        for name, value in _flatten(document):
+        for name, value in _flatten(_read_config(config_file)):
             if name not in known:
-                errors.append(
-                    f"{name} (in {config_file}): unknown setting; known: {', '.join(sorted(known))}"
-                )
+                errors.append(f"{name} (in {config_file}): {_unknown(name, known)}")
             else:
                 raw[name] = (value, str(config_file))
     for name in known:
@@ -748,6 +741,55 @@ def load_settings(
     if errors:
         raise SettingsError("invalid settings:\n  " + "\n  ".join(errors))
     return settings
+
+
+def _read_config(config_file: Path) -> dict[str, Any]:
+    """The TOML document of `config_file`; SettingsError naming the file and what to fix."""
+    try:
+        text = config_file.read_bytes().decode()
+    except FileNotFoundError:
+        raise SettingsError(f"config file {config_file} does not exist") from None
+    except IsADirectoryError:
+        raise SettingsError(f"config file {config_file} is a directory; name the TOML file in it") from None
+    except PermissionError:
+        raise SettingsError(
+            f"config file {config_file} cannot be read: permission denied; make it readable by the "
+            "user tesserad runs as"
+        ) from None
+    except OSError as exc:
+        raise SettingsError(f"config file {config_file} cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise SettingsError(
+            f"config file {config_file} is not UTF-8 text (byte {exc.start} cannot be decoded); "
+            "TOML files are UTF-8: save it as such"
+        ) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"config file {config_file} is not valid TOML: {exc}") from None
+
+
+def _unknown(name: str, known: set[str]) -> str:
+    """Why `name` is refused, with the setting it most likely meant (or the names its section
+    takes) rather than all of them."""
+    sections = sorted({k.split(".")[0] for k in known if "." in k})
+    if name in sections:
+        return f"{name} is a section, not a setting: write its settings under [{name}]"
+    section, _, key = name.rpartition(".")
+    listing = "(`tesserad settings` lists every setting)"
+    if section and section not in sections:
+        return f"there is no section [{section}]; the sections are [{'], ['.join(sections)}] {listing}"
+    prefix = f"{section}." if section else ""
+    siblings = sorted(k.removeprefix(prefix) for k in known if k.rpartition(".")[0] == section)
+    guess = difflib.get_close_matches(key, siblings, n=1, cutoff=0.75)
+    elsewhere = sorted(k for k in known if k.rpartition(".")[2] == key)
+    if guess:
+        hint = f"did you mean {prefix}{guess[0]}?"
+    elif elsewhere:
+        hint = f"did you mean {elsewhere[0]}?"
+    else:
+        hint = f"{f'[{section}]' if section else 'the top level'} takes {', '.join(siblings)}"
+    return f"unknown setting; {hint} {listing}"
 
 
 def _env_name(name: str) -> str:

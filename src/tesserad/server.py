@@ -277,18 +277,25 @@ class Daemon:
     async def _start(self) -> None:
         settings = self.settings
         data_dir = settings.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = DataDirLock(data_dir)
-        with space_checked(str(data_dir), "the data directory's files at start"):
-            self._lock.acquire()
+        # What the settings alone refuse (exposure without authentication, the tokens, TLS and
+        # trace files) is refused before the data directory is touched: a wrong setting leaves
+        # no data directory or empty store behind.
+        refusals = ReplicaRefusals()
+        auth, credentials = self._secure(None if settings.replica.primary else RefusalNotes(refusals))
         if settings.serving.trace_file is not None:
             try:
                 self._tracer = Tracer(usable_trace_file(settings.serving.trace_file), OIP_NAME_BY_DTYPE)
             except ValueError as exc:
                 raise StartupError(str(exc)) from None
+        if not settings.replica.primary:
+            transport = await asyncio.to_thread(self._replica_transport, credentials is not None)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = DataDirLock(data_dir)
+        with space_checked(str(data_dir), "the data directory's files at start"):
+            self._lock.acquire()
         TraceMetrics(self._tracer, self.metrics.registry)
         if settings.replica.primary:
-            await self._start_replica()
+            await self._start_replica(auth, credentials)
             return
         with space_checked(str(data_dir), "the data directory's files at start"):
             self._store = Store.open(
@@ -315,8 +322,7 @@ class Daemon:
         StoreMetrics(self._store, blobs, data_dir, self.metrics.registry)
         self._gpus = Gpus()
 
-        refusals = ReplicaRefusals()
-        server, credentials, auth, calls = self._new_server(RefusalNotes(refusals))
+        server, calls = self._new_server(auth, RefusalNotes(refusals))
         routes = _Routes(server)
         system = SystemService(data_dir, self._store, blobs, self._gpus, self.service_names)
         limits = settings.limits
@@ -377,11 +383,7 @@ class Daemon:
         self.registry.add_listener(self.inference.on_registry_change)
         self.inference.add_deletion_listener(self._tracer.forget, self._tracer.kept)
         oip = OpenInference(self.inference, self._stopping, self._shared_memory, self._logs, self._tracer)
-        cluster = ClusterStats(
-            self._changes.replicas,
-            await asyncio.to_thread(self._replica_transport, credentials is not None),
-            refusals.recent,
-        )
+        cluster = ClusterStats(self._changes.replicas, transport, refusals.recent)
         _register(
             inference_pb2_grpc.add_InferenceServicer_to_server,
             InferenceServicer(self.inference, self._tracer, self._stopping, cluster),
@@ -487,12 +489,11 @@ class Daemon:
             },
         )
 
-    def _new_server(
+    def _secure(
         self, failed: ErrorListener | None = None
-    ) -> tuple[grpc.aio.Server, grpc.ServerCredentials | None, AuthInterceptor, CallCounter]:
-        """The gRPC server with its interceptors and options, its credentials (None: plaintext),
-        and the counter of calls in flight its interceptor keeps. `failed`: told of each call
-        refused or ended by an error."""
+    ) -> tuple[AuthInterceptor, grpc.ServerCredentials | None]:
+        """The exposure checked, the tokens and TLS files read: the calls' authentication and
+        the server's credentials (None: plaintext). `failed`: told of each call refused."""
         settings = self.settings
         _check_exposure(settings, self.insecure)
         served = [
@@ -513,6 +514,13 @@ class Daemon:
         interval = settings.security.tokens_reload_interval_s
         if (auth.tokens is not None or certificates is not None) and interval > 0:
             self._files_watch = asyncio.create_task(self._watch_files(interval))
+        return auth, credentials
+
+    def _new_server(
+        self, auth: AuthInterceptor, failed: ErrorListener | None = None
+    ) -> tuple[grpc.aio.Server, CallCounter]:
+        """The gRPC server with its interceptors and options, and the counter of calls in flight
+        its interceptor keeps. `failed`: told of each call refused or ended by an error."""
         calls = CallCounter()
         server = grpc.aio.server(
             interceptors=[ServerInterceptor(auth, CallInterceptor(self.metrics, calls, failed))],
@@ -523,7 +531,7 @@ class Daemon:
                 # gRPC's ceiling: AuthInterceptor checks max_message_size itself and names the
                 # setting; gRPC's own check would answer first with a message that does not.
                 ("grpc.max_receive_message_length", GRPC_MESSAGE_SIZE_CEILING),
-                ("grpc.max_send_message_length", settings.max_message_size),
+                ("grpc.max_send_message_length", self.settings.max_message_size),
                 # Replicas ping their primary every replica.keepalive_s (1 s at least), also while
                 # their change stream is quiet, and SDK clients ping while a call is in flight
                 # (every 30 s by default, 1 s at least); gRPC's defaults (a ping in 5 minutes
@@ -534,7 +542,7 @@ class Daemon:
             ],
         )
         self._server = server
-        return server, credentials, auth, calls
+        return server, calls
 
     def _replica_transport(self, serves_tls: bool) -> Transport:
         """How a primary reaches its replicas for their statistics, its replica.tls_* files
@@ -615,11 +623,11 @@ class Daemon:
                 ) from None
             self.metrics_port = self._metrics_http.port
 
-    async def _start_replica(self) -> None:
+    async def _start_replica(self, auth: AuthInterceptor, credentials: grpc.ServerCredentials | None) -> None:
         """A serving replica: inference over the primary's followed registry, no store of its own."""
         settings = self.settings
         primary = settings.replica.primary
-        server, credentials, auth, calls = self._new_server()
+        server, calls = self._new_server(auth)
         routes = _Routes(server)
         cache = self._blobs = BlobCache(settings.data_dir / "replica-cache", settings.replica.cache_size)
         followed = FollowedRegistry(

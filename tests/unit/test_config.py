@@ -127,8 +127,51 @@ def test_unreadable_config_file(tmp_path):
         load_settings(tmp_path / "missing.toml", env={})
     broken = tmp_path / "broken.toml"
     broken.write_text("listen = \n")
-    with pytest.raises(SettingsError, match="cannot be read"):
+    with pytest.raises(SettingsError, match=r"broken.toml is not valid TOML: .*line 1"):
         load_settings(broken, env={})
+
+
+def test_a_config_file_that_is_not_utf8_or_is_a_directory_is_refused_naming_it(tmp_path):
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes('log_level = "info" # caf\xe9\n'.encode("latin-1"))
+    with pytest.raises(SettingsError) as err:
+        load_settings(latin1, env={})
+    assert str(err.value) == (
+        f"config file {latin1} is not UTF-8 text (byte 24 cannot be decoded); TOML files are UTF-8: "
+        "save it as such"
+    )
+    with pytest.raises(SettingsError) as err:
+        load_settings(tmp_path, env={})
+    assert str(err.value) == f"config file {tmp_path} is a directory; name the TOML file in it"
+
+
+@pytest.mark.parametrize(
+    ("toml", "said"),
+    [
+        (
+            '[store]\nmapsize = "1GiB"\n',
+            "store.mapsize (in {}): unknown setting; did you mean store.map_size?",
+        ),
+        ('lisen = "127.0.0.1:1"\n', "lisen (in {}): unknown setting; did you mean listen?"),
+        ('map_size = "1GiB"\n', "map_size (in {}): unknown setting; did you mean store.map_size?"),
+        ("store = 1\n", "store (in {}): store is a section, not a setting: write its settings under [store]"),
+        (
+            "[storage]\nmap_size = 1\n",
+            "storage.map_size (in {}): there is no section [storage]; the sections are [limits], ",
+        ),
+        ("[nn]\ncolour = 1\n", "nn.colour (in {}): unknown setting; [nn] takes max_workspace "),
+    ],
+)
+def test_an_unknown_key_is_named_with_the_setting_it_likely_meant(tmp_path, toml, said):
+    config = tmp_path / "c.toml"
+    config.write_text(toml)
+    with pytest.raises(SettingsError) as err:
+        load_settings(config, env={})
+    line = str(err.value).splitlines()[1].strip()
+    assert line.startswith(said.format(config))
+    assert line.endswith("(`tesserad settings` lists every setting)") or "section, not a setting" in line
+    # The hint, not all 80-odd settings.
+    assert len(line) < 400
 
 
 def test_metrics_can_be_turned_off():

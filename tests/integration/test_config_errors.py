@@ -1,0 +1,75 @@
+"""`tesserad serve --config FILE` with a wrong file: it exits non-zero naming the key or file and
+what to fix, and leaves no data directory behind (the default, ./var, in its working directory)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+def serve_with(spawn_daemon, cwd: Path, config_text: str | bytes, *args: str) -> tuple[int, str]:
+    config = cwd / "tesserad.toml"
+    if isinstance(config_text, bytes):
+        config.write_bytes(config_text)
+    else:
+        config.write_text(config_text)
+    daemon = spawn_daemon(
+        "--config", str(config), "--listen", "127.0.0.1:0", "--metrics-listen", "off", *args, cwd=cwd
+    )
+    status = daemon.process.wait(60)
+    return status, daemon.output()
+
+
+@pytest.mark.parametrize(
+    ("config_text", "said"),
+    [
+        (
+            '[store]\nmapsize = "1GiB"\n',
+            "store.mapsize (in {}): unknown setting; did you mean store.map_size?",
+        ),
+        ('grace_period_s = "ten"\n', "grace_period_s = 'ten' (from {}): expected a number in 0.0..3600.0"),
+        ("[limits]\nchunk_size = 1\n", "limits.chunk_size = 1 (from {}): expected a value in 4096..4194304"),
+        (b'log_level = "info" # caf\xe9\n', "config file {} is not UTF-8 text (byte 24 cannot be decoded)"),
+        ("listen = \n", "config file {} is not valid TOML: "),
+    ],
+    ids=["unknown-key", "wrong-type", "out-of-range", "not-utf8", "not-toml"],
+)
+def test_a_wrong_config_file_exits_2_naming_the_key_and_leaves_no_data_dir(
+    spawn_daemon, tmp_path, config_text, said
+):
+    status, output = serve_with(spawn_daemon, tmp_path, config_text)
+    assert status == 2, output
+    assert said.format(tmp_path / "tesserad.toml") in output
+    assert "Traceback" not in output
+    assert not (tmp_path / "var").exists()
+
+
+@pytest.mark.parametrize(
+    ("config_text", "said"),
+    [
+        (
+            'listen = "127.0.0.1:0"\n[security]\ntokens_file = "tokens.toml"\n',
+            "tokens file tokens.toml does not exist; create it with",
+        ),
+        (
+            'listen = "127.0.0.1:0"\n[security]\ntls_cert_file = "server.pem"\ntls_key_file = "server.key"\n',
+            "security.tls_cert_file server.pem cannot be read",
+        ),
+        ('listen = "0.0.0.0:0"\n', "refusing to listen on 0.0.0.0:0 without authentication"),
+    ],
+    ids=["tokens-file-missing", "tls-file-missing", "exposed-without-tokens"],
+)
+def test_a_config_file_the_start_refuses_exits_1_and_leaves_no_data_dir(
+    spawn_daemon, tmp_path, config_text, said
+):
+    """Refused only as the daemon starts (a file it names is missing, an exposure it forbids), yet
+    before it makes ./var: no empty store is left for the next start to find."""
+    config = tmp_path / "tesserad.toml"
+    config.write_text(config_text)
+    # The config's listen must win (the exposure case): no --listen here.
+    daemon = spawn_daemon("--config", str(config), "--metrics-listen", "off", cwd=tmp_path)
+    assert daemon.process.wait(60) == 1
+    output = daemon.output()
+    assert said in output
+    assert not (tmp_path / "var").exists()
