@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import configparser
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -263,3 +265,87 @@ def test_kuberay_cluster_and_the_daemons_settings_agree():
     assert settings.training.ray_daemon_target == f"tesserad:{GRPC_PORT}"
     pinned = re.search(r"^ray==(\S+)$", (DEPLOY.parent / "constraints.txt").read_text(), re.MULTILINE)
     assert pinned and cluster["spec"]["rayVersion"] == pinned.group(1)
+
+
+def deploy_texts() -> dict[Path, str]:
+    return {path: path.read_text() for path in sorted(DEPLOY.rglob("*")) if path.is_file()}
+
+
+# A setting's dotted name in prose or comments; `security.tls_*` names a family, and a host name
+# such as tesserad-replica.default.svc is not a setting.
+_SETTING_NAME = re.compile(
+    r"(?<![\w.-])((?:store|serving|training|nn|limits|registry|security|replica)\.[a-z_]+)\b(?!\*)"
+)
+
+
+def test_every_setting_and_variable_the_deploy_files_name_exists():
+    from tesserad.config import describe_settings
+
+    settings = describe_settings()
+    names = {info.name for info in settings}
+    variables = {info.env for info in settings}
+    wrong = []
+    for path, text in deploy_texts().items():
+        wrong += [f"{path.name}: {name}" for name in _SETTING_NAME.findall(text) if name not in names]
+        wrong += [
+            f"{path.name}: {env}" for env in re.findall(r"TESSERA_[A-Z0-9_]+", text) if env not in variables
+        ]
+    assert not wrong
+
+
+def command_segments(path: Path, text: str) -> list[str]:
+    """The pieces of `text` a command may be written in, each on one line: in Markdown the lines
+    of code blocks and the inline code spans (which may wrap), elsewhere the lines, with backslash
+    continuations (in comments too) joined."""
+    text = re.sub(r"\\\n[ \t#]*", " ", text)
+    if path.suffix != ".md":
+        return text.splitlines()
+    blocks = re.findall(r"^```[^\n]*\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
+    prose = re.sub(r"^```[^\n]*\n.*?^```", "", text, flags=re.MULTILINE | re.DOTALL)
+    spans = [span.replace("\n", " ") for span in re.findall(r"`([^`]+)`", prose)]
+    return [line for block in blocks for line in block.splitlines()] + spans
+
+
+def _options(parser) -> set[str]:
+    return {option for action in parser._actions for option in action.option_strings}
+
+
+def _subcommands(parser) -> dict[str, object]:
+    return next(a.choices for a in parser._actions if isinstance(a.choices, dict))
+
+
+def test_every_flag_of_a_tesserad_command_in_the_deploy_files_exists(capsys):
+    from tesserad.cli import build_parser
+    from tesserad.tools import healthcheck
+
+    commands = _subcommands(build_parser())
+    flags_of = {name: _options(commands[name]) for name in ("serve", "restore", "settings")}
+    flags_of |= {f"tokens {name}": _options(p) for name, p in _subcommands(commands["tokens"]).items()}
+    with pytest.raises(SystemExit):
+        healthcheck.main(["--help"])
+    flags_of["healthcheck"] = set(re.findall(r"--[a-z][a-z-]*", capsys.readouterr().out))
+    used = []
+    for path, text in deploy_texts().items():
+        for segment in command_segments(path, text):
+            for match in re.finditer(
+                r"tesserad (serve|restore|settings|tokens \w+)\b|tesserad\.tools\.(healthcheck)\b", segment
+            ):
+                command = match.group(1) or match.group(2)
+                # The flags up to the next command, shell operator or comment belong to this one.
+                rest = re.split(r"tesserad[ .]|&&|\||;|\]|#|kubectl", segment[match.end() :])[0]
+                used += [(path.name, command, flag) for flag in re.findall(r"(?<![\w-])--[a-z][a-z-]*", rest)]
+    assert {command for _, command, _ in used} >= {"serve", "tokens add", "tokens remove", "healthcheck"}
+    assert [u for u in used if u[2] not in flags_of[u[1]]] == []
+
+
+def test_systemd_analyze_verifies_the_unit(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    text = (DEPLOY / "systemd" / "tesserad.service").read_text()
+    # The venv is not installed here; any executable stands in for its tesserad.
+    unit = tmp_path / "tesserad.service"
+    unit.write_text(text.replace("/opt/tesserad/bin/tesserad ", f"{shutil.which('true')} "))
+    result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    # A misspelt key or a bad value is only warned about ("ignoring"), with status 0.
+    assert (result.returncode, result.stderr) == (0, "")

@@ -1,0 +1,79 @@
+"""deploy/prometheus against a real daemon's /metrics: every metric and label its alert rules
+use is one a scrape shows, and Prometheus loads the rules for the job that scrapes tesserad."""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+from pathlib import Path
+
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+PROMETHEUS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
+# Labels Prometheus adds to every series it scrapes.
+TARGET_LABELS = {"instance", "job"}
+_SELECTOR = re.compile(r"\b([a-z_:][a-z0-9_:]*)\s*(?:\{([^}]*)\})?")
+_GROUPING = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
+PROMQL_WORDS = {"sum", "by", "without", "rate", "increase", "and", "or", "unless", "on", "ignoring"}
+
+
+def load_yaml(path: Path) -> dict:
+    yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read deploy/prometheus")
+    document: dict = yaml.safe_load(path.read_text())
+    return document
+
+
+def scraped_series(url: str) -> dict[str, set[str]]:
+    """Each sample name a scrape shows, with the label names it carries."""
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    series: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            series.setdefault(sample.name, set()).update(sample.labels)
+    return series
+
+
+def test_prometheus_loads_the_alerts_for_the_job_they_name():
+    config = load_yaml(PROMETHEUS / "prometheus.yml")
+    assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    jobs = {job["job_name"] for job in config["scrape_configs"]}
+    exprs = [
+        rule["expr"] for group in load_yaml(PROMETHEUS / "alerts.yml")["groups"] for rule in group["rules"]
+    ]
+    assert {job for expr in exprs for job in re.findall(r'job="([^"]+)"', expr)} == jobs
+
+
+def test_every_metric_and_label_the_alerts_use_is_in_a_real_scrape(daemon, channel):
+    # A finished call, so that the per-call series exist.
+    health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    series = scraped_series(f"http://127.0.0.1:{daemon.daemon.metrics_port}/metrics")
+    rules = [rule for group in load_yaml(PROMETHEUS / "alerts.yml")["groups"] for rule in group["rules"]]
+    assert rules
+    wrong = []
+    for rule in rules:
+        # Label values and annotations' templates are not names.
+        expr = re.sub(r'"[^"]*"', '""', rule["expr"])
+        labels_of_expr: set[str] = set()
+        for name, selector in _SELECTOR.findall(_GROUPING.sub("", expr)):
+            if name in PROMQL_WORDS or name[0].isdigit():
+                continue
+            if name == "up":
+                labels = set(TARGET_LABELS)
+            elif name in series:
+                labels = series[name] | TARGET_LABELS
+            else:
+                wrong.append(f"{rule['alert']}: no metric {name}")
+                continue
+            labels_of_expr |= labels
+            used = {pair.split("=")[0].rstrip("!~").strip() for pair in selector.split(",") if pair.strip()}
+            wrong += [f"{rule['alert']}: {name} has no label {label}" for label in used - labels]
+        for grouping in _GROUPING.findall(expr):
+            used = {label.strip() for label in grouping.split(",")}
+            wrong += [f"{rule['alert']}: no label {label} to group by" for label in used - labels_of_expr]
+        templated = set(re.findall(r"\$labels\.(\w+)", str(rule.get("annotations", {}))))
+        wrong += [
+            f"{rule['alert']}: its annotations name no label {label}" for label in templated - labels_of_expr
+        ]
+    assert wrong == []
