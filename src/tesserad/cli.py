@@ -25,6 +25,11 @@ from tesserad.tools import tokens
 # What a shell reports for a command interrupted by Ctrl-C (128 + SIGINT) and by SIGTERM (128 + 15).
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
+# `tesserad serve` could not start (a port taken, a file a setting names missing, the data
+# directory in use), or a setting is wrong: no restart mends the latter (systemd's unit stops
+# restarting on it).
+EXIT_CANNOT_START = 1
+EXIT_BAD_SETTINGS = 2
 
 log = logging.getLogger("tesserad")
 
@@ -83,7 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
             "file given by --config, TESSERA_* environment variables, these flags. "
             "`tesserad settings` lists every setting. SIGTERM or SIGINT stops it gracefully; "
             "SIGHUP reads security.tokens_file and the TLS certificate, key and client CA again, "
-            "and on a replica replica.token_file (and only those: other settings need a restart)."
+            "and on a replica replica.token_file (and only those: other settings need a restart). "
+            f"Exit status: 0 stopped by a signal, after the drain; {EXIT_CANNOT_START} it could not "
+            "start (the log says why: a port taken, a file a setting names missing or wrong, the data "
+            f"directory in use); {EXIT_BAD_SETTINGS} a setting, flag or the --config file is wrong "
+            "(the message names it, where it came from and what to fix)."
         ),
     )
     serve.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file")
@@ -209,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(args.config, overrides=overrides)
     except SettingsError as exc:
         print(f"tesserad: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_SETTINGS
     configure_logging(settings.log_format, settings.log_level)
 
     from tesserad.server import StartupError, serve
@@ -218,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(serve(settings, insecure=args.insecure))
     except (StartupError, TesseraError) as exc:
         log.error("tesserad cannot start: %s", exc)
-        return 1
+        return EXIT_CANNOT_START
     return 0
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tesserad.cli import EXIT_BAD_SETTINGS
 from tesserad.config import Address, Settings, load_settings
 
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
@@ -73,6 +74,8 @@ def test_systemd_unit_is_hardened_and_waits_for_the_drain(tmp_path):
     assert service["StateDirectory"] == "tesserad"
     assert service["ReadWritePaths"] == DATA_DIR
     assert service["Restart"] == "on-failure"
+    # A wrong setting is not restarted into a loop; a start that failed otherwise is retried.
+    assert service["RestartPreventExitStatus"] == str(EXIT_BAD_SETTINGS)
     assert service["ExecStart"].startswith(
         "/opt/tesserad/bin/tesserad serve --config /etc/tesserad/tesserad.toml"
     )
