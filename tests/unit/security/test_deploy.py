@@ -352,3 +352,66 @@ def test_systemd_analyze_verifies_the_unit(tmp_path):
     result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
     # A misspelt key or a bad value is only warned about ("ignoring"), with status 0.
     assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_the_ray_patch_gives_the_daemon_ray_its_settings_and_the_workers_token():
+    cluster, config = load_all(DEPLOY / "k8s" / "raycluster.yaml")
+    patch = load_all(DEPLOY / "k8s" / "patches" / "statefulset-ray.yaml")[0]
+    pod = patch["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    daemon = k8s_objects()["StatefulSet/tesserad"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["name"] == daemon["name"]
+    assert container["envFrom"] == [{"configMapRef": {"name": config["metadata"]["name"]}}]
+    settings = env_settings(config["data"])
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (name,) = mounts
+    assert settings.training.ray_worker_token_file == Path(mounts[name]) / "token"
+    assert volumes[name]["secret"]["secretName"] == "tesserad-ray-worker-token"
+    # torch with CUDA, and Ray, for the daemon (a GPU pod) and the GPU workers alike: the CUDA
+    # image built with the ray extra; the CPU image's torch has no CUDA.
+    images = {
+        group["groupName"]: group["template"]["spec"]["containers"][0]["image"]
+        for group in cluster["spec"]["workerGroupSpecs"]
+    }
+    assert container["image"] == images["gpu"] == "tesserad:cuda-ray" != daemon["image"]
+    assert images["cpu"] == "tesserad:ray"
+    cuda = (DEPLOY / "docker" / "Dockerfile.cuda").read_text()
+    assert 'ARG EXTRAS=""' in cuda and '-c constraints.txt ./clients/python ".${EXTRAS}"' in cuda
+    assert "--build-arg EXTRAS=[ray] -t tesserad:cuda-ray" in (DEPLOY / "k8s" / "raycluster.yaml").read_text()
+
+
+def test_the_ray_patch_merges_into_the_statefulset_keeping_its_mounts():
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed")
+    yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read kubectl's output")
+    # --local: the merge kubectl would send, worked out without a cluster.
+    result = subprocess.run(
+        [
+            kubectl,
+            "patch",
+            "--local",
+            "-o",
+            "yaml",
+            "-f",
+            str(DEPLOY / "k8s" / "statefulset.yaml"),
+            "--patch-file",
+            str(DEPLOY / "k8s" / "patches" / "statefulset-ray.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    pod = yaml.safe_load(result.stdout)["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == "tesserad:cuda-ray"
+    assert {m["name"] for m in container["volumeMounts"]} == {
+        "data",
+        "config",
+        "tokens",
+        "tmp",
+        "ray-worker-token",
+    }
+    assert {v["name"] for v in pod["volumes"]} == {"config", "tokens", "tmp", "ray-worker-token"}
