@@ -777,6 +777,8 @@ def _unknown(name: str, known: set[str]) -> str:
         return f"{name} is a section, not a setting: write its settings under [{name}]"
     section, _, key = name.rpartition(".")
     listing = "(`tesserad settings` lists every setting)"
+    if section in known:
+        return f"{section} is a setting, not a section: give it one value, as `{section} = ...`"
     if section and section not in sections:
         return f"there is no section [{section}]; the sections are [{'], ['.join(sections)}] {listing}"
     prefix = f"{section}." if section else ""

@@ -160,6 +160,10 @@ def test_a_config_file_that_is_not_utf8_or_is_a_directory_is_refused_naming_it(t
             "storage.map_size (in {}): there is no section [storage]; the sections are [limits], ",
         ),
         ("[nn]\ncolour = 1\n", "nn.colour (in {}): unknown setting; [nn] takes max_workspace "),
+        (
+            '[listen]\nhost = "0.0.0.0"\n',
+            "listen.host (in {}): listen is a setting, not a section: give it one value, as `listen = ...`",
+        ),
     ],
 )
 def test_an_unknown_key_is_named_with_the_setting_it_likely_meant(tmp_path, toml, said):
@@ -169,7 +173,7 @@ def test_an_unknown_key_is_named_with_the_setting_it_likely_meant(tmp_path, toml
         load_settings(config, env={})
     line = str(err.value).splitlines()[1].strip()
     assert line.startswith(said.format(config))
-    assert line.endswith("(`tesserad settings` lists every setting)") or "section, not a setting" in line
+    assert line.endswith("(`tesserad settings` lists every setting)") or ", not a s" in line
     # The hint, not all 80-odd settings.
     assert len(line) < 400
 
