@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+
 import grpc
 import pytest
 
 import tessera
+import tessera.aio
+from tessera.cli import EXIT_DAEMON
+from tessera.cli import main as tessera_main
 from tesserad.security import Role
 from tesserad.server import StartupError
 from tests.conftest import InProcessDaemon, daemon_settings
@@ -167,3 +173,77 @@ def test_an_sdk_client_that_does_not_trust_the_daemon_is_told_to_check_its_tls_n
     assert "`TLS(cert_file=, key_file=)`" in message, message
     assert "tesserad serve" not in message, message
     assert "CERTIFICATE_VERIFY_FAILED" in message.split("; gRPC said: ", 1)[1], message
+
+
+def mutual_tls_failure(daemon, tls: tessera.TLS) -> str:
+    """The message of a blocking and of an asyncio SDK client's call that `daemon` refuses (the
+    two must say the same)."""
+    target = f"127.0.0.1:{daemon.daemon.port}"
+    with tessera.Client(target, tls=tls, timeout=5) as client, pytest.raises(tessera.Unavailable) as failed:
+        client.system.info()
+
+    async def aio_failure() -> str:
+        async with tessera.aio.Client(target, tls=tls, timeout=5) as aio_client:
+            with pytest.raises(tessera.Unavailable) as aio_failed:
+                await aio_client.system.info()
+            return aio_failed.value.message
+
+    aio_message = asyncio.run(asyncio.wait_for(aio_failure(), 60))
+    message = failed.value.message
+    assert aio_message.split("; gRPC said: ")[0] == message.split("; gRPC said: ")[0], (message, aio_message)
+    assert "tesserad serve" not in message, message
+    assert message.count("; gRPC said: ") == 1, message
+    return message
+
+
+def test_an_sdk_client_without_a_certificate_is_told_the_daemon_may_require_one(start_daemon, pki):
+    """Under TLS 1.3 a daemon checks the client's certificate after the client's side of the
+    handshake ended: gRPC says only "Socket closed", which read as no daemon there."""
+    daemon = start_daemon(**tls_settings(pki, mutual=True))
+    message = mutual_tls_failure(daemon, tessera.TLS(ca_file=pki.ca))
+    assert message.startswith(
+        f"the daemon at 127.0.0.1:{daemon.daemon.port} may require a client certificate (mutual TLS): "
+    ), message
+    assert "as `TLS(cert_file=, key_file=)`" in message, message
+
+
+def test_an_sdk_client_with_a_certificate_the_daemon_does_not_trust_is_told_to_check_its_ca(
+    start_daemon, pki
+):
+    daemon = start_daemon(**tls_settings(pki, mutual=True))
+    rogue = tessera.TLS(ca_file=pki.ca, cert_file=pki.rogue_cert, key_file=pki.rogue_key)
+    message = mutual_tls_failure(daemon, rogue)
+    assert message.startswith(
+        f"the daemon at 127.0.0.1:{daemon.daemon.port} may not trust this client's certificate (mutual TLS): "
+    ), message
+    assert "check that the CA there signed the one given as `TLS(cert_file=, key_file=)`" in message, message
+
+
+def test_the_cli_without_a_certificate_is_told_its_flags_for_one(start_daemon, pki, capsys):
+    daemon = start_daemon(**tls_settings(pki, mutual=True))
+    target = f"127.0.0.1:{daemon.daemon.port}"
+    code = tessera_main(["--target", target, "--tls-ca", str(pki.ca), "--timeout", "5", "info"])
+    err = capsys.readouterr().err
+    assert code == EXIT_DAEMON, err
+    assert err.startswith(
+        f"tessera: UNAVAILABLE: the daemon at {target} may require a client certificate (mutual TLS): "
+    ), err
+    assert "as --tls-cert FILE and --tls-key FILE; gRPC said: " in err, err
+    client = ["--tls-cert", str(pki.client_cert), "--tls-key", str(pki.client_key)]
+    assert tessera_main(["--target", target, "--tls-ca", str(pki.ca), *client, "info"]) == 0
+
+
+def test_a_tls_client_finding_no_daemon_is_still_told_to_start_one(pki):
+    """Nothing listens: the connection is refused before any handshake."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        target = f"127.0.0.1:{unused.getsockname()[1]}"
+        tls = tessera.TLS(ca_file=pki.ca, cert_file=pki.client_cert, key_file=pki.client_key)
+        with (
+            tessera.Client(target, tls=tls, timeout=5) as client,
+            pytest.raises(tessera.Unavailable) as failed,
+        ):
+            client.system.info()
+    message = failed.value.message
+    assert message.startswith(f"is tesserad running at {target}? "), message
+    assert "this client uses TLS: a daemon serving plaintext does not answer it" in message, message

@@ -190,3 +190,24 @@ def test_tls_failures_name_the_tls_settings_in_cli_flags_not_a_daemon_to_start()
     assert unreachable_message("127.0.0.1:1", plaintext, True).startswith(
         "127.0.0.1:1 answers in plaintext, not TLS: connect to it without `tls=`"
     )
+
+
+def test_a_connection_closed_after_the_tls_handshake_points_at_a_client_certificate():
+    """gRPC's words for a daemon under mutual TLS refusing a client; a plaintext client to a
+    TLS daemon sees the same words and keeps the advice to check the address and TLS."""
+    closed = "connections to all backends failing; last error: UNAVAILABLE: ipv4:127.0.0.1:1: Socket closed"
+    assert in_cli_words(unreachable_message("127.0.0.1:1", closed, True)) == (
+        "the daemon at 127.0.0.1:1 may require a client certificate (mutual TLS): it closed the connection "
+        "after the TLS handshake, as tesserad does with a client that sends none; pass one signed by the CA "
+        f"in its security.tls_client_ca_file as --tls-cert FILE and --tls-key FILE; gRPC said: {closed}"
+    )
+    assert unreachable_message("127.0.0.1:1", closed, True, client_cert=True).startswith(
+        "the daemon at 127.0.0.1:1 may not trust this client's certificate (mutual TLS): "
+    )
+    assert unreachable_message("127.0.0.1:1", closed, False).startswith(
+        "is tesserad running at 127.0.0.1:1? "
+    )
+    cut_short = closed.replace("Socket closed", "Handshake read failed (Socket closed)")
+    assert unreachable_message("127.0.0.1:1", cut_short, True).startswith(
+        "the TLS handshake with 127.0.0.1:1 failed: "
+    )

@@ -184,11 +184,16 @@ _PLAINTEXT_PEER = re.compile(r"wrong_version_number", re.IGNORECASE)
 # gRPC's and OpenSSL's words when a daemon answered but the TLS handshake failed on its
 # certificate, its name or this client's (the daemon's cluster_stats tells these apart too).
 _HANDSHAKE = re.compile(r"handshake|certificate|hostname verification|ssl", re.IGNORECASE)
+# gRPC's words for a connection closed before the daemon's first HTTP/2 frame. To a TLS client,
+# whose handshake then ended on its side (one cut short says "Handshake read failed"), that is a
+# daemon under mutual TLS refusing its certificate: under TLS 1.3 the daemon checks it once the
+# client is done, and the alert it sends is lost with the connection.
+_CLOSED = re.compile(r"socket closed", re.IGNORECASE)
 
 
-def unreachable_message(target: str, detail: str, tls: bool) -> str:
-    """What to check when no daemon answered at `target` (this client with TLS or not), then
-    gRPC's own words, `detail`."""
+def unreachable_message(target: str, detail: str, tls: bool, client_cert: bool = False) -> str:
+    """What to check when no daemon answered at `target` (this client with TLS or not, and with
+    a client certificate or not), then gRPC's own words, `detail`."""
     if _UNRESOLVED.search(detail):
         advice = (
             f"the host name in {target} does not resolve: check it, or give the address tesserad "
@@ -203,6 +208,20 @@ def unreachable_message(target: str, detail: str, tls: bool) -> str:
             f"the daemon's certificate, that the certificate names the host in {TARGET_WORDS} (or give "
             f"the name it has as {TLS_NAME_WORDS}), and, where the daemon asks for one (mutual TLS), a "
             f"client certificate it trusts as {TLS_CLIENT_WORDS}"
+        )
+    elif tls and _CLOSED.search(detail) and client_cert:
+        # The TLS handshake went through, so starting a daemon is the wrong advice.
+        advice = (
+            f"the daemon at {target} may not trust this client's certificate (mutual TLS): it closed the "
+            "connection after the TLS handshake, as tesserad does with a certificate its "
+            "security.tls_client_ca_file did not sign; check that the CA there signed the one given as "
+            f"{TLS_CLIENT_WORDS}"
+        )
+    elif tls and _CLOSED.search(detail):
+        advice = (
+            f"the daemon at {target} may require a client certificate (mutual TLS): it closed the "
+            "connection after the TLS handshake, as tesserad does with a client that sends none; pass one "
+            f"signed by the CA in its security.tls_client_ca_file as {TLS_CLIENT_WORDS}"
         )
     elif _HTTP1_PEER.search(detail):
         # Something listens there, so starting a daemon is the wrong advice: the dashboard's
@@ -225,12 +244,14 @@ def unreachable_message(target: str, detail: str, tls: bool) -> str:
     return f"{advice}; gRPC said: {detail}"
 
 
-def explain_unreachable(error: TesseraError, target: str, tls: bool) -> TesseraError:
+def explain_unreachable(
+    error: TesseraError, target: str, tls: bool, client_cert: bool = False
+) -> TesseraError:
     """`error` saying what to check when gRPC's words say no daemon answered at `target`; else
     `error` itself (a daemon that answers UNAVAILABLE, shutting down, keeps its words)."""
     if not reached_no_daemon(error):
         return error
-    return Unavailable(unreachable_message(target, error.message, tls), error.trailers)
+    return Unavailable(unreachable_message(target, error.message, tls, client_cert), error.trailers)
 
 
 _CODE_BY_NUMBER: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}

@@ -418,7 +418,12 @@ class _Channel(ABC):
             return err
         if self.closed and err.code() == grpc.StatusCode.CANCELLED:
             return Cancelled(f"the client of {self.target} was closed while the call was in flight")
-        return explain_unreachable(error_from_rpc(err), self.target, self.tls is not None)
+        return explain_unreachable(
+            error_from_rpc(err),
+            self.target,
+            self.tls is not None,
+            client_cert=self.tls is not None and self.tls.cert_file is not None,
+        )
 
 
 class Connection(_Channel):
