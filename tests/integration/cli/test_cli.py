@@ -310,7 +310,7 @@ def test_a_timeout_that_is_no_number_of_seconds_above_0_is_bad_usage(tessera_cli
     with pytest.raises(SystemExit) as caught:
         tessera_cli("--timeout", seconds, "info")
     assert caught.value.code == 2
-    assert "argument --timeout: must be a number of seconds above 0" in capsys.readouterr().err
+    assert "argument --timeout: seconds a call may take must be above 0" in capsys.readouterr().err
 
 
 def test_demo_runs_the_whole_life_cycle(tessera_cli):

@@ -11,8 +11,9 @@ from collections.abc import Iterator
 import pytest
 
 from tessera.cli import EXIT_USAGE
-from tessera.cli.arguments import INT32_MAX
+from tessera.cli.arguments import INT32_MAX, TIMEOUT_ENV
 from tessera.cli.parser import build_parser
+from tessera.transport import DEFAULT_TIMEOUT_S, MAX_TIMEOUT_S
 from tesserad.errors import InvalidArgument
 from tesserad.registry.ensembles import parse_ensemble_spec
 
@@ -269,3 +270,34 @@ def test_a_version_written_as_tables_show_it_is_pointed_at_its_number(capsys):
     err = " ".join(capsys.readouterr().err.split())
     assert "for version 2, pass --version 2" in err, err
     assert "pass --alias" not in err, err
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "nan", "inf", "soon", "2e9"])
+def test_a_timeout_out_of_range_is_a_usage_error_naming_the_flag_and_the_environment(
+    capsys, monkeypatch, text
+):
+    """2e9 s passed the parser once and failed in the client with exit 1: gRPC's clock ends
+    before it (the SDK refuses more than MAX_TIMEOUT_S)."""
+    monkeypatch.delenv(TIMEOUT_ENV, raising=False)
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["--timeout", text, "info"])
+    assert exited.value.code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"argument --timeout: seconds a call may take must be above 0 and at most {MAX_TIMEOUT_S:g}" in err
+    assert f"got {text!r}, here or in env {TIMEOUT_ENV}" in err, err
+    monkeypatch.setenv(TIMEOUT_ENV, text)
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["info"])
+    assert exited.value.code == EXIT_USAGE
+    assert f"got {text!r}, here or in env {TIMEOUT_ENV}" in capsys.readouterr().err
+
+
+def test_the_timeout_comes_from_the_flag_then_the_environment(monkeypatch):
+    monkeypatch.delenv(TIMEOUT_ENV, raising=False)
+    assert build_parser().parse_args(["info"]).timeout == DEFAULT_TIMEOUT_S
+    assert build_parser().parse_args(["--timeout", "2.5", "info"]).timeout == 2.5
+    monkeypatch.setenv(TIMEOUT_ENV, " 90 ")
+    assert build_parser().parse_args(["info"]).timeout == 90
+    assert build_parser().parse_args(["--timeout", "5", "info"]).timeout == 5
+    monkeypatch.setenv(TIMEOUT_ENV, "")
+    assert build_parser().parse_args(["info"]).timeout == DEFAULT_TIMEOUT_S

@@ -14,10 +14,12 @@ from tessera.run_filter import (
     RunFilterError,
     parse_metric_condition,
 )
-from tessera.transport import KEEPALIVE_ENV, check_keepalive, parse_seconds
+from tessera.transport import KEEPALIVE_ENV, MAX_TIMEOUT_S, check_keepalive, parse_seconds
 from tessera.v1 import training_pb2
 
 DEFAULT_TARGET = "127.0.0.1:50051"
+# The CLI's alone: a program using the SDK chooses its deadlines in its code (`timeout=`).
+TIMEOUT_ENV = "TESSERA_TIMEOUT_S"
 INT32_MAX = 2**31 - 1
 
 
@@ -196,15 +198,15 @@ def finite(text: str) -> float:
     return value
 
 
-def seconds(text: str) -> float:
-    """argparse's type for durations: float() also reads "nan" and "inf", and gRPC ends a call
-    with either as its deadline at once."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
+def timeout_seconds(text: str) -> float:
+    """argparse's type for --timeout (and TESSERA_TIMEOUT_S): seconds above 0, at most what the
+    SDK takes (past it gRPC fails every call at once)."""
+    value = parse_seconds(text)
+    if not 0 < value <= MAX_TIMEOUT_S:
+        raise argparse.ArgumentTypeError(
+            f"seconds a call may take must be above 0 and at most {MAX_TIMEOUT_S:g}, got {text!r}, "
+            f"here or in env {TIMEOUT_ENV}"
+        )
     return value
 
 

@@ -11,6 +11,7 @@ from tessera.cli import EXIT_STATUS_HELP
 from tessera.cli.arguments import (
     DEFAULT_TARGET,
     INT32_MAX,
+    TIMEOUT_ENV,
     daemon_target,
     dataset,
     finite,
@@ -19,8 +20,8 @@ from tessera.cli.arguments import (
     member,
     metric_condition,
     route,
-    seconds,
     split,
+    timeout_seconds,
     version_beside_alias,
     version_or_alias,
     weight_list,
@@ -76,7 +77,13 @@ from tessera.explanations import METHODS, SHORT_NAMES
 from tessera.messages import INT64_MAX
 from tessera.models import FORMAT_BY_SUFFIX
 from tessera.sweep_commands import add_sweep_commands
-from tessera.transport import DEFAULT_KEEPALIVE_S, KEEPALIVE_ENV, KEEPALIVE_TIMEOUT_S, TOKEN_ENV
+from tessera.transport import (
+    DEFAULT_KEEPALIVE_S,
+    DEFAULT_TIMEOUT_S,
+    KEEPALIVE_ENV,
+    KEEPALIVE_TIMEOUT_S,
+    TOKEN_ENV,
+)
 from tessera.v1 import training_pb2
 
 JSON_HELP = "print JSON for scripts instead of tables"
@@ -126,7 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--tls-server-name", metavar="NAME", help="name to check the daemon's certificate against"
     )
     parser.add_argument(
-        "--timeout", type=seconds, default=30.0, metavar="SECONDS", help="seconds per call (default 30)"
+        "--timeout",
+        type=timeout_seconds,
+        default=os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"seconds a call may take before it fails with DEADLINE_EXCEEDED (env {TIMEOUT_ENV}; default "
+        f"{DEFAULT_TIMEOUT_S:g}); load, unload, export and explain get at least 2 minutes, uploads, "
+        "downloads and backups an hour, and watching or following has no limit",
     )
     parser.add_argument(
         "--keepalive",
