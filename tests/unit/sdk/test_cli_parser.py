@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tessera.cli import EXIT_USAGE
+from tessera.cli import EXIT_USAGE, main
 from tessera.cli.arguments import INT32_MAX, TIMEOUT_ENV
 from tessera.cli.parser import build_parser
 from tessera.transport import DEFAULT_TIMEOUT_S, MAX_TIMEOUT_S
@@ -301,3 +301,25 @@ def test_the_timeout_comes_from_the_flag_then_the_environment(monkeypatch):
     assert build_parser().parse_args(["--timeout", "5", "info"]).timeout == 5
     monkeypatch.setenv(TIMEOUT_ENV, "")
     assert build_parser().parse_args(["info"]).timeout == DEFAULT_TIMEOUT_S
+
+
+def test_demo_refuses_json_it_would_not_print(capsys):
+    """`tessera --json demo` printed its steps, progress bar and plot on stdout, where --json
+    promises JSON alone; `demo --json` was listed as printing JSON. Refused before any call."""
+    assert main(["--target", "127.0.0.1:1", "--json", "demo"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("usage: tessera demo "), err
+    assert "tessera demo: error: demo tells its steps for people and prints no JSON; leave out --json" in err
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["demo", "--json"])
+    assert exited.value.code == EXIT_USAGE
+
+
+@pytest.mark.parametrize("flag", ["--tls-cert", "--tls-key"])
+def test_a_client_certificate_without_its_key_is_a_usage_error_in_flag_words(capsys, tmp_path, flag):
+    """It exited 1 with the SDK's words: "TLS: a client certificate needs both cert_file and key_file"."""
+    pem = tmp_path / "client.pem"
+    pem.write_text("")
+    assert main(["--target", "127.0.0.1:1", flag, str(pem), "info"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "tessera info: error: --tls-cert and --tls-key go together" in err, err

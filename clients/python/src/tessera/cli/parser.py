@@ -159,13 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
         name: str,
         handler: Callable[..., None],
         help: str,
+        *,
+        prints_json: bool = True,
     ) -> argparse.ArgumentParser:
+        """A command; `prints_json` False for one whose output is for people alone (it refuses
+        a --json given before it)."""
         # Every `ls` also answers to `list`, as `tessera sweeps` does.
         aliases = ["list"] if name == "ls" else []
         sub = group.add_parser(name, aliases=aliases, help=help, description=help)
         sub.set_defaults(handler=handler, parser=sub)
-        # Scripts often put flags last; SUPPRESS keeps a --json given before the command.
-        sub.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=JSON_HELP)
+        if prints_json:
+            # Scripts often put flags last; SUPPRESS keeps a --json given before the command.
+            sub.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=JSON_HELP)
         return sub
 
     command(commands, "info", cmd_info, "the daemon's version, devices and data directory")
@@ -796,7 +801,13 @@ def build_parser() -> argparse.ArgumentParser:
         "model", nargs="?", default="", help="only this model's versions (default: every loaded model)"
     )
 
-    sub = command(commands, "demo", cmd_demo, "the whole life cycle on a synthetic spacetime dataset")
+    sub = command(
+        commands,
+        "demo",
+        cmd_demo,
+        "the whole life cycle on a synthetic spacetime dataset, told step by step (no --json)",
+        prints_json=False,
+    )
     sub.add_argument(
         "--name",
         default="demo",

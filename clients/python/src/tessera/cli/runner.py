@@ -61,8 +61,14 @@ class _Signals:
 
 
 def tls_from(args: argparse.Namespace) -> TLS | None:
+    """The TLS the flags ask for (None: plaintext); UsageError for a client certificate without
+    its key or a key without its certificate (the SDK's words for it name its own arguments)."""
     if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key):
         return None
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise UsageError(
+            "--tls-cert and --tls-key go together: give the client certificate and its private key"
+        )
     return TLS(
         ca_file=args.tls_ca, cert_file=args.tls_cert, key_file=args.tls_key, server_name=args.tls_server_name
     )

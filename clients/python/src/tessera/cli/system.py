@@ -127,6 +127,9 @@ def _backup_contents(manifest: Manifest) -> str:
 
 
 def cmd_demo(client: Client, args: argparse.Namespace, out: Output) -> None:
+    if out.as_json:
+        # Its steps, progress bar and plot are for people: JSON would not be all it printed.
+        raise UsageError("demo tells its steps for people and prints no JSON; leave out --json")
     run_demo(
         client, out.console, name=args.name, samples=args.samples, epochs=args.epochs, requests=args.requests
     )
