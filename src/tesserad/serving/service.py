@@ -994,7 +994,8 @@ class InferenceService:
     def _swap_targets(self, model: str) -> None:
         # A target is held on its old version only while that version exists: one deleted since
         # must stop serving, even if the version the target names now cannot.
-        gone = self._deleted_versions(model)
+        replaced = self._deleted_versions(model)
+        gone = set(replaced)
         previously_served: set[int] = set()
         held_back = False
         for (m, alias), old in list(self._aliases.items()):
@@ -1075,35 +1076,41 @@ class InferenceService:
             entry = self.pool.get(model, version)
             if entry is not None and self.pool.unload_replaced(entry):
                 log.info("unloaded version %s of %r after its targets moved", version, model)
-        for version in sorted(gone):
+        for version, artifact in sorted(replaced.items()):
             entry = self.pool.get(model, version)
-            if entry is not None and self.pool.unload_replaced(entry):
+            # Of a version registered again, only the artifact found replaced: a request may have
+            # loaded the new one since.
+            if (
+                entry is not None
+                and artifact in (None, entry.artifact_sha256)
+                and self.pool.unload_replaced(entry)
+            ):
                 log.info("unloaded version %s of %r: it was deleted", version, model)
             # A failed load of a deleted version would be listed, and refuse its number, forever.
             self.pool.forget_failure(model, version)
 
-    def _deleted_versions(self, model: str) -> set[int]:
+    def _deleted_versions(self, model: str) -> dict[int, str | None]:
         """The versions of `model` that serving holds (listed in the pool, or a target's) and its
-        source no longer has: deleted, or deleted with their model and registered again under
-        their number (another artifact, which the pool lists under the old one's)."""
+        source no longer has: deleted (None), or deleted with their model and registered again
+        under their number (the artifact listed under it, which the source replaced)."""
         artifacts = {entry.version: entry.artifact_sha256 for entry in self.pool.list(model)}
         held = set(artifacts)
         held |= {version for (m, _), version in self._aliases.items() if m == model}
         router = self._routers.get(model)
         if router is not None:
             held |= router.versions()
-        gone: set[int] = set()
+        gone: dict[int, str | None] = {}
         for version in held:
             try:
                 servable = self._source.servable(model, version, None)
             except NotFound:
-                gone.add(version)
+                gone[version] = None
                 continue
             except TesseraError:
                 # The source cannot tell now (a replica's primary out of reach): keep serving it.
                 continue
             if version in artifacts and artifacts[version] != servable.artifact_sha256:
-                gone.add(version)
+                gone[version] = artifacts[version]
         return gone
 
     def _warm_like(self, model: str, version: int, like: int) -> str | None:

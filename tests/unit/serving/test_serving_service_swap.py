@@ -395,3 +395,36 @@ def test_a_change_asks_a_source_that_failed_again_at_once(linear_onnx: Path) -> 
     finally:
         refreshes_released.set()
         service.close()
+
+
+def test_a_refresh_leaves_loaded_the_artifact_a_request_loaded_after_it_found_the_version_replaced(
+    linear_onnx: Path,
+) -> None:
+    """A refresh found the loaded artifact of a version replaced (its model deleted and registered
+    again), and unloaded whatever was loaded under the number when it came to it: the new
+    artifact too, which a request had loaded meanwhile."""
+    source = Versions({1: servable_file("m", 1, "onnx", linear_onnx, artifact_sha256="old")})
+    service = InferenceService(source, ModelPool(ServingDefaults(intra_op_threads=1), None), autoload=True)
+    refreshed = threading.Event()
+    service.add_deletion_listener(lambda model, identity: None, lambda model: refreshed.set())
+    servable = source.servable
+
+    def request_loads_when_latest_is_read(
+        model: str, version: int | None, alias: str | None
+    ) -> ServableVersion:
+        if alias is not None and threading.current_thread().name.startswith("serving-swap"):
+            # After the refresh read version 1, before it unloads: a request loads the new artifact.
+            source.servable = servable  # type: ignore[method-assign]
+            assert service.autoload("m", 1).artifact_sha256 == "new"
+        return servable(model, version, alias)
+
+    try:
+        assert _predict(service, Target("m")) == 1  # the old artifact loaded, and `latest` cached
+        source.versions[1] = servable_file("m", 1, "onnx", linear_onnx, artifact_sha256="new")
+        source.servable = request_loads_when_latest_is_read  # type: ignore[method-assign]
+        service.on_registry_change("m")
+        assert refreshed.wait(30)
+        loaded = service.pool.get("m", 1)
+        assert loaded is not None and loaded.artifact_sha256 == "new"
+    finally:
+        service.close()
