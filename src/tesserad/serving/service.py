@@ -66,7 +66,8 @@ REROUTE_ROUNDS = 3
 # After the source failed to say whether a loaded version is still registered (the registry, or
 # a replica's primary, out of reach or slow), requests for its model are served without asking
 # it again for this long (seconds): one read of it a model per interval, not one a request. A
-# registry change of the model asks again at once.
+# registry change of the model asks again at once. The refresh of a model's change that failed (the
+# source unreadable) is queued again by the first request for the model after this long.
 SOURCE_RETRY_S = 1.0
 
 
@@ -253,6 +254,9 @@ class InferenceService:
         # model -> when (self._clock) requests may ask the source again whether its loaded
         # versions are still registered, after it failed to say (see SOURCE_RETRY_S).
         self._source_retry_at: dict[str, float] = {}
+        # model -> when (self._clock) a request for it queues again its refresh, which failed: its
+        # routes and what it unloads follow the source once readable, without another change.
+        self._refresh_retry_at: dict[str, float] = {}
         self._cache_lock = threading.Lock()
         self._shadows: dict[str, deque[ShadowResult]] = {}
         # Swaps run one at a time, off the registry's commit path.
@@ -391,6 +395,8 @@ class InferenceService:
         request arrived, it answers although its model changed again since (a model changed
         faster than one check takes would otherwise send the request back to autoload forever).
         """
+        if self._refresh_retry_at:
+            self._retry_failed_refresh(target.model)
         for _ in range(_MAX_ROUTING_ROUNDS):
             version, shadow_version = self.route(target)
             entry = self.pool.get(target.model, version)
@@ -905,11 +911,26 @@ class InferenceService:
             self._unsettled[model] = self._changes
             # News from the source: a request asks it again at once whether its version is current.
             self._source_retry_at.pop(model, None)
+        self._queue_refresh(model)
+
+    def _queue_refresh(self, model: str) -> None:
         with self._refresh_lock:
             if model in self._refresh_queued:
                 return
             self._refresh_queued.add(model)
         self._swaps.submit(self._refresh, model)
+
+    def _retry_failed_refresh(self, model: str) -> None:
+        """Queue again the refresh of `model` that failed, once SOURCE_RETRY_S passed since."""
+        if model not in self._refresh_retry_at or self._closed:
+            return
+        with self._cache_lock:
+            retry_at = self._refresh_retry_at.get(model)
+            if retry_at is None or self._clock() < retry_at:
+                return
+            # Queued once: should it fail again, it sets the next retry.
+            del self._refresh_retry_at[model]
+        self._queue_refresh(model)
 
     def add_deletion_listener(
         self, callback: Callable[[str, Hashable], None], kept: Callable[[str], Hashable | None]
@@ -954,15 +975,25 @@ class InferenceService:
         with self._cache_lock:
             changes = self._changes
         try:
-            self._swap_targets(model)
+            settled = self._swap_targets(model)
         except Exception:
-            log.exception("refreshing the serving targets of %r failed", model)
-        else:
-            with self._cache_lock:
+            log.exception(
+                "refreshing the serving targets of %r failed; the first request for it after %s s "
+                "refreshes them again",
+                model, SOURCE_RETRY_S,
+            )  # fmt: skip
+            settled = False
+        with self._cache_lock:
+            if settled:
                 # Every version of it the source no longer has is unloaded now, unless a change
                 # came since the refresh began (its own refresh settles it).
                 if self._unsettled.get(model, 0) <= changes:
                     self._unsettled.pop(model, None)
+                self._refresh_retry_at.pop(model, None)
+            else:
+                # Its cached routes may be stale, and a version deleted still loaded, until a
+                # refresh settles them: the model's next change may be long in coming.
+                self._refresh_retry_at[model] = self._clock() + SOURCE_RETRY_S
         concerned = [
             (callback, identity)
             for callback, kept in self._deletion_listeners
@@ -991,10 +1022,13 @@ class InferenceService:
             except Exception:
                 log.exception("a listener for the deletion of %r failed", model)
 
-    def _swap_targets(self, model: str) -> None:
+    def _swap_targets(self, model: str) -> bool:
+        """Move `model`'s cached targets to what the source has now, and unload what they no longer
+        route to and what it no longer has; False when the source could not say whether a version
+        serving holds still exists (that version is kept, and the refresh is to be retried)."""
         # A target is held on its old version only while that version exists: one deleted since
         # must stop serving, even if the version the target names now cannot.
-        replaced = self._deleted_versions(model)
+        replaced, settled = self._deleted_versions(model)
         gone = set(replaced)
         previously_served: set[int] = set()
         held_back = False
@@ -1088,11 +1122,13 @@ class InferenceService:
                 log.info("unloaded version %s of %r: it was deleted", version, model)
             # A failed load of a deleted version would be listed, and refuse its number, forever.
             self.pool.forget_failure(model, version)
+        return settled
 
-    def _deleted_versions(self, model: str) -> dict[int, str | None]:
+    def _deleted_versions(self, model: str) -> tuple[dict[int, str | None], bool]:
         """The versions of `model` that serving holds (listed in the pool, or a target's) and its
         source no longer has: deleted (None), or deleted with their model and registered again
-        under their number (the artifact listed under it, which the source replaced)."""
+        under their number (the artifact listed under it, which the source replaced); and whether
+        the source could say for each."""
         artifacts = {entry.version: entry.artifact_sha256 for entry in self.pool.list(model)}
         held = set(artifacts)
         held |= {version for (m, _), version in self._aliases.items() if m == model}
@@ -1100,6 +1136,7 @@ class InferenceService:
         if router is not None:
             held |= router.versions()
         gone: dict[int, str | None] = {}
+        settled = True
         for version in held:
             try:
                 servable = self._source.servable(model, version, None)
@@ -1108,10 +1145,11 @@ class InferenceService:
                 continue
             except TesseraError:
                 # The source cannot tell now (a replica's primary out of reach): keep serving it.
+                settled = False
                 continue
             if version in artifacts and artifacts[version] != servable.artifact_sha256:
                 gone[version] = artifacts[version]
-        return gone
+        return gone, settled
 
     def _warm_like(self, model: str, version: int, like: int) -> str | None:
         """Load `version` with the config `like` was loaded with, if `like` is loaded (else a

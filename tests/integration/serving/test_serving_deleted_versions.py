@@ -146,6 +146,13 @@ class HeldRefreshes:
         with self._lock:
             assert self._lock.wait_for(lambda: all(self._refreshed[m] for m in models), 30)
 
+    def wait_refreshed(self, model: str, times: int) -> None:
+        """Wait until `model` has been refreshed `times` times since the hold began."""
+        with self._lock:
+            assert self._lock.wait_for(lambda: self._refreshed[model] >= times, 30), (
+                f"{model!r} was refreshed {self._refreshed[model]} times, not {times}"
+            )
+
 
 def test_a_model_deleted_and_registered_again_between_refreshes_answers_with_its_new_artifact(
     start_daemon,
@@ -393,4 +400,40 @@ def test_while_the_registry_cannot_be_read_requests_read_it_once_an_interval(
     failing.clear()
     now[0] += SOURCE_RETRY_S
     answer = inference.Predict(predict_request("unreadable", X, version=1))
+    np.testing.assert_allclose(to_array(answer.outputs[0]), X @ W * 3, rtol=1e-6)
+
+
+def test_a_refresh_that_failed_is_retried_once_the_registry_is_readable(
+    start_daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh that failed (the registry unreadable just then) was never retried: `latest` stayed
+    on the version it served until the model's next change, though the registry was readable."""
+    daemon = start_daemon()
+    channel = daemon.channel()
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    upload(channel, "retried", linear_model(1.0))
+    assert inference.Predict(predict_request("retried", X)).version == 1  # `latest` cached
+    now = [0.0]
+    monkeypatch.setattr(daemon.daemon.inference, "_clock", lambda: now[0])
+    resolve = daemon.daemon.registry.resolve
+    failing = threading.Event()
+
+    def unreadable(model: str, version: int | None = None, alias: str | None = None) -> object:
+        if model == "retried" and failing.is_set():
+            raise Unavailable("the registry's store cannot be read")
+        return resolve(model, version, alias)
+
+    monkeypatch.setattr(daemon.daemon.registry, "resolve", unreadable)
+    refreshes = HeldRefreshes(daemon.daemon.inference)
+    with refreshes.held_after("other", lambda: upload(channel, "other", linear_model(1.0))):
+        assert upload(channel, "retried", linear_model(3.0)) == 2
+        failing.set()
+        refreshes.release_and_wait("retried")  # it failed: `latest` could not be read
+    failing.clear()
+    assert inference.Predict(predict_request("retried", X)).version == 1  # within the interval
+    now[0] += SOURCE_RETRY_S
+    inference.Predict(predict_request("retried", X))  # queues the refresh again
+    refreshes.wait_refreshed("retried", 2)
+    answer = inference.Predict(predict_request("retried", X))
+    assert answer.version == 2
     np.testing.assert_allclose(to_array(answer.outputs[0]), X @ W * 3, rtol=1e-6)

@@ -344,8 +344,10 @@ def test_while_the_source_fails_requests_ask_it_once_an_interval_and_follow_it_o
             assert _predict(service, Target("m")) == 1
         assert source.reads == 1
         now[0] += service_module.SOURCE_RETRY_S
+        refreshed.clear()
         assert _predict(service, Target("m")) == 1
-        assert source.reads == 2
+        assert refreshed.wait(30)  # the failed refresh, queued again by the request, failed again
+        assert source.reads == 3  # the request's, and the refresh's
         # Readable again, with another artifact under the number: the old one never answers again.
         source.versions[1] = servable_file("m", 1, "onnx", linear_onnx, artifact_sha256="new")
         source.failing = False
@@ -424,6 +426,75 @@ def test_a_refresh_leaves_loaded_the_artifact_a_request_loaded_after_it_found_th
         source.servable = request_loads_when_latest_is_read  # type: ignore[method-assign]
         service.on_registry_change("m")
         assert refreshed.wait(30)
+        loaded = service.pool.get("m", 1)
+        assert loaded is not None and loaded.artifact_sha256 == "new"
+    finally:
+        service.close()
+
+
+def test_a_refresh_that_failed_is_queued_again_by_a_request_once_an_interval_passed(
+    linear_onnx: Path,
+) -> None:
+    """A refresh that failed (the source unreadable) was never run again: `latest` stayed on the
+    version it served until the model's next change, though the source was readable again."""
+    source = UnreadableVersions({1: servable_file("m", 1, "onnx", linear_onnx)})
+    now = [0.0]
+    service = InferenceService(
+        source,
+        ModelPool(ServingDefaults(intra_op_threads=1), None),
+        autoload=True,
+        clock=lambda: now[0],
+    )
+    refreshed = threading.Event()
+    service.add_deletion_listener(lambda model, identity: None, lambda model: refreshed.set())
+    try:
+        assert _predict(service, Target("m")) == 1  # `latest` cached
+        source.failing = True
+        source.versions[2] = servable_file("m", 2, "onnx", linear_onnx)
+        service.on_registry_change("m")
+        assert refreshed.wait(30)  # it failed: `latest` could not be read
+        source.failing = False
+        now[0] += service_module.SOURCE_RETRY_S
+        refreshed.clear()
+        _predict(service, Target("m"))  # queues the refresh again
+        assert refreshed.wait(30)
+        assert _predict(service, Target("m")) == 2
+    finally:
+        service.close()
+
+
+def test_a_refresh_that_could_not_check_a_loaded_version_leaves_it_checked_by_requests(
+    linear_onnx: Path,
+) -> None:
+    """A refresh whose reads of a loaded version failed (the source reading aliases still) counted
+    as done: requests stopped checking the version, and its artifact, replaced meanwhile, kept
+    answering once the source could say so."""
+    source = Versions({1: servable_file("m", 1, "onnx", linear_onnx, artifact_sha256="old")})
+    service = InferenceService(
+        source,
+        ModelPool(ServingDefaults(intra_op_threads=1), None),
+        autoload=True,
+        clock=lambda: 0.0,
+    )
+    refreshed = threading.Event()
+    service.add_deletion_listener(lambda model, identity: None, lambda model: refreshed.set())
+    servable = source.servable
+    numbers_unreadable = threading.Event()
+
+    def aliases_only(model: str, version: int | None, alias: str | None) -> ServableVersion:
+        if version is not None and numbers_unreadable.is_set():
+            raise Unavailable("the registry cannot be reached")
+        return servable(model, version, alias)
+
+    source.servable = aliases_only  # type: ignore[method-assign]
+    try:
+        assert _predict(service, Target("m")) == 1
+        source.versions[1] = servable_file("m", 1, "onnx", linear_onnx, artifact_sha256="new")
+        numbers_unreadable.set()
+        service.on_registry_change("m")
+        assert refreshed.wait(30)
+        numbers_unreadable.clear()
+        assert _predict(service, Target("m", 1)) == 1
         loaded = service.pool.get("m", 1)
         assert loaded is not None and loaded.artifact_sha256 == "new"
     finally:
