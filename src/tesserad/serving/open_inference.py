@@ -286,20 +286,9 @@ class OpenInference:
         return not self.stopping.is_set()
 
     async def model_ready(self, name: str, version: str) -> bool:
-        target = target_of(name, version)
-        try:
-            versions = (
-                [target.version]
-                if target.version is not None
-                else await asyncio.to_thread(self._service.serving_versions, target.model)
-            )
-        except NotFound:
-            return False
-        pool = self._service.pool
-        return all(
-            (entry := pool.get(target.model, v)) is not None and entry.state is LoadState.READY
-            for v in versions
-        )
+        """Whether a request would be served now by a version loaded (see InferenceService.ready):
+        in a thread, as the version may be checked against the registry."""
+        return await asyncio.to_thread(self._service.ready, target_of(name, version))
 
     async def describe(self, name: str, version: str) -> tuple[VersionDescription, list[int]]:
         """The version `name`/`version` selects, and the versions its metadata lists: as Triton,

@@ -688,13 +688,46 @@ class InferenceService:
         (checked as describe checks, changing nothing loaded)."""
         ready = []
         for version in self.pool.ready_versions(model):
-            entry = self.pool.get(model, version)
             try:
-                if entry is not None and self._registered(entry):
+                if self._ready_as_registered(model, version):
                     ready.append(version)
             except NotFound:
                 continue
         return ready
+
+    def ready(self, target: Target) -> bool:
+        """Whether a request for `target` (a model, and a version or none) would be served now by
+        a version ready, without loading one: without a version, every version it may go to.
+
+        As ready_versions, a version its source replaced or deleted since is not ready, though
+        the refresh of that change has not unloaded it yet (a request would not be served by it);
+        nothing loaded changes. Without a version, a stale route is routed again as a request's
+        is (REROUTE_ROUNDS). False for a model or version the source does not have."""
+        model = target.model
+        for _ in range(REROUTE_ROUNDS):
+            try:
+                versions = [target.version] if target.version is not None else self.serving_versions(model)
+            except NotFound:
+                return False
+            for version in versions:
+                try:
+                    if not self._ready_as_registered(model, version):
+                        return False
+                except NotFound:
+                    if target.version is not None:
+                        return False
+                    # A stale route, cached or rewritten meanwhile, as for a request (autoload_routed).
+                    self._forget_routes(model, version)
+                    break
+            else:
+                return True
+        return False  # its versions changed faster than they were routed: not ready to say so
+
+    def _ready_as_registered(self, model: str, version: int) -> bool:
+        """Whether `version` is loaded, ready, and the artifact its source has under its number
+        (see _registered; NotFound for a version it no longer has)."""
+        entry = self.pool.get(model, version)
+        return entry is not None and entry.state is LoadState.READY and self._registered(entry)
 
     def _describe(self, model: str, version: int) -> VersionDescription:
         ready = self.pool.get(model, version)

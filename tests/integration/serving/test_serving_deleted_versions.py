@@ -437,3 +437,52 @@ def test_a_refresh_that_failed_is_retried_once_the_registry_is_readable(
     answer = inference.Predict(predict_request("retried", X))
     assert answer.version == 2
     np.testing.assert_allclose(to_array(answer.outputs[0]), X @ W * 3, rtol=1e-6)
+
+
+def test_model_ready_says_not_ready_for_a_version_replaced_or_deleted_before_its_refresh(
+    start_daemon,
+) -> None:
+    """ModelReady (gRPC, HTTP) said a loaded version the registry replaced (its model deleted and
+    registered again) or deleted was ready until the refresh of that change unloaded it, though
+    a request would not be served by it; it changes nothing loaded."""
+    daemon = start_daemon(**{"serving.oip_http_listen": "127.0.0.1:0"})
+    channel = daemon.channel()
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    registry = registry_pb2_grpc.RegistryStub(channel)
+    oip = oip_grpc.GRPCInferenceServiceStub(channel)
+    base = f"http://127.0.0.1:{daemon.daemon.oip_http_port}/v2/models"
+
+    def ready_over_grpc(model: str, version: str) -> bool:
+        return oip.ModelReady(oip_pb2.ModelReadyRequest(name=model, version=version)).ready
+
+    def ready_over_http(model: str, version: str) -> bool:
+        path = f"{base}/{model}/versions/{version}/ready" if version else f"{base}/{model}/ready"
+        try:
+            with urllib.request.urlopen(path, timeout=30):
+                return True
+        except urllib.error.HTTPError as refused:
+            code = refused.code
+        assert code == 400  # as Triton answers a model not ready
+        return False
+
+    for model in ("replaced", "deleted"):
+        upload(channel, model, linear_model(1.0))
+        assert inference.Predict(predict_request(model, X)).version == 1
+        for ready in (ready_over_grpc, ready_over_http):
+            assert ready(model, "1") and ready(model, "")
+    refreshes = HeldRefreshes(daemon.daemon.inference)
+    with refreshes.held_after("other", lambda: upload(channel, "other", linear_model(1.0))):
+        registry.DeleteModel(registry_pb2.DeleteModelRequest(name="replaced"))
+        assert upload(channel, "replaced", half_model()) == 1
+        upload(channel, "deleted", linear_model(2.0))
+        registry.DeleteVersion(registry_pb2.DeleteVersionRequest(model="deleted", version=1))
+        for ready in (ready_over_grpc, ready_over_http):
+            for model in ("replaced", "deleted"):
+                assert not ready(model, "1"), (ready.__name__, model)
+                assert not ready(model, ""), (ready.__name__, model)
+        assert 1 in _loaded(inference, "replaced")
+        assert 1 in _loaded(inference, "deleted")
+        answer = inference.Predict(predict_request("replaced", X.astype(np.float16)[:, :2]))
+        assert answer.version == 1  # the new artifact, loaded for the request: ready
+        for ready in (ready_over_grpc, ready_over_http):
+            assert ready("replaced", "1") and ready("replaced", "")
