@@ -2,16 +2,39 @@
 'use strict';
 // tessera-node: a few commands over clients/node/tessera.js; `tessera-node --help` lists them.
 // Prints JSON on stdout (a watch: one event a line); on failure prints "tessera-node: CODE:
-// message" (or what to fix) on stderr and exits 1.
+// message" (or what to fix) on stderr and exits with the Python CLI's statuses (EXIT_STATUS).
 
 const fs = require('node:fs');
-const { Client } = require('./tessera');
+const { enumNames } = require('./proto');
+const { Client, RunFilterError, TesseraError, parseRunFilter } = require('./tessera');
+
+// The Python CLI's exit statuses (clients/python/src/tessera/cli/__init__.py), so that a script
+// tells the same failures apart from either.
+const EXIT_FAILED = 1;
+const EXIT_USAGE = 2;
+const EXIT_DAEMON = 3;
+const EXIT_STATUS = `exit status:
+  0  done
+  ${EXIT_FAILED}  failed here: a file could not be read, a spec file is wrong, or a followed or
+     watched job ended without succeeding
+  ${EXIT_USAGE}  the command line is wrong: the message says what, with the command's usage
+  ${EXIT_DAEMON}  the daemon refused or failed the request, or could not be reached: the message
+     starts with the gRPC status (NOT_FOUND, INVALID_ARGUMENT, UNAVAILABLE, ...)`;
+
+// An enum's values by their short names ('running'), as the Python CLI's choices.
+const choices = (typeName) => {
+  const [unspecified, ...names] = enumNames(typeName);
+  const prefix = unspecified.slice(0, -'UNSPECIFIED'.length);
+  return names.map((name) => name.slice(prefix.length).toLowerCase());
+};
+const JOB_STATES = choices('tessera.v1.JobState');
+const RUN_STATUSES = choices('tessera.v1.RunStatus');
 
 const OPTIONS = `options (before or after the command):
   --target HOST:PORT  the daemon (default: $TESSERA_TARGET, else 127.0.0.1:50051)
   --token TOKEN       bearer token (default: $TESSERA_TOKEN)
   --timeout SECONDS   each call's deadline (default 30); a watch has none
-  --help              this help, or a command's`;
+  --help              this help, or a command's or a group's (jobs --help)`;
 
 const COMMANDS = {
   info: { usage: 'info', about: "the daemon's version and services" },
@@ -20,6 +43,10 @@ const COMMANDS = {
     usage: 'predict MODEL INPUTS_JSON [--version N | --alias A]',
     about:
       'one Predict; INPUTS_JSON: {"input": {"dtype": "DATA_TYPE_FLOAT32", "shape": [1, 4], "values": [1, 2, 3, 4]}}',
+  },
+  'jobs ls': {
+    usage: 'jobs ls [--state STATE]... [--experiment NAME] [--sweep SWEEP_ID]',
+    about: `jobs, newest first: every one, or those in one of the STATEs (${JOB_STATES.join(', ')}), of experiment NAME, of sweep SWEEP_ID`,
   },
   'jobs submit': {
     usage: 'jobs submit SPEC.json [--follow]',
@@ -33,8 +60,15 @@ const COMMANDS = {
     about: "a job's events from N (default 1), one JSON line each, until it ends; fails unless it succeeded",
   },
   'runs ls': {
-    usage: 'runs ls [EXPERIMENT] [--status STATUS]...',
-    about: 'runs, newest first: of EXPERIMENT (default: all), in one of the STATUSes (running, succeeded, failed, cancelled, interrupted)',
+    usage: "runs ls [EXPERIMENT] [--status STATUS]... [--filter 'FILTER'] [--order-by ORDER]",
+    about:
+      `runs, newest first: of EXPERIMENT (default: all), in one of the STATUSes (${RUN_STATUSES.join(', ')}), ` +
+      "matching MLflow's search FILTER, conditions joined by AND: metrics.KEY OP NUMBER (OP <, <=, >, >=, = " +
+      "or !=; metrics.KEY.min or .max for that value of the summary), params.KEY = 'VALUE', tags.KEY = " +
+      "'VALUE', attributes.status = 'STATUS' (or !=, IN (...), NOT IN (...)); backquote a key of other " +
+      "characters than letters, digits and _, e.g. metrics.`val-loss`. ORDER: a metric's name (lowest first " +
+      "for a loss or error, else highest first) or 'metrics.KEY [ASC|DESC]' (without ASC or DESC: lowest " +
+      'first, as MLflow; runs without the metric last)',
   },
   'sweeps ls': { usage: 'sweeps ls', about: 'every sweep' },
   'sweeps show': { usage: 'sweeps show SWEEP_ID', about: 'a sweep with its trials' },
@@ -44,9 +78,12 @@ const COMMANDS = {
 const FLAGS = {
   predict: { '--version': true, '--alias': true },
   'jobs submit': { '--follow': false },
+  'jobs ls': { '--state': true, '--experiment': true, '--sweep': true },
   'jobs watch': { '--from-seq': true },
-  'runs ls': { '--status': true },
+  'runs ls': { '--status': true, '--filter': true, '--order-by': true },
 };
+// Command groups (jobs, runs, sweeps): their commands' first word.
+const GROUPS = [...new Set(Object.keys(COMMANDS).filter((name) => name.includes(' ')).map((name) => name.split(' ')[0]))];
 const GLOBAL_FLAGS = { '--target': true, '--token': true, '--timeout': true };
 
 // `text` in lines of at most 92 columns, each after `indent`.
@@ -62,9 +99,20 @@ function wrapped(text, indent) {
   return [...lines, indent + line].join('\n');
 }
 
+// The commands whose name starts with `prefix` ('' for all), each with what it does.
+function commandList(prefix) {
+  return Object.entries(COMMANDS)
+    .filter(([name]) => name.startsWith(prefix))
+    .map(([, { usage: line, about }]) => `  ${line}\n${wrapped(about, '      ')}`)
+    .join('\n');
+}
+
 function usage() {
-  const lines = Object.values(COMMANDS).map(({ usage: line, about }) => `  ${line}\n${wrapped(about, '      ')}`);
-  return `usage: tessera-node [options] COMMAND ...\n\ncommands:\n${lines.join('\n')}\n\n${OPTIONS}\n`;
+  return `usage: tessera-node [options] COMMAND ...\n\ncommands:\n${commandList('')}\n\n${OPTIONS}\n\n${EXIT_STATUS}\n`;
+}
+
+function groupUsage(group) {
+  return `usage: tessera-node [options] ${group} COMMAND ...\n\ncommands:\n${commandList(`${group} `)}\n\n${OPTIONS}\n`;
 }
 
 function commandUsage(name) {
@@ -72,7 +120,8 @@ function commandUsage(name) {
   return `usage: tessera-node [options] ${line}\n\n${wrapped(about, '')}\n\n${OPTIONS}\n`;
 }
 
-// A command line that is wrong; `command` names the command when it is known, for its usage line.
+// A command line that is wrong; `command` names the command (or group) when it is known, for its
+// usage line.
 class UsageError extends Error {
   constructor(message, command) {
     super(message);
@@ -82,9 +131,9 @@ class UsageError extends Error {
 
 // Digits 0-9 only: Number() also reads "0x1", "1e0" and " 1" as 1, and "" as 0 (the latest
 // version); beyond 2**53 it would round to another version.
-function wholeNumber(name, text) {
+function wholeNumber(name, text, command) {
   if (!/^[0-9]+$/.test(text || '') || Number(text) > Number.MAX_SAFE_INTEGER) {
-    throw new Error(`${name} must be a whole number written in digits 0-9, got ${JSON.stringify(text)}`);
+    throw new UsageError(`${name} must be a whole number written in digits 0-9, got ${JSON.stringify(text)}`, command);
   }
   return Number(text);
 }
@@ -94,7 +143,7 @@ function wholeNumber(name, text) {
 function seconds(name, text) {
   const value = Number(text);
   if (!/^[0-9]*\.?[0-9]+$/.test(text || '') || !(value > 0 && value <= 1e9)) {
-    throw new Error(
+    throw new UsageError(
       `${name} must be seconds above 0 (at most 1e9) written in digits and a point, such as 30 or 0.5, ` +
         `got ${JSON.stringify(text)}`,
     );
@@ -143,6 +192,16 @@ function print(value) {
   process.stdout.write(`${JSON.stringify(value)}\n`);
 }
 
+// The values of repeatable `flag`, each one of `allowed` (as the Python CLI's choices, any case).
+function chosen(args, flag, allowed) {
+  return (args.flags[flag] || []).map((value) => {
+    if (!allowed.includes(value.toLowerCase())) {
+      throw new UsageError(`${flag}: ${JSON.stringify(value)} is not one of ${allowed.join(', ')}`, args.command);
+    }
+    return value.toLowerCase();
+  });
+}
+
 // A followed or watched job's events, one a line; fails unless the job succeeded.
 async function follow(client, jobId, fromSeq) {
   for await (const event of client.watchJob(jobId, { fromSeq })) print(event);
@@ -182,8 +241,19 @@ async function run(client, args) {
   }
   if (command === 'predict') {
     arity(args, 2, 2);
-    const version = one('--version') === undefined ? undefined : wholeNumber('--version', one('--version'));
-    return print(await client.predict(positional[0], JSON.parse(positional[1]), { version, alias: one('--alias') }));
+    const version = one('--version') === undefined ? undefined : wholeNumber('--version', one('--version'), command);
+    let inputs;
+    try {
+      inputs = JSON.parse(positional[1]);
+    } catch (err) {
+      throw new UsageError(`INPUTS_JSON is not JSON: ${err.message}`, command);
+    }
+    return print(await client.predict(positional[0], inputs, { version, alias: one('--alias') }));
+  }
+  if (command === 'jobs ls') {
+    arity(args, 0, 0);
+    const states = chosen(args, '--state', JOB_STATES);
+    return print(await client.listJobs({ states, experiment: one('--experiment') || '', sweepId: one('--sweep') || '' }));
   }
   if (command === 'jobs submit') {
     arity(args, 1, 1);
@@ -193,12 +263,24 @@ async function run(client, args) {
   }
   if (command === 'jobs watch') {
     arity(args, 1, 1);
-    const fromSeq = one('--from-seq') === undefined ? 1 : wholeNumber('--from-seq', one('--from-seq'));
+    const fromSeq = one('--from-seq') === undefined ? 1 : wholeNumber('--from-seq', one('--from-seq'), command);
     return follow(client, positional[0], fromSeq);
   }
   if (command === 'runs ls') {
     arity(args, 0, 1);
-    return print(await client.listRuns(positional[0] || '', { statuses: flags['--status'] || [] }));
+    const statuses = chosen(args, '--status', RUN_STATUSES);
+    const options = { statuses, filter: one('--filter') || '', orderBy: one('--order-by') };
+    try {
+      if (statuses.length && parseRunFilter(options.filter).statuses.length) {
+        throw new UsageError('--filter compares attributes.status and --status too; give those conditions in one of them', command);
+      }
+      return print(await client.listRuns(positional[0] || '', options));
+    } catch (err) {
+      if (!(err instanceof RunFilterError)) throw err;
+      // Which flag the string came from, as the Python CLI says it: the filter is read first.
+      const flag = err.text === options.filter ? '--filter' : '--order-by';
+      throw new UsageError(`${flag}: ${err.message}`, command);
+    }
   }
   if (command === 'sweeps ls') {
     arity(args, 0, 0);
@@ -208,13 +290,20 @@ async function run(client, args) {
     arity(args, 1, 1);
     return print(await client.getSweep(positional[0]));
   }
-  throw new UsageError(`unknown command ${JSON.stringify(positional.length ? `${command} ${positional[0]}` : command)}`);
+  if (GROUPS.includes(command)) {
+    if (!positional.length) throw new UsageError(`${command} needs a command`, command);
+    throw new UsageError(`unknown command ${JSON.stringify(`${command} ${positional[0]}`)}`, command);
+  }
+  throw new UsageError(`unknown command ${JSON.stringify(command)}`);
 }
+
 
 async function main() {
   const args = parse(process.argv.slice(2));
   if (args.help) {
-    process.stdout.write(args.command in COMMANDS ? commandUsage(args.command) : usage());
+    if (args.command in COMMANDS) process.stdout.write(commandUsage(args.command));
+    else if (GROUPS.includes(args.command)) process.stdout.write(groupUsage(args.command));
+    else process.stdout.write(usage());
     return;
   }
   if (!args.command) throw new UsageError('no command given');
@@ -226,11 +315,18 @@ async function main() {
   }
 }
 
+// What follows a usage error's message: the command's usage line, or where to find it.
+function usageHint(command) {
+  if (command in COMMANDS) return `usage: tessera-node ${COMMANDS[command].usage}`;
+  if (GROUPS.includes(command)) return `(tessera-node ${command} --help lists its commands)`;
+  return '(tessera-node --help lists the commands)';
+}
+
 main().catch((err) => {
-  let hint = '';
   if (err instanceof UsageError) {
-    hint = err.command in COMMANDS ? `\nusage: tessera-node ${COMMANDS[err.command].usage}` : '\n(tessera-node --help lists the commands)';
+    process.stderr.write(`tessera-node: ${err.message}\n${usageHint(err.command)}\n`);
+    process.exit(EXIT_USAGE);
   }
-  process.stderr.write(`tessera-node: ${err.message}${hint}\n`);
-  process.exit(1);
+  process.stderr.write(`tessera-node: ${err.message}\n`);
+  process.exit(err instanceof TesseraError ? EXIT_DAEMON : EXIT_FAILED);
 });

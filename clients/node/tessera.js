@@ -1,15 +1,13 @@
 'use strict';
-// A small Node.js client for tesserad. It loads the .proto contract from protos/ at run time,
-// so it always speaks the same API as the daemon built from this checkout.
+// A small Node.js client for tesserad. It loads the .proto contract from protos/ at run time
+// (proto.js), so it always speaks the same API as the daemon built from this checkout.
 
 const crypto = require('node:crypto');
 const fs = require('node:fs');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
-const protoLoader = require('@grpc/proto-loader');
-
-const PROTO_ROOT = path.resolve(__dirname, '..', '..', 'protos');
-const PROTO_FILES = ['registry', 'inference', 'system', 'training'].map((name) => `tessera/v1/${name}.proto`);
+const { DEFINITION, enumNames } = require('./proto');
+const runFilter = require('./run_filter');
 
 // Little-endian element readers/writers for the float and integer dtypes a Tensor carries.
 const DTYPES = {
@@ -23,23 +21,13 @@ const DTYPES = {
   },
 };
 
-const DEFINITION = protoLoader.loadSync(PROTO_FILES, {
-  includeDirs: [PROTO_ROOT],
-  keepCase: true,
-  longs: Number,
-  enums: String,
-  defaults: true,
-  oneofs: true,
-});
-
 // The value of enum `typeName` ('tessera.v1.RunStatus') that `given` names, in full
 // ('RUN_STATUS_SUCCEEDED') or short ('succeeded'), as the Python SDK takes them: proto-loader
 // sends a name it does not know as 0 (unspecified) without a word, which the daemon reads as "not
 // given". `label` names the argument in the error.
 function enumValue(typeName, given, label) {
-  const names = DEFINITION[typeName].type.value.map((v) => v.name);
   // Every enum of the protos starts with its 0 value, PREFIX_UNSPECIFIED.
-  const [unspecified, ...choices] = names;
+  const [unspecified, ...choices] = enumNames(typeName);
   const prefix = unspecified.slice(0, -'UNSPECIFIED'.length);
   const full = typeof given === 'string' ? (given.startsWith(prefix) ? given : prefix + given.toUpperCase()) : '';
   if (choices.includes(full)) return full;
@@ -214,6 +202,18 @@ class Client {
     return this.call(this.training, 'GetJob', { job_id: jobId }, timeout);
   }
 
+  // Jobs, newest first: every one, or those in one of `states` ('queued', 'running', ...), of
+  // `experiment`, of sweep `sweepId`; every page (pageSize jobs each; 0: the daemon's default).
+  async listJobs({ states = [], experiment = '', sweepId = '', pageSize = 0, timeoutMs: timeout } = {}) {
+    const request = {
+      states: states.map((state, i) => enumValue('tessera.v1.JobState', state, `states[${i}]`)),
+      experiment,
+      sweep_id: sweepId,
+      page_size: wholeNumber('pageSize', pageSize),
+    };
+    return this.pages(this.training, 'ListJobs', request, 'jobs', timeout);
+  }
+
   async cancelJob(jobId, { timeoutMs: timeout } = {}) {
     return this.call(this.training, 'CancelJob', { job_id: jobId }, timeout);
   }
@@ -302,9 +302,13 @@ class Client {
 
   // Runs matching every filter given, newest first, or by a metric's summary with orderBy; every
   // page. statuses: ['running', ...]; params, tags: { key: value }; metrics: [{ key, op ('lt',
-  // 'le', 'gt', 'ge', 'eq', 'ne'), value, field ('last' (default), 'min', 'max') }]; orderBy: a
+  // 'le', 'gt', 'ge', 'eq', 'ne'), value, field ('last' (default), 'min', 'max') }]; filter:
+  // MLflow's search string in place of the option of each kind it uses, e.g. "metrics.val_acc >
+  // 0.9 and params.lr = '0.01'" (run_filter.js; parseRunFilter shows what it reads); orderBy: a
   // metric's key, with orderField and descending (undefined: the metric's own direction, lowest
-  // loss first); view as listExperiments'.
+  // loss first), or MLflow's order string 'metrics.val_loss DESC' (without ASC or DESC:
+  // ascending, as MLflow's); view as listExperiments'. A filter or order that cannot be read
+  // throws RunFilterError (a RangeError) naming the column.
   async listRuns(
     experiment = '',
     {
@@ -312,6 +316,7 @@ class Client {
       params,
       tags,
       metrics = [],
+      filter = '',
       orderBy,
       orderField,
       descending,
@@ -320,12 +325,14 @@ class Client {
       timeoutMs: timeout,
     } = {},
   ) {
+    const given = { statuses, params: asText(params), tags: asText(tags), metrics };
+    if (filter) withFilter(given, runFilter.parseFilter(filter));
     const request = {
       experiment,
-      statuses: statuses.map((status, i) => enumValue('tessera.v1.RunStatus', status, `statuses[${i}]`)),
-      params: Object.entries(asText(params)).map(([key, value]) => ({ key, value })),
-      tags: Object.entries(asText(tags)).map(([key, value]) => ({ key, value })),
-      metrics: metrics.map(({ key, op, value, field = 'last' }, i) => ({
+      statuses: given.statuses.map((status, i) => enumValue('tessera.v1.RunStatus', status, `statuses[${i}]`)),
+      params: Object.entries(given.params).map(([key, value]) => ({ key, value })),
+      tags: Object.entries(given.tags).map(([key, value]) => ({ key, value })),
+      metrics: given.metrics.map(({ key, op, value, field = 'last' }, i) => ({
         key,
         op: enumValue('tessera.v1.Comparison', op, `metrics[${i}].op`),
         value: metricValue(key, value),
@@ -334,16 +341,28 @@ class Client {
       view: enumValue('tessera.v1.LifecycleView', view, 'view'),
       page_size: wholeNumber('pageSize', pageSize),
     };
-    if (orderBy !== undefined) {
-      request.order_by = {
-        metric: orderBy,
-        field: enumValue('tessera.v1.SummaryField', orderField === undefined ? 'last' : orderField, 'orderField'),
-      };
-      if (descending !== undefined) request.order_by.direction = descending ? 'SORT_DIRECTION_DESCENDING' : 'SORT_DIRECTION_ASCENDING';
-    } else if (orderField !== undefined || descending !== undefined) {
-      throw new RangeError('orderField and descending order by a metric: give its key as orderBy');
-    }
+    const order = runOrder(orderBy, orderField, descending);
+    if (order !== undefined) request.order_by = order;
     return this.pages(this.training, 'ListRuns', request, 'runs', timeout);
+  }
+
+  // Params and metrics of two or more runs side by side: { runs, params: [{ key, values,
+  // present, differs }], metrics: [{ key, values (last values), present }] }, each list's values
+  // in the order of runIds.
+  async compareRuns(runIds, { timeoutMs: timeout } = {}) {
+    return this.call(this.training, 'CompareRuns', { run_ids: runIds }, timeout);
+  }
+
+  // An experiment's runs ranked by `metric`: mode 'min' or 'max' is better (undefined: by the
+  // metric's name, min for a loss or error), by its summary's field ('last', 'min' or 'max';
+  // undefined: the one mode names); the best `limit` (default 10). Resolves to the entries,
+  // each { rank, run, value }.
+  async leaderboard(experiment, metric, { mode, field, limit = 10, timeoutMs: timeout } = {}) {
+    const request = { experiment, metric, limit: wholeNumber('limit', limit) };
+    if (mode !== undefined) request.mode = enumValue('tessera.v1.OptimizeMode', mode, 'mode');
+    if (field !== undefined) request.field = enumValue('tessera.v1.SummaryField', field, 'field');
+    const response = await this.call(this.training, 'Leaderboard', request, timeout);
+    return response.entries;
   }
 
   // A logged param cannot change value; logging it again with its value changes nothing.
@@ -413,53 +432,57 @@ class Client {
     return this.call(this.training, 'RestoreRun', { run_id: runId }, timeout);
   }
 
-  // Many steps' metrics over one LogMetricsStream call: `steps` yields [step, { key: number }]
-  // in order (an array, a generator or an async generator), sent in batches of batchPoints
-  // points. Resolves to the points accepted. The daemon stores the batches in order, each whole
-  // or not at all; when one fails the TesseraError says how many points are stored and up to
-  // which step (storedPoints, lastStoredStep), none after them: resend from there (a stored
-  // point sent again changes nothing). A step or value refused here (RangeError, TypeError) ends
-  // the stream where it is; batches sent before it may be stored. timeoutMs bounds the whole
-  // stream (default an hour).
-  async logMetricsStream(runId, steps, { batchPoints = 1000, timeoutMs: timeout } = {}) {
+  // Many steps' metrics over LogMetricsStream: `steps` yields [step, { key: number }] in order
+  // (an array, a generator or an async generator), sent in batches of batchPoints points.
+  // Resolves to the points accepted. The daemon stores a stream's batches in order, each whole or
+  // not at all, and when one fails answers how many before it are stored (none after them). A
+  // stream cut UNAVAILABLE (the connection lost, the daemon restarting) is sent again, as the
+  // Python SDK's is, from its first batch not known to be stored, up to `reconnects` times in a
+  // row (default 5; 0: none) after watchJob's backoff: a cut without the daemon's answer sends
+  // again what may be stored, which changes nothing (a run keeps one point per key and step). Any
+  // other failure, or one more, throws a TesseraError saying how many points are stored and up to
+  // which step (storedPoints, lastStoredStep): resend from there. A step or value refused here
+  // (RangeError, TypeError) ends the stream where it is; batches sent before it may be stored.
+  // timeoutMs bounds the whole stream, resends included (default an hour).
+  async logMetricsStream(runId, steps, { batchPoints = 1000, reconnects = DEFAULT_RECONNECTS, timeoutMs: timeout } = {}) {
     if (!Number.isSafeInteger(batchPoints) || batchPoints < 1) {
       throw new RangeError(`batchPoints must be a whole number >= 1, got ${String(batchPoints)}`);
     }
-    const deadline = new Date(Date.now() + timeoutMs(timeout, DEFAULT_TRANSFER_TIMEOUT_MS));
-    const sent = [];
-    const call = clientStream(this.training, 'LogMetricsStream', this.metadata, deadline);
-    // Each batch sent as its point count and last step, for what a failure says is stored.
-    const send = (points) => {
-      sent.push({ count: points.length, lastStep: points[points.length - 1].step });
-      return call.send({ run_id: runId, points });
-    };
-    try {
-      let batch = [];
-      for await (const item of steps) {
-        if (call.answered) break;
-        if (!Array.isArray(item) || item.length !== 2) {
-          throw new TypeError(`steps must yield [step, { key: value }], got ${JSON.stringify(item)}`);
+    wholeNumber('reconnects', reconnects);
+    const deadline = Date.now() + timeoutMs(timeout, DEFAULT_TRANSFER_TIMEOUT_MS);
+    const batches = new MetricBatches(runId, steps, batchPoints);
+    let failures = 0;
+    for (;;) {
+      const call = clientStream(this.training, 'LogMetricsStream', this.metadata, new Date(deadline));
+      try {
+        for (const batch of batches.kept) {
+          if (call.answered) break;
+          await call.send(batch);
         }
-        const [step, metrics] = item;
-        wholeNumber('step', step);
-        for (const [key, value] of Object.entries(metrics)) {
-          batch.push({ key, value: metricValue(key, value), step });
-          if (batch.length === batchPoints) {
-            await send(batch);
-            batch = [];
-          }
+        for (;;) {
+          if (call.answered) break;
+          const batch = await batches.next();
+          if (batch === undefined) break;
+          await call.send(batch);
         }
+      } catch (err) {
+        call.stream.cancel();
+        throw err;
       }
-      if (batch.length) await send(batch);
-    } catch (err) {
-      call.stream.cancel();
-      throw err;
-    }
-    call.stream.end();
-    try {
-      return (await call.response).accepted;
-    } catch (err) {
-      throw streamFailure(err, sent);
+      call.stream.end();
+      try {
+        const response = await call.response;
+        return batches.storedPoints + response.accepted;
+      } catch (err) {
+        const [stored] = err.metadata.get(STORED_BATCHES);
+        if (batches.stored(Number(stored || 0))) failures = 0;
+        failures += 1;
+        const pause = backoffMs(failures);
+        if (err.code !== 'UNAVAILABLE' || failures > reconnects || Date.now() + pause >= deadline) {
+          throw streamFailure(err, batches, stored !== undefined);
+        }
+        await new Promise((resolve) => setTimeout(resolve, pause));
+      }
     }
   }
 
@@ -585,6 +608,49 @@ class Client {
   }
 }
 
+// A filter string's conditions (parseFilter's) added to listRuns' options `given`; refused where
+// an option of the same kind is given too, as it is not said whether both should hold.
+function withFilter(given, found) {
+  const kinds = [
+    ['attributes.status', 'statuses', found.statuses.length, given.statuses.length],
+    ['params', 'params', Object.keys(found.params).length, Object.keys(given.params).length],
+    ['tags', 'tags', Object.keys(found.tags).length, Object.keys(given.tags).length],
+    ['metrics', 'metrics', found.metrics.length, given.metrics.length],
+  ];
+  for (const [written, option, inFilter, inOption] of kinds) {
+    if (inFilter && inOption) {
+      throw new RangeError(`${written} is filtered twice, in filter and in ${option}; give the conditions in one of them`);
+    }
+  }
+  Object.assign(given, Object.fromEntries(kinds.filter(([, , inFilter]) => inFilter).map(([, option]) => [option, found[option]])));
+}
+
+// ListRuns' order_by from a metric's name or MLflow's order string, and the field and direction
+// given beside it, as the Python SDK's: refused where both say the same thing, or where either
+// is given without an order. Without a direction a metric's name takes the metric's own (the
+// daemon's default), an order string ascending, as MLflow's search_runs does.
+function runOrder(orderBy, orderField, descending) {
+  if (orderBy === undefined || orderBy === '') {
+    if (orderField !== undefined || descending !== undefined) {
+      throw new RangeError('orderField and descending order by a metric: give its key as orderBy');
+    }
+    return undefined;
+  }
+  const named = !runFilter.isOrderString(orderBy);
+  const parsed = named ? { metric: orderBy } : runFilter.parseOrder(orderBy);
+  if (parsed.descending !== undefined && descending !== undefined) {
+    throw new RangeError(`orderBy ${JSON.stringify(orderBy)} gives its direction: leave out descending`);
+  }
+  if (parsed.field !== undefined && orderField !== undefined) {
+    throw new RangeError(`orderBy ${JSON.stringify(orderBy)} names the summary field: leave out orderField`);
+  }
+  const field = parsed.field ?? orderField ?? 'last';
+  const order = { metric: parsed.metric, field: enumValue('tessera.v1.SummaryField', field, 'orderField') };
+  const down = parsed.descending ?? descending ?? (named ? undefined : false);
+  if (down !== undefined) order.direction = down ? 'SORT_DIRECTION_DESCENDING' : 'SORT_DIRECTION_ASCENDING';
+  return order;
+}
+
 // A watch is resumed after these, as the Python SDK's: a cut connection, a watcher too slow.
 const RESUMED_CODES = ['UNAVAILABLE', 'RESOURCE_EXHAUSTED'];
 const DEFAULT_RECONNECTS = 5;
@@ -645,18 +711,62 @@ function metricValue(key, value) {
 // daemon stored (none after them).
 const STORED_BATCHES = 'tessera-stored-batches';
 
-// `error` with what of a metric stream is stored: storedPoints and lastStoredStep (undefined when
-// none is), and its message saying so. `sent`: the stream's batches ({ count, lastStep }), in order.
-function streamFailure(error, sent) {
-  const [batches] = error.metadata.get(STORED_BATCHES);
-  const stored = sent.slice(0, Number(batches || 0));
-  error.storedPoints = stored.reduce((total, batch) => total + batch.count, 0);
-  error.lastStoredStep = stored.length ? stored[stored.length - 1].lastStep : undefined;
-  // The daemon's message counts the stored batches; this says which steps those are.
+// The batches of a metric stream, made from `steps` as they are sent and kept until an answer
+// says they are stored, so that a cut stream is sent again from the first batch not known to be
+// stored; storedPoints and lastStoredStep (undefined while none is) count those known stored.
+class MetricBatches {
+  constructor(runId, steps, batchPoints) {
+    this.runId = runId;
+    const iterate = steps?.[Symbol.asyncIterator] || steps?.[Symbol.iterator];
+    if (typeof iterate !== 'function') {
+      throw new TypeError(`steps must be an array, a generator or an async generator, got ${String(steps)}`);
+    }
+    this.steps = iterate.call(steps);
+    this.batchPoints = batchPoints;
+    this.kept = []; // made and not known stored, in order
+    this.taken = []; // points from steps read, not yet in a batch
+    this.storedPoints = 0;
+    this.lastStoredStep = undefined;
+  }
+
+  // The next batch of points from `steps`, kept; undefined when they are all sent.
+  async next() {
+    while (this.taken.length < this.batchPoints) {
+      const { value: item, done } = await this.steps.next();
+      if (done) break;
+      if (!Array.isArray(item) || item.length !== 2) {
+        throw new TypeError(`steps must yield [step, { key: value }], got ${JSON.stringify(item)}`);
+      }
+      const [step, metrics] = item;
+      wholeNumber('step', step);
+      for (const [key, value] of Object.entries(metrics)) this.taken.push({ key, value: metricValue(key, value), step });
+    }
+    if (!this.taken.length) return undefined;
+    const batch = { run_id: this.runId, points: this.taken.splice(0, this.batchPoints) };
+    this.kept.push(batch);
+    return batch;
+  }
+
+  // Drops the first `count` kept batches, which an answer says are stored; true if any.
+  stored(count) {
+    for (const batch of this.kept.splice(0, count)) {
+      this.storedPoints += batch.points.length;
+      this.lastStoredStep = batch.points[batch.points.length - 1].step;
+    }
+    return count > 0;
+  }
+}
+
+// `error` with what of a metric stream is stored (storedPoints, lastStoredStep) and its message
+// saying so; `answered`: whether the daemon said what it stored (a cut connection does not).
+function streamFailure(error, batches, answered) {
+  const { storedPoints, lastStoredStep } = batches;
+  Object.assign(error, { storedPoints, lastStoredStep });
+  // The daemon's message counts this try's stored batches; this says which steps of the stream.
   let done;
-  if (batches === undefined) done = 'cut without the daemon saying what it stored: some points may be';
-  else if (!stored.length) done = 'no point of this stream is stored';
-  else done = `${error.storedPoints} points of this stream are stored, up to step ${error.lastStoredStep}`;
+  if (!storedPoints) done = answered ? 'no point of this stream is stored' : 'cut without the daemon saying what it stored: some points may be';
+  else done = `${storedPoints} points of this stream are stored, up to step ${lastStoredStep}`;
+  if (storedPoints && !answered) done += '; some sent after them may be too';
   error.message = `${error.message} (${done})`;
   return error;
 }
@@ -676,7 +786,10 @@ function clientStream(stub, method, metadata, deadline) {
   // Awaited once the stream is sent; a failure meanwhile shows there, not as an unhandled one.
   call.response.catch(() => {});
   call.send = async (message) => {
-    if (!call.stream.write(message)) await new Promise((resolve) => call.stream.once('drain', resolve));
+    // A call that ends while the buffer is full may never drain: its answer ends the wait too.
+    if (!call.stream.write(message)) {
+      await Promise.race([new Promise((resolve) => call.stream.once('drain', resolve)), call.response.catch(() => {})]);
+    }
   };
   return call;
 }
@@ -718,4 +831,12 @@ function decodeTensor(tensor) {
   return { dtype: tensor.dtype, shape: tensor.shape.map(Number), values };
 }
 
-module.exports = { Client, TesseraError, encodeTensor, decodeTensor };
+module.exports = {
+  Client,
+  TesseraError,
+  encodeTensor,
+  decodeTensor,
+  RunFilterError: runFilter.RunFilterError,
+  parseRunFilter: runFilter.parseFilter,
+  parseRunOrder: runFilter.parseOrder,
+};

@@ -17,6 +17,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tessera.run_filter import RunFilterError, parse_filter, parse_order
+from tessera.v1 import training_pb2 as pb
+
 NODE_CLIENT = Path(__file__).resolve().parents[3] / "clients" / "node"
 
 
@@ -56,10 +59,14 @@ def test_node_client_lists_models_and_predicts(node_ready, daemon, client, onnx_
     np.testing.assert_allclose(output["values"], np.arange(8) * 2 + 1)
 
 
+# The Python CLI's exit statuses (tessera.cli), which the Node CLI shares.
+EXIT_FAILED, EXIT_USAGE, EXIT_DAEMON = 1, 2, 3
+
+
 def test_node_client_reports_the_daemon_error_and_exits_non_zero(node_ready, daemon):
     inputs = {"input": {"dtype": "DATA_TYPE_FLOAT32", "shape": [1, 4], "values": [0, 0, 0, 0]}}
     failed = run_node(daemon.target, "predict", "absent", json.dumps(inputs))
-    assert failed.returncode == 1
+    assert failed.returncode == EXIT_DAEMON
     assert failed.stderr.startswith("tessera-node: NOT_FOUND: ")
     assert "absent" in failed.stderr
 
@@ -70,7 +77,7 @@ def test_node_client_version_is_digits_0_to_9(node_ready, daemon, client, onnx_f
     inputs = json.dumps({"input": {"dtype": "DATA_TYPE_FLOAT32", "shape": [1, 4], "values": [0, 0, 0, 0]}})
     for text in ("0x1", "1e0", " 1", "", "\u0663", str(2**64)):
         failed = run_node(daemon.target, "predict", "affine", inputs, "--version", text)
-        assert failed.returncode == 1, (text, failed.stdout)
+        assert failed.returncode == EXIT_USAGE, (text, failed.stdout)
         assert failed.stderr.startswith("tessera-node: --version must be a whole number"), failed.stderr
     predicted = run_node(daemon.target, "predict", "affine", inputs, "--version", "1")
     assert predicted.returncode == 0, predicted.stderr
@@ -129,7 +136,7 @@ def test_node_client_refuses_a_timeout_not_above_0(node_ready, daemon):
     assert refused.stdout.split("\n") == [*(["RangeError"] * 6), *(["rejected RangeError"] * 3), ""]
     for text in ("0", "-1", "nan", "Infinity", "", "0x10", "1e3"):
         failed = run_node(daemon.target, "--timeout", text, "info")
-        assert failed.returncode == 1, (text, failed.stdout)
+        assert failed.returncode == EXIT_USAGE, (text, failed.stdout)
         assert failed.stderr.startswith("tessera-node: --timeout must be seconds above 0"), failed.stderr
 
 
@@ -141,7 +148,7 @@ def test_node_client_calls_end_at_their_deadline(node_ready, daemon, client, onn
         client.inference.load(model, max_batch_size=8, max_queue_delay_us=10_000_000)
     inputs = json.dumps({"input": {"dtype": "DATA_TYPE_FLOAT32", "shape": [1, 4], "values": [0, 0, 0, 0]}})
     failed = run_node(daemon.target, "--timeout", "0.5", "predict", "affine", inputs)
-    assert failed.returncode == 1
+    assert failed.returncode == EXIT_DAEMON
     assert failed.stderr.startswith("tessera-node: DEADLINE_EXCEEDED: "), failed.stderr
     per_call = run_node_script(
         f"""
@@ -665,6 +672,307 @@ def test_node_client_metric_stream_failure_says_what_is_stored(node_ready, daemo
     assert [p.step for p in history.points] == [0, 1, 2, 3]
 
 
+def test_node_client_metric_stream_is_sent_again_after_a_cut(node_ready, daemon, client, proxy_to):
+    """A cut connection ended the stream UNAVAILABLE with its points lost; it is sent again from
+    its first batch not known to be stored, as the Python SDK's is: every point stored once."""
+    proxy = proxy_to(daemon.daemon.port)
+    run_id = client.training.create_run("node-streams").run_id
+    script = f"""
+        (async () => {{
+          const client = new Client(TARGET);
+          // Connected before the stream, so that the cut ends the stream's call.
+          await client.info();
+          async function* steps() {{
+            for (let step = 0; step < 100; step += 1) {{
+              // The test cuts the connection here, with five batches sent.
+              if (step === 55) {{
+                console.log('cut');
+                await new Promise((resolve) => process.stdin.once('data', resolve));
+              }}
+              yield [step, {{ loss: 1 / (step + 1) }}];
+            }}
+          }}
+          console.log(await client.logMetricsStream({json.dumps(run_id)}, steps(), {{ batchPoints: 10 }}));
+          client.close();
+          process.stdin.destroy();
+        }})();
+        """
+    with subprocess.Popen(
+        node_script(script, proxy.target),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as node:
+        assert node.stdout is not None and node.stdin is not None
+        assert node.stdout.readline() == "cut\n"
+        proxy.cut()
+        node.stdin.write("\n")
+        node.stdin.flush()
+        out, err = node.communicate(timeout=120)
+    assert node.returncode == 0, err
+    assert out == "100\n"
+    assert proxy.cuts == 1
+    history = client.training.metric_history(run_id, "loss")
+    assert [(p.step, p.value) for p in history.points] == [(s, 1 / (s + 1)) for s in range(100)]
+    (summary,) = client.training.run(run_id).metrics
+    assert summary.count == 100
+
+
+RUN_FILTERS = [
+    "",
+    "metrics.val_accuracy > 0.9 and params.x = '1'",
+    "metric.val_loss.min <= 1e-3 AND tags.team = \"vision\" and attributes.status = 'FINISHED'",
+    "run.status IN ('killed', 'failed') and attr.status != 'failed'",
+    "attributes.status NOT IN ('running')",
+    "params.optimizer.lr = 'it''s' and metrics.`val-loss` >= -.5 and metrics.\"a b\".max = +2.",
+    "metrics.\u0430\u0431\u0432 > \u0663.5e1",
+    "metrics.a > 1 or metrics.b < 2",
+    "metrics.a == 1",
+    "metrics.a > '1'",
+    "metrics.a > 1e400",
+    "metrics.a > 1x",
+    "metrics.a.median > 1",
+    "params.a > '1'",
+    "params.a = 1",
+    "params.a = \"it's\" and params.a = 'y'",
+    "tags.t = '\U0001f600' and runs.x = '1'",
+    "attributes.name = 'x'",
+    "attributes.status = 'bogus\"'",
+    "attributes.status = 'failed' and attributes.status = 'running'",
+    "attributes.status IN 'failed'",
+    "attributes.status NOT 'failed'",
+    "attributes.status IN ('failed' 'running')",
+    "metrics.a > 1 and",
+    "metrics.a > 1 metrics.b < 2",
+    "metrics.``",
+    "metrics.`open",
+    "tags.x = 'open",
+    "metrics",
+    "metrics.",
+    "params.a. = 'x'",
+    "metrics.a",
+    "\u3000metrics.a\u2003>\x1c1",
+]
+RUN_ORDERS = [
+    "metrics.val_loss ASC",
+    "metrics.val_loss.max desc",
+    "metric.`val-loss`",
+    "",
+    "val_loss",
+    "params.x",
+    "metrics.a, metrics.b",
+    "metrics.a ASC DESC",
+    "metrics.a sideways",
+]
+
+
+def python_run_filter(text: str) -> Any:
+    """What the Python SDK's parser makes of `text`, in the form run_filter.js answers."""
+    try:
+        found = parse_filter(text)
+    except RunFilterError as err:
+        return {"error": str(err)}
+    metrics = [
+        {
+            "key": m.key,
+            "field": pb.SummaryField.Name(m.field).removeprefix("SUMMARY_FIELD_").lower(),
+            "op": pb.Comparison.Name(m.op).removeprefix("COMPARISON_").lower(),
+            "value": m.value,
+        }
+        for m in found.metrics
+    ]
+    return {"statuses": found.statuses, "params": found.params, "tags": found.tags, "metrics": metrics}
+
+
+def python_run_order(text: str) -> Any:
+    try:
+        found = parse_order(text)
+    except RunFilterError as err:
+        return {"error": str(err)}
+    field = None if found.field == pb.SUMMARY_FIELD_UNSPECIFIED else pb.SummaryField.Name(found.field)
+    return {
+        "metric": found.metric,
+        "field": field and field.removeprefix("SUMMARY_FIELD_").lower(),
+        "descending": found.descending,
+    }
+
+
+def test_node_run_filter_reads_each_string_as_the_python_sdk_does(node_ready):
+    """run_filter.js is a port of tessera.run_filter: the same strings make the same structured
+    request, or the same error with its column and caret."""
+    script = f"""
+        const {{ parseRunFilter, parseRunOrder }} = require({json.dumps(str(NODE_CLIENT / "tessera.js"))});
+        const outcome = (parse, text) => {{
+          try {{
+            return parse(text);
+          }} catch (err) {{
+            if (err.name !== 'RunFilterError' || !(err instanceof RangeError)) throw err;
+            return {{ error: err.message }};
+          }}
+        }};
+        const filters = {json.dumps(RUN_FILTERS)}.map((text) => outcome(parseRunFilter, text));
+        const orders = {json.dumps(RUN_ORDERS)}.map((text) => {{
+          const found = outcome(parseRunOrder, text);
+          return found.error ? found : {{ metric: found.metric, field: found.field ?? null, descending: found.descending ?? null }};
+        }});
+        console.log(JSON.stringify({{ filters, orders }}));
+        """
+    done = subprocess.run(["node", "-e", script], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert found["filters"] == [python_run_filter(text) for text in RUN_FILTERS]
+    assert found["orders"] == [python_run_order(text) for text in RUN_ORDERS]
+    # Both refuse OR, saying why and where.
+    assert found["filters"][7]["error"].startswith("column 15: OR is not supported (nor in MLflow's search)")
+
+
+def test_node_client_searches_compares_and_ranks_runs(node_ready, daemon, client):
+    """listRuns with MLflow's filter and order strings asks the daemon what the Python SDK's
+    runs(filter=, order_by=) does; compareRuns and leaderboard as the SDK's."""
+    client.training.create_experiment("search")
+    ids = []
+    for lr, accuracy, loss in (("0.1", 0.95, 0.3), ("0.01", 0.8, 0.1), ("0.1", 0.7, 0.5)):
+        run_id = client.training.create_run("search", params={"lr": lr}).run_id
+        client.training.log_metrics(run_id, {"val_accuracy": accuracy, "val_loss": loss}, step=0)
+        ids.append(run_id)
+    client.training.update_run(ids[2], status="failed")
+    searches = {
+        "accurate": ("metrics.val_accuracy > 0.75", "metrics.val_loss DESC"),
+        "by_param": ("params.lr = '0.1'", "metrics.val_accuracy"),
+        "not_failed": ("attributes.status != 'failed'", "val_loss"),
+    }
+    found = node_json(
+        f"""
+        (async () => {{
+          const client = new Client(TARGET);
+          const searches = {json.dumps(searches)};
+          const found = {{}};
+          for (const [name, [filter, orderBy]] of Object.entries(searches)) {{
+            found[name] = (await client.listRuns('search', {{ filter, orderBy }})).map((r) => r.run_id);
+          }}
+          const refused = [];
+          const tries = [
+            {{ filter: 'metrics.a > 1', metrics: [{{ key: 'b', op: 'lt', value: 1 }}] }},
+            {{ orderBy: 'metrics.a DESC', descending: false }},
+            {{ orderBy: 'metrics.a.max', orderField: 'min' }},
+            {{ filter: 'metrics.a >> 1' }},
+          ];
+          for (const options of tries) {{
+            try {{
+              await client.listRuns('search', options);
+            }} catch (err) {{
+              refused.push(`${{err.name}}: ${{err.message}}`);
+            }}
+          }}
+          const compared = await client.compareRuns({json.dumps(ids[:2])});
+          const board = await client.leaderboard('search', 'val_accuracy', {{ limit: 2 }});
+          const lowest = await client.leaderboard('search', 'val_accuracy', {{ mode: 'min', field: 'last' }});
+          try {{
+            await client.compareRuns([{json.dumps(ids[0])}]);
+          }} catch (err) {{
+            refused.push(err.code);
+          }}
+          try {{
+            await client.leaderboard('search', 'val_accuracy', {{ mode: 'lowest' }});
+          }} catch (err) {{
+            refused.push(`${{err.name}}: ${{err.message}}`);
+          }}
+          client.close();
+          console.log(JSON.stringify({{
+            ...found, refused,
+            compared: {{
+              runs: compared.runs.map((r) => r.run_id),
+              params: compared.params.map(({{ key, values, differs }}) => ({{ key, values, differs }})),
+              metrics: compared.metrics.map(({{ key, values }}) => ({{ key, values }})),
+            }},
+            board: board.map((e) => [e.rank, e.run.run_id, e.value]),
+            lowest: lowest.map((e) => e.run.run_id),
+          }}));
+        }})();
+        """,
+        daemon.target,
+    )
+    for name, (text, order) in searches.items():
+        expected = [run.run_id for run in client.training.runs("search", filter=text, order_by=order)]
+        assert found[name] == expected, name
+    assert found["accurate"] == [ids[0], ids[1]]
+    assert found["by_param"] == [ids[2], ids[0]]
+    assert found["not_failed"] == [ids[1], ids[0]]
+    filtered_twice, direction_twice, field_twice, unread, one_run, bad_mode = found["refused"]
+    assert filtered_twice == (
+        "RangeError: metrics is filtered twice, in filter and in metrics; give the conditions in one of them"
+    )
+    assert direction_twice == 'RangeError: orderBy "metrics.a DESC" gives its direction: leave out descending'
+    assert field_twice == 'RangeError: orderBy "metrics.a.max" names the summary field: leave out orderField'
+    assert unread == (
+        "RunFilterError: column 12: expected a number after metrics.a's comparison, e.g. 0.9 or 1e-3\n"
+        "  metrics.a >> 1\n             ^"
+    )
+    assert one_run == "INVALID_ARGUMENT"
+    assert bad_mode == 'RangeError: mode: "lowest" is not one of min, max'
+    assert found["compared"] == {
+        "runs": ids[:2],
+        "params": [{"key": "lr", "values": ["0.1", "0.01"], "differs": True}],
+        "metrics": [
+            {"key": "val_accuracy", "values": [0.95, 0.8]},
+            {"key": "val_loss", "values": [0.3, 0.1]},
+        ],
+    }
+    assert found["board"] == [[1, ids[0], 0.95], [2, ids[1], 0.8]]
+    assert found["lowest"] == [ids[2], ids[1], ids[0]]
+
+
+def test_node_client_lists_jobs_by_state_experiment_and_sweep(node_ready, daemon, client, table):
+    sweep = client.training.submit_sweep(
+        {
+            "base": {**small_spec(table), "epochs": 200},
+            "strategy": "SWEEP_STRATEGY_GRID",
+            "parameters": [{"path": "seed", "values": {"values": ["1", "2"]}}],
+            "metric": "val_loss",
+            "max_concurrent": 2,
+        }
+    )
+    client.training.cancel_sweep(sweep.sweep_id)
+    solo = client.training.submit({**small_spec(table), "experiment": "solo", "epochs": 200})
+    client.training.cancel(solo.id)
+    trials = [trial.job_id for trial in client.training.sweep(sweep.sweep_id).trials]
+    for job_id in [*trials, solo.id]:  # ended, so that their states hold while listed
+        list(client.training.watch(job_id))
+    found = node_json(
+        f"""
+        (async () => {{
+          const client = new Client(TARGET);
+          const ids = (jobs) => jobs.map((job) => job.job_id);
+          const found = {{
+            all: ids(await client.listJobs()),
+            paged: ids(await client.listJobs({{ pageSize: 1 }})),
+            sweep: ids(await client.listJobs({{ sweepId: {json.dumps(sweep.sweep_id)} }})),
+            solo: ids(await client.listJobs({{ experiment: 'solo', states: ['cancelled', 'JOB_STATE_FAILED'] }})),
+            running: ids(await client.listJobs({{ states: ['running'] }})),
+          }};
+          try {{
+            await client.listJobs({{ states: ['done'] }});
+          }} catch (err) {{
+            found.refused = `${{err.name}}: ${{err.message}}`;
+          }}
+          client.close();
+          console.log(JSON.stringify(found));
+        }})();
+        """,
+        daemon.target,
+    )
+    expected = [job.id for job in client.training.jobs()]
+    assert sorted(expected) == sorted([*trials, solo.id])
+    assert found["all"] == found["paged"] == expected
+    assert sorted(found["sweep"]) == sorted(trials)
+    assert found["solo"] == [solo.id]
+    assert found["running"] == []
+    assert found["refused"].startswith(
+        'RangeError: states[0]: "done" is not one of queued, running, succeeded'
+    )
+
+
 def test_node_client_deletes_and_restores_runs_and_experiments(node_ready, daemon, client, onnx_file):
     client.training.create_experiment("online")
     kept = client.training.create_run("online").run_id
@@ -782,11 +1090,19 @@ def test_node_client_submits_lists_and_cancels_a_sweep(node_ready, daemon, clien
 def test_node_cli_help_for_each_command(node_ready):
     general = run_node("127.0.0.1:1", "--help")
     assert general.returncode == 0 and general.stdout.startswith("usage: tessera-node [options] COMMAND")
+    assert general.stdout.endswith(
+        "exit status:\n  0  done\n  1  failed here: a file could not be read, a spec file is wrong, or a followed or\n"
+        "     watched job ended without succeeding\n"
+        "  2  the command line is wrong: the message says what, with the command's usage\n"
+        "  3  the daemon refused or failed the request, or could not be reached: the message\n"
+        "     starts with the gRPC status (NOT_FOUND, INVALID_ARGUMENT, UNAVAILABLE, ...)\n"
+    )
     usages = {
         ("info",): "info",
+        ("jobs", "ls"): "jobs ls [--state STATE]... [--experiment NAME] [--sweep SWEEP_ID]",
         ("jobs", "submit"): "jobs submit SPEC.json [--follow]",
         ("jobs", "watch"): "jobs watch JOB_ID [--from-seq N]",
-        ("runs", "ls"): "runs ls [EXPERIMENT] [--status STATUS]...",
+        ("runs", "ls"): "runs ls [EXPERIMENT] [--status STATUS]... [--filter 'FILTER'] [--order-by ORDER]",
         ("sweeps", "ls"): "sweeps ls",
         ("sweeps", "show"): "sweeps show SWEEP_ID",
     }
@@ -795,18 +1111,66 @@ def test_node_cli_help_for_each_command(node_ready):
         assert shown.returncode == 0, shown.stderr
         assert shown.stdout.startswith(f"usage: tessera-node [options] {usage}\n"), shown.stdout
         assert usage in general.stdout
+    # A group's help lists its commands, and only those.
+    for group in ("jobs", "runs", "sweeps"):
+        shown = run_node("127.0.0.1:1", group, "--help")
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout.startswith(f"usage: tessera-node [options] {group} COMMAND ...\n"), shown.stdout
+        listed = [usage for words, usage in usages.items() if words[0] == group]
+        assert [line[2:] for line in shown.stdout.splitlines() if line.startswith(f"  {group} ")] == listed
     hint = "(tessera-node --help lists the commands)\n"
     wrong = {
         ("jobs", "submit"): "tessera-node: jobs submit takes 1 argument(s), got 0\n"
         "usage: tessera-node jobs submit SPEC.json [--follow]\n",
         ("runs", "ls", "--follow"): "tessera-node: --follow is not an option of runs ls\n"
-        "usage: tessera-node runs ls [EXPERIMENT] [--status STATUS]...\n",
-        ("jobs", "start"): f'tessera-node: unknown command "jobs start"\n{hint}',
+        f"usage: tessera-node {usages['runs', 'ls']}\n",
+        (
+            "jobs",
+            "start",
+        ): 'tessera-node: unknown command "jobs start"\n(tessera-node jobs --help lists its commands)\n',
+        ("jobs",): "tessera-node: jobs needs a command\n(tessera-node jobs --help lists its commands)\n",
+        ("start",): f'tessera-node: unknown command "start"\n{hint}',
         ("info", "--verbose"): f"tessera-node: unknown option --verbose\n{hint}",
+        (
+            "jobs",
+            "ls",
+            "--state",
+            "done",
+        ): 'tessera-node: --state: "done" is not one of queued, running, succeeded, '
+        f"failed, cancelled, interrupted\nusage: tessera-node {usages['jobs', 'ls']}\n",
+        (
+            "runs",
+            "ls",
+            "--filter",
+            "metrics.a >> 1",
+        ): "tessera-node: --filter: column 12: expected a number after "
+        "metrics.a's comparison, e.g. 0.9 or 1e-3\n  metrics.a >> 1\n             ^\n"
+        f"usage: tessera-node {usages['runs', 'ls']}\n",
+        (
+            "runs",
+            "ls",
+            "--order-by",
+            "metrics.a sideways",
+        ): "tessera-node: --order-by: column 11: expected ASC or "
+        "DESC, or the end of the order\n  metrics.a sideways\n            ^\n"
+        f"usage: tessera-node {usages['runs', 'ls']}\n",
+        (
+            "runs",
+            "ls",
+            "--status",
+            "failed",
+            "--filter",
+            "attributes.status = 'failed'",
+        ): "tessera-node: --filter "
+        "compares attributes.status and --status too; give those conditions in one of them\n"
+        f"usage: tessera-node {usages['runs', 'ls']}\n",
     }
     for words, message in wrong.items():
         failed = run_node("127.0.0.1:1", *words)
-        assert (failed.returncode, failed.stderr) == (1, message)
+        assert (failed.returncode, failed.stderr) == (EXIT_USAGE, message), words
+    not_json = run_node("127.0.0.1:1", "predict", "affine", "{")
+    assert not_json.returncode == EXIT_USAGE
+    assert not_json.stderr.startswith("tessera-node: INPUTS_JSON is not JSON: "), not_json.stderr
 
 
 def test_node_cli_submits_follows_and_watches_a_job(node_ready, daemon, client, table, tmp_path):
@@ -822,12 +1186,15 @@ def test_node_cli_submits_follows_and_watches_a_job(node_ready, daemon, client, 
     assert watched.returncode == 0, watched.stderr
     assert watched.stdout.splitlines() == followed.stdout.splitlines()[2:]
 
-    submitted = run_node(daemon.target, "jobs", "submit", str(spec))
+    # Long enough to be cancelled before it ends.
+    long_spec = tmp_path / "long.json"
+    long_spec.write_text(json.dumps({**small_spec(table), "epochs": 200}))
+    submitted = run_node(daemon.target, "jobs", "submit", str(long_spec))
     assert submitted.returncode == 0, submitted.stderr
     queued = json.loads(submitted.stdout)
     client.training.cancel(queued["job_id"])
     cancelled = run_node(daemon.target, "jobs", "watch", queued["job_id"])
-    assert cancelled.returncode == 1
+    assert cancelled.returncode == EXIT_FAILED
     assert cancelled.stderr == f"tessera-node: job {queued['job_id']} ended JOB_STATE_CANCELLED\n"
     assert json.loads(cancelled.stdout.splitlines()[-1])["state"]["state"] == "JOB_STATE_CANCELLED"
 
@@ -850,7 +1217,15 @@ def test_node_cli_job_errors_exit_non_zero_and_say_what_to_fix(node_ready, daemo
             "bad_seq": ("jobs", "watch", "job-absent", "--from-seq", "1.5"),
         }.items()
     }
-    assert all(done.returncode == 1 and done.stdout == "" for done in outcomes.values())
+    assert {name: done.returncode for name, done in outcomes.items()} == {
+        "not_json": EXIT_FAILED,
+        "missing": EXIT_FAILED,
+        "misspelt": EXIT_FAILED,
+        "absent_dataset": EXIT_DAEMON,
+        "absent_job": EXIT_DAEMON,
+        "bad_seq": EXIT_USAGE,
+    }
+    assert all(done.stdout == "" for done in outcomes.values())
     stderr = {name: done.stderr for name, done in outcomes.items()}
     assert stderr["not_json"].startswith(f"tessera-node: {not_json} is not JSON: ")
     assert stderr["missing"].startswith(f"tessera-node: cannot read {tmp_path / 'missing.json'}: ENOENT")
@@ -896,17 +1271,21 @@ def test_node_cli_lists_runs_and_sweeps(node_ready, daemon, client, table):
     assert tracked("runs", "ls") == [elsewhere, ended, running]
     assert tracked("runs", "ls", "online") == [ended, running]
     assert tracked("runs", "ls", "--status", "running", "--status", "failed") == [elsewhere, running]
+    assert tracked("runs", "ls", "--filter", "attributes.status = 'FINISHED'") == [ended]
+    assert tracked("runs", "ls", "online", "--filter", "attributes.status != 'succeeded'") == [running]
+    jobs = [job.id for job in client.training.jobs()]
+    assert [job["job_id"] for job in listed("jobs", "ls")] == jobs != []
+    assert [job["job_id"] for job in listed("jobs", "ls", "--sweep", sweep.sweep_id)] == jobs
+    assert listed("jobs", "ls", "--experiment", "online") == []
     assert [s["sweep_id"] for s in listed("sweeps", "ls")] == [sweep.sweep_id]
     shown = listed("sweeps", "show", sweep.sweep_id)
     assert shown["state"] == "SWEEP_STATE_CANCELLED"
     assert [trial["params"]["seed"] for trial in shown["trials"]] == ["1", "2"]
     absent = run_node(daemon.target, "sweeps", "show", "sweep-absent")
-    assert absent.returncode == 1 and absent.stderr.startswith("tessera-node: NOT_FOUND: ")
+    assert absent.returncode == EXIT_DAEMON and absent.stderr.startswith("tessera-node: NOT_FOUND: ")
     bad_status = run_node(daemon.target, "runs", "ls", "--status", "finished")
-    assert bad_status.returncode == 1
-    assert bad_status.stderr.startswith(
-        'tessera-node: statuses[0]: "finished" is not one of running, succeeded'
-    )
+    assert bad_status.returncode == EXIT_USAGE
+    assert bad_status.stderr.startswith('tessera-node: --status: "finished" is not one of running, succeeded')
 
 
 def test_node_client_artifact_upload_errors(node_ready, daemon, client, tmp_path):

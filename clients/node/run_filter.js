@@ -1,0 +1,374 @@
+'use strict';
+// MLflow's run-search strings read into ListRuns' structured filters and order, without a daemon:
+// a port of the Python SDK's tessera.run_filter (clients/python/src/tessera/run_filter.py), with
+// its grammar and its error messages.
+//
+// Filter: conditions joined by AND (any case), e.g.
+// `metrics.val_acc > 0.9 and params.lr = '0.01' and tags.team = 'vision' and attributes.status = 'FINISHED'`
+// - `metrics.KEY OP NUMBER`, OP one of < <= > >= = !=, compares the metric's last value;
+//   `metrics.KEY.min` or `.max` (or `.last`) compares that value of its summary instead.
+// - `params.KEY = 'VALUE'` and `tags.KEY = 'VALUE'`: exact text, in single or double quotes (a
+//   quote inside doubled: 'it''s').
+// - `attributes.status = 'X'`, `!= 'X'`, `IN ('X', 'Y')` or `NOT IN (...)`: a run status, or
+//   MLflow's FINISHED (succeeded) and KILLED (cancelled).
+// - A key of other characters than letters, digits and _ goes in backquotes: metrics.`val-loss`;
+//   a param's or tag's may hold dots without them, as in MLflow: params.optimizer.lr.
+//   MLflow's other entity spellings (metric, param, parameter, tag, attribute, attr, run) work too.
+// Order: `metrics.KEY [ASC|DESC]` (with .last, .min or .max as above); ListRuns orders by one metric.
+// Mistakes throw RunFilterError (a RangeError) naming the column and what fits there.
+
+const { enumNames } = require('./proto');
+
+const ENTITIES = {
+  metric: 'metrics',
+  metrics: 'metrics',
+  param: 'params',
+  params: 'params',
+  parameter: 'params',
+  parameters: 'params',
+  tag: 'tags',
+  tags: 'tags',
+  attribute: 'attributes',
+  attributes: 'attributes',
+  attr: 'attributes',
+  run: 'attributes',
+};
+// Longest first, so "<=" is not read as "<" then "=". Values as listRuns takes them.
+const COMPARISONS = { '<=': 'le', '>=': 'ge', '!=': 'ne', '<': 'lt', '>': 'gt', '=': 'eq' };
+const FIELDS = ['last', 'min', 'max'];
+const RUN_STATUSES = enumNames('tessera.v1.RunStatus')
+  .slice(1)
+  .map((name) => name.slice('RUN_STATUS_'.length).toLowerCase());
+// MLflow's names for the statuses tessera names otherwise.
+const STATUS_ALIASES = { finished: 'succeeded', killed: 'cancelled' };
+const STATUS_NAMES = RUN_STATUSES.map(
+  (status) =>
+    status +
+    Object.entries(STATUS_ALIASES)
+      .filter(([, same]) => same === status)
+      .map(([alias]) => ` (or ${alias.toUpperCase()})`)
+      .join(''),
+);
+const STATUS_CHOICES = `${STATUS_NAMES.slice(0, -1).join(', ')} or ${STATUS_NAMES[STATUS_NAMES.length - 1]}`;
+// Sticky, to match where the scanner is, as Python's pattern.match(text, pos).
+const WORD = /[A-Za-z_][A-Za-z0-9_]*/y;
+// Letters of any script, digits and _, as Python's \w.
+const KEY = /[\p{L}\p{N}_]+/uy;
+// Decimal digits of any script, as Python's \d (float() reads them too).
+const NUMBER = /[+-]?(?:\p{Nd}+(?:\.\p{Nd}*)?|\.\p{Nd}+)(?:[eE][+-]?\p{Nd}+)?/uy;
+const CONDITIONS = 'metrics.KEY, params.KEY, tags.KEY or attributes.status';
+// What Python's str.isspace() takes, which JavaScript's \s does not quite.
+const SPACE = /[\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]/;
+
+// `text` quoted as Python's repr() writes it, for messages the same as the Python SDK's.
+function pyRepr(text) {
+  const quote = text.includes("'") && !text.includes('"') ? '"' : "'";
+  const escapes = { '\\': '\\\\', '\n': '\\n', '\r': '\\r', '\t': '\\t', [quote]: `\\${quote}` };
+  let out = '';
+  for (const char of text) {
+    const code = char.codePointAt(0);
+    if (char in escapes) out += escapes[char];
+    else if (code < 0x20 || (code >= 0x7f && code <= 0xa0) || code === 0xad) out += `\\x${code.toString(16).padStart(2, '0')}`;
+    else out += char;
+  }
+  return quote + out + quote;
+}
+
+// A number written with decimal digits of any script, as Python's float() reads it: Unicode
+// assigns each script's digits 0 to 9 in a row, so a digit's value is its place in its row.
+function asNumber(text) {
+  const ascii = Array.from(text, (char) => {
+    if (!/\p{Nd}/u.test(char)) return char;
+    let before = 0;
+    while (/\p{Nd}/u.test(String.fromCodePoint(char.codePointAt(0) - before - 1))) before += 1;
+    return String(before % 10);
+  });
+  return Number(ascii.join(''));
+}
+
+// A filter or order string that cannot be read: where (1-based column, in characters) and why.
+class RunFilterError extends RangeError {
+  constructor(text, column, reason) {
+    super(`column ${column}: ${reason}\n  ${text}\n  ${' '.repeat(column - 1)}^`);
+    this.name = 'RunFilterError';
+    Object.assign(this, { text, column, reason });
+  }
+}
+
+// Reads a string left to right, failing with the column it got to.
+class Scanner {
+  constructor(text) {
+    this.text = text;
+    this.at = 0;
+  }
+
+  // Columns count characters, as Python's do, not UTF-16 units.
+  fail(reason, at = this.at) {
+    return new RunFilterError(this.text, Array.from(this.text.slice(0, at)).length + 1, reason);
+  }
+
+  space() {
+    while (this.at < this.text.length && SPACE.test(this.text[this.at])) this.at += 1;
+  }
+
+  done() {
+    this.space();
+    return this.at === this.text.length;
+  }
+
+  match(pattern) {
+    pattern.lastIndex = this.at;
+    const found = pattern.exec(this.text);
+    if (!found) return '';
+    this.at = pattern.lastIndex;
+    return found[0];
+  }
+
+  peekWord() {
+    WORD.lastIndex = this.at;
+    const found = WORD.exec(this.text);
+    return found ? found[0] : '';
+  }
+
+  take(literal) {
+    if (this.text.startsWith(literal, this.at)) {
+      this.at += literal.length;
+      return true;
+    }
+    return false;
+  }
+
+  // Text between a pair of one of `quotes`, a quote inside it doubled; '' if none opens here.
+  quoted(quotes, what) {
+    const start = this.at;
+    const quote = this.text.slice(this.at, this.at + 1);
+    if (!quote || !quotes.includes(quote)) return '';
+    this.at += 1;
+    const parts = [];
+    for (;;) {
+      const end = this.text.indexOf(quote, this.at);
+      if (end < 0) throw this.fail(`the ${what} opened here has no closing ${quote}`, start);
+      parts.push(this.text.slice(this.at, end));
+      this.at = end + 1;
+      if (!this.take(quote)) return parts.join(quote);
+    }
+  }
+}
+
+// `entity.key[.field]` as written, with where it starts.
+function operand(scan, allowed) {
+  scan.space();
+  const start = scan.at;
+  const word = scan.match(WORD);
+  const entity = Object.hasOwn(ENTITIES, word.toLowerCase()) ? ENTITIES[word.toLowerCase()] : undefined;
+  if (entity === undefined) {
+    throw scan.fail(word ? `${pyRepr(word)} is not a condition; write ${allowed}` : `expected ${allowed}`, start);
+  }
+  if (!scan.take('.')) throw scan.fail(`expected . and a key after ${word}, e.g. ${entity}.val_loss`);
+  const keyAt = scan.at;
+  const quoted = ['`', '"'].includes(scan.text.slice(keyAt, keyAt + 1));
+  let key = quoted ? scan.quoted('`"', 'key') : scan.match(KEY);
+  if (!key) {
+    if (quoted) throw scan.fail('the key is empty', keyAt);
+    throw scan.fail(
+      `expected a key after ${word}.: letters, digits and _, or any key in backquotes, e.g. ${entity}.\`val-loss\``,
+    );
+  }
+  let summary = '';
+  if ((entity === 'params' || entity === 'tags') && !quoted) {
+    // As in MLflow, whose key is all after the entity's dot: a job's run names its spec's params
+    // by their path (optimizer.lr), and params and tags have no .min or .max to tell apart.
+    while (scan.take('.')) {
+      const part = scan.match(KEY);
+      if (!part) throw scan.fail(`expected the rest of the key after ${entity}.${key}.`);
+      key = `${key}.${part}`;
+    }
+  } else if (scan.take('.')) {
+    const suffixAt = scan.at;
+    summary = scan.match(WORD);
+    if (entity !== 'metrics' || !FIELDS.includes(summary)) {
+      const after = entity === 'metrics' ? ".last, .min or .max after a metric's key, or " : '';
+      const dotted = summary ? `${key}.${summary}` : 'a.b';
+      throw scan.fail(`write ${after}a key with dots in backquotes: ${entity}.\`${dotted}\``, suffixAt);
+    }
+  }
+  return { entity, key, field: summary, start };
+}
+
+function comparison(scan) {
+  scan.space();
+  if (scan.take('==')) throw scan.fail('write = to compare for equality, not ==', scan.at - 2);
+  return Object.keys(COMPARISONS).find((op) => scan.take(op)) || '';
+}
+
+function number(scan, compared) {
+  scan.space();
+  const start = scan.at;
+  if (["'", '"'].includes(scan.text.slice(start, start + 1))) {
+    throw scan.fail(`a metric compares with a number, not text: write ${compared} > 0.9`);
+  }
+  const text = scan.match(NUMBER);
+  if (!text || scan.peekWord() || ['.', '`', '"', "'"].includes(scan.text.slice(scan.at, scan.at + 1))) {
+    throw scan.fail(`expected a number after ${compared}'s comparison, e.g. 0.9 or 1e-3`, start);
+  }
+  const value = asNumber(text);
+  if (!Number.isFinite(value)) throw scan.fail(`${text} is past the largest number a metric holds`, start);
+  return value;
+}
+
+function quotedText(scan, written) {
+  scan.space();
+  const start = scan.at;
+  const value = scan.quoted('\'"', 'value');
+  if (scan.at === start) throw scan.fail(`quote the value: ${written.entity}.${written.key} = 'VALUE'`);
+  return value;
+}
+
+function status(scan) {
+  scan.space();
+  const start = scan.at;
+  const value = quotedText(scan, { entity: 'attributes', key: 'status' });
+  const lower = value.toLowerCase();
+  const found = Object.hasOwn(STATUS_ALIASES, lower) ? STATUS_ALIASES[lower] : lower;
+  if (!RUN_STATUSES.includes(found)) throw scan.fail(`${pyRepr(value)} is not a run status; use ${STATUS_CHOICES}`, start);
+  return found;
+}
+
+function statusList(scan) {
+  scan.space();
+  if (!scan.take('(')) throw scan.fail("expected ( and the statuses after IN, e.g. IN ('failed', 'cancelled')");
+  const statuses = new Set([status(scan)]);
+  for (;;) {
+    scan.space();
+    if (scan.take(')')) return statuses;
+    if (!scan.take(',')) throw scan.fail('expected , and another status, or ) to close the list');
+    statuses.add(status(scan));
+  }
+}
+
+const except = (listed) => new Set(RUN_STATUSES.filter((s) => !listed.has(s)));
+
+// The statuses `attributes.status OP ...` lets through.
+function statusCondition(scan, written) {
+  if (written.key !== 'status') {
+    throw scan.fail(
+      `attributes.${written.key} cannot be filtered: ListRuns filters attributes by status only`,
+      written.start,
+    );
+  }
+  scan.space();
+  const at = scan.at;
+  const word = scan.peekWord().toUpperCase();
+  if (word === 'IN' || word === 'NOT') {
+    scan.match(WORD);
+    if (word === 'NOT') {
+      scan.space();
+      if (scan.match(WORD).toUpperCase() !== 'IN') throw scan.fail('expected IN after NOT', at);
+    }
+    const listed = statusList(scan);
+    return word === 'NOT' ? except(listed) : listed;
+  }
+  const op = comparison(scan);
+  if (op !== '=' && op !== '!=') throw scan.fail('attributes.status compares with =, !=, IN (...) or NOT IN (...)', at);
+  const one = new Set([status(scan)]);
+  return op === '!=' ? except(one) : one;
+}
+
+function textCondition(scan, written, kept) {
+  scan.space();
+  const at = scan.at;
+  if (comparison(scan) !== '=') {
+    const singular = written.entity.slice(0, -1);
+    throw scan.fail(
+      `${written.entity} compare with = only: ListRuns matches a ${singular}'s exact text, ` +
+        `e.g. ${written.entity}.${written.key} = 'VALUE'`,
+      at,
+    );
+  }
+  const value = quotedText(scan, written);
+  if (Object.hasOwn(kept, written.key) && kept[written.key] !== value) {
+    throw scan.fail(
+      `${written.entity}.${written.key} is already compared with ${pyRepr(kept[written.key])}; ` +
+        'a run has one value, so no run matches both',
+      written.start,
+    );
+  }
+  kept[written.key] = value;
+}
+
+// A filter string as listRuns' options: { statuses: ['failed', ...] (empty: any status),
+// params: { key: value }, tags: { key: value }, metrics: [{ key, field, op, value }] }; every
+// condition must hold. '' filters nothing.
+function parseFilter(text) {
+  const scan = new Scanner(text);
+  const found = { statuses: [], params: {}, tags: {}, metrics: [] };
+  let statuses;
+  while (!scan.done()) {
+    const written = operand(scan, CONDITIONS);
+    if (written.entity === 'metrics') {
+      scan.space();
+      const at = scan.at;
+      const op = comparison(scan);
+      if (!op) throw scan.fail(`expected a comparison after metrics.${written.key}: <, <=, >, >=, = or !=`, at);
+      const value = number(scan, `metrics.${written.key}`);
+      found.metrics.push({ key: written.key, field: written.field || 'last', op: COMPARISONS[op], value });
+    } else if (written.entity === 'attributes') {
+      const allowed = statusCondition(scan, written);
+      statuses = statuses === undefined ? allowed : new Set([...statuses].filter((s) => allowed.has(s)));
+      if (!statuses.size) throw scan.fail('no run status meets every condition on attributes.status', written.start);
+    } else {
+      textCondition(scan, written, written.entity === 'params' ? found.params : found.tags);
+    }
+    if (scan.done()) break;
+    const joinerAt = scan.at;
+    const joiner = scan.match(WORD).toUpperCase();
+    if (joiner === 'OR') {
+      throw scan.fail(
+        "OR is not supported (nor in MLflow's search): list once per alternative, or for " +
+          "statuses write attributes.status IN ('failed', 'cancelled')",
+        joinerAt,
+      );
+    }
+    if (joiner !== 'AND') throw scan.fail('expected AND between two conditions, or the end of the filter', joinerAt);
+    if (scan.done()) throw scan.fail(`expected a condition after AND: ${CONDITIONS}`);
+  }
+  if (statuses !== undefined) found.statuses = RUN_STATUSES.filter((s) => statuses.has(s));
+  return found;
+}
+
+// An order string, `metrics.KEY[.FIELD] [ASC|DESC]`, as { metric, field ('last', 'min', 'max';
+// undefined when not written: the last value), descending (undefined when not written) }.
+function parseOrder(text) {
+  const scan = new Scanner(text);
+  if (scan.done()) throw scan.fail('the order is empty; write metrics.KEY, then ASC or DESC if you choose');
+  const written = operand(scan, 'metrics.KEY, then ASC or DESC');
+  if (written.entity !== 'metrics') {
+    const shown = text.slice(written.start, scan.at);
+    throw scan.fail(
+      'ListRuns orders runs by a metric only (metrics.KEY [ASC|DESC]); without an order they ' +
+        `come newest first (a metric named ${shown} is metrics.\`${shown}\`)`,
+      written.start,
+    );
+  }
+  let descending;
+  if (!scan.done()) {
+    const at = scan.at;
+    const direction = scan.match(WORD).toUpperCase();
+    if (direction !== 'ASC' && direction !== 'DESC') {
+      if (scan.take(',')) throw scan.fail('ListRuns orders by one metric: leave out the orders after the first', at);
+      throw scan.fail('expected ASC or DESC, or the end of the order', at);
+    }
+    descending = direction === 'DESC';
+    if (!scan.done()) throw scan.fail('ListRuns orders by one metric: leave out the orders after the first');
+  }
+  return { metric: written.key, field: written.field || undefined, descending };
+}
+
+// Whether an order names `entity.key` (then read by parseOrder) rather than a metric alone.
+function isOrderString(text) {
+  const trimmed = text.trim();
+  const dot = trimmed.indexOf('.');
+  return dot >= 0 && Object.hasOwn(ENTITIES, trimmed.slice(0, dot).toLowerCase());
+}
+
+module.exports = { RunFilterError, parseFilter, parseOrder, isOrderString, RUN_STATUSES };
