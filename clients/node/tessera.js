@@ -521,7 +521,8 @@ class Client {
   // The artifact at `artifactPath` written to `dst` (a file; or a directory that exists, or a path
   // ending in '/', to put it in under its own name; default: the current directory), checked
   // against the header's size and sha256 before it takes the file's place: a download that fails
-  // leaves what was there. overwrite: false refuses a file already there (EEXIST) before the call.
+  // leaves what was there. overwrite: false refuses a file already there (EEXIST) before the call,
+  // and one that appeared during it.
   // Resolves to { artifact (the RunArtifact), file (where it was written) }.
   async downloadArtifact(runId, artifactPath, dst = '.', { overwrite = true, timeoutMs: timeout } = {}) {
     const deadline = new Date(Date.now() + timeoutMs(timeout, DEFAULT_TRANSFER_TIMEOUT_MS));
@@ -531,9 +532,11 @@ class Client {
     if (!overwrite && fs.existsSync(file)) {
       throw Object.assign(new Error(`${file} exists; not overwritten (overwrite: false)`), { code: 'EEXIST' });
     }
-    const partial = `${file}.partial-${process.pid}`;
+    // A name of its own ('wx': made here, never shared): two downloads to one file in a process
+    // would otherwise write one partial file, whose checked stream is not what lies on disk.
+    const partial = `${file}.partial-${process.pid}-${crypto.randomBytes(6).toString('hex')}`;
     // Opened before the call: a directory that is not there fails with nothing left open.
-    const out = await fs.promises.open(partial, 'w');
+    const out = await fs.promises.open(partial, 'wx');
     const stream = this.training.DownloadRunArtifact({ run_id: runId, path: artifactPath }, this.metadata, { deadline });
     const hash = crypto.createHash('sha256');
     let header;
@@ -559,7 +562,12 @@ class Client {
         const expected = header ? `${header.size_bytes} bytes, sha256 ${header.sha256}` : 'a header first';
         throw new Error(`artifact ${artifactPath}: received ${received} bytes, sha256 ${digest}; expected ${expected}`);
       }
-      fs.renameSync(partial, file);
+      if (overwrite) {
+        fs.renameSync(partial, file);
+      } else {
+        // A link fails EEXIST where a rename would replace a file that appeared during the call.
+        fs.linkSync(partial, file);
+      }
       return { artifact: header, file };
     } finally {
       stream.cancel();

@@ -628,6 +628,38 @@ def test_node_client_streams_metrics_and_keeps_artifacts(node_ready, daemon, cli
     assert [p.name for p in (work / "out").iterdir()] == ["loss.csv"]
 
 
+def test_node_client_downloads_to_one_file_at_once_each_land_whole(node_ready, daemon, client, tmp_path):
+    """Two downloads to one file in one process each write a partial file of their own: sharing
+    one, their chunks interleaved on disk under a checked stream, or the second found its partial
+    file renamed away. Without overwrite, a file that appears during the call is kept."""
+    work = tmp_path / "node"
+    work.mkdir()
+    client.training.create_experiment("online")
+    run_id = client.training.create_run("online").run_id
+    contents = {name: bytes([fill]) * (3 * 1024 * 1024) for name, fill in (("a.bin", 97), ("b.bin", 98))}
+    for name, content in contents.items():
+        (work / name).write_bytes(content)
+        client.training.log_artifact(run_id, work / name)
+    found = node_json(
+        f"""
+        const runId = {json.dumps(run_id)};
+        const dir = {json.dumps(str(work))};
+        (async () => {{
+          const client = new Client(TARGET);
+          const results = await Promise.allSettled(
+            ['a.bin', 'b.bin', 'a.bin', 'b.bin'].map((name) => client.downloadArtifact(runId, name, `${{dir}}/out.bin`)),
+          );
+          client.close();
+          console.log(JSON.stringify(results.map((r) => r.status === 'fulfilled' ? 'ok' : r.reason.message)));
+        }})();
+        """,
+        daemon.target,
+    )
+    assert found == ["ok"] * 4
+    assert (work / "out.bin").read_bytes() in contents.values()
+    assert sorted(p.name for p in work.iterdir()) == ["a.bin", "b.bin", "out.bin"]
+
+
 def test_node_client_metric_stream_failure_says_what_is_stored(node_ready, daemon, client):
     """A batch the daemon refuses ends the stream: the error says which points are stored (the
     batches before it, from the trailing metadata) so that the caller resends from there."""
