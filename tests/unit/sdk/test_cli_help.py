@@ -4,9 +4,12 @@ and every option what it means (and its default where it has one)."""
 from __future__ import annotations
 
 import argparse
+import shlex
 from collections.abc import Iterator
 
-from tessera.cli.parser import build_parser
+from tessera.cli.arguments import TARGET_ENV, TIMEOUT_ENV
+from tessera.cli.parser import HELP_WIDTH, build_parser
+from tessera.transport import KEEPALIVE_ENV, TOKEN_ENV
 
 
 def commands(
@@ -48,3 +51,74 @@ def test_every_positional_argument_says_what_it_takes():
         if not action.option_strings and not action.help
     ]
     assert not unexplained, f"positional arguments without a help text: {unexplained}"
+
+
+def groups(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser, argparse._SubParsersAction]]:
+    """Each parser that holds commands (`tessera` itself first), with its words and its commands."""
+    for group in parser._actions:
+        if isinstance(group, argparse._SubParsersAction):
+            yield path, parser, group
+            for name, sub in group.choices.items():
+                if name != "list":
+                    yield from groups(sub, (*path, name))
+
+
+def examples(parser: argparse.ArgumentParser) -> list[list[str]]:
+    """The command lines under the `examples:` of a parser's epilog, without their `tessera`."""
+    _, _, shown = (parser.epilog or "").partition("examples:\n")
+    lines = [shlex.split(line, comments=True) for line in shown.splitlines()]
+    return [words[1:] for words in lines if words[:1] == ["tessera"]]
+
+
+def test_every_group_says_what_it_manages_and_shows_its_common_commands_run():
+    """`tessera models --help` showed its subcommands under no description at all, and `datasets`
+    was listed as "datasets": each group says what it manages and gives examples that parse."""
+    found = list(groups(build_parser()))[1:]
+    assert len(found) >= 8, "the walk found too few groups: is it still reading the subparsers?"
+    for path, parser, _ in found:
+        words = " ".join(path)
+        assert len((parser.description or "").split()) >= 8, f"`tessera {words} --help` says too little"
+        shown = examples(parser)
+        assert any(line[: len(path)] == list(path) for line in shown), f"`tessera {words}`: no example"
+        for line in shown:
+            # An example that does not parse would teach a newcomer a usage error.
+            assert build_parser().parse_args(line).handler, line
+
+
+def test_every_command_listed_under_a_group_says_what_it_does():
+    """A one- or two-word line ("datasets", "list models") in a group's list of commands left
+    the reader to guess; each says in at least three words what the command does."""
+    terse = [
+        f"{' '.join((*path, choice.dest))}: {choice.help!r}"
+        for path, _, group in groups(build_parser())
+        for choice in group._choices_actions
+        if len((choice.help or "").split()) < 3
+    ]
+    assert not terse, f"commands whose help line says too little: {terse}"
+
+
+def test_the_first_screen_says_where_to_start_and_which_environment_variables_count():
+    """Before the list of commands: the demo, the life cycle's commands in order, and every
+    variable of the environment the CLI reads."""
+    head = build_parser().format_help().partition("positional arguments:")[0]
+    assert "tessera demo" in head, head
+    steps = [
+        f"tessera {step} "
+        for step in ("datasets push", "train", "models versions", "predict", "models deploy")
+    ]
+    assert all(step in head for step in steps), head
+    assert sorted(steps, key=head.index) == steps, head
+    for name in (TARGET_ENV, TOKEN_ENV, TIMEOUT_ENV, KEEPALIVE_ENV):
+        assert name in head, f"{name} missing from the first screen: {head}"
+
+
+def test_the_text_laid_out_by_hand_fits_the_terminal():
+    """argparse fits option and command help to the terminal, but leaves the lines of a raw
+    description or epilog as they are: those written for `tessera --help` and the groups' fit."""
+    texts = [build_parser().description or ""] + [
+        f"{parser.description}\n{parser.epilog}" for _, parser, _ in list(groups(build_parser()))[1:]
+    ]
+    wide = [line for text in texts for line in text.splitlines() if len(line) > HELP_WIDTH]
+    assert not wide, f"lines wider than {HELP_WIDTH} columns: {wide}"

@@ -304,7 +304,9 @@ def cmd_sweeps_cancel(client: Client, args: argparse.Namespace, out: Output) -> 
 
 
 def add_sweep_commands(
-    commands: Any, command: Callable[[Any, str, Callable[..., None], str], argparse.ArgumentParser]
+    commands: Any,
+    command: Callable[[Any, str, Callable[..., None], str], argparse.ArgumentParser],
+    group: Callable[[Any, str, str, str, list[tuple[str, str]]], Any],
 ) -> None:
     sub = command(commands, "sweep", cmd_sweep, "start a hyperparameter sweep from a TOML spec")
     sub.add_argument(
@@ -314,11 +316,21 @@ def add_sweep_commands(
     sub.add_argument(
         "--follow", action="store_true", help="show the trials live, then a leaderboard and a plot"
     )
-    sweeps = commands.add_parser("sweeps", help="hyperparameter sweeps").add_subparsers(
-        dest="subcommand", required=True, metavar="SUBCOMMAND"
+    sweeps = group(
+        commands,
+        "sweeps",
+        "hyperparameter sweeps: list, show, cancel",
+        "Hyperparameter sweeps, each started by `tessera sweep SPEC.toml`: one training job a "
+        "trial, their leaderboard and the best metric so far.",
+        [
+            ("start a sweep and watch its trials", "tessera sweep sweep.toml --follow"),
+            ("list the sweeps", "tessera sweeps ls"),
+            ("a sweep's trials, leaderboard and plot", "tessera sweeps show SWEEP_ID"),
+            ("stop it and its running trials", "tessera sweeps cancel SWEEP_ID"),
+        ],
     )
-    command(sweeps, "ls", cmd_sweeps_ls, "list sweeps, newest first")
-    sub = command(sweeps, "show", cmd_sweeps_show, "a sweep's trials, leaderboard and best-so-far plot")
+    command(sweeps, "ls", cmd_sweeps_ls, "list the sweeps, newest first")
+    sub = command(sweeps, "show", cmd_sweeps_show, "show a sweep's trials, leaderboard and best-so-far plot")
     sub.add_argument("sweep_id", help=SWEEP_HELP)
     sub.add_argument("--follow", action="store_true", help="show the trials live until the sweep ends")
     command(sweeps, "cancel", cmd_sweeps_cancel, "stop a sweep and its running trials").add_argument(

@@ -18,6 +18,7 @@ from tessera.transport import KEEPALIVE_ENV, MAX_TIMEOUT_S, check_keepalive, par
 from tessera.v1 import training_pb2
 
 DEFAULT_TARGET = "127.0.0.1:50051"
+TARGET_ENV = "TESSERA_TARGET"
 # The CLI's alone: a program using the SDK chooses its deadlines in its code (`timeout=`).
 TIMEOUT_ENV = "TESSERA_TIMEOUT_S"
 INT32_MAX = 2**31 - 1
@@ -103,7 +104,7 @@ def dataset(text: str) -> str:
 def daemon_target(text: str) -> str:
     """argparse's type for --target (and TESSERA_TARGET): a gRPC target, never a URL, with a port
     (gRPC resolves "http://host:port" as a host name, and dials 443 without a port)."""
-    where = "here or in env TESSERA_TARGET"
+    where = f"here or in env {TARGET_ENV}"
     if text.startswith(("http://", "https://")):
         host = text.split("://", 1)[1].split("/", 1)[0]
         example = host if ":" in host else f"{host}:{DEFAULT_TARGET.rsplit(':', 1)[1]}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import textwrap
 from collections.abc import Callable
 
 from tessera import __version__
@@ -11,6 +12,7 @@ from tessera.cli import EXIT_STATUS_HELP
 from tessera.cli.arguments import (
     DEFAULT_TARGET,
     INT32_MAX,
+    TARGET_ENV,
     TIMEOUT_ENV,
     daemon_target,
     dataset,
@@ -87,6 +89,55 @@ from tessera.transport import (
 from tessera.v1 import training_pb2
 
 JSON_HELP = "print JSON for scripts instead of tables"
+# Columns of the text laid out by hand (argparse fits the rest to the terminal).
+HELP_WIDTH = 80
+
+# The first screen of `tessera --help`, before the list of commands: where a newcomer starts.
+DESCRIPTION = f"""\
+Talk to a running tesserad: its model registry, datasets, training jobs, sweeps,
+experiment runs and serving. `tessera COMMAND --help` says more about each.
+
+start here:
+  tessera demo    the whole life cycle on a synthetic dataset, told step by step
+
+the life cycle by hand, in order (the README walks through it):
+  tessera datasets push NAME FILE.npz    upload the data
+  tessera train SPEC.toml --follow       train; [register_as] adds a version
+  tessera models versions MODEL          list the model's versions
+  tessera load MODEL                     serve a version (predict loads one too)
+  tessera predict MODEL --input X.npz    run the model on inputs
+  tessera models deploy MODEL 2=90 1=10  split traffic among versions
+
+environment (a flag given wins):
+  {TARGET_ENV}       --target: the daemon's HOST:PORT
+  {TOKEN_ENV}        --token: the bearer token
+  {TIMEOUT_ENV}    --timeout: seconds a call may take
+  {KEEPALIVE_ENV}  --keepalive: seconds of silence before a ping"""
+
+
+def group(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help: str,
+    description: str,
+    examples: list[tuple[str, str]],
+    *,
+    dest: str = "subcommand",
+    metavar: str = "SUBCOMMAND",
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """A group of commands (`tessera models ...`): `help` is its line in the list of commands,
+    `description` says what it manages, and `examples` (what it does, the command line) show its
+    common commands under its --help, as kubectl's groups do."""
+    shown = "\n".join(f"  # {what}\n  {line}" for what, line in examples)
+    parser = commands.add_parser(
+        name,
+        help=help,
+        # Filled here: the raw formatter that keeps the examples' lines leaves it as given.
+        description=textwrap.fill(description, HELP_WIDTH),
+        epilog=f"examples:\n{shown}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser.add_subparsers(dest=dest, required=True, metavar=metavar)
 
 
 def add_view(sub: argparse.ArgumentParser, what: str) -> None:
@@ -108,7 +159,7 @@ EXPERIMENT_HELP = "the experiment's name (`tessera experiments ls` lists them)"
 def build_parser() -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = CommandParser(
         prog="tessera",
-        description="Talk to a running tesserad.",
+        description=DESCRIPTION,
         epilog=EXIT_STATUS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -118,9 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--target",
         type=daemon_target,
-        default=os.environ.get("TESSERA_TARGET", DEFAULT_TARGET),
+        default=os.environ.get(TARGET_ENV, DEFAULT_TARGET),
         metavar="HOST:PORT",
-        help=f"the daemon's gRPC address (env TESSERA_TARGET; default {DEFAULT_TARGET})",
+        help=f"the daemon's gRPC address (env {TARGET_ENV}; default {DEFAULT_TARGET})",
     )
     parser.add_argument("--token", default=None, help=f"bearer token (default: env {TOKEN_ENV})")
     parser.add_argument("--tls", action="store_true", help="use TLS with the system's CAs")
@@ -173,15 +224,29 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=JSON_HELP)
         return sub
 
-    command(commands, "info", cmd_info, "the daemon's version, devices and data directory")
+    command(commands, "info", cmd_info, "show the daemon's version, devices and data directory")
 
-    models = commands.add_parser("models", help="the model registry").add_subparsers(
-        dest="subcommand", required=True, metavar="SUBCOMMAND"
+    models = group(
+        commands,
+        "models",
+        "the model registry: versions, aliases, deployments",
+        "The model registry: each model's numbered versions (ONNX, safetensors weights with their "
+        "architecture, ensembles), the aliases that name them, and the deployment that routes "
+        "requests among them. A training job with register_as adds a version too.",
+        [
+            ("list the models", "tessera models ls"),
+            ("a model's versions, newest first", "tessera models versions clips-cnn4d"),
+            ("register an ONNX file as the next version", "tessera models push clips-cnn4d model.onnx"),
+            ("point the alias production at version 2", "tessera models alias clips-cnn4d production 2"),
+            ("canary: 90% of requests to v2, 10% to v1", "tessera models deploy clips-cnn4d 2=90 1=10"),
+            ("undo the last deploy", "tessera models rollback clips-cnn4d"),
+            ("write version 2's artifact to a file", "tessera models download clips-cnn4d --version 2"),
+        ],
     )
-    command(models, "ls", cmd_models_ls, "list models").add_argument(
+    command(models, "ls", cmd_models_ls, "list the models, by name").add_argument(
         "--prefix", default="", help="only models whose name starts with this"
     )
-    sub = command(models, "show", cmd_models_show, "a model version's details")
+    sub = command(models, "show", cmd_models_show, "show a model version's details")
     sub.add_argument("model", help=MODEL_HELP)
     sub.add_argument("--version", type=version_or_alias, help="number or alias (default latest)")
     sub = command(
@@ -197,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--spec", help="TOML with the [architecture] that built safetensors weights")
     sub.add_argument("--alias", help="move this alias to the new version")
     sub.add_argument("--description", default="", help="free text stored with the version")
-    command(models, "versions", cmd_models_versions, "a model's versions, newest first").add_argument(
+    command(models, "versions", cmd_models_versions, "list a model's versions, newest first").add_argument(
         "model", help=MODEL_HELP
     )
     sub = command(
@@ -245,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
         models,
         "aliases",
         cmd_models_aliases,
-        "a model's aliases by name, latest last (at most 1,000 a model)",
+        "list a model's aliases by name, latest last (at most 1,000 a model)",
     ).add_argument("model", help=MODEL_HELP)
     sub = command(
         models,
@@ -280,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_models_rollback,
         "restore the previous deployment (none before the first: requests then go to the latest version)",
     ).add_argument("model", help=MODEL_HELP)
-    sub = command(models, "compare", cmd_models_compare, "differences between two versions")
+    sub = command(models, "compare", cmd_models_compare, "show the differences between two versions")
     sub.add_argument("model", help=MODEL_HELP)
     sub.add_argument("a", type=version_or_alias, help="version number or alias")
     sub.add_argument("b", type=version_or_alias, help="version number or alias")
@@ -288,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
         models,
         "changes",
         cmd_models_changes,
-        "the registry's changes, numbered in commit order, with each model's serving state after "
+        "list the registry's changes, numbered in commit order, with each model's serving state after "
         "it (before the daemon's newest replica.change_history, only each model's newest is kept)",
     )
     sub.add_argument(
@@ -314,8 +379,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="replace the file if it exists (else refused, exit 2)"
     )
 
-    datasets = commands.add_parser("datasets", help="datasets").add_subparsers(
-        dest="subcommand", required=True, metavar="SUBCOMMAND"
+    datasets = group(
+        commands,
+        "datasets",
+        "datasets: versioned arrays that jobs train on",
+        "Datasets: versioned .npz or .npy arrays with their train/val splits, which training jobs "
+        "read (a spec's [data] dataset = NAME). Pushing the same file, splits and tags again stores nothing new.",
+        [
+            (
+                "upload clips.npz as dataset clips, split 80/20",
+                "tessera datasets push clips clips.npz --split train=0.8 --split val=0.2",
+            ),
+            ("list the datasets", "tessera datasets ls"),
+            ("arrays, statistics and splits of the newest version", "tessera datasets show clips"),
+            ("write version 1's file", "tessera datasets download clips:1 -o clips.npz"),
+        ],
     )
     sub = command(datasets, "push", cmd_datasets_push, "upload a .npz or .npy file as a new version")
     sub.add_argument("name", help="the dataset's name (a new version of it when it exists)")
@@ -345,14 +423,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="a tag stored with the version (repeatable); a re-push with other tags is a new version",
     )
-    command(datasets, "ls", cmd_datasets_ls, "list datasets").add_argument(
+    command(datasets, "ls", cmd_datasets_ls, "list the datasets, by name").add_argument(
         "--prefix", default="", help="only datasets whose name starts with this"
     )
-    command(datasets, "versions", cmd_datasets_versions, "a dataset's versions, newest first").add_argument(
-        "name", help="the dataset's name (`tessera datasets ls` lists them)"
-    )
     command(
-        datasets, "show", cmd_datasets_show, "arrays, statistics and splits of NAME[:VERSION]"
+        datasets, "versions", cmd_datasets_versions, "list a dataset's versions, newest first"
+    ).add_argument("name", help="the dataset's name (`tessera datasets ls` lists them)")
+    command(
+        datasets, "show", cmd_datasets_show, "show the arrays, statistics and splits of NAME[:VERSION]"
     ).add_argument("ref", type=dataset, metavar="NAME[:VERSION]", help=DATASET_HELP)
     sub = command(
         datasets,
@@ -398,8 +476,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--follow", action="store_true", help="show live progress until the job ends")
 
-    jobs = commands.add_parser("jobs", help="training jobs").add_subparsers(
-        dest="subcommand", required=True, metavar="SUBCOMMAND"
+    jobs = group(
+        commands,
+        "jobs",
+        "training jobs: list, show, watch, cancel",
+        "Training jobs, each started by `tessera train SPEC.toml` or by a sweep's trial: their "
+        "state, live progress, metrics and checkpoints.",
+        [
+            ("start a job and watch it to the end", "tessera train spec.toml --follow"),
+            ("the jobs running now", "tessera jobs ls --state running"),
+            ("follow a job's progress", "tessera jobs watch JOB_ID"),
+            ("a job's state, metrics and checkpoints", "tessera jobs show JOB_ID"),
+            ("stop it", "tessera jobs cancel JOB_ID"),
+        ],
     )
     command(jobs, "ls", cmd_jobs_ls, "list jobs, newest first").add_argument(
         "--state",
@@ -408,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[state.value for state in JobState if state != JobState.UNSPECIFIED],
         help="only jobs in this state (repeatable)",
     )
-    command(jobs, "show", cmd_jobs_show, "a job's state, metrics and kept checkpoints").add_argument(
+    command(jobs, "show", cmd_jobs_show, "show a job's state, metrics and kept checkpoints").add_argument(
         "job_id", help=JOB_HELP
     )
     sub = command(jobs, "watch", cmd_jobs_watch, "follow a job's progress until it ends")
@@ -420,12 +509,28 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SEQ",
         help="start at the job's event of this number, the `seq` of --json's lines (default 1: every event)",
     )
-    command(jobs, "cancel", cmd_jobs_cancel, "stop a job").add_argument("job_id", help=JOB_HELP)
+    command(jobs, "cancel", cmd_jobs_cancel, "stop a queued or running job").add_argument(
+        "job_id", help=JOB_HELP
+    )
 
-    add_sweep_commands(commands, command)
+    add_sweep_commands(commands, command, group)
 
-    runs = commands.add_parser("runs", help="experiment runs").add_subparsers(
-        dest="subcommand", required=True, metavar="SUBCOMMAND"
+    runs = group(
+        commands,
+        "runs",
+        "experiment runs: search, rank, artifacts",
+        "Experiment runs, as MLflow's: each training job records one, with its spec's fields as "
+        "params, its metrics and files kept with it (artifacts). Search and rank them; a deleted "
+        "run is kept until restored.",
+        [
+            (
+                "an experiment's runs, best val_loss first",
+                "tessera runs ls --experiment clips --order-by val_loss",
+            ),
+            ("a run's params and metrics", "tessera runs show RUN_ID"),
+            ("an experiment's ten best runs by a metric", "tessera runs leaderboard clips val_loss"),
+            ("the files kept with a run", "tessera runs artifacts ls RUN_ID"),
+        ],
     )
     sub = command(runs, "ls", cmd_runs_ls, "list runs, newest first")
     sub.add_argument("--experiment", default="", help="only this experiment's runs (default: every run)")
@@ -487,16 +592,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     direction.add_argument("--desc", dest="descending", action="store_true", help="--order-by: highest first")
     add_view(sub, "runs")
-    command(runs, "show", cmd_runs_show, "a run's params and metrics").add_argument("run_id", help=RUN_HELP)
+    command(runs, "show", cmd_runs_show, "show a run's params and metrics").add_argument(
+        "run_id", help=RUN_HELP
+    )
     command(runs, "rm", cmd_runs_rm, "delete a run (kept until restored)").add_argument(
         "run_id", help=RUN_HELP
     )
     command(runs, "restore", cmd_runs_restore, "bring back a deleted run").add_argument(
         "run_id", help=RUN_HELP
     )
-    artifacts = runs.add_parser(
-        "artifacts", help="files kept with a run (plots, notes, small models)"
-    ).add_subparsers(dest="artifacts_command", required=True, metavar="SUBCOMMAND")
+    artifacts = group(
+        runs,
+        "artifacts",
+        "files kept with a run (plots, notes, small models)",
+        "Files kept with a run, such as plots, notes and small models, under paths like a "
+        "directory tree of their own.",
+        [
+            (
+                "store every file under plots/ with the run, under plots",
+                "tessera runs artifacts put RUN_ID plots --path plots",
+            ),
+            ("list them", "tessera runs artifacts ls RUN_ID"),
+            ("write them into out/", "tessera runs artifacts get RUN_ID plots -o out/"),
+        ],
+        dest="artifacts_command",
+    )
     sub = command(artifacts, "ls", cmd_runs_artifacts_ls, "list a run's artifacts in path order")
     sub.add_argument("run_id", help=RUN_HELP)
     sub.add_argument("path", nargs="?", default="", help="only those under this directory")
@@ -529,7 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--force", action="store_true", help="replace the files already there (else refused, exit 2)"
     )
-    sub = command(runs, "leaderboard", cmd_runs_leaderboard, "an experiment's runs ranked by a metric")
+    sub = command(runs, "leaderboard", cmd_runs_leaderboard, "rank an experiment's runs by a metric")
     sub.add_argument("experiment", help=EXPERIMENT_HELP)
     sub.add_argument("metric", help="the metric's name, e.g. val_loss")
     sub.add_argument(
@@ -544,10 +664,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--limit", type=whole(high=INT32_MAX), default=10, help="runs shown (default 10)")
 
-    experiments = commands.add_parser("experiments", help="experiments").add_subparsers(
-        dest="subcommand", required=True, metavar="SUBCOMMAND"
+    experiments = group(
+        commands,
+        "experiments",
+        "experiments: named groups of runs",
+        "Experiments: named groups of runs, such as the runs of the jobs whose spec says "
+        "experiment = NAME, with a description and tags. A deleted one is kept, with its runs, until restored.",
+        [
+            ("list the experiments", "tessera experiments ls"),
+            ("describe one", 'tessera experiments update clips --description "4-D CNN on clips"'),
+            ("delete one and its runs (restore brings them back)", "tessera experiments rm clips"),
+        ],
     )
-    sub = command(experiments, "ls", cmd_experiments_ls, "list experiments")
+    sub = command(experiments, "ls", cmd_experiments_ls, "list the experiments, by name")
     sub.add_argument("--prefix", default="", help="only names starting with this")
     add_view(sub, "experiments")
     sub = command(experiments, "update", cmd_experiments_update, "change an experiment's description or tags")
@@ -567,8 +696,12 @@ def build_parser() -> argparse.ArgumentParser:
         "bring back an experiment and the runs deleted with it",
     ).add_argument("name", help=EXPERIMENT_HELP)
 
-    admin = commands.add_parser("admin", help="operator tasks (admin token)").add_subparsers(
-        dest="subcommand", required=True, metavar="SUBCOMMAND"
+    admin = group(
+        commands,
+        "admin",
+        "operator tasks (admin token): backup",
+        "Operator tasks on the running daemon; where it checks tokens, they take one with the admin role.",
+        [("back the daemon up to a file", "tessera admin backup -o tessera-backup.tar")],
     )
     sub = command(
         admin,
@@ -595,8 +728,18 @@ def build_parser() -> argparse.ArgumentParser:
         "line (default: when stderr is a terminal, and not with --json)",
     )
 
-    export = commands.add_parser("export", help="export a version").add_subparsers(
-        dest="subcommand", required=True, metavar="FORMAT"
+    export = group(
+        commands,
+        "export",
+        "export a version to another format (onnx)",
+        "Export a model's version to another format, registered as the model's next version.",
+        [
+            (
+                "export the latest safetensors version to ONNX, and move staging to it",
+                "tessera export onnx clips-cnn4d --alias staging",
+            ),
+        ],
+        metavar="FORMAT",
     )
     sub = command(export, "onnx", cmd_export_onnx, "export a safetensors version to ONNX as a new version")
     sub.add_argument("model", help=MODEL_HELP)
@@ -697,7 +840,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--force", action="store_true", help="replace the --out file if it exists")
 
-    sub = command(commands, "stats", cmd_stats, "latency percentiles and throughput of a loaded model")
+    sub = command(
+        commands, "stats", cmd_stats, "show the latency percentiles and throughput of a loaded model"
+    )
     sub.add_argument("model", nargs="?", default="", help="default: every loaded model")
     sub.add_argument(
         "--version", type=version_or_alias, help="number or alias, with MODEL (default: every loaded version)"
@@ -797,7 +942,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="number or alias (default: every loaded version of the model)",
     )
 
-    command(commands, "serve-status", cmd_serve_status, "the loaded model versions").add_argument(
+    command(
+        commands, "serve-status", cmd_serve_status, "list the loaded model versions and their config"
+    ).add_argument(
         "model", nargs="?", default="", help="only this model's versions (default: every loaded model)"
     )
 
