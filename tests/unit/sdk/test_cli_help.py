@@ -7,7 +7,7 @@ import argparse
 import shlex
 from collections.abc import Iterator
 
-from tessera.cli.arguments import TARGET_ENV, TIMEOUT_ENV
+from tessera.cli.arguments import TARGET_ENV, TIMEOUT_ENV, TRANSFER_TIMEOUT_ENV
 from tessera.cli.parser import HELP_WIDTH, build_parser
 from tessera.transport import KEEPALIVE_ENV, TOKEN_ENV
 
@@ -110,7 +110,7 @@ def test_the_first_screen_says_where_to_start_and_which_environment_variables_co
     ]
     assert all(step in head for step in steps), head
     assert sorted(steps, key=head.index) == steps, head
-    for name in (TARGET_ENV, TOKEN_ENV, TIMEOUT_ENV, KEEPALIVE_ENV):
+    for name in (TARGET_ENV, TOKEN_ENV, TIMEOUT_ENV, TRANSFER_TIMEOUT_ENV, KEEPALIVE_ENV):
         assert name in head, f"{name} missing from the first screen: {head}"
 
 

@@ -19,8 +19,10 @@ from tessera.v1 import training_pb2
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 TARGET_ENV = "TESSERA_TARGET"
-# The CLI's alone: a program using the SDK chooses its deadlines in its code (`timeout=`).
+# The CLI's alone: a program using the SDK chooses its deadlines in its code (`timeout=`,
+# `transfer_timeout=`).
 TIMEOUT_ENV = "TESSERA_TIMEOUT_S"
+TRANSFER_TIMEOUT_ENV = "TESSERA_TRANSFER_TIMEOUT_S"
 INT32_MAX = 2**31 - 1
 
 
@@ -202,11 +204,20 @@ def finite(text: str) -> float:
 def timeout_seconds(text: str) -> float:
     """argparse's type for --timeout (and TESSERA_TIMEOUT_S): seconds above 0, at most what the
     SDK takes (past it gRPC fails every call at once)."""
+    return _deadline_seconds(text, "a call", TIMEOUT_ENV)
+
+
+def transfer_timeout_seconds(text: str) -> float:
+    """argparse's type for --transfer-timeout (and TESSERA_TRANSFER_TIMEOUT_S), as timeout_seconds."""
+    return _deadline_seconds(text, "an upload, download or backup", TRANSFER_TIMEOUT_ENV)
+
+
+def _deadline_seconds(text: str, what: str, env: str) -> float:
     value = parse_seconds(text)
     if not 0 < value <= MAX_TIMEOUT_S:
         raise argparse.ArgumentTypeError(
-            f"seconds a call may take must be above 0 and at most {MAX_TIMEOUT_S:g}, got {text!r}, "
-            f"here or in env {TIMEOUT_ENV}"
+            f"seconds {what} may take must be above 0 and at most {MAX_TIMEOUT_S:g}, got {text!r}, "
+            f"here or in env {env}"
         )
     return value
 

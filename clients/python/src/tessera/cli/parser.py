@@ -14,6 +14,7 @@ from tessera.cli.arguments import (
     INT32_MAX,
     TARGET_ENV,
     TIMEOUT_ENV,
+    TRANSFER_TIMEOUT_ENV,
     daemon_target,
     dataset,
     finite,
@@ -24,6 +25,7 @@ from tessera.cli.arguments import (
     route,
     split,
     timeout_seconds,
+    transfer_timeout_seconds,
     version_beside_alias,
     version_or_alias,
     weight_list,
@@ -82,6 +84,7 @@ from tessera.sweep_commands import add_sweep_commands
 from tessera.transport import (
     DEFAULT_KEEPALIVE_S,
     DEFAULT_TIMEOUT_S,
+    DEFAULT_TRANSFER_TIMEOUT_S,
     KEEPALIVE_ENV,
     KEEPALIVE_TIMEOUT_S,
     TOKEN_ENV,
@@ -109,10 +112,11 @@ the life cycle by hand, in order (the README walks through it):
   tessera models deploy MODEL 2=90 1=10  split traffic among versions
 
 environment (a flag given wins):
-  {TARGET_ENV}       --target: the daemon's HOST:PORT
-  {TOKEN_ENV}        --token: the bearer token
-  {TIMEOUT_ENV}    --timeout: seconds a call may take
-  {KEEPALIVE_ENV}  --keepalive: seconds of silence before a ping"""
+  {TARGET_ENV}              --target: the daemon's HOST:PORT
+  {TOKEN_ENV}               --token: the bearer token
+  {TIMEOUT_ENV}           --timeout: seconds a call may take
+  {TRANSFER_TIMEOUT_ENV}  --transfer-timeout: seconds a transfer may take
+  {KEEPALIVE_ENV}         --keepalive: seconds of silence before a ping"""
 
 
 def group(
@@ -190,7 +194,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"seconds a call may take before it fails with DEADLINE_EXCEEDED (env {TIMEOUT_ENV}; default "
         f"{DEFAULT_TIMEOUT_S:g}); load, unload, export and explain get at least 2 minutes, uploads, "
-        "downloads and backups an hour, and watching or following has no limit",
+        "downloads and backups --transfer-timeout, and watching or following has no limit",
+    )
+    parser.add_argument(
+        "--transfer-timeout",
+        type=transfer_timeout_seconds,
+        default=os.environ.get(TRANSFER_TIMEOUT_ENV) or DEFAULT_TRANSFER_TIMEOUT_S,
+        metavar="SECONDS",
+        help="seconds an upload, download or backup (models and datasets push and download, runs "
+        "artifacts put and get, admin backup) may take before it fails with DEADLINE_EXCEEDED; "
+        f"lengthen it for a large file over a slow link (env {TRANSFER_TIMEOUT_ENV}; default "
+        f"{DEFAULT_TRANSFER_TIMEOUT_S:g}: an hour)",
     )
     parser.add_argument(
         "--keepalive",

@@ -20,7 +20,7 @@ from tessera.cli.output import Output
 from tessera.cli.parser import build_parser
 from tessera.client import Client
 from tessera.entry import EXIT_INTERRUPTED, EXIT_TERMINATED
-from tessera.errors import JobFailed, TesseraError
+from tessera.errors import DeadlineExceeded, JobFailed, TesseraError
 from tessera.rpc_commands import in_cli_words
 from tessera.transport import TLS
 
@@ -105,7 +105,12 @@ def run(args: argparse.Namespace, out: Output, signals: _Signals) -> int:
     """The command in `args`, its failures said in one line on stderr; returns the exit status."""
     try:
         with Client(
-            args.target, token=args.token, tls=tls_from(args), timeout=args.timeout, keepalive=args.keepalive
+            args.target,
+            token=args.token,
+            tls=tls_from(args),
+            timeout=args.timeout,
+            transfer_timeout=args.transfer_timeout,
+            keepalive=args.keepalive,
         ) as client:
             _handle(client, args, out, signals)
     except BrokenPipeError:
@@ -113,6 +118,14 @@ def run(args: argparse.Namespace, out: Output, signals: _Signals) -> int:
     except UsageError as err:
         args.parser.print_usage(sys.stderr)
         return _fail(EXIT_USAGE, f"{args.parser.prog}: error: {err}")
+    except DeadlineExceeded as err:
+        # gRPC's own words ("Deadline Exceeded") name no limit, nor how to lengthen it.
+        return _fail(
+            EXIT_DAEMON,
+            f"tessera: {err.code}: {in_cli_words(err.message)}; a call may take --timeout "
+            f"({args.timeout:g} s), an upload, download or backup --transfer-timeout "
+            f"({args.transfer_timeout:g} s): give the one it ran past more seconds",
+        )
     except TesseraError as err:
         return _fail(EXIT_DAEMON, f"tessera: {err.code}: {in_cli_words(err.message)}")
     except JobFailed as err:
