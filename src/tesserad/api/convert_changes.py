@@ -47,6 +47,8 @@ def change_to_proto(change: changes.RegistryChange) -> pb.RegistryChange:
                 versions=[version_to_proto(v) for v in state.versions],
             )
         )
+        if state.created_at:
+            message.state.created_at.CopyFrom(timestamp(state.created_at))
         if state.deployment is not None:
             message.state.deployment.CopyFrom(deployment_to_proto(state.deployment))
     return message

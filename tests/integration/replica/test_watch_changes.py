@@ -156,7 +156,8 @@ def test_a_model_made_again_with_the_same_numbers_is_a_change(data_dir) -> None:
     daemon = InProcessDaemon(daemon_settings(data_dir)).start()
     try:
         upload(daemon.channel(), "linear", linear_model(1.0))
-        old = _changes(daemon.channel(), 1, 1)[0].state.versions[0].sha256
+        old_state = _changes(daemon.channel(), 1, 1)[0].state
+        old = old_state.versions[0].sha256
     finally:
         daemon.stop()
     store = Store.open(data_dir / "store", map_size=2**30, tables=STORE_TABLES)
@@ -183,6 +184,9 @@ def test_a_model_made_again_with_the_same_numbers_is_a_change(data_dir) -> None:
         assert change.state.latest_version == 1
         assert [v.version for v in change.state.versions] == [1]
         assert change.state.versions[0].sha256 not in ("", old)
+        # What tells a follower that never reads this change's kinds (compacted away) of the new model.
+        assert old_state.HasField("created_at")
+        assert change.state.created_at.ToNanoseconds() > old_state.created_at.ToNanoseconds()
     finally:
         daemon.stop()
 

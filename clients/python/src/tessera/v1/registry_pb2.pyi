@@ -2002,9 +2002,11 @@ class RegistryChange(_message.Message):
     def time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def kinds(self) -> _containers.RepeatedScalarFieldContainer[Global___ChangeKind.ValueType]:
-        """What changed since the model's previous change. A model deleted and created again since then
-        has MODEL_DELETED then MODEL_CREATED (and what its new state registers, aliases or deploys):
-        its versions are not the old ones, though they may number alike.
+        """What changed since the model's previous change as the registry recorded it. A model deleted
+        and created again since then has MODEL_DELETED then MODEL_CREATED (and what its new state
+        registers, aliases or deploys). A watcher may not have read that previous change (compacted
+        away, see WatchChanges): its model may have been deleted and created again in changes it
+        never gets. Tell that by state.created_at, not by kinds.
         """
 
     @_builtins.property
@@ -2059,6 +2061,7 @@ class ModelServingState(_message.Message):
     ALIASES_FIELD_NUMBER: _builtins.int
     DEPLOYMENT_FIELD_NUMBER: _builtins.int
     VERSIONS_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
     latest_version: _builtins.int
     """0 when the model has no versions."""
     version_count: _builtins.int
@@ -2079,6 +2082,13 @@ class ModelServingState(_message.Message):
         answers them.
         """
 
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the model was created: a model deleted and created again is another model, its versions
+        not the old ones though they may number alike, whatever the change's kinds say. Unset in a
+        change recorded before changes carried it.
+        """
+
     def __init__(
         self,
         *,
@@ -2087,10 +2097,11 @@ class ModelServingState(_message.Message):
         aliases: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         deployment: Global___Deployment | None = ...,
         versions: _abc.Iterable[Global___ModelVersion] | None = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deployment", b"deployment"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "deployment", b"deployment", "latest_version", b"latest_version", "version_count", b"version_count", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "created_at", b"created_at", "deployment", b"deployment", "latest_version", b"latest_version", "version_count", b"version_count", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -369,7 +369,8 @@ class RegistryServicer:
         state after it, so a follower needs only the newest change of each model. Commits to one
         model in quick succession may arrive as one change; a watch includes every commit made
         before it began. Changes older than the newest `replica.change_history` are compacted to
-        each model's newest (seq numbers then have gaps; a follower misses nothing it needs). A watcher too slow to keep up is ended with RESOURCE_EXHAUSTED whose message gives the from_seq to resume from; shutdown ends it with
+        each model's newest (seq numbers then have gaps; a follower misses nothing it needs, a model
+        deleted and created again meanwhile told by its state's created_at). A watcher too slow to keep up is ended with RESOURCE_EXHAUSTED whose message gives the from_seq to resume from; shutdown ends it with
         UNAVAILABLE, likewise resumable. FAILED_PRECONDITION when from_seq is past the newest
         change + 1 (the follower watched another registry: start again from 0).
         """
