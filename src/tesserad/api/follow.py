@@ -96,7 +96,8 @@ def followed_model(state: pb.ModelServingState) -> FollowedModel:
             shadow=(d.shadow.resolved_version, d.shadow.percent or 100) if d.HasField("shadow") else None,
         )
     versions = {v.version: followed_version(v) for v in state.versions}
-    return FollowedModel(state.latest_version, dict(state.aliases), deployment, versions)
+    created_at = state.created_at.ToNanoseconds() / 1e9 if state.HasField("created_at") else 0.0
+    return FollowedModel(state.latest_version, dict(state.aliases), deployment, versions, created_at)
 
 
 # The primary's answers that no retry soon can change: a damaged artifact, a refused token, a call

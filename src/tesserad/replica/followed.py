@@ -40,11 +40,24 @@ class FollowedModel:
     aliases: dict[str, int]
     deployment: DeploymentPlan | None
     versions: dict[int, FollowedVersion]
+    # When the primary created the model; 0.0 when the change did not say (recorded before changes
+    # carried it, or by an older primary).
+    created_at: float = 0.0
 
 
 # Version `version` of `model`'s record at the primary, None when the primary has no such version
 # (Unavailable when the primary cannot be reached).
 FetchVersion = Callable[[str, int], FollowedVersion | None]
+
+
+def _created_again(held: FollowedModel, state: FollowedModel, created: bool) -> bool:
+    """Whether `state` is of another model of the name than `held`: deleted and created again."""
+    if held.created_at and state.created_at:
+        # Whatever the kinds say: the primary may have compacted the deletion and creation away
+        # before this replica read them, leaving a change that only moves an alias, say.
+        return held.created_at != state.created_at
+    # A change that does not say when its model was created: only its kinds can tell.
+    return created
 
 
 class FollowedRegistry:
@@ -59,8 +72,8 @@ class FollowedRegistry:
         self._fetch_version = fetch_version
         self._lock = threading.Lock()
         self._models: dict[str, FollowedModel] = {}
-        # A number for each model, new whenever the feed gives a model it did not have, or says
-        # a model it has was created (deleted and created again, the two in one change).
+        # A number for each model, new whenever the feed gives a model it did not have, or one
+        # it has deleted and created again (see _created_again).
         self._incarnations: dict[str, int] = {}
         self._last_incarnation = 0
         # Versions fetched on demand; a change to their model drops them (it may delete them).
@@ -71,13 +84,14 @@ class FollowedRegistry:
         self.refused: TesseraError | None = None
 
     def apply(self, seq: int, model: str, state: FollowedModel | None, created: bool = False) -> None:
-        """`created`: the change says the model was created since its previous change."""
+        """`created`: the change's kinds say the model was created since its previous change."""
         with self._lock:
             if state is None:
                 self._models.pop(model, None)
                 self._incarnations.pop(model, None)
             else:
-                if created or model not in self._models:
+                held = self._models.get(model)
+                if held is None or _created_again(held, state, created):
                     self._last_incarnation += 1
                     self._incarnations[model] = self._last_incarnation
                 self._models[model] = state

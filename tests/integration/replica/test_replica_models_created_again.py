@@ -1,16 +1,20 @@
 """A model deleted and created again at the primary, numbered as before, in commits its change
 feed gives as one change (here: made while the primary was down, as after a crash between commit
-and record): a replica serves the new model, and keeps none of the old one's trace settings."""
+and record), or in changes compacted away before the replica read them: a replica serves the new
+model, and keeps none of the old one's trace settings."""
 
 from __future__ import annotations
 
 import socket
 from pathlib import Path
 
+import grpc
 from serving_models import linear_model, upload
 from test_replicas import assert_serving, eventually, scale_served
 from test_serving_oip_trace import request_of, settings_of
 
+from tessera.v1 import registry_pb2 as pb
+from tessera.v1 import registry_pb2_grpc
 from tesserad.oip import grpc_service_pb2 as oip_pb
 from tesserad.oip import grpc_service_pb2_grpc
 from tesserad.registry import Registry
@@ -69,6 +73,83 @@ def test_a_replica_serves_a_model_created_again_in_one_change(tmp_path: Path) ->
             assert settings_of(oip.TraceSetting(request_of("linear"))) == global_settings
 
         # The replica reconnects and resumes after the change it applied.
+        eventually(serves_the_new_model)
+    finally:
+        replica.stop()
+        primary.stop()
+
+
+def _stored_changes(channel: grpc.Channel, from_seq: int) -> tuple[list[tuple[int, str, list[int]]], int]:
+    """The changes stored from `from_seq` (seq, model, kinds), and the newest change's seq. A watch
+    begins once the feed has recorded every commit before it: a commit after it is another change."""
+    stream = registry_pb2_grpc.RegistryStub(channel).WatchChanges(
+        pb.WatchChangesRequest(from_seq=from_seq), timeout=60
+    )
+    stored = []
+    for response in stream:
+        if response.HasField("caught_up"):
+            stream.cancel()
+            return stored, response.caught_up.seq
+        change = response.change
+        stored.append((change.seq, change.model, list(change.kinds)))
+    raise AssertionError("the watch ended before it caught up")
+
+
+def test_a_replica_serves_a_model_created_again_in_changes_compacted_away(tmp_path: Path) -> None:
+    """The replica has change 1 (linear created); while it cannot reach the primary, linear is
+    deleted (2), created again (3), aliased (4), and two other models are created (5, 6). With a
+    history of 2 the feed from seq 2 holds only linear's alias change, whose kinds say nothing of
+    the deletion and creation: the replica must tell the new model by its state."""
+    primary_dir = tmp_path / "primary"
+    history = {"replica.change_history": 2}
+    primary_settings = daemon_settings(primary_dir, listen=f"127.0.0.1:{_free_port()}", **history)
+    primary = InProcessDaemon(primary_settings).start()
+    replica = InProcessDaemon(
+        daemon_settings(
+            tmp_path / "replica",
+            **{"replica.primary": primary.target, "serving.trace_file": str(tmp_path / "trace.json")},
+        )
+    )
+    try:
+        upload(primary.channel(), "linear", linear_model(1.0))
+        replica.start()
+        channel = replica.channel()
+        eventually(lambda: assert_serving(channel))
+        assert scale_served(channel) == 1.0
+        oip = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        global_settings = settings_of(oip.TraceSetting(oip_pb.TraceSettingRequest()))
+        oip.TraceSetting(request_of("linear", trace_level="TIMESTAMPS", trace_rate="7"))
+
+        primary.stop()
+        # The same registry at an address the replica does not follow: it reads none of these
+        # changes until the primary is back.
+        away = InProcessDaemon(daemon_settings(primary_dir, **history)).start()
+        try:
+            registry = registry_pb2_grpc.RegistryStub(away.channel())
+            registry.DeleteModel(pb.DeleteModelRequest(name="linear"))
+            assert _stored_changes(away.channel(), 0)[1] == 2
+            upload(away.channel(), "linear", linear_model(3.0))
+            assert _stored_changes(away.channel(), 0)[1] == 3
+            registry.SetAlias(pb.SetAliasRequest(model="linear", alias="prod", version=1))
+            assert _stored_changes(away.channel(), 0)[1] == 4
+            upload(away.channel(), "first", linear_model(5.0))
+            assert _stored_changes(away.channel(), 0)[1] == 5
+            upload(away.channel(), "second", linear_model(6.0))
+            created = [pb.CHANGE_KIND_MODEL_CREATED, pb.CHANGE_KIND_VERSION_REGISTERED]
+            assert _stored_changes(away.channel(), 2) == (
+                [(4, "linear", [pb.CHANGE_KIND_ALIAS_MOVED]), (5, "first", created), (6, "second", created)],
+                6,
+            )
+        finally:
+            away.stop()
+        primary = InProcessDaemon(primary_settings).start()
+
+        def serves_the_new_model() -> None:
+            assert scale_served(channel) == 3.0
+            assert scale_served(channel, alias="prod") == 3.0
+            assert settings_of(oip.TraceSetting(request_of("linear"))) == global_settings
+
+        # The replica reconnects and resumes after change 1.
         eventually(serves_the_new_model)
     finally:
         replica.stop()

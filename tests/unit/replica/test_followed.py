@@ -84,8 +84,28 @@ def test_a_model_created_again_after_its_deletion_is_told_from_the_one_before(
 
 def test_a_model_created_again_in_one_change_is_told_from_the_one_before(followed: FollowedRegistry) -> None:
     """The feed gives a model's deletion and its creation again as one change (MODEL_CREATED for
-    a model this replica holds) when the primary recorded them as one, or compacted the deletion
-    away before this replica read it."""
+    a model this replica holds) when the primary recorded them as one; a change recorded before
+    changes carried created_at tells it by its kinds only."""
     first = followed.model_identity("m")
     followed.apply(3, "m", FollowedModel(1, {}, None, {1: record(1)}), created=True)
     assert followed.model_identity("m") != first
+
+
+def test_a_model_created_again_is_told_by_when_it_was_created_whatever_the_kinds(
+    followed: FollowedRegistry,
+) -> None:
+    """The primary compacts a model's deletion and creation away when newer changes follow them
+    (an alias moved, say) before this replica reads them: the change it gets says nothing of
+    either, but carries when the model was created."""
+    followed.apply(3, "made", FollowedModel(1, {}, None, {1: record(1)}, created_at=100.0))
+    first = followed.model_identity("made")
+    followed.apply(4, "made", FollowedModel(1, {"prod": 1}, None, {1: record(1)}, created_at=100.0))
+    assert followed.model_identity("made") == first
+    followed.apply(7, "made", FollowedModel(1, {"prod": 1}, None, {1: record(1)}, created_at=200.0))
+    second = followed.model_identity("made")
+    assert second != first
+    # A creation time that says it is the model held: the kinds cannot make it another.
+    followed.apply(
+        8, "made", FollowedModel(2, {"prod": 1}, None, {2: record(2)}, created_at=200.0), created=True
+    )
+    assert followed.model_identity("made") == second
