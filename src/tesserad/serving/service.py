@@ -592,6 +592,9 @@ class InferenceService:
             return True
         model = entry.model
         with self._cache_lock:
+            # Its latest change before the read: a failure after a change that came meanwhile
+            # leaves the source to be asked again at once, as the change says (on_registry_change).
+            changed_at = self._unsettled.get(model)
             retry_at = self._source_retry_at.get(model)
             if retry_at is not None:
                 now = self._clock()
@@ -609,7 +612,8 @@ class InferenceService:
             # The source cannot tell now (a replica's primary out of reach): keep serving it, as
             # a refresh does.
             with self._cache_lock:
-                self._source_retry_at[model] = self._clock() + SOURCE_RETRY_S
+                if self._unsettled.get(model) == changed_at:
+                    self._source_retry_at[model] = self._clock() + SOURCE_RETRY_S
             return True
         self._source_answered(model)
         if servable.artifact_sha256 != entry.artifact_sha256:

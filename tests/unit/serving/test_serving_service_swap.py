@@ -499,3 +499,60 @@ def test_a_refresh_that_could_not_check_a_loaded_version_leaves_it_checked_by_re
         assert loaded is not None and loaded.artifact_sha256 == "new"
     finally:
         service.close()
+
+
+def test_a_read_of_the_source_that_fails_after_a_change_leaves_it_asked_again_at_once(
+    linear_onnx: Path,
+) -> None:
+    """A request's read of its version began before a change (a replica's fetch from its primary
+    hanging), and failed after it: the failure marked the source as failed lately, although the
+    change had cleared that mark, and for SOURCE_RETRY_S requests were served by the artifact the
+    change replaced without asking the source."""
+    source = Versions({1: servable_file("m", 1, "onnx", linear_onnx, artifact_sha256="old")})
+    service = InferenceService(
+        source,
+        ModelPool(ServingDefaults(intra_op_threads=1), None),
+        autoload=True,
+        clock=lambda: 0.0,
+    )
+    holding = threading.Event()
+    refreshes_released = threading.Event()
+
+    def kept(model: str) -> None:
+        if model == "other":  # holds every refresh queued after its own
+            holding.set()
+            assert refreshes_released.wait(30)
+
+    service.add_deletion_listener(lambda model, identity: None, kept)
+    servable = source.servable
+    reading = threading.Event()
+    read_fails = threading.Event()
+
+    def hanging_then_failing(model: str, version: int | None, alias: str | None) -> ServableVersion:
+        if version is not None and not reading.is_set():
+            reading.set()
+            assert read_fails.wait(30)
+            raise Unavailable("the primary did not answer")
+        return servable(model, version, alias)
+
+    try:
+        assert _predict(service, Target("m")) == 1  # the old artifact loaded, and `latest` cached
+        service.on_registry_change("other")
+        assert holding.wait(30)
+        service.on_registry_change("m")  # its refresh waits
+        source.servable = hanging_then_failing  # type: ignore[method-assign]
+        served: list[int] = []
+        request = threading.Thread(target=lambda: served.append(_predict(service, Target("m"))))
+        request.start()
+        assert reading.wait(30)
+        source.versions[1] = servable_file("m", 1, "onnx", linear_onnx, artifact_sha256="new")
+        service.on_registry_change("m")
+        read_fails.set()
+        request.join(30)
+        assert served == [1]  # the source failed to say: served, as it was asked before the change
+        assert _predict(service, Target("m")) == 1
+        loaded = service.pool.get("m", 1)
+        assert loaded is not None and loaded.artifact_sha256 == "new"
+    finally:
+        refreshes_released.set()
+        service.close()
