@@ -515,15 +515,18 @@ class InferenceService:
             return True
 
     def _forget_routes(self, model: str, version: int) -> None:
-        """Drop `model`'s cached alias targets and deployment that route to `version` (the next
-        request reads them from the source); a refresh may have rewritten them already."""
+        """Drop `model`'s cached alias targets and deployment that route to `version`, and its
+        cached "no deployment" (the next request reads them from the source); a refresh may have
+        rewritten them already."""
         with self._cache_lock:
             aliases = [key for key, cached in self._aliases.items() if key[0] == model and cached == version]
             for key in aliases:
                 self._aliases.pop(key, None)
-            router = self._routers.get(model)
-            if router is not None and version in router.versions():
-                self._routers.pop(model, None)
+            if model in self._routers:
+                router = self._routers[model]
+                # "No deployment" sent the request to `latest`: a deployment created since routes it.
+                if router is None or version in router.versions():
+                    del self._routers[model]
 
     def autoload(self, model: str, version: int) -> LoadedVersion:
         """Load a version a request needs, with the defaults; NotLoaded when that load fails.

@@ -556,3 +556,45 @@ def test_a_read_of_the_source_that_fails_after_a_change_leaves_it_asked_again_at
     finally:
         refreshes_released.set()
         service.close()
+
+
+class Deployable(Versions):
+    """Versions whose deployment a test sets (`plan`), None until then."""
+
+    def __init__(self, versions: dict[int, ServableVersion]) -> None:
+        super().__init__(versions)
+        self.plan: DeploymentPlan | None = None
+
+    def deployment(self, model: str) -> DeploymentPlan | None:
+        return self.plan
+
+
+def test_without_autoload_a_request_cached_without_a_deployment_follows_one_created_before_the_refresh(
+    linear_onnx: Path,
+) -> None:
+    """With `latest` (version 3, not loaded) cached, and no deployment cached, a deployment to
+    version 1 (loaded) was created: before its refresh each round routed to `latest` again, as the
+    re-route kept the cached "no deployment", and the request failed UNAVAILABLE (its versions
+    changed while it was routed) instead of being served by version 1."""
+    source = Deployable({v: servable_file("m", v, "onnx", linear_onnx) for v in (1, 2, 3)})
+    service = InferenceService(source, ModelPool(ServingDefaults(intra_op_threads=1), None), autoload=False)
+    holding = threading.Event()
+    refreshes_released = threading.Event()
+
+    def kept(model: str) -> None:
+        if model == "other":  # holds every refresh queued after its own
+            holding.set()
+            assert refreshes_released.wait(30)
+
+    service.add_deletion_listener(lambda model, identity: None, kept)
+    try:
+        service.pool.load(source.versions[1], ServingConfig())
+        assert service.route(Target("m")) == (3, None)  # `latest` and "no deployment" cached
+        service.on_registry_change("other")
+        assert holding.wait(30)
+        source.plan = DeploymentPlan(((1, 100),))
+        service.on_registry_change("m")  # its refresh waits
+        assert _predict(service, Target("m")) == 1
+    finally:
+        refreshes_released.set()
+        service.close()
