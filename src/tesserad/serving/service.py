@@ -255,7 +255,8 @@ class InferenceService:
         # versions are still registered, after it failed to say (see SOURCE_RETRY_S).
         self._source_retry_at: dict[str, float] = {}
         # model -> when (self._clock) a request for it queues again its refresh, which failed: its
-        # routes and what it unloads follow the source once readable, without another change.
+        # routes, what it unloads and the deletion listeners it tells follow the source once
+        # readable, without another change.
         self._refresh_retry_at: dict[str, float] = {}
         self._cache_lock = threading.Lock()
         self._shadows: dict[str, deque[ShadowResult]] = {}
@@ -1039,21 +1040,27 @@ class InferenceService:
             for callback, kept in self._deletion_listeners
             if (identity := kept(model)) is not None
         ]
-        if concerned:
-            self._tell_deleted(model, concerned)
+        if concerned and not self._tell_deleted(model, concerned):
+            # What a listener keeps for a model deleted stays until a refresh tells it, as above.
+            with self._cache_lock:
+                self._refresh_retry_at[model] = self._clock() + SOURCE_RETRY_S
 
     def _tell_deleted(
         self, model: str, listeners: list[tuple[Callable[[str, Hashable], None], Hashable]]
-    ) -> None:
+    ) -> bool:
         """Call each of `listeners` (callback, the identity of the model it keeps something for)
-        whose model no longer exists: `model` is gone, or is another model of its name now."""
+        whose model no longer exists: `model` is gone, or is another model of its name now. False
+        when the source could not say (the refresh is to be retried)."""
         try:
             current: Hashable | None = self._source.model_identity(model)
         except NotFound:
             current = None
         except Exception:
-            log.exception("could not tell whether %r was deleted", model)
-            return
+            log.exception(
+                "could not tell whether %r was deleted; the first request for it after %s s asks again",
+                model, SOURCE_RETRY_S,
+            )  # fmt: skip
+            return False
         for callback, identity in listeners:
             if identity == current:
                 continue
@@ -1061,6 +1068,7 @@ class InferenceService:
                 callback(model, identity)
             except Exception:
                 log.exception("a listener for the deletion of %r failed", model)
+        return True
 
     def _swap_targets(self, model: str) -> bool:
         """Move `model`'s cached targets to what the source has now, and unload what they no longer

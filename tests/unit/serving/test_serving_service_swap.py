@@ -598,3 +598,64 @@ def test_without_autoload_a_request_cached_without_a_deployment_follows_one_crea
     finally:
         refreshes_released.set()
         service.close()
+
+
+class UnknownIdentity(Versions):
+    """Versions of a model whose identity is `identity`; reading it fails (Unavailable) while
+    `failing` is set."""
+
+    def __init__(self, versions: dict[int, ServableVersion]) -> None:
+        super().__init__(versions)
+        self.identity = 1
+        self.failing = False
+
+    def model_identity(self, model: str) -> Hashable:
+        if self.failing:
+            raise Unavailable("the registry cannot be reached")
+        return self.identity
+
+
+def test_a_refresh_that_could_not_tell_a_listener_its_model_was_deleted_is_queued_again(
+    linear_onnx: Path,
+) -> None:
+    """A refresh whose read of the model's identity failed told no deletion listener, and counted
+    as done: what a listener kept for the model deleted (trace settings) stayed, and applied to the
+    new model of its name, until the model's next change."""
+    source = UnknownIdentity({1: servable_file("m", 1, "onnx", linear_onnx)})
+    now = [0.0]
+    service = InferenceService(
+        source,
+        ModelPool(ServingDefaults(intra_op_threads=1), None),
+        autoload=True,
+        clock=lambda: now[0],
+    )
+    drained = threading.Event()
+    told: list[tuple[str, Hashable]] = []
+    told_once = threading.Event()
+
+    def forget(model: str, identity: Hashable) -> None:
+        told.append((model, identity))
+        told_once.set()
+
+    def kept(model: str) -> Hashable | None:
+        if model == "other":  # queued after the refresh of 'm': done once that one is
+            drained.set()
+            return None
+        return 1
+
+    service.add_deletion_listener(forget, kept)
+    try:
+        assert _predict(service, Target("m")) == 1
+        source.identity = 2  # 'm' deleted, and a model of its name created
+        source.failing = True
+        service.on_registry_change("m")
+        service.on_registry_change("other")
+        assert drained.wait(30)
+        assert told == []
+        source.failing = False
+        now[0] += service_module.SOURCE_RETRY_S
+        assert _predict(service, Target("m")) == 1  # queues the refresh again
+        assert told_once.wait(30)
+        assert told == [("m", 1)]
+    finally:
+        service.close()
