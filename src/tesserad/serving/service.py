@@ -67,7 +67,8 @@ REROUTE_ROUNDS = 3
 # a replica's primary, out of reach or slow), requests for its model are served without asking
 # it again for this long (seconds): one read of it a model per interval, not one a request. A
 # registry change of the model asks again at once. The refresh of a model's change that failed (the
-# source unreadable) is queued again by the first request for the model after this long.
+# source unreadable) is queued again by the first request or metadata call for the model after this
+# long.
 SOURCE_RETRY_S = 1.0
 
 
@@ -254,9 +255,9 @@ class InferenceService:
         # model -> when (self._clock) requests may ask the source again whether its loaded
         # versions are still registered, after it failed to say (see SOURCE_RETRY_S).
         self._source_retry_at: dict[str, float] = {}
-        # model -> when (self._clock) a request for it queues again its refresh, which failed: its
-        # routes, what it unloads and the deletion listeners it tells follow the source once
-        # readable, without another change.
+        # model -> when (self._clock) a request or metadata call for it queues again its refresh,
+        # which failed: its routes, what it unloads and the deletion listeners it tells follow the
+        # source once readable, without another change.
         self._refresh_retry_at: dict[str, float] = {}
         self._cache_lock = threading.Lock()
         self._shadows: dict[str, deque[ShadowResult]] = {}
@@ -673,9 +674,11 @@ class InferenceService:
         config is then the one a load under way gives it, or the one any load without a config (a
         request's, or RepositoryModelLoad's) would. Only a version the registry has no signature
         for is loaded (where autoload allows), its signature being known only from its runtime.
-        Without a version, a stale route is routed again as a request's is (REROUTE_ROUNDS).
+        Without a version, a stale route is routed again as a request's is (REROUTE_ROUNDS). A
+        refresh of the model that failed is queued again as by a request (SOURCE_RETRY_S).
         """
         model = target.model
+        self._retry_failed_refresh(model)
         if target.version is not None:
             return self._describe(model, target.version)
         for _ in range(REROUTE_ROUNDS):
@@ -710,8 +713,10 @@ class InferenceService:
         As ready_versions, a version its source replaced or deleted since is not ready, though
         the refresh of that change has not unloaded it yet (a request would not be served by it);
         nothing loaded changes. Without a version, a stale route is routed again as a request's
-        is (REROUTE_ROUNDS). False for a model or version the source does not have."""
+        is (REROUTE_ROUNDS), and a refresh that failed queued again (SOURCE_RETRY_S). False for a
+        model or version the source does not have."""
         model = target.model
+        self._retry_failed_refresh(model)
         for _ in range(REROUTE_ROUNDS):
             try:
                 versions = [target.version] if target.version is not None else self.serving_versions(model)
@@ -1019,8 +1024,8 @@ class InferenceService:
             settled = self._swap_targets(model)
         except Exception:
             log.exception(
-                "refreshing the serving targets of %r failed; the first request for it after %s s "
-                "refreshes them again",
+                "refreshing the serving targets of %r failed; the first request or metadata call "
+                "for it after %s s refreshes them again",
                 model, SOURCE_RETRY_S,
             )  # fmt: skip
             settled = False
@@ -1057,7 +1062,8 @@ class InferenceService:
             current = None
         except Exception:
             log.exception(
-                "could not tell whether %r was deleted; the first request for it after %s s asks again",
+                "could not tell whether %r was deleted; the first request or metadata call for it "
+                "after %s s asks again",
                 model, SOURCE_RETRY_S,
             )  # fmt: skip
             return False

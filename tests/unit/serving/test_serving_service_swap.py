@@ -659,3 +659,36 @@ def test_a_refresh_that_could_not_tell_a_listener_its_model_was_deleted_is_queue
         assert told == [("m", 1)]
     finally:
         service.close()
+
+
+@pytest.mark.parametrize("call", ["describe", "ready"])
+def test_a_refresh_that_failed_is_queued_again_by_a_metadata_call_once_an_interval_passed(
+    linear_onnx: Path, call: str
+) -> None:
+    """Only a request queued a refresh that failed again: a model asked only for its metadata or
+    readiness (a load balancer's probe) kept describing the version `latest` named before, though
+    the source was readable again."""
+    source = UnreadableVersions({1: servable_file("m", 1, "onnx", linear_onnx)})
+    now = [0.0]
+    service = InferenceService(
+        source,
+        ModelPool(ServingDefaults(intra_op_threads=1), None),
+        autoload=True,
+        clock=lambda: now[0],
+    )
+    refreshed = threading.Event()
+    service.add_deletion_listener(lambda model, identity: None, lambda model: refreshed.set())
+    try:
+        assert service.describe(Target("m")).version == 1  # `latest` cached
+        source.failing = True
+        source.versions[2] = servable_file("m", 2, "onnx", linear_onnx)
+        service.on_registry_change("m")
+        assert refreshed.wait(30)  # it failed: `latest` could not be read
+        source.failing = False
+        now[0] += service_module.SOURCE_RETRY_S
+        refreshed.clear()
+        getattr(service, call)(Target("m"))  # queues the refresh again
+        assert refreshed.wait(30)
+        assert service.describe(Target("m")).version == 2
+    finally:
+        service.close()
