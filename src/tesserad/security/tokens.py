@@ -53,6 +53,24 @@ class TokensFileError(Exception):
     """The tokens file cannot be used; the message names the file, the entry and the fix."""
 
 
+def read_tokens_file(path: Path) -> str:
+    """The tokens file's text; TokensFileError naming the file when it is missing, cannot be
+    read or is not UTF-8 (as TOML is), so every reader of it says so alike."""
+    try:
+        return path.read_bytes().decode()
+    except FileNotFoundError:
+        raise TokensFileError(
+            f"tokens file {path} does not exist; create it with `tesserad tokens add --file {path}`"
+        ) from None
+    except OSError as exc:
+        raise TokensFileError(f"tokens file {path} cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise TokensFileError(
+            f"tokens file {path} is not UTF-8 text (byte {exc.start} cannot be decoded); TOML files "
+            "are UTF-8: save it as such"
+        ) from None
+
+
 @dataclass(frozen=True)
 class Identity:
     """Who is calling and what they may do."""
@@ -155,13 +173,10 @@ class TokenTable:
 
     @classmethod
     def load(cls, path: Path) -> TokenTable:
+        text = read_tokens_file(path)
         try:
-            document = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise TokensFileError(
-                f"tokens file {path} does not exist; create it with `tesserad tokens add --file {path}`"
-            ) from None
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            document = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
             raise TokensFileError(f"tokens file {path} cannot be read: {exc}") from None
         return cls.parse(document, str(path))
 

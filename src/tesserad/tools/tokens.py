@@ -28,6 +28,7 @@ from tesserad.security.tokens import (
     format_entry,
     format_time,
     parse_lifetime,
+    read_tokens_file,
     utc_now,
     validate_name,
 )
@@ -123,14 +124,14 @@ class Refused(Exception):
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.tokens_command == "hash":
+        return _hash(sys.stdin.readline().strip(), args.tokens_parser)
     try:
         if args.tokens_command == "add":
             return _add(args.file, args.name, Role.parse(args.role), args.expires_in)
         if args.tokens_command == "remove":
             return _remove(args.file, args.name)
-        if args.tokens_command == "list":
-            return _list(args.file)
-        return _hash(sys.stdin.readline().strip())
+        return _list(args.file)
     except TokensFileError as exc:
         # The file is missing or wrong: a failure here (1), as `tessera` says one; 2 is for a
         # wrong command line.
@@ -139,12 +140,6 @@ def run(args: argparse.Namespace) -> int:
     except Refused as exc:
         print(f"tesserad tokens: {exc.code}: {exc}", file=sys.stderr)
         return EXIT_REFUSED
-    except ValueError as exc:
-        # A wrong command line (the token `hash` read), said as argparse says its own.
-        parser: argparse.ArgumentParser = args.tokens_parser
-        parser.print_usage(sys.stderr)
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except OSError as exc:
         print(f"tesserad tokens: {exc.filename or args.file}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -166,7 +161,7 @@ def _lifetime(text: str) -> datetime.timedelta:
 
 def _add(path: Path, name: str, role: Role, lifetime: datetime.timedelta | None) -> int:
     with _locked(path):
-        text = path.read_text() if path.exists() else ""
+        text = read_tokens_file(path) if path.exists() else ""
         document = _document(text, path)
         # A file of comments only (as a new one starts) has no tokens yet, and that is fine here.
         if document.get("tokens") and name in TokenTable.parse(document, str(path)).names:
@@ -204,7 +199,7 @@ def _remove(path: Path, name: str) -> int:
                 "be used (no call could succeed); add another token first, or turn token "
                 "authentication off by unsetting security.tokens_file",
             )
-        text = path.read_text()
+        text = read_tokens_file(path)
         new_text = _without_entry(text, name)
         kept = {entry.name: entry for entry in table.entries if entry.name != name}
         if new_text is None or _entries_of(new_text, path) != kept:
@@ -249,8 +244,15 @@ def _expiry(entry: TokenEntry, now: datetime.datetime) -> str:
     return f"{when} EXPIRED" if now >= entry.expires else when
 
 
-def _hash(token: str) -> int:
-    print(f'sha256 = "{hash_token(token)}"')
+def _hash(token: str, parser: argparse.ArgumentParser) -> int:
+    try:
+        digest = hash_token(token)
+    except ValueError as exc:
+        # A wrong command line (a short token), said as argparse says its own.
+        parser.print_usage(sys.stderr)
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f'sha256 = "{digest}"')
     return 0
 
 

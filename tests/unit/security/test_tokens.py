@@ -426,6 +426,10 @@ def test_a_reload_reports_a_changed_expiry(tmp_path):
     assert tokens.reload() == TokenChanges(expiry_changed=("ci",))
 
 
+# A tokens file saved in Latin-1 (an accented holder's comment): TOML files are UTF-8.
+NOT_UTF8 = b'# tokens\n[[tokens]]\nname = "ci"\nrole = "reader"\n# Zo\xeb\nsha256 = "' + b"0" * 64 + b'"\n'
+
+
 @pytest.mark.parametrize(
     ("action", "content"),
     [
@@ -434,8 +438,20 @@ def test_a_reload_reports_a_changed_expiry(tmp_path):
         (["list"], "[[tokens]\n"),
         (["remove", "ci"], "[[tokens]\n"),
         (["add", "--name", "ci", "--role", "reader"], "[[tokens]\n"),
+        (["list"], NOT_UTF8),
+        (["remove", "ci"], NOT_UTF8),
+        (["add", "--name", "ci", "--role", "reader"], NOT_UTF8),
     ],
-    ids=["list-missing", "remove-missing", "list-broken", "remove-broken", "add-broken"],
+    ids=[
+        "list-missing",
+        "remove-missing",
+        "list-broken",
+        "remove-broken",
+        "add-broken",
+        "list-not-utf8",
+        "remove-not-utf8",
+        "add-not-utf8",
+    ],
 )
 def test_a_tokens_file_that_is_missing_or_broken_fails_with_status_1_not_as_a_usage_error(
     tmp_path, capsys, action, content
@@ -443,11 +459,16 @@ def test_a_tokens_file_that_is_missing_or_broken_fails_with_status_1_not_as_a_us
     """A missing or unreadable file is an operational failure (1), as `tesserad restore` and
     `tessera` report one; 2 is for a wrong command line, which this is not."""
     path = tmp_path / "tokens.toml"
-    if content is not None:
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
         path.write_text(content)
     assert cli.main(["tokens", action[0], "--file", str(path), *action[1:]]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"tesserad tokens: tokens file {path} ") and "usage:" not in err
+    if content == NOT_UTF8:
+        assert f"tokens file {path} is not UTF-8 text (byte 52 cannot be decoded)" in err
+        assert path.read_bytes() == NOT_UTF8
 
 
 def test_a_name_or_digest_with_a_line_end_is_refused():
