@@ -284,7 +284,9 @@ class Daemon:
         auth, credentials = self._secure(None if settings.replica.primary else RefusalNotes(refusals))
         if settings.serving.trace_file is not None:
             try:
-                self._tracer = Tracer(usable_trace_file(settings.serving.trace_file), OIP_NAME_BY_DTYPE)
+                self._tracer = Tracer(
+                    usable_trace_file(settings.serving.trace_file, data_dir), OIP_NAME_BY_DTYPE
+                )
             except ValueError as exc:
                 raise StartupError(str(exc)) from None
         if not settings.replica.primary:

@@ -73,3 +73,48 @@ def test_a_config_file_the_start_refuses_exits_1_and_leaves_no_data_dir(
     output = daemon.output()
     assert said in output
     assert not (tmp_path / "var").exists()
+
+
+@pytest.mark.parametrize("trace_file", ["data/trace.json", "data/../trace.json"], ids=["in-it", "beside-it"])
+def test_a_trace_file_in_a_data_directory_not_made_yet_is_taken(spawn_daemon, tmp_path, trace_file):
+    """The start checks serving.trace_file before it makes the data directory, and a file in that
+    directory (or one the start makes above it) is writable once it has."""
+    data_dir = tmp_path / "new" / "data"
+    daemon = spawn_daemon(
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "off",
+        env={
+            "TESSERA_DATA_DIR": str(data_dir),
+            "TESSERA_SERVING_TRACE_FILE": str(tmp_path / "new" / trace_file),
+        },
+    )
+    daemon.wait_serving()
+    assert data_dir.is_dir()
+
+
+@pytest.mark.parametrize(
+    ("trace_file", "said"),
+    [
+        ("absent/trace.json", "trace.json: its directory does not exist; create it first"),
+        ("var/absent/trace.json", "trace.json: its directory does not exist; create it first"),
+        ("var", "var is a directory; name a file in it"),
+    ],
+    ids=["elsewhere", "below-the-data-dir", "the-data-dir"],
+)
+def test_a_trace_file_that_cannot_be_written_exits_1_and_leaves_no_data_dir(
+    spawn_daemon, tmp_path, trace_file, said
+):
+    daemon = spawn_daemon(
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "off",
+        env={"TESSERA_SERVING_TRACE_FILE": trace_file},
+        cwd=tmp_path,
+    )
+    assert daemon.process.wait(60) == 1
+    output = daemon.output()
+    assert said in output
+    assert not (tmp_path / "var").exists()

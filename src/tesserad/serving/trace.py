@@ -195,12 +195,17 @@ def parsed_changes(changes: Mapping[str, object], file: str) -> dict[str, Any]:
     return fields
 
 
-def usable_trace_file(path: Path) -> Path:
-    """`path` made absolute; ValueError saying what is wrong when the daemon could not write it."""
+def usable_trace_file(path: Path, data_dir: Path) -> Path:
+    """`path` made absolute; ValueError saying what is wrong when the daemon could not write it.
+    Checked before the start makes `data_dir` (and the directories above it), so a file in one
+    of those is taken though its directory does not exist yet."""
     path = path.absolute()
-    if path.is_dir():
+    directory = path.parent.resolve()
+    made = data_dir.resolve()
+    to_be_made = (made, *made.parents)
+    if path.is_dir() or directory / path.name in to_be_made:
         raise ValueError(f"serving.trace_file {path} is a directory; name a file in it")
-    if not path.parent.is_dir():
+    if not path.parent.is_dir() and directory not in to_be_made:
         raise ValueError(f"serving.trace_file {path}: its directory does not exist; create it first")
     return path
 

@@ -178,11 +178,26 @@ def test_without_a_trace_file_tracing_cannot_start() -> None:
 
 
 def test_the_trace_file_must_be_a_file_in_a_directory_that_exists(tmp_path: Path) -> None:
-    assert usable_trace_file(tmp_path / "trace.json") == tmp_path / "trace.json"
+    data_dir = tmp_path / "data"
+    assert usable_trace_file(tmp_path / "trace.json", data_dir) == tmp_path / "trace.json"
     with pytest.raises(ValueError, match="is a directory"):
-        usable_trace_file(tmp_path)
+        usable_trace_file(tmp_path, data_dir)
     with pytest.raises(ValueError, match="its directory does not exist"):
-        usable_trace_file(tmp_path / "absent" / "trace.json")
+        usable_trace_file(tmp_path / "absent" / "trace.json", data_dir)
+
+
+def test_a_trace_file_in_the_data_directory_the_start_makes_is_taken(tmp_path: Path) -> None:
+    data_dir = tmp_path / "new" / "data"
+    assert usable_trace_file(data_dir / "trace.json", data_dir) == data_dir / "trace.json"
+    assert usable_trace_file(tmp_path / "new" / "trace.json", data_dir) == tmp_path / "new" / "trace.json"
+    # The start makes the data directory, not directories below it.
+    with pytest.raises(ValueError, match="its directory does not exist"):
+        usable_trace_file(data_dir / "traces" / "trace.json", data_dir)
+    # A trace file named as the data directory (or one above it) would be a directory.
+    for directory in (data_dir, data_dir.parent):
+        with pytest.raises(ValueError, match="is a directory"):
+            usable_trace_file(directory, data_dir)
+    assert not (tmp_path / "new").exists()
 
 
 def test_defaults_are_tritons() -> None:
