@@ -25,9 +25,9 @@ from tesserad.tools import tokens
 # What a shell reports for a command interrupted by Ctrl-C (128 + SIGINT) and by SIGTERM (128 + 15).
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
-# `tesserad serve` could not start (a port taken, a file a setting names missing, the data
-# directory in use), or a setting is wrong: no restart mends the latter (systemd's unit stops
-# restarting on it).
+# `tesserad serve` could not start (a port taken, a file a setting names missing or wrong, the
+# data directory in use: a restart may find them mended), or a setting is wrong, alone or with
+# others (no restart mends it: systemd's unit stops restarting on it).
 EXIT_CANNOT_START = 1
 EXIT_BAD_SETTINGS = 2
 
@@ -91,8 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
             "and on a replica replica.token_file (and only those: other settings need a restart). "
             f"Exit status: 0 stopped by a signal, after the drain; {EXIT_CANNOT_START} it could not "
             "start (the log says why: a port taken, a file a setting names missing or wrong, the data "
-            f"directory in use); {EXIT_BAD_SETTINGS} a setting, flag or the --config file is wrong "
-            "(the message names it, where it came from and what to fix)."
+            f"directory in use); {EXIT_BAD_SETTINGS} a setting, flag or the --config file is wrong, "
+            "or settings that do not go together (a non-loopback address without tokens or mutual "
+            "TLS and without --insecure, a TLS certificate without its key): the message names them "
+            "and what to fix."
         ),
     )
     serve.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file")
@@ -221,10 +223,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_SETTINGS
     configure_logging(settings.log_format, settings.log_level)
 
-    from tesserad.server import StartupError, serve
+    from tesserad.server import SettingsRefusal, StartupError, serve
 
     try:
         asyncio.run(serve(settings, insecure=args.insecure))
+    except SettingsRefusal as exc:
+        log.error("tesserad cannot start: %s", exc)
+        return EXIT_BAD_SETTINGS
     except (StartupError, TesseraError) as exc:
         log.error("tesserad cannot start: %s", exc)
         return EXIT_CANNOT_START

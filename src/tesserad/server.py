@@ -47,6 +47,7 @@ from tesserad.api.follow import (
     MIN_PING_INTERVAL_MS,
     Follower,
     PrimaryCertificateError,
+    ReplicaTlsSettingsError,
     check_primary_tls,
     check_replica_tls_files,
     refusing_handlers,
@@ -58,7 +59,7 @@ from tesserad.api.oip import OipServicer
 from tesserad.api.oip_http import OipHttpServer
 from tesserad.api.registry import RegistryServicer
 from tesserad.api.system import SystemServicer
-from tesserad.api.tls import CertificateError, ServerCertificates, server_certificates
+from tesserad.api.tls import CertificateError, ServerCertificates, TlsSettingsError, server_certificates
 from tesserad.api.training import TrainingServicer
 from tesserad.backup import Backups
 from tesserad.config import GRPC_MESSAGE_SIZE_CEILING, Address, Settings, format_size
@@ -197,6 +198,11 @@ def _register(
 
 class StartupError(Exception):
     """The daemon cannot start; the message says why and what to do."""
+
+
+class SettingsRefusal(StartupError):
+    """The settings alone refuse the start (exposure without authentication, TLS settings that
+    do not go together): no file, port or peer was consulted, so no restart mends it."""
 
 
 class Daemon:
@@ -508,6 +514,8 @@ class Daemon:
             auth = AuthInterceptor(
                 settings.security, settings.limits, settings.max_message_size, served, failed
             )
+        except TlsSettingsError as exc:
+            raise SettingsRefusal(str(exc)) from None
         except (AuthSetupError, CertificateError) as exc:
             raise StartupError(str(exc)) from None
         self._auth = auth
@@ -553,6 +561,8 @@ class Daemon:
         if serves_tls or replica.uses_tls:
             try:
                 check_replica_tls_files(replica)
+            except ReplicaTlsSettingsError as exc:
+                raise SettingsRefusal(str(exc)) from None
             except PrimaryCertificateError as exc:
                 raise StartupError(str(exc)) from None
         return replica_transport(serves_tls, replica)
@@ -689,6 +699,8 @@ class Daemon:
         if settings.replica.uses_tls:
             try:
                 await asyncio.to_thread(check_primary_tls, settings.replica)
+            except ReplicaTlsSettingsError as exc:
+                raise SettingsRefusal(str(exc)) from None
             except PrimaryCertificateError as exc:
                 raise StartupError(str(exc)) from None
         advertise = settings.replica.advertise or self.address
@@ -915,7 +927,7 @@ def _check_exposure(settings: Settings, insecure: bool) -> None:
     if not exposed or authentication_enabled(settings.security):
         return
     if not insecure:
-        raise StartupError(
+        raise SettingsRefusal(
             f"refusing to listen on {exposed[0]} without authentication: anyone who can reach "
             "it could delete models and submit training jobs. Set security.tokens_file (make tokens "
             "with `tesserad tokens add`) or security.tls_client_ca_file, listen on 127.0.0.1, or "

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tesserad.cli import EXIT_BAD_SETTINGS, EXIT_CANNOT_START
+
 
 def serve_with(spawn_daemon, cwd: Path, config_text: str | bytes, *args: str) -> tuple[int, str]:
     config = cwd / "tesserad.toml"
@@ -45,6 +47,15 @@ def test_a_wrong_config_file_exits_2_naming_the_key_and_leaves_no_data_dir(
     assert not (tmp_path / "var").exists()
 
 
+def serve_refused(spawn_daemon, cwd: Path, config_text: str) -> tuple[int, str]:
+    config = cwd / "tesserad.toml"
+    config.write_text(config_text)
+    # The config's listen must win (the exposure case): no --listen here.
+    daemon = spawn_daemon("--config", str(config), "--metrics-listen", "off", cwd=cwd)
+    status = daemon.process.wait(60)
+    return status, daemon.output()
+
+
 @pytest.mark.parametrize(
     ("config_text", "said"),
     [
@@ -56,23 +67,71 @@ def test_a_wrong_config_file_exits_2_naming_the_key_and_leaves_no_data_dir(
             'listen = "127.0.0.1:0"\n[security]\ntls_cert_file = "server.pem"\ntls_key_file = "server.key"\n',
             "security.tls_cert_file server.pem cannot be read",
         ),
-        ('listen = "0.0.0.0:0"\n', "refusing to listen on 0.0.0.0:0 without authentication"),
     ],
-    ids=["tokens-file-missing", "tls-file-missing", "exposed-without-tokens"],
+    ids=["tokens-file-missing", "tls-file-missing"],
 )
-def test_a_config_file_the_start_refuses_exits_1_and_leaves_no_data_dir(
+def test_a_config_file_whose_files_are_missing_exits_1_and_leaves_no_data_dir(
     spawn_daemon, tmp_path, config_text, said
 ):
-    """Refused only as the daemon starts (a file it names is missing, an exposure it forbids), yet
-    before it makes ./var: no empty store is left for the next start to find."""
-    config = tmp_path / "tesserad.toml"
-    config.write_text(config_text)
-    # The config's listen must win (the exposure case): no --listen here.
-    daemon = spawn_daemon("--config", str(config), "--metrics-listen", "off", cwd=tmp_path)
-    assert daemon.process.wait(60) == 1
-    output = daemon.output()
+    """Refused only as the daemon starts (a file it names is missing: a mount or secret not
+    there yet, which a restart may find), yet before it makes ./var: no empty store is left for
+    the next start to find."""
+    status, output = serve_refused(spawn_daemon, tmp_path, config_text)
+    assert status == EXIT_CANNOT_START, output
     assert said in output
     assert not (tmp_path / "var").exists()
+
+
+@pytest.mark.parametrize(
+    ("config_text", "said"),
+    [
+        ('listen = "0.0.0.0:0"\n', "refusing to listen on 0.0.0.0:0 without authentication"),
+        (
+            'listen = "127.0.0.1:0"\n[security]\ntls_cert_file = "server.pem"\n',
+            "TLS needs both a certificate and its key: set security.tls_key_file too",
+        ),
+        (
+            'listen = "127.0.0.1:0"\n[security]\ntls_client_ca_file = "ca.pem"\n',
+            "security.tls_client_ca_file is set but TLS is off",
+        ),
+        (
+            'listen = "127.0.0.1:0"\n[replica]\ntls_cert_file = "client.pem"\n',
+            "replica.tls_cert_file and replica.tls_key_file go together",
+        ),
+    ],
+    ids=[
+        "exposed-without-tokens",
+        "tls-cert-without-key",
+        "client-ca-without-tls",
+        "replica-cert-without-key",
+    ],
+)
+def test_settings_that_do_not_go_together_exit_2_and_leave_no_data_dir(
+    spawn_daemon, tmp_path, config_text, said
+):
+    """Wrong whatever the files hold: the status systemd's unit does not restart on
+    (RestartPreventExitStatus), as a restart every few seconds would not mend it."""
+    status, output = serve_refused(spawn_daemon, tmp_path, config_text)
+    assert status == EXIT_BAD_SETTINGS, output
+    assert said in output and "Traceback" not in output
+    assert not (tmp_path / "var").exists()
+
+
+def test_a_replica_whose_client_certificate_lacks_its_key_exits_2(spawn_daemon, tmp_path):
+    # The pair is refused before any connection: the primary need not be there.
+    daemon = spawn_daemon(
+        "--follow",
+        "127.0.0.1:1",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "off",
+        "--data-dir",
+        str(tmp_path / "replica"),
+        env={"TESSERA_REPLICA_TLS_KEY_FILE": str(tmp_path / "client.key")},
+    )
+    assert daemon.process.wait(60) == EXIT_BAD_SETTINGS
+    assert "replica.tls_cert_file and replica.tls_key_file go together" in daemon.output()
 
 
 @pytest.mark.parametrize("trace_file", ["data/trace.json", "data/../trace.json"], ids=["in-it", "beside-it"])
@@ -114,7 +173,7 @@ def test_a_trace_file_that_cannot_be_written_exits_1_and_leaves_no_data_dir(
         env={"TESSERA_SERVING_TRACE_FILE": trace_file},
         cwd=tmp_path,
     )
-    assert daemon.process.wait(60) == 1
+    assert daemon.process.wait(60) == EXIT_CANNOT_START
     output = daemon.output()
     assert said in output
     assert not (tmp_path / "var").exists()

@@ -196,12 +196,17 @@ class PrimaryCertificateError(Exception):
     to fix."""
 
 
+class ReplicaTlsSettingsError(PrimaryCertificateError):
+    """replica.tls_cert_file is set without replica.tls_key_file, or the reverse: wrong whatever
+    the files hold."""
+
+
 def check_replica_tls_files(settings: ReplicaSettings) -> ssl.SSLContext:
     """The replica.tls_* files checked (readable, the client certificate valid now and its key
     its own), as a client context; PrimaryCertificateError naming the setting otherwise. The
     files serve a replica's link to its primary and a primary's calls to its replicas."""
     if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
-        raise PrimaryCertificateError(
+        raise ReplicaTlsSettingsError(
             "replica.tls_cert_file and replica.tls_key_file go together: set both for mutual TLS "
             "between a primary and its replicas, or neither"
         )

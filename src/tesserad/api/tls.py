@@ -35,6 +35,11 @@ class CertificateError(Exception):
     """The TLS files cannot be used; the message names the setting, the file and the fix."""
 
 
+class TlsSettingsError(CertificateError):
+    """The security.tls_* settings do not go together (a certificate without its key, a client
+    CA without TLS): wrong whatever the files hold."""
+
+
 @dataclass(frozen=True)
 class _Files:
     cert: Path
@@ -116,14 +121,14 @@ def server_certificates(security: SecuritySettings) -> ServerCertificates | None
     cert, key, client_ca = security.tls_cert_file, security.tls_key_file, security.tls_client_ca_file
     if cert is None and key is None:
         if client_ca is not None:
-            raise CertificateError(
+            raise TlsSettingsError(
                 "security.tls_client_ca_file is set but TLS is off: mutual TLS runs on top of TLS, "
                 "so also set security.tls_cert_file and security.tls_key_file"
             )
         return None
     if cert is None or key is None:
         missing = "security.tls_key_file" if key is None else "security.tls_cert_file"
-        raise CertificateError(f"TLS needs both a certificate and its key: set {missing} too")
+        raise TlsSettingsError(f"TLS needs both a certificate and its key: set {missing} too")
     return ServerCertificates(_Files(cert, key, client_ca))
 
 
@@ -223,6 +228,7 @@ __all__ = [
     "CertificateError",
     "EncryptedKeyError",
     "ServerCertificates",
+    "TlsSettingsError",
     "check_certificate_window",
     "encrypted_key_message",
     "load_key_pair",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from tesserad.cli import EXIT_BAD_SETTINGS
+
 WARNING = (
     "serving without authentication on a non-loopback address (--insecure): every caller that can "
     "reach it has the admin role"
@@ -17,7 +19,8 @@ def serve_args(tmp_path, listen: str, *extra: str) -> list[str]:
 def test_a_non_loopback_address_without_authentication_is_refused(spawn_daemon, tmp_path):
     process = spawn_daemon(*serve_args(tmp_path, "0.0.0.0:0"))
     output = process.output()
-    assert process.process.returncode == 1
+    # A wrong setting, which no restart mends (systemd's unit does not restart on this status).
+    assert process.process.returncode == EXIT_BAD_SETTINGS
     assert "refusing to listen on 0.0.0.0:0 without authentication" in output
     assert "security.tokens_file" in output and "--insecure" in output
 
