@@ -283,9 +283,9 @@ class Daemon:
     async def _start(self) -> None:
         settings = self.settings
         data_dir = settings.data_dir
-        # What the settings alone refuse (exposure without authentication, the tokens, TLS and
-        # trace files) is refused before the data directory is touched: a wrong setting leaves
-        # no data directory or empty store behind.
+        # The exposure without authentication and the tokens, TLS and trace files are checked
+        # before the data directory is touched: a refused start leaves no data directory or
+        # empty store behind.
         refusals = ReplicaRefusals()
         auth, credentials = self._secure(None if settings.replica.primary else RefusalNotes(refusals))
         if settings.serving.trace_file is not None:
