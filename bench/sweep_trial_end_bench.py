@@ -19,8 +19,17 @@ report it: the daemon runs in this process and the epoch is handed to the sweep 
 worker event hands it, in this thread, where the sweep's bookkeeping runs. Timed: this thread's
 CPU time over each report; counted: the bytes each writes to the sweeps' tables.
 
+--cancel times CancelSweep instead: a grid sweep of that many trials submitted at once (one CPU
+slot: one runs, the others wait queued), then cancelled. The daemon runs in this process, so
+that its commits can be counted: the store's group commits and its direct writes, over the
+CancelSweep call, and the bytes those write (every table, the running trial's own events
+included). Timed: the call's wall time and this process's CPU time over it (the daemon's
+threads; its workers are processes of their own). The sweep is waited on until it ended (its
+running trial stopped) before the next repeat.
+
     PYTHONPATH=src:clients/python/src .venv/bin/python bench/sweep_trial_end_bench.py \
-        [--sizes 100,300,1000] [--repeats 3] [--rungs] [--label after] [--out NAME.json] [--before OLD.json]
+        [--sizes 100,300,1000] [--repeats 3] [--rungs | --cancel] [--label after] [--out NAME.json] \
+        [--before OLD.json]
 
 Run it against the tree before a change (PYTHONPATH pointing at that tree's src) and after;
 --out writes the result to bench/results/NAME.json (never over an existing file), and
@@ -55,7 +64,7 @@ from sweep_cancel_bench import own_cpu_s, sweep_spec, wait_ended
 from tessera.v1 import training_pb2, training_pb2_grpc
 from tesserad.config import load_settings
 from tesserad.server import create_server
-from tesserad.store import WriteTxn
+from tesserad.store import Store, WriteTxn
 from tesserad.training import sweeps
 
 S = training_pb2
@@ -142,20 +151,26 @@ def asha_sweep_spec(trials: int) -> S.SweepSpec:
     return spec
 
 
+def in_process_daemon(data_dir: str) -> tuple[Any, asyncio.AbstractEventLoop]:
+    """A daemon of one CPU slot serving on a loop of its own thread, in this process."""
+    overrides = {
+        "listen": "127.0.0.1:0",
+        "metrics_listen": "off",
+        "http_listen": "off",
+        "data_dir": data_dir,
+        "training.cpu_slots": "1",
+        "training.threads_per_slot": "1",
+    }
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    daemon = create_server(load_settings(env={}, overrides=overrides))
+    asyncio.run_coroutine_threadsafe(daemon.start(), loop).result(120)
+    return daemon, loop
+
+
 def measure_rungs(trials: int, repeats: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="sweep-rung-bench-") as tmp:
-        overrides = {
-            "listen": "127.0.0.1:0",
-            "metrics_listen": "off",
-            "http_listen": "off",
-            "data_dir": tmp,
-            "training.cpu_slots": "1",
-            "training.threads_per_slot": "1",
-        }
-        loop = asyncio.new_event_loop()
-        threading.Thread(target=loop.run_forever, daemon=True).start()
-        daemon = create_server(load_settings(env={}, overrides=overrides))
-        asyncio.run_coroutine_threadsafe(daemon.start(), loop).result(120)
+        daemon, loop = in_process_daemon(tmp)
         written: list[int] = []
         put = WriteTxn.put
         this_thread = threading.get_ident()
@@ -219,10 +234,79 @@ def measure_rungs(trials: int, repeats: int) -> dict[str, Any]:
     }
 
 
+def measure_cancel(trials: int, repeats: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="sweep-cancel-commits-bench-") as tmp:
+        daemon, loop = in_process_daemon(tmp)
+        store = daemon._store
+        written: list[int] = []
+        direct_writes: list[int] = []
+        put, write = WriteTxn.put, Store.write
+
+        def counted_put(txn: WriteTxn, table: str, key: Any, value: bytes, **kwargs: Any) -> bool:
+            written.append(len(value))
+            return put(txn, table, key, value, **kwargs)
+
+        def counted_write(self: Store, **kwargs: Any) -> Any:
+            direct_writes.append(1)
+            return write(self, **kwargs)
+
+        try:
+            channel = grpc.insecure_channel(f"127.0.0.1:{daemon.port}")
+            rng = np.random.default_rng(0)
+            x = rng.normal(size=(64, 4)).astype(np.float32)
+            upload(channel, "tiny", x, x.sum(1).astype(np.float32))
+            training = training_pb2_grpc.TrainingStub(channel)
+            commits, sizes, cpus, walls = [], [], [], []
+            answer: dict[str, Any] = {}
+            for _ in range(repeats):
+                sweep_id = training.SubmitSweep(
+                    S.SubmitSweepRequest(spec=endless_sweep_spec(trials))
+                ).sweep_id
+                queued_trials(training, sweep_id, trials)
+                written.clear()
+                direct_writes.clear()
+                WriteTxn.put = counted_put  # type: ignore[assignment]
+                Store.write = counted_write  # type: ignore[method-assign]
+                try:
+                    group_commits = store.group_commits
+                    wall, cpu = time.perf_counter(), time.process_time()
+                    shown = training.CancelSweep(S.CancelSweepRequest(sweep_id=sweep_id), timeout=1800)
+                    cpus.append(time.process_time() - cpu)
+                    walls.append(time.perf_counter() - wall)
+                    commits.append(store.group_commits - group_commits + len(direct_writes))
+                    sizes.append(sum(written))
+                finally:
+                    WriteTxn.put = put  # type: ignore[method-assign]
+                    Store.write = write  # type: ignore[method-assign]
+                cancelled = sum(t.state == S.JOB_STATE_CANCELLED for t in shown.trials)
+                ended = wait_ended(training, sweep_id)
+                answer = {
+                    "sweep": S.SweepState.Name(ended.state),
+                    "cancelled_in_answer": cancelled,
+                    "trials": dict(Counter(training_pb2.JobState.Name(t.state) for t in ended.trials)),
+                }
+            channel.close()
+        finally:
+            asyncio.run_coroutine_threadsafe(daemon.stop(0), loop).result(120)
+            loop.call_soon_threadsafe(loop.stop)
+    return {
+        "trials": trials,
+        "queued_trials": trials - 1,
+        "cancel": {
+            "commits": median(commits),
+            "bytes": median(sizes),
+            "cpu_s": median(cpus),
+            "wall_s": median(walls),
+        },
+        "cancel_runs": {"commits": commits, "bytes": sizes, "cpu_s": cpus, "wall_s": walls},
+        "answers": answer,
+    }
+
+
 def ratios(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
     """Before / after of the trial ends' (or rungs') figures, at each size both runs measured."""
     old = {r["trials"]: r for r in before["results"]}
-    part = "rungs" if "rungs" in after["results"][0] else "ends"
+    part = next(p for p in ("rungs", "cancel", "ends") if p in after["results"][0])
     return [
         {
             "trials": result["trials"],
@@ -242,8 +326,14 @@ def main() -> None:
     parser.add_argument(
         "--repeats", type=int, default=3, help="sweeps whose trials end at each size (medians reported)"
     )
-    parser.add_argument(
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
         "--rungs", action="store_true", help="time an ASHA sweep's trials reaching a rung, not trial ends"
+    )
+    which.add_argument(
+        "--cancel",
+        action="store_true",
+        help="count CancelSweep's commits and bytes and time it, not trial ends",
     )
     results_file.add_arguments(parser)
     args = parser.parse_args()
@@ -253,7 +343,8 @@ def main() -> None:
     load_before = os.getloadavg()
     results = []
     for trials in (int(s) for s in args.sizes.split(",")):
-        result = (measure_rungs if args.rungs else measure)(trials, args.repeats)
+        measured = measure_rungs if args.rungs else measure_cancel if args.cancel else measure
+        result = measured(trials, args.repeats)
         print(json.dumps(result), flush=True)
         results.append(result)
     results_file.finish("sweep_trial_end_bench", args, path, results, load_before, ratios)

@@ -281,6 +281,8 @@ class Store:
         self._write_lock = threading.Lock()
         self._cond = threading.Condition()
         self._pending: list[_Pending] = []
+        # Per thread: the writes it submitted inside `together`, queued at its end.
+        self._held = threading.local()
         self._closing = False
         self.group_commits = 0
         self._committer = threading.Thread(target=self._run_committer, name="store-group-commit", daemon=True)
@@ -426,12 +428,43 @@ class Store:
         Cancelling the future before that commit begins drops the write; once it has begun,
         cancel() fails and the future gives the outcome. `reserved`: as for `write`."""
         future: Future[T] = Future()
+        held: list[_Pending] | None = getattr(self._held, "writes", None)
+        if held is not None:
+            held.append(_Pending(work, future, reserved))
+            return future
         with self._cond:
             if self._closing:
                 raise RuntimeError("the store is closed")
             self._pending.append(_Pending(work, future, reserved))
             self._cond.notify()
         return future
+
+    @contextlib.contextmanager
+    def together(self) -> Iterator[None]:
+        """The writes this thread submits inside are queued at its end, all at once, so that one
+        group commit takes them (each its own nested transaction and future, as `submit_all`),
+        and waited for: it raises as `flush` does when that commit failed as a whole. Nothing
+        inside may wait for a write it submitted. Inside another, it adds to that one's."""
+        if getattr(self._held, "writes", None) is not None:
+            yield
+            return
+        held: list[_Pending] = []
+        self._held.writes = held
+        done: Future[None] = Future()
+        try:
+            yield
+        finally:
+            self._held.writes = None
+            if held:
+                with self._cond:
+                    if self._closing:
+                        for item in held:
+                            item.future.set_exception(RuntimeError("the store is closed"))
+                        raise RuntimeError("the store is closed")
+                    self._pending.extend([*held, _Pending(lambda _txn: None, done)])
+                    self._cond.notify()
+        if held:
+            done.result()
 
     def submit_all(self, works: Sequence[Callable[[WriteTxn], T]]) -> list[Future[T]]:
         """`submit` each of `works`, all queued at once so that they share a commit; each its

@@ -25,6 +25,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
@@ -212,6 +213,16 @@ class _StepClock:
     step: int
     at: float  # time.monotonic()
     throughput: JobThroughput
+
+
+@dataclass(frozen=True)
+class _QueuedEnd:
+    """A job's end whose writes are queued for the store (`Jobs._queue_end`)."""
+
+    ended: JobRecord  # the record as ended, once its writes are committed
+    refused: JobRecord  # as ended, when the store refused the commit as a whole
+    reason: str
+    released: set[str]  # blobs its end released: deleted after the commit unless held elsewhere
 
 
 @dataclass
@@ -636,6 +647,58 @@ class Jobs:
         return fill.page.items, fill.page.next_page_token
 
     def cancel(self, job_id: str) -> JobRecord:
+        queued, requested_at = self._accept_cancel(job_id)
+        if queued is not None:
+            # Its record takes the request in the same write as its end.
+            self._finish(queued, "cancelled", cancelled_in_queue(queued))
+        elif requested_at is not None:
+            self._store_cancel_request(job_id, requested_at)
+        return self.get(job_id)
+
+    def cancel_all(self, job_ids: builtins.list[str]) -> builtins.list[tuple[str, Exception]]:
+        """Cancel each of `job_ids` as `cancel` does, what the cancels write stored together: the
+        queued jobs' ends and the others' accepted requests go to the store in one commit, after
+        which the listeners (and watchers) hear of each end; a cancel of K queued jobs so commits
+        once, not K times. A job that has already ended is passed over. Returned: the jobs whose
+        cancel failed, each with why; the others' cancels hold."""
+        failures: builtins.list[tuple[str, Exception]] = []
+        ends: builtins.list[_QueuedEnd] = []
+        requests: builtins.list[tuple[str, Future[None]]] = []
+        committed = True
+        # Held as `_finish` holds it for one end: a reader sees these ends with their sweep's answer.
+        with self._trial_end_lock:
+            try:
+                with self._store.together():
+                    for job_id in job_ids:
+                        try:
+                            queued, requested_at = self._accept_cancel(job_id)
+                        except FailedPrecondition:  # it has already ended
+                            continue
+                        except Exception as exc:
+                            failures.append((job_id, exc))
+                            continue
+                        try:
+                            if queued is not None:
+                                ends.append(self._queue_end(queued, "cancelled", cancelled_in_queue(queued)))
+                            elif requested_at is not None:
+                                requests.append((job_id, self._submit_cancel_request(job_id, requested_at)))
+                        except Exception as exc:
+                            failures.append((job_id, exc))
+            except ResourceExhausted:
+                committed = False  # each write's own outcome is read below
+            for job_id, request in requests:
+                failure = request.exception()
+                if isinstance(failure, Exception):
+                    failures.append((job_id, failure))
+            for job in self._stored_ends(ends, committed):
+                self._notify(job, "ended", {})
+        return failures
+
+    def _accept_cancel(self, job_id: str) -> tuple[JobRecord | None, float | None]:
+        """Accept CancelJob for `job_id` (FailedPrecondition when it has ended): a running job is
+        asked to stop, one about to start is stopped at its launch. Returned: the job if it was
+        queued (taken off the queue, the caller's to end), and when the cancel was accepted
+        (None when the job ended meanwhile), for the caller to store."""
         with self._lock:
             job = self._active.get(job_id)
         if job is None:
@@ -652,17 +715,15 @@ class Jobs:
                 # Between the queue and its worker's start: the launch sees this and stops it.
                 self._cancel_pending.add(job_id)
             # Taken off the queue, the job is this thread's to finish.
-            job = self._active[job_id] if queued else job
-        if queued:
-            # Its record takes the request in the same write as its end.
-            self._finish(job, "cancelled", cancelled_in_queue(job))
-        elif requested_at is not None:
-            self._store_cancel_request(job_id, requested_at)
-        return self.get(job_id)
+            return (self._active[job_id] if queued else None), requested_at
 
     def _store_cancel_request(self, job_id: str, requested_at: float) -> None:
-        """Write an accepted cancel into the job's stored record, durably: a daemon that dies
-        before the job's workers stop does not run the job again (`start`)."""
+        self._submit_cancel_request(job_id, requested_at).result()
+
+    def _submit_cancel_request(self, job_id: str, requested_at: float) -> Future[None]:
+        """Queue an accepted cancel's write into the job's stored record, durable once the
+        returned future is done: a daemon that dies before the job's workers stop does not run
+        the job again (`start`)."""
 
         # The stored record as of this commit: the job's own writer may have newer ones queued,
         # and those take the request as they commit (`_append`).
@@ -671,7 +732,7 @@ class Jobs:
             if raw is not None:
                 self._put(txn, replace(decode_job(raw), cancel_requested_at=requested_at))
 
-        self._store.submit(work).result()
+        return self._store.submit(work)
 
     def _request_stop(self, running: _Running) -> None:
         """Ask the workers to stop at their next step boundary; they are killed after the grace period."""
@@ -1220,10 +1281,19 @@ class Jobs:
         # A trial's end and its sweep's answer to it (the sweep's own end, its next trial) are one
         # step to a reader of the sweep: it never sees every trial ended and the sweep running.
         with self._trial_end_lock if job.sweep_id else contextlib.nullcontext():
-            self._notify(self._store_end(job, state, reason), "ended", {})
+            ends: builtins.list[_QueuedEnd] = []
+            committed = True
+            try:
+                with self._store.together():
+                    ends.append(self._queue_end(job, state, reason))
+            except ResourceExhausted:
+                committed = False
+            for ended in self._stored_ends(ends, committed):
+                self._notify(ended, "ended", {})
 
-    def _store_end(self, job: JobRecord, state: str, reason: str) -> JobRecord:
-        """Store the job's end and free what it held; the record as ended."""
+    def _queue_end(self, job: JobRecord, state: str, reason: str) -> _QueuedEnd:
+        """Queue the writes of the job's end (its state event, its run's status, the release of
+        what it held) for the store; `_stored_ends` finishes it once they were committed."""
         job = replace(job, ended_at=time.time())
         run_status = self._run_status(job, state)
         fine_tune = job.config.get("fine_tune")
@@ -1244,35 +1314,44 @@ class Jobs:
                 release_blob(txn, start_weights, f"job:{job.job_id}:start")
             self._release_checkpoint_holds(txn, job.job_id, dropped)
 
-        try:
-            job = self._set_state(job, state, reason, ends=True, also=end)
-        except ResourceExhausted:
-            job = replace(job, state=state, devices=())
-        if not self._end_stored(job.job_id, state):
-            # Watchers were shown the end all the same; the supervisor goes on to free the devices.
-            log.error(
-                "the job ended but the store refused its end; it shows the end until tesserad "
-                "restarts, and is then resumed: free space in the store (store.map_size) or on the disk",
-                extra={"job_id": job.job_id, "state": state, "reason": reason},
-            )
-            with self._lock:
-                self._unstored_ends[job.job_id] = job
+        ended = self._set_state(job, state, reason, ends=True, also=end, flush=False)
         # The parent's blob goes only when its version was deleted (or, for a PBT trial's start,
         # the checkpoint dropped by its job) while the job ran.
         released = {fine_tune["sha256"]} if fine_tune else set()
         if start_weights:
             released.add(start_weights)
-        released |= dropped
+        return _QueuedEnd(ended, replace(job, state=state, devices=()), reason, released | dropped)
+
+    def _stored_ends(self, ends: builtins.list[_QueuedEnd], committed: bool) -> builtins.list[JobRecord]:
+        """Finish the ends `_queue_end` queued, after their commit (`committed`: False when it
+        failed as a whole): free what they held; the records as ended."""
+        with self._store.read() as txn:
+            stored = [self._end_stored(txn, end.ended.job_id, end.ended.state) for end in ends]
+        records = []
+        for end, end_stored in zip(ends, stored, strict=True):
+            job = end.ended if committed else end.refused
+            if not end_stored:
+                # Watchers were shown the end all the same; the supervisor goes on to free the devices.
+                log.error(
+                    "the job ended but the store refused its end; it shows the end until tesserad "
+                    "restarts, and is then resumed: free space in the store (store.map_size) or on the disk",
+                    extra={"job_id": job.job_id, "state": job.state, "reason": end.reason},
+                )
+                with self._lock:
+                    self._unstored_ends[job.job_id] = job
+            records.append(job)
+        released = set().union(*(end.released for end in ends))
         if released:
             delete_unheld_blobs(self._store, self._blobs, released)
         with self._lock:
-            self._active.pop(job.job_id, None)
-            self._cancel_requested.pop(job.job_id, None)
-        return job
+            for job in records:
+                self._active.pop(job.job_id, None)
+                self._cancel_requested.pop(job.job_id, None)
+        return records
 
-    def _end_stored(self, job_id: str, state: str) -> bool:
-        with self._store.read() as txn:
-            raw = txn.get("jobs", (job_id,))
+    @staticmethod
+    def _end_stored(txn: ReadTxn, job_id: str, state: str) -> bool:
+        raw = txn.get("jobs", (job_id,))
         return raw is not None and decode_job(raw).state == state
 
     def _run_status(self, job: JobRecord, status: str) -> Callable[[WriteTxn, JobEvent], None]:
@@ -1296,7 +1375,9 @@ class Jobs:
         ends: bool = False,
         also: Callable[[WriteTxn, JobEvent], None] | None = None,
         devices: builtins.list[str] | None = None,
+        flush: bool = True,
     ) -> JobRecord:
+        """`flush`: wait for an end's commit (False: the caller waits, `_queue_end`)."""
         kept_devices = job.devices if state in ("running", "interrupted") else ()
         with self._lock:
             self._state_counts[job.state] -= 1
@@ -1306,7 +1387,7 @@ class Jobs:
         job = replace(job, state=state, devices=kept_devices)
         data = {"state": state, "reason": reason, "devices": devices or []}
         job = self._append(job, "state", data, also, ends=ends)
-        if ends:
+        if ends and flush:
             self._store.flush()
         return job
 

@@ -696,26 +696,28 @@ class Sweeps:
         return self.get(sweep_id)
 
     def _cancel_trials(self, sweep: Sweep, job_ids: builtins.list[str]) -> TesseraError | None:
-        """Cancel the jobs of the cancelled `sweep`'s trials; their ends reach its record in one
-        write after the last cancel. A write each, of the whole record, made a cancel's time grow
-        with the square of the trials. A job that cannot be cancelled does not stop the others'
-        cancel: returned is the error that names each such trial, None when there is none."""
-        failures: builtins.list[tuple[str, TesseraError]] = []
+        """Cancel the jobs of the cancelled `sweep`'s trials: the queued ones' ends are stored in
+        one commit (`Jobs.cancel_all`), and reach its record in one write after the last. A write
+        each, of the whole record, made a cancel's time grow with the square of the trials. A job
+        that cannot be cancelled does not stop the others' cancel: returned is the error that
+        names each such trial, None when there is none."""
         with self._lock:
             self._cancelling.add(sweep.sweep_id)
         try:
-            for job_id in job_ids:
-                try:
-                    self._prune(job_id)
-                except TesseraError as exc:
-                    failures.append((job_id, exc))
-                except Exception as exc:
-                    where = "a sweep trial's cancel"
-                    failures.append((job_id, logged_internal(log, where, exc, sweep_id=sweep.sweep_id)))
+            failed = self._jobs.cancel_all(job_ids)
         finally:
             with self._lock:
                 self._cancelling.discard(sweep.sweep_id)
                 self._tick(sweep)
+        failures = [
+            (
+                job_id,
+                exc
+                if isinstance(exc, TesseraError)
+                else logged_internal(log, "a sweep trial's cancel", exc, sweep_id=sweep.sweep_id),
+            )
+            for job_id, exc in failed
+        ]
         return cancel_failures(sweep, failures)
 
     # -- driving the trials

@@ -379,6 +379,43 @@ def test_cancel_sweep_writes_the_sweep_record_a_few_times_however_many_trials_it
     assert all(j.state == S.JOB_STATE_CANCELLED for j in listed)
 
 
+def test_cancel_sweep_stores_its_queued_trials_ends_in_one_commit(
+    training: training_pb2_grpc.TrainingStub,
+    training_daemon: InProcessDaemon,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each queued trial's end was its own commit, waited for before the next trial's cancel: a
+    # sweep of K queued trials committed K times.
+    trials = 30
+    sweep = training.SubmitSweep(S.SubmitSweepRequest(spec=queued_grid(trials)))
+    queued = {t.job_id for t in sweep.trials[2:]}  # the first two run (2 CPU slots), the others wait
+    store = training_daemon.daemon._store
+    commits: set[object] = set()
+    put = WriteTxn.put
+
+    def counted(txn: WriteTxn, table: str, key: Any, value: bytes, **kwargs: Any) -> bool:
+        if table == "jobs" and key[0] in queued:
+            # The group commits so far number the one under way; a direct write is one of its own.
+            on_committer = threading.current_thread().name == "store-group-commit"
+            commits.add(store.group_commits if on_committer else object())
+        return put(txn, table, key, value, **kwargs)
+
+    monkeypatch.setattr(WriteTxn, "put", counted)
+    cancelled = training.CancelSweep(S.CancelSweepRequest(sweep_id=sweep.sweep_id))
+    monkeypatch.undo()
+    assert len(commits) == 1
+    assert [t.state for t in cancelled.trials[2:]] == [S.JOB_STATE_CANCELLED] * (trials - 2)
+    for job_id in queued:  # each stored as ended, and its watchers told
+        assert states(follow(training, job_id))[-1] == S.JOB_STATE_CANCELLED
+    deadline = time.monotonic() + 60
+    while any(  # the running trials stop
+        t.state != S.JOB_STATE_CANCELLED
+        for t in training.GetSweep(S.GetSweepRequest(sweep_id=sweep.sweep_id)).trials
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
 def test_a_cancelled_sweep_refuses_another_cancel_while_its_trials_stop(
     training: training_pb2_grpc.TrainingStub,
 ) -> None:
@@ -849,14 +886,14 @@ def test_a_trial_whose_job_cannot_be_cancelled_does_not_stop_the_sweep_cancel(
     )
     sweep = training.SubmitSweep(S.SubmitSweepRequest(spec=spec))
     stuck = sweep.trials[2].job_id
-    cancel = Jobs.cancel
+    accept = Jobs._accept_cancel
 
-    def failing_cancel(self: Jobs, job_id: str) -> Any:
+    def failing_accept(self: Jobs, job_id: str) -> Any:
         if job_id == stuck:
             raise ResourceExhausted("the store is full")
-        return cancel(self, job_id)
+        return accept(self, job_id)
 
-    monkeypatch.setattr(Jobs, "cancel", failing_cancel)
+    monkeypatch.setattr(Jobs, "_accept_cancel", failing_accept)
     with pytest.raises(grpc.RpcError) as info:
         training.CancelSweep(S.CancelSweepRequest(sweep_id=sweep.sweep_id))
     monkeypatch.undo()

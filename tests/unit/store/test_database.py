@@ -145,6 +145,34 @@ def test_submit_all_shares_one_commit_and_fails_each_write_alone(store: Store) -
         assert [key[1] for key, _ in txn.scan("items", ("q",))] == [0, 1, 2, 4, 5]
 
 
+def test_writes_submitted_together_share_one_commit_waited_for_and_fail_each_alone(store: Store) -> None:
+    def put(i: int):
+        def work(txn):
+            txn.put("items", ("t", i), b"v")
+            if i == 3:
+                raise ValueError("bad item")
+
+        return work
+
+    store.flush()
+    before = store.group_commits
+    with store.together():
+        # Submitted one by one, while the committer would take each as it came.
+        futures = [store.submit(put(i)) for i in range(6)]
+        assert not any(f.done() for f in futures)
+        with store.together():  # inside another: added to that one's
+            futures.append(store.submit(put(6)))
+    assert all(f.done() for f in futures)  # its end waited for the commit
+    with pytest.raises(ValueError, match="bad item"):
+        futures[3].result()
+    assert store.group_commits == before + 1
+    with store.read() as txn:
+        assert [key[1] for key, _ in txn.scan("items", ("t",))] == [0, 1, 2, 4, 5, 6]
+    with store.together():
+        pass
+    assert store.group_commits == before + 1  # nothing submitted: nothing committed
+
+
 def test_a_write_cancelled_while_queued_is_not_made_and_the_writes_after_it_are(store: Store) -> None:
     # An RPC cancelled by its client (a cut connection, a deadline) cancels the future it
     # awaits; the committer once set that future's result anyway, died on the error, and left
