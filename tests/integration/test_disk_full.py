@@ -36,6 +36,7 @@ from tesserad.config import Settings
 from tesserad.errors import ResourceExhausted
 from tesserad.store import database
 from tesserad.training import jobs as jobs_module
+from tesserad.training import sweeps as sweeps_module
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.registry.conftest import (
     mlp_architecture,
@@ -51,6 +52,7 @@ from tests.integration.training.conftest import (
     architecture,
     follow,
     job_spec,
+    states,
     sweep_values,
     upload_dataset,
     wait_sweep,
@@ -447,6 +449,68 @@ def test_a_sweep_whose_trials_fill_the_database_map_ends_and_stays_ended_after_a
         after = training.GetSweep(training_pb2.GetSweepRequest(sweep_id=sweep.sweep_id))
         assert after.state == training_pb2.SWEEP_STATE_FAILED, after
         assert [t.state for t in after.trials] == [t.state for t in sweep.trials]
+    finally:
+        restarted.stop()
+
+
+def test_a_sweep_whose_end_the_store_refuses_shows_it_ended_until_a_restart_stores_it(tmp_path, monkeypatch):
+    # The sweep left the running ones before its end was written: once the store refused that
+    # write, GetSweep read the stored record, still RUNNING, and the trials it had not written
+    # stayed noted as unsaved for good, though nothing would write them again.
+    encode_sweep = sweeps_module.encode_sweep
+
+    def refuse_ends(sweep):
+        """The store refuses the write of the sweep's end (a disk full as well)."""
+        if sweep.state != "running":
+            raise ResourceExhausted("the store is full")
+        return encode_sweep(sweep)
+
+    made = []
+    start = sweeps_module.Sweeps.start
+
+    def kept(sweeps):
+        made.append(sweeps)
+        start(sweeps)
+
+    monkeypatch.setattr(sweeps_module, "encode_sweep", refuse_ends)
+    monkeypatch.setattr(sweeps_module.Sweeps, "start", kept)
+    settings = disk_settings(tmp_path / "data", **TRAINING_SETTINGS)
+    running = InProcessDaemon(settings).start()
+    try:
+        channel = running.channel()
+        x = np.random.default_rng(0).normal(size=(48, 6)).astype(np.float32)
+        upload_dataset(channel, "flat", {"x": x, "y": (x[:, 0] > 0).astype(np.int64)})
+        training = training_pb2_grpc.TrainingStub(channel)
+        spec = training_pb2.SweepSpec(
+            base=job_spec("mlp", epochs=1),
+            strategy=training_pb2.SWEEP_STRATEGY_GRID,
+            parameters=[sweep_values("optimizer.lr", "0.001", "0.05")],
+            max_concurrent=2,
+            metric="train_loss",
+        )
+        sweep_id = training.SubmitSweep(training_pb2.SubmitSweepRequest(spec=spec)).sweep_id
+        for trial in training.GetSweep(training_pb2.GetSweepRequest(sweep_id=sweep_id)).trials:
+            assert states(follow(training, trial.job_id))[-1] == training_pb2.JOB_STATE_SUCCEEDED
+
+        shown = training.GetSweep(training_pb2.GetSweepRequest(sweep_id=sweep_id))
+        assert shown.state == training_pb2.SWEEP_STATE_SUCCEEDED, shown
+        with pytest.raises(grpc.RpcError) as info:
+            training.CancelSweep(training_pb2.CancelSweepRequest(sweep_id=sweep_id))
+        assert info.value.details() == f"sweep {sweep_id} has already ended (SUCCEEDED)"
+        assert made[0]._unsaved == {}
+    finally:
+        running.stop()
+    monkeypatch.undo()
+
+    restarted = InProcessDaemon(settings).start()
+    try:
+        training = training_pb2_grpc.TrainingStub(restarted.channel())
+        after = training.GetSweep(training_pb2.GetSweepRequest(sweep_id=sweep_id))
+        assert after.state == training_pb2.SWEEP_STATE_SUCCEEDED, after
+        assert [(t.job_id, t.state, t.metric) for t in after.trials] == [
+            (t.job_id, t.state, t.metric) for t in shown.trials
+        ]
+        assert after.best_job_id == shown.best_job_id
     finally:
         restarted.stop()
 

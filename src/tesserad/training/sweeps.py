@@ -812,16 +812,25 @@ class Sweeps:
                 if trial.state == "pending" and not trial.job_id:
                     trial.state = "cancelled"
                     self._changed(sweep, trial)
-        if all(t.state in ENDED for t in sweep.trials):
-            if sweep.state == "running":
-                sweep.state = ended_state(sweep)
-            self._running.pop(sweep.sweep_id, None)
+        ended = all(t.state in ENDED for t in sweep.trials)
+        if ended and sweep.state == "running":
+            sweep.state = ended_state(sweep)
         scored = [t for t in sweep.trials if t.has_metric]
         if scored:
             pick = min if sweep.mode == "min" else max
             sweep.best_job_id = pick(scored, key=lambda t: t.metric).job_id
-        # It records trials' ends and the sweep's own: the store's reserve is for such writes.
-        self._save(sweep, head=(sweep.state, sweep.error, sweep.best_job_id) != own_state, reserved=True)
+        try:
+            # It records trials' ends and the sweep's own: the store's reserve is for such writes.
+            self._save(sweep, head=(sweep.state, sweep.error, sweep.best_job_id) != own_state, reserved=True)
+        finally:
+            if ended:
+                # Its last write: what a refused one left unstored, nothing would write again.
+                # The next start ends the sweep from its trials' jobs, as it does after a crash.
+                self._unsaved.pop(sweep.sweep_id, None)
+        # Only once its end is stored: a sweep whose end the store refused is shown ended (and
+        # refuses a cancel as ended) until then, not as its stored record, still running.
+        if ended:
+            self._running.pop(sweep.sweep_id, None)
 
     @staticmethod
     def _draw_error(sweep: Sweep, exc: Exception) -> str:
