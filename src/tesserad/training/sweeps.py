@@ -27,7 +27,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -154,6 +154,37 @@ class Sweep:
     @property
     def searcher(self) -> str:
         return searcher_and_pruner(self.strategy, "")[0]
+
+
+@dataclass
+class Ledger:
+    """What is kept beside a running sweep so that a trial's event or end goes over its unfinished
+    trials alone, not every trial: in memory only, built from the sweep as read (`ledger_of`)."""
+
+    numbers: dict[str, int]  # its trials' job ids -> their numbers
+    unfinished: dict[int, None]  # the numbers of its trials not ended (pending or running), in order
+    best_ended: Trial | None = None  # its best ended trial with a metric (`best_trial`)
+
+
+def ledger_of(sweep: Sweep) -> Ledger:
+    """The ledger of `sweep` as submitted, or as read at a start."""
+    ended = [t for t in sweep.trials if t.state in ENDED]
+    return Ledger(
+        numbers={t.job_id: t.number for t in sweep.trials if t.job_id},
+        unfinished={t.number: None for t in sweep.trials if t.state not in ENDED},
+        best_ended=best_trial(sweep.mode, ended),
+    )
+
+
+def best_trial(mode: str, trials: Iterable[Trial | None]) -> Trial | None:
+    """The trial of the best metric among `trials` (of equals, the first in the sweep), None when
+    none has one."""
+    scored = [t for t in trials if t is not None and t.has_metric]
+    if not scored:
+        return None
+    if mode == "min":
+        return min(scored, key=lambda t: (t.metric, t.number))
+    return max(scored, key=lambda t: (t.metric, -t.number))
 
 
 def answered_bytes(sweep: Sweep) -> int:
@@ -419,6 +450,8 @@ class Sweeps:
         self._document_of = document_of
         self._lock = threading.RLock()
         self._running: dict[str, Sweep] = {}
+        # By running sweep: what finds its trials without going over them all.
+        self._ledgers: dict[str, Ledger] = {}
         # Jobs a crash left out of their sweep's record (submitted, id not yet written), by run name.
         self._orphans: dict[str, JobRecord] = {}
         # Sweeps whose trials' jobs are being cancelled: their ends are recorded once, after the last.
@@ -442,7 +475,7 @@ class Sweeps:
                 unended = [t.job_id for t in sweep.trials if t.job_id and t.state not in ENDED]
                 if sweep.state == "cancelled" and unended:
                     # The daemon stopped before the cancelled trials did: their jobs were re-queued.
-                    self._running[sweep.sweep_id] = sweep
+                    self._run(sweep)
                     failed = self._cancel_trials(sweep, unended)
                     if failed:
                         log.error(
@@ -455,7 +488,7 @@ class Sweeps:
                 for job in self._sweep_jobs(sweep.sweep_id):
                     if job.job_id not in known:
                         self._orphans[job.config["run_name"]] = job
-                self._running[sweep.sweep_id] = sweep
+                self._run(sweep)
                 for trial in sweep.trials:  # pruned, but the cancel did not reach the job before the crash
                     if trial.pruned and trial.job_id and self._jobs.get(trial.job_id).state not in ENDED:
                         self._prune(trial.job_id)
@@ -609,9 +642,14 @@ class Sweeps:
         with self._lock:
             # Written before any trial's job is submitted: a restart then finds each job's trial.
             self._write(sweep, sweep.trials, head=True, hold=list(used.values()))
-            self._running[sweep.sweep_id] = sweep
+            self._run(sweep)
             self._tick(sweep)
         return self.get(sweep.sweep_id)
+
+    def _run(self, sweep: Sweep) -> None:
+        """Count `sweep` among the running, its trials' events and ends taken in from now."""
+        self._running[sweep.sweep_id] = sweep
+        self._ledgers[sweep.sweep_id] = ledger_of(sweep)
 
     def _check_point(
         self, base: dict[str, Any], point: dict[str, str], metric: str, index: int, planned: bool
@@ -727,11 +765,10 @@ class Sweeps:
             return
         with self._lock:
             sweep = self._running.get(job.sweep_id)
-            if sweep is None:
+            number = self._ledgers[job.sweep_id].numbers.get(job.job_id) if sweep is not None else None
+            if sweep is None or number is None:
                 return
-            trial = next((t for t in sweep.trials if t.job_id == job.job_id), None)
-            if trial is None:
-                return
+            trial = sweep.trials[number]
             if kind == "epoch" and sweep.metric in data["metrics"]:
                 trial.metric, trial.has_metric = float(data["metrics"][sweep.metric]), True
                 self._changed(sweep, trial)
@@ -788,16 +825,21 @@ class Sweeps:
         self._unsaved.setdefault(sweep.sweep_id, set()).add(trial.number)
 
     def _tick(self, sweep: Sweep) -> None:
-        """Bring trial states up to date, start trials up to max_concurrent, end when done."""
+        """Bring trial states up to date, start trials up to max_concurrent, end when done. Goes
+        over the unfinished trials alone: a trial's end costs as much in a sweep of any size."""
         own_state = (sweep.state, sweep.error, sweep.best_job_id)
-        for trial in sweep.trials:
+        ledger = self._ledgers[sweep.sweep_id]
+        for number in ledger.unfinished:
+            trial = sweep.trials[number]
             if trial.job_id and trial.state not in ENDED:
                 self._settle(sweep, trial, self._jobs.get(trial.job_id))
         if sweep.state == "running" and not sweep.error:
-            active = sum(1 for t in sweep.trials if t.job_id and t.state not in ENDED)
+            active = sum(
+                1 for n in ledger.unfinished if sweep.trials[n].job_id and sweep.trials[n].state not in ENDED
+            )
             while active < sweep.max_concurrent and not sweep.error:
                 try:
-                    following = self._next_trial(sweep)
+                    following = self._next_trial(sweep, ledger)
                 except Exception as exc:
                     # Raised here, it would reach only the job listener's log, and leave the
                     # sweep RUNNING with nothing to start: it ends FAILED once its trials have.
@@ -806,19 +848,25 @@ class Sweeps:
                 if following is None:
                     break
                 self._start(sweep, following)
+                if following.job_id:
+                    ledger.numbers[following.job_id] = following.number
                 active += following.state not in ENDED
         if sweep.state == "running" and sweep.error:
-            for trial in sweep.trials:  # planned, or drawn with a PBT generation: never to start
+            for number in ledger.unfinished:  # planned, or drawn with a PBT generation: never to start
+                trial = sweep.trials[number]
                 if trial.state == "pending" and not trial.job_id:
                     trial.state = "cancelled"
                     self._changed(sweep, trial)
-        ended = all(t.state in ENDED for t in sweep.trials)
+        finished = [sweep.trials[n] for n in ledger.unfinished if sweep.trials[n].state in ENDED]
+        for trial in finished:
+            del ledger.unfinished[trial.number]
+        ledger.best_ended = best_trial(sweep.mode, [ledger.best_ended, *finished])
+        ended = not ledger.unfinished
         if ended and sweep.state == "running":
             sweep.state = ended_state(sweep)
-        scored = [t for t in sweep.trials if t.has_metric]
-        if scored:
-            pick = min if sweep.mode == "min" else max
-            sweep.best_job_id = pick(scored, key=lambda t: t.metric).job_id
+        best = best_trial(sweep.mode, [ledger.best_ended, *(sweep.trials[n] for n in ledger.unfinished)])
+        if best is not None:
+            sweep.best_job_id = best.job_id
         try:
             # It records trials' ends and the sweep's own: the store's reserve is for such writes.
             self._save(sweep, head=(sweep.state, sweep.error, sweep.best_job_id) != own_state, reserved=True)
@@ -831,6 +879,7 @@ class Sweeps:
         # refuses a cancel as ended) until then, not as its stored record, still running.
         if ended:
             self._running.pop(sweep.sweep_id, None)
+            self._ledgers.pop(sweep.sweep_id, None)
 
     @staticmethod
     def _draw_error(sweep: Sweep, exc: Exception) -> str:
@@ -841,12 +890,12 @@ class Sweeps:
         log.exception(where, extra={"sweep_id": sweep.sweep_id})
         return f"{where}: an internal error; the daemon's log has it under sweep {sweep.sweep_id}"
 
-    def _next_trial(self, sweep: Sweep) -> Trial | None:
+    def _next_trial(self, sweep: Sweep, ledger: Ledger) -> Trial | None:
         """The next trial to start: a planned one, or one the searcher draws now (written to the
         record before its job exists); None while there is none to start."""
-        pending = next((t for t in sweep.trials if t.state == "pending" and not t.job_id), None)
-        if pending is not None:
-            return pending
+        for number in ledger.unfinished:
+            if sweep.trials[number].state == "pending" and not sweep.trials[number].job_id:
+                return sweep.trials[number]
         drawn: builtins.list[Trial] = []
         if sweep.searcher in ("tpe", "cmaes") and len(sweep.trials) < sweep.max_trials:
             point, attrs = suggest(
@@ -864,6 +913,7 @@ class Sweeps:
         if not drawn:
             return None
         sweep.trials.extend(drawn)
+        ledger.unfinished.update((t.number, None) for t in drawn)
         self._write(sweep, drawn, head=False)
         return drawn[0]
 
