@@ -37,6 +37,7 @@ from tesserad.errors import ResourceExhausted
 from tesserad.store import database
 from tesserad.training import jobs as jobs_module
 from tesserad.training import sweeps as sweeps_module
+from tesserad.training.job_records import decode_job
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.registry.conftest import (
     mlp_architecture,
@@ -547,6 +548,68 @@ def test_a_job_whose_end_does_not_fit_either_shows_it_ended_until_a_restart(tmp_
         assert [j.state for j in listed] == [training_pb2.JOB_STATE_FAILED]
     finally:
         running.stop()
+
+
+def test_a_sweep_cancel_whose_trials_ends_the_store_refuses_shows_them_ended_until_a_restart(
+    tmp_path, monkeypatch
+):
+    # The queued trials' ends share one commit: each is still its own write, refused alone and
+    # leaving its job as stored, and shown ended (to watchers too) until the next start.
+    settings = disk_settings(tmp_path / "data", **TRAINING_SETTINGS)
+    running = InProcessDaemon(settings).start()
+    try:
+        channel = running.channel()
+        x = np.random.default_rng(0).normal(size=(48, 6)).astype(np.float32)
+        upload_dataset(channel, "flat", {"x": x, "y": (x[:, 0] > 0).astype(np.int64)})
+        training = training_pb2_grpc.TrainingStub(channel)
+        spec = training_pb2.SweepSpec(
+            base=job_spec("mlp", epochs=0, max_steps=1_000_000),
+            strategy=training_pb2.SWEEP_STRATEGY_GRID,
+            parameters=[sweep_values("seed", *(str(i) for i in range(6)))],
+            max_concurrent=6,
+            metric="train_loss",
+        )
+        sweep = training.SubmitSweep(training_pb2.SubmitSweepRequest(spec=spec))
+        first_queued = sweep.trials[2].job_id  # the first two run (2 CPU slots), the others wait
+        submit = database.Store.submit
+
+        def refuse_reserved(store, work, *, reserved=False):
+            """The store refuses even the writes its reserve is for (a disk full as well)."""
+
+            def refused(_txn):
+                raise ResourceExhausted("the store is full")
+
+            return submit(store, refused if reserved else work)
+
+        watch = training.WatchJob(training_pb2.WatchJobRequest(job_id=first_queued), timeout=60)
+        first = next(watch)  # replayed once the watcher is subscribed
+        monkeypatch.setattr(database.Store, "submit", refuse_reserved)
+        cancelled = training.CancelSweep(training_pb2.CancelSweepRequest(sweep_id=sweep.sweep_id))
+        assert cancelled.state == training_pb2.SWEEP_STATE_CANCELLED
+        # Ended in the queue (a trial a running one's stop let start first ends as it stops).
+        ended = [t.job_id for t in cancelled.trials[2:] if t.state == training_pb2.JOB_STATE_CANCELLED]
+        assert first_queued in ended
+        for job_id in ended:
+            assert training.GetJob(training_pb2.GetJobRequest(job_id=job_id)).state == (
+                training_pb2.JOB_STATE_CANCELLED
+            )
+        assert states([first, *watch])[-1] == training_pb2.JOB_STATE_CANCELLED
+        with running.daemon._store.read() as txn:
+            stored = [decode_job(txn.get("jobs", (job_id,))).state for job_id in ended]
+        assert "cancelled" not in stored
+    finally:
+        running.stop()
+    monkeypatch.undo()
+
+    restarted = InProcessDaemon(settings).start()
+    try:
+        training = training_pb2_grpc.TrainingStub(restarted.channel())
+        # The sweep was stored CANCELLED: its start cancels the trials' jobs it finds re-queued.
+        assert wait_sweep(training, sweep.sweep_id).state == training_pb2.SWEEP_STATE_CANCELLED
+        for trial in sweep.trials:
+            assert states(follow(training, trial.job_id))[-1] == training_pb2.JOB_STATE_CANCELLED
+    finally:
+        restarted.stop()
 
 
 def test_a_checkpoint_whose_record_the_store_refuses_leaves_no_blob_behind(tmp_path, monkeypatch):

@@ -468,12 +468,17 @@ class Sweeps:
             records = [read_sweep(txn, str(key[0]), raw) for key, raw in txn.scan("sweeps")]
         # After jobs.start and before any trial is submitted: the holds of both kinds in one pass.
         running = {s.sweep_id for s in records if s.state == "running"}
-        release_ended_holds(self._store, self._jobs.unended_ids(), running)
+        active = self._jobs.unended_ids()
+        release_ended_holds(self._store, active, running)
         self._jobs.release_ended_checkpoints_once(running)
         with self._lock:
             for sweep in records:
-                unended = [t.job_id for t in sweep.trials if t.job_id and t.state not in ENDED]
-                if sweep.state == "cancelled" and unended:
+                # Asked of the jobs, not only the trials' rows: a trial's row takes its job's
+                # cancelled end even when the store refused the job's own write of it, and the
+                # job was then re-queued at this start.
+                unended = [t.job_id for t in sweep.trials if t.job_id in active]
+                unsettled = any(t.job_id and t.state not in ENDED for t in sweep.trials)
+                if sweep.state == "cancelled" and (unended or unsettled):
                     # The daemon stopped before the cancelled trials did: their jobs were re-queued.
                     self._run(sweep)
                     failed = self._cancel_trials(sweep, unended)
