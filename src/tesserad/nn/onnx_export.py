@@ -321,6 +321,44 @@ def _lowered(model: nn.Module, mode: str) -> nn.Module:
 _CONVERTING = threading.Lock()
 
 
+# torchlib's translation tables (torch's private ONNXRegistry) by opset, each built once per
+# process by the first export at that opset; written under _CONVERTING.
+_TORCHLIB_REGISTRIES: dict[int, Any] = {}
+
+
+@contextlib.contextmanager
+def _torchlib_registry_built_once() -> Iterator[None]:
+    """While one export converts, torch.onnx.export gets torchlib's translation table from
+    ``_TORCHLIB_REGISTRIES``.
+
+    torch.onnx.export builds that table on every call by re-parsing the source of each of
+    torchlib's ~500 functions: 0.4-0.5 s of CPU, about a quarter of a warm export of a small
+    model (bench/results/export_bench.json). An export only reads the table, once the caller's
+    custom translations are added; each export gets its own copy of the cached one to add them
+    to, so what it converts with is what a fresh build would give (torch's own factory is back
+    in place when the conversion ends).
+    """
+    from torch.onnx._internal.exporter import _constants, _registration
+
+    registry_class = _registration.ONNXRegistry
+    build = registry_class.__dict__["from_torchlib"]
+
+    def cached_copy(cls: type, opset_version: int = _constants.TORCHLIB_OPSET) -> Any:
+        cached = _TORCHLIB_REGISTRIES.get(opset_version)
+        if cached is None:
+            cached = _TORCHLIB_REGISTRIES[opset_version] = build.__func__(cls, opset_version)
+        registry = cls()
+        registry._opset_version = cached.opset_version
+        registry.functions = {target: list(metas) for target, metas in cached.functions.items()}
+        return registry
+
+    registry_class.from_torchlib = classmethod(cached_copy)  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        registry_class.from_torchlib = build  # type: ignore[method-assign]
+
+
 @contextlib.contextmanager
 def _quiet_exporter_registry() -> Iterator[None]:
     """The exporter logs a warning per torchvision op it cannot register when torchvision is
@@ -371,7 +409,13 @@ def export_onnx(
     lowered = _lowered(model, mode)
     example = torch.randn(2, *spec.input_shape)
     batch = torch.export.Dim("batch", min=1)
-    with _CONVERTING, warnings.catch_warnings(), torch.no_grad(), _quiet_exporter_registry():
+    with (
+        _CONVERTING,
+        warnings.catch_warnings(),
+        torch.no_grad(),
+        _quiet_exporter_registry(),
+        _torchlib_registry_built_once(),
+    ):
         warnings.simplefilter("ignore")
         torch.onnx.export(
             lowered,

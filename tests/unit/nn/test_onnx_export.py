@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +115,42 @@ def test_a_requested_opset_is_honoured_or_reported(tmp_path: Path) -> None:
     spec = SPECS["mlp"]
     report = export_onnx(build_model(spec), spec, tmp_path / "m.onnx", opset=18)
     assert report.opset >= 18
+
+
+def test_exports_build_torchlibs_table_once_per_opset_and_write_what_a_fresh_table_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch.onnx.export would rebuild its torchlib translation table on every call; exports
+    share one per opset, and the files are byte for byte those of a table torch built itself."""
+    from torch.onnx._internal.exporter import _registration
+
+    spec = SPECS["cnn4d"]
+    model = _trained_like(spec)
+    registry_class = _registration.ONNXRegistry
+    build = registry_class.__dict__["from_torchlib"]
+    built: list[int] = []
+
+    def counted_build(cls: type, opset_version: int) -> object:
+        built.append(opset_version)
+        return build.__func__(cls, opset_version)
+
+    monkeypatch.setattr(registry_class, "from_torchlib", classmethod(counted_build))
+    monkeypatch.setattr(onnx_export, "_TORCHLIB_REGISTRIES", {}, raising=False)  # none cached yet
+    modes = ("decomposed", "native")
+    for mode in modes:
+        for n in range(2):
+            export_onnx(model, spec, tmp_path / f"{mode}-{n}.onnx", conv4d=mode)
+        export_onnx(model, spec, tmp_path / f"{mode}-18.onnx", conv4d=mode, opset=18)
+    assert sorted(built) == [18, 20]  # the default opset (20) and 18, once each
+    assert registry_class.__dict__["from_torchlib"].__func__ is counted_build  # torch's factory is back
+
+    monkeypatch.setattr(onnx_export, "_torchlib_registry_built_once", contextlib.nullcontext)
+    for mode in modes:
+        export_onnx(model, spec, tmp_path / f"{mode}-fresh.onnx", conv4d=mode)
+        fresh = (tmp_path / f"{mode}-fresh.onnx").read_bytes()
+        assert (tmp_path / f"{mode}-0.onnx").read_bytes() == fresh
+        assert (tmp_path / f"{mode}-1.onnx").read_bytes() == fresh
+    assert len(built) == 4  # the fresh exports built their own tables
 
 
 def test_parity_failure_is_a_failed_precondition(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
