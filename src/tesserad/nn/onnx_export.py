@@ -338,10 +338,16 @@ def _torchlib_registry_built_once() -> Iterator[None]:
     to, so what it converts with is what a fresh build would give (torch's own factory is back
     in place when the conversion ends).
     """
-    from torch.onnx._internal.exporter import _constants, _registration
+    try:
+        from torch.onnx._internal.exporter import _constants, _registration
 
-    registry_class = _registration.ONNXRegistry
-    build = registry_class.__dict__["from_torchlib"]
+        registry_class = _registration.ONNXRegistry
+        build = registry_class.__dict__["from_torchlib"]
+    except (ImportError, AttributeError, KeyError):
+        # A torch other than the pinned one, laid out otherwise: it builds its own table, as
+        # every export did before (the unit test of this cache fails there, to say so).
+        yield
+        return
 
     def cached_copy(cls: type, opset_version: int = _constants.TORCHLIB_OPSET) -> Any:
         cached = _TORCHLIB_REGISTRIES.get(opset_version)

@@ -154,6 +154,20 @@ def test_exports_build_torchlibs_table_once_per_opset_and_write_what_a_fresh_tab
     assert len(built) == 4  # the fresh exports built their own tables
 
 
+def test_an_exporter_laid_out_otherwise_exports_with_the_table_it_builds_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The table cache reaches into torch's exporter; where that is laid out otherwise (here: the
+    factory not defined on the class the cache looks up), exports go on without the cache."""
+    from torch.onnx._internal.exporter import _registration
+
+    relaid = type("RelaidRegistry", (_registration.ONNXRegistry,), {})
+    monkeypatch.setattr(_registration, "ONNXRegistry", relaid)
+    spec = SPECS["mlp"]
+    export_onnx(build_model(spec), spec, tmp_path / "m.onnx")
+    onnx.checker.check_model(str(tmp_path / "m.onnx"))
+
+
 def test_parity_failure_is_a_failed_precondition(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = SPECS["mlp"]
     monkeypatch.setattr(onnx_export, "PARITY_TOLERANCE", -1.0)
