@@ -7,6 +7,7 @@ const fs = require('node:fs');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const { DEFINITION, enumNames } = require('./proto');
+const { putInPlace, fileExists } = require('./put_in_place');
 const runFilter = require('./run_filter');
 
 // Little-endian element readers/writers for the float and integer dtypes a Tensor carries.
@@ -522,16 +523,15 @@ class Client {
   // ending in '/', to put it in under its own name; default: the current directory), checked
   // against the header's size and sha256 before it takes the file's place: a download that fails
   // leaves what was there. overwrite: false refuses a file already there (EEXIST) before the call,
-  // and one that appeared during it.
+  // and one that appeared during it (on a filesystem without hard links, up to the moment before
+  // it is renamed into place: see putInPlace).
   // Resolves to { artifact (the RunArtifact), file (where it was written) }.
   async downloadArtifact(runId, artifactPath, dst = '.', { overwrite = true, timeoutMs: timeout } = {}) {
     const deadline = new Date(Date.now() + timeoutMs(timeout, DEFAULT_TRANSFER_TIMEOUT_MS));
     if (dst.endsWith('/')) fs.mkdirSync(dst, { recursive: true });
     const isDir = fs.existsSync(dst) && fs.statSync(dst).isDirectory();
     const file = isDir ? path.join(dst, path.posix.basename(artifactPath)) : dst;
-    if (!overwrite && fs.existsSync(file)) {
-      throw Object.assign(new Error(`${file} exists; not overwritten (overwrite: false)`), { code: 'EEXIST' });
-    }
+    if (!overwrite && fs.existsSync(file)) throw fileExists(file);
     // A name of its own ('wx': made here, never shared): two downloads to one file in a process
     // would otherwise write one partial file, whose checked stream is not what lies on disk.
     const partial = `${file}.partial-${process.pid}-${crypto.randomBytes(6).toString('hex')}`;
@@ -562,12 +562,7 @@ class Client {
         const expected = header ? `${header.size_bytes} bytes, sha256 ${header.sha256}` : 'a header first';
         throw new Error(`artifact ${artifactPath}: received ${received} bytes, sha256 ${digest}; expected ${expected}`);
       }
-      if (overwrite) {
-        fs.renameSync(partial, file);
-      } else {
-        // A link fails EEXIST where a rename would replace a file that appeared during the call.
-        fs.linkSync(partial, file);
-      }
+      putInPlace(partial, file, overwrite);
       return { artifact: header, file };
     } finally {
       stream.cancel();

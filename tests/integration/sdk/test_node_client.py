@@ -660,6 +660,52 @@ def test_node_client_downloads_to_one_file_at_once_each_land_whole(node_ready, d
     assert sorted(p.name for p in work.iterdir()) == ["a.bin", "b.bin", "out.bin"]
 
 
+def test_node_download_takes_its_name_where_the_filesystem_has_no_hard_links(node_ready, tmp_path):
+    """Without overwrite a download takes its name with a hard link, which FAT, SMB and some FUSE
+    mounts refuse (EPERM, EXDEV, ENOTSUP, ENOSYS): there it checks, then renames, as the Python
+    SDK's put_in_place; a real link to a name taken is refused EEXIST and keeps the file. No
+    filesystem here refuses links, so `link` fails as theirs do."""
+    found = node_json(
+        f"""
+        const fs = require('node:fs');
+        const {{ putInPlace }} = require({json.dumps(str(NODE_CLIENT / "put_in_place.js"))});
+        const dir = {json.dumps(str(tmp_path))};
+        function attempt(place) {{
+          try {{
+            place();
+            return 'placed';
+          }} catch (err) {{
+            return err.code;
+          }}
+        }}
+        const found = {{}};
+        for (const code of ['EPERM', 'EXDEV', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS', 'EIO', 'EEXIST', 'real']) {{
+          const linkFails = () => {{
+            throw Object.assign(new Error(`${{code}}: link refused`), {{ code }});
+          }};
+          const link = code === 'real' ? undefined : linkFails;
+          const [free, taken] = [`${{dir}}/${{code}}-free`, `${{dir}}/${{code}}-taken`];
+          fs.writeFileSync(`${{dir}}/${{code}}.partial`, 'downloaded');
+          fs.writeFileSync(taken, 'kept');
+          found[code] = {{
+            taken: attempt(() => putInPlace(`${{dir}}/${{code}}.partial`, taken, false, link)),
+            free: attempt(() => putInPlace(`${{dir}}/${{code}}.partial`, free, false, link)),
+            kept: fs.readFileSync(taken, 'utf8'),
+            written: fs.existsSync(free) ? fs.readFileSync(free, 'utf8') : null,
+          }};
+        }}
+        console.log(JSON.stringify(found));
+        """,
+        "",
+    )
+    placed = {"taken": "EEXIST", "free": "placed", "kept": "kept", "written": "downloaded"}
+    for code in ("EPERM", "EXDEV", "ENOTSUP", "EOPNOTSUPP", "ENOSYS", "real"):
+        assert found[code] == placed, code
+    # Any other failure of the link is the download's failure, the name left as it was.
+    assert found["EIO"] == {"taken": "EIO", "free": "EIO", "kept": "kept", "written": None}
+    assert found["EEXIST"] == {"taken": "EEXIST", "free": "EEXIST", "kept": "kept", "written": None}
+
+
 def test_node_client_metric_stream_failure_says_what_is_stored(node_ready, daemon, client):
     """A batch the daemon refuses ends the stream: the error says which points are stored (the
     batches before it, from the trailing metadata) so that the caller resends from there."""
