@@ -444,6 +444,7 @@ class Client {
   // other failure, or one more, throws a TesseraError saying how many points are stored and up to
   // which step (storedPoints, lastStoredStep): resend from there. A step or value refused here
   // (RangeError, TypeError) ends the stream where it is; batches sent before it may be stored.
+  // A stream that ends before `steps` do closes them (a generator's `finally` runs).
   // timeoutMs bounds the whole stream, resends included (default an hour).
   async logMetricsStream(runId, steps, { batchPoints = 1000, reconnects = DEFAULT_RECONNECTS, timeoutMs: timeout } = {}) {
     if (!Number.isSafeInteger(batchPoints) || batchPoints < 1) {
@@ -452,6 +453,15 @@ class Client {
     wholeNumber('reconnects', reconnects);
     const deadline = Date.now() + timeoutMs(timeout, DEFAULT_TRANSFER_TIMEOUT_MS);
     const batches = new MetricBatches(runId, steps, batchPoints);
+    try {
+      return await this.streamBatches(batches, reconnects, deadline);
+    } finally {
+      await batches.close();
+    }
+  }
+
+  // LogMetricsStream calls sending `batches` until one is answered, or a failure is not sent again.
+  async streamBatches(batches, reconnects, deadline) {
     let failures = 0;
     for (;;) {
       const call = clientStream(this.training, 'LogMetricsStream', this.metadata, new Date(deadline));
@@ -730,13 +740,16 @@ class MetricBatches {
     this.taken = []; // points from steps read, not yet in a batch
     this.storedPoints = 0;
     this.lastStoredStep = undefined;
+    this.finished = false; // steps ended or threw: nothing to close
   }
 
   // The next batch of points from `steps`, kept; undefined when they are all sent.
   async next() {
     while (this.taken.length < this.batchPoints) {
+      this.finished = true;
       const { value: item, done } = await this.steps.next();
       if (done) break;
+      this.finished = false;
       if (!Array.isArray(item) || item.length !== 2) {
         throw new TypeError(`steps must yield [step, { key: value }], got ${JSON.stringify(item)}`);
       }
@@ -748,6 +761,12 @@ class MetricBatches {
     const batch = { run_id: this.runId, points: this.taken.splice(0, this.batchPoints) };
     this.kept.push(batch);
     return batch;
+  }
+
+  // Closes `steps` where the stream ends before they do (refused, cut for good), as leaving a
+  // `for await` loop does: a generator's `finally` runs.
+  async close() {
+    if (!this.finished) await this.steps.return?.();
   }
 
   // Drops the first `count` kept batches, which an answer says are stored; true if any.

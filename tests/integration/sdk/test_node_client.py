@@ -750,6 +750,52 @@ def test_node_client_metric_stream_failure_says_what_is_stored(node_ready, daemo
     assert [p.step for p in history.points] == [0, 1, 2, 3]
 
 
+def test_node_client_metric_stream_ended_early_closes_its_steps(node_ready, daemon, client):
+    """A stream the daemon refuses mid-way (a value not finite), or one whose step is refused
+    before sending, leaves its generator early: the generator is closed, so its `finally` runs
+    (releasing what it holds), as leaving a `for await` loop does. Steps with no end: only
+    closing ends them."""
+    run_id = client.training.create_run("node-streams").run_id
+    found = node_json(
+        f"""
+        (async () => {{
+          const client = new Client(TARGET);
+          const closed = {{}};
+          function* endless(name, bad) {{
+            try {{
+              for (let step = 0; ; step += 1) yield step === 3 ? bad : [step, {{ loss: step }}];
+            }} finally {{
+              closed[name] = true;
+            }}
+          }}
+          async function* endlessAsync(name, bad) {{
+            yield* endless(name, bad);
+          }}
+          const cases = {{
+            refused: endless('refused', [3, {{ loss: Infinity }}]),
+            refusedAsync: endlessAsync('refusedAsync', [3, {{ loss: Infinity }}]),
+            negativeStep: endlessAsync('negativeStep', [-1, {{ loss: 0 }}]),
+          }};
+          const refusals = {{}};
+          for (const [name, steps] of Object.entries(cases)) {{
+            await client.logMetricsStream({json.dumps(run_id)}, steps, {{ batchPoints: 2 }}).catch((err) => {{
+              refusals[name] = `${{err.name}} ${{err.code}}`;
+            }});
+          }}
+          client.close();
+          console.log(JSON.stringify({{ closed, refusals }}));
+        }})();
+        """,
+        daemon.target,
+    )
+    assert found["refusals"] == {
+        "refused": "TesseraError INVALID_ARGUMENT",
+        "refusedAsync": "TesseraError INVALID_ARGUMENT",
+        "negativeStep": "RangeError undefined",
+    }
+    assert found["closed"] == {"refused": True, "refusedAsync": True, "negativeStep": True}
+
+
 def test_node_client_metric_stream_is_sent_again_after_a_cut(node_ready, daemon, client, proxy_to):
     """A cut connection ended the stream UNAVAILABLE with its points lost; it is sent again from
     its first batch not known to be stored, as the Python SDK's is: every point stored once."""
