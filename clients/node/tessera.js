@@ -223,9 +223,10 @@ class Client {
   // then live until the job ends, for `for await`. No deadline unless timeoutMs bounds the whole
   // watch. A cut connection (UNAVAILABLE: the daemon restarting, a dead connection the keepalive
   // found) or a watcher too slow for the daemon (RESOURCE_EXHAUSTED) is watched again from the
-  // event after the last one given, up to `reconnects` times in a row (default 5, about 3 s of
-  // backoff; 0: none), so no event is missed or repeated. Any other failure, or one more, throws
-  // a TesseraError. Leaving the loop early ends the call.
+  // event after the last one given, up to `reconnects` times in a row (default 4: five tries in
+  // all, as the Python SDK's, with about 1.5 s of backoff; 0: none), so no event is missed or
+  // repeated. Any other failure, or one more, throws a TesseraError. Leaving the loop early ends
+  // the call.
   watchJob(jobId, { fromSeq = 1, reconnects = DEFAULT_RECONNECTS, timeoutMs: timeout } = {}) {
     wholeNumber('fromSeq', fromSeq);
     wholeNumber('reconnects', reconnects);
@@ -439,13 +440,15 @@ class Client {
   // not at all, and when one fails answers how many before it are stored (none after them). A
   // stream cut UNAVAILABLE (the connection lost, the daemon restarting) is sent again, as the
   // Python SDK's is, from its first batch not known to be stored, up to `reconnects` times in a
-  // row (default 5; 0: none) after watchJob's backoff: a cut without the daemon's answer sends
-  // again what may be stored, which changes nothing (a run keeps one point per key and step). Any
-  // other failure, or one more, throws a TesseraError saying how many points are stored and up to
-  // which step (storedPoints, lastStoredStep): resend from there. A step or value refused here
-  // (RangeError, TypeError) ends the stream where it is; batches sent before it may be stored.
-  // A stream that ends before `steps` do closes them (a generator's `finally` runs).
-  // timeoutMs bounds the whole stream, resends included (default an hour).
+  // row (default 4: five tries in all, as the Python SDK's; 0: none) after watchJob's backoff: a
+  // cut without the daemon's answer sends again what may be stored, which changes nothing (a run
+  // keeps one point per key and step). Any other failure, or one more, throws a TesseraError
+  // saying how many points are stored and up to which step (storedPoints, lastStoredStep): resend
+  // from there. A step or value refused here (RangeError, TypeError) ends the stream where it is;
+  // batches sent before it may be stored. A stream that ends before `steps` do closes them (a
+  // generator's `finally` runs). timeoutMs bounds the whole stream, resends included (default an
+  // hour), where the Python SDK's transfer_timeout bounds each try: it is the longest the caller
+  // waits.
   async logMetricsStream(runId, steps, { batchPoints = 1000, reconnects = DEFAULT_RECONNECTS, timeoutMs: timeout } = {}) {
     if (!Number.isSafeInteger(batchPoints) || batchPoints < 1) {
       throw new RangeError(`batchPoints must be a whole number >= 1, got ${String(batchPoints)}`);
@@ -666,7 +669,8 @@ function runOrder(orderBy, orderField, descending) {
 
 // A watch is resumed after these, as the Python SDK's: a cut connection, a watcher too slow.
 const RESUMED_CODES = ['UNAVAILABLE', 'RESOURCE_EXHAUSTED'];
-const DEFAULT_RECONNECTS = 5;
+// Five tries in all, as the Python SDK's RetryPolicy.attempts (5) for its watch and metric stream.
+const DEFAULT_RECONNECTS = 4;
 
 // The Python SDK's RetryPolicy backoff: 100 ms doubling to 2 s at most, with full jitter, which
 // spreads reconnecting clients apart after a daemon restart.

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from tessera.run_filter import RunFilterError, parse_filter, parse_order
+from tessera.transport import RetryPolicy
 from tessera.v1 import training_pb2 as pb
 
 NODE_CLIENT = Path(__file__).resolve().parents[3] / "clients" / "node"
@@ -458,6 +459,46 @@ def test_node_client_watch_gives_up_after_its_reconnects(node_ready):
     assert outcomes[0].startswith("TesseraError: UNAVAILABLE: ")
     assert outcomes[0].endswith("(gave up watching job job-1 after 2 reconnects; watch again with fromSeq 7)")
     assert outcomes[1] == "RangeError: reconnects must be a whole number >= 0, got 1.5"
+
+
+def test_node_client_tries_as_often_as_the_python_sdk_by_default(node_ready):
+    """Nothing listens at the target: a watch and a metric stream left at their default
+    `reconnects` try as many times in all as the Python SDK's RetryPolicy.attempts (5 reconnects
+    made 6 tries)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+    found = node_json(
+        """
+        (async () => {
+          const client = new Client(TARGET);
+          const calls = { WatchJob: 0, LogMetricsStream: 0 };
+          for (const method of Object.keys(calls)) {
+            const real = client.training[method];
+            client.training[method] = function counted(...args) {
+              calls[method] += 1;
+              return real.apply(this, args);
+            };
+          }
+          const errors = [];
+          try {
+            for await (const event of client.watchJob('job-1')) errors.push(event.seq);
+          } catch (err) {
+            errors.push(err.message);
+          }
+          await client.logMetricsStream('run-1', [[0, { loss: 1 }]]).catch((err) => errors.push(err.code));
+          client.close();
+          console.log(JSON.stringify({ calls, errors }));
+        })();
+        """,
+        f"127.0.0.1:{port}",
+    )
+    tries = RetryPolicy().attempts
+    assert found["calls"] == {"WatchJob": tries, "LogMetricsStream": tries}
+    watched, streamed = found["errors"]
+    assert watched.endswith(
+        f"(gave up watching job job-1 after {tries - 1} reconnects; watch again with fromSeq 1)"
+    )
+    assert streamed == "UNAVAILABLE"
 
 
 def test_node_client_keepalive_ends_a_watch_on_a_dead_connection(node_ready, daemon, proxy_to):
