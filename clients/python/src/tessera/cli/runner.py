@@ -9,20 +9,34 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TextIO
 
 from rich.console import Console
 
 from tessera.cli import EXIT_DAEMON, EXIT_FAILED, EXIT_OUTPUT_CLOSED, EXIT_USAGE
 from tessera.cli.arguments import UsageError
+from tessera.cli.models import cmd_export_onnx
 from tessera.cli.output import Output
 from tessera.cli.parser import build_parser
+from tessera.cli.serving import cmd_explain, cmd_load, cmd_unload
+from tessera.cli.system import cmd_demo
 from tessera.client import Client
 from tessera.entry import EXIT_INTERRUPTED, EXIT_TERMINATED
 from tessera.errors import DeadlineExceeded, JobFailed, TesseraError
 from tessera.rpc_commands import in_cli_words
 from tessera.transport import TLS
+
+# Commands whose slow call the SDK (or the command) gives at least these seconds, whatever
+# --timeout says (Inference.load, unload and explain, Models.export_onnx): what that call is, in
+# the words of the message for a deadline that passed.
+_LONGER_CALLS: dict[Callable[..., None], tuple[str, float]] = {
+    cmd_load: ("loading the model", 300.0),
+    cmd_unload: ("unloading it", 120.0),
+    cmd_export_onnx: ("the export", 300.0),
+    cmd_explain: ("the explanation", 300.0),
+    cmd_demo: ("the demo's export and load", 300.0),
+}
 
 
 class Terminated(BaseException):
@@ -120,12 +134,7 @@ def run(args: argparse.Namespace, out: Output, signals: _Signals) -> int:
         return _fail(EXIT_USAGE, f"{args.parser.prog}: error: {err}")
     except DeadlineExceeded as err:
         # gRPC's own words ("Deadline Exceeded") name no limit, nor how to lengthen it.
-        return _fail(
-            EXIT_DAEMON,
-            f"tessera: {err.code}: {in_cli_words(err.message)}; a call may take --timeout "
-            f"({args.timeout:g} s), an upload, download or backup --transfer-timeout "
-            f"({args.transfer_timeout:g} s): give the one it ran past more seconds",
-        )
+        return _fail(EXIT_DAEMON, f"tessera: {err.code}: {in_cli_words(err.message)}; {deadline_words(args)}")
     except TesseraError as err:
         return _fail(EXIT_DAEMON, f"tessera: {err.code}: {in_cli_words(err.message)}")
     except JobFailed as err:
@@ -140,6 +149,20 @@ def run(args: argparse.Namespace, out: Output, signals: _Signals) -> int:
         # A bug in the CLI itself: still one line, with enough to report it.
         return _fail(EXIT_FAILED, f"tessera: unexpected {type(err).__name__}: {err}; please report this")
     return 0
+
+
+def deadline_words(args: argparse.Namespace) -> str:
+    """The limits the command's calls ran under, for a deadline that passed, and how to
+    lengthen them."""
+    limits = f"a call may take --timeout ({args.timeout:g} s)"
+    longer = _LONGER_CALLS.get(args.handler)
+    if longer is not None:
+        what, floor = longer
+        limits += f", {what} {max(args.timeout, floor):g} s (the longer of --timeout and {floor:g} s)"
+    return (
+        f"{limits}, an upload, download or backup --transfer-timeout ({args.transfer_timeout:g} s): "
+        "give the one it ran past more seconds"
+    )
 
 
 def _handle(client: Client, args: argparse.Namespace, out: Output, signals: _Signals) -> None:
