@@ -14,7 +14,7 @@ from tessera.explanations import Explanation, method_number
 from tessera.messages import from_dict, version_ref
 from tessera.models import VersionSelector, ref
 from tessera.tensors import from_tensor, to_tensors
-from tessera.transport import timeout_or
+from tessera.transport import MODEL_CALL_TIMEOUT_S, UNLOAD_TIMEOUT_S, timeout_or
 from tessera.v1 import inference_pb2 as pb
 
 S = "Inference"
@@ -196,7 +196,11 @@ class Inference(Part[C]):
         if target is not None:
             request.output_index = target
         return Op(
-            S, "Explain", request, Explanation.from_proto, timeout_or(timeout, max(self._conn.timeout, 300.0))
+            S,
+            "Explain",
+            request,
+            Explanation.from_proto,
+            timeout_or(timeout, max(self._conn.timeout, MODEL_CALL_TIMEOUT_S)),
         )
 
     @call
@@ -211,7 +215,7 @@ class Inference(Part[C]):
         request = pb.LoadModelRequest(
             target=ref(model, version), config=from_dict(pb.ServingConfig, config, "config")
         )
-        return Op(S, "LoadModel", request, timeout=max(self._conn.timeout, 300.0))
+        return Op(S, "LoadModel", request, timeout=max(self._conn.timeout, MODEL_CALL_TIMEOUT_S))
 
     @call
     def unload(self, model: str, version: VersionSelector | None = None) -> Op[Sequence[pb.LoadedModel]]:
@@ -222,7 +226,7 @@ class Inference(Part[C]):
             "UnloadModel",
             request,
             lambda response: list(response.unloaded),
-            max(self._conn.timeout, 120.0),
+            max(self._conn.timeout, UNLOAD_TIMEOUT_S),
         )
 
     @call

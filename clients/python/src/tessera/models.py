@@ -14,7 +14,7 @@ from tessera.ensembles import Member, ensemble_spec
 from tessera.errors import InvalidArgument
 from tessera.messages import from_dict, version_number, version_ref
 from tessera.transfer import CHUNK_BYTES, DownloadSink, Progress, check_chunk_size, file_chunks, file_digest
-from tessera.transport import RetryPolicy, timeout_or
+from tessera.transport import MODEL_CALL_TIMEOUT_S, RetryPolicy, timeout_or
 from tessera.v1 import architecture_pb2, common_pb2
 from tessera.v1 import registry_pb2 as pb
 
@@ -370,7 +370,12 @@ class Models(Part[C]):
         request = pb.ExportOnnxRequest(
             source=ref(name, version), opset=opset, conv4d=conv4d, alias=alias or "", description=description
         )
-        return Op(S, "ExportOnnx", request, timeout=timeout_or(timeout, max(self._conn.timeout, 300.0)))
+        return Op(
+            S,
+            "ExportOnnx",
+            request,
+            timeout=timeout_or(timeout, max(self._conn.timeout, MODEL_CALL_TIMEOUT_S)),
+        )
 
     @call
     def deploy(

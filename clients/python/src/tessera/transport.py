@@ -35,6 +35,10 @@ TOKEN_ENV = "TESSERA_TOKEN"
 DEFAULT_TIMEOUT_S = 30.0
 # Uploads and downloads move whole artifacts and datasets: a deadline sized for them.
 DEFAULT_TRANSFER_TIMEOUT_S = 3600.0
+# The least a call that builds or runs a whole model gets (load, export, explain), and an unload,
+# whatever the client's timeout: a large model's load or export takes minutes.
+MODEL_CALL_TIMEOUT_S = 300.0
+UNLOAD_TIMEOUT_S = 120.0
 # gRPC turns a timeout into a deadline on a clock that ends a few billion seconds from now: a
 # call given more fails at once with a bare DEADLINE_EXCEEDED.
 MAX_TIMEOUT_S = 1e9

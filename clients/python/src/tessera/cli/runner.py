@@ -25,17 +25,17 @@ from tessera.client import Client
 from tessera.entry import EXIT_INTERRUPTED, EXIT_TERMINATED
 from tessera.errors import DeadlineExceeded, JobFailed, TesseraError
 from tessera.rpc_commands import in_cli_words
-from tessera.transport import TLS
+from tessera.transport import MODEL_CALL_TIMEOUT_S, TLS, UNLOAD_TIMEOUT_S
 
 # Commands whose slow call the SDK (or the command) gives at least these seconds, whatever
 # --timeout says (Inference.load, unload and explain, Models.export_onnx): what that call is, in
 # the words of the message for a deadline that passed.
 _LONGER_CALLS: dict[Callable[..., None], tuple[str, float]] = {
-    cmd_load: ("loading the model", 300.0),
-    cmd_unload: ("unloading it", 120.0),
-    cmd_export_onnx: ("the export", 300.0),
-    cmd_explain: ("the explanation", 300.0),
-    cmd_demo: ("the demo's export and load", 300.0),
+    cmd_load: ("loading the model", MODEL_CALL_TIMEOUT_S),
+    cmd_unload: ("unloading it", UNLOAD_TIMEOUT_S),
+    cmd_export_onnx: ("the export", MODEL_CALL_TIMEOUT_S),
+    cmd_explain: ("the explanation", MODEL_CALL_TIMEOUT_S),
+    cmd_demo: ("the demo's export and load", MODEL_CALL_TIMEOUT_S),
 }
 
 

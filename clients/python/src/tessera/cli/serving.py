@@ -18,6 +18,7 @@ from tessera.explanations import SHORT_NAMES, top_positions
 from tessera.messages import counted
 from tessera.progress_line import byte_size
 from tessera.transfer import check_free, new_partial, put_in_place
+from tessera.transport import MODEL_CALL_TIMEOUT_S
 from tessera.v1 import inference_pb2
 
 
@@ -94,7 +95,7 @@ def cmd_explain(client: Client, args: argparse.Namespace, out: Output) -> None:
             steps=args.steps,
             baseline=args.baseline,
             window=args.window,
-            timeout=max(args.timeout, 300.0),
+            timeout=max(args.timeout, MODEL_CALL_TIMEOUT_S),
         )
     if attributions_file:
         save_npz(attributions_file, explanation.attributions, args.force)
