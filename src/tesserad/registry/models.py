@@ -50,6 +50,8 @@ def model_record(txn: ReadTxn, fields: dict[str, Any]) -> ModelRecord:
         latest_version=latest,
         version_count=int(fields["version_count"]),
         aliases=aliases,
+        next_version=int(fields["next_version"]),
+        alias_events=int(fields["next_event"]) - 1,
     )
 
 

@@ -70,6 +70,11 @@ class ModelRecord:
     latest_version: int  # 0 without versions
     version_count: int
     aliases: dict[str, int]  # "latest" included when there is a version
+    # Only grow: the number the next registered version gets, and how many alias moves and
+    # deletions were logged. What a version registered and another deleted, or an alias moved and
+    # back, leaves behind where the counts and aliases look as before.
+    next_version: int
+    alias_events: int
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,18 @@ class ServingState:
 
 
 @dataclass(frozen=True)
+class Steps:
+    """Counters of a model that only grow: they tell steps its serving state may not show (a
+    version registered and another deleted, an alias moved and back, a deployment rolled back to
+    none) when the feed reads several commits as one change. Kept in the head, not sent."""
+
+    next_version: int
+    alias_events: int
+    # The newest deployment revision, one that rolled back to no deployment included; 0: none yet.
+    deployment_revision: int
+
+
+@dataclass(frozen=True)
 class Replica:
     """A replica following this registry: the address it announced, the authorization its
     watch presented ("" without one), and whether it said that address serves TLS (None: it
@@ -105,14 +117,17 @@ class RegistryChange:
     state: ServingState | None  # None: the model was deleted
 
 
-def read_state(registry: Registry, model: str) -> ServingState | None:
-    """The model's serving state now; None when the model does not exist."""
+def read_state(registry: Registry, model: str) -> tuple[ServingState, Steps] | None:
+    """The model's serving state and steps now; None when the model does not exist."""
     try:
         record = registry.get_model(model)
         try:
             deployment: DeploymentRecord | None = registry.get_deployment(model)
         except NotFound:
             deployment = None
+        # Read after the deployment: a Deploy between the two reads is then told by the next
+        # change's deployment, not only by its revision.
+        revisions = registry.list_deployments(model, 1).items
     except NotFound:
         return None
     aliases = {name: number for name, number in record.aliases.items() if name != "latest"}
@@ -127,9 +142,11 @@ def read_state(registry: Registry, model: str) -> ServingState | None:
             versions.append(serving_version(registry.get_version(model, number)))
         except NotFound:
             continue  # deleted since the model was read: the next change says so
-    return ServingState(
+    state = ServingState(
         record.latest_version, record.version_count, aliases, deployment, tuple(versions), record.created_at
     )
+    steps = Steps(record.next_version, record.alias_events, revisions[0].revision if revisions else 0)
+    return state, steps
 
 
 def serving_version(record: VersionRecord) -> VersionRecord:
@@ -162,7 +179,13 @@ def _head(state: ServingState) -> dict[str, Any]:
 
 # A model before it exists: a commit that creates it and registers a version (an upload with
 # create_model) is both a creation and a registration.
-_NO_MODEL: dict[str, Any] = {"latest_version": 0, "version_count": 0, "aliases": {}, "deployment": None}
+_NO_MODEL: dict[str, Any] = {
+    "latest_version": 0,
+    "version_count": 0,
+    "aliases": {},
+    "deployment": None,
+    **asdict(Steps(next_version=1, alias_events=0, deployment_revision=0)),
+}
 
 
 def _kinds(before: dict[str, Any] | None, after: dict[str, Any] | None) -> tuple[str, ...]:
@@ -178,15 +201,34 @@ def _kinds(before: dict[str, Any] | None, after: dict[str, Any] | None) -> tuple
     if before is None:
         kinds.append(MODEL_CREATED)
         before = _NO_MODEL
-    if after["version_count"] < before["version_count"]:
+    registered, deleted = _version_steps(before, after)
+    if deleted:
         kinds.append(VERSION_DELETED)
-    if after["latest_version"] > before["latest_version"] or after["version_count"] > before["version_count"]:
+    if registered:
         kinds.append(VERSION_REGISTERED)
-    if after["aliases"] != before["aliases"]:
+    if after["aliases"] != before["aliases"] or _grew(before, after, "alias_events"):
         kinds.append(ALIAS_MOVED)
-    if after["deployment"] != before["deployment"]:
+    if after["deployment"] != before["deployment"] or _grew(before, after, "deployment_revision"):
         kinds.append(DEPLOYMENT_CHANGED)
     return tuple(kinds)
+
+
+def _version_steps(before: dict[str, Any], after: dict[str, Any]) -> tuple[bool, bool]:
+    """Whether versions were registered, and whether versions were deleted, between two heads."""
+    if "next_version" not in before:
+        # A head written before heads kept their steps: a registration hides a deletion with it.
+        return (
+            after["latest_version"] > before["latest_version"]
+            or after["version_count"] > before["version_count"],
+            after["version_count"] < before["version_count"],
+        )
+    registered = after["next_version"] - before["next_version"]
+    return registered > 0, before["version_count"] + registered > after["version_count"]
+
+
+def _grew(before: dict[str, Any], after: dict[str, Any], counter: str) -> bool:
+    """Whether a counter of Steps grew; a head written before heads kept it cannot tell."""
+    return counter in before and after[counter] > before[counter]
 
 
 def _encode_state(state: ServingState | None) -> dict[str, Any] | None:
@@ -340,7 +382,8 @@ class ChangeFeed:
                 self._cond.notify_all()
 
     def _record(self, model: str) -> None:
-        state = read_state(self._registry, model)
+        read = read_state(self._registry, model)
+        state = None if read is None else read[0]
         with self._store.read() as txn:
             raw = txn.get(HEADS, (model,))
         before = None if raw is None else decode_record(raw, _HEAD_KIND, 1)[1]
@@ -348,7 +391,7 @@ class ChangeFeed:
         superseded: int | None = None if before is None else before.pop(_SEQ, None)
         if before is not None and before.pop(_DELETED, False):
             before = None
-        after = None if state is None else _head(state)
+        after = None if read is None else {**_head(read[0]), **asdict(read[1])}
         kinds = _kinds(before, after)
         if not kinds:
             return

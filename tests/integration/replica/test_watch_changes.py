@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import pytest
@@ -10,7 +12,7 @@ from serving_models import linear_model, upload
 
 from tessera.v1 import common_pb2, registry_pb2_grpc
 from tessera.v1 import registry_pb2 as pb
-from tesserad.registry import Registry
+from tesserad.registry import Registry, Route, Target
 from tesserad.server import STORE_TABLES
 from tesserad.store import BlobStore, Store
 from tests.conftest import InProcessDaemon, daemon_settings
@@ -107,6 +109,18 @@ def _first(channel: grpc.Channel, from_seq: int, count: int) -> list[str]:
     return got
 
 
+def _newest(channel: grpc.Channel) -> int:
+    """The newest change once the feed has recorded every commit made so far."""
+    stream = registry_pb2_grpc.RegistryStub(channel).WatchChanges(
+        pb.WatchChangesRequest(from_seq=0), timeout=60
+    )
+    for response in stream:
+        if response.HasField("caught_up"):
+            stream.cancel()
+            return response.caught_up.seq
+    raise AssertionError("the watch ended before it caught up")
+
+
 def test_the_caught_up_marker_follows_the_replay(channel: grpc.Channel) -> None:
     upload(channel, "linear", linear_model(1.0))
     _recorded(channel, 1)
@@ -148,6 +162,30 @@ def test_changes_survive_a_restart_and_numbering_goes_on(data_dir, spawn_daemon)
         assert [(c.seq, c.state.latest_version) for c in _changes(channel, 1, 2)] == [(1, 1), (2, 2)]
 
 
+def _offline(data_dir: Path, commits: Callable[[Registry, BlobStore], object]) -> None:
+    """Make `commits` to the stopped daemon's store: the feed compares the model with its head
+    at the next start, so they come as one change (as commits the feed reads together, or made
+    before a crash, do)."""
+    store = Store.open(data_dir / "store", map_size=2**30, tables=STORE_TABLES)
+    try:
+        blobs = BlobStore(data_dir / "blobs")
+        registry = Registry(store, blobs, max_artifact_size=1 << 30, deployment_history=100)
+        commits(registry, blobs)
+        registry.close()
+    finally:
+        store.close()
+
+
+def _register(registry: Registry, blobs: BlobStore, weight: float) -> None:
+    registry.register_version(
+        "linear", format="onnx", blob=blobs.put_bytes(linear_model(weight)), create_model_if_missing=True
+    )
+
+
+def _delete_model(registry: Registry) -> None:
+    registry.delete_model("linear", force=True)
+
+
 def test_a_model_made_again_with_the_same_numbers_is_a_change(data_dir) -> None:
     """A model deleted and made again, its versions, aliases and deployment numbered as before,
     in commits the feed did not record one by one (here: made while no daemon ran, as after a
@@ -160,17 +198,7 @@ def test_a_model_made_again_with_the_same_numbers_is_a_change(data_dir) -> None:
         old = old_state.versions[0].sha256
     finally:
         daemon.stop()
-    store = Store.open(data_dir / "store", map_size=2**30, tables=STORE_TABLES)
-    try:
-        blobs = BlobStore(data_dir / "blobs")
-        registry = Registry(store, blobs, max_artifact_size=1 << 30, deployment_history=100)
-        registry.delete_model("linear")
-        registry.register_version(
-            "linear", format="onnx", blob=blobs.put_bytes(linear_model(2.0)), create_model_if_missing=True
-        )
-        registry.close()
-    finally:
-        store.close()
+    _offline(data_dir, lambda registry, blobs: (_delete_model(registry), _register(registry, blobs, 2.0)))
 
     daemon = InProcessDaemon(daemon_settings(data_dir)).start()
     try:
@@ -187,6 +215,84 @@ def test_a_model_made_again_with_the_same_numbers_is_a_change(data_dir) -> None:
         # What tells a follower that never reads this change's kinds (compacted away) of the new model.
         assert old_state.HasField("created_at")
         assert change.state.created_at.ToNanoseconds() > old_state.created_at.ToNanoseconds()
+    finally:
+        daemon.stop()
+
+
+def _set_production(version: int) -> Callable[[Registry, BlobStore], object]:
+    return lambda registry, _blobs: registry.set_alias("linear", "production", version)
+
+
+def _deploy(registry: Registry, _blobs: BlobStore) -> None:
+    registry.deploy("linear", [Route(Target(version=2), 100)])
+
+
+_REGISTERED, _DELETED = pb.CHANGE_KIND_VERSION_REGISTERED, pb.CHANGE_KIND_VERSION_DELETED
+_MOVED, _DEPLOYMENT = pb.CHANGE_KIND_ALIAS_MOVED, pb.CHANGE_KIND_DEPLOYMENT_CHANGED
+
+
+@pytest.mark.parametrize(
+    ("commits", "kinds"),
+    [
+        # The newest number grows, the count stays: a deletion was not told.
+        (
+            [lambda registry, _: registry.delete_version("linear", 1), lambda r, b: _register(r, b, 3.0)],
+            [_DELETED, _REGISTERED],
+        ),
+        (
+            [lambda r, b: _register(r, b, 3.0), lambda registry, _: registry.delete_version("linear", 3)],
+            [_DELETED, _REGISTERED],
+        ),
+        # The aliases are as they were: no change at all was recorded.
+        ([_set_production(1), _set_production(2)], [_MOVED]),
+        # No deployment before, none after (the rollback of a first deployment): no change.
+        ([_deploy, lambda registry, _: registry.rollback("linear")], [_DEPLOYMENT]),
+        (
+            [
+                lambda registry, _: registry.delete_alias("linear", "production"),
+                lambda registry, _: registry.delete_version("linear", 2),
+            ],
+            [_DELETED, _MOVED],
+        ),
+        (
+            [
+                lambda registry, _: _delete_model(registry),
+                lambda r, b: _register(r, b, 3.0),
+                lambda r, b: _register(r, b, 4.0),
+                lambda registry, _: registry.delete_version("linear", 1),
+            ],
+            [pb.CHANGE_KIND_MODEL_DELETED, pb.CHANGE_KIND_MODEL_CREATED, _DELETED, _REGISTERED],
+        ),
+    ],
+    ids=[
+        "version-deleted-and-registered",
+        "version-registered-and-deleted",
+        "alias-moved-and-back",
+        "deployed-and-rolled-back",
+        "alias-and-version-deleted",
+        "model-made-again-with-a-version-deleted",
+    ],
+)
+def test_commits_read_as_one_change_report_every_kind(
+    data_dir: Path, commits: list[Callable[[Registry, BlobStore], object]], kinds: list[int]
+) -> None:
+    """Commits the feed reads together (here: made while no daemon ran) are one change, whose
+    kinds still name each kind of step they took, though its state may not show it."""
+    daemon = InProcessDaemon(daemon_settings(data_dir)).start()
+    try:
+        registry = registry_pb2_grpc.RegistryStub(daemon.channel())
+        upload(daemon.channel(), "linear", linear_model(1.0))
+        upload(daemon.channel(), "linear", linear_model(2.0))
+        registry.SetAlias(pb.SetAliasRequest(model="linear", alias="production", version=2))
+        newest = _newest(daemon.channel())
+    finally:
+        daemon.stop()
+    _offline(data_dir, lambda registry, blobs: [commit(registry, blobs) for commit in commits])
+
+    daemon = InProcessDaemon(daemon_settings(data_dir)).start()
+    try:
+        assert _first(daemon.channel(), newest + 1, 1) == [f"change {newest + 1}"]
+        assert list(_changes(daemon.channel(), newest + 1, 1)[0].kinds) == kinds
     finally:
         daemon.stop()
 

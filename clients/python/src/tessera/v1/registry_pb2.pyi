@@ -2003,10 +2003,18 @@ class RegistryChange(_message.Message):
     @_builtins.property
     def kinds(self) -> _containers.RepeatedScalarFieldContainer[Global___ChangeKind.ValueType]:
         """What changed since the model's previous change as the registry recorded it. A model deleted
-        and created again since then has MODEL_DELETED then MODEL_CREATED (and what its new state
-        registers, aliases or deploys). A watcher may not have read that previous change (compacted
-        away, see WatchChanges): its model may have been deleted and created again in changes it
-        never gets. Tell that by state.created_at, not by kinds.
+        and created again since then has MODEL_DELETED then MODEL_CREATED (and what was done to the
+        new model: versions registered, and deleted, aliases, a deployment). Commits read as one
+        change name each kind of step they took once, also where the state looks as before: both
+        VERSION_REGISTERED and VERSION_DELETED for a version registered and another (or the same)
+        deleted, ALIAS_MOVED for an alias moved and back, DEPLOYMENT_CHANGED for a model deployed and
+        rolled back to no deployment. Kinds do not tell how many steps or in what order, nor a model
+        created and deleted between two changes. Where an older tesserad recorded the previous change
+        (before the feed kept these steps), a registration hides a deletion with it, and an alias
+        moved and back or a deployment rolled back to none is no change, until the model's next
+        change. A watcher may not have read that previous change (compacted away, see WatchChanges):
+        its model may have been deleted and created again in changes it never gets. Tell that by
+        state.created_at, not by kinds.
         """
 
     @_builtins.property

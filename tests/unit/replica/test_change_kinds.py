@@ -1,0 +1,34 @@
+"""The change feed's kinds for a head written before heads kept a model's steps (next_version,
+alias_events, deployment_revision) or created_at: compared as before, until the model's next
+change records them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tesserad.replica.changes import (
+    ALIAS_MOVED,
+    DEPLOYMENT_CHANGED,
+    VERSION_DELETED,
+    VERSION_REGISTERED,
+    _kinds,
+)
+
+OLD_HEAD: dict[str, Any] = {"latest_version": 2, "version_count": 2, "aliases": {"a": 1}, "deployment": None}
+
+
+def now(**changed: Any) -> dict[str, Any]:
+    steps = {"next_version": 4, "alias_events": 9, "deployment_revision": 3, "created_at": 1.0}
+    return {**OLD_HEAD, **steps, **changed}
+
+
+def test_an_old_head_tells_what_its_numbers_tell() -> None:
+    assert _kinds(OLD_HEAD, now(latest_version=3)) == (VERSION_REGISTERED,)
+    assert _kinds(OLD_HEAD, now(version_count=1)) == (VERSION_DELETED,)
+    assert _kinds(OLD_HEAD, now(aliases={"a": 2})) == (ALIAS_MOVED,)
+    assert _kinds(OLD_HEAD, now(deployment={"revision": 4})) == (DEPLOYMENT_CHANGED,)
+
+
+def test_an_old_head_misses_what_only_the_steps_tell() -> None:
+    # A version registered and another deleted, an alias moved and back, a deployment rolled back.
+    assert _kinds(OLD_HEAD, now()) == ()
