@@ -370,9 +370,10 @@ class RegistryServicer:
         model in quick succession may arrive as one change; a watch includes every commit made
         before it began. Changes older than the newest `replica.change_history` are compacted to
         each model's newest (seq numbers then have gaps; a follower misses nothing it needs, a model
-        deleted and created again meanwhile told by its state's created_at). A watcher too slow to keep up is ended with RESOURCE_EXHAUSTED whose message gives the from_seq to resume from; shutdown ends it with
-        UNAVAILABLE, likewise resumable. FAILED_PRECONDITION when from_seq is past the newest
-        change + 1 (the follower watched another registry: start again from 0).
+        deleted and created again meanwhile told by its state's created_at). A watcher too slow to
+        keep up is ended with RESOURCE_EXHAUSTED whose message gives the from_seq to resume from;
+        shutdown ends it with UNAVAILABLE, likewise resumable. FAILED_PRECONDITION when from_seq is
+        past the newest change + 1 (the follower watched another registry: start again from 0).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -129,9 +129,10 @@ class RegistryStub:
     model in quick succession may arrive as one change; a watch includes every commit made
     before it began. Changes older than the newest `replica.change_history` are compacted to
     each model's newest (seq numbers then have gaps; a follower misses nothing it needs, a model
-    deleted and created again meanwhile told by its state's created_at). A watcher too slow to keep up is ended with RESOURCE_EXHAUSTED whose message gives the from_seq to resume from; shutdown ends it with
-    UNAVAILABLE, likewise resumable. FAILED_PRECONDITION when from_seq is past the newest
-    change + 1 (the follower watched another registry: start again from 0).
+    deleted and created again meanwhile told by its state's created_at). A watcher too slow to
+    keep up is ended with RESOURCE_EXHAUSTED whose message gives the from_seq to resume from;
+    shutdown ends it with UNAVAILABLE, likewise resumable. FAILED_PRECONDITION when from_seq is
+    past the newest change + 1 (the follower watched another registry: start again from 0).
     """
 
 @_typing.type_check_only
@@ -233,9 +234,10 @@ class RegistryAsyncStub(RegistryStub):
     model in quick succession may arrive as one change; a watch includes every commit made
     before it began. Changes older than the newest `replica.change_history` are compacted to
     each model's newest (seq numbers then have gaps; a follower misses nothing it needs, a model
-    deleted and created again meanwhile told by its state's created_at). A watcher too slow to keep up is ended with RESOURCE_EXHAUSTED whose message gives the from_seq to resume from; shutdown ends it with
-    UNAVAILABLE, likewise resumable. FAILED_PRECONDITION when from_seq is past the newest
-    change + 1 (the follower watched another registry: start again from 0).
+    deleted and created again meanwhile told by its state's created_at). A watcher too slow to
+    keep up is ended with RESOURCE_EXHAUSTED whose message gives the from_seq to resume from;
+    shutdown ends it with UNAVAILABLE, likewise resumable. FAILED_PRECONDITION when from_seq is
+    past the newest change + 1 (the follower watched another registry: start again from 0).
     """
 
 class RegistryServicer(metaclass=_abc_1.ABCMeta):
@@ -484,9 +486,10 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         model in quick succession may arrive as one change; a watch includes every commit made
         before it began. Changes older than the newest `replica.change_history` are compacted to
         each model's newest (seq numbers then have gaps; a follower misses nothing it needs, a model
-        deleted and created again meanwhile told by its state's created_at). A watcher too slow to keep up is ended with RESOURCE_EXHAUSTED whose message gives the from_seq to resume from; shutdown ends it with
-        UNAVAILABLE, likewise resumable. FAILED_PRECONDITION when from_seq is past the newest
-        change + 1 (the follower watched another registry: start again from 0).
+        deleted and created again meanwhile told by its state's created_at). A watcher too slow to
+        keep up is ended with RESOURCE_EXHAUSTED whose message gives the from_seq to resume from;
+        shutdown ends it with UNAVAILABLE, likewise resumable. FAILED_PRECONDITION when from_seq is
+        past the newest change + 1 (the follower watched another registry: start again from 0).
         """
 
 def add_RegistryServicer_to_server(servicer: RegistryServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
