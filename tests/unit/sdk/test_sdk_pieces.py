@@ -10,13 +10,15 @@ import numpy as np
 import pytest
 
 import tessera
+from tessera.calls import Reconnects
 from tessera.datasets import split_spec
-from tessera.errors import ERROR_BY_CODE, error_from_status_number
+from tessera.errors import ERROR_BY_CODE, Unavailable, error_from_status_number
 from tessera.events import event_from_proto
 from tessera.messages import dataset_ref, from_dict, version_ref
 from tessera.plot import line_plot
 from tessera.tensors import from_tensor, to_tensor, to_tensors
 from tessera.training import enum_value
+from tessera.transport import RetryPolicy
 from tessera.v1 import common_pb2, job_spec_pb2, training_pb2
 
 
@@ -145,6 +147,18 @@ def test_backoff_grows_within_its_ceiling():
     policy = tessera.RetryPolicy(initial_backoff_s=0.1, max_backoff_s=0.5, multiplier=2)
     for retry, ceiling in ((1, 0.1), (2, 0.2), (3, 0.4), (6, 0.5)):
         assert ceiling / 2 <= policy.backoff_s(retry) <= ceiling
+
+
+def test_a_stream_that_gives_up_counts_its_reconnects_not_its_tries():
+    """The stream's first try is not a reconnect: with three tries, it gave up after two (as
+    the Node client says)."""
+    reconnects = Reconnects("watching job j-1", "watch again", RetryPolicy(attempts=3), None)
+    for _ in range(2):
+        assert reconnects.resume_after(Unavailable("cut")) > 0
+    with pytest.raises(
+        Unavailable, match=r"^cut \(gave up watching job j-1 after 2 reconnects; watch again\)$"
+    ):
+        reconnects.resume_after(Unavailable("cut"))
 
 
 def test_line_plot_draws_each_series_with_its_mark():

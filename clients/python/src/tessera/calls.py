@@ -333,8 +333,10 @@ class Reconnects:
             raise error
         self._failures += 1
         if self._failures >= self._retry.attempts:
+            # The first of the failed tries was the stream itself, not a reconnect.
+            reconnects = self._failures - 1
             raise type(error)(
-                f"{error.message} (gave up {self.doing} after {self._failures} reconnects; {self.again()})"
+                f"{error.message} (gave up {self.doing} after {reconnects} reconnects; {self.again()})"
             )
         pause = self._retry.backoff_s(self._failures)
         if self._deadline is not None and time.monotonic() + pause >= self._deadline:
