@@ -155,10 +155,9 @@ def test_a_stream_that_gives_up_counts_its_reconnects_not_its_tries():
     reconnects = Reconnects("watching job j-1", "watch again", RetryPolicy(attempts=3), None)
     for _ in range(2):
         assert reconnects.resume_after(Unavailable("cut")) > 0
-    with pytest.raises(
-        Unavailable, match=r"^cut \(gave up watching job j-1 after 2 reconnects; watch again\)$"
-    ):
+    with pytest.raises(Unavailable) as gave_up:
         reconnects.resume_after(Unavailable("cut"))
+    assert gave_up.value.message == "cut (gave up watching job j-1 after 2 reconnects; watch again)"
 
 
 def test_line_plot_draws_each_series_with_its_mark():
