@@ -29,6 +29,7 @@ import hmac
 import os
 import re
 import secrets
+import shlex
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -60,7 +61,8 @@ def read_tokens_file(path: Path) -> str:
         return path.read_bytes().decode()
     except FileNotFoundError:
         raise TokensFileError(
-            f"tokens file {path} does not exist; create it with `tesserad tokens add --file {path}`"
+            f"tokens file {path} does not exist; create it with its first token, "
+            f"`tesserad tokens add --file {shlex.quote(str(path))} --name admin --role admin`"
         ) from None
     except OSError as exc:
         raise TokensFileError(f"tokens file {path} cannot be read: {exc.strerror or exc}") from None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime
 import hmac
 import io
+import re
+import shlex
 import stat
 
 import pytest
@@ -107,9 +109,14 @@ def test_bad_tokens_files_are_refused_saying_what_to_fix(tmp_path, text, problem
     assert str(path) in str(err.value)
 
 
-def test_a_missing_tokens_file_says_how_to_make_one(tmp_path):
-    with pytest.raises(TokensFileError, match="tesserad tokens add --file"):
-        TokenTable.load(tmp_path / "absent.toml")
+def test_a_missing_tokens_file_says_how_to_make_one_in_a_command_that_runs_as_pasted(tmp_path, capsys):
+    path = tmp_path / "absent.toml"
+    with pytest.raises(TokensFileError) as err:
+        TokenTable.load(path)
+    said = re.search(r"`tesserad (tokens add [^`]*)`", str(err.value))
+    assert said is not None, err.value
+    assert cli.main(shlex.split(said[1])) == 0, capsys.readouterr().err
+    assert len(TokenTable.load(path).names) == 1
 
 
 def test_tokens_add_appends_a_hashed_token_and_prints_it_once(tmp_path, capsys):
