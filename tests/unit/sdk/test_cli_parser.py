@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from tessera.cli import EXIT_USAGE, main
-from tessera.cli.arguments import INT32_MAX, TIMEOUT_ENV, TRANSFER_TIMEOUT_ENV
+from tessera.cli.arguments import DEFAULT_TARGET, INT32_MAX, TIMEOUT_ENV, TRANSFER_TIMEOUT_ENV
 from tessera.cli.parser import build_parser
 from tessera.transport import DEFAULT_TIMEOUT_S, DEFAULT_TRANSFER_TIMEOUT_S, MAX_TIMEOUT_S
 from tesserad.errors import InvalidArgument
@@ -161,6 +161,13 @@ def test_a_target_that_is_a_url_or_lacks_a_port_is_refused_saying_the_form(capsy
     with pytest.raises(SystemExit):
         build_parser().parse_args(["info"])
     assert "TESSERA_TARGET" in capsys.readouterr().err
+
+
+def test_an_empty_target_in_the_environment_is_the_default_as_an_empty_timeout_is(monkeypatch):
+    """`TESSERA_TARGET= tessera info` was a usage error ("'' has no port: ... e.g. :50051"), while
+    an empty TESSERA_TIMEOUT_S or TESSERA_KEEPALIVE_S reads as unset."""
+    monkeypatch.setenv("TESSERA_TARGET", "")
+    assert build_parser().parse_args(["info"]).target == DEFAULT_TARGET
 
 
 @pytest.mark.parametrize(

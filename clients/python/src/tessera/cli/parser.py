@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--target",
         type=daemon_target,
-        default=os.environ.get(TARGET_ENV, DEFAULT_TARGET),
+        default=os.environ.get(TARGET_ENV) or DEFAULT_TARGET,
         metavar="HOST:PORT",
         help=f"the daemon's gRPC address (env {TARGET_ENV}; default {DEFAULT_TARGET})",
     )
