@@ -353,13 +353,17 @@ class OipHttpServer(HttpListener):
         model, version = request.match_info["model"], request.match_info.get("version", "")
         if await self._core.model_ready(model, version):
             return web.Response()
-        # 400 as for the server; as Triton, with an error saying so.
+        # 400 as for the server; as Triton, with an error saying so. What the registry does not
+        # hold is said so (a load would be NOT_FOUND); asked only on this path, never when ready.
+        reason = f"not loaded, or still loading; load it with POST /v2/repository/models/{model}/load"
+        try:
+            await self._core.describe(model, version)
+        except errors.TesseraError as exc:
+            # Any other failure (a replica's primary out of reach) leaves the probe's answer 400.
+            if isinstance(exc, errors.NotFound):
+                reason = exc.message
         named = f"model {model!r} version {version}" if version else f"model {model!r}"
-        return _failure(
-            400,
-            f"{named} is not ready: not loaded, still loading, or not in the registry (the repository "
-            f"index says which); load it with POST /v2/repository/models/{model}/load",
-        )
+        return _failure(400, f"{named} is not ready: {reason}")
 
     async def _model_metadata(self, request: web.Request) -> web.Response:
         described = await self._core.describe(

@@ -119,15 +119,18 @@ def test_health_metadata_config_and_repository(served: str) -> None:
     # The protocol's health answer: 4xx is false (Triton's 400, with an error saying so).
     not_ready = (
         400,
-        "model 'half' is not ready: not loaded, still loading, or not in the registry (the repository "
-        "index says which); load it with POST /v2/repository/models/half/load",
+        "model 'half' is not ready: not loaded, or still loading; load it with POST "
+        "/v2/repository/models/half/load",
     )
     assert error(f"{served}/v2/models/half/ready") == not_ready
+    # What the registry does not hold is said so, not to be loaded (the load would be NOT_FOUND).
     assert error(f"{served}/v2/models/half/versions/7/ready") == (
         400,
-        not_ready[1].replace("model 'half'", "model 'half' version 7"),
+        "model 'half' version 7 is not ready: model 'half' has no version 7 (the newest is 1; "
+        "ListVersions lists them)",
     )
-    assert error(f"{served}/v2/models/nope/ready")[0] == 400
+    status, said = error(f"{served}/v2/models/nope/ready")
+    assert status == 400 and said.startswith("model 'nope' is not ready: model 'nope' does not exist"), said
     assert call(f"{served}/v2/repository/models/half/load", b"")[0] == 200
     assert call(f"{served}/v2/models/half/ready")[0] == 200
     index = ok_json(f"{served}/v2/repository/index", {"ready": True})
