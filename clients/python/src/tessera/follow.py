@@ -171,7 +171,9 @@ def _live(events: Iterable[JobEvent], curves: Curves, console: Console) -> None:
                     steps=f"step {event.step}/{event.total_steps}",
                 )
             elif isinstance(event, EpochMetrics):
-                shown = "  ".join(f"{k} {v:.4g}" for k, v in sorted(event.metrics.items()))
+                # key=value words: a line wrapped at the terminal's width never parts a metric
+                # from its value, as "val_loss 0.6236" was.
+                shown = "  ".join(f"{k}={v:.4g}" for k, v in sorted(event.metrics.items()))
                 bar.console.print(Text(f"epoch {event.epoch}: {shown}  ({event.duration_s:.1f} s)"))
             # Text, not markup: the worker's words may hold brackets ("[rank 0]").
             elif isinstance(event, LogLine) and event.level in ("warning", "error"):
