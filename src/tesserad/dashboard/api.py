@@ -35,6 +35,7 @@ from tesserad.serving.service import InferenceService
 from tesserad.system import SystemService
 from tesserad.training.artifacts import RunArtifact, RunArtifacts
 from tesserad.training.events import EventLog, JobEvent
+from tesserad.training.jobs import STATES as JOB_STATES
 from tesserad.training.jobs import Jobs
 from tesserad.training.sweeps import Sweeps
 from tesserad.training.tracking import HistoryPage, MetricFilter, Tracking
@@ -259,6 +260,12 @@ class DashboardApi:
     async def list_jobs(self, request: web.Request) -> web.Response:
         size, token = _page_args(request)
         states = request.query.getall("state", [])
+        # A misspelt state would list no job, as if none were in it.
+        unknown = sorted(set(states).difference(JOB_STATES))
+        if unknown:
+            raise InvalidArgument(
+                f"state {unknown[0][:40]!r} is not a job state; use one of {', '.join(JOB_STATES)}"
+            )
         jobs, next_token = await asyncio.to_thread(
             self._s.jobs.list,
             states,

@@ -64,6 +64,12 @@ def test_bad_queries_answer_400_saying_what_to_fix(dash, finished_job):
     answer = http_get(port, "/api/v1/models/Bad%3CName%3E")
     assert answer.status == 400 and "is not a valid name" in answer.json()["error"]
     assert http_get(port, f"/api/v1/jobs/{finished_job}", method="POST").status == 405
+    # A misspelt state listed no job (200, []), as if none were in it; runs' status is refused so.
+    answer = http_get(port, "/api/v1/jobs?state=succeeded&state=SUCCEEDED")
+    assert answer.status == 400 and answer.json()["error"] == (
+        "state 'SUCCEEDED' is not a job state; use one of queued, running, succeeded, failed, "
+        "cancelled, interrupted"
+    )
 
 
 # int() reads other scripts' digits, a sign, spaces and "1_0"; str.isdigit() passes "²", which
