@@ -39,7 +39,9 @@ from tesserad.api.tls import (
     EncryptedKeyError,
     check_certificate_window,
     encrypted_key_message,
+    key_pair_message,
     load_key_pair,
+    read_pem,
 )
 from tesserad.config import ReplicaSettings
 from tesserad.errors import DataLoss, FailedPrecondition, Lasting, NotFound, TesseraError, Unavailable
@@ -210,27 +212,35 @@ def check_replica_tls_files(settings: ReplicaSettings) -> ssl.SSLContext:
             "replica.tls_cert_file and replica.tls_key_file go together: set both for mutual TLS "
             "between a primary and its replicas, or neither"
         )
+    ca, cert, key = settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file
     try:
-        context = ssl.create_default_context(
-            cafile=None if settings.tls_ca_file is None else str(settings.tls_ca_file)
-        )
-        if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+        # Each file read first: ssl's own errors name no file ("[Errno 2] No such file or directory").
+        for setting, path in (
+            ("replica.tls_ca_file", ca),
+            ("replica.tls_cert_file", cert),
+            ("replica.tls_key_file", key),
+        ):
+            if path is not None:
+                read_pem(setting, path)
+        try:
+            context = ssl.create_default_context(cafile=None if ca is None else str(ca))
+        except ssl.SSLError as exc:
+            raise PrimaryCertificateError(
+                f"replica.tls_ca_file {ca} holds no usable CA certificate ({exc.reason or exc}); point "
+                "it at the PEM file of the CA that signed the primary's certificate"
+            ) from None
+        if cert is not None and key is not None:
             try:
-                load_key_pair(context, settings.tls_cert_file, settings.tls_key_file)
+                load_key_pair(context, cert, key)
             except EncryptedKeyError:
+                raise PrimaryCertificateError(encrypted_key_message("replica.tls_key_file", key)) from None
+            except ssl.SSLError as exc:
                 raise PrimaryCertificateError(
-                    encrypted_key_message("replica.tls_key_file", settings.tls_key_file)
+                    key_pair_message("replica.tls_cert_file", cert, "replica.tls_key_file", key, exc)
                 ) from None
-            try:
-                check_certificate_window(
-                    "replica.tls_cert_file", settings.tls_cert_file, settings.tls_cert_file.read_bytes()
-                )
-            except CertificateError as exc:
-                raise PrimaryCertificateError(str(exc)) from None
-    except (OSError, ssl.SSLError) as exc:
-        raise PrimaryCertificateError(
-            f"replica.tls_ca_file, replica.tls_cert_file or replica.tls_key_file cannot be used: {exc}"
-        ) from None
+            check_certificate_window("replica.tls_cert_file", cert, read_pem("replica.tls_cert_file", cert))
+    except CertificateError as exc:
+        raise PrimaryCertificateError(str(exc)) from None
     return context
 
 

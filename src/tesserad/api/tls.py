@@ -15,6 +15,7 @@ credentials): set or unset security.tls_client_ca_file with a restart.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import ssl
 import threading
@@ -134,10 +135,10 @@ def server_certificates(security: SecuritySettings) -> ServerCertificates | None
 
 def _read(files: _Files) -> grpc.ServerCertificateConfiguration:
     """The files as gRPC takes them, after the checks gRPC does not make."""
-    cert_pem = _read_pem("security.tls_cert_file", files.cert)
-    key_pem = _read_pem("security.tls_key_file", files.key)
+    cert_pem = read_pem("security.tls_cert_file", files.cert)
+    key_pem = read_pem("security.tls_key_file", files.key)
     client_ca = files.client_ca
-    ca_pem = None if client_ca is None else _read_pem("security.tls_client_ca_file", client_ca)
+    ca_pem = None if client_ca is None else read_pem("security.tls_client_ca_file", client_ca)
     # gRPC would take a mismatched pair and fail every handshake after it; the ssl module checks
     # the pair (and the CA bundle) first, so a bad file is refused before it serves.
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -147,9 +148,7 @@ def _read(files: _Files) -> grpc.ServerCertificateConfiguration:
         raise CertificateError(encrypted_key_message("security.tls_key_file", files.key)) from None
     except ssl.SSLError as exc:
         raise CertificateError(
-            f"security.tls_cert_file {files.cert} and security.tls_key_file {files.key} are not a "
-            f"usable certificate and matching private key ({exc.reason or exc}); check that the key "
-            "belongs to the certificate and is not encrypted"
+            key_pair_message("security.tls_cert_file", files.cert, "security.tls_key_file", files.key, exc)
         ) from None
     if client_ca is not None:
         try:
@@ -161,8 +160,8 @@ def _read(files: _Files) -> grpc.ServerCertificateConfiguration:
     check_certificate_window("security.tls_cert_file", files.cert, cert_pem)
     # The check read the files by name: a rotation landing between the reads would pair bytes
     # that were never checked together.
-    if _read_pem("security.tls_cert_file", files.cert) != cert_pem or (
-        _read_pem("security.tls_key_file", files.key) != key_pem
+    if read_pem("security.tls_cert_file", files.cert) != cert_pem or (
+        read_pem("security.tls_key_file", files.key) != key_pem
     ):
         raise CertificateError(
             f"security.tls_cert_file {files.cert} or security.tls_key_file {files.key} changed "
@@ -214,14 +213,33 @@ def _no_passphrase() -> bytes:
     raise EncryptedKeyError
 
 
-def _read_pem(setting: str, path: Path) -> bytes:
+# What to do about a file that cannot be read, by errno; others: check the file.
+_READ_FIXES = {
+    errno.ENOENT: "put the file there or point {setting} at it",
+    errno.EISDIR: "point {setting} at a PEM file in it",
+    errno.EACCES: "make it readable by the user tesserad runs as",
+}
+
+
+def read_pem(setting: str, path: Path) -> bytes:
+    """The PEM file `setting` names; CertificateError naming the setting, the file, the reason
+    (as the tokens file's errors do, without Python's [Errno N]) and what to do."""
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise CertificateError(f"{setting} {path} cannot be read: {exc.strerror or exc}") from None
+        fix = _READ_FIXES.get(exc.errno or 0, "check the file and {setting}").format(setting=setting)
+        raise CertificateError(f"{setting} {path} cannot be read: {exc.strerror or exc}; {fix}") from None
     if b"-----BEGIN " not in data:
         raise CertificateError(f"{setting} {path} is not a PEM file (no -----BEGIN line)")
     return data
+
+
+def key_pair_message(cert_setting: str, cert: Path, key_setting: str, key: Path, exc: ssl.SSLError) -> str:
+    return (
+        f"{cert_setting} {cert} and {key_setting} {key} are not a usable certificate and matching "
+        f"private key ({exc.reason or exc}); check that the key belongs to the certificate and is "
+        "not encrypted"
+    )
 
 
 __all__ = [
@@ -231,6 +249,8 @@ __all__ = [
     "TlsSettingsError",
     "check_certificate_window",
     "encrypted_key_message",
+    "key_pair_message",
     "load_key_pair",
+    "read_pem",
     "server_certificates",
 ]

@@ -92,7 +92,49 @@ def test_the_replicas_tls_files_are_checked_whatever_the_primarys_target(tmp_pat
     message = replica_start_error(
         tmp_path, **{"replica.primary": "dns:///primary.invalid", "replica.tls_ca_file": str(missing)}
     )
-    assert "replica.tls_ca_file" in message and "cannot be used" in message
+    assert f"replica.tls_ca_file {missing} cannot be read: No such file or directory" in message
+
+
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [
+        (
+            "nope.pem",
+            "cannot be read: No such file or directory; put the file there or point {setting} at it",
+        ),
+        ("a-directory", "cannot be read: Is a directory; point {setting} at a PEM file in it"),
+    ],
+    ids=["missing", "directory"],
+)
+@pytest.mark.parametrize("setting", ["replica.tls_ca_file", "replica.tls_cert_file", "replica.tls_key_file"])
+def test_a_replica_tls_file_that_cannot_be_read_names_the_setting_the_reason_and_the_fix(
+    pki, tmp_path, setting, name, said
+):
+    (tmp_path / "a-directory").mkdir()
+    files = {
+        "replica.tls_ca_file": str(pki.ca),
+        "replica.tls_cert_file": str(pki.client_cert),
+        "replica.tls_key_file": str(pki.client_key),
+    }
+    message = replica_start_error(
+        tmp_path, **{"replica.primary": "127.0.0.1:1", **files, setting: str(tmp_path / name)}
+    )
+    assert message == f"{setting} {tmp_path / name} {said.format(setting=setting)}"
+
+
+def test_a_client_key_of_another_certificate_stops_the_replica_naming_both(pki, tmp_path):
+    message = replica_start_error(
+        tmp_path,
+        **{
+            "replica.primary": "127.0.0.1:1",
+            "replica.tls_cert_file": str(pki.client_cert),
+            "replica.tls_key_file": str(pki.rogue_key),
+        },
+    )
+    assert message.startswith(
+        f"replica.tls_cert_file {pki.client_cert} and replica.tls_key_file {pki.rogue_key} are not a "
+        "usable certificate and matching private key ("
+    ), message
 
 
 def test_an_encrypted_client_key_stops_the_replica_saying_to_decrypt_it(tls_primary, pki, tmp_path):

@@ -121,6 +121,26 @@ def test_a_missing_certificate_file_stops_the_start(data_dir, pki, tmp_path):
     assert f"security.tls_cert_file {tmp_path / 'nope.pem'} cannot be read" in message
 
 
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [
+        (
+            "nope.pem",
+            "cannot be read: No such file or directory; put the file there or point {setting} at it",
+        ),
+        ("a-directory", "cannot be read: Is a directory; point {setting} at a PEM file in it"),
+    ],
+    ids=["missing", "directory"],
+)
+@pytest.mark.parametrize("setting", ["security.tls_cert_file", "security.tls_key_file"])
+def test_a_tls_file_that_cannot_be_read_names_the_setting_the_reason_and_the_fix(
+    data_dir, pki, tmp_path, setting, name, said
+):
+    (tmp_path / "a-directory").mkdir()
+    message = start_fails(data_dir, **{**tls_settings(pki), setting: str(tmp_path / name)})
+    assert message == f"{setting} {tmp_path / name} {said.format(setting=setting)}"
+
+
 def test_a_file_that_is_not_pem_stops_the_start(data_dir, pki, tmp_path):
     (tmp_path / "ca.txt").write_text("not a certificate")
     message = start_fails(
