@@ -283,9 +283,9 @@ class Daemon:
     async def _start(self) -> None:
         settings = self.settings
         data_dir = settings.data_dir
-        # The exposure without authentication and the tokens, TLS and trace files are checked
-        # before the data directory is touched: a refused start leaves no data directory or
-        # empty store behind.
+        # The exposure without authentication and the tokens, TLS, trace and replica TLS files
+        # (a replica's handshake with its primary too) are checked before the data directory is
+        # touched: a refused start leaves no data directory, empty store or replica cache behind.
         refusals = ReplicaRefusals()
         auth, credentials = self._secure(None if settings.replica.primary else RefusalNotes(refusals))
         if settings.serving.trace_file is not None:
@@ -297,6 +297,13 @@ class Daemon:
                 raise StartupError(str(exc)) from None
         if not settings.replica.primary:
             transport = await asyncio.to_thread(self._replica_transport, credentials is not None)
+        elif settings.replica.uses_tls:
+            try:
+                await asyncio.to_thread(check_primary_tls, settings.replica)
+            except ReplicaTlsSettingsError as exc:
+                raise SettingsRefusal(str(exc)) from None
+            except PrimaryCertificateError as exc:
+                raise StartupError(str(exc)) from None
         data_dir.mkdir(parents=True, exist_ok=True)
         self._lock = DataDirLock(data_dir)
         with space_checked(str(data_dir), "the data directory's files at start"):
@@ -696,13 +703,6 @@ class Daemon:
             for name in serving:
                 await health_servicer.set(name, status)
 
-        if settings.replica.uses_tls:
-            try:
-                await asyncio.to_thread(check_primary_tls, settings.replica)
-            except ReplicaTlsSettingsError as exc:
-                raise SettingsRefusal(str(exc)) from None
-            except PrimaryCertificateError as exc:
-                raise StartupError(str(exc)) from None
         advertise = settings.replica.advertise or self.address
         self._follower = Follower(
             settings.replica, followed, self.inference, advertise, set_ready, credentials is not None

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tesserad.cli import EXIT_BAD_SETTINGS, EXIT_CANNOT_START
 from tesserad.server import StartupError
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.security.conftest import encrypt_key
@@ -135,6 +136,45 @@ def test_a_client_key_of_another_certificate_stops_the_replica_naming_both(pki, 
         f"replica.tls_cert_file {pki.client_cert} and replica.tls_key_file {pki.rogue_key} are not a "
         "usable certificate and matching private key ("
     ), message
+
+
+@pytest.mark.parametrize(
+    ("files", "status", "said"),
+    [
+        (
+            {"TESSERA_REPLICA_TLS_CA_FILE": "missing-ca.pem"},
+            EXIT_CANNOT_START,
+            "replica.tls_ca_file missing-ca.pem",
+        ),
+        ({"TESSERA_REPLICA_TLS_KEY_FILE": "client.key"}, EXIT_BAD_SETTINGS, "go together"),
+        (
+            {"TESSERA_REPLICA_TLS_CERT_FILE": "client", "TESSERA_REPLICA_TLS_KEY_FILE": "rogue"},
+            EXIT_CANNOT_START,
+            "not a usable certificate",
+        ),
+    ],
+    ids=["ca-missing", "key-without-certificate", "key-of-another-certificate"],
+)
+def test_a_refused_replica_leaves_no_data_directory(spawn_daemon, pki, tmp_path, files, status, said):
+    """As a refused primary: the replica.tls_* files are checked before the data directory is
+    made, so no empty replica cache is left for the next start to find."""
+    pair = {"client": str(pki.client_cert), "rogue": str(pki.rogue_key)}
+    daemon = spawn_daemon(
+        "--follow",
+        "127.0.0.1:1",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "off",
+        "--data-dir",
+        "replica",
+        env={name: pair.get(value, value) for name, value in files.items()},
+        cwd=tmp_path,
+    )
+    assert daemon.process.wait(60) == status
+    output = daemon.output()
+    assert said in output and "Traceback" not in output, output
+    assert not (tmp_path / "replica").exists()
 
 
 def test_an_encrypted_client_key_stops_the_replica_saying_to_decrypt_it(tls_primary, pki, tmp_path):
