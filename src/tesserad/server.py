@@ -482,7 +482,7 @@ class Daemon:
             except OSError as exc:
                 raise StartupError(
                     f"cannot serve the dashboard on {settings.http_listen}: {exc.strerror}; "
-                    "pass --http-listen with another address, or off"
+                    "set http_listen (--http-listen) to another address, or off"
                 ) from None
             self.http_port = self._dashboard.port
         await self._serve_oip_http(oip, auth)
@@ -615,7 +615,7 @@ class Daemon:
         except OSError as exc:
             raise StartupError(
                 f"cannot serve the Open Inference Protocol over HTTP on {address}: {exc.strerror}; "
-                "pass --oip-http-listen with another address, or off"
+                "set serving.oip_http_listen (--oip-http-listen) to another address, or off"
             ) from None
         self.oip_http_port = self._oip_http.port
 
@@ -638,7 +638,7 @@ class Daemon:
             except OSError as exc:
                 raise StartupError(
                     f"cannot serve metrics on {settings.metrics_listen}: {exc.strerror}; "
-                    "pass --metrics-listen with another address, or off"
+                    "set metrics_listen (--metrics-listen) to another address, or off"
                 ) from None
             self.metrics_port = self._metrics_http.port
 
@@ -922,21 +922,27 @@ def _check_exposure(settings: Settings, insecure: bool) -> None:
     The dashboard's listener and the HTTP inference one follow the same rule as the gRPC one:
     they show the same data.
     """
-    listeners = (settings.listen, settings.http_listen, settings.serving.oip_http_listen)
-    exposed = [a for a in listeners if a is not None and not a.is_loopback]
+    listeners = {
+        "listen": settings.listen,
+        "http_listen": settings.http_listen,
+        "serving.oip_http_listen": settings.serving.oip_http_listen,
+    }
+    exposed = [(name, a) for name, a in listeners.items() if a is not None and not a.is_loopback]
     if not exposed or authentication_enabled(settings.security):
         return
+    setting, address = exposed[0]
     if not insecure:
         raise SettingsRefusal(
-            f"refusing to listen on {exposed[0]} without authentication: anyone who can reach "
+            f"refusing to listen on {address} without authentication: anyone who can reach "
             "it could delete models and submit training jobs. Set security.tokens_file (make tokens "
-            "with `tesserad tokens add`) or security.tls_client_ca_file, listen on 127.0.0.1, or "
-            "pass --insecure if a network boundary you trust already controls access"
+            f"with `tesserad tokens add`) or security.tls_client_ca_file, set {setting} to a loopback "
+            "address such as 127.0.0.1, or pass --insecure if a network boundary you trust already "
+            "controls access"
         )
     log.warning(
         "serving without authentication on a non-loopback address (--insecure): every caller "
         "that can reach it has the admin role",
-        extra={"address": str(exposed[0])},
+        extra={"address": str(address)},
     )
 
 
@@ -961,13 +967,16 @@ def _why_bind_fails(address: Address) -> str:
             sock.bind((address.host, address.port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                return "the port is already in use (another tesserad?); stop that process or pass --listen with another port"
+                return (
+                    "the port is already in use (another tesserad?); stop that process or set "
+                    "listen (--listen) to another port"
+                )
             if exc.errno == errno.EACCES:
-                return "permission denied; ports below 1024 need privileges, pick a higher port"
+                return "permission denied; ports below 1024 need privileges: set listen (--listen) to a higher port"
             if exc.errno == errno.EADDRNOTAVAIL:
-                return "no network interface has that address"
-            return exc.strerror or str(exc)
-    return "gRPC refused the address"
+                return "no network interface has that address; set listen (--listen) to an address of this machine"
+            return f"{exc.strerror or exc}; set listen (--listen) to another address"
+    return "gRPC refused the address; set listen (--listen) to another address"
 
 
 async def serve(settings: Settings, insecure: bool = False) -> None:

@@ -3,6 +3,7 @@ what to fix, and leaves no data directory behind (the default, ./var, in its wor
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -61,7 +62,7 @@ def serve_refused(spawn_daemon, cwd: Path, config_text: str) -> tuple[int, str]:
     [
         (
             'listen = "127.0.0.1:0"\n[security]\ntokens_file = "tokens.toml"\n',
-            "tokens file tokens.toml does not exist; create it with",
+            "security.tokens_file: tokens file tokens.toml does not exist; create it with",
         ),
         (
             'listen = "127.0.0.1:0"\n[security]\ntls_cert_file = "server.pem"\ntls_key_file = "server.key"\n',
@@ -85,7 +86,16 @@ def test_a_config_file_whose_files_are_missing_exits_1_and_leaves_no_data_dir(
 @pytest.mark.parametrize(
     ("config_text", "said"),
     [
-        ('listen = "0.0.0.0:0"\n', "refusing to listen on 0.0.0.0:0 without authentication"),
+        (
+            'listen = "0.0.0.0:0"\n',
+            "refusing to listen on 0.0.0.0:0 without authentication: anyone who can reach it could "
+            "delete models and submit training jobs. Set security.tokens_file (make tokens with "
+            "`tesserad tokens add`) or security.tls_client_ca_file, set listen to a loopback address",
+        ),
+        (
+            'listen = "127.0.0.1:0"\n[serving]\noip_http_listen = "0.0.0.0:0"\n',
+            "or security.tls_client_ca_file, set serving.oip_http_listen to a loopback address",
+        ),
         (
             'listen = "127.0.0.1:0"\n[security]\ntls_cert_file = "server.pem"\n',
             "TLS needs both a certificate and its key: set security.tls_key_file too",
@@ -101,6 +111,7 @@ def test_a_config_file_whose_files_are_missing_exits_1_and_leaves_no_data_dir(
     ],
     ids=[
         "exposed-without-tokens",
+        "oip-http-exposed-without-tokens",
         "tls-cert-without-key",
         "client-ca-without-tls",
         "replica-cert-without-key",
@@ -177,3 +188,24 @@ def test_a_trace_file_that_cannot_be_written_exits_1_and_leaves_no_data_dir(
     output = daemon.output()
     assert said in output
     assert not (tmp_path / "var").exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "said"),
+    [
+        ("--listen", "stop that process or set listen (--listen) to another port"),
+        ("--metrics-listen", "set metrics_listen (--metrics-listen) to another address, or off"),
+        ("--http-listen", "set http_listen (--http-listen) to another address, or off"),
+        ("--oip-http-listen", "set serving.oip_http_listen (--oip-http-listen) to another address, or off"),
+    ],
+)
+def test_a_listener_on_a_taken_port_names_its_setting(spawn_daemon, tmp_path, flag, said):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        listeners = {"--listen": "127.0.0.1:0", "--metrics-listen": "off", flag: address}
+        daemon = spawn_daemon(*(word for pair in listeners.items() for word in pair), cwd=tmp_path)
+        assert daemon.process.wait(60) == EXIT_CANNOT_START
+    output = daemon.output()
+    assert address in output and said in output, output

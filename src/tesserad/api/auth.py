@@ -138,8 +138,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         try:
             self._roles = required_roles(services)
             self._tokens = None if security.tokens_file is None else TokenFile(security.tokens_file)
-        except (MissingRoleError, TokensFileError) as exc:
+        except MissingRoleError as exc:
             raise AuthSetupError(str(exc)) from None
+        except TokensFileError as exc:
+            # The file's own message names the file, not the setting that names it.
+            raise AuthSetupError(f"security.tokens_file: {exc}") from None
         self._certificates_identify = self._tokens is None and security.tls_client_ca_file is not None
         # Mutual TLS admits only callers whose certificate its CA signed.
         self._certificates_checked = security.tls_client_ca_file is not None
