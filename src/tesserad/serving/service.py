@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from enum import Enum
 from typing import NamedTuple, Protocol
 
 import numpy as np
@@ -189,6 +190,13 @@ class _Router:
                     self._shadow_credit -= 100
                     shadow = self.plan.shadow[0]
         return routes[best][0], shadow
+
+
+class _Uncached(Enum):
+    """A model without a deployment cached (None caches "no deployment"); `.get` reads the cache
+    once, as a request thread may drop the model's entry between a look and a read."""
+
+    UNCACHED = 0
 
 
 # Which call (by CallCounter.count) the running task serves; none (never "before" another) outside a call.
@@ -358,8 +366,9 @@ class InferenceService:
         return version
 
     def _router(self, model: str) -> _Router | None:
-        if model in self._routers:
-            return self._routers[model]
+        cached = self._routers.get(model, _Uncached.UNCACHED)
+        if cached is not _Uncached.UNCACHED:
+            return cached
         changes = self._changes
         plan = self._source.deployment(model)
         router = _Router(plan) if plan is not None and plan.routes else None
@@ -524,11 +533,10 @@ class InferenceService:
             aliases = [key for key, cached in self._aliases.items() if key[0] == model and cached == version]
             for key in aliases:
                 self._aliases.pop(key, None)
-            if model in self._routers:
-                router = self._routers[model]
-                # "No deployment" sent the request to `latest`: a deployment created since routes it.
-                if router is None or version in router.versions():
-                    del self._routers[model]
+            router = self._routers.get(model, _Uncached.UNCACHED)
+            # "No deployment" sent the request to `latest`: a deployment created since routes it.
+            if router is None or (router is not _Uncached.UNCACHED and version in router.versions()):
+                del self._routers[model]
 
     def autoload(self, model: str, version: int) -> LoadedVersion:
         """Load a version a request needs, with the defaults; NotLoaded when that load fails.
@@ -1080,20 +1088,27 @@ class InferenceService:
         """Move `model`'s cached targets to what the source has now, and unload what they no longer
         route to and what it no longer has; False when the source could not say whether a version
         serving holds still exists (that version is kept, and the refresh is to be retried)."""
+        # Every read of the source before anything changes: a read that fails leaves the targets
+        # as they were, so the refresh run again finds the versions they served to unload.
         # A target is held on its old version only while that version exists: one deleted since
         # must stop serving, even if the version the target names now cannot.
         replaced, settled = self._deleted_versions(model)
         gone = set(replaced)
-        previously_served: set[int] = set()
-        held_back = False
-        for (m, alias), old in list(self._aliases.items()):
-            if m != model:
-                continue
-            previously_served.add(old)
+        aliases = {alias: old for (m, alias), old in list(self._aliases.items()) if m == model}
+        named: dict[str, int | None] = {}
+        for alias in aliases:
             try:
-                new = self._source.servable(model, None, alias).version
+                named[alias] = self._source.servable(model, None, alias).version
             except NotFound:
-                self._aliases.pop((m, alias), None)
+                named[alias] = None
+        old_router = self._routers.get(model, _Uncached.UNCACHED)
+        plan = self._source.deployment(model) if old_router is not _Uncached.UNCACHED else None
+        previously_served = set(aliases.values())
+        held_back = False
+        for alias, old in aliases.items():
+            new = named[alias]
+            if new is None:
+                self._aliases.pop((model, alias), None)
                 continue
             if new == old:
                 continue
@@ -1112,11 +1127,9 @@ class InferenceService:
                     alias, model, old, new, failure,
                 )  # fmt: skip
                 continue
-            self._aliases[(m, alias)] = new
+            self._aliases[(model, alias)] = new
             log.info("alias %r of %r now serves version %s (was %s)", alias, model, new, old)
-        if model in self._routers:
-            old_router = self._routers[model]
-            plan = self._source.deployment(model)
+        if old_router is not _Uncached.UNCACHED:
             new_router = _Router(plan) if plan is not None and plan.routes else None
             old_versions = old_router.versions() if old_router else set()
             previously_served |= old_versions
@@ -1166,13 +1179,9 @@ class InferenceService:
                 log.info("unloaded version %s of %r after its targets moved", version, model)
         for version, artifact in sorted(replaced.items()):
             entry = self.pool.get(model, version)
-            # Of a version registered again, only the artifact found replaced: a request may have
-            # loaded the new one since.
-            if (
-                entry is not None
-                and artifact in (None, entry.artifact_sha256)
-                and self.pool.unload_replaced(entry)
-            ):
+            # Only the artifact listed when the source said the version was gone: a request may
+            # have loaded the one registered under its number since.
+            if entry is not None and artifact == entry.artifact_sha256 and self.pool.unload_replaced(entry):
                 log.info("unloaded version %s of %r: it was deleted", version, model)
             # A failed load of a deleted version would be listed, and refuse its number, forever.
             self.pool.forget_failure(model, version)
@@ -1180,11 +1189,11 @@ class InferenceService:
 
     def _deleted_versions(self, model: str) -> tuple[dict[int, str | None], bool]:
         """The versions of `model` that serving holds (listed in the pool, or a target's) and its
-        source no longer has: deleted (None), or deleted with their model and registered again
-        under their number (the artifact listed under it, which the source replaced); and whether
-        the source could say for each."""
-        artifacts = {entry.version: entry.artifact_sha256 for entry in self.pool.list(model)}
-        held = set(artifacts)
+        source no longer has, each with the artifact listed under its number as the source was read
+        (None: none listed, nothing to unload): deleted, or deleted with their model and registered
+        again under their number (the source replaced the artifact); and whether the source could
+        say for each."""
+        held = {entry.version for entry in self.pool.list(model)}
         held |= {version for (m, _), version in self._aliases.items() if m == model}
         router = self._routers.get(model)
         if router is not None:
@@ -1192,17 +1201,20 @@ class InferenceService:
         gone: dict[int, str | None] = {}
         settled = True
         for version in held:
+            # Listed before the read: what a request loads after it is not what the read found gone.
+            listed = self._listed(model, version)
+            artifact = listed.artifact_sha256 if listed is not None else None
             try:
                 servable = self._source.servable(model, version, None)
             except NotFound:
-                gone[version] = None
+                gone[version] = artifact
                 continue
             except TesseraError:
                 # The source cannot tell now (a replica's primary out of reach): keep serving it.
                 settled = False
                 continue
-            if version in artifacts and artifacts[version] != servable.artifact_sha256:
-                gone[version] = artifacts[version]
+            if artifact is not None and artifact != servable.artifact_sha256:
+                gone[version] = artifact
         return gone, settled
 
     def _warm_like(self, model: str, version: int, like: int) -> str | None:

@@ -692,3 +692,128 @@ def test_a_refresh_that_failed_is_queued_again_by_a_metadata_call_once_an_interv
         assert service.describe(Target("m")).version == 2
     finally:
         service.close()
+
+
+def test_a_refresh_of_a_deletion_leaves_loaded_the_version_registered_again_under_its_number(
+    linear_onnx: Path,
+) -> None:
+    """The refresh read version 1 gone, then the model was created again with a new version 1 and
+    a request loaded it: the refresh unloaded whatever was loaded under the number by then, the
+    new artifact included, rather than only the one it found gone."""
+    source = Versions({1: servable_file("m", 1, "onnx", linear_onnx, artifact_sha256="old")})
+    service = InferenceService(source, ModelPool(ServingDefaults(intra_op_threads=1), None), autoload=True)
+    refreshes = threading.Semaphore(0)
+    service.add_deletion_listener(lambda model, identity: None, lambda model: refreshes.release())
+    servable = source.servable
+    recreated: list[int] = []
+
+    def recreated_after_the_refresh_read(
+        model: str, version: int | None, alias: str | None
+    ) -> ServableVersion:
+        swapping = threading.current_thread().name.startswith("serving-swap")
+        try:
+            return servable(model, version, alias)
+        finally:
+            if swapping and version == 1 and not recreated:
+                recreated.append(1)  # after the refresh's read: 'm' created again, and a request
+                source.versions[1] = servable_file("m", 1, "onnx", linear_onnx, artifact_sha256="new")
+                service.on_registry_change(model)
+                assert _predict(service, Target("m", 1)) == 1
+
+    try:
+        assert _predict(service, Target("m", 1)) == 1
+        del source.versions[1]
+        source.servable = recreated_after_the_refresh_read  # type: ignore[method-assign]
+        service.on_registry_change("m")
+        assert refreshes.acquire(timeout=30) and refreshes.acquire(timeout=30)  # both changes'
+        assert recreated == [1]
+        loaded = service.pool.get("m", 1)
+        assert loaded is not None and loaded.artifact_sha256 == "new"
+    finally:
+        service.close()
+
+
+class DeploymentUnreadableOnce(Versions):
+    """Versions without a deployment, whose next read of it fails (Unavailable) once `fail_next`
+    is set."""
+
+    def __init__(self, versions: dict[int, ServableVersion]) -> None:
+        super().__init__(versions)
+        self.fail_next = False
+
+    def deployment(self, model: str) -> DeploymentPlan | None:
+        if self.fail_next:
+            self.fail_next = False
+            raise Unavailable("the registry cannot be reached")
+        return None
+
+
+def test_a_refresh_run_again_unloads_the_version_its_alias_served_before_it_failed(
+    linear_onnx: Path,
+) -> None:
+    """`latest` moved from 1 to 2 and the deployment's read failed: the alias had moved already, so
+    the refresh run again found `latest` on 2, nothing to move, and left version 1 loaded."""
+    source = DeploymentUnreadableOnce({1: servable_file("m", 1, "onnx", linear_onnx)})
+    now = [0.0]
+    service = InferenceService(
+        source,
+        ModelPool(ServingDefaults(intra_op_threads=1), None),
+        autoload=True,
+        clock=lambda: now[0],
+    )
+    refreshed = threading.Event()
+    service.add_deletion_listener(lambda model, identity: None, lambda model: refreshed.set())
+    try:
+        assert _predict(service, Target("m")) == 1  # `latest` and "no deployment" cached
+        source.versions[2] = servable_file("m", 2, "onnx", linear_onnx)
+        source.fail_next = True
+        service.on_registry_change("m")
+        assert refreshed.wait(30)
+        assert "m" in service._refresh_retry_at  # it failed
+        refreshed.clear()
+        now[0] += 60
+        assert _predict(service, Target("m")) in (1, 2)  # queues the refresh again
+        assert refreshed.wait(30)
+        assert service._refresh_retry_at == {}
+        assert [entry.version for entry in service.pool.list("m")] == [2]
+    finally:
+        service.close()
+
+
+class DroppedWhenLookedUp(dict[str, Any]):
+    """The routers' cache, whose entry for a model a request drops (see _forget_routes) just after
+    a refresh on the swaps' thread found it there."""
+
+    def __init__(self, service: InferenceService) -> None:
+        super().__init__()
+        self.service = service
+        self.dropped = False
+
+    def __contains__(self, key: object) -> bool:
+        found = super().__contains__(key)
+        if found and not self.dropped and threading.current_thread().name.startswith("serving-swap"):
+            self.dropped = True
+            self.service._forget_routes("m", 1)
+        return found
+
+
+def test_a_refresh_finishes_when_a_request_drops_its_cached_no_deployment_meanwhile(
+    linear_onnx: Path,
+) -> None:
+    """A request re-routed meanwhile dropped the cached "no deployment" between the refresh's look
+    for it and its read: the refresh failed KeyError, and was left to be retried."""
+    source = Versions({1: servable_file("m", 1, "onnx", linear_onnx)})
+    service = InferenceService(source, ModelPool(ServingDefaults(intra_op_threads=1), None), autoload=True)
+    refreshed = threading.Event()
+    service.add_deletion_listener(lambda model, identity: None, lambda model: refreshed.set())
+    routers = DroppedWhenLookedUp(service)
+    service._routers = routers
+    try:
+        assert _predict(service, Target("m")) == 1  # "no deployment" cached
+        assert "m" in dict(routers)
+        service.on_registry_change("m")
+        assert refreshed.wait(30)
+        assert service._refresh_retry_at == {}
+        assert service._unsettled == {}
+    finally:
+        service.close()
