@@ -502,7 +502,8 @@ class Follower:
     async def _retry_failed_loads(self) -> None:
         """While connected, try again the loads that failed because the primary could not be
         reached (briefly gone, a connection cut mid-download), backing off while they fail:
-        the registry may not change again to set them off. Those the primary refused lastingly
+        the registry may not change again to set them off. Refreshes of changes that failed are
+        queued again too (see InferenceService.retry_failed_loads). Those the primary refused lastingly
         (a damaged artifact) are tried every LASTING_RETRY_S, or at once on retry_now."""
         delay = RETRY_FIRST_S
         lasting_due = asyncio.get_running_loop().time() + LASTING_RETRY_S

@@ -69,8 +69,12 @@ REROUTE_ROUNDS = 3
 # it again for this long (seconds): one read of it a model per interval, not one a request. A
 # registry change of the model asks again at once. The refresh of a model's change that failed (the
 # source unreadable) is queued again by the first request or metadata call for the model after this
-# long.
+# long, or by a replica's periodic retry of failed loads (retry_failed_loads); each failure in a
+# row doubles the wait, up to REFRESH_RETRY_MAX_S.
 SOURCE_RETRY_S = 1.0
+# The longest wait (seconds) before a refresh that keeps failing runs again: a source out of reach
+# for long costs a read of it, and a warning, per model this often.
+REFRESH_RETRY_MAX_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -267,6 +271,8 @@ class InferenceService:
         # which failed: its routes, what it unloads and the deletion listeners it tells follow the
         # source once readable, without another change.
         self._refresh_retry_at: dict[str, float] = {}
+        # model -> how many times in a row its refresh failed (it waits the longer for each).
+        self._refresh_failures: dict[str, int] = {}
         self._cache_lock = threading.Lock()
         self._shadows: dict[str, deque[ShadowResult]] = {}
         # Swaps run one at a time, off the registry's commit path.
@@ -975,7 +981,8 @@ class InferenceService:
         self._swaps.submit(self._refresh, model)
 
     def _retry_failed_refresh(self, model: str) -> None:
-        """Queue again the refresh of `model` that failed, once SOURCE_RETRY_S passed since."""
+        """Queue again the refresh of `model` that failed, once its wait passed (SOURCE_RETRY_S,
+        doubled for each failure in a row up to REFRESH_RETRY_MAX_S)."""
         if model not in self._refresh_retry_at or self._closed:
             return
         with self._cache_lock:
@@ -1003,7 +1010,13 @@ class InferenceService:
         reached), and with `lasting` also those its source refused for a cause fixed there (a
         damaged artifact at the primary): its failure is forgotten, so requests load it again,
         and its model's targets are re-resolved, so a target held back by it moves. A load that
-        failed for its artifact or its runtime stays failed. Returns how many were retried."""
+        failed for its artifact or its runtime stays failed. Returns how many were retried.
+
+        Every refresh that failed and whose wait passed is queued again too (not counted): a
+        model without requests (deleted, say) has none to queue it, and its deleted versions
+        would stay loaded."""
+        for model in list(self._refresh_retry_at):
+            self._retry_failed_refresh(model)
         wanted = {Retry.SOON, Retry.LATER} if lasting else {Retry.SOON}
         retried = 0
         models: set[str] = set()
@@ -1028,15 +1041,12 @@ class InferenceService:
             self._refresh_queued.discard(model)
         with self._cache_lock:
             changes = self._changes
+        failure: Exception | None = None
         try:
             settled = self._swap_targets(model)
-        except Exception:
-            log.exception(
-                "refreshing the serving targets of %r failed; the first request or metadata call "
-                "for it after %s s refreshes them again",
-                model, SOURCE_RETRY_S,
-            )  # fmt: skip
-            settled = False
+        except Exception as exc:
+            failure, settled = exc, False
+        failures = 0
         with self._cache_lock:
             if settled:
                 # Every version of it the source no longer has is unloaded now, unless a change
@@ -1047,34 +1057,63 @@ class InferenceService:
             else:
                 # Its cached routes may be stale, and a version deleted still loaded, until a
                 # refresh settles them: the model's next change may be long in coming.
-                self._refresh_retry_at[model] = self._clock() + SOURCE_RETRY_S
+                failures = self._refresh_failed(model)
+        if failure is not None:
+            self._log_refresh_failure(model, "refreshing the serving targets of", failure, failures)
         concerned = [
             (callback, identity)
             for callback, kept in self._deletion_listeners
             if (identity := kept(model)) is not None
         ]
-        if concerned and not self._tell_deleted(model, concerned):
-            # What a listener keeps for a model deleted stays until a refresh tells it, as above.
+        if concerned:
+            try:
+                self._tell_deleted(model, concerned)
+            except Exception as exc:
+                # What a listener keeps for a model deleted stays until a refresh tells it, as above.
+                if not failures:
+                    with self._cache_lock:
+                        failures = self._refresh_failed(model)
+                if failure is None:
+                    self._log_refresh_failure(model, "reading whether the registry still has", exc, failures)
+        if not failures:
             with self._cache_lock:
-                self._refresh_retry_at[model] = self._clock() + SOURCE_RETRY_S
+                self._refresh_failures.pop(model, None)
+
+    def _refresh_failed(self, model: str) -> int:
+        """Count a failure of `model`'s refresh and set when it runs again; how many failed in a
+        row. Called with _cache_lock held."""
+        failures = self._refresh_failures.get(model, 0) + 1
+        self._refresh_failures[model] = failures
+        self._refresh_retry_at[model] = self._clock() + _refresh_wait(failures)
+        return failures
+
+    def _log_refresh_failure(self, model: str, doing: str, failure: Exception, failures: int) -> None:
+        """The first failure in a row with its traceback, the others in a line each: a source out of
+        reach for long would otherwise log a traceback per model at each retry."""
+        wait = _refresh_wait(failures)
+        if failures <= 1:
+            log.error(
+                "%s %r failed; the first request or metadata call for it after %s s refreshes it "
+                "again, each failure in a row doubling the wait up to %s s",
+                doing, model, wait, REFRESH_RETRY_MAX_S, exc_info=failure,
+            )  # fmt: skip
+            return
+        reason = failure.message if isinstance(failure, TesseraError) else repr(failure)
+        log.warning(
+            "%s %r failed again (%s times in a row): %s; refreshed again after %s s",
+            doing, model, failures, reason, wait,
+        )  # fmt: skip
 
     def _tell_deleted(
         self, model: str, listeners: list[tuple[Callable[[str, Hashable], None], Hashable]]
-    ) -> bool:
+    ) -> None:
         """Call each of `listeners` (callback, the identity of the model it keeps something for)
-        whose model no longer exists: `model` is gone, or is another model of its name now. False
-        when the source could not say (the refresh is to be retried)."""
+        whose model no longer exists: `model` is gone, or is another model of its name now. Raises
+        what the source raised when it could not say (the refresh is to be retried)."""
         try:
             current: Hashable | None = self._source.model_identity(model)
         except NotFound:
             current = None
-        except Exception:
-            log.exception(
-                "could not tell whether %r was deleted; the first request or metadata call for it "
-                "after %s s asks again",
-                model, SOURCE_RETRY_S,
-            )  # fmt: skip
-            return False
         for callback, identity in listeners:
             if identity == current:
                 continue
@@ -1082,7 +1121,6 @@ class InferenceService:
                 callback(model, identity)
             except Exception:
                 log.exception("a listener for the deletion of %r failed", model)
-        return True
 
     def _swap_targets(self, model: str) -> bool:
         """Move `model`'s cached targets to what the source has now, and unload what they no longer
@@ -1241,6 +1279,11 @@ class InferenceService:
         self._swaps.shutdown(wait=True, cancel_futures=True)
         self.explainer.close()
         self.pool.close()
+
+
+def _refresh_wait(failures: int) -> float:
+    """Seconds before a refresh that failed `failures` times in a row runs again."""
+    return min(SOURCE_RETRY_S * 2.0 ** (failures - 1), REFRESH_RETRY_MAX_S)
 
 
 def _over_max_batch(model: str, entry: LoadedVersion, rows: int) -> InvalidArgument:

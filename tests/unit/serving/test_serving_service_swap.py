@@ -6,6 +6,7 @@ version that is deleted, and its refresh run, before it is loaded."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
@@ -815,5 +816,88 @@ def test_a_refresh_finishes_when_a_request_drops_its_cached_no_deployment_meanwh
         assert refreshed.wait(30)
         assert service._refresh_retry_at == {}
         assert service._unsettled == {}
+    finally:
+        service.close()
+
+
+def _refreshes_done(service: InferenceService) -> None:
+    """Wait for every refresh queued so far to finish (the swaps run one at a time, in order)."""
+    service._swaps.submit(lambda: None).result(30)
+
+
+def test_a_refresh_that_keeps_failing_waits_ever_longer_and_logs_one_traceback(
+    linear_onnx: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each failure of a refresh logged a traceback, and requests queued it again every
+    SOURCE_RETRY_S: a source out of reach for long logged about a traceback a second per model."""
+    source = UnreadableVersions({1: servable_file("m", 1, "onnx", linear_onnx)})
+    now = [0.0]
+    service = InferenceService(
+        source,
+        ModelPool(ServingDefaults(intra_op_threads=1), None),
+        autoload=True,
+        clock=lambda: now[0],
+    )
+    try:
+        assert _predict(service, Target("m")) == 1  # `latest` cached
+        source.failing = True
+        caplog.set_level(logging.WARNING, logger="tesserad.serving.service")
+        service.on_registry_change("m")
+        _refreshes_done(service)
+        waits = [service._refresh_retry_at["m"] - now[0]]
+        for _ in range(6):
+            now[0] = service._refresh_retry_at["m"]
+            assert _predict(service, Target("m")) == 1  # queues the refresh again
+            _refreshes_done(service)
+            waits.append(service._refresh_retry_at["m"] - now[0])
+        assert waits == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+        failed = [r for r in caplog.records if "refreshing the serving targets of 'm'" in r.getMessage()]
+        assert [r.exc_info is not None for r in failed] == [True] + [False] * 6
+        assert "failed again (7 times in a row): the registry cannot be reached" in failed[-1].getMessage()
+        source.failing = False
+        now[0] = service._refresh_retry_at["m"]
+        assert _predict(service, Target("m")) == 1
+        _refreshes_done(service)
+        assert service._refresh_retry_at == {}
+        source.failing = True
+        service.on_registry_change("m")  # a new streak: its first failure with its traceback
+        _refreshes_done(service)
+        assert service._refresh_retry_at["m"] - now[0] == 1.0
+        last = [r for r in caplog.records if "refreshing the serving targets of 'm'" in r.getMessage()][-1]
+        assert last.exc_info is not None
+    finally:
+        service.close()
+
+
+def test_a_refresh_that_failed_for_a_model_without_requests_is_run_again_by_the_periodic_retry(
+    linear_onnx: Path,
+) -> None:
+    """Only a request or metadata call queued a failed refresh again: a version deleted while the
+    source was unreadable stayed loaded, and its model's retry pending, for as long as no call
+    came for the model (a deleted model gets none)."""
+    source = UnreadableVersions({1: servable_file("m", 1, "onnx", linear_onnx)})
+    now = [0.0]
+    service = InferenceService(
+        source,
+        ModelPool(ServingDefaults(intra_op_threads=1), None),
+        autoload=True,
+        clock=lambda: now[0],
+    )
+    try:
+        assert _predict(service, Target("m", 1)) == 1
+        source.failing = True
+        del source.versions[1]
+        service.on_registry_change("m")
+        _refreshes_done(service)
+        assert "m" in service._refresh_retry_at  # it could not read version 1
+        source.failing = False
+        assert service.retry_failed_loads() == 0  # not due yet: nothing queued
+        _refreshes_done(service)
+        assert [entry.version for entry in service.pool.list("m")] == [1]
+        now[0] += service_module.SOURCE_RETRY_S
+        assert service.retry_failed_loads() == 0
+        _refreshes_done(service)
+        assert service.pool.list("m") == []
+        assert service._refresh_retry_at == {}
     finally:
         service.close()
