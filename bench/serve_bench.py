@@ -164,6 +164,9 @@ class FileSource:
     def servable(self, model: str, version: int | None, alias: str | None) -> ServableVersion:
         return servable_file(model, 1, "onnx", self._paths[model.rsplit("-", 1)[0]])
 
+    def known_servable(self, model: str, version: int) -> ServableVersion | None:
+        return self.servable(model, version, None)
+
     def deployment(self, model: str) -> DeploymentPlan | None:
         return None
 

@@ -139,7 +139,17 @@ class FollowedRegistry:
         else:
             raise alias_not_set(model, alias, sorted(state.aliases))
         followed = state.versions.get(number) or self._fetched_version(model, number, state.latest_version)
+        return self._servable(model, number, followed)
 
+    def known_servable(self, model: str, version: int) -> ServableVersion | None:
+        """The version as the feed gave it, or as fetched since its model's last change; None for
+        one only the primary could say about (see VersionSource.known_servable)."""
+        state = self._model(model)
+        with self._lock:
+            followed = state.versions.get(version) or self._fetched.get((model, version))
+        return None if followed is None else self._servable(model, version, followed)
+
+    def _servable(self, model: str, number: int, followed: FollowedVersion) -> ServableVersion:
         def open_artifact() -> Any:
             return self._cache.open(
                 followed.sha256,

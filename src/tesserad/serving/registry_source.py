@@ -79,6 +79,9 @@ class RegistrySource:
         )
         return opened
 
+    def known_servable(self, model: str, version: int) -> ServableVersion | None:
+        return self.servable(model, version, None)  # the registry is on this machine
+
     def deployment(self, model: str) -> DeploymentPlan | None:
         try:
             deployment = self._registry.get_deployment(model)

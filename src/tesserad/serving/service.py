@@ -90,6 +90,11 @@ class VersionSource(Protocol):
 
     def servable(self, model: str, version: int | None, alias: str | None) -> ServableVersion: ...
 
+    def known_servable(self, model: str, version: int) -> ServableVersion | None:
+        """Version `version` of `model` as this source knows it without asking another machine
+        (a replica's primary); None when only that could say; NotFound for one it knows gone."""
+        ...
+
     def deployment(self, model: str) -> DeploymentPlan | None: ...
 
     def model_names(self) -> list[str]: ...
@@ -604,9 +609,11 @@ class InferenceService:
         self.pool.unload_replaced(entry)
         return False
 
-    def _registered(self, entry: LoadedVersion) -> bool:
+    def _registered(self, entry: LoadedVersion, *, remote: bool = True) -> bool:
         """Whether `entry` is the artifact its source has under its number, NotFound for a version
-        gone; checked only while `_unchecked`, and changing nothing loaded (a metadata call's)."""
+        gone; checked only while `_unchecked`, and changing nothing loaded (a metadata call's).
+        Without `remote`, only what the source knows without asking another machine is read
+        (VersionSource.known_servable): where that cannot say, as when the source fails to."""
         if not self._unchecked(entry):
             return True
         model = entry.model
@@ -623,7 +630,10 @@ class InferenceService:
                 self._source_retry_at[model] = now + SOURCE_RETRY_S
         changes = self._changes  # before the read: a change after it is checked again
         try:
-            servable = self._source.servable(model, entry.version, None)
+            if remote:
+                servable: ServableVersion | None = self._source.servable(model, entry.version, None)
+            else:
+                servable = self._source.known_servable(model, entry.version)
         except NotFound:
             self._source_answered(model)
             raise
@@ -634,6 +644,8 @@ class InferenceService:
                 if self._unsettled.get(model) == changed_at:
                     self._source_retry_at[model] = self._clock() + SOURCE_RETRY_S
             return True
+        if servable is None:
+            return True  # only another machine could say: kept, as when the source fails to
         self._source_answered(model)
         if servable.artifact_sha256 != entry.artifact_sha256:
             return False
@@ -710,7 +722,8 @@ class InferenceService:
     def ready_versions(self, model: str) -> list[int]:
         """The versions of `model` ready to serve as what the source has under their numbers: one
         it replaced or deleted since, not unloaded yet by the refresh of that change, is left out
-        (checked as describe checks, changing nothing loaded)."""
+        (checked as describe checks, changing nothing loaded, though without asking another
+        machine: see _ready_as_registered)."""
         ready = []
         for version in self.pool.ready_versions(model):
             try:
@@ -726,7 +739,7 @@ class InferenceService:
 
         As ready_versions, a version its source replaced or deleted since is not ready, though
         the refresh of that change has not unloaded it yet (a request would not be served by it);
-        nothing loaded changes. Without a version, a stale route is routed again as a request's
+        nothing loaded changes, and no other machine is asked (see _ready_as_registered). Without a version, a stale route is routed again as a request's
         is (REROUTE_ROUNDS), and a refresh that failed queued again (SOURCE_RETRY_S). False for a
         model or version the source does not have."""
         model = target.model
@@ -752,9 +765,12 @@ class InferenceService:
 
     def _ready_as_registered(self, model: str, version: int) -> bool:
         """Whether `version` is loaded, ready, and the artifact its source has under its number
-        (see _registered; NotFound for a version it no longer has)."""
+        (see _registered; NotFound for a version it no longer has). Only what the source knows
+        without asking another machine is read: a readiness probe must answer within its timeout
+        (Kubernetes' 1 s), not wait on a replica's primary out of reach; a version a replica
+        cannot check so is ready until its refresh unloads it, as requests are served by it."""
         entry = self.pool.get(model, version)
-        return entry is not None and entry.state is LoadState.READY and self._registered(entry)
+        return entry is not None and entry.state is LoadState.READY and self._registered(entry, remote=False)
 
     def _describe(self, model: str, version: int) -> VersionDescription:
         ready = self.pool.get(model, version)

@@ -109,3 +109,19 @@ def test_a_model_created_again_is_told_by_when_it_was_created_whatever_the_kinds
         8, "made", FollowedModel(2, {"prod": 1}, None, {2: record(2)}, created_at=200.0), created=True
     )
     assert followed.model_identity("made") == second
+
+
+def test_a_version_known_without_the_primary_is_one_the_feed_gave_or_fetched_since_its_change(
+    followed: FollowedRegistry, primary: Primary
+) -> None:
+    """What readiness reads: never a fetch from the primary (a probe must not wait on it)."""
+    known = followed.known_servable("m", 3)
+    assert known is not None and known.artifact_sha256 == record(3).sha256
+    assert followed.known_servable("m", 1) is None
+    followed.servable("m", 1, None)
+    assert followed.known_servable("m", 1) is not None
+    followed.apply(3, "m", FollowedModel(3, {}, None, {3: record(3)}))
+    assert followed.known_servable("m", 1) is None
+    assert primary.fetches == [("m", 1)]
+    with pytest.raises(NotFound, match="model 'gone' does not exist"):
+        followed.known_servable("gone", 1)

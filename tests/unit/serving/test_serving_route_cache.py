@@ -37,6 +37,9 @@ class ChangingDeployment:
     def servable(self, model: str, version: int | None, alias: str | None) -> ServableVersion:
         return servable_file(model, version or self._read(), "onnx", self.path)
 
+    def known_servable(self, model: str, version: int) -> ServableVersion | None:
+        return self.servable(model, version, None)
+
     def deployment(self, model: str) -> DeploymentPlan | None:
         return DeploymentPlan(routes=((self._read(), 100),))
 

@@ -40,6 +40,9 @@ class OneVersion:
     def servable(self, model: str, version: int | None, alias: str | None) -> ServableVersion:
         return self.version
 
+    def known_servable(self, model: str, version: int) -> ServableVersion | None:
+        return self.servable(model, version, None)
+
     def deployment(self, model: str) -> DeploymentPlan | None:
         return None
 
@@ -61,6 +64,9 @@ class Versions:
         if number not in self.versions:
             raise NotFound(f"model 'm' has no version {number}")
         return self.versions[number]
+
+    def known_servable(self, model: str, version: int) -> ServableVersion | None:
+        return self.servable(model, version, None)
 
     def deployment(self, model: str) -> DeploymentPlan | None:
         return None
@@ -900,4 +906,47 @@ def test_a_refresh_that_failed_for_a_model_without_requests_is_run_again_by_the_
         assert service.pool.list("m") == []
         assert service._refresh_retry_at == {}
     finally:
+        service.close()
+
+
+class FetchedVersions(Versions):
+    """Versions as a replica has those it fetched from its primary: none known without asking it
+    (known_servable None), and each read of one waits until `answer` is set (the primary
+    blackholed: its fetch waits out its timeout)."""
+
+    def __init__(self, versions: dict[int, ServableVersion]) -> None:
+        super().__init__(versions)
+        self.answer = threading.Event()
+
+    def known_servable(self, model: str, version: int) -> ServableVersion | None:
+        return None
+
+    def servable(self, model: str, version: int | None, alias: str | None) -> ServableVersion:
+        if version is not None:
+            assert self.answer.wait(30)
+        return super().servable(model, version, alias)
+
+
+def test_readiness_answers_without_waiting_on_a_read_of_another_machine(linear_onnx: Path) -> None:
+    """While a change waited for its refresh, ModelReady read the version from the source: on a
+    replica whose primary was blackholed, each probe waited for a fetch to time out, past a
+    Kubernetes probe's 1 s timeout."""
+    source = FetchedVersions({1: servable_file("m", 1, "onnx", linear_onnx)})
+    service = InferenceService(source, ModelPool(ServingDefaults(intra_op_threads=1), None), autoload=True)
+    answers: list[bool] = []
+    answered = threading.Event()
+
+    def probe() -> None:
+        answers.extend([service.ready(Target("m", 1)), service.ready(Target("m"))])
+        answered.set()
+
+    try:
+        service.pool.load(source.versions[1], ServingConfig())
+        assert service.route(Target("m")) == (1, None)  # `latest` cached
+        service.on_registry_change("m")  # its refresh waits on its read
+        threading.Thread(target=probe, daemon=True).start()
+        assert answered.wait(30)
+        assert answers == [True, True]  # as requests are served while the source cannot say
+    finally:
+        source.answer.set()
         service.close()

@@ -24,6 +24,9 @@ class Deployed:
     def servable(self, model: str, version: int | None, alias: str | None) -> ServableVersion:
         return servable_file(model, version or 1, "onnx", self.path)
 
+    def known_servable(self, model: str, version: int) -> ServableVersion | None:
+        return self.servable(model, version, None)
+
     def deployment(self, model: str) -> DeploymentPlan | None:
         return self.plan
 
