@@ -48,6 +48,8 @@ class LogHistogram:
         self.count = 0
         self.sum = 0.0
         self.max = 0.0
+        # Kept to bound the percentiles as `max` does (inf while empty).
+        self.min = math.inf
 
     def record(self, value: float) -> None:
         clamped = min(max(value, MIN_VALUE), MAX_VALUE)
@@ -56,6 +58,8 @@ class LogHistogram:
         self.sum += value
         if value > self.max:
             self.max = value
+        if value < self.min:
+            self.min = value
 
     def record_many(self, values: np.ndarray) -> None:
         """Record every value of a 1-d float array at once: what `record` does for each, in a
@@ -71,6 +75,7 @@ class LogHistogram:
         self.count += int(values.size)
         self.sum += float(values.sum())
         self.max = max(self.max, float(values.max()))
+        self.min = min(self.min, float(values.min()))
 
     def merge(self, other: LogHistogram) -> None:
         if other.relative_error != self.relative_error:
@@ -79,12 +84,14 @@ class LogHistogram:
         self.count += other.count
         self.sum += other.sum
         self.max = max(self.max, other.max)
+        self.min = min(self.min, other.min)
 
     def reset(self) -> None:
         self._counts = [0] * len(self._counts)
         self.count = 0
         self.sum = 0.0
         self.max = 0.0
+        self.min = math.inf
 
     def copy(self) -> LogHistogram:
         twin = LogHistogram(self.relative_error)
@@ -109,8 +116,9 @@ class LogHistogram:
                 next_rank += 1
             if next_rank == len(ranks):
                 break
-        # The top bucket's reported point can exceed the exact maximum; never report beyond it.
-        return [min(value, self.max) for value in results]
+        # A bucket's reported point can lie above the largest value seen or below the smallest
+        # (a single value's bucket point is either): never report outside them.
+        return [min(max(value, self.min), self.max) for value in results]
 
     def summary(self) -> Percentiles:
         p50, p95, p99, p999 = self.quantiles([0.5, 0.95, 0.99, 0.999])
@@ -133,12 +141,15 @@ class LogHistogram:
     def from_buckets(
         cls, relative_error: float, counts: Mapping[int, int], total: float, maximum: float
     ) -> LogHistogram:
-        """The histogram `bucket_counts` described (another process's, to merge)."""
+        """The histogram `bucket_counts` described (another process's, to merge). Its smallest
+        value is not sent: the lowest bucket's lower bound stands for it, below every value there."""
         histogram = cls(relative_error)
         last = len(histogram._counts) - 1
         for bucket, count in counts.items():
             histogram._counts[min(max(bucket - histogram._offset, 0), last)] += count
             histogram.count += count
+            if count:
+                histogram.min = min(histogram.min, histogram._gamma ** (bucket - 1))
         histogram.sum = total
         histogram.max = maximum
         return histogram

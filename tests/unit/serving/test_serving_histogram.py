@@ -88,3 +88,21 @@ def test_record_many_equals_recording_each() -> None:
     at_once.record_many(np.array([]))
     assert at_once.bucket_counts() == one_by_one.bucket_counts()
     assert astuple(at_once.summary()) == pytest.approx(astuple(one_by_one.summary()))
+
+
+@pytest.mark.parametrize("value", [334.5, 337.0, 1234.0])
+def test_percentiles_stay_between_the_smallest_and_largest_value_seen(value: float) -> None:
+    """A bucket's reported point may lie below its values: one sample of 337 us showed p99.9
+    334 us with max 337 us."""
+    one = LogHistogram()
+    one.record(value)
+    assert one.quantiles([0.0, 0.5, 0.999, 1.0]) == [value] * 4
+    summary = one.summary()
+    assert (summary.p50, summary.p999, summary.max) == (value, value, value)
+    some = LogHistogram()
+    some.record_many(np.array([value, value * 1.001]))
+    low, high = some.quantiles([0.0, 1.0])
+    assert value <= low <= high <= value * 1.001
+    merged = LogHistogram()
+    merged.merge(one)
+    assert merged.quantiles([0.5]) == [value]
