@@ -27,7 +27,7 @@ from tesserad.api.convert_tensors import (
 )
 from tesserad.api.oip_config import model_config_of, serving_config_of
 from tesserad.api.streams import answer_stream
-from tesserad.errors import PermissionDenied, TesseraError, Unimplemented
+from tesserad.errors import NotFound, PermissionDenied, TesseraError, Unimplemented
 from tesserad.log_settings import SettingValue
 from tesserad.oip import grpc_service_pb2 as pb
 from tesserad.oip import grpc_service_pb2_grpc
@@ -40,6 +40,7 @@ from tesserad.serving.open_inference import (
     PLATFORMS,
     IndexRow,
     OpenInference,
+    in_oip_words,
     refuse_repository_name,
     target_of,
     timeout_of,
@@ -189,9 +190,12 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                 self._core.refused(target, started)
                 raise
             decoded = time.perf_counter_ns()
-            version, prediction = await self._core.infer(
-                target, inputs, output_names, deadline, timeout, request.id, started
-            )
+            try:
+                version, prediction = await self._core.infer(
+                    target, inputs, output_names, deadline, timeout, request.id, started
+                )
+            except NotFound as exc:
+                raise in_oip_words(exc) from None
             answered = time.perf_counter_ns()
             response = pb.ModelInferResponse(
                 model_name=target.model, model_version=str(version), id=request.id

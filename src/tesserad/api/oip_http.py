@@ -63,6 +63,7 @@ from tesserad.serving.open_inference import (
     EXTENSIONS,
     NO_CUDA_SHARED_MEMORY,
     OpenInference,
+    in_oip_words,
     refuse_repository_name,
     target_of,
     timeout_of,
@@ -476,9 +477,12 @@ class OipHttpServer(HttpListener):
                 self._core.refused(target, started)
                 raise
             decoded = time.perf_counter_ns()
-            version, prediction = await self._core.infer(
-                target, parsed.inputs, parsed.output_names, None, timeout, parsed.id, started
-            )
+            try:
+                version, prediction = await self._core.infer(
+                    target, parsed.inputs, parsed.output_names, None, timeout, parsed.id, started
+                )
+            except errors.NotFound as exc:
+                raise in_oip_words(exc) from None
             answered = time.perf_counter_ns()
             answer, header_length = infer_response(target.model, version, parsed, prediction.outputs, lease)
         encoded = time.perf_counter_ns()

@@ -117,6 +117,29 @@ def not_ready(target: Target, error: NotLoaded | StillLoading) -> TesseraError:
     return NotFound(error.message)
 
 
+# The registry's NotFound fixes name its RPCs (tesserad.registry.tables, a replica's
+# followed.py); a Triton client's user acts on the command that does it, or on the RPC named
+# with its service.
+_PUSH = "`tessera models push MODEL FILE`"
+_OIP_FIXES = (
+    ("create it with CreateModel", f"register it with {_PUSH} or tessera.v1.Registry's UploadVersion"),
+    (
+        "create it there with CreateModel",
+        f"register it there with {_PUSH} or tessera.v1.Registry's UploadVersion",
+    ),
+    ("upload one with UploadVersion", f"upload one with {_PUSH} or tessera.v1.Registry's UploadVersion"),
+    ("ListVersions lists them", "`tessera models versions MODEL` lists them"),
+)
+
+
+def in_oip_words(error: NotFound) -> NotFound:
+    """`error` with the registry's fix said in words a Triton client's user can act on."""
+    message = error.message
+    for registry_words, oip_words in _OIP_FIXES:
+        message = message.replace(registry_words, oip_words)
+    return NotFound(message)
+
+
 class Kind(enum.Enum):
     """What a request parameter holds; each transport names the kinds in its own words."""
 
@@ -295,7 +318,10 @@ class OpenInference:
         the version asked for, else the ready versions (here, else the one described).
 
         Never loads the version (as Triton's never does): see InferenceService.describe."""
-        described = await asyncio.to_thread(self._service.describe, target_of(name, version))
+        try:
+            described = await asyncio.to_thread(self._service.describe, target_of(name, version))
+        except NotFound as exc:
+            raise in_oip_words(exc) from None
         if version:
             return described, [described.version]
         ready = await asyncio.to_thread(self._service.ready_versions, described.model)
@@ -381,7 +407,10 @@ class OpenInference:
     async def statistics(self, name: str, version: str) -> list[LoadedVersion]:
         """The loaded versions whose statistics a request for `name` (empty: all) gets."""
         if name:
-            return await asyncio.to_thread(self._service.stats_entries, target_of(name, version))
+            try:
+                return await asyncio.to_thread(self._service.stats_entries, target_of(name, version))
+            except NotFound as exc:
+                raise in_oip_words(exc) from None
         # As Triton: every ready version's (one loading or draining shows once named).
         return [e for e in self._service.pool.list() if e.state is LoadState.READY]
 
@@ -444,6 +473,8 @@ class OpenInference:
             service.load_serving(name, config)
         except FailedPrecondition as exc:
             raise InvalidArgument(exc.message) from None
+        except NotFound as exc:
+            raise in_oip_words(exc) from None
 
     async def unload(self, name: str, parameters: Mapping[str, Parameter], names: Mapping[Kind, str]) -> None:
         """Unload every loaded version of `name`. `parameters`: the request's. With

@@ -1234,3 +1234,30 @@ def test_metadata_and_config_describe_a_version_without_loading_it(oip, inferenc
     config = oip.ModelConfig(pb.ModelConfigRequest(name=linear, version="1")).config
     assert (config.max_batch_size, [g.count for g in config.instance_group]) == (4, [1])
     assert list(oip.ModelMetadata(pb.ModelMetadataRequest(name=linear)).versions) == ["1"]
+
+
+def test_a_missing_model_or_version_says_what_a_triton_user_can_do(oip, linear, expect_rpc_error) -> None:
+    """The registry's hints name its RPCs (CreateModel), which a Triton client cannot call."""
+    register = "register it with `tessera models push MODEL FILE` or tessera.v1.Registry's UploadVersion"
+    not_found = grpc.StatusCode.NOT_FOUND
+    for call in (
+        lambda: oip.ModelInfer(infer_request("lineer", X)),
+        lambda: oip.ModelMetadata(pb.ModelMetadataRequest(name="lineer")),
+        lambda: oip.ModelConfig(pb.ModelConfigRequest(name="lineer")),
+        lambda: oip.ModelStatistics(pb.ModelStatisticsRequest(name="lineer")),
+        lambda: oip.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="lineer")),
+    ):
+        error = expect_rpc_error(
+            call, not_found, f"model 'lineer' does not exist; did you mean 'linear'? Or {register}"
+        )
+        assert "CreateModel" not in error.details()
+    expect_rpc_error(
+        lambda: oip.ModelMetadata(pb.ModelMetadataRequest(name="absent")),
+        not_found,
+        f"model 'absent' does not exist; {register}",
+    )
+    expect_rpc_error(
+        lambda: oip.ModelInfer(infer_request(linear, X, version="9")),
+        not_found,
+        "model 'linear' has no version 9 (the newest is 2; `tessera models versions MODEL` lists them)",
+    )

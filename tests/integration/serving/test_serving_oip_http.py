@@ -127,10 +127,22 @@ def test_health_metadata_config_and_repository(served: str) -> None:
     assert error(f"{served}/v2/models/half/versions/7/ready") == (
         400,
         "model 'half' version 7 is not ready: model 'half' has no version 7 (the newest is 1; "
-        "ListVersions lists them)",
+        "`tessera models versions MODEL` lists them)",
     )
-    status, said = error(f"{served}/v2/models/nope/ready")
-    assert status == 400 and said.startswith("model 'nope' is not ready: model 'nope' does not exist"), said
+    # In words a Triton client's user can act on, not the registry's RPC (CreateModel).
+    register = "register it with `tessera models push MODEL FILE` or tessera.v1.Registry's UploadVersion"
+    assert error(f"{served}/v2/models/nope/ready") == (
+        400,
+        f"model 'nope' is not ready: model 'nope' does not exist; {register}",
+    )
+    assert error(f"{served}/v2/models/lineer") == (
+        404,
+        f"model 'lineer' does not exist; did you mean 'linear'? Or {register}",
+    )
+    assert error(f"{served}/v2/models/lineer/infer", {"inputs": []}) == (
+        404,
+        f"model 'lineer' does not exist; did you mean 'linear'? Or {register}",
+    )
     assert call(f"{served}/v2/repository/models/half/load", b"")[0] == 200
     assert call(f"{served}/v2/models/half/ready")[0] == 200
     index = ok_json(f"{served}/v2/repository/index", {"ready": True})
