@@ -33,7 +33,7 @@ const RUN_STATUSES = choices('tessera.v1.RunStatus');
 const OPTIONS = `options (before or after the command):
   --target HOST:PORT  the daemon (default: $TESSERA_TARGET, else 127.0.0.1:50051)
   --token TOKEN       bearer token (default: $TESSERA_TOKEN)
-  --timeout SECONDS   each call's deadline (default 30); a watch has none
+  --timeout SECONDS   each call's deadline (default: $TESSERA_TIMEOUT_S, else 30); a watch has none
   --help              this help, or a command's or a group's (jobs --help)`;
 
 const COMMANDS = {
@@ -177,6 +177,12 @@ function parse(argv) {
     else if (!(flag in (FLAGS[args.command] || {}))) {
       throw new UsageError(`${flag} is not an option of ${args.command || 'tessera-node'}`, args.command);
     } else (args.flags[flag] = args.flags[flag] || []).push(value);
+  }
+  // As the Python CLI: the environment's default is read (and checked) only when --timeout is not
+  // given, and an empty one is none.
+  const timeoutDefault = process.env.TESSERA_TIMEOUT_S;
+  if (args.timeoutMs === undefined && timeoutDefault) {
+    args.timeoutMs = seconds('env TESSERA_TIMEOUT_S (the default of --timeout)', timeoutDefault) * 1000;
   }
   return args;
 }

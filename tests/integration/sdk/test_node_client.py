@@ -24,13 +24,15 @@ from tessera.v1 import training_pb2 as pb
 NODE_CLIENT = Path(__file__).resolve().parents[3] / "clients" / "node"
 
 
-def run_node(target: str, *args: str) -> subprocess.CompletedProcess[str]:
+def run_node(target: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """cli.js with `args`, `env` added to the environment."""
     return subprocess.run(
         ["node", str(NODE_CLIENT / "cli.js"), "--target", target, *args],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -163,6 +165,79 @@ def test_node_client_calls_end_at_their_deadline(node_ready, daemon, client, onn
         daemon.target,
     )
     assert (per_call.returncode, per_call.stdout) == (0, "DEADLINE_EXCEEDED\n"), per_call.stderr
+
+
+def test_node_cli_takes_its_timeout_from_the_environment_as_the_python_cli_does(
+    node_ready, daemon, client, onnx_file
+):
+    """TESSERA_TIMEOUT_S was ignored: every call had 30 s whatever it said."""
+    # A lone request waits 10 s for more rows to batch with.
+    client.models.push("affine", onnx_file)
+    client.inference.load("affine", max_batch_size=8, max_queue_delay_us=10_000_000)
+    inputs = json.dumps({"input": {"dtype": "DATA_TYPE_FLOAT32", "shape": [1, 4], "values": [0, 0, 0, 0]}})
+    failed = run_node(daemon.target, "predict", "affine", inputs, env={"TESSERA_TIMEOUT_S": "0.5"})
+    assert failed.returncode == EXIT_DAEMON
+    assert failed.stderr.startswith("tessera-node: DEADLINE_EXCEEDED: "), failed.stderr
+    for text in ("0", "-1", "nan", "1e3", "soon"):
+        refused = run_node(daemon.target, "info", env={"TESSERA_TIMEOUT_S": text})
+        assert refused.returncode == EXIT_USAGE, (text, refused.stdout)
+        assert refused.stderr.startswith(
+            "tessera-node: env TESSERA_TIMEOUT_S (the default of --timeout) must be seconds above 0"
+        ), refused.stderr
+    # --timeout given, the environment's default is not read; an empty one is none.
+    for env, args in (({"TESSERA_TIMEOUT_S": "soon"}, ("--timeout", "5")), ({"TESSERA_TIMEOUT_S": ""}, ())):
+        answered = run_node(daemon.target, *args, "info", env=env)
+        assert answered.returncode == 0, answered.stderr
+
+
+def readme_install_commands() -> list[str]:
+    """The `node cli.js` lines of the README's Install example."""
+    readme = (NODE_CLIENT / "README.md").read_text()
+    block = readme.split("## Install", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.startswith("node cli.js ")]
+
+
+def test_node_readme_install_example_runs_on_what_the_top_readme_registers(
+    node_ready, daemon, client, tmp_path
+):
+    """It predicted on a model `affine` alias `production`, which nothing had created."""
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    from tesserad.nn import build_model, spec_from_dict
+
+    # As the top README's walkthrough registers it (spec.toml: cnn4d, register_as staging).
+    architecture = {
+        "input_shape": [1, 4, 4, 4, 4],
+        "output_size": 2,
+        "cnn4d": {"channels": [8, 16], "kernel_size": 3},
+    }
+    torch.manual_seed(0)
+    spec = {
+        "family": "cnn4d",
+        "input_shape": [1, 4, 4, 4, 4],
+        "output_size": 2,
+        "channels": [8, 16],
+        "kernel_size": 3,
+    }
+    weights = tmp_path / "clips-cnn4d.safetensors"
+    save_file({k: v.contiguous() for k, v in build_model(spec_from_dict(spec)).state_dict().items()}, weights)
+    client.models.push("clips-cnn4d", weights, architecture=architecture, alias="staging")
+    commands = readme_install_commands()
+    assert len(commands) == 3 and "predict" in commands[-1]
+    for command in commands:
+        done = subprocess.run(
+            ["bash", "-c", command.replace("127.0.0.1:50051", daemon.target)],
+            cwd=NODE_CLIENT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env={**os.environ, "TESSERA_TARGET": daemon.target},
+        )
+        assert done.returncode == 0, (command, done.stderr)
+    predicted = json.loads(done.stdout)
+    assert predicted["version"] == 1 and predicted["outputs"]["output"]["shape"] == [1, 2]
 
 
 def node_json(script: str, target: str) -> Any:
