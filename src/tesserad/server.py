@@ -13,12 +13,14 @@ import contextlib
 import errno
 import itertools
 import logging
+import shutil
 import signal
 import socket
 import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -233,6 +235,8 @@ class Daemon:
         # Triton's trace extension, tracing off until the start has checked serving.trace_file.
         self._tracer = Tracer(None, OIP_NAME_BY_DTYPE)
         self._lock: DataDirLock | None = None
+        # The data directory (or its topmost parent) this start made, while the start is under way.
+        self._made_data_dir: Path | None = None
         self._store: Store | None = None
         self._blobs: BlobStore | BlobCache | None = None
         self._gpus: Gpus | None = None
@@ -253,15 +257,18 @@ class Daemon:
         return str(Address(self.settings.listen.host, self.port))
 
     async def start(self) -> None:
-        """Take the data directory, open the store, bind and start serving; fail fast and clean."""
+        """Take the data directory, open the store, bind and start serving; fail fast and clean:
+        a failed start (a taken port, say) removes the data directory it made, and only that."""
         try:
             await self._start()
         except BaseException:
             if self._server is not None:
                 # A listener after gRPC's failed to bind: gRPC's server is already serving.
                 await self._server.stop(0)
-            await self._close_resources()
+            await self._close_resources(remove=self._made_data_dir)
             raise
+        finally:
+            self._made_data_dir = None
 
     def _jobs(self, system: SystemService, *args: Any, **kwargs: Any) -> Jobs:
         """The training jobs of training.backend: local worker processes, or a Ray cluster's actors."""
@@ -304,10 +311,13 @@ class Daemon:
                 raise SettingsRefusal(str(exc)) from None
             except PrimaryCertificateError as exc:
                 raise StartupError(str(exc)) from None
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = DataDirLock(data_dir)
+        made = _make_dirs(data_dir)
+        lock = DataDirLock(data_dir)
         with space_checked(str(data_dir), "the data directory's files at start"):
-            self._lock.acquire()
+            lock.acquire()
+        self._lock = lock
+        # Held from here on: the directory made is this start's alone, so a failed start removes it.
+        self._made_data_dir = made
         TraceMetrics(self._tracer, self.metrics.registry)
         if settings.replica.primary:
             await self._start_replica(auth, credentials)
@@ -811,8 +821,9 @@ class Daemon:
         if self._server is not None:
             await self._server.wait_for_termination()
 
-    async def _close_resources(self, exports_wait_s: float = 0.0) -> None:
-        """`exports_wait_s`: how long running ONNX exports may still finish before they are abandoned."""
+    async def _close_resources(self, exports_wait_s: float = 0.0, remove: Path | None = None) -> None:
+        """`exports_wait_s`: how long running ONNX exports may still finish before they are
+        abandoned. `remove`: a directory to delete once the store is closed, under the lock."""
         if self._files_watch is not None:
             self._files_watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -873,6 +884,15 @@ class Daemon:
             self._gpus.close()
             self._gpus = None
         if self._lock is not None:
+            if remove is not None:
+                try:
+                    await asyncio.to_thread(shutil.rmtree, remove)
+                except OSError as exc:
+                    # The start's own error is the one to report; this one only leaves files behind.
+                    log.warning(
+                        "could not remove the data directory this failed start made; delete it",
+                        extra={"path": str(remove), "error": str(exc)},
+                    )
             self._lock.release()
             self._lock = None
 
@@ -910,6 +930,22 @@ async def _apply(
 
 def create_server(settings: Settings, insecure: bool = False) -> Daemon:
     return Daemon(settings, insecure)
+
+
+def _make_dirs(path: Path) -> Path | None:
+    """Make `path` and its missing parents; the topmost directory this call made, or None when
+    `path` was there already (or another process made each one first)."""
+    missing = list(itertools.takewhile(lambda d: not d.exists(), (path, *path.parents)))
+    made = None
+    for directory in reversed(missing):
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            if not directory.is_dir():
+                raise
+            continue
+        made = made or directory
+    return made
 
 
 def _host(address: Address) -> str:

@@ -209,3 +209,36 @@ def test_a_listener_on_a_taken_port_names_its_setting(spawn_daemon, tmp_path, fl
         assert daemon.process.wait(60) == EXIT_CANNOT_START
     output = daemon.output()
     assert address in output and said in output, output
+    assert not (tmp_path / "var").exists()
+
+
+def _taken_port_start(spawn_daemon, data_dir: Path, *args: str) -> str:
+    """The output of a start refused because its port is taken."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        daemon = spawn_daemon(
+            "--listen", address, "--metrics-listen", "off", "--data-dir", str(data_dir), *args
+        )
+        assert daemon.process.wait(60) == EXIT_CANNOT_START
+    return daemon.output()
+
+
+@pytest.mark.parametrize("replica", [(), ("--follow", "127.0.0.1:1")], ids=["primary", "replica"])
+def test_a_start_refused_its_port_removes_the_parents_it_made(spawn_daemon, tmp_path, replica):
+    output = _taken_port_start(spawn_daemon, tmp_path / "made" / "var", *replica)
+    assert "already in use" in output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_start_refused_its_port_leaves_a_data_directory_that_was_there(spawn_daemon, tmp_path):
+    data_dir = tmp_path / "var"
+    first = spawn_daemon("--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(data_dir))
+    first.wait_serving()
+    first.kill()
+    kept = sorted(path.relative_to(data_dir) for path in data_dir.rglob("*"))
+    assert Path("store") in kept
+
+    assert "already in use" in _taken_port_start(spawn_daemon, data_dir)
+    assert sorted(path.relative_to(data_dir) for path in data_dir.rglob("*")) == kept
