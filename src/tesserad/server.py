@@ -1036,12 +1036,14 @@ async def serve(settings: Settings, insecure: bool = False) -> None:
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
-    # Before start: SIGHUP's default action would end a daemon still starting.
+    # Before start: SIGHUP's default action would end a daemon still starting, and SIGTERM's
+    # would kill one that has just said "tesserad serving" (a supervisor may stop it at once).
+    # A stop asked for during the start is taken once it is done: a start is not cut halfway.
     loop.add_signal_handler(signal.SIGHUP, reload)
-    await daemon.start()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    await daemon.start()
     await stop.wait()
     # A SIGHUP from now on is not applied to a daemon going away (nor left to end the process).
     loop.add_signal_handler(signal.SIGHUP, log.info, "SIGHUP ignored: tesserad is stopping")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import re
 import signal
@@ -13,6 +14,7 @@ import grpc
 import pytest
 
 from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc, system_pb2, system_pb2_grpc
+from tesserad import cli
 from tesserad.oip import grpc_service_pb2, grpc_service_pb2_grpc
 
 
@@ -36,6 +38,31 @@ def test_signal_drains_an_in_flight_stream_then_exits_0(spawn_daemon, tmp_path, 
     # The grace left, in ms at most: not 9.999995161999323.
     assert re.search(r'"tesserad stopping", "grace_period_s": \d+(\.\d{1,3})?\}', output), output
     channel.close()
+
+
+def test_sigterm_during_the_start_stops_the_daemon_gracefully_once_started(spawn_daemon, tmp_path):
+    """A SIGTERM that came while the daemon started (here: while it read its tokens file, a FIFO
+    this test holds) killed it by SIGTERM's default action; the same could happen right after its
+    "tesserad serving" line. It now stops gracefully once its start is done."""
+    tokens = tmp_path / "tokens.toml"
+    assert cli.main(["tokens", "add", "--file", str(tokens), "--name", "admin", "--role", "admin"]) == 0
+    held = tmp_path / "held-tokens.toml"
+    os.mkfifo(held)
+    daemon = spawn_daemon(
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "off",
+        "--data-dir",
+        str(tmp_path / "data"),
+        env={"TESSERA_SECURITY_TOKENS_FILE": str(held)},
+    )
+    with held.open("wb") as fifo:  # opens once the daemon opened it to read: it is starting
+        daemon.terminate()
+        fifo.write(tokens.read_bytes())
+    assert daemon.process.wait(60) == 0, daemon.output()
+    output = daemon.output()
+    assert "tesserad serving" in output and "tesserad stopped" in output
 
 
 def test_open_ended_watch_is_told_to_reconnect_on_shutdown(spawn_daemon, tmp_path):
