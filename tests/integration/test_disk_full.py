@@ -497,7 +497,7 @@ def test_a_sweep_whose_end_the_store_refuses_shows_it_ended_until_a_restart_stor
         assert shown.state == training_pb2.SWEEP_STATE_SUCCEEDED, shown
         with pytest.raises(grpc.RpcError) as info:
             training.CancelSweep(training_pb2.CancelSweepRequest(sweep_id=sweep_id))
-        assert info.value.details() == f"sweep {sweep_id} has already ended (SUCCEEDED)"
+        assert info.value.details() == f"sweep {sweep_id} has already ended (succeeded)"
         assert made[0]._unsaved == {}
     finally:
         running.stop()

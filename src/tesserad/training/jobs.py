@@ -703,7 +703,7 @@ class Jobs:
             job = self._active.get(job_id)
         if job is None:
             state = self.get(job_id).state
-            raise FailedPrecondition(f"job {job_id} has already ended ({state.upper()}); nothing to cancel")
+            raise FailedPrecondition(f"job {job_id} has already ended ({state}); nothing to cancel")
         with self._lock:
             running = self._running.get(job_id)
             queued = self._queue.pop(job_id, None) is not None
@@ -1212,13 +1212,13 @@ class Jobs:
             self._set_state(
                 job,
                 "interrupted",
-                "tesserad is shutting down while the job's cancel waits; it ends CANCELLED when "
+                "tesserad is shutting down while the job's cancel waits; it ends cancelled when "
                 "tesserad starts again",
                 ends=True,
                 also=self._run_status(job, "interrupted"),
             )
             log.info(
-                "job stopped by the shutdown while its cancel waited; it ends CANCELLED when tesserad "
+                "job stopped by the shutdown while its cancel waited; it ends cancelled when tesserad "
                 "starts again",
                 extra={"job_id": job.job_id, "attempt": job.attempt},
             )

@@ -291,7 +291,7 @@ def cancel_failures(sweep: Sweep, failures: list[tuple[str, TesseraError]]) -> T
     number = {t.job_id: t.number for t in sweep.trials}
     each = "; ".join(f"trial {number[job_id]} (job {job_id}): {exc.message}" for job_id, exc in failures)
     return type(failures[0][1])(
-        f"sweep {sweep.sweep_id} is CANCELLED and its other trials' jobs were cancelled, but "
+        f"sweep {sweep.sweep_id} is cancelled and its other trials' jobs were cancelled, but "
         f"{len(failures)} could not be: {each}. They run on until they end; cancel them with "
         "CancelJob, or restart tesserad, which cancels them at its start"
     )
@@ -723,7 +723,7 @@ class Sweeps:
             # ends reach it after GetJob shows them): it is refused alike before and after.
             state = self.get(sweep_id).state if sweep is None else sweep.state
             if sweep is None or state != "running":
-                raise FailedPrecondition(f"sweep {sweep_id} has already ended ({state.upper()})")
+                raise FailedPrecondition(f"sweep {sweep_id} has already ended ({state})")
             trials = [replace(t, state="cancelled") if t.state == "pending" else t for t in sweep.trials]
             never_started = [t for t in trials if t.state == "cancelled" and not t.job_id]
             # Stored before any trial's job is cancelled: a daemon killed meanwhile finishes the

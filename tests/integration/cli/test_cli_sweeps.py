@@ -98,7 +98,7 @@ def test_sweep_follow_shows_trials_then_a_leaderboard_and_a_plot(tessera_cli, ta
     assert shown.code == 0 and sweep_id in shown.out and "momentum=" in shown.out + "name=adam"
     assert "tpe + asha" in tessera_cli("sweeps", "ls").out
     cancelled = tessera_cli("sweeps", "cancel", sweep_id)
-    assert cancelled.code == EXIT_DAEMON and "already ended (SUCCEEDED)" in cancelled.err
+    assert cancelled.code == EXIT_DAEMON and "already ended (succeeded)" in cancelled.err
 
 
 def test_sweep_spec_problems_are_reported_by_file_and_line(tessera_cli, tmp_path):

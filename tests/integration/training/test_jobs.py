@@ -241,7 +241,7 @@ def test_two_jobs_run_at_once_and_cancel_stops_them(training: training_grpc.Trai
     with pytest.raises(grpc.RpcError) as info:
         training.CancelJob(S.CancelJobRequest(job_id=first.job_id))
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "already ended (CANCELLED)" in info.value.details()
+    assert "already ended (cancelled)" in info.value.details()
 
 
 def _scrape(training_daemon) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:

@@ -252,7 +252,7 @@ def test_a_daemon_stopped_gracefully_while_a_cancel_waits_says_the_job_ends_canc
             worker.kill()
     stopped = _logged(
         daemon,
-        "job stopped by the shutdown while its cancel waited; it ends CANCELLED when tesserad starts again",
+        "job stopped by the shutdown while its cancel waited; it ends cancelled when tesserad starts again",
     )
     assert (stopped["job_id"], stopped["attempt"]) == (job.job_id, 1)
 
@@ -266,7 +266,7 @@ def test_a_daemon_stopped_gracefully_while_a_cancel_waits_says_the_job_ends_canc
         S.JOB_STATE_CANCELLED,
     ]
     assert of_kind(events, "state")[2].reason == (
-        "tesserad is shutting down while the job's cancel waits; it ends CANCELLED when tesserad starts again"
+        "tesserad is shutting down while the job's cancel waits; it ends cancelled when tesserad starts again"
     )
     channel.close()
 

@@ -339,7 +339,7 @@ def test_cancel_sweep_cancels_its_trials(training: training_pb2_grpc.TrainingStu
     with pytest.raises(grpc.RpcError) as info:
         training.CancelSweep(S.CancelSweepRequest(sweep_id=sweep.sweep_id))
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "already ended (CANCELLED)" in info.value.details()
+    assert "already ended (cancelled)" in info.value.details()
 
 
 def test_cancel_sweep_writes_the_sweep_record_a_few_times_however_many_trials_it_cancels(
@@ -440,7 +440,7 @@ def test_a_cancelled_sweep_refuses_another_cancel_while_its_trials_stop(
         with pytest.raises(grpc.RpcError) as info:
             training.CancelSweep(S.CancelSweepRequest(sweep_id=sweep.sweep_id))
         assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert info.value.details() == f"sweep {sweep.sweep_id} has already ended (CANCELLED)"
+        assert info.value.details() == f"sweep {sweep.sweep_id} has already ended (cancelled)"
         assert states(follow(training, job_id))[-1] == S.JOB_STATE_CANCELLED
     ended = training.GetSweep(S.GetSweepRequest(sweep_id=sweep.sweep_id))
     assert ended.state == S.SWEEP_STATE_CANCELLED
@@ -899,7 +899,7 @@ def test_a_trial_whose_job_cannot_be_cancelled_does_not_stop_the_sweep_cancel(
     monkeypatch.undo()
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert info.value.details() == (
-        f"sweep {sweep.sweep_id} is CANCELLED and its other trials' jobs were cancelled, but 1 could "
+        f"sweep {sweep.sweep_id} is cancelled and its other trials' jobs were cancelled, but 1 could "
         f"not be: trial 2 (job {stuck}): the store is full. They run on until they end; cancel them "
         "with CancelJob, or restart tesserad, which cancels them at its start"
     )

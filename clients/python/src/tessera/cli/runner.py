@@ -16,11 +16,13 @@ from rich.console import Console
 
 from tessera.cli import EXIT_DAEMON, EXIT_FAILED, EXIT_OUTPUT_CLOSED, EXIT_USAGE
 from tessera.cli.arguments import UsageError
-from tessera.cli.models import cmd_export_onnx
+from tessera.cli.datasets import cmd_datasets_download, cmd_datasets_push
+from tessera.cli.models import cmd_export_onnx, cmd_models_download, cmd_models_push
 from tessera.cli.output import Output
 from tessera.cli.parser import build_parser
 from tessera.cli.serving import cmd_explain, cmd_load, cmd_unload
-from tessera.cli.system import cmd_demo
+from tessera.cli.system import cmd_admin_backup, cmd_demo
+from tessera.cli.tracking import cmd_runs_artifacts_get, cmd_runs_artifacts_put
 from tessera.client import Client
 from tessera.entry import EXIT_INTERRUPTED, EXIT_TERMINATED
 from tessera.errors import DeadlineExceeded, JobFailed, TesseraError
@@ -36,6 +38,20 @@ _LONGER_CALLS: dict[Callable[..., None], tuple[str, float]] = {
     cmd_export_onnx: ("the export", MODEL_CALL_TIMEOUT_S),
     cmd_explain: ("the explanation", MODEL_CALL_TIMEOUT_S),
     cmd_demo: ("the demo's export and load", MODEL_CALL_TIMEOUT_S),
+}
+
+# Commands that move a file's bytes under --transfer-timeout, and whether they also make calls
+# under --timeout (a lookup before a download, the demo's other steps): a deadline that passed
+# names the flag that bounded it, both only where either could have.
+_TRANSFERS: dict[Callable[..., None], bool] = {
+    cmd_models_push: False,
+    cmd_datasets_push: False,
+    cmd_runs_artifacts_put: False,
+    cmd_admin_backup: False,
+    cmd_models_download: True,
+    cmd_datasets_download: True,
+    cmd_runs_artifacts_get: True,
+    cmd_demo: True,
 }
 
 
@@ -152,17 +168,21 @@ def run(args: argparse.Namespace, out: Output, signals: _Signals) -> int:
 
 
 def deadline_words(args: argparse.Namespace) -> str:
-    """The limits the command's calls ran under, for a deadline that passed, and how to
-    lengthen them."""
+    """The limit the command's calls ran under, for a deadline that passed, and the flag that
+    lengthens it: --transfer-timeout for a transfer, --timeout for any other call, both for a
+    command that makes both."""
+    transfer = f"--transfer-timeout ({args.transfer_timeout:g} s)"
+    also_calls = _TRANSFERS.get(args.handler)
+    if also_calls is False:
+        return f"the transfer may take {transfer}: give it more seconds"
     limits = f"a call may take --timeout ({args.timeout:g} s)"
     longer = _LONGER_CALLS.get(args.handler)
     if longer is not None:
         what, floor = longer
         limits += f", {what} {max(args.timeout, floor):g} s (the longer of --timeout and {floor:g} s)"
-    return (
-        f"{limits}, an upload, download or backup --transfer-timeout ({args.transfer_timeout:g} s): "
-        "give the one it ran past more seconds"
-    )
+    if also_calls is None:
+        return f"{limits}: give --timeout more seconds"
+    return f"{limits}, the transfer {transfer}: give the one it ran past more seconds"
 
 
 def _handle(client: Client, args: argparse.Namespace, out: Output, signals: _Signals) -> None:
