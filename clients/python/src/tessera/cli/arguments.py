@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
@@ -14,7 +15,7 @@ from tessera.run_filter import (
     RunFilterError,
     parse_metric_condition,
 )
-from tessera.transport import KEEPALIVE_ENV, MAX_TIMEOUT_S, check_keepalive, parse_seconds
+from tessera.transport import MAX_TIMEOUT_S, check_keepalive, parse_seconds
 from tessera.v1 import training_pb2
 
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -27,6 +28,30 @@ INT32_MAX = 2**31 - 1
 
 
 _V = TypeVar("_V")
+
+
+class FromEnv(str):
+    """A flag's value read from an environment variable: argparse passes a default that is text
+    to the flag's type as it does what the command line gave, and this one says where it came
+    from, for the type's refusal to name."""
+
+    env: str
+
+    def __new__(cls, text: str, env: str) -> FromEnv:
+        value = super().__new__(cls, text)
+        value.env = env
+        return value
+
+
+def env_default(env: str) -> FromEnv | None:
+    """The value of the environment variable `env` as a flag's default; None when unset or empty."""
+    text = os.environ.get(env)
+    return FromEnv(text, env) if text else None
+
+
+def source(text: str, flag: str) -> str:
+    """Where `text`, the value of `flag`, came from, for a refusal to name: the flag or the env."""
+    return f"env {text.env}" if isinstance(text, FromEnv) else flag
 
 
 class UsageError(ValueError):
@@ -204,20 +229,20 @@ def finite(text: str) -> float:
 def timeout_seconds(text: str) -> float:
     """argparse's type for --timeout (and TESSERA_TIMEOUT_S): seconds above 0, at most what the
     SDK takes (past it gRPC fails every call at once)."""
-    return _deadline_seconds(text, "a call", TIMEOUT_ENV)
+    return _deadline_seconds(text, "a call", "--timeout")
 
 
 def transfer_timeout_seconds(text: str) -> float:
     """argparse's type for --transfer-timeout (and TESSERA_TRANSFER_TIMEOUT_S), as timeout_seconds."""
-    return _deadline_seconds(text, "an upload, download or backup", TRANSFER_TIMEOUT_ENV)
+    return _deadline_seconds(text, "an upload, download or backup", "--transfer-timeout")
 
 
-def _deadline_seconds(text: str, what: str, env: str) -> float:
+def _deadline_seconds(text: str, what: str, flag: str) -> float:
     value = parse_seconds(text)
     if not 0 < value <= MAX_TIMEOUT_S:
         raise argparse.ArgumentTypeError(
-            f"seconds {what} may take must be above 0 and at most {MAX_TIMEOUT_S:g}, got {text!r}, "
-            f"here or in env {env}"
+            f"seconds {what} may take must be above 0 and at most {MAX_TIMEOUT_S:,.0f}, "
+            f"got {text!r} from {source(text, flag)}"
         )
     return value
 
@@ -227,7 +252,7 @@ def keepalive_seconds(text: str) -> float:
     try:
         return check_keepalive(parse_seconds(text), text)
     except ValueError as err:
-        raise argparse.ArgumentTypeError(f"{err}, here or in env {KEEPALIVE_ENV}") from None
+        raise argparse.ArgumentTypeError(f"{err} from {source(text, '--keepalive')}") from None
 
 
 def metric_condition(text: str) -> training_pb2.MetricFilter:

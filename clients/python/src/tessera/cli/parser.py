@@ -17,6 +17,7 @@ from tessera.cli.arguments import (
     TRANSFER_TIMEOUT_ENV,
     daemon_target,
     dataset,
+    env_default,
     finite,
     keepalive_seconds,
     key_value,
@@ -190,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--timeout",
         type=timeout_seconds,
-        default=os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT_S,
+        default=env_default(TIMEOUT_ENV) or DEFAULT_TIMEOUT_S,
         metavar="SECONDS",
         help=f"seconds a call may take before it fails with DEADLINE_EXCEEDED (env {TIMEOUT_ENV}; default "
         f"{DEFAULT_TIMEOUT_S:g}); load, unload, export and explain get at least 2 minutes, uploads, "
@@ -199,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--transfer-timeout",
         type=transfer_timeout_seconds,
-        default=os.environ.get(TRANSFER_TIMEOUT_ENV) or DEFAULT_TRANSFER_TIMEOUT_S,
+        default=env_default(TRANSFER_TIMEOUT_ENV) or DEFAULT_TRANSFER_TIMEOUT_S,
         metavar="SECONDS",
         help="seconds an upload, download or backup (models and datasets push and download, runs "
         "artifacts put and get, admin backup) may take before it fails with DEADLINE_EXCEEDED; "
@@ -209,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--keepalive",
         type=keepalive_seconds,
-        default=os.environ.get(KEEPALIVE_ENV) or None,
+        default=env_default(KEEPALIVE_ENV),
         metavar="SECONDS",
         help=f"ping the daemon after this many seconds of silence during a call, and give the connection "
         f"up when a ping goes unanswered for {KEEPALIVE_TIMEOUT_S:g} s (or as long, when shorter), so that "
