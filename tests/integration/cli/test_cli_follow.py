@@ -7,6 +7,7 @@ import io
 import socket
 import threading
 import time
+from typing import Any
 
 import grpc
 from rich.console import Console
@@ -16,6 +17,7 @@ import tessera.follow
 import tessera.sweep_commands
 from tessera.cli import main
 from tessera.messages import load_toml
+from tesserad.training.jobs import Jobs
 from tests.integration.training.conftest import upload_standard_datasets
 
 
@@ -180,3 +182,25 @@ def test_following_a_job_outlasts_a_daemon_restart(spawn_daemon, tmp_path, capsy
     follower.join(timeout=300)
     assert result == [0], capsys.readouterr().err
     assert "succeeded" in screen.getvalue() and "interrupted" in screen.getvalue()
+
+
+def test_jobs_watch_looks_its_job_up_whatever_the_timeout(
+    tessera_cli, client, table_dataset, tmp_path, monkeypatch
+):
+    """Help says watching has no limit, yet a --timeout shorter than a lookup failed `jobs watch`
+    with DEADLINE_EXCEEDED on its first GetJob, before the watch began."""
+    spec = tmp_path / "job.toml"
+    spec.write_text(JOB_SPEC)
+    job = client.training.submit(load_toml(spec))
+    job.wait()
+    real_get = Jobs.get
+
+    def slow_get(self: Jobs, job_id: str) -> Any:
+        # Ten times the --timeout below, far inside the lookup's floor.
+        time.sleep(1)
+        return real_get(self, job_id)
+
+    monkeypatch.setattr(Jobs, "get", slow_get)
+    result = tessera_cli("--timeout", "0.1", "jobs", "watch", job.id)
+    assert result.code == 0, result.err
+    assert "succeeded" in result.out

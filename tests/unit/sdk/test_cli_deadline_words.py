@@ -21,6 +21,10 @@ def words(*argv: str) -> str:
 @pytest.mark.parametrize(
     ("argv", "limit"),
     [
+        (
+            ["--timeout", "0.1", "jobs", "watch", "j"],
+            "looking the job up 30 s (the longer of --timeout and 30 s)",
+        ),
         (["load", "m"], "loading the model 300 s (the longer of --timeout and 300 s)"),
         (["--timeout", "500", "load", "m"], "loading the model 500 s (the longer of --timeout and 300 s)"),
         (["unload", "m"], "unloading it 120 s (the longer of --timeout and 120 s)"),

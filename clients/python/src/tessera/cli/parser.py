@@ -194,8 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=env_default(TIMEOUT_ENV) or DEFAULT_TIMEOUT_S,
         metavar="SECONDS",
         help=f"seconds a call may take before it fails with DEADLINE_EXCEEDED (env {TIMEOUT_ENV}; default "
-        f"{DEFAULT_TIMEOUT_S:g}); load, unload, export and explain get at least 2 minutes, uploads, "
-        "downloads and backups --transfer-timeout, and watching or following has no limit",
+        f"{DEFAULT_TIMEOUT_S:g}); load, unload, export and explain get at least 2 minutes, the lookups "
+        f"around jobs watch at least {DEFAULT_TIMEOUT_S:g} s, uploads, downloads and backups "
+        "--transfer-timeout, and watching or following has no limit",
     )
     parser.add_argument(
         "--transfer-timeout",

@@ -17,6 +17,7 @@ from rich.console import Console
 from tessera.cli import EXIT_DAEMON, EXIT_FAILED, EXIT_OUTPUT_CLOSED, EXIT_USAGE
 from tessera.cli.arguments import UsageError
 from tessera.cli.datasets import cmd_datasets_download, cmd_datasets_push
+from tessera.cli.jobs import cmd_jobs_watch
 from tessera.cli.models import cmd_export_onnx, cmd_models_download, cmd_models_push
 from tessera.cli.output import Output
 from tessera.cli.parser import build_parser
@@ -27,12 +28,13 @@ from tessera.client import Client
 from tessera.entry import EXIT_INTERRUPTED, EXIT_TERMINATED
 from tessera.errors import DeadlineExceeded, JobFailed, TesseraError
 from tessera.rpc_commands import in_cli_words
-from tessera.transport import MODEL_CALL_TIMEOUT_S, TLS, UNLOAD_TIMEOUT_S
+from tessera.transport import DEFAULT_TIMEOUT_S, MODEL_CALL_TIMEOUT_S, TLS, UNLOAD_TIMEOUT_S
 
 # Commands whose slow call the SDK (or the command) gives at least these seconds, whatever
 # --timeout says (Inference.load, unload and explain, Models.export_onnx): what that call is, in
 # the words of the message for a deadline that passed.
 _LONGER_CALLS: dict[Callable[..., None], tuple[str, float]] = {
+    cmd_jobs_watch: ("looking the job up", DEFAULT_TIMEOUT_S),
     cmd_load: ("loading the model", MODEL_CALL_TIMEOUT_S),
     cmd_unload: ("unloading it", UNLOAD_TIMEOUT_S),
     cmd_export_onnx: ("the export", MODEL_CALL_TIMEOUT_S),
@@ -138,7 +140,7 @@ def run(args: argparse.Namespace, out: Output, signals: _Signals) -> int:
             args.target,
             token=args.token,
             tls=tls_from(args),
-            timeout=args.timeout,
+            timeout=_call_timeout(args),
             transfer_timeout=args.transfer_timeout,
             keepalive=args.keepalive,
         ) as client:
@@ -165,6 +167,15 @@ def run(args: argparse.Namespace, out: Output, signals: _Signals) -> int:
         # A bug in the CLI itself: still one line, with enough to report it.
         return _fail(EXIT_FAILED, f"tessera: unexpected {type(err).__name__}: {err}; please report this")
     return 0
+
+
+def _call_timeout(args: argparse.Namespace) -> float:
+    """The client's timeout for the command's calls: --timeout, or for `jobs watch` at least its
+    floor in _LONGER_CALLS. The watch itself has no limit; a --timeout shorter than a lookup
+    would fail the lookups before and after it, and so the watch, however long the job ran."""
+    if args.handler is cmd_jobs_watch:
+        return max(float(args.timeout), _LONGER_CALLS[cmd_jobs_watch][1])
+    return float(args.timeout)
 
 
 def deadline_words(args: argparse.Namespace) -> str:
