@@ -20,6 +20,8 @@ from markdown_it import MarkdownIt
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
 SECTION = "Walk through the life cycle"
+CLIENT_README = REPO / "clients" / "python" / "README.md"
+CLIENT_SECTION = "The walkthrough: `tessera demo`"
 SHELLS = {"sh", "bash", "shell"}
 # bash traces each command it runs with this prefix (PS4), which splits the transcript into steps.
 STEP_MARK = "+walkthrough$ "
@@ -173,6 +175,26 @@ def test_readme_walkthrough_runs_top_to_bottom(spawn_daemon, tmp_path: Path) -> 
     explained = output_of(steps, "tessera explain clips-cnn4d")
     assert "clips-cnn4d v2, explained through torch v1" in explained, explained
     assert "input[4, 1, 4, 4, 4, 4] row 3, output" in explained and (workdir / "attr.npz").exists(), explained
+    # The client README's commands by hand, as a reader who walked the above runs them: not again
+    # those the walkthrough ran (the push, the training). Its export named no version and failed
+    # FAILED_PRECONDITION: the latest version was the ONNX export above.
+    by_hand = [
+        b
+        for b in shell_blocks(CLIENT_README.read_text(encoding="utf-8"), CLIENT_SECTION)
+        if "tessera export onnx" in b
+    ]
+    assert len(by_hand) == 1, f"{CLIENT_README} has no block of commands by hand under {CLIENT_SECTION!r}"
+    ran_already = {step.command for step in steps}
+    rest = "".join(
+        line
+        for line in by_hand[0].splitlines(keepends=True)
+        if line.partition("#")[0].strip() not in ran_already
+    )
+    code, ran = run_block(rest, workdir, env)
+    assert code == 0, f"client README step `{ran[-1].command}` exited {code}:\n{transcript(ran)}"
+    assert "clips-cnn4d v2" in output_of(
+        ran, "tessera predict clips-cnn4d --input batch.npz --alias production"
+    )
     if triton is None:
         pytest.skip(
             "every README step ran but Triton's, which needs tritonclient: set "
