@@ -481,6 +481,7 @@ class Sweeps:
                 if sweep.state == "cancelled" and (unended or unsettled):
                     # The daemon stopped before the cancelled trials did: their jobs were re-queued.
                     self._run(sweep)
+                    self._cancelling.add(sweep.sweep_id)
                     failed = self._cancel_trials(sweep, unended)
                     if failed:
                         log.error(
@@ -732,6 +733,9 @@ class Sweeps:
                 replace(sweep, state="cancelled", trials=trials), never_started, head=True, reserved=True
             )
             sweep.state, sweep.trials = "cancelled", trials
+            # In this lock hold: a trial ending before `_cancel_trials` must leave the sweep's end
+            # to it, not end the sweep under it.
+            self._cancelling.add(sweep_id)
             running = [t.job_id for t in sweep.trials if t.job_id and t.state not in ENDED]
         failed = self._cancel_trials(sweep, running)
         if failed:
@@ -743,15 +747,15 @@ class Sweeps:
         one commit (`Jobs.cancel_all`), and reach its record in one write after the last. A write
         each, of the whole record, made a cancel's time grow with the square of the trials. A job
         that cannot be cancelled does not stop the others' cancel: returned is the error that
-        names each such trial, None when there is none."""
-        with self._lock:
-            self._cancelling.add(sweep.sweep_id)
+        names each such trial, None when there is none. The caller has put the sweep in
+        `_cancelling` in the lock hold that cancelled it."""
         try:
             failed = self._jobs.cancel_all(job_ids)
         finally:
             with self._lock:
                 self._cancelling.discard(sweep.sweep_id)
-                self._tick(sweep)
+                if sweep.sweep_id in self._running:
+                    self._tick(sweep)
         failures = [
             (
                 job_id,

@@ -15,7 +15,7 @@ from tessera.v1 import datasets_pb2, datasets_pb2_grpc, job_spec_pb2, training_p
 from tesserad.errors import InvalidArgument, ResourceExhausted
 from tesserad.store import WriteTxn
 from tesserad.training import sweeps
-from tesserad.training.jobs import Jobs
+from tesserad.training.jobs import ENDED, Jobs
 from tests.conftest import InProcessDaemon
 from tests.integration.training.conftest import (
     follow,
@@ -445,6 +445,42 @@ def test_a_cancelled_sweep_refuses_another_cancel_while_its_trials_stop(
     ended = training.GetSweep(S.GetSweepRequest(sweep_id=sweep.sweep_id))
     assert ended.state == S.SWEEP_STATE_CANCELLED
     assert [t.state for t in ended.trials] == [S.JOB_STATE_CANCELLED, S.JOB_STATE_CANCELLED]
+
+
+def test_a_sweep_whose_last_trial_ends_during_its_cancel_ends_cancelled(
+    training: training_pb2_grpc.TrainingStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The trial's end, taken between the cancel's state change and its trials' cancel, ended the
+    # sweep under the cancel, whose own end of it then failed: CancelSweep answered INTERNAL.
+    cancel_trials = sweeps.Sweeps._cancel_trials
+
+    def ending_first(self: sweeps.Sweeps, sweep: sweeps.Sweep, job_ids: list[str]) -> Any:
+        for job_id in job_ids:
+            training.CancelJob(S.CancelJobRequest(job_id=job_id))
+        deadline = time.monotonic() + 60
+        while True:  # until the sweep has taken the trials' ends
+            with self._lock:
+                if all(t.state in ENDED for t in sweep.trials):
+                    break
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        return cancel_trials(self, sweep, job_ids)
+
+    spec = S.SweepSpec(
+        base=job_spec("mlp", epochs=0, max_steps=1_000_000),
+        strategy=S.SWEEP_STRATEGY_GRID,
+        parameters=[sweep_values("seed", "1")],
+        metric="train_loss",
+    )
+    sweep = training.SubmitSweep(S.SubmitSweepRequest(spec=spec))
+    monkeypatch.setattr(sweeps.Sweeps, "_cancel_trials", ending_first)
+    cancelled = training.CancelSweep(S.CancelSweepRequest(sweep_id=sweep.sweep_id))
+    monkeypatch.undo()
+    assert cancelled.state == S.SWEEP_STATE_CANCELLED
+    assert [t.state for t in cancelled.trials] == [S.JOB_STATE_CANCELLED]
+    with pytest.raises(grpc.RpcError) as info:
+        training.CancelSweep(S.CancelSweepRequest(sweep_id=sweep.sweep_id))
+    assert info.value.details() == f"sweep {sweep.sweep_id} has already ended (CANCELLED)"
 
 
 @pytest.mark.parametrize(
