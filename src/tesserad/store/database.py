@@ -403,6 +403,7 @@ class Store:
     def write(self, *, reserved: bool = False) -> Iterator[WriteTxn]:
         """One atomic write transaction; an exception inside rolls everything back.
         `reserved`: a write that ends something, which may use the map's reserve."""
+        self._refuse_inside_together("write", "would commit before the writes held there")
         with self._write_lock:
             txn = self._env.begin(write=True)
             try:
@@ -443,32 +444,48 @@ class Store:
     def together(self) -> Iterator[None]:
         """The writes this thread submits inside are queued at its end, all at once, so that one
         group commit takes them (each its own nested transaction and future, as `submit_all`),
-        and waited for: it raises as `flush` does when that commit failed as a whole. Nothing
-        inside may wait for a write it submitted. Inside another, it adds to that one's."""
-        if getattr(self._held, "writes", None) is not None:
+        and waited for: it raises as `flush` does when that commit failed as a whole. If the
+        body raises, its writes are cancelled (none is made) and its error goes on. Inside,
+        `write`, `submit_all` and `flush` raise RuntimeError: the first two would commit before
+        the held writes, the last would wait for them forever. Held per thread: no awaits
+        inside. Inside another, it adds to that one's."""
+        if self._holding():
             yield
             return
         held: list[_Pending] = []
         self._held.writes = held
-        done: Future[None] = Future()
         try:
             yield
+        except BaseException:
+            for item in held:
+                item.future.cancel()
+            raise
         finally:
             self._held.writes = None
-            if held:
-                with self._cond:
-                    if self._closing:
-                        for item in held:
-                            item.future.set_exception(RuntimeError("the store is closed"))
-                        raise RuntimeError("the store is closed")
-                    self._pending.extend([*held, _Pending(lambda _txn: None, done)])
-                    self._cond.notify()
-        if held:
-            done.result()
+        if not held:
+            return
+        done: Future[None] = Future()
+        with self._cond:
+            if self._closing:
+                for item in held:
+                    item.future.set_exception(RuntimeError("the store is closed"))
+                raise RuntimeError("the store is closed")
+            self._pending.extend([*held, _Pending(lambda _txn: None, done)])
+            self._cond.notify()
+        done.result()
+
+    def _holding(self) -> bool:
+        """Whether this thread is inside `together`."""
+        return getattr(self._held, "writes", None) is not None
+
+    def _refuse_inside_together(self, what: str, why: str) -> None:
+        if self._holding():
+            raise RuntimeError(f"Store.{what} inside Store.together() {why}")
 
     def submit_all(self, works: Sequence[Callable[[WriteTxn], T]]) -> list[Future[T]]:
         """`submit` each of `works`, all queued at once so that they share a commit; each its
         own nested transaction and future."""
+        self._refuse_inside_together("submit_all", "would commit before the writes held there")
         pending = [_Pending(work, Future()) for work in works]
         with self._cond:
             if self._closing:
@@ -479,6 +496,7 @@ class Store:
 
     def flush(self) -> None:
         """Wait until everything submitted so far is committed."""
+        self._refuse_inside_together("flush", "would wait forever for the writes held there")
         self.submit(lambda _txn: None).result()
 
     def _run_committer(self) -> None:

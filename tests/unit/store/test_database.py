@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -171,6 +172,66 @@ def test_writes_submitted_together_share_one_commit_waited_for_and_fail_each_alo
     with store.together():
         pass
     assert store.group_commits == before + 1  # nothing submitted: nothing committed
+
+
+def _put(key: str):
+    def work(txn):
+        txn.put("items", (key,), b"v")
+
+    return work
+
+
+def _write_now(store: Store) -> None:
+    with store.write() as txn:
+        txn.put("items", ("b",), b"v")
+
+
+def _stored(store: Store) -> list[str]:
+    with store.read() as txn:
+        return [str(key[0]) for key, _ in txn.scan("items")]
+
+
+@pytest.mark.parametrize(
+    ("call", "words"),
+    [
+        # It waited for the writes held until the block's end: forever.
+        (lambda store: store.flush(), "Store.flush inside Store.together() would wait forever"),
+        # It committed before the writes submitted ahead of it.
+        (_write_now, "Store.write inside Store.together() would commit before"),
+        (
+            lambda store: store.submit_all([_put("b")]),
+            "Store.submit_all inside Store.together() would commit",
+        ),
+    ],
+    ids=["flush", "write", "submit_all"],
+)
+def test_a_call_that_would_hang_or_reorder_inside_together_is_refused(store: Store, call, words: str) -> None:
+    with store.together():
+        held = store.submit(_put("a"))
+        with pytest.raises(RuntimeError, match=re.escape(words)):
+            call(store)
+        assert not held.done()
+    assert held.result() is None
+    assert _stored(store) == ["a"]
+
+
+def test_together_whose_body_raises_makes_none_of_its_writes_and_raises_the_bodys_error(store: Store) -> None:
+    # The held writes were committed anyway, and never waited for.
+    with pytest.raises(ValueError, match="interrupted"), store.together():
+        held = [store.submit(_put(key)) for key in ("a", "b")]
+        raise ValueError("interrupted")
+    assert all(future.cancelled() for future in held)
+    store.flush()
+    assert _stored(store) == []
+
+
+def test_together_whose_body_raises_on_a_closed_store_raises_the_bodys_error(store: Store) -> None:
+    # "the store is closed", raised while the body's error was on its way, took its place.
+    with pytest.raises(ValueError, match="interrupted"), store.together():
+        held = store.submit(_put("a"))
+        store.close()
+        raise ValueError("interrupted")
+    assert held.cancelled()
 
 
 def test_a_write_cancelled_while_queued_is_not_made_and_the_writes_after_it_are(store: Store) -> None:
