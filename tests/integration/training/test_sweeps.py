@@ -480,7 +480,7 @@ def test_a_sweep_whose_last_trial_ends_during_its_cancel_ends_cancelled(
     assert [t.state for t in cancelled.trials] == [S.JOB_STATE_CANCELLED]
     with pytest.raises(grpc.RpcError) as info:
         training.CancelSweep(S.CancelSweepRequest(sweep_id=sweep.sweep_id))
-    assert info.value.details() == f"sweep {sweep.sweep_id} has already ended (CANCELLED)"
+    assert info.value.details() == f"sweep {sweep.sweep_id} has already ended (cancelled)"
 
 
 @pytest.mark.parametrize(
