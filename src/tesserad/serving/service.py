@@ -621,7 +621,9 @@ class InferenceService:
             # Its latest change before the read: a failure after a change that came meanwhile
             # leaves the source to be asked again at once, as the change says (on_registry_change).
             changed_at = self._unsettled.get(model)
-            retry_at = self._source_retry_at.get(model)
+            # Only a remote read takes the interval's turn: a probe, which asks no one, must not
+            # leave the requests after it without one.
+            retry_at = self._source_retry_at.get(model) if remote else None
             if retry_at is not None:
                 now = self._clock()
                 if now < retry_at:
@@ -640,9 +642,10 @@ class InferenceService:
         except TesseraError:
             # The source cannot tell now (a replica's primary out of reach): keep serving it, as
             # a refresh does.
-            with self._cache_lock:
-                if self._unsettled.get(model) == changed_at:
-                    self._source_retry_at[model] = self._clock() + SOURCE_RETRY_S
+            if remote:
+                with self._cache_lock:
+                    if self._unsettled.get(model) == changed_at:
+                        self._source_retry_at[model] = self._clock() + SOURCE_RETRY_S
             return True
         if servable is None:
             return True  # only another machine could say: kept, as when the source fails to

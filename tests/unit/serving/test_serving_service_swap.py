@@ -950,3 +950,51 @@ def test_readiness_answers_without_waiting_on_a_read_of_another_machine(linear_o
     finally:
         source.answer.set()
         service.close()
+
+
+class UnreadableFetchedVersions(UnreadableVersions):
+    """UnreadableVersions as a replica has those it fetched from its primary: none known without
+    asking it (known_servable None). `asked_by` holds the threads that read a version by its
+    number, one entry a read."""
+
+    def __init__(self, versions: dict[int, ServableVersion]) -> None:
+        super().__init__(versions)
+        self.asked_by: list[threading.Thread] = []
+
+    def known_servable(self, model: str, version: int) -> ServableVersion | None:
+        return None
+
+    def servable(self, model: str, version: int | None, alias: str | None) -> ServableVersion:
+        if version is not None:
+            self.asked_by.append(threading.current_thread())
+        return super().servable(model, version, alias)
+
+
+def test_readiness_probes_leave_a_request_after_the_interval_to_ask_the_source(linear_onnx: Path) -> None:
+    """A probe took the request's turn to ask the source, though it asked nothing: on a replica
+    probed at least once an interval, requests never checked a version with the primary again."""
+    source = UnreadableFetchedVersions({1: servable_file("m", 1, "onnx", linear_onnx)})
+    now = [0.0]
+    service = InferenceService(
+        source,
+        ModelPool(ServingDefaults(intra_op_threads=1), None),
+        autoload=True,
+        clock=lambda: now[0],
+    )
+    refreshed = threading.Event()
+    service.add_deletion_listener(lambda model, identity: None, lambda model: refreshed.set())
+    try:
+        assert _predict(service, Target("m", 1)) == 1
+        source.failing = True
+        service.on_registry_change("m")
+        assert refreshed.wait(30)  # it failed: version 1 could not be read
+        refreshing = source.asked_by[-1]  # the thread of every refresh
+        assert _predict(service, Target("m", 1)) == 1  # its read failed too
+        for _ in range(3):
+            now[0] += service_module.SOURCE_RETRY_S
+            assert service.ready(Target("m", 1))
+            source.asked_by.clear()
+            assert _predict(service, Target("m", 1)) == 1
+            assert len([thread for thread in source.asked_by if thread is not refreshing]) == 1
+    finally:
+        service.close()
