@@ -42,6 +42,7 @@ from tesserad.api.tls import (
     key_pair_message,
     load_key_pair,
     read_pem,
+    unreadable_pem,
 )
 from tesserad.config import ReplicaSettings
 from tesserad.errors import DataLoss, FailedPrecondition, Lasting, NotFound, TesseraError, Unavailable
@@ -229,6 +230,11 @@ def check_replica_tls_files(settings: ReplicaSettings) -> ssl.SSLContext:
                 f"replica.tls_ca_file {ca} holds no usable CA certificate ({exc.reason or exc}); point "
                 "it at the PEM file of the CA that signed the primary's certificate"
             ) from None
+        except OSError as exc:
+            # Read above, then moved or removed before ssl loaded it (a rotation under way).
+            if ca is None:
+                raise
+            raise unreadable_pem("replica.tls_ca_file", ca, exc) from None
         if cert is not None and key is not None:
             try:
                 load_key_pair(context, cert, key)
@@ -237,6 +243,15 @@ def check_replica_tls_files(settings: ReplicaSettings) -> ssl.SSLContext:
             except ssl.SSLError as exc:
                 raise PrimaryCertificateError(
                     key_pair_message("replica.tls_cert_file", cert, "replica.tls_key_file", key, exc)
+                ) from None
+            except OSError as exc:
+                # Read above, then moved or removed before ssl loaded it; ssl's error names neither
+                # file, so each is read again to say which.
+                read_pem("replica.tls_cert_file", cert)
+                read_pem("replica.tls_key_file", key)
+                raise PrimaryCertificateError(
+                    f"replica.tls_cert_file {cert} and replica.tls_key_file {key} could not be "
+                    f"loaded: {exc.strerror or exc}; check that neither is replaced while tesserad starts"
                 ) from None
             check_certificate_window("replica.tls_cert_file", cert, read_pem("replica.tls_cert_file", cert))
     except CertificateError as exc:

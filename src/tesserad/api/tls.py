@@ -221,14 +221,19 @@ _READ_FIXES = {
 }
 
 
+def unreadable_pem(setting: str, path: Path, exc: OSError) -> CertificateError:
+    """`exc`, the failed read of the file `setting` names, as read_pem words it."""
+    fix = _READ_FIXES.get(exc.errno or 0, "check the file and {setting}").format(setting=setting)
+    return CertificateError(f"{setting} {path} cannot be read: {exc.strerror or exc}; {fix}")
+
+
 def read_pem(setting: str, path: Path) -> bytes:
     """The PEM file `setting` names; CertificateError naming the setting, the file, the reason
     (as the tokens file's errors do, without Python's [Errno N]) and what to do."""
     try:
         data = path.read_bytes()
     except OSError as exc:
-        fix = _READ_FIXES.get(exc.errno or 0, "check the file and {setting}").format(setting=setting)
-        raise CertificateError(f"{setting} {path} cannot be read: {exc.strerror or exc}; {fix}") from None
+        raise unreadable_pem(setting, path, exc) from None
     if b"-----BEGIN " not in data:
         raise CertificateError(f"{setting} {path} is not a PEM file (no -----BEGIN line)")
     return data
@@ -253,4 +258,5 @@ __all__ = [
     "load_key_pair",
     "read_pem",
     "server_certificates",
+    "unreadable_pem",
 ]

@@ -3,12 +3,14 @@ verify stops the replica at start with the setting to fix."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tesserad.api import follow as follow_module
 from tesserad.cli import EXIT_BAD_SETTINGS, EXIT_CANNOT_START
 from tesserad.server import StartupError
 from tests.conftest import InProcessDaemon, daemon_settings
@@ -190,3 +192,34 @@ def test_an_encrypted_client_key_stops_the_replica_saying_to_decrypt_it(tls_prim
         },
     )
     assert f"replica.tls_key_file {key} is encrypted" in message and "openssl pkey" in message
+
+
+@pytest.mark.parametrize("setting", ["replica.tls_ca_file", "replica.tls_cert_file", "replica.tls_key_file"])
+def test_a_replica_tls_file_removed_between_its_read_and_its_load_names_the_setting(
+    pki, tmp_path, monkeypatch, setting
+):
+    """A file read, then removed before ssl loaded it (a rotation under way), escaped as a bare
+    OSError traceback instead of the start-up error."""
+    files = {
+        "replica.tls_ca_file": tmp_path / "ca.pem",
+        "replica.tls_cert_file": tmp_path / "client.pem",
+        "replica.tls_key_file": tmp_path / "client.key",
+    }
+    for path, source in zip(files.values(), (pki.ca, pki.client_cert, pki.client_key), strict=True):
+        shutil.copyfile(source, path)
+    read_pem = follow_module.read_pem
+
+    def read_then_removed(name: str, path: Path) -> bytes:
+        data = read_pem(name, path)
+        if name == setting:
+            path.unlink(missing_ok=True)
+        return data
+
+    monkeypatch.setattr(follow_module, "read_pem", read_then_removed)
+    message = replica_start_error(
+        tmp_path, **{"replica.primary": "127.0.0.1:1", **{name: str(path) for name, path in files.items()}}
+    )
+    assert message == (
+        f"{setting} {files[setting]} cannot be read: No such file or directory; put the file there "
+        f"or point {setting} at it"
+    )
