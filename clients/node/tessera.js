@@ -446,7 +446,8 @@ class Client {
   // saying how many points are stored and up to which step (storedPoints, lastStoredStep): resend
   // from there. A step or value refused here (RangeError, TypeError) ends the stream where it is;
   // batches sent before it may be stored. A stream that ends before `steps` do closes them (a
-  // generator's `finally` runs). timeoutMs bounds the whole stream, resends included (default an
+  // generator's `finally` runs; an error it throws then is dropped when the stream failed, whose
+  // own error is thrown). timeoutMs bounds the whole stream, resends included (default an
   // hour), where the Python SDK's transfer_timeout bounds each try: it is the longest the caller
   // waits.
   async logMetricsStream(runId, steps, { batchPoints = 1000, reconnects = DEFAULT_RECONNECTS, timeoutMs: timeout } = {}) {
@@ -456,11 +457,17 @@ class Client {
     wholeNumber('reconnects', reconnects);
     const deadline = Date.now() + timeoutMs(timeout, DEFAULT_TRANSFER_TIMEOUT_MS);
     const batches = new MetricBatches(runId, steps, batchPoints);
+    let accepted;
     try {
-      return await this.streamBatches(batches, reconnects, deadline);
-    } finally {
-      await batches.close();
+      accepted = await this.streamBatches(batches, reconnects, deadline);
+    } catch (error) {
+      // The stream's failure says what is stored: a `finally` of `steps` that throws as they are
+      // closed must not replace it.
+      await batches.close().catch(() => {});
+      throw error;
     }
+    await batches.close();
+    return accepted;
   }
 
   // LogMetricsStream calls sending `batches` until one is answered, or a failure is not sent again.

@@ -1572,3 +1572,30 @@ def test_node_client_artifact_upload_errors(node_ready, daemon, client, tmp_path
     assert outcomes["missingFile"].startswith("Error ENOENT: ")
     assert outcomes["chunkSize"].startswith("RangeError undefined: chunkSize must be a whole number")
     assert list(client.training.list_artifacts(run_id)) == []
+
+
+def test_node_client_metric_stream_failure_is_kept_when_closing_the_steps_throws(node_ready, daemon, client):
+    """The daemon refused a batch, and the generator's `finally` threw as the stream closed it:
+    its error replaced the TesseraError, with the points stored and up to which step."""
+    run_id = client.training.create_run("node-streams").run_id
+    found = node_json(
+        f"""
+        (async () => {{
+          const client = new Client(TARGET);
+          function* steps() {{
+            try {{
+              for (let step = 0; ; step += 1) yield [step, {{ loss: step === 3 ? Infinity : step }}];
+            }} finally {{
+              throw new Error('closing the steps failed');
+            }}
+          }}
+          const err = await client.logMetricsStream({json.dumps(run_id)}, steps(), {{ batchPoints: 2 }}).catch(
+            (error) => error,
+          );
+          client.close();
+          console.log(JSON.stringify([err.name, err.code, err.storedPoints, err.lastStoredStep]));
+        }})();
+        """,
+        daemon.target,
+    )
+    assert found == ["TesseraError", "INVALID_ARGUMENT", 2, 1]
