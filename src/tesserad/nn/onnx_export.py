@@ -322,7 +322,11 @@ _CONVERTING = threading.Lock()
 
 
 # torchlib's translation tables (torch's private ONNXRegistry) by opset, each built once per
-# process by the first export at that opset; written under _CONVERTING.
+# process by the first export at that opset; written under _CONVERTING. Keyed by opset alone: ops
+# registered with torch later in the process (custom ops, torchvision imported later) are missing
+# from a table built before them, which is fine here since export_onnx exports only the built-in
+# architectures, whose ops torch has from the start; torch offers no public, cheap way to tell that
+# its op registry grew.
 _TORCHLIB_REGISTRIES: dict[int, Any] = {}
 
 
