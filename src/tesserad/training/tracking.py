@@ -640,7 +640,7 @@ class Tracking:
                         "(cancel the job with CancelJob instead)"
                     )
                 if run.status in ENDED_STATUSES and run.status != status:
-                    raise FailedPrecondition(f"run {run_id!r} has already ended ({run.status.upper()})")
+                    raise FailedPrecondition(f"run {run_id!r} has already ended ({run.status})")
                 # Ending it again as it ended is a repeat (a retried call): the end time stays.
                 if run.status != status:
                     run.status = status

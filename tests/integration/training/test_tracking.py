@@ -475,7 +475,7 @@ def test_ending_a_run_again_with_its_status_is_a_repeat_not_an_error(tracker) ->
         lambda: tracker.UpdateRun(S.UpdateRunRequest(run_id=run.run_id, status=S.RUN_STATUS_FAILED))
     )
     assert (
-        other.code() == grpc.StatusCode.FAILED_PRECONDITION and "already ended (SUCCEEDED)" in other.details()
+        other.code() == grpc.StatusCode.FAILED_PRECONDITION and "already ended (succeeded)" in other.details()
     )
 
 

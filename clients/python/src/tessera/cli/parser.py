@@ -88,7 +88,9 @@ from tessera.transport import (
     DEFAULT_TRANSFER_TIMEOUT_S,
     KEEPALIVE_ENV,
     KEEPALIVE_TIMEOUT_S,
+    MODEL_CALL_TIMEOUT_S,
     TOKEN_ENV,
+    UNLOAD_TIMEOUT_S,
 )
 from tessera.v1 import training_pb2
 
@@ -194,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=env_default(TIMEOUT_ENV) or DEFAULT_TIMEOUT_S,
         metavar="SECONDS",
         help=f"seconds a call may take before it fails with DEADLINE_EXCEEDED (env {TIMEOUT_ENV}; default "
-        f"{DEFAULT_TIMEOUT_S:g}); load, unload, export and explain get at least 2 minutes, the lookups "
+        f"{DEFAULT_TIMEOUT_S:g}); load, export and explain get at least {MODEL_CALL_TIMEOUT_S:g} s, unload "
+        f"{UNLOAD_TIMEOUT_S:g} s, the lookups "
         f"around jobs watch at least {DEFAULT_TIMEOUT_S:g} s, uploads, downloads and backups "
         "--transfer-timeout, and watching or following has no limit",
     )
