@@ -28,7 +28,7 @@ from tesserad.serving.pool import (
     servable_file,
 )
 from tesserad.serving.predict import predict
-from tesserad.serving.service import DeploymentPlan, InferenceService, Target
+from tesserad.serving.service import DeploymentPlan, InferenceService, Target, VersionSource
 
 
 class OneVersion:
@@ -309,6 +309,21 @@ def test_metadata_without_a_version_routed_to_a_deleted_version_in_every_round_s
         service.describe(Target("m"))
 
 
+def clocked_service(
+    source: VersionSource, *, autoload: bool = True
+) -> tuple[InferenceService, list[float], threading.Event]:
+    """A service on `source` whose clock stands still until the test moves `now[0]` (retry
+    intervals pass when the test says, not with the machine's speed), and an event set as each
+    refresh ends."""
+    now = [0.0]
+    service = InferenceService(
+        source, ModelPool(ServingDefaults(intra_op_threads=1), None), autoload=autoload, clock=lambda: now[0]
+    )
+    refreshed = threading.Event()
+    service.add_deletion_listener(lambda model, identity: None, lambda model: refreshed.set())
+    return service, now, refreshed
+
+
 class UnreadableVersions(Versions):
     """Versions whose reads fail (Unavailable, a registry out of reach) while `failing` is set;
     `reads` counts the reads of a version by its number."""
@@ -332,15 +347,7 @@ def test_while_the_source_fails_requests_ask_it_once_an_interval_and_follow_it_o
     """While a change's refresh kept failing, each request read the source to check its loaded
     version; it may still never answer from an artifact the source, readable again, replaced."""
     source = UnreadableVersions({1: servable_file("m", 1, "onnx", linear_onnx, artifact_sha256="old")})
-    now = [0.0]
-    service = InferenceService(
-        source,
-        ModelPool(ServingDefaults(intra_op_threads=1), None),
-        autoload=True,
-        clock=lambda: now[0],
-    )
-    refreshed = threading.Event()
-    service.add_deletion_listener(lambda model, identity: None, lambda model: refreshed.set())
+    service, now, refreshed = clocked_service(source)
     try:
         assert _predict(service, Target("m")) == 1  # loaded, and `latest` cached
         source.failing = True
@@ -445,15 +452,7 @@ def test_a_refresh_that_failed_is_queued_again_by_a_request_once_an_interval_pas
     """A refresh that failed (the source unreadable) was never run again: `latest` stayed on the
     version it served until the model's next change, though the source was readable again."""
     source = UnreadableVersions({1: servable_file("m", 1, "onnx", linear_onnx)})
-    now = [0.0]
-    service = InferenceService(
-        source,
-        ModelPool(ServingDefaults(intra_op_threads=1), None),
-        autoload=True,
-        clock=lambda: now[0],
-    )
-    refreshed = threading.Event()
-    service.add_deletion_listener(lambda model, identity: None, lambda model: refreshed.set())
+    service, now, refreshed = clocked_service(source)
     try:
         assert _predict(service, Target("m")) == 1  # `latest` cached
         source.failing = True
@@ -629,13 +628,7 @@ def test_a_refresh_that_could_not_tell_a_listener_its_model_was_deleted_is_queue
     as done: what a listener kept for the model deleted (trace settings) stayed, and applied to the
     new model of its name, until the model's next change."""
     source = UnknownIdentity({1: servable_file("m", 1, "onnx", linear_onnx)})
-    now = [0.0]
-    service = InferenceService(
-        source,
-        ModelPool(ServingDefaults(intra_op_threads=1), None),
-        autoload=True,
-        clock=lambda: now[0],
-    )
+    service, now, _ = clocked_service(source)
     drained = threading.Event()
     told: list[tuple[str, Hashable]] = []
     told_once = threading.Event()
@@ -676,15 +669,7 @@ def test_a_refresh_that_failed_is_queued_again_by_a_metadata_call_once_an_interv
     readiness (a load balancer's probe) kept describing the version `latest` named before, though
     the source was readable again."""
     source = UnreadableVersions({1: servable_file("m", 1, "onnx", linear_onnx)})
-    now = [0.0]
-    service = InferenceService(
-        source,
-        ModelPool(ServingDefaults(intra_op_threads=1), None),
-        autoload=True,
-        clock=lambda: now[0],
-    )
-    refreshed = threading.Event()
-    service.add_deletion_listener(lambda model, identity: None, lambda model: refreshed.set())
+    service, now, refreshed = clocked_service(source)
     try:
         assert service.describe(Target("m")).version == 1  # `latest` cached
         source.failing = True
@@ -761,15 +746,7 @@ def test_a_refresh_run_again_unloads_the_version_its_alias_served_before_it_fail
     """`latest` moved from 1 to 2 and the deployment's read failed: the alias had moved already, so
     the refresh run again found `latest` on 2, nothing to move, and left version 1 loaded."""
     source = DeploymentUnreadableOnce({1: servable_file("m", 1, "onnx", linear_onnx)})
-    now = [0.0]
-    service = InferenceService(
-        source,
-        ModelPool(ServingDefaults(intra_op_threads=1), None),
-        autoload=True,
-        clock=lambda: now[0],
-    )
-    refreshed = threading.Event()
-    service.add_deletion_listener(lambda model, identity: None, lambda model: refreshed.set())
+    service, now, refreshed = clocked_service(source)
     try:
         assert _predict(service, Target("m")) == 1  # `latest` and "no deployment" cached
         source.versions[2] = servable_file("m", 2, "onnx", linear_onnx)
@@ -837,13 +814,7 @@ def test_a_refresh_that_keeps_failing_waits_ever_longer_and_logs_one_traceback(
     """Each failure of a refresh logged a traceback, and requests queued it again every
     SOURCE_RETRY_S: a source out of reach for long logged about a traceback a second per model."""
     source = UnreadableVersions({1: servable_file("m", 1, "onnx", linear_onnx)})
-    now = [0.0]
-    service = InferenceService(
-        source,
-        ModelPool(ServingDefaults(intra_op_threads=1), None),
-        autoload=True,
-        clock=lambda: now[0],
-    )
+    service, now, _ = clocked_service(source)
     try:
         assert _predict(service, Target("m")) == 1  # `latest` cached
         source.failing = True
@@ -882,13 +853,7 @@ def test_a_refresh_that_failed_for_a_model_without_requests_is_run_again_by_the_
     source was unreadable stayed loaded, and its model's retry pending, for as long as no call
     came for the model (a deleted model gets none)."""
     source = UnreadableVersions({1: servable_file("m", 1, "onnx", linear_onnx)})
-    now = [0.0]
-    service = InferenceService(
-        source,
-        ModelPool(ServingDefaults(intra_op_threads=1), None),
-        autoload=True,
-        clock=lambda: now[0],
-    )
+    service, now, _ = clocked_service(source)
     try:
         assert _predict(service, Target("m", 1)) == 1
         source.failing = True
@@ -974,15 +939,7 @@ def test_readiness_probes_leave_a_request_after_the_interval_to_ask_the_source(l
     """A probe took the request's turn to ask the source, though it asked nothing: on a replica
     probed at least once an interval, requests never checked a version with the primary again."""
     source = UnreadableFetchedVersions({1: servable_file("m", 1, "onnx", linear_onnx)})
-    now = [0.0]
-    service = InferenceService(
-        source,
-        ModelPool(ServingDefaults(intra_op_threads=1), None),
-        autoload=True,
-        clock=lambda: now[0],
-    )
-    refreshed = threading.Event()
-    service.add_deletion_listener(lambda model, identity: None, lambda model: refreshed.set())
+    service, now, refreshed = clocked_service(source)
     try:
         assert _predict(service, Target("m", 1)) == 1
         source.failing = True
