@@ -339,8 +339,9 @@ def _torchlib_registry_built_once() -> Iterator[None]:
     torchlib's ~500 functions: 0.4-0.5 s of CPU, about a quarter of a warm export of a small
     model (bench/results/export_bench.json). An export only reads the table, once the caller's
     custom translations are added; each export gets its own copy of the cached one to add them
-    to, so what it converts with is what a fresh build would give (torch's own factory is back
-    in place when the conversion ends).
+    to, so what it converts with is what a fresh build would give for the ops torch had when the
+    table was built (see ``_TORCHLIB_REGISTRIES``; torch's own factory is back in place when the
+    conversion ends).
     """
     try:
         from torch.onnx._internal.exporter import _constants, _registration
