@@ -42,6 +42,8 @@ UNLOAD_TIMEOUT_S = 120.0
 # gRPC turns a timeout into a deadline on a clock that ends a few billion seconds from now: a
 # call given more fails at once with a bare DEADLINE_EXCEEDED.
 MAX_TIMEOUT_S = 1e9
+# The limit as refusals (the SDK's and the CLI's) write it: "1e+09" reads as a formula.
+MAX_TIMEOUT_TEXT = f"{MAX_TIMEOUT_S:,.0f}"
 MAX_MESSAGE_BYTES = 64 * 2**20
 # Between attempts to reach a daemon that is away (gRPC's own default is 120 s).
 MAX_RECONNECT_BACKOFF_MS = 2000
@@ -206,7 +208,7 @@ def call_timeout(timeout: float | None) -> float | None:
     fails at once with a bare DEADLINE_EXCEEDED), with ValueError before anything is sent."""
     if timeout is not None and not 0 < timeout <= MAX_TIMEOUT_S:
         raise ValueError(
-            f"timeout must be seconds above 0 (at most {MAX_TIMEOUT_S:g}), got {timeout}; "
+            f"timeout must be seconds above 0 (at most {MAX_TIMEOUT_TEXT}), got {timeout}; "
             "None takes the client's default (no deadline for a watch or a stream)"
         )
     return timeout
@@ -367,7 +369,7 @@ class _Channel(ABC):
         pings on a silent connection while a call is in flight (see `resolve_keepalive`)."""
         if not all(0 < seconds <= MAX_TIMEOUT_S for seconds in (timeout, transfer_timeout)):
             raise ValueError(
-                f"timeouts must be a finite number of seconds above 0 (at most {MAX_TIMEOUT_S:g}), "
+                f"timeouts must be a finite number of seconds above 0 (at most {MAX_TIMEOUT_TEXT}), "
                 f"got {timeout} and {transfer_timeout}"
             )
         self.target = target

@@ -15,7 +15,7 @@ from tessera.run_filter import (
     RunFilterError,
     parse_metric_condition,
 )
-from tessera.transport import MAX_TIMEOUT_S, check_keepalive, parse_seconds
+from tessera.transport import MAX_TIMEOUT_S, MAX_TIMEOUT_TEXT, check_keepalive, parse_seconds
 from tessera.v1 import training_pb2
 
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -241,7 +241,7 @@ def _deadline_seconds(text: str, what: str, flag: str) -> float:
     value = parse_seconds(text)
     if not 0 < value <= MAX_TIMEOUT_S:
         raise argparse.ArgumentTypeError(
-            f"seconds {what} may take must be above 0 and at most {MAX_TIMEOUT_S:,.0f}, "
+            f"seconds {what} may take must be above 0 and at most {MAX_TIMEOUT_TEXT}, "
             f"got {text!r} from {source(text, flag)}"
         )
     return value
