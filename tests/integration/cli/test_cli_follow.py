@@ -17,7 +17,9 @@ import tessera.follow
 import tessera.sweep_commands
 from tessera.cli import main
 from tessera.messages import load_toml
+from tessera.v1 import training_pb2
 from tesserad.training.jobs import Jobs
+from tesserad.training.sweeps import Sweeps
 from tests.integration.training.conftest import upload_standard_datasets
 
 
@@ -204,3 +206,26 @@ def test_jobs_watch_looks_its_job_up_whatever_the_timeout(
     result = tessera_cli("--timeout", "0.1", "jobs", "watch", job.id)
     assert result.code == 0, result.err
     assert "succeeded" in result.out
+
+
+def test_following_a_sweep_looks_it_up_whatever_the_timeout(
+    tessera_cli, client, table_dataset, tmp_path, monkeypatch
+):
+    """Help says following has no limit, as `jobs watch` has none, yet a --timeout shorter than
+    a lookup failed `sweeps show --follow` with DEADLINE_EXCEEDED on its first GetSweep."""
+    spec = tmp_path / "sweep.toml"
+    spec.write_text(SWEEP_SPEC)
+    sweep_id = client.training.submit_sweep(load_toml(spec)).sweep_id
+    while client.training.sweep(sweep_id).state == training_pb2.SWEEP_STATE_RUNNING:
+        time.sleep(0.2)
+    real_get = Sweeps.get
+
+    def slow_get(self: Sweeps, sweep_id: str) -> Any:
+        # Ten times the --timeout below, far inside the lookup's floor.
+        time.sleep(1)
+        return real_get(self, sweep_id)
+
+    monkeypatch.setattr(Sweeps, "get", slow_get)
+    result = tessera_cli("--timeout", "0.1", "sweeps", "show", sweep_id, "--follow")
+    assert result.code == 0, result.err
+    assert f"sweep {sweep_id}: succeeded" in result.out

@@ -25,6 +25,18 @@ def words(*argv: str) -> str:
             ["--timeout", "0.1", "jobs", "watch", "j"],
             "looking the job up 30 s (the longer of --timeout and 30 s)",
         ),
+        (
+            ["--timeout", "0.1", "train", "s.toml", "--follow"],
+            "submitting the job and looking it up 30 s (the longer of --timeout and 30 s)",
+        ),
+        (
+            ["--timeout", "0.1", "sweep", "s.toml", "--follow"],
+            "submitting the sweep and looking it up 30 s (the longer of --timeout and 30 s)",
+        ),
+        (
+            ["--timeout", "0.1", "sweeps", "show", "s", "--follow"],
+            "looking the sweep up 30 s (the longer of --timeout and 30 s)",
+        ),
         (["load", "m"], "loading the model 300 s (the longer of --timeout and 300 s)"),
         (["--timeout", "500", "load", "m"], "loading the model 500 s (the longer of --timeout and 300 s)"),
         (["unload", "m"], "unloading it 120 s (the longer of --timeout and 120 s)"),
@@ -40,11 +52,12 @@ def test_a_command_with_a_longer_call_names_its_limit_and_only_the_timeout(
     assert words(*argv) == f"a call may take --timeout ({timeout:g} s), {limit}: give --timeout more seconds"
 
 
-def test_a_command_without_a_transfer_names_only_the_timeout() -> None:
-    assert (
-        words("--timeout", "7", "models", "ls")
-        == "a call may take --timeout (7 s): give --timeout more seconds"
-    )
+@pytest.mark.parametrize(
+    "argv", [["models", "ls"], ["train", "s.toml"], ["sweep", "s.toml"], ["sweeps", "show", "s"]]
+)
+def test_a_command_without_a_transfer_names_only_the_timeout(argv: list[str]) -> None:
+    """train, sweep and sweeps show follow nothing without --follow: their calls get --timeout."""
+    assert words("--timeout", "7", *argv) == "a call may take --timeout (7 s): give --timeout more seconds"
 
 
 @pytest.mark.parametrize(

@@ -197,9 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"seconds a call may take before it fails with DEADLINE_EXCEEDED (env {TIMEOUT_ENV}; default "
         f"{DEFAULT_TIMEOUT_S:g}); load, export and explain get at least {MODEL_CALL_TIMEOUT_S:g} s, unload "
-        f"{UNLOAD_TIMEOUT_S:g} s, the lookups "
-        f"around jobs watch at least {DEFAULT_TIMEOUT_S:g} s, uploads, downloads and backups "
-        "--transfer-timeout, and watching or following has no limit",
+        f"{UNLOAD_TIMEOUT_S:g} s, the calls around following a job or sweep (jobs watch; train, sweep "
+        f"and sweeps show --follow) at least {DEFAULT_TIMEOUT_S:g} s, uploads, downloads and backups "
+        "--transfer-timeout, and watching or following itself has no limit",
     )
     parser.add_argument(
         "--transfer-timeout",

@@ -17,7 +17,7 @@ from rich.console import Console
 from tessera.cli import EXIT_DAEMON, EXIT_FAILED, EXIT_OUTPUT_CLOSED, EXIT_USAGE
 from tessera.cli.arguments import UsageError
 from tessera.cli.datasets import cmd_datasets_download, cmd_datasets_push
-from tessera.cli.jobs import cmd_jobs_watch
+from tessera.cli.jobs import cmd_jobs_watch, cmd_train
 from tessera.cli.models import cmd_export_onnx, cmd_models_download, cmd_models_push
 from tessera.cli.output import Output
 from tessera.cli.parser import build_parser
@@ -28,18 +28,29 @@ from tessera.client import Client
 from tessera.entry import EXIT_INTERRUPTED, EXIT_TERMINATED
 from tessera.errors import DeadlineExceeded, JobFailed, TesseraError
 from tessera.rpc_commands import in_cli_words
+from tessera.sweep_commands import cmd_sweep, cmd_sweeps_show
 from tessera.transport import DEFAULT_TIMEOUT_S, MODEL_CALL_TIMEOUT_S, TLS, UNLOAD_TIMEOUT_S
 
 # Commands whose slow call the SDK (or the command) gives at least these seconds, whatever
 # --timeout says (Inference.load, unload and explain, Models.export_onnx): what that call is, in
 # the words of the message for a deadline that passed.
 _LONGER_CALLS: dict[Callable[..., None], tuple[str, float]] = {
-    cmd_jobs_watch: ("looking the job up", DEFAULT_TIMEOUT_S),
     cmd_load: ("loading the model", MODEL_CALL_TIMEOUT_S),
     cmd_unload: ("unloading it", UNLOAD_TIMEOUT_S),
     cmd_export_onnx: ("the export", MODEL_CALL_TIMEOUT_S),
     cmd_explain: ("the explanation", MODEL_CALL_TIMEOUT_S),
     cmd_demo: ("the demo's export and load", MODEL_CALL_TIMEOUT_S),
+}
+
+# Commands that follow a job or a sweep (`jobs watch`, and the others with --follow), which has
+# no limit: their calls (the lookups before, while and after it, a submit before it) get at least
+# --timeout's default, whatever --timeout says, since a shorter one failed the following however
+# long the job ran. What those calls are, in the words of the message for a deadline that passed.
+_FOLLOWERS: dict[Callable[..., None], str] = {
+    cmd_jobs_watch: "looking the job up",
+    cmd_train: "submitting the job and looking it up",
+    cmd_sweep: "submitting the sweep and looking it up",
+    cmd_sweeps_show: "looking the sweep up",
 }
 
 # Commands that move a file's bytes under --transfer-timeout, and whether they also make calls
@@ -169,13 +180,25 @@ def run(args: argparse.Namespace, out: Output, signals: _Signals) -> int:
     return 0
 
 
+def _follows(args: argparse.Namespace) -> bool:
+    """Whether the command follows a job or a sweep: `jobs watch` always (it has no --follow),
+    the other _FOLLOWERS with --follow."""
+    return args.handler in _FOLLOWERS and bool(getattr(args, "follow", True))
+
+
 def _call_timeout(args: argparse.Namespace) -> float:
-    """The client's timeout for the command's calls: --timeout, or for `jobs watch` at least its
-    floor in _LONGER_CALLS. The watch itself has no limit; a --timeout shorter than a lookup
-    would fail the lookups before and after it, and so the watch, however long the job ran."""
-    if args.handler is cmd_jobs_watch:
-        return max(float(args.timeout), _LONGER_CALLS[cmd_jobs_watch][1])
+    """The client's timeout for the command's calls: --timeout, or at least DEFAULT_TIMEOUT_S for
+    a command that follows (see _FOLLOWERS)."""
+    if _follows(args):
+        return max(float(args.timeout), DEFAULT_TIMEOUT_S)
     return float(args.timeout)
+
+
+def _longer_call(args: argparse.Namespace) -> tuple[str, float] | None:
+    """What the command's call given more than --timeout is, and the least it gets; None for none."""
+    if _follows(args):
+        return _FOLLOWERS[args.handler], DEFAULT_TIMEOUT_S
+    return _LONGER_CALLS.get(args.handler)
 
 
 def deadline_words(args: argparse.Namespace) -> str:
@@ -187,7 +210,7 @@ def deadline_words(args: argparse.Namespace) -> str:
     if also_calls is False:
         return f"the transfer may take {transfer}: give it more seconds"
     limits = f"a call may take --timeout ({args.timeout:g} s)"
-    longer = _LONGER_CALLS.get(args.handler)
+    longer = _longer_call(args)
     if longer is not None:
         what, floor = longer
         limits += f", {what} {max(args.timeout, floor):g} s (the longer of --timeout and {floor:g} s)"
