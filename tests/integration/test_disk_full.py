@@ -11,13 +11,16 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
+import psutil
 import pytest
 
 from tessera.v1 import (
@@ -38,6 +41,7 @@ from tesserad.store import database
 from tesserad.training import jobs as jobs_module
 from tesserad.training import sweeps as sweeps_module
 from tesserad.training.job_records import decode_job
+from tesserad.training.jobs import ENDED
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.registry.conftest import (
     mlp_architecture,
@@ -610,6 +614,281 @@ def test_a_sweep_cancel_whose_trials_ends_the_store_refuses_shows_them_ended_unt
             assert states(follow(training, trial.job_id))[-1] == training_pb2.JOB_STATE_CANCELLED
     finally:
         restarted.stop()
+
+
+def refuse_job_ends(monkeypatch, trial_number: int) -> None:
+    """The store refuses the writes that store the end of the job of a sweep's trial
+    `trial_number` (a disk full as well), and none other: its trial's row takes the end."""
+    submit = database.Store.submit
+
+    class JobEndRefused:
+        def __init__(self, txn):
+            self._txn = txn
+
+        def __getattr__(self, name):
+            return getattr(self._txn, name)
+
+        def put(self, table, key, value, **kwargs):
+            if table == "jobs":
+                job = decode_job(value)
+                if (
+                    job.sweep_id
+                    and job.state in ENDED
+                    and job.config["run_name"].endswith(f"-{trial_number}")
+                ):
+                    raise ResourceExhausted("the store is full")
+            return self._txn.put(table, key, value, **kwargs)
+
+    def refusing(store, work, *, reserved=False):
+        return submit(store, lambda txn: work(JobEndRefused(txn)), reserved=reserved)
+
+    monkeypatch.setattr(database.Store, "submit", refusing)
+
+
+def queued_trial_cancelled(training, spec):
+    """The id of a sweep of `spec` whose trial 0 was cancelled in the queue, behind two jobs that
+    held both CPU slots; the sweep's other trials start once those are cancelled, here."""
+    blockers = [
+        training.SubmitJob(training_pb2.SubmitJobRequest(spec=job_spec("mlp", epochs=0, max_steps=1_000_000)))
+        for _ in range(2)
+    ]
+    for blocker in blockers:
+        wait_running(training, blocker.job_id)
+    sweep_id = training.SubmitSweep(training_pb2.SubmitSweepRequest(spec=spec)).sweep_id
+    first = training.GetSweep(training_pb2.GetSweepRequest(sweep_id=sweep_id)).trials[0].job_id
+    assert training.GetJob(training_pb2.GetJobRequest(job_id=first)).state == training_pb2.JOB_STATE_QUEUED
+    training.CancelJob(training_pb2.CancelJobRequest(job_id=first))
+    for blocker in blockers:
+        training.CancelJob(training_pb2.CancelJobRequest(job_id=blocker.job_id))
+    return sweep_id
+
+
+def wait_running(training, job_id):
+    for event in training.WatchJob(training_pb2.WatchJobRequest(job_id=job_id), timeout=60):
+        if event.WhichOneof("event") == "state" and event.state.state == training_pb2.JOB_STATE_RUNNING:
+            return
+    raise AssertionError(f"job {job_id} ended before it ran")
+
+
+def test_an_ended_sweeps_trial_whose_jobs_end_the_store_refused_is_not_run_again(tmp_path, monkeypatch):
+    # The trial's row holds its job's end, the job's own record not: the next start re-queued the
+    # job, which trained again, a trial of a sweep that had ended.
+    refuse_job_ends(monkeypatch, 0)
+    settings = disk_settings(tmp_path / "data", **TRAINING_SETTINGS)
+    running = InProcessDaemon(settings).start()
+    try:
+        channel = running.channel()
+        x = np.random.default_rng(0).normal(size=(48, 6)).astype(np.float32)
+        upload_dataset(channel, "flat", {"x": x, "y": (x[:, 0] > 0).astype(np.int64)})
+        training = training_pb2_grpc.TrainingStub(channel)
+        spec = training_pb2.SweepSpec(
+            base=job_spec("mlp", epochs=1),
+            strategy=training_pb2.SWEEP_STRATEGY_GRID,
+            parameters=[sweep_values("seed", "1", "2")],
+            max_concurrent=2,
+            metric="train_loss",
+        )
+        sweep_id = queued_trial_cancelled(training, spec)
+        shown = wait_sweep(training, sweep_id)
+        assert shown.state == training_pb2.SWEEP_STATE_SUCCEEDED, shown
+        assert [t.state for t in shown.trials] == [
+            training_pb2.JOB_STATE_CANCELLED,
+            training_pb2.JOB_STATE_SUCCEEDED,
+        ]
+        refused = shown.trials[0].job_id
+        with running.daemon._store.read() as txn:
+            assert decode_job(txn.get("jobs", (refused,))).state == "queued"
+    finally:
+        running.stop()
+    monkeypatch.undo()
+
+    restarted = InProcessDaemon(settings).start()
+    try:
+        training = training_pb2_grpc.TrainingStub(restarted.channel())
+        assert states(follow(training, refused))[-1] == training_pb2.JOB_STATE_CANCELLED
+        after = training.GetSweep(training_pb2.GetSweepRequest(sweep_id=sweep_id))
+        assert after.state == training_pb2.SWEEP_STATE_SUCCEEDED, after
+        assert [(t.job_id, t.state, t.metric) for t in after.trials] == [
+            (t.job_id, t.state, t.metric) for t in shown.trials
+        ]
+    finally:
+        restarted.stop()
+
+
+def test_a_running_sweeps_trial_whose_jobs_end_the_store_refused_keeps_its_end(tmp_path, monkeypatch):
+    # The next start re-queued the ended trial's job: it trained again, and its end (or its
+    # epochs' metric) overwrote the trial's, which the sweep had weighed already.
+    refuse_job_ends(monkeypatch, 0)
+    settings = disk_settings(tmp_path / "data", **TRAINING_SETTINGS)
+    running = InProcessDaemon(settings).start()
+    try:
+        channel = running.channel()
+        x = np.random.default_rng(0).normal(size=(48, 6)).astype(np.float32)
+        upload_dataset(channel, "flat", {"x": x, "y": (x[:, 0] > 0).astype(np.int64)})
+        training = training_pb2_grpc.TrainingStub(channel)
+        spec = training_pb2.SweepSpec(
+            base=job_spec("mlp", epochs=0),
+            strategy=training_pb2.SWEEP_STRATEGY_GRID,
+            parameters=[sweep_values("max_steps", "4", "1000000")],
+            max_concurrent=2,
+            metric="train_loss",
+        )
+        sweep_id = queued_trial_cancelled(training, spec)
+        shown = training.GetSweep(training_pb2.GetSweepRequest(sweep_id=sweep_id))
+        wait_running(training, shown.trials[1].job_id)
+        assert shown.state == training_pb2.SWEEP_STATE_RUNNING, shown
+        assert shown.trials[0].state == training_pb2.JOB_STATE_CANCELLED, shown
+        refused = shown.trials[0].job_id
+        with running.daemon._store.read() as txn:
+            assert decode_job(txn.get("jobs", (refused,))).state == "queued"
+    finally:
+        running.stop()
+    monkeypatch.undo()
+
+    restarted = InProcessDaemon(settings).start()
+    try:
+        training = training_pb2_grpc.TrainingStub(restarted.channel())
+        assert states(follow(training, refused))[-1] == training_pb2.JOB_STATE_CANCELLED
+        after = training.GetSweep(training_pb2.GetSweepRequest(sweep_id=sweep_id))
+        assert after.state == training_pb2.SWEEP_STATE_RUNNING, after
+        assert after.trials[0].state == training_pb2.JOB_STATE_CANCELLED, after
+        training.CancelSweep(training_pb2.CancelSweepRequest(sweep_id=sweep_id))
+        assert wait_sweep(training, sweep_id).trials[0].state == training_pb2.JOB_STATE_CANCELLED
+    finally:
+        restarted.stop()
+
+
+def test_a_running_sweeps_failed_trial_whose_jobs_end_the_store_refused_stays_failed(tmp_path, monkeypatch):
+    # Its job, re-queued at the next start, is cancelled there: that end is the job's, not the
+    # trial's, whose row holds the failure the sweep weighed.
+    refuse_job_ends(monkeypatch, 0)
+    settings = disk_settings(tmp_path / "data", **TRAINING_SETTINGS)
+    running = InProcessDaemon(settings).start()
+    try:
+        channel = running.channel()
+        x = np.random.default_rng(0).normal(size=(48, 6)).astype(np.float32)
+        upload_dataset(channel, "flat", {"x": x, "y": (x[:, 0] > 0).astype(np.int64)})
+        training = training_pb2_grpc.TrainingStub(channel)
+        spec = training_pb2.SweepSpec(
+            base=job_spec("mlp", epochs=0, max_steps=1_000_000),
+            strategy=training_pb2.SWEEP_STRATEGY_GRID,
+            parameters=[sweep_values("seed", "1", "2")],
+            max_concurrent=1,
+            metric="train_loss",
+        )
+        before = worker_pids()
+        sweep_id = training.SubmitSweep(training_pb2.SubmitSweepRequest(spec=spec)).sweep_id
+        failed = training.GetSweep(training_pb2.GetSweepRequest(sweep_id=sweep_id)).trials[0].job_id
+        wait_running(training, failed)
+        (pid,) = new_workers(before)
+        psutil.Process(pid).send_signal(signal.SIGKILL)
+        assert states(follow(training, failed))[-1] == training_pb2.JOB_STATE_FAILED
+        shown = training.GetSweep(training_pb2.GetSweepRequest(sweep_id=sweep_id))
+        assert shown.state == training_pb2.SWEEP_STATE_RUNNING, shown
+        assert shown.trials[0].state == training_pb2.JOB_STATE_FAILED, shown
+        wait_running(training, shown.trials[1].job_id)
+        with running.daemon._store.read() as txn:
+            assert decode_job(txn.get("jobs", (failed,))).state == "running"
+    finally:
+        running.stop()
+    monkeypatch.undo()
+
+    restarted = InProcessDaemon(settings).start()
+    try:
+        training = training_pb2_grpc.TrainingStub(restarted.channel())
+        assert states(follow(training, failed))[-1] == training_pb2.JOB_STATE_CANCELLED
+        after = training.GetSweep(training_pb2.GetSweepRequest(sweep_id=sweep_id))
+        assert after.state == training_pb2.SWEEP_STATE_RUNNING, after
+        assert after.trials[0].state == training_pb2.JOB_STATE_FAILED, after
+        training.CancelSweep(training_pb2.CancelSweepRequest(sweep_id=sweep_id))
+        assert wait_sweep(training, sweep_id).trials[0].state == training_pb2.JOB_STATE_FAILED
+    finally:
+        restarted.stop()
+
+
+def test_a_cancelled_sweeps_job_its_trials_rows_never_named_is_cancelled_after_a_restart(
+    tmp_path, monkeypatch
+):
+    # Submitted, its id never written to its trial's row, its cancelled end refused as well: the
+    # start looked for the cancelled sweep's jobs in its rows only, and the job ran on.
+    encode_trial = sweeps_module.encode_trial
+
+    def refuse_job_ids(trial):
+        """The store refuses the write of the trials' job ids (a disk full as well)."""
+        if trial.job_id:
+            raise ResourceExhausted("the store is full")
+        return encode_trial(trial)
+
+    refuse_job_ends(monkeypatch, 1)
+    monkeypatch.setattr(sweeps_module, "encode_trial", refuse_job_ids)
+    settings = disk_settings(tmp_path / "data", **TRAINING_SETTINGS)
+    running = InProcessDaemon(settings).start()
+    try:
+        channel = running.channel()
+        x = np.random.default_rng(0).normal(size=(48, 6)).astype(np.float32)
+        upload_dataset(channel, "flat", {"x": x, "y": (x[:, 0] > 0).astype(np.int64)})
+        training = training_pb2_grpc.TrainingStub(channel)
+        blockers = [
+            training.SubmitJob(
+                training_pb2.SubmitJobRequest(spec=job_spec("mlp", epochs=0, max_steps=1_000_000))
+            )
+            for _ in range(2)
+        ]
+        for blocker in blockers:
+            wait_running(training, blocker.job_id)
+        spec = training_pb2.SweepSpec(
+            base=job_spec("mlp", epochs=0, max_steps=4),
+            strategy=training_pb2.SWEEP_STRATEGY_GRID,
+            parameters=[sweep_values("seed", "1", "2")],
+            max_concurrent=2,
+            metric="train_loss",
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            training.SubmitSweep(training_pb2.SubmitSweepRequest(spec=spec))
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        (sweep,) = training.ListSweeps(training_pb2.ListSweepsRequest()).sweeps
+        orphan = sweep.trials[1].job_id
+        with pytest.raises(grpc.RpcError) as info:
+            training.CancelSweep(training_pb2.CancelSweepRequest(sweep_id=sweep.sweep_id))
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        for blocker in blockers:
+            training.CancelJob(training_pb2.CancelJobRequest(job_id=blocker.job_id))
+        with running.daemon._store.read() as txn:
+            assert decode_job(txn.get("jobs", (orphan,))).state == "queued"
+            stored = sweeps_module.read_sweep(txn, sweep.sweep_id, txn.get("sweeps", (sweep.sweep_id,)))
+        assert stored.state == "cancelled"
+        assert [t.job_id for t in stored.trials] == ["", ""]
+    finally:
+        running.stop()
+    monkeypatch.undo()
+
+    restarted = InProcessDaemon(settings).start()
+    try:
+        training = training_pb2_grpc.TrainingStub(restarted.channel())
+        assert states(follow(training, orphan))[-1] == training_pb2.JOB_STATE_CANCELLED
+        assert wait_sweep(training, sweep.sweep_id).state == training_pb2.SWEEP_STATE_CANCELLED
+    finally:
+        restarted.stop()
+
+
+def new_workers(before: set[int]) -> set[int]:
+    """The job workers started since `before` was taken, once there are any (a running job's
+    worker may start after its state says so)."""
+    for _ in range(600):
+        started = worker_pids() - before
+        if started:
+            return started
+        time.sleep(0.1)
+    raise AssertionError("no job worker started")
+
+
+def worker_pids() -> set[int]:
+    """The daemon's job workers: the children of its fork server (training.worker_start)."""
+    return {
+        child.pid
+        for child in psutil.Process().children(recursive=True)
+        if "forkserver" in " ".join(child.parent().cmdline())
+    }
 
 
 def test_a_checkpoint_whose_record_the_store_refuses_leaves_no_blob_behind(tmp_path, monkeypatch):

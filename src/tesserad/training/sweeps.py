@@ -471,13 +471,20 @@ class Sweeps:
         active = self._jobs.unended_ids()
         release_ended_holds(self._store, active, running)
         self._jobs.release_ended_checkpoints_once(running)
+        # Asked of the jobs, not only the trials' rows: a trial's row takes its job's end even
+        # when the store refused the job's own write of it (the job was then re-queued at this
+        # start), and a job whose id never reached its trial's row is in none.
+        active_of_sweep: dict[str, builtins.list[str]] = {}
+        for job_id in active:
+            job = self._jobs.get(job_id)
+            if job.sweep_id:
+                active_of_sweep.setdefault(job.sweep_id, []).append(job_id)
         with self._lock:
             for sweep in records:
-                # Asked of the jobs, not only the trials' rows: a trial's row takes its job's
-                # cancelled end even when the store refused the job's own write of it, and the
-                # job was then re-queued at this start.
-                unended = [t.job_id for t in sweep.trials if t.job_id in active]
+                unended = active_of_sweep.get(sweep.sweep_id, [])
                 unsettled = any(t.job_id and t.state not in ENDED for t in sweep.trials)
+                if sweep.state in ("succeeded", "failed") and unended:
+                    self._cancel_strays(sweep, unended)
                 if sweep.state == "cancelled" and (unended or unsettled):
                     # The daemon stopped before the cancelled trials did: their jobs were re-queued.
                     self._run(sweep)
@@ -495,10 +502,24 @@ class Sweeps:
                     if job.job_id not in known:
                         self._orphans[job.config["run_name"]] = job
                 self._run(sweep)
+                ended = {t.job_id for t in sweep.trials if t.job_id and t.state in ENDED}
+                # Its orphans (named by no row) are left to be adopted by their trials.
+                self._cancel_strays(sweep, [job_id for job_id in unended if job_id in ended])
                 for trial in sweep.trials:  # pruned, but the cancel did not reach the job before the crash
                     if trial.pruned and trial.job_id and self._jobs.get(trial.job_id).state not in ENDED:
                         self._prune(trial.job_id)
                 self._tick(sweep)
+
+    def _cancel_strays(self, sweep: Sweep, job_ids: builtins.list[str]) -> None:
+        """Cancel the jobs re-queued at this start that are no trial of `sweep` to run: those of
+        trials whose rows hold their ends, or of a sweep that ended. Their ends leave the trials'
+        rows as they are (`_on_job`)."""
+        failed = self._jobs.cancel_all(job_ids)
+        if failed:
+            log.error(
+                "a sweep's stray trial jobs could not all be cancelled",
+                extra={"sweep_id": sweep.sweep_id, "jobs": [job_id for job_id, _ in failed]},
+            )
 
     def _migrate_records_once(self) -> None:
         """Move what older records hold of their trials to the trials' rows, each sweep in one
@@ -778,6 +799,10 @@ class Sweeps:
             if sweep is None or number is None:
                 return
             trial = sweep.trials[number]
+            if trial.state in ENDED:
+                # Its row holds its end: the job's later events (a stray re-queued at a start,
+                # then cancelled) must not change the trial nor the sweep's best.
+                return
             if kind == "epoch" and sweep.metric in data["metrics"]:
                 trial.metric, trial.has_metric = float(data["metrics"][sweep.metric]), True
                 self._changed(sweep, trial)
