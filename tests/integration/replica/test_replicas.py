@@ -176,6 +176,8 @@ def test_an_alias_moved_under_load_fails_no_request_at_either_replica(cluster: C
             )
         for channel in channels:
             eventually(lambda channel=channel: assert_scale(channel, 2.0))
+        # The load's calls may all have started before the switch; stop only once each set has 2.0.
+        eventually(lambda: assert_each_saw(scales, 2.0))
     finally:
         stop.set()
         for worker in workers:
@@ -186,6 +188,10 @@ def test_an_alias_moved_under_load_fails_no_request_at_either_replica(cluster: C
 
 def assert_scale(channel: grpc.Channel, scale: float) -> None:
     assert scale_served(channel) == scale
+
+
+def assert_each_saw(scales: list[set[float]], scale: float) -> None:
+    assert all(scale in s for s in scales)
 
 
 def test_a_canary_and_a_shadow_deployed_at_the_primary_are_served_at_both_replicas(
