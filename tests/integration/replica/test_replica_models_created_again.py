@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Any
 
 import grpc
 from serving_models import linear_model, upload
@@ -15,6 +16,7 @@ from test_serving_oip_trace import request_of, settings_of
 
 from tessera.v1 import registry_pb2 as pb
 from tessera.v1 import registry_pb2_grpc
+from tesserad.config import Settings
 from tesserad.oip import grpc_service_pb2 as oip_pb
 from tesserad.oip import grpc_service_pb2_grpc
 from tesserad.registry import Registry
@@ -44,9 +46,14 @@ def _made_again_offline(data_dir: Path, scale: float) -> None:
         store.close()
 
 
-def test_a_replica_serves_a_model_created_again_in_one_change(tmp_path: Path) -> None:
-    primary_dir = tmp_path / "primary"
-    primary_settings = daemon_settings(primary_dir, listen=f"127.0.0.1:{_free_port()}")
+def _primary_and_replica(
+    tmp_path: Path, **primary_options: Any
+) -> tuple[Settings, InProcessDaemon, InProcessDaemon]:
+    """The primary's settings (a fixed port, to start it again at the address the replica
+    follows), the primary started, and its replica, not started, writing traces."""
+    primary_settings = daemon_settings(
+        tmp_path / "primary", listen=f"127.0.0.1:{_free_port()}", **primary_options
+    )
     primary = InProcessDaemon(primary_settings).start()
     replica = InProcessDaemon(
         daemon_settings(
@@ -54,15 +61,30 @@ def test_a_replica_serves_a_model_created_again_in_one_change(tmp_path: Path) ->
             **{"replica.primary": primary.target, "serving.trace_file": str(tmp_path / "trace.json")},
         )
     )
+    return primary_settings, primary, replica
+
+
+def _replica_serving_traced_linear(
+    primary: InProcessDaemon, replica: InProcessDaemon
+) -> tuple[grpc.Channel, grpc_service_pb2_grpc.GRPCInferenceServiceStub, dict[str, list[str]]]:
+    """Linear (scale 1.0) uploaded at the primary, the replica started and serving it, with trace
+    settings of linear's own: the replica's channel, its OIP stub and the global trace settings."""
+    upload(primary.channel(), "linear", linear_model(1.0))
+    replica.start()
+    channel = replica.channel()
+    eventually(lambda: assert_serving(channel))
+    assert scale_served(channel) == 1.0
+    oip = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    global_settings = settings_of(oip.TraceSetting(oip_pb.TraceSettingRequest()))
+    oip.TraceSetting(request_of("linear", trace_level="TIMESTAMPS", trace_rate="7"))
+    return channel, oip, global_settings
+
+
+def test_a_replica_serves_a_model_created_again_in_one_change(tmp_path: Path) -> None:
+    primary_dir = tmp_path / "primary"
+    primary_settings, primary, replica = _primary_and_replica(tmp_path)
     try:
-        upload(primary.channel(), "linear", linear_model(1.0))
-        replica.start()
-        channel = replica.channel()
-        eventually(lambda: assert_serving(channel))
-        assert scale_served(channel) == 1.0
-        oip = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        global_settings = settings_of(oip.TraceSetting(oip_pb.TraceSettingRequest()))
-        oip.TraceSetting(request_of("linear", trace_level="TIMESTAMPS", trace_rate="7"))
+        channel, oip, global_settings = _replica_serving_traced_linear(primary, replica)
 
         primary.stop()
         _made_again_offline(primary_dir, 3.0)
@@ -102,23 +124,9 @@ def test_a_replica_serves_a_model_created_again_in_changes_compacted_away(tmp_pa
     the deletion and creation: the replica must tell the new model by its state."""
     primary_dir = tmp_path / "primary"
     history = {"replica.change_history": 2}
-    primary_settings = daemon_settings(primary_dir, listen=f"127.0.0.1:{_free_port()}", **history)
-    primary = InProcessDaemon(primary_settings).start()
-    replica = InProcessDaemon(
-        daemon_settings(
-            tmp_path / "replica",
-            **{"replica.primary": primary.target, "serving.trace_file": str(tmp_path / "trace.json")},
-        )
-    )
+    primary_settings, primary, replica = _primary_and_replica(tmp_path, **history)
     try:
-        upload(primary.channel(), "linear", linear_model(1.0))
-        replica.start()
-        channel = replica.channel()
-        eventually(lambda: assert_serving(channel))
-        assert scale_served(channel) == 1.0
-        oip = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        global_settings = settings_of(oip.TraceSetting(oip_pb.TraceSettingRequest()))
-        oip.TraceSetting(request_of("linear", trace_level="TIMESTAMPS", trace_rate="7"))
+        channel, oip, global_settings = _replica_serving_traced_linear(primary, replica)
 
         primary.stop()
         # The same registry at an address the replica does not follow: it reads none of these
