@@ -122,6 +122,12 @@ def fill_up(disk: Path) -> Path:
     return filler
 
 
+def upload_flat(channel: grpc.Channel) -> None:
+    """Dataset "flat": 48 rows of 6 features and a binary label, for the jobs that fill the store."""
+    x = np.random.default_rng(0).normal(size=(48, 6)).astype(np.float32)
+    upload_dataset(channel, "flat", {"x": x, "y": (x[:, 0] > 0).astype(np.int64)})
+
+
 def dataset_requests(name: str, data: bytes) -> list[datasets_pb2.UploadDatasetRequest]:
     header = datasets_pb2.UploadDatasetHeader(
         name=name,
@@ -262,8 +268,7 @@ def test_a_database_write_onto_a_full_disk_is_resource_exhausted(daemon, disk, l
 
 def test_a_job_whose_checkpoint_does_not_fit_fails_and_the_daemon_serves_on(daemon, disk):
     channel = daemon.channel()
-    x = np.random.default_rng(0).normal(size=(48, 6)).astype(np.float32)
-    upload_dataset(channel, "flat", {"x": x, "y": (x[:, 0] > 0).astype(np.int64)})
+    upload_flat(channel)
     training = training_pb2_grpc.TrainingStub(channel)
     # About 1 MiB of weights (and the optimiser's state besides) in each checkpoint.
     spec = job_spec(
@@ -390,8 +395,7 @@ def test_a_job_that_fills_the_database_map_ends_failed_and_stays_so_after_a_rest
     running = InProcessDaemon(settings).start()
     try:
         channel = running.channel()
-        x = np.random.default_rng(0).normal(size=(48, 6)).astype(np.float32)
-        upload_dataset(channel, "flat", {"x": x, "y": (x[:, 0] > 0).astype(np.int64)})
+        upload_flat(channel)
         training = training_pb2_grpc.TrainingStub(channel)
         # A step event and its metric points at every one of 48 steps an epoch (and a checkpoint
         # each epoch): far more than fits.
@@ -425,8 +429,7 @@ def test_a_sweep_whose_trials_fill_the_database_map_ends_and_stays_ended_after_a
     running = InProcessDaemon(settings).start()
     try:
         channel = running.channel()
-        x = np.random.default_rng(0).normal(size=(48, 6)).astype(np.float32)
-        upload_dataset(channel, "flat", {"x": x, "y": (x[:, 0] > 0).astype(np.int64)})
+        upload_flat(channel)
         training = training_pb2_grpc.TrainingStub(channel)
         spec = training_pb2.SweepSpec(
             base=job_spec("mlp", epochs=1000, batch_size=1),
@@ -483,8 +486,7 @@ def test_a_sweep_whose_end_the_store_refuses_shows_it_ended_until_a_restart_stor
     running = InProcessDaemon(settings).start()
     try:
         channel = running.channel()
-        x = np.random.default_rng(0).normal(size=(48, 6)).astype(np.float32)
-        upload_dataset(channel, "flat", {"x": x, "y": (x[:, 0] > 0).astype(np.int64)})
+        upload_flat(channel)
         training = training_pb2_grpc.TrainingStub(channel)
         spec = training_pb2.SweepSpec(
             base=job_spec("mlp", epochs=1),
@@ -536,8 +538,7 @@ def test_a_job_whose_end_does_not_fit_either_shows_it_ended_until_a_restart(tmp_
     running = InProcessDaemon(settings).start()
     try:
         channel = running.channel()
-        x = np.random.default_rng(0).normal(size=(48, 6)).astype(np.float32)
-        upload_dataset(channel, "flat", {"x": x, "y": (x[:, 0] > 0).astype(np.int64)})
+        upload_flat(channel)
         training = training_pb2_grpc.TrainingStub(channel)
 
         job = training.SubmitJob(
@@ -563,8 +564,7 @@ def test_a_sweep_cancel_whose_trials_ends_the_store_refuses_shows_them_ended_unt
     running = InProcessDaemon(settings).start()
     try:
         channel = running.channel()
-        x = np.random.default_rng(0).normal(size=(48, 6)).astype(np.float32)
-        upload_dataset(channel, "flat", {"x": x, "y": (x[:, 0] > 0).astype(np.int64)})
+        upload_flat(channel)
         training = training_pb2_grpc.TrainingStub(channel)
         spec = training_pb2.SweepSpec(
             base=job_spec("mlp", epochs=0, max_steps=1_000_000),
@@ -905,8 +905,7 @@ def test_a_checkpoint_whose_record_the_store_refuses_leaves_no_blob_behind(tmp_p
     running = InProcessDaemon(disk_settings(data_dir, **TRAINING_SETTINGS)).start()
     try:
         channel = running.channel()
-        x = np.random.default_rng(0).normal(size=(48, 6)).astype(np.float32)
-        upload_dataset(channel, "flat", {"x": x, "y": (x[:, 0] > 0).astype(np.int64)})
+        upload_flat(channel)
         before = stored_blobs(data_dir)
         training = training_pb2_grpc.TrainingStub(channel)
         job = training.SubmitJob(training_pb2.SubmitJobRequest(spec=job_spec("mlp", epochs=3)))
