@@ -11,17 +11,21 @@ import pytest
 from tesserad.cli import EXIT_BAD_SETTINGS, EXIT_CANNOT_START
 
 
-def serve_with(spawn_daemon, cwd: Path, config_text: str | bytes, *args: str) -> tuple[int, str]:
+def serve_refused(spawn_daemon, cwd: Path, config_text: str | bytes, *args: str) -> tuple[int, str]:
+    """The exit status and output of tesserad started with config_text as its config file. No
+    --listen unless args give one: the config's listen must win (the exposure case)."""
     config = cwd / "tesserad.toml"
     if isinstance(config_text, bytes):
         config.write_bytes(config_text)
     else:
         config.write_text(config_text)
-    daemon = spawn_daemon(
-        "--config", str(config), "--listen", "127.0.0.1:0", "--metrics-listen", "off", *args, cwd=cwd
-    )
+    daemon = spawn_daemon("--config", str(config), "--metrics-listen", "off", *args, cwd=cwd)
     status = daemon.process.wait(60)
     return status, daemon.output()
+
+
+def serve_with(spawn_daemon, cwd: Path, config_text: str | bytes, *args: str) -> tuple[int, str]:
+    return serve_refused(spawn_daemon, cwd, config_text, "--listen", "127.0.0.1:0", *args)
 
 
 @pytest.mark.parametrize(
@@ -46,15 +50,6 @@ def test_a_wrong_config_file_exits_2_naming_the_key_and_leaves_no_data_dir(
     assert said.format(tmp_path / "tesserad.toml") in output
     assert "Traceback" not in output
     assert not (tmp_path / "var").exists()
-
-
-def serve_refused(spawn_daemon, cwd: Path, config_text: str) -> tuple[int, str]:
-    config = cwd / "tesserad.toml"
-    config.write_text(config_text)
-    # The config's listen must win (the exposure case): no --listen here.
-    daemon = spawn_daemon("--config", str(config), "--metrics-listen", "off", cwd=cwd)
-    status = daemon.process.wait(60)
-    return status, daemon.output()
 
 
 @pytest.mark.parametrize(
