@@ -11,6 +11,8 @@ import os
 import shutil
 import socket
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +95,24 @@ def node_script(script: str, target: str) -> list[str]:
     prelude = f"const {{ Client }} = require({json.dumps(str(NODE_CLIENT / 'tessera.js'))});\n"
     prelude += f"const TARGET = {json.dumps(target)};\n"
     return ["node", "-e", prelude + script]
+
+
+@contextmanager
+def node_waiting(args: list[str]) -> Iterator[subprocess.Popen[str]]:
+    """Node started with `args` and its standard streams piped: its script waits on stdin where
+    the test acts (cuts the connection), until `resume`."""
+    with subprocess.Popen(
+        args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as node:
+        assert node.stdout is not None and node.stdin is not None
+        yield node
+
+
+def resume(node: subprocess.Popen[str]) -> None:
+    """Sends the line the script of `node_waiting` waits for."""
+    assert node.stdin is not None
+    node.stdin.write("\n")
+    node.stdin.flush()
 
 
 def run_node_script(
@@ -488,18 +508,10 @@ def test_node_client_watch_resumes_after_the_connection_is_cut(node_ready, daemo
           process.stdin.destroy();
         }})();
         """
-    with subprocess.Popen(
-        node_script(script, proxy.target),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as node:
-        assert node.stdout is not None and node.stdin is not None
+    with node_waiting(node_script(script, proxy.target)) as node:
         assert [node.stdout.readline(), node.stdout.readline()] == ["1\n", "2\n"]
         proxy.cut()
-        node.stdin.write("\n")
-        node.stdin.flush()
+        resume(node)
         client.training.cancel(job.id)
         out, err = node.communicate(timeout=120)
     assert node.returncode == 0, err
@@ -600,18 +612,10 @@ def test_node_client_keepalive_ends_a_watch_on_a_dead_connection(node_ready, dae
         """
     outcomes = []
     for keepalive in ({"timeMs": 1000, "timeoutMs": 1000}, False):
-        with subprocess.Popen(
-            [*node_script(script, proxy.target), json.dumps(keepalive)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        ) as node:
-            assert node.stdout is not None and node.stdin is not None
+        with node_waiting([*node_script(script, proxy.target), json.dumps(keepalive)]) as node:
             assert node.stdout.readline() == "connected\n"
             proxy.black_hole()
-            node.stdin.write("\n")
-            node.stdin.flush()
+            resume(node)
             out, err = node.communicate(timeout=60)
         assert node.returncode == 0, err
         outcomes.append(out)
@@ -937,18 +941,10 @@ def test_node_client_metric_stream_is_sent_again_after_a_cut(node_ready, daemon,
           process.stdin.destroy();
         }})();
         """
-    with subprocess.Popen(
-        node_script(script, proxy.target),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as node:
-        assert node.stdout is not None and node.stdin is not None
+    with node_waiting(node_script(script, proxy.target)) as node:
         assert node.stdout.readline() == "cut\n"
         proxy.cut()
-        node.stdin.write("\n")
-        node.stdin.flush()
+        resume(node)
         out, err = node.communicate(timeout=120)
     assert node.returncode == 0, err
     assert out == "100\n"
