@@ -128,6 +128,19 @@ def upload_flat(channel: grpc.Channel) -> None:
     upload_dataset(channel, "flat", {"x": x, "y": (x[:, 0] > 0).astype(np.int64)})
 
 
+def grid_sweep(
+    base: job_spec_pb2.JobSpec, parameter: training_pb2.SweepParameter, max_concurrent: int
+) -> training_pb2.SweepSpec:
+    """A grid sweep over one parameter of `base`, ranked by train_loss."""
+    return training_pb2.SweepSpec(
+        base=base,
+        strategy=training_pb2.SWEEP_STRATEGY_GRID,
+        parameters=[parameter],
+        max_concurrent=max_concurrent,
+        metric="train_loss",
+    )
+
+
 def dataset_requests(name: str, data: bytes) -> list[datasets_pb2.UploadDatasetRequest]:
     header = datasets_pb2.UploadDatasetHeader(
         name=name,
@@ -431,12 +444,10 @@ def test_a_sweep_whose_trials_fill_the_database_map_ends_and_stays_ended_after_a
         channel = running.channel()
         upload_flat(channel)
         training = training_pb2_grpc.TrainingStub(channel)
-        spec = training_pb2.SweepSpec(
-            base=job_spec("mlp", epochs=1000, batch_size=1),
-            strategy=training_pb2.SWEEP_STRATEGY_GRID,
-            parameters=[sweep_values("optimizer.lr", "0.001", "0.05")],
+        spec = grid_sweep(
+            job_spec("mlp", epochs=1000, batch_size=1),
+            sweep_values("optimizer.lr", "0.001", "0.05"),
             max_concurrent=1,
-            metric="train_loss",
         )
 
         sweep = wait_sweep(
@@ -488,12 +499,8 @@ def test_a_sweep_whose_end_the_store_refuses_shows_it_ended_until_a_restart_stor
         channel = running.channel()
         upload_flat(channel)
         training = training_pb2_grpc.TrainingStub(channel)
-        spec = training_pb2.SweepSpec(
-            base=job_spec("mlp", epochs=1),
-            strategy=training_pb2.SWEEP_STRATEGY_GRID,
-            parameters=[sweep_values("optimizer.lr", "0.001", "0.05")],
-            max_concurrent=2,
-            metric="train_loss",
+        spec = grid_sweep(
+            job_spec("mlp", epochs=1), sweep_values("optimizer.lr", "0.001", "0.05"), max_concurrent=2
         )
         sweep_id = training.SubmitSweep(training_pb2.SubmitSweepRequest(spec=spec)).sweep_id
         for trial in training.GetSweep(training_pb2.GetSweepRequest(sweep_id=sweep_id)).trials:
@@ -566,12 +573,10 @@ def test_a_sweep_cancel_whose_trials_ends_the_store_refuses_shows_them_ended_unt
         channel = running.channel()
         upload_flat(channel)
         training = training_pb2_grpc.TrainingStub(channel)
-        spec = training_pb2.SweepSpec(
-            base=job_spec("mlp", epochs=0, max_steps=1_000_000),
-            strategy=training_pb2.SWEEP_STRATEGY_GRID,
-            parameters=[sweep_values("seed", *(str(i) for i in range(6)))],
+        spec = grid_sweep(
+            job_spec("mlp", epochs=0, max_steps=1_000_000),
+            sweep_values("seed", *(str(i) for i in range(6))),
             max_concurrent=6,
-            metric="train_loss",
         )
         sweep = training.SubmitSweep(training_pb2.SubmitSweepRequest(spec=spec))
         first_queued = sweep.trials[2].job_id  # the first two run (2 CPU slots), the others wait
