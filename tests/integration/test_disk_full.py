@@ -11,16 +11,13 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
-import psutil
 import pytest
 
 from tessera.v1 import (
@@ -763,54 +760,6 @@ def test_a_running_sweeps_trial_whose_jobs_end_the_store_refused_keeps_its_end(t
         restarted.stop()
 
 
-def test_a_running_sweeps_failed_trial_whose_jobs_end_the_store_refused_stays_failed(tmp_path, monkeypatch):
-    # Its job, re-queued at the next start, is cancelled there: that end is the job's, not the
-    # trial's, whose row holds the failure the sweep weighed.
-    refuse_job_ends(monkeypatch, 0)
-    settings = disk_settings(tmp_path / "data", **TRAINING_SETTINGS)
-    running = InProcessDaemon(settings).start()
-    try:
-        channel = running.channel()
-        x = np.random.default_rng(0).normal(size=(48, 6)).astype(np.float32)
-        upload_dataset(channel, "flat", {"x": x, "y": (x[:, 0] > 0).astype(np.int64)})
-        training = training_pb2_grpc.TrainingStub(channel)
-        spec = training_pb2.SweepSpec(
-            base=job_spec("mlp", epochs=0, max_steps=1_000_000),
-            strategy=training_pb2.SWEEP_STRATEGY_GRID,
-            parameters=[sweep_values("seed", "1", "2")],
-            max_concurrent=1,
-            metric="train_loss",
-        )
-        before = worker_pids()
-        sweep_id = training.SubmitSweep(training_pb2.SubmitSweepRequest(spec=spec)).sweep_id
-        failed = training.GetSweep(training_pb2.GetSweepRequest(sweep_id=sweep_id)).trials[0].job_id
-        wait_running(training, failed)
-        (pid,) = new_workers(before)
-        psutil.Process(pid).send_signal(signal.SIGKILL)
-        assert states(follow(training, failed))[-1] == training_pb2.JOB_STATE_FAILED
-        shown = training.GetSweep(training_pb2.GetSweepRequest(sweep_id=sweep_id))
-        assert shown.state == training_pb2.SWEEP_STATE_RUNNING, shown
-        assert shown.trials[0].state == training_pb2.JOB_STATE_FAILED, shown
-        wait_running(training, shown.trials[1].job_id)
-        with running.daemon._store.read() as txn:
-            assert decode_job(txn.get("jobs", (failed,))).state == "running"
-    finally:
-        running.stop()
-    monkeypatch.undo()
-
-    restarted = InProcessDaemon(settings).start()
-    try:
-        training = training_pb2_grpc.TrainingStub(restarted.channel())
-        assert states(follow(training, failed))[-1] == training_pb2.JOB_STATE_CANCELLED
-        after = training.GetSweep(training_pb2.GetSweepRequest(sweep_id=sweep_id))
-        assert after.state == training_pb2.SWEEP_STATE_RUNNING, after
-        assert after.trials[0].state == training_pb2.JOB_STATE_FAILED, after
-        training.CancelSweep(training_pb2.CancelSweepRequest(sweep_id=sweep_id))
-        assert wait_sweep(training, sweep_id).trials[0].state == training_pb2.JOB_STATE_FAILED
-    finally:
-        restarted.stop()
-
-
 def test_a_cancelled_sweeps_job_its_trials_rows_never_named_is_cancelled_after_a_restart(
     tmp_path, monkeypatch
 ):
@@ -874,26 +823,6 @@ def test_a_cancelled_sweeps_job_its_trials_rows_never_named_is_cancelled_after_a
         assert wait_sweep(training, sweep.sweep_id).state == training_pb2.SWEEP_STATE_CANCELLED
     finally:
         restarted.stop()
-
-
-def new_workers(before: set[int]) -> set[int]:
-    """The job workers started since `before` was taken, once there are any (a running job's
-    worker may start after its state says so)."""
-    for _ in range(600):
-        started = worker_pids() - before
-        if started:
-            return started
-        time.sleep(0.1)
-    raise AssertionError("no job worker started")
-
-
-def worker_pids() -> set[int]:
-    """The daemon's job workers: the children of its fork server (training.worker_start)."""
-    return {
-        child.pid
-        for child in psutil.Process().children(recursive=True)
-        if "forkserver" in " ".join(child.parent().cmdline())
-    }
 
 
 def test_a_checkpoint_whose_record_the_store_refuses_leaves_no_blob_behind(tmp_path, monkeypatch):
