@@ -4,22 +4,69 @@
 // Prints JSON on stdout (a watch: one event a line); on failure prints "tessera-node: CODE:
 // message" (or what to fix) on stderr and exits with the Python CLI's statuses (EXIT_STATUS).
 
-const fs = require('node:fs');
-const { enumNames } = require('./proto');
-const { Client, RunFilterError, TesseraError, parseRunFilter } = require('./tessera');
-
 // The Python CLI's exit statuses (clients/python/src/tessera/cli/__init__.py), so that a script
 // tells the same failures apart from either.
 const EXIT_FAILED = 1;
 const EXIT_USAGE = 2;
 const EXIT_DAEMON = 3;
+const EXIT_INTERRUPTED = 130;
+// What a shell reports for a tool killed by SIGPIPE (128 + 13) and by SIGTERM (128 + 15).
+const EXIT_OUTPUT_CLOSED = 141;
+const EXIT_TERMINATED = 143;
 const EXIT_STATUS = `exit status:
-  0  done
-  ${EXIT_FAILED}  failed here: a file could not be read, a spec file is wrong, or a followed or
-     watched job ended without succeeding
-  ${EXIT_USAGE}  the command line is wrong: the message says what, with the command's usage
-  ${EXIT_DAEMON}  the daemon refused or failed the request, or could not be reached: the message
-     starts with the gRPC status (NOT_FOUND, INVALID_ARGUMENT, UNAVAILABLE, ...)`;
+  0    done
+  ${EXIT_FAILED}    failed here: a file could not be read, a spec file is wrong, or a followed or
+       watched job ended without succeeding
+  ${EXIT_USAGE}    the command line is wrong: the message says what, with the command's usage
+  ${EXIT_DAEMON}    the daemon refused or failed the request, or could not be reached: the message
+       starts with the gRPC status (NOT_FOUND, INVALID_ARGUMENT, UNAVAILABLE, ...)
+  ${EXIT_INTERRUPTED}  interrupted (Ctrl-C); a followed or watched job goes on
+  ${EXIT_TERMINATED}  terminated (SIGTERM)
+  ${EXIT_OUTPUT_CLOSED}  the output was closed early (\`tessera-node ... | head\`); nothing more is printed`;
+
+// The client of the command running (undefined before it is made and once it is closed), and
+// the job it follows.
+let client;
+let followed;
+// The status of a command stopped before its end, by a signal or its output's reader gone.
+let stoppedWith;
+
+// Stops the command, as the Python CLI does, with `status` and `line` on stderr (none: nothing
+// said): its calls are cancelled, so that the daemon drops a watch at once, and it exits once
+// they have ended (main's end). With no client open (before the command, or after it: the output
+// written, then found closed), or stopped again (a second Ctrl-C, one more write to a closed
+// output), it exits at once.
+function stop(status, line) {
+  if (stoppedWith !== undefined) process.exit(stoppedWith);
+  if (line) process.stderr.write(`${line}\n`);
+  if (client === undefined) process.exit(status);
+  stoppedWith = status;
+  client.cancelCalls();
+  client.close();
+}
+
+// Set before the modules below load (grpc-js and the protos: a fifth of a second), so that Ctrl-C
+// then too ends in one line and the status rather than a death by SIGINT.
+process.on('SIGINT', () =>
+  stop(
+    EXIT_INTERRUPTED,
+    followed === undefined
+      ? 'tessera-node: interrupted'
+      : `tessera-node: stopped following job ${followed}, which goes on: \`tessera-node jobs watch ${followed}\` ` +
+          `follows it again, \`tessera jobs cancel ${followed}\` stops it`,
+  ),
+);
+process.on('SIGTERM', () => stop(EXIT_TERMINATED, 'tessera-node: terminated'));
+// Whoever reads the output stopped (`| head`): Node would throw EPIPE with its stack trace.
+process.stdout.on('error', (err) =>
+  err.code === 'EPIPE' ? stop(EXIT_OUTPUT_CLOSED, '') : stop(EXIT_FAILED, `tessera-node: ${err.message}`),
+);
+// With stderr closed (`2>&-`) or its reader gone, the status alone says it.
+process.stderr.on('error', () => {});
+
+const fs = require('node:fs');
+const { enumNames } = require('./proto');
+const { Client, RunFilterError, TesseraError, parseRunFilter } = require('./tessera');
 
 // An enum's values by their short names ('running'), as the Python CLI's choices.
 const choices = (typeName) => {
@@ -209,7 +256,8 @@ function chosen(args, flag, allowed) {
 }
 
 // A followed or watched job's events, one a line; fails unless the job succeeded.
-async function follow(client, jobId, fromSeq) {
+async function follow(jobId, fromSeq) {
+  followed = jobId;
   for await (const event of client.watchJob(jobId, { fromSeq })) print(event);
   const job = await client.getJob(jobId);
   if (job.state !== 'JOB_STATE_SUCCEEDED') {
@@ -232,7 +280,7 @@ function readSpec(file) {
   }
 }
 
-async function run(client, args) {
+async function run(args) {
   const { command, positional, flags } = args;
   const one = (flag) => flags[flag] && flags[flag][flags[flag].length - 1];
   if (command === 'info') {
@@ -265,12 +313,12 @@ async function run(client, args) {
     arity(args, 1, 1);
     const job = await client.submitJob(readSpec(positional[0]));
     print(job);
-    return flags['--follow'] ? follow(client, job.job_id, 1) : undefined;
+    return flags['--follow'] ? follow(job.job_id, 1) : undefined;
   }
   if (command === 'jobs watch') {
     arity(args, 1, 1);
     const fromSeq = one('--from-seq') === undefined ? 1 : wholeNumber('--from-seq', one('--from-seq'), command);
-    return follow(client, positional[0], fromSeq);
+    return follow(positional[0], fromSeq);
   }
   if (command === 'runs ls') {
     arity(args, 0, 1);
@@ -313,11 +361,12 @@ async function main() {
     return;
   }
   if (!args.command) throw new UsageError('no command given');
-  const client = new Client(args.target, { token: args.token, timeoutMs: args.timeoutMs });
+  client = new Client(args.target, { token: args.token, timeoutMs: args.timeoutMs });
   try {
-    await run(client, args);
+    await run(args);
   } finally {
     client.close();
+    client = undefined;
   }
 }
 
@@ -328,11 +377,22 @@ function usageHint(command) {
   return '(tessera-node --help lists the commands)';
 }
 
-main().catch((err) => {
+main().then(
+  () => {
+    if (stoppedWith !== undefined) process.exit(stoppedWith);
+  },
+  (err) => {
+    // A command stopped fails with its calls cancelled: it was said already.
+    if (stoppedWith !== undefined) process.exit(stoppedWith);
+    failed(err);
+  },
+);
+
+function failed(err) {
   if (err instanceof UsageError) {
     process.stderr.write(`tessera-node: ${err.message}\n${usageHint(err.command)}\n`);
     process.exit(EXIT_USAGE);
   }
   process.stderr.write(`tessera-node: ${err.message}\n`);
   process.exit(err instanceof TesseraError ? EXIT_DAEMON : EXIT_FAILED);
-});
+}

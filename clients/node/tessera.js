@@ -142,14 +142,33 @@ class Client {
     this.inference = new v1.Inference(target, credentials, shared);
     this.system = new v1.System(target, credentials, shared);
     this.training = new v1.Training(target, credentials, shared);
+    // The calls in flight, for cancelCalls.
+    this.inFlight = new Set();
+  }
+
+  // `call` (a grpc-js call of any kind) kept in inFlight until it ends; returns it.
+  track(call) {
+    this.inFlight.add(call);
+    call.on('status', () => this.inFlight.delete(call));
+    return call;
+  }
+
+  // Cancels every call in flight: each rejects, or its loop throws, a TesseraError CANCELLED, and
+  // the daemon ends its side at once (a watch, a stream) rather than when the connection goes.
+  // For a process that stops (the CLI on Ctrl-C): close() the client too, so that no call starts
+  // after (a watch reconnecting, the next page).
+  cancelCalls() {
+    for (const call of this.inFlight) call.cancel();
   }
 
   // `timeout`: this call's timeoutMs (undefined: the client's).
   call(stub, method, request, timeout) {
     const deadline = new Date(Date.now() + timeoutMs(timeout, this.timeoutMs));
     return new Promise((resolve, reject) => {
-      stub[method](request, this.metadata, { deadline }, (err, response) =>
-        err ? reject(new TesseraError(err)) : resolve(response),
+      this.track(
+        stub[method](request, this.metadata, { deadline }, (err, response) =>
+          err ? reject(new TesseraError(err)) : resolve(response),
+        ),
       );
     });
   }
@@ -240,7 +259,7 @@ class Client {
     let failures = 0;
     for (;;) {
       const callOptions = deadline === undefined ? {} : { deadline: new Date(deadline) };
-      const stream = this.training.WatchJob({ job_id: jobId, from_seq: nextSeq }, this.metadata, callOptions);
+      const stream = this.track(this.training.WatchJob({ job_id: jobId, from_seq: nextSeq }, this.metadata, callOptions));
       try {
         for await (const event of stream) {
           nextSeq = event.seq + 1;
@@ -474,7 +493,7 @@ class Client {
   async streamBatches(batches, reconnects, deadline) {
     let failures = 0;
     for (;;) {
-      const call = clientStream(this.training, 'LogMetricsStream', this.metadata, new Date(deadline));
+      const call = clientStream(this, 'LogMetricsStream', new Date(deadline));
       try {
         for (const batch of batches.kept) {
           if (call.answered) break;
@@ -519,7 +538,7 @@ class Client {
     const name = path.basename(localPath);
     const artifact = artifactPath ? `${artifactPath.replace(/\/$/, '')}/${name}` : name;
     const { sha256, size } = await fileDigest(localPath);
-    const call = clientStream(this.training, 'UploadRunArtifact', this.metadata, deadline);
+    const call = clientStream(this, 'UploadRunArtifact', deadline);
     try {
       await call.send({ header: { run_id: runId, path: artifact, sha256, size_bytes: size } });
       for await (const chunk of fs.createReadStream(localPath, { highWaterMark: chunkSize })) {
@@ -557,7 +576,7 @@ class Client {
     const partial = `${file}.partial-${process.pid}-${crypto.randomBytes(6).toString('hex')}`;
     // Opened before the call: a directory that is not there fails with nothing left open.
     const out = await fs.promises.open(partial, 'wx');
-    const stream = this.training.DownloadRunArtifact({ run_id: runId, path: artifactPath }, this.metadata, { deadline });
+    const stream = this.track(this.training.DownloadRunArtifact({ run_id: runId, path: artifactPath }, this.metadata, { deadline }));
     const hash = crypto.createHash('sha256');
     let header;
     let received = 0;
@@ -804,17 +823,19 @@ function streamFailure(error, batches, answered) {
   return error;
 }
 
-// A client-streaming call of `method`: stream (grpc-js's, to write and end), response (its
+// A client-streaming call of the Training service's `method`, tracked by `client`: stream (grpc-js's, to write and end), response (its
 // answer's promise; a TesseraError when it fails), answered (whether it has come: a call the
 // daemon ended early needs no more messages) and send (a message written, waiting while the
 // stream's buffer is full).
-function clientStream(stub, method, metadata, deadline) {
+function clientStream(client, method, deadline) {
   const call = { answered: false };
   call.response = new Promise((resolve, reject) => {
-    call.stream = stub[method](metadata, { deadline }, (err, response) => {
-      call.answered = true;
-      return err ? reject(new TesseraError(err)) : resolve(response);
-    });
+    call.stream = client.track(
+      client.training[method](client.metadata, { deadline }, (err, response) => {
+        call.answered = true;
+        return err ? reject(new TesseraError(err)) : resolve(response);
+      }),
+    );
   });
   // Awaited once the stream is sent; a failure meanwhile shows there, not as an unhandled one.
   call.response.catch(() => {});

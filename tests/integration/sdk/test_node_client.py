@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -1327,11 +1328,15 @@ def test_node_cli_help_for_each_command(node_ready):
     general = run_node("127.0.0.1:1", "--help")
     assert general.returncode == 0 and general.stdout.startswith("usage: tessera-node [options] COMMAND")
     assert general.stdout.endswith(
-        "exit status:\n  0  done\n  1  failed here: a file could not be read, a spec file is wrong, or a followed or\n"
-        "     watched job ended without succeeding\n"
-        "  2  the command line is wrong: the message says what, with the command's usage\n"
-        "  3  the daemon refused or failed the request, or could not be reached: the message\n"
-        "     starts with the gRPC status (NOT_FOUND, INVALID_ARGUMENT, UNAVAILABLE, ...)\n"
+        "exit status:\n  0    done\n"
+        "  1    failed here: a file could not be read, a spec file is wrong, or a followed or\n"
+        "       watched job ended without succeeding\n"
+        "  2    the command line is wrong: the message says what, with the command's usage\n"
+        "  3    the daemon refused or failed the request, or could not be reached: the message\n"
+        "       starts with the gRPC status (NOT_FOUND, INVALID_ARGUMENT, UNAVAILABLE, ...)\n"
+        "  130  interrupted (Ctrl-C); a followed or watched job goes on\n"
+        "  143  terminated (SIGTERM)\n"
+        "  141  the output was closed early (`tessera-node ... | head`); nothing more is printed\n"
     )
     usages = {
         ("info",): "info",
@@ -1433,6 +1438,69 @@ def test_node_cli_submits_follows_and_watches_a_job(node_ready, daemon, client, 
     assert cancelled.returncode == EXIT_FAILED
     assert cancelled.stderr == f"tessera-node: job {queued['job_id']} ended JOB_STATE_CANCELLED\n"
     assert json.loads(cancelled.stdout.splitlines()[-1])["state"]["state"] == "JOB_STATE_CANCELLED"
+
+
+# What the Python CLI exits with when Ctrl-C or SIGTERM stops it, or its output's reader is gone.
+EXIT_INTERRUPTED, EXIT_OUTPUT_CLOSED, EXIT_TERMINATED = 130, 141, 143
+
+
+@pytest.mark.parametrize(
+    ("signum", "status", "said"),
+    [
+        (
+            signal.SIGINT,
+            EXIT_INTERRUPTED,
+            "tessera-node: stopped following job {job}, which goes on: `tessera-node jobs watch {job}` "
+            "follows it again, `tessera jobs cancel {job}` stops it\n",
+        ),
+        (signal.SIGTERM, EXIT_TERMINATED, "tessera-node: terminated\n"),
+    ],
+)
+def test_node_cli_stopped_by_a_signal_says_so_in_one_line(
+    node_ready, daemon, client, table, signum, status, said
+):
+    """A death by the signal, with no word, as the Python CLI's status and line; the job goes on."""
+    job = client.training.submit({**small_spec(table), "epochs": 200})
+    with subprocess.Popen(
+        ["node", str(NODE_CLIENT / "cli.js"), "--target", daemon.target, "jobs", "watch", job.id],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as watch:
+        assert watch.stdout is not None
+        assert json.loads(watch.stdout.readline())["seq"] == 1
+        watch.send_signal(signum)
+        _, err = watch.communicate(timeout=60)
+    assert (watch.returncode, err) == (status, said.format(job=job.id))
+    assert job.refresh().state in ("queued", "running")
+    job.cancel()
+
+
+def closed_pipe() -> int:
+    """The write end of a pipe whose reader is gone, as `| head` leaves it once head has read."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    return write_end
+
+
+def test_node_cli_output_closed_early_ends_quietly_with_sigpipes_status(node_ready, daemon, client, table):
+    """Node threw EPIPE with its stack trace and exited 1."""
+    job = client.training.submit({**small_spec(table), "epochs": 200})
+    for args in (("runs", "ls"), ("jobs", "watch", job.id)):
+        write_end = closed_pipe()
+        try:
+            done = subprocess.run(
+                ["node", str(NODE_CLIENT / "cli.js"), "--target", daemon.target, *args],
+                stdout=write_end,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+        finally:
+            os.close(write_end)
+        assert (done.returncode, done.stderr) == (EXIT_OUTPUT_CLOSED, ""), args
+    job.cancel()
 
 
 def test_node_cli_job_errors_exit_non_zero_and_say_what_to_fix(node_ready, daemon, table, tmp_path):
