@@ -107,9 +107,10 @@ const COMMANDS = {
     about: "a job's events from N (default 1), one JSON line each, until it ends; fails unless it succeeded",
   },
   'runs ls': {
-    usage: "runs ls [EXPERIMENT] [--status STATUS]... [--filter 'FILTER'] [--order-by ORDER]",
+    usage: "runs ls [--experiment NAME] [--status STATUS]... [--filter 'FILTER'] [--order-by ORDER]",
     about:
-      `runs, newest first: of EXPERIMENT (default: all), in one of the STATUSes (${RUN_STATUSES.join(', ')}), ` +
+      'runs, newest first: of experiment NAME (default: all; `runs ls NAME` is short for it), in one of the ' +
+      `STATUSes (${RUN_STATUSES.join(', ')}), ` +
       "matching MLflow's search FILTER, conditions joined by AND: metrics.KEY OP NUMBER (OP <, <=, >, >=, = " +
       "or !=; metrics.KEY.min or .max for that value of the summary), params.KEY = 'VALUE', tags.KEY = " +
       "'VALUE', attributes.status = 'STATUS' (or !=, IN (...), NOT IN (...)); backquote a key of other " +
@@ -127,7 +128,7 @@ const FLAGS = {
   'jobs submit': { '--follow': false },
   'jobs ls': { '--state': true, '--experiment': true, '--sweep': true },
   'jobs watch': { '--from-seq': true },
-  'runs ls': { '--status': true, '--filter': true, '--order-by': true },
+  'runs ls': { '--experiment': true, '--status': true, '--filter': true, '--order-by': true },
 };
 // Command groups (jobs, runs, sweeps): their commands' first word.
 const GROUPS = [...new Set(Object.keys(COMMANDS).filter((name) => name.includes(' ')).map((name) => name.split(' ')[0]))];
@@ -322,13 +323,17 @@ async function run(args) {
   }
   if (command === 'runs ls') {
     arity(args, 0, 1);
+    if (positional.length && flags['--experiment']) {
+      throw new UsageError('the experiment is given twice: give it as --experiment NAME or as NAME alone', command);
+    }
+    const experiment = positional[0] ?? one('--experiment') ?? '';
     const statuses = chosen(args, '--status', RUN_STATUSES);
     const options = { statuses, filter: one('--filter') || '', orderBy: one('--order-by') };
     try {
       if (statuses.length && parseRunFilter(options.filter).statuses.length) {
         throw new UsageError('--filter compares attributes.status and --status too; give those conditions in one of them', command);
       }
-      return print(await client.listRuns(positional[0] || '', options));
+      return print(await client.listRuns(experiment, options));
     } catch (err) {
       if (!(err instanceof RunFilterError)) throw err;
       // Which flag the string came from, as the Python CLI says it: the filter is read first.

@@ -1343,7 +1343,9 @@ def test_node_cli_help_for_each_command(node_ready):
         ("jobs", "ls"): "jobs ls [--state STATE]... [--experiment NAME] [--sweep SWEEP_ID]",
         ("jobs", "submit"): "jobs submit SPEC.json [--follow]",
         ("jobs", "watch"): "jobs watch JOB_ID [--from-seq N]",
-        ("runs", "ls"): "runs ls [EXPERIMENT] [--status STATUS]... [--filter 'FILTER'] [--order-by ORDER]",
+        ("runs", "ls"): (
+            "runs ls [--experiment NAME] [--status STATUS]... [--filter 'FILTER'] [--order-by ORDER]"
+        ),
         ("sweeps", "ls"): "sweeps ls",
         ("sweeps", "show"): "sweeps show SWEEP_ID",
     }
@@ -1395,6 +1397,8 @@ def test_node_cli_help_for_each_command(node_ready):
         ): "tessera-node: --order-by: column 11: expected ASC or "
         "DESC, or the end of the order\n  metrics.a sideways\n            ^\n"
         f"usage: tessera-node {usages['runs', 'ls']}\n",
+        ("runs", "ls", "online", "--experiment", "online"): "tessera-node: the experiment is given twice: "
+        f"give it as --experiment NAME or as NAME alone\nusage: tessera-node {usages['runs', 'ls']}\n",
         (
             "runs",
             "ls",
@@ -1573,7 +1577,10 @@ def test_node_cli_lists_runs_and_sweeps(node_ready, daemon, client, table):
         return [run["run_id"] for run in listed(*args) if run["experiment"] != "node"]
 
     assert tracked("runs", "ls") == [elsewhere, ended, running]
+    assert tracked("runs", "ls", "--experiment", "online") == [ended, running]
+    # The experiment alone is short for --experiment, as it was before that flag.
     assert tracked("runs", "ls", "online") == [ended, running]
+    assert tracked("runs", "ls", "--experiment", "online", "--status", "succeeded") == [ended]
     assert tracked("runs", "ls", "--status", "running", "--status", "failed") == [elsewhere, running]
     assert tracked("runs", "ls", "--filter", "attributes.status = 'FINISHED'") == [ended]
     assert tracked("runs", "ls", "online", "--filter", "attributes.status != 'succeeded'") == [running]
