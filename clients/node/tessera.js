@@ -466,19 +466,19 @@ class Client {
   // from there. A step or value refused here (RangeError, TypeError) ends the stream where it is;
   // batches sent before it may be stored. A stream that ends before `steps` do closes them (a
   // generator's `finally` runs; an error it throws then is dropped when the stream failed, whose
-  // own error is thrown). timeoutMs bounds the whole stream, resends included (default an
-  // hour), where the Python SDK's transfer_timeout bounds each try: it is the longest the caller
-  // waits.
+  // own error is thrown). timeoutMs bounds each try (default an hour), as the Python SDK's
+  // transfer_timeout does: a stream cut late is still sent again, so the caller waits up to
+  // reconnects + 1 times timeoutMs.
   async logMetricsStream(runId, steps, { batchPoints = 1000, reconnects = DEFAULT_RECONNECTS, timeoutMs: timeout } = {}) {
     if (!Number.isSafeInteger(batchPoints) || batchPoints < 1) {
       throw new RangeError(`batchPoints must be a whole number >= 1, got ${String(batchPoints)}`);
     }
     wholeNumber('reconnects', reconnects);
-    const deadline = Date.now() + timeoutMs(timeout, DEFAULT_TRANSFER_TIMEOUT_MS);
+    const tryMs = timeoutMs(timeout, DEFAULT_TRANSFER_TIMEOUT_MS);
     const batches = new MetricBatches(runId, steps, batchPoints);
     let accepted;
     try {
-      accepted = await this.streamBatches(batches, reconnects, deadline);
+      accepted = await this.streamBatches(batches, reconnects, tryMs);
     } catch (error) {
       // The stream's failure says what is stored: a `finally` of `steps` that throws as they are
       // closed must not replace it.
@@ -489,11 +489,12 @@ class Client {
     return accepted;
   }
 
-  // LogMetricsStream calls sending `batches` until one is answered, or a failure is not sent again.
-  async streamBatches(batches, reconnects, deadline) {
+  // LogMetricsStream calls sending `batches` until one is answered, or a failure is not sent
+  // again; each call within tryMs.
+  async streamBatches(batches, reconnects, tryMs) {
     let failures = 0;
     for (;;) {
-      const call = clientStream(this, 'LogMetricsStream', new Date(deadline));
+      const call = clientStream(this, 'LogMetricsStream', new Date(Date.now() + tryMs));
       try {
         for (const batch of batches.kept) {
           if (call.answered) break;
@@ -517,11 +518,8 @@ class Client {
         const [stored] = err.metadata.get(STORED_BATCHES);
         if (batches.stored(Number(stored || 0))) failures = 0;
         failures += 1;
-        const pause = backoffMs(failures);
-        if (err.code !== 'UNAVAILABLE' || failures > reconnects || Date.now() + pause >= deadline) {
-          throw streamFailure(err, batches, stored !== undefined);
-        }
-        await new Promise((resolve) => setTimeout(resolve, pause));
+        if (err.code !== 'UNAVAILABLE' || failures > reconnects) throw streamFailure(err, batches, stored !== undefined);
+        await new Promise((resolve) => setTimeout(resolve, backoffMs(failures)));
       }
     }
   }

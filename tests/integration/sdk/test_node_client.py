@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -956,6 +957,46 @@ def test_node_client_metric_stream_is_sent_again_after_a_cut(node_ready, daemon,
     assert summary.count == 100
 
 
+def test_node_client_metric_stream_sent_again_gets_a_deadline_of_its_own(
+    node_ready, daemon, client, proxy_to
+):
+    """timeoutMs bounds each try, as the Python SDK's transfer_timeout: one deadline for the
+    whole stream left none to a stream cut past it, which failed UNAVAILABLE without its resend."""
+    proxy = proxy_to(daemon.daemon.port)
+    run_id = client.training.create_run("node-streams").run_id
+    script = f"""
+        (async () => {{
+          const client = new Client(TARGET);
+          await client.info();
+          async function* steps() {{
+            for (let step = 0; step < 100; step += 1) {{
+              // The test cuts the connection here and waits past the first try's deadline.
+              if (step === 55) {{
+                console.log('cut');
+                await new Promise((resolve) => process.stdin.once('data', resolve));
+              }}
+              yield [step, {{ loss: 1 / (step + 1) }}];
+            }}
+          }}
+          const options = {{ batchPoints: 10, timeoutMs: 3000 }};
+          console.log(await client.logMetricsStream({json.dumps(run_id)}, steps(), options));
+          client.close();
+          process.stdin.destroy();
+        }})();
+        """
+    with node_waiting(node_script(script, proxy.target)) as node:
+        assert node.stdout.readline() == "cut\n"
+        proxy.cut()
+        # Past the first try's deadline, which began before "cut" was printed.
+        time.sleep(3.5)
+        resume(node)
+        out, err = node.communicate(timeout=120)
+    assert node.returncode == 0, err
+    assert out == "100\n"
+    history = client.training.metric_history(run_id, "loss")
+    assert [p.step for p in history.points] == list(range(100))
+
+
 RUN_FILTERS = [
     "",
     "metrics.val_accuracy > 0.9 and params.x = '1'",
@@ -1367,6 +1408,8 @@ def test_node_cli_help_for_each_command(node_ready):
         "usage: tessera-node jobs submit SPEC.json [--follow]\n",
         ("runs", "ls", "--follow"): "tessera-node: --follow is not an option of runs ls\n"
         f"usage: tessera-node {usages['runs', 'ls']}\n",
+        ("runs", "ls", "online", "--experiment", "online"): "tessera-node: the experiment is given twice: "
+        f"give it as --experiment NAME or as NAME alone\nusage: tessera-node {usages['runs', 'ls']}\n",
         (
             "jobs",
             "start",
@@ -1397,8 +1440,6 @@ def test_node_cli_help_for_each_command(node_ready):
         ): "tessera-node: --order-by: column 11: expected ASC or "
         "DESC, or the end of the order\n  metrics.a sideways\n            ^\n"
         f"usage: tessera-node {usages['runs', 'ls']}\n",
-        ("runs", "ls", "online", "--experiment", "online"): "tessera-node: the experiment is given twice: "
-        f"give it as --experiment NAME or as NAME alone\nusage: tessera-node {usages['runs', 'ls']}\n",
         (
             "runs",
             "ls",
