@@ -15,6 +15,7 @@
 //   a param's or tag's may hold dots without them, as in MLflow: params.optimizer.lr.
 //   MLflow's other entity spellings (metric, param, parameter, tag, attribute, attr, run) work too.
 // Order: `metrics.KEY [ASC|DESC]` (with .last, .min or .max as above); ListRuns orders by one metric.
+// A metric's name alone (listRuns' orderBy 'val_loss') takes no ASC or DESC.
 // Mistakes throw RunFilterError (a RangeError) naming the column and what fits there.
 
 const { enumNames } = require('./proto');
@@ -35,6 +36,7 @@ const ENTITIES = {
 };
 // Longest first, so "<=" is not read as "<" then "=". Values as listRuns takes them.
 const COMPARISONS = { '<=': 'le', '>=': 'ge', '!=': 'ne', '<': 'lt', '>': 'gt', '=': 'eq' };
+const DIRECTIONS = ['ASC', 'DESC'];
 const FIELDS = ['last', 'min', 'max'];
 const RUN_STATUSES = enumNames('tessera.v1.RunStatus')
   .slice(1)
@@ -341,6 +343,7 @@ function parseFilter(text) {
 function parseOrder(text) {
   const scan = new Scanner(text);
   if (scan.done()) throw scan.fail('the order is empty; write metrics.KEY, then ASC or DESC if you choose');
+  if (!Object.hasOwn(ENTITIES, scan.peekWord().toLowerCase())) throw unnamedOrder(scan);
   const written = operand(scan, 'metrics.KEY, then ASC or DESC');
   if (written.entity !== 'metrics') {
     const shown = text.slice(written.start, scan.at);
@@ -354,7 +357,7 @@ function parseOrder(text) {
   if (!scan.done()) {
     const at = scan.at;
     const direction = scan.match(WORD).toUpperCase();
-    if (direction !== 'ASC' && direction !== 'DESC') {
+    if (!DIRECTIONS.includes(direction)) {
       if (scan.take(',')) throw scan.fail('ListRuns orders by one metric: leave out the orders after the first', at);
       throw scan.fail('expected ASC or DESC, or the end of the order', at);
     }
@@ -364,11 +367,48 @@ function parseOrder(text) {
   return { metric: written.key, field: written.field || undefined, descending };
 }
 
-// Whether an order names `entity.key` (then read by parseOrder) rather than a metric alone.
+// `text` without the spaces at either end, as Python's str.strip().
+function stripped(text) {
+  let start = 0;
+  let end = text.length;
+  while (start < end && SPACE.test(text[start])) start += 1;
+  while (end > start && SPACE.test(text[end - 1])) end -= 1;
+  return text.slice(start, end);
+}
+
+// The words of `text` between spaces, as Python's str.split().
+function words(text) {
+  return stripped(text)
+    .split(new RegExp(`${SPACE.source}+`))
+    .filter((word) => word !== '');
+}
+
+// The error for an order whose metric lacks `metrics.`, such as MLflow's "start_time DESC".
+function unnamedOrder(scan) {
+  const all = words(scan.text);
+  const last = all[all.length - 1];
+  const direction = all.length > 1 && DIRECTIONS.includes(last.toUpperCase()) ? ` ${last.toUpperCase()}` : '';
+  let written = stripped(scan.text);
+  if (direction) written = stripped(written.slice(0, -last.length));
+  const quoted = /^[\p{L}\p{N}_]+$/u.test(written) || written.startsWith('`');
+  const key = quoted ? written : `\`${written.replaceAll('`', '``')}\``;
+  return scan.fail(
+    `an order names its metric as metrics.KEY: write metrics.${key}${direction} (ListRuns orders ` +
+      'runs by a metric only; without an order they come newest first)',
+  );
+}
+
+// Whether an order is MLflow's, read by parseOrder: it names `entity.key`, or it ends in ASC or
+// DESC, which a metric's name alone does not take (read as a name, "val_loss DESC" or MLflow's
+// "start_time DESC" would order by a metric no run has).
 function isOrderString(text) {
   const trimmed = text.trim();
   const dot = trimmed.indexOf('.');
-  return dot >= 0 && Object.hasOwn(ENTITIES, trimmed.slice(0, dot).toLowerCase());
+  const all = words(text);
+  return (
+    (dot >= 0 && Object.hasOwn(ENTITIES, trimmed.slice(0, dot).toLowerCase())) ||
+    (all.length > 1 && DIRECTIONS.includes(all[all.length - 1].toUpperCase()))
+  );
 }
 
 module.exports = { RunFilterError, parseFilter, parseOrder, isOrderString, RUN_STATUSES };

@@ -107,6 +107,9 @@ def test_sdk_runs_take_mlflows_filter_and_order_strings(client):
     with pytest.raises(RunFilterError, match="OR is not supported") as refused:
         training.runs("search", filter="params.lr = '0.1' or params.lr = '0.01'")
     assert refused.value.column == 19
+    # MLflow's direction after a bare name is refused, not read as a metric no run has.
+    with pytest.raises(RunFilterError, match=r"write metrics\.val_acc DESC"):
+        training.runs("search", order_by="val_acc DESC")
 
 
 def test_runs_ls_filter_metric_and_mlflow_order(tessera_cli, client, capsys):
@@ -149,6 +152,10 @@ def test_runs_ls_filter_metric_and_mlflow_order(tessera_cli, client, capsys):
         assert f"{flag} orders by the metric --order-by names: add --order-by METRIC" in unordered.err
     order = tessera_cli("runs", "ls", "--order-by", "metrics.a, metrics.b")
     assert order.code == EXIT_USAGE and "--order-by: column 10: ListRuns orders by one metric" in order.err
+    bare = tessera_cli("runs", "ls", "--order-by", "start_time DESC")
+    assert bare.code == EXIT_USAGE, bare.err
+    wanted = "--order-by: column 1: an order names its metric as metrics.KEY: write metrics.start_time DESC"
+    assert wanted in bare.err
     with pytest.raises(SystemExit) as usage:
         tessera_cli("runs", "ls", "--metric", "val_acc~0.9")
     assert usage.value.code == EXIT_USAGE

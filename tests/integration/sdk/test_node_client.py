@@ -1042,6 +1042,9 @@ RUN_ORDERS = [
     "metrics.a, metrics.b",
     "metrics.a ASC DESC",
     "metrics.a sideways",
+    "val_loss DESC",
+    " start_time  asc ",
+    "val-loss Desc",
 ]
 
 
@@ -1135,6 +1138,7 @@ def test_node_client_searches_compares_and_ranks_runs(node_ready, daemon, client
             {{ orderBy: 'metrics.a DESC', descending: false }},
             {{ orderBy: 'metrics.a.max', orderField: 'min' }},
             {{ filter: 'metrics.a >> 1' }},
+            {{ orderBy: 'val_loss DESC' }},
           ];
           for (const options of tries) {{
             try {{
@@ -1177,7 +1181,7 @@ def test_node_client_searches_compares_and_ranks_runs(node_ready, daemon, client
     assert found["accurate"] == [ids[0], ids[1]]
     assert found["by_param"] == [ids[2], ids[0]]
     assert found["not_failed"] == [ids[1], ids[0]]
-    filtered_twice, direction_twice, field_twice, unread, one_run, bad_mode = found["refused"]
+    filtered_twice, direction_twice, field_twice, unread, bare_order, one_run, bad_mode = found["refused"]
     assert filtered_twice == (
         "RangeError: metrics is filtered twice, in filter and in metrics; give the conditions in one of them"
     )
@@ -1186,6 +1190,10 @@ def test_node_client_searches_compares_and_ranks_runs(node_ready, daemon, client
     assert unread == (
         "RunFilterError: column 12: expected a number after metrics.a's comparison, e.g. 0.9 or 1e-3\n"
         "  metrics.a >> 1\n             ^"
+    )
+    # Not read as a metric named "val_loss DESC", which no run has.
+    assert bare_order.startswith(
+        "RunFilterError: column 1: an order names its metric as metrics.KEY: write metrics.val_loss DESC"
     )
     assert one_run == "INVALID_ARGUMENT"
     assert bad_mode == 'RangeError: mode: "lowest" is not one of min, max'

@@ -208,3 +208,20 @@ def test_the_short_metric_condition_keeps_its_key_as_written() -> None:
         with pytest.raises(RunFilterError) as info:
             parse_metric_condition(text)
         assert (info.value.column, info.value.reason[: len(reason)]) == (column, reason)
+
+
+@pytest.mark.parametrize(
+    ("text", "suggested"),
+    [
+        ("val_acc DESC", "metrics.val_acc DESC"),
+        ("start_time asc", "metrics.start_time ASC"),
+        ("val-loss  DESC", "metrics.`val-loss` DESC"),
+    ],
+)
+def test_an_order_with_a_direction_names_its_metric_as_mlflow_does(text: str, suggested: str) -> None:
+    # Read as a metric's name, "val_acc DESC" would order by a metric no run has: newest first.
+    assert is_order_string(text)
+    with pytest.raises(RunFilterError) as info:
+        parse_order(text)
+    assert info.value.column == 1
+    assert info.value.reason.startswith(f"an order names its metric as metrics.KEY: write {suggested} ")

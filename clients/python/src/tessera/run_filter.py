@@ -15,7 +15,7 @@ Filter: conditions joined by AND (any case), e.g.
 
 Order: `metrics.KEY [ASC|DESC]` (with .last, .min or .max as above); without ASC or DESC,
 ascending, as in MLflow (the SDK's runs() reads it so; a metric's name alone, order_by="val_loss",
-takes the metric's own direction instead). ListRuns orders by one metric.
+takes the metric's own direction instead, and no ASC or DESC). ListRuns orders by one metric.
 
 Mistakes raise RunFilterError (a ValueError) naming the column and what fits there.
 """
@@ -51,6 +51,7 @@ _COMPARISONS = {
     ">": pb.COMPARISON_GT,
     "=": pb.COMPARISON_EQ,
 }
+_DIRECTIONS = ("ASC", "DESC")
 _FIELDS = {"last": pb.SUMMARY_FIELD_LAST, "min": pb.SUMMARY_FIELD_MIN, "max": pb.SUMMARY_FIELD_MAX}
 RUN_STATUSES = tuple(
     value.name.removeprefix("RUN_STATUS_").lower() for value in pb.RunStatus.DESCRIPTOR.values if value.number
@@ -368,6 +369,8 @@ def parse_order(text: str) -> RunOrderBy:
     scan = _Scanner(text)
     if scan.done():
         raise scan.fail("the order is empty; write metrics.KEY, then ASC or DESC if you choose")
+    if scan.peek_word().lower() not in _ENTITIES:
+        raise _unnamed_order(scan)
     operand = _operand(scan, "metrics.KEY, then ASC or DESC")
     if operand.entity != "metrics":
         written = text[operand.start : scan.at]
@@ -380,7 +383,7 @@ def parse_order(text: str) -> RunOrderBy:
     if not scan.done():
         at = scan.at
         direction = scan.match(_WORD).upper()
-        if direction not in ("ASC", "DESC"):
+        if direction not in _DIRECTIONS:
             if scan.take(","):
                 raise scan.fail("ListRuns orders by one metric: leave out the orders after the first", at)
             raise scan.fail("expected ASC or DESC, or the end of the order", at)
@@ -391,10 +394,30 @@ def parse_order(text: str) -> RunOrderBy:
     return RunOrderBy(operand.key, field, descending)
 
 
+def _unnamed_order(scan: _Scanner) -> RunFilterError:
+    """The error for an order whose metric lacks `metrics.`, such as MLflow's "start_time DESC"."""
+    *name, last = scan.text.split()
+    direction = f" {last.upper()}" if name and last.upper() in _DIRECTIONS else ""
+    written = scan.text.strip()
+    if direction:
+        written = written[: -len(last)].rstrip()
+    quoted = _KEY.fullmatch(written) or written.startswith("`")
+    key = written if quoted else "`" + written.replace("`", "``") + "`"
+    return scan.fail(
+        f"an order names its metric as metrics.KEY: write metrics.{key}{direction} (ListRuns orders "
+        "runs by a metric only; without an order they come newest first)"
+    )
+
+
 def is_order_string(text: str) -> bool:
-    """Whether an order names `entity.key` (then read by parse_order) rather than a metric alone."""
+    """Whether an order is MLflow's, read by parse_order: it names `entity.key`, or it ends in
+    ASC or DESC, which a metric's name alone does not take (read as a name, "val_loss DESC" or
+    MLflow's "start_time DESC" would order by a metric no run has)."""
     entity, dot, _ = text.strip().partition(".")
-    return bool(dot) and entity.lower() in _ENTITIES
+    words = text.split()
+    return (bool(dot) and entity.lower() in _ENTITIES) or (
+        len(words) > 1 and words[-1].upper() in _DIRECTIONS
+    )
 
 
 def parse_orders(orders: str | Iterable[str]) -> RunOrderBy | None:
