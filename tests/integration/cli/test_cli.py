@@ -285,6 +285,19 @@ def test_runs_show_tells_an_ended_runs_status_times_and_tags(tessera_cli, client
     assert rows["started"] != "-" and rows["ended"] != "-"
 
 
+def test_runs_show_says_how_many_metric_keys_the_daemon_left_out(tessera_cli, client):
+    run = client.training.create_run("cli-show")
+    # GetRun answers a run's first 2,000 keys; the table must not read as every key the run has.
+    client.training.log_metrics(run.run_id, {f"class_{i:04}": 0.5 for i in range(2003)}, step=0)
+    shown = tessera_cli("runs", "show", run.run_id)
+    assert shown.code == 0, shown.err
+    assert "metric class_1999" in shown.out and "metric class_2000" not in shown.out
+    assert (
+        " ".join(shown.out.split()).count("3 more keys after class_1999 (the first 2,000 by key are shown)")
+        == 1
+    )
+
+
 def test_train_errors(tessera_cli, tmp_path):
     spec = tmp_path / "bad.toml"
     spec.write_text("epochs = [")

@@ -128,6 +128,16 @@ def cmd_runs_show(client: Client, args: argparse.Namespace, out: Output) -> None
         )
         for m in run.metrics
     ]
+    if run.metrics_left_out:
+        # The daemon answers a run's first keys only; without this row the table reads as all of them.
+        rows.append(
+            (
+                "metrics left out",
+                f"{counted(run.metrics_left_out, 'more key')} after {run.metrics[-1].key} (the first "
+                f"{len(run.metrics):,} by key are shown); read one with the SDK's "
+                "client.training.metric_history(run_id, key)",
+            )
+        )
     out.pairs(f"run {run.run_id}", rows)
 
 
