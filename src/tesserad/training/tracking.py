@@ -899,7 +899,9 @@ class Tracking:
                 checked.add(point.key)
             if not math.isfinite(point.value):
                 raise InvalidArgument(
-                    f"points[{i}].value: {point.key} = {point.value} is not a finite number"
+                    f"points[{i}].value: {point.key} = {point.value} is not a finite number, which a "
+                    "run does not keep (its summaries, filters and rankings compare values; MLflow "
+                    "would store it): leave the point out and send the batch again, none of it is stored"
                 )
             if point.step < 0:
                 raise InvalidArgument(f"points[{i}].step must be >= 0, got {point.step}")

@@ -143,12 +143,18 @@ def test_bad_metrics_and_params_are_refused(tracker) -> None:
     run = _run(tracker, "bad", lr="0.1")
     cases = [
         ([S.MetricPoint(key="", value=1)], "points[0].key"),
-        ([S.MetricPoint(key="a", value=float("nan"))], "points[0].value: a = nan is not a finite number"),
+        (
+            [S.MetricPoint(key="b", value=2), S.MetricPoint(key="a", value=float("nan"))],
+            "points[1].value: a = nan is not a finite number, which a run does not keep (its summaries, "
+            "filters and rankings compare values; MLflow would store it): leave the point out and send "
+            "the batch again, none of it is stored",
+        ),
         ([S.MetricPoint(key="a", value=1, step=-1)], "points[0].step must be >= 0"),
     ]
     for points, words in cases:
         error = _error(lambda p=points: tracker.LogMetrics(S.LogMetricsRequest(run_id=run.run_id, points=p)))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and words in error.details()
+    assert not tracker.GetRun(S.GetRunRequest(run_id=run.run_id)).metrics  # a refused batch stores nothing
     missing = _error(lambda: _log(tracker, "run-missing", "a", [1.0]))
     assert missing.code() == grpc.StatusCode.NOT_FOUND and "run-missing" in missing.details()
     changed = _error(lambda: tracker.LogParams(S.LogParamsRequest(run_id=run.run_id, params={"lr": "0.2"})))

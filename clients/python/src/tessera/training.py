@@ -722,7 +722,9 @@ class Training(Part[C]):
 
     @call
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> Op[int]:
-        """Record metric values at a step; returns how many points were accepted."""
+        """Record metric values at a step; returns how many points were accepted. Values must be
+        finite: a NaN or infinite one (which MLflow stores) raises InvalidArgument and none of the
+        call's points is stored."""
         points = [pb.MetricPoint(key=key, value=float(value), step=step) for key, value in metrics.items()]
         request = pb.LogMetricsRequest(run_id=run_id, points=points)
         return Op(S, "LogMetrics", request, lambda response: response.accepted)
@@ -738,7 +740,8 @@ class Training(Part[C]):
         """Record the metrics of many steps, `(step, {key: value})` in order, over one stream in
         batches of `batch_points` points; returns how many points were accepted. A cut stream
         is resent from its first batch not known to be stored; a failure says which points are
-        stored (resending them is harmless: the daemon keeps one point per key and step)."""
+        stored (resending them is harmless: the daemon keeps one point per key and step). Values
+        must be finite, as for log_metrics: a batch with a NaN fails the stream there."""
         if batch_points < 1:
             raise ValueError(f"batch_points must be >= 1, got {batch_points}")
         return MetricSteps(run_id, steps, batch_points, timeout_or(timeout, self._conn.transfer_timeout))

@@ -2009,6 +2009,7 @@ class MetricPoint(_message.Message):
     validation metric is reported in its events, not stored in its run.
     """
     step: _builtins.int
+    """0 or more: a negative step is INVALID_ARGUMENT."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """Server time when unset."""
