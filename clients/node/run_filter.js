@@ -56,6 +56,8 @@ const STATUS_CHOICES = `${STATUS_NAMES.slice(0, -1).join(', ')} or ${STATUS_NAME
 const WORD = /[A-Za-z_][A-Za-z0-9_]*/y;
 // Letters of any script, digits and _, as Python's \w.
 const KEY = /[\p{L}\p{N}_]+/uy;
+// Characters MLflow's keys often hold (train/loss, batch-size) that end a key unquoted here.
+const KEY_PUNCTUATION = ['-', '/', ':'];
 // Decimal digits of any script, as Python's \d (float() reads them too).
 const NUMBER = /[+-]?(?:\p{Nd}+(?:\.\p{Nd}*)?|\.\p{Nd}+)(?:[eE][+-]?\p{Nd}+)?/uy;
 const CONDITIONS = 'metrics.KEY, params.KEY, tags.KEY or attributes.status';
@@ -193,6 +195,13 @@ function operand(scan, allowed) {
       const dotted = summary ? `${key}.${summary}` : 'a.b';
       throw scan.fail(`write ${after}a key with dots in backquotes: ${entity}.\`${dotted}\``, suffixAt);
     }
+  }
+  const next = scan.text.slice(scan.at, scan.at + 1);
+  if (!quoted && KEY_PUNCTUATION.includes(next)) {
+    // Read on, the rest would be refused as a comparison: say what the key needs instead.
+    let end = scan.at;
+    while (end < scan.text.length && !SPACE.test(scan.text[end]) && !'<>=!'.includes(scan.text[end])) end += 1;
+    throw scan.fail(`a key with ${next} in it goes in backquotes: ${entity}.\`${scan.text.slice(keyAt, end)}\``);
   }
   return { entity, key, field: summary, start };
 }

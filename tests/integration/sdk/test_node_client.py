@@ -1031,6 +1031,9 @@ RUN_FILTERS = [
     "params.a. = 'x'",
     "metrics.a",
     "\u3000metrics.a\u2003>\x1c1",
+    "metrics.train/loss < 0.3",
+    "params.batch-size = '32' and tags.a:b = 'x'",
+    "metrics.val-loss.min<1",
 ]
 RUN_ORDERS = [
     "metrics.val_loss ASC",
@@ -1045,6 +1048,7 @@ RUN_ORDERS = [
     "val_loss DESC",
     " start_time  asc ",
     "val-loss Desc",
+    "metrics.train/loss DESC",
 ]
 
 

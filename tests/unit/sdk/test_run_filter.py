@@ -108,6 +108,10 @@ def test_an_empty_filter_filters_nothing_and_one_value_twice_is_one_condition() 
             "write .last, .min or .max after a metric's key, or a key with dots "
             "in backquotes: metrics.`val.loss`",
         ),
+        # MLflow's keys often hold these; unquoted, the rest would be read as a comparison.
+        ("metrics.train/loss < 0.3", 14, "a key with / in it goes in backquotes: metrics.`train/loss`"),
+        ("params.batch-size = '32'", 13, "a key with - in it goes in backquotes: params.`batch-size`"),
+        ("tags.a.b:c='x'", 9, "a key with : in it goes in backquotes: tags.`a.b:c`"),
         ("metrics.`val-loss > 1", 9, "the key opened here has no closing `"),
         ("metrics.`` > 1", 9, "the key is empty"),
         ("metrics.``abc > 1", 9, "the key is empty"),
@@ -175,6 +179,7 @@ def test_orders_read_a_metric_its_field_and_direction() -> None:
         ),
         ("metrics.a, metrics.b", 10, "ListRuns orders by one metric"),
         ("metrics.a sideways", 11, "expected ASC or DESC, or the end of the order"),
+        ("metrics.val-loss DESC", 12, "a key with - in it goes in backquotes: metrics.`val-loss`"),
         ("attributes.start_time DESC", 1, "ListRuns orders runs by a metric only"),
         (
             "run.loss ASC",

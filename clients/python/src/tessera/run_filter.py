@@ -65,6 +65,8 @@ _STATUS_NAMES = [
 _STATUS_CHOICES = f"{', '.join(_STATUS_NAMES[:-1])} or {_STATUS_NAMES[-1]}"
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _KEY = re.compile(r"\w+")  # letters of any script, digits and _
+# Characters MLflow's keys often hold (train/loss, batch-size) that end a key unquoted here.
+_KEY_PUNCTUATION = ("-", "/", ":")
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _CONDITIONS = "metrics.KEY, params.KEY, tags.KEY or attributes.status"
 
@@ -194,6 +196,13 @@ def _operand(scan: _Scanner, allowed: str) -> _Operand:
             after = ".last, .min or .max after a metric's key, or " if entity == "metrics" else ""
             dotted = f"{key}.{summary}" if summary else "a.b"
             raise scan.fail(f"write {after}a key with dots in backquotes: {entity}.`{dotted}`", suffix_at)
+    if not quoted and scan.text[scan.at : scan.at + 1] in _KEY_PUNCTUATION:
+        # Read on, the rest would be refused as a comparison: say what the key needs instead.
+        end = scan.at
+        while end < len(scan.text) and not scan.text[end].isspace() and scan.text[end] not in "<>=!":
+            end += 1
+        written = scan.text[key_at:end]
+        raise scan.fail(f"a key with {scan.text[scan.at]} in it goes in backquotes: {entity}.`{written}`")
     return _Operand(entity, key, summary, start)
 
 
