@@ -760,6 +760,60 @@ def test_a_running_sweeps_trial_whose_jobs_end_the_store_refused_keeps_its_end(t
         restarted.stop()
 
 
+def test_a_running_sweeps_failed_trial_whose_jobs_end_the_store_refused_stays_failed(tmp_path, monkeypatch):
+    # Its job, re-queued at the next start, is cancelled there: that end is the job's, not the
+    # trial's, whose row holds the failure the sweep weighed.
+    refuse_job_ends(monkeypatch, 0)
+    settings = disk_settings(tmp_path / "data", **TRAINING_SETTINGS)
+    running = InProcessDaemon(settings).start()
+    try:
+        channel = running.channel()
+        upload_flat(channel)
+        training = training_pb2_grpc.TrainingStub(channel)
+        spec = grid_sweep(
+            job_spec("mlp", epochs=0, max_steps=1_000_000), sweep_values("seed", "1", "2"), max_concurrent=1
+        )
+        sweep_id = training.SubmitSweep(training_pb2.SubmitSweepRequest(spec=spec)).sweep_id
+        failed = training.GetSweep(training_pb2.GetSweepRequest(sweep_id=sweep_id)).trials[0].job_id
+        kill_workers(running, training, failed)
+        assert states(follow(training, failed))[-1] == training_pb2.JOB_STATE_FAILED
+        shown = training.GetSweep(training_pb2.GetSweepRequest(sweep_id=sweep_id))
+        assert shown.state == training_pb2.SWEEP_STATE_RUNNING, shown
+        assert shown.trials[0].state == training_pb2.JOB_STATE_FAILED, shown
+        wait_running(training, shown.trials[1].job_id)
+        with running.daemon._store.read() as txn:
+            assert decode_job(txn.get("jobs", (failed,))).state == "running"
+    finally:
+        running.stop()
+    monkeypatch.undo()
+
+    restarted = InProcessDaemon(settings).start()
+    try:
+        training = training_pb2_grpc.TrainingStub(restarted.channel())
+        # Whether the start cancelled it queued or running, its job can end only so.
+        assert states(follow(training, failed))[-1] == training_pb2.JOB_STATE_CANCELLED
+        after = training.GetSweep(training_pb2.GetSweepRequest(sweep_id=sweep_id))
+        assert after.state == training_pb2.SWEEP_STATE_RUNNING, after
+        assert after.trials[0].state == training_pb2.JOB_STATE_FAILED, after
+        training.CancelSweep(training_pb2.CancelSweepRequest(sweep_id=sweep_id))
+        assert wait_sweep(training, sweep_id).trials[0].state == training_pb2.JOB_STATE_FAILED
+    finally:
+        restarted.stop()
+
+
+def kill_workers(running: InProcessDaemon, training, job_id: str) -> None:
+    """SIGKILL the job's worker processes, as its daemon holds them, once they train (a step event
+    of theirs is out: their supervisor holds them from before their first message)."""
+    stream = training.WatchJob(training_pb2.WatchJobRequest(job_id=job_id), timeout=60)
+    try:
+        if not any(event.WhichOneof("event") == "step" for event in stream):
+            raise AssertionError(f"job {job_id} ended before its first step")
+    finally:
+        stream.cancel()
+    for process in running.daemon.training._running[job_id].processes:
+        process.kill()
+
+
 def test_a_cancelled_sweeps_job_its_trials_rows_never_named_is_cancelled_after_a_restart(
     tmp_path, monkeypatch
 ):
