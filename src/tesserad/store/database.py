@@ -447,11 +447,12 @@ class Store:
         and waited for: it raises as `flush` does when that commit failed as a whole. If the
         body raises, its writes are cancelled (none is made) and its error goes on. Inside,
         `write`, `submit_all` and `flush` raise RuntimeError: the first two would commit before
-        the held writes, the last would wait for them forever. Held per thread: no awaits
-        inside. Inside another, it adds to that one's."""
-        if self._holding():
-            yield
-            return
+        the held writes, the last would wait for them forever. So does another `together`: its
+        writes would wait for the outer one's end, so its own end could neither wait for them
+        nor, if its body raised, cancel them alone. Held per thread: no awaits inside."""
+        self._refuse_inside_together(
+            "together", "would end before its writes were committed: they wait for the outer one's end"
+        )
         held: list[_Pending] = []
         self._held.writes = held
         try:

@@ -161,14 +161,12 @@ def test_writes_submitted_together_share_one_commit_waited_for_and_fail_each_alo
         # Submitted one by one, while the committer would take each as it came.
         futures = [store.submit(put(i)) for i in range(6)]
         assert not any(f.done() for f in futures)
-        with store.together():  # inside another: added to that one's
-            futures.append(store.submit(put(6)))
     assert all(f.done() for f in futures)  # its end waited for the commit
     with pytest.raises(ValueError, match="bad item"):
         futures[3].result()
     assert store.group_commits == before + 1
     with store.read() as txn:
-        assert [key[1] for key, _ in txn.scan("items", ("t",))] == [0, 1, 2, 4, 5, 6]
+        assert [key[1] for key, _ in txn.scan("items", ("t",))] == [0, 1, 2, 4, 5]
     with store.together():
         pass
     assert store.group_commits == before + 1  # nothing submitted: nothing committed
@@ -184,6 +182,11 @@ def _put(key: str):
 def _write_now(store: Store) -> None:
     with store.write() as txn:
         txn.put("items", ("b",), b"v")
+
+
+def _nest(store: Store) -> None:
+    with store.together():
+        store.submit(_put("b"))
 
 
 def _stored(store: Store) -> list[str]:
@@ -202,8 +205,11 @@ def _stored(store: Store) -> list[str]:
             lambda store: store.submit_all([_put("b")]),
             "Store.submit_all inside Store.together() would commit",
         ),
+        # Its end came before its writes were committed (they waited for the outer one's), and
+        # its body's error left them to the outer one to commit.
+        (_nest, "Store.together inside Store.together() would end before its writes were committed"),
     ],
-    ids=["flush", "write", "submit_all"],
+    ids=["flush", "write", "submit_all", "together"],
 )
 def test_a_call_that_would_hang_or_reorder_inside_together_is_refused(store: Store, call, words: str) -> None:
     with store.together():
