@@ -390,6 +390,7 @@ def test_cancel_sweep_stores_its_queued_trials_ends_in_one_commit(
     sweep = training.SubmitSweep(S.SubmitSweepRequest(spec=queued_grid(trials)))
     queued = {t.job_id for t in sweep.trials[2:]}  # the first two run (2 CPU slots), the others wait
     store = training_daemon.daemon._store
+    store.flush()  # the trials' queued events may still wait for a commit after SubmitSweep answers
     commits: set[object] = set()
     put = WriteTxn.put
 
