@@ -122,3 +122,19 @@ def test_the_text_laid_out_by_hand_fits_the_terminal():
     ]
     wide = [line for text in texts for line in text.splitlines() if len(line) > HELP_WIDTH]
     assert not wide, f"lines wider than {HELP_WIDTH} columns: {wide}"
+
+
+def test_every_help_screen_fits_80_columns(monkeypatch):
+    """The exit statuses under `tessera --help` and the choices in `jobs ls`, `runs ls` and
+    `explain` usage lines ran past 80 columns, where argparse wraps nothing it did not lay out."""
+    monkeypatch.setenv("COLUMNS", str(HELP_WIDTH))
+    parser = build_parser()
+    screens = [((), parser)] + [(path, sub) for path, sub, _ in list(groups(parser))[1:]]
+    screens += list(commands(parser))
+    wide = [
+        f"{' '.join(('tessera', *path))} --help: {line!r}"
+        for path, sub in screens
+        for line in sub.format_help().splitlines()
+        if len(line) > HELP_WIDTH
+    ]
+    assert not wide, f"lines wider than {HELP_WIDTH} columns: {wide}"

@@ -36,22 +36,26 @@ EXIT_OUTPUT_CLOSED = 141
 EXIT_STATUS_HELP = f"""\
 exit status:
   0    done
-  {EXIT_FAILED}    failed here: a file could not be read or written (stdout closed with `>&-` too),
-       a spec file is wrong, a followed job or sweep ended without succeeding, or
-       `load --keep-config` found the version not loaded (no config to keep)
-  {EXIT_USAGE}    the command line is wrong: the message says what, under the command's usage
-  {EXIT_DAEMON}    the daemon refused or failed the request, or could not be reached: the message
-       starts with the gRPC status (NOT_FOUND, INVALID_ARGUMENT, UNAVAILABLE, ...)
+  {EXIT_FAILED}    failed here: a file could not be read or written (stdout closed
+       with `>&-` too), a spec file is wrong, a followed job or sweep ended
+       without succeeding, or `load --keep-config` found the version not
+       loaded (no config to keep)
+  {EXIT_USAGE}    the command line is wrong: the message says what, under the
+       command's usage
+  {EXIT_DAEMON}    the daemon refused or failed the request, or could not be reached:
+       the message starts with the gRPC status (NOT_FOUND, INVALID_ARGUMENT,
+       UNAVAILABLE, ...)
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C); a file being written is removed
   {EXIT_TERMINATED}  terminated (SIGTERM); a file being written is removed, as after Ctrl-C
-  {EXIT_OUTPUT_CLOSED}  the output was closed early (`tessera ... | head`); nothing more is printed
+  {EXIT_OUTPUT_CLOSED}  the output was closed early (`tessera ... | head`); nothing more
+       is printed
 
---json prints enum values as the tables show them, lowercase without their type's prefix
-("succeeded", not "JOB_STATE_SUCCEEDED"); 64-bit integers are numbers; a field at 0, "" or
-false is printed, not left out. With --json too, a
-failure is text on stderr, never JSON (stdout holds only what was done, as with gh or
-kubectl): test the status, and for 3 the gRPC status after "tessera: "
-("tessera: NOT_FOUND: ...")."""
+--json prints enum values as the tables show them, lowercase without their
+type's prefix ("succeeded", not "JOB_STATE_SUCCEEDED"); 64-bit integers are
+numbers; a field at 0, "" or false is printed, not left out. With --json too,
+a failure is text on stderr, never JSON (stdout holds only what was done, as
+with gh or kubectl): test the status, and for 3 the gRPC status after
+"tessera: " ("tessera: NOT_FOUND: ...")."""
 
 
 def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:

@@ -514,7 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         type=str.lower,
         choices=[state.value for state in JobState if state != JobState.UNSPECIFIED],
-        help="only jobs in this state (repeatable)",
+        # The choices in the usage line ran it past 80 columns; the help lists them.
+        metavar="STATE",
+        help="only jobs in this state (repeatable): %(choices)s",
     )
     command(jobs, "show", cmd_jobs_show, "show a job's state, metrics and kept checkpoints").add_argument(
         "job_id", help=JOB_HELP
@@ -562,7 +564,8 @@ def build_parser() -> argparse.ArgumentParser:
             for value in training_pb2.RunStatus.DESCRIPTOR.values
             if value.number
         ],
-        help="only runs with this status (repeatable)",
+        metavar="STATUS",
+        help="only runs with this status (repeatable): %(choices)s",
     )
     sub.add_argument(
         "--param",
@@ -822,6 +825,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--method",
         choices=[*SHORT_NAMES, *METHODS],
         default="ig",
+        metavar="METHOD",
         help="ig (integrated gradients, default), saliency, occlusion, or shap (GradientShap)",
     )
     sub.add_argument(
