@@ -349,3 +349,30 @@ def test_a_client_certificate_without_its_key_is_a_usage_error_in_flag_words(cap
     assert main(["--target", "127.0.0.1:1", flag, str(pem), "info"]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert "tessera info: error: --tls-cert and --tls-key go together" in err, err
+
+
+@pytest.mark.parametrize(
+    ("args", "prog", "meant"),
+    [
+        (("predcit", "m", "--input", "x.npz"), "tessera", "predict"),
+        (("model", "ls"), "tessera", "models"),
+        (("models", "verisons", "m"), "tessera models", "versions"),
+        (("explain", "m", "--input", "x.npz", "--method", "salency"), "tessera explain", "saliency"),
+    ],
+)
+def test_a_mistyped_command_or_choice_is_refused_naming_the_one_meant(capsys, args, prog, meant):
+    """argparse listed every command and left the reader to spot the one a typo was for."""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(list(args))
+    assert exited.value.code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"{prog}: error: " in err, err
+    assert f"; did you mean '{meant}'? (choose from " in err, err
+
+
+def test_a_command_like_none_there_is_refused_listing_them_without_a_guess(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["frobnicate"])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'frobnicate' (choose from 'info', 'models'," in err, err
+    assert "did you mean" not in err, err

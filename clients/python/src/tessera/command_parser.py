@@ -4,14 +4,16 @@ the daemon's command line imports it without the SDK."""
 from __future__ import annotations
 
 import argparse
+import difflib
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 
 class CommandParser(argparse.ArgumentParser):
     """argparse's parser, saying which commands there are when one is missing (argparse says
-    only "the following arguments are required: COMMAND"). A command's own parser takes its
-    positionals between its options, and refuses what is left over under its own usage."""
+    only "the following arguments are required: COMMAND") and which one was meant when a command
+    or choice is mistyped. A command's own parser takes its positionals between its options, and
+    refuses what is left over under its own usage."""
 
     _intermixing = False
 
@@ -31,6 +33,21 @@ class CommandParser(argparse.ArgumentParser):
         if extras:
             self.error(f"unrecognized arguments: {' '.join(extras)}")
         return parsed, extras
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        try:
+            super()._check_value(action, value)
+        except argparse.ArgumentError:
+            # argparse lists every choice (every command, for a mistyped one) and leaves the
+            # reader to find the one meant among them.
+            choices = list(action.choices or ())
+            meant = difflib.get_close_matches(str(value), [str(choice) for choice in choices], n=1)
+            if not meant:
+                raise
+            listed = ", ".join(repr(choice) for choice in choices)
+            raise argparse.ArgumentError(
+                action, f"invalid choice: {value!r}; did you mean {meant[0]!r}? (choose from {listed})"
+            ) from None
 
     def error(self, message: str) -> NoReturn:
         for action in self._actions:
