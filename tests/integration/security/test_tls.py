@@ -12,6 +12,7 @@ import tessera
 import tessera.aio
 from tessera.cli import EXIT_DAEMON
 from tessera.cli import main as tessera_main
+from tessera.errors import Unavailable, explain_unreachable
 from tesserad.security import Role
 from tesserad.server import StartupError
 from tests.conftest import InProcessDaemon, daemon_settings
@@ -253,11 +254,45 @@ def test_the_cli_without_a_certificate_is_told_its_flags_for_one(start_daemon, p
     assert tessera_main(["--target", target, "--tls-ca", str(pki.ca), *client, "info"]) == 0
 
 
-def test_a_tls_client_finding_no_daemon_is_still_told_to_start_one(pki):
+def test_the_cli_without_a_certificate_for_localhost_is_told_so_whichever_address_failed_last(
+    start_daemon, pki, capsys
+):
+    """gRPC tries `localhost` at ::1 and 127.0.0.1 and names only the last failure: ::1's refused
+    connection, where nothing listens, read as no daemon there."""
+    daemon = start_daemon(**tls_settings(pki, mutual=True))
+    target = f"localhost:{daemon.daemon.port}"
+    for _ in range(6):
+        code = tessera_main(["--target", target, "--tls-ca", str(pki.ca), "--timeout", "5", "info"])
+        err = capsys.readouterr().err
+        assert code == EXIT_DAEMON, err
+        assert err.startswith(
+            f"tessera: UNAVAILABLE: the daemon at {target} may require a client certificate (mutual TLS): "
+        ), err
+
+
+@pytest.mark.parametrize("client_cert", [False, True])
+def test_a_refused_address_beside_one_where_the_daemon_listens_is_not_read_as_no_daemon(
+    start_daemon, pki, client_cert
+):
+    daemon = start_daemon(**tls_settings(pki, mutual=True))
+    port = daemon.daemon.port
+    refused = (
+        "connections to all backends failing; last error: UNKNOWN: ipv6:%5B::1%5D:"
+        f"{port}: Failed to connect to remote host: Connection refused"
+    )
+    message = explain_unreachable(Unavailable(refused), f"localhost:{port}", True, client_cert).message
+    doubt = "may not trust this client's certificate" if client_cert else "may require a client certificate"
+    assert message.startswith(f"the daemon at localhost:{port} {doubt} (mutual TLS): "), message
+    assert f"it accepts connections at 127.0.0.1:{port}, but not this client's TLS connection" in message
+    assert "tesserad serve" not in message, message
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_a_tls_client_finding_no_daemon_is_still_told_to_start_one(pki, host):
     """Nothing listens: the connection is refused before any handshake."""
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
-        target = f"127.0.0.1:{unused.getsockname()[1]}"
+        target = f"{host}:{unused.getsockname()[1]}"
         tls = tessera.TLS(ca_file=pki.ca, cert_file=pki.client_cert, key_file=pki.client_key)
         with (
             tessera.Client(target, tls=tls, timeout=5) as client,

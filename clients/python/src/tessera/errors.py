@@ -7,6 +7,7 @@ failure, or a subclass (`NotFound`, `InvalidArgument`, ...) for one kind.
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
@@ -191,10 +192,67 @@ _HANDSHAKE = re.compile(r"handshake|certificate|hostname verification|ssl", re.I
 _CLOSED = re.compile(r"socket closed", re.IGNORECASE)
 
 
-def unreachable_message(target: str, detail: str, tls: bool, client_cert: bool = False) -> str:
+# gRPC's words for the address that refused the connection, when that was its last error.
+_REFUSED_AT = re.compile(
+    r"(?:ipv4:(?P<ipv4>[0-9.]+)|ipv6:%5B(?P<ipv6>[0-9a-f:.]+)%5D):\d+: [^;]*connection refused", re.IGNORECASE
+)
+# How long a check that something listens at an address waits for the connection.
+_LISTENER_PROBE_S = 1.0
+
+
+def listener_beside_refused(target: str, detail: str) -> str | None:
+    """Where `detail`, gRPC's words, says one address of `target` refused the connection: another
+    address its host resolves to that accepts one (as `HOST:PORT`), else None. gRPC names only the
+    last address it tried: for `localhost` that may be ::1, where nothing listens, while the
+    daemon on 127.0.0.1 closed the connection after the TLS handshake."""
+    refused = _REFUSED_AT.search(detail)
+    host, _, port = target.removeprefix("dns:///").rpartition(":")
+    if refused is None or not port.isdigit():
+        return None
+    try:
+        addresses = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
+    except OSError:
+        return None
+    for family, kind, proto, _, address in addresses:
+        ip = str(address[0])
+        if ip in (refused["ipv4"], refused["ipv6"]):
+            continue
+        with socket.socket(family, kind, proto) as probe:
+            probe.settimeout(_LISTENER_PROBE_S)
+            if probe.connect_ex(address) == 0:
+                return f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}"
+    return None
+
+
+def unreachable_message(
+    target: str, detail: str, tls: bool, client_cert: bool = False, listener: str | None = None
+) -> str:
     """What to check when no daemon answered at `target` (this client with TLS or not, and with
-    a client certificate or not), then gRPC's own words, `detail`."""
-    if _UNRESOLVED.search(detail):
+    a client certificate or not), then gRPC's own words, `detail`. `listener`: another address of
+    the target's host that accepts connections where the one `detail` names refused them."""
+    refused = _REFUSED_AT.search(detail)
+    if tls and listener is not None and refused is not None:
+        # A daemon listens there, so starting one is the wrong advice; its own words are lost.
+        seen = (
+            f"it accepts connections at {listener}, but not this client's TLS connection (gRPC's words "
+            f"are for {refused['ipv4'] or refused['ipv6']}, another address of the host, where nothing listens)"
+        )
+        otherwise = (
+            f"where it serves plaintext or another CA signed its certificate, connect without {TLS_WORDS}, "
+            f"or give that CA as {TLS_CA_WORDS}"
+        )
+        if client_cert:
+            advice = (
+                f"the daemon at {target} may not trust this client's certificate (mutual TLS): {seen}; check "
+                f"that the CA in its security.tls_client_ca_file signed the one given as {TLS_CLIENT_WORDS}; "
+                f"{otherwise}"
+            )
+        else:
+            advice = (
+                f"the daemon at {target} may require a client certificate (mutual TLS): {seen}; pass one "
+                f"signed by the CA in its security.tls_client_ca_file as {TLS_CLIENT_WORDS}; {otherwise}"
+            )
+    elif _UNRESOLVED.search(detail):
         advice = (
             f"the host name in {target} does not resolve: check it, or give the address tesserad "
             f"listens on as {TARGET_WORDS}"
@@ -251,7 +309,10 @@ def explain_unreachable(
     `error` itself (a daemon that answers UNAVAILABLE, shutting down, keeps its words)."""
     if not reached_no_daemon(error):
         return error
-    return Unavailable(unreachable_message(target, error.message, tls, client_cert), error.trailers)
+    # A plaintext client's advice already names the one reason an address that accepts its
+    # connection fails it: a daemon serving TLS.
+    listener = listener_beside_refused(target, error.message) if tls else None
+    return Unavailable(unreachable_message(target, error.message, tls, client_cert, listener), error.trailers)
 
 
 _CODE_BY_NUMBER: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
