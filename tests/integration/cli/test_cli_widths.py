@@ -13,6 +13,7 @@ from rich.console import Console
 
 from tessera.cli import main
 from tessera.messages import load_toml
+from tessera.progress_line import byte_size
 from tessera.sweep_commands import params_text, short_value
 from tessera.v1 import training_pb2
 from tests.integration.sdk.affine import affine_onnx
@@ -167,7 +168,9 @@ def test_listings_keep_names_tags_and_headers_whole(daemon, client, sweep, tmp_p
         assert_whole(experiments, ["purpose=width-checks"])
     versions = printed(daemon, width, "models", "versions", "affine-classifier-production")
     assert has_column(versions, "aliases") and has_column(versions, "created")
-    assert_whole(versions, ["production", "staging,"])
+    # A size broken after its number ("44.6" over "KiB") read as two values.
+    size = byte_size(client.models.version("affine-classifier-production").size_bytes)
+    assert_whole(versions, ["production", "staging,", "onnx", size])
     shown = printed(daemon, width, "models", "show", "affine-classifier-production")
     assert_whole(shown, [client.models.version("affine-classifier-production").sha256])
     jobs = printed(daemon, width, "jobs", "ls")

@@ -115,7 +115,7 @@ def cmd_models_versions(client: Client, args: argparse.Namespace, out: Output) -
             )
             for v in versions
         ],
-        whole=("version",),
+        whole=("version", "format", "size"),
         unbroken=("aliases",),
     )
 
