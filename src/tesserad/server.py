@@ -72,7 +72,7 @@ from tesserad.datasets import TABLES as DATASET_TABLES
 from tesserad.datasets import USAGE_TABLES as DATASET_USAGE_TABLES
 from tesserad.datasets import Datasets
 from tesserad.datasets.references import collect_unheld_blobs
-from tesserad.errors import Unavailable
+from tesserad.errors import FailedPrecondition, Unavailable
 from tesserad.host import Gpus, raise_open_file_limit
 from tesserad.log_settings import LogControl
 from tesserad.metrics import DaemonMetrics, MetricsHttpServer
@@ -314,7 +314,14 @@ class Daemon:
         made = _make_dirs(data_dir)
         lock = DataDirLock(data_dir)
         with space_checked(str(data_dir), "the data directory's files at start"):
-            lock.acquire()
+            try:
+                lock.acquire()
+            except FailedPrecondition as exc:
+                # A second `make run` would next fail on each port in turn, one start at a time.
+                raise StartupError(
+                    f"{exc.message}; one beside it needs other ports too: --listen, --http-listen "
+                    "and --metrics-listen (or off)"
+                ) from None
         self._lock = lock
         # Held from here on: the directory made is this start's alone, so a failed start removes it.
         self._made_data_dir = made

@@ -147,7 +147,10 @@ def test_second_daemon_on_the_same_data_dir_or_port_fails_fast(spawn_daemon, tmp
         "--listen", address, "--metrics-listen", "off", "--data-dir", str(tmp_path / "b")
     )
     assert same_dir.process.wait(30) == 1
-    assert f"in use by another tesserad (pid {first.process.pid})" in same_dir.output()
+    refused = same_dir.output()
+    assert f"in use by another tesserad (pid {first.process.pid})" in refused
+    # Said at once, not found a port at a time by starting it again.
+    assert "other ports too: --listen, --http-listen and --metrics-listen (or off)" in refused
     assert same_port.process.wait(30) == 1
     output = same_port.output()
     assert f"cannot listen on {address}" in output
