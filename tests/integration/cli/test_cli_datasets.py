@@ -101,6 +101,17 @@ def test_rm_deletes_a_version_or_the_dataset(tessera_cli, client, npy_file, caps
     assert usage.value.code == EXIT_USAGE and "whole version number" in capsys.readouterr().err
 
 
+def test_rm_refuses_a_version_0_instead_of_deleting_every_version(tessera_cli, client, npy_file):
+    client.datasets.push("frames", npy_file)
+    client.datasets.push("frames", x=np.ones((2, 3), np.float32))
+    for ref in ("frames:0", "frames:", "frames:00"):
+        refused = tessera_cli("datasets", "rm", ref)
+        assert refused.code == EXIT_USAGE, ref
+        assert f"{ref} names no version (they start at 1)" in refused.err
+        assert "frames alone to delete the dataset with every version" in refused.err
+    assert [v.version for v in client.datasets.versions("frames")] == [2, 1]
+
+
 def test_rm_refuses_what_a_lineage_holds_until_forced(tessera_cli, client, daemon, npy_file, tmp_path):
     version = client.datasets.push("frames", npy_file)
     header = upload_header(
