@@ -135,6 +135,19 @@ def _check_length(array: str, dtype: np.dtype[Any], shape: tuple[int, ...], avai
         )
 
 
+def _check_within(
+    array: str, dtype: np.dtype[Any], shape: tuple[int, ...], offset: int, file_size: int
+) -> None:
+    """A stored npz member's data lies within the file: its sizes come from the zip's records,
+    which can claim more than the file holds, and a memory map past the end fails."""
+    expected = math.prod(shape) * dtype.itemsize
+    if offset + expected > file_size:
+        raise InvalidArgument(
+            f"array {array!r} is truncated: its header says shape {list(shape)} {dtype.name} "
+            f"({expected} bytes of data) but the file ends {max(0, file_size - offset)} bytes into them"
+        )
+
+
 def _npy_members(path: Path, array_name: str) -> list[_Member]:
     with path.open("rb") as file:
         dtype, shape, fortran, header = _read_header(file, array_name)
@@ -241,6 +254,7 @@ def _npz_members(path: Path, upload: bool) -> list[_Member]:
         raise InvalidArgument(_too_many_members(count, MAX_ARRAYS))
     members: list[_Member] = []
     seen: set[str] = set()
+    file_size = path.stat().st_size
     with archive, path.open("rb") as raw:
         for info in archive.infolist():
             if not info.filename.endswith(".npy"):
@@ -275,6 +289,7 @@ def _npz_members(path: Path, upload: bool) -> list[_Member]:
                 if magic != b"PK\x03\x04":
                     raise InvalidArgument(f"array {name!r}: the archive's member header is damaged")
                 offset = info.header_offset + _ZIP_LOCAL_HEADER.size + name_len + extra_len + header
+                _check_within(name, dtype, shape, offset, file_size)
             members.append(_Member(name, dtype, shape, fortran, offset, info.filename))
     if not members:
         raise InvalidArgument("the npz archive holds no arrays")

@@ -1,10 +1,12 @@
 """UploadDataset refuses files no job could train on: arrays without a sample, samples of no value
-past the file's bytes, and npz arrays under names a job spec cannot give (folders in the
-archive, spaces, control characters)."""
+past the file's bytes, npz arrays under names a job spec cannot give (folders in the
+archive, spaces, control characters), and stored npz members whose data runs past the file's end."""
 
 from __future__ import annotations
 
 import io
+import struct
+import zipfile
 
 import grpc
 import numpy as np
@@ -109,3 +111,31 @@ def test_npz_array_names_a_job_can_give_are_stored(ds):
     arrays = {"X_train": np.zeros((3, 2)), "arr_0": np.zeros(3), "y.v2": np.zeros(3), "x" * 128: np.zeros(3)}
     version = upload_dataset(ds, "goodnames", npz_bytes(**arrays))
     assert sorted(a.name for a in version.arrays) == sorted(arrays)
+
+
+def stored_member_past_the_end() -> bytes:
+    """An npz of one stored member, x.npy, whose npy header and both zip records claim 1000
+    float64 values where the file holds 10: zipfile opens it, and its data would be memory-mapped
+    from beyond the file's end."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (1000,)})
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("x.npy", header.getvalue() + np.arange(10, dtype="<f8").tobytes())
+    data = bytearray(buffer.getvalue())
+    claimed = len(header.getvalue()) + 8000
+    # Compressed and uncompressed sizes: at byte 18 of the local header, 20 of the directory entry.
+    struct.pack_into("<LL", data, 18, claimed, claimed)
+    struct.pack_into("<LL", data, data.find(b"PK\x01\x02") + 20, claimed, claimed)
+    return bytes(data)
+
+
+def test_a_stored_npz_member_whose_data_runs_past_the_end_is_invalid_argument(ds, data_dir):
+    error = rpc_error(upload_dataset, ds, "cut", stored_member_past_the_end())
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    # After the 80 bytes of data: the directory entry (51 bytes) and the end record (22).
+    assert error.details() == (
+        "array 'x' is truncated: its header says shape [1000] float64 (8000 bytes of data) but the "
+        "file ends 153 bytes into them"
+    )
+    assert_nothing_stored(ds, data_dir, "cut")
