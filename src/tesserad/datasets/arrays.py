@@ -12,6 +12,7 @@ import contextlib
 import math
 import re
 import struct
+import tokenize
 import zipfile
 import zlib
 from collections.abc import Generator, Iterator
@@ -100,7 +101,17 @@ def _read_header(stream: IO[bytes], array: str) -> tuple[np.dtype[Any], tuple[in
             shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
         else:
             raise ValueError(f"npy format version {version} is not supported (1.0 and 2.0 are)")
-    except (ValueError, EOFError, OSError, zipfile.BadZipFile, zlib.error) as exc:
+    # numpy parses the header as a Python literal: a damaged one can also fail to tokenize, or
+    # hold keys of mixed types, which numpy sorts to name them.
+    except (
+        ValueError,
+        TypeError,
+        tokenize.TokenError,
+        EOFError,
+        OSError,
+        zipfile.BadZipFile,
+        zlib.error,
+    ) as exc:
         raise InvalidArgument(f"array {array!r}: not a valid .npy array ({str(exc)[:200]})") from None
     header_bytes = stream.tell()
     if dtype.hasobject:
@@ -119,6 +130,10 @@ def _read_header(stream: IO[bytes], array: str) -> tuple[np.dtype[Any], tuple[in
         )
     if not shape:
         raise InvalidArgument(f"array {array!r} is a scalar; every array needs a first (sample) dimension")
+    if any(d < 0 for d in shape):
+        raise InvalidArgument(
+            f"array {array!r}: its header gives shape {list(shape)}, with a negative dimension"
+        )
     return dtype, tuple(int(d) for d in shape), bool(fortran_order), header_bytes
 
 
@@ -239,6 +254,15 @@ def check_npz_directory(path: Path, format: str) -> None:
         _check_zip_directory(zip_directory(file), MAX_ARRAYS)
 
 
+def _unreadable_zip(what: str, exc: NotImplementedError) -> str:
+    """What zipfile cannot read (a compression method such as deflate64, strong encryption, a
+    newer zip version), in words."""
+    return (
+        f"{what} uses a zip feature that cannot be read ({str(exc)[:200]}); save the arrays with "
+        "np.savez or np.savez_compressed"
+    )
+
+
 def _npz_members(path: Path, upload: bool) -> list[_Member]:
     """`upload`: the archive may have MAX_ARRAYS members at most (else as many as a stored one has)."""
     if upload:
@@ -247,6 +271,8 @@ def _npz_members(path: Path, upload: bool) -> list[_Member]:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError):
         raise InvalidArgument(_NOT_AN_NPZ) from None
+    except NotImplementedError as exc:
+        raise InvalidArgument(_unreadable_zip("the npz archive", exc)) from None
     count = len(archive.infolist())
     # An end record may understate the entries its directory holds.
     if upload and count > MAX_ARRAYS:
@@ -274,10 +300,13 @@ def _npz_members(path: Path, upload: bool) -> list[_Member]:
             try:
                 with archive.open(info) as stream:
                     dtype, shape, fortran, header = _read_header(stream, name)
-            except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+            # ValueError: a member header whose name does not decode.
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
                 raise InvalidArgument(
                     f"array {name!r}: its archive member is damaged ({str(exc)[:200]})"
                 ) from None
+            except NotImplementedError as exc:
+                raise InvalidArgument(_unreadable_zip(f"array {name!r}: its archive member", exc)) from None
             _check_length(name, dtype, shape, info.file_size - header)
             offset = None
             if info.compress_type == zipfile.ZIP_STORED:

@@ -1,6 +1,7 @@
 """UploadDataset refuses files no job could train on: arrays without a sample, samples of no value
 past the file's bytes, npz arrays under names a job spec cannot give (folders in the
-archive, spaces, control characters), and stored npz members whose data runs past the file's end."""
+archive, spaces, control characters), and files numpy or zipfile cannot read: stored npz members
+whose data runs past the file's end, damaged npy headers, zip features zipfile lacks."""
 
 from __future__ import annotations
 
@@ -139,3 +140,57 @@ def test_a_stored_npz_member_whose_data_runs_past_the_end_is_invalid_argument(ds
         "file ends 153 bytes into them"
     )
     assert_nothing_stored(ds, data_dir, "cut")
+
+
+def npy_with_header(text: str, data: bytes = b"") -> bytes:
+    """An npy file (format 1.0) of this header text, as written, then `data`."""
+    header = text.encode("latin1")
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + data
+
+
+def patched_npz(*patches: tuple[str, int, int]) -> bytes:
+    """An npz of one stored float32 array x (4, 2), each (record, field offset, value) written as a
+    2-byte field of its local header ("local") or its directory entry ("entry")."""
+    buffer = io.BytesIO()
+    np.savez(buffer, x=np.zeros((4, 2), np.float32))
+    data = bytearray(buffer.getvalue())
+    starts = {"local": 0, "entry": data.find(b"PK\x01\x02")}
+    for record, offset, value in patches:
+        struct.pack_into("<H", data, starts[record] + offset, value)
+    return bytes(data)
+
+
+UNCLOSED = "{'descr': '<f4', 'fortran_order': False, 'shape': (4,\n"
+# Compression method (local 8, entry 10) 9 is deflate64; the entry's version needed to extract
+# (6) 70 is zip 7.0; the local header's flags (6) 0x800 say its name is UTF-8, which b"\xcc" is not.
+DEFLATE64 = patched_npz(("local", 8, 9), ("entry", 10, 9))
+ZIP_7 = patched_npz(("entry", 6, 70))
+NAME_NOT_UTF8 = bytearray(patched_npz(("local", 6, 0x800)))
+NAME_NOT_UTF8[30] = 0xCC
+
+
+@pytest.mark.parametrize(
+    ("data", "fields", "message"),
+    [
+        (npy_with_header(UNCLOSED), {"format": D.DATASET_FORMAT_NPY}, "array 'x': not a valid .npy array ("),
+        (
+            npy_with_header("{b'descr': '<f4', 'fortran_order': False, 'shape': (4,)}\n", bytes(16)),
+            {"format": D.DATASET_FORMAT_NPY},
+            "array 'x': not a valid .npy array (",
+        ),
+        (
+            npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (-4, -2)}\n", bytes(32)),
+            {"format": D.DATASET_FORMAT_NPY},
+            "array 'x': its header gives shape [-4, -2], with a negative dimension",
+        ),
+        (DEFLATE64, {}, "array 'x': its archive member uses a zip feature that cannot be read ("),
+        (ZIP_7, {}, "the npz archive uses a zip feature that cannot be read (zip file version 7.0)"),
+        (bytes(NAME_NOT_UTF8), {}, "array 'x': its archive member is damaged ("),
+    ],
+    ids=["unclosed header", "header keys of mixed types", "negative shape", "deflate64", "zip 7.0", "name"],
+)
+def test_a_file_numpy_or_zipfile_cannot_read_is_invalid_argument(ds, data_dir, data, fields, message):
+    error = rpc_error(upload_dataset, ds, "unreadable", data, **fields)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert error.details().startswith(message), error.details()
+    assert_nothing_stored(ds, data_dir, "unreadable")
