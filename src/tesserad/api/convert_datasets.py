@@ -7,6 +7,7 @@ from tessera.v1 import datasets_pb2 as pb
 from tesserad.api.convert_common import timestamp
 from tesserad.api.convert_registry import dtype_value
 from tesserad.datasets import (
+    DEFAULT_SPLIT,
     DatasetRecord,
     DatasetVersionRecord,
     FractionSplit,
@@ -14,12 +15,13 @@ from tesserad.datasets import (
     SplitSpec,
     UploadSpec,
 )
+from tesserad.errors import InvalidArgument
 
 FORMAT_NAMES = {pb.DATASET_FORMAT_NPZ: "npz", pb.DATASET_FORMAT_NPY: "npy"}
 FORMAT_VALUES = {name: value for value, name in FORMAT_NAMES.items()}
 
 
-def split_spec_from_proto(message: pb.SplitSpec) -> SplitSpec | None:
+def split_spec_from_proto(message: pb.SplitSpec) -> SplitSpec:
     kind = message.WhichOneof("kind")
     if kind == "fractions":
         return FractionSplit(
@@ -27,7 +29,11 @@ def split_spec_from_proto(message: pb.SplitSpec) -> SplitSpec | None:
         )
     if kind == "indices":
         return IndexSplit(tuple((s.name, tuple(s.indices)) for s in message.indices.splits))
-    return None
+    # Also what a kind this daemon does not know arrives as: the default would split otherwise.
+    raise InvalidArgument(
+        f"splits is set but gives neither fractions nor indices; set one, or leave splits unset for "
+        f"one split {DEFAULT_SPLIT!r} of every sample"
+    )
 
 
 def upload_spec_from_proto(header: pb.UploadDatasetHeader) -> UploadSpec:

@@ -16,11 +16,12 @@ from tesserad.datasets.service import (
     SplitInfo,
     UploadSpec,
 )
-from tesserad.datasets.splits import FractionSplit, IndexSplit, SplitSpec
+from tesserad.datasets.splits import DEFAULT_SPLIT, FractionSplit, IndexSplit, SplitSpec
 from tesserad.datasets.usage import TABLES as USAGE_TABLES
 from tesserad.paging import Page
 
 __all__ = [
+    "DEFAULT_SPLIT",
     "MARKERS",
     "REFERENCE_TABLES",
     "TABLES",

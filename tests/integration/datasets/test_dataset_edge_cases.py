@@ -31,6 +31,19 @@ def test_a_negative_split_seed_is_an_invalid_argument(ds, data_dir):
     assert stored_blobs(data_dir) == []
 
 
+def test_splits_set_without_fractions_or_indices_is_an_invalid_argument(ds, data_dir):
+    # What a client sends when it sets a kind of split this daemon does not know: taken as the
+    # default split, the dataset would be split otherwise than asked.
+    error = rpc_error(upload_dataset, ds, "unsplit", npz_bytes(10), splits=D.SplitSpec())
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == (
+        "splits is set but gives neither fractions nor indices; set one, or leave splits unset for "
+        "one split 'train' of every sample"
+    )
+    assert stored_blobs(data_dir) == []
+    assert rpc_error(ds.GetDataset, D.GetDatasetRequest(name="unsplit")).code() == grpc.StatusCode.NOT_FOUND
+
+
 def test_uint64_values_past_int64_give_no_class_counts(ds):
     labels = np.array([2**64 - 1, 1, 2], np.uint64)
     version = upload_dataset(ds, "wide", npz_bytes(x=np.zeros((3, 2), np.float32), y=labels))

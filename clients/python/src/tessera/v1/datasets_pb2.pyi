@@ -124,7 +124,9 @@ class UploadDatasetHeader(_message.Message):
     """
     @_builtins.property
     def splits(self) -> Global___SplitSpec:
-        """How samples are split; default: one split "train" holding every sample."""
+        """How samples are split; default (unset): one split "train" holding every sample. Set, it
+        must give fractions or indices (INVALID_ARGUMENT otherwise).
+        """
 
     @_builtins.property
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
