@@ -274,10 +274,17 @@ class Datasets:
     # -- quota -------------------------------------------------------------------------------
 
     def _quota_error(self, used: int, size: int) -> ResourceExhausted:
+        """`size` 0: an upload of undeclared size, refused as the quota (lowered since) is below
+        what is used already."""
+        needs = (
+            f" and this upload needs {format_size(size)} ({size} bytes)"
+            if size
+            else ", more than it allows, so no upload of new content fits"
+        )
         return ResourceExhausted(
             f"the dataset quota is exhausted: datasets use {format_size(used)} ({used} bytes) of "
-            f"limits.dataset_quota {format_size(self.quota)} ({self.quota} bytes) and this upload needs "
-            f"{format_size(size)} ({size} bytes); delete datasets or raise TESSERA_LIMITS_DATASET_QUOTA"
+            f"limits.dataset_quota {format_size(self.quota)} ({self.quota} bytes){needs}; delete "
+            "datasets or raise TESSERA_LIMITS_DATASET_QUOTA"
         )
 
     def upload_limit(self, spec: UploadSpec) -> int:

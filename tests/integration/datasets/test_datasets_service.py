@@ -225,6 +225,27 @@ def test_quota_is_resource_exhausted_with_the_numbers(quota_daemon):
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+def test_a_quota_lowered_below_what_is_used_refuses_an_undeclared_size_saying_so(data_dir):
+    stored = npz_bytes(n=150)
+    first = InProcessDaemon(daemon_settings(data_dir)).start()
+    try:
+        upload_dataset(datasets_pb2_grpc.DatasetsStub(first.channel()), "one", stored)
+    finally:
+        first.stop()
+    lowered = InProcessDaemon(daemon_settings(data_dir, **{"limits.dataset_quota": "100KiB"})).start()
+    try:
+        stub = datasets_pb2_grpc.DatasetsStub(lowered.channel())
+        error = rpc_error(upload_dataset, stub, "two", npz_bytes(n=10), sha256="", size_bytes=0)
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert error.details() == (
+            f"the dataset quota is exhausted: datasets use {len(stored) / 1024:.3g} KiB ({len(stored)} "
+            "bytes) of limits.dataset_quota 100 KiB (102400 bytes), more than it allows, so no upload "
+            "of new content fits; delete datasets or raise TESSERA_LIMITS_DATASET_QUOTA"
+        )
+    finally:
+        lowered.stop()
+
+
 def test_content_already_stored_is_taken_with_the_quota_nearly_used(quota_daemon, data_dir):
     """Identical content is stored once and counted once, so pushing it again (under another
     name, or with other splits) needs no room in the quota; its declared sha256 says so."""
