@@ -271,6 +271,8 @@ def _npz_members(path: Path, upload: bool) -> list[_Member]:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError):
         raise InvalidArgument(_NOT_AN_NPZ) from None
+    except ValueError as exc:  # a member name marked UTF-8 that does not decode
+        raise InvalidArgument(f"the npz archive's directory is damaged ({str(exc)[:200]})") from None
     except NotImplementedError as exc:
         raise InvalidArgument(_unreadable_zip("the npz archive", exc)) from None
     count = len(archive.infolist())

@@ -167,6 +167,9 @@ DEFLATE64 = patched_npz(("local", 8, 9), ("entry", 10, 9))
 ZIP_7 = patched_npz(("entry", 6, 70))
 NAME_NOT_UTF8 = bytearray(patched_npz(("local", 6, 0x800)))
 NAME_NOT_UTF8[30] = 0xCC
+# The same in the directory entry (flags at 8, the name from 46).
+LISTED_NAME_NOT_UTF8 = bytearray(patched_npz(("entry", 8, 0x800)))
+LISTED_NAME_NOT_UTF8[LISTED_NAME_NOT_UTF8.find(b"PK\x01\x02") + 46] = 0xCC
 
 
 @pytest.mark.parametrize(
@@ -186,8 +189,17 @@ NAME_NOT_UTF8[30] = 0xCC
         (DEFLATE64, {}, "array 'x': its archive member uses a zip feature that cannot be read ("),
         (ZIP_7, {}, "the npz archive uses a zip feature that cannot be read (zip file version 7.0)"),
         (bytes(NAME_NOT_UTF8), {}, "array 'x': its archive member is damaged ("),
+        (bytes(LISTED_NAME_NOT_UTF8), {}, "the npz archive's directory is damaged ("),
     ],
-    ids=["unclosed header", "header keys of mixed types", "negative shape", "deflate64", "zip 7.0", "name"],
+    ids=[
+        "unclosed header",
+        "header keys of mixed types",
+        "negative shape",
+        "deflate64",
+        "zip 7.0",
+        "member name",
+        "listed name",
+    ],
 )
 def test_a_file_numpy_or_zipfile_cannot_read_is_invalid_argument(ds, data_dir, data, fields, message):
     error = rpc_error(upload_dataset, ds, "unreadable", data, **fields)
