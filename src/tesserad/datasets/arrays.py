@@ -101,11 +101,12 @@ def _read_header(stream: IO[bytes], array: str) -> tuple[np.dtype[Any], tuple[in
             shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
         else:
             raise ValueError(f"npy format version {version} is not supported (1.0 and 2.0 are)")
-    # numpy parses the header as a Python literal: a damaged one can also fail to tokenize, or
-    # hold keys of mixed types, which numpy sorts to name them.
+    # numpy parses the header as a Python literal: a damaged one can also fail to tokenize, hold
+    # keys of mixed types, which numpy sorts to name them, or a descr numpy parses as one too.
     except (
         ValueError,
         TypeError,
+        SyntaxError,
         tokenize.TokenError,
         EOFError,
         OSError,

@@ -182,6 +182,11 @@ LISTED_NAME_NOT_UTF8[LISTED_NAME_NOT_UTF8.find(b"PK\x01\x02") + 46] = 0xCC
             "array 'x': not a valid .npy array (",
         ),
         (
+            npy_with_header("{'descr': '<,4', 'fortran_order': False, 'shape': (4,)}\n", bytes(16)),
+            {"format": D.DATASET_FORMAT_NPY},
+            "array 'x': not a valid .npy array (",
+        ),
+        (
             npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (-4, -2)}\n", bytes(32)),
             {"format": D.DATASET_FORMAT_NPY},
             "array 'x': its header gives shape [-4, -2], with a negative dimension",
@@ -194,6 +199,7 @@ LISTED_NAME_NOT_UTF8[LISTED_NAME_NOT_UTF8.find(b"PK\x01\x02") + 46] = 0xCC
     ids=[
         "unclosed header",
         "header keys of mixed types",
+        "descr that does not parse",
         "negative shape",
         "deflate64",
         "zip 7.0",
