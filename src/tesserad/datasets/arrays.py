@@ -54,10 +54,15 @@ _ZIP_COUNT_IN_ZIP64, _ZIP_SIZE_IN_ZIP64 = 0xFFFF, 0xFFFFFFFF
 # tools add. Far more bytes would be tiny entries, each a ZipInfo object once parsed.
 _ZIP_DIRECTORY_BYTES_PER_ARRAY = 512
 _NOT_AN_NPZ = "the file is not a complete npz archive (no zip directory at its end: truncated, or not an npz)"
-# An npz array's name, as a job spec names it (data.input_array, data.target_array) and a table
-# shows it: a member at the archive's top level (no folder), without control characters or
-# spaces. Matched with fullmatch. Upper case is allowed: np.savez(file, X=X) is common.
-_NPZ_ARRAY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# An array's name, as a job spec names it (data.input_array, data.target_array) and a table
+# shows it: an npz member at the archive's top level (no folder), or an npy's array_name,
+# without control characters or spaces. Matched with fullmatch. Upper case is allowed:
+# np.savez(file, X=X) is common.
+_ARRAY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_ARRAY_NAME_RULE = (
+    "a job spec names arrays (data.input_array, data.target_array) by names of 1 to 128 characters "
+    "from letters, digits, '.', '_' and '-', starting with a letter or digit"
+)
 
 
 @dataclass(frozen=True)
@@ -443,14 +448,18 @@ def array_stats(name: str, array: np.ndarray, allow_nonfinite: bool) -> ArraySta
     return ArrayStats(low, high, mean, math.sqrt(m2 / count), nonfinite, classes or {})
 
 
+def check_array_name(field: str, name: str) -> None:
+    """An npy's array_name, which a job spec names as it names an npz's arrays."""
+    if not _ARRAY_NAME.fullmatch(name):
+        raise InvalidArgument(f"{field} {name[:80]!r} is not a valid name: {_ARRAY_NAME_RULE}")
+
+
 def _check_npz_array_name(name: str) -> None:
     """Checked on upload only: a stored dataset stays readable whatever its names."""
-    if not _NPZ_ARRAY_NAME.fullmatch(name):
+    if not _ARRAY_NAME.fullmatch(name):
         raise InvalidArgument(
-            f"npz array {name[:80]!r}: a job spec names arrays (data.input_array, data.target_array) "
-            "by names of 1 to 128 characters from letters, digits, '.', '_' and '-', starting with a "
-            "letter or digit, at the archive's top level (no folders); save the arrays under such "
-            "names, e.g. np.savez(file, x=x, y=y)"
+            f"npz array {name[:80]!r}: {_ARRAY_NAME_RULE}, at the archive's top level (no folders); "
+            "save the arrays under such names, e.g. np.savez(file, x=x, y=y)"
         )
 
 

@@ -33,7 +33,14 @@ from typing import Any
 import numpy as np
 
 from tesserad.config import format_size
-from tesserad.datasets.arrays import ArrayInfo, ArrayStats, inspect_file, open_arrays, unpacked_sizes
+from tesserad.datasets.arrays import (
+    ArrayInfo,
+    ArrayStats,
+    check_array_name,
+    inspect_file,
+    open_arrays,
+    unpacked_sizes,
+)
 from tesserad.datasets.numbering import NUMBERS, NUMBERS_DERIVED, References, next_number, put_next_number
 from tesserad.datasets.references import (
     DATASET_HOLDER_PREFIX,
@@ -293,7 +300,7 @@ class Datasets:
         if spec.format not in FORMATS:
             raise InvalidArgument(f"format must be npz or npy, got {spec.format or 'unspecified'}")
         if spec.format == "npy":
-            validate_name("array_name", spec.npy_array)
+            check_array_name("array_name", spec.npy_array)
         elif spec.array_name:
             # Ignored, it would leave the arrays under names the caller did not expect.
             raise InvalidArgument(

@@ -114,6 +114,21 @@ def test_npz_array_names_a_job_can_give_are_stored(ds):
     assert sorted(a.name for a in version.arrays) == sorted(arrays)
 
 
+def test_an_npy_array_takes_the_names_an_npz_array_can_have(ds, data_dir):
+    data = npy_bytes(np.zeros((3, 2), np.float32))
+    version = upload_dataset(ds, "upper", data, format=D.DATASET_FORMAT_NPY, array_name="X_train")
+    assert [a.name for a in version.arrays] == ["X_train"]
+    error = rpc_error(upload_dataset, ds, "spaced", data, format=D.DATASET_FORMAT_NPY, array_name="x y")
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == (
+        "array_name 'x y' is not a valid name: a job spec names arrays (data.input_array, "
+        "data.target_array) by names of 1 to 128 characters from letters, digits, '.', '_' and '-', "
+        "starting with a letter or digit"
+    )
+    missing = rpc_error(ds.GetDataset, D.GetDatasetRequest(name="spaced"))
+    assert missing.code() == grpc.StatusCode.NOT_FOUND
+
+
 def stored_member_past_the_end() -> bytes:
     """An npz of one stored member, x.npy, whose npy header and both zip records claim 1000
     float64 values where the file holds 10: zipfile opens it, and its data would be memory-mapped

@@ -116,7 +116,9 @@ class UploadDatasetHeader(_message.Message):
     allow_nonfinite: _builtins.bool
     """Accept NaN and Inf values in float arrays."""
     array_name: _builtins.str
-    """For npy: the array's name; default "x". INVALID_ARGUMENT for npz, which names its arrays itself."""
+    """For npy: the array's name, under the rule for an npz's array names; default "x".
+    INVALID_ARGUMENT for npz, which names its arrays itself.
+    """
     description: _builtins.str
     """The description and tags take at most 16 KiB together (UTF-8); tag keys are 1 to 250
     characters without NUL or newlines, values at most 8000. INVALID_ARGUMENT beyond, before
