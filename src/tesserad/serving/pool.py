@@ -323,6 +323,7 @@ class ModelPool:
         *,
         keep_loaded: bool = False,
         as_member: bool = False,
+        before_load: Callable[[], None] | None = None,
     ) -> LoadedVersion:
         """Load and warm a version; a loaded version with another config is swapped without a gap.
 
@@ -332,6 +333,8 @@ class ModelPool:
         same load again, once per waiting request, would fail as slowly in turn.
         `as_member`: loaded for an ensemble that needs it (LoadedVersion.member_only); any other
         load makes it a version loaded for itself.
+        `before_load`: called holding the version's load lock (see unload_ready) just before this
+        call loads it (not when it returns a version loaded already); what it raises stops the load.
         """
         effective = effective_config(config, self.defaults, servable.format)
         key = (servable.model, servable.version)
@@ -354,6 +357,8 @@ class ModelPool:
                 return current
             if keep_loaded and under_way is not None and under_way.state is LoadState.FAILED:
                 raise FailedPrecondition(under_way.error)
+            if before_load is not None:
+                before_load()
             stats = current.stats if current is not None else ServingStats(*key, self._metrics)
             entry = LoadedVersion(
                 servable.model, servable.version, servable.artifact_sha256, effective, stats
@@ -407,6 +412,17 @@ class ModelPool:
         with self._holding_load_lock(key):
             entry = self._listed.get(key)
             if entry is None or not entry.member_only or key in self.ensemble_members():
+                return False
+            self._unload(key)
+            return True
+
+    def unload_ready(self, model: str, version: int) -> bool:
+        """Unload the version if it is ready once a load or unload of it under way is done: a load
+        that began before its caller stopped routing to the version (see `before_load`) must not
+        leave it loaded after. Whether it was unloaded."""
+        key = (model, version)
+        with self._holding_load_lock(key):
+            if key not in self._ready:
                 return False
             self._unload(key)
             return True

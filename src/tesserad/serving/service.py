@@ -509,9 +509,12 @@ class InferenceService:
         rather than answer NOT_FOUND for a version the request did not name. So too for a version
         not loaded (NotLoaded, StillLoading) that the target no longer routes to in the source (a
         stale route with autoload off): the request is answered for the version it routes to now.
+        Nor is a version loaded that a refresh moved the target's routes off since the routing
+        (see _refuse_unless_routed): it would stay loaded, routed to by nothing, after the refresh
+        that unloads it.
         """
         try:
-            return self.autoload(target.model, version)
+            return self.autoload(target.model, version, routed=None if target.version is not None else target)
         except NotFound:
             if target.version is not None:
                 raise
@@ -536,6 +539,22 @@ class InferenceService:
         except TesseraError:
             return True
 
+    def _refuse_unless_routed(self, target: Target, version: int) -> None:
+        """NotFound unless a request for `target` (no version named) routes to `version` now (as
+        cached, else as the source has it). Called holding the version's load lock just before a
+        request loads it: a refresh moves the cached routes first, then unloads each version they
+        left under its load lock (ModelPool.unload_ready), so a request routed just before the
+        move either loads the version before that unload, or finds the routes moved here."""
+        model = target.model
+        if target.alias is not None:
+            routed = self._alias_version(model, target.alias) == version
+        elif (router := self._router(model)) is not None:
+            routed = version in {route for route, _ in router.plan.routes}
+        else:
+            routed = self._alias_version(model, LATEST) == version
+        if not routed:
+            raise NotFound(f"model {model!r} is no longer routed to version {version} for this request")
+
     def _forget_routes(self, model: str, version: int) -> None:
         """Drop `model`'s cached alias targets and deployment that route to `version`, and its
         cached "no deployment" (the next request reads them from the source); a refresh may have
@@ -549,10 +568,11 @@ class InferenceService:
             if router is None or (router is not _Uncached.UNCACHED and version in router.versions()):
                 del self._routers[model]
 
-    def autoload(self, model: str, version: int) -> LoadedVersion:
+    def autoload(self, model: str, version: int, *, routed: Target | None = None) -> LoadedVersion:
         """Load a version a request needs, with the defaults; NotLoaded when that load fails.
         When autoload is off: StillLoading while a load of it is under way (it will be served),
-        else NotLoaded.
+        else NotLoaded. `routed`: the target (no version named) of a request routed to `version`;
+        NotFound when it no longer routes there by the time the load would begin.
 
         A loaded version whose model changed since serving refreshed it is checked first: until
         the refresh, the version under its number may be the artifact of a model since deleted
@@ -586,9 +606,10 @@ class InferenceService:
                 "(or turn on serving.autoload)"
             )
         servable = self._source.servable(model, version, None)
+        check = None if routed is None else functools.partial(self._refuse_unless_routed, routed, version)
         try:
             # A load under way (LoadModel's, with the operator's config) is waited for and kept.
-            return self.pool.load(servable, ServingConfig(), keep_loaded=True)
+            return self.pool.load(servable, ServingConfig(), keep_loaded=True, before_load=check)
         except FailedPrecondition as exc:
             # Its version's failure, as later requests are told it: a version whose load failed
             # is not ready (Triton's UNAVAILABLE), not a request in a wrong state.
@@ -1228,11 +1249,11 @@ class InferenceService:
             still_served |= router.versions()
         # A loaded ensemble's member stays: the ensemble would load it again on its next request.
         in_ensembles = {v for m, v in self.pool.ensemble_members() if m == model}
-        # Each unloaded only if no other call (a request, UnloadModel) unloaded or replaced it
-        # since it was looked at: the refresh goes on to its other steps either way.
+        # Each after a load of it under way is done: a request routed to it before the targets
+        # moved may be loading it (see _refuse_unless_routed). Unloaded only if ready by then (not
+        # unloaded by another call, nor failed): the refresh goes on to its other steps either way.
         for version in sorted(previously_served - still_served - in_ensembles - gone):
-            entry = self.pool.get(model, version)
-            if entry is not None and self.pool.unload_replaced(entry):
+            if self.pool.unload_ready(model, version):
                 log.info("unloaded version %s of %r after its targets moved", version, model)
         for version, artifact in sorted(replaced.items()):
             entry = self.pool.get(model, version)

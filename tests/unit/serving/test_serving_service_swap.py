@@ -767,6 +767,80 @@ def test_a_refresh_run_again_unloads_the_version_its_alias_served_before_it_fail
         service.close()
 
 
+def test_a_request_routed_just_before_a_refresh_moved_latest_does_not_load_the_old_version_again(
+    linear_onnx: Path,
+) -> None:
+    """A request routed to version 1 by the cached `latest` found it to check first (its model's
+    change not refreshed yet); the refresh then moved `latest` to 2 and unloaded 1, and the
+    request's autoload loaded 1 again after it: loaded, served by no route, until the model's next
+    change (the CI flake of the test above, when a request queued its refresh again)."""
+    source = Versions({1: servable_file("m", 1, "onnx", linear_onnx)})
+    service = InferenceService(source, ModelPool(ServingDefaults(intra_op_threads=1), None), autoload=True)
+    holding = threading.Event()
+    refreshes_released = threading.Event()
+
+    def kept(model: str) -> None:
+        if model == "other":  # holds every refresh queued after its own
+            holding.set()
+            assert refreshes_released.wait(30)
+
+    service.add_deletion_listener(lambda model, identity: None, kept)
+    try:
+        assert _predict(service, Target("m")) == 1  # loaded, and `latest` cached
+        service.on_registry_change("other")
+        assert holding.wait(30)
+        source.versions[2] = servable_file("m", 2, "onnx", linear_onnx)
+        service.on_registry_change("m")  # its refresh waits
+        # predict's steps one at a time, the refresh run between them: routed to version 1 ...
+        inputs = {"x": np.ones((1, 4), np.float32)}
+        submitted = service.submit(Target("m"), inputs, ["y"], None, "r1", started=time.perf_counter_ns())
+        assert (submitted.version, submitted.future) == (1, None)
+        refreshes_released.set()
+        _refreshes_done(service)
+        assert [entry.version for entry in service.pool.list("m")] == [2]  # `latest` moved, 1 unloaded
+        # ... and its autoload after the refresh: routed again, rather than loading version 1.
+        assert service.autoload_routed(Target("m"), 1) is None
+        assert [entry.version for entry in service.pool.list("m")] == [2]
+        assert _predict(service, Target("m")) == 2
+        assert _predict(service, Target("m", 1)) == 1  # a version named is still loaded for it
+    finally:
+        refreshes_released.set()
+        service.close()
+
+
+def test_a_refresh_that_moves_latest_off_a_version_a_request_is_loading_unloads_it_once_loaded(
+    linear_onnx: Path,
+) -> None:
+    """A request's autoload of version 1, which the cached `latest` routed it to, was under way
+    when a refresh moved `latest` to 2: the refresh found version 1 not ready, so nothing to
+    unload, and the load left it loaded after, served by no route."""
+    held = HeldArtifact(linear_onnx)
+    source = Versions({1: ServableVersion("m", 1, "onnx", held)})
+    service = InferenceService(source, ModelPool(ServingDefaults(intra_op_threads=1), None), autoload=True)
+    # Released when the refresh waits for the load of version 1 (or, wrongly, when it ended).
+    progress = threading.Semaphore(0)
+    service.add_deletion_listener(lambda model, identity: None, lambda model: progress.release())
+    service.pool._load_locks[("m", 1)] = ArrivalLock(progress)  # type: ignore[assignment]
+    loaded: list[LoadedVersion | None] = []
+    try:
+        assert service.route(Target("m")) == (1, None)  # `latest` cached, nothing loaded
+        loading = threading.Thread(target=lambda: loaded.append(service.autoload_routed(Target("m"), 1)))
+        loading.start()
+        assert held.inside.wait(30)
+        source.versions[2] = servable_file("m", 2, "onnx", linear_onnx)
+        service.on_registry_change("m")
+        assert progress.acquire(timeout=30)
+        held.release.set()
+        loading.join(30)
+        assert [entry.version for entry in loaded if entry is not None] == [1]
+        _refreshes_done(service)
+        assert service.pool.list("m") == []
+        assert _predict(service, Target("m")) == 2
+    finally:
+        held.release.set()
+        service.close()
+
+
 class DroppedWhenLookedUp(dict[str, Any]):
     """The routers' cache, whose entry for a model a request drops (see _forget_routes) just after
     a refresh on the swaps' thread found it there."""
