@@ -90,7 +90,7 @@ from tesserad.replica.refusals import ReplicaRefusals
 from tesserad.runtime_env import worker_environment
 from tesserad.serving.open_inference import OIP_NAME_BY_DTYPE, OpenInference
 from tesserad.serving.registry_source import build_inference, inference_over
-from tesserad.serving.service import CallCounter, InferenceService
+from tesserad.serving.service import SOURCE_RETRY_S, CallCounter, InferenceService
 from tesserad.serving.shared_memory import SharedMemory
 from tesserad.serving.trace import TraceMetrics, Tracer, usable_trace_file
 from tesserad.serving.triton_metrics import TritonMetrics
@@ -246,6 +246,7 @@ class Daemon:
         self._backups: Backups | None = None
         self._follower: Follower | None = None
         self._following: asyncio.Task[None] | None = None
+        self._refresh_sweep: asyncio.Task[None] | None = None
         self._changes: ChangeFeed | None = None
         self.datasets: Datasets | None = None
         self.inference: InferenceService | None = None
@@ -414,6 +415,8 @@ class Daemon:
         self._export_triton_metrics()
         self.registry.add_listener(self.inference.on_registry_change)
         self.inference.add_deletion_listener(self._tracer.forget, self._tracer.kept)
+        # A replica's follower runs these in its retry of failed loads.
+        self._refresh_sweep = asyncio.create_task(_sweep_failed_refreshes(self.inference))
         oip = OpenInference(self.inference, self._stopping, self._shared_memory, self._logs, self._tracer)
         cluster = ClusterStats(self._changes.replicas, transport, refusals.recent)
         _register(
@@ -847,6 +850,11 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._following
             self._following = None
+        if self._refresh_sweep is not None:
+            self._refresh_sweep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresh_sweep
+            self._refresh_sweep = None
         if self._follower is not None:
             await self._follower.close()
             self._follower = None
@@ -933,6 +941,15 @@ async def _apply(
             exc_info=exc,
             extra={"error_id": error_id, "trigger": trigger},
         )
+
+
+async def _sweep_failed_refreshes(inference: InferenceService) -> None:
+    """Queue again, every SOURCE_RETRY_S, the serving refreshes that failed and whose wait passed
+    (each model's doubles with each failure in a row, up to REFRESH_RETRY_MAX_S): a model that
+    gets no calls (a deleted one) would otherwise keep loaded what its refresh was to unload."""
+    while True:
+        await asyncio.sleep(SOURCE_RETRY_S)
+        inference.retry_failed_refreshes()
 
 
 def create_server(settings: Settings, insecure: bool = False) -> Daemon:

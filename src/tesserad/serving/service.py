@@ -69,8 +69,8 @@ REROUTE_ROUNDS = 3
 # it again for this long (seconds): one read of it a model per interval, not one a request. A
 # registry change of the model asks again at once. The refresh of a model's change that failed (the
 # source unreadable) is queued again by the first request or metadata call for the model after this
-# long, or by a replica's periodic retry of failed loads (retry_failed_loads); each failure in a
-# row doubles the wait, up to REFRESH_RETRY_MAX_S.
+# long, or by the daemon's periodic sweep (retry_failed_refreshes: a primary's own, a replica's retry
+# of failed loads); each failure in a row doubles the wait, up to REFRESH_RETRY_MAX_S.
 SOURCE_RETRY_S = 1.0
 # The longest wait (seconds) before a refresh that keeps failing runs again: a source out of reach
 # for long costs a read of it, and a warning, per model this often.
@@ -1052,11 +1052,9 @@ class InferenceService:
         and its model's targets are re-resolved, so a target held back by it moves. A load that
         failed for its artifact or its runtime stays failed. Returns how many were retried.
 
-        Every refresh that failed and whose wait passed is queued again too (not counted): a
-        model without requests (deleted, say) has none to queue it, and its deleted versions
-        would stay loaded."""
-        for model in list(self._refresh_retry_at):
-            self._retry_failed_refresh(model)
+        Every refresh that failed and whose wait passed is queued again too (not counted; see
+        retry_failed_refreshes)."""
+        self.retry_failed_refreshes()
         wanted = {Retry.SOON, Retry.LATER} if lasting else {Retry.SOON}
         retried = 0
         models: set[str] = set()
@@ -1074,6 +1072,14 @@ class InferenceService:
         for model in sorted(models):
             self.on_registry_change(model)
         return retried
+
+    def retry_failed_refreshes(self) -> None:
+        """Queue again every refresh that failed and whose wait passed (see _retry_failed_refresh),
+        as the daemon does periodically: a model without requests or metadata calls (deleted, say)
+        has none to queue it, and the versions it was to unload would stay loaded (and listed, and
+        in the metrics) until its next change."""
+        for model in list(self._refresh_retry_at):
+            self._retry_failed_refresh(model)
 
     def _refresh(self, model: str) -> None:
         with self._refresh_lock:
@@ -1133,8 +1139,8 @@ class InferenceService:
         wait = _refresh_wait(failures)
         if failures <= 1:
             log.error(
-                "%s %r failed; the first request or metadata call for it after %s s refreshes it "
-                "again, each failure in a row doubling the wait up to %s s",
+                "%s %r failed; it is refreshed again in %s s, each failure in a row doubling the "
+                "wait up to %s s",
                 doing, model, wait, REFRESH_RETRY_MAX_S, exc_info=failure,
             )  # fmt: skip
             return

@@ -439,6 +439,42 @@ def test_a_refresh_that_failed_is_retried_once_the_registry_is_readable(
     np.testing.assert_allclose(to_array(answer.outputs[0]), X @ W * 3, rtol=1e-6)
 
 
+def test_a_refresh_that_failed_for_a_deleted_model_is_retried_without_a_call_for_it(
+    start_daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a primary, only a request or metadata call for the model queued a refresh that failed
+    again: a model deleted while the registry could not be read kept its versions loaded (listed,
+    in the metrics, holding their memory) until the daemon stopped, as no call comes for it."""
+    daemon = start_daemon()
+    channel = daemon.channel()
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    registry = registry_pb2_grpc.RegistryStub(channel)
+    upload(channel, "swept", linear_model(1.0))
+    assert inference.Predict(predict_request("swept", X)).version == 1
+    now = [0.0]
+    monkeypatch.setattr(daemon.daemon.inference, "_clock", lambda: now[0])
+    resolve = daemon.daemon.registry.resolve
+    failing = threading.Event()
+
+    def unreadable(model: str, version: int | None = None, alias: str | None = None) -> object:
+        if model == "swept" and failing.is_set():
+            raise Unavailable("the registry's store cannot be read")
+        return resolve(model, version, alias)
+
+    monkeypatch.setattr(daemon.daemon.registry, "resolve", unreadable)
+    refreshes = HeldRefreshes(daemon.daemon.inference)
+    with refreshes.held_after("other", lambda: upload(channel, "other", linear_model(1.0))):
+        registry.DeleteModel(registry_pb2.DeleteModelRequest(name="swept"))
+        failing.set()
+        refreshes.release_and_wait("swept")  # it failed: version 1 could not be read
+    failing.clear()
+    assert _loaded(inference, "swept") == {1: inference_pb2.LOAD_STATE_READY}
+    now[0] += SOURCE_RETRY_S  # no call for "swept" from here on
+    refreshes.wait_refreshed("swept", 2)
+    listed = inference.ListLoaded(inference_pb2.ListLoadedRequest()).models
+    assert [m.version for m in listed if m.model == "swept"] == []
+
+
 def test_model_ready_says_not_ready_for_a_version_replaced_or_deleted_before_its_refresh(
     start_daemon,
 ) -> None:
