@@ -416,13 +416,15 @@ class ModelPool:
             self._unload(key)
             return True
 
-    def unload_ready(self, model: str, version: int) -> bool:
-        """Unload the version if it is ready once a load or unload of it under way is done: a load
-        that began before its caller stopped routing to the version (see `before_load`) must not
-        leave it loaded after. Whether it was unloaded."""
+    def unload_ready(self, model: str, version: int, artifact_sha256: str | None = None) -> bool:
+        """Unload the version if it is ready once a load or unload of it under way is done (with
+        `artifact_sha256`, only that artifact): a load that began before its caller stopped routing
+        to the version (see `before_load`), or found it deleted, must not leave it loaded after.
+        Whether it was unloaded."""
         key = (model, version)
         with self._holding_load_lock(key):
-            if key not in self._ready:
+            entry = self._ready.get(key)
+            if entry is None or artifact_sha256 not in (None, entry.artifact_sha256):
                 return False
             self._unload(key)
             return True

@@ -1262,10 +1262,9 @@ class InferenceService:
             if self.pool.unload_ready(model, version):
                 log.info("unloaded version %s of %r after its targets moved", version, model)
         for version, artifact in sorted(replaced.items()):
-            entry = self.pool.get(model, version)
-            # Only the artifact listed when the source said the version was gone: a request may
-            # have loaded the one registered under its number since.
-            if entry is not None and artifact == entry.artifact_sha256 and self.pool.unload_replaced(entry):
+            # Only the artifact listed when the source said the version was gone (loading then, or
+            # ready): a request may have loaded the one registered under its number since.
+            if artifact is not None and self.pool.unload_ready(model, version, artifact):
                 log.info("unloaded version %s of %r: it was deleted", version, model)
             # A failed load of a deleted version would be listed, and refuse its number, forever.
             self.pool.forget_failure(model, version)

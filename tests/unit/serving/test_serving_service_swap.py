@@ -841,6 +841,39 @@ def test_a_refresh_that_moves_latest_off_a_version_a_request_is_loading_unloads_
         service.close()
 
 
+def test_a_refresh_of_a_deletion_unloads_the_version_once_a_load_of_it_under_way_is_done(
+    linear_onnx: Path,
+) -> None:
+    """A request's load of version 1 was under way when the refresh of its deletion ran: the refresh
+    found it not ready, so nothing to unload, and settled the model; the load then left the deleted
+    version loaded, and requests naming it were answered by it, checked no more."""
+    held = HeldArtifact(linear_onnx)
+    source = Versions(
+        {1: ServableVersion("m", 1, "onnx", held), 2: servable_file("m", 2, "onnx", linear_onnx)}
+    )
+    service = InferenceService(source, ModelPool(ServingDefaults(intra_op_threads=1), None), autoload=True)
+    # Released when the refresh waits for the load of version 1 (or, wrongly, when it ended).
+    progress = threading.Semaphore(0)
+    service.add_deletion_listener(lambda model, identity: None, lambda model: progress.release())
+    service.pool._load_locks[("m", 1)] = ArrivalLock(progress)  # type: ignore[assignment]
+    try:
+        loading = threading.Thread(target=service.autoload, args=("m", 1))
+        loading.start()
+        assert held.inside.wait(30)
+        del source.versions[1]
+        service.on_registry_change("m")
+        assert progress.acquire(timeout=30)
+        held.release.set()
+        loading.join(30)
+        _refreshes_done(service)
+        assert service.pool.list("m") == []
+        with pytest.raises(NotFound, match="no version 1"):
+            _predict(service, Target("m", 1))
+    finally:
+        held.release.set()
+        service.close()
+
+
 class DroppedWhenLookedUp(dict[str, Any]):
     """The routers' cache, whose entry for a model a request drops (see _forget_routes) just after
     a refresh on the swaps' thread found it there."""
