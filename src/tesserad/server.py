@@ -112,7 +112,7 @@ from tesserad.training.jobs import Jobs, job_datasets
 from tesserad.training.parents import ParentAccess
 from tesserad.training.prometheus import TrainingMetrics
 from tesserad.training.registration import JobRegistration
-from tesserad.training.sweeps import Sweeps
+from tesserad.training.sweeps import Sweeps, running_sweeps_into
 from tesserad.training.tracking import Tracking
 
 log = logging.getLogger(__name__)
@@ -431,6 +431,7 @@ class Daemon:
         )
         events = EventLog(self._store, settings.training.watch_buffer_events)
         tracking = Tracking(self._store)
+        tracking.keep_experiments_of_running_sweeps(running_sweeps_into)
         await asyncio.to_thread(tracking.build_missing_buckets)
         await asyncio.to_thread(tracking.purge_nonfinite_points)
         await asyncio.to_thread(tracking.index_run_order)

@@ -34,6 +34,8 @@ from tesserad.training.finetune import ParentLookup, check_fine_tuning, check_pa
 OPTIMIZERS = ("sgd", "adam", "adamw")
 PRECISIONS = ("fp32", "bf16", "fp16")
 REGRESSION_LOSSES = ("mse", "l1", "huber")
+# The experiment of a job whose spec names none.
+DEFAULT_EXPERIMENT = "default"
 # Far beyond any real job, and low enough that epochs x steps per epoch (at most one step per
 # sample) stays within the int64 the API counts a job's steps in.
 MAX_EPOCHS = 1_000_000
@@ -275,7 +277,7 @@ def normalize_spec(
     """
     problems = _Problems()
     config: dict[str, Any] = {}
-    config["experiment"] = problems.name("spec.experiment", raw.get("experiment") or "default")
+    config["experiment"] = problems.name("spec.experiment", raw.get("experiment") or DEFAULT_EXPERIMENT)
     if raw.get("run_name"):
         problems.name("spec.run_name", raw["run_name"])
     config["run_name"] = raw.get("run_name", "")

@@ -55,7 +55,14 @@ from tesserad.training.search_space import (
     plan_points,
     random_point,
 )
-from tesserad.training.spec import SPEC_FIELDS, Choice, SpecField, default_mode, epoch_metric_names
+from tesserad.training.spec import (
+    DEFAULT_EXPERIMENT,
+    SPEC_FIELDS,
+    Choice,
+    SpecField,
+    default_mode,
+    epoch_metric_names,
+)
 
 log = logging.getLogger(__name__)
 
@@ -343,6 +350,25 @@ def ended_state(sweep: Sweep) -> str:
     if all(t.state == "cancelled" for t in sweep.trials):
         return "cancelled"
     return "failed"
+
+
+def sweep_experiments(sweep: Sweep) -> set[str]:
+    """The experiments the sweep's trials' runs go to: the base spec's, and each a parameter sets."""
+    names = {str(sweep.base.get("experiment") or DEFAULT_EXPERIMENT)}
+    for parameter in sweep.parameters:
+        if parameter.path == "experiment":
+            names.update(parameter.values or [])
+    return names
+
+
+def running_sweeps_into(txn: ReadTxn, experiment: str) -> builtins.list[str]:
+    """The running sweeps whose trials' runs go to `experiment`, read in `txn`: a sweep's trial
+    rows are not read, as its record holds its base and parameters."""
+    return [
+        str(key[0])
+        for key, raw in txn.scan("sweeps")
+        if (sweep := decode_sweep(raw, [])).state == "running" and experiment in sweep_experiments(sweep)
+    ]
 
 
 def trial_spec(base: dict[str, Any], values: dict[str, str]) -> dict[str, Any]:

@@ -334,6 +334,25 @@ def _refuse_deleted_experiment(experiment: Experiment) -> None:
         )
 
 
+def _refuse_running_sweeps(experiment: str, sweep_ids: list[str]) -> None:
+    """As DeleteDataset refuses a dataset a running sweep holds: the sweep, and how to end it."""
+    if len(sweep_ids) == 1:
+        raise FailedPrecondition(
+            f"experiment {experiment!r} is in use by running sweep {sweep_ids[0]}, whose trials' runs "
+            f"go to it; wait for the sweep to end or cancel it with `tessera sweeps cancel {sweep_ids[0]}`, "
+            "then delete"
+        )
+    if sweep_ids:
+        listed = ", ".join(sweep_ids[:10]) + (
+            f" and {len(sweep_ids) - 10} more" if len(sweep_ids) > 10 else ""
+        )
+        raise FailedPrecondition(
+            f"experiment {experiment!r} is in use by running sweeps {listed}, whose trials' runs go "
+            "to it; wait for the sweeps to end or cancel each with `tessera sweeps cancel SWEEP_ID`, "
+            "then delete"
+        )
+
+
 def _refuse_unended_job(run: Run) -> None:
     """A job's run follows the job; its status is an ended one exactly when the job has ended."""
     if run.job_id and run.status not in ENDED_STATUSES:
@@ -409,6 +428,15 @@ class Tracking:
 
     def __init__(self, store: Store) -> None:
         self._store = store
+        self._running_sweeps_into: Callable[[ReadTxn, str], list[str]] = lambda txn, name: []
+
+    def keep_experiments_of_running_sweeps(
+        self, running_sweeps_into: Callable[[ReadTxn, str], list[str]]
+    ) -> None:
+        """Refuse deleting an experiment while `running_sweeps_into(txn, name)` names a sweep whose
+        trials' runs go to it: between two trials no job of the sweep runs, and each later trial
+        would be refused, the sweep failing after a few."""
+        self._running_sweeps_into = running_sweeps_into
 
     # -- experiments
 
@@ -469,11 +497,12 @@ class Tracking:
         return self.get_experiment(name)
 
     def delete_experiment(self, name: str) -> Experiment:
-        """Soft-delete the experiment and its active runs; refused while one of its jobs runs."""
+        """Soft-delete the experiment and its active runs; refused while one of its jobs or sweeps runs."""
         validate_name("name", name)
         with self._store.write() as txn:
             experiment = self._experiment(txn, name)
             if experiment.deleted_at is None:
+                _refuse_running_sweeps(name, self._running_sweeps_into(txn, name))
                 runs = [self.load_run(txn, str(key[1])) for key, _ in txn.scan("experiment_runs", (name,))]
                 for run in runs:
                     _refuse_unended_job(run)

@@ -221,6 +221,31 @@ def test_a_jobs_run_is_deleted_only_once_the_job_has_ended(tracker) -> None:
     assert tracker.GetJob(S.GetJobRequest(job_id=job.job_id)).run_id == job.run_id
 
 
+def test_an_experiment_is_deleted_only_once_its_running_sweeps_have_ended(tracker) -> None:
+    # Between two trials no job of the sweep runs: a deletion then went through, and each later
+    # trial was refused at submit until the sweep failed. The sweep, not its trial's job, is named.
+    spec = S.SweepSpec(
+        base=job_spec("mlp", experiment="del-running-sweep", epochs=0, max_steps=1_000_000),
+        strategy=S.SWEEP_STRATEGY_GRID,
+        parameters=[sweep_values("seed", "1", "2")],
+        max_concurrent=1,
+        metric="train_loss",
+    )
+    sweep_id = tracker.SubmitSweep(S.SubmitSweepRequest(spec=spec)).sweep_id
+    refused = _error(lambda: tracker.DeleteExperiment(S.DeleteExperimentRequest(name="del-running-sweep")))
+    assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"running sweep {sweep_id}" in refused.details()
+    assert f"`tessera sweeps cancel {sweep_id}`" in refused.details(), refused.details()
+    assert not tracker.GetExperiment(S.GetExperimentRequest(name="del-running-sweep")).deleted
+    tracker.CancelSweep(S.CancelSweepRequest(sweep_id=sweep_id))
+    ended = wait_sweep(tracker, sweep_id)
+    assert ended.state == S.SWEEP_STATE_CANCELLED
+    for trial in ended.trials:
+        if trial.job_id:
+            follow(tracker, trial.job_id)
+    assert tracker.DeleteExperiment(S.DeleteExperimentRequest(name="del-running-sweep")).deleted
+
+
 def test_an_ended_sweep_trials_run_can_be_deleted_and_the_sweep_keeps_its_record(tracker) -> None:
     spec = S.SweepSpec(
         base=job_spec("mlp", experiment="del-sweep", epochs=1),
