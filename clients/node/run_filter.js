@@ -37,6 +37,10 @@ const ENTITIES = {
 // Longest first, so "<=" is not read as "<" then "=". Values as listRuns takes them.
 const COMPARISONS = { '<=': 'le', '>=': 'ge', '!=': 'ne', '<': 'lt', '>': 'gt', '=': 'eq' };
 const DIRECTIONS = ['ASC', 'DESC'];
+// MLflow's run attributes an order names bare ("start_time", "start_time DESC"), as MLflow reads
+// them (RunInfo's orderable attributes and the alias "created"): listRuns orders by a metric only,
+// so such an order is refused, not read as a metric of that name that no run has.
+const RUN_ATTRIBUTES = ['start_time', 'end_time', 'created', 'status', 'run_name', 'run_id', 'user_id', 'artifact_uri'];
 const FIELDS = ['last', 'min', 'max'];
 const RUN_STATUSES = enumNames('tessera.v1.RunStatus')
   .slice(1)
@@ -392,7 +396,8 @@ function words(text) {
     .filter((word) => word !== '');
 }
 
-// The error for an order whose metric lacks `metrics.`, such as MLflow's "start_time DESC".
+// The error for an order whose metric lacks `metrics.`, such as "val_loss DESC", or that names a
+// run attribute, such as MLflow's "start_time DESC".
 function unnamedOrder(scan) {
   const all = words(scan.text);
   const last = all[all.length - 1];
@@ -401,22 +406,31 @@ function unnamedOrder(scan) {
   if (direction) written = stripped(written.slice(0, -last.length));
   const quoted = /^[\p{L}\p{N}_]+$/u.test(written) || written.startsWith('`');
   const key = quoted ? written : `\`${written.replaceAll('`', '``')}\``;
+  if (RUN_ATTRIBUTES.includes(written.toLowerCase())) {
+    return scan.fail(
+      `${written} is a run attribute, as in MLflow, and ListRuns orders runs by a metric only: ` +
+        `leave the order out for runs newest first, or write metrics.${key}${direction} for a metric ` +
+        'of that name',
+    );
+  }
   return scan.fail(
     `an order names its metric as metrics.KEY: write metrics.${key}${direction} (ListRuns orders ` +
       'runs by a metric only; without an order they come newest first)',
   );
 }
 
-// Whether an order is MLflow's, read by parseOrder: it names `entity.key`, or it ends in ASC or
-// DESC, which a metric's name alone does not take (read as a name, "val_loss DESC" or MLflow's
-// "start_time DESC" would order by a metric no run has).
+// Whether an order is MLflow's, read by parseOrder: it names `entity.key`, it ends in ASC or DESC,
+// which a metric's name alone does not take, or it is a run attribute's name, which MLflow reads as
+// the attribute (read as a metric's name, "val_loss DESC", "start_time DESC" or "start_time" would
+// order by a metric no run has).
 function isOrderString(text) {
   const trimmed = text.trim();
   const dot = trimmed.indexOf('.');
   const all = words(text);
   return (
     (dot >= 0 && Object.hasOwn(ENTITIES, trimmed.slice(0, dot).toLowerCase())) ||
-    (all.length > 1 && DIRECTIONS.includes(all[all.length - 1].toUpperCase()))
+    (all.length > 1 && DIRECTIONS.includes(all[all.length - 1].toUpperCase())) ||
+    (all.length === 1 && RUN_ATTRIBUTES.includes(all[0].toLowerCase()))
   );
 }
 

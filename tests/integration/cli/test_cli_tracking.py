@@ -152,10 +152,15 @@ def test_runs_ls_filter_metric_and_mlflow_order(tessera_cli, client, capsys):
         assert f"{flag} orders by the metric --order-by names: add --order-by METRIC" in unordered.err
     order = tessera_cli("runs", "ls", "--order-by", "metrics.a, metrics.b")
     assert order.code == EXIT_USAGE and "--order-by: column 10: ListRuns orders by one metric" in order.err
-    bare = tessera_cli("runs", "ls", "--order-by", "start_time DESC")
+    bare = tessera_cli("runs", "ls", "--order-by", "val_acc DESC")
     assert bare.code == EXIT_USAGE, bare.err
-    wanted = "--order-by: column 1: an order names its metric as metrics.KEY: write metrics.start_time DESC"
+    wanted = "--order-by: column 1: an order names its metric as metrics.KEY: write metrics.val_acc DESC"
     assert wanted in bare.err
+    for order in ("start_time", "start_time DESC"):
+        attribute = tessera_cli("runs", "ls", "--order-by", order)
+        assert attribute.code == EXIT_USAGE, attribute.err
+        wanted = "--order-by: column 1: start_time is a run attribute, as in MLflow, and ListRuns orders runs by a metric only"
+        assert wanted in attribute.err
     with pytest.raises(SystemExit) as usage:
         tessera_cli("runs", "ls", "--metric", "val_acc~0.9")
     assert usage.value.code == EXIT_USAGE

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tessera.run_filter import RunFilterError, parse_filter, parse_order
+from tessera.run_filter import RunFilterError, is_order_string, parse_filter, parse_order
 from tessera.transport import RetryPolicy
 from tessera.v1 import training_pb2 as pb
 
@@ -1049,6 +1049,12 @@ RUN_ORDERS = [
     " start_time  asc ",
     "val-loss Desc",
     "metrics.train/loss DESC",
+    "start_time",
+    " End_Time  desc",
+    "created",
+    "status",
+    "attributes.start_time DESC",
+    "run_id ASC",
 ]
 
 
@@ -1088,6 +1094,7 @@ def test_node_run_filter_reads_each_string_as_the_python_sdk_does(node_ready):
     request, or the same error with its column and caret."""
     script = f"""
         const {{ parseRunFilter, parseRunOrder }} = require({json.dumps(str(NODE_CLIENT / "tessera.js"))});
+        const {{ isOrderString }} = require({json.dumps(str(NODE_CLIENT / "run_filter.js"))});
         const outcome = (parse, text) => {{
           try {{
             return parse(text);
@@ -1101,13 +1108,16 @@ def test_node_run_filter_reads_each_string_as_the_python_sdk_does(node_ready):
           const found = outcome(parseRunOrder, text);
           return found.error ? found : {{ metric: found.metric, field: found.field ?? null, descending: found.descending ?? null }};
         }});
-        console.log(JSON.stringify({{ filters, orders }}));
+        const orderStrings = {json.dumps(RUN_ORDERS)}.map(isOrderString);
+        console.log(JSON.stringify({{ filters, orders, orderStrings }}));
         """
     done = subprocess.run(["node", "-e", script], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout)
     assert found["filters"] == [python_run_filter(text) for text in RUN_FILTERS]
     assert found["orders"] == [python_run_order(text) for text in RUN_ORDERS]
+    # Which orders each client reads as MLflow's strings rather than a metric's name alone.
+    assert found["orderStrings"] == [is_order_string(text) for text in RUN_ORDERS]
     # Both refuse OR, saying why and where.
     assert found["filters"][7]["error"].startswith("column 15: OR is not supported (nor in MLflow's search)")
 

@@ -219,7 +219,7 @@ def test_the_short_metric_condition_keeps_its_key_as_written() -> None:
     ("text", "suggested"),
     [
         ("val_acc DESC", "metrics.val_acc DESC"),
-        ("start_time asc", "metrics.start_time ASC"),
+        ("train_loss asc", "metrics.train_loss ASC"),
         ("val-loss  DESC", "metrics.`val-loss` DESC"),
     ],
 )
@@ -230,3 +230,28 @@ def test_an_order_with_a_direction_names_its_metric_as_mlflow_does(text: str, su
         parse_order(text)
     assert info.value.column == 1
     assert info.value.reason.startswith(f"an order names its metric as metrics.KEY: write {suggested} ")
+
+
+@pytest.mark.parametrize(
+    ("text", "written", "suggested"),
+    [
+        ("start_time", "start_time", "metrics.start_time"),
+        ("end_time", "end_time", "metrics.end_time"),
+        ("start_time DESC", "start_time", "metrics.start_time DESC"),
+        ("Created asc", "Created", "metrics.Created ASC"),
+        ("status", "status", "metrics.status"),
+    ],
+)
+def test_an_order_on_a_run_attribute_is_refused_as_mlflow_reads_it(
+    text: str, written: str, suggested: str
+) -> None:
+    # MLflow reads a bare start_time as the run attribute; it was read as a metric no run has,
+    # and the runs came in no order the caller asked for.
+    assert is_order_string(text)
+    with pytest.raises(RunFilterError) as info:
+        parse_order(text)
+    assert info.value.column == 1
+    assert info.value.reason == (
+        f"{written} is a run attribute, as in MLflow, and ListRuns orders runs by a metric only: leave "
+        f"the order out for runs newest first, or write {suggested} for a metric of that name"
+    )

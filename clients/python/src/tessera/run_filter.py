@@ -15,7 +15,9 @@ Filter: conditions joined by AND (any case), e.g.
 
 Order: `metrics.KEY [ASC|DESC]` (with .last, .min or .max as above); without ASC or DESC,
 ascending, as in MLflow (the SDK's runs() reads it so; a metric's name alone, order_by="val_loss",
-takes the metric's own direction instead, and no ASC or DESC). ListRuns orders by one metric.
+takes the metric's own direction instead, and no ASC or DESC). ListRuns orders by one metric,
+and by no run attribute: MLflow's start_time, end_time, status and the like, bare or with ASC or
+DESC, are refused (without an order, runs come newest first).
 
 Mistakes raise RunFilterError (a ValueError) naming the column and what fits there.
 """
@@ -52,6 +54,19 @@ _COMPARISONS = {
     "=": pb.COMPARISON_EQ,
 }
 _DIRECTIONS = ("ASC", "DESC")
+# MLflow's run attributes an order names bare ("start_time", "start_time DESC"), as MLflow reads
+# them (RunInfo's orderable attributes and the alias "created"): ListRuns orders by a metric only,
+# so such an order is refused, not read as a metric of that name that no run has.
+_RUN_ATTRIBUTES = (
+    "start_time",
+    "end_time",
+    "created",
+    "status",
+    "run_name",
+    "run_id",
+    "user_id",
+    "artifact_uri",
+)
 _FIELDS = {"last": pb.SUMMARY_FIELD_LAST, "min": pb.SUMMARY_FIELD_MIN, "max": pb.SUMMARY_FIELD_MAX}
 RUN_STATUSES = tuple(
     value.name.removeprefix("RUN_STATUS_").lower() for value in pb.RunStatus.DESCRIPTOR.values if value.number
@@ -404,7 +419,8 @@ def parse_order(text: str) -> RunOrderBy:
 
 
 def _unnamed_order(scan: _Scanner) -> RunFilterError:
-    """The error for an order whose metric lacks `metrics.`, such as MLflow's "start_time DESC"."""
+    """The error for an order whose metric lacks `metrics.`, such as "val_loss DESC", or that
+    names a run attribute, such as MLflow's "start_time DESC"."""
     *name, last = scan.text.split()
     direction = f" {last.upper()}" if name and last.upper() in _DIRECTIONS else ""
     written = scan.text.strip()
@@ -412,6 +428,12 @@ def _unnamed_order(scan: _Scanner) -> RunFilterError:
         written = written[: -len(last)].rstrip()
     quoted = _KEY.fullmatch(written) or written.startswith("`")
     key = written if quoted else "`" + written.replace("`", "``") + "`"
+    if written.lower() in _RUN_ATTRIBUTES:
+        return scan.fail(
+            f"{written} is a run attribute, as in MLflow, and ListRuns orders runs by a metric only: "
+            f"leave the order out for runs newest first, or write metrics.{key}{direction} for a metric "
+            "of that name"
+        )
     return scan.fail(
         f"an order names its metric as metrics.KEY: write metrics.{key}{direction} (ListRuns orders "
         "runs by a metric only; without an order they come newest first)"
@@ -419,13 +441,16 @@ def _unnamed_order(scan: _Scanner) -> RunFilterError:
 
 
 def is_order_string(text: str) -> bool:
-    """Whether an order is MLflow's, read by parse_order: it names `entity.key`, or it ends in
-    ASC or DESC, which a metric's name alone does not take (read as a name, "val_loss DESC" or
-    MLflow's "start_time DESC" would order by a metric no run has)."""
+    """Whether an order is MLflow's, read by parse_order: it names `entity.key`, it ends in ASC
+    or DESC, which a metric's name alone does not take, or it is a run attribute's name, which
+    MLflow reads as the attribute (read as a metric's name, "val_loss DESC", "start_time DESC" or
+    "start_time" would order by a metric no run has)."""
     entity, dot, _ = text.strip().partition(".")
     words = text.split()
-    return (bool(dot) and entity.lower() in _ENTITIES) or (
-        len(words) > 1 and words[-1].upper() in _DIRECTIONS
+    return (
+        (bool(dot) and entity.lower() in _ENTITIES)
+        or (len(words) > 1 and words[-1].upper() in _DIRECTIONS)
+        or (len(words) == 1 and words[0].lower() in _RUN_ATTRIBUTES)
     )
 
 
