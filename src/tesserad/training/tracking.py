@@ -327,10 +327,12 @@ def _no_experiment(name: str) -> NotFound:
     return NotFound(f"experiment {name!r} does not exist; ListExperiments lists them")
 
 
-def _refuse_deleted_experiment(experiment: Experiment) -> None:
+def _refuse_deleted_experiment(experiment: Experiment, then: str = "first") -> None:
+    """FailedPrecondition for a use of a deleted experiment, saying how to bring it back (`then`:
+    what for, e.g. "to rank its runs")."""
     if experiment.deleted_at is not None:
         raise FailedPrecondition(
-            f"experiment {experiment.name!r} is deleted; restore it with RestoreExperiment first"
+            f"experiment {experiment.name!r} is deleted; restore it with RestoreExperiment {then}"
         )
 
 
@@ -875,8 +877,8 @@ class Tracking:
         limit = limit or DEFAULT_LEADERBOARD_LIMIT
         ranked: list[tuple[Run, float]] = []
         with self._store.read() as txn:
-            if not txn.exists("experiments", (experiment,)):
-                raise _no_experiment(experiment)
+            # Its runs are deleted with it: an empty board would read as no run having the metric.
+            _refuse_deleted_experiment(self._experiment(txn, experiment), "to rank its runs")
             leaders = run_order.leaders(txn, experiment, metric, summary_field, mode == "max")
             size = 0
             for run_id in itertools.islice(leaders, limit):

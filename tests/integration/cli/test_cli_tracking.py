@@ -202,6 +202,16 @@ def test_experiments_update_rm_and_restore(tessera_cli, client):
     assert "cli-exp (deleted)" in tessera_cli("experiments", "ls", "--view", "all").out
     hidden = tessera_cli("--json", "runs", "ls", "--experiment", "cli-exp")
     assert hidden.code == 0 and hidden.json() == []
+    # An empty table read as an experiment without runs, and the leaderboard as no run having the metric.
+    listed = tessera_cli("runs", "ls", "--experiment", "cli-exp")
+    assert listed.code == 0, listed.err
+    assert (
+        "experiment cli-exp is deleted, with its runs; bring them back with: tessera experiments restore cli-exp"
+        in (" ".join(listed.out.split()))
+    )
+    board = tessera_cli("runs", "leaderboard", "cli-exp", "loss")
+    assert board.code == EXIT_DAEMON and "FAILED_PRECONDITION" in board.err
+    assert "is deleted; restore it with `tessera experiments restore NAME` to rank its runs" in board.err
     again = tessera_cli("experiments", "update", "cli-exp", "--description", "x")
     assert again.code == EXIT_DAEMON and "FAILED_PRECONDITION" in again.err
     assert "`tessera experiments restore NAME`" in again.err  # the RPC named in CLI words

@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+import grpc
 import pytest
 
 from tessera.v1 import job_spec_pb2, training_pb2, training_pb2_grpc
@@ -143,6 +144,11 @@ def _check(stub: training_pb2_grpc.TrainingStub, model: _Model) -> None:
     }
     for e in listed:
         assert stub.GetExperiment(S.GetExperimentRequest(name=e.name)).run_count == model.run_count(e.name)
+        if e.deleted:
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Leaderboard(S.LeaderboardRequest(experiment=e.name, metric=METRICS[0]))
+            assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            continue
         for metric in METRICS:
             for mode, mode_name in MODES.items():
                 for summary_field, field_name in FIELDS.items():

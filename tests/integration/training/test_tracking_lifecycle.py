@@ -207,6 +207,26 @@ def test_deleting_an_experiment_deletes_its_runs_and_restoring_brings_back_those
     _log(tracker, first.run_id, "loss", 1.0)
 
 
+def test_a_deleted_experiments_leaderboard_says_it_is_deleted_and_how_to_restore_it(tracker) -> None:
+    # It answered an empty board, which reads as no run having logged the metric.
+    run = _run(tracker, "del-board")
+    _log(tracker, run.run_id, "val_loss", 0.3)
+    tracker.DeleteExperiment(S.DeleteExperimentRequest(name="del-board"))
+    board = S.LeaderboardRequest(experiment="del-board", metric="val_loss")
+    refused = _error(lambda: tracker.Leaderboard(board))
+    assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert (
+        refused.details()
+        == "experiment 'del-board' is deleted; restore it with RestoreExperiment to rank its runs"
+    )
+    missing = _error(
+        lambda: tracker.Leaderboard(S.LeaderboardRequest(experiment="del-board-never", metric="a"))
+    )
+    assert missing.code() == grpc.StatusCode.NOT_FOUND
+    tracker.RestoreExperiment(S.RestoreExperimentRequest(name="del-board"))
+    assert [e.run.run_id for e in tracker.Leaderboard(board).entries] == [run.run_id]
+
+
 def test_a_jobs_run_is_deleted_only_once_the_job_has_ended(tracker) -> None:
     job = submit(tracker, job_spec("mlp", experiment="del-job", epochs=500))
     refused = _error(lambda: tracker.DeleteRun(S.DeleteRunRequest(run_id=job.run_id)))

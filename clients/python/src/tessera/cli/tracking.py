@@ -13,6 +13,7 @@ from typing import Any
 from tessera.cli.arguments import UsageError, once_each, replaced_only_with_force
 from tessera.cli.output import Output, transfer_progress, when
 from tessera.client import Client
+from tessera.errors import NotFound
 from tessera.json_output import to_plain
 from tessera.messages import counted
 from tessera.progress_line import byte_size
@@ -80,6 +81,12 @@ def cmd_runs_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
     )
     if out.as_json:
         return out.json(runs)
+    if not runs and args.experiment and args.view == "active" and experiment_deleted(client, args.experiment):
+        # Its runs went with it: an empty table would read as an experiment with no runs.
+        return out.line(
+            f"experiment {args.experiment} is deleted, with its runs; bring them back with: "
+            f"tessera experiments restore {args.experiment} (--view deleted lists them meanwhile)"
+        )
     if not runs and (args.status or args.param or args.tag or args.metric or args.filter):
         # An empty table gives no clue that a key was misspelt (`lr` where a job's run says optimizer.lr).
         of = f" of experiment {args.experiment}" if args.experiment else ""
@@ -105,6 +112,14 @@ def cmd_runs_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
         unbroken=("metrics (last values)",),
         stacked={"name": "id"},
     )
+
+
+def experiment_deleted(client: Client, name: str) -> bool:
+    """Whether the experiment is deleted; False for one that does not exist, whose runs no list shows."""
+    try:
+        return client.training.experiment(name).deleted
+    except NotFound:
+        return False
 
 
 def cmd_runs_show(client: Client, args: argparse.Namespace, out: Output) -> None:
