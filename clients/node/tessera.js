@@ -815,7 +815,10 @@ function streamFailure(error, batches, answered) {
   // The daemon's message counts this try's stored batches; this says which steps of the stream.
   let done;
   if (!storedPoints) done = answered ? 'no point of this stream is stored' : 'cut without the daemon saying what it stored: some points may be';
-  else done = `${storedPoints} points of this stream are stored, up to step ${lastStoredStep}`;
+  else {
+    const points = storedPoints === 1 ? '1 point of this stream is' : `${storedPoints} points of this stream are`;
+    done = `${points} stored, up to step ${lastStoredStep}`;
+  }
   if (storedPoints && !answered) done += '; some sent after them may be too';
   error.message = `${error.message} (${done})`;
   return error;

@@ -72,9 +72,14 @@ def _stream_stored(batches: int, points: int) -> str:
     failed, counted from 0, and none after it."""
     if batches == 0:
         return "batch 0 of the stream failed and nothing of the stream is stored; resend from batch 0"
+    counted = "1 point" if points == 1 else f"{points:,} points"
+    stored = (
+        f"batch 0 ({counted}) is stored and nothing after it"
+        if batches == 1
+        else f"batches 0 to {batches - 1} ({counted}) are stored and nothing after them"
+    )
     return (
-        f"batch {batches} of the stream (counting from 0) failed; batches 0 to {batches - 1} "
-        f"({points:,} points) are stored and nothing after them; resend from batch {batches} "
+        f"batch {batches} of the stream (counting from 0) failed; {stored}; resend from batch {batches} "
         "(resending a stored point changes nothing: points are kept by key and step)"
     )
 

@@ -36,6 +36,16 @@ def test_a_failed_batch_raises_saying_which_points_are_stored(client) -> None:
     assert _stored_steps(client, run_id) == list(range(20))
 
 
+def test_a_failed_stream_that_stored_one_point_says_so_in_the_singular(client) -> None:
+    # It said "1 points are stored".
+    run_id = client.training.create_run("sdk-streams").run_id
+    with pytest.raises(tessera.InvalidArgument) as info:
+        client.training.log_metrics_stream(run_id, _steps(3, bad_at=1), batch_points=1)
+    assert info.value.message.startswith(
+        "1 point is stored, up to step 0 (in the order sent), and none after them; resend from there"
+    ), info.value.message
+
+
 def test_the_asyncio_client_says_the_same(daemon) -> None:
     async def log() -> tuple[str, str]:
         async with tessera.aio.Client(daemon.target, timeout=30) as aio:

@@ -850,6 +850,11 @@ def test_node_client_metric_stream_failure_says_what_is_stored(node_ready, daemo
             outcome.first = [err.code, err.storedPoints, err.lastStoredStep === undefined, err.message];
           }}
           try {{
+            await client.logMetricsStream({json.dumps(run_id)}, [[20, {{ loss: 1 }}], [21, {{ loss: NaN }}]], {{ batchPoints: 1 }});
+          }} catch (err) {{
+            outcome.one = err.message;
+          }}
+          try {{
             await client.logMetricsStream({json.dumps(run_id)}, [[-1, {{ loss: 1 }}]]);
           }} catch (err) {{
             outcome.negative = `${{err.name}}: ${{err.message}}`;
@@ -867,9 +872,11 @@ def test_node_client_metric_stream_failure_says_what_is_stored(node_ready, daemo
     code, stored, no_step, message = outcome["first"]
     assert (code, stored, no_step) == ("INVALID_ARGUMENT", 0, True)
     assert message.endswith("(no point of this stream is stored)")
+    # It said "1 points of this stream are stored".
+    assert outcome["one"].endswith("(1 point of this stream is stored, up to step 20)"), outcome["one"]
     assert outcome["negative"] == "RangeError: step must be a whole number >= 0, got -1"
     history = client.training.metric_history(run_id, "loss")
-    assert [p.step for p in history.points] == [0, 1, 2, 3]
+    assert [p.step for p in history.points] == [0, 1, 2, 3, 20]
 
 
 def test_node_client_metric_stream_ended_early_closes_its_steps(node_ready, daemon, client):

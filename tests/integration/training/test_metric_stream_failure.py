@@ -70,6 +70,19 @@ def test_a_failed_batch_leaves_the_batches_before_it_stored_and_says_where_to_re
     assert _steps(stub, run_id) == list(range(batches * POINTS))
 
 
+def test_a_stream_that_stored_one_batch_of_one_point_says_so_in_the_singular(channel) -> None:
+    # It said "batches 0 to 0 (1 points) are stored and nothing after them".
+    stub = training_pb2_grpc.TrainingStub(channel)
+    run_id = stub.CreateRun(S.CreateRunRequest(experiment="streams")).run_id
+    point = S.LogMetricsRequest(run_id=run_id, points=[S.MetricPoint(key="loss", value=1.0, step=0)])
+    with pytest.raises(grpc.RpcError) as info:
+        stub.LogMetricsStream(iter([point, _batch(run_id, 1, float("nan"))]))
+    assert info.value.details().startswith(
+        "batch 1 of the stream (counting from 0) failed; batch 0 (1 point) is stored and nothing after "
+        "it; resend from batch 1"
+    ), info.value.details()
+
+
 def test_an_unexpected_database_error_ends_the_stream_saying_what_it_stored(
     channel, monkeypatch, caplog
 ) -> None:
