@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import numpy as np
@@ -137,6 +138,33 @@ def test_tracking_for_an_external_script(client):
         client.training.log_params(runs[0], {"lr": "0.5"})
     with pytest.raises(ValueError, match="succeeded"):
         client.training.update_run(runs[0], status="done")
+
+
+def test_log_metrics_takes_mlflows_timestamp_and_names_the_key_of_a_value_that_is_no_number(client):
+    run_id = client.training.create_run("external-times").run_id
+    # As MLflow's: whole milliseconds since the Unix epoch; numpy's integers are whole numbers too.
+    assert client.training.log_metrics(run_id, {"loss": 0.5}, 0, timestamp=1_700_000_000_123) == 1
+    assert client.training.log_metrics(run_id, {"loss": 0.4}, 1, timestamp=np.int64(1_700_000_001_000)) == 1
+    client.training.log_metrics(run_id, {"loss": 0.3}, 2)
+    points = client.training.metric_history(run_id, "loss").points
+    assert [p.time.ToMilliseconds() for p in points[:2]] == [1_700_000_000_123, 1_700_000_001_000]
+    assert points[2].time.ToMilliseconds() > 1_700_000_001_000  # the daemon's clock
+    for timestamp, error, words in (
+        (1.7e12, TypeError, "timestamp must be whole milliseconds since the Unix epoch, as MLflow's"),
+        (True, TypeError, "got bool True"),
+        (-1, ValueError, "from 0 to 253402300799999 (the end of year 9999), got -1"),
+        (253_402_300_800_000, ValueError, "got 253402300800000"),
+    ):
+        with pytest.raises(error, match=re.escape(words)):
+            client.training.log_metrics(run_id, {"loss": 0.1}, 3, timestamp=timestamp)
+    # float()'s own error named neither the key nor what was given.
+    with pytest.raises(ValueError, match=re.escape("metric val_acc: value must be a number, got str 'high'")):
+        client.training.log_metrics(run_id, {"loss": 0.1, "val_acc": "high"}, 3)
+    with pytest.raises(
+        TypeError, match=re.escape("metric val_acc: value must be a number, got NoneType None")
+    ):
+        client.training.log_metrics_stream(run_id, [(3, {"val_acc": None})])
+    assert [p.step for p in client.training.metric_history(run_id, "loss").points] == [0, 1, 2]
 
 
 def test_params_and_tags_of_any_value_are_sent_as_text_everywhere(client):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import numbers
 import os
 import threading
 import time
@@ -10,6 +11,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from google.protobuf import timestamp_pb2
 
 from tessera.calls import (
     C,
@@ -52,6 +55,39 @@ _V = TypeVar("_V", bound=int)
 
 JobSpecLike = job_spec_pb2.JobSpec | Mapping[str, Any]
 """A JobSpec message, or a dict of the same fields (e.g. a parsed TOML file)."""
+
+
+# The last millisecond of year 9999, the latest time a protobuf Timestamp (and so the daemon) takes.
+MAX_TIMESTAMP_MS = 253_402_300_799_999
+
+
+def metric_value(key: str, value: Any) -> float:
+    """`value` as a float (a number, a numpy or torch scalar), or the error float() raised, of
+    the same type, naming the metric: float()'s own names neither the key nor the value's type."""
+    try:
+        return float(value)
+    except (TypeError, ValueError) as err:
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise type(err)(f"metric {key}: value must be a number, got {type(value).__name__} {shown}") from None
+
+
+def metric_timestamp(timestamp: int) -> timestamp_pb2.Timestamp:
+    """A point's time from MLflow's timestamp, whole milliseconds since the Unix epoch; ValueError
+    (TypeError for another type than a whole number) naming what is taken."""
+    # numbers.Integral takes numpy's integers too; a bool is an int Python-wise, never a time.
+    if isinstance(timestamp, bool) or not isinstance(timestamp, numbers.Integral):
+        raise TypeError(
+            "timestamp must be whole milliseconds since the Unix epoch, as MLflow's "
+            f"(int(time.time() * 1000)), got {type(timestamp).__name__} {timestamp!r}"
+        )
+    if not 0 <= timestamp <= MAX_TIMESTAMP_MS:
+        raise ValueError(
+            f"timestamp must be milliseconds since the Unix epoch from 0 to {MAX_TIMESTAMP_MS} (the "
+            f"end of year 9999), got {timestamp}"
+        )
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromMilliseconds(int(timestamp))
+    return stamp
 
 
 def enum_value(enum: _EnumTypeWrapper[_V], prefix: str, value: str | int) -> _V:
@@ -345,7 +381,8 @@ class _MetricBatches:
                 break
             step, metrics = item
             self._taken += [
-                pb.MetricPoint(key=key, value=float(value), step=step) for key, value in metrics.items()
+                pb.MetricPoint(key=key, value=metric_value(key, value), step=step)
+                for key, value in metrics.items()
             ]
         if not self._taken:
             return None
@@ -367,18 +404,22 @@ class _MetricBatches:
         """`error` (same type) saying what of the whole stream is stored."""
         if STORED_BATCHES not in error.trailers:
             # Cut without the daemon's answer: what was sent after the known batches may be stored.
-            done = f"at least {self.stored_points:,} points are stored, the rest may be"
+            done = f"at least {_points_stored(self.stored_points)}, the rest may be"
         elif self.last_stored_step is None:
             done = "no point of the stream is stored"
         else:
             done = (
-                f"{self.stored_points:,} points are stored, up to step {self.last_stored_step} (in "
+                f"{_points_stored(self.stored_points)}, up to step {self.last_stored_step} (in "
                 "the order sent), and none after them"
             )
         return type(error)(
             f"{done}; resend from there (resending a stored point changes nothing): {error.message}",
             error.trailers,
         )
+
+
+def _points_stored(count: int) -> str:
+    return "1 point is stored" if count == 1 else f"{count:,} points are stored"
 
 
 @dataclass(frozen=True)
@@ -721,11 +762,18 @@ class Training(Part[C]):
         return Op(S, "LogParams", request, lambda _: None)
 
     @call
-    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> Op[int]:
+    def log_metrics(
+        self, run_id: str, metrics: Mapping[str, float], step: int, *, timestamp: int | None = None
+    ) -> Op[int]:
         """Record metric values at a step; returns how many points were accepted. Values must be
         finite: a NaN or infinite one (which MLflow stores) raises InvalidArgument and none of the
-        call's points is stored."""
-        points = [pb.MetricPoint(key=key, value=float(value), step=step) for key, value in metrics.items()]
+        call's points is stored. `timestamp`: the points' time, as MLflow's, in whole milliseconds
+        since the Unix epoch (None: the daemon's clock when it stores them)."""
+        stamp = metric_timestamp(timestamp) if timestamp is not None else None
+        points = [
+            pb.MetricPoint(key=key, value=metric_value(key, value), step=step, time=stamp)
+            for key, value in metrics.items()
+        ]
         request = pb.LogMetricsRequest(run_id=run_id, points=points)
         return Op(S, "LogMetrics", request, lambda response: response.accepted)
 
