@@ -350,11 +350,16 @@ def run_statuses_from_proto(values: Any, field: str = "statuses") -> list[str]:
     return out
 
 
-def run_status_from_proto(value: int) -> str | None:
-    """None when unset (the update leaves the status alone)."""
+def run_status_from_proto(value: pb.RunStatus.ValueType) -> str | None:
+    """UpdateRun's status; None when unset (the update leaves the status alone). An unknown number
+    is refused naming the statuses UpdateRun takes, those that end a run, as its other refusals do."""
     if value == pb.RUN_STATUS_UNSPECIFIED:
         return None
-    return run_statuses_from_proto([value], "status")[0]
+    if value not in _RUN_STATUS_NAMES:
+        raise InvalidArgument(
+            f"status: unknown run status {value}; a run can be ended as SUCCEEDED, FAILED or CANCELLED"
+        )
+    return _RUN_STATUS_NAMES[value]
 
 
 def metric_filters_from_proto(filters: Any) -> list[MetricFilter]:
