@@ -572,6 +572,10 @@ class Jobs:
             self._wake.notify_all()
         return self.get(job_id)
 
+    def refuse_deleted_experiment(self, txn: ReadTxn, name: str) -> None:
+        """FailedPrecondition if the experiment is deleted: a job's submit into it is refused."""
+        self._tracking.refuse_deleted_experiment(txn, name)
+
     def hold_dataset(self, txn: WriteTxn, config: dict[str, Any], holder: str) -> None:
         """Hold the dataset version `config` was checked against. The check read it in an earlier
         transaction: one deleted (or deleted and uploaded again) since refuses the submit here, as

@@ -694,7 +694,9 @@ class Sweeps:
         used = {(c["data"]["dataset"], c["data"]["version"]): c for c in configs}
         with self._lock:
             # Written before any trial's job is submitted: a restart then finds each job's trial.
-            self._write(sweep, sweep.trials, head=True, hold=list(used.values()))
+            self._write(
+                sweep, sweep.trials, head=True, hold=list(used.values()), experiments=sweep_experiments(sweep)
+            )
             self._run(sweep)
             self._tick(sweep)
         return self.get(sweep.sweep_id)
@@ -1070,17 +1072,23 @@ class Sweeps:
         *,
         head: bool,
         hold: builtins.list[dict[str, Any]] | None = None,
+        experiments: Iterable[str] = (),
         reserved: bool = False,
     ) -> None:
         """Write `trials`' rows, and the sweep's own record if `head` (its state, best trial, error:
         what is not a trial's); a trial's end or rung so writes that trial alone, whatever the
         sweep's size. `hold`: configs whose dataset versions the sweep holds from now (a trial's
         job adds the hold of a version first named at its submit). An ended sweep holds none.
+        `experiments`: those its trials' runs go to, refused if one is deleted (each trial's
+        submit would be), in the transaction that stores a new sweep, as a deletion checks
+        running sweeps in its own.
         `reserved`: a trial's end or the sweep's own, which may use the store's kept room."""
         holder = sweep_holder(sweep.sweep_id)
         released: set[str] = set()
         ended = sweep.state != "running"
         with self._store.write(reserved=reserved) as txn:
+            for experiment in sorted(experiments):
+                self._jobs.refuse_deleted_experiment(txn, experiment)
             for config in hold or []:
                 self._jobs.hold_dataset(txn, config, holder)
             if ended and head:

@@ -460,6 +460,12 @@ class Tracking:
             self._put_experiment(txn, experiment)
         return experiment
 
+    def refuse_deleted_experiment(self, txn: ReadTxn, name: str) -> None:
+        """FailedPrecondition if the experiment is deleted; one that does not exist yet is none
+        (a job creates its experiment on first use)."""
+        if txn.exists("experiments", (name,)):
+            _refuse_deleted_experiment(self._experiment(txn, name))
+
     def ensure_experiment(self, txn: WriteTxn, name: str) -> None:
         """Create the experiment inside `txn` unless it exists (jobs create theirs on first use);
         FailedPrecondition if it is deleted."""

@@ -266,6 +266,25 @@ def test_an_experiment_is_deleted_only_once_its_running_sweeps_have_ended(tracke
     assert tracker.DeleteExperiment(S.DeleteExperimentRequest(name="del-running-sweep")).deleted
 
 
+def test_a_sweep_into_a_deleted_experiment_is_refused_and_stores_nothing(tracker) -> None:
+    # It was stored and started, each trial refused at submit, until it failed.
+    tracker.CreateExperiment(S.CreateExperimentRequest(name="del-sweep-into"))
+    tracker.DeleteExperiment(S.DeleteExperimentRequest(name="del-sweep-into"))
+    spec = S.SweepSpec(
+        base=job_spec("mlp", experiment="del-sweep-into", epochs=1),
+        strategy=S.SWEEP_STRATEGY_GRID,
+        parameters=[sweep_values("optimizer.lr", "0.001", "0.05")],
+        metric="val_loss",
+    )
+    before = len(tracker.ListSweeps(S.ListSweepsRequest(page_size=1000)).sweeps)
+    refused = _error(lambda: tracker.SubmitSweep(S.SubmitSweepRequest(spec=spec)))
+    assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert (
+        refused.details() == "experiment 'del-sweep-into' is deleted; restore it with RestoreExperiment first"
+    )
+    assert len(tracker.ListSweeps(S.ListSweepsRequest(page_size=1000)).sweeps) == before
+
+
 def test_an_ended_sweep_trials_run_can_be_deleted_and_the_sweep_keeps_its_record(tracker) -> None:
     spec = S.SweepSpec(
         base=job_spec("mlp", experiment="del-sweep", epochs=1),
