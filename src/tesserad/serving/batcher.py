@@ -24,6 +24,9 @@
 - Every request it fails, refuses or drops is counted a failure of its version once, with
   Triton's reason (`FailureReason`): REJECTED (queue full, deadline passed, unloaded first),
   CANCELED, BACKEND (the model's run failed).
+- Warm-up: a request submitted with `warmup` (an ensemble warming up through its members'
+  batchers, the path its requests take) runs like any, but only in batches of warm-ups, which
+  count in none of the version's figures, as its own warm-up (run on its runtimes) does not.
 """
 
 from __future__ import annotations
@@ -239,6 +242,7 @@ class _Request:
         "shadow",
         "shape_key",
         "waits",
+        "warmup",
     )
 
     def __init__(
@@ -249,22 +253,24 @@ class _Request:
         deadline: float | None,
         shadow: bool,
         waits: bool,
+        warmup: bool,
         future: Answer,
     ) -> None:
         self.inputs = inputs
         self.output_names = output_names
         self.rows = rows
-        # Requests stack into one batch only when every non-batch dimension agrees. One that runs
-        # inline (its answer is Answered) never queues: it needs none.
-        self.shape_key = (
-            () if isinstance(future, Answered) else tuple((n, a.shape[1:]) for n, a in inputs.items())
-        )
+        # Requests stack into one batch only when every non-batch dimension agrees, and a warm-up
+        # only with warm-ups (their batch then counts nowhere). One that runs inline (its answer
+        # is Answered) never queues: it needs none.
+        shape = () if isinstance(future, Answered) else tuple((n, a.shape[1:]) for n, a in inputs.items())
+        self.shape_key = ("warm-up", shape) if warmup else shape
         self.future = future
         self.enqueued_ns = time.perf_counter_ns()
         self.deadline = deadline
         self.shadow = shadow
         # True when the model was idle at arrival: only then may the queue delay hold it.
         self.waits = waits
+        self.warmup = warmup
 
 
 class DynamicBatcher:
@@ -367,12 +373,14 @@ class DynamicBatcher:
         shadow: bool = False,
         allow_inline: bool = True,
         hold: bool = False,
+        warmup: bool = False,
     ) -> Answer:
         """Queue a validated request; the answer holds its Prediction or a domain error.
 
         `deadline` is a time.monotonic() instant. The answer is Answered, and done, when the
         request ran inline; else a Future. With `hold`, the request only queues (the workers are not
-        woken) until `release()`, so requests submitted in a burst gather into one batch.
+        woken) until `release()`, so requests submitted in a burst gather into one batch. With
+        `warmup`, it runs as any request but is counted nowhere, answered or failed.
         Raises BatcherClosed once closed, ResourceExhausted when full.
         """
         with self._lock:
@@ -386,6 +394,7 @@ class DynamicBatcher:
                 deadline,
                 shadow,
                 self._busy == 0,
+                warmup,
                 Answered() if inline else Future(),
             )
             if not inline:
@@ -667,7 +676,9 @@ class DynamicBatcher:
             )
             answered.append((queue_ns, ended - request.enqueued_ns, request.rows, request.shadow))
         # Counted before answered: a caller that reads the stats after its answer finds it there.
-        self._stats.record_batch(compute_ns, answered)
+        # A batch holds warm-ups only or none (see _Request.shape_key).
+        if not batch[0].warmup:
+            self._stats.record_batch(compute_ns, answered)
         self._learn(compute_ns / rows, self._cost_now(runtime) - cost_started if measured else None, rows)
         for request, prediction in zip(batch, predictions, strict=True):
             request.future.set_result(prediction)
@@ -693,8 +704,9 @@ class DynamicBatcher:
         self._failed(request, FailureReason.BACKEND)
 
     def _failed(self, request: _Request, reason: FailureReason) -> None:
-        """Count a request the batcher failed, its time from its queueing."""
-        self._stats.record_failure(time.perf_counter_ns() - request.enqueued_ns, request.shadow, reason)
+        """Count a request the batcher failed, its time from its queueing (a warm-up not)."""
+        if not request.warmup:
+            self._stats.record_failure(time.perf_counter_ns() - request.enqueued_ns, request.shadow, reason)
 
 
 def _follows_rows(outputs: Mapping[str, np.ndarray], names: Sequence[str], rows: int) -> bool:

@@ -4,12 +4,14 @@ registered, aliased, deployed and served (Predict and the Open Inference Protoco
 from __future__ import annotations
 
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import grpc
 import numpy as np
 import pytest
 from google.protobuf import json_format
+from prometheus_client.parser import text_string_to_metric_families
 from serving_models import _upload, half_model, linear_model, upload
 
 import tessera
@@ -160,8 +162,40 @@ def test_stats_report_the_ensemble_and_its_members(client, members) -> None:
     stats = {(s.model, s.version): s for s in client.inference.stats("ens")}
     assert set(stats) == {("ens", 1), ("a", 1), ("b", 1), ("c", 1)}
     assert stats[("ens", 1)].request_count == 3
-    assert all(stats[(name, 1)].request_count >= 3 for name in "abc")  # warm-ups are not counted
+    assert all(stats[(name, 1)].request_count == 3 for name in "abc")
     assert [s.model for s in client.inference.stats("ens", 1)] == ["ens", "a", "b", "c"]
+
+
+def test_the_ensembles_warm_up_counts_in_no_members_figures(daemon, client, oip, members) -> None:
+    # The ensemble's warm-up runs through its members' batchers, as its requests do (a 32-row
+    # batch and two of 1 row per instance): as a version's own warm-up, in none of their figures.
+    client.inference.load("a", 1)
+    client.inference.predict("a", {"x": X})  # a serves before the ensemble loads and warms up
+    client.models.register_ensemble("ens", members)
+    client.inference.predict("ens", {"x": X})  # loads the ensemble, and b and c for it
+    stats = {(s.model, s.version): s for s in client.inference.stats("ens")}
+    page = urllib.request.urlopen(f"http://127.0.0.1:{daemon.daemon.metrics_port}/metrics").read().decode()
+    samples = [sample for family in text_string_to_metric_families(page) for sample in family.samples]
+
+    def metric(name: str, **labels: str) -> float:
+        (value,) = [s.value for s in samples if s.name == name and s.labels == {"version": "1", **labels}]
+        return value
+
+    for name, requests in (("a", 2), ("b", 1), ("c", 1)):
+        member = stats[(name, 1)]
+        assert (member.request_count, member.row_count, member.error_count) == (requests, 2 * requests, 0)
+        assert [(b.rows, b.count) for b in member.batch_sizes] == [(2, requests)]
+        assert (member.queue.count, member.compute.count, member.total.count) == (requests,) * 3
+        triton = oip.ModelStatistics(oip_pb.ModelStatisticsRequest(name=name, version="1")).model_stats[0]
+        assert (triton.inference_count, triton.execution_count) == (2 * requests, requests)
+        assert triton.inference_stats.success.count == triton.inference_stats.compute_infer.count == requests
+        assert [(b.batch_size, b.compute_infer.count) for b in triton.batch_stats] == [(2, requests)]
+        assert metric("tessera_inference_requests_total", model=name, outcome="ok") == requests
+        assert metric("tessera_inference_batch_rows_count", model=name) == requests
+        assert metric("tessera_inference_latency_seconds_count", model=name, stage="compute") == requests
+        assert metric("nv_inference_exec_count_total", model=name) == requests
+        assert metric("nv_inference_request_success_total", model=name) == requests
+    assert stats[("ens", 1)].request_count == 1
 
 
 def test_served_through_the_open_inference_protocol(client, oip, members) -> None:

@@ -26,7 +26,9 @@ from tesserad.serving.batcher import (
 from tesserad.serving.stats import ServingStats
 
 
-def make_batcher(runtime: GatedRuntime, **overrides: object) -> DynamicBatcher:
+def make_batcher(
+    runtime: GatedRuntime, stats: ServingStats | None = None, **overrides: object
+) -> DynamicBatcher:
     options: dict = {
         "max_batch_size": 8,
         "max_queue_delay_us": 0,
@@ -37,7 +39,7 @@ def make_batcher(runtime: GatedRuntime, **overrides: object) -> DynamicBatcher:
         "output_names": ["y"],
     }
     options.update(overrides)
-    return DynamicBatcher("model 'm' version 1", [runtime], ServingStats("m", 1, None), **options)
+    return DynamicBatcher("model 'm' version 1", [runtime], stats or ServingStats("m", 1, None), **options)
 
 
 def rows(n: int, value: float = 1.0) -> dict[str, np.ndarray]:
@@ -65,6 +67,30 @@ def test_requests_queued_while_busy_run_as_one_batch_and_split_back() -> None:
     assert runtime.batches == [1, 6]
     batcher.close(5)
     assert runtime.closed
+
+
+def test_warm_ups_batch_only_with_warm_ups_and_count_in_no_figures() -> None:
+    # An ensemble warms up through its members' batchers while they may serve requests.
+    runtime = GatedRuntime()
+    stats = ServingStats("m", 1, None)
+    batcher = make_batcher(runtime, stats)
+    first = occupy(batcher, runtime)
+    warm = batcher.submit(rows(2), ["y"], 2, warmup=True)
+    request = batcher.submit(rows(1), ["y"], 1)
+    failing_warm = batcher.submit(rows(1, -1.0), ["y"], 1, warmup=True)
+    other = batcher.submit(rows(2), ["y"], 2)
+    runtime.gate.set()
+    for future in (first, warm, request, other):
+        future.result(10)
+    with pytest.raises(InvalidArgument, match="negative input"):
+        failing_warm.result(10)
+    # The warm-ups' batch of 3 fails and runs request by request; the requests batch apart.
+    assert runtime.batches == [1, 3, 2, 1, 3]
+    snapshot = stats.snapshot()
+    assert (snapshot.request_count, snapshot.error_count, snapshot.row_count) == (3, 0, 4)
+    assert {size: n for size, (n, _) in snapshot.batches.items()} == {1: 1, 3: 1}
+    assert (snapshot.compute.count, snapshot.total.count) == (3, 3)
+    batcher.close(5)
 
 
 class EnsembleLikeRuntime(GatedRuntime):
