@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tesserad.errors import FailedPrecondition
 from tesserad.store import Key, ReadTxn, Store
 from tesserad.training import run_order
 from tesserad.training.tracking import TABLES, MetricPoint, RunOrder, Tracking
@@ -68,7 +69,8 @@ def test_a_run_deleted_with_its_experiment_is_read_past_by_no_leaderboard_either
         _log(tracking, run_id, i)
     tracking.delete_experiment("lb-exp")
     visited = _visited_rows(monkeypatch)
-    assert tracking.leaderboard("lb-exp", "val_loss", None, None, 10) == []
+    with pytest.raises(FailedPrecondition, match="is deleted; restore it"):
+        tracking.leaderboard("lb-exp", "val_loss", None, None, 10)
     assert visited[0] == 0
     tracking.restore_experiment("lb-exp")
     board = tracking.leaderboard("lb-exp", "val_loss", None, None, 2)
