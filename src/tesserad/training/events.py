@@ -181,11 +181,6 @@ class EventLog:
             failure, channel.failure = channel.failure, None
             return failure
 
-    def reopen(self, job_id: str) -> None:
-        """A job that ended as INTERRUPTED is queued again: watchers may follow it live again."""
-        with self._lock:
-            self._channels[job_id].ended = False
-
     def subscribe(self, job_id: str, wake: Callable[[], object]) -> tuple[Subscription | None, int]:
         """A live subscription (None if the job has ended) and the newest seq at this moment."""
         with self._lock:

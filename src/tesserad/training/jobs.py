@@ -324,7 +324,6 @@ class Jobs:
                     also=self._run_status(job, "interrupted"),
                 )
             if job.state == "interrupted":
-                self._events.reopen(job.job_id)
                 final = self._final_checkpoint(job)
                 checkpoint = final or self._resume_checkpoint(job)
                 why = (
@@ -1390,7 +1389,11 @@ class Jobs:
                 self._step_clocks.pop(job.job_id, None)
         job = replace(job, state=state, devices=kept_devices)
         data = {"state": state, "reason": reason, "devices": devices or []}
-        job = self._append(job, "state", data, also, ends=ends)
+        # An interruption ends the attempt, not the job, which the next start resumes: its
+        # watchers stay until the shutdown ends them with UNAVAILABLE and the from_seq to go on
+        # from, and do not take it for the job's end.
+        watch_ends = ends and state != "interrupted"
+        job = self._append(job, "state", data, also, ends=watch_ends, reserved=ends)
         if ends and flush:
             self._store.flush()
         return job

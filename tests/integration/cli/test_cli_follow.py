@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import grpc
+import pytest
 from rich.console import Console
 
 import tessera
@@ -149,9 +150,12 @@ def test_following_a_sweep_of_a_daemon_never_reached_fails_at_once(tessera_cli, 
     assert f"is tesserad running at {nobody}?" in result.err
 
 
-def test_following_a_job_outlasts_a_daemon_restart(spawn_daemon, tmp_path, capsys):
+@pytest.mark.parametrize("stop", ["sigkill", "sigterm"])
+def test_following_a_job_outlasts_a_daemon_restart(stop, spawn_daemon, tmp_path, capsys):
     # The job resumes after a SIGKILL of the daemon; its follower gave up with UNAVAILABLE after
-    # the SDK's 5 reconnects (about 2 s), where a sweep's follower waits up to 2 minutes.
+    # the SDK's 5 reconnects (about 2 s), where a sweep's follower waits up to 2 minutes. After
+    # a graceful stop it gave up at once: the shutdown's INTERRUPTED ended the watch as if the
+    # job had, and it then failed on "ended interrupted", or on the daemon gone (exit 1 or 3).
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -176,7 +180,11 @@ def test_following_a_job_outlasts_a_daemon_restart(spawn_daemon, tmp_path, capsy
     while "started" not in screen.getvalue():
         assert follower.is_alive()
         time.sleep(0.05)
-    daemon.kill()
+    if stop == "sigkill":
+        daemon.kill()
+    else:
+        daemon.terminate()
+        assert daemon.process.wait(60) == 0
     channel.close()
     # Longer than the SDK's reconnects take, as a restart of a busy daemon may be.
     time.sleep(5)

@@ -11,12 +11,20 @@ from typing import Any
 
 import grpc
 import psutil
+import pytest
 
 from tessera.v1 import job_spec_pb2, training_pb2, training_pb2_grpc
 from tesserad.server import STORE_TABLES
 from tesserad.store import Store
 from tesserad.training.job_records import decode_job
-from tests.integration.training.conftest import job_spec, of_kind, states, upload_standard_datasets
+from tests.conftest import InProcessDaemon, daemon_settings
+from tests.integration.training.conftest import (
+    TRAINING_SETTINGS,
+    job_spec,
+    of_kind,
+    states,
+    upload_standard_datasets,
+)
 
 S = training_pb2
 ENV = {"TESSERA_TRAINING_CPU_SLOTS": "1", "TESSERA_TRAINING_THREADS_PER_SLOT": "1"}
@@ -43,14 +51,14 @@ def _logged(daemon: Any, message: str) -> dict[str, Any]:
 
 
 def _run_until_checkpoint(
-    channel: grpc.Channel, epoch: int
+    channel: grpc.Channel, epoch: int, epochs: int = 60
 ) -> tuple[job_spec_pb2.JobSpec, training_pb2.Job, list[training_pb2.JobEvent]]:
-    """Submit a 60-epoch job checkpointing every 2 epochs; its spec, the job and its events up
-    to the checkpoint of `epoch`."""
+    """Submit an `epochs`-epoch job checkpointing every 2 epochs; its spec, the job and its
+    events up to the checkpoint of `epoch`."""
     upload_standard_datasets(channel)
     training = training_pb2_grpc.TrainingStub(channel)
     spec = job_spec(
-        "mlp", epochs=60, checkpoints=job_spec_pb2.CheckpointPolicy(every_n_epochs=2, keep_last=1)
+        "mlp", epochs=epochs, checkpoints=job_spec_pb2.CheckpointPolicy(every_n_epochs=2, keep_last=1)
     )
     job = training.SubmitJob(S.SubmitJobRequest(spec=spec))
     seen = []
@@ -338,3 +346,51 @@ def test_a_job_cancelled_while_queued_to_resume_does_not_say_it_never_started(
     # Its first attempt trained for epochs: "cancelled before it started" said it never had.
     assert of_kind(events, "state")[-1].reason == "cancelled before attempt 2 started"
     channel.close()
+
+
+def test_a_watcher_of_a_job_the_shutdown_interrupts_is_told_to_watch_again_and_misses_nothing(
+    tmp_path: Path,
+) -> None:
+    # The shutdown's INTERRUPTED ended the watch as if the job had: `tessera jobs watch` then
+    # said "job ... ended interrupted" and gave up on a job the next start resumes.
+    settings = daemon_settings(tmp_path / "data", **TRAINING_SETTINGS)
+    daemon = InProcessDaemon(settings).start()
+    # Not the daemon's own channel, which its stop closes before the shutdown reaches the watch.
+    channel = grpc.insecure_channel(daemon.target)
+    try:
+        # Long enough not to end before the stop; the next daemon cancels it.
+        _, job, seen = _run_until_checkpoint(channel, epoch=2, epochs=100_000)
+        watch = training_pb2_grpc.TrainingStub(channel).WatchJob(
+            S.WatchJobRequest(job_id=job.job_id, from_seq=seen[-1].seq + 1), timeout=120
+        )
+        seen.append(next(watch))
+    finally:
+        daemon.stop(grace=5)
+    with pytest.raises(grpc.RpcError) as info:
+        seen.extend(watch)
+    channel.close()
+    assert states(seen)[-1] == S.JOB_STATE_INTERRUPTED
+    assert (info.value.code(), info.value.details()) == (
+        grpc.StatusCode.UNAVAILABLE,
+        f"tesserad is shutting down; watch again with from_seq={seen[-1].seq + 1} to resume",
+    )
+
+    restarted = InProcessDaemon(settings).start()
+    try:
+        training = training_pb2_grpc.TrainingStub(restarted.channel())
+        resumed = training.WatchJob(
+            S.WatchJobRequest(job_id=job.job_id, from_seq=seen[-1].seq + 1), timeout=120
+        )
+        for event in resumed:
+            seen.append(event)
+            if event.WhichOneof("event") == "state" and event.state.state == S.JOB_STATE_RUNNING:
+                training.CancelJob(S.CancelJobRequest(job_id=job.job_id))
+    finally:
+        restarted.stop()
+    assert [e.seq for e in seen] == list(range(1, len(seen) + 1))
+    assert states(seen)[-4:] == [
+        S.JOB_STATE_INTERRUPTED,
+        S.JOB_STATE_QUEUED,
+        S.JOB_STATE_RUNNING,
+        S.JOB_STATE_CANCELLED,
+    ]
