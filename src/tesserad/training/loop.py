@@ -331,12 +331,13 @@ class Trainer:
             finished = stop_early or step >= self.total_steps or epoch + 1 == self.epochs
             self._maybe_checkpoint(epoch + 1, step, metrics, final=finished)
             if stop_early:
+                patience = f"{early['patience']} epoch{'s' if early['patience'] != 1 else ''}"
                 self.emit(
                     "log",
                     {
                         "level": "info",
                         "message": f"early stopping after epoch {epoch + 1}: {early['metric']} did not improve by "
-                        f"more than {early['min_delta']} for {early['patience']} epochs",
+                        f"more than {early['min_delta']} for {patience}",
                     },
                 )
             if finished:

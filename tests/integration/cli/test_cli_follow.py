@@ -194,6 +194,22 @@ def test_following_a_job_outlasts_a_daemon_restart(stop, spawn_daemon, tmp_path,
     assert "succeeded" in screen.getvalue() and "interrupted" in screen.getvalue()
 
 
+def test_following_a_job_that_stops_early_says_why(tessera_cli, table_dataset, tmp_path):
+    # It ended "finished" at a fraction of its steps with nothing to say why: the worker's
+    # line about the early stop was left out with every other info line.
+    spec = tmp_path / "job.toml"
+    # No val_loss improves by 100: the second epoch stops the job.
+    spec.write_text(
+        f"{JOB_SPEC.replace('epochs = 1', 'epochs = 50')}\n[early_stopping]\npatience = 1\nmin_delta = 100.0\n"
+    )
+    result = tessera_cli("train", str(spec), "--follow")
+    assert result.code == 0, result.err
+    assert (
+        "early stopping after epoch 2: val_loss did not improve by more than 100.0 for 1 epoch" in result.out
+    )
+    assert "training on cpu with " in result.out  # where it trains, an info line too
+
+
 def test_jobs_watch_looks_its_job_up_whatever_the_timeout(
     tessera_cli, client, table_dataset, tmp_path, monkeypatch
 ):

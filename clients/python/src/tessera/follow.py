@@ -178,6 +178,10 @@ def _live(events: Iterable[JobEvent], curves: Curves, console: Console) -> None:
             # Text, not markup: the worker's words may hold brackets ("[rank 0]").
             elif isinstance(event, LogLine) and event.level in ("warning", "error"):
                 bar.console.print(Text(f"{event.level}: {event.message}", style="yellow"))
+            elif isinstance(event, LogLine):
+                # Few, and each says what the states do not: where the job trains, the checkpoint
+                # it resumed from, why it ended before its epochs did (early stopping).
+                bar.console.print(Text(event.message, style="dim"))
             elif isinstance(event, JobError):
                 bar.console.print(Text(f"error ({event.kind}): {event.message}", style="red"))
 
