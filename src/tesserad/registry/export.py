@@ -9,18 +9,28 @@ already holds them is returned (`reused`) instead of a duplicate.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from tesserad.errors import (
+    DataLoss,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    TesseraError,
+    Unavailable,
+)
 from tesserad.registry.aliases import check_settable_alias
 from tesserad.registry.architectures import architecture_signature
 from tesserad.registry.records import AliasEvent, VersionRecord
@@ -232,7 +242,8 @@ class Exports:
         source, alias, actor = request.source, request.alias, request.actor
         spec = spec_from_dict(request.architecture)
         model = build_model(spec)
-        with registry.artifact_path(source) as weights:
+        # The source's weights go with it, deleted while the export waited its turn.
+        with _unless_source_deleted(registry, source, DataLoss), registry.artifact_path(source) as weights:
             _load_weights(model, weights, source)
         model.eval()
         fd, name = tempfile.mkstemp(dir=self._blobs.tmp_dir, prefix="export-", suffix=".onnx")
@@ -271,19 +282,25 @@ class Exports:
                     return ExportResult(
                         earlier, report.opset, report.max_abs_diff or 0.0, report.conv4d_mode, reused=True
                     )
-                version = registry.register_version(
-                    source.model,
-                    format="onnx",
-                    blob=blob,
-                    signature=architecture_signature(request.architecture),
-                    params=source.params,
-                    metrics=source.metrics,
-                    tags=source.tags,
-                    lineage=replace(source.lineage, parent_version=source.version, parent_model=""),
-                    description=request.description,
-                    alias=alias,
-                    actor=actor,
-                )
+                # Its lineage names the source as parent, so the registration refuses a source
+                # deleted meanwhile (and removes the blob).
+                with _unless_source_deleted(registry, source, NotFound):
+                    version = registry.register_version(
+                        source.model,
+                        format="onnx",
+                        blob=blob,
+                        signature=architecture_signature(request.architecture),
+                        params=source.params,
+                        metrics=source.metrics,
+                        tags=source.tags,
+                        lineage=replace(source.lineage, parent_version=source.version, parent_model=""),
+                        description=request.description,
+                        alias=alias,
+                        actor=actor,
+                        # The source's dataset versions were checked at its registration; one
+                        # force-deleted since is what the source was trained on all the same.
+                        datasets_may_be_deleted=True,
+                    )
         finally:
             path.unlink(missing_ok=True)
         return ExportResult(version, report.opset, report.max_abs_diff or 0.0, report.conv4d_mode)
@@ -324,9 +341,33 @@ def _check(source: VersionRecord, opset: int, alias: str, description: str) -> d
     return source.architecture
 
 
+@contextlib.contextmanager
+def _unless_source_deleted(
+    registry: Registry, source: VersionRecord, error: type[TesseraError]
+) -> Iterator[None]:
+    """An `error` raised inside, where `source` is gone, becomes NotFound saying that it was
+    deleted during its export: what the error named (a blob, the lineage parent) the caller
+    never did."""
+    try:
+        yield
+    except error:
+        try:
+            registry.get_version(source.model, source.version)
+        except NotFound:
+            raise NotFound(
+                f"{source.model} v{source.version} was deleted during its ONNX export, so nothing was "
+                "registered; export a version that exists"
+            ) from None
+        raise
+
+
 def _earlier_export(registry: Registry, source: VersionRecord, sha256: str) -> VersionRecord | None:
-    """The ONNX version of the model derived from `source` whose artifact has `sha256`."""
-    _, derived = registry.get_lineage(source.model, source.version)
+    """The ONNX version of the model derived from `source` whose artifact has `sha256`; None also
+    when `source` is gone (deleted during the export: its registration refuses it)."""
+    try:
+        _, derived = registry.get_lineage(source.model, source.version)
+    except NotFound:
+        return None
     for key in derived:
         try:
             record = registry.get_version(key.model, key.version)

@@ -223,3 +223,35 @@ def test_a_daemon_on_a_relative_data_dir_exports(tmp_path, weights, monkeypatch)
         assert stub.ExportOnnx(SOURCE, timeout=300).version.version == 2
     finally:
         running.stop()
+
+
+@pytest.mark.parametrize("deleted", ["version", "model"])
+def test_exports_whose_source_is_deleted_meanwhile_register_nothing_and_leave_no_blob(
+    one_at_a_time, stub, weights, data_dir, monkeypatch, deleted
+):
+    # The running export stored its ONNX file, then failed looking for the source's earlier
+    # exports and left the file on disk, held by nothing, until the next start; the queued one
+    # found the source's weights gone and answered DATA_LOSS, as for a damaged blob.
+    upload(stub, safetensors_header("mlp", weights), weights)
+    gate = Gate(monkeypatch)
+    exports = one_at_a_time.daemon.exports
+    try:
+        running = stub.ExportOnnx.future(SOURCE, timeout=300)
+        wait_for(lambda: gate.started == 1, "the first export to start")
+        queued = stub.ExportOnnx.future(SOURCE, timeout=300)
+        wait_for(lambda: exports.waiting == 1, "a second export to queue")
+        if deleted == "version":
+            stub.DeleteVersion(R.DeleteVersionRequest(model="mlp", version=1))
+        else:
+            stub.DeleteModel(R.DeleteModelRequest(name="mlp"))
+    finally:
+        gate.opened.set()
+    for call in (running, queued):
+        error = call.exception()
+        assert isinstance(error, grpc.RpcError) and error.code() == grpc.StatusCode.NOT_FOUND, error
+        assert error.details() == (
+            "mlp v1 was deleted during its ONNX export, so nothing was registered; export a version that exists"
+        )
+    assert stored_blobs(data_dir) == []
+    if deleted == "version":
+        assert stub.GetModel(R.GetModelRequest(name="mlp")).version_count == 0

@@ -5,7 +5,8 @@ from __future__ import annotations
 import grpc
 import onnx
 
-from tessera.v1 import architecture_pb2, common_pb2, registry_pb2
+from tessera.v1 import architecture_pb2, common_pb2, datasets_pb2, datasets_pb2_grpc, registry_pb2
+from tests.integration.datasets.conftest import npz_bytes, upload_dataset
 from tests.integration.registry.conftest import rpc_error, safetensors_header, stored_blobs, upload
 
 R = registry_pb2
@@ -164,3 +165,20 @@ def test_an_export_that_found_its_bytes_registered_leaves_them_to_go_with_that_v
     stub.DeleteAlias(R.DeleteAliasRequest(model="mlp", alias="serving"))
     stub.DeleteVersion(R.DeleteVersionRequest(model="mlp", version=2))
     assert stored_blobs(data_dir) == before
+
+
+def test_a_version_whose_training_data_was_force_deleted_still_exports(stub, weights, channel):
+    # The export carries its source's lineage, whose dataset versions were checked when the
+    # source was registered; checked again, the deleted one refused the export for good ("upload
+    # it with UploadDataset", which could never bring that version back).
+    ds = datasets_pb2_grpc.DatasetsStub(channel)
+    trained_on = upload_dataset(ds, "clips", npz_bytes(10))
+    lineage = R.Lineage(datasets=[R.DatasetLineage(name="clips", version=1)])
+    upload(stub, safetensors_header("mlp", weights, lineage=lineage), weights)
+    ds.DeleteDataset(datasets_pb2.DeleteDatasetRequest(name="clips", force=True))
+
+    exported = stub.ExportOnnx(R.ExportOnnxRequest(source=source()), timeout=120).version
+    assert exported.version == 2 and exported.lineage.parent_version == 1
+    assert [(d.name, d.version, d.sha256, d.deleted) for d in exported.lineage.datasets] == [
+        ("clips", 1, trained_on.sha256, True)
+    ]
