@@ -16,6 +16,8 @@ COMMAND_BY_RPC: dict[str, str] = {
     "ListModels": "`tessera models ls`",
     "GetVersion": "`tessera models show MODEL`",
     "ListVersions": "`tessera models versions MODEL`",
+    "DeleteVersion": "`tessera models rm MODEL VERSION`",
+    "DeleteModel": "`tessera models rm MODEL`",
     "DownloadVersion": "`tessera models download MODEL PATH`",
     "SetAlias": "`tessera models alias MODEL ALIAS VERSION`",
     "DeleteAlias": "`tessera models unalias MODEL ALIAS`",

@@ -14,7 +14,7 @@ from tessera.cli.output import Output, shape, transfer_progress, when
 from tessera.client import Client
 from tessera.ensembles import fit_stacking, member_pair
 from tessera.json_output import dumps, to_plain
-from tessera.messages import load_toml
+from tessera.messages import counted, load_toml
 from tessera.models import FORMAT_BY_SUFFIX
 from tessera.progress_line import byte_size
 from tessera.v1 import registry_pb2
@@ -213,6 +213,24 @@ def cmd_models_unalias(client: Client, args: argparse.Namespace, out: Output) ->
     if out.as_json:
         return out.json({"model": args.model, "alias": args.alias, "deleted": True})
     out.line(f"{args.model}: alias {args.alias} deleted")
+
+
+def cmd_models_rm(client: Client, args: argparse.Namespace, out: Output) -> None:
+    if args.version is not None:
+        if args.force:
+            # DeleteVersion has no force: what refuses it (an alias, the deployment) must be moved.
+            raise UsageError(
+                "--force deletes a whole model with its aliases and deployment; a version in use is "
+                "freed by moving what uses it, as the refusal says"
+            )
+        client.models.delete_version(args.model, args.version)
+        if out.as_json:
+            return out.json({"model": args.model, "version": args.version, "deleted_versions": 1})
+        return out.line(f"deleted {args.model} v{args.version}")
+    deleted = client.models.delete(args.model, force=args.force)
+    if out.as_json:
+        return out.json({"model": args.model, "version": 0, "deleted_versions": deleted})
+    out.line(f"deleted model {args.model} ({counted(deleted, 'version')})")
 
 
 def cmd_models_deploy(client: Client, args: argparse.Namespace, out: Output) -> None:

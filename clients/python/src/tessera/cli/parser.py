@@ -53,6 +53,7 @@ from tessera.cli.models import (
     cmd_models_ensemble,
     cmd_models_ls,
     cmd_models_push,
+    cmd_models_rm,
     cmd_models_rollback,
     cmd_models_show,
     cmd_models_unalias,
@@ -339,6 +340,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("model", help=MODEL_HELP)
     sub.add_argument("alias", help="the alias's name")
+    sub = command(
+        models,
+        "rm",
+        cmd_models_rm,
+        "delete a version, or with no version the model and every version; refused while an alias, the "
+        "deployment, an ensemble or an unfinished fine-tuning job uses one",
+    )
+    sub.add_argument("model", help=MODEL_HELP)
+    sub.add_argument(
+        "version",
+        nargs="?",
+        type=whole(1),
+        help="the version to delete (its number); leave out for the model",
+    )
+    sub.add_argument(
+        "--force",
+        action="store_true",
+        help="delete the model even where aliases or a deployment point into it (they go with it)",
+    )
     sub = command(
         models, "deploy", cmd_models_deploy, "route traffic: ROUTE is VERSION=PERCENT or ALIAS=PERCENT"
     )
