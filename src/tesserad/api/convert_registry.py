@@ -12,6 +12,7 @@ from tessera.v1 import architecture_pb2, common_pb2, job_spec_pb2
 from tessera.v1 import registry_pb2 as pb
 from tesserad.api.convert_common import timestamp
 from tesserad.errors import InvalidArgument
+from tesserad.names import validate_name
 from tesserad.registry import (
     AliasEvent,
     AliasRecord,
@@ -205,11 +206,15 @@ def format_from_proto(value: pb.ArtifactFormat.ValueType) -> str:
     return FORMAT_NAMES.get(value, str(value) if value else "")
 
 
-def ref_args(ref: common_pb2.VersionRef) -> tuple[str, int | None, str | None]:
-    """(model, version, alias) of a VersionRef; an unset selector means "latest"."""
+def ref_args(ref: common_pb2.VersionRef, field: str = "ref") -> tuple[str, int | None, str | None]:
+    """(model, version, alias) of a VersionRef, checked with each refusal naming the request's
+    `field` that holds it ("b.version"); an unset selector means "latest"."""
+    validate_name(f"{field}.model", ref.model)
     selector = ref.WhichOneof("selector")
     if selector == "version" and ref.version <= 0:
-        raise InvalidArgument(f"ref.version must be >= 1, got {ref.version}")
+        raise InvalidArgument(f"{field}.version must be >= 1, got {ref.version}")
+    if selector == "alias" and ref.alias:
+        validate_name(f"{field}.alias", ref.alias)
     return (
         ref.model,
         ref.version if selector == "version" else None,

@@ -340,7 +340,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         context: grpc.aio.ServicerContext[pb.CompareVersionsRequest, pb.CompareVersionsResponse],
     ) -> pb.CompareVersionsResponse:
         comparison = await asyncio.to_thread(
-            self._registry.compare, convert.ref_args(request.a), convert.ref_args(request.b)
+            self._registry.compare, convert.ref_args(request.a, "a"), convert.ref_args(request.b, "b")
         )
         return convert.comparison_to_proto(comparison)
 
@@ -349,7 +349,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         request: pb.ExportOnnxRequest,
         context: grpc.aio.ServicerContext[pb.ExportOnnxRequest, pb.ExportOnnxResponse],
     ) -> pb.ExportOnnxResponse:
-        source = await asyncio.to_thread(self._registry.resolve, *convert.ref_args(request.source))
+        source = await asyncio.to_thread(self._registry.resolve, *convert.ref_args(request.source, "source"))
         queued = self._exports.submit(
             source,
             opset=request.opset,

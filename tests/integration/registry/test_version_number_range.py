@@ -7,7 +7,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from tessera.v1 import registry_pb2
+from tessera.v1 import common_pb2, registry_pb2
 from tests.integration.registry.conftest import onnx_header, onnx_identity, rpc_error, upload
 
 R = registry_pb2
@@ -47,3 +47,40 @@ def test_a_lineage_parent_below_1_is_invalid_argument(stub, data):
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details() == "lineage.parent_version must be >= 1, got -1"
     assert stub.GetModel(R.GetModelRequest(name="m")).version_count == 1
+
+
+def test_a_bad_version_reference_names_its_own_field(stub, data):
+    # Every VersionRef was "ref" or bare "model" in the message: CompareVersions's b, or an
+    # ExportOnnx source, was refused as "ref.version" or "model is required", which names no field
+    # of the request.
+    ref = common_pb2.VersionRef
+    good = ref(model="m", version=1)
+    refused = [
+        (
+            stub.CompareVersions,
+            R.CompareVersionsRequest(a=good, b=ref(model="m", version=-1)),
+            "b.version must be >= 1, got -1",
+        ),
+        (stub.CompareVersions, R.CompareVersionsRequest(a=good), "b.model is required"),
+        (
+            stub.CompareVersions,
+            R.CompareVersionsRequest(a=ref(model="M"), b=good),
+            "a.model 'M' is not a valid name",
+        ),
+        (
+            stub.CompareVersions,
+            R.CompareVersionsRequest(a=good, b=ref(model="m", alias="Prod")),
+            "b.alias 'Prod' is not a valid name",
+        ),
+        (stub.ExportOnnx, R.ExportOnnxRequest(), "source.model is required"),
+        (
+            stub.GetVersion,
+            R.GetVersionRequest(ref=ref(model="m", version=0)),
+            "ref.version must be >= 1, got 0",
+        ),
+        (stub.GetLineage, R.GetLineageRequest(), "ref.model is required"),
+    ]
+    for call, request, words in refused:
+        error = rpc_error(call, request)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.details().startswith(words), error.details()
