@@ -151,6 +151,11 @@ class Aliases:
         check_settable_alias(alias)
         if version < 1:
             raise InvalidArgument(f"version must be >= 1, got {version}")
+        if expected_version is not None and expected_version < 0:
+            raise InvalidArgument(
+                "expected_version must be >= 0 (the version the alias points at, 0: it must not exist "
+                f"yet), got {expected_version}"
+            )
         with self._store.write() as txn:
             fields = model_data(txn, model)
             if not txn.exists(VERSIONS, (model, version)):

@@ -84,3 +84,16 @@ def test_a_bad_version_reference_names_its_own_field(stub, data):
         error = rpc_error(call, request)
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert error.details().startswith(words), error.details()
+
+
+@pytest.mark.parametrize("expected", [-1, -(2**63)])
+def test_an_expected_version_below_0_is_invalid_argument(stub, data, expected):
+    # It was FAILED_PRECONDITION "points at version 1, not -1 as expected; read it again and
+    # retry", which no retry could ever pass.
+    stub.SetAlias(R.SetAliasRequest(model="m", alias="prod", version=1))
+    request = R.SetAliasRequest(model="m", alias="prod", version=1, expected_version=expected)
+    error = rpc_error(stub.SetAlias, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == (
+        f"expected_version must be >= 0 (the version the alias points at, 0: it must not exist yet), got {expected}"
+    )
