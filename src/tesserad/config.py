@@ -531,7 +531,7 @@ class RegistrySettings:
         parse_number(int, 1, 64),
         "ONNX exports (ExportOnnx) that run at once, on threads of their own so that other calls "
         "never wait behind them; more wait their turn, and one whose caller goes away or whose "
-        "deadline passes leaves the queue unstarted. An export takes seconds to minutes of CPU "
+        "deadline passes leaves the queue unstarted (once started, it registers nothing). An export takes seconds to minutes of CPU "
         "(torch's exporter, then a parity run on torch's and onnxruntime's threads); a stop waits for "
         "a running one at most grace_period_s, then abandons it (it registers nothing, and is logged)",
     )

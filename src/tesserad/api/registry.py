@@ -361,7 +361,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         try:
             result = await asyncio.wrap_future(queued)
         except asyncio.CancelledError:  # the client went away or its deadline passed
-            queued.cancel()  # frees its place in the queue; a started export runs to its end
+            self._exports.withdraw(queued)
             raise
         return convert.export_to_proto(result)
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tesserad.errors import (
+    Cancelled,
     DataLoss,
     FailedPrecondition,
     InvalidArgument,
@@ -105,6 +106,8 @@ class _Request:
     alias: str
     description: str
     actor: str
+    # Set when the caller went away once the export had started: it then registers nothing.
+    withdrawn: threading.Event
 
 
 class Exports:
@@ -113,8 +116,9 @@ class Exports:
 
     An export takes seconds to minutes of CPU; on the executor that other calls share, a few at
     once held every thread that registry reads and uploads need. Identical exports at once
-    add one version (the others return it, `reused`). The threads are daemon threads: an export
-    still running when the daemon stops is abandoned (see `close`) instead of holding the exit.
+    add one version (the others return it, `reused`). An export whose caller went away registers
+    nothing (see `withdraw`). The threads are daemon threads: an export still running when the
+    daemon stops is abandoned (see `close`) instead of holding the exit.
     """
 
     def __init__(self, registry: Registry, blobs: BlobStore, *, max_concurrent: int, max_queued: int) -> None:
@@ -128,6 +132,7 @@ class Exports:
         self._idle = threading.Condition(self._lock)
         self._waiting = 0
         self._running: dict[int, _Request] = {}  # by the id of the export's future
+        self._unsettled: dict[int, _Request] = {}  # from submit until its future is done, likewise
         self._closed = False
         self._abandoned = False
         self._threads = [
@@ -145,6 +150,12 @@ class Exports:
     def running(self) -> int:
         return len(self._running)
 
+    @property
+    def withdrawn(self) -> int:
+        """Running exports whose caller went away: they run to their end and register nothing."""
+        with self._lock:
+            return sum(1 for request in self._running.values() if request.withdrawn.is_set())
+
     def submit(
         self,
         source: VersionRecord,
@@ -156,15 +167,14 @@ class Exports:
         actor: str = ANONYMOUS,
     ) -> Future[ExportResult]:
         """Check the request and queue the export of `source` (a safetensors version) to ONNX as
-        the model's next version. Cancelling the future before the export starts takes it off
-        the queue; a started export runs to its end. ResourceExhausted when `max_queued` exports
-        already wait."""
+        the model's next version. A caller that goes away calls `withdraw`. ResourceExhausted when
+        `max_queued` exports already wait."""
         description = description or f"ONNX export of v{source.version}"
         architecture = _check(source, opset, alias, description)
         if alias:
             # Before the export runs for minutes; its registration checks again.
             self._registry.check_alias_room(source.model, alias)
-        request = _Request(source, architecture, opset, conv4d, alias, description, actor)
+        request = _Request(source, architecture, opset, conv4d, alias, description, actor, threading.Event())
         with self._lock:
             if self._closed:
                 raise Unavailable("tesserad is stopping; export again once it is back")
@@ -175,15 +185,29 @@ class Exports:
                     "finished, or raise registry.max_queued_exports or registry.max_concurrent_exports"
                 )
             self._waiting += 1
-        future: Future[ExportResult] = Future()
-        future.add_done_callback(self._forget_if_cancelled)
+            future: Future[ExportResult] = Future()
+            self._unsettled[id(future)] = request
+        future.add_done_callback(self._forget)
         self._queue.put((future, request))
         return future
 
-    def _forget_if_cancelled(self, future: Future[ExportResult]) -> None:
-        # A future is only cancelled before it starts, so `_work` never counted it out.
-        if future.cancelled():
-            with self._lock:
+    def withdraw(self, future: Future[ExportResult]) -> None:
+        """The caller of `future`'s export went away (a client that cancelled, or whose deadline
+        passed): a waiting export leaves the queue, and a running one registers nothing, so that
+        what the caller was told failed leaves no version and moves no alias. One registering
+        already when this comes is registered, as an upload cancelled as its last byte arrives may be."""
+        if future.cancel():
+            return
+        with self._lock:
+            request = self._unsettled.get(id(future))
+        if request is not None:
+            request.withdrawn.set()
+
+    def _forget(self, future: Future[ExportResult]) -> None:
+        with self._lock:
+            del self._unsettled[id(future)]
+            # A future is only cancelled before it starts, so `_work` never counted it out.
+            if future.cancelled():
                 self._waiting -= 1
 
     def close(self, timeout: float) -> None:
@@ -266,6 +290,11 @@ class Exports:
                     raise Unavailable(
                         f"tesserad stopped before the ONNX export of {source.model} v{source.version} "
                         "finished; nothing was registered: export it again once tesserad is back"
+                    )
+                if request.withdrawn.is_set():
+                    raise Cancelled(
+                        f"the caller of the ONNX export of {source.model} v{source.version} went away "
+                        "before it was registered; nothing was registered"
                     )
                 # Stored first, so the file is hashed once: bytes an earlier export holds are
                 # already in the store, and their put adds nothing.

@@ -120,6 +120,35 @@ def test_a_caller_that_goes_away_leaves_the_export_queue_unstarted(one_at_a_time
     assert [v.version for v in stub.ListVersions(R.ListVersionsRequest(model="mlp")).versions] == [2, 1]
 
 
+@pytest.mark.parametrize("goes", ["cancels", "times out"])
+def test_a_caller_that_goes_away_once_its_export_started_gets_no_version_and_no_alias_move(
+    one_at_a_time, stub, weights, data_dir, monkeypatch, goes
+):
+    # The export ran to its end and registered its version, moving the alias, although its caller
+    # had been told the call failed: `export onnx --alias production` interrupted moved production.
+    upload(stub, safetensors_header("mlp", weights, alias="production"), weights)
+    before = stored_blobs(data_dir)
+    gate = Gate(monkeypatch)
+    exports = one_at_a_time.daemon.exports
+    request = R.ExportOnnxRequest(source=SOURCE.source, alias="production")
+    try:
+        call = stub.ExportOnnx.future(request, timeout=300 if goes == "cancels" else 5)
+        wait_for(lambda: gate.started == 1, "the export to start")
+        if goes == "cancels":
+            call.cancel()
+        else:
+            assert call.exception().code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        wait_for(lambda: exports.withdrawn == 1, "the daemon to see its caller gone")
+    finally:
+        gate.opened.set()
+    wait_for(lambda: exports.running == 0, "the export to end")
+    assert [v.version for v in stub.ListVersions(R.ListVersionsRequest(model="mlp")).versions] == [1]
+    assert stub.GetAlias(R.GetAliasRequest(model="mlp", alias="production")).version == 1
+    assert stored_blobs(data_dir) == before
+    again = stub.ExportOnnx(request, timeout=300)
+    assert again.version.version == 2 and not again.reused and again.alias_moved.from_version == 1
+
+
 def test_two_exports_at_once_both_succeed(two_at_a_time, weights, monkeypatch):
     stub = registry_pb2_grpc.RegistryStub(two_at_a_time.channel())
     upload(stub, safetensors_header("mlp", weights), weights)

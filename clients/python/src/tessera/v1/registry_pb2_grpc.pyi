@@ -95,7 +95,9 @@ class RegistryStub:
     ExportOnnx: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ExportOnnxRequest, _registry_pb2.ExportOnnxResponse]
     """Exports a safetensors version to ONNX as a new version of the same model whose lineage
     names the source as parent. Idempotent: an export whose bytes a version derived from the
-    same source already holds returns that version (`reused`).
+    same source already holds returns that version (`reused`). A call cancelled, or past its
+    deadline, registers nothing and moves no alias (unless it was being registered as it ended);
+    NOT_FOUND when the source is deleted before its export is registered.
     """
     Deploy: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeployRequest, _registry_pb2.Deployment]
     """Deployments: how Predict calls without a version or alias are routed. Each version or alias
@@ -200,7 +202,9 @@ class RegistryAsyncStub(RegistryStub):
     ExportOnnx: _aio.UnaryUnaryMultiCallable[_registry_pb2.ExportOnnxRequest, _registry_pb2.ExportOnnxResponse]  # type: ignore[assignment]
     """Exports a safetensors version to ONNX as a new version of the same model whose lineage
     names the source as parent. Idempotent: an export whose bytes a version derived from the
-    same source already holds returns that version (`reused`).
+    same source already holds returns that version (`reused`). A call cancelled, or past its
+    deadline, registers nothing and moves no alias (unless it was being registered as it ended);
+    NOT_FOUND when the source is deleted before its export is registered.
     """
     Deploy: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeployRequest, _registry_pb2.Deployment]  # type: ignore[assignment]
     """Deployments: how Predict calls without a version or alias are routed. Each version or alias
@@ -422,7 +426,9 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_registry_pb2.ExportOnnxResponse, _abc.Awaitable[_registry_pb2.ExportOnnxResponse]]:
         """Exports a safetensors version to ONNX as a new version of the same model whose lineage
         names the source as parent. Idempotent: an export whose bytes a version derived from the
-        same source already holds returns that version (`reused`).
+        same source already holds returns that version (`reused`). A call cancelled, or past its
+        deadline, registers nothing and moves no alias (unless it was being registered as it ended);
+        NOT_FOUND when the source is deleted before its export is registered.
         """
 
     @_abc_1.abstractmethod
