@@ -383,6 +383,12 @@ def _quiet_exporter_registry() -> Iterator[None]:
         registry_log.setLevel(level)
 
 
+def check_conv4d(conv4d: str) -> None:
+    """InvalidArgument unless `conv4d` names a way `export_onnx` writes Conv4d layers."""
+    if conv4d not in ("auto", "decomposed", "native"):
+        raise InvalidArgument(f"conv4d: must be auto, decomposed or native, got {conv4d!r}")
+
+
 def export_onnx(
     model: nn.Module,
     spec: ArchitectureSpec,
@@ -405,8 +411,7 @@ def export_onnx(
     """
     import onnx
 
-    if conv4d not in ("auto", "decomposed", "native"):
-        raise InvalidArgument(f"conv4d: must be auto, decomposed or native, got {conv4d!r}")
+    check_conv4d(conv4d)
     newest = onnx.defs.onnx_opset_version()
     if opset is not None and opset > newest:
         # The exporter would fail to convert and silently write its default opset instead.

@@ -170,7 +170,7 @@ class Exports:
         the model's next version. A caller that goes away calls `withdraw`. ResourceExhausted when
         `max_queued` exports already wait."""
         description = description or f"ONNX export of v{source.version}"
-        architecture = _check(source, opset, alias, description)
+        architecture = _check(source, opset, conv4d, alias, description)
         if alias:
             # Before the export runs for minutes; its registration checks again.
             self._registry.check_alias_room(source.model, alias)
@@ -335,7 +335,7 @@ class Exports:
         return ExportResult(version, report.opset, report.max_abs_diff or 0.0, report.conv4d_mode)
 
 
-def _check(source: VersionRecord, opset: int, alias: str, description: str) -> dict[str, Any]:
+def _check(source: VersionRecord, opset: int, conv4d: str, alias: str, description: str) -> dict[str, Any]:
     """Refuse an export that cannot succeed before it waits for a thread and runs for minutes;
     the architecture to rebuild the model from."""
     if source.format == "ensemble":
@@ -367,6 +367,9 @@ def _check(source: VersionRecord, opset: int, alias: str, description: str) -> d
         check_settable_alias(alias)
     # The new version carries the source's tags that today's rules take (register_version).
     check_description_room(description, source.tags)
+    from tesserad.nn.onnx_export import check_conv4d
+
+    check_conv4d(conv4d or "auto")
     return source.architecture
 
 

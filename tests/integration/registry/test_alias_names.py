@@ -64,7 +64,8 @@ def test_names_with_a_number_in_them_are_aliases(stub, two_versions, alias):
 )
 def test_an_export_checks_its_alias_before_exporting(stub, weights, alias, words):
     upload(stub, safetensors_header("mlp", weights), weights)
-    # conv4d 'bogus' fails as the export starts: the alias's error shows it was checked before.
+    # conv4d 'bogus' is refused last of what an export's request is checked for, before it queues:
+    # the alias's error shows the alias was checked among the first.
     request = R.ExportOnnxRequest(source=ref("mlp", 1), alias=alias, conv4d="bogus")
     error = rpc_error(stub.ExportOnnx, request)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT

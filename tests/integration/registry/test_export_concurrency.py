@@ -149,6 +149,25 @@ def test_a_caller_that_goes_away_once_its_export_started_gets_no_version_and_no_
     assert again.version.version == 2 and not again.reused and again.alias_moved.from_version == 1
 
 
+def test_a_conv4d_no_export_writes_is_refused_before_it_queues(one_at_a_time, stub, weights, monkeypatch):
+    # It waited its turn behind the running export (minutes, for a large model) to be refused then.
+    upload(stub, safetensors_header("mlp", weights), weights)
+    gate = Gate(monkeypatch)
+    exports = one_at_a_time.daemon.exports
+    try:
+        running = stub.ExportOnnx.future(SOURCE, timeout=300)
+        wait_for(lambda: gate.started == 1, "the first export to start")
+        refused = rpc_error(
+            stub.ExportOnnx, R.ExportOnnxRequest(source=SOURCE.source, conv4d="decompose"), timeout=30
+        )
+        assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert refused.details() == "conv4d: must be auto, decomposed or native, got 'decompose'"
+        assert exports.waiting == 0
+    finally:
+        gate.opened.set()
+    assert running.result().version.version == 2
+
+
 def test_two_exports_at_once_both_succeed(two_at_a_time, weights, monkeypatch):
     stub = registry_pb2_grpc.RegistryStub(two_at_a_time.channel())
     upload(stub, safetensors_header("mlp", weights), weights)
