@@ -288,8 +288,8 @@ def _npz_members(path: Path, upload: bool) -> list[_Member]:
         raise InvalidArgument(_too_many_members(count, MAX_ARRAYS))
     members: list[_Member] = []
     seen: set[str] = set()
-    file_size = path.stat().st_size
     with archive, path.open("rb") as raw:
+        file_size = path.stat().st_size
         for info in archive.infolist():
             if not info.filename.endswith(".npy"):
                 raise InvalidArgument(
