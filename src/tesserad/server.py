@@ -319,9 +319,11 @@ class Daemon:
                 lock.acquire()
             except FailedPrecondition as exc:
                 # A second `make run` would next fail on each port in turn, one start at a time.
+                # `tesserad restore` takes the same lock, and its file does not say which holds it.
                 raise StartupError(
-                    f"{exc.message}; one beside it needs other ports too: --listen, --http-listen "
-                    "and --metrics-listen (or off)"
+                    f"{exc.message}; where that is a `tesserad restore` into it, wait for the restore "
+                    "to end; a daemon beside a running one needs other ports too: --listen, "
+                    "--http-listen and --metrics-listen (or off)"
                 ) from None
         self._lock = lock
         # Held from here on: the directory made is this start's alone, so a failed start removes it.

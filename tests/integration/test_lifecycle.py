@@ -151,6 +151,8 @@ def test_second_daemon_on_the_same_data_dir_or_port_fails_fast(spawn_daemon, tmp
     assert f"in use by another tesserad (pid {first.process.pid})" in refused
     # Said at once, not found a port at a time by starting it again.
     assert "other ports too: --listen, --http-listen and --metrics-listen (or off)" in refused
+    # `tesserad restore` takes the same lock: the refusal covers it too.
+    assert "where that is a `tesserad restore` into it, wait for the restore to end" in refused
     assert same_port.process.wait(30) == 1
     output = same_port.output()
     assert f"cannot listen on {address}" in output
