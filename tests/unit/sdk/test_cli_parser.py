@@ -13,6 +13,7 @@ import pytest
 from tessera.cli import EXIT_USAGE, main
 from tessera.cli.arguments import DEFAULT_TARGET, INT32_MAX, TIMEOUT_ENV, TRANSFER_TIMEOUT_ENV
 from tessera.cli.parser import build_parser
+from tessera.command_parser import CommandParser
 from tessera.transport import DEFAULT_TIMEOUT_S, DEFAULT_TRANSFER_TIMEOUT_S
 from tesserad.errors import InvalidArgument
 from tesserad.registry.ensembles import parse_ensemble_spec
@@ -376,3 +377,20 @@ def test_a_command_like_none_there_is_refused_listing_them_without_a_guess(capsy
     err = capsys.readouterr().err
     assert "invalid choice: 'frobnicate' (choose from 'info', 'models'," in err, err
     assert "did you mean" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("value", "refusal"),
+    [
+        ("bleu", "invalid choice: 'bleu'; did you mean 'blue'? (choose from 'red', 'blue')"),
+        ("green", "invalid choice: 'green' (choose from 'red', 'blue')"),
+    ],
+)
+def test_an_invalid_choice_is_worded_alike_with_a_guess_or_without(capsys, value, refusal):
+    """The words are ours on every Python: argparse's own quote the choices in some versions
+    (3.11, 3.12.0-3.12.6) and not in others (3.12.7+, 3.13)."""
+    parser = CommandParser(prog="paint")
+    parser.add_argument("colour", choices=["red", "blue"])
+    with pytest.raises(SystemExit):
+        parser.parse_args([value])
+    assert capsys.readouterr().err.endswith(f"paint: error: argument colour: {refusal}\n")

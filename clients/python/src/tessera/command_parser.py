@@ -39,14 +39,14 @@ class CommandParser(argparse.ArgumentParser):
             super()._check_value(action, value)
         except argparse.ArgumentError:
             # argparse lists every choice (every command, for a mistyped one) and leaves the
-            # reader to find the one meant among them.
+            # reader to find the one meant among them. The message is built here with or without
+            # a guess: argparse's own quotes its choices in some Python versions and not others.
             choices = list(action.choices or ())
             meant = difflib.get_close_matches(str(value), [str(choice) for choice in choices], n=1)
-            if not meant:
-                raise
+            guess = f"; did you mean {meant[0]!r}?" if meant else ""
             listed = ", ".join(repr(choice) for choice in choices)
             raise argparse.ArgumentError(
-                action, f"invalid choice: {value!r}; did you mean {meant[0]!r}? (choose from {listed})"
+                action, f"invalid choice: {value!r}{guess} (choose from {listed})"
             ) from None
 
     def error(self, message: str) -> NoReturn:
