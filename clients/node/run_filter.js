@@ -205,7 +205,24 @@ function operand(scan, allowed) {
     // Read on, the rest would be refused as a comparison: say what the key needs instead.
     let end = scan.at;
     while (end < scan.text.length && !SPACE.test(scan.text[end]) && !'<>=!'.includes(scan.text[end])) end += 1;
-    throw scan.fail(`a key with ${next} in it goes in backquotes: ${entity}.\`${scan.text.slice(keyAt, end)}\``);
+    if (summary) {
+      // The metric's aggregate was read, so what follows is no part of its key.
+      throw scan.fail(
+        `expected a comparison after ${entity}.${key}.${summary}, not ${next}: .last, .min or .max ` +
+          `ends a metric, and a key with ${next} in it goes in backquotes before it, e.g. ` +
+          `${entity}.\`a${next}b\`.${summary}`,
+      );
+    }
+    const written = scan.text.slice(keyAt, end);
+    const dot = written.lastIndexOf('.');
+    const field = written.slice(dot + 1);
+    if (entity === 'metrics' && dot >= 0 && FIELDS.includes(field)) {
+      throw scan.fail(
+        `a key with ${next} in it goes in backquotes, .last, .min or .max after them: ` +
+          `${entity}.\`${written.slice(0, dot)}\`.${field}`,
+      );
+    }
+    throw scan.fail(`a key with ${next} in it goes in backquotes: ${entity}.\`${written}\``);
   }
   return { entity, key, field: summary, start };
 }
@@ -401,6 +418,12 @@ function words(text) {
 function unnamedOrder(scan) {
   const all = words(scan.text);
   const last = all[all.length - 1];
+  if (all.length === 1 && DIRECTIONS.includes(last.toUpperCase())) {
+    return scan.fail(
+      `${last} is a direction alone: write the metric before it, metrics.KEY ${last.toUpperCase()} ` +
+        '(ListRuns orders runs by a metric only; without an order they come newest first)',
+    );
+  }
   const direction = all.length > 1 && DIRECTIONS.includes(last.toUpperCase()) ? ` ${last.toUpperCase()}` : '';
   let written = stripped(scan.text);
   if (direction) written = stripped(written.slice(0, -last.length));

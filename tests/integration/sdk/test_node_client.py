@@ -1041,6 +1041,7 @@ RUN_FILTERS = [
     "metrics.train/loss < 0.3",
     "params.batch-size = '32' and tags.a:b = 'x'",
     "metrics.val-loss.min<1",
+    "metrics.loss.min-1 < 2",
 ]
 RUN_ORDERS = [
     "metrics.val_loss ASC",
@@ -1062,6 +1063,8 @@ RUN_ORDERS = [
     "status",
     "attributes.start_time DESC",
     "run_id ASC",
+    "DESC",
+    " asc ",
 ]
 
 

@@ -112,6 +112,18 @@ def test_an_empty_filter_filters_nothing_and_one_value_twice_is_one_condition() 
         ("metrics.train/loss < 0.3", 14, "a key with / in it goes in backquotes: metrics.`train/loss`"),
         ("params.batch-size = '32'", 13, "a key with - in it goes in backquotes: params.`batch-size`"),
         ("tags.a.b:c='x'", 9, "a key with : in it goes in backquotes: tags.`a.b:c`"),
+        # The key before an aggregate goes in backquotes, not the aggregate with it: that is another metric.
+        (
+            "metrics.val-loss.min<1",
+            12,
+            "a key with - in it goes in backquotes, .last, .min or .max after them: metrics.`val-loss`.min",
+        ),
+        (
+            "metrics.loss.min-1 < 2",
+            17,
+            "expected a comparison after metrics.loss.min, not -: .last, .min or .max ends a metric, "
+            "and a key with - in it goes in backquotes before it, e.g. metrics.`a-b`.min",
+        ),
         ("metrics.`val-loss > 1", 9, "the key opened here has no closing `"),
         ("metrics.`` > 1", 9, "the key is empty"),
         ("metrics.``abc > 1", 9, "the key is empty"),
@@ -181,6 +193,13 @@ def test_orders_read_a_metric_its_field_and_direction() -> None:
         ("metrics.a sideways", 11, "expected ASC or DESC, or the end of the order"),
         ("metrics.val-loss DESC", 12, "a key with - in it goes in backquotes: metrics.`val-loss`"),
         ("attributes.start_time DESC", 1, "ListRuns orders runs by a metric only"),
+        (
+            " desc",
+            2,
+            "desc is a direction alone: write the metric before it, metrics.KEY DESC (ListRuns orders "
+            "runs by a metric only; without an order they come newest first)",
+        ),
+        ("ASC", 1, "ASC is a direction alone: write the metric before it, metrics.KEY ASC"),
         (
             "run.loss ASC",
             1,

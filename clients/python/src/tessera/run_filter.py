@@ -216,8 +216,22 @@ def _operand(scan: _Scanner, allowed: str) -> _Operand:
         end = scan.at
         while end < len(scan.text) and not scan.text[end].isspace() and scan.text[end] not in "<>=!":
             end += 1
+        mark = scan.text[scan.at]
+        if summary:
+            # The metric's aggregate was read, so what follows is no part of its key.
+            raise scan.fail(
+                f"expected a comparison after {entity}.{key}.{summary}, not {mark}: .last, .min or .max "
+                f"ends a metric, and a key with {mark} in it goes in backquotes before it, e.g. "
+                f"{entity}.`a{mark}b`.{summary}"
+            )
         written = scan.text[key_at:end]
-        raise scan.fail(f"a key with {scan.text[scan.at]} in it goes in backquotes: {entity}.`{written}`")
+        stem, dot, field = written.rpartition(".")
+        if entity == "metrics" and dot and field in _FIELDS:
+            raise scan.fail(
+                f"a key with {mark} in it goes in backquotes, .last, .min or .max after them: "
+                f"{entity}.`{stem}`.{field}"
+            )
+        raise scan.fail(f"a key with {mark} in it goes in backquotes: {entity}.`{written}`")
     return _Operand(entity, key, summary, start)
 
 
@@ -422,6 +436,11 @@ def _unnamed_order(scan: _Scanner) -> RunFilterError:
     """The error for an order whose metric lacks `metrics.`, such as "val_loss DESC", or that
     names a run attribute, such as MLflow's "start_time DESC"."""
     *name, last = scan.text.split()
+    if not name and last.upper() in _DIRECTIONS:
+        return scan.fail(
+            f"{last} is a direction alone: write the metric before it, metrics.KEY {last.upper()} "
+            "(ListRuns orders runs by a metric only; without an order they come newest first)"
+        )
     direction = f" {last.upper()}" if name and last.upper() in _DIRECTIONS else ""
     written = scan.text.strip()
     if direction:
