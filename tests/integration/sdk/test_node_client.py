@@ -12,7 +12,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -971,21 +970,30 @@ def test_node_client_metric_stream_sent_again_gets_a_deadline_of_its_own(
     whole stream left none to a stream cut past it, which failed UNAVAILABLE without its resend."""
     proxy = proxy_to(daemon.daemon.port)
     run_id = client.training.create_run("node-streams").run_id
+    # The first try's deadline is set before its first step is read, so it has passed once
+    # Node's clock, which gRPC's deadlines run on, is past that read plus timeoutMs: the script
+    # waits for that itself rather than the test sleeping for a guess. timeoutMs is long
+    # enough that the cut, made as soon as "cut" is read, comes before that deadline.
     script = f"""
         (async () => {{
           const client = new Client(TARGET);
           await client.info();
+          const timeoutMs = 5000;
+          let firstRead;
           async function* steps() {{
             for (let step = 0; step < 100; step += 1) {{
-              // The test cuts the connection here and waits past the first try's deadline.
+              if (step === 0) firstRead = Date.now();
               if (step === 55) {{
                 console.log('cut');
                 await new Promise((resolve) => process.stdin.once('data', resolve));
+                while (Date.now() <= firstRead + timeoutMs) {{
+                  await new Promise((resolve) => setTimeout(resolve, firstRead + timeoutMs + 1 - Date.now()));
+                }}
               }}
               yield [step, {{ loss: 1 / (step + 1) }}];
             }}
           }}
-          const options = {{ batchPoints: 10, timeoutMs: 3000 }};
+          const options = {{ batchPoints: 10, timeoutMs }};
           console.log(await client.logMetricsStream({json.dumps(run_id)}, steps(), options));
           client.close();
           process.stdin.destroy();
@@ -994,8 +1002,6 @@ def test_node_client_metric_stream_sent_again_gets_a_deadline_of_its_own(
     with node_waiting(node_script(script, proxy.target)) as node:
         assert node.stdout.readline() == "cut\n"
         proxy.cut()
-        # Past the first try's deadline, which began before "cut" was printed.
-        time.sleep(3.5)
         resume(node)
         out, err = node.communicate(timeout=120)
     assert node.returncode == 0, err
