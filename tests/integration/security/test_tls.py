@@ -12,7 +12,7 @@ import tessera
 import tessera.aio
 from tessera.cli import EXIT_DAEMON
 from tessera.cli import main as tessera_main
-from tessera.errors import Unavailable, explain_unreachable
+from tessera.errors import Unavailable, explain_unreachable, listener_beside_refused, unreachable_message
 from tesserad.security import Role
 from tesserad.server import StartupError
 from tests.conftest import InProcessDaemon, daemon_settings
@@ -254,6 +254,15 @@ def test_the_cli_without_a_certificate_is_told_its_flags_for_one(start_daemon, p
     assert tessera_main(["--target", target, "--tls-ca", str(pki.ca), *client, "info"]) == 0
 
 
+# gRPC's words for a connection ::1 refused, and the skip where it has no ::1 to try.
+REFUSED_AT_IPV6 = "ipv6:%5B::1%5D:"
+needs_ipv6_localhost = pytest.mark.skipif(
+    "::1" not in {str(info[4][0]) for info in socket.getaddrinfo("localhost", None, type=socket.SOCK_STREAM)},
+    reason="localhost resolves to no ::1 here: nothing to refuse a connection beside the daemon's 127.0.0.1",
+)
+
+
+@needs_ipv6_localhost
 def test_the_cli_without_a_certificate_for_localhost_is_told_so_whichever_address_failed_last(
     start_daemon, pki, capsys
 ):
@@ -265,11 +274,19 @@ def test_the_cli_without_a_certificate_for_localhost_is_told_so_whichever_addres
         code = tessera_main(["--target", target, "--tls-ca", str(pki.ca), "--timeout", "5", "info"])
         err = capsys.readouterr().err
         assert code == EXIT_DAEMON, err
-        assert err.startswith(
-            f"tessera: UNAVAILABLE: the daemon at {target} may require a client certificate (mutual TLS): "
-        ), err
+        assert "tesserad serve" not in err, err
+        if f"{REFUSED_AT_IPV6}{daemon.daemon.port}" in err:
+            assert err.startswith(
+                f"tessera: UNAVAILABLE: the daemon at {target} did not take this client's TLS connection: "
+                f"it accepts connections at 127.0.0.1:{daemon.daemon.port} "
+            ), err
+        else:
+            assert err.startswith(
+                f"tessera: UNAVAILABLE: the daemon at {target} may require a client certificate (mutual TLS): "
+            ), err
 
 
+@needs_ipv6_localhost
 @pytest.mark.parametrize("client_cert", [False, True])
 def test_a_refused_address_beside_one_where_the_daemon_listens_is_not_read_as_no_daemon(
     start_daemon, pki, client_cert
@@ -277,14 +294,59 @@ def test_a_refused_address_beside_one_where_the_daemon_listens_is_not_read_as_no
     daemon = start_daemon(**tls_settings(pki, mutual=True))
     port = daemon.daemon.port
     refused = (
-        "connections to all backends failing; last error: UNKNOWN: ipv6:%5B::1%5D:"
+        f"connections to all backends failing; last error: UNKNOWN: {REFUSED_AT_IPV6}"
         f"{port}: Failed to connect to remote host: Connection refused"
     )
     message = explain_unreachable(Unavailable(refused), f"localhost:{port}", True, client_cert).message
-    doubt = "may not trust this client's certificate" if client_cert else "may require a client certificate"
-    assert message.startswith(f"the daemon at localhost:{port} {doubt} (mutual TLS): "), message
-    assert f"it accepts connections at 127.0.0.1:{port}, but not this client's TLS connection" in message
+    assert message.startswith(
+        f"the daemon at localhost:{port} did not take this client's TLS connection: it accepts "
+        f"connections at 127.0.0.1:{port} (gRPC's words are for ::1, another address of the host"
+    ), message
     assert "tesserad serve" not in message, message
+
+
+@pytest.mark.parametrize(
+    ("client_cert", "trust"),
+    [
+        (
+            False,
+            "where it requires a client certificate (mutual TLS), pass one signed by the CA in its "
+            "security.tls_client_ca_file as `TLS(cert_file=, key_file=)`",
+        ),
+        (
+            True,
+            "where it does not trust this client's certificate (mutual TLS), check that the CA in its "
+            "security.tls_client_ca_file signed the one given as `TLS(cert_file=, key_file=)`",
+        ),
+    ],
+)
+def test_a_daemon_found_beside_a_refused_address_is_not_assumed_to_want_a_client_certificate(
+    client_cert, trust
+):
+    """Its own words are lost: a daemon serving plaintext (the default) to a client passed TLS
+    by mistake is as likely as one whose CA is another, or one that asks for a certificate."""
+    refused = (
+        f"last error: UNKNOWN: {REFUSED_AT_IPV6}50051: Failed to connect to remote host: Connection refused"
+    )
+    message = unreachable_message("localhost:50051", refused, True, client_cert, listener="127.0.0.1:50051")
+    assert message == (
+        "the daemon at localhost:50051 did not take this client's TLS connection: it accepts connections "
+        "at 127.0.0.1:50051 (gRPC's words are for ::1, another address of the host, where nothing "
+        "listens); where it serves plaintext, connect without `tls=` (a tessera.TLS, or True for the "
+        "system's CAs); where another CA signed its certificate, give that CA as `TLS(ca_file=)`; "
+        f"{trust}; gRPC said: {refused}"
+    )
+
+
+def test_a_refusal_at_an_address_the_target_does_not_resolve_to_finds_no_daemon_beside_it(start_daemon, pki):
+    """Behind a proxy (grpc_proxy) the address that refused the connection is the proxy's: the
+    daemon listening at the target's own address is not beside it."""
+    daemon = start_daemon(**tls_settings(pki, mutual=True))
+    port = daemon.daemon.port
+    refused = (
+        f"last error: UNKNOWN: ipv4:192.0.2.7:{port}: Failed to connect to remote host: Connection refused"
+    )
+    assert listener_beside_refused(f"localhost:{port}", refused) is None
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])

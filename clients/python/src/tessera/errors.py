@@ -6,6 +6,7 @@ failure, or a subclass (`NotFound`, `InvalidArgument`, ...) for one kind.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
 from collections.abc import Iterable, Mapping
@@ -194,33 +195,55 @@ _CLOSED = re.compile(r"socket closed", re.IGNORECASE)
 
 # gRPC's words for the address that refused the connection, when that was its last error.
 _REFUSED_AT = re.compile(
-    r"(?:ipv4:(?P<ipv4>[0-9.]+)|ipv6:%5B(?P<ipv6>[0-9a-f:.]+)%5D):\d+: [^;]*connection refused", re.IGNORECASE
+    r"(?:ipv4:(?P<ipv4>[0-9.]+)|ipv6:%5B(?P<ipv6>[0-9a-f:.]+)%5D):(?P<port>\d+): [^;]*connection refused",
+    re.IGNORECASE,
 )
-# How long a check that something listens at an address waits for the connection.
-_LISTENER_PROBE_S = 1.0
+# How long a check that something listens at a loopback address waits for the connection: one
+# there is answered at once, so this bounds only a listener whose backlog is full, on the
+# asyncio client's event loop too.
+_LISTENER_PROBE_S = 0.2
+
+
+def _loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:  # an IPv6 address with a zone, never a loopback one
+        return False
 
 
 def listener_beside_refused(target: str, detail: str) -> str | None:
     """Where `detail`, gRPC's words, says one address of `target` refused the connection: another
     address its host resolves to that accepts one (as `HOST:PORT`), else None. gRPC names only the
     last address it tried: for `localhost` that may be ::1, where nothing listens, while the
-    daemon on 127.0.0.1 closed the connection after the TLS handshake."""
+    daemon on 127.0.0.1 closed the connection after the TLS handshake. Checked only for the
+    `localhost` of this machine (every address it resolves to a loopback one), and where the
+    refused address is one of them, at the target's port: elsewhere the refusal may be a proxy's
+    (grpc_proxy), and a connection to a remote address may wait on the network."""
     refused = _REFUSED_AT.search(detail)
     host, _, port = target.removeprefix("dns:///").rpartition(":")
-    if refused is None or not port.isdigit():
+    if refused is None or refused["port"] != port or host.lower().rstrip(".") != "localhost":
         return None
     try:
-        addresses = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
+        addresses = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
     except OSError:
+        return None
+    resolved = {str(address[4][0]) for address in addresses}
+    refused_ip = refused["ipv4"] or refused["ipv6"]
+    if refused_ip not in resolved or not all(_loopback(ip) for ip in resolved):
         return None
     for family, kind, proto, _, address in addresses:
         ip = str(address[0])
-        if ip in (refused["ipv4"], refused["ipv6"]):
+        if ip == refused_ip:
             continue
-        with socket.socket(family, kind, proto) as probe:
-            probe.settimeout(_LISTENER_PROBE_S)
-            if probe.connect_ex(address) == 0:
-                return f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}"
+        # No IPv6 on this machine (EAFNOSUPPORT), or no file descriptor left (EMFILE): then
+        # the advice goes without this check.
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.settimeout(_LISTENER_PROBE_S)
+                if probe.connect_ex(address) == 0:
+                    return f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}"
+        except OSError:
+            continue
     return None
 
 
@@ -232,26 +255,24 @@ def unreachable_message(
     the target's host that accepts connections where the one `detail` names refused them."""
     refused = _REFUSED_AT.search(detail)
     if tls and listener is not None and refused is not None:
-        # A daemon listens there, so starting one is the wrong advice; its own words are lost.
-        seen = (
-            f"it accepts connections at {listener}, but not this client's TLS connection (gRPC's words "
-            f"are for {refused['ipv4'] or refused['ipv6']}, another address of the host, where nothing listens)"
-        )
-        otherwise = (
-            f"where it serves plaintext or another CA signed its certificate, connect without {TLS_WORDS}, "
-            f"or give that CA as {TLS_CA_WORDS}"
-        )
+        # A daemon listens there, so starting one is the wrong advice. Its own words are lost,
+        # so each reason it can refuse a TLS client is as likely as the others.
         if client_cert:
-            advice = (
-                f"the daemon at {target} may not trust this client's certificate (mutual TLS): {seen}; check "
-                f"that the CA in its security.tls_client_ca_file signed the one given as {TLS_CLIENT_WORDS}; "
-                f"{otherwise}"
+            trust = (
+                "where it does not trust this client's certificate (mutual TLS), check that the CA in its "
+                f"security.tls_client_ca_file signed the one given as {TLS_CLIENT_WORDS}"
             )
         else:
-            advice = (
-                f"the daemon at {target} may require a client certificate (mutual TLS): {seen}; pass one "
-                f"signed by the CA in its security.tls_client_ca_file as {TLS_CLIENT_WORDS}; {otherwise}"
+            trust = (
+                "where it requires a client certificate (mutual TLS), pass one signed by the CA in its "
+                f"security.tls_client_ca_file as {TLS_CLIENT_WORDS}"
             )
+        advice = (
+            f"the daemon at {target} did not take this client's TLS connection: it accepts connections at "
+            f"{listener} (gRPC's words are for {refused['ipv4'] or refused['ipv6']}, another address of the "
+            f"host, where nothing listens); where it serves plaintext, connect without {TLS_WORDS}; where "
+            f"another CA signed its certificate, give that CA as {TLS_CA_WORDS}; {trust}"
+        )
     elif _UNRESOLVED.search(detail):
         advice = (
             f"the host name in {target} does not resolve: check it, or give the address tesserad "
