@@ -3,6 +3,7 @@ plain urllib: JSON tensors, Triton's binary tensor data, errors as KServe's, tok
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import json
 import socket
@@ -10,6 +11,7 @@ import ssl
 import time
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -354,6 +356,36 @@ def test_bad_requests_are_refused_with_the_status_and_message_of_grpc(served: st
     assert error(f"{served}/v1/models")[0] == 404
     header = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "parameters": {"binary_data_size": 16}}]}'
     assert error(infer, header + bytes(8), {"Inference-Header-Content-Length": str(len(header))})[0] == 400
+
+
+def test_request_bodies_compressed_as_triton_takes_them(served: str) -> None:
+    """As Triton: a request may come gzip- or deflate-compressed (tritonclient.http's
+    request_compression_algorithm); one that is not what its Content-Encoding says is the client's
+    error, 400, not the daemon's."""
+    infer = f"{served}/v2/models/linear/versions/2/infer"
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "x", "datatype": "FP32", "shape": [2, 4], "parameters": {"binary_data_size": 32}}
+            ]
+        }
+    ).encode()
+    body = header + X.tobytes()
+    plain = call(infer, body, {"Inference-Header-Content-Length": str(len(header))})
+    assert plain[0] == 200
+    for encoding, compress in (("gzip", gzip.compress), ("deflate", zlib.compress)):
+        headers = {"Content-Encoding": encoding, "Inference-Header-Content-Length": str(len(header))}
+        status, _, answer = call(infer, compress(body), headers)
+        assert (status, answer) == (200, plain[2])
+        status, answer_headers, answer = call(infer, body, headers)
+        assert (status, json.loads(answer)["error"]) == (
+            400,
+            f"the request body is not valid {encoding} data, as its Content-Encoding header says it is; "
+            f"send it compressed with {encoding} (tritonclient.http: request_compression_algorithm), or "
+            "uncompressed without the header",
+        )
+        # Where its body ends is lost with it: the connection is not kept for another request.
+        assert answer_headers["Connection"] == "close"
 
 
 def test_tls_tokens_and_roles_are_the_grpc_listener_s(tmp_path: Path, pki: Pki, tokens: Tokens) -> None:
