@@ -155,8 +155,26 @@ def split_body(body: bytes, header_length: str | None) -> tuple[Any, bytes]:
     try:
         document = json.loads(body[:length])
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        end = _json_end(body) if header_length is None else None
+        if end is not None:
+            raise InvalidArgument(
+                f"the request body has {len(body) - end} bytes after its JSON, which binary tensor data "
+                f"needs the header {HEADER_LENGTH} for: send it with {HEADER_LENGTH}: {end}, the length "
+                "in bytes of the JSON"
+            ) from None
         raise InvalidArgument(f"the request body is not valid JSON: {exc}") from None
     return document, body[length:]
+
+
+def _json_end(body: bytes) -> int | None:
+    """Where the JSON object at the start of `body` ends, when other bytes follow it; else None."""
+    try:
+        # Latin-1 maps each byte to one character: the end found is a length in bytes, and binary
+        # data after the JSON decodes whatever it holds.
+        document, end = json.JSONDecoder().raw_decode(body.decode("latin-1"))
+    except json.JSONDecodeError:
+        return None
+    return end if isinstance(document, dict) and end < len(body) else None
 
 
 def _shape(tensor: Mapping[str, Any], where: str) -> tuple[int, ...]:

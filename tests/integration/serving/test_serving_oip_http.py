@@ -356,6 +356,13 @@ def test_bad_requests_are_refused_with_the_status_and_message_of_grpc(served: st
     assert error(f"{served}/v1/models")[0] == 404
     header = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "parameters": {"binary_data_size": 16}}]}'
     assert error(infer, header + bytes(8), {"Inference-Header-Content-Length": str(len(header))})[0] == 400
+    # Binary data sent without the header that says where the JSON ends: the answer says what to send.
+    assert error(infer, header + X[:1].tobytes()) == (
+        400,
+        f"the request body has 16 bytes after its JSON, which binary tensor data needs the header "
+        f"Inference-Header-Content-Length for: send it with Inference-Header-Content-Length: {len(header)}, "
+        "the length in bytes of the JSON",
+    )
 
 
 def test_request_bodies_compressed_as_triton_takes_them(served: str) -> None:
