@@ -129,6 +129,15 @@ _OIP_FIXES = (
     ),
     ("upload one with UploadVersion", f"upload one with {_PUSH} or tessera.v1.Registry's UploadVersion"),
     ("ListVersions lists them", "`tessera models versions MODEL` lists them"),
+    # Statistics of a version not loaded (InferenceService.stats_entries), in tessera.v1.Inference's words.
+    (
+        "send it a request (Predict) to load it, or load it with LoadModel",
+        "send it an inference request to load it, or load it with RepositoryModelLoad",
+    ),
+    (
+        "load it with LoadModel (serving.autoload is off)",
+        "load it with RepositoryModelLoad (serving.autoload is off)",
+    ),
 )
 
 

@@ -629,13 +629,17 @@ def test_statistics_of_unloaded_or_unknown_model_is_not_found(oip, linear, expec
     expect_rpc_error(
         lambda: oip.ModelStatistics(pb.ModelStatisticsRequest(name=linear, version="2")),
         grpc.StatusCode.NOT_FOUND,
-        "model 'linear' version 2 is not loaded",
+        "model 'linear' version 2 is not loaded, so it has no statistics yet; send it an inference request "
+        "to load it, or load it with RepositoryModelLoad",
     )
-    expect_rpc_error(
+    # In the protocol's words: Predict and LoadModel are tessera.v1.Inference's, not a Triton client's.
+    error = expect_rpc_error(
         lambda: oip.ModelStatistics(pb.ModelStatisticsRequest(name=linear)),
         grpc.StatusCode.NOT_FOUND,
-        "model 'linear' has no loaded version",
+        "model 'linear' has no loaded version, so it has no statistics yet; send it an inference request "
+        "to load it, or load it with RepositoryModelLoad",
     )
+    assert error.details().endswith("RepositoryModelLoad")
     expect_rpc_error(
         lambda: oip.ModelStatistics(pb.ModelStatisticsRequest(name="absent")),
         grpc.StatusCode.NOT_FOUND,
