@@ -113,6 +113,13 @@ def json_parameters(document: Mapping[str, Any], where: str) -> dict[str, Parame
         if isinstance(value, bool):
             parameters[key] = Parameter(value, Kind.BOOL)
         elif isinstance(value, int):
+            if not -(2**63) <= value < 2**64:
+                # Triton reads such a number as a double, which no integer parameter takes; here it
+                # would pass as a uint64 it does not fit.
+                raise InvalidArgument(
+                    f"{where}'s parameter {key!r} is {value}, which no 64-bit integer holds; send an "
+                    f"integer in {-(2**63)}..{2**64 - 1}"
+                )
             parameters[key] = Parameter(value, Kind.INT if value < 2**63 else Kind.UINT)
         elif isinstance(value, float):
             parameters[key] = Parameter(value, Kind.DOUBLE)

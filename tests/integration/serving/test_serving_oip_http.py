@@ -334,6 +334,12 @@ def test_bad_requests_are_refused_with_the_status_and_message_of_grpc(served: st
         "parameter 'timeout' must be an integer (microseconds), got string",
     )
     assert error(infer, {**tensor(), "parameters": {"sequence_id": 7}})[0] == 501
+    # A number no 64-bit integer holds is no priority (nor any integer parameter), as in Triton.
+    assert error(infer, {**tensor(), "parameters": {"priority": 2**64}}) == (
+        400,
+        "the request's parameter 'priority' is 18446744073709551616, which no 64-bit integer holds; send "
+        "an integer in -9223372036854775808..18446744073709551615",
+    )
     # As Triton: a parameter is a boolean, integer, number or string; anything else is refused.
     assert error(infer, {**tensor(), "parameters": {"labels": ["a", "b"]}}) == (
         400,
