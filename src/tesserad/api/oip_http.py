@@ -31,11 +31,7 @@ from aiohttp.http import HttpProcessingError
 
 from tesserad import __version__, errors
 from tesserad.api.auth import ANONYMOUS, expired_message
-from tesserad.api.oip import (
-    index_response,
-    metadata_of,
-    statistics_response,
-)
+from tesserad.api.oip import metadata_of, statistics_response
 from tesserad.api.oip_config import model_config_of, serving_config_of
 from tesserad.api.oip_json import (
     HEADER_LENGTH,
@@ -63,6 +59,7 @@ from tesserad.security.tokens import TokenFile, token_digest, utc_now
 from tesserad.serving.open_inference import (
     EXTENSIONS,
     NO_CUDA_SHARED_MEMORY,
+    IndexRow,
     OpenInference,
     in_oip_words,
     refuse_repository_name,
@@ -408,9 +405,7 @@ class OipHttpServer(HttpListener):
         if not isinstance(ready, bool):
             raise errors.InvalidArgument("'ready' must be true or false")
         # As Triton's: the list itself.
-        return web.json_response(
-            message_json(index_response(await self._core.index(ready))).get("models", [])
-        )
+        return web.json_response([_index_entry(row) for row in await self._core.index(ready)])
 
     async def _load(self, request: web.Request) -> web.Response:
         refuse_repository_name(request.match_info.get("repository", ""))
@@ -505,6 +500,18 @@ class OipHttpServer(HttpListener):
             content_type="application/octet-stream",
             headers={HEADER_LENGTH: str(header_length)},
         )
+
+
+def _index_entry(row: IndexRow) -> dict[str, str]:
+    """A row of the repository index as Triton's HTTP answer writes it: a version only when there
+    is one, a reason only when there is one (not gRPC's fields at their empty defaults)."""
+    entry = {"name": row.name}
+    if row.version:
+        entry["version"] = row.version
+    entry["state"] = row.state
+    if row.reason:
+        entry["reason"] = row.reason
+    return entry
 
 
 def _unreadable(request: web.Request, error: web.RequestPayloadError) -> str:

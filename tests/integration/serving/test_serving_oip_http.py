@@ -148,9 +148,13 @@ def test_health_metadata_config_and_repository(served: str) -> None:
     assert call(f"{served}/v2/repository/models/half/load", b"")[0] == 200
     assert call(f"{served}/v2/models/half/ready")[0] == 200
     index = ok_json(f"{served}/v2/repository/index", {"ready": True})
-    assert {"name": "half", "version": "1", "state": "READY", "reason": ""} in index
+    # As Triton's answer writes a row: no reason when there is none, no version when none is known.
+    assert {"name": "half", "version": "1", "state": "READY"} in index
     assert call(f"{served}/v2/repository/models/half/unload", b"")[0] == 200
     assert error(f"{served}/v2/models/half/ready") == not_ready
+    index = ok_json(f"{served}/v2/repository/index", {})
+    assert {"name": "half", "version": "1", "state": "UNAVAILABLE", "reason": "unloaded"} in index
+    assert {"name": "echo", "state": "UNAVAILABLE", "reason": "unloaded"} in index
 
 
 def test_repository_load_takes_a_triton_config_as_grpc_does(served: str) -> None:
