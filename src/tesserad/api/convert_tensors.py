@@ -227,6 +227,15 @@ def oip_inputs_to_arrays(request: oip.ModelInferRequest, lease: Lease) -> dict[s
         field = _OIP_CONTENTS_FIELD.get(tensor.datatype)
         if field is None:
             raise InvalidArgument(f"{where}: {tensor.datatype} travels only in raw_input_contents")
+        others = [f.name for f, _ in tensor.contents.ListFields() if f.name != field]
+        if others:
+            # Values of another type than the datatype says: read as it says, they would be taken
+            # for no data, or (beside values in its own field) be ignored.
+            raise InvalidArgument(
+                f"{where} is {tensor.datatype}, whose values go in contents.{field}, but it has values "
+                f"in contents.{others[0]}; send the datatype its values are, or send them in "
+                f"contents.{field}"
+            )
         values = getattr(tensor.contents, field)
         if len(values) != math.prod(shape):
             if not values:

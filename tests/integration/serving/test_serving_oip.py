@@ -510,6 +510,21 @@ def test_model_infer_bad_paths(oip, linear, expect_rpc_error) -> None:
         "input 'x' has no data: send its 8 values of shape [2, 4] in raw_input_contents (one entry "
         "per input, in order) or in contents.fp32_contents",
     )
+    # Typed contents in another field than the datatype's would be read as none, or ignored.
+    expect_rpc_error(
+        lambda: oip.ModelInfer(infer_request(linear, X, raw=False, datatype="FP64")),
+        invalid,
+        "input 'x' is FP64, whose values go in contents.fp64_contents, but it has values in "
+        "contents.fp32_contents; send the datatype its values are, or send them in contents.fp64_contents",
+    )
+    mixed = infer_request(linear, X, raw=False)
+    mixed.inputs[0].contents.int_contents.extend([1, 2])
+    expect_rpc_error(
+        lambda: oip.ModelInfer(mixed),
+        invalid,
+        "input 'x' is FP32, whose values go in contents.fp32_contents, but it has values in "
+        "contents.int_contents",
+    )
     # As Triton: with raw_input_contents, typed contents would be ignored, so they are refused.
     both = infer_request(linear, X)
     both.inputs[0].contents.fp32_contents.extend(np.zeros(8).tolist())
