@@ -123,6 +123,11 @@ def serving_config_of(
         document = json.loads(text)
     except ValueError as err:
         raise InvalidArgument(f"parameter 'config' is not JSON: {err}") from None
+    except RecursionError:
+        raise InvalidArgument(
+            "parameter 'config' nests deeper than Python's parser goes, and deeper than any model "
+            "configuration"
+        ) from None
     if not isinstance(document, dict):
         raise InvalidArgument("parameter 'config' must be a JSON object (a Triton model configuration)")
     config = mc.ModelConfig()

@@ -161,6 +161,11 @@ def split_body(body: bytes, header_length: str | None) -> tuple[Any, bytes]:
             )
     try:
         document = json.loads(body[:length])
+    except RecursionError:
+        raise InvalidArgument(
+            "the request body's JSON nests deeper than Python's parser goes; send each tensor's data "
+            "flat, row-major (nesting is optional)"
+        ) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         end = _json_end(body) if header_length is None else None
         if end is not None:
@@ -179,7 +184,7 @@ def _json_end(body: bytes) -> int | None:
         # Latin-1 maps each byte to one character: the end found is a length in bytes, and binary
         # data after the JSON decodes whatever it holds.
         document, end = json.JSONDecoder().raw_decode(body.decode("latin-1"))
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return None
     return end if isinstance(document, dict) and end < len(body) else None
 

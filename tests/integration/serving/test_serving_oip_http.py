@@ -313,6 +313,19 @@ def test_bad_requests_are_refused_with_the_status_and_message_of_grpc(served: st
         }
 
     assert error(infer, b"{not json")[0] == 400
+    # JSON nested deeper than the parser goes is the client's error, not the daemon's.
+    deep = b"[" * 100_000 + b"]" * 100_000
+    assert error(
+        infer, b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": ' + deep + b"}]}"
+    ) == (
+        400,
+        "the request body's JSON nests deeper than Python's parser goes; send each tensor's data flat, "
+        "row-major (nesting is optional)",
+    )
+    assert error(f"{served}/v2/repository/models/linear/load", {"parameters": {"config": deep.decode()}}) == (
+        400,
+        "parameter 'config' nests deeper than Python's parser goes, and deeper than any model configuration",
+    )
     assert error(infer, tensor(datatype="BYTES", data=["a", "b", "c", "d"])) == (
         400,
         "input 'x' has datatype 'BYTES'; tesserad serves BOOL, UINT8, INT8, UINT16, INT16, UINT32, "
