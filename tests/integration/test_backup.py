@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -535,6 +536,27 @@ def test_a_backup_failing_mid_stream_leaves_no_file(
     err = capsys.readouterr().err
     assert code == 3 and err.startswith("tessera: DATA_LOSS:"), err
     assert list(out.iterdir()) == []
+
+
+def test_a_backup_filling_its_disk_leaves_nothing_and_names_the_file(
+    source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with _tmpfs(tmp_path / "disk", f"size={source.archive.stat().st_size // 2}") as disk:
+        # Chunks under the temp file's write buffer fill the disk as the buffer is flushed, and
+        # what is left in the buffer fails again as the file is closed.
+        with (
+            tessera.Client(source.daemon.target) as client,
+            pytest.raises(OSError, match="No space left") as raised,
+        ):
+            client.system.backup(disk / "b.tar", chunk_size=4096)
+        assert raised.value.errno == errno.ENOSPC
+        assert raised.value.filename == str(disk / "b.tar")
+        assert list(disk.iterdir()) == []
+
+        code = tessera_main(_backup_cli(source.daemon, "-o", str(disk / "b.tar")))
+        assert code == 1
+        assert capsys.readouterr().err == f"tessera: {disk / 'b.tar'}: No space left on device\n"
+        assert list(disk.iterdir()) == []
 
 
 def _run_cli(*args: str, stdout: int) -> subprocess.CompletedProcess[str]:

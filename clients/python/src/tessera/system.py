@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import BinaryIO
@@ -41,7 +42,8 @@ class BackupSink:
         self._size = 0
 
     def write(self, chunk: bytes) -> None:
-        self._file.write(chunk)
+        with _naming(self.path):
+            self._file.write(chunk)
         self._digest.update(chunk)
         self._size += len(chunk)
 
@@ -49,7 +51,8 @@ class BackupSink:
         """The manifest of the backup now at `path`; DataLoss (nothing left) when what came is
         not a whole backup."""
         try:
-            self._file.close()
+            with _naming(self.path):
+                self._file.close()
             manifest = read_archive(self._partial)
             # A backup takes minutes: the name may have been taken meanwhile.
             put_in_place(self._partial, self.path, self._overwrite)
@@ -62,8 +65,23 @@ class BackupSink:
         return SavedBackup.of(manifest, self._digest, self._size)
 
     def abort(self) -> None:
-        self._file.close()
+        # A write that failed (a full disk) leaves bytes in the file's buffer, whose flush fails
+        # again as it closes; the file is closed all the same, and then removed.
+        with contextlib.suppress(OSError):
+            self._file.close()
         self._partial.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """An OSError of a write to the temp file beside `path` named for `path`, the file the user
+    asked for ("b.tar: No space left on device"), not for no file at all."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None or exc.strerror is None:
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
 
 
 class BackupStream:
