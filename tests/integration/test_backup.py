@@ -559,6 +559,31 @@ def test_a_backup_filling_its_disk_leaves_nothing_and_names_the_file(
         assert list(disk.iterdir()) == []
 
 
+def test_a_backup_is_on_the_disk_before_it_is_said_to_be_written(
+    source: Source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The archive's bytes are fsynced before it takes its name, and its directory after: a
+    power cut after the summary never leaves an empty or short file where the backup was said
+    to be (the operator may have deleted the last one by then)."""
+    synced: list[str] = []
+    fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    out = tmp_path / "out"
+    out.mkdir()
+    out = out.resolve()  # as /proc names the files
+    with tessera.Client(source.daemon.target) as client:
+        client.system.backup(out / "b.tar")
+    ours = [path for path in synced if path == str(out) or path.startswith(f"{out}/")]
+    assert len(ours) == 2, synced
+    assert re.fullmatch(rf"{re.escape(str(out))}/\.b\.tar\.[0-9a-f]{{8}}\.partial", ours[0]), ours
+    assert ours[1] == str(out)
+
+
 def _run_cli(*args: str, stdout: int) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tessera.cli", *args],

@@ -52,10 +52,15 @@ class BackupSink:
         not a whole backup."""
         try:
             with _naming(self.path):
+                # On the disk before it takes its name, and the name after: a power cut once
+                # the backup is said to be written must not leave an empty or short file there.
+                self._file.flush()
+                os.fsync(self._file.fileno())
                 self._file.close()
             manifest = read_archive(self._partial)
             # A backup takes minutes: the name may have been taken meanwhile.
             put_in_place(self._partial, self.path, self._overwrite)
+            _sync_dir(self.path.parent)
         except ArchiveError as exc:
             self._partial.unlink(missing_ok=True)
             raise _not_whole(exc) from None
@@ -70,6 +75,14 @@ class BackupSink:
         with contextlib.suppress(OSError):
             self._file.close()
         self._partial.unlink(missing_ok=True)
+
+
+def _sync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
