@@ -94,7 +94,8 @@ def resume_after(token: str, query: Any) -> bytes | None:
     try:
         decoded = json.loads(base64.urlsafe_b64decode(token.encode()))
         after, fingerprint = bytes.fromhex(decoded["a"]), decoded["q"]
-    except (ValueError, KeyError, TypeError, binascii.Error):
+    # RecursionError: JSON nested deeper than the parser goes, which no token this server issued holds.
+    except (ValueError, KeyError, TypeError, binascii.Error, RecursionError):
         raise foreign_token() from None
     if fingerprint != _fingerprint(query):
         raise InvalidArgument(

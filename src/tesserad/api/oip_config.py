@@ -41,12 +41,12 @@ queue size.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from tesserad.client_json import parse_client_json
 from tesserad.errors import InvalidArgument
 from tesserad.oip import model_config_pb2 as mc
 from tesserad.serving.open_inference import BACKENDS, OIP_NAME_BY_DTYPE, PLATFORMS
@@ -119,15 +119,9 @@ def serving_config_of(
     naming the field for JSON that is not a model configuration, sets what tesserad cannot do, or
     differs from the versions loaded (`described()`, asked only when a field needs them) in what
     a config cannot change."""
-    try:
-        document = json.loads(text)
-    except ValueError as err:
-        raise InvalidArgument(f"parameter 'config' is not JSON: {err}") from None
-    except RecursionError:
-        raise InvalidArgument(
-            "parameter 'config' nests deeper than Python's parser goes, and deeper than any model "
-            "configuration"
-        ) from None
+    document = parse_client_json(
+        text, "parameter 'config'", "no model configuration nests so deep: send a Triton model configuration"
+    )
     if not isinstance(document, dict):
         raise InvalidArgument("parameter 'config' must be a JSON object (a Triton model configuration)")
     config = mc.ModelConfig()

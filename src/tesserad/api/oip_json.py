@@ -22,6 +22,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from tesserad.api.convert_tensors import array_from_bytes, little_endian_bytes
+from tesserad.client_json import parse_client_json
 from tesserad.errors import InvalidArgument
 from tesserad.serving.open_inference import (
     OIP_DTYPES,
@@ -160,21 +161,18 @@ def split_body(body: bytes, header_length: str | None) -> tuple[Any, bytes]:
                 f"the JSON at the start of the body (the body has {len(body)} bytes)"
             )
     try:
-        document = json.loads(body[:length])
-    except RecursionError:
-        raise InvalidArgument(
-            "the request body's JSON nests deeper than Python's parser goes; send each tensor's data "
-            "flat, row-major (nesting is optional)"
-        ) from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        document = parse_client_json(
+            body[:length], "the request body", "send each tensor's data flat, row-major (nesting is optional)"
+        )
+    except InvalidArgument:
         end = _json_end(body) if header_length is None else None
-        if end is not None:
-            raise InvalidArgument(
-                f"the request body has {len(body) - end} bytes after its JSON, which binary tensor data "
-                f"needs the header {HEADER_LENGTH} for: send it with {HEADER_LENGTH}: {end}, the length "
-                "in bytes of the JSON"
-            ) from None
-        raise InvalidArgument(f"the request body is not valid JSON: {exc}") from None
+        if end is None:
+            raise
+        raise InvalidArgument(
+            f"the request body has {len(body) - end} bytes after its JSON, which binary tensor data "
+            f"needs the header {HEADER_LENGTH} for: send it with {HEADER_LENGTH}: {end}, the length "
+            "in bytes of the JSON"
+        ) from None
     return document, body[length:]
 
 
@@ -184,7 +182,8 @@ def _json_end(body: bytes) -> int | None:
         # Latin-1 maps each byte to one character: the end found is a length in bytes, and binary
         # data after the JSON decodes whatever it holds.
         document, end = json.JSONDecoder().raw_decode(body.decode("latin-1"))
-    except (json.JSONDecodeError, RecursionError):
+    # ValueError: not JSON, or an integer too long to convert.
+    except (ValueError, RecursionError):
         return None
     return end if isinstance(document, dict) and end < len(body) else None
 

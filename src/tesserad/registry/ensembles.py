@@ -15,12 +15,12 @@ from 1 and hand the ensemble unrelated artifacts.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tesserad.client_json import parse_client_json
 from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound
 from tesserad.numbers import INT64_MAX
 from tesserad.registry.artifacts import signature_differences
@@ -69,9 +69,14 @@ class EnsembleSpec:
 def parse_ensemble_spec(data: bytes) -> EnsembleSpec:
     """The spec in an ensemble artifact; InvalidArgument naming the first field that is wrong."""
     try:
-        raw = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise InvalidArgument(f"the ensemble spec is not UTF-8 JSON: {exc}") from None
+    raw = parse_client_json(
+        text,
+        "the ensemble spec",
+        "it is an object of members and combine, as tessera.ensembles.ensemble_spec writes it",
+    )
     if not isinstance(raw, dict):
         raise InvalidArgument("the ensemble spec must be a JSON object with members and combine")
     unknown = sorted(set(raw) - _KEYS)

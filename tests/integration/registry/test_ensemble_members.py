@@ -24,7 +24,10 @@ FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 def register_ensemble(
     stub: registry_pb2_grpc.RegistryStub, model: str, members: list[str]
 ) -> registry_pb2.ModelVersion:
-    spec = ensemble_spec(members)
+    return upload_spec(stub, model, ensemble_spec(members))
+
+
+def upload_spec(stub: registry_pb2_grpc.RegistryStub, model: str, spec: bytes) -> registry_pb2.ModelVersion:
     header = registry_pb2.UploadVersionHeader(
         model=model,
         create_model=True,
@@ -89,6 +92,31 @@ def test_a_member_model_is_not_deleted_even_by_force(stub, weights):
     # Recreated, the names number from 1 again, and nothing still pins those numbers.
     members_ab(stub, weights)
     delete_version(stub, "a", 1)
+
+
+def test_a_spec_python_cannot_parse_is_invalid_argument_not_internal(stub, weights):
+    # Nesting past the parser's depth (RecursionError) and an integer past the digits Python
+    # converts (ValueError) reached the client as INTERNAL, logged as the daemon's fault.
+    members_ab(stub, weights)
+    deep = "[" * 100_000 + "]" * 100_000
+    long_version = "1" * 5000
+    cases = {
+        '{"members": ' + deep + ', "combine": "mean"}': (
+            "the ensemble spec nests deeper than Python's parser goes; it is an object of members and "
+            "combine, as tessera.ensembles.ensemble_spec writes it"
+        ),
+        '{"members": [{"model": "a", "version": ' + long_version + '}, {"model": "b", "version": 1}], '
+        '"combine": "mean"}': (
+            "the ensemble spec holds an integer of more than 4300 digits, which no field takes; send each "
+            "number within its field's range"
+        ),
+    }
+    for spec, message in cases.items():
+        error = rpc_error(upload_spec, stub, "ens", spec.encode())
+        assert (error.code(), error.details()) == (grpc.StatusCode.INVALID_ARGUMENT, message)
+    # Nothing was registered: the model the uploads would have created does not exist.
+    error = rpc_error(stub.GetModel, registry_pb2.GetModelRequest(name="ens"))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
 
 
 def test_a_model_whose_own_ensemble_uses_its_versions_can_be_deleted(stub, weights):

@@ -31,3 +31,11 @@ def test_a_token_whose_key_does_not_decode_is_invalid_argument(stub, key_hex):
     error = rpc_error(stub.ListModels, R.ListModelsRequest(page_size=1, page_token=with_key(token, key_hex)))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details() == "page_token is not one this server issued; pass next_page_token unchanged"
+
+
+def test_a_token_of_json_nested_past_the_parser_is_invalid_argument(stub):
+    # Python's parser raises RecursionError on it, which reached the client as INTERNAL.
+    deep = base64.urlsafe_b64encode(b"[" * 100_000 + b"]" * 100_000).decode()
+    error = rpc_error(stub.ListModels, R.ListModelsRequest(page_size=1, page_token=deep))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "page_token is not one this server issued; pass next_page_token unchanged"

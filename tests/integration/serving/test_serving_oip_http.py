@@ -319,13 +319,25 @@ def test_bad_requests_are_refused_with_the_status_and_message_of_grpc(served: st
         infer, b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": ' + deep + b"}]}"
     ) == (
         400,
-        "the request body's JSON nests deeper than Python's parser goes; send each tensor's data flat, "
+        "the request body nests deeper than Python's parser goes; send each tensor's data flat, "
         "row-major (nesting is optional)",
     )
     assert error(f"{served}/v2/repository/models/linear/load", {"parameters": {"config": deep.decode()}}) == (
         400,
-        "parameter 'config' nests deeper than Python's parser goes, and deeper than any model configuration",
+        "parameter 'config' nests deeper than Python's parser goes; no model configuration nests so deep: "
+        "send a Triton model configuration",
     )
+    # So is an integer of more digits than Python converts (ValueError, a 500 too), binary data
+    # after the JSON or not.
+    long_integer = (
+        b'{"inputs": [{"name": "x", "datatype": "INT64", "shape": [1], "data": [' + b"1" * 5000 + b"]}]}"
+    )
+    for body in (long_integer, long_integer + bytes(8)):
+        assert error(infer, body) == (
+            400,
+            "the request body holds an integer of more than 4300 digits, which no field takes; send each "
+            "number within its field's range",
+        )
     assert error(infer, tensor(datatype="BYTES", data=["a", "b", "c", "d"])) == (
         400,
         "input 'x' has datatype 'BYTES'; tesserad serves BOOL, UINT8, INT8, UINT16, INT16, UINT32, "
