@@ -26,8 +26,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from aiohttp import hdrs, web
-from aiohttp.http import HttpProcessingError
+from aiohttp import web
 
 from tesserad import __version__, errors
 from tesserad.api.auth import ANONYMOUS, expired_message
@@ -109,6 +108,8 @@ class _Revocable:
 
 class OipHttpServer(HttpListener):
     """Serves /v2 on `address`; `port` is the bound one (for port 0)."""
+
+    _compression_setting = " (tritonclient.http: request_compression_algorithm)"
 
     def __init__(
         self,
@@ -285,12 +286,8 @@ class OipHttpServer(HttpListener):
         a body that never all arrives would otherwise hold its slot of limits.max_concurrent_calls),
         decompressed as its Content-Encoding says (gzip or deflate, as Triton takes; 400 when it is
         not such data)."""
-        async with self._receiving_body():
-            try:
-                return await request.read()
-            except web.RequestPayloadError as exc:
-                # The client's to fix, not the daemon's; and where its body ends is lost with it.
-                raise Refused(400, _unreadable(request, exc), close=True) from None
+        async with self._receiving_body(request):
+            return await request.read()
 
     def end_revoked(self, table: TokenTable) -> int:
         """Answer each inference request in progress whose token `table` no longer admits to
@@ -512,20 +509,6 @@ def _index_entry(row: IndexRow) -> dict[str, str]:
     if row.reason:
         entry["reason"] = row.reason
     return entry
-
-
-def _unreadable(request: web.Request, error: web.RequestPayloadError) -> str:
-    """What a request whose body cannot be read as its headers say is told."""
-    encoding = request.headers.get(hdrs.CONTENT_ENCODING)
-    if encoding:
-        return (
-            f"the request body is not valid {encoding[:40]} data, as its Content-Encoding header says it "
-            f"is; send it compressed with {encoding[:40]} (tritonclient.http: request_compression_algorithm), "
-            "or uncompressed without the header"
-        )
-    cause = error.__cause__
-    detail = cause.message if isinstance(cause, HttpProcessingError) else "malformed"
-    return f"the request body could not be read ({detail}); send it whole, as its headers say"
 
 
 def _trace_settings_json(settings: Mapping[str, list[str]]) -> dict[str, str | list[str]]:

@@ -100,9 +100,10 @@ class Access:
         self,
         tokens: TokenFile | None,
         secure_cookie: bool,
-        receiving_body: Callable[[], AbstractAsyncContextManager[None]],
+        receiving_body: Callable[[web.Request], AbstractAsyncContextManager[None]],
     ) -> None:
-        """`receiving_body`: the listener's deadline on a request's body, for the login form."""
+        """`receiving_body`: the listener's deadline on a request's body, and its 400 for one that
+        cannot be read, for the login form."""
         self._tokens = tokens
         self._secure_cookie = secure_cookie
         self._receiving_body = receiving_body
@@ -215,7 +216,7 @@ class Access:
         return login_page("")
 
     async def log_in(self, request: web.Request) -> web.StreamResponse:
-        async with self._receiving_body():
+        async with self._receiving_body(request):
             form = await request.post()
         token = str(form.get("token", "")).strip()
         then = _local_path(str(form.get("then", "/")))

@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from typing import cast
 
 from aiohttp import hdrs, web
+from aiohttp.http import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from tesserad.api.auth import authentication_enabled
@@ -108,6 +109,10 @@ class HttpListener:
         self._connection_tasks: set[asyncio.Task[None]] = set()
         self.port = 0
 
+    # Where this listener's clients choose how their request bodies are compressed, named in the
+    # 400 a body that is not what its Content-Encoding says is answered with ("" when none is).
+    _compression_setting = ""
+
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Refuse a request for a host this listener does not answer, or a change from another site."""
@@ -127,13 +132,18 @@ class HttpListener:
         )
 
     @asynccontextmanager
-    async def _receiving_body(self) -> AsyncIterator[None]:
-        """Around the read of a request's body: 408 (closing the connection) when it has not all
+    async def _receiving_body(self, request: web.Request) -> AsyncIterator[None]:
+        """Around the read of `request`'s body: 408 (closing the connection) when it has not all
         arrived within limits.http_request_timeout_s (a client that sends it slowly, or less than
-        its Content-Length, would otherwise hold its connection, and any slot it took, for good)."""
+        its Content-Length, would otherwise hold its connection, and any slot it took, for good);
+        400 (closing it too) when it cannot be read as its headers say, such as a body that is not
+        the gzip or deflate data its Content-Encoding says (aiohttp decompresses those)."""
         try:
             async with asyncio.timeout(self._request_timeout_s):
                 yield
+        except web.RequestPayloadError as exc:
+            # The client's to fix, not the daemon's; and where its body ends is lost with it.
+            raise Refused(400, self._unreadable(request, exc), close=True) from None
         except TimeoutError:
             raise Refused(
                 408,
@@ -145,6 +155,19 @@ class HttpListener:
         except ConnectionResetError:
             # The client left: nobody reads this answer, and its leaving is no error of the daemon's.
             raise Refused(400, "the connection closed before the request body arrived") from None
+
+    def _unreadable(self, request: web.Request, error: web.RequestPayloadError) -> str:
+        """What a request whose body cannot be read as its headers say is told."""
+        encoding = request.headers.get(hdrs.CONTENT_ENCODING)
+        if encoding:
+            return (
+                f"the request body is not valid {encoding[:40]} data, as its Content-Encoding header says "
+                f"it is; send it compressed with {encoding[:40]}{self._compression_setting}, or "
+                "uncompressed without the header"
+            )
+        cause = error.__cause__
+        detail = cause.message if isinstance(cause, HttpProcessingError) else "malformed"
+        return f"the request body could not be read ({detail}); send it whole, as its headers say"
 
     def reload_tls(self) -> None:
         """Read the TLS files again for new connections (the gRPC listener has checked them)."""

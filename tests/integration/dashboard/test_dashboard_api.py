@@ -347,6 +347,22 @@ def test_login_never_sends_the_browser_to_another_site(tmp_path, tokens_file):
         daemon.stop()
 
 
+def test_a_login_body_that_is_not_its_content_encoding_is_400_not_an_internal_error(dash):
+    # aiohttp decompresses a gzip or deflate body as it reads the form: data that does not
+    # decompress is the client's error (it was 500 with an internal error id).
+    form = urllib.parse.urlencode({"token": new_token()})
+    for encoding in ("gzip", "deflate"):
+        headers = {"Content-Type": "application/x-www-form-urlencoded", "Content-Encoding": encoding}
+        answer = http_get(dash.daemon.http_port, "/login", headers, "POST", form)
+        assert answer.status == 400
+        assert (
+            f"the request body is not valid {encoding} data, as its Content-Encoding header says it is; "
+            f"send it compressed with {encoding}, or uncompressed without the header"
+        ).encode() in answer.body
+        # Where its body ends is lost with it: the connection is not kept for another request.
+        assert answer.headers["connection"] == "close"
+
+
 def test_a_spawned_daemon_logs_where_its_dashboard_listens(spawn_daemon, tmp_path):
     process = spawn_daemon(
         "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--http-listen", "127.0.0.1:0",
