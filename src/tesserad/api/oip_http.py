@@ -41,6 +41,7 @@ from tesserad.api.oip_json import (
     message_json,
     split_body,
 )
+from tesserad.client_json import parse_client_json
 from tesserad.config import Address, LimitsSettings, SecuritySettings, format_size
 from tesserad.dashboard.access import CHALLENGE, Handler
 from tesserad.dashboard.listener import HttpListener, Refused
@@ -391,7 +392,10 @@ class OipHttpServer(HttpListener):
         body = await self._body(request)
         if not body.strip():
             return {}
-        document, _ = split_body(body, None)
+        # Not split_body: binary tensor data, and its hints, are for inference requests alone.
+        document = parse_client_json(
+            body, "the request body", "send a JSON object of the fields the protocol names for this request"
+        )
         if not isinstance(document, dict):
             raise errors.InvalidArgument("the request body must be a JSON object")
         return document

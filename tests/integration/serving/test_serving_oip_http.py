@@ -322,7 +322,18 @@ def test_bad_requests_are_refused_with_the_status_and_message_of_grpc(served: st
         "the request body nests deeper than Python's parser goes; send each tensor's data flat, "
         "row-major (nesting is optional)",
     )
-    assert error(f"{served}/v2/repository/models/linear/load", {"parameters": {"config": deep.decode()}}) == (
+    # A body of another request than inference is told of no tensors or binary data.
+    load = f"{served}/v2/repository/models/linear/load"
+    assert error(load, b'{"parameters": ' + deep + b"}") == (
+        400,
+        "the request body nests deeper than Python's parser goes; send a JSON object of the fields the "
+        "protocol names for this request",
+    )
+    assert error(load, b"{}" + bytes(8)) == (
+        400,
+        "the request body is not JSON: Extra data: line 1 column 3 (char 2)",
+    )
+    assert error(load, {"parameters": {"config": deep.decode()}}) == (
         400,
         "parameter 'config' nests deeper than Python's parser goes; no model configuration nests so deep: "
         "send a Triton model configuration",
