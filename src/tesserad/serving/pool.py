@@ -289,6 +289,9 @@ class ModelPool:
         # once per version ever loaded.
         self._load_locks: dict[tuple[str, int], threading.Lock] = {}
         self._load_lock_users: dict[tuple[str, int], int] = {}
+        # Versions to unload once the load or unload of them under way is done (see unload_ready),
+        # each with the artifacts to unload (None: whichever is ready).
+        self._unload_once_done: dict[tuple[str, int], set[str | None]] = {}
         # Versions unloaded since the daemon started: the repository index lists them as Triton
         # does (UNAVAILABLE, "unloaded") rather than forgetting they were ever served.
         self._unloaded: set[tuple[str, int]] = set()
@@ -335,6 +338,8 @@ class ModelPool:
         load makes it a version loaded for itself.
         `before_load`: called holding the version's load lock (see unload_ready) just before this
         call loads it (not when it returns a version loaded already); what it raises stops the load.
+        A version that unload_ready marked while this load was under way is returned unloaded (its
+        batcher None), as one unloaded just after: the caller routes its request again.
         """
         effective = effective_config(config, self.defaults, servable.format)
         key = (servable.model, servable.version)
@@ -417,17 +422,22 @@ class ModelPool:
             return True
 
     def unload_ready(self, model: str, version: int, artifact_sha256: str | None = None) -> bool:
-        """Unload the version if it is ready once a load or unload of it under way is done (with
-        `artifact_sha256`, only that artifact): a load that began before its caller stopped routing
-        to the version (see `before_load`), or found it deleted, must not leave it loaded after.
-        Whether it was unloaded."""
+        """Unload the version if it is ready and no loaded ensemble has it as a member (the
+        ensemble would load it again on its next request); with `artifact_sha256` (found deleted),
+        only that artifact, member or not. Whether it was unloaded now: while a load or unload of
+        it is under way it is only marked, and the last of those to finish unloads it so. A load
+        that began before its caller stopped routing to the version (see `before_load`), or found
+        it deleted, must not leave it loaded after; and the caller, a refresh on the one thread
+        that runs them all, must not wait for a load that may take seconds."""
         key = (model, version)
-        with self._holding_load_lock(key):
-            entry = self._ready.get(key)
-            if entry is None or artifact_sha256 not in (None, entry.artifact_sha256):
+        with self._lock:
+            self._unload_once_done.setdefault(key, set()).add(artifact_sha256)
+            if key in self._load_lock_users:
                 return False
-            self._unload(key)
-            return True
+            # No one holds or waits for its load lock: the one joined here is taken at once.
+            load_lock = self._join_load_lock(key)
+        with self._holding_joined(key, load_lock):
+            return self._unload_marked(key)
 
     def unload_replaced(self, entry: LoadedVersion) -> bool:
         """Unload `entry` if it is still the version listed under its number: another call may
@@ -440,23 +450,71 @@ class ModelPool:
             self._unload(key)
             return True
 
-    @contextmanager
-    def _holding_load_lock(self, key: tuple[str, int]) -> Iterator[None]:
+    def _holding_load_lock(self, key: tuple[str, int]) -> AbstractContextManager[None]:
         """Hold the version's load lock (see load and unload); it is dropped once no one holds
         or waits for it: a later taker makes a new one, as no one can hold the old."""
         with self._lock:
-            load_lock = self._load_locks.setdefault(key, threading.Lock())
-            self._load_lock_users[key] = self._load_lock_users.get(key, 0) + 1
+            load_lock = self._join_load_lock(key)
+        return self._holding_joined(key, load_lock)
+
+    def _join_load_lock(self, key: tuple[str, int]) -> threading.Lock:
+        """The version's load lock, counted as waited for; called with _lock held."""
+        load_lock = self._load_locks.setdefault(key, threading.Lock())
+        self._load_lock_users[key] = self._load_lock_users.get(key, 0) + 1
+        return load_lock
+
+    @contextmanager
+    def _holding_joined(self, key: tuple[str, int], load_lock: threading.Lock) -> Iterator[None]:
+        """Hold `load_lock`, joined by _join_load_lock; before it is let go, the version is
+        unloaded if unload_ready marked it meanwhile."""
         try:
             with load_lock:
-                yield
+                try:
+                    yield
+                finally:
+                    self._unload_marked_later(key)
         finally:
-            with self._lock:
-                users = self._load_lock_users.pop(key) - 1
-                if users:
-                    self._load_lock_users[key] = users
-                else:
-                    del self._load_locks[key]
+            # Marked after the look above, with no one else left to look: look again.
+            while not self._leave_load_lock(key):
+                with load_lock:
+                    self._unload_marked_later(key)
+
+    def _leave_load_lock(self, key: tuple[str, int]) -> bool:
+        """Stop counting a user of the version's load lock, unless the version is marked to unload
+        and that user is the last (False: it is to unload it)."""
+        with self._lock:
+            users = self._load_lock_users[key] - 1
+            if users == 0 and key in self._unload_once_done:
+                return False
+            if users:
+                self._load_lock_users[key] = users
+            else:
+                del self._load_lock_users[key]
+                del self._load_locks[key]
+            return True
+
+    def _unload_marked(self, key: tuple[str, int]) -> bool:
+        """Unload the version if unload_ready marked it and it is (still) one unload_ready would
+        unload; whether it did. Called holding its load lock."""
+        with self._lock:
+            artifacts = self._unload_once_done.pop(key, None)
+            entry = self._ready.get(key)
+            if artifacts is None or entry is None:
+                return False
+            deleted = entry.artifact_sha256 in artifacts
+            if not deleted and (None not in artifacts or key in self._members()):
+                return False
+        self._unload(key)
+        return True
+
+    def _unload_marked_later(self, key: tuple[str, int]) -> None:
+        """_unload_marked for the load or unload that unload_ready found under way."""
+        if self._unload_marked(key):
+            log.info(
+                "unloaded model %r version %s once the load or unload of it under way was done: "
+                "serving's routes left it, or it was deleted",
+                *key,
+            )
 
     def _unload(self, key: tuple[str, int]) -> LoadedVersion:
         """unload, for a caller that holds the version's load lock."""
@@ -492,7 +550,11 @@ class ModelPool:
     def ensemble_members(self) -> set[tuple[str, int]]:
         """(model, version) of every member of a loaded ensemble."""
         with self._lock:
-            return {key for entry in self._listed.values() for key in entry.members}
+            return self._members()
+
+    def _members(self) -> set[tuple[str, int]]:
+        """ensemble_members, for a caller that holds _lock."""
+        return {key for entry in self._listed.values() for key in entry.members}
 
     def _refuse_when_closed(self, servable: ServableVersion) -> None:
         if self._closed:

@@ -1253,17 +1253,18 @@ class InferenceService:
         router = self._routers.get(model)
         if router is not None:
             still_served |= router.versions()
-        # A loaded ensemble's member stays: the ensemble would load it again on its next request.
-        in_ensembles = {v for m, v in self.pool.ensemble_members() if m == model}
-        # Each after a load of it under way is done: a request routed to it before the targets
-        # moved may be loading it (see _refuse_unless_routed). Unloaded only if ready by then (not
-        # unloaded by another call, nor failed): the refresh goes on to its other steps either way.
-        for version in sorted(previously_served - still_served - in_ensembles - gone):
+        # A loaded ensemble's member stays (the pool looks, under its lock). One a load is under way
+        # for is unloaded once that load is done, without waiting here for it, which would hold
+        # every model's refresh: a request routed to it before the targets moved may be loading it
+        # (see _refuse_unless_routed). Unloaded only if ready by then (not unloaded by another
+        # call, nor failed).
+        for version in sorted(previously_served - still_served - gone):
             if self.pool.unload_ready(model, version):
                 log.info("unloaded version %s of %r after its targets moved", version, model)
         for version, artifact in sorted(replaced.items()):
             # Only the artifact listed when the source said the version was gone (loading then, or
-            # ready): a request may have loaded the one registered under its number since.
+            # ready), now or once a load of it under way is done, as above: a request may have
+            # loaded the one registered under its number since.
             if artifact is not None and self.pool.unload_ready(model, version, artifact):
                 log.info("unloaded version %s of %r: it was deleted", version, model)
             # A failed load of a deleted version would be listed, and refuse its number, forever.

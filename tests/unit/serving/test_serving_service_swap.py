@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,12 @@ import pytest
 from serving_fakes import ArrivalLock, HeldArtifact
 
 from tesserad.errors import NotFound, TesseraError, Unavailable
+from tesserad.registry.ensembles import EnsembleSpec, Member
 from tesserad.serving import service as service_module
+from tesserad.serving.ensemble import EnsemblePlan
 from tesserad.serving.pool import (
     LoadedVersion,
+    LoadState,
     ModelPool,
     ServableVersion,
     ServingConfig,
@@ -1065,3 +1069,96 @@ def test_readiness_probes_leave_a_request_after_the_interval_to_ask_the_source(l
             assert len([thread for thread in source.asked_by if thread is not refreshing]) == 1
     finally:
         service.close()
+
+
+class Models:
+    """A VersionSource of ONNX versions of several models, to which a test adds versions."""
+
+    def __init__(self, versions: dict[str, dict[int, ServableVersion]]) -> None:
+        self.versions = versions
+
+    def servable(self, model: str, version: int | None, alias: str | None) -> ServableVersion:
+        versions = self.versions.get(model, {})
+        number = version if version is not None else max(versions, default=0)
+        if number not in versions:
+            raise NotFound(f"model {model!r} has no version {number}")
+        return versions[number]
+
+    def known_servable(self, model: str, version: int) -> ServableVersion | None:
+        return self.servable(model, version, None)
+
+    def deployment(self, model: str) -> DeploymentPlan | None:
+        return None
+
+    def model_names(self) -> list[str]:
+        return sorted(self.versions)
+
+    def model_identity(self, model: str) -> Hashable:
+        return 1
+
+
+def test_a_refresh_that_moves_latest_off_a_version_a_request_is_loading_holds_no_other_refresh(
+    linear_onnx: Path,
+) -> None:
+    """The refresh that moved `latest` of 'm' off version 1, which a request was loading, waited
+    on the swaps' one thread for that load (seconds, with its warm-up): the refresh of every other
+    model queued behind it, so that 'n' kept serving version 1 after its `latest` moved to 2."""
+    held = HeldArtifact(linear_onnx)
+    source = Models(
+        {
+            "m": {1: ServableVersion("m", 1, "onnx", held)},
+            "n": {1: servable_file("n", 1, "onnx", linear_onnx)},
+        }
+    )
+    service = InferenceService(source, ModelPool(ServingDefaults(intra_op_threads=1), None), autoload=True)
+    try:
+        assert service.route(Target("m")) == (1, None)  # `latest` cached, nothing loaded
+        assert service.route(Target("n")) == (1, None)
+        loading = threading.Thread(target=service.autoload_routed, args=(Target("m"), 1))
+        loading.start()
+        assert held.inside.wait(30)
+        source.versions["m"][2] = servable_file("m", 2, "onnx", linear_onnx)
+        service.on_registry_change("m")
+        source.versions["n"][2] = servable_file("n", 2, "onnx", linear_onnx)
+        service.on_registry_change("n")
+        # Both done while the load of 'm' version 1 is still held (for 30 s at most).
+        service._swaps.submit(lambda: None).result(10)
+        assert service.route(Target("n")) == (2, None)
+        assert [(entry.version, entry.state) for entry in service.pool.list("m")] == [(1, LoadState.LOADING)]
+        held.release.set()
+        loading.join(30)
+        assert service.pool.list("m") == []  # unloaded by the load, once done
+        assert _predict(service, Target("m")) == 2
+    finally:
+        held.release.set()
+        service.close()
+
+
+def test_a_refresh_leaves_loaded_a_version_it_no_longer_routes_to_that_an_ensemble_loaded_since(
+    linear_onnx: Path,
+) -> None:
+    """The refresh read which versions loaded ensembles have as members, then unloaded the versions
+    its routes left: a version an ensemble loaded as its member in between was unloaded under it
+    (the pool now looks under its lock, as it unloads)."""
+    pool = ModelPool(ServingDefaults(intra_op_threads=1), None)
+    member = servable_file("m", 1, "onnx", linear_onnx)
+    try:
+        loaded = pool.load(member, ServingConfig())
+        assert loaded.signature is not None
+        plan = EnsemblePlan(EnsembleSpec((Member("m", 1),), "mean"), (member,))
+        ensemble = ServableVersion(
+            "e",
+            1,
+            "ensemble",
+            lambda: nullcontext(linear_onnx),
+            signature=loaded.signature,
+            ensemble=lambda: plan,
+        )
+        pool.load(ensemble, ServingConfig())
+        assert not pool.unload_ready("m", 1)
+        assert pool.ready_versions("m") == [1]
+        # A version found deleted is unloaded, member or not, as before.
+        assert pool.unload_ready("m", 1, member.artifact_sha256)
+        assert pool.ready_versions("m") == []
+    finally:
+        pool.close()
