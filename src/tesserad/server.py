@@ -855,8 +855,13 @@ class Daemon:
             self._following = None
         if self._refresh_sweep is not None:
             self._refresh_sweep.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await self._refresh_sweep
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                # The stop goes on to close training, inference and the store whatever ended it.
+                log.exception("the periodic retry of failed serving refreshes had stopped")
             self._refresh_sweep = None
         if self._follower is not None:
             await self._follower.close()
@@ -952,7 +957,14 @@ async def _sweep_failed_refreshes(inference: InferenceService) -> None:
     gets no calls (a deleted one) would otherwise keep loaded what its refresh was to unload."""
     while True:
         await asyncio.sleep(SOURCE_RETRY_S)
-        inference.retry_failed_refreshes()
+        try:
+            inference.retry_failed_refreshes()
+        except Exception:
+            # Logged and swept again next time: a sweep that stopped would leave every later
+            # failed refresh to a request (a deleted model gets none).
+            log.exception(
+                "queueing the failed serving refreshes again failed; retried in %s s", SOURCE_RETRY_S
+            )
 
 
 def create_server(settings: Settings, insecure: bool = False) -> Daemon:

@@ -1,0 +1,104 @@
+"""The daemon's periodic retry of failed serving refreshes (server._sweep_failed_refreshes) goes on
+after a pass that raised, and ends cleanly when cancelled."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Hashable
+from pathlib import Path
+
+import pytest
+
+from tesserad import server
+from tesserad.errors import NotFound, Unavailable
+from tesserad.serving.pool import ModelPool, ServableVersion, ServingDefaults, servable_file
+from tesserad.serving.service import REFRESH_RETRY_MAX_S, DeploymentPlan, InferenceService, Target
+
+
+class UnreadableModel:
+    """A VersionSource of 'm' version 1 whose reads fail (Unavailable) while `failing` is set."""
+
+    def __init__(self, version: ServableVersion) -> None:
+        self.version = version
+        self.failing = False
+
+    def servable(self, model: str, version: int | None, alias: str | None) -> ServableVersion:
+        if self.failing:
+            raise Unavailable("the registry cannot be reached")
+        if version not in (None, 1):
+            raise NotFound(f"model 'm' has no version {version}")
+        return self.version
+
+    def known_servable(self, model: str, version: int) -> ServableVersion | None:
+        return self.servable(model, version, None)
+
+    def deployment(self, model: str) -> DeploymentPlan | None:
+        return None
+
+    def model_names(self) -> list[str]:
+        return ["m"]
+
+    def model_identity(self, model: str) -> Hashable:
+        return 1
+
+
+class ClockBrokenOnce:
+    """A clock that stands at `now` until the test moves it; its first reading after `break_once`
+    raises."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.broken = False
+
+    def break_once(self) -> None:
+        self.broken = True
+
+    def __call__(self) -> float:
+        if self.broken:
+            self.broken = False
+            raise RuntimeError("the clock could not be read")
+        return self.now
+
+
+def test_a_sweep_that_raised_sweeps_again_and_ends_cleanly_when_cancelled(
+    linear_onnx: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pass that raised ended the sweep silently: later failed refreshes waited for a request
+    (a deleted model gets none), and the stop re-raised the error and closed nothing after it."""
+    monkeypatch.setattr(server, "SOURCE_RETRY_S", 0)
+    source = UnreadableModel(servable_file("m", 1, "onnx", linear_onnx))
+    clock = ClockBrokenOnce()
+    service = InferenceService(
+        source, ModelPool(ServingDefaults(intra_op_threads=1), None), autoload=True, clock=clock
+    )
+    refreshed = threading.Event()
+    service.add_deletion_listener(lambda model, identity: None, lambda model: refreshed.set())
+
+    async def sweep() -> None:
+        sweeping = asyncio.create_task(server._sweep_failed_refreshes(service))
+        try:
+            # Queued by a pass after the first, which raised.
+            assert await asyncio.to_thread(refreshed.wait, 30)
+        finally:
+            sweeping.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sweeping
+
+    try:
+        assert service.route(Target("m")) == (1, None)  # `latest` cached: a refresh reads it again
+        source.failing = True
+        service.on_registry_change("m")
+        assert refreshed.wait(30)  # failed: the registry could not be read
+        assert "m" in service._refresh_retry_at
+        refreshed.clear()
+        clock.now = REFRESH_RETRY_MAX_S  # its wait passed
+        clock.break_once()
+        source.failing = False
+        with caplog.at_level(logging.ERROR, logger=server.log.name):
+            asyncio.run(sweep())
+        assert service._refresh_retry_at == {}  # the refresh passed
+        assert any("the clock could not be read" in str(r.exc_info) for r in caplog.records)
+    finally:
+        service.close()
