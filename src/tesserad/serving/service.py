@@ -1138,15 +1138,17 @@ class InferenceService:
         reach for long would otherwise log a traceback per model at each retry."""
         wait = _refresh_wait(failures)
         if failures <= 1:
+            # "Once readable": a replica retries only while connected to its primary.
             log.error(
-                "%s %r failed; it is refreshed again in %s s, each failure in a row doubling the "
-                "wait up to %s s",
+                "%s %r failed; once the registry is readable, it is tried again from %s s on, each "
+                "failure in a row doubling the wait up to %s s",
                 doing, model, wait, REFRESH_RETRY_MAX_S, exc_info=failure,
             )  # fmt: skip
             return
         reason = failure.message if isinstance(failure, TesseraError) else repr(failure)
         log.warning(
-            "%s %r failed again (%s times in a row): %s; refreshed again after %s s",
+            "%s %r failed again (%s times in a row): %s; once the registry is readable, tried "
+            "again from %s s on",
             doing, model, failures, reason, wait,
         )  # fmt: skip
 
