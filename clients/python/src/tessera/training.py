@@ -506,14 +506,19 @@ class Job(Part[C]):
         """The job's events from `from_seq`, then live until the job ends. A cut connection, or a
         daemon restart within the client's RetryPolicy (its `attempts` reconnects in a row: about
         2 s with the defaults; raise it to ride out a longer restart), is resumed from the last
-        event seen, so no event is missed or repeated. `timeout` bounds the whole watch (None: no
-        deadline)."""
+        event seen, so no event is missed or repeated. A daemon that stops gracefully interrupts
+        the job without ending it (the next start resumes it): the watch is resumed as for a
+        restart, and raises Unavailable once those reconnects fail; it never ends on an
+        INTERRUPTED state. `timeout` bounds the whole watch (None: no deadline)."""
         return self._events(from_seq, timeout)
 
     @call
     def wait(self, timeout: float | None = None, check: bool = True) -> Then[Job[C]]:
         """Block until the job ends; returns self with `info` final. With `check`, raises
-        JobFailed when it did not succeed."""
+        JobFailed when it did not succeed. It waits as `watch` does: a daemon stopped gracefully
+        (the job interrupted, to be resumed by the next start) raises Unavailable once the
+        client's RetryPolicy reconnects fail, rather than returning the job INTERRUPTED; call
+        `wait()` again once the daemon runs again."""
 
         def ended(info: pb.Job) -> Job[C]:
             self.info = info
