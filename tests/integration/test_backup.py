@@ -46,6 +46,7 @@ from tesserad.security import Role, hash_token, new_token
 from tesserad.security.tokens import format_entry
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.registry.conftest import onnx_identity
+from tests.tmpfs import tmpfs
 
 
 def _sha256(path: Path) -> str:
@@ -541,7 +542,7 @@ def test_a_backup_failing_mid_stream_leaves_no_file(
 def test_a_backup_filling_its_disk_leaves_nothing_and_names_the_file(
     source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with _tmpfs(tmp_path / "disk", f"size={source.archive.stat().st_size // 2}") as disk:
+    with tmpfs(tmp_path / "disk", f"size={source.archive.stat().st_size // 2}") as disk:
         # Chunks under the temp file's write buffer fill the disk as the buffer is flushed, and
         # what is left in the buffer fails again as the file is closed.
         with (
@@ -764,31 +765,12 @@ def test_the_backup_file_is_readable_by_its_owner_alone_whatever_the_umask(
     }
 
 
-@contextlib.contextmanager
-def _tmpfs(mount_point: Path, options: str) -> Iterator[Path]:
-    """A tmpfs at `mount_point` (made), unmounted after; the test skips where mounting is not
-    permitted (not root, no CAP_SYS_ADMIN), as tests/integration/test_disk_full.py does."""
-    mount_point.mkdir()
-    try:
-        mounted = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)], capture_output=True, text=True
-        )
-    except FileNotFoundError:
-        pytest.skip("no mount command here")
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip() or mounted.returncode}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
-
-
 def test_restore_onto_a_disk_without_room_for_it_is_refused_before_writing(
     source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     manifest = read_archive(source.archive)
     needed = manifest.store.size + manifest.blob_bytes
-    with _tmpfs(tmp_path / "disk", f"size={needed // 2}") as disk:
+    with tmpfs(tmp_path / "disk", f"size={needed // 2}") as disk:
         code, err = _restore(source.archive, disk / "data", capsys)
         assert code == 1
         assert f"the disk of {disk} has no room for the restore: it needs" in err, err
@@ -800,7 +782,7 @@ def test_restore_running_out_of_room_midway_says_so_and_leaves_nothing(
     source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Bytes to spare but few inodes: the disk fills as the blobs' directories are made.
-    with _tmpfs(tmp_path / "disk", "size=64m,nr_inodes=6") as disk:
+    with tmpfs(tmp_path / "disk", "size=64m,nr_inodes=6") as disk:
         code, err = _restore(source.archive, disk / "data", capsys)
         assert code == 1
         assert f"the disk of {disk} has no room for the restore: it ran out of room" in err, err
@@ -813,7 +795,7 @@ def test_restore_into_an_empty_mount_point_puts_it_on_that_disk(
 ) -> None:
     # A new disk mounted as the data directory: staged beside it, on the parent's disk, the
     # restore failed at the end moving it across (EXDEV).
-    with _tmpfs(tmp_path / "mnt", "size=64m") as mount_point:
+    with tmpfs(tmp_path / "mnt", "size=64m") as mount_point:
         code, err = _restore(source.archive, mount_point, capsys)
         assert (code, err) == (0, "")
         assert sorted(p.name for p in mount_point.iterdir()) == ["blobs", "store", "tesserad.lock"]

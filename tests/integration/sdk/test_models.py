@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import inspect
+import os
 import re
 import urllib.request
 from collections.abc import Callable
@@ -22,6 +23,7 @@ import tessera.transfer
 from tessera.models import INLINE_BYTES
 from tessera.transport import AioConnection, Connection
 from tessera.v1 import registry_pb2
+from tests.tmpfs import tmpfs
 
 
 @pytest.fixture
@@ -344,6 +346,42 @@ def test_push_sends_a_small_artifact_in_one_message_and_streams_a_larger_one(
     client.models.download("wide", tmp_path / "large.onnx")
     assert (tmp_path / "small.onnx").read_bytes() == onnx_file.read_bytes()
     assert (tmp_path / "large.onnx").read_bytes() == wide.read_bytes()
+
+
+def test_a_download_filling_its_disk_leaves_nothing_and_names_the_file(client, tmp_path):
+    """Models, datasets and run artifacts download through the same temp file: with chunks under
+    its write buffer, what was left in the buffer failed again as it was closed, so the temp
+    file stayed, filling the disk, and the error named no file."""
+    rng = np.random.default_rng(0)
+    dataset = client.datasets.push("noise", x=rng.normal(size=64 * 1024).astype(np.float32))
+    with tmpfs(tmp_path / "disk", f"size={dataset.size_bytes // 2}") as disk:
+        with pytest.raises(OSError, match="No space left") as raised:
+            client.datasets.download("noise", disk / "noise.npz", chunk_size=4096)
+        assert raised.value.errno == errno.ENOSPC
+        assert raised.value.filename == str(disk / "noise.npz")
+        assert list(disk.iterdir()) == []
+
+
+def test_a_download_is_on_the_disk_before_it_takes_its_name(client, onnx_file, tmp_path, monkeypatch):
+    """Its bytes are fsynced before it takes its name, and its directory after, as a backup's
+    are: a power cut after the download returns never leaves an empty or short file there."""
+    client.models.push("affine", onnx_file)
+    synced: list[str] = []
+    fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    out = tmp_path / "out"
+    out.mkdir()
+    out = out.resolve()  # as /proc names the files
+    client.models.download("affine", out / "copy.onnx")
+    ours = [path for path in synced if path == str(out) or path.startswith(f"{out}/")]
+    assert len(ours) == 2, synced
+    assert re.fullmatch(rf"{re.escape(str(out))}/\.copy\.onnx\.[0-9a-f]{{8}}\.partial", ours[0]), ours
+    assert ours[1] == str(out)
 
 
 def test_a_download_onto_a_directory_is_refused_and_leaves_no_file(client, onnx_file, tmp_path):

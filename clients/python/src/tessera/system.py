@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import BinaryIO
@@ -13,7 +12,7 @@ from typing import BinaryIO
 from tessera.backup import ArchiveCheck, ArchiveError, SavedBackup, read_archive
 from tessera.calls import C, Op, Part, Reconnects, Resumable, Save, Sink, call, stream
 from tessera.errors import DataLoss
-from tessera.transfer import Progress, check_free, new_partial, put_in_place
+from tessera.transfer import PartialFile, Progress
 from tessera.transport import RetryPolicy, timeout_or
 from tessera.v1 import system_pb2 as pb
 
@@ -28,73 +27,40 @@ def _not_whole(exc: ArchiveError) -> DataLoss:
 
 
 class BackupSink:
-    """Writes a streamed backup to `path` through a new temp file beside it, which becomes
-    `path` only once the whole archive is read back and checks out (`finish`); `abort`
-    removes it. Unless `overwrite`, a file at `path` is refused (FileExistsError) before the
-    backup starts and again as it is put in place, readable by its owner alone."""
+    """Writes a streamed backup to `path` through a `PartialFile`, which becomes `path` only
+    once the whole archive is read back and checks out (`finish`); `abort` removes it. Unless
+    `overwrite`, a file at `path` is refused (FileExistsError) before the backup starts and
+    again as it is put in place, readable by its owner alone."""
 
     def __init__(self, path: Path, overwrite: bool) -> None:
         self.path = path
-        self._overwrite = overwrite
-        check_free(path, overwrite)
-        self._partial, self._file = new_partial(path, BACKUP_FILE_MODE)
+        self._file = PartialFile(path, overwrite, BACKUP_FILE_MODE)
         self._digest = hashlib.sha256()
         self._size = 0
 
     def write(self, chunk: bytes) -> None:
-        with _naming(self.path):
-            self._file.write(chunk)
+        self._file.write(chunk)
         self._digest.update(chunk)
         self._size += len(chunk)
 
     def finish(self) -> SavedBackup:
         """The manifest of the backup now at `path`; DataLoss (nothing left) when what came is
         not a whole backup."""
+        self._file.close()
         try:
-            with _naming(self.path):
-                # On the disk before it takes its name, and the name after: a power cut once
-                # the backup is said to be written must not leave an empty or short file there.
-                self._file.flush()
-                os.fsync(self._file.fileno())
-                self._file.close()
-            manifest = read_archive(self._partial)
-            # A backup takes minutes: the name may have been taken meanwhile.
-            put_in_place(self._partial, self.path, self._overwrite)
-            _sync_dir(self.path.parent)
+            manifest = read_archive(self._file.temp)
         except ArchiveError as exc:
-            self._partial.unlink(missing_ok=True)
+            self._file.discard()
             raise _not_whole(exc) from None
         except BaseException:
-            self._partial.unlink(missing_ok=True)
+            self._file.discard()
             raise
+        # A backup takes minutes: the name may have been taken meanwhile.
+        self._file.keep()
         return SavedBackup.of(manifest, self._digest, self._size)
 
     def abort(self) -> None:
-        # A write that failed (a full disk) leaves bytes in the file's buffer, whose flush fails
-        # again as it closes; the file is closed all the same, and then removed.
-        with contextlib.suppress(OSError):
-            self._file.close()
-        self._partial.unlink(missing_ok=True)
-
-
-def _sync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def _naming(path: Path) -> Iterator[None]:
-    """An OSError of a write to the temp file beside `path` named for `path`, the file the user
-    asked for ("b.tar: No space left on device"), not for no file at all."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.filename is not None or exc.strerror is None:
-            raise
-        raise OSError(exc.errno, exc.strerror, str(path)) from None
+        self._file.discard()
 
 
 class BackupStream:

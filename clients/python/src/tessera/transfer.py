@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -127,18 +128,81 @@ def put_in_place(partial: Path, path: Path, overwrite: bool) -> None:
     partial.unlink()
 
 
-class DownloadSink(Generic[H]):
-    """Writes a downloaded file to `path` (through a temp file), checking it against the size
-    and sha256 of its `header`; `finish` gives the header. Unless `overwrite`, a file at `path`
-    is refused (FileExistsError) before anything is written and again as the download takes
-    its name."""
+class PartialFile:
+    """`path` written through a new temp file beside it (`new_partial`, `mode`), which takes
+    the name only once `keep` is called, synced to the disk before it does and the directory
+    after (a power cut then leaves no empty or short file there); `discard` removes it. Unless
+    `overwrite`, a file at `path` is refused (FileExistsError) now and again as it takes the
+    name. An OSError writing it names `path`, the file asked for."""
 
-    def __init__(self, path: Path, header: H, progress: Progress | None, overwrite: bool = True) -> None:
+    def __init__(self, path: Path, overwrite: bool, mode: int = 0o666) -> None:
         check_free(path, overwrite)
         self.path = path
         self._overwrite = overwrite
+        self.temp, self._file = new_partial(path, mode)
+
+    def write(self, data: bytes) -> None:
+        with _naming(self.path):
+            self._file.write(data)
+
+    def close(self) -> None:
+        """All of it on the disk and closed, to be read back or kept; removed if that fails."""
+        try:
+            with _naming(self.path):
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._file.close()
+        except BaseException:
+            self.discard()
+            raise
+
+    def keep(self) -> None:
+        """The closed temp file becomes `path`; removed if it cannot."""
+        try:
+            put_in_place(self.temp, self.path, self._overwrite)
+            _sync_dir(self.path.parent)
+        except BaseException:
+            self.temp.unlink(missing_ok=True)
+            raise
+
+    def discard(self) -> None:
+        # A write that failed (a full disk) leaves bytes in the file's buffer, whose flush fails
+        # again as it closes; the file is closed all the same, and then removed.
+        with contextlib.suppress(OSError):
+            self._file.close()
+        self.temp.unlink(missing_ok=True)
+
+
+def _sync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """An OSError of a write to the temp file beside `path` named for `path`, the file the user
+    asked for ("b.tar: No space left on device"), not for no file at all."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None or exc.strerror is None:
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+
+
+class DownloadSink(Generic[H]):
+    """Writes a downloaded file to `path` (through a `PartialFile`), checking it against the
+    size and sha256 of its `header`; `finish` gives the header. Unless `overwrite`, a file at
+    `path` is refused (FileExistsError) before anything is written and again as the download
+    takes its name."""
+
+    def __init__(self, path: Path, header: H, progress: Progress | None, overwrite: bool = True) -> None:
+        self.path = path
+        self._file = PartialFile(path, overwrite)
         self._header = header
-        self._partial, self._file = new_partial(path)
         self._digest = hashlib.sha256()
         self._size = 0
         self._progress = progress
@@ -155,19 +219,14 @@ class DownloadSink(Generic[H]):
         self._file.close()
         sha256, size = self._header.sha256, self._header.size_bytes
         if (sha256 and self._digest.hexdigest() != sha256) or (size and self._size != size):
-            self._partial.unlink(missing_ok=True)
+            self._file.discard()
             raise DataLoss(
                 f"download of {self.path.name} is corrupt: got {self._size} bytes with sha256 "
                 f"{self._digest.hexdigest()}, expected {size} bytes with sha256 {sha256}; download it again"
             )
-        try:
-            # A download takes a while: the name may have been taken meanwhile.
-            put_in_place(self._partial, self.path, self._overwrite)
-        except OSError:
-            self._partial.unlink(missing_ok=True)
-            raise
+        # A download takes a while: the name may have been taken meanwhile.
+        self._file.keep()
         return self._header
 
     def abort(self) -> None:
-        self._file.close()
-        self._partial.unlink(missing_ok=True)
+        self._file.discard()
