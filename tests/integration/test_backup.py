@@ -585,6 +585,41 @@ def test_a_backup_is_on_the_disk_before_it_is_said_to_be_written(
     assert ours[1] == str(out)
 
 
+@pytest.mark.parametrize(
+    ("unbuffered", "chunk_size"), [("1", 2**20), ("", 4096)], ids=["unbuffered", "buffered-small-chunks"]
+)
+def test_a_backup_to_stdout_filling_its_disk_names_standard_output(
+    tmp_path: Path, unbuffered: str, chunk_size: int
+) -> None:
+    """Python's own words ('[Errno 28] No space left on device') named no file. Unbuffered
+    (PYTHONUNBUFFERED, common in containers), stdout's write took what fitted and said so, and
+    the rest was dropped: the backup was said to be written, exit 0. Buffered, with chunks under
+    stdout's buffer, its flush failed again at exit, in a traceback."""
+    settings = daemon_settings(tmp_path / "data", **{"limits.chunk_size": chunk_size})
+    daemon = InProcessDaemon(settings).start()
+    try:
+        with tessera.Client(daemon.target) as client:
+            noise = np.random.default_rng(0).normal(size=32 * 1024).astype(np.float32)
+            dataset = client.datasets.push("noise", x=noise)
+        with (
+            tmpfs(tmp_path / "disk", f"size={dataset.size_bytes // 2}") as disk,
+            (disk / "b.tar").open("wb") as stdout,
+        ):
+            result = subprocess.run(
+                [sys.executable, "-m", "tessera.cli", *_backup_cli(daemon, "-o", "-")],
+                stdout=stdout.fileno(),
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=120,
+                check=False,
+                env={**os.environ, "PYTHONUNBUFFERED": unbuffered},
+            )
+    finally:
+        daemon.stop()
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == "tessera: standard output: No space left on device\n"
+
+
 def _run_cli(*args: str, stdout: int) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tessera.cli", *args],

@@ -96,9 +96,18 @@ class BackupStream:
 
     def _pass_on(self) -> None:
         for piece in self._check.checked():
-            self._file.write(piece)
+            _write_all(self._file, piece)
             self._digest.update(piece)
             self._size += len(piece)
+
+
+def _write_all(file: BinaryIO, data: bytes) -> None:
+    """All of `data` written to `file`, an unbuffered one too (stdout under PYTHONUNBUFFERED),
+    whose write may take part of it (a disk filling up) and say how much: the rest is written
+    after it, so that a full disk raises rather than the archive being cut short unsaid."""
+    view = memoryview(data)
+    while view:
+        view = view[file.write(view) :]
 
 
 class BackupReceived:

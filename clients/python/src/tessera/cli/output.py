@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TextIO
 
 from rich.cells import cell_len
 from rich.console import Console
@@ -120,3 +122,15 @@ def transfer_progress(out: Output, label: str) -> Callable[[int, int], None] | N
             shown["percent"] = percent
 
     return report
+
+
+def close_output(stream: TextIO | None = None) -> None:
+    """Point `stream` (default stdout) at /dev/null: Python flushes it once more at exit, and
+    a failure there prints its own complaint and makes the status 120."""
+    try:
+        fd = (stream or sys.stdout).fileno()
+    except (OSError, ValueError, AttributeError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)

@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn
 
 from rich.console import Console
 
@@ -19,7 +19,7 @@ from tessera.cli.arguments import UsageError
 from tessera.cli.datasets import cmd_datasets_download, cmd_datasets_push
 from tessera.cli.jobs import cmd_jobs_watch, cmd_train
 from tessera.cli.models import cmd_export_onnx, cmd_models_download, cmd_models_push
-from tessera.cli.output import Output
+from tessera.cli.output import Output, close_output
 from tessera.cli.parser import build_parser
 from tessera.cli.serving import cmd_explain, cmd_load, cmd_unload
 from tessera.cli.system import cmd_admin_backup, cmd_demo
@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
     except BrokenPipeError:
         # Whoever reads the output stopped (`| head`): no message, and nothing left to flush
         # into the closed pipe at exit, where Python would print its own complaint.
-        _close_output()
+        close_output()
         return EXIT_OUTPUT_CLOSED
     return status
 
@@ -259,17 +259,5 @@ def _fail(status: int, message: str) -> int:
     try:
         print(message, file=sys.stderr, flush=True)
     except (OSError, ValueError):
-        _close_output(sys.stderr)
+        close_output(sys.stderr)
     return status
-
-
-def _close_output(stream: TextIO | None = None) -> None:
-    """Point `stream` (default stdout) at /dev/null: Python flushes it once more at exit, and
-    a failure there prints its own complaint and makes the status 120."""
-    try:
-        fd = (stream or sys.stdout).fileno()
-    except (OSError, ValueError, AttributeError):
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, fd)
-    os.close(devnull)

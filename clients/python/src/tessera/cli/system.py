@@ -11,7 +11,7 @@ from typing import Any, BinaryIO
 
 from tessera.backup import Manifest, SavedBackup
 from tessera.cli.arguments import UsageError
-from tessera.cli.output import Output
+from tessera.cli.output import Output, close_output
 from tessera.client import Client
 from tessera.demo import run_demo
 from tessera.errors import TesseraError
@@ -93,6 +93,14 @@ def _backup_to_stdout(client: Client, args: argparse.Namespace, out: Output) -> 
         raise type(err)(
             f"{err.message}; what reached stdout is an incomplete archive and must not be used"
         ) from None
+    except BrokenPipeError:
+        raise
+    except OSError as err:
+        if err.filename is not None or not err.strerror:
+            raise
+        # What stdout's buffer still holds would fail again as Python flushes it at exit.
+        close_output()
+        raise OSError(err.errno, err.strerror, "standard output") from None
     print(
         dumps(_backup_summary(saved, "-"), indent=2)
         if args.json
