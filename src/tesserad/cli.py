@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import BinaryIO, NoReturn
 
 from tessera.backup import HEADER_MAX_BYTES, MANIFEST_MAX_BYTES
 from tessera.command_parser import CommandParser
@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         "restore",
         help="restore a backup (`tessera admin backup`) into a new data directory, offline",
         description=(
-            "Restore a backup archive (a file or a pipe) into DIR, which must be missing or empty "
+            "Restore a backup archive (a file, a pipe, or stdin as -) into DIR, which must be missing or empty "
             "(a new disk's mount point too, its lost+found aside) and not in use, on a disk with room for it. An archive "
             "from a newer tesserad, whose store has a newer schema or tables this one does not know, is refused. "
             "Every file is checked against the archive's manifest (sha256 and size) and the "
@@ -126,7 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     restore.add_argument(
-        "archive", type=Path, metavar="FILE", help="the backup archive (or it compressed: gzip, bzip2, xz)"
+        "archive",
+        type=Path,
+        metavar="FILE",
+        help="the backup archive (or it compressed: gzip, bzip2, xz); - reads it from stdin "
+        "(`ssh host cat b.tar | tesserad restore - ...`)",
     )
     restore.add_argument(
         "--data-dir", type=Path, required=True, metavar="DIR", help="the data directory to create"
@@ -160,8 +164,8 @@ def _terminate(_signum: int, _frame: object) -> NoReturn:
     raise _Terminated
 
 
-def _restore(archive: Path, data_dir: Path, progress: bool | None) -> int:
-    from tesserad.backup.restore import RestoreError, restore
+def _restore(archive: Path | BinaryIO, data_dir: Path, progress: bool | None) -> int:
+    from tesserad.backup.restore import RestoreError, archive_name, restore
     from tesserad.server import STORE_TABLES
 
     # What the restore tells on the way (a dead restore's staging directory it removed).
@@ -192,7 +196,7 @@ def _restore(archive: Path, data_dir: Path, progress: bool | None) -> int:
         restore_log.removeHandler(told)
     records = sum(manifest.records.values())
     print(
-        f"restored {archive} into {data_dir}: {counted(records, 'record')}, {counted(len(manifest.blobs), 'blob')} "
+        f"restored {archive_name(archive)} into {data_dir}: {counted(records, 'record')}, {counted(len(manifest.blobs), 'blob')} "
         f"({byte_size(manifest.blob_bytes)}), backed up by tesserad {manifest.tesserad_version} at "
         f"{manifest.created_at}; start it with `tesserad serve --data-dir {data_dir}`"
     )
@@ -200,7 +204,8 @@ def _restore(archive: Path, data_dir: Path, progress: bool | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "settings":
         try:
             _print_settings()
@@ -213,7 +218,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "tokens":
         return tokens.run(args)
     if args.command == "restore":
-        return _restore(args.archive, args.data_dir, args.progress)
+        if args.archive != Path("-"):
+            return _restore(args.archive, args.data_dir, args.progress)
+        if sys.stdin is None or sys.stdin.isatty():
+            # As tar refuses: an archive is not typed in, and a closed stdin holds none.
+            parser.error("restore - reads the archive from stdin: redirect it (< FILE, CMD |)")
+        return _restore(sys.stdin.buffer, args.data_dir, args.progress)
 
     overrides = {name: getattr(args, name.replace(".", "__")) for name, _, _ in SERVE_FLAGS.values()}
     try:

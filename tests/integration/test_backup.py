@@ -313,6 +313,59 @@ def test_a_compressed_backup_restores(
     assert sorted(p.name for p in (tmp_path / "restored").iterdir()) == ["blobs", "store", "tesserad.lock"]
 
 
+def test_a_backup_restores_from_stdin(source: Source, tmp_path: Path) -> None:
+    """`-` reads the archive from stdin, as `admin backup -o -` writes it to stdout: a pipe
+    (`ssh host cat b.tar | tesserad restore - ...`), not a file named "-"."""
+    restored = tmp_path / "restored"
+    with source.archive.open("rb") as stdin:
+        result = subprocess.run(
+            [sys.executable, "-m", "tesserad", "restore", "-", "--data-dir", str(restored)],
+            stdin=stdin,
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=120,
+            check=False,
+        )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"restored standard input into {restored}: ")
+    assert sorted(p.name for p in restored.iterdir()) == ["blobs", "store", "tesserad.lock"]
+
+
+def test_a_truncated_backup_on_stdin_is_refused_naming_standard_input(
+    source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    truncated = source.archive.read_bytes()[: source.archive.stat().st_size // 2]
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(truncated)))
+    code = tesserad_main(["restore", "-", "--data-dir", str(tmp_path / "restored")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("tesserad restore: standard input cannot be restored: "), err
+    assert err.endswith("; nothing was written\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_restore_from_stdin_on_a_terminal_is_a_usage_error(tmp_path: Path) -> None:
+    terminal, stdin = pty.openpty()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "tesserad", "restore", "-", "--data-dir", str(tmp_path / "restored")],
+            stdin=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(stdin)
+        os.close(terminal)
+    assert result.returncode == 2
+    assert result.stderr.endswith(
+        "error: restore - reads the archive from stdin: redirect it (< FILE, CMD |)\n"
+    ), result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_backup_to_a_missing_directory_names_it(
     source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -25,6 +25,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Collection
 from pathlib import Path
+from typing import BinaryIO
 
 import lmdb
 
@@ -78,17 +79,18 @@ class _SyncedFile:
 
 
 def restore(
-    archive: Path, data_dir: Path, tables: Collection[str], progress: Progress | None = None
+    archive: Path | BinaryIO, data_dir: Path, tables: Collection[str], progress: Progress | None = None
 ) -> Manifest:
-    """Restore `archive` into `data_dir` (missing, or empty); its manifest. `tables`: those of
-    this tesserad's store; `progress`, told how much is staged."""
+    """Restore `archive` (a path, or an open binary file such as stdin, read as a stream) into
+    `data_dir` (missing, or empty); its manifest. `tables`: those of this tesserad's store;
+    `progress`, told how much is staged."""
     data_dir = data_dir.absolute()
     _remove_dead_staging(data_dir)
     _check_target(data_dir)
     # A pipe reads as well as a file (`<(ssh host cat b.tar)`): only a directory cannot be read.
-    if not archive.exists():
+    if isinstance(archive, Path) and not archive.exists():
         raise RestoreError(f"{archive} does not exist; pass the backup archive's path")
-    if archive.is_dir():
+    if isinstance(archive, Path) and archive.is_dir():
         raise RestoreError(f"{archive} is a directory; pass the backup archive's path")
     if not data_dir.parent.is_dir():
         raise RestoreError(f"{data_dir.parent} does not exist; create it, or pass another --data-dir")
@@ -98,7 +100,9 @@ def restore(
             manifest = read_archive(archive, staging.place, staging.check_manifest)
             store_token = _check_store(staging.path / "store", manifest)
         except ArchiveError as exc:
-            raise RestoreError(f"{archive} cannot be restored: {exc}; nothing was written") from None
+            raise RestoreError(
+                f"{archive_name(archive)} cannot be restored: {exc}; nothing was written"
+            ) from None
         except OSError as exc:
             if exc.errno not in _NO_ROOM:
                 raise
@@ -111,6 +115,11 @@ def restore(
     finally:
         staging.unlock()
     return manifest
+
+
+def archive_name(archive: Path | BinaryIO) -> str:
+    """The archive as a message names it: its path, or "standard input" for a stream."""
+    return str(archive) if isinstance(archive, Path) else "standard input"
 
 
 class _Staging:

@@ -155,14 +155,16 @@ ReadManifest = Callable[[Manifest], None]
 
 
 def read_archive(
-    path: Path, place: Place | None = None, read_manifest: ReadManifest | None = None
+    path: Path | IO[bytes], place: Place | None = None, read_manifest: ReadManifest | None = None
 ) -> Manifest:
-    """Read the archive at `path` through, checking every member against the manifest (its
-    sha256 and size, nothing unnamed, nothing twice, nothing missing), handing each member's
-    bytes to what `place` gives; ArchiveError at the first fault. `read_manifest` is given the
-    manifest before any other member is read (to refuse the archive before its bytes are
-    placed: it raises). The files `place` gave are closed, whole or not: the caller removes them
-    when this raises."""
+    """Read the archive at `path` (or from an open binary file, stdin: it is read as a stream)
+    through, checking every member against the manifest (its sha256 and size, nothing unnamed,
+    nothing twice, nothing missing), handing each member's bytes to what `place` gives;
+    ArchiveError at the first fault. `read_manifest` is given the manifest before any other
+    member is read (to refuse the archive before its bytes are placed: it raises). The files
+    `place` gave are closed, whole or not: the caller removes them when this raises."""
+    if not isinstance(path, Path):
+        return _read(path, place, read_manifest=read_manifest)
     with path.open("rb") as file:
         return _read(file, place, read_manifest=read_manifest)
 
