@@ -34,7 +34,7 @@ from tesserad.errors import (
 )
 from tesserad.registry.aliases import check_settable_alias
 from tesserad.registry.architectures import architecture_signature
-from tesserad.registry.records import AliasEvent, VersionRecord
+from tesserad.registry.records import AliasEvent, VersionRecord, same_version
 from tesserad.registry.service import Registry
 from tesserad.registry.tables import ANONYMOUS
 from tesserad.registry.validation import check_description_room
@@ -97,6 +97,32 @@ def _load_weights(model: nn.Module, path: Path, source: VersionRecord) -> None:
         model.load_state_dict(state, strict=True)
 
 
+class _Caller:
+    """An export's caller going away (`withdraw`) and its registration (`register`), decided
+    under one lock, so that exactly one holds: the caller went away and nothing is registered,
+    or the registration began and a withdrawal is too late. Held briefly, so the event loop
+    that withdraws never waits on a registration."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.withdrawn = False
+        self._registering = False
+
+    def withdraw(self) -> None:
+        with self._lock:
+            self.withdrawn = not self._registering
+
+    def register(self, source: VersionRecord) -> None:
+        """Cancelled where the caller went away first; past this, `withdraw` is too late."""
+        with self._lock:
+            if self.withdrawn:
+                raise Cancelled(
+                    f"the caller of the ONNX export of {source.model} v{source.version} went away "
+                    "before it was registered; nothing was registered"
+                )
+            self._registering = True
+
+
 @dataclass(frozen=True)
 class _Request:
     source: VersionRecord
@@ -106,8 +132,7 @@ class _Request:
     alias: str
     description: str
     actor: str
-    # Set when the caller went away once the export had started: it then registers nothing.
-    withdrawn: threading.Event
+    caller: _Caller
 
 
 class Exports:
@@ -152,9 +177,10 @@ class Exports:
 
     @property
     def withdrawn(self) -> int:
-        """Running exports whose caller went away: they run to their end and register nothing."""
+        """How many running exports (not waiting ones: those leave the queue) have a caller that
+        went away before their registration: they run to their end and register nothing."""
         with self._lock:
-            return sum(1 for request in self._running.values() if request.withdrawn.is_set())
+            return sum(1 for request in self._running.values() if request.caller.withdrawn)
 
     def submit(
         self,
@@ -174,7 +200,7 @@ class Exports:
         if alias:
             # Before the export runs for minutes; its registration checks again.
             self._registry.check_alias_room(source.model, alias)
-        request = _Request(source, architecture, opset, conv4d, alias, description, actor, threading.Event())
+        request = _Request(source, architecture, opset, conv4d, alias, description, actor, _Caller())
         with self._lock:
             if self._closed:
                 raise Unavailable("tesserad is stopping; export again once it is back")
@@ -194,14 +220,15 @@ class Exports:
     def withdraw(self, future: Future[ExportResult]) -> None:
         """The caller of `future`'s export went away (a client that cancelled, or whose deadline
         passed): a waiting export leaves the queue, and a running one registers nothing, so that
-        what the caller was told failed leaves no version and moves no alias. One registering
-        already when this comes is registered, as an upload cancelled as its last byte arrives may be."""
+        what the caller was told failed leaves no version and moves no alias. One whose
+        registration (or alias move to an earlier identical export) began before this came is
+        registered, as an upload cancelled as its last byte arrives may be."""
         if future.cancel():
             return
         with self._lock:
             request = self._unsettled.get(id(future))
         if request is not None:
-            request.withdrawn.set()
+            request.caller.withdraw()
 
     def _forget(self, future: Future[ExportResult]) -> None:
         with self._lock:
@@ -291,11 +318,8 @@ class Exports:
                         f"tesserad stopped before the ONNX export of {source.model} v{source.version} "
                         "finished; nothing was registered: export it again once tesserad is back"
                     )
-                if request.withdrawn.is_set():
-                    raise Cancelled(
-                        f"the caller of the ONNX export of {source.model} v{source.version} went away "
-                        "before it was registered; nothing was registered"
-                    )
+                if request.caller.withdrawn:  # refused before the file is hashed, not after
+                    request.caller.register(source)
                 # Stored first, so the file is hashed once: bytes an earlier export holds are
                 # already in the store, and their put adds nothing.
                 blob = self._blobs.put_moved(path)
@@ -304,6 +328,7 @@ class Exports:
                     # The earlier export holds these bytes: the put's claim on them ends here,
                     # else they would outlive that version's delete until the next start.
                     try:
+                        request.caller.register(source)
                         if alias:
                             earlier = _move_alias(registry, earlier, alias, actor)
                     finally:
@@ -312,7 +337,8 @@ class Exports:
                         earlier, report.opset, report.max_abs_diff or 0.0, report.conv4d_mode, reused=True
                     )
                 # Its lineage names the source as parent, so the registration refuses a source
-                # deleted meanwhile (and removes the blob).
+                # deleted meanwhile, or whose model was deleted and pushed again (and removes the
+                # blob); so does a caller that went away, in the same transaction.
                 with _unless_source_deleted(registry, source, NotFound):
                     version = registry.register_version(
                         source.model,
@@ -329,6 +355,8 @@ class Exports:
                         # The source's dataset versions were checked at its registration; one
                         # force-deleted since is what the source was trained on all the same.
                         datasets_may_be_deleted=True,
+                        expected_parent=source,
+                        before_commit=lambda: request.caller.register(source),
                     )
         finally:
             path.unlink(missing_ok=True)
@@ -383,9 +411,7 @@ def _unless_source_deleted(
     try:
         yield
     except error:
-        try:
-            registry.get_version(source.model, source.version)
-        except NotFound:
+        if _source_gone(registry, source):
             raise NotFound(
                 f"{source.model} v{source.version} was deleted during its ONNX export, so nothing was "
                 "registered; export a version that exists"
@@ -393,12 +419,24 @@ def _unless_source_deleted(
         raise
 
 
+def _source_gone(registry: Registry, source: VersionRecord) -> bool:
+    """Whether `source` is deleted, its number another version's where its model was deleted
+    and pushed again."""
+    try:
+        return not same_version(registry.get_version(source.model, source.version), source)
+    except NotFound:
+        return True
+
+
 def _earlier_export(registry: Registry, source: VersionRecord, sha256: str) -> VersionRecord | None:
     """The ONNX version of the model derived from `source` whose artifact has `sha256`; None also
-    when `source` is gone (deleted during the export: its registration refuses it)."""
+    when `source` is gone (deleted during the export, its model maybe pushed again: its
+    registration refuses it)."""
     try:
-        _, derived = registry.get_lineage(source.model, source.version)
+        record, derived = registry.get_lineage(source.model, source.version)
     except NotFound:
+        return None
+    if not same_version(record, source):
         return None
     for key in derived:
         try:

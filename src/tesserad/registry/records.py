@@ -295,6 +295,12 @@ def decode_version(raw: bytes) -> VersionRecord:
     )
 
 
+def same_version(a: VersionRecord, b: VersionRecord) -> bool:
+    """Whether two records are of one registered version: a model deleted and created again
+    numbers from 1, so its name and number may be another version's."""
+    return (a.model, a.version, a.sha256, a.created_at) == (b.model, b.version, b.sha256, b.created_at)
+
+
 def _target_from(data: dict[str, Any]) -> Target:
     return Target(version=data.get("version", 0), alias=data.get("alias", ""))
 

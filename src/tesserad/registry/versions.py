@@ -72,6 +72,7 @@ from tesserad.registry.records import (
     VersionRecord,
     decode_version,
     encode_version,
+    same_version,
 )
 from tesserad.registry.tables import (
     ANONYMOUS,
@@ -336,6 +337,8 @@ class Versions:
         once_per_job: bool = False,
         datasets_may_be_deleted: bool = False,
         alias_if_room: bool = False,
+        expected_parent: VersionRecord | None = None,
+        before_commit: Callable[[], None] | None = None,
     ) -> VersionRecord:
         """Record a stored blob as the model's next version (all or nothing).
 
@@ -358,7 +361,10 @@ class Versions:
         committed registers once. With `datasets_may_be_deleted`, a lineage dataset version
         named with its sha256 that is gone (deleted, or deleted and its number uploaded again as
         other data) is recorded as deleted instead of refused: a training job's, force-deleted
-        while it ran, must not lose the trained model.
+        while it ran, must not lose the trained model. With `expected_parent` (the lineage
+        parent as the caller read it), a parent whose number is another version's now (its model
+        deleted and created again) is refused as gone (NotFound). `before_commit` is called last
+        in the recording transaction: what it raises refuses the registration.
         """
         try:
             fitted_metrics, metrics_left_out = fit_metrics(metrics or {})
@@ -401,6 +407,8 @@ class Versions:
                 once_per_job=once_per_job,
                 datasets_may_be_deleted=datasets_may_be_deleted,
                 alias_if_room=alias_if_room,
+                expected_parent=expected_parent,
+                before_commit=before_commit,
             )
             committed = self._commit(record, {model}, {blob.sha256})
         except BaseException:
@@ -589,6 +597,8 @@ class Versions:
         once_per_job: bool = False,
         datasets_may_be_deleted: bool = False,
         alias_if_room: bool = False,
+        expected_parent: VersionRecord | None = None,
+        before_commit: Callable[[], None] | None = None,
     ) -> Callable[[WriteTxn], VersionRecord]:
         """Check the artifact of a blob whose header checks (`check_upload`) have passed; the
         function that records its version in a write transaction. `artifact`: the blob's bytes,
@@ -638,7 +648,9 @@ class Versions:
             else:
                 fields = decode_record(raw, MODEL_KIND, SCHEMA)[1]
             number = int(fields["next_version"])
-            checked_lineage = self._check_lineage(txn, model, lineage, datasets_may_be_deleted)
+            checked_lineage = self._check_lineage(
+                txn, model, lineage, datasets_may_be_deleted, expected_parent
+            )
             version_signature, version_parameters = signature, parameter_count
             if format == "ensemble":
                 # Checked in the recording transaction, so a member deleted meanwhile is seen.
@@ -687,6 +699,8 @@ class Versions:
                         raise
                     refused = exc.message
             put_model_data(txn, fields)
+            if before_commit is not None:
+                before_commit()
             return replace(with_aliases(txn, record), alias_moved=moved, alias_refused=refused)
 
         return record_version
@@ -729,20 +743,32 @@ class Versions:
         settled.set_exception(error)
 
     def _check_lineage(
-        self, txn: ReadTxn, model: str, lineage: Lineage, datasets_may_be_deleted: bool = False
+        self,
+        txn: ReadTxn,
+        model: str,
+        lineage: Lineage,
+        datasets_may_be_deleted: bool = False,
+        expected_parent: VersionRecord | None = None,
     ) -> Lineage:
         """`lineage` once checked, each dataset version with its sha256: named by number alone,
         a dataset deleted and uploaded again would give that number to other data. With
-        `datasets_may_be_deleted`, one named with its sha256 that is gone is marked deleted."""
+        `datasets_may_be_deleted`, one named with its sha256 that is gone is marked deleted.
+        With `expected_parent`, the parent must still be that version (`register_version`)."""
         if lineage.parent_model:
             validate_name("lineage.parent_model", lineage.parent_model)
         if lineage.parent_version < 0:
             raise InvalidArgument(f"lineage.parent_version must be >= 1, got {lineage.parent_version}")
         if lineage.parent_version:
             parent_model = lineage.parent_model or model
-            if not txn.exists(VERSIONS, (parent_model, lineage.parent_version)):
+            raw = txn.get(VERSIONS, (parent_model, lineage.parent_version))
+            if raw is None:
                 raise NotFound(
                     f"lineage.parent_version: model {parent_model!r} has no version {lineage.parent_version}"
+                )
+            if expected_parent is not None and not same_version(decode_version(raw), expected_parent):
+                raise NotFound(
+                    f"lineage.parent_version: {parent_model} v{lineage.parent_version} was deleted and its "
+                    "number given to another version"
                 )
         elif lineage.parent_model:
             raise InvalidArgument("lineage.parent_model is set without lineage.parent_version")

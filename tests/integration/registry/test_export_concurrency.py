@@ -18,8 +18,15 @@ import pytest
 
 import tesserad.nn
 from tessera.v1 import common_pb2, registry_pb2, registry_pb2_grpc
+from tesserad.store import BlobStore
 from tests.conftest import InProcessDaemon, daemon_settings
-from tests.integration.registry.conftest import rpc_error, safetensors_header, stored_blobs, upload
+from tests.integration.registry.conftest import (
+    mlp_weights,
+    rpc_error,
+    safetensors_header,
+    stored_blobs,
+    upload,
+)
 
 R = registry_pb2
 SOURCE = R.ExportOnnxRequest(source=common_pb2.VersionRef(model="mlp", version=1))
@@ -273,13 +280,15 @@ def test_a_daemon_on_a_relative_data_dir_exports(tmp_path, weights, monkeypatch)
         running.stop()
 
 
-@pytest.mark.parametrize("deleted", ["version", "model"])
+@pytest.mark.parametrize("deleted", ["version", "model", "model pushed again"])
 def test_exports_whose_source_is_deleted_meanwhile_register_nothing_and_leave_no_blob(
     one_at_a_time, stub, weights, data_dir, monkeypatch, deleted
 ):
     # The running export stored its ONNX file, then failed looking for the source's earlier
     # exports and left the file on disk, held by nothing, until the next start; the queued one
-    # found the source's weights gone and answered DATA_LOSS, as for a damaged blob.
+    # found the source's weights gone and answered DATA_LOSS, as for a damaged blob. A model
+    # deleted and pushed again has a v1 of its own: the exports registered the deleted v1's
+    # weights as v2 of it, derived from the new v1.
     upload(stub, safetensors_header("mlp", weights), weights)
     gate = Gate(monkeypatch)
     exports = one_at_a_time.daemon.exports
@@ -291,7 +300,11 @@ def test_exports_whose_source_is_deleted_meanwhile_register_nothing_and_leave_no
         if deleted == "version":
             stub.DeleteVersion(R.DeleteVersionRequest(model="mlp", version=1))
         else:
-            stub.DeleteModel(R.DeleteModelRequest(name="mlp"))
+            stub.DeleteModel(R.DeleteModelRequest(name="mlp", force=True))
+        if deleted == "model pushed again":
+            other = mlp_weights(seed=1)
+            upload(stub, safetensors_header("mlp", other), other)
+        kept = [name for name in stored_blobs(data_dir) if not name.startswith("tmp/")]
     finally:
         gate.opened.set()
     for call in (running, queued):
@@ -300,6 +313,46 @@ def test_exports_whose_source_is_deleted_meanwhile_register_nothing_and_leave_no
         assert error.details() == (
             "mlp v1 was deleted during its ONNX export, so nothing was registered; export a version that exists"
         )
-    assert stored_blobs(data_dir) == []
+    assert stored_blobs(data_dir) == kept
     if deleted == "version":
         assert stub.GetModel(R.GetModelRequest(name="mlp")).version_count == 0
+    if deleted == "model pushed again":
+        assert len(kept) == 1
+        assert [v.version for v in stub.ListVersions(R.ListVersionsRequest(model="mlp")).versions] == [1]
+
+
+@pytest.mark.parametrize("export", ["new", "reused"])
+def test_a_caller_that_goes_away_while_the_export_is_stored_gets_no_version_and_no_alias_move(
+    one_at_a_time, stub, weights, data_dir, monkeypatch, export
+):
+    # The caller's withdrawal was looked at once, before the ONNX file was hashed into the
+    # store: a cancel that came during that hashing still registered the version and moved the
+    # alias, or moved the alias to the earlier export holding the same bytes.
+    upload(stub, safetensors_header("mlp", weights, alias="production"), weights)
+    versions = [1]
+    if export == "reused":
+        versions = [stub.ExportOnnx(SOURCE, timeout=300).version.version, 1]
+    before = stored_blobs(data_dir)
+    storing, stored = threading.Event(), threading.Event()
+    put_moved = BlobStore.put_moved
+
+    def held(self: BlobStore, source: Path) -> Any:
+        storing.set()
+        stored.wait(120)
+        return put_moved(self, source)
+
+    monkeypatch.setattr(BlobStore, "put_moved", held)
+    exports = one_at_a_time.daemon.exports
+    try:
+        call = stub.ExportOnnx.future(
+            R.ExportOnnxRequest(source=SOURCE.source, alias="production"), timeout=300
+        )
+        assert storing.wait(120), "the export never stored its file"
+        call.cancel()
+        wait_for(lambda: exports.withdrawn == 1, "the daemon to see its caller gone")
+    finally:
+        stored.set()
+    wait_for(lambda: exports.running == 0, "the export to end")
+    assert [v.version for v in stub.ListVersions(R.ListVersionsRequest(model="mlp")).versions] == versions
+    assert stub.GetAlias(R.GetAliasRequest(model="mlp", alias="production")).version == 1
+    assert stored_blobs(data_dir) == before
