@@ -229,7 +229,7 @@ def cmd_models_rm(client: Client, args: argparse.Namespace, out: Output) -> None
         return out.line(f"deleted {args.model} v{args.version}")
     deleted = client.models.delete(args.model, force=args.force)
     if out.as_json:
-        return out.json({"model": args.model, "version": 0, "deleted_versions": deleted})
+        return out.json({"model": args.model, "deleted_versions": deleted})
     out.line(f"deleted model {args.model} ({counted(deleted, 'version')})")
 
 
