@@ -13,7 +13,7 @@ import pytest
 @contextlib.contextmanager
 def tmpfs(mount_point: Path, options: str) -> Iterator[Path]:
     """A tmpfs at `mount_point` (made), unmounted after; the test skips where mounting is not
-    permitted (not root, no CAP_SYS_ADMIN), as tests/integration/test_disk_full.py does."""
+    permitted (not root, no CAP_SYS_ADMIN)."""
     mount_point.mkdir()
     try:
         mounted = subprocess.run(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -59,6 +58,7 @@ from tests.integration.training.conftest import (
     upload_dataset,
     wait_sweep,
 )
+from tests.tmpfs import tmpfs
 
 FULL = "the disk under tesserad's data directory is full"
 
@@ -72,20 +72,8 @@ def disk_settings(data_dir: Path, **overrides: Any) -> Settings:
 @pytest.fixture
 def disk(tmp_path: Path) -> Iterator[Path]:
     """A 16 MiB tmpfs, unmounted after the test."""
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    try:
-        mounted = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount_point)],
-            capture_output=True,
-            text=True,
-        )
-    except FileNotFoundError:
-        pytest.skip("no mount command here")
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip() or mounted.returncode}")
-    yield mount_point
-    subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
+    with tmpfs(tmp_path / "disk", "size=16m") as mount_point:
+        yield mount_point
 
 
 @pytest.fixture
