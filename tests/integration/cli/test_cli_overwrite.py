@@ -7,9 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tessera.cli import EXIT_DAEMON, EXIT_USAGE
+from tessera.cli import EXIT_DAEMON, EXIT_FAILED, EXIT_USAGE
 from tests.integration.registry.conftest import onnx_identity
 from tests.integration.sdk.affine import affine_onnx
+from tests.tmpfs import tmpfs
 
 KEPT = b"the user's own file\n"
 
@@ -112,3 +113,19 @@ def test_predict_output_refuses_an_existing_file_unless_forced(tessera_cli, clie
     with np.load(out) as written:
         np.testing.assert_allclose(written["output"], 3.0)
     assert [p.name for p in kept.iterdir()] == [out.name]
+
+
+def test_predict_output_filling_its_disk_leaves_the_old_file_and_names_it(tessera_cli, client, tmp_path):
+    """The outputs went through a temp file of their own, which was removed, but the full disk's
+    error named no file ("tessera: [Errno 28] No space left on device")."""
+    client.models.push("affine", affine_onnx(tmp_path / "affine.onnx"))
+    inputs = tmp_path / "inputs.npz"
+    np.savez(inputs, input=np.ones((2048, 4), np.float32))  # 32 KiB of outputs
+    with tmpfs(tmp_path / "disk", "size=16k") as disk:
+        out = disk / "outputs.npz"
+        out.write_bytes(KEPT)
+        result = tessera_cli("predict", "affine", "--input", str(inputs), "--output", str(out), "--force")
+        assert result.code == EXIT_FAILED, result.err
+        assert f"tessera: {out}: No space left on device" in result.err, result.err
+        assert out.read_bytes() == KEPT
+        assert [p.name for p in disk.iterdir()] == [out.name]

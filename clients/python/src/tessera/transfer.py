@@ -145,6 +145,13 @@ class PartialFile:
         with _naming(self.path):
             self._file.write(data)
 
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[BinaryIO]:
+        """The temp file itself, for a writer that needs a file to seek in (np.savez's zip); an
+        OSError meanwhile names `path`, as `write`'s does."""
+        with _naming(self.path):
+            yield self._file
+
     def close(self) -> None:
         """All of it on the disk and closed, to be read back or kept; removed if that fails."""
         try:

@@ -17,7 +17,7 @@ from tessera.client import Client
 from tessera.explanations import SHORT_NAMES, top_positions
 from tessera.messages import counted
 from tessera.progress_line import byte_size
-from tessera.transfer import check_free, new_partial, put_in_place
+from tessera.transfer import PartialFile, check_free
 from tessera.transport import MODEL_CALL_TIMEOUT_S
 from tessera.v1 import inference_pb2
 
@@ -34,20 +34,22 @@ def npz_target(name: str | None, force: bool) -> Path | None:
 
 
 def save_npz(path: Path, arrays: Mapping[str, np.ndarray], force: bool) -> None:
-    """`arrays` written to `path` through a temp file beside it, so that a failure or Ctrl-C
-    never leaves half a file under the name."""
-    partial, file = new_partial(path)
+    """`arrays` written to `path` through a `PartialFile`, so that a failure, a full disk or
+    Ctrl-C never leaves half a file under the name, nor a temp file beside it."""
+    with replaced_only_with_force():
+        file = PartialFile(path, force)
     try:
-        with file:
+        with file.writing() as temp:
             # allow_pickle named so that an array of that name cannot be taken for the flag;
             # outputs and attributions are numeric arrays, which need no pickling.
-            np.savez(file, allow_pickle=False, **arrays)
-        with replaced_only_with_force():
-            # The name may have been taken while the daemon computed.
-            put_in_place(partial, path, force)
+            np.savez(temp, allow_pickle=False, **arrays)
     except BaseException:
-        partial.unlink(missing_ok=True)
+        file.discard()
         raise
+    file.close()
+    with replaced_only_with_force():
+        # The name may have been taken while the daemon computed.
+        file.keep()
 
 
 def cmd_predict(client: Client, args: argparse.Namespace, out: Output) -> None:
