@@ -1,6 +1,6 @@
 'use strict';
-// A download's last step, as the Python SDK's tessera.transfer.put_in_place: its checked temp
-// file takes the target's name.
+// A download's temp file, as the Python SDK's tessera.transfer.PartialFile: written whole with its
+// errors naming the file asked for, then, checked and synced, it takes the target's name.
 
 const fs = require('node:fs');
 
@@ -33,4 +33,35 @@ function putInPlace(partial, file, overwrite, link = fs.linkSync) {
   }
 }
 
-module.exports = { putInPlace, fileExists };
+// `chunk` written whole to `handle`, the temp file of `file`. write() writes part of a chunk where
+// the disk fills midway, saying so only in bytesWritten; written on, the rest meets ENOSPC.
+async function writeAll(handle, chunk, file) {
+  for (let done = 0; done < chunk.length; ) {
+    const { bytesWritten } = await naming(file, () => handle.write(chunk, done));
+    done += bytesWritten;
+  }
+}
+
+// What `act` (a write to, sync or close of the temp file of `file`) resolves to; its error named
+// for `file`, as Node names a path ("ENOSPC: no space left on device, write '<file>'"), not for no
+// file at all (an fd's errors name none).
+async function naming(file, act) {
+  try {
+    return await act();
+  } catch (err) {
+    if (typeof err.code !== 'string' || err.path !== undefined || !err.syscall) throw err;
+    throw Object.assign(err, { message: `${err.message} '${file}'`, path: file });
+  }
+}
+
+// The directory's entries on the disk: after a rename or link there, the new name too.
+function syncDir(directory) {
+  const fd = fs.openSync(directory, 'r');
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+module.exports = { putInPlace, fileExists, writeAll, naming, syncDir };

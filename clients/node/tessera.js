@@ -7,7 +7,7 @@ const fs = require('node:fs');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const { DEFINITION, enumNames } = require('./proto');
-const { putInPlace, fileExists } = require('./put_in_place');
+const { putInPlace, fileExists, writeAll, naming, syncDir } = require('./put_in_place');
 const runFilter = require('./run_filter');
 
 // Little-endian element readers/writers for the float and integer dtypes a Tensor carries.
@@ -586,20 +586,24 @@ class Client {
           } else {
             hash.update(message.chunk);
             received += message.chunk.length;
-            await out.write(message.chunk);
+            await writeAll(out, message.chunk, file);
           }
         }
       } catch (err) {
         // The call's failures carry a gRPC status code (a number); a write's are the file's.
         throw typeof err.code === 'number' ? new TesseraError(err) : err;
       }
-      await out.close();
+      // On the disk before it takes its name, and the name after: a power cut once the download
+      // resolved must not leave an empty or short file there.
+      await naming(file, () => out.sync());
+      await naming(file, () => out.close());
       const digest = hash.digest('hex');
       if (!header || received !== header.size_bytes || digest !== header.sha256) {
         const expected = header ? `${header.size_bytes} bytes, sha256 ${header.sha256}` : 'a header first';
         throw new Error(`artifact ${artifactPath}: received ${received} bytes, sha256 ${digest}; expected ${expected}`);
       }
       putInPlace(partial, file, overwrite);
+      syncDir(path.dirname(file));
       return { artifact: header, file };
     } finally {
       stream.cancel();

@@ -23,6 +23,7 @@ import pytest
 from tessera.run_filter import RunFilterError, is_order_string, parse_filter, parse_order
 from tessera.transport import RetryPolicy
 from tessera.v1 import training_pb2 as pb
+from tests.tmpfs import tmpfs
 
 NODE_CLIENT = Path(__file__).resolve().parents[3] / "clients" / "node"
 
@@ -779,6 +780,83 @@ def test_node_client_downloads_to_one_file_at_once_each_land_whole(node_ready, d
     assert found == ["ok"] * 4
     assert (work / "out.bin").read_bytes() in contents.values()
     assert sorted(p.name for p in work.iterdir()) == ["a.bin", "b.bin", "out.bin"]
+
+
+def test_node_client_download_filling_its_disk_leaves_nothing_and_names_the_file(
+    node_ready, daemon, client, tmp_path
+):
+    """A chunk written where the disk filled midway was written in part, as write() said in
+    bytesWritten alone, so the download resolved with a short file in place; one meeting a full
+    disk failed with Node's "ENOSPC: no space left on device, write", naming no file."""
+    client.training.create_experiment("online")
+    run_id = client.training.create_run("online").run_id
+    artifact = tmp_path / "big.bin"
+    artifact.write_bytes(os.urandom(256 * 1024))
+    client.training.log_artifact(run_id, artifact)
+    with tmpfs(tmp_path / "disk", "size=64k") as disk:
+        found = node_json(
+            f"""
+            const file = {json.dumps(str(disk / "big.bin"))};
+            (async () => {{
+              const client = new Client(TARGET);
+              let failed;
+              try {{
+                await client.downloadArtifact({json.dumps(run_id)}, 'big.bin', file);
+              }} catch (err) {{
+                failed = {{ code: err.code, path: err.path, message: err.message }};
+              }}
+              client.close();
+              console.log(JSON.stringify(failed ?? 'resolved'));
+            }})();
+            """,
+            daemon.target,
+        )
+        assert found == {
+            "code": "ENOSPC",
+            "path": str(disk / "big.bin"),
+            "message": f"ENOSPC: no space left on device, write '{disk / 'big.bin'}'",
+        }
+        assert list(disk.iterdir()) == []
+
+
+def test_node_client_download_is_on_the_disk_before_it_takes_its_name(node_ready, daemon, client, tmp_path):
+    """Its bytes are fsynced before it takes its name, and its directory after, as the Python
+    SDK's downloads are: a power cut after it resolves never leaves an empty or short file."""
+    client.training.create_experiment("online")
+    run_id = client.training.create_run("online").run_id
+    (tmp_path / "notes.md").write_text("loss went down\n")
+    client.training.log_artifact(run_id, tmp_path / "notes.md")
+    out = tmp_path / "out"
+    out.mkdir()
+    found = node_json(
+        f"""
+        const fs = require('node:fs');
+        const synced = [];
+        const fsync = fs.fsyncSync;
+        fs.fsyncSync = (fd) => {{
+          synced.push(fs.readlinkSync(`/proc/self/fd/${{fd}}`));
+          fsync(fd);
+        }};
+        (async () => {{
+          const handle = await fs.promises.open({json.dumps(str(tmp_path / "notes.md"))});
+          const sync = Object.getPrototypeOf(handle).sync;
+          await handle.close();
+          Object.getPrototypeOf(handle).sync = function () {{
+            synced.push(fs.readlinkSync(`/proc/self/fd/${{this.fd}}`));
+            return sync.call(this);
+          }};
+          const client = new Client(TARGET);
+          await client.downloadArtifact({json.dumps(run_id)}, 'notes.md', {json.dumps(str(out / "notes.md"))});
+          client.close();
+          console.log(JSON.stringify(synced));
+        }})();
+        """,
+        daemon.target,
+    )
+    assert len(found) == 2, found
+    assert found[0].startswith(f"{out.resolve() / 'notes.md'}.partial-"), found
+    assert found[1] == str(out.resolve()), found
+    assert (out / "notes.md").read_text() == "loss went down\n"
 
 
 def test_node_download_takes_its_name_where_the_filesystem_has_no_hard_links(node_ready, tmp_path):
