@@ -4,6 +4,9 @@ download leaves nothing under the name: `models download` wrote over an existing
 
 from __future__ import annotations
 
+import os
+import re
+
 import numpy as np
 import pytest
 
@@ -129,3 +132,28 @@ def test_predict_output_filling_its_disk_leaves_the_old_file_and_names_it(tesser
         assert f"tessera: {out}: No space left on device" in result.err, result.err
         assert out.read_bytes() == KEPT
         assert [p.name for p in disk.iterdir()] == [out.name]
+
+
+def test_predict_output_is_on_the_disk_before_it_takes_its_name(
+    tessera_cli, client, tmp_path, kept, monkeypatch
+):
+    """Its bytes are fsynced before it takes its name, and its directory after, as a download's
+    are: a power cut after "wrote FILE" never leaves an empty or short file there."""
+    client.models.push("affine", affine_onnx(tmp_path / "affine.onnx"))
+    inputs = tmp_path / "inputs.npz"
+    np.savez(inputs, input=np.ones((2, 4), np.float32))
+    synced: list[str] = []
+    fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    out = kept.resolve()  # as /proc names the files
+    result = tessera_cli("predict", "affine", "--input", str(inputs), "--output", str(out / "outputs.npz"))
+    assert result.code == 0, result.err
+    ours = [path for path in synced if path == str(out) or path.startswith(f"{out}/")]
+    assert len(ours) == 2, synced
+    assert re.fullmatch(rf"{re.escape(str(out))}/\.outputs\.npz\.[0-9a-f]{{8}}\.partial", ours[0]), ours
+    assert ours[1] == str(out)
