@@ -249,3 +249,20 @@ z = 9
 def test_dotted_names_read_like_toml():
     assert dotted_name(("architecture", "cnn4d", "kernel_size")) == "architecture.cnn4d.kernel_size"
     assert dotted_name(("parameters", 0, "path")) == "parameters[0].path"
+
+
+@pytest.mark.parametrize(
+    ("spec", "problem"),
+    [
+        ({"optimizer": {"learning_rate": 0.1}}, "optimizer.learning_rate: unknown key; did you mean lr?"),
+        ({"learning_rate": 0.1}, "learning_rate: unknown key; did you mean optimizer.lr?"),
+        (
+            {"lr_schedule": {"cosine": {"eta_min": 0.0}}},
+            "lr_schedule.cosine.eta_min: unknown key; did you mean min_lr?",
+        ),
+    ],
+)
+def test_another_librarys_name_for_a_field_is_answered_with_the_specs(spec: dict, problem: str) -> None:
+    with pytest.raises(ValueError, match="unknown key") as caught:
+        from_dict(job_spec_pb2.JobSpec, spec)
+    assert str(caught.value) == f"spec: {problem}"

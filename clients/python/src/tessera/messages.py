@@ -323,18 +323,26 @@ def _enum(enum_type: EnumDescriptor, value: Any, path: KeyPath, problems: _Probl
     return value
 
 
+# PyTorch's names for a spec's fields that no near miss finds.
+_SYNONYMS = {"learning_rate": "lr", "eta_min": "min_lr"}
+
+
 def _key_suggestion(key: str, descriptor: Descriptor) -> str:
-    """_suggestion's hint, or first the tables one level down that hold `key` exactly: `lr` at a
-    spec's top belongs in [optimizer], and TOML takes `optimizer.lr = 0.01` there as it is."""
+    """_suggestion's hint, or first the field `key` is another library's name for, or the tables
+    one level down that hold it exactly: `lr` at a spec's top belongs in [optimizer], and TOML
+    takes `optimizer.lr = 0.01` there as it is."""
+    meant = _SYNONYMS.get(key, key)
+    if meant in descriptor.fields_by_name:
+        return f"; did you mean {meant}?"
     tables = [
         field.name
         for field in descriptor.fields
         if field.message_type is not None
         and not field.message_type.GetOptions().map_entry
-        and key in field.message_type.fields_by_name
+        and meant in field.message_type.fields_by_name
     ]
     if tables:
-        return f"; did you mean {' or '.join(f'{table}.{key}' for table in tables)}?"
+        return f"; did you mean {' or '.join(f'{table}.{meant}' for table in tables)}?"
     return _suggestion(key, list(descriptor.fields_by_name))
 
 
