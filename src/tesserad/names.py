@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from tesserad.errors import InvalidArgument, NotFound
@@ -90,6 +91,23 @@ def did_you_mean(txn: ReadTxn, table: str, name: str) -> str:
         *txn.scan(table, start=(name,), reverse=True, limit=NEAR_NAMES_EACH_SIDE),
     ]
     return closest([str(key[0]) for key, _ in around], name)
+
+
+def near_choice(value: object, choices: Sequence[str]) -> str:
+    """ "; did you mean 'x'?" for the choice `value` was likely meant as, else "": the same word
+    in another case first ("Adam", "FP16"), then difflib's nearest ("adma")."""
+    text = str(value)
+    lowered = {choice.lower(): choice for choice in choices}
+    meant = lowered.get(text.lower())
+    if meant is None:
+        close = difflib.get_close_matches(text.lower(), list(lowered), n=1)
+        meant = lowered[close[0]] if close else None
+    return f"; did you mean {meant!r}?" if meant is not None else ""
+
+
+def not_one_of(value: object, choices: Sequence[str]) -> str:
+    """What is wrong with a value of a choice field, in the words every such field uses."""
+    return f"must be one of {', '.join(choices)}, got {value!r}{near_choice(value, choices)}"
 
 
 def closest(names: list[str], name: str) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tesserad.errors import InvalidArgument
+from tesserad.names import not_one_of
 
 ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
 # Keeps a spec from a client from asking a worker for an absurd model before anything is built.
@@ -167,7 +168,7 @@ class _Checker:
 
     def choice(self, field: str, value: object, allowed: tuple[str, ...]) -> bool:
         if value not in allowed:
-            return self.fail(field, f"must be one of {', '.join(allowed)}, got {value!r}")
+            return self.fail(field, not_one_of(value, allowed))
         return True
 
     def probability(self, field: str, value: object) -> bool:
@@ -295,7 +296,7 @@ def unchecked_spec_from_dict(d: dict[str, Any]) -> ArchitectureSpec:
         raise InvalidArgument(f"architecture: expected a mapping, got {type(d).__name__}")
     family = d.get("family")
     if family not in FAMILIES:
-        raise InvalidArgument(f"architecture.family: must be one of {', '.join(FAMILIES)}, got {family!r}")
+        raise InvalidArgument(f"architecture.family: {not_one_of(family, tuple(FAMILIES))}")
     cls = FAMILIES[family]
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from tesserad.dtypes import INTEGER_DTYPES
 from tesserad.errors import FailedPrecondition, InvalidArgument, TesseraError
-from tesserad.names import RESERVED_ALIASES, validate_name, version_like_alias
+from tesserad.names import RESERVED_ALIASES, not_one_of, validate_name, version_like_alias
 from tesserad.nn.specs import FAMILIES as ARCHITECTURE_FAMILIES
 from tesserad.nn.specs import (
     ArchitectureSpec,
@@ -298,9 +298,7 @@ def normalize_spec(
     else:
         loss = loss or "mse"
         if loss not in REGRESSION_LOSSES:
-            problems.invalid(
-                "spec.loss", f"regression takes one of {', '.join(REGRESSION_LOSSES)}, got {loss!r}"
-            )
+            problems.invalid("spec.loss", f"for regression, {not_one_of(loss, REGRESSION_LOSSES)}")
     config["loss"] = loss
 
     data, facts = _check_data(raw.get("data") or {}, dataset, arch_spec, task, problems)
@@ -522,7 +520,7 @@ def _check_batch_norm_batches(config: dict[str, Any], train_count: int, problems
 def _check_optimizer(raw: dict[str, Any], problems: _Problems) -> dict[str, Any]:
     name = raw.get("name") or "adam"
     if name not in OPTIMIZERS:
-        problems.invalid("spec.optimizer.name", f"must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
+        problems.invalid("spec.optimizer.name", not_one_of(name, OPTIMIZERS))
     lr = float(raw.get("lr", 0.0)) or 1e-3
     if not math.isfinite(lr) or lr <= 0:
         problems.invalid("spec.optimizer.lr", f"must be > 0, got {lr}")
@@ -710,7 +708,7 @@ def _check_ray_resources(raw: dict[str, Any], problems: _Problems) -> dict[str, 
 
 def _check_precision(precision: str, devices: dict[str, Any], problems: _Problems) -> str:
     if precision not in PRECISIONS:
-        problems.invalid("spec.precision", f"must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        problems.invalid("spec.precision", not_one_of(precision, PRECISIONS))
     elif precision == "fp16" and devices["kind"] != "cuda":
         # CPU float16 kernels are slow or missing and a loss scaler buys nothing there.
         problems.invalid("spec.precision", "fp16 trains on CUDA devices only; use bf16 on CPU")

@@ -34,6 +34,7 @@ from typing import Any
 from tesserad.datasets.references import release_dataset_holds, release_ended_holds, sweep_holder
 from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, TesseraError, logged_internal
 from tesserad.ids import new_id
+from tesserad.names import near_choice
 from tesserad.paging import PageFill, answer_bytes, resume_key
 from tesserad.store import ReadTxn, Store, decode_record, encode_record
 from tesserad.training.job_records import JobRecord
@@ -413,6 +414,11 @@ def _set_path(spec: dict[str, Any], path: str, text: str) -> None:
     if value is None:
         raise InvalidArgument(
             f"{where}: {text!r} is not a valid value for this field; expected {_expected(spec_field.value_type)}"
+            + (
+                near_choice(text, spec_field.value_type.values)
+                if isinstance(spec_field.value_type, Choice)
+                else ""
+            )
         )
     if spec_field.oneof:  # setting one member of a oneof (devices.gpu_count) unsets the others
         for name, sibling in fields.items():
@@ -428,7 +434,9 @@ def _switch_member(
     (the new member's take their defaults unless parameters set them)."""
     members = {n: f for n, f in fields.items() if f.oneof == oneof}
     if name not in members:
-        raise InvalidArgument(f"{where}: {name!r} is not one of {', '.join(members)}")
+        raise InvalidArgument(
+            f"{where}: {name!r} is not one of {', '.join(members)}{near_choice(name, tuple(members))}"
+        )
     current = target.get(oneof)
     if current in members and current != name:
         for field_name in members[current].fields:

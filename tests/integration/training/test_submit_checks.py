@@ -102,6 +102,21 @@ CASES = [
         INVALID,
         "spec.optimizer.name: must be one of sgd, adam, adamw",
     ),
+    # Every choice field names the value meant: the same word in another case first, else the nearest.
+    (
+        "optimizer in capitals",
+        _set("optimizer.name", "Adam"),
+        INVALID,
+        "spec.optimizer.name: must be one of sgd, adam, adamw, got 'Adam'; did you mean 'adam'?",
+    ),
+    ("optimizer misspelt", _set("optimizer.name", "adma"), INVALID, "got 'adma'; did you mean 'adam'?"),
+    ("precision in capitals", _set("precision", "FP16"), INVALID, "got 'FP16'; did you mean 'fp16'?"),
+    (
+        "activation misspelt",
+        _set("architecture.mlp.activation", "rleu"),
+        INVALID,
+        "spec.architecture.mlp.activation: must be one of relu, gelu, tanh, silu, got 'rleu'; did you mean 'relu'?",
+    ),
     ("negative lr", _set("optimizer.lr", -1.0), INVALID, "spec.optimizer.lr: must be > 0"),
     ("momentum on adam", _set("optimizer.momentum", 0.9), INVALID, "apply to sgd only"),
     (

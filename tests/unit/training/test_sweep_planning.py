@@ -135,6 +135,9 @@ def test_setting_a_oneof_member_replaces_the_others() -> None:
         ("optimizer.nesterov", "yes", "'yes' is not a valid value for this field; expected true or false"),
         ("task", "TASK_UNKNOWN", "'TASK_UNKNOWN' is not a valid value for this field; expected one of "),
         ("optimizer.lr", "fast", "'fast' is not a valid value for this field; expected a number"),
+        ("task", "regresion", "expected one of classification, regression; did you mean 'regression'?"),
+        ("architecture.family", "MLP", "; did you mean 'mlp'?"),
+        ("architecture.family", "lstn", "; did you mean 'lstm'?"),
         # float() read these as 3 and 10.
         ("batch_size", "\u0663", "is not a valid value for this field; expected a whole number"),
         ("batch_size", "1_0", "'1_0' is not a valid value for this field; expected a whole number"),
