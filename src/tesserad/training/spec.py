@@ -39,6 +39,9 @@ DEFAULT_EXPERIMENT = "default"
 # Far beyond any real job, and low enough that epochs x steps per epoch (at most one step per
 # sample) stays within the int64 the API counts a job's steps in.
 MAX_EPOCHS = 1_000_000
+# Far above the rates sgd, adam and adamw train at (1e-5..1): a larger one is a typo (1e3 for
+# 1e-3) that diverges, and a loss that stays finite would otherwise end as a succeeded job.
+MAX_LR = 10.0
 
 
 @dataclass(frozen=True)
@@ -524,6 +527,8 @@ def _check_optimizer(raw: dict[str, Any], problems: _Problems) -> dict[str, Any]
     lr = float(raw.get("lr", 0.0)) or 1e-3
     if not math.isfinite(lr) or lr <= 0:
         problems.invalid("spec.optimizer.lr", f"must be > 0, got {lr}")
+    elif lr > MAX_LR:
+        problems.invalid("spec.optimizer.lr", _too_high(lr))
     config: dict[str, Any] = {
         "name": name,
         "lr": lr,
@@ -547,6 +552,12 @@ def _check_optimizer(raw: dict[str, Any], problems: _Problems) -> dict[str, Any]
         if not 0 <= config[field_name] < 1:
             problems.invalid(f"spec.optimizer.{field_name}", f"must be in [0, 1), got {config[field_name]}")
     return config
+
+
+def _too_high(lr: float) -> str:
+    return (
+        f"must be at most {MAX_LR:g}, got {lr:g}; a learning rate this high diverges (typical: 1e-4 to 1e-1)"
+    )
 
 
 def _check_schedule(raw: dict[str, Any], lr: float, problems: _Problems) -> dict[str, Any]:
@@ -574,6 +585,8 @@ def _check_schedule(raw: dict[str, Any], lr: float, problems: _Problems) -> dict
         pct = float(raw["one_cycle"].get("pct_start", 0.0)) or 0.3
         if not math.isfinite(max_lr) or max_lr <= 0:
             problems.invalid("spec.lr_schedule.one_cycle.max_lr", f"must be > 0, got {max_lr}")
+        elif max_lr > MAX_LR:
+            problems.invalid("spec.lr_schedule.one_cycle.max_lr", _too_high(max_lr))
         if not 0 < pct < 1:
             problems.invalid("spec.lr_schedule.one_cycle.pct_start", f"must be in (0, 1), got {pct}")
         schedule.update(kind="one_cycle", max_lr=max_lr, pct_start=pct)

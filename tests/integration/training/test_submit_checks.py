@@ -118,6 +118,14 @@ CASES = [
         "spec.architecture.mlp.activation: must be one of relu, gelu, tanh, silu, got 'rleu'; did you mean 'relu'?",
     ),
     ("negative lr", _set("optimizer.lr", -1.0), INVALID, "spec.optimizer.lr: must be > 0"),
+    # It trained to a loss of 3.7e17 and ended SUCCEEDED.
+    ("huge lr", _set("optimizer.lr", 1e9), INVALID, "spec.optimizer.lr: must be at most 10, got 1e+09"),
+    (
+        "huge one-cycle max_lr",
+        _set("lr_schedule", job_spec_pb2.LrSchedule(one_cycle=job_spec_pb2.OneCycleLr(max_lr=100.0))),
+        INVALID,
+        "spec.lr_schedule.one_cycle.max_lr: must be at most 10, got 100",
+    ),
     ("momentum on adam", _set("optimizer.momentum", 0.9), INVALID, "apply to sgd only"),
     (
         "cosine min_lr",

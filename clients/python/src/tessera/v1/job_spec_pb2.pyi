@@ -315,7 +315,7 @@ class Optimizer(_message.Message):
     name: _builtins.str
     """sgd, adam (default), adamw."""
     lr: _builtins.float
-    """Default 1e-3."""
+    """Default 1e-3; > 0 and at most 10."""
     weight_decay: _builtins.float
     momentum: _builtins.float
     """sgd only."""
@@ -456,6 +456,7 @@ class OneCycleLr(_message.Message):
     MAX_LR_FIELD_NUMBER: _builtins.int
     PCT_START_FIELD_NUMBER: _builtins.int
     max_lr: _builtins.float
+    """default optimizer.lr; at most 10"""
     pct_start: _builtins.float
     """default 0.3"""
     def __init__(
