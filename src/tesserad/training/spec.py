@@ -336,6 +336,8 @@ def normalize_spec(
     config["precision"] = _check_precision(raw.get("precision") or "fp32", config["devices"], problems)
     if facts is not None and arch_spec is not None and batch_norm_values_per_sample(arch_spec) == 1:
         _check_batch_norm_batches(config, facts.splits.get(data["train_split"], 0), problems)
+    if facts is not None:
+        _check_warmup(config, facts.splits.get(data["train_split"], 0), problems)
     config["priority"] = int(raw.get("priority", 0))
     config["register_as"] = _check_register_as(raw.get("register_as") or {}, problems)
     config["tags"] = _check_tags(dict(raw.get("tags") or {}), config["register_as"], problems)
@@ -389,6 +391,12 @@ def _check_data(
         "input_array": input_array,
         "target_array": target_array,
     }
+    if val_split == train_split:
+        problems.invalid(
+            "spec.data.train_split and spec.data.val_split",
+            f"both name split {val_split!r}: validating on the training data measures nothing; name "
+            "another split for val_split, or leave it empty to train without validation",
+        )
     if version < 0:
         problems.invalid("spec.data.dataset.version", f"must be >= 0 (0 for the newest), got {version}")
     if not name or version < 0:
@@ -409,11 +417,13 @@ def _check_data(
         problems.unmet("spec.data.train_split", f"split {train_split!r} of {where} is empty")
     # An empty validation split gives no validation metrics, which early stopping and
     # keep_best_metric would then look for in vain.
-    if val_split and val_split not in facts.splits:
-        problems.unmet("spec.data.val_split", f"{where} has no split {val_split!r}; it has {splits}")
-    elif val_split and facts.splits[val_split] == 0:
-        problems.unmet("spec.data.val_split", f"split {val_split!r} of {where} is empty")
-    if not val_split and facts.splits.get("val"):
+    if val_split and val_split != train_split:  # the same split is refused above
+        if val_split not in facts.splits:
+            problems.unmet("spec.data.val_split", f"{where} has no split {val_split!r}; it has {splits}")
+        elif facts.splits[val_split] == 0:
+            problems.unmet("spec.data.val_split", f"split {val_split!r} of {where} is empty")
+    # The default validation split, unless the job trains on it.
+    if not val_split and facts.splits.get("val") and train_split != "val":
         data["val_split"] = "val"
     arrays = ", ".join(sorted(facts.arrays))
     for field_name, array in (("input_array", input_array), ("target_array", target_array)):
@@ -491,6 +501,28 @@ def _check_class_ids(
         )
 
 
+def _steps_per_epoch(train_count: int, batch: int, world: int) -> int:
+    """As the training loop counts them: each of `world` processes takes its share of the split."""
+    return math.ceil(math.ceil(train_count / world) / batch)
+
+
+def _check_warmup(config: dict[str, Any], train_count: int, problems: _Problems) -> None:
+    """A warm-up longer than the job would end with the rate still short of optimizer.lr."""
+    warmup = config["lr_schedule"]["warmup_steps"]
+    batch, world = config["batch_size"], config["devices"]["count"]
+    if warmup < 1 or batch < 1 or world < 1 or train_count < 1:  # refused already, or nothing to warm
+        return
+    steps_per_epoch = _steps_per_epoch(train_count, batch, world)
+    epochs, max_steps = config["epochs"], config["max_steps"]
+    total = min(s for s in (epochs * steps_per_epoch if epochs else None, max_steps or None) if s is not None)
+    if warmup > total:
+        problems.invalid(
+            "spec.lr_schedule.warmup_steps",
+            f"is {warmup}, but the job trains {total} steps ({steps_per_epoch} per epoch); the learning "
+            f"rate would never reach optimizer.lr: set warmup_steps to at most {total}, or train longer",
+        )
+
+
 def _check_batch_norm_batches(config: dict[str, Any], train_count: int, problems: _Problems) -> None:
     """For a model whose batch norm sees one value per channel of a sample, which cannot train on a
     batch of one (torch raises "Expected more than 1 value per channel when training"): neither
@@ -501,7 +533,7 @@ def _check_batch_norm_batches(config: dict[str, Any], train_count: int, problems
     if batch < 1 or world < 1:  # refused already
         return
     per_rank = math.ceil(train_count / world)
-    steps_per_epoch = math.ceil(per_rank / batch)
+    steps_per_epoch = _steps_per_epoch(train_count, batch, world)
     last = per_rank - batch * (steps_per_epoch - 1)
     reaches_last = not config["max_steps"] or config["max_steps"] >= steps_per_epoch
     if batch == 1:

@@ -36,6 +36,16 @@ def _set(path: str, value: object) -> Callable[[job_spec_pb2.JobSpec], None]:
     return change
 
 
+def _both(
+    first: Callable[[job_spec_pb2.JobSpec], None], second: Callable[[job_spec_pb2.JobSpec], None]
+) -> Callable[[job_spec_pb2.JobSpec], None]:
+    def change(spec: job_spec_pb2.JobSpec) -> None:
+        first(spec)
+        second(spec)
+
+    return change
+
+
 def _tags(tags: dict[str, str], description: str = "") -> Callable[[job_spec_pb2.JobSpec], None]:
     def change(spec: job_spec_pb2.JobSpec) -> None:
         spec.tags.update(tags)
@@ -125,6 +135,25 @@ CASES = [
         _set("lr_schedule", job_spec_pb2.LrSchedule(one_cycle=job_spec_pb2.OneCycleLr(max_lr=100.0))),
         INVALID,
         "spec.lr_schedule.one_cycle.max_lr: must be at most 10, got 100",
+    ),
+    (
+        "validating on the training split",
+        _set("data.val_split", "train"),
+        INVALID,
+        "spec.data.train_split and spec.data.val_split: both name split 'train'",
+    ),
+    (
+        # 72 training samples in batches of 24 for 2 epochs: 6 steps, all at a fraction of the lr.
+        "warm-up longer than the job",
+        _set("lr_schedule", job_spec_pb2.LrSchedule(warmup_steps=7)),
+        INVALID,
+        "spec.lr_schedule.warmup_steps: is 7, but the job trains 6 steps (3 per epoch)",
+    ),
+    (
+        "warm-up longer than max_steps",
+        _both(_set("max_steps", 2), _set("lr_schedule", job_spec_pb2.LrSchedule(warmup_steps=3))),
+        INVALID,
+        "spec.lr_schedule.warmup_steps: is 3, but the job trains 2 steps",
     ),
     ("momentum on adam", _set("optimizer.momentum", 0.9), INVALID, "apply to sgd only"),
     (
@@ -382,3 +411,13 @@ def test_a_conv_net_whose_batch_norm_sees_one_value_per_sample_refuses_batches_o
     )
     spec.architecture.cnn2d.channels[:] = [4, 4]  # 3x3 values at the last norm: a sample is enough
     assert submit(training, spec).state == training_pb2.JOB_STATE_QUEUED
+
+
+def test_a_warm_up_as_long_as_the_job_and_the_highest_lr_are_taken(
+    training: training_pb2_grpc.TrainingStub,
+) -> None:
+    # 6 steps (72 samples, batches of 24, 2 epochs): the rate reaches optimizer.lr at the last.
+    spec = job_spec("mlp", lr_schedule=job_spec_pb2.LrSchedule(warmup_steps=6))
+    spec.optimizer.name, spec.optimizer.lr = "sgd", 10.0
+    job = submit(training, spec)
+    training.CancelJob(training_pb2.CancelJobRequest(job_id=job.job_id))

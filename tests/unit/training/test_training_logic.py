@@ -257,3 +257,13 @@ def test_an_empty_validation_split_is_refused_by_name_and_never_taken_by_default
         normalize_spec(named, lambda name, version: facts, devices, _no_parent)
     config = normalize_spec(_raw(), lambda name, version: facts, devices, _no_parent)
     assert not config["data"]["val_split"]
+
+
+def test_a_job_training_on_the_val_split_does_not_validate_on_it_by_default() -> None:
+    config = normalize_spec(
+        _raw(data={"dataset": {"name": "d"}, "train_split": "val"}),
+        _dataset,
+        DeviceFacts(cpu_slots=1, gpu_count=0),
+        _no_parent,
+    )
+    assert config["data"]["train_split"] == "val" and not config["data"]["val_split"]

@@ -274,7 +274,8 @@ class DataSpec(_message.Message):
     TARGET_ARRAY_FIELD_NUMBER: _builtins.int
     train_split: _builtins.str
     """Split names as declared when the dataset was uploaded. Defaults "train" and "val"; an
-    empty val_split on a dataset without a "val" split trains without validation.
+    empty val_split on a dataset without a "val" split, or with train_split "val", trains
+    without validation. val_split may not be the train_split.
     """
     val_split: _builtins.str
     input_array: _builtins.str
@@ -359,6 +360,7 @@ class LrSchedule(_message.Message):
     ONE_CYCLE_FIELD_NUMBER: _builtins.int
     WARMUP_STEPS_FIELD_NUMBER: _builtins.int
     warmup_steps: _builtins.int
+    """At most the steps the job trains (epochs x steps per epoch, or max_steps)."""
     @_builtins.property
     def constant(self) -> Global___ConstantLr: ...
     @_builtins.property
