@@ -79,6 +79,13 @@ def _failure(status: int, message: str, headers: dict[str, str] | None = None) -
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
+def _refused(refusal: Refused) -> web.Response:
+    response = _failure(refusal.status, refusal.message, CHALLENGE if refusal.status == 401 else None)
+    if refusal.close:
+        response.force_close()
+    return response
+
+
 class _Revocable:
     """An inference request admitted with a token, while it runs: what a reload needs to end it."""
 
@@ -136,87 +143,96 @@ class OipHttpServer(HttpListener):
         app = web.Application(middlewares=[self._errors, self._guard], client_max_size=max_message_size)
         model = "/v2/models/{model}"
         version = "/v2/models/{model}/versions/{version}"
-        admitted = self._admitted
+        route = self._route
         app.add_routes(
             [
-                web.get("/v2/health/live", admitted("ServerLive", self._live)),
-                web.get("/v2/health/ready", admitted("ServerReady", self._ready)),
-                web.get("/v2", admitted("ServerMetadata", self._server_metadata)),
-                web.get("/v2/models/stats", admitted("ModelStatistics", self._statistics)),
-                web.post("/v2/repository/index", admitted("RepositoryIndex", self._index)),
-                web.post("/v2/repository/models/{model}/load", admitted("RepositoryModelLoad", self._load)),
-                web.post(
-                    "/v2/repository/models/{model}/unload", admitted("RepositoryModelUnload", self._unload)
-                ),
+                route("GET", "/v2/health/live", "ServerLive", self._live),
+                route("GET", "/v2/health/ready", "ServerReady", self._ready),
+                route("GET", "/v2", "ServerMetadata", self._server_metadata),
+                route("GET", "/v2/models/stats", "ModelStatistics", self._statistics),
+                route("POST", "/v2/repository/index", "RepositoryIndex", self._index),
+                route("POST", "/v2/repository/models/{model}/load", "RepositoryModelLoad", self._load),
+                route("POST", "/v2/repository/models/{model}/unload", "RepositoryModelUnload", self._unload),
                 # As Triton's paths, which may name a repository; refused (tesserad has one).
-                web.post("/v2/repository/{repository}/index", admitted("RepositoryIndex", self._index)),
-                web.post(
+                route("POST", "/v2/repository/{repository}/index", "RepositoryIndex", self._index),
+                route(
+                    "POST",
                     "/v2/repository/{repository}/models/{model}/load",
-                    admitted("RepositoryModelLoad", self._load),
+                    "RepositoryModelLoad",
+                    self._load,
                 ),
-                web.post(
+                route(
+                    "POST",
                     "/v2/repository/{repository}/models/{model}/unload",
-                    admitted("RepositoryModelUnload", self._unload),
+                    "RepositoryModelUnload",
+                    self._unload,
                 ),
-                web.get(
-                    "/v2/systemsharedmemory/status", admitted("SystemSharedMemoryStatus", self._shm_status)
-                ),
-                web.get(
+                route("GET", "/v2/systemsharedmemory/status", "SystemSharedMemoryStatus", self._shm_status),
+                route(
+                    "GET",
                     "/v2/systemsharedmemory/region/{name}/status",
-                    admitted("SystemSharedMemoryStatus", self._shm_status),
+                    "SystemSharedMemoryStatus",
+                    self._shm_status,
                 ),
-                web.post(
+                route(
+                    "POST",
                     "/v2/systemsharedmemory/region/{name}/register",
-                    admitted("SystemSharedMemoryRegister", self._shm_register),
+                    "SystemSharedMemoryRegister",
+                    self._shm_register,
                 ),
-                web.post(
+                route(
+                    "POST",
                     "/v2/systemsharedmemory/unregister",
-                    admitted("SystemSharedMemoryUnregister", self._shm_unregister),
+                    "SystemSharedMemoryUnregister",
+                    self._shm_unregister,
                 ),
-                web.post(
+                route(
+                    "POST",
                     "/v2/systemsharedmemory/region/{name}/unregister",
-                    admitted("SystemSharedMemoryUnregister", self._shm_unregister),
+                    "SystemSharedMemoryUnregister",
+                    self._shm_unregister,
                 ),
-                web.get("/v2/logging", admitted("LogSettings", self._log_settings)),
-                web.post(
-                    "/v2/logging", admitted("LogSettings", self._update_log_settings, LOG_SETTINGS_UPDATE)
-                ),
+                route("GET", "/v2/logging", "LogSettings", self._log_settings),
+                route("POST", "/v2/logging", "LogSettings", self._update_log_settings, LOG_SETTINGS_UPDATE),
                 *(
-                    route
+                    definition
                     for path in ("/v2/trace/setting", "/v2/models/{model}/trace/setting")
-                    for route in (
-                        web.get(path, admitted("TraceSetting", self._trace_settings)),
-                        web.post(
-                            path,
-                            admitted("TraceSetting", self._update_trace_settings, TRACE_SETTINGS_UPDATE),
+                    for definition in (
+                        route("GET", path, "TraceSetting", self._trace_settings),
+                        route(
+                            "POST", path, "TraceSetting", self._update_trace_settings, TRACE_SETTINGS_UPDATE
                         ),
                     )
                 ),
-                web.get("/v2/cudasharedmemory/status", admitted("CudaSharedMemoryStatus", self._no_cuda)),
-                web.get(
+                route("GET", "/v2/cudasharedmemory/status", "CudaSharedMemoryStatus", self._no_cuda),
+                route(
+                    "GET",
                     "/v2/cudasharedmemory/region/{name}/status",
-                    admitted("CudaSharedMemoryStatus", self._no_cuda),
+                    "CudaSharedMemoryStatus",
+                    self._no_cuda,
                 ),
-                web.post(
+                route(
+                    "POST",
                     "/v2/cudasharedmemory/region/{name}/register",
-                    admitted("CudaSharedMemoryRegister", self._no_cuda),
+                    "CudaSharedMemoryRegister",
+                    self._no_cuda,
                 ),
-                web.post(
-                    "/v2/cudasharedmemory/unregister", admitted("CudaSharedMemoryUnregister", self._no_cuda)
-                ),
-                web.post(
+                route("POST", "/v2/cudasharedmemory/unregister", "CudaSharedMemoryUnregister", self._no_cuda),
+                route(
+                    "POST",
                     "/v2/cudasharedmemory/region/{name}/unregister",
-                    admitted("CudaSharedMemoryUnregister", self._no_cuda),
+                    "CudaSharedMemoryUnregister",
+                    self._no_cuda,
                 ),
                 *(
-                    route
+                    definition
                     for path in (model, version)
-                    for route in (
-                        web.get(path, admitted("ModelMetadata", self._model_metadata)),
-                        web.get(f"{path}/ready", admitted("ModelReady", self._model_ready)),
-                        web.get(f"{path}/config", admitted("ModelConfig", self._config)),
-                        web.get(f"{path}/stats", admitted("ModelStatistics", self._statistics)),
-                        web.post(f"{path}/infer", admitted("ModelInfer", self._infer)),
+                    for definition in (
+                        route("GET", path, "ModelMetadata", self._model_metadata),
+                        route("GET", f"{path}/ready", "ModelReady", self._model_ready),
+                        route("GET", f"{path}/config", "ModelConfig", self._config),
+                        route("GET", f"{path}/stats", "ModelStatistics", self._statistics),
+                        route("POST", f"{path}/infer", "ModelInfer", self._infer),
                     )
                 ),
             ]
@@ -228,10 +244,7 @@ class OipHttpServer(HttpListener):
         try:
             return await handler(request)
         except Refused as exc:
-            response = _failure(exc.status, exc.message, CHALLENGE if exc.status == 401 else None)
-            if exc.close:
-                response.force_close()
-            return response
+            return _refused(exc)
         except errors.TesseraError as exc:
             return _failure(http_status_for(exc), exc.message)
         except web.HTTPRequestEntityTooLarge:
@@ -245,22 +258,31 @@ class OipHttpServer(HttpListener):
         except Exception as exc:
             return _failure(500, errors.logged_internal(log, "an HTTP inference request", exc).message)
 
-    def _admitted(self, rpc: str, handler: Handler, required: Role | None = None) -> Handler:
-        """`handler` behind the checks the gRPC RPC `rpc` gets: who may call (`_admit`; `required`:
-        the role, when not the RPC's own), then a slot of limits.max_concurrent_calls shared with
-        gRPC's calls (429 with gRPC's RESOURCE_EXHAUSTED message when none is free). Health probes
-        take no slot, as on gRPC."""
+    def _route(
+        self, method: str, path: str, rpc: str, handler: Handler, required: Role | None = None
+    ) -> web.RouteDef:
+        """`handler` at `method` `path`, behind the checks the gRPC RPC `rpc` gets: who may call
+        (`_admit`; `required`: the role, when not the RPC's own) and the body's declared size, both
+        before a 100 Continue too; then a slot of limits.max_concurrent_calls shared with gRPC's
+        calls (429 with gRPC's RESOURCE_EXHAUSTED message when none is free). Health probes take
+        no slot, as on gRPC."""
         calls = self._calls
         limited = f"/{_SERVICE}/{rpc}" not in HEALTH_METHODS
         revocable = self._revocable if rpc == "ModelInfer" else None
         needed = ROLE_TABLE[_SERVICE][rpc] if required is None else required
 
+        def refusal(request: web.Request) -> web.Response | None:
+            try:
+                self._check_host(request)
+                self._admit_declared(request, rpc, needed)
+            except Refused as exc:
+                return _refused(exc)
+            except errors.PermissionDenied as exc:
+                return _failure(403, exc.message)
+            return None
+
         async def admitted(request: web.Request) -> web.StreamResponse:
-            digest = self._admit(request, rpc, needed)
-            length = request.content_length
-            if length is not None and length > self._max_message_size:
-                # Refused before a byte of it is read, or a slot taken while it (never) arrives.
-                raise Refused(413, self._too_large(length))
+            digest = self._admit_declared(request, rpc, needed)
             if not limited:
                 return await handler(request)
             calls.enter()
@@ -271,7 +293,16 @@ class OipHttpServer(HttpListener):
             finally:
                 calls.leave()
 
-        return admitted
+        return web.route(method, path, admitted, expect_handler=self._expecting(refusal))
+
+    def _admit_declared(self, request: web.Request, rpc: str, required: Role) -> bytes | None:
+        """`_admit`, then 413 for a Content-Length over max_message_size: refused before a byte
+        of the body is read, or a slot taken while it (never) arrives."""
+        digest = self._admit(request, rpc, required)
+        length = request.content_length
+        if length is not None and length > self._max_message_size:
+            raise Refused(413, self._too_large(length))
+        return digest
 
     def _too_large(self, size: int | None) -> str:
         """What a body over max_message_size is told; `size` when its Content-Length says it."""

@@ -11,12 +11,12 @@ causes. Clients see a closed connection, as from a listener that is restarting, 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import cast
 
 from aiohttp import hdrs, web
-from aiohttp.http import HttpProcessingError
+from aiohttp.http import HttpProcessingError, HttpVersion11
 from aiohttp.web_protocol import RequestHandler
 
 from tesserad.api.auth import authentication_enabled
@@ -25,6 +25,10 @@ from tesserad.dashboard.access import Handler, dashboard_tls
 from tesserad.dashboard.hosts import HostRule
 from tesserad.errors import PermissionDenied
 from tesserad.security.limits import ConnectionLimit
+
+# aiohttp's expect_handler: run for a request with an Expect header before its handler (and
+# before any middleware); the answer it returns is the request's, its body never read.
+ExpectHandler = Callable[[web.Request], Awaitable[web.StreamResponse | None]]
 
 
 class Refused(Exception):
@@ -86,6 +90,21 @@ class _Counted(asyncio.Protocol):
         self._served.resume_writing()
 
 
+async def _continue(request: web.Request) -> None:
+    """What aiohttp's default expect_handler (private to it) answers: 100 Continue to HTTP/1.1's
+    100-continue, 417 to any other expectation; nothing under HTTP/1.0, which has no 100."""
+    if request.version != HttpVersion11:
+        return
+    expectation = request.headers.get(hdrs.EXPECT, "")
+    if expectation.lower() != "100-continue":
+        raise web.HTTPExpectationFailed(
+            text=f"unknown Expect: {expectation[:40]}; only 100-continue is served"
+        )
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    # The 100 is no part of the answer's size (aiohttp resets it too).
+    request.writer.output_size = 0
+
+
 class HttpListener:
     """Serves the application a subclass hands to `_serve` on `address`; `port` is the bound
     one (for port 0). The application puts `_guard` first after its error middleware, which
@@ -116,12 +135,33 @@ class HttpListener:
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Refuse a request for a host this listener does not answer, or a change from another site."""
+        self._check_host(request)
+        return await handler(request)
+
+    def _check_host(self, request: web.Request) -> None:
         problem = self._hosts.refusal(
             request.method, request.headers.get(hdrs.HOST), request.headers.get(hdrs.ORIGIN)
         )
         if problem is not None:
             raise PermissionDenied(problem)
-        return await handler(request)
+
+    @staticmethod
+    def _expecting(refusal: Callable[[web.Request], web.StreamResponse | None]) -> ExpectHandler:
+        """A route's expect_handler: a request with `Expect: 100-continue` that `refusal` refuses
+        (it runs the checks that need no body: host, token, Content-Length) gets that answer instead
+        of 100 Continue, closing the connection, so that its client never sends the body (aiohttp's
+        own handler sends 100 Continue at once, and a refused client uploaded it all)."""
+
+        async def expect(request: web.Request) -> web.StreamResponse | None:
+            refused = refusal(request)
+            if refused is not None:
+                # The body may follow anyway (RFC 9110 lets a client send it): it is never read.
+                refused.force_close()
+                return refused
+            await _continue(request)
+            return None
+
+        return expect
 
     def _serve(self, app: web.Application) -> None:
         # aiohttp closes a connection still waiting for a request's headers this long after the

@@ -689,3 +689,67 @@ def test_slow_clients_and_bodies_over_max_message_size_are_refused(tmp_path: Pat
         assert _grpc_info(channel)[0] == grpc.StatusCode.OK
     finally:
         daemon.stop()
+
+
+def _head(connection: socket.socket) -> bytes:
+    """One answer's status line and headers, as they arrive."""
+    answer = b""
+    while b"\r\n\r\n" not in answer and (chunk := connection.recv(1)):
+        answer += chunk
+    return answer
+
+
+def test_expect_100_continue_is_answered_after_the_token_and_size_checks(
+    tmp_path: Path, tokens: Tokens
+) -> None:
+    settings = daemon_settings(
+        tmp_path / "data",
+        **{
+            "serving.oip_http_listen": "127.0.0.1:0",
+            "security.tokens_file": str(tokens.file),
+            "max_message_size": "1MiB",
+        },
+    )
+    daemon = InProcessDaemon(settings).start()
+    try:
+        port = daemon.daemon.oip_http_port
+        reader = b"Authorization: Bearer " + tokens.token[Role.READER].encode() + b"\r\n"
+        infer = b"POST /v2/models/nope/infer HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"
+        load = b"POST /v2/repository/models/nope/load HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"
+        # Refused at once, no 100 Continue first: the client never sends its body, and the
+        # connection closes (a body sent anyway is never read).
+        for head, status in (
+            (infer + b"Content-Length: 100\r\n\r\n", 401),
+            (infer + reader + b"Content-Length: 10000000000\r\n\r\n", 413),
+            (load + reader + b"Content-Length: 100\r\n\r\n", 403),
+        ):
+            answer = _raw(port, head)
+            assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:80]
+            assert b"\r\nconnection: close\r\n" in answer.partition(b"\r\n\r\n")[0].lower() + b"\r\n"
+        assert _status_and_error(_raw(port, infer + b"Content-Length: 100\r\n\r\n"))[1].startswith(
+            "this tesserad needs a token"
+        )
+        assert _status_and_error(_raw(port, infer + reader + b"Content-Length: 10000000000\r\n\r\n")) == (
+            413,
+            "the request body is 9.31 GiB, over max_message_size = 1 MiB, the largest request this "
+            "tesserad accepts (gRPC's too); send fewer rows per request, or ask the operator to raise "
+            "max_message_size (env TESSERA_MAX_MESSAGE_SIZE)",
+        )
+        # Admitted: 100 Continue, then the answer once the body has come, on a connection kept
+        # for the next request.
+        index = b"POST /v2/repository/index HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+            for _ in range(2):
+                connection.sendall(index + reader + b"Content-Length: 2\r\n\r\n")
+                assert _head(connection) == b"HTTP/1.1 100 Continue\r\n\r\n"
+                connection.sendall(b"{}")
+                head = _head(connection)
+                assert head.startswith(b"HTTP/1.1 200 ") and b"connection: close" not in head.lower()
+                assert connection.recv(2) == b"[]"
+            # An expectation other than 100-continue is not one this server can meet.
+            connection.sendall(
+                index.replace(b"100-continue", b"lunch") + reader + b"Content-Length: 2\r\n\r\n"
+            )
+            assert _head(connection).startswith(b"HTTP/1.1 417 ")
+    finally:
+        daemon.stop()
