@@ -114,7 +114,7 @@ class Access:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if self._tokens is None or request.path == LOGIN_PATH or request.path.startswith(_OPEN_PREFIXES):
+        if self._tokens is None or _open(request):
             if self._tokens is None:
                 request[ROLE_KEY] = Role.ADMIN
             return await handler(request)
@@ -132,9 +132,14 @@ class Access:
                 timer = self._expiry_timers.pop(task, None)
                 if timer is not None:
                     timer.cancel()
-        if request.path.startswith("/api/"):
-            return web.json_response({"error": problem}, status=401, headers=CHALLENGE)
-        return login_page(problem or "", status=401, then=request.path_qs)
+        return _unauthenticated(request, problem or "")
+
+    def refusal(self, request: web.Request) -> web.Response | None:
+        """The 401 `middleware` answers `request` with, or None when it lets it through."""
+        if self._tokens is None or _open(request):
+            return None
+        problem, _, _ = self._problem(request)
+        return None if problem is None else _unauthenticated(request, problem)
 
     def end_revoked(self, table: TokenTable) -> int:
         """Cancel each request in progress whose token `table` no longer lets read; how many."""
@@ -236,6 +241,17 @@ class Access:
             path="/",
         )
         raise response
+
+
+def _open(request: web.Request) -> bool:
+    """Whether `request` needs no token: the login form, or a static asset."""
+    return request.path == LOGIN_PATH or request.path.startswith(_OPEN_PREFIXES)
+
+
+def _unauthenticated(request: web.Request, problem: str) -> web.Response:
+    if request.path.startswith("/api/"):
+        return web.json_response({"error": problem}, status=401, headers=CHALLENGE)
+    return login_page(problem, status=401, then=request.path_qs)
 
 
 def _local_path(path: str) -> str:

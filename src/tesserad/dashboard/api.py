@@ -16,14 +16,15 @@ import math
 import mimetypes
 import urllib.parse
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from tesserad.dashboard import json_forms as forms
-from tesserad.dashboard.access import ROLE_KEY
+from tesserad.dashboard.access import ROLE_KEY, Handler
+from tesserad.dashboard.listener import ExpectHandler
 from tesserad.errors import DataLoss, InvalidArgument, PermissionDenied, ResourceExhausted, Unavailable
 from tesserad.names import validate_name
 from tesserad.numbers import INT64_MAX, whole_number
@@ -229,8 +230,15 @@ class DashboardApi:
                 self._encoded.popitem(last=False)
         return encoded
 
-    def routes(self) -> list[web.RouteDef]:
-        get: Callable[[str, Any], web.RouteDef] = web.get
+    def routes(self, expect_handler: ExpectHandler) -> list[web.RouteDef]:
+        """The routes, each answering an Expect header with `expect_handler`."""
+
+        def get(path: str, handler: Handler) -> web.RouteDef:
+            return web.get(path, handler, expect_handler=expect_handler)
+
+        def post(path: str, handler: Handler) -> web.RouteDef:
+            return web.post(path, handler, expect_handler=expect_handler)
+
         return [
             get(PREFIX + "/jobs", self.list_jobs),
             get(PREFIX + "/jobs/{job_id}", self.get_job),
@@ -242,8 +250,8 @@ class DashboardApi:
             get(PREFIX + "/runs/{run_id}/artifacts", self.list_artifacts),
             get(PREFIX + "/runs/{run_id}/artifact", self.download_artifact),
             get(PREFIX + "/session", self.session),
-            web.post(PREFIX + "/runs/{run_id}/restore", self.restore_run),
-            web.post(PREFIX + "/experiments/{name}/restore", self.restore_experiment),
+            post(PREFIX + "/runs/{run_id}/restore", self.restore_run),
+            post(PREFIX + "/experiments/{name}/restore", self.restore_experiment),
             get(PREFIX + "/leaderboard", self.leaderboard),
             get(PREFIX + "/sweeps", self.list_sweeps),
             get(PREFIX + "/sweeps/{sweep_id}", self.get_sweep),

@@ -16,7 +16,7 @@ from pathlib import Path
 from aiohttp import web
 
 from tesserad import errors
-from tesserad.config import Address, LimitsSettings, SecuritySettings
+from tesserad.config import Address, LimitsSettings, SecuritySettings, format_size
 from tesserad.dashboard.access import LOGIN_PATH, Access, Handler
 from tesserad.dashboard.api import DashboardApi, Services, json_response
 from tesserad.dashboard.listener import HttpListener, Refused
@@ -25,6 +25,9 @@ from tesserad.security.tokens import TokenFile
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(str(resources.files("tesserad.dashboard") / "static"))
+# The largest request body the dashboard reads (its login form's token is a few hundred bytes):
+# aiohttp's default, said here for the refusal before a 100 Continue.
+MAX_BODY_BYTES = 1024 * 1024
 PAGES = ("jobs", "runs", "sweeps", "models", "serving", "system")
 
 # A subclass not listed (NotLoaded, StillLoading) answers as its parent (see http_status_for).
@@ -107,22 +110,46 @@ class DashboardServer(HttpListener):
         access = Access(tokens, secure_cookie=self._tls is not None, receiving_body=self._receiving_body)
         self.end_revoked = access.end_revoked
         self._shell = (STATIC_DIR / "page.html").read_text()
-        app = web.Application(middlewares=[_errors, self._guard, access.middleware])
-        app.add_routes(DashboardApi(services, limits.max_concurrent_streams).routes())
+        self._access = access
+        app = web.Application(
+            middlewares=[_errors, self._guard, access.middleware], client_max_size=MAX_BODY_BYTES
+        )
+        expect = self._expecting(self._refusal)
+        app.add_routes(DashboardApi(services, limits.max_concurrent_streams).routes(expect))
         app.add_routes(
             [
-                web.get("/", self._home),
-                web.get(LOGIN_PATH, access.show_login),
-                web.post(LOGIN_PATH, access.log_in),
-                *(web.get(f"/{page}", self._page) for page in PAGES),
-                web.get("/jobs/{job_id}", self._job_page),
-                web.get("/runs/{run_id}", self._run_page),
-                web.get("/sweeps/{sweep_id}", self._sweep_page),
-                web.get("/models/{model}", self._model_page),
-                web.static("/static", STATIC_DIR),
+                web.get("/", self._home, expect_handler=expect),
+                web.get(LOGIN_PATH, access.show_login, expect_handler=expect),
+                web.post(LOGIN_PATH, access.log_in, expect_handler=expect),
+                *(web.get(f"/{page}", self._page, expect_handler=expect) for page in PAGES),
+                web.get("/jobs/{job_id}", self._job_page, expect_handler=expect),
+                web.get("/runs/{run_id}", self._run_page, expect_handler=expect),
+                web.get("/sweeps/{sweep_id}", self._sweep_page, expect_handler=expect),
+                web.get("/models/{model}", self._model_page, expect_handler=expect),
+                web.static("/static", STATIC_DIR, expect_handler=expect),
             ]
         )
         self._serve(app)
+
+    def _refusal(self, request: web.Request) -> web.Response | None:
+        """What the middlewares answer `request` with before its body is read (host, token), or
+        413 for a Content-Length over MAX_BODY_BYTES; None when it may send its body."""
+        try:
+            self._check_host(request)
+        except errors.PermissionDenied as exc:
+            return _failure(request, 403, exc.message)
+        refused = self._access.refusal(request)
+        if refused is not None:
+            return refused
+        length = request.content_length
+        if length is not None and length > MAX_BODY_BYTES:
+            return _failure(
+                request,
+                413,
+                f"the request body is {format_size(length)}, over {format_size(MAX_BODY_BYTES)}, the "
+                "most the dashboard reads: it takes its login form, and no uploads",
+            )
+        return None
 
     async def _home(self, request: web.Request) -> web.StreamResponse:
         raise web.HTTPFound("/jobs")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
+import socket
 import urllib.parse
 
 import numpy as np
@@ -314,6 +315,53 @@ def test_every_401_names_the_bearer_scheme(tmp_path, tokens_file):
             assert answer.headers["www-authenticate"] == 'Bearer realm="tesserad"'
         reader = {"Authorization": f"Bearer {clear[Role.READER]}"}
         assert "www-authenticate" not in http_get(port, "/api/v1/jobs", reader).headers
+    finally:
+        daemon.stop()
+
+
+def _answer_until_closed(connection: socket.socket) -> bytes:
+    answer = b""
+    while chunk := connection.recv(65536):
+        answer += chunk
+    return answer
+
+
+def test_expect_100_continue_is_answered_after_the_host_token_and_size_checks(tmp_path, tokens_file):
+    path, clear = tokens_file
+    daemon = InProcessDaemon(
+        daemon_settings(tmp_path / "data", **{"security.tokens_file": str(path)})
+    ).start()
+    try:
+        port = daemon.daemon.http_port
+        expect = b"Host: localhost\r\nExpect: 100-continue\r\n"
+        restore = b"POST /api/v1/runs/r/restore HTTP/1.1\r\n" + expect
+        login = b"POST /login HTTP/1.1\r\n" + expect + b"Content-Type: application/x-www-form-urlencoded\r\n"
+        # Refused at once, no 100 Continue first, closing the connection: the body is never sent.
+        for head, status, says in (
+            (restore + b"Content-Length: 100\r\n\r\n", 401, b"needs a token"),
+            (
+                login + b"Content-Length: 2000000\r\n\r\n",
+                413,
+                b"1.91 MiB, over 1 MiB, the most the dashboard reads",
+            ),
+            (login.replace(b"localhost", b"elsewhere.example") + b"Content-Length: 10\r\n\r\n", 403, b""),
+        ):
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+                connection.sendall(head)
+                answer = _answer_until_closed(connection)
+            assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:80]
+            assert b"\r\nconnection: close\r\n" in answer.partition(b"\r\n\r\n")[0].lower() + b"\r\n"
+            assert says in answer
+        # Admitted: 100 Continue, then the answer once the body has come.
+        form = urllib.parse.urlencode({"token": clear[Role.READER]}).encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+            connection.sendall(login + f"Content-Length: {len(form)}\r\n\r\n".encode())
+            continued = b""
+            while not continued.endswith(b"\r\n\r\n"):
+                continued += connection.recv(1)
+            assert continued == b"HTTP/1.1 100 Continue\r\n\r\n"
+            connection.sendall(form)
+            assert connection.recv(65536).startswith(b"HTTP/1.1 303 ")
     finally:
         daemon.stop()
 
