@@ -9,7 +9,6 @@ the primary again, and tries the primary again then).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import itertools
 import logging
@@ -99,7 +98,7 @@ from tesserad.store.prometheus import StoreMetrics
 from tesserad.store.schema import open_for_writing, refuse_newer
 from tesserad.store.space import space_checked
 from tesserad.system import SystemService
-from tesserad.tasks import cancel_and_wait
+from tesserad.tasks import cancel_and_wait, end_background_task
 from tesserad.training import artifacts as training_artifacts
 from tesserad.training import events as training_events
 from tesserad.training import jobs as training_jobs
@@ -838,9 +837,7 @@ class Daemon:
         """`exports_wait_s`: how long running ONNX exports may still finish before they are
         abandoned. `remove`: a directory to delete once the store is closed, under the lock."""
         if self._files_watch is not None:
-            self._files_watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._files_watch
+            await end_background_task(self._files_watch, "the periodic check of the tokens and TLS files")
             self._files_watch = None
         if self._dashboard is not None:
             await self._dashboard.stop()
@@ -849,19 +846,10 @@ class Daemon:
             await self._oip_http.stop()
             self._oip_http = None
         if self._following is not None:
-            self._following.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._following
+            await end_background_task(self._following, "the replica's following of its primary")
             self._following = None
         if self._refresh_sweep is not None:
-            self._refresh_sweep.cancel()
-            try:
-                await self._refresh_sweep
-            except asyncio.CancelledError:
-                pass
-            except Exception:
-                # The stop goes on to close training, inference and the store whatever ended it.
-                log.exception("the periodic retry of failed serving refreshes had stopped")
+            await end_background_task(self._refresh_sweep, "the periodic retry of failed serving refreshes")
             self._refresh_sweep = None
         if self._follower is not None:
             await self._follower.close()

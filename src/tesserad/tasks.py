@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Collection
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 async def cancel_and_wait(tasks: Collection[asyncio.Task[Any]]) -> None:
@@ -16,3 +19,14 @@ async def cancel_and_wait(tasks: Collection[asyncio.Task[Any]]) -> None:
         task.cancel()
     if tasks:
         await asyncio.wait(tasks)
+
+
+async def end_background_task(task: asyncio.Task[Any], what: str) -> None:
+    """Cancel `task`, one of the daemon's long-lived loops (`what` names it in the log), and
+    return once it has ended. An error it had ended with is logged, not raised: the stop goes on
+    to close training, inference and the store whatever ended a loop. The caller's cancellation
+    is raised."""
+    task.cancel()
+    await asyncio.wait([task])
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s had stopped with an error", what, exc_info=task.exception())

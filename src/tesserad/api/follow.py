@@ -530,10 +530,16 @@ class Follower:
             self._retry_lasting_now.clear()
             if lasting:
                 lasting_due = now + LASTING_RETRY_S
-            retried = 0
+            backing_off = False
             if self._connected:
-                retried = await asyncio.to_thread(self._inference.retry_failed_loads, lasting)
-            delay = min(delay * 2, RETRY_MAX_S) if retried else RETRY_FIRST_S
+                try:
+                    backing_off = await asyncio.to_thread(self._inference.retry_failed_loads, lasting) > 0
+                except Exception:
+                    # Logged and tried again after a longer wait: retries that stopped would leave
+                    # every failed load to a registry change that may never come.
+                    log.exception("retrying the failed loads failed", extra={"primary": self.primary})
+                    backing_off = True
+            delay = min(delay * 2, RETRY_MAX_S) if backing_off else RETRY_FIRST_S
 
     def _load_deployments(self) -> None:
         """Load what every deployment routes to; Unavailable (the primary went) is retried by

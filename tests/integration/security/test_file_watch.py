@@ -1,6 +1,7 @@
 """The daemon's periodic check of the tokens file, and SIGHUP, in process: the check sees a
-permission-only change, and an unexpected error in a reload (from the check or a SIGHUP) is
-logged with an id without ending the check.
+permission-only change, an unexpected error in a reload (from the check or a SIGHUP) is
+logged with an id without ending the check, and a check that ended with an error does not keep
+the stop from closing the store.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from typing import Any
 import grpc
 import pytest
 
-from tesserad import cli
+from tesserad import cli, server
 from tesserad.security import Role
 from tesserad.security.tokens import TokenTable
+from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.security.conftest import Tokens, bearer
 
 INFO = "/tessera.v1.System/GetServerInfo"
@@ -138,3 +140,31 @@ def test_sighup_logs_an_unexpected_error_with_an_id_each_time_and_keeps_the_toke
     # The rest of the SIGHUP still ran, and the tokens last applied stay in use.
     assert any(r.getMessage().startswith("SIGHUP read security.tokens_file again") for r in caplog.records)
     assert info(daemon, tokens.token[Role.READER]) == grpc.StatusCode.OK
+
+
+def test_a_check_that_ended_with_an_error_is_logged_and_the_stop_still_closes_the_store(
+    data_dir, tokens, monkeypatch, caplog
+):
+    """The stop re-raised the error the check had ended with, and closed neither training,
+    inference nor the store after it."""
+    settings = {"security.tokens_file": str(tokens.file), "security.tokens_reload_interval_s": 0.05}
+    daemon = InProcessDaemon(daemon_settings(data_dir, **settings)).start()
+
+    async def failing(*args: Any) -> None:
+        raise RuntimeError("injected failure")
+
+    # What each pass runs; its own errors it logs, so this stands for a fault in the loop itself.
+    monkeypatch.setattr(server, "_apply", failing)
+    checking = daemon.daemon._files_watch
+    assert checking is not None
+    deadline = time.monotonic() + 30
+    while not checking.done() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert checking.done()
+
+    daemon.stop()
+    record = next(r for r in caplog.records if r.getMessage().endswith("had stopped with an error"))
+    assert record.getMessage().startswith("the periodic check of the tokens and TLS files")
+    assert record.exc_info is not None and "injected failure" in str(record.exc_info[1])
+    # The store is closed and the data directory's lock released: another start takes them.
+    InProcessDaemon(daemon_settings(data_dir)).start().stop()

@@ -1,5 +1,6 @@
-"""The daemon's periodic retry of failed serving refreshes (server._sweep_failed_refreshes) goes on
-after a pass that raised, and ends cleanly when cancelled."""
+"""The daemon's periodic retry of failed serving refreshes (server._sweep_failed_refreshes), and a
+replica's retry of failed loads (Follower._retry_failed_loads), go on after a pass that raised,
+and end cleanly when cancelled."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from pathlib import Path
 import pytest
 
 from tesserad import server
+from tesserad.api import follow
+from tesserad.api.follow import Follower
+from tesserad.config import ReplicaSettings
 from tesserad.errors import NotFound, Unavailable
 from tesserad.serving.pool import ModelPool, ServableVersion, ServingDefaults, servable_file
 from tesserad.serving.service import REFRESH_RETRY_MAX_S, DeploymentPlan, InferenceService, Target
@@ -100,5 +104,57 @@ def test_a_sweep_that_raised_sweeps_again_and_ends_cleanly_when_cancelled(
             asyncio.run(sweep())
         assert service._refresh_retry_at == {}  # the refresh passed
         assert any("the clock could not be read" in str(r.exc_info) for r in caplog.records)
+    finally:
+        service.close()
+
+
+def test_a_replicas_retry_of_failed_loads_that_raised_retries_again(
+    linear_onnx: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pass that raised ended the replica's retries silently: every later failed load and
+    refresh waited for a registry change that may never come."""
+    monkeypatch.setattr(follow, "RETRY_FIRST_S", 0)
+    monkeypatch.setattr(follow, "RETRY_MAX_S", 0)
+    source = UnreadableModel(servable_file("m", 1, "onnx", linear_onnx))
+    clock = ClockBrokenOnce()
+    service = InferenceService(
+        source, ModelPool(ServingDefaults(intra_op_threads=1), None), autoload=True, clock=clock
+    )
+    refreshed = threading.Event()
+    service.add_deletion_listener(lambda model, identity: None, lambda model: refreshed.set())
+
+    async def ready(_: bool) -> None:
+        pass
+
+    async def retry() -> None:
+        # The primary is never called: the retries only run the service's own.
+        follower = Follower(
+            ReplicaSettings(primary="127.0.0.1:1"), None, service, "127.0.0.1:2", ready, False
+        )  # type: ignore[arg-type]
+        follower._connected = True
+        retrying = asyncio.create_task(follower._retry_failed_loads())
+        try:
+            # Queued by a pass after the first, which raised.
+            assert await asyncio.to_thread(refreshed.wait, 30)
+        finally:
+            retrying.cancel()
+            await follower.close()
+        with pytest.raises(asyncio.CancelledError):
+            await retrying
+
+    try:
+        assert service.route(Target("m")) == (1, None)  # `latest` cached: a refresh reads it again
+        source.failing = True
+        service.on_registry_change("m")
+        assert refreshed.wait(30)  # failed: the registry could not be read
+        refreshed.clear()
+        clock.now = REFRESH_RETRY_MAX_S  # its wait passed
+        clock.break_once()
+        source.failing = False
+        with caplog.at_level(logging.ERROR):
+            asyncio.run(retry())
+        assert service._refresh_retry_at == {}  # the refresh passed
+        failure = next(r for r in caplog.records if r.getMessage() == "retrying the failed loads failed")
+        assert failure.exc_info is not None and "the clock could not be read" in str(failure.exc_info[1])
     finally:
         service.close()
