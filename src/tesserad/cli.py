@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO, NoReturn
 
-from tessera.backup import HEADER_MAX_BYTES, MANIFEST_MAX_BYTES
+from tessera.backup import HEADER_MAX_BYTES, MANIFEST_MAX_BYTES, Manifest
 from tessera.command_parser import CommandParser
 from tessera.messages import counted
 from tessera.progress_line import ProgressLine, byte_size, progress_wanted
@@ -121,8 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
             f"{HEADER_MAX_BYTES >> 20} MiB) are refused. A refused "
             "archive leaves nothing behind. Then `tesserad serve --data-dir DIR` starts on it. "
             "Exit status: 0 restored, 1 refused or failed (the message says why), 2 wrong "
-            "command line, 130 or 143 interrupted (Ctrl-C, SIGTERM: nothing is left behind). What a "
-            "restore killed outright (SIGKILL) staged is removed by the next restore into DIR."
+            "command line, 130 or 143 interrupted (Ctrl-C, SIGTERM: nothing is left behind, unless it came "
+            "once the restore was in place, which the message then says). What a restore killed outright "
+            "(SIGKILL) staged, or put in place without its store, is removed by the next restore into DIR."
         ),
     )
     restore.add_argument(
@@ -165,7 +166,7 @@ def _terminate(_signum: int, _frame: object) -> NoReturn:
 
 
 def _restore(archive: Path | BinaryIO, data_dir: Path, progress: bool | None) -> int:
-    from tesserad.backup.restore import RestoreError, archive_name, restore
+    from tesserad.backup.restore import InterruptedAfterRestore, RestoreError, archive_name, restore
     from tesserad.server import STORE_TABLES
 
     # What the restore tells on the way (a dead restore's staging directory it removed).
@@ -175,6 +176,8 @@ def _restore(archive: Path | BinaryIO, data_dir: Path, progress: bool | None) ->
     restore_log.addHandler(told)
     previous = signal.signal(signal.SIGTERM, _terminate)
     wanted = progress_wanted(progress, False, sys.stderr)
+    manifest: Manifest | None = None
+    interrupted: BaseException | None = None
     try:
         with ProgressLine("restore", sys.stderr if wanted else None) as line:
 
@@ -188,9 +191,14 @@ def _restore(archive: Path | BinaryIO, data_dir: Path, progress: bool | None) ->
     except (RestoreError, OSError) as exc:
         print(f"tesserad restore: {exc}", file=sys.stderr)
         return 1
+    except InterruptedAfterRestore as exc:
+        manifest, interrupted = exc.manifest, exc.__cause__
     except (KeyboardInterrupt, _Terminated) as exc:
-        print(f"tesserad restore: interrupted; nothing was written to {data_dir}", file=sys.stderr)
-        return EXIT_TERMINATED if isinstance(exc, _Terminated) else EXIT_INTERRUPTED
+        # Once restore() has returned, the restore is in place whatever came after it.
+        if manifest is None:
+            print(f"tesserad restore: interrupted; nothing was written to {data_dir}", file=sys.stderr)
+            return _interrupted_status(exc)
+        interrupted = exc
     finally:
         signal.signal(signal.SIGTERM, previous)
         restore_log.removeHandler(told)
@@ -200,7 +208,14 @@ def _restore(archive: Path | BinaryIO, data_dir: Path, progress: bool | None) ->
         f"({byte_size(manifest.blob_bytes)}), backed up by tesserad {manifest.tesserad_version} at "
         f"{manifest.created_at}; start it with `tesserad serve --data-dir {data_dir}`"
     )
+    if interrupted is not None:
+        print("tesserad restore: interrupted after the restore was in place; it is complete", file=sys.stderr)
+        return _interrupted_status(interrupted)
     return 0
+
+
+def _interrupted_status(interruption: BaseException) -> int:
+    return EXIT_TERMINATED if isinstance(interruption, _Terminated) else EXIT_INTERRUPTED
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tarfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -927,6 +927,92 @@ def test_a_restore_terminated_midway_removes_what_it_staged(source: Source, tmp_
     assert restore.returncode == 143, err
     assert "interrupted; nothing was written" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["archive.tar"]
+
+
+@contextlib.contextmanager
+def _sigterm_after_renaming_into(
+    monkeypatch: pytest.MonkeyPatch, renamed: Callable[[Path], bool]
+) -> Iterator[None]:
+    """The restore run in process gets SIGTERM right after its first rename whose target
+    `renamed` takes: its handler (the CLI's) raises at the next bytecode, as in a real restore."""
+    rename = Path.rename
+    sent = []
+
+    def rename_then_terminated(self: Path, target: Path) -> Path:
+        done = rename(self, target)
+        if not sent and renamed(Path(target)):
+            sent.append(target)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return done
+
+    monkeypatch.setattr(Path, "rename", rename_then_terminated)
+    yield
+    assert sent, "the restore made no such rename"
+
+
+def test_a_restore_into_an_empty_dir_terminated_between_its_parts_leaves_it_empty(
+    source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The store was put in place, then the blobs: between them the target held a store without
+    # its blobs, and the CLI said nothing was written.
+    target = tmp_path / "target"
+    target.mkdir()
+    with _sigterm_after_renaming_into(monkeypatch, lambda path: path.parent == target):
+        code, err = _restore(source.archive, target, capsys)
+    assert (code, err) == (143, f"tesserad restore: interrupted; nothing was written to {target}\n")
+    assert [p.name for p in target.iterdir()] == ["tesserad.lock"]  # the lock taken to put it in place
+    monkeypatch.undo()
+    code, err = _restore(source.archive, target, capsys)
+    assert (code, err) == (0, "")
+    assert sorted(p.name for p in target.iterdir()) == ["blobs", "store", "tesserad.lock"]
+
+
+@pytest.mark.parametrize("target_made", [True, False], ids=["into-an-empty-dir", "into-a-new-dir"])
+def test_a_restore_terminated_once_in_place_says_it_is_complete(
+    source: Source,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    target_made: bool,
+) -> None:
+    # SIGTERM right after the rename that finishes the restore: the CLI said nothing was written.
+    target = tmp_path / "target"
+    if target_made:
+        target.mkdir()
+    with _sigterm_after_renaming_into(monkeypatch, lambda path: path in (target, target / "store")):
+        code = tesserad_main(["restore", str(source.archive), "--data-dir", str(target)])
+    out, err = capsys.readouterr()
+    assert code == 143
+    assert out.startswith(f"restored {source.archive} into {target}: ")
+    assert err == "tesserad restore: interrupted after the restore was in place; it is complete\n"
+    assert sorted(p.name for p in target.iterdir()) == ["blobs", "store", "tesserad.lock"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]
+
+
+def test_blobs_a_killed_restore_put_in_place_without_its_store_are_taken_back_by_the_next(
+    source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # What a restore killed outright (SIGKILL, a power cut) between its blobs and its store
+    # leaves: its staging directory, unlocked, with its mark and its store; its blobs in the
+    # target. The next restore refused the target as "not empty".
+    restored = tmp_path / "restored"
+    code, _ = _restore(source.archive, restored, capsys)
+    assert code == 0
+    target = tmp_path / "target"
+    staging = target / ".target.restore-dead"
+    staging.mkdir(parents=True)
+    (restored / "store").rename(staging / "store")
+    (staging / "installing").touch()
+    (staging / "restore.lock").write_text("4242\n")
+    (restored / "blobs").rename(target / "blobs")
+
+    code, err = _restore(source.archive, target, capsys)
+    assert (code, err) == (
+        0,
+        f"tesserad restore: removed {staging}, left by a restore into {target} (pid 4242) that "
+        "was killed before it finished\n",
+    )
+    assert sorted(p.name for p in target.iterdir()) == ["blobs", "store", "tesserad.lock"]
 
 
 @pytest.mark.parametrize("target_made", [True, False], ids=["into-an-empty-dir", "into-a-new-dir"])

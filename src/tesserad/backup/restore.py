@@ -6,13 +6,17 @@ on the target's disk (in it when it exists, since it may be a mount point; else 
 every member against the manifest's sha256 and size, none missing; the store copy is opened and
 its record counts compared with the manifest's, and every blob it references must be among
 those restored. Only then does the staging directory become the data directory (a rename; into
-an existing empty directory, under its lock). Any failure removes the staging directory, so a
-refused archive leaves nothing behind.
+an existing empty directory, under its lock, its blobs and then its store, each rename durable
+before the next: a store in the data directory is what says the restore finished, and it never
+stands there without its blobs). Any failure removes the staging directory, and blobs already
+moved go back into it first, so a refused or interrupted archive leaves nothing behind.
 
 A restore killed outright (SIGKILL, a power cut) cannot remove its staging directory; the next
-restore into the same directory does. Each restore holds a `flock` on a lock file in its
-staging directory while it runs, so one whose lock can be taken was left by a dead restore,
-and one whose lock is held belongs to a restore still running, which is left alone.
+restore into the same directory does, and takes back the blobs the dead one had moved into the
+data directory without its store (its INSTALLING mark says it had begun to). Each restore holds
+a `flock` on a lock file in its staging directory while it runs, so one whose lock can be taken
+was left by a dead restore, and one whose lock is held belongs to a restore still running,
+which is left alone.
 """
 
 from __future__ import annotations
@@ -40,16 +44,25 @@ from tesserad.store.schema import SCHEMA_KEY, STORE_SCHEMA, decode_schema_record
 
 log = logging.getLogger(__name__)
 
-# What a data directory holds besides its lock: the store and the blobs.
-_PARTS = ("store", "blobs")
 # In a staging directory: held by its restore while it runs, with its pid.
 STAGING_LOCK_NAME = "restore.lock"
+# In a staging directory inside the data directory: its blobs may be there already, its store not.
+INSTALLING_NAME = "installing"
 # A write that found the disk full, or the user's quota used up.
 _NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
 
 
 class RestoreError(Exception):
     """The restore was refused or failed; nothing was put in place. The message says why."""
+
+
+class InterruptedAfterRestore(BaseException):
+    """An interruption (Ctrl-C, SIGTERM: the `__cause__`) that came once the restore was in
+    place: the data directory holds the restored archive, whose manifest is `manifest`."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        super().__init__()
+        self.manifest = manifest
 
 
 Progress = Callable[[int, int], None]
@@ -95,25 +108,36 @@ def restore(
     if not data_dir.parent.is_dir():
         raise RestoreError(f"{data_dir.parent} does not exist; create it, or pass another --data-dir")
     staging = _Staging(data_dir, tables, progress)
+    # The manifest once the archive is staged and checked, its store ready to put in place.
+    staged: Manifest | None = None
     try:
         try:
-            manifest = read_archive(archive, staging.place, staging.check_manifest)
-            store_token = _check_store(staging.path / "store", manifest)
-        except ArchiveError as exc:
-            raise RestoreError(
-                f"{archive_name(archive)} cannot be restored: {exc}; nothing was written"
-            ) from None
-        except OSError as exc:
-            if exc.errno not in _NO_ROOM:
+            try:
+                manifest = read_archive(archive, staging.place, staging.check_manifest)
+                store_token = _check_store(staging.path / "store", manifest)
+            except ArchiveError as exc:
+                raise RestoreError(
+                    f"{archive_name(archive)} cannot be restored: {exc}; nothing was written"
+                ) from None
+            except OSError as exc:
+                if exc.errno not in _NO_ROOM:
+                    raise
+                raise RestoreError(f"{staging.no_room()}; nothing was written") from None
+            _sync_dirs(staging.path)
+            staged = manifest
+            _put_in_place(staging.path, data_dir, store_token)
+        finally:
+            staging.unlock()
+    except BaseException as exc:
+        if staged is not None and _store_moved(staging.path, data_dir):
+            shutil.rmtree(staging.path, ignore_errors=True)
+            if isinstance(exc, Exception):
                 raise
-            raise RestoreError(f"{staging.no_room()}; nothing was written") from None
-        _sync_dirs(staging.path)
-        _put_in_place(staging.path, data_dir, store_token)
-    except BaseException:
+            # Ctrl-C or SIGTERM came once the restore was in place: not "nothing was written".
+            raise InterruptedAfterRestore(staged) from exc
+        _take_back_blobs(staging.path, data_dir)
         shutil.rmtree(staging.path, ignore_errors=True)
         raise
-    finally:
-        staging.unlock()
     return manifest
 
 
@@ -227,6 +251,7 @@ def _remove_dead_staging(data_dir: Path) -> None:
                     f"{staging} is the staging directory of a restore into {data_dir} that is still "
                     f"running (pid {pid}); let it finish, or stop it, before restoring again"
                 )
+            _take_back_blobs(staging, data_dir)
             shutil.rmtree(staging)
             log.warning(
                 "removed %s, left by a restore into %s (pid %s) that was killed before it finished",
@@ -366,18 +391,14 @@ def _trusted_token(env: lmdb.Environment, txn: lmdb.Transaction, manifest: Manif
 def _sync_dirs(staging: Path) -> None:
     """fsync every staged directory, so that the files' names are as durable as their bytes."""
     for dirpath, _dirs, _files in os.walk(staging, topdown=False):
-        fd = os.open(dirpath, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync_dir(Path(dirpath))
 
 
 def _put_in_place(staging: Path, data_dir: Path, store_token: str | None) -> None:
-    # Not a part of the data directory. Another restore leaves a staging directory that has
-    # no lock file alone, and this one's stays held until it ends.
-    (staging / STAGING_LOCK_NAME).unlink()
     if not data_dir.exists():
+        # Not a part of the data directory. Another restore leaves a staging directory that has
+        # no lock file alone, and this one's stays held until it ends.
+        (staging / STAGING_LOCK_NAME).unlink()
         if store_token is not None:
             _keep_store_token(DataDirLock(staging), store_token)
         staging.chmod(_new_dir_mode())
@@ -392,16 +413,39 @@ def _put_in_place(staging: Path, data_dir: Path, store_token: str | None) -> Non
         try:
             # Checked again under the lock: a daemon may have started on it meanwhile.
             _check_empty(data_dir, staging)
-            for part in _PARTS:
-                if (staging / part).exists():
-                    (staging / part).rename(data_dir / part)
+            if (staging / "blobs").exists():
+                (staging / INSTALLING_NAME).touch()
+                _fsync_dir(staging)
+                (staging / "blobs").rename(data_dir / "blobs")
+                _fsync_dir(data_dir)
+            # The rename that finishes the restore: a store never stands without its blobs.
+            (staging / "store").rename(data_dir / "store")
             if store_token is not None:
                 lock.keep_store_token(store_token)
         finally:
             lock.release()
-        staging.rmdir()
+        # What is left: its lock file, its INSTALLING mark.
+        shutil.rmtree(staging)
         renamed_in = data_dir
-    fd = os.open(renamed_in, os.O_RDONLY)
+    _fsync_dir(renamed_in)
+
+
+def _store_moved(staging: Path, data_dir: Path) -> bool:
+    """Whether the staged store (there once the archive was read) is now the data directory's:
+    the restore is in place."""
+    return not (staging / "store").exists() and (data_dir / "store").exists()
+
+
+def _take_back_blobs(staging: Path, data_dir: Path) -> None:
+    """Move the blobs a restore stopped before its store (interrupted, or killed outright) had
+    put in the data directory back into its staging directory, which is removed next."""
+    moved = (staging / INSTALLING_NAME).exists() and not (staging / "blobs").exists()
+    if moved and (staging / "store").exists() and (data_dir / "blobs").exists():
+        (data_dir / "blobs").rename(staging / "blobs")
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
