@@ -126,18 +126,19 @@ def restore(
             _sync_dirs(staging.path)
             staged = manifest
             _put_in_place(staging.path, data_dir, store_token)
+        except BaseException:
+            if staged is None or not _store_moved(staging.path, data_dir):
+                _take_back_blobs(staging.path, data_dir)
+            shutil.rmtree(staging.path, ignore_errors=True)
+            raise
         finally:
             staging.unlock()
     except BaseException as exc:
-        if staged is not None and _store_moved(staging.path, data_dir):
-            shutil.rmtree(staging.path, ignore_errors=True)
-            if isinstance(exc, Exception):
-                raise
-            # Ctrl-C or SIGTERM came once the restore was in place: not "nothing was written".
-            raise InterruptedAfterRestore(staged) from exc
-        _take_back_blobs(staging.path, data_dir)
-        shutil.rmtree(staging.path, ignore_errors=True)
-        raise
+        # Ctrl-C or SIGTERM that came once the restore was in place (its staging directory gone
+        # by now, whichever way): not "nothing was written".
+        if isinstance(exc, Exception) or staged is None or not _store_moved(staging.path, data_dir):
+            raise
+        raise InterruptedAfterRestore(staged) from exc
     return manifest
 
 
