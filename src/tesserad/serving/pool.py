@@ -495,11 +495,21 @@ class ModelPool:
 
     def _unload_marked(self, key: tuple[str, int]) -> bool:
         """Unload the version if unload_ready marked it and it is (still) one unload_ready would
-        unload; whether it did. Called holding its load lock."""
+        unload; whether it did. A failed load of an artifact marked deleted is no longer listed:
+        it would refuse requests for its number (see forget_failure). Called holding its load lock."""
         with self._lock:
             artifacts = self._unload_once_done.pop(key, None)
+            if artifacts is None:
+                return False
             entry = self._ready.get(key)
-            if artifacts is None or entry is None:
+            if entry is None:
+                failed = self._listed.get(key)
+                if (
+                    failed is not None
+                    and failed.state is LoadState.FAILED
+                    and failed.artifact_sha256 in artifacts
+                ):
+                    del self._listed[key]
                 return False
             deleted = entry.artifact_sha256 in artifacts
             if not deleted and (None not in artifacts or key in self._members()):

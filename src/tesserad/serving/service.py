@@ -1269,7 +1269,8 @@ class InferenceService:
             # loaded the one registered under its number since.
             if artifact is not None and self.pool.unload_ready(model, version, artifact):
                 log.info("unloaded version %s of %r: it was deleted", version, model)
-            # A failed load of a deleted version would be listed, and refuse its number, forever.
+            # A failed load of a deleted version would be listed, and refuse its number, forever
+            # (one under way now, which fails later, the pool drops as it ends).
             self.pool.forget_failure(model, version)
         return settled
 

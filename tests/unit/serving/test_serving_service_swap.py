@@ -878,6 +878,47 @@ def test_a_refresh_of_a_deletion_unloads_the_version_once_a_load_of_it_under_way
         service.close()
 
 
+def test_a_refresh_of_a_deletion_leaves_no_failure_listed_of_a_load_under_way_that_fails(
+    linear_onnx: Path, tmp_path: Path
+) -> None:
+    """A request's load of version 1 was under way when the refresh of its deletion ran: the
+    refresh marked it to unload once loaded, and dropped no failure (the load was under way); the
+    load then failed (its artifact gone), and version 1 stayed listed FAILED, so that a request for
+    it was refused as a failed load rather than told the version is gone."""
+    held = HeldArtifact(linear_onnx)
+    source = Versions(
+        {1: ServableVersion("m", 1, "onnx", held), 2: servable_file("m", 2, "onnx", linear_onnx)}
+    )
+    service = InferenceService(source, ModelPool(ServingDefaults(intra_op_threads=1), None), autoload=True)
+    failures: list[TesseraError] = []
+
+    def load() -> None:
+        try:
+            service.autoload("m", 1)
+        except TesseraError as exc:
+            failures.append(exc)
+
+    try:
+        loading = threading.Thread(target=load)
+        loading.start()
+        assert held.inside.wait(30)
+        del source.versions[1]
+        service.on_registry_change("m")
+        _refreshes_done(service)
+        assert [(entry.version, entry.state) for entry in service.pool.list("m")] == [(1, LoadState.LOADING)]
+        held.path = tmp_path / "gone.onnx"
+        held.path.write_bytes(b"no model")
+        held.release.set()
+        loading.join(30)
+        assert [type(exc).__name__ for exc in failures] == ["NotLoaded"]
+        assert service.pool.list("m") == []
+        with pytest.raises(NotFound, match="no version 1"):
+            _predict(service, Target("m", 1))
+    finally:
+        held.release.set()
+        service.close()
+
+
 class DroppedWhenLookedUp(dict[str, Any]):
     """The routers' cache, whose entry for a model a request drops (see _forget_routes) just after
     a refresh on the swaps' thread found it there."""
