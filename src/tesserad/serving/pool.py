@@ -9,7 +9,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -430,13 +430,15 @@ class ModelPool:
         it deleted, must not leave it loaded after; and the caller, a refresh on the one thread
         that runs them all, must not wait for a load that may take seconds."""
         key = (model, version)
-        with self._lock:
-            self._unload_once_done.setdefault(key, set()).add(artifact_sha256)
-            if key in self._load_lock_users:
-                return False
-            # No one holds or waits for its load lock: the one joined here is taken at once.
-            load_lock = self._join_load_lock(key)
-        with self._holding_joined(key, load_lock):
+        with ExitStack() as holding:
+            with self._lock:
+                self._unload_once_done.setdefault(key, set()).add(artifact_sha256)
+                if key in self._load_lock_users:
+                    return False
+                # Taken before _lock is let go, so that a load cannot take it first and unload the
+                # version marked here. No one else holds or waits for it (a new lock, which no one
+                # can join without _lock): taking it under _lock waits for no one.
+                holding.enter_context(self._holding_joined(key, self._join_load_lock(key)))
             return self._unload_marked(key)
 
     def unload_replaced(self, entry: LoadedVersion) -> bool:

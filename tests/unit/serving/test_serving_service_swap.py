@@ -1203,3 +1203,42 @@ def test_a_refresh_leaves_loaded_a_version_it_no_longer_routes_to_that_an_ensemb
         assert pool.ready_versions("m") == []
     finally:
         pool.close()
+
+
+class _LoadedBetween:
+    """A version's load lock whose first taker, when it takes it without the pool's own lock held,
+    lets a load of the version take it first: a request's load that came between."""
+
+    def __init__(self, pool: ModelPool, servable: ServableVersion) -> None:
+        self._lock = threading.Lock()
+        self._between: ModelPool | None = pool
+        self._servable = servable
+
+    def __enter__(self) -> None:
+        pool, self._between = self._between, None
+        if pool is not None and pool._lock.acquire(blocking=False):
+            pool._lock.release()
+            loading = threading.Thread(target=pool.load, args=(self._servable, ServingConfig()))
+            loading.start()
+            loading.join(30)
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+def test_a_refresh_that_unloads_a_version_with_no_load_under_way_says_it_unloaded_it(
+    linear_onnx: Path,
+) -> None:
+    """unload_ready let the pool's lock go before it took the version's load lock: a request's load
+    could take it first and unload the version marked, and unload_ready answered that it had not
+    unloaded it."""
+    pool = ModelPool(ServingDefaults(intra_op_threads=1), None)
+    servable = servable_file("m", 1, "onnx", linear_onnx)
+    try:
+        pool.load(servable, ServingConfig())
+        pool._load_locks[("m", 1)] = _LoadedBetween(pool, servable)  # type: ignore[assignment]
+        assert pool.unload_ready("m", 1)
+        assert pool.list() == []
+    finally:
+        pool.close()
