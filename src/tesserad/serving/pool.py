@@ -422,13 +422,14 @@ class ModelPool:
             return True
 
     def unload_ready(self, model: str, version: int, artifact_sha256: str | None = None) -> bool:
-        """Unload the version if it is ready and no loaded ensemble has it as a member (the
-        ensemble would load it again on its next request); with `artifact_sha256` (found deleted),
-        only that artifact, member or not. Whether it was unloaded now: while a load or unload of
-        it is under way it is only marked, and the last of those to finish unloads it so. A load
-        that began before its caller stopped routing to the version (see `before_load`), or found
-        it deleted, must not leave it loaded after; and the caller, a refresh on the one thread
-        that runs them all, must not wait for a load that may take seconds."""
+        """Unload the version if it is ready and no ensemble loaded or loading has it as a member
+        (the ensemble would load it again on its next request); with `artifact_sha256` (found
+        deleted), only that artifact, member or not. Whether it was unloaded now: while a load or
+        unload of it is under way it is only marked, and the last of those to finish unloads it
+        so. A load that began before its caller stopped routing to the version (see
+        `before_load`), or found it deleted, must not leave it loaded after; and the caller, a
+        refresh on the one thread that runs them all, must not wait for a load that may take
+        seconds."""
         key = (model, version)
         with ExitStack() as holding:
             with self._lock:
@@ -560,13 +561,19 @@ class ModelPool:
             return True
 
     def ensemble_members(self) -> set[tuple[str, int]]:
-        """(model, version) of every member of a loaded ensemble."""
+        """(model, version) of every member of an ensemble loaded or loading; not of one whose
+        load failed, which requests do not load again."""
         with self._lock:
             return self._members()
 
     def _members(self) -> set[tuple[str, int]]:
         """ensemble_members, for a caller that holds _lock."""
-        return {key for entry in self._listed.values() for key in entry.members}
+        return {
+            key
+            for entry in self._listed.values()
+            if entry.state is not LoadState.FAILED
+            for key in entry.members
+        }
 
     def _refuse_when_closed(self, servable: ServableVersion) -> None:
         if self._closed:
@@ -631,9 +638,10 @@ class ModelPool:
         """Load an ensemble's members (those not loaded yet, with the defaults)."""
         assert servable.ensemble is not None
         plan = servable.ensemble()
+        # Before they load: a member that unload_ready marks meanwhile stays (see ensemble_members).
+        entry.members = tuple((m.model, m.version) for m in plan.members)
         for member in plan.members:
             self._member_entry(member, entry.label)
-        entry.members = tuple((m.model, m.version) for m in plan.members)
         return plan
 
     def _member_entry(self, member: ServableVersion, ensemble: str) -> LoadedVersion:

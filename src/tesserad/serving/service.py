@@ -1255,11 +1255,11 @@ class InferenceService:
         router = self._routers.get(model)
         if router is not None:
             still_served |= router.versions()
-        # A loaded ensemble's member stays (the pool looks, under its lock). One a load is under way
-        # for is unloaded once that load is done, without waiting here for it, which would hold
-        # every model's refresh: a request routed to it before the targets moved may be loading it
-        # (see _refuse_unless_routed). Unloaded only if ready by then (not unloaded by another
-        # call, nor failed).
+        # A member of an ensemble loaded or loading stays (the pool looks, under its lock). One a
+        # load is under way for is unloaded once that load is done, without waiting here for it,
+        # which would hold every model's refresh: a request routed to it before the targets moved
+        # may be loading it (see _refuse_unless_routed). Unloaded only if ready by then (not
+        # unloaded by another call, nor failed).
         for version in sorted(previously_served - still_served - gone):
             if self.pool.unload_ready(model, version):
                 log.info("unloaded version %s of %r after its targets moved", version, model)

@@ -6,6 +6,7 @@ version that is deleted, and its refresh run, before it is loaded."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -33,6 +34,7 @@ from tesserad.serving.pool import (
 )
 from tesserad.serving.predict import predict
 from tesserad.serving.service import DeploymentPlan, InferenceService, Target, VersionSource
+from tesserad.serving.signature import Signature
 
 
 class OneVersion:
@@ -1200,6 +1202,67 @@ def test_a_refresh_leaves_loaded_a_version_it_no_longer_routes_to_that_an_ensemb
         assert pool.ready_versions("m") == [1]
         # A version found deleted is unloaded, member or not, as before.
         assert pool.unload_ready("m", 1, member.artifact_sha256)
+        assert pool.ready_versions("m") == []
+    finally:
+        pool.close()
+
+
+def test_a_member_an_ensemble_is_loading_stays_loaded_when_a_refresh_leaves_it(linear_onnx: Path) -> None:
+    """An ensemble listed its members only once they had loaded: a refresh that left a member while
+    the ensemble was loading it marked it, the member's load unloaded it as it ended, and the
+    ensemble loaded it a second time."""
+    pool = ModelPool(ServingDefaults(instances=1, intra_op_threads=1), None)  # opened once a load
+    held = HeldArtifact(linear_onnx)
+    member = ServableVersion("m", 1, "onnx", held)
+    try:
+        signature = pool.load(servable_file("n", 1, "onnx", linear_onnx), ServingConfig()).signature
+        plan = EnsemblePlan(EnsembleSpec((Member("m", 1),), "mean"), (member,))
+        ensemble = ServableVersion(
+            "e", 1, "ensemble", lambda: nullcontext(linear_onnx), signature=signature, ensemble=lambda: plan
+        )
+        loading = threading.Thread(target=pool.load, args=(ensemble, ServingConfig()))
+        loading.start()
+        assert held.inside.wait(30)
+        assert not pool.unload_ready("m", 1)  # marked: its load is under way
+        held.release.set()
+        loading.join(30)
+        assert [(entry.model, entry.state) for entry in pool.list()] == [
+            ("e", LoadState.READY),
+            ("m", LoadState.READY),
+            ("n", LoadState.READY),
+        ]
+        assert held.opened == 1
+    finally:
+        held.release.set()
+        pool.close()
+
+
+def test_a_refresh_unloads_a_version_it_left_whose_only_ensemble_failed_to_load(linear_onnx: Path) -> None:
+    """An ensemble whose load failed after its members loaded still counted as their ensemble: a
+    refresh that left a member kept it loaded for an ensemble that requests do not load again."""
+    pool = ModelPool(ServingDefaults(intra_op_threads=1), None)
+    member = servable_file("m", 1, "onnx", linear_onnx)
+    try:
+        signature = pool.load(servable_file("n", 1, "onnx", linear_onnx), ServingConfig()).signature
+        assert signature is not None
+        renamed = (dataclasses.replace(signature.inputs[0], name="z"),)  # the member has no input z
+        plan = EnsemblePlan(EnsembleSpec((Member("m", 1),), "mean"), (member,))
+        ensemble = ServableVersion(
+            "e",
+            1,
+            "ensemble",
+            lambda: nullcontext(linear_onnx),
+            signature=Signature(renamed, signature.outputs),
+            ensemble=lambda: plan,
+        )
+        with pytest.raises(TesseraError, match="warm-up"):
+            pool.load(ensemble, ServingConfig())
+        assert [(entry.model, entry.state) for entry in pool.list()] == [
+            ("e", LoadState.FAILED),
+            ("m", LoadState.READY),
+            ("n", LoadState.READY),
+        ]
+        assert pool.unload_ready("m", 1)
         assert pool.ready_versions("m") == []
     finally:
         pool.close()
