@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from tesserad.errors import InvalidArgument
@@ -156,6 +156,49 @@ def boundary_points(parameters: list[SweepParameter]) -> Iterator[dict[str, str]
             if point not in seen:
                 seen.append(point)
                 yield point
+
+
+# The fields that together set how many steps a job trains against its warm-up: each at the
+# end that leaves the fewest steps for the longest warm-up.
+_MOST = ("lr_schedule.warmup_steps", "batch_size", "devices.count")
+_FEWEST = ("epochs", "max_steps")  # 0 lifts the limit, so the fewest is the least above 0
+
+
+def fewest_steps_point(parameters: list[SweepParameter]) -> dict[str, str] | None:
+    """The point with the longest warm-up in the shortest job the space reaches, when the space
+    varies the warm-up and what the job's length depends on: no boundary point has them all at
+    their worst at once, yet a searcher that draws as it goes may draw them so."""
+    paths = {p.path for p in parameters}
+    if "lr_schedule.warmup_steps" not in paths or not paths & {*_MOST[1:], *_FEWEST}:
+        return None
+    full = {p.path: p.values[0] if p.values else number_text(p, p.low) for p in parameters}
+    for p in parameters:
+        if p.path in _MOST:
+            full[p.path] = _extreme(p, max)
+        elif p.path in _FEWEST:
+            full[p.path] = _extreme(p, min, above_zero=True)
+    for p in parameters:
+        # Switch on what makes a varied field present, unless that is itself one of them.
+        if p.path in (*_MOST, *_FEWEST) and p.when_path and p.when_path not in (*_MOST, *_FEWEST):
+            full[p.when_path] = p.when_values[0]
+    return _active_part(parameters, full)
+
+
+def _extreme(p: SweepParameter, pick: Callable[[list[float]], float], above_zero: bool = False) -> str:
+    if p.values is not None:
+        numbers = {float(v): v for v in p.values if _is_number(v) and (float(v) > 0 or not above_zero)}
+        return numbers[pick(list(numbers))] if numbers else p.values[0]
+    low = p.low
+    if above_zero and low < 1 <= p.high:  # epochs and max_steps take whole numbers
+        low = 1.0
+    return number_text(p, pick([low, p.high]))
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def plan_points(

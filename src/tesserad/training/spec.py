@@ -510,10 +510,10 @@ def _check_warmup(config: dict[str, Any], train_count: int, problems: _Problems)
     """A warm-up longer than the job would end with the rate still short of optimizer.lr."""
     warmup = config["lr_schedule"]["warmup_steps"]
     batch, world = config["batch_size"], config["devices"]["count"]
-    if warmup < 1 or batch < 1 or world < 1 or train_count < 1:  # refused already, or nothing to warm
-        return
-    steps_per_epoch = _steps_per_epoch(train_count, batch, world)
     epochs, max_steps = config["epochs"], config["max_steps"]
+    if warmup < 1 or min(batch, world, train_count) < 1 or min(epochs, max_steps) < 0:
+        return  # refused already, or nothing to warm
+    steps_per_epoch = _steps_per_epoch(train_count, batch, world)
     total = min(s for s in (epochs * steps_per_epoch if epochs else None, max_steps or None) if s is not None)
     if warmup > total:
         problems.invalid(

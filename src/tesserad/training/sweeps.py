@@ -53,6 +53,7 @@ from tesserad.training.search_space import (
     SweepParameter,
     boundary_points,
     check_space,
+    fewest_steps_point,
     plan_points,
     random_point,
 )
@@ -641,6 +642,9 @@ class Sweeps:
                     f"got {request.max_trials}"
                 )
             checked = list(boundary_points(request.parameters))
+            fewest_steps = fewest_steps_point(request.parameters)
+            if fewest_steps is not None and fewest_steps not in checked:
+                checked.append(fewest_steps)
             rng = random.Random(f"{request.seed}:pbt:0")
             points = [random_point(request.parameters, rng) for _ in range(pbt.population)] if pbt else []
         configs = [

@@ -161,6 +161,20 @@ def _tpe(spec: S.SweepSpec) -> None:
             "'optimizer.lr' must be a categorical parameter listed before 'seed'",
         ),
         (
+            # No boundary point has both at their high end: 72 samples in one batch of 72 is one
+            # step, and TPE drawing both near there had its trials refused one by one, mid-sweep.
+            lambda s: (
+                _tpe(s),
+                s.parameters.add(path="batch_size", range=S.SweepRange(min=8, max=72, integer=True)),
+                s.parameters.add(
+                    path="lr_schedule.warmup_steps", range=S.SweepRange(min=0, max=5, integer=True)
+                ),
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "the trial with optimizer.name=adam, batch_size=72, lr_schedule.warmup_steps=5: "
+            "spec.lr_schedule.warmup_steps: is 5, but the job trains 1 steps (1 per epoch)",
+        ),
+        (
             lambda s: (_tpe(s), s.pbt.CopyFrom(S.SweepPbtSettings(population=3))),
             grpc.StatusCode.INVALID_ARGUMENT,
             "spec.pbt is set but the strategy is TPE",

@@ -325,6 +325,17 @@ def test_every_problem_of_a_spec_is_reported_at_once(training: training_pb2_grpc
     ]
 
 
+@pytest.mark.parametrize("field", ["epochs", "max_steps"])
+def test_a_negative_length_is_the_one_problem_of_a_warm_up(
+    field: str, training: training_pb2_grpc.TrainingStub
+) -> None:
+    # The warm-up check also counted the job's steps from it: "the job trains -3 steps".
+    spec = job_spec("mlp", lr_schedule=job_spec_pb2.LrSchedule(warmup_steps=2), **{field: -1})
+    with pytest.raises(grpc.RpcError) as info:
+        submit(training, spec)
+    assert (info.value.code(), info.value.details()) == (INVALID, f"spec.{field}: must be >= 0, got -1")
+
+
 def test_problems_that_are_all_preconditions_are_failed_precondition(
     training: training_pb2_grpc.TrainingStub,
 ) -> None:
