@@ -30,6 +30,7 @@ EXIT_TERMINATED = 143
 # others (no restart mends it: systemd's unit stops restarting on it).
 EXIT_CANNOT_START = 1
 EXIT_BAD_SETTINGS = 2
+EXIT_RESTORED_BUT_FAILED = 3  # `restore`: the data directory holds the restore, yet an error followed
 
 log = logging.getLogger("tesserad")
 
@@ -121,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
             f"{HEADER_MAX_BYTES >> 20} MiB) are refused. A refused "
             "archive leaves nothing behind. Then `tesserad serve --data-dir DIR` starts on it. "
             "Exit status: 0 restored, 1 refused or failed (the message says why), 2 wrong "
-            "command line, 130 or 143 interrupted (Ctrl-C, SIGTERM: nothing is left behind, unless it came "
+            f"command line, {EXIT_RESTORED_BUT_FAILED} restored, but a step after it was in place failed "
+            "(the message says which), 130 or 143 interrupted (Ctrl-C, SIGTERM: nothing is left behind, unless it came "
             "once the restore was in place, which the message then says). What a restore killed outright "
             "(SIGKILL) staged, or put in place without its store, is removed by the next restore into DIR."
         ),
@@ -166,7 +168,13 @@ def _terminate(_signum: int, _frame: object) -> NoReturn:
 
 
 def _restore(archive: Path | BinaryIO, data_dir: Path, progress: bool | None) -> int:
-    from tesserad.backup.restore import InterruptedAfterRestore, RestoreError, archive_name, restore
+    from tesserad.backup.restore import (
+        FailedAfterRestore,
+        InterruptedAfterRestore,
+        RestoreError,
+        archive_name,
+        restore,
+    )
     from tesserad.server import STORE_TABLES
 
     # What the restore tells on the way (a dead restore's staging directory it removed).
@@ -178,6 +186,7 @@ def _restore(archive: Path | BinaryIO, data_dir: Path, progress: bool | None) ->
     wanted = progress_wanted(progress, False, sys.stderr)
     manifest: Manifest | None = None
     interrupted: BaseException | None = None
+    failed_after: BaseException | None = None
     try:
         with ProgressLine("restore", sys.stderr if wanted else None) as line:
 
@@ -193,6 +202,8 @@ def _restore(archive: Path | BinaryIO, data_dir: Path, progress: bool | None) ->
         return 1
     except InterruptedAfterRestore as exc:
         manifest, interrupted = exc.manifest, exc.__cause__
+    except FailedAfterRestore as exc:
+        manifest, failed_after = exc.manifest, exc.__cause__
     except (KeyboardInterrupt, _Terminated) as exc:
         # Once restore() has returned, the restore is in place whatever came after it.
         if manifest is None:
@@ -211,6 +222,13 @@ def _restore(archive: Path | BinaryIO, data_dir: Path, progress: bool | None) ->
     if interrupted is not None:
         print("tesserad restore: interrupted after the restore was in place; it is complete", file=sys.stderr)
         return _interrupted_status(interrupted)
+    if failed_after is not None:
+        print(
+            f"tesserad restore: the restore is in place and complete, but finishing it failed: {failed_after}; "
+            "fix that (a full disk?) before starting the daemon on it, rather than restoring again",
+            file=sys.stderr,
+        )
+        return EXIT_RESTORED_BUT_FAILED
     return 0
 
 

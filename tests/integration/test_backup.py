@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 
 import tessera
+import tesserad.backup.restore as restore_module
 from tessera.backup import (
     BLOB_PREFIX,
     HEADER_MAX_BYTES,
@@ -41,6 +42,7 @@ from tessera.cli import EXIT_USAGE
 from tessera.cli import main as tessera_main
 from tessera.progress_line import byte_size
 from tessera.v1 import system_pb2, system_pb2_grpc
+from tesserad.cli import EXIT_RESTORED_BUT_FAILED
 from tesserad.cli import main as tesserad_main
 from tesserad.security import Role, hash_token, new_token
 from tesserad.security.tokens import format_entry
@@ -987,6 +989,39 @@ def test_a_restore_terminated_once_in_place_says_it_is_complete(
     assert err == "tesserad restore: interrupted after the restore was in place; it is complete\n"
     assert sorted(p.name for p in target.iterdir()) == ["blobs", "store", "tesserad.lock"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]
+
+
+@pytest.mark.parametrize("target_made", [True, False], ids=["into-an-empty-dir", "into-a-new-dir"])
+def test_an_error_once_the_restore_is_in_place_says_it_is_complete(
+    source: Source,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    target_made: bool,
+) -> None:
+    # A full disk at the last fsync, the store renamed in: "tesserad restore: [Errno 28] ...",
+    # exit 1, and a retry refused the target as not empty.
+    target = tmp_path / "target"
+    if target_made:
+        target.mkdir()
+    fsync_dir = restore_module._fsync_dir
+
+    def full_once_in_place(directory: Path) -> None:
+        if (target / "store").exists():
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        fsync_dir(directory)
+
+    monkeypatch.setattr(restore_module, "_fsync_dir", full_once_in_place)
+    code = tesserad_main(["restore", str(source.archive), "--data-dir", str(target)])
+    out, err = capsys.readouterr()
+    assert code == EXIT_RESTORED_BUT_FAILED
+    assert out.startswith(f"restored {source.archive} into {target}: ")
+    assert err == (
+        "tesserad restore: the restore is in place and complete, but finishing it failed: [Errno 28] "
+        f"{os.strerror(errno.ENOSPC)}; fix that (a full disk?) before starting the daemon on it, rather "
+        "than restoring again\n"
+    )
+    assert "store" in {p.name for p in target.iterdir()}
 
 
 def test_blobs_a_killed_restore_put_in_place_without_its_store_are_taken_back_by_the_next(

@@ -65,6 +65,16 @@ class InterruptedAfterRestore(BaseException):
         self.manifest = manifest
 
 
+class FailedAfterRestore(Exception):
+    """An error (the `__cause__`: a full disk as the lock file took the store's token, an fsync
+    that failed) that came once the restore was in place: the data directory holds the restored
+    archive, whose manifest is `manifest`, and a retry would find it not empty."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        super().__init__()
+        self.manifest = manifest
+
+
 Progress = Callable[[int, int], None]
 """Told the bytes staged and how many the archive's files hold, after each piece."""
 
@@ -134,10 +144,12 @@ def restore(
         finally:
             staging.unlock()
     except BaseException as exc:
-        # Ctrl-C or SIGTERM that came once the restore was in place (its staging directory gone
-        # by now, whichever way): not "nothing was written".
-        if isinstance(exc, Exception) or staged is None or not _store_moved(staging.path, data_dir):
+        # Whatever came once the restore was in place (its staging directory gone by now,
+        # whichever way) is not "nothing was written": the directory holds the restore.
+        if staged is None or not _store_moved(staging.path, data_dir):
             raise
+        if isinstance(exc, Exception):
+            raise FailedAfterRestore(staged) from exc
         raise InterruptedAfterRestore(staged) from exc
     return manifest
 
