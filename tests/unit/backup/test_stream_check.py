@@ -7,16 +7,21 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tessera.backup import BLOB_PREFIX
 from tessera.errors import DataLoss
-from tessera.system import BackupStream
+from tessera.system import BackupStream, _write_all
 from tesserad.backup import Backup
 from tesserad.datasets.references import BLOB_HOLDERS, hold_blob
 from tesserad.store import BlobStore, Store
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 CHUNK = 4096
 
@@ -86,3 +91,45 @@ def test_an_abandoned_stream_ends_its_check(tmp_path: Path) -> None:
     sink.write(_archive(tmp_path)[:CHUNK])
     sink.abort()
     sink.abort()
+
+
+class _FullCounted(io.FileIO):
+    """A raw file that counts the writes that took nothing, one after another, and says when
+    the first came."""
+
+    def __init__(self, fd: int, first_full: threading.Event) -> None:
+        super().__init__(fd, "wb")
+        self._first_full = first_full
+        self.nothing_in_a_row = 0
+        self.most_nothing_in_a_row = 0
+
+    def write(self, data: ReadableBuffer, /) -> int | None:
+        written = super().write(data)
+        self.nothing_in_a_row = self.nothing_in_a_row + 1 if written is None else 0
+        self.most_nothing_in_a_row = max(self.most_nothing_in_a_row, self.nothing_in_a_row)
+        if written is None:
+            self._first_full.set()
+        return written
+
+
+def test_a_full_non_blocking_raw_output_is_waited_on_not_spun_on() -> None:
+    # Its write says None when the pipe is full: the loop wrote it again at once, and forever
+    # when nothing read the pipe.
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    first_full = threading.Event()
+    received = bytearray()
+
+    def drain() -> None:
+        first_full.wait()
+        with os.fdopen(read_fd, "rb") as reader:
+            received.extend(reader.read())
+
+    reading = threading.Thread(target=drain)
+    reading.start()
+    data = os.urandom(4 << 20)
+    with _FullCounted(write_fd, first_full) as output:
+        _write_all(output, data)
+    reading.join()
+    assert bytes(received) == data
+    assert output.most_nothing_in_a_row == 1

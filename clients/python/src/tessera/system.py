@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import select
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -107,7 +108,11 @@ def _write_all(file: BinaryIO, data: bytes) -> None:
     after it, so that a full disk raises rather than the archive being cut short unsaid."""
     view = memoryview(data)
     while view:
-        view = view[file.write(view) :]
+        written = file.write(view)
+        if written is None:  # a non-blocking raw file (stdout a parent left so) that is full
+            select.select([], [file], [])
+            continue
+        view = view[written:]
 
 
 class BackupReceived:
