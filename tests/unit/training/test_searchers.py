@@ -16,6 +16,7 @@ from tesserad.training.search_space import (
     SweepParameter,
     boundary_points,
     check_space,
+    fewest_steps_point,
     grid_points,
     plan_points,
     random_point,
@@ -62,6 +63,26 @@ def test_boundary_points_reach_every_extreme_and_switch_conditions_on() -> None:
     assert {p["optimizer.lr"] for p in points} == {"0.0001", "1.0"}
     assert {p["architecture.mlp.width"] for p in points} == {"4", "64"}
     assert len(points) == len({tuple(sorted(p.items())) for p in points})  # each once
+
+
+def test_the_fewest_steps_point_has_the_longest_warm_up_in_the_shortest_job() -> None:
+    # epochs and max_steps at 0 lift their limit: the shortest job is at the least above 0.
+    space = [
+        LR,
+        SweepParameter("batch_size", low=8, high=256, integer=True),
+        SweepParameter("lr_schedule.warmup_steps", values=["100", "0", "200"]),
+        SweepParameter("epochs", values=["3", "0", "2"]),
+        SweepParameter("max_steps", low=0, high=500, integer=True),
+    ]
+    assert fewest_steps_point(space) == {
+        "optimizer.lr": "0.0001",
+        "batch_size": "256",
+        "lr_schedule.warmup_steps": "200",
+        "epochs": "2",
+        "max_steps": "1",
+    }
+    assert fewest_steps_point([LR, space[1]]) is None  # no warm-up varied: the boundary has it
+    assert fewest_steps_point([space[2]]) is None  # the job's length is the base's: so is the check
 
 
 @pytest.mark.parametrize(
