@@ -47,6 +47,7 @@ from tesserad.cli import main as tesserad_main
 from tesserad.security import Role, hash_token, new_token
 from tesserad.security.tokens import format_entry
 from tests.conftest import InProcessDaemon, daemon_settings
+from tests.fsyncs import recorded_fsyncs
 from tests.integration.registry.conftest import onnx_identity
 from tests.tmpfs import tmpfs
 
@@ -621,14 +622,7 @@ def test_a_backup_is_on_the_disk_before_it_is_said_to_be_written(
     """The archive's bytes are fsynced before it takes its name, and its directory after: a
     power cut after the summary never leaves an empty or short file where the backup was said
     to be (the operator may have deleted the last one by then)."""
-    synced: list[str] = []
-    fsync = os.fsync
-
-    def recording_fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", recording_fsync)
+    synced = recorded_fsyncs(monkeypatch)
     out = tmp_path / "out"
     out.mkdir()
     out = out.resolve()  # as /proc names the files

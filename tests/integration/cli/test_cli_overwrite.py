@@ -4,13 +4,13 @@ download leaves nothing under the name: `models download` wrote over an existing
 
 from __future__ import annotations
 
-import os
 import re
 
 import numpy as np
 import pytest
 
 from tessera.cli import EXIT_DAEMON, EXIT_FAILED, EXIT_USAGE
+from tests.fsyncs import recorded_fsyncs
 from tests.integration.registry.conftest import onnx_identity
 from tests.integration.sdk.affine import affine_onnx
 from tests.tmpfs import tmpfs
@@ -142,14 +142,7 @@ def test_predict_output_is_on_the_disk_before_it_takes_its_name(
     client.models.push("affine", affine_onnx(tmp_path / "affine.onnx"))
     inputs = tmp_path / "inputs.npz"
     np.savez(inputs, input=np.ones((2, 4), np.float32))
-    synced: list[str] = []
-    fsync = os.fsync
-
-    def recording_fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", recording_fsync)
+    synced = recorded_fsyncs(monkeypatch)
     out = kept.resolve()  # as /proc names the files
     result = tessera_cli("predict", "affine", "--input", str(inputs), "--output", str(out / "outputs.npz"))
     assert result.code == 0, result.err

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import inspect
-import os
 import re
 import urllib.request
 from collections.abc import Callable
@@ -23,6 +22,7 @@ import tessera.transfer
 from tessera.models import INLINE_BYTES
 from tessera.transport import AioConnection, Connection
 from tessera.v1 import registry_pb2
+from tests.fsyncs import recorded_fsyncs
 from tests.tmpfs import tmpfs
 
 
@@ -366,14 +366,7 @@ def test_a_download_is_on_the_disk_before_it_takes_its_name(client, onnx_file, t
     """Its bytes are fsynced before it takes its name, and its directory after, as a backup's
     are: a power cut after the download returns never leaves an empty or short file there."""
     client.models.push("affine", onnx_file)
-    synced: list[str] = []
-    fsync = os.fsync
-
-    def recording_fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", recording_fsync)
+    synced = recorded_fsyncs(monkeypatch)
     out = tmp_path / "out"
     out.mkdir()
     out = out.resolve()  # as /proc names the files
