@@ -107,7 +107,8 @@ def cmd_datasets_rm(client: Client, args: argparse.Namespace, out: Output) -> No
         )
     deleted = client.datasets.delete(ref.name, ref.version, force=args.force)
     if out.as_json:
-        return out.json({"name": ref.name, "version": ref.version, "deleted_versions": deleted})
+        shown = {"name": ref.name, "version": ref.version} if ref.version else {"name": ref.name}
+        return out.json({**shown, "deleted_versions": deleted})
     if ref.version:
         return out.line(f"deleted {ref.name}:{ref.version}")
     out.line(f"deleted dataset {ref.name} ({counted(deleted, 'version')})")
