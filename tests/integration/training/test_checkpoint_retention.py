@@ -41,7 +41,10 @@ def _checkpoint_blobs(data_dir: Path) -> set[str]:
     """The sha256 of every checkpoint file in the blob directory (its safetensors header says so)."""
     found = set()
     for path in (data_dir / "blobs" / "sha256").glob("*/*"):
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:  # retention removed it since the listing: not kept
+            continue
         if data[8:9] != b"{":  # not a safetensors file (a dataset's)
             continue
         header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
