@@ -998,14 +998,14 @@ def test_an_error_once_the_restore_is_in_place_says_it_is_complete(
     target = tmp_path / "target"
     if target_made:
         target.mkdir()
-    fsync_dir = restore_module._fsync_dir
+    fsync_dir = restore_module.fsync_dir
 
     def full_once_in_place(directory: Path) -> None:
         if (target / "store").exists():
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         fsync_dir(directory)
 
-    monkeypatch.setattr(restore_module, "_fsync_dir", full_once_in_place)
+    monkeypatch.setattr(restore_module, "fsync_dir", full_once_in_place)
     code = tesserad_main(["restore", str(source.archive), "--data-dir", str(target)])
     out, err = capsys.readouterr()
     assert code == EXIT_RESTORED_BUT_FAILED

@@ -39,6 +39,7 @@ from tesserad.config import format_size
 from tesserad.datasets.references import BLOB_HOLDERS
 from tesserad.errors import DataLoss, FailedPrecondition
 from tesserad.store import DataDirLock, pack, unpack
+from tesserad.store.blobs import fsync_dir
 from tesserad.store.lockfile import LOCK_NAME
 from tesserad.store.schema import SCHEMA_KEY, STORE_SCHEMA, decode_schema_record
 
@@ -404,7 +405,7 @@ def _trusted_token(env: lmdb.Environment, txn: lmdb.Transaction, manifest: Manif
 def _sync_dirs(staging: Path) -> None:
     """fsync every staged directory, so that the files' names are as durable as their bytes."""
     for dirpath, _dirs, _files in os.walk(staging, topdown=False):
-        _fsync_dir(Path(dirpath))
+        fsync_dir(Path(dirpath))
 
 
 def _put_in_place(staging: Path, data_dir: Path, store_token: str | None) -> None:
@@ -428,9 +429,9 @@ def _put_in_place(staging: Path, data_dir: Path, store_token: str | None) -> Non
             _check_empty(data_dir, staging)
             if (staging / "blobs").exists():
                 (staging / INSTALLING_NAME).touch()
-                _fsync_dir(staging)
+                fsync_dir(staging)
                 (staging / "blobs").rename(data_dir / "blobs")
-                _fsync_dir(data_dir)
+                fsync_dir(data_dir)
             # The rename that finishes the restore: a store never stands without its blobs.
             (staging / "store").rename(data_dir / "store")
             if store_token is not None:
@@ -440,7 +441,7 @@ def _put_in_place(staging: Path, data_dir: Path, store_token: str | None) -> Non
         # What is left: its lock file, its INSTALLING mark.
         shutil.rmtree(staging)
         renamed_in = data_dir
-    _fsync_dir(renamed_in)
+    fsync_dir(renamed_in)
 
 
 def _store_moved(staging: Path, data_dir: Path) -> bool:
@@ -455,14 +456,6 @@ def _take_back_blobs(staging: Path, data_dir: Path) -> None:
     moved = (staging / INSTALLING_NAME).exists() and not (staging / "blobs").exists()
     if moved and (staging / "store").exists() and (data_dir / "blobs").exists():
         (data_dir / "blobs").rename(staging / "blobs")
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _keep_store_token(lock: DataDirLock, token: str) -> None:

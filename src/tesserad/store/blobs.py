@@ -91,7 +91,7 @@ def _syncfs_call() -> Callable[[int], int] | None:
     return cast(Callable[[int], int], syncfs)
 
 
-def _fsync_dir(path: str | Path) -> None:
+def fsync_dir(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -368,7 +368,7 @@ class BlobStore:
                 failed[digest] = placed
             elif placed is not None:
                 shards.setdefault(placed, []).append(digest)
-        for digests, synced in zip(shards.values(), self._each(_fsync_dir, shards), strict=True):
+        for digests, synced in zip(shards.values(), self._each(fsync_dir, shards), strict=True):
             if isinstance(synced, Exception):
                 self._unplace(digests)
                 failed.update(dict.fromkeys(digests, synced))
@@ -461,7 +461,7 @@ class BlobStore:
                     return
                 shard = self._rename_into_place(tmp, digest)
                 try:
-                    _fsync_dir(shard)
+                    fsync_dir(shard)
                 except BaseException:
                     self._unplace((digest,))
                     raise

@@ -302,7 +302,7 @@ def test_a_failed_directory_fsync_leaves_no_blob_in_place(
     def failing_fsync_dir(path: str | Path) -> None:
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(blobs_module, "_fsync_dir", failing_fsync_dir)
+    monkeypatch.setattr(blobs_module, "fsync_dir", failing_fsync_dir)
     with pytest.raises(OSError, match="Input/output"):
         blobs.put_bytes(b"streamed")
     assert not blobs.claimed(hashlib.sha256(b"streamed").hexdigest())
