@@ -36,6 +36,7 @@ from tesserad.registry.records import (
 from tesserad.registry.tables import (
     ANONYMOUS,
     DEPLOYMENTS,
+    LATEST,
     MODELS,
     VERSIONS,
     Notify,
@@ -145,16 +146,24 @@ def _check_targets(txn: ReadTxn, deployment: DeploymentRecord) -> None:
         _check_target(txn, deployment.model, deployment.shadow.target, "shadow")
 
 
+def _shadow_of_the_routes(txn: ReadTxn, deployment: DeploymentRecord) -> str:
+    """The shadow in words ("version 2", "alias 'x' (version 2)") when every route sends requests
+    to the version it resolves to now, so that it would copy no request; "" otherwise."""
+    now = resolved(txn, deployment)
+    if now.shadow is None:
+        return ""
+    version = now.shadow.resolved_version
+    if not all(route.resolved_version == version for route in now.routes):
+        return ""
+    target = now.shadow.target
+    return f"version {version}" if target.version else f"alias {target.alias!r} (version {version})"
+
+
 def _check_shadow_differs(txn: ReadTxn, deployment: DeploymentRecord) -> None:
     """A shadow copies requests to a version beside the one that answers them: refused when every
     route sends requests to the version the shadow resolves to."""
-    now = resolved(txn, deployment)
-    if now.shadow is None:
-        return
-    version = now.shadow.resolved_version
-    if all(route.resolved_version == version for route in now.routes):
-        target = now.shadow.target
-        named = f"version {version}" if target.version else f"alias {target.alias!r} (version {version})"
+    named = _shadow_of_the_routes(txn, deployment)
+    if named:
         raise InvalidArgument(
             f"shadow names {named}, the version every route sends requests to, so each copied "
             "request would run on it twice; shadow a version the routes do not serve, or deploy without a shadow"
@@ -348,7 +357,9 @@ class Deployments:
 
         Before the first deployment there was none, so rolling it back records an undeployed
         revision. A revision that routes as the current one is passed over. The new revision's predecessor is the restored one's, so repeated rollbacks
-        walk the history back to no deployment; one more is FailedPrecondition.
+        walk the history back to no deployment; one more is FailedPrecondition. So is one whose
+        restored revision no longer routes as it did: a target gone, or its shadow resolving now
+        to the version every route serves, which Deploy refuses too.
         """
         validate_name("model", model)
         with self._store.write() as txn:
@@ -388,6 +399,19 @@ class Deployments:
                     raise FailedPrecondition(
                         f"model {model!r} cannot roll back to deployment revision {restored.revision}: "
                         f"{'; '.join(gone)}; {fix}deploy what should serve now with Deploy"
+                    )
+                shadow = _shadow_of_the_routes(txn, restored)
+                if shadow:
+                    # Aliases moved since: restored as it was, it would copy nothing, which Deploy refuses.
+                    movable = ", ".join(
+                        f"alias {a!r}" for a in sorted(deployment_aliases(restored) - {LATEST})
+                    )
+                    back = f", or move {movable} back with SetAlias" if movable else ""
+                    raise FailedPrecondition(
+                        f"model {model!r} cannot roll back to deployment revision {restored.revision}: its "
+                        f"shadow names {shadow}, the version every route sends requests to now, so it would "
+                        f"copy no request; deploy what should serve now with Deploy (its routes without the "
+                        f"shadow){back}"
                     )
             if restored is None:
                 to = "no deployment"
