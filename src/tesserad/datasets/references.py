@@ -104,6 +104,10 @@ def collect_unheld_blobs(store: Store, blobs: BlobStore) -> list[str]:
     return blobs.collect(live, min_age_s=0)
 
 
+def dataset_held_by(txn: ReadTxn, name: str, version: int, holder: str) -> bool:
+    return txn.exists(DATASET_HOLDERS, (name, version, holder))
+
+
 def hold_dataset(txn: WriteTxn, name: str, version: int, holder: str) -> None:
     txn.put(DATASET_HOLDERS, (name, version, holder), b"")
     txn.put(DATASET_HOLDS, (holder, name, version), b"")

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from tesserad.config import format_size
 from tesserad.datasets.references import (
+    dataset_held_by,
     delete_unheld_blobs,
     drop_claimed_blobs,
     fine_tuning_jobs,
@@ -168,7 +169,22 @@ def version_record(txn: ReadTxn, model: str, version: int) -> VersionRecord:
     raw = txn.get(VERSIONS, (model, version))
     if raw is None:
         raise no_version(txn, model, version)
-    return with_parent_state(txn, with_aliases(txn, decode_version(raw)))
+    return with_lineage_state(txn, with_aliases(txn, decode_version(raw)))
+
+
+def with_lineage_state(txn: ReadTxn, record: VersionRecord) -> VersionRecord:
+    """The record with what its lineage names and is gone since marked deleted: its parent
+    (`with_parent_state`), and each dataset version force-deleted since it was registered (the
+    delete released the version's hold on it, which its registration took)."""
+    record = with_parent_state(txn, record)
+    name = holder(record.model, record.version)
+    datasets = tuple(
+        ds if ds.deleted or dataset_held_by(txn, ds.name, ds.version, name) else replace(ds, deleted=True)
+        for ds in record.lineage.datasets
+    )
+    if datasets == record.lineage.datasets:
+        return record
+    return replace(record, lineage=replace(record.lineage, datasets=datasets))
 
 
 def check_not_fine_tuned_from(txn: ReadTxn, record: VersionRecord) -> None:
@@ -811,7 +827,7 @@ class Versions:
                 query={"list": "versions", "model": model},
                 page_token=page_token,
                 requested_size=page_size_,
-                item=lambda _key, raw: with_parent_state(txn, with_aliases(txn, decode_version(raw))),
+                item=lambda _key, raw: with_lineage_state(txn, with_aliases(txn, decode_version(raw))),
                 reverse=True,
             )
 
