@@ -389,6 +389,20 @@ def check_conv4d(conv4d: str) -> None:
         raise InvalidArgument(f"conv4d: must be auto, decomposed or native, got {conv4d!r}")
 
 
+def check_opset(opset: int) -> None:
+    """InvalidArgument for an opset past the newest the installed onnx knows (0: the exporter's
+    default), naming that newest."""
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:
+        # The exporter would fail to convert and silently write its default opset instead.
+        raise InvalidArgument(
+            f"opset {opset} is past the newest this daemon's onnx knows ({newest}); "
+            f"ask for {newest} or less, or 0 for the exporter's default"
+        )
+
+
 def export_onnx(
     model: nn.Module,
     spec: ArchitectureSpec,
@@ -412,13 +426,7 @@ def export_onnx(
     import onnx
 
     check_conv4d(conv4d)
-    newest = onnx.defs.onnx_opset_version()
-    if opset is not None and opset > newest:
-        # The exporter would fail to convert and silently write its default opset instead.
-        raise InvalidArgument(
-            f"opset {opset} is past the newest this daemon's onnx knows ({newest}); "
-            f"ask for {newest} or less, or 0 for the exporter's default"
-        )
+    check_opset(opset or 0)
     mode = "decomposed" if conv4d == "auto" else conv4d
     inputs, outputs = model_signature(spec)
     path = Path(path)

@@ -47,16 +47,24 @@ def test_exporting_the_same_version_again_returns_the_first_export(stub, weights
     assert native.version.version == 3 and not native.reused
 
 
-def test_weights_holding_nan_are_a_failed_precondition_naming_the_tensor(stub, data_dir):
+def nan_weights() -> bytes:
+    """Weights of the MLP `safetensors_header` names whose first tensor (by name) holds a NaN."""
     from safetensors.torch import save
 
     from tesserad.nn import build_model, spec_from_dict
 
     spec = {"family": "mlp", "input_shape": [4], "output_size": 2, "hidden_sizes": [8]}
     state = {k: v.contiguous() for k, v in build_model(spec_from_dict(spec)).state_dict().items()}
-    poisoned = sorted(state)[0]
-    state[poisoned].view(-1)[0] = float("nan")  # as a diverged training leaves them
-    data = save(state)
+    state[sorted(state)[0]].view(-1)[0] = float("nan")  # as a diverged training leaves them
+    return save(state)
+
+
+def test_weights_holding_nan_are_a_failed_precondition_naming_the_tensor(stub, data_dir):
+    from tesserad.nn import build_model, spec_from_dict
+
+    spec = {"family": "mlp", "input_shape": [4], "output_size": 2, "hidden_sizes": [8]}
+    poisoned = sorted(build_model(spec_from_dict(spec)).state_dict())[0]
+    data = nan_weights()
     upload(stub, safetensors_header("mlp", data), data)
     before = stored_blobs(data_dir)
     error = rpc_error(stub.ExportOnnx, R.ExportOnnxRequest(source=source()), timeout=120)
@@ -64,6 +72,19 @@ def test_weights_holding_nan_are_a_failed_precondition_naming_the_tensor(stub, d
     assert "NaN" in error.details() and repr(poisoned) in error.details()
     assert stored_blobs(data_dir) == before
     assert [v.version for v in stub.ListVersions(R.ListVersionsRequest(model="mlp")).versions] == [1]
+
+
+def test_an_opset_past_the_newest_is_refused_at_submit_before_the_weights_are_read(stub):
+    newest = onnx.defs.onnx_opset_version()
+    # Weights the export would refuse once it runs: an opset refused at submit is told first.
+    data = nan_weights()
+    upload(stub, safetensors_header("mlp", data), data)
+    error = rpc_error(stub.ExportOnnx, R.ExportOnnxRequest(source=source(), opset=newest + 1), timeout=120)
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"opset {newest + 1} is past the newest this daemon's onnx knows ({newest}); ask for {newest} or "
+        "less, or 0 for the exporter's default",
+    )
 
 
 def test_exporting_latest_after_an_export_names_the_version_to_export(stub, weights):
