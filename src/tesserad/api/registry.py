@@ -377,6 +377,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
             convert.shadow_from_proto(request),
             request.comment,
             caller(context),
+            request.expected_revision if request.HasField("expected_revision") else None,
         )
         return convert.deployment_to_proto(record)
 
@@ -408,7 +409,12 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         context: grpc.aio.ServicerContext[pb.RollbackRequest, pb.Deployment],
     ) -> pb.Deployment:
         return convert.deployment_to_proto(
-            await asyncio.to_thread(self._registry.rollback, request.model, caller(context))
+            await asyncio.to_thread(
+                self._registry.rollback,
+                request.model,
+                caller(context),
+                request.expected_revision if request.HasField("expected_revision") else None,
+            )
         )
 
     async def WatchChanges(

@@ -187,6 +187,28 @@ def _gone_targets(txn: ReadTxn, deployment: DeploymentRecord) -> tuple[list[str]
     return gone, any(not version and target.alias for _, target, version in named)
 
 
+def _check_expected_argument(expected: int | None) -> None:
+    if expected is not None and expected < 0:
+        raise InvalidArgument(
+            "expected_revision must be >= 0 (the model's newest deployment revision, 0: never "
+            f"deployed), got {expected}"
+        )
+
+
+def _check_expected(model: str, latest: DeploymentRecord | None, expected: int | None) -> None:
+    """Compare-and-set on the newest revision (`expected` 0: the model was never deployed)."""
+    current = latest.revision if latest else 0
+    if expected is None or current == expected:
+        return
+    where = f"is at deployment revision {current}" if current else "was never deployed"
+    wanted = f"revision {expected}" if expected else "revision 0 (never deployed)"
+    came = ": another deploy or rollback came first" if current > expected else ""
+    raise FailedPrecondition(
+        f"model {model!r} {where}, where the call expected {wanted}{came}; read its deployment history "
+        "again (ListDeployments) and retry if the change still stands"
+    )
+
+
 def _droppable(txn: ReadTxn, latest: DeploymentRecord, history: int) -> list[Key]:
     """The keys of `latest`'s model's revisions older than the newest `history`, except the
     `history` - 1 that Rollbacks from `latest` would restore in turn (its chain of previous
@@ -266,10 +288,13 @@ class Deployments:
         shadow: Shadow | None = None,
         comment: str = "",
         actor: str = ANONYMOUS,
+        expected_revision: int | None = None,
     ) -> DeploymentRecord:
         """A new deployment revision: weights 1..100 summing to 100, every target resolvable; the
-        current revision, unchanged, when it routes the same already."""
+        current revision, unchanged, when it routes the same already. With `expected_revision`,
+        only if the newest revision is that one (0: never deployed)."""
         validate_name("model", model)
+        _check_expected_argument(expected_revision)
         if not routes:
             raise InvalidArgument("routes must name at least one version or alias with a weight")
         for i, route in enumerate(routes):
@@ -299,6 +324,7 @@ class Deployments:
         with self._store.write() as txn:
             model_data(txn, model)
             latest = latest_revision(txn, model)
+            _check_expected(model, latest, expected_revision)
             record = DeploymentRecord(
                 model=model,
                 revision=(latest.revision if latest else 0) + 1,
@@ -352,19 +378,24 @@ class Deployments:
                 reverse=True,
             )
 
-    def rollback(self, model: str, actor: str = ANONYMOUS) -> DeploymentRecord:
+    def rollback(
+        self, model: str, actor: str = ANONYMOUS, expected_revision: int | None = None
+    ) -> DeploymentRecord:
         """Restore what was deployed before the current revision, as a new revision.
 
         Before the first deployment there was none, so rolling it back records an undeployed
         revision. A revision that routes as the current one is passed over. The new revision's predecessor is the restored one's, so repeated rollbacks
-        walk the history back to no deployment; one more is FailedPrecondition. So is one whose
+        walk the history back to no deployment; one more is FailedPrecondition. With
+        `expected_revision`, only if the newest revision is that one. So is one whose
         restored revision no longer routes as it did: a target gone, or its shadow resolving now
         to the version every route serves, which Deploy refuses too.
         """
         validate_name("model", model)
+        _check_expected_argument(expected_revision)
         with self._store.write() as txn:
             model_data(txn, model)
             latest = latest_revision(txn, model)
+            _check_expected(model, latest, expected_revision)
             if latest is None:
                 raise FailedPrecondition(
                     f"model {model!r} has no earlier deployment to roll back to; it was never deployed"

@@ -12,7 +12,7 @@ from typing import Any
 from tessera.calls import C, Download, Op, Pages, Part, Resumable, SeqCursor, Upload, call, stream
 from tessera.ensembles import Member, ensemble_spec
 from tessera.errors import InvalidArgument
-from tessera.messages import from_dict, version_number, version_ref
+from tessera.messages import INT64_MAX, from_dict, version_number, version_ref
 from tessera.transfer import CHUNK_BYTES, DownloadSink, Progress, check_chunk_size, file_chunks, file_digest
 from tessera.transport import MODEL_CALL_TIMEOUT_S, RetryPolicy, timeout_or
 from tessera.v1 import architecture_pb2, common_pb2
@@ -385,12 +385,17 @@ class Models(Part[C]):
         shadow: VersionSelector | None = None,
         shadow_percent: int = 100,
         comment: str = "",
+        expected_revision: int | None = None,
     ) -> Op[pb.Deployment]:
         """Route un-pinned Predict calls: `routes` maps a version or alias to a percent of traffic
         (summing to 100); `shadow` gets a copy of `shadow_percent` (1..100) of the requests other
-        versions answer (one its own version answers is not copied to it again).
-        InvalidArgument for a weight or percent the message's int32 fields cannot hold."""
+        versions answer (one its own version answers is not copied to it again). With
+        `expected_revision`, only if the model's newest deployment revision is that one (0: never
+        deployed), else FailedPrecondition. InvalidArgument for a weight or percent the message's
+        int32 fields cannot hold."""
         request = pb.DeployRequest(model=name, comment=comment)
+        if expected_revision is not None:
+            request.expected_revision = _expected_revision(expected_revision)
         for i, (target, weight) in enumerate(routes.items()):
             # The daemon checks 1..100 with these words; past int32 the message cannot carry it.
             if not -INT32_MAX - 1 <= weight <= INT32_MAX:
@@ -423,10 +428,15 @@ class Models(Part[C]):
         return Pages(page, "deployments")
 
     @call
-    def rollback(self, name: str) -> Op[pb.Deployment]:
+    def rollback(self, name: str, expected_revision: int | None = None) -> Op[pb.Deployment]:
         """Restore the deployment before the current one (as a new revision); rolling back the
-        first leaves none (the returned revision has `undeployed` set)."""
-        return Op(S, "Rollback", pb.RollbackRequest(model=name))
+        first leaves none (the returned revision has `undeployed` set). With `expected_revision`,
+        only if the model's newest deployment revision is that one, else FailedPrecondition: two
+        callers rolling back one bad revision at once then restore one revision, not two."""
+        request = pb.RollbackRequest(model=name)
+        if expected_revision is not None:
+            request.expected_revision = _expected_revision(expected_revision)
+        return Op(S, "Rollback", request)
 
     @stream
     def watch_changes(
@@ -445,6 +455,16 @@ class Models(Part[C]):
         if follow:
             return Resumable(S, "WatchChanges", cursor, _change)
         return Resumable(S, "WatchChanges", cursor, _change, until=_caught_up)
+
+
+def _expected_revision(revision: int) -> int:
+    """`revision` when the int64 field can carry it (the daemon checks the rest); else
+    InvalidArgument, where protobuf would raise a bare ValueError."""
+    if not -INT64_MAX - 1 <= revision <= INT64_MAX:
+        raise InvalidArgument(
+            f"expected_revision must be a deployment revision 0..{INT64_MAX}, got {revision}"
+        )
+    return revision
 
 
 class ChangeCursor(SeqCursor):

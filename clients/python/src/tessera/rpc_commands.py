@@ -25,6 +25,7 @@ COMMAND_BY_RPC: dict[str, str] = {
     "ExportOnnx": "`tessera export onnx MODEL`",
     "Deploy": "`tessera models deploy MODEL ROUTE...`",
     "Rollback": "`tessera models rollback MODEL`",
+    "ListDeployments": "`tessera models deployments MODEL`",
     "WatchChanges": "`tessera models changes`",
     "UpdateModel": "the Python SDK's client.models.update()",
     # Datasets

@@ -246,12 +246,60 @@ def cmd_models_deploy(client: Client, args: argparse.Namespace, out: Output) -> 
         shadow=args.shadow,
         shadow_percent=args.shadow_percent,
         comment=args.comment,
+        expected_revision=args.expected_revision,
     )
     print_deployment(deployment, out)
 
 
 def cmd_models_rollback(client: Client, args: argparse.Namespace, out: Output) -> None:
-    print_deployment(client.models.rollback(args.model), out)
+    print_deployment(client.models.rollback(args.model, expected_revision=args.expected_revision), out)
+
+
+def cmd_models_deployments(client: Client, args: argparse.Namespace, out: Output) -> None:
+    history = list(client.models.deployments(args.model))
+    if out.as_json:
+        return out.json(history)
+    out.table(
+        f"{args.model} deployments",
+        ["revision", "routes", "shadow", "created", "by", "comment"],
+        [
+            (
+                str(d.revision),
+                routes_text(d),
+                shadow_text(d),
+                when(d.created_at),
+                d.created_by,
+                d.comment,
+            )
+            for d in history
+        ],
+    )
+
+
+def routes_text(deployment: registry_pb2.Deployment) -> str:
+    """ "v2 90%, alias prod 10% (v1)": each route with the version an alias resolves to now
+    ("-": to none)."""
+    if deployment.undeployed:
+        return "no deployment"
+    return ", ".join(
+        f"{target_text(r.WhichOneof('target'), r.version, r.alias, r.resolved_version)} {r.weight}%"
+        for r in deployment.routes
+    )
+
+
+def shadow_text(deployment: registry_pb2.Deployment) -> str:
+    shadow = deployment.shadow
+    if not deployment.HasField("shadow") or not shadow.WhichOneof("target"):
+        return ""
+    target = target_text(shadow.WhichOneof("target"), shadow.version, shadow.alias, shadow.resolved_version)
+    return f"{target} {shadow.percent}%"
+
+
+def target_text(kind: str | None, version: int, alias: str, resolved: int) -> str:
+    """ "v2", "v2 (deleted)", "alias prod (v1)", "alias prod (-)"."""
+    if kind == "alias":
+        return f"alias {alias} ({f'v{resolved}' if resolved else '-'})"
+    return f"v{version}" if resolved else f"v{version} (deleted)"
 
 
 def print_deployment(deployment: registry_pb2.Deployment, out: Output) -> None:

@@ -49,6 +49,7 @@ from tessera.cli.models import (
     cmd_models_changes,
     cmd_models_compare,
     cmd_models_deploy,
+    cmd_models_deployments,
     cmd_models_download,
     cmd_models_ensemble,
     cmd_models_ls,
@@ -159,6 +160,10 @@ def add_view(sub: argparse.ArgumentParser, what: str) -> None:
 
 MODEL_HELP = "the model's name (`tessera models ls` lists them)"
 DATASET_HELP = "NAME:VERSION, or NAME for its newest version"
+EXPECTED_REVISION_HELP = (
+    "only if the model's newest deployment revision is this one (0: never deployed; `tessera models "
+    "deployments MODEL` lists them), so that a deploy or rollback made meanwhile is not undone"
+)
 JOB_HELP = "the job's id (`tessera jobs ls` lists them)"
 RUN_HELP = "the run's id (`tessera runs ls` lists them)"
 EXPERIMENT_HELP = "the experiment's name (`tessera experiments ls` lists them)"
@@ -378,12 +383,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="percent of the requests other versions answer that are copied to --shadow (default 100)",
     )
     sub.add_argument("--comment", default="", help="free text stored with the deployment's revision")
-    command(
+    sub.add_argument("--expected-revision", type=whole(), help=EXPECTED_REVISION_HELP)
+    sub = command(
         models,
         "rollback",
         cmd_models_rollback,
         "restore the previous deployment (none before the first: requests then go to the latest version)",
-    ).add_argument("model", help=MODEL_HELP)
+    )
+    sub.add_argument("model", help=MODEL_HELP)
+    sub.add_argument("--expected-revision", type=whole(), help=EXPECTED_REVISION_HELP)
+    sub = command(
+        models,
+        "deployments",
+        cmd_models_deployments,
+        "list the deployment history, newest first (the first is the current deployment)",
+    )
+    sub.add_argument("model", help=MODEL_HELP)
     sub = command(models, "compare", cmd_models_compare, "show the differences between two versions")
     sub.add_argument("model", help=MODEL_HELP)
     sub.add_argument("a", type=version_or_alias, help="version number or alias")

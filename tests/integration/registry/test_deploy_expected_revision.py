@@ -1,0 +1,78 @@
+"""Deploy and Rollback take `expected_revision`, a compare-and-set on the model's newest deployment
+revision (0: never deployed), as SetAlias takes `expected_version`: two operators rolling back one
+bad revision at once restore one revision, not two, and a deploy planned on an old view of the
+deployment does not undo one made meanwhile. A refusal is FAILED_PRECONDITION and writes nothing."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from tessera.v1 import registry_pb2
+from tests.integration.registry.conftest import onnx_header, onnx_identity, rpc_error, upload
+
+R = registry_pb2
+
+
+@pytest.fixture
+def three_versions(stub) -> None:
+    data = onnx_identity()
+    for _ in range(3):
+        upload(stub, onnx_header("m", data), data)
+
+
+def deploy(stub, version: int, **fields) -> R.Deployment:
+    return stub.Deploy(R.DeployRequest(model="m", routes=[R.Route(version=version, weight=100)], **fields))
+
+
+def history(stub) -> list[int]:
+    return [d.revision for d in stub.ListDeployments(R.ListDeploymentsRequest(model="m")).deployments]
+
+
+def test_a_second_rollback_of_the_same_revision_is_refused(stub, three_versions):
+    for version in (1, 2, 3):
+        deploy(stub, version)
+    first = stub.Rollback(R.RollbackRequest(model="m", expected_revision=3))
+    assert (first.revision, first.routes[0].version) == (4, 2)
+
+    error = rpc_error(stub.Rollback, R.RollbackRequest(model="m", expected_revision=3))
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "model 'm' is at deployment revision 4, where the call expected revision 3: another deploy or "
+        "rollback came first; read its deployment history again (ListDeployments) and retry if the "
+        "change still stands",
+    )
+    assert history(stub) == [4, 3, 2, 1]
+    assert stub.GetDeployment(R.GetDeploymentRequest(model="m")).routes[0].version == 2
+
+
+def test_a_deploy_expects_the_newest_revision_or_none(stub, three_versions):
+    assert deploy(stub, 1, expected_revision=0).revision == 1
+    stale = rpc_error(deploy, stub, 2, expected_revision=0)
+    assert stale.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert stale.details().startswith(
+        "model 'm' is at deployment revision 1, where the call expected revision 0 (never deployed): "
+    )
+    # Refused even where it would change nothing: the caller's view is out of date.
+    assert rpc_error(deploy, stub, 1, expected_revision=7).code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert history(stub) == [1]
+    assert deploy(stub, 2, expected_revision=1).revision == 2
+    # An undeployed revision counts as the newest too.
+    assert stub.Rollback(R.RollbackRequest(model="m", expected_revision=2)).revision == 3
+    assert stub.Rollback(R.RollbackRequest(model="m", expected_revision=3)).undeployed
+    assert deploy(stub, 3, expected_revision=4).revision == 5
+
+
+def test_never_deployed_and_negative_expectations(stub, three_versions):
+    error = rpc_error(stub.Rollback, R.RollbackRequest(model="m", expected_revision=2))
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "model 'm' was never deployed, where the call expected revision 2; read its deployment history "
+        "again (ListDeployments) and retry if the change still stands",
+    )
+    negative = rpc_error(deploy, stub, 1, expected_revision=-1)
+    assert (negative.code(), negative.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "expected_revision must be >= 0 (the model's newest deployment revision, 0: never deployed), got -1",
+    )
+    assert history(stub) == []
