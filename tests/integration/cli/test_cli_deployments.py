@@ -22,6 +22,7 @@ def test_the_history_and_a_rollback_that_expects_a_revision(tessera_cli, tmp_pat
 
     first = tessera_cli("models", "rollback", "affine", "--expected-revision", "2")
     assert first.code == 0, first.err
+    assert first.out.splitlines()[0] == "affine: rollback of revision 2 to revision 1"
     second = tessera_cli("models", "rollback", "affine", "--expected-revision", "2")
     assert second.code == EXIT_DAEMON
     assert second.err.strip() == (

@@ -320,6 +320,9 @@ def print_deployment(deployment: registry_pb2.Deployment, out: Output) -> None:
         shadow = deployment.shadow
         target = f"alias {shadow.alias}" if shadow.WhichOneof("target") == "alias" else f"v{shadow.version}"
         rows.append((f"shadow {target}", f"{shadow.percent}% copied", f"v{shadow.resolved_version}"))
+    if deployment.rolled_back_from:
+        # A rollback says what it restored, as its undeployed form does.
+        out.line(f"{deployment.model}: {deployment.comment}")
     out.table(
         f"{deployment.model} deployment revision {deployment.revision}",
         ["route", "traffic", "resolves to"],
