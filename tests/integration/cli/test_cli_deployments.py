@@ -14,6 +14,11 @@ def test_the_history_and_a_rollback_that_expects_a_revision(tessera_cli, tmp_pat
     for _ in range(2):
         assert tessera_cli("models", "push", "affine", model_file).code == 0
     assert tessera_cli("models", "alias", "affine", "prod", "1").code == 0
+    never = tessera_cli("models", "deployments", "affine")
+    assert (never.code, never.out.strip()) == (
+        0,
+        "affine was never deployed: requests without a version or alias go to its latest version",
+    )
     assert tessera_cli("models", "deploy", "affine", "prod=100", "--expected-revision", "0").code == 0
     assert (
         tessera_cli("models", "deploy", "affine", "1=90", "2=10", "--shadow", "2", "--comment", "canary").code

@@ -259,6 +259,10 @@ def cmd_models_deployments(client: Client, args: argparse.Namespace, out: Output
     history = list(client.models.deployments(args.model))
     if out.as_json:
         return out.json(history)
+    if not history:
+        return out.line(
+            f"{args.model} was never deployed: requests without a version or alias go to its latest version"
+        )
     out.table(
         f"{args.model} deployments",
         ["revision", "routes", "shadow", "created", "by", "comment"],
