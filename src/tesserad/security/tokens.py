@@ -18,7 +18,8 @@ A token without `expires` never expires. Expiry is checked on every call, not at
 expired token's next call is UNAUTHENTICATED saying when it expired, and its open streams end.
 
 A running daemon reads the file again on SIGHUP and when its modification time, size or inode
-changes (`TokenFile`); a file that cannot be used leaves the tokens in use as they were.
+changes (`TokenFile`); a file that cannot be used leaves the tokens in use as they were. Nor can one that
+any user of the host could change (`check_not_open_to_writes`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import os
 import re
 import secrets
 import shlex
+import stat
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -320,6 +322,35 @@ def file_signature(path: Path) -> FileSignature | None:
     return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
+def check_not_open_to_writes(path: Path) -> None:
+    """TokensFileError when any user of the host could change the tokens file: the file can be
+    written by others, or replaced because its directory can (without the sticky bit, which keeps
+    others from renaming over a file they do not own). Whoever can change it could give themselves
+    the admin role, so the daemon refuses it, as sshd refuses such an authorized_keys file.
+
+    A file on a read-only mount (a Kubernetes Secret, a compose secret) cannot be changed, whatever
+    its mode says."""
+    target = path.resolve()
+    places = [(target, "the file")]
+    places += [(directory, "its directory") for directory in dict.fromkeys((path.parent, target.parent))]
+    for place, what in places:
+        try:
+            info = os.stat(place)
+            read_only = bool(os.statvfs(place).f_flag & os.ST_RDONLY)
+        except OSError:
+            # Not there, or not stat'able: reading the file says so in its own words.
+            continue
+        open_to_others = bool(info.st_mode & stat.S_IWOTH) and not (
+            stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX
+        )
+        if open_to_others and not read_only:
+            raise TokensFileError(
+                f"tokens file {path}: {what} {place} can be written by every user of this host (mode "
+                f"{stat.S_IMODE(info.st_mode):04o}), so anyone could add a token with the admin role; "
+                f"take their write permission away (`chmod o-w {shlex.quote(str(place))}`)"
+            )
+
+
 class TokenFile:
     """The tokens a daemon uses: its tokens file as last read with success.
 
@@ -331,6 +362,7 @@ class TokenFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._signature = file_signature(path)
+        check_not_open_to_writes(path)
         self.table = TokenTable.load(path)
 
     def changed(self) -> bool:
@@ -345,6 +377,7 @@ class TokenFile:
         the same broken file again and again.
         """
         self._signature = file_signature(self.path)
+        check_not_open_to_writes(self.path)
         table = TokenTable.load(self.path)
         changes = TokenChanges.between(self.table, table)
         self.table = table

@@ -117,6 +117,23 @@ def test_a_broken_tokens_file_keeps_the_tokens_in_use(serve, tokens):
     assert process.process.poll() is None
 
 
+def test_a_tokens_file_others_can_write_is_not_applied(serve, tokens):
+    """Anyone could have added the newcomer: the tokens in use stay, and the log says why."""
+    process, channel = serve()
+    with tokens.file.open("a") as file:
+        file.write(format_entry("newcomer", Role.ADMIN, hash_token(newcomer := "x" * 40)))
+    tokens.file.chmod(0o666)
+
+    process.terminate(signal.SIGHUP)
+    entry = process.wait_for_log(
+        "tokens file not applied: the tokens in use stay as they were until it is fixed"
+    )
+
+    assert "can be written by every user of this host (mode 0666)" in entry["error"]
+    assert info(channel, newcomer) == grpc.StatusCode.UNAUTHENTICATED
+    assert info(channel, tokens.token[Role.READER]) == grpc.StatusCode.OK
+
+
 def test_sighup_without_a_tokens_file_is_logged_and_harmless(serve, tmp_path):
     process, channel = serve(tokens_file=None)
     process.terminate(signal.SIGHUP)

@@ -1,0 +1,50 @@
+"""A tokens file that any user of the host could change is refused: whoever can write it (or
+rename another file over it) could give themselves the admin role."""
+
+from __future__ import annotations
+
+import pytest
+
+from tesserad.server import StartupError
+from tests.conftest import InProcessDaemon, daemon_settings
+from tests.integration.security.conftest import Tokens
+
+
+def start(tmp_path, tokens_file) -> InProcessDaemon:
+    return InProcessDaemon(
+        daemon_settings(tmp_path / "data", **{"security.tokens_file": str(tokens_file)})
+    ).start()
+
+
+def test_a_tokens_file_every_user_can_write_stops_the_start(tmp_path, tokens: Tokens):
+    tokens.file.chmod(0o666)
+    with pytest.raises(StartupError) as err:
+        start(tmp_path, tokens.file)
+    message = str(err.value)
+    assert message.startswith(f"security.tokens_file: tokens file {tokens.file}: the file ")
+    assert "can be written by every user of this host (mode 0666)" in message
+    assert "anyone could add a token with the admin role" in message
+    assert f"`chmod o-w {tokens.file}`" in message
+
+
+def test_a_tokens_file_in_a_directory_every_user_can_write_stops_the_start(tmp_path, tokens: Tokens):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    moved = tokens.file.rename(shared / "tokens.toml")
+    shared.chmod(0o777)
+    with pytest.raises(StartupError) as err:
+        start(tmp_path, moved)
+    message = str(err.value)
+    assert f"its directory {shared} can be written by every user of this host (mode 0777)" in message
+    assert f"`chmod o-w {shared}`" in message
+
+
+def test_a_sticky_shared_directory_and_a_file_others_only_read_are_fine(tmp_path, tokens: Tokens):
+    # As /tmp: the sticky bit keeps others from renaming over a file they do not own.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    moved = tokens.file.rename(shared / "tokens.toml")
+    shared.chmod(0o1777)
+    moved.chmod(0o644)
+    daemon = start(tmp_path, moved)
+    daemon.stop()
