@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from tesserad.config import SecuritySettings
 from tesserad.security import Role, TokenTable
@@ -237,10 +237,21 @@ class Access:
             max_age=SESSION_SECONDS,
             httponly=True,
             samesite="Strict",
-            secure=self._secure_cookie,
+            secure=self._secure_cookie or _behind_https_proxy(request),
             path="/",
         )
         raise response
+
+
+def _behind_https_proxy(request: web.Request) -> bool:
+    """Whether a proxy in front of the listener (an ingress that terminates TLS) says the browser
+    reached it over HTTPS: the cookie, which is the token itself, must then be Secure, or the
+    browser sends it in clear to any http:// address of the same name. A client that sends the
+    header itself without a proxy only has its browser drop the cookie: it can never make the
+    cookie less safe, so the header needs no trusted proxy."""
+    protos = [item.get("proto", "") for item in request.forwarded]
+    protos += request.headers.get(hdrs.X_FORWARDED_PROTO, "").split(",")
+    return any(proto.strip().lower() == "https" for proto in protos)
 
 
 def _open(request: web.Request) -> bool:

@@ -295,6 +295,36 @@ def test_tokens_guard_every_page_and_call_and_a_reader_logs_in(tmp_path, tokens_
         daemon.stop()
 
 
+@pytest.mark.parametrize(
+    ("proxy_header", "secure"),
+    [
+        ({}, False),
+        ({"X-Forwarded-Proto": "https"}, True),
+        ({"Forwarded": "for=192.0.2.7;proto=https"}, True),
+        ({"X-Forwarded-Proto": "http"}, False),
+    ],
+)
+def test_the_login_cookie_is_secure_behind_a_proxy_that_terminates_tls(
+    tmp_path, tokens_file, proxy_header, secure
+):
+    """A plaintext listener behind an ingress that serves HTTPS: the browser must never send the
+    cookie, which is the token, to an http:// address of the same name."""
+    path, clear = tokens_file
+    daemon = InProcessDaemon(
+        daemon_settings(tmp_path / "data", **{"security.tokens_file": str(path)})
+    ).start()
+    try:
+        form = urllib.parse.urlencode({"token": clear[Role.READER]})
+        headers = {"Content-Type": "application/x-www-form-urlencoded", **proxy_header}
+        answer = http_get(daemon.daemon.http_port, "/login", headers, "POST", form)
+        assert answer.status == 303
+        attributes = {part.strip().lower() for part in answer.headers["set-cookie"].split(";")}
+        assert ("secure" in attributes) is secure
+        assert {"httponly", "samesite=strict"} <= attributes
+    finally:
+        daemon.stop()
+
+
 def test_every_401_names_the_bearer_scheme(tmp_path, tokens_file):
     # RFC 9110: a 401 must carry WWW-Authenticate, which HTTP clients and monitors read.
     path, clear = tokens_file
