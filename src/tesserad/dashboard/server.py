@@ -93,6 +93,18 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _failure(request, 500, errors.logged_internal(log, "a dashboard request", exc).message)
 
 
+# No other site may show the dashboard in a frame: a page could lay its own content over a
+# restore button and have it clicked (clickjacking) where no token is needed (loopback without a
+# tokens file). The dashboard never frames its own pages either.
+NOT_FRAMED = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'"}
+
+
+async def _not_framed(request: web.Request, response: web.StreamResponse) -> None:
+    # An artifact's own policy (sandboxed) stays; X-Frame-Options keeps it out of frames too.
+    for name, value in NOT_FRAMED.items():
+        response.headers.setdefault(name, value)
+
+
 class DashboardServer(HttpListener):
     """Serves the pages and /api/v1 on `address`; `port` is the bound one (for port 0)."""
 
@@ -114,6 +126,7 @@ class DashboardServer(HttpListener):
         app = web.Application(
             middlewares=[_errors, self._guard, access.middleware], client_max_size=MAX_BODY_BYTES
         )
+        app.on_response_prepare.append(_not_framed)
         expect = self._expecting(self._refusal)
         app.add_routes(DashboardApi(services, limits.max_concurrent_streams).routes(expect))
         app.add_routes(

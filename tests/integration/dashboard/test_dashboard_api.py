@@ -325,6 +325,16 @@ def test_the_login_cookie_is_secure_behind_a_proxy_that_terminates_tls(
         daemon.stop()
 
 
+def test_no_other_site_may_show_the_dashboard_in_a_frame(dash):
+    """Without tokens on loopback, a page that framed the runs page could have its visitor click
+    a restore it laid its own content over (clickjacking)."""
+    port = dash.daemon.http_port
+    for path in ("/runs", "/login", "/api/v1/runs", "/nothing-here", "/static/dashboard.js"):
+        answer = http_get(port, path)
+        assert answer.headers["x-frame-options"] == "DENY", path
+        assert answer.headers["content-security-policy"] == "frame-ancestors 'none'", path
+
+
 def test_every_401_names_the_bearer_scheme(tmp_path, tokens_file):
     # RFC 9110: a 401 must carry WWW-Authenticate, which HTTP clients and monitors read.
     path, clear = tokens_file
