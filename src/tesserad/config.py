@@ -259,7 +259,7 @@ class LimitsSettings:
         100,
         parse_number(int, 1, 1_000_000),
         "streaming RPCs (watch, upload, download, predict streams) open at once; more answer "
-        "RESOURCE_EXHAUSTED",
+        "RESOURCE_EXHAUSTED. Health Watch streams, open without a token, have as many of their own",
     )
     http_request_timeout_s: float = setting(
         60.0,

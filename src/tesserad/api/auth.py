@@ -6,7 +6,7 @@
 - authorization: the caller's role must reach the role the RPC needs (security/roles.py),
   else PERMISSION_DENIED naming that role. A refused call's request is never read;
 - admission: calls and streams in flight are counted against `limits.*` (RESOURCE_EXHAUSTED
-  naming the setting);
+  naming the setting); health Watch streams, open without a token, are counted apart;
 - decoding: it takes over (de)serialisation, so a request that is not a valid protobuf
   message is INVALID_ARGUMENT (gRPC itself would answer UNKNOWN and leak the parser's
   exception), and a request or response over `max_message_size` is RESOURCE_EXHAUSTED naming
@@ -152,6 +152,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self._streams = ConcurrencyGate(
             limits.max_concurrent_streams, "limits.max_concurrent_streams", "streaming calls"
         )
+        self._health_watches = ConcurrencyGate(
+            limits.max_concurrent_streams, "limits.max_concurrent_streams", "health Watch streams"
+        )
         # (method, identity or None, token digest or None) -> (the handler wrapped, its wrapper).
         # Identities come from the tokens file and a reload drops those it no longer has, so
         # the table is bounded by methods x token holders.
@@ -295,7 +298,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             )
         is_health = method in HEALTH_METHODS
         # A probe's one-shot check is never turned away; a Watch holds a stream open like any
-        # other, so it counts (open to callers without a token, uncounted it would be unbounded).
+        # other, so it counts (open to callers without a token, uncounted it would be unbounded),
+        # apart from the other calls (counted with them, anyone could take every slot from the
+        # token holders).
         limited = not is_health or bool(handler.response_streaming)
         if self._tokens is None or (is_health and self._health_open):
             return self._admitted(handler, method, None, None, required, limited=limited)
@@ -363,7 +368,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         """
         streaming = bool(handler.request_streaming or handler.response_streaming)
         gates: tuple[ConcurrencyGate, ...] = ()
-        if limited:
+        if limited and method in HEALTH_METHODS:
+            gates = (self._health_watches,)
+        elif limited:
             gates = (self._calls, self._streams) if streaming else (self._calls,)
         deserialize = handler.request_deserializer
         serialize = handler.response_serializer

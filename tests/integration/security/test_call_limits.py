@@ -9,6 +9,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tessera.v1 import system_pb2, system_pb2_grpc, training_pb2, training_pb2_grpc
+from tesserad.security import Role
+from tests.integration.security.conftest import bearer
 
 INFO = "/tessera.v1.System/GetServerInfo"
 
@@ -65,17 +67,27 @@ def test_calls_over_the_limit_are_refused_naming_it_but_health_still_answers(sta
     stream.cancel()
 
 
-def test_open_health_watch_streams_count_against_the_stream_limit(start_daemon, tokens):
-    # Open to callers without a token, so uncounted they would let anyone hold streams without end.
+def test_open_health_watch_streams_are_limited_apart_from_token_holders_streams(start_daemon, tokens):
+    """Open to callers without a token, so uncounted they would let anyone hold streams without
+    end; counted with the token holders' streams, anyone could take every slot from them."""
     daemon = start_daemon(**{"limits.max_concurrent_streams": 1, "security.tokens_file": str(tokens.file)})
-    stub = health_pb2_grpc.HealthStub(daemon.channel())
+    channel = daemon.channel()
+    stub = health_pb2_grpc.HealthStub(channel)
     first = stub.Watch(health_pb2.HealthCheckRequest(), timeout=60)
     assert next(first).status == health_pb2.HealthCheckResponse.SERVING
     message = exhausted(lambda: next(stub.Watch(health_pb2.HealthCheckRequest(), timeout=10)))
-    assert "limits.max_concurrent_streams = 1" in message
+    assert "health Watch streams" in message and "limits.max_concurrent_streams = 1" in message
+    # A token holder's stream still opens, and its slot is its own.
+    reader = system_pb2_grpc.SystemStub(channel).WatchSystem(
+        system_pb2.WatchSystemRequest(interval_ms=100, max_samples=10_000),
+        metadata=bearer(tokens.token[Role.READER]),
+        timeout=60,
+    )
+    next(reader)
     # Probes that ask once are never turned away.
     health = stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
     assert health.status == health_pb2.HealthCheckResponse.SERVING
+    reader.cancel()
     first.cancel()
 
 
