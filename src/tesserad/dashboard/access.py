@@ -3,8 +3,8 @@
 Without a tokens file every caller may read (the loopback rule in server.py keeps such a
 daemon off other networks unless the operator said --insecure). With one, every page and
 API call needs a token whose role reaches `DASHBOARD_ROLE`, sent as `Authorization: Bearer
-<token>` or as the cookie the login form sets. The login form and the static assets (code,
-no data) stay open. A request in progress (an event stream above all) whose token a reload of
+<token>` or as the session cookie the login form sets. The login form and the static assets
+(code, no data) stay open. A request in progress (an event stream above all) whose token a reload of
 the tokens file revokes, or whose token expires, is cancelled (`end_revoked`, an expiry timer):
 its connection closes, and the page's reconnect meets the login form.
 """
@@ -14,7 +14,10 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
+import secrets
 import ssl
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -33,10 +36,15 @@ DASHBOARD_ROLE = Role.READER
 # Where an admitted request's role is kept (aiohttp's request mapping); without a tokens file
 # every caller may do everything, as on gRPC.
 ROLE_KEY = web.RequestKey("tessera_role", Role)
-TOKEN_COOKIE = "tessera_token"
-# The cookie carries the token itself, so a browser left logged in stops being so by itself;
-# removing the token from the tokens file ends every session at once, as on gRPC.
+# The cookie names a session the login form opened, never the token itself: a browser sends a
+# cookie to every port of its host name, so another service there (a notebook on a shared GPU box)
+# would have had a token good on gRPC for all its role may do. A session ends by itself after
+# SESSION_SECONDS (a browser left logged in stops being so), when its token leaves the tokens
+# file (at once, as on gRPC), or when the daemon restarts.
+SESSION_COOKIE = "tessera_session"
 SESSION_SECONDS = 12 * 3600
+# Only a token holder can open one, but each login does: the oldest give way beyond this many.
+MAX_SESSIONS = 10_000
 LOGIN_PATH = "/login"
 # Every 401 carries it (RFC 9110 says it must; HTTP clients and monitors read the scheme there).
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="tesserad"'}
@@ -111,6 +119,9 @@ class Access:
         self._in_progress: dict[asyncio.Task[Any], bytes] = {}
         # Those whose token expires -> the timer that ends them then (an event stream outlives it).
         self._expiry_timers: dict[asyncio.Task[Any], asyncio.TimerHandle] = {}
+        # Session id (the cookie) -> (its token's SHA-256, when it ends on the monotonic clock),
+        # oldest first.
+        self._sessions: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -142,9 +153,14 @@ class Access:
         return None if problem is None else _unauthenticated(request, problem)
 
     def end_revoked(self, table: TokenTable) -> int:
-        """Cancel each request in progress whose token `table` no longer lets read; how many."""
+        """Cancel each request in progress whose token `table` no longer lets read, and end the
+        sessions of such tokens; how many requests."""
         ended = 0
         now = utc_now()
+        for session, (digest, _) in list(self._sessions.items()):
+            identity = table.identify_digest(digest)
+            if identity is None or identity.role < DASHBOARD_ROLE:
+                del self._sessions[session]
         for task, digest in list(self._in_progress.items()):
             identity = table.identify_digest(digest)
             if identity is None or identity.expired(now) or identity.role < DASHBOARD_ROLE:
@@ -190,17 +206,25 @@ class Access:
             scheme, _, token = header.strip().partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 return "the Authorization header must be 'Bearer <token>'", None, None
-            token = token.strip()
+            digest = token_digest(token.strip())
         else:
-            cookie = request.cookies.get(TOKEN_COOKIE)
+            cookie = request.cookies.get(SESSION_COOKIE)
             if not cookie:
                 return (
                     "this tesserad needs a token: log in with one made by `tesserad tokens add`",
                     None,
                     None,
                 )
-            token = cookie
-        digest = token_digest(token)
+            session = self._sessions.get(cookie)
+            if session is None or session[1] <= time.monotonic():
+                self._sessions.pop(cookie, None)
+                return (
+                    f"the dashboard session has ended (a session ends after {SESSION_SECONDS // 3600} h, "
+                    "when its token leaves the tokens file, or when the daemon restarts); log in again",
+                    None,
+                    None,
+                )
+            digest = session[0]
         identity = self._tokens.table.identify_digest(digest)
         if identity is None:
             return (
@@ -232,8 +256,8 @@ class Access:
             return login_page("that token is not valid for this tesserad", status=401, then=then)
         response = web.HTTPSeeOther(then)
         response.set_cookie(
-            TOKEN_COOKIE,
-            token,
+            SESSION_COOKIE,
+            self._open_session(token_digest(token)),
             max_age=SESSION_SECONDS,
             httponly=True,
             samesite="Strict",
@@ -241,6 +265,17 @@ class Access:
             path="/",
         )
         raise response
+
+    def _open_session(self, digest: bytes) -> str:
+        """A new session for the token whose SHA-256 is `digest`; its id, for the cookie."""
+        now = time.monotonic()
+        while self._sessions and (
+            len(self._sessions) >= MAX_SESSIONS or next(iter(self._sessions.values()))[1] <= now
+        ):
+            self._sessions.popitem(last=False)
+        session = secrets.token_urlsafe(32)
+        self._sessions[session] = (digest, now + SESSION_SECONDS)
+        return session
 
 
 def _behind_https_proxy(request: web.Request) -> bool:

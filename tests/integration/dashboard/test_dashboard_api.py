@@ -325,6 +325,37 @@ def test_the_login_cookie_is_secure_behind_a_proxy_that_terminates_tls(
         daemon.stop()
 
 
+def test_the_login_cookie_names_a_session_never_the_token(tmp_path, tokens_file):
+    """A browser sends a cookie to every port of its host name: another service there must not
+    get a token good on gRPC. The session ends with its token, as the token's calls do."""
+    path, clear = tokens_file
+    daemon = InProcessDaemon(
+        daemon_settings(tmp_path / "data", **{"security.tokens_file": str(path)})
+    ).start()
+    try:
+        port = daemon.daemon.http_port
+        admin = clear[Role.ADMIN]
+        form = urllib.parse.urlencode({"token": admin})
+        login = http_get(port, "/login", {"Content-Type": "application/x-www-form-urlencoded"}, "POST", form)
+        assert login.status == 303
+        cookie = login.headers["set-cookie"]
+        assert admin not in cookie
+        session = cookie.split(";")[0]
+        assert session.startswith("tessera_session=")
+        assert http_get(port, "/api/v1/session", {"Cookie": session}).json()["role"] == "admin"
+        # The token itself is no session.
+        as_cookie = http_get(port, "/api/v1/jobs", {"Cookie": f"tessera_session={admin}"})
+        assert as_cookie.status == 401 and "session has ended" in as_cookie.json()["error"]
+
+        path.write_text(format_entry("reader-holder", Role.READER, hash_token(clear[Role.READER])))
+        daemon.run(daemon.daemon.reload())
+
+        ended = http_get(port, "/api/v1/jobs", {"Cookie": session})
+        assert ended.status == 401 and "log in again" in ended.json()["error"]
+    finally:
+        daemon.stop()
+
+
 def test_no_other_site_may_show_the_dashboard_in_a_frame(dash):
     """Without tokens on loopback, a page that framed the runs page could have its visitor click
     a restore it laid its own content over (clickjacking)."""

@@ -190,7 +190,7 @@ def test_a_login_whose_body_never_all_arrives_is_answered_408_and_its_connection
             answer = b""
             while chunk := connection.recv(65536):
                 answer += chunk
-        assert _status(answer) == 303 and b"tessera_token=" in answer
+        assert _status(answer) == 303 and b"tessera_session=" in answer
     finally:
         daemon.stop()
 
