@@ -21,6 +21,7 @@ from tesserad.serving.open_inference import (
     place_parameters,
     refuse_classification,
     tensor_place,
+    unserved_datatype,
 )
 from tesserad.serving.shared_memory import Lease, TensorPlace
 from tesserad.serving.signature import Signature, TensorSpec
@@ -201,9 +202,7 @@ def oip_inputs_to_arrays(request: oip.ModelInferRequest, lease: Lease) -> dict[s
             raise InvalidArgument(f"{where} is given twice; send each input once")
         dtype = OIP_DTYPES.get(tensor.datatype)
         if dtype is None:
-            raise InvalidArgument(
-                f"{where} has datatype {tensor.datatype!r}; tesserad serves {', '.join(OIP_DTYPES)}"
-            )
+            raise unserved_datatype(where, tensor.datatype)
         shape = _shape(tensor.shape, tensor.name)
         place = places.get(index) if places else None
         if place is not None:

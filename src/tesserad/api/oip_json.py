@@ -32,6 +32,7 @@ from tesserad.serving.open_inference import (
     place_parameters,
     refuse_classification,
     tensor_place,
+    unserved_datatype,
 )
 from tesserad.serving.shared_memory import Lease, TensorPlace
 
@@ -253,9 +254,7 @@ def infer_request(document: Any, binary: bytes, lease: Lease) -> InferRequest:
         parameters = json_parameters(tensor, where)
         datatype = tensor.get("datatype")
         if datatype not in OIP_DTYPES:
-            raise InvalidArgument(
-                f"{where} has datatype {datatype!r}; tesserad serves {', '.join(OIP_DTYPES)}"
-            )
+            raise unserved_datatype(where, datatype)
         shape = _shape(tensor, where)
         size = parameters.get("binary_data_size")
         place = tensor_place(parameters, where, KIND_NAMES) if parameters else None

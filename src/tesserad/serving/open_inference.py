@@ -56,6 +56,21 @@ OIP_DTYPES: dict[str, np.dtype] = {
 }
 OIP_NAME_BY_DTYPE: dict[np.dtype, str] = {dtype: name for name, dtype in OIP_DTYPES.items()}
 
+
+def unserved_datatype(where: str, datatype: object) -> InvalidArgument:
+    """The refusal of an input whose datatype is none of OIP_DTYPES; `where` names the input."""
+    served = ", ".join(OIP_DTYPES)
+    if datatype == "BYTES":
+        # The protocol's string tensors (Triton's TYPE_STRING): no model tesserad runs takes one.
+        return InvalidArgument(
+            f"{where} has datatype 'BYTES': tesserad serves no string (BYTES) tensors, only numbers and "
+            f"booleans: {served}; encode text as numbers (token ids, say) before sending it"
+        )
+    return InvalidArgument(
+        f"{where} has datatype {datatype!r}, which is no datatype tesserad serves; it serves {served}"
+    )
+
+
 # Listed truthfully: perf_analyzer shows the server-side breakdown only with "statistics".
 # binary_tensor_data is HTTP's; Triton lists it on both transports, as the server's.
 EXTENSIONS = [

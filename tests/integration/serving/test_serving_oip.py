@@ -490,7 +490,7 @@ def test_model_infer_bad_paths(oip, linear, expect_rpc_error) -> None:
     expect_rpc_error(
         lambda: oip.ModelInfer(infer_request(linear, X, datatype="BYTES")),
         invalid,
-        "input 'x' has datatype 'BYTES'; tesserad serves",
+        "input 'x' has datatype 'BYTES': tesserad serves no string (BYTES) tensors, only numbers and booleans",
     )
     expect_rpc_error(
         lambda: oip.ModelInfer(infer_request(linear, X, datatype="FP64")),

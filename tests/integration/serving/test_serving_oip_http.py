@@ -349,10 +349,16 @@ def test_bad_requests_are_refused_with_the_status_and_message_of_grpc(served: st
             "the request body holds an integer of more than 4300 digits, which no field takes; send each "
             "number within its field's range",
         )
+    # A string tensor is said to be one, and what to send instead.
     assert error(infer, tensor(datatype="BYTES", data=["a", "b", "c", "d"])) == (
         400,
-        "input 'x' has datatype 'BYTES'; tesserad serves BOOL, UINT8, INT8, UINT16, INT16, UINT32, "
-        "INT32, UINT64, INT64, FP16, BF16, FP32, FP64",
+        "input 'x' has datatype 'BYTES': tesserad serves no string (BYTES) tensors, only numbers and "
+        "booleans: BOOL, UINT8, INT8, UINT16, INT16, UINT32, INT32, UINT64, INT64, FP16, BF16, FP32, FP64; "
+        "encode text as numbers (token ids, say) before sending it",
+    )
+    assert error(infer, tensor(datatype="FP8"))[1] == (
+        "input 'x' has datatype 'FP8', which is no datatype tesserad serves; it serves BOOL, UINT8, INT8, "
+        "UINT16, INT16, UINT32, INT32, UINT64, INT64, FP16, BF16, FP32, FP64"
     )
     status, message = error(infer, tensor(datatype="INT32"))
     assert status == 400 and "'x'" in message and "int32" in message.lower()
