@@ -26,7 +26,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from tesserad import __version__, errors
 from tesserad.api.auth import ANONYMOUS, expired_message
@@ -253,7 +253,11 @@ class OipHttpServer(HttpListener):
             if exc.status == 404:
                 return _failure(404, f"nothing at {request.path[:200]}; the protocol's paths start with /v2")
             if exc.status == 405:
-                return _failure(405, f"{request.method} is not served at {request.path[:200]}")
+                return _failure(
+                    405,
+                    f"{request.method} is not served at {request.path[:200]}",
+                    {hdrs.ALLOW: exc.headers[hdrs.ALLOW]},
+                )
             raise
         except Exception as exc:
             return _failure(500, errors.logged_internal(log, "an HTTP inference request", exc).message)

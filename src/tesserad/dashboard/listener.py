@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import cast
 
 from aiohttp import hdrs, web
@@ -108,8 +109,9 @@ async def _continue(request: web.Request) -> None:
 class HttpListener:
     """Serves the application a subclass hands to `_serve` on `address`; `port` is the bound
     one (for port 0). The application puts `_guard` first after its error middleware, which
-    answers the guard's PermissionDenied as 403, and a Refused with its status, in the listener's
-    own error form."""
+    answers the guard's PermissionDenied as 403, a Refused with its status, and aiohttp's 404 and
+    405 (HTTPNotFound, HTTPMethodNotAllowed, keeping its Allow header) in the listener's own error
+    form."""
 
     def __init__(
         self, address: Address, security: SecuritySettings, limits: LimitsSettings, name: str
@@ -124,6 +126,7 @@ class HttpListener:
             checked=address.is_loopback or not authentication_enabled(security),
         )
         self._runner: web.AppRunner | None = None
+        self._unrouted_resource: web.AbstractResource | None = None
         self._server: asyncio.Server | None = None
         self._connection_tasks: set[asyncio.Task[None]] = set()
         self.port = 0
@@ -164,12 +167,41 @@ class HttpListener:
         return expect
 
     def _serve(self, app: web.Application) -> None:
+        """Serve `app`, its routes all added."""
+        # Added last, so the router reaches it only for what no other route matches: the 404 or
+        # 405 is then answered by the application, in place of 100 Continue too (aiohttp answers
+        # its own after one, so a client refused uploaded its body first).
+        unrouted = app.router.add_route(
+            hdrs.METH_ANY, "/{unrouted:.*}", self._unrouted, expect_handler=self._answer_at_once
+        )
+        self._unrouted_resource = unrouted.resource
         # aiohttp closes a connection still waiting for a request's headers this long after the
         # connection's start or its previous answer (its own default is an hour: a client sending
         # its headers a byte at a time held a connection that long).
         self._runner = web.AppRunner(
             app, access_log=None, shutdown_timeout=1.0, keepalive_timeout=self._request_timeout_s
         )
+
+    async def _unrouted(self, request: web.Request) -> web.StreamResponse:
+        """What a request no route takes is answered with: 405 (naming the methods served) when
+        its path is served for other methods, else 404."""
+        allowed: set[str] = set()
+        for resource in request.app.router.resources():
+            if resource is not self._unrouted_resource:
+                allowed |= (await resource.resolve(request))[1]
+        if allowed:
+            raise web.HTTPMethodNotAllowed(request.method, allowed)
+        raise web.HTTPNotFound()
+
+    async def _answer_at_once(self, request: web.Request) -> web.StreamResponse:
+        """The expect_handler of a request no route takes: its answer (the middlewares' checks
+        first, as without Expect), closing the connection, never 100 Continue (it reads no body)."""
+        handler: Handler = self._unrouted
+        for middleware in reversed(request.app.middlewares):
+            handler = partial(middleware, handler=handler)
+        response = await handler(request)
+        response.force_close()
+        return response
 
     @asynccontextmanager
     async def _receiving_body(self, request: web.Request) -> AsyncIterator[None]:

@@ -13,7 +13,7 @@ import logging
 from importlib import resources
 from pathlib import Path
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from tesserad import errors
 from tesserad.config import Address, LimitsSettings, SecuritySettings, format_size
@@ -87,7 +87,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if exc.status == 404:
             return _failure(request, 404, f"nothing at {request.path[:200]}")
         if exc.status == 405:
-            return _failure(request, 405, "the dashboard only reads, but for its restores: use GET")
+            response = _failure(request, 405, "the dashboard only reads, but for its restores: use GET")
+            response.headers[hdrs.ALLOW] = exc.headers[hdrs.ALLOW]
+            return response
         raise
     except Exception as exc:
         return _failure(request, 500, errors.logged_internal(log, "a dashboard request", exc).message)

@@ -423,6 +423,25 @@ def test_expect_100_continue_is_answered_after_the_host_token_and_size_checks(tm
             assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:80]
             assert b"\r\nconnection: close\r\n" in answer.partition(b"\r\n\r\n")[0].lower() + b"\r\n"
             assert says in answer
+        # Nothing at the path, or not for the method: 404 and 405 (with Allow) in place of 100
+        # Continue too, once the caller is known (as without Expect).
+        reader = f"Authorization: Bearer {clear[Role.READER]}\r\n".encode()
+        for head, status, says in (
+            (b"POST /api/v1/nothing HTTP/1.1\r\n", 404, b'{"error":"nothing at /api/v1/nothing"}'),
+            (b"PUT /jobs HTTP/1.1\r\n", 405, b"the dashboard only reads, but for its restores: use GET"),
+            (b"PUT /nothing HTTP/1.1\r\n", 401, b"needs a token"),
+        ):
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+                connection.sendall(
+                    head + expect + (b"" if status == 401 else reader) + b"Content-Length: 100\r\n\r\n"
+                )
+                answer = _answer_until_closed(connection)
+            answer_head = answer.partition(b"\r\n\r\n")[0].lower() + b"\r\n"
+            assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:80]
+            assert b"\r\nconnection: close\r\n" in answer_head
+            assert says in answer
+            if status == 405:
+                assert b"\r\nallow: get,head\r\n" in answer_head.replace(b", ", b",")
         # Admitted: 100 Continue, then the answer once the body has come.
         form = urllib.parse.urlencode({"token": clear[Role.READER]}).encode()
         with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:

@@ -752,6 +752,23 @@ def test_expect_100_continue_is_answered_after_the_token_and_size_checks(
                 head = _head(connection)
                 assert head.startswith(b"HTTP/1.1 200 ") and b"connection: close" not in head.lower()
                 assert connection.recv(2) == b"[]"
+            # Nothing at the path, or not for the method: 404 and 405 (with Allow), at once.
+            for head, status, says in (
+                (
+                    b"POST /v2/nothing HTTP/1.1\r\n",
+                    404,
+                    "nothing at /v2/nothing; the protocol's paths start with /v2",
+                ),
+                (b"PUT /v2 HTTP/1.1\r\n", 405, "PUT is not served at /v2"),
+            ):
+                refused = _raw(
+                    port, head + b"Host: localhost\r\nExpect: 100-continue\r\nContent-Length: 100000\r\n\r\n"
+                )
+                answer_head = refused.partition(b"\r\n\r\n")[0].lower() + b"\r\n"
+                assert refused.startswith(f"HTTP/1.1 {status} ".encode()), refused[:80]
+                assert b"\r\nconnection: close\r\n" in answer_head
+                assert _status_and_error(refused) == (status, says)
+            assert b"\r\nallow: get,head\r\n" in answer_head
             # An expectation other than 100-continue is not one this server can meet.
             connection.sendall(
                 index.replace(b"100-continue", b"lunch") + reader + b"Content-Length: 2\r\n\r\n"
