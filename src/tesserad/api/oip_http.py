@@ -248,7 +248,10 @@ class OipHttpServer(HttpListener):
         except errors.TesseraError as exc:
             return _failure(http_status_for(exc), exc.message)
         except web.HTTPRequestEntityTooLarge:
-            return _failure(413, self._too_large(None))
+            # Its body was read only up to the limit: the rest is never read (as another request).
+            response = _failure(413, self._too_large(None))
+            response.force_close()
+            return response
         except web.HTTPException as exc:
             if exc.status == 404:
                 return _failure(404, f"nothing at {request.path[:200]}; the protocol's paths start with /v2")
@@ -266,10 +269,10 @@ class OipHttpServer(HttpListener):
         self, method: str, path: str, rpc: str, handler: Handler, required: Role | None = None
     ) -> web.RouteDef:
         """`handler` at `method` `path`, behind the checks the gRPC RPC `rpc` gets: who may call
-        (`_admit`; `required`: the role, when not the RPC's own) and the body's declared size, both
-        before a 100 Continue too; then a slot of limits.max_concurrent_calls shared with gRPC's
-        calls (429 with gRPC's RESOURCE_EXHAUSTED message when none is free). Health probes take
-        no slot, as on gRPC."""
+        (`_admit`; `required`: the role, when not the RPC's own), the body's declared size, and a
+        slot of limits.max_concurrent_calls shared with gRPC's calls (429 with gRPC's
+        RESOURCE_EXHAUSTED message when none is free), all before a 100 Continue too. Health
+        probes take no slot, as on gRPC."""
         calls = self._calls
         limited = f"/{_SERVICE}/{rpc}" not in HEALTH_METHODS
         revocable = self._revocable if rpc == "ModelInfer" else None
@@ -279,10 +282,12 @@ class OipHttpServer(HttpListener):
             try:
                 self._check_host(request)
                 self._admit_declared(request, rpc, needed)
+                if limited:
+                    calls.check()
             except Refused as exc:
                 return _refused(exc)
-            except errors.PermissionDenied as exc:
-                return _failure(403, exc.message)
+            except errors.TesseraError as exc:
+                return _failure(http_status_for(exc), exc.message)
             return None
 
         async def admitted(request: web.Request) -> web.StreamResponse:
@@ -301,11 +306,12 @@ class OipHttpServer(HttpListener):
 
     def _admit_declared(self, request: web.Request, rpc: str, required: Role) -> bytes | None:
         """`_admit`, then 413 for a Content-Length over max_message_size: refused before a byte
-        of the body is read, or a slot taken while it (never) arrives."""
+        of the body is read, or a slot taken while it (never) arrives; the connection closes, the
+        body left unread."""
         digest = self._admit(request, rpc, required)
         length = request.content_length
         if length is not None and length > self._max_message_size:
-            raise Refused(413, self._too_large(length))
+            raise Refused(413, self._too_large(length), close=True)
         return digest
 
     def _too_large(self, size: int | None) -> str:

@@ -30,12 +30,16 @@ class ConcurrencyGate:
 
     def enter(self) -> None:
         """Count one more call, or raise ResourceExhausted when the limit is reached."""
+        self.check()
+        self.in_flight += 1
+
+    def check(self) -> None:
+        """Raise ResourceExhausted when the limit is reached, as `enter` would, counting nothing."""
         if self.in_flight >= self.limit:
             raise ResourceExhausted(
                 f"too many {self._what} at once: {self._setting} = {self.limit} is reached; retry "
                 f"later, or raise {self._setting} (env TESSERA_{self._setting.replace('.', '_').upper()})"
             )
-        self.in_flight += 1
 
     def leave(self) -> None:
         self.in_flight -= 1

@@ -566,6 +566,15 @@ def test_requests_take_a_slot_of_max_concurrent_calls_with_grpc_s_calls(tmp_path
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "limits.max_concurrent_calls = 1" in message
         assert error(f"{base}/v2") == (429, message)
         assert error(f"{base}/v2/models/linear/infer", {"inputs": []}) == (429, message)
+        # In place of 100 Continue: the refused client never uploads its body.
+        answer = _raw(
+            daemon.daemon.oip_http_port,
+            b"POST /v2/models/linear/infer HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"
+            b"Content-Length: 100000\r\n\r\n",
+        )
+        assert answer.startswith(b"HTTP/1.1 429 "), answer[:80]
+        assert b"\r\nconnection: close\r\n" in answer.partition(b"\r\n\r\n")[0].lower() + b"\r\n"
+        assert _status_and_error(answer) == (429, message)
         # Probes are never turned away, as on gRPC.
         assert call(f"{base}/v2/health/live")[0] == 200
         stream.cancel()
@@ -676,18 +685,21 @@ def test_slow_clients_and_bodies_over_max_message_size_are_refused(tmp_path: Pat
             "at once, and no fewer bytes than its Content-Length says"
         )
         assert _grpc_info(channel)[0] == grpc.StatusCode.OK
-        # A Content-Length over max_message_size is refused before the body is read, as gRPC refuses.
-        status, message = _status_and_error(_raw(port, infer + b"Content-Length: 10000000000\r\n\r\n{"))
+        # A Content-Length over max_message_size is refused before the body is read, as gRPC refuses,
+        # closing the connection: the rest of the body is never read (nor read as another request).
+        answer = _raw(port, infer + b"Content-Length: 10000000000\r\n\r\n{")
+        assert b"\r\nconnection: close\r\n" in answer.partition(b"\r\n\r\n")[0].lower() + b"\r\n"
+        status, message = _status_and_error(answer)
         assert status == 413 and message == (
             "the request body is 9.31 GiB, over max_message_size = 1 MiB, the largest request this "
             "tesserad accepts (gRPC's too); send fewer rows per request, or ask the operator to raise "
             "max_message_size (env TESSERA_MAX_MESSAGE_SIZE)"
         )
-        # Chunked: its size shows as it arrives.
+        # Chunked: its size shows as it arrives; the rest of it is not read either.
         chunk = b"10000\r\n" + b" " * 65536 + b"\r\n"
-        status, message = _status_and_error(
-            _raw(port, infer + b"Transfer-Encoding: chunked\r\n\r\n" + chunk * 17 + b"0\r\n\r\n")
-        )
+        answer = _raw(port, infer + b"Transfer-Encoding: chunked\r\n\r\n" + chunk * 17 + b"0\r\n\r\n")
+        assert b"\r\nconnection: close\r\n" in answer.partition(b"\r\n\r\n")[0].lower() + b"\r\n"
+        status, message = _status_and_error(answer)
         assert status == 413 and message.startswith("the request body is over max_message_size = 1 MiB,")
         index = b"POST /v2/repository/index HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
         answer = _raw(port, index + b"2\r\n{}\r\n0\r\n\r\n")
