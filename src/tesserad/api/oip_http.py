@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -73,14 +74,24 @@ log = logging.getLogger(__name__)
 _SERVICE = "inference.GRPCInferenceService"
 # The request's key for the name of the token that admitted it.
 _CALLER = web.RequestKey("tessera_caller", str)
+# The content codings a request body may come in, as Triton takes them; a body in any other is
+# refused with 501 and these in Accept-Encoding, as Triton refuses it (identity goes unsaid there).
+_CODINGS = ("gzip", "deflate", "identity")
+_ACCEPT_ENCODING: dict[str, str] = {hdrs.ACCEPT_ENCODING: "gzip, deflate"}
 
 
-def _failure(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+def _failure(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
+def _coding(request: web.Request) -> str:
+    """The content coding of `request`'s body, lowercased ("identity" when none is said)."""
+    return request.headers.get(hdrs.CONTENT_ENCODING, "").strip().lower() or "identity"
+
+
 def _refused(refusal: Refused) -> web.Response:
-    response = _failure(refusal.status, refusal.message, CHALLENGE if refusal.status == 401 else None)
+    headers = {**(CHALLENGE if refusal.status == 401 else {}), **(refusal.headers or {})}
+    response = _failure(refusal.status, refusal.message, headers)
     if refusal.close:
         response.force_close()
     return response
@@ -237,7 +248,8 @@ class OipHttpServer(HttpListener):
                 ),
             ]
         )
-        self._serve(app)
+        # Bodies are decompressed here: aiohttp would refuse br and zstd itself, in plain text.
+        self._serve(app, decompress=False)
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -269,10 +281,10 @@ class OipHttpServer(HttpListener):
         self, method: str, path: str, rpc: str, handler: Handler, required: Role | None = None
     ) -> web.RouteDef:
         """`handler` at `method` `path`, behind the checks the gRPC RPC `rpc` gets: who may call
-        (`_admit`; `required`: the role, when not the RPC's own), the body's declared size, and a
-        slot of limits.max_concurrent_calls shared with gRPC's calls (429 with gRPC's
-        RESOURCE_EXHAUSTED message when none is free), all before a 100 Continue too. Health
-        probes take no slot, as on gRPC."""
+        (`_admit`; `required`: the role, when not the RPC's own), the body's declared size and
+        content coding, and a slot of limits.max_concurrent_calls shared with gRPC's calls (429
+        with gRPC's RESOURCE_EXHAUSTED message when none is free), all before a 100 Continue too.
+        Health probes take no slot, as on gRPC."""
         calls = self._calls
         limited = f"/{_SERVICE}/{rpc}" not in HEALTH_METHODS
         revocable = self._revocable if rpc == "ModelInfer" else None
@@ -305,14 +317,25 @@ class OipHttpServer(HttpListener):
         return web.route(method, path, admitted, expect_handler=self._expecting(refusal))
 
     def _admit_declared(self, request: web.Request, rpc: str, required: Role) -> bytes | None:
-        """`_admit`, then 413 for a Content-Length over max_message_size: refused before a byte
-        of the body is read, or a slot taken while it (never) arrives; the connection closes, the
-        body left unread."""
+        """`_admit`, then 413 for a Content-Length over max_message_size and 501 for a body in a
+        content coding not taken: refused before a byte of the body is read, or a slot taken
+        while it (never) arrives; the connection closes, the body left unread."""
         digest = self._admit(request, rpc, required)
         length = request.content_length
         if length is not None and length > self._max_message_size:
             raise Refused(413, self._too_large(length), close=True)
+        coding = _coding(request)
+        if request.body_exists and coding not in _CODINGS:
+            raise Refused(501, self._not_taken(coding), close=True, headers=_ACCEPT_ENCODING)
         return digest
+
+    def _not_taken(self, coding: str) -> str:
+        """What a request body in a content coding not taken (`coding`) is told."""
+        return (
+            f"the request body is compressed with {coding[:40]} (its Content-Encoding header), which "
+            f"tesserad does not take; send it compressed with gzip or deflate{self._compression_setting}, "
+            "or uncompressed"
+        )
 
     def _too_large(self, size: int | None) -> str:
         """What a body over max_message_size is told; `size` when its Content-Length says it."""
@@ -327,9 +350,29 @@ class OipHttpServer(HttpListener):
         """The request's body, once it has all arrived (408 after limits.http_request_timeout_s:
         a body that never all arrives would otherwise hold its slot of limits.max_concurrent_calls),
         decompressed as its Content-Encoding says (gzip or deflate, as Triton takes; 400 when it is
-        not such data)."""
+        not such data, 413 when it decompresses to over max_message_size)."""
         async with self._receiving_body(request):
-            return await request.read()
+            body = await request.read()
+        coding = _coding(request)
+        if coding == "identity" or not body:
+            return body
+        assert coding in _CODINGS, "a body in another coding is refused before it is read"
+        if coding == "gzip":
+            window = 16 + zlib.MAX_WBITS
+        else:
+            # deflate is zlib's format (RFC 9110), but some clients send raw deflate data, which
+            # aiohttp's decompression took too: a zlib stream's first byte names its method, 8.
+            window = zlib.MAX_WBITS if body[0] & 0x0F == 8 else -zlib.MAX_WBITS
+        decompressor = zlib.decompressobj(window)
+        try:
+            data = decompressor.decompress(body, self._max_message_size + 1)
+        except zlib.error:
+            raise Refused(400, self._not_as_encoded(coding)) from None
+        if len(data) > self._max_message_size:
+            raise Refused(413, self._too_large(None))
+        if not decompressor.eof or decompressor.unused_data:
+            raise Refused(400, self._not_as_encoded(coding))
+        return data
 
     def end_revoked(self, table: TokenTable) -> int:
         """Answer each inference request in progress whose token `table` no longer admits to

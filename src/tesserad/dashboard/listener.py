@@ -11,7 +11,7 @@ causes. Clients see a closed connection, as from a listener that is restarting, 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import cast
@@ -34,13 +34,17 @@ ExpectHandler = Callable[[web.Request], Awaitable[web.StreamResponse | None]]
 
 class Refused(Exception):
     """A request answered with `status` and `message` in the listener's own error form;
-    `close`: the answer closes the connection (the request's body is left unread)."""
+    `close`: the answer closes the connection (the request's body is left unread); `headers`: the
+    answer's own, besides."""
 
-    def __init__(self, status: int, message: str, close: bool = False) -> None:
+    def __init__(
+        self, status: int, message: str, close: bool = False, headers: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.close = close
+        self.headers = headers
 
 
 class _Counted(asyncio.Protocol):
@@ -126,6 +130,8 @@ class HttpListener:
             checked=address.is_loopback or not authentication_enabled(security),
         )
         self._runner: web.AppRunner | None = None
+        # Whether aiohttp decompresses request bodies (`_serve`'s `decompress`).
+        self._decompressing = True
         self._unrouted_resource: web.AbstractResource | None = None
         self._server: asyncio.Server | None = None
         self._connection_tasks: set[asyncio.Task[None]] = set()
@@ -166,8 +172,10 @@ class HttpListener:
 
         return expect
 
-    def _serve(self, app: web.Application) -> None:
-        """Serve `app`, its routes all added."""
+    def _serve(self, app: web.Application, decompress: bool = True) -> None:
+        """Serve `app`, its routes all added. `decompress`: aiohttp decompresses request bodies
+        (gzip, deflate; it refuses br and zstd itself, in plain text, before any route is found),
+        else the application reads them as they came."""
         # Added last, so the router reaches it only for what no other route matches: the 404 or
         # 405 is then answered by the application, in place of 100 Continue too (aiohttp answers
         # its own after one, so a client refused uploaded its body first).
@@ -175,11 +183,16 @@ class HttpListener:
             hdrs.METH_ANY, "/{unrouted:.*}", self._unrouted, expect_handler=self._answer_at_once
         )
         self._unrouted_resource = unrouted.resource
+        self._decompressing = decompress
         # aiohttp closes a connection still waiting for a request's headers this long after the
         # connection's start or its previous answer (its own default is an hour: a client sending
         # its headers a byte at a time held a connection that long).
         self._runner = web.AppRunner(
-            app, access_log=None, shutdown_timeout=1.0, keepalive_timeout=self._request_timeout_s
+            app,
+            access_log=None,
+            shutdown_timeout=1.0,
+            keepalive_timeout=self._request_timeout_s,
+            auto_decompress=decompress,
         )
 
     async def _unrouted(self, request: web.Request) -> web.StreamResponse:
@@ -209,7 +222,7 @@ class HttpListener:
         arrived within limits.http_request_timeout_s (a client that sends it slowly, or less than
         its Content-Length, would otherwise hold its connection, and any slot it took, for good);
         400 (closing it too) when it cannot be read as its headers say, such as a body that is not
-        the gzip or deflate data its Content-Encoding says (aiohttp decompresses those)."""
+        the gzip or deflate data its Content-Encoding says (where aiohttp decompresses those)."""
         try:
             async with asyncio.timeout(self._request_timeout_s):
                 yield
@@ -231,15 +244,19 @@ class HttpListener:
     def _unreadable(self, request: web.Request, error: web.RequestPayloadError) -> str:
         """What a request whose body cannot be read as its headers say is told."""
         encoding = request.headers.get(hdrs.CONTENT_ENCODING)
-        if encoding:
-            return (
-                f"the request body is not valid {encoding[:40]} data, as its Content-Encoding header says "
-                f"it is; send it compressed with {encoding[:40]}{self._compression_setting}, or "
-                "uncompressed without the header"
-            )
+        if encoding and self._decompressing:
+            return self._not_as_encoded(encoding)
         cause = error.__cause__
         detail = cause.message if isinstance(cause, HttpProcessingError) else "malformed"
         return f"the request body could not be read ({detail}); send it whole, as its headers say"
+
+    def _not_as_encoded(self, encoding: str) -> str:
+        """What a request body that is not the `encoding` data its Content-Encoding says is told."""
+        return (
+            f"the request body is not valid {encoding[:40]} data, as its Content-Encoding header says "
+            f"it is; send it compressed with {encoding[:40]}{self._compression_setting}, or "
+            "uncompressed without the header"
+        )
 
     def reload_tls(self) -> None:
         """Read the TLS files again for new connections (the gRPC listener has checked them)."""

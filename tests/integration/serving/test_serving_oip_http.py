@@ -432,19 +432,57 @@ def test_request_bodies_compressed_as_triton_takes_them(served: str) -> None:
     body = header + X.tobytes()
     plain = call(infer, body, {"Inference-Header-Content-Length": str(len(header))})
     assert plain[0] == 200
-    for encoding, compress in (("gzip", gzip.compress), ("deflate", zlib.compress)):
+    raw_deflate = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    for encoding, compressed in (
+        ("gzip", gzip.compress(body)),
+        ("deflate", zlib.compress(body)),
+        # Raw deflate data, without zlib's header, as some clients send it; and codings as cased.
+        ("deflate", raw_deflate.compress(body) + raw_deflate.flush()),
+        ("GZip", gzip.compress(body)),
+    ):
         headers = {"Content-Encoding": encoding, "Inference-Header-Content-Length": str(len(header))}
-        status, _, answer = call(infer, compress(body), headers)
+        status, _, answer = call(infer, compressed, headers)
         assert (status, answer) == (200, plain[2])
-        status, answer_headers, answer = call(infer, body, headers)
-        assert (status, json.loads(answer)["error"]) == (
+    connection = http.client.HTTPConnection("127.0.0.1", int(served.rsplit(":", 1)[1]), timeout=30)
+    for encoding, unlike in (("gzip", body), ("deflate", body), ("gzip", gzip.compress(body)[:-8])):
+        headers = {"Content-Encoding": encoding, "Inference-Header-Content-Length": str(len(header))}
+        connection.request("POST", "/v2/models/linear/versions/2/infer", unlike, headers)
+        answer = connection.getresponse()
+        assert (answer.status, json.loads(answer.read())["error"]) == (
             400,
             f"the request body is not valid {encoding} data, as its Content-Encoding header says it is; "
             f"send it compressed with {encoding} (tritonclient.http: request_compression_algorithm), or "
             "uncompressed without the header",
         )
-        # Where its body ends is lost with it: the connection is not kept for another request.
-        assert answer_headers["Connection"] == "close"
+        # The body was read whole, as its headers said: the connection serves the next request.
+        assert answer.getheader("Connection") is None
+    connection.close()
+
+
+def test_a_content_coding_other_than_gzip_or_deflate_is_refused_as_triton_refuses_it(served: str) -> None:
+    """As Triton: 501 with Accept-Encoding naming the codings taken, in the protocol's error shape,
+    before the body is read (and in place of 100 Continue), closing the connection."""
+    port = int(served.rsplit(":", 1)[1])
+    body = json.dumps(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 4], "data": X.ravel().tolist()}]}
+    ).encode()
+    infer = b"POST /v2/models/linear/versions/2/infer HTTP/1.1\r\nHost: localhost\r\n"
+    length = f"Content-Length: {len(body)}\r\n\r\n".encode()
+    identity = _raw(port, infer + b"Content-Encoding: identity\r\nConnection: close\r\n" + length + body)
+    assert identity.startswith(b"HTTP/1.1 200 "), identity[:200]
+    for coding in (b"br", b"zstd", b"compress", b"gzip, gzip"):
+        for expect in (b"", b"Expect: 100-continue\r\n"):
+            sent = body if not expect else b""
+            answer = _raw(port, infer + expect + b"Content-Encoding: " + coding + b"\r\n" + length + sent)
+            head = answer.partition(b"\r\n\r\n")[0].lower() + b"\r\n"
+            assert answer.startswith(b"HTTP/1.1 501 "), answer[:200]
+            assert b"\r\naccept-encoding: gzip, deflate\r\n" in head
+            assert b"\r\nconnection: close\r\n" in head
+            assert _status_and_error(answer)[1] == (
+                f"the request body is compressed with {coding.decode()} (its Content-Encoding header), which "
+                "tesserad does not take; send it compressed with gzip or deflate (tritonclient.http: "
+                "request_compression_algorithm), or uncompressed"
+            )
 
 
 def test_tls_tokens_and_roles_are_the_grpc_listener_s(tmp_path: Path, pki: Pki, tokens: Tokens) -> None:
@@ -700,6 +738,14 @@ def test_slow_clients_and_bodies_over_max_message_size_are_refused(tmp_path: Pat
         answer = _raw(port, infer + b"Transfer-Encoding: chunked\r\n\r\n" + chunk * 17 + b"0\r\n\r\n")
         assert b"\r\nconnection: close\r\n" in answer.partition(b"\r\n\r\n")[0].lower() + b"\r\n"
         status, message = _status_and_error(answer)
+        assert status == 413 and message.startswith("the request body is over max_message_size = 1 MiB,")
+        # So is a compressed body that decompresses to more.
+        bomb = gzip.compress(b" " * (2 * 1024 * 1024))
+        status, message = _status_and_error(
+            _raw(
+                port, infer + f"Content-Encoding: gzip\r\nContent-Length: {len(bomb)}\r\n\r\n".encode() + bomb
+            )
+        )
         assert status == 413 and message.startswith("the request body is over max_message_size = 1 MiB,")
         index = b"POST /v2/repository/index HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
         answer = _raw(port, index + b"2\r\n{}\r\n0\r\n\r\n")

@@ -182,6 +182,12 @@ seen["y_json"] = client.infer(
     model, [as_json], outputs=[th.InferRequestedOutput("y", binary_data=False)]
 ).as_numpy("y").tolist()
 seen["y_all_outputs"] = client.infer(model, [tensor], priority=2, timeout=60_000_000).as_numpy("y").tolist()
+seen["y_compressed"] = [
+    client.infer(
+        model, [tensor], request_compression_algorithm=coding, response_compression_algorithm=coding
+    ).as_numpy("y").tolist()
+    for coding in ("gzip", "deflate")
+]
 
 bad = th.InferInput("x", [2, 5], "FP32")
 bad.set_data_from_numpy(np.zeros((2, 5), dtype=np.float32))
@@ -354,6 +360,8 @@ def test_tritonclient_http_talks_to_tesserad(start_daemon) -> None:
     assert seen["max_batch_size"] == 32
     expected = (np.arange(8, dtype=np.float32).reshape(2, 4) @ W).tolist()
     assert seen["y"] == seen["y_json"] == seen["y_all_outputs"]
+    # Request bodies compressed as tritonclient.http compresses them (the daemon decompresses them).
+    assert seen["y_compressed"] == [seen["y"], seen["y"]]
     np.testing.assert_allclose(np.array(seen["y"]), expected, rtol=1e-6)
     assert seen["id"] == "th-1"
     status, message = seen["bad"]
@@ -374,7 +382,7 @@ def test_tritonclient_http_talks_to_tesserad(start_daemon) -> None:
     assert status == "400" and "the torch runtime needs a safetensors version" in message
     status, message = seen["missing_load"]
     assert status == "404" and "model 'missing' does not exist" in message
-    assert seen["success_count"] == 3
+    assert seen["success_count"] == 5
     assert ["linear", "READY"] in seen["models"]
 
 
