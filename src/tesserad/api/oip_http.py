@@ -363,16 +363,25 @@ class OipHttpServer(HttpListener):
             # deflate is zlib's format (RFC 9110), but some clients send raw deflate data, which
             # aiohttp's decompression took too: a zlib stream's first byte names its method, 8.
             window = zlib.MAX_WBITS if body[0] & 0x0F == 8 else -zlib.MAX_WBITS
-        decompressor = zlib.decompressobj(window)
-        try:
-            data = decompressor.decompress(body, self._max_message_size + 1)
-        except zlib.error:
-            raise Refused(400, self._not_as_encoded(coding)) from None
-        if len(data) > self._max_message_size:
-            raise Refused(413, self._too_large(None))
-        if not decompressor.eof or decompressor.unused_data:
-            raise Refused(400, self._not_as_encoded(coding))
-        return data
+        parts: list[bytes] = []
+        room = self._max_message_size
+        rest = body
+        # A gzip body may be several members one after another (RFC 1952), as `gzip.decompress`
+        # and `cat a.gz b.gz` make it: each is decompressed in turn, and all count against the cap.
+        while rest:
+            decompressor = zlib.decompressobj(window)
+            try:
+                part = decompressor.decompress(rest, room + 1)
+            except zlib.error:
+                raise Refused(400, self._not_as_encoded(coding)) from None
+            if len(part) > room:
+                raise Refused(413, self._too_large(None))
+            if not decompressor.eof or (decompressor.unused_data and coding != "gzip"):
+                raise Refused(400, self._not_as_encoded(coding))
+            parts.append(part)
+            room -= len(part)
+            rest = decompressor.unused_data
+        return b"".join(parts)
 
     def end_revoked(self, table: TokenTable) -> int:
         """Answer each inference request in progress whose token `table` no longer admits to

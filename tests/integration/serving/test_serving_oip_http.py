@@ -439,12 +439,20 @@ def test_request_bodies_compressed_as_triton_takes_them(served: str) -> None:
         # Raw deflate data, without zlib's header, as some clients send it; and codings as cased.
         ("deflate", raw_deflate.compress(body) + raw_deflate.flush()),
         ("GZip", gzip.compress(body)),
+        # Two gzip members one after the other (RFC 1952), as `cat a.gz b.gz` makes: it was refused.
+        ("gzip", gzip.compress(body[:40]) + gzip.compress(body[40:])),
     ):
         headers = {"Content-Encoding": encoding, "Inference-Header-Content-Length": str(len(header))}
         status, _, answer = call(infer, compressed, headers)
         assert (status, answer) == (200, plain[2])
     connection = http.client.HTTPConnection("127.0.0.1", int(served.rsplit(":", 1)[1]), timeout=30)
-    for encoding, unlike in (("gzip", body), ("deflate", body), ("gzip", gzip.compress(body)[:-8])):
+    for encoding, unlike in (
+        ("gzip", body),
+        ("deflate", body),
+        ("gzip", gzip.compress(body)[:-8]),
+        ("gzip", gzip.compress(body) + b"trailing"),
+        ("deflate", zlib.compress(body) + zlib.compress(body)),
+    ):
         headers = {"Content-Encoding": encoding, "Inference-Header-Content-Length": str(len(header))}
         connection.request("POST", "/v2/models/linear/versions/2/infer", unlike, headers)
         answer = connection.getresponse()
