@@ -330,7 +330,7 @@ def normalize_spec(
 
     # The metrics a job reports depend on its validation split: unknown without the dataset.
     metrics = epoch_metric_names(task, bool(data["val_split"])) if facts is not None else None
-    config["early_stopping"] = _check_early_stopping(raw.get("early_stopping") or {}, metrics, problems)
+    config["early_stopping"] = _check_early_stopping(raw.get("early_stopping"), metrics, problems)
     config["checkpoints"] = _check_checkpoints(raw.get("checkpoints") or {}, metrics, problems)
     config["devices"] = _check_devices(raw.get("devices") or {}, devices, problems)
     config["precision"] = _check_precision(raw.get("precision") or "fp32", config["devices"], problems)
@@ -626,13 +626,22 @@ def _check_schedule(raw: dict[str, Any], lr: float, problems: _Problems) -> dict
 
 
 def _check_early_stopping(
-    raw: dict[str, Any], metrics: list[str] | None, problems: _Problems
+    given: dict[str, Any] | None, metrics: list[str] | None, problems: _Problems
 ) -> dict[str, Any]:
+    """Early stopping is on when the spec has the section. Its patience counts the epochs in a
+    row without an improvement that stop the job, so 1 stops at the first one, as patience 0 does
+    in Keras and Lightning (their count includes the epoch that stops): 0 here would be a section
+    that does nothing, which its writer cannot have meant. In the config, patience 0 is off."""
+    raw = given or {}
     patience = int(raw.get("patience", 0))
-    if patience < 0:
-        problems.invalid("spec.early_stopping.patience", f"must be >= 0 (0 disables), got {patience}")
+    if given is not None and patience < 1:
+        problems.invalid(
+            "spec.early_stopping.patience",
+            f"must be >= 1, got {patience}; 1 stops at the first epoch without an improvement (what "
+            "patience 0 does in Keras and Lightning), or leave early_stopping out to train every epoch",
+        )
     metric = raw.get("metric") or ("val_loss" if metrics is None or "val_loss" in metrics else "train_loss")
-    if patience and metrics is not None and metric not in metrics:
+    if given is not None and metrics is not None and metric not in metrics:
         problems.unmet(
             "spec.early_stopping.metric",
             f"this job reports {', '.join(metrics)} each epoch, not {metric!r}"

@@ -176,6 +176,21 @@ CASES = [
         "spec.early_stopping.metric: this job reports train_loss",
     ),
     (
+        # It was stored and trained every epoch: patience 0 turned early stopping off.
+        "early stopping patience 0",
+        _set("early_stopping", job_spec_pb2.EarlyStopping(metric="train_loss", patience=0)),
+        INVALID,
+        "spec.early_stopping.patience: must be >= 1, got 0; 1 stops at the first epoch without an "
+        "improvement (what patience 0 does in Keras and Lightning), or leave early_stopping out to "
+        "train every epoch",
+    ),
+    (
+        "early stopping section of zeros",
+        _set("early_stopping", job_spec_pb2.EarlyStopping()),
+        INVALID,
+        "spec.early_stopping.patience: must be >= 1, got 0",
+    ),
+    (
         "best metric",
         _set("checkpoints", job_spec_pb2.CheckpointPolicy(keep_best_metric="val_mae")),
         PRECONDITION,

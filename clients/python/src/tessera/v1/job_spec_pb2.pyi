@@ -487,7 +487,10 @@ class EarlyStopping(_message.Message):
     """Metric watched at each epoch end, e.g. val_loss (default when enabled), val_accuracy."""
     mode: Global___OptimizeMode.ValueType
     patience: _builtins.int
-    """Stop after this many epochs without an improvement larger than min_delta. 0 disables."""
+    """Stop after this many epochs in a row without an improvement larger than min_delta: 1 stops
+    at the first one (what patience 0 does in Keras and Lightning). Must be >= 1: leave
+    early_stopping unset to train every epoch.
+    """
     min_delta: _builtins.float
     def __init__(
         self,
