@@ -308,6 +308,10 @@ def normalize_spec(
     config["data"] = data
     config["optimizer"] = _check_optimizer(raw.get("optimizer") or {}, problems)
     config["lr_schedule"] = _check_schedule(raw.get("lr_schedule") or {}, config["optimizer"]["lr"], problems)
+    if "fine_tune" in config:
+        _check_backbone_lr(
+            config["fine_tune"]["backbone_lr_scale"], config["optimizer"], config["lr_schedule"], problems
+        )
 
     epochs, max_steps = int(raw.get("epochs", 0)), int(raw.get("max_steps", 0))
     if epochs < 0:
@@ -623,6 +627,31 @@ def _check_schedule(raw: dict[str, Any], lr: float, problems: _Problems) -> dict
             problems.invalid("spec.lr_schedule.one_cycle.pct_start", f"must be in (0, 1), got {pct}")
         schedule.update(kind="one_cycle", max_lr=max_lr, pct_start=pct)
     return schedule
+
+
+def _check_backbone_lr(
+    scale: float, optimizer: dict[str, Any], schedule: dict[str, Any], problems: _Problems
+) -> None:
+    """The backbone learns at the schedule's highest rate times backbone_lr_scale: that rate is held
+    to MAX_LR as optimizer.lr is."""
+    one_cycle = schedule["kind"] == "one_cycle"
+    peak = schedule["max_lr"] if one_cycle else optimizer["lr"]
+    if not (0 < peak <= MAX_LR and 0 < scale < math.inf):
+        return  # refused already
+    if peak * scale > MAX_LR:
+        source = "lr_schedule.one_cycle.max_lr" if one_cycle else "optimizer.lr"
+        problems.invalid(
+            f"spec.{source} and spec.backbone_lr_scale",
+            f"the backbone would learn at {source} {peak:g} x backbone_lr_scale {scale:g} = "
+            f"{peak * scale:g}, above {MAX_LR:g}, which diverges; set backbone_lr_scale to at most "
+            f"{_three_digits_down(MAX_LR / peak):g}",
+        )
+
+
+def _three_digits_down(value: float) -> float:
+    """`value` to 3 significant digits, rounded down: a bound to quote that is itself within it."""
+    unit = 10.0 ** (math.floor(math.log10(value)) - 2)
+    return math.floor(value / unit) * unit
 
 
 def _check_early_stopping(

@@ -238,6 +238,40 @@ def test_a_freeze_glob_that_matches_nothing_is_named(parent: S.Job, training) ->
     assert "spec.backbone_lr_scale: must be > 0" in details
 
 
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        (
+            {"backbone_lr_scale": 400.0},
+            "spec.optimizer.lr and spec.backbone_lr_scale: the backbone would learn at optimizer.lr 0.03 x "
+            "backbone_lr_scale 400 = 12, above 10, which diverges; set backbone_lr_scale to at most 333",
+        ),
+        (
+            {
+                "backbone_lr_scale": 3.0,
+                "lr_schedule": job_spec_pb2.LrSchedule(one_cycle=job_spec_pb2.OneCycleLr(max_lr=6.0)),
+            },
+            "spec.lr_schedule.one_cycle.max_lr and spec.backbone_lr_scale: the backbone would learn at "
+            "lr_schedule.one_cycle.max_lr 6 x backbone_lr_scale 3 = 18, above 10, which diverges; set "
+            "backbone_lr_scale to at most 1.66",
+        ),
+    ],
+    ids=["lr", "one-cycle max_lr"],
+)
+def test_a_backbone_rate_above_the_limit_is_refused(
+    fields: dict[str, Any], words: str, parent: S.Job, training
+) -> None:
+    # Either rate alone is within spec.MAX_LR; their product trained the backbone at 12 (or 18).
+    spec = _spec(
+        "task-b",
+        init_from=common_pb2.VersionRef(model=PARENT, version=1),
+        replace_head=job_spec_pb2.ReplaceHead(output_size=3),
+        **fields,
+    )
+    error = _refused(training, spec)
+    assert (error.code(), error.details()) == (grpc.StatusCode.INVALID_ARGUMENT, words)
+
+
 def test_fine_tuning_keys_need_init_from(data: np.ndarray, training) -> None:
     error = _refused(training, _spec("task-a", architecture=_architecture_message(), freeze=["1.*"]))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
