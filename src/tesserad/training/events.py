@@ -126,6 +126,11 @@ class EventLog:
         with self._lock:
             self._channels[job_id] = _JobChannel(last_seq, ended)
 
+    def forget_job(self, job_id: str) -> None:
+        """Drop the channel of a job whose submit failed: it was never stored, so nothing watches it."""
+        with self._lock:
+            del self._channels[job_id]
+
     def append(
         self,
         job_id: str,

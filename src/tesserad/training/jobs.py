@@ -543,21 +543,27 @@ class Jobs:
             checkpoints=(),
             start_weights=start_weights,
         )
-        with self._store.write() as txn:
-            self._tracking.ensure_experiment(txn, config["experiment"])
-            self._tracking.put_new_run(txn, run)
-            self.hold_dataset(txn, config, job_holder(job_id))
-            if sweep_id:
-                # The sweep holds it too, until the sweep ends: a version its submit did not
-                # foresee (a newer one, when the spec names none) joins its holds here.
-                self.hold_dataset(txn, config, sweep_holder(sweep_id))
-            if start_weights:
-                hold_blob(txn, start_weights, f"job:{job_id}:start")
-            if config.get("fine_tune"):
-                self._hold_parent_weights(txn, job)
-            self._put(txn, job)
+        # Before the job is stored: ListJobs shows it from the commit on, before this thread goes
+        # on, and a watch of it must find its events' channel then.
+        self._events.open_job(job_id, 0, False)
+        try:
+            with self._store.write() as txn:
+                self._tracking.ensure_experiment(txn, config["experiment"])
+                self._tracking.put_new_run(txn, run)
+                self.hold_dataset(txn, config, job_holder(job_id))
+                if sweep_id:
+                    # The sweep holds it too, until the sweep ends: a version its submit did not
+                    # foresee (a newer one, when the spec names none) joins its holds here.
+                    self.hold_dataset(txn, config, sweep_holder(sweep_id))
+                if start_weights:
+                    hold_blob(txn, start_weights, f"job:{job_id}:start")
+                if config.get("fine_tune"):
+                    self._hold_parent_weights(txn, job)
+                self._put(txn, job)
+        except BaseException:
+            self._events.forget_job(job_id)
+            raise
         with self._lock:
-            self._events.open_job(job_id, 0, False)
             self._active[job_id] = job
             self._state_counts[job.state] += 1
             # Until the queued event below is committed, the job is this thread's alone: the

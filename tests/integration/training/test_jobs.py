@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tessera.v1 import job_spec_pb2, registry_pb2, registry_pb2_grpc, training_pb2
 from tessera.v1 import training_pb2_grpc as training_grpc
+from tesserad.api.convert_training import job_spec_from_proto
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.training.conftest import (
     TRAINING_SETTINGS,
@@ -114,6 +118,55 @@ def test_watch_from_the_middle_of_a_finished_job(
     replay = follow(training, job.job_id, from_seq=5)
     assert replay == events[4:]
     assert follow(training, job.job_id, from_seq=job.last_seq + 10) == []
+
+
+def test_a_watch_of_a_job_stored_but_not_yet_returned_by_its_submit_sees_it_queued(
+    training_daemon: InProcessDaemon, training: training_grpc.TrainingStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ListJobs shows a job once its record is stored, before SubmitJob has answered; a WatchJob
+    # of it then answered INTERNAL (a KeyError: its events' channel was opened after the commit).
+    jobs = training_daemon.daemon.training
+    store, events = jobs._store, jobs._events
+    write, subscribe = store.write, events.subscribe
+    submitter = threading.get_ident()
+    subscribed = threading.Event()
+    first: list[S.JobEvent | grpc.RpcError] = []
+
+    def watch() -> None:
+        (job,) = training.ListJobs(S.ListJobsRequest(experiment="watched-at-submit")).jobs
+        call = training.WatchJob(S.WatchJobRequest(job_id=job.job_id), timeout=120)
+        try:
+            first.append(next(call))
+        except grpc.RpcError as exc:
+            first.append(exc)
+        call.cancel()
+
+    def subscribe_and_say(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return subscribe(*args, **kwargs)
+        finally:
+            subscribed.set()
+
+    @contextlib.contextmanager
+    def write_then_watch(**kwargs: Any) -> Iterator[Any]:
+        with write(**kwargs) as txn:
+            yield txn
+        if threading.get_ident() == submitter and not watcher.is_alive():
+            # The job's record is committed and submit has not gone on: watch it now.
+            watcher.start()
+            assert subscribed.wait(60)
+
+    watcher = threading.Thread(target=watch)
+    monkeypatch.setattr(events, "subscribe", subscribe_and_say)
+    monkeypatch.setattr(store, "write", write_then_watch)
+    raw, document = job_spec_from_proto(job_spec("mlp", experiment="watched-at-submit"))
+    job = jobs.submit(raw, document, "test")
+    monkeypatch.undo()
+    watcher.join(120)
+    training.CancelJob(S.CancelJobRequest(job_id=job.job_id))
+    (event,) = first
+    assert isinstance(event, S.JobEvent), event
+    assert (event.seq, event.state.state) == (1, S.JOB_STATE_QUEUED)
 
 
 def test_watch_and_get_unknown_job_is_not_found(training: training_grpc.TrainingStub) -> None:
