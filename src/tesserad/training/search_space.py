@@ -7,6 +7,7 @@ A point is {path: text} holding the parameters active at that point, in the spac
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections.abc import Callable, Iterator
@@ -161,27 +162,60 @@ def boundary_points(parameters: list[SweepParameter]) -> Iterator[dict[str, str]
 # The fields that together set how many steps a job trains against its warm-up: each at the
 # end that leaves the fewest steps for the longest warm-up.
 _MOST = ("lr_schedule.warmup_steps", "batch_size", "devices.count")
-_FEWEST = ("epochs", "max_steps")  # 0 lifts the limit, so the fewest is the least above 0
+# 0 lifts the limit, so the fewest is the least above 0; but 0 in both trains one epoch, so a 0
+# either may take is tried too.
+_FEWEST = ("epochs", "max_steps")
+# Which samples an epoch goes through: the submit check counts them, so each value is tried.
+_SAMPLES = ("data.train_split", "data.dataset.name", "data.dataset.version")
 
 
-def fewest_steps_point(parameters: list[SweepParameter]) -> dict[str, str] | None:
-    """The point with the longest warm-up in the shortest job the space reaches, when the space
+def fewest_steps_points(parameters: list[SweepParameter]) -> list[dict[str, str]]:
+    """The points with the longest warm-up in the shortest jobs the space reaches, when the space
     varies the warm-up and what the job's length depends on: no boundary point has them all at
-    their worst at once, yet a searcher that draws as it goes may draw them so."""
+    their worst at once, yet a searcher that draws as it goes may draw them so. Where the length
+    is not monotone in a field (epochs and max_steps at 0, the split's samples), a point is made
+    for each of its candidates."""
     paths = {p.path for p in parameters}
-    if "lr_schedule.warmup_steps" not in paths or not paths & {*_MOST[1:], *_FEWEST}:
-        return None
+    if "lr_schedule.warmup_steps" not in paths or not paths & {*_MOST[1:], *_FEWEST, *_SAMPLES}:
+        return []
     full = {p.path: p.values[0] if p.values else number_text(p, p.low) for p in parameters}
     for p in parameters:
         if p.path in _MOST:
             full[p.path] = _extreme(p, max)
-        elif p.path in _FEWEST:
-            full[p.path] = _extreme(p, min, above_zero=True)
+    length = (*_FEWEST, *_SAMPLES)
     for p in parameters:
         # Switch on what makes a varied field present, unless that is itself one of them.
-        if p.path in (*_MOST, *_FEWEST) and p.when_path and p.when_path not in (*_MOST, *_FEWEST):
+        if p.path in (*_MOST, *length) and p.when_path and p.when_path not in (*_MOST, *length):
             full[p.when_path] = p.when_values[0]
-    return _active_part(parameters, full)
+    candidates = [
+        [(p.path, value) for value in (_fewest(p) if p.path in _FEWEST else _every(p))]
+        for p in parameters
+        if p.path in length
+    ]
+    points: list[dict[str, str]] = []
+    for choice in itertools.product(*candidates):
+        point = _active_part(parameters, {**full, **dict(choice)})
+        if point not in points:
+            points.append(point)
+    return points
+
+
+def _fewest(p: SweepParameter) -> list[str]:
+    """The least value of epochs or max_steps above 0, and 0 where p takes it."""
+    least = [_extreme(p, min, above_zero=True)]
+    if p.values is not None:
+        zero = [v for v in p.values if _is_number(v) and float(v) == 0]
+    else:
+        zero = [number_text(p, 0.0)] if p.low <= 0 <= p.high else []
+    return list(dict.fromkeys(least + zero[:1]))
+
+
+def _every(p: SweepParameter) -> list[str]:
+    return (
+        list(dict.fromkeys(p.values))
+        if p.values is not None
+        else [number_text(p, p.low), number_text(p, p.high)]
+    )
 
 
 def _extreme(p: SweepParameter, pick: Callable[[list[float]], float], above_zero: bool = False) -> str:

@@ -53,7 +53,7 @@ from tesserad.training.search_space import (
     SweepParameter,
     boundary_points,
     check_space,
-    fewest_steps_point,
+    fewest_steps_points,
     plan_points,
     random_point,
 )
@@ -642,9 +642,7 @@ class Sweeps:
                     f"got {request.max_trials}"
                 )
             checked = list(boundary_points(request.parameters))
-            fewest_steps = fewest_steps_point(request.parameters)
-            if fewest_steps is not None and fewest_steps not in checked:
-                checked.append(fewest_steps)
+            checked += [p for p in fewest_steps_points(request.parameters) if p not in checked]
             rng = random.Random(f"{request.seed}:pbt:0")
             points = [random_point(request.parameters, rng) for _ in range(pbt.population)] if pbt else []
         configs = [

@@ -175,6 +175,35 @@ def _tpe(spec: S.SweepSpec) -> None:
             "spec.lr_schedule.warmup_steps: is 5, but the job trains 1 steps (1 per epoch)",
         ),
         (
+            # 'val' holds 24 samples, one batch: no boundary point trains on it with the longest
+            # warm-up, and a trial TPE drew so was refused mid-sweep.
+            lambda s: (
+                _tpe(s),
+                setattr(s, "metric", "train_loss"),
+                s.parameters.add().CopyFrom(sweep_values("data.train_split", "train", "val")),
+                s.parameters.add(
+                    path="lr_schedule.warmup_steps", range=S.SweepRange(min=0, max=3, integer=True)
+                ),
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "the trial with optimizer.name=adam, data.train_split=val, lr_schedule.warmup_steps=3: "
+            "spec.lr_schedule.warmup_steps: is 3, but the job trains 1 steps (1 per epoch)",
+        ),
+        (
+            # Without max_steps, epochs 0 trains one epoch: fewer steps than epochs 2, the least
+            # above 0 that the check tried.
+            lambda s: (
+                _tpe(s),
+                s.parameters.add().CopyFrom(sweep_values("epochs", "2", "0")),
+                s.parameters.add(
+                    path="lr_schedule.warmup_steps", range=S.SweepRange(min=0, max=4, integer=True)
+                ),
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "the trial with optimizer.name=adam, epochs=0, lr_schedule.warmup_steps=4: "
+            "spec.lr_schedule.warmup_steps: is 4, but the job trains 3 steps (3 per epoch)",
+        ),
+        (
             lambda s: (_tpe(s), s.pbt.CopyFrom(S.SweepPbtSettings(population=3))),
             grpc.StatusCode.INVALID_ARGUMENT,
             "spec.pbt is set but the strategy is TPE",

@@ -16,7 +16,7 @@ from tesserad.training.search_space import (
     SweepParameter,
     boundary_points,
     check_space,
-    fewest_steps_point,
+    fewest_steps_points,
     grid_points,
     plan_points,
     random_point,
@@ -65,8 +65,9 @@ def test_boundary_points_reach_every_extreme_and_switch_conditions_on() -> None:
     assert len(points) == len({tuple(sorted(p.items())) for p in points})  # each once
 
 
-def test_the_fewest_steps_point_has_the_longest_warm_up_in_the_shortest_job() -> None:
-    # epochs and max_steps at 0 lift their limit: the shortest job is at the least above 0.
+def test_the_fewest_steps_points_have_the_longest_warm_up_in_the_shortest_jobs() -> None:
+    # epochs and max_steps at 0 lift their limit, so the least above 0 is tried; but both at 0
+    # train one epoch, so a 0 each may take is tried too.
     space = [
         LR,
         SweepParameter("batch_size", low=8, high=256, integer=True),
@@ -74,15 +75,28 @@ def test_the_fewest_steps_point_has_the_longest_warm_up_in_the_shortest_job() ->
         SweepParameter("epochs", values=["3", "0", "2"]),
         SweepParameter("max_steps", low=0, high=500, integer=True),
     ]
-    assert fewest_steps_point(space) == {
-        "optimizer.lr": "0.0001",
-        "batch_size": "256",
-        "lr_schedule.warmup_steps": "200",
-        "epochs": "2",
-        "max_steps": "1",
-    }
-    assert fewest_steps_point([LR, space[1]]) is None  # no warm-up varied: the boundary has it
-    assert fewest_steps_point([space[2]]) is None  # the job's length is the base's: so is the check
+    worst = {"optimizer.lr": "0.0001", "batch_size": "256", "lr_schedule.warmup_steps": "200"}
+    assert fewest_steps_points(space) == [
+        {**worst, "epochs": "2", "max_steps": "1"},
+        {**worst, "epochs": "2", "max_steps": "0"},
+        {**worst, "epochs": "0", "max_steps": "1"},
+        {**worst, "epochs": "0", "max_steps": "0"},
+    ]
+    assert fewest_steps_points([LR, space[1]]) == []  # no warm-up varied: the boundary has it
+    assert fewest_steps_points([space[2]]) == []  # the job's length is the base's: so is the check
+
+
+def test_each_split_a_sweep_trains_on_is_tried_with_the_longest_warm_up() -> None:
+    # A split's sample count is the dataset's: not known here, so every split is a point.
+    space = [
+        SweepParameter("data.train_split", values=["big", "small", "big"]),
+        SweepParameter("lr_schedule.warmup_steps", low=0, high=50, integer=True),
+        SweepParameter("epochs", values=["4", "9"]),
+    ]
+    assert fewest_steps_points(space) == [
+        {"data.train_split": "big", "lr_schedule.warmup_steps": "50", "epochs": "4"},
+        {"data.train_split": "small", "lr_schedule.warmup_steps": "50", "epochs": "4"},
+    ]
 
 
 @pytest.mark.parametrize(
