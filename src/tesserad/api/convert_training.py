@@ -161,7 +161,8 @@ def _architecture_message(plain: dict[str, Any]) -> architecture_pb2.Architectur
     return message
 
 
-def job_to_proto(job: JobRecord) -> pb.Job:
+def job_to_proto(job: JobRecord, stopped_early: dict[str, Any] | None = None) -> pb.Job:
+    """`stopped_early`: the job's Jobs.early_stop, where the caller read it."""
     message = pb.Job(
         job_id=job.job_id,
         state=JOB_STATES[job.state],
@@ -191,6 +192,10 @@ def job_to_proto(job: JobRecord) -> pb.Job:
     if job.registered:
         message.registered.CopyFrom(
             common_pb2.VersionRef(model=job.registered.model, version=job.registered.version)
+        )
+    if stopped_early is not None:
+        message.stopped_early.CopyFrom(
+            pb.EarlyStop(**{**stopped_early, "mode": _MODE_NUMBERS[stopped_early["mode"]]})
         )
     return message
 
@@ -240,7 +245,8 @@ def event_to_proto(event: JobEvent) -> pb.JobEvent:
     elif event.kind == "checkpoint":
         message.checkpoint.CopyFrom(pb.CheckpointSaved(**data))
     elif event.kind == "log":
-        message.log.CopyFrom(pb.LogLine(**data))
+        # Not its early_stopping facts: those are the Job's (GetJob's stopped_early).
+        message.log.CopyFrom(pb.LogLine(level=data["level"], message=data["message"]))
     elif event.kind == "error":
         message.error.CopyFrom(pb.JobError(**data))
     elif event.kind == "registered":

@@ -81,6 +81,9 @@ log = logging.getLogger(__name__)
 TABLES = ["jobs"]
 STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 ENDED = frozenset({"succeeded", "failed", "cancelled"})
+# More events than a job appends after its last epoch (its final checkpoint, a few lines, its
+# registration, its end): how far back Jobs.early_stop looks for the worker's early-stopping line.
+_AFTER_LAST_EPOCH = 32
 
 
 def job_datasets(txn: ReadTxn) -> Iterator[tuple[str, int]]:
@@ -631,6 +634,22 @@ class Jobs:
         if raw is None:
             raise NotFound(f"job {job_id!r} does not exist; ListJobs lists them")
         return decode_job(raw)
+
+    def early_stop(self, job: JobRecord) -> dict[str, Any] | None:
+        """Why early stopping ended `job`, as its worker said (training.loop); None if it did not.
+
+        The worker's line follows the job's last epoch event and final checkpoint, and only its
+        registration and its end come after it: the events from the end back to that epoch hold it.
+        """
+        if job.state != "succeeded" or not job.config["early_stopping"]["patience"]:
+            return None
+        for event in self._events.newest(job.job_id, _AFTER_LAST_EPOCH):
+            if event.kind == "epoch":
+                return None
+            if event.kind == "log" and "early_stopping" in event.data:
+                stopped: dict[str, Any] = event.data["early_stopping"]
+                return stopped
+        return None
 
     def list(
         self, states: list[str], experiment: str, sweep_id: str, size: int, token: str

@@ -331,19 +331,32 @@ class Trainer:
             finished = stop_early or step >= self.total_steps or epoch + 1 == self.epochs
             self._maybe_checkpoint(epoch + 1, step, metrics, final=finished)
             if stop_early:
-                patience = f"{early['patience']} epoch{'s' if early['patience'] != 1 else ''}"
-                self.emit(
-                    "log",
-                    {
-                        "level": "info",
-                        "message": f"early stopping after epoch {epoch + 1}: {early['metric']} did not improve by "
-                        f"more than {early['min_delta']} for {patience}",
-                    },
-                )
+                self._say_stopped_early(epoch + 1)
             if finished:
                 break
         weights = weights_bytes(self.model) if self.dist.leader else None
         return Outcome("succeeded", self.loop_state["epoch"], step, last_metrics, weights)
+
+    def _say_stopped_early(self, epoch: int) -> None:
+        """The line that says why the job stops, with its facts for GetJob (Jobs.early_stop). The
+        metric last improved `patience` epochs ago: bad_epochs counts the epochs since."""
+        early = self.config["early_stopping"]
+        patience = early["patience"]
+        stopped = {
+            "metric": early["metric"],
+            "mode": early["mode"],
+            "best": self.loop_state["early_best"],
+            "best_epoch": epoch - patience,
+            "epoch": epoch,
+            "patience": patience,
+            "min_delta": early["min_delta"],
+        }
+        message = (
+            f"early stopping after epoch {epoch}: {early['metric']} did not improve on its best, "
+            f"{stopped['best']:.6g} after epoch {stopped['best_epoch']}, by more than {early['min_delta']} "
+            f"for {patience} epoch{'s' if patience != 1 else ''}"
+        )
+        self.emit("log", {"level": "info", "message": message, "early_stopping": stopped})
 
     def _maybe_checkpoint(self, epoch: int, step: int, metrics: dict[str, float], final: bool) -> None:
         policy = self.config["checkpoints"]

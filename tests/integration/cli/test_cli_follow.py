@@ -204,10 +204,28 @@ def test_following_a_job_that_stops_early_says_why(tessera_cli, table_dataset, t
     )
     result = tessera_cli("train", str(spec), "--follow")
     assert result.code == 0, result.err
-    assert (
-        "early stopping after epoch 2: val_loss did not improve by more than 100.0 for 1 epoch" in result.out
-    )
+    # The worker's line, and the summary's, name the best value and the epoch it was reached in.
+    assert "early stopping after epoch 2: val_loss did not improve on its best, " in result.out
+    assert "after epoch 1, by more than 100.0 for 1 epoch" in result.out
     assert "training on cpu with " in result.out  # where it trains, an info line too
+    assert "stopped early" in result.out
+    # Once followed, `jobs show` said only "succeeded" at epoch 2 of 50.
+    job_id = result.out.split("submitted job ", 1)[1].split()[0]
+    stopped = tessera_cli("--json", "jobs", "show", job_id).json()["stopped_early"]
+    assert {k: v for k, v in stopped.items() if k != "best"} == {
+        "metric": "val_loss",
+        "mode": "min",
+        "best_epoch": 1,
+        "epoch": 2,
+        "patience": 1,
+        "min_delta": 100.0,
+    }
+    shown = tessera_cli("jobs", "show", job_id)
+    assert shown.code == 0, shown.err
+    assert (
+        f"after epoch 2: val_loss did not improve on its best, {stopped['best']:.6g} after epoch 1, by more "
+        "than 100 for 1 epoch (early_stopping.patience)"
+    ) in " ".join(shown.out.split()), shown.out
 
 
 def test_jobs_watch_looks_its_job_up_whatever_the_timeout(

@@ -169,6 +169,40 @@ def test_a_watch_of_a_job_stored_but_not_yet_returned_by_its_submit_sees_it_queu
     assert (event.seq, event.state.state) == (1, S.JOB_STATE_QUEUED)
 
 
+def test_get_job_says_why_early_stopping_ended_a_job(training: training_grpc.TrainingStub) -> None:
+    # It ended SUCCEEDED at epoch 2 of 50 with nothing in the job to say why: only a watcher
+    # that saw the worker's line knew.
+    spec = job_spec(
+        "mlp",
+        epochs=50,
+        early_stopping=job_spec_pb2.EarlyStopping(metric="val_loss", patience=1, min_delta=100.0),
+    )
+    job = submit(training, spec)
+    events = follow(training, job.job_id)
+    ended = training.GetJob(S.GetJobRequest(job_id=job.job_id))
+    assert ended.state == S.JOB_STATE_SUCCEEDED and ended.epoch == 2
+    # No val_loss improves by 100: the first epoch's is the best, and the second stops the job.
+    first_val_loss = of_kind(events, "epoch")[0].metrics["val_loss"]
+    assert ended.stopped_early == S.EarlyStop(
+        metric="val_loss",
+        mode=job_spec_pb2.OPTIMIZE_MODE_MIN,
+        best=first_val_loss,
+        best_epoch=1,
+        epoch=2,
+        patience=1,
+        min_delta=100.0,
+    )
+    lines = [line.message for line in of_kind(events, "log")]
+    assert (
+        f"early stopping after epoch 2: val_loss did not improve on its best, {first_val_loss:.6g} after "
+        "epoch 1, by more than 100.0 for 1 epoch"
+    ) in lines, lines
+
+    whole = submit(training, job_spec("mlp", epochs=1))
+    follow(training, whole.job_id)
+    assert not training.GetJob(S.GetJobRequest(job_id=whole.job_id)).HasField("stopped_early")
+
+
 def test_watch_and_get_unknown_job_is_not_found(training: training_grpc.TrainingStub) -> None:
     for call in (
         lambda: follow(training, "job-nope"),

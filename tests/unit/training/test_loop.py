@@ -95,6 +95,19 @@ def test_early_stopping_and_best_checkpoint() -> None:
     assert outcome.epoch < 30
     assert any(k == "log" and p["message"].startswith("early stopping after epoch") for k, p in events)
     assert checkpoints[0][1]["reason"] == "best" and checkpoints[-1][1]["reason"] == "final"
+    # Its facts name the epoch whose train_loss was the best, the highest (mode max) of all.
+    (stopped,) = [p["early_stopping"] for k, p in events if k == "log" and "early_stopping" in p]
+    losses = [p["metrics"]["train_loss"] for k, p in events if k == "epoch"]
+    assert stopped == {
+        "metric": "train_loss",
+        "mode": "max",
+        "best": max(losses),
+        "best_epoch": losses.index(max(losses)) + 1,
+        "epoch": outcome.epoch,
+        "patience": 2,
+        "min_delta": 0.0,
+    }
+    assert stopped["best_epoch"] == outcome.epoch - 2
 
 
 def test_regression_reports_its_metrics() -> None:

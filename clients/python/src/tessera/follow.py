@@ -27,6 +27,7 @@ from tessera.json_output import dumps, message_to_plain
 from tessera.plot import line_plot
 from tessera.training import Job
 from tessera.transport import Connection
+from tessera.v1 import training_pb2
 
 # How long a follower (of a job or a sweep) goes on asking a daemon that does not answer (one
 # restarting) before it gives up: a restart ends neither jobs nor sweeps.
@@ -213,6 +214,15 @@ def state_line(event: StateChanged) -> str:
     return line
 
 
+def stopped_early_text(stop: training_pb2.EarlyStop) -> str:
+    """Why early stopping ended a job, as the worker's line says it."""
+    epochs = f"{stop.patience} epoch{'s' if stop.patience != 1 else ''}"
+    return (
+        f"after epoch {stop.epoch}: {stop.metric} did not improve on its best, {stop.best:.6g} after "
+        f"epoch {stop.best_epoch}, by more than {stop.min_delta:g} for {epochs} (early_stopping.patience)"
+    )
+
+
 def summary_table(job: Job[Connection], curves: Curves, seconds: float) -> Table:
     """The end-of-job table: state, epochs, steps, final metrics, registered version."""
     table = Table(title=f"job {job.id}", show_header=False)
@@ -223,6 +233,8 @@ def summary_table(job: Job[Connection], curves: Curves, seconds: float) -> Table
     if job.info.error:
         table.add_row("error", Text(job.info.error))
     table.add_row("epochs", str(job.info.epoch or curves.epochs))
+    if job.stopped_early is not None:
+        table.add_row("stopped early", stopped_early_text(job.stopped_early))
     table.add_row("steps", f"{job.info.step}/{job.info.total_steps}")
     for key, value in sorted({**curves.last_epoch_metrics, **dict(job.info.metrics)}.items()):
         # The job's "loss" is the last step's; the epoch figures are train_loss, val_loss, ...

@@ -496,6 +496,12 @@ class Job(Part[C]):
         """The model version registered on success, if any."""
         return self.info.registered if self.info.HasField("registered") else None
 
+    @property
+    def stopped_early(self) -> pb.EarlyStop | None:
+        """Why early stopping ended the job (its metric, best value and epoch, the epoch it
+        stopped after, the patience), if it did; a job from GetJob (`job()`, `refresh()`) has it."""
+        return self.info.stopped_early if self.info.HasField("stopped_early") else None
+
     @call
     def refresh(self) -> Op[Job[C]]:
         """Fetch the job's current state into `info`; returns self."""

@@ -10,7 +10,7 @@ from tessera.cli.output import Output, when
 from tessera.client import Client
 from tessera.errors import JobFailed
 from tessera.events import JobState
-from tessera.follow import follow
+from tessera.follow import follow, stopped_early_text
 from tessera.messages import load_toml
 from tessera.progress_line import byte_size
 
@@ -81,6 +81,11 @@ def cmd_jobs_show(client: Client, args: argparse.Namespace, out: Output) -> None
             ("created", when(job.created_at)),
             ("started", when(job.started_at)),
             ("ended", when(job.ended_at)),
+            *(
+                [("stopped early", stopped_early_text(job.stopped_early))]
+                if job.HasField("stopped_early")
+                else []
+            ),
             ("error", job.error or "-"),
             ("registered", registered),
             *[(f"metric {k}", f"{v:.5g}") for k, v in sorted(job.metrics.items())],

@@ -299,6 +299,7 @@ class Job(_message.Message):
     CHECKPOINTS_FIELD_NUMBER: _builtins.int
     CHECKPOINTS_KEPT_FIELD_NUMBER: _builtins.int
     CHECKPOINTS_RELEASED_FIELD_NUMBER: _builtins.int
+    STOPPED_EARLY_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     state: Global___JobState.ValueType
     experiment: _builtins.str
@@ -352,6 +353,10 @@ class Job(_message.Message):
         then the final one, the newest best and the newest others; checkpoints_kept counts them all.
         """
 
+    @_builtins.property
+    def stopped_early(self) -> Global___EarlyStop:
+        """Set when early stopping ended the job (SUCCEEDED before its epochs): why. GetJob fills it."""
+
     def __init__(
         self,
         *,
@@ -378,14 +383,58 @@ class Job(_message.Message):
         checkpoints: _abc.Iterable[Global___JobCheckpoint] | None = ...,
         checkpoints_kept: _builtins.int = ...,
         checkpoints_released: _builtins.int = ...,
+        stopped_early: Global___EarlyStop | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "registered", b"registered", "spec", b"spec", "started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "registered", b"registered", "spec", b"spec", "started_at", b"started_at", "stopped_early", b"stopped_early"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "checkpoints", b"checkpoints", "checkpoints_kept", b"checkpoints_kept", "checkpoints_released", b"checkpoints_released", "created_at", b"created_at", "created_by", b"created_by", "devices", b"devices", "ended_at", b"ended_at", "epoch", b"epoch", "error", b"error", "experiment", b"experiment", "job_id", b"job_id", "last_seq", b"last_seq", "metrics", b"metrics", "progress", b"progress", "registered", b"registered", "run_id", b"run_id", "spec", b"spec", "started_at", b"started_at", "state", b"state", "step", b"step", "sweep_id", b"sweep_id", "total_steps", b"total_steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "checkpoints", b"checkpoints", "checkpoints_kept", b"checkpoints_kept", "checkpoints_released", b"checkpoints_released", "created_at", b"created_at", "created_by", b"created_by", "devices", b"devices", "ended_at", b"ended_at", "epoch", b"epoch", "error", b"error", "experiment", b"experiment", "job_id", b"job_id", "last_seq", b"last_seq", "metrics", b"metrics", "progress", b"progress", "registered", b"registered", "run_id", b"run_id", "spec", b"spec", "started_at", b"started_at", "state", b"state", "step", b"step", "stopped_early", b"stopped_early", "sweep_id", b"sweep_id", "total_steps", b"total_steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Job: _TypeAlias = Job  # noqa: Y015
+
+@_typing.final
+class EarlyStop(_message.Message):
+    """Why early stopping ended a job: spec.early_stopping.metric did not improve on its best by
+    more than min_delta for patience epochs in a row.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METRIC_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    BEST_FIELD_NUMBER: _builtins.int
+    BEST_EPOCH_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    PATIENCE_FIELD_NUMBER: _builtins.int
+    MIN_DELTA_FIELD_NUMBER: _builtins.int
+    metric: _builtins.str
+    mode: _job_spec_pb2.OptimizeMode.ValueType
+    best: _builtins.float
+    """The metric's best value, and the epoch it was reached in."""
+    best_epoch: _builtins.int
+    epoch: _builtins.int
+    """The epoch the job stopped after."""
+    patience: _builtins.int
+    min_delta: _builtins.float
+    def __init__(
+        self,
+        *,
+        metric: _builtins.str = ...,
+        mode: _job_spec_pb2.OptimizeMode.ValueType = ...,
+        best: _builtins.float = ...,
+        best_epoch: _builtins.int = ...,
+        epoch: _builtins.int = ...,
+        patience: _builtins.int = ...,
+        min_delta: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best", b"best", "best_epoch", b"best_epoch", "epoch", b"epoch", "metric", b"metric", "min_delta", b"min_delta", "mode", b"mode", "patience", b"patience"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EarlyStop: _TypeAlias = EarlyStop  # noqa: Y015
 
 @_typing.final
 class JobCheckpoint(_message.Message):
