@@ -188,10 +188,44 @@ def fewest_steps_points(parameters: list[SweepParameter]) -> list[dict[str, str]
         if p.path in (*_MOST, *length) and p.when_path and p.when_path not in (*_MOST, *length):
             full[p.when_path] = p.when_values[0]
     candidates = [
-        [(p.path, value) for value in (_fewest(p) if p.path in _FEWEST else _every(p))]
+        [
+            (p.path, value)
+            for value in (
+                _with_zero(p, _extreme(p, min, above_zero=True)) if p.path in _FEWEST else _every(p)
+            )
+        ]
         for p in parameters
         if p.path in length
     ]
+    return _points(parameters, full, candidates)
+
+
+# The rates a fine-tuning job's backbone learns at, whose product spec.MAX_LR bounds.
+_RATES = ("optimizer.lr", "lr_schedule.one_cycle.max_lr", "backbone_lr_scale")
+
+
+def highest_rate_points(parameters: list[SweepParameter]) -> list[dict[str, str]]:
+    """The points with the highest backbone rate the space reaches, when it varies
+    backbone_lr_scale and the rate it scales: as with the warm-up, no boundary point has both at
+    their highest. 0 means another value in each (1, the default lr, optimizer.lr), so a 0 the
+    space has is a candidate too."""
+    paths = {p.path for p in parameters}
+    if "backbone_lr_scale" not in paths or not paths & set(_RATES[:2]):
+        return []
+    full = {p.path: p.values[0] if p.values else number_text(p, p.low) for p in parameters}
+    for p in parameters:
+        if p.path in _RATES and p.when_path and p.when_path not in _RATES:
+            full[p.when_path] = p.when_values[0]
+    candidates = [
+        [(p.path, value) for value in _with_zero(p, _extreme(p, max))] for p in parameters if p.path in _RATES
+    ]
+    return _points(parameters, full, candidates)
+
+
+def _points(
+    parameters: list[SweepParameter], full: dict[str, str], candidates: list[list[tuple[str, str]]]
+) -> list[dict[str, str]]:
+    """Each combination of the candidates over `full`, the parameters active there, each once."""
     points: list[dict[str, str]] = []
     for choice in itertools.product(*candidates):
         point = _active_part(parameters, {**full, **dict(choice)})
@@ -200,14 +234,13 @@ def fewest_steps_points(parameters: list[SweepParameter]) -> list[dict[str, str]
     return points
 
 
-def _fewest(p: SweepParameter) -> list[str]:
-    """The least value of epochs or max_steps above 0, and 0 where p takes it."""
-    least = [_extreme(p, min, above_zero=True)]
+def _with_zero(p: SweepParameter, value: str) -> list[str]:
+    """`value`, and 0 where p takes it."""
     if p.values is not None:
         zero = [v for v in p.values if _is_number(v) and float(v) == 0]
     else:
         zero = [number_text(p, 0.0)] if p.low <= 0 <= p.high else []
-    return list(dict.fromkeys(least + zero[:1]))
+    return list(dict.fromkeys([value, *zero[:1]]))
 
 
 def _every(p: SweepParameter) -> list[str]:

@@ -54,6 +54,7 @@ from tesserad.training.search_space import (
     boundary_points,
     check_space,
     fewest_steps_points,
+    highest_rate_points,
     plan_points,
     random_point,
 )
@@ -642,7 +643,9 @@ class Sweeps:
                     f"got {request.max_trials}"
                 )
             checked = list(boundary_points(request.parameters))
-            checked += [p for p in fewest_steps_points(request.parameters) if p not in checked]
+            for point in (*fewest_steps_points(request.parameters), *highest_rate_points(request.parameters)):
+                if point not in checked:
+                    checked.append(point)
             rng = random.Random(f"{request.seed}:pbt:0")
             points = [random_point(request.parameters, rng) for _ in range(pbt.population)] if pbt else []
         configs = [

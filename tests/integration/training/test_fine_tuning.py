@@ -272,6 +272,33 @@ def test_a_backbone_rate_above_the_limit_is_refused(
     assert (error.code(), error.details()) == (grpc.StatusCode.INVALID_ARGUMENT, words)
 
 
+def test_a_sweep_that_can_draw_a_backbone_rate_above_the_limit_is_refused(parent: S.Job, training) -> None:
+    # Each at its highest alone is within the limit, as the boundary points have them; TPE
+    # drawing both near there had its trial refused mid-sweep.
+    spec = S.SweepSpec(
+        base=_spec(
+            "task-b",
+            init_from=common_pb2.VersionRef(model=PARENT, version=1),
+            replace_head=job_spec_pb2.ReplaceHead(output_size=3),
+        ),
+        strategy=S.SWEEP_STRATEGY_TPE,
+        parameters=[
+            S.SweepParameter(path="optimizer.lr", range=S.SweepRange(min=0.001, max=1.0)),
+            S.SweepParameter(path="backbone_lr_scale", range=S.SweepRange(min=0.1, max=20.0)),
+        ],
+        max_trials=4,
+        metric="val_loss",
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        training.SubmitSweep(S.SubmitSweepRequest(spec=spec))
+    assert (caught.value.code(), caught.value.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "the trial with optimizer.lr=1.0, backbone_lr_scale=20.0: spec.optimizer.lr and spec.backbone_lr_scale: "
+        "the backbone would learn at optimizer.lr 1 x backbone_lr_scale 20 = 20, above 10, which diverges; set "
+        "backbone_lr_scale to at most 10",
+    )
+
+
 def test_fine_tuning_keys_need_init_from(data: np.ndarray, training) -> None:
     error = _refused(training, _spec("task-a", architecture=_architecture_message(), freeze=["1.*"]))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -18,6 +18,7 @@ from tesserad.training.search_space import (
     check_space,
     fewest_steps_points,
     grid_points,
+    highest_rate_points,
     plan_points,
     random_point,
 )
@@ -84,6 +85,21 @@ def test_the_fewest_steps_points_have_the_longest_warm_up_in_the_shortest_jobs()
     ]
     assert fewest_steps_points([LR, space[1]]) == []  # no warm-up varied: the boundary has it
     assert fewest_steps_points([space[2]]) == []  # the job's length is the base's: so is the check
+
+
+def test_the_highest_rate_points_have_the_backbone_at_its_highest_rate() -> None:
+    # backbone_lr_scale 0 means 1: higher than 0.5, so it is tried too.
+    space = [
+        SweepParameter("optimizer.lr", low=1e-4, high=1.0, log_scale=True),
+        SweepParameter("backbone_lr_scale", values=["0.5", "0", "0.1"]),
+        SweepParameter("seed", values=["1", "2"]),
+    ]
+    assert highest_rate_points(space) == [
+        {"optimizer.lr": "1.0", "backbone_lr_scale": "0.5", "seed": "1"},
+        {"optimizer.lr": "1.0", "backbone_lr_scale": "0", "seed": "1"},
+    ]
+    assert highest_rate_points(space[:1] + space[2:]) == []  # no scale varied: the boundary has it
+    assert highest_rate_points(space[1:]) == []  # the scaled rate is the base's: so is the check
 
 
 def test_each_split_a_sweep_trains_on_is_tried_with_the_longest_warm_up() -> None:
