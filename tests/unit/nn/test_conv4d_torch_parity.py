@@ -1,0 +1,143 @@
+"""Conv4d beside torch.nn.Conv3d: the input forms, argument checks and torch machinery
+(tracing, compiling, double backward, copying) a Conv3d user relies on."""
+
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tesserad.nn import ALGORITHMS, Conv4d
+
+
+def _conv3d_sum(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor | None,
+    stride: tuple[int, int, int, int],
+    padding: tuple[int, int, int, int],
+    dilation: tuple[int, int, int, int],
+    groups: int,
+) -> torch.Tensor:
+    """The float64 reference: per output frame, conv3d summed over the time taps."""
+    x, w = x.double(), w.double()
+    x = F.pad(x, (0, 0, 0, 0, 0, 0, padding[0], padding[0]))
+    kt = w.shape[2]
+    t_out = (x.shape[2] - dilation[0] * (kt - 1) - 1) // stride[0] + 1
+    frames = []
+    for t in range(t_out):
+        taps = (
+            F.conv3d(
+                x[:, :, t * stride[0] + i * dilation[0]],
+                w[:, :, i],
+                None,
+                stride[1:],
+                padding[1:],
+                dilation[1:],
+                groups,
+            )
+            for i in range(kt)
+        )
+        frames.append(torch.stack(list(taps)).sum(0))
+    out = torch.stack(frames, dim=2)
+    return out if b is None else out + b.double().reshape(1, -1, 1, 1, 1, 1)
+
+
+def _odd_layer() -> Conv4d:
+    """Every argument away from its default, on odd sizes."""
+    torch.manual_seed(0)
+    return Conv4d(
+        4, 6, (3, 2, 3, 1), stride=(2, 1, 2, 1), padding=(1, 0, 1, 0), dilation=(1, 2, 1, 1), groups=2
+    ).double()
+
+
+def _odd_reference(layer: Conv4d, x: torch.Tensor) -> torch.Tensor:
+    return _conv3d_sum(
+        x, layer.weight.detach(), layer.bias.detach(), (2, 1, 2, 1), (1, 0, 1, 0), (1, 2, 1, 1), 2
+    )
+
+
+def _layouts(x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``x`` (N, C, T, D, H, W) with the same values in the memory layouts a caller may hand over."""
+    strided = torch.zeros(*x.shape[:2], 2 * x.shape[2], *x.shape[3:], dtype=x.dtype)
+    strided[:, :, ::2] = x
+    return {
+        "contiguous": x,
+        "channels last": x.permute(0, 2, 3, 4, 5, 1).contiguous().permute(0, 5, 1, 2, 3, 4),
+        "H and W swapped": x.transpose(4, 5).contiguous().transpose(4, 5),
+        "every second frame": strided[:, :, ::2],
+        "broadcast batch": x[:1].expand(x.shape[0], *x.shape[1:]),
+    }
+
+
+@pytest.mark.parametrize("algorithm", [*ALGORITHMS, "auto"])
+def test_every_memory_layout_gives_the_same_output_and_gradient(algorithm: str) -> None:
+    layer = _odd_layer()
+    layer.algorithm = algorithm  # type: ignore[assignment]
+    x = torch.randn(2, 4, 6, 5, 7, 5, dtype=torch.float64)
+    for name, given in _layouts(x).items():
+        leaf = given.detach().requires_grad_(name != "broadcast batch")
+        expected_x = x[:1].expand_as(x) if name == "broadcast batch" else x
+        out = layer(leaf)
+        torch.testing.assert_close(out, _odd_reference(layer, expected_x), rtol=0, atol=1e-10, msg=name)
+        if leaf.requires_grad:
+            upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+            (got,) = torch.autograd.grad(out, leaf, upstream)
+            reference_leaf = x.clone().requires_grad_()
+            (expected,) = torch.autograd.grad(_odd_reference(layer, reference_leaf), reference_leaf, upstream)
+            torch.testing.assert_close(got, expected, rtol=0, atol=1e-10, msg=name)
+
+
+def test_state_dict_deepcopy_and_pickle_keep_the_layer() -> None:
+    arguments = {
+        "stride": (2, 1, 1, 2),
+        "padding": "valid",
+        "groups": 2,
+        "bias": False,
+        "algorithm": "tap_loop",
+    }
+    layer = Conv4d(4, 6, (3, 1, 2, 3), padding_mode="circular", **arguments)  # type: ignore[arg-type]
+    x = torch.randn(1, 4, 5, 3, 4, 5)
+    expected = layer(x)
+    assert list(layer.state_dict()) == ["weight"]
+    fresh = Conv4d(4, 6, (3, 1, 2, 3), **arguments)  # type: ignore[arg-type]
+    fresh.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(fresh(x), expected, rtol=0, atol=0)
+    buffer = io.BytesIO()
+    torch.save(layer, buffer)
+    buffer.seek(0)
+    for twin in (
+        copy.deepcopy(layer),
+        pickle.loads(pickle.dumps(layer)),
+        torch.load(buffer, weights_only=False),
+    ):
+        assert repr(twin) == repr(layer)
+        torch.testing.assert_close(twin(x), expected, rtol=0, atol=0)
+
+
+def test_no_grad_inference_mode_and_deterministic_mode_agree() -> None:
+    layer = _odd_layer()
+    x = torch.randn(2, 4, 6, 5, 7, 5, dtype=torch.float64)
+    expected = _odd_reference(layer, x)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), expected, rtol=0, atol=1e-10)
+    with torch.inference_mode():
+        out = layer(x)
+    assert out.is_inference()
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-10)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        runs = []
+        for _ in range(2):
+            leaf = x.clone().requires_grad_()
+            out = layer(leaf)
+            out.square().sum().backward()
+            runs.append((out.detach(), leaf.grad))
+        torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
+    finally:
+        torch.use_deterministic_algorithms(previous)
