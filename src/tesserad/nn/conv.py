@@ -366,6 +366,14 @@ class _TimeFoldFunction(torch.autograd.Function):
     def backward(
         ctx: torch.autograd.function.FunctionCtx, grad: Tensor
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
+        if torch.is_grad_enabled():
+            # backward(create_graph=True): this backward's steps are not differentiable (pooled
+            # buffers, in-place adds) and the folded input it saved has no path back to the input,
+            # so a second derivative would silently miss terms.
+            raise RuntimeError(
+                "conv4d's time_fold formulation cannot be differentiated twice (create_graph=True); "
+                "for double backward pass algorithm='tap_loop' (or 'loop', 'out_stack') to Conv4d or conv4d"
+            )
         xs, wf = ctx.saved_tensors  # type: ignore[attr-defined]
         geo: _Geometry = ctx.geo  # type: ignore[attr-defined]
         x_shape, x_dtype, x_contiguous, w_shape, w_dtype, b_dtype = ctx.meta  # type: ignore[attr-defined]
@@ -575,7 +583,7 @@ def _time_fold_grad_input(
     # step, for a layer's input), a fresh one faults in its pages on first touch (on shape E of
     # bench/conv4d_bench.py 10 of the 16 ms its contiguous copy took).
     gx = _POOL.empty(shape, go.dtype, go.device)
-    frame_bytes = xs[0].numel() * xs.element_size()
+    frame_bytes = math.prod(xs.shape[1:]) * xs.element_size()  # xs[0] fails on an empty batch
 
     def folded_grads() -> Iterator[tuple[tuple[int, int, int, int], Tensor]]:
         for block in _grad_blocks(n, geo.t_out, frame_bytes):
@@ -1105,7 +1113,9 @@ class Conv4d(nn.Module):
     """4-D convolution layer on (N, C, T, D, H, W), the API of torch.nn.Conv3d with one more dim.
 
     ``algorithm`` is 'auto' (heuristic, or measured when ``set_benchmark(True)``) or one of
-    ALGORITHMS; every formulation computes the same function.
+    ALGORITHMS; every formulation computes the same function. Training under 'auto' takes
+    time_fold, whose backward differentiates once: for double backward (a gradient penalty)
+    pick 'tap_loop', 'loop' or 'out_stack'.
     """
 
     def __init__(

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tesserad.nn import ALGORITHMS, Conv4d
+from tesserad.nn import ALGORITHMS, Conv4d, conv4d
 
 
 def _conv3d_sum(
@@ -90,6 +90,41 @@ def test_every_memory_layout_gives_the_same_output_and_gradient(algorithm: str) 
             reference_leaf = x.clone().requires_grad_()
             (expected,) = torch.autograd.grad(_odd_reference(layer, reference_leaf), reference_leaf, upstream)
             torch.testing.assert_close(got, expected, rtol=0, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("algorithm", [*ALGORITHMS, "auto"])
+def test_an_empty_batch_runs_forward_and_backward(algorithm: str) -> None:
+    # Conv3d takes N = 0 (the last, empty shard of a split batch); auto trains with time_fold.
+    layer = Conv4d(4, 6, 3, padding=1, groups=2, algorithm=algorithm)  # type: ignore[arg-type]
+    x = torch.randn(0, 4, 5, 4, 4, 4, requires_grad=True)
+    out = layer(x)
+    assert out.shape == (0, 6, 5, 4, 4, 4)
+    out.sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape
+    assert layer.weight.grad is not None and not layer.weight.grad.any()
+    assert layer.bias is not None and layer.bias.grad is not None and not layer.bias.grad.any()
+
+
+def test_double_backward_matches_or_says_which_algorithm_supports_it() -> None:
+    # A gradient penalty differentiates the input's gradient again. The formulations in plain
+    # ops support that like conv3d does; time_fold's hand-written backward (auto's choice for
+    # training) refuses instead of returning second derivatives that miss terms.
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 2, 3, 2, 3, 2, dtype=torch.float64, requires_grad=True, generator=g)
+    w = torch.randn(2, 2, 2, 1, 2, 2, dtype=torch.float64, requires_grad=True, generator=g)
+    b = torch.randn(2, dtype=torch.float64, requires_grad=True, generator=g)
+    for algorithm in ALGORITHMS:
+        if algorithm == "time_fold":
+            continue
+        assert torch.autograd.gradgradcheck(
+            lambda x, w, b, a=algorithm: conv4d(x, w, b, 1, 1, algorithm=a), (x, w, b), fast_mode=True
+        ), algorithm
+    for algorithm in ("time_fold", "auto"):
+        out = conv4d(x, w, b, 1, 1, algorithm=algorithm)  # type: ignore[arg-type]
+        with pytest.raises(RuntimeError, match=r"cannot be differentiated twice.*algorithm=.tap_loop."):
+            torch.autograd.grad(out.square().sum(), x, create_graph=True)
+        (first,) = torch.autograd.grad(out.square().sum(), x)  # once is fine
+        assert first.shape == x.shape
 
 
 def test_state_dict_deepcopy_and_pickle_keep_the_layer() -> None:
