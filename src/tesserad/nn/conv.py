@@ -12,9 +12,10 @@ conv3d calls and differs only in how it batches them:
 
 All of them are plain differentiable torch ops (no ``as_strided``), so autograd gives the
 gradients and the ONNX exporter sees slices, concats and reshapes with a dynamic batch.
-Outside export and torch.compile, ``time_fold`` runs as an autograd Function instead: the
-same conv3d, with the taps folded in one copy and a hand-written backward (see
-_TimeFoldFunction). ``algorithm='auto'`` picks one per call with a heuristic measured on 2 CPU
+Outside export, torch.compile and torch.jit.trace, ``time_fold`` runs as an autograd Function
+instead: the same conv3d, with the taps folded in one copy and a hand-written backward (see
+_TimeFoldFunction) that differentiates once (double backward needs another formulation).
+``algorithm='auto'`` picks one per call with a heuristic measured on 2 CPU
 cores (bench/conv4d_bench.py, bench/results/conv4d_cpu.json); ``set_benchmark(True)`` instead
 times every formulation once per shape and caches the winner, like cudnn.benchmark. Either
 way ``set_max_workspace`` bounds the scratch memory auto may choose (``workspace_bytes``),
@@ -725,9 +726,13 @@ def workspace_bytes(
     """
     n, c, t_in, d, h, wd = x_shape
     c_out, kt = w_shape[0], w_shape[2]
+    # Lists, not generators, in math.prod: torch.compile cannot trace a generator into a call
+    # and would break conv4d's graph here.
     out_dhw = math.prod(
-        conv_output_size(size + 2 * p, k, s, dl, 0)
-        for size, k, s, dl, p in zip((d, h, wd), w_shape[3:], geo.s3, geo.d3, geo.p3, strict=True)
+        [
+            conv_output_size(size + 2 * p, k, s, dl, 0)
+            for size, k, s, dl, p in zip((d, h, wd), w_shape[3:], geo.s3, geo.d3, geo.p3, strict=True)
+        ]
     )
     t_pad = t_in + sum(geo.tp)
     frame = n * c * d * h * wd  # one input frame for the whole batch
@@ -776,8 +781,8 @@ def _grad_input_scratch(
         row = out[0] * size[1] * size[2] * channels * w_shape[3]
         return _planes_chunk_rows(row, element_size) * row
     if rewrite == "phases":
-        padded = math.prod(o + k for o, k in zip(out, w_shape[3:], strict=True))
-        phase = math.prod(-(-sz // s) for sz, s in zip(size, geo.s3, strict=True))
+        padded = math.prod([o + k for o, k in zip(out, w_shape[3:], strict=True)])
+        phase = math.prod([-(-sz // s) for sz, s in zip(size, geo.s3, strict=True)])
         return block * (w_shape[0] * padded + channels * phase)
     return 0
 
@@ -1092,7 +1097,11 @@ def conv4d(
 
 
 def _exporting() -> bool:
-    return torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+    """Whether a tracer records this call: plain ops only (torch.jit.trace cannot record
+    time_fold's autograd Function, nor replay its scratch pool)."""
+    # torch.jit leaves is_tracing unexported and unannotated.
+    tracing: bool = torch.jit.is_tracing()  # type: ignore[attr-defined,no-untyped-call]
+    return torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling() or tracing
 
 
 # --------------------------------------------------------------------------------------

@@ -127,6 +127,39 @@ def test_double_backward_matches_or_says_which_algorithm_supports_it() -> None:
         assert first.shape == x.shape
 
 
+# Tracing warns that shapes become constants, as it does for conv3d.
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_jit_trace_gives_eagers_output_and_gradients() -> None:
+    layer = _odd_layer()
+    x = torch.randn(2, 4, 6, 5, 7, 5, dtype=torch.float64, requires_grad=True)
+    traced = torch.jit.trace(layer, x, check_trace=False)
+    y = torch.randn(2, 4, 6, 5, 7, 5, dtype=torch.float64, requires_grad=True)
+    out = traced(y)
+    torch.testing.assert_close(out, _odd_reference(layer, y.detach()), rtol=0, atol=1e-10)
+    out.sum().backward()
+    expected = y.detach().clone().requires_grad_()
+    layer(expected).sum().backward()
+    assert y.grad is not None
+    torch.testing.assert_close(y.grad, expected.grad, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect"])
+def test_torch_compile_takes_the_layer_as_one_graph(padding_mode: str) -> None:
+    # fullgraph: a graph break inside conv4d would split every model built from it.
+    torch._dynamo.reset()
+    layer = Conv4d(3, 4, 3, padding=1, padding_mode=padding_mode).double()  # type: ignore[arg-type]
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    x = torch.randn(2, 3, 5, 4, 4, 4, dtype=torch.float64, requires_grad=True)
+    out = compiled(x)
+    out.sum().backward()
+    expected = x.detach().clone().requires_grad_()
+    eager = layer(expected)
+    eager.sum().backward()
+    torch.testing.assert_close(out, eager, rtol=0, atol=1e-10)
+    assert x.grad is not None
+    torch.testing.assert_close(x.grad, expected.grad, rtol=0, atol=1e-10)
+
+
 def test_state_dict_deepcopy_and_pickle_keep_the_layer() -> None:
     arguments = {
         "stride": (2, 1, 1, 2),
