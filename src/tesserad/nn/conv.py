@@ -993,20 +993,42 @@ def conv4d(
     padding_mode: PaddingMode = "zeros",
     algorithm: Algorithm = "auto",
 ) -> Tensor:
-    """4-D convolution of ``x`` (N, C_in, T, D, H, W) with ``weight`` (C_out, C_in/groups, kT, kD, kH, kW)."""
-    if x.dim() != 6:
-        raise ValueError(f"conv4d expects input (N, C, T, D, H, W), got shape {tuple(x.shape)}")
+    """4-D convolution of ``x`` (N, C_in, T, D, H, W), or one unbatched sample (C_in, T, D, H, W)
+    as conv3d takes (C, D, H, W), with ``weight`` (C_out, C_in/groups, kT, kD, kH, kW)."""
+    shape = tuple(x.shape)
+    if x.dim() not in (5, 6):
+        raise ValueError(
+            f"conv4d expects input (N, C, T, D, H, W) or unbatched (C, T, D, H, W), got shape {shape}"
+        )
+    unbatched = x.dim() == 5
+    if unbatched:
+        x = x.unsqueeze(0)
+    if weight.dim() != 6:
+        raise ValueError(
+            f"conv4d expects weight (C_out, C_in/groups, kT, kD, kH, kW), got shape {tuple(weight.shape)}"
+        )
     if padding_mode not in PADDING_MODES:
         raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
     if algorithm != "auto" and algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be 'auto' or one of {ALGORITHMS}, got {algorithm!r}")
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    kernel = (weight.shape[2], weight.shape[3], weight.shape[4], weight.shape[5])
+    s, dl = quad(stride, "stride"), quad(dilation, "dilation")
+    for what, value in (("kernel", kernel), ("stride", s), ("dilation", dl)):
+        if min(value) < 1:
+            raise ValueError(f"{what} must be >= 1 in every dimension, got {value}")
     if x.shape[1] != weight.shape[1] * groups:
         raise ValueError(
             f"input has {x.shape[1]} channels, weight expects {weight.shape[1] * groups} "
             f"({weight.shape[1]} per group x {groups} groups)"
         )
-    kernel = (weight.shape[2], weight.shape[3], weight.shape[4], weight.shape[5])
-    s, dl = quad(stride, "stride"), quad(dilation, "dilation")
+    if weight.shape[0] % groups:
+        raise ValueError(f"weight has {weight.shape[0]} output channels, not divisible by groups={groups}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(
+            f"conv4d expects bias of shape ({weight.shape[0]},) (one per output channel), got {tuple(bias.shape)}"
+        )
     pads = resolve_padding(padding, kernel, s, dl)
 
     if padding_mode == "zeros":
@@ -1023,7 +1045,7 @@ def conv4d(
         pad_total = sum(tp) if dim == 0 else 2 * p3[dim - 1]
         if conv_output_size(size, k, st, d, pad_total) < 1:
             raise ValueError(
-                f"input of shape {tuple(x.shape)} is smaller than the dilated kernel {kernel} (after padding)"
+                f"input of shape {shape} is smaller than the dilated kernel {kernel} (after padding)"
             )
     # Under autocast the input may already be in the reduced dtype (a CUDA batch norm keeps it)
     # while the weight is not; every formulation casts both to autocast's dtype.
@@ -1093,7 +1115,8 @@ def conv4d(
             name = cached
         else:
             name = within_workspace(preferred, workspace, limit)[0]
-    return run(name, xp, weight, bias)
+    result = run(name, xp, weight, bias)
+    return result.squeeze(0) if unbatched else result
 
 
 def _exporting() -> bool:
@@ -1119,7 +1142,8 @@ def _torch_conv_init(weight: Tensor, bias: Tensor | None, kernel_size: tuple[int
 
 
 class Conv4d(nn.Module):
-    """4-D convolution layer on (N, C, T, D, H, W), the API of torch.nn.Conv3d with one more dim.
+    """4-D convolution layer on (N, C, T, D, H, W) or unbatched (C, T, D, H, W), the API of
+    torch.nn.Conv3d with one more dim.
 
     ``algorithm`` is 'auto' (heuristic, or measured when ``set_benchmark(True)``) or one of
     ALGORITHMS; every formulation computes the same function. Training under 'auto' takes

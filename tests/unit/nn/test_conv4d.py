@@ -287,7 +287,7 @@ def test_bad_layer_arguments_are_rejected(kwargs: dict, match: str) -> None:
 def test_bad_inputs_are_rejected() -> None:
     layer = Conv4d(2, 2, 3)
     with pytest.raises(ValueError, match="N, C, T, D, H, W"):
-        layer(torch.randn(2, 2, 4, 4, 4))
+        layer(torch.randn(2, 4, 4, 4))
     with pytest.raises(ValueError, match="channels"):
         layer(torch.randn(1, 3, 4, 4, 4, 4))
     with pytest.raises(ValueError, match="smaller than the dilated kernel"):

@@ -105,6 +105,55 @@ def test_an_empty_batch_runs_forward_and_backward(algorithm: str) -> None:
     assert layer.bias is not None and layer.bias.grad is not None and not layer.bias.grad.any()
 
 
+def test_unbatched_input_is_one_sample_as_conv3d_takes_it() -> None:
+    layer = _odd_layer()
+    x = torch.randn(4, 6, 5, 7, 5, dtype=torch.float64, requires_grad=True)
+    out = layer(x)
+    assert out.shape == (6, 3, 3, 4, 5)
+    torch.testing.assert_close(out, layer(x.unsqueeze(0)).squeeze(0), rtol=0, atol=0)
+    out.sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape
+    for shape in ((4, 4, 4, 4), (1, 1, 4, 4, 4, 4, 4)):
+        with pytest.raises(
+            ValueError, match=r"\(N, C, T, D, H, W\) or unbatched \(C, T, D, H, W\), got shape"
+        ):
+            layer(torch.randn(shape, dtype=torch.float64))
+    with pytest.raises(
+        ValueError, match=r"input of shape \(4, 6, 1, 7, 5\) is smaller than the dilated kernel"
+    ):
+        layer(torch.randn(4, 6, 1, 7, 5, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"stride": 0}, r"stride must be >= 1 in every dimension, got \(0, 0, 0, 0\)"),
+        ({"stride": (1, -1, 1, 1)}, r"stride must be >= 1 in every dimension, got \(1, -1, 1, 1\)"),
+        ({"dilation": (1, 1, 0, 1)}, r"dilation must be >= 1 in every dimension, got \(1, 1, 0, 1\)"),
+        ({"groups": 0}, "groups must be >= 1, got 0"),
+        (
+            {"weight": torch.randn(4, 2, 3, 3, 3)},
+            r"weight \(C_out, C_in/groups, kT, kD, kH, kW\), got shape \(4, 2, 3, 3, 3\)",
+        ),
+        (
+            {"weight": torch.randn(4, 2, 0, 3, 3, 3)},
+            r"kernel must be >= 1 in every dimension, got \(0, 3, 3, 3\)",
+        ),
+        (
+            {"weight": torch.randn(3, 1, 3, 3, 3, 3), "groups": 2},
+            "3 output channels, not divisible by groups=2",
+        ),
+        ({"bias": torch.randn(1)}, r"bias of shape \(4,\) \(one per output channel\), got \(1,\)"),
+    ],
+)
+def test_functional_conv4d_rejects_bad_arguments_like_conv3d(kwargs: dict, match: str) -> None:
+    # Before any formulation runs: out_stack broadcast a one-element bias, stride 0 divided by zero.
+    args = {"x": torch.randn(1, 2, 5, 5, 5, 5), "weight": torch.randn(4, 2, 3, 3, 3, 3)} | kwargs
+    for algorithm in (*ALGORITHMS, "auto"):
+        with pytest.raises(ValueError, match=match):
+            conv4d(**args, algorithm=algorithm)
+
+
 def test_double_backward_matches_or_says_which_algorithm_supports_it() -> None:
     # A gradient penalty differentiates the input's gradient again. The formulations in plain
     # ops support that like conv3d does; time_fold's hand-written backward (auto's choice for
