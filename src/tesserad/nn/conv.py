@@ -1236,14 +1236,22 @@ def conv_transpose4d(
     groups: int = 1,
     dilation: IntOrQuad = 1,
 ) -> Tensor:
-    """Transposed 4-D convolution (the adjoint of conv4d); ``weight`` is (C_in, C_out/groups, kT, kD, kH, kW).
+    """Transposed 4-D convolution (the adjoint of conv4d) of ``x`` (N, C_in, T, D, H, W) or unbatched
+    (C_in, T, D, H, W); ``weight`` is (C_in, C_out/groups, kT, kD, kH, kW).
 
     One conv_transpose3d with the time taps stacked into output channels over batch
     ``T_in * N``, then each tap's frames spread to their output times (zeros between them
     for a time stride) and summed; out-of-place ops only, so it differentiates and exports.
     """
+    if x.dim() == 5:  # one unbatched sample, as conv_transpose3d takes (C, D, H, W)
+        return conv_transpose4d(
+            x.unsqueeze(0), weight, bias, stride, padding, output_padding, groups, dilation
+        ).squeeze(0)
     if x.dim() != 6:
-        raise ValueError(f"conv_transpose4d expects input (N, C, T, D, H, W), got shape {tuple(x.shape)}")
+        raise ValueError(
+            "conv_transpose4d expects input (N, C, T, D, H, W) or unbatched (C, T, D, H, W), "
+            f"got shape {tuple(x.shape)}"
+        )
     if x.shape[1] != weight.shape[0]:
         raise ValueError(f"input has {x.shape[1]} channels, weight expects {weight.shape[0]}")
     s, p, op, dl = (

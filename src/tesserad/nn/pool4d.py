@@ -1,4 +1,5 @@
-"""Pooling over (N, C, T, D, H, W): separable into a 3-D pool over D, H, W and one over T.
+"""Pooling over (N, C, T, D, H, W), or one unbatched (C, T, D, H, W) sample: separable into a
+3-D pool over D, H, W and one over T.
 
 Max and average over a box are separable (the box is a product of intervals), so each
 pool runs torch's 3-D kernel on frames folded into the batch and then combines strided
@@ -16,7 +17,9 @@ from tesserad.nn.conv import IntOrQuad, quad
 
 def _check(x: Tensor, name: str) -> None:
     if x.dim() != 6:
-        raise ValueError(f"{name} expects input (N, C, T, D, H, W), got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"{name} expects input (N, C, T, D, H, W) or unbatched (C, T, D, H, W), got shape {tuple(x.shape)}"
+        )
 
 
 def _fold(x: Tensor) -> Tensor:
@@ -39,6 +42,8 @@ def max_pool4d(
     x: Tensor, kernel_size: IntOrQuad, stride: IntOrQuad | None = None, padding: IntOrQuad = 0
 ) -> Tensor:
     """Max over each window; padding counts as -inf."""
+    if x.dim() == 5:  # one unbatched sample, as max_pool3d takes (C, D, H, W)
+        return max_pool4d(x.unsqueeze(0), kernel_size, stride, padding).squeeze(0)
     _check(x, "max_pool4d")
     k = quad(kernel_size, "kernel_size")
     s = k if stride is None else quad(stride, "stride")
@@ -63,6 +68,8 @@ def avg_pool4d(
     count_include_pad: bool = True,
 ) -> Tensor:
     """Mean over each window; padding counts as zeros, and in the divisor if ``count_include_pad``."""
+    if x.dim() == 5:  # one unbatched sample, as avg_pool3d takes (C, D, H, W)
+        return avg_pool4d(x.unsqueeze(0), kernel_size, stride, padding, count_include_pad).squeeze(0)
     _check(x, "avg_pool4d")
     k = quad(kernel_size, "kernel_size")
     s = k if stride is None else quad(stride, "stride")
@@ -87,6 +94,8 @@ def avg_pool4d(
 
 def adaptive_avg_pool4d(x: Tensor, output_size: IntOrQuad) -> Tensor:
     """Mean over torch's adaptive bins: bin i of L covers [floor(i*L/out), ceil((i+1)*L/out))."""
+    if x.dim() == 5:  # one unbatched sample, as adaptive_avg_pool3d takes (C, D, H, W)
+        return adaptive_avg_pool4d(x.unsqueeze(0), output_size).squeeze(0)
     _check(x, "adaptive_avg_pool4d")
     o = quad(output_size, "output_size")
     t = x.shape[2]

@@ -191,3 +191,23 @@ def test_batch_norm_matches_the_reference_and_tracks_running_stats() -> None:
     torch.testing.assert_close(bn(x), expected_eval)
     with pytest.raises(ValueError, match="N, C, T, D, H, W"):
         bn(torch.randn(2, 3, 4, 4, 4))
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        ConvTranspose4d(2, 4, 3, stride=(2, 1, 1, 2), padding=1, output_padding=(1, 0, 0, 0), groups=2),
+        MaxPool4d(2, padding=1),
+        AvgPool4d((2, 1, 2, 2), count_include_pad=False, padding=(1, 0, 1, 1)),
+        AdaptiveAvgPool4d((2, 3, 1, 2)),
+    ],
+    ids=lambda layer: type(layer).__name__,
+)
+def test_unbatched_input_is_one_sample_as_the_3d_layers_take_it(layer: torch.nn.Module) -> None:
+    # ConvTranspose3d and the 3-D pools take one unbatched (C, D, H, W) sample.
+    x = torch.randn(2, 3, 4, 3, 5, dtype=torch.float64)
+    layer = layer.double()
+    out = layer(x)
+    torch.testing.assert_close(out, layer(x.unsqueeze(0)).squeeze(0), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"\(N, C, T, D, H, W\) or unbatched \(C, T, D, H, W\), got shape"):
+        layer(torch.randn(2, 3, 4, 3, dtype=torch.float64))
