@@ -1049,8 +1049,11 @@ def conv4d(
             )
     # Under autocast the input may already be in the reduced dtype (a CUDA batch norm keeps it)
     # while the weight is not; every formulation casts both to autocast's dtype.
-    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
-        raise ValueError(f"input dtype {x.dtype} does not match weight dtype {weight.dtype}")
+    if not torch.is_autocast_enabled(x.device.type):
+        if x.dtype != weight.dtype:
+            raise ValueError(f"input dtype {x.dtype} does not match weight dtype {weight.dtype}")
+        if bias is not None and bias.dtype != weight.dtype:
+            raise ValueError(f"bias dtype {bias.dtype} does not match weight dtype {weight.dtype}")
 
     s3, d3 = s[1:], dl[1:]
     if s3[2] > 1 and conv_output_size(xp.shape[5], kernel[3], s3[2], d3[2], 2 * p3[2]) == 1:

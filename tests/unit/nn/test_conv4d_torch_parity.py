@@ -144,10 +144,15 @@ def test_unbatched_input_is_one_sample_as_conv3d_takes_it() -> None:
             "3 output channels, not divisible by groups=2",
         ),
         ({"bias": torch.randn(1)}, r"bias of shape \(4,\) \(one per output channel\), got \(1,\)"),
+        (
+            {"bias": torch.randn(4, dtype=torch.float64)},
+            r"bias dtype torch\.float64 does not match weight dtype",
+        ),
     ],
 )
 def test_functional_conv4d_rejects_bad_arguments_like_conv3d(kwargs: dict, match: str) -> None:
-    # Before any formulation runs: out_stack broadcast a one-element bias, stride 0 divided by zero.
+    # Before any formulation runs: out_stack broadcast a one-element bias, time_fold cast a float64
+    # one, stride 0 divided by zero.
     args = {"x": torch.randn(1, 2, 5, 5, 5, 5), "weight": torch.randn(4, 2, 3, 3, 3, 3)} | kwargs
     for algorithm in (*ALGORITHMS, "auto"):
         with pytest.raises(ValueError, match=match):
