@@ -123,9 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
             "archive leaves nothing behind. Then `tesserad serve --data-dir DIR` starts on it. "
             "Exit status: 0 restored, 1 refused or failed (the message says why), 2 wrong "
             f"command line, {EXIT_RESTORED_BUT_FAILED} restored, but a step after it was in place failed "
-            "(the message says which), 130 or 143 interrupted (Ctrl-C, SIGTERM: nothing is left behind, unless it came "
+            "(the message says which: a failed fsync leaves it in place with its durability not confirmed), 130 or 143 interrupted (Ctrl-C, SIGTERM: nothing is left behind, unless it came "
             "once the restore was in place, which the message then says). What a restore killed outright "
-            "(SIGKILL) staged, or put in place without its store, is removed by the next restore into DIR."
+            "(SIGKILL) staged, or put in place without its store, is removed by the next restore into DIR; "
+            "until then, `tesserad serve` refuses to start on DIR."
         ),
     )
     restore.add_argument(
@@ -169,6 +170,7 @@ def _terminate(_signum: int, _frame: object) -> NoReturn:
 
 def _restore(archive: Path | BinaryIO, data_dir: Path, progress: bool | None) -> int:
     from tesserad.backup.restore import (
+        DurabilityUnconfirmed,
         FailedAfterRestore,
         InterruptedAfterRestore,
         RestoreError,
@@ -222,6 +224,14 @@ def _restore(archive: Path | BinaryIO, data_dir: Path, progress: bool | None) ->
     if interrupted is not None:
         print("tesserad restore: interrupted after the restore was in place; it is complete", file=sys.stderr)
         return _interrupted_status(interrupted)
+    if isinstance(failed_after, DurabilityUnconfirmed):
+        print(
+            f"tesserad restore: the restore is in place and complete, but the disk did not confirm it is "
+            f"durable: {failed_after}; a crash or power cut before the disk's next good sync may undo it: "
+            "check the disk (the kernel's log says more) before starting the daemon on it",
+            file=sys.stderr,
+        )
+        return EXIT_RESTORED_BUT_FAILED
     if failed_after is not None:
         print(
             f"tesserad restore: the restore is in place and complete, but finishing it failed: {failed_after}; "

@@ -63,6 +63,7 @@ from tesserad.api.system import SystemServicer
 from tesserad.api.tls import CertificateError, ServerCertificates, TlsSettingsError, server_certificates
 from tesserad.api.training import TrainingServicer
 from tesserad.backup import Backups
+from tesserad.backup.restore import unfinished_restore
 from tesserad.config import GRPC_MESSAGE_SIZE_CEILING, Address, Settings, format_size
 from tesserad.dashboard import DashboardServer, Services
 from tesserad.datasets import MARKERS as DATASET_MARKERS
@@ -331,6 +332,12 @@ class Daemon:
         if settings.replica.primary:
             await self._start_replica(auth, credentials)
             return
+        if not (data_dir / "store").exists():
+            # A new store would stand beside what a restore into the directory staged, or had put
+            # in place without its store: the daemon would start empty, and the restore be lost.
+            unfinished = unfinished_restore(data_dir)
+            if unfinished is not None:
+                raise StartupError(unfinished)
         with space_checked(str(data_dir), "the data directory's files at start"):
             self._store = Store.open(
                 data_dir / "store",

@@ -46,6 +46,8 @@ from tesserad.cli import EXIT_RESTORED_BUT_FAILED
 from tesserad.cli import main as tesserad_main
 from tesserad.security import Role, hash_token, new_token
 from tesserad.security.tokens import format_entry
+from tesserad.server import StartupError
+from tesserad.store import DataDirLock
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.fsyncs import recorded_fsyncs
 from tests.integration.registry.conftest import onnx_identity
@@ -986,26 +988,53 @@ def test_a_restore_terminated_once_in_place_says_it_is_complete(
 
 
 @pytest.mark.parametrize("target_made", [True, False], ids=["into-an-empty-dir", "into-a-new-dir"])
-def test_an_error_once_the_restore_is_in_place_says_it_is_complete(
+def test_an_fsync_failing_once_the_restore_is_in_place_says_it_is_complete_but_not_confirmed_durable(
     source: Source,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
     target_made: bool,
 ) -> None:
-    # A full disk at the last fsync, the store renamed in: "tesserad restore: [Errno 28] ...",
-    # exit 1, and a retry refused the target as not empty.
+    # The disk failing the last fsync, the store renamed in: "tesserad restore: [Errno 28] ...",
+    # exit 1, and a retry refused the target as not empty; then "finishing it failed", as if a
+    # step of the restore were left undone, where all that is unknown is whether it is durable.
     target = tmp_path / "target"
     if target_made:
         target.mkdir()
     fsync_dir = restore_module.fsync_dir
 
-    def full_once_in_place(directory: Path) -> None:
+    def failing_once_in_place(directory: Path) -> None:
         if (target / "store").exists():
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
         fsync_dir(directory)
 
-    monkeypatch.setattr(restore_module, "fsync_dir", full_once_in_place)
+    monkeypatch.setattr(restore_module, "fsync_dir", failing_once_in_place)
+    code = tesserad_main(["restore", str(source.archive), "--data-dir", str(target)])
+    out, err = capsys.readouterr()
+    assert code == EXIT_RESTORED_BUT_FAILED
+    assert out.startswith(f"restored {source.archive} into {target}: ")
+    synced = target if target_made else tmp_path
+    assert err == (
+        "tesserad restore: the restore is in place and complete, but the disk did not confirm it is "
+        f"durable: the fsync of {synced} failed ([Errno 5] {os.strerror(errno.EIO)}); a crash or power "
+        "cut before the disk's next good sync may undo it: check the disk (the kernel's log says more) "
+        "before starting the daemon on it\n"
+    )
+    assert sorted(p.name for p in target.iterdir()) == ["blobs", "store", "tesserad.lock"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]
+
+
+def test_an_error_once_the_restore_is_in_place_says_it_is_complete(
+    source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A full disk as the lock file takes the store's token, the store renamed in.
+    target = tmp_path / "target"
+    target.mkdir()
+
+    def full(_lock: DataDirLock, _token: str) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(DataDirLock, "keep_store_token", full)
     code = tesserad_main(["restore", str(source.archive), "--data-dir", str(target)])
     out, err = capsys.readouterr()
     assert code == EXIT_RESTORED_BUT_FAILED
@@ -1015,7 +1044,115 @@ def test_an_error_once_the_restore_is_in_place_says_it_is_complete(
         f"{os.strerror(errno.ENOSPC)}; fix that (a full disk?) before starting the daemon on it, rather "
         "than restoring again\n"
     )
-    assert "store" in {p.name for p in target.iterdir()}
+    assert sorted(p.name for p in target.iterdir()) == ["blobs", "store", "tesserad.lock"]
+
+
+def test_a_restore_into_a_new_dir_holds_its_staging_directory_through_the_rename_into_place(
+    source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its restore.lock went before the rename, the data directory's lock unheld: a second restore
+    # took the staging directory for one left by an older tesserad and restored beside it, and
+    # a daemon started on it as on any data directory.
+    target = tmp_path / "target"
+    rename = Path.rename
+    seen: list[tuple[subprocess.CompletedProcess[str], str]] = []
+
+    def others_then_rename(self: Path, renamed: Path) -> Path:
+        if Path(renamed) == target and not seen:
+            second = subprocess.run(
+                [sys.executable, "-m", "tesserad", "restore", str(source.archive), "--data-dir", str(target)],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            try:
+                InProcessDaemon(daemon_settings(self)).start().stop()
+                refused = "started"
+            except StartupError as exc:
+                refused = str(exc)
+            seen.append((second, refused))
+        return rename(self, renamed)
+
+    monkeypatch.setattr(Path, "rename", others_then_rename)
+    code, err = _restore(source.archive, target, capsys)
+    ((second, refused),) = seen
+    assert second.returncode == 1, second.stderr
+    assert re.fullmatch(
+        f"tesserad restore: {re.escape(str(tmp_path))}/\\.target\\.restore-\\w+ is the staging directory of "
+        f"a restore into {re.escape(str(target))} that is still running \\(pid {os.getpid()}\\); let it "
+        "finish, or stop it, before restoring again\n",
+        second.stderr,
+    ), second.stderr
+    assert f"is in use by another tesserad (pid {os.getpid()})" in refused, refused
+    assert (code, err) == (0, "")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]
+    assert sorted(p.name for p in target.iterdir()) == ["blobs", "store", "tesserad.lock"]
+
+
+def _restore_killed_before_renaming_to(source: Source, target: Path, renamed: Path) -> int:
+    """Run `tesserad restore` of the archive into `target`, SIGKILLed right before its rename
+    onto `renamed`; its pid."""
+    script = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from tesserad.cli import main\n"
+        "rename = Path.rename\n"
+        "def killed_before(self, renamed):\n"
+        "    if Path(renamed) == Path(sys.argv[3]):\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return rename(self, renamed)\n"
+        "Path.rename = killed_before\n"
+        "main(['restore', sys.argv[1], '--data-dir', sys.argv[2]])\n"
+    )
+    killed = subprocess.Popen(
+        [sys.executable, "-c", script, str(source.archive), str(target), str(renamed)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _, err = killed.communicate(timeout=120)
+    assert killed.returncode == -signal.SIGKILL, err
+    return killed.pid
+
+
+@pytest.mark.parametrize("target_made", [True, False], ids=["into-an-empty-dir", "into-a-new-dir"])
+def test_a_daemon_refuses_to_start_beside_a_restore_killed_before_its_last_rename(
+    source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str], target_made: bool
+) -> None:
+    # Killed between the blobs' rename and the store's, a daemon started there made an empty
+    # store beside the blobs; killed before the staging directory's rename into a new directory,
+    # it made a new, empty one (and the next restore left the staging directory behind).
+    target = tmp_path / "target"
+    if target_made:
+        target.mkdir()
+    pid = _restore_killed_before_renaming_to(source, target, target / "store" if target_made else target)
+    (staging,) = (target if target_made else tmp_path).glob(".target.restore-*")
+    left = f"{staging} and {target / 'blobs'}" if target_made else f"{staging}"
+    with pytest.raises(StartupError) as refused:
+        InProcessDaemon(daemon_settings(target)).start()
+    assert str(refused.value) == (
+        f"a `tesserad restore` into {target} did not finish: it left {left}; run `tesserad restore "
+        f"ARCHIVE --data-dir {target}` again to finish it (it removes what the unfinished one left "
+        f"first), or remove {left} to start without it"
+    )
+    assert not (target / "store").exists()
+    assert target.exists() == target_made
+
+    code, err = _restore(source.archive, target, capsys)
+    assert (code, err) == (
+        0,
+        f"tesserad restore: removed {staging}, left by a restore into {target} (pid {pid}) that was "
+        "killed before it finished\n",
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]
+    assert sorted(p.name for p in target.iterdir()) == ["blobs", "store", "tesserad.lock"]
+    daemon = InProcessDaemon(daemon_settings(target)).start()
+    try:
+        with tessera.Client(daemon.target) as client:
+            client.models.download("clf", tmp_path / "back.onnx", version="production")
+        assert _sha256(tmp_path / "back.onnx") == source.model_sha256
+    finally:
+        daemon.stop()
 
 
 def test_blobs_a_killed_restore_put_in_place_without_its_store_are_taken_back_by_the_next(

@@ -16,7 +16,10 @@ restore into the same directory does, and takes back the blobs the dead one had 
 data directory without its store (its INSTALLING mark says it had begun to). Each restore holds
 a `flock` on a lock file in its staging directory while it runs, so one whose lock can be taken
 was left by a dead restore, and one whose lock is held belongs to a restore still running,
-which is left alone.
+which is left alone. A staging directory that becomes a new data directory trades that lock for
+the data directory's own (tesserad.lock), taken first and held through the rename: at no moment
+may another restore or a daemon take it. Until a restore is finished or removed, a daemon does
+not start a new store in its data directory (see unfinished_restore).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -66,10 +69,23 @@ class InterruptedAfterRestore(BaseException):
         self.manifest = manifest
 
 
+class DurabilityUnconfirmed(Exception):
+    """The fsync that was to make the restore's last rename durable failed (its OSError: the
+    `__cause__`): the restore is in place, and a crash before the disk's next good sync may
+    still undo it."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.directory = directory
+
+    def __str__(self) -> str:
+        return f"the fsync of {self.directory} failed ({self.__cause__})"
+
+
 class FailedAfterRestore(Exception):
-    """An error (the `__cause__`: a full disk as the lock file took the store's token, an fsync
-    that failed) that came once the restore was in place: the data directory holds the restored
-    archive, whose manifest is `manifest`, and a retry would find it not empty."""
+    """An error (the `__cause__`: a full disk as the lock file took the store's token, a
+    DurabilityUnconfirmed) that came once the restore was in place: the data directory holds
+    the restored archive, whose manifest is `manifest`, and a retry would find it not empty."""
 
     def __init__(self, manifest: Manifest) -> None:
         super().__init__()
@@ -248,50 +264,81 @@ def _lock_staging(staging: Path) -> int:
 def _remove_dead_staging(data_dir: Path) -> None:
     """Remove the staging directories that restores into `data_dir` killed outright left (in it,
     or beside it); RestoreError for one whose restore is still running."""
-    for place in (data_dir.parent, data_dir):
-        if not place.is_dir():
+    for staging in _stagings(data_dir):
+        owner = _staging_owner(staging)
+        if owner is None:
+            # No lock file: made by a tesserad before this one, which may be restoring still.
             continue
-        for staging in sorted(place.iterdir()):
-            ours = staging.name.startswith(_staging_prefix(data_dir))
-            if not ours or staging.is_symlink() or not staging.is_dir():
-                continue
-            owner = _staging_owner(staging)
-            if owner is None:
-                # No lock file: made by a tesserad before this one, which may be restoring still.
-                continue
-            pid, running = owner
-            if running:
-                raise RestoreError(
-                    f"{staging} is the staging directory of a restore into {data_dir} that is still "
-                    f"running (pid {pid}); let it finish, or stop it, before restoring again"
-                )
-            _take_back_blobs(staging, data_dir)
-            shutil.rmtree(staging)
-            log.warning(
-                "removed %s, left by a restore into %s (pid %s) that was killed before it finished",
-                staging,
-                data_dir,
-                pid,
+        pid, running = owner
+        if running:
+            raise RestoreError(
+                f"{staging} is the staging directory of a restore into {data_dir} that is still "
+                f"running (pid {pid}); let it finish, or stop it, before restoring again"
             )
+        _take_back_blobs(staging, data_dir)
+        shutil.rmtree(staging)
+        log.warning(
+            "removed %s, left by a restore into %s (pid %s) that was killed before it finished",
+            staging,
+            data_dir,
+            pid,
+        )
+
+
+def unfinished_restore(data_dir: Path) -> str | None:
+    """Why a daemon must not make a new store in `data_dir`: a restore into it that runs, or that
+    was killed before it finished, whose staging directory (in it, or beside it) a new store
+    would stand beside, its blobs perhaps put in place already; None when there is none."""
+    for staging in _stagings(data_dir):
+        owner = _staging_owner(staging)
+        if owner is not None and owner[1]:
+            return (
+                f"a `tesserad restore` into {data_dir} is running (pid {owner[0]}, staging in "
+                f"{staging}); let it finish, then start the daemon on the restored directory"
+            )
+        left = f"{staging} and {data_dir / 'blobs'}" if _blobs_moved(staging) else str(staging)
+        return (
+            f"a `tesserad restore` into {data_dir} did not finish: it left {left}; run `tesserad "
+            f"restore ARCHIVE --data-dir {data_dir}` again to finish it (it removes what the "
+            f"unfinished one left first), or remove {left} to start without it"
+        )
+    return None
+
+
+def _stagings(data_dir: Path) -> Iterator[Path]:
+    """The staging directories of restores into `data_dir`: in it, and beside it."""
+    for place in (data_dir.parent, data_dir):
+        try:
+            entries = sorted(place.iterdir())
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            # Missing, or not listable: no staging directory can be found there.
+            continue
+        for staging in entries:
+            ours = staging.name.startswith(_staging_prefix(data_dir))
+            if ours and not staging.is_symlink() and staging.is_dir():
+                yield staging
 
 
 def _staging_owner(staging: Path) -> tuple[str, bool] | None:
     """The pid in a staging directory's lock file, and whether that restore is running (holds
     it); None when it has no lock file, unless it is empty: a restore killed between making it
-    and its lock file."""
-    try:
-        fd = os.open(staging / STAGING_LOCK_NAME, os.O_RDONLY)
-    except FileNotFoundError:
-        return None if any(staging.iterdir()) else ("unknown", False)
-    try:
-        pid = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+    and its lock file. The lock file is restore.lock, and from just before a new data directory
+    is put in place, its tesserad.lock: held through the rename, taken before restore.lock goes."""
+    for name in (STAGING_LOCK_NAME, LOCK_NAME):
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return pid, True
-        return pid, False
-    finally:
-        os.close(fd)
+            fd = os.open(staging / name, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            pid = os.read(fd, 32).decode(errors="replace").partition("\n")[0].strip() or "unknown"
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return pid, True
+            return pid, False
+        finally:
+            os.close(fd)
+    return None if any(staging.iterdir()) else ("unknown", False)
 
 
 def _free_bytes(directory: Path) -> int:
@@ -410,13 +457,22 @@ def _sync_dirs(staging: Path) -> None:
 
 def _put_in_place(staging: Path, data_dir: Path, store_token: str | None) -> None:
     if not data_dir.exists():
-        # Not a part of the data directory. Another restore leaves a staging directory that has
-        # no lock file alone, and this one's stays held until it ends.
-        (staging / STAGING_LOCK_NAME).unlink()
-        if store_token is not None:
-            _keep_store_token(DataDirLock(staging), store_token)
-        staging.chmod(_new_dir_mode())
-        staging.rename(data_dir)
+        # Held through the rename: until the staging directory is the data directory, a daemon
+        # started on it is refused, and another restore finds it held (see _staging_owner). Its
+        # restore.lock goes first, as no part of the data directory.
+        lock = DataDirLock(staging)
+        try:
+            lock.acquire()
+        except FailedPrecondition as exc:
+            raise RestoreError(str(exc)) from None
+        try:
+            if store_token is not None:
+                lock.keep_store_token(store_token)
+            (staging / STAGING_LOCK_NAME).unlink()
+            staging.chmod(_new_dir_mode())
+            staging.rename(data_dir)
+        finally:
+            lock.release()
         renamed_in = data_dir.parent
     else:
         lock = DataDirLock(data_dir)
@@ -441,7 +497,10 @@ def _put_in_place(staging: Path, data_dir: Path, store_token: str | None) -> Non
         # What is left: its lock file, its INSTALLING mark.
         shutil.rmtree(staging)
         renamed_in = data_dir
-    fsync_dir(renamed_in)
+    try:
+        fsync_dir(renamed_in)
+    except OSError as exc:
+        raise DurabilityUnconfirmed(renamed_in) from exc
 
 
 def _store_moved(staging: Path, data_dir: Path) -> bool:
@@ -453,17 +512,17 @@ def _store_moved(staging: Path, data_dir: Path) -> bool:
 def _take_back_blobs(staging: Path, data_dir: Path) -> None:
     """Move the blobs a restore stopped before its store (interrupted, or killed outright) had
     put in the data directory back into its staging directory, which is removed next."""
-    moved = (staging / INSTALLING_NAME).exists() and not (staging / "blobs").exists()
-    if moved and (staging / "store").exists() and (data_dir / "blobs").exists():
+    if _blobs_moved(staging) and (data_dir / "blobs").exists():
         (data_dir / "blobs").rename(staging / "blobs")
 
 
-def _keep_store_token(lock: DataDirLock, token: str) -> None:
-    lock.acquire()
-    try:
-        lock.keep_store_token(token)
-    finally:
-        lock.release()
+def _blobs_moved(staging: Path) -> bool:
+    """Whether a restore stopped before its store had put its blobs in the data directory."""
+    return (
+        (staging / INSTALLING_NAME).exists()
+        and not (staging / "blobs").exists()
+        and (staging / "store").exists()
+    )
 
 
 def _new_dir_mode() -> int:
