@@ -571,7 +571,10 @@ class Client {
     if (!overwrite && fs.existsSync(file)) throw fileExists(file);
     // A name of its own ('wx': made here, never shared): two downloads to one file in a process
     // would otherwise write one partial file, whose checked stream is not what lies on disk.
-    const partial = `${file}.partial-${process.pid}-${crypto.randomBytes(6).toString('hex')}`;
+    // Hidden and short, as the Python SDK's (.FILE.<random>.partial): a name at the filesystem's
+    // length limit still has room, and a listing meanwhile does not show it as a file.
+    const base = Array.from(path.basename(file)).slice(0, 32).join('');
+    const partial = path.join(path.dirname(file), `.${base}.${crypto.randomBytes(4).toString('hex')}.partial`);
     // Opened before the call: a directory that is not there fails with nothing left open.
     const out = await fs.promises.open(partial, 'wx');
     const stream = this.track(this.training.DownloadRunArtifact({ run_id: runId, path: artifactPath }, this.metadata, { deadline }));

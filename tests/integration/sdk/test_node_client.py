@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -855,9 +856,45 @@ def test_node_client_download_is_on_the_disk_before_it_takes_its_name(node_ready
         daemon.target,
     )
     assert len(found) == 2, found
-    assert found[0].startswith(f"{out.resolve() / 'notes.md'}.partial-"), found
+    # Hidden until whole, under the Python SDK's name for it (tessera.transfer.new_partial).
+    assert re.fullmatch(
+        f"{re.escape(str(out.resolve()))}/\\.notes\\.md\\.[0-9a-f]{{8}}\\.partial", found[0]
+    ), found
     assert found[1] == str(out.resolve()), found
     assert (out / "notes.md").read_text() == "loss went down\n"
+
+
+def test_node_client_downloads_to_a_name_at_the_filesystems_length_limit(
+    node_ready, daemon, client, tmp_path
+):
+    """Its temp file was FILE.partial-PID-HEX, past the limit (255 bytes) for a name near it:
+    ENAMETOOLONG, where the Python SDK's, .FILE.<random>.partial with FILE cut short, fits."""
+    client.training.create_experiment("online")
+    run_id = client.training.create_run("online").run_id
+    (tmp_path / "notes.md").write_text("loss went down\n")
+    client.training.log_artifact(run_id, tmp_path / "notes.md")
+    out = tmp_path / "out"
+    out.mkdir()
+    longest = out / ("n" * 255)
+    found = node_json(
+        f"""
+        (async () => {{
+          const client = new Client(TARGET);
+          let result;
+          try {{
+            result = (await client.downloadArtifact({json.dumps(run_id)}, 'notes.md', {json.dumps(str(longest))})).file;
+          }} catch (err) {{
+            result = err.message;
+          }}
+          client.close();
+          console.log(JSON.stringify(result));
+        }})();
+        """,
+        daemon.target,
+    )
+    assert found == str(longest)
+    assert longest.read_text() == "loss went down\n"
+    assert [p.name for p in out.iterdir()] == [longest.name]
 
 
 def test_node_download_takes_its_name_where_the_filesystem_has_no_hard_links(node_ready, tmp_path):
