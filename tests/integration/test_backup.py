@@ -1214,6 +1214,26 @@ def test_a_restore_killed_midway_leaves_its_staging_to_the_next_restore_which_re
     assert sorted(p.name for p in target.iterdir()) == ["blobs", "store", "tesserad.lock"]
 
 
+@pytest.mark.parametrize("target_made", [True, False], ids=["into-an-empty-dir", "into-a-new-dir"])
+def test_a_daemon_refuses_to_start_where_a_restore_is_running(
+    source: Source, tmp_path: Path, target_made: bool
+) -> None:
+    # It started, made an empty store, and the restore then failed at its end: not empty.
+    target = tmp_path / "target"
+    if target_made:
+        target.mkdir()
+    with _restore_held_mid_store(source, target, tmp_path / "archive.tar") as restore:
+        (staging,) = (target if target_made else tmp_path).glob(".target.restore-*")
+        with pytest.raises(StartupError) as refused:
+            InProcessDaemon(daemon_settings(target)).start()
+        assert str(refused.value) == (
+            f"a `tesserad restore` into {target} is running (pid {restore.pid}, staging in {staging}); "
+            "let it finish, then start the daemon on the restored directory"
+        )
+        assert not (target / "store").exists()
+        assert target.exists() == target_made
+
+
 def test_a_staging_directory_without_a_lock_file_is_removed_only_when_empty(
     source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
