@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
+from aiohttp import hdrs
 from google.protobuf import descriptor_pool
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -118,10 +119,14 @@ def test_every_rpc_refuses_each_role_below_its_own_and_admits_its_own(walked):
     assert not wrong, "\n".join(wrong)
 
 
+UNROUTED = "/{unrouted}"
+
+
 def _routes(app: Any) -> list[tuple[str, str]]:
-    """(method, path template) of every route of an aiohttp application."""
+    """(method, path template) of every route of an aiohttp application; the route of any method
+    that answers what no other route takes (404/405) is walked with a GET."""
     return sorted(
-        (route.method, route.resource.canonical)
+        ("GET" if route.method == hdrs.METH_ANY else route.method, route.resource.canonical)
         for route in app.router.routes()
         if route.resource is not None
     )
@@ -173,6 +178,9 @@ def _oip_role(method: str, template: str) -> Role | None:
     inference reader, every other change (load, unload, shared memory, log and trace settings)
     admin."""
     if template in ("/v2/health/live", "/v2/health/ready"):
+        return None
+    if template == UNROUTED:
+        # As Triton: a path the protocol does not serve is 404 to anyone; it reveals no model.
         return None
     if method in ("GET", "HEAD") or template.endswith(("/index", "/infer")):
         return Role.READER
