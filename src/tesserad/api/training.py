@@ -30,6 +30,7 @@ from tesserad.api.convert_training import (
     run_statuses_from_proto,
     run_to_proto,
     summary_field_from_proto,
+    summary_to_proto,
     sweep_request_from_proto,
     sweep_to_proto,
     view_from_proto,
@@ -280,8 +281,11 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
         request: pb.CompareRunsRequest,
         context: grpc.aio.ServicerContext[pb.CompareRunsRequest, pb.CompareRunsResponse],
     ) -> pb.CompareRunsResponse:
-        runs = await asyncio.to_thread(self._tracking.compare_runs, list(request.run_ids))
-        response = pb.CompareRunsResponse(runs=[run_to_proto(r) for r in runs])
+        comparison = await asyncio.to_thread(self._tracking.compare_runs, list(request.run_ids))
+        runs = comparison.runs
+        response = pb.CompareRunsResponse(
+            runs=[run_to_proto(r) for r in runs], metrics_left_out=comparison.metrics_left_out
+        )
         for key in sorted({k for r in runs for k in r.params}):
             values = [r.params.get(key) for r in runs]
             response.params.append(
@@ -293,7 +297,7 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
                 )
             )
         lasts = [{s.key: s.last for s in r.metrics} for r in runs]
-        for key in sorted({k for m in lasts for k in m}):
+        for key in comparison.metric_keys:
             response.metrics.append(
                 pb.MetricComparison(
                     key=key, values=[m.get(key, 0.0) for m in lasts], present=[key in m for m in lasts]
@@ -398,6 +402,18 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
             raise InvalidArgument("run_id is required")
         return self._tracking.log_metrics(
             request.run_id, points_from_proto(request.points), sequence=sequence
+        )
+
+    async def ListRunMetrics(
+        self,
+        request: pb.ListRunMetricsRequest,
+        context: grpc.aio.ServicerContext[pb.ListRunMetricsRequest, pb.ListRunMetricsResponse],
+    ) -> pb.ListRunMetricsResponse:
+        page = await asyncio.to_thread(
+            self._tracking.list_run_metrics, request.run_id, request.page_size, request.page_token
+        )
+        return pb.ListRunMetricsResponse(
+            metrics=[summary_to_proto(s) for s in page.items], next_page_token=page.next_page_token
         )
 
     async def GetMetricHistory(

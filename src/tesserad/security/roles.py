@@ -115,6 +115,7 @@ ROLE_TABLE: dict[str, dict[str, Role]] = {
         "LogMetrics": _T,
         "LogMetricsStream": _T,
         "GetMetricHistory": _R,
+        "ListRunMetrics": _R,
         "UploadRunArtifact": _T,
         "ListRunArtifacts": _R,
         "DownloadRunArtifact": _R,

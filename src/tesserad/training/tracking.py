@@ -8,6 +8,7 @@ handful of fsyncs and a history read costs what it returns.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
 import math
@@ -22,7 +23,7 @@ from tesserad.config import format_size
 from tesserad.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from tesserad.ids import new_id
 from tesserad.names import validate_name, validate_name_prefix
-from tesserad.paging import MAX_PAGE_BYTES, PageFill, foreign_token, make_token, resume_after
+from tesserad.paging import MAX_PAGE_BYTES, Page, PageFill, foreign_token, make_token, read_page, resume_after
 from tesserad.store import (
     Key,
     ReadTxn,
@@ -192,6 +193,17 @@ class Run:
     deleted_at: float | None = None
     # Deleted by its experiment's deletion, which a restore of the experiment undoes.
     deleted_with_experiment: bool = False
+
+
+@dataclass
+class RunComparison:
+    """Runs side by side: `metric_keys` are the first MAX_ANSWERED_METRICS of the runs' metric
+    keys together, by key (each in the `metrics` of every run that has it), and
+    `metrics_left_out` counts their distinct keys past those."""
+
+    runs: list[Run]
+    metric_keys: list[str]
+    metrics_left_out: int
 
 
 class MetricPoint(NamedTuple):
@@ -410,6 +422,25 @@ def _with_summaries(txn: ReadTxn, run: Run) -> Run:
     ]
     run.metrics_left_out = _metric_count(txn, run.run_id) - len(run.metrics)
     return run
+
+
+def _distinct_keys(txn: ReadTxn, runs: list[Run]) -> Iterator[str]:
+    """The metric keys of `runs` together, in key order, each once. A run's answered keys come
+    from its summaries; only a run whose answer is full is read further, past its last answered key.
+
+    Each of the first MAX_ANSWERED_METRICS keys of runs together is among the answered keys of
+    every run that has it (no run has that many keys before it), so those keys' summaries are
+    in the runs' `metrics`.
+    """
+
+    def keys_of(run: Run) -> Iterator[str]:
+        yield from (summary.key for summary in run.metrics)
+        if len(run.metrics) == MAX_ANSWERED_METRICS:
+            after = (run.run_id, run.metrics[-1].key)
+            yield from (str(key[1]) for key, _ in txn.scan("metric_summaries", (run.run_id,), after=after))
+
+    for key, _ in itertools.groupby(heapq.merge(*(keys_of(run) for run in runs))):
+        yield key
 
 
 def _summary(txn: ReadTxn, run_id: str, key: str) -> MetricSummary | None:
@@ -845,7 +876,7 @@ class Tracking:
             if run is not None:
                 yield (1, without, run_id), run
 
-    def compare_runs(self, run_ids: list[str]) -> list[Run]:
+    def compare_runs(self, run_ids: list[str]) -> RunComparison:
         if len(run_ids) < 2:
             raise InvalidArgument(f"run_ids: compare needs two or more runs, got {len(run_ids)}")
         if "" in run_ids:
@@ -854,7 +885,11 @@ class Tracking:
             )
         if len(set(run_ids)) != len(run_ids):
             raise InvalidArgument("run_ids: a run is listed twice")
-        runs = [self.get_run(run_id) for run_id in run_ids]
+        with self._store.read() as txn:
+            runs = [_with_summaries(txn, self.load_run(txn, run_id)) for run_id in run_ids]
+            keys = _distinct_keys(txn, runs)
+            metric_keys = list(itertools.islice(keys, MAX_ANSWERED_METRICS))
+            metrics_left_out = sum(1 for _ in keys)
         # The answer carries each param and last metric twice: in its run and in the comparison.
         size = 2 * sum(_run_bytes(run) for run in runs)
         if size > MAX_PAGE_BYTES:
@@ -864,7 +899,21 @@ class Tracking:
                 f"run_ids: the {len(runs)} runs take about {format_size(size)} compared, more than one "
                 f"answer holds ({format_size(MAX_PAGE_BYTES)}); {instead}"
             )
-        return runs
+        return RunComparison(runs, metric_keys, metrics_left_out)
+
+    def list_run_metrics(self, run_id: str, size: int = 0, token: str = "") -> Page[MetricSummary]:
+        """One page of the run's metric summaries in key order, those its answers leave out too."""
+        with self._store.read() as txn:
+            self.load_run(txn, run_id)
+            return read_page(
+                txn,
+                "metric_summaries",
+                (run_id,),
+                query={"list": "metric_summaries", "run": run_id},
+                page_token=token,
+                requested_size=size,
+                item=lambda _, raw: _summary_from(decode_record(raw, "metric_summary", 1)[1]),
+            )
 
     def leaderboard(
         self, experiment: str, metric: str, mode: str | None, summary_field: str | None, limit: int

@@ -275,3 +275,29 @@ def test_runs_leaderboard_shows_the_params_that_differ_between_the_runs(tessera_
     assert "left out: 2 params with one value in every run above" in board.out, board.out
     entries = tessera_cli("--json", "runs", "leaderboard", "cli-differ", "val_loss").json()
     assert entries[0]["run"]["params"] == {"lr": "0.1", "seed": "0", "epochs": "5"}
+
+
+def test_runs_show_says_which_metrics_it_leaves_out_and_runs_metrics_lists_every_one(tessera_cli, client):
+    training = client.training
+    run = training.create_run("cli-keys")
+    keys = [f"class_{c:04d}/f1" for c in range(2050)]
+    assert training.log_metrics(run.run_id, dict.fromkeys(keys, 0.5), step=0) == 2050
+
+    shown = tessera_cli("runs", "show", run.run_id)
+    assert shown.code == 0, shown.err
+    said = " ".join(shown.out.split())
+    assert "50 more keys after class_1999/f1" in said, shown.out
+    assert f"tessera runs metrics {run.run_id}" in said, shown.out
+
+    listed = tessera_cli("--json", "runs", "metrics", run.run_id)
+    assert listed.code == 0, listed.err
+    assert [summary["key"] for summary in listed.json()] == keys
+    table = tessera_cli("runs", "metrics", run.run_id)
+    assert table.code == 0 and "class_2049/f1" in table.out, table.err
+    assert [summary.key for summary in training.list_metrics(run.run_id, page_size=1000)] == keys
+
+    empty = training.create_run("cli-keys")
+    none = tessera_cli("runs", "metrics", empty.run_id)
+    assert none.code == 0 and f"run {empty.run_id} has logged no metrics" in none.out, none.err
+    unknown = tessera_cli("runs", "metrics", "no-such-run")
+    assert unknown.code == EXIT_DAEMON and "no-such-run" in unknown.err, unknown.err

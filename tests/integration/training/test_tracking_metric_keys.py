@@ -47,6 +47,23 @@ def _refused(stub: training_pb2_grpc.TrainingStub, run_id: str, keys: list[str])
     return error
 
 
+def _listed(
+    stub: training_pb2_grpc.TrainingStub, run_id: str, page_size: int = 0
+) -> tuple[list[S.MetricSummary], int]:
+    """Every summary ListRunMetrics pages out for the run, and the pages they took."""
+    summaries: list[S.MetricSummary] = []
+    token, pages = "", 0
+    while True:
+        request = S.ListRunMetricsRequest(run_id=run_id, page_size=page_size, page_token=token)
+        page = stub.ListRunMetrics(request)
+        assert page.ByteSize() < RECEIVE_LIMIT
+        summaries += page.metrics
+        pages += 1
+        token = page.next_page_token
+        if not token:
+            return summaries, pages
+
+
 def _forget_counts(data_dir) -> None:
     """Leave the store as a tesserad from before the runs' counts of metric keys did."""
     store = Store.open(data_dir / "store", map_size=2**30, tables=STORE_TABLES)
@@ -101,6 +118,10 @@ def test_a_run_at_the_metric_key_cap_stays_readable_and_refuses_one_more_key(tmp
         assert [(point.step, point.value) for point in history.points] == [(0, 1.0)]
         compared = stub.CompareRuns(S.CompareRunsRequest(run_ids=[lean, small]))
         assert len(compared.metrics) == MAX_ANSWERED_METRICS and compared.ByteSize() < RECEIVE_LIMIT
+        assert compared.metrics_left_out == left_out
+        # Every key of the largest run pages out, each page within one answer.
+        listed, pages = _listed(stub, full, page_size=1000)
+        assert [summary.key for summary in listed] == KEYS and pages == MAX_RUN_METRICS // 1000
         # A comparison carries each run twice: the largest run fits none, and says what to do.
         with pytest.raises(grpc.RpcError) as info:
             stub.CompareRuns(S.CompareRunsRequest(run_ids=[full, small]))
@@ -175,3 +196,69 @@ def test_a_run_an_older_store_gave_more_keys_answers_the_first_by_key_and_says_h
         assert [(point.step, point.value) for point in history.points] == [(3, 1.0)]
     finally:
         daemon.stop()
+
+
+def test_every_metric_key_of_a_run_pages_out_past_those_its_answers_carry(daemon) -> None:
+    stub = training_pb2_grpc.TrainingStub(daemon.channel())
+    run_id = stub.CreateRun(S.CreateRunRequest(experiment="listed")).run_id
+    other = stub.CreateRun(S.CreateRunRequest(experiment="listed")).run_id
+    keys = [f"{name}/class_{c:04d}" for c in range(1000) for name in ("precision", "recall", "f1")]
+    assert _log(stub, run_id, keys, 0.5, 0) == 3000
+    assert _log(stub, run_id, keys[-1:], 0.25, 1) == 1
+    assert _log(stub, other, keys[:1], 0.5, 0) == 1
+
+    listed, pages = _listed(stub, run_id, page_size=1000)
+    assert [summary.key for summary in listed] == sorted(keys) and pages == 3
+    (latest,) = [summary for summary in listed if summary.key == keys[-1]]
+    assert (latest.last, latest.min, latest.count, latest.last_step) == (0.25, 0.25, 2, 1)
+    got = stub.GetRun(S.GetRunRequest(run_id=run_id))
+    assert list(got.metrics) == listed[:MAX_ANSWERED_METRICS]
+    # page_size 0 is the default page of 100; one past the maximum is capped to it.
+    assert _listed(stub, run_id) == (listed, 30)
+    assert _listed(stub, run_id, page_size=1001) == (listed, 3)
+    # A deleted run's keys list as its GetRun answers it.
+    stub.DeleteRun(S.DeleteRunRequest(run_id=run_id))
+    assert _listed(stub, run_id, page_size=1000) == (listed, 3)
+
+    def refused(request: S.ListRunMetricsRequest, code: grpc.StatusCode, says: str) -> None:
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ListRunMetrics(request)
+        assert info.value.code() == code, info.value.details()
+        assert says in info.value.details(), info.value.details()
+
+    refused(S.ListRunMetricsRequest(), grpc.StatusCode.INVALID_ARGUMENT, "run_id is required")
+    refused(S.ListRunMetricsRequest(run_id="nope"), grpc.StatusCode.NOT_FOUND, "ListRuns lists them")
+    refused(S.ListRunMetricsRequest(run_id=run_id, page_size=-1), grpc.StatusCode.INVALID_ARGUMENT, ">= 0")
+    token = stub.ListRunMetrics(S.ListRunMetricsRequest(run_id=run_id, page_size=1)).next_page_token
+    refused(
+        S.ListRunMetricsRequest(run_id=other, page_token=token),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "different query",
+    )
+
+
+def test_compare_runs_compares_the_first_keys_of_the_runs_together_and_counts_the_rest(daemon) -> None:
+    stub = training_pb2_grpc.TrainingStub(daemon.channel())
+    many = stub.CreateRun(S.CreateRunRequest(experiment="compared")).run_id
+    few = stub.CreateRun(S.CreateRunRequest(experiment="compared")).run_id
+    keys = [f"m{i:04d}" for i in range(3000)]
+    assert _log(stub, many, keys, 1.0, 0) == 3000
+    # A key past those `many` answers, and keys before and after all of its own.
+    assert _log(stub, few, ["a", "m2500", "z"], 2.0, 0) == 3
+
+    compared = stub.CompareRuns(S.CompareRunsRequest(run_ids=[many, few]))
+    assert [metric.key for metric in compared.metrics] == ["a", *keys[: MAX_ANSWERED_METRICS - 1]]
+    first = compared.metrics[0]
+    assert (list(first.present), list(first.values)) == ([False, True], [0.0, 2.0])
+    assert {(tuple(metric.present), tuple(metric.values)) for metric in compared.metrics[1:]} == {
+        ((True, False), (1.0, 0.0))
+    }
+    # m1999 to m2999, and z: no comparison says a run lacks a key it has.
+    assert compared.metrics_left_out == 3002 - MAX_ANSWERED_METRICS
+
+    # Runs whose keys together fit one comparison leave none out.
+    small = stub.CreateRun(S.CreateRunRequest(experiment="compared")).run_id
+    assert _log(stub, small, ["a", "b"], 3.0, 0) == 2
+    compared = stub.CompareRuns(S.CompareRunsRequest(run_ids=[few, small]))
+    assert [metric.key for metric in compared.metrics] == ["a", "b", "m2500", "z"]
+    assert compared.metrics_left_out == 0

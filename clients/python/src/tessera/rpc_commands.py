@@ -42,6 +42,7 @@ COMMAND_BY_RPC: dict[str, str] = {
     "CancelJob": "`tessera jobs cancel JOB_ID`",
     "ListRuns": "`tessera runs ls`",
     "GetRun": "`tessera runs show RUN_ID`",
+    "ListRunMetrics": "`tessera runs metrics RUN_ID`",
     "DeleteRun": "`tessera runs rm RUN_ID`",
     "RestoreRun": "`tessera runs restore RUN_ID`",
     "UploadRunArtifact": "`tessera runs artifacts put RUN_ID FILE`",

@@ -745,7 +745,8 @@ class Training(Part[C]):
 
     @call
     def compare_runs(self, run_ids: Sequence[str]) -> Op[pb.CompareRunsResponse]:
-        """Params and metrics of two or more runs side by side."""
+        """Params and metrics of two or more runs side by side: the first 2,000 metric keys of
+        the runs together, its metrics_left_out counting the rest (list_metrics lists them)."""
         return Op(S, "CompareRuns", pb.CompareRunsRequest(run_ids=list(run_ids)))
 
     @call
@@ -804,6 +805,17 @@ class Training(Part[C]):
         if batch_points < 1:
             raise ValueError(f"batch_points must be >= 1, got {batch_points}")
         return MetricSteps(run_id, steps, batch_points, timeout_or(timeout, self._conn.transfer_timeout))
+
+    @stream
+    def list_metrics(self, run_id: str, page_size: int = 0) -> Pages[pb.MetricSummary]:
+        """Every metric summary of a run in key order: those `run()` leaves out past its first
+        2,000 keys (its metrics_left_out) too."""
+
+        def page(token: str) -> Op[pb.ListRunMetricsResponse]:
+            request = pb.ListRunMetricsRequest(run_id=run_id, page_size=page_size, page_token=token)
+            return Op(S, "ListRunMetrics", request)
+
+        return Pages(page, "metrics")
 
     @call
     def metric_history(

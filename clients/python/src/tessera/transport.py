@@ -156,6 +156,7 @@ RETRIED_METHODS: dict[str, tuple[str, ...]] = {
         "Leaderboard",
         "LogParams",
         "GetMetricHistory",
+        "ListRunMetrics",
         "GetSweep",
         "ListSweeps",
     ),

@@ -73,6 +73,7 @@ from tessera.cli.tracking import (
     cmd_runs_artifacts_put,
     cmd_runs_leaderboard,
     cmd_runs_ls,
+    cmd_runs_metrics,
     cmd_runs_restore,
     cmd_runs_rm,
     cmd_runs_show,
@@ -652,6 +653,9 @@ def build_parser() -> argparse.ArgumentParser:
     command(runs, "show", cmd_runs_show, "show a run's params and metrics").add_argument(
         "run_id", help=RUN_HELP
     )
+    command(
+        runs, "metrics", cmd_runs_metrics, "list every metric of a run, those `runs show` leaves out too"
+    ).add_argument("run_id", help=RUN_HELP)
     command(runs, "rm", cmd_runs_rm, "delete a run (kept until restored)").add_argument(
         "run_id", help=RUN_HELP
     )

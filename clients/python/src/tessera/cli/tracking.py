@@ -149,11 +149,28 @@ def cmd_runs_show(client: Client, args: argparse.Namespace, out: Output) -> None
             (
                 "metrics left out",
                 f"{counted(run.metrics_left_out, 'more key')} after {run.metrics[-1].key} (the first "
-                f"{len(run.metrics):,} by key are shown); read one with the SDK's "
-                "client.training.metric_history(run_id, key)",
+                f"{len(run.metrics):,} by key are shown); list every key with: "
+                f"tessera runs metrics {run.run_id}",
             )
         )
     out.pairs(f"run {run.run_id}", rows)
+
+
+def cmd_runs_metrics(client: Client, args: argparse.Namespace, out: Output) -> None:
+    summaries = list(client.training.list_metrics(args.run_id))
+    if out.as_json:
+        return out.json(summaries)
+    if not summaries:
+        return out.line(f"run {args.run_id} has logged no metrics")
+    out.table(
+        f"metrics of run {args.run_id}",
+        ["metric", "last", "min", "max", "points", "last step"],
+        [
+            (m.key, f"{m.last:.5g}", f"{m.min:.5g}", f"{m.max:.5g}", f"{m.count:,}", m.last_step)
+            for m in summaries
+        ],
+        whole=("metric",),
+    )
 
 
 def cmd_runs_rm(client: Client, args: argparse.Namespace, out: Output) -> None:

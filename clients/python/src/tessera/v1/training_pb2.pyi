@@ -1386,8 +1386,8 @@ class Run(_message.Message):
     metrics_left_out: _builtins.int
     """Summaries of the run's keys not in `metrics`: a run of more than 2,000 keys (it may hold
     10,000) answers its first 2,000 by key, so that it fits in 4 MiB (gRPC's default receive
-    limit). Read the rest with GetMetricHistory, key by key; ListRuns filters and orders by them,
-    and Leaderboard ranks by them, as by any key. 0 when `metrics` holds every key.
+    limit). ListRunMetrics lists every key's summary, in pages; ListRuns filters and orders by
+    them, and Leaderboard ranks by them, as by any key. 0 when `metrics` holds every key.
     """
     @_builtins.property
     def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
@@ -1881,22 +1881,32 @@ class CompareRunsResponse(_message.Message):
     RUNS_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
     METRICS_FIELD_NUMBER: _builtins.int
+    METRICS_LEFT_OUT_FIELD_NUMBER: _builtins.int
+    metrics_left_out: _builtins.int
+    """The runs' distinct metric keys past those in `metrics`, so that one answer holds the
+    comparison; list each run's with ListRunMetrics. 0 when `metrics` holds every key.
+    """
     @_builtins.property
     def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Run]: ...
     @_builtins.property
     def params(self) -> _containers.RepeatedCompositeFieldContainer[Global___ParamComparison]: ...
     @_builtins.property
-    def metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricComparison]: ...
+    def metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricComparison]:
+        """The first 2,000 keys of the compared runs' keys together, in key order, each with every
+        run's last value (present false where a run lacks the key).
+        """
+
     def __init__(
         self,
         *,
         runs: _abc.Iterable[Global___Run] | None = ...,
         params: _abc.Iterable[Global___ParamComparison] | None = ...,
         metrics: _abc.Iterable[Global___MetricComparison] | None = ...,
+        metrics_left_out: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["metrics", b"metrics", "params", b"params", "runs", b"runs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metrics", b"metrics", "metrics_left_out", b"metrics_left_out", "params", b"params", "runs", b"runs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2313,6 +2323,56 @@ class UploadRunArtifactRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
 
 Global___UploadRunArtifactRequest: _TypeAlias = UploadRunArtifactRequest  # noqa: Y015
+
+@_typing.final
+class ListRunMetricsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    page_size: _builtins.int
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRunMetricsRequest: _TypeAlias = ListRunMetricsRequest  # noqa: Y015
+
+@_typing.final
+class ListRunMetricsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METRICS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricSummary]:
+        """In key order."""
+
+    def __init__(
+        self,
+        *,
+        metrics: _abc.Iterable[Global___MetricSummary] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metrics", b"metrics", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRunMetricsResponse: _TypeAlias = ListRunMetricsResponse  # noqa: Y015
 
 @_typing.final
 class ListRunArtifactsRequest(_message.Message):

@@ -149,6 +149,11 @@ class TrainingStub:
                 request_serializer=tessera_dot_v1_dot_training__pb2.GetMetricHistoryRequest.SerializeToString,
                 response_deserializer=tessera_dot_v1_dot_training__pb2.MetricHistory.FromString,
                 _registered_method=True)
+        self.ListRunMetrics = channel.unary_unary(
+                '/tessera.v1.Training/ListRunMetrics',
+                request_serializer=tessera_dot_v1_dot_training__pb2.ListRunMetricsRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_training__pb2.ListRunMetricsResponse.FromString,
+                _registered_method=True)
         self.UploadRunArtifact = channel.stream_unary(
                 '/tessera.v1.Training/UploadRunArtifact',
                 request_serializer=tessera_dot_v1_dot_training__pb2.UploadRunArtifactRequest.SerializeToString,
@@ -344,8 +349,9 @@ class TrainingServicer:
         batch that would take it past them is refused whole with RESOURCE_EXHAUSTED naming the cap;
         points for the keys it has are always taken. A job's keys past the cap stay in its events.
         GetRun, ListRuns, CompareRuns and Leaderboard answer a run's first 2,000 keys' summaries
-        (see Run.metrics_left_out), so that with its params and tags (2 MiB at most) one 4 MiB
-        answer (gRPC's default receive limit) always carries it.
+        (see Run.metrics_left_out; ListRunMetrics pages through all of them), so that with its
+        params and tags (2 MiB at most) one 4 MiB answer (gRPC's default receive limit) always
+        carries it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -368,6 +374,15 @@ class TrainingServicer:
         """One metric's history, downsampled on the server when longer than max_points; the first,
         the last and the extreme points are always kept. Pages: a long answer (every point of a
         long run) comes in pages of page_size points; pass next_page_token until it is empty.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRunMetrics(self, request, context):
+        """Every metric summary of a run, in key order, in pages (page_size default 100, at most
+        1,000): the keys GetRun, ListRuns, CompareRuns and Leaderboard leave out past a run's first
+        2,000 (Run.metrics_left_out) too. Deleted runs' as well.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -549,6 +564,11 @@ def add_TrainingServicer_to_server(servicer, server):
                     servicer.GetMetricHistory,
                     request_deserializer=tessera_dot_v1_dot_training__pb2.GetMetricHistoryRequest.FromString,
                     response_serializer=tessera_dot_v1_dot_training__pb2.MetricHistory.SerializeToString,
+            ),
+            'ListRunMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRunMetrics,
+                    request_deserializer=tessera_dot_v1_dot_training__pb2.ListRunMetricsRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_training__pb2.ListRunMetricsResponse.SerializeToString,
             ),
             'UploadRunArtifact': grpc.stream_unary_rpc_method_handler(
                     servicer.UploadRunArtifact,
@@ -1207,6 +1227,33 @@ class Training:
             '/tessera.v1.Training/GetMetricHistory',
             tessera_dot_v1_dot_training__pb2.GetMetricHistoryRequest.SerializeToString,
             tessera_dot_v1_dot_training__pb2.MetricHistory.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRunMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Training/ListRunMetrics',
+            tessera_dot_v1_dot_training__pb2.ListRunMetricsRequest.SerializeToString,
+            tessera_dot_v1_dot_training__pb2.ListRunMetricsResponse.FromString,
             options,
             channel_credentials,
             insecure,

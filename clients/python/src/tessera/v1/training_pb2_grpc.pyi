@@ -95,8 +95,9 @@ class TrainingStub:
     batch that would take it past them is refused whole with RESOURCE_EXHAUSTED naming the cap;
     points for the keys it has are always taken. A job's keys past the cap stay in its events.
     GetRun, ListRuns, CompareRuns and Leaderboard answer a run's first 2,000 keys' summaries
-    (see Run.metrics_left_out), so that with its params and tags (2 MiB at most) one 4 MiB
-    answer (gRPC's default receive limit) always carries it.
+    (see Run.metrics_left_out; ListRunMetrics pages through all of them), so that with its
+    params and tags (2 MiB at most) one 4 MiB answer (gRPC's default receive limit) always
+    carries it.
     """
     LogMetricsStream: _grpc.StreamUnaryMultiCallable[_training_pb2.LogMetricsRequest, _training_pb2.LogMetricsResponse]
     """Many batches over one call; the response counts every accepted point. Batches are stored
@@ -111,6 +112,11 @@ class TrainingStub:
     """One metric's history, downsampled on the server when longer than max_points; the first,
     the last and the extreme points are always kept. Pages: a long answer (every point of a
     long run) comes in pages of page_size points; pass next_page_token until it is empty.
+    """
+    ListRunMetrics: _grpc.UnaryUnaryMultiCallable[_training_pb2.ListRunMetricsRequest, _training_pb2.ListRunMetricsResponse]
+    """Every metric summary of a run, in key order, in pages (page_size default 100, at most
+    1,000): the keys GetRun, ListRuns, CompareRuns and Leaderboard leave out past a run's first
+    2,000 (Run.metrics_left_out) too. Deleted runs' as well.
     """
     UploadRunArtifact: _grpc.StreamUnaryMultiCallable[_training_pb2.UploadRunArtifactRequest, _training_pb2.RunArtifact]
     """Run artifacts (MLflow's log_artifact): files kept with a run at a relative path such as
@@ -205,8 +211,9 @@ class TrainingAsyncStub(TrainingStub):
     batch that would take it past them is refused whole with RESOURCE_EXHAUSTED naming the cap;
     points for the keys it has are always taken. A job's keys past the cap stay in its events.
     GetRun, ListRuns, CompareRuns and Leaderboard answer a run's first 2,000 keys' summaries
-    (see Run.metrics_left_out), so that with its params and tags (2 MiB at most) one 4 MiB
-    answer (gRPC's default receive limit) always carries it.
+    (see Run.metrics_left_out; ListRunMetrics pages through all of them), so that with its
+    params and tags (2 MiB at most) one 4 MiB answer (gRPC's default receive limit) always
+    carries it.
     """
     LogMetricsStream: _aio.StreamUnaryMultiCallable[_training_pb2.LogMetricsRequest, _training_pb2.LogMetricsResponse]  # type: ignore[assignment]
     """Many batches over one call; the response counts every accepted point. Batches are stored
@@ -221,6 +228,11 @@ class TrainingAsyncStub(TrainingStub):
     """One metric's history, downsampled on the server when longer than max_points; the first,
     the last and the extreme points are always kept. Pages: a long answer (every point of a
     long run) comes in pages of page_size points; pass next_page_token until it is empty.
+    """
+    ListRunMetrics: _aio.UnaryUnaryMultiCallable[_training_pb2.ListRunMetricsRequest, _training_pb2.ListRunMetricsResponse]  # type: ignore[assignment]
+    """Every metric summary of a run, in key order, in pages (page_size default 100, at most
+    1,000): the keys GetRun, ListRuns, CompareRuns and Leaderboard leave out past a run's first
+    2,000 (Run.metrics_left_out) too. Deleted runs' as well.
     """
     UploadRunArtifact: _aio.StreamUnaryMultiCallable[_training_pb2.UploadRunArtifactRequest, _training_pb2.RunArtifact]  # type: ignore[assignment]
     """Run artifacts (MLflow's log_artifact): files kept with a run at a relative path such as
@@ -438,8 +450,9 @@ class TrainingServicer(metaclass=_abc_1.ABCMeta):
         batch that would take it past them is refused whole with RESOURCE_EXHAUSTED naming the cap;
         points for the keys it has are always taken. A job's keys past the cap stay in its events.
         GetRun, ListRuns, CompareRuns and Leaderboard answer a run's first 2,000 keys' summaries
-        (see Run.metrics_left_out), so that with its params and tags (2 MiB at most) one 4 MiB
-        answer (gRPC's default receive limit) always carries it.
+        (see Run.metrics_left_out; ListRunMetrics pages through all of them), so that with its
+        params and tags (2 MiB at most) one 4 MiB answer (gRPC's default receive limit) always
+        carries it.
         """
 
     @_abc_1.abstractmethod
@@ -466,6 +479,17 @@ class TrainingServicer(metaclass=_abc_1.ABCMeta):
         """One metric's history, downsampled on the server when longer than max_points; the first,
         the last and the extreme points are always kept. Pages: a long answer (every point of a
         long run) comes in pages of page_size points; pass next_page_token until it is empty.
+        """
+
+    @_abc_1.abstractmethod
+    def ListRunMetrics(
+        self,
+        request: _training_pb2.ListRunMetricsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_training_pb2.ListRunMetricsResponse, _abc.Awaitable[_training_pb2.ListRunMetricsResponse]]:
+        """Every metric summary of a run, in key order, in pages (page_size default 100, at most
+        1,000): the keys GetRun, ListRuns, CompareRuns and Leaderboard leave out past a run's first
+        2,000 (Run.metrics_left_out) too. Deleted runs' as well.
         """
 
     @_abc_1.abstractmethod
