@@ -447,7 +447,8 @@ function unnamedOrder(scan) {
 // the attribute (read as a metric's name, "val_loss DESC", "start_time DESC" or "start_time" would
 // order by a metric no run has).
 function isOrderString(text) {
-  const trimmed = text.trim();
+  // stripped, not trim(): the spaces Python's str.strip() takes, so both SDKs read alike.
+  const trimmed = stripped(text);
   const dot = trimmed.indexOf('.');
   const all = words(text);
   return (

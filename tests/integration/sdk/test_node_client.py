@@ -1187,6 +1187,11 @@ RUN_ORDERS = [
     "run_id ASC",
     "DESC",
     " asc ",
+    # Spaces Python's str.strip() takes and JavaScript's trim() does not, and the reverse (BOM).
+    "\x1cmetrics.val_loss",
+    "\x85metrics.val_loss\x1f",
+    "\ufeffmetrics.val_loss DESC",
+    "\ufeffval_loss",
 ]
 
 
