@@ -114,7 +114,8 @@ const COMMANDS = {
       "matching MLflow's search FILTER, conditions joined by AND: metrics.KEY OP NUMBER (OP <, <=, >, >=, = " +
       "or !=; metrics.KEY.min or .max for that value of the summary), params.KEY = 'VALUE', tags.KEY = " +
       "'VALUE', attributes.status = 'STATUS' (or !=, IN (...), NOT IN (...)); backquote a key of other " +
-      "characters than letters, digits and _, e.g. metrics.`val-loss`. ORDER: a metric's name (lowest first " +
+      "characters than letters, digits and _, e.g. metrics.`val-loss`, and a metric's with dots: MLflow's " +
+      "metrics.val.min, the metric named val.min, is metrics.`val.min`. ORDER: a metric's name (lowest first " +
       "for a loss or error, else highest first) or 'metrics.KEY [ASC|DESC]' (without ASC or DESC: lowest " +
       'first, as MLflow; runs without the metric last)',
   },

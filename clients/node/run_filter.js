@@ -6,7 +6,10 @@
 // Filter: conditions joined by AND (any case), e.g.
 // `metrics.val_acc > 0.9 and params.lr = '0.01' and tags.team = 'vision' and attributes.status = 'FINISHED'`
 // - `metrics.KEY OP NUMBER`, OP one of < <= > >= = !=, compares the metric's last value;
-//   `metrics.KEY.min` or `.max` (or `.last`) compares that value of its summary instead.
+//   `metrics.KEY.min` or `.max` (or `.last`) compares that value of its summary instead. This
+//   suffix is tessera's own: MLflow reads metrics.val.min as the metric named val.min, which is
+//   metrics.`val.min` here (and metrics.`val.min`.max its max); a key with more dots unquoted,
+//   such as metrics.a.b.min, is refused, naming both readings.
 // - `params.KEY = 'VALUE'` and `tags.KEY = 'VALUE'`: exact text, in single or double quotes (a
 //   quote inside doubled: 'it''s').
 // - `attributes.status = 'X'`, `!= 'X'`, `IN ('X', 'Y')` or `NOT IN (...)`: a run status, or
@@ -176,6 +179,7 @@ function operand(scan, allowed) {
   const keyAt = scan.at;
   const quoted = ['`', '"'].includes(scan.text.slice(keyAt, keyAt + 1));
   let key = quoted ? scan.quoted('`"', 'key') : scan.match(KEY);
+  const keyEnd = scan.at;
   if (!key) {
     if (quoted) throw scan.fail('the key is empty', keyAt);
     throw scan.fail(
@@ -194,10 +198,14 @@ function operand(scan, allowed) {
   } else if (scan.take('.')) {
     const suffixAt = scan.at;
     summary = scan.match(WORD);
-    if (entity !== 'metrics' || !FIELDS.includes(summary)) {
-      const after = entity === 'metrics' ? ".last, .min or .max after a metric's key, or " : '';
+    if (entity !== 'metrics') {
       const dotted = summary ? `${key}.${summary}` : 'a.b';
-      throw scan.fail(`write ${after}a key with dots in backquotes: ${entity}.\`${dotted}\``, suffixAt);
+      throw scan.fail(`write a key with dots in backquotes: ${entity}.\`${dotted}\``, suffixAt);
+    }
+    if (!FIELDS.includes(summary) || scan.text.slice(scan.at, scan.at + 1) === '.') {
+      let end = keyEnd;
+      while (end < scan.text.length && !SPACE.test(scan.text[end]) && !'<>=!'.includes(scan.text[end])) end += 1;
+      throw scan.fail(dottedMetric(key + scan.text.slice(keyEnd, end)), suffixAt);
     }
   }
   const next = scan.text.slice(scan.at, scan.at + 1);
@@ -225,6 +233,30 @@ function operand(scan, allowed) {
     throw scan.fail(`a key with ${next} in it goes in backquotes: ${entity}.\`${written}\``);
   }
   return { entity, key, field: summary, start };
+}
+
+function backquoted(key) {
+  return `\`${key.replaceAll('`', '``')}\``;
+}
+
+// What to write for a metric's key with dots that was not in backquotes, `written` as it was from
+// the key on. Ending in .last, .min or .max, it reads two ways: a metric of that whole name, as in
+// MLflow, or that value of the metric before it, as here; both are spelt out.
+function dottedMetric(written) {
+  const dot = written.lastIndexOf('.');
+  const stem = written.slice(0, Math.max(dot, 0));
+  const field = written.slice(dot + 1);
+  if (FIELDS.includes(field)) {
+    return (
+      `metrics.${written} reads two ways: write metrics.${backquoted(written)} for the metric named ` +
+      `${written} (as MLflow reads it), or metrics.${backquoted(stem)}.${field} for the ${field} of ` +
+      `metric ${stem} (a key with dots goes in backquotes, .last, .min or .max after them)`
+    );
+  }
+  return (
+    "write .last, .min or .max after a metric's key, or a key with dots in backquotes: " +
+    `metrics.${backquoted(written)}`
+  );
 }
 
 function comparison(scan) {

@@ -301,3 +301,33 @@ def test_runs_show_says_which_metrics_it_leaves_out_and_runs_metrics_lists_every
     assert none.code == 0 and f"run {empty.run_id} has logged no metrics" in none.out, none.err
     unknown = tessera_cli("runs", "metrics", "no-such-run")
     assert unknown.code == EXIT_DAEMON and "no-such-run" in unknown.err, unknown.err
+
+
+def test_a_metric_named_with_a_summary_suffix_is_reached_in_backquotes(tessera_cli, client):
+    """MLflow reads metrics.val.min as the metric named val.min; here it is val's min, and the
+    metric named val.min is metrics.`val.min`, in filters and orders alike."""
+    training = client.training
+    named = training.create_run("dotted", name="named")
+    summed = training.create_run("dotted", name="summed")
+    training.log_metrics(named.run_id, {"val.min": 0.2}, step=0)
+    for step, value in enumerate((0.1, 0.9)):
+        training.log_metrics(summed.run_id, {"val": value}, step=step)
+
+    def found(**search: str) -> list[str]:
+        return [run.name for run in training.runs("dotted", **search)]
+
+    assert found(filter="metrics.`val.min` < 0.5") == ["named"]
+    assert found(filter="metrics.val.min < 0.5") == ["summed"]
+    assert found(filter="metrics.`val.min`.max > 0.1") == ["named"]
+    assert found(order_by="metrics.`val.min` DESC") == ["named", "summed"]
+    assert found(order_by="metrics.val.min DESC") == ["summed", "named"]
+    with pytest.raises(RunFilterError, match=r"write metrics.`val.min.max` for the metric named val.min.max"):
+        found(filter="metrics.val.min.max > 0")
+
+    # A suffix that matches nothing says how the metric of that whole name is written.
+    none = tessera_cli("runs", "ls", "--experiment", "dotted", "--filter", "metrics.val.max > 1")
+    assert none.code == 0, none.err
+    assert "metrics.val.max compares the max of metric val, where MLflow reads a metric named val.max: " in (
+        " ".join(none.out.split())
+    ), none.out
+    assert "write metrics.`val.max` for that one" in " ".join(none.out.split()), none.out

@@ -1164,6 +1164,13 @@ RUN_FILTERS = [
     "params.batch-size = '32' and tags.a:b = 'x'",
     "metrics.val-loss.min<1",
     "metrics.loss.min-1 < 2",
+    "metrics.a.b.c > 1",
+    "metrics.a.b.min > 1 and metrics.`a.b`.max < 2",
+    "metrics.`val.min` < 1 and metrics.`val.min`.max < 2",
+    "metrics.val.min.max>1",
+    "metrics.`a``b`.c.last > 1",
+    "metrics.a.b-c.max\x1c> 1",
+    "metrics.a.\U0001f600.min > 1",
 ]
 RUN_ORDERS = [
     "metrics.val_loss ASC",
@@ -1192,6 +1199,8 @@ RUN_ORDERS = [
     "\x85metrics.val_loss\x1f",
     "\ufeffmetrics.val_loss DESC",
     "\ufeffval_loss",
+    "metrics.`val.min` DESC",
+    "metrics.a.b.max DESC",
 ]
 
 

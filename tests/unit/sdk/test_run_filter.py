@@ -108,6 +108,28 @@ def test_an_empty_filter_filters_nothing_and_one_value_twice_is_one_condition() 
             "write .last, .min or .max after a metric's key, or a key with dots "
             "in backquotes: metrics.`val.loss`",
         ),
+        # The whole key, not its first two parts.
+        (
+            "metrics.a.b.c > 1",
+            11,
+            "write .last, .min or .max after a metric's key, or a key with dots in backquotes: metrics.`a.b.c`",
+        ),
+        # A dotted key ending in an aggregate is a metric of that name in MLflow, and that value
+        # of the metric before it here: both are spelt out.
+        (
+            "metrics.a.b.min > 1",
+            11,
+            "metrics.a.b.min reads two ways: write metrics.`a.b.min` for the metric named a.b.min (as "
+            "MLflow reads it), or metrics.`a.b`.min for the min of metric a.b (a key with dots goes in "
+            "backquotes, .last, .min or .max after them)",
+        ),
+        (
+            "metrics.val.min.max>1",
+            13,
+            "metrics.val.min.max reads two ways: write metrics.`val.min.max` for the metric named "
+            "val.min.max (as MLflow reads it), or metrics.`val.min`.max for the max of metric val.min",
+        ),
+        ("metrics.`a``b`.c.last > 1", 16, "metrics.a`b.c.last reads two ways: write metrics.`a``b.c.last`"),
         # MLflow's keys often hold these; unquoted, the rest would be read as a comparison.
         ("metrics.train/loss < 0.3", 14, "a key with / in it goes in backquotes: metrics.`train/loss`"),
         ("params.batch-size = '32'", 13, "a key with - in it goes in backquotes: params.`batch-size`"),
@@ -179,6 +201,22 @@ def test_orders_read_a_metric_its_field_and_direction() -> None:
     assert parse_orders([]) is None and parse_orders("") is None
     assert is_order_string("metrics.acc") and is_order_string("Tags.x")
     assert not is_order_string("val_loss") and not is_order_string("train.loss")
+
+
+def test_a_metric_key_with_dots_is_read_whole_in_backquotes_and_an_aggregate_after_them() -> None:
+    """MLflow's metrics.val.min is the metric named val.min; here the suffix is the summary's
+    value, and the metric named so is written in backquotes."""
+    assert parse_filter("metrics.val.min < 1").metrics == [
+        _metric("val", pb.COMPARISON_LT, 1.0, pb.SUMMARY_FIELD_MIN)
+    ]
+    assert parse_filter("metrics.`val.min` < 1 and metrics.`val.min`.max < 2").metrics == [
+        _metric("val.min", pb.COMPARISON_LT, 1.0),
+        _metric("val.min", pb.COMPARISON_LT, 2.0, pb.SUMMARY_FIELD_MAX),
+    ]
+    assert parse_order("metrics.`val.min` DESC") == RunOrderBy("val.min", pb.SUMMARY_FIELD_UNSPECIFIED, True)
+    with pytest.raises(RunFilterError) as info:
+        parse_order("metrics.a.b.max DESC")
+    assert info.value.reason.startswith("metrics.a.b.max reads two ways: write metrics.`a.b.max`")
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,10 @@ Filter: conditions joined by AND (any case), e.g.
 `metrics.val_acc > 0.9 and params.lr = '0.01' and tags.team = 'vision' and attributes.status = 'FINISHED'`
 
 - `metrics.KEY OP NUMBER`, OP one of < <= > >= = !=, compares the metric's last value;
-  `metrics.KEY.min` or `.max` (or `.last`) compares that value of its summary instead.
+  `metrics.KEY.min` or `.max` (or `.last`) compares that value of its summary instead. This
+  suffix is tessera's own: MLflow reads metrics.val.min as the metric named val.min, which is
+  metrics.`val.min` here (and metrics.`val.min`.max its max); a key with more dots unquoted,
+  such as metrics.a.b.min, is refused, naming both readings.
 - `params.KEY = 'VALUE'` and `tags.KEY = 'VALUE'`: exact text, in single or double quotes (a quote
   inside doubled: 'it''s').
 - `attributes.status = 'X'`, `!= 'X'`, `IN ('X', 'Y')` or `NOT IN (...)`: a run status, or MLflow's
@@ -188,6 +191,7 @@ def _operand(scan: _Scanner, allowed: str) -> _Operand:
     key_at = scan.at
     quoted = scan.text[key_at : key_at + 1] in ("`", '"')
     key = scan.quoted('`"', "key") if quoted else scan.match(_KEY)
+    key_end = scan.at
     if not key:
         if quoted:
             raise scan.fail("the key is empty", key_at)
@@ -207,10 +211,14 @@ def _operand(scan: _Scanner, allowed: str) -> _Operand:
     elif scan.take("."):
         suffix_at = scan.at
         summary = scan.match(_WORD)
-        if entity != "metrics" or summary not in _FIELDS:
-            after = ".last, .min or .max after a metric's key, or " if entity == "metrics" else ""
+        if entity != "metrics":
             dotted = f"{key}.{summary}" if summary else "a.b"
-            raise scan.fail(f"write {after}a key with dots in backquotes: {entity}.`{dotted}`", suffix_at)
+            raise scan.fail(f"write a key with dots in backquotes: {entity}.`{dotted}`", suffix_at)
+        if summary not in _FIELDS or scan.text[scan.at : scan.at + 1] == ".":
+            end = key_end
+            while end < len(scan.text) and not scan.text[end].isspace() and scan.text[end] not in "<>=!":
+                end += 1
+            raise scan.fail(_dotted_metric(key + scan.text[key_end:end]), suffix_at)
     if not quoted and scan.text[scan.at : scan.at + 1] in _KEY_PUNCTUATION:
         # Read on, the rest would be refused as a comparison: say what the key needs instead.
         end = scan.at
@@ -233,6 +241,27 @@ def _operand(scan: _Scanner, allowed: str) -> _Operand:
             )
         raise scan.fail(f"a key with {mark} in it goes in backquotes: {entity}.`{written}`")
     return _Operand(entity, key, summary, start)
+
+
+def _backquoted(key: str) -> str:
+    return "`" + key.replace("`", "``") + "`"
+
+
+def _dotted_metric(written: str) -> str:
+    """What to write for a metric's key with dots that was not in backquotes, `written` as it
+    was from the key on. Ending in .last, .min or .max, it reads two ways: a metric of that whole
+    name, as in MLflow, or that value of the metric before it, as here; both are spelt out."""
+    stem, _, field = written.rpartition(".")
+    if field in _FIELDS:
+        return (
+            f"metrics.{written} reads two ways: write metrics.{_backquoted(written)} for the metric named "
+            f"{written} (as MLflow reads it), or metrics.{_backquoted(stem)}.{field} for the {field} of "
+            f"metric {stem} (a key with dots goes in backquotes, .last, .min or .max after them)"
+        )
+    return (
+        "write .last, .min or .max after a metric's key, or a key with dots in backquotes: "
+        f"metrics.{_backquoted(written)}"
+    )
 
 
 def _comparison(scan: _Scanner) -> str:

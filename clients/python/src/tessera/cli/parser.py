@@ -633,8 +633,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="MLflow's search filter, conditions joined by AND: metrics.KEY OP NUMBER (OP <, <=, >, >=, = "
         "or !=; metrics.KEY.min or .max for that value of the summary), params.KEY = 'VALUE', "
         "tags.KEY = 'VALUE', attributes.status = 'STATUS' (or !=, IN (...), NOT IN (...)); backquote "
-        "a key of other characters than letters, digits and _, e.g. metrics.`val-loss` (a param's or "
-        "tag's may hold dots: params.optimizer.lr = '0.001')",
+        "a key of other characters than letters, digits and _, e.g. metrics.`val-loss`, and a metric's "
+        "with dots: MLflow's metrics.val.min, the metric named val.min, is metrics.`val.min` (a param's "
+        "or tag's may hold dots: params.optimizer.lr = '0.001')",
     )
     sub.add_argument(
         "--order-by",

@@ -93,6 +93,7 @@ def cmd_runs_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
         return out.line(
             f"no run{of} meets these conditions; `tessera runs show RUN_ID` lists the params, tags and "
             "metrics a run has (a job's run has each field of its spec as a param, by path: optimizer.lr)"
+            + "".join(summary_reading(m) for m in parse_filter(args.filter).metrics)
         )
     out.table(
         "runs",
@@ -111,6 +112,19 @@ def cmd_runs_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
         whole=("id", "experiment", "name"),
         unbroken=("metrics (last values)",),
         stacked={"name": "id"},
+    )
+
+
+def summary_reading(condition: training_pb2.MetricFilter) -> str:
+    """How a filter read `metrics.KEY.min` or `.max`, which MLflow reads as a metric of that
+    whole name: when no run matches, that may be what was meant."""
+    if condition.field not in (training_pb2.SUMMARY_FIELD_MIN, training_pb2.SUMMARY_FIELD_MAX):
+        return ""
+    field = training_pb2.SummaryField.Name(condition.field).removeprefix("SUMMARY_FIELD_").lower()
+    named = "`" + f"{condition.key}.{field}".replace("`", "``") + "`"
+    return (
+        f"; metrics.{condition.key}.{field} compares the {field} of metric {condition.key}, where "
+        f"MLflow reads a metric named {condition.key}.{field}: write metrics.{named} for that one"
     )
 
 
