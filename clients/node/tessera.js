@@ -118,8 +118,27 @@ function wholeNumber(name, value) {
 }
 
 // Param and tag values are text, as in the Python SDK: numbers and booleans are written out.
-function asText(values = {}) {
-  return Object.fromEntries(Object.entries(values).map(([key, value]) => [key, String(value)]));
+// `values` is an object of key: value, or a Map. Anything else is refused, as the Python SDK
+// refuses what is no mapping: an array of pairs may give a key twice, which the request's map
+// would keep once (and Object.entries read it as keys "0", "1", ...). A Map's keys that read as
+// one text (1 and '1') are refused likewise.
+function asText(values = {}, what = 'params') {
+  if (values === null || typeof values !== 'object' || Array.isArray(values)) {
+    const given = Array.isArray(values) ? 'an array' : values === null ? 'null' : typeof values;
+    throw new TypeError(
+      `${what}: give an object of key: value (or a Map), not ${given}: pairs may give a key twice, ` +
+        'and the request keeps one value of each key',
+    );
+  }
+  const text = {};
+  for (const [key, value] of values instanceof Map ? values : Object.entries(values)) {
+    const name = String(key);
+    if (Object.hasOwn(text, name)) {
+      throw new RangeError(`${what}: key ${JSON.stringify(name)} is given twice; give each key once`);
+    }
+    text[name] = String(value);
+  }
+  return text;
 }
 
 class Client {
@@ -287,7 +306,7 @@ class Client {
   // Tracking: experiments hold runs; a run holds params (fixed once logged), tags and metric
   // points (key, value, step). Param and tag values are sent as text.
   async createExperiment(name, { description = '', tags, timeoutMs: timeout } = {}) {
-    const request = { name, description, tags: asText(tags) };
+    const request = { name, description, tags: asText(tags, 'tags') };
     return this.call(this.training, 'CreateExperiment', request, timeout);
   }
 
@@ -304,14 +323,14 @@ class Client {
   // A run for a process outside the daemon (a service logging online metrics, a script);
   // end it with updateRun(runId, { status }). Resolves to the Run; run.run_id names it.
   async createRun(experiment, { name = '', params, tags, timeoutMs: timeout } = {}) {
-    const request = { experiment, name, params: asText(params), tags: asText(tags) };
+    const request = { experiment, name, params: asText(params), tags: asText(tags, 'tags') };
     return this.call(this.training, 'CreateRun', request, timeout);
   }
 
   // status: 'succeeded', 'failed' or 'cancelled' ends the run; setTags and removeTags change its
   // tags (a removed key that is not there is no error).
   async updateRun(runId, { status, setTags, removeTags = [], timeoutMs: timeout } = {}) {
-    const request = { run_id: runId, set_tags: asText(setTags), remove_tags: removeTags };
+    const request = { run_id: runId, set_tags: asText(setTags, 'setTags'), remove_tags: removeTags };
     if (status !== undefined) request.status = enumValue('tessera.v1.RunStatus', status, 'status');
     return this.call(this.training, 'UpdateRun', request, timeout);
   }
@@ -346,7 +365,7 @@ class Client {
       timeoutMs: timeout,
     } = {},
   ) {
-    const given = { statuses, params: asText(params), tags: asText(tags), metrics };
+    const given = { statuses, params: asText(params), tags: asText(tags, 'tags'), metrics };
     if (filter) withFilter(given, runFilter.parseFilter(filter));
     const request = {
       experiment,

@@ -271,6 +271,46 @@ def node_json(script: str, target: str) -> Any:
     return json.loads(done.stdout.splitlines()[-1])
 
 
+def test_node_client_refuses_params_a_request_map_would_garble_or_collapse(node_ready, daemon, client):
+    """An array of pairs (read as keys "0", "1" before) and a Map whose keys read as one text
+    are refused before anything is sent, as the Python SDK refuses pairs; a Map is taken."""
+    found = node_json(
+        """
+        (async () => {
+          const client = new Client(TARGET);
+          const run = await client.createRun('pairs');
+          const refused = async (call) => {
+            try {
+              await call();
+              return 'sent';
+            } catch (err) {
+              return `${err.name}: ${err.message}`;
+            }
+          };
+          const outcomes = [
+            await refused(() => client.logParams(run.run_id, [['lr', '0.1'], ['lr', '0.2']])),
+            await refused(() => client.logParams(run.run_id, new Map([[1, 'a'], ['1', 'b']]))),
+            await refused(() => client.createRun('pairs', { tags: 'team=a' })),
+            await refused(() => client.updateRun(run.run_id, { setTags: [['a', '1']] })),
+          ];
+          await client.logParams(run.run_id, new Map([['layers', 3], ['lr', 0.1]]));
+          const got = await client.getRun(run.run_id);
+          client.close();
+          console.log(JSON.stringify({ outcomes, params: got.params, tags: got.tags }));
+        })();
+        """,
+        daemon.target,
+    )
+    pairs = ": pairs may give a key twice, and the request keeps one value of each key"
+    assert found["outcomes"] == [
+        f"TypeError: params: give an object of key: value (or a Map), not an array{pairs}",
+        'RangeError: params: key "1" is given twice; give each key once',
+        f"TypeError: tags: give an object of key: value (or a Map), not string{pairs}",
+        f"TypeError: setTags: give an object of key: value (or a Map), not an array{pairs}",
+    ]
+    assert found["params"] == {"layers": "3", "lr": "0.1"} and found["tags"] == {}
+
+
 def test_node_client_tracks_an_experiment_and_its_runs(node_ready, daemon, client):
     """What a service logging online metrics does: a run with params and tags, metric points
     step by step, then reads and searches them back."""

@@ -182,6 +182,27 @@ def test_params_and_tags_of_any_value_are_sent_as_text_everywhere(client):
     assert [r.run_id for r in client.training.runs("as-text", params={"lr": 0.1})] == [run.run_id]
 
 
+def test_params_as_pairs_are_refused_before_a_key_given_twice_loses_a_value(client):
+    """A request's params are a map, which keeps one value of a key: pairs, which may give a key
+    twice, are refused by the SDK, and nothing is sent."""
+    run = client.training.create_run("pairs")
+    pairs = [("lr", "0.1"), ("lr", "0.2")]
+    for call in (
+        lambda: client.training.log_params(run.run_id, pairs),
+        lambda: client.training.create_run("pairs", params=pairs),
+    ):
+        with pytest.raises(
+            TypeError, match=r"^params: give a mapping of key to value, such as a dict, not list"
+        ):
+            call()
+    with pytest.raises(
+        TypeError, match=r"^set_tags: give a mapping .* not tuple: pairs may give a key twice"
+    ):
+        client.training.update_run(run.run_id, set_tags=(("a", "1"), ("a", "2")))
+    assert client.training.run(run.run_id).params == {}
+    assert [r.run_id for r in client.training.runs("pairs")] == [run.run_id]
+
+
 def test_aio_submit_watch_and_wait(daemon, client, table):
     async def scenario():
         async with tessera.aio.Client(daemon.target) as aio_client:

@@ -104,9 +104,18 @@ def enum_value(enum: _EnumTypeWrapper[_V], prefix: str, value: str | int) -> _V:
     return enum.Value(name)
 
 
-def _as_text(values: Mapping[str, Any] | None) -> dict[str, str]:
-    """Params and tags as the daemon keeps them: text (3 -> "3", True -> "True")."""
-    return {key: str(value) for key, value in (values or {}).items()}
+def _as_text(values: Mapping[str, Any] | None, what: str) -> dict[str, str]:
+    """Params and tags as the daemon keeps them: text (3 -> "3", True -> "True"). TypeError for
+    what is no mapping (the argument `what`): a list of pairs may give a key twice, which the
+    request's map would keep once, silently."""
+    if values is None:
+        return {}
+    if not isinstance(values, Mapping):
+        raise TypeError(
+            f"{what}: give a mapping of key to value, such as a dict, not {type(values).__name__}: "
+            "pairs may give a key twice, and the request keeps one value of each key"
+        )
+    return {key: str(value) for key, value in values.items()}
 
 
 def _add_filter(request: pb.ListRunsRequest, found: RunFilter) -> None:
@@ -597,7 +606,7 @@ class Training(Part[C]):
         self, name: str, description: str = "", tags: Mapping[str, Any] | None = None
     ) -> Op[pb.Experiment]:
         """Create an experiment (jobs create theirs on first use); tag values as text."""
-        request = pb.CreateExperimentRequest(name=name, description=description, tags=_as_text(tags))
+        request = pb.CreateExperimentRequest(name=name, description=description, tags=_as_text(tags, "tags"))
         return Op(S, "CreateExperiment", request)
 
     @call
@@ -633,7 +642,7 @@ class Training(Part[C]):
     ) -> Op[pb.Experiment]:
         """Change an experiment's description (None leaves it) and tags (values as text)."""
         request = pb.UpdateExperimentRequest(
-            name=name, set_tags=_as_text(set_tags), remove_tags=list(remove_tags)
+            name=name, set_tags=_as_text(set_tags, "set_tags"), remove_tags=list(remove_tags)
         )
         if description is not None:
             request.description = description
@@ -660,7 +669,7 @@ class Training(Part[C]):
         """Start a run for a training script outside the daemon; log to it, then end it. Param
         and tag values as text."""
         request = pb.CreateRunRequest(
-            experiment=experiment, name=name, params=_as_text(params), tags=_as_text(tags)
+            experiment=experiment, name=name, params=_as_text(params, "params"), tags=_as_text(tags, "tags")
         )
         return Op(S, "CreateRun", request)
 
@@ -675,7 +684,7 @@ class Training(Part[C]):
         """End a run ("succeeded", "failed", "cancelled") or change its tags (values as text;
         `remove_tags` drops these keys, one not there is no error)."""
         request = pb.UpdateRunRequest(
-            run_id=run_id, set_tags=_as_text(set_tags), remove_tags=list(remove_tags)
+            run_id=run_id, set_tags=_as_text(set_tags, "set_tags"), remove_tags=list(remove_tags)
         )
         if status is not None:
             request.status = enum_value(pb.RunStatus, "RUN_STATUS_", status)
@@ -723,8 +732,8 @@ class Training(Part[C]):
         request = pb.ListRunsRequest(
             experiment=experiment,
             statuses=[enum_value(pb.RunStatus, "RUN_STATUS_", s) for s in statuses],
-            params=[pb.ParamFilter(key=k, value=v) for k, v in _as_text(params).items()],
-            tags=[pb.TagFilter(key=k, value=v) for k, v in _as_text(tags).items()],
+            params=[pb.ParamFilter(key=k, value=v) for k, v in _as_text(params, "params").items()],
+            tags=[pb.TagFilter(key=k, value=v) for k, v in _as_text(tags, "tags").items()],
             metrics=list(metrics),
             page_size=page_size,
             view=enum_value(pb.LifecycleView, "LIFECYCLE_VIEW_", view),
@@ -770,7 +779,7 @@ class Training(Part[C]):
     @call
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> Op[None]:
         """Record params of a run (values as text; a logged param cannot change)."""
-        request = pb.LogParamsRequest(run_id=run_id, params=_as_text(params))
+        request = pb.LogParamsRequest(run_id=run_id, params=_as_text(params, "params"))
         return Op(S, "LogParams", request, lambda _: None)
 
     @call
