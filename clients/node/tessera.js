@@ -340,6 +340,13 @@ class Client {
     return this.call(this.training, 'GetRun', { run_id: runId }, timeout);
   }
 
+  // Every metric summary of a run in key order, following page tokens: those getRun leaves out
+  // past its first 2,000 keys (run.metrics_left_out) too.
+  async listRunMetrics(runId, { pageSize = 0, timeoutMs: timeout } = {}) {
+    const request = { run_id: runId, page_size: pageSize };
+    return this.pages(this.training, 'ListRunMetrics', request, 'metrics', timeout);
+  }
+
   // Runs matching every filter given, newest first, or by a metric's summary with orderBy; every
   // page. statuses: ['running', ...]; params, tags: { key: value }; metrics: [{ key, op ('lt',
   // 'le', 'gt', 'ge', 'eq', 'ne'), value, field ('last' (default), 'min', 'max') }]; filter:
@@ -387,8 +394,9 @@ class Client {
   }
 
   // Params and metrics of two or more runs side by side: { runs, params: [{ key, values,
-  // present, differs }], metrics: [{ key, values (last values), present }] }, each list's values
-  // in the order of runIds.
+  // present, differs }], metrics: [{ key, values (last values), present }], metrics_left_out },
+  // each list's values in the order of runIds; metrics holds the first 2,000 keys of the runs
+  // together and metrics_left_out counts the rest (listRunMetrics lists each run's).
   async compareRuns(runIds, { timeoutMs: timeout } = {}) {
     return this.call(this.training, 'CompareRuns', { run_ids: runIds }, timeout);
   }

@@ -311,6 +311,30 @@ def test_node_client_refuses_params_a_request_map_would_garble_or_collapse(node_
     assert found["params"] == {"layers": "3", "lr": "0.1"} and found["tags"] == {}
 
 
+def test_node_client_lists_every_metric_key_of_a_run(node_ready, daemon, client):
+    """listRunMetrics pages through the keys getRun leaves out past a run's first 2,000."""
+    run = client.training.create_run("many-keys")
+    keys = [f"class_{c:04d}/f1" for c in range(2050)]
+    client.training.log_metrics(run.run_id, dict.fromkeys(keys, 0.5), step=0)
+    found = node_json(
+        f"""
+        (async () => {{
+          const client = new Client(TARGET);
+          const got = await client.getRun({json.dumps(run.run_id)});
+          const listed = await client.listRunMetrics({json.dumps(run.run_id)}, {{ pageSize: 1000 }});
+          client.close();
+          console.log(JSON.stringify({{
+            answered: got.metrics.length, leftOut: got.metrics_left_out,
+            keys: listed.map((m) => m.key), lasts: [...new Set(listed.map((m) => m.last))],
+          }}));
+        }})();
+        """,
+        daemon.target,
+    )
+    assert (found["answered"], found["leftOut"]) == (2000, 50)
+    assert found["keys"] == keys and found["lasts"] == [0.5]
+
+
 def test_node_client_tracks_an_experiment_and_its_runs(node_ready, daemon, client):
     """What a service logging online metrics does: a run with params and tags, metric points
     step by step, then reads and searches them back."""
