@@ -331,3 +331,32 @@ def test_a_metric_named_with_a_summary_suffix_is_reached_in_backquotes(tessera_c
         " ".join(none.out.split())
     ), none.out
     assert "write metrics.`val.max` for that one" in " ".join(none.out.split()), none.out
+
+
+def test_runs_compare_shows_runs_side_by_side_and_says_which_metric_keys_it_leaves_out(tessera_cli, client):
+    training = client.training
+    many = training.create_run("cli-compare", name="many", params={"lr": "0.1"})
+    few = training.create_run("cli-compare", name="few", params={"lr": "0.2", "seed": "1"})
+    keys = [f"k{i:04d}" for i in range(2000)]
+    training.log_metrics(many.run_id, dict.fromkeys(keys, 0.5), step=0)
+    training.log_metrics(few.run_id, {"k0001": 0.25, "z": 1.0}, step=0)
+
+    shown = tessera_cli("runs", "compare", many.run_id, few.run_id)
+    assert shown.code == 0, shown.err
+    said = " ".join(shown.out.split())
+    assert re.search(r"param lr\s*│\s*0\.1\s*│\s*0\.2", shown.out), shown.out
+    assert re.search(r"param seed\s*│\s*-\s*│\s*1 ", shown.out), shown.out
+    assert re.search(r"metric k0001\s*│\s*0\.5\s*│\s*0\.25", shown.out), shown.out
+    assert re.search(r"metric k1999\s*│\s*0\.5\s*│\s*-", shown.out), shown.out
+    assert "metric z" not in shown.out
+    assert (
+        "left out: 1 more metric key after k1999 (the first 2,000 of the runs' keys together are "
+        "compared); list each run's with: tessera runs metrics RUN_ID"
+    ) in said, shown.out
+    as_json = tessera_cli("--json", "runs", "compare", many.run_id, few.run_id)
+    assert as_json.code == 0 and as_json.json()["metrics_left_out"] == 1, as_json.err
+
+    alone = tessera_cli("runs", "compare", many.run_id)
+    assert alone.code == EXIT_USAGE and "runs compare takes two or more RUN_IDs" in alone.err, alone.err
+    unknown = tessera_cli("runs", "compare", many.run_id, "no-such-run")
+    assert unknown.code == EXIT_DAEMON and "no-such-run" in unknown.err, unknown.err

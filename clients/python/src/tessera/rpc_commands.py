@@ -43,6 +43,7 @@ COMMAND_BY_RPC: dict[str, str] = {
     "ListRuns": "`tessera runs ls`",
     "GetRun": "`tessera runs show RUN_ID`",
     "ListRunMetrics": "`tessera runs metrics RUN_ID`",
+    "CompareRuns": "`tessera runs compare RUN_ID RUN_ID...`",
     "DeleteRun": "`tessera runs rm RUN_ID`",
     "RestoreRun": "`tessera runs restore RUN_ID`",
     "UploadRunArtifact": "`tessera runs artifacts put RUN_ID FILE`",

@@ -71,6 +71,7 @@ from tessera.cli.tracking import (
     cmd_runs_artifacts_get,
     cmd_runs_artifacts_ls,
     cmd_runs_artifacts_put,
+    cmd_runs_compare,
     cmd_runs_leaderboard,
     cmd_runs_ls,
     cmd_runs_metrics,
@@ -653,6 +654,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_view(sub, "runs")
     command(runs, "show", cmd_runs_show, "show a run's params and metrics").add_argument(
         "run_id", help=RUN_HELP
+    )
+    command(runs, "compare", cmd_runs_compare, "show runs' params and metrics side by side").add_argument(
+        "run_ids", nargs="+", metavar="RUN_ID", help="two or more runs (`tessera runs ls` lists them)"
     )
     command(
         runs, "metrics", cmd_runs_metrics, "list every metric of a run, those `runs show` leaves out too"

@@ -170,6 +170,35 @@ def cmd_runs_show(client: Client, args: argparse.Namespace, out: Output) -> None
     out.pairs(f"run {run.run_id}", rows)
 
 
+def cmd_runs_compare(client: Client, args: argparse.Namespace, out: Output) -> None:
+    if len(args.run_ids) < 2:
+        raise UsageError("runs compare takes two or more RUN_IDs")
+    compared = client.training.compare_runs(args.run_ids)
+    if out.as_json:
+        return out.json(compared)
+    runs = compared.runs
+    rows: list[tuple[str, ...]] = [("name", *(r.name for r in runs)), ("status", *map(run_status, runs))]
+    rows += [
+        (f"param {p.key}", *(v if there else "-" for v, there in zip(p.values, p.present, strict=True)))
+        for p in compared.params
+    ]
+    rows += [
+        (
+            f"metric {m.key}",
+            *(f"{v:.5g}" if there else "-" for v, there in zip(m.values, m.present, strict=True)),
+        )
+        for m in compared.metrics
+    ]
+    out.table("runs compared (metrics: last values)", ["", *(r.run_id for r in runs)], rows)
+    if compared.metrics_left_out:
+        # The daemon compares the runs' first keys only; without this line the table reads as all of them.
+        out.line(
+            f"left out: {counted(compared.metrics_left_out, 'more metric key')} after "
+            f"{compared.metrics[-1].key} (the first {len(compared.metrics):,} of the runs' keys together "
+            "are compared); list each run's with: tessera runs metrics RUN_ID"
+        )
+
+
 def cmd_runs_metrics(client: Client, args: argparse.Namespace, out: Output) -> None:
     summaries = list(client.training.list_metrics(args.run_id))
     if out.as_json:
