@@ -887,18 +887,20 @@ class Tracking:
             raise InvalidArgument("run_ids: a run is listed twice")
         with self._store.read() as txn:
             runs = [_with_summaries(txn, self.load_run(txn, run_id)) for run_id in run_ids]
+            # The answer carries each param and last metric twice: in its run and in the comparison.
+            size = 2 * sum(_run_bytes(run) for run in runs)
+            if size > MAX_PAGE_BYTES:
+                # Two runs near their limits of params, tags and metric keys fit no comparison.
+                instead = "compare fewer runs at a time" if len(runs) > 2 else "read each with GetRun"
+                raise ResourceExhausted(
+                    f"run_ids: the {len(runs)} runs take about {format_size(size)} compared, more than "
+                    f"one answer holds ({format_size(MAX_PAGE_BYTES)}); {instead}"
+                )
+            # Counted once the runs fit one answer: only runs whose 2,000 answered summaries are
+            # full are read past them, and about a dozen such runs fill an answer.
             keys = _distinct_keys(txn, runs)
             metric_keys = list(itertools.islice(keys, MAX_ANSWERED_METRICS))
             metrics_left_out = sum(1 for _ in keys)
-        # The answer carries each param and last metric twice: in its run and in the comparison.
-        size = 2 * sum(_run_bytes(run) for run in runs)
-        if size > MAX_PAGE_BYTES:
-            # Two runs near their limits of params, tags and metric keys fit no comparison.
-            instead = "compare fewer runs at a time" if len(runs) > 2 else "read each with GetRun"
-            raise ResourceExhausted(
-                f"run_ids: the {len(runs)} runs take about {format_size(size)} compared, more than one "
-                f"answer holds ({format_size(MAX_PAGE_BYTES)}); {instead}"
-            )
         return RunComparison(runs, metric_keys, metrics_left_out)
 
     def list_run_metrics(self, run_id: str, size: int = 0, token: str = "") -> Page[MetricSummary]:
