@@ -78,6 +78,11 @@ _CALLER = web.RequestKey("tessera_caller", str)
 # refused with 501 and these in Accept-Encoding, as Triton refuses it (identity goes unsaid there).
 _CODINGS = ("gzip", "deflate", "identity")
 _ACCEPT_ENCODING: dict[str, str] = {hdrs.ACCEPT_ENCODING: "gzip, deflate"}
+# The most gzip members one request body may be (tritonclient sends one): past it, a body of
+# empty 20-byte members would take CPU out of all proportion to its size.
+MAX_GZIP_MEMBERS = 1024
+# How much compressed input goes to zlib at once.
+_DECOMPRESS_SLICE = 1 << 16
 
 
 def _failure(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -337,11 +342,13 @@ class OipHttpServer(HttpListener):
             "or uncompressed"
         )
 
-    def _too_large(self, size: int | None) -> str:
-        """What a body over max_message_size is told; `size` when its Content-Length says it."""
+    def _too_large(self, size: int | None, decompressed: bool = False) -> str:
+        """What a body over max_message_size is told; `size` when its Content-Length says it;
+        `decompressed` when its coding's data is small but decompresses to more."""
         over = "over" if size is None else f"{format_size(size)}, over"
+        body = "decompresses to over" if decompressed else f"is {over}"
         return (
-            f"the request body is {over} max_message_size = {format_size(self._max_message_size)}, "
+            f"the request body {body} max_message_size = {format_size(self._max_message_size)}, "
             "the largest request this tesserad accepts (gRPC's too); send fewer rows per request, or ask "
             "the operator to raise max_message_size (env TESSERA_MAX_MESSAGE_SIZE)"
         )
@@ -357,30 +364,49 @@ class OipHttpServer(HttpListener):
         if coding == "identity" or not body:
             return body
         assert coding in _CODINGS, "a body in another coding is refused before it is read"
+        # Up to max_message_size of decompression is CPU the event loop (gRPC's and the
+        # dashboard's too) must not wait on.
+        return await asyncio.to_thread(self._decompressed, body, coding)
+
+    def _decompressed(self, body: bytes, coding: str) -> bytes:
+        """`body` decompressed from `coding` (gzip or deflate)."""
         if coding == "gzip":
             window = 16 + zlib.MAX_WBITS
         else:
             # deflate is zlib's format (RFC 9110), but some clients send raw deflate data, which
             # aiohttp's decompression took too: a zlib stream's first byte names its method, 8.
             window = zlib.MAX_WBITS if body[0] & 0x0F == 8 else -zlib.MAX_WBITS
+        view = memoryview(body)
         parts: list[bytes] = []
         room = self._max_message_size
-        rest = body
-        # A gzip body may be several members one after another (RFC 1952), as `gzip.decompress`
-        # and `cat a.gz b.gz` make it: each is decompressed in turn, and all count against the cap.
-        while rest:
+        offset = members = 0
+        # A gzip body may be several members one after another (RFC 1952), as `cat a.gz b.gz`
+        # makes it. Input goes in bounded slices, so what a member leaves unused (copied by zlib
+        # on each call) stays small; and members are counted, since an empty one is 20 bytes.
+        while offset < len(body):
+            members += 1
+            if members > MAX_GZIP_MEMBERS:
+                raise Refused(
+                    400,
+                    f"the request body is over {MAX_GZIP_MEMBERS} gzip members one after another; "
+                    "send it compressed as one",
+                )
             decompressor = zlib.decompressobj(window)
-            try:
-                part = decompressor.decompress(rest, room + 1)
-            except zlib.error:
-                raise Refused(400, self._not_as_encoded(coding)) from None
-            if len(part) > room:
-                raise Refused(413, self._too_large(None))
-            if not decompressor.eof or (decompressor.unused_data and coding != "gzip"):
+            while not decompressor.eof:
+                if offset >= len(body):
+                    raise Refused(400, self._not_as_encoded(coding))
+                piece = view[offset : offset + _DECOMPRESS_SLICE]
+                try:
+                    part = decompressor.decompress(piece, room + 1)
+                except zlib.error:
+                    raise Refused(400, self._not_as_encoded(coding)) from None
+                if len(part) > room:
+                    raise Refused(413, self._too_large(None, decompressed=True))
+                parts.append(part)
+                room -= len(part)
+                offset += len(piece) - len(decompressor.unused_data)
+            if coding != "gzip" and offset < len(body):
                 raise Refused(400, self._not_as_encoded(coding))
-            parts.append(part)
-            room -= len(part)
-            rest = decompressor.unused_data
         return b"".join(parts)
 
     def end_revoked(self, table: TokenTable) -> int:

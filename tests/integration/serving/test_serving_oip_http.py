@@ -439,12 +439,21 @@ def test_request_bodies_compressed_as_triton_takes_them(served: str) -> None:
         # Raw deflate data, without zlib's header, as some clients send it; and codings as cased.
         ("deflate", raw_deflate.compress(body) + raw_deflate.flush()),
         ("GZip", gzip.compress(body)),
-        # Two gzip members one after the other (RFC 1952), as `cat a.gz b.gz` makes: it was refused.
-        ("gzip", gzip.compress(body[:40]) + gzip.compress(body[40:])),
+        # Gzip members one after the other (RFC 1952), as `cat a.gz b.gz` makes: it was refused.
+        # Empty members are members too.
+        ("gzip", gzip.compress(body[:40]) + gzip.compress(b"") * 1000 + gzip.compress(body[40:])),
     ):
         headers = {"Content-Encoding": encoding, "Inference-Header-Content-Length": str(len(header))}
         status, _, answer = call(infer, compressed, headers)
         assert (status, answer) == (200, plain[2])
+    # Members whose data spans more than one 64 KiB slice of input (zlib takes it in slices).
+    spaced = header + b" " * 70000
+    compressed = gzip.compress(spaced[:100], 0) + gzip.compress(spaced[100:] + X.tobytes(), 0)
+    assert len(compressed) > 1 << 16
+    status, _, answer = call(
+        infer, compressed, {"Content-Encoding": "gzip", "Inference-Header-Content-Length": str(len(spaced))}
+    )
+    assert (status, answer) == (200, plain[2])
     connection = http.client.HTTPConnection("127.0.0.1", int(served.rsplit(":", 1)[1]), timeout=30)
     for encoding, unlike in (
         ("gzip", body),
@@ -754,7 +763,24 @@ def test_slow_clients_and_bodies_over_max_message_size_are_refused(tmp_path: Pat
                 port, infer + f"Content-Encoding: gzip\r\nContent-Length: {len(bomb)}\r\n\r\n".encode() + bomb
             )
         )
-        assert status == 413 and message.startswith("the request body is over max_message_size = 1 MiB,")
+        assert status == 413 and message.startswith(
+            "the request body decompresses to over max_message_size = 1 MiB,"
+        )
+        # A body of many tiny members costs CPU out of proportion to its size: their number is capped.
+        members = gzip.compress(b" " * 10) * 3000
+        assert len(members) > 1 << 16
+        status, message = _status_and_error(
+            _raw(
+                port,
+                infer
+                + f"Content-Encoding: gzip\r\nContent-Length: {len(members)}\r\n\r\n".encode()
+                + members,
+            )
+        )
+        assert (status, message) == (
+            400,
+            "the request body is over 1024 gzip members one after another; send it compressed as one",
+        )
         index = b"POST /v2/repository/index HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
         answer = _raw(port, index + b"2\r\n{}\r\n0\r\n\r\n")
         assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"[]")
