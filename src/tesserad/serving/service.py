@@ -2,8 +2,9 @@
 
 Routing resolves through a cache of alias and deployment targets. When the registry reports a
 change to a model, the cached targets are re-resolved in the background: a new version is
-loaded and warmed with the old one's config first, then the target switches (one dict store),
-then the old version drains and is freed. A request that raced the switch and finds its
+loaded and warmed with the old one's config first (in a thread of its own, so that a slow load
+holds no other model's refresh; the refresh that follows it moves the target), then the target
+switches (one dict store), then the old version drains and is freed. A request that raced the switch and finds its
 batcher closed is routed again, so no request fails during a swap. A new version that fails to
 load or warm takes no traffic: the target stays on the version that served it (as Triton, KServe
 and Seldon keep the old one until the new one is ready), the failure is logged and listed, and
@@ -208,6 +209,12 @@ class _Uncached(Enum):
     UNCACHED = 0
 
 
+class _Warm(Enum):
+    """What _warm_like answers while the load of the version a target moves to is under way."""
+
+    UNDER_WAY = 0
+
+
 # Which call (by CallCounter.count) the running task serves; none (never "before" another) outside a call.
 _THIS_CALL: contextvars.ContextVar[int] = contextvars.ContextVar("tesserad_call", default=sys.maxsize)
 
@@ -288,6 +295,14 @@ class InferenceService:
         self._refresh_lock = threading.Lock()
         # Models with a target kept on its old version because the new one failed to warm.
         self._held_back: set[str] = set()
+        # model -> the versions its targets wait to move to until a warm load (_warm_like) loads
+        # them, each under way or done; a version no longer awaited is not loaded, or unloaded.
+        self._awaited: dict[str, set[int]] = {}
+        # Warm loads under way, and why each that failed did (its version awaited then), until the
+        # refresh it queues reads it.
+        self._warming: set[tuple[str, int]] = set()
+        self._warm_failures: dict[tuple[str, int], str] = {}
+        self._warm_lock = threading.Lock()
         # (callback, kept): see add_deletion_listener.
         self._deletion_listeners: list[
             tuple[Callable[[str, Hashable], None], Callable[[str], Hashable | None]]
@@ -1015,7 +1030,8 @@ class InferenceService:
 
     def _queue_refresh(self, model: str) -> None:
         with self._refresh_lock:
-            if model in self._refresh_queued:
+            # A warm load may end as the service closes: its refresh is not queued then.
+            if self._closed or model in self._refresh_queued:
                 return
             self._refresh_queued.add(model)
         self._swaps.submit(self._refresh, model)
@@ -1191,6 +1207,7 @@ class InferenceService:
         plan = self._source.deployment(model) if old_router is not _Uncached.UNCACHED else None
         previously_served = set(aliases.values())
         held_back = False
+        awaited: set[int] = set()
         for alias, old in aliases.items():
             new = named[alias]
             if new is None:
@@ -1199,6 +1216,12 @@ class InferenceService:
             if new == old:
                 continue
             failure = self._warm_like(model, new, old)
+            if failure is _Warm.UNDER_WAY:
+                if old not in gone:
+                    awaited.add(new)
+                    continue
+                # Version `old` must stop serving now: a request waits for the load under way.
+                failure = None
             if failure is not None and old in gone:
                 log.warning(
                     "alias %r of %r moves to version %s, which failed to load (%s): version %s it "
@@ -1223,12 +1246,18 @@ class InferenceService:
             candidates = sorted(old_versions or previously_served)
             like = next((v for v in candidates if self.pool.get(model, v)), None)
             failures: list[str] = []
+            warming: set[int] = set()
             if new_router is not None and like is not None:
                 for version in sorted(new_router.versions() - old_versions):
                     failure = self._warm_like(model, version, like)
-                    if failure is not None:
+                    if failure is _Warm.UNDER_WAY:
+                        warming.add(version)
+                    elif failure is not None:
                         failures.append(f"version {version}: {failure}")
-            if failures and old_versions & gone:
+            if warming and not failures and not old_versions & gone:
+                # The whole new plan waits for its versions' loads, as for a failure below.
+                awaited |= warming
+            elif failures and old_versions & gone:
                 log.warning(
                     "the deployment of %r moves to its new routes although %s failed to load: "
                     "version %s it served was deleted; fix the version and load it with LoadModel, "
@@ -1260,9 +1289,19 @@ class InferenceService:
         # which would hold every model's refresh: a request routed to it before the targets moved
         # may be loading it (see _refuse_unless_routed). Unloaded only if ready by then (not
         # unloaded by another call, nor failed).
-        for version in sorted(previously_served - still_served - gone):
+        with self._warm_lock:
+            # Before the unloads: a warm load not begun yet finds its version no longer awaited.
+            not_awaited = self._awaited.pop(model, set()) - awaited
+            if awaited:
+                self._awaited[model] = awaited
+        for version in sorted(previously_served - still_served - awaited - gone):
             if self.pool.unload_ready(model, version):
                 log.info("unloaded version %s of %r after its targets moved", version, model)
+        # Loaded (or loading) for a move that no longer comes: the targets moved elsewhere since, or
+        # another of the new versions failed.
+        for version in sorted(not_awaited - still_served - previously_served - gone):
+            if self.pool.unload_ready(model, version):
+                log.info("unloaded version %s of %r: its targets no longer move to it", version, model)
         for version, artifact in sorted(replaced.items()):
             # Only the artifact listed when the source said the version was gone (loading then, or
             # ready), now or once a load of it under way is done, as above: a request may have
@@ -1304,9 +1343,17 @@ class InferenceService:
                 gone[version] = artifact
         return gone, settled
 
-    def _warm_like(self, model: str, version: int, like: int) -> str | None:
+    def _warm_like(self, model: str, version: int, like: int) -> str | _Warm | None:
         """Load `version` with the config `like` was loaded with, if `like` is loaded (else a
-        request loads it). Why it failed to load, or None: a target may then move to it."""
+        request loads it), in a thread of its own: a load takes seconds, which would hold every
+        other model's refresh on the swaps' thread. Why it failed to load; None once it is loaded
+        (a target may then move to it); UNDER_WAY while its load is, which queues a refresh of
+        the model when done."""
+        key = (model, version)
+        with self._warm_lock:
+            failure = self._warm_failures.pop(key, None)
+        if failure is not None:
+            return failure
         current = self.pool.get(model, like)
         if current is None or self.pool.get(model, version) is not None:
             return None
@@ -1318,13 +1365,48 @@ class InferenceService:
         # safetensors original runs on torch); everything else is copied.
         config = dataclasses.replace(current.config.as_request(), runtime="")
         try:
-            self.pool.load(self._source.servable(model, version, None), config)
+            servable = self._source.servable(model, version, None)
         except TesseraError as exc:
             return exc.message
-        return None
+        with self._warm_lock:
+            self._awaited.setdefault(model, set()).add(version)
+            if key in self._warming:
+                return _Warm.UNDER_WAY
+            self._warming.add(key)
+        threading.Thread(
+            target=self._warm, args=(servable, config), name=f"serving-warm {model}:{version}", daemon=True
+        ).start()
+        return _Warm.UNDER_WAY
+
+    def _warm(self, servable: ServableVersion, config: ServingConfig) -> None:
+        """The load _warm_like started; a refresh of its model follows, if a target awaits it."""
+        model, version = key = (servable.model, servable.version)
+        try:
+            self.pool.load(servable, config, before_load=functools.partial(self._refuse_unless_awaited, key))
+        except TesseraError as exc:
+            with self._warm_lock:
+                if version in self._awaited.get(model, ()):
+                    self._warm_failures[key] = exc.message
+        finally:
+            with self._warm_lock:
+                self._warming.discard(key)
+                awaited = version in self._awaited.get(model, ())
+            if awaited:
+                self._queue_refresh(model)
+
+    def _refuse_unless_awaited(self, key: tuple[str, int]) -> None:
+        """NotFound unless a target of the model still awaits the version. Called holding its load
+        lock just before a warm load loads it: a refresh that no longer awaits it says so before
+        it unloads it (ModelPool.unload_ready), so the load either begins before that unload, or
+        not at all."""
+        model, version = key
+        with self._warm_lock:
+            if version not in self._awaited.get(model, ()):
+                raise NotFound(f"model {model!r} version {version} is no longer awaited by its targets")
 
     def close(self) -> None:
-        self._closed = True
+        with self._refresh_lock:
+            self._closed = True
         self._swaps.shutdown(wait=True, cancel_futures=True)
         self.explainer.close()
         self.pool.close()

@@ -433,7 +433,8 @@ def test_a_refresh_that_failed_is_retried_once_the_registry_is_readable(
     assert inference.Predict(predict_request("retried", X)).version == 1  # within the interval
     now[0] += SOURCE_RETRY_S
     inference.Predict(predict_request("retried", X))  # queues the refresh again
-    refreshes.wait_refreshed("retried", 2)
+    # It loads version 2 like version 1, and the refresh that load queues moves `latest`.
+    refreshes.wait_refreshed("retried", 3)
     answer = inference.Predict(predict_request("retried", X))
     assert answer.version == 2
     np.testing.assert_allclose(to_array(answer.outputs[0]), X @ W * 3, rtol=1e-6)

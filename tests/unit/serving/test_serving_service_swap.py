@@ -467,9 +467,8 @@ def test_a_refresh_that_failed_is_queued_again_by_a_request_once_an_interval_pas
         assert refreshed.wait(30)  # it failed: `latest` could not be read
         source.failing = False
         now[0] += service_module.SOURCE_RETRY_S
-        refreshed.clear()
         _predict(service, Target("m"))  # queues the refresh again
-        assert refreshed.wait(30)
+        _moved(service, Target("m"), 2)
         assert _predict(service, Target("m")) == 2
     finally:
         service.close()
@@ -684,9 +683,8 @@ def test_a_refresh_that_failed_is_queued_again_by_a_metadata_call_once_an_interv
         assert refreshed.wait(30)  # it failed: `latest` could not be read
         source.failing = False
         now[0] += service_module.SOURCE_RETRY_S
-        refreshed.clear()
         getattr(service, call)(Target("m"))  # queues the refresh again
-        assert refreshed.wait(30)
+        _moved(service, Target("m"), 2)
         assert service.describe(Target("m")).version == 2
     finally:
         service.close()
@@ -760,12 +758,11 @@ def test_a_refresh_run_again_unloads_the_version_its_alias_served_before_it_fail
         service.on_registry_change("m")
         assert refreshed.wait(30)
         assert "m" in service._refresh_retry_at  # it failed
-        refreshed.clear()
         now[0] += 60
         # A metadata call queues the refresh again and loads nothing: a request here could be
         # routed to version 1 before the refresh moves `latest`, and load it again after.
         service.describe(Target("m"))
-        assert refreshed.wait(30)
+        _moved(service, Target("m"), 2)
         assert service._refresh_retry_at == {}
         assert [entry.version for entry in service.pool.list("m")] == [2]
         assert _predict(service, Target("m")) == 2
@@ -802,7 +799,7 @@ def test_a_request_routed_just_before_a_refresh_moved_latest_does_not_load_the_o
         submitted = service.submit(Target("m"), inputs, ["y"], None, "r1", started=time.perf_counter_ns())
         assert (submitted.version, submitted.future) == (1, None)
         refreshes_released.set()
-        _refreshes_done(service)
+        _moved(service, Target("m"), 2)
         assert [entry.version for entry in service.pool.list("m")] == [2]  # `latest` moved, 1 unloaded
         # ... and its autoload after the refresh: routed again, rather than loading version 1.
         assert service.autoload_routed(Target("m"), 1) is None
@@ -963,6 +960,17 @@ def test_a_refresh_finishes_when_a_request_drops_its_cached_no_deployment_meanwh
 def _refreshes_done(service: InferenceService) -> None:
     """Wait for every refresh queued so far to finish (the swaps run one at a time, in order)."""
     service._swaps.submit(lambda: None).result(30)
+
+
+def _moved(service: InferenceService, target: Target, version: int) -> None:
+    """Wait until a refresh moved `target` to `version`, and for that refresh to end: a target
+    whose version was loaded moves in the refresh that follows the load of its new one, which runs
+    in a thread of its own."""
+    deadline = time.monotonic() + 30
+    while service.route(target)[0] != version:
+        assert time.monotonic() < deadline, f"{target} never moved to version {version}"
+        time.sleep(0.01)
+    _refreshes_done(service)
 
 
 def test_a_refresh_that_keeps_failing_waits_ever_longer_and_logs_one_traceback(

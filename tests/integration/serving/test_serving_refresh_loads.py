@@ -1,0 +1,136 @@
+"""The loads a refresh of a registry change starts (the version a deployment or alias moves to,
+warmed before it takes traffic) against the refreshes of other models, ensembles and requests:
+each race held open by a load that waits on an event of the test."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from serving_models import W, linear_model, predict_request, to_array, upload
+
+from tessera.v1 import inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc
+
+X = np.arange(8, dtype=np.float32).reshape(2, 4)
+
+
+def _wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"never saw: {what}")
+
+
+def _loaded(inference: inference_pb2_grpc.InferenceStub, model: str) -> dict[int, int]:
+    return {
+        m.version: m.state for m in inference.ListLoaded(inference_pb2.ListLoadedRequest(model=model)).models
+    }
+
+
+class HeldArtifacts:
+    """Holds each load that opens the artifact of a version in `held` (model, version) until
+    `release` is set; `inside` is set once one does."""
+
+    def __init__(self, registry: Any, monkeypatch: pytest.MonkeyPatch, *held: tuple[str, int]) -> None:
+        self.inside = threading.Event()
+        self.release = threading.Event()
+        self.opened: list[tuple[str, int]] = []
+        artifact_path = registry.artifact_path
+
+        @contextlib.contextmanager
+        def held_path(record: Any) -> Iterator[Path]:
+            key = (record.model, record.version)
+            self.opened.append(key)
+            if key in held:
+                self.inside.set()
+                # Longer than any wait of the test: a test that fails must fail on its own wait.
+                assert self.release.wait(120)
+            with artifact_path(record) as path:
+                yield path
+
+        monkeypatch.setattr(registry, "artifact_path", held_path)
+
+
+@pytest.fixture
+def daemon(start_daemon) -> Any:
+    return start_daemon()
+
+
+def test_a_slow_load_of_the_version_a_deployment_moves_to_holds_no_other_models_refresh(
+    daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refresh that moved 'slow''s deployment to version 2 loaded and warmed version 2 on the
+    one thread that runs every refresh: 'other''s alias stayed on version 1 until that load was
+    done (seconds for a large model), though its own version 2 loads at once."""
+    channel = daemon.channel()
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    registry = registry_pb2_grpc.RegistryStub(channel)
+    for model in ("slow", "other"):
+        upload(channel, model, linear_model(1.0))
+        upload(channel, model, linear_model(2.0))
+    registry.Deploy(
+        registry_pb2.DeployRequest(model="slow", routes=[registry_pb2.Route(version=1, weight=100)])
+    )
+    registry.SetAlias(registry_pb2.SetAliasRequest(model="other", alias="production", version=1))
+    # Cached, and loaded: each moves once its new version is loaded like version 1.
+    _wait_for(lambda: inference.Predict(predict_request("slow", X)).version == 1, "slow deployed on 1")
+    assert inference.Predict(predict_request("other", X, alias="production")).version == 1
+    held = HeldArtifacts(daemon.daemon.registry, monkeypatch, ("slow", 2))
+    try:
+        registry.Deploy(
+            registry_pb2.DeployRequest(model="slow", routes=[registry_pb2.Route(version=2, weight=100)])
+        )
+        assert held.inside.wait(30)
+        registry.SetAlias(registry_pb2.SetAliasRequest(model="other", alias="production", version=2))
+        _wait_for(
+            lambda: inference.Predict(predict_request("other", X, alias="production")).version == 2,
+            "other's alias on version 2 while slow's version 2 loads",
+        )
+        # Until its version 2 is loaded, 'slow' is served by version 1.
+        assert inference.Predict(predict_request("slow", X)).version == 1
+        assert _loaded(inference, "slow") == {
+            1: inference_pb2.LOAD_STATE_READY,
+            2: inference_pb2.LOAD_STATE_LOADING,
+        }
+    finally:
+        held.release.set()
+    _wait_for(lambda: inference.Predict(predict_request("slow", X)).version == 2, "slow deployed on 2")
+    answer = inference.Predict(predict_request("slow", X))
+    np.testing.assert_allclose(to_array(answer.outputs[0]), X @ W * 2, rtol=1e-6)
+    _wait_for(
+        lambda: _loaded(inference, "slow") == {2: inference_pb2.LOAD_STATE_READY}, "slow's version 1 unloaded"
+    )
+
+
+def test_a_version_an_alias_no_longer_moves_to_is_not_left_loaded_by_the_load_started_for_it(
+    daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An alias moved on to version 3 while version 2, which it moved to before, was loading for
+    it: version 2 is unloaded once its load is done, as nothing routes to it."""
+    channel = daemon.channel()
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    registry = registry_pb2_grpc.RegistryStub(channel)
+    for scale in (1.0, 2.0, 3.0):
+        upload(channel, "m", linear_model(scale))
+    registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=1))
+    assert inference.Predict(predict_request("m", X, alias="production")).version == 1
+    held = HeldArtifacts(daemon.daemon.registry, monkeypatch, ("m", 2))
+    try:
+        registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=2))
+        assert held.inside.wait(30)
+        registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=3))
+        _wait_for(
+            lambda: inference.Predict(predict_request("m", X, alias="production")).version == 3,
+            "the alias on version 3 while version 2 loads",
+        )
+    finally:
+        held.release.set()
+    _wait_for(lambda: _loaded(inference, "m") == {3: inference_pb2.LOAD_STATE_READY}, "only version 3 loaded")
