@@ -26,7 +26,8 @@
   CANCELED, BACKEND (the model's run failed).
 - Warm-up: a request submitted with `warmup` (an ensemble warming up through its members'
   batchers, the path its requests take) runs like any, but only in batches of warm-ups, which
-  count in none of the version's figures, as its own warm-up (run on its runtimes) does not.
+  count in none of the version's figures nor in its cost estimates, as its own warm-up (run on
+  its runtimes) does not.
 """
 
 from __future__ import annotations
@@ -612,8 +613,11 @@ class DynamicBatcher:
         # among its rows (for a tiny model, more than the model's run), up to its answers. Only
         # where batches can form, and for a batch of a size whose cost is known, one in
         # _COST_EVERY: each reading of the clock is a system call.
-        measured = self._max_rows > 1 and (
-            not self.costs.known(rows) or self._batches_run % _COST_EVERY == _COST_EVERY - 1
+        warmup = batch[0].warmup  # a batch holds warm-ups only or none (see _Request.shape_key)
+        measured = (
+            self._max_rows > 1
+            and not warmup
+            and (not self.costs.known(rows) or self._batches_run % _COST_EVERY == _COST_EVERY - 1)
         )
         cost_started = self._cost_now(runtime) if measured else 0
         if alone:
@@ -676,10 +680,11 @@ class DynamicBatcher:
             )
             answered.append((queue_ns, ended - request.enqueued_ns, request.rows, request.shadow))
         # Counted before answered: a caller that reads the stats after its answer finds it there.
-        # A batch holds warm-ups only or none (see _Request.shape_key).
-        if not batch[0].warmup:
+        # A warm-up's batch (an ensemble's, of its sizes, not its requests') teaches the estimates
+        # that decide batching and holds nothing either.
+        if not warmup:
             self._stats.record_batch(compute_ns, answered)
-        self._learn(compute_ns / rows, self._cost_now(runtime) - cost_started if measured else None, rows)
+            self._learn(compute_ns / rows, self._cost_now(runtime) - cost_started if measured else None, rows)
         for request, prediction in zip(batch, predictions, strict=True):
             request.future.set_result(prediction)
 

@@ -76,7 +76,7 @@ class EnsembleRuntime:
 
     def warm_up(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
         """`run` for the ensemble's warm-up: through the members' batchers, as its requests go
-        (that is what it warms), but counted in none of the members' figures."""
+        (that is what it warms), but counted in none of the members' figures or cost estimates."""
         return self._run(inputs, output_names, warmup=True)
 
     def _run(

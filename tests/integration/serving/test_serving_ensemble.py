@@ -198,6 +198,20 @@ def test_the_ensembles_warm_up_counts_in_no_members_figures(daemon, client, oip,
     assert stats[("ens", 1)].request_count == 1
 
 
+def test_the_ensembles_warm_up_feeds_no_members_cost_estimates(daemon, client, members) -> None:
+    # Whether a member gathers requests into batches follows its cost per row in batches of one
+    # row and of more, measured on its own batches: the ensemble's warm-up (a 32-row batch and
+    # 1-row ones through each member) is not what its requests cost.
+    client.models.register_ensemble("ens", members)
+    client.inference.load("ens", 1)  # loads a, b and c for it, and warms up through them
+    pool = daemon.daemon.inference.pool
+    for name in "abc":
+        batcher = pool.get(name, 1).batcher
+        assert (batcher.costs.single_ns_per_row, batcher.costs.batched_ns_per_row) == (None, None)
+    client.inference.predict("a", {"x": X}, version=1)
+    assert pool.get("a", 1).batcher.costs.known(len(X))
+
+
 def test_served_through_the_open_inference_protocol(client, oip, members) -> None:
     client.models.register_ensemble("ens", members)
     request = oip_pb.ModelInferRequest(model_name="ens", id="r1")
