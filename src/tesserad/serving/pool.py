@@ -393,6 +393,12 @@ class ModelPool:
                         self._listed[key] = entry
                     if self._metrics is not None:
                         self._metrics.forget(stats)
+                # Failed, it is no one's ensemble: the members loaded only for it would stay
+                # loaded, for an ensemble that requests do not load again. A member whose own load
+                # failed stays listed with its reason.
+                for member in entry.members:
+                    if self.get(*member) is not None:
+                        self.unload_member(*member)
                 raise
             with self._lock:
                 self._ready[key] = entry

@@ -145,6 +145,22 @@ def one_row_model() -> bytes:
     return _model_bytes(graph)
 
 
+def one_row_linear_model() -> bytes:
+    """y = (x @ W) reshaped to (1, 3), declared as linear_model's x (N, 4) -> y (N, 3): a run of
+    one row answers it as linear_model(1.0) does, a run of more rows fails."""
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Reshape", ["xw", "shape"], ["y"])],
+        "one_row_linear",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4]),
+            helper.make_tensor_value_info("shape", TensorProto.INT64, [2]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+        [numpy_helper.from_array(W, "W"), numpy_helper.from_array(np.array([1, 3], dtype=np.int64), "shape")],
+    )
+    return _model_bytes(graph)
+
+
 def upload(
     channel: grpc.Channel,
     model: str,

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from google.protobuf import json_format
 from prometheus_client.parser import text_string_to_metric_families
-from serving_models import _upload, half_model, linear_model, upload
+from serving_models import _upload, half_model, linear_model, one_row_linear_model, upload
 
 import tessera
 from tessera.ensembles import ensemble_spec, fit_stacking
-from tessera.v1 import registry_pb2
+from tessera.v1 import inference_pb2, registry_pb2
 from tesserad.oip import grpc_service_pb2 as oip_pb
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4) - 3
@@ -210,6 +210,22 @@ def test_the_ensembles_warm_up_feeds_no_members_cost_estimates(daemon, client, m
         assert (batcher.costs.single_ns_per_row, batcher.costs.batched_ns_per_row) == (None, None)
     client.inference.predict("a", {"x": X}, version=1)
     assert pool.get("a", 1).batcher.costs.known(len(X))
+
+
+def test_members_loaded_only_for_an_ensemble_whose_load_fails_are_unloaded(client, channel) -> None:
+    # Its warm-up sends 32 rows at once through each member, which 'one' fails; 'a' was loaded
+    # only for the ensemble, which requests do not load again, and would stay loaded for nothing.
+    upload(channel, "a", linear_model(1.0))
+    upload(channel, "one", one_row_linear_model())
+    client.inference.load("one", 1, max_batch_size=1)  # its own warm-up: one row at a time
+    client.models.register_ensemble("ens", ["a:1", "one:1"])
+    with pytest.raises(tessera.FailedPrecondition, match="warm-up"):
+        client.inference.load("ens", 1)
+    assert {(m.model, m.state) for m in client.inference.loaded()} == {
+        ("ens", inference_pb2.LOAD_STATE_FAILED),
+        ("one", inference_pb2.LOAD_STATE_READY),
+    }
+    assert client.inference.predict("a", {"x": X}, version=1).version == 1  # a request loads it again
 
 
 def test_served_through_the_open_inference_protocol(client, oip, members) -> None:

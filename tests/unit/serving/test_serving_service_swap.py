@@ -1251,6 +1251,7 @@ def test_a_refresh_unloads_a_version_it_left_whose_only_ensemble_failed_to_load(
     pool = ModelPool(ServingDefaults(intra_op_threads=1), None)
     member = servable_file("m", 1, "onnx", linear_onnx)
     try:
+        pool.load(member, ServingConfig())  # as itself (a route's): the failed ensemble leaves it
         signature = pool.load(servable_file("n", 1, "onnx", linear_onnx), ServingConfig()).signature
         assert signature is not None
         renamed = (dataclasses.replace(signature.inputs[0], name="z"),)  # the member has no input z
