@@ -570,6 +570,15 @@ class InferenceService:
         if not routed:
             raise NotFound(f"model {model!r} is no longer routed to version {version} for this request")
 
+    def _refuse_unless_shadowed(self, model: str, version: int) -> None:
+        """NotFound unless `model`'s deployment (as cached, else as the source has it) shadows
+        `version` now: _refuse_unless_routed, for the load of a shadow version. A refresh that
+        moved the shadow off it may have run after the request that queued the load."""
+        router = self._router(model)
+        shadow = router.plan.shadow if router is not None else None
+        if shadow is None or shadow[0] != version:
+            raise NotFound(f"model {model!r} no longer shadows its requests to version {version}")
+
     def _forget_routes(self, model: str, version: int) -> None:
         """Drop `model`'s cached alias targets and deployment that route to `version`, and its
         cached "no deployment" (the next request reads them from the source); a refresh may have
@@ -583,11 +592,15 @@ class InferenceService:
             if router is None or (router is not _Uncached.UNCACHED and version in router.versions()):
                 del self._routers[model]
 
-    def autoload(self, model: str, version: int, *, routed: Target | None = None) -> LoadedVersion:
+    def autoload(
+        self, model: str, version: int, *, routed: Target | None = None, shadowed: bool = False
+    ) -> LoadedVersion:
         """Load a version a request needs, with the defaults; NotLoaded when that load fails.
         When autoload is off: StillLoading while a load of it is under way (it will be served),
         else NotLoaded. `routed`: the target (no version named) of a request routed to `version`;
-        NotFound when it no longer routes there by the time the load would begin.
+        NotFound when it no longer routes there by the time the load would begin. `shadowed`:
+        loaded as the model's shadow version; NotFound likewise once its deployment shadows
+        another version, or none.
 
         A loaded version whose model changed since serving refreshed it is checked first: until
         the refresh, the version under its number may be the artifact of a model since deleted
@@ -622,6 +635,8 @@ class InferenceService:
             )
         servable = self._source.servable(model, version, None)
         check = None if routed is None else functools.partial(self._refuse_unless_routed, routed, version)
+        if shadowed:
+            check = functools.partial(self._refuse_unless_shadowed, model, version)
         try:
             # A load under way (LoadModel's, with the operator's config) is waited for and kept.
             return self.pool.load(servable, ServingConfig(), keep_loaded=True, before_load=check)
@@ -1011,7 +1026,7 @@ class InferenceService:
 
     def _load_quietly(self, model: str, version: int) -> None:
         try:
-            self.autoload(model, version)
+            self.autoload(model, version, shadowed=True)
         except TesseraError as exc:
             log.warning("cannot load shadow version %s of %r: %s", version, model, exc.message)
 

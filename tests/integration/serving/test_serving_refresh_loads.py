@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import pytest
 from serving_models import W, linear_model, predict_request, to_array, upload
+from test_serving_deleted_versions import HeldRefreshes
 
-from tessera.v1 import inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc
+from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
 
@@ -134,3 +135,39 @@ def test_a_version_an_alias_no_longer_moves_to_is_not_left_loaded_by_the_load_st
     finally:
         held.release.set()
     _wait_for(lambda: _loaded(inference, "m") == {3: inference_pb2.LOAD_STATE_READY}, "only version 3 loaded")
+
+
+def test_a_shadow_load_queued_after_the_refresh_that_dropped_the_shadow_loads_nothing(
+    daemon,
+) -> None:
+    """A request copied to the shadow version 2, not loaded, queued its load; the refresh of a
+    deployment without the shadow ran first, and the load left version 2 loaded after it, served
+    by no route, until the model's next change."""
+    channel = daemon.channel()
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    registry = registry_pb2_grpc.RegistryStub(channel)
+    upload(channel, "m", linear_model(1.0))
+    upload(channel, "m", linear_model(2.0))
+    shadowed = registry_pb2.DeployRequest(
+        model="m",
+        routes=[registry_pb2.Route(version=1, weight=100)],
+        shadow=registry_pb2.Shadow(version=2, percent=100),
+    )
+    registry.Deploy(shadowed)
+    # The deployment cached; the shadow's load that the request queued is done by the drain.
+    _wait_for(lambda: inference.Predict(predict_request("m", X)).version == 1, "m deployed")
+    swaps = daemon.daemon.inference._swaps
+    swaps.submit(lambda: None).result(30)
+    inference.UnloadModel(
+        inference_pb2.UnloadModelRequest(target=common_pb2.VersionRef(model="m", version=2))
+    )
+    refreshes = HeldRefreshes(daemon.daemon.inference)
+    with refreshes.held_after("other", lambda: upload(channel, "other", linear_model(1.0))):
+        registry.Deploy(
+            registry_pb2.DeployRequest(model="m", routes=[registry_pb2.Route(version=1, weight=100)])
+        )
+        # Routed with the shadow still cached: its load queues after the refresh of the Deploy.
+        assert inference.Predict(predict_request("m", X)).version == 1
+        refreshes.release_and_wait("m")
+    swaps.submit(lambda: None).result(30)
+    assert _loaded(inference, "m") == {1: inference_pb2.LOAD_STATE_READY}
