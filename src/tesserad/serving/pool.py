@@ -505,11 +505,17 @@ class ModelPool:
     def _unload_marked(self, key: tuple[str, int]) -> bool:
         """Unload the version if unload_ready marked it and it is (still) one unload_ready would
         unload; whether it did. A failed load of an artifact marked deleted is no longer listed:
-        it would refuse requests for its number (see forget_failure). Called holding its load lock."""
+        it would refuse requests for its number (see forget_failure). A deleted artifact stays
+        marked for the loads waiting behind this one. Called holding its load lock."""
         with self._lock:
             artifacts = self._unload_once_done.pop(key, None)
             if artifacts is None:
                 return False
+            deleted_artifacts = artifacts - {None}
+            if deleted_artifacts and self._load_lock_users[key] > 1:
+                # An artifact stays deleted: a load waiting for the lock may load it, or fail to,
+                # after this one, and must leave it unlisted too.
+                self._unload_once_done[key] = deleted_artifacts
             entry = self._ready.get(key)
             if entry is None:
                 failed = self._listed.get(key)

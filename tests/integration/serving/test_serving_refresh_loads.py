@@ -171,3 +171,62 @@ def test_a_shadow_load_queued_after_the_refresh_that_dropped_the_shadow_loads_no
         refreshes.release_and_wait("m")
     swaps.submit(lambda: None).result(30)
     assert _loaded(inference, "m") == {1: inference_pb2.LOAD_STATE_READY}
+
+
+class _ArrivalLock:
+    """A version's load lock that releases `arrivals` for each taker that finds it held (about to
+    wait for it)."""
+
+    def __init__(self, arrivals: threading.Semaphore) -> None:
+        self._lock = threading.Lock()
+        self._arrivals = arrivals
+
+    def __enter__(self) -> None:
+        if self._lock.locked():
+            self._arrivals.release()
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+def test_a_load_waiting_behind_one_marked_deleted_leaves_no_listing_of_the_deleted_version(
+    daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two LoadModel of version 1 at once, the second waiting for the first, when the version was
+    deleted: the refresh marked it, the first load applied the mark as it ended, and the second,
+    which loaded the deleted version after it, stayed listed (failed, its artifact gone) until the
+    model's next refresh."""
+    channel = daemon.channel()
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    registry = registry_pb2_grpc.RegistryStub(channel)
+    upload(channel, "m", linear_model(1.0))
+    upload(channel, "m", linear_model(2.0))
+    service = daemon.daemon.inference
+    arrivals = threading.Semaphore(0)
+    service.pool._load_locks[("m", 1)] = _ArrivalLock(arrivals)
+    held = HeldArtifacts(daemon.daemon.registry, monkeypatch, ("m", 1))
+    request = inference_pb2.LoadModelRequest(target=common_pb2.VersionRef(model="m", version=1))
+    loads = [
+        threading.Thread(target=_ignoring_errors(inference.LoadModel), args=(request,)) for _ in range(2)
+    ]
+    try:
+        loads[0].start()
+        assert held.inside.wait(30)
+        loads[1].start()
+        assert arrivals.acquire(timeout=30)  # the second waits for the first
+        registry.DeleteVersion(registry_pb2.DeleteVersionRequest(model="m", version=1))
+        service._swaps.submit(lambda: None).result(30)  # its refresh marked version 1
+    finally:
+        held.release.set()
+        for load in loads:
+            load.join(60)
+    assert 1 not in _loaded(inference, "m")
+
+
+def _ignoring_errors(call: Callable[..., object]) -> Callable[..., None]:
+    def called(*args: object) -> None:
+        with contextlib.suppress(Exception):
+            call(*args)
+
+    return called
