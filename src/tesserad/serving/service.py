@@ -1232,8 +1232,8 @@ class InferenceService:
                 continue
             failure = self._warm_like(model, new, old)
             if failure is _Warm.UNDER_WAY:
+                awaited.add(new)
                 if old not in gone:
-                    awaited.add(new)
                     continue
                 # Version `old` must stop serving now: a request waits for the load under way.
                 failure = None
@@ -1269,15 +1269,17 @@ class InferenceService:
                         warming.add(version)
                     elif failure is not None:
                         failures.append(f"version {version}: {failure}")
-            if warming and not failures and not old_versions & gone:
-                # The whole new plan waits for its versions' loads, as for a failure below.
+            deleted = old_versions & gone
+            if not failures or deleted:
+                # Their loads go on: the plan moves to them once loaded, or now (a version it served
+                # was deleted: a request waits for the load under way).
                 awaited |= warming
-            elif failures and old_versions & gone:
+            if failures and deleted:
                 log.warning(
                     "the deployment of %r moves to its new routes although %s failed to load: "
                     "version %s it served was deleted; fix the version and load it with LoadModel, "
                     "or deploy again",
-                    model, "; ".join(failures), ", ".join(str(v) for v in sorted(old_versions & gone)),
+                    model, "; ".join(failures), ", ".join(str(v) for v in sorted(deleted)),
                 )  # fmt: skip
                 self._routers[model] = new_router
             elif failures:
@@ -1289,7 +1291,8 @@ class InferenceService:
                     "load it with LoadModel, or deploy again",
                     model, serving, "; ".join(failures),
                 )  # fmt: skip
-            else:
+            elif deleted or not warming:
+                # Else the whole new plan waits for its versions' loads, as for a failure above.
                 self._routers[model] = new_router
         if held_back:
             self._held_back.add(model)

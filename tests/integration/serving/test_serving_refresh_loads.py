@@ -230,3 +230,43 @@ def _ignoring_errors(call: Callable[..., object]) -> Callable[..., None]:
             call(*args)
 
     return called
+
+
+def test_the_load_an_alias_awaits_goes_on_when_the_version_it_served_is_deleted(
+    daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The alias moved to version 2 while its load (with version 1's config) waited for another
+    load of version 2; version 1 was then deleted, and the alias moved at once, as it must: the
+    load it had awaited was then refused, and version 2 kept the other load's config."""
+    channel = daemon.channel()
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    registry = registry_pb2_grpc.RegistryStub(channel)
+    upload(channel, "m", linear_model(1.0))
+    upload(channel, "m", linear_model(2.0))
+    small = inference_pb2.ServingConfig(max_batch_size=4)
+    inference.LoadModel(
+        inference_pb2.LoadModelRequest(target=common_pb2.VersionRef(model="m", version=1), config=small)
+    )
+    registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=1))
+    assert inference.Predict(predict_request("m", X, alias="production")).version == 1
+    swaps = daemon.daemon.inference._swaps
+    held = HeldArtifacts(daemon.daemon.registry, monkeypatch, ("m", 2))
+    request = inference_pb2.LoadModelRequest(target=common_pb2.VersionRef(model="m", version=2))
+    loading = threading.Thread(target=inference.LoadModel, args=(request,))
+    try:
+        loading.start()
+        assert held.inside.wait(30)  # a load of version 2 with the defaults, under way
+        registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=2))
+        swaps.submit(lambda: None).result(30)  # its refresh started the load like version 1
+        registry.DeleteVersion(registry_pb2.DeleteVersionRequest(model="m", version=1))
+        swaps.submit(lambda: None).result(30)
+    finally:
+        held.release.set()
+        loading.join(60)
+    assert inference.Predict(predict_request("m", X, alias="production")).version == 2
+
+    def loaded_like_version_1() -> bool:
+        (listed,) = inference.ListLoaded(inference_pb2.ListLoadedRequest(model="m")).models
+        return listed.version == 2 and listed.config.max_batch_size == 4
+
+    _wait_for(loaded_like_version_1, "version 2 loaded with version 1's config")
