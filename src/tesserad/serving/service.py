@@ -3,12 +3,13 @@
 Routing resolves through a cache of alias and deployment targets. When the registry reports a
 change to a model, the cached targets are re-resolved in the background: a new version is
 loaded and warmed with the old one's config first (in a thread of its own, so that a slow load
-holds no other model's refresh; the refresh that follows it moves the target), then the target
-switches (one dict store), then the old version drains and is freed. A request that raced the switch and finds its
-batcher closed is routed again, so no request fails during a swap. A new version that fails to
-load or warm takes no traffic: the target stays on the version that served it (as Triton, KServe
-and Seldon keep the old one until the new one is ready), the failure is logged and listed, and
-an explicit load of the new version that succeeds moves the target then.
+holds no other model's refresh; the refresh that follows the load moves the target), then the
+target switches (one dict store), then the old version drains and is freed. A request that
+raced the switch and finds its batcher closed is routed again, so no request fails during a
+swap. A new version that fails to load or warm takes no traffic: the target stays on the
+version that served it (as Triton, KServe and Seldon keep the old one until the new one is
+ready), the failure is logged and listed, and an explicit load of the new version that succeeds
+moves the target then.
 """
 
 from __future__ import annotations
