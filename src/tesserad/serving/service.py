@@ -1263,18 +1263,20 @@ class InferenceService:
             like = next((v for v in candidates if self.pool.get(model, v)), None)
             failures: list[str] = []
             warming: set[int] = set()
-            if new_router is not None and like is not None:
-                for version in sorted(new_router.versions() - old_versions):
+            new_versions = new_router.versions() - old_versions if new_router is not None else set()
+            if like is not None:
+                for version in sorted(new_versions):
                     failure = self._warm_like(model, version, like)
                     if failure is _Warm.UNDER_WAY:
                         warming.add(version)
                     elif failure is not None:
                         failures.append(f"version {version}: {failure}")
             deleted = old_versions & gone
-            if not failures or deleted:
-                # Their loads go on: the plan moves to them once loaded, or now (a version it served
-                # was deleted: a request waits for the load under way).
-                awaited |= warming
+            if warming and (not failures or deleted):
+                # The plan moves once their loads are done, to them and to its versions loaded
+                # already, which stay loaded meanwhile; or now, a version it served deleted (a
+                # request waits for the load under way).
+                awaited |= new_versions
             if failures and deleted:
                 log.warning(
                     "the deployment of %r moves to its new routes although %s failed to load: "

@@ -270,3 +270,47 @@ def test_the_load_an_alias_awaits_goes_on_when_the_version_it_served_is_deleted(
         return listed.version == 2 and listed.config.max_batch_size == 4
 
     _wait_for(loaded_like_version_1, "version 2 loaded with version 1's config")
+
+
+def test_a_deployment_waiting_for_one_of_its_new_versions_keeps_the_others_loaded(
+    daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deployment moved to versions 2 and 3. Version 3 loaded first, and the refresh its load
+    queued, still waiting for version 2, unloaded it as a version no target moved to; version 2's
+    load then queued one that loaded 3 again and unloaded 2, and so on, never moving."""
+    channel = daemon.channel()
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    registry = registry_pb2_grpc.RegistryStub(channel)
+    for scale in (1.0, 2.0, 3.0):
+        upload(channel, "m", linear_model(scale))
+    registry.Deploy(registry_pb2.DeployRequest(model="m", routes=[registry_pb2.Route(version=1, weight=100)]))
+    _wait_for(lambda: inference.Predict(predict_request("m", X)).version == 1, "m deployed on 1")
+    daemon.daemon.inference._swaps.submit(lambda: None).result(30)
+    held = HeldArtifacts(daemon.daemon.registry, monkeypatch, ("m", 2))
+    refreshes = HeldRefreshes(daemon.daemon.inference)
+    try:
+        registry.Deploy(
+            registry_pb2.DeployRequest(
+                model="m",
+                routes=[registry_pb2.Route(version=2, weight=50), registry_pb2.Route(version=3, weight=50)],
+            )
+        )
+        assert held.inside.wait(30)
+        refreshes.wait_refreshed("m", 2)  # the Deploy's, and the one version 3's load queued
+        assert _loaded(inference, "m") == {
+            1: inference_pb2.LOAD_STATE_READY,
+            2: inference_pb2.LOAD_STATE_LOADING,
+            3: inference_pb2.LOAD_STATE_READY,
+        }
+    finally:
+        held.release.set()
+    _wait_for(
+        lambda: {inference.Predict(predict_request("m", X)).version for _ in range(4)} == {2, 3},
+        "m deployed on 2 and 3",
+    )
+    _wait_for(
+        lambda: (
+            _loaded(inference, "m") == {2: inference_pb2.LOAD_STATE_READY, 3: inference_pb2.LOAD_STATE_READY}
+        ),
+        "version 1 unloaded",
+    )
