@@ -38,6 +38,7 @@ from tesserad.errors import (
     StillLoading,
     TesseraError,
     Unavailable,
+    logged_internal,
 )
 from tesserad.serving.batcher import Answer, Answered, BatcherClosed, Prediction
 from tesserad.serving.explain import Explainer, ExplainOptions, Method, QueuedExplanation
@@ -1404,10 +1405,13 @@ class InferenceService:
         model, version = key = (servable.model, servable.version)
         try:
             self.pool.load(servable, config, before_load=functools.partial(self._refuse_unless_awaited, key))
-        except TesseraError as exc:
+        except Exception as exc:
+            # Any failure holds the target back, as one on the swaps' thread did: a load that
+            # raised unawaited would be started again by each refresh it queues.
+            error = exc if isinstance(exc, TesseraError) else logged_internal(log, "a warm load", exc)
             with self._warm_lock:
                 if version in self._awaited.get(model, ()):
-                    self._warm_failures[key] = exc.message
+                    self._warm_failures[key] = error.message
         finally:
             with self._warm_lock:
                 self._warming.discard(key)

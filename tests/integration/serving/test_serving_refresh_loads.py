@@ -314,3 +314,35 @@ def test_a_deployment_waiting_for_one_of_its_new_versions_keeps_the_others_loade
         ),
         "version 1 unloaded",
     )
+
+
+def test_an_alias_whose_new_version_fails_to_load_unexpectedly_stays_on_its_old_one(
+    daemon, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The load of the version an alias moves to raised what no load expects (a disk error
+    reading its artifact): unrecorded, each refresh that load queued started it again."""
+    channel = daemon.channel()
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    registry = registry_pb2_grpc.RegistryStub(channel)
+    upload(channel, "m", linear_model(1.0))
+    upload(channel, "m", linear_model(2.0))
+    registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=1))
+    assert inference.Predict(predict_request("m", X, alias="production")).version == 1
+    artifact_path = daemon.daemon.registry.artifact_path
+
+    def unreadable(record: Any) -> Any:
+        if (record.model, record.version) == ("m", 2):
+            raise OSError("Input/output error")
+        return artifact_path(record)
+
+    monkeypatch.setattr(daemon.daemon.registry, "artifact_path", unreadable)
+    registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=2))
+    _wait_for(
+        lambda: any(
+            "alias 'production' of 'm' stays on version 1: version 2 it now names failed to load (internal error"
+            in r.getMessage()
+            for r in caplog.records
+        ),
+        "the alias held back",
+    )
+    assert inference.Predict(predict_request("m", X, alias="production")).version == 1
