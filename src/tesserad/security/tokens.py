@@ -18,8 +18,9 @@ A token without `expires` never expires. Expiry is checked on every call, not at
 expired token's next call is UNAUTHENTICATED saying when it expired, and its open streams end.
 
 A running daemon reads the file again on SIGHUP and when its modification time, size or inode
-changes (`TokenFile`); a file that cannot be used leaves the tokens in use as they were. Nor can one that
-any user of the host could change (`check_not_open_to_writes`).
+changes, or the mode of a directory above it (`TokenFile`); a file that cannot be used leaves the
+tokens in use as they were. Nor can one that any user of the host could change
+(`check_not_open_to_writes`).
 """
 
 from __future__ import annotations
@@ -322,17 +323,27 @@ def file_signature(path: Path) -> FileSignature | None:
     return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
+def guarding_directories(path: Path) -> list[Path]:
+    """Every directory above the tokens file up to /, along the path as given and along where
+    its links lead, nearest first: whoever can write one can rename what lies below it away and
+    put their own in its place."""
+    named, target = path.absolute(), path.resolve()
+    return list(dict.fromkeys([*named.parents, *target.parents]))
+
+
 def check_not_open_to_writes(path: Path) -> None:
     """TokensFileError when any user of the host could change the tokens file: the file can be
-    written by others, or replaced because its directory can (without the sticky bit, which keeps
-    others from renaming over a file they do not own). Whoever can change it could give themselves
-    the admin role, so the daemon refuses it, as sshd refuses such an authorized_keys file.
+    written by others, or replaced because a directory above it (`guarding_directories`) can
+    (without the sticky bit, which keeps others from renaming over a file they do not own).
+    Whoever can change it could give themselves the admin role, so the daemon refuses it, as sshd
+    refuses such an authorized_keys file (its secure_path walks up to / too).
 
-    A file on a read-only mount (a Kubernetes Secret, a compose secret) cannot be changed, whatever
-    its mode says."""
-    target = path.resolve()
-    places = [(target, "the file")]
-    places += [(directory, "its directory") for directory in dict.fromkeys((path.parent, target.parent))]
+    A file or directory on a read-only mount (a Kubernetes Secret, a compose secret) cannot be
+    changed, whatever its mode says."""
+    own = {path.absolute().parent, path.resolve().parent}
+    places = [(path.resolve(), "the file")]
+    for directory in guarding_directories(path):
+        places.append((directory, "its directory" if directory in own else "the directory"))
     for place, what in places:
         try:
             info = os.stat(place)
@@ -344,11 +355,31 @@ def check_not_open_to_writes(path: Path) -> None:
             stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX
         )
         if open_to_others and not read_only:
+            above = " above it" if what == "the directory" else ""
             raise TokensFileError(
-                f"tokens file {path}: {what} {place} can be written by every user of this host (mode "
-                f"{stat.S_IMODE(info.st_mode):04o}), so anyone could add a token with the admin role; "
-                f"take their write permission away (`chmod o-w {shlex.quote(str(place))}`)"
+                f"tokens file {path}: {what} {place}{above} can be written by every user of this host "
+                f"(mode {stat.S_IMODE(info.st_mode):04o}), so anyone could add a token with the admin "
+                f"role; take their write permission away (`chmod o-w {shlex.quote(str(place))}`)"
             )
+
+
+# The tokens file's signature and each guarding directory's (device, inode, mode): `chmod o-w`
+# of the directory that got the file refused changes it, so the next check applies the file. Not
+# a directory's ctime, which every file made or removed in it (in /tmp, all the time) changes.
+TokensSignature = tuple[FileSignature | None, tuple[tuple[int, int, int] | None, ...]]
+
+
+def tokens_signature(path: Path) -> TokensSignature:
+    """`path`'s TokensSignature (one stat for the file and one per directory above it)."""
+    directories: list[tuple[int, int, int] | None] = []
+    for directory in guarding_directories(path):
+        try:
+            info = os.stat(directory)
+        except OSError:
+            directories.append(None)
+            continue
+        directories.append((info.st_dev, info.st_ino, info.st_mode))
+    return file_signature(path), tuple(directories)
 
 
 class TokenFile:
@@ -361,13 +392,14 @@ class TokenFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._signature = file_signature(path)
+        self._signature = tokens_signature(path)
         check_not_open_to_writes(path)
         self.table = TokenTable.load(path)
 
     def changed(self) -> bool:
-        """Whether the file looks different from when it was last read (one stat, no read)."""
-        return file_signature(self.path) != self._signature
+        """Whether the file, or the mode of a directory above it, looks different from when it was
+        last read (stats, no read)."""
+        return tokens_signature(self.path) != self._signature
 
     def reload(self) -> TokenChanges:
         """Read the file again; the changes (empty when none). TokensFileError keeps the old table.
@@ -376,7 +408,7 @@ class TokenFile:
         the next `changed` sees it. A failed read is remembered too, so a poll does not report
         the same broken file again and again.
         """
-        self._signature = file_signature(self.path)
+        self._signature = tokens_signature(self.path)
         check_not_open_to_writes(self.path)
         table = TokenTable.load(self.path)
         changes = TokenChanges.between(self.table, table)

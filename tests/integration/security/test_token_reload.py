@@ -231,3 +231,25 @@ def test_open_streams_of_a_revoked_token_end_and_the_others_go_on(serve, tokens)
     kept.cancel()
     requests.put(None)
     questions.put(None)
+
+
+def test_taking_write_permission_from_the_directory_gets_a_refused_file_applied(serve, tmp_path, tokens):
+    """The refusal says `chmod o-w DIR`; doing just that, with the file itself untouched, has the
+    next check apply the file: a removed token does not stay in use until a SIGHUP."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    moved = tokens.file.rename(shared / "tokens.toml")
+    process, channel = serve(tokens_file=moved, interval="0.1")
+    shared.chmod(0o777)
+    assert tokens_cli("remove", "reader-holder", "--file", str(moved)) == 0
+    refused = process.wait_for_log(
+        "tokens file not applied: the tokens in use stay as they were until it is fixed"
+    )
+    assert f"its directory {shared} can be written by every user" in refused["error"]
+    assert info(channel, tokens.token[Role.READER]) == grpc.StatusCode.OK
+
+    shared.chmod(0o755)
+
+    entry = process.wait_for_log("tokens reloaded")
+    assert entry["trigger"] == "the file changed" and entry["removed"] == ["reader-holder"]
+    assert info(channel, tokens.token[Role.READER]) == grpc.StatusCode.UNAUTHENTICATED

@@ -48,3 +48,35 @@ def test_a_sticky_shared_directory_and_a_file_others_only_read_are_fine(tmp_path
     moved.chmod(0o644)
     daemon = start(tmp_path, moved)
     daemon.stop()
+
+
+def test_a_tokens_file_below_a_directory_every_user_can_write_stops_the_start(tmp_path, tokens: Tokens):
+    """Whoever can write a directory higher up can rename the file's own directory away and put
+    one of theirs, with their own tokens file, in its place."""
+    shared = tmp_path / "shared"
+    (shared / "tesserad").mkdir(parents=True)
+    moved = tokens.file.rename(shared / "tesserad" / "tokens.toml")
+    shared.chmod(0o777)
+    with pytest.raises(StartupError) as err:
+        start(tmp_path, moved)
+    message = str(err.value)
+    assert f"the directory {shared} above it can be written by every user of this host (mode 0777)" in message
+    assert f"`chmod o-w {shared}`" in message
+
+
+def test_a_directory_every_user_can_write_above_a_linked_tokens_file_stops_the_start(
+    tmp_path, tokens: Tokens
+):
+    """The file a link leads to can be replaced from above as well as the link."""
+    shared = tmp_path / "shared"
+    (shared / "secrets").mkdir(parents=True)
+    target = tokens.file.rename(shared / "secrets" / "tokens.toml")
+    (tmp_path / "etc").mkdir()
+    link = tmp_path / "etc" / "tokens.toml"
+    link.symlink_to(target)
+    shared.chmod(0o777)
+    with pytest.raises(StartupError) as err:
+        start(tmp_path, link)
+    assert f"the directory {shared} above it can be written by every user" in str(err.value)
+    shared.chmod(0o1777)
+    start(tmp_path, link).stop()
