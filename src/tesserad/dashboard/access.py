@@ -40,10 +40,13 @@ ROLE_KEY = web.RequestKey("tessera_role", Role)
 # cookie to every port of its host name, so another service there (a notebook on a shared GPU box)
 # would have had a token good on gRPC for all its role may do. A session ends by itself after
 # SESSION_SECONDS (a browser left logged in stops being so), when its token leaves the tokens
-# file (at once, as on gRPC), or when the daemon restarts.
+# file (at once, as on gRPC), when the daemon restarts, or when newer logins push it out.
 SESSION_COOKIE = "tessera_session"
 SESSION_SECONDS = 12 * 3600
-# Only a token holder can open one, but each login does: the oldest give way beyond this many.
+# Only a token holder can open one, but each login does: beyond this many of one token, that
+# token's oldest give way, so one holder's scripted logins never end another holder's sessions.
+MAX_SESSIONS_PER_TOKEN = 100
+# Beyond this many in all (many tokens logging in), the oldest give way, whoever holds them.
 MAX_SESSIONS = 10_000
 LOGIN_PATH = "/login"
 # Every 401 carries it (RFC 9110 says it must; HTTP clients and monitors read the scheme there).
@@ -220,7 +223,9 @@ class Access:
                 self._sessions.pop(cookie, None)
                 return (
                     f"the dashboard session has ended (a session ends after {SESSION_SECONDS // 3600} h, "
-                    "when its token leaves the tokens file, or when the daemon restarts); log in again",
+                    "when its token leaves the tokens file, when the daemon restarts, or when "
+                    f"{MAX_SESSIONS_PER_TOKEN} newer logins with its token, or {MAX_SESSIONS:,} in all, "
+                    "push it out); log in again",
                     None,
                     None,
                 )
@@ -269,9 +274,13 @@ class Access:
     def _open_session(self, digest: bytes) -> str:
         """A new session for the token whose SHA-256 is `digest`; its id, for the cookie."""
         now = time.monotonic()
-        while self._sessions and (
-            len(self._sessions) >= MAX_SESSIONS or next(iter(self._sessions.values()))[1] <= now
-        ):
+        # Every session lasts as long, so the oldest first are also the first to end.
+        while self._sessions and next(iter(self._sessions.values()))[1] <= now:
+            self._sessions.popitem(last=False)
+        own = [session for session, (holder, _) in self._sessions.items() if holder == digest]
+        for session in own[: max(0, len(own) + 1 - MAX_SESSIONS_PER_TOKEN)]:
+            del self._sessions[session]
+        while len(self._sessions) >= MAX_SESSIONS:
             self._sessions.popitem(last=False)
         session = secrets.token_urlsafe(32)
         self._sessions[session] = (digest, now + SESSION_SECONDS)
@@ -280,10 +289,10 @@ class Access:
 
 def _behind_https_proxy(request: web.Request) -> bool:
     """Whether a proxy in front of the listener (an ingress that terminates TLS) says the browser
-    reached it over HTTPS: the cookie, which is the token itself, must then be Secure, or the
-    browser sends it in clear to any http:// address of the same name. A client that sends the
-    header itself without a proxy only has its browser drop the cookie: it can never make the
-    cookie less safe, so the header needs no trusted proxy."""
+    reached it over HTTPS: the session cookie, good for all its token's role may do there, must
+    then be Secure, or the browser sends it in clear to any http:// address of the same name. A
+    client that sends the header itself without a proxy only has its browser drop the cookie: it
+    can never make the cookie less safe, so the header needs no trusted proxy."""
     protos = [item.get("proto", "") for item in request.forwarded]
     protos += request.headers.get(hdrs.X_FORWARDED_PROTO, "").split(",")
     return any(proto.strip().lower() == "https" for proto in protos)

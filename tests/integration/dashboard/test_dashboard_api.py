@@ -13,6 +13,7 @@ import pytest
 
 import tessera
 from tessera.v1 import training_pb2, training_pb2_grpc
+from tesserad.dashboard import access
 from tesserad.security import Role, hash_token, new_token
 from tesserad.security.tokens import format_entry
 from tesserad.server import StartupError
@@ -308,7 +309,7 @@ def test_the_login_cookie_is_secure_behind_a_proxy_that_terminates_tls(
     tmp_path, tokens_file, proxy_header, secure
 ):
     """A plaintext listener behind an ingress that serves HTTPS: the browser must never send the
-    cookie, which is the token, to an http:// address of the same name."""
+    session cookie, good for all its token's role may do there, to an http:// address of the same name."""
     path, clear = tokens_file
     daemon = InProcessDaemon(
         daemon_settings(tmp_path / "data", **{"security.tokens_file": str(path)})
@@ -352,6 +353,46 @@ def test_the_login_cookie_names_a_session_never_the_token(tmp_path, tokens_file)
 
         ended = http_get(port, "/api/v1/jobs", {"Cookie": session})
         assert ended.status == 401 and "log in again" in ended.json()["error"]
+    finally:
+        daemon.stop()
+
+
+def _log_in(port: int, token: str) -> str:
+    """A new session of `token`: its Cookie header."""
+    form = urllib.parse.urlencode({"token": token})
+    login = http_get(port, "/login", {"Content-Type": "application/x-www-form-urlencoded"}, "POST", form)
+    assert login.status == 303
+    return login.headers["set-cookie"].split(";")[0]
+
+
+def test_one_tokens_many_logins_end_its_own_oldest_sessions_never_another_tokens(
+    tmp_path, tokens_file, monkeypatch
+):
+    """A reader scripting logins must not push an admin's session out: beyond the cap per token,
+    that token's oldest session gives way; the cap on all sessions is for many tokens at once."""
+    monkeypatch.setattr(access, "MAX_SESSIONS_PER_TOKEN", 2, raising=False)
+    monkeypatch.setattr(access, "MAX_SESSIONS", 4)
+    path, clear = tokens_file
+    daemon = InProcessDaemon(
+        daemon_settings(tmp_path / "data", **{"security.tokens_file": str(path)})
+    ).start()
+    try:
+        port = daemon.daemon.http_port
+        admin = _log_in(port, clear[Role.ADMIN])
+        readers = [_log_in(port, clear[Role.READER]) for _ in range(5)]
+
+        kept_admin = http_get(port, "/api/v1/session", {"Cookie": admin})
+        assert kept_admin.status == 200 and kept_admin.json()["role"] == "admin"
+        for kept in readers[-2:]:
+            assert http_get(port, "/api/v1/session", {"Cookie": kept}).status == 200
+        ended = http_get(port, "/api/v1/jobs", {"Cookie": readers[0]})
+        assert ended.status == 401
+        assert "when 2 newer logins with its token, or 4 in all, push it out" in ended.json()["error"]
+
+        # Many tokens at once: the oldest session gives way, whoever holds it.
+        _log_in(port, clear[Role.TRAINER])
+        _log_in(port, clear[Role.TRAINER])
+        assert http_get(port, "/api/v1/session", {"Cookie": admin}).status == 401
     finally:
         daemon.stop()
 
