@@ -271,7 +271,10 @@ class OipHttpServer(HttpListener):
             return response
         except web.HTTPException as exc:
             if exc.status == 404:
-                return _failure(404, f"nothing at {request.path[:200]}; the protocol's paths start with /v2")
+                path = request.path
+                if path == "/v2" or path.startswith("/v2/"):
+                    return _failure(404, f"nothing at {path[:200]}")
+                return _failure(404, f"nothing at {path[:200]}; the protocol's paths start with /v2")
             if exc.status == 405:
                 return _failure(
                     405,

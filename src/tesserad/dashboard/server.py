@@ -87,12 +87,26 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if exc.status == 404:
             return _failure(request, 404, f"nothing at {request.path[:200]}")
         if exc.status == 405:
-            response = _failure(request, 405, "the dashboard only reads, but for its restores: use GET")
-            response.headers[hdrs.ALLOW] = exc.headers[hdrs.ALLOW]
+            allowed = exc.headers[hdrs.ALLOW]
+            response = _failure(
+                request,
+                405,
+                f"{request.method} is not served at {request.path[:200]}; use {_either(allowed)}",
+            )
+            response.headers[hdrs.ALLOW] = allowed
             return response
         raise
     except Exception as exc:
         return _failure(request, 500, errors.logged_internal(log, "a dashboard request", exc).message)
+
+
+def _either(allow: str) -> str:
+    """An Allow header's methods for a message: "GET,HEAD,POST" -> "GET or POST" (HEAD goes
+    without saying beside GET)."""
+    methods = [method.strip() for method in allow.split(",") if method.strip()]
+    if "GET" in methods:
+        methods = [method for method in methods if method != "HEAD"]
+    return " or ".join(methods)
 
 
 # No other site may show the dashboard in a frame: a page could lay its own content over a

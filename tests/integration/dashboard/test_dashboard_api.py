@@ -57,6 +57,20 @@ def test_unknown_ids_and_paths_answer_404_without_internals(dash, finished_job):
     assert http_get(port, "/api/v1/nothing").json() == {"error": "nothing at /api/v1/nothing"}
 
 
+def test_a_method_a_path_does_not_take_answers_405_naming_those_it_does(dash):
+    port = dash.daemon.http_port
+    for method, path, allowed, use in (
+        ("GET", "/api/v1/runs/r/restore", "POST", "use POST"),
+        ("PUT", "/login", "GET,HEAD,POST", "use GET or POST"),
+        ("POST", "/jobs", "GET,HEAD", "use GET"),
+    ):
+        answer = http_get(port, path, method=method)
+        assert answer.status == 405, (method, path)
+        assert answer.headers["allow"].replace(" ", "") == allowed
+        said = answer.json()["error"] if path.startswith("/api/") else answer.body.decode()
+        assert f"{method} is not served at {path}; {use}" in said
+
+
 def test_bad_queries_answer_400_saying_what_to_fix(dash, finished_job):
     port = dash.daemon.http_port
     answer = http_get(port, "/api/v1/jobs?page_size=lots")
@@ -469,7 +483,7 @@ def test_expect_100_continue_is_answered_after_the_host_token_and_size_checks(tm
         reader = f"Authorization: Bearer {clear[Role.READER]}\r\n".encode()
         for head, status, says in (
             (b"POST /api/v1/nothing HTTP/1.1\r\n", 404, b'{"error":"nothing at /api/v1/nothing"}'),
-            (b"PUT /jobs HTTP/1.1\r\n", 405, b"the dashboard only reads, but for its restores: use GET"),
+            (b"PUT /jobs HTTP/1.1\r\n", 405, b"PUT is not served at /jobs; use GET"),
             (b"PUT /nothing HTTP/1.1\r\n", 401, b"needs a token"),
         ):
             with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:

@@ -846,10 +846,11 @@ def test_expect_100_continue_is_answered_after_the_token_and_size_checks(
                 assert connection.recv(2) == b"[]"
             # Nothing at the path, or not for the method: 404 and 405 (with Allow), at once.
             for head, status, says in (
+                (b"POST /v2/nothing HTTP/1.1\r\n", 404, "nothing at /v2/nothing"),
                 (
-                    b"POST /v2/nothing HTTP/1.1\r\n",
+                    b"POST /infer HTTP/1.1\r\n",
                     404,
-                    "nothing at /v2/nothing; the protocol's paths start with /v2",
+                    "nothing at /infer; the protocol's paths start with /v2",
                 ),
                 (b"PUT /v2 HTTP/1.1\r\n", 405, "PUT is not served at /v2"),
             ):
