@@ -467,6 +467,10 @@ class Jobs:
             except Exception:
                 log.exception("a job listener failed", extra={"job_id": job.job_id})
 
+    def split_samples(self, name: str, version: int) -> dict[str, int]:
+        """The sample count of each split of a dataset version (0: the newest); NotFound if none."""
+        return self._datasets.facts(name, version).splits
+
     def check(self, raw_spec: dict[str, Any]) -> dict[str, Any]:
         """The complete config of a spec, or the error SubmitJob would give."""
         config = normalize_spec(raw_spec, self._datasets.facts, self._device_facts, self._parents)

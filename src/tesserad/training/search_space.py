@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from tesserad.errors import InvalidArgument
@@ -131,6 +131,11 @@ def grid_points(parameters: list[SweepParameter], limit: int) -> list[dict[str, 
     return points
 
 
+def point_key(point: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """A point as a set's key: the same parameters with the same values, in any order."""
+    return tuple(sorted(point.items()))
+
+
 def _active_part(parameters: list[SweepParameter], full: dict[str, str]) -> dict[str, str]:
     point: dict[str, str] = {}
     for p in parameters:
@@ -144,7 +149,7 @@ def boundary_points(parameters: list[SweepParameter]) -> Iterator[dict[str, str]
     at their first: what a searcher that draws as it goes can reach is checked at submit this way."""
     first = {p.path: p.values[0] if p.values else number_text(p, p.low) for p in parameters}
     by_path = {p.path: p for p in parameters}
-    seen: list[dict[str, str]] = []
+    seen: set[tuple[tuple[str, str], ...]] = set()
     for p in parameters:
         extremes = p.values if p.values is not None else [number_text(p, p.low), number_text(p, p.high)]
         for value in extremes:
@@ -154,8 +159,8 @@ def boundary_points(parameters: list[SweepParameter]) -> Iterator[dict[str, str]
                 full[parent.when_path] = parent.when_values[0]
                 parent = by_path[parent.when_path]
             point = _active_part(parameters, full)
-            if point not in seen:
-                seen.append(point)
+            if point_key(point) not in seen:
+                seen.add(point_key(point))
                 yield point
 
 
@@ -165,16 +170,32 @@ _MOST = ("lr_schedule.warmup_steps", "batch_size", "devices.count")
 # 0 lifts the limit, so the fewest is the least above 0; but 0 in both trains one epoch, so a 0
 # either may take is tried too.
 _FEWEST = ("epochs", "max_steps")
-# Which samples an epoch goes through: the submit check counts them, so each value is tried.
-_SAMPLES = ("data.train_split", "data.dataset.name", "data.dataset.version")
+# Which samples an epoch goes through: the dataset version (name and number) and its split. The
+# fewest steps are at the fewest samples, so the one with the fewest is tried.
+_DATASET = ("data.dataset.name", "data.dataset.version")
+_SPLIT = "data.train_split"
+_SAMPLES = (*_DATASET, _SPLIT)
+
+# The sample count of each split of the dataset version a point names (the base's name or number
+# where the point leaves it out); None where that version does not exist or the point's number
+# is not one.
+SplitSamples = Callable[[dict[str, str]], Mapping[str, int] | None]
 
 
-def fewest_steps_points(parameters: list[SweepParameter]) -> list[dict[str, str]]:
+def fewest_steps_points(
+    parameters: list[SweepParameter], split_samples: SplitSamples, base_split: str
+) -> list[dict[str, str]]:
     """The points with the longest warm-up in the shortest jobs the space reaches, when the space
     varies the warm-up and what the job's length depends on: no boundary point has them all at
     their worst at once, yet a searcher that draws as it goes may draw them so. Where the length
-    is not monotone in a field (epochs and max_steps at 0, the split's samples), a point is made
-    for each of its candidates."""
+    is not monotone in a field (epochs and max_steps at 0), a point is made for each of its
+    candidates; the samples are the fewest of any dataset version and split listed (trained on
+    `base_split` where the space leaves it out). A listed dataset version or split that does not
+    exist gives the first such point instead, whose check says what is missing.
+
+    `split_samples` is asked once per dataset version listed, and each answer read for at most
+    one split more than it has, so the work grows with the lists' lengths, not their product;
+    only the names times the numbers, each its own dataset version, are capped."""
     paths = {p.path for p in parameters}
     if "lr_schedule.warmup_steps" not in paths or not paths & {*_MOST[1:], *_FEWEST, *_SAMPLES}:
         return []
@@ -187,17 +208,41 @@ def fewest_steps_points(parameters: list[SweepParameter]) -> list[dict[str, str]
         # Switch on what makes a varied field present, unless that is itself one of them.
         if p.path in (*_MOST, *length) and p.when_path and p.when_path not in (*_MOST, *length):
             full[p.when_path] = p.when_values[0]
+    by_path = {p.path: p for p in parameters}
+    varied = [path for path in _DATASET if path in by_path]
+    versions = [[(path, value) for value in _every(by_path[path])] for path in varied]
+    count = math.prod(len(values) for values in versions)
+    if count > MAX_TRIALS:
+        # Each name with each number is a version of its own, looked up one by one.
+        raise InvalidArgument(
+            f"spec.parameters: {' and '.join(varied)} name {count} dataset versions, more than the "
+            f"{MAX_TRIALS} trials a sweep runs could train on: list fewer values of {' or '.join(varied)}"
+        )
+    splits = _every(by_path[_SPLIT]) if _SPLIT in by_path else []
+    fewest: tuple[int, dict[str, str]] | None = None
+    for choice in itertools.product(*versions):
+        at = {**full, **dict(choice)}
+        point = _active_part(parameters, at)
+        samples = split_samples(point)
+        if samples is None:
+            return [point]
+        tried = (
+            ((split, {**at, _SPLIT: split}) for split in splits) if _SPLIT in point else [(base_split, at)]
+        )
+        for split, at_split in tried:
+            in_split = samples.get(split)
+            if in_split is None:
+                # The splits are listed once each: at most one past the version's own is read.
+                return [_active_part(parameters, at_split)]
+            if fewest is None or in_split < fewest[0]:
+                fewest = in_split, at_split
+    assert fewest is not None  # every version listed has its samples, or was returned above
     candidates = [
-        [
-            (p.path, value)
-            for value in (
-                _with_zero(p, _extreme(p, min, above_zero=True)) if p.path in _FEWEST else _every(p)
-            )
-        ]
+        [(p.path, value) for value in _with_zero(p, _extreme(p, min, above_zero=True))]
         for p in parameters
-        if p.path in length
+        if p.path in _FEWEST
     ]
-    return _points(parameters, full, candidates)
+    return _points(parameters, fewest[1], candidates)
 
 
 # The rates a fine-tuning job's backbone learns at, whose product spec.MAX_LR bounds.
@@ -226,12 +271,11 @@ def _points(
     parameters: list[SweepParameter], full: dict[str, str], candidates: list[list[tuple[str, str]]]
 ) -> list[dict[str, str]]:
     """Each combination of the candidates over `full`, the parameters active there, each once."""
-    points: list[dict[str, str]] = []
+    points: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
     for choice in itertools.product(*candidates):
         point = _active_part(parameters, {**full, **dict(choice)})
-        if point not in points:
-            points.append(point)
-    return points
+        points.setdefault(point_key(point), point)
+    return list(points.values())
 
 
 def _with_zero(p: SweepParameter, value: str) -> list[str]:

@@ -36,6 +36,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 REGRESSION_LOSSES = ("mse", "l1", "huber")
 # The experiment of a job whose spec names none.
 DEFAULT_EXPERIMENT = "default"
+DEFAULT_TRAIN_SPLIT = "train"
 # Far beyond any real job, and low enough that epochs x steps per epoch (at most one step per
 # sample) stays within the int64 the API counts a job's steps in.
 MAX_EPOCHS = 1_000_000
@@ -383,7 +384,7 @@ def _check_data(
     ref = raw.get("dataset") or {}
     name = problems.name("spec.data.dataset.name", ref.get("name", ""))
     version = int(ref.get("version", 0))
-    train_split = raw.get("train_split") or "train"
+    train_split = raw.get("train_split") or DEFAULT_TRAIN_SPLIT
     val_split = raw.get("val_split", "")
     input_array = raw.get("input_array") or "x"
     target_array = raw.get("target_array") or "y"

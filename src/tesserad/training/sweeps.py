@@ -50,16 +50,19 @@ from tesserad.training.pruning import (
 from tesserad.training.samplers import PastTrial, suggest
 from tesserad.training.search_space import (
     MAX_TRIALS,
+    SplitSamples,
     SweepParameter,
     boundary_points,
     check_space,
     fewest_steps_points,
     highest_rate_points,
     plan_points,
+    point_key,
     random_point,
 )
 from tesserad.training.spec import (
     DEFAULT_EXPERIMENT,
+    DEFAULT_TRAIN_SPLIT,
     SPEC_FIELDS,
     Choice,
     SpecField,
@@ -643,8 +646,19 @@ class Sweeps:
                     f"got {request.max_trials}"
                 )
             checked = list(boundary_points(request.parameters))
-            for point in (*fewest_steps_points(request.parameters), *highest_rate_points(request.parameters)):
-                if point not in checked:
+            seen = {point_key(point) for point in checked}
+            data = base.get("data") or {}
+            worst = (
+                *fewest_steps_points(
+                    request.parameters,
+                    self._split_samples(base),
+                    data.get("train_split") or DEFAULT_TRAIN_SPLIT,
+                ),
+                *highest_rate_points(request.parameters),
+            )
+            for point in worst:
+                if point_key(point) not in seen:
+                    seen.add(point_key(point))
                     checked.append(point)
             rng = random.Random(f"{request.seed}:pbt:0")
             points = [random_point(request.parameters, rng) for _ in range(pbt.population)] if pbt else []
@@ -718,6 +732,21 @@ class Sweeps:
         """Count `sweep` among the running, its trials' events and ends taken in from now."""
         self._running[sweep.sweep_id] = sweep
         self._ledgers[sweep.sweep_id] = ledger_of(sweep)
+
+    def _split_samples(self, base: dict[str, Any]) -> SplitSamples:
+        """The splits' sample counts of the dataset version a point names, with the base's name or
+        number where the point leaves it out."""
+        dataset = (base.get("data") or {}).get("dataset") or {}
+
+        def split_samples(point: dict[str, str]) -> dict[str, int] | None:
+            try:
+                name = point.get("data.dataset.name", dataset.get("name", ""))
+                version = int(point.get("data.dataset.version", dataset.get("version", 0)))
+                return self._jobs.split_samples(name, version)
+            except (ValueError, TesseraError):
+                return None  # the point's check says what is wrong
+
+        return split_samples
 
     def _check_point(
         self, base: dict[str, Any], point: dict[str, str], metric: str, index: int, planned: bool

@@ -77,14 +77,16 @@ def test_the_fewest_steps_points_have_the_longest_warm_up_in_the_shortest_jobs()
         SweepParameter("max_steps", low=0, high=500, integer=True),
     ]
     worst = {"optimizer.lr": "0.0001", "batch_size": "256", "lr_schedule.warmup_steps": "200"}
-    assert fewest_steps_points(space) == [
+    assert fewest_steps_points(space, _one_split, "train") == [
         {**worst, "epochs": "2", "max_steps": "1"},
         {**worst, "epochs": "2", "max_steps": "0"},
         {**worst, "epochs": "0", "max_steps": "1"},
         {**worst, "epochs": "0", "max_steps": "0"},
     ]
-    assert fewest_steps_points([LR, space[1]]) == []  # no warm-up varied: the boundary has it
-    assert fewest_steps_points([space[2]]) == []  # the job's length is the base's: so is the check
+    # No warm-up varied: the boundary has it.
+    assert fewest_steps_points([LR, space[1]], _one_split, "train") == []
+    # The job's length is the base's: so is the check.
+    assert fewest_steps_points([space[2]], _one_split, "train") == []
 
 
 def test_the_highest_rate_points_have_the_backbone_at_its_highest_rate() -> None:
@@ -102,17 +104,66 @@ def test_the_highest_rate_points_have_the_backbone_at_its_highest_rate() -> None
     assert highest_rate_points(space[1:]) == []  # the scaled rate is the base's: so is the check
 
 
-def test_each_split_a_sweep_trains_on_is_tried_with_the_longest_warm_up() -> None:
-    # A split's sample count is the dataset's: not known here, so every split is a point.
+def _one_split(point: dict[str, str]) -> dict[str, int]:
+    return {"train": 100}
+
+
+def test_the_split_with_the_fewest_samples_is_tried_with_the_longest_warm_up() -> None:
     space = [
         SweepParameter("data.train_split", values=["big", "small", "big"]),
         SweepParameter("lr_schedule.warmup_steps", low=0, high=50, integer=True),
         SweepParameter("epochs", values=["4", "9"]),
     ]
-    assert fewest_steps_points(space) == [
-        {"data.train_split": "big", "lr_schedule.warmup_steps": "50", "epochs": "4"},
+    assert fewest_steps_points(space, lambda point: {"big": 900, "small": 40}, "train") == [
         {"data.train_split": "small", "lr_schedule.warmup_steps": "50", "epochs": "4"},
     ]
+    # A split the version lacks is the point tried: its check says so.
+    assert fewest_steps_points(space, lambda point: {"big": 900}, "train") == [
+        {"data.train_split": "small", "lr_schedule.warmup_steps": "50", "epochs": "4"},
+    ]
+    # Not varied, the base's split is the one counted, and a version that does not exist is tried.
+    assert fewest_steps_points(space[1:], lambda point: {"big": 9, "train": 3}, "train") == [
+        {"lr_schedule.warmup_steps": "50", "epochs": "4"},
+    ]
+    assert fewest_steps_points(space[1:], lambda point: None, "train") == [
+        {"lr_schedule.warmup_steps": "50", "epochs": "4"},
+    ]
+
+
+def test_long_dataset_and_split_lists_are_checked_with_one_look_up_per_version() -> None:
+    # Their product was each a point checked as a job (40 each: 64,000; the daemon never answered);
+    # the fewest samples of them all is the one point that matters.
+    names, versions, splits = ([f"{kind}{i}" for i in range(40)] for kind in ("d", "", "s"))
+    space = [
+        SweepParameter("data.dataset.name", values=names),
+        SweepParameter("data.dataset.version", values=versions[1:26]),
+        SweepParameter("data.train_split", values=splits),
+        SweepParameter("lr_schedule.warmup_steps", values=["10", "20"]),
+        SweepParameter("epochs", values=["3", "0"]),
+    ]
+    asked: list[dict[str, str]] = []
+
+    def split_samples(point: dict[str, str]) -> dict[str, int]:
+        asked.append(point)
+        name, version = names.index(point["data.dataset.name"]), int(point["data.dataset.version"])
+        return {
+            split: 1000 - name - version - i + (500 if (name, version) != (7, 3) else 0)
+            for i, split in enumerate(splits)
+        }
+
+    points = fewest_steps_points(space, split_samples, "train")
+    assert len(asked) == 40 * 25  # one per dataset version, none per split
+    fewest = {"data.dataset.name": "d7", "data.dataset.version": "3", "data.train_split": "s39"}
+    assert points == [
+        {**fewest, "lr_schedule.warmup_steps": "20", "epochs": "3"},
+        {**fewest, "lr_schedule.warmup_steps": "20", "epochs": "0"},
+    ]
+    # Each name with each number is its own version: past a sweep's most trials, refused.
+    space[1] = SweepParameter("data.dataset.version", values=versions[1:])
+    with pytest.raises(
+        InvalidArgument, match=r"data\.dataset\.name and data\.dataset\.version name 1560 dataset"
+    ):
+        fewest_steps_points(space, split_samples, "train")
 
 
 @pytest.mark.parametrize(
