@@ -386,6 +386,16 @@ def trial_spec(base: dict[str, Any], values: dict[str, str]) -> dict[str, Any]:
     return spec
 
 
+def _without_early_stopping_0(raw: dict[str, Any]) -> dict[str, Any]:
+    """`raw` without an early_stopping section of patience 0, which SubmitJob and SubmitSweep
+    refuse: a sweep stored before they did (when 0 meant off) holds it in its base or values, and
+    its trials start with early stopping off, as then, rather than each refused."""
+    section = raw.get("early_stopping")
+    if section is None or section.get("patience", 0) != 0:
+        return raw
+    return {k: v for k, v in raw.items() if k != "early_stopping"}
+
+
 def _set_path(spec: dict[str, Any], path: str, text: str) -> None:
     where = f"spec.parameters: {path!r}"
     *parents, leaf = path.split(".")
@@ -1074,7 +1084,7 @@ class Sweeps:
             return
         try:
             job = self._jobs.submit(
-                {**trial.raw, "run_name": name},
+                {**_without_early_stopping_0(trial.raw), "run_name": name},
                 trial.document,
                 sweep.created_by,
                 sweep_id=sweep.sweep_id,

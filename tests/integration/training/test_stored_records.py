@@ -6,12 +6,20 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from tessera.v1 import training_pb2, training_pb2_grpc
+from tessera.v1 import job_spec_pb2, training_pb2, training_pb2_grpc
+from tesserad.api.convert_training import job_spec_from_proto
 from tesserad.server import STORE_TABLES
 from tesserad.store import Store
 from tesserad.training.job_records import decode_job, encode_job
-from tesserad.training.sweeps import Trial, decode_sweep
+from tesserad.training.search_space import SweepParameter
+from tesserad.training.sweeps import AshaSettings, Sweep, Trial, decode_sweep, encode_sweep
 from tests.conftest import InProcessDaemon, daemon_settings
+from tests.integration.training.conftest import (
+    TRAINING_SETTINGS,
+    job_spec,
+    upload_standard_datasets,
+    wait_sweep,
+)
 
 S = training_pb2
 
@@ -210,3 +218,49 @@ def test_rung_results_in_a_sweep_record_move_to_their_trials_rows(tmp_path: Path
     assert [json.loads(row)["data"]["rungs"] for row in trial_rows] == [{"0": 0.4}, {"0": 0.9}]
     # The pruner's tables, rebuilt from the record and the rows, are those stored before.
     assert decode_sweep(sweep_raw, trial_rows).rungs == {**rungs, "1": {"#0": 0.3}}
+
+
+def test_a_sweep_stored_with_early_stopping_patience_0_starts_its_trials_with_it_off(tmp_path: Path) -> None:
+    # Before SubmitSweep refused patience 0 it meant off, and a TPE sweep builds each trial's spec
+    # from its stored base as the trial starts: every trial after an upgrade was refused.
+    data_dir = tmp_path / "data"
+    daemon = InProcessDaemon(daemon_settings(data_dir, **TRAINING_SETTINGS)).start()
+    try:
+        upload_standard_datasets(daemon.channel())
+    finally:
+        daemon.stop()
+    spec = job_spec("mlp", epochs=1, early_stopping=job_spec_pb2.EarlyStopping(metric="val_loss"))
+    base, _ = job_spec_from_proto(spec)
+    sweep = Sweep(
+        sweep_id="sweep-01old",
+        strategy="tpe",
+        metric="val_loss",
+        mode="min",
+        max_concurrent=1,
+        asha=AshaSettings(1, 3),
+        document={"base": JOB_SPEC, "strategy": "SWEEP_STRATEGY_TPE", "metric": "val_loss"},
+        state="running",
+        created_at=1700000000.0,
+        created_by="admin",
+        best_job_id="",
+        rungs={},
+        base=base,
+        parameters=[
+            SweepParameter("optimizer.lr", low=0.001, high=0.1, log_scale=True),
+            SweepParameter("early_stopping.patience", values=["0", "2"]),
+        ],
+        max_trials=3,
+    )
+    store = Store.open(data_dir / "store", map_size=1 << 30, tables=STORE_TABLES)
+    with store.write() as txn:
+        txn.put("sweeps", (sweep.sweep_id,), encode_sweep(sweep))
+    store.close()
+
+    daemon = InProcessDaemon(daemon_settings(data_dir, **TRAINING_SETTINGS)).start()
+    try:
+        training = training_pb2_grpc.TrainingStub(daemon.channel())
+        ended = wait_sweep(training, sweep.sweep_id, timeout_s=120)
+        assert [(t.state, t.error) for t in ended.trials] == [(S.JOB_STATE_SUCCEEDED, "")] * 3
+        assert ended.state == S.SWEEP_STATE_SUCCEEDED
+    finally:
+        daemon.stop()
