@@ -645,7 +645,8 @@ class Jobs:
         The worker's line follows the job's last epoch event and final checkpoint, and only its
         registration and its end come after it: the events from the end back to that epoch hold it.
         """
-        if job.state != "succeeded" or not job.config["early_stopping"]["patience"]:
+        # A job stored before configs held every section may have none.
+        if job.state != "succeeded" or not job.config.get("early_stopping", {}).get("patience"):
             return None
         for event in self._events.newest(job.job_id, _AFTER_LAST_EPOCH):
             if event.kind == "epoch":
