@@ -224,7 +224,6 @@ class EventLog:
 
     def newest(self, job_id: str, limit: int) -> list[JobEvent]:
         """The job's newest `limit` stored events, newest first, in one short read transaction."""
-        self._store.flush()
         with self._store.read() as txn:
             return [
                 decode_event(raw) for _, raw in txn.scan(self._table, (job_id,), reverse=True, limit=limit)

@@ -648,6 +648,12 @@ class Jobs:
         # A job stored before configs held every section may have none.
         if job.state != "succeeded" or not job.config.get("early_stopping", {}).get("patience"):
             return None
+        with self._lock:
+            end_committing = job.job_id in self._active
+        if end_committing:
+            # Its end, and the worker's line before it, may wait for their commit: once the end is
+            # stored (nearly always, by a GetJob), they are, and nothing is waited for.
+            self._store.flush()
         for event in self._events.newest(job.job_id, _AFTER_LAST_EPOCH):
             if event.kind == "epoch":
                 return None

@@ -169,7 +169,9 @@ def test_a_watch_of_a_job_stored_but_not_yet_returned_by_its_submit_sees_it_queu
     assert (event.seq, event.state.state) == (1, S.JOB_STATE_QUEUED)
 
 
-def test_get_job_says_why_early_stopping_ended_a_job(training: training_grpc.TrainingStub) -> None:
+def test_get_job_says_why_early_stopping_ended_a_job(
+    training_daemon: InProcessDaemon, training: training_grpc.TrainingStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # It ended SUCCEEDED at epoch 2 of 50 with nothing in the job to say why: only a watcher
     # that saw the worker's line knew.
     spec = job_spec(
@@ -197,6 +199,23 @@ def test_get_job_says_why_early_stopping_ended_a_job(training: training_grpc.Tra
         f"early stopping after epoch 2: val_loss did not improve on its best, {first_val_loss:.6g} after "
         "epoch 1, by more than 100.0 for 1 epoch"
     ) in lines, lines
+
+    # Once the job's end is stored, so are its events: a GetJob waited for a group commit all
+    # the same, behind every job's metrics.
+    jobs = training_daemon.daemon.training
+    deadline = time.monotonic() + 60
+    while job.job_id in jobs.unended_ids() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    flush, flushes = jobs._store.flush, []
+
+    def counted_flush() -> None:
+        flushes.append(1)
+        flush()
+
+    monkeypatch.setattr(jobs._store, "flush", counted_flush)
+    assert training.GetJob(S.GetJobRequest(job_id=job.job_id)).stopped_early == ended.stopped_early
+    assert flushes == []
+    monkeypatch.undo()
 
     whole = submit(training, job_spec("mlp", epochs=1))
     follow(training, whole.job_id)

@@ -395,8 +395,8 @@ Global___Job: _TypeAlias = Job  # noqa: Y015
 
 @_typing.final
 class EarlyStop(_message.Message):
-    """Why early stopping ended a job: spec.early_stopping.metric did not improve on its best by
-    more than min_delta for patience epochs in a row.
+    """Why early stopping ended a job: spec.early_stopping.metric did not improve by more than
+    min_delta on its value at its last such improvement for patience epochs in a row.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -411,7 +411,11 @@ class EarlyStop(_message.Message):
     metric: _builtins.str
     mode: _job_spec_pb2.OptimizeMode.ValueType
     best: _builtins.float
-    """The metric's best value, and the epoch it was reached in."""
+    """The metric's value at its last improvement by more than min_delta (the first epoch's if it
+    never improved so), which each later epoch was measured against, and that epoch. With
+    min_delta 0 it is the best value; with min_delta > 0 a later, smaller improvement may have
+    been better, which did not count.
+    """
     best_epoch: _builtins.int
     epoch: _builtins.int
     """The epoch the job stopped after."""
