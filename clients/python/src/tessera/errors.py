@@ -128,11 +128,19 @@ class Unauthenticated(TesseraError):
 
 
 class JobFailed(Exception):
-    """`Job.wait()` found the job ended without succeeding; `job` holds its final state."""
+    """`Job.wait()` found the job ended without succeeding; `job` holds its final state. Pickled
+    (as a multiprocessing pool hands a worker's exception to its parent), `job` becomes that
+    state alone, the `tessera.v1` Job message (`job.info`): a Job holds the client's channel,
+    which no pickle can carry."""
 
     def __init__(self, job: object, message: str) -> None:
         super().__init__(message)
         self.job = job
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception's own gives (message,) to a class that takes (job, message), and the job's channel.
+        state = {name: value for name, value in vars(self).items() if name != "job"}
+        return type(self), (getattr(self.job, "info", self.job), *self.args), state
 
 
 class StoppedFollowing(KeyboardInterrupt):
