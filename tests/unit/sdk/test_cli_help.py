@@ -7,9 +7,9 @@ import argparse
 import shlex
 from collections.abc import Iterator
 
-from tessera.cli.arguments import TARGET_ENV, TIMEOUT_ENV, TRANSFER_TIMEOUT_ENV
+from tessera.cli.arguments import TIMEOUT_ENV, TRANSFER_TIMEOUT_ENV
 from tessera.cli.parser import HELP_WIDTH, build_parser
-from tessera.transport import KEEPALIVE_ENV, TOKEN_ENV
+from tessera.transport import KEEPALIVE_ENV, TARGET_ENV, TOKEN_ENV
 
 
 def commands(

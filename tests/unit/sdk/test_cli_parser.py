@@ -11,10 +11,10 @@ from collections.abc import Iterator
 import pytest
 
 from tessera.cli import EXIT_USAGE, main
-from tessera.cli.arguments import DEFAULT_TARGET, INT32_MAX, TIMEOUT_ENV, TRANSFER_TIMEOUT_ENV
+from tessera.cli.arguments import INT32_MAX, TIMEOUT_ENV, TRANSFER_TIMEOUT_ENV
 from tessera.cli.parser import build_parser
 from tessera.command_parser import CommandParser
-from tessera.transport import DEFAULT_TIMEOUT_S, DEFAULT_TRANSFER_TIMEOUT_S
+from tessera.transport import DEFAULT_TARGET, DEFAULT_TIMEOUT_S, DEFAULT_TRANSFER_TIMEOUT_S
 from tesserad.errors import InvalidArgument
 from tesserad.registry.ensembles import parse_ensemble_spec
 

@@ -31,7 +31,7 @@ class Client:
 
     def __init__(
         self,
-        target: str,
+        target: str | None = None,
         token: str | None = None,
         tls: TLS | bool | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,

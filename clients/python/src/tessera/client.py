@@ -16,8 +16,9 @@ class Client:
     """A blocking client for tesserad.
 
     `target` is "host:port" or any gRPC target: "dns:///name:port" (every address the name
-    resolves to, e.g. a headless Kubernetes Service over serving replicas), "ipv4:a:p,b:p".
-    Calls go round robin over the target's addresses, one call to the next. `token` is sent as `authorization: Bearer <token>` (default: the
+    resolves to, e.g. a headless Kubernetes Service over serving replicas), "ipv4:a:p,b:p";
+    None (the default) takes the TESSERA_TARGET environment variable, else 127.0.0.1:50051, as
+    `tessera` does. Calls go round robin over the target's addresses, one call to the next. `token` is sent as `authorization: Bearer <token>` (default: the
     TESSERA_TOKEN environment variable). `tls` is a `tessera.TLS` (CA file, client cert and
     key) or True for the system's CAs; None is plaintext. `timeout` is the deadline of every
     unary call in seconds (per-call `timeout=` overrides it); uploads and downloads use
@@ -37,7 +38,7 @@ class Client:
 
     def __init__(
         self,
-        target: str,
+        target: str | None = None,
         token: str | None = None,
         tls: TLS | bool | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,

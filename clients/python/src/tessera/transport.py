@@ -32,6 +32,9 @@ from tessera.v1 import (
 )
 
 TOKEN_ENV = "TESSERA_TOKEN"
+# Where a client made without a target connects, as `tessera` does.
+TARGET_ENV = "TESSERA_TARGET"
+DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT_S = 30.0
 # Uploads and downloads move whole artifacts and datasets: a deadline sized for them.
 DEFAULT_TRANSFER_TIMEOUT_S = 3600.0
@@ -289,6 +292,12 @@ def keepalive_options(
     ]
 
 
+def resolve_target(target: str | None) -> str:
+    """The target given, else TESSERA_TARGET from the environment, else DEFAULT_TARGET (as
+    `tessera` takes its --target)."""
+    return target if target is not None else os.environ.get(TARGET_ENV) or DEFAULT_TARGET
+
+
 def resolve_token(token: str | None) -> str | None:
     """The token given, else TESSERA_TOKEN from the environment, else None; without the
     whitespace around it (a token read from a file or a secret often ends in a newline).
@@ -357,7 +366,7 @@ class _Channel(ABC):
 
     def __init__(
         self,
-        target: str,
+        target: str | None = None,
         token: str | None = None,
         tls: TLS | bool | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
@@ -373,7 +382,7 @@ class _Channel(ABC):
                 f"timeouts must be a finite number of seconds above 0 (at most {MAX_TIMEOUT_TEXT}), "
                 f"got {timeout} and {transfer_timeout}"
             )
-        self.target = target
+        self.target = resolve_target(target)
         self.tls = TLS() if tls is True else (tls or None)
         token = resolve_token(token)
         self.metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
@@ -384,7 +393,7 @@ class _Channel(ABC):
         channel_options = [*_channel_options(self.tls, self.retry, self.keepalive), *options]
         credentials = None if self.tls is None else self.tls.credentials()
         self.closed = False
-        self.channel = self._open(target, credentials, channel_options)
+        self.channel = self._open(self.target, credentials, channel_options)
         self._stubs = {name: stub(self.channel) for name, stub in _STUBS.items()}
 
     @abstractmethod

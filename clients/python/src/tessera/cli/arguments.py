@@ -15,11 +15,16 @@ from tessera.run_filter import (
     RunFilterError,
     parse_metric_condition,
 )
-from tessera.transport import MAX_TIMEOUT_S, MAX_TIMEOUT_TEXT, check_keepalive, parse_seconds
+from tessera.transport import (
+    DEFAULT_TARGET,
+    MAX_TIMEOUT_S,
+    MAX_TIMEOUT_TEXT,
+    TARGET_ENV,
+    check_keepalive,
+    parse_seconds,
+)
 from tessera.v1 import training_pb2
 
-DEFAULT_TARGET = "127.0.0.1:50051"
-TARGET_ENV = "TESSERA_TARGET"
 # The CLI's alone: a program using the SDK chooses its deadlines in its code (`timeout=`,
 # `transfer_timeout=`).
 TIMEOUT_ENV = "TESSERA_TIMEOUT_S"

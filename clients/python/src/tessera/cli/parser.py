@@ -10,9 +10,7 @@ from collections.abc import Callable
 from tessera import __version__
 from tessera.cli import EXIT_STATUS_HELP
 from tessera.cli.arguments import (
-    DEFAULT_TARGET,
     INT32_MAX,
-    TARGET_ENV,
     TIMEOUT_ENV,
     TRANSFER_TIMEOUT_ENV,
     daemon_target,
@@ -88,11 +86,13 @@ from tessera.models import FORMAT_BY_SUFFIX
 from tessera.sweep_commands import add_sweep_commands
 from tessera.transport import (
     DEFAULT_KEEPALIVE_S,
+    DEFAULT_TARGET,
     DEFAULT_TIMEOUT_S,
     DEFAULT_TRANSFER_TIMEOUT_S,
     KEEPALIVE_ENV,
     KEEPALIVE_TIMEOUT_S,
     MODEL_CALL_TIMEOUT_S,
+    TARGET_ENV,
     TOKEN_ENV,
     UNLOAD_TIMEOUT_S,
 )
