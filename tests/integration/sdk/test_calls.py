@@ -73,6 +73,27 @@ def test_a_call_past_its_deadline_raises_deadline_exceeded(fake):
         client.system.info()
 
 
+def test_a_calls_timeout_overrides_the_clients_either_way(fake):
+    fake.system.stall_s = 2
+    with tessera.Client(fake.target, timeout=0.2) as hurried:
+        assert hurried.system.info(timeout=30).version == "fake"
+    with tessera.Client(fake.target, timeout=30) as patient, pytest.raises(tessera.DeadlineExceeded):
+        patient.system.info(timeout=0.2)
+
+
+def test_the_asyncio_clients_calls_override_it_alike(fake):
+    fake.system.stall_s = 2
+
+    async def scenario() -> None:
+        async with tessera.aio.Client(fake.target, timeout=0.2) as hurried:
+            assert (await hurried.system.info(timeout=30)).version == "fake"
+        async with tessera.aio.Client(fake.target, timeout=30) as patient:
+            with pytest.raises(tessera.DeadlineExceeded):
+                await patient.system.info(timeout=0.2)
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
 def test_an_unreachable_daemon_is_unavailable_after_the_retries():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

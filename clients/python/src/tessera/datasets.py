@@ -212,41 +212,49 @@ class Datasets(Part[C]):
         return Upload(S, "UploadDataset", requests, timeout_or(timeout, self._conn.transfer_timeout))
 
     @call
-    def get(self, name: str) -> Op[pb.Dataset]:
+    def get(self, name: str, *, timeout: float | None = None) -> Op[pb.Dataset]:
         """A dataset's summary: latest version, version count, size."""
-        return Op(S, "GetDataset", pb.GetDatasetRequest(name=name))
+        return Op(S, "GetDataset", pb.GetDatasetRequest(name=name), timeout=timeout)
 
     @stream
-    def list(self, prefix: str = "", page_size: int = 0) -> Pages[pb.Dataset]:
+    def list(
+        self, prefix: str = "", page_size: int = 0, *, timeout: float | None = None
+    ) -> Pages[pb.Dataset]:
         """Every dataset (optionally by name prefix), fetched page by page."""
 
         def page(token: str) -> Op[pb.ListDatasetsResponse]:
             request = pb.ListDatasetsRequest(name_prefix=prefix, page_size=page_size, page_token=token)
-            return Op(S, "ListDatasets", request)
+            return Op(S, "ListDatasets", request, timeout=timeout)
 
         return Pages(page, "datasets")
 
     @call
-    def version(self, ref: str | common_pb2.DatasetRef) -> Op[pb.DatasetVersion]:
+    def version(
+        self, ref: str | common_pb2.DatasetRef, *, timeout: float | None = None
+    ) -> Op[pb.DatasetVersion]:
         """One version ("name" for the newest, "name:3" for version 3): arrays, stats, splits."""
-        return Op(S, "GetDatasetVersion", pb.GetDatasetVersionRequest(ref=dataset_ref(ref)))
+        return Op(S, "GetDatasetVersion", pb.GetDatasetVersionRequest(ref=dataset_ref(ref)), timeout=timeout)
 
     @stream
-    def versions(self, name: str, page_size: int = 0) -> Pages[pb.DatasetVersion]:
+    def versions(
+        self, name: str, page_size: int = 0, *, timeout: float | None = None
+    ) -> Pages[pb.DatasetVersion]:
         """A dataset's versions, newest first."""
 
         def page(token: str) -> Op[pb.ListDatasetVersionsResponse]:
             request = pb.ListDatasetVersionsRequest(name=name, page_size=page_size, page_token=token)
-            return Op(S, "ListDatasetVersions", request)
+            return Op(S, "ListDatasetVersions", request, timeout=timeout)
 
         return Pages(page, "versions")
 
     @call
-    def delete(self, name: str, version: int = 0, force: bool = False) -> Op[int]:
+    def delete(
+        self, name: str, version: int = 0, force: bool = False, *, timeout: float | None = None
+    ) -> Op[int]:
         """Delete one version (or all with version 0); returns how many went. FailedPrecondition
         while a queued or running job, a running sweep or a model version's lineage uses it, unless `force`."""
         request = pb.DeleteDatasetRequest(name=name, version=version_number("version", version), force=force)
-        return Op(S, "DeleteDataset", request, lambda response: response.deleted_versions)
+        return Op(S, "DeleteDataset", request, lambda response: response.deleted_versions, timeout=timeout)
 
     @call
     def download(

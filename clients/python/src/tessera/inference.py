@@ -205,7 +205,13 @@ class Inference(Part[C]):
 
     @call
     def load(
-        self, /, model: str, version: VersionSelector | None = None, **config: Any
+        self,
+        /,
+        model: str,
+        version: VersionSelector | None = None,
+        *,
+        timeout: float | None = None,
+        **config: Any,
     ) -> Op[pb.LoadedModel]:
         """Load and warm up a version (default "latest"); `config` holds ServingConfig fields
         (runtime="onnx", device="cpu", max_batch_size=8, max_queue_delay_us=500, ...); a field
@@ -215,10 +221,17 @@ class Inference(Part[C]):
         request = pb.LoadModelRequest(
             target=ref(model, version), config=from_dict(pb.ServingConfig, config, "config")
         )
-        return Op(S, "LoadModel", request, timeout=max(self._conn.timeout, MODEL_CALL_TIMEOUT_S))
+        return Op(
+            S,
+            "LoadModel",
+            request,
+            timeout=timeout_or(timeout, max(self._conn.timeout, MODEL_CALL_TIMEOUT_S)),
+        )
 
     @call
-    def unload(self, model: str, version: VersionSelector | None = None) -> Op[Sequence[pb.LoadedModel]]:
+    def unload(
+        self, model: str, version: VersionSelector | None = None, *, timeout: float | None = None
+    ) -> Op[Sequence[pb.LoadedModel]]:
         """Drain and free a version (every loaded version of the model when None)."""
         request = pb.UnloadModelRequest(target=ref(model, version))
         return Op(
@@ -226,28 +239,44 @@ class Inference(Part[C]):
             "UnloadModel",
             request,
             lambda response: list(response.unloaded),
-            max(self._conn.timeout, UNLOAD_TIMEOUT_S),
+            timeout_or(timeout, max(self._conn.timeout, UNLOAD_TIMEOUT_S)),
         )
 
     @call
-    def loaded(self, model: str = "") -> Op[Sequence[pb.LoadedModel]]:
+    def loaded(self, model: str = "", *, timeout: float | None = None) -> Op[Sequence[pb.LoadedModel]]:
         """Loaded versions (of one model, or all), with state, config and signature."""
-        return Op(S, "ListLoaded", pb.ListLoadedRequest(model=model), lambda response: list(response.models))
+        return Op(
+            S,
+            "ListLoaded",
+            pb.ListLoadedRequest(model=model),
+            lambda response: list(response.models),
+            timeout=timeout,
+        )
 
     @call
     def stats(
-        self, model: str = "", version: VersionSelector | None = None, reset: bool = False
+        self,
+        model: str = "",
+        version: VersionSelector | None = None,
+        reset: bool = False,
+        *,
+        timeout: float | None = None,
     ) -> Op[Sequence[pb.ModelStats]]:
         """Latency percentiles (queue, compute, total), batch sizes and throughput per loaded
         version (of `model`, or of every model); `reset` zeroes the figures after reading them.
         ValueError for a `version` without a `model`."""
         request = pb.GetStatsRequest(reset=reset)
         _set_stats_target(request, model, version)
-        return Op(S, "GetStats", request, lambda response: list(response.stats))
+        return Op(S, "GetStats", request, lambda response: list(response.stats), timeout=timeout)
 
     @call
     def cluster_stats(
-        self, model: str = "", version: VersionSelector | None = None, histograms: bool = False
+        self,
+        model: str = "",
+        version: VersionSelector | None = None,
+        histograms: bool = False,
+        *,
+        timeout: float | None = None,
     ) -> Op[pb.GetStatsResponse]:
         """`stats` over a primary and every serving replica following it now (`tesserad serve
         --follow`), merged per version (latency histograms bucket by bucket, counts added).
@@ -255,13 +284,15 @@ class Inference(Part[C]):
         `unreachable_replicas` those that did not answer. FailedPrecondition on a replica."""
         request = pb.GetStatsRequest(scope=pb.STATS_SCOPE_CLUSTER, histograms=histograms)
         _set_stats_target(request, model, version)
-        return Op(S, "GetStats", request)
+        return Op(S, "GetStats", request, timeout=timeout)
 
     @call
-    def shadow_results(self, model: str, limit: int = 100) -> Op[Sequence[pb.ShadowResult]]:
+    def shadow_results(
+        self, model: str, limit: int = 100, *, timeout: float | None = None
+    ) -> Op[Sequence[pb.ShadowResult]]:
         """The latest shadow comparisons of a model's deployment, newest first."""
         request = pb.ListShadowResultsRequest(model=model, limit=limit)
-        return Op(S, "ListShadowResults", request, lambda response: list(response.results))
+        return Op(S, "ListShadowResults", request, lambda response: list(response.results), timeout=timeout)
 
 
 def _set_stats_target(request: pb.GetStatsRequest, model: str, version: VersionSelector | None) -> None:

@@ -70,18 +70,35 @@ class Models(Part[C]):
     leaving the version out means "latest"."""
 
     @call
-    def create(self, name: str, description: str = "", tags: Mapping[str, str] | None = None) -> Op[pb.Model]:
+    def create(
+        self,
+        name: str,
+        description: str = "",
+        tags: Mapping[str, str] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Op[pb.Model]:
         """Create an empty model (AlreadyExists if the name is taken)."""
-        return Op(S, "CreateModel", pb.CreateModelRequest(name=name, description=description, tags=tags))
+        return Op(
+            S,
+            "CreateModel",
+            pb.CreateModelRequest(name=name, description=description, tags=tags),
+            timeout=timeout,
+        )
 
     @call
-    def get(self, name: str) -> Op[pb.Model]:
+    def get(self, name: str, *, timeout: float | None = None) -> Op[pb.Model]:
         """A model with its latest version number and aliases."""
-        return Op(S, "GetModel", pb.GetModelRequest(name=name))
+        return Op(S, "GetModel", pb.GetModelRequest(name=name), timeout=timeout)
 
     @stream
     def list(
-        self, prefix: str = "", tags: Mapping[str, str] | None = None, page_size: int = 0
+        self,
+        prefix: str = "",
+        tags: Mapping[str, str] | None = None,
+        page_size: int = 0,
+        *,
+        timeout: float | None = None,
     ) -> Pages[pb.Model]:
         """Every model (optionally by name prefix and tags), fetched page by page as you iterate."""
 
@@ -89,7 +106,7 @@ class Models(Part[C]):
             request = pb.ListModelsRequest(
                 name_prefix=prefix, tags=tags, page_size=page_size, page_token=token
             )
-            return Op(S, "ListModels", request)
+            return Op(S, "ListModels", request, timeout=timeout)
 
         return Pages(page, "models")
 
@@ -100,22 +117,24 @@ class Models(Part[C]):
         description: str | None = None,
         set_tags: Mapping[str, str] | None = None,
         remove_tags: Sequence[str] = (),
+        *,
+        timeout: float | None = None,
     ) -> Op[pb.Model]:
         """Change a model's description and tags."""
         request = pb.UpdateModelRequest(name=name, set_tags=set_tags, remove_tags=list(remove_tags))
         if description is not None:
             request.description = description
-        return Op(S, "UpdateModel", request)
+        return Op(S, "UpdateModel", request, timeout=timeout)
 
     @call
-    def delete(self, name: str, force: bool = False) -> Op[int]:
+    def delete(self, name: str, force: bool = False, *, timeout: float | None = None) -> Op[int]:
         """Delete a model with all its versions; returns how many versions went. `force` also
         removes aliases and deployments that point into it. FailedPrecondition, force or not,
         while an ensemble version of another model has one of its versions as a member.
         Versions of other models derived from its versions keep naming them in their lineage,
         marked deleted (`lineage.parent_deleted`)."""
         request = pb.DeleteModelRequest(name=name, force=force)
-        return Op(S, "DeleteModel", request, lambda response: response.deleted_versions)
+        return Op(S, "DeleteModel", request, lambda response: response.deleted_versions, timeout=timeout)
 
     @call
     def push(
@@ -272,85 +291,110 @@ class Models(Part[C]):
         )
 
     @call
-    def version(self, name: str, version: VersionSelector | None = None) -> Op[pb.ModelVersion]:
+    def version(
+        self, name: str, version: VersionSelector | None = None, *, timeout: float | None = None
+    ) -> Op[pb.ModelVersion]:
         """One version by number or alias; "latest" when `version` is None."""
-        return Op(S, "GetVersion", pb.GetVersionRequest(ref=ref(name, version)))
+        return Op(S, "GetVersion", pb.GetVersionRequest(ref=ref(name, version)), timeout=timeout)
 
     @stream
-    def versions(self, name: str, page_size: int = 0) -> Pages[pb.ModelVersion]:
+    def versions(
+        self, name: str, page_size: int = 0, *, timeout: float | None = None
+    ) -> Pages[pb.ModelVersion]:
         """The model's versions, newest first."""
 
         def page(token: str) -> Op[pb.ListVersionsResponse]:
             return Op(
-                S, "ListVersions", pb.ListVersionsRequest(model=name, page_size=page_size, page_token=token)
+                S,
+                "ListVersions",
+                pb.ListVersionsRequest(model=name, page_size=page_size, page_token=token),
+                timeout=timeout,
             )
 
         return Pages(page, "versions")
 
     @call
-    def delete_version(self, name: str, version: int) -> Op[None]:
+    def delete_version(self, name: str, version: int, *, timeout: float | None = None) -> Op[None]:
         """Delete one version (FailedPrecondition while an alias, a deployment or an ensemble
         version, as a member, uses it). Versions derived from it keep naming it in their
         lineage, marked deleted (`lineage.parent_deleted`)."""
         request = pb.DeleteVersionRequest(model=name, version=version_number("version", version))
-        return Op(S, "DeleteVersion", request, lambda _: None)
+        return Op(S, "DeleteVersion", request, lambda _: None, timeout=timeout)
 
     @call
     def set_alias(
-        self, name: str, alias: str, version: int, expected_version: int | None = None
+        self,
+        name: str,
+        alias: str,
+        version: int,
+        expected_version: int | None = None,
+        *,
+        timeout: float | None = None,
     ) -> Op[pb.Alias]:
         """Point `alias` at `version`; with `expected_version`, only if it points there now
         (0: only if it does not exist yet)."""
         request = pb.SetAliasRequest(model=name, alias=alias, version=version_number("version", version))
         if expected_version is not None:
             request.expected_version = version_number("expected_version", expected_version)
-        return Op(S, "SetAlias", request)
+        return Op(S, "SetAlias", request, timeout=timeout)
 
     @call
-    def alias(self, name: str, alias: str) -> Op[pb.Alias]:
+    def alias(self, name: str, alias: str, *, timeout: float | None = None) -> Op[pb.Alias]:
         """Where an alias points."""
-        return Op(S, "GetAlias", pb.GetAliasRequest(model=name, alias=alias))
+        return Op(S, "GetAlias", pb.GetAliasRequest(model=name, alias=alias), timeout=timeout)
 
     @stream
-    def aliases(self, name: str, page_size: int = 0) -> Pages[pb.Alias]:
+    def aliases(self, name: str, page_size: int = 0, *, timeout: float | None = None) -> Pages[pb.Alias]:
         """Every alias of the model by name, "latest" last; fetched a page at a time."""
 
         def page(token: str) -> Op[pb.ListAliasesResponse]:
             request = pb.ListAliasesRequest(model=name, page_size=page_size, page_token=token)
-            return Op(S, "ListAliases", request)
+            return Op(S, "ListAliases", request, timeout=timeout)
 
         return Pages(page, "aliases")
 
     @call
-    def delete_alias(self, name: str, alias: str) -> Op[None]:
+    def delete_alias(self, name: str, alias: str, *, timeout: float | None = None) -> Op[None]:
         """Remove an alias."""
-        return Op(S, "DeleteAlias", pb.DeleteAliasRequest(model=name, alias=alias), lambda _: None)
+        return Op(
+            S, "DeleteAlias", pb.DeleteAliasRequest(model=name, alias=alias), lambda _: None, timeout=timeout
+        )
 
     @stream
-    def alias_history(self, name: str, alias: str = "", page_size: int = 0) -> Pages[pb.AliasEvent]:
+    def alias_history(
+        self, name: str, alias: str = "", page_size: int = 0, *, timeout: float | None = None
+    ) -> Pages[pb.AliasEvent]:
         """Every move of the model's aliases (or one alias), newest first."""
 
         def page(token: str) -> Op[pb.ListAliasHistoryResponse]:
             request = pb.ListAliasHistoryRequest(
                 model=name, alias=alias, page_size=page_size, page_token=token
             )
-            return Op(S, "ListAliasHistory", request)
+            return Op(S, "ListAliasHistory", request, timeout=timeout)
 
         return Pages(page, "events")
 
     @call
-    def lineage(self, name: str, version: VersionSelector | None = None) -> Op[pb.GetLineageResponse]:
+    def lineage(
+        self, name: str, version: VersionSelector | None = None, *, timeout: float | None = None
+    ) -> Op[pb.GetLineageResponse]:
         """Where a version came from (run, datasets, parent; `parent_deleted` is set once the
         parent is deleted) and the versions derived from it."""
-        return Op(S, "GetLineage", pb.GetLineageRequest(ref=ref(name, version)))
+        return Op(S, "GetLineage", pb.GetLineageRequest(ref=ref(name, version)), timeout=timeout)
 
     @call
     def compare(
-        self, name: str, a: VersionSelector, b: VersionSelector, model_b: str | None = None
+        self,
+        name: str,
+        a: VersionSelector,
+        b: VersionSelector,
+        model_b: str | None = None,
+        *,
+        timeout: float | None = None,
     ) -> Op[pb.CompareVersionsResponse]:
         """Differences between two versions (of one model, or of `name` and `model_b`)."""
         request = pb.CompareVersionsRequest(a=ref(name, a), b=ref(model_b or name, b))
-        return Op(S, "CompareVersions", request)
+        return Op(S, "CompareVersions", request, timeout=timeout)
 
     @call
     def export_onnx(
@@ -386,6 +430,8 @@ class Models(Part[C]):
         shadow_percent: int = 100,
         comment: str = "",
         expected_revision: int | None = None,
+        *,
+        timeout: float | None = None,
     ) -> Op[pb.Deployment]:
         """Route un-pinned Predict calls: `routes` maps a version or alias to a percent of traffic
         (summing to 100); `shadow` gets a copy of `shadow_percent` (1..100) of the requests other
@@ -410,25 +456,29 @@ class Models(Part[C]):
                 )
             _route_target(request.shadow, shadow, "shadow")
             request.shadow.percent = shadow_percent
-        return Op(S, "Deploy", request)
+        return Op(S, "Deploy", request, timeout=timeout)
 
     @call
-    def deployment(self, name: str) -> Op[pb.Deployment]:
+    def deployment(self, name: str, *, timeout: float | None = None) -> Op[pb.Deployment]:
         """The model's current deployment."""
-        return Op(S, "GetDeployment", pb.GetDeploymentRequest(model=name))
+        return Op(S, "GetDeployment", pb.GetDeploymentRequest(model=name), timeout=timeout)
 
     @stream
-    def deployments(self, name: str, page_size: int = 0) -> Pages[pb.Deployment]:
+    def deployments(
+        self, name: str, page_size: int = 0, *, timeout: float | None = None
+    ) -> Pages[pb.Deployment]:
         """Deployment history, newest first."""
 
         def page(token: str) -> Op[pb.ListDeploymentsResponse]:
             request = pb.ListDeploymentsRequest(model=name, page_size=page_size, page_token=token)
-            return Op(S, "ListDeployments", request)
+            return Op(S, "ListDeployments", request, timeout=timeout)
 
         return Pages(page, "deployments")
 
     @call
-    def rollback(self, name: str, expected_revision: int | None = None) -> Op[pb.Deployment]:
+    def rollback(
+        self, name: str, expected_revision: int | None = None, *, timeout: float | None = None
+    ) -> Op[pb.Deployment]:
         """Restore the deployment before the current one (as a new revision); rolling back the
         first leaves none (the returned revision has `undeployed` set). With `expected_revision`,
         only if the model's newest deployment revision is that one, else FailedPrecondition: two
@@ -436,7 +486,7 @@ class Models(Part[C]):
         request = pb.RollbackRequest(model=name)
         if expected_revision is not None:
             request.expected_revision = _expected_revision(expected_revision)
-        return Op(S, "Rollback", request)
+        return Op(S, "Rollback", request, timeout=timeout)
 
     @stream
     def watch_changes(

@@ -158,9 +158,9 @@ class System(Part[C]):
     """`client.system`: what the daemon is and what it is using."""
 
     @call
-    def info(self) -> Op[pb.ServerInfo]:
+    def info(self, *, timeout: float | None = None) -> Op[pb.ServerInfo]:
         """Version, uptime, devices (CPU then GPUs), data directory usage, services served."""
-        return Op(S, "GetServerInfo", pb.GetServerInfoRequest())
+        return Op(S, "GetServerInfo", pb.GetServerInfoRequest(), timeout=timeout)
 
     @stream
     def watch(

@@ -512,9 +512,9 @@ class Job(Part[C]):
         return self.info.stopped_early if self.info.HasField("stopped_early") else None
 
     @call
-    def refresh(self) -> Op[Job[C]]:
+    def refresh(self, *, timeout: float | None = None) -> Op[Job[C]]:
         """Fetch the job's current state into `info`; returns self."""
-        return Op(S, "GetJob", pb.GetJobRequest(job_id=self.id), self._updated)
+        return Op(S, "GetJob", pb.GetJobRequest(job_id=self.id), self._updated, timeout=timeout)
 
     @stream
     def watch(self, from_seq: int = 1, timeout: float | None = None) -> Resumable[JobEvent]:
@@ -545,9 +545,9 @@ class Job(Part[C]):
         return Then(events, Op(S, "GetJob", pb.GetJobRequest(job_id=self.id), ended))
 
     @call
-    def cancel(self) -> Op[Job[C]]:
+    def cancel(self, *, timeout: float | None = None) -> Op[Job[C]]:
         """Ask the job to stop at its next step boundary; returns self, refreshed."""
-        return Op(S, "CancelJob", pb.CancelJobRequest(job_id=self.id), self._updated)
+        return Op(S, "CancelJob", pb.CancelJobRequest(job_id=self.id), self._updated, timeout=timeout)
 
     def _updated(self, info: pb.Job) -> Job[C]:
         self.info = info
@@ -562,20 +562,26 @@ class Training(Part[C]):
     """`client.training`: jobs (submit, watch, wait, cancel), experiment tracking, sweeps."""
 
     @call
-    def submit(self, spec: JobSpecLike) -> Op[Job[C]]:
+    def submit(self, spec: JobSpecLike, *, timeout: float | None = None) -> Op[Job[C]]:
         """Queue a training job; the spec is checked before it is accepted (InvalidArgument or
         FailedPrecondition naming the field). Enum fields take short names ("regression")."""
         request = pb.SubmitJobRequest(spec=from_dict(job_spec_pb2.JobSpec, spec, "spec"))
-        return Op(S, "SubmitJob", request, self._job)
+        return Op(S, "SubmitJob", request, self._job, timeout=timeout)
 
     @call
-    def job(self, job_id: str) -> Op[Job[C]]:
+    def job(self, job_id: str, *, timeout: float | None = None) -> Op[Job[C]]:
         """A job by id."""
-        return Op(S, "GetJob", pb.GetJobRequest(job_id=job_id), self._job)
+        return Op(S, "GetJob", pb.GetJobRequest(job_id=job_id), self._job, timeout=timeout)
 
     @stream
     def jobs(
-        self, states: Iterable[str | int] = (), experiment: str = "", sweep_id: str = "", page_size: int = 0
+        self,
+        states: Iterable[str | int] = (),
+        experiment: str = "",
+        sweep_id: str = "",
+        page_size: int = 0,
+        *,
+        timeout: float | None = None,
     ) -> Pages[Job[C]]:
         """Jobs, newest first, optionally only in `states` ("running", "queued", ...)."""
 
@@ -587,14 +593,14 @@ class Training(Part[C]):
                 page_size=page_size,
                 page_token=token,
             )
-            return Op(S, "ListJobs", request)
+            return Op(S, "ListJobs", request, timeout=timeout)
 
         return Pages(page, "jobs", self._job)
 
     @call
-    def cancel(self, job_id: str) -> Op[Job[C]]:
+    def cancel(self, job_id: str, *, timeout: float | None = None) -> Op[Job[C]]:
         """Cancel a job (FailedPrecondition if it already ended)."""
-        return Op(S, "CancelJob", pb.CancelJobRequest(job_id=job_id), self._job)
+        return Op(S, "CancelJob", pb.CancelJobRequest(job_id=job_id), self._job, timeout=timeout)
 
     @stream
     def watch(self, job_id: str, from_seq: int = 1, timeout: float | None = None) -> Resumable[JobEvent]:
@@ -603,20 +609,30 @@ class Training(Part[C]):
 
     @call
     def create_experiment(
-        self, name: str, description: str = "", tags: Mapping[str, Any] | None = None
+        self,
+        name: str,
+        description: str = "",
+        tags: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
     ) -> Op[pb.Experiment]:
         """Create an experiment (jobs create theirs on first use); tag values as text."""
         request = pb.CreateExperimentRequest(name=name, description=description, tags=_as_text(tags, "tags"))
-        return Op(S, "CreateExperiment", request)
+        return Op(S, "CreateExperiment", request, timeout=timeout)
 
     @call
-    def experiment(self, name: str) -> Op[pb.Experiment]:
+    def experiment(self, name: str, *, timeout: float | None = None) -> Op[pb.Experiment]:
         """An experiment with its run count."""
-        return Op(S, "GetExperiment", pb.GetExperimentRequest(name=name))
+        return Op(S, "GetExperiment", pb.GetExperimentRequest(name=name), timeout=timeout)
 
     @stream
     def experiments(
-        self, prefix: str = "", page_size: int = 0, view: str | int = "active_only"
+        self,
+        prefix: str = "",
+        page_size: int = 0,
+        view: str | int = "active_only",
+        *,
+        timeout: float | None = None,
     ) -> Pages[pb.Experiment]:
         """Every experiment, optionally by name prefix; `view` "deleted_only" or "all" shows
         deleted ones."""
@@ -628,7 +644,7 @@ class Training(Part[C]):
                 page_token=token,
                 view=enum_value(pb.LifecycleView, "LIFECYCLE_VIEW_", view),
             )
-            return Op(S, "ListExperiments", request)
+            return Op(S, "ListExperiments", request, timeout=timeout)
 
         return Pages(page, "experiments")
 
@@ -639,6 +655,8 @@ class Training(Part[C]):
         description: str | None = None,
         set_tags: Mapping[str, Any] | None = None,
         remove_tags: Iterable[str] = (),
+        *,
+        timeout: float | None = None,
     ) -> Op[pb.Experiment]:
         """Change an experiment's description (None leaves it) and tags (values as text)."""
         request = pb.UpdateExperimentRequest(
@@ -646,17 +664,17 @@ class Training(Part[C]):
         )
         if description is not None:
             request.description = description
-        return Op(S, "UpdateExperiment", request)
+        return Op(S, "UpdateExperiment", request, timeout=timeout)
 
     @call
-    def delete_experiment(self, name: str) -> Op[pb.Experiment]:
+    def delete_experiment(self, name: str, *, timeout: float | None = None) -> Op[pb.Experiment]:
         """Soft-delete an experiment and its runs (hidden, read-only, kept until restored)."""
-        return Op(S, "DeleteExperiment", pb.DeleteExperimentRequest(name=name))
+        return Op(S, "DeleteExperiment", pb.DeleteExperimentRequest(name=name), timeout=timeout)
 
     @call
-    def restore_experiment(self, name: str) -> Op[pb.Experiment]:
+    def restore_experiment(self, name: str, *, timeout: float | None = None) -> Op[pb.Experiment]:
         """Bring back a deleted experiment and the runs deleted with it."""
-        return Op(S, "RestoreExperiment", pb.RestoreExperimentRequest(name=name))
+        return Op(S, "RestoreExperiment", pb.RestoreExperimentRequest(name=name), timeout=timeout)
 
     @call
     def create_run(
@@ -665,13 +683,15 @@ class Training(Part[C]):
         name: str = "",
         params: Mapping[str, Any] | None = None,
         tags: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
     ) -> Op[pb.Run]:
         """Start a run for a training script outside the daemon; log to it, then end it. Param
         and tag values as text."""
         request = pb.CreateRunRequest(
             experiment=experiment, name=name, params=_as_text(params, "params"), tags=_as_text(tags, "tags")
         )
-        return Op(S, "CreateRun", request)
+        return Op(S, "CreateRun", request, timeout=timeout)
 
     @call
     def update_run(
@@ -680,6 +700,8 @@ class Training(Part[C]):
         status: str | int | None = None,
         set_tags: Mapping[str, Any] | None = None,
         remove_tags: Iterable[str] = (),
+        *,
+        timeout: float | None = None,
     ) -> Op[pb.Run]:
         """End a run ("succeeded", "failed", "cancelled") or change its tags (values as text;
         `remove_tags` drops these keys, one not there is no error)."""
@@ -688,22 +710,22 @@ class Training(Part[C]):
         )
         if status is not None:
             request.status = enum_value(pb.RunStatus, "RUN_STATUS_", status)
-        return Op(S, "UpdateRun", request)
+        return Op(S, "UpdateRun", request, timeout=timeout)
 
     @call
-    def run(self, run_id: str) -> Op[pb.Run]:
+    def run(self, run_id: str, *, timeout: float | None = None) -> Op[pb.Run]:
         """A run with its params and metric summaries."""
-        return Op(S, "GetRun", pb.GetRunRequest(run_id=run_id))
+        return Op(S, "GetRun", pb.GetRunRequest(run_id=run_id), timeout=timeout)
 
     @call
-    def delete_run(self, run_id: str) -> Op[pb.Run]:
+    def delete_run(self, run_id: str, *, timeout: float | None = None) -> Op[pb.Run]:
         """Soft-delete a run (hidden, read-only, kept until restored); a job's once it ended."""
-        return Op(S, "DeleteRun", pb.DeleteRunRequest(run_id=run_id))
+        return Op(S, "DeleteRun", pb.DeleteRunRequest(run_id=run_id), timeout=timeout)
 
     @call
-    def restore_run(self, run_id: str) -> Op[pb.Run]:
+    def restore_run(self, run_id: str, *, timeout: float | None = None) -> Op[pb.Run]:
         """Bring back a deleted run."""
-        return Op(S, "RestoreRun", pb.RestoreRunRequest(run_id=run_id))
+        return Op(S, "RestoreRun", pb.RestoreRunRequest(run_id=run_id), timeout=timeout)
 
     @stream
     def runs(
@@ -719,6 +741,8 @@ class Training(Part[C]):
         view: str | int = "active_only",
         order_field: str | int | None = None,
         filter: str = "",
+        *,
+        timeout: float | None = None,
     ) -> Pages[pb.Run]:
         """Runs matching every filter given (param and tag values as text), newest first, or by a
         metric. `filter` is MLflow's search string, e.g. "metrics.val_acc > 0.9 and params.lr =
@@ -748,15 +772,17 @@ class Training(Part[C]):
             paged = pb.ListRunsRequest()
             paged.CopyFrom(request)
             paged.page_token = token
-            return Op(S, "ListRuns", paged)
+            return Op(S, "ListRuns", paged, timeout=timeout)
 
         return Pages(page, "runs")
 
     @call
-    def compare_runs(self, run_ids: Sequence[str]) -> Op[pb.CompareRunsResponse]:
+    def compare_runs(
+        self, run_ids: Sequence[str], *, timeout: float | None = None
+    ) -> Op[pb.CompareRunsResponse]:
         """Params and metrics of two or more runs side by side: the first 2,000 metric keys of
         the runs together, its metrics_left_out counting the rest (list_metrics lists them)."""
-        return Op(S, "CompareRuns", pb.CompareRunsRequest(run_ids=list(run_ids)))
+        return Op(S, "CompareRuns", pb.CompareRunsRequest(run_ids=list(run_ids)), timeout=timeout)
 
     @call
     def leaderboard(
@@ -766,6 +792,8 @@ class Training(Part[C]):
         mode: str | None = None,
         limit: int = 10,
         field: str | int | None = None,
+        *,
+        timeout: float | None = None,
     ) -> Op[Sequence[pb.LeaderboardEntry]]:
         """An experiment's runs ranked by `metric` ("min" or "max" is better; default by name), by
         its summary's `field` ("last", "min" or "max"; default: the one `mode` names)."""
@@ -774,17 +802,23 @@ class Training(Part[C]):
             request.mode = enum_value(job_spec_pb2.OptimizeMode, "OPTIMIZE_MODE_", mode)
         if field is not None:
             request.field = enum_value(pb.SummaryField, "SUMMARY_FIELD_", field)
-        return Op(S, "Leaderboard", request, lambda response: list(response.entries))
+        return Op(S, "Leaderboard", request, lambda response: list(response.entries), timeout=timeout)
 
     @call
-    def log_params(self, run_id: str, params: Mapping[str, Any]) -> Op[None]:
+    def log_params(self, run_id: str, params: Mapping[str, Any], *, timeout: float | None = None) -> Op[None]:
         """Record params of a run (values as text; a logged param cannot change)."""
         request = pb.LogParamsRequest(run_id=run_id, params=_as_text(params, "params"))
-        return Op(S, "LogParams", request, lambda _: None)
+        return Op(S, "LogParams", request, lambda _: None, timeout=timeout)
 
     @call
     def log_metrics(
-        self, run_id: str, metrics: Mapping[str, float], step: int, *, timestamp: int | None = None
+        self,
+        run_id: str,
+        metrics: Mapping[str, float],
+        step: int,
+        *,
+        timestamp: int | None = None,
+        timeout: float | None = None,
     ) -> Op[int]:
         """Record metric values at a step; returns how many points were accepted. Values must be
         finite: a NaN or infinite one (which MLflow stores) raises InvalidArgument and none of the
@@ -796,7 +830,7 @@ class Training(Part[C]):
             for key, value in metrics.items()
         ]
         request = pb.LogMetricsRequest(run_id=run_id, points=points)
-        return Op(S, "LogMetrics", request, lambda response: response.accepted)
+        return Op(S, "LogMetrics", request, lambda response: response.accepted, timeout=timeout)
 
     @call
     def log_metrics_stream(
@@ -816,13 +850,15 @@ class Training(Part[C]):
         return MetricSteps(run_id, steps, batch_points, timeout_or(timeout, self._conn.transfer_timeout))
 
     @stream
-    def list_metrics(self, run_id: str, page_size: int = 0) -> Pages[pb.MetricSummary]:
+    def list_metrics(
+        self, run_id: str, page_size: int = 0, *, timeout: float | None = None
+    ) -> Pages[pb.MetricSummary]:
         """Every metric summary of a run in key order: those `run()` leaves out past its first
         2,000 keys (its metrics_left_out) too."""
 
         def page(token: str) -> Op[pb.ListRunMetricsResponse]:
             request = pb.ListRunMetricsRequest(run_id=run_id, page_size=page_size, page_token=token)
-            return Op(S, "ListRunMetrics", request)
+            return Op(S, "ListRunMetrics", request, timeout=timeout)
 
         return Pages(page, "metrics")
 
@@ -834,6 +870,8 @@ class Training(Part[C]):
         max_points: int = 0,
         start_step: int = 0,
         end_step: int | None = None,
+        *,
+        timeout: float | None = None,
     ) -> JoinedPages[pb.MetricHistory]:
         """One metric's points from `start_step` to `end_step` (inclusive; None: to the last
         step, so end_step=0 reads step 0 alone), downsampled by the daemon to `max_points` when
@@ -848,7 +886,7 @@ class Training(Part[C]):
                 end_step=end_step,
                 page_token=token,
             )
-            return Op(S, "GetMetricHistory", request)
+            return Op(S, "GetMetricHistory", request, timeout=timeout)
 
         return JoinedPages(page)
 
@@ -915,14 +953,16 @@ class Training(Part[C]):
         )
 
     @stream
-    def list_artifacts(self, run_id: str, path: str = "", page_size: int = 0) -> Pages[pb.RunArtifact]:
+    def list_artifacts(
+        self, run_id: str, path: str = "", page_size: int = 0, *, timeout: float | None = None
+    ) -> Pages[pb.RunArtifact]:
         """A run's artifacts in path order: every one, or those under the directory `path`."""
 
         def page(token: str) -> Op[pb.ListRunArtifactsResponse]:
             request = pb.ListRunArtifactsRequest(
                 run_id=run_id, path=path, page_size=page_size, page_token=token
             )
-            return Op(S, "ListRunArtifacts", request)
+            return Op(S, "ListRunArtifacts", request, timeout=timeout)
 
         return Pages(page, "artifacts")
 
@@ -1002,28 +1042,37 @@ class Training(Part[C]):
         )
 
     @call
-    def submit_sweep(self, spec: pb.SweepSpec | Mapping[str, Any]) -> Op[pb.Sweep]:
+    def submit_sweep(
+        self, spec: pb.SweepSpec | Mapping[str, Any], *, timeout: float | None = None
+    ) -> Op[pb.Sweep]:
         """Start a hyperparameter sweep over a base job spec: grid, random, TPE, CMA-ES or PBT trials,
         optionally pruned by ASHA or Hyperband."""
-        return Op(S, "SubmitSweep", pb.SubmitSweepRequest(spec=from_dict(pb.SweepSpec, spec, "sweep")))
+        return Op(
+            S,
+            "SubmitSweep",
+            pb.SubmitSweepRequest(spec=from_dict(pb.SweepSpec, spec, "sweep")),
+            timeout=timeout,
+        )
 
     @call
-    def sweep(self, sweep_id: str) -> Op[pb.Sweep]:
+    def sweep(self, sweep_id: str, *, timeout: float | None = None) -> Op[pb.Sweep]:
         """A sweep with its trials."""
-        return Op(S, "GetSweep", pb.GetSweepRequest(sweep_id=sweep_id))
+        return Op(S, "GetSweep", pb.GetSweepRequest(sweep_id=sweep_id), timeout=timeout)
 
     @stream
-    def sweeps(self, page_size: int = 0) -> Pages[pb.Sweep]:
+    def sweeps(self, page_size: int = 0, *, timeout: float | None = None) -> Pages[pb.Sweep]:
         """Every sweep."""
         return Pages(
-            lambda token: Op(S, "ListSweeps", pb.ListSweepsRequest(page_size=page_size, page_token=token)),
+            lambda token: Op(
+                S, "ListSweeps", pb.ListSweepsRequest(page_size=page_size, page_token=token), timeout=timeout
+            ),
             "sweeps",
         )
 
     @call
-    def cancel_sweep(self, sweep_id: str) -> Op[pb.Sweep]:
+    def cancel_sweep(self, sweep_id: str, *, timeout: float | None = None) -> Op[pb.Sweep]:
         """Cancel a sweep and its running trials."""
-        return Op(S, "CancelSweep", pb.CancelSweepRequest(sweep_id=sweep_id))
+        return Op(S, "CancelSweep", pb.CancelSweepRequest(sweep_id=sweep_id), timeout=timeout)
 
     def _job(self, info: pb.Job) -> Job[C]:
         return Job(self._conn, info)
