@@ -10,6 +10,7 @@ import tessera
 import tessera.aio
 import tessera.models
 from tessera.calls import _CallMethod, _StreamMethod
+from tessera.v1 import training_pb2
 
 PARTS = ("models", "datasets", "training", "inference", "system")
 
@@ -38,8 +39,21 @@ def test_every_method_has_the_same_signature_and_doc_on_both_clients():
                         assert inspect.iscoroutinefunction(twin) == isinstance(descriptor, _CallMethod), name
                         assert not inspect.iscoroutinefunction(method), name
                 assert "self" not in inspect.signature(client.models.create).parameters
+                job, aio_job = (
+                    tessera.Job(made.training._conn, training_pb2.Job(job_id="j"))
+                    for made in (client, aio_client)
+                )
+                assert public_methods(job).keys() == public_methods(aio_job).keys()
+                for name, method in public_methods(job).items():
+                    assert inspect.signature(method) == inspect.signature(public_methods(aio_job)[name]), name
 
     asyncio.run(scenario())
+
+
+def test_both_clients_take_the_same_arguments_and_close_alike():
+    assert inspect.signature(tessera.Client) == inspect.signature(tessera.aio.Client)
+    assert inspect.iscoroutinefunction(tessera.aio.Client.close)
+    assert not inspect.iscoroutinefunction(tessera.Client.close)
 
 
 def test_the_asyncio_names_are_the_shared_classes():
