@@ -53,6 +53,10 @@ PARITY_TOLERANCE = 1e-4
 # absolute bound alone allows; a graph that computes the wrong thing is off by far more.
 PARITY_RELATIVE_TOLERANCE = 1e-4
 PARITY_BATCHES = (1, 7)
+# torch's exporter writes opset 18 and converts down with onnx's version converter, which has no
+# adapter taking Gemm (every built-in family's Linear head) below its opset-13 form; how far down
+# a given model goes depends on its other ops (a ReLU MLP stops at 14, cnn4d's Pad at 18).
+MIN_OPSET = 13
 
 
 @dataclass(frozen=True)
@@ -390,17 +394,22 @@ def check_conv4d(conv4d: str) -> None:
 
 
 def check_opset(opset: int) -> None:
-    """InvalidArgument for an opset past the newest the installed onnx knows (0: the exporter's
-    default), naming that newest."""
+    """InvalidArgument for an opset (0: the exporter's default) below the oldest the exporter
+    writes or past the newest the installed onnx knows, naming both."""
     import onnx
 
     newest = onnx.defs.onnx_opset_version()
-    if opset > newest:
-        # The exporter would fail to convert and silently write its default opset instead.
-        raise InvalidArgument(
-            f"opset {opset} is past the newest this daemon's onnx knows ({newest}); "
-            f"ask for {newest} or less, or 0 for the exporter's default"
-        )
+    # Outside these the exporter would fail to convert and silently write its default opset instead.
+    if opset == 0 or MIN_OPSET <= opset <= newest:
+        return
+    where = (
+        f"below the oldest this daemon's ONNX exporter writes ({MIN_OPSET})"
+        if opset < MIN_OPSET
+        else f"past the newest this daemon's onnx knows ({newest})"
+    )
+    raise InvalidArgument(
+        f"opset {opset} is {where}; ask for {MIN_OPSET} to {newest}, or 0 for the exporter's default"
+    )
 
 
 def export_onnx(
@@ -418,9 +427,9 @@ def export_onnx(
     ``check_parity`` onnxruntime (CPU) runs it on random inputs at batch 1 and 7 and
     FailedPrecondition is raised if any output differs from torch by more than 1e-4 plus 1e-4
     of the output's magnitude (NaN counting as a difference), or torch's outputs are not
-    finite. ``opset`` is what was asked (InvalidArgument past the newest onnx knows); the
-    report gives the opset the file actually imports (the exporter raises it when the graph
-    needs a newer one).
+    finite. ``opset`` is what was asked (InvalidArgument outside what ``check_opset`` allows;
+    FailedPrecondition where the exporter cannot write this model at it, as it then writes
+    another); the report gives the opset the file imports.
     ``conv4d`` comes from the caller's request: auto, decomposed or native, else InvalidArgument.
     """
     import onnx
@@ -465,6 +474,13 @@ def export_onnx(
             "exporter's default"
         ) from None
     actual_opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    if opset and actual_opset != opset:
+        # The exporter logs its failed down-conversion and keeps the graph at the opset it built.
+        raise FailedPrecondition(
+            f"onnx export: the exporter cannot write this model at opset {opset} (onnx's version "
+            f"converter has no way down from opset {actual_opset} for one of its ops), so nothing was "
+            f"exported; ask for opset {actual_opset}, or 0 for the exporter's default"
+        )
     diff = _parity(model, path, spec) if check_parity else None
     return OnnxExportReport(
         path=path,

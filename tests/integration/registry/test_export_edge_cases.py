@@ -82,9 +82,35 @@ def test_an_opset_past_the_newest_is_refused_at_submit_before_the_weights_are_re
     error = rpc_error(stub.ExportOnnx, R.ExportOnnxRequest(source=source(), opset=newest + 1), timeout=120)
     assert (error.code(), error.details()) == (
         grpc.StatusCode.INVALID_ARGUMENT,
-        f"opset {newest + 1} is past the newest this daemon's onnx knows ({newest}); ask for {newest} or "
-        "less, or 0 for the exporter's default",
+        f"opset {newest + 1} is past the newest this daemon's onnx knows ({newest}); ask for 13 to "
+        f"{newest}, or 0 for the exporter's default",
     )
+
+
+def test_an_opset_below_the_oldest_the_exporter_writes_is_refused_at_submit(stub):
+    newest = onnx.defs.onnx_opset_version()
+    data = nan_weights()  # refused once the export runs: the opset is told first
+    upload(stub, safetensors_header("mlp", data), data)
+    error = rpc_error(stub.ExportOnnx, R.ExportOnnxRequest(source=source(), opset=7), timeout=120)
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"opset 7 is below the oldest this daemon's ONNX exporter writes (13); ask for 13 to {newest}, "
+        "or 0 for the exporter's default",
+    )
+
+
+def test_an_opset_the_model_cannot_be_converted_to_is_a_failed_precondition_not_another_opset(
+    stub, weights, data_dir
+):
+    # The MLP's Relu has no converter adapter below opset 14: the exporter would write 18 instead.
+    upload(stub, safetensors_header("mlp", weights), weights)
+    before = stored_blobs(data_dir)
+    error = rpc_error(stub.ExportOnnx, R.ExportOnnxRequest(source=source(), opset=13), timeout=120)
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "cannot write this model at opset 13" in error.details() and "opset 18" in error.details()
+    assert stored_blobs(data_dir) == before
+    assert [v.version for v in stub.ListVersions(R.ListVersionsRequest(model="mlp")).versions] == [1]
+    assert stub.ExportOnnx(R.ExportOnnxRequest(source=source(), opset=14), timeout=120).opset == 14
 
 
 def test_exporting_latest_after_an_export_names_the_version_to_export(stub, weights):

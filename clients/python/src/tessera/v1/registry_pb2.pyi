@@ -1580,9 +1580,10 @@ class ExportOnnxRequest(_message.Message):
     ALIAS_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     opset: _builtins.int
-    """ONNX opset; 0 picks the exporter's default. INVALID_ARGUMENT past the newest opset the
-    daemon's onnx knows; the response's opset is what the file imports (raised where the
-    graph needs a newer one).
+    """ONNX opset; 0 picks the exporter's default. INVALID_ARGUMENT below the oldest the daemon's
+    exporter writes (13) or past the newest its onnx knows, naming both; FAILED_PRECONDITION
+    where the exporter cannot convert this model's graph down to it (naming the opset it can).
+    The response's opset is the one asked, or the default's where 0 was asked.
     """
     conv4d: _builtins.str
     """How Conv4d layers are written: "auto" (default: the faster graph in onnxruntime),
