@@ -113,6 +113,15 @@ def resolved(txn: ReadTxn, deployment: DeploymentRecord) -> DeploymentRecord:
     return replace(deployment, routes=routes, shadow=shadow)
 
 
+def _kept_for_rollbacks(history: int) -> str:
+    """What a history of `history` revisions keeps for Rollbacks, in words."""
+    if history == 1:
+        return "so a model keeps only its current deployment, none for a Rollback to restore"
+    if history == 2:
+        return "so a model keeps the one deployment before its current one that a Rollback restores"
+    return f"so a model keeps the {history - 1} deployments before its current one that Rollbacks restore"
+
+
 def _same_routing(a: DeploymentRecord, b: DeploymentRecord) -> bool:
     """Whether the two send requests alike: the same weight per target, the same shadow."""
 
@@ -412,9 +421,8 @@ class Deployments:
                 if raw is None:
                     raise FailedPrecondition(
                         f"model {model!r} cannot roll back to deployment revision {previous}: it is no "
-                        f"longer kept (registry.deployment_history is {self._history}, so a model keeps "
-                        f"the {self._history - 1} deployments before its current one that Rollbacks "
-                        "restore); deploy what should serve now with Deploy, "
+                        f"longer kept (registry.deployment_history is {self._history}, "
+                        f"{_kept_for_rollbacks(self._history)}); deploy what should serve now with Deploy, "
                         "or raise registry.deployment_history to keep more"
                     )
                 restored = decode_deployment(raw)

@@ -125,3 +125,30 @@ def test_a_lowered_history_holds_from_the_next_start_for_models_not_deployed_aga
         assert stub.Rollback(R.RollbackRequest(model="ci")).routes[0].version == 3
     finally:
         running.stop()
+
+
+@pytest.mark.parametrize(
+    ("kept", "says"),
+    [
+        (1, "so a model keeps only its current deployment, none for a Rollback to restore"),
+        (2, "so a model keeps the one deployment before its current one that a Rollback restores"),
+    ],
+)
+def test_a_rollback_past_a_history_of_one_or_two_says_what_is_kept_in_words(tmp_path, kept, says):
+    running = InProcessDaemon(
+        daemon_settings(tmp_path / "data", **{"registry.deployment_history": kept})
+    ).start()
+    try:
+        stub = registry_pb2_grpc.RegistryStub(running.channel())
+        with_versions(stub, "small", 3)
+        for version in (1, 2, 3):
+            deploy(stub, "small", version)
+        if kept == 2:
+            stub.Rollback(R.RollbackRequest(model="small"))
+        before = history(stub, "small")
+        past = rpc_error(stub.Rollback, R.RollbackRequest(model="small"))
+        assert past.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert f"(registry.deployment_history is {kept}, {says}); deploy what" in past.details()
+        assert history(stub, "small") == before
+    finally:
+        running.stop()
