@@ -65,17 +65,19 @@ def test_number_options_take_digits_0_to_9(tessera_cli, capsys, text):
     assert "argument --window: must be sizes separated by commas" in capsys.readouterr().err
 
 
-def test_a_percent_past_int32_or_a_shadow_percent_of_0_is_invalid_argument(
-    tessera_cli, client, three_versions
+def test_a_percent_past_int32_is_invalid_argument_and_a_shadow_percent_past_1_to_100_a_usage_error(
+    tessera_cli, capsys, client, three_versions
 ):
     weight = tessera_cli("models", "deploy", "affine", "1=3000000000")
     assert weight.code == EXIT_DAEMON, weight.err
     assert "INVALID_ARGUMENT: routes[0].weight must be 1..100, got 3000000000" in weight.err
-    for percent in ("0", "4294967296"):
-        shadow = tessera_cli(
-            "models", "deploy", "affine", "1=100", "--shadow", "2", "--shadow-percent", percent
+    for percent in ("0", "101", "4294967296"):
+        with pytest.raises(SystemExit) as exited:
+            tessera_cli("models", "deploy", "affine", "1=100", "--shadow", "2", "--shadow-percent", percent)
+        assert exited.value.code == 2
+        assert (
+            f"argument --shadow-percent: must be a whole number in 1..100 written in digits 0-9, got '{percent}'"
+            in (capsys.readouterr().err)
         )
-        assert shadow.code == EXIT_DAEMON, shadow.err
-        assert f"INVALID_ARGUMENT: shadow_percent must be 1..100, got {percent}" in shadow.err
     with pytest.raises(tessera.NotFound):
         client.models.deployment("affine")

@@ -230,6 +230,16 @@ def test_a_weight_or_percent_past_int32_is_invalid_argument_naming_the_range(cli
         client.models.deployment("affine")
 
 
+@pytest.mark.parametrize("percent", [101, 2**31 - 1, -5])
+def test_a_shadow_percent_past_1_to_100_is_refused_naming_the_argument_passed(client, two_versions, percent):
+    # Also where the daemon would refuse it: it names its proto field, shadow.percent.
+    with pytest.raises(tessera.InvalidArgument) as raised:
+        client.models.deploy("affine", {1: 100}, shadow=2, shadow_percent=percent)
+    assert str(raised.value) == f"INVALID_ARGUMENT: shadow_percent must be 1..100, got {percent}"
+    with pytest.raises(tessera.NotFound):
+        client.models.deployment("affine")
+
+
 def test_a_shadow_percent_of_0_is_refused_not_taken_as_100(client, two_versions):
     # On the wire 0 means "unset", which the daemon reads as the default of 100%.
     with pytest.raises(tessera.InvalidArgument, match="leave the shadow out"):

@@ -30,7 +30,7 @@ FORMAT_BY_SUFFIX = {".onnx": "onnx", ".safetensors": "safetensors"}
 VersionSelector = int | str
 """A version by number (int) or by alias (str)."""
 
-# Route weights and the shadow percent are int32 in the protos.
+# Route weights are int32 in the protos.
 INT32_MAX = 2**31 - 1
 
 
@@ -437,8 +437,8 @@ class Models(Part[C]):
         (summing to 100); `shadow` gets a copy of `shadow_percent` (1..100) of the requests other
         versions answer (one its own version answers is not copied to it again). With
         `expected_revision`, only if the model's newest deployment revision is that one (0: never
-        deployed), else FailedPrecondition. InvalidArgument for a weight or percent the message's
-        int32 fields cannot hold."""
+        deployed), else FailedPrecondition. InvalidArgument for a weight the message's int32 fields
+        cannot hold, or a `shadow_percent` outside 1..100."""
         request = pb.DeployRequest(model=name, comment=comment)
         if expected_revision is not None:
             request.expected_revision = _expected_revision(expected_revision)
@@ -448,12 +448,11 @@ class Models(Part[C]):
                 raise InvalidArgument(f"routes[{i}].weight must be 1..100, got {weight}")
             _route_target(request.routes.add(weight=weight), target, f"routes[{i}]")
         if shadow is not None:
-            # 0 cannot be sent: on the wire it means unset, which the daemon reads as 100.
-            if not 1 <= shadow_percent <= INT32_MAX:
-                raise InvalidArgument(
-                    f"shadow_percent must be 1..100, got {shadow_percent}; leave the shadow out to copy "
-                    "no requests"
-                )
+            # Checked here to name this argument (the daemon names its field, shadow.percent), and
+            # since 0 cannot be sent: on the wire it means unset, which the daemon reads as 100.
+            if not 1 <= shadow_percent <= 100:
+                hint = "; leave the shadow out to copy no requests" if shadow_percent == 0 else ""
+                raise InvalidArgument(f"shadow_percent must be 1..100, got {shadow_percent}{hint}")
             _route_target(request.shadow, shadow, "shadow")
             request.shadow.percent = shadow_percent
         return Op(S, "Deploy", request, timeout=timeout)

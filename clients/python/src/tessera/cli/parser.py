@@ -380,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--shadow", type=version_or_alias, help="version or alias that gets a copy of requests")
     sub.add_argument(
         "--shadow-percent",
-        type=whole(),
+        type=whole(1, 100),
         default=100,
         help="percent of the requests other versions answer that are copied to --shadow (default 100)",
     )
