@@ -27,7 +27,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -97,7 +97,7 @@ class Replica:
     did not say, as replicas before it could)."""
 
     address: str
-    credential: str
+    credential: str = field(repr=False)  # a bearer token: reprs end up in logs
     tls: bool | None
 
 

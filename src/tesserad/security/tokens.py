@@ -35,7 +35,7 @@ import shlex
 import stat
 import tomllib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +93,7 @@ class Identity:
 class TokenEntry:
     name: str
     role: Role
-    digest: bytes
+    digest: bytes = field(repr=False)  # the token's hash, as TokenChanges never names it
     created: datetime.date | None = None
     expires: datetime.datetime | None = None
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tesserad.training.worker import (
@@ -35,7 +35,8 @@ class DatasetFetch:
     """Where the worker gets the job's dataset: the daemon's gRPC target and the version's content."""
 
     target: str
-    token: str  # presented as a bearer token; "" when the daemon asks for none
+    # Presented as a bearer token; "" when the daemon asks for none. Out of the repr, which logs show.
+    token: str = field(repr=False)
     name: str
     version: int
     sha256: str
