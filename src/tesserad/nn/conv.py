@@ -1184,8 +1184,7 @@ class Conv4d(nn.Module):
         self.kernel_size = quad(kernel_size, "kernel_size")
         self.stride = quad(stride, "stride")
         self.dilation = quad(dilation, "dilation")
-        if any(v < 1 for v in (*self.kernel_size, *self.stride, *self.dilation)):
-            raise ValueError("kernel_size, stride and dilation must be >= 1")
+        _check_at_least_1(kernel_size=self.kernel_size, stride=self.stride, dilation=self.dilation)
         self.padding: tuple[int, int, int, int] | str = (
             padding if isinstance(padding, str) else quad(padding, "padding")
         )
@@ -1217,12 +1216,40 @@ class Conv4d(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
-            f"groups={self.groups}, bias={self.bias is not None}, padding_mode={self.padding_mode!r}, "
-            f"algorithm={self.algorithm!r}"
-        )
+        text = _torch_conv_repr(self, padding=self.padding)
+        if self.padding_mode != "zeros":
+            text += f", padding_mode={self.padding_mode}"
+        if self.algorithm != "auto":
+            text += f", algorithm={self.algorithm}"
+        return text
+
+
+def _check_at_least_1(**sizes: Quad) -> None:
+    """ValueError naming the first of `sizes` (kernel_size, stride, dilation) below 1 in a dim."""
+    for what, value in sizes.items():
+        if min(value) < 1:
+            raise ValueError(f"{what} must be >= 1 in every dimension, got {value}")
+
+
+def _torch_conv_repr(
+    layer: Conv4d | ConvTranspose4d, padding: Quad | str, output_padding: Quad = (0, 0, 0, 0)
+) -> str:
+    """What torch's ConvNd.extra_repr shows: sizes and stride, then only the other arguments
+    that differ from their defaults."""
+    text = (
+        f"{layer.in_channels}, {layer.out_channels}, kernel_size={layer.kernel_size}, stride={layer.stride}"
+    )
+    if padding != (0, 0, 0, 0):
+        text += f", padding={padding}"
+    if layer.dilation != (1, 1, 1, 1):
+        text += f", dilation={layer.dilation}"
+    if output_padding != (0, 0, 0, 0):
+        text += f", output_padding={output_padding}"
+    if layer.groups != 1:
+        text += f", groups={layer.groups}"
+    if layer.bias is None:
+        text += ", bias=False"
+    return text
 
 
 # --------------------------------------------------------------------------------------
@@ -1323,6 +1350,7 @@ class ConvTranspose4d(nn.Module):
         self.padding = quad(padding, "padding")
         self.output_padding = quad(output_padding, "output_padding")
         self.dilation = quad(dilation, "dilation")
+        _check_at_least_1(kernel_size=self.kernel_size, stride=self.stride, dilation=self.dilation)
         self.groups = groups
         self.weight = nn.Parameter(
             torch.empty(in_channels, out_channels // groups, *self.kernel_size, device=device, dtype=dtype)
@@ -1347,8 +1375,4 @@ class ConvTranspose4d(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}, padding={self.padding}, output_padding={self.output_padding}, "
-            f"dilation={self.dilation}, groups={self.groups}, bias={self.bias is not None}"
-        )
+        return _torch_conv_repr(self, padding=self.padding, output_padding=self.output_padding)

@@ -13,6 +13,7 @@ from tesserad.nn import (
     AdaptiveAvgPool4d,
     AvgPool4d,
     BatchNorm4d,
+    Conv4d,
     ConvTranspose4d,
     MaxPool4d,
     conv4d,
@@ -211,3 +212,58 @@ def test_unbatched_input_is_one_sample_as_the_3d_layers_take_it(layer: torch.nn.
     torch.testing.assert_close(out, layer(x.unsqueeze(0)).squeeze(0), rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"\(N, C, T, D, H, W\) or unbatched \(C, T, D, H, W\), got shape"):
         layer(torch.randn(2, 3, 4, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("layer", [Conv4d, ConvTranspose4d])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"kernel_size": 0}, "kernel_size must be >= 1 in every dimension, got (0, 0, 0, 0)"),
+        ({"kernel_size": (3, 0, 2, 2)}, "kernel_size must be >= 1 in every dimension, got (3, 0, 2, 2)"),
+        (
+            {"kernel_size": 3, "stride": (1, -1, 1, 1)},
+            "stride must be >= 1 in every dimension, got (1, -1, 1, 1)",
+        ),
+        (
+            {"kernel_size": 3, "dilation": (1, 1, 0, 1)},
+            "dilation must be >= 1 in every dimension, got (1, 1, 0, 1)",
+        ),
+    ],
+)
+def test_a_layer_refuses_a_kernel_stride_or_dilation_below_1_showing_the_values(
+    layer: type, kwargs: dict, message: str
+) -> None:
+    with pytest.raises(ValueError, match=r"must be >= 1 in every dimension") as raised:
+        layer(2, 4, **kwargs)
+    assert str(raised.value) == message
+
+
+def test_layer_reprs_show_what_torchs_conv3d_shows_only_non_defaults() -> None:
+    assert repr(Conv4d(2, 4, 3)) == "Conv4d(2, 4, kernel_size=(3, 3, 3, 3), stride=(1, 1, 1, 1))"
+    assert (
+        repr(ConvTranspose4d(2, 4, 3))
+        == "ConvTranspose4d(2, 4, kernel_size=(3, 3, 3, 3), stride=(1, 1, 1, 1))"
+    )
+    every = Conv4d(
+        2,
+        4,
+        3,
+        padding="same",
+        dilation=2,
+        groups=2,
+        bias=False,
+        padding_mode="circular",
+        algorithm="tap_loop",
+    )
+    assert repr(every) == (
+        "Conv4d(2, 4, kernel_size=(3, 3, 3, 3), stride=(1, 1, 1, 1), padding=same, dilation=(2, 2, 2, 2), "
+        "groups=2, bias=False, padding_mode=circular, algorithm=tap_loop)"
+    )
+    assert repr(Conv4d(2, 4, 3, padding=1)).endswith("padding=(1, 1, 1, 1))")
+    transposed = ConvTranspose4d(
+        2, 4, 3, stride=2, padding=1, output_padding=1, groups=2, bias=False, dilation=2
+    )
+    assert repr(transposed) == (
+        "ConvTranspose4d(2, 4, kernel_size=(3, 3, 3, 3), stride=(2, 2, 2, 2), padding=(1, 1, 1, 1), "
+        "dilation=(2, 2, 2, 2), output_padding=(1, 1, 1, 1), groups=2, bias=False)"
+    )
