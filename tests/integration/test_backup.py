@@ -1254,6 +1254,28 @@ def test_a_staging_directory_without_a_lock_file_is_removed_only_when_empty(
     assert [p.name for p in target.iterdir()] == [".target.restore-old"]
 
 
+@pytest.mark.parametrize("target_made", [True, False], ids=["in-an-empty-dir", "beside-a-new-dir"])
+def test_a_daemon_beside_an_older_tesserads_staging_directory_says_to_remove_it_by_hand(
+    tmp_path: Path, target_made: bool
+) -> None:
+    # No lock file says whether the older tesserad's restore still runs, so restore leaves such a
+    # directory alone: the daemon said the next restore removes it.
+    target = tmp_path / "target"
+    staging = (target if target_made else tmp_path) / ".target.restore-old"
+    (staging / "store").mkdir(parents=True)
+    with pytest.raises(StartupError) as refused:
+        InProcessDaemon(daemon_settings(target)).start()
+    assert str(refused.value) == (
+        f"a `tesserad restore` into {target} by an older tesserad left {staging} (it has no lock file "
+        "to say whether that restore still runs, so no restore removes it); once no restore into it "
+        f"runs, remove {staging} by hand, then start the daemon or restore again"
+    )
+    assert not (target / "store").exists()
+    (staging / "store").rmdir()
+    staging.rmdir()
+    InProcessDaemon(daemon_settings(target)).start().stop()
+
+
 def test_a_backup_says_its_archive_sha256_and_size_to_record_beside_it(
     source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -297,6 +297,13 @@ def unfinished_restore(data_dir: Path) -> str | None:
                 f"{staging}); let it finish, then start the daemon on the restored directory"
             )
         left = f"{staging} and {data_dir / 'blobs'}" if _blobs_moved(staging) else str(staging)
+        if owner is None:
+            # _remove_dead_staging leaves it alone: its restore may be running still.
+            return (
+                f"a `tesserad restore` into {data_dir} by an older tesserad left {left} (it has no lock "
+                "file to say whether that restore still runs, so no restore removes it); once no "
+                f"restore into it runs, remove {left} by hand, then start the daemon or restore again"
+            )
         return (
             f"a `tesserad restore` into {data_dir} did not finish: it left {left}; run `tesserad "
             f"restore ARCHIVE --data-dir {data_dir}` again to finish it (it removes what the "
