@@ -4,7 +4,7 @@ gRPC's dynamic server credentials ask `ServerCertificates` for a new configurati
 handshake; `reload` (on SIGHUP, or when the periodic check sees a file change) reads and checks
 the files and hands them to the next handshake. Connections already open keep the certificate
 they were made with. Files that cannot be used (unreadable, not PEM, a key of another
-certificate, a certificate outside its validity window) leave the certificate in use serving, and
+certificate, a key other users may read, a certificate outside its validity window) leave the certificate in use serving, and
 the log says why; at start they stop the daemon. A certificate that ends within a week
 (`security.certificates.EXPIRY_WARNING`) is served with a warning in the log.
 
@@ -27,6 +27,7 @@ import grpc
 
 from tesserad.config import SecuritySettings
 from tesserad.security.certificates import CertificateWindowError, check_validity
+from tesserad.security.key_files import KeyFileModeError, check_key_file_mode
 from tesserad.security.tokens import FileSignature, file_signature
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,10 @@ def _read(files: _Files) -> grpc.ServerCertificateConfiguration:
     """The files as gRPC takes them, after the checks gRPC does not make."""
     cert_pem = read_pem("security.tls_cert_file", files.cert)
     key_pem = read_pem("security.tls_key_file", files.key)
+    try:
+        check_key_file_mode("security.tls_key_file", files.key)
+    except KeyFileModeError as exc:
+        raise CertificateError(str(exc)) from None
     client_ca = files.client_ca
     ca_pem = None if client_ca is None else read_pem("security.tls_client_ca_file", client_ca)
     # gRPC would take a mismatched pair and fail every handshake after it; the ssl module checks

@@ -101,6 +101,7 @@ def dated_certificate(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
     )
+    key_path.chmod(0o600)  # as openssl writes keys; the daemon refuses one others may read
     return cert_path, key_path
 
 

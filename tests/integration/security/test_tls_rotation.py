@@ -42,8 +42,8 @@ def logged_error(caplog: pytest.LogCaptureFixture) -> str:
 
 
 def install(source: Path, target: Path) -> None:
-    """Replace `target` as deployment tools do: a new file renamed over it."""
-    shutil.copyfile(source, target.with_suffix(".tmp"))
+    """Replace `target` as deployment tools do: a new file renamed over it, with the source's mode."""
+    shutil.copy(source, target.with_suffix(".tmp"))
     target.with_suffix(".tmp").replace(target)
 
 
