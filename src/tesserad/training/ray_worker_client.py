@@ -3,7 +3,9 @@
 The one module of the Ray worker that speaks gRPC (the daemon's public Datasets.DownloadDataset,
 through the generated stubs of the tessera client). The file is kept per node under its content
 hash, so the jobs that follow on the same node read it from disk; nothing here needs the
-daemon's data directory. The cache is bounded (training.ray_dataset_cache_size): after a fetch,
+daemon's data directory. The cache directory is this user's alone (0700; one owned by another
+user is refused, since whoever owns it could place files there), and a cached file is hashed
+again at each use, so a file changed on disk is fetched again rather than trained on. The cache is bounded (training.ray_dataset_cache_size): after a fetch,
 the least recently used files go until the rest fit, except the one just fetched and any a job
 began with in the last minute (a job opens its file right after it gets the path, and a file
 already open stays readable once unlinked).
@@ -14,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 import tempfile
 import time
 from dataclasses import dataclass
@@ -23,8 +26,9 @@ import grpc
 
 from tessera.v1 import common_pb2, datasets_pb2, datasets_pb2_grpc
 
-# The worker's node keeps fetched datasets here, named by their sha256.
-CACHE_DIR = Path(tempfile.gettempdir()) / "tessera-ray-datasets"
+# The worker's node keeps fetched datasets here, named by their sha256; per user, so that no other
+# user of the node can take the name first.
+CACHE_DIR = Path(tempfile.gettempdir()) / f"tessera-ray-datasets-{os.getuid()}"
 _CHUNK_SIZE = 4 * 2**20
 
 
@@ -63,13 +67,15 @@ def cached_dataset(
 ) -> Path:
     """The path of the dataset's file on this node, fetched from the daemon at `target` first
     unless a job before this one already did."""
+    _own_cache_dir()
     path = CACHE_DIR / f"{sha256}.{suffix}"
     try:
+        cached_sha256 = _sha256_of(path)
+    except FileNotFoundError:
+        cached_sha256 = ""
+    if cached_sha256 == sha256:
         os.utime(path)  # its last use, for eviction
         return path
-    except FileNotFoundError:
-        pass
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     # Written aside and renamed when complete: jobs on the same node may fetch at once.
     fd, partial = tempfile.mkstemp(dir=CACHE_DIR, prefix=f".{sha256}.")
@@ -106,6 +112,32 @@ def cached_dataset(
             os.unlink(partial)
     _trim(cache_size, keep=path.name)
     return path
+
+
+def _own_cache_dir() -> None:
+    """Make CACHE_DIR, or take it as it is when this user owns it, readable and writable by this
+    user alone; DatasetFetchError when it is not a directory this user owns."""
+    with contextlib.suppress(FileExistsError):
+        CACHE_DIR.mkdir(mode=0o700, parents=True)
+    info = os.lstat(CACHE_DIR)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise DatasetFetchError(
+            f"the dataset cache {CACHE_DIR} on this Ray node is not a directory of the user the "
+            f"worker runs as (uid {os.getuid()}); whoever owns it could replace the datasets jobs "
+            "train on, so the worker does not use it: remove it, and the next job makes it anew"
+        )
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        # Made before the cache was kept private (or with another umask): each file in it is
+        # hashed again at its use, so closing it from now on is enough.
+        os.chmod(CACHE_DIR, 0o700)
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(_CHUNK_SIZE):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _trim(limit: int, keep: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -55,3 +56,47 @@ def test_bytes_that_are_not_the_version_asked_for_are_refused_and_not_kept(
     with pytest.raises(DatasetFetchError, match=f"has sha256 {version.sha256}, not the 0+ the job"):
         cached_dataset(training_daemon.target, "", "other", 1, "0" * 64, "npz", 2**30)
     assert list(cache_dir.iterdir()) == []
+
+
+def test_a_cached_file_changed_on_disk_is_fetched_again_not_used(training_daemon, cache_dir) -> None:
+    version = _dataset(training_daemon.channel(), "planted", 300)
+    path = cached_dataset(training_daemon.target, "", "planted", 1, version.sha256, "npz", 2**30)
+    genuine = path.read_bytes()
+    # Another user of the node, or a bad disk, puts other bytes under the version's name.
+    path.write_bytes(b"PK planted" + genuine[10:])
+    again = cached_dataset(training_daemon.target, "", "planted", 1, version.sha256, "npz", 2**30)
+    assert again == path and again.read_bytes() == genuine
+
+
+def test_the_cache_directory_is_made_for_this_user_alone_and_a_loose_one_is_closed(
+    training_daemon, cache_dir
+) -> None:
+    version = _dataset(training_daemon.channel(), "private", 100)
+    cached_dataset(training_daemon.target, "", "private", 1, version.sha256, "npz", 2**30)
+    assert stat.S_IMODE(cache_dir.stat().st_mode) == 0o700
+    cache_dir.chmod(0o777)
+    cached_dataset(training_daemon.target, "", "private", 1, version.sha256, "npz", 2**30)
+    assert stat.S_IMODE(cache_dir.stat().st_mode) == 0o700
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="only root can give the directory to another user")
+def test_a_cache_directory_another_user_owns_is_refused(training_daemon, cache_dir) -> None:
+    version = _dataset(training_daemon.channel(), "squatted", 100)
+    cache_dir.mkdir(mode=0o755)
+    os.chown(cache_dir, 65534, 65534)
+    with pytest.raises(
+        DatasetFetchError,
+        match=f"the dataset cache {cache_dir} on this Ray node is not a directory of the user",
+    ):
+        cached_dataset(training_daemon.target, "", "squatted", 1, version.sha256, "npz", 2**30)
+    assert list(cache_dir.iterdir()) == []
+
+
+def test_a_link_in_place_of_the_cache_directory_is_refused(training_daemon, cache_dir, tmp_path) -> None:
+    version = _dataset(training_daemon.channel(), "linked", 100)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    cache_dir.symlink_to(elsewhere)
+    with pytest.raises(DatasetFetchError, match="remove it, and the next job makes it anew"):
+        cached_dataset(training_daemon.target, "", "linked", 1, version.sha256, "npz", 2**30)
+    assert list(elsewhere.iterdir()) == []
