@@ -379,13 +379,23 @@ class TrainingSettings:
         "",
         parse_target,
         "the gRPC target Ray workers reach this daemon at, to fetch datasets (default: the listen "
-        "address, which must then be reachable from every Ray node)",
+        "address, which must then be reachable from every Ray node); when the daemon serves TLS the "
+        "workers connect with TLS, trusting security.tls_cert_file, so it must name this target",
     )
     ray_worker_token_file: Path | None = setting(
         None,
         parse_optional_path,
         "file holding the token (reader role) Ray workers present to fetch datasets when "
         "security.tokens_file is set; it travels to them with each job",
+    )
+    ray_tls_cert_file: Path | None = setting(
+        None,
+        parse_optional_path,
+        "PEM client certificate Ray workers present to fetch datasets when the daemon asks for one "
+        "(security.tls_client_ca_file, which must have signed it); it travels to them with each job",
+    )
+    ray_tls_key_file: Path | None = setting(
+        None, parse_optional_path, "PEM private key of ray_tls_cert_file (0600, or 0640 owned by root)"
     )
     ray_dataset_cache_size: int = setting(
         16 * 2**30,

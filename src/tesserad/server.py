@@ -60,7 +60,13 @@ from tesserad.api.oip import OipServicer
 from tesserad.api.oip_http import OipHttpServer
 from tesserad.api.registry import RegistryServicer
 from tesserad.api.system import SystemServicer
-from tesserad.api.tls import CertificateError, ServerCertificates, TlsSettingsError, server_certificates
+from tesserad.api.tls import (
+    CertificateError,
+    ServerCertificates,
+    TlsSettingsError,
+    ray_worker_tls,
+    server_certificates,
+)
 from tesserad.api.training import TrainingServicer
 from tesserad.backup import Backups
 from tesserad.backup.restore import unfinished_restore
@@ -285,6 +291,7 @@ class Daemon:
             *args,
             cluster=cluster,
             daemon_target=lambda: training.ray_daemon_target or self.address,
+            worker_tls=lambda: ray_worker_tls(self.settings.security, training),
             **kwargs,
         )
 
@@ -547,6 +554,9 @@ class Daemon:
         ]
         try:
             certificates = server_certificates(settings.security)
+            if settings.training.backend == "ray":
+                # Read at each job; checked here so that a bad file stops the start, not every job.
+                ray_worker_tls(settings.security, settings.training)
             auth = AuthInterceptor(
                 settings.security, settings.limits, settings.max_message_size, served, failed
             )

@@ -25,10 +25,11 @@ from pathlib import Path
 
 import grpc
 
-from tesserad.config import SecuritySettings
+from tesserad.config import SecuritySettings, TrainingSettings
 from tesserad.security.certificates import CertificateWindowError, check_validity
 from tesserad.security.key_files import KeyFileModeError, check_key_file_mode
 from tesserad.security.tokens import FileSignature, file_signature
+from tesserad.training.ray_worker import WorkerTls
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,49 @@ def _read(files: _Files) -> grpc.ServerCertificateConfiguration:
     return grpc.ssl_server_certificate_configuration([(key_pem, cert_pem)], root_certificates=ca_pem)
 
 
+def ray_worker_tls(security: SecuritySettings, training: TrainingSettings) -> WorkerTls | None:
+    """How Ray workers reach this daemon (training.backend = ray): None when it serves plaintext;
+    else trusting the certificate it serves, with training.ray_tls_cert_file under mutual TLS.
+    TlsSettingsError when the settings do not go together, CertificateError when a file cannot
+    be used."""
+    cert, key = training.ray_tls_cert_file, training.ray_tls_key_file
+    if (cert is None) != (key is None):
+        missing = "training.ray_tls_key_file" if key is None else "training.ray_tls_cert_file"
+        raise TlsSettingsError(
+            f"a Ray workers' client certificate needs its key and the reverse: set {missing} too"
+        )
+    if security.tls_cert_file is None:
+        return None
+    if security.tls_client_ca_file is not None and (cert is None or key is None):
+        raise TlsSettingsError(
+            "training.backend = ray under mutual TLS (security.tls_client_ca_file): set "
+            "training.ray_tls_cert_file and training.ray_tls_key_file to a client certificate "
+            "security.tls_client_ca_file signed and its key; the Ray workers present it to fetch datasets"
+        )
+    # The daemon's own certificate (chain) is what its clients must accept, whoever signed it.
+    served = read_pem("security.tls_cert_file", security.tls_cert_file)
+    if cert is None or key is None:
+        return WorkerTls(served, b"", b"")
+    cert_pem = read_pem("training.ray_tls_cert_file", cert)
+    key_pem = read_pem("training.ray_tls_key_file", key)
+    try:
+        check_key_file_mode("training.ray_tls_key_file", key)
+        load_key_pair(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), cert, key)
+    except KeyFileModeError as exc:
+        raise CertificateError(str(exc)) from None
+    except EncryptedKeyError:
+        raise CertificateError(encrypted_key_message("training.ray_tls_key_file", key)) from None
+    except ssl.SSLError as exc:
+        raise CertificateError(
+            key_pair_message("training.ray_tls_cert_file", cert, "training.ray_tls_key_file", key, exc)
+        ) from None
+    except OSError as exc:
+        # Removed between the read and the load (a rotation under way).
+        raise unreadable_pem("training.ray_tls_cert_file", cert, exc) from None
+    check_certificate_window("training.ray_tls_cert_file", cert, cert_pem)
+    return WorkerTls(served, cert_pem, key_pem)
+
+
 class EncryptedKeyError(Exception):
     """The private key is encrypted (OpenSSL asked for its passphrase); gRPC cannot use it."""
 
@@ -261,6 +305,7 @@ __all__ = [
     "encrypted_key_message",
     "key_pair_message",
     "load_key_pair",
+    "ray_worker_tls",
     "read_pem",
     "server_certificates",
     "unreadable_pem",

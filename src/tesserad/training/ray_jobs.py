@@ -42,7 +42,7 @@ from tesserad.errors import InvalidArgument
 from tesserad.training.job_records import Checkpoint, JobRecord
 from tesserad.training.jobs import DatasetGone, Jobs, WorkerData, _Running, cancelled_in_queue
 from tesserad.training.ray_cluster import RayCluster
-from tesserad.training.ray_worker import DatasetFetch, Placement, RayPayload, TrainingActor
+from tesserad.training.ray_worker import DatasetFetch, Placement, RayPayload, TrainingActor, WorkerTls
 from tesserad.training.scheduler import DeviceInventory
 from tesserad.training.spec import DeviceFacts
 from tesserad.training.worker import (
@@ -89,11 +89,18 @@ class RayJobs(Jobs):
     places_by_ray_resources = True
 
     def __init__(
-        self, *args: Any, cluster: RayCluster, daemon_target: Callable[[], str], **kwargs: Any
+        self,
+        *args: Any,
+        cluster: RayCluster,
+        daemon_target: Callable[[], str],
+        worker_tls: Callable[[], WorkerTls | None],
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._cluster = cluster
         self._daemon_target = daemon_target
+        # Read at each job, as the token: a rotated certificate reaches the jobs that follow.
+        self._worker_tls = worker_tls
         self._inventory = _AdmitAll()
         self._device_facts = DeviceFacts(_UNBOUNDED, _UNBOUNDED)
         self._ray_threads = self._settings.threads_per_slot or 1
@@ -180,6 +187,7 @@ class RayJobs(Jobs):
             config=config,
             dataset=DatasetFetch(
                 target=self._daemon_target(),
+                tls=self._worker_tls(),
                 token=self._worker_token(),
                 name=config["data"]["dataset"],
                 version=config["data"]["version"],

@@ -31,10 +31,21 @@ from tesserad.training.worker import (
 
 
 @dataclass(frozen=True)
+class WorkerTls:
+    """How the worker reaches a daemon serving TLS. It travels in the job's Ray task arguments,
+    never on a command line; the key is left out of the repr, so a logged payload does not show it."""
+
+    root_certificates: bytes  # PEM the daemon's certificate is checked against: the daemon's own
+    certificate_chain: bytes  # PEM client certificate under mutual TLS, else b""
+    private_key: bytes = field(repr=False)  # of certificate_chain, else b""
+
+
+@dataclass(frozen=True)
 class DatasetFetch:
     """Where the worker gets the job's dataset: the daemon's gRPC target and the version's content."""
 
     target: str
+    tls: WorkerTls | None  # None: the daemon serves plaintext
     # Presented as a bearer token; "" when the daemon asks for none. Out of the repr, which logs show.
     token: str = field(repr=False)
     name: str
@@ -134,7 +145,14 @@ def train_here(
 
     fetch = payload.dataset
     path = cached_dataset(
-        fetch.target, fetch.token, fetch.name, fetch.version, fetch.sha256, fetch.format, fetch.cache_size
+        fetch.target,
+        fetch.token,
+        fetch.name,
+        fetch.version,
+        fetch.sha256,
+        fetch.format,
+        fetch.cache_size,
+        fetch.tls,
     )
     worker_payload = WorkerPayload(
         job_id=payload.job_id,

@@ -1,4 +1,6 @@
-"""Transport of a Ray training worker: it fetches the job's dataset from the daemon over gRPC.
+"""Transport of a Ray training worker: it fetches the job's dataset from the daemon over gRPC,
+with TLS (and the client certificate of training.ray_tls_cert_file under mutual TLS) when the
+daemon serves it.
 
 The one module of the Ray worker that speaks gRPC (the daemon's public Datasets.DownloadDataset,
 through the generated stubs of the tessera client). The file is kept per node under its content
@@ -21,10 +23,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
 from tessera.v1 import common_pb2, datasets_pb2, datasets_pb2_grpc
+
+if TYPE_CHECKING:
+    from tesserad.training.ray_worker import WorkerTls
 
 # The worker's node keeps fetched datasets here, named by their sha256; per user, so that no other
 # user of the node can take the name first.
@@ -63,10 +69,17 @@ def files_to_evict(files: list[CachedFile], limit: int, keep: str, now: float) -
 
 
 def cached_dataset(
-    target: str, token: str, name: str, version: int, sha256: str, suffix: str, cache_size: int
+    target: str,
+    token: str,
+    name: str,
+    version: int,
+    sha256: str,
+    suffix: str,
+    cache_size: int,
+    tls: WorkerTls | None = None,
 ) -> Path:
     """The path of the dataset's file on this node, fetched from the daemon at `target` first
-    unless a job before this one already did."""
+    (over TLS when `tls` is given) unless a job before this one already did."""
     _own_cache_dir()
     path = CACHE_DIR / f"{sha256}.{suffix}"
     try:
@@ -82,9 +95,7 @@ def cached_dataset(
     try:
         with (
             os.fdopen(fd, "wb") as out,
-            grpc.insecure_channel(
-                target, options=[("grpc.max_receive_message_length", 2 * _CHUNK_SIZE)]
-            ) as ch,
+            daemon_channel(target, tls) as ch,
         ):
             stub = datasets_pb2_grpc.DatasetsStub(ch)
             request = datasets_pb2.DownloadDatasetRequest(
@@ -112,6 +123,20 @@ def cached_dataset(
             os.unlink(partial)
     _trim(cache_size, keep=path.name)
     return path
+
+
+def daemon_channel(target: str, tls: WorkerTls | None) -> grpc.Channel:
+    """A channel to the daemon at `target`: TLS (mutual when `tls` holds a client certificate)
+    as the daemon serves it, or plaintext when it serves none."""
+    options = [("grpc.max_receive_message_length", 2 * _CHUNK_SIZE)]
+    if tls is None:
+        return grpc.insecure_channel(target, options=options)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=tls.root_certificates,
+        private_key=tls.private_key or None,
+        certificate_chain=tls.certificate_chain or None,
+    )
+    return grpc.secure_channel(target, credentials, options=options)
 
 
 def _own_cache_dir() -> None:

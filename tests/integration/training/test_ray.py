@@ -43,6 +43,8 @@ from tessera.v1 import (
 from tesserad.security.tokens import Role, format_entry, hash_token, new_token
 from tesserad.training.ray_worker_client import CACHE_DIR
 from tests.conftest import InProcessDaemon, daemon_settings
+from tests.integration.security.conftest import Pki
+from tests.integration.security.conftest import pki as pki  # the session's throwaway PKI
 from tests.integration.training.conftest import (
     follow,
     job_spec,
@@ -628,6 +630,58 @@ def test_workers_present_training_ray_worker_token_file_when_tokens_are_required
         time.sleep(0.3)
     assert state.state == S.JOB_STATE_SUCCEEDED, state.error
     assert (CACHE_DIR / f"{fresh.sha256}.npz").exists()
+
+
+def test_workers_fetch_over_mutual_tls_with_a_token_when_the_daemon_serves_them(
+    ray_nodes: RayNodes, spawn_daemon: Any, tmp_path: Path, pki: Pki
+) -> None:
+    clear = {role: new_token() for role in Role}
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text("".join(format_entry(f"{r.label}-holder", r, hash_token(t)) for r, t in clear.items()))
+    worker_token = tmp_path / "worker-token"
+    worker_token.write_text(clear[Role.READER] + "\n")
+    env = {
+        "TESSERA_TRAINING_BACKEND": "ray",
+        "TESSERA_TRAINING_RAY_ADDRESS": ray_nodes.address,
+        "TESSERA_TRAINING_THREADS_PER_SLOT": "1",
+        "TESSERA_SECURITY_TOKENS_FILE": str(tokens),
+        "TESSERA_TRAINING_RAY_WORKER_TOKEN_FILE": str(worker_token),
+        "TESSERA_SECURITY_TLS_CERT_FILE": str(pki.server_cert),
+        "TESSERA_SECURITY_TLS_KEY_FILE": str(pki.server_key),
+        "TESSERA_SECURITY_TLS_CLIENT_CA_FILE": str(pki.client_ca),
+        "TESSERA_TRAINING_RAY_TLS_CERT_FILE": str(pki.client_cert),
+        "TESSERA_TRAINING_RAY_TLS_KEY_FILE": str(pki.client_key),
+    }
+    daemon = spawn_daemon(
+        "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--http-listen", "off",
+        "--data-dir", str(tmp_path / "data"), env=env,
+    )  # fmt: skip
+    channel = grpc.intercept_channel(
+        grpc.secure_channel(daemon.wait_serving(), pki.channel_credentials("client")),
+        _Bearer(clear[Role.TRAINER]),
+    )
+    # Content no run before has fetched: the worker must reach the daemon over mutual TLS.
+    x = np.random.default_rng().normal(size=(48, 6)).astype(np.float32)
+    fresh = upload_dataset(channel, "fresh", {"x": x, "y": (x[:, 0] > 0).astype(np.int64)})
+    assert not (CACHE_DIR / f"{fresh.sha256}.npz").exists()
+    training = training_pb2_grpc.TrainingStub(channel)
+    spec = job_spec("mlp")
+    spec.data.dataset.name = "fresh"
+    spec.data.val_split = ""
+    job = submit(training, spec)
+    deadline = time.monotonic() + 120
+    while (state := training.GetJob(S.GetJobRequest(job_id=job.job_id))).state not in (
+        S.JOB_STATE_SUCCEEDED,
+        S.JOB_STATE_FAILED,
+    ):
+        assert time.monotonic() < deadline, state
+        time.sleep(0.3)
+    assert state.state == S.JOB_STATE_SUCCEEDED, state.error
+    assert (CACHE_DIR / f"{fresh.sha256}.npz").exists()
+    # Neither the token nor the workers' key went to the daemon's log.
+    daemon.terminate()
+    output = daemon.output()
+    assert clear[Role.READER] not in output and pki.client_key.read_text().splitlines()[1] not in output
 
 
 def test_server_info_and_watch_system_report_the_nodes_and_free_resources(
