@@ -48,6 +48,7 @@ from tesserad.config import ReplicaSettings
 from tesserad.errors import DataLoss, FailedPrecondition, Lasting, NotFound, TesseraError, Unavailable
 from tesserad.replica.followed import FollowedModel, FollowedRegistry, FollowedVersion
 from tesserad.replica.refusals import REPLICA_HEADER
+from tesserad.security.key_files import KeyFileModeError, check_key_file_mode
 from tesserad.serving.registry_source import serving_signature
 from tesserad.serving.service import DeploymentPlan, InferenceService
 from tesserad.tasks import cancel_and_wait
@@ -206,7 +207,7 @@ class ReplicaTlsSettingsError(PrimaryCertificateError):
 
 def check_replica_tls_files(settings: ReplicaSettings) -> ssl.SSLContext:
     """The replica.tls_* files checked (readable, the client certificate valid now and its key
-    its own), as a client context; PrimaryCertificateError naming the setting otherwise. The
+    its own, kept from other users), as a client context; PrimaryCertificateError naming the setting otherwise. The
     files serve a replica's link to its primary and a primary's calls to its replicas."""
     if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
         raise ReplicaTlsSettingsError(
@@ -254,7 +255,8 @@ def check_replica_tls_files(settings: ReplicaSettings) -> ssl.SSLContext:
                     f"loaded: {exc.strerror or exc}; check that neither is replaced while tesserad starts"
                 ) from None
             check_certificate_window("replica.tls_cert_file", cert, read_pem("replica.tls_cert_file", cert))
-    except CertificateError as exc:
+            check_key_file_mode("replica.tls_key_file", key)
+    except (CertificateError, KeyFileModeError) as exc:
         raise PrimaryCertificateError(str(exc)) from None
     return context
 

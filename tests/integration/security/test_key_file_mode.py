@@ -93,3 +93,26 @@ def test_a_reload_keeps_the_certificate_in_use_when_the_new_key_is_readable_by_a
     key.chmod(0o600)
     daemon.run(daemon.daemon.reload())
     assert served_certificate(port, pki) == der(pki.next_cert)
+
+
+def test_a_replicas_client_key_every_user_can_read_stops_the_replica(start_daemon, pki, tmp_path):
+    primary = start_daemon(
+        **{"security.tls_cert_file": str(pki.server_cert), "security.tls_key_file": str(pki.server_key)}
+    )
+    key = tmp_path / "client.key"
+    shutil.copyfile(pki.client_key, key)
+    key.chmod(0o644)
+    settings = {
+        "replica.primary": f"localhost:{primary.daemon.port}",
+        "replica.tls_ca_file": str(pki.ca),
+        "replica.tls_cert_file": str(pki.client_cert),
+        "replica.tls_key_file": str(key),
+    }
+    with pytest.raises(StartupError) as err:
+        InProcessDaemon(daemon_settings(tmp_path / "replica", **settings)).start()
+    message = str(err.value)
+    assert (
+        f"replica.tls_key_file {key}: the private key is open to every user of this host (mode 0644)"
+        in message
+    )
+    assert f"`chmod {OWN_CHMOD} {key}`" in message
