@@ -4,8 +4,8 @@ gRPC's dynamic server credentials ask `ServerCertificates` for a new configurati
 handshake; `reload` (on SIGHUP, or when the periodic check sees a file change) reads and checks
 the files and hands them to the next handshake. Connections already open keep the certificate
 they were made with. Files that cannot be used (unreadable, not PEM, a key of another
-certificate, a key other users may read, a certificate outside its validity window) leave the certificate in use serving, and
-the log says why; at start they stop the daemon. A certificate that ends within a week
+certificate, a key other users may read, a certificate outside its validity window) leave the
+certificate in use serving, and the log says why; at start they stop the daemon. A certificate that ends within a week
 (`security.certificates.EXPIRY_WARNING`) is served with a warning in the log.
 
 Whether clients must present a certificate is fixed at start (gRPC fixes it with the
@@ -213,8 +213,14 @@ def ray_worker_tls(security: SecuritySettings, training: TrainingSettings) -> Wo
             key_pair_message("training.ray_tls_cert_file", cert, "training.ray_tls_key_file", key, exc)
         ) from None
     except OSError as exc:
-        # Removed between the read and the load (a rotation under way).
-        raise unreadable_pem("training.ray_tls_cert_file", cert, exc) from None
+        # Read above, then removed before ssl loaded it (a rotation under way); ssl's error names
+        # neither file, so each is read again to say which.
+        read_pem("training.ray_tls_cert_file", cert)
+        read_pem("training.ray_tls_key_file", key)
+        raise CertificateError(
+            f"training.ray_tls_cert_file {cert} and training.ray_tls_key_file {key} could not be "
+            f"loaded: {exc.strerror or exc}; check that neither is replaced while it is read"
+        ) from None
     check_certificate_window("training.ray_tls_cert_file", cert, cert_pem)
     return WorkerTls(served, cert_pem, key_pem)
 

@@ -7,10 +7,11 @@ through the generated stubs of the tessera client). The file is kept per node un
 hash, so the jobs that follow on the same node read it from disk; nothing here needs the
 daemon's data directory. The cache directory is this user's alone (0700; one owned by another
 user is refused, since whoever owns it could place files there), and a cached file is hashed
-again at each use, so a file changed on disk is fetched again rather than trained on. The cache is bounded (training.ray_dataset_cache_size): after a fetch,
-the least recently used files go until the rest fit, except the one just fetched and any a job
-began with in the last minute (a job opens its file right after it gets the path, and a file
-already open stays readable once unlinked).
+again at each use, so a file changed on disk is fetched again rather than trained on. The cache
+is bounded (training.ray_dataset_cache_size): after a fetch, the least recently used files go
+until the rest fit, except the one just fetched and any a job began with in the last minute (a
+job opens its file right after it gets the path, and a file already open stays readable once
+unlinked).
 """
 
 from __future__ import annotations
@@ -83,11 +84,11 @@ def cached_dataset(
     _own_cache_dir()
     path = CACHE_DIR / f"{sha256}.{suffix}"
     try:
+        os.utime(path)  # its last use, for eviction: marked first, so no other job evicts it now
         cached_sha256 = _sha256_of(path)
     except FileNotFoundError:
         cached_sha256 = ""
     if cached_sha256 == sha256:
-        os.utime(path)  # its last use, for eviction
         return path
     digest = hashlib.sha256()
     # Written aside and renamed when complete: jobs on the same node may fetch at once.

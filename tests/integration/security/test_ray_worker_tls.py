@@ -107,3 +107,17 @@ def test_a_workers_key_others_can_read_is_refused_at_start(data_dir, pki, tmp_pa
     assert f"training.ray_tls_key_file {key}: the private key is open to every user of this host" in str(
         err.value
     )
+
+
+@pytest.mark.parametrize(
+    ("given", "missing"),
+    [
+        ("training.ray_tls_cert_file", "training.ray_tls_key_file"),
+        ("training.ray_tls_key_file", "training.ray_tls_cert_file"),
+    ],
+)
+def test_a_workers_certificate_without_its_key_is_refused_at_start(data_dir, pki, given, missing):
+    overrides = {given: ray_tls(pki)[given], "training.backend": "ray"}
+    with pytest.raises(SettingsRefusal) as err:
+        InProcessDaemon(daemon_settings(data_dir, **tls_settings(pki), **overrides)).start()
+    assert f"set {missing} too" in str(err.value)
