@@ -22,6 +22,7 @@ def test_a_replicas_credential_is_left_out_of_its_repr() -> None:
 def test_a_dataset_fetchs_token_is_left_out_of_its_repr() -> None:
     fetch = DatasetFetch(
         target="127.0.0.1:50051",
+        tls=None,
         token=SECRET,
         name="clips",
         version=3,
