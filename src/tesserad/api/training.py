@@ -119,7 +119,9 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
         if request.spec.register_as.model:
             check_job_spec_size("spec (with register_as)", request.spec.ByteSize())
         raw, document = job_spec_from_proto(request.spec)
-        job = await asyncio.to_thread(self._jobs.submit, raw, document, caller(context))
+        job = await asyncio.to_thread(
+            self._jobs.submit, raw, document, caller(context), request_id=request.request_id
+        )
         return job_to_proto(job)
 
     async def GetJob(

@@ -47,6 +47,7 @@ from tesserad.ids import new_id
 from tesserad.names import validate_name
 from tesserad.paging import PageFill, answer_bytes, resume_key
 from tesserad.store import BlobRef, BlobStore, Key, ReadTxn, Store, WriteTxn, each_row_once
+from tesserad.training import job_requests
 from tesserad.training.checkpoints import checkpoint_weights
 from tesserad.training.events import EventLog, JobEvent
 from tesserad.training.finetune import ParentLookup
@@ -78,12 +79,20 @@ from tesserad.training.worker import (
 
 log = logging.getLogger(__name__)
 
-TABLES = ["jobs"]
+TABLES = ["jobs", *job_requests.TABLES]
 STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 ENDED = frozenset({"succeeded", "failed", "cancelled"})
 # More events than a job appends after its last epoch (its final checkpoint, a few lines, its
 # registration, its end): how far back Jobs.early_stop looks for the worker's early-stopping line.
 _AFTER_LAST_EPOCH = 32
+
+
+class _RequestKept(Exception):
+    """Rolls back a submit whose request id a concurrent submit of the same request kept first."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
 
 
 def job_datasets(txn: ReadTxn) -> Iterator[tuple[str, int]]:
@@ -501,9 +510,21 @@ class Jobs:
         actor: str,
         sweep_id: str = "",
         start_weights: str = "",
+        request_id: str = "",
     ) -> JobRecord:
         """Check the spec, create the job and its run, queue it. `start_weights`: the sha256 of a
-        checkpoint (of another job) whose model weights the job starts from instead of fresh ones."""
+        checkpoint (of another job) whose model weights the job starts from instead of fresh ones.
+        `request_id` (see job_requests): a submit sent again with the id of one whose job exists
+        answers that job, checked and created nothing."""
+        job_requests.check_request_id(request_id)
+        fingerprint = job_requests.submit_fingerprint(spec_document, actor) if request_id else ""
+        if request_id:
+            # Before the check: a repeat answers its job even where the spec would not pass now
+            # (its dataset deleted since, say).
+            with self._store.read() as txn:
+                kept = job_requests.find_request(txn, request_id, time.time())
+            if kept is not None:
+                return self.get(job_requests.repeated_job(request_id, kept, fingerprint))
         config = self.check(raw_spec)
         job_id = new_id("job")
         document = copy.deepcopy(spec_document)
@@ -555,6 +576,15 @@ class Jobs:
         self._events.open_job(job_id, 0, False)
         try:
             with self._store.write() as txn:
+                now = time.time()
+                job_requests.drop_expired_requests(txn, now)
+                if request_id:
+                    # Writes are serial: one submit of the id that committed since the read above
+                    # is found here, and this one then stores nothing.
+                    kept = job_requests.find_request(txn, request_id, now)
+                    if kept is not None:
+                        raise _RequestKept(job_requests.repeated_job(request_id, kept, fingerprint))
+                    job_requests.keep_request(txn, request_id, job_id, fingerprint, now)
                 self._tracking.ensure_experiment(txn, config["experiment"])
                 self._tracking.put_new_run(txn, run)
                 self.hold_dataset(txn, config, job_holder(job_id))
@@ -567,6 +597,9 @@ class Jobs:
                 if config.get("fine_tune"):
                     self._hold_parent_weights(txn, job)
                 self._put(txn, job)
+        except _RequestKept as taken:
+            self._events.forget_job(job_id)
+            return self.get(taken.job_id)
         except BaseException:
             self._events.forget_job(job_id)
             raise

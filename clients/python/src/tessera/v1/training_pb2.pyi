@@ -518,16 +518,27 @@ class SubmitJobRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SPEC_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Optional: makes the submit safe to send again (AIP-155). A client-chosen token, a UUID4
+    say, of 1 to 64 characters from A-Z a-z 0-9 - _ (INVALID_ARGUMENT naming request_id
+    otherwise). The daemon keeps it for 24 hours after the job's submit, across restarts: a
+    repeat with the same request_id and the same spec (from the same caller) answers the job
+    it first created, even one that has ended since, and creates nothing; the same request_id
+    with another spec or caller is ALREADY_EXISTS naming that job, and stores nothing. Empty:
+    every submit creates a job.
+    """
     @_builtins.property
     def spec(self) -> _job_spec_pb2.JobSpec: ...
     def __init__(
         self,
         *,
         spec: _job_spec_pb2.JobSpec | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
