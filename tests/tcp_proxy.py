@@ -7,13 +7,20 @@ import contextlib
 import socket
 import threading
 
+# HTTP/2 framing, as far as `CuttableProxy.cut_at_next_answer` needs it.
+_FRAME_HEADER = 9
+_HEADERS = 0x1
+_STREAM_ID = 0x7FFFFFFF
+
 
 class CuttableProxy:
     """A TCP proxy in front of a target; `cut()` drops every open connection, as a broken
     network or a restarted load balancer would; `black_hole()` makes them pass nothing either
     way while both ends keep them open, as a NAT or VPN that forgot them would, with no word to
     either end. New connections keep working, to `target_port` as it is when they open (a test
-    may point it at a restarted target)."""
+    may point it at a restarted target). `cut_at_next_answer()` cuts them when the target starts
+    its next answer to a call, instead of passing that on: the call reached the target, and its
+    client never hears what came of it."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
@@ -22,6 +29,7 @@ class CuttableProxy:
         self.connections: list[socket.socket] = []
         self.black_holes: list[threading.Event] = []
         self.cuts = 0
+        self._cut_at_answer = threading.Event()
         self._lock = threading.Lock()
         self._pumps: list[threading.Thread] = []
         self._acceptor = threading.Thread(target=self._accept, daemon=True)
@@ -44,8 +52,10 @@ class CuttableProxy:
                 continue
             black_holed = threading.Event()
             pumps = [
-                threading.Thread(target=self._pump, args=(source, sink, black_holed), daemon=True)
-                for source, sink in ((downstream, upstream), (upstream, downstream))
+                threading.Thread(target=self._pump, args=(downstream, upstream, black_holed), daemon=True),
+                threading.Thread(
+                    target=self._pump_answers, args=(upstream, downstream, black_holed), daemon=True
+                ),
             ]
             with self._lock:
                 # Black-holed sockets stay referenced here: one collected would close, and its
@@ -69,6 +79,41 @@ class CuttableProxy:
         for sock in (source, sink):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+    def _pump_answers(self, source: socket.socket, sink: socket.socket, black_holed: threading.Event) -> None:
+        """`_pump` for the target's side, frame by frame (HTTP/2: a 9-byte header whose first 3
+        bytes are the payload's length, then its type, flags and stream id), so that the first
+        HEADERS frame of a call (stream id > 0) can be held back and the connection cut instead."""
+        buffer = b""
+        try:
+            while data := source.recv(65536):
+                buffer += data
+                frames = b""
+                while len(buffer) >= _FRAME_HEADER:
+                    end = _FRAME_HEADER + int.from_bytes(buffer[:3], "big")
+                    if len(buffer) < end:
+                        break
+                    frame, buffer = buffer[:end], buffer[end:]
+                    answer = frame[3] == _HEADERS and int.from_bytes(frame[5:9], "big") & _STREAM_ID > 0
+                    if answer and self._cut_at_answer.is_set():
+                        self._cut_at_answer.clear()
+                        if frames:
+                            sink.sendall(frames)
+                        self.cut()
+                        return
+                    frames += frame
+                if frames and not black_holed.is_set():
+                    sink.sendall(frames)
+        except OSError:
+            pass
+        if black_holed.is_set():
+            return
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def cut_at_next_answer(self) -> None:
+        self._cut_at_answer.set()
 
     def black_hole(self) -> None:
         with self._lock:

@@ -7,6 +7,7 @@ import numbers
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -562,10 +563,21 @@ class Training(Part[C]):
     """`client.training`: jobs (submit, watch, wait, cancel), experiment tracking, sweeps."""
 
     @call
-    def submit(self, spec: JobSpecLike, *, timeout: float | None = None) -> Op[Job[C]]:
+    def submit(
+        self, spec: JobSpecLike, *, request_id: str | None = None, timeout: float | None = None
+    ) -> Op[Job[C]]:
         """Queue a training job; the spec is checked before it is accepted (InvalidArgument or
-        FailedPrecondition naming the field). Enum fields take short names ("regression")."""
-        request = pb.SubmitJobRequest(spec=from_dict(job_spec_pb2.JobSpec, spec, "spec"))
+        FailedPrecondition naming the field). Enum fields take short names ("regression").
+
+        The submit carries `request_id` (a new UUID4 unless given), so it is retried on
+        UNAVAILABLE like the idempotent calls: a retry of a submit the daemon had committed
+        answers that job instead of creating a second. Pass your own id (1 to 64 of A-Z a-z 0-9
+        - _) to send the same submit again yourself, within 24 hours; the same id with another
+        spec is AlreadyExists."""
+        request = pb.SubmitJobRequest(
+            spec=from_dict(job_spec_pb2.JobSpec, spec, "spec"),
+            request_id=str(uuid.uuid4()) if request_id is None else request_id,
+        )
         return Op(S, "SubmitJob", request, self._job, timeout=timeout)
 
     @call

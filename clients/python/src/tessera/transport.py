@@ -145,6 +145,9 @@ RETRIED_METHODS: dict[str, tuple[str, ...]] = {
     ),
     "Datasets": ("GetDataset", "ListDatasets", "GetDatasetVersion", "ListDatasetVersions"),
     "Training": (
+        # Safe to send again: `training.submit` gives each submit a request_id, and the daemon
+        # answers a repeat of one with the job it first created.
+        "SubmitJob",
         "GetJob",
         "ListJobs",
         "GetExperiment",
