@@ -66,6 +66,7 @@ process.stderr.on('error', () => {});
 
 const fs = require('node:fs');
 const { enumNames } = require('./proto');
+const { didYouMean } = require('./names');
 const { Client, RunFilterError, TesseraError, parseRunFilter } = require('./tessera');
 
 // An enum's values by their short names ('running'), as the Python CLI's choices.
@@ -247,13 +248,18 @@ function print(value) {
   process.stdout.write(`${JSON.stringify(value)}\n`);
 }
 
-// The values of repeatable `flag`, each one of `allowed` (as the Python CLI's choices, any case).
+// The values of repeatable `flag`, each one of `allowed` (as the Python CLI's choices, any case,
+// and the same word suggested for one mistyped).
 function chosen(args, flag, allowed) {
-  return (args.flags[flag] || []).map((value) => {
-    if (!allowed.includes(value.toLowerCase())) {
-      throw new UsageError(`${flag}: ${JSON.stringify(value)} is not one of ${allowed.join(', ')}`, args.command);
+  return (args.flags[flag] || []).map((given) => {
+    const value = given.toLowerCase();
+    if (!allowed.includes(value)) {
+      throw new UsageError(
+        `${flag}: ${JSON.stringify(given)} is not one of ${allowed.join(', ')}${didYouMean(value, allowed)}`,
+        args.command,
+      );
     }
-    return value.toLowerCase();
+    return value;
   });
 }
 
@@ -352,9 +358,16 @@ async function run(args) {
   }
   if (GROUPS.includes(command)) {
     if (!positional.length) throw new UsageError(`${command} needs a command`, command);
-    throw new UsageError(`unknown command ${JSON.stringify(`${command} ${positional[0]}`)}`, command);
+    const words = Object.keys(COMMANDS)
+      .filter((name) => name.startsWith(`${command} `))
+      .map((name) => name.slice(command.length + 1));
+    throw new UsageError(
+      `unknown command ${JSON.stringify(`${command} ${positional[0]}`)}${didYouMean(positional[0], words)}`,
+      command,
+    );
   }
-  throw new UsageError(`unknown command ${JSON.stringify(command)}`);
+  const words = [...new Set(Object.keys(COMMANDS).map((name) => name.split(' ')[0]))];
+  throw new UsageError(`unknown command ${JSON.stringify(command)}${didYouMean(command, words)}`);
 }
 
 

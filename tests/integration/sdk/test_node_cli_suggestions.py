@@ -1,0 +1,100 @@
+"""The Node CLI (clients/node/cli.js) answers a mistyped choice or command with the word the
+Python CLI suggests: names.js ports difflib.get_close_matches, which tessera.command_parser uses."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import subprocess
+
+import pytest
+
+from tessera.cli import main
+from tests.integration.sdk.test_node_client import EXIT_USAGE, NODE_CLIENT, node_ready, run_node
+
+__all__ = ["node_ready"]
+
+
+CHOICE_WORDS = [
+    "runing",
+    "RUNNNG",
+    "queud",
+    "sucess",
+    "faild",
+    "canceled",
+    "interupted",
+    "done",
+    "x",
+    "unning",
+    "ning",
+]
+CHOICE_SETS = [
+    ["queued", "running", "succeeded", "failed", "cancelled", "interrupted"],
+    ["ape", "apple", "peach", "puppy"],
+    ["ab", "ba"],
+    ["abcd", "abdc", "bacd", "dcba"],
+    ["snow", "sn\u00f6w", "\U0001f600w", "now"],
+    # Past 200 characters difflib takes a character in over 1% of the word for no anchor.
+    ["a" * 205 + "b", "b" + "a" * 200, "ab" * 110],
+]
+CHOICE_INPUTS = [
+    "appel",
+    "ab",
+    "abc",
+    "bca",
+    "snow",
+    "s\u00f6w",
+    "\U0001f600",
+    "nw",
+    "",
+    "a" * 210,
+    *CHOICE_WORDS,
+]
+
+
+def test_node_suggests_what_difflib_suggests(node_ready):
+    """names.js ports difflib.get_close_matches, whose nearest word the Python CLI suggests."""
+    script = f"""
+        const {{ closeMatches }} = require({json.dumps(str(NODE_CLIENT / "names.js"))});
+        const found = {json.dumps(CHOICE_SETS)}.map((choices) =>
+          {json.dumps(CHOICE_INPUTS)}.map((word) => closeMatches(word, choices, 3)));
+        console.log(JSON.stringify(found));
+        """
+    done = subprocess.run(["node", "-e", script], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    expected = [
+        [difflib.get_close_matches(word, choices, n=3) for word in CHOICE_INPUTS] for choices in CHOICE_SETS
+    ]
+    assert json.loads(done.stdout) == expected
+
+
+def python_suggestion(capsys, *args: str) -> str | None:
+    """The word the Python CLI's refusal of `args` suggests (None: none)."""
+    with pytest.raises(SystemExit):
+        main(["--target", "127.0.0.1:1", *args])
+    meant = re.search(r"did you mean '([^']*)'\?", capsys.readouterr().err)
+    return meant and meant.group(1)
+
+
+def node_suggestion(*args: str) -> str | None:
+    refused = run_node("127.0.0.1:1", *args)
+    assert refused.returncode == EXIT_USAGE, refused.stderr
+    meant = re.search(r"did you mean '([^']*)'\?", refused.stderr)
+    return meant and meant.group(1)
+
+
+@pytest.mark.parametrize(
+    ("command", "flag"), [(("jobs", "ls"), "--state"), (("runs", "ls"), "--status")], ids=["state", "status"]
+)
+def test_node_cli_suggests_the_choice_the_python_cli_suggests(node_ready, capsys, command, flag):
+    suggested = {word: node_suggestion(*command, flag, word) for word in CHOICE_WORDS}
+    assert suggested == {word: python_suggestion(capsys, *command, flag, word) for word in CHOICE_WORDS}
+    assert suggested["runing"] == "running" and suggested["x"] is None
+
+
+def test_node_cli_suggests_the_command_meant(node_ready):
+    assert node_suggestion("jbos", "ls") == "jobs"
+    assert node_suggestion("jobs", "sbmit") == "submit"
+    assert node_suggestion("models", "rn", "affine", "1") is None
+    assert node_suggestion("xyzzy") is None
