@@ -78,6 +78,10 @@ const choices = (typeName) => {
 const JOB_STATES = choices('tessera.v1.JobState');
 const RUN_STATUSES = choices('tessera.v1.RunStatus');
 
+const EXPECTED_REVISION =
+  "--expected-revision N: only if the model's newest deployment revision is N (0: never deployed; " +
+  '`models deployments MODEL` lists them), so that a deploy or rollback made meanwhile is not undone';
+
 const OPTIONS = `options (before or after the command):
   --target HOST:PORT  the daemon (default: $TESSERA_TARGET, else 127.0.0.1:50051)
   --token TOKEN       bearer token (default: $TESSERA_TOKEN)
@@ -87,6 +91,32 @@ const OPTIONS = `options (before or after the command):
 const COMMANDS = {
   info: { usage: 'info', about: "the daemon's version and services" },
   models: { usage: 'models [PREFIX]', about: 'the models (whose name starts with PREFIX)' },
+  'models rm': {
+    usage: 'models rm MODEL [VERSION] [--force]',
+    about:
+      'delete a version, or with no version the model and every version; refused while an alias, the ' +
+      'deployment, an ensemble or an unfinished fine-tuning job uses one. --force: delete the model even ' +
+      'where aliases or a deployment point into it (they go with it)',
+  },
+  'models deploy': {
+    usage:
+      'models deploy MODEL ROUTE... [--shadow VERSION_OR_ALIAS] [--shadow-percent N] [--comment TEXT] ' +
+      '[--expected-revision N]',
+    about:
+      'route traffic: ROUTE is VERSION=PERCENT or ALIAS=PERCENT, e.g. 3=90 staging=10; --shadow gets a copy ' +
+      'of --shadow-percent (1..100, default 100) of the requests other versions answer. ' +
+      EXPECTED_REVISION,
+  },
+  'models rollback': {
+    usage: 'models rollback MODEL [--expected-revision N]',
+    about:
+      'restore the previous deployment (none before the first: requests then go to the latest version). ' +
+      EXPECTED_REVISION,
+  },
+  'models deployments': {
+    usage: 'models deployments MODEL',
+    about: 'the deployment history, newest first (the first is the current deployment)',
+  },
   predict: {
     usage: 'predict MODEL INPUTS_JSON [--version N | --alias A]',
     about:
@@ -127,6 +157,9 @@ const COMMANDS = {
 // Each command's flags beyond OPTIONS, and whether they take a value.
 const FLAGS = {
   predict: { '--version': true, '--alias': true },
+  'models rm': { '--force': false },
+  'models deploy': { '--shadow': true, '--shadow-percent': true, '--comment': true, '--expected-revision': true },
+  'models rollback': { '--expected-revision': true },
   'jobs submit': { '--follow': false },
   'jobs ls': { '--state': true, '--experiment': true, '--sweep': true },
   'jobs watch': { '--from-seq': true },
@@ -149,10 +182,11 @@ function wrapped(text, indent) {
   return [...lines, indent + line].join('\n');
 }
 
-// The commands whose name starts with `prefix` ('' for all), each with what it does.
-function commandList(prefix) {
+// The commands of `group` ('' for all; `models` itself is one of its group's), each with what it
+// does.
+function commandList(group) {
   return Object.entries(COMMANDS)
-    .filter(([name]) => name.startsWith(prefix))
+    .filter(([name]) => !group || name === group || name.startsWith(`${group} `))
     .map(([, { usage: line, about }]) => `  ${line}\n${wrapped(about, '      ')}`)
     .join('\n');
 }
@@ -162,7 +196,7 @@ function usage() {
 }
 
 function groupUsage(group) {
-  return `usage: tessera-node [options] ${group} COMMAND ...\n\ncommands:\n${commandList(`${group} `)}\n\n${OPTIONS}\n`;
+  return `usage: tessera-node [options] ${group} COMMAND ...\n\ncommands:\n${commandList(group)}\n\n${OPTIONS}\n`;
 }
 
 function commandUsage(name) {
@@ -263,6 +297,24 @@ function chosen(args, flag, allowed) {
   });
 }
 
+// A version number or an alias, as the Python CLI reads one: digits are a version.
+function versionOrAlias(text) {
+  return /^[0-9]+$/.test(text) ? { version: Number(text) } : { alias: text };
+}
+
+// A deployment route VERSION=PERCENT or ALIAS=PERCENT.
+function route(text, command) {
+  const at = text.indexOf('=');
+  const [target, weight] = [text.slice(0, at), text.slice(at + 1)];
+  if (at < 0 || !target || !/^[0-9]+$/.test(weight)) {
+    throw new UsageError(
+      `route ${JSON.stringify(text)}: write VERSION=PERCENT or ALIAS=PERCENT, e.g. 3=90 staging=10`,
+      command,
+    );
+  }
+  return { ...versionOrAlias(target), weight: Number(weight) };
+}
+
 // A followed or watched job's events, one a line; fails unless the job succeeded.
 async function follow(jobId, fromSeq) {
   followed = jobId;
@@ -288,6 +340,12 @@ function readSpec(file) {
   }
 }
 
+// --expected-revision's number, undefined when it is not given.
+function expectedRevision(args) {
+  const given = args.flags['--expected-revision'];
+  return given === undefined ? undefined : wholeNumber('--expected-revision', given[given.length - 1], args.command);
+}
+
 async function run(args) {
   const { command, positional, flags } = args;
   const one = (flag) => flags[flag] && flags[flag][flags[flag].length - 1];
@@ -300,6 +358,59 @@ async function run(args) {
     arity(args, 0, 1);
     const models = await client.listModels(positional[0] || '');
     return print(models.map((m) => ({ name: m.name, latest_version: m.latest_version, aliases: m.aliases })));
+  }
+  if (command === 'models rm') {
+    arity(args, 1, 2);
+    const [model, versionText] = positional;
+    if (versionText === undefined) {
+      return print({ model, deleted_versions: await client.deleteModel(model, { force: Boolean(flags['--force']) }) });
+    }
+    const version = wholeNumber('VERSION', versionText, command);
+    if (version < 1) throw new UsageError('VERSION must be a version number, 1 or more, got 0', command);
+    if (flags['--force']) {
+      // DeleteVersion has no force: what refuses it (an alias, the deployment) must be moved.
+      throw new UsageError(
+        '--force deletes a whole model with its aliases and deployment; a version in use is freed by moving ' +
+          'what uses it, as the refusal says',
+        command,
+      );
+    }
+    await client.deleteVersion(model, version);
+    return print({ model, version, deleted_versions: 1 });
+  }
+  if (command === 'models deploy') {
+    if (positional.length < 2) {
+      throw new UsageError(
+        `models deploy takes MODEL and at least one ROUTE, got ${positional.length} argument(s)`,
+        command,
+      );
+    }
+    const [model, ...routeTexts] = positional;
+    const routes = routeTexts.map((text) => route(text, command));
+    const seen = new Set();
+    for (const { version, alias } of routes) {
+      const words = version === undefined ? `alias '${alias}'` : `version ${version}`;
+      if (seen.has(words)) {
+        throw new UsageError(`route ${words} is given twice; give it one route with the percents added`, command);
+      }
+      seen.add(words);
+    }
+    const percentText = one('--shadow-percent');
+    const percent = percentText === undefined ? 100 : wholeNumber('--shadow-percent', percentText, command);
+    if (percent < 1 || percent > 100) {
+      throw new UsageError(`--shadow-percent must be 1..100, got ${percent}`, command);
+    }
+    const shadow = one('--shadow') === undefined ? undefined : { ...versionOrAlias(one('--shadow')), percent };
+    const comment = one('--comment') || '';
+    return print(await client.deploy(model, routes, { shadow, comment, expectedRevision: expectedRevision(args) }));
+  }
+  if (command === 'models rollback') {
+    arity(args, 1, 1);
+    return print(await client.rollback(positional[0], { expectedRevision: expectedRevision(args) }));
+  }
+  if (command === 'models deployments') {
+    arity(args, 1, 1);
+    return print(await client.listDeployments(positional[0]));
   }
   if (command === 'predict') {
     arity(args, 2, 2);
@@ -374,8 +485,8 @@ async function run(args) {
 async function main() {
   const args = parse(process.argv.slice(2));
   if (args.help) {
-    if (args.command in COMMANDS) process.stdout.write(commandUsage(args.command));
-    else if (GROUPS.includes(args.command)) process.stdout.write(groupUsage(args.command));
+    if (GROUPS.includes(args.command)) process.stdout.write(groupUsage(args.command));
+    else if (args.command in COMMANDS) process.stdout.write(commandUsage(args.command));
     else process.stdout.write(usage());
     return;
   }
@@ -412,6 +523,12 @@ function failed(err) {
     process.stderr.write(`tessera-node: ${err.message}\n${usageHint(err.command)}\n`);
     process.exit(EXIT_USAGE);
   }
+  if (err instanceof TesseraError) {
+    // The request field a daemon's message tells the caller to set, as the flag that sets it (the
+    // Python CLI's FLAG_BY_FIELD): `models rm` refused "pass force to delete them".
+    process.stderr.write(`tessera-node: ${err.message.replace(/\bforce\b/g, '--force')}\n`);
+    process.exit(EXIT_DAEMON);
+  }
   process.stderr.write(`tessera-node: ${err.message}\n`);
-  process.exit(err instanceof TesseraError ? EXIT_DAEMON : EXIT_FAILED);
+  process.exit(EXIT_FAILED);
 }

@@ -117,6 +117,15 @@ function wholeNumber(name, value) {
   return value;
 }
 
+// A weight or percent an int32 field can carry: proto-loader would send 2**32 + 50 as 50, which
+// the daemon would take. The daemon checks 1..100 and says so in the same words.
+function int32(name, value) {
+  if (!Number.isInteger(value) || value < -(2 ** 31) || value >= 2 ** 31) {
+    throw new RangeError(`${name} must be 1..100, got ${String(value)}`);
+  }
+  return value;
+}
+
 // Param and tag values are text, as in the Python SDK: numbers and booleans are written out.
 // `values` is an object of key: value, or a Map. Anything else is refused, as the Python SDK
 // refuses what is no mapping: an array of pairs may give a key twice, which the request's map
@@ -675,6 +684,45 @@ class Client {
   // Deletes one version of a model (FAILED_PRECONDITION while an alias points at it).
   async deleteVersion(model, version, { timeoutMs: timeout } = {}) {
     await this.call(this.registry, 'DeleteVersion', { model, version: wholeNumber('version', version) }, timeout);
+  }
+
+  // Routes the Predict calls that name no version or alias: routes, an array of { version,
+  // weight } or { alias, weight } (percents, 1..100, summing to 100); shadow: { version } or
+  // { alias } with percent (1..100, default 100), the share of the requests other versions answer
+  // copied to it; expectedRevision: deploy only if the model's newest deployment revision is this
+  // one (0: never deployed), else FAILED_PRECONDITION with nothing changed, so that a deploy made
+  // meanwhile is not undone. Resolves to the Deployment.
+  async deploy(model, routes, { shadow, comment = '', expectedRevision, timeoutMs: timeout } = {}) {
+    if (!Array.isArray(routes)) {
+      throw new TypeError('routes: give an array of { version, weight } or { alias, weight }');
+    }
+    routes.forEach((route, i) => int32(`routes[${i}].weight`, route.weight));
+    if (shadow !== undefined && shadow.percent !== undefined) int32('shadow.percent', shadow.percent);
+    const request = { model, routes, shadow, comment };
+    if (expectedRevision !== undefined) request.expected_revision = wholeNumber('expectedRevision', expectedRevision);
+    return this.call(this.registry, 'Deploy', checkedRequest(this.registry.Deploy, request), timeout);
+  }
+
+  // Restores the deployment before the current one, as a new revision; rolling back the first
+  // leaves none (the Deployment resolved to has `undeployed` set). expectedRevision: only if the
+  // model's newest deployment revision is this one, else FAILED_PRECONDITION: two callers rolling
+  // back one bad revision at once then restore one revision, not two.
+  async rollback(model, { expectedRevision, timeoutMs: timeout } = {}) {
+    const request = { model };
+    if (expectedRevision !== undefined) request.expected_revision = wholeNumber('expectedRevision', expectedRevision);
+    return this.call(this.registry, 'Rollback', request, timeout);
+  }
+
+  // The model's current deployment (NOT_FOUND when it has none).
+  async getDeployment(model, { timeoutMs: timeout } = {}) {
+    return this.call(this.registry, 'GetDeployment', { model }, timeout);
+  }
+
+  // The model's deployment history, newest first (the first is the current one), following page
+  // tokens.
+  async listDeployments(model, { pageSize = 0, timeoutMs: timeout } = {}) {
+    const request = { model, page_size: wholeNumber('pageSize', pageSize) };
+    return this.pages(this.registry, 'ListDeployments', request, 'deployments', timeout);
   }
 
   close() {
