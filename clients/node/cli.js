@@ -150,6 +150,16 @@ const COMMANDS = {
       "for a loss or error, else highest first) or 'metrics.KEY [ASC|DESC]' (without ASC or DESC: lowest " +
       'first, as MLflow; runs without the metric last)',
   },
+  'runs compare': {
+    usage: 'runs compare RUN_ID RUN_ID...',
+    about:
+      "two or more runs' params and metrics (last values) side by side; the runs' first 2,000 metric keys " +
+      'together, metrics_left_out counting the rest (`runs metrics RUN_ID` lists each run\'s)',
+  },
+  'runs metrics': {
+    usage: 'runs metrics RUN_ID',
+    about: "every metric key of a run with its summary (last, min, max, count, last_step)",
+  },
   'sweeps ls': { usage: 'sweeps ls', about: 'every sweep' },
   'sweeps show': { usage: 'sweeps show SWEEP_ID', about: 'a sweep with its trials' },
 };
@@ -238,7 +248,7 @@ function seconds(name, text) {
 // The command (one word, or two for a group such as `jobs submit`), its positional arguments and
 // its flags ({ '--status': ['running'] }); a flag another command takes is refused, not ignored.
 function parse(argv) {
-  const args = { target: process.env.TESSERA_TARGET || '127.0.0.1:50051', positional: [], flags: {} };
+  const args = { positional: [], flags: {} };
   const words = [];
   const given = [];
   for (let i = 0; i < argv.length; i += 1) {
@@ -458,6 +468,15 @@ async function run(args) {
       const flag = err.text === options.filter ? '--filter' : '--order-by';
       throw new UsageError(`${flag}: ${err.message}`, command);
     }
+  }
+  if (command === 'runs compare') {
+    // As the Python CLI: fewer than two is a usage error, not the daemon's INVALID_ARGUMENT.
+    if (positional.length < 2) throw new UsageError('runs compare takes two or more RUN_IDs', command);
+    return print(await client.compareRuns(positional));
+  }
+  if (command === 'runs metrics') {
+    arity(args, 1, 1);
+    return print(await client.listRunMetrics(positional[0]));
   }
   if (command === 'sweeps ls') {
     arity(args, 0, 0);

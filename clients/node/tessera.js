@@ -41,6 +41,8 @@ function enumValue(typeName, given, label) {
 // milliseconds above 0 is refused before anything is sent (0 took the default through `||`, and
 // a negative one failed at once with a bare DEADLINE_EXCEEDED).
 const DEFAULT_TIMEOUT_MS = 30000;
+// The daemon a client without a target (and TESSERA_TARGET unset) talks to, as the Python SDK's.
+const DEFAULT_TARGET = '127.0.0.1:50051';
 // Streams that move files or many metric points: an hour, as the Python SDK's transfer_timeout.
 const DEFAULT_TRANSFER_TIMEOUT_MS = 3600000;
 // An upload's chunk, as the Python SDK's (the daemon takes messages up to 4 MiB).
@@ -151,7 +153,8 @@ function asText(values = {}, what = 'params') {
 }
 
 class Client {
-  // target: "host:port"; options: { token, timeoutMs (each call's deadline, default 30000),
+  // target: "host:port" (undefined: the TESSERA_TARGET environment variable, else
+  // 127.0.0.1:50051, as the Python SDK and `tessera`); options: { token, timeoutMs (each call's deadline, default 30000),
   // tls (true: TLS trusting the system's CAs), rootCert (PEM Buffer of the CA that signed the
   // daemon's certificate; enables TLS), clientCert and clientKey (PEM Buffers, for a daemon that
   // asks for client certificates; enable TLS), keepalive ({ timeMs, timeoutMs }: a ping every
@@ -162,14 +165,15 @@ class Client {
     const channelOptions = keepaliveOptions(options.keepalive);
     const v1 = grpc.loadPackageDefinition(DEFINITION).tessera.v1;
     const credentials = channelCredentials(options);
+    this.target = target ?? (process.env.TESSERA_TARGET || DEFAULT_TARGET);
     this.metadata = new grpc.Metadata();
     const token = options.token || process.env.TESSERA_TOKEN;
     if (token) this.metadata.set('authorization', `Bearer ${token}`);
-    this.registry = new v1.Registry(target, credentials, channelOptions);
+    this.registry = new v1.Registry(this.target, credentials, channelOptions);
     const shared = { channelOverride: this.registry.getChannel() };
-    this.inference = new v1.Inference(target, credentials, shared);
-    this.system = new v1.System(target, credentials, shared);
-    this.training = new v1.Training(target, credentials, shared);
+    this.inference = new v1.Inference(this.target, credentials, shared);
+    this.system = new v1.System(this.target, credentials, shared);
+    this.training = new v1.Training(this.target, credentials, shared);
     // The calls in flight, for cancelCalls.
     this.inFlight = new Set();
   }

@@ -1613,12 +1613,21 @@ def test_node_cli_help_for_each_command(node_ready):
     )
     usages = {
         ("info",): "info",
+        ("models", "rm"): "models rm MODEL [VERSION] [--force]",
+        ("models", "deploy"): (
+            "models deploy MODEL ROUTE... [--shadow VERSION_OR_ALIAS] [--shadow-percent N] [--comment TEXT] "
+            "[--expected-revision N]"
+        ),
+        ("models", "rollback"): "models rollback MODEL [--expected-revision N]",
+        ("models", "deployments"): "models deployments MODEL",
         ("jobs", "ls"): "jobs ls [--state STATE]... [--experiment NAME] [--sweep SWEEP_ID]",
         ("jobs", "submit"): "jobs submit SPEC.json [--follow]",
         ("jobs", "watch"): "jobs watch JOB_ID [--from-seq N]",
         ("runs", "ls"): (
             "runs ls [--experiment NAME] [--status STATUS]... [--filter 'FILTER'] [--order-by ORDER]"
         ),
+        ("runs", "compare"): "runs compare RUN_ID RUN_ID...",
+        ("runs", "metrics"): "runs metrics RUN_ID",
         ("sweeps", "ls"): "sweeps ls",
         ("sweeps", "show"): "sweeps show SWEEP_ID",
     }
@@ -1627,12 +1636,14 @@ def test_node_cli_help_for_each_command(node_ready):
         assert shown.returncode == 0, shown.stderr
         assert shown.stdout.startswith(f"usage: tessera-node [options] {usage}\n"), shown.stdout
         assert usage in general.stdout
-    # A group's help lists its commands, and only those.
-    for group in ("jobs", "runs", "sweeps"):
+    # A group's help lists its commands, and only those: `models` lists itself too (`models [PREFIX]`).
+    for group in ("models", "jobs", "runs", "sweeps"):
         shown = run_node("127.0.0.1:1", group, "--help")
         assert shown.returncode == 0, shown.stderr
         assert shown.stdout.startswith(f"usage: tessera-node [options] {group} COMMAND ...\n"), shown.stdout
         listed = [usage for words, usage in usages.items() if words[0] == group]
+        if group == "models":
+            listed.insert(0, "models [PREFIX]")
         assert [line[2:] for line in shown.stdout.splitlines() if line.startswith(f"  {group} ")] == listed
     hint = "(tessera-node --help lists the commands)\n"
     wrong = {
