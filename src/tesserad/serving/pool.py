@@ -25,6 +25,7 @@ from tesserad.errors import (
     NotFound,
     TesseraError,
     Unavailable,
+    logged_internal,
 )
 from tesserad.serving.batcher import DynamicBatcher
 from tesserad.serving.ensemble import EnsemblePlan, EnsembleRuntime
@@ -383,11 +384,18 @@ class ModelPool:
                     self._listed[key] = entry
             try:
                 self._start(entry, servable)
-            except TesseraError as exc:
+            except Exception as exc:
+                # An unexpected error (a disk's) fails the load too: listed as loading, the version
+                # would refuse requests as still loading forever.
+                error = (
+                    exc
+                    if isinstance(exc, TesseraError)
+                    else logged_internal(log, f"loading {entry.label}", exc)
+                )
                 entry.state = LoadState.FAILED
-                entry.error = exc.message
-                entry.retry = retry_for(exc)
-                log.warning("loading %s failed: %s", entry.label, exc.message)
+                entry.error = error.message
+                entry.retry = retry_for(error)
+                log.warning("loading %s failed: %s", entry.label, error.message)
                 if current is None:
                     with self._lock:
                         self._listed[key] = entry
@@ -399,7 +407,10 @@ class ModelPool:
                 for member in entry.members:
                     if self.get(*member) is not None:
                         self.unload_member(*member)
-                raise
+                if error is exc:
+                    raise
+                # The error the listing shows, which names the log's record of the cause.
+                raise error from exc
             with self._lock:
                 self._ready[key] = entry
                 self._listed[key] = entry

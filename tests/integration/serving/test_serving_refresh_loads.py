@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 from serving_models import W, linear_model, predict_request, to_array, upload
@@ -346,3 +347,31 @@ def test_an_alias_whose_new_version_fails_to_load_unexpectedly_stays_on_its_old_
         "the alias held back",
     )
     assert inference.Predict(predict_request("m", X, alias="production")).version == 1
+
+
+def test_a_load_that_raises_an_unexpected_error_is_listed_failed(
+    daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A load that raised what no load expects (a disk error reading the artifact) left its
+    version listed as loading forever: without autoload its requests were told to wait for it."""
+    channel = daemon.channel()
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    upload(channel, "m", linear_model(1.0))
+    artifact_path = daemon.daemon.registry.artifact_path
+
+    def unreadable(record: Any) -> Any:
+        if (record.model, record.version) == ("m", 1):
+            raise OSError("Input/output error")
+        return artifact_path(record)
+
+    monkeypatch.setattr(daemon.daemon.registry, "artifact_path", unreadable)
+    with pytest.raises(grpc.RpcError) as raised:
+        inference.LoadModel(
+            inference_pb2.LoadModelRequest(target=common_pb2.VersionRef(model="m", version=1))
+        )
+    assert raised.value.code() == grpc.StatusCode.INTERNAL
+    (listed,) = inference.ListLoaded(inference_pb2.ListLoadedRequest(model="m")).models
+    assert listed.state == inference_pb2.LOAD_STATE_FAILED
+    # The listing names the log's record of the cause, as the answer did.
+    assert listed.error.startswith("internal error (id ")
+    assert listed.error in (raised.value.details() or "")
