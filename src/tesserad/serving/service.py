@@ -2,8 +2,9 @@
 
 Routing resolves through a cache of alias and deployment targets. When the registry reports a
 change to a model, the cached targets are re-resolved in the background: a new version is
-loaded and warmed with the old one's config first (in a thread of its own, so that a slow load
-holds no other model's refresh; the refresh that follows the load moves the target), then the
+loaded and warmed with the old one's config first (off the refreshes' thread, WARM_LOADS at a
+time, so that a slow load holds no other model's refresh; the refresh that follows the load moves
+the target), then the
 target switches (one dict store), then the old version drains and is freed. A request that
 raced the switch and finds its batcher closed is routed again, so no request fails during a
 swap. A new version that fails to load or warm takes no traffic: the target stays on the
@@ -23,7 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
 from typing import NamedTuple, Protocol
@@ -78,6 +79,10 @@ SOURCE_RETRY_S = 1.0
 # The longest wait (seconds) before a refresh that keeps failing runs again: a source out of reach
 # for long costs a read of it, and a warning, per model this often.
 REFRESH_RETRY_MAX_S = 30.0
+# Loads of versions a target moves to (and of shadow versions) at once: a bulk promotion would
+# otherwise hold every old and new version in memory together, their runtimes' threads fighting
+# for the cores.
+WARM_LOADS = 2
 
 
 @dataclass(frozen=True)
@@ -300,9 +305,11 @@ class InferenceService:
         # model -> the versions its targets wait to move to until a warm load (_warm_like) loads
         # them, each under way or done; a version no longer awaited is not loaded, or unloaded.
         self._awaited: dict[str, set[int]] = {}
-        # Warm loads under way, and why each that failed did (its version awaited then), until the
-        # refresh it queues reads it.
-        self._warming: set[tuple[str, int]] = set()
+        # Warm loads queued or under way (on _warm_loads), and why each that failed did (its
+        # version awaited then), until the refresh it queues reads it, or one finds it no longer
+        # awaited.
+        self._warm_loads = ThreadPoolExecutor(max_workers=WARM_LOADS, thread_name_prefix="serving-warm")
+        self._warming: dict[tuple[str, int], Future[None]] = {}
         self._warm_failures: dict[tuple[str, int], str] = {}
         self._warm_lock = threading.Lock()
         # (callback, kept): see add_deletion_listener.
@@ -957,8 +964,8 @@ class InferenceService:
             listed = self._listed(model, shadow_version)
             # As for a request (see autoload): a version whose load failed is not tried again.
             failed = listed is not None and listed.state is LoadState.FAILED
-            if self._autoload and not self._closed and not failed:
-                self._swaps.submit(self._load_quietly, model, shadow_version)
+            if self._autoload and not failed:
+                self._load_shadow(model, shadow_version)
             return
         started = time.perf_counter_ns()
         try:
@@ -1026,6 +1033,14 @@ class InferenceService:
             self._source.model_identity(model)
         return results
 
+    def _load_shadow(self, model: str, version: int) -> None:
+        """Queue the load of `model`'s shadow version `version` with the warm loads: on the
+        refreshes' thread, a slow one would hold every model's refresh."""
+        with self._refresh_lock:
+            # Under the lock: close, which shuts the warm loads down, may come right after the check.
+            if not self._closed:
+                self._warm_loads.submit(self._load_quietly, model, version)
+
     def _load_quietly(self, model: str, version: int) -> None:
         try:
             self.autoload(model, version, shadowed=True)
@@ -1051,7 +1066,8 @@ class InferenceService:
             if self._closed or model in self._refresh_queued:
                 return
             self._refresh_queued.add(model)
-        self._swaps.submit(self._refresh, model)
+            # Under the lock: close, which shuts _swaps down, may come right after the check.
+            self._swaps.submit(self._refresh, model)
 
     def _retry_failed_refresh(self, model: str) -> None:
         """Queue again the refresh of `model` that failed, once its wait passed (SOURCE_RETRY_S,
@@ -1316,6 +1332,11 @@ class InferenceService:
             not_awaited = self._awaited.pop(model, set()) - awaited
             if awaited:
                 self._awaited[model] = awaited
+            # A failure is for the move to its version that this refresh just made or dropped:
+            # kept, it would hold back a later move to that version, or to another artifact
+            # registered under its number.
+            for key in [key for key in self._warm_failures if key[0] == model and key[1] not in awaited]:
+                del self._warm_failures[key]
         for version in sorted(previously_served - still_served - awaited - gone):
             if self.pool.unload_ready(model, version):
                 log.info("unloaded version %s of %r after its targets moved", version, model)
@@ -1367,17 +1388,22 @@ class InferenceService:
 
     def _warm_like(self, model: str, version: int, like: int) -> str | _Warm | None:
         """Load `version` with the config `like` was loaded with, if `like` is loaded (else a
-        request loads it), in a thread of its own: a load takes seconds, which would hold every
+        request loads it), on the warm loads' threads: a load takes seconds, which would hold every
         other model's refresh on the swaps' thread. Why it failed to load; None once it is loaded
         (a target may then move to it); UNDER_WAY while its load is, which queues a refresh of
         the model when done."""
         key = (model, version)
+        if self.pool.get(model, version) is not None:
+            # Loaded since its warm load failed (LoadModel's): the target moves to it.
+            with self._warm_lock:
+                self._warm_failures.pop(key, None)
+            return None
         with self._warm_lock:
             failure = self._warm_failures.pop(key, None)
         if failure is not None:
             return failure
         current = self.pool.get(model, like)
-        if current is None or self.pool.get(model, version) is not None:
+        if current is None:
             return None
         listed = self._listed(model, version)
         if listed is not None and listed.state is LoadState.FAILED:
@@ -1392,19 +1418,23 @@ class InferenceService:
             return exc.message
         with self._warm_lock:
             self._awaited.setdefault(model, set()).add(version)
-            if key in self._warming:
-                return _Warm.UNDER_WAY
-            self._warming.add(key)
-        threading.Thread(
-            target=self._warm, args=(servable, config), name=f"serving-warm {model}:{version}", daemon=True
-        ).start()
+            if key not in self._warming:
+                # Under the lock: the load's end takes it out of _warming only once it is in.
+                self._warming[key] = self._warm_loads.submit(self._warm, servable, config)
         return _Warm.UNDER_WAY
 
     def _warm(self, servable: ServableVersion, config: ServingConfig) -> None:
         """The load _warm_like started; a refresh of its model follows, if a target awaits it."""
         model, version = key = (servable.model, servable.version)
         try:
-            self.pool.load(servable, config, before_load=functools.partial(self._refuse_unless_awaited, key))
+            # A load under way (LoadModel's, with the operator's config) is waited for and kept,
+            # its failure shared: loading the version again with the old one's config would undo it.
+            self.pool.load(
+                servable,
+                config,
+                keep_loaded=True,
+                before_load=functools.partial(self._refuse_unless_awaited, key),
+            )
         except Exception as exc:
             # Any failure holds the target back, as one on the swaps' thread did: a load that
             # raised unawaited would be started again by each refresh it queues.
@@ -1414,7 +1444,7 @@ class InferenceService:
                     self._warm_failures[key] = error.message
         finally:
             with self._warm_lock:
-                self._warming.discard(key)
+                self._warming.pop(key, None)
                 awaited = version in self._awaited.get(model, ())
             if awaited:
                 self._queue_refresh(model)
@@ -1433,6 +1463,12 @@ class InferenceService:
         with self._refresh_lock:
             self._closed = True
         self._swaps.shutdown(wait=True, cancel_futures=True)
+        # Loads begun go on, and the pool's close waits for them; those not begun never will.
+        self._warm_loads.shutdown(wait=False, cancel_futures=True)
+        with self._warm_lock:
+            for key, future in list(self._warming.items()):
+                if future.cancelled():
+                    del self._warming[key]
         self.explainer.close()
         self.pool.close()
 

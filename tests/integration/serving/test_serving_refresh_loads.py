@@ -18,6 +18,7 @@ from serving_models import W, linear_model, predict_request, to_array, upload
 from test_serving_deleted_versions import HeldRefreshes
 
 from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc
+from tesserad.errors import Unavailable
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
 
@@ -59,6 +60,26 @@ class HeldArtifacts:
                 yield path
 
         monkeypatch.setattr(registry, "artifact_path", held_path)
+
+
+class FailingFirstOpen:
+    """Holds the first load that opens the artifact of `failing` (model, version) until `release`
+    is set, then fails it (the artifact store out of reach); later loads open it. `inside` is set
+    once that first load is held."""
+
+    def __init__(self, registry: Any, monkeypatch: pytest.MonkeyPatch, failing: tuple[str, int]) -> None:
+        self.inside = threading.Event()
+        self.release = threading.Event()
+        artifact_path = registry.artifact_path
+
+        def failing_once(record: Any) -> Any:
+            if (record.model, record.version) == failing and not self.inside.is_set():
+                self.inside.set()
+                assert self.release.wait(120)
+                raise Unavailable("the artifact store cannot be reached")
+            return artifact_path(record)
+
+        monkeypatch.setattr(registry, "artifact_path", failing_once)
 
 
 @pytest.fixture
@@ -143,7 +164,8 @@ def test_a_shadow_load_queued_after_the_refresh_that_dropped_the_shadow_loads_no
 ) -> None:
     """A request copied to the shadow version 2, not loaded, queued its load; the refresh of a
     deployment without the shadow ran first, and the load left version 2 loaded after it, served
-    by no route, until the model's next change."""
+    by no route, until the model's next change. (The load runs beside the refreshes now: begun
+    before the refresh, it is unloaded once done; after it, it loads nothing.)"""
     channel = daemon.channel()
     inference = inference_pb2_grpc.InferenceStub(channel)
     registry = registry_pb2_grpc.RegistryStub(channel)
@@ -155,10 +177,9 @@ def test_a_shadow_load_queued_after_the_refresh_that_dropped_the_shadow_loads_no
         shadow=registry_pb2.Shadow(version=2, percent=100),
     )
     registry.Deploy(shadowed)
-    # The deployment cached; the shadow's load that the request queued is done by the drain.
+    # The deployment cached, and the shadow loaded by the load the request queued.
     _wait_for(lambda: inference.Predict(predict_request("m", X)).version == 1, "m deployed")
-    swaps = daemon.daemon.inference._swaps
-    swaps.submit(lambda: None).result(30)
+    _wait_for(lambda: _loaded(inference, "m").get(2) == inference_pb2.LOAD_STATE_READY, "the shadow loaded")
     inference.UnloadModel(
         inference_pb2.UnloadModelRequest(target=common_pb2.VersionRef(model="m", version=2))
     )
@@ -167,11 +188,10 @@ def test_a_shadow_load_queued_after_the_refresh_that_dropped_the_shadow_loads_no
         registry.Deploy(
             registry_pb2.DeployRequest(model="m", routes=[registry_pb2.Route(version=1, weight=100)])
         )
-        # Routed with the shadow still cached: its load queues after the refresh of the Deploy.
+        # Routed with the shadow still cached: its load is queued before the refresh of the Deploy.
         assert inference.Predict(predict_request("m", X)).version == 1
         refreshes.release_and_wait("m")
-    swaps.submit(lambda: None).result(30)
-    assert _loaded(inference, "m") == {1: inference_pb2.LOAD_STATE_READY}
+    _wait_for(lambda: _loaded(inference, "m") == {1: inference_pb2.LOAD_STATE_READY}, "only version 1 loaded")
 
 
 class _ArrivalLock:
@@ -237,8 +257,9 @@ def test_the_load_an_alias_awaits_goes_on_when_the_version_it_served_is_deleted(
     daemon, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The alias moved to version 2 while its load (with version 1's config) waited for another
-    load of version 2; version 1 was then deleted, and the alias moved at once, as it must: the
-    load it had awaited was then refused, and version 2 kept the other load's config."""
+    load of version 2 (LoadModel's); version 1 was then deleted, and the alias moved at once, as it
+    must. The load it had awaited then shares the other one: it loaded version 2 a second time,
+    with version 1's config, undoing the operator's LoadModel."""
     channel = daemon.channel()
     inference = inference_pb2_grpc.InferenceStub(channel)
     registry = registry_pb2_grpc.RegistryStub(channel)
@@ -265,12 +286,11 @@ def test_the_load_an_alias_awaits_goes_on_when_the_version_it_served_is_deleted(
         held.release.set()
         loading.join(60)
     assert inference.Predict(predict_request("m", X, alias="production")).version == 2
-
-    def loaded_like_version_1() -> bool:
-        (listed,) = inference.ListLoaded(inference_pb2.ListLoadedRequest(model="m")).models
-        return listed.version == 2 and listed.config.max_batch_size == 4
-
-    _wait_for(loaded_like_version_1, "version 2 loaded with version 1's config")
+    _wait_for(lambda: not daemon.daemon.inference._warming, "the load the alias awaited done")
+    # That load shared the operator's (a second load with version 1's config would have undone it).
+    (listed,) = inference.ListLoaded(inference_pb2.ListLoadedRequest(model="m")).models
+    assert (listed.version, listed.state) == (2, inference_pb2.LOAD_STATE_READY)
+    assert listed.config.max_batch_size != 4
 
 
 def test_a_deployment_waiting_for_one_of_its_new_versions_keeps_the_others_loaded(
@@ -349,6 +369,68 @@ def test_an_alias_whose_new_version_fails_to_load_unexpectedly_stays_on_its_old_
     assert inference.Predict(predict_request("m", X, alias="production")).version == 1
 
 
+def _fail_warm_load_then(
+    daemon: Any, monkeypatch: pytest.MonkeyPatch, before_refresh: Callable[[], None]
+) -> None:
+    """Move alias 'production' of 'm' from version 1 to 2, fail the load of version 2 that the
+    move starts, and call `before_refresh` before the refresh that failure queues runs."""
+    channel = daemon.channel()
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    registry = registry_pb2_grpc.RegistryStub(channel)
+    service = daemon.daemon.inference
+    upload(channel, "m", linear_model(1.0))
+    upload(channel, "m", linear_model(2.0))
+    registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=1))
+    assert inference.Predict(predict_request("m", X, alias="production")).version == 1
+    failing = FailingFirstOpen(daemon.daemon.registry, monkeypatch, ("m", 2))
+    refreshes = HeldRefreshes(service)
+    registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=2))
+    assert failing.inside.wait(30)
+    with refreshes.held_after("other", lambda: upload(channel, "other", linear_model(1.0))):
+        failing.release.set()
+        # Once no warm load is under way, its failure is recorded and its refresh queued (held).
+        _wait_for(lambda: not service._warming, "the warm load of version 2 failed")
+        before_refresh()
+        refreshes.release_and_wait("m")
+
+
+def test_a_version_loaded_after_its_warm_load_failed_takes_its_alias_and_stays_loaded(
+    daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LoadModel loaded version 2 after the alias's warm load of it failed, before the refresh
+    that failure queued ran: that refresh took the stale failure, kept the alias on version 1,
+    and unloaded the operator's version 2 as no longer awaited."""
+    inference = inference_pb2_grpc.InferenceStub(daemon.channel())
+    load = inference_pb2.LoadModelRequest(target=common_pb2.VersionRef(model="m", version=2))
+    _fail_warm_load_then(daemon, monkeypatch, lambda: inference.LoadModel(load))
+    assert inference.Predict(predict_request("m", X, alias="production")).version == 2
+    assert _loaded(inference, "m")[2] == inference_pb2.LOAD_STATE_READY
+
+
+def test_a_warm_load_failure_of_a_move_taken_back_holds_no_later_move_back(
+    daemon, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The alias moved back to version 1 before the refresh that version 2's failed warm load
+    queued ran: the failure stayed recorded, and when the alias moved to version 2 again (its
+    failed listing unloaded, the store back) it was held back by it without a load tried."""
+    channel = daemon.channel()
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    registry = registry_pb2_grpc.RegistryStub(channel)
+    back = registry_pb2.SetAliasRequest(model="m", alias="production", version=1)
+    _fail_warm_load_then(daemon, monkeypatch, lambda: registry.SetAlias(back))
+    inference.UnloadModel(
+        inference_pb2.UnloadModelRequest(target=common_pb2.VersionRef(model="m", version=2))
+    )
+    registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=2))
+
+    def moved_or_held_back() -> bool:
+        held_back = any("stays on version 1" in r.getMessage() for r in caplog.records)
+        return held_back or inference.Predict(predict_request("m", X, alias="production")).version == 2
+
+    _wait_for(moved_or_held_back, "the alias moved to version 2, or held back")
+    assert inference.Predict(predict_request("m", X, alias="production")).version == 2
+
+
 def test_a_load_that_raises_an_unexpected_error_is_listed_failed(
     daemon, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -375,3 +457,69 @@ def test_a_load_that_raises_an_unexpected_error_is_listed_failed(
     # The listing names the log's record of the cause, as the answer did.
     assert listed.error.startswith("internal error (id ")
     assert listed.error in (raised.value.details() or "")
+
+
+def test_the_loads_a_bulk_promotion_starts_run_on_at_most_two_threads(
+    daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deployment moved to three new versions at once started a thread for each version's
+    load: every new version loading at once, beside the old ones, in memory and on the cores."""
+    channel = daemon.channel()
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    registry = registry_pb2_grpc.RegistryStub(channel)
+    for scale in (1.0, 2.0, 3.0, 4.0):
+        upload(channel, "m", linear_model(scale))
+    registry.Deploy(registry_pb2.DeployRequest(model="m", routes=[registry_pb2.Route(version=1, weight=100)]))
+    _wait_for(lambda: inference.Predict(predict_request("m", X)).version == 1, "m deployed on 1")
+    loaders: list[threading.Thread] = []
+    artifact_path = daemon.daemon.registry.artifact_path
+
+    def recorded(record: Any) -> Any:
+        if record.model == "m" and record.version > 1:
+            loaders.append(threading.current_thread())
+        return artifact_path(record)
+
+    monkeypatch.setattr(daemon.daemon.registry, "artifact_path", recorded)
+    registry.Deploy(
+        registry_pb2.DeployRequest(
+            model="m",
+            routes=[registry_pb2.Route(version=v, weight=w) for v, w in ((2, 34), (3, 33), (4, 33))],
+        )
+    )
+    _wait_for(
+        lambda: {inference.Predict(predict_request("m", X)).version for _ in range(6)} == {2, 3, 4},
+        "m deployed on 2, 3 and 4",
+    )
+    assert len(set(loaders)) <= 2
+
+
+def test_a_slow_load_of_a_shadow_version_holds_no_refresh(daemon, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request copied to a shadow version not loaded queued its load on the one thread that
+    runs every refresh: 'other''s alias stayed on version 1 until that load was done."""
+    channel = daemon.channel()
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    registry = registry_pb2_grpc.RegistryStub(channel)
+    for model in ("m", "other"):
+        upload(channel, model, linear_model(1.0))
+        upload(channel, model, linear_model(2.0))
+    registry.SetAlias(registry_pb2.SetAliasRequest(model="other", alias="production", version=1))
+    assert inference.Predict(predict_request("other", X, alias="production")).version == 1
+    registry.Deploy(
+        registry_pb2.DeployRequest(
+            model="m",
+            routes=[registry_pb2.Route(version=1, weight=100)],
+            shadow=registry_pb2.Shadow(version=2, percent=100),
+        )
+    )
+    held = HeldArtifacts(daemon.daemon.registry, monkeypatch, ("m", 2))
+    try:
+        _wait_for(lambda: inference.Predict(predict_request("m", X)).version == 1, "m deployed")
+        assert held.inside.wait(30)  # the shadow's load, queued by a request copied to it
+        registry.SetAlias(registry_pb2.SetAliasRequest(model="other", alias="production", version=2))
+        _wait_for(
+            lambda: inference.Predict(predict_request("other", X, alias="production")).version == 2,
+            "other's alias on version 2 while m's shadow loads",
+        )
+    finally:
+        held.release.set()
+    _wait_for(lambda: _loaded(inference, "m").get(2) == inference_pb2.LOAD_STATE_READY, "the shadow loaded")

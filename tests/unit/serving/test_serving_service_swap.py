@@ -1314,3 +1314,39 @@ def test_a_refresh_that_unloads_a_version_with_no_load_under_way_says_it_unloade
         assert pool.list() == []
     finally:
         pool.close()
+
+
+class ClosingOnRelease:
+    """A lock that, once `arm` was called, closes `service` (in another thread, to its end) just
+    after its next release: the moment between a check made under the lock and what follows."""
+
+    def __init__(self, service: InferenceService) -> None:
+        self._lock = threading.Lock()
+        self._service = service
+        self._armed = False
+
+    def arm(self) -> None:
+        self._armed = True
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+        if self._armed:
+            self._armed = False
+            closing = threading.Thread(target=self._service.close)
+            closing.start()
+            closing.join(30)
+
+
+def test_a_change_reported_as_the_service_closes_queues_its_refresh_or_nothing(
+    inference: InferenceService,
+) -> None:
+    """The refresh was queued after the lock that checked the service open was let go: a close
+    in between shut the refreshes' executor down, and the change's report raised RuntimeError."""
+    refresh_lock = ClosingOnRelease(inference)
+    inference._refresh_lock = refresh_lock  # type: ignore[assignment]
+    refresh_lock.arm()
+    inference.on_registry_change("m")
+    assert inference._closed
