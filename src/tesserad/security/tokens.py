@@ -326,9 +326,32 @@ def file_signature(path: Path) -> FileSignature | None:
 def guarding_directories(path: Path) -> list[Path]:
     """Every directory above the tokens file up to /, along the path as given and along where
     its links lead, nearest first: whoever can write one can rename what lies below it away and
-    put their own in its place."""
+    put their own in its place. Not a directory whose entry on the way is a mount point (another
+    device than the directory's): a mount point cannot be renamed (EBUSY), so a Secret mounted
+    below a directory everyone may write (a Dockerfile's `chmod 777 /app`) stays where it is.
+
+    RuntimeError or OSError when the path's links cannot be followed (a link loop)."""
     named, target = path.absolute(), path.resolve()
-    return list(dict.fromkeys([*named.parents, *target.parents]))
+    return list(dict.fromkeys([*_guarding_parents(named), *_guarding_parents(target)]))
+
+
+def _guarding_parents(path: Path) -> list[Path]:
+    """The directories above `path` (absolute) whose entry on the way could be renamed away."""
+    guarding = []
+    entry_device = _device(path)
+    for directory in path.parents:
+        device = _device(directory)
+        if device is None or entry_device is None or device == entry_device:
+            guarding.append(directory)
+        entry_device = device
+    return guarding
+
+
+def _device(path: Path) -> int | None:
+    try:
+        return os.lstat(path).st_dev
+    except OSError:
+        return None
 
 
 def check_not_open_to_writes(path: Path) -> None:
@@ -340,9 +363,14 @@ def check_not_open_to_writes(path: Path) -> None:
 
     A file or directory on a read-only mount (a Kubernetes Secret, a compose secret) cannot be
     changed, whatever its mode says."""
-    own = {path.absolute().parent, path.resolve().parent}
-    places = [(path.resolve(), "the file")]
-    for directory in guarding_directories(path):
+    try:
+        own = {path.absolute().parent, path.resolve().parent}
+        places = [(path.resolve(), "the file")]
+        guarding = guarding_directories(path)
+    except (RuntimeError, OSError):
+        # A link loop: reading the file says so in its own words.
+        return
+    for directory in guarding:
         places.append((directory, "its directory" if directory in own else "the directory"))
     for place, what in places:
         try:
@@ -366,13 +394,20 @@ def check_not_open_to_writes(path: Path) -> None:
 # The tokens file's signature and each guarding directory's (device, inode, mode): `chmod o-w`
 # of the directory that got the file refused changes it, so the next check applies the file. Not
 # a directory's ctime, which every file made or removed in it (in /tmp, all the time) changes.
-TokensSignature = tuple[FileSignature | None, tuple[tuple[int, int, int] | None, ...]]
+# The directories are None when the path's links cannot be followed (a link loop).
+TokensSignature = tuple[FileSignature | None, tuple[tuple[int, int, int] | None, ...] | None]
 
 
 def tokens_signature(path: Path) -> TokensSignature:
     """`path`'s TokensSignature (one stat for the file and one per directory above it)."""
+    try:
+        guarding = guarding_directories(path)
+    except (RuntimeError, OSError):
+        # Unknown until the loop is undone; the file's refusal (it cannot be read) is logged
+        # once, as this signature stays the same from poll to poll.
+        return file_signature(path), None
     directories: list[tuple[int, int, int] | None] = []
-    for directory in guarding_directories(path):
+    for directory in guarding:
         try:
             info = os.stat(directory)
         except OSError:

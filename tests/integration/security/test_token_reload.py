@@ -253,3 +253,27 @@ def test_taking_write_permission_from_the_directory_gets_a_refused_file_applied(
     entry = process.wait_for_log("tokens reloaded")
     assert entry["trigger"] == "the file changed" and entry["removed"] == ["reader-holder"]
     assert info(channel, tokens.token[Role.READER]) == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_link_loop_is_reported_once_and_undoing_it_gets_the_file_applied(serve, tmp_path, tokens):
+    """A tokens file made a link loop cannot be read: the check that polls says so once, not
+    with a traceback at every poll, and applies the file when the loop is undone."""
+    process, channel = serve(interval="0.1")
+    kept = tokens.file.rename(tmp_path / "kept.toml")
+    other_end = tmp_path / "other-end.toml"
+    other_end.symlink_to(tokens.file)
+    tokens.file.symlink_to(other_end)
+
+    refused = process.wait_for_log(
+        "tokens file not applied: the tokens in use stay as they were until it is fixed"
+    )
+    assert "Too many levels of symbolic links" in refused["error"]
+    assert info(channel, tokens.token[Role.READER]) == grpc.StatusCode.OK
+
+    assert tokens_cli("remove", "reader-holder", "--file", str(kept)) == 0
+    kept.replace(tokens.file)
+
+    entry = process.wait_for_log("tokens reloaded")
+    assert entry["trigger"] == "the file changed" and entry["removed"] == ["reader-holder"]
+    assert not [line for line in process.log if "unexpected error applying" in line]
+    assert len([line for line in process.log if "tokens file not applied" in line]) == 1

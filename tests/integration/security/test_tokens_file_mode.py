@@ -3,11 +3,15 @@ rename another file over it) could give themselves the admin role."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import pytest
 
 from tesserad.server import StartupError
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.security.conftest import Tokens
+from tests.tmpfs import tmpfs
 
 
 def start(tmp_path, tokens_file) -> InProcessDaemon:
@@ -80,3 +84,29 @@ def test_a_directory_every_user_can_write_above_a_linked_tokens_file_stops_the_s
     assert f"the directory {shared} above it can be written by every user" in str(err.value)
     shared.chmod(0o1777)
     start(tmp_path, link).stop()
+
+
+def test_a_read_only_mount_below_a_directory_every_user_can_write_is_fine(tmp_path, tokens: Tokens):
+    """As a Secret mounted at /app/secrets in an image whose Dockerfile ran `chmod 777 /app`: a
+    mount point cannot be renamed away (EBUSY), so the directory above it guards nothing."""
+    app = tmp_path / "app"
+    app.mkdir()
+    with tmpfs(app / "secrets", "size=1m") as secrets:
+        mounted = shutil.copy(tokens.file, secrets / "tokens.toml")
+        subprocess.run(["mount", "-o", "remount,ro", str(secrets)], check=True)
+        app.chmod(0o777)
+        start(tmp_path, mounted).stop()
+
+
+def test_a_directory_every_user_can_write_above_the_mount_point_stops_the_start(tmp_path, tokens: Tokens):
+    """Only the directory holding the mount point is spared: one higher up can rename that one
+    away, mount point and all."""
+    shared = tmp_path / "shared"
+    (shared / "app").mkdir(parents=True)
+    with tmpfs(shared / "app" / "secrets", "size=1m") as secrets:
+        mounted = shutil.copy(tokens.file, secrets / "tokens.toml")
+        subprocess.run(["mount", "-o", "remount,ro", str(secrets)], check=True)
+        shared.chmod(0o777)
+        with pytest.raises(StartupError) as err:
+            start(tmp_path, mounted)
+    assert f"the directory {shared} above it can be written by every user" in str(err.value)
