@@ -117,6 +117,7 @@ from tesserad.training.events import EventLog
 from tesserad.training.jobs import Jobs, job_datasets
 from tesserad.training.parents import ParentAccess
 from tesserad.training.prometheus import TrainingMetrics
+from tesserad.training.ray_worker import WorkerTls
 from tesserad.training.registration import JobRegistration
 from tesserad.training.sweeps import Sweeps, running_sweeps_into
 from tesserad.training.tracking import Tracking
@@ -277,6 +278,10 @@ class Daemon:
         finally:
             self._made_data_dir = None
 
+    def worker_tls(self) -> WorkerTls | None:
+        """The TLS a Ray worker reaches this daemon with: trusting the certificate it serves now."""
+        return ray_worker_tls(self._certificates, self.settings.training)
+
     def _jobs(self, system: SystemService, *args: Any, **kwargs: Any) -> Jobs:
         """The training jobs of training.backend: local worker processes, or a Ray cluster's actors."""
         training = self.settings.training
@@ -291,7 +296,7 @@ class Daemon:
             *args,
             cluster=cluster,
             daemon_target=lambda: training.ray_daemon_target or self.address,
-            worker_tls=lambda: ray_worker_tls(self.settings.security, training),
+            worker_tls=self.worker_tls,
             **kwargs,
         )
 
@@ -556,7 +561,7 @@ class Daemon:
             certificates = server_certificates(settings.security)
             if settings.training.backend == "ray":
                 # Read at each job; checked here so that a bad file stops the start, not every job.
-                ray_worker_tls(settings.security, settings.training)
+                ray_worker_tls(certificates, settings.training)
             auth = AuthInterceptor(
                 settings.security, settings.limits, settings.max_message_size, served, failed
             )

@@ -63,8 +63,9 @@ class ServerCertificates:
         self._pending: grpc.ServerCertificateConfiguration | None = None
         self._lock = threading.Lock()
         self._also: list[Callable[[], None]] = []
+        configuration, self._served_pem = _read(files)
         self.credentials = grpc.dynamic_ssl_server_credentials(
-            _read(files),
+            configuration,
             # grpc's stub leaves out the None its documentation allows (keep the configuration).
             self._next_configuration,  # type: ignore[arg-type]
             require_client_authentication=files.client_ca is not None,
@@ -73,6 +74,13 @@ class ServerCertificates:
     @property
     def mutual(self) -> bool:
         return self._files.client_ca is not None
+
+    @property
+    def served_pem(self) -> bytes:
+        """The certificate (chain) of the last read that applied the files, as PEM: what new
+        handshakes get, whatever the file on disk holds now (a rotation refused, or not read yet)."""
+        with self._lock:
+            return self._served_pem
 
     def also_reload(self, reload: Callable[[], None]) -> None:
         """Call `reload` (on the event loop) after each read that applied the files, for the
@@ -88,9 +96,9 @@ class ServerCertificates:
         certificate in use. The signatures are taken first, as TokenFile does, and a failed read
         is remembered too, so the periodic check does not report the same broken files again."""
         self._signatures = self._files.signatures()
-        configuration = _read(self._files)
+        configuration, served_pem = _read(self._files)
         with self._lock:
-            self._pending = configuration
+            self._pending, self._served_pem = configuration, served_pem
 
     async def reload(self, trigger: str) -> None:
         """`read_again` off the event loop, logging what happened."""
@@ -135,8 +143,8 @@ def server_certificates(security: SecuritySettings) -> ServerCertificates | None
     return ServerCertificates(_Files(cert, key, client_ca))
 
 
-def _read(files: _Files) -> grpc.ServerCertificateConfiguration:
-    """The files as gRPC takes them, after the checks gRPC does not make."""
+def _read(files: _Files) -> tuple[grpc.ServerCertificateConfiguration, bytes]:
+    """The files as gRPC takes them, after the checks gRPC does not make, and the certificate's PEM."""
     cert_pem = read_pem("security.tls_cert_file", files.cert)
     key_pem = read_pem("security.tls_key_file", files.key)
     try:
@@ -173,30 +181,32 @@ def _read(files: _Files) -> grpc.ServerCertificateConfiguration:
             f"security.tls_cert_file {files.cert} or security.tls_key_file {files.key} changed "
             "while it was read; it is read again at the next check or SIGHUP"
         )
-    return grpc.ssl_server_certificate_configuration([(key_pem, cert_pem)], root_certificates=ca_pem)
+    configuration = grpc.ssl_server_certificate_configuration([(key_pem, cert_pem)], root_certificates=ca_pem)
+    return configuration, cert_pem
 
 
-def ray_worker_tls(security: SecuritySettings, training: TrainingSettings) -> WorkerTls | None:
-    """How Ray workers reach this daemon (training.backend = ray): None when it serves plaintext;
-    else trusting the certificate it serves, with training.ray_tls_cert_file under mutual TLS.
-    TlsSettingsError when the settings do not go together, CertificateError when a file cannot
-    be used."""
+def ray_worker_tls(certificates: ServerCertificates | None, training: TrainingSettings) -> WorkerTls | None:
+    """How Ray workers reach this daemon (training.backend = ray): None when it serves plaintext
+    (`certificates` None); else trusting the certificate it serves, with
+    training.ray_tls_cert_file under mutual TLS. TlsSettingsError when the settings do not go
+    together, CertificateError when a file cannot be used."""
     cert, key = training.ray_tls_cert_file, training.ray_tls_key_file
     if (cert is None) != (key is None):
         missing = "training.ray_tls_key_file" if key is None else "training.ray_tls_cert_file"
         raise TlsSettingsError(
             f"a Ray workers' client certificate needs its key and the reverse: set {missing} too"
         )
-    if security.tls_cert_file is None:
+    if certificates is None:
         return None
-    if security.tls_client_ca_file is not None and (cert is None or key is None):
+    if certificates.mutual and (cert is None or key is None):
         raise TlsSettingsError(
             "training.backend = ray under mutual TLS (security.tls_client_ca_file): set "
             "training.ray_tls_cert_file and training.ray_tls_key_file to a client certificate "
             "security.tls_client_ca_file signed and its key; the Ray workers present it to fetch datasets"
         )
-    # The daemon's own certificate (chain) is what its clients must accept, whoever signed it.
-    served = read_pem("security.tls_cert_file", security.tls_cert_file)
+    # The daemon's own certificate (chain) is what its clients must accept, whoever signed it: the
+    # one it serves, not the file, which may hold a certificate refused or not read yet.
+    served = certificates.served_pem
     if cert is None or key is None:
         return WorkerTls(served, b"", b"")
     cert_pem = read_pem("training.ray_tls_cert_file", cert)

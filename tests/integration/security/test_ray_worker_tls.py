@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from tessera.v1 import datasets_pb2, datasets_pb2_grpc
-from tesserad.api.tls import ray_worker_tls
 from tesserad.security import Role
 from tesserad.server import SettingsRefusal, StartupError
 from tesserad.training import ray_worker_client
@@ -22,6 +21,7 @@ from tesserad.training.ray_worker_client import DatasetFetchError, cached_datase
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.security.conftest import Pki, Tokens, bearer
 from tests.integration.security.test_tls import tls_settings
+from tests.integration.security.test_tls_rotation import install
 
 
 @pytest.fixture
@@ -66,12 +66,51 @@ def test_a_worker_fetches_over_the_tls_the_daemon_serves(data_dir, pki, tokens: 
         sha256 = push(
             daemon, pki.channel_credentials("client" if mutual else None), tokens.token[Role.TRAINER]
         )
-        tls = ray_worker_tls(settings.security, settings.training)
+        tls = daemon.daemon.worker_tls()
         assert tls is not None and tls.root_certificates == pki.server_cert.read_bytes()
         assert bool(tls.certificate_chain) == bool(tls.private_key)
         assert "PRIVATE KEY" not in repr(tls)
         target = f"127.0.0.1:{daemon.daemon.port}"
         path = cached_dataset(target, tokens.token[Role.READER], "d", 1, sha256, "npz", 2**30, tls)
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == sha256
+    finally:
+        daemon.stop()
+
+
+def test_a_worker_trusts_the_certificate_served_not_the_file_on_disk(
+    data_dir, pki, tokens: Tokens, cache_dir, tmp_path
+):
+    """A new pair not read yet (until the next check or SIGHUP), or a rotation refused, leaves
+    the old certificate serving: a job started then must trust that one to fetch its data."""
+    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
+    install(pki.server_cert, cert)
+    install(pki.server_key, key)
+    overrides = {
+        "security.tls_cert_file": str(cert),
+        "security.tls_key_file": str(key),
+        "security.tokens_reload_interval_s": "0",
+        "security.tokens_file": str(tokens.file),
+    }
+    daemon = InProcessDaemon(daemon_settings(data_dir, **overrides)).start()
+    target, reader = f"127.0.0.1:{daemon.daemon.port}", tokens.token[Role.READER]
+    try:
+        sha256 = push(daemon, pki.channel_credentials(), tokens.token[Role.TRAINER])
+
+        install(pki.next_cert, cert)  # with the old key: refused at the reload
+        daemon.run(daemon.daemon.reload())
+        refused = daemon.daemon.worker_tls()
+        install(pki.next_key, key)  # a usable pair, not read yet
+        not_read = daemon.daemon.worker_tls()
+        for tls in (refused, not_read):
+            assert tls is not None and tls.root_certificates == pki.server_cert.read_bytes()
+            path = cached_dataset(target, reader, "d", 1, sha256, "npz", 2**30, tls)
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == sha256
+            path.unlink()
+
+        daemon.run(daemon.daemon.reload())
+        rotated = daemon.daemon.worker_tls()
+        assert rotated is not None and rotated.root_certificates == pki.next_cert.read_bytes()
+        path = cached_dataset(target, reader, "d", 1, sha256, "npz", 2**30, rotated)
         assert hashlib.sha256(path.read_bytes()).hexdigest() == sha256
     finally:
         daemon.stop()
