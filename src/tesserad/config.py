@@ -283,7 +283,12 @@ class SecuritySettings:
     tls_cert_file: Path | None = setting(
         None, parse_optional_path, "PEM server certificate (chain); with tls_key_file it turns TLS on"
     )
-    tls_key_file: Path | None = setting(None, parse_optional_path, "PEM private key of tls_cert_file")
+    tls_key_file: Path | None = setting(
+        None,
+        parse_optional_path,
+        "PEM private key of tls_cert_file, owned by tesserad's user (0600) or root (0640); on a "
+        "read-only tmpfs (a Kubernetes or Docker secret) any mode",
+    )
     tls_client_ca_file: Path | None = setting(
         None,
         parse_optional_path,
