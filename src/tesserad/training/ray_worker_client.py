@@ -89,6 +89,9 @@ def cached_dataset(
     except FileNotFoundError:
         cached_sha256 = ""
     if cached_sha256 == sha256:
+        # Marked again: hashing a large file can take longer than RECENT_USE_S, and another job's
+        # trim must not evict the file this job is about to read.
+        os.utime(path)
         return path
     digest = hashlib.sha256()
     # Written aside and renamed when complete: jobs on the same node may fetch at once.

@@ -6,13 +6,20 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tesserad.training import ray_worker_client
-from tesserad.training.ray_worker_client import RECENT_USE_S, DatasetFetchError, cached_dataset
+from tesserad.training.ray_worker_client import (
+    RECENT_USE_S,
+    CachedFile,
+    DatasetFetchError,
+    cached_dataset,
+    files_to_evict,
+)
 from tests.integration.training.conftest import upload_dataset
 
 
@@ -47,6 +54,26 @@ def test_the_cache_keeps_what_fits_and_evicts_the_least_recently_used(training_d
     # Over the limit: the least recently used goes; the second was fetched just now and stays.
     assert kept.exists() and not path.exists()
     assert sorted(p.name for p in cache_dir.iterdir()) == sorted(f"{v.sha256}.npz" for v in (second, third))
+
+
+def test_a_hit_is_marked_used_after_its_hash_however_long_that_takes(
+    training_daemon, cache_dir, monkeypatch
+) -> None:
+    """A large file's hash can outlast RECENT_USE_S: the mark made before it must not be the last,
+    or another job's trim evicts the file this job is about to read."""
+    version = _dataset(training_daemon.channel(), "large", 300)
+    path = cached_dataset(training_daemon.target, "", "large", 1, version.sha256, "npz", 2**30)
+    hash_file = ray_worker_client._sha256_of
+
+    def hash_outlasting_recent_use(file: Path) -> str:
+        digest = hash_file(file)
+        os.utime(file, (0, 0))  # the mark before the hash, as seen when the hash ends long after
+        return digest
+
+    monkeypatch.setattr(ray_worker_client, "_sha256_of", hash_outlasting_recent_use)
+    assert cached_dataset(training_daemon.target, "", "large", 1, version.sha256, "npz", 2**30) == path
+    used = CachedFile(path.name, path.stat().st_size, path.stat().st_mtime)
+    assert files_to_evict([used], 0, keep="another job's file", now=time.time()) == []
 
 
 def test_bytes_that_are_not_the_version_asked_for_are_refused_and_not_kept(
