@@ -412,6 +412,19 @@ def check_opset(opset: int) -> None:
     )
 
 
+def opset_refusal(asked: int, written: int) -> str:
+    """Why an export asked for opset `asked` was refused when the exporter wrote `written`: the
+    converter could not take one of the model's ops there. Another opset may work on either side
+    of `asked`, so `written` is offered as what it is, not as the one to ask for."""
+    way = "down" if asked < written else "up"
+    return (
+        f"onnx export: the exporter cannot write this model at opset {asked}, the opset asked for: "
+        f"it wrote opset {written} (onnx's version converter has no way {way} from {written} to "
+        f"{asked} for one of its ops), so nothing was exported; ask for another opset ({written} is "
+        "the opset this model exports at), or 0 for the exporter's default"
+    )
+
+
 def export_onnx(
     model: nn.Module,
     spec: ArchitectureSpec,
@@ -475,12 +488,8 @@ def export_onnx(
         ) from None
     actual_opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     if opset and actual_opset != opset:
-        # The exporter logs its failed down-conversion and keeps the graph at the opset it built.
-        raise FailedPrecondition(
-            f"onnx export: the exporter cannot write this model at opset {opset} (onnx's version "
-            f"converter has no way down from opset {actual_opset} for one of its ops), so nothing was "
-            f"exported; ask for opset {actual_opset}, or 0 for the exporter's default"
-        )
+        # The exporter logs its failed conversion and keeps the graph at the opset it built.
+        raise FailedPrecondition(opset_refusal(opset, actual_opset))
     diff = _parity(model, path, spec) if check_parity else None
     return OnnxExportReport(
         path=path,

@@ -144,9 +144,19 @@ def test_an_opset_the_exporter_cannot_convert_this_model_to_is_refused_not_writt
     with pytest.raises(FailedPrecondition) as raised:
         export_onnx(build_model(spec), spec, tmp_path / "m.onnx", opset=15)
     assert str(raised.value) == (
-        "onnx export: the exporter cannot write this model at opset 15 (onnx's version converter has "
-        "no way down from opset 18 for one of its ops), so nothing was exported; ask for opset 18, or "
-        "0 for the exporter's default"
+        "onnx export: the exporter cannot write this model at opset 15, the opset asked for: it wrote "
+        "opset 18 (onnx's version converter has no way down from 18 to 15 for one of its ops), so "
+        "nothing was exported; ask for another opset (18 is the opset this model exports at), or 0 "
+        "for the exporter's default"
+    )
+
+
+def test_an_opset_refusal_above_the_written_opset_says_up_not_down() -> None:
+    assert onnx_export.opset_refusal(23, 18) == (
+        "onnx export: the exporter cannot write this model at opset 23, the opset asked for: it wrote "
+        "opset 18 (onnx's version converter has no way up from 18 to 23 for one of its ops), so "
+        "nothing was exported; ask for another opset (18 is the opset this model exports at), or 0 "
+        "for the exporter's default"
     )
 
 
