@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 import tessera
+import tessera.aio
 from tessera.calls import Reconnects
 from tessera.datasets import split_spec
 from tessera.errors import ERROR_BY_CODE, Unavailable, error_from_status_number
@@ -212,3 +214,44 @@ def test_channels_try_an_absent_daemon_again_every_few_seconds():
     assert MAX_RECONNECT_BACKOFF_MS <= 5000
     options = dict(_channel_options(None, RetryPolicy(), DEFAULT_KEEPALIVE_S))
     assert options["grpc.max_reconnect_backoff_ms"] == MAX_RECONNECT_BACKOFF_MS
+
+
+@pytest.mark.parametrize(
+    ("target", "said"),
+    [
+        (
+            "http://127.0.0.1:50051",
+            "'http://127.0.0.1:50051' is a URL; tesserad speaks gRPC: write HOST:PORT, e.g. "
+            "127.0.0.1:50051, in env TESSERA_TARGET",
+        ),
+        (
+            "https://tessera.example.com",
+            "'https://tessera.example.com' is a URL; tesserad speaks gRPC: write HOST:PORT, e.g. "
+            "tessera.example.com:50051 (with tls=True for TLS), in env TESSERA_TARGET",
+        ),
+        (
+            "127.0.0.1",
+            "'127.0.0.1' has no port: write HOST:PORT, e.g. 127.0.0.1:50051, in env TESSERA_TARGET",
+        ),
+    ],
+)
+def test_a_target_in_the_environment_that_is_a_url_or_lacks_a_port_is_refused_as_the_cli_refuses_it(
+    monkeypatch, target, said
+):
+    """gRPC would resolve "http://127.0.0.1:50051" as a host name, and dial 443 without a port:
+    every call would fail UNAVAILABLE with nothing saying why."""
+    monkeypatch.setenv("TESSERA_TARGET", target)
+    with pytest.raises(ValueError, match="write HOST:PORT") as raised:
+        tessera.Client()
+    assert str(raised.value) == said
+
+    async def made_in_a_loop() -> None:
+        tessera.aio.Client()
+
+    with pytest.raises(ValueError, match="write HOST:PORT") as raised:
+        asyncio.run(made_in_a_loop())
+    assert str(raised.value) == said
+    monkeypatch.setenv("TESSERA_TARGET", "dns:///tesserad.default.svc:50051")
+    client = tessera.Client()
+    assert client.target == "dns:///tesserad.default.svc:50051"
+    client.close()

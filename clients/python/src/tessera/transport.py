@@ -297,8 +297,29 @@ def keepalive_options(
 
 def resolve_target(target: str | None) -> str:
     """The target given, else TESSERA_TARGET from the environment, else DEFAULT_TARGET (as
-    `tessera` takes its --target)."""
-    return target if target is not None else os.environ.get(TARGET_ENV) or DEFAULT_TARGET
+    `tessera` takes its --target). ValueError when TESSERA_TARGET is not a gRPC target with a
+    port (`check_target`)."""
+    if target is not None:
+        return target
+    from_env = os.environ.get(TARGET_ENV)
+    return check_target(from_env, f"in env {TARGET_ENV}", "tls=True") if from_env else DEFAULT_TARGET
+
+
+def check_target(text: str, where: str, tls_option: str) -> str:
+    """`text` when it is a gRPC target, never a URL, with a port (gRPC resolves "http://host:port"
+    as a host name, and dials 443 without a port); else ValueError saying the form, ending with
+    `where` the target was given. `tls_option`: what turns TLS on there, for an https URL."""
+    default_port = DEFAULT_TARGET.rsplit(":", 1)[1]
+    if text.startswith(("http://", "https://")):
+        host = text.split("://", 1)[1].split("/", 1)[0]
+        example = host if ":" in host else f"{host}:{default_port}"
+        tls = f" (with {tls_option} for TLS)" if text.startswith("https://") else ""
+        raise ValueError(
+            f"{text!r} is a URL; tesserad speaks gRPC: write HOST:PORT, e.g. {example}{tls}, {where}"
+        )
+    if ":" not in text:
+        raise ValueError(f"{text!r} has no port: write HOST:PORT, e.g. {text}:{default_port}, {where}")
+    return text
 
 
 def resolve_token(token: str | None) -> str | None:

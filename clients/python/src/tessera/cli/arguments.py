@@ -16,11 +16,11 @@ from tessera.run_filter import (
     parse_metric_condition,
 )
 from tessera.transport import (
-    DEFAULT_TARGET,
     MAX_TIMEOUT_S,
     MAX_TIMEOUT_TEXT,
     TARGET_ENV,
     check_keepalive,
+    check_target,
     parse_seconds,
 )
 from tessera.v1 import training_pb2
@@ -134,21 +134,11 @@ def dataset(text: str) -> str:
 
 
 def daemon_target(text: str) -> str:
-    """argparse's type for --target (and TESSERA_TARGET): a gRPC target, never a URL, with a port
-    (gRPC resolves "http://host:port" as a host name, and dials 443 without a port)."""
-    where = f"here or in env {TARGET_ENV}"
-    if text.startswith(("http://", "https://")):
-        host = text.split("://", 1)[1].split("/", 1)[0]
-        example = host if ":" in host else f"{host}:{DEFAULT_TARGET.rsplit(':', 1)[1]}"
-        tls = " (with --tls for TLS)" if text.startswith("https://") else ""
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is a URL; tesserad speaks gRPC: write HOST:PORT, e.g. {example}{tls}, {where}"
-        )
-    if ":" not in text:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} has no port: write HOST:PORT, e.g. {text}:{DEFAULT_TARGET.rsplit(':', 1)[1]}, {where}"
-        )
-    return text
+    """argparse's type for --target (and TESSERA_TARGET): `check_target`'s."""
+    try:
+        return check_target(text, f"here or in env {TARGET_ENV}", "--tls")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def member(text: str) -> str:
