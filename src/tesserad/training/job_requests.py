@@ -1,9 +1,10 @@
 """Request ids of job submits (AIP-155): a submit sent again with the id it was first sent with
 answers the job that first submit created instead of creating another.
 
-"job_requests" maps a request id to (the job, a fingerprint of the submit, when the id expires);
-"job_request_expiry" orders the ids by expiry, so that each submit's transaction drops the few
-that have expired without reading the rest.
+"job_requests" maps (caller, request id) to (the job, a fingerprint of the spec, when the id
+expires): ids are each caller's own, so two callers choosing the same readable id get a job each
+and a refusal never names another caller's job. "job_request_expiry" orders them by expiry, so
+that each submit's transaction drops the few that have expired without reading the rest.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ _SCHEMA = 1
 
 @dataclass(frozen=True)
 class JobRequest:
-    """What a request id stands for: the job its first submit created, and that submit."""
+    """What a caller's request id stands for: the job its first submit created, and that submit."""
 
     job_id: str
     fingerprint: str
@@ -48,15 +49,15 @@ def check_request_id(request_id: str) -> None:
         )
 
 
-def submit_fingerprint(spec_document: dict[str, Any], actor: str) -> str:
-    """What a repeat of a submit must match: its spec, and who sent it."""
-    canonical = json.dumps({"spec": spec_document, "actor": actor}, sort_keys=True, separators=(",", ":"))
+def submit_fingerprint(spec_document: dict[str, Any]) -> str:
+    """What a repeat of a submit must match: its spec (the caller is part of the key)."""
+    canonical = json.dumps(spec_document, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def find_request(txn: ReadTxn, request_id: str, now: float) -> JobRequest | None:
-    """The unexpired submit `request_id` was kept for; None if there is none."""
-    raw = txn.get("job_requests", (request_id,))
+def find_request(txn: ReadTxn, actor: str, request_id: str, now: float) -> JobRequest | None:
+    """The unexpired submit `actor`'s `request_id` was kept for; None if there is none."""
+    raw = txn.get("job_requests", (actor, request_id))
     if raw is None:
         return None
     data = decode_record(raw, _KIND, _SCHEMA)[1]
@@ -69,22 +70,24 @@ def repeated_job(request_id: str, request: JobRequest, fingerprint: str) -> str:
     if request.fingerprint != fingerprint:
         raise AlreadyExists(
             f"request_id {request_id!r} was already used to submit job {request.job_id!r} with another "
-            "spec (or by another caller); use a new request_id for a new job"
+            "spec; use a new request_id for a new job"
         )
     return request.job_id
 
 
-def keep_request(txn: WriteTxn, request_id: str, job_id: str, fingerprint: str, now: float) -> None:
-    """Record `request_id` for the job created in `txn`. The caller found no unexpired request
-    of that id in `txn`; an expired one it replaces."""
-    old = txn.get("job_requests", (request_id,))
+def keep_request(
+    txn: WriteTxn, actor: str, request_id: str, job_id: str, fingerprint: str, now: float
+) -> None:
+    """Record `actor`'s `request_id` for the job created in `txn`. The caller found no unexpired
+    request of that id in `txn`; an expired one it replaces."""
+    old = txn.get("job_requests", (actor, request_id))
     if old is not None:
         expired = decode_record(old, _KIND, _SCHEMA)[1]
-        txn.delete("job_request_expiry", (int(expired["expires_at"]), request_id))
+        txn.delete("job_request_expiry", (int(expired["expires_at"]), actor, request_id))
     expires_at = now + REQUEST_ID_TTL_S
     record = {"job_id": job_id, "fingerprint": fingerprint, "expires_at": expires_at}
-    txn.put("job_requests", (request_id,), encode_record(_KIND, _SCHEMA, record))
-    txn.put("job_request_expiry", (int(expires_at), request_id), b"")
+    txn.put("job_requests", (actor, request_id), encode_record(_KIND, _SCHEMA, record))
+    txn.put("job_request_expiry", (int(expires_at), actor, request_id), b"")
 
 
 def drop_expired_requests(txn: WriteTxn, now: float) -> None:
@@ -94,4 +97,4 @@ def drop_expired_requests(txn: WriteTxn, now: float) -> None:
     ]
     for key in expired:
         txn.delete("job_request_expiry", key)
-        txn.delete("job_requests", (key[1],))
+        txn.delete("job_requests", (key[1], key[2]))

@@ -517,12 +517,12 @@ class Jobs:
         `request_id` (see job_requests): a submit sent again with the id of one whose job exists
         answers that job, checked and created nothing."""
         job_requests.check_request_id(request_id)
-        fingerprint = job_requests.submit_fingerprint(spec_document, actor) if request_id else ""
+        fingerprint = job_requests.submit_fingerprint(spec_document) if request_id else ""
         if request_id:
             # Before the check: a repeat answers its job even where the spec would not pass now
             # (its dataset deleted since, say).
             with self._store.read() as txn:
-                kept = job_requests.find_request(txn, request_id, time.time())
+                kept = job_requests.find_request(txn, actor, request_id, time.time())
             if kept is not None:
                 return self.get(job_requests.repeated_job(request_id, kept, fingerprint))
         config = self.check(raw_spec)
@@ -581,10 +581,10 @@ class Jobs:
                 if request_id:
                     # Writes are serial: one submit of the id that committed since the read above
                     # is found here, and this one then stores nothing.
-                    kept = job_requests.find_request(txn, request_id, now)
+                    kept = job_requests.find_request(txn, actor, request_id, now)
                     if kept is not None:
                         raise _RequestKept(job_requests.repeated_job(request_id, kept, fingerprint))
-                    job_requests.keep_request(txn, request_id, job_id, fingerprint, now)
+                    job_requests.keep_request(txn, actor, request_id, job_id, fingerprint, now)
                 self._tracking.ensure_experiment(txn, config["experiment"])
                 self._tracking.put_new_run(txn, run)
                 self.hold_dataset(txn, config, job_holder(job_id))

@@ -54,7 +54,7 @@ def test_the_same_request_id_with_another_spec_is_refused_and_stores_nothing(
     assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
     assert info.value.details() == (
         f"request_id {request_id!r} was already used to submit job {first.job_id!r} with another "
-        "spec (or by another caller); use a new request_id for a new job"
+        "spec; use a new request_id for a new job"
     )
     assert _job_ids(training) == before
 
