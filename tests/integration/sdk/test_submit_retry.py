@@ -9,6 +9,11 @@ import numpy as np
 import pytest
 
 import tessera
+from tesserad.security.roles import Role
+from tests.integration.security.conftest import Tokens
+from tests.integration.security.conftest import start_daemon as start_daemon  # token_daemon's
+from tests.integration.security.conftest import token_daemon as token_daemon  # tokens-file daemon
+from tests.integration.security.conftest import tokens as tokens  # a token per role
 
 
 def _spec(dataset: str) -> dict[str, object]:
@@ -22,14 +27,18 @@ def _spec(dataset: str) -> dict[str, object]:
     }
 
 
-@pytest.fixture
-def table(client: tessera.Client) -> str:
+def _push_table(client: tessera.Client) -> str:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(48, 4)).astype(np.float32)
     version = client.datasets.push(
         "table", x=x, y=(x[:, 0] > 0).astype(np.int64), splits={"train": 0.75, "val": 0.25}
     )
     return f"table:{version.version}"
+
+
+@pytest.fixture
+def table(client: tessera.Client) -> str:
+    return _push_table(client)
 
 
 def test_a_submit_whose_answer_is_cut_off_is_retried_into_exactly_one_job(daemon, proxy_to, table) -> None:
@@ -51,3 +60,32 @@ def test_a_caller_chosen_request_id_answers_a_repeat_with_the_same_job(client: t
     with pytest.raises(tessera.AlreadyExists, match=f"job {first.id!r}"):
         client.training.submit({**_spec(table), "epochs": 2}, request_id=request_id)
     assert [j.id for j in client.training.jobs(experiment="sdk-submit-retry")] == [first.id]
+
+
+@pytest.mark.parametrize("request_id", ["", "x" * 65, "has space", "slash/ed"])
+def test_a_request_id_the_daemon_would_not_keep_is_refused_before_sending(
+    client: tessera.Client, table, request_id: str
+) -> None:
+    with pytest.raises(ValueError, match="pass None for a generated one, or 1 to 64 characters"):
+        client.training.submit(_spec(table), request_id=request_id)
+    assert list(client.training.jobs(experiment="sdk-submit-retry")) == []
+
+
+def test_request_ids_are_each_callers_own(token_daemon, tokens: Tokens) -> None:
+    target = token_daemon.target
+    with (
+        tessera.Client(target, token=tokens.token[Role.TRAINER], timeout=30) as trainer,
+        tessera.Client(target, token=tokens.token[Role.ADMIN], timeout=30) as admin,
+    ):
+        table = _push_table(admin)
+        request_id = "nightly-2026-12-06"
+        mine = trainer.training.submit(_spec(table), request_id=request_id)
+        theirs = admin.training.submit(_spec(table), request_id=request_id)
+        assert theirs.id != mine.id
+        assert trainer.training.submit(_spec(table), request_id=request_id).id == mine.id
+        with pytest.raises(tessera.AlreadyExists) as refused:
+            admin.training.submit({**_spec(table), "epochs": 2}, request_id=request_id)
+        assert f"job {theirs.id!r}" in refused.value.message
+        assert mine.id not in refused.value.message
+        listed = {j.id for j in admin.training.jobs(experiment="sdk-submit-retry")}
+        assert listed == {mine.id, theirs.id}

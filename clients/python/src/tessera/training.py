@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import numbers
 import os
+import re
 import threading
 import time
 import uuid
@@ -53,6 +54,9 @@ if TYPE_CHECKING:
 S = "Training"
 
 _V = TypeVar("_V", bound=int)
+# The daemon's rule for a request id it keeps (tesserad.training.job_requests): checked here too,
+# since "" would be sent as no id at all while the channel still retries the submit.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 JobSpecLike = job_spec_pb2.JobSpec | Mapping[str, Any]
 """A JobSpec message, or a dict of the same fields (e.g. a parsed TOML file)."""
@@ -573,10 +577,18 @@ class Training(Part[C]):
         UNAVAILABLE like the idempotent calls: a retry of a submit the daemon had committed
         answers that job instead of creating a second. Pass your own id (1 to 64 of A-Z a-z 0-9
         - _) to send the same submit again yourself, within 24 hours; the same id with another
-        spec is AlreadyExists."""
+        spec is AlreadyExists. Ids are each caller's own. ValueError for an id the daemon would
+        not keep, "" included (the daemon reads it as none, and a retry would make a second job).
+        The retry needs a daemon that keeps request ids: an older one ignores the field."""
+        if request_id is None:
+            request_id = str(uuid.uuid4())
+        elif not _REQUEST_ID.fullmatch(request_id):
+            raise ValueError(
+                f"request_id: {request_id[:65]!r} is not a request id: pass None for a generated one, "
+                "or 1 to 64 characters from A-Z a-z 0-9 - _"
+            )
         request = pb.SubmitJobRequest(
-            spec=from_dict(job_spec_pb2.JobSpec, spec, "spec"),
-            request_id=str(uuid.uuid4()) if request_id is None else request_id,
+            spec=from_dict(job_spec_pb2.JobSpec, spec, "spec"), request_id=request_id
         )
         return Op(S, "SubmitJob", request, self._job, timeout=timeout)
 
