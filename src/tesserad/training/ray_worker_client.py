@@ -90,9 +90,14 @@ def cached_dataset(
         cached_sha256 = ""
     if cached_sha256 == sha256:
         # Marked again: hashing a large file can take longer than RECENT_USE_S, and another job's
-        # trim must not evict the file this job is about to read.
-        os.utime(path)
-        return path
+        # trim must not evict the file this job is about to read. One that already did leaves
+        # nothing to mark: the file is fetched again.
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            pass
+        else:
+            return path
     digest = hashlib.sha256()
     # Written aside and renamed when complete: jobs on the same node may fetch at once.
     fd, partial = tempfile.mkstemp(dir=CACHE_DIR, prefix=f".{sha256}.")

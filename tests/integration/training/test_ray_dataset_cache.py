@@ -76,6 +76,26 @@ def test_a_hit_is_marked_used_after_its_hash_however_long_that_takes(
     assert files_to_evict([used], 0, keep="another job's file", now=time.time()) == []
 
 
+def test_a_hit_another_job_evicts_during_its_hash_is_fetched_again(
+    training_daemon, cache_dir, monkeypatch
+) -> None:
+    """Another job's trim can remove the file while a long hash runs: the job fetches it again
+    rather than fail."""
+    version = _dataset(training_daemon.channel(), "evicted", 300)
+    path = cached_dataset(training_daemon.target, "", "evicted", 1, version.sha256, "npz", 2**30)
+    genuine = path.read_bytes()
+    hash_file = ray_worker_client._sha256_of
+
+    def hash_outlasted_by_an_eviction(file: Path) -> str:
+        digest = hash_file(file)
+        file.unlink()  # another job's trim, while the hash ran
+        return digest
+
+    monkeypatch.setattr(ray_worker_client, "_sha256_of", hash_outlasted_by_an_eviction)
+    again = cached_dataset(training_daemon.target, "", "evicted", 1, version.sha256, "npz", 2**30)
+    assert again == path and again.read_bytes() == genuine
+
+
 def test_bytes_that_are_not_the_version_asked_for_are_refused_and_not_kept(
     training_daemon, cache_dir
 ) -> None:
