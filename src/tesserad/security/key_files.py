@@ -21,6 +21,8 @@ import shlex
 import stat
 from pathlib import Path
 
+from tesserad.security.mounts import read_mounts
+
 # What the orchestrators mount secrets on: in memory, in the container's own mount namespace.
 _SECRET_FILESYSTEMS = {"tmpfs", "ramfs"}
 
@@ -61,15 +63,9 @@ def _filesystem_type(device: int) -> str | None:
     """The type of the file system mounted from `device` (a stat's st_dev), from the mount
     table; None when no mount lists it or the table cannot be read (not Linux)."""
     wanted = f"{os.major(device)}:{os.minor(device)}"
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        # "ID PARENT MAJOR:MINOR ROOT MOUNT-POINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPER-OPTIONS"
-        fields, _, described = line.partition(" - ")
-        if fields.split(" ")[2:3] == [wanted] and described:
-            return described.split(" ")[0]
+    for mount in read_mounts() or []:
+        if mount.device == wanted:
+            return mount.filesystem_type
     return None
 
 

@@ -34,11 +34,12 @@ import secrets
 import shlex
 import stat
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tesserad.security.mounts import read_mounts
 from tesserad.security.roles import Role
 
 TOKEN_PREFIX = "tsr_"
@@ -326,32 +327,31 @@ def file_signature(path: Path) -> FileSignature | None:
 def guarding_directories(path: Path) -> list[Path]:
     """Every directory above the tokens file up to /, along the path as given and along where
     its links lead, nearest first: whoever can write one can rename what lies below it away and
-    put their own in its place. Not a directory whose entry on the way is a mount point (another
-    device than the directory's): a mount point cannot be renamed (EBUSY), so a Secret mounted
-    below a directory everyone may write (a Dockerfile's `chmod 777 /app`) stays where it is.
+    put their own in its place. Not a directory whose entry on the way is a mount point (in this
+    process's mount table): a mount point cannot be renamed (EBUSY), so a Secret mounted below a
+    directory everyone may write (a Dockerfile's `chmod 777 /app`) stays where it is.
 
     RuntimeError or OSError when the path's links cannot be followed (a link loop)."""
     named, target = path.absolute(), path.resolve()
-    return list(dict.fromkeys([*_guarding_parents(named), *_guarding_parents(target)]))
+    # No table (not Linux): no entry is known to be a mount point, so every directory guards.
+    mount_points = {mount.mount_point for mount in read_mounts() or []}
+    parents = [*guarding_parents(named, mount_points), *guarding_parents(target, mount_points)]
+    return list(dict.fromkeys(parents))
 
 
-def _guarding_parents(path: Path) -> list[Path]:
-    """The directories above `path` (absolute) whose entry on the way could be renamed away."""
+def guarding_parents(path: Path, mount_points: Set[Path]) -> list[Path]:
+    """The directories above `path` (absolute) whose entry on the way could be renamed away: all
+    but those whose entry is one of `mount_points` (as the mount table names them). Not told by
+    a change of st_dev, which a btrfs subvolume or an overlayfs shows without being a mount."""
     guarding = []
-    entry_device = _device(path)
+    entry = path
     for directory in path.parents:
-        device = _device(directory)
-        if device is None or entry_device is None or device == entry_device:
+        # The table names mount points with links resolved; the entry itself is not resolved,
+        # since a link to a mount point is no mount point and can be renamed.
+        if Path(os.path.realpath(directory)) / entry.name not in mount_points:
             guarding.append(directory)
-        entry_device = device
+        entry = directory
     return guarding
-
-
-def _device(path: Path) -> int | None:
-    try:
-        return os.lstat(path).st_dev
-    except OSError:
-        return None
 
 
 def check_not_open_to_writes(path: Path) -> None:
