@@ -311,6 +311,9 @@ class InferenceService:
         self._warm_loads = ThreadPoolExecutor(max_workers=WARM_LOADS, thread_name_prefix="serving-warm")
         self._warming: dict[tuple[str, int], Future[None]] = {}
         self._warm_failures: dict[tuple[str, int], str] = {}
+        # Shadow loads queued or under way (on _warm_loads): one per version, however many
+        # requests are copied to it while it loads.
+        self._shadow_loads: dict[tuple[str, int], Future[None]] = {}
         self._warm_lock = threading.Lock()
         # (callback, kept): see add_deletion_listener.
         self._deletion_listeners: list[
@@ -1035,17 +1038,27 @@ class InferenceService:
 
     def _load_shadow(self, model: str, version: int) -> None:
         """Queue the load of `model`'s shadow version `version` with the warm loads: on the
-        refreshes' thread, a slow one would hold every model's refresh."""
+        refreshes' thread, a slow one would hold every model's refresh. Not queued again while
+        one is queued or under way: each would take a warm load's thread, waiting on the version's
+        load lock, and every target's move would wait behind them."""
+        key = (model, version)
         with self._refresh_lock:
             # Under the lock: close, which shuts the warm loads down, may come right after the check.
-            if not self._closed:
-                self._warm_loads.submit(self._load_quietly, model, version)
+            if self._closed:
+                return
+            with self._warm_lock:
+                if key not in self._shadow_loads:
+                    # Under the lock: the load's end takes it out only once it is in.
+                    self._shadow_loads[key] = self._warm_loads.submit(self._load_quietly, model, version)
 
     def _load_quietly(self, model: str, version: int) -> None:
         try:
             self.autoload(model, version, shadowed=True)
         except TesseraError as exc:
             log.warning("cannot load shadow version %s of %r: %s", version, model, exc.message)
+        finally:
+            with self._warm_lock:
+                self._shadow_loads.pop((model, version), None)
 
     # -- hot swap --------------------------------------------------------------------------
 
@@ -1469,6 +1482,9 @@ class InferenceService:
             for key, future in list(self._warming.items()):
                 if future.cancelled():
                     del self._warming[key]
+            for key, future in list(self._shadow_loads.items()):
+                if future.cancelled():
+                    del self._shadow_loads[key]
         self.explainer.close()
         self.pool.close()
 

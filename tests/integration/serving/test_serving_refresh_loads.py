@@ -523,3 +523,60 @@ def test_a_slow_load_of_a_shadow_version_holds_no_refresh(daemon, monkeypatch: p
     finally:
         held.release.set()
     _wait_for(lambda: _loaded(inference, "m").get(2) == inference_pb2.LOAD_STATE_READY, "the shadow loaded")
+
+
+def test_requests_copied_to_a_shadow_version_loading_queue_one_load_of_it(
+    daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each request copied to a shadow version not loaded queued a load of it with the warm
+    loads: while one load was held, the rest filled the queue (one more waiting on the version's
+    load lock), and 'other''s alias waited behind them all to move."""
+    channel = daemon.channel()
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    registry = registry_pb2_grpc.RegistryStub(channel)
+    for model in ("m", "other"):
+        upload(channel, model, linear_model(1.0))
+        upload(channel, model, linear_model(2.0))
+    registry.SetAlias(registry_pb2.SetAliasRequest(model="other", alias="production", version=1))
+    assert inference.Predict(predict_request("other", X, alias="production")).version == 1
+    service = daemon.daemon.inference
+    shadow_loads: list[tuple[str, int]] = []
+    load_quietly = service._load_quietly
+
+    def recorded(model: str, version: int) -> None:
+        shadow_loads.append((model, version))
+        load_quietly(model, version)
+
+    monkeypatch.setattr(service, "_load_quietly", recorded)
+    registry.Deploy(
+        registry_pb2.DeployRequest(
+            model="m",
+            routes=[registry_pb2.Route(version=1, weight=100)],
+            shadow=registry_pb2.Shadow(version=2, percent=100),
+        )
+    )
+    held = HeldArtifacts(daemon.daemon.registry, monkeypatch, ("m", 2))
+    try:
+        _wait_for(lambda: inference.Predict(predict_request("m", X)).version == 1, "m deployed")
+        assert held.inside.wait(30)  # the shadow's load, queued by a request copied to it
+        for _ in range(10):
+            assert inference.Predict(predict_request("m", X)).version == 1
+        registry.SetAlias(registry_pb2.SetAliasRequest(model="other", alias="production", version=2))
+        _wait_for(
+            lambda: inference.Predict(predict_request("other", X, alias="production")).version == 2,
+            "other's alias on version 2 while m's shadow loads",
+        )
+        assert shadow_loads == [("m", 2)]
+    finally:
+        held.release.set()
+    _wait_for(lambda: _loaded(inference, "m").get(2) == inference_pb2.LOAD_STATE_READY, "the shadow loaded")
+    # Its load done, the next request copied to the version once it is unloaded loads it again.
+    _wait_for(lambda: not service._shadow_loads, "the shadow load done")
+    inference.UnloadModel(
+        inference_pb2.UnloadModelRequest(target=common_pb2.VersionRef(model="m", version=2))
+    )
+    assert inference.Predict(predict_request("m", X)).version == 1
+    _wait_for(
+        lambda: _loaded(inference, "m").get(2) == inference_pb2.LOAD_STATE_READY, "the shadow loaded again"
+    )
+    assert shadow_loads == [("m", 2), ("m", 2)]
