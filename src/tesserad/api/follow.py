@@ -36,11 +36,8 @@ from tessera.v1 import registry_pb2 as pb
 from tesserad.api.convert_registry import architecture_to_dict, format_from_proto, signature_from_proto
 from tesserad.api.tls import (
     CertificateError,
-    EncryptedKeyError,
     check_certificate_window,
-    encrypted_key_message,
-    key_pair_message,
-    load_key_pair,
+    load_client_key_pair,
     read_pem,
     unreadable_pem,
 )
@@ -237,23 +234,7 @@ def check_replica_tls_files(settings: ReplicaSettings) -> ssl.SSLContext:
                 raise
             raise unreadable_pem("replica.tls_ca_file", ca, exc) from None
         if cert is not None and key is not None:
-            try:
-                load_key_pair(context, cert, key)
-            except EncryptedKeyError:
-                raise PrimaryCertificateError(encrypted_key_message("replica.tls_key_file", key)) from None
-            except ssl.SSLError as exc:
-                raise PrimaryCertificateError(
-                    key_pair_message("replica.tls_cert_file", cert, "replica.tls_key_file", key, exc)
-                ) from None
-            except OSError as exc:
-                # Read above, then moved or removed before ssl loaded it; ssl's error names neither
-                # file, so each is read again to say which.
-                read_pem("replica.tls_cert_file", cert)
-                read_pem("replica.tls_key_file", key)
-                raise PrimaryCertificateError(
-                    f"replica.tls_cert_file {cert} and replica.tls_key_file {key} could not be "
-                    f"loaded: {exc.strerror or exc}; check that neither is replaced while tesserad starts"
-                ) from None
+            load_client_key_pair(context, "replica.tls_cert_file", cert, "replica.tls_key_file", key)
             check_certificate_window("replica.tls_cert_file", cert, read_pem("replica.tls_cert_file", cert))
             check_key_file_mode("replica.tls_key_file", key)
     except (CertificateError, KeyFileModeError) as exc:

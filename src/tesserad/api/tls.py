@@ -213,24 +213,15 @@ def ray_worker_tls(certificates: ServerCertificates | None, training: TrainingSe
     key_pem = read_pem("training.ray_tls_key_file", key)
     try:
         check_key_file_mode("training.ray_tls_key_file", key)
-        load_key_pair(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), cert, key)
     except KeyFileModeError as exc:
         raise CertificateError(str(exc)) from None
-    except EncryptedKeyError:
-        raise CertificateError(encrypted_key_message("training.ray_tls_key_file", key)) from None
-    except ssl.SSLError as exc:
-        raise CertificateError(
-            key_pair_message("training.ray_tls_cert_file", cert, "training.ray_tls_key_file", key, exc)
-        ) from None
-    except OSError as exc:
-        # Read above, then removed before ssl loaded it (a rotation under way); ssl's error names
-        # neither file, so each is read again to say which.
-        read_pem("training.ray_tls_cert_file", cert)
-        read_pem("training.ray_tls_key_file", key)
-        raise CertificateError(
-            f"training.ray_tls_cert_file {cert} and training.ray_tls_key_file {key} could not be "
-            f"loaded: {exc.strerror or exc}; check that neither is replaced while it is read"
-        ) from None
+    load_client_key_pair(
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT),
+        "training.ray_tls_cert_file",
+        cert,
+        "training.ray_tls_key_file",
+        key,
+    )
     check_certificate_window("training.ray_tls_cert_file", cert, cert_pem)
     return WorkerTls(served, cert_pem, key_pem)
 
@@ -244,6 +235,28 @@ def load_key_pair(context: ssl.SSLContext, cert: Path, key: Path) -> None:
     password callback OpenSSL asks the terminal for the passphrase (blocking a daemon started in
     one), or fails with a bare OSError when there is none."""
     context.load_cert_chain(cert, key, password=_no_passphrase)
+
+
+def load_client_key_pair(
+    context: ssl.SSLContext, cert_setting: str, cert: Path, key_setting: str, key: Path
+) -> None:
+    """`load_key_pair` of the files of settings `cert_setting` and `key_setting`, each already
+    read once, with CertificateError naming the setting and file at fault."""
+    try:
+        load_key_pair(context, cert, key)
+    except EncryptedKeyError:
+        raise CertificateError(encrypted_key_message(key_setting, key)) from None
+    except ssl.SSLError as exc:
+        raise CertificateError(key_pair_message(cert_setting, cert, key_setting, key, exc)) from None
+    except OSError as exc:
+        # Read before, then moved or removed before ssl loaded it (a rotation under way); ssl's
+        # error names neither file, so each is read again to say which.
+        read_pem(cert_setting, cert)
+        read_pem(key_setting, key)
+        raise CertificateError(
+            f"{cert_setting} {cert} and {key_setting} {key} could not be loaded: "
+            f"{exc.strerror or exc}; check that neither is replaced while it is read"
+        ) from None
 
 
 def encrypted_key_message(setting: str, key: Path) -> str:
