@@ -83,6 +83,8 @@ class FakeTraining(training_pb2_grpc.TrainingServicer):
         self.gate_seq = 0
         self.final_state = training_pb2.JOB_STATE_SUCCEEDED
         self.submits = 0
+        self.sweep_submits = 0
+        self.request_ids: list[str] = []
 
     def WatchJob(self, request, context):
         self.requests.append(request.from_seq)
@@ -103,7 +105,12 @@ class FakeTraining(training_pb2_grpc.TrainingServicer):
 
     def SubmitJob(self, request, context):
         self.submits += 1
+        self.request_ids.append(request.request_id)
         context.abort(grpc.StatusCode.UNAVAILABLE, "fake: not taking jobs")
+
+    def SubmitSweep(self, request, context):
+        self.sweep_submits += 1
+        context.abort(grpc.StatusCode.UNAVAILABLE, "fake: not taking sweeps")
 
 
 class FakeDaemon:
