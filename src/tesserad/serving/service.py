@@ -1479,12 +1479,10 @@ class InferenceService:
         # Loads begun go on, and the pool's close waits for them; those not begun never will.
         self._warm_loads.shutdown(wait=False, cancel_futures=True)
         with self._warm_lock:
-            for key, future in list(self._warming.items()):
-                if future.cancelled():
-                    del self._warming[key]
-            for key, future in list(self._shadow_loads.items()):
-                if future.cancelled():
-                    del self._shadow_loads[key]
+            for loads in (self._warming, self._shadow_loads):
+                for key, future in list(loads.items()):
+                    if future.cancelled():
+                        del loads[key]
         self.explainer.close()
         self.pool.close()
 
