@@ -20,6 +20,7 @@ from tesserad import __version__
 from tesserad.config import SettingsError, describe_settings, load_settings
 from tesserad.errors import TesseraError
 from tesserad.logs import configure_logging
+from tesserad.signal_wakeup import signal_wakeup
 from tesserad.tools import tokens
 
 # What a shell reports for a command interrupted by Ctrl-C (128 + SIGINT) and by SIGTERM (128 + 15).
@@ -197,7 +198,8 @@ def _restore(archive: Path | BinaryIO, data_dir: Path, progress: bool | None) ->
                 if done == total:
                     line.note(f"all {byte_size(total)} staged; checking the store and putting it in place")
 
-            manifest = restore(archive, data_dir, STORE_TABLES, staged)
+            with signal_wakeup() as wakeup:
+                manifest = restore(archive, data_dir, STORE_TABLES, staged, wakeup)
             line.finish(manifest.store.size + manifest.blob_bytes)
     except (RestoreError, OSError) as exc:
         print(f"tesserad restore: {exc}", file=sys.stderr)

@@ -24,11 +24,14 @@ not start a new store in its data directory (see unfinished_restore).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
+import io
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
@@ -41,6 +44,7 @@ from tesserad import __version__
 from tesserad.config import format_size
 from tesserad.datasets.references import BLOB_HOLDERS
 from tesserad.errors import DataLoss, FailedPrecondition
+from tesserad.signal_wakeup import WakeableReader
 from tesserad.store import DataDirLock, pack, unpack
 from tesserad.store.blobs import fsync_dir
 from tesserad.store.lockfile import LOCK_NAME
@@ -119,11 +123,16 @@ class _SyncedFile:
 
 
 def restore(
-    archive: Path | BinaryIO, data_dir: Path, tables: Collection[str], progress: Progress | None = None
+    archive: Path | BinaryIO,
+    data_dir: Path,
+    tables: Collection[str],
+    progress: Progress | None = None,
+    wakeup: int | None = None,
 ) -> Manifest:
     """Restore `archive` (a path, or an open binary file such as stdin, read as a stream) into
     `data_dir` (missing, or empty); its manifest. `tables`: those of this tesserad's store;
-    `progress`, told how much is staged."""
+    `progress`, told how much is staged; `wakeup`, the pipe signal_wakeup gives: an archive
+    that is a pipe is read waiting on it too, so that a signal's handler runs however it lands."""
     data_dir = data_dir.absolute()
     _remove_dead_staging(data_dir)
     _check_target(data_dir)
@@ -140,7 +149,8 @@ def restore(
     try:
         try:
             try:
-                manifest = read_archive(archive, staging.place, staging.check_manifest)
+                with _archive_stream(archive, wakeup) as stream:
+                    manifest = read_archive(stream, staging.place, staging.check_manifest)
                 store_token = _check_store(staging.path / "store", manifest)
             except ArchiveError as exc:
                 raise RestoreError(
@@ -169,6 +179,26 @@ def restore(
             raise FailedAfterRestore(staged) from exc
         raise InterruptedAfterRestore(staged) from exc
     return manifest
+
+
+@contextlib.contextmanager
+def _archive_stream(archive: Path | BinaryIO, wakeup: int | None) -> Iterator[Path | BinaryIO]:
+    """`archive` as read_archive takes it: a pipe (a FIFO, `<(cmd)`, stdin) read through a
+    WakeableReader when there is a `wakeup`; else as it is."""
+    if wakeup is None:
+        yield archive
+        return
+    with contextlib.ExitStack() as opened:
+        file = opened.enter_context(archive.open("rb")) if isinstance(archive, Path) else archive
+        try:
+            fd = file.fileno()
+        except (OSError, io.UnsupportedOperation):
+            yield file  # in memory: it never waits
+            return
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            yield file
+        else:
+            yield io.BufferedReader(WakeableReader(fd, wakeup))
 
 
 def archive_name(archive: Path | BinaryIO) -> str:
