@@ -69,7 +69,7 @@ from tesserad.api.tls import (
 )
 from tesserad.api.training import TrainingServicer
 from tesserad.backup import Backups
-from tesserad.backup.restore import unfinished_restore
+from tesserad.backup.restore import remove_finished_stagings, unfinished_restore
 from tesserad.config import GRPC_MESSAGE_SIZE_CEILING, Address, Settings, format_size
 from tesserad.dashboard import DashboardServer, Services
 from tesserad.datasets import MARKERS as DATASET_MARKERS
@@ -350,6 +350,8 @@ class Daemon:
             unfinished = unfinished_restore(data_dir)
             if unfinished is not None:
                 raise StartupError(unfinished)
+        else:
+            remove_finished_stagings(data_dir)
         with space_checked(str(data_dir), "the data directory's files at start"):
             self._store = Store.open(
                 data_dir / "store",

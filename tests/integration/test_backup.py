@@ -1433,3 +1433,34 @@ def test_a_restore_asked_for_progress_draws_it_up_to_the_size_of_the_archives_fi
     assert drawn[-3].startswith(f"restore: {size} of {size} (100%)"), drawn
     assert drawn[-2] == f"restore: all {size} staged; checking the store and putting it in place"
     assert _ended("restore", size, drawn[-1]), drawn
+
+
+def test_a_daemon_removes_what_a_restore_killed_once_in_place_left(
+    source: Source, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Killed while removing its staging directory, once its store was in place: the daemon
+    # started on the restore, and the staging directory stayed in the data directory for ever.
+    target = tmp_path / "target"
+    target.mkdir()
+    killed_at_removal = (
+        "import os, shutil, signal, sys; import tesserad.backup.restore as restore; "
+        "restore.shutil = type(shutil)('shutil'); "
+        "restore.shutil.rmtree = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL); "
+        "from tesserad.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    killed = subprocess.run(
+        [sys.executable, "-c", killed_at_removal, "restore", str(source.archive), "--data-dir", str(target)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    (staging,) = target.glob(".target.restore-*")
+    daemon = InProcessDaemon(daemon_settings(target)).start()
+    try:
+        with tessera.Client(daemon.target) as client:
+            assert client.models.version("clf", "production").sha256 == source.model_sha256
+    finally:
+        daemon.stop()
+    assert sorted(p.name for p in target.iterdir()) == ["blobs", "store", "tesserad.lock"]
+    assert f"removed {staging}, left by a restore into {target} that was killed once in place" in caplog.text

@@ -342,6 +342,24 @@ def unfinished_restore(data_dir: Path) -> str | None:
     return None
 
 
+def remove_finished_stagings(data_dir: Path) -> None:
+    """Remove the staging directories in `data_dir`, whose store is there, that restores killed
+    once in place left (only their lock file and INSTALLING mark remain). Called by a daemon
+    holding the data directory's lock: no restore into it can be running."""
+    for staging in _stagings(data_dir):
+        owner = _staging_owner(staging)
+        if staging.parent != data_dir or owner is None or owner[1] or not _store_moved(staging, data_dir):
+            continue
+        shutil.rmtree(staging)
+        log.warning(
+            "removed %s, left by a restore into %s that was killed once in place (pid %s); "
+            "the restore was complete",
+            staging,
+            data_dir,
+            owner[0],
+        )
+
+
 def _stagings(data_dir: Path) -> Iterator[Path]:
     """The staging directories of restores into `data_dir`: in it, and beside it."""
     for place in (data_dir.parent, data_dir):
