@@ -310,7 +310,9 @@ class InferenceService:
         # awaited.
         self._warm_loads = ThreadPoolExecutor(max_workers=WARM_LOADS, thread_name_prefix="serving-warm")
         self._warming: dict[tuple[str, int], Future[None]] = {}
-        self._warm_failures: dict[tuple[str, int], str] = {}
+        # (model, version, artifact sha256) -> why: keyed by the artifact, as a model deleted and
+        # registered again within one refresh numbers a new artifact as the failed one.
+        self._warm_failures: dict[tuple[str, int, str], str] = {}
         # Shadow loads queued or under way (on _warm_loads): one per version, however many
         # requests are copied to it while it loads.
         self._shadow_loads: dict[tuple[str, int], Future[None]] = {}
@@ -1409,26 +1411,32 @@ class InferenceService:
         if self.pool.get(model, version) is not None:
             # Loaded since its warm load failed (LoadModel's): the target moves to it.
             with self._warm_lock:
-                self._warm_failures.pop(key, None)
+                for failed in [k for k in self._warm_failures if k[:2] == key]:
+                    del self._warm_failures[failed]
             return None
+        try:
+            servable = self._source.servable(model, version, None)
+        except TesseraError as exc:
+            return exc.message
         with self._warm_lock:
-            failure = self._warm_failures.pop(key, None)
+            # Only its artifact's: a model deleted and registered again numbers its versions anew.
+            failure = self._warm_failures.pop((model, version, servable.artifact_sha256), None)
         if failure is not None:
             return failure
         current = self.pool.get(model, like)
         if current is None:
             return None
         listed = self._listed(model, version)
-        if listed is not None and listed.state is LoadState.FAILED:
+        if (
+            listed is not None
+            and listed.state is LoadState.FAILED
+            and listed.artifact_sha256 == servable.artifact_sha256
+        ):
             # As for a request (see autoload): loaded again only explicitly, or once unloaded.
             return listed.error
         # The runtime follows the new version's format (a canary of an ONNX export beside its
         # safetensors original runs on torch); everything else is copied.
         config = dataclasses.replace(current.config.as_request(), runtime="")
-        try:
-            servable = self._source.servable(model, version, None)
-        except TesseraError as exc:
-            return exc.message
         with self._warm_lock:
             self._awaited.setdefault(model, set()).add(version)
             if key not in self._warming:
@@ -1454,7 +1462,7 @@ class InferenceService:
             error = exc if isinstance(exc, TesseraError) else logged_internal(log, "a warm load", exc)
             with self._warm_lock:
                 if version in self._awaited.get(model, ()):
-                    self._warm_failures[key] = error.message
+                    self._warm_failures[(model, version, servable.artifact_sha256)] = error.message
         finally:
             with self._warm_lock:
                 self._warming.pop(key, None)

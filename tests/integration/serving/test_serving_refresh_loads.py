@@ -580,3 +580,30 @@ def test_requests_copied_to_a_shadow_version_loading_queue_one_load_of_it(
         lambda: _loaded(inference, "m").get(2) == inference_pb2.LOAD_STATE_READY, "the shadow loaded again"
     )
     assert shadow_loads == [("m", 2), ("m", 2)]
+
+
+def test_a_warm_load_failure_of_a_deleted_models_version_holds_back_no_move_of_its_new_model(
+    daemon, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The model was deleted and registered again (version 1 the same artifact, version 2 a new
+    one, the alias on it) before the refresh that the old version 2's failed warm load queued ran:
+    that failure, kept by model and version number, held the new model's alias back on version 1
+    without a load of its version 2 tried."""
+    channel = daemon.channel()
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    registry = registry_pb2_grpc.RegistryStub(channel)
+
+    def registered_again() -> None:
+        registry.DeleteModel(registry_pb2.DeleteModelRequest(name="m", force=True))
+        assert upload(channel, "m", linear_model(1.0)) == 1
+        assert upload(channel, "m", linear_model(3.0)) == 2
+        registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=2))
+
+    _fail_warm_load_then(daemon, monkeypatch, registered_again)
+    assert not any("stays on version 1" in r.getMessage() for r in caplog.records)
+    _wait_for(
+        lambda: inference.Predict(predict_request("m", X, alias="production")).version == 2,
+        "the alias on the new version 2",
+    )
+    answer = inference.Predict(predict_request("m", X, alias="production"))
+    np.testing.assert_allclose(to_array(answer.outputs[0]), X @ W * 3, rtol=1e-6)
