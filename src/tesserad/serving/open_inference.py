@@ -32,7 +32,7 @@ from tesserad.log_settings import LogControl
 from tesserad.names import validate_name
 from tesserad.numbers import INT64_MAX, whole_number
 from tesserad.serving.batcher import Prediction
-from tesserad.serving.pool import LoadedVersion, LoadState, RuntimeName, ServingConfig
+from tesserad.serving.pool import LoadedVersion, LoadState, RuntimeChoice, ServingConfig
 from tesserad.serving.predict import predict
 from tesserad.serving.service import InferenceService, Target, VersionDescription
 from tesserad.serving.shared_memory import SharedMemory, TensorPlace
@@ -84,12 +84,12 @@ EXTENSIONS = [
     "logging",
     "trace",
 ]
-PLATFORMS: Mapping[RuntimeName, str] = {
+PLATFORMS: Mapping[RuntimeChoice, str] = {
     "onnx": "onnxruntime_onnx",
     "torch": "pytorch_libtorch",
     "ensemble": "ensemble",
 }
-BACKENDS: Mapping[RuntimeName, str] = {"onnx": "onnxruntime", "torch": "pytorch", "ensemble": ""}
+BACKENDS: Mapping[RuntimeChoice, str] = {"onnx": "onnxruntime", "torch": "pytorch", "ensemble": ""}
 # Triton's names for a version's state in the repository index (its ModelReadyState).
 _INDEX_STATES = {
     LoadState.LOADING: "LOADING",

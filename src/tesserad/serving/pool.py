@@ -92,7 +92,8 @@ class EffectiveConfig:
     """How a loaded version runs: a ServingConfig with the pool's defaults filled in
     (effective_config makes it). Two loads with equal ones run alike."""
 
-    runtime: RuntimeName
+    # "" only in the listing of a load that failed before its version was read (list_failure).
+    runtime: RuntimeChoice
     device: str  # as asked ("cpu", "cuda" or "cuda:N"), else the default device
     instances: int
     max_batch_size: int
@@ -571,6 +572,24 @@ class ModelPool:
         if self._metrics is not None and key not in self._ready:
             self._metrics.forget(entry.stats)
         return entry
+
+    def list_failure(self, model: str, version: int, error: TesseraError) -> bool:
+        """List the version FAILED for `error`, which ended a load of it before this pool began
+        one (its source failed unexpectedly): ListLoaded and the repository index show why, and
+        requests do not load it again (see InferenceService.autoload). Not when it is listed
+        already: a load that listed it says more. Whether it was listed."""
+        config = dataclasses.replace(effective_config(ServingConfig(), self.defaults, "onnx"), runtime="")
+        # Of no artifact (""): none was read. LoadModel, UnloadModel or the version's deletion
+        # takes the listing away, as any failed load's.
+        entry = LoadedVersion(model, version, "", config, ServingStats(model, version, None))
+        entry.state = LoadState.FAILED
+        entry.error = error.message
+        entry.retry = retry_for(error)
+        with self._lock:
+            if (model, version) in self._listed:
+                return False
+            self._listed[(model, version)] = entry
+            return True
 
     def forget_failure(self, model: str, version: int) -> bool:
         """Drop the version's failed listing, so that loads of it are no longer refused for the

@@ -584,14 +584,13 @@ class InferenceService:
         if not routed:
             raise NotFound(f"model {model!r} is no longer routed to version {version} for this request")
 
-    def _refuse_unless_shadowed(self, model: str, version: int) -> None:
-        """NotFound unless `model`'s deployment (as cached, else as the source has it) shadows
-        `version` now: _refuse_unless_routed, for the load of a shadow version. A refresh that
-        moved the shadow off it may have run after the request that queued the load."""
+    def _shadowed(self, model: str, version: int) -> bool:
+        """Whether `model`'s deployment (as cached, else as the source has it) shadows `version`
+        now: a refresh that moved the shadow off it may have run after the request that queued
+        its load."""
         router = self._router(model)
         shadow = router.plan.shadow if router is not None else None
-        if shadow is None or shadow[0] != version:
-            raise NotFound(f"model {model!r} no longer shadows its requests to version {version}")
+        return shadow is not None and shadow[0] == version
 
     def _forget_routes(self, model: str, version: int) -> None:
         """Drop `model`'s cached alias targets and deployment that route to `version`, and its
@@ -613,8 +612,9 @@ class InferenceService:
         When autoload is off: StillLoading while a load of it is under way (it will be served),
         else NotLoaded. `routed`: the target (no version named) of a request routed to `version`;
         NotFound when it no longer routes there by the time the load would begin. `shadowed`:
-        loaded as the model's shadow version; NotFound likewise once its deployment shadows
-        another version, or none.
+        loaded as the model's shadow version, for a target awaiting it too when a warm load joined
+        this one (see _load_shadow); NotFound likewise once neither its deployment shadows it nor a
+        target awaits it.
 
         A loaded version whose model changed since serving refreshed it is checked first: until
         the refresh, the version under its number may be the artifact of a model since deleted
@@ -650,7 +650,7 @@ class InferenceService:
         servable = self._source.servable(model, version, None)
         check = None if routed is None else functools.partial(self._refuse_unless_routed, routed, version)
         if shadowed:
-            check = functools.partial(self._refuse_unless_shadowed, model, version)
+            check = functools.partial(self._refuse_unless_wanted, (model, version))
         try:
             # A load under way (LoadModel's, with the operator's config) is waited for and kept.
             return self.pool.load(servable, ServingConfig(), keep_loaded=True, before_load=check)
@@ -1041,26 +1041,55 @@ class InferenceService:
     def _load_shadow(self, model: str, version: int) -> None:
         """Queue the load of `model`'s shadow version `version` with the warm loads: on the
         refreshes' thread, a slow one would hold every model's refresh. Not queued again while
-        one is queued or under way: each would take a warm load's thread, waiting on the version's
-        load lock, and every target's move would wait behind them."""
+        one is queued or under way, nor while a warm load of the version is (it is joined): each
+        would take a warm load's thread, waiting on the version's load lock, and every target's
+        move would wait behind them."""
         key = (model, version)
         with self._refresh_lock:
             # Under the lock: close, which shuts the warm loads down, may come right after the check.
             if self._closed:
                 return
             with self._warm_lock:
-                if key not in self._shadow_loads:
-                    # Under the lock: the load's end takes it out only once it is in.
-                    self._shadow_loads[key] = self._warm_loads.submit(self._load_quietly, model, version)
+                if key in self._shadow_loads:
+                    return
+                load = self._warming.get(key)
+                if load is None:
+                    load = self._warm_loads.submit(
+                        self._load_in_background,
+                        key,
+                        functools.partial(self.autoload, model, version, shadowed=True),
+                    )
+                self._shadow_loads[key] = load
+        # Outside the lock, which the callback takes: it runs at once if the load is done.
+        load.add_done_callback(functools.partial(self._shadow_load_ended, key))
 
-    def _load_quietly(self, model: str, version: int) -> None:
+    def _shadow_load_ended(self, key: tuple[str, int], load: Future[None]) -> None:
+        """The end of the load _load_shadow started or joined: the next request copied to the
+        version queues a load again if it is not loaded (nor listed FAILED)."""
+        with self._warm_lock:
+            if self._shadow_loads.get(key) is load:
+                del self._shadow_loads[key]
+        error = None if load.cancelled() else load.exception()
+        if isinstance(error, TesseraError):
+            log.warning("cannot load shadow version %s of %r: %s", key[1], key[0], error.message)
+
+    def _load_in_background(self, key: tuple[str, int], load: Callable[[], object]) -> None:
+        """Run a warm or shadow load (of the version `key`) on the warm loads' threads; what it
+        raises is for the ends of each that joined it (_warm_ended, _shadow_load_ended), always a
+        TesseraError. An unexpected error (its source unreadable) is logged here, once, and the
+        version listed FAILED with the error, which names the log's record, as the pool lists a
+        load that raised one: nothing else would show it."""
+        model, version = key
         try:
-            self.autoload(model, version, shadowed=True)
-        except TesseraError as exc:
-            log.warning("cannot load shadow version %s of %r: %s", version, model, exc.message)
-        finally:
-            with self._warm_lock:
-                self._shadow_loads.pop((model, version), None)
+            load()
+        except TesseraError:
+            raise
+        except Exception as exc:
+            error = logged_internal(
+                log, f"loading model {model!r} version {version}", exc, model=model, version=version
+            )
+            self.pool.list_failure(model, version, error)
+            raise error from exc
 
     # -- hot swap --------------------------------------------------------------------------
 
@@ -1397,7 +1426,9 @@ class InferenceService:
                 # The source cannot tell now (a replica's primary out of reach): keep serving it.
                 settled = False
                 continue
-            if artifact is not None and artifact != servable.artifact_sha256:
+            # A failure listed before its artifact was read ("", see ModelPool.list_failure) is
+            # of no artifact the source replaced.
+            if artifact and artifact != servable.artifact_sha256:
                 gone[version] = artifact
         return gone, settled
 
@@ -1439,58 +1470,84 @@ class InferenceService:
         config = dataclasses.replace(current.config.as_request(), runtime="")
         with self._warm_lock:
             self._awaited.setdefault(model, set()).add(version)
-            if key not in self._warming:
-                # Under the lock: the load's end takes it out of _warming only once it is in.
-                self._warming[key] = self._warm_loads.submit(self._warm, servable, config)
+            if key in self._warming:
+                return _Warm.UNDER_WAY
+            # A shadow load of the version under way is joined: a second load would wait on the
+            # version's load lock, on a warm load's thread, and then keep the first's version.
+            load = self._shadow_loads.get(key)
+            if load is None:
+                # A load under way (LoadModel's, with the operator's config) is waited for and
+                # kept, its failure shared: loading the version again with the old one's config
+                # would undo it.
+                load = self._warm_loads.submit(
+                    self._load_in_background,
+                    key,
+                    functools.partial(
+                        self.pool.load,
+                        servable,
+                        config,
+                        keep_loaded=True,
+                        before_load=functools.partial(self._refuse_unless_wanted, key),
+                    ),
+                )
+            self._warming[key] = load
+        # Outside the lock, which the callback takes: it runs at once if the load is done.
+        load.add_done_callback(functools.partial(self._warm_ended, key, servable.artifact_sha256))
         return _Warm.UNDER_WAY
 
-    def _warm(self, servable: ServableVersion, config: ServingConfig) -> None:
-        """The load _warm_like started; a refresh of its model follows, if a target awaits it."""
-        model, version = key = (servable.model, servable.version)
-        try:
-            # A load under way (LoadModel's, with the operator's config) is waited for and kept,
-            # its failure shared: loading the version again with the old one's config would undo it.
-            self.pool.load(
-                servable,
-                config,
-                keep_loaded=True,
-                before_load=functools.partial(self._refuse_unless_awaited, key),
-            )
-        except Exception as exc:
+    def _warm_ended(self, key: tuple[str, int], artifact_sha256: str, load: Future[None]) -> None:
+        """The end of the load _warm_like started or joined; a refresh of its model follows, if a
+        target awaits it."""
+        if load.cancelled():  # the service closed
+            with self._warm_lock:
+                if self._warming.get(key) is load:
+                    del self._warming[key]
+            return
+        model, version = key
+        error = load.exception()
+        with self._warm_lock:
+            current = self._warming.get(key) is load
+            if current:
+                del self._warming[key]
+            awaited = version in self._awaited.get(model, ())
             # Any failure holds the target back, as one on the swaps' thread did: a load that
-            # raised unawaited would be started again by each refresh it queues.
-            error = exc if isinstance(exc, TesseraError) else logged_internal(log, "a warm load", exc)
-            with self._warm_lock:
-                if version in self._awaited.get(model, ()):
-                    self._warm_failures[(model, version, servable.artifact_sha256)] = error.message
-        finally:
-            with self._warm_lock:
-                self._warming.pop(key, None)
-                awaited = version in self._awaited.get(model, ())
-            if awaited:
-                self._queue_refresh(model)
+            # raised unawaited would be started again by each refresh it queues. Not one refused
+            # before a later warm load began (see _refuse_unless_wanted): that one says.
+            if error is not None and current and awaited:
+                reason = error.message if isinstance(error, TesseraError) else repr(error)
+                self._warm_failures[(model, version, artifact_sha256)] = reason
+        if awaited:
+            self._queue_refresh(model)
 
-    def _refuse_unless_awaited(self, key: tuple[str, int]) -> None:
-        """NotFound unless a target of the model still awaits the version. Called holding its load
-        lock just before a warm load loads it: a refresh that no longer awaits it says so before
-        it unloads it (ModelPool.unload_ready), so the load either begins before that unload, or
-        not at all."""
+    def _refuse_unless_wanted(self, key: tuple[str, int]) -> None:
+        """NotFound unless a target of the model still awaits the version, or its deployment
+        shadows it: a warm or a shadow load (each may have joined the other) loads it for both.
+        Called holding its load lock just before that load loads it: a refresh that no longer
+        awaits or shadows it says so before it unloads it (ModelPool.unload_ready), so the load
+        either begins before that unload, or not at all. Refused, the load is no longer one that a
+        later warm or shadow load joins."""
         model, version = key
         with self._warm_lock:
-            if version not in self._awaited.get(model, ()):
-                raise NotFound(f"model {model!r} version {version} is no longer awaited by its targets")
+            if version in self._awaited.get(model, ()):
+                return
+        shadowed = self._shadowed(model, version)
+        with self._warm_lock:
+            if shadowed or version in self._awaited.get(model, ()):
+                return
+            self._warming.pop(key, None)
+            self._shadow_loads.pop(key, None)
+        raise NotFound(
+            f"model {model!r} version {version} is no longer awaited by its targets, nor shadowed "
+            "by its deployment"
+        )
 
     def close(self) -> None:
         with self._refresh_lock:
             self._closed = True
         self._swaps.shutdown(wait=True, cancel_futures=True)
         # Loads begun go on, and the pool's close waits for them; those not begun never will.
+        # Those cancelled leave _warming and _shadow_loads as they end (_warm_ended, _shadow_load_ended).
         self._warm_loads.shutdown(wait=False, cancel_futures=True)
-        with self._warm_lock:
-            for loads in (self._warming, self._shadow_loads):
-                for key, future in list(loads.items()):
-                    if future.cancelled():
-                        del loads[key]
         self.explainer.close()
         self.pool.close()
 

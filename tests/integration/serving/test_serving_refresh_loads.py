@@ -541,13 +541,14 @@ def test_requests_copied_to_a_shadow_version_loading_queue_one_load_of_it(
     assert inference.Predict(predict_request("other", X, alias="production")).version == 1
     service = daemon.daemon.inference
     shadow_loads: list[tuple[str, int]] = []
-    load_quietly = service._load_quietly
+    load_in_background = service._load_in_background
 
-    def recorded(model: str, version: int) -> None:
-        shadow_loads.append((model, version))
-        load_quietly(model, version)
+    def recorded(key: tuple[str, int], load: Callable[[], object]) -> None:
+        if key[0] == "m":
+            shadow_loads.append(key)
+        load_in_background(key, load)
 
-    monkeypatch.setattr(service, "_load_quietly", recorded)
+    monkeypatch.setattr(service, "_load_in_background", recorded)
     registry.Deploy(
         registry_pb2.DeployRequest(
             model="m",
@@ -607,3 +608,87 @@ def test_a_warm_load_failure_of_a_deleted_models_version_holds_back_no_move_of_i
     )
     answer = inference.Predict(predict_request("m", X, alias="production"))
     np.testing.assert_allclose(to_array(answer.outputs[0]), X @ W * 3, rtol=1e-6)
+
+
+def test_a_shadow_load_that_raises_an_unexpected_error_is_logged_and_listed_failed(
+    daemon, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Reading the shadow version for its load raised what no load expects (the registry's
+    database unreadable): it ended in the load's discarded future, neither logged nor listed."""
+    channel = daemon.channel()
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    registry = registry_pb2_grpc.RegistryStub(channel)
+    upload(channel, "m", linear_model(1.0))
+    upload(channel, "m", linear_model(2.0))
+    registry.Deploy(
+        registry_pb2.DeployRequest(
+            model="m",
+            routes=[registry_pb2.Route(version=1, weight=100)],
+            shadow=registry_pb2.Shadow(version=2, percent=100),
+        )
+    )
+    store = daemon.daemon.registry
+    resolve = store.resolve
+    unreadable = OSError("database disk image is malformed")
+
+    def failing(model: str, version: int | None = None, alias: str | None = None) -> Any:
+        if (model, version) == ("m", 2):
+            raise unreadable
+        return resolve(model, version, alias)
+
+    monkeypatch.setattr(store, "resolve", failing)
+    service = daemon.daemon.inference
+    assert inference.Predict(predict_request("m", X)).version == 1
+    _wait_for(lambda: not service._shadow_loads, "the shadow load done")
+    (logged,) = [r for r in caplog.records if r.exc_info and r.exc_info[1] is unreadable]
+    assert "'m' version 2" in logged.getMessage()
+    listed = {m.version: m for m in inference.ListLoaded(inference_pb2.ListLoadedRequest(model="m")).models}
+    assert listed[2].state == inference_pb2.LOAD_STATE_FAILED
+    # The listing names the log's record of the cause.
+    assert listed[2].error.startswith("internal error (id ")
+    assert logged.__dict__["error_id"] in listed[2].error
+
+
+def test_a_warm_load_of_a_version_a_shadow_load_is_loading_joins_that_load(
+    daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The alias moved to version 2 while a request's load of version 2 as the deployment's shadow
+    was under way: the alias's warm load loaded it a second time on the other warm load thread,
+    waiting on the version's load lock meanwhile."""
+    channel = daemon.channel()
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    registry = registry_pb2_grpc.RegistryStub(channel)
+    upload(channel, "m", linear_model(1.0))
+    upload(channel, "m", linear_model(2.0))
+    registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=1))
+    assert inference.Predict(predict_request("m", X, alias="production")).version == 1
+    registry.Deploy(
+        registry_pb2.DeployRequest(
+            model="m",
+            routes=[registry_pb2.Route(version=1, weight=100)],
+            shadow=registry_pb2.Shadow(version=2, percent=100),
+        )
+    )
+    service = daemon.daemon.inference
+    service._swaps.submit(lambda: None).result(30)
+    loads: list[tuple[str, int]] = []
+    load = service.pool.load
+
+    def recorded(servable: Any, *args: Any, **kwargs: Any) -> Any:
+        loads.append((servable.model, servable.version))
+        return load(servable, *args, **kwargs)
+
+    monkeypatch.setattr(service.pool, "load", recorded)
+    held = HeldArtifacts(daemon.daemon.registry, monkeypatch, ("m", 2))
+    try:
+        assert inference.Predict(predict_request("m", X)).version == 1
+        assert held.inside.wait(30)  # the shadow's load, queued by the request copied to it
+        registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=2))
+        service._swaps.submit(lambda: None).result(30)  # its refresh awaits version 2's load
+    finally:
+        held.release.set()
+    _wait_for(
+        lambda: inference.Predict(predict_request("m", X, alias="production")).version == 2,
+        "the alias on version 2",
+    )
+    assert loads == [("m", 2)]
