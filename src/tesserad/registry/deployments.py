@@ -13,6 +13,10 @@ so that N - 1 Rollbacks always succeed as long as what they restore still resolv
 bounds every model's history the same way, so a lowered N holds for models not deployed again. A revision
 holds nothing (DeleteVersion and DeleteAlias look only at the current one), so a dropped one
 releases nothing.
+
+Revisions number on across a model's delete and re-creation: a model's first revision follows the
+highest any deleted model reached (`RETIRED_REVISIONS`), so a revision a client kept from before
+never names one of the new model's and its compare-and-set (`expected_revision`) is refused.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from tesserad.registry.tables import (
     no_version,
     resolve_number,
 )
-from tesserad.store import Key, ReadTxn, Store, WriteTxn
+from tesserad.store import Key, ReadTxn, Store, WriteTxn, decode_record, encode_record
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,28 @@ log = logging.getLogger(__name__)
 _PRUNE_BATCH = 256
 # Each change a model's followers receive and each page of its history carry the comment.
 MAX_COMMENT = 4 * 2**10
+# The "meta" row with the highest deployment revision a deleted model had reached. Store-wide, so
+# that it holds one number however many names come and go; a store without it (none deleted
+# since, or only by a tesserad from before it) numbers from 1.
+RETIRED_REVISIONS = ("deployment_revisions_retired",)
+_RETIRED_SCHEMA = 1
+
+
+def _retired(txn: ReadTxn) -> int:
+    raw = txn.get("meta", RETIRED_REVISIONS)
+    return 0 if raw is None else int(decode_record(raw, RETIRED_REVISIONS[0], _RETIRED_SCHEMA)[1]["revision"])
+
+
+def retire_revisions(txn: WriteTxn, model: str) -> None:
+    """Keep, as `model`'s revisions are deleted with it, the highest it reached, so that a model
+    of its name created again numbers its revisions after it."""
+    latest = latest_revision(txn, model)
+    if latest is not None and latest.revision > _retired(txn):
+        txn.put(
+            "meta",
+            RETIRED_REVISIONS,
+            encode_record(RETIRED_REVISIONS[0], _RETIRED_SCHEMA, {"revision": latest.revision}),
+        )
 
 
 def redeploy(uses: str) -> str:
@@ -336,7 +362,7 @@ class Deployments:
             _check_expected(model, latest, expected_revision)
             record = DeploymentRecord(
                 model=model,
-                revision=(latest.revision if latest else 0) + 1,
+                revision=(latest.revision if latest else _retired(txn)) + 1,
                 routes=tuple(Route(r.target, r.weight) for r in routes),
                 shadow=Shadow(shadow.target, shadow.percent) if shadow else None,
                 created_at=time.time(),

@@ -76,3 +76,40 @@ def test_never_deployed_and_negative_expectations(stub, three_versions):
         "expected_revision must be >= 0 (the model's newest deployment revision, 0: never deployed), got -1",
     )
     assert history(stub) == []
+
+
+def test_a_revision_kept_from_before_the_model_was_deleted_matches_none_of_the_new_ones(stub, three_versions):
+    deploy(stub, 1)
+    kept = deploy(stub, 2).revision
+    stub.DeleteModel(R.DeleteModelRequest(name="m", force=True))
+    data = onnx_identity()
+    for _ in range(2):
+        upload(stub, onnx_header("m", data), data)
+
+    # The model created again numbers its revisions on from the deleted one's, not from 1 again.
+    assert [deploy(stub, 1).revision, deploy(stub, 2).revision] == [kept + 1, kept + 2]
+    stale = rpc_error(deploy, stub, 1, expected_revision=kept)
+    assert (stale.code(), stale.details()) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        f"model 'm' is at deployment revision {kept + 2}, where the call expected revision {kept}: "
+        "another deploy or rollback came first; read its deployment history again (ListDeployments) "
+        "and retry if the change still stands",
+    )
+    assert rpc_error(stub.Rollback, R.RollbackRequest(model="m", expected_revision=kept)).code() == (
+        grpc.StatusCode.FAILED_PRECONDITION
+    )
+    assert history(stub) == [kept + 2, kept + 1]
+    assert stub.GetDeployment(R.GetDeploymentRequest(model="m")).routes[0].version == 2
+
+
+def test_revisions_go_on_from_the_highest_any_deleted_model_reached(stub, three_versions):
+    for version in (1, 2, 3):
+        deploy(stub, version)
+    data = onnx_identity()
+    upload(stub, onnx_header("n", data), data)
+    stub.Deploy(R.DeployRequest(model="n", routes=[R.Route(version=1, weight=100)]))
+    for model in ("m", "n"):
+        # A model deleted at a lower revision than one deleted before it lowers nothing.
+        stub.DeleteModel(R.DeleteModelRequest(name=model, force=True))
+    upload(stub, onnx_header("m", data), data)
+    assert deploy(stub, 1, expected_revision=0).revision == 4

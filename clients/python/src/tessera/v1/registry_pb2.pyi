@@ -1752,7 +1752,10 @@ class Deployment(_message.Message):
     UNDEPLOYED_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     revision: _builtins.int
-    """Increases by one with every Deploy that changes the routing, and every Rollback."""
+    """Increases by one with every Deploy that changes the routing, and every Rollback. A model's
+    first revision follows the highest any deleted model had reached (1 where none had), so a
+    revision kept from before a model was deleted and created again is none of the new model's.
+    """
     created_by: _builtins.str
     comment: _builtins.str
     rolled_back_from: _builtins.int
@@ -1803,7 +1806,8 @@ class DeployRequest(_message.Message):
     """At most 4 KiB (UTF-8)."""
     expected_revision: _builtins.int
     """Compare-and-set: when set, deploy only if the model's newest deployment revision is this one
-    (0: only if the model was never deployed); else FAILED_PRECONDITION, with nothing changed.
+    (0: only if the model was never deployed); else FAILED_PRECONDITION, with nothing changed. A
+    revision read before the model was deleted and created again is refused (see revision).
     """
     @_builtins.property
     def routes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Route]: ...
