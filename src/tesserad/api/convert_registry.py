@@ -28,6 +28,7 @@ from tesserad.registry import (
     TensorSpec,
     VersionRecord,
 )
+from tesserad.registry.deployments import deployment_warnings
 from tesserad.registry.export import ExportResult
 
 FORMAT_NAMES = {
@@ -229,6 +230,7 @@ def alias_to_proto(record: AliasRecord) -> pb.Alias:
         version=record.version,
         updated_at=timestamp(record.updated_at),
         updated_by=record.updated_by,
+        deployment_warnings=record.deployment_warnings,
     )
 
 
@@ -318,6 +320,7 @@ def deployment_to_proto(record: DeploymentRecord) -> pb.Deployment:
         comment=record.comment,
         rolled_back_from=record.rolled_back_from,
         undeployed=record.undeployed,
+        warnings=deployment_warnings(record),
     )
     if record.shadow is not None:
         shadow = message.shadow

@@ -10,7 +10,13 @@ from typing import Any
 from tesserad.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from tesserad.names import RESERVED_ALIASES, validate_name, validate_stored_name, version_like_alias
 from tesserad.paging import Page, PageFill, answer_bytes, read_page, resume_key
-from tesserad.registry.deployments import current_deployment, deployment_aliases, redeploy
+from tesserad.registry.deployments import (
+    current_deployment,
+    deployment_aliases,
+    deployment_warnings,
+    redeploy,
+    resolved,
+)
 from tesserad.registry.records import (
     ALIAS_EVENT_KIND,
     ALIAS_KIND,
@@ -146,7 +152,9 @@ class Aliases:
         actor: str = ANONYMOUS,
         expected_version: int | None = None,
     ) -> AliasRecord:
-        """Create or move an alias (compare-and-set when expected_version is given; 0 = must not exist)."""
+        """Create or move an alias (compare-and-set when expected_version is given; 0 = must not exist).
+        A move that leaves the current deployment routing as Deploy would refuse is made (a
+        promotion is one); the answer carries the deployment's warnings."""
         validate_name("model", model)
         check_settable_alias(alias)
         if version < 1:
@@ -162,8 +170,14 @@ class Aliases:
                 raise no_version(txn, model, version)
             event = move_alias(txn, fields, alias, version, actor, expected_version)
             put_model_data(txn, fields)
+            deployment = current_deployment(txn, model)
+            warnings = (
+                deployment_warnings(resolved(txn, deployment))
+                if deployment is not None and alias in deployment_aliases(deployment)
+                else ()
+            )
         self._notify(model)
-        return AliasRecord(model, alias, version, event.time, actor)
+        return AliasRecord(model, alias, version, event.time, actor, warnings)
 
     def check_room(self, model: str, alias: str) -> None:
         """`check_alias_room` for work that would set `alias` only once it is done (an export)."""

@@ -205,6 +205,63 @@ def _check_shadow_differs(txn: ReadTxn, deployment: DeploymentRecord) -> None:
         )
 
 
+def _target_words(target: Target) -> str:
+    return f"version {target.version}" if target.version else f"alias {target.alias!r}"
+
+
+def _routes_to_one_version(now: DeploymentRecord) -> list[tuple[str, int, int]]:
+    """For each version that two or more routes of a resolved deployment send requests to: those
+    routes in words ("routes[0] (alias 'prod') and routes[1] (version 2) both resolve to version
+    2"), the version, and their weights added. A route that no longer resolves is in none."""
+    routed: dict[int, list[int]] = {}
+    for i, route in enumerate(now.routes):
+        if route.resolved_version:
+            routed.setdefault(route.resolved_version, []).append(i)
+    groups = []
+    for version, indexes in routed.items():
+        if len(indexes) > 1:
+            named = [f"routes[{i}] ({_target_words(now.routes[i].target)})" for i in indexes]
+            listed = f"{', '.join(named[:-1])} and {named[-1]} {'both' if len(named) == 2 else 'all'}"
+            weight = sum(now.routes[i].weight for i in indexes)
+            groups.append((f"{listed} resolve to version {version}", version, weight))
+    return groups
+
+
+def _check_routes_differ(txn: ReadTxn, deployment: DeploymentRecord) -> None:
+    """A split sends each route's share to another version: refused when routes resolve to one
+    version (a canary of a version against itself), as a shadow of the routed version is."""
+    for routes, version, _ in _routes_to_one_version(resolved(txn, deployment)):
+        raise InvalidArgument(
+            f"{routes}, so they would split nothing between them; deploy one route to version {version} "
+            "with their weights added, or first point an alias at the version it should send requests to "
+            "(SetAlias)"
+        )
+
+
+def deployment_warnings(now: DeploymentRecord) -> tuple[str, ...]:
+    """What a resolved deployment that Deploy would refuse now routes to, in words: aliases moved
+    since it was deployed (SetAlias, or `latest` by an upload) so that routes resolve to one
+    version, or its shadow to the version every route serves. Such moves are made (a promotion
+    is one), and requests follow them; the deployment's answers say so."""
+    warnings = [
+        f"{routes} now, so it answers their {weight}% and they split nothing; deploy one route to it "
+        "(Deploy), or move one of the aliases (SetAlias)"
+        for routes, _, weight in _routes_to_one_version(now)
+    ]
+    shadow = now.shadow
+    if (
+        shadow is not None
+        and shadow.resolved_version
+        and all(route.resolved_version == shadow.resolved_version for route in now.routes)
+    ):
+        warnings.append(
+            f"shadow ({_target_words(shadow.target)}) resolves to version {shadow.resolved_version} now, "
+            "the version every route sends requests to, so it copies no request; deploy without the "
+            "shadow (Deploy), or move an alias (SetAlias)"
+        )
+    return tuple(warnings)
+
+
 def _gone_targets(txn: ReadTxn, deployment: DeploymentRecord) -> tuple[list[str], bool]:
     """The targets of an earlier revision that no longer resolve, in words, and whether an
     alias is among them."""
@@ -372,6 +429,7 @@ class Deployments:
             )
             _check_targets(txn, record)
             _check_shadow_differs(txn, record)
+            _check_routes_differ(txn, record)
             if latest is not None and not latest.undeployed and _same_routing(latest, record):
                 return resolved(txn, latest)
             txn.put(DEPLOYMENTS, (model, record.revision), encode_deployment(record))
@@ -465,18 +523,23 @@ class Deployments:
                         f"model {model!r} cannot roll back to deployment revision {restored.revision}: "
                         f"{'; '.join(gone)}; {fix}deploy what should serve now with Deploy"
                     )
+                movable = ", ".join(f"alias {a!r}" for a in sorted(deployment_aliases(restored) - {LATEST}))
+                back = f", or move {movable} back with SetAlias" if movable else ""
                 shadow = _shadow_of_the_routes(txn, restored)
                 if shadow:
                     # Aliases moved since: restored as it was, it would copy nothing, which Deploy refuses.
-                    movable = ", ".join(
-                        f"alias {a!r}" for a in sorted(deployment_aliases(restored) - {LATEST})
-                    )
-                    back = f", or move {movable} back with SetAlias" if movable else ""
                     raise FailedPrecondition(
                         f"model {model!r} cannot roll back to deployment revision {restored.revision}: its "
                         f"shadow names {shadow}, the version every route sends requests to now, so it would "
                         f"copy no request; deploy what should serve now with Deploy (its routes without the "
                         f"shadow){back}"
+                    )
+                for routes, _, _ in _routes_to_one_version(resolved(txn, restored)):
+                    # Aliases moved since: restored as it was, it would split nothing, which Deploy refuses.
+                    raise FailedPrecondition(
+                        f"model {model!r} cannot roll back to deployment revision {restored.revision}: its "
+                        f"{routes} now, so they would split nothing between them; deploy what should serve "
+                        f"now with Deploy{back}"
                     )
             if restored is None:
                 to = "no deployment"

@@ -109,6 +109,9 @@ class AliasRecord:
     version: int
     updated_at: float
     updated_by: str
+    # Set by SetAlias where the current deployment names the alias: its `deployment_warnings`
+    # after the move.
+    deployment_warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,6 @@ def test_two_routes_to_one_target_are_invalid_argument(stub, data, target, words
     assert error.details() == (
         f"routes[1] names {words} again (routes[0] does); give it one route with the weights added"
     )
-    # An alias and the version it resolves to now are two targets: moving the alias moves one.
-    both = [R.Route(version=1, weight=50), R.Route(alias="prod", weight=50)]
-    assert len(stub.Deploy(R.DeployRequest(model="m", routes=both)).routes) == 2
 
 
 def test_a_comment_over_4_kib_is_refused(stub, data):

@@ -1126,12 +1126,19 @@ class Alias(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_BY_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_WARNINGS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     alias: _builtins.str
     version: _builtins.int
     updated_by: _builtins.str
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def deployment_warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """SetAlias only, where the model's current deployment names the alias: that deployment's
+        warnings (Deployment.warnings) after the move, which is made all the same.
+        """
+
     def __init__(
         self,
         *,
@@ -1140,10 +1147,11 @@ class Alias(_message.Message):
         version: _builtins.int = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         updated_by: _builtins.str = ...,
+        deployment_warnings: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "model", b"model", "updated_at", b"updated_at", "updated_by", b"updated_by", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "deployment_warnings", b"deployment_warnings", "model", b"model", "updated_at", b"updated_at", "updated_by", b"updated_by", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1750,6 +1758,7 @@ class Deployment(_message.Message):
     COMMENT_FIELD_NUMBER: _builtins.int
     ROLLED_BACK_FROM_FIELD_NUMBER: _builtins.int
     UNDEPLOYED_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     revision: _builtins.int
     """Increases by one with every Deploy that changes the routing, and every Rollback. A model's
@@ -1771,6 +1780,14 @@ class Deployment(_message.Message):
     def shadow(self) -> Global___Shadow: ...
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Output only: where aliases moved since the revision was deployed (SetAlias, or `latest` by an
+        upload) so that it routes as Deploy refuses, what it does now: routes that resolve to one
+        version (that version answers their weights added; they split nothing), or a shadow that
+        resolves to the version every route serves (it copies no request). Requests follow the move.
+        """
+
     def __init__(
         self,
         *,
@@ -1783,10 +1800,11 @@ class Deployment(_message.Message):
         comment: _builtins.str = ...,
         rolled_back_from: _builtins.int = ...,
         undeployed: _builtins.bool = ...,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "shadow", b"shadow"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "created_at", b"created_at", "created_by", b"created_by", "model", b"model", "revision", b"revision", "rolled_back_from", b"rolled_back_from", "routes", b"routes", "shadow", b"shadow", "undeployed", b"undeployed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "created_at", b"created_at", "created_by", b"created_by", "model", b"model", "revision", b"revision", "rolled_back_from", b"rolled_back_from", "routes", b"routes", "shadow", b"shadow", "undeployed", b"undeployed", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -325,9 +325,11 @@ class RegistryServicer:
 
     def Deploy(self, request, context):
         """Deployments: how Predict calls without a version or alias are routed. Each version or alias
-        has at most one route (INVALID_ARGUMENT naming a repeated one). A shadow that resolves to the
-        version every route sends requests to is INVALID_ARGUMENT: it would compare the version with
-        itself. A Deploy that routes as the
+        has at most one route (INVALID_ARGUMENT naming a repeated one), and routes that resolve to one
+        version are INVALID_ARGUMENT naming them and the version: they would split nothing. A shadow
+        that resolves to the version every route sends requests to is INVALID_ARGUMENT: it would
+        compare the version with itself. An alias moved later may route a deployment so (a promotion);
+        the move is made and Deployment.warnings says so. A Deploy that routes as the
         current deployment does (the same weight per target, in any order, and the same shadow; the
         comment aside) changes nothing and returns the current revision, so a Rollback after it
         restores the deployment before that one.
@@ -357,7 +359,8 @@ class RegistryServicer:
         `undeployed` set and no routes, and requests route as before any deployment. A revision
         that routes as the current one (an older tesserad recorded identical Deploys) is passed
         over. Repeated rollbacks walk further back; FAILED_PRECONDITION when the model has no deployment, or when
-        the revision to restore routes to a version or alias deleted since, or is no longer kept
+        the revision to restore routes to a version or alias deleted since, would route now as Deploy
+        refuses (routes or its shadow resolving to one version), or is no longer kept
         (past registry.deployment_history) (nothing is written).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

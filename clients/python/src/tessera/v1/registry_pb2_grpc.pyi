@@ -101,9 +101,11 @@ class RegistryStub:
     """
     Deploy: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeployRequest, _registry_pb2.Deployment]
     """Deployments: how Predict calls without a version or alias are routed. Each version or alias
-    has at most one route (INVALID_ARGUMENT naming a repeated one). A shadow that resolves to the
-    version every route sends requests to is INVALID_ARGUMENT: it would compare the version with
-    itself. A Deploy that routes as the
+    has at most one route (INVALID_ARGUMENT naming a repeated one), and routes that resolve to one
+    version are INVALID_ARGUMENT naming them and the version: they would split nothing. A shadow
+    that resolves to the version every route sends requests to is INVALID_ARGUMENT: it would
+    compare the version with itself. An alias moved later may route a deployment so (a promotion);
+    the move is made and Deployment.warnings says so. A Deploy that routes as the
     current deployment does (the same weight per target, in any order, and the same shadow; the
     comment aside) changes nothing and returns the current revision, so a Rollback after it
     restores the deployment before that one.
@@ -120,7 +122,8 @@ class RegistryStub:
     `undeployed` set and no routes, and requests route as before any deployment. A revision
     that routes as the current one (an older tesserad recorded identical Deploys) is passed
     over. Repeated rollbacks walk further back; FAILED_PRECONDITION when the model has no deployment, or when
-    the revision to restore routes to a version or alias deleted since, or is no longer kept
+    the revision to restore routes to a version or alias deleted since, would route now as Deploy
+    refuses (routes or its shadow resolving to one version), or is no longer kept
     (past registry.deployment_history) (nothing is written).
     """
     WatchChanges: _grpc.UnaryStreamMultiCallable[_registry_pb2.WatchChangesRequest, _registry_pb2.WatchChangesResponse]
@@ -208,9 +211,11 @@ class RegistryAsyncStub(RegistryStub):
     """
     Deploy: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeployRequest, _registry_pb2.Deployment]  # type: ignore[assignment]
     """Deployments: how Predict calls without a version or alias are routed. Each version or alias
-    has at most one route (INVALID_ARGUMENT naming a repeated one). A shadow that resolves to the
-    version every route sends requests to is INVALID_ARGUMENT: it would compare the version with
-    itself. A Deploy that routes as the
+    has at most one route (INVALID_ARGUMENT naming a repeated one), and routes that resolve to one
+    version are INVALID_ARGUMENT naming them and the version: they would split nothing. A shadow
+    that resolves to the version every route sends requests to is INVALID_ARGUMENT: it would
+    compare the version with itself. An alias moved later may route a deployment so (a promotion);
+    the move is made and Deployment.warnings says so. A Deploy that routes as the
     current deployment does (the same weight per target, in any order, and the same shadow; the
     comment aside) changes nothing and returns the current revision, so a Rollback after it
     restores the deployment before that one.
@@ -227,7 +232,8 @@ class RegistryAsyncStub(RegistryStub):
     `undeployed` set and no routes, and requests route as before any deployment. A revision
     that routes as the current one (an older tesserad recorded identical Deploys) is passed
     over. Repeated rollbacks walk further back; FAILED_PRECONDITION when the model has no deployment, or when
-    the revision to restore routes to a version or alias deleted since, or is no longer kept
+    the revision to restore routes to a version or alias deleted since, would route now as Deploy
+    refuses (routes or its shadow resolving to one version), or is no longer kept
     (past registry.deployment_history) (nothing is written).
     """
     WatchChanges: _aio.UnaryStreamMultiCallable[_registry_pb2.WatchChangesRequest, _registry_pb2.WatchChangesResponse]  # type: ignore[assignment]
@@ -438,9 +444,11 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.Deployment, _abc.Awaitable[_registry_pb2.Deployment]]:
         """Deployments: how Predict calls without a version or alias are routed. Each version or alias
-        has at most one route (INVALID_ARGUMENT naming a repeated one). A shadow that resolves to the
-        version every route sends requests to is INVALID_ARGUMENT: it would compare the version with
-        itself. A Deploy that routes as the
+        has at most one route (INVALID_ARGUMENT naming a repeated one), and routes that resolve to one
+        version are INVALID_ARGUMENT naming them and the version: they would split nothing. A shadow
+        that resolves to the version every route sends requests to is INVALID_ARGUMENT: it would
+        compare the version with itself. An alias moved later may route a deployment so (a promotion);
+        the move is made and Deployment.warnings says so. A Deploy that routes as the
         current deployment does (the same weight per target, in any order, and the same shadow; the
         comment aside) changes nothing and returns the current revision, so a Rollback after it
         restores the deployment before that one.
@@ -475,7 +483,8 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         `undeployed` set and no routes, and requests route as before any deployment. A revision
         that routes as the current one (an older tesserad recorded identical Deploys) is passed
         over. Repeated rollbacks walk further back; FAILED_PRECONDITION when the model has no deployment, or when
-        the revision to restore routes to a version or alias deleted since, or is no longer kept
+        the revision to restore routes to a version or alias deleted since, would route now as Deploy
+        refuses (routes or its shadow resolving to one version), or is no longer kept
         (past registry.deployment_history) (nothing is written).
         """
 
