@@ -12,3 +12,28 @@ def test_a_route_given_twice_is_refused_naming_it(tessera_cli, tmp_path):
     twice = tessera_cli("models", "deploy", "affine", "1=50", "1=50")
     assert twice.code == EXIT_USAGE
     assert "route version 1 is given twice; give it one route with the percents added" in twice.err
+
+
+def test_an_alias_moved_onto_another_routes_version_is_warned_in_commands(tessera_cli, tmp_path):
+    artifact = str(affine_onnx(tmp_path / "affine.onnx"))
+    for _ in range(2):
+        assert tessera_cli("models", "push", "affine", artifact).code == 0
+    assert tessera_cli("models", "alias", "affine", "prod", "1").code == 0
+    assert tessera_cli("models", "alias", "affine", "canary", "2").code == 0
+    same = tessera_cli("models", "deploy", "affine", "canary=50", "latest=50")
+    assert same.code != 0
+    assert (
+        "routes[0] (alias 'canary') and routes[1] (alias 'latest') both resolve to version 2, so they "
+        "would split nothing between them" in same.err
+    )
+    assert tessera_cli("models", "deploy", "affine", "prod=90", "canary=10").code == 0
+
+    promoted = tessera_cli("models", "alias", "affine", "prod", "2")
+    warning = (
+        "warning: routes[0] (alias 'prod') and routes[1] (alias 'canary') both resolve to version 2 now, "
+        "so it answers their 100% and they split nothing; deploy one route to it (`tessera models deploy "
+        "MODEL ROUTE...`), or move one of the aliases (`tessera models alias MODEL ALIAS VERSION`)"
+    )
+    assert promoted.code == 0
+    assert (promoted.out, promoted.err) == ("affine: prod -> v2\n", f"{warning}\n")
+    assert tessera_cli("models", "deployments", "affine").err == f"{warning}\n"

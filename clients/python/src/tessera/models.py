@@ -332,7 +332,8 @@ class Models(Part[C]):
         timeout: float | None = None,
     ) -> Op[pb.Alias]:
         """Point `alias` at `version`; with `expected_version`, only if it points there now
-        (0: only if it does not exist yet)."""
+        (0: only if it does not exist yet). Where the move leaves the deployment's routes (or its
+        shadow) resolving to one version, the answer's `deployment_warnings` say so."""
         request = pb.SetAliasRequest(model=name, alias=alias, version=version_number("version", version))
         if expected_version is not None:
             request.expected_version = version_number("expected_version", expected_version)

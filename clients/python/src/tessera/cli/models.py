@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from tessera.json_output import dumps, to_plain
 from tessera.messages import counted, load_toml
 from tessera.models import FORMAT_BY_SUFFIX
 from tessera.progress_line import byte_size
+from tessera.rpc_commands import in_cli_words
 from tessera.v1 import registry_pb2
 
 
@@ -193,8 +195,10 @@ def fit_stacking_on(client: Client, members: Sequence[str], path: str, target: s
 def cmd_models_alias(client: Client, args: argparse.Namespace, out: Output) -> None:
     alias = client.models.set_alias(args.model, args.alias, args.version)
     if out.as_json:
-        return out.json(alias)
-    out.line(f"{alias.model}: {alias.alias} -> v{alias.version}")
+        out.json(alias)
+    else:
+        out.line(f"{alias.model}: {alias.alias} -> v{alias.version}")
+    warn(alias.deployment_warnings)
 
 
 def cmd_models_aliases(client: Client, args: argparse.Namespace, out: Output) -> None:
@@ -258,13 +262,20 @@ def cmd_models_rollback(client: Client, args: argparse.Namespace, out: Output) -
 def cmd_models_deployments(client: Client, args: argparse.Namespace, out: Output) -> None:
     history = list(client.models.deployments(args.model))
     if out.as_json:
-        return out.json(history)
-    if not history:
-        return out.line(
+        out.json(history)
+    elif not history:
+        out.line(
             f"{args.model} was never deployed: requests without a version or alias go to its latest version"
         )
+    else:
+        print_history(args.model, history, out)
+    if history:
+        warn(history[0].warnings)
+
+
+def print_history(model: str, history: list[registry_pb2.Deployment], out: Output) -> None:
     out.table(
-        f"{args.model} deployments",
+        f"{model} deployments",
         ["revision", "routes", "shadow", "created", "by", "comment"],
         [
             (
@@ -278,6 +289,13 @@ def cmd_models_deployments(client: Client, args: argparse.Namespace, out: Output
             for d in history
         ],
     )
+
+
+def warn(warnings: Sequence[str]) -> None:
+    """The daemon's warnings of a deployment on stderr (after the answer, which also carries them
+    with --json), one line each, in the CLI's words."""
+    for warning in warnings:
+        print(f"warning: {in_cli_words(warning)}", file=sys.stderr, flush=True)
 
 
 def routes_text(deployment: registry_pb2.Deployment) -> str:
