@@ -240,9 +240,10 @@ def _check_routes_differ(txn: ReadTxn, deployment: DeploymentRecord) -> None:
 
 def deployment_warnings(now: DeploymentRecord) -> tuple[str, ...]:
     """What a resolved deployment that Deploy would refuse now routes to, in words: aliases moved
-    since it was deployed (SetAlias, or `latest` by an upload) so that routes resolve to one
-    version, or its shadow to the version every route serves. Such moves are made (a promotion
-    is one), and requests follow them; the deployment's answers say so."""
+    since it was deployed (SetAlias; while a deployment names `latest`, it moves only to a new
+    version) so that routes resolve to one version, or its shadow to the version every route
+    serves. Such moves are made (a promotion is one), and requests follow them; the deployment's
+    answers say so."""
     warnings = [
         f"{routes} now, so it answers their {weight}% and they split nothing; deploy one route to it "
         "(Deploy), or move one of the aliases (SetAlias)"

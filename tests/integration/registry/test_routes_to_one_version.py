@@ -1,7 +1,7 @@
 """Routes that resolve to one version split nothing between them (a canary of a version against
 itself), so Deploy refuses them, naming both routes and the version, as it refuses a shadow of
-the version every route serves. An alias moved later (SetAlias, or `latest` by an upload) may
-bring a deployment there, as a promotion does: the move is made, and the deployment, read or as
+the version every route serves. An alias moved later (SetAlias) may bring a
+deployment there, as a promotion does: the move is made, and the deployment, read or as
 the SetAlias answer carries it, warns what it routes to now. A Rollback to a revision that would
 route so now is refused, as Deploy refuses it."""
 

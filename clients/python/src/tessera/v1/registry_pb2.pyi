@@ -1782,8 +1782,8 @@ class Deployment(_message.Message):
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Output only: where aliases moved since the revision was deployed (SetAlias, or `latest` by an
-        upload) so that it routes as Deploy refuses, what it does now: routes that resolve to one
+        """Output only: where aliases moved since the revision was deployed (SetAlias) so that it routes
+        as Deploy refuses, what it does now: routes that resolve to one
         version (that version answers their weights added; they split nothing), or a shadow that
         resolves to the version every route serves (it copies no request). Requests follow the move.
         """
