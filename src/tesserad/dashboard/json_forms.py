@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from tesserad.host import HostSample
+from tesserad.registry.deployments import deployment_warnings
 from tesserad.registry.records import (
     AliasEvent,
     AliasRecord,
@@ -128,6 +129,7 @@ def alias_event_json(event: AliasEvent) -> dict[str, Any]:
 def deployment_json(deployment: DeploymentRecord) -> dict[str, Any]:
     data = _plain(deployment)
     data["undeployed"] = deployment.undeployed
+    data["warnings"] = list(deployment_warnings(deployment))
     return data
 
 

@@ -236,6 +236,20 @@ def test_a_model_with_versions_aliases_lineage_and_deployments(dash, client, tmp
     assert lineage["version"]["lineage"]["run_id"] == job["run_id"]
 
 
+def test_a_deployment_an_alias_moved_onto_one_version_carries_its_warning(dash, client, tmp_path):
+    path = affine_onnx(tmp_path / "affine.onnx")
+    client.models.push("dash-promoted", path, alias="prod")
+    client.models.push("dash-promoted", path, alias="canary")
+    client.models.deploy("dash-promoted", routes={"prod": 90, "canary": 10})
+    client.models.set_alias("dash-promoted", "prod", 2)
+    [deployment] = http_get(dash.daemon.http_port, "/api/v1/models/dash-promoted").json()["deployments"]
+    assert deployment["warnings"] == [
+        "routes[0] (alias 'prod') and routes[1] (alias 'canary') both resolve to version 2 now, so it "
+        "answers their 100% and they split nothing; deploy one route to it (Deploy), or move one of "
+        "the aliases (SetAlias)"
+    ]
+
+
 def test_serving_shows_percentiles_after_predictions(dash, client, tmp_path):
     client.models.push("dash-serve", affine_onnx(tmp_path / "affine.onnx"))
     for _ in range(20):

@@ -631,6 +631,8 @@ async function modelPage(app, name) {
     String(d.revision), d.undeployed ? `none (rolled back from ${d.rolled_back_from})` : d.routes.map(routeText).join(", "),
     d.shadow ? `v${d.shadow.resolved_version || d.shadow.target.version} ${d.shadow.percent}%` : "", d.comment, when(d.created_at), d.created_by,
   ])));
+  // The current revision's: aliases moved since it was deployed so that it splits or copies nothing.
+  for (const warning of data.deployments.length ? data.deployments[0].warnings : []) app.append(el("p", { class: "problem", text: warning }));
   rendered();
 }
 
