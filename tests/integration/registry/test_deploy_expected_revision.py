@@ -8,7 +8,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from tessera.v1 import registry_pb2
+from tessera.v1 import registry_pb2, registry_pb2_grpc
+from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.registry.conftest import onnx_header, onnx_identity, rpc_error, upload
 
 R = registry_pb2
@@ -113,3 +114,25 @@ def test_revisions_go_on_from_the_highest_any_deleted_model_reached(stub, three_
         stub.DeleteModel(R.DeleteModelRequest(name=model, force=True))
     upload(stub, onnx_header("m", data), data)
     assert deploy(stub, 1, expected_revision=0).revision == 4
+
+
+def test_a_restart_keeps_the_revisions_deleted_models_reached(data_dir):
+    data = onnx_identity()
+    first = InProcessDaemon(daemon_settings(data_dir)).start()
+    try:
+        stub = registry_pb2_grpc.RegistryStub(first.channel())
+        upload(stub, onnx_header("m", data), data)
+        for _ in range(2):
+            deploy(stub, 1)
+            stub.Rollback(R.RollbackRequest(model="m"))
+        stub.DeleteModel(R.DeleteModelRequest(name="m", force=True))
+    finally:
+        first.stop()
+
+    second = InProcessDaemon(daemon_settings(data_dir)).start()
+    try:
+        stub = registry_pb2_grpc.RegistryStub(second.channel())
+        upload(stub, onnx_header("m", data), data)
+        assert deploy(stub, 1).revision == 5
+    finally:
+        second.stop()
