@@ -355,7 +355,9 @@ class Job(_message.Message):
 
     @_builtins.property
     def stopped_early(self) -> Global___EarlyStop:
-        """Set when early stopping ended the job (SUCCEEDED before its epochs): why. GetJob fills it."""
+        """Set when early stopping ended the job (SUCCEEDED before its epochs): why. Every call that
+        answers a Job fills it (GetJob, ListJobs, SubmitJob's repeat, CancelJob).
+        """
 
     def __init__(
         self,
@@ -525,8 +527,9 @@ class SubmitJobRequest(_message.Message):
     otherwise). The daemon keeps it for 24 hours after the job's submit, across restarts: a
     repeat with the same request_id and the same spec (from the same caller) answers the job
     it first created, even one that has ended since, and creates nothing; the same request_id
-    with another spec or caller is ALREADY_EXISTS naming that job, and stores nothing. Empty:
-    every submit creates a job.
+    with another spec is ALREADY_EXISTS naming that job, and stores nothing. Ids are each
+    caller's own: another caller's submit with the same id creates its own job. Empty: every
+    submit creates a job.
     """
     @_builtins.property
     def spec(self) -> _job_spec_pb2.JobSpec: ...
@@ -734,21 +737,27 @@ class StateChanged(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     DEVICES_FIELD_NUMBER: _builtins.int
+    STOPPED_EARLY_FIELD_NUMBER: _builtins.int
     state: Global___JobState.ValueType
     reason: _builtins.str
     """Why, in words: "queued behind 2 jobs", "resumed from epoch 3 checkpoint", ..."""
     @_builtins.property
     def devices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def stopped_early(self) -> Global___EarlyStop:
+        """On the SUCCEEDED state that ends a job early stopping ended: why (the Job's stopped_early)."""
+
     def __init__(
         self,
         *,
         state: Global___JobState.ValueType = ...,
         reason: _builtins.str = ...,
         devices: _abc.Iterable[_builtins.str] | None = ...,
+        stopped_early: Global___EarlyStop | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["stopped_early", b"stopped_early"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["devices", b"devices", "reason", b"reason", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["devices", b"devices", "reason", b"reason", "state", b"state", "stopped_early", b"stopped_early"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2850,16 +2859,24 @@ class SubmitSweepRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SPEC_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Optional: makes the submit safe to send again (AIP-155), as SubmitJobRequest.request_id:
+    kept 24 hours across restarts, each caller's own; a repeat with the same spec answers the
+    sweep it first created and starts nothing; another spec is ALREADY_EXISTS naming that sweep,
+    and stores nothing. Empty: every submit creates a sweep.
+    """
     @_builtins.property
     def spec(self) -> Global___SweepSpec: ...
     def __init__(
         self,
         *,
         spec: Global___SweepSpec | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
