@@ -499,7 +499,9 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
             check_job_spec_size("spec.base (with register_as)", request.spec.base.ByteSize())
         sweep = sweep_request_from_proto(request.spec)
         base, _ = job_spec_from_proto(request.spec.base)
-        result = await asyncio.to_thread(self._sweeps.submit, sweep, base, caller(context))
+        result = await asyncio.to_thread(
+            self._sweeps.submit, sweep, base, caller(context), request_id=request.request_id
+        )
         return sweep_to_proto(result)
 
     async def GetSweep(

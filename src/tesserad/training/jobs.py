@@ -47,7 +47,6 @@ from tesserad.ids import new_id
 from tesserad.names import validate_name
 from tesserad.paging import PageFill, answer_bytes, resume_key
 from tesserad.store import BlobRef, BlobStore, Key, ReadTxn, Store, WriteTxn, each_row_once
-from tesserad.training import job_requests
 from tesserad.training.checkpoints import checkpoint_weights
 from tesserad.training.events import EventLog, JobEvent
 from tesserad.training.finetune import ParentLookup
@@ -64,6 +63,7 @@ from tesserad.training.job_records import (
 from tesserad.training.launcher import worker_context
 from tesserad.training.scheduler import DeviceInventory, QueuedJob, pick_runnable, queue_position
 from tesserad.training.spec import DatasetFacts, DeviceFacts, normalize_spec
+from tesserad.training.submit_requests import JOB_REQUESTS, RequestKept, submit_request
 from tesserad.training.tracking import MetricPoint, Run, Tracking, run_text_problem, write_points
 from tesserad.training.worker import (
     CancelMessage,
@@ -79,20 +79,12 @@ from tesserad.training.worker import (
 
 log = logging.getLogger(__name__)
 
-TABLES = ["jobs", *job_requests.TABLES]
+TABLES = ["jobs", *JOB_REQUESTS.tables]
 STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 ENDED = frozenset({"succeeded", "failed", "cancelled"})
 # More events than a job appends after its last epoch (its final checkpoint, a few lines, its
 # registration, its end): how far back Jobs.early_stop looks for the worker's early-stopping line.
 _AFTER_LAST_EPOCH = 32
-
-
-class _RequestKept(Exception):
-    """Rolls back a submit whose request id a concurrent submit of the same request kept first."""
-
-    def __init__(self, job_id: str) -> None:
-        super().__init__(job_id)
-        self.job_id = job_id
 
 
 def job_datasets(txn: ReadTxn) -> Iterator[tuple[str, int]]:
@@ -514,17 +506,11 @@ class Jobs:
     ) -> JobRecord:
         """Check the spec, create the job and its run, queue it. `start_weights`: the sha256 of a
         checkpoint (of another job) whose model weights the job starts from instead of fresh ones.
-        `request_id` (see job_requests): a submit sent again with the id of one whose job exists
-        answers that job, checked and created nothing."""
-        job_requests.check_request_id(request_id)
-        fingerprint = job_requests.submit_fingerprint(spec_document) if request_id else ""
-        if request_id:
-            # Before the check: a repeat answers its job even where the spec would not pass now
-            # (its dataset deleted since, say).
-            with self._store.read() as txn:
-                kept = job_requests.find_request(txn, actor, request_id, time.time())
-            if kept is not None:
-                return self.get(job_requests.repeated_job(request_id, kept, fingerprint))
+        `request_id` (see submit_requests): a submit sent again with the id of one whose job
+        exists answers that job, checked and created nothing."""
+        request = submit_request(actor, request_id, spec_document)
+        if earlier := JOB_REQUESTS.earlier(self._store, request, time.time()):
+            return self.get(earlier)
         config = self.check(raw_spec)
         job_id = new_id("job")
         document = copy.deepcopy(spec_document)
@@ -576,15 +562,7 @@ class Jobs:
         self._events.open_job(job_id, 0, False)
         try:
             with self._store.write() as txn:
-                now = time.time()
-                job_requests.drop_expired_requests(txn, now)
-                if request_id:
-                    # Writes are serial: one submit of the id that committed since the read above
-                    # is found here, and this one then stores nothing.
-                    kept = job_requests.find_request(txn, actor, request_id, now)
-                    if kept is not None:
-                        raise _RequestKept(job_requests.repeated_job(request_id, kept, fingerprint))
-                    job_requests.keep_request(txn, actor, request_id, job_id, fingerprint, now)
+                JOB_REQUESTS.keep(txn, request, job_id, time.time())
                 self._tracking.ensure_experiment(txn, config["experiment"])
                 self._tracking.put_new_run(txn, run)
                 self.hold_dataset(txn, config, job_holder(job_id))
@@ -597,9 +575,9 @@ class Jobs:
                 if config.get("fine_tune"):
                     self._hold_parent_weights(txn, job)
                 self._put(txn, job)
-        except _RequestKept as taken:
+        except RequestKept as taken:
             self._events.forget_job(job_id)
-            return self.get(taken.job_id)
+            return self.get(taken.created_id)
         except BaseException:
             self._events.forget_job(job_id)
             raise

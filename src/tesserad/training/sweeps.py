@@ -69,10 +69,11 @@ from tesserad.training.spec import (
     default_mode,
     epoch_metric_names,
 )
+from tesserad.training.submit_requests import SWEEP_REQUESTS, RequestKept, SubmitRequest, submit_request
 
 log = logging.getLogger(__name__)
 
-TABLES = ["sweeps", "sweep_trials"]
+TABLES = ["sweeps", "sweep_trials", *SWEEP_REQUESTS.tables]
 KIND = "sweep"
 # 2: the trials in rows of their own ("sweep_trials"); 1 held them in the sweep's record.
 # 3: the rung results in their trials' rows; the record keeps only those no trial holds.
@@ -607,9 +608,14 @@ class Sweeps:
             jobs += page
         return jobs
 
-    def submit(self, request: SweepRequest, base: dict[str, Any], actor: str) -> Sweep:
+    def submit(self, request: SweepRequest, base: dict[str, Any], actor: str, request_id: str = "") -> Sweep:
         """Check the sweep over the plain spec `base`, each trial's spec like a job's (for searchers
-        that draw later: every extreme of the space), and start the first trials."""
+        that draw later: every extreme of the space), and start the first trials. `request_id`
+        (see submit_requests): a submit sent again with the id of one whose sweep exists answers
+        that sweep, checked and started nothing."""
+        submit = submit_request(actor, request_id, request.document)
+        if earlier := SWEEP_REQUESTS.earlier(self._store, submit, time.time()):
+            return self.get(earlier)
         metric = request.metric
         if not metric:
             raise InvalidArgument(
@@ -729,13 +735,21 @@ class Sweeps:
         # The sweep holds each dataset version its trials use from here until it ends: between one
         # trial's end and the next one's submit, no job holds it.
         used = {(c["data"]["dataset"], c["data"]["version"]): c for c in configs}
-        with self._lock:
-            # Written before any trial's job is submitted: a restart then finds each job's trial.
-            self._write(
-                sweep, sweep.trials, head=True, hold=list(used.values()), experiments=sweep_experiments(sweep)
-            )
-            self._run(sweep)
-            self._tick(sweep)
+        try:
+            with self._lock:
+                # Written before any trial's job is submitted: a restart then finds each job's trial.
+                self._write(
+                    sweep,
+                    sweep.trials,
+                    head=True,
+                    hold=list(used.values()),
+                    experiments=sweep_experiments(sweep),
+                    submit=submit,
+                )
+                self._run(sweep)
+                self._tick(sweep)
+        except RequestKept as taken:
+            return self.get(taken.created_id)
         return self.get(sweep.sweep_id)
 
     def _run(self, sweep: Sweep) -> None:
@@ -1126,6 +1140,7 @@ class Sweeps:
         hold: builtins.list[dict[str, Any]] | None = None,
         experiments: Iterable[str] = (),
         reserved: bool = False,
+        submit: SubmitRequest | None = None,
     ) -> None:
         """Write `trials`' rows, and the sweep's own record if `head` (its state, best trial, error:
         what is not a trial's); a trial's end or rung so writes that trial alone, whatever the
@@ -1134,11 +1149,14 @@ class Sweeps:
         `experiments`: those its trials' runs go to, refused if one is deleted (each trial's
         submit would be), in the transaction that stores a new sweep, as a deletion checks
         running sweeps in its own.
-        `reserved`: a trial's end or the sweep's own, which may use the store's kept room."""
+        `reserved`: a trial's end or the sweep's own, which may use the store's kept room.
+        `submit`: the submit that creates the sweep, whose request id is kept with it."""
         holder = sweep_holder(sweep.sweep_id)
         released: set[str] = set()
         ended = sweep.state != "running"
         with self._store.write(reserved=reserved) as txn:
+            if submit is not None:
+                SWEEP_REQUESTS.keep(txn, submit, sweep.sweep_id, time.time())
             for experiment in sorted(experiments):
                 self._jobs.refuse_deleted_experiment(txn, experiment)
             for config in hold or []:

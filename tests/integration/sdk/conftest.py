@@ -84,7 +84,9 @@ class FakeTraining(training_pb2_grpc.TrainingServicer):
         self.final_state = training_pb2.JOB_STATE_SUCCEEDED
         self.submits = 0
         self.sweep_submits = 0
+        self.run_creates = 0
         self.request_ids: list[str] = []
+        self.sweep_request_ids: list[str] = []
 
     def WatchJob(self, request, context):
         self.requests.append(request.from_seq)
@@ -110,7 +112,12 @@ class FakeTraining(training_pb2_grpc.TrainingServicer):
 
     def SubmitSweep(self, request, context):
         self.sweep_submits += 1
+        self.sweep_request_ids.append(request.request_id)
         context.abort(grpc.StatusCode.UNAVAILABLE, "fake: not taking sweeps")
+
+    def CreateRun(self, request, context):
+        self.run_creates += 1
+        context.abort(grpc.StatusCode.UNAVAILABLE, "fake: not creating runs")
 
 
 class FakeDaemon:

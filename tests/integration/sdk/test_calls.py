@@ -58,15 +58,15 @@ def test_other_codes_are_never_retried(fake):
 
 
 def test_a_non_idempotent_call_is_not_retried_on_unavailable(fake):
-    # SubmitSweep keeps no request id: a resend after its answer was lost could start a second
-    # sweep. (SubmitJob is retried, with the request id the SDK sends: see test_submit_retry.)
+    # CreateRun keeps no request id: a resend after its answer was lost could create a second
+    # run. (SubmitJob and SubmitSweep are retried, with the request ids the SDK sends.)
     with (
         tessera.Client(fake.target, retry=FAST_RETRY) as client,
         pytest.raises(tessera.Unavailable) as caught,
     ):
-        client.training.submit_sweep({"max_trials": 2})
-    assert fake.training.sweep_submits == 1
-    assert "not taking sweeps" in caught.value.message
+        client.training.create_run("exp", name="once")
+    assert fake.training.run_creates == 1
+    assert "not creating runs" in caught.value.message
 
 
 def test_a_submit_is_retried_on_unavailable_with_one_request_id(fake):
@@ -74,6 +74,13 @@ def test_a_submit_is_retried_on_unavailable_with_one_request_id(fake):
         client.training.submit({"epochs": 1})
     assert fake.training.submits == FAST_RETRY.attempts
     assert len(set(fake.training.request_ids)) == 1 and fake.training.request_ids[0]
+
+
+def test_a_sweep_submit_is_retried_on_unavailable_with_one_request_id(fake):
+    with tessera.Client(fake.target, retry=FAST_RETRY) as client, pytest.raises(tessera.Unavailable):
+        client.training.submit_sweep({"max_trials": 2})
+    assert fake.training.sweep_submits == FAST_RETRY.attempts
+    assert len(set(fake.training.sweep_request_ids)) == 1 and fake.training.sweep_request_ids[0]
 
 
 def test_a_call_past_its_deadline_raises_deadline_exceeded(fake):

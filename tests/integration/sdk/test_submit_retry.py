@@ -1,5 +1,6 @@
-"""client.training.submit is retried when its answer is lost: the daemon committed the job, the
-connection was cut before the answer came back, and the retry gets that job, not a second."""
+"""client.training.submit and submit_sweep are retried when their answer is lost: the daemon
+committed the job (the sweep), the connection was cut before the answer came back, and the retry
+gets that job (sweep), not a second."""
 
 from __future__ import annotations
 
@@ -60,6 +61,41 @@ def test_a_caller_chosen_request_id_answers_a_repeat_with_the_same_job(client: t
     with pytest.raises(tessera.AlreadyExists, match=f"job {first.id!r}"):
         client.training.submit({**_spec(table), "epochs": 2}, request_id=request_id)
     assert [j.id for j in client.training.jobs(experiment="sdk-submit-retry")] == [first.id]
+
+
+def _sweep_spec(dataset: str, *lrs: float) -> dict[str, object]:
+    return {
+        "base": _spec(dataset),
+        "strategy": "grid",
+        "parameters": [{"path": "optimizer.lr", "values": {"values": [str(lr) for lr in lrs or (0.01,)]}}],
+        "metric": "val_loss",
+    }
+
+
+def test_a_sweep_submit_whose_answer_is_cut_off_is_retried_into_exactly_one_sweep(
+    daemon, proxy_to, table
+) -> None:
+    proxy = proxy_to(daemon.daemon.port)
+    retry = tessera.RetryPolicy(attempts=3, initial_backoff_s=0.05, max_backoff_s=0.2)
+    with tessera.Client(proxy.target, timeout=30, retry=retry) as client:
+        before = [s.sweep_id for s in client.training.sweeps()]
+        proxy.cut_at_next_answer()
+        sweep = client.training.submit_sweep(_sweep_spec(table))
+        assert proxy.cuts == 1
+        assert [s.sweep_id for s in client.training.sweeps()] == [sweep.sweep_id, *before]
+
+
+def test_a_caller_chosen_request_id_answers_a_repeated_sweep_submit_with_the_same_sweep(
+    client: tessera.Client, table
+) -> None:
+    request_id = str(uuid.uuid4())
+    first = client.training.submit_sweep(_sweep_spec(table), request_id=request_id)
+    again = client.training.submit_sweep(_sweep_spec(table), request_id=request_id)
+    assert again.sweep_id == first.sweep_id
+    with pytest.raises(tessera.AlreadyExists, match=f"sweep {first.sweep_id!r}"):
+        client.training.submit_sweep(_sweep_spec(table, 0.01, 0.02), request_id=request_id)
+    with pytest.raises(ValueError, match="pass None for a generated one, or 1 to 64 characters"):
+        client.training.submit_sweep(_sweep_spec(table), request_id="has space")
 
 
 @pytest.mark.parametrize("request_id", ["", "x" * 65, "has space", "slash/ed"])

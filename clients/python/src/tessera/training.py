@@ -54,9 +54,23 @@ if TYPE_CHECKING:
 S = "Training"
 
 _V = TypeVar("_V", bound=int)
-# The daemon's rule for a request id it keeps (tesserad.training.job_requests): checked here too,
-# since "" would be sent as no id at all while the channel still retries the submit.
+# The daemon's rule for a request id it keeps (tesserad.training.submit_requests): checked here
+# too, since "" would be sent as no id at all while the channel still retries the submit.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _submit_request_id(request_id: str | None) -> str:
+    """The request id a submit carries: `request_id`, or a new UUID4 for None; ValueError for an
+    id the daemon would not keep."""
+    if request_id is None:
+        return str(uuid.uuid4())
+    if not _REQUEST_ID.fullmatch(request_id):
+        raise ValueError(
+            f"request_id: {request_id[:65]!r} is not a request id: pass None for a generated one, "
+            "or 1 to 64 characters from A-Z a-z 0-9 - _"
+        )
+    return request_id
+
 
 JobSpecLike = job_spec_pb2.JobSpec | Mapping[str, Any]
 """A JobSpec message, or a dict of the same fields (e.g. a parsed TOML file)."""
@@ -580,15 +594,8 @@ class Training(Part[C]):
         spec is AlreadyExists. Ids are each caller's own. ValueError for an id the daemon would
         not keep, "" included (the daemon reads it as none, and a retry would make a second job).
         The retry needs a daemon that keeps request ids: an older one ignores the field."""
-        if request_id is None:
-            request_id = str(uuid.uuid4())
-        elif not _REQUEST_ID.fullmatch(request_id):
-            raise ValueError(
-                f"request_id: {request_id[:65]!r} is not a request id: pass None for a generated one, "
-                "or 1 to 64 characters from A-Z a-z 0-9 - _"
-            )
         request = pb.SubmitJobRequest(
-            spec=from_dict(job_spec_pb2.JobSpec, spec, "spec"), request_id=request_id
+            spec=from_dict(job_spec_pb2.JobSpec, spec, "spec"), request_id=_submit_request_id(request_id)
         )
         return Op(S, "SubmitJob", request, self._job, timeout=timeout)
 
@@ -1067,16 +1074,25 @@ class Training(Part[C]):
 
     @call
     def submit_sweep(
-        self, spec: pb.SweepSpec | Mapping[str, Any], *, timeout: float | None = None
+        self,
+        spec: pb.SweepSpec | Mapping[str, Any],
+        *,
+        request_id: str | None = None,
+        timeout: float | None = None,
     ) -> Op[pb.Sweep]:
         """Start a hyperparameter sweep over a base job spec: grid, random, TPE, CMA-ES or PBT trials,
-        optionally pruned by ASHA or Hyperband."""
-        return Op(
-            S,
-            "SubmitSweep",
-            pb.SubmitSweepRequest(spec=from_dict(pb.SweepSpec, spec, "sweep")),
-            timeout=timeout,
+        optionally pruned by ASHA or Hyperband.
+
+        As `submit`, it carries `request_id` (a new UUID4 unless given) and is retried on
+        UNAVAILABLE: a retry of a submit the daemon had committed answers that sweep instead of
+        starting a second. Your own id (1 to 64 of A-Z a-z 0-9 - _) sends the same submit again
+        within 24 hours; the same id with another spec is AlreadyExists naming the sweep. Sweep
+        ids and job ids are apart. ValueError for an id the daemon would not keep. The retry
+        needs a daemon that keeps sweep request ids: an older one ignores the field."""
+        request = pb.SubmitSweepRequest(
+            spec=from_dict(pb.SweepSpec, spec, "sweep"), request_id=_submit_request_id(request_id)
         )
+        return Op(S, "SubmitSweep", request, timeout=timeout)
 
     @call
     def sweep(self, sweep_id: str, *, timeout: float | None = None) -> Op[pb.Sweep]:

@@ -145,9 +145,10 @@ RETRIED_METHODS: dict[str, tuple[str, ...]] = {
     ),
     "Datasets": ("GetDataset", "ListDatasets", "GetDatasetVersion", "ListDatasetVersions"),
     "Training": (
-        # Safe to send again: `training.submit` gives each submit a request_id, and the daemon
-        # answers a repeat of one with the job it first created.
+        # Safe to send again: `training.submit` and `submit_sweep` give each submit a request_id,
+        # and the daemon answers a repeat of one with the job (sweep) it first created.
         "SubmitJob",
+        "SubmitSweep",
         "GetJob",
         "ListJobs",
         "GetExperiment",
