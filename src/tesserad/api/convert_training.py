@@ -14,7 +14,7 @@ from tesserad.api.convert_registry import job_spec_to_dict
 from tesserad.errors import InvalidArgument
 from tesserad.training.artifacts import RunArtifact
 from tesserad.training.events import JobEvent
-from tesserad.training.job_records import Checkpoint, JobRecord, listed_checkpoints
+from tesserad.training.job_records import Checkpoint, JobRecord, listed_checkpoints, stopped_early
 from tesserad.training.pbt import PbtSettings
 from tesserad.training.search_space import SweepParameter
 from tesserad.training.sweeps import AshaSettings, Sweep, SweepRequest
@@ -161,8 +161,7 @@ def _architecture_message(plain: dict[str, Any]) -> architecture_pb2.Architectur
     return message
 
 
-def job_to_proto(job: JobRecord, stopped_early: dict[str, Any] | None = None) -> pb.Job:
-    """`stopped_early`: the job's Jobs.early_stop, where the caller read it."""
+def job_to_proto(job: JobRecord) -> pb.Job:
     message = pb.Job(
         job_id=job.job_id,
         state=JOB_STATES[job.state],
@@ -193,11 +192,13 @@ def job_to_proto(job: JobRecord, stopped_early: dict[str, Any] | None = None) ->
         message.registered.CopyFrom(
             common_pb2.VersionRef(model=job.registered.model, version=job.registered.version)
         )
-    if stopped_early is not None:
-        message.stopped_early.CopyFrom(
-            pb.EarlyStop(**{**stopped_early, "mode": _MODE_NUMBERS[stopped_early["mode"]]})
-        )
+    if (stop := stopped_early(job)) is not None:
+        message.stopped_early.CopyFrom(_early_stop_to_proto(stop))
     return message
+
+
+def _early_stop_to_proto(stop: dict[str, Any]) -> pb.EarlyStop:
+    return pb.EarlyStop(**{**stop, "mode": _MODE_NUMBERS[stop["mode"]]})
 
 
 def _checkpoint_to_proto(checkpoint: Checkpoint) -> pb.JobCheckpoint:
@@ -234,6 +235,8 @@ def event_to_proto(event: JobEvent) -> pb.JobEvent:
         message.state.CopyFrom(
             pb.StateChanged(state=JOB_STATES[data["state"]], reason=data["reason"], devices=data["devices"])
         )
+        if data.get("stopped_early"):
+            message.state.stopped_early.CopyFrom(_early_stop_to_proto(data["stopped_early"]))
     elif event.kind == "step":
         message.step.CopyFrom(pb.StepMetrics(**data))
     elif event.kind == "epoch":
@@ -245,7 +248,7 @@ def event_to_proto(event: JobEvent) -> pb.JobEvent:
     elif event.kind == "checkpoint":
         message.checkpoint.CopyFrom(pb.CheckpointSaved(**data))
     elif event.kind == "log":
-        # Not its early_stopping facts: those are the Job's (GetJob's stopped_early).
+        # Not its early_stopping facts: those are the Job's, and its end's (stopped_early).
         message.log.CopyFrom(pb.LogLine(level=data["level"], message=data["message"]))
     elif event.kind == "error":
         message.error.CopyFrom(pb.JobError(**data))

@@ -127,8 +127,7 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
     async def GetJob(
         self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext[pb.GetJobRequest, pb.Job]
     ) -> pb.Job:
-        job = await asyncio.to_thread(self._jobs.get, _job_id(request.job_id))
-        return job_to_proto(job, await asyncio.to_thread(self._jobs.early_stop, job))
+        return job_to_proto(await asyncio.to_thread(self._jobs.get, _job_id(request.job_id)))
 
     async def ListJobs(
         self,

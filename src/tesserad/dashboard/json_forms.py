@@ -26,7 +26,7 @@ from tesserad.serving.pool import LoadedVersion
 from tesserad.system import ServerFacts
 from tesserad.training.artifacts import RunArtifact
 from tesserad.training.events import JobEvent
-from tesserad.training.job_records import JobRecord
+from tesserad.training.job_records import JobRecord, stopped_early
 from tesserad.training.sweeps import Sweep
 from tesserad.training.tracking import Experiment, HistoryPage, Run
 
@@ -50,8 +50,11 @@ def _plain(record: Any) -> dict[str, Any]:
 
 
 def job_json(job: JobRecord) -> dict[str, Any]:
-    """A job with its estimated seconds left (from its progress so far; null until it has some)."""
+    """A job with its estimated seconds left (from its progress so far; null until it has some),
+    and why early stopping ended it (null if it did not)."""
     data = _plain(job)
+    data["stopped_early"] = stopped_early(job)
+    del data["stopped_early_recorded"]
     eta_s = None
     if job.state == "running" and job.started_at and 0 < job.progress < 1:
         # started_at is stored as wall-clock time, so the elapsed time is read on the same clock.

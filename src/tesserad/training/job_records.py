@@ -89,6 +89,18 @@ class JobRecord:
     cancel_requested_at: float | None = None
     # Checkpoints released when the job ended (the retention policy): only the kept ones are listed.
     checkpoints_released: int = 0
+    # Why early stopping ended the job (the worker's early_stopping facts, training.loop), None
+    # while it has not. `stopped_early_recorded`: the record holds it, as every record does from
+    # an epoch of a job with early stopping on; a record an older daemon stored does not, and
+    # only the job's events say it (Jobs reads them then).
+    stopped_early: dict[str, Any] | None = None
+    stopped_early_recorded: bool = False
+
+
+def stopped_early(job: JobRecord) -> dict[str, Any] | None:
+    """Why early stopping ended `job`, which it says once the job has SUCCEEDED (a job that stopped
+    early and then failed to register its weights did not end by it)."""
+    return job.stopped_early if job.state == "succeeded" else None
 
 
 def encode_job(job: JobRecord) -> bytes:
@@ -131,6 +143,8 @@ def encode_job(job: JobRecord) -> bytes:
         data["cancel_requested_at"] = job.cancel_requested_at
     if job.checkpoints_released:
         data["checkpoints_released"] = job.checkpoints_released
+    if job.stopped_early_recorded:
+        data["stopped_early"] = job.stopped_early
     return encode_record(KIND, SCHEMA, data)
 
 
@@ -196,6 +210,8 @@ def decode_job(raw: bytes) -> JobRecord:
         restarts=data.get("restarts", 0),
         cancel_requested_at=data.get("cancel_requested_at"),
         checkpoints_released=data.get("checkpoints_released", 0),
+        stopped_early=data.get("stopped_early"),
+        stopped_early_recorded="stopped_early" in data,
     )
 
 

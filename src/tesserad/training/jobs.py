@@ -83,7 +83,8 @@ TABLES = ["jobs", *JOB_REQUESTS.tables]
 STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 ENDED = frozenset({"succeeded", "failed", "cancelled"})
 # More events than a job appends after its last epoch (its final checkpoint, a few lines, its
-# registration, its end): how far back Jobs.early_stop looks for the worker's early-stopping line.
+# registration, its end): how far back Jobs looks for the worker's early-stopping line in the
+# events of a job whose record an older daemon stored.
 _AFTER_LAST_EPOCH = 32
 
 
@@ -640,6 +641,8 @@ class Jobs:
 
     def get(self, job_id: str) -> JobRecord:
         with self._lock:
+            # Neither needs its events read: an unended job has not stopped early, and an end
+            # this daemon made holds why (`_set_state`).
             if job_id in self._active:
                 return self._active[job_id]
             if job_id in self._unstored_ends:
@@ -648,30 +651,32 @@ class Jobs:
             raw = txn.get("jobs", (job_id,))
         if raw is None:
             raise NotFound(f"job {job_id!r} does not exist; ListJobs lists them")
-        return decode_job(raw)
+        return self._with_early_stop(decode_job(raw))
 
-    def early_stop(self, job: JobRecord) -> dict[str, Any] | None:
-        """Why early stopping ended `job`, as its worker said (training.loop); None if it did not.
+    def _with_early_stop(self, job: JobRecord) -> JobRecord:
+        """`job`, holding why early stopping ended it where its record, stored by an older daemon,
+        does not: its events say it, read here (once per answer of such a job; this daemon's
+        records hold it from the job's first epoch on).
 
         The worker's line follows the job's last epoch event and final checkpoint, and only its
         registration and its end come after it: the events from the end back to that epoch hold it.
+        That attempt ran under the older daemon, so they are stored.
         """
         # A job stored before configs held every section may have none.
-        if job.state != "succeeded" or not job.config.get("early_stopping", {}).get("patience"):
-            return None
-        with self._lock:
-            end_committing = job.job_id in self._active
-        if end_committing:
-            # Its end, and the worker's line before it, may wait for their commit: once the end is
-            # stored (nearly always, by a GetJob), they are, and nothing is waited for.
-            self._store.flush()
+        if (
+            job.stopped_early_recorded
+            or job.state != "succeeded"
+            or not job.config.get("early_stopping", {}).get("patience")
+        ):
+            return job
+        found = None
         for event in self._events.newest(job.job_id, _AFTER_LAST_EPOCH):
             if event.kind == "epoch":
-                return None
+                break
             if event.kind == "log" and "early_stopping" in event.data:
-                stopped: dict[str, Any] = event.data["early_stopping"]
-                return stopped
-        return None
+                found = event.data["early_stopping"]
+                break
+        return replace(job, stopped_early=found, stopped_early_recorded=True)
 
     def list(
         self, states: list[str], experiment: str, sweep_id: str, size: int, token: str
@@ -694,7 +699,7 @@ class Jobs:
                 if not fill.room(answered_bytes(job)):
                     break
                 fill.add(key, job)
-        return fill.page.items, fill.page.next_page_token
+        return [self._with_early_stop(job) for job in fill.page.items], fill.page.next_page_token
 
     def cancel(self, job_id: str) -> JobRecord:
         queued, requested_at = self._accept_cancel(job_id)
@@ -1158,6 +1163,12 @@ class Jobs:
                 job, epoch=data["epoch"], step=data["step"], metrics={**job.metrics, **data["metrics"]}
             )
             points = [MetricPoint(k, v, data["step"]) for k, v in data["metrics"].items()]
+            if job.config.get("early_stopping", {}).get("patience"):
+                # Not stopped early as of this epoch: an earlier attempt's line, if it trained on
+                # from a checkpoint before it, no longer holds.
+                job = replace(job, stopped_early=None, stopped_early_recorded=True)
+        elif kind == "log" and "early_stopping" in data:
+            job = replace(job, stopped_early=data["early_stopping"], stopped_early_recorded=True)
         elif kind == "progress":
             job = replace(job, progress=data["fraction"], total_steps=data["total_steps"])
         run_id, experiment = job.run_id, job.experiment
@@ -1435,7 +1446,11 @@ class Jobs:
             if state != "running":
                 self._step_clocks.pop(job.job_id, None)
         job = replace(job, state=state, devices=kept_devices)
-        data = {"state": state, "reason": reason, "devices": devices or []}
+        data: dict[str, Any] = {"state": state, "reason": reason, "devices": devices or []}
+        if state == "succeeded":
+            # On the end itself too, for a watcher: why early stopping ended the job, or None.
+            job = self._with_early_stop(job)
+            data["stopped_early"] = job.stopped_early
         # An interruption ends the attempt, not the job, which the next start resumes: its
         # watchers stay until the shutdown ends them with UNAVAILABLE and the from_seq to go on
         # from, and do not take it for the job's end.

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from tesserad.errors import InvalidArgument
 from tesserad.training.events import EventLog, JobEvent, follow_batches
+from tesserad.training.job_records import stopped_early
 from tesserad.training.jobs import Jobs
 
 
@@ -27,4 +29,13 @@ async def watch_job(
         raise InvalidArgument(f"from_seq must be >= 0, got {from_seq}")
     await asyncio.to_thread(jobs.get, job_id)
     async for batch in follow_batches(events, job_id, from_seq):
-        yield batch
+        yield [await _with_early_stop(jobs, job_id, event) for event in batch]
+
+
+async def _with_early_stop(jobs: Jobs, job_id: str, event: JobEvent) -> JobEvent:
+    """`event`; a SUCCEEDED end an older daemon stored without why early stopping ended the job
+    with it, as the job's record says (this daemon stores it on the end)."""
+    if event.kind != "state" or event.data["state"] != "succeeded" or "stopped_early" in event.data:
+        return event
+    job = await asyncio.to_thread(jobs.get, job_id)
+    return replace(event, data={**event.data, "stopped_early": stopped_early(job)})

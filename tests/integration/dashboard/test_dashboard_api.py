@@ -18,7 +18,7 @@ from tesserad.security import Role, hash_token, new_token
 from tesserad.security.tokens import format_entry
 from tesserad.server import StartupError
 from tests.conftest import InProcessDaemon, daemon_settings
-from tests.integration.dashboard.conftest import HttpAnswer, http_get, read_events, wait_until
+from tests.integration.dashboard.conftest import HttpAnswer, http_get, read_events, small_spec, wait_until
 from tests.integration.sdk.affine import affine_onnx
 
 
@@ -138,6 +138,30 @@ def test_jobs_and_a_job_with_its_metric_history(dash, finished_job):
     history = http_get(port, f"/api/v1/runs/{job['run_id']}/metrics/loss").json()
     assert history["total_points"] == len(history["steps"]) == job["step"]
     assert history["steps"] == sorted(history["steps"]) and not history["downsampled"]
+
+
+def test_a_job_and_the_jobs_list_say_why_early_stopping_ended_it(dash, client, table):
+    early = {"metric": "val_loss", "patience": 1, "min_delta": 100.0}
+    job = client.training.submit(small_spec(table, experiment="dash-early", epochs=50, early_stopping=early))
+    job.wait()
+    stopped = job.stopped_early
+    assert stopped is not None and stopped.epoch == 2
+    expected = {
+        "metric": "val_loss",
+        "mode": "min",
+        "best": stopped.best,
+        "best_epoch": 1,
+        "epoch": 2,
+        "patience": 1,
+        "min_delta": 100.0,
+    }
+    port = dash.daemon.http_port
+    assert http_get(port, f"/api/v1/jobs/{job.id}").json()["stopped_early"] == expected
+    (listed,) = http_get(port, "/api/v1/jobs?experiment=dash-early").json()["jobs"]
+    assert listed["stopped_early"] == expected
+    whole = client.training.submit(small_spec(table, experiment="dash-early", epochs=1))
+    whole.wait()
+    assert http_get(port, f"/api/v1/jobs/{whole.id}").json()["stopped_early"] is None
 
 
 def test_long_histories_come_downsampled_by_the_store(dash, client):

@@ -112,6 +112,18 @@ def test_jobs_page_lists_finished_jobs_a_page_at_a_time(dash, client, table, fin
     page.wait_for_function(f"document.querySelectorAll('{rows}').length === 2", timeout=60_000)
 
 
+def test_job_page_says_why_early_stopping_ended_the_job(dash, client, table, page):
+    early = {"metric": "val_loss", "patience": 1, "min_delta": 100.0}
+    job = client.training.submit(small_spec(table, epochs=50, early_stopping=early))
+    job.wait()
+    open_page(page, dash, f"/jobs/{job.id}")
+    page.wait_for_selector("#stopped-early", timeout=60_000)
+    assert page.text_content("#stopped-early") == (
+        f"stopped early after epoch 2: val_loss did not improve on its best, {job.stopped_early.best:.6g} "
+        "after epoch 1, by more than 100 for 1 epoch (early_stopping.patience)"
+    )
+
+
 def test_runs_page_sorts_by_a_metric_and_compares_runs(dash, client, page):
     for name, acc in (("mid", 0.5), ("top", 0.9), ("low", 0.1)):
         run = client.training.create_run(

@@ -58,6 +58,18 @@ def test_submit_watch_and_wait_register_a_version(client, table):
     assert job.id in [j.id for j in client.training.jobs(states=["succeeded"])]
 
 
+def test_the_watch_end_and_the_jobs_listed_say_why_early_stopping_ended_a_job(client, table):
+    early = {"metric": "val_loss", "patience": 1, "min_delta": 100.0}
+    spec = small_spec(table, experiment="sdk-early", epochs=50, early_stopping=early, register_as={})
+    job = client.training.submit(spec)
+    end = [e for e in job.watch() if isinstance(e, tessera.StateChanged)][-1]
+    job.wait()
+    assert job.stopped_early is not None and job.stopped_early.epoch == 2
+    assert end.state == tessera.JobState.SUCCEEDED and end.stopped_early == job.stopped_early
+    (listed,) = client.training.jobs(experiment="sdk-early")
+    assert listed.stopped_early == job.stopped_early
+
+
 def test_watch_replays_from_a_sequence_number(client, table):
     job = client.training.submit(small_spec(table)).wait()
     later = list(client.training.watch(job.id, from_seq=3))

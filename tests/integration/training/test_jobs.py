@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import threading
 import time
@@ -20,6 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tessera.v1 import job_spec_pb2, registry_pb2, registry_pb2_grpc, training_pb2
 from tessera.v1 import training_pb2_grpc as training_grpc
 from tesserad.api.convert_training import job_spec_from_proto
+from tesserad.server import STORE_TABLES
+from tesserad.store import Store
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.training.conftest import (
     TRAINING_SETTINGS,
@@ -220,6 +223,89 @@ def test_get_job_says_why_early_stopping_ended_a_job(
     whole = submit(training, job_spec("mlp", epochs=1))
     follow(training, whole.job_id)
     assert not training.GetJob(S.GetJobRequest(job_id=whole.job_id)).HasField("stopped_early")
+
+
+def test_list_jobs_and_the_watch_end_say_why_early_stopping_ended_a_job(
+    training_daemon: InProcessDaemon, training: training_grpc.TrainingStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = job_spec(
+        "mlp",
+        epochs=50,
+        experiment="early-everywhere",
+        early_stopping=job_spec_pb2.EarlyStopping(metric="val_loss", patience=1, min_delta=100.0),
+    )
+    job = submit(training, spec)
+    events = follow(training, job.job_id)
+    stopped = training.GetJob(S.GetJobRequest(job_id=job.job_id)).stopped_early
+    assert (stopped.metric, stopped.epoch, stopped.patience) == ("val_loss", 2, 1)
+    end = [e.state for e in events if e.WhichOneof("event") == "state"][-1]
+    assert end.state == S.JOB_STATE_SUCCEEDED and end.stopped_early == stopped
+    whole = submit(training, job_spec("mlp", epochs=1, experiment="early-everywhere"))
+    whole_events = follow(training, whole.job_id)
+    assert not [e.state for e in whole_events if e.WhichOneof("event") == "state"][-1].HasField(
+        "stopped_early"
+    )
+
+    # The jobs' records hold it: a list reads no job's events, however many jobs it lists.
+    events_log = training_daemon.daemon.training._events
+    newest, reads = events_log.newest, []
+
+    def counted_newest(job_id: str, limit: int) -> list[Any]:
+        reads.append(job_id)
+        return newest(job_id, limit)
+
+    monkeypatch.setattr(events_log, "newest", counted_newest)
+    listed = training.ListJobs(S.ListJobsRequest(experiment="early-everywhere")).jobs
+    assert [(j.job_id, j.stopped_early) for j in listed if j.HasField("stopped_early")] == [
+        (job.job_id, stopped)
+    ]
+    assert [j.job_id for j in listed] == [whole.job_id, job.job_id]
+    assert reads == []
+
+
+def test_a_job_record_from_an_older_daemon_says_why_early_stopping_ended_it(tmp_path: Path) -> None:
+    settings = daemon_settings(tmp_path / "data", **TRAINING_SETTINGS)
+    spec = job_spec(
+        "mlp",
+        epochs=50,
+        early_stopping=job_spec_pb2.EarlyStopping(metric="val_loss", patience=1, min_delta=100.0),
+    )
+    daemon = InProcessDaemon(settings).start()
+    try:
+        upload_standard_datasets(daemon.channel())
+        training = training_grpc.TrainingStub(daemon.channel())
+        job = submit(training, spec)
+        follow(training, job.job_id)
+        stopped = training.GetJob(S.GetJobRequest(job_id=job.job_id)).stopped_early
+        assert stopped.epoch == 2
+    finally:
+        daemon.stop()
+    # As an older daemon stored it: the record and its end without the reason, which only the
+    # worker's line holds.
+    store = Store.open(tmp_path / "data" / "store", map_size=1 << 26, tables=STORE_TABLES)
+    try:
+        with store.write() as txn:
+            raw = txn.get("jobs", (job.job_id,))
+            assert raw is not None
+            record = json.loads(raw)
+            assert record["data"].pop("stopped_early") is not None
+            txn.put("jobs", (job.job_id,), json.dumps(record).encode())
+            key, raw = next(iter(txn.scan("job_events", (job.job_id,), reverse=True, limit=1)))
+            event = json.loads(raw)
+            assert event["data"]["data"].pop("stopped_early") is not None
+            txn.put("job_events", key, json.dumps(event).encode())
+    finally:
+        store.close()
+    restarted = InProcessDaemon(settings).start()
+    try:
+        training = training_grpc.TrainingStub(restarted.channel())
+        assert training.GetJob(S.GetJobRequest(job_id=job.job_id)).stopped_early == stopped
+        (listed,) = training.ListJobs(S.ListJobsRequest()).jobs
+        assert listed.stopped_early == stopped
+        end = [e.state for e in follow(training, job.job_id) if e.WhichOneof("event") == "state"][-1]
+        assert end.stopped_early == stopped
+    finally:
+        restarted.stop()
 
 
 def test_watch_and_get_unknown_job_is_not_found(training: training_grpc.TrainingStub) -> None:

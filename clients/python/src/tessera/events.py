@@ -46,11 +46,13 @@ class JobEvent:
 
 @dataclass(frozen=True, kw_only=True)
 class StateChanged(JobEvent):
-    """The job moved to `state`; `reason` says why in words."""
+    """The job moved to `state`; `reason` says why in words. On the SUCCEEDED state that ends a
+    job early stopping ended, `stopped_early` says why (as `Job.stopped_early`)."""
 
     state: JobState
     reason: str
     devices: list[str] = field(default_factory=list)
+    stopped_early: pb.EarlyStop | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,7 +145,11 @@ def event_from_proto(event: pb.JobEvent) -> JobEvent:
     if kind == "state":
         s = event.state
         return StateChanged(
-            **base, state=JobState.from_proto(s.state), reason=s.reason, devices=list(s.devices)
+            **base,
+            state=JobState.from_proto(s.state),
+            reason=s.reason,
+            devices=list(s.devices),
+            stopped_early=s.stopped_early if s.HasField("stopped_early") else None,
         )
     if kind == "step":
         m = event.step

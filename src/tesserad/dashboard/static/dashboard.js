@@ -299,6 +299,13 @@ async function jobsPage(app) {
   setInterval(() => refresh().catch(() => {}), 2000);
 }
 
+// As the CLI says it (tessera.follow.stopped_early_text).
+function stoppedEarlyText(stop) {
+  const epochs = `${stop.patience} epoch${stop.patience === 1 ? "" : "s"}`;
+  return `stopped early after epoch ${stop.epoch}: ${stop.metric} did not improve on its best, ${Number(stop.best.toPrecision(6))} ` +
+    `after epoch ${stop.best_epoch}, by more than ${stop.min_delta} for ${epochs} (early_stopping.patience)`;
+}
+
 async function jobPage(app, jobId) {
   let job = await api(`/jobs/${encodeURIComponent(jobId)}`);
   app.append(el("h1", {}, "Job ", el("span", { class: "mono", text: job.job_id })));
@@ -314,7 +321,8 @@ async function jobPage(app, jobId) {
     clear(facts).append(el("span", {}, `experiment ${job.experiment} · run `, link(`/runs/${encodeURIComponent(job.run_id)}`, job.run_id),
       ` · created ${when(job.created_at)} by ${job.created_by}`,
       job.registered ? [" · registered as ", link(`/models/${encodeURIComponent(job.registered.model)}`, `${job.registered.model} v${job.registered.version}`)] : [],
-      job.error ? [" · ", el("span", { class: "problem", text: `${job.error.kind}: ${job.error.message}` })] : []));
+      job.error ? [" · ", el("span", { class: "problem", text: `${job.error.kind}: ${job.error.message}` })] : [],
+      job.stopped_early ? [" · ", el("span", { id: "stopped-early", text: stoppedEarlyText(job.stopped_early) })] : []));
   };
   showJob();
 
